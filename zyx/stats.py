@@ -1,0 +1,32 @@
+"""Process-wide counters: how many kernels were compiled, launched, cached, and how much memory moved.
+
+Tests pin fusion and caching with these numbers, so every layer bumps them through `bump`.
+"""
+from __future__ import annotations
+
+_COUNTERS: dict[str, float] = {}
+_NAMES = (
+    "kernels_compiled", "kernels_launched", "graphs_scheduled", "schedule_cache_hits",
+    "bytes_allocated", "peak_bytes", "cache_memory_hits", "cache_disk_hits", "cache_misses",
+    "compile_seconds", "programs_captured", "programs_loaded",
+)
+
+
+def bump(name: str, amount: float = 1) -> None:
+    _COUNTERS[name] = _COUNTERS.get(name, 0) + amount
+
+
+def set_max(name: str, value: float) -> None:
+    if value > _COUNTERS.get(name, 0):
+        _COUNTERS[name] = value
+
+
+def stats() -> dict[str, float]:
+    """A snapshot of every counter (missing ones read 0)."""
+    snapshot = {name: 0 for name in _NAMES}
+    snapshot.update(_COUNTERS)
+    return snapshot
+
+
+def reset_stats() -> None:
+    _COUNTERS.clear()
