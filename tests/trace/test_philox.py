@@ -1,0 +1,108 @@
+"""Philox4x32-10: the numpy reference against Random123's known answers, and the OpenCL helper against numpy."""
+import numpy as np
+import pyopencl as cl
+import pytest
+
+from zyx.trace import philox
+from zyx.trace.philox import OPENCL_SOURCE, philox4x32_words, philox_uniform
+
+# Random123 kat_vectors: counter (4 words), key (2 words) -> output (4 words).
+KNOWN_ANSWERS = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+
+
+@pytest.mark.parametrize("counter, key, expected", KNOWN_ANSWERS)
+def test_known_answer_vectors(counter, key, expected):
+    assert philox4x32_words(counter, key) == expected
+
+
+def test_uniform_uses_word_zero_of_counter_offset_plus_index():
+    seed, offset = 0x0123456789ABCDEF, 2**32 - 2
+    values = philox_uniform(seed, offset, 4)
+    for i, value in enumerate(values):
+        counter = offset + i
+        word0 = philox4x32_words((counter & 0xFFFFFFFF, counter >> 32, 0, 0), (seed & 0xFFFFFFFF, seed >> 32))[0]
+        assert value == np.float32((word0 >> 8) * 2.0**-24)
+
+
+def test_uniform_is_float32_in_unit_interval_and_roughly_uniform():
+    values = philox_uniform(seed=7, offset=0, count=100_000)
+    assert values.dtype == np.float32 and values.shape == (100_000,)
+    assert values.min() >= 0.0 and values.max() < 1.0
+    assert abs(values.mean() - 0.5) < 0.01
+    assert np.histogram(values, bins=10, range=(0, 1))[0].min() > 9_500
+
+
+def test_uniform_streams_are_slices_of_one_sequence():
+    whole = philox_uniform(seed=3, offset=10, count=100)
+    assert np.array_equal(whole[40:], philox_uniform(seed=3, offset=50, count=60))
+    assert not np.array_equal(whole, philox_uniform(seed=4, offset=10, count=100))
+
+
+def test_uniform_counter_wraps_at_2_to_64():
+    assert np.array_equal(philox_uniform(1, 2**64 - 1, 2), np.concatenate([philox_uniform(1, 2**64 - 1, 1), philox_uniform(1, 0, 1)]))
+
+
+def test_zero_count():
+    assert philox_uniform(1, 0, 0).shape == (0,)
+
+
+def test_opencl_source_is_generated_from_the_python_constants():
+    for constant in (philox.MULTIPLIER_0, philox.MULTIPLIER_1, philox.KEY_BUMP_0, philox.KEY_BUMP_1):
+        assert f"{constant:#010x}u" in OPENCL_SOURCE
+    assert f"< {philox.ROUNDS};" in OPENCL_SOURCE
+
+
+KERNEL = OPENCL_SOURCE + """
+__kernel void draw(__global float *out, ulong seed, ulong offset) {
+    size_t i = get_global_id(0);
+    out[i] = zyx_philox_uniform(seed, offset + i);
+}
+"""
+
+
+def _device_ordinals():
+    from zyx.runtime.platforms import describe_devices
+
+    return list(range(len(describe_devices())))
+
+
+@pytest.fixture(scope="module", params=_device_ordinals())
+def draw_on_device(request):
+    """A function (seed, offset, count) -> float32 array computed by OPENCL_SOURCE on one OpenCL device."""
+    from zyx.runtime.platforms import select_device_by_ordinal
+
+    context = cl.Context([select_device_by_ordinal(request.param)])
+    queue = cl.CommandQueue(context)
+    try:
+        kernel = cl.Kernel(cl.Program(context, KERNEL).build(), "draw")
+    except cl.RuntimeError as error:  # e.g. the pip wheel's PoCL 3.0-rc2 on a CPU its LLVM does not know
+        reason = next((line for line in str(error).splitlines() if line.startswith("error:")), "build failed")
+        pytest.skip(f"device opencl:{request.param} cannot build programs: {reason}")
+
+    def draw(seed, offset, count):
+        out = np.empty(count, dtype=np.float32)
+        device_out = cl.Buffer(context, cl.mem_flags.WRITE_ONLY, out.nbytes)
+        kernel(queue, (count,), None, device_out, np.uint64(seed), np.uint64(offset))
+        cl.enqueue_copy(queue, out, device_out)
+        return out
+
+    return draw
+
+
+@pytest.mark.parametrize(
+    "seed, offset",
+    [(0, 0), (0x0123456789ABCDEF, 2**32 - 1000), (2**64 - 1, 2**64 - 500), (42, 5 * 2**32 + 17)],
+)
+def test_opencl_matches_numpy_bit_for_bit(draw_on_device, seed, offset):
+    count = 4096
+    drawn = draw_on_device(seed, offset, count)
+    expected = philox_uniform(seed, offset, count)
+    assert np.array_equal(drawn.view(np.uint32), expected.view(np.uint32))

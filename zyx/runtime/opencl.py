@@ -1,0 +1,149 @@
+"""One OpenCL device: its context, its in-order queue, its memory, and how kernels are launched on it.
+
+Everything is enqueued on a single in-order queue, so commands run in the order they were issued and no
+events are needed between them; only `download` and `synchronize` wait. That ordering is also what makes
+reusing a pooled buffer safe while earlier kernels that used it are still queued.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyopencl as cl
+
+from zyx import stats
+from zyx.runtime.memory import BufferPool
+
+_OUT_OF_MEMORY_CODES = frozenset(
+    {cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES, cl.status_code.OUT_OF_HOST_MEMORY}
+)
+_PENDING_UPLOADS_BEFORE_PRUNE = 64
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+    return isinstance(error, cl.MemoryError) or getattr(error, "code", None) in _OUT_OF_MEMORY_CODES
+
+
+def _debug_level() -> int:
+    try:
+        return int(os.environ.get("ZYX_DEBUG", "0"))
+    except ValueError:
+        return 0
+
+
+class Buffer:
+    """Device memory of `nbytes` bytes; goes back to its backend's pool when the last reference is dropped."""
+
+    def __init__(self, cl_buffer: cl.Buffer, nbytes: int, backend: OpenCLBackend) -> None:
+        self.cl_buffer = cl_buffer
+        self.nbytes = nbytes
+        self.backend = backend
+        # Not run at interpreter exit: the driver may already be gone, and the process frees everything anyway.
+        weakref.finalize(self, backend.pool.release, cl_buffer, nbytes).atexit = False
+
+    def __repr__(self) -> str:
+        return f"Buffer(nbytes={self.nbytes}, device={self.backend.name!r})"
+
+
+class OpenCLBackend:
+    """Owns one OpenCL device: allocation, transfers and kernel launches all go through here."""
+
+    def __init__(self, cl_device: cl.Device) -> None:
+        self.device = cl_device
+        self.context = cl.Context([cl_device])
+        self.queue = cl.CommandQueue(self.context, cl_device)
+        self.name: str = cl_device.name.strip()
+        extensions = cl_device.extensions.split()
+        self.supports_fp16: bool = "cl_khr_fp16" in extensions
+        self.supports_fp64: bool = "cl_khr_fp64" in extensions
+        self.max_work_group_size: int = cl_device.max_work_group_size
+        self.local_mem_bytes: int = cl_device.local_mem_size
+        self.compute_units: int = cl_device.max_compute_units
+        self.is_gpu: bool = bool(cl_device.type & cl.device_type.GPU)
+        self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory)
+        self._pending_uploads: list[cl.Event] = []
+
+    def __repr__(self) -> str:
+        return f"OpenCLBackend({self.name!r})"
+
+    def _create_cl_buffer(self, nbytes: int) -> cl.Buffer:
+        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=nbytes)
+
+    # --- memory -------------------------------------------------------------------------------------------
+
+    def allocate(self, nbytes: int) -> Buffer:
+        """Uninitialised device memory, from the pool when a freed buffer of the same size class is there."""
+        if nbytes < 0:
+            raise ValueError(f"cannot allocate {nbytes} bytes")
+        return Buffer(self.pool.acquire(nbytes), nbytes, self)
+
+    def memory_stats(self) -> dict[str, int]:
+        """Bytes held by live buffers, the most ever held at once, and bytes freed but kept for reuse."""
+        return {
+            "current_bytes": self.pool.current_bytes,
+            "peak_bytes": self.pool.peak_bytes,
+            "pool_bytes": self.pool.pool_bytes,
+        }
+
+    def reset_peak_memory(self) -> None:
+        self.pool.reset_peak()
+
+    # --- transfers ----------------------------------------------------------------------------------------
+
+    def upload(self, array: np.ndarray) -> Buffer:
+        """A device copy of `array`. Returns before the copy finishes; the host data is kept alive until it does."""
+        host = np.ascontiguousarray(array)
+        buffer = self.allocate(host.nbytes)
+        if host.nbytes:
+            event = cl.enqueue_copy(self.queue, buffer.cl_buffer, host, is_blocking=False)
+            self._keep_until_done(event)
+        return buffer
+
+    def download(self, buffer: Buffer, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
+        """The buffer's contents as a new array; waits for every kernel enqueued before it."""
+        host = np.empty(tuple(shape), dtype=numpy_dtype)
+        if host.nbytes > buffer.nbytes:
+            raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte buffer")
+        if host.nbytes:
+            cl.enqueue_copy(self.queue, host, buffer.cl_buffer, is_blocking=True)
+        self._pending_uploads.clear()  # the in-order queue finished them before this read
+        return host
+
+    def copy(self, buffer: Buffer) -> Buffer:
+        """A new device buffer holding the same bytes (enqueued, not waited for)."""
+        duplicate = self.allocate(buffer.nbytes)
+        if buffer.nbytes:
+            cl.enqueue_copy(self.queue, duplicate.cl_buffer, buffer.cl_buffer, byte_count=buffer.nbytes)
+        return duplicate
+
+    def _keep_until_done(self, event: cl.Event) -> None:
+        """Holds a transfer's event (which holds its host array); dropping an unfinished one would block."""
+        self._pending_uploads.append(event)
+        if len(self._pending_uploads) > _PENDING_UPLOADS_BEFORE_PRUNE:
+            complete = cl.command_execution_status.COMPLETE
+            self._pending_uploads = [e for e in self._pending_uploads if e.command_execution_status != complete]
+
+    # --- execution ----------------------------------------------------------------------------------------
+
+    def launch(
+        self,
+        kernel: cl.Kernel,
+        global_size: tuple[int, ...],
+        local_size: tuple[int, ...] | None,
+        args: Sequence[Any],
+    ) -> None:
+        """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are."""
+        if _debug_level() >= 1:
+            print(f"zyx launch {kernel.function_name} global={tuple(global_size)} local={local_size}", file=sys.stderr)
+        kernel.set_args(*[arg.cl_buffer if isinstance(arg, Buffer) else arg for arg in args])
+        cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
+        stats.bump("kernels_launched")
+
+    def synchronize(self) -> None:
+        """Waits until everything enqueued so far has finished."""
+        self.queue.finish()
+        self._pending_uploads.clear()

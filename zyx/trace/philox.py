@@ -1,0 +1,91 @@
+"""Philox4x32-10, the counter-based random generator used everywhere in Zyx.
+
+A random tensor is a pure function of (seed, offset, index): no generator state lives on a device, so a
+kernel can draw element i without reading anything but its own counter. This module is the one place the
+algorithm and its constants are written down; the numpy reference and the OpenCL helper are both built
+from the constants below, so they cannot drift apart.
+
+Reference: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), and Random123's KAT vectors.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+ROUNDS = 10
+MULTIPLIER_0 = 0xD2511F53
+MULTIPLIER_1 = 0xCD9E8D57
+KEY_BUMP_0 = 0x9E3779B9  # golden ratio
+KEY_BUMP_1 = 0xBB67AE85  # sqrt(3) - 1
+FLOAT_MANTISSA_BITS = 24  # a float32 holds 24 significant bits, so (bits >> 8) * 2**-24 is exact
+
+_WORD_MASK = 0xFFFFFFFF
+_WORD = np.uint64(_WORD_MASK)
+_SHIFT_32 = np.uint64(32)
+
+
+def _mulhilo(multiplier: int, word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(high, low) 32-bit halves of multiplier * word; the uint64 product of two 32-bit values cannot overflow."""
+    product = np.uint64(multiplier) * word
+    return product >> _SHIFT_32, product & _WORD
+
+
+def philox4x32_10(
+    counter: Sequence[np.ndarray], key: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The raw block function on arrays: 4 counter words and 2 key words (uint64 arrays holding 32-bit values)."""
+    c0, c1, c2, c3 = (np.asarray(word, dtype=np.uint64) for word in counter)
+    k0, k1 = (np.asarray(word, dtype=np.uint64) for word in key)
+    for round_index in range(ROUNDS):
+        if round_index > 0:
+            k0 = (k0 + np.uint64(KEY_BUMP_0)) & _WORD
+            k1 = (k1 + np.uint64(KEY_BUMP_1)) & _WORD
+        hi0, lo0 = _mulhilo(MULTIPLIER_0, c0)
+        hi1, lo1 = _mulhilo(MULTIPLIER_1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def philox4x32_words(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int, int, int]:
+    """All four output words for one block, as Python ints: what the published known-answer tests list."""
+    c0, c1, c2, c3 = philox4x32_10([np.uint64(w) for w in counter], [np.uint64(w) for w in key])
+    return int(c0), int(c1), int(c2), int(c3)
+
+
+def _split_64(values: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype=np.uint64)
+    return values & _WORD, values >> _SHIFT_32
+
+
+def philox_uniform(seed: int, offset: int, count: int) -> np.ndarray:
+    """float32 uniforms in [0, 1): element i comes from 64-bit counter offset + i (wrapping) under key seed."""
+    index = np.arange(count, dtype=np.uint64)
+    counters = index + np.uint64(offset % 2**64)  # uint64 addition wraps like the device's ulong
+    counter_lo, counter_hi = _split_64(counters)
+    zeros = np.zeros_like(counter_lo)
+    key = _split_64(seed % 2**64)
+    bits = philox4x32_10((counter_lo, counter_hi, zeros, zeros), key)[0]
+    drop = np.uint64(32 - FLOAT_MANTISSA_BITS)
+    return (bits >> drop).astype(np.float32) * np.float32(2.0**-FLOAT_MANTISSA_BITS)
+
+
+def _opencl_source() -> str:
+    scale = f"{(2.0 ** -FLOAT_MANTISSA_BITS).hex()}f"  # hex float: exact, no decimal rounding
+    return f"""
+static inline float zyx_philox_uniform(ulong seed, ulong counter) {{
+    uint c0 = (uint)counter, c1 = (uint)(counter >> 32), c2 = 0u, c3 = 0u;
+    uint k0 = (uint)seed, k1 = (uint)(seed >> 32);
+    for (int round_index = 0; round_index < {ROUNDS}; round_index++) {{
+        if (round_index > 0) {{ k0 += {KEY_BUMP_0:#010x}u; k1 += {KEY_BUMP_1:#010x}u; }}
+        uint hi0 = mul_hi({MULTIPLIER_0:#010x}u, c0), lo0 = {MULTIPLIER_0:#010x}u * c0;
+        uint hi1 = mul_hi({MULTIPLIER_1:#010x}u, c2), lo1 = {MULTIPLIER_1:#010x}u * c2;
+        c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
+    }}
+    return (float)(c0 >> {32 - FLOAT_MANTISSA_BITS}) * {scale};
+}}
+"""
+
+
+OPENCL_SOURCE: str = _opencl_source()
+"""OpenCL C defining `zyx_philox_uniform(seed, counter)`, bit-identical to `philox_uniform`; paste into a program."""
