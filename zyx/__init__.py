@@ -1,0 +1,23 @@
+"""Zyx: lazy tensors, autodiff of any order, and a fusing OpenCL JIT with a persistent kernel cache."""
+from __future__ import annotations
+
+from .creation import (arange, eye, full, ones, ones_like, rand, randn, tensor, uniform, zeros, zeros_like)
+from .devices import CPU, Device, OpenCL, default_device, set_default_device
+from .dtypes import DType, bool_, float16, float32, float64, int32, int64
+from .errors import ShapeError
+from .random import manual_seed
+from .realize import realize
+from .stats import reset_stats, stats
+from .tensor import Tensor, where
+from .tensor_combine import cat, stack
+
+bool = bool_  # noqa: A001  (zyx.bool, as torch.bool)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "Device", "CPU", "OpenCL", "DType", "ShapeError", "tensor", "zeros", "ones", "full", "eye", "arange",
+    "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
+    "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",
+    "int64", "bool", "bool_",
+]

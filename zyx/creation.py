@@ -1,0 +1,122 @@
+"""Making tensors: from data, constants (lazy, no memory until used) and the random stream (lazy too)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from . import random as zrandom
+from .devices import Device, default_device
+from .dtypes import DEFAULT_FLOAT, DType, float32, promote_with_scalar, scalar_dtype, to_dtype
+from .tensor import Tensor
+from .trace import node as n
+
+
+def shape_of(args: tuple[Any, ...]) -> tuple[int, ...]:
+    """Accept f(2, 3), f((2, 3)) and f([2, 3])."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = tuple(args[0])
+    shape = tuple(int(s) for s in args)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    return shape
+
+
+def _device(device: Optional[Device]) -> Device:
+    return device if device is not None else default_device()
+
+
+def _infer_dtype(array: np.ndarray, data: Any) -> DType:
+    if isinstance(data, np.ndarray) or isinstance(data, np.generic):
+        if array.dtype == np.float64 and isinstance(data, np.ndarray):
+            return to_dtype(np.float64)
+        return to_dtype(array.dtype)
+    if array.dtype.kind == "f":
+        return DEFAULT_FLOAT
+    if array.dtype.kind in "iu":
+        return to_dtype(np.int64)
+    return to_dtype(array.dtype)
+
+
+def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """A tensor holding a copy of `data` (nested lists, numbers, numpy arrays or tensors)."""
+    device = _device(device)
+    if isinstance(data, Tensor):
+        data = data.numpy()
+    try:
+        array = np.array(data)
+    except ValueError as error:
+        raise ValueError(f"tensor: ragged nested sequence, every row needs the same length ({error})") from None
+    if array.dtype == object:
+        raise ValueError("tensor: ragged nested sequence or non-numeric data; every row needs the same length")
+    target = to_dtype(dtype) if dtype is not None else _infer_dtype(array, data)
+    array = np.ascontiguousarray(array.astype(target.np, copy=False))
+    return Tensor(n.buffer_leaf(device.upload(array), array.shape, target, device))
+
+
+def full(shape: Any, value: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    shape = shape_of((shape,)) if not isinstance(shape, int) else (shape,)
+    target = to_dtype(dtype) if dtype is not None else scalar_dtype(value)
+    return Tensor(n.const(value, shape, target, _device(device)))
+
+
+def zeros(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    return full(shape_of(shape), 0.0, device, dtype or DEFAULT_FLOAT)
+
+
+def ones(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    return full(shape_of(shape), 1.0, device, dtype or DEFAULT_FLOAT)
+
+
+def zeros_like(t: Tensor, dtype: Any = None) -> Tensor:
+    return full(t.shape, 0, t.device, dtype or t.dtype)
+
+
+def ones_like(t: Tensor, dtype: Any = None) -> Tensor:
+    return full(t.shape, 1, t.device, dtype or t.dtype)
+
+
+def rand(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """Uniform in [0, 1), lazy: drawn from the counter-based generator when realized."""
+    dims = shape_of(shape)
+    seed, offset = zrandom.reserve(math.prod(dims))
+    values = Tensor(n.rand(seed, offset, dims, float32, _device(device)))
+    return values.cast(dtype) if dtype is not None else values
+
+
+def uniform(*shape: Any, low: float = 0.0, high: float = 1.0, device: Optional[Device] = None,
+            dtype: Any = None) -> Tensor:
+    return rand(*shape, device=device, dtype=dtype) * (high - low) + low
+
+
+def randn(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """Standard normal by Box-Muller over two uniform draws."""
+    dims = shape_of(shape)
+    u1, u2 = rand(dims, device=device), rand(dims, device=device)
+    radius = ((1.0 - u1).log() * -2.0).sqrt()
+    values = radius * (u2 * (2 * math.pi)).cos()
+    return values.cast(dtype) if dtype is not None else values
+
+
+def arange(*args: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """arange(stop), arange(start, stop[, step]) as numpy; int64 unless a bound is a float."""
+    if not 1 <= len(args) <= 3:
+        raise TypeError("arange takes stop, or start, stop and an optional step")
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (args[0], args[1], args[2] if len(args) == 3 else 1)
+    if step == 0:
+        raise ValueError("arange: step must not be zero")
+    inferred = DEFAULT_FLOAT if any(isinstance(v, float) for v in (start, stop, step)) else to_dtype(np.int64)
+    return tensor(np.arange(start, stop, step), device, dtype or inferred)
+
+
+def eye(n_rows: int, n_cols: Optional[int] = None, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    n_cols = n_rows if n_cols is None else n_cols
+    rows = arange(n_rows, device=device).reshape(n_rows, 1)
+    cols = arange(n_cols, device=device).reshape(1, n_cols)
+    return (rows == cols).cast(dtype or DEFAULT_FLOAT)
+
+
+def scalar_like(value: Any, like: Tensor) -> Tensor:
+    """A Python number as a tensor that joins `like` without widening it."""
+    return full((), value, like.device, promote_with_scalar(like.dtype, value))

@@ -1,0 +1,128 @@
+"""Devices: where tensors live and how their traces are realized; also the tensor factories (dev.randn...)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .dtypes import DType
+from .trace.node import Node
+
+
+class Device:
+    """A place for tensors: `zyx.CPU()` (RAM, numpy) or `zyx.OpenCL()` (VRAM, fused kernels)."""
+
+    def __init__(self, kind: str, backend: Any, label: str):
+        self.kind, self.backend, self.label = kind, backend, label
+
+    def __repr__(self) -> str:
+        return f"zyx.{self.label}"
+
+    # ---- realization -------------------------------------------------------------------------------------
+    def realize(self, nodes: Sequence[Node]) -> list[Any]:
+        """Device buffers holding the values of `nodes`."""
+        return self.backend.realize(list(nodes))
+
+    def upload(self, array: np.ndarray) -> Any:
+        return self.backend.upload(array)
+
+    def download(self, buffer: Any, shape: tuple[int, ...], dtype: DType) -> np.ndarray:
+        return self.backend.download(buffer, shape, dtype.np)
+
+    # ---- factories ---------------------------------------------------------------------------------------
+    def tensor(self, data: Any, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.tensor(data, device=self, dtype=dtype)
+
+    def randn(self, *shape: Any, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.randn(*shape, device=self, dtype=dtype)
+
+    def rand(self, *shape: Any, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.rand(*shape, device=self, dtype=dtype)
+
+    def uniform(self, *shape: Any, low: float = 0.0, high: float = 1.0, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.uniform(*shape, low=low, high=high, device=self, dtype=dtype)
+
+    def zeros(self, *shape: Any, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.zeros(*shape, device=self, dtype=dtype)
+
+    def ones(self, *shape: Any, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.ones(*shape, device=self, dtype=dtype)
+
+    def full(self, shape: Any, value: Any, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.full(shape, value, device=self, dtype=dtype)
+
+    def eye(self, n: int, m: Optional[int] = None, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.eye(n, m, device=self, dtype=dtype)
+
+    def arange(self, *args: Any, dtype: Any = None) -> "Tensor":
+        from . import creation
+        return creation.arange(*args, device=self, dtype=dtype)
+
+    def memory_stats(self) -> dict[str, int]:
+        return self.backend.memory_stats() if hasattr(self.backend, "memory_stats") else {
+            "current_bytes": 0, "peak_bytes": 0, "pool_bytes": 0}
+
+
+_DEVICES: dict[Any, Device] = {}
+
+
+def CPU() -> Device:
+    """Tensors in RAM, traces run by numpy: the reference backend."""
+    if "cpu" not in _DEVICES:
+        from .runtime.cpu import CPUBackend
+        _DEVICES["cpu"] = Device("cpu", CPUBackend(), "CPU()")
+    return _DEVICES["cpu"]
+
+
+def OpenCL(platform: int | str | None = None, device: int | str | None = None) -> Device:
+    """Tensors in OpenCL buffers; traces fused into kernels. Picks a GPU if present, else the fastest CPU."""
+    from .runtime.platforms import select_device
+    return _opencl_for(select_device(platform, device))
+
+
+def _opencl_for(cl_device: Any) -> Device:
+    key = ("opencl", cl_device.int_ptr)
+    if key not in _DEVICES:
+        from .jit.backend import JitBackend
+        backend = JitBackend(cl_device)
+        _DEVICES[key] = Device("opencl", backend, f"OpenCL({cl_device.name.strip()!r})")
+    return _DEVICES[key]
+
+
+def device_from_spec(spec: str) -> Device:
+    """`cpu`, `opencl` or `opencl:N` (the N-th OpenCL device in `zyx devices` order)."""
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return CPU()
+    if spec == "opencl":
+        return OpenCL()
+    if spec.startswith("opencl:") and spec[7:].isdigit():
+        from .runtime.platforms import select_device_by_ordinal
+        return _opencl_for(select_device_by_ordinal(int(spec[7:])))
+    raise ValueError(f"unknown device {spec!r}: use 'cpu', 'opencl' or 'opencl:N'")
+
+
+_default: list[Device] = []
+
+
+def default_device() -> Device:
+    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N), else CPU."""
+    if not _default:
+        _default.append(device_from_spec(os.environ.get("ZYX_DEVICE", "cpu")))
+    return _default[0]
+
+
+def set_default_device(device: Device | str) -> None:
+    _default[:] = [device if isinstance(device, Device) else device_from_spec(device)]
+
+
+from .tensor import Tensor  # noqa: E402  (type name for annotations above)

@@ -1,0 +1,119 @@
+"""The CPU backend: tensors in RAM as numpy arrays, traces evaluated op by op.
+
+It is the reference every other backend is tested against, so it favours plain numpy over speed.
+Intermediates are dropped right after their last consumer.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..trace.node import Node, toposort
+from ..trace.ops import Op
+from ..trace.philox import philox_uniform
+
+UNARY: dict[Op, Callable[[np.ndarray], np.ndarray]] = {
+    Op.NEG: np.negative, Op.RECIP: np.reciprocal, Op.SQRT: np.sqrt, Op.EXP: np.exp, Op.LOG: np.log,
+    Op.SIN: np.sin, Op.COS: np.cos, Op.TANH: np.tanh, Op.SIGMOID: lambda x: 1 / (1 + np.exp(-x)),
+    Op.DETACH: lambda x: x, Op.FLOOR: np.floor, Op.CEIL: np.ceil, Op.RINT: np.rint,
+    Op.NOT: np.logical_not,
+}
+BINARY: dict[Op, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    Op.ADD: np.add, Op.MUL: np.multiply, Op.POW: np.power, Op.MAX: np.maximum, Op.CMPLT: np.less,
+    Op.CMPEQ: np.equal, Op.AND: np.logical_and, Op.OR: np.logical_or,
+}
+
+
+def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "f":
+        return np.divide(a, b)
+    return np.floor_divide(a, np.where(b == 0, 1, b))  # integer division by zero is defined as a // 1
+
+
+def _movement(node: Node, x: np.ndarray) -> np.ndarray:
+    op, arg = node.op, node.arg
+    if op is Op.RESHAPE:
+        return x.reshape(arg)
+    if op is Op.PERMUTE:
+        return x.transpose(arg)
+    if op is Op.EXPAND:
+        return np.broadcast_to(x, arg)
+    if op is Op.PAD:
+        padding, value = arg
+        return np.pad(x, padding, constant_values=value)
+    if op is Op.SHRINK:
+        return x[tuple(slice(s, e) for s, e in arg)]
+    return np.flip(x, arg)
+
+
+def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """One node's value from its inputs' values."""
+    op, dtype = node.op, node.dtype.np
+    if op is Op.CONST:
+        return np.array(node.arg, dtype=dtype)
+    if op is Op.RAND:
+        seed, offset = node.arg
+        return philox_uniform(seed, offset, node.numel).reshape(node.shape).astype(dtype)
+    if op in UNARY:
+        return UNARY[op](inputs[0]).astype(dtype, copy=False)
+    if op is Op.CAST:
+        return inputs[0].astype(dtype)
+    if op is Op.DIV:
+        return _divide(*inputs).astype(dtype, copy=False)
+    if op in BINARY:
+        return BINARY[op](*inputs).astype(dtype, copy=False)
+    if op is Op.WHERE:
+        return np.where(*inputs).astype(dtype, copy=False)
+    if op is Op.SUM:
+        return np.sum(inputs[0], axis=node.arg, keepdims=True, dtype=dtype)
+    if op is Op.RMAX:
+        x = inputs[0]
+        if x.size == 0:  # the max of nothing is the identity of max
+            return np.full(node.shape, _lowest(dtype), dtype=dtype)
+        return np.max(x, axis=node.arg, keepdims=True)
+    return _movement(node, inputs[0])
+
+
+def _lowest(dtype: np.dtype) -> Any:
+    if dtype.kind == "f":
+        return -np.inf
+    if dtype.kind == "b":
+        return False
+    return np.iinfo(dtype).min
+
+
+class CPUBackend:
+    """Holds tensors as numpy arrays; realizes traces by interpreting them."""
+
+    name = "cpu"
+
+    def upload(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array)
+
+    def download(self, buffer: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return buffer.reshape(shape).copy()
+
+    def realize(self, targets: Sequence[Node]) -> list[np.ndarray]:
+        """Values of `targets` (contiguous arrays), freeing each intermediate after its last use."""
+        order = toposort(targets)
+        remaining_uses: dict[int, int] = {}
+        for node in order:
+            for src in node.src:
+                remaining_uses[id(src)] = remaining_uses.get(id(src), 0) + 1
+        keep = {id(t) for t in targets}
+        values: dict[int, np.ndarray] = {}
+        with np.errstate(all="ignore"):
+            for node in order:
+                if node.op is Op.BUFFER:
+                    if node.buffer is None:
+                        raise RuntimeError("a gradient needs the value of a tensor that was released; keep a "
+                                           "reference to it until its gradients are realized")
+                    values[id(node)] = node.buffer
+                    continue
+                values[id(node)] = evaluate(node, [values[id(s)] for s in node.src])
+                for src in node.src:
+                    remaining_uses[id(src)] -= 1
+                    if remaining_uses[id(src)] == 0 and id(src) not in keep:
+                        del values[id(src)]
+        return [np.ascontiguousarray(values[id(t)]).reshape(t.shape) for t in targets]

@@ -1,0 +1,460 @@
+"""Tensor: a handle on a trace node. Every op records a node; values are computed only when asked for.
+
+Elementwise math lives here; reductions, movement and layers come from the mixins beside it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from .dtypes import DEFAULT_FLOAT, DType, bool_, promote, to_dtype
+from .errors import ShapeError
+from .tensor_layers import LayerMixin
+from .tensor_movement import MovementMixin
+from .tensor_reduce import ReduceMixin
+from .trace import autodiff
+from .trace import node as n
+from .trace.hashing import structural_hash
+from .trace.node import Node
+from .trace.ops import Op
+
+Operand = Union["Tensor", int, float, bool]
+
+
+def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy broadcasting; a ShapeError names the op and every shape."""
+    ndim = max(len(s) for s in shapes)
+    result = []
+    for axis in range(ndim):
+        sizes = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise ShapeError(f"{op}: shapes {' and '.join(str(s) for s in shapes)} cannot be broadcast together")
+        result.append(sizes.pop() if sizes else 1)
+    return tuple(result)
+
+
+class Tensor(MovementMixin, ReduceMixin, LayerMixin):
+    __slots__ = ("node", "__weakref__")
+    __array_priority__ = 1000  # numpy defers to our reflected operators
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    # ---- properties ----------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.node.shape
+
+    @property
+    def dtype(self) -> DType:
+        return self.node.dtype
+
+    @property
+    def device(self) -> Any:
+        return self.node.device
+
+    @property
+    def ndim(self) -> int:
+        return len(self.node.shape)
+
+    def numel(self) -> int:
+        return self.node.numel
+
+    def structural_hash(self) -> str:
+        return structural_hash([self.node])
+
+    # ---- realization ---------------------------------------------------------------------------------------
+    def realize(self) -> "Tensor":
+        from .realize import realize
+        realize(self)
+        return self
+
+    def numpy(self) -> np.ndarray:
+        self.realize()
+        return self.device.download(self.node.buffer, self.shape, self.dtype)
+
+    def item(self) -> Any:
+        if self.numel() != 1:
+            raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Tensor({np.array2string(self.numpy(), separator=', ')}, dtype={self.dtype}, device={self.device})"
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self) -> Iterator["Tensor"]:
+        return (self[i] for i in range(len(self)))
+
+    def __bool__(self) -> bool:
+        return bool(self.item())
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype.is_float:
+            raise TypeError("only integer tensors can be used as an index")
+        return int(self.item())
+
+    __hash__ = object.__hash__
+
+    def detach(self) -> "Tensor":
+        """The same values, but gradients do not flow back through the result."""
+        return Tensor(n.unary(Op.DETACH, self.node))
+
+    def to(self, device: Any) -> "Tensor":
+        """A copy on `device` (gradients do not cross devices)."""
+        from .devices import device_from_spec
+        device = device_from_spec(device) if isinstance(device, str) else device
+        if device is self.device:
+            return self
+        from .creation import tensor
+        return tensor(self.numpy(), device=device, dtype=self.dtype)
+
+    def cast(self, dtype: Any) -> "Tensor":
+        return Tensor(n.cast(self.node, to_dtype(dtype)))
+
+    def float(self) -> "Tensor":
+        return self.cast(DEFAULT_FLOAT)
+
+    def assign(self, value: Operand) -> "Tensor":
+        """Replace this tensor's value in place (optimizers use it; `@zyx.jit` records it as an update)."""
+        new = self._operand(value, "assign")
+        if new.shape != self.shape:
+            if broadcast_shape("assign", self.shape, new.shape) != self.shape:
+                raise ShapeError(f"assign: value of shape {new.shape} does not fit tensor of shape {self.shape}")
+            new = new.expand(self.shape)
+        from .jit.capture import record_assign
+        record_assign(self, new.cast(self.dtype))
+        return self
+
+    # ---- autodiff ------------------------------------------------------------------------------------------
+    def backward(self, sources: Sequence["Tensor"], grad_output: Optional["Tensor"] = None) -> list[Optional["Tensor"]]:
+        """d(self)/d(source) for each source, lazily; None for a source this tensor does not depend on.
+
+        A non-scalar tensor is seeded with ones unless `grad_output` is given.
+        """
+        if isinstance(sources, Tensor):
+            raise TypeError("backward takes a list of tensors: z.backward([x, y])")
+        if not self.dtype.is_float:
+            raise TypeError(f"backward needs a float tensor, this one is {self.dtype.name}")
+        if grad_output is None:
+            seed = n.const(1.0, self.shape, self.dtype, self.device)
+        else:
+            if grad_output.shape != self.shape:
+                raise ShapeError(f"backward: grad_output shape {grad_output.shape} differs from tensor shape {self.shape}")
+            seed = grad_output.cast(self.dtype).node
+        grads = autodiff.gradients(self.node, [s.node for s in sources], seed)
+        return [None if g is None else Tensor(g) for g in grads]
+
+    # ---- operand plumbing ----------------------------------------------------------------------------------
+    def _operand(self, value: Operand, op: str) -> "Tensor":
+        if isinstance(value, Tensor):
+            return value
+        if isinstance(value, (int, float, bool, np.number, np.bool_)):
+            from .creation import scalar_like
+            return scalar_like(value.item() if isinstance(value, np.generic) else value, self)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            from .creation import tensor
+            return tensor(value, device=self.device)
+        raise TypeError(f"{op}: unsupported operand of type {type(value).__name__}")
+
+    def _pair(self, other: Operand, op: str, dtype: Optional[DType] = None) -> tuple[Node, Node]:
+        """Both operands broadcast to one shape and cast to one dtype (PyTorch's promotion)."""
+        b = self._operand(other, op)
+        if b.device is not self.device:
+            raise ValueError(f"{op}: operands live on different devices ({self.device} and {b.device})")
+        shape = broadcast_shape(op, self.shape, b.shape)
+        common = dtype or promote(self.dtype, b.dtype)
+        return self._broadcast_to(shape, common), b._broadcast_to(shape, common)
+
+    def _broadcast_to(self, shape: tuple[int, ...], dtype: DType) -> Node:
+        node = n.cast(self.node, dtype)
+        if node.shape != shape:
+            node = n.reshape(node, (1,) * (len(shape) - len(node.shape)) + node.shape)
+            node = n.expand(node, shape)
+        return node
+
+    def _binary(self, op: Op, other: Operand, name: str, dtype: Optional[DType] = None) -> "Tensor":
+        a, b = self._pair(other, name, dtype)
+        return Tensor(n.binary(op, a, b))
+
+    def _unary(self, op: Op) -> "Tensor":
+        return Tensor(n.unary(op, self.node))
+
+    def _float(self) -> "Tensor":
+        return self if self.dtype.is_float else self.cast(DEFAULT_FLOAT)
+
+    # ---- arithmetic ----------------------------------------------------------------------------------------
+    def __add__(self, other: Operand) -> "Tensor":
+        return self._binary(Op.ADD, other, "add")
+
+    def __radd__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "add") + self
+
+    def __sub__(self, other: Operand) -> "Tensor":
+        a, b = self._pair(other, "sub")
+        return Tensor(n.binary(Op.ADD, a, n.unary(Op.NEG, b)))
+
+    def __rsub__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "sub") - self
+
+    def __mul__(self, other: Operand) -> "Tensor":
+        return self._binary(Op.MUL, other, "mul")
+
+    def __rmul__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "mul") * self
+
+    def __truediv__(self, other: Operand) -> "Tensor":
+        b = self._operand(other, "div")
+        dtype = promote(self.dtype, b.dtype)
+        return self._binary(Op.DIV, b, "div", dtype if dtype.is_float else DEFAULT_FLOAT)
+
+    def __rtruediv__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "div") / self
+
+    def __floordiv__(self, other: Operand) -> "Tensor":
+        b = self._operand(other, "floordiv")
+        if promote(self.dtype, b.dtype).is_float:
+            return (self / b).floor()
+        return self._binary(Op.DIV, b, "floordiv")
+
+    def __rfloordiv__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "floordiv") // self
+
+    def __mod__(self, other: Operand) -> "Tensor":
+        b = self._operand(other, "mod")
+        return self - (self // b) * b
+
+    def __pow__(self, exponent: Operand) -> "Tensor":
+        if isinstance(exponent, (int, float)) and not isinstance(exponent, bool):
+            if exponent == 2:
+                return self * self
+            if exponent == 1:
+                return self
+            if exponent == 0.5:
+                return self._float().sqrt()
+            if exponent == -1:
+                return self._float().reciprocal()
+        base = self if self.dtype.is_float or (isinstance(exponent, Tensor) and exponent.dtype.is_float) else self
+        dtype = promote(base.dtype, self._operand(exponent, "pow").dtype)
+        result = base._binary(Op.POW, exponent, "pow", dtype if dtype.is_float else DEFAULT_FLOAT)
+        return result if dtype.is_float else result.round().cast(dtype)
+
+    def __rpow__(self, base: Operand) -> "Tensor":
+        return self._operand(base, "pow") ** self
+
+    def __neg__(self) -> "Tensor":
+        return self.logical_not() if self.dtype.is_bool else self._unary(Op.NEG)
+
+    def __pos__(self) -> "Tensor":
+        return self
+
+    def __abs__(self) -> "Tensor":
+        return self.abs()
+
+    # ---- comparisons (bool results) ------------------------------------------------------------------------
+    def __lt__(self, other: Operand) -> "Tensor":
+        return self._binary(Op.CMPLT, other, "lt")
+
+    def __gt__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "gt")._binary(Op.CMPLT, self, "gt")
+
+    def __le__(self, other: Operand) -> "Tensor":
+        return (self < other).logical_or(self == other)
+
+    def __ge__(self, other: Operand) -> "Tensor":
+        return (self > other).logical_or(self == other)
+
+    def __eq__(self, other: Operand) -> "Tensor":  # type: ignore[override]
+        return self._binary(Op.CMPEQ, other, "eq")
+
+    def __ne__(self, other: Operand) -> "Tensor":  # type: ignore[override]
+        return (self == other).logical_not()
+
+    def eq(self, other: Operand) -> "Tensor":
+        return self == other
+
+    # ---- logic ---------------------------------------------------------------------------------------------
+    def _bool(self) -> "Tensor":
+        return self if self.dtype.is_bool else self != 0
+
+    def logical_not(self) -> "Tensor":
+        return Tensor(n.unary(Op.NOT, self._bool().node))
+
+    def logical_and(self, other: Operand) -> "Tensor":
+        return self._bool()._binary(Op.AND, self._operand(other, "logical_and")._bool(), "logical_and")
+
+    def logical_or(self, other: Operand) -> "Tensor":
+        return self._bool()._binary(Op.OR, self._operand(other, "logical_or")._bool(), "logical_or")
+
+    def __and__(self, other: Operand) -> "Tensor":
+        return self.logical_and(other)
+
+    def __or__(self, other: Operand) -> "Tensor":
+        return self.logical_or(other)
+
+    def __invert__(self) -> "Tensor":
+        return self.logical_not()
+
+    def where(self, a: Operand, b: Operand) -> "Tensor":
+        """Elements of `a` where self is true, else of `b` (all broadcast together)."""
+        return where(self, a, b)
+
+    # ---- unary math ----------------------------------------------------------------------------------------
+    def exp(self) -> "Tensor":
+        return self._float()._unary(Op.EXP)
+
+    def exp2(self) -> "Tensor":
+        return (self._float() * math.log(2)).exp()
+
+    def log(self) -> "Tensor":
+        return self._float()._unary(Op.LOG)
+
+    ln = log
+
+    def log2(self) -> "Tensor":
+        return self.log() * (1 / math.log(2))
+
+    def sqrt(self) -> "Tensor":
+        return self._float()._unary(Op.SQRT)
+
+    def rsqrt(self) -> "Tensor":
+        return self.sqrt().reciprocal()
+
+    def reciprocal(self) -> "Tensor":
+        return self._float()._unary(Op.RECIP)
+
+    def sin(self) -> "Tensor":
+        return self._float()._unary(Op.SIN)
+
+    def cos(self) -> "Tensor":
+        return self._float()._unary(Op.COS)
+
+    def tan(self) -> "Tensor":
+        return self.sin() / self.cos()
+
+    def tanh(self) -> "Tensor":
+        return self._float()._unary(Op.TANH)
+
+    def sigmoid(self) -> "Tensor":
+        return self._float()._unary(Op.SIGMOID)
+
+    def relu(self) -> "Tensor":
+        return (self > 0).where(self, 0)
+
+    def leaky_relu(self, negative_slope: float = 0.01) -> "Tensor":
+        return (self > 0).where(self, self * negative_slope)
+
+    def elu(self, alpha: float = 1.0) -> "Tensor":
+        return (self > 0).where(self, (self.minimum(0).exp() - 1) * alpha)
+
+    def softplus(self, beta: float = 1.0) -> "Tensor":
+        """log(1 + exp(beta x)) / beta without overflow."""
+        x = self._float() * beta
+        return (x.relu() + ((-x.abs()).exp() + 1).log()) * (1 / beta)
+
+    def silu(self) -> "Tensor":
+        return self * self.sigmoid()
+
+    swish = silu
+
+    def erf(self) -> "Tensor":
+        """Abramowitz-Stegun 7.1.26 (absolute error below 1.5e-7), odd-extended."""
+        x = self._float()
+        t = 1 / (x.abs() * 0.3275911 + 1)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return x.sign() * (1 - poly * (-(x * x)).exp())
+
+    def gelu(self, approximate: str = "none") -> "Tensor":
+        """PyTorch's GELU: exact (erf) by default, `approximate='tanh'` for the tanh form."""
+        x = self._float()
+        if approximate == "tanh":
+            return x * 0.5 * ((x + x * x * x * 0.044715) * math.sqrt(2 / math.pi)).tanh() + x * 0.5
+        return x * 0.5 * ((x * (1 / math.sqrt(2))).erf() + 1)
+
+    def abs(self) -> "Tensor":
+        """|x|; the gradient at 0 is 0 (the two sides share it)."""
+        return self if self.dtype.is_bool else self.maximum(-self)
+
+    def sign(self) -> "Tensor":
+        return (self > 0).cast(self.dtype) - (self < 0).cast(self.dtype)
+
+    def floor(self) -> "Tensor":
+        return self._unary(Op.FLOOR) if self.dtype.is_float else self
+
+    def ceil(self) -> "Tensor":
+        return self._unary(Op.CEIL) if self.dtype.is_float else self
+
+    def round(self) -> "Tensor":
+        """Half to even, as numpy and PyTorch."""
+        return self._unary(Op.RINT) if self.dtype.is_float else self
+
+    def trunc(self) -> "Tensor":
+        return (self < 0).where(self.ceil(), self.floor())
+
+    def square(self) -> "Tensor":
+        return self * self
+
+    def maximum(self, other: Operand) -> "Tensor":
+        """Elementwise max; where both are equal the gradient is shared equally."""
+        return self._binary(Op.MAX, other, "maximum")
+
+    def minimum(self, other: Operand) -> "Tensor":
+        return -((-self).maximum(-self._operand(other, "minimum")))
+
+    def clamp(self, min: Optional[float] = None, max: Optional[float] = None) -> "Tensor":
+        """Clip to [min, max]; the gradient passes at the bounds themselves, as PyTorch's."""
+        result = self
+        if min is not None:
+            result = (result < min).where(min, result)
+        if max is not None:
+            result = (result > max).where(max, result)
+        return result
+
+    clip = clamp
+
+    def isnan(self) -> "Tensor":
+        return self != self
+
+    def isinf(self) -> "Tensor":
+        return self.abs() == math.inf if self.dtype.is_float else self != self
+
+    def isfinite(self) -> "Tensor":
+        return (self.isnan() | self.isinf()).logical_not()
+
+    def lerp(self, end: Operand, weight: Operand) -> "Tensor":
+        return self + (self._operand(end, "lerp") - self) * weight
+
+
+def where(condition: Operand, a: Operand, b: Operand) -> Tensor:
+    """Elements of `a` where `condition`, else of `b`; all three broadcast together."""
+    anchor = next(t for t in (condition, a, b) if isinstance(t, Tensor))
+    cond = anchor._operand(condition, "where")._bool()
+    ta = anchor._operand(a, "where") if isinstance(a, Tensor) or anchor is not cond else None
+    ta = ta if ta is not None else anchor._operand(a, "where")
+    tb = anchor._operand(b, "where")
+    if not isinstance(a, Tensor) and isinstance(b, Tensor):
+        ta = tb._operand(a, "where")
+    if not isinstance(b, Tensor) and isinstance(a, Tensor):
+        tb = ta._operand(b, "where")
+    shape = broadcast_shape("where", cond.shape, ta.shape, tb.shape)
+    dtype = promote(ta.dtype, tb.dtype)
+    return Tensor(n.where(cond._broadcast_to(shape, bool_), ta._broadcast_to(shape, dtype),
+                         tb._broadcast_to(shape, dtype)))

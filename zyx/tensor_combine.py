@@ -1,0 +1,43 @@
+"""Joining tensors: cat (pad each piece into place and add) and stack."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .dtypes import promote
+from .errors import ShapeError
+from .tensor import Tensor
+from .tensor_movement import normalize_axis
+
+
+def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Concatenate along `axis`; other axes must match."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("cat needs at least one tensor")
+    first = tensors[0]
+    axis = normalize_axis(axis, first.ndim, "cat")
+    for t in tensors[1:]:
+        if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
+            raise ShapeError(f"cat: shapes {first.shape} and {t.shape} differ outside axis {axis}")
+    dtype = first.dtype
+    for t in tensors[1:]:
+        dtype = promote(dtype, t.dtype)
+    total = sum(t.shape[axis] for t in tensors)
+    result, start = None, 0
+    for t in tensors:
+        size = t.shape[axis]
+        placed = t.cast(dtype).pad([(0, 0)] * axis + [(start, total - start - size)])
+        result = placed if result is None else (result.logical_or(placed) if dtype.is_bool else result + placed)
+        start += size
+    return result  # type: ignore[return-value]
+
+
+def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack needs at least one tensor")
+    for t in tensors[1:]:
+        if t.shape != tensors[0].shape:
+            raise ShapeError(f"stack: shapes {tensors[0].shape} and {t.shape} differ")
+    axis = normalize_axis(axis, tensors[0].ndim + 1, "stack")
+    return cat([t.unsqueeze(axis) for t in tensors], axis)

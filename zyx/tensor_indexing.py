@@ -1,0 +1,139 @@
+"""`tensor[...]` with ints, slices, None, Ellipsis and integer tensors; `gather`. All views or fused selects."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from .errors import ShapeError
+from .tensor_movement import normalize_axis
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
+
+
+def _expand_ellipsis(index: tuple[Any, ...], ndim: int) -> tuple[Any, ...]:
+    consuming = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if consuming > ndim:
+        raise IndexError(f"too many indices ({consuming}) for a tensor with {ndim} dimensions")
+    if sum(1 for i in index if i is Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis")
+    if Ellipsis not in index:
+        index = index + (Ellipsis,)
+    at = index.index(Ellipsis)
+    return index[:at] + (slice(None),) * (ndim - consuming) + index[at + 1:]
+
+
+def _strided(t: "Tensor", axis: int, step: int) -> "Tensor":
+    """Every `step`-th element along `axis`, by pad + reshape + shrink (a view)."""
+    length = t.shape[axis]
+    count = -(-length // step)
+    padded = t.pad([(0, 0)] * axis + [(0, count * step - length)])
+    shape = list(padded.shape)
+    shape[axis:axis + 1] = [count, step]
+    grouped = padded.reshape(shape)
+    bounds = [(0, s) for s in shape]
+    bounds[axis + 1] = (0, 1)
+    return grouped.shrink(bounds).reshape(shape[:axis + 1] + shape[axis + 2:])
+
+
+def _slice(t: "Tensor", axis: int, item: slice) -> "Tensor":
+    start, stop, step = item.indices(t.shape[axis])
+    if step < 0:
+        t = t.flip(axis)
+        length = t.shape[axis]
+        start, stop, step = length - 1 - start, length - 1 - stop, -step
+    stop = max(stop, start)
+    bounds = [(0, s) for s in t.shape]
+    bounds[axis] = (start, stop)
+    t = t.shrink(bounds)
+    return _strided(t, axis, step) if step > 1 and t.shape[axis] > 0 else t
+
+
+def getitem(t: "Tensor", index: Any) -> "Tensor":
+    from .tensor import Tensor
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(isinstance(i, bool) for i in index) or any(isinstance(i, Tensor) and i.dtype.is_bool for i in index):
+        raise TypeError("boolean mask indexing is not supported: use zyx.where(mask, x, 0) or multiply by the mask")
+    index = _expand_ellipsis(index, t.ndim)
+    result, axis, tensor_axes = t, 0, []
+    for item in index:
+        if item is None:
+            result = result.unsqueeze(axis)
+            axis += 1
+        elif isinstance(item, slice):
+            result = _slice(result, axis, item)
+            axis += 1
+        elif isinstance(item, Tensor) or isinstance(item, (list, tuple)):
+            tensor_axes.append((axis, item))
+            axis += 1
+        elif isinstance(item, int) or hasattr(item, "__index__"):
+            size = result.shape[axis]
+            position = int(item)
+            if not -size <= position < size:
+                raise IndexError(f"index {position} is out of bounds for axis {axis} with size {size}")
+            position %= size
+            bounds = [(0, s) for s in result.shape]
+            bounds[axis] = (position, position + 1)
+            result = result.shrink(bounds).squeeze(axis)
+        else:
+            raise TypeError(f"unsupported index {item!r}")
+    if tensor_axes:
+        result = _take_advanced(result, tensor_axes)
+    return result
+
+
+def _as_index(t: "Tensor", item: Any) -> "Tensor":
+    from .creation import tensor
+    from .tensor import Tensor
+    idx = item if isinstance(item, Tensor) else tensor(item, device=t.device)
+    if not (idx.dtype.is_int):
+        raise TypeError(f"tensors used as indices must be integer, got {idx.dtype.name}")
+    return idx
+
+
+def _take_advanced(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
+    """numpy's advanced indexing for integer tensors on adjacent axes: they broadcast together."""
+    from .tensor import broadcast_shape
+    axes = [a for a, _ in tensor_axes]
+    if axes != list(range(axes[0], axes[0] + len(axes))):
+        raise IndexError("integer-tensor indices must be on adjacent axes")
+    indices = [_as_index(t, item) for _, item in tensor_axes]
+    shape = broadcast_shape("index", *(i.shape for i in indices))
+    linear = None
+    for axis, idx in zip(axes, indices):
+        size = t.shape[axis]
+        idx = (idx < 0).where(idx + size, idx).expand(shape)
+        linear = idx if linear is None else linear * size + idx
+    first, last = axes[0], axes[-1] + 1
+    merged = t.reshape(t.shape[:first] + (math.prod(t.shape[first:last]),) + t.shape[last:])
+    return _take(merged, first, linear)
+
+
+def _take(t: "Tensor", axis: int, idx: "Tensor") -> "Tensor":
+    """t indexed along `axis` by an integer tensor whose shape replaces that axis."""
+    size = t.shape[axis]
+    lead_axes = [a for a in range(t.ndim) if a != axis]
+    moved = t.permute(lead_axes + [axis])                                   # lead + (size,)
+    lead = moved.shape[:-1]
+    hits = idx.reshape(-1).one_hot(size) == 1                               # (k, size)
+    picked = hits.where(moved.unsqueeze(-2), 0).sum(-1).cast(t.dtype)       # lead + (k,)
+    picked = picked.reshape(lead + idx.shape)
+    count = len(lead)
+    order = list(range(axis)) + list(range(count, count + idx.ndim)) + list(range(axis, count))
+    return picked.permute(order)
+
+
+def gather(t: "Tensor", axis: int, index: "Tensor") -> "Tensor":
+    axis = normalize_axis(axis, t.ndim, "gather")
+    if index.ndim != t.ndim:
+        raise ShapeError(f"gather: index of shape {index.shape} needs as many dimensions as input {t.shape}")
+    if any(i > s for d, (i, s) in enumerate(zip(index.shape, t.shape)) if d != axis):
+        raise ShapeError(f"gather: index shape {index.shape} exceeds input shape {t.shape} outside axis {axis}")
+    bounds = [(0, i) if d != axis else (0, s) for d, (i, s) in enumerate(zip(index.shape, t.shape))]
+    source = t.shrink(bounds).transpose(axis, -1)                         # (..., size)
+    idx = index.transpose(axis, -1)                                       # (..., m)
+    size = t.shape[axis]
+    hits = idx.one_hot(size) == 1                                         # (..., m, size)
+    picked = hits.where(source.unsqueeze(-2), 0).sum(-1).cast(t.dtype)    # (..., m)
+    return picked.transpose(axis, -1)

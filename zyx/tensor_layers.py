@@ -1,0 +1,132 @@
+"""Matrix products, convolution, pooling and dropout, composed from views, multiplies and sums.
+
+`matmul` keeps the reduced axis last in a (..., n, m, k) product so the JIT can recognise the pattern and
+emit a tiled kernel; convolution is windows (views) then matmul.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from .dtypes import promote
+from .errors import ShapeError
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
+
+Pair = Union[int, tuple[int, int]]
+
+
+def _pair(value: Pair) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+class LayerMixin:
+    __slots__ = ()
+    node: Any
+
+    def matmul(self, other: "Tensor") -> "Tensor":
+        """numpy's matmul: batched and broadcast; 1-D operands gain and lose an axis."""
+        from .tensor import Tensor, broadcast_shape
+        a, b = self, other
+        if not isinstance(b, Tensor):
+            raise TypeError(f"matmul needs a tensor, got {type(b).__name__}")
+        if a.ndim == 0 or b.ndim == 0:  # type: ignore[attr-defined]
+            raise ShapeError(f"matmul: both operands need at least one dimension, got {a.shape} and {b.shape}")  # type: ignore
+        a2 = a.unsqueeze(0) if a.ndim == 1 else a  # type: ignore[attr-defined]
+        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
+        if a2.shape[-1] != b2.shape[-2]:
+            raise ShapeError(f"matmul: shapes {a.shape} and {b.shape} do not match "  # type: ignore[attr-defined]
+                             f"({a2.shape[-1]} != {b2.shape[-2]})")
+        batch = broadcast_shape("matmul", a2.shape[:-2], b2.shape[:-2])
+        dtype = promote(a2.dtype, b2.dtype)
+        n_, k, m = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+        left = a2.cast(dtype).reshape(a2.shape[:-1] + (1, k)).expand(batch + (n_, m, k))
+        right = b2.cast(dtype).transpose(-1, -2).reshape(b2.shape[:-2] + (1, m, k)).expand(batch + (n_, m, k))
+        product = (left * right).sum(-1)
+        if dtype.is_int or dtype.is_bool:
+            product = product.cast(dtype) if not dtype.is_bool else product
+        if a.ndim == 1:  # type: ignore[attr-defined]
+            product = product.squeeze(-2)
+        if b.ndim == 1:
+            product = product.squeeze(-1)
+        return product
+
+    def __matmul__(self, other: "Tensor") -> "Tensor":
+        return self.matmul(other)
+
+    def __rmatmul__(self, other: "Tensor") -> "Tensor":
+        return other.matmul(self)  # type: ignore[arg-type]
+
+    def dot(self, other: "Tensor") -> "Tensor":
+        if self.ndim != 1 or other.ndim != 1:  # type: ignore[attr-defined]
+            raise ShapeError(f"dot: needs two 1-D tensors, got {self.shape} and {other.shape}")  # type: ignore
+        return self.matmul(other)
+
+    def linear(self, weight: "Tensor", bias: Optional["Tensor"] = None) -> "Tensor":
+        """x @ weight.T + bias, weight shaped (out, in) as PyTorch's."""
+        out = self.matmul(weight.T)
+        return out + bias if bias is not None else out
+
+    def _windows(self, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> "Tensor":
+        """(N, C, H, W) -> (N, C, OH, OW, KH*KW): every kernel position, as strided views."""
+        height, width = self.shape[-2:]  # type: ignore[attr-defined]
+        (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+        out_h = (height - dh * (kh - 1) - 1) // sh + 1
+        out_w = (width - dw * (kw - 1) - 1) // sw + 1
+        if out_h <= 0 or out_w <= 0:
+            raise ShapeError(f"window {kernel} (dilation {dilation}) does not fit input of spatial size "
+                             f"{(height, width)}")
+        pieces = []
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (out_h - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (out_w - 1) + 1, sw)
+                pieces.append(self[..., rows, cols])  # type: ignore[index]
+        from .tensor_combine import stack
+        return stack(pieces, axis=-1)
+
+    def conv2d(self, weight: "Tensor", bias: Optional["Tensor"] = None, stride: Pair = 1, padding: Pair = 0,
+               dilation: Pair = 1, groups: int = 1) -> "Tensor":
+        """2-D convolution as PyTorch's (input N,C,H,W; weight O,C/groups,KH,KW)."""
+        if self.ndim != 4 or weight.ndim != 4:  # type: ignore[attr-defined]
+            raise ShapeError(f"conv2d: needs input (N, C, H, W) and weight (O, C/groups, KH, KW), got "
+                             f"{self.shape} and {weight.shape}")  # type: ignore[attr-defined]
+        batch, channels = self.shape[:2]  # type: ignore[attr-defined]
+        out_channels, group_channels, kh, kw = weight.shape
+        if channels % groups or out_channels % groups or channels // groups != group_channels:
+            raise ShapeError(f"conv2d: input {self.shape} and weight {weight.shape} do not fit groups={groups}")  # type: ignore
+        ph, pw = _pair(padding)
+        padded = self.pad(((0, 0), (0, 0), (ph, ph), (pw, pw)))  # type: ignore[attr-defined]
+        windows = padded._windows((kh, kw), _pair(stride), _pair(dilation))   # N, C, OH, OW, K
+        out_h, out_w, taps = windows.shape[2:]
+        per_group = windows.reshape(batch, groups, group_channels, out_h * out_w, taps)
+        patches = per_group.permute(0, 1, 3, 2, 4).reshape(batch, groups, out_h * out_w, group_channels * taps)
+        kernels = weight.reshape(groups, out_channels // groups, group_channels * kh * kw).transpose(-1, -2)
+        out = patches.matmul(kernels.unsqueeze(0))                             # N, G, OH*OW, O/G
+        out = out.permute(0, 1, 3, 2).reshape(batch, out_channels, out_h, out_w)
+        return out + bias.reshape(1, out_channels, 1, 1) if bias is not None else out
+
+    def _pool_windows(self, kernel: Pair, stride: Optional[Pair], padding: Pair, value: float) -> "Tensor":
+        kernel = _pair(kernel)
+        ph, pw = _pair(padding)
+        padded = self.pad([(0, 0)] * (self.ndim - 2) + [(ph, ph), (pw, pw)], value=value)  # type: ignore
+        return padded._windows(kernel, _pair(stride if stride is not None else kernel), (1, 1))
+
+    def avg_pool2d(self, kernel_size: Pair, stride: Optional[Pair] = None, padding: Pair = 0) -> "Tensor":
+        """Mean over each window (zero padding counts, as PyTorch's count_include_pad=True)."""
+        return self._pool_windows(kernel_size, stride, padding, 0.0).mean(-1)
+
+    def max_pool2d(self, kernel_size: Pair, stride: Optional[Pair] = None, padding: Pair = 0) -> "Tensor":
+        return self._pool_windows(kernel_size, stride, padding, float("-inf")).max(-1)
+
+    def dropout(self, p: float = 0.5, training: bool = True) -> "Tensor":
+        """Zero each element with probability p and scale the rest by 1/(1-p); a new mask every call."""
+        if not 0 <= p <= 1:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        if not training or p == 0:
+            return self  # type: ignore[return-value]
+        from .creation import rand
+        if p == 1:
+            return self * 0  # type: ignore[operator]
+        keep = rand(self.shape, device=self.device) >= p  # type: ignore[attr-defined]
+        return keep.where(self * (1 / (1 - p)), 0)  # type: ignore[operator]

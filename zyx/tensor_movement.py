@@ -1,0 +1,167 @@
+"""Movement ops: views of a tensor (reshape, permute, pad, slicing...), recorded as view nodes, never copies."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+from .errors import ShapeError
+from .trace import node as n
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
+
+
+def normalize_axis(axis: int, ndim: int, op: str) -> int:
+    if not -ndim <= axis < max(ndim, 1):
+        raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dimensions")
+    return axis % max(ndim, 1)
+
+
+def _dims(args: tuple[Any, ...]) -> tuple[int, ...]:
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
+
+
+class MovementMixin:
+    __slots__ = ()
+    node: Any
+
+    def _wrap(self, node: n.Node) -> "Tensor":
+        return type(self)(node)  # type: ignore[call-arg]
+
+    def reshape(self, *shape: Any) -> "Tensor":
+        """New shape with the same elements; one axis may be -1."""
+        dims = list(_dims(shape))
+        if dims.count(-1) > 1:
+            raise ShapeError(f"reshape: only one axis may be -1, got {tuple(dims)}")
+        if -1 in dims:
+            known = math.prod(d for d in dims if d != -1)
+            if known == 0 or self.node.numel % known:
+                raise ShapeError(f"reshape: cannot view shape {self.node.shape} as {tuple(dims)}")
+            dims[dims.index(-1)] = self.node.numel // known
+        return self._wrap(n.reshape(self.node, tuple(dims)))
+
+    view = reshape
+
+    def permute(self, *order: int) -> "Tensor":
+        ndim = len(self.node.shape)
+        return self._wrap(n.permute(self.node, [normalize_axis(a, ndim, "permute") for a in _dims(order)]))
+
+    def transpose(self, a: int = 0, b: int = 1) -> "Tensor":
+        ndim = len(self.node.shape)
+        order = list(range(ndim))
+        a, b = normalize_axis(a, ndim, "transpose"), normalize_axis(b, ndim, "transpose")
+        order[a], order[b] = order[b], order[a]
+        return self.permute(order)
+
+    @property
+    def T(self) -> "Tensor":
+        return self.permute(list(reversed(range(len(self.node.shape)))))
+
+    def expand(self, *shape: Any) -> "Tensor":
+        """Broadcast size-1 axes (and new leading ones) to `shape`; -1 keeps an axis."""
+        dims = _dims(shape)
+        current = self.node.shape
+        if len(dims) < len(current):
+            raise ShapeError(f"expand: cannot expand shape {current} to {dims}")
+        padded = (1,) * (len(dims) - len(current)) + current
+        target = tuple(p if d == -1 else d for p, d in zip(padded, dims))
+        return self._wrap(n.expand(n.reshape(self.node, padded), target))
+
+    def expand_as(self, other: "Tensor") -> "Tensor":
+        return self.expand(other.shape)
+
+    def pad(self, padding: Sequence[Sequence[int]], value: float = 0) -> "Tensor":
+        """((before, after), ...) per axis from the first; missing trailing axes are not padded."""
+        pairs = [tuple(p) for p in padding]
+        if len(pairs) > len(self.node.shape):
+            raise ShapeError(f"pad: {len(pairs)} pairs for a tensor of shape {self.node.shape}")
+        pairs += [(0, 0)] * (len(self.node.shape) - len(pairs))
+        return self._wrap(n.pad(self.node, pairs, value))
+
+    def shrink(self, bounds: Sequence[Optional[tuple[int, int]]]) -> "Tensor":
+        full = [(0, s) if b is None else b for b, s in zip(bounds, self.node.shape)]
+        return self._wrap(n.shrink(self.node, full))
+
+    def flip(self, axis: Union[int, Sequence[int]]) -> "Tensor":
+        axes = [axis] if isinstance(axis, int) else list(axis)
+        ndim = len(self.node.shape)
+        return self._wrap(n.flip(self.node, [normalize_axis(a, ndim, "flip") for a in axes]))
+
+    def squeeze(self, axis: Optional[Union[int, Sequence[int]]] = None) -> "Tensor":
+        shape = self.node.shape
+        if axis is None:
+            axes = {i for i, s in enumerate(shape) if s == 1}
+        else:
+            axes = {normalize_axis(a, len(shape), "squeeze") for a in ([axis] if isinstance(axis, int) else axis)}
+            axes = {a for a in axes if shape[a] == 1}
+        return self.reshape(tuple(s for i, s in enumerate(shape) if i not in axes))
+
+    def unsqueeze(self, axis: int) -> "Tensor":
+        shape = list(self.node.shape)
+        axis = normalize_axis(axis, len(shape) + 1, "unsqueeze")
+        shape.insert(axis, 1)
+        return self.reshape(tuple(shape))
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
+        shape = self.node.shape
+        if not shape:
+            return self.reshape(1)
+        start, end = normalize_axis(start_dim, len(shape), "flatten"), normalize_axis(end_dim, len(shape), "flatten")
+        return self.reshape(shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:])
+
+    def unflatten(self, axis: int, sizes: Sequence[int]) -> "Tensor":
+        shape = self.node.shape
+        axis = normalize_axis(axis, len(shape), "unflatten")
+        return self.reshape(shape[:axis] + tuple(sizes) + shape[axis + 1:])
+
+    def repeat(self, *repeats: int) -> "Tensor":
+        """Tile the tensor `repeats[i]` times along axis i (PyTorch's repeat)."""
+        reps = _dims(repeats)
+        if len(reps) < len(self.node.shape):
+            raise ShapeError(f"repeat: {len(reps)} repeats for a tensor of shape {self.node.shape}")
+        base = self.reshape((1,) * (len(reps) - len(self.node.shape)) + self.node.shape)
+        interleaved = [d for s in base.shape for d in (1, s)]
+        tiled = [d for r, s in zip(reps, base.shape) for d in (r, s)]
+        return base.reshape(interleaved).expand(tiled).reshape(tuple(r * s for r, s in zip(reps, base.shape)))
+
+    def split(self, sizes: Union[int, Sequence[int]], axis: int = 0) -> list["Tensor"]:
+        """Pieces of `sizes` each (an int: equal pieces, the last may be smaller) along `axis`."""
+        axis = normalize_axis(axis, len(self.node.shape), "split")
+        length = self.node.shape[axis]
+        if isinstance(sizes, int):
+            if sizes <= 0:
+                raise ValueError(f"split: size must be positive, got {sizes}")
+            sizes = [min(sizes, length - start) for start in range(0, length, sizes)] or [0]
+        if sum(sizes) != length:
+            raise ShapeError(f"split: sizes {list(sizes)} do not add up to {length} (axis {axis} of {self.node.shape})")
+        pieces, start = [], 0
+        for size in sizes:
+            bounds = [(0, s) for s in self.node.shape]
+            bounds[axis] = (start, start + size)
+            pieces.append(self.shrink(bounds))
+            start += size
+        return pieces
+
+    def chunk(self, chunks: int, axis: int = 0) -> list["Tensor"]:
+        length = self.node.shape[normalize_axis(axis, len(self.node.shape), "chunk")]
+        return self.split(max(1, math.ceil(length / chunks)), axis)
+
+    def contiguous(self) -> "Tensor":
+        """Views are index arithmetic in zyx, so there is nothing to copy."""
+        return self  # type: ignore[return-value]
+
+    # ---- indexing --------------------------------------------------------------------------------------
+    def __getitem__(self, index: Any) -> "Tensor":
+        from .tensor_indexing import getitem
+        return getitem(self, index)  # type: ignore[arg-type]
+
+    def one_hot(self, num_classes: int) -> "Tensor":
+        """int64 one-hot codes on a new last axis."""
+        from .creation import arange
+        classes = arange(num_classes, device=self.node.device)
+        return (self.unsqueeze(-1) == classes).cast("int64")  # type: ignore[attr-defined]
+
+    def gather(self, axis: int, index: "Tensor") -> "Tensor":
+        """out[..., i, ...] = self[..., index[..., i, ...], ...] along `axis` (PyTorch's gather)."""
+        from .tensor_indexing import gather
+        return gather(self, axis, index)  # type: ignore[arg-type]

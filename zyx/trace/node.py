@@ -1,0 +1,210 @@
+"""Trace nodes and their constructors.
+
+A node records one primitive op; its shape and dtype are inferred when it is made. Nodes never change,
+except once: when a node is realized it turns into a BUFFER leaf in place, so every holder sees the data
+and the graph above it can be garbage-collected.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ..dtypes import DType, bool_
+from ..errors import ShapeError
+from .ops import BINARY_OPS, COMPARE_OPS, Op, REDUCE_OPS
+
+Shape = tuple[int, ...]
+
+
+class Node:
+    __slots__ = ("op", "src", "arg", "shape", "dtype", "device", "buffer", "origin", "__weakref__")
+
+    def __init__(self, op: Op, src: tuple["Node", ...], arg: Any, shape: Shape, dtype: DType, device: Any):
+        self.op, self.src, self.arg = op, src, arg
+        self.shape, self.dtype, self.device = shape, dtype, device
+        self.buffer: Any = None
+        self.origin: Node | None = None  # after realization: how it was computed, for autodiff (see origin.py)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def realized(self) -> bool:
+        return self.op is Op.BUFFER
+
+    def become_buffer(self, buffer: Any, origin: "Node | None" = None) -> None:
+        """Turn into a leaf holding `buffer`, releasing the graph above (`origin` keeps a detached copy)."""
+        self.op, self.src, self.arg, self.buffer, self.origin = Op.BUFFER, (), None, buffer, origin
+
+    def __repr__(self) -> str:
+        return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
+
+
+def _same_device(nodes: Sequence[Node], op: Op) -> Any:
+    device = nodes[0].device
+    for node in nodes[1:]:
+        if node.device is not device:
+            raise ValueError(f"{op.name.lower()}: operands live on different devices ({device} and {node.device});"
+                             " move one with .to(device)")
+    return device
+
+
+# ---- leaves ------------------------------------------------------------------------------------------------
+
+def buffer_leaf(buffer: Any, shape: Shape, dtype: DType, device: Any) -> Node:
+    node = Node(Op.BUFFER, (), None, tuple(shape), dtype, device)
+    node.buffer = buffer
+    return node
+
+
+def const(value: Any, shape: Shape, dtype: DType, device: Any) -> Node:
+    """A constant filling `shape`; stored as a scalar broadcast by an EXPAND so kernels never read memory."""
+    scalar = Node(Op.CONST, (), _coerce_scalar(value, dtype), (), dtype, device)
+    return expand(reshape(scalar, (1,) * len(shape)), tuple(shape)) if shape else scalar
+
+
+def _coerce_scalar(value: Any, dtype: DType) -> Any:
+    if dtype.is_bool:
+        return bool(value)
+    if dtype.is_int:
+        return int(value)
+    return float(value)
+
+
+def rand(seed: int, offset: int, shape: Shape, dtype: DType, device: Any) -> Node:
+    return Node(Op.RAND, (), (seed, offset), tuple(shape), dtype, device)
+
+
+# ---- elementwise -------------------------------------------------------------------------------------------
+
+def unary(op: Op, x: Node) -> Node:
+    if op is Op.NOT and not x.dtype.is_bool:
+        raise TypeError(f"logical not needs a bool tensor, got {x.dtype.name}")
+    return Node(op, (x,), None, x.shape, x.dtype, x.device)
+
+
+def cast(x: Node, dtype: DType) -> Node:
+    if x.dtype == dtype:
+        return x
+    return Node(Op.CAST, (x,), dtype, x.shape, dtype, x.device)
+
+
+def binary(op: Op, a: Node, b: Node) -> Node:
+    assert op in BINARY_OPS
+    if a.shape != b.shape:
+        raise ShapeError(f"{op.name.lower()}: shapes {a.shape} and {b.shape} differ")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{op.name.lower()}: dtypes {a.dtype.name} and {b.dtype.name} differ")
+    if op in (Op.AND, Op.OR) and not a.dtype.is_bool:
+        raise TypeError(f"{op.name.lower()} needs bool tensors, got {a.dtype.name}")
+    dtype = bool_ if op in COMPARE_OPS else a.dtype
+    return Node(op, (a, b), None, a.shape, dtype, _same_device((a, b), op))
+
+
+def where(condition: Node, a: Node, b: Node) -> Node:
+    if not (condition.shape == a.shape == b.shape):
+        raise ShapeError(f"where: shapes {condition.shape}, {a.shape} and {b.shape} differ")
+    if not condition.dtype.is_bool or a.dtype != b.dtype:
+        raise TypeError(f"where: needs a bool condition and equal dtypes, got {condition.dtype.name}, "
+                        f"{a.dtype.name}, {b.dtype.name}")
+    return Node(Op.WHERE, (condition, a, b), None, a.shape, a.dtype, _same_device((condition, a, b), Op.WHERE))
+
+
+# ---- reductions --------------------------------------------------------------------------------------------
+
+def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
+    """Reduce over `axes` (non-negative, sorted); the reduced axes stay with size 1."""
+    assert op in REDUCE_OPS
+    axes = tuple(sorted(set(axes)))
+    if not axes:
+        return x
+    shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
+    return Node(op, (x,), axes, shape, x.dtype, x.device)
+
+
+# ---- movement ----------------------------------------------------------------------------------------------
+
+def reshape(x: Node, shape: Shape) -> Node:
+    shape = tuple(int(s) for s in shape)
+    if math.prod(shape) != x.numel or any(s < 0 for s in shape):
+        raise ShapeError(f"reshape: cannot view shape {x.shape} ({x.numel} elements) as {shape}")
+    if shape == x.shape:
+        return x
+    if x.op is Op.RESHAPE:
+        return reshape(x.src[0], shape)
+    return Node(Op.RESHAPE, (x,), shape, shape, x.dtype, x.device)
+
+
+def permute(x: Node, order: Sequence[int]) -> Node:
+    order = tuple(order)
+    if sorted(order) != list(range(len(x.shape))):
+        raise ShapeError(f"permute: {order} is not an ordering of the {len(x.shape)} axes of shape {x.shape}")
+    if order == tuple(range(len(order))):
+        return x
+    if x.op is Op.PERMUTE:
+        inner = x.arg
+        return permute(x.src[0], tuple(inner[i] for i in order))
+    return Node(Op.PERMUTE, (x,), order, tuple(x.shape[i] for i in order), x.dtype, x.device)
+
+
+def expand(x: Node, shape: Shape) -> Node:
+    shape = tuple(shape)
+    if len(shape) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape, shape)):
+        raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
+    if shape == x.shape:
+        return x
+    if x.op is Op.EXPAND:
+        return expand(x.src[0], shape)
+    return Node(Op.EXPAND, (x,), shape, shape, x.dtype, x.device)
+
+
+def pad(x: Node, padding: Sequence[tuple[int, int]], value: Any = 0) -> Node:
+    padding = tuple((int(b), int(a)) for b, a in padding)
+    if len(padding) != len(x.shape) or any(b < 0 or a < 0 for b, a in padding):
+        raise ShapeError(f"pad: padding {padding} does not fit shape {x.shape} (non-negative, one pair per axis)")
+    if all(b == 0 and a == 0 for b, a in padding):
+        return x
+    shape = tuple(s + b + a for s, (b, a) in zip(x.shape, padding))
+    return Node(Op.PAD, (x,), (padding, _coerce_scalar(value, x.dtype)), shape, x.dtype, x.device)
+
+
+def shrink(x: Node, bounds: Sequence[tuple[int, int]]) -> Node:
+    bounds = tuple((int(s), int(e)) for s, e in bounds)
+    if len(bounds) != len(x.shape) or any(not 0 <= s <= e <= n for (s, e), n in zip(bounds, x.shape)):
+        raise ShapeError(f"shrink: bounds {bounds} do not fit shape {x.shape}")
+    if all(s == 0 and e == n for (s, e), n in zip(bounds, x.shape)):
+        return x
+    return Node(Op.SHRINK, (x,), bounds, tuple(e - s for s, e in bounds), x.dtype, x.device)
+
+
+def flip(x: Node, axes: Sequence[int]) -> Node:
+    axes = tuple(sorted(a for a in set(axes) if x.shape[a] > 1))
+    if not axes:
+        return x
+    return Node(Op.FLIP, (x,), axes, x.shape, x.dtype, x.device)
+
+
+# ---- graph walks -------------------------------------------------------------------------------------------
+
+def toposort(roots: Sequence[Node]) -> list[Node]:
+    """Every node the roots depend on, sources before users (iterative: traces can be deep)."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in roots:
+        if id(root) in seen:
+            continue
+        stack: list[tuple[Node, bool]] = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.append((node, True))
+            for src in reversed(node.src):
+                if id(src) not in seen:
+                    stack.append((src, False))
+    return order
