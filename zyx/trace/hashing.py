@@ -30,11 +30,25 @@ def _arg_text(arg: object) -> object:
 
 def structural_hash(roots: Sequence[Node]) -> str:
     """The xxh3-128 hex digest of the graph below `roots` (in that order)."""
+    return signature(roots)[0]
+
+
+def signature(roots: Sequence[Node]) -> tuple[str, list[Node], list[Node]]:
+    """The structural hash, with the BUFFER leaves and RAND nodes in the order the hash numbered them.
+
+    A program cached under the hash binds its inputs by these positions.
+    """
     digest = xxhash.xxh3_128()
     numbering: dict[int, int] = {}
+    leaves: list[Node] = []
+    rands: list[Node] = []
     for node in toposort(roots):
         numbering[id(node)] = len(numbering)
+        if node.op is Op.BUFFER:
+            leaves.append(node)
+        elif node.op is Op.RAND:
+            rands.append(node)
         digest.update(describe(node, numbering).encode())
         digest.update(b";")
     digest.update(("roots:" + ",".join(str(numbering[id(r)]) for r in roots)).encode())
-    return digest.hexdigest()
+    return digest.hexdigest(), leaves, rands
