@@ -7,7 +7,7 @@ from .dtypes import DType, bool_, float16, float32, float64, int32, int64
 from .errors import ShapeError
 from .random import manual_seed
 from .realize import realize
-from .stats import reset_stats, stats
+from .counters import reset_stats, stats
 from .tensor import Tensor, where
 from .tensor_combine import cat, stack
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyopencl as cl
 import pytest
 
-from zyx import stats
+from zyx import counters as stats
 from zyx.runtime.memory import BufferPool
 from zyx.runtime.opencl import Buffer, OpenCLBackend
 from zyx.runtime.platforms import select_device

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from zyx import stats
+from zyx import counters as stats
 
 RawBuffer = TypeVar("RawBuffer")
 

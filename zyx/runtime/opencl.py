@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from zyx import stats
+from zyx import counters as stats
 from zyx.runtime.memory import BufferPool
 
 _OUT_OF_MEMORY_CODES = frozenset(
