@@ -1,0 +1,102 @@
+"""The OpenCL device's realize: hash the trace, reuse or build its Program, compile through the cache, run."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+import pyopencl as cl
+
+from .. import counters as stats
+from ..runtime.execute import run_program
+from ..runtime.opencl import OpenCLBackend
+from ..trace.hashing import signature
+from ..trace.node import Node
+from .cache import default_cache
+from .program import Program, build_program
+from .schedule import schedule
+
+
+class JitBackend:
+    """Tensors in OpenCL buffers; traces scheduled into fused kernels (one Program per trace structure)."""
+
+    def __init__(self, cl_device: cl.Device):
+        self.runtime = OpenCLBackend(cl_device)
+        self.name = self.runtime.name
+        self.programs: dict[str, Program] = {}
+        self._kernels: dict[str, cl.Kernel] = {}
+        self._fresh: dict[str, cl.Program] = {}
+
+    # ---- data movement -----------------------------------------------------------------------------------
+    def upload(self, array: np.ndarray) -> Any:
+        self._check_dtype(array.dtype)
+        return self.runtime.upload(array)
+
+    def download(self, buffer: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return self.runtime.download(buffer, shape, dtype)
+
+    def memory_stats(self) -> dict[str, int]:
+        return self.runtime.memory_stats()
+
+    def _check_dtype(self, dtype: np.dtype) -> None:
+        if dtype == np.float64 and not self.runtime.supports_fp64:
+            raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+
+    # ---- realization -------------------------------------------------------------------------------------
+    def realize(self, targets: Sequence[Node]) -> list[Any]:
+        key, leaves, rands = signature(targets)
+        program = self.programs.get(key)
+        if program is None:
+            program = self._build(targets, leaves, rands)
+            self.programs[key] = program
+        else:
+            stats.bump("schedule_cache_hits")
+        kernels = [self.kernel(launch.source, launch.name) for launch in program.launches]
+        inputs = [leaf.buffer for leaf in leaves]
+        if any(b is None for b in inputs):
+            raise RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
+                               "until its gradients are realized")
+        return run_program(self.runtime, program, kernels, inputs, [r.arg for r in rands],
+                           on_first_launch=self._after_launch(program))
+
+    def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node]) -> Program:
+        for node in targets:
+            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
+                raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+        kernels = schedule(targets)
+        program = build_program(kernels, targets, leaves, rands)
+        stats.bump("graphs_scheduled")
+        if _debug() >= 3:
+            print(f"zyx schedule: {len(targets)} targets -> {program.kernel_count} kernels: "
+                  + ", ".join(l.name for l in program.launches), file=sys.stderr)
+        return program
+
+    def kernel(self, source: str, name: str) -> cl.Kernel:
+        """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
+        kernel = self._kernels.get(source)
+        if kernel is None:
+            if _debug() >= 2:
+                print(f"zyx kernel {name}:\n{source}", file=sys.stderr)
+            built = default_cache().build(self.runtime.context, self.runtime.device, source)
+            kernel = getattr(built, name)
+            self._kernels[source] = kernel
+            self._fresh[source] = built
+        return kernel
+
+    def _after_launch(self, program: Program) -> Any:
+        if not self._fresh:
+            return None
+
+        def commit(k: int) -> None:
+            built = self._fresh.pop(program.launches[k].source, None)
+            if built is not None:
+                default_cache().commit(built)
+        return commit
+
+
+def _debug() -> int:
+    try:
+        return int(os.environ.get("ZYX_DEBUG", "0"))
+    except ValueError:
+        return 0

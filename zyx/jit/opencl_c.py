@@ -1,0 +1,103 @@
+"""OpenCL C spellings: types, literals, the ops' expressions and the helper prelude."""
+from __future__ import annotations
+
+import math
+
+from ..dtypes import DType
+from ..trace.ops import Op
+from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
+
+
+def register_type(dtype: DType) -> str:
+    """The type a value lives in while computed: half is computed in float, bool as bool."""
+    return {"bool": "bool", "int32": "int", "int64": "long", "float16": "float", "float32": "float",
+            "float64": "double"}[dtype.name]
+
+
+def storage_type(dtype: DType) -> str:
+    return dtype.cl_name
+
+
+def literal(value: object, dtype: DType) -> str:
+    if dtype.is_bool:
+        return "true" if value else "false"
+    if dtype.is_int:
+        return f"{int(value)}L" if dtype.itemsize == 8 else str(int(value))  # type: ignore[call-overload]
+    number = float(value)  # type: ignore[arg-type]
+    suffix = "" if dtype.name == "float64" else "f"
+    if math.isnan(number):
+        return "NAN" if suffix else "(double)NAN"
+    if math.isinf(number):
+        sign = "-" if number < 0 else ""
+        return f"{sign}INFINITY" if suffix else f"{sign}(double)INFINITY"
+    return f"{number!r}{suffix}" if "e" in repr(number) or "." in repr(number) else f"{number!r}.0{suffix}"
+
+
+def lowest(dtype: DType) -> str:
+    """The identity of max for `dtype`."""
+    if dtype.is_float:
+        return literal(-math.inf, dtype)
+    if dtype.is_bool:
+        return "false"
+    return "(-2147483647-1)" if dtype.itemsize == 4 else "(-9223372036854775807L-1L)"
+
+
+UNARY_EXPRESSIONS = {
+    Op.NEG: "(-{0})", Op.RECIP: "({one}/{0})", Op.SQRT: "sqrt({0})", Op.EXP: "exp({0})", Op.LOG: "log({0})",
+    Op.SIN: "sin({0})", Op.COS: "cos({0})", Op.TANH: "tanh({0})", Op.SIGMOID: "({one}/({one}+exp(-{0})))",
+    Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
+}
+
+
+def unary(op: Op, x: str, dtype: DType) -> str:
+    return UNARY_EXPRESSIONS[op].format(x, one=literal(1, dtype) if dtype.is_float else "1")
+
+
+def binary(op: Op, a: str, b: str, dtype: DType) -> str:
+    """`dtype` is the operands' dtype."""
+    if op is Op.ADD:
+        return f"({a}+{b})" if not dtype.is_bool else f"({a}||{b})"
+    if op is Op.MUL:
+        return f"({a}*{b})" if not dtype.is_bool else f"({a}&&{b})"
+    if op is Op.DIV:
+        return f"({a}/{b})" if dtype.is_float else f"zyx_floordiv_{register_type(dtype)}({a},{b})"
+    if op is Op.POW:
+        return f"pow({a},{b})"
+    if op is Op.MAX:
+        if dtype.is_float:
+            return f"zyx_max_{register_type(dtype)}({a},{b})"
+        return f"max({a},{b})" if not dtype.is_bool else f"({a}||{b})"
+    if op is Op.CMPLT:
+        return f"({a}<{b})"
+    if op is Op.CMPEQ:
+        return f"({a}=={b})"
+    if op is Op.AND:
+        return f"({a}&&{b})"
+    if op is Op.OR:
+        return f"({a}||{b})"
+    raise NotImplementedError(op)
+
+
+def cast(x: str, source: DType, target: DType) -> str:
+    if target.is_bool:
+        return f"({x}!=0)"
+    return f"(({register_type(target)})({x}))"
+
+
+def prelude(uses_double: bool, uses_rand: bool) -> str:
+    """Helpers every kernel may call; only what the kernel uses is emitted."""
+    lines = []
+    if uses_double:
+        lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
+    lines += [
+        "static inline float zyx_max_float(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }",
+        "static inline int zyx_floordiv_int(int a, int b) { if (b == 0) b = 1; int q = a / b;"
+        " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }",
+        "static inline long zyx_floordiv_long(long a, long b) { if (b == 0) b = 1; long q = a / b;"
+        " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }",
+    ]
+    if uses_double:
+        lines.append("static inline double zyx_max_double(double a, double b) { return isnan(a) ? a : (a > b ? a : b); }")
+    if uses_rand:
+        lines.append(PHILOX_SOURCE)
+    return "\n".join(lines) + "\n"

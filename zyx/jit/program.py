@@ -1,0 +1,84 @@
+"""A Program: kernel launches over numbered buffer slots, with a memory plan. What the runtime executes.
+
+Inputs are bound by position (the order the structural hash met the BUFFER leaves), random streams by
+the order of RAND nodes, so one Program serves every trace with the same structure.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..trace.node import Node
+from .render import RenderedKernel
+
+
+@dataclass(frozen=True)
+class Launch:
+    name: str
+    source: str
+    global_size: tuple[int, ...]
+    local_size: tuple[int, ...] | None
+    args: tuple[tuple[str, int], ...]  # ("input", i) | ("slot", j) | ("seed", r) | ("offset", r)
+
+
+@dataclass
+class Program:
+    launches: list[Launch]
+    slot_bytes: list[int]
+    outputs: list[int]                      # the slot holding each target
+    frees: list[list[int]] = field(default_factory=list)  # slots released after each launch
+    allocs: list[list[int]] = field(default_factory=list)  # slots allocated before each launch
+
+    @property
+    def kernel_count(self) -> int:
+        return len(self.launches)
+
+
+def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
+                  rands: Sequence[Node]) -> Program:
+    leaf_position = {id(n): i for i, n in enumerate(leaves)}
+    rand_position = {id(n): i for i, n in enumerate(rands)}
+    slot_of: dict[int, int] = {}
+    slot_bytes: list[int] = []
+    for kernel in kernels:
+        for node in kernel.outputs:
+            slot_of[id(node)] = len(slot_bytes)
+            slot_bytes.append(node.numel * node.dtype.itemsize)
+    launches: list[Launch] = []
+    for kernel in kernels:
+        args = []
+        for param in kernel.params:
+            if param.kind in ("seed", "offset"):
+                args.append((param.kind, rand_position[id(param.node)]))
+            elif id(param.node) in leaf_position and param.kind == "load":
+                args.append(("input", leaf_position[id(param.node)]))
+            else:
+                args.append(("slot", slot_of[id(param.node)]))
+        local = (kernel.local_size,) if kernel.local_size else None
+        global_size = kernel.global_size
+        if local:
+            global_size = math.ceil(global_size / local[0]) * local[0]
+        launches.append(Launch(kernel.name, kernel.source, (global_size,), local, tuple(args)))
+    outputs = [slot_of[id(t)] for t in targets]
+    return Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
+
+
+def _memory_plan(launches: Sequence[Launch], slots: int, outputs: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """Allocate each slot right before its first use and release it right after its last (outputs stay)."""
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for k, launch in enumerate(launches):
+        for kind, index in launch.args:
+            if kind == "slot":
+                first.setdefault(index, k)
+                last[index] = k
+    frees: list[list[int]] = [[] for _ in launches]
+    allocs: list[list[int]] = [[] for _ in launches]
+    kept = set(outputs)
+    for slot in range(slots):
+        if slot in first:
+            allocs[first[slot]].append(slot)
+            if slot not in kept:
+                frees[last[slot]].append(slot)
+    return frees, allocs

@@ -1,0 +1,337 @@
+"""Turning a fused group of trace nodes into one OpenCL C kernel.
+
+A kernel owns an output space (the shape of what it stores). Every node it contains is rendered at an index:
+a tuple of symbolic expressions over the work-item id and loop variables. Views only rewrite that index
+(no copies); elementwise ops become C expressions; a reduction becomes a loop whose body is rendered at
+the reduced axes' loop index; a value needed in another shape, or a reduction the space cannot host, is
+read from a buffer that an earlier kernel writes (the scheduler decides which).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..dtypes import DType
+from ..trace.node import Node
+from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
+from . import opencl_c as c
+from .symbolic import Atom, Expr
+
+Index = tuple[Expr, ...]
+
+
+class ScheduleConflict(Exception):
+    """A kernel would need to read back a reduction it stores itself; the scheduler retries without fusing it."""
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, running = [], 1
+    for size in reversed(shape):
+        strides.append(running if size != 1 else 0)
+        running *= size
+    return tuple(reversed(strides))
+
+
+def linear(index: Index, shape: tuple[int, ...]) -> Expr:
+    total = Expr(0)
+    for expr, stride in zip(index, contiguous_strides(shape)):
+        if stride:
+            total = total + expr * stride
+    return total
+
+
+def unravel(flat: Expr, shape: tuple[int, ...]) -> Index:
+    return tuple(Expr(0) if size == 1 else (flat // stride) % size
+                 for size, stride in zip(shape, contiguous_strides(shape)))
+
+
+@dataclass
+class Param:
+    """One kernel argument: a buffer (read or written) or a random stream's seed/offset."""
+
+    kind: str          # "load", "store", "seed", "offset"
+    node: Node
+    name: str
+    dtype: DType
+
+
+@dataclass
+class RenderedKernel:
+    name: str
+    source: str
+    space: tuple[int, ...]
+    params: list[Param]
+    outputs: list[Node]
+    loads: list[Node]
+    needs: list[Node]          # nodes this kernel reads that must be materialized by others
+    global_size: int
+    local_size: Optional[int]
+
+
+class _Scope:
+    def __init__(self, depth: int):
+        self.depth, self.lines = depth, []
+
+
+@dataclass
+class _Value:
+    text: str
+    depth: int
+
+
+@dataclass
+class KernelBuilder:
+    """Renders one kernel. `materialized` nodes are read from buffers unless this kernel produces them."""
+
+    root: Node
+    materialized: dict[int, Node]
+    produced: set[int]
+    allow_extra_outputs: bool = True
+    params: list[Param] = field(default_factory=list)
+    outputs: list[Node] = field(default_factory=list)
+    needs: list[Node] = field(default_factory=list)
+    _values: dict = field(default_factory=dict)
+    _param_names: dict = field(default_factory=dict)
+    _scopes: list = field(default_factory=list)
+    _loop_depth: dict = field(default_factory=dict)
+    _counter: int = 0
+    _stores: list = field(default_factory=list)
+    _local_outputs: set = field(default_factory=set)
+    _has_loop: bool = False
+    uses_double: bool = False
+    uses_rand: bool = False
+
+    def __post_init__(self) -> None:
+        self.space = self.root.shape
+        self.numel = math.prod(self.space)
+        self.gid = Expr.var("gid", self.numel)
+        self.outer = unravel(self.gid, self.space)
+        self._scopes = [_Scope(0)]
+
+    # ---- names -----------------------------------------------------------------------------------------
+    def _fresh(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}{self._counter}"
+
+    def _param(self, kind: str, node: Node) -> str:
+        key = (kind, id(node))
+        if key not in self._param_names:
+            name = {"load": "in", "store": "out", "seed": "seed", "offset": "offset"}[kind] + str(len(self.params))
+            self._param_names[key] = name
+            self.params.append(Param(kind, node, name, node.dtype))
+        return self._param_names[key]
+
+    def _depth_of(self, index: Index) -> int:
+        depth = 0
+        for expr in index:
+            for name in expr.variables():
+                depth = max(depth, self._loop_depth.get(name, 0))
+        return depth
+
+    def _emit(self, depth: int, dtype: DType, text: str) -> _Value:
+        name = self._fresh("v")
+        self._scopes[depth].lines.append(f"{c.register_type(dtype)} {name} = {text};")
+        if dtype.name == "float64":
+            self.uses_double = True
+        return _Value(name, depth)
+
+    # ---- rendering ---------------------------------------------------------------------------------------
+    def build(self) -> RenderedKernel:
+        value = self.render(self.root, self.outer, ())
+        self._store(self.root, value)
+        return self._finish()
+
+    def _store(self, node: Node, value: _Value) -> None:
+        out = self._param("store", node)
+        self.outputs.append(node)
+        self.produced.add(id(node))
+        self._local_outputs.add(id(node))
+        self._stores.append(_store_line(node.dtype, out, self.gid.render(), value.text))
+
+    def render(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+        key = (id(node), tuple(e.key for e in index), guard)
+        if key in self._values:
+            return self._values[key]
+        value = self._render(node, index, guard)
+        self._values[key] = value
+        return value
+
+    def _render(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+        op = node.op
+        if node is not self.root and id(node) in self.materialized:
+            if id(node) in self._local_outputs:  # stored by this very kernel: never read it back here
+                if op in REDUCE_OPS:
+                    raise ScheduleConflict(node)
+                return self._compute(node, index, guard)
+            if id(node) in self.produced or not self.allow_extra_outputs or not self._can_host(node, index, guard):
+                return self._load(node, index, guard)
+            value = self._compute(node, index, guard)
+            self._store(node, value)
+            return value
+        if op is Op.BUFFER:
+            return self._load(node, index, guard)
+        return self._compute(node, index, guard)
+
+    def _can_host(self, node: Node, index: Index, guard: tuple[str, ...]) -> bool:
+        """A node computes here (once per work item) only at this kernel's own output position."""
+        if guard or node.numel != self.numel or node.op is Op.BUFFER:
+            return False
+        return linear(index, node.shape) == self.gid
+
+    def _compute(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+        op = node.op
+        if op is Op.CONST:
+            return _Value(c.literal(node.arg, node.dtype), 0)
+        if op is Op.RAND:
+            return self._rand(node, index)
+        if op in REDUCE_OPS:
+            if self._can_host(node, index, guard) or (node is self.root):
+                return self._reduce(node, index)
+            if id(node) not in self.materialized:
+                self.materialized[id(node)] = node
+            return self._load(node, index, guard)
+        if op in ELEMENTWISE_OPS:
+            sources = [self.render(s, index, guard) for s in node.src]
+            depth = max([s.depth for s in sources] + [0])
+            return self._emit(depth, node.dtype, self._expression(node, [s.text for s in sources]))
+        return self._movement(node, index, guard)
+
+    def _expression(self, node: Node, args: list[str]) -> str:
+        op = node.op
+        if op is Op.CAST:
+            return c.cast(args[0], node.src[0].dtype, node.dtype)
+        if op is Op.WHERE:
+            return f"({args[0]}?{args[1]}:{args[2]})"
+        if len(args) == 1:
+            return c.unary(op, args[0], node.dtype)
+        return c.binary(op, args[0], args[1], node.src[0].dtype)
+
+    def _movement(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+        op, arg, source = node.op, node.arg, node.src[0]
+        if op is Op.RESHAPE:
+            return self.render(source, unravel(linear(index, node.shape), source.shape), guard)
+        if op is Op.PERMUTE:
+            inner: list[Expr] = [Expr(0)] * len(arg)
+            for position, axis in enumerate(arg):
+                inner[axis] = index[position]
+            return self.render(source, tuple(inner), guard)
+        if op is Op.EXPAND:
+            return self.render(source, tuple(Expr(0) if s == 1 else e for s, e in zip(source.shape, index)), guard)
+        if op is Op.SHRINK:
+            return self.render(source, tuple(e + start for e, (start, _) in zip(index, arg)), guard)
+        if op is Op.FLIP:
+            return self.render(source, tuple((Expr(0) - e) + (s - 1) if axis in arg else e
+                                             for axis, (e, s) in enumerate(zip(index, source.shape))), guard)
+        return self._pad(node, index, guard)
+
+    def _pad(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+        padding, fill = node.arg
+        source = node.src[0]
+        conditions, inner = [], []
+        for e, (before, _), size in zip(index, padding, source.shape):
+            shifted = e - before
+            if shifted.hi < 0 or shifted.lo >= size:
+                return _Value(c.literal(fill, node.dtype), 0)  # entirely in the padding
+            if shifted.lo >= 0 and shifted.hi < size:
+                inner.append(shifted)
+                continue
+            text = shifted.render()
+            if shifted.lo < 0:
+                conditions.append(f"({text}>=0)")
+            if shifted.hi >= size:
+                conditions.append(f"({text}<{size})")
+            # inside the valid region the index is in [0, size): an opaque variable with that range
+            inner.append(Expr(0, {Atom("var", 0, size - 1, name=text): 1}))
+        if not conditions:
+            return self.render(source, tuple(inner), guard)
+        condition = "&&".join(conditions)
+        value = self.render(source, tuple(inner), guard + (condition,))
+        depth = max(value.depth, self._depth_of(index))
+        return self._emit(depth, node.dtype, f"(({condition})?{value.text}:{c.literal(fill, node.dtype)})")
+
+    def _load(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+        if node.op is not Op.BUFFER and id(node) not in self.produced and node not in self.needs:
+            self.needs.append(node)
+        name = self._param("load", node)
+        position = linear(index, node.shape).render()
+        text = _load_expression(node.dtype, name, position)
+        if guard:
+            text = f"(({'&&'.join(guard)})?{text}:{c.literal(0, node.dtype)})"
+        return self._emit(self._depth_of(index), node.dtype, text)
+
+    def _rand(self, node: Node, index: Index) -> _Value:
+        self.uses_rand = True
+        seed, offset = self._param("seed", node), self._param("offset", node)
+        position = linear(index, node.shape).render()
+        text = f"zyx_philox_uniform({seed},{offset}+(ulong)({position}))"
+        return self._emit(self._depth_of(index), node.dtype, text)
+
+    def _reduce(self, node: Node, index: Index) -> _Value:
+        source, axes = node.src[0], node.arg
+        sizes = tuple(source.shape[a] for a in axes)
+        count = math.prod(sizes)
+        loop_var = self._fresh("r")
+        depth = len(self._scopes)
+        self._has_loop = True
+        accumulator = self._fresh("acc")
+        dtype = node.dtype
+        start = c.literal(0, dtype) if node.op is Op.SUM else c.lowest(dtype)
+        self._scopes[0].lines.append(f"{c.register_type(dtype)} {accumulator} = {start};")
+        if count == 0:
+            return _Value(accumulator, 0)
+        loop_expr = Expr.var(loop_var, count)
+        loop_index = unravel(loop_expr, sizes)
+        full = list(index)
+        for axis, expr in zip(axes, loop_index):
+            full[axis] = expr
+        self._loop_depth[loop_var] = depth
+        self._scopes.append(_Scope(depth))
+        value = self.render(source, tuple(full), ())
+        body = self._scopes.pop()
+        combined = c.binary(Op.ADD if node.op is Op.SUM else Op.MAX, accumulator, value.text, dtype)
+        body.lines.append(f"{accumulator} = {combined};")
+        counter_type = "long" if count >= 2**31 else "int"
+        self._scopes[0].lines.append(
+            f"for ({counter_type} {loop_var} = 0; {loop_var} < {count}; {loop_var}++) {{\n"
+            + "\n".join("  " + line for line in body.lines) + "\n}")
+        return _Value(accumulator, 0)
+
+    def _finish(self) -> RenderedKernel:
+        kind = "r" if self._has_loop else "e"
+        name = f"{kind}_" + "_".join(str(s) for s in self.space) if self.space else f"{kind}_scalar"
+        signature = []
+        for p in self.params:
+            if p.kind in ("seed", "offset"):
+                signature.append(f"ulong {p.name}")
+            elif p.kind == "load":
+                signature.append(f"__global const {c.storage_type(p.dtype)}* restrict {p.name}")
+            else:
+                signature.append(f"__global {c.storage_type(p.dtype)}* restrict {p.name}")
+            if p.dtype.name == "float64":
+                self.uses_double = True
+        index_type = "long" if self.numel >= 2**31 else "int"
+        body = "\n".join("  " + line.replace("\n", "\n  ") for line in self._scopes[0].lines + self._stores)
+        source = (c.prelude(self.uses_double, self.uses_rand)
+                  + f"__kernel void {name}({', '.join(signature)}) {{\n"
+                  + f"  {index_type} gid = get_global_id(0);\n  if (gid >= {self.numel}) return;\n"
+                  + body + "\n}\n")
+        loads = [p.node for p in self.params if p.kind == "load"]
+        return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,
+                              self.numel, None)
+
+
+def _load_expression(dtype: DType, name: str, position: str) -> str:
+    if dtype.name == "float16":
+        return f"vload_half({position},{name})"
+    if dtype.is_bool:
+        return f"({name}[{position}]!=0)"
+    return f"{name}[{position}]"
+
+
+def _store_line(dtype: DType, name: str, position: str, value: str) -> str:
+    if dtype.name == "float16":
+        return f"vstore_half({value},{position},{name});"
+    if dtype.is_bool:
+        return f"{name}[{position}] = (uchar)({value});"
+    return f"{name}[{position}] = {value};"

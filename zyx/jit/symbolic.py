@@ -1,0 +1,173 @@
+"""Integer index expressions with range-aware simplification.
+
+A view chain becomes index arithmetic on the kernel's loop variables; these rules turn the divisions and
+modulos that reshapes introduce back into plain sums wherever the ranges allow, so a contiguous access is
+rendered as `gid` rather than `(gid/64)%32*64 + gid%64`.
+
+An expression is a linear combination `const + sum(coefficient * atom)` where an atom is a variable, a
+floor division or a modulo of another expression by a positive constant.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+
+class Atom:
+    """A variable, `expr // k` or `expr % k`; ranges are inclusive."""
+
+    __slots__ = ("kind", "name", "expr", "k", "lo", "hi", "_key")
+
+    def __init__(self, kind: str, lo: int, hi: int, name: str = "", expr: "Expr | None" = None, k: int = 0):
+        self.kind, self.name, self.expr, self.k, self.lo, self.hi = kind, name, expr, k, lo, hi
+        self._key = (kind, name, expr.key if expr is not None else None, k)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Atom) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def render(self) -> str:
+        if self.kind == "var":
+            return self.name
+        op = "/" if self.kind == "div" else "%"
+        return f"({self.expr.render()}{op}{self.k})"  # type: ignore[union-attr]
+
+
+class Expr:
+    __slots__ = ("const", "terms", "key")
+
+    def __init__(self, const: int = 0, terms: dict[Atom, int] | None = None):
+        self.const = const
+        self.terms = {a: c for a, c in (terms or {}).items() if c != 0}
+        self.key = (const, tuple(sorted(((a._key, c) for a, c in self.terms.items()), key=repr)))
+
+    # ---- construction ------------------------------------------------------------------------------------
+    @staticmethod
+    def var(name: str, size: int) -> "Expr":
+        """A loop variable taking values 0..size-1."""
+        if size <= 1:
+            return Expr(0)
+        return Expr(0, {Atom("var", 0, size - 1, name=name): 1})
+
+    def __add__(self, other: Union["Expr", int]) -> "Expr":
+        if isinstance(other, int):
+            return Expr(self.const + other, self.terms)
+        terms = dict(self.terms)
+        for atom, c in other.terms.items():
+            terms[atom] = terms.get(atom, 0) + c
+        return _combine(Expr(self.const + other.const, terms))
+
+    __radd__ = __add__
+
+    def __mul__(self, k: int) -> "Expr":
+        return Expr(self.const * k, {a: c * k for a, c in self.terms.items()})
+
+    __rmul__ = __mul__
+
+    def __sub__(self, other: Union["Expr", int]) -> "Expr":
+        return self + (other * -1 if isinstance(other, Expr) else -other)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Expr) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    # ---- ranges ------------------------------------------------------------------------------------------
+    @property
+    def lo(self) -> int:
+        return self.const + sum(c * (a.lo if c > 0 else a.hi) for a, c in self.terms.items())
+
+    @property
+    def hi(self) -> int:
+        return self.const + sum(c * (a.hi if c > 0 else a.lo) for a, c in self.terms.items())
+
+    @property
+    def is_const(self) -> bool:
+        return not self.terms
+
+    def variables(self) -> set[str]:
+        names: set[str] = set()
+        for atom in self.terms:
+            names |= {atom.name} if atom.kind == "var" else atom.expr.variables()  # type: ignore[union-attr]
+        return names
+
+    # ---- division and modulo -----------------------------------------------------------------------------
+    def __floordiv__(self, k: int) -> "Expr":
+        assert k > 0
+        if k == 1:
+            return self
+        lo, hi = self.lo, self.hi
+        if lo // k == hi // k:
+            return Expr(lo // k)
+        # pull out the terms (and the part of the constant) that k divides
+        whole = {a: c // k for a, c in self.terms.items() if c % k == 0}
+        rest = Expr(self.const % k, {a: c for a, c in self.terms.items() if c % k != 0})
+        pulled = Expr(self.const // k, whole)
+        if rest.lo >= 0 and rest.lo // k == rest.hi // k:
+            return pulled + rest.lo // k
+        if whole or self.const // k:
+            if rest.lo >= 0:
+                return pulled + _atom_expr(Atom("div", rest.lo // k, rest.hi // k, expr=rest, k=k))
+        if lo >= 0:
+            return _atom_expr(Atom("div", lo // k, hi // k, expr=self, k=k))
+        raise ValueError("division of a possibly negative index")
+
+    def __mod__(self, k: int) -> "Expr":
+        assert k > 0
+        if k == 1:
+            return Expr(0)
+        rest = Expr(self.const % k, {a: c for a, c in self.terms.items() if c % k != 0})
+        if rest.lo >= 0 and rest.hi < k:
+            return rest
+        if rest.lo >= 0 and rest.lo // k == rest.hi // k:
+            return rest - (rest.lo // k) * k
+        if rest.lo < 0:
+            raise ValueError("modulo of a possibly negative index")
+        return _atom_expr(Atom("mod", 0, min(k - 1, rest.hi), expr=rest, k=k))
+
+    # ---- rendering ---------------------------------------------------------------------------------------
+    def render(self) -> str:
+        parts = []
+        for atom, c in sorted(self.terms.items(), key=lambda item: item[0].render()):
+            text = atom.render()
+            parts.append(text if c == 1 else f"{text}*{c}")
+        if self.const or not parts:
+            parts.append(str(self.const))
+        return "(" + "+".join(parts).replace("+-", "-") + ")" if len(parts) > 1 else parts[0]
+
+
+def _atom_expr(atom: Atom) -> Expr:
+    return Expr(0, {atom: 1})
+
+
+def _combine(expr: Expr) -> Expr:
+    """Fold c*M*(x//M) + c*(x%M) into c*x, and c*M*((x//M)%N) + c*(x%M) into c*(x%(M*N))."""
+    changed = True
+    while changed:
+        changed = False
+        for atom, c in list(expr.terms.items()):
+            if atom.kind != "mod" or atom not in expr.terms:
+                continue
+            x, m = atom.expr, atom.k
+            for other, c2 in list(expr.terms.items()):
+                if other.kind == "div" and other.k == m and other.expr == x and c2 == c * m:
+                    terms = dict(expr.terms)
+                    del terms[atom], terms[other]
+                    expr = Expr(expr.const, terms) + x * c  # type: ignore[operator]
+                    changed = True
+                    break
+                inner = other.expr
+                if (other.kind == "mod" and inner is not None and len(inner.terms) == 1 and inner.const == 0
+                        and c2 == c * m):
+                    (div_atom, coeff), = inner.terms.items()
+                    if coeff == 1 and div_atom.kind == "div" and div_atom.k == m and div_atom.expr == x:
+                        terms = dict(expr.terms)
+                        del terms[atom], terms[other]
+                        expr = Expr(expr.const, terms) + (x % (m * other.k)) * c  # type: ignore[operator]
+                        changed = True
+                        break
+            if changed:
+                break
+    return expr

@@ -1,0 +1,35 @@
+"""Running a Program: allocate each slot just in time, launch in order, free after the last reader."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def run_program(backend: Any, program: Any, kernels: Sequence[Any], inputs: Sequence[Any],
+                rand_args: Sequence[tuple[int, int]], on_first_launch: Any = None) -> list[Any]:
+    """Output buffers of `program`; `kernels[k]` is the compiled kernel of launch k."""
+    slots: list[Any] = [None] * len(program.slot_bytes)
+    for output in program.outputs:
+        if slots[output] is None and program.slot_bytes[output] == 0:
+            slots[output] = backend.allocate(0)
+    for k, launch in enumerate(program.launches):
+        for slot in program.allocs[k]:
+            slots[slot] = backend.allocate(program.slot_bytes[slot])
+        args = []
+        for kind, index in launch.args:
+            if kind == "input":
+                args.append(inputs[index])
+            elif kind == "slot":
+                args.append(slots[index])
+            elif kind == "seed":
+                args.append(np.uint64(rand_args[index][0]))
+            else:
+                args.append(np.uint64(rand_args[index][1]))
+        if launch.global_size[0] > 0:
+            backend.launch(kernels[k], launch.global_size, launch.local_size, args)
+            if on_first_launch is not None:
+                on_first_launch(k)
+        for slot in program.frees[k]:
+            slots[slot] = None
+    return [slots[o] if slots[o] is not None else backend.allocate(0) for o in program.outputs]
