@@ -64,8 +64,8 @@ class JitBackend:
         for node in targets:
             if node.dtype.name == "float64" and not self.runtime.supports_fp64:
                 raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
-        kernels = schedule(targets)
-        program = build_program(kernels, targets, leaves, rands)
+        kernels, scheduled_targets = schedule(targets)
+        program = build_program(kernels, scheduled_targets, leaves, rands)
         stats.bump("graphs_scheduled")
         if _debug() >= 3:
             print(f"zyx schedule: {len(targets)} targets -> {program.kernel_count} kernels: "

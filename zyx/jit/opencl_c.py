@@ -33,6 +33,15 @@ def literal(value: object, dtype: DType) -> str:
     return f"{number!r}{suffix}" if "e" in repr(number) or "." in repr(number) else f"{number!r}.0{suffix}"
 
 
+def lowest_value(dtype: DType) -> object:
+    """The identity of max for `dtype`, as a Python value."""
+    if dtype.is_float:
+        return -math.inf
+    if dtype.is_bool:
+        return False
+    return -(2 ** (8 * dtype.itemsize - 1))
+
+
 def lowest(dtype: DType) -> str:
     """The identity of max for `dtype`."""
     if dtype.is_float:

@@ -16,9 +16,12 @@ from ..dtypes import DType
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
 from . import opencl_c as c
-from .symbolic import Atom, Expr
+from .symbolic import Expr
 
 Index = tuple[Expr, ...]
+
+
+UNROLL = 8  # accumulators per reduction loop
 
 
 class ScheduleConflict(Exception):
@@ -242,7 +245,7 @@ class KernelBuilder:
             if shifted.hi >= size:
                 conditions.append(f"({text}<{size})")
             # inside the valid region the index is in [0, size): an opaque variable with that range
-            inner.append(Expr(0, {Atom("var", 0, size - 1, name=text): 1}))
+            inner.append(Expr.clamped(shifted, 0, size - 1))
         if not conditions:
             return self.render(source, tuple(inner), guard)
         condition = "&&".join(conditions)
@@ -268,34 +271,50 @@ class KernelBuilder:
         return self._emit(self._depth_of(index), node.dtype, text)
 
     def _reduce(self, node: Node, index: Index) -> _Value:
+        """A loop at the kernel's top level; unrolled into independent accumulators so compilers vectorize."""
         source, axes = node.src[0], node.arg
         sizes = tuple(source.shape[a] for a in axes)
         count = math.prod(sizes)
-        loop_var = self._fresh("r")
-        depth = len(self._scopes)
         self._has_loop = True
-        accumulator = self._fresh("acc")
         dtype = node.dtype
         start = c.literal(0, dtype) if node.op is Op.SUM else c.lowest(dtype)
-        self._scopes[0].lines.append(f"{c.register_type(dtype)} {accumulator} = {start};")
-        if count == 0:
-            return _Value(accumulator, 0)
-        loop_expr = Expr.var(loop_var, count)
-        loop_index = unravel(loop_expr, sizes)
-        full = list(index)
-        for axis, expr in zip(axes, loop_index):
-            full[axis] = expr
-        self._loop_depth[loop_var] = depth
-        self._scopes.append(_Scope(depth))
-        value = self.render(source, tuple(full), ())
+        combine = Op.ADD if node.op is Op.SUM else Op.MAX
+        unroll = UNROLL if count >= 2 * UNROLL else 1
+        accumulators = [self._fresh("acc") for _ in range(unroll)]
+        for accumulator in accumulators:
+            self._scopes[0].lines.append(f"{c.register_type(dtype)} {accumulator} = {start};")
+        if count // unroll:
+            self._loop(node, index, count // unroll, lambda r: [r * unroll + j for j in range(unroll)],
+                       accumulators, combine)
+        if count % unroll:
+            base = (count // unroll) * unroll
+            self._loop(node, index, count % unroll, lambda r: [r + base], accumulators[:1], combine)
+        while len(accumulators) > 1:  # pairwise, for accuracy and short dependency chains
+            pairs = []
+            for a, b in zip(accumulators[::2], accumulators[1::2]):
+                pairs.append(self._emit(0, dtype, c.binary(combine, a, b, dtype)).text)
+            accumulators = pairs + accumulators[len(pairs) * 2:]
+        return _Value(accumulators[0], 0)
+
+    def _loop(self, node: Node, index: Index, trips: int, positions, accumulators: list[str], combine: Op) -> None:
+        """`for r < trips`: add the reduced source at each of positions(r) into the matching accumulator."""
+        source, axes = node.src[0], node.arg
+        sizes = tuple(source.shape[a] for a in axes)
+        loop_var = self._fresh("r")
+        self._loop_depth[loop_var] = len(self._scopes)
+        self._scopes.append(_Scope(len(self._scopes)))
+        for accumulator, flat in zip(accumulators, positions(Expr.var(loop_var, trips))):
+            full = list(index)
+            for axis, expr in zip(axes, unravel(flat, sizes)):
+                full[axis] = expr
+            value = self.render(source, tuple(full), ())
+            self._scopes[-1].lines.append(
+                f"{accumulator} = {c.binary(combine, accumulator, value.text, node.dtype)};")
         body = self._scopes.pop()
-        combined = c.binary(Op.ADD if node.op is Op.SUM else Op.MAX, accumulator, value.text, dtype)
-        body.lines.append(f"{accumulator} = {combined};")
-        counter_type = "long" if count >= 2**31 else "int"
+        counter = "long" if trips >= 2**31 else "int"
         self._scopes[0].lines.append(
-            f"for ({counter_type} {loop_var} = 0; {loop_var} < {count}; {loop_var}++) {{\n"
+            f"for ({counter} {loop_var} = 0; {loop_var} < {trips}; {loop_var}++) {{\n"
             + "\n".join("  " + line for line in body.lines) + "\n}")
-        return _Value(accumulator, 0)
 
     def _finish(self) -> RenderedKernel:
         kind = "r" if self._has_loop else "e"
@@ -314,7 +333,7 @@ class KernelBuilder:
         body = "\n".join("  " + line.replace("\n", "\n  ") for line in self._scopes[0].lines + self._stores)
         source = (c.prelude(self.uses_double, self.uses_rand)
                   + f"__kernel void {name}({', '.join(signature)}) {{\n"
-                  + f"  {index_type} gid = get_global_id(0);\n  if (gid >= {self.numel}) return;\n"
+                  + f"  {index_type} gid = get_global_id(0);\n"
                   + body + "\n}\n")
         loads = [p.node for p in self.params if p.kind == "load"]
         return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,

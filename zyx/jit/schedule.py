@@ -13,15 +13,18 @@ from typing import Sequence
 
 from ..trace.node import Node, toposort
 from ..trace.ops import Op
+from .rewrite import split_reductions
 from .render import KernelBuilder, RenderedKernel, ScheduleConflict
 
 
-def schedule(targets: Sequence[Node]) -> list[RenderedKernel]:
-    """Kernels, in launch order, that compute every target."""
+def schedule(targets: Sequence[Node]) -> tuple[list[RenderedKernel], list[Node]]:
+    """Kernels, in launch order, that compute every target; and the targets as the kernels know them
+    (rewrites may have replaced them; they correspond by position)."""
+    targets = split_reductions(targets)
     try:
-        return _schedule(targets, allow_extra_outputs=True)
+        return _schedule(targets, allow_extra_outputs=True), targets
     except ScheduleConflict:
-        return _schedule(targets, allow_extra_outputs=False)
+        return _schedule(targets, allow_extra_outputs=False), targets
 
 
 def _schedule(targets: Sequence[Node], allow_extra_outputs: bool) -> list[RenderedKernel]:

@@ -13,7 +13,8 @@ from typing import Union
 
 
 class Atom:
-    """A variable, `expr // k` or `expr % k`; ranges are inclusive."""
+    """A variable, `expr // k`, `expr % k`, or a `clamped` expression (known to lie in [lo, hi] wherever
+    its value is used, e.g. an index inside a padding guard); ranges are inclusive."""
 
     __slots__ = ("kind", "name", "expr", "k", "lo", "hi", "_key")
 
@@ -30,6 +31,8 @@ class Atom:
     def render(self) -> str:
         if self.kind == "var":
             return self.name
+        if self.kind == "clamped":
+            return self.expr.render()  # type: ignore[union-attr]
         op = "/" if self.kind == "div" else "%"
         return f"({self.expr.render()}{op}{self.k})"  # type: ignore[union-attr]
 
@@ -43,6 +46,10 @@ class Expr:
         self.key = (const, tuple(sorted(((a._key, c) for a, c in self.terms.items()), key=repr)))
 
     # ---- construction ------------------------------------------------------------------------------------
+    @staticmethod
+    def clamped(expr: "Expr", lo: int, hi: int) -> "Expr":
+        return Expr(0, {Atom("clamped", lo, hi, expr=expr): 1})
+
     @staticmethod
     def var(name: str, size: int) -> "Expr":
         """A loop variable taking values 0..size-1."""

@@ -1,0 +1,55 @@
+"""Graph rewrites the scheduler applies before cutting kernels.
+
+Long reductions into few outputs would leave most of the device idle (one work item per output walks
+the whole input), so they are split in two stages: partial results over chunks, then the reduction of
+the partials. The rewrite builds new nodes above the split; leaves and random nodes keep their identity,
+so the program still binds its inputs by the original trace's order.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ..trace import node as n
+from ..trace.node import Node, toposort
+from ..trace.ops import Op, REDUCE_OPS
+from .opencl_c import lowest_value
+
+SPLIT_MIN_COUNT = 32768    # reductions shorter than this stay one loop
+SPLIT_MAX_OUTPUTS = 1024   # with at least this many outputs the device is busy enough
+
+
+def split_reductions(targets: Sequence[Node]) -> list[Node]:
+    """Targets of an equivalent graph in which long, narrow reductions run in two stages."""
+    replaced: dict[int, Node] = {}
+    for node in toposort(targets):
+        sources = tuple(replaced.get(id(s), s) for s in node.src)
+        new = node
+        if any(a is not b for a, b in zip(sources, node.src)):
+            new = n.Node(node.op, sources, node.arg, node.shape, node.dtype, node.device)
+        if new.op in REDUCE_OPS and _worth_splitting(new):
+            new = _two_stage(new)
+        if new is not node:
+            replaced[id(node)] = new
+    return [replaced.get(id(t), t) for t in targets]
+
+
+def _worth_splitting(node: Node) -> bool:
+    count = math.prod(node.src[0].shape[a] for a in node.arg)
+    return count >= SPLIT_MIN_COUNT and node.numel < SPLIT_MAX_OUTPUTS
+
+
+def _two_stage(node: Node) -> Node:
+    source, axes = node.src[0], node.arg
+    kept = [a for a in range(len(source.shape)) if a not in axes]
+    kept_shape = tuple(source.shape[a] for a in kept)
+    count = math.prod(source.shape[a] for a in axes)
+    chunk = 8 * math.ceil(math.sqrt(count) / 8)
+    parts = math.ceil(count / chunk)
+    flat = n.reshape(n.permute(source, kept + list(axes)), kept_shape + (count,))
+    fill = 0 if node.op is Op.SUM else lowest_value(node.dtype)
+    padded = n.pad(flat, [(0, 0)] * len(kept) + [(0, parts * chunk - count)], fill)
+    chunks = n.reshape(padded, kept_shape + (parts, chunk))
+    partial = n.reduce(node.op, chunks, [len(kept) + 1])
+    total = n.reduce(node.op, partial, [len(kept)])
+    return n.reshape(total, node.shape)
