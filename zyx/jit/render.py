@@ -8,6 +8,7 @@ read from a buffer that an earlier kernel writes (the scheduler decides which).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -91,6 +92,7 @@ class KernelBuilder:
     materialized: dict[int, Node]
     produced: set[int]
     allow_extra_outputs: bool = True
+    tile: Optional[dict[int, int]] = None  # space axis -> outputs per work item along it
     params: list[Param] = field(default_factory=list)
     outputs: list[Node] = field(default_factory=list)
     needs: list[Node] = field(default_factory=list)
@@ -101,15 +103,27 @@ class KernelBuilder:
     _counter: int = 0
     _stores: list = field(default_factory=list)
     _local_outputs: set = field(default_factory=set)
+    _reductions: dict = field(default_factory=dict)
     _has_loop: bool = False
+    _element: int = 0
     uses_double: bool = False
     uses_rand: bool = False
 
     def __post_init__(self) -> None:
         self.space = self.root.shape
         self.numel = math.prod(self.space)
-        self.gid = Expr.var("gid", self.numel)
-        self.outer = unravel(self.gid, self.space)
+        tile = self.tile or {}
+        if tile:
+            self.allow_extra_outputs = False
+        grid = tuple(size // tile.get(axis, 1) for axis, size in enumerate(self.space))
+        self.work_items = math.prod(grid)
+        self.gid = Expr.var("gid", self.work_items)
+        cell = unravel(self.gid, grid)
+        self.elements: list[Index] = []
+        for offsets in itertools.product(*(range(tile.get(axis, 1)) for axis in range(len(self.space)))):
+            self.elements.append(tuple(e * tile[axis] + o if axis in tile else e
+                                       for axis, (e, o) in enumerate(zip(cell, offsets))))
+        self.positions = [linear(element, self.space) for element in self.elements]
         self._scopes = [_Scope(0)]
 
     # ---- names -----------------------------------------------------------------------------------------
@@ -141,16 +155,19 @@ class KernelBuilder:
 
     # ---- rendering ---------------------------------------------------------------------------------------
     def build(self) -> RenderedKernel:
-        value = self.render(self.root, self.outer, ())
-        self._store(self.root, value)
+        for element, index in enumerate(self.elements):
+            self._element = element
+            self._store(self.root, self.render(self.root, index, ()))
         return self._finish()
 
     def _store(self, node: Node, value: _Value) -> None:
         out = self._param("store", node)
-        self.outputs.append(node)
+        if node not in self.outputs:
+            self.outputs.append(node)
         self.produced.add(id(node))
         self._local_outputs.add(id(node))
-        self._stores.append(_store_line(node.dtype, out, self.gid.render(), value.text))
+        position = self.positions[self._element].render()
+        self._stores.append(_store_line(node.dtype, out, position, value.text))
 
     def render(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
         key = (id(node), tuple(e.key for e in index), guard)
@@ -180,7 +197,7 @@ class KernelBuilder:
         """A node computes here (once per work item) only at this kernel's own output position."""
         if guard or node.numel != self.numel or node.op is Op.BUFFER:
             return False
-        return linear(index, node.shape) == self.gid
+        return linear(index, node.shape) == self.positions[self._element]
 
     def _compute(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
         op = node.op
@@ -271,45 +288,57 @@ class KernelBuilder:
         return self._emit(self._depth_of(index), node.dtype, text)
 
     def _reduce(self, node: Node, index: Index) -> _Value:
-        """A loop at the kernel's top level; unrolled into independent accumulators so compilers vectorize."""
+        """One loop at the kernel's top level computing this reduction for every output of the work item;
+        a lone output gets several independent accumulators instead, so compilers vectorize."""
+        if id(node) not in self._reductions:
+            self._reductions[id(node)] = self._reduce_all(node)
+        return self._reductions[id(node)][self._element]
+
+    def _reduce_all(self, node: Node) -> list[_Value]:
         source, axes = node.src[0], node.arg
-        sizes = tuple(source.shape[a] for a in axes)
-        count = math.prod(sizes)
+        count = math.prod(source.shape[a] for a in axes)
         self._has_loop = True
         dtype = node.dtype
         start = c.literal(0, dtype) if node.op is Op.SUM else c.lowest(dtype)
         combine = Op.ADD if node.op is Op.SUM else Op.MAX
-        unroll = UNROLL if count >= 2 * UNROLL else 1
-        accumulators = [self._fresh("acc") for _ in range(unroll)]
-        for accumulator in accumulators:
+        indices = [unravel(position, node.shape) for position in self.positions]
+        unroll = UNROLL if len(indices) == 1 and count >= 2 * UNROLL else 1
+        accumulators = [[self._fresh("acc") for _ in range(unroll)] for _ in indices]
+        for accumulator in itertools.chain(*accumulators):
             self._scopes[0].lines.append(f"{c.register_type(dtype)} {accumulator} = {start};")
         if count // unroll:
-            self._loop(node, index, count // unroll, lambda r: [r * unroll + j for j in range(unroll)],
+            self._loop(node, indices, count // unroll, lambda r: [r * unroll + j for j in range(unroll)],
                        accumulators, combine)
         if count % unroll:
             base = (count // unroll) * unroll
-            self._loop(node, index, count % unroll, lambda r: [r + base], accumulators[:1], combine)
-        while len(accumulators) > 1:  # pairwise, for accuracy and short dependency chains
-            pairs = []
-            for a, b in zip(accumulators[::2], accumulators[1::2]):
-                pairs.append(self._emit(0, dtype, c.binary(combine, a, b, dtype)).text)
+            self._loop(node, indices, count % unroll, lambda r: [r + base], [a[:1] for a in accumulators], combine)
+        return [self._combine_tree(element_accumulators, combine, dtype) for element_accumulators in accumulators]
+
+    def _combine_tree(self, accumulators: list[str], combine: Op, dtype: DType) -> _Value:
+        """Pairwise, for accuracy and short dependency chains."""
+        while len(accumulators) > 1:
+            pairs = [self._emit(0, dtype, c.binary(combine, a, b, dtype)).text
+                     for a, b in zip(accumulators[::2], accumulators[1::2])]
             accumulators = pairs + accumulators[len(pairs) * 2:]
         return _Value(accumulators[0], 0)
 
-    def _loop(self, node: Node, index: Index, trips: int, positions, accumulators: list[str], combine: Op) -> None:
+    def _loop(self, node: Node, indices: list[Index], trips: int, positions, accumulators: list[list[str]],
+              combine: Op) -> None:
         """`for r < trips`: add the reduced source at each of positions(r) into the matching accumulator."""
         source, axes = node.src[0], node.arg
         sizes = tuple(source.shape[a] for a in axes)
         loop_var = self._fresh("r")
         self._loop_depth[loop_var] = len(self._scopes)
         self._scopes.append(_Scope(len(self._scopes)))
-        for accumulator, flat in zip(accumulators, positions(Expr.var(loop_var, trips))):
-            full = list(index)
-            for axis, expr in zip(axes, unravel(flat, sizes)):
-                full[axis] = expr
-            value = self.render(source, tuple(full), ())
-            self._scopes[-1].lines.append(
-                f"{accumulator} = {c.binary(combine, accumulator, value.text, node.dtype)};")
+        flats = positions(Expr.var(loop_var, trips))
+        for index, element_accumulators in zip(indices, accumulators):
+            for accumulator, flat in zip(element_accumulators, flats):
+                full = list(index)
+                for axis, expr in zip(axes, unravel(flat, sizes)):
+                    full[axis] = expr
+                value = self.render(source, tuple(full), ())
+                self._scopes[-1].lines.append(
+                    f"{accumulator} = {c.binary(combine, accumulator, value.text, node.dtype)};")
         body = self._scopes.pop()
         counter = "long" if trips >= 2**31 else "int"
         self._scopes[0].lines.append(
@@ -329,7 +358,7 @@ class KernelBuilder:
                 signature.append(f"__global {c.storage_type(p.dtype)}* restrict {p.name}")
             if p.dtype.name == "float64":
                 self.uses_double = True
-        index_type = "long" if self.numel >= 2**31 else "int"
+        index_type = "long" if self.work_items >= 2**31 else "int"
         body = "\n".join("  " + line.replace("\n", "\n  ") for line in self._scopes[0].lines + self._stores)
         source = (c.prelude(self.uses_double, self.uses_rand)
                   + f"__kernel void {name}({', '.join(signature)}) {{\n"
@@ -337,7 +366,7 @@ class KernelBuilder:
                   + body + "\n}\n")
         loads = [p.node for p in self.params if p.kind == "load"]
         return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,
-                              self.numel, None)
+                              self.work_items, None)
 
 
 def _load_expression(dtype: DType, name: str, position: str) -> str:

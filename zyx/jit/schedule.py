@@ -14,6 +14,7 @@ from typing import Sequence
 from ..trace.node import Node, toposort
 from ..trace.ops import Op
 from .rewrite import split_reductions
+from .tiling import choose_tile
 from .render import KernelBuilder, RenderedKernel, ScheduleConflict
 
 
@@ -46,7 +47,8 @@ def _schedule(targets: Sequence[Node], allow_extra_outputs: bool) -> list[Render
         _, key = heapq.heappop(queue)
         if key in produced:
             continue
-        builder = KernelBuilder(materialized[key], materialized, produced, allow_extra_outputs)
+        root = materialized[key]
+        builder = KernelBuilder(root, materialized, produced, allow_extra_outputs, choose_tile(root, materialized))
         kernels.append(builder.build())
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)

@@ -1,0 +1,99 @@
+"""Choosing how many outputs each work item computes.
+
+A matrix product (a sum over k of a product of two operands, one broadcast along each output axis) reads
+each operand value once per output; a work item computing a TM x TN tile of outputs reads TM + TN values
+per k for TM * TN multiply-adds. The product is recognised in the trace by its shape, not its history:
+SUM over one axis of MUL(EXPAND(a), EXPAND(b)), casts allowed, a and b broadcast along different axes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from ..trace.node import Node
+from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op
+
+DEFAULT_TILE = (4, 4)
+
+
+def _strip_casts(node: Node) -> Node:
+    while node.op is Op.CAST:
+        node = node.src[0]
+    return node
+
+
+def broadcast_axes(node: Node) -> set[int]:
+    """Axes along which an EXPAND repeats its source."""
+    if node.op is not Op.EXPAND:
+        return set()
+    return {axis for axis, (s, t) in enumerate(zip(node.src[0].shape, node.shape)) if s == 1 and t != 1}
+
+
+def matmul_axes(node: Node) -> Optional[tuple[int, int]]:
+    """(n axis, m axis) of the reduction's input if `node` is a matrix product, else None."""
+    if node.op is not Op.SUM or len(node.arg) != 1:
+        return None
+    product = _strip_casts(node.src[0])
+    if product.op is not Op.MUL:
+        return None
+    left, right = (_strip_casts(s) for s in product.src)
+    along_left, along_right = broadcast_axes(left), broadcast_axes(right)
+    k = node.arg[0]
+    m_axes = sorted(along_left - along_right - {k})
+    n_axes = sorted(along_right - along_left - {k})
+    if not m_axes or not n_axes:
+        return None
+    return n_axes[-1], m_axes[-1]
+
+
+def _hosted_matmul(root: Node, materialized: dict[int, Node]) -> Optional[Node]:
+    """The matrix product this kernel computes at its own output positions, if any."""
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if matmul_axes(node) is not None and node.numel == root.numel:
+            return node
+        if node is not root and id(node) in materialized:
+            continue
+        if node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS or node is root:
+            stack.extend(node.src)
+    return None
+
+
+def _tile_sizes() -> tuple[int, int]:
+    text = os.environ.get("ZYX_TILE")
+    if text:
+        rows, cols = text.lower().split("x")
+        return int(rows), int(cols)
+    return DEFAULT_TILE
+
+
+def _largest_divisor(size: int, limit: int) -> int:
+    factor = limit
+    while factor > 1 and size % factor:
+        factor //= 2
+    return max(factor, 1)
+
+
+def choose_tile(root: Node, materialized: dict[int, Node]) -> Optional[dict[int, int]]:
+    """Outputs per work item along the kernel's axes, or None for one output per work item."""
+    product = _hosted_matmul(root, materialized)
+    if product is None:
+        return None
+    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
+    # the product's non-unit axes must line up with the kernel's (same element order)
+    product_axes = [a for a, s in enumerate(product.shape) if s != 1]
+    space_axes = [a for a, s in enumerate(root.shape) if s != 1]
+    if [product.shape[a] for a in product_axes] != [root.shape[a] for a in space_axes]:
+        return None
+    to_space = dict(zip(product_axes, space_axes))
+    if n_axis not in to_space or m_axis not in to_space:
+        return None
+    rows, cols = _tile_sizes()
+    tile = {to_space[n_axis]: _largest_divisor(product.shape[n_axis], rows),
+            to_space[m_axis]: _largest_divisor(product.shape[m_axis], cols)}
+    tile = {axis: factor for axis, factor in tile.items() if factor > 1}
+    return tile or None
