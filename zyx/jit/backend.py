@@ -15,6 +15,7 @@ from ..trace.hashing import signature
 from ..trace.node import Node
 from .cache import default_cache
 from .program import Program, build_program
+from .program_store import default_program_store, program_key
 from .schedule import schedule
 
 
@@ -46,19 +47,37 @@ class JitBackend:
     # ---- realization -------------------------------------------------------------------------------------
     def realize(self, targets: Sequence[Node]) -> list[Any]:
         key, leaves, rands = signature(targets)
-        program = self.programs.get(key)
-        if program is None:
-            program = self._build(targets, leaves, rands)
-            self.programs[key] = program
-        else:
-            stats.bump("schedule_cache_hits")
-        kernels = [self.kernel(launch.source, launch.name) for launch in program.launches]
+        program = self.program_for(key, targets, leaves, rands)
         inputs = [leaf.buffer for leaf in leaves]
         if any(b is None for b in inputs):
             raise RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
                                "until its gradients are realized")
-        return run_program(self.runtime, program, kernels, inputs, [r.arg for r in rands],
+        return self.run(program, inputs, [r.arg for r in rands])
+
+    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
+        kernels = [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
+                   for launch in program.launches]
+        return run_program(self.runtime, program, kernels, inputs, rand_args,
                            on_first_launch=self._after_launch(program))
+
+    def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
+                    prepare: Any = None) -> Program:
+        """The Program for a trace structure: from memory, else from disk, else scheduled (and stored)."""
+        program = self.programs.get(key)
+        if program is not None:
+            stats.bump("schedule_cache_hits")
+            return program
+        disk_key = program_key(key, self.runtime.device)
+        program = default_program_store().load(disk_key)
+        if program is not None:
+            stats.bump("programs_loaded")
+        else:
+            program = self._build(targets, leaves, rands)
+            if prepare is not None:
+                prepare(program)
+            default_program_store().save(disk_key, program)
+        self.programs[key] = program
+        return program
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node]) -> Program:
         for node in targets:

@@ -29,6 +29,17 @@ class Program:
     outputs: list[int]                      # the slot holding each target
     frees: list[list[int]] = field(default_factory=list)  # slots released after each launch
     allocs: list[list[int]] = field(default_factory=list)  # slots allocated before each launch
+    aliases: dict[int, int] = field(default_factory=dict)  # slot -> input whose buffer it overwrites in place
+
+    @property
+    def planned_peak_bytes(self) -> int:
+        """Most bytes this program holds at once (inputs aside), following its memory plan."""
+        live, peak = 0, 0
+        for allocs, frees in zip(self.allocs, self.frees):
+            live += sum(self.slot_bytes[s] for s in allocs if s not in self.aliases)
+            peak = max(peak, live)
+            live -= sum(self.slot_bytes[s] for s in frees if s not in self.aliases)
+        return peak
 
     @property
     def kernel_count(self) -> int:

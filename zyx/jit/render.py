@@ -113,13 +113,19 @@ class KernelBuilder:
         self.space = self.root.shape
         self.numel = math.prod(self.space)
         tile = self.tile or {}
+        if self.numel == 0:  # nothing to compute: the kernel is never launched
+            tile = {}
         if tile:
             self.allow_extra_outputs = False
         grid = tuple(size // tile.get(axis, 1) for axis, size in enumerate(self.space))
         self.work_items = math.prod(grid)
         self.gid = Expr.var("gid", self.work_items)
-        cell = unravel(self.gid, grid)
+        cell = unravel(self.gid, grid) if self.work_items else ()
         self.elements: list[Index] = []
+        if not self.work_items:
+            self.positions: list[Expr] = []
+            self._scopes = [_Scope(0)]
+            return
         for offsets in itertools.product(*(range(tile.get(axis, 1)) for axis in range(len(self.space)))):
             self.elements.append(tuple(e * tile[axis] + o if axis in tile else e
                                        for axis, (e, o) in enumerate(zip(cell, offsets))))
@@ -155,6 +161,10 @@ class KernelBuilder:
 
     # ---- rendering ---------------------------------------------------------------------------------------
     def build(self) -> RenderedKernel:
+        if not self.elements:  # an empty output: declared, never launched
+            self._param("store", self.root)
+            self.outputs.append(self.root)
+            self.produced.add(id(self.root))
         for element, index in enumerate(self.elements):
             self._element = element
             self._store(self.root, self.render(self.root, index, ()))

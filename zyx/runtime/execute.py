@@ -15,7 +15,8 @@ def run_program(backend: Any, program: Any, kernels: Sequence[Any], inputs: Sequ
             slots[output] = backend.allocate(0)
     for k, launch in enumerate(program.launches):
         for slot in program.allocs[k]:
-            slots[slot] = backend.allocate(program.slot_bytes[slot])
+            alias = program.aliases.get(slot)
+            slots[slot] = inputs[alias] if alias is not None else backend.allocate(program.slot_bytes[slot])
         args = []
         for kind, index in launch.args:
             if kind == "input":
