@@ -8,6 +8,8 @@ from .errors import ShapeError
 from .random import manual_seed
 from .realize import realize
 from .counters import reset_stats, stats
+from .jit.jit import jit
+from .memory import memory_stats, reset_peak_memory
 from .tensor import Tensor, where
 from .tensor_combine import cat, stack
 
@@ -21,3 +23,5 @@ __all__ = [
     "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",
     "int64", "bool", "bool_",
 ]
+from . import nn
+from .serialization import save, load

@@ -61,7 +61,7 @@ class JitBackend:
                            on_first_launch=self._after_launch(program))
 
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-                    prepare: Any = None) -> Program:
+                    in_place: Sequence[tuple[int, int]] = ()) -> Program:
         """The Program for a trace structure: from memory, else from disk, else scheduled (and stored)."""
         program = self.programs.get(key)
         if program is not None:
@@ -72,19 +72,18 @@ class JitBackend:
         if program is not None:
             stats.bump("programs_loaded")
         else:
-            program = self._build(targets, leaves, rands)
-            if prepare is not None:
-                prepare(program)
+            program = self._build(targets, leaves, rands, in_place)
             default_program_store().save(disk_key, program)
         self.programs[key] = program
         return program
 
-    def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node]) -> Program:
+    def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
+               in_place: Sequence[tuple[int, int]]) -> Program:
         for node in targets:
             if node.dtype.name == "float64" and not self.runtime.supports_fp64:
                 raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
         kernels, scheduled_targets = schedule(targets)
-        program = build_program(kernels, scheduled_targets, leaves, rands)
+        program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
         if _debug() >= 3:
             print(f"zyx schedule: {len(targets)} targets -> {program.kernel_count} kernels: "

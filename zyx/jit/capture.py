@@ -5,13 +5,14 @@ from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from ..tensor import Tensor
+    from ..trace.node import Node
 
 
 class Capture:
-    """Collects what a function under `@zyx.jit` assigns while it is traced."""
+    """What a function under `@zyx.jit` assigns while it is traced: tensor id -> (tensor, old node, value)."""
 
     def __init__(self) -> None:
-        self.assigned: dict[int, tuple["Tensor", "Tensor"]] = {}
+        self.assigned: dict[int, tuple["Tensor", "Node", "Tensor"]] = {}
 
 
 _active: list[Capture] = []
@@ -21,10 +22,20 @@ def active_capture() -> Optional[Capture]:
     return _active[-1] if _active else None
 
 
+def push_capture(capture: Capture) -> None:
+    _active.append(capture)
+
+
+def pop_capture() -> None:
+    _active.pop()
+
+
 def record_assign(target: "Tensor", value: "Tensor") -> None:
+    """Point `target` at its new value; under a capture, remember the update for the program."""
     capture = active_capture()
     if capture is not None:
-        capture.assigned[id(target)] = (target, value)
+        first_old = capture.assigned.get(id(target), (None, target.node, None))[1]
+        capture.assigned[id(target)] = (target, first_old, value)
     target.node = value.node
 
 

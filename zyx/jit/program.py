@@ -47,7 +47,8 @@ class Program:
 
 
 def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
-                  rands: Sequence[Node]) -> Program:
+                  rands: Sequence[Node], in_place: Sequence[tuple[int, int]] = ()) -> Program:
+    """`in_place`: (target index, leaf index) pairs whose target may overwrite the leaf's buffer."""
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
@@ -72,7 +73,30 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
             global_size = math.ceil(global_size / local[0]) * local[0]
         launches.append(Launch(kernel.name, kernel.source, (global_size,), local, tuple(args)))
     outputs = [slot_of[id(t)] for t in targets]
-    return Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
+    program = Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
+    program.aliases = _in_place_aliases(kernels, targets, leaves, in_place, program)
+    return program
+
+
+def _in_place_aliases(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
+                      in_place: Sequence[tuple[int, int]], program: Program) -> dict[int, int]:
+    """Slots that can be written straight into an input's buffer: the kernel storing the new value reads
+    the old one only at the position it writes, and no later kernel reads the old value."""
+    aliases: dict[int, int] = {}
+    for target_index, leaf_index in in_place:
+        target, leaf = targets[target_index], leaves[leaf_index]
+        if target.numel * target.dtype.itemsize != leaf.numel * leaf.dtype.itemsize or target.numel == 0:
+            continue
+        writer = next(k for k, kernel in enumerate(kernels) if any(o is target for o in kernel.outputs))
+        if id(leaf) in kernels[writer].misaligned or len(kernels[writer].outputs) != 1:
+            continue
+        if any(leaf in kernel.loads for kernel in kernels[writer + 1:]):
+            continue
+        slot = program.outputs[target_index]
+        if slot in aliases or leaf_index in aliases.values():
+            continue
+        aliases[slot] = leaf_index
+    return aliases
 
 
 def _memory_plan(launches: Sequence[Launch], slots: int, outputs: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:

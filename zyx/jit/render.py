@@ -69,6 +69,7 @@ class RenderedKernel:
     outputs: list[Node]
     loads: list[Node]
     needs: list[Node]          # nodes this kernel reads that must be materialized by others
+    misaligned: set[int]       # ids of loaded nodes read somewhere other than the position being stored
     global_size: int
     local_size: Optional[int]
 
@@ -104,6 +105,7 @@ class KernelBuilder:
     _stores: list = field(default_factory=list)
     _local_outputs: set = field(default_factory=set)
     _reductions: dict = field(default_factory=dict)
+    _misaligned: set = field(default_factory=set)
     _has_loop: bool = False
     _element: int = 0
     uses_double: bool = False
@@ -284,7 +286,10 @@ class KernelBuilder:
         if node.op is not Op.BUFFER and id(node) not in self.produced and node not in self.needs:
             self.needs.append(node)
         name = self._param("load", node)
-        position = linear(index, node.shape).render()
+        flat = linear(index, node.shape)
+        if guard or not self.positions or flat != self.positions[self._element]:
+            self._misaligned.add(id(node))
+        position = flat.render()
         text = _load_expression(node.dtype, name, position)
         if guard:
             text = f"(({'&&'.join(guard)})?{text}:{c.literal(0, node.dtype)})"
@@ -376,7 +381,7 @@ class KernelBuilder:
                   + body + "\n}\n")
         loads = [p.node for p in self.params if p.kind == "load"]
         return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,
-                              self.work_items, None)
+                              self._misaligned, self.work_items, None)
 
 
 def _load_expression(dtype: DType, name: str, position: str) -> str:

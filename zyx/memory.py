@@ -1,0 +1,17 @@
+"""Device memory counters: what a device holds now, its peak, and what its pool keeps for reuse."""
+from __future__ import annotations
+
+from typing import Optional
+
+from .devices import Device, default_device
+
+
+def memory_stats(device: Optional[Device] = None) -> dict[str, int]:
+    """current_bytes (held by live buffers), peak_bytes, pool_bytes (freed, kept for reuse)."""
+    return (device or default_device()).memory_stats()
+
+
+def reset_peak_memory(device: Optional[Device] = None) -> None:
+    backend = (device or default_device()).backend
+    if hasattr(backend, "runtime"):
+        backend.runtime.reset_peak_memory()
