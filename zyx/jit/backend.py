@@ -16,7 +16,7 @@ from ..trace.node import Node
 from .cache import default_cache
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
-from .schedule import schedule
+from .schedule import DeviceTraits, schedule
 
 
 class JitBackend:
@@ -26,6 +26,7 @@ class JitBackend:
         self.runtime = OpenCLBackend(cl_device)
         self.name = self.runtime.name
         self.programs: dict[str, Program] = {}
+        self.traits = DeviceTraits.of(self.runtime)
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
 
@@ -82,7 +83,7 @@ class JitBackend:
         for node in targets:
             if node.dtype.name == "float64" and not self.runtime.supports_fp64:
                 raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
-        kernels, scheduled_targets = schedule(targets)
+        kernels, scheduled_targets = schedule(targets, self.traits)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
         if _debug() >= 3:

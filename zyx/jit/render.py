@@ -94,6 +94,7 @@ class KernelBuilder:
     produced: set[int]
     allow_extra_outputs: bool = True
     tile: Optional[dict[int, int]] = None  # space axis -> outputs per work item along it
+    group: int = 0  # >0: a work group of this many items cooperates on each output's reductions (GPUs)
     params: list[Param] = field(default_factory=list)
     outputs: list[Node] = field(default_factory=list)
     needs: list[Node] = field(default_factory=list)
@@ -179,7 +180,8 @@ class KernelBuilder:
         self.produced.add(id(node))
         self._local_outputs.add(id(node))
         position = self.positions[self._element].render()
-        self._stores.append(_store_line(node.dtype, out, position, value.text))
+        line = _store_line(node.dtype, out, position, value.text)
+        self._stores.append(f"if (lid == 0) {line}" if self.group else line)
 
     def render(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
         key = (id(node), tuple(e.key for e in index), guard)
@@ -317,6 +319,8 @@ class KernelBuilder:
         start = c.literal(0, dtype) if node.op is Op.SUM else c.lowest(dtype)
         combine = Op.ADD if node.op is Op.SUM else Op.MAX
         indices = [unravel(position, node.shape) for position in self.positions]
+        if self.group:
+            return [self._group_reduce(node, indices[0], count, start, combine)]
         unroll = UNROLL if len(indices) == 1 and count >= 2 * UNROLL else 1
         accumulators = [[self._fresh("acc") for _ in range(unroll)] for _ in indices]
         for accumulator in itertools.chain(*accumulators):
@@ -329,6 +333,29 @@ class KernelBuilder:
             self._loop(node, indices, count % unroll, lambda r: [r + base], [a[:1] for a in accumulators], combine)
         return [self._combine_tree(element_accumulators, combine, dtype) for element_accumulators in accumulators]
 
+    def _group_reduce(self, node: Node, index: Index, count: int, start: str, combine: Op) -> _Value:
+        """Each item of the group strides over the reduction (coalesced reads), then a tree in local memory."""
+        dtype, group = node.dtype, self.group
+        accumulator, shared = self._fresh("acc"), self._fresh("shared")
+        kind = c.register_type(dtype)
+        self._scopes[0].lines.append(f"{kind} {accumulator} = {start};")
+        trips = -(-count // group)
+        if count:
+            lid = Expr.var("lid", group)
+            self._loop(node, [index], trips,
+                       lambda r: [Expr.clamped(r * group + lid, 0, count - 1) if count % group else r * group + lid],
+                       [[accumulator]], combine,
+                       stop=None if count % group == 0 else lambda r: f"if ({(r * group + lid).render()} >= {count}) break;")
+        merged = c.binary(combine, f"{shared}[lid]", f"{shared}[lid + step]", dtype)
+        self._scopes[0].lines += [
+            f"__local {kind} {shared}[{group}];",
+            f"{shared}[lid] = {accumulator};",
+            "barrier(CLK_LOCAL_MEM_FENCE);",
+            f"for (int step = {group // 2}; step > 0; step >>= 1) {{\n"
+            f"  if (lid < step) {shared}[lid] = {merged};\n  barrier(CLK_LOCAL_MEM_FENCE);\n}}",
+        ]
+        return self._emit(0, dtype, f"{shared}[0]")
+
     def _combine_tree(self, accumulators: list[str], combine: Op, dtype: DType) -> _Value:
         """Pairwise, for accuracy and short dependency chains."""
         while len(accumulators) > 1:
@@ -338,14 +365,18 @@ class KernelBuilder:
         return _Value(accumulators[0], 0)
 
     def _loop(self, node: Node, indices: list[Index], trips: int, positions, accumulators: list[list[str]],
-              combine: Op) -> None:
-        """`for r < trips`: add the reduced source at each of positions(r) into the matching accumulator."""
+              combine: Op, stop=None) -> None:
+        """`for r < trips`: add the reduced source at each of positions(r) into the matching accumulator
+        (`stop(r)` renders a line that leaves the loop early)."""
         source, axes = node.src[0], node.arg
         sizes = tuple(source.shape[a] for a in axes)
         loop_var = self._fresh("r")
         self._loop_depth[loop_var] = len(self._scopes)
         self._scopes.append(_Scope(len(self._scopes)))
-        flats = positions(Expr.var(loop_var, trips))
+        loop_expr = Expr.var(loop_var, trips)
+        if stop is not None:
+            self._scopes[-1].lines.append(stop(loop_expr))
+        flats = positions(loop_expr)
         for index, element_accumulators in zip(indices, accumulators):
             for accumulator, flat in zip(element_accumulators, flats):
                 full = list(index)
@@ -361,7 +392,7 @@ class KernelBuilder:
             + "\n".join("  " + line for line in body.lines) + "\n}")
 
     def _finish(self) -> RenderedKernel:
-        kind = "r" if self._has_loop else "e"
+        kind = ("g" if self.group else "r") if self._has_loop else "e"
         name = f"{kind}_" + "_".join(str(s) for s in self.space) if self.space else f"{kind}_scalar"
         signature = []
         for p in self.params:
@@ -377,11 +408,12 @@ class KernelBuilder:
         body = "\n".join("  " + line.replace("\n", "\n  ") for line in self._scopes[0].lines + self._stores)
         source = (c.prelude(self.uses_double, self.uses_rand)
                   + f"__kernel void {name}({', '.join(signature)}) {{\n"
-                  + f"  {index_type} gid = get_global_id(0);\n"
+                  + (f"  {index_type} gid = get_group_id(0);\n  int lid = get_local_id(0);\n" if self.group else
+                     f"  {index_type} gid = get_global_id(0);\n")
                   + body + "\n}\n")
         loads = [p.node for p in self.params if p.kind == "load"]
         return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,
-                              self._misaligned, self.work_items, None)
+                              self._misaligned, self.work_items * max(self.group, 1), self.group or None)
 
 
 def _load_expression(dtype: DType, name: str, position: str) -> str:

@@ -9,26 +9,72 @@ stores the row max and the row sum, the next divides).
 from __future__ import annotations
 
 import heapq
+import math
+import os
+from dataclasses import dataclass
 from typing import Sequence
 
 from ..trace.node import Node, toposort
-from ..trace.ops import Op
+from ..trace.ops import Op, REDUCE_OPS
 from .rewrite import split_reductions
 from .tiling import choose_tile
 from .render import KernelBuilder, RenderedKernel, ScheduleConflict
 
 
-def schedule(targets: Sequence[Node]) -> tuple[list[RenderedKernel], list[Node]]:
+@dataclass(frozen=True)
+class DeviceTraits:
+    """What the scheduler needs to know of a device to shape its kernels."""
+
+    gpu: bool = False
+    group_size: int = 256
+
+    @staticmethod
+    def of(runtime: object) -> "DeviceTraits":
+        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU)."""
+        gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
+        group = 1 << (min(256, int(getattr(runtime, "max_work_group_size", 256))).bit_length() - 1)
+        return DeviceTraits(gpu, group)
+
+
+GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
+GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
+
+
+def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> tuple[list[RenderedKernel], list[Node]]:
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
     (rewrites may have replaced them; they correspond by position)."""
     targets = split_reductions(targets)
     try:
-        return _schedule(targets, allow_extra_outputs=True), targets
+        return _schedule(targets, traits, allow_extra_outputs=True), targets
     except ScheduleConflict:
-        return _schedule(targets, allow_extra_outputs=False), targets
+        return _schedule(targets, traits, allow_extra_outputs=False), targets
 
 
-def _schedule(targets: Sequence[Node], allow_extra_outputs: bool) -> list[RenderedKernel]:
+def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
+                  allow_extra_outputs: bool) -> RenderedKernel:
+    """On a GPU, a kernel whose few outputs each need a long reduction is built again with work groups."""
+    saved_materialized, saved_produced = dict(materialized), set(produced)
+    tile = choose_tile(root, materialized)
+    kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile).build()
+    if not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS or not _longest_reduction(kernel, root):
+        return kernel
+    materialized.clear(), materialized.update(saved_materialized)
+    produced.clear(), produced.update(saved_produced)
+    return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size).build()
+
+
+def _longest_reduction(kernel: RenderedKernel, root: Node) -> bool:
+    """Whether the kernel loops over at least GROUP_MIN_REDUCE elements."""
+    return "for (" in kernel.source and any(
+        node.op in REDUCE_OPS and math.prod(node.src[0].shape[a] for a in node.arg) >= GROUP_MIN_REDUCE
+        for node in _hosted_nodes(root))
+
+
+def _hosted_nodes(root: Node) -> list[Node]:
+    return [node for node in toposort([root]) if node.op in REDUCE_OPS]
+
+
+def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:
     position = {id(node): i for i, node in enumerate(toposort(targets))}
     materialized: dict[int, Node] = {id(t): t for t in targets}
     produced: set[int] = set()
@@ -47,9 +93,7 @@ def _schedule(targets: Sequence[Node], allow_extra_outputs: bool) -> list[Render
         _, key = heapq.heappop(queue)
         if key in produced:
             continue
-        root = materialized[key]
-        builder = KernelBuilder(root, materialized, produced, allow_extra_outputs, choose_tile(root, materialized))
-        kernels.append(builder.build())
+        kernels.append(_build_kernel(materialized[key], materialized, produced, traits, allow_extra_outputs))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
 
