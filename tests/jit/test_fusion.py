@@ -1,0 +1,114 @@
+"""Fusion is pinned by kernel counts (zyx.stats), and every fused result checked against numpy."""
+import numpy as np
+import pytest
+
+import zyx
+
+RNG = np.random.default_rng(7)
+
+
+def launched(*tensors):
+    zyx.reset_stats()
+    zyx.realize(*tensors)
+    return zyx.stats()["kernels_launched"]
+
+
+def data(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def test_w1b_chain_is_one_kernel(dev):
+    a, b = data(33, 17), data(33, 17)
+    x, y = dev.tensor(a), dev.tensor(b)
+    out = ((((x * 1.5 + y).relu() * x - y / 3).exp().tanh() * 2 + x).sigmoid() - y * 0.5)
+    assert launched(out) == 1
+    expected = 1 / (1 + np.exp(-(np.tanh(np.exp(np.maximum(a * 1.5 + b, 0) * a - b / 3)) * 2 + a))) - b * 0.5
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_views_fuse_into_the_consumer(dev):
+    a = data(6, 8)
+    x = dev.tensor(a)
+    out = x.T.flip(0)[1:, ::3].pad(((1, 0), (0, 2)), value=-1.0).exp()
+    assert launched(out) == 1
+    expected = np.exp(np.pad(a.T[::-1][1:, ::3], ((1, 0), (0, 2)), constant_values=-1.0))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
+
+
+def test_softmax_is_at_most_two_kernels(dev):
+    a = data(31, 257)
+    out = dev.tensor(a).softmax(-1)
+    assert launched(out) <= 2
+    e = np.exp(a - a.max(-1, keepdims=True))
+    np.testing.assert_allclose(out.numpy(), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_layer_norm_is_at_most_two_kernels(dev):
+    a = data(16, 100)
+    x = dev.tensor(a)
+    centered = x - x.mean(-1, keepdim=True)
+    out = centered / (centered.square().mean(-1, keepdim=True) + 1e-5).sqrt()
+    assert launched(out) <= 2
+    c = a - a.mean(-1, keepdims=True)
+    np.testing.assert_allclose(out.numpy(), c / np.sqrt((c * c).mean(-1, keepdims=True) + 1e-5), rtol=1e-4, atol=1e-5)
+
+
+def test_linear_forward_is_one_matmul_kernel_with_bias_and_activation(dev):
+    a, w, b = data(32, 24), data(16, 24), data(16)
+    out = (dev.tensor(a) @ dev.tensor(w).T + dev.tensor(b)).relu()
+    assert launched(out) == 1
+    np.testing.assert_allclose(out.numpy(), np.maximum(a @ w.T + b, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_reduction_epilogue_fuses(dev):
+    a = data(40, 50)
+    out = (dev.tensor(a).sum(-1).abs() * 2 + 1).sqrt()
+    assert launched(out) == 1
+    np.testing.assert_allclose(out.numpy(), np.sqrt(np.abs(a.sum(-1)) * 2 + 1), rtol=1e-5)
+
+
+def test_shared_work_is_done_once_when_realized_together(dev):
+    a = data(10, 20)
+    x = dev.tensor(a)
+    y = (x * 3).exp()
+    s = y.sum(-1)
+    assert launched(y, s) == 2  # y is stored once; the sum reads it instead of computing exp again
+    np.testing.assert_allclose(s.numpy(), np.exp(a * 3).sum(-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,axis", [((100003,), 0), ((3, 40000), 1), ((70000, 2), 0), ((1,), 0)])
+def test_long_reductions(dev, shape, axis):
+    a = data(*shape)
+    x = dev.tensor(a)
+    np.testing.assert_allclose(x.sum(axis).numpy(), a.astype(np.float64).sum(axis), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(x.max(axis).numpy(), a.max(axis))
+
+
+@pytest.mark.parametrize("n,k,m", [(1, 1, 1), (7, 13, 5), (64, 48, 80), (33, 1, 17), (128, 96, 144)])
+def test_matmul_odd_sizes(dev, n, k, m):
+    a, b = data(n, k), data(k, m)
+    np.testing.assert_allclose((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_batched_broadcast_matmul(dev):
+    a, b = data(3, 1, 9, 8), data(4, 8, 6)
+    np.testing.assert_allclose((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-5)
+
+
+def test_repeated_expression_schedules_nothing_new(dev):
+    x, y = dev.tensor(data(8, 8)), dev.tensor(data(8, 8))
+    (x * y + 1).realize()
+    zyx.reset_stats()
+    for _ in range(5):
+        (x * y + 1).realize()
+    assert zyx.stats()["graphs_scheduled"] == 0
+    assert zyx.stats()["kernels_compiled"] == 0
+
+
+def test_zero_size_tensors(dev):
+    x = dev.tensor(np.zeros((0, 4), np.float32))
+    assert (x + 1).numpy().shape == (0, 4)
+    np.testing.assert_array_equal(x.sum(0).numpy(), np.zeros(4))
+    np.testing.assert_array_equal(x.max(1).numpy(), np.zeros(0))
+    with pytest.raises(ValueError):
+        x.max(0)
