@@ -1,0 +1,176 @@
+"""@zyx.jit: capture once, replay; persisted programs; in-place updates; memory stays flat."""
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import zyx
+from zyx.jit.jit import JitWarning
+
+RNG = np.random.default_rng(3)
+
+
+def data(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def make_regression(dev):
+    w = dev.tensor(data(8, 4))
+    b = dev.tensor(np.zeros(4, np.float32))
+    return w, b
+
+
+def sgd_step(w, b, x, y, lr=0.1):
+    loss = ((x @ w + b - y) ** 2).mean()
+    gw, gb = loss.backward([w, b])
+    w.assign(w - lr * gw)
+    b.assign(b - lr * gb)
+    return loss
+
+
+def test_replay_matches_eager_for_twenty_sgd_steps(dev):
+    xs, ys = data(16, 8), data(16, 4)
+    w1, b1 = make_regression(dev)
+    w2, b2 = dev.tensor(w1.numpy()), dev.tensor(b1.numpy())
+    x, y = dev.tensor(xs), dev.tensor(ys)
+    step = zyx.jit(lambda x, y: sgd_step(w1, b1, x, y))
+    for _ in range(20):
+        jitted = step(x, y).item()
+        eager = sgd_step(w2, b2, x, y)
+        zyx.realize(eager, w2, b2)
+        assert jitted == pytest.approx(eager.item(), rel=1e-5)
+    np.testing.assert_allclose(w1.numpy(), w2.numpy(), rtol=1e-5, atol=1e-6)
+    assert len(step.captured) == 1
+
+
+def test_replay_launches_kernels_only(dev):
+    w, b = make_regression(dev)
+    x, y = dev.tensor(data(16, 8)), dev.tensor(data(16, 4))
+    step = zyx.jit(lambda x, y: sgd_step(w, b, x, y))
+    step(x, y)
+    zyx.reset_stats()
+    step(x, y)
+    stats = zyx.stats()
+    assert stats["graphs_scheduled"] == 0 and stats["kernels_compiled"] == 0
+    assert stats["kernels_launched"] == step.captured[0]["kernels"]
+
+
+def test_new_shapes_and_python_numbers_capture_new_programs(dev):
+    f = zyx.jit(lambda x, k: x * k)
+    x4, x5 = dev.tensor(data(4)), dev.tensor(data(5))
+    np.testing.assert_allclose(f(x4, 2.0).numpy(), x4.numpy() * 2)
+    np.testing.assert_allclose(f(x4, 3.0).numpy(), x4.numpy() * 3)
+    np.testing.assert_allclose(f(x5, 3.0).numpy(), x5.numpy() * 3)
+    f(x5, 3.0)
+    assert len(f.captured) == 3
+
+
+def test_many_signatures_warn(dev):
+    f = zyx.jit(lambda x: x + 1)
+    with pytest.warns(JitWarning):
+        for n in range(1, 11):
+            f(dev.tensor(np.zeros(n, np.float32)))
+
+
+def test_random_numbers_differ_on_every_call(dev):
+    f = zyx.jit(lambda x: x.dropout(0.5))
+    x = dev.tensor(np.ones(256, np.float32))
+    first, second = f(x).numpy(), f(x).numpy()
+    assert not np.array_equal(first, second)
+    assert set(np.unique(first)) <= {0.0, 2.0}
+
+
+def test_results_stay_valid_after_the_next_call(dev):
+    w, b = make_regression(dev)
+    x, y = dev.tensor(data(16, 8)), dev.tensor(data(16, 4))
+    step = zyx.jit(lambda x, y: sgd_step(w, b, x, y))
+    losses = [step(x, y) for _ in range(4)]
+    values = [loss.item() for loss in losses]
+    assert values == sorted(values, reverse=True) and len(set(values)) == 4
+
+
+def test_reading_values_inside_a_jitted_function_raises(dev):
+    f = zyx.jit(lambda x: x.sum().item())
+    with pytest.raises(RuntimeError, match="jit"):
+        f(dev.tensor(data(3)))
+
+
+def test_methods_capture_per_instance(dev):
+    class Model:
+        def __init__(self, scale):
+            self.w = dev.tensor(np.full(3, scale, np.float32))
+
+        @zyx.jit
+        def forward(self, x):
+            return x * self.w
+
+    a, b = Model(2.0), Model(5.0)
+    x = dev.tensor(np.ones(3, np.float32))
+    np.testing.assert_allclose(a.forward(x).numpy(), 2.0)
+    np.testing.assert_allclose(b.forward(x).numpy(), 5.0)
+    np.testing.assert_allclose(a.forward(x).numpy(), 2.0)
+
+
+def test_memory_stays_flat_over_many_steps(dev):
+    w, b = make_regression(dev)
+    x, y = dev.tensor(data(16, 8)), dev.tensor(data(16, 4))
+    step = zyx.jit(lambda x, y: sgd_step(w, b, x, y))
+    for _ in range(10):
+        step(x, y)
+    gc.collect()
+    before = zyx.memory_stats(dev)["current_bytes"]
+    for _ in range(1000):
+        step(x, y)
+    gc.collect()
+    assert zyx.memory_stats(dev)["current_bytes"] == before
+    assert step.captured[0]["planned_peak_bytes"] > 0
+
+
+def test_parameters_are_updated_in_their_own_buffers(dev):
+    w, b = make_regression(dev)
+    x, y = dev.tensor(data(16, 8)), dev.tensor(data(16, 4))
+    step = zyx.jit(lambda x, y: sgd_step(w, b, x, y))
+    step(x, y)
+    buffer = w.node.buffer
+    step(x, y)
+    assert w.node.buffer is buffer
+
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, zyx
+    dev = zyx.OpenCL()
+    w = dev.tensor(np.linspace(-1, 1, 32, dtype=np.float32).reshape(8, 4))
+    x = dev.tensor(np.ones((16, 8), np.float32)); y = dev.tensor(np.zeros((16, 4), np.float32))
+    @zyx.jit
+    def step(x, y):
+        loss = ((x @ w - y) ** 2).mean() * SCALE
+        g, = loss.backward([w])
+        w.assign(w - 0.01 * g)
+        return loss
+    zyx.reset_stats()
+    losses = [step(x, y).item() for _ in range(3)]
+    s = zyx.stats()
+    print(s["graphs_scheduled"], s["kernels_compiled"], repr(losses))
+""")
+
+
+def run_script(cache_dir, scale):
+    env = dict(os.environ, ZYX_CACHE_DIR=str(cache_dir))
+    out = subprocess.run([sys.executable, "-c", SCRIPT.replace("SCALE", scale)], env=env, capture_output=True,
+                         text=True, check=True).stdout.split(maxsplit=2)
+    return int(out[0]), int(out[1]), eval(out[2])
+
+
+def test_a_second_process_neither_schedules_nor_compiles(tmp_path):
+    scheduled, compiled, losses = run_script(tmp_path, "1.0")
+    assert scheduled >= 1 and compiled >= 1
+    scheduled, compiled, again = run_script(tmp_path, "1.0")
+    assert (scheduled, compiled) == (0, 0)
+    assert again == losses
+    scheduled, _, changed = run_script(tmp_path, "2.0")  # another constant: never the stale program
+    assert scheduled >= 1
+    assert changed[0] == pytest.approx(2 * losses[0])
