@@ -1,0 +1,47 @@
+"""The benchmark scripts run end to end on tiny inputs and print one table (speed is not checked here)."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
+
+
+def _run(script: str, *args: str, tmp_path: pathlib.Path) -> tuple[str, dict]:
+    out = tmp_path / "result.json"
+    finished = subprocess.run(
+        [sys.executable, str(BENCH / script), "--repeat", "1", "--warmup", "1", "--json", str(out), *args],
+        capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished.stdout, json.loads(out.read_text())
+
+
+def test_elementwise_prints_a_row_per_implementation(tmp_path):
+    stdout, result = _run("elementwise.py", "--size", "64", "--vectors", "4", "--only", "numpy,opencl,zyx",
+                          tmp_path=tmp_path)
+    assert "| workload | implementation | median |" in stdout
+    rows = {(r["workload"], r["implementation"]): r for r in result["results"]}
+    assert set(rows) == {(w, i) for w in ("W1a", "W1b") for i in ("numpy", "opencl", "zyx")}
+    for workload in ("W1a", "W1b"):
+        numpy_row = rows[(workload, "numpy")]
+        assert numpy_row["median_s"] > 0 and numpy_row["unit"] == "GB/s" and numpy_row["ratio"] is not None
+        for implementation in ("opencl", "zyx"):  # either measured and correct, or skipped with a reason
+            row = rows[(workload, implementation)]
+            assert "MISMATCH" not in row["note"]
+            assert row["median_s"] is not None or row["note"].startswith("skipped: ")
+
+
+def test_matmul_counts_flops(tmp_path):
+    pytest.importorskip("numpy")
+    stdout, result = _run("matmul.py", "--only", "numpy", tmp_path=tmp_path)
+    rows = result["results"]
+    assert [r["workload"] for r in rows] == ["W3 1024³", "W3 2048³"]
+    assert all(r["unit"] == "GFLOP/s" and r["throughput"] > 0 for r in rows)
+
+
+def test_list_devices_exits_cleanly():
+    finished = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--list-devices"],
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-3000:]
