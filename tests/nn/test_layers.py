@@ -1,0 +1,163 @@
+"""Each layer's forward and gradients equal PyTorch's for the same weights and inputs."""
+import numpy as np
+import pytest
+import torch
+
+import zyx
+from zyx import nn
+from nn_reference import assert_close, compare_layer, rng
+
+
+def normal(*shape: int) -> np.ndarray:
+    return rng().standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(nn_device, bias):
+    compare_layer(nn.Linear(5, 3, bias=bias, device=nn_device), torch.nn.Linear(5, 3, bias=bias),
+                  [normal(4, 5)], nn_device)
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(stride=2, padding=1),
+    dict(padding=(1, 0), dilation=2),
+    dict(groups=2, bias=False),
+])
+def test_conv2d(nn_device, options):
+    compare_layer(nn.Conv2d(4, 6, 3, device=nn_device, **options), torch.nn.Conv2d(4, 6, 3, **options),
+                  [normal(2, 4, 7, 6)], nn_device)
+
+
+@pytest.mark.parametrize("layer, reference", [
+    (nn.MaxPool2d(2), torch.nn.MaxPool2d(2)),
+    (nn.MaxPool2d(3, stride=2, padding=1), torch.nn.MaxPool2d(3, stride=2, padding=1)),
+    (nn.AvgPool2d(2), torch.nn.AvgPool2d(2)),
+    (nn.AvgPool2d(3, stride=1, padding=1), torch.nn.AvgPool2d(3, stride=1, padding=1)),
+])
+def test_pooling(nn_device, layer, reference):
+    compare_layer(layer, reference, [normal(2, 3, 6, 6)], nn_device)
+
+
+@pytest.mark.parametrize("layer, shape", [("1d", (6, 3)), ("1d", (4, 3, 5)), ("2d", (3, 3, 4, 4))])
+def test_batch_norm_training_matches_and_tracks_running_statistics(nn_device, layer, shape):
+    zyx_cls, torch_cls = {"1d": (nn.BatchNorm1d, torch.nn.BatchNorm1d), "2d": (nn.BatchNorm2d, torch.nn.BatchNorm2d)}[layer]
+    module, reference = zyx_cls(3, momentum=0.3, device=nn_device), torch_cls(3, momentum=0.3)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-0.5, 0.5)
+    compare_layer(module, reference, [normal(*shape)], nn_device)
+    x = normal(*shape) * 2 + 1   # a second batch moves the running statistics again
+    module(zyx.tensor(x, device=nn_device))
+    reference(torch.tensor(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert_close(getattr(module, name), getattr(reference, name), what=name)
+    module.eval(), reference.eval()
+    compare_layer(module, reference, [x], nn_device)
+
+
+def test_batch_norm_cumulative_average_and_no_tracking(nn_device):
+    module, reference = nn.BatchNorm1d(3, momentum=None, device=nn_device), torch.nn.BatchNorm1d(3, momentum=None)
+    for scale in (1.0, 3.0, 0.5):
+        x = normal(5, 3) * scale
+        module(zyx.tensor(x, device=nn_device)), reference(torch.tensor(x))
+    assert_close(module.running_var, reference.running_var)
+    assert_close(module.running_mean, reference.running_mean)
+    untracked = nn.BatchNorm1d(3, track_running_stats=False, device=nn_device).eval()
+    assert [name for name, _ in untracked.named_buffers()] == []
+    compare_layer(untracked, torch.nn.BatchNorm1d(3, track_running_stats=False).eval(), [normal(5, 3)], nn_device)
+
+
+def test_batch_norm_rejects_wrong_shapes(nn_device):
+    with pytest.raises(zyx.ShapeError, match="channels"):
+        nn.BatchNorm2d(3, device=nn_device)(zyx.zeros(2, 4, 3, 3, device=nn_device))
+    with pytest.raises(ValueError, match="more than one value"):
+        nn.BatchNorm1d(3, device=nn_device)(zyx.zeros(1, 3, device=nn_device))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(elementwise_affine=False), dict(bias=False)])
+def test_layer_norm(nn_device, options):
+    reference = torch.nn.LayerNorm((4, 5), **options)
+    if reference.weight is not None:
+        with torch.no_grad():
+            reference.weight.uniform_(0.5, 1.5)
+    compare_layer(nn.LayerNorm((4, 5), device=nn_device, **options), reference, [normal(3, 4, 5)], nn_device)
+
+
+@pytest.mark.parametrize("eps", [None, 1e-3])
+def test_rms_norm(nn_device, eps):
+    reference = torch.nn.RMSNorm(6, eps=eps)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+    compare_layer(nn.RMSNorm(6, eps=eps, device=nn_device), reference, [normal(2, 3, 6)], nn_device)
+
+
+def test_group_norm(nn_device):
+    reference = torch.nn.GroupNorm(2, 4)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-0.5, 0.5)
+    compare_layer(nn.GroupNorm(2, 4, device=nn_device), reference, [normal(3, 4, 3, 2)], nn_device)
+
+
+@pytest.mark.parametrize("padding_idx", [None, 1])
+def test_embedding(nn_device, padding_idx):
+    indices = np.array([[0, 1, 4], [1, 3, 3]], dtype=np.int64)
+    module = nn.Embedding(5, 3, padding_idx=padding_idx, device=nn_device)
+    if padding_idx is not None:
+        assert np.all(module.weight.numpy()[padding_idx] == 0)
+    compare_layer(module, torch.nn.Embedding(5, 3, padding_idx=padding_idx), [indices], nn_device)
+
+
+def test_dropout(nn_device):
+    layer = nn.Dropout(0.25)
+    x = zyx.ones(200, 100, device=nn_device)
+    kept = layer(x).numpy()
+    assert set(np.unique(kept).tolist()) <= {0.0, np.float32(1 / 0.75).item()}
+    assert abs((kept == 0).mean() - 0.25) < 0.02
+    assert not np.array_equal(kept, layer(x).numpy()), "each call draws a new mask"
+    assert np.array_equal(layer.eval()(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("layer, reference", [
+    (nn.ReLU(), torch.nn.ReLU()), (nn.GELU(), torch.nn.GELU()), (nn.GELU("tanh"), torch.nn.GELU("tanh")),
+    (nn.SiLU(), torch.nn.SiLU()), (nn.Tanh(), torch.nn.Tanh()), (nn.Sigmoid(), torch.nn.Sigmoid()),
+    (nn.LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)), (nn.ELU(0.5), torch.nn.ELU(0.5)),
+    (nn.Softplus(2.0), torch.nn.Softplus(2.0)), (nn.Softmax(1), torch.nn.Softmax(1)),
+    (nn.LogSoftmax(-1), torch.nn.LogSoftmax(-1)), (nn.Flatten(), torch.nn.Flatten()),
+    (nn.Identity(), torch.nn.Identity()),
+])
+def test_activations(nn_device, layer, reference):
+    compare_layer(layer, reference, [normal(3, 4, 2) * 3], nn_device)
+
+
+def test_sequential(nn_device):
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                    torch.nn.Flatten(), torch.nn.Linear(12, 4), torch.nn.Tanh())
+    module = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, device=nn_device), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Flatten(), nn.Linear(12, 4, device=nn_device), nn.Tanh())
+    assert len(module) == 6 and isinstance(module[4], nn.Linear)
+    compare_layer(module, reference, [normal(2, 2, 4, 4)], nn_device)
+
+
+def test_default_initialisation_ranges(nn_device):
+    """PyTorch's defaults: weights and biases in ±1/sqrt(fan_in), embeddings N(0, 1), norms ones and zeros."""
+    linear = nn.Linear(50, 40, device=nn_device)
+    bound = 1 / np.sqrt(50)
+    for t in (linear.weight, linear.bias):
+        values = t.numpy()
+        assert np.abs(values).max() <= bound and np.abs(values).max() > 0.9 * bound
+    conv = nn.Conv2d(4, 8, 3, device=nn_device).weight.numpy()
+    assert np.abs(conv).max() <= 1 / 6 and conv.std() == pytest.approx(1 / 6 / np.sqrt(3), rel=0.15)
+    embedding = nn.Embedding(100, 50, device=nn_device).weight.numpy()
+    assert abs(embedding.mean()) < 0.05 and embedding.std() == pytest.approx(1, rel=0.05)
+    norm = nn.LayerNorm(3, device=nn_device)
+    assert norm.weight.tolist() == [1, 1, 1] and norm.bias.tolist() == [0, 0, 0]
+
+
+def test_initialisation_follows_manual_seed(nn_device):
+    zyx.manual_seed(7)
+    first = nn.Linear(3, 2, device=nn_device).weight.numpy()
+    zyx.manual_seed(7)
+    assert np.array_equal(first, nn.Linear(3, 2, device=nn_device).weight.numpy())

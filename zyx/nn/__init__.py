@@ -1,0 +1,32 @@
+"""zyx.nn: modules (layers whose parameters are found automatically), losses, optimizers and schedules.
+
+    model = zyx.nn.Sequential(zyx.nn.Linear(4, 8), zyx.nn.ReLU(), zyx.nn.Linear(8, 1))
+    opt = zyx.nn.Adam(lr=1e-3)
+    loss = zyx.nn.mse_loss(model(x), y)
+    opt.update(model.parameters(), loss.backward(model.parameters()))
+"""
+from __future__ import annotations
+
+from . import init
+from .activations import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
+from .attention import MultiheadAttention, TransformerBlock, causal_mask
+from .containers import Sequential
+from .layers import AvgPool2d, Conv2d, Dropout, Embedding, Flatten, Identity, Linear, MaxPool2d
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
+                     nll_loss)
+from .module import LoadResult, Module, StateDictError
+from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
+from .optim import SGD, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
+from .recurrent import GRUCell, LSTMCell
+from .schedules import CosineAnnealingLR, LinearLR, LRScheduler, StepLR
+
+__all__ = [
+    "Module", "StateDictError", "LoadResult", "init", "Sequential",
+    "Linear", "Conv2d", "Embedding", "MaxPool2d", "AvgPool2d", "Dropout", "Flatten", "Identity",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "RMSNorm", "GroupNorm",
+    "MultiheadAttention", "TransformerBlock", "causal_mask", "GRUCell", "LSTMCell",
+    "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "LeakyReLU", "ELU", "Softplus", "Softmax", "LogSoftmax",
+    "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm",
+    "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR",
+]

@@ -1,0 +1,80 @@
+"""Activation functions as modules, so they can sit in a Sequential; each forwards to the Tensor method."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..tensor import Tensor
+from .module import Module
+
+
+class _Activation(Module):
+    """Calls `x.<method>(**options)`; subclasses name the method and turn their arguments into options."""
+
+    method = ""
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(x, self.method)(**self.options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+
+
+class ReLU(_Activation):
+    method = "relu"
+
+
+class Tanh(_Activation):
+    method = "tanh"
+
+
+class Sigmoid(_Activation):
+    method = "sigmoid"
+
+
+class SiLU(_Activation):
+    method = "silu"
+
+
+class GELU(_Activation):
+    method = "gelu"
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__(approximate=approximate)
+
+
+class LeakyReLU(_Activation):
+    method = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__(negative_slope=negative_slope)
+
+
+class ELU(_Activation):
+    method = "elu"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__(alpha=alpha)
+
+
+class Softplus(_Activation):
+    method = "softplus"
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__(beta=beta)
+
+
+class Softmax(_Activation):
+    method = "softmax"
+
+    def __init__(self, dim: int = -1):
+        super().__init__(axis=dim)
+
+
+class LogSoftmax(_Activation):
+    method = "log_softmax"
+
+    def __init__(self, dim: int = -1):
+        super().__init__(axis=dim)

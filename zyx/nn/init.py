@@ -1,0 +1,61 @@
+"""Initial values as PyTorch's defaults, drawn from zyx's own random stream (so `zyx.manual_seed` fixes them).
+
+Every function returns a realized tensor (a real buffer): a parameter or state tensor that were still a lazy
+expression would be recomputed from scratch by every step that reads it, and `@zyx.jit` would bake it into the
+captured program as a constant instead of binding it as state.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from ..creation import randn, tensor
+from ..creation import uniform as uniform_tensor
+from ..devices import Device
+from ..dtypes import DEFAULT_FLOAT, to_dtype
+from ..tensor import Tensor
+
+Shape = tuple[int, ...]
+
+
+def fans(shape: Shape) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight shaped (out, in, *kernel), as PyTorch counts them."""
+    if len(shape) < 2:
+        raise ValueError(f"fan in and fan out need a weight with at least 2 dimensions, got shape {shape}")
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def filled(shape: Shape, value: float, device: Optional[Device] = None, dtype: Any = DEFAULT_FLOAT) -> Tensor:
+    """A buffer holding `value` everywhere (zeros and ones for biases, norms and optimizer state)."""
+    array = np.full(shape, value, dtype=to_dtype(dtype).np)
+    return tensor(array, device=device).reshape(shape)  # reshape: zyx.tensor makes a 0-d array 1-d for now
+
+
+def uniform(shape: Shape, bound: float, device: Optional[Device] = None) -> Tensor:
+    """U(-bound, bound)."""
+    return uniform_tensor(shape, low=-bound, high=bound, device=device).realize()
+
+
+def kaiming_uniform(shape: Shape, a: float = 0.0, device: Optional[Device] = None) -> Tensor:
+    """He initialisation for a leaky ReLU of slope `a`; a=sqrt(5) gives PyTorch's Linear/Conv default."""
+    gain = math.sqrt(2.0 / (1 + a * a))
+    return uniform(shape, gain * math.sqrt(3.0 / fans(shape)[0]), device)
+
+
+def xavier_uniform(shape: Shape, gain: float = 1.0, device: Optional[Device] = None) -> Tensor:
+    """Glorot initialisation: keeps the variance of activations and gradients alike (attention projections)."""
+    fan_in, fan_out = fans(shape)
+    return uniform(shape, gain * math.sqrt(6.0 / (fan_in + fan_out)), device)
+
+
+def normal(shape: Shape, std: float = 1.0, device: Optional[Device] = None) -> Tensor:
+    return (randn(shape, device=device) * std).realize()
+
+
+def bias_bound(weight_shape: Shape) -> float:
+    """PyTorch's bias range for Linear and Conv: 1/sqrt(fan_in)."""
+    fan_in = fans(weight_shape)[0]
+    return 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0

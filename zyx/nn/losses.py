@@ -1,0 +1,125 @@
+"""Loss functions with PyTorch's names, arguments and reductions; all stay finite for large logits.
+
+Class-index losses take logits or log-probabilities shaped (N, C), (N, C, d1, ...) or (C,) and integer
+targets shaped like the input without its class axis.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import ShapeError
+from ..tensor import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    diff = input - target
+    return _reduce(diff * diff, reduction)
+
+
+def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    return _reduce((input - target).abs(), reduction)
+
+
+def _classes_last(input: Tensor, target: Tensor, loss: str) -> Tensor:
+    """The input with its class axis (1, or 0 when unbatched) moved last, after checking the target against it."""
+    if input.ndim == 0:
+        raise ShapeError(f"{loss}: input needs a class axis, got a 0-d tensor")
+    if not target.dtype.is_int:
+        raise TypeError(f"{loss}: class-index targets must be integers, got {target.dtype.name}")
+    expected = input.shape[:1] + input.shape[2:] if input.ndim >= 2 else ()
+    if target.shape != expected:
+        raise ShapeError(f"{loss}: target of shape {target.shape} does not fit input {input.shape} "
+                         f"(expected {expected})")
+    return input.permute([0] + list(range(2, input.ndim)) + [1]) if input.ndim >= 2 else input
+
+
+def _picked(values: Tensor, hits: Tensor) -> Tensor:
+    """values[..., target] where `hits` is the target's one-hot mask; 0 where no class is hit."""
+    return hits.where(values, 0).sum(-1)
+
+
+def _nll_terms(log_probs: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+               label_smoothing: float) -> tuple[Tensor, Tensor]:
+    """Per-element loss and per-element weight (0 where ignored); classes on the last axis of `log_probs`."""
+    classes = log_probs.shape[-1]
+    kept = target != ignore_index
+    hits = target.one_hot(classes) == 1
+    target_weight = _picked(weight, hits) if weight is not None else kept.float()
+    target_weight = kept.where(target_weight, 0)
+    loss = -_picked(log_probs, hits) * target_weight
+    if label_smoothing:
+        weighted = log_probs * weight if weight is not None else log_probs
+        smooth = kept.where(-weighted.sum(-1), 0)
+        loss = loss * (1 - label_smoothing) + smooth * (label_smoothing / classes)
+    return loss, target_weight
+
+
+def _reduce_weighted(loss: Tensor, target_weight: Tensor, reduction: str) -> Tensor:
+    """'mean' divides by the total weight of the targets that count, as PyTorch does."""
+    return loss.sum() / target_weight.sum() if reduction == "mean" else _reduce(loss, reduction)
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
+             reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of the target classes, given log-probabilities."""
+    log_probs = _classes_last(input, target, "nll_loss")
+    return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, 0.0), reduction)
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """log_softmax then nll_loss, with optional label smoothing (the target keeps 1 - s, every class gets s/C).
+
+    A float target of the input's shape is read as class probabilities instead of indices.
+    """
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    class_axis = 1 if input.ndim >= 2 else 0
+    if target.dtype.is_float:
+        return _soft_cross_entropy(input.log_softmax(class_axis), target, weight, reduction, label_smoothing)
+    log_probs = _classes_last(input, target, "cross_entropy").log_softmax(-1)
+    return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, label_smoothing), reduction)
+
+
+def _soft_cross_entropy(log_probs: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
+                        label_smoothing: float) -> Tensor:
+    if target.shape != log_probs.shape:
+        raise ShapeError(f"cross_entropy: probability target of shape {target.shape} differs from input "
+                         f"{log_probs.shape}")
+    class_axis = 1 if log_probs.ndim >= 2 else 0
+    classes = log_probs.shape[class_axis]
+    if label_smoothing:
+        target = target * (1 - label_smoothing) + label_smoothing / classes
+    if weight is not None:
+        log_probs = log_probs * weight.reshape((classes,) + (1,) * (log_probs.ndim - class_axis - 1))
+    return _reduce(-(log_probs * target).sum(class_axis), reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                                     reduction: str = "mean", pos_weight: Optional[Tensor] = None) -> Tensor:
+    """Sigmoid and binary cross-entropy in one, through softplus so that no logit overflows.
+
+    `pos_weight` scales the positive term (broadcast over the last axis, one weight per class).
+    """
+    positive_scale = 1 if pos_weight is None else (pos_weight - 1) * target + 1
+    loss = (1 - target) * input + (-input).softplus() * positive_scale
+    return _reduce(loss * weight if weight is not None else loss, reduction)
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                         reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of probabilities; each log is clamped at -100, as PyTorch, so 0 and 1 stay finite."""
+    loss = -(target * input.log().clamp(min=-100) + (1 - target) * (1 - input).log().clamp(min=-100))
+    return _reduce(loss * weight if weight is not None else loss, reduction)

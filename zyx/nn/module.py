@@ -1,0 +1,179 @@
+"""Module: the base of every layer. Parameters are found, not registered.
+
+Every tensor reachable from a module's attributes (directly, or inside nested modules, lists, tuples and
+dicts) is a parameter, unless the module named it a buffer with `register_buffer` (state such as BatchNorm's
+running statistics, saved in `state_dict` but never handed to an optimizer). Attribute order is insertion
+order, so `parameters()` is stable and names match PyTorch's (`layers.0.weight`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Union
+
+import numpy as np
+
+from ..creation import tensor
+from ..devices import Device, device_from_spec
+from ..realize import realize
+from ..tensor import Tensor
+
+StateValue = Union[Tensor, np.ndarray]
+
+
+class StateDictError(ValueError):
+    """`load_state_dict` found keys missing, unexpected or of the wrong shape; the message lists every one."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str]):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        problems = [f"{label}: {', '.join(keys)}" for label, keys in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
+                    if keys]
+        super().__init__("load_state_dict failed; " + "; ".join(problems))
+
+
+class LoadResult(NamedTuple):
+    """What a non-strict `load_state_dict` skipped."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+class Module:
+    """A layer or a model: call it to run `forward`; its parameters are the tensors it holds."""
+
+    training: bool = True
+    _buffer_names: frozenset[str] = frozenset()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def register_buffer(self, name: str, value: Tensor) -> None:
+        """Keep `value` as state that is saved and moved with the module but is not a parameter."""
+        self._buffer_names = self._buffer_names | {name}
+        setattr(self, name, value)
+
+    # ---- discovery -----------------------------------------------------------------------------------------
+    def _walk(self) -> Iterator[tuple[str, "Module", str, Union[Tensor, "Module"]]]:
+        """(qualified name, owning module, attribute name, item) for every tensor and module inside, each once.
+
+        Depth first in attribute order; this module itself comes first, with an empty name.
+        """
+        seen: set[int] = set()
+
+        def visit(value: Any, prefix: str, owner: Module, attribute: str) -> Iterator[tuple[str, Module, str, Any]]:
+            if isinstance(value, (Tensor, Module)):
+                if id(value) in seen:
+                    return
+                seen.add(id(value))
+                yield prefix, owner, attribute, value
+            if isinstance(value, Module):
+                for name, child in vars(value).items():
+                    yield from visit(child, _join(prefix, name), value, name)
+            elif isinstance(value, (list, tuple, dict)):
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                for key, child in items:
+                    yield from visit(child, _join(prefix, str(key)), owner, attribute)
+
+        yield from visit(self, "", self, "")
+
+    def _named_tensors(self, buffers: bool) -> list[tuple[str, Tensor]]:
+        return [(name, item) for name, owner, attribute, item in self._walk()
+                if isinstance(item, Tensor) and (attribute in owner._buffer_names) == buffers]
+
+    def named_parameters(self) -> list[tuple[str, Tensor]]:
+        return self._named_tensors(buffers=False)
+
+    def parameters(self) -> list[Tensor]:
+        """Every trainable tensor, in a stable order (attribute order, depth first), each once."""
+        return [t for _, t in self.named_parameters()]
+
+    def named_buffers(self) -> list[tuple[str, Tensor]]:
+        return self._named_tensors(buffers=True)
+
+    def buffers(self) -> list[Tensor]:
+        return [t for _, t in self.named_buffers()]
+
+    def modules(self) -> list["Module"]:
+        """This module and every module inside it, each once."""
+        return [item for _, _, _, item in self._walk() if isinstance(item, Module)]
+
+    # ---- modes and placement -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        """Training mode: dropout drops, batch norm uses and updates batch statistics."""
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def to(self, device: Union[Device, str]) -> "Module":
+        """Move every parameter and buffer to `device` (in place; returns self)."""
+        target = device_from_spec(device) if isinstance(device, str) else device
+        self._map_tensors(lambda t: t.to(target))
+        return self
+
+    def _map_tensors(self, fn: Callable[[Tensor], Tensor]) -> None:
+        """Replace every tensor attribute (also inside lists, tuples and dicts) by fn(tensor)."""
+        def remap(value: Any) -> Any:
+            if isinstance(value, Tensor):
+                return fn(value)
+            if isinstance(value, list):
+                value[:] = [remap(v) for v in value]
+            elif isinstance(value, tuple):
+                return tuple(remap(v) for v in value)
+            elif isinstance(value, dict):
+                for key in value:
+                    value[key] = remap(value[key])
+            return value
+
+        for module in self.modules():
+            for name, value in list(vars(module).items()):
+                if not isinstance(value, Module):
+                    setattr(module, name, remap(value))
+
+    # ---- state ---------------------------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, Tensor]:
+        """Parameters and buffers by name, in discovery order."""
+        return {name: item for name, _, _, item in self._walk() if isinstance(item, Tensor)}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Parameters and buffers by name: a snapshot, later in-place updates do not change it."""
+        return {name: Tensor(t.node) for name, t in self._state_tensors().items()}
+
+    def load_state_dict(self, state: Mapping[str, StateValue], strict: bool = True) -> LoadResult:
+        """Copy values into this module's tensors in place (each cast to its tensor's dtype and device).
+
+        Shapes must always match; with `strict`, missing and unexpected keys are errors too.
+        """
+        own = self._state_tensors()
+        missing = [name for name in own if name not in state]
+        unexpected = [name for name in state if name not in own]
+        mismatched = [f"{name} (checkpoint {tuple(state[name].shape)}, module {own[name].shape})"
+                      for name in own if name in state and tuple(state[name].shape) != own[name].shape]
+        if mismatched or (strict and (missing or unexpected)):
+            raise StateDictError(missing if strict else [], unexpected if strict else [], mismatched)
+        loaded = [target.assign(_as_tensor(state[name], target)) for name, target in own.items() if name in state]
+        realize(*loaded)  # tensors given lazily (or cast) become buffers, as parameters should be
+        return LoadResult(missing, unexpected)
+
+    def __repr__(self) -> str:
+        children = [f"  ({name}): {module!r}".replace("\n", "\n  ")
+                    for name, module in vars(self).items() if isinstance(module, Module)]
+        return f"{type(self).__name__}(" + ("\n" + "\n".join(children) + "\n" if children else "") + ")"
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _as_tensor(value: StateValue, like: Tensor) -> Tensor:
+    """`value` as a tensor on `like`'s device with `like`'s dtype."""
+    if isinstance(value, Tensor):
+        value = value if value.device is like.device else value.to(like.device)
+        return value.cast(like.dtype)
+    array = np.asarray(value)
+    # reshape: zyx.tensor currently turns a 0-d array into shape (1,)
+    return tensor(array, device=like.device, dtype=like.dtype).reshape(array.shape)
