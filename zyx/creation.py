@@ -51,7 +51,7 @@ def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Ten
     if array.dtype == object:
         raise ValueError("tensor: ragged nested sequence or non-numeric data; every row needs the same length")
     target = to_dtype(dtype) if dtype is not None else _infer_dtype(array, data)
-    array = np.ascontiguousarray(array.astype(target.np, copy=False))
+    array = np.asarray(array.astype(target.np, copy=False), order="C")  # (ascontiguousarray makes 0-d 1-d)
     return Tensor(n.buffer_leaf(device.upload(array), array.shape, target, device))
 
 

@@ -21,7 +21,7 @@ def realize(*tensors: "Tensor") -> None:
     for node in pending.values():
         by_device.setdefault(id(node.device), []).append(node)  # type: ignore[attr-defined]
     for nodes in by_device.values():
-        origins = [detached_copy(node) for node in nodes]
+        origins = detached_copy(nodes)
         buffers = nodes[0].device.realize(nodes)
         for node, buffer, origin in zip(nodes, buffers, origins):
             node.become_buffer(buffer, origin)

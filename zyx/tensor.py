@@ -9,7 +9,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .dtypes import DEFAULT_FLOAT, DType, bool_, promote, to_dtype
+from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype
 from .errors import ShapeError
 from .tensor_layers import LayerMixin
 from .tensor_movement import MovementMixin
@@ -146,9 +146,16 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
 
     # ---- autodiff ------------------------------------------------------------------------------------------
     def backward(self, sources: Sequence["Tensor"], grad_output: Optional["Tensor"] = None) -> list[Optional["Tensor"]]:
-        """d(self)/d(source) for each source, lazily; None for a source this tensor does not depend on.
+        """d(self)/d(source) for each source, lazily (nothing runs until a gradient's value is asked for).
 
-        A non-scalar tensor is seeded with ones unless `grad_output` is given.
+        A non-scalar tensor is seeded with ones (so this is the gradient of self.sum()) unless `grad_output` is
+        given. A source this tensor does not depend on, or an integer or bool source (no gradient), gets None;
+        one it depends on only through flat ops (comparisons, floor, round, sign, detach) gets zeros.
+        Conventions at kinks: tied maxima/minima (max, min, maximum, minimum, and so abs at 0) share the
+        gradient equally; clamp passes it at its bounds and relu gives 0 at 0, as PyTorch. Gradients are
+        tensors like any other, so they can be differentiated again, to any order. After `self` was realized
+        (`loss.item()`), backward still works from its recorded origin, as long as the realized tensors whose
+        values the gradient needs are still held somewhere (otherwise realizing the gradient raises).
         """
         if isinstance(sources, Tensor):
             raise TypeError("backward takes a list of tensors: z.backward([x, y])")
@@ -210,6 +217,8 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
 
     def __sub__(self, other: Operand) -> "Tensor":
         a, b = self._pair(other, "sub")
+        if a.dtype.is_bool:
+            raise TypeError("sub: subtracting bool tensors is not supported; use logical_xor, or cast to an int dtype first")
         return Tensor(n.binary(Op.ADD, a, n.unary(Op.NEG, b)))
 
     def __rsub__(self, other: Operand) -> "Tensor":
@@ -230,6 +239,9 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self._operand(other, "div") / self
 
     def __floordiv__(self, other: Operand) -> "Tensor":
+        """Floor division, as Python for ints (integer division by zero gives a // 1 on the CPU; do not rely
+        on it). For floats it is floor(a / b) of the rounded quotient, so at exact multiples it can differ from
+        Python's fmod-based result by one (1.0 // 0.1 is 10 here, 9 in Python)."""
         b = self._operand(other, "floordiv")
         if promote(self.dtype, b.dtype).is_float:
             return (self / b).floor()
@@ -243,19 +255,43 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self - (self // b) * b
 
     def __pow__(self, exponent: Operand) -> "Tensor":
-        if isinstance(exponent, (int, float)) and not isinstance(exponent, bool):
+        if isinstance(exponent, np.generic):
+            exponent = exponent.item()
+        if isinstance(exponent, bool):
+            exponent = int(exponent)
+        if isinstance(exponent, int) and not self.dtype.is_float:
+            return self._int_power(exponent)
+        if isinstance(exponent, (int, float)):
+            base = self._float()
             if exponent == 2:
-                return self * self
+                return base * base
             if exponent == 1:
-                return self
+                return base
             if exponent == 0.5:
-                return self._float().sqrt()
+                return base.sqrt()
             if exponent == -1:
-                return self._float().reciprocal()
-        base = self if self.dtype.is_float or (isinstance(exponent, Tensor) and exponent.dtype.is_float) else self
-        dtype = promote(base.dtype, self._operand(exponent, "pow").dtype)
-        result = base._binary(Op.POW, exponent, "pow", dtype if dtype.is_float else DEFAULT_FLOAT)
-        return result if dtype.is_float else result.round().cast(dtype)
+                return base.reciprocal()
+        other = self._operand(exponent, "pow")
+        dtype = promote(self.dtype, other.dtype)
+        if dtype.is_float:
+            return self._binary(Op.POW, other, "pow", dtype)
+        # integer ** integer tensor: exact in float64 up to 2**53, then rounded back
+        return self._binary(Op.POW, other, "pow", float64).round().cast(dtype)
+
+    def _int_power(self, exponent: int) -> "Tensor":
+        """An integer tensor to a non-negative Python int power, by repeated squaring (exact, wraps on overflow)."""
+        if exponent < 0:
+            raise ValueError("pow: integers to negative integer powers are not allowed")
+        source = self.cast(int64) if self.dtype.is_bool else self
+        result: Optional[Tensor] = None
+        square = source
+        while exponent:
+            if exponent & 1:
+                result = square if result is None else result * square
+            exponent >>= 1
+            if exponent:
+                square = square * square
+        return result if result is not None else source * 0 + 1
 
     def __rpow__(self, base: Operand) -> "Tensor":
         return self._operand(base, "pow") ** self
@@ -357,18 +393,23 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self._float()._unary(Op.SIGMOID)
 
     def relu(self) -> "Tensor":
-        return (self > 0).where(self, 0)
+        """max(x, 0); nan stays nan, and the gradient at 0 is 0 (as PyTorch)."""
+        return (self <= 0).where(0, self)
 
     def leaky_relu(self, negative_slope: float = 0.01) -> "Tensor":
         return (self > 0).where(self, self * negative_slope)
 
     def elu(self, alpha: float = 1.0) -> "Tensor":
-        return (self > 0).where(self, (self.minimum(0).exp() - 1) * alpha)
+        negative = (self > 0).where(0, self)  # not minimum(x, 0): its tie at 0 would halve the gradient there
+        return (self > 0).where(self, (negative.exp() - 1) * alpha)
 
     def softplus(self, beta: float = 1.0) -> "Tensor":
-        """log(1 + exp(beta x)) / beta without overflow."""
+        """log(1 + exp(beta x)) / beta without overflow: max(x, 0) + log(1 + exp(-|x|)).
+
+        `maximum` (ties share the gradient) rather than relu keeps the gradient at 0 right: 1/2.
+        """
         x = self._float() * beta
-        return (x.relu() + ((-x.abs()).exp() + 1).log()) * (1 / beta)
+        return (x.maximum(0) + ((-x.abs()).exp() + 1).log()) * (1 / beta)
 
     def silu(self) -> "Tensor":
         return self * self.sigmoid()
@@ -376,11 +417,18 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
     swish = silu
 
     def erf(self) -> "Tensor":
-        """Abramowitz-Stegun 7.1.26 (absolute error below 1.5e-7), odd-extended."""
+        """Abramowitz-Stegun 7.1.26 (absolute error below 1.5e-7), odd-extended.
+
+        The odd extension is a `where` over x and -x (not sign(x) * f(|x|)), so the gradient at 0 is f'(0).
+        """
         x = self._float()
-        t = 1 / (x.abs() * 0.3275911 + 1)
-        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-        return x.sign() * (1 - poly * (-(x * x)).exp())
+
+        def positive_side(v: "Tensor") -> "Tensor":
+            t = 1 / (v * 0.3275911 + 1)
+            poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+            return 1 - poly * (-(v * v)).exp()
+
+        return (x >= 0).where(positive_side(x), -positive_side(-x))
 
     def gelu(self, approximate: str = "none") -> "Tensor":
         """PyTorch's GELU: exact (erf) by default, `approximate='tanh'` for the tanh form."""
@@ -394,7 +442,11 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self if self.dtype.is_bool else self.maximum(-self)
 
     def sign(self) -> "Tensor":
-        return (self > 0).cast(self.dtype) - (self < 0).cast(self.dtype)
+        """-1, 0 or 1 (bool tensors stay as they are; nan stays nan, as numpy)."""
+        if self.dtype.is_bool:
+            return self
+        result = (self > 0).cast(self.dtype) - (self < 0).cast(self.dtype)
+        return self.isnan().where(self, result) if self.dtype.is_float else result
 
     def floor(self) -> "Tensor":
         return self._unary(Op.FLOOR) if self.dtype.is_float else self
@@ -417,7 +469,13 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self._binary(Op.MAX, other, "maximum")
 
     def minimum(self, other: Operand) -> "Tensor":
-        return -((-self).maximum(-self._operand(other, "minimum")))
+        """Elementwise min; where both are equal the gradient is shared equally."""
+        b = self._operand(other, "minimum")
+        dtype = promote(self.dtype, b.dtype)
+        a, b = self.cast(dtype), b.cast(dtype)
+        if dtype.is_int:  # ~x = -x - 1 reverses the order without overflow (-x alone breaks at the minimum)
+            return _bit_not(_bit_not(a).maximum(_bit_not(b)))
+        return -((-a).maximum(-b))
 
     def clamp(self, min: Optional[float] = None, max: Optional[float] = None) -> "Tensor":
         """Clip to [min, max]; the gradient passes at the bounds themselves, as PyTorch's."""
@@ -433,6 +491,9 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
     def isnan(self) -> "Tensor":
         return self != self
 
+    def logical_xor(self, other: Operand) -> "Tensor":
+        return self._bool() != self._operand(other, "logical_xor")._bool()
+
     def isinf(self) -> "Tensor":
         return self.abs() == math.inf if self.dtype.is_float else self != self
 
@@ -443,17 +504,32 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self + (self._operand(end, "lerp") - self) * weight
 
 
+def _bit_not(x: Tensor) -> Tensor:
+    """~x for an integer tensor, as -x - 1 (two's complement wraps, so it holds at the minimum too)."""
+    return -x - 1
+
+
 def where(condition: Operand, a: Operand, b: Operand) -> Tensor:
-    """Elements of `a` where `condition`, else of `b`; all three broadcast together."""
-    anchor = next(t for t in (condition, a, b) if isinstance(t, Tensor))
+    """Elements of `a` where `condition`, else of `b`; all three broadcast together.
+
+    A Python number joins the other value's dtype without widening it (as in binary ops); when both values
+    are numbers, they keep their own dtypes (int64, float32, bool) and promote together.
+    """
+    tensors = [t for t in (condition, a, b) if isinstance(t, Tensor)]
+    if not tensors:
+        raise TypeError("where needs at least one tensor")
+    anchor = tensors[0]
     cond = anchor._operand(condition, "where")._bool()
-    ta = anchor._operand(a, "where") if isinstance(a, Tensor) or anchor is not cond else None
-    ta = ta if ta is not None else anchor._operand(a, "where")
-    tb = anchor._operand(b, "where")
-    if not isinstance(a, Tensor) and isinstance(b, Tensor):
-        ta = tb._operand(a, "where")
-    if not isinstance(b, Tensor) and isinstance(a, Tensor):
-        tb = ta._operand(b, "where")
+    if isinstance(a, Tensor):
+        ta, tb = a, a._operand(b, "where")
+    elif isinstance(b, Tensor):
+        ta, tb = b._operand(a, "where"), b
+    else:
+        from .creation import tensor
+        ta, tb = tensor(a, device=anchor.device), tensor(b, device=anchor.device)
+    for t in (ta, tb):
+        if t.device is not cond.device:
+            raise ValueError(f"where: operands live on different devices ({cond.device} and {t.device})")
     shape = broadcast_shape("where", cond.shape, ta.shape, tb.shape)
     dtype = promote(ta.dtype, tb.dtype)
     return Tensor(n.where(cond._broadcast_to(shape, bool_), ta._broadcast_to(shape, dtype),

@@ -12,14 +12,14 @@ if TYPE_CHECKING:
 
 
 def _expand_ellipsis(index: tuple[Any, ...], ndim: int) -> tuple[Any, ...]:
+    # identity tests only: `in` and `.index` would call Tensor.__eq__ on tensor indices
     consuming = sum(1 for i in index if i is not None and i is not Ellipsis)
     if consuming > ndim:
         raise IndexError(f"too many indices ({consuming}) for a tensor with {ndim} dimensions")
-    if sum(1 for i in index if i is Ellipsis) > 1:
+    positions = [k for k, i in enumerate(index) if i is Ellipsis]
+    if len(positions) > 1:
         raise IndexError("an index can only have a single ellipsis")
-    if Ellipsis not in index:
-        index = index + (Ellipsis,)
-    at = index.index(Ellipsis)
+    at = positions[0] if positions else len(index)
     return index[:at] + (slice(None),) * (ndim - consuming) + index[at + 1:]
 
 
@@ -55,7 +55,13 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
         index = (index,)
     if any(isinstance(i, bool) for i in index) or any(isinstance(i, Tensor) and i.dtype.is_bool for i in index):
         raise TypeError("boolean mask indexing is not supported: use zyx.where(mask, x, 0) or multiply by the mask")
+    index = tuple(_as_index_value(i) for i in index)
     index = _expand_ellipsis(index, t.ndim)
+    advanced = [k for k, i in enumerate(index) if _is_advanced(i) or (isinstance(i, int) and any(
+        _is_advanced(j) for j in index))]
+    # numpy: advanced indices (integer tensors, and ints alongside them) that are not next to each other put
+    # their broadcast axes first
+    to_front = bool(advanced) and advanced != list(range(advanced[0], advanced[-1] + 1))
     result, axis, tensor_axes = t, 0, []
     for item in index:
         if item is None:
@@ -68,6 +74,11 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
             tensor_axes.append((axis, item))
             axis += 1
         elif isinstance(item, int) or hasattr(item, "__index__"):
+            if to_front:  # an int among apart advanced indices broadcasts with them, as numpy
+                from .creation import tensor
+                tensor_axes.append((axis, tensor(int(item), device=t.device)))
+                axis += 1
+                continue
             size = result.shape[axis]
             position = int(item)
             if not -size <= position < size:
@@ -79,14 +90,46 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
         else:
             raise TypeError(f"unsupported index {item!r}")
     if tensor_axes:
-        result = _take_advanced(result, tensor_axes)
+        if to_front:
+            result = _take_apart(result, tensor_axes)
+        else:
+            result = _take_advanced(result, tensor_axes)
     return result
+
+
+def _as_index_value(item: Any) -> Any:
+    import numpy as np
+    if isinstance(item, np.ndarray):
+        return item.tolist() if item.ndim else item.item()
+    if isinstance(item, np.integer):
+        return int(item)
+    return item
+
+
+def _is_advanced(item: Any) -> bool:
+    from .tensor import Tensor
+    return isinstance(item, (Tensor, list, tuple))
+
+
+def _take_apart(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
+    """Non-adjacent integer-tensor indices: move their axes to the front, take there (numpy's rule)."""
+    axes = [a for a, _ in tensor_axes]
+    rest = [a for a in range(t.ndim) if a not in axes]
+    moved = t.permute(axes + rest)
+    return _take_advanced(moved, [(k, item) for k, (_, item) in enumerate(tensor_axes)])
 
 
 def _as_index(t: "Tensor", item: Any) -> "Tensor":
     from .creation import tensor
     from .tensor import Tensor
-    idx = item if isinstance(item, Tensor) else tensor(item, device=t.device)
+    if isinstance(item, Tensor):
+        idx = item
+    else:
+        import numpy as np
+        array = np.array(item)
+        if array.dtype == bool:
+            raise TypeError("boolean mask indexing is not supported: use zyx.where(mask, x, 0) or multiply by the mask")
+        idx = tensor(array.astype(np.int64) if array.size == 0 else array, device=t.device)
     if not (idx.dtype.is_int):
         raise TypeError(f"tensors used as indices must be integer, got {idx.dtype.name}")
     return idx
@@ -125,6 +168,8 @@ def _take(t: "Tensor", axis: int, idx: "Tensor") -> "Tensor":
 
 
 def gather(t: "Tensor", axis: int, index: "Tensor") -> "Tensor":
+    if not index.dtype.is_int:
+        raise TypeError(f"gather: index must be an integer tensor, got {index.dtype.name}")
     axis = normalize_axis(axis, t.ndim, "gather")
     if index.ndim != t.ndim:
         raise ShapeError(f"gather: index of shape {index.shape} needs as many dimensions as input {t.shape}")

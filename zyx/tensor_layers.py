@@ -28,6 +28,8 @@ class LayerMixin:
         """numpy's matmul: batched and broadcast; 1-D operands gain and lose an axis."""
         from .tensor import Tensor, broadcast_shape
         a, b = self, other
+        if isinstance(b, (list, tuple)) or hasattr(b, "__array__") and not isinstance(b, Tensor):
+            b = self._operand(b, "matmul")  # type: ignore[attr-defined]
         if not isinstance(b, Tensor):
             raise TypeError(f"matmul needs a tensor, got {type(b).__name__}")
         if a.ndim == 0 or b.ndim == 0:  # type: ignore[attr-defined]
@@ -37,7 +39,11 @@ class LayerMixin:
         if a2.shape[-1] != b2.shape[-2]:
             raise ShapeError(f"matmul: shapes {a.shape} and {b.shape} do not match "  # type: ignore[attr-defined]
                              f"({a2.shape[-1]} != {b2.shape[-2]})")
-        batch = broadcast_shape("matmul", a2.shape[:-2], b2.shape[:-2])
+        try:
+            batch = broadcast_shape("matmul", a2.shape[:-2], b2.shape[:-2])
+        except ShapeError:
+            raise ShapeError(f"matmul: batch axes of shapes {a.shape} and {b.shape} cannot be broadcast "  # type: ignore
+                             "together") from None
         dtype = promote(a2.dtype, b2.dtype)
         n_, k, m = a2.shape[-2], a2.shape[-1], b2.shape[-1]
         left = a2.cast(dtype).reshape(a2.shape[:-1] + (1, k)).expand(batch + (n_, m, k))
@@ -55,7 +61,7 @@ class LayerMixin:
         return self.matmul(other)
 
     def __rmatmul__(self, other: "Tensor") -> "Tensor":
-        return other.matmul(self)  # type: ignore[arg-type]
+        return self._operand(other, "matmul").matmul(self)  # type: ignore[attr-defined]
 
     def dot(self, other: "Tensor") -> "Tensor":
         if self.ndim != 1 or other.ndim != 1:  # type: ignore[attr-defined]
@@ -107,6 +113,8 @@ class LayerMixin:
         return out + bias.reshape(1, out_channels, 1, 1) if bias is not None else out
 
     def _pool_windows(self, kernel: Pair, stride: Optional[Pair], padding: Pair, value: float) -> "Tensor":
+        if self.ndim < 2:  # type: ignore[attr-defined]
+            raise ShapeError(f"pooling needs at least 2 dimensions (..., H, W), got {self.shape}")  # type: ignore
         kernel = _pair(kernel)
         ph, pw = _pair(padding)
         padded = self.pad([(0, 0)] * (self.ndim - 2) + [(ph, ph), (pw, pw)], value=value)  # type: ignore
@@ -117,7 +125,11 @@ class LayerMixin:
         return self._pool_windows(kernel_size, stride, padding, 0.0).mean(-1)
 
     def max_pool2d(self, kernel_size: Pair, stride: Optional[Pair] = None, padding: Pair = 0) -> "Tensor":
-        return self._pool_windows(kernel_size, stride, padding, float("-inf")).max(-1)
+        lowest: float = float("-inf")
+        if not self.dtype.is_float:  # type: ignore[attr-defined]
+            import numpy as np
+            lowest = 0 if self.dtype.is_bool else int(np.iinfo(self.dtype.np).min)  # type: ignore[attr-defined]
+        return self._pool_windows(kernel_size, stride, padding, lowest).max(-1)
 
     def dropout(self, p: float = 0.5, training: bool = True) -> "Tensor":
         """Zero each element with probability p and scale the rest by 1/(1-p); a new mask every call."""
@@ -127,6 +139,8 @@ class LayerMixin:
             return self  # type: ignore[return-value]
         from .creation import rand
         if p == 1:
-            return self * 0  # type: ignore[operator]
+            from .creation import full
+            dropped = full(self.shape, True, self.device, "bool")  # type: ignore[attr-defined]
+            return dropped.where(0, self)  # zeros even for inf/nan, gradient 0
         keep = rand(self.shape, device=self.device) >= p  # type: ignore[attr-defined]
         return keep.where(self * (1 / (1 - p)), 0)  # type: ignore[operator]

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 
 def normalize_axis(axis: int, ndim: int, op: str) -> int:
-    if not -ndim <= axis < max(ndim, 1):
+    """axis in [0, ndim); a 0-d tensor takes 0 and -1, as PyTorch."""
+    axis = int(axis)
+    if not -max(ndim, 1) <= axis < max(ndim, 1):
         raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dimensions")
     return axis % max(ndim, 1)
 
@@ -50,6 +52,8 @@ class MovementMixin:
         ndim = len(self.node.shape)
         order = list(range(ndim))
         a, b = normalize_axis(a, ndim, "transpose"), normalize_axis(b, ndim, "transpose")
+        if ndim == 0:
+            return self  # type: ignore[return-value]
         order[a], order[b] = order[b], order[a]
         return self.permute(order)
 
@@ -89,6 +93,11 @@ class MovementMixin:
 
     def squeeze(self, axis: Optional[Union[int, Sequence[int]]] = None) -> "Tensor":
         shape = self.node.shape
+        if not shape:
+            if axis is not None:
+                for a in ([axis] if isinstance(axis, int) else axis):
+                    normalize_axis(a, 0, "squeeze")
+            return self  # type: ignore[return-value]
         if axis is None:
             axes = {i for i, s in enumerate(shape) if s == 1}
         else:
@@ -107,6 +116,8 @@ class MovementMixin:
         if not shape:
             return self.reshape(1)
         start, end = normalize_axis(start_dim, len(shape), "flatten"), normalize_axis(end_dim, len(shape), "flatten")
+        if start > end:
+            raise ShapeError(f"flatten: start axis {start_dim} comes after end axis {end_dim} (shape {shape})")
         return self.reshape(shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:])
 
     def unflatten(self, axis: int, sizes: Sequence[int]) -> "Tensor":

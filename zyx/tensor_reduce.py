@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from .dtypes import DEFAULT_FLOAT, int64
+import numpy as np
+
+from .dtypes import int64
+from .errors import ShapeError
 from .trace import node as n
 from .trace.ops import Op
 from .tensor_movement import normalize_axis
@@ -16,12 +19,18 @@ Axis = Optional[Union[int, Sequence[int]]]
 
 
 def reduce_axes(axis: Axis, ndim: int, op: str) -> tuple[int, ...]:
+    """Sorted non-negative axes; a 0-d tensor accepts axis 0 or -1 (as PyTorch) and has none to reduce."""
     if axis is None:
         return tuple(range(ndim))
-    axes = [axis] if isinstance(axis, int) else list(axis)
-    normalized = tuple(sorted({normalize_axis(a, ndim, op) for a in axes}))
+    axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    if ndim == 0:
+        for a in axes:
+            if int(a) not in (0, -1):
+                raise ShapeError(f"{op}: axis {a} is out of range for a tensor with 0 dimensions")
+        return ()
+    normalized = tuple(sorted({normalize_axis(int(a), ndim, op) for a in axes}))
     if len(normalized) != len(axes):
-        raise ValueError(f"{op}: repeated axis in {axis}")
+        raise ShapeError(f"{op}: repeated axis in {axis}")
     return normalized
 
 
@@ -45,14 +54,30 @@ class ReduceMixin:
             source = self.cast(int64)  # type: ignore[attr-defined]
         return source._reduce(Op.SUM, axis, keepdim, "sum")
 
+    def _check_not_empty(self, axis: Axis, op: str) -> None:
+        for a in reduce_axes(axis, len(self.node.shape), op):
+            if self.node.shape[a] == 0:
+                raise ValueError(f"{op}: cannot reduce over axis {a} of size 0 (shape {self.node.shape}); "
+                                 f"{op} has no identity")
+
     def max(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
         """Maximum over `axis`; tied maxima share the gradient equally."""
+        self._check_not_empty(axis, "max")
         return self._reduce(Op.RMAX, axis, keepdim, "max")
 
     def min(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
-        if self.node.dtype.is_bool:
-            return (-(-self.cast(int64)).max(axis, keepdim)).cast(self.node.dtype)  # type: ignore[attr-defined]
-        return -((-self).max(axis, keepdim))  # type: ignore[operator]
+        """Minimum over `axis`; tied minima share the gradient equally."""
+        self._check_not_empty(axis, "min")
+        return self._min(axis, keepdim)
+
+    def _min(self, axis: Axis, keepdim: bool) -> "Tensor":
+        dtype = self.node.dtype
+        if dtype.is_bool:
+            return self.cast(int64)._min(axis, keepdim).cast(dtype)  # type: ignore[attr-defined]
+        if dtype.is_int:  # order reversal by ~x = -x - 1, which cannot overflow
+            flipped = -self - 1  # type: ignore[operator]
+            return -flipped._reduce(Op.RMAX, axis, keepdim, "min") - 1
+        return -((-self)._reduce(Op.RMAX, axis, keepdim, "min"))  # type: ignore[operator]
 
     def _count(self, axis: Axis) -> int:
         return math.prod(self.node.shape[a] for a in reduce_axes(axis, len(self.node.shape), "mean"))
@@ -76,33 +101,47 @@ class ReduceMixin:
     def prod(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
         """Product by pairwise halving: log2(n) fused multiplies, exact gradients, zeros handled."""
         axes = reduce_axes(axis, len(self.node.shape), "prod")
-        x = self if axes else self
+        x = self if self.node.dtype.is_float else self.cast(int64)  # type: ignore[attr-defined]
         for a in axes:
             x = _prod_axis(x, a)
         return x if keepdim else x.reshape(tuple(s for i, s in enumerate(self.node.shape) if i not in axes))
 
     def argmax(self, axis: Optional[int] = None, keepdim: bool = False) -> "Tensor":
-        """Index of the first maximum (int64); over the flattened tensor when axis is None."""
-        from .creation import arange
-        if axis is None:
-            return self.reshape(-1).argmax(0)  # type: ignore[attr-defined]
-        axis = normalize_axis(axis, len(self.node.shape), "argmax")
-        length = self.node.shape[axis]
-        if length == 0:
-            raise ValueError(f"argmax: axis {axis} of shape {self.node.shape} is empty")
-        positions = arange(length, device=self.node.device).reshape(
-            (length,) + (1,) * (len(self.node.shape) - axis - 1))
-        is_max = self == self.max(axis, keepdim=True)  # type: ignore[operator]
-        candidates = is_max.where(length - positions, 0)  # first max scores highest
-        return (-(candidates.max(axis, keepdim)) + length).cast(int64)
+        """Index of the first maximum (int64), a nan counting as the maximum (as numpy); over the flattened
+        tensor when axis is None."""
+        return self._arg_extreme(axis, keepdim, "argmax")
 
     def argmin(self, axis: Optional[int] = None, keepdim: bool = False) -> "Tensor":
-        return (-self.cast(DEFAULT_FLOAT) if not self.node.dtype.is_float else -self).argmax(axis, keepdim)  # type: ignore
+        """Index of the first minimum (int64), a nan counting as the minimum (as numpy)."""
+        return self._arg_extreme(axis, keepdim, "argmin")
+
+    def _arg_extreme(self, axis: Optional[int], keepdim: bool, op: str) -> "Tensor":
+        from .creation import arange
+        if axis is None:
+            flat = self.reshape(-1)._arg_extreme(0, False, op)  # type: ignore[attr-defined]
+            return flat.reshape((1,) * len(self.node.shape)) if keepdim else flat
+        ndim = len(self.node.shape)
+        if ndim == 0:
+            reduce_axes(axis, 0, op)
+            return self._wrap(n.const(0, (), int64, self.node.device))  # type: ignore[attr-defined]
+        axis = normalize_axis(axis, ndim, op)
+        length = self.node.shape[axis]
+        if length == 0:
+            raise ValueError(f"{op}: axis {axis} of shape {self.node.shape} is empty")
+        x = self.cast(int64) if self.node.dtype.is_bool else self  # type: ignore[attr-defined]
+        extreme = x.max(axis, keepdim=True) if op == "argmax" else x.min(axis, keepdim=True)
+        hit = x == extreme
+        if x.dtype.is_float:
+            hit = hit | x.isnan()
+        positions = arange(length, device=self.node.device).reshape(
+            (length,) + (1,) * (ndim - axis - 1))
+        candidates = hit.where(length - positions, 0)  # the first hit scores highest
+        return (-(candidates._reduce(Op.RMAX, axis, keepdim, op)) + length).cast(int64)
 
     def logsumexp(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
         """log(sum(exp(x))) computed around the maximum, so large inputs do not overflow."""
         x = self._float()  # type: ignore[attr-defined]
-        peak = x.max(axis, keepdim=True).detach()
+        peak = x._reduce(Op.RMAX, axis, True, "logsumexp").detach()
         peak = peak.isinf().where(0, peak)
         total = (x - peak).exp().sum(axis, keepdim=True).log() + peak
         return total if keepdim else total.reshape(
@@ -110,7 +149,8 @@ class ReduceMixin:
 
     def softmax(self, axis: int = -1) -> "Tensor":
         x = self._float()  # type: ignore[attr-defined]
-        shifted = (x - x.max(axis, keepdim=True).detach()).exp()
+        reduce_axes(axis, x.ndim, "softmax")
+        shifted = (x - x._reduce(Op.RMAX, axis, True, "softmax").detach()).exp()
         return shifted / shifted.sum(axis, keepdim=True)
 
     def log_softmax(self, axis: int = -1) -> "Tensor":
@@ -118,17 +158,25 @@ class ReduceMixin:
         return x - x.logsumexp(axis, keepdim=True)
 
     def cumsum(self, axis: int = 0) -> "Tensor":
-        """Running sum along `axis`, as a masked sum over a triangle (one fused reduction)."""
-        from .creation import arange
-        axis = normalize_axis(axis, len(self.node.shape), "cumsum")
-        length = self.node.shape[axis]
-        x = self.transpose(axis, -1) if axis != len(self.node.shape) - 1 else self  # type: ignore[attr-defined]
-        positions = arange(length, device=self.node.device)
-        lower = positions.reshape(length, 1) >= positions.reshape(1, length)       # (out, in)
-        total = lower.where(x.unsqueeze(-2), 0).sum(-1)
-        total = total if self.node.dtype.is_float else total.cast(int64)
-        return total.transpose(axis, -1) if axis != len(self.node.shape) - 1 else total
+        """Running sum along `axis` by doubling (Hillis-Steele): log2(n) shifted adds, all views and adds.
 
+        Bool and int tensors sum in int64, as PyTorch.
+        """
+        ndim = len(self.node.shape)
+        if ndim == 0:
+            reduce_axes(axis, 0, "cumsum")
+            return self if self.node.dtype.is_float else self.cast(int64)  # type: ignore[attr-defined]
+        axis = normalize_axis(axis, ndim, "cumsum")
+        x = self if self.node.dtype.is_float else self.cast(int64)  # type: ignore[attr-defined]
+        length = self.node.shape[axis]
+        shift = 1
+        while shift < length:
+            before = [(0, 0)] * axis + [(shift, 0)]
+            keep = [(0, s) for s in x.shape]
+            keep[axis] = (0, length)
+            x = x + x.pad(before).shrink(keep)
+            shift *= 2
+        return x
 
 def _prod_axis(x: "Tensor", axis: int) -> "Tensor":
     """Multiply along one axis by halving it until one element is left (keeps the axis, size 1)."""

@@ -66,6 +66,8 @@ def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
     if op is Op.WHERE:
         return np.where(*inputs).astype(dtype, copy=False)
     if op is Op.SUM:
+        if dtype == np.float16:  # accumulate half precision in float32, as PyTorch does
+            return np.sum(inputs[0], axis=node.arg, keepdims=True, dtype=np.float32).astype(dtype)
         return np.sum(inputs[0], axis=node.arg, keepdims=True, dtype=dtype)
     if op is Op.RMAX:
         x = inputs[0]
@@ -89,7 +91,7 @@ class CPUBackend:
     name = "cpu"
 
     def upload(self, array: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(array)
+        return np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
 
     def download(self, buffer: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return buffer.reshape(shape).copy()
@@ -116,4 +118,4 @@ class CPUBackend:
                     remaining_uses[id(src)] -= 1
                     if remaining_uses[id(src)] == 0 and id(src) not in keep:
                         del values[id(src)]
-        return [np.ascontiguousarray(values[id(t)]).reshape(t.shape) for t in targets]
+        return [np.asarray(values[id(t)], order="C").reshape(t.shape) for t in targets]

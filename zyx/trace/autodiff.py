@@ -53,7 +53,9 @@ def _grad_div(node: Node, out: Node, g: Node) -> Grads:
 
 def _grad_pow(node: Node, out: Node, g: Node) -> Grads:
     a, b = node.src
-    ga = _mul(g, _mul(b, n.binary(Op.POW, a, _add(b, _const(-1, b)))))
+    # d/da a**b = b * a**(b-1); defined as 0 where b == 0 (the 0 * inf at a == 0 would be nan), as PyTorch
+    ga = _zeros_where(n.unary(Op.NOT, n.binary(Op.CMPEQ, b, _const(0, b))),
+                      _mul(g, _mul(b, n.binary(Op.POW, a, _add(b, _const(-1, b))))))
     # d/db a**b = a**b * log(a); defined as 0 where a == 0 and b >= 0, as PyTorch does
     zero_base = n.binary(Op.AND, n.binary(Op.CMPEQ, a, _const(0, a)),
                          n.unary(Op.NOT, n.binary(Op.CMPLT, b, _const(0, b))))
@@ -154,12 +156,22 @@ RULES: dict[Op, Callable[[Node, Node, Node], Grads]] = {
 # FLOOR, CEIL, RINT, comparisons and logic are flat or discrete, DETACH is a wall: no gradient flows through.
 
 
+def _or(node: Optional[Node], fallback: Node) -> Node:
+    return fallback if node is None else node
+
+
 def _differentiable(node: Node) -> bool:
     return node.dtype.is_float
 
 
 class _Graph:
-    """The graph below a root as autodiff sees it: realized nodes expand through their recorded origin."""
+    """The graph below a root as autodiff sees it.
+
+    A realized node expands through its recorded origin; a copy inside an origin is replaced by the live node
+    it copies while that node lives (so a source the user holds is found), and a placeholder whose node died
+    ends the walk there (that part of the history was released; the placeholder is a leaf with no value). Every node gets a `live` twin whose sources
+    are live nodes, for the rules to build on: copies inside origins never enter a gradient graph.
+    """
 
     def __init__(self, root: Node):
         self.sources_of: dict[int, tuple[Node, ...]] = {}
@@ -174,26 +186,38 @@ class _Graph:
             if id(node) in self.structure:
                 continue
             body = recorded_structure(node)
-            sources = tuple(canonical(s) for s in body.src)
-            if any(s is None for s in sources):  # part of its history was released: a leaf now
-                body, sources = node, ()
+            # a placeholder whose realized node died stays in as a leaf without a value: gradients that need
+            # its value fail loudly when realized, instead of silently missing a dependency
+            sources = tuple(_or(canonical(s), s) for s in body.src)
             self.structure[id(node)] = body
-            self.sources_of[id(node)] = sources
+            self.sources_of[id(node)] = sources  # type: ignore[assignment]
             stack.append((node, True))
             stack.extend((s, False) for s in reversed(sources) if id(s) not in self.structure)
+        self.live: dict[int, Node] = {}
+        for node in self.order:
+            self.live[id(node)] = self._live(node)
+
+    def _live(self, node: Node) -> Node:
+        if node.op is Op.BUFFER or not self.sources_of[id(node)]:
+            return node
+        sources = tuple(self.live[id(s)] for s in self.sources_of[id(node)])
+        if len(sources) == len(node.src) and all(a is b for a, b in zip(sources, node.src)):
+            return node
+        return Node(node.op, sources, node.arg, node.shape, node.dtype, node.device)
 
     def rule_input(self, node: Node) -> Node:
-        """A node with the recorded op and arg over the real sources, for the gradient rules to read."""
+        """A node with the recorded op and arg over live sources, for the gradient rules to read."""
         body, sources = self.structure[id(node)], self.sources_of[id(node)]
-        if body is node:
-            return node
-        return Node(body.op, sources, body.arg, node.shape, node.dtype, node.device)
+        if node.op is not Op.BUFFER or body is node:
+            return self.live[id(node)]
+        return Node(body.op, tuple(self.live[id(s)] for s in sources), body.arg, node.shape, node.dtype, node.device)
 
 
 def gradients(root: Node, sources: Sequence[Node], seed: Node) -> list[Optional[Node]]:
     """d(root)/d(source) for each source, seeded with `seed` (root's shape).
 
-    A source `root` does not depend on gets None; one it depends on only through flat ops gets zeros.
+    A source `root` does not depend on, or one that is not a float tensor (no gradient), gets None; one it
+    depends on only through flat ops (comparisons, floor, detach...) gets zeros.
     """
     graph = _Graph(root)
     wanted = {id(s) for s in sources}
@@ -204,19 +228,21 @@ def gradients(root: Node, sources: Sequence[Node], seed: Node) -> list[Optional[
     grads: dict[int, Node] = {id(root): seed}
     for node in reversed(graph.order):
         g = grads.get(id(node)) if id(node) in wanted else grads.pop(id(node), None)
-        if g is None or not _differentiable(node):
+        if g is None or not _differentiable(node) or not graph.sources_of[id(node)]:
             continue
         recorded = graph.rule_input(node)
         if recorded.op not in RULES:
             continue
-        for source, source_grad in zip(recorded.src, RULES[recorded.op](recorded, node, g)):
+        out = graph.live[id(node)]
+        rule_grads = RULES[recorded.op](recorded, out, g)
+        for source, source_grad in zip(graph.sources_of[id(node)], rule_grads):
             if source_grad is None or id(source) not in on_path or not _differentiable(source):
                 continue
             previous = grads.get(id(source))
             grads[id(source)] = source_grad if previous is None else _add(previous, source_grad)
     results: list[Optional[Node]] = []
     for source in sources:
-        if id(source) not in graph.structure:
+        if id(source) not in graph.structure or not _differentiable(source):
             results.append(None)
         elif id(source) in grads:
             results.append(grads[id(source)])

@@ -53,13 +53,14 @@ def _same_device(nodes: Sequence[Node], op: Op) -> Any:
 # ---- leaves ------------------------------------------------------------------------------------------------
 
 def buffer_leaf(buffer: Any, shape: Shape, dtype: DType, device: Any) -> Node:
-    node = Node(Op.BUFFER, (), None, tuple(shape), dtype, device)
+    node = Node(Op.BUFFER, (), None, tuple(int(s) for s in shape), dtype, device)
     node.buffer = buffer
     return node
 
 
 def const(value: Any, shape: Shape, dtype: DType, device: Any) -> Node:
     """A constant filling `shape`; stored as a scalar broadcast by an EXPAND so kernels never read memory."""
+    shape = tuple(int(s) for s in shape)
     scalar = Node(Op.CONST, (), _coerce_scalar(value, dtype), (), dtype, device)
     return expand(reshape(scalar, (1,) * len(shape)), tuple(shape)) if shape else scalar
 
@@ -68,19 +69,29 @@ def _coerce_scalar(value: Any, dtype: DType) -> Any:
     if dtype.is_bool:
         return bool(value)
     if dtype.is_int:
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            raise ValueError(f"an {dtype.name} tensor cannot hold {value}")
         return int(value)
     return float(value)
 
 
 def rand(seed: int, offset: int, shape: Shape, dtype: DType, device: Any) -> Node:
-    return Node(Op.RAND, (), (seed, offset), tuple(shape), dtype, device)
+    return Node(Op.RAND, (), (int(seed), int(offset)), tuple(int(s) for s in shape), dtype, device)
 
 
 # ---- elementwise -------------------------------------------------------------------------------------------
 
+FLOAT_ONLY_OPS = frozenset({Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.FLOOR,
+                            Op.CEIL, Op.RINT})
+
+
 def unary(op: Op, x: Node) -> Node:
     if op is Op.NOT and not x.dtype.is_bool:
         raise TypeError(f"logical not needs a bool tensor, got {x.dtype.name}")
+    if op is Op.NEG and x.dtype.is_bool:
+        raise TypeError("negation of a bool tensor is not supported; use logical_not (~)")
+    if op in FLOAT_ONLY_OPS and not x.dtype.is_float:
+        raise TypeError(f"{op.name.lower()} needs a float tensor, got {x.dtype.name}")
     return Node(op, (x,), None, x.shape, x.dtype, x.device)
 
 
@@ -116,7 +127,9 @@ def where(condition: Node, a: Node, b: Node) -> Node:
 def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
     """Reduce over `axes` (non-negative, sorted); the reduced axes stay with size 1."""
     assert op in REDUCE_OPS
-    axes = tuple(sorted(set(axes)))
+    axes = tuple(sorted({int(a) for a in axes}))
+    if any(not 0 <= a < len(x.shape) for a in axes):
+        raise ShapeError(f"{op.name.lower()}: axes {axes} are out of range for shape {x.shape}")
     if not axes:
         return x
     shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
@@ -131,31 +144,24 @@ def reshape(x: Node, shape: Shape) -> Node:
         raise ShapeError(f"reshape: cannot view shape {x.shape} ({x.numel} elements) as {shape}")
     if shape == x.shape:
         return x
-    if x.op is Op.RESHAPE:
-        return reshape(x.src[0], shape)
     return Node(Op.RESHAPE, (x,), shape, shape, x.dtype, x.device)
 
 
 def permute(x: Node, order: Sequence[int]) -> Node:
-    order = tuple(order)
+    order = tuple(int(a) for a in order)
     if sorted(order) != list(range(len(x.shape))):
         raise ShapeError(f"permute: {order} is not an ordering of the {len(x.shape)} axes of shape {x.shape}")
     if order == tuple(range(len(order))):
         return x
-    if x.op is Op.PERMUTE:
-        inner = x.arg
-        return permute(x.src[0], tuple(inner[i] for i in order))
     return Node(Op.PERMUTE, (x,), order, tuple(x.shape[i] for i in order), x.dtype, x.device)
 
 
 def expand(x: Node, shape: Shape) -> Node:
-    shape = tuple(shape)
+    shape = tuple(int(s) for s in shape)
     if len(shape) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape, shape)):
         raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
     if shape == x.shape:
         return x
-    if x.op is Op.EXPAND:
-        return expand(x.src[0], shape)
     return Node(Op.EXPAND, (x,), shape, shape, x.dtype, x.device)
 
 
@@ -179,7 +185,7 @@ def shrink(x: Node, bounds: Sequence[tuple[int, int]]) -> Node:
 
 
 def flip(x: Node, axes: Sequence[int]) -> Node:
-    axes = tuple(sorted(a for a in set(axes) if x.shape[a] > 1))
+    axes = tuple(sorted(int(a) for a in set(axes) if x.shape[a] > 1))
     if not axes:
         return x
     return Node(Op.FLIP, (x,), axes, x.shape, x.dtype, x.device)

@@ -1,44 +1,69 @@
 """How a realized node was computed, kept for autodiff without pinning memory.
 
 Realizing a node turns it into a buffer leaf. So that `loss.item()` followed by `loss.backward(params)`
-still works, the node keeps a detached copy of its graph: interior nodes are copied, and every realized
-node inside is replaced by a weak placeholder. The copy holds no buffer alive, so `w = w - lr * g` loops
-stay flat; a gradient asked through a realized tensor that nobody holds any more cannot be formed (None).
+still works, the node keeps a detached copy of its graph (its `origin`):
+
+- every interior node is copied as a `Recorded` node that names the node it copies weakly, so autodiff can
+  go back to the live node (a source the user still holds is found again) while the copy pins nothing;
+- every realized node inside is a `Recorded` placeholder, again weak: holding it would chain each step of a
+  `w = w - lr * g` loop to all the steps before it;
+- data leaves (buffers made from user data, which have no history) are held as they are: they cannot chain,
+  and a gradient usually needs their values (inputs, labels, `arange` inside `one_hot`).
+
+A gradient that needs the value of a realized tensor nobody holds any more cannot be formed: realizing it
+raises a RuntimeError that says so.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from .node import Node, toposort
 from .ops import Op
 
 
-class Placeholder(Node):
-    """Stands for a realized node inside an origin copy, without keeping it alive."""
+class Recorded(Node):
+    """A node inside an origin copy; `target` weakly names the live node it stands for."""
 
     __slots__ = ("target",)
 
-    def __init__(self, realized: Node):
-        super().__init__(Op.BUFFER, (), None, realized.shape, realized.dtype, realized.device)
-        self.target = weakref.ref(realized)
+    def __init__(self, op: Op, src: tuple[Node, ...], arg: Any, live: Node):
+        super().__init__(op, src, arg, live.shape, live.dtype, live.device)
+        self.target = weakref.ref(live)
+
+    @property
+    def placeholder(self) -> bool:
+        """Stands for a realized node (it has no buffer of its own)."""
+        return self.op is Op.BUFFER
 
 
-def detached_copy(root: Node) -> Node:
-    """Copy the unrealized graph below `root`, with placeholders for realized nodes."""
-    copies: dict[int, Node] = {}
-    for node in toposort([root]):
-        if node.op is Op.BUFFER:
-            copies[id(node)] = node if isinstance(node, Placeholder) else Placeholder(node)
+def is_data_leaf(node: Node) -> bool:
+    return node.op is Op.BUFFER and node.origin is None and not isinstance(node, Recorded)
+
+
+def detached_copy(roots: Sequence[Node], copies: Optional[dict[int, Node]] = None) -> list[Node]:
+    """Copies of the unrealized graphs below `roots` (shared work is copied once per `copies` dict)."""
+    copies = {} if copies is None else copies
+    for node in toposort(roots):
+        if id(node) in copies:
             continue
-        copy = Node(node.op, tuple(copies[id(s)] for s in node.src), node.arg, node.shape, node.dtype, node.device)
-        copies[id(node)] = copy
-    return copies[id(root)]
+        if isinstance(node, Recorded) or is_data_leaf(node):
+            copies[id(node)] = node
+        elif node.op is Op.BUFFER:
+            copies[id(node)] = Recorded(Op.BUFFER, (), None, node)
+        else:
+            copies[id(node)] = Recorded(node.op, tuple(copies[id(s)] for s in node.src), node.arg, node)
+    return [copies[id(r)] for r in roots]
 
 
 def canonical(node: Node) -> Optional[Node]:
-    """The real node a placeholder stands for (None once it died); any other node is itself."""
-    return node.target() if isinstance(node, Placeholder) else node
+    """The live node a copy stands for; a copy whose node died is itself, a placeholder's is None."""
+    if isinstance(node, Recorded):
+        live = node.target()
+        if live is not None:
+            return live
+        return None if node.placeholder else node
+    return node
 
 
 def recorded_structure(node: Node) -> Node:
