@@ -12,6 +12,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..creation import full, tensor
+from ..devices import Device
 from ..dtypes import float64
 from ..errors import ShapeError
 from ..jit.capture import active_capture
@@ -32,13 +33,30 @@ class Optimizer:
     state_names: tuple[str, ...] = ()
 
     def __init__(self, params: Optional[Iterable[Tensor]], lr: float):
-        if lr < 0:
-            raise ValueError(f"learning rate must be non-negative, got {lr}")
         self.params = list(params) if params is not None else None
+        self._lr_buffers: dict[int, Tensor] = {}
         self.lr = lr
         self.state: dict[int, State] = {}
 
-    def rule(self, param: Tensor, grad: Tensor, state: State) -> tuple[Tensor, State]:
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """Schedules set this; the rules read it from a buffer per device, so a `@zyx.jit` replay sees changes."""
+        if value < 0:
+            raise ValueError(f"learning rate must be non-negative, got {value}")
+        self._lr = float(value)
+        for buffer in self._lr_buffers.values():
+            buffer.assign(filled((), self._lr, buffer.device))
+
+    def _lr_on(self, device: Device) -> Tensor:
+        if id(device) not in self._lr_buffers:
+            self._lr_buffers[id(device)] = filled((), self._lr, device)
+        return self._lr_buffers[id(device)]
+
+    def rule(self, param: Tensor, grad: Tensor, state: State, lr: Tensor) -> tuple[Tensor, State]:
         """The new parameter value and new state values, from this step's gradient ("step" already counts it)."""
         raise NotImplementedError
 
@@ -59,7 +77,7 @@ class Optimizer:
                 raise ShapeError(f"update: gradient {position} has shape {grad.shape}, parameter {param.shape}")
             state = self._state_for(position, param)
             state["step"].assign(state["step"] + 1)
-            new_param, new_state = self.rule(param, grad, state)
+            new_param, new_state = self.rule(param, grad, state, self._lr_on(param.device))
             param.assign(new_param)
             for name, value in new_state.items():
                 state[name].assign(value)
@@ -131,16 +149,16 @@ class SGD(Optimizer):
         self.momentum, self.dampening, self.nesterov, self.weight_decay = momentum, dampening, nesterov, weight_decay
         self.state_names = ("momentum_buffer",) if momentum else ()
 
-    def rule(self, param: Tensor, grad: Tensor, state: State) -> tuple[Tensor, State]:
+    def rule(self, param: Tensor, grad: Tensor, state: State, lr: Tensor) -> tuple[Tensor, State]:
         if self.weight_decay:
             grad = grad + param * self.weight_decay
         if not self.momentum:
-            return param - grad * self.lr, {}
+            return param - grad * lr, {}
         # the first step starts the buffer at the gradient itself, without dampening
         moved = state["momentum_buffer"] * self.momentum + grad * (1 - self.dampening)
         buffer = (state["step"] == 1).where(grad, moved)
         direction = grad + buffer * self.momentum if self.nesterov else buffer
-        return param - direction * self.lr, {"momentum_buffer": buffer}
+        return param - direction * lr, {"momentum_buffer": buffer}
 
 
 class Adam(Optimizer):
@@ -155,10 +173,10 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay, self.amsgrad = betas, eps, weight_decay, amsgrad
         self.state_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 
-    def rule(self, param: Tensor, grad: Tensor, state: State) -> tuple[Tensor, State]:
+    def rule(self, param: Tensor, grad: Tensor, state: State, lr: Tensor) -> tuple[Tensor, State]:
         beta1, beta2 = self.betas
         if self.weight_decay and self.decoupled:
-            param = param * (1 - self.lr * self.weight_decay)
+            param = param * (1 - lr * self.weight_decay)
         elif self.weight_decay:
             grad = grad + param * self.weight_decay
         new: State = {"exp_avg": state["exp_avg"].lerp(grad, 1 - beta1),
@@ -169,7 +187,7 @@ class Adam(Optimizer):
         step = state["step"]
         correction1, correction2 = 1 - beta1 ** step, 1 - beta2 ** step
         denominator = (second / correction2).sqrt() + self.eps
-        return param - new["exp_avg"] / denominator * (self.lr / correction1), new
+        return param - new["exp_avg"] / denominator * (lr / correction1), new
 
 
 class AdamW(Adam):
@@ -193,7 +211,7 @@ class RMSprop(Optimizer):
         self.state_names = ("square_avg",) + (("momentum_buffer",) if momentum else ()) + \
             (("grad_avg",) if centered else ())
 
-    def rule(self, param: Tensor, grad: Tensor, state: State) -> tuple[Tensor, State]:
+    def rule(self, param: Tensor, grad: Tensor, state: State, lr: Tensor) -> tuple[Tensor, State]:
         if self.weight_decay:
             grad = grad + param * self.weight_decay
         new: State = {"square_avg": state["square_avg"] * self.alpha + grad * grad * (1 - self.alpha)}
@@ -204,7 +222,7 @@ class RMSprop(Optimizer):
         scaled = grad / (mean_square.sqrt() + self.eps)
         if self.momentum:
             scaled = new["momentum_buffer"] = state["momentum_buffer"] * self.momentum + scaled
-        return param - scaled * self.lr, new
+        return param - scaled * lr, new
 
 
 def clip_grad_norm(grads: Sequence[Optional[Tensor]], max_norm: float,
