@@ -927,3 +927,16 @@ def test_default_device():
     assert zyx.default_device() is not None
     assert zyx.zeros(2).device is zyx.default_device()
     assert zyx.tensor([1]).device is zyx.default_device()
+
+
+def test_assign(device):
+    t = zyx.zeros(2, 3, device=device)
+    alias = t
+    t.assign(zyx.ones(2, 3, device=device) * 2)
+    assert alias.tolist() == [[2.0] * 3] * 2
+    t.assign(zyx.tensor([1, 2, 3], device=device))  # broadcast and cast to the tensor's dtype
+    assert t.dtype == zyx.float32 and t.tolist() == [[1.0, 2.0, 3.0]] * 2
+    t.assign(5)
+    assert t.tolist() == [[5.0] * 3] * 2
+    with pytest.raises(zyx.ShapeError):
+        t.assign(zyx.ones(3, 2, device=device))

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import zyx
 
@@ -202,6 +205,36 @@ def test_dropout_gradient_uses_the_same_mask(device):
     y = x.dropout(0.5)
     g, = y.backward([x])
     np.testing.assert_allclose(g.numpy(), y.numpy())  # d(mask * x / (1-p))/dx = mask / (1-p) = y for x = 1
+
+
+BROADCAST_OPS = {
+    "add": (lambda a, b: a + b, lambda a, b: a + b),
+    "sub": (lambda a, b: a - b, lambda a, b: a - b),
+    "mul": (lambda a, b: a * b, lambda a, b: a * b),
+    "div": (lambda a, b: a / (b * b + 1), lambda a, b: a / (b * b + 1)),
+    "maximum": (lambda a, b: a.maximum(b), torch.maximum),
+    "where": (lambda a, b: zyx.where(a > b, a * b, b), lambda a, b: torch.where(a > b, a * b, b)),
+    "matmul_like": (lambda a, b: (a * b).sum(-1, keepdim=True) * a, lambda a, b: (a * b).sum(-1, keepdim=True) * a),
+}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1, max_side=3),
+       name=st.sampled_from(sorted(BROADCAST_OPS)), seed=st.integers(0, 1000))
+def test_broadcast_gradients_hypothesis(device, shapes, name, seed):
+    f, torch_f = BROADCAST_OPS[name]
+    if name == "matmul_like" and not all(shapes.input_shapes):
+        return
+    arrays = _inputs([(s,) for s in shapes.input_shapes], seed)
+    inputs = _to_zyx(arrays, device)
+    out = f(*inputs)
+    weights = _weights(out.shape, seed)
+    grads = (out * zyx.tensor(weights, device=device)).sum().backward(inputs)
+    torch_inputs = _to_torch(arrays)
+    expected = torch.autograd.grad((torch_f(*torch_inputs) * torch.tensor(weights)).sum(), torch_inputs)
+    for g, e in zip(grads, expected):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g.numpy(), e.numpy(), **TORCH_TOL)
 
 
 # ---- higher orders -------------------------------------------------------------------------------------------

@@ -81,3 +81,19 @@ def test_realized_node_is_a_buffer_leaf(device):
     y.realize()
     assert y.node.realized and y.node.src == () and y.node.buffer is not None
     assert y.node.origin is not None  # kept for backward, as a detached copy
+
+
+def test_realized_slice_does_not_pin_its_source():
+    """CPU backend: realizing a small view of a big intermediate keeps only the small part."""
+    device = zyx.CPU()
+    x = zyx.tensor(np.ones((500, 500)), device=device)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    rows = (x * 2)[:2]  # a contiguous view of the product
+    rows.realize()
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert rows.numpy().sum() == 2000.0
+    assert held < 100_000  # the 2 MB product was freed

@@ -85,6 +85,14 @@ def _lowest(dtype: np.dtype) -> Any:
     return np.iinfo(dtype).min
 
 
+def _own(value: np.ndarray) -> np.ndarray:
+    """A contiguous array that does not keep a bigger one alive (a realized slice must not pin its source)."""
+    array = np.asarray(value, order="C")
+    if array.base is not None and np.asarray(array.base).nbytes > array.nbytes:
+        array = array.copy()
+    return array
+
+
 class CPUBackend:
     """Holds tensors as numpy arrays; realizes traces by interpreting them."""
 
@@ -118,4 +126,4 @@ class CPUBackend:
                     remaining_uses[id(src)] -= 1
                     if remaining_uses[id(src)] == 0 and id(src) not in keep:
                         del values[id(src)]
-        return [np.asarray(values[id(t)], order="C").reshape(t.shape) for t in targets]
+        return [_own(values[id(t)]).reshape(t.shape) for t in targets]
