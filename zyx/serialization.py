@@ -32,6 +32,6 @@ def load(path: PathLike, device: Optional[Device] = None) -> dict[str, Tensor]:
     try:
         arrays = safetensors.numpy.load_file(path)
     except TypeError as error:  # numpy has no bfloat16
-        raise TypeError(f"load: {path} holds a dtype numpy cannot read ({error}); convert it to float32 first") from None
-    # reshape: zyx.tensor currently turns a 0-d array into shape (1,)
-    return {name: tensor(array, device=device).reshape(array.shape) for name, array in arrays.items()}
+        raise TypeError(f"load: {path} holds a dtype numpy cannot read ({error}); "
+                        "convert it to float32 first") from None
+    return {name: tensor(array, device=device) for name, array in arrays.items()}

@@ -31,7 +31,8 @@ X = rng().standard_normal((2, 2, 4, 4)).astype(np.float32)
 
 
 def test_round_trip_keeps_values_dtypes_and_shapes(nn_device, tmp_path):
-    state = {"f32": zyx.randn(2, 3, device=nn_device), "f16": zyx.tensor([1.5, -2], device=nn_device, dtype=zyx.float16),
+    state = {"f32": zyx.randn(2, 3, device=nn_device),
+             "f16": zyx.tensor([1.5, -2], device=nn_device, dtype=zyx.float16),
              "i64": zyx.arange(4, device=nn_device), "flag": zyx.tensor([True, False], device=nn_device),
              "scalar": zyx.full((), 3.0, device=nn_device), "array": np.arange(3, dtype=np.int32)}
     zyx.save(state, tmp_path / "state.safetensors", metadata={"epoch": "3"})

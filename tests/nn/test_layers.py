@@ -41,7 +41,8 @@ def test_pooling(nn_device, layer, reference):
 
 @pytest.mark.parametrize("layer, shape", [("1d", (6, 3)), ("1d", (4, 3, 5)), ("2d", (3, 3, 4, 4))])
 def test_batch_norm_training_matches_and_tracks_running_statistics(nn_device, layer, shape):
-    zyx_cls, torch_cls = {"1d": (nn.BatchNorm1d, torch.nn.BatchNorm1d), "2d": (nn.BatchNorm2d, torch.nn.BatchNorm2d)}[layer]
+    classes = {"1d": (nn.BatchNorm1d, torch.nn.BatchNorm1d), "2d": (nn.BatchNorm2d, torch.nn.BatchNorm2d)}
+    zyx_cls, torch_cls = classes[layer]
     module, reference = zyx_cls(3, momentum=0.3, device=nn_device), torch_cls(3, momentum=0.3)
     with torch.no_grad():
         reference.weight.uniform_(0.5, 1.5)

@@ -102,7 +102,8 @@ def test_binary_cross_entropy_with_logits(nn_device, reduction):
     weight, pos_weight = np.array([1.0, 0.5, 2.0], np.float32), np.array([3.0, 1.0, 0.5], np.float32)
     run_both(nn.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, nn_device, [normal(4, 3)],
              [target, weight], reduction=reduction)
-    run_both(lambda x, t, **o: nn.binary_cross_entropy_with_logits(x, t, pos_weight=zyx.tensor(pos_weight, device=nn_device), **o),
+    z_pos_weight = zyx.tensor(pos_weight, device=nn_device)
+    run_both(lambda x, t, **o: nn.binary_cross_entropy_with_logits(x, t, pos_weight=z_pos_weight, **o),
              lambda x, t, **o: F.binary_cross_entropy_with_logits(x, t, pos_weight=torch.tensor(pos_weight), **o),
              nn_device, [normal(4, 3)], [target], reduction=reduction)
 
@@ -119,5 +120,6 @@ def test_binary_cross_entropy(nn_device):
     probabilities = rng().uniform(0.05, 0.95, size=(4, 3)).astype(np.float32)
     target = (rng().random((4, 3)) > 0.5).astype(np.float32)
     run_both(nn.binary_cross_entropy, F.binary_cross_entropy, nn_device, [probabilities], [target])
-    saturated = nn.binary_cross_entropy(zyx.tensor([0.0, 1.0], device=nn_device), zyx.tensor([1.0, 0.0], device=nn_device))
+    saturated = nn.binary_cross_entropy(zyx.tensor([0.0, 1.0], device=nn_device),
+                                        zyx.tensor([1.0, 0.0], device=nn_device))
     assert saturated.item() == pytest.approx(100.0)

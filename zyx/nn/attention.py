@@ -124,7 +124,8 @@ class TransformerBlock(Module):
         hidden = self.dropout(_ACTIVATIONS[self.activation](self.linear1(x)))
         return self.dropout2(self.linear2(hidden))
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None) -> Tensor:
         if self.norm_first:
             x = x + self._attend(self.norm1(x), attn_mask, key_padding_mask)
             return x + self._feed_forward(self.norm2(x))

@@ -30,8 +30,7 @@ def fans(shape: Shape) -> tuple[int, int]:
 
 def filled(shape: Shape, value: float, device: Optional[Device] = None, dtype: Any = DEFAULT_FLOAT) -> Tensor:
     """A buffer holding `value` everywhere (zeros and ones for biases, norms and optimizer state)."""
-    array = np.full(shape, value, dtype=to_dtype(dtype).np)
-    return tensor(array, device=device).reshape(shape)  # reshape: zyx.tensor makes a 0-d array 1-d for now
+    return tensor(np.full(shape, value, dtype=to_dtype(dtype).np), device=device)
 
 
 def uniform(shape: Shape, bound: float, device: Optional[Device] = None) -> Tensor:

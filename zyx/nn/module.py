@@ -174,6 +174,4 @@ def _as_tensor(value: StateValue, like: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         value = value if value.device is like.device else value.to(like.device)
         return value.cast(like.dtype)
-    array = np.asarray(value)
-    # reshape: zyx.tensor currently turns a 0-d array into shape (1,)
-    return tensor(array, device=like.device, dtype=like.dtype).reshape(array.shape)
+    return tensor(np.asarray(value), device=like.device, dtype=like.dtype)

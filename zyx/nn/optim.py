@@ -134,8 +134,7 @@ def _fresh_handle(value: Union[Tensor, np.ndarray]) -> Tensor:
     """A tensor of its own, so later in-place updates do not change the caller's dict."""
     if isinstance(value, Tensor):
         return Tensor(value.node)
-    array = np.asarray(value)
-    return tensor(array).reshape(array.shape)  # reshape: zyx.tensor currently turns 0-d arrays into shape (1,)
+    return tensor(value)
 
 
 class SGD(Optimizer):
@@ -207,7 +206,8 @@ class RMSprop(Optimizer):
     def __init__(self, params: Optional[Iterable[Tensor]] = None, lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False):
         super().__init__(params, lr)
-        self.alpha, self.eps, self.weight_decay, self.momentum, self.centered = alpha, eps, weight_decay, momentum, centered
+        self.alpha, self.eps, self.weight_decay = alpha, eps, weight_decay
+        self.momentum, self.centered = momentum, centered
         self.state_names = ("square_avg",) + (("momentum_buffer",) if momentum else ()) + \
             (("grad_avg",) if centered else ())
 
