@@ -218,7 +218,8 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
     def __sub__(self, other: Operand) -> "Tensor":
         a, b = self._pair(other, "sub")
         if a.dtype.is_bool:
-            raise TypeError("sub: subtracting bool tensors is not supported; use logical_xor, or cast to an int dtype first")
+            raise TypeError("sub: subtracting bool tensors is not supported; use logical_xor, or cast to an int "
+                            "dtype first")
         return Tensor(n.binary(Op.ADD, a, n.unary(Op.NEG, b)))
 
     def __rsub__(self, other: Operand) -> "Tensor":

@@ -42,8 +42,8 @@ class LayerMixin:
         try:
             batch = broadcast_shape("matmul", a2.shape[:-2], b2.shape[:-2])
         except ShapeError:
-            raise ShapeError(f"matmul: batch axes of shapes {a.shape} and {b.shape} cannot be broadcast "  # type: ignore
-                             "together") from None
+            raise ShapeError(f"matmul: batch axes of shapes {a.shape} and {b.shape} "  # type: ignore
+                             "cannot be broadcast together") from None
         dtype = promote(a2.dtype, b2.dtype)
         n_, k, m = a2.shape[-2], a2.shape[-1], b2.shape[-1]
         left = a2.cast(dtype).reshape(a2.shape[:-1] + (1, k)).expand(batch + (n_, m, k))

@@ -169,8 +169,9 @@ class _Graph:
 
     A realized node expands through its recorded origin; a copy inside an origin is replaced by the live node
     it copies while that node lives (so a source the user holds is found), and a placeholder whose node died
-    ends the walk there (that part of the history was released; the placeholder is a leaf with no value). Every node gets a `live` twin whose sources
-    are live nodes, for the rules to build on: copies inside origins never enter a gradient graph.
+    ends the walk there (that part of the history was released; the placeholder is a leaf with no value).
+    Every node gets a `live` twin whose sources are live nodes, for the rules to build on: copies inside
+    origins never enter a gradient graph.
     """
 
     def __init__(self, root: Node):
