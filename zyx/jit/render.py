@@ -9,6 +9,7 @@ read from a buffer that an earlier kernel writes (the scheduler decides which).
 from __future__ import annotations
 
 import itertools
+import re
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -23,6 +24,18 @@ Index = tuple[Expr, ...]
 
 
 UNROLL = 8  # accumulators per reduction loop
+_LOOP_VARIABLE = re.compile(r"\br\d+\b")
+
+
+STATEMENT_LIMIT = 384  # per output of a work item: a kernel growing past this recomputes a value too often
+
+
+class KernelTooLarge(Exception):
+    """Rendering blew up (a value reused at many indices is recomputed at each); `node` is the worst."""
+
+    def __init__(self, node: Node):
+        super().__init__(node)
+        self.node = node
 
 
 class ScheduleConflict(Exception):
@@ -95,6 +108,7 @@ class KernelBuilder:
     allow_extra_outputs: bool = True
     tile: Optional[dict[int, int]] = None  # space axis -> outputs per work item along it
     group: int = 0  # >0: a work group of this many items cooperates on each output's reductions (GPUs)
+    stored_apart: frozenset = frozenset()  # ids of nodes always read from their own kernel's buffer
     params: list[Param] = field(default_factory=list)
     outputs: list[Node] = field(default_factory=list)
     needs: list[Node] = field(default_factory=list)
@@ -107,6 +121,8 @@ class KernelBuilder:
     _local_outputs: set = field(default_factory=set)
     _reductions: dict = field(default_factory=dict)
     _misaligned: set = field(default_factory=set)
+    _renders: dict = field(default_factory=dict)
+    _statements: int = 0
     _has_loop: bool = False
     _element: int = 0
     uses_double: bool = False
@@ -148,14 +164,22 @@ class KernelBuilder:
             self.params.append(Param(kind, node, name, node.dtype))
         return self._param_names[key]
 
-    def _depth_of(self, index: Index) -> int:
+    def _depth_of(self, index: Index, guard: tuple[str, ...] = ()) -> int:
+        """The innermost loop an index (and the guard it is read under) depends on."""
         depth = 0
         for expr in index:
             for name in expr.variables():
                 depth = max(depth, self._loop_depth.get(name, 0))
+        for condition in guard:
+            for name in _LOOP_VARIABLE.findall(condition):
+                depth = max(depth, self._loop_depth.get(name, 0))
         return depth
 
     def _emit(self, depth: int, dtype: DType, text: str) -> _Value:
+        self._statements += 1
+        if self._statements > STATEMENT_LIMIT * max(len(self.elements), 1):
+            worst = max(self._renders.values(), key=lambda item: item[0])[1]
+            raise KernelTooLarge(worst)
         name = self._fresh("v")
         self._scopes[depth].lines.append(f"{c.register_type(dtype)} {name} = {text};")
         if dtype.name == "float64":
@@ -198,7 +222,8 @@ class KernelBuilder:
                 if op in REDUCE_OPS:
                     raise ScheduleConflict(node)
                 return self._compute(node, index, guard)
-            if id(node) in self.produced or not self.allow_extra_outputs or not self._can_host(node, index, guard):
+            if (id(node) in self.produced or id(node) in self.stored_apart or not self.allow_extra_outputs
+                    or not self._can_host(node, index, guard)):
                 return self._load(node, index, guard)
             value = self._compute(node, index, guard)
             self._store(node, value)
@@ -226,6 +251,8 @@ class KernelBuilder:
                 self.materialized[id(node)] = node
             return self._load(node, index, guard)
         if op in ELEMENTWISE_OPS:
+            if node is not self.root:  # how often each value is computed, to find one worth storing
+                self._renders[id(node)] = (self._renders.get(id(node), (0, node))[0] + 1, node)
             sources = [self.render(s, index, guard) for s in node.src]
             depth = max([s.depth for s in sources] + [0])
             return self._emit(depth, node.dtype, self._expression(node, [s.text for s in sources]))
@@ -281,7 +308,7 @@ class KernelBuilder:
             return self.render(source, tuple(inner), guard)
         condition = "&&".join(conditions)
         value = self.render(source, tuple(inner), guard + (condition,))
-        depth = max(value.depth, self._depth_of(index))
+        depth = max(value.depth, self._depth_of(index, guard + (condition,)))
         return self._emit(depth, node.dtype, f"(({condition})?{value.text}:{c.literal(fill, node.dtype)})")
 
     def _load(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
@@ -295,7 +322,7 @@ class KernelBuilder:
         text = _load_expression(node.dtype, name, position)
         if guard:
             text = f"(({'&&'.join(guard)})?{text}:{c.literal(0, node.dtype)})"
-        return self._emit(self._depth_of(index), node.dtype, text)
+        return self._emit(self._depth_of(index, guard), node.dtype, text)
 
     def _rand(self, node: Node, index: Index) -> _Value:
         self.uses_rand = True

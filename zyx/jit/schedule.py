@@ -18,7 +18,7 @@ from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .rewrite import split_reductions
 from .tiling import choose_tile
-from .render import KernelBuilder, RenderedKernel, ScheduleConflict
+from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
 
 
 @dataclass(frozen=True)
@@ -51,16 +51,30 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> 
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
-                  allow_extra_outputs: bool) -> RenderedKernel:
-    """On a GPU, a kernel whose few outputs each need a long reduction is built again with work groups."""
+                  allow_extra_outputs: bool, stored_apart: set[int]) -> RenderedKernel:
+    """On a GPU, a kernel whose few outputs each need a long reduction is built again with work groups.
+    A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again."""
+    while True:
+        saved_materialized, saved_produced = dict(materialized), set(produced)
+        try:
+            return _build_shaped(root, materialized, produced, traits, allow_extra_outputs, frozenset(stored_apart))
+        except KernelTooLarge as too_large:
+            materialized.clear(), materialized.update(saved_materialized)
+            produced.clear(), produced.update(saved_produced)
+            materialized[id(too_large.node)] = too_large.node
+            stored_apart.add(id(too_large.node))
+
+
+def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
+                  allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
     saved_materialized, saved_produced = dict(materialized), set(produced)
     tile = choose_tile(root, materialized)
-    kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile).build()
+    kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
     if not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS or not _longest_reduction(kernel, root):
         return kernel
     materialized.clear(), materialized.update(saved_materialized)
     produced.clear(), produced.update(saved_produced)
-    return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size).build()
+    return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size, apart).build()
 
 
 def _longest_reduction(kernel: RenderedKernel, root: Node) -> bool:
@@ -78,6 +92,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
     position = {id(node): i for i, node in enumerate(toposort(targets))}
     materialized: dict[int, Node] = {id(t): t for t in targets}
     produced: set[int] = set()
+    stored_apart: set[int] = set()  # values recomputed too often inside one kernel: each gets its own
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
@@ -93,7 +108,8 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
         _, key = heapq.heappop(queue)
         if key in produced:
             continue
-        kernels.append(_build_kernel(materialized[key], materialized, produced, traits, allow_extra_outputs))
+        kernels.append(_build_kernel(materialized[key], materialized, produced, traits, allow_extra_outputs,
+                                     stored_apart))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
 
