@@ -7,9 +7,11 @@ cannot be opened leaves zyx working from memory.
 """
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Optional
 
 import diskcache
@@ -20,10 +22,21 @@ from .cache_key import device_fingerprint, zyx_version
 from .program import Launch, Program
 
 FORMAT = "program-1"
+SCHEDULER_MODULES = ("program", "render", "rewrite", "schedule", "symbolic", "tiling", "opencl_c")
+
+
+@functools.lru_cache(maxsize=1)
+def scheduler_fingerprint() -> str:
+    """A hash of the code that turns traces into programs: a changed scheduler never reuses old programs."""
+    digest = xxhash.xxh3_64()
+    for name in SCHEDULER_MODULES:
+        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    return digest.hexdigest()
 
 
 def program_key(structure: str, device: Any) -> str:
-    parts = {"structure": structure, **device_fingerprint(device), "zyx_version": zyx_version(), "format": FORMAT}
+    parts = {"structure": structure, **device_fingerprint(device), "zyx_version": zyx_version(), "format": FORMAT,
+             "scheduler": scheduler_fingerprint()}
     return xxhash.xxh3_128_hexdigest(json.dumps(parts, sort_keys=True).encode())
 
 

@@ -28,6 +28,7 @@ _LOOP_VARIABLE = re.compile(r"\br\d+\b")
 
 
 STATEMENT_LIMIT = 384  # per output of a work item: a kernel growing past this recomputes a value too often
+RECOMPUTE_LIMIT = 16   # per output of a work item: a value computed more often than this is stored instead
 
 
 class KernelTooLarge(Exception):
@@ -252,7 +253,10 @@ class KernelBuilder:
             return self._load(node, index, guard)
         if op in ELEMENTWISE_OPS:
             if node is not self.root:  # how often each value is computed, to find one worth storing
-                self._renders[id(node)] = (self._renders.get(id(node), (0, node))[0] + 1, node)
+                count = self._renders.get(id(node), (0, node))[0] + 1
+                self._renders[id(node)] = (count, node)
+                if count > RECOMPUTE_LIMIT * max(len(self.elements), 1):
+                    raise KernelTooLarge(node)
             sources = [self.render(s, index, guard) for s in node.src]
             depth = max([s.depth for s in sources] + [0])
             return self._emit(depth, node.dtype, self._expression(node, [s.text for s in sources]))
