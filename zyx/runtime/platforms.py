@@ -129,8 +129,34 @@ def select_device(platform: int | str | None = None, device: int | str | None = 
     ]
     if not candidates:
         raise ValueError(f"no OpenCL device matches platform={platform!r}, device={device!r}; available:\n{_listing()}")
-    _, best = max(candidates, key=lambda pair: preference(pair[0]))
-    return best
+    ranked = sorted(candidates, key=lambda pair: preference(pair[0]), reverse=True)
+    if platform is not None or device is not None:
+        return ranked[0][1]  # an explicit choice is honoured even if it turns out not to compile
+    failures = []
+    for description, cl_device in ranked:
+        problem = compile_problem(cl_device)
+        if problem is None:
+            return cl_device
+        failures.append(f"{description['device']} on {description['platform_version']}: {problem}")
+    raise RuntimeError("no OpenCL device here can compile a kernel:\n  " + "\n  ".join(failures))
+
+
+_PROBE = "__kernel void zyx_probe(__global float* x) { x[get_global_id(0)] += 1.0f; }"
+_compile_problems: dict[int, str | None] = {}
+
+
+def compile_problem(cl_device: cl.Device) -> str | None:
+    """Why `cl_device` cannot build a trivial kernel (None when it can); the pip wheel's PoCL 3.0 cannot on
+    CPUs newer than its LLVM (e.g. AMD Zen 5: "unknown target CPU 'generic'"), so the default skips it."""
+    key = cl_device.int_ptr
+    if key not in _compile_problems:
+        try:
+            cl.Program(cl.Context([cl_device]), _PROBE).build()
+            _compile_problems[key] = None
+        except cl.Error as error:
+            lines = str(error).strip().splitlines()
+            _compile_problems[key] = next((line for line in lines if "error" in line.lower()), lines[-1])[:200]
+    return _compile_problems[key]
 
 
 def select_device_by_ordinal(ordinal: int) -> cl.Device:
