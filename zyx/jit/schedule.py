@@ -68,7 +68,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
 def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
     saved_materialized, saved_produced = dict(materialized), set(produced)
-    tile = choose_tile(root, materialized)
+    tile = choose_tile(root, materialized, traits.gpu)
     kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
     if not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS or not _longest_reduction(kernel, root):
         return kernel
