@@ -125,14 +125,17 @@ class Expr:
         assert k > 0
         if k == 1:
             return Expr(0)
+        if self.lo >= 0 and self.hi < k:
+            return self
         rest = Expr(self.const % k, {a: c for a, c in self.terms.items() if c % k != 0})
         if rest.lo >= 0 and rest.hi < k:
             return rest
         if rest.lo >= 0 and rest.lo // k == rest.hi // k:
             return rest - (rest.lo // k) * k
-        if rest.lo < 0:
+        target = rest if rest.lo >= 0 else self  # dropping multiples of k can leave a negative remainder
+        if target.lo < 0:
             raise ValueError("modulo of a possibly negative index")
-        return _atom_expr(Atom("mod", 0, min(k - 1, rest.hi), expr=rest, k=k))
+        return _atom_expr(Atom("mod", 0, min(k - 1, target.hi), expr=target, k=k))
 
     # ---- rendering ---------------------------------------------------------------------------------------
     def render(self) -> str:
