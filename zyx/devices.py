@@ -20,9 +20,9 @@ class Device:
         return f"zyx.{self.label}"
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, nodes: Sequence[Node]) -> list[Any]:
-        """Device buffers holding the values of `nodes`."""
-        return self.backend.realize(list(nodes))
+    def realize(self, nodes: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
+        """Device buffers holding the values of `nodes` (`order`: their toposort, if known)."""
+        return self.backend.realize(list(nodes), order)
 
     def upload(self, array: np.ndarray) -> Any:
         return self.backend.upload(array)

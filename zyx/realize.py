@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .trace.node import toposort
 from .trace.origin import detached_copy
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ def realize(*tensors: "Tensor") -> None:
     for node in pending.values():
         by_device.setdefault(id(node.device), []).append(node)  # type: ignore[attr-defined]
     for nodes in by_device.values():
-        origins = detached_copy(nodes)
-        buffers = nodes[0].device.realize(nodes)
+        order = toposort(nodes)
+        origins = detached_copy(nodes, order=order)
+        buffers = nodes[0].device.realize(nodes, order)
         for node, buffer, origin in zip(nodes, buffers, origins):
             node.become_buffer(buffer, origin)

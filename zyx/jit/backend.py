@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyopencl as cl
@@ -46,8 +46,8 @@ class JitBackend:
             raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, targets: Sequence[Node]) -> list[Any]:
-        key, leaves, rands = signature(targets)
+    def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
+        key, leaves, rands = signature(targets, order)
         program = self.program_for(key, targets, leaves, rands)
         inputs = [leaf.buffer for leaf in leaves]
         if any(b is None for b in inputs):

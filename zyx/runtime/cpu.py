@@ -5,7 +5,7 @@ Intermediates are dropped right after their last consumer.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -104,9 +104,9 @@ class CPUBackend:
     def download(self, buffer: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return buffer.reshape(shape).copy()
 
-    def realize(self, targets: Sequence[Node]) -> list[np.ndarray]:
+    def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[np.ndarray]:
         """Values of `targets` (contiguous arrays), freeing each intermediate after its last use."""
-        order = toposort(targets)
+        order = toposort(targets) if order is None else order
         remaining_uses: dict[int, int] = {}
         for node in order:
             for src in node.src:

@@ -5,7 +5,7 @@ which leaves are first met does, so the caches keyed on it can bind inputs by po
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import xxhash
 
@@ -15,9 +15,10 @@ from .ops import Op
 
 def describe(node: Node, numbering: dict[int, int]) -> str:
     """One node as text: op, shape, dtype, the arg that changes semantics, and its sources by number."""
-    arg = "" if node.op in (Op.BUFFER, Op.RAND) else repr(_arg_text(node.arg))
-    sources = ",".join(str(numbering[id(s)]) for s in node.src)
-    return f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|{sources}"
+    if node.key is None:  # the part that depends on the node alone is kept on it
+        arg = "" if node.op in (Op.BUFFER, Op.RAND) else repr(_arg_text(node.arg))
+        node.key = f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|"
+    return node.key + ",".join([str(numbering[id(s)]) for s in node.src])
 
 
 def _arg_text(arg: object) -> object:
@@ -33,22 +34,22 @@ def structural_hash(roots: Sequence[Node]) -> str:
     return signature(roots)[0]
 
 
-def signature(roots: Sequence[Node]) -> tuple[str, list[Node], list[Node]]:
+def signature(roots: Sequence[Node], order: Optional[list[Node]] = None) -> tuple[str, list[Node], list[Node]]:
     """The structural hash, with the BUFFER leaves and RAND nodes in the order the hash numbered them.
 
-    A program cached under the hash binds its inputs by these positions.
+    A program cached under the hash binds its inputs by these positions. `order`: `toposort(roots)`, if known.
     """
-    digest = xxhash.xxh3_128()
     numbering: dict[int, int] = {}
     leaves: list[Node] = []
     rands: list[Node] = []
-    for node in toposort(roots):
+    parts = []
+    for node in (toposort(roots) if order is None else order):
         numbering[id(node)] = len(numbering)
         if node.op is Op.BUFFER:
             leaves.append(node)
         elif node.op is Op.RAND:
             rands.append(node)
-        digest.update(describe(node, numbering).encode())
-        digest.update(b";")
+        parts.append(describe(node, numbering))
+    digest = xxhash.xxh3_128(";".join(parts).encode())
     digest.update(("roots:" + ",".join(str(numbering[id(r)]) for r in roots)).encode())
     return digest.hexdigest(), leaves, rands

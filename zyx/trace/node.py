@@ -17,12 +17,13 @@ Shape = tuple[int, ...]
 
 
 class Node:
-    __slots__ = ("op", "src", "arg", "shape", "dtype", "device", "buffer", "origin", "__weakref__")
+    __slots__ = ("op", "src", "arg", "shape", "dtype", "device", "buffer", "origin", "key", "__weakref__")
 
     def __init__(self, op: Op, src: tuple["Node", ...], arg: Any, shape: Shape, dtype: DType, device: Any):
         self.op, self.src, self.arg = op, src, arg
         self.shape, self.dtype, self.device = shape, dtype, device
         self.buffer: Any = None
+        self.key: str | None = None  # the structural hash's text for this node alone (hashing.py fills it)
         self.origin: Node | None = None  # after realization: how it was computed, for autodiff (see origin.py)
 
     @property
@@ -36,6 +37,7 @@ class Node:
     def become_buffer(self, buffer: Any, origin: "Node | None" = None) -> None:
         """Turn into a leaf holding `buffer`, releasing the graph above (`origin` keeps a detached copy)."""
         self.op, self.src, self.arg, self.buffer, self.origin = Op.BUFFER, (), None, buffer, origin
+        self.key = None
 
     def __repr__(self) -> str:
         return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
@@ -200,17 +202,16 @@ def toposort(roots: Sequence[Node]) -> list[Node]:
     for root in roots:
         if id(root) in seen:
             continue
-        stack: list[tuple[Node, bool]] = [(root, False)]
+        seen.add(id(root))
+        stack = [(root, iter(root.src))]
         while stack:
-            node, expanded = stack.pop()
-            if expanded:
-                order.append(node)
-                continue
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            stack.append((node, True))
-            for src in reversed(node.src):
+            node, sources = stack[-1]
+            for src in sources:
                 if id(src) not in seen:
-                    stack.append((src, False))
+                    seen.add(id(src))
+                    stack.append((src, iter(src.src)))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
     return order

@@ -41,10 +41,12 @@ def is_data_leaf(node: Node) -> bool:
     return node.op is Op.BUFFER and node.origin is None and not isinstance(node, Recorded)
 
 
-def detached_copy(roots: Sequence[Node], copies: Optional[dict[int, Node]] = None) -> list[Node]:
-    """Copies of the unrealized graphs below `roots` (shared work is copied once per `copies` dict)."""
+def detached_copy(roots: Sequence[Node], copies: Optional[dict[int, Node]] = None,
+                  order: Optional[list[Node]] = None) -> list[Node]:
+    """Copies of the unrealized graphs below `roots` (shared work is copied once per `copies` dict;
+    `order`: `toposort(roots)`, if known)."""
     copies = {} if copies is None else copies
-    for node in toposort(roots):
+    for node in (toposort(roots) if order is None else order):
         if id(node) in copies:
             continue
         if isinstance(node, Recorded) or is_data_leaf(node):
