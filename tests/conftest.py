@@ -18,9 +18,9 @@ def make_device(name: str) -> "zyx.Device":
     raise ValueError(f"unknown test device {name!r}")
 
 
-# Devices the device-generic tests run on. Only "cpu" for now: the OpenCL JIT engineer adds "opencl" here
-# once zyx.OpenCL() works, and every test that takes the `device` fixture then runs on both.
-TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu").split(",")
+# Devices the device-generic tests run on: both by default, so every such test is also a differential test of
+# the OpenCL JIT against the numpy reference. ZYX_TEST_DEVICES=cpu narrows it (e.g. where OpenCL is missing).
+TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu,opencl").split(",")
 
 
 @pytest.fixture(params=TEST_DEVICES)
