@@ -196,3 +196,25 @@ def test_usage_errors_are_one_line(tmp_path):
     assert_one_line_error(zyx(tmp_path, "cache", "ls", "--sort", "colour"), 2, "--sort")
     assert_one_line_error(zyx(tmp_path), 2, "COMMAND")
     assert_one_line_error(zyx(tmp_path, "cache", "show"), 2, "KEY")
+
+
+def test_clear_also_removes_scheduled_programs_and_the_next_run_compiles_again(tmp_path):
+    script = ("import numpy as np, zyx; x = zyx.OpenCL().tensor(np.arange(6, dtype=np.float32)); "
+              "print(((x * 2).exp().sum()).item(), zyx.stats()['kernels_compiled'], zyx.stats()['graphs_scheduled'])")
+
+    def run():
+        finished = subprocess.run([sys.executable, "-c", script], env=environment(tmp_path), capture_output=True,
+                                  text=True, timeout=120)
+        assert finished.returncode == 0, finished.stderr
+        value, compiled, scheduled = finished.stdout.split()
+        return float(value), int(compiled), int(scheduled)
+
+    first = run()
+    assert first[1] >= 1 and first[2] >= 1
+    assert run()[1:] == (0, 0)
+    assert len(listed(tmp_path)) >= 1
+    cleared = zyx(tmp_path, "cache", "clear", "--yes")
+    assert cleared.returncode == 0 and "scheduled programs" in cleared.stdout
+    assert listed(tmp_path) == []
+    again = run()
+    assert again[1:] == first[1:] and again[0] == pytest.approx(first[0])

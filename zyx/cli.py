@@ -127,6 +127,8 @@ def cache_info(args: argparse.Namespace) -> int:
     print(f"directory   {info['directory']}")
     print(f"entries     {info['entries']}")
     print(f"size        {format_bytes(info['bytes'])} of {format_bytes(info['size_limit'])}")
+    from .jit.program_store import default_program_store
+    print(f"programs    {len(default_program_store())} scheduled programs (cleared with the kernels)")
     for title, counts in (("per device", info["by_device"]), ("per zyx version", info["by_zyx_version"])):
         print(title)
         print_table(sorted(counts.items()), indent="  ")
@@ -142,7 +144,11 @@ def cache_clear(args: argparse.Namespace) -> int:
             print("nothing removed")
             return 1
     removed = cache.clear(device=args.device, older_than_seconds=older_than)
-    print(f"removed {removed} entries")
+    message = f"removed {removed} entries"
+    if args.device is None and older_than is None:  # everything: the scheduled programs go too
+        from .jit.program_store import default_program_store
+        message += f" and {default_program_store().clear()} scheduled programs"
+    print(message)
     return 0
 
 
