@@ -70,28 +70,11 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     saved_materialized, saved_produced = dict(materialized), set(produced)
     tile = choose_tile(root, materialized, traits.gpu)
     kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
-    if not traits.gpu or tile:
-        return kernel
-    looping = "for (" in kernel.source
-    if looping and (kernel.global_size >= GROUP_MAX_OUTPUTS or not _longest_reduction(kernel, root)):
-        return kernel
+    if not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS or not _longest_reduction(kernel, root):
+        return kernel  # (elementwise kernels as they are reach ~2.5 TB/s on an H100: bench/README.md)
     materialized.clear(), materialized.update(saved_materialized)
     produced.clear(), produced.update(saved_produced)
-    if looping:
-        return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size, apart).build()
-    return _gpu_elementwise(root, materialized, produced, traits, allow_extra_outputs, apart)
-
-
-def _gpu_elementwise(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
-                     allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
-    """Several neighbouring outputs per work item and full work groups: fewer, busier threads."""
-    upcast, local = int(os.environ.get("ZYX_GPU_UPCAST", "4")), int(os.environ.get("ZYX_GPU_LOCAL", "256"))
-    axes = [a for a, size in enumerate(root.shape) if size > 1]
-    tile = {axes[-1]: upcast} if axes and upcast > 1 and root.shape[axes[-1]] % upcast == 0 else None
-    kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
-    if local and kernel.global_size % local == 0:
-        kernel.local_size = local
-    return kernel
+    return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size, apart).build()
 
 
 def _longest_reduction(kernel: RenderedKernel, root: Node) -> bool:
