@@ -18,6 +18,7 @@ bool = bool_  # noqa: A001  (zyx.bool, as torch.bool)
 __version__ = "0.1.0"
 
 __all__ = [
+    "jit", "memory_stats", "reset_peak_memory", "nn", "save", "load",
     "Tensor", "Device", "CPU", "OpenCL", "DType", "ShapeError", "tensor", "zeros", "ones", "full", "eye", "arange",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
     "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",

@@ -1,7 +1,6 @@
 """The OpenCL device's realize: hash the trace, reuse or build its Program, compile through the cache, run."""
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Optional, Sequence
 
@@ -17,6 +16,7 @@ from .cache import default_cache
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
+from ..debug import debug_level
 
 
 class JitBackend:
@@ -86,7 +86,7 @@ class JitBackend:
         kernels, scheduled_targets = schedule(targets, self.traits)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
-        if _debug() >= 3:
+        if debug_level() >= 3:
             print(f"zyx schedule: {len(targets)} targets -> {program.kernel_count} kernels: "
                   + ", ".join(l.name for l in program.launches), file=sys.stderr)
         return program
@@ -95,7 +95,7 @@ class JitBackend:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
         kernel = self._kernels.get(source)
         if kernel is None:
-            if _debug() >= 2:
+            if debug_level() >= 2:
                 print(f"zyx kernel {name}:\n{source}", file=sys.stderr)
             built = default_cache().build(self.runtime.context, self.runtime.device, source)
             kernel = getattr(built, name)
@@ -114,8 +114,3 @@ class JitBackend:
         return commit
 
 
-def _debug() -> int:
-    try:
-        return int(os.environ.get("ZYX_DEBUG", "0"))
-    except ValueError:
-        return 0

@@ -33,6 +33,7 @@ from zyx.jit.cache_key import (
     zyx_version,
 )
 from zyx.counters import bump
+from ..debug import debug_level
 
 __all__ = ["CacheDirectoryWarning", "CacheWarning", "KernelCache", "cache_directory", "default_cache",
            "device_fingerprint", "device_matches", "parse_size", "selected"]
@@ -98,13 +99,6 @@ def _size_limit_from_env() -> int:
     except ValueError as error:
         warnings.warn(f"ZYX_CACHE_SIZE: {error}; using 1G", CacheWarning, stacklevel=3)
         return DEFAULT_SIZE_LIMIT
-
-
-def _debug_level() -> int:
-    try:
-        return int(os.environ.get("ZYX_DEBUG", "0"))
-    except ValueError:
-        return 0
 
 
 def _debug(message: str) -> None:
@@ -296,7 +290,7 @@ class KernelCache:
             return None
         self._guarded("write to", lambda: self._record_hit(key))
         bump("cache_disk_hits")
-        if _debug_level() >= 1:
+        if debug_level() >= 1:
             names = ";".join(meta["kernel_names"])
             _debug(f"loaded {names} from the cache in {(time.perf_counter() - start) * 1e3:.1f} ms "
                    f"(key {key[:SHORT_KEY_LENGTH]})")
@@ -311,7 +305,7 @@ class KernelCache:
         bump("cache_misses")
         bump("compile_seconds", seconds)
         vars(program)[_PENDING_ATTRIBUTE] = _Pending(key, components, source, device, seconds)
-        if _debug_level() >= 1:
+        if debug_level() >= 1:
             names = ";".join(_kernel_names(program))
             _debug(f"compiled {names} in {seconds * 1e3:.1f} ms (key {key[:SHORT_KEY_LENGTH]})")
         if os.environ.get("ZYX_DEBUG_CACHE") == "1":

@@ -6,7 +6,6 @@ reusing a pooled buffer safe while earlier kernels that used it are still queued
 """
 from __future__ import annotations
 
-import os
 import sys
 import weakref
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ import pyopencl as cl
 
 from zyx import counters as stats
 from zyx.runtime.memory import BufferPool
+from ..debug import debug_level
 
 _OUT_OF_MEMORY_CODES = frozenset(
     {cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES, cl.status_code.OUT_OF_HOST_MEMORY}
@@ -26,13 +26,6 @@ _PENDING_UPLOADS_BEFORE_PRUNE = 64
 
 def _is_out_of_memory(error: Exception) -> bool:
     return isinstance(error, cl.MemoryError) or getattr(error, "code", None) in _OUT_OF_MEMORY_CODES
-
-
-def _debug_level() -> int:
-    try:
-        return int(os.environ.get("ZYX_DEBUG", "0"))
-    except ValueError:
-        return 0
 
 
 class Buffer:
@@ -137,7 +130,7 @@ class OpenCLBackend:
         args: Sequence[Any],
     ) -> None:
         """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are."""
-        if _debug_level() >= 1:
+        if debug_level() >= 1:
             print(f"zyx launch {kernel.function_name} global={tuple(global_size)} local={local_size}", file=sys.stderr)
         kernel.set_args(*[arg.cl_buffer if isinstance(arg, Buffer) else arg for arg in args])
         cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
