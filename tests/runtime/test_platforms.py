@@ -22,9 +22,11 @@ def _fake(platform_index, platform_version, device_type, device_index=0, device=
 
 @pytest.fixture
 def fake_machine(monkeypatch):
-    """Replaces enumeration with the given (description, device) pairs."""
-    def install(*pairs):
+    """Replaces enumeration with the given (description, device) pairs; devices named in `broken` cannot compile."""
+    def install(*pairs, broken=()):
         monkeypatch.setattr(platforms, "_enumerate", lambda: tuple(pairs))
+        monkeypatch.setattr(platforms, "compile_problem",
+                            lambda device: "unknown target CPU 'generic'" if device in broken else None)
     return install
 
 
@@ -105,6 +107,17 @@ def test_gpu_beats_any_cpu(fake_machine):
     nvidia = _fake(1, "OpenCL 3.0 CUDA 13.0.48", "GPU")
     fake_machine(pocl, nvidia)
     assert select_device() == nvidia[1]
+
+
+def test_a_device_that_cannot_compile_is_passed_over(fake_machine):
+    newest = _fake(0, "OpenCL 3.0 PoCL 6.0", "CPU")
+    older = _fake(1, "OpenCL 3.0 PoCL 3.1", "CPU")
+    fake_machine(newest, older, broken=(newest[1],))
+    assert select_device() == older[1]
+    assert select_device(platform=0) == newest[1]  # an explicit choice is honoured
+    fake_machine(newest, broken=(newest[1],))
+    with pytest.raises(RuntimeError, match="unknown target CPU"):
+        select_device()
 
 
 def test_single_device_is_chosen(fake_machine):
