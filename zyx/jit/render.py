@@ -439,12 +439,20 @@ class KernelBuilder:
         body = "\n".join("  " + line.replace("\n", "\n  ") for line in self._scopes[0].lines + self._stores)
         source = (c.prelude(self.uses_double, self.uses_rand)
                   + f"__kernel void {name}({', '.join(signature)}) {{\n"
-                  + (f"  {index_type} gid = get_group_id(0);\n  int lid = get_local_id(0);\n" if self.group else
-                     f"  {index_type} gid = get_global_id(0);\n")
+                  + self._header(index_type)
                   + body + "\n}\n")
         loads = [p.node for p in self.params if p.kind == "load"]
+        global_size, local_size = self._launch_shape()
         return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,
-                              self._misaligned, self.work_items * max(self.group, 1), self.group or None)
+                              self._misaligned, global_size, local_size)
+
+    def _header(self, index_type: str) -> str:
+        if self.group:
+            return f"  {index_type} gid = get_group_id(0);\n  int lid = get_local_id(0);\n"
+        return f"  {index_type} gid = get_global_id(0);\n"
+
+    def _launch_shape(self) -> tuple[int, Optional[int]]:
+        return self.work_items * max(self.group, 1), self.group or None
 
 
 def _load_expression(dtype: DType, name: str, position: str) -> str:

@@ -17,7 +17,8 @@ from typing import Sequence
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .rewrite import split_reductions
-from .tiling import choose_tile
+from .matmul import LocalTileBuilder, plan_local_tiles
+from .tiling import choose_tile, hosted_matmul
 from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
 
 
@@ -69,6 +70,9 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
                   allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
     saved_materialized, saved_produced = dict(materialized), set(produced)
     tile = choose_tile(root, materialized, traits.gpu)
+    plan = plan_local_tiles(root, tile, hosted_matmul(root, materialized)) if traits.gpu else None
+    if plan is not None:
+        return LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart, plan=plan).build()
     kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
     if not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS or not _longest_reduction(kernel, root):
         return kernel  # (elementwise kernels as they are reach ~2.5 TB/s on an H100: bench/README.md)

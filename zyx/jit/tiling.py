@@ -47,7 +47,7 @@ def matmul_axes(node: Node) -> Optional[tuple[int, int]]:
     return n_axes[-1], m_axes[-1]
 
 
-def _hosted_matmul(root: Node, materialized: dict[int, Node]) -> Optional[Node]:
+def hosted_matmul(root: Node, materialized: dict[int, Node]) -> Optional[Node]:
     """The matrix product this kernel computes at its own output positions, if any."""
     stack, seen = [root], set()
     while stack:
@@ -82,7 +82,7 @@ def _largest_divisor(size: int, limit: int) -> int:
 
 def choose_tile(root: Node, materialized: dict[int, Node], gpu: bool = False) -> Optional[dict[int, int]]:
     """Outputs per work item along the kernel's axes, or None for one output per work item."""
-    product = _hosted_matmul(root, materialized)
+    product = hosted_matmul(root, materialized)
     if product is None:
         return None
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
