@@ -73,6 +73,8 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     plan = plan_local_tiles(root, tile, hosted_matmul(root, materialized)) if traits.gpu else None
     if plan is not None:
         return LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart, plan=plan).build()
+    if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
+        tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
     kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
     if not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS or not _longest_reduction(kernel, root):
         return kernel  # (elementwise kernels as they are reach ~2.5 TB/s on an H100: bench/README.md)
