@@ -9,10 +9,12 @@ read from a buffer that an earlier kernel writes (the scheduler decides which).
 from __future__ import annotations
 
 import itertools
-import re
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Optional
+
+import xxhash
 
 from ..dtypes import DType
 from ..trace.node import Node
@@ -424,7 +426,6 @@ class KernelBuilder:
 
     def _finish(self) -> RenderedKernel:
         kind = ("g" if self.group else "r") if self._has_loop else "e"
-        name = f"{kind}_" + "_".join(str(s) for s in self.space) if self.space else f"{kind}_scalar"
         signature = []
         for p in self.params:
             if p.kind in ("seed", "offset"):
@@ -436,11 +437,12 @@ class KernelBuilder:
             if p.dtype.name == "float64":
                 self.uses_double = True
         index_type = "long" if self.work_items >= 2**31 else "int"
-        body = "\n".join("  " + line.replace("\n", "\n  ") for line in self._scopes[0].lines + self._stores)
-        source = (c.prelude(self.uses_double, self.uses_rand)
-                  + f"__kernel void {name}({', '.join(signature)}) {{\n"
-                  + self._header(index_type)
-                  + body + "\n}\n")
+        body = (f"({', '.join(signature)}) {{\n" + self._header(index_type)
+                + "\n".join("  " + line.replace("\n", "\n  ") for line in self._scopes[0].lines + self._stores)
+                + "\n}\n")
+        # named by content, not shape: a contiguous elementwise kernel serves every shape, compiled once
+        name = f"{kind}_{xxhash.xxh3_64_hexdigest(body.encode())[:12]}"
+        source = c.prelude(self.uses_double, self.uses_rand) + f"__kernel void {name}" + body
         loads = [p.node for p in self.params if p.kind == "load"]
         global_size, local_size = self._launch_shape()
         return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,
