@@ -110,3 +110,11 @@ def prelude(uses_double: bool, uses_rand: bool) -> str:
     if uses_rand:
         lines.append(PHILOX_SOURCE)
     return "\n".join(lines) + "\n"
+
+
+def combine_sources(sources: list[str]) -> str:
+    """One program holding several kernels (each named by its content), with the helpers they need once."""
+    kernels = ["__kernel void " + source.split("__kernel void ", 1)[1] for source in sources]
+    uses_double = any("cl_khr_fp64" in source for source in sources)
+    uses_rand = any("zyx_philox_uniform(" in kernel for kernel in kernels)
+    return prelude(uses_double, uses_rand) + "\n".join(kernels)
