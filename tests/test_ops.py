@@ -377,7 +377,7 @@ def test_sum_promotes_bool_and_int(device):
 
 # ---- hypothesis: broadcasting --------------------------------------------------------------------------------
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=4, min_side=0, max_side=3),
        dtype=st.sampled_from(["float32", "int64"]))
 def test_broadcasting_hypothesis(device, shapes, dtype):
@@ -407,7 +407,7 @@ def _slices(draw, shape):
     return tuple(index)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5),
        layout=st.sampled_from(LAYOUTS))
 def test_slicing_hypothesis(device, data, shape, layout):
@@ -416,7 +416,7 @@ def test_slicing_hypothesis(device, data, shape, layout):
     assert_close(as_view(x, layout, device)[index].numpy(), x[index], "float32")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=4), data=st.data())
 def test_reductions_hypothesis(device, shape, data):
     x = sample(shape, "float64")

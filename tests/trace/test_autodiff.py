@@ -218,7 +218,7 @@ BROADCAST_OPS = {
 }
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1, max_side=3),
        name=st.sampled_from(sorted(BROADCAST_OPS)), seed=st.integers(0, 1000))
 def test_broadcast_gradients_hypothesis(device, shapes, name, seed):
