@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -24,6 +25,8 @@ import numpy as np
 ZYX = "zyx"
 HAND_WRITTEN = "opencl"
 MIN_REPEAT = 5
+INTERLEAVE_BLOCK = 5        # timed runs per case per round when cases are timed in turn
+INTERLEAVE_SETTLE_S = 0.5   # pause before each block: other cases' worker threads stop spinning
 
 # The issue's targets for zyx on the 2-core AMD EPYC CPU machine with Debian's PoCL 3.1.
 TARGETS = {
@@ -34,6 +37,10 @@ TARGETS = {
     "W3 2048³": (140.0, "GFLOP/s"),
     "W3 4096³": (140.0, "GFLOP/s"),
 }
+# The training workloads' targets (train_step.py, cold_start.py): W4 zyx's time per step at most this share
+# of the named peer's; W5 zyx's seconds from process spawn to the first step's loss at most this.
+RELATIVE_TARGETS = {"W4 SGD": ("torch", 0.8), "W4 Adam": ("torch", 0.8)}
+TIME_TARGETS = {"W5 cold": 5.0, "W5 warm": 1.5}
 
 
 # ---- command line ------------------------------------------------------------------------------------------
@@ -169,6 +176,7 @@ class Record:
     unit: str = ""
     ratio: Optional[float] = None
     note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # workload-specific figures (counters, bytes)
 
 
 @dataclass
@@ -189,8 +197,9 @@ def _first_line(error: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-def measure(workload: Workload, implementation: str, make_case: Callable[[Workload], Case],
-            args: argparse.Namespace, expected: np.ndarray) -> Record:
+def _set_up(workload: Workload, implementation: str, make_case: Callable[[Workload], Case],
+            args: argparse.Namespace, expected: np.ndarray) -> tuple[Record, Optional[Case], list[str]]:
+    """Make the case, warm it up and check it: (record, case or None when skipped, notes so far)."""
     record = Record(workload.name, implementation, unit=workload.unit)
     try:
         case = make_case(workload)
@@ -202,30 +211,87 @@ def measure(workload: Workload, implementation: str, make_case: Callable[[Worklo
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=workload.rtol, atol=workload.atol):
             worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
             notes.append(f"MISMATCH vs numpy (shape {got.shape}, max abs err {worst:.3g})")
-        runs = []
-        for _ in range(args.repeat):
-            case.prepare()
-            start = time.perf_counter()
-            case.run()
-            runs.append(time.perf_counter() - start)
-        record.runs_s = runs
-        record.median_s = statistics.median(runs)
-        record.throughput = workload.amount / record.median_s / 1e9
-        record.note = "; ".join(notes)
-    except Skip as why:
-        record.note = f"skipped: {why}"
-    except Exception as error:  # an implementation that breaks must not take the table down with it
-        if os.environ.get("BENCH_TRACEBACK"):
-            traceback.print_exc()
-        record.note = f"skipped: {_first_line(error)}"
+        return record, case, notes
+    except Exception as error:
+        _skipped(record, error)
+        return record, None, []
+
+
+def _skipped(record: Record, error: Exception) -> None:
+    if isinstance(error, Skip):
+        record.note = f"skipped: {error}"
+        return
+    # an implementation that breaks must not take the table down with it
+    if os.environ.get("BENCH_TRACEBACK"):
+        traceback.print_exc()
+    record.note = f"skipped: {_first_line(error)}"
+
+
+def _timed(case: Case) -> float:
+    case.prepare()
+    start = time.perf_counter()
+    case.run()
+    return time.perf_counter() - start
+
+
+def _finish_record(record: Record, workload: Workload, runs: list[float], notes: list[str]) -> None:
+    record.runs_s = runs
+    record.median_s = statistics.median(runs)
+    record.throughput = workload.amount / record.median_s / 1e9
+    record.note = "; ".join(notes)
+
+
+def measure(workload: Workload, implementation: str, make_case: Callable[[Workload], Case],
+            args: argparse.Namespace, expected: np.ndarray) -> Record:
+    record, case, notes = _set_up(workload, implementation, make_case, args, expected)
+    if case is None:
+        return record
+    try:
+        _finish_record(record, workload, [_timed(case) for _ in range(args.repeat)], notes)
+    except Exception as error:
+        _skipped(record, error)
     return record
 
 
-def run_workload(workload: Workload, cases: dict[str, Callable[[Workload], Case]],
-                 args: argparse.Namespace, log=sys.stderr) -> list[Record]:
-    expected = np.asarray(workload.reference(**workload.inputs), dtype=np.float64)
-    records = []
+def measure_interleaved(workload: Workload, cases: dict[str, Callable[[Workload], Case]],
+                        args: argparse.Namespace, expected: np.ndarray, log=sys.stderr,
+                        block: int = INTERLEAVE_BLOCK, settle_s: float = INTERLEAVE_SETTLE_S) -> list[Record]:
+    """Every case set up first, then timed in rounds: each round gives each case a block of `block` timed runs,
+    so that load from other processes on a shared machine falls on all of them alike instead of on whichever
+    ran at the time. A block starts with a pause of `settle_s` and one untimed run: the previous case's
+    threads (OpenBLAS, OpenMP, PoCL workers) keep spinning for a while after its work, and a run that starts
+    among them is slowed (torch's two OpenMP threads took 3× longer right after a numpy or zyx step here)."""
+    prepared = []
     for implementation, make_case in cases.items():
+        if wants(args, implementation):
+            print(f"  {workload.name:<10} {implementation:<11} set up", file=log, flush=True)
+            prepared.append(_set_up(workload, implementation, make_case, args, expected))
+    runs: dict[int, list[float]] = {k: [] for k in range(len(prepared))}
+    while any(len(runs[k]) < args.repeat for k, (_, case, _) in enumerate(prepared) if case is not None):
+        for k, (record, case, _) in enumerate(prepared):
+            if case is None or record.note.startswith("skipped") or len(runs[k]) >= args.repeat:
+                continue
+            try:
+                time.sleep(settle_s)
+                _timed(case)
+                for _ in range(min(block, args.repeat - len(runs[k]))):
+                    runs[k].append(_timed(case))
+            except Exception as error:
+                _skipped(record, error)
+                runs[k] = [0.0] * args.repeat  # done with it
+    for k, (record, case, notes) in enumerate(prepared):
+        if case is not None and not record.note.startswith("skipped"):
+            _finish_record(record, workload, runs[k], notes)
+        shown = f"{record.median_s * 1e3:9.2f} ms" if record.median_s is not None else record.note
+        print(f"  {workload.name:<10} {record.implementation:<11} {shown}", file=log, flush=True)
+    return [record for record, _, _ in prepared]
+
+
+def run_workload(workload: Workload, cases: dict[str, Callable[[Workload], Case]],
+                 args: argparse.Namespace, log=sys.stderr, interleave: bool = False) -> list[Record]:
+    expected = np.asarray(workload.reference(**workload.inputs), dtype=np.float64)
+    records = measure_interleaved(workload, cases, args, expected, log) if interleave else []
+    for implementation, make_case in cases.items() if not interleave else ():
         if not wants(args, implementation):
             continue
         print(f"  {workload.name:<10} {implementation:<11} ...", end="", file=log, flush=True)
@@ -233,12 +299,17 @@ def run_workload(workload: Workload, cases: dict[str, Callable[[Workload], Case]
         shown = f"{record.median_s * 1e3:9.2f} ms" if record.median_s is not None else record.note
         print(f" {shown}", file=log, flush=True)
         records.append(record)
+    set_ratios(records)
+    return records
+
+
+def set_ratios(records: list[Record]) -> None:
+    """Each row's throughput over the best non-zyx row's (one workload's records)."""
     peers = [r.throughput for r in records if r.implementation != ZYX and r.throughput is not None]
     best = max(peers) if peers else None
     for r in records:
         if best and r.throughput is not None:
             r.ratio = r.throughput / best
-    return records
 
 
 # ---- output ------------------------------------------------------------------------------------------------
@@ -259,7 +330,22 @@ def environment(device: Optional[DeviceInfo], device_note: str) -> dict[str, Any
         "numpy": np.__version__,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_average": [round(v, 2) for v in os.getloadavg()],  # other processes share the cores
+        "zyx_commit": _zyx_commit(),
     }
+
+
+def _zyx_commit() -> str:
+    """The checkout's commit, with "+changes" when zyx/ has uncommitted edits (others share the working tree)."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "zyx"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (commit or "?") + ("+changes" if dirty else "")
 
 
 def _fmt_time(seconds: Optional[float]) -> str:
@@ -276,7 +362,7 @@ def table(records: list[Record], env: dict[str, Any]) -> str:
         header = f"no OpenCL device ({env.get('device_note')})"
     lines = [
         f"**{header}**; host {env['cpu']}, Python {env['python']}, numpy {env['numpy']}, "
-        f"load average at the end {env['load_average'][0]}",
+        f"zyx at {env.get('zyx_commit', '?')}, load average at the end {env['load_average'][0]}",
         "",
         *([f"({env['device_note']})", ""] if device and env.get("device_note") else []),
         "| workload | implementation | median | throughput | ratio to best peer | notes |",
@@ -301,9 +387,38 @@ def table(records: list[Record], env: dict[str, Any]) -> str:
             met = met and share >= 0.9
             text += f" and {share:.0%}/90% of the hand-written kernel"
         verdicts.append(f"{text} {'met' if met else 'MISSED'}")
+    verdicts += _training_verdicts(records)
     if verdicts:
         lines += ["", "zyx against the issue's targets (CPU machine, PoCL 3.1): " + "; ".join(verdicts)]
     return "\n".join(lines)
+
+
+def _training_verdicts(records: list[Record]) -> list[str]:
+    """W4 against torch eager's time, W5 against seconds (and a warm cache must neither schedule nor compile)."""
+    verdicts = []
+    for r in records:
+        if r.implementation != ZYX or r.median_s is None:
+            continue
+        if r.workload in RELATIVE_TARGETS:
+            peer, share = RELATIVE_TARGETS[r.workload]
+            base = next((c.median_s for c in records if c.workload == r.workload and c.implementation == peer
+                         and c.median_s is not None), None)
+            if base is not None:
+                ratio = r.median_s / base
+                text = f"{r.workload} {ratio:.2f}/{share} × {peer}'s time {'met' if ratio <= share else 'MISSED'}"
+                variants = [f"{r.median_s / c.median_s:.2f} × {c.implementation}'s" for c in records
+                            if c.workload == r.workload and c.implementation.startswith(peer + "-") and c.median_s]
+                verdicts.append(text + (f" ({', '.join(variants)})" if variants else ""))
+        goal = TIME_TARGETS.get(r.workload.split(" (")[0])  # "W5 cold (SGD)" -> "W5 cold"
+        if goal is not None:
+            met = r.median_s <= goal
+            text = f"{r.workload} {r.median_s:.2f}/{goal} s"
+            if r.workload.startswith("W5 warm "):
+                work = (r.extra.get("kernels_compiled"), r.extra.get("graphs_scheduled"))
+                met = met and work == (0, 0)
+                text += f" with {work[0]} kernels compiled and {work[1]} graphs scheduled (0/0)"
+            verdicts.append(f"{text} {'met' if met else 'MISSED'}")
+    return verdicts
 
 
 def write_json(path: str, records: list[Record], env: dict[str, Any]) -> None:
