@@ -122,10 +122,13 @@ APPROXIMATE = {"gelu": dict(rtol=1e-6, atol=1e-6)}  # erf by Abramowitz-Stegun 7
 def test_unary(device, name, dtype):
     op, reference, bounds = UNARY[name]
     low, high = bounds or (-3, 3)
+    cases = []
     for shape, layout in [((), "contiguous"), ((0,), "contiguous"), ((1,), "contiguous"), ((3, 5), "permuted"),
                           ((2, 3, 4), "flipped"), ((4, 3), "strided")]:
         x = sample(shape, dtype, low, high)
-        result = op(as_view(x, layout, device))
+        cases.append((x, op(as_view(x, layout, device))))
+    zyx.realize(*(result for _, result in cases))  # one program: on OpenCL one build for all the kernels
+    for x, result in cases:
         with np.errstate(all="ignore"):
             expected = reference(x)
         assert result.shape == expected.shape
@@ -254,16 +257,19 @@ def _binary_inputs(name, shape_a, shape_b, dtype):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_binary(device, name, dtype):
     op, reference = BINARY[name]
+    cases = []
     for (shape_a, shape_b), layout in zip(BROADCAST, LAYOUTS * 2):
         a, b = _binary_inputs(name, shape_a, shape_b, dtype)
         for x, y in [(a, b), (b, a)] if name not in ("pow",) else [(a, b)]:
-            result = op(as_view(x, layout, device), zyx.tensor(y, device=device))
-            with np.errstate(all="ignore"):
-                expected = reference(x, y)
-            assert result.shape == expected.shape, (name, x.shape, y.shape)
-            kind = "bool" if expected.dtype == bool else dtype
-            assert result.dtype.name == kind
-            assert_close(result.numpy(), expected, kind)
+            cases.append((x, y, op(as_view(x, layout, device), zyx.tensor(y, device=device))))
+    zyx.realize(*(result for _, _, result in cases))  # one program: on OpenCL one build for all the kernels
+    for x, y, result in cases:
+        with np.errstate(all="ignore"):
+            expected = reference(x, y)
+        assert result.shape == expected.shape, (name, x.shape, y.shape)
+        kind = "bool" if expected.dtype == bool else dtype
+        assert result.dtype.name == kind
+        assert_close(result.numpy(), expected, kind)
 
 
 INT_BINARY = ["add", "sub", "mul", "floordiv", "mod", "maximum", "minimum", "lt", "le", "gt", "ge", "eq", "ne",
@@ -477,6 +483,7 @@ def test_reductions(device, name, dtype):
                           ((2, 3, 4), "strided"), ((1, 1, 5), "contiguous"), ((3, 0, 2), "contiguous")]:
         x = sample(shape, dtype, 0.5, 1.5) if name == "prod" else sample(shape, dtype)
         t = as_view(x, layout, device)
+        cases = []
         for axis in _reduce_cases(len(shape)):
             axes = () if axis is None else axis if isinstance(axis, tuple) else (axis,)
             reduces_empty = any(shape[a] == 0 for a in axes) or (axis is None and x.size == 0)
@@ -485,13 +492,15 @@ def test_reductions(device, name, dtype):
                     with pytest.raises(ValueError):
                         op(t, axis, keepdim)
                     continue
-                with np.errstate(all="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    expected = np.asarray(reference(x, axis, keepdim))
-                result = op(t, axis, keepdim)
-                assert result.dtype.name == dtype
-                assert_close(result.numpy(), expected.astype(dtype), dtype, dict(rtol=1e-5, atol=1e-5)
-                             if dtype == "float32" else dict(rtol=1e-10, atol=1e-10))
+                cases.append((axis, keepdim, op(t, axis, keepdim)))
+        zyx.realize(*(result for _, _, result in cases))  # one program: on OpenCL one build for its kernels
+        for axis, keepdim, result in cases:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = np.asarray(reference(x, axis, keepdim))
+            assert result.dtype.name == dtype
+            assert_close(result.numpy(), expected.astype(dtype), dtype, dict(rtol=1e-5, atol=1e-5)
+                         if dtype == "float32" else dict(rtol=1e-10, atol=1e-10))
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "bool"])
