@@ -88,7 +88,7 @@ def _in_place_aliases(kernels: Sequence[RenderedKernel], targets: Sequence[Node]
         if target.numel * target.dtype.itemsize != leaf.numel * leaf.dtype.itemsize or target.numel == 0:
             continue
         writer = next(k for k, kernel in enumerate(kernels) if any(o is target for o in kernel.outputs))
-        if id(leaf) in kernels[writer].misaligned or len(kernels[writer].outputs) != 1:
+        if id(leaf) in kernels[writer].misaligned:
             continue
         if any(leaf in kernel.loads for kernel in kernels[writer + 1:]):
             continue

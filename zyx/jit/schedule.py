@@ -18,7 +18,7 @@ from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .rewrite import split_reductions
 from .matmul import LocalTileBuilder, plan_local_tiles
-from .tiling import choose_tile, hosted_matmul
+from .tiling import choose_tile, hosted_matmul, matmul_axes
 from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
 
 
@@ -95,8 +95,10 @@ def _hosted_nodes(root: Node) -> list[Node]:
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:
-    position = {id(node): i for i, node in enumerate(toposort(targets))}
+    order = toposort(targets)
+    position = {id(node): i for i, node in enumerate(order)}
     materialized: dict[int, Node] = {id(t): t for t in targets}
+    materialized.update(_shared_products(order))
     produced: set[int] = set()
     stored_apart: set[int] = set()  # values recomputed too often inside one kernel: each gets its own
     kernels: list[RenderedKernel] = []
@@ -118,6 +120,26 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
                                      stored_apart))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
+
+
+def _shared_products(order: list[Node]) -> dict[int, Node]:
+    """Matrix products read by several consumers (a gradient feeding Adam's three updates) get a tiled kernel of
+    their own; fused into each consumer they would be computed once per consumer, untiled."""
+    users: dict[int, int] = {}
+    for node in order:
+        for source in node.src:
+            users[id(source)] = users.get(id(source), 0) + 1
+    shared = {}
+    for node in order:
+        if node.op is Op.RESHAPE and node.src[0].op is Op.SUM and users.get(id(node.src[0])) == 1:
+            product, readers = node.src[0], users.get(id(node), 0)
+        elif node.op is Op.SUM:
+            product, readers = node, users.get(id(node), 0)
+        else:
+            continue
+        if readers > 1 and matmul_axes(product) is not None:
+            shared[id(product)] = product
+    return shared
 
 
 def _launch_order(kernels: list[RenderedKernel], allow_extra_outputs: bool) -> list[RenderedKernel]:
