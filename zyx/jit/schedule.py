@@ -98,9 +98,10 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
     order = toposort(targets)
     position = {id(node): i for i, node in enumerate(order)}
     materialized: dict[int, Node] = {id(t): t for t in targets}
-    materialized.update(_shared_products(order))
+    shared = _shared_products(targets)
+    materialized.update(shared)
     produced: set[int] = set()
-    stored_apart: set[int] = set()  # values recomputed too often inside one kernel: each gets its own
+    stored_apart: set[int] = set(shared)  # shared products, and values a kernel would recompute too often
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
@@ -122,24 +123,24 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
     return _launch_order(kernels, allow_extra_outputs)
 
 
-def _shared_products(order: list[Node]) -> dict[int, Node]:
-    """Matrix products read by several consumers (a gradient feeding Adam's three updates) get a tiled kernel of
-    their own; fused into each consumer they would be computed once per consumer, untiled."""
-    users: dict[int, int] = {}
-    for node in order:
-        for source in node.src:
-            users[id(source)] = users.get(id(source), 0) + 1
-    shared = {}
-    for node in order:
-        if node.op is Op.RESHAPE and node.src[0].op is Op.SUM and users.get(id(node.src[0])) == 1:
-            product, readers = node.src[0], users.get(id(node), 0)
-        elif node.op is Op.SUM:
-            product, readers = node, users.get(id(node), 0)
-        else:
-            continue
-        if readers > 1 and matmul_axes(product) is not None:
-            shared[id(product)] = product
-    return shared
+def _shared_products(targets: Sequence[Node]) -> dict[int, Node]:
+    """Matrix products that several targets fuse (a gradient feeding Adam's three updates) get a tiled kernel of
+    their own; fused into each target's kernel they would be computed once per target, untiled."""
+    fused_into: dict[int, int] = {}
+    products: dict[int, Node] = {}
+    for target in targets:
+        stack, seen = [target], set()
+        while stack:
+            node = stack.pop()
+            if id(node) in seen or node.op is Op.BUFFER:
+                continue
+            seen.add(id(node))
+            if node.op is Op.SUM and matmul_axes(node) is not None:
+                fused_into[id(node)] = fused_into.get(id(node), 0) + 1
+                products[id(node)] = node
+            elif node.op not in REDUCE_OPS:
+                stack.extend(node.src)
+    return {key: products[key] for key, count in fused_into.items() if count > 1}
 
 
 def _launch_order(kernels: list[RenderedKernel], allow_extra_outputs: bool) -> list[RenderedKernel]:
