@@ -440,3 +440,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(0)
     if args.repeat < MIN_REPEAT:
         print(f"note: --repeat {args.repeat} is below {MIN_REPEAT}; medians of so few runs are noisy", file=sys.stderr)
+
+
+def script_main(description: str, run, add_arguments=None) -> None:
+    """The command line of one benchmark script: parse, pick the device, run, print the table."""
+    p = parser(description)
+    if add_arguments is not None:
+        add_arguments(p)
+    args = p.parse_args()
+    check_args(args)
+    device, cl_device, why = pick_device(args.device)
+    finish(args, run(args, device, cl_device), device, why)

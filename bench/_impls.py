@@ -53,19 +53,25 @@ def torch_case(expression: Callable[..., Any]):
 
 
 # ---- tinygrad on its CL backend ----------------------------------------------------------------------------
+def tinygrad_cl_device(device: DeviceInfo) -> Any:
+    """tinygrad's CL device, if it is the benchmarked one (it opens the first platform of the system ICD loader)."""
+    try:
+        from tinygrad import Device
+    except Exception as error:
+        raise Skip(f"tinygrad not importable ({error}); pip install -e '.[bench]'")
+    cl_device = Device["CL"]
+    if (cl_device.device_name.strip(), cl_device.driver_version.strip()) != (device.name, device.driver):
+        raise Skip(f"tinygrad's CL backend opened {cl_device.device_name!r} ({cl_device.driver_version}), "
+                   f"not the benchmarked device")
+    return cl_device
+
+
 def tinygrad_case(expression: Callable[..., Any], device: Optional[DeviceInfo]):
     def make(workload: Workload) -> Case:
         if device is None:
             raise Skip("no OpenCL device")
-        try:
-            from tinygrad import Device, Tensor
-        except Exception as error:
-            raise Skip(f"tinygrad not importable ({error}); pip install -e '.[bench]'")
-        cl_device = Device["CL"]
-        # tinygrad's CL backend opens the first platform of the system ICD loader; make sure that is our device.
-        if (cl_device.device_name.strip(), cl_device.driver_version.strip()) != (device.name, device.driver):
-            raise Skip(f"tinygrad's CL backend opened {cl_device.device_name!r} ({cl_device.driver_version}), "
-                       f"not the benchmarked device")
+        cl_device = tinygrad_cl_device(device)
+        from tinygrad import Tensor
         tensors = {k: Tensor(np.ascontiguousarray(v), device="CL").realize() for k, v in workload.inputs.items()}
         cl_device.synchronize()
         built: list[Any] = []

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _harness import Workload, check_args, finish, parser, pick_device, run_workload  # noqa: E402
+from _harness import Workload, run_workload, script_main  # noqa: E402
 from _impls import numpy_case, tinygrad_case, torch_case, zyx_case  # noqa: E402
 
 
@@ -60,12 +60,7 @@ def run(args, device, cl_device) -> list:
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    add_arguments(p)
-    args = p.parse_args()
-    check_args(args)
-    device, cl_device, why = pick_device(args.device)
-    finish(args, run(args, device, cl_device), device, why)
+    script_main(__doc__.splitlines()[0], run, add_arguments)
 
 
 if __name__ == "__main__":

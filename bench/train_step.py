@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from _harness import (Case, Record, Skip, Workload, check_args, finish, parser, pick_device,  # noqa: E402
                       run_workload, set_ratios, wants)
-from _impls import _version  # noqa: E402
+from _impls import _version, tinygrad_cl_device  # noqa: E402
 
 SIZES = (784, 512, 512, 10)
 BATCH = 512
@@ -208,15 +208,9 @@ def tinygrad_case(optimizer: str, device):
     def make(workload: Workload) -> Case:
         if device is None:
             raise Skip("no OpenCL device")
-        try:
-            from tinygrad import Device, Tensor, TinyJit, nn
-            from tinygrad.helpers import Context
-        except Exception as error:
-            raise Skip(f"tinygrad not importable ({error}); pip install -e '.[bench]'")
-        cl_device = Device["CL"]
-        if (cl_device.device_name.strip(), cl_device.driver_version.strip()) != (device.name, device.driver):
-            raise Skip(f"tinygrad's CL backend opened {cl_device.device_name!r} ({cl_device.driver_version}), "
-                       f"not the benchmarked device")
+        cl_device = tinygrad_cl_device(device)
+        from tinygrad import Tensor, TinyJit, nn
+        from tinygrad.helpers import Context
         data = workload.inputs
         layers = []
         for i in range(layer_count(data)):
