@@ -65,9 +65,9 @@ def unary(op: Op, x: str, dtype: DType) -> str:
 def binary(op: Op, a: str, b: str, dtype: DType) -> str:
     """`dtype` is the operands' dtype."""
     if op is Op.ADD:
-        return f"({a}+{b})" if not dtype.is_bool else f"({a}||{b})"
+        return f"({a}+{b})" if not dtype.is_bool else f"({a}|{b})"
     if op is Op.MUL:
-        return f"({a}*{b})" if not dtype.is_bool else f"({a}&&{b})"
+        return f"({a}*{b})" if not dtype.is_bool else f"({a}&{b})"
     if op is Op.DIV:
         return f"({a}/{b})" if dtype.is_float else f"zyx_floordiv_{register_type(dtype)}({a},{b})"
     if op is Op.POW:
@@ -75,15 +75,15 @@ def binary(op: Op, a: str, b: str, dtype: DType) -> str:
     if op is Op.MAX:
         if dtype.is_float:
             return f"zyx_max_{register_type(dtype)}({a},{b})"
-        return f"max({a},{b})" if not dtype.is_bool else f"({a}||{b})"
+        return f"max({a},{b})" if not dtype.is_bool else f"({a}|{b})"
     if op is Op.CMPLT:
         return f"({a}<{b})"
     if op is Op.CMPEQ:
         return f"({a}=={b})"
-    if op is Op.AND:
-        return f"({a}&&{b})"
+    if op is Op.AND:  # bitwise on bools: no short-circuit branches, so kernels stay vectorizable
+        return f"({a}&{b})"
     if op is Op.OR:
-        return f"({a}||{b})"
+        return f"({a}|{b})"
     raise NotImplementedError(op)
 
 
