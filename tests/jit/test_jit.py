@@ -174,3 +174,17 @@ def test_a_second_process_neither_schedules_nor_compiles(tmp_path):
     scheduled, _, changed = run_script(tmp_path, "2.0")  # another constant: never the stale program
     assert scheduled >= 1
     assert changed[0] == pytest.approx(2 * losses[0])
+
+
+def test_state_that_starts_as_an_expression_is_captured_once_it_is_a_buffer(dev):
+    counter = dev.zeros(3)  # lazy: a constant expression until realized
+
+    @zyx.jit
+    def tick(x):
+        counter.assign(counter + x)
+        return counter * 1
+
+    x = dev.tensor(np.ones(3, np.float32))
+    values = [tick(x).numpy()[0] for _ in range(4)]
+    assert values == [1.0, 2.0, 3.0, 4.0]
+    assert len(tick.captured) == 1

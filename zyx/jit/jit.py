@@ -191,6 +191,8 @@ class JitFunction:
                 targets.append(node)
             return target_of[id(node)]
 
+        if any(not old.realized for _, old, _ in capture.assigned.values()):
+            return None  # an assigned tensor still held an expression: run eagerly now, capture next call
         pending_results = [t for t in results if not t.node.realized]
         for tensor in pending_results:
             target(tensor.node)
