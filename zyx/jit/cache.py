@@ -299,7 +299,12 @@ class KernelCache:
     def _compile(self, context: cl.Context, device: cl.Device, source: str, options: tuple[str, ...],
                  key: str, components: dict[str, str]) -> cl.Program:
         start = time.perf_counter()
-        program = cl.Program(context, source).build(options=list(options), devices=[device])
+        try:
+            program = cl.Program(context, source).build(options=list(options), devices=[device])
+        except cl.RuntimeError:
+            # PoCL's own kernel cache can fail a build when several processes fill it at once: try once more,
+            # so only a real compile error reaches the caller
+            program = cl.Program(context, source).build(options=list(options), devices=[device])
         seconds = time.perf_counter() - start
         bump("kernels_compiled")
         bump("cache_misses")
