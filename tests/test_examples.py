@@ -1,0 +1,82 @@
+"""examples/*.py run in their --short mode, as subprocesses with a fresh kernel cache, and do what they claim."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import zyx
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("zyx-cache")
+
+
+def run_example(name: str, cache_dir: pathlib.Path, *args: str) -> str:
+    env = dict(os.environ, ZYX_CACHE_DIR=str(cache_dir))
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def number(pattern: str, text: str) -> float:
+    found = re.search(pattern, text, flags=re.M)
+    assert found, f"{pattern!r} not in the output:\n{text}"
+    return float(found.group(1))
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_trains_saves_and_a_second_run_compiles_nothing(cache_dir, tmp_path):
+    checkpoint = tmp_path / "digits.safetensors"
+    out = run_example("digits.py", cache_dir, "--short", "--checkpoint", str(checkpoint))
+    losses = [float(v) for v in re.findall(r"^epoch \d+/\d+  loss ([\d.]+)", out, flags=re.M)]
+    assert len(losses) == 3 and losses[-1] < losses[0], out
+    accuracy = number(r"^test accuracy ([\d.]+)%", out)
+    assert accuracy > 50, out
+    assert number(r"([\d.]+) steps/s, [\d]+ samples/s", out) > 0
+    assert re.search(r"\|#+\| 8/8 +loss", out), out  # the progress bar
+    assert number(r"kernels_compiled (\d+)", out) > 0
+
+    # the checkpoint loads back into the same model, which scores what the script printed
+    digits = load_example("digits")
+    cpu = zyx.CPU()
+    model = digits.build_model(cpu)
+    model.load_state_dict(zyx.load(checkpoint, device=cpu))
+    _, _, x_test, y_test = digits.load_data(0)
+    predicted = model(cpu.tensor(x_test)).argmax(-1).numpy()
+    assert abs(100 * np.mean(predicted == y_test) - accuracy) <= 100 / len(y_test) + 1e-9
+
+    again = run_example("digits.py", cache_dir, "--short", "--checkpoint", str(checkpoint))
+    assert number(r"kernels_compiled (\d+)", again) == 0, again
+    assert number(r"graphs_scheduled (\d+)", again) == 0, again
+    assert number(r"^test accuracy ([\d.]+)%", again) == accuracy
+
+
+def test_char_gpt_learns_samples_and_plots(cache_dir, tmp_path):
+    plot = tmp_path / "loss.png"
+    out = run_example("char_gpt.py", cache_dir, "--short", "--plot", str(plot))
+    first, last = re.search(r"loss: first 10 steps ([\d.]+) -> last 10 steps ([\d.]+)", out).groups()
+    assert float(last) < float(first) - 0.2, out
+    assert out.count("--- sample at step") == 3  # before training, halfway, at the end
+    assert "--- sample at step 30 ---\nReturn the " in out
+    assert number(r"throughput: ([\d.]+) steps/s", out) > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
