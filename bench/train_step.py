@@ -181,12 +181,7 @@ def torch_case(optimizer: str):
         x = torch.from_numpy(workload.inputs["x"])
         y = torch.from_numpy(workload.inputs["y"].astype(np.int64))
 
-        def step() -> float:
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss.item()
+        step = torch_step(torch, model, opt, x, y)
         threads = torch.get_num_threads()
         return _case(step, f"torch {torch.__version__}, {threads} thread{'s' * (threads != 1)}")
     return make
@@ -202,6 +197,17 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(default)
+
+
+def torch_step(torch: Any, model: Any, opt: Any, x: Any, y: Any) -> Callable[[], float]:
+    """One eager PyTorch training step, returning the loss (which synchronises)."""
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
 
 
 def tinygrad_case(optimizer: str, device):
@@ -419,12 +425,7 @@ def torch_cuda_memory(data: dict[str, np.ndarray], optimizer: str) -> Record:
     x = torch.from_numpy(data["x"]).cuda()
     y = torch.from_numpy(data["y"].astype(np.int64)).cuda()
 
-    def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
+    step = torch_step(torch, model, opt, x, y)
     for _ in range(2):
         step()
     torch.cuda.synchronize()
