@@ -13,8 +13,6 @@ import pytest
 
 import zyx
 
-pytest.importorskip("sklearn")
-pytest.importorskip("matplotlib")
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
