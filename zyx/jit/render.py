@@ -88,6 +88,7 @@ class RenderedKernel:
     misaligned: set[int]       # ids of loaded nodes read somewhere other than the position being stored
     global_size: int
     local_size: Optional[int]
+    longest_reduction: int = 0  # elements the longest reduction computed in this kernel walks
 
 
 class _Scope:
@@ -127,6 +128,7 @@ class KernelBuilder:
     _renders: dict = field(default_factory=dict)
     _statements: int = 0
     _has_loop: bool = False
+    _longest_reduction: int = 0
     _element: int = 0
     uses_double: bool = False
     uses_rand: bool = False
@@ -348,6 +350,7 @@ class KernelBuilder:
         source, axes = node.src[0], node.arg
         count = math.prod(source.shape[a] for a in axes)
         self._has_loop = True
+        self._longest_reduction = max(self._longest_reduction, count)
         dtype = node.dtype
         start = c.literal(0, dtype) if node.op is Op.SUM else c.lowest(dtype)
         combine = Op.ADD if node.op is Op.SUM else Op.MAX
@@ -446,7 +449,7 @@ class KernelBuilder:
         loads = [p.node for p in self.params if p.kind == "load"]
         global_size, local_size = self._launch_shape()
         return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,
-                              self._misaligned, global_size, local_size)
+                              self._misaligned, global_size, local_size, self._longest_reduction)
 
     def _header(self, index_type: str) -> str:
         if self.group:

@@ -76,22 +76,12 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
     kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
-    if not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS or not _longest_reduction(kernel, root):
+    if (not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS
+            or kernel.longest_reduction < GROUP_MIN_REDUCE):
         return kernel  # (elementwise kernels as they are reach ~2.5 TB/s on an H100: bench/README.md)
     materialized.clear(), materialized.update(saved_materialized)
     produced.clear(), produced.update(saved_produced)
     return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size, apart).build()
-
-
-def _longest_reduction(kernel: RenderedKernel, root: Node) -> bool:
-    """Whether the kernel loops over at least GROUP_MIN_REDUCE elements."""
-    return "for (" in kernel.source and any(
-        node.op in REDUCE_OPS and math.prod(node.src[0].shape[a] for a in node.arg) >= GROUP_MIN_REDUCE
-        for node in _hosted_nodes(root))
-
-
-def _hosted_nodes(root: Node) -> list[Node]:
-    return [node for node in toposort([root]) if node.op in REDUCE_OPS]
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:
