@@ -66,6 +66,42 @@ def unravel(flat: Expr, shape: tuple[int, ...]) -> Index:
                  for size, stride in zip(shape, contiguous_strides(shape)))
 
 
+def source_index(node: Node, index: Index) -> tuple[Optional[Index], Optional[str]]:
+    """Where a view reads its source for the element at `index`, and the condition (C text) under which that
+    read is valid (a PAD's inside), None when always valid; (None, None) when `index` lies in the padding."""
+    op, arg, source = node.op, node.arg, node.src[0]
+    if op is Op.RESHAPE:
+        return unravel(linear(index, node.shape), source.shape), None
+    if op is Op.PERMUTE:
+        inner: list[Expr] = [Expr(0)] * len(arg)
+        for position, axis in enumerate(arg):
+            inner[axis] = index[position]
+        return tuple(inner), None
+    if op is Op.EXPAND:
+        return tuple(Expr(0) if s == 1 else e for s, e in zip(source.shape, index)), None
+    if op is Op.SHRINK:
+        return tuple(e + start for e, (start, _) in zip(index, arg)), None
+    if op is Op.FLIP:
+        return tuple((Expr(0) - e) + (s - 1) if axis in arg else e
+                     for axis, (e, s) in enumerate(zip(index, source.shape))), None
+    conditions, padded = [], []
+    for e, (before, _), size in zip(index, arg[0], source.shape):
+        shifted = e - before
+        if shifted.hi < 0 or shifted.lo >= size:
+            return None, None
+        if shifted.lo >= 0 and shifted.hi < size:
+            padded.append(shifted)
+            continue
+        text = shifted.render()
+        if shifted.lo < 0:
+            conditions.append(f"({text}>=0)")
+        if shifted.hi >= size:
+            conditions.append(f"({text}<{size})")
+        # inside the valid region the index is in [0, size): an opaque variable with that range
+        padded.append(Expr.clamped(shifted, 0, size - 1))
+    return tuple(padded), "&&".join(conditions) or None
+
+
 @dataclass
 class Param:
     """One kernel argument: a buffer (read or written) or a random stream's seed/offset."""
@@ -277,47 +313,14 @@ class KernelBuilder:
         return c.binary(op, args[0], args[1], node.src[0].dtype)
 
     def _movement(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
-        op, arg, source = node.op, node.arg, node.src[0]
-        if op is Op.RESHAPE:
-            return self.render(source, unravel(linear(index, node.shape), source.shape), guard)
-        if op is Op.PERMUTE:
-            inner: list[Expr] = [Expr(0)] * len(arg)
-            for position, axis in enumerate(arg):
-                inner[axis] = index[position]
-            return self.render(source, tuple(inner), guard)
-        if op is Op.EXPAND:
-            return self.render(source, tuple(Expr(0) if s == 1 else e for s, e in zip(source.shape, index)), guard)
-        if op is Op.SHRINK:
-            return self.render(source, tuple(e + start for e, (start, _) in zip(index, arg)), guard)
-        if op is Op.FLIP:
-            return self.render(source, tuple((Expr(0) - e) + (s - 1) if axis in arg else e
-                                             for axis, (e, s) in enumerate(zip(index, source.shape))), guard)
-        return self._pad(node, index, guard)
-
-    def _pad(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
-        padding, fill = node.arg
-        source = node.src[0]
-        conditions, inner = [], []
-        for e, (before, _), size in zip(index, padding, source.shape):
-            shifted = e - before
-            if shifted.hi < 0 or shifted.lo >= size:
-                return _Value(c.literal(fill, node.dtype), 0)  # entirely in the padding
-            if shifted.lo >= 0 and shifted.hi < size:
-                inner.append(shifted)
-                continue
-            text = shifted.render()
-            if shifted.lo < 0:
-                conditions.append(f"({text}>=0)")
-            if shifted.hi >= size:
-                conditions.append(f"({text}<{size})")
-            # inside the valid region the index is in [0, size): an opaque variable with that range
-            inner.append(Expr.clamped(shifted, 0, size - 1))
-        if not conditions:
-            return self.render(source, tuple(inner), guard)
-        condition = "&&".join(conditions)
-        value = self.render(source, tuple(inner), guard + (condition,))
+        inner, condition = source_index(node, index)
+        if inner is None:
+            return _Value(c.literal(node.arg[1], node.dtype), 0)  # entirely in the padding
+        if condition is None:
+            return self.render(node.src[0], inner, guard)
+        value = self.render(node.src[0], inner, guard + (condition,))
         depth = max(value.depth, self._depth_of(index, guard + (condition,)))
-        return self._emit(depth, node.dtype, f"(({condition})?{value.text}:{c.literal(fill, node.dtype)})")
+        return self._emit(depth, node.dtype, f"(({condition})?{value.text}:{c.literal(node.arg[1], node.dtype)})")
 
     def _load(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
         if node.op is not Op.BUFFER and id(node) not in self.produced and node not in self.needs:

@@ -20,6 +20,7 @@ from .rewrite import split_reductions
 from .matmul import LocalTileBuilder, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes
 from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
+from .vectorize import NotVectorizable, VectorBuilder
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,19 @@ class DeviceTraits:
 
     gpu: bool = False
     group_size: int = 256
+    vector_width: int = 0  # >0: elementwise float32 kernels compute this many outputs per item as one vector
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
-        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU)."""
+        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU).
+        CPUs get vector kernels (their OpenCL compilers call math functions lane by lane otherwise); GPUs
+        already reach their bandwidth with one output per item (bench/GPU.md)."""
         gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
         group = 1 << (min(256, int(getattr(runtime, "max_work_group_size", 256))).bit_length() - 1)
-        return DeviceTraits(gpu, group)
+        return DeviceTraits(gpu, group, 0 if gpu else CPU_VECTOR_WIDTH)
 
 
+CPU_VECTOR_WIDTH = 16         # one AVX-512 register of float32; as fast as 8 on AVX2 machines
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
 
@@ -75,6 +80,13 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
         return LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart, plan=plan).build()
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
+    if traits.vector_width and tile is None:
+        try:
+            return VectorBuilder(root, materialized, produced, allow_extra_outputs, stored_apart=apart,
+                                 width=traits.vector_width).build()
+        except NotVectorizable:
+            materialized.clear(), materialized.update(saved_materialized)
+            produced.clear(), produced.update(saved_produced)
     kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
     if (not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS
             or kernel.longest_reduction < GROUP_MIN_REDUCE):

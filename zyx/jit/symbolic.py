@@ -9,6 +9,7 @@ floor division or a modulo of another expression by a positive constant.
 """
 from __future__ import annotations
 
+import math
 from typing import Union
 
 
@@ -108,6 +109,10 @@ class Expr:
         lo, hi = self.lo, self.hi
         if lo // k == hi // k:
             return Expr(lo // k)
+        split = self._split_by_common_factor(k)
+        if split is not None:  # (g*big + small) // k == big // (k/g) when 0 <= small < g and g | k
+            big, _, g = split
+            return big // (k // g)
         # pull out the terms (and the part of the constant) that k divides
         whole = {a: c // k for a, c in self.terms.items() if c % k == 0}
         rest = Expr(self.const % k, {a: c for a, c in self.terms.items() if c % k != 0})
@@ -127,6 +132,10 @@ class Expr:
             return Expr(0)
         if self.lo >= 0 and self.hi < k:
             return self
+        split = self._split_by_common_factor(k)
+        if split is not None:  # (g*big + small) % k == g*(big % (k/g)) + small
+            big, small, g = split
+            return (big % (k // g)) * g + small
         rest = Expr(self.const % k, {a: c for a, c in self.terms.items() if c % k != 0})
         if rest.lo >= 0 and rest.hi < k:
             return rest
@@ -136,6 +145,18 @@ class Expr:
         if target.lo < 0:
             raise ValueError("modulo of a possibly negative index")
         return _atom_expr(Atom("mod", 0, min(k - 1, target.hi), expr=target, k=k))
+
+    def _split_by_common_factor(self, k: int) -> "tuple[Expr, Expr, int] | None":
+        """`self == g*big + small` with g > 1 dividing k and 0 <= small < g (a lane or row offset below a
+        stride), trying the largest factor first; None if there is none."""
+        for g in sorted({math.gcd(c, k) for c in self.terms.values()}, reverse=True):
+            if g <= 1:
+                break
+            big_terms = {a: c // g for a, c in self.terms.items() if c % g == 0}
+            small = Expr(self.const % g, {a: c for a, c in self.terms.items() if c % g != 0})
+            if big_terms and small.lo >= 0 and small.hi < g:
+                return Expr(self.const // g, big_terms), small, g
+        return None
 
     # ---- rendering ---------------------------------------------------------------------------------------
     def render(self) -> str:

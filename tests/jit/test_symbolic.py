@@ -1,0 +1,51 @@
+"""Index expressions: simplified forms stay equal to Python's arithmetic at every point of their range."""
+import itertools
+
+from hypothesis import given, settings, strategies as st
+
+from zyx.jit.symbolic import Expr
+
+
+def evaluate(expr: Expr, env: dict[str, int]) -> int:
+    """The rendered C text evaluated with Python integers (all ranges here are non-negative, so C's `/` and
+    `%` agree with Python's `//` and `%`)."""
+    return eval(expr.render().replace("/", "//"), {}, dict(env))
+
+
+def test_lane_offsets_below_a_stride_leave_the_division():
+    gid = Expr.var("gid", 1 << 20)
+    for lane in (0, 3, 15):
+        position = gid * 16 + lane
+        assert (position // 4096).render() == "(gid/256)"
+        assert (position % 4096) == (gid % 256) * 16 + lane
+
+
+def test_batch_offset_of_a_weight_gradient_becomes_a_loop_division():
+    """((gid/64)%2048 + r*2048) / 16384 walks batches of 8 rows: r/8, with no work-item term left."""
+    rows, r = Expr.var("gid", 1 << 20) // 64 % 2048, Expr.var("r", 64)
+    assert ((rows + r * 2048) // 16384).render() == "(r/8)"
+
+
+def test_contiguous_reshape_of_a_vector_position_is_linear_again():
+    gid = Expr.var("gid", 4096)
+    position = gid * 8 + 5
+    rows, cols = position // 64, position % 64
+    assert rows * 64 + cols == position
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 64), st.integers(1, 9)), min_size=1, max_size=3),
+       st.integers(0, 40), st.integers(1, 300), st.integers(1, 300))
+def test_division_and_modulo_match_python(terms, const, k, m):
+    names = [f"x{i}" for i in range(len(terms))]
+    expr = Expr(const)
+    for name, (coefficient, size) in zip(names, terms):
+        expr = expr + Expr.var(name, size) * coefficient
+    quotient, remainder, nested = expr // k, expr % k, (expr // k) % m + (expr % k) // m
+    sizes = [size for _, size in terms]
+    for values in itertools.product(*(range(size) for size in sizes)):
+        env = dict(zip(names, values))
+        value = const + sum(c * v for (c, _), v in zip(terms, values))
+        assert evaluate(quotient, env) == value // k
+        assert evaluate(remainder, env) == value % k
+        assert evaluate(nested, env) == (value // k) % m + (value % k) // m

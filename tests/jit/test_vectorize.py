@@ -1,0 +1,113 @@
+"""Vector-typed elementwise kernels (CPUs): which kernels get them, and that they compute what the scalar
+reference computes, lane for lane, through broadcasts, views, padding, masks and extra outputs."""
+import numpy as np
+import pytest
+
+import zyx
+from zyx.jit.schedule import DeviceTraits, schedule
+
+RNG = np.random.default_rng(11)
+CPU_TRAITS = DeviceTraits(vector_width=16)
+
+
+def data(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def kernels_of(*tensors):
+    kernels, _ = schedule([t.node for t in tensors], CPU_TRAITS)
+    return kernels
+
+
+def w1b(x, y):
+    return ((((x * 1.5 + y).relu() * x - y / 3).exp().tanh() * 2 + x).sigmoid() - y * 0.5)
+
+
+def test_contiguous_chain_is_one_vector_kernel_with_vector_loads_and_store():
+    host = zyx.CPU()
+    kernel, = kernels_of(w1b(host.tensor(data(64, 48)), host.tensor(data(64, 48))))
+    assert "vload16(gid,in" in kernel.source and "vstore16(" in kernel.source and "float16 " in kernel.source
+    assert kernel.global_size == 64 * 48 // 16 and not kernel.misaligned
+
+
+def test_broadcasts_read_one_vector_or_one_element():
+    host = zyx.CPU()
+    x, row, column = host.tensor(data(8, 32)), host.tensor(data(32)), host.tensor(data(8, 1))
+    kernel, = kernels_of(x * row + column)
+    assert "vload16(0,in" in kernel.source  # the row: consecutive within each vector
+    assert "((float16)(in" in kernel.source  # the column: one element for all lanes
+
+
+@pytest.mark.parametrize("build", [
+    lambda x: x.sum(-1) + 1,                    # a reduction: scalar kernel
+    lambda x: x.cast(zyx.int32) * 2,            # integers: scalar kernel
+    lambda x: x[:, :15].exp(),                  # 8*15 outputs: not a multiple of the width
+])
+def test_kernels_outside_the_vector_builder_stay_scalar(build):
+    host = zyx.CPU()
+    kernels = kernels_of(build(host.tensor(data(8, 32))))
+    assert all("vstore16" not in k.source for k in kernels)
+
+
+def test_float16_and_float64_stay_scalar():
+    host = zyx.CPU()
+    for dtype in (zyx.float16, zyx.float64):
+        kernel, = kernels_of(host.tensor(data(4, 32)).cast(dtype).exp())
+        assert "vstore16" not in kernel.source
+
+
+CASES = {
+    "w1b": (lambda x, y: w1b(x, y), ((16, 64), (16, 64))),
+    "bias row and column": (lambda x, y: x * y[0] + y[:, :1], ((12, 32), (12, 32))),
+    "transpose gathers": (lambda x, y: (x.T * 2).exp() + y, ((32, 16), (16, 32))),
+    "flip and shrink": (lambda x, y: x.flip(1)[:, 4:36] - y[2:4].reshape(2, 32).sum(0), ((16, 48), (6, 32))),
+    "pad inside vectors": (lambda x, y: x.pad(((0, 0), (3, 5)), value=-2.0) * 3 + y, ((4, 24), (4, 32))),
+    "pad whole rows": (lambda x, y: x.pad(((1, 1), (0, 0)), value=0.5) - y, ((6, 16), (8, 16))),
+    "masks": (lambda x, y: (x > y).where(x, y * 2) + ((x < 0) & (y >= 0)).float() - (x == x).float(),
+              ((8, 16), (8, 16))),
+    "max with nan": (lambda x, y: x.maximum(y / 0 * 0) + x.maximum(y), ((4, 16), (4, 16))),
+    "math": (lambda x, y: x.abs().sqrt() + y.sin() * y.cos() + (x * x + 1).log() - x.floor() + y.ceil()
+             + (x * 3).round() + x.abs() ** y - 1 / (y + 4), ((5, 16), (5, 16))),
+    "softmax reads the reductions as broadcasts": (lambda x, y: x.softmax(-1) * y, ((8, 64), (8, 64))),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_vector_kernels_match_the_cpu_backend(dev, name):
+    build, shapes = CASES[name]
+    arrays = [data(*shape) for shape in shapes]
+    reference = build(*(zyx.CPU().tensor(a) for a in arrays))
+    assert "vstore16" in kernels_of(reference)[-1].source  # the case exercises the vector builder
+    expected = reference.numpy()
+    got = build(*(dev.tensor(a) for a in arrays)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
+
+
+def test_comparisons_stored_as_bool_and_read_back(dev):
+    a, b = data(4, 32), data(4, 32)
+    mask = (dev.tensor(a) > dev.tensor(b)).realize()
+    flipped = (~mask | (dev.tensor(a) > 1)).realize()
+    np.testing.assert_array_equal(mask.numpy(), a > b)
+    np.testing.assert_array_equal(flipped.numpy(), ~(a > b) | (a > 1))
+    np.testing.assert_allclose(mask.where(dev.tensor(a), 0.0).numpy(), np.where(a > b, a, 0.0))
+
+
+def test_two_outputs_share_one_vector_kernel(dev):
+    a, b = data(16, 16), data(16, 16)
+    x, y = dev.tensor(a), dev.tensor(b)
+    shared = (x * y).exp()
+    first, second = shared + 1, shared * x
+    zyx.reset_stats()
+    zyx.realize(first, second)
+    assert zyx.stats()["kernels_launched"] <= 2
+    np.testing.assert_allclose(first.numpy(), np.exp(a * b) + 1, rtol=1e-5)
+    np.testing.assert_allclose(second.numpy(), np.exp(a * b) * a, rtol=1e-5)
+
+
+def test_gradients_through_vector_kernels(dev):
+    a = data(8, 32)
+    x = dev.tensor(a)
+    loss = (x.tanh() * x.sigmoid()).sum()
+    grad, = loss.backward([x])
+    t, s = np.tanh(a), 1 / (1 + np.exp(-a))
+    np.testing.assert_allclose(grad.numpy(), (1 - t * t) * s + t * s * (1 - s), rtol=1e-4, atol=1e-6)
