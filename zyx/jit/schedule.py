@@ -12,7 +12,7 @@ import heapq
 import math
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
@@ -81,12 +81,9 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
     if traits.vector_width and tile is None:
-        try:
-            return VectorBuilder(root, materialized, produced, allow_extra_outputs, stored_apart=apart,
-                                 width=traits.vector_width).build()
-        except NotVectorizable:
-            materialized.clear(), materialized.update(saved_materialized)
-            produced.clear(), produced.update(saved_produced)
+        vector = _vector_kernel(root, materialized, produced, allow_extra_outputs, apart, traits.vector_width)
+        if vector is not None:
+            return vector
     kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
     if (not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS
             or kernel.longest_reduction < GROUP_MIN_REDUCE):
@@ -94,6 +91,25 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     materialized.clear(), materialized.update(saved_materialized)
     produced.clear(), produced.update(saved_produced)
     return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size, apart).build()
+
+
+def _vector_kernel(root: Node, materialized: dict[int, Node], produced: set[int], allow_extra_outputs: bool,
+                   apart: frozenset, width: int) -> Optional[RenderedKernel]:
+    """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
+    elements at a time; None (state untouched) when neither renders or reads its loops in whole vectors."""
+    saved_materialized, saved_produced = dict(materialized), set(produced)
+    for uniform in (False, True):
+        try:
+            builder = VectorBuilder(root, materialized, produced, allow_extra_outputs, stored_apart=apart,
+                                    width=width, uniform=uniform)
+            kernel = builder.build()
+            if not builder.gathers_in_loops:
+                return kernel
+        except NotVectorizable:
+            pass
+        materialized.clear(), materialized.update(saved_materialized)
+        produced.clear(), produced.update(saved_produced)
+    return None
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:

@@ -6,8 +6,14 @@ outputs, and each node is rendered at the W lanes' indices at once: views map ev
 whose lanes are consecutive is one `vloadW`, one whose lanes all read one element is a broadcast, any other
 is gathered lane by lane. Comparisons give intW masks (-1 true, 0 false), as OpenCL's vector relations do.
 
-Kernels this does not cover (reductions, random numbers, integer or float64 values, a recomputed value
-blowing up) raise NotVectorizable, and the scheduler renders them with the scalar KernelBuilder.
+Reductions come in two shapes. With W consecutive outputs per item each lane accumulates its own output
+(a column sum reads rows of W elements); with one output per item (`uniform`: every lane at the same
+output) the lanes walk W consecutive reduced elements and are summed across at the end (a row sum). The
+scheduler keeps whichever shape reads its loops' operands as whole vectors.
+
+Kernels this does not cover (random numbers, integer or float64 values, a recomputed value blowing up,
+reduced lengths that do not divide) raise NotVectorizable, and the scheduler renders them with the scalar
+KernelBuilder.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from ..dtypes import DType
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
 from . import opencl_c as c
-from .render import RECOMPUTE_LIMIT, Index, KernelBuilder, _Scope, _Value, linear, source_index, unravel
+from .render import (RECOMPUTE_LIMIT, Index, KernelBuilder, _Scope, _Value, _store_line, linear, source_index,
+                     unravel)
 from .symbolic import Expr
 
 Lanes = tuple[Index, ...]
@@ -47,34 +54,42 @@ class VectorBuilder(KernelBuilder):
     """KernelBuilder whose work items each compute `width` consecutive outputs as one vector."""
 
     width: int = 16
+    uniform: bool = False  # one output per item (all lanes at it), its reductions walked W elements at a time
+    gathers_in_loops: int = 0  # loads inside reduction loops whose lanes are not one vector
 
     def __post_init__(self) -> None:
         self.space = self.root.shape
         self.numel = math.prod(self.space)
-        if self.numel == 0 or self.numel % self.width or self.root.op in REDUCE_OPS:
+        if self.numel == 0 or (self.numel % self.width and not self.uniform):
             raise NotVectorizable(self.root)
         _kind(self.root.dtype)
-        self.work_items = self.numel // self.width
+        self.work_items = self.numel if self.uniform else self.numel // self.width
         self.gid = Expr.var("gid", self.work_items)
-        self.positions = [self.gid * self.width + lane for lane in range(self.width)]
+        if self.uniform:
+            self.positions = [self.gid] * self.width
+        else:
+            self.positions = [self.gid * self.width + lane for lane in range(self.width)]
         self.lanes: Lanes = tuple(unravel(position, self.space) for position in self.positions)
         self.elements = [self.lanes[0]]
         self._scopes = [_Scope(0)]
 
-    def _vector_type(self, dtype: DType) -> str:
-        return f"{'float' if _kind(dtype) == 'float' else 'int'}{self.width}"
+    def _vector_type(self, dtype: DType, width: int = 0) -> str:
+        width = width or self.width
+        return ("float" if _kind(dtype) == "float" else "int") + (str(width) if width > 1 else "")
 
     def _broadcast(self, text: str, dtype: DType) -> str:
         return f"(({self._vector_type(dtype)})({text}))"
 
-    def _emit(self, depth: int, dtype: DType, text: str) -> _Value:
+    def _emit(self, depth: int, dtype: DType, text: str, width: int = 0) -> _Value:
         name = self._fresh("v")
-        self._scopes[0].lines.append(f"{self._vector_type(dtype)} {name} = {text};")
-        return _Value(name, 0)
+        self._scopes[depth].lines.append(f"{self._vector_type(dtype, width)} {name} = {text};")
+        return _Value(name, depth)
 
     # ---- rendering at all lanes at once ------------------------------------------------------------------
     def build(self):
         value = self.vrender(self.root, self.lanes, ((),) * self.width)
+        if self.uniform and not self._has_loop:
+            raise NotVectorizable(self.root)  # nothing to walk in vectors: every lane would repeat one output
         self._store(self.root, value)
         return self._finish()
 
@@ -84,8 +99,12 @@ class VectorBuilder(KernelBuilder):
             self.outputs.append(node)
         self.produced.add(id(node))
         self._local_outputs.add(id(node))
-        text = value.text if _kind(node.dtype) == "float" else f"convert_uchar{self.width}(-{value.text})"
-        self._stores.append(f"vstore{self.width}({text}, gid, {out});")
+        mask = _kind(node.dtype) == "mask"
+        if self.uniform:
+            self._stores.append(_store_line(node.dtype, out, "gid", f"(-{value.text}.s0)" if mask else f"{value.text}.s0"))
+        else:
+            text = f"convert_uchar{self.width}(-{value.text})" if mask else value.text
+            self._stores.append(f"vstore{self.width}({text}, gid, {out});")
 
     def vrender(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:
         key = (id(node), tuple(tuple(e.key for e in index) for index in lanes), guards)
@@ -118,8 +137,10 @@ class VectorBuilder(KernelBuilder):
             literal = c.literal(node.arg, node.dtype) if _kind(node.dtype) == "float" else ("-1" if node.arg else "0")
             return _Value(self._broadcast(literal, node.dtype), 0)
         if op in REDUCE_OPS:
-            if self._hosted(node, lanes, guards):
-                raise NotVectorizable(node)  # a reduction computed here needs a loop: the scalar builder's
+            if self._hosted(node, lanes, guards) or node is self.root:
+                if id(node) not in self._reductions:
+                    self._reductions[id(node)] = self._vreduce(node)
+                return self._reductions[id(node)]
             self.materialized[id(node)] = node
             return self._vload(node, lanes, guards)
         if op in ELEMENTWISE_OPS:
@@ -128,7 +149,8 @@ class VectorBuilder(KernelBuilder):
             if count > RECOMPUTE_LIMIT:
                 raise NotVectorizable(node)
             sources = [self.vrender(s, lanes, guards) for s in node.src]
-            return self._emit(0, node.dtype, self._vexpression(node, [s.text for s in sources]))
+            depth = max([s.depth for s in sources] + [0])
+            return self._emit(depth, node.dtype, self._vexpression(node, [s.text for s in sources]))
         if op in (Op.RAND,):
             raise NotVectorizable(node)
         return self._vmovement(node, lanes, guards)
@@ -147,11 +169,59 @@ class VectorBuilder(KernelBuilder):
             return f"select({self._broadcast('0.0f', dtype)},{self._broadcast('1.0f', dtype)},{args[0]})"
         if op is Op.WHERE:
             return f"select({args[2]},{args[1]},{args[0]})"
-        if op is Op.MAX and _kind(dtype) == "float":  # NaN wins, as in zyx_max_float
-            return f"select({args[1]},{args[0]},({args[0]}>{args[1]})|isnan({args[0]}))"
         if len(args) == 1:
             return c.unary(op, args[0], dtype)
-        return c.binary(op, args[0], args[1], operand)
+        return _combine(op, args[0], args[1], operand)
+
+    # ---- reductions --------------------------------------------------------------------------------------
+    def _vreduce(self, node: Node) -> _Value:
+        """A loop at the kernel's top level; several accumulators keep the adds independent."""
+        source, axes, dtype = node.src[0], node.arg, node.dtype
+        sizes = tuple(source.shape[a] for a in axes)
+        count = math.prod(sizes)
+        if self.uniform and count % self.width:
+            raise NotVectorizable(node)
+        self._has_loop = True
+        self._longest_reduction = max(self._longest_reduction, count)
+        combine = Op.ADD if node.op is Op.SUM else Op.MAX
+        start = self._vcompute_const(0 if node.op is Op.SUM else c.lowest_value(dtype), dtype)
+        steps = count // self.width if self.uniform else count
+        unroll = next(u for u in (4, 2, 1) if steps % u == 0)
+        outputs = [unravel(position, node.shape) for position in self.positions]
+        accumulators = [self._fresh("acc") for _ in range(unroll)]
+        self._scopes[0].lines += [f"{self._vector_type(dtype)} {acc} = {start};" for acc in accumulators]
+        loop_var = self._fresh("r")
+        self._loop_depth[loop_var] = len(self._scopes)  # a reduction met inside another's body nests deeper
+        self._scopes.append(_Scope(len(self._scopes)))
+        step = Expr.var(loop_var, steps // unroll) * unroll
+        for u, acc in enumerate(accumulators):
+            if self.uniform:
+                flats = [(step + u) * self.width + lane for lane in range(self.width)]
+            else:
+                flats = [step + u] * self.width
+            body = []
+            for index, flat in zip(outputs, flats):
+                full = list(index)
+                for axis, expr in zip(axes, unravel(flat, sizes)):
+                    full[axis] = expr
+                body.append(tuple(full))
+            value = self.vrender(source, tuple(body), ((),) * self.width)
+            self._scopes[-1].lines.append(f"{acc} = {_combine(combine, acc, value.text, dtype)};")
+        lines = self._scopes.pop().lines
+        counter = "long" if steps >= 2**31 else "int"
+        self._scopes[0].lines.append(
+            f"for ({counter} {loop_var} = 0; {loop_var} < {steps // unroll}; {loop_var}++) {{\n"
+            + "\n".join("  " + line for line in lines) + "\n}")
+        while len(accumulators) > 1:
+            accumulators = [self._emit(0, dtype, _combine(combine, a, b, dtype)).text
+                            for a, b in zip(accumulators[::2], accumulators[1::2])]
+        if not self.uniform:
+            return _Value(accumulators[0], 0)
+        total, width = accumulators[0], self.width
+        while width > 1:  # across the lanes, halving
+            width //= 2
+            total = self._emit(0, dtype, _combine(combine, f"{total}.lo", f"{total}.hi", dtype), width).text
+        return _Value(self._broadcast(total, dtype), 0)
 
     def _vmovement(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:
         inners, conditions = [], []
@@ -166,10 +236,11 @@ class VectorBuilder(KernelBuilder):
         inner_guards = tuple(g + (cond,) if cond else g for g, cond in zip(guards, conditions))
         value = self.vrender(node.src[0], tuple(inners), inner_guards)
         fill = self._vcompute_const(node.arg[1], node.dtype)
+        depth = max([value.depth] + [self._depth_of(index, guard) for index, guard in zip(lanes, inner_guards)])
         if len(set(conditions)) == 1:
-            return self._emit(0, node.dtype, f"(({conditions[0]})?{value.text}:{fill})")
+            return self._emit(depth, node.dtype, f"(({conditions[0]})?{value.text}:{fill})")
         mask = ",".join(f"-(int)({cond})" if cond else "-1" for cond in conditions)
-        return self._emit(0, node.dtype, f"select({fill},{value.text},(int{self.width})({mask}))")
+        return self._emit(depth, node.dtype, f"select({fill},{value.text},(int{self.width})({mask}))")
 
     def _vcompute_const(self, value: object, dtype: DType) -> str:
         return self._broadcast(c.literal(value, dtype) if _kind(dtype) == "float" else ("-1" if value else "0"), dtype)
@@ -183,6 +254,7 @@ class VectorBuilder(KernelBuilder):
         if any(guards) or flats != self.positions:
             self._misaligned.add(id(node))
         width, first = self.width, flats[0]
+        depth = max(self._depth_of(index, guard) for index, guard in zip(lanes, guards))
         shared_guard = guards[0] if len(set(guards)) == 1 else None
         if shared_guard is not None and all(flat == first + lane for lane, flat in enumerate(flats)):
             vector = f"vload{width}(gid,{name})" if first == self.positions[0] else \
@@ -193,6 +265,7 @@ class VectorBuilder(KernelBuilder):
             text = self._broadcast(element if kind == "float" else f"-({element}!=0)", node.dtype)
         else:
             shared_guard = ()
+            self.gathers_in_loops += depth > 0
             elements = []
             for flat, guard in zip(flats, guards):
                 element = f"{name}[{flat.render()}]" if kind == "float" else f"-({name}[{flat.render()}]!=0)"
@@ -200,7 +273,14 @@ class VectorBuilder(KernelBuilder):
             text = f"({self._vector_type(node.dtype)})({','.join(elements)})"
         if shared_guard:
             text = f"(({'&&'.join(shared_guard)})?{text}:{self._vcompute_const(0, node.dtype)})"
-        return self._emit(0, node.dtype, text)
+        return self._emit(depth, node.dtype, text)
 
     def _launch_shape(self) -> tuple[int, Optional[int]]:
         return self.work_items, None
+
+
+def _combine(op: Op, a: str, b: str, dtype: DType) -> str:
+    """A binary op on vectors (or scalars) of `dtype`; max lets NaN win, as zyx_max_float does."""
+    if op is Op.MAX and _kind(dtype) == "float":
+        return f"select({b},{a},({a}>{b})|isnan({a}))"
+    return c.binary(op, a, b, dtype)
