@@ -188,3 +188,23 @@ def test_state_that_starts_as_an_expression_is_captured_once_it_is_a_buffer(dev)
     values = [tick(x).numpy()[0] for _ in range(4)]
     assert values == [1.0, 2.0, 3.0, 4.0]
     assert len(tick.captured) == 1
+
+
+def test_a_step_is_traced_again_when_a_module_mode_changes(dev):
+    """model.eval() after tracing in training mode must not replay the dropout program (and back again)."""
+    from zyx import nn
+    model = nn.Sequential(nn.Linear(8, 64), nn.Dropout(0.5))
+    model.to(dev)
+    forward = zyx.jit(lambda x: model(x))
+    x = dev.tensor(data(32, 8))
+    dropped = forward(x).numpy()
+    assert (dropped == 0).mean() > 0.3
+    model.eval()
+    kept = forward(x).numpy()
+    linear = model[0]
+    np.testing.assert_allclose(kept, x.numpy() @ linear.weight.numpy().T + linear.bias.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forward(x).numpy(), kept)  # replayed: same mode
+    model.train()
+    again = forward(x).numpy()
+    assert (again == 0).mean() > 0.3 and not np.array_equal(again, dropped)  # new randoms, dropout again
+    assert [entry["training_modes"] for entry in forward.captured] == [[True], [False]]

@@ -1,7 +1,9 @@
-"""In-place updates (`t.assign(v)`) and the guard against reading values while a step is being traced."""
+"""In-place updates (`t.assign(v)`), module modes read while a step is traced, and the guard against reading
+values while a step is being traced."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+import weakref
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from ..tensor import Tensor
@@ -13,6 +15,7 @@ class Capture:
 
     def __init__(self) -> None:
         self.assigned: dict[int, tuple["Tensor", "Node", "Tensor"]] = {}
+        self.modes: dict[int, tuple[Any, bool]] = {}  # module id -> (weakref to it, `training` as traced)
 
 
 _active: list[Capture] = []
@@ -43,3 +46,10 @@ def check_not_capturing(what: str) -> None:
     if _active:
         raise RuntimeError(f"{what}() cannot run inside a function traced by @zyx.jit: values exist only "
                            "when the step runs; return the tensor and read it after the call")
+
+
+def record_mode(module: Any, training: bool) -> None:
+    """A module's mode read while a step is traced: the step is replayed only while the mode is the same."""
+    capture = active_capture()
+    if capture is not None and id(module) not in capture.modes:
+        capture.modes[id(module)] = (weakref.ref(module), training)

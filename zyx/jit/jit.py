@@ -96,10 +96,19 @@ class CapturedStep:
     assigned: list[tuple[Any, int]]                   # (weakref Tensor, target index)
     rebuild: Callable[[list], Any]
     traced_rand_args: list[tuple[int, int]]           # the streams the traced call itself drew
+    modes: list[tuple[Any, bool]] = field(default_factory=list)  # (weakref module, `training` when traced)
     kernels: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.kernels = self.program.kernel_count
+
+    def modes_hold(self) -> bool:
+        """Every module mode the traced call read is still the same (a deleted module reads as changed)."""
+        for module_ref, training in self.modes:
+            module = module_ref()
+            if module is None or module.__dict__.get("_training", True) != training:
+                return False
+        return True
 
     def replay(self, arguments: list[Tensor]) -> Any:
         inputs = [b.buffer(arguments) for b in self.bindings]
@@ -123,7 +132,7 @@ class JitFunction:
 
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
-        self.steps: dict[Any, CapturedStep] = {}
+        self.steps: dict[Any, list[CapturedStep]] = {}  # per signature, one step per set of module modes
         self._bound: "weakref.WeakKeyDictionary[Any, JitFunction]" = weakref.WeakKeyDictionary()
         functools.update_wrapper(self, fn)
 
@@ -138,16 +147,17 @@ class JitFunction:
     @property
     def captured(self) -> list[dict[str, Any]]:
         """One entry per captured program: its signature, kernel count and planned peak memory."""
-        return [{"signature": key, "kernels": step.kernels, "planned_peak_bytes": step.program.planned_peak_bytes}
-                for key, step in self.steps.items()]
+        return [{"signature": key, "kernels": step.kernels, "planned_peak_bytes": step.program.planned_peak_bytes,
+                 "training_modes": [training for _, training in step.modes]}
+                for key, steps in self.steps.items() for step in steps]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arguments: list[Tensor] = []
         _flatten((args, kwargs), arguments)
         key = _describe((args, kwargs))
-        step = self.steps.get(key)
-        if step is not None:
-            return step.replay(arguments)
+        for step in self.steps.get(key, ()):
+            if step.modes_hold():
+                return step.replay(arguments)
         return self._capture(key, args, kwargs, arguments)
 
     def _capture(self, key: Any, args: tuple, kwargs: dict, arguments: list[Tensor]) -> Any:
@@ -171,10 +181,12 @@ class JitFunction:
             realize(*results, *[t for t, _, _ in capture.assigned.values()])
             return result
         step, leaves = built
-        self.steps[key] = step
+        step.modes = list(capture.modes.values())
+        self.steps.setdefault(key, []).append(step)
         counters.bump("programs_captured")
-        if len(self.steps) > MAX_CAPTURES:
-            warnings.warn(f"zyx.jit: {getattr(self.fn, '__name__', 'function')} has captured {len(self.steps)} "
+        captured = sum(len(steps) for steps in self.steps.values())
+        if captured > MAX_CAPTURES:
+            warnings.warn(f"zyx.jit: {getattr(self.fn, '__name__', 'function')} has captured {captured} "
                           "programs; pass varying values as tensors, keep shapes fixed", JitWarning, stacklevel=3)
         inputs = [leaf.buffer for leaf in leaves]  # the traced values (assigned tensors already point ahead)
         buffers = step.backend.run(step.program, inputs, step.traced_rand_args)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..creation import tensor
 from ..devices import Device, device_from_spec
+from ..jit.capture import record_mode
 from ..realize import realize
 from ..tensor import Tensor
 
@@ -40,8 +41,19 @@ class LoadResult(NamedTuple):
 class Module:
     """A layer or a model: call it to run `forward`; its parameters are the tensors it holds."""
 
-    training: bool = True
     _buffer_names: frozenset[str] = frozenset()
+
+    @property
+    def training(self) -> bool:
+        """Training mode (dropout drops, batch norm uses batch statistics). A step traced by `@zyx.jit` records
+        the modes it read and is never replayed in another mode: it is traced again instead."""
+        mode = self.__dict__.get("_training", True)
+        record_mode(self, mode)
+        return mode
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self.__dict__["_training"] = bool(mode)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
