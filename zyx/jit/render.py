@@ -128,8 +128,8 @@ class RenderedKernel:
 
 
 class _Scope:
-    def __init__(self, depth: int):
-        self.depth, self.lines = depth, []
+    def __init__(self, depth: int, trips: int = 1):
+        self.depth, self.trips, self.lines = depth, trips, []
 
 
 @dataclass
@@ -162,6 +162,7 @@ class KernelBuilder:
     _reductions: dict = field(default_factory=dict)
     _misaligned: set = field(default_factory=set)
     _renders: dict = field(default_factory=dict)
+    _draws: dict = field(default_factory=dict)  # random values drawn per RAND node, loops' trips counted
     _statements: int = 0
     _has_loop: bool = False
     _longest_reduction: int = 0
@@ -336,11 +337,21 @@ class KernelBuilder:
         return self._emit(self._depth_of(index, guard), node.dtype, text)
 
     def _rand(self, node: Node, index: Index) -> _Value:
+        self._count_draws(node, self._depth_of(index))
         self.uses_rand = True
         seed, offset = self._param("seed", node), self._param("offset", node)
         position = linear(index, node.shape).render()
         text = f"zyx_philox_uniform({seed},{offset}+(ulong)({position}))"
         return self._emit(self._depth_of(index), node.dtype, text)
+
+    def _count_draws(self, node: Node, depth: int) -> None:
+        """A random value drawn inside loops is drawn again on every trip of them; when the kernel would draw the
+        node's values more than twice over (a dropout mask read by a weight gradient's loop), it is stored once."""
+        launched, _ = self._launch_shape()
+        draws = launched * math.prod(scope.trips for scope in self._scopes[1:depth + 1])
+        self._draws[id(node)] = self._draws.get(id(node), 0) + draws
+        if self._draws[id(node)] > 2 * node.numel:
+            raise KernelTooLarge(node)
 
     def _reduce(self, node: Node, index: Index) -> _Value:
         """One loop at the kernel's top level computing this reduction for every output of the work item;
@@ -411,7 +422,7 @@ class KernelBuilder:
         sizes = tuple(source.shape[a] for a in axes)
         loop_var = self._fresh("r")
         self._loop_depth[loop_var] = len(self._scopes)
-        self._scopes.append(_Scope(len(self._scopes)))
+        self._scopes.append(_Scope(len(self._scopes), trips))
         loop_expr = Expr.var(loop_var, trips)
         if stop is not None:
             self._scopes[-1].lines.append(stop(loop_expr))
