@@ -139,3 +139,29 @@ def test_dropout_training_step_matches_the_cpu_backend(dev):
     x, weight = zyx.CPU().tensor(a), zyx.CPU().tensor(w)
     grad_host, = ((x @ weight).dropout(0.5) * 3).sum().backward([weight])
     np.testing.assert_allclose(grad_device.numpy(), grad_host.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_weight_gradient_over_batch_and_time_is_a_tiled_product(gpu):
+    """Summed over two batch axes, the gradient of a 3-D input's product is still a product: tiled, and never
+    a stored (batch, time, in, out) broadcast."""
+    from zyx.jit.schedule import DeviceTraits, schedule
+    from zyx.trace.ops import Op
+    host = zyx.CPU()
+    x, w = host.tensor(data(8, 64, 64)), host.tensor(data(64, 128))
+    grad, = (x @ w).gelu().square().sum().backward([w])
+    kernels, _ = schedule([grad.node], DeviceTraits(gpu=gpu, vector_width=0 if gpu else 16))
+    largest = max(node.numel for k in kernels for node in k.outputs)
+    assert largest <= 8 * 64 * 128
+    product, = [k for k in kernels if any(node.op is Op.SUM and node.numel == 64 * 128 for node in k.outputs)]
+    if gpu:  # local-memory tiles (the GPU builder walks k in staged slices, not as a plain reduction)
+        assert product.local_size == 256 and "__local float" in product.source
+    else:   # register tiles: several outputs per work item
+        assert product.global_size < 64 * 128
+
+
+def test_weight_gradient_over_batch_and_time_matches_numpy(dev):
+    a, w = data(3, 20, 16), data(16, 24)
+    weight = dev.tensor(w)
+    grad, = (dev.tensor(a) @ weight).square().sum().backward([weight])
+    np.testing.assert_allclose(grad.numpy(), np.einsum("btk,btn->kn", a, 2 * (a @ w)), rtol=1e-4, atol=1e-3)

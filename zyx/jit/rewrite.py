@@ -1,5 +1,7 @@
 """Graph rewrites the scheduler applies before cutting kernels.
 
+A matrix product reducing over several adjacent axes (a weight gradient summed over batch and time) is
+rewritten to reduce over one merged axis, so it is recognised as a product and tiled like any other.
 Long reductions into few outputs would leave most of the device idle (one work item per output walks
 the whole input), so they are split in two stages: partial results over chunks, then the reduction of
 the partials. The rewrite builds new nodes above the split; leaves and random nodes keep their identity,
@@ -19,19 +21,51 @@ SPLIT_MIN_COUNT = 32768    # reductions shorter than this stay one loop
 SPLIT_MAX_OUTPUTS = 1024   # with at least this many outputs the device is busy enough
 
 
-def split_reductions(targets: Sequence[Node]) -> list[Node]:
-    """Targets of an equivalent graph in which long, narrow reductions run in two stages."""
+def rewrite_graph(targets: Sequence[Node]) -> list[Node]:
+    """Targets of an equivalent graph in which products reduce over one axis and long, narrow reductions run
+    in two stages."""
     replaced: dict[int, Node] = {}
     for node in toposort(targets):
         sources = tuple(replaced.get(id(s), s) for s in node.src)
         new = node
         if any(a is not b for a, b in zip(sources, node.src)):
             new = n.Node(node.op, sources, node.arg, node.shape, node.dtype, node.device)
+        if new.op is Op.SUM and len(new.arg) > 1:
+            new = _merge_product_axes(new)
         if new.op in REDUCE_OPS and _worth_splitting(new):
             new = _two_stage(new)
         if new is not node:
             replaced[id(node)] = new
     return [replaced.get(id(t), t) for t in targets]
+
+
+def _merge_product_axes(node: Node) -> Node:
+    """SUM over adjacent axes of MUL(EXPAND(a), EXPAND(b)) as a SUM over one axis of the axes merged, when each
+    operand either holds all of those axes or broadcasts along all of them; else the node itself."""
+    axes, product = sorted(node.arg), node.src[0]
+    first, last = axes[0], axes[-1]
+    if axes != list(range(first, last + 1)) or product.op is not Op.MUL:
+        return node
+    if any(side.op is not Op.EXPAND for side in product.src):
+        return node
+    merged_size = math.prod(product.shape[first:last + 1])
+
+    def merged(shape: tuple[int, ...], size: int) -> tuple[int, ...]:
+        return shape[:first] + (size,) + shape[last + 1:]
+
+    operands = []
+    for side in product.src:
+        inner = side.src[0].shape[first:last + 1]
+        if all(size == 1 for size in inner):
+            size = 1
+        elif inner == product.shape[first:last + 1]:
+            size = merged_size
+        else:
+            return node
+        source = n.reshape(side.src[0], merged(side.src[0].shape, size))
+        operands.append(n.expand(source, merged(product.shape, merged_size)))
+    total = n.reduce(Op.SUM, n.binary(Op.MUL, *operands), [first])
+    return n.reshape(total, node.shape)
 
 
 def _worth_splitting(node: Node) -> bool:

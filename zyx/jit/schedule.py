@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
-from .rewrite import split_reductions
+from .rewrite import rewrite_graph
 from .matmul import LocalTileBuilder, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes
 from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
@@ -49,7 +49,7 @@ GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy e
 def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> tuple[list[RenderedKernel], list[Node]]:
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
     (rewrites may have replaced them; they correspond by position)."""
-    targets = split_reductions(targets)
+    targets = rewrite_graph(targets)
     try:
         return _schedule(targets, traits, allow_extra_outputs=True), targets
     except ScheduleConflict:
