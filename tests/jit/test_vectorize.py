@@ -126,3 +126,9 @@ def test_gradients_through_vector_kernels(dev):
     grad, = loss.backward([x])
     t, s = np.tanh(a), 1 / (1 + np.exp(-a))
     np.testing.assert_allclose(grad.numpy(), (1 - t * t) * s + t * s * (1 - s), rtol=1e-4, atol=1e-6)
+
+
+def test_empty_reductions_fall_back_to_the_scalar_builder(dev):
+    x = dev.tensor(np.zeros((0, 32), np.float32))
+    np.testing.assert_array_equal(x.sum(0).numpy(), np.zeros(32))
+    np.testing.assert_array_equal(dev.tensor(np.zeros((16, 0), np.float32)).sum(1).numpy(), np.zeros(16))

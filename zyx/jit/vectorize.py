@@ -179,7 +179,7 @@ class VectorBuilder(KernelBuilder):
         source, axes, dtype = node.src[0], node.arg, node.dtype
         sizes = tuple(source.shape[a] for a in axes)
         count = math.prod(sizes)
-        if self.uniform and count % self.width:
+        if count == 0 or (self.uniform and count % self.width):
             raise NotVectorizable(node)
         self._has_loop = True
         self._longest_reduction = max(self._longest_reduction, count)
