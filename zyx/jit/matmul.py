@@ -6,7 +6,8 @@ slice of the reduced axis the group copies a tile of each operand into local mem
 each element read once per group), the left one transposed so that both tiles are read as float4 vectors along
 the output axes. Every item then walks the slice: per step it reads its fragments (a column of its left rows,
 a row of its right columns) into registers and does per_item² multiply-adds. An item's rows (and columns) are
-groups of four spaced 64 apart, so the 16 items of a half-warp read consecutive vectors (no bank conflicts).
+groups of four spaced 64 apart, so the 16 items of a half-warp read 16 consecutive vectors of the right tile
+and one vector of the left (no bank conflicts).
 
 The tiles are double-buffered: while the group computes on one slice, each item holds its share of the next in
 registers and writes it to the other buffer, so one barrier per slice suffices and global latency hides behind
