@@ -70,7 +70,7 @@ class JitBackend:
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        disk_key = program_key(key, self.runtime.device)
+        disk_key = program_key(key, self.runtime.device, self.traits)
         program = default_program_store().load(disk_key)
         if program is not None:
             stats.bump("programs_loaded")

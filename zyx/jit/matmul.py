@@ -1,10 +1,18 @@
 """Matrix products on GPUs: work groups that stage tiles of both operands in local memory.
 
-A work group of 256 items computes a 64 x 64 block of outputs (32 x 32 where that leaves too few groups), each
-item a 4 x 4 (2 x 2) tile of it. For every BK slice of the reduced axis the group copies a tile of each operand
-into local memory (coalesced reads, each element read from global memory once per group), then every
-item accumulates its tile from local memory. The operands are rendered like any other value, so casts, views
-and elementwise prologues fuse into the tile loads, and the epilogue (bias, activation) into the stores.
+A work group of 16 x 16 items computes a 128 x 128 block of outputs, each item an 8 x 8 tile of it (64 x 64 and
+4 x 4, or 32 x 32 and 2 x 2, where the sizes do not divide or the big blocks leave too few groups). For every BK
+slice of the reduced axis the group copies a tile of each operand into local memory (coalesced global reads,
+each element read once per group), the left one transposed so that both tiles are read as float4 vectors along
+the output axes. Every item then walks the slice: per step it reads its fragments (a column of its left rows,
+a row of its right columns) into registers and does per_item² multiply-adds. An item's rows (and columns) are
+groups of four spaced 64 apart, so the 16 items of a half-warp read 16 consecutive vectors of the right tile
+and one vector of the left (no bank conflicts).
+
+The tiles are double-buffered: while the group computes on one slice, each item holds its share of the next in
+registers and writes it to the other buffer, so one barrier per slice suffices and global latency hides behind
+the multiply-adds. The operands are rendered like any other value, so casts, views and elementwise prologues
+fuse into the tile loads, and the epilogue (bias, activation) into the stores of the per-element accumulators.
 """
 from __future__ import annotations
 
@@ -19,10 +27,12 @@ from .render import Index, KernelBuilder, _Scope, _Value, linear, unravel
 from .symbolic import Expr
 from .tiling import matmul_axes
 
-BK = 16            # reduced elements staged per step
-GROUP = 256        # items per work group
-BLOCKS = ((64, 4), (32, 2))  # (outputs per group along n and m, per item): big blocks first
+BK = 16            # reduced elements staged per slice
+SIDE = 16          # a work group is SIDE x SIDE items
+GROUP = SIDE * SIDE
+BLOCKS = ((128, 8), (64, 4), (32, 2))  # (outputs per group along n and m, per item): big blocks first
 MIN_GROUPS = 256   # fewer groups than this leave a large GPU idle: try smaller blocks
+PAD = 4            # floats after each row of the left tile: its transposing stores hit 2 banks, not 16
 
 
 @dataclass
@@ -32,13 +42,22 @@ class TilePlan:
     product: Node
     n_space_axis: int
     m_space_axis: int
-    block: int = 64    # outputs per group along n and m
-    per_item: int = 4  # outputs per item along n and m
+    block: int = 128   # outputs per group along n and m
+    per_item: int = 8  # outputs per item along n and m
+
+    @property
+    def width(self) -> int:
+        """Floats per vector read from the tiles."""
+        return min(self.per_item, 4)
+
+    def offset(self, item: Expr, t: int) -> Expr:
+        """Where, along n (m), the t-th row (column) of the item at `item` along n (m) sits in the block."""
+        return (t // self.width) * (SIDE * self.width) + item * self.width + t % self.width
 
 
 def plan_local_tiles(root: Node, tile: Optional[dict[int, int]], product: Optional[Node]) -> Optional[TilePlan]:
     """A plan when the register-tiled product is float32, multiplies without a cast in between, and its sizes
-    divide into whole blocks."""
+    divide into whole blocks: the biggest block that still leaves MIN_GROUPS groups (else the smallest)."""
     if not tile or product is None or product.dtype.name != "float32" or len(tile) != 2:
         return None
     if product.src[0].op is not Op.MUL:
@@ -69,18 +88,17 @@ class LocalTileBuilder(KernelBuilder):
         self.numel = math.prod(self.space)
         self.allow_extra_outputs = False
         assert self.plan is not None
-        size, per_item = self.plan.block, self.plan.per_item
-        blocks = {self.plan.n_space_axis: size, self.plan.m_space_axis: size}
+        plan = self.plan
+        blocks = {plan.n_space_axis: plan.block, plan.m_space_axis: plan.block}
         grid = tuple(size // blocks.get(axis, 1) for axis, size in enumerate(self.space))
         self.work_items = math.prod(grid)  # groups
         self.gid = Expr.var("gid", self.work_items)
         lid = Expr.var("lid", GROUP)
-        row, col = lid // (size // per_item), lid % (size // per_item)
         cell = unravel(self.gid, grid)
         self.corner = tuple(c * blocks[a] if a in blocks else c for a, c in enumerate(cell))
         self.elements: list[Index] = []
-        for t, u in itertools.product(range(per_item), range(per_item)):
-            offsets = {self.plan.n_space_axis: row * per_item + t, self.plan.m_space_axis: col * per_item + u}
+        for t, u in itertools.product(range(plan.per_item), repeat=2):
+            offsets = {plan.n_space_axis: plan.offset(lid // SIDE, t), plan.m_space_axis: plan.offset(lid % SIDE, u)}
             self.elements.append(tuple(c + offsets[a] if a in offsets else c for a, c in enumerate(self.corner)))
         self.positions = [linear(element, self.space) for element in self.elements]
         self._scopes = [_Scope(0)]
@@ -89,45 +107,68 @@ class LocalTileBuilder(KernelBuilder):
         if node is not self.plan.product:  # type: ignore[union-attr]
             return super()._reduce_all(node)
         self._has_loop = True
-        size, per_item = self.plan.block, self.plan.per_item  # type: ignore[union-attr]
-        n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
-        k_axis = node.arg[0]
-        count = node.src[0].shape[k_axis]
-        corner = unravel(linear(self.corner, self.space), node.shape)
-        left, right = node.src[0].src[0], node.src[0].src[1]
-        a, b, step = self._fresh("tile_a"), self._fresh("tile_b"), self._fresh("k")
+        plan = self.plan
+        steps = node.src[0].shape[node.arg[0]] // BK
+        tile_a, tile_b, step = self._fresh("tile_a"), self._fresh("tile_b"), self._fresh("k")
         accumulators = [self._fresh("acc") for _ in self.elements]
+        width, row = plan.width, plan.block + PAD
         lines = self._scopes[0].lines
-        lines += [f"__local float {a}[{BK}][{size}];", f"__local float {b}[{BK}][{size}];"]
+        lines += [f"__local float{width} {name}[{2 * BK * row // width}];" for name in (tile_a, tile_b)]
         lines += [f"float {acc} = 0.0f;" for acc in accumulators]
-        self._loop_depth[step] = 1
-        self._scopes.append(_Scope(1))
-        k_base = Expr.var(step, count // BK) * BK
-        lid = Expr.var("lid", GROUP)
-        for copy in range(size * BK // GROUP):
-            flat = lid + copy * GROUP
-            self._stage(left, corner, {n_axis: flat // BK, k_axis: k_base + flat % BK}, n_axis, k_axis,
-                        f"{a}[{(flat % BK).render()}][{(flat // BK).render()}]")
-        for copy in range(BK * size // GROUP):
-            flat = lid + copy * GROUP
-            self._stage(right, corner, {m_axis: flat % size, k_axis: k_base + flat // size}, m_axis, k_axis,
-                        f"{b}[{(flat // size).render()}][{(flat % size).render()}]")
-        row, col = (lid // (size // per_item)).render(), (lid % (size // per_item)).render()
-        body = self._scopes.pop()
-        products = "\n".join(f"    {acc} += {a}[kk][{row}*{per_item}+{t}] * {b}[kk][{col}*{per_item}+{u}];"
-                             for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2)))
-        lines.append(f"for (int {step} = 0; {step} < {count // BK}; {step}++) {{\n"
-                     + "\n".join("  " + line for line in body.lines)
-                     + f"\n  barrier(CLK_LOCAL_MEM_FENCE);\n  for (int kk = 0; kk < {BK}; kk++) {{\n{products}\n  }}"
-                     + "\n  barrier(CLK_LOCAL_MEM_FENCE);\n}")
+        lines += self._stage(node, Expr(0), Expr(0), tile_a, tile_b)
+        lines.append("barrier(CLK_LOCAL_MEM_FENCE);")
+        if steps > 1:  # slice s + 1 goes to registers, slice s is multiplied, then s + 1 goes to the other buffer
+            self._loop_depth[step] = 1
+            self._scopes.append(_Scope(1))
+            following = Expr.var(step, steps - 1) + 1
+            stores = self._stage(node, following * BK, following % 2, tile_a, tile_b)
+            body = self._scopes.pop().lines + self._multiply(f"({step}%2)", tile_a, tile_b, accumulators)
+            lines.append(f"for (int {step} = 0; {step} < {steps - 1}; {step}++) {{\n"
+                         + "\n".join("  " + line.replace("\n", "\n  ") for line in body + stores)
+                         + "\n  barrier(CLK_LOCAL_MEM_FENCE);\n}")
+        lines += self._multiply(str((steps - 1) % 2), tile_a, tile_b, accumulators)
         return [_Value(acc, 0) for acc in accumulators]
 
-    def _stage(self, operand: Node, corner: Index, offsets: dict[int, Expr], along: int, k_axis: int,
-               target: str) -> None:
-        """Copy one operand element (rendered at the block corner plus `offsets`) into local memory."""
+    def _stage(self, node: Node, k_base: Expr, buffer: Expr, tile_a: str, tile_b: str) -> list[str]:
+        """Render (into the current scope) this item's share of both operands' slice at `k_base`; return the
+        lines that store it into local buffer `buffer` (0 or 1): left transposed as [k][n], right as [k][m]."""
+        plan = self.plan
+        n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
+        k_axis, size, row = node.arg[0], plan.block, plan.block + PAD  # type: ignore[union-attr]
+        corner = unravel(linear(self.corner, self.space), node.shape)
+        left, right = node.src[0].src[0], node.src[0].src[1]
+        lid = Expr.var("lid", GROUP)
+        base = buffer * (BK * row)
+        stores = []
+        for copy in range(size * BK // GROUP):
+            flat = lid + copy * GROUP
+            value = self._operand(left, corner, {n_axis: flat // BK, k_axis: k_base + flat % BK})
+            target = base + (flat % BK) * row + flat // BK
+            stores.append(f"((__local float*){tile_a})[{target.render()}] = {value};")
+            value = self._operand(right, corner, {m_axis: flat % size, k_axis: k_base + flat // size})
+            target = base + (flat // size) * row + flat % size
+            stores.append(f"((__local float*){tile_b})[{target.render()}] = {value};")
+        return stores
+
+    def _operand(self, operand: Node, corner: Index, offsets: dict[int, Expr]) -> str:
+        """One operand element, rendered at the block corner plus `offsets`."""
         index = tuple(corner[a] + offsets[a] if a in offsets else corner[a] for a in range(len(corner)))
-        value = self.render(operand, index, ())
-        self._scopes[1].lines.append(f"{target} = {value.text};")
+        return self.render(operand, index, ()).text
+
+    def _multiply(self, buffer: str, tile_a: str, tile_b: str, accumulators: list[str]) -> list[str]:
+        """The multiply-adds of one staged slice: per kk, fragments of both tiles into registers, then the
+        outer product of the fragments into the accumulators."""
+        plan = self.plan
+        width, per_item = plan.width, plan.per_item  # type: ignore[union-attr]
+        vectors, row = per_item // width, (plan.block + PAD) // width  # type: ignore[union-attr]
+        fragments = []
+        for name, tile, item in (("a", tile_a, f"lid/{SIDE}"), ("b", tile_b, f"lid%{SIDE}")):
+            for v in range(vectors):
+                at = f"({buffer}*{BK}+kk)*{row}+{item}" + (f"+{v * SIDE}" if v else "")
+                fragments.append(f"  float{width} {name}{v} = {tile}[{at}];")
+        products = [f"  {acc} += a{t // width}.s{t % width} * b{u // width}.s{u % width};"
+                    for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2))]
+        return [f"#pragma unroll\nfor (int kk = 0; kk < {BK}; kk++) {{\n" + "\n".join(fragments + products) + "\n}"]
 
     def _header(self, index_type: str) -> str:
         return f"  {index_type} gid = get_group_id(0);\n  int lid = get_local_id(0);\n"

@@ -1,9 +1,10 @@
 """Scheduled programs on disk, so a new process running the same trace schedules nothing.
 
 A Program is plain data (kernel sources, launch sizes, argument bindings, the memory plan); it is stored as
-JSON under a key made of the trace's structural hash, the device fingerprint, the zyx version and this
-format's version. A damaged or unreadable entry is dropped and the trace scheduled again; a store that
-cannot be opened leaves zyx working from memory.
+JSON under a key made of the trace's structural hash, the device fingerprint, the traits its kernels were
+shaped for (ZYX_GPU_KERNELS=1 shapes them for a GPU on any device), the zyx version and this format's
+version. A damaged or unreadable entry is dropped and the trace scheduled again; a store that cannot be
+opened leaves zyx working from memory.
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ def scheduler_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def program_key(structure: str, device: Any) -> str:
-    parts = {"structure": structure, **device_fingerprint(device), "zyx_version": zyx_version(), "format": FORMAT,
-             "scheduler": scheduler_fingerprint()}
+def program_key(structure: str, device: Any, traits: Any) -> str:
+    parts = {"structure": structure, **device_fingerprint(device), "traits": repr(traits),
+             "zyx_version": zyx_version(), "format": FORMAT, "scheduler": scheduler_fingerprint()}
     return xxhash.xxh3_128_hexdigest(json.dumps(parts, sort_keys=True).encode())
 
 
