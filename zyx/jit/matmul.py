@@ -119,7 +119,7 @@ class LocalTileBuilder(KernelBuilder):
         lines.append("barrier(CLK_LOCAL_MEM_FENCE);")
         if steps > 1:  # slice s + 1 goes to registers, slice s is multiplied, then s + 1 goes to the other buffer
             self._loop_depth[step] = 1
-            self._scopes.append(_Scope(1))
+            self._scopes.append(_Scope(1, steps - 1))
             following = Expr.var(step, steps - 1) + 1
             stores = self._stage(node, following * BK, following % 2, tile_a, tile_b)
             body = self._scopes.pop().lines + self._multiply(f"({step}%2)", tile_a, tile_b, accumulators)
