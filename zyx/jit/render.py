@@ -239,12 +239,17 @@ class KernelBuilder:
             self._store(self.root, self.render(self.root, index, ()))
         return self._finish()
 
-    def _store(self, node: Node, value: _Value) -> None:
+    def _output(self, node: Node) -> str:
+        """Register `node` as stored by this kernel; its buffer's parameter name."""
         out = self._param("store", node)
         if node not in self.outputs:
             self.outputs.append(node)
         self.produced.add(id(node))
         self._local_outputs.add(id(node))
+        return out
+
+    def _store(self, node: Node, value: _Value) -> None:
+        out = self._output(node)
         position = self.positions[self._element].render()
         line = _store_line(node.dtype, out, position, value.text)
         self._stores.append(f"if (lid == 0) {line}" if self.group else line)

@@ -94,11 +94,7 @@ class VectorBuilder(KernelBuilder):
         return self._finish()
 
     def _store(self, node: Node, value: _Value) -> None:
-        out = self._param("store", node)
-        if node not in self.outputs:
-            self.outputs.append(node)
-        self.produced.add(id(node))
-        self._local_outputs.add(id(node))
+        out = self._output(node)
         mask = _kind(node.dtype) == "mask"
         if self.uniform:
             self._stores.append(_store_line(node.dtype, out, "gid", f"(-{value.text}.s0)" if mask else f"{value.text}.s0"))
