@@ -1,20 +1,21 @@
-"""Matrix products on CPUs: vector accumulators over a packed copy of the right operand.
+"""Matrix products on CPUs: vector accumulators over packed copies of both operands.
 
 A work item computes ROWS x WIDTH outputs (8 x 32: sixteen `float16` accumulators, one AVX-512 register each).
-Per step of the reduced axis it loads WIDTH consecutive values of the right operand (WIDTH / 16 `vload16`s)
+Per step of the reduced axis k it loads WIDTH consecutive values of the right operand (WIDTH / 16 `vload16`s)
 and ROWS scalars of the left operand, each broadcast into one fused multiply-add per accumulator vector.
 
-The right operand is first copied by a kernel of its own into panels, [batch][m / WIDTH][k][WIDTH], so that a
-work item reads its panel as one contiguous stream whatever the operand's layout (transposed, strided, or an
-elementwise expression: casts, views and prologues fuse into the copy). Work items walk down the rows first,
-so the items after one (on both threads) reuse its panel from cache. The left operand is rendered like any
-value, so its views and prologues fuse into the loads, and the accumulators' lanes (`acc.s0`..`acc.sf`) are
-handed back as the outputs' values, so the epilogue (bias, activation) fuses into the stores.
+Each operand is first copied, by a kernel of its own, into panels: the right one as [batch][m / WIDTH][k][WIDTH],
+the left one as [batch][n / ROWS][k][ROWS], so that a work item reads both as contiguous streams whatever the
+operands' layouts (transposed, strided, broadcast), and an operand that is an elementwise expression (casts,
+views, a ReLU's gradient mask) is computed once in its copy instead of once per tile that reads it. Work items
+walk down the rows first, so the items after one (on both threads) reuse its right panel from cache. The
+accumulators' lanes (`acc.s0`..`acc.sf`) are handed back as the outputs' values, so the epilogue (bias,
+activation) fuses into the stores.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from ..trace import node as n
@@ -24,16 +25,44 @@ from .render import Index, KernelBuilder, _Scope, _Value, linear, unravel
 from .symbolic import Expr
 from .tiling import hosted_matmul, matmul_axes, space_axes
 
-ROWS = 8                # left operand rows per work item (fewer where the row count is not a multiple)
+ACCUMULATORS = 16       # float16 registers per work item (AVX-512 has 32)
 WIDTHS = (32, 16)       # output columns per work item: the first that divides the column count
-LANES = 16              # floats per vector (one AVX-512 register)
-MIN_MACS = 1 << 18      # smaller products stay in one kernel (a copy kernel costs more than it saves)
+LANES = 16              # floats per vector
+MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
+VIEW_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP})  # index changes only
+
+
+@dataclass
+class Operand:
+    """An operand before its broadcast (`source`, casts applied) and its packed copy: `source` viewed as
+    (its other axes..., size / block, k, block) for its output axis `axis`, then materialized."""
+
+    source: Node
+    axis: int
+    k_axis: int
+    block: int
+    packed: Node = field(init=False)
+
+    def __post_init__(self) -> None:
+        shape = self.source.shape
+        split = n.reshape(self.source, shape[:self.axis] + (shape[self.axis] // self.block, self.block)
+                          + shape[self.axis + 1:])
+        moved = {a: a + (a > self.axis) for a in range(len(shape))}  # axes of `source` in `split`
+        others = [moved[a] for a in range(len(shape)) if a not in (self.axis, self.k_axis)]
+        self.packed = n.permute(split, others + [self.axis, moved[self.k_axis], self.axis + 1])
+
+    def start(self, index: list[Expr]) -> Expr:
+        """Flat index into the packed copy of the block holding `index` (the block's first element)."""
+        others = [Expr(0) if self.source.shape[a] == 1 else e for a, e in enumerate(index)
+                  if a not in (self.axis, self.k_axis)]
+        return linear(tuple(others) + (index[self.axis] // self.block, index[self.k_axis], Expr(0)),
+                      self.packed.shape)
 
 
 @dataclass
 class CpuPlan:
-    """The product, its axes (n: rows, m: columns, k: reduced) and the kernel axes holding n and m, the tile,
-    and the packed right operand: `packed` shaped (other axes of the operand..., m / width, k, width)."""
+    """The product, its axes (n: rows, m: columns, k: reduced), the kernel axes holding n and m, and the
+    operands; each work item computes `left.block` x `right.block` outputs."""
 
     product: Node
     n_axis: int
@@ -41,10 +70,9 @@ class CpuPlan:
     k_axis: int
     space_n: int
     space_m: int
-    rows: int
-    width: int
-    operand: Node  # the right operand before its broadcast (casts applied)
-    packed: Node
+    left: Operand
+    right: Operand
+    left_in_place: bool  # the left operand only views memory: its loads render in place of a packed copy
 
 
 def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPlan]:
@@ -63,35 +91,39 @@ def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPl
     width = next((w for w in WIDTHS if shape[m_axis] % w == 0), 0)
     if not width or product.src[0].numel < MIN_MACS:
         return None
-    operand = _unbroadcast(product.src[0].src[1])
-    if operand is None or operand.shape[k_axis] != shape[k_axis]:
+    left, right = (_unbroadcast(s) for s in product.src[0].src)
+    if left is None or right is None or left.shape[k_axis] != shape[k_axis] or right.shape[k_axis] != shape[k_axis]:
         return None
-    rows = math.gcd(shape[n_axis], ROWS)
-    packed = _pack(operand, m_axis, k_axis, width)
-    return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], rows, width, operand, packed)
+    rows = max(d for d in range(1, ACCUMULATORS * LANES // width + 1) if shape[n_axis] % d == 0)
+    return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
+                   Operand(right, m_axis, k_axis, width), _views_memory(left, materialized))
 
 
-def _unbroadcast(right: Node) -> Optional[Node]:
-    """The source of the broadcast under `right`'s casts, with the casts applied to it."""
+def _views_memory(node: Node, materialized: dict[int, Node]) -> bool:
+    """Whether `node` only views values in memory (buffers, or nodes that other kernels store)."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if node.op is Op.BUFFER or id(node) in materialized:
+            continue
+        if node.op not in VIEW_OPS:
+            return False
+        stack.extend(node.src)
+    return True
+
+
+def _unbroadcast(operand: Node) -> Optional[Node]:
+    """The source of the broadcast under `operand`'s casts, with the casts applied to it."""
     casts = []
-    while right.op is Op.CAST:
-        casts.append(right.dtype)
-        right = right.src[0]
-    if right.op is not Op.EXPAND:
+    while operand.op is Op.CAST:
+        casts.append(operand.dtype)
+        operand = operand.src[0]
+    if operand.op is not Op.EXPAND:
         return None
-    operand = right.src[0]
+    source = operand.src[0]
     for dtype in reversed(casts):
-        operand = n.cast(operand, dtype)
-    return operand
-
-
-def _pack(operand: Node, m_axis: int, k_axis: int, width: int) -> Node:
-    """`operand` viewed as (its other axes..., m / width, k, width): materialized, that is the panel layout."""
-    shape = operand.shape
-    split = n.reshape(operand, shape[:m_axis] + (shape[m_axis] // width, width) + shape[m_axis + 1:])
-    moved = {a: a + (a > m_axis) for a in range(len(shape))}  # axes of `operand` in `split`
-    others = [moved[a] for a in range(len(shape)) if a not in (m_axis, k_axis)]
-    return n.permute(split, others + [m_axis, moved[k_axis], m_axis + 1])
+        source = n.cast(source, dtype)
+    return source
 
 
 @dataclass
@@ -107,7 +139,7 @@ class CpuMatmulBuilder(KernelBuilder):
         self.space = self.root.shape
         self.numel = math.prod(self.space)
         self.allow_extra_outputs = False
-        tile = {plan.space_n: plan.rows, plan.space_m: plan.width}
+        tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}
         grid = [size // tile.get(axis, 1) for axis, size in enumerate(self.space)]
         # the row blocks vary fastest: consecutive items share the right operand's panel
         order = [a for a in range(len(grid)) if a != plan.space_n] + [plan.space_n]
@@ -116,8 +148,8 @@ class CpuMatmulBuilder(KernelBuilder):
         cell = dict(zip(order, unravel(self.gid, tuple(grid[a] for a in order))))
         self.corner = tuple(cell[a] * tile.get(a, 1) for a in range(len(grid)))
         self.elements: list[Index] = []
-        for t in range(plan.rows):
-            for u in range(plan.width):
+        for t in range(plan.left.block):
+            for u in range(plan.right.block):
                 offsets = {plan.space_n: t, plan.space_m: u}
                 self.elements.append(tuple(c + offsets.get(a, 0) for a, c in enumerate(self.corner)))
         self.positions = [linear(element, self.space) for element in self.elements]
@@ -131,44 +163,44 @@ class CpuMatmulBuilder(KernelBuilder):
         count = node.src[0].shape[plan.k_axis]
         self._has_loop = True
         self._longest_reduction = max(self._longest_reduction, count)
-        corner = list(unravel(linear(self.corner, self.space), node.shape))
-        vectors = plan.width // LANES
-        accumulators = [[self._fresh("acc") for _ in range(vectors)] for _ in range(plan.rows)]
         step = self._fresh("k")
-        k = Expr.var(step, count)
-        corner[plan.k_axis] = k
+        index = list(unravel(linear(self.corner, self.space), node.shape))
+        index[plan.k_axis] = Expr.var(step, count)
         self._loop_depth[step] = 1
         self._scopes.append(_Scope(1))
-        panel = self._panel(corner, vectors)
-        for t, row in enumerate(accumulators):
-            index = list(corner)
-            index[plan.n_axis] = index[plan.n_axis] + t
-            a = self.render(node.src[0].src[0], tuple(index), ())
-            self._scopes[1].lines += [f"{acc} = fma((float16)({a.text}), {b}, {acc});" for acc, b in zip(row, panel)]
-        body = self._scopes.pop()
+        body = self._scopes[1].lines
+        right, b_start = self._operand(plan.right), plan.right.start(index).render()
+        vectors = plan.right.block // LANES
+        b = [self._fresh("b") for _ in range(vectors)]
+        body += [f"float16 {name} = vload16(0, {right} + {b_start} + {v * LANES});" for v, name in enumerate(b)]
+        if plan.left_in_place:
+            a_values = [self.render(node.src[0].src[0], tuple(e + t if axis == plan.n_axis else e
+                                                              for axis, e in enumerate(index)), ()).text
+                        for t in range(plan.left.block)]
+        else:
+            left, a_start = self._operand(plan.left), plan.left.start(index).render()
+            a_values = [f"{left}[{a_start} + {t}]" for t in range(plan.left.block)]
+        accumulators = [[self._fresh("acc") for _ in range(vectors)] for _ in range(plan.left.block)]
+        for value, row in zip(a_values, accumulators):
+            a = self._fresh("a")
+            body.append(f"float16 {a} = (float16)({value});")
+            body += [f"{acc} = fma({a}, {b_v}, {acc});" for acc, b_v in zip(row, b)]
+        self._scopes.pop()
         lines = self._scopes[0].lines
         lines += [f"float16 {acc} = 0.0f;" for row in accumulators for acc in row]
         lines.append(f"for (int {step} = 0; {step} < {count}; {step}++) {{\n"
-                     + "\n".join("  " + line for line in body.lines) + "\n}")
-        return [_Value(f"{row[u // LANES]}.s{u % LANES:x}", 0) for row in accumulators for u in range(plan.width)]
+                     + "\n".join("  " + line for line in body) + "\n}")
+        return [_Value(f"{row[u // LANES]}.s{u % LANES:x}", 0)
+                for row in accumulators for u in range(plan.right.block)]
 
-    def _panel(self, index: list[Expr], vectors: int) -> list[str]:
-        """Load the packed right operand's `width` values at `index` (the tile's first column) as vectors."""
-        plan = self.plan
-        assert plan is not None
-        packed = plan.packed
+    def _operand(self, operand: Operand) -> str:
+        """The kernel argument reading `operand`'s packed copy (a kernel of its own writes it)."""
+        packed = operand.packed
         self.materialized.setdefault(id(packed), packed)
         if id(packed) not in self.produced and packed not in self.needs:
             self.needs.append(packed)
         self._misaligned.add(id(packed))
-        name = self._param("load", packed)
-        others = [Expr(0) if plan.operand.shape[a] == 1 else index[a] for a in range(len(index))
-                  if a not in (plan.m_axis, plan.k_axis)]
-        start = linear(tuple(others) + (index[plan.m_axis] // plan.width, index[plan.k_axis], Expr(0)), packed.shape)
-        names = [self._fresh("b") for _ in range(vectors)]
-        self._scopes[1].lines += [f"float16 {b} = vload16(0, {name} + {(start + v * LANES).render()});"
-                                  for v, b in enumerate(names)]
-        return names
+        return self._param("load", packed)
 
     def _launch_shape(self) -> tuple[int, Optional[int]]:
         return self.work_items, 1  # one item per group: PoCL hands the groups out to its threads in order
