@@ -26,7 +26,8 @@ def close(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(want.size ** 0.5))
 
 
-@pytest.mark.parametrize("n,k,m", [(64, 64, 64), (96, 80, 64), (97, 101, 48), (30, 1000, 32), (257, 13, 160)])
+@pytest.mark.parametrize("n,k,m", [(64, 64, 64), (96, 80, 64), (97, 101, 48), (30, 1000, 32), (257, 13, 160),
+                                   (512, 96, 10)])
 def test_square_and_odd_sizes(dev, n, k, m):
     a, b = data(n, k), data(k, m)
     out = dev.tensor(a) @ dev.tensor(b)

@@ -35,7 +35,8 @@ VIEW_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP})  #
 @dataclass
 class Operand:
     """An operand before its broadcast (`source`, casts applied) and its packed copy: `source` viewed as
-    (its other axes..., size / block, k, block) for its output axis `axis`, then materialized."""
+    (its other axes..., size / block, k, block) for its output axis `axis`, then materialized (a size
+    smaller than the block is padded with zeros)."""
 
     source: Node
     axis: int
@@ -44,8 +45,11 @@ class Operand:
     packed: Node = field(init=False)
 
     def __post_init__(self) -> None:
-        shape = self.source.shape
-        split = n.reshape(self.source, shape[:self.axis] + (shape[self.axis] // self.block, self.block)
+        size = self.source.shape[self.axis]
+        padded = n.pad(self.source, [(0, self.block - size if a == self.axis and size < self.block else 0)
+                                     for a in range(len(self.source.shape))])
+        shape = padded.shape
+        split = n.reshape(padded, shape[:self.axis] + (shape[self.axis] // self.block, self.block)
                           + shape[self.axis + 1:])
         moved = {a: a + (a > self.axis) for a in range(len(shape))}  # axes of `source` in `split`
         others = [moved[a] for a in range(len(shape)) if a not in (self.axis, self.k_axis)]
@@ -88,7 +92,8 @@ def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPl
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     k_axis = product.arg[0]
     shape = product.src[0].shape
-    width = next((w for w in WIDTHS if shape[m_axis] % w == 0), 0)
+    # whole panels of columns, or a narrow product (ten classes) in one panel padded with zeros
+    width = next((w for w in WIDTHS if shape[m_axis] % w == 0), LANES if shape[m_axis] < LANES else 0)
     if not width or product.src[0].numel < MIN_MACS:
         return None
     left, right = (_unbroadcast(s) for s in product.src[0].src)
@@ -140,7 +145,8 @@ class CpuMatmulBuilder(KernelBuilder):
         self.numel = math.prod(self.space)
         self.allow_extra_outputs = False
         tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}
-        grid = [size // tile.get(axis, 1) for axis, size in enumerate(self.space)]
+        grid = [-(-size // tile.get(axis, 1)) for axis, size in enumerate(self.space)]
+        self.columns = min(plan.right.block, self.space[plan.space_m])  # those of a tile that exist
         # the row blocks vary fastest: consecutive items share the right operand's panel
         order = [a for a in range(len(grid)) if a != plan.space_n] + [plan.space_n]
         self.work_items = math.prod(grid)
@@ -149,7 +155,7 @@ class CpuMatmulBuilder(KernelBuilder):
         self.corner = tuple(cell[a] * tile.get(a, 1) for a in range(len(grid)))
         self.elements: list[Index] = []
         for t in range(plan.left.block):
-            for u in range(plan.right.block):
+            for u in range(self.columns):
                 offsets = {plan.space_n: t, plan.space_m: u}
                 self.elements.append(tuple(c + offsets.get(a, 0) for a, c in enumerate(self.corner)))
         self.positions = [linear(element, self.space) for element in self.elements]
@@ -191,7 +197,7 @@ class CpuMatmulBuilder(KernelBuilder):
         lines.append(f"for (int {step} = 0; {step} < {count}; {step}++) {{\n"
                      + "\n".join("  " + line for line in body) + "\n}")
         return [_Value(f"{row[u // LANES]}.s{u % LANES:x}", 0)
-                for row in accumulators for u in range(plan.right.block)]
+                for row in accumulators for u in range(self.columns)]
 
     def _operand(self, operand: Operand) -> str:
         """The kernel argument reading `operand`'s packed copy (a kernel of its own writes it)."""
