@@ -21,7 +21,7 @@ from typing import Optional
 from ..trace import node as n
 from ..trace.node import Node
 from ..trace.ops import Op
-from .render import Index, KernelBuilder, _Scope, _Value, linear, unravel
+from .render import Index, KernelBuilder, RenderedKernel, _Scope, _Value, linear, unravel
 from .symbolic import Expr
 from .tiling import hosted_matmul, matmul_axes, space_axes
 
@@ -35,8 +35,8 @@ VIEW_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP})  #
 @dataclass
 class Operand:
     """An operand before its broadcast (`source`, casts applied) and its packed copy: `source` viewed as
-    (its other axes..., size / block, k, block) for its output axis `axis`, then materialized (a size
-    smaller than the block is padded with zeros)."""
+    (its other axes..., size / block, k, block) for its output axis `axis`, then materialized (padded with
+    zeros to whole blocks)."""
 
     source: Node
     axis: int
@@ -46,7 +46,7 @@ class Operand:
 
     def __post_init__(self) -> None:
         size = self.source.shape[self.axis]
-        padded = n.pad(self.source, [(0, self.block - size if a == self.axis and size < self.block else 0)
+        padded = n.pad(self.source, [(0, -size % self.block if a == self.axis else 0)
                                      for a in range(len(self.source.shape))])
         shape = padded.shape
         split = n.reshape(padded, shape[:self.axis] + (shape[self.axis] // self.block, self.block)
@@ -76,7 +76,7 @@ class CpuPlan:
     space_m: int
     left: Operand
     right: Operand
-    left_in_place: bool  # the left operand only views memory: its loads render in place of a packed copy
+    left_in_place: bool  # the left operand only views memory, in whole tiles: its loads render in place
 
 
 def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPlan]:
@@ -92,16 +92,19 @@ def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPl
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     k_axis = product.arg[0]
     shape = product.src[0].shape
-    # whole panels of columns, or a narrow product (ten classes) in one panel padded with zeros
-    width = next((w for w in WIDTHS if shape[m_axis] % w == 0), LANES if shape[m_axis] < LANES else 0)
-    if not width or product.src[0].numel < MIN_MACS:
+    if product.src[0].numel < MIN_MACS:
         return None
     left, right = (_unbroadcast(s) for s in product.src[0].src)
     if left is None or right is None or left.shape[k_axis] != shape[k_axis] or right.shape[k_axis] != shape[k_axis]:
         return None
-    rows = max(d for d in range(1, ACCUMULATORS * LANES // width + 1) if shape[n_axis] % d == 0)
+    # tiles that divide the outputs where one does, else the last tiles of a row or column hang over its end
+    width = next((w for w in WIDTHS if shape[m_axis] % w == 0), WIDTHS[0] if shape[m_axis] > LANES else LANES)
+    most = ACCUMULATORS * LANES // width
+    rows = max(d for d in range(1, most + 1) if shape[n_axis] % d == 0)
+    rows = rows if 2 * rows > most else most
+    in_place = shape[n_axis] % rows == 0 and _views_memory(left, materialized)
     return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
-                   Operand(right, m_axis, k_axis, width), _views_memory(left, materialized))
+                   Operand(right, m_axis, k_axis, width), in_place)
 
 
 def _views_memory(node: Node, materialized: dict[int, Node]) -> bool:
@@ -146,7 +149,6 @@ class CpuMatmulBuilder(KernelBuilder):
         self.allow_extra_outputs = False
         tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}
         grid = [-(-size // tile.get(axis, 1)) for axis, size in enumerate(self.space)]
-        self.columns = min(plan.right.block, self.space[plan.space_m])  # those of a tile that exist
         # the row blocks vary fastest: consecutive items share the right operand's panel
         order = [a for a in range(len(grid)) if a != plan.space_n] + [plan.space_n]
         self.work_items = math.prod(grid)
@@ -154,10 +156,20 @@ class CpuMatmulBuilder(KernelBuilder):
         cell = dict(zip(order, unravel(self.gid, tuple(grid[a] for a in order))))
         self.corner = tuple(cell[a] * tile.get(a, 1) for a in range(len(grid)))
         self.elements: list[Index] = []
+        self.lanes: list[tuple[int, int]] = []  # (row, column) in the tile of each element
+        self.guards: list[tuple[str, ...]] = []  # the conditions under which each element exists
         for t in range(plan.left.block):
-            for u in range(self.columns):
+            for u in range(plan.right.block):
                 offsets = {plan.space_n: t, plan.space_m: u}
-                self.elements.append(tuple(c + offsets.get(a, 0) for a, c in enumerate(self.corner)))
+                element = tuple(c + offsets.get(a, 0) for a, c in enumerate(self.corner))
+                if any(element[a].lo >= self.space[a] for a in offsets):
+                    continue  # past the end in every tile
+                ragged = [a for a in offsets if element[a].hi >= self.space[a]]
+                self.guards.append(tuple(f"({element[a].render()}<{self.space[a]})" for a in ragged))
+                # where the guard holds the index is in range: an opaque value with that range (as in a PAD)
+                self.elements.append(tuple(Expr.clamped(e, 0, self.space[a] - 1) if a in ragged else e
+                                           for a, e in enumerate(element)))
+                self.lanes.append((t, u))
         self.positions = [linear(element, self.space) for element in self.elements]
         self._scopes = [_Scope(0)]
 
@@ -196,8 +208,23 @@ class CpuMatmulBuilder(KernelBuilder):
         lines += [f"float16 {acc} = 0.0f;" for row in accumulators for acc in row]
         lines.append(f"for (int {step} = 0; {step} < {count}; {step}++) {{\n"
                      + "\n".join("  " + line for line in body) + "\n}")
-        return [_Value(f"{row[u // LANES]}.s{u % LANES:x}", 0)
-                for row in accumulators for u in range(self.columns)]
+        return [_Value(f"{accumulators[t][u // LANES]}.s{u % LANES:x}", 0) for t, u in self.lanes]
+
+    def build(self) -> RenderedKernel:
+        """Every element rendered under its guard: its loads read nothing past the ends, its store is skipped."""
+        for element, index in enumerate(self.elements):
+            self._element = element
+            self._store(self.root, self.render(self.root, index, self.guards[element]))
+        return self._finish()
+
+    def _store(self, node: Node, value: _Value) -> None:
+        super()._store(node, value)
+        if self.guards[self._element]:
+            self._stores[-1] = f"if ({'&&'.join(self.guards[self._element])}) {self._stores[-1]}"
+
+    def _can_host(self, node: Node, index: Index, guard: tuple[str, ...]) -> bool:
+        own = self.guards[self._element]
+        return super()._can_host(node, index, guard[len(own):] if guard[:len(own)] == own else guard)
 
     def _operand(self, operand: Operand) -> str:
         """The kernel argument reading `operand`'s packed copy (a kernel of its own writes it)."""
