@@ -107,7 +107,16 @@ def test_chosen_on_the_cpu_device(dev):
     a, b = data(64, 64), data(64, 64)
     zyx.reset_stats()
     out = (dev.tensor(a) @ dev.tensor(b)).realize()
-    assert zyx.stats()["kernels_launched"] == 2
+    assert zyx.stats()["kernels_launched"] == 1  # small contiguous operands are read in place
     program = next(p for p in dev.backend.programs.values() if any(l.name.startswith("m_") for l in p.launches))
     assert "vload16" in next(l.source for l in program.launches if l.name.startswith("m_"))
     close(out.numpy(), a @ b)
+
+
+def test_large_or_strided_right_operands_are_packed(dev):
+    a, b = data(64, 1024), data(1024, 640)
+    x, y = dev.tensor(a), dev.tensor(b)
+    assert len(cpu_kernels(x @ y)) == 2  # larger than IN_PLACE_BYTES: copied into panels first
+    assert len(cpu_kernels(x[:, :96] @ y[:96, ::2])) == 2  # strided along the columns
+    assert len(cpu_kernels(x[:, :96] @ y[:96, :])) == 1
+    close((x @ y).numpy(), a @ b)

@@ -29,6 +29,7 @@ ACCUMULATORS = 16       # float16 registers per work item (AVX-512 has 32)
 WIDTHS = (32, 16)       # output columns per work item: the first that divides the column count
 LANES = 16              # floats per vector
 MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
+IN_PLACE_BYTES = 2 << 20  # a right operand with rows this small is read in place if it can (packing pays above)
 VIEW_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP})  # index changes only
 
 
@@ -77,6 +78,7 @@ class CpuPlan:
     left: Operand
     right: Operand
     left_in_place: bool  # the left operand only views memory, in whole tiles: its loads render in place
+    right_in_place: bool  # the right operand is small and contiguous along m in memory: no copy
 
 
 def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPlan]:
@@ -102,9 +104,41 @@ def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPl
     most = ACCUMULATORS * LANES // width
     rows = max(d for d in range(1, most + 1) if shape[n_axis] % d == 0)
     rows = rows if 2 * rows > most else most
-    in_place = shape[n_axis] % rows == 0 and _views_memory(left, materialized)
+    left_in_place = shape[n_axis] % rows == 0 and _views_memory(left, materialized)
+    right_in_place = (shape[m_axis] % width == 0 and shape[m_axis] * shape[k_axis] * 4 <= IN_PLACE_BYTES
+                      and _contiguous(product.src[0].src[1], m_axis, materialized))
     return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
-                   Operand(right, m_axis, k_axis, width), in_place)
+                   Operand(right, m_axis, k_axis, width), left_in_place, right_in_place)
+
+
+def _contiguous(node: Node, axis: int, materialized: dict[int, Node]) -> bool:
+    """Whether `node` views memory in which its consecutive elements along `axis` are adjacent."""
+    index = [Expr.var(f"i{a}", size - (a == axis)) for a, size in enumerate(node.shape)]
+    here = _view_index(node, index, materialized)
+    index[axis] = index[axis] + 1
+    there = _view_index(node, index, materialized)
+    return here is not None and there is not None and there[1] - here[1] == Expr(1)
+
+
+def _view_index(node: Node, index: list[Expr], materialized: dict[int, Node]) -> Optional[tuple[Node, Expr]]:
+    """The node in memory that a chain of views reads (a buffer, or a node another kernel stores) and the flat
+    index it reads at `index`; None if the chain computes anything (as KernelBuilder._movement, without PAD)."""
+    while node.op is not Op.BUFFER and id(node) not in materialized:
+        source = node.src[0] if node.src else node
+        if node.op is Op.RESHAPE:
+            index = list(unravel(linear(tuple(index), node.shape), source.shape))
+        elif node.op is Op.PERMUTE:
+            index = [index[node.arg.index(axis)] for axis in range(len(index))]
+        elif node.op is Op.EXPAND:
+            index = [Expr(0) if s == 1 else e for s, e in zip(source.shape, index)]
+        elif node.op is Op.SHRINK:
+            index = [e + start for e, (start, _) in zip(index, node.arg)]
+        elif node.op is Op.FLIP:
+            index = [(Expr(0) - e) + (s - 1) if a in node.arg else e for a, (e, s) in enumerate(zip(index, node.shape))]
+        else:
+            return None
+        node = source
+    return node, linear(tuple(index), node.shape)
 
 
 def _views_memory(node: Node, materialized: dict[int, Node]) -> bool:
@@ -187,7 +221,11 @@ class CpuMatmulBuilder(KernelBuilder):
         self._loop_depth[step] = 1
         self._scopes.append(_Scope(1))
         body = self._scopes[1].lines
-        right, b_start = self._operand(plan.right), plan.right.start(index).render()
+        if plan.right_in_place:
+            memory, flat = _view_index(node.src[0].src[1], index, self.materialized)  # type: ignore[misc]
+            right, b_start = self._read(memory), flat.render()
+        else:
+            right, b_start = self._read(plan.right.packed), plan.right.start(index).render()
         vectors = plan.right.block // LANES
         b = [self._fresh("b") for _ in range(vectors)]
         body += [f"float16 {name} = vload16(0, {right} + {b_start} + {v * LANES});" for v, name in enumerate(b)]
@@ -196,7 +234,7 @@ class CpuMatmulBuilder(KernelBuilder):
                                                               for axis, e in enumerate(index)), ()).text
                         for t in range(plan.left.block)]
         else:
-            left, a_start = self._operand(plan.left), plan.left.start(index).render()
+            left, a_start = self._read(plan.left.packed), plan.left.start(index).render()
             a_values = [f"{left}[{a_start} + {t}]" for t in range(plan.left.block)]
         accumulators = [[self._fresh("acc") for _ in range(vectors)] for _ in range(plan.left.block)]
         for value, row in zip(a_values, accumulators):
@@ -226,14 +264,15 @@ class CpuMatmulBuilder(KernelBuilder):
         own = self.guards[self._element]
         return super()._can_host(node, index, guard[len(own):] if guard[:len(own)] == own else guard)
 
-    def _operand(self, operand: Operand) -> str:
-        """The kernel argument reading `operand`'s packed copy (a kernel of its own writes it)."""
-        packed = operand.packed
-        self.materialized.setdefault(id(packed), packed)
-        if id(packed) not in self.produced and packed not in self.needs:
-            self.needs.append(packed)
-        self._misaligned.add(id(packed))
-        return self._param("load", packed)
+    def _read(self, node: Node) -> str:
+        """The kernel argument reading `node` from memory: a buffer, or a node (a packed copy) another kernel
+        stores."""
+        if node.op is not Op.BUFFER:
+            self.materialized.setdefault(id(node), node)
+            if id(node) not in self.produced and node not in self.needs:
+                self.needs.append(node)
+        self._misaligned.add(id(node))
+        return self._param("load", node)
 
     def _launch_shape(self) -> tuple[int, Optional[int]]:
         return self.work_items, 1  # one item per group: PoCL hands the groups out to its threads in order
