@@ -17,7 +17,7 @@ from typing import Sequence
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .rewrite import split_reductions
-from .cpu_matmul import CpuMatmulBuilder, plan_cpu_matmul
+from .cpu_matmul import CpuMatmulBuilder, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileBuilder, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes
 from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
@@ -73,7 +73,7 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     cpu_plan = None if traits.gpu else plan_cpu_matmul(root, materialized)
     if cpu_plan is not None:
         return CpuMatmulBuilder(root, materialized, produced, False, stored_apart=apart, plan=cpu_plan).build()
-    tile = choose_tile(root, materialized, traits.gpu)
+    tile = choose_tile(root, materialized, traits.gpu) or (None if traits.gpu else copy_tile(root))
     plan = plan_local_tiles(root, tile, hosted_matmul(root, materialized)) if traits.gpu else None
     if plan is not None:
         return LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart, plan=plan).build()
