@@ -1,16 +1,18 @@
-"""Matrix products on CPUs: vector accumulators over packed copies of both operands.
+"""Matrix products on CPUs: vector accumulators, operands read as contiguous streams.
 
 A work item computes ROWS x WIDTH outputs (8 x 32: sixteen `float16` accumulators, one AVX-512 register each).
 Per step of the reduced axis k it loads WIDTH consecutive values of the right operand (WIDTH / 16 `vload16`s)
 and ROWS scalars of the left operand, each broadcast into one fused multiply-add per accumulator vector.
 
-Each operand is first copied, by a kernel of its own, into panels: the right one as [batch][m / WIDTH][k][WIDTH],
-the left one as [batch][n / ROWS][k][ROWS], so that a work item reads both as contiguous streams whatever the
-operands' layouts (transposed, strided, broadcast), and an operand that is an elementwise expression (casts,
-views, a ReLU's gradient mask) is computed once in its copy instead of once per tile that reads it. Work items
-walk down the rows first, so the items after one (on both threads) reuse its right panel from cache. The
-accumulators' lanes (`acc.s0`..`acc.sf`) are handed back as the outputs' values, so the epilogue (bias,
-activation) fuses into the stores.
+An operand is copied first, by a kernel of its own, into panels (the right one as [batch][m / WIDTH][k][WIDTH],
+the left one as [batch][n / ROWS][k][ROWS], padded with zeros to whole tiles) unless it can be read in place:
+the left one when it only views memory, the right one when it is also contiguous along the columns and small
+(a large one read in place runs at two thirds of the speed: a new page every row). So a transposed or strided
+operand is still read as one stream, and an operand that is an elementwise expression (a ReLU's gradient mask)
+is computed once, in its copy, instead of once per tile. Work items walk down the rows first, so the items
+after one (on both threads) reuse its right panel from cache. The accumulators' lanes (`acc.s0`..`acc.sf`)
+are handed back as the outputs' values, so the epilogue (bias, activation) fuses into the stores; tiles that
+hang over the end of a row or column guard those outputs.
 """
 from __future__ import annotations
 
@@ -29,8 +31,7 @@ ACCUMULATORS = 16       # float16 registers per work item (AVX-512 has 32)
 WIDTHS = (32, 16)       # output columns per work item: the first that divides the column count
 LANES = 16              # floats per vector
 MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
-IN_PLACE_BYTES = 2 << 20  # a right operand with rows this small is read in place if it can (packing pays above)
-VIEW_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP})  # index changes only
+IN_PLACE_BYTES = 2 << 20  # a right operand this small is read in place if it can be (packing pays above)
 
 
 @dataclass
@@ -77,8 +78,8 @@ class CpuPlan:
     space_m: int
     left: Operand
     right: Operand
-    left_in_place: bool  # the left operand only views memory, in whole tiles: its loads render in place
-    right_in_place: bool  # the right operand is small and contiguous along m in memory: no copy
+    left_in_place: bool  # the left operand only views memory and has whole tiles: its loads render in place
+    right_in_place: bool  # the right operand also is small, contiguous along m and in whole tiles
 
 
 def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPlan]:
@@ -104,16 +105,22 @@ def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPl
     most = ACCUMULATORS * LANES // width
     rows = max(d for d in range(1, most + 1) if shape[n_axis] % d == 0)
     rows = rows if 2 * rows > most else most
-    left_in_place = shape[n_axis] % rows == 0 and _views_memory(left, materialized)
+    left_in_place = (shape[n_axis] % rows == 0
+                     and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None)
     right_in_place = (shape[m_axis] % width == 0 and shape[m_axis] * shape[k_axis] * 4 <= IN_PLACE_BYTES
                       and _contiguous(product.src[0].src[1], m_axis, materialized))
     return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
                    Operand(right, m_axis, k_axis, width), left_in_place, right_in_place)
 
 
+def _probe(shape: tuple[int, ...], short: int = -1) -> list[Expr]:
+    """Any index into `shape` (one but the last along axis `short`)."""
+    return [Expr.var(f"i{a}", size - (a == short)) for a, size in enumerate(shape)]
+
+
 def _contiguous(node: Node, axis: int, materialized: dict[int, Node]) -> bool:
     """Whether `node` views memory in which its consecutive elements along `axis` are adjacent."""
-    index = [Expr.var(f"i{a}", size - (a == axis)) for a, size in enumerate(node.shape)]
+    index = _probe(node.shape, axis)
     here = _view_index(node, index, materialized)
     index[axis] = index[axis] + 1
     there = _view_index(node, index, materialized)
@@ -124,7 +131,9 @@ def _view_index(node: Node, index: list[Expr], materialized: dict[int, Node]) ->
     """The node in memory that a chain of views reads (a buffer, or a node another kernel stores) and the flat
     index it reads at `index`; None if the chain computes anything (as KernelBuilder._movement, without PAD)."""
     while node.op is not Op.BUFFER and id(node) not in materialized:
-        source = node.src[0] if node.src else node
+        if node.op not in (Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP):
+            return None
+        source = node.src[0]
         if node.op is Op.RESHAPE:
             index = list(unravel(linear(tuple(index), node.shape), source.shape))
         elif node.op is Op.PERMUTE:
@@ -133,25 +142,11 @@ def _view_index(node: Node, index: list[Expr], materialized: dict[int, Node]) ->
             index = [Expr(0) if s == 1 else e for s, e in zip(source.shape, index)]
         elif node.op is Op.SHRINK:
             index = [e + start for e, (start, _) in zip(index, node.arg)]
-        elif node.op is Op.FLIP:
-            index = [(Expr(0) - e) + (s - 1) if a in node.arg else e for a, (e, s) in enumerate(zip(index, node.shape))]
-        else:
-            return None
+        else:  # FLIP
+            index = [(Expr(0) - e) + (s - 1) if a in node.arg else e
+                     for a, (e, s) in enumerate(zip(index, node.shape))]
         node = source
     return node, linear(tuple(index), node.shape)
-
-
-def _views_memory(node: Node, materialized: dict[int, Node]) -> bool:
-    """Whether `node` only views values in memory (buffers, or nodes that other kernels store)."""
-    stack = [node]
-    while stack:
-        node = stack.pop()
-        if node.op is Op.BUFFER or id(node) in materialized:
-            continue
-        if node.op not in VIEW_OPS:
-            return False
-        stack.extend(node.src)
-    return True
 
 
 def _unbroadcast(operand: Node) -> Optional[Node]:
