@@ -23,7 +23,8 @@ from .cache_key import device_fingerprint, zyx_version
 from .program import Launch, Program
 
 FORMAT = "program-1"
-SCHEDULER_MODULES = ("program", "render", "rewrite", "schedule", "symbolic", "tiling", "matmul", "opencl_c", "vectorize")
+SCHEDULER_MODULES = ("program", "render", "rewrite", "schedule", "symbolic", "tiling", "matmul", "cpu_matmul",
+                     "opencl_c", "vectorize")
 
 
 @functools.lru_cache(maxsize=1)

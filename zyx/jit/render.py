@@ -169,6 +169,7 @@ class KernelBuilder:
     _element: int = 0
     uses_double: bool = False
     uses_rand: bool = False
+    kind = ""  # the kernel name's prefix, if a subclass names its kernels (else r, g or e: see _finish)
 
     def __post_init__(self) -> None:
         self.space = self.root.shape
@@ -447,7 +448,7 @@ class KernelBuilder:
             + "\n".join("  " + line for line in body.lines) + "\n}")
 
     def _finish(self) -> RenderedKernel:
-        kind = ("g" if self.group else "r") if self._has_loop else "e"
+        kind = self.kind or (("g" if self.group else "r") if self._has_loop else "e")
         signature = []
         for p in self.params:
             if p.kind in ("seed", "offset"):

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .rewrite import rewrite_graph
+from .cpu_matmul import CpuMatmulBuilder, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileBuilder, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes
 from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
@@ -74,7 +75,10 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
 def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
     saved_materialized, saved_produced = dict(materialized), set(produced)
-    tile = choose_tile(root, materialized, traits.gpu)
+    cpu_plan = None if traits.gpu else plan_cpu_matmul(root, materialized)
+    if cpu_plan is not None:
+        return CpuMatmulBuilder(root, materialized, produced, False, stored_apart=apart, plan=cpu_plan).build()
+    tile = choose_tile(root, materialized, traits.gpu) or (None if traits.gpu else copy_tile(root))
     plan = plan_local_tiles(root, tile, hosted_matmul(root, materialized)) if traits.gpu else None
     if plan is not None:
         return LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart, plan=plan).build()
@@ -128,7 +132,8 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
         for key, node in materialized.items():
             if key not in produced and key not in queued:
                 queued.add(key)
-                heapq.heappush(queue, (-position[key], key))
+                # nodes the scheduler made (a product's packed operand) come first: they read only the trace's
+                heapq.heappush(queue, (-position.get(key, len(position)), key))
 
     enqueue_pending()
     while queue:

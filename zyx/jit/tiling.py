@@ -80,22 +80,31 @@ def _largest_divisor(size: int, limit: int) -> int:
     return max(factor, 1)
 
 
+def space_axes(root: Node, product: Node) -> Optional[tuple[int, int]]:
+    """The kernel axes holding the product's n and m axes, if the product's non-unit axes line up with the
+    kernel's (same element order)."""
+    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
+    product_axes = [a for a, s in enumerate(product.shape) if s != 1]
+    kernel_axes = [a for a, s in enumerate(root.shape) if s != 1]
+    if [product.shape[a] for a in product_axes] != [root.shape[a] for a in kernel_axes]:
+        return None
+    to_space = dict(zip(product_axes, kernel_axes))
+    if n_axis not in to_space or m_axis not in to_space:
+        return None
+    return to_space[n_axis], to_space[m_axis]
+
+
 def choose_tile(root: Node, materialized: dict[int, Node], gpu: bool = False) -> Optional[dict[int, int]]:
     """Outputs per work item along the kernel's axes, or None for one output per work item."""
     product = hosted_matmul(root, materialized)
     if product is None:
         return None
+    axes = space_axes(root, product)
+    if axes is None:
+        return None
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
-    # the product's non-unit axes must line up with the kernel's (same element order)
-    product_axes = [a for a, s in enumerate(product.shape) if s != 1]
-    space_axes = [a for a, s in enumerate(root.shape) if s != 1]
-    if [product.shape[a] for a in product_axes] != [root.shape[a] for a in space_axes]:
-        return None
-    to_space = dict(zip(product_axes, space_axes))
-    if n_axis not in to_space or m_axis not in to_space:
-        return None
     rows, cols = _tile_sizes(gpu)
-    tile = {to_space[n_axis]: _largest_divisor(product.shape[n_axis], rows),
-            to_space[m_axis]: _largest_divisor(product.shape[m_axis], cols)}
+    tile = {axes[0]: _largest_divisor(product.shape[n_axis], rows),
+            axes[1]: _largest_divisor(product.shape[m_axis], cols)}
     tile = {axis: factor for axis, factor in tile.items() if factor > 1}
     return tile or None

@@ -1,0 +1,122 @@
+"""CPU matrix products (zyx/jit/cpu_matmul.py): which products get the vector kernel, and their results."""
+import numpy as np
+import pytest
+
+import zyx
+from zyx.jit.schedule import DeviceTraits, schedule
+
+RNG = np.random.default_rng(11)
+
+
+def data(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def cpu_kernels(*tensors):
+    """Names of the kernels a CPU device would run for the tensors (m_...: the vector product kernel)."""
+    kernels, _ = schedule([t.node for t in tensors], DeviceTraits(gpu=False))
+    return [k.name for k in kernels]
+
+
+def vector_products(*tensors):
+    return sum(name.startswith("m_") for name in cpu_kernels(*tensors))
+
+
+def close(got, want):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(want.size ** 0.5))
+
+
+@pytest.mark.parametrize("n,k,m", [(64, 64, 64), (96, 80, 64), (97, 101, 48), (30, 1000, 32), (257, 13, 160),
+                                   (512, 96, 10)])
+def test_square_and_odd_sizes(dev, n, k, m):
+    a, b = data(n, k), data(k, m)
+    out = dev.tensor(a) @ dev.tensor(b)
+    assert vector_products(out) == 1
+    close(out.numpy(), a @ b)
+
+
+@pytest.mark.parametrize("n,k,m", [(97, 100, 1000), (130, 70, 100), (111, 67, 41), (1021, 64, 50)])
+def test_tiles_hanging_over_the_edges(dev, n, k, m):
+    a, b, bias = data(n, k), data(k, m), data(m)
+    out = (dev.tensor(a) @ dev.tensor(b) + dev.tensor(bias)).relu()
+    assert vector_products(out) == 1
+    close(out.numpy(), np.maximum(a @ b + bias, 0))
+
+
+@pytest.mark.parametrize("n,k,m", [(8, 8, 16), (33, 70, 17)])
+def test_other_products_take_the_plain_path(dev, n, k, m):
+    a, b = data(n, k), data(k, m)
+    out = dev.tensor(a) @ dev.tensor(b)
+    assert vector_products(out) == 0
+    close(out.numpy(), a @ b)
+
+
+def test_int_products_take_the_plain_path(dev):
+    a, b = RNG.integers(-5, 5, (64, 64)).astype(np.int32), RNG.integers(-5, 5, (64, 64)).astype(np.int32)
+    out = dev.tensor(a) @ dev.tensor(b)
+    assert vector_products(out) == 0
+    np.testing.assert_array_equal(out.numpy(), a @ b)
+
+
+def test_transposed_operands(dev):
+    a, b, c, d = data(80, 96), data(128, 80), data(80, 48), data(32, 128)
+    x, y = dev.tensor(a), dev.tensor(b)
+    for out, want in [(x.T @ y.T, a.T @ b.T), (x.T @ dev.tensor(c), a.T @ c), (dev.tensor(d) @ y, d @ b)]:
+        assert vector_products(out) == 1
+        close(out.numpy(), want)
+
+
+def test_batched_and_broadcast_batch(dev):
+    a, b, c = data(3, 40, 72), data(3, 72, 48), data(72, 48)
+    d = data(2, 1, 40, 72)
+    for out, want in [(dev.tensor(a) @ dev.tensor(b), a @ b), (dev.tensor(a) @ dev.tensor(c), a @ c),
+                      (dev.tensor(d) @ dev.tensor(b), d @ b)]:
+        assert vector_products(out) == 1
+        close(out.numpy(), want)
+
+
+def test_linear_bias_relu_fuse_into_the_product(dev):
+    x, w, b = data(64, 100), data(96, 100), data(96)
+    out = (dev.tensor(x) @ dev.tensor(w).T + dev.tensor(b)).relu()
+    assert len(cpu_kernels(out)) == 2 and vector_products(out) == 1  # the weight's copy, then everything else
+    close(out.numpy(), np.maximum(x @ w.T + b, 0))
+
+
+def test_elementwise_operands_are_computed_once_in_their_copies(dev):
+    x, w = data(64, 100), data(96, 100)
+    out = (dev.tensor(x).exp() * 0.5) @ (dev.tensor(w).T * 2 + 1).tanh()
+    assert len(cpu_kernels(out)) == 3 and vector_products(out) == 1
+    close(out.numpy(), (np.exp(x) * 0.5) @ np.tanh(w.T * 2 + 1))
+
+
+def test_gradients_through_products(dev):
+    x, w, b = data(128, 96), data(64, 96), data(64)
+    tx, tw, tb = dev.tensor(x), dev.tensor(w), dev.tensor(b)
+    loss = ((tx @ tw.T + tb).relu() * dev.tensor(np.linspace(-1, 1, 64, dtype=np.float32))).sum()
+    gx, gw, gb = loss.backward([tx, tw, tb])
+    assert vector_products(gx, gw, gb) >= 2  # dx = dy @ w and dw = dy.T @ x
+    dy = (x @ w.T + b > 0) * np.linspace(-1, 1, 64, dtype=np.float32)
+    close(gx.numpy(), dy @ w)
+    close(gw.numpy(), dy.T @ x)
+    close(gb.numpy(), dy.sum(0))
+
+
+def test_chosen_on_the_cpu_device(dev):
+    if dev.backend.traits.gpu:
+        pytest.skip("the vector product kernel is for CPUs")
+    a, b = data(64, 64), data(64, 64)
+    zyx.reset_stats()
+    out = (dev.tensor(a) @ dev.tensor(b)).realize()
+    assert zyx.stats()["kernels_launched"] == 1  # small contiguous operands are read in place
+    program = next(p for p in dev.backend.programs.values() if any(l.name.startswith("m_") for l in p.launches))
+    assert "vload16" in next(l.source for l in program.launches if l.name.startswith("m_"))
+    close(out.numpy(), a @ b)
+
+
+def test_large_or_strided_right_operands_are_packed(dev):
+    a, b = data(64, 1024), data(1024, 640)
+    x, y = dev.tensor(a), dev.tensor(b)
+    assert len(cpu_kernels(x @ y)) == 2  # larger than IN_PLACE_BYTES: copied into panels first
+    assert len(cpu_kernels(x[:, :96] @ y[:96, ::2])) == 2  # strided along the columns
+    assert len(cpu_kernels(x[:, :96] @ y[:96, :])) == 1
+    close((x @ y).numpy(), a @ b)

@@ -1,0 +1,284 @@
+"""Matrix products on CPUs: vector accumulators, operands read as contiguous streams.
+
+A work item computes ROWS x WIDTH outputs (8 x 32: sixteen `float16` accumulators, one AVX-512 register each).
+Per step of the reduced axis k it loads WIDTH consecutive values of the right operand (WIDTH / 16 `vload16`s)
+and ROWS scalars of the left operand, each broadcast into one fused multiply-add per accumulator vector.
+
+An operand is copied first, by a kernel of its own, into panels (the right one as [batch][m / WIDTH][k][WIDTH],
+the left one as [batch][n / ROWS][k][ROWS], padded with zeros to whole tiles) unless it can be read in place:
+the left one when it only views memory, the right one when it is also contiguous along the columns and small
+(a large one read in place runs at two thirds of the speed: a new page every row). So a transposed or strided
+operand is still read as one stream, and an operand that is an elementwise expression (a ReLU's gradient mask)
+is computed once, in its copy, instead of once per tile. Work items walk down the rows first, so the items
+after one (on both threads) reuse its right panel from cache. The accumulators' lanes (`acc.s0`..`acc.sf`)
+are handed back as the outputs' values, so the epilogue (bias, activation) fuses into the stores; tiles that
+hang over the end of a row or column guard those outputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..trace import node as n
+from ..trace.node import Node
+from ..trace.ops import Op
+from .render import Index, KernelBuilder, RenderedKernel, _Scope, _Value, linear, unravel
+from .symbolic import Expr
+from .tiling import hosted_matmul, matmul_axes, space_axes
+
+ACCUMULATORS = 16       # float16 registers per work item (AVX-512 has 32)
+WIDTHS = (32, 16)       # output columns per work item: the first that divides the column count
+LANES = 16              # floats per vector
+MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
+IN_PLACE_BYTES = 2 << 20  # a right operand this small is read in place if it can be (packing pays above)
+
+
+@dataclass
+class Operand:
+    """An operand before its broadcast (`source`, casts applied) and its packed copy: `source` viewed as
+    (its other axes..., size / block, k, block) for its output axis `axis`, then materialized (padded with
+    zeros to whole blocks)."""
+
+    source: Node
+    axis: int
+    k_axis: int
+    block: int
+    packed: Node = field(init=False)
+
+    def __post_init__(self) -> None:
+        size = self.source.shape[self.axis]
+        padded = n.pad(self.source, [(0, -size % self.block if a == self.axis else 0)
+                                     for a in range(len(self.source.shape))])
+        shape = padded.shape
+        split = n.reshape(padded, shape[:self.axis] + (shape[self.axis] // self.block, self.block)
+                          + shape[self.axis + 1:])
+        moved = {a: a + (a > self.axis) for a in range(len(shape))}  # axes of `source` in `split`
+        others = [moved[a] for a in range(len(shape)) if a not in (self.axis, self.k_axis)]
+        self.packed = n.permute(split, others + [self.axis, moved[self.k_axis], self.axis + 1])
+
+    def start(self, index: list[Expr]) -> Expr:
+        """Flat index into the packed copy of the block holding `index` (the block's first element)."""
+        others = [Expr(0) if self.source.shape[a] == 1 else e for a, e in enumerate(index)
+                  if a not in (self.axis, self.k_axis)]
+        return linear(tuple(others) + (index[self.axis] // self.block, index[self.k_axis], Expr(0)),
+                      self.packed.shape)
+
+
+@dataclass
+class CpuPlan:
+    """The product, its axes (n: rows, m: columns, k: reduced), the kernel axes holding n and m, and the
+    operands; each work item computes `left.block` x `right.block` outputs."""
+
+    product: Node
+    n_axis: int
+    m_axis: int
+    k_axis: int
+    space_n: int
+    space_m: int
+    left: Operand
+    right: Operand
+    left_in_place: bool  # the left operand only views memory and has whole tiles: its loads render in place
+    right_in_place: bool  # the right operand also is small, contiguous along m and in whole tiles
+
+
+def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPlan]:
+    """A plan when the kernel hosts a float32 product with whole vectors of columns; None for the plain path."""
+    product = hosted_matmul(root, materialized)
+    if product is None or product.dtype.name != "float32" or len(product.arg) != 1:
+        return None
+    if product.src[0].op is not Op.MUL:
+        return None
+    axes = space_axes(root, product)
+    if axes is None:
+        return None
+    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
+    k_axis = product.arg[0]
+    shape = product.src[0].shape
+    if product.src[0].numel < MIN_MACS:
+        return None
+    left, right = (_unbroadcast(s) for s in product.src[0].src)
+    if left is None or right is None or left.shape[k_axis] != shape[k_axis] or right.shape[k_axis] != shape[k_axis]:
+        return None
+    # tiles that divide the outputs where one does, else the last tiles of a row or column hang over its end
+    width = next((w for w in WIDTHS if shape[m_axis] % w == 0), WIDTHS[0] if shape[m_axis] > LANES else LANES)
+    most = ACCUMULATORS * LANES // width
+    rows = max(d for d in range(1, most + 1) if shape[n_axis] % d == 0)
+    rows = rows if 2 * rows > most else most
+    left_in_place = (shape[n_axis] % rows == 0
+                     and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None)
+    right_in_place = (shape[m_axis] % width == 0 and shape[m_axis] * shape[k_axis] * 4 <= IN_PLACE_BYTES
+                      and _contiguous(product.src[0].src[1], m_axis, materialized))
+    return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
+                   Operand(right, m_axis, k_axis, width), left_in_place, right_in_place)
+
+
+def _probe(shape: tuple[int, ...], short: int = -1) -> list[Expr]:
+    """Any index into `shape` (one but the last along axis `short`)."""
+    return [Expr.var(f"i{a}", size - (a == short)) for a, size in enumerate(shape)]
+
+
+def _contiguous(node: Node, axis: int, materialized: dict[int, Node]) -> bool:
+    """Whether `node` views memory in which its consecutive elements along `axis` are adjacent."""
+    index = _probe(node.shape, axis)
+    here = _view_index(node, index, materialized)
+    index[axis] = index[axis] + 1
+    there = _view_index(node, index, materialized)
+    return here is not None and there is not None and there[1] - here[1] == Expr(1)
+
+
+def _view_index(node: Node, index: list[Expr], materialized: dict[int, Node]) -> Optional[tuple[Node, Expr]]:
+    """The node in memory that a chain of views reads (a buffer, or a node another kernel stores) and the flat
+    index it reads at `index`; None if the chain computes anything (as KernelBuilder._movement, without PAD)."""
+    while node.op is not Op.BUFFER and id(node) not in materialized:
+        if node.op not in (Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP):
+            return None
+        source = node.src[0]
+        if node.op is Op.RESHAPE:
+            index = list(unravel(linear(tuple(index), node.shape), source.shape))
+        elif node.op is Op.PERMUTE:
+            index = [index[node.arg.index(axis)] for axis in range(len(index))]
+        elif node.op is Op.EXPAND:
+            index = [Expr(0) if s == 1 else e for s, e in zip(source.shape, index)]
+        elif node.op is Op.SHRINK:
+            index = [e + start for e, (start, _) in zip(index, node.arg)]
+        else:  # FLIP
+            index = [(Expr(0) - e) + (s - 1) if a in node.arg else e
+                     for a, (e, s) in enumerate(zip(index, node.shape))]
+        node = source
+    return node, linear(tuple(index), node.shape)
+
+
+def _unbroadcast(operand: Node) -> Optional[Node]:
+    """The source of the broadcast under `operand`'s casts, with the casts applied to it."""
+    casts = []
+    while operand.op is Op.CAST:
+        casts.append(operand.dtype)
+        operand = operand.src[0]
+    if operand.op is not Op.EXPAND:
+        return None
+    source = operand.src[0]
+    for dtype in reversed(casts):
+        source = n.cast(source, dtype)
+    return source
+
+
+def copy_tile(root: Node) -> Optional[dict[int, int]]:
+    """For a kernel storing a packed operand (Operand.packed): a block of outputs per work item, so the index
+    arithmetic is done once per block and the block's loads and stores are adjacent (4x faster than one
+    output per item)."""
+    if root.op is not Op.PERMUTE or root.src[0].op is not Op.RESHAPE or len(root.shape) < 3:
+        return None
+    if root.arg[-1] != root.arg[-3] + 1 or not 1 < root.shape[-1] <= max(WIDTHS):
+        return None
+    return {len(root.shape) - 1: root.shape[-1]}
+
+
+@dataclass
+class CpuMatmulBuilder(KernelBuilder):
+    """KernelBuilder whose work items each own a rows x width tile of the product, accumulated in vectors."""
+
+    plan: Optional[CpuPlan] = None
+    kind = "m"
+
+    def __post_init__(self) -> None:
+        plan = self.plan
+        assert plan is not None
+        self.space = self.root.shape
+        self.numel = math.prod(self.space)
+        self.allow_extra_outputs = False
+        tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}
+        grid = [-(-size // tile.get(axis, 1)) for axis, size in enumerate(self.space)]
+        # the row blocks vary fastest: consecutive items share the right operand's panel
+        order = [a for a in range(len(grid)) if a != plan.space_n] + [plan.space_n]
+        self.work_items = math.prod(grid)
+        self.gid = Expr.var("gid", self.work_items)
+        cell = dict(zip(order, unravel(self.gid, tuple(grid[a] for a in order))))
+        self.corner = tuple(cell[a] * tile.get(a, 1) for a in range(len(grid)))
+        self.elements: list[Index] = []
+        self.lanes: list[tuple[int, int]] = []  # (row, column) in the tile of each element
+        self.guards: list[tuple[str, ...]] = []  # the conditions under which each element exists
+        for t in range(plan.left.block):
+            for u in range(plan.right.block):
+                offsets = {plan.space_n: t, plan.space_m: u}
+                element = tuple(c + offsets.get(a, 0) for a, c in enumerate(self.corner))
+                if any(element[a].lo >= self.space[a] for a in offsets):
+                    continue  # past the end in every tile
+                ragged = [a for a in offsets if element[a].hi >= self.space[a]]
+                self.guards.append(tuple(f"({element[a].render()}<{self.space[a]})" for a in ragged))
+                # where the guard holds the index is in range: an opaque value with that range (as in a PAD)
+                self.elements.append(tuple(Expr.clamped(e, 0, self.space[a] - 1) if a in ragged else e
+                                           for a, e in enumerate(element)))
+                self.lanes.append((t, u))
+        self.positions = [linear(element, self.space) for element in self.elements]
+        self._scopes = [_Scope(0)]
+
+    def _reduce_all(self, node: Node) -> list[_Value]:
+        plan = self.plan
+        assert plan is not None
+        if node is not plan.product:
+            return super()._reduce_all(node)
+        count = node.src[0].shape[plan.k_axis]
+        self._has_loop = True
+        self._longest_reduction = max(self._longest_reduction, count)
+        step = self._fresh("k")
+        index = list(unravel(linear(self.corner, self.space), node.shape))
+        index[plan.k_axis] = Expr.var(step, count)
+        self._loop_depth[step] = 1
+        self._scopes.append(_Scope(1))
+        body = self._scopes[1].lines
+        if plan.right_in_place:
+            memory, flat = _view_index(node.src[0].src[1], index, self.materialized)  # type: ignore[misc]
+            right, b_start = self._read(memory), flat.render()
+        else:
+            right, b_start = self._read(plan.right.packed), plan.right.start(index).render()
+        vectors = plan.right.block // LANES
+        b = [self._fresh("b") for _ in range(vectors)]
+        body += [f"float16 {name} = vload16(0, {right} + {b_start} + {v * LANES});" for v, name in enumerate(b)]
+        if plan.left_in_place:
+            a_values = [self.render(node.src[0].src[0], tuple(e + t if axis == plan.n_axis else e
+                                                              for axis, e in enumerate(index)), ()).text
+                        for t in range(plan.left.block)]
+        else:
+            left, a_start = self._read(plan.left.packed), plan.left.start(index).render()
+            a_values = [f"{left}[{a_start} + {t}]" for t in range(plan.left.block)]
+        accumulators = [[self._fresh("acc") for _ in range(vectors)] for _ in range(plan.left.block)]
+        for value, row in zip(a_values, accumulators):
+            a = self._fresh("a")
+            body.append(f"float16 {a} = (float16)({value});")
+            body += [f"{acc} = fma({a}, {b_v}, {acc});" for acc, b_v in zip(row, b)]
+        self._scopes.pop()
+        lines = self._scopes[0].lines
+        lines += [f"float16 {acc} = 0.0f;" for row in accumulators for acc in row]
+        lines.append(f"for (int {step} = 0; {step} < {count}; {step}++) {{\n"
+                     + "\n".join("  " + line for line in body) + "\n}")
+        return [_Value(f"{accumulators[t][u // LANES]}.s{u % LANES:x}", 0) for t, u in self.lanes]
+
+    def build(self) -> RenderedKernel:
+        """Every element rendered under its guard: its loads read nothing past the ends, its store is skipped."""
+        for element, index in enumerate(self.elements):
+            self._element = element
+            self._store(self.root, self.render(self.root, index, self.guards[element]))
+        return self._finish()
+
+    def _store(self, node: Node, value: _Value) -> None:
+        super()._store(node, value)
+        if self.guards[self._element]:
+            self._stores[-1] = f"if ({'&&'.join(self.guards[self._element])}) {self._stores[-1]}"
+
+    def _can_host(self, node: Node, index: Index, guard: tuple[str, ...]) -> bool:
+        own = self.guards[self._element]
+        return super()._can_host(node, index, guard[len(own):] if guard[:len(own)] == own else guard)
+
+    def _read(self, node: Node) -> str:
+        """The kernel argument reading `node` from memory: a buffer, or a node (a packed copy) another kernel
+        stores."""
+        if node.op is not Op.BUFFER:
+            self.materialized.setdefault(id(node), node)
+            if id(node) not in self.produced and node not in self.needs:
+                self.needs.append(node)
+        self._misaligned.add(id(node))
+        return self._param("load", node)
+
+    def _launch_shape(self) -> tuple[int, Optional[int]]:
+        return self.work_items, 1  # one item per group: PoCL hands the groups out to its threads in order
