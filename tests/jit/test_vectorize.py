@@ -34,6 +34,7 @@ def test_contiguous_chain_is_one_vector_kernel_with_vector_loads_and_store():
     kernel, = kernels_of(w1b(host.tensor(data(64, 48)), host.tensor(data(64, 48))))
     assert "vload16(gid,in" in kernel.source and "vstore16(" in kernel.source and "float16 " in kernel.source
     assert kernel.global_size == 64 * 48 // 16 and not kernel.misaligned
+    assert "<=" in kernel.source and "|" not in kernel.source.split("__kernel")[1]  # relu: one comparison
 
 
 def test_broadcasts_read_one_vector_or_one_element():

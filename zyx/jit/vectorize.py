@@ -144,8 +144,11 @@ class VectorBuilder(KernelBuilder):
             self._renders[id(node)] = (count, node)
             if count > RECOMPUTE_LIMIT:
                 raise NotVectorizable(node)
-            sources = [self.vrender(s, lanes, guards) for s in node.src]
+            compared = _less_or_equal(node)
+            sources = [self.vrender(s, lanes, guards) for s in (compared or node.src)]
             depth = max([s.depth for s in sources] + [0])
+            if compared:
+                return self._emit(depth, node.dtype, f"({sources[0].text}<={sources[1].text})")
             return self._emit(depth, node.dtype, self._vexpression(node, [s.text for s in sources]))
         if op in (Op.RAND,):
             raise NotVectorizable(node)
@@ -273,6 +276,26 @@ class VectorBuilder(KernelBuilder):
 
     def _launch_shape(self) -> tuple[int, Optional[int]]:
         return self.work_items, None
+
+
+def _less_or_equal(node: Node) -> Optional[tuple[Node, Node]]:
+    """(a, b) when `node` is `(a < b) | (a == b)` on floats (how `<=` and relu are composed): one vector
+    comparison instead of two and an or (4% of W1b)."""
+    if node.op is not Op.OR or {s.op for s in node.src} != {Op.CMPLT, Op.CMPEQ}:
+        return None
+    first, second = node.src
+    if not all(map(_same_value, first.src, second.src)) or _kind(first.src[0].dtype) != "float":
+        return None
+    return first.src[0], first.src[1]
+
+
+def _same_value(a: Node, b: Node) -> bool:
+    """The same node, or the same constant or view of the same node (`x <= 0` builds its 0 twice)."""
+    if a is b:
+        return True
+    if a.op is not b.op or a.op in (Op.BUFFER, Op.RAND) or (a.arg, a.shape, a.dtype) != (b.arg, b.shape, b.dtype):
+        return False
+    return len(a.src) == len(b.src) and all(map(_same_value, a.src, b.src))
 
 
 def _combine(op: Op, a: str, b: str, dtype: DType) -> str:
