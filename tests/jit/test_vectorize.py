@@ -37,6 +37,12 @@ def test_contiguous_chain_is_one_vector_kernel_with_vector_loads_and_store():
     assert "<=" in kernel.source and "|" not in kernel.source.split("__kernel")[1]  # relu: one comparison
 
 
+def test_greater_or_equal_is_one_comparison_too():
+    host = zyx.CPU()
+    kernel, = kernels_of((host.tensor(data(4, 16)) >= 0.5).where(1.0, 2.0))
+    assert "|" not in kernel.source.split("__kernel")[1]
+
+
 def test_broadcasts_read_one_vector_or_one_element():
     host = zyx.CPU()
     x, row, column = host.tensor(data(8, 32)), host.tensor(data(32)), host.tensor(data(8, 1))
