@@ -8,6 +8,7 @@ read from a buffer that an earlier kernel writes (the scheduler decides which).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -53,6 +54,7 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+@functools.lru_cache(maxsize=1 << 16)  # kernels (and vector lanes) map the same indices through the same views
 def linear(index: Index, shape: tuple[int, ...]) -> Expr:
     total = Expr(0)
     for expr, stride in zip(index, contiguous_strides(shape)):
@@ -61,6 +63,7 @@ def linear(index: Index, shape: tuple[int, ...]) -> Expr:
     return total
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def unravel(flat: Expr, shape: tuple[int, ...]) -> Index:
     return tuple(Expr(0) if size == 1 else (flat // stride) % size
                  for size, stride in zip(shape, contiguous_strides(shape)))

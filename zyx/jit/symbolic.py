@@ -39,12 +39,20 @@ class Atom:
 
 
 class Expr:
-    __slots__ = ("const", "terms", "key")
+    __slots__ = ("const", "terms", "_key", "_text")
 
     def __init__(self, const: int = 0, terms: dict[Atom, int] | None = None):
         self.const = const
         self.terms = {a: c for a, c in (terms or {}).items() if c != 0}
-        self.key = (const, tuple(sorted(((a._key, c) for a, c in self.terms.items()), key=repr)))
+        self._key: tuple | None = None
+        self._text: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        """Identity for equality and hashing, built on first use (most expressions are never compared)."""
+        if self._key is None:
+            self._key = (self.const, frozenset((a._key, c) for a, c in self.terms.items()))
+        return self._key
 
     # ---- construction ------------------------------------------------------------------------------------
     @staticmethod
@@ -160,13 +168,14 @@ class Expr:
 
     # ---- rendering ---------------------------------------------------------------------------------------
     def render(self) -> str:
-        parts = []
-        for atom, c in sorted(self.terms.items(), key=lambda item: item[0].render()):
-            text = atom.render()
-            parts.append(text if c == 1 else f"{text}*{c}")
-        if self.const or not parts:
-            parts.append(str(self.const))
-        return "(" + "+".join(parts).replace("+-", "-") + ")" if len(parts) > 1 else parts[0]
+        if self._text is None:
+            parts = []
+            for text, c in sorted((atom.render(), c) for atom, c in self.terms.items()):
+                parts.append(text if c == 1 else f"{text}*{c}")
+            if self.const or not parts:
+                parts.append(str(self.const))
+            self._text = "(" + "+".join(parts).replace("+-", "-") + ")" if len(parts) > 1 else parts[0]
+        return self._text
 
 
 def _atom_expr(atom: Atom) -> Expr:
