@@ -49,3 +49,12 @@ def test_division_and_modulo_match_python(terms, const, k, m):
         assert evaluate(quotient, env) == value // k
         assert evaluate(remainder, env) == value % k
         assert evaluate(nested, env) == (value // k) % m + (value % k) // m
+
+
+def test_variables_of_different_ranges_are_different_expressions():
+    """Kernels reuse names (`gid`) with other ranges; memoized index maps must not mix them up."""
+    from zyx.jit.render import unravel
+    small, large = Expr.var("gid", 4), Expr.var("gid", 12)
+    assert small != large
+    assert unravel(small, (3, 4))[0].render() == "0"       # gid < 4: always row 0
+    assert unravel(large, (3, 4))[0].render() == "(gid/4)"

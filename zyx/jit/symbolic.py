@@ -21,7 +21,7 @@ class Atom:
 
     def __init__(self, kind: str, lo: int, hi: int, name: str = "", expr: "Expr | None" = None, k: int = 0):
         self.kind, self.name, self.expr, self.k, self.lo, self.hi = kind, name, expr, k, lo, hi
-        self._key = (kind, name, expr.key if expr is not None else None, k)
+        self._key = (kind, name, expr.key if expr is not None else None, k, lo, hi)  # ranges too: memo keys
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Atom) and self._key == other._key
