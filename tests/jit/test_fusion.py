@@ -164,3 +164,25 @@ def test_weight_gradient_over_batch_and_time_matches_numpy(dev):
     weight = dev.tensor(w)
     grad, = (dev.tensor(a) @ weight).square().sum().backward([weight])
     np.testing.assert_allclose(grad.numpy(), np.einsum("btk,btn->kn", a, 2 * (a @ w)), rtol=1e-4, atol=1e-3)
+
+
+def test_convolution_weight_gradient_is_a_tiled_product():
+    """Summed over batch and pixels (a size-1 axis between them), a convolution's weight gradient is a product."""
+    from zyx.jit.schedule import DeviceTraits, schedule
+    from zyx.trace.ops import Op
+    host = zyx.CPU()
+    x, w = host.tensor(data(4, 8, 16, 16)), host.tensor(data(16, 8, 3, 3))
+    grad, = x.conv2d(w, padding=1).square().sum().backward([w])
+    kernels, _ = schedule([grad.node], DeviceTraits(vector_width=16))
+    product, = [k for k in kernels if any(n.op is Op.SUM and n.numel == 16 * 8 * 9 for n in k.outputs)]
+    assert product.global_size < 16 * 8 * 9  # several outputs per work item
+
+
+def test_convolution_weight_gradient_matches_torch(dev):
+    torch = pytest.importorskip("torch")
+    a, w = data(2, 3, 9, 9), data(5, 3, 3, 3)
+    weight = dev.tensor(w)
+    grad, = dev.tensor(a).conv2d(weight, padding=1).square().sum().backward([weight])
+    tw = torch.tensor(w, requires_grad=True)
+    torch.nn.functional.conv2d(torch.tensor(a), tw, padding=1).square().sum().backward()
+    np.testing.assert_allclose(grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-3)

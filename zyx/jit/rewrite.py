@@ -40,11 +40,13 @@ def rewrite_graph(targets: Sequence[Node]) -> list[Node]:
 
 
 def _merge_product_axes(node: Node) -> Node:
-    """SUM over adjacent axes of MUL(EXPAND(a), EXPAND(b)) as a SUM over one axis of the axes merged, when each
-    operand either holds all of those axes or broadcasts along all of them; else the node itself."""
+    """SUM over adjacent axes (or axes with only size-1 axes between: a convolution's batch and pixels) of
+    MUL(EXPAND(a), EXPAND(b)) as a SUM over one axis of the axes merged, when each operand either holds all of
+    those axes or broadcasts along all of them; else the node itself."""
     axes, product = sorted(node.arg), node.src[0]
     first, last = axes[0], axes[-1]
-    if axes != list(range(first, last + 1)) or product.op is not Op.MUL:
+    between = (a for a in range(first, last + 1) if a not in axes)  # size-1 axes in between merge for free
+    if any(product.shape[a] != 1 for a in between) or product.op is not Op.MUL:
         return node
     if any(side.op is not Op.EXPAND for side in product.src):
         return node
