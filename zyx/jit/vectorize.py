@@ -223,22 +223,25 @@ class VectorBuilder(KernelBuilder):
         return _Value(self._broadcast(total, dtype), 0)
 
     def _vmovement(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:
-        inners, conditions = [], []
+        fill = self._vcompute_const(node.arg[1], node.dtype) if node.op is Op.PAD else ""
+        inners, conditions, padded = [], [], []
         for index in lanes:
             inner, condition = source_index(node, index)
-            if inner is None:  # this lane lies in the padding: read any valid element, then discard it
-                inner, condition = tuple(Expr(0) for _ in node.src[0].shape), "0"
+            padded.append(inner is None)
+            if inner is None:  # the lane lies in the padding: read element 0 (always valid), then discard it
+                inner = tuple(Expr(0) for _ in node.src[0].shape)
             inners.append(inner)
             conditions.append(condition)
-        if not any(conditions):
+        if all(padded):
+            return _Value(fill, 0)
+        if not any(conditions) and not any(padded):
             return self.vrender(node.src[0], tuple(inners), guards)
         inner_guards = tuple(g + (cond,) if cond else g for g, cond in zip(guards, conditions))
         value = self.vrender(node.src[0], tuple(inners), inner_guards)
-        fill = self._vcompute_const(node.arg[1], node.dtype)
         depth = max([value.depth] + [self._depth_of(index, guard) for index, guard in zip(lanes, inner_guards)])
-        if len(set(conditions)) == 1:
+        if not any(padded) and len(set(conditions)) == 1:
             return self._emit(depth, node.dtype, f"(({conditions[0]})?{value.text}:{fill})")
-        mask = ",".join(f"-(int)({cond})" if cond else "-1" for cond in conditions)
+        mask = ",".join("0" if out else f"-(int)({cond})" if cond else "-1" for out, cond in zip(padded, conditions))
         return self._emit(depth, node.dtype, f"select({fill},{value.text},(int{self.width})({mask}))")
 
     def _vcompute_const(self, value: object, dtype: DType) -> str:
