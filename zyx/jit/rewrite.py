@@ -87,7 +87,8 @@ def _split_product(node: Node) -> Node:
     whole chunks), summed over the batch; else the node itself."""
     axes = matmul_axes(node)
     product = node.src[0]
-    if axes is None or product.op is not Op.MUL or any(side.op is not Op.EXPAND for side in product.src):
+    if (axes is None or node.numel == 0 or product.op is not Op.MUL
+            or any(side.op is not Op.EXPAND for side in product.src)):
         return node
     k, (n_axis, m_axis) = node.arg[0], axes
     count, rows, cols = product.shape[k], node.shape[n_axis], node.shape[m_axis]
