@@ -8,7 +8,7 @@ import pytest
 
 import zyx
 from zyx.jit.schedule import DeviceTraits, schedule
-from zyx.jit.tiling import choose_tile, hosted_matmul
+from zyx.jit.tiling import hosted_matmul
 
 matmul = importlib.import_module("zyx.jit.matmul")  # `zyx.jit` is also the name of the decorator
 RNG = np.random.default_rng(11)
@@ -22,7 +22,7 @@ def plan_of(tensor):
     """The local-tile plan of the kernel that stores `tensor` on a GPU (None: register tiles only)."""
     root = tensor.node
     materialized = {id(root): root}
-    return matmul.plan_local_tiles(root, choose_tile(root, materialized, True), hosted_matmul(root, materialized))
+    return matmul.plan_local_tiles(root, hosted_matmul(root, materialized))
 
 
 @pytest.fixture
@@ -45,15 +45,25 @@ def check(out, expected, k):
 
 @pytest.mark.parametrize("n,k,m,block", [(4096, 4096, 4096, 128), (2048, 512, 2048, 128),
                                          (1024, 1024, 1024, 64),  # 128-blocks would leave 64 groups
-                                         (192, 64, 8192, 64), (96, 32, 160, 32)])  # 128 (64) does not divide
+                                         (192, 64, 8192, 64),  # 128-blocks would be only 3/4 full
+                                         (96, 32, 160, 32),  # too few groups for bigger blocks
+                                         (1000, 784, 4096, 128), (4000, 4000, 1000, 128),  # overhanging
+                                         (784, 512, 512, 64), (512, 512, 512, 32), (130, 64, 64, 32), (64, 40, 64, 32)])
 def test_block_choice(dev, n, k, m, block):
     plan = plan_of(dev.randn(n, k) @ dev.randn(k, m))
     assert (plan.block, plan.per_item) == (block, block // 16)
 
 
-@pytest.mark.parametrize("n,k,m", [(130, 64, 64), (64, 40, 64), (64, 0, 64)])
-def test_no_local_tiles_where_blocks_or_slices_do_not_divide(dev, n, k, m):
+@pytest.mark.parametrize("n,k,m", [(64, 0, 64), (512, 512, 10), (7, 13, 5), (1, 64, 4096)])
+def test_no_local_tiles_where_an_axis_is_short_or_nothing_is_reduced(dev, n, k, m):
     assert plan_of(dev.randn(n, k) @ dev.randn(k, m)) is None
+
+
+@pytest.fixture
+def any_share(monkeypatch):
+    """Local tiles even for blocks that are mostly past the ends of n and m."""
+    monkeypatch.setattr(matmul, "MIN_USED", 0)
+    monkeypatch.setattr(matmul, "FULL", 0)
 
 
 @pytest.mark.parametrize("n,k,m", [(128, 16, 128),  # one slice: no loop
@@ -66,11 +76,25 @@ def test_big_blocks(gpu, big_blocks, n, k, m):
     check(out, a @ b, k)
 
 
-@pytest.mark.parametrize("n,k,m", [(1, 1, 1), (7, 13, 5), (33, 48, 17), (96, 80, 160), (192, 64, 320),
-                                   (130, 64, 128), (128, 40, 128)])
-def test_odd_and_non_dividing_shapes(gpu, big_blocks, n, k, m):
+@pytest.mark.parametrize("n,k,m", [(2, 1, 3), (7, 13, 5), (33, 48, 17), (96, 80, 160), (192, 64, 320),
+                                   (130, 64, 128), (128, 40, 128), (131, 37, 257), (127, 1, 129),
+                                   (200, 17, 72), (256, 150, 130)])
+def test_odd_and_non_dividing_shapes(gpu, big_blocks, any_share, n, k, m):
+    """Blocks hanging over the ends of n and m, slices over the end of k (prime sizes too)."""
     a, b = data(n, k), data(k, m)
-    check(gpu.tensor(a) @ gpu.tensor(b), a @ b, k)
+    out = gpu.tensor(a) @ gpu.tensor(b)
+    assert plan_of(out).block == 128
+    check(out, a @ b, k)
+
+
+@pytest.mark.parametrize("n,k,m,block", [(131, 37, 67, 64), (97, 70, 45, 32), (784, 64, 40, 32)])
+def test_smaller_overhanging_blocks(gpu, any_share, monkeypatch, n, k, m, block):
+    monkeypatch.setattr(matmul, "MIN_GROUPS", 1)
+    monkeypatch.setattr(matmul, "BLOCKS", tuple(b for b in matmul.BLOCKS if b[0] <= block))
+    a, b = data(n, k), data(k, m)
+    out = gpu.tensor(a) @ gpu.tensor(b)
+    assert plan_of(out).block == block
+    check(out, a @ b, k)
 
 
 def test_batched_and_broadcast(gpu, big_blocks):
@@ -89,6 +113,47 @@ def test_transposed_operands(gpu, big_blocks):
     check(out, a.T @ b.T, 48)
 
 
+def test_overhanging_transposed_and_batched(gpu, big_blocks, any_share):
+    a, b = data(45, 150), data(140, 45)
+    out = gpu.tensor(a).T @ gpu.tensor(b).T
+    assert plan_of(out).block == 128
+    check(out, a.T @ b.T, 45)
+    a, b = data(3, 100, 30), data(3, 30, 120)
+    out = gpu.tensor(a) @ gpu.tensor(b)
+    assert plan_of(out).block == 128
+    check(out, a @ b, 30)
+    a, b = data(2, 1, 70, 33), data(3, 33, 90)
+    check(gpu.tensor(a) @ gpu.tensor(b), a @ b, 33)
+
+
+def test_weight_gradient_of_a_784_wide_layer(gpu):
+    """x.T @ dy with x 512 x 784: 784 x 512 outputs, 64 x 64 blocks hanging over n's end."""
+    x, dy = data(512, 784), data(512, 512)
+    out = gpu.tensor(x).T @ gpu.tensor(dy)
+    assert plan_of(out).block == 64
+    check(out, x.T @ dy, 512)
+
+
+@pytest.mark.parametrize("batch,side,kernels", [(4, 10, 1),  # 32 x 144 outputs (weight-shaped), k = 4·8·8
+                                                 (64, 18, 2)])  # k = 64·16·16: split in 16 chunks, summed after
+def test_convolution_weight_gradient(gpu, batch, side, kernels):
+    """The gradient of a 3x3 convolution's weight (reduced over batch and pixels) is a local-tile product (a
+    batch of them over chunks of a long k) and matches numpy."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((batch, 16, side, side)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.1
+    wt = gpu.tensor(w)
+    out = gpu.tensor(x).conv2d(wt).realize()
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    (grad,) = (out * gpu.tensor(g)).sum().backward([wt])
+    cols = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))  # b, c, h, w, 3, 3
+    expected = np.einsum("bchwij,bohw->ocij", cols, g)
+    found, _ = schedule([grad.node], DeviceTraits(True))
+    assert len(found) == kernels and "__local float2" in found[0].source
+    assert found[0].global_size == 5 * 256 * (16 if kernels == 2 else 1)  # 32 x 32 blocks (times chunks)
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-4, atol=1e-3)
+
+
 def test_prologue_and_epilogue_fuse(gpu, big_blocks):
     """A scaled, exponentiated operand and bias + relu: one local-tile kernel."""
     a, w, bias = data(128, 64), data(128, 64), data(128)
@@ -97,4 +162,16 @@ def test_prologue_and_epilogue_fuse(gpu, big_blocks):
     assert len(kernels) == 1 and "__local float4" in kernels[0].source
     zyx.reset_stats()
     check(out, np.maximum(np.exp(a * 0.5) @ w.T + bias, 0), 64)
+    assert zyx.stats()["kernels_launched"] == 1
+
+
+def test_epilogue_fuses_into_overhanging_blocks(gpu, big_blocks, any_share):
+    """Bias + relu over blocks hanging over both ends and a slice over the end of k: one kernel."""
+    a, w, bias = data(100, 37), data(70, 37), data(70)
+    out = (gpu.tensor(a) @ gpu.tensor(w).T + gpu.tensor(bias)).relu()
+    assert plan_of(out).block == 128
+    kernels, _ = schedule([out.node], DeviceTraits(True))
+    assert len(kernels) == 1 and "__local float4" in kernels[0].source
+    zyx.reset_stats()
+    check(out, np.maximum(a @ w.T + bias, 0), 37)
     assert zyx.stats()["kernels_launched"] == 1

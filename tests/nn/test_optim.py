@@ -116,6 +116,19 @@ def test_update_under_a_jit_capture_records_assigns_and_does_not_realize(nn_devi
     assert_close(w, W0 - 0.1)
 
 
+def test_parameters_first_updated_together_share_one_step_count(nn_device):
+    """One count (one tiny kernel per step, not one per parameter); a parameter skipped later keeps its own."""
+    params = [zyx.tensor(W0, device=nn_device), zyx.tensor(B0, device=nn_device)]
+    opt = nn.Adam(lr=0.05)
+    opt.update(params, [zyx.ones(3, 4, device=nn_device), zyx.ones(4, device=nn_device)])
+    assert opt.state[0]["step"] is opt.state[1]["step"]
+    opt.update(params, [zyx.ones(3, 4, device=nn_device), None])
+    opt.update(params, [zyx.ones(3, 4, device=nn_device), zyx.ones(4, device=nn_device)])
+    assert opt.state[0]["step"].item() == 3 and opt.state[1]["step"].item() == 2
+    assert set(opt.state_dict()) == {"lr", "0.step", "0.exp_avg", "0.exp_avg_sq", "1.step", "1.exp_avg",
+                                     "1.exp_avg_sq"}
+
+
 def test_resume_from_a_checkpoint_continues_exactly(nn_device, tmp_path):
     options = dict(lr=0.05, amsgrad=True)
     expected = torch_trajectory("AdamW", options)[-1]

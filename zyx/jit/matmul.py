@@ -23,15 +23,19 @@ from typing import Optional
 
 from ..trace.node import Node
 from ..trace.ops import Op
-from .render import Index, KernelBuilder, _Scope, _Value, linear, unravel
+from .render import Index, KernelBuilder, RenderedKernel, _Scope, _Value, linear, unravel
 from .symbolic import Expr
-from .tiling import matmul_axes
+from .tiling import matmul_axes, space_axes
 
 BK = 16            # reduced elements staged per slice
 SIDE = 16          # a work group is SIDE x SIDE items
 GROUP = SIDE * SIDE
 BLOCKS = ((128, 8), (64, 4), (32, 2))  # (outputs per group along n and m, per item): big blocks first
-MIN_GROUPS = 256   # fewer groups than this leave a large GPU idle: try smaller blocks
+MIN_GROUPS = 96    # fewer groups than this leave a large GPU idle (an H100 has 132 SMs): try smaller blocks
+FULL = 0.8         # a bigger block is chosen only if at least this share of its outputs exist
+MIN_USED = 0.5     # the smallest block must hold at least this share of outputs that exist (else no local tiles)
+FEW_GROUPS = 16    # fewer groups than this, each walking at least LONG_K reduced elements, leave the GPU idle:
+LONG_K = 1024      # a work group per output does better (long products with few outputs are split: rewrite.py)
 PAD = 4            # floats after each row of the left tile: its transposing stores hit 2 banks, not 16
 
 
@@ -44,6 +48,7 @@ class TilePlan:
     m_space_axis: int
     block: int = 128   # outputs per group along n and m
     per_item: int = 8  # outputs per item along n and m
+    space: Optional[tuple[int, ...]] = None  # the product's shape where the kernel stores it reshaped, else None
 
     @property
     def width(self) -> int:
@@ -55,26 +60,50 @@ class TilePlan:
         return (t // self.width) * (SIDE * self.width) + item * self.width + t % self.width
 
 
-def plan_local_tiles(root: Node, tile: Optional[dict[int, int]], product: Optional[Node]) -> Optional[TilePlan]:
-    """A plan when the register-tiled product is float32, multiplies without a cast in between, and its sizes
-    divide into whole blocks: the biggest block that still leaves MIN_GROUPS groups (else the smallest)."""
-    if not tile or product is None or product.dtype.name != "float32" or len(tile) != 2:
+def plan_local_tiles(root: Node, product: Optional[Node]) -> Optional[TilePlan]:
+    """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
+    without a cast in between: the biggest block that leaves MIN_GROUPS groups at least FULL full (blocks hang
+    over the ends of n and m), else the smallest block if it is at least MIN_USED full (an axis much shorter
+    than 32 gets no local tiles, nor a long product with very few groups)."""
+    if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
-    if product.src[0].op is not Op.MUL:
-        return None
+    axes, space = space_axes(root, product), None
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
-    k = math.prod(product.src[0].shape[a] for a in product.arg)
-    space_n, space_m = sorted(tile, key=lambda axis: (root.shape[axis] != product.shape[n_axis], axis))
-    if root.shape[space_n] != product.shape[n_axis] or root.shape[space_m] != product.shape[m_axis]:
+    if axes is None and _reshaped(root, product):  # (a convolution's weight gradient: the weight's shape)
+        axes, space = (n_axis, m_axis), product.shape
+    if axes is None or product.src[0].numel == 0:  # nothing to reduce, or no outputs
         return None
-    if k % BK or k == 0:
+    space_n, space_m = axes
+    n, m = product.shape[n_axis], product.shape[m_axis]
+    batch = product.numel // (n * m)
+
+    def groups(block: int) -> int:
+        return batch * -(-n // block) * -(-m // block)
+
+    def used(block: int) -> float:  # the share of a block's outputs that exist
+        return n * m * batch / (groups(block) * block * block)
+
+    chosen = next(((b, p) for b, p in BLOCKS if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
+    chosen = chosen or next(((b, p) for b, p in reversed(BLOCKS) if used(b) >= MIN_USED), None)
+    if chosen is None or (groups(chosen[0]) < FEW_GROUPS and product.src[0].shape[product.arg[0]] >= LONG_K):
         return None
-    fitting = [(block, per_item) for block, per_item in BLOCKS
-               if product.shape[n_axis] % block == 0 and product.shape[m_axis] % block == 0]
-    if not fitting:
-        return None
-    block, per_item = next(((b, p) for b, p in fitting if product.numel // (b * b) >= MIN_GROUPS), fitting[-1])
-    return TilePlan(product, space_n, space_m, block, per_item)
+    block, per_item = chosen
+    return TilePlan(product, space_n, space_m, block, per_item, space)
+
+
+def _reshaped(root: Node, product: Node) -> bool:
+    """Whether `root` is `product` through reshapes and permutes that keep its elements in order."""
+    node, index = root, [Expr.var(f"i{a}", size) for a, size in enumerate(root.shape)]
+    flat = linear(tuple(index), root.shape)
+    while node is not product:
+        if node.op is Op.RESHAPE:
+            index = list(unravel(linear(tuple(index), node.shape), node.src[0].shape))
+        elif node.op is Op.PERMUTE:
+            index = [index[node.arg.index(axis)] for axis in range(len(index))]
+        else:
+            return False
+        node = node.src[0]
+    return linear(tuple(index), product.shape) == flat
 
 
 @dataclass
@@ -84,31 +113,45 @@ class LocalTileBuilder(KernelBuilder):
     plan: Optional[TilePlan] = None
 
     def __post_init__(self) -> None:
-        self.space = self.root.shape
-        self.numel = math.prod(self.space)
-        self.allow_extra_outputs = False
         assert self.plan is not None
         plan = self.plan
+        self.space = plan.space or self.root.shape
+        self.numel = math.prod(self.space)
+        self.allow_extra_outputs = False
         blocks = {plan.n_space_axis: plan.block, plan.m_space_axis: plan.block}
-        grid = tuple(size // blocks.get(axis, 1) for axis, size in enumerate(self.space))
+        grid = tuple(-(-size // blocks.get(axis, 1)) for axis, size in enumerate(self.space))
         self.work_items = math.prod(grid)  # groups
         self.gid = Expr.var("gid", self.work_items)
         lid = Expr.var("lid", GROUP)
         cell = unravel(self.gid, grid)
         self.corner = tuple(c * blocks[a] if a in blocks else c for a, c in enumerate(cell))
         self.elements: list[Index] = []
+        self.guards: list[str] = []  # per element: the condition that it exists (blocks hang over the ends)
         for t, u in itertools.product(range(plan.per_item), repeat=2):
             offsets = {plan.n_space_axis: plan.offset(lid // SIDE, t), plan.m_space_axis: plan.offset(lid % SIDE, u)}
-            self.elements.append(tuple(c + offsets[a] if a in offsets else c for a, c in enumerate(self.corner)))
+            exact = {a: self.corner[a] + offsets[a] for a in offsets}
+            self.guards.append("&&".join(f"{e.render()}<{self.space[a]}" for a, e in sorted(exact.items())
+                                         if e.hi >= self.space[a]))
+            # an element past the end computes (and never stores) a copy of the last one: its reads stay in range
+            self.elements.append(tuple(Expr.minimum(exact[a], self.space[a] - 1) if a in exact else c
+                                       for a, c in enumerate(self.corner)))
         self.positions = [linear(element, self.space) for element in self.elements]
         self._scopes = [_Scope(0)]
+
+    def build(self) -> RenderedKernel:
+        """Every element rendered at its index in the root's shape (the product's may differ: `plan.space`)."""
+        for element, position in enumerate(self.positions):
+            self._element = element
+            index = self.elements[element] if self.plan.space is None else unravel(position, self.root.shape)
+            self._store(self.root, self.render(self.root, index, ()))
+        return self._finish()
 
     def _reduce_all(self, node: Node) -> list[_Value]:
         if node is not self.plan.product:  # type: ignore[union-attr]
             return super()._reduce_all(node)
         self._has_loop = True
         plan = self.plan
-        steps = node.src[0].shape[node.arg[0]] // BK
+        steps = -(-node.src[0].shape[node.arg[0]] // BK)  # the last slice may hang over the end: zeros
         tile_a, tile_b, step = self._fresh("tile_a"), self._fresh("tile_b"), self._fresh("k")
         accumulators = [self._fresh("acc") for _ in self.elements]
         width, row = plan.width, plan.block + PAD
@@ -131,7 +174,9 @@ class LocalTileBuilder(KernelBuilder):
 
     def _stage(self, node: Node, k_base: Expr, buffer: Expr, tile_a: str, tile_b: str) -> list[str]:
         """Render (into the current scope) this item's share of both operands' slice at `k_base`; return the
-        lines that store it into local buffer `buffer` (0 or 1): left transposed as [k][n], right as [k][m]."""
+        lines that store it into local buffer `buffer` (0 or 1): left transposed as [k][n], right as [k][m].
+        Rows and columns past the ends of n and m read the last ones (their outputs are never stored); a slice
+        past the end of k stages zeros."""
         plan = self.plan
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
         k_axis, size, row = node.arg[0], plan.block, plan.block + PAD  # type: ignore[union-attr]
@@ -151,9 +196,17 @@ class LocalTileBuilder(KernelBuilder):
         return stores
 
     def _operand(self, operand: Node, corner: Index, offsets: dict[int, Expr]) -> str:
-        """One operand element, rendered at the block corner plus `offsets`."""
-        index = tuple(corner[a] + offsets[a] if a in offsets else corner[a] for a in range(len(corner)))
-        return self.render(operand, index, ()).text
+        """One operand element, rendered at the block corner plus `offsets`, each clamped to its axis; zero
+        where the reduced index is past its end."""
+        k_axis, zero = self.plan.product.arg[0], ""  # type: ignore[union-attr]
+        index = []
+        for axis, size in enumerate(operand.shape):
+            exact = corner[axis] + offsets[axis] if axis in offsets else corner[axis]
+            if exact.hi >= size and axis == k_axis:
+                zero = f"{exact.render()}<{size}"
+            index.append(Expr.minimum(exact, size - 1))
+        text = self.render(operand, tuple(index), ()).text
+        return f"({zero}?{text}:0.0f)" if zero else text
 
     def _multiply(self, buffer: str, tile_a: str, tile_b: str, accumulators: list[str]) -> list[str]:
         """The multiply-adds of one staged slice: per kk, fragments of both tiles into registers, then the
@@ -169,6 +222,12 @@ class LocalTileBuilder(KernelBuilder):
         products = [f"  {acc} += a{t // width}.s{t % width} * b{u // width}.s{u % width};"
                     for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2))]
         return [f"#pragma unroll\nfor (int kk = 0; kk < {BK}; kk++) {{\n" + "\n".join(fragments + products) + "\n}"]
+
+    def _store(self, node: Node, value: _Value) -> None:
+        super()._store(node, value)
+        guard = self.guards[self._element]
+        if guard:
+            self._stores[-1] = f"if ({guard}) {self._stores[-1]}"
 
     def _header(self, index_type: str) -> str:
         return f"  {index_type} gid = get_group_id(0);\n  int lid = get_local_id(0);\n"

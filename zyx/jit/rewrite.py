@@ -4,7 +4,9 @@ A matrix product reducing over several adjacent axes (a weight gradient summed o
 rewritten to reduce over one merged axis, so it is recognised as a product and tiled like any other.
 Long reductions into few outputs would leave most of the device idle (one work item per output walks
 the whole input), so they are split in two stages: partial results over chunks, then the reduction of
-the partials. The rewrite builds new nodes above the split; leaves and random nodes keep their identity,
+the partials. On GPUs a product with few outputs and a long reduced axis (a convolution's weight gradient) is
+likewise split along k into a batch of products, summed afterwards, so that its tiled kernel has enough work
+groups. The rewrite builds new nodes above the split; leaves and random nodes keep their identity,
 so the program still binds its inputs by the original trace's order.
 """
 from __future__ import annotations
@@ -16,14 +18,19 @@ from ..trace import node as n
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .opencl_c import lowest_value
+from .matmul import MIN_USED
+from .tiling import matmul_axes
 
 SPLIT_MIN_COUNT = 32768    # reductions shorter than this stay one loop
 SPLIT_MAX_OUTPUTS = 1024   # with at least this many outputs the device is busy enough
+PRODUCT_MIN_BLOCKS = 64    # GPU products with fewer 32 x 32 blocks of outputs than this are split along k ...
+PRODUCT_BLOCKS = 256       # ... into about this many blocks in all (at least PRODUCT_MIN_BLOCKS) ...
+PRODUCT_MIN_CHUNK = 1024   # ... each reducing at least this many elements (a launch costs ~10 us on an H100)
 
 
-def rewrite_graph(targets: Sequence[Node]) -> list[Node]:
+def rewrite_graph(targets: Sequence[Node], gpu: bool = False) -> list[Node]:
     """Targets of an equivalent graph in which products reduce over one axis and long, narrow reductions run
-    in two stages."""
+    in two stages (on a GPU, narrow products with long reductions too)."""
     replaced: dict[int, Node] = {}
     for node in toposort(targets):
         sources = tuple(replaced.get(id(s), s) for s in node.src)
@@ -32,6 +39,11 @@ def rewrite_graph(targets: Sequence[Node]) -> list[Node]:
             new = n.Node(node.op, sources, node.arg, node.shape, node.dtype, node.device)
         if new.op is Op.SUM and len(new.arg) > 1:
             new = _merge_product_axes(new)
+        if gpu and new.op is Op.SUM:
+            new = _split_product(new)
+        elif gpu and new is not node and new.op is Op.RESHAPE and new.src[0].op is Op.SUM:  # merged just now
+            split = _split_product(new.src[0])
+            new = new if split is new.src[0] else n.reshape(split, new.shape)
         if new.op in REDUCE_OPS and _worth_splitting(new):
             new = _two_stage(new)
         if new is not node:
@@ -68,6 +80,35 @@ def _merge_product_axes(node: Node) -> Node:
         operands.append(n.expand(source, merged(product.shape, merged_size)))
     total = n.reduce(Op.SUM, n.binary(Op.MUL, *operands), [first])
     return n.reshape(total, node.shape)
+
+
+def _split_product(node: Node) -> Node:
+    """A product with few blocks of outputs as a batch of products over chunks of k (k padded with zeros to
+    whole chunks), summed over the batch; else the node itself."""
+    axes = matmul_axes(node)
+    product = node.src[0]
+    if (axes is None or node.numel == 0 or product.op is not Op.MUL
+            or any(side.op is not Op.EXPAND for side in product.src)):
+        return node
+    k, (n_axis, m_axis) = node.arg[0], axes
+    count, rows, cols = product.shape[k], node.shape[n_axis], node.shape[m_axis]
+    blocks = node.numel // (rows * cols) * -(-rows // 32) * -(-cols // 32)
+    parts = min(-(-PRODUCT_BLOCKS // blocks), count // PRODUCT_MIN_CHUNK)
+    if (blocks >= PRODUCT_MIN_BLOCKS or blocks * parts < PRODUCT_MIN_BLOCKS
+            or node.numel < MIN_USED * blocks * 32 * 32):  # (too narrow for local tiles: no use splitting)
+        return node
+    chunk = 16 * -(-count // (16 * parts))  # whole slices of the tiled kernel (matmul.BK)
+    parts = -(-count // chunk)
+    operands = []
+    for side in product.src:
+        source = side.src[0]
+        if source.shape[k] != count:
+            return node
+        padded = n.pad(source, [(0, parts * chunk - count if a == k else 0) for a in range(len(source.shape))])
+        split = n.reshape(padded, source.shape[:k] + (parts, chunk) + source.shape[k + 1:])
+        operands.append(n.expand(split, product.shape[:k] + (parts, chunk) + product.shape[k + 1:]))
+    partial = n.reduce(Op.SUM, n.binary(Op.MUL, *operands), [k + 1])
+    return n.reshape(n.reduce(Op.SUM, partial, [k]), node.shape)
 
 
 def _worth_splitting(node: Node) -> bool:

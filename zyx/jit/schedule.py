@@ -50,7 +50,7 @@ GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy e
 def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> tuple[list[RenderedKernel], list[Node]]:
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
     (rewrites may have replaced them; they correspond by position)."""
-    targets = rewrite_graph(targets)
+    targets = rewrite_graph(targets, traits.gpu)
     try:
         return _schedule(targets, traits, allow_extra_outputs=True), targets
     except ScheduleConflict:
@@ -79,7 +79,7 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     if cpu_plan is not None:
         return CpuMatmulBuilder(root, materialized, produced, False, stored_apart=apart, plan=cpu_plan).build()
     tile = choose_tile(root, materialized, traits.gpu) or (None if traits.gpu else copy_tile(root))
-    plan = plan_local_tiles(root, tile, hosted_matmul(root, materialized)) if traits.gpu else None
+    plan = plan_local_tiles(root, hosted_matmul(root, materialized)) if traits.gpu else None
     if plan is not None:
         return LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart, plan=plan).build()
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:

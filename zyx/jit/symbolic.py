@@ -14,8 +14,8 @@ from typing import Union
 
 
 class Atom:
-    """A variable, `expr // k`, `expr % k`, or a `clamped` expression (known to lie in [lo, hi] wherever
-    its value is used, e.g. an index inside a padding guard); ranges are inclusive."""
+    """A variable, `expr // k`, `expr % k`, `min(expr, k)`, or a `clamped` expression (known to lie in [lo, hi]
+    wherever its value is used, e.g. an index inside a padding guard); ranges are inclusive."""
 
     __slots__ = ("kind", "name", "expr", "k", "lo", "hi", "_key")
 
@@ -34,6 +34,8 @@ class Atom:
             return self.name
         if self.kind == "clamped":
             return self.expr.render()  # type: ignore[union-attr]
+        if self.kind == "min":
+            return f"min({self.expr.render()},{self.k})"  # type: ignore[union-attr]
         op = "/" if self.kind == "div" else "%"
         return f"({self.expr.render()}{op}{self.k})"  # type: ignore[union-attr]
 
@@ -58,6 +60,13 @@ class Expr:
     @staticmethod
     def clamped(expr: "Expr", lo: int, hi: int) -> "Expr":
         return Expr(0, {Atom("clamped", lo, hi, expr=expr): 1})
+
+    @staticmethod
+    def minimum(expr: "Expr", k: int) -> "Expr":
+        """min(expr, k), computed at run time unless the range of expr already lies below k."""
+        if expr.hi <= k:
+            return expr
+        return Expr(0, {Atom("min", min(expr.lo, k), k, expr=expr, k=k): 1})
 
     @staticmethod
     def var(name: str, size: int) -> "Expr":

@@ -1,7 +1,8 @@
 """Optimizers with PyTorch's update rules, written as lazy tensor math and applied with `assign`.
 
 An optimizer needs no parameters up front: `opt.update(params, grads)` creates each parameter's state the
-first time it sees it, keyed by the parameter's position in `params`. Every parameter and state tensor is
+first time it sees it, keyed by the parameter's position in `params` (parameters first updated together share
+one step count, so a step moves it with one kernel, not one per parameter). Every parameter and state tensor is
 updated in place, so `@zyx.jit` can capture a step; outside a capture, one `zyx.realize` computes all of them
 together (and the buffers a forward pass updated), so no graph outlives the step.
 """
@@ -69,21 +70,35 @@ class Optimizer:
         params, grads = list(params), list(grads)
         if len(params) != len(grads):
             raise ValueError(f"update: {len(params)} parameters but {len(grads)} gradients")
+        self._unshare_skipped_steps({position for position, grad in enumerate(grads) if grad is not None})
         updated: list[Tensor] = []
+        counted: set[int] = set()
+        new_steps: dict[int, Tensor] = {}  # per device: one step count for the parameters first seen together
         for position, (param, grad) in enumerate(zip(params, grads)):
             if grad is None:
                 continue
             if grad.shape != param.shape:
                 raise ShapeError(f"update: gradient {position} has shape {grad.shape}, parameter {param.shape}")
-            state = self._state_for(position, param)
-            state["step"].assign(state["step"] + 1)
+            state = self._state_for(position, param, new_steps)
+            if id(state["step"]) not in counted:  # a shared count moves once (one kernel, not one per parameter)
+                counted.add(id(state["step"]))
+                state["step"].assign(state["step"] + 1)
+                updated.append(state["step"])
             new_param, new_state = self.rule(param, grad, state, self._lr_on(param.device))
             param.assign(new_param)
             for name, value in new_state.items():
                 state[name].assign(value)
-            updated += [param, *state.values()]
+            updated += [param, *(state[name] for name in self.state_names)]
         if active_capture() is None:
             realize(*updated, *take_deferred(), *realize_with)
+
+    def _unshare_skipped_steps(self, stepping: set[int]) -> None:
+        """A parameter skipped this time (no gradient) keeps its count: it gets its own if it shares one with a
+        parameter that steps."""
+        moving = {id(self.state[p]["step"]) for p in stepping if p in self.state}
+        for position, state in self.state.items():
+            if position not in stepping and id(state["step"]) in moving:
+                state["step"] = Tensor(state["step"].node)
 
     def step(self, grads: Sequence[Optional[Tensor]], realize_with: Sequence[Tensor] = ()) -> None:
         """`update` for the parameters given at construction (PyTorch style)."""
@@ -91,11 +106,15 @@ class Optimizer:
             raise ValueError("step() needs the parameters given at construction; otherwise call update(params, grads)")
         self.update(self.params, grads, realize_with)
 
-    def _state_for(self, position: int, param: Tensor) -> State:
+    def _state_for(self, position: int, param: Tensor, new_steps: dict[int, Tensor]) -> State:
+        """The parameter's state, created at its first update (the step count shared with the parameters first
+        updated together on its device: `new_steps`)."""
         state = self.state.get(position)
         if state is None:
             # real buffers, not lazy zeros: a @zyx.jit capture must bind state as inputs, not bake in constants
-            state = {"step": filled((), 0.0, param.device)}
+            if id(param.device) not in new_steps:
+                new_steps[id(param.device)] = filled((), 0.0, param.device)
+            state = {"step": new_steps[id(param.device)]}
             state.update({name: filled(param.shape, 0.0, param.device, param.dtype) for name in self.state_names})
             self.state[position] = state
         elif any(state[name].shape != param.shape for name in self.state_names):
