@@ -97,33 +97,20 @@ def test_smaller_overhanging_blocks(gpu, any_share, monkeypatch, n, k, m, block)
     check(out, a @ b, k)
 
 
-def test_batched_and_broadcast(gpu, big_blocks):
-    a, b = data(3, 128, 64), data(3, 64, 128)
-    out = gpu.tensor(a) @ gpu.tensor(b)
+@pytest.mark.parametrize("a_shape,b_shape,transposed", [
+    ((3, 128, 64), (3, 64, 128), False),                  # batched
+    ((2, 1, 64, 32), (3, 32, 64), False),                 # broadcast batch
+    ((48, 128), (256, 48), True),                         # both operands transposed
+    ((45, 150), (140, 45), True),                         # ... with blocks hanging over both ends
+    ((3, 100, 30), (3, 30, 120), False),                  # batched, overhanging, k not a multiple of BK
+    ((2, 1, 70, 33), (3, 33, 90), False),
+])
+def test_batched_transposed_and_overhanging(gpu, big_blocks, any_share, a_shape, b_shape, transposed):
+    a, b = data(*a_shape), data(*b_shape)
+    x, y = gpu.tensor(a), gpu.tensor(b)
+    out = x.T @ y.T if transposed else x @ y
     assert plan_of(out).block == 128
-    check(out, a @ b, 64)
-    a, b = data(2, 1, 64, 32), data(3, 32, 64)
-    check(gpu.tensor(a) @ gpu.tensor(b), a @ b, 32)
-
-
-def test_transposed_operands(gpu, big_blocks):
-    a, b = data(48, 128), data(256, 48)
-    out = gpu.tensor(a).T @ gpu.tensor(b).T
-    assert plan_of(out).block == 128
-    check(out, a.T @ b.T, 48)
-
-
-def test_overhanging_transposed_and_batched(gpu, big_blocks, any_share):
-    a, b = data(45, 150), data(140, 45)
-    out = gpu.tensor(a).T @ gpu.tensor(b).T
-    assert plan_of(out).block == 128
-    check(out, a.T @ b.T, 45)
-    a, b = data(3, 100, 30), data(3, 30, 120)
-    out = gpu.tensor(a) @ gpu.tensor(b)
-    assert plan_of(out).block == 128
-    check(out, a @ b, 30)
-    a, b = data(2, 1, 70, 33), data(3, 33, 90)
-    check(gpu.tensor(a) @ gpu.tensor(b), a @ b, 33)
+    check(out, a.T @ b.T if transposed else a @ b, a_shape[0] if transposed else a_shape[-1])
 
 
 def test_weight_gradient_of_a_784_wide_layer(gpu):
