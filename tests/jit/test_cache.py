@@ -177,6 +177,17 @@ def test_an_entry_holds_binary_source_checksum_and_metadata(cache_dir, context, 
     assert cache.entry(key)["hits"] == 1 and cache.entry(key)["last_used"] >= entry["last_used"]
 
 
+def test_commit_later_stores_at_flush(cache_dir, context, device):
+    """The JIT queues fresh binaries for process exit (reading one is slow on PoCL); `flush` stores them."""
+    cache = KernelCache(cache_dir)
+    program = cache.build(context, device, kernel_source(6))
+    cache.commit_later(program)
+    assert cache.entries() == []
+    writes = counted(cache.flush)
+    assert writes["cache_disk_writes"] == 1 and len(cache.entries()) == 1
+    assert counted(cache.flush)["cache_disk_writes"] == 0  # nothing left queued
+
+
 def test_commit_stores_a_program_once(cache_dir, context, device):
     cache = KernelCache(cache_dir)
     program = cache.build(context, device, kernel_source(5))
