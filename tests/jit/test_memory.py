@@ -141,3 +141,18 @@ def test_replayed_steps_match_unjitted_steps(dev, optimizer):
     for a, b in zip(jitted_model.params, eager_model.params):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
     assert len(jitted.captured) == 1
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
+def test_every_parameter_and_state_is_updated_in_place(dev, optimizer):
+    """The launch order lets each update kernel overwrite its old value: it runs after the backward kernels
+    that still read that value (a new buffer per parameter otherwise)."""
+    model = MLP(dev, weights([64, 48, 48, 10], seed=2))
+    opt = nn.SGD(lr=0.1) if optimizer == "SGD" else nn.Adam(lr=1e-3)
+    step = zyx.jit(make_step(model, opt))
+    x, y = batch(dev, 32, 64, 10)
+    for _ in range(2):
+        step(x, y).item()
+    (captured,) = [s for steps in step.steps.values() for s in steps]
+    updated = len(model.params) * (1 + len(opt.state_names)) + 1  # parameters, their state, one step count
+    assert len(captured.program.aliases) == updated

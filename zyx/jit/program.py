@@ -5,6 +5,7 @@ the order of RAND nodes, so one Program serves every trace with the same structu
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -49,6 +50,7 @@ class Program:
 def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
                   rands: Sequence[Node], in_place: Sequence[tuple[int, int]] = ()) -> Program:
     """`in_place`: (target index, leaf index) pairs whose target may overwrite the leaf's buffer."""
+    kernels = _order_for_in_place(kernels, targets, leaves, in_place)
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
@@ -76,6 +78,50 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     program = Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
     program.aliases = _in_place_aliases(kernels, targets, leaves, in_place, program)
     return program
+
+
+def _order_for_in_place(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
+                        in_place: Sequence[tuple[int, int]]) -> list[RenderedKernel]:
+    """The launch order, changed so that a kernel storing a leaf's new value runs after the kernels that read the
+    old one wherever their own dependencies allow (an optimizer's update after the backward kernels that still
+    read the old weight: then it can write in place). Otherwise kernels keep the scheduler's order."""
+    producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
+    before: list[set[int]] = [{producer[id(node)] for node in kernel.loads if id(node) in producer}
+                              for kernel in kernels]
+
+    def needs(later: int, earlier: int) -> bool:
+        """Kernel `later` (transitively) runs after kernel `earlier`."""
+        stack, seen = [later], {later}
+        while stack:
+            k = stack.pop()
+            if k == earlier:
+                return True
+            stack.extend(p for p in before[k] if p not in seen and not seen.add(p))  # type: ignore[func-returns-value]
+        return False
+
+    for target_index, leaf_index in in_place:
+        writer, leaf = producer.get(id(targets[target_index])), leaves[leaf_index]
+        if writer is None:
+            continue
+        for reader, kernel in enumerate(kernels):
+            if reader != writer and any(node is leaf for node in kernel.loads) and not needs(reader, writer):
+                before[writer].add(reader)
+    waiting = [len(b) for b in before]
+    followers: list[list[int]] = [[] for _ in kernels]
+    for k, earlier in enumerate(before):
+        for p in earlier:
+            followers[p].append(k)
+    ready = [k for k, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:  # the scheduler's order wherever the constraints leave a choice
+        k = heapq.heappop(ready)
+        order.append(kernels[k])
+        for follower in followers[k]:
+            waiting[follower] -= 1
+            if waiting[follower] == 0:
+                heapq.heappush(ready, follower)
+    return order
 
 
 def _in_place_aliases(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
