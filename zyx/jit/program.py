@@ -96,7 +96,9 @@ def _order_for_in_place(kernels: Sequence[RenderedKernel], targets: Sequence[Nod
             k = stack.pop()
             if k == earlier:
                 return True
-            stack.extend(p for p in before[k] if p not in seen and not seen.add(p))  # type: ignore[func-returns-value]
+            for p in before[k] - seen:
+                seen.add(p)
+                stack.append(p)
         return False
 
     for target_index, leaf_index in in_place:
