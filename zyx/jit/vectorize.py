@@ -87,7 +87,7 @@ class VectorBuilder(KernelBuilder):
 
     # ---- rendering at all lanes at once ------------------------------------------------------------------
     def build(self):
-        value = self.vrender(self.root, self.lanes, ((),) * self.width)
+        value = self.render(self.root, self.lanes, ((),) * self.width)
         if self.uniform and not self._has_loop:
             raise NotVectorizable(self.root)  # nothing to walk in vectors: every lane would repeat one output
         self._store(self.root, value)
@@ -102,57 +102,44 @@ class VectorBuilder(KernelBuilder):
             text = f"convert_uchar{self.width}(-{value.text})" if mask else value.text
             self._stores.append(f"vstore{self.width}({text}, gid, {out});")
 
-    def vrender(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:
+    # KernelBuilder's rendering (its `_render` decides between computing, hosting an extra output and loading)
+    # runs unchanged; here an index is the lanes' indices and a guard the lanes' guards.
+    def render(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:  # type: ignore[override]
         key = (id(node), tuple(tuple(e.key for e in index) for index in lanes), guards)
         if key not in self._values:
-            self._values[key] = self._vrender(node, lanes, guards)
+            self._values[key] = self._render(node, lanes, guards)  # type: ignore[arg-type]
         return self._values[key]
 
-    def _hosted(self, node: Node, lanes: Lanes, guards: LaneGuards) -> bool:
+    def _can_host(self, node: Node, lanes: Lanes, guards: LaneGuards) -> bool:  # type: ignore[override]
         """Every lane reads the node at this work item's own output positions."""
-        return (not any(guards) and node.numel == self.numel
+        return (not any(guards) and node.numel == self.numel and node.op is not Op.BUFFER
                 and all(linear(index, node.shape) == position for index, position in zip(lanes, self.positions)))
 
-    def _vrender(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:
-        if node is not self.root and id(node) in self.materialized:
-            if id(node) in self._local_outputs:
-                return self._vcompute(node, lanes, guards)
-            if (id(node) in self.produced or id(node) in self.stored_apart or not self.allow_extra_outputs
-                    or node.op is Op.BUFFER or not self._hosted(node, lanes, guards)):
-                return self._vload(node, lanes, guards)
-            value = self._vcompute(node, lanes, guards)
-            self._store(node, value)
-            return value
-        if node.op is Op.BUFFER:
-            return self._vload(node, lanes, guards)
-        return self._vcompute(node, lanes, guards)
-
-    def _vcompute(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:
+    def _compute(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:  # type: ignore[override]
         op = node.op
         if op is Op.CONST:
-            literal = c.literal(node.arg, node.dtype) if _kind(node.dtype) == "float" else ("-1" if node.arg else "0")
-            return _Value(self._broadcast(literal, node.dtype), 0)
+            return _Value(self._constant(node.arg, node.dtype), 0)
         if op in REDUCE_OPS:
-            if self._hosted(node, lanes, guards) or node is self.root:
+            if self._can_host(node, lanes, guards) or node is self.root:
                 if id(node) not in self._reductions:
                     self._reductions[id(node)] = self._vreduce(node)
                 return self._reductions[id(node)]
             self.materialized[id(node)] = node
-            return self._vload(node, lanes, guards)
+            return self._load(node, lanes, guards)
         if op in ELEMENTWISE_OPS:
             count = self._renders.get(id(node), (0, node))[0] + 1
             self._renders[id(node)] = (count, node)
             if count > RECOMPUTE_LIMIT:
                 raise NotVectorizable(node)
             compared = _less_or_equal(node)
-            sources = [self.vrender(s, lanes, guards) for s in (compared or node.src)]
+            sources = [self.render(s, lanes, guards) for s in (compared or node.src)]
             depth = max([s.depth for s in sources] + [0])
             if compared:
                 return self._emit(depth, node.dtype, f"({sources[0].text}<={sources[1].text})")
             return self._emit(depth, node.dtype, self._vexpression(node, [s.text for s in sources]))
         if op in (Op.RAND,):
             raise NotVectorizable(node)
-        return self._vmovement(node, lanes, guards)
+        return self._movement(node, lanes, guards)
 
     def _vexpression(self, node: Node, args: list[str]) -> str:
         op, dtype = node.op, node.dtype
@@ -183,7 +170,7 @@ class VectorBuilder(KernelBuilder):
         self._has_loop = True
         self._longest_reduction = max(self._longest_reduction, count)
         combine = Op.ADD if node.op is Op.SUM else Op.MAX
-        start = self._vcompute_const(0 if node.op is Op.SUM else c.lowest_value(dtype), dtype)
+        start = self._constant(0 if node.op is Op.SUM else c.lowest_value(dtype), dtype)
         steps = count // self.width if self.uniform else count
         unroll = next(u for u in (4, 2, 1) if steps % u == 0)
         outputs = [unravel(position, node.shape) for position in self.positions]
@@ -204,7 +191,7 @@ class VectorBuilder(KernelBuilder):
                 for axis, expr in zip(axes, unravel(flat, sizes)):
                     full[axis] = expr
                 body.append(tuple(full))
-            value = self.vrender(source, tuple(body), ((),) * self.width)
+            value = self.render(source, tuple(body), ((),) * self.width)
             self._scopes[-1].lines.append(f"{acc} = {_combine(combine, acc, value.text, dtype)};")
         lines = self._scopes.pop().lines
         counter = "long" if steps >= 2**31 else "int"
@@ -222,8 +209,8 @@ class VectorBuilder(KernelBuilder):
             total = self._emit(0, dtype, _combine(combine, f"{total}.lo", f"{total}.hi", dtype), width).text
         return _Value(self._broadcast(total, dtype), 0)
 
-    def _vmovement(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:
-        fill = self._vcompute_const(node.arg[1], node.dtype) if node.op is Op.PAD else ""
+    def _movement(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:  # type: ignore[override]
+        fill = self._constant(node.arg[1], node.dtype) if node.op is Op.PAD else ""
         inners, conditions, padded = [], [], []
         for index in lanes:
             inner, condition = source_index(node, index)
@@ -235,19 +222,19 @@ class VectorBuilder(KernelBuilder):
         if all(padded):
             return _Value(fill, 0)
         if not any(conditions) and not any(padded):
-            return self.vrender(node.src[0], tuple(inners), guards)
+            return self.render(node.src[0], tuple(inners), guards)
         inner_guards = tuple(g + (cond,) if cond else g for g, cond in zip(guards, conditions))
-        value = self.vrender(node.src[0], tuple(inners), inner_guards)
+        value = self.render(node.src[0], tuple(inners), inner_guards)
         depth = max([value.depth] + [self._depth_of(index, guard) for index, guard in zip(lanes, inner_guards)])
         if not any(padded) and len(set(conditions)) == 1:
             return self._emit(depth, node.dtype, f"(({conditions[0]})?{value.text}:{fill})")
         mask = ",".join("0" if out else f"-(int)({cond})" if cond else "-1" for out, cond in zip(padded, conditions))
         return self._emit(depth, node.dtype, f"select({fill},{value.text},(int{self.width})({mask}))")
 
-    def _vcompute_const(self, value: object, dtype: DType) -> str:
+    def _constant(self, value: object, dtype: DType) -> str:
         return self._broadcast(c.literal(value, dtype) if _kind(dtype) == "float" else ("-1" if value else "0"), dtype)
 
-    def _vload(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:
+    def _load(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:  # type: ignore[override]
         kind = _kind(node.dtype)
         if node.op is not Op.BUFFER and id(node) not in self.produced and node not in self.needs:
             self.needs.append(node)
@@ -274,7 +261,7 @@ class VectorBuilder(KernelBuilder):
                 elements.append(f"(({'&&'.join(guard)})?{element}:0)" if guard else element)
             text = f"({self._vector_type(node.dtype)})({','.join(elements)})"
         if shared_guard:
-            text = f"(({'&&'.join(shared_guard)})?{text}:{self._vcompute_const(0, node.dtype)})"
+            text = f"(({'&&'.join(shared_guard)})?{text}:{self._constant(0, node.dtype)})"
         return self._emit(depth, node.dtype, text)
 
     def _launch_shape(self) -> tuple[int, Optional[int]]:
