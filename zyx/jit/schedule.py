@@ -12,7 +12,7 @@ import heapq
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
@@ -62,19 +62,18 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     """On a GPU, a kernel whose few outputs each need a long reduction is built again with work groups.
     A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again."""
     while True:
-        saved_materialized, saved_produced = dict(materialized), set(produced)
+        restore = _snapshot(materialized, produced)
         try:
             return _build_shaped(root, materialized, produced, traits, allow_extra_outputs, frozenset(stored_apart))
         except KernelTooLarge as too_large:
-            materialized.clear(), materialized.update(saved_materialized)
-            produced.clear(), produced.update(saved_produced)
+            restore()
             materialized[id(too_large.node)] = too_large.node
             stored_apart.add(id(too_large.node))
 
 
 def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
-    saved_materialized, saved_produced = dict(materialized), set(produced)
+    restore = _snapshot(materialized, produced)
     cpu_plan = None if traits.gpu else plan_cpu_matmul(root, materialized)
     if cpu_plan is not None:
         return CpuMatmulBuilder(root, materialized, produced, False, stored_apart=apart, plan=cpu_plan).build()
@@ -92,8 +91,7 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     if (not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS
             or kernel.longest_reduction < GROUP_MIN_REDUCE):
         return kernel  # (elementwise kernels as they are reach ~2.5 TB/s on an H100: bench/README.md)
-    materialized.clear(), materialized.update(saved_materialized)
-    produced.clear(), produced.update(saved_produced)
+    restore()
     return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size, apart).build()
 
 
@@ -101,7 +99,7 @@ def _vector_kernel(root: Node, materialized: dict[int, Node], produced: set[int]
                    apart: frozenset, width: int) -> Optional[RenderedKernel]:
     """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
     elements at a time; None (state untouched) when neither renders or reads its loops in whole vectors."""
-    saved_materialized, saved_produced = dict(materialized), set(produced)
+    restore = _snapshot(materialized, produced)
     for uniform in (False, True):
         try:
             builder = VectorBuilder(root, materialized, produced, allow_extra_outputs, stored_apart=apart,
@@ -111,9 +109,18 @@ def _vector_kernel(root: Node, materialized: dict[int, Node], produced: set[int]
                 return kernel
         except NotVectorizable:
             pass
+        restore()
+    return None
+
+
+def _snapshot(materialized: dict[int, Node], produced: set[int]) -> Callable[[], None]:
+    """A function that puts both back as they are now (a kernel build that is abandoned may have grown them)."""
+    saved_materialized, saved_produced = dict(materialized), set(produced)
+
+    def restore() -> None:
         materialized.clear(), materialized.update(saved_materialized)
         produced.clear(), produced.update(saved_produced)
-    return None
+    return restore
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:
