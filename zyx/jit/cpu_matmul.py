@@ -22,8 +22,8 @@ from typing import Optional
 
 from ..trace import node as n
 from ..trace.node import Node
-from ..trace.ops import Op
-from .render import Index, KernelBuilder, RenderedKernel, _Scope, _Value, linear, unravel
+from ..trace.ops import MOVEMENT_OPS, Op
+from .render import Index, KernelBuilder, RenderedKernel, _Scope, _Value, linear, source_index, unravel
 from .symbolic import Expr
 from .tiling import hosted_matmul, matmul_axes, space_axes
 
@@ -129,24 +129,16 @@ def _contiguous(node: Node, axis: int, materialized: dict[int, Node]) -> bool:
 
 def _view_index(node: Node, index: list[Expr], materialized: dict[int, Node]) -> Optional[tuple[Node, Expr]]:
     """The node in memory that a chain of views reads (a buffer, or a node another kernel stores) and the flat
-    index it reads at `index`; None if the chain computes anything (as KernelBuilder._movement, without PAD)."""
+    index it reads at `index`; None if the chain computes anything (a padding that needs a condition too)."""
+    position: Index = tuple(index)
     while node.op is not Op.BUFFER and id(node) not in materialized:
-        if node.op not in (Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP):
+        if node.op not in MOVEMENT_OPS:
             return None
-        source = node.src[0]
-        if node.op is Op.RESHAPE:
-            index = list(unravel(linear(tuple(index), node.shape), source.shape))
-        elif node.op is Op.PERMUTE:
-            index = [index[node.arg.index(axis)] for axis in range(len(index))]
-        elif node.op is Op.EXPAND:
-            index = [Expr(0) if s == 1 else e for s, e in zip(source.shape, index)]
-        elif node.op is Op.SHRINK:
-            index = [e + start for e, (start, _) in zip(index, node.arg)]
-        else:  # FLIP
-            index = [(Expr(0) - e) + (s - 1) if a in node.arg else e
-                     for a, (e, s) in enumerate(zip(index, node.shape))]
-        node = source
-    return node, linear(tuple(index), node.shape)
+        inner, condition = source_index(node, position)
+        if inner is None or condition is not None:
+            return None
+        position, node = inner, node.src[0]
+    return node, linear(position, node.shape)
 
 
 def _unbroadcast(operand: Node) -> Optional[Node]:
@@ -275,10 +267,8 @@ class CpuMatmulBuilder(KernelBuilder):
         stores."""
         if node.op is not Op.BUFFER:
             self.materialized.setdefault(id(node), node)
-            if id(node) not in self.produced and node not in self.needs:
-                self.needs.append(node)
         self._misaligned.add(id(node))
-        return self._param("load", node)
+        return self._input(node)
 
     def _launch_shape(self) -> tuple[int, Optional[int]]:
         return self.work_items, 1  # one item per group: PoCL hands the groups out to its threads in order

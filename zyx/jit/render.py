@@ -332,10 +332,14 @@ class KernelBuilder:
         depth = max(value.depth, self._depth_of(index, guard + (condition,)))
         return self._emit(depth, node.dtype, f"(({condition})?{value.text}:{c.literal(node.arg[1], node.dtype)})")
 
-    def _load(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+    def _input(self, node: Node) -> str:
+        """The parameter reading `node` from memory (a node that is not a buffer: one another kernel stores)."""
         if node.op is not Op.BUFFER and id(node) not in self.produced and node not in self.needs:
             self.needs.append(node)
-        name = self._param("load", node)
+        return self._param("load", node)
+
+    def _load(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+        name = self._input(node)
         flat = linear(index, node.shape)
         if guard or not self.positions or flat != self.positions[self._element]:
             self._misaligned.add(id(node))

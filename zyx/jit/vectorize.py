@@ -236,9 +236,7 @@ class VectorBuilder(KernelBuilder):
 
     def _load(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:  # type: ignore[override]
         kind = _kind(node.dtype)
-        if node.op is not Op.BUFFER and id(node) not in self.produced and node not in self.needs:
-            self.needs.append(node)
-        name = self._param("load", node)
+        name = self._input(node)
         flats = [linear(index, node.shape) for index, guard in zip(lanes, guards)]
         if any(guards) or flats != self.positions:
             self._misaligned.add(id(node))
