@@ -37,13 +37,8 @@ def rewrite_graph(targets: Sequence[Node], gpu: bool = False) -> list[Node]:
         new = node
         if any(a is not b for a, b in zip(sources, node.src)):
             new = n.Node(node.op, sources, node.arg, node.shape, node.dtype, node.device)
-        if new.op is Op.SUM and len(new.arg) > 1:
-            new = _merge_product_axes(new)
-        if gpu and new.op is Op.SUM:
-            new = _split_product(new)
-        elif gpu and new is not node and new.op is Op.RESHAPE and new.src[0].op is Op.SUM:  # merged just now
-            split = _split_product(new.src[0])
-            new = new if split is new.src[0] else n.reshape(split, new.shape)
+        if new.op is Op.SUM:
+            new = _merge_product_axes(new, gpu) if len(new.arg) > 1 else _split_product(new) if gpu else new
         if new.op in REDUCE_OPS and _worth_splitting(new):
             new = _two_stage(new)
         if new is not node:
@@ -51,10 +46,11 @@ def rewrite_graph(targets: Sequence[Node], gpu: bool = False) -> list[Node]:
     return [replaced.get(id(t), t) for t in targets]
 
 
-def _merge_product_axes(node: Node) -> Node:
+def _merge_product_axes(node: Node, split: bool) -> Node:
     """SUM over adjacent axes (or axes with only size-1 axes between: a convolution's batch and pixels) of
     MUL(EXPAND(a), EXPAND(b)) as a SUM over one axis of the axes merged, when each operand either holds all of
-    those axes or broadcasts along all of them; else the node itself."""
+    those axes or broadcasts along all of them; else the node itself. `split`: the merged product may then be
+    split along k (`_split_product`)."""
     axes, product = sorted(node.arg), node.src[0]
     first, last = axes[0], axes[-1]
     between = (a for a in range(first, last + 1) if a not in axes)  # size-1 axes in between merge for free
@@ -79,7 +75,7 @@ def _merge_product_axes(node: Node) -> Node:
         source = n.reshape(side.src[0], merged(side.src[0].shape, size))
         operands.append(n.expand(source, merged(product.shape, merged_size)))
     total = n.reduce(Op.SUM, n.binary(Op.MUL, *operands), [first])
-    return n.reshape(total, node.shape)
+    return n.reshape(_split_product(total) if split else total, node.shape)
 
 
 def _split_product(node: Node) -> Node:
