@@ -71,7 +71,7 @@ class JitBackend:
             stats.bump("schedule_cache_hits")
             return program
         disk_key = program_key(key, self.runtime.device, self.traits)
-        program = default_program_store().load(disk_key)
+        program = default_program_store().load(disk_key, len(leaves), len(rands))
         if program is not None:
             stats.bump("programs_loaded")
         else:

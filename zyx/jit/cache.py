@@ -1,38 +1,36 @@
-"""Persistent OpenCL program cache: memory first, then a process-safe disk store, then the compiler.
+"""Persistent OpenCL program cache: memory first, then the disk store, then the compiler.
 
-The disk store is a `diskcache.Cache` (SQLite, safe across processes) bounded by an LRU size limit.
-Each entry is two records, written in one transaction; values are bytes or JSON text, never pickles,
-so a shared cache directory cannot smuggle code into a process:
+On disk an entry is one row of the `kernels` table of `disk_store.DiskStore` (SQLite, shared safely by
+processes, bounded by an LRU size limit): the program binary, and JSON metadata (key components, source,
+binary checksum, kernel names, compile time) that is parsed and validated before the binary is handed to the
+driver. Nothing stored is ever unpickled or run as Python. Binaries are read after a program's first launch
+(see `KernelCache.commit`) and written by a background thread (`commit_later`), so neither the first step nor
+the process's exit waits for them.
 
-    "m:<key>"  JSON metadata: key components, source, binary checksum, kernel names, times, hits
-    "b:<key>"  the program binary, read after the program's first launch (see `KernelCache.commit`)
-
-A damaged entry is dropped with one `CacheWarning` and recompiled; a directory that cannot be used
-turns the cache memory-only with one `CacheWarning`. Neither interrupts the run.
+A damaged entry is dropped with one `CacheWarning` and recompiled; the store handles damaged databases,
+read-only and untrusted directories (see `disk_store`). None of these interrupts the run.
 """
 from __future__ import annotations
 
-import atexit
 import collections
 import json
 import os
 import re
-import sqlite3
 import sys
 import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
 
-import diskcache
 import pyopencl as cl
 
+from zyx.jit.background import BackgroundWriter
 from zyx.jit.cache_key import (
-    CACHE_FORMAT, FINGERPRINT_NAMES, cache_key, device_fingerprint, differing_components, hash_hex, key_components,
-    zyx_version,
+    CACHE_FORMAT, COMPONENT_NAMES, FINGERPRINT_NAMES, cache_key, device_fingerprint, differing_components, hash_hex,
+    key_components, zyx_version,
 )
+from zyx.jit.disk_store import CacheDirectoryWarning, CacheWarning, DiskStore, Row
 from zyx.counters import bump
 from ..debug import debug_level
 
@@ -41,26 +39,11 @@ __all__ = ["CacheDirectoryWarning", "CacheWarning", "KernelCache", "cache_direct
 
 DEFAULT_SIZE_LIMIT = 1 << 30
 SHORT_KEY_LENGTH = 12
-_META, _BINARY = "m:", "b:"
-_STORE_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout)
+TABLE = "kernels"
 _PENDING_ATTRIBUTE = "_zyx_cache_pending"
-_META_FIELDS = frozenset({"components", "source", "checksum", "kernel_names", "compile_seconds", "binary_size",
-                          "created", "last_used", "hits"})
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEX_KEY = re.compile(r"[0-9a-f]{32}")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-T = TypeVar("T")
-
-
-class CacheWarning(UserWarning):
-    """The cache met a fault it recovered from (a damaged entry, an unusable directory); the run goes on."""
-
-
-class CacheDirectoryWarning(CacheWarning):
-    """The cache directory cannot be used, so compiled programs stay in memory only."""
-
-    def __init__(self, reason: str):
-        super().__init__(f"zyx kernel cache: {reason}; keeping compiled kernels in memory only")
-        self.reason = reason
 
 
 def cache_directory() -> Path:
@@ -115,25 +98,60 @@ def _binary_for(program: cl.Program, device: cl.Device) -> bytes:
     return program.get_info(cl.program_info.BINARIES)[devices.index(device)]
 
 
-def _parse_meta(text: object) -> dict | None:
-    """The metadata record as a dict, or None when it is garbled or lacks a field."""
+class _DamagedEntry(Exception):
+    """A stored entry that cannot be trusted; the message says why."""
+
+
+def _parse_meta(text: str) -> dict:
+    """The metadata JSON as a dict with every field of the right type, else _DamagedEntry."""
     try:
-        meta = json.loads(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(meta, dict) or not _META_FIELDS <= meta.keys() or not isinstance(meta["components"], dict):
-        return None
+        meta = json.loads(text)
+    except ValueError:
+        raise _DamagedEntry("its metadata is garbled") from None
+    if not isinstance(meta, dict):
+        raise _DamagedEntry("its metadata is garbled")
+    components = meta.get("components")
+    if not (isinstance(components, dict) and set(components) == set(COMPONENT_NAMES)
+            and all(isinstance(value, str) for value in components.values())):
+        raise _DamagedEntry("its metadata is garbled (key components)")
+    names = meta.get("kernel_names")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and _IDENTIFIER.fullmatch(n) for n in names)):
+        raise _DamagedEntry("its metadata is garbled (kernel names)")
+    if not (isinstance(meta.get("source"), str) and isinstance(meta.get("checksum"), str)
+            and _HEX_KEY.fullmatch(meta["checksum"])):
+        raise _DamagedEntry("its metadata is garbled (source or checksum)")
+    for field in ("compile_seconds", "binary_size"):
+        value = meta.get(field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise _DamagedEntry(f"its metadata is garbled ({field})")
     return meta
 
 
-def _summary(key: str, meta: dict) -> dict:
+def _checked_entry(text: str, binary: bytes, components: dict[str, str]) -> dict:
+    meta = _parse_meta(text)
+    if meta["components"] != components:
+        raise _DamagedEntry("its metadata does not match its key")
+    if meta["binary_size"] != len(binary) or hash_hex(binary) != meta["checksum"]:
+        raise _DamagedEntry("its binary fails the checksum")
+    return meta
+
+
+def _valid_meta(row: Row) -> dict | None:
+    """A listed row's metadata, or None when it is damaged (listing skips it; `prune` removes it)."""
+    try:
+        return _parse_meta(row.meta)
+    except _DamagedEntry:
+        return None
+
+
+def _summary(row: Row, meta: dict) -> dict:
     components = meta["components"]
     return {
-        "key": key, "short_key": key[:SHORT_KEY_LENGTH], "kernel": ";".join(meta["kernel_names"]),
-        "kernel_names": meta["kernel_names"], "device": components.get("device", ""),
-        "platform": components.get("platform", ""), "zyx_version": components.get("zyx_version", ""),
-        "size": meta["binary_size"], "compile_seconds": meta["compile_seconds"], "hits": meta["hits"],
-        "created": meta["created"], "last_used": meta["last_used"], "components": components,
+        "key": row.key, "short_key": row.key[:SHORT_KEY_LENGTH], "kernel": ";".join(meta["kernel_names"]),
+        "kernel_names": meta["kernel_names"], "device": components["device"], "platform": components["platform"],
+        "zyx_version": components["zyx_version"], "size": meta["binary_size"],
+        "compile_seconds": meta["compile_seconds"], "hits": row.hits, "created": row.created,
+        "last_used": row.last_used, "components": components,
     }
 
 
@@ -164,10 +182,6 @@ class _Pending:
     compile_seconds: float
 
 
-class _DamagedEntry(Exception):
-    """A stored entry that cannot be trusted; the message says why."""
-
-
 class KernelCache:
     """Built OpenCL programs, keyed by source, device, driver, build options and zyx version."""
 
@@ -176,11 +190,8 @@ class KernelCache:
         self.size_limit = size_limit if size_limit is not None else _size_limit_from_env()
         self._memory: dict[tuple[cl.Context, cl.Device, str], cl.Program] = {}
         self._lock = threading.Lock()
-        self._store: diskcache.Cache | None = None
-        self._browser: diskcache.Cache | None = None
-        self._disk_usable = True
-        self._later: list[cl.Program] = []
-        self._store = self._guarded("open", lambda: self._open_store("least-recently-used"))
+        self._writer = BackgroundWriter()
+        self._store = DiskStore(self.directory, TABLE, self.size_limit)
 
     # -- the JIT's entry points ------------------------------------------------------------------
 
@@ -209,52 +220,45 @@ class KernelCache:
         were committed already, are not stored again.
         """
         pending: _Pending | None = vars(program).pop(_PENDING_ATTRIBUTE, None)
-        if pending is None or self._store is None:
+        if pending is None or not self._store.on_disk:
             return
         binary = _binary_for(program, pending.device)
-        now = time.time()
         meta = {
             "components": pending.components, "source": pending.source, "checksum": hash_hex(binary),
             "kernel_names": _kernel_names(program), "compile_seconds": pending.compile_seconds,
-            "binary_size": len(binary), "created": now, "last_used": now, "hits": 0,
+            "binary_size": len(binary),
         }
-        if self._guarded("write to", lambda: self._write(pending.key, meta, binary)):
+        if self._store.put(pending.key, json.dumps(meta), binary):
             bump("cache_disk_writes")
 
     def commit_later(self, program: cl.Program) -> None:
-        """`commit` when the process exits (or at `flush`): on PoCL, reading a program's binary compiles every
-        kernel's work-group function again (1.9 s of a 4.9 s cold MLP start here), which the first step need
-        not wait for."""
-        with self._lock:
-            if not self._later:
-                atexit.register(self.flush)
-            self._later.append(program)
+        """`commit` on the cache's writer thread: on PoCL, reading a program's binary compiles every kernel's
+        work-group function again (1.9 s of a 4.9 s cold MLP start here), which the first step need not wait
+        for. At exit the writer waits about a second, then leaves the rest to be compiled again next time."""
+        self._writer.submit(lambda: self.commit(program))
 
-    def flush(self) -> None:
-        """Store every program `commit_later` queued."""
-        with self._lock:
-            later, self._later = self._later, []
-        for program in later:
-            self.commit(program)
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every program `commit_later` queued is stored; False if `timeout` seconds passed first."""
+        return self._writer.wait(timeout)
 
     # -- inspection and maintenance (the `zyx cache` commands) ----------------------------------
 
     def entries(self) -> list[dict]:
-        """Every readable entry's metadata, without its source, most recently used first."""
-        summaries = [_summary(key, meta) for key, meta in self._all_metas().items() if meta is not None]
+        """Every valid entry's metadata, without its source, most recently used first."""
+        summaries = [_summary(row, meta) for row, meta in self._valid_rows()]
         return sorted(summaries, key=lambda summary: summary["last_used"], reverse=True)
 
     def entry(self, short_key: str) -> dict:
         """One entry, with source and checksum, by a unique key prefix; KeyError names what went wrong."""
         prefix = short_key.strip().lower()
-        metas = {key: meta for key, meta in self._all_metas().items() if meta is not None}
-        matches = [key for key in metas if key.startswith(prefix)] if prefix else []
+        rows = dict((row.key, (row, meta)) for row, meta in self._valid_rows())
+        matches = [key for key in rows if key.startswith(prefix)] if prefix else []
         if not matches:
             raise KeyError(f"no cache entry has a key starting with {short_key!r}")
         if len(matches) > 1:
             raise KeyError(f"{short_key!r} is ambiguous: {len(matches)} entries start with it; give more digits")
-        key = matches[0]
-        return {**_summary(key, metas[key]), "source": metas[key]["source"], "checksum": metas[key]["checksum"]}
+        row, meta = rows[matches[0]]
+        return {**_summary(row, meta), "source": meta["source"], "checksum": meta["checksum"]}
 
     def clear(self, device: str | None = None, older_than_seconds: float | None = None) -> int:
         """Remove entries (all, or those matching the device and last used before the age); return how many.
@@ -263,50 +267,55 @@ class KernelCache:
         """
         with self._lock:
             self._memory.clear()
-        if self._store is None:
-            return 0
         if device is None and older_than_seconds is None:
-            count = len(self._all_metas())
-            return count if self._guarded("clear", lambda: self._store.clear()) is not None else 0
-        return self._delete_all([entry["key"] for entry in self.entries()
-                                 if selected(entry, device, older_than_seconds)])
+            return self._store.clear()
+        return self._store.delete([entry["key"] for entry in self.entries()
+                                   if selected(entry, device, older_than_seconds)])
 
     def prune(self) -> int:
-        """Remove entries this zyx version and the present devices can never load, plus damaged halves."""
+        """Remove entries this zyx version and the present devices can never load, and damaged ones."""
         present = _present_fingerprints()
-        metas = self._all_metas()
-        doomed = {key for key, meta in metas.items() if meta is None or not _usable_here(meta["components"], present)}
-        doomed.update(key for key in self._binary_keys() if key not in metas)
-        return self._delete_all(sorted(doomed))
+        doomed = []
+        for row in self._store.rows():
+            meta = _valid_meta(row)
+            if meta is None or not _usable_here(meta["components"], present):
+                doomed.append(row.key)
+        return self._store.delete(doomed)
 
     def info(self) -> dict:
-        """Directory, entry count, size on disk against the limit, and entries per device and zyx version."""
+        """Directory, entry count, bytes held against the limit, and entries per device and zyx version."""
         summaries = self.entries()
-        volume = self._guarded("read", lambda: self._store.volume()) if self._store is not None else None
         return {
-            "directory": str(self.directory), "on_disk": self._store is not None, "entries": len(summaries),
-            "bytes": volume or 0, "size_limit": self.size_limit, "memory_programs": len(self._memory),
+            "directory": str(self.directory), "on_disk": self._store.on_disk, "read_only": self._store.read_only,
+            "entries": len(summaries), "bytes": self._store.volume(), "size_limit": self.size_limit,
+            "memory_programs": len(self._memory),
             "by_device": dict(collections.Counter(summary["device"] for summary in summaries)),
             "by_zyx_version": dict(collections.Counter(summary["zyx_version"] for summary in summaries)),
         }
+
+    def _valid_rows(self) -> list[tuple[Row, dict]]:
+        return [(row, meta) for row in self._store.rows() if (meta := _valid_meta(row)) is not None]
 
     # -- the three ways to get a program ---------------------------------------------------------
 
     def _load(self, context: cl.Context, device: cl.Device, key: str, components: dict[str, str],
               options: tuple[str, ...]) -> cl.Program | None:
-        if self._store is None:
-            return None
         start = time.perf_counter()
-        stored = self._guarded("read", lambda: self._read_entry(key, components))
+        stored = self._store.get(key)
         if stored is None:
             return None
-        meta, binary = stored
+        row, binary = stored
+        try:
+            meta = _checked_entry(row.meta, binary, components)
+        except _DamagedEntry as damage:
+            self._drop_damaged(key, str(damage))
+            return None
         try:
             program = cl.Program(context, [device], [binary]).build(options=list(options), devices=[device])
         except cl.Error as error:
             self._drop_damaged(key, f"the driver rejected its binary ({str(error).splitlines()[0]})")
             return None
-        self._guarded("write to", lambda: self._record_hit(key))
+        self._store.record_use(key)
         bump("cache_disk_hits")
         if debug_level() >= 1:
             names = ";".join(meta["kernel_names"])
@@ -338,8 +347,8 @@ class KernelCache:
     def _explain_miss(self, key: str, components: dict[str, str]) -> str:
         """Name the components that differ from the closest stored entry compiled from the same source."""
         short = key[:SHORT_KEY_LENGTH]
-        same_source = {stored_key: meta["components"] for stored_key, meta in self._all_metas().items()
-                       if meta is not None and meta["components"].get("source_hash") == components["source_hash"]}
+        same_source = {row.key: meta["components"] for row, meta in self._valid_rows()
+                       if meta["components"]["source_hash"] == components["source_hash"]}
         if not same_source:
             return f"cache miss {short}: no entry holds this source"
         differences = {stored_key: differing_components(components, stored)
@@ -350,113 +359,10 @@ class KernelCache:
                               for name in differences[nearest])
         return f"cache miss {short}: nearest entry {nearest[:SHORT_KEY_LENGTH]} differs in {described}"
 
-    # -- the disk store ------------------------------------------------------------------------
-
-    def _open_store(self, eviction_policy: str) -> diskcache.Cache:
-        """cull_limit 4: a write over the limit evicts at most two entries (diskcache's default is five)."""
-        return diskcache.Cache(str(self.directory), size_limit=self.size_limit, eviction_policy=eviction_policy,
-                               cull_limit=4)
-
-    def _inspection_store(self) -> diskcache.Cache | None:
-        """A handle whose reads do not refresh LRU times, so listing the cache does not reorder eviction."""
-        if self._browser is None and self._store is not None:
-            self._browser = self._guarded("open", lambda: self._open_store("none"))
-        return self._browser
-
-    def _guarded(self, action: str, operation: Callable[[], T]) -> T | None:
-        """Run a disk operation; on a store error fall back to memory only and return None."""
-        try:
-            return operation()
-        except _STORE_ERRORS as error:
-            self._fall_back_to_memory(f"cannot {action} {self.directory} ({error})")
-            return None
-
-    def _fall_back_to_memory(self, reason: str) -> None:
-        self._store = self._browser = None
-        if self._disk_usable:
-            self._disk_usable = False
-            warnings.warn(CacheDirectoryWarning(reason), stacklevel=4)
-
-    def _read_entry(self, key: str, components: dict[str, str]) -> tuple[dict, bytes] | None:
-        """The stored metadata and binary, or None for a miss; a damaged entry is dropped and misses."""
-        text = self._store.get(_META + key)
-        if text is None:
-            return None
-        binary = self._store.get(_BINARY + key)
-        if binary is None:  # LRU eviction took the binary half: an ordinary miss
-            self._delete(key)
-            return None
-        try:
-            return _checked_entry(text, binary, components), binary
-        except _DamagedEntry as damage:
-            self._drop_damaged(key, str(damage))
-            return None
-
     def _drop_damaged(self, key: str, reason: str) -> None:
         warnings.warn(f"zyx kernel cache: dropped entry {key[:SHORT_KEY_LENGTH]} because {reason}; recompiling",
                       CacheWarning, stacklevel=5)
-        self._guarded("write to", lambda: self._delete(key))
-
-    def _write(self, key: str, meta: dict, binary: bytes) -> bool:
-        """Store both halves in one transaction; False when another process stored this key first."""
-        with self._store.transact():
-            if _META + key in self._store:
-                return False
-            self._store.set(_BINARY + key, binary)
-            self._store.set(_META + key, json.dumps(meta))
-        return True
-
-    def _record_hit(self, key: str) -> None:
-        with self._store.transact():
-            meta = _parse_meta(self._store.get(_META + key))
-            if meta is None:  # removed or replaced since it was read: nothing to count
-                return
-            meta["hits"] += 1
-            meta["last_used"] = time.time()
-            self._store.set(_META + key, json.dumps(meta))
-
-    def _delete(self, key: str) -> None:
-        with self._store.transact():
-            self._store.delete(_META + key)
-            self._store.delete(_BINARY + key)
-
-    def _delete_all(self, keys: list[str]) -> int:
-        """Delete entries one by one; return how many went (fewer when the store fails midway)."""
-        for deleted, key in enumerate(keys):
-            self._guarded("write to", lambda: self._delete(key))
-            if self._store is None:
-                return deleted
-        return len(keys)
-
-    def _all_metas(self) -> dict[str, dict | None]:
-        browser = self._inspection_store()
-        return (self._guarded("read", lambda: _read_metas(browser)) or {}) if browser is not None else {}
-
-    def _binary_keys(self) -> list[str]:
-        browser = self._inspection_store()
-        return (self._guarded("read", lambda: _keys_with(browser, _BINARY)) or []) if browser is not None else []
-
-
-def _keys_with(store: diskcache.Cache, prefix: str) -> list[str]:
-    return [db_key[len(prefix):] for db_key in list(store.iterkeys())
-            if isinstance(db_key, str) and db_key.startswith(prefix)]
-
-
-def _read_metas(store: diskcache.Cache) -> dict[str, dict | None]:
-    """Every metadata record by key; None marks a garbled one or one whose binary half was evicted."""
-    return {key: _parse_meta(store.get(_META + key)) if _BINARY + key in store else None
-            for key in _keys_with(store, _META)}
-
-
-def _checked_entry(text: object, binary: object, components: dict[str, str]) -> dict:
-    meta = _parse_meta(text)
-    if meta is None:
-        raise _DamagedEntry("its metadata is garbled")
-    if meta["components"] != components:
-        raise _DamagedEntry("its metadata does not match its key")
-    if not isinstance(binary, bytes) or hash_hex(binary) != meta["checksum"]:
-        raise _DamagedEntry("its binary fails the checksum")
-    return meta
+        self._store.delete([key])
 
 
 _default: KernelCache | None = None

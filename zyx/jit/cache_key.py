@@ -1,13 +1,18 @@
-"""What a cached kernel binary depends on, as named components, and the key hashed from them.
+"""What a cached kernel binary, or a cached program, depends on, as named components, and the keys hashed from them.
 
-Each component is stored next to the binary, so a miss can be explained ("driver_version differs")
-and `zyx cache prune` can tell which entries no present device could ever load again.
+Each kernel component is stored next to the binary, so a miss can be explained ("driver_version differs")
+and `zyx cache prune` can tell which entries no present device could ever load again. A program's key is
+derived from everything that can shape it (every zyx source file, every ZYX_* setting but a few known not to),
+so no hand-kept list of modules or settings can fall behind.
 """
 from __future__ import annotations
 
 import functools
 import importlib.metadata
 import json
+import os
+from pathlib import Path
+from typing import Any
 
 import pyopencl as cl
 import xxhash
@@ -17,6 +22,15 @@ CACHE_FORMAT = "1"
 
 FINGERPRINT_NAMES = ("device", "platform", "platform_version", "driver_version", "opencl_c_version")
 COMPONENT_NAMES = ("source_hash", *FINGERPRINT_NAMES, "options", "zyx_version", "format")
+
+PROGRAM_FORMAT = "program-2"
+"""Bump when the stored program layout changes."""
+PROGRAM_COMPONENT_NAMES = ("structure", *FINGERPRINT_NAMES, "traits", "settings", "zyx_source", "zyx_version",
+                           "format")
+SETTINGS_THAT_SHAPE_NO_PROGRAM = frozenset({"ZYX_CACHE_DIR", "ZYX_CACHE_SIZE", "ZYX_DEBUG", "ZYX_DEBUG_CACHE",
+                                            "ZYX_DEVICE"})
+"""Where the cache lives, what is printed, which device is the default: everything else named ZYX_* is in a
+program's key (a setting listed here wrongly would return old programs; one missing only costs a reschedule)."""
 
 
 def hash_hex(data: str | bytes) -> str:
@@ -61,3 +75,35 @@ def cache_key(components: dict[str, str]) -> str:
 
 def differing_components(wanted: dict[str, str], stored: dict[str, str]) -> list[str]:
     return [name for name in COMPONENT_NAMES if wanted.get(name) != stored.get(name)]
+
+
+@functools.cache
+def zyx_source_hash() -> str:
+    """A hash of every Python file of the zyx package: whatever module the path from trace to program imports
+    (the scheduler, Philox constants, dtypes...) is in it. An edit anywhere in zyx reschedules, which is cheap."""
+    package = Path(__file__).resolve().parents[1]
+    digest = xxhash.xxh3_128()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def program_settings() -> str:
+    """The ZYX_* environment settings that may shape a program (ZYX_TILE, ZYX_GPU_KERNELS, ...), as JSON."""
+    return json.dumps({name: value for name, value in sorted(os.environ.items())
+                       if name.startswith("ZYX_") and name not in SETTINGS_THAT_SHAPE_NO_PROGRAM})
+
+
+def program_components(structure: str, device: cl.Device, traits: Any) -> dict[str, str]:
+    """What a scheduled program depends on: the trace's structural hash, the device, the traits its kernels
+    were shaped for, the settings, the code and the format."""
+    return {
+        "structure": structure,
+        **device_fingerprint(device),
+        "traits": repr(traits),
+        "settings": program_settings(),
+        "zyx_source": zyx_source_hash(),
+        "zyx_version": zyx_version(),
+        "format": PROGRAM_FORMAT,
+    }

@@ -1,0 +1,106 @@
+"""Programs as JSON text, and back only through validation: a stored program is data read from disk.
+
+`program_from_json` checks every field a runtime would trust (kernel names, launch sizes, slot, input and
+random-stream indices in range, byte counts non-negative integers) and raises `InvalidProgram` naming the
+first field that is wrong, so a damaged entry is a miss rather than an out-of-range launch.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from typing import Any
+
+from .program import Launch, Program
+
+__all__ = ["InvalidProgram", "program_from_json", "program_to_json"]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FIELDS = ("launches", "slot_bytes", "outputs", "frees", "allocs", "aliases")
+
+
+class InvalidProgram(ValueError):
+    """Stored program text that is not a valid Program for the trace it was looked up for."""
+
+
+def program_to_json(program: Program) -> str:
+    return json.dumps(asdict(program), separators=(",", ":"))
+
+
+def program_from_json(text: str, inputs: int, rands: int) -> Program:
+    """The Program `text` describes, for a trace with `inputs` buffers and `rands` random streams."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise InvalidProgram(f"not JSON ({error})") from None
+    if not isinstance(data, dict) or set(data) != set(_FIELDS):
+        raise InvalidProgram(f"expected an object with the fields {', '.join(_FIELDS)}")
+    slot_bytes = [_count(size, "slot_bytes") for size in _list(data["slot_bytes"], "slot_bytes")]
+    slots = len(slot_bytes)
+    ranges = {"input": inputs, "slot": slots, "seed": rands, "offset": rands}
+    launches = [_launch(launch, k, ranges) for k, launch in enumerate(_list(data["launches"], "launches"))]
+    outputs = [_index(slot, slots, "outputs") for slot in _list(data["outputs"], "outputs")]
+    frees, allocs = (_per_launch(data[name], len(launches), slots, name) for name in ("frees", "allocs"))
+    if not isinstance(data["aliases"], dict):
+        raise InvalidProgram("aliases: expected an object")
+    aliases = {_index(_integer(slot, "aliases"), slots, "aliases"): _index(leaf, inputs, "aliases")
+               for slot, leaf in data["aliases"].items()}
+    return Program(launches, slot_bytes, outputs, frees, allocs, aliases)
+
+
+def _launch(data: Any, k: int, ranges: dict[str, int]) -> Launch:
+    where = f"launches[{k}]"
+    if not isinstance(data, dict) or set(data) != {"name", "source", "global_size", "local_size", "args"}:
+        raise InvalidProgram(f"{where}: expected name, source, global_size, local_size and args")
+    name, source = data["name"], data["source"]
+    if not (isinstance(name, str) and _IDENTIFIER.fullmatch(name) and isinstance(source, str)
+            and re.search(rf"\b{name}\s*\(", source)):
+        raise InvalidProgram(f"{where}: the kernel name {name!r} is not an identifier its source defines")
+    global_size = tuple(_count(size, f"{where}.global_size") for size in _list(data["global_size"], where))
+    local_size = data["local_size"]
+    if local_size is not None:
+        local_size = tuple(_count(size, f"{where}.local_size") for size in _list(local_size, where))
+        if len(local_size) != len(global_size) or any(size == 0 or total % size
+                                                       for total, size in zip(global_size, local_size)):
+            raise InvalidProgram(f"{where}: local size {local_size} does not divide global size {global_size}")
+    if not 1 <= len(global_size) <= 3:
+        raise InvalidProgram(f"{where}: global size {global_size} must have 1 to 3 axes")
+    args = []
+    for arg in _list(data["args"], f"{where}.args"):
+        if not (isinstance(arg, list) and len(arg) == 2 and arg[0] in ranges):
+            raise InvalidProgram(f"{where}.args: {arg!r} is not [kind, index] with kind one of {sorted(ranges)}")
+        args.append((arg[0], _index(arg[1], ranges[arg[0]], f"{where}.args ({arg[0]})")))
+    return Launch(name, source, global_size, local_size, tuple(args))
+
+
+def _per_launch(data: Any, launches: int, slots: int, name: str) -> list[list[int]]:
+    rows = _list(data, name)
+    if len(rows) != launches:
+        raise InvalidProgram(f"{name}: {len(rows)} lists for {launches} launches")
+    return [[_index(slot, slots, name) for slot in _list(row, name)] for row in rows]
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise InvalidProgram(f"{where}: expected a list, found {type(value).__name__}")
+    return value
+
+
+def _integer(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidProgram(f"{where}: {value!r} is not an integer")
+    return value
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidProgram(f"{where}: {value!r} is not a non-negative integer")
+    return value
+
+
+def _index(value: Any, length: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < length:
+        raise InvalidProgram(f"{where}: index {value!r} is out of range for {length}")
+    return value
