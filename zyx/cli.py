@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -227,22 +229,32 @@ def _command(commands: argparse._SubParsersAction, name: str, run: Callable[[arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a recoverable cache fault is an error here, since the user asked about the cache."""
+    """Run one command. A cache directory that cannot be used is an error here, since the user asked about the
+    cache; a fault the cache repaired (a damaged entry or database) is one warning line, and the command goes on."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", CacheWarning)
+            warnings.simplefilter("always", CacheWarning)
+            warnings.simplefilter("error", CacheDirectoryWarning)
+            warnings.showwarning = _print_warning
             args = build_parser().parse_args(argv)
-            return args.run(args)
+            status = args.run(args)
+            sys.stdout.flush()  # here, so a closed pipe is met inside this try and not at interpreter exit
+            return status
     except CliError as error:
         return _fail(str(error), error.status)
     except CacheDirectoryWarning as error:
         return _fail(error.reason, 1)
-    except CacheWarning as error:
-        return _fail(str(error), 1)
     except cl.Error as error:
         return _fail(f"OpenCL: {str(error).splitlines()[0]}", 1)
+    except BrokenPipeError:  # `zyx cache ls | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"zyx: warning: {message}", file=sys.stderr)
 
 
 def _fail(message: str, status: int) -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 import uuid
+import warnings
 
 import numpy as np
 import pyopencl as cl
@@ -51,29 +53,40 @@ def run_add(cache: kernel_cache.KernelCache, context: cl.Context, queue: cl.Comm
 
 
 def store_variant(cache: kernel_cache.KernelCache, key: str, **changes) -> str:
-    """Copy the entry `key` under changed key components (or metadata fields); return the new key."""
-    store = cache._store
-    meta = json.loads(store.get("m:" + key))
-    binary = store.get("b:" + key)
+    """Copy the entry `key` under changed key components, metadata fields or `hits`/`last_used`; return the new key."""
+    row, binary = cache._store.get(key)
+    meta = json.loads(row.meta)
     meta["components"] = {**meta["components"], **changes.pop("components", {})}
+    columns = {name: changes.pop(name) for name in ("hits", "last_used") if name in changes}
     meta.update(changes)
     new_key = cache_key(meta["components"])
-    assert cache._write(new_key, meta, binary), "variant already stored"
+    assert cache._store.put(new_key, json.dumps(meta), binary), "variant already stored"
+    set_columns(cache, new_key, **columns)
     return new_key
+
+
+def set_columns(cache: kernel_cache.KernelCache, key: str, table: str = "kernels", **columns) -> None:
+    """Write columns of one stored row directly, as another process or a damaged disk could."""
+    if columns:
+        with sqlite3.connect(cache._store.path) as db:
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            db.execute(f"UPDATE {table} SET {assignments} WHERE key = ?", (*columns.values(), key))
 
 
 def build(constants: list[int]) -> None:
     device = first_device()
     context = cl.Context([device])
     queue = cl.CommandQueue(context)
-    cache = kernel_cache.KernelCache()
     go_file = os.environ.get("ZYX_TEST_GO_FILE")
     if go_file:
         open(f"{go_file}.ready.{os.getpid()}", "w").close()
         while not os.path.exists(go_file):
             time.sleep(0.005)
-    correct = [run_add(cache, context, queue, constant) for constant in constants]
-    print(json.dumps({"correct": correct, "stats": stats()}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache = kernel_cache.KernelCache()
+        correct = [run_add(cache, context, queue, constant) for constant in constants]
+    print(json.dumps({"correct": correct, "stats": stats(), "warnings": [str(warning.message) for warning in caught]}))
 
 
 def hammer() -> None:
@@ -85,7 +98,7 @@ def hammer() -> None:
     print("writing", flush=True)
     while True:
         new_key = store_variant(cache, entry["key"], components={"options": f"-DRUN={uuid.uuid4().hex}"})
-        cache._record_hit(new_key)
+        cache._store.record_use(new_key)
 
 
 def twin_options(components: dict[str, str]) -> tuple[str, str]:

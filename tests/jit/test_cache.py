@@ -5,6 +5,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from cache_worker import first_device, kernel_source, run_add, store_variant
 from zyx.jit import cache as cache_module
 from zyx.jit import cache_key as cache_key_module
+from zyx.jit import disk_store
 from zyx.jit.cache import (
     DEFAULT_SIZE_LIMIT, CacheDirectoryWarning, CacheWarning, KernelCache, cache_directory, default_cache,
     device_fingerprint, parse_size,
@@ -170,20 +172,18 @@ def test_an_entry_holds_binary_source_checksum_and_metadata(cache_dir, context, 
     assert entry["key"] == key and entry["short_key"] == key[:12]
     assert entry["components"] == key_components(device, kernel_source(4), ()) and cache_key(entry["components"]) == key
     assert entry["kernel_names"] == ["add_4"] and entry["source"] == kernel_source(4)
-    binary = cache._store.get("b:" + key)
+    binary = cache._store.get(key)[1]
     assert entry["checksum"] == hash_hex(binary) and entry["size"] == len(binary) > 0
     assert entry["compile_seconds"] > 0 and entry["hits"] == 0 and entry["created"] <= entry["last_used"] <= time.time()
     assert run_add(KernelCache(cache_dir), context, queue, 4)
     assert cache.entry(key)["hits"] == 1 and cache.entry(key)["last_used"] >= entry["last_used"]
 
 
-def test_commit_later_stores_at_flush(cache_dir, context, device):
-    """The JIT queues fresh binaries for process exit (reading one is slow on PoCL); `flush` stores them."""
+def test_commit_later_stores_on_the_writer_thread(cache_dir, context, device):
+    """The JIT hands fresh binaries to a writer thread (reading one is slow on PoCL); `flush` waits for it."""
     cache = KernelCache(cache_dir)
     program = cache.build(context, device, kernel_source(6))
-    cache.commit_later(program)
-    assert cache.entries() == []
-    writes = counted(cache.flush)
+    writes = counted(lambda: (cache.commit_later(program), cache.flush()))
     assert writes["cache_disk_writes"] == 1 and len(cache.entries()) == 1
     assert counted(cache.flush)["cache_disk_writes"] == 0  # nothing left queued
 
@@ -197,8 +197,8 @@ def test_commit_stores_a_program_once(cache_dir, context, device):
 
 def test_entries_are_bounded_by_the_size_limit_least_recently_used_first(cache_dir, context, queue):
     original = stored_entry(cache_dir, context, queue, 0)
-    entry_size = KernelCache(cache_dir).entry(original)["size"]
-    cache = KernelCache(cache_dir, size_limit=32 * 1024 + int(3.5 * entry_size))
+    entry_bytes = KernelCache(cache_dir).info()["bytes"]  # key, metadata and binary of one entry
+    cache = KernelCache(cache_dir, size_limit=int(3.5 * entry_bytes))
     first, second = (store_variant(cache, original, components={"options": f"-DV={n}"}) for n in range(2))
     assert run_add(KernelCache(cache_dir), context, queue, 0)  # a load makes the original most recently used
     third, fourth = (store_variant(cache, original, components={"options": f"-DV={n}"}) for n in range(2, 4))
@@ -251,31 +251,45 @@ def test_a_writer_killed_mid_write_leaves_a_working_cache(tmp_path):
 
 # -- recovery from faults ---------------------------------------------------------------------------
 
+def set_row(store, key, **columns):
+    """Overwrite columns of a stored row, as a damaged disk or another process could."""
+    with sqlite3.connect(store.path) as db:
+        db.execute(f"UPDATE kernels SET {', '.join(f'{name} = ?' for name in columns)} WHERE key = ?",
+                   (*columns.values(), key))
+
+
+def flip_binary_bytes(store, key):
+    binary = bytearray(store.get(key)[1])
+    for position in (7, len(binary) // 2, len(binary) - 3):
+        binary[position] ^= 0xFF
+    set_row(store, key, value=bytes(binary))
+
+
 def truncate_binary(store, key):
-    with store.get("b:" + key, read=True) as handle:
-        path = handle.name
-    os.truncate(path, os.path.getsize(path) // 2)
+    set_row(store, key, value=store.get(key)[1][:100])
 
 
 def garble_metadata(store, key):
-    store.set("m:" + key, '{"components": {"source_hash": ')
+    set_row(store, key, meta='{"components": {"source_hash": ')
 
 
 def mismatch_checksum(store, key):
-    meta = json.loads(store.get("m:" + key))
-    store.set("m:" + key, json.dumps({**meta, "checksum": "0" * 32}))
+    set_row(store, key, meta=json.dumps({**json.loads(store.get(key)[0].meta), "checksum": "0" * 32}))
+
+
+def wrong_kernel_name(store, key):
+    set_row(store, key, meta=json.dumps({**json.loads(store.get(key)[0].meta), "kernel_names": ["x; rm -rf /"]}))
 
 
 def store_junk_binary(store, key):
     junk = b"not an OpenCL program binary " * 64
-    meta = json.loads(store.get("m:" + key))
-    store.set("b:" + key, junk)
-    store.set("m:" + key, json.dumps({**meta, "checksum": hash_hex(junk), "binary_size": len(junk)}))
+    meta = json.loads(store.get(key)[0].meta)
+    set_row(store, key, value=junk, meta=json.dumps({**meta, "checksum": hash_hex(junk), "binary_size": len(junk)}))
 
 
 @pytest.mark.parametrize("damage, reason", [
-    (truncate_binary, "checksum"), (garble_metadata, "garbled"), (mismatch_checksum, "checksum"),
-    (store_junk_binary, "driver rejected"),
+    (flip_binary_bytes, "checksum"), (truncate_binary, "checksum"), (garble_metadata, "garbled"),
+    (mismatch_checksum, "checksum"), (wrong_kernel_name, "kernel names"), (store_junk_binary, "driver rejected"),
 ])
 def test_a_damaged_entry_is_dropped_with_one_warning_and_recompiled(cache_dir, context, queue, damage, reason):
     key = stored_entry(cache_dir, context, queue, 6)
@@ -306,32 +320,64 @@ def test_a_directory_that_cannot_be_created_gives_a_memory_only_cache(tmp_path, 
     assert cache.entries() == [] and cache.info()["on_disk"] is False and cache.clear() == 0
 
 
-@pytest.mark.parametrize("failure", ["database or disk is full", "attempt to write a readonly database"])
-def test_a_store_that_fails_to_write_turns_memory_only_with_one_warning(cache_dir, context, queue, monkeypatch,
-                                                                         failure):
-    cache = KernelCache(cache_dir)
+class FailingWrites:
+    """A connection whose writes fail as a full disk or a read-only file would."""
 
-    def fail(*arguments, **keywords):
-        raise sqlite3.OperationalError(failure)
-    monkeypatch.setattr(cache._store, "set", fail)
+    def __init__(self, db: sqlite3.Connection, failure: str):
+        self.db, self.failure = db, failure
+
+    def execute(self, sql: str, *arguments):
+        if not sql.startswith("SELECT"):
+            raise sqlite3.OperationalError(self.failure)
+        return self.db.execute(sql, *arguments)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@pytest.mark.parametrize("failure", ["database or disk is full", "attempt to write a readonly database"])
+def test_a_store_that_fails_to_write_turns_memory_only_with_one_warning(cache_dir, context, queue, failure):
+    cache = KernelCache(cache_dir)
+    cache._store._connection = FailingWrites(cache._store._connection, failure)
     with pytest.warns(CacheDirectoryWarning, match=failure) as record:
         assert run_add(cache, context, queue, 9) and run_add(cache, context, queue, 10)
     assert len(cache_warnings(record)) == 1
     assert cache.info()["on_disk"] is False and run_add(cache, context, queue, 9)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
-def test_a_read_only_directory_gives_a_memory_only_cache(cache_dir, context, queue):
+def test_a_store_that_cannot_be_written_is_read_from(cache_dir, context, queue, monkeypatch):
+    """What a read-only filesystem does (as root, permissions cannot show it): the writable open fails, so the
+    store opens the filled database with mode=ro, serves its entries and keeps new programs in memory."""
     stored_entry(cache_dir, context, queue, 11)
-    for path in [cache_dir, *cache_dir.rglob("*")]:
-        path.chmod(0o555 if path.is_dir() else 0o444)
-    try:
-        with pytest.warns(CacheDirectoryWarning) as record:
-            assert run_add(KernelCache(cache_dir), context, queue, 12)
-        assert len(cache_warnings(record)) == 1
-    finally:
-        for path in [cache_dir, *cache_dir.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+    writable_connect = disk_store._connect
+
+    def read_only_filesystem(path, read_only_mode=None):
+        if read_only_mode is None:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return writable_connect(path, read_only_mode)
+    monkeypatch.setattr(disk_store, "_connect", read_only_filesystem)
+    with pytest.warns(CacheWarning, match="reading compiled kernels") as record:
+        cache = KernelCache(cache_dir)
+        moved = counted(lambda: (run_add(cache, context, queue, 11), run_add(cache, context, queue, 12)))
+    assert len(cache_warnings(record)) == 1
+    assert moved["cache_disk_hits"] == 1 and moved["kernels_compiled"] == 1 and moved["cache_disk_writes"] == 0
+    assert cache.info()["read_only"] is True and [entry["kernel"] for entry in cache.entries()] == ["add_11"]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to mount a read-only filesystem")
+def test_a_filled_cache_on_a_read_only_filesystem_is_read(cache_dir, context, queue):
+    stored_entry(cache_dir, context, queue, 11)
+    environment = worker_env(cache_dir)
+    script = (f"mount --bind {cache_dir} {cache_dir} && mount -o remount,ro,bind {cache_dir} && "
+              f"exec {sys.executable} {WORKER} build 11 12")
+    finished = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=environment, capture_output=True,
+                              text=True, timeout=60)
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout)
+    assert report["correct"] == [True, True]
+    assert report["stats"]["cache_disk_hits"] == 1 and report["stats"]["kernels_compiled"] == 1
+    (warning,) = report["warnings"]
+    assert "Read-only file system" in warning or "readonly" in warning, warning
 
 
 # -- inspection and maintenance ---------------------------------------------------------------------
@@ -366,10 +412,11 @@ def test_prune_removes_what_this_version_and_these_devices_cannot_use(cache_dir,
                        {"driver_version": "0.1-imaginary"}):
         store_variant(cache, original, components=components)
     usable = store_variant(cache, original, components={"options": "-DSTILL_USABLE"})
-    cache._store.set("b:" + "f" * 32, b"a binary whose metadata was evicted")
+    garbled = store_variant(cache, original, components={"options": "-DGARBLED"})
+    set_row(cache._store, garbled, meta="{not json")
     assert cache.prune() == 5
     assert {entry["key"] for entry in cache.entries()} == {original, usable}
-    assert "b:" + "f" * 32 not in cache._store
+    assert [row.key for row in cache._store.rows()] == [original, usable]
 
 
 def test_info_counts_entries_per_device_and_version(cache_dir, context, queue, device):
@@ -385,11 +432,10 @@ def test_info_counts_entries_per_device_and_version(cache_dir, context, queue, d
 
 def test_listing_does_not_refresh_least_recently_used_order(cache_dir, context, queue):
     original = stored_entry(cache_dir, context, queue, 0)
-    store = KernelCache(cache_dir)._store
-    before = store._sql("SELECT key, access_time FROM Cache").fetchall()
     cache = KernelCache(cache_dir)
-    cache.entries(), cache.info(), cache.entry(original)
-    assert store._sql("SELECT key, access_time FROM Cache").fetchall() == before
+    before = cache._store.rows()
+    cache.entries(), cache.info(), cache.entry(original), cache.prune()
+    assert cache._store.rows() == before
 
 
 # -- debug output -----------------------------------------------------------------------------------
