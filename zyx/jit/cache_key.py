@@ -77,16 +77,20 @@ def differing_components(wanted: dict[str, str], stored: dict[str, str]) -> list
     return [name for name in COMPONENT_NAMES if wanted.get(name) != stored.get(name)]
 
 
-@functools.cache
-def zyx_source_hash() -> str:
-    """A hash of every Python file of the zyx package: whatever module the path from trace to program imports
-    (the scheduler, Philox constants, dtypes...) is in it. An edit anywhere in zyx reschedules, which is cheap."""
-    package = Path(__file__).resolve().parents[1]
+def package_source_hash(package: Path) -> str:
+    """A hash of every Python file under `package`, paths included."""
     digest = xxhash.xxh3_128()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+@functools.cache
+def zyx_source_hash() -> str:
+    """The hash of the whole zyx package: whatever module the path from trace to program imports (the
+    scheduler, Philox constants, dtypes...) is in it. An edit anywhere in zyx reschedules, which is cheap."""
+    return package_source_hash(Path(__file__).resolve().parents[1])
 
 
 def program_settings() -> str:

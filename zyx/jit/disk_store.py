@@ -211,19 +211,20 @@ class DiskStore:
         return self._connection is not None and not self.read_only
 
     def _guarded(self, action: str, operation: Callable[[sqlite3.Connection], T]) -> T | None:
-        """Run one operation; a damaged database is made afresh, any other fault leaves the store unavailable.
-        Either way the operation answers None (a miss, nothing written)."""
+        """Run one operation. A damaged database is made afresh and the operation runs once more on it; any
+        other fault leaves the store unavailable and the operation answers None (a miss, nothing written)."""
         with self._lock:
-            if self._connection is None:
-                return None
-            try:
-                return operation(self._connection)
-            except sqlite3.Error as error:
-                if _is_corruption(error) and not self.read_only:
-                    self._start_afresh(f"{self.path} is damaged ({error})")
-                else:
-                    self._give_up(f"cannot {action} {self.directory} ({error})")
-                return None
+            for attempt in ("first", "on a fresh database"):
+                if self._connection is None:
+                    return None
+                try:
+                    return operation(self._connection)
+                except sqlite3.Error as error:
+                    if _is_corruption(error) and not self.read_only and attempt == "first":
+                        self._start_afresh(f"{self.path} is damaged ({error})")
+                    else:
+                        self._give_up(f"cannot {action} {self.directory} ({error})")
+            return None
 
     def _warn(self, warning: Warning) -> None:
         """One warning per store: the first fault explains the state; later ones add nothing."""
