@@ -3,6 +3,7 @@ kind is one warning and a rebuild, untrusted directories are refused, and the CL
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -24,7 +25,7 @@ from zyx.jit.program_store import ProgramStore
 
 COMPUTE = ("import numpy as np, zyx; x = zyx.OpenCL().tensor(np.arange(6, dtype=np.float32)); "
            "print(((x * 2).exp().sum()).item(), zyx.stats()['kernels_compiled'], zyx.stats()['graphs_scheduled'])")
-EXPECTED = float(sum(__import__("math").exp(2 * i) for i in range(6)))
+EXPECTED = sum(math.exp(2 * i) for i in range(6))
 
 
 def planted_pickle(marker: Path) -> bytes:
@@ -152,12 +153,16 @@ def test_a_damaged_program_is_dropped_with_one_warning(tmp_path, monkeypatch, te
     assert len(store) == 0  # dropped: the next run schedules and stores it again
 
 
+def stored_program_text(cache_dir: Path, key: str) -> str:
+    return DiskStore(cache_dir, "programs", 1 << 30).get(key)[1].decode()
+
+
 def test_a_planted_program_does_not_reach_the_device(tmp_path):
     cache_dir = tmp_path / "cache"
     first = compute(cache_dir)
     store_rows = DiskStore(cache_dir, "programs", 1 << 30).rows()
     assert len(store_rows) == 1
-    data = json.loads(ProgramStore_value(cache_dir, store_rows[0].key))
+    data = json.loads(stored_program_text(cache_dir, store_rows[0].key))
     data["launches"][0]["args"][0] = ["slot", 10 ** 6]
     text = json.dumps(data).encode()
     with sqlite3.connect(cache_dir / "zyx.db") as db:
@@ -167,10 +172,6 @@ def test_a_planted_program_does_not_reach_the_device(tmp_path):
     assert value == pytest.approx(first[0]) and scheduled == 1 and compiled == 0
     assert errors.count("CacheWarning") == 1 and "out of range" in errors
     assert compute(cache_dir)[1:] == (0, 0, "")  # the next run is clean
-
-
-def ProgramStore_value(cache_dir: Path, key: str) -> str:
-    return DiskStore(cache_dir, "programs", 1 << 30).get(key)[1].decode()
 
 
 # -- a damaged database ------------------------------------------------------------------------------
