@@ -22,7 +22,7 @@ from .cache import CacheWarning, cache_directory
 from .cache_key import device_fingerprint, zyx_version
 from .program import Launch, Program
 
-FORMAT = "program-1"
+FORMAT = "program-2"  # 2: programs that write an input in place are stored under their own key
 SCHEDULER_MODULES = ("program", "render", "rewrite", "schedule", "symbolic", "tiling", "matmul", "cpu_matmul",
                      "opencl_c", "vectorize")
 
