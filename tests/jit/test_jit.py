@@ -435,3 +435,46 @@ def test_jit_matches_eager(scenario):
             np.testing.assert_allclose(j, e, rtol=1e-6, err_msg=f"value {i}")
         else:
             assert j == e, f"value {i}"
+
+
+def test_arguments_that_cannot_be_constants_raise_naming_them():
+    dev = zyx.OpenCL()
+    f = zyx.jit(lambda x, k: x * 2)
+    x = ones(dev)
+    with pytest.raises(TypeError, match=r"argument 1 is a numpy array of shape \(3,\); pass dev.tensor"):
+        f(x, np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match=r"argument 'k' \(set\) is unhashable"):
+        f(x, k={1, 2})
+
+
+def test_a_tensor_the_step_cannot_locate_raises():
+    from zyx.jit.jit import JitError
+
+    class Slots:
+        __slots__ = ("w",)
+
+    dev = zyx.OpenCL()
+    holder = Slots()
+    holder.w = ones(dev, value=2.0)
+    f = zyx.jit(lambda x: x * holder.w)
+    with pytest.raises(JitError, match=r"reads a tensor of shape \(4,\) \(float32\).*pass it as an argument"):
+        f(ones(dev))
+
+
+def test_an_eager_realize_never_reuses_a_program_that_writes_an_input_in_place():
+    dev = zyx.OpenCL()
+    sgd = zyx.jit(lambda w, g: w.assign(w - 0.1 * g))
+    w, g = ones(dev), ones(dev)
+    sgd(w, g)
+    sgd(w, g)  # replayed: its program writes w's buffer in place
+    c = ones(dev)
+    np.testing.assert_allclose((c - 0.1 * g).numpy(), 0.9)  # the same structure, realized eagerly
+    np.testing.assert_allclose(c.numpy(), 1.0)
+
+
+def test_assign_keeps_the_tensor_dtype_and_shape(device):
+    w = zyx.zeros(2, 3, device=device)
+    with pytest.raises(TypeError, match=r"assign: value of dtype float64 .* tensor of dtype float32"):
+        w.assign(zyx.zeros(2, 3, device=device, dtype=zyx.float64))
+    with pytest.raises(zyx.ShapeError, match=r"\(3, 2\).*\(2, 3\)|\(2, 3\).*\(3, 2\)"):
+        w.assign(zyx.zeros(3, 2, device=device))
