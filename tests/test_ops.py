@@ -943,7 +943,7 @@ def test_assign(device):
     alias = t
     t.assign(zyx.ones(2, 3, device=device) * 2)
     assert alias.tolist() == [[2.0] * 3] * 2
-    t.assign(zyx.tensor([1, 2, 3], device=device))  # broadcast and cast to the tensor's dtype
+    t.assign(zyx.tensor([1., 2., 3.], device=device))  # broadcast to the tensor's shape
     assert t.dtype == zyx.float32 and t.tolist() == [[1.0, 2.0, 3.0]] * 2
     t.assign(5)
     assert t.tolist() == [[5.0] * 3] * 2

@@ -9,6 +9,7 @@ import numpy as np
 from . import random as zrandom
 from .devices import Device, default_device
 from .dtypes import DEFAULT_FLOAT, DType, float32, promote_with_scalar, scalar_dtype, to_dtype
+from .jit.capture import record_created
 from .tensor import Tensor
 from .trace import node as n
 
@@ -52,7 +53,9 @@ def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Ten
         raise ValueError("tensor: ragged nested sequence or non-numeric data; every row needs the same length")
     target = to_dtype(dtype) if dtype is not None else _infer_dtype(array, data)
     array = np.asarray(array.astype(target.np, copy=False), order="C")  # (ascontiguousarray makes 0-d 1-d)
-    return Tensor(n.buffer_leaf(device.upload(array), array.shape, target, device))
+    leaf = n.buffer_leaf(device.upload(array), array.shape, target, device)
+    record_created(leaf)
+    return Tensor(leaf)
 
 
 def full(shape: Any, value: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:

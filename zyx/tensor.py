@@ -134,8 +134,14 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self.cast(DEFAULT_FLOAT)
 
     def assign(self, value: Operand) -> "Tensor":
-        """Replace this tensor's value in place (optimizers use it; `@zyx.jit` records it as an update)."""
+        """Replace this tensor's value in place (optimizers use it; `@zyx.jit` records it as an update).
+
+        The tensor keeps its shape and dtype: a value broadcasts to the shape; a Python number takes the dtype,
+        a tensor of another dtype is refused (cast it: silent casts hide precision bugs in updates)."""
         new = self._operand(value, "assign")
+        if new.dtype != self.dtype and isinstance(value, Tensor):
+            raise TypeError(f"assign: value of dtype {new.dtype.name} (shape {new.shape}) into a tensor of dtype "
+                            f"{self.dtype.name} (shape {self.shape}); cast it with .cast({self.dtype.name}) first")
         if new.shape != self.shape:
             if broadcast_shape("assign", self.shape, new.shape) != self.shape:
                 raise ShapeError(f"assign: value of shape {new.shape} does not fit tensor of shape {self.shape}")

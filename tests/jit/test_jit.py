@@ -1,9 +1,11 @@
 """@zyx.jit: capture once, replay; persisted programs; in-place updates; memory stays flat."""
+import functools
 import gc
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -208,3 +210,271 @@ def test_a_step_is_traced_again_when_a_module_mode_changes(dev):
     again = forward(x).numpy()
     assert (again == 0).mean() > 0.3 and not np.array_equal(again, dropped)  # new randoms, dropout again
     assert [entry["training_modes"] for entry in forward.captured] == [[True], [False]]
+
+
+# ---- jit against eager: every way of passing and updating tensors ------------------------------------------
+# Each scenario builds its own state, wraps its step with `wrap` (zyx.jit, or nothing for the eager run), calls
+# it several times (rebinding or updating state between calls where that is the point) and returns what a user
+# would look at: results, final values of every tensor the step updates, identities. Jit must equal eager.
+
+def ones(dev, n=4, value=1.0):
+    return dev.tensor(np.full(n, value, np.float32))
+
+
+def scenario_assigned_argument(dev, wrap):
+    sgd = wrap(lambda w, g: w.assign(w - 0.1 * g))
+    w1, w2, g = ones(dev), ones(dev, value=2.0), ones(dev)
+    for _ in range(3):
+        sgd(w1, g)
+        sgd(w2, g)
+    return [w1, w2]
+
+
+def scenario_numpy_scalars(dev, wrap):
+    scale = wrap(lambda x, s: x * s)
+    x = ones(dev)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JitWarning)  # one program per value: expected here
+        return [scale(x, np.float32(v)) for v in range(1, 11)] + [scale(x, np.float64(2.5)), scale(x, np.int32(3))]
+
+
+def scenario_python_constants(dev, wrap):
+    f = wrap(lambda x, k, flag, name, extra, pair: (x * k + (1 if flag else 0) + len(name) + (extra or 0)) * pair[1])
+    x = ones(dev, value=3.0)
+    return [f(x, 1, True, "ab", None, (0, 2)), f(x, 1.0, False, "abc", 5, (0, 3)), f(x, True, True, "", None, (1, 1)),
+            f(x, 1, True, "ab", None, (0, 2)), f(x, 7 // 2, False, "a", 0.5, (0, -1))]
+
+
+STATE = {}  # the scenarios' module globals live here, so each run starts from its own tensors
+G = None
+
+
+def read_global(x):
+    return x * G
+
+
+def update_global(x):
+    G.assign(G + x)
+    return G * 1
+
+
+def scenario_rebound_global(dev, wrap):
+    global G
+    G = ones(dev, value=2.0)
+    old = G  # alive: the old tensor must not be replayed
+    f = wrap(read_global)
+    x = ones(dev)
+    first = f(x)
+    G = ones(dev, value=5.0)
+    second = f(x)
+    G = ones(dev, value=7.0)
+    return [first, second, f(x), old]
+
+
+def scenario_updated_global(dev, wrap):
+    global G
+    G = ones(dev, value=0.0)
+    f = wrap(update_global)
+    x = ones(dev)
+    values = [f(x) for _ in range(3)]
+    G.assign(G * 10)  # an eager update between calls
+    values.append(f(x))
+    G = ones(dev, value=100.0)  # a new tensor under the same name: it gets the next update
+    values.append(f(x))
+    return values + [G]
+
+
+def scenario_deleted_global(dev, wrap):
+    global G
+    G = ones(dev, value=2.0)
+    f = wrap(read_global)
+    x = ones(dev)
+    first = f(x)
+    del G
+    try:
+        f(x)
+    except NameError as error:
+        return [first, str(error)]
+    return [first, "no error"]
+
+
+def scenario_closure(dev, wrap):
+    w = ones(dev, value=3.0)
+
+    def step(x):
+        w.assign(w * x)
+        return w + 1
+
+    f = wrap(step)
+    x = ones(dev, value=2.0)
+    values = [f(x), f(x)]
+    w = ones(dev, value=-1.0)  # rebinding the closure variable
+    values += [f(x), f(x)]
+    return values + [w]
+
+
+def scenario_methods_on_two_instances(dev, wrap):
+    class Counter:
+        def __init__(self, start):
+            self.total = ones(dev, value=start)
+
+        def add(self, x):
+            self.total.assign(self.total + x)
+            return self.total
+
+        add_jit = zyx.jit(add)
+
+    a, b = Counter(1.0), Counter(10.0)
+    add = (lambda c: c.add_jit) if wrap is zyx.jit else (lambda c: functools.partial(Counter.add, c))
+    x = ones(dev)
+    values = [add(a)(x), add(b)(x), add(a)(x), add(b)(x)]
+    b.total = ones(dev, value=-5.0)  # rebinding an attribute
+    values += [add(b)(x), add(a)(x)]
+    return values + [a.total, b.total]
+
+
+def scenario_same_tensor_twice(dev, wrap):
+    def step(w, v):
+        w.assign(w + v)
+        return v * 1
+
+    f = wrap(step)
+    w1, w2 = ones(dev), ones(dev, value=5.0)
+    values = [f(w1, w2), f(w1, w1), f(w1, w2), f(w2, w2)]
+    return values + [w1, w2]
+
+
+def read_global_update_argument(w, x):
+    w.assign(w + x)
+    return G * 2
+
+
+def scenario_argument_aliasing_a_global(dev, wrap):
+    global G
+    G = ones(dev, value=3.0)
+    other = ones(dev, value=-1.0)
+    f = wrap(read_global_update_argument)
+    x = ones(dev)
+    values = [f(other, x), f(G, x), f(other, x), f(G, x)]
+    return values + [G, other]
+
+
+def scenario_returns_inputs(dev, wrap):
+    f = wrap(lambda x, y: (x, y * 2, {"same": y}))
+    x, y = ones(dev), ones(dev, value=2.0)
+    values = []
+    for _ in range(3):
+        a, b, c = f(x, y)
+        values += [a, b, c["same"], a is x, c["same"] is y]
+    return values
+
+
+def scenario_keywords_and_nested(dev, wrap):
+    def step(pair, scale=1.0, *, extra):
+        (a, b), table = pair
+        return {"sum": (a + b) * scale + extra["bias"], "list": [a * 2, table["t"] - 1]}
+
+    f = wrap(step)
+    a, b, t, bias = ones(dev), ones(dev, value=2.0), ones(dev, value=5.0), ones(dev, value=0.5)
+    values = []
+    for scale in (1.0, 2.0, 2.0):
+        out = f(((a, b), {"t": t}), scale=scale, extra={"bias": bias})
+        values += [out["sum"], *out["list"]]
+    out = f(((b, a), {"t": bias}), extra={"bias": t}, scale=2.0)  # keyword order and other tensors
+    return values + [out["sum"], *out["list"]]
+
+
+def rebind_global_inside(x):
+    global G
+    G = G + x
+    return G * 1
+
+
+def scenario_global_rebound_inside_the_step(dev, wrap):
+    global G
+    G = ones(dev)
+    f = wrap(rebind_global_inside)
+    x = ones(dev)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JitWarning)
+        values = [f(x) for _ in range(4)]
+    return values + [G]
+
+
+def scenario_snapshot_before_an_update(dev, wrap):
+    sgd = wrap(lambda w, g: w.assign(w - 0.5 * g))
+    w, g = ones(dev), ones(dev)
+    values = []
+    for _ in range(3):
+        before = w * 1  # lazy: reads the value w has now
+        alias = w.detach()
+        sgd(w, g)
+        values += [before, alias, w]
+    return values
+
+
+SCENARIOS = [scenario_assigned_argument, scenario_numpy_scalars, scenario_python_constants,
+             scenario_rebound_global, scenario_updated_global, scenario_deleted_global, scenario_closure,
+             scenario_methods_on_two_instances, scenario_same_tensor_twice, scenario_argument_aliasing_a_global,
+             scenario_returns_inputs, scenario_keywords_and_nested, scenario_global_rebound_inside_the_step,
+             scenario_snapshot_before_an_update]
+
+
+def observed(values):
+    return [v.numpy() if isinstance(v, zyx.Tensor) else v for v in values]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__.removeprefix("scenario_"))
+def test_jit_matches_eager(scenario):
+    dev = zyx.OpenCL()
+    eager = observed(scenario(dev, lambda fn: fn))
+    jitted = observed(scenario(dev, zyx.jit))
+    assert len(jitted) == len(eager)
+    for i, (j, e) in enumerate(zip(jitted, eager)):
+        if isinstance(e, np.ndarray):
+            np.testing.assert_allclose(j, e, rtol=1e-6, err_msg=f"value {i}")
+        else:
+            assert j == e, f"value {i}"
+
+
+def test_arguments_that_cannot_be_constants_raise_naming_them():
+    dev = zyx.OpenCL()
+    f = zyx.jit(lambda x, k: x * 2)
+    x = ones(dev)
+    with pytest.raises(TypeError, match=r"argument 1 is a numpy array of shape \(3,\); pass dev.tensor"):
+        f(x, np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match=r"argument 'k' \(set\) is unhashable"):
+        f(x, k={1, 2})
+
+
+def test_a_tensor_the_step_cannot_locate_raises():
+    from zyx.jit.jit import JitError
+
+    class Slots:
+        __slots__ = ("w",)
+
+    dev = zyx.OpenCL()
+    holder = Slots()
+    holder.w = ones(dev, value=2.0)
+    f = zyx.jit(lambda x: x * holder.w)
+    with pytest.raises(JitError, match=r"reads a tensor of shape \(4,\) \(float32\).*pass it as an argument"):
+        f(ones(dev))
+
+
+def test_an_eager_realize_never_reuses_a_program_that_writes_an_input_in_place():
+    dev = zyx.OpenCL()
+    sgd = zyx.jit(lambda w, g: w.assign(w - 0.1 * g))
+    w, g = ones(dev), ones(dev)
+    sgd(w, g)
+    sgd(w, g)  # replayed: its program writes w's buffer in place
+    c = ones(dev)
+    np.testing.assert_allclose((c - 0.1 * g).numpy(), 0.9)  # the same structure, realized eagerly
+    np.testing.assert_allclose(c.numpy(), 1.0)
+
+
+def test_assign_keeps_the_tensor_dtype_and_shape(device):
+    w = zyx.zeros(2, 3, device=device)
+    with pytest.raises(TypeError, match=r"assign: value of dtype float64 .* tensor of dtype float32"):
+        w.assign(zyx.zeros(2, 3, device=device, dtype=zyx.float64))
+    with pytest.raises(zyx.ShapeError, match=r"\(3, 2\).*\(2, 3\)|\(2, 3\).*\(3, 2\)"):
+        w.assign(zyx.zeros(3, 2, device=device))

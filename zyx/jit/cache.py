@@ -26,6 +26,7 @@ from pathlib import Path
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
+from zyx.jit.program_binary import program_binary
 from zyx.jit.cache_key import (
     CACHE_FORMAT, COMPONENT_NAMES, FINGERPRINT_NAMES, cache_key, device_fingerprint, differing_components, hash_hex,
     key_components, zyx_version,
@@ -91,11 +92,6 @@ def _debug(message: str) -> None:
 
 def _kernel_names(program: cl.Program) -> list[str]:
     return [name for name in program.get_info(cl.program_info.KERNEL_NAMES).split(";") if name]
-
-
-def _binary_for(program: cl.Program, device: cl.Device) -> bytes:
-    devices = program.get_info(cl.program_info.DEVICES)
-    return program.get_info(cl.program_info.BINARIES)[devices.index(device)]
 
 
 class _DamagedEntry(Exception):
@@ -222,7 +218,7 @@ class KernelCache:
         pending: _Pending | None = vars(program).pop(_PENDING_ATTRIBUTE, None)
         if pending is None or not self._store.on_disk:
             return
-        binary = _binary_for(program, pending.device)
+        binary = program_binary(program, pending.device)
         meta = {
             "components": pending.components, "source": pending.source, "checksum": hash_hex(binary),
             "kernel_names": _kernel_names(program), "compile_seconds": pending.compile_seconds,

@@ -1,5 +1,5 @@
-"""In-place updates (`t.assign(v)`), module modes read while a step is traced, and the guard against reading
-values while a step is being traced."""
+"""In-place updates (`t.assign(v)`), tensors made from data and module modes read while a step is traced, and
+the guard against reading values while a step is being traced."""
 from __future__ import annotations
 
 import weakref
@@ -16,6 +16,7 @@ class Capture:
     def __init__(self) -> None:
         self.assigned: dict[int, tuple["Tensor", "Node", "Tensor"]] = {}
         self.modes: dict[int, tuple[Any, bool]] = {}  # module id -> (weakref to it, `training` as traced)
+        self.created: dict[int, "Node"] = {}  # buffer leaves made from data inside the step: its constants
 
 
 _active: list[Capture] = []
@@ -40,6 +41,13 @@ def record_assign(target: "Tensor", value: "Tensor") -> None:
         first_old = capture.assigned.get(id(target), (None, target.node, None))[1]
         capture.assigned[id(target)] = (target, first_old, value)
     target.node = value.node
+
+
+def record_created(node: "Node") -> None:
+    """A tensor made from data while a step is traced: a constant of its program, not state to look up."""
+    capture = active_capture()
+    if capture is not None:
+        capture.created[id(node)] = node
 
 
 def check_not_capturing(what: str) -> None:

@@ -1,16 +1,20 @@
-"""`@zyx.jit`: trace a step once per input signature, then replay its program with new inputs.
+"""`@zyx.jit`: trace a step once per call key, then replay its program with new inputs.
 
-The first call with a signature (shapes, dtypes and devices of tensor arguments, values of other arguments)
-runs the function on lazy tensors, finds every tensor it reads besides its arguments (parameters, optimizer
-state) and every tensor it assigns in place, and realizes all results as one program. Later calls bind the
-new arguments and current state to that program's inputs and launch its kernels: no tracing, no
-scheduling. A new process finds the program (and its kernels) in the disk cache by the step's structure.
+The first call with a key (see `arguments.call_key`) runs the function on lazy tensors and realizes every
+result and every in-place update (`t.assign(v)`) as one program. Each program input is bound by where the
+traced call found it: the i-th tensor argument, a tensor located by a path from the function or its arguments
+(a global, a closure variable, `self.w`, an optimizer's state: see `reach.py`), or a tensor the step made from
+data (a constant). A later call replays only when it can prove the same bindings hold: every path still leads
+to the tensor seen at capture, arguments alias each other and that state the same way, module modes are the
+same. Otherwise it traces again. Updates go to the tensors bound now (the argument passed in this call).
+A new process finds the program (and its kernels) in the disk cache by the step's structure.
 """
 from __future__ import annotations
 
 import functools
-import gc
 import math
+import sys
+import types
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -21,86 +25,91 @@ from .. import random as zrandom
 from ..realize import realize
 from ..tensor import Tensor
 from ..trace.hashing import signature
-from ..trace.node import Node, buffer_leaf
-from .capture import Capture, push_capture, pop_capture
+from ..trace.node import Node, buffer_leaf, toposort
+from .arguments import Rebuild, call_key, flatten
+from .capture import Capture, active_capture, pop_capture, push_capture
 from .program import Program
+from .reach import Located, locate_tensors, resolve
 
 MAX_CAPTURES = 8
+Root = tuple[Any, tuple, dict]
 
 
 class JitWarning(UserWarning):
-    """A jitted function keeps capturing new programs (its inputs' shapes or Python arguments vary)."""
+    """A jitted function keeps capturing new programs or running eagerly (see the message for why)."""
 
 
-def _flatten(value: Any, leaves: list) -> Callable[[list], Any]:
-    """Collect the tensors in nested tuples/lists/dicts; return a function that rebuilds the structure."""
-    if isinstance(value, Tensor):
-        position = len(leaves)
-        leaves.append(value)
-        return lambda new: new[position]
-    if isinstance(value, (list, tuple)):
-        parts = [_flatten(v, leaves) for v in value]
-        kind = type(value)
-        return lambda new: kind(p(new) for p in parts)
-    if isinstance(value, dict):
-        parts_by_key = {k: _flatten(v, leaves) for k, v in value.items()}
-        return lambda new: {k: p(new) for k, p in parts_by_key.items()}
-    return lambda new: value
+class JitError(RuntimeError):
+    """A jitted step reads or updates a tensor whose place at the next call cannot be found."""
 
 
-def _describe(value: Any) -> Any:
-    """One argument's part of the signature: tensors by shape/dtype/device, anything else by value."""
-    if isinstance(value, Tensor):
-        return ("tensor", value.shape, value.dtype.name, id(value.device))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(_describe(v) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple((k, _describe(v)) for k, v in sorted(value.items())))
-    if isinstance(value, (int, float, bool, str, type(None))):
-        return ("value", type(value).__name__, value)
-    return ("object", id(value))
+@dataclass(frozen=True)
+class Source:
+    """Where one value of a replay comes from: "arg" i / "located" i (a bound tensor), "input" i (the node
+    bound to program input i), "target" i (program output i) or "constant" (a node made inside the step)."""
+
+    kind: str
+    index: int = 0
+    node: Optional[Node] = None
 
 
 @dataclass
-class Binding:
-    """Where a program input comes from at each call."""
+class StateRef:
+    """A tensor the step reads or updates that is not an argument, and every path it was found at."""
 
-    kind: str                   # "arg": the i-th tensor argument; "tensor": a tensor's current value; "node"
-    index: int = 0
-    tensor: Any = None          # weakref to a Tensor
-    node: Optional[Node] = None
+    tensor: "weakref.ref[Tensor]"
+    paths: list[Any]
+    names: list[str]
 
-    def buffer(self, arguments: list[Tensor]) -> Any:
-        if self.kind == "arg":
-            return arguments[self.index].node.buffer
-        if self.kind == "tensor":
-            tensor = self.tensor()
-            if tensor is None:
-                raise RuntimeError("a tensor read by this jitted function was deleted; it cannot be replayed")
-            if not tensor.node.realized:
-                realize(tensor)
-            return tensor.node.buffer
-        return self.node.buffer  # type: ignore[union-attr]
+    def resolve(self, root: Root) -> Optional[Tensor]:
+        """The tensor, if every path still leads to it; None if one leads elsewhere or it was deleted."""
+        tensor = self.tensor()
+        if tensor is None or any(resolve(root, path) is not tensor for path in self.paths):
+            return None
+        return tensor
+
+
+def alias_pattern(tensors: list[Tensor], nodes: list[Node]) -> tuple:
+    """For each tensor (holding the node at the same position), the first one it is or shares a node or buffer
+    with: a program is replayed only on tensors that alias each other as the traced ones did."""
+    first: dict[tuple[str, int], int] = {}
+    return tuple(tuple(first.setdefault(key, i) for key in (("tensor", id(t)), ("node", id(n)), ("buffer", id(n.buffer))))
+                 for i, (t, n) in enumerate(zip(tensors, nodes)))
 
 
 @dataclass
 class CapturedStep:
-    """One signature's program with the bindings that feed it."""
+    """One key's program with the bindings that feed it and the guards that say it may be replayed."""
 
     program: Program
-    backend: Any
     device: Any
-    bindings: list[Binding]
+    inputs: list[Source]                   # per program input: "arg", "located" or "constant"
+    state: list[StateRef]
+    aliases: tuple                         # alias_pattern(arguments + state tensors) when traced
     rand_counts: list[int]
-    outputs: list[tuple[int, tuple[int, ...], Any]]   # (target index or -1-binding, shape, dtype) per result
-    assigned: list[tuple[Any, int]]                   # (weakref Tensor, target index)
-    rebuild: Callable[[list], Any]
-    traced_rand_args: list[tuple[int, int]]           # the streams the traced call itself drew
+    outputs: list[tuple[Source, tuple[int, ...], Any]]  # per result: where it comes from, shape, dtype
+    assigned: list[tuple[Source, Source]]  # (updated tensor: "arg"/"located", its new value)
+    rebuild: Rebuild
+    target_layouts: list[tuple[tuple[int, ...], Any]]  # (shape, dtype) per program output
     modes: list[tuple[Any, bool]] = field(default_factory=list)  # (weakref module, `training` when traced)
     kernels: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.kernels = self.program.kernel_count
+
+    @property
+    def alive(self) -> bool:
+        return all(ref.tensor() is not None for ref in self.state)
+
+    def bind(self, root: Root, arguments: list[Tensor]) -> Optional[list[Tensor]]:
+        """The state tensors to bind now, or None when this step's guards do not hold for this call."""
+        state = [ref.resolve(root) for ref in self.state]
+        if any(t is None for t in state) or not self.modes_hold():
+            return None
+        bound = arguments + state  # type: ignore[operator]
+        realize(*[t for t in bound if not t.node.realized])  # state assigned eagerly since the last call
+        same = alias_pattern(bound, [t.node for t in bound]) == self.aliases  # type: ignore[union-attr]
+        return state if same else None  # type: ignore[return-value]
 
     def modes_hold(self) -> bool:
         """Every module mode the traced call read is still the same (a deleted module reads as changed)."""
@@ -110,29 +119,60 @@ class CapturedStep:
                 return False
         return True
 
-    def replay(self, arguments: list[Tensor]) -> Any:
-        inputs = [b.buffer(arguments) for b in self.bindings]
-        rand_args = [zrandom.reserve(count) for count in self.rand_counts]
-        return self.finish(self.backend.run(self.program, inputs, rand_args), arguments, inputs)
+    def run(self, arguments: list[Tensor], state: list[Tensor], rand_args: list[tuple[int, int]],
+            copy_donated: bool = False) -> Any:
+        """Launch the program on the bound tensors and point every updated tensor at its new value.
 
-    def finish(self, buffers: list[Any], arguments: list[Tensor], inputs: list[Any]) -> Any:
-        results = []
-        for target, shape, dtype in self.outputs:
-            buffer = buffers[target] if target >= 0 else inputs[-1 - target]
-            results.append(Tensor(buffer_leaf(buffer, shape, dtype, self.device)))
-        for tensor_ref, target in self.assigned:
-            tensor = tensor_ref()
-            if tensor is not None:
-                tensor.node = buffer_leaf(buffers[target], tensor.shape, tensor.dtype, self.device)
+        A buffer the program overwrites in place is first copied when anything besides its tensor still holds
+        its node (a lazy expression, another tensor, a gradient's origin): they keep the old value, as eagerly.
+        """
+        nodes = [self._node(source, arguments, state) for source in self.inputs]
+        buffers = [node.buffer for node in nodes]
+        for position in self.program.aliases.values():
+            if copy_donated or _shared(nodes[position]):
+                buffers[position] = self.device.backend.runtime.copy(buffers[position])
+        outputs = self.device.backend.run(self.program, buffers, rand_args)
+        fresh: dict[int, Node] = {}
+
+        def node_of(source: Source) -> Node:
+            if source.kind == "target":
+                if source.index not in fresh:
+                    shape, dtype = self.target_layouts[source.index]
+                    fresh[source.index] = buffer_leaf(outputs[source.index], shape, dtype, self.device)
+                return fresh[source.index]
+            return self._node(source, arguments, state, nodes)
+
+        for tensor_source, value_source in self.assigned:
+            self._tensor(tensor_source, arguments, state).node = node_of(value_source)
+        results = [self._tensor(source, arguments, state) if source.kind in ("arg", "located")
+                   else Tensor(node_of(source)) for source, _, _ in self.outputs]
         return self.rebuild(results)
+
+    @staticmethod
+    def _tensor(source: Source, arguments: list[Tensor], state: list[Tensor]) -> Tensor:
+        return arguments[source.index] if source.kind == "arg" else state[source.index]
+
+    def _node(self, source: Source, arguments: list[Tensor], state: list[Tensor],
+              nodes: Optional[list[Node]] = None) -> Node:
+        if source.kind == "input":
+            return nodes[source.index]  # type: ignore[index]
+        if source.kind == "constant":
+            return source.node  # type: ignore[return-value]
+        return self._tensor(source, arguments, state).node
+
+
+def _shared(node: Node) -> bool:
+    """Whether anything holds `node` besides its tensor and the replay's list (and this call's argument)."""
+    return sys.getrefcount(node) > 4
 
 
 class JitFunction:
-    """A function traced once per signature and replayed afterwards (see the module docstring)."""
+    """A function traced once per call key and replayed afterwards (see the module docstring)."""
 
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
-        self.steps: dict[Any, list[CapturedStep]] = {}  # per signature, one step per set of module modes
+        self.steps: dict[Any, list[CapturedStep]] = {}  # per key, one step per set of guards seen
+        self._eager_keys: set[Any] = set()  # keys whose last call ran eagerly because the step stored a tensor
         self._bound: "weakref.WeakKeyDictionary[Any, JitFunction]" = weakref.WeakKeyDictionary()
         functools.update_wrapper(self, fn)
 
@@ -141,113 +181,195 @@ class JitFunction:
         if instance is None:
             return self
         if instance not in self._bound:
-            self._bound[instance] = JitFunction(functools.partial(self.fn, instance))
+            self._bound[instance] = JitFunction(types.MethodType(self.fn, instance))
         return self._bound[instance]
 
     @property
     def captured(self) -> list[dict[str, Any]]:
-        """One entry per captured program: its signature, kernel count and planned peak memory."""
+        """One entry per captured program: its key, kernel count and planned peak memory."""
         return [{"signature": key, "kernels": step.kernels, "planned_peak_bytes": step.program.planned_peak_bytes,
                  "training_modes": [training for _, training in step.modes]}
                 for key, steps in self.steps.items() for step in steps]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if active_capture() is not None:
+            return self.fn(*args, **kwargs)  # called inside another jitted step: part of its trace
         arguments: list[Tensor] = []
-        _flatten((args, kwargs), arguments)
-        key = _describe((args, kwargs))
-        for step in self.steps.get(key, ()):
-            if step.modes_hold():
-                return step.replay(arguments)
-        return self._capture(key, args, kwargs, arguments)
-
-    def _capture(self, key: Any, args: tuple, kwargs: dict, arguments: list[Tensor]) -> Any:
+        flatten((args, kwargs), arguments)
         realize(*[t for t in arguments if not t.node.realized])
-        devices = {id(t.device) for t in arguments}
+        key = call_key(args, kwargs)
+        root: Root = (self.fn, args, kwargs)
+        steps = self.steps.get(key, [])
+        steps[:] = [step for step in steps if step.alive]
+        for step in steps:
+            state = step.bind(root, arguments)
+            if state is not None:
+                return step.run(arguments, state, [zrandom.reserve(count) for count in step.rand_counts])
+        return self._capture(key, root, arguments)
+
+    def _capture(self, key: Any, root: Root, arguments: list[Tensor]) -> Any:
+        fn, args, kwargs = root
+        before = locate_tensors(root)
+        nodes_before = {i: located.tensor.node for i, located in before.items()}
         capture = Capture()
         push_capture(capture)
         try:
-            result = self.fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         finally:
             pop_capture()
         results: list[Tensor] = []
-        rebuild = _flatten(result, results)
-        device = (results[0].device if results else
-                  next(iter(capture.assigned.values()))[0].device if capture.assigned else None)
-        if device is None or device.kind != "opencl" or len(devices | {id(device)}) > 1:
-            realize(*results, *[t for t, _, _ in capture.assigned.values()])  # eager: nothing to capture
+        rebuild = flatten(result, results)
+        updated = [t for t, _, _ in capture.assigned.values()]
+        device = results[0].device if results else updated[0].device if updated else None
+        if device is None or device.kind != "opencl" or any(t.device is not device for t in arguments):
+            realize(*results, *updated)  # eager: nothing to capture
             return result
-        built = self._build_step(capture, results, arguments, rebuild, device)
+        after = locate_tensors(root)
+        graph = {id(node) for node in toposort([t.node for t in results + updated])}
+        lazy_read = [located.tensor for i, located in before.items()
+                     if not nodes_before[i].realized and id(nodes_before[i]) in graph]
+        stored = [located for i, located in after.items() if not located.tensor.node.realized
+                  and id(located.tensor) not in capture.assigned and nodes_before.get(i) is not located.tensor.node]
+        if lazy_read or stored or any(not old.realized for _, old, _ in capture.assigned.values()):
+            self._note_eager(key, stored)
+            realize(*results, *updated, *lazy_read, *(located.tensor for located in stored))
+            return result  # state that was an expression (or a tensor the step stored): captured next call
+        self._eager_keys.discard(key)
+        built = _build_step(capture, results, arguments, after, rebuild, device)
         if built is None:
-            realize(*results, *[t for t, _, _ in capture.assigned.values()])
+            realize(*results, *updated)
             return result
-        step, leaves = built
+        step, traced_rand_args = built
         step.modes = list(capture.modes.values())
+        self._remember(key, step)
+        for tensor, old, _ in capture.assigned.values():
+            tensor.node = old  # the step's program makes the update
+        state = [ref.tensor() for ref in step.state]
+        return step.run(arguments, state, traced_rand_args, copy_donated=True)  # type: ignore[arg-type]
+
+    def _note_eager(self, key: Any, stored: list[Located]) -> None:
+        """A step that stores a tensor it computes (not by `assign`) runs eagerly; say so when it keeps doing it."""
+        if stored and key in self._eager_keys:
+            names = ", ".join(located.names[0] for located in stored)
+            warnings.warn(f"zyx.jit: {self._name} stores tensors it computes in {names} instead of updating them "
+                          "with .assign(...); a replay could not update them, so each call runs eagerly",
+                          JitWarning, stacklevel=4)
+        if stored:
+            self._eager_keys.add(key)
+
+    def _remember(self, key: Any, step: CapturedStep) -> None:
         self.steps.setdefault(key, []).append(step)
         counters.bump("programs_captured")
         captured = sum(len(steps) for steps in self.steps.values())
         if captured > MAX_CAPTURES:
-            warnings.warn(f"zyx.jit: {getattr(self.fn, '__name__', 'function')} has captured {captured} "
-                          "programs; pass varying values as tensors, keep shapes fixed", JitWarning, stacklevel=3)
-        inputs = [leaf.buffer for leaf in leaves]  # the traced values (assigned tensors already point ahead)
-        buffers = step.backend.run(step.program, inputs, step.traced_rand_args)
-        return step.finish(buffers, arguments, inputs)
+            warnings.warn(f"zyx.jit: {self._name} has captured {captured} programs; pass varying values as "
+                          "tensors, keep shapes fixed", JitWarning, stacklevel=4)
 
-    def _build_step(self, capture: Capture, results: list[Tensor], arguments: list[Tensor],
-                    rebuild: Callable[[list], Any], device: Any) -> Optional[tuple[CapturedStep, list[Node]]]:
-        targets: list[Node] = []
-        target_of: dict[int, int] = {}
+    @property
+    def _name(self) -> str:
+        return getattr(self.fn, "__name__", "function")
 
-        def target(node: Node) -> int:
-            if id(node) not in target_of:
-                target_of[id(node)] = len(targets)
-                targets.append(node)
-            return target_of[id(node)]
 
-        if any(not old.realized for _, old, _ in capture.assigned.values()):
-            return None  # an assigned tensor still held an expression: run eagerly now, capture next call
-        pending_results = [t for t in results if not t.node.realized]
-        for tensor in pending_results:
-            target(tensor.node)
-        assigned_targets = [(weakref.ref(t), target(t.node)) for t, _, _ in capture.assigned.values()
-                            if not t.node.realized]
-        if not targets:
+def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor], located: dict[int, Located],
+                rebuild: Rebuild, device: Any) -> Optional[tuple[CapturedStep, list[tuple[int, int]]]]:
+    """The step for a traced call (and the random streams the call drew), or None when it computes nothing.
+
+    Raises JitError for a tensor it reads or updates that is neither an argument, nor reachable from the
+    function or its arguments, nor made inside the step (its place at the next call is unknown).
+    """
+    updates = [(tensor, old) for tensor, old, _ in capture.assigned.values()]
+    targets: list[Node] = []
+    target_of: dict[int, int] = {}
+    for node in [t.node for t in results] + [t.node for t, _ in updates]:
+        if not node.realized and id(node) not in target_of:
+            target_of[id(node)] = len(targets)
+            targets.append(node)
+    if not targets:
+        return None
+    structure, leaves, rands = signature(targets)
+    leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
+    binder = _Binder(arguments, located)
+    old_owner = {id(old): tensor for tensor, old in updates}
+    state_owner = {id(l.tensor.node): l.tensor for l in located.values() if l.tensor.node.realized}
+
+    def value_source(node: Node, what: str) -> Source:
+        if not node.realized:
+            return Source("target", target_of[id(node)])
+        if id(node) in leaf_position:
+            return Source("input", leaf_position[id(node)])
+        if id(node) in capture.created:
+            return Source("constant", node=node)
+        raise _unlocatable(what, node)
+
+    inputs = []
+    for leaf in leaves:
+        owner = next((t for t in (old_owner.get(id(leaf)), binder.argument_with(leaf), state_owner.get(id(leaf)))
+                      if t is not None), None)
+        source = binder.source(owner) if owner is not None else None
+        if source is None and id(leaf) not in capture.created:
+            raise _unlocatable("reads", leaf)
+        inputs.append(source or Source("constant", node=leaf))
+    outputs = [(binder.source(t) or value_source(t.node, "returns"), t.shape, t.dtype) for t in results]
+    assigned, in_place = [], []
+    for tensor, old in updates:
+        destination = binder.source(tensor)
+        if destination is None:
+            if id(old) in capture.created:
+                continue  # a tensor the step made and updates: its own, nothing to write back
+            raise _unlocatable("updates", old)
+        assigned.append((destination, value_source(tensor.node, "updates")))
+        if not tensor.node.realized and id(old) in leaf_position and _sole_holder_of_buffer(old, leaves):
+            in_place.append((target_of[id(tensor.node)], leaf_position[id(old)]))
+    key = structure + (f"|in-place {sorted(in_place)}" if in_place else "")  # another program than without
+    program = device.backend.program_for(key, targets, leaves, rands, in_place)
+    traced_nodes = {id(t): old for t, old in updates}
+    bound = arguments + binder.state_tensors
+    step = CapturedStep(program, device, inputs, binder.state,
+                        alias_pattern(bound, [traced_nodes.get(id(t), t.node) for t in bound]),
+                        [math.prod(r.shape) for r in rands], outputs, assigned, rebuild,
+                        [(node.shape, node.dtype) for node in targets])
+    return step, [r.arg for r in rands]
+
+
+class _Binder:
+    """Names the tensors of a traced call by where a replay finds them: argument i, or state tensor i."""
+
+    def __init__(self, arguments: list[Tensor], located: dict[int, Located]):
+        self.arguments = arguments
+        self.located = located
+        self.argument_index: dict[int, int] = {}
+        for i, t in enumerate(arguments):
+            self.argument_index.setdefault(id(t), i)
+        self.state: list[StateRef] = []
+        self.state_tensors: list[Tensor] = []
+        self.state_index: dict[int, int] = {}
+
+    def argument_with(self, node: Node) -> Optional[Tensor]:
+        return next((t for t in self.arguments if t.node is node), None)
+
+    def source(self, tensor: Tensor) -> Optional[Source]:
+        if id(tensor) in self.argument_index:
+            return Source("arg", self.argument_index[id(tensor)])
+        located = self.located.get(id(tensor))
+        if located is None:
             return None
-        structure, leaves, rands = signature(targets)
-        bindings = self._bindings(leaves, arguments, capture)
-        outputs = []
-        for tensor in results:
-            if tensor.node.realized:
-                position = next((i for i, leaf in enumerate(leaves) if leaf is tensor.node), None)
-                if position is None:
-                    return None
-                outputs.append((-1 - position, tensor.shape, tensor.dtype))
-            else:
-                outputs.append((target_of[id(tensor.node)], tensor.shape, tensor.dtype))
-        leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
-        in_place = [(index, leaf_position[id(old)]) for (ref, index), (_, old, _) in
-                    zip(assigned_targets, capture.assigned.values()) if id(old) in leaf_position]
-        program = device.backend.program_for(structure, targets, leaves, rands, in_place)
-        step = CapturedStep(program, device.backend, device, bindings, [math.prod(r.shape) for r in rands],
-                            outputs, assigned_targets, rebuild, [r.arg for r in rands])
-        return step, leaves
+        if id(tensor) not in self.state_index:
+            self.state_index[id(tensor)] = len(self.state)
+            self.state.append(StateRef(weakref.ref(tensor), located.paths, located.names))
+            self.state_tensors.append(tensor)
+        return Source("located", self.state_index[id(tensor)])
 
-    @staticmethod
-    def _bindings(leaves: list[Node], arguments: list[Tensor], capture: Capture) -> list[Binding]:
-        argument_of = {id(t.node): i for i, t in enumerate(arguments)}
-        assigned_old = {id(old): tensor for tensor, old, _ in capture.assigned.values()}
-        bindings = []
-        for leaf in leaves:
-            if id(leaf) in argument_of:
-                bindings.append(Binding("arg", index=argument_of[id(leaf)]))
-            elif id(leaf) in assigned_old:
-                bindings.append(Binding("tensor", tensor=weakref.ref(assigned_old[id(leaf)])))
-            else:
-                owners = [r for r in gc.get_referrers(leaf) if isinstance(r, Tensor)]
-                bindings.append(Binding("tensor", tensor=weakref.ref(owners[0])) if owners
-                                else Binding("node", node=leaf))
-        return bindings
+
+def _sole_holder_of_buffer(leaf: Node, leaves: list[Node]) -> bool:
+    return not any(other is not leaf and other.buffer is leaf.buffer for other in leaves)
+
+
+def _unlocatable(what: str, node: Node) -> JitError:
+    return JitError(f"zyx.jit: the step {what} a tensor of shape {node.shape} ({node.dtype.name}) that is not an "
+                    "argument, not reachable from the function's globals, closure, defaults or bound instance, and "
+                    "not made inside the step; pass it as an argument so each call binds the right tensor")
 
 
 def jit(fn: Callable[..., Any]) -> JitFunction:
-    """Trace `fn` once per signature and replay its compiled program on later calls."""
+    """Trace `fn` once per call key and replay its compiled program on later calls (see the module docstring)."""
     return JitFunction(fn)

@@ -1,0 +1,70 @@
+"""A jitted call's arguments: the tensors in them, and the key that picks a captured program.
+
+Tensors (also inside nested tuples, lists and dicts) are inputs of the program: they enter the key by shape,
+dtype and device, and by which earlier tensor argument they are (`f(w, w)` is another program than
+`f(w1, w2)`). Anything else is a constant of the program and enters the key by type and value: `1`, `1.0` and
+`True` are different constants, and a numpy scalar counts by its dtype and value. A numpy array is refused
+(pass `dev.tensor(array)`: an input, not a constant), and so is an unhashable value.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..tensor import Tensor
+
+Rebuild = Callable[[list], Any]
+
+
+def flatten(value: Any, leaves: list[Tensor]) -> Rebuild:
+    """Collect the tensors in nested tuples/lists/dicts; return a function that rebuilds the structure."""
+    if isinstance(value, Tensor):
+        position = len(leaves)
+        leaves.append(value)
+        return lambda new: new[position]
+    if isinstance(value, (list, tuple)):
+        parts = [flatten(v, leaves) for v in value]
+        kind = type(value)
+        if hasattr(value, "_fields"):  # a namedtuple takes its fields one by one
+            return lambda new: kind(*(p(new) for p in parts))
+        return lambda new: kind(p(new) for p in parts)
+    if isinstance(value, dict):
+        parts_by_key = {k: flatten(v, leaves) for k, v in value.items()}
+        return lambda new: {k: p(new) for k, p in parts_by_key.items()}
+    return lambda new: value
+
+
+def call_key(args: tuple, kwargs: dict[str, Any]) -> tuple:
+    """The key of one call (see the module docstring); raises TypeError naming an argument it cannot key."""
+    first_of: dict[int, int] = {}   # id(tensor) -> its position among the tensor arguments
+    buffer_of: dict[int, int] = {}  # id(buffer) -> the first tensor argument holding it
+    parts = [_key(value, f"argument {i}", first_of, buffer_of) for i, value in enumerate(args)]
+    parts += [(name, _key(kwargs[name], f"argument {name!r}", first_of, buffer_of)) for name in sorted(kwargs)]
+    return tuple(parts)
+
+
+def _key(value: Any, name: str, first_of: dict[int, int], buffer_of: dict[int, int]) -> Any:
+    if isinstance(value, Tensor):
+        position = len(first_of) if id(value) not in first_of else first_of[id(value)]
+        first_of.setdefault(id(value), position)
+        buffer = value.node.buffer
+        shares = buffer_of.setdefault(id(buffer), position) if buffer is not None else position
+        return ("tensor", value.shape, value.dtype.name, id(value.device), position, shares)
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_key(v, f"{name}[{i}]", first_of, buffer_of) for i, v in enumerate(value)))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _key(v, f"{name}[{k!r}]", first_of, buffer_of)) for k, v in value.items()))
+    if isinstance(value, float):
+        return (float, value.hex())  # nan equals itself, -0.0 differs from 0.0
+    if isinstance(value, np.generic):
+        return (np.generic, value.dtype.str, value.tobytes())
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"zyx.jit: {name} is a numpy array of shape {value.shape}; pass dev.tensor(array) "
+                        "(a tensor is an input of the program, a numpy array would be a constant of it)")
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(f"zyx.jit: {name} ({type(value).__name__}) is unhashable; a value that is not a tensor "
+                        "is a constant of the program, keyed by its value") from None
+    return (type(value), value)
