@@ -182,8 +182,9 @@ def test_devices_lists_every_platform_and_device(tmp_path):
         assert f"platform {row['platform_index']}: {row['platform']}" in finished.stdout
         assert row["device"] in finished.stdout and row["driver_version"] in finished.stdout
     as_json = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
-    assert [(row["platform"], row["device"], row["global_mem_bytes"]) for row in as_json] == [
-        (row["platform"], row["device"], row["global_mem_bytes"]) for row in described]
+    assert [(row["platform"], row["device"]) for row in as_json] == [(row["platform"], row["device"]) for row in described]
+    # PoCL reports global memory from what the machine has free, so only its kind is the same between processes
+    assert all(isinstance(row["global_mem_bytes"], int) and row["global_mem_bytes"] > 0 for row in as_json)
 
 
 def test_an_unusable_cache_directory_is_one_error_line(tmp_path):
