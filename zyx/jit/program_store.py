@@ -23,8 +23,8 @@ from .cache_key import device_fingerprint, zyx_version
 from .program import Launch, Program
 
 FORMAT = "program-1"
-SCHEDULER_MODULES = ("program", "render", "rewrite", "schedule", "symbolic", "tiling", "matmul", "cpu_matmul",
-                     "opencl_c", "vectorize")
+SCHEDULER_MODULES = ("program", "kernel_nodes", "render", "rewrite", "schedule", "symbolic", "tiling", "matmul",
+                     "cpu_matmul", "opencl_c", "vectorize")
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,10 +50,11 @@ def from_json(text: str) -> Program:
     data = json.loads(text)
     launches = [Launch(l["name"], l["source"], tuple(l["global_size"]),
                        tuple(l["local_size"]) if l["local_size"] else None,
-                       tuple((kind, int(index)) for kind, index in l["args"])) for l in data["launches"]]
+                       tuple((kind, int(index)) for kind, index in l["args"]), int(l.get("flops", 0)),
+                       int(l.get("bytes_moved", 0)), l.get("node", "")) for l in data["launches"]]
     return Program(launches, [int(b) for b in data["slot_bytes"]], [int(o) for o in data["outputs"]],
                    [[int(s) for s in f] for f in data["frees"]], [[int(s) for s in a] for a in data["allocs"]],
-                   {int(k): int(v) for k, v in data.get("aliases", {}).items()})
+                   {int(k): int(v) for k, v in data.get("aliases", {}).items()}, data.get("name", ""))
 
 
 class ProgramStore:
