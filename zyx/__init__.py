@@ -27,4 +27,4 @@ __all__ = [
 ]
 from . import nn
 from .serialization import save, load
-from .viz import viz
+from .trace_graph import viz
