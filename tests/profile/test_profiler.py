@@ -166,3 +166,15 @@ def test_synchronize_waits_for_queued_kernels():
     zyx.synchronize()  # every device made so far, the CPU one included
     with pytest.raises(TypeError, match="zyx.Device or None, got str"):
         zyx.synchronize("opencl")
+
+
+def test_cpu_device_records_one_host_timed_entry_per_evaluated_program():
+    a = zyx.CPU().tensor(data(10, 10)).realize()
+    with zyx.profile() as p:
+        zyx.realize(a + 1, (a * 2).sum())
+    assert len(p.records) == 1
+    record = p.records[0]
+    assert record.device_name == "cpu" and record.end_ns > record.start_ns
+    assert record.node.endswith(" and 1 more")
+    assert record.bytes_moved == 400 + 400 + 4  # reads a, writes both results
+    assert record.flops == 100 + 100 + 100     # add, multiply, sum of 100 elements

@@ -16,22 +16,15 @@ def contained_nodes(kernel: RenderedKernel) -> list[Node]:
     read = {id(node) for node in kernel.loads} - {id(node) for node in kernel.outputs}
     seen: set[int] = set()
     order: list[Node] = []
-
-    def visit(node: Node) -> None:
-        stack = [(node, False)]
-        while stack:
-            current, expanded = stack.pop()
-            if expanded:
-                order.append(current)
-                continue
-            if id(current) in seen or id(current) in read:
-                continue
-            seen.add(id(current))
-            stack.append((current, True))
-            stack.extend((src, False) for src in reversed(current.src))
-
-    for output in kernel.outputs:
-        visit(output)
+    stack = [(node, False) for node in reversed(kernel.outputs)]
+    while stack:
+        node, sources_done = stack.pop()
+        if sources_done:
+            order.append(node)
+        elif id(node) not in seen and id(node) not in read:
+            seen.add(id(node))
+            stack.append((node, True))
+            stack.extend((src, False) for src in reversed(node.src))
     return order
 
 

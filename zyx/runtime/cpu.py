@@ -96,6 +96,11 @@ def _own(value: np.ndarray) -> np.ndarray:
     return array
 
 
+def _targets_name(targets: Sequence[Node]) -> str:
+    more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+    return short_name(targets[0]) + more
+
+
 class CPUBackend:
     """Holds tensors as numpy arrays; realizes traces by interpreting them."""
 
@@ -119,7 +124,7 @@ class CPUBackend:
         values = self._evaluate(targets, order)
         leaves = [node for node in order if node.op is Op.BUFFER]
         profiling.record(profiling.KernelRecord(
-            self, "cpu", "cpu_evaluate", "cpu", ", ".join(short_name(t) for t in targets), (), None,
+            self, "cpu", "cpu_evaluate", "cpu", _targets_name(targets), (), None,
             sum(buffer_bytes(node) for node in [*leaves, *targets]), total_flops(order), start,
             time.perf_counter_ns()))
         return values

@@ -44,7 +44,7 @@ class Node:
 
 
 def short_name(node: Node) -> str:
-    """What the profiler and `zyx.viz` call a node: `SUM (512, 1) float32`."""
+    """What the profiler calls a node: `SUM (512, 1) float32`."""
     return f"{node.op.name} {node.shape} {node.dtype.name}"
 
 
