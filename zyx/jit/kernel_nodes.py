@@ -29,6 +29,7 @@ def contained_nodes(kernel: RenderedKernel) -> list[Node]:
 
 
 def kernel_flops(kernel: RenderedKernel) -> int:
+    """The useful FLOPs of the nodes fused into the kernel (trace/cost.py says what counts)."""
     return total_flops(contained_nodes(kernel))
 
 
