@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .creation import (arange, eye, full, ones, ones_like, rand, randn, tensor, uniform, zeros, zeros_like)
-from .devices import CPU, Device, OpenCL, default_device, set_default_device
+from .devices import CPU, Device, OpenCL, default_device, set_default_device, synchronize
 from .dtypes import DType, bool_, float16, float32, float64, int32, int64
 from .errors import ShapeError
 from .random import manual_seed
@@ -10,6 +10,7 @@ from .realize import realize
 from .counters import reset_stats, stats
 from .jit.jit import jit
 from .memory import memory_stats, reset_peak_memory
+from .profiler import Profiler, profile
 from .tensor import Tensor, where
 from .tensor_combine import cat, stack
 
@@ -22,7 +23,8 @@ __all__ = [
     "Tensor", "Device", "CPU", "OpenCL", "DType", "ShapeError", "tensor", "zeros", "ones", "full", "eye", "arange",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
     "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",
-    "int64", "bool", "bool_",
+    "int64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",
 ]
 from . import nn
 from .serialization import save, load
+from .trace_graph import viz

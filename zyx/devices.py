@@ -67,12 +67,25 @@ class Device:
         from . import creation
         return creation.arange(*args, device=self, dtype=dtype)
 
+    def synchronize(self) -> None:
+        """Wait until every kernel and copy queued on this device has finished."""
+        self.backend.synchronize()
+
     def memory_stats(self) -> dict[str, int]:
         return self.backend.memory_stats() if hasattr(self.backend, "memory_stats") else {
             "current_bytes": 0, "peak_bytes": 0, "pool_bytes": 0}
 
 
 _DEVICES: dict[Any, Device] = {}
+
+
+def synchronize(device: Optional[Device] = None) -> None:
+    """Wait for the work queued on `device` (every device made so far when None), e.g. before reading a clock:
+    realizing a tensor only enqueues its kernels."""
+    if device is not None and not isinstance(device, Device):
+        raise TypeError(f"zyx.synchronize expects a zyx.Device or None, got {type(device).__name__}")
+    for each in [device] if device is not None else list(_DEVICES.values()):
+        each.synchronize()
 
 
 def CPU() -> Device:

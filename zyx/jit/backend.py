@@ -42,6 +42,9 @@ class JitBackend:
     def memory_stats(self) -> dict[str, int]:
         return self.runtime.memory_stats()
 
+    def synchronize(self) -> None:
+        self.runtime.synchronize()
+
     def _check_dtype(self, dtype: np.dtype) -> None:
         if dtype == np.float64 and not self.runtime.supports_fp64:
             raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
@@ -77,6 +80,7 @@ class JitBackend:
         else:
             program = self._build(targets, leaves, rands, in_place)
             default_program_store().save(disk_key, program)
+        program.name = key
         self.programs[key] = program
         return program
 
@@ -97,7 +101,7 @@ class JitBackend:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
         kernel = self._kernels.get(source)
         if kernel is None:
-            if debug_level() >= 2:
+            if debug_level() >= 4:
                 print(f"zyx kernel {name}:\n{source}", file=sys.stderr)
             built = default_cache().build(self.runtime.context, self.runtime.device, source)
             kernel = getattr(built, name)
@@ -112,7 +116,7 @@ class JitBackend:
         if len(missing) < 2:
             return
         combined = c.combine_sources([launch.source for launch in missing])
-        if debug_level() >= 2:
+        if debug_level() >= 4:
             print(f"zyx program of {len(missing)} kernels:\n{combined}", file=sys.stderr)
         built = default_cache().build(self.runtime.context, self.runtime.device, combined)
         for launch in missing:

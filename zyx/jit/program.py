@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..trace.node import Node
+from ..trace.node import Node, short_name
+from .kernel_nodes import kernel_bytes, kernel_flops
 from .render import RenderedKernel
 
 
@@ -21,6 +22,9 @@ class Launch:
     global_size: tuple[int, ...]
     local_size: tuple[int, ...] | None
     args: tuple[tuple[str, int], ...]  # ("input", i) | ("slot", j) | ("seed", r) | ("offset", r)
+    flops: int = 0          # useful arithmetic of the nodes it computes (trace/cost.py), for the profiler
+    bytes_moved: int = 0    # bytes of the buffers it reads and writes
+    node: str = ""          # the trace node it stores, e.g. "SUM (512, 1) float32"
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Program:
     frees: list[list[int]] = field(default_factory=list)  # slots released after each launch
     allocs: list[list[int]] = field(default_factory=list)  # slots allocated before each launch
     aliases: dict[int, int] = field(default_factory=dict)  # slot -> input whose buffer it overwrites in place
+    name: str = ""  # the trace structure's hash, set by whoever looks the program up (what the profiler shows)
 
     @property
     def planned_peak_bytes(self) -> int:
@@ -45,6 +50,13 @@ class Program:
     @property
     def kernel_count(self) -> int:
         return len(self.launches)
+
+
+def launch_size(kernel: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Global and local size of the kernel's launch (the global size rounded up to whole work groups)."""
+    if not kernel.local_size:
+        return (kernel.global_size,), None
+    return (math.ceil(kernel.global_size / kernel.local_size) * kernel.local_size,), (kernel.local_size,)
 
 
 def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
@@ -69,11 +81,9 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
                 args.append(("input", leaf_position[id(param.node)]))
             else:
                 args.append(("slot", slot_of[id(param.node)]))
-        local = (kernel.local_size,) if kernel.local_size else None
-        global_size = kernel.global_size
-        if local:
-            global_size = math.ceil(global_size / local[0]) * local[0]
-        launches.append(Launch(kernel.name, kernel.source, (global_size,), local, tuple(args)))
+        global_size, local = launch_size(kernel)
+        launches.append(Launch(kernel.name, kernel.source, global_size, local, tuple(args), kernel_flops(kernel),
+                               kernel_bytes(kernel), short_name(kernel.outputs[0])))
     outputs = [slot_of[id(t)] for t in targets]
     program = Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
     program.aliases = _in_place_aliases(kernels, targets, leaves, in_place, program)

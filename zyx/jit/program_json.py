@@ -16,7 +16,8 @@ from .program import Launch, Program
 __all__ = ["InvalidProgram", "program_from_json", "program_to_json"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FIELDS = ("launches", "slot_bytes", "outputs", "frees", "allocs", "aliases")
+_FIELDS = ("launches", "slot_bytes", "outputs", "frees", "allocs", "aliases", "name")
+_LAUNCH_FIELDS = {"name", "source", "global_size", "local_size", "args", "flops", "bytes_moved", "node"}
 
 
 class InvalidProgram(ValueError):
@@ -45,13 +46,15 @@ def program_from_json(text: str, inputs: int, rands: int) -> Program:
         raise InvalidProgram("aliases: expected an object")
     aliases = {_index(_integer(slot, "aliases"), slots, "aliases"): _index(leaf, inputs, "aliases")
                for slot, leaf in data["aliases"].items()}
-    return Program(launches, slot_bytes, outputs, frees, allocs, aliases)
+    if not isinstance(data["name"], str):
+        raise InvalidProgram("name: expected a string")
+    return Program(launches, slot_bytes, outputs, frees, allocs, aliases, data["name"])
 
 
 def _launch(data: Any, k: int, ranges: dict[str, int]) -> Launch:
     where = f"launches[{k}]"
-    if not isinstance(data, dict) or set(data) != {"name", "source", "global_size", "local_size", "args"}:
-        raise InvalidProgram(f"{where}: expected name, source, global_size, local_size and args")
+    if not isinstance(data, dict) or set(data) != _LAUNCH_FIELDS:
+        raise InvalidProgram(f"{where}: expected the fields {', '.join(sorted(_LAUNCH_FIELDS))}")
     name, source = data["name"], data["source"]
     if not (isinstance(name, str) and _IDENTIFIER.fullmatch(name) and isinstance(source, str)
             and re.search(rf"\b{name}\s*\(", source)):
@@ -70,7 +73,10 @@ def _launch(data: Any, k: int, ranges: dict[str, int]) -> Launch:
         if not (isinstance(arg, list) and len(arg) == 2 and arg[0] in ranges):
             raise InvalidProgram(f"{where}.args: {arg!r} is not [kind, index] with kind one of {sorted(ranges)}")
         args.append((arg[0], _index(arg[1], ranges[arg[0]], f"{where}.args ({arg[0]})")))
-    return Launch(name, source, global_size, local_size, tuple(args))
+    if not isinstance(data["node"], str):
+        raise InvalidProgram(f"{where}.node: expected a string")
+    return Launch(name, source, global_size, local_size, tuple(args), _count(data["flops"], f"{where}.flops"),
+                  _count(data["bytes_moved"], f"{where}.bytes_moved"), data["node"])
 
 
 def _per_launch(data: Any, launches: int, slots: int, name: str) -> list[list[int]]:

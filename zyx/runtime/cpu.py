@@ -5,13 +5,16 @@ Intermediates are dropped right after their last consumer.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..trace.node import Node, toposort
+from ..trace.cost import buffer_bytes, total_flops
+from ..trace.node import Node, short_name, toposort
 from ..trace.ops import Op
 from ..trace.philox import philox_uniform
+from . import profiling
 
 UNARY: dict[Op, Callable[[np.ndarray], np.ndarray]] = {
     Op.NEG: np.negative, Op.RECIP: np.reciprocal, Op.SQRT: np.sqrt, Op.EXP: np.exp, Op.LOG: np.log,
@@ -93,10 +96,18 @@ def _own(value: np.ndarray) -> np.ndarray:
     return array
 
 
+def _targets_name(targets: Sequence[Node]) -> str:
+    more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+    return short_name(targets[0]) + more
+
+
 class CPUBackend:
     """Holds tensors as numpy arrays; realizes traces by interpreting them."""
 
     name = "cpu"
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: numpy has finished by the time `realize` returns."""
 
     def upload(self, array: np.ndarray) -> np.ndarray:
         return np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
@@ -107,6 +118,18 @@ class CPUBackend:
     def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[np.ndarray]:
         """Values of `targets` (contiguous arrays), freeing each intermediate after its last use."""
         order = toposort(targets) if order is None else order
+        if not profiling.timing_wanted():
+            return self._evaluate(targets, order)
+        start = time.perf_counter_ns()
+        values = self._evaluate(targets, order)
+        leaves = [node for node in order if node.op is Op.BUFFER]
+        profiling.record(profiling.KernelRecord(
+            self, "cpu", "cpu_evaluate", "cpu", _targets_name(targets), (), None,
+            sum(buffer_bytes(node) for node in [*leaves, *targets]), total_flops(order), start,
+            time.perf_counter_ns()))
+        return values
+
+    def _evaluate(self, targets: Sequence[Node], order: list[Node]) -> list[np.ndarray]:
         remaining_uses: dict[int, int] = {}
         for node in order:
             for src in node.src:

@@ -5,6 +5,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import profiling
+
 
 def run_program(backend: Any, program: Any, kernels: Sequence[Any], inputs: Sequence[Any],
                 rand_args: Sequence[tuple[int, int]], on_first_launch: Any = None) -> list[Any]:
@@ -28,7 +30,11 @@ def run_program(backend: Any, program: Any, kernels: Sequence[Any], inputs: Sequ
             else:
                 args.append(np.uint64(rand_args[index][1]))
         if launch.global_size[0] > 0:
-            backend.launch(kernels[k], launch.global_size, launch.local_size, args)
+            event = backend.launch(kernels[k], launch.global_size, launch.local_size, args)
+            if profiling.timing_wanted():
+                profiling.record(profiling.KernelRecord(
+                    backend, backend.name, launch.name, program.name[:12], launch.node, launch.global_size,
+                    launch.local_size, launch.bytes_moved, launch.flops, event=event))
             if on_first_launch is not None:
                 on_first_launch(k)
         for slot in program.frees[k]:

@@ -2,7 +2,9 @@
 
 Everything is enqueued on a single in-order queue, so commands run in the order they were issued and no
 events are needed between them; only `download` and `synchronize` wait. That ordering is also what makes
-reusing a pooled buffer safe while earlier kernels that used it are still queued.
+reusing a pooled buffer safe while earlier kernels that used it are still queued. While a profiler records
+(or ZYX_DEBUG>=2), that queue is a second one made with PROFILING_ENABLE (which costs a few µs per launch on
+PoCL); the switch waits for the other queue, so the order still holds.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 import pyopencl as cl
 
 from zyx import counters as stats
+from zyx.runtime import profiling
 from zyx.runtime.memory import BufferPool
 from ..debug import debug_level
 
@@ -48,7 +51,9 @@ class OpenCLBackend:
     def __init__(self, cl_device: cl.Device) -> None:
         self.device = cl_device
         self.context = cl.Context([cl_device])
-        self.queue = cl.CommandQueue(self.context, cl_device)
+        self._plain_queue = cl.CommandQueue(self.context, cl_device)
+        self._timed_queue: cl.CommandQueue | None = None
+        self._current_queue = self._plain_queue
         self.name: str = cl_device.name.strip()
         extensions = cl_device.extensions.split()
         self.supports_fp16: bool = "cl_khr_fp16" in extensions
@@ -62,6 +67,18 @@ class OpenCLBackend:
 
     def __repr__(self) -> str:
         return f"OpenCLBackend({self.name!r})"
+
+    @property
+    def queue(self) -> cl.CommandQueue:
+        """The queue for the next command: the timed one while `profiling.timing_wanted()`, else the plain one."""
+        timed = profiling.timing_wanted()
+        if timed != (self._current_queue is self._timed_queue):
+            self._current_queue.finish()  # what is queued runs before anything on the other queue
+            if timed and self._timed_queue is None:
+                self._timed_queue = cl.CommandQueue(
+                    self.context, self.device, properties=cl.command_queue_properties.PROFILING_ENABLE)
+            self._current_queue = self._timed_queue if timed else self._plain_queue
+        return self._current_queue
 
     def _create_cl_buffer(self, nbytes: int) -> cl.Buffer:
         return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=nbytes)
@@ -128,15 +145,17 @@ class OpenCLBackend:
         global_size: tuple[int, ...],
         local_size: tuple[int, ...] | None,
         args: Sequence[Any],
-    ) -> None:
-        """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are."""
+    ) -> cl.Event:
+        """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are.
+        Its event carries device timestamps when the queue is the timed one."""
         if debug_level() >= 1:
             print(f"zyx launch {kernel.function_name} global={tuple(global_size)} local={local_size}", file=sys.stderr)
         kernel.set_args(*[arg.cl_buffer if isinstance(arg, Buffer) else arg for arg in args])
-        cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
+        event = cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
         stats.bump("kernels_launched")
+        return event
 
     def synchronize(self) -> None:
         """Waits until everything enqueued so far has finished."""
-        self.queue.finish()
+        self._current_queue.finish()
         self._pending_uploads.clear()

@@ -43,6 +43,11 @@ class Node:
         return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
 
 
+def short_name(node: Node) -> str:
+    """What the profiler calls a node: `SUM (512, 1) float32`."""
+    return f"{node.op.name} {node.shape} {node.dtype.name}"
+
+
 def _same_device(nodes: Sequence[Node], op: Op) -> Any:
     device = nodes[0].device
     for node in nodes[1:]:
