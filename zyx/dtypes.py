@@ -68,6 +68,12 @@ def to_dtype(spec: object) -> DType:
     raise TypeError(f"zyx does not support dtype {spec!r}; use one of {[d.name for d in ALL_DTYPES]}")
 
 
+def int_range(dtype: DType) -> tuple[int, int]:
+    """The smallest and largest value of an integer dtype (two's complement)."""
+    bits = 8 * dtype.itemsize
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
 def promote(a: DType, b: DType) -> DType:
     """The dtype of a binary op on two tensors."""
     return a if a.rank >= b.rank else b

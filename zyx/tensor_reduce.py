@@ -74,9 +74,9 @@ class ReduceMixin:
         dtype = self.node.dtype
         if dtype.is_bool:
             return self.cast(int64)._min(axis, keepdim).cast(dtype)  # type: ignore[attr-defined]
-        if dtype.is_int:  # order reversal by ~x = -x - 1, which cannot overflow
-            flipped = -self - 1  # type: ignore[operator]
-            return -flipped._reduce(Op.RMAX, axis, keepdim, "min") - 1
+        if dtype.is_int:  # order reversal by ~x, which cannot overflow
+            flipped = ~self  # type: ignore[operator]
+            return ~flipped._reduce(Op.RMAX, axis, keepdim, "min")
         return -((-self)._reduce(Op.RMAX, axis, keepdim, "min"))  # type: ignore[operator]
 
     def _count(self, axis: Axis) -> int:

@@ -17,11 +17,24 @@ UNARY: dict[Op, Callable[[np.ndarray], np.ndarray]] = {
     Op.NEG: np.negative, Op.RECIP: np.reciprocal, Op.SQRT: np.sqrt, Op.EXP: np.exp, Op.LOG: np.log,
     Op.SIN: np.sin, Op.COS: np.cos, Op.TANH: np.tanh, Op.SIGMOID: lambda x: 1 / (1 + np.exp(-x)),
     Op.DETACH: lambda x: x, Op.FLOOR: np.floor, Op.CEIL: np.ceil, Op.RINT: np.rint,
-    Op.NOT: np.logical_not,
+    Op.NOT: np.invert,
 }
+
+
+def _shift(a: np.ndarray, b: np.ndarray, shift: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """`shift` by b, where a count outside [0, bits) shifts every bit out (0, or -1 for a negative a >> b)."""
+    bits = 8 * a.dtype.itemsize
+    inside = (b >= 0) & (b < bits)
+    shifted = shift(a, np.where(inside, b, 0))
+    if shift is np.left_shift:
+        return np.where(inside, shifted, 0)
+    return np.where(inside, shifted, np.where(a < 0, -1, 0))
+
+
 BINARY: dict[Op, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     Op.ADD: np.add, Op.MUL: np.multiply, Op.POW: np.power, Op.MAX: np.maximum, Op.CMPLT: np.less,
-    Op.CMPEQ: np.equal, Op.AND: np.logical_and, Op.OR: np.logical_or,
+    Op.CMPEQ: np.equal, Op.AND: np.bitwise_and, Op.OR: np.bitwise_or, Op.XOR: np.bitwise_xor,
+    Op.SHL: lambda a, b: _shift(a, b, np.left_shift), Op.SHR: lambda a, b: _shift(a, b, np.right_shift),
 }
 
 
