@@ -519,6 +519,8 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
 
     def clamp(self, min: Optional[float] = None, max: Optional[float] = None) -> "Tensor":
         """Clip to [min, max]; the gradient passes at the bounds themselves, as PyTorch's."""
+        if min is None and max is None:
+            raise ValueError("clamp: at least one of min and max must be given")
         result = self
         if min is not None:
             result = (result < min).where(min, result)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from .dtypes import int64
-from .errors import ShapeError
+from .errors import AxisError, ShapeError
 from .trace import node as n
 from .trace.ops import Op
 from .tensor_movement import normalize_axis
@@ -26,7 +26,7 @@ def reduce_axes(axis: Axis, ndim: int, op: str) -> tuple[int, ...]:
     if ndim == 0:
         for a in axes:
             if int(a) not in (0, -1):
-                raise ShapeError(f"{op}: axis {a} is out of range for a tensor with 0 dimensions")
+                raise AxisError(f"{op}: axis {a} is out of range for a tensor with 0 dimensions")
         return ()
     normalized = tuple(sorted({normalize_axis(int(a), ndim, op) for a in axes}))
     if len(normalized) != len(axes):

@@ -10,8 +10,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..trace.node import Node, toposort
-from ..trace.ops import Op
+from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
 from ..trace.philox import philox_uniform
+from .limits import host_limits
+
+MATERIALIZED_OPS = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD}  # numpy allocates these; other views do not
 
 UNARY: dict[Op, Callable[[np.ndarray], np.ndarray]] = {
     Op.NEG: np.negative, Op.RECIP: np.reciprocal, Op.SQRT: np.sqrt, Op.EXP: np.exp, Op.LOG: np.log,
@@ -111,6 +114,9 @@ class CPUBackend:
 
     name = "cpu"
 
+    def __init__(self) -> None:
+        self.limits = host_limits()
+
     def upload(self, array: np.ndarray) -> np.ndarray:
         return np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
 
@@ -120,11 +126,12 @@ class CPUBackend:
     def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[np.ndarray]:
         """Values of `targets` (contiguous arrays), freeing each intermediate after its last use."""
         order = toposort(targets) if order is None else order
+        keep = {id(t) for t in targets}
+        self.limits.check_nodes(node for node in order if node.op in MATERIALIZED_OPS or id(node) in keep)
         remaining_uses: dict[int, int] = {}
         for node in order:
             for src in node.src:
                 remaining_uses[id(src)] = remaining_uses.get(id(src), 0) + 1
-        keep = {id(t) for t in targets}
         values: dict[int, np.ndarray] = {}
         with np.errstate(all="ignore"):
             for node in order:

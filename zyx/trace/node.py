@@ -10,7 +10,7 @@ import math
 from typing import Any, Sequence
 
 from ..dtypes import DType, bool_, int_range
-from ..errors import ShapeError
+from ..errors import AxisError, ShapeError
 from .ops import BINARY_OPS, BITWISE_OPS, COMPARE_OPS, Op, REDUCE_OPS, SHIFT_OPS
 
 Shape = tuple[int, ...]
@@ -141,7 +141,7 @@ def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
     assert op in REDUCE_OPS
     axes = tuple(sorted({int(a) for a in axes}))
     if any(not 0 <= a < len(x.shape) for a in axes):
-        raise ShapeError(f"{op.name.lower()}: axes {axes} are out of range for shape {x.shape}")
+        raise AxisError(f"{op.name.lower()}: axes {axes} are out of range for shape {x.shape}")
     if not axes:
         return x
     shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
