@@ -276,3 +276,13 @@ def test_too_large_fails_fast_naming_shape_dtype_bytes(device, make):
     assert time.perf_counter() - start < 10
     _names(error, (1000000, 1000000), "float32", 4000000000000)
     assert isinstance(error.value, MemoryError)
+
+
+def test_cat_devices_and_dtypes(device):
+    other = zyx.CPU() if device is not zyx.CPU() else None
+    if other is not None:
+        with pytest.raises(ValueError, match="cat: tensors live on different devices"):
+            zyx.cat([zyx.ones(2, device=device), zyx.ones(2, device=other)])
+    mixed = zyx.cat([zyx.tensor([1, 2], device=device), zyx.tensor([0.5], device=device)])
+    expected = torch.cat([torch.tensor([1, 2]), torch.tensor([0.5])])
+    assert mixed.dtype.name == str(expected.dtype).replace("torch.", "") and mixed.tolist() == expected.tolist()
