@@ -317,6 +317,98 @@ def test_bool_binary(device):
         ta - tb
 
 
+BITWISE = {
+    "and": lambda a, b: a & b, "or": lambda a, b: a | b, "xor": lambda a, b: a ^ b,
+    "lshift": lambda a, b: a << b, "rshift": lambda a, b: a >> b,
+}
+
+
+def _torch_bits(array):
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "bool"])
+def test_bitwise_matches_torch(device, dtype):
+    """&, |, ^, ~, <<, >> are bitwise on integers and logical on bool, as PyTorch; reflected and in-place forms
+    too, shift counts past the width and negative ones included."""
+    if dtype == "bool":
+        a, b = np.array([True, True, False, False]), np.array([True, False, True, False])
+    else:
+        info = np.iinfo(dtype)
+        a = np.array([5, 12, -7, 0, info.min, info.max, -1, 3], dtype=dtype)
+        b = np.array([6, 2, 3, 31, 1, 4, info.bits - 1, info.bits], dtype=dtype)
+    ta, tb = zyx.tensor(a, device=device), zyx.tensor(b, device=device)
+    names = ["and", "or", "xor"] + (["lshift", "rshift"] if dtype != "bool" else [])
+    for name in names:
+        op = BITWISE[name]
+        for left, right in [(ta, tb), (tb, ta), (ta, 3), (3, ta), (ta.flip(0), tb)]:
+            torch_left = _torch_bits(left.numpy()) if isinstance(left, zyx.Tensor) else left
+            torch_right = _torch_bits(right.numpy()) if isinstance(right, zyx.Tensor) else right
+            expected = op(torch_left, torch_right)
+            result = op(left, right)
+            assert result.dtype.name == str(expected.dtype).replace("torch.", ""), (name, left, right)
+            assert_close(result.numpy(), expected.numpy(), "bool" if dtype == "bool" else dtype)
+    assert_close((~ta).numpy(), (~_torch_bits(a)).numpy(), dtype)
+    in_place = zyx.tensor(a, device=device)
+    in_place ^= tb
+    assert_close(in_place.numpy(), (_torch_bits(a) ^ _torch_bits(b)).numpy(), dtype)
+
+
+def test_bitwise_issue_example(device):
+    a = device.tensor(np.array([5, 12], np.int32))
+    assert (a & 6).tolist() == [4, 4] and (a | 2).tolist() == [7, 14] and (~a).tolist() == [-6, -13]
+    assert (a & 6).dtype == zyx.int32 and (True & device.tensor([True, False])).dtype == zyx.bool
+
+
+def test_bitwise_needs_bool_or_int(device):
+    x = zyx.tensor([1.5], device=device)
+    for op in [lambda: x & 1, lambda: 1 | x, lambda: ~x, lambda: x << 1, lambda: zyx.tensor([1], device=device) ^ x]:
+        with pytest.raises(TypeError, match="float32"):
+            op()
+    with pytest.raises(TypeError, match="bool"):
+        zyx.tensor([True], device=device) << zyx.tensor([True], device=device)
+
+
+def test_bitwise_has_no_gradient(device):
+    x = zyx.tensor([1.0, 2.0], device=device)
+    bits = x.cast(zyx.int32) & 1
+    y = x * bits.float()
+    assert y.backward([x])[0].tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_python_int_operands_wrap_as_in_pytorch(device, dtype):
+    """A Python int operand that fits 64 bits wraps to the tensor's dtype on both devices, as PyTorch (it used to
+    raise on the CPU and wrap on OpenCL); one beyond 64 bits, or a constant the dtype cannot hold, raises."""
+    info = np.iinfo(dtype)
+    t = zyx.tensor(np.array([5, 12, -9], dtype), device=device)
+    reference = torch.tensor([5, 12, -9], dtype=getattr(torch, dtype))
+    values = [0xFFFFFFFF, int(info.max), int(info.min), -(2 ** 40) + 3]
+    if dtype == "int32":
+        values += [int(info.max) + 1, int(info.min) - 1]
+    for value in values:
+        for op in [lambda x: x + value, lambda x: x * value, lambda x: x < value, lambda x: x & value,
+                   lambda x: value - x]:
+            assert op(t).numpy().tolist() == op(reference).tolist(), (value, op)
+    for value in [2 ** 63, -(2 ** 63) - 1, 2 ** 64]:
+        with pytest.raises(OverflowError, match=f"{value}.*int64"):
+            t + value
+    with pytest.raises(OverflowError, match=f"{int(info.max) + 1}.*{dtype}"):
+        zyx.full((2,), int(info.max) + 1, device=device, dtype=dtype)
+
+
+def test_tensor_data_that_does_not_fit_raises(device):
+    with pytest.raises(OverflowError, match="9223372036854775808.*int64"):
+        zyx.tensor([2 ** 63], device=device)
+    with pytest.raises(OverflowError, match="1099511627776.*int32"):
+        zyx.tensor([2 ** 40], device=device, dtype=zyx.int32)
+    with pytest.raises(OverflowError, match="int32"):
+        zyx.tensor(np.array([1e20]), device=device, dtype=zyx.int32)
+    with pytest.raises(OverflowError):
+        zyx.tensor([[1, -2 ** 70]], device=device)
+    assert zyx.tensor([-2 ** 63, 2 ** 63 - 1], device=device).tolist() == [-2 ** 63, 2 ** 63 - 1]
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_scalar_operands(device, dtype):
     x = sample((3, 4), dtype, 0.5, 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .creation import (arange, eye, full, ones, ones_like, rand, randn, tensor, uniform, zeros, zeros_like)
 from .devices import CPU, Device, OpenCL, default_device, set_default_device, synchronize
 from .dtypes import DType, bool_, float16, float32, float64, int32, int64
-from .errors import ShapeError
+from .errors import AxisError, OutOfMemoryError, ShapeError
 from .random import manual_seed
 from .realize import realize
 from .counters import reset_stats, stats
@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "jit", "memory_stats", "reset_peak_memory", "nn", "save", "load",
-    "Tensor", "Device", "CPU", "OpenCL", "DType", "ShapeError", "tensor", "zeros", "ones", "full", "eye", "arange",
+    "Tensor", "Device", "CPU", "OpenCL", "DType", "ShapeError", "AxisError", "OutOfMemoryError", "tensor", "zeros",
+    "ones", "full", "eye", "arange",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
     "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",
     "int64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import random as zrandom
 from .devices import Device, default_device
-from .dtypes import DEFAULT_FLOAT, DType, float32, promote_with_scalar, scalar_dtype, to_dtype
+from .dtypes import DEFAULT_FLOAT, DType, float32, int64, int_range, promote_with_scalar, scalar_dtype, to_dtype
 from .jit.capture import record_created
 from .tensor import Tensor
 from .trace import node as n
@@ -40,18 +40,44 @@ def _infer_dtype(array: np.ndarray, data: Any) -> DType:
     return to_dtype(array.dtype)
 
 
+def _as_array(data: Any) -> np.ndarray:
+    """numpy's array of `data`; Python integers beyond int64 raise (numpy would hold them as uint64 or objects)."""
+    try:
+        array = np.array(data)
+    except ValueError as error:
+        raise ValueError(f"tensor: ragged nested sequence, every row needs the same length ({error})") from None
+    from_python = not isinstance(data, (np.ndarray, np.generic))
+    if array.dtype == object and all(isinstance(v, int) and not isinstance(v, bool) for v in array.flat):
+        _check_fits(np.array([min(array.flat), max(array.flat)], dtype=object), int64)
+    if array.dtype == object:
+        raise ValueError("tensor: ragged nested sequence or non-numeric data; every row needs the same length")
+    if array.dtype == np.uint64 and from_python:
+        _check_fits(array, int64)
+    return array
+
+
+def _check_fits(array: np.ndarray, target: DType) -> None:
+    """Values an integer dtype cannot hold raise, as numpy and PyTorch do, instead of wrapping."""
+    if array.size == 0 or array.dtype.kind == "b":
+        return
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"tensor: {array[~np.isfinite(array)].flat[0]} cannot be converted to {target.name}")
+    low, high = int_range(target)
+    for value in (array.min(), array.max()):
+        value = value.item() if isinstance(value, np.generic) else value
+        if not low <= value <= high:
+            raise OverflowError(f"tensor: value {value} does not fit {target.name} (range {low} to {high})")
+
+
 def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
     """A tensor holding a copy of `data` (nested lists, numbers, numpy arrays or tensors)."""
     device = _device(device)
     if isinstance(data, Tensor):
         data = data.numpy()
-    try:
-        array = np.array(data)
-    except ValueError as error:
-        raise ValueError(f"tensor: ragged nested sequence, every row needs the same length ({error})") from None
-    if array.dtype == object:
-        raise ValueError("tensor: ragged nested sequence or non-numeric data; every row needs the same length")
+    array = _as_array(data)
     target = to_dtype(dtype) if dtype is not None else _infer_dtype(array, data)
+    if target.is_int:
+        _check_fits(array, target)
     array = np.asarray(array.astype(target.np, copy=False), order="C")  # (ascontiguousarray makes 0-d 1-d)
     leaf = n.buffer_leaf(device.upload(array), array.shape, target, device)
     record_created(leaf)

@@ -68,6 +68,23 @@ def to_dtype(spec: object) -> DType:
     raise TypeError(f"zyx does not support dtype {spec!r}; use one of {[d.name for d in ALL_DTYPES]}")
 
 
+def int_range(dtype: DType) -> tuple[int, int]:
+    """The smallest and largest value of an integer dtype (two's complement)."""
+    bits = 8 * dtype.itemsize
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def wrap_int(value: int, dtype: DType) -> int:
+    """`value` reduced to `dtype`'s range as two's complement, as PyTorch does with a Python int operand that
+    fits 64 bits (`int32 + 0xFFFFFFFF` is `int32 - 1`); one beyond 64 bits raises OverflowError."""
+    low, high = int_range(int64)
+    if not low <= value <= high:
+        raise OverflowError(f"Python integer {value} does not fit int64 (range {low} to {high}), so it cannot "
+                            f"be an operand of a {dtype.name} tensor")
+    low, high = int_range(dtype)
+    return (value - low) % (high - low + 1) + low
+
+
 def promote(a: DType, b: DType) -> DType:
     """The dtype of a binary op on two tensors."""
     return a if a.rank >= b.rank else b

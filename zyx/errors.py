@@ -3,3 +3,15 @@
 
 class ShapeError(ValueError):
     """Operands whose shapes cannot go together; the message names the op and both shapes."""
+
+
+class AxisError(ShapeError, IndexError):
+    """An axis outside a tensor's dimensions; the message names the axis and the dimension count.
+
+    An IndexError, as PyTorch's "Dimension out of range", and still a ShapeError, as zyx raised before.
+    """
+
+
+class OutOfMemoryError(MemoryError):
+    """An allocation larger than the device can hold, found before anything runs; the message names the shape,
+    the dtype and the bytes asked for, and the device's limit."""

@@ -1,9 +1,10 @@
 """Asking for values: realize many tensors at once, so shared work is done once per device."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .trace.node import toposort
+from .trace.checks import RangeCheck, checks_in
+from .trace.node import Node, toposort
 from .trace.origin import detached_copy
 
 if TYPE_CHECKING:
@@ -11,7 +12,11 @@ if TYPE_CHECKING:
 
 
 def realize(*tensors: "Tensor") -> None:
-    """Compute the values of `tensors` together; each node becomes a buffer leaf that remembers its origin."""
+    """Compute the values of `tensors` together; each node becomes a buffer leaf that remembers its origin.
+
+    The range checks in their traces (index tensors) are computed in the same run; if one fails, IndexError is
+    raised and no tensor is realized.
+    """
     from .jit.capture import check_not_capturing
     check_not_capturing("realize")
     pending: dict[int, object] = {}
@@ -24,6 +29,19 @@ def realize(*tensors: "Tensor") -> None:
     for nodes in by_device.values():
         order = toposort(nodes)
         origins = detached_copy(nodes, order=order)
-        buffers = nodes[0].device.realize(nodes, order)
+        checks = checks_in(order)
+        counts = [check.outside for check in checks]
+        device = nodes[0].device
+        buffers = device.realize(nodes + counts, toposort(nodes + counts) if checks else order)
+        _raise_if_failed(checks, buffers[len(nodes):], device)
         for node, buffer, origin in zip(nodes, buffers, origins):
             node.become_buffer(buffer, origin)
+
+
+def _raise_if_failed(checks: Sequence[RangeCheck], counts: Sequence[Any], device: Any) -> None:
+    """The first failed check's IndexError; its values are realized again (only then) to name the offender."""
+    for check, count in zip(checks, counts):
+        if device.download(count, (), check.outside.dtype).item():
+            values: Node = check.values
+            buffer = values.buffer if values.realized else device.realize([values])[0]
+            raise check.error(device.download(buffer, values.shape, values.dtype))

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype
+from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype, wrap_int
 from .errors import ShapeError
 from .tensor_layers import LayerMixin
 from .tensor_movement import MovementMixin
@@ -182,7 +182,10 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
             return value
         if isinstance(value, (int, float, bool, np.number, np.bool_)):
             from .creation import scalar_like
-            return scalar_like(value.item() if isinstance(value, np.generic) else value, self)
+            value = value.item() if isinstance(value, np.generic) else value
+            if type(value) is int and self.dtype.is_int:
+                value = wrap_int(value, self.dtype)
+            return scalar_like(value, self)
         if isinstance(value, (list, tuple, np.ndarray)):
             from .creation import tensor
             return tensor(value, device=self.device)
@@ -347,14 +350,53 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
     def logical_or(self, other: Operand) -> "Tensor":
         return self._bool()._binary(Op.OR, self._operand(other, "logical_or")._bool(), "logical_or")
 
-    def __and__(self, other: Operand) -> "Tensor":
-        return self.logical_and(other)
+    # ---- bits: logical on bool, bitwise on integers (as PyTorch); no gradient ------------------------------
+    def _bitwise(self, op: Op, other: Operand, name: str) -> "Tensor":
+        b = self._operand(other, name)
+        dtype = promote(self.dtype, b.dtype)
+        if dtype.is_float:
+            raise TypeError(f"{name} needs bool or integer tensors, got {self.dtype.name} and {b.dtype.name}")
+        return self._binary(op, b, name, dtype)
 
-    def __or__(self, other: Operand) -> "Tensor":
-        return self.logical_or(other)
+    def bitwise_and(self, other: Operand) -> "Tensor":
+        return self._bitwise(Op.AND, other, "bitwise_and")
 
-    def __invert__(self) -> "Tensor":
-        return self.logical_not()
+    def bitwise_or(self, other: Operand) -> "Tensor":
+        return self._bitwise(Op.OR, other, "bitwise_or")
+
+    def bitwise_xor(self, other: Operand) -> "Tensor":
+        return self._bitwise(Op.XOR, other, "bitwise_xor")
+
+    def bitwise_left_shift(self, other: Operand) -> "Tensor":
+        """self << other; a count outside [0, bits) shifts every bit out (gives 0), as PyTorch."""
+        return self._bitwise(Op.SHL, other, "bitwise_left_shift")
+
+    def bitwise_right_shift(self, other: Operand) -> "Tensor":
+        """Arithmetic self >> other; a count outside [0, bits) gives 0, or -1 for negative values, as PyTorch."""
+        return self._bitwise(Op.SHR, other, "bitwise_right_shift")
+
+    def bitwise_not(self) -> "Tensor":
+        if self.dtype.is_float:
+            raise TypeError(f"bitwise_not needs a bool or integer tensor, got {self.dtype.name}")
+        return self._unary(Op.NOT)
+
+    __and__, __or__, __xor__, __invert__ = bitwise_and, bitwise_or, bitwise_xor, bitwise_not
+    __lshift__, __rshift__ = bitwise_left_shift, bitwise_right_shift
+
+    def __rand__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "bitwise_and") & self
+
+    def __ror__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "bitwise_or") | self
+
+    def __rxor__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "bitwise_xor") ^ self
+
+    def __rlshift__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "bitwise_left_shift") << self
+
+    def __rrshift__(self, other: Operand) -> "Tensor":
+        return self._operand(other, "bitwise_right_shift") >> self
 
     def where(self, a: Operand, b: Operand) -> "Tensor":
         """Elements of `a` where self is true, else of `b` (all broadcast together)."""
@@ -480,12 +522,14 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         b = self._operand(other, "minimum")
         dtype = promote(self.dtype, b.dtype)
         a, b = self.cast(dtype), b.cast(dtype)
-        if dtype.is_int:  # ~x = -x - 1 reverses the order without overflow (-x alone breaks at the minimum)
-            return _bit_not(_bit_not(a).maximum(_bit_not(b)))
+        if dtype.is_int:  # ~x reverses the order without overflow (-x alone breaks at the minimum)
+            return ~((~a).maximum(~b))
         return -((-a).maximum(-b))
 
     def clamp(self, min: Optional[float] = None, max: Optional[float] = None) -> "Tensor":
         """Clip to [min, max]; the gradient passes at the bounds themselves, as PyTorch's."""
+        if min is None and max is None:
+            raise ValueError("clamp: at least one of min and max must be given")
         result = self
         if min is not None:
             result = (result < min).where(min, result)
@@ -509,11 +553,6 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
 
     def lerp(self, end: Operand, weight: Operand) -> "Tensor":
         return self + (self._operand(end, "lerp") - self) * weight
-
-
-def _bit_not(x: Tensor) -> Tensor:
-    """~x for an integer tensor, as -x - 1 (two's complement wraps, so it holds at the minimum too)."""
-    return -x - 1
 
 
 def where(condition: Operand, a: Operand, b: Operand) -> Tensor:

@@ -10,7 +10,7 @@ from .tensor_movement import normalize_axis
 
 
 def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Concatenate along `axis`; other axes must match."""
+    """Concatenate along `axis`; other axes must match, dtypes promote (as PyTorch), devices must agree."""
     tensors = list(tensors)
     if not tensors:
         raise ValueError("cat needs at least one tensor")
@@ -19,6 +19,9 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
         raise ShapeError("cat: zero-dimensional tensors cannot be concatenated; use stack")
     axis = normalize_axis(axis, first.ndim, "cat")
     for t in tensors[1:]:
+        if t.device is not first.device:
+            raise ValueError(f"cat: tensors live on different devices ({first.device} and {t.device}); move one "
+                             "with .to(device)")
         if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
             raise ShapeError(f"cat: shapes {first.shape} and {t.shape} differ outside axis {axis}")
     dtype = first.dtype

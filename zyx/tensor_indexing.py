@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ShapeError
 from .tensor_movement import normalize_axis
+from .trace.checks import RangeCheck, attach
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -119,20 +120,25 @@ def _take_apart(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
     return _take_advanced(moved, [(k, item) for k, (_, item) in enumerate(tensor_axes)])
 
 
-def _as_index(t: "Tensor", item: Any) -> "Tensor":
+def _as_index(t: "Tensor", item: Any, axis: int) -> tuple["Tensor", bool]:
+    """The index as an integer tensor, and whether its values still need checking (a list is checked here)."""
     from .creation import tensor
     from .tensor import Tensor
     if isinstance(item, Tensor):
-        idx = item
-    else:
-        import numpy as np
-        array = np.array(item)
-        if array.dtype == bool:
-            raise TypeError("boolean mask indexing is not supported: use zyx.where(mask, x, 0) or multiply by the mask")
-        idx = tensor(array.astype(np.int64) if array.size == 0 else array, device=t.device)
-    if not (idx.dtype.is_int):
-        raise TypeError(f"tensors used as indices must be integer, got {idx.dtype.name}")
-    return idx
+        if not item.dtype.is_int:
+            raise TypeError(f"tensors used as indices must be integer, got {item.dtype.name}")
+        return item, True
+    import numpy as np
+    array = np.array(item)
+    if array.dtype == bool:
+        raise TypeError("boolean mask indexing is not supported: use zyx.where(mask, x, 0) or multiply by the mask")
+    if array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers, got {array.dtype} values in {item!r}")
+    size = t.shape[axis]
+    outside = array[(array < -size) | (array >= size)]
+    if outside.size:
+        raise IndexError(f"index {outside.flat[0]} is out of bounds for axis {axis} with size {size}")
+    return tensor(array.astype(np.int64) if array.size == 0 else array, device=t.device), False
 
 
 def _take_advanced(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
@@ -141,16 +147,43 @@ def _take_advanced(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
     axes = [a for a, _ in tensor_axes]
     if axes != list(range(axes[0], axes[0] + len(axes))):
         raise IndexError("integer-tensor indices must be on adjacent axes")
-    indices = [_as_index(t, item) for _, item in tensor_axes]
-    shape = broadcast_shape("index", *(i.shape for i in indices))
-    linear = None
-    for axis, idx in zip(axes, indices):
+    indices = [_as_index(t, item, axis) for axis, item in tensor_axes]
+    shape = broadcast_shape("index", *(i.shape for i, _ in indices))
+    linear, checks = None, []
+    for axis, (idx, unchecked) in zip(axes, indices):
         size = t.shape[axis]
+        if unchecked and idx.numel():
+            checks.append(RangeCheck(idx.node, -size, size, f"index {{value}} is out of bounds for axis {axis} "
+                                                            f"with size {size}"))
         idx = (idx < 0).where(idx + size, idx).expand(shape)
         linear = idx if linear is None else linear * size + idx
     first, last = axes[0], axes[-1] + 1
     merged = t.reshape(t.shape[:first] + (math.prod(t.shape[first:last]),) + t.shape[last:])
-    return _take(merged, first, linear)
+    result = _take(merged, first, linear)
+    for check in checks:
+        attach(result.node, check)
+    return result
+
+
+def _hits(idx: "Tensor", size: int) -> "Tensor":
+    """A bool mask on a new last axis: True at each entry's class (nowhere for an entry outside [0, size))."""
+    from .creation import arange
+    return idx.unsqueeze(-1) == arange(size, device=idx.device)
+
+
+def one_hot(t: "Tensor", num_classes: int, message: str = "") -> "Tensor":
+    """int64 codes on a new last axis; an entry outside [0, num_classes) raises IndexError when realized
+    (`message` names it: "{value}" stands for the entry)."""
+    if not t.dtype.is_int:
+        raise TypeError(f"one_hot needs an integer tensor of class indices, got {t.dtype.name}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"one_hot: num_classes must be a positive int, got {num_classes!r} (zyx cannot infer it "
+                         "from values that are computed lazily: pass max + 1)")
+    codes = _hits(t, num_classes).cast("int64")
+    if t.numel():
+        message = message or f"one_hot: class {{value}} is out of range for num_classes={num_classes}"
+        attach(codes.node, RangeCheck(t.node, 0, num_classes, message))
+    return codes
 
 
 def _take(t: "Tensor", axis: int, idx: "Tensor") -> "Tensor":
@@ -159,7 +192,7 @@ def _take(t: "Tensor", axis: int, idx: "Tensor") -> "Tensor":
     lead_axes = [a for a in range(t.ndim) if a != axis]
     moved = t.permute(lead_axes + [axis])                                   # lead + (size,)
     lead = moved.shape[:-1]
-    hits = idx.reshape(-1).one_hot(size) == 1                               # (k, size)
+    hits = _hits(idx.reshape(-1), size)                                     # (k, size)
     picked = hits.where(moved.unsqueeze(-2), 0).sum(-1).cast(t.dtype)       # lead + (k,)
     picked = picked.reshape(lead + idx.shape)
     count = len(lead)
@@ -179,6 +212,10 @@ def gather(t: "Tensor", axis: int, index: "Tensor") -> "Tensor":
     source = t.shrink(bounds).transpose(axis, -1)                         # (..., size)
     idx = index.transpose(axis, -1)                                       # (..., m)
     size = t.shape[axis]
-    hits = idx.one_hot(size) == 1                                         # (..., m, size)
+    hits = _hits(idx, size)                                               # (..., m, size)
     picked = hits.where(source.unsqueeze(-2), 0).sum(-1).cast(t.dtype)    # (..., m)
-    return picked.transpose(axis, -1)
+    result = picked.transpose(axis, -1)
+    if index.numel():
+        attach(result.node, RangeCheck(index.node, 0, size, f"gather: index {{value}} is out of bounds for axis "
+                                                            f"{axis} with size {size}"))
+    return result

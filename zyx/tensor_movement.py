@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from .errors import ShapeError
+from .errors import AxisError, ShapeError
 from .trace import node as n
 
 if TYPE_CHECKING:
@@ -15,7 +15,7 @@ def normalize_axis(axis: int, ndim: int, op: str) -> int:
     """axis in [0, ndim); a 0-d tensor takes 0 and -1, as PyTorch."""
     axis = int(axis)
     if not -max(ndim, 1) <= axis < max(ndim, 1):
-        raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dimensions")
+        raise AxisError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dimensions")
     return axis % max(ndim, 1)
 
 
@@ -89,7 +89,10 @@ class MovementMixin:
     def flip(self, axis: Union[int, Sequence[int]]) -> "Tensor":
         axes = [axis] if isinstance(axis, int) else list(axis)
         ndim = len(self.node.shape)
-        return self._wrap(n.flip(self.node, [normalize_axis(a, ndim, "flip") for a in axes]))
+        normalized = [normalize_axis(a, ndim, "flip") for a in axes]
+        if len(set(normalized)) != len(normalized):
+            raise ShapeError(f"flip: axes {tuple(axes)} name an axis more than once (shape {self.node.shape})")
+        return self._wrap(n.flip(self.node, normalized))
 
     def squeeze(self, axis: Optional[Union[int, Sequence[int]]] = None) -> "Tensor":
         shape = self.node.shape
@@ -167,10 +170,10 @@ class MovementMixin:
         return getitem(self, index)  # type: ignore[arg-type]
 
     def one_hot(self, num_classes: int) -> "Tensor":
-        """int64 one-hot codes on a new last axis."""
-        from .creation import arange
-        classes = arange(num_classes, device=self.node.device)
-        return (self.unsqueeze(-1) == classes).cast("int64")  # type: ignore[attr-defined]
+        """int64 one-hot codes on a new last axis; a value outside [0, num_classes) raises IndexError when the
+        result is realized (num_classes cannot be inferred from values that do not exist yet)."""
+        from .tensor_indexing import one_hot
+        return one_hot(self, num_classes)  # type: ignore[arg-type]
 
     def gather(self, axis: int, index: "Tensor") -> "Tensor":
         """out[..., i, ...] = self[..., index[..., i, ...], ...] along `axis` (PyTorch's gather)."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from .dtypes import int64
-from .errors import ShapeError
+from .errors import AxisError, ShapeError
 from .trace import node as n
 from .trace.ops import Op
 from .tensor_movement import normalize_axis
@@ -26,7 +26,7 @@ def reduce_axes(axis: Axis, ndim: int, op: str) -> tuple[int, ...]:
     if ndim == 0:
         for a in axes:
             if int(a) not in (0, -1):
-                raise ShapeError(f"{op}: axis {a} is out of range for a tensor with 0 dimensions")
+                raise AxisError(f"{op}: axis {a} is out of range for a tensor with 0 dimensions")
         return ()
     normalized = tuple(sorted({normalize_axis(int(a), ndim, op) for a in axes}))
     if len(normalized) != len(axes):
@@ -74,9 +74,9 @@ class ReduceMixin:
         dtype = self.node.dtype
         if dtype.is_bool:
             return self.cast(int64)._min(axis, keepdim).cast(dtype)  # type: ignore[attr-defined]
-        if dtype.is_int:  # order reversal by ~x = -x - 1, which cannot overflow
-            flipped = -self - 1  # type: ignore[operator]
-            return -flipped._reduce(Op.RMAX, axis, keepdim, "min") - 1
+        if dtype.is_int:  # order reversal by ~x, which cannot overflow
+            flipped = ~self  # type: ignore[operator]
+            return ~flipped._reduce(Op.RMAX, axis, keepdim, "min")
         return -((-self)._reduce(Op.RMAX, axis, keepdim, "min"))  # type: ignore[operator]
 
     def _count(self, axis: Axis) -> int:

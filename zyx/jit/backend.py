@@ -52,6 +52,9 @@ class JitBackend:
     # ---- realization -------------------------------------------------------------------------------------
     def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
         key, leaves, rands = signature(targets, order)
+        # Targets are stored and random tensors drawn whole (eager frameworks allocate both): one too large
+        # fails here, before scheduling, instead of as a driver error or a kernel that runs for minutes.
+        self.runtime.limits.check_nodes(list(targets) + rands)
         program = self.program_for(key, targets, leaves, rands)
         inputs = [leaf.buffer for leaf in leaves]
         if any(b is None for b in inputs):
@@ -81,6 +84,7 @@ class JitBackend:
             program = self._build(targets, leaves, rands, in_place)
             default_program_store().save(disk_key, program)
         program.name = key
+        self._check_memory(program)
         self.programs[key] = program
         return program
 
@@ -96,6 +100,13 @@ class JitBackend:
             print(f"zyx schedule: {len(targets)} targets -> {program.kernel_count} kernels: "
                   + ", ".join(l.name for l in program.launches), file=sys.stderr)
         return program
+
+    def _check_memory(self, program: Program) -> None:
+        """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""
+        limits = self.runtime.limits
+        for slot, nbytes in enumerate(program.slot_bytes):
+            limits.check_bytes(nbytes, f"buffer {slot} of a {program.kernel_count}-kernel program")
+        limits.check_total(program.planned_peak_bytes, f"a {program.kernel_count}-kernel program")
 
     def kernel(self, source: str, name: str) -> cl.Kernel:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""

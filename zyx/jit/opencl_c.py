@@ -56,10 +56,12 @@ UNARY_EXPRESSIONS = {
     Op.SIN: "sin({0})", Op.COS: "cos({0})", Op.TANH: "tanh({0})", Op.SIGMOID: "({one}/({one}+exp(-{0})))",
     Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
 }
+INTEGER_UNARY_EXPRESSIONS = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 
 
 def unary(op: Op, x: str, dtype: DType) -> str:
-    return UNARY_EXPRESSIONS[op].format(x, one=literal(1, dtype) if dtype.is_float else "1")
+    table = INTEGER_UNARY_EXPRESSIONS if dtype.is_int and op in INTEGER_UNARY_EXPRESSIONS else UNARY_EXPRESSIONS
+    return table[op].format(x, one=literal(1, dtype) if dtype.is_float else "1")
 
 
 def binary(op: Op, a: str, b: str, dtype: DType) -> str:
@@ -80,10 +82,14 @@ def binary(op: Op, a: str, b: str, dtype: DType) -> str:
         return f"({a}<{b})"
     if op is Op.CMPEQ:
         return f"({a}=={b})"
-    if op is Op.AND:  # bitwise on bools: no short-circuit branches, so kernels stay vectorizable
+    if op is Op.AND:  # bitwise on bools too: no short-circuit branches, so kernels stay vectorizable
         return f"({a}&{b})"
     if op is Op.OR:
         return f"({a}|{b})"
+    if op is Op.XOR:
+        return f"({a}^{b})"
+    if op in (Op.SHL, Op.SHR):  # OpenCL takes the count modulo the width; PyTorch shifts every bit out
+        return f"zyx_{op.name.lower()}_{register_type(dtype)}({a},{b})"
     raise NotImplementedError(op)
 
 
@@ -93,7 +99,22 @@ def cast(x: str, source: DType, target: DType) -> str:
     return f"(({register_type(target)})({x}))"
 
 
-def prelude(uses_double: bool, uses_rand: bool) -> str:
+SHIFT_HELPERS = [  # left shifts in unsigned: signed overflow is undefined in C
+    line for name, bits in (("int", 32), ("long", 64)) for line in (
+        f"static inline {name} zyx_shl_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? 0 : "
+        f"({name})((u{name})a << b); }}",
+        f"static inline {name} zyx_shr_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? "
+        f"(a < 0 ? -1 : 0) : a >> b; }}")
+]
+
+
+def calls_shift_helpers(source: str) -> bool:
+    """Whether a kernel calls the shift helpers (only then are they emitted: other kernels keep their source,
+    and so their cached binaries)."""
+    return "zyx_shl_" in source or "zyx_shr_" in source
+
+
+def prelude(uses_double: bool, uses_rand: bool, uses_shifts: bool = False) -> str:
     """Helpers every kernel may call; only what the kernel uses is emitted."""
     lines = []
     if uses_double:
@@ -105,6 +126,8 @@ def prelude(uses_double: bool, uses_rand: bool) -> str:
         "static inline long zyx_floordiv_long(long a, long b) { if (b == 0) b = 1; long q = a / b;"
         " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }",
     ]
+    if uses_shifts:
+        lines += SHIFT_HELPERS
     if uses_double:
         lines.append("static inline double zyx_max_double(double a, double b) { return isnan(a) ? a : (a > b ? a : b); }")
     if uses_rand:
@@ -117,4 +140,4 @@ def combine_sources(sources: list[str]) -> str:
     kernels = ["__kernel void " + source.split("__kernel void ", 1)[1] for source in sources]
     uses_double = any("cl_khr_fp64" in source for source in sources)
     uses_rand = any("zyx_philox_uniform(" in kernel for kernel in kernels)
-    return prelude(uses_double, uses_rand) + "\n".join(kernels)
+    return prelude(uses_double, uses_rand, any(map(calls_shift_helpers, kernels))) + "\n".join(kernels)

@@ -472,7 +472,8 @@ class KernelBuilder:
                 + "\n}\n")
         # named by content, not shape: a contiguous elementwise kernel serves every shape, compiled once
         name = f"{kind}_{xxhash.xxh3_64_hexdigest(body.encode())[:12]}"
-        source = c.prelude(self.uses_double, self.uses_rand) + f"__kernel void {name}" + body
+        helpers = c.prelude(self.uses_double, self.uses_rand, c.calls_shift_helpers(body))
+        source = helpers + f"__kernel void {name}" + body
         loads = [p.node for p in self.params if p.kind == "load"]
         global_size, local_size = self._launch_shape()
         return RenderedKernel(name, source, self.space, self.params, self.outputs, loads, self.needs,

@@ -7,14 +7,10 @@ from typing import Optional, Union
 from ..creation import arange
 from ..devices import Device, default_device
 from ..tensor import Tensor
+from ..tensor_layers import Pair, as_pair
 from . import init
 from .module import Module
 
-Pair = Union[int, tuple[int, int]]
-
-
-def _pair(value: Pair) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 class Linear(Module):
@@ -33,14 +29,19 @@ class Linear(Module):
 class Conv2d(Module):
     """2-D convolution over (N, C, H, W); weight (out, in/groups, kh, kw)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair = 1, padding: Pair = 0,
-                 dilation: Pair = 1, groups: int = 1, bias: bool = True, device: Optional[Device] = None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair = 1,
+                 padding: Union[Pair, str] = 0, dilation: Pair = 1, groups: int = 1, bias: bool = True,
+                 device: Optional[Device] = None):
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"Conv2d: groups must be a positive int, got {groups!r}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels {in_channels} and out_channels {out_channels} must be divisible "
                              f"by groups {groups}")
         device = device or default_device()
-        shape = (out_channels, in_channels // groups, *_pair(kernel_size))
-        self.stride, self.padding, self.dilation, self.groups = _pair(stride), _pair(padding), _pair(dilation), groups
+        shape = (out_channels, in_channels // groups, *as_pair(kernel_size, "kernel_size", "Conv2d", 1))
+        self.stride, self.dilation = as_pair(stride, "stride", "Conv2d", 1), as_pair(dilation, "dilation", "Conv2d", 1)
+        self.padding = padding if isinstance(padding, str) else as_pair(padding, "padding", "Conv2d", 0)
+        self.groups = groups
         self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)
         self.bias = init.uniform((out_channels,), init.bias_bound(shape), device) if bias else None
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 from ..errors import ShapeError
 from ..tensor import Tensor
+from ..tensor_indexing import one_hot
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -51,11 +52,13 @@ def _picked(values: Tensor, hits: Tensor) -> Tensor:
 
 
 def _nll_terms(log_probs: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
-               label_smoothing: float) -> tuple[Tensor, Tensor]:
-    """Per-element loss and per-element weight (0 where ignored); classes on the last axis of `log_probs`."""
+               label_smoothing: float, loss: str) -> tuple[Tensor, Tensor]:
+    """Per-element loss and per-element weight (0 where ignored); classes on the last axis of `log_probs`.
+    A target outside [0, classes) that is not ignore_index raises IndexError when the loss is realized."""
     classes = log_probs.shape[-1]
     kept = target != ignore_index
-    hits = target.one_hot(classes) == 1
+    hits = one_hot(kept.where(target, 0), classes, f"{loss}: target {{value}} is out of range for {classes} "
+                                                   "classes") == 1
     target_weight = _picked(weight, hits) if weight is not None else kept.float()
     target_weight = kept.where(target_weight, 0)
     loss = -_picked(log_probs, hits) * target_weight
@@ -75,7 +78,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ign
              reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of the target classes, given log-probabilities."""
     log_probs = _classes_last(input, target, "nll_loss")
-    return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, 0.0), reduction)
+    return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, 0.0, "nll_loss"), reduction)
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
@@ -90,7 +93,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     if target.dtype.is_float:
         return _soft_cross_entropy(input.log_softmax(class_axis), target, weight, reduction, label_smoothing)
     log_probs = _classes_last(input, target, "cross_entropy").log_softmax(-1)
-    return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, label_smoothing), reduction)
+    return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, label_smoothing, "cross_entropy"),
+                            reduction)
 
 
 def _soft_cross_entropy(log_probs: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,

@@ -12,19 +12,35 @@ import numpy as np
 
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name, toposort
-from ..trace.ops import Op
+from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
 from ..trace.philox import philox_uniform
 from . import profiling
+from .limits import host_limits
+
+MATERIALIZED_OPS = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD}  # numpy allocates these; other views do not
 
 UNARY: dict[Op, Callable[[np.ndarray], np.ndarray]] = {
     Op.NEG: np.negative, Op.RECIP: np.reciprocal, Op.SQRT: np.sqrt, Op.EXP: np.exp, Op.LOG: np.log,
     Op.SIN: np.sin, Op.COS: np.cos, Op.TANH: np.tanh, Op.SIGMOID: lambda x: 1 / (1 + np.exp(-x)),
     Op.DETACH: lambda x: x, Op.FLOOR: np.floor, Op.CEIL: np.ceil, Op.RINT: np.rint,
-    Op.NOT: np.logical_not,
+    Op.NOT: np.invert,
 }
+
+
+def _shift(a: np.ndarray, b: np.ndarray, shift: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """`shift` by b, where a count outside [0, bits) shifts every bit out (0, or -1 for a negative a >> b)."""
+    bits = 8 * a.dtype.itemsize
+    inside = (b >= 0) & (b < bits)
+    shifted = shift(a, np.where(inside, b, 0))
+    if shift is np.left_shift:
+        return np.where(inside, shifted, 0)
+    return np.where(inside, shifted, np.where(a < 0, -1, 0))
+
+
 BINARY: dict[Op, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     Op.ADD: np.add, Op.MUL: np.multiply, Op.POW: np.power, Op.MAX: np.maximum, Op.CMPLT: np.less,
-    Op.CMPEQ: np.equal, Op.AND: np.logical_and, Op.OR: np.logical_or,
+    Op.CMPEQ: np.equal, Op.AND: np.bitwise_and, Op.OR: np.bitwise_or, Op.XOR: np.bitwise_xor,
+    Op.SHL: lambda a, b: _shift(a, b, np.left_shift), Op.SHR: lambda a, b: _shift(a, b, np.right_shift),
 }
 
 
@@ -106,6 +122,9 @@ class CPUBackend:
 
     name = "cpu"
 
+    def __init__(self) -> None:
+        self.limits = host_limits()
+
     def synchronize(self) -> None:
         """Nothing to wait for: numpy has finished by the time `realize` returns."""
 
@@ -118,6 +137,8 @@ class CPUBackend:
     def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[np.ndarray]:
         """Values of `targets` (contiguous arrays), freeing each intermediate after its last use."""
         order = toposort(targets) if order is None else order
+        keep = {id(t) for t in targets}
+        self.limits.check_nodes(node for node in order if node.op in MATERIALIZED_OPS or id(node) in keep)
         if not profiling.timing_wanted():
             return self._evaluate(targets, order)
         start = time.perf_counter_ns()
@@ -134,7 +155,6 @@ class CPUBackend:
         for node in order:
             for src in node.src:
                 remaining_uses[id(src)] = remaining_uses.get(id(src), 0) + 1
-        keep = {id(t) for t in targets}
         values: dict[int, np.ndarray] = {}
         with np.errstate(all="ignore"):
             for node in order:

@@ -18,6 +18,7 @@ import pyopencl as cl
 
 from zyx import counters as stats
 from zyx.runtime import profiling
+from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import BufferPool
 from ..debug import debug_level
 
@@ -62,6 +63,7 @@ class OpenCLBackend:
         self.local_mem_bytes: int = cl_device.local_mem_size
         self.compute_units: int = cl_device.max_compute_units
         self.is_gpu: bool = bool(cl_device.type & cl.device_type.GPU)
+        self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory)
         self._pending_uploads: list[cl.Event] = []
 
@@ -89,6 +91,7 @@ class OpenCLBackend:
         """Uninitialised device memory, from the pool when a freed buffer of the same size class is there."""
         if nbytes < 0:
             raise ValueError(f"cannot allocate {nbytes} bytes")
+        self.limits.check_bytes(nbytes, "a buffer")
         return Buffer(self.pool.acquire(nbytes), nbytes, self)
 
     def memory_stats(self) -> dict[str, int]:
@@ -107,6 +110,7 @@ class OpenCLBackend:
     def upload(self, array: np.ndarray) -> Buffer:
         """A device copy of `array`. Returns before the copy finishes; the host data is kept alive until it does."""
         host = np.ascontiguousarray(array)
+        self.limits.check_bytes(host.nbytes, f"an array of shape {array.shape} and dtype {array.dtype}")
         buffer = self.allocate(host.nbytes)
         if host.nbytes:
             event = cl.enqueue_copy(self.queue, buffer.cl_buffer, host, is_blocking=False)

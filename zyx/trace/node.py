@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ..dtypes import DType, bool_
-from ..errors import ShapeError
-from .ops import BINARY_OPS, COMPARE_OPS, Op, REDUCE_OPS
+from ..dtypes import DType, bool_, int_range
+from ..errors import AxisError, ShapeError
+from .ops import BINARY_OPS, BITWISE_OPS, COMPARE_OPS, Op, REDUCE_OPS, SHIFT_OPS
 
 Shape = tuple[int, ...]
 
@@ -73,13 +73,21 @@ def const(value: Any, shape: Shape, dtype: DType, device: Any) -> Node:
 
 
 def _coerce_scalar(value: Any, dtype: DType) -> Any:
+    """`value` as a Python scalar of `dtype`; an integer that `dtype` cannot hold raises instead of wrapping
+    (numpy 2's rule for Python scalars; the devices would otherwise disagree on how it wraps)."""
     if dtype.is_bool:
         return bool(value)
     if dtype.is_int:
         if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
             raise ValueError(f"an {dtype.name} tensor cannot hold {value}")
-        return int(value)
+        number = int(value)
+        low, high = int_range(dtype)
+        if not low <= number <= high:
+            raise OverflowError(f"Python integer {number} does not fit {dtype.name} (range {low} to {high}); "
+                                f"cast the tensor to a wider dtype first")
+        return number
     return float(value)
+
 
 
 def rand(seed: int, offset: int, shape: Shape, dtype: DType, device: Any) -> Node:
@@ -93,8 +101,8 @@ FLOAT_ONLY_OPS = frozenset({Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, O
 
 
 def unary(op: Op, x: Node) -> Node:
-    if op is Op.NOT and not x.dtype.is_bool:
-        raise TypeError(f"logical not needs a bool tensor, got {x.dtype.name}")
+    if op is Op.NOT and x.dtype.is_float:
+        raise TypeError(f"not needs a bool or integer tensor, got {x.dtype.name}")
     if op is Op.NEG and x.dtype.is_bool:
         raise TypeError("negation of a bool tensor is not supported; use logical_not (~)")
     if op in FLOAT_ONLY_OPS and not x.dtype.is_float:
@@ -114,8 +122,10 @@ def binary(op: Op, a: Node, b: Node) -> Node:
         raise ShapeError(f"{op.name.lower()}: shapes {a.shape} and {b.shape} differ")
     if a.dtype != b.dtype:
         raise TypeError(f"{op.name.lower()}: dtypes {a.dtype.name} and {b.dtype.name} differ")
-    if op in (Op.AND, Op.OR) and not a.dtype.is_bool:
-        raise TypeError(f"{op.name.lower()} needs bool tensors, got {a.dtype.name}")
+    if op in BITWISE_OPS and a.dtype.is_float:
+        raise TypeError(f"{op.name.lower()} needs bool or integer tensors, got {a.dtype.name}")
+    if op in SHIFT_OPS and not a.dtype.is_int:
+        raise TypeError(f"{op.name.lower()} needs integer tensors, got {a.dtype.name}")
     dtype = bool_ if op in COMPARE_OPS else a.dtype
     return Node(op, (a, b), None, a.shape, dtype, _same_device((a, b), op))
 
@@ -136,7 +146,7 @@ def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
     assert op in REDUCE_OPS
     axes = tuple(sorted({int(a) for a in axes}))
     if any(not 0 <= a < len(x.shape) for a in axes):
-        raise ShapeError(f"{op.name.lower()}: axes {axes} are out of range for shape {x.shape}")
+        raise AxisError(f"{op.name.lower()}: axes {axes} are out of range for shape {x.shape}")
     if not axes:
         return x
     shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))

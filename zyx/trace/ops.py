@@ -11,12 +11,14 @@ class Op(Enum):
     RAND = auto()    # arg: (seed, offset); uniform float32 in [0, 1) from the Philox counter generator
     # unary
     NEG = auto(); RECIP = auto(); SQRT = auto(); EXP = auto(); LOG = auto(); SIN = auto(); COS = auto()
-    TANH = auto(); SIGMOID = auto(); FLOOR = auto(); CEIL = auto(); RINT = auto(); NOT = auto()
+    TANH = auto(); SIGMOID = auto(); FLOOR = auto(); CEIL = auto(); RINT = auto()
+    NOT = auto()     # logical on bool, bitwise (~x) on integers
     DETACH = auto()  # identity for values, a wall for gradients
     CAST = auto()    # arg: target DType
     # binary (operands share shape and dtype)
     ADD = auto(); MUL = auto(); DIV = auto(); POW = auto(); MAX = auto(); CMPLT = auto(); CMPEQ = auto()
-    AND = auto(); OR = auto()
+    AND = auto(); OR = auto(); XOR = auto()  # logical on bool, bitwise on integers
+    SHL = auto(); SHR = auto()  # integers; shifts past the width give 0 (or -1 for a negative >>), as PyTorch
     # ternary
     WHERE = auto()   # src: (condition bool, a, b)
     # reductions over arg axes; reduced axes keep size 1
@@ -33,7 +35,10 @@ class Op(Enum):
 LEAF_OPS = frozenset({Op.BUFFER, Op.CONST, Op.RAND})
 UNARY_OPS = frozenset({Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.FLOOR,
                        Op.CEIL, Op.RINT, Op.NOT, Op.DETACH, Op.CAST})
-BINARY_OPS = frozenset({Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.CMPLT, Op.CMPEQ, Op.AND, Op.OR})
+BINARY_OPS = frozenset({Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.CMPLT, Op.CMPEQ, Op.AND, Op.OR, Op.XOR, Op.SHL,
+                        Op.SHR})
+BITWISE_OPS = frozenset({Op.AND, Op.OR, Op.XOR})
+SHIFT_OPS = frozenset({Op.SHL, Op.SHR})
 COMPARE_OPS = frozenset({Op.CMPLT, Op.CMPEQ})
 ELEMENTWISE_OPS = UNARY_OPS | BINARY_OPS | {Op.WHERE}
 REDUCE_OPS = frozenset({Op.SUM, Op.RMAX})

@@ -1,0 +1,58 @@
+"""Range checks on values that exist only when a trace runs (the entries of an index tensor).
+
+Indexing by a tensor, `gather` and `one_hot` select with a one-hot mask, so an entry out of range would select
+nothing and read as 0. The op attaches a RangeCheck to the node it returns instead; `realize` computes, with
+the values asked for, how many entries of each check in their trace fall outside its range (a small reduction
+that fuses like any other node, on the device), and raises IndexError naming the first offender and the range
+before any result becomes visible. An entry is found on the host only in that failing case.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..dtypes import int64
+from . import node as n
+from .node import Node
+from .ops import Op
+
+
+@dataclass(frozen=True)
+class RangeCheck:
+    """Every entry of `values` must lie in [low, high); `message` formats the first one that does not ({value})."""
+
+    values: Node
+    low: int
+    high: int
+    message: str
+    outside: Node = field(init=False, compare=False)  # int64 scalar: how many entries fall outside
+
+    def __post_init__(self) -> None:
+        values = n.cast(self.values, int64)
+        below = n.binary(Op.CMPLT, values, n.const(self.low, values.shape, int64, values.device))
+        below_high = n.binary(Op.CMPLT, values, n.const(self.high, values.shape, int64, values.device))
+        bad = n.binary(Op.OR, below, n.unary(Op.NOT, below_high))
+        count = n.reduce(Op.SUM, n.cast(bad, int64), range(len(bad.shape)))
+        object.__setattr__(self, "outside", n.reshape(count, ()))
+
+    def error(self, values: np.ndarray) -> IndexError:
+        """The error for these (realized) values, naming the first entry outside the range."""
+        flat = values.reshape(-1)
+        first = flat[(flat < self.low) | (flat >= self.high)][0]
+        return IndexError(self.message.format(value=int(first)))
+
+
+_checks: "weakref.WeakKeyDictionary[Node, list[RangeCheck]]" = weakref.WeakKeyDictionary()
+
+
+def attach(node: Node, check: RangeCheck) -> None:
+    """`node`'s value is only right when `check` passes; realizing anything that depends on it checks it."""
+    _checks.setdefault(node, []).append(check)
+
+
+def checks_in(order: Sequence[Node]) -> list[RangeCheck]:
+    """The checks attached to the unrealized nodes of a trace."""
+    return [check for node in order if not node.realized for check in _checks.get(node, ())]
