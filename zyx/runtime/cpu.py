@@ -151,6 +151,7 @@ class CPUBackend:
         return values
 
     def _evaluate(self, targets: Sequence[Node], order: list[Node]) -> list[np.ndarray]:
+        keep = {id(t) for t in targets}
         remaining_uses: dict[int, int] = {}
         for node in order:
             for src in node.src:
