@@ -478,3 +478,19 @@ def test_assign_keeps_the_tensor_dtype_and_shape(device):
         w.assign(zyx.zeros(2, 3, device=device, dtype=zyx.float64))
     with pytest.raises(zyx.ShapeError, match=r"\(3, 2\).*\(2, 3\)|\(2, 3\).*\(3, 2\)"):
         w.assign(zyx.zeros(3, 2, device=device))
+
+
+def test_replayed_steps_check_their_index_tensors_as_eagerly():
+    """Indexing, gather and class-index losses raise IndexError in a replay too (it used to read 0 silently)."""
+    dev = zyx.OpenCL()
+    x = dev.tensor(np.arange(12, dtype=np.float32).reshape(4, 3)).realize()
+    pick = zyx.jit(lambda x, i: x[i] * 2)
+    assert pick(x, dev.tensor([0, 3])).numpy().tolist() == [[0, 2, 4], [18, 20, 22]]
+    for bad, named in [([1, 9], "index 9"), ([-7, 1], "index -7")]:
+        with pytest.raises(IndexError, match=f"{named} is out of bounds for axis 0 with size 4"):
+            pick(x, dev.tensor(bad))
+    assert pick(x, dev.tensor([-1, 2])).numpy().tolist() == [[18, 20, 22], [12, 14, 16]]
+    loss = zyx.jit(lambda logits, labels: zyx.nn.cross_entropy(logits, labels))
+    assert np.isfinite(loss(x, dev.tensor([0, 1, 2, 0])).item())
+    with pytest.raises(IndexError, match="3"):
+        loss(x, dev.tensor([0, 1, 3, 0]))

@@ -24,6 +24,7 @@ from .. import counters
 from .. import random as zrandom
 from ..realize import realize
 from ..tensor import Tensor
+from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
 from ..trace.node import Node, buffer_leaf, toposort
 from .arguments import Rebuild, call_key, flatten
@@ -91,6 +92,7 @@ class CapturedStep:
     assigned: list[tuple[Source, Source]]  # (updated tensor: "arg"/"located", its new value)
     rebuild: Rebuild
     target_layouts: list[tuple[tuple[int, ...], Any]]  # (shape, dtype) per program output
+    checks: list[tuple[RangeCheck, int, int]]  # index range checks: (check, target of its min, of its max)
     modes: list[tuple[Any, bool]] = field(default_factory=list)  # (weakref module, `training` when traced)
     kernels: int = field(init=False)
 
@@ -132,6 +134,7 @@ class CapturedStep:
             if copy_donated or _shared(nodes[position]):
                 buffers[position] = self.device.backend.runtime.copy(buffers[position])
         outputs = self.device.backend.run(self.program, buffers, rand_args)
+        self._raise_if_an_index_failed(outputs)
         fresh: dict[int, Node] = {}
 
         def node_of(source: Source) -> Node:
@@ -147,6 +150,16 @@ class CapturedStep:
         results = [self._tensor(source, arguments, state) if source.kind in ("arg", "located")
                    else Tensor(node_of(source)) for source, _, _ in self.outputs]
         return self.rebuild(results)
+
+    def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
+        """Index tensors the step selects with are checked as eagerly, after the launches (this waits for them);
+        on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
+        for check, smallest, largest in self.checks:
+            low, high = (int(self.device.download(outputs[t], (), self.target_layouts[t][1]).item())
+                         for t in (smallest, largest))
+            error = check.error_from_extremes(low, high)
+            if error is not None:
+                raise error
 
     @staticmethod
     def _tensor(source: Source, arguments: list[Tensor], state: list[Tensor]) -> Tensor:
@@ -286,6 +299,11 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
             targets.append(node)
     if not targets:
         return None
+    checks = []
+    for check in checks_in(toposort(targets)):
+        smallest, largest = check.extremes()
+        checks.append((check, len(targets), len(targets) + 1))
+        targets += [smallest, largest]
     structure, leaves, rands = signature(targets)
     leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
     binder = _Binder(arguments, located)
@@ -327,7 +345,7 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
     step = CapturedStep(program, device, inputs, binder.state,
                         alias_pattern(bound, [traced_nodes.get(id(t), t.node) for t in bound]),
                         [math.prod(r.shape) for r in rands], outputs, assigned, rebuild,
-                        [(node.shape, node.dtype) for node in targets])
+                        [(node.shape, node.dtype) for node in targets], checks)
     return step, [r.arg for r in rands]
 
 

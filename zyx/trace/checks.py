@@ -38,6 +38,23 @@ class RangeCheck:
         count = n.reduce(Op.SUM, n.cast(bad, int64), range(len(bad.shape)))
         object.__setattr__(self, "outside", n.reshape(count, ()))
 
+    def extremes(self) -> tuple[Node, Node]:
+        """The smallest and largest entry (int64 scalars): what a replayed program checks, since it has no
+        second run in which to find the first offender."""
+        values = n.cast(self.values, int64)
+        axes = range(len(values.shape))
+        largest = n.reshape(n.reduce(Op.RMAX, values, axes), ())
+        smallest = n.unary(Op.NEG, n.reshape(n.reduce(Op.RMAX, n.unary(Op.NEG, values), axes), ()))
+        return smallest, largest
+
+    def error_from_extremes(self, smallest: int, largest: int) -> IndexError | None:
+        """The error naming an entry outside the range, given the extremes; None when both lie inside."""
+        if smallest < self.low:
+            return IndexError(self.message.format(value=smallest))
+        if largest >= self.high:
+            return IndexError(self.message.format(value=largest))
+        return None
+
     def error(self, values: np.ndarray) -> IndexError:
         """The error for these (realized) values, naming the first entry outside the range."""
         flat = values.reshape(-1)
