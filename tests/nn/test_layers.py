@@ -110,6 +110,18 @@ def test_embedding(nn_device, padding_idx):
     compare_layer(module, torch.nn.Embedding(5, 3, padding_idx=padding_idx), [indices], nn_device)
 
 
+def test_embedding_refuses_indices_torch_refuses(nn_device):
+    module = nn.Embedding(5, 3, device=nn_device)
+    reference = torch.nn.Embedding(5, 3)
+    for bad in ([0, -1], [5, 1]):
+        with pytest.raises(IndexError):
+            reference(torch.tensor(bad))
+        with pytest.raises(IndexError, match=f"index {min(bad) if min(bad) < 0 else max(bad)} is out of"):
+            module(zyx.tensor(bad, device=nn_device)).numpy()
+    with pytest.raises(TypeError, match="integer indices"):
+        module(zyx.tensor([0.0], device=nn_device))
+
+
 def test_dropout(nn_device):
     layer = nn.Dropout(0.25)
     x = zyx.ones(200, 100, device=nn_device)

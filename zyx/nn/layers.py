@@ -8,6 +8,7 @@ from ..creation import arange
 from ..devices import Device, default_device
 from ..tensor import Tensor
 from ..tensor_layers import Pair, as_pair
+from ..trace.checks import RangeCheck, attach
 from . import init
 from .module import Module
 
@@ -67,7 +68,14 @@ class Embedding(Module):
         weight = self.weight
         if self.padding_idx is not None:
             weight = self._on_padding_row(weight).where(weight.detach(), weight)
-        return weight[indices]
+        if not indices.dtype.is_int:
+            raise TypeError(f"Embedding needs integer indices, got {indices.dtype.name}")
+        rows = weight[indices]
+        if indices.numel():  # unlike indexing, no negative index counts from the end (PyTorch's rule)
+            size = weight.shape[0]
+            attach(rows.node, RangeCheck(indices.node, 0, size,
+                                         f"Embedding: index {{value}} is out of range for num_embeddings={size}"))
+        return rows
 
 
 class MaxPool2d(Module):
