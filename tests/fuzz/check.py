@@ -54,7 +54,9 @@ def reference(graph: Graph) -> Reference:
         names = run_steps(graph.steps, "torch", namespace("torch"), track=tuple(graph.sources))
         out = names[graph.output]
         weight = torch.from_numpy(eval(weight_line(graph, tuple(out.shape)), names))  # noqa: S307
-        found = torch.autograd.grad((out * weight).sum(), [names[s] for s in graph.sources], allow_unused=True)
+        leaves = [names[s] for s in graph.sources]
+        found = torch.autograd.grad((out * weight).sum(), leaves, allow_unused=True) if out.requires_grad \
+            else [None] * len(leaves)  # the output depends on no source through a differentiable path
         grads = [np.zeros(names[s].shape) if g is None else g.numpy() for s, g in zip(graph.sources, found)]
     return Reference(output, dtype.removeprefix("torch."), grads)
 

@@ -78,8 +78,7 @@ OPS: dict[str, OpForms] = {
     "expand": OpForms("{a}.expand({shape})", "np.broadcast_to({a}, {shape})"),
     "getitem": OpForms("{a}[{index}]", "{a}[{index}]", "Basic({a})[{index}]"),
     "flip": OpForms("{a}.flip({axes})", "np.flip({a}, {axes})"),
-    "pad": OpForms("{a}.pad({pairs}, {value})", "np.pad({a}, {pairs}, constant_values={value})",
-                   "pad({a}, {pairs}, {value})"),
+    "pad": OpForms("{a}.pad({pairs}, {value})", "pad({a}, {pairs}, {value})", "pad({a}, {pairs}, {value})"),
     # reductions
     "sum": OpForms("{a}.sum({axis}, keepdim={keepdim})", "np.sum" + _REDUCE_ARGS),
     "max": OpForms("{a}.max({axis}, keepdim={keepdim})", "np.max" + _REDUCE_ARGS,
@@ -121,6 +120,15 @@ def _logsumexp(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarr
     return total if keepdims else np.squeeze(total, axis=axis)
 
 
+def _all_pairs(pairs: list[tuple[int, int]], ndim: int) -> list[tuple[int, int]]:
+    """zyx's pad: pairs from the first axis; axes after the last pair are not padded."""
+    return list(pairs) + [(0, 0)] * (ndim - len(pairs))
+
+
+def _numpy_pad(x: np.ndarray, pairs: list[tuple[int, int]], value: float) -> np.ndarray:
+    return np.pad(x, _all_pairs(pairs, x.ndim), constant_values=value)
+
+
 def _gather(x: np.ndarray, axis: int, index: np.ndarray) -> np.ndarray:
     """torch.gather: the index may be smaller than x on the other axes, which read from their start."""
     window = tuple(slice(0, s) if d != axis else slice(None) for d, s in enumerate(index.shape))
@@ -149,7 +157,7 @@ class Basic:
 
 
 def _torch_pad(x: torch.Tensor, pairs: list[tuple[int, int]], value: float) -> torch.Tensor:
-    flat = [p for pair in reversed(pairs) for p in pair]  # F.pad lists the last axis first
+    flat = [p for pair in reversed(_all_pairs(pairs, x.ndim)) for p in pair]  # F.pad lists the last axis first
     return F.pad(x, flat, value=value)
 
 
@@ -165,7 +173,7 @@ def namespace(framework: str, device: Optional[zyx.Device] = None, shadow: bool 
         names: dict[str, Any] = {"zyx": zyx, "dev": device}
         names.update({d: zyx.bool_ if d == "bool" else getattr(zyx, d) for d in DTYPES})
     elif framework == "numpy":
-        names = {"np": np, "gelu": _gelu, "logsumexp": _logsumexp, "gather": _gather}
+        names = {"np": np, "pad": _numpy_pad, "gelu": _gelu, "logsumexp": _logsumexp, "gather": _gather}
         names.update({d: np.dtype(d).type for d in DTYPES})
     else:
         names = {"torch": torch, "F": F, "Basic": Basic, "pad": _torch_pad, "prod": _torch_prod}
