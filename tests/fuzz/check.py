@@ -62,7 +62,7 @@ def reference(graph: Graph) -> Reference:
 
 
 def run_zyx(graph: Graph, device: zyx.Device) -> tuple[np.ndarray, str, list[Optional[np.ndarray]]]:
-    """The output (realized first, alone) and then the gradients of sum(output * weight) w.r.t. the sources."""
+    """The output (realized first, alone), then the gradients of sum(output * weight) w.r.t. the sources."""
     names = run_steps(graph.steps, "zyx", namespace("zyx", device))
     out = names[graph.output]
     value = out.numpy()
@@ -70,6 +70,7 @@ def run_zyx(graph: Graph, device: zyx.Device) -> tuple[np.ndarray, str, list[Opt
     if graph.sources and out.dtype.is_float:
         weight = zyx.tensor(eval(weight_line(graph, out.shape), names), device=device).cast(out.dtype)  # noqa: S307
         found = (out * weight).sum().backward([names[s] for s in graph.sources])
+        zyx.realize(*(g for g in found if g is not None))  # one program for all gradients, as a training step
         grads = [None if g is None else g.numpy() for g in found]
     return value, out.dtype.name, grads
 

@@ -8,6 +8,7 @@ Shapes come from a small pool so that graphs share kernels and a cold cache comp
 from __future__ import annotations
 
 import math
+from ast import literal_eval
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
@@ -144,9 +145,9 @@ CHECKS: dict[str, Callable[..., bool]] = {  # op -> (operand values, params) -> 
     "lt": lambda a, b, p: _pair_ok(a, b),
     "ge": lambda a, b, p: _pair_ok(a, b),
     "cast": lambda a, p: _int_cast_ok(a, p),
-    "max": lambda a, p: _decisive_extreme(a, eval(p["axis"])),
-    "min": lambda a, p: _decisive_extreme(a, eval(p["axis"])),
-    "var": lambda a, p: math.prod(a.shape[x] for x in np.atleast_1d(eval(p["axis"]))) > 1,
+    "max": lambda a, p: _decisive_extreme(a, literal_eval(p["axis"])),
+    "min": lambda a, p: _decisive_extreme(a, literal_eval(p["axis"])),
+    "var": lambda a, p: math.prod(a.shape[x] for x in np.atleast_1d(literal_eval(p["axis"]))) > 1,
 }
 CHECKS.update({op: (lambda low: lambda a, p: bool((a.abs() >= low).all()))(low)
                for op, low in POSITIVE_DOMAIN.items()})
