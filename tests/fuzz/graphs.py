@@ -233,6 +233,14 @@ class GraphBuilder:
         assert name is not None
         return name
 
+    def condition(self) -> Optional[str]:
+        """A bool value: a recent one, else a new comparison of two numeric values (bools are rare otherwise)."""
+        found = self.pick("bool")
+        if found is None and (a := self.pick("numeric")) is not None:
+            other = self.pick("numeric", _broadcasts(self.shape(a)), latest=0.1)
+            found = other and self.try_step("lt", (a, other), {})
+        return found
+
     def positive(self, name: str) -> Optional[str]:
         """A positive operand for log, sqrt and 1/x: the value itself if it already is one."""
         if bool((self.values[name] >= 0.1).all()):
@@ -317,8 +325,16 @@ def _binary(kind: str, other: str = "") -> Callable[[GraphBuilder, str], Optiona
     return propose
 
 
+def _logical(b: GraphBuilder, op: str) -> Optional[str]:
+    a = b.condition()
+    if a is None or op == "logical_not":
+        return a and b.try_step(op, (a,), {})
+    other = b.pick("bool", _broadcasts(b.shape(a)), latest=0.1)
+    return other and b.try_step(op, (a, other), {})
+
+
 def _where(b: GraphBuilder, op: str) -> Optional[str]:
-    cond = b.pick("bool")
+    cond = b.condition()
     x = cond and b.pick("numeric", _broadcasts(b.shape(cond)), latest=0.3)
     y = x and b.pick("numeric", _broadcasts(np.broadcast_shapes(b.shape(cond), b.shape(x))), latest=0.1)
     return y and b.try_step(op, (cond, x, y), {})
@@ -425,12 +441,12 @@ def _join(b: GraphBuilder, op: str) -> Optional[str]:
 PROPOSERS: dict[str, tuple[float, Callable[[GraphBuilder, str], Optional[str]]]] = {  # op -> (weight, proposer)
     **{op: (1.0, _unary("float")) for op in ("exp", "log", "sqrt", "reciprocal", "sin", "cos", "tanh", "sigmoid",
                                              "relu", "square", "floor", "ceil", "silu", "softplus", "gelu")},
-    "neg": (1.0, _unary("numeric")), "abs": (1.0, _unary("numeric")), "logical_not": (0.5, _unary("bool")),
+    "neg": (1.0, _unary("numeric")), "abs": (1.0, _unary("numeric")), "logical_not": (0.5, _logical),
     **{op: (2.0, _binary("numeric")) for op in ("add", "sub", "mul")},
     "div": (1.0, _binary("float", "numeric")), "pow": (0.5, _binary("float")),
     "maximum": (1.0, _binary("numeric")), "minimum": (1.0, _binary("numeric")),
     "lt": (1.0, _binary("numeric")), "ge": (1.0, _binary("numeric")), "eq": (0.5, _binary("int")),
-    "logical_and": (0.5, _binary("bool")), "logical_or": (0.5, _binary("bool")),
+    "logical_and": (0.5, _logical), "logical_or": (0.5, _logical),
     "where": (1.5, _where), "scale": (1.0, _scale), "cast": (1.5, _cast),
     "reshape": (2.0, _view(lambda b, s: dict(shape=_reshape_target(b, s)))),
     "permute": (1.5, _view(_permute_params, 2)), "transpose": (1.0, _view(_transpose_params, 2)),
