@@ -27,6 +27,8 @@ def main() -> int:
     devices = {name: zyx.CPU() if name == "cpu" else zyx.OpenCL() for name in args.device.split(",")}
     start, failed = time.perf_counter(), collections.Counter()
     for seed in range(args.seed, args.seed + args.count):
+        if (seed - args.seed) % 100 == 0 and seed > args.seed:
+            print(f"... {seed - args.seed} graphs, {time.perf_counter() - start:.0f} s", flush=True)
         for failure in check(generate(seed), devices):
             small = shrink(failure, devices)
             failed[(small.device, small.part.split()[0], small.graph.steps[-1].op)] += 1
