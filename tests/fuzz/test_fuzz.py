@@ -7,6 +7,8 @@ import warnings
 
 import pytest
 
+import zyx
+
 from .check import check, reproducer, shrink
 from .graphs import PROPOSERS, generate
 from .ops import OPS, OpForms
@@ -43,11 +45,15 @@ def test_default_seeds_draw_every_op():
 
 
 def test_a_planted_bug_is_found_and_shrunk(monkeypatch):
-    """A zyx exp that is off by 0.1% fails the graph, and the shrunk graph ends at an exp."""
-    seed = next(s for s in range(DEFAULT_GRAPHS) if any(step.op == "exp" for step in generate(s).steps))
-    devices = {"cpu": __import__("zyx").CPU()}
-    assert not check(generate(seed), devices)
+    """A zyx exp that is off by 0.1% fails a graph that uses exp, and the graph shrinks to end at that exp."""
+    devices = {"cpu": zyx.CPU()}
+    graphs = [generate(s) for s in range(40)]
+    uses_exp = [g for g in graphs if any(step.op == "exp" for step in g.truncated(g.output).steps)]
     monkeypatch.setitem(OPS, "exp", OpForms("{a}.exp() * 1.001", "np.exp({a})", "{a}.exp()"))
-    failures = check(generate(seed), devices)
-    assert failures
-    assert shrink(failures[0], devices).graph.steps[-1].op == "exp"
+    failing = [g for g in uses_exp if check(g, devices)]
+    assert failing, "no graph caught the planted bug"
+    assert len(uses_exp) - len(failing) <= len(uses_exp) // 2  # (exp followed by floor or a comparison hides it)
+    for graph in failing:
+        assert shrink(check(graph, devices)[0], devices).graph.steps[-1].op == "exp"
+    monkeypatch.undo()
+    assert not any(check(g, devices) for g in failing)
