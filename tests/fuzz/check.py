@@ -6,14 +6,13 @@ graph's own dtypes, and gradients of sum(output * weight) with torch autograd in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 import zyx
 
-from .data import input_data
 from .graphs import Graph, run_steps
 from .ops import APPROXIMATE, namespace
 
@@ -36,6 +35,7 @@ class Failure:
 
 @dataclass(frozen=True)
 class Reference:
+    """What zyx should give: numpy's output (in float64), torch's dtype, torch's gradients (in float64)."""
     output: np.ndarray
     dtype: str
     grads: list[np.ndarray]
