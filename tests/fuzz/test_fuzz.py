@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import warnings
 
-
 import zyx
 
 from .check import check, reproducer, shrink
