@@ -7,6 +7,7 @@ Shapes come from a small pool so that graphs share kernels and a cold cache comp
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
@@ -139,7 +140,9 @@ class GraphBuilder:
         """Append the step if torch can run it and it is admissible; its name, or None."""
         step = Step(f"v{self.counter}", op, args, tuple((k, str(v)) for k, v in params.items()))
         try:
-            out = eval(step.source("torch"), self.values)  # noqa: S307
+            with warnings.catch_warnings():  # a degenerate proposal (var of one element) warns, then is refused
+                warnings.simplefilter("ignore")
+                out = eval(step.source("torch"), self.values)  # noqa: S307
         except (RuntimeError, ValueError, IndexError, TypeError):
             return None
         if op not in INPUT_OPS and not admissible(step, [self.values[a] for a in args], out):
