@@ -29,6 +29,17 @@ def device(request):
     return make_device(request.param)
 
 
+@pytest.fixture(scope="session")
+def test_devices() -> dict:
+    """Every device of TEST_DEVICES by name, for tests that compare them all on one input (tests/fuzz)."""
+    return {name: make_device(name) for name in TEST_DEVICES}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true",
+                     help="run the long variants of bounded tests (tests/fuzz: thousands of graphs, not hundreds)")
+
+
 # float64 on OpenCL: the exhaustive per-op tests run every op in float32 on both devices and in float64 on the
 # reference; on OpenCL, float64 runs for this sample of ops (the double code paths are shared by all ops), so a
 # cold CI run compiles a few hundred kernels fewer (each PoCL build costs ~0.2 s). Deselected, not skipped.
