@@ -19,7 +19,7 @@ import xxhash
 
 from ..dtypes import DType
 from ..trace.node import Node
-from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
+from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from . import opencl_c as c
 from .symbolic import Expr
 
@@ -333,6 +333,9 @@ class KernelBuilder:
             return value
         if op is Op.BUFFER:
             return self._load(node, index, guard)
+        constant = _viewed_constant(node) if op in MOVEMENT_OPS else None
+        if constant is not None:  # a broadcast scalar (`w - 0.01 * g`): its literal, whatever the index
+            return (yield constant, index, guard)
         return (yield from self._compute(node, index, guard))
 
     def _can_host(self, node: Node, index: Index, guard: tuple[str, ...]) -> bool:
@@ -547,6 +550,13 @@ class KernelBuilder:
 
     def _launch_shape(self) -> tuple[int, Optional[int]]:
         return self.work_items * max(self.group, 1), self.group or None
+
+
+def _viewed_constant(node: Node) -> Optional[Node]:
+    """The CONST that `node` views through reshapes, expands, permutes, shrinks and flips, if it is one."""
+    while node.op in MOVEMENT_OPS and node.op is not Op.PAD:
+        node = node.src[0]
+    return node if node.op is Op.CONST else None
 
 
 def _request_all(nodes: tuple[Node, ...], index: object, guard: object) -> Generator[Request, _Value, list[_Value]]:

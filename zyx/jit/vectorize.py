@@ -275,12 +275,19 @@ def _less_or_equal(node: Node) -> Optional[tuple[Node, Node]]:
 
 
 def _same_value(a: Node, b: Node) -> bool:
-    """The same node, or the same constant or view of the same node (`x <= 0` builds its 0 twice)."""
-    if a is b:
-        return True
-    if a.op is not b.op or a.op in (Op.BUFFER, Op.RAND) or (a.arg, a.shape, a.dtype) != (b.arg, b.shape, b.dtype):
-        return False
-    return len(a.src) == len(b.src) and all(map(_same_value, a.src, b.src))
+    """The same node, or the same constant or view of the same node (`x <= 0` builds its 0 twice); compared
+    pair by pair from an explicit stack, as two long chains built alike would be too deep for recursion."""
+    pairs, compared = [(a, b)], set()
+    while pairs:
+        a, b = pairs.pop()
+        if a is b or (id(a), id(b)) in compared:
+            continue
+        compared.add((id(a), id(b)))
+        if (a.op is not b.op or a.op in (Op.BUFFER, Op.RAND) or (a.arg, a.shape, a.dtype) != (b.arg, b.shape, b.dtype)
+                or len(a.src) != len(b.src)):
+            return False
+        pairs.extend(zip(a.src, b.src))
+    return True
 
 
 def _combine(op: Op, a: str, b: str, dtype: DType) -> str:
