@@ -183,16 +183,20 @@ def _chain_cuts(order: Sequence[Node], materialized: dict[int, Node]) -> dict[in
     Fused whole, a chain of 100 000 ops (an unrealized loop of updates, Python's `sum` over a list) would be one
     kernel of 100 000 statements: minutes to compile, and as long to render. Cut every FUSION_DEPTH_LIMIT ops,
     it is a few hundred kernels of one shape, which compile once. One pass, sources first: a node's depth is
-    the longest chain of ops above a leaf or a stored node."""
+    the longest chain of ops from a leaf or a stored node; a node that would pass the limit stores its deepest
+    sources instead (so the users of a value at the limit share one cut, rather than each being cut)."""
     depth: dict[int, int] = {}
     cuts: dict[int, Node] = {}
+
+    def above(source: Node) -> int:
+        return 0 if id(source) in materialized or id(source) in cuts else depth[id(source)]
+
     for node in order:
-        if not node.src:
-            depth[id(node)] = 0
-            continue
-        depth[id(node)] = 1 + max(0 if id(s) in materialized or id(s) in cuts else depth[id(s)] for s in node.src)
-        if depth[id(node)] >= FUSION_DEPTH_LIMIT:
-            cuts[id(node)] = node
+        deepest = max(map(above, node.src), default=-1)
+        if deepest + 1 > FUSION_DEPTH_LIMIT:
+            cuts.update((id(s), s) for s in node.src if above(s) > FUSION_DEPTH_LIMIT // 2)
+            deepest = max(map(above, node.src))
+        depth[id(node)] = deepest + 1
     return cuts
 
 
