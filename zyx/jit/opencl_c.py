@@ -53,15 +53,22 @@ def lowest(dtype: DType) -> str:
 
 UNARY_EXPRESSIONS = {
     Op.NEG: "(-{0})", Op.RECIP: "({one}/{0})", Op.SQRT: "sqrt({0})", Op.EXP: "exp({0})", Op.LOG: "log({0})",
-    Op.SIN: "sin({0})", Op.COS: "cos({0})", Op.TANH: "tanh({0})", Op.SIGMOID: "({one}/({one}+exp(-{0})))",
+    Op.SIN: "sin({0})", Op.COS: "cos({0})", Op.SIGMOID: "({one}/({one}+exp(-{0})))",
+    # PoCL's tanh never reaches ±1 (tanh(20) = 0.99999994, tanh(inf) too); past `saturated` the correctly
+    # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
+    Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",
     Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
 }
 INTEGER_UNARY_EXPRESSIONS = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 
+# |x| past which tanh(x) rounds to ±1: 1 - tanh(x) ~ 2 exp(-2x) is below half an ulp of 1 (13 ln 2, 27.5 ln 2)
+TANH_SATURATED = {"float16": 9.02, "float32": 9.02, "float64": 19.1}
+
 
 def unary(op: Op, x: str, dtype: DType) -> str:
     table = INTEGER_UNARY_EXPRESSIONS if dtype.is_int and op in INTEGER_UNARY_EXPRESSIONS else UNARY_EXPRESSIONS
-    return table[op].format(x, one=literal(1, dtype) if dtype.is_float else "1")
+    saturated = literal(TANH_SATURATED[dtype.name], dtype) if op is Op.TANH else ""
+    return table[op].format(x, one=literal(1, dtype) if dtype.is_float else "1", saturated=saturated)
 
 
 def binary(op: Op, a: str, b: str, dtype: DType) -> str:

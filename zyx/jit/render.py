@@ -13,29 +13,32 @@ import itertools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Generator, Optional
 
 import xxhash
 
 from ..dtypes import DType
 from ..trace.node import Node
-from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
+from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from . import opencl_c as c
 from .symbolic import Expr
 
 Index = tuple[Expr, ...]
+Request = tuple  # (node, index, guard): a value a rendering step needs before it can go on
 
 
 UNROLL = 8  # accumulators per reduction loop
 _LOOP_VARIABLE = re.compile(r"\br\d+\b")
 
 
-STATEMENT_LIMIT = 384  # per output of a work item: a kernel growing past this recomputes a value too often
+STATEMENT_LIMIT = 384  # per output of a work item: a kernel growing past this stores a value in a kernel of its own
 RECOMPUTE_LIMIT = 16   # per output of a work item: a value computed more often than this is stored instead
+PARAM_LIMIT = 128      # kernel arguments: OpenCL guarantees 1024 bytes of them, 128 pointers
 
 
 class KernelTooLarge(Exception):
-    """Rendering blew up (a value reused at many indices is recomputed at each); `node` is the worst."""
+    """Rendering blew up (a value reused at many indices is recomputed at each, or too many values or buffers
+    fused into one kernel); `node` is the value to store in a kernel of its own."""
 
     def __init__(self, node: Node):
         super().__init__(node)
@@ -141,6 +144,11 @@ class _Value:
     depth: int
 
 
+# A rendering step: a generator that yields a Request for each value it needs, is sent that value back, and
+# returns the value it renders (KernelBuilder.render runs the steps on an explicit stack).
+Rendering = Generator[Request, _Value, _Value]
+
+
 @dataclass
 class KernelBuilder:
     """Renders one kernel. `materialized` nodes are read from buffers unless this kernel produces them."""
@@ -156,6 +164,7 @@ class KernelBuilder:
     outputs: list[Node] = field(default_factory=list)
     needs: list[Node] = field(default_factory=list)
     _values: dict = field(default_factory=dict)
+    _index_keys: dict = field(default_factory=dict)  # id(index) -> (index, its key): see _key
     _param_names: dict = field(default_factory=dict)
     _scopes: list = field(default_factory=list)
     _loop_depth: dict = field(default_factory=dict)
@@ -167,6 +176,7 @@ class KernelBuilder:
     _renders: dict = field(default_factory=dict)
     _draws: dict = field(default_factory=dict)  # random values drawn per RAND node, loops' trips counted
     _statements: int = 0
+    _last_computed: Optional[Node] = None  # the elementwise value whose statement was emitted last
     _has_loop: bool = False
     _longest_reduction: int = 0
     _element: int = 0
@@ -205,6 +215,8 @@ class KernelBuilder:
     def _param(self, kind: str, node: Node) -> str:
         key = (kind, id(node))
         if key not in self._param_names:
+            if len(self.params) >= PARAM_LIMIT:
+                self._cut()
             name = {"load": "in", "store": "out", "seed": "seed", "offset": "offset"}[kind] + str(len(self.params))
             self._param_names[key] = name
             self.params.append(Param(kind, node, name, node.dtype))
@@ -221,11 +233,22 @@ class KernelBuilder:
                 depth = max(depth, self._loop_depth.get(name, 0))
         return depth
 
+    def _cut(self) -> None:
+        """The kernel outgrew a limit: raise KernelTooLarge with the value to store apart. That is the most
+        recomputed value if one is computed more than once per output, else the value computed last (its
+        sources are all in this kernel, so the kernel storing it has room: chains are cut near the limit).
+        A kernel that computed nothing yet (only loads and views) grows on."""
+        per_output = max(len(self.elements), 1)
+        count, worst = max(self._renders.values(), key=lambda item: item[0], default=(0, None))
+        if count > per_output:
+            raise KernelTooLarge(worst)
+        if self._last_computed is not None:
+            raise KernelTooLarge(self._last_computed)
+
     def _emit(self, depth: int, dtype: DType, text: str) -> _Value:
         self._statements += 1
         if self._statements > STATEMENT_LIMIT * max(len(self.elements), 1):
-            worst = max(self._renders.values(), key=lambda item: item[0])[1]
-            raise KernelTooLarge(worst)
+            self._cut()
         name = self._fresh("v")
         self._scopes[depth].lines.append(f"{c.register_type(dtype)} {name} = {text};")
         if dtype.name == "float64":
@@ -259,29 +282,61 @@ class KernelBuilder:
         self._stores.append(f"if (lid == 0) {line}" if self.group else line)
 
     def render(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
-        key = (id(node), tuple(e.key for e in index), guard)
+        """The value of `node` at `index` (under `guard`), rendering first every value it needs.
+
+        The rendering steps ask for their sources' values by yielding requests; this loop runs them on an explicit
+        stack, so a chain of 100 000 fused ops needs no deeper Python stack than a single op."""
+        key = self._key(node, index, guard)
         if key in self._values:
             return self._values[key]
-        value = self._render(node, index, guard)
-        self._values[key] = value
-        return value
+        stack: list[tuple[tuple, Rendering]] = [(key, self._render(node, index, guard))]
+        answer: Optional[_Value] = None
+        while stack:
+            step_key, step = stack[-1]
+            try:
+                request = step.send(answer)  # type: ignore[arg-type]
+            except StopIteration as done:
+                stack.pop()
+                answer = self._values[step_key] = done.value
+                continue
+            request_key = self._key(*request)
+            answer = self._values.get(request_key)
+            if answer is None:
+                stack.append((request_key, self._render(*request)))
+        return self._values[key]
 
-    def _render(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+    def _key(self, node: Node, index: Index, guard: tuple[str, ...]) -> tuple:
+        """What a rendered value is memoized under: the node, where it is read, and under which guard.
+
+        An index's key is kept by the index object's identity (holding the object, so its id stays its own):
+        an elementwise op reads its sources at its own index object, so a fused chain builds that key once."""
+        known = self._index_keys.get(id(index))
+        if known is None:
+            known = self._index_keys[id(index)] = (index, self._index_key(index))
+        return id(node), known[1], guard
+
+    def _index_key(self, index: Index) -> tuple:
+        return tuple(e.key for e in index)
+
+    def _render(self, node: Node, index: Index, guard: tuple[str, ...]) -> Rendering:
         op = node.op
         if node is not self.root and id(node) in self.materialized:
             if id(node) in self._local_outputs:  # stored by this very kernel: never read it back here
                 if op in REDUCE_OPS:
                     raise ScheduleConflict(node)
-                return self._compute(node, index, guard)
+                return (yield from self._compute(node, index, guard))
             if (id(node) in self.produced or id(node) in self.stored_apart or not self.allow_extra_outputs
                     or not self._can_host(node, index, guard)):
                 return self._load(node, index, guard)
-            value = self._compute(node, index, guard)
+            value = yield from self._compute(node, index, guard)
             self._store(node, value)
             return value
         if op is Op.BUFFER:
             return self._load(node, index, guard)
-        return self._compute(node, index, guard)
+        constant = _viewed_constant(node) if op in MOVEMENT_OPS else None
+        if constant is not None:  # a broadcast scalar (`w - 0.01 * g`): its literal, whatever the index
+            return (yield constant, index, guard)
+        return (yield from self._compute(node, index, guard))
 
     def _can_host(self, node: Node, index: Index, guard: tuple[str, ...]) -> bool:
         """A node computes here (once per work item) only at this kernel's own output position."""
@@ -289,7 +344,7 @@ class KernelBuilder:
             return False
         return linear(index, node.shape) == self.positions[self._element]
 
-    def _compute(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+    def _compute(self, node: Node, index: Index, guard: tuple[str, ...]) -> Rendering:
         op = node.op
         if op is Op.CONST:
             return _Value(c.literal(node.arg, node.dtype), 0)
@@ -302,15 +357,25 @@ class KernelBuilder:
                 self.materialized[id(node)] = node
             return self._load(node, index, guard)
         if op in ELEMENTWISE_OPS:
-            if node is not self.root:  # how often each value is computed, to find one worth storing
-                count = self._renders.get(id(node), (0, node))[0] + 1
-                self._renders[id(node)] = (count, node)
-                if count > RECOMPUTE_LIMIT * max(len(self.elements), 1):
-                    raise KernelTooLarge(node)
-            sources = [self.render(s, index, guard) for s in node.src]
+            sources = yield from _request_all(node.src, index, guard)
+            if node is not self.root and self._count_render(node) > RECOMPUTE_LIMIT * max(len(self.elements), 1):
+                raise KernelTooLarge(node)
             depth = max([s.depth for s in sources] + [0])
-            return self._emit(depth, node.dtype, self._expression(node, [s.text for s in sources]))
-        return self._movement(node, index, guard)
+            return self._emit_computed(node, depth, self._expression(node, [s.text for s in sources]))
+        return (yield from self._movement(node, index, guard))
+
+    def _emit_computed(self, node: Node, depth: int, text: str) -> _Value:
+        """The statement computing elementwise `node`; it becomes the last value computed (where _cut cuts)."""
+        value = self._emit(depth, node.dtype, text)
+        if node is not self.root:
+            self._last_computed = node
+        return value
+
+    def _count_render(self, node: Node) -> int:
+        """How often `node` has been computed in this kernel, this time included (to find a value worth storing)."""
+        count = self._renders.get(id(node), (0, node))[0] + 1
+        self._renders[id(node)] = (count, node)
+        return count
 
     def _expression(self, node: Node, args: list[str]) -> str:
         op = node.op
@@ -322,13 +387,13 @@ class KernelBuilder:
             return c.unary(op, args[0], node.dtype)
         return c.binary(op, args[0], args[1], node.src[0].dtype)
 
-    def _movement(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
+    def _movement(self, node: Node, index: Index, guard: tuple[str, ...]) -> Rendering:
         inner, condition = source_index(node, index)
         if inner is None:
             return _Value(c.literal(node.arg[1], node.dtype), 0)  # entirely in the padding
         if condition is None:
-            return self.render(node.src[0], inner, guard)
-        value = self.render(node.src[0], inner, guard + (condition,))
+            return (yield node.src[0], inner, guard)
+        value = yield node.src[0], inner, guard + (condition,)
         depth = max(value.depth, self._depth_of(index, guard + (condition,)))
         return self._emit(depth, node.dtype, f"(({condition})?{value.text}:{c.literal(node.arg[1], node.dtype)})")
 
@@ -486,6 +551,21 @@ class KernelBuilder:
 
     def _launch_shape(self) -> tuple[int, Optional[int]]:
         return self.work_items * max(self.group, 1), self.group or None
+
+
+def _viewed_constant(node: Node) -> Optional[Node]:
+    """The CONST that `node` views through reshapes, expands, permutes, shrinks and flips, if it is one."""
+    while node.op in MOVEMENT_OPS and node.op is not Op.PAD:
+        node = node.src[0]
+    return node if node.op is Op.CONST else None
+
+
+def _request_all(nodes: tuple[Node, ...], index: object, guard: object) -> Generator[Request, _Value, list[_Value]]:
+    """Inside a rendering step: the values of `nodes`, all at `index` under `guard`."""
+    values = []
+    for node in nodes:
+        values.append((yield node, index, guard))
+    return values
 
 
 def _load_expression(dtype: DType, name: str, position: str) -> str:

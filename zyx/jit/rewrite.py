@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from ..dtypes import float32
 from ..trace import node as n
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
@@ -120,9 +121,11 @@ def _two_stage(node: Node) -> Node:
     chunk = 8 * math.ceil(math.sqrt(count) / 8)
     parts = math.ceil(count / chunk)
     flat = n.reshape(n.permute(source, kept + list(axes)), kept_shape + (count,))
+    if node.dtype.name == "float16":  # the partials are stored: in float32, so half precision accumulates in it
+        flat = n.cast(flat, float32)
     fill = 0 if node.op is Op.SUM else lowest_value(node.dtype)
     padded = n.pad(flat, [(0, 0)] * len(kept) + [(0, parts * chunk - count)], fill)
     chunks = n.reshape(padded, kept_shape + (parts, chunk))
     partial = n.reduce(node.op, chunks, [len(kept) + 1])
     total = n.reduce(node.op, partial, [len(kept)])
-    return n.reshape(total, node.shape)
+    return n.reshape(n.cast(total, node.dtype), node.shape)

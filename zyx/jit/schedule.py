@@ -43,6 +43,7 @@ class DeviceTraits:
 
 
 CPU_VECTOR_WIDTH = 16         # one AVX-512 register of float32; as fast as 8 on AVX2 machines
+FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
 
@@ -129,8 +130,11 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
     materialized: dict[int, Node] = {id(t): t for t in targets}
     shared = _shared_products(targets)
     materialized.update(shared)
+    chain_cuts = _chain_cuts(order, materialized)
+    materialized.update(chain_cuts)
     produced: set[int] = set()
-    stored_apart: set[int] = set(shared)  # shared products, and values a kernel would recompute too often
+    # shared products, cuts of long chains, and values a kernel would recompute too often
+    stored_apart: set[int] = set(shared) | set(chain_cuts)
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
@@ -173,26 +177,52 @@ def _shared_products(targets: Sequence[Node]) -> dict[int, Node]:
     return {key: products[key] for key, count in fused_into.items() if count > 1}
 
 
+def _chain_cuts(order: Sequence[Node], materialized: dict[int, Node]) -> dict[int, Node]:
+    """Nodes to store so that no kernel fuses a chain of more than FUSION_DEPTH_LIMIT ops.
+
+    Fused whole, a chain of 100 000 ops (an unrealized loop of updates, Python's `sum` over a list) would be one
+    kernel of 100 000 statements: minutes to compile, and as long to render. Cut every FUSION_DEPTH_LIMIT ops,
+    it is a few hundred kernels of one shape, which compile once. One pass, sources first: a node's depth is
+    the longest chain of ops from a leaf or a stored node; a node that would pass the limit stores its deepest
+    sources instead (so the users of a value at the limit share one cut, rather than each being cut)."""
+    depth: dict[int, int] = {}
+    cuts: dict[int, Node] = {}
+
+    def above(source: Node) -> int:
+        return 0 if id(source) in materialized or id(source) in cuts else depth[id(source)]
+
+    for node in order:
+        deepest = max(map(above, node.src), default=-1)
+        if deepest + 1 > FUSION_DEPTH_LIMIT:
+            cuts.update((id(s), s) for s in node.src if above(s) > FUSION_DEPTH_LIMIT // 2)
+            deepest = max(map(above, node.src))
+        depth[id(node)] = deepest + 1
+    return cuts
+
+
 def _launch_order(kernels: list[RenderedKernel], allow_extra_outputs: bool) -> list[RenderedKernel]:
     """Producers before consumers; a cycle (only possible through extra outputs) asks for a plainer schedule."""
     producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
     ordered: list[RenderedKernel] = []
     state: dict[int, int] = {}  # 1 visiting, 2 done
-
-    def visit(k: int) -> None:
-        if state.get(k) == 2:
-            return
-        if state.get(k) == 1:
-            if allow_extra_outputs:
-                raise ScheduleConflict(kernels[k].outputs[0])
-            raise RuntimeError("zyx scheduler produced a cyclic schedule")
-        state[k] = 1
-        for node in kernels[k].loads:
-            if node.op is not Op.BUFFER:
-                visit(producer[id(node)])
-        state[k] = 2
-        ordered.append(kernels[k])
-
-    for k in range(len(kernels)):
-        visit(k)
+    for first in range(len(kernels)):
+        stack = [first]  # depth first, iteratively: a chain of kernels can be thousands long
+        while stack:
+            k = stack[-1]
+            if state.get(k) == 2:
+                stack.pop()
+                continue
+            state[k] = 1
+            waiting = [producer[id(node)] for node in kernels[k].loads if node.op is not Op.BUFFER
+                       and state.get(producer[id(node)]) != 2]
+            if any(state.get(p) == 1 for p in waiting):
+                if allow_extra_outputs:
+                    raise ScheduleConflict(kernels[k].outputs[0])
+                raise RuntimeError("zyx scheduler produced a cyclic schedule")
+            if waiting:
+                stack.extend(waiting)
+                continue
+            state[k] = 2
+            ordered.append(kernels[k])
+            stack.pop()
     return ordered

@@ -114,8 +114,8 @@ class Expr:
 
     def variables(self) -> set[str]:
         names: set[str] = set()
-        for atom in self.terms:
-            names |= {atom.name} if atom.kind == "var" else atom.expr.variables()  # type: ignore[union-attr]
+        for expr in _nested(self):
+            names.update(atom.name for atom in expr.terms if atom.kind == "var")
         return names
 
     # ---- division and modulo -----------------------------------------------------------------------------
@@ -178,13 +178,33 @@ class Expr:
     # ---- rendering ---------------------------------------------------------------------------------------
     def render(self) -> str:
         if self._text is None:
+            for inner in _nested(self)[:0:-1]:  # innermost first: each finds the texts of its atoms made
+                inner._render_here()
+            self._render_here()
+        return self._text  # type: ignore[return-value]
+
+    def _render_here(self) -> None:
+        if self._text is None:
             parts = []
             for text, c in sorted((atom.render(), c) for atom, c in self.terms.items()):
                 parts.append(text if c == 1 else f"{text}*{c}")
             if self.const or not parts:
                 parts.append(str(self.const))
             self._text = "(" + "+".join(parts).replace("+-", "-") + ")" if len(parts) > 1 else parts[0]
-        return self._text
+
+
+def _nested(expr: Expr) -> list[Expr]:
+    """`expr` and every expression nested in its atoms, each once, in the order met from the outside in
+    (iteratively: a long chain of views nests deeply)."""
+    found, seen, stack = [], set(), [expr]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        stack.extend(atom.expr for atom in current.terms if atom.expr is not None)
+    return found
 
 
 def _atom_expr(atom: Atom) -> Expr:

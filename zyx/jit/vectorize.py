@@ -25,8 +25,8 @@ from ..dtypes import DType
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
 from . import opencl_c as c
-from .render import (RECOMPUTE_LIMIT, Index, KernelBuilder, _Scope, _Value, _store_line, linear, source_index,
-                     unravel)
+from .render import (RECOMPUTE_LIMIT, Index, KernelBuilder, Rendering, _Scope, _Value, _request_all, _store_line,
+                     linear, source_index, unravel)
 from .symbolic import Expr
 
 Lanes = tuple[Index, ...]
@@ -102,20 +102,17 @@ class VectorBuilder(KernelBuilder):
             text = f"convert_uchar{self.width}(-{value.text})" if mask else value.text
             self._stores.append(f"vstore{self.width}({text}, gid, {out});")
 
-    # KernelBuilder's rendering (its `_render` decides between computing, hosting an extra output and loading)
-    # runs unchanged; here an index is the lanes' indices and a guard the lanes' guards.
-    def render(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:  # type: ignore[override]
-        key = (id(node), tuple(tuple(e.key for e in index) for index in lanes), guards)
-        if key not in self._values:
-            self._values[key] = self._render(node, lanes, guards)  # type: ignore[arg-type]
-        return self._values[key]
+    # KernelBuilder's rendering (its `render` loop, and `_render` deciding between computing, hosting an extra
+    # output and loading) runs unchanged; here an index is the lanes' indices and a guard the lanes' guards.
+    def _index_key(self, lanes: Lanes) -> tuple:  # type: ignore[override]
+        return tuple(tuple(e.key for e in index) for index in lanes)
 
     def _can_host(self, node: Node, lanes: Lanes, guards: LaneGuards) -> bool:  # type: ignore[override]
         """Every lane reads the node at this work item's own output positions."""
         return (not any(guards) and node.numel == self.numel and node.op is not Op.BUFFER
                 and all(linear(index, node.shape) == position for index, position in zip(lanes, self.positions)))
 
-    def _compute(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:  # type: ignore[override]
+    def _compute(self, node: Node, lanes: Lanes, guards: LaneGuards) -> Rendering:  # type: ignore[override]
         op = node.op
         if op is Op.CONST:
             return _Value(self._constant(node.arg, node.dtype), 0)
@@ -127,19 +124,17 @@ class VectorBuilder(KernelBuilder):
             self.materialized[id(node)] = node
             return self._load(node, lanes, guards)
         if op in ELEMENTWISE_OPS:
-            count = self._renders.get(id(node), (0, node))[0] + 1
-            self._renders[id(node)] = (count, node)
-            if count > RECOMPUTE_LIMIT:
-                raise NotVectorizable(node)
             compared = _less_or_equal(node)
-            sources = [self.render(s, lanes, guards) for s in (compared or node.src)]
+            sources = yield from _request_all(compared or node.src, lanes, guards)
+            if self._count_render(node) > RECOMPUTE_LIMIT:
+                raise NotVectorizable(node)
             depth = max([s.depth for s in sources] + [0])
-            if compared:
-                return self._emit(depth, node.dtype, f"({sources[0].text}<={sources[1].text})")
-            return self._emit(depth, node.dtype, self._vexpression(node, [s.text for s in sources]))
+            text = (f"({sources[0].text}<={sources[1].text})" if compared
+                    else self._vexpression(node, [s.text for s in sources]))
+            return self._emit_computed(node, depth, text)
         if op in (Op.RAND,):
             raise NotVectorizable(node)
-        return self._movement(node, lanes, guards)
+        return (yield from self._movement(node, lanes, guards))
 
     def _vexpression(self, node: Node, args: list[str]) -> str:
         op, dtype = node.op, node.dtype
@@ -209,7 +204,7 @@ class VectorBuilder(KernelBuilder):
             total = self._emit(0, dtype, _combine(combine, f"{total}.lo", f"{total}.hi", dtype), width).text
         return _Value(self._broadcast(total, dtype), 0)
 
-    def _movement(self, node: Node, lanes: Lanes, guards: LaneGuards) -> _Value:  # type: ignore[override]
+    def _movement(self, node: Node, lanes: Lanes, guards: LaneGuards) -> Rendering:  # type: ignore[override]
         fill = self._constant(node.arg[1], node.dtype) if node.op is Op.PAD else ""
         inners, conditions, padded = [], [], []
         for index in lanes:
@@ -222,9 +217,9 @@ class VectorBuilder(KernelBuilder):
         if all(padded):
             return _Value(fill, 0)
         if not any(conditions) and not any(padded):
-            return self.render(node.src[0], tuple(inners), guards)
+            return (yield node.src[0], tuple(inners), guards)
         inner_guards = tuple(g + (cond,) if cond else g for g, cond in zip(guards, conditions))
-        value = self.render(node.src[0], tuple(inners), inner_guards)
+        value = yield node.src[0], tuple(inners), inner_guards
         depth = max([value.depth] + [self._depth_of(index, guard) for index, guard in zip(lanes, inner_guards)])
         if not any(padded) and len(set(conditions)) == 1:
             return self._emit(depth, node.dtype, f"(({conditions[0]})?{value.text}:{fill})")
@@ -280,12 +275,19 @@ def _less_or_equal(node: Node) -> Optional[tuple[Node, Node]]:
 
 
 def _same_value(a: Node, b: Node) -> bool:
-    """The same node, or the same constant or view of the same node (`x <= 0` builds its 0 twice)."""
-    if a is b:
-        return True
-    if a.op is not b.op or a.op in (Op.BUFFER, Op.RAND) or (a.arg, a.shape, a.dtype) != (b.arg, b.shape, b.dtype):
-        return False
-    return len(a.src) == len(b.src) and all(map(_same_value, a.src, b.src))
+    """The same node, or the same constant or view of the same node (`x <= 0` builds its 0 twice); compared
+    pair by pair from an explicit stack, as two long chains built alike would be too deep for recursion."""
+    pairs, compared = [(a, b)], set()
+    while pairs:
+        a, b = pairs.pop()
+        if a is b or (id(a), id(b)) in compared:
+            continue
+        compared.add((id(a), id(b)))
+        if (a.op is not b.op or a.op in (Op.BUFFER, Op.RAND) or (a.arg, a.shape, a.dtype) != (b.arg, b.shape, b.dtype)
+                or len(a.src) != len(b.src)):
+            return False
+        pairs.extend(zip(a.src, b.src))
+    return True
 
 
 def _combine(op: Op, a: str, b: str, dtype: DType) -> str:

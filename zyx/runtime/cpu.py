@@ -67,8 +67,10 @@ def _movement(node: Node, x: np.ndarray) -> np.ndarray:
 
 
 def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
-    """One node's value from its inputs' values."""
-    op, dtype = node.op, node.dtype.np
+    """One node's value from its inputs' values; half precision is computed in float32 (as OpenCL kernels do,
+    and PyTorch inside a product or a sum) and rounded to float16 when realized."""
+    op, dtype = node.op, _computed_as(node.dtype.np)
+    inputs = [x.astype(_computed_as(x.dtype), copy=False) for x in inputs]
     if op is Op.CONST:
         return np.array(node.arg, dtype=dtype)
     if op is Op.RAND:
@@ -85,8 +87,6 @@ def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
     if op is Op.WHERE:
         return np.where(*inputs).astype(dtype, copy=False)
     if op is Op.SUM:
-        if dtype == np.float16:  # accumulate half precision in float32, as PyTorch does
-            return np.sum(inputs[0], axis=node.arg, keepdims=True, dtype=np.float32).astype(dtype)
         return np.sum(inputs[0], axis=node.arg, keepdims=True, dtype=dtype)
     if op is Op.RMAX:
         x = inputs[0]
@@ -94,6 +94,10 @@ def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
             return np.full(node.shape, _lowest(dtype), dtype=dtype)
         return np.max(x, axis=node.arg, keepdims=True)
     return _movement(node, inputs[0])
+
+
+def _computed_as(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
 def _lowest(dtype: np.dtype) -> Any:
@@ -170,4 +174,4 @@ class CPUBackend:
                     remaining_uses[id(src)] -= 1
                     if remaining_uses[id(src)] == 0 and id(src) not in keep:
                         del values[id(src)]
-        return [_own(values[id(t)]).reshape(t.shape) for t in targets]
+        return [_own(values[id(t)].astype(t.dtype.np, copy=False)).reshape(t.shape) for t in targets]

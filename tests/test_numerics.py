@@ -1,0 +1,69 @@
+"""Numerics the code generator must get right on every device: saturating tanh, half precision accumulated in float32."""
+import numpy as np
+import pytest
+import torch
+
+import zyx
+
+RNG = np.random.default_rng(5)
+
+
+def _grid(dtype: str) -> np.ndarray:
+    """Dense over [-30, 30], with ±inf, nan, ±0 and subnormals; a multiple of 16 long (vector kernels)."""
+    info = np.finfo(dtype)
+    special = [np.inf, -np.inf, np.nan, 0.0, -0.0, float(info.tiny), -float(info.tiny), float(info.tiny) / 8,
+               -float(info.tiny) / 8, float(info.max), -float(info.max)]
+    values = np.concatenate([np.linspace(-30, 30, 20_000 - len(special) - 5), special,
+                             [8.9, 9.1, 19.0, 19.2, 350.0]]).astype(dtype)
+    return values
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_tanh_matches_numpy_and_saturates_at_one(device, dtype):
+    x = _grid(dtype)
+    out = device.tensor(x).tanh().numpy()
+    expected = np.tanh(x.astype(np.float64)).astype(dtype)
+    assert np.array_equal(np.isnan(out), np.isnan(expected))
+    ulps = np.abs(out.astype(np.float64) - expected) / np.spacing(np.abs(expected)).astype(np.float64)
+    assert np.nanmax(ulps) <= 1
+    saturated = np.abs(x) > 20
+    np.testing.assert_array_equal(out[saturated], np.sign(x[saturated]))
+
+
+@pytest.mark.parametrize("x", [-350.0, -20.0, 0.0, 20.0, 350.0])
+def test_tanh_gelu_values_and_gradients_match_torch(device, x):
+    t = device.tensor(np.array([x], np.float32))
+    y = t.gelu(approximate="tanh")
+    grad, = y.sum().backward([t])
+    reference = torch.tensor([x], dtype=torch.float32, requires_grad=True)
+    expected = torch.nn.functional.gelu(reference, approximate="tanh")
+    expected.sum().backward()
+    np.testing.assert_allclose(y.numpy(), expected.detach().numpy(), rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(grad.numpy(), reference.grad.numpy(), rtol=1e-6, atol=1e-30)
+
+
+def _within_one_half_ulp(out: np.ndarray, exact: np.ndarray, float32_error: object = 0.0) -> None:
+    """float16 results of float32 accumulation: the exact value (give or take `float32_error`) rounded once, at
+    most one ulp off with double rounding; accumulating in float16 is off by several ulps."""
+    ulp = np.spacing(np.maximum(np.abs(exact), np.abs(out)).astype(np.float16)).astype(np.float64)
+    error = np.abs(out.astype(np.float64) - exact) - float32_error
+    assert (error <= ulp).all(), f"{(error > ulp).sum()} of {error.size} off by more than an ulp: {error.max()}"
+
+
+def test_a_float16_product_accumulates_in_float32(device):
+    a = RNG.standard_normal((64, 64)).astype(np.float16)
+    b = RNG.standard_normal((64, 64)).astype(np.float16)
+    out = (device.tensor(a) @ device.tensor(b)).numpy()
+    assert out.dtype == np.float16
+    magnitude = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    _within_one_half_ulp(out, a.astype(np.float64) @ b.astype(np.float64), 64 * 2.0**-24 * magnitude)
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "var"])
+@pytest.mark.parametrize("length", [3000, 60_000])  # one loop, and two stages
+def test_float16_reductions_accumulate_in_float32(device, name, length):
+    x = RNG.uniform(0, 1, (4, length)).astype(np.float16)
+    out = getattr(device.tensor(x), name)(-1).numpy()
+    exact = getattr(x.astype(np.float64), name)(-1, **({"ddof": 1} if name == "var" else {}))
+    assert out.dtype == np.float16
+    _within_one_half_ulp(out, exact)
