@@ -162,3 +162,23 @@ def test_epilogue_fuses_into_overhanging_blocks(gpu, big_blocks, any_share):
     zyx.reset_stats()
     check(out, np.maximum(a @ w.T + bias, 0), 37)
     assert zyx.stats()["kernels_launched"] == 1
+
+
+def test_a_half_product_with_a_long_k_is_not_split_into_half_partials(gpu):
+    """Split over chunks of k (as the float32 one is), a float16 convolution weight gradient would store its partial
+    sums in float16: it stays one product, accumulated in float32, and matches a float64 reference."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 16, 18, 18)).astype(np.float16)
+    g = rng.standard_normal((64, 32, 16, 16)).astype(np.float16)
+
+    def weight_gradient(dtype):
+        wt = gpu.tensor(np.zeros((32, 16, 3, 3), dtype))
+        out = gpu.tensor(x.astype(dtype)).conv2d(wt)
+        return (out * gpu.tensor(g.astype(dtype))).sum().backward([wt])[0]
+
+    assert len(schedule([weight_gradient(np.float32).node], DeviceTraits(True))[0]) == 2
+    grad = weight_gradient(np.float16)
+    assert len(schedule([grad.node], DeviceTraits(True))[0]) == 1
+    cols = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (3, 3), axis=(2, 3))
+    expected = np.einsum("bchwij,bohw->ocij", cols, g.astype(np.float64))
+    np.testing.assert_allclose(grad.numpy().astype(np.float64), expected, rtol=2e-3, atol=0.5)

@@ -84,9 +84,9 @@ def _split_product(node: Node) -> Node:
     whole chunks), summed over the batch; else the node itself."""
     axes = matmul_axes(node)
     product = node.src[0]
-    if (axes is None or node.numel == 0 or product.op is not Op.MUL
+    if (axes is None or node.numel == 0 or product.op is not Op.MUL or node.dtype.name == "float16"
             or any(side.op is not Op.EXPAND for side in product.src)):
-        return node
+        return node  # (a half product stays whole: its kernel accumulates in float32, stored partials would not)
     k, (n_axis, m_axis) = node.arg[0], axes
     count, rows, cols = product.shape[k], node.shape[n_axis], node.shape[m_axis]
     blocks = node.numel // (rows * cols) * -(-rows // 32) * -(-cols // 32)
