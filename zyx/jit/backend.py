@@ -1,7 +1,6 @@
 """The OpenCL device's realize: hash the trace, reuse or build its Program, compile through the cache, run."""
 from __future__ import annotations
 
-import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ from .cache import default_cache
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
-from ..debug import debug_level
+from ..debug import logger
 
 
 class JitBackend:
@@ -88,17 +87,15 @@ class JitBackend:
         kernels, scheduled_targets = schedule(targets, self.traits)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
-        if debug_level() >= 3:
-            print(f"zyx schedule: {len(targets)} targets -> {program.kernel_count} kernels: "
-                  + ", ".join(l.name for l in program.launches), file=sys.stderr)
+        logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
+                                     ", ".join(launch.name for launch in program.launches))
         return program
 
     def kernel(self, source: str, name: str) -> cl.Kernel:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
         kernel = self._kernels.get(source)
         if kernel is None:
-            if debug_level() >= 2:
-                print(f"zyx kernel {name}:\n{source}", file=sys.stderr)
+            logger("zyx.schedule").debug("kernel %s:\n%s", name, source)
             built = default_cache().build(self.runtime.context, self.runtime.device, source)
             kernel = getattr(built, name)
             self._kernels[source] = kernel
@@ -112,8 +109,7 @@ class JitBackend:
         if len(missing) < 2:
             return
         combined = c.combine_sources([launch.source for launch in missing])
-        if debug_level() >= 2:
-            print(f"zyx program of {len(missing)} kernels:\n{combined}", file=sys.stderr)
+        logger("zyx.schedule").debug("program of %d kernels:\n%s", len(missing), combined)
         built = default_cache().build(self.runtime.context, self.runtime.device, combined)
         for launch in missing:
             self._kernels[launch.source] = getattr(built, launch.name)
