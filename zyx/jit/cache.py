@@ -198,6 +198,14 @@ class KernelCache:
         with self._lock:
             return self._memory.setdefault(memory_key, program)
 
+    def holds(self, device: cl.Device, source: str, options: tuple[str, ...] = ()) -> bool:
+        """Whether `build` would find the program in memory or on disk (it may still prove damaged there)."""
+        key = cache_key(key_components(device, source, options))
+        with self._lock:
+            if any(memory_key[1:] == (device, key) for memory_key in self._memory):
+                return True
+        return self._store.holds(key)
+
     def commit(self, program: cl.Program) -> None:
         """Store a freshly compiled program's binary; call it after the program's first kernel launch.
 
