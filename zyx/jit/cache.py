@@ -242,17 +242,23 @@ class KernelCache:
         summaries = [_summary(row, meta) for row, meta in self._valid_rows()]
         return sorted(summaries, key=lambda summary: summary["last_used"], reverse=True)
 
-    def entry(self, short_key: str) -> dict:
-        """One entry, with source and checksum, by a unique key prefix; KeyError names what went wrong."""
-        prefix = short_key.strip().lower()
-        rows = dict((row.key, (row, meta)) for row, meta in self._valid_rows())
-        matches = [key for key in rows if key.startswith(prefix)] if prefix else []
-        if not matches:
-            raise KeyError(f"no cache entry has a key starting with {short_key!r}")
+    def entry(self, name: str) -> dict:
+        """One entry, with source and checksum, by a unique key prefix or by a kernel name (as ZYX_DEBUG prints
+        them); KeyError names what went wrong. A kernel held by several entries gives the most recently used,
+        with the others' short keys under "also_in"."""
+        wanted = name.strip()
+        rows = {row.key: (row, meta) for row, meta in self._valid_rows()}
+        matches = [key for key in rows if key.startswith(wanted.lower())] if wanted else []
         if len(matches) > 1:
-            raise KeyError(f"{short_key!r} is ambiguous: {len(matches)} entries start with it; give more digits")
+            raise KeyError(f"{name!r} is ambiguous: {len(matches)} entries start with it; give more digits")
+        if not matches:
+            matches = sorted((key for key, (_, meta) in rows.items() if wanted in meta["kernel_names"]),
+                             key=lambda key: rows[key][0].last_used, reverse=True)
+        if not matches:
+            raise KeyError(f"no cache entry has a key starting with {name!r} or a kernel named {name!r}")
         row, meta = rows[matches[0]]
-        return {**_summary(row, meta), "source": meta["source"], "checksum": meta["checksum"]}
+        return {**_summary(row, meta), "source": meta["source"], "checksum": meta["checksum"],
+                "also_in": [key[:SHORT_KEY_LENGTH] for key in matches[1:]]}
 
     def clear(self, device: str | None = None, older_than_seconds: float | None = None) -> int:
         """Remove entries (all, or those matching the device and last used before the age); return how many.

@@ -168,3 +168,12 @@ def select_device_by_ordinal(ordinal: int) -> cl.Device:
     if not 0 <= ordinal < len(devices):
         raise ValueError(f"no OpenCL device opencl:{ordinal}; available:\n{_listing()}")
     return devices[ordinal][1]
+
+
+def default_ordinal() -> int | None:
+    """The `describe_devices` position of the device `select_device()` picks, or None when none can compile."""
+    try:
+        chosen = select_device()
+    except (RuntimeError, ValueError):
+        return None
+    return next(ordinal for ordinal, (_, cl_device) in enumerate(_enumerate()) if cl_device == chosen)
