@@ -31,8 +31,11 @@ def private_folder(name: str, create: bool = True) -> Path | None:
     try:
         if create:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _private(root):
+            return None
+        if create:
             folder.mkdir(mode=0o700, exist_ok=True)
-        return folder if _private(root) and _private(folder) else None
+        return folder if _private(folder) else None
     except OSError:
         return None
 
