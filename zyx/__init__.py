@@ -53,11 +53,12 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps `zyx.jit` the decorator: importing the subpackage `zyx.jit.cache` would otherwise set the package's
-    `jit` attribute to the subpackage `zyx.jit` (as `from .jit.jit import jit` used to undo by importing first)."""
+    """Keeps `zyx.jit`, `zyx.tensor` and `zyx.realize` the functions: importing the submodule of the same name
+    (`zyx.jit.cache`, `zyx.tensor`) would otherwise set the package's attribute to that submodule, which the
+    eager imports used to overwrite."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "jit" and isinstance(value, types.ModuleType):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name, ("", ""))[1]:
             return
         super().__setattr__(name, value)
 
