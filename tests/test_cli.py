@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zyx.cli import CliError, parse_duration
+from zyx.cli import CliError, parse_duration, print_table
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 WORKER = REPOSITORY / "tests" / "jit" / "cache_worker.py"
@@ -26,8 +26,9 @@ def environment(cache_dir: Path) -> dict[str, str]:
 
 
 def zyx(cache_dir: Path, *arguments: str, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zyx", *arguments], env=environment(cache_dir), cwd=REPOSITORY,
-                          capture_output=True, text=True, timeout=60, **options)
+    options.setdefault("env", environment(cache_dir))
+    return subprocess.run([sys.executable, "-m", "zyx", *arguments], cwd=REPOSITORY, capture_output=True, text=True,
+                          timeout=60, **options)
 
 
 def listed(cache_dir: Path, *arguments: str) -> list[dict]:
@@ -125,9 +126,11 @@ def test_clear_by_age_and_device(cache):
     assert keys["variants"][0] not in remaining and keys["variants"][1] not in remaining and len(remaining) == 4
 
 
-def test_clear_without_a_terminal_removes_everything_without_asking(cache):
+def test_clear_without_a_terminal_refuses_unless_told_yes(cache):
     directory, _ = cache
-    finished = zyx(directory, "cache", "clear", stdin=subprocess.DEVNULL)
+    assert_one_line_error(zyx(directory, "cache", "clear", stdin=subprocess.DEVNULL), 2, "--yes", "not a terminal")
+    assert len(listed(directory)) == 6
+    finished = zyx(directory, "cache", "clear", "--yes", stdin=subprocess.DEVNULL)
     assert finished.returncode == 0 and "removed 6 entries" in finished.stdout
     assert listed(directory) == []
 
@@ -195,7 +198,6 @@ def test_an_unusable_cache_directory_is_one_error_line(tmp_path):
 
 def test_usage_errors_are_one_line(tmp_path):
     assert_one_line_error(zyx(tmp_path, "cache", "ls", "--sort", "colour"), 2, "--sort")
-    assert_one_line_error(zyx(tmp_path), 2, "COMMAND")
     assert_one_line_error(zyx(tmp_path, "cache", "show"), 2, "KEY")
 
 
@@ -219,3 +221,115 @@ def test_clear_also_removes_scheduled_programs_and_the_next_run_compiles_again(t
     assert listed(tmp_path) == []
     again = run()
     assert again[1:] == first[1:] and again[0] == pytest.approx(first[0])
+
+
+# -- day one: help, version, widths, pipes, empty and missing caches, kernel names, the default device ----------
+
+def test_no_arguments_print_help_and_succeed(tmp_path):
+    for arguments, fragment in (((), "COMMAND"), (("cache",), "ACTION")):
+        finished = zyx(tmp_path, *arguments)
+        assert finished.returncode == 0 and finished.stderr == ""
+        assert finished.stdout.startswith("usage: zyx") and fragment in finished.stdout
+
+
+def test_version_is_the_package_version(tmp_path):
+    import zyx as package
+    finished = zyx(tmp_path, "--version")
+    assert finished.returncode == 0 and finished.stdout.strip() == f"zyx {package.__version__}"
+
+
+def test_help_imports_neither_numpy_nor_pyopencl_nor_rich(tmp_path):
+    script = ("import sys, contextlib, io, zyx.cli\n"
+              "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+              "    zyx.cli.main(['cache', 'ls', '--help'])\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pyopencl', 'rich', 'sqlite3')))")
+    finished = subprocess.run([sys.executable, "-c", script], env=environment(tmp_path), capture_output=True,
+                              text=True, timeout=60)
+    assert finished.returncode == 0 and finished.stdout.strip() == "[]", finished.stderr
+
+
+def test_tables_fit_the_terminal_and_cut_the_kernel_column(monkeypatch, capsys):
+    rows = [("1a2b3c4d5e6f", "e_" + "0123456789abcdef" * 44, "pthread-haswell-AMD EPYC", "61.0 KiB")]
+    monkeypatch.setenv("COLUMNS", "80")
+    print_table(("KEY", "KERNEL", "DEVICE", "SIZE"), rows, shrink=(1, 2))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(len(line) <= 80 for line in lines)
+    assert lines[1].startswith("1a2b3c4d5e6f  e_0123") and "…  pthread-haswell-AMD EPYC  61.0 KiB" in lines[1]
+    monkeypatch.delenv("COLUMNS")  # piped (as under pytest): every character stays, for grep
+    print_table(("KEY", "KERNEL", "DEVICE", "SIZE"), rows, shrink=(1, 2))
+    assert rows[0][1] in capsys.readouterr().out
+
+
+def test_ls_fits_a_narrow_terminal(cache):
+    directory, _ = cache
+    finished = zyx(directory, "cache", "ls", env={**environment(directory), "COLUMNS": "64"})
+    assert finished.returncode == 0, finished.stderr
+    assert all(len(line) <= 64 for line in finished.stdout.splitlines()) and "…" in finished.stdout
+
+
+def test_json_into_a_closed_pipe_exits_quietly(cache):
+    directory, _ = cache
+    reader, writer = os.pipe()
+    os.close(reader)  # like `| head` that has read all it wanted
+    try:
+        finished = subprocess.run([sys.executable, "-m", "zyx", "cache", "ls", "--json"], env=environment(directory),
+                                  stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert finished.returncode == 128 + 13 and finished.stderr == "", finished.stderr
+
+
+def test_an_empty_cache_says_so(tmp_path):
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o700)
+    finished = zyx(directory, "cache", "ls")
+    assert finished.returncode == 0 and finished.stdout == "" and "kernel cache is empty" in finished.stderr
+    assert json.loads(zyx(directory, "cache", "ls", "--json").stdout) == []
+
+
+def test_inspecting_a_missing_cache_does_not_create_it(tmp_path):
+    directory = tmp_path / "never-made"
+    info = zyx(directory, "cache", "info")
+    assert info.returncode == 0 and "does not exist" in info.stdout, info.stderr
+    assert json.loads(zyx(directory, "cache", "info", "--json").stdout)["exists"] is False
+    assert "kernel cache is empty" in zyx(directory, "cache", "ls").stderr
+    assert_one_line_error(zyx(directory, "cache", "show", "add_0"), 1, "empty")
+    assert zyx(directory, "cache", "clear", "--yes").returncode == 0
+    assert not directory.exists()
+
+
+def test_show_accepts_a_kernel_name_as_zyx_debug_prints_it(cache):
+    directory, keys = cache
+    finished = zyx(directory, "cache", "show", "add_far_away")
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.startswith(f"key         {keys['variants'][0]}")
+    shared = zyx(directory, "cache", "show", "add_0")  # the original and two variants hold add_0
+    assert shared.returncode == 0 and "add_0 is in" in shared.stderr and "showing the most recently used" in shared.stderr
+    assert_one_line_error(zyx(directory, "cache", "show", "add_nowhere"), 1, "no cache entry", "'add_nowhere'")
+
+
+def test_devices_mark_the_default_device(tmp_path):
+    platforms = pytest.importorskip("zyx.runtime.platforms")
+    default = platforms.default_ordinal()
+    rows = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
+    assert [row["default"] for row in rows] == [ordinal == default for ordinal in range(len(rows))]
+    table = zyx(tmp_path / "cache", "devices").stdout
+    marked = [line for line in table.splitlines() if line.startswith("  *")]
+    assert len(marked) == 1 and rows[default]["device"] in marked[0] and "zyx.OpenCL() uses" in table
+    chosen = zyx(tmp_path / "cache", "devices", "--json", env={**environment(tmp_path), "ZYX_DEVICE": "opencl:1"})
+    assert [row["default"] for row in json.loads(chosen.stdout)] == [ordinal == 1 for ordinal in range(len(rows))]
+
+
+def test_info_counts_and_clear_empties_pocls_own_cache(tmp_path):
+    variables = {key: value for key, value in environment(tmp_path).items() if key != "POCL_CACHE_DIR"}
+    script = "import zyx; x = zyx.OpenCL().arange(6); print((x * 3 + 1).sum().item())"
+    finished = subprocess.run([sys.executable, "-c", script], env=variables, capture_output=True, text=True,
+                              timeout=120)
+    assert finished.returncode == 0 and finished.stderr == "", finished.stderr
+    pocl_files = [path for path in (tmp_path / "pocl").rglob("*") if path.is_file()]
+    assert pocl_files, "PoCL did not use the folder inside the zyx cache"
+    info = json.loads(zyx(tmp_path, "cache", "info", "--json", env=variables).stdout)
+    assert info["pocl_files"] == len(pocl_files) and info["pocl_bytes"] == sum(p.stat().st_size for p in pocl_files)
+    cleared = zyx(tmp_path, "cache", "clear", "--yes", env=variables)
+    assert f"{len(pocl_files)} PoCL cache files" in cleared.stdout
+    assert not any(path.is_file() for path in (tmp_path / "pocl").rglob("*"))

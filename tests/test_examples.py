@@ -4,9 +4,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import pty
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -51,7 +53,7 @@ def test_digits_trains_saves_and_a_second_run_compiles_nothing(cache_dir, tmp_pa
     accuracy = number(r"^test accuracy ([\d.]+)%", out)
     assert accuracy > 50, out
     assert number(r"([\d.]+) steps/s, [\d]+ samples/s", out) > 0
-    assert re.search(r"\|#+\| 8/8 +loss", out), out  # the progress bar
+    assert re.search(r"^epoch +1/3  8/8  loss [\d.]+  [\d.]+ steps/s  \d+ samples/s", out, re.M), out  # the bar
     assert number(r"kernels_compiled (\d+)", out) > 0
 
     # the checkpoint loads back into the same model, which scores what the script printed
@@ -78,3 +80,25 @@ def test_char_gpt_learns_samples_and_plots(cache_dir, tmp_path):
     assert "--- sample at step 30 ---\nReturn the " in out
     assert number(r"throughput: ([\d.]+) steps/s", out) > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+def test_the_progress_bar_is_drawn_before_the_first_step_ends(monkeypatch):
+    """On a terminal the bar shows 0/N while the first step (tracing, compiling) is still running."""
+    progress = load_example("_progress")
+    controller, follower = pty.openpty()
+    terminal = os.fdopen(follower, "w")
+    monkeypatch.setattr(sys, "stderr", terminal)
+    try:
+        bar = progress.ProgressBar(8, desc="epoch  1/3", skip_first=True)
+        time.sleep(0.5)  # the first step, still compiling
+        before_first_step = os.read(controller, 65536).decode(errors="replace")
+        for _ in range(8):
+            bar.update(loss=0.25)
+        bar.close()
+        after = os.read(controller, 65536).decode(errors="replace")
+    finally:
+        monkeypatch.undo()
+        terminal.close()
+        os.close(controller)
+    assert "epoch  1/3" in before_first_step and "0/8" in before_first_step
+    assert "8/8" in after and "loss 0.2500" in after

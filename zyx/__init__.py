@@ -1,22 +1,35 @@
-"""Zyx: lazy tensors, autodiff of any order, and a fusing OpenCL JIT with a persistent kernel cache."""
+"""Zyx: lazy tensors, autodiff of any order, and a fusing OpenCL JIT with a persistent kernel cache.
+
+The public names load on first use (PEP 562), so `import zyx` and the `zyx` command line start in milliseconds
+and numpy and pyopencl are imported only when a tensor or device is first asked for.
+"""
 from __future__ import annotations
 
-from .creation import (arange, eye, full, ones, ones_like, rand, randn, tensor, uniform, zeros, zeros_like)
-from .devices import CPU, Device, OpenCL, default_device, set_default_device, synchronize
-from .dtypes import DType, bool_, float16, float32, float64, int32, int64
-from .errors import AxisError, OutOfMemoryError, ShapeError
-from .random import manual_seed
-from .realize import realize
-from .counters import reset_stats, stats
-from .jit.jit import jit
-from .memory import memory_stats, reset_peak_memory
-from .profiler import Profiler, profile
-from .tensor import Tensor, where
-from .tensor_combine import cat, stack
-
-bool = bool_  # noqa: A001  (zyx.bool, as torch.bool)
+import importlib
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it)
+    **{name: (".creation", name) for name in ("arange", "eye", "full", "ones", "ones_like", "rand", "randn",
+                                               "tensor", "uniform", "zeros", "zeros_like")},
+    **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "default_device", "set_default_device",
+                                              "synchronize")},
+    **{name: (".dtypes", name) for name in ("DType", "bool_", "float16", "float32", "float64", "int32", "int64")},
+    "bool": (".dtypes", "bool_"),  # zyx.bool, as torch.bool
+    **{name: (".errors", name) for name in ("AxisError", "OutOfMemoryError", "ShapeError")},
+    "profile": (".profiler", "profile"), "Profiler": (".profiler", "Profiler"), "viz": (".trace_graph", "viz"),
+    "manual_seed": (".random", "manual_seed"),
+    "realize": (".realize", "realize"),
+    "reset_stats": (".counters", "reset_stats"), "stats": (".counters", "stats"),
+    "jit": (".jit.jit", "jit"),
+    "memory_stats": (".memory", "memory_stats"), "reset_peak_memory": (".memory", "reset_peak_memory"),
+    "Tensor": (".tensor", "Tensor"), "where": (".tensor", "where"),
+    "cat": (".tensor_combine", "cat"), "stack": (".tensor_combine", "stack"),
+    "save": (".serialization", "save"), "load": (".serialization", "load"),
+    "nn": (".nn", ""),
+}
 
 __all__ = [
     "jit", "memory_stats", "reset_peak_memory", "nn", "save", "load",
@@ -26,6 +39,51 @@ __all__ = [
     "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",
     "int64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",
 ]
-from . import nn
-from .serialization import save, load
-from .trace_graph import viz
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'zyx' has no attribute {name!r}")
+    module_name, attribute = _EXPORTS[name]
+    module = importlib.import_module(module_name, __name__)
+    value = getattr(module, attribute) if attribute else module
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """Keeps `zyx.jit`, `zyx.tensor` and `zyx.realize` the functions: importing the submodule of the same name
+    (`zyx.jit.cache`, `zyx.tensor`) would otherwise set the package's attribute to that submodule, which the
+    eager imports used to overwrite."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name, ("", ""))[1]:
+            return
+        super().__setattr__(name, value)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _Package
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each on first use
+    from . import nn
+    from .counters import reset_stats, stats
+    from .creation import (arange, eye, full, ones, ones_like, rand, randn, tensor, uniform, zeros, zeros_like)
+    from .devices import CPU, Device, OpenCL, default_device, set_default_device, synchronize
+    from .dtypes import DType, bool_, float16, float32, float64, int32, int64
+    from .dtypes import bool_ as bool  # noqa: A001
+    from .errors import AxisError, OutOfMemoryError, ShapeError
+    from .profiler import Profiler, profile
+    from .trace_graph import viz
+    from .jit.jit import jit
+    from .memory import memory_stats, reset_peak_memory
+    from .random import manual_seed
+    from .realize import realize
+    from .serialization import load, save
+    from .tensor import Tensor, where
+    from .tensor_combine import cat, stack

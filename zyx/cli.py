@@ -1,7 +1,8 @@
 """The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL devices.
 
 Every failure prints one line, `zyx: error: ...`, on stderr: exit status 2 for a bad command line,
-1 for anything else.
+1 for anything else. Only the standard library is imported before a command runs (pyopencl, numpy and rich
+come with the command that needs them), so `zyx --help` answers at once.
 """
 from __future__ import annotations
 
@@ -14,17 +15,15 @@ import signal
 import sys
 import time
 import warnings
-from typing import Callable, Sequence
-
-import pyopencl as cl
-
-from zyx.jit.cache import CacheDirectoryWarning, CacheWarning, KernelCache, selected
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 SORT_ORDERS: dict[str, tuple[str, bool]] = {  # option -> (entry field, descending)
     "last_used": ("last_used", True), "size": ("size", True), "hits": ("hits", True),
     "compile": ("compile_seconds", True), "name": ("kernel", False),
 }
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_NARROWEST_SHRUNK_COLUMN = 12
 
 
 class CliError(Exception):
@@ -75,81 +74,185 @@ def format_time(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
 
 
-def print_table(rows: Sequence[Sequence[object]], indent: str = "") -> None:
-    """Left-aligned columns; the first row is usually the header."""
+def print_table(headers: Sequence[str] | None, rows: Sequence[Sequence[object]], shrink: Sequence[int] = (),
+                indent: int = 0) -> None:
+    """A plain table (rich) on stdout. On a terminal (or with COLUMNS set) it fits the width: the `shrink` columns,
+    in that order, give up what is missing and end in "…"; piped elsewhere, nothing is cut. No `headers`: no
+    header row (a list of names and values)."""
+    from rich.console import Console
+    from rich.padding import Padding
+    from rich.table import Table
+
+    console = Console(markup=False, highlight=False, emoji=False, soft_wrap=True)
+    limited = sys.stdout.isatty() or bool(os.environ.get("COLUMNS"))
     cells = [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[column]) for row in cells) for column in range(len(cells[0]))] if cells else []
+    columns = len(headers) if headers else len(cells[0]) if cells else 0
+    titles = list(headers) if headers else [""] * columns
+    widths = [max([len(title), *(len(row[column]) for row in cells)]) for column, title in enumerate(titles)]
+    excess = sum(widths) + 2 * (len(widths) - 1) + indent - console.width if limited else 0
+    for column in shrink:
+        given = max(0, min(excess, widths[column] - _NARROWEST_SHRUNK_COLUMN))
+        widths[column] -= given
+        excess -= given
+    table = Table(box=None, pad_edge=False, show_header=bool(headers), header_style="bold", padding=(0, 2, 0, 0),
+                  collapse_padding=True)
+    for header, width in zip(titles, widths):
+        table.add_column(header, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
     for row in cells:
-        print(indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        table.add_row(*row)
+    if not limited:
+        console.width = sum(widths) + 2 * len(widths) + indent
+    with console.capture() as captured:
+        console.print(Padding(table, (0, 0, 0, indent)))
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 # -- zyx cache ... ------------------------------------------------------------------------------
 
+def _cache_or_none() -> Any:
+    """The KernelCache of the cache directory, or None when that directory does not exist (and is not created:
+    inspecting a cache must not make one)."""
+    from zyx.cache_dir import cache_directory
+    try:
+        os.stat(cache_directory())
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass  # not a directory, not allowed: the cache says why
+    from zyx.jit.cache import KernelCache
+    return KernelCache()
+
+
+def _say_empty(what: str) -> None:
+    from zyx.cache_dir import cache_directory
+    print(f"{what} in {cache_directory()}", file=sys.stderr)
+
+
 def cache_ls(args: argparse.Namespace) -> int:
-    entries = [entry for entry in KernelCache().entries() if selected(entry, device=args.device)]
+    from zyx.jit.cache import selected
+    cache = _cache_or_none()
+    entries = [entry for entry in (cache.entries() if cache else []) if selected(entry, device=args.device)]
     field, descending = SORT_ORDERS[args.sort]
     entries.sort(key=lambda entry: entry[field], reverse=descending)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
+    if not entries:
+        _say_empty(f"no cached kernels on a device matching {args.device!r}" if args.device and cache and
+                   cache.entries() else "the kernel cache is empty")
+        return 0
     now = time.time()
-    print_table([("KEY", "KERNEL", "DEVICE", "SIZE", "COMPILE", "HITS", "LAST USED"), *(
+    print_table(("KEY", "KERNEL", "DEVICE", "SIZE", "COMPILE", "HITS", "LAST USED"), [
         (entry["short_key"], entry["kernel"], entry["device"], format_bytes(entry["size"]),
          format_seconds(entry["compile_seconds"]), entry["hits"], format_age(entry["last_used"], now))
         for entry in entries
-    )])
+    ], shrink=(1, 2))
     return 0
 
 
 def cache_show(args: argparse.Namespace) -> int:
+    cache = _cache_or_none()
     try:
-        entry = KernelCache().entry(args.key)
+        if cache is None:
+            raise KeyError(f"no cache entry matches {args.key!r}: the kernel cache is empty")
+        entry = cache.entry(args.key)
     except KeyError as error:
         raise CliError(error.args[0]) from None
+    others = entry.get("also_in", [])
+    if others:
+        print(f"zyx: note: {args.key} is in {len(others) + 1} entries; showing the most recently used "
+              f"(the others: {', '.join(others)})", file=sys.stderr)
     print(f"key         {entry['key']}")
     print(f"kernels     {', '.join(entry['kernel_names'])}")
     print("components")
-    print_table(list(entry["components"].items()), indent="  ")
+    print_table(None, list(entry["components"].items()), indent=2)
     print("metadata")
-    print_table([
+    print_table(None, [
         ("binary size", format_bytes(entry["size"])), ("checksum", entry["checksum"]),
         ("compile time", format_seconds(entry["compile_seconds"])), ("hits", entry["hits"]),
         ("created", format_time(entry["created"])), ("last used", format_time(entry["last_used"])),
-    ], indent="  ")
+    ], indent=2)
     print("source")
     print(entry["source"])
     return 0
 
 
 def cache_info(args: argparse.Namespace) -> int:
-    info = KernelCache().info()
+    from zyx.cache_dir import cache_directory
+    cache = _cache_or_none()
+    if cache is None:
+        info: dict[str, Any] = {"directory": str(cache_directory()), "exists": False, "entries": 0, "bytes": 0,
+                                "programs": 0, "pocl_bytes": 0, "pocl_files": 0, "by_device": {},
+                                "by_zyx_version": {}}
+    else:
+        from zyx.jit.program_store import default_program_store
+        info = {**cache.info(), "exists": True, "programs": len(default_program_store()), **_pocl_usage()}
     if args.json:
         print(json.dumps(info, indent=2))
+        return 0
+    if not info["exists"]:
+        print(f"directory   {info['directory']} (does not exist: nothing was cached yet)")
         return 0
     print(f"directory   {info['directory']}")
     print(f"entries     {info['entries']}")
     print(f"size        {format_bytes(info['bytes'])} of {format_bytes(info['size_limit'])}")
-    from .jit.program_store import default_program_store
-    print(f"programs    {len(default_program_store())} scheduled programs (cleared with the kernels)")
+    print(f"programs    {info['programs']} scheduled programs (cleared with the kernels)")
+    print(f"pocl        {format_bytes(info['pocl_bytes'])} in {info['pocl_files']} files of PoCL's own cache "
+          f"(cleared with the kernels)")
     for title, counts in (("per device", info["by_device"]), ("per zyx version", info["by_zyx_version"])):
-        print(title)
-        print_table(sorted(counts.items()), indent="  ")
+        if counts:
+            print(title)
+            print_table(None, sorted(counts.items()), indent=2)
     return 0
 
 
+def _pocl_folder() -> Path | None:
+    from zyx.cache_dir import private_folder
+    from zyx.runtime.pocl_cache import FOLDER
+    return private_folder(FOLDER, create=False)
+
+
+def _pocl_usage() -> dict[str, int]:
+    """Bytes and files of PoCL's compile cache inside the Zyx cache directory (symbolic links not followed)."""
+    folder = _pocl_folder()
+    sizes = [os.lstat(Path(root) / name).st_size for root, _, files in os.walk(folder) for name in files] if folder else []
+    return {"pocl_bytes": sum(sizes), "pocl_files": len(sizes)}
+
+
+def _clear_pocl() -> int:
+    """Empty PoCL's cache folder (not the folder itself); return how many files went."""
+    import shutil
+    folder = _pocl_folder()
+    if folder is None:
+        return 0
+    files = _pocl_usage()["pocl_files"]
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)  # does not follow symbolic links inside
+        else:
+            child.unlink()
+    return files
+
+
 def cache_clear(args: argparse.Namespace) -> int:
-    cache = KernelCache()
+    from zyx.jit.cache import selected
+    cache = _cache_or_none()
     older_than = parse_duration(args.older_than) if args.older_than is not None else None
-    if not args.yes and sys.stdin.isatty():
+    if cache is None:
+        _say_empty("nothing to clear: the kernel cache does not exist")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError("not clearing without --yes when input is not a terminal (nobody can confirm)", status=2)
         matching = sum(1 for entry in cache.entries() if selected(entry, args.device, older_than))
         if not _confirmed(f"Remove {matching} cache entries from {cache.directory}? [y/N] "):
             print("nothing removed")
             return 1
     removed = cache.clear(device=args.device, older_than_seconds=older_than)
     message = f"removed {removed} entries"
-    if args.device is None and older_than is None:  # everything: the scheduled programs go too
-        from .jit.program_store import default_program_store
-        message += f" and {default_program_store().clear()} scheduled programs"
+    if args.device is None and older_than is None:  # everything: the scheduled programs and PoCL's cache go too
+        from zyx.jit.program_store import default_program_store
+        message += f", {default_program_store().clear()} scheduled programs and {_clear_pocl()} PoCL cache files"
     print(message)
     return 0
 
@@ -162,7 +265,8 @@ def _confirmed(question: str) -> bool:
 
 
 def cache_prune(args: argparse.Namespace) -> int:
-    removed = KernelCache().prune()
+    cache = _cache_or_none()
+    removed = cache.prune() if cache is not None else 0
     print(f"removed {removed} entries that this zyx version and the present devices cannot use")
     return 0
 
@@ -170,23 +274,31 @@ def cache_prune(args: argparse.Namespace) -> int:
 # -- zyx devices ---------------------------------------------------------------------------------
 
 def devices(args: argparse.Namespace) -> int:
-    try:
-        from zyx.runtime.platforms import describe_devices
-    except ImportError as error:
-        raise CliError(f"listing devices needs zyx.runtime.platforms ({error})") from None
+    from zyx.runtime.platforms import default_ordinal, describe_devices
     described = describe_devices()
+    chosen = re.fullmatch(r"\s*opencl:(\d+)\s*", os.environ.get("ZYX_DEVICE", "").lower())
+    default = int(chosen[1]) if chosen else default_ordinal()
+    for ordinal, row in enumerate(described):
+        row["default"] = ordinal == default
     if args.json:
         print(json.dumps(described, indent=2))
+        return 0
+    if not described:
+        print("no OpenCL platform found (zyx.CPU() still works)", file=sys.stderr)
         return 0
     for platform_index in sorted({row["platform_index"] for row in described}):
         rows = [row for row in described if row["platform_index"] == platform_index]
         print(f"platform {platform_index}: {rows[0]['platform']} ({rows[0]['platform_version']})")
-        print_table([("#", "DEVICE", "TYPE", "MEMORY", "MAX ALLOC", "UNITS", "OPENCL C", "DRIVER", "FP16", "FP64"), *(
-            (row["device_index"], row["device"], row["type"], format_bytes(row["global_mem_bytes"]),
-             format_bytes(row["max_alloc_bytes"]), row["compute_units"], row["opencl_c_version"],
-             row["driver_version"], "yes" if row["fp16"] else "no", "yes" if row["fp64"] else "no")
+        print_table(("", "#", "DEVICE", "TYPE", "MEMORY", "MAX ALLOC", "UNITS", "OPENCL C", "DRIVER", "FP16",
+                     "FP64"), [
+            ("*" if row["default"] else "", row["device_index"], row["device"], row["type"],
+             format_bytes(row["global_mem_bytes"]), format_bytes(row["max_alloc_bytes"]), row["compute_units"],
+             row["opencl_c_version"], row["driver_version"], "yes" if row["fp16"] else "no",
+             "yes" if row["fp64"] else "no")
             for row in rows
-        )], indent="  ")
+        ], shrink=(2, 9), indent=2)
+    if default is not None:
+        print("* the device zyx.OpenCL() uses" if chosen is None else "* the device ZYX_DEVICE names")
     return 0
 
 
@@ -194,9 +306,13 @@ def devices(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zyx", description="Zyx command line: the kernel cache and OpenCL devices.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cache = commands.add_parser("cache", help="inspect and maintain the persistent kernel cache")
-    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    parser.add_argument("--version", action="version", version=f"zyx {_version()}")
+    parser.set_defaults(run=lambda args: _print_help(parser))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cache = commands.add_parser("cache", help="inspect and maintain the persistent kernel cache",
+                                description="Inspect and maintain the persistent kernel cache.")
+    cache.set_defaults(run=lambda args: _print_help(cache))
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="ACTION")
 
     ls = _command(cache_commands, "ls", cache_ls, "one row per cached program")
     ls.add_argument("--device", metavar="NAME", help="only devices whose name contains NAME (any case)")
@@ -204,21 +320,34 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     show = _command(cache_commands, "show", cache_show, "key components, metadata and source of one entry")
-    show.add_argument("key", metavar="KEY", help="a key, or a prefix that only one key starts with")
+    show.add_argument("key", metavar="KEY", help="a key, a prefix only one key starts with, or a kernel name as "
+                                                 "ZYX_DEBUG=1 prints it")
 
-    info = _command(cache_commands, "info", cache_info, "directory, size, limit, entries per device and version")
+    info = _command(cache_commands, "info", cache_info,
+                    "directory, size, limit, entries per device and version, PoCL's cache")
     info.add_argument("--json", action="store_true", help="print JSON")
 
-    clear = _command(cache_commands, "clear", cache_clear, "remove entries (asks first on a terminal)")
+    clear = _command(cache_commands, "clear", cache_clear,
+                     "remove entries (asks first on a terminal; elsewhere needs --yes)")
     clear.add_argument("--device", metavar="NAME", help="only devices whose name contains NAME (any case)")
     clear.add_argument("--older-than", metavar="AGE", help="only entries last used longer ago, e.g. 7d (s/m/h/d/w)")
     clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
     _command(cache_commands, "prune", cache_prune, "remove entries no present device or this zyx version can use")
 
-    listing = _command(commands, "devices", devices, "list OpenCL platforms and devices")
+    listing = _command(commands, "devices", devices, "list OpenCL platforms and devices; * marks the default")
     listing.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _version() -> str:
+    from zyx import __version__
+    return __version__
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
 
 
 def _command(commands: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int],
@@ -232,25 +361,29 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. A cache directory that cannot be used is an error here, since the user asked about the
     cache; a fault the cache repaired (a damaged entry or database) is one warning line, and the command goes on."""
     try:
+        args = build_parser().parse_args(argv)
+        from zyx.jit.disk_store import CacheDirectoryWarning, CacheWarning
         with warnings.catch_warnings():
             warnings.simplefilter("always", CacheWarning)
             warnings.simplefilter("error", CacheDirectoryWarning)
             warnings.showwarning = _print_warning
-            args = build_parser().parse_args(argv)
-            status = args.run(args)
+            try:
+                status = args.run(args)
+            except CacheDirectoryWarning as error:
+                return _fail(error.reason, 1)
             sys.stdout.flush()  # here, so a closed pipe is met inside this try and not at interpreter exit
             return status
     except CliError as error:
         return _fail(str(error), error.status)
-    except CacheDirectoryWarning as error:
-        return _fail(error.reason, 1)
-    except cl.Error as error:
-        return _fail(f"OpenCL: {str(error).splitlines()[0]}", 1)
     except BrokenPipeError:  # `zyx cache ls | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except Exception as error:
+        if type(error).__module__.startswith("pyopencl"):  # cl.Error, without importing pyopencl for --help
+            return _fail(f"OpenCL: {str(error).splitlines()[0]}", 1)
+        raise
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

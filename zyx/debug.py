@@ -1,28 +1,74 @@
-"""ZYX_DEBUG: 1 prints each kernel launch and whether each program was compiled or loaded, 2 also each kernel's
-time (tinygrad's DEBUG=2), 3 also each schedule, 4 also kernel sources."""
+"""Zyx's messages: stdlib `logging` under the `zyx` logger, with ZYX_DEBUG as a shortcut that turns them on.
+
+Each module logs to a child (`zyx.cache`: programs compiled or loaded, build logs; `zyx.runtime`: kernel
+launches; `zyx.schedule`: schedules and kernel sources; `zyx.jit`: steps captured again and why), so a user can
+pick them with `logging.getLogger("zyx.jit").setLevel(logging.INFO)` and their own handlers. ZYX_DEBUG=1 sets
+`zyx` to INFO (launches, compiles, recaptures), 2 and more to DEBUG (also sources and schedules);
+ZYX_DEBUG_CACHE=1 sets `zyx.cache` to INFO and explains each cache miss. Either one is a request to see
+messages now: they go to stderr as `logger: message` lines (and not on to the root logger's handlers, which
+would print them twice); configure `zyx` yourself instead to send them elsewhere. The settings are read at each
+message, so a test or a notebook may change them while running.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import sys
 
+__all__ = ["debug_level", "explain_cache_misses", "logger"]
+
+ROOT = "zyx"
+_applied: list[tuple[int, bool]] = [(0, False)]  # the (ZYX_DEBUG, ZYX_DEBUG_CACHE) settings applied last
+
 
 def debug_level() -> int:
+    """ZYX_DEBUG as a number (0 when unset or not a number)."""
     try:
         return int(os.environ.get("ZYX_DEBUG", "0"))
     except ValueError:
         return 0
 
 
-def debug_logger(name: str) -> logging.Logger:
-    """`logging.getLogger(name)` for a `zyx.*` module. Under ZYX_DEBUG, messages reach stderr even where the
-    application configured no logging (then the `zyx` logger gets a plain stderr handler of its own)."""
-    logger = logging.getLogger(name)
-    root = logging.getLogger("zyx")
-    if debug_level() >= 1 and root.level == logging.NOTSET:
-        root.setLevel(logging.DEBUG)
-        if not root.hasHandlers():
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            root.addHandler(handler)
-    return logger
+def explain_cache_misses() -> bool:
+    """ZYX_DEBUG_CACHE=1: log why each kernel missed the cache (it reads every stored entry, so it is opt-in)."""
+    return os.environ.get("ZYX_DEBUG_CACHE") == "1"
+
+
+def logger(name: str) -> logging.Logger:
+    """The logger `name` (a `zyx.*` child), with the ZYX_DEBUG settings of this moment applied."""
+    settings = (debug_level(), explain_cache_misses())
+    if settings != _applied[0]:
+        _applied[0] = settings
+        _apply(*settings)
+    return logging.getLogger(name)
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a message comes (a redirect, pytest's capture)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+_handler = _CurrentStderr()
+
+
+def _apply(level: int, cache_misses: bool) -> None:
+    root = logging.getLogger(ROOT)
+    root.setLevel(logging.NOTSET if level <= 0 else logging.INFO if level == 1 else logging.DEBUG)
+    logging.getLogger(f"{ROOT}.cache").setLevel(logging.INFO if cache_misses and level <= 1 else logging.NOTSET)
+    printing = level > 0 or cache_misses
+    root.propagate = not printing
+    if printing:
+        root.addHandler(_handler)  # a no-op when it is there already
+    else:
+        root.removeHandler(_handler)

@@ -448,8 +448,8 @@ def test_zyx_debug_prints_one_line_per_compiled_or_loaded_program(cache_dir, con
     run_add(KernelCache(cache_dir), context, queue, 13)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2
-    assert re.fullmatch(r"zyx: compiled add_13 in \d+\.\d ms \(key [0-9a-f]{12}\)", lines[0])
-    assert re.fullmatch(r"zyx: loaded add_13 from the cache in \d+\.\d ms \(key [0-9a-f]{12}\)", lines[1])
+    assert re.fullmatch(r"zyx.cache: compiled add_13 in \d+\.\d ms \(key [0-9a-f]{12}\)", lines[0])
+    assert re.fullmatch(r"zyx.cache: loaded add_13 from the cache in \d+\.\d ms \(key [0-9a-f]{12}\)", lines[1])
     monkeypatch.delenv("ZYX_DEBUG")
     run_add(KernelCache(cache_dir), context, queue, 13)
     assert capsys.readouterr().err == ""

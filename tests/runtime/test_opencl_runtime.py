@@ -180,7 +180,7 @@ def test_debug_prints_one_line_per_launch(backend, add_one, monkeypatch, capsys)
     monkeypatch.setenv("ZYX_DEBUG", "0")
     backend.launch(add_one, (16,), None, [x, x, np.float32(1)])
     lines = capsys.readouterr().err.splitlines()
-    assert lines == ["zyx launch add_one global=(16,) local=(4,)"]
+    assert lines == ["zyx.runtime: launch add_one global=(16,) local=(4,)"]
 
 
 def test_freed_buffers_return_to_pool_and_are_reused(backend):

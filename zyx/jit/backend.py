@@ -1,7 +1,6 @@
 """The OpenCL device's realize: hash the trace, reuse or build its Program, compile through the cache, run."""
 from __future__ import annotations
 
-import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -17,7 +16,11 @@ from .cache import default_cache
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
-from ..debug import debug_level
+from ..progress import compiling
+from ..debug import logger
+
+
+KERNELS_PER_BUILD = 8
 
 
 class JitBackend:
@@ -96,9 +99,8 @@ class JitBackend:
         kernels, scheduled_targets = schedule(targets, self.traits)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
-        if debug_level() >= 3:
-            print(f"zyx schedule: {len(targets)} targets -> {program.kernel_count} kernels: "
-                  + ", ".join(l.name for l in program.launches), file=sys.stderr)
+        logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
+                                     ", ".join(launch.name for launch in program.launches))
         return program
 
     def _check_memory(self, program: Program) -> None:
@@ -112,8 +114,7 @@ class JitBackend:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
         kernel = self._kernels.get(source)
         if kernel is None:
-            if debug_level() >= 4:
-                print(f"zyx kernel {name}:\n{source}", file=sys.stderr)
+            logger("zyx.schedule").debug("kernel %s:\n%s", name, source)
             built = default_cache().build(self.runtime.context, self.runtime.device, source)
             kernel = getattr(built, name)
             self._kernels[source] = kernel
@@ -121,18 +122,37 @@ class JitBackend:
         return kernel
 
     def _compile_together(self, launches: Sequence[Any]) -> None:
-        """Build a program's missing kernels as one OpenCL program: a build's fixed cost (about 0.15 s on PoCL,
-        more than compiling ten small kernels) is paid once per program, not once per kernel."""
+        """Build a program's missing kernels, KERNELS_PER_BUILD in each OpenCL program: a build's fixed cost
+        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, and the progress bar moves
+        after each build. The groups depend only on the program, so a warm run asks the cache for the same ones."""
         missing = list({launch.source: launch for launch in launches if launch.source not in self._kernels}.values())
         if len(missing) < 2:
             return
-        combined = c.combine_sources([launch.source for launch in missing])
-        if debug_level() >= 4:
-            print(f"zyx program of {len(missing)} kernels:\n{combined}", file=sys.stderr)
+        groups = [missing[start:start + KERNELS_PER_BUILD] for start in range(0, len(missing), KERNELS_PER_BUILD)]
+        with compiling(len(missing) if self._compiles_any(groups) else 0) as advance:
+            for group in groups:
+                self._build_group(group)
+                advance(len(group))
+
+    def _build_group(self, group: Sequence[Any]) -> None:
+        if len(group) == 1:
+            self.kernel(group[0].source, group[0].name)
+            return
+        combined = self._group_source(group)
+        logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), combined)
         built = default_cache().build(self.runtime.context, self.runtime.device, combined)
-        for launch in missing:
+        for launch in group:
             self._kernels[launch.source] = getattr(built, launch.name)
             self._fresh[launch.source] = built
+
+    def _compiles_any(self, groups: Sequence[Sequence[Any]]) -> bool:
+        """Whether building `groups` will run the compiler (some group is neither in memory nor on disk)."""
+        cache = default_cache()
+        return any(not cache.holds(self.runtime.device, self._group_source(group)) for group in groups)
+
+    @staticmethod
+    def _group_source(group: Sequence[Any]) -> str:
+        return group[0].source if len(group) == 1 else c.combine_sources([launch.source for launch in group])
 
     def _after_launch(self, program: Program) -> Any:
         if not self._fresh:

@@ -16,7 +16,6 @@ import collections
 import json
 import os
 import re
-import sys
 import threading
 import time
 import warnings
@@ -26,14 +25,17 @@ from pathlib import Path
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
+from zyx.jit.compiler import build_binary, build_source
 from zyx.jit.program_binary import program_binary
 from zyx.jit.cache_key import (
     CACHE_FORMAT, COMPONENT_NAMES, FINGERPRINT_NAMES, cache_key, device_fingerprint, differing_components, hash_hex,
     key_components, zyx_version,
 )
 from zyx.jit.disk_store import CacheDirectoryWarning, CacheWarning, DiskStore, Row
+from zyx.cache_dir import cache_directory
 from zyx.counters import bump
-from ..debug import debug_level
+from zyx.runtime.pocl_cache import place_pocl_cache
+from ..debug import explain_cache_misses, logger
 
 __all__ = ["CacheDirectoryWarning", "CacheWarning", "KernelCache", "cache_directory", "default_cache",
            "device_fingerprint", "device_matches", "parse_size", "selected"]
@@ -45,15 +47,6 @@ _PENDING_ATTRIBUTE = "_zyx_cache_pending"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEX_KEY = re.compile(r"[0-9a-f]{32}")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def cache_directory() -> Path:
-    """ZYX_CACHE_DIR, else $XDG_CACHE_HOME/zyx, else ~/.cache/zyx."""
-    if os.environ.get("ZYX_CACHE_DIR"):
-        return Path(os.environ["ZYX_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "zyx"
-    return Path.home() / ".cache" / "zyx"
 
 
 def parse_size(text: str) -> int:
@@ -84,10 +77,6 @@ def _size_limit_from_env() -> int:
     except ValueError as error:
         warnings.warn(f"ZYX_CACHE_SIZE: {error}; using 1G", CacheWarning, stacklevel=3)
         return DEFAULT_SIZE_LIMIT
-
-
-def _debug(message: str) -> None:
-    print(f"zyx: {message}", file=sys.stderr, flush=True)
 
 
 def _kernel_names(program: cl.Program) -> list[str]:
@@ -153,6 +142,7 @@ def _summary(row: Row, meta: dict) -> dict:
 
 def _present_fingerprints() -> set[tuple[str, ...]]:
     """Fingerprints of every OpenCL device visible now (an OpenCL error propagates: prune then refuses)."""
+    place_pocl_cache()
     fingerprints = set()
     for platform in cl.get_platforms():
         try:
@@ -208,6 +198,14 @@ class KernelCache:
         with self._lock:
             return self._memory.setdefault(memory_key, program)
 
+    def holds(self, device: cl.Device, source: str, options: tuple[str, ...] = ()) -> bool:
+        """Whether `build` would find the program in memory or on disk (it may still prove damaged there)."""
+        key = cache_key(key_components(device, source, options))
+        with self._lock:
+            if any(memory_key[1:] == (device, key) for memory_key in self._memory):
+                return True
+        return self._store.holds(key)
+
     def commit(self, program: cl.Program) -> None:
         """Store a freshly compiled program's binary; call it after the program's first kernel launch.
 
@@ -244,17 +242,23 @@ class KernelCache:
         summaries = [_summary(row, meta) for row, meta in self._valid_rows()]
         return sorted(summaries, key=lambda summary: summary["last_used"], reverse=True)
 
-    def entry(self, short_key: str) -> dict:
-        """One entry, with source and checksum, by a unique key prefix; KeyError names what went wrong."""
-        prefix = short_key.strip().lower()
-        rows = dict((row.key, (row, meta)) for row, meta in self._valid_rows())
-        matches = [key for key in rows if key.startswith(prefix)] if prefix else []
-        if not matches:
-            raise KeyError(f"no cache entry has a key starting with {short_key!r}")
+    def entry(self, name: str) -> dict:
+        """One entry, with source and checksum, by a unique key prefix or by a kernel name (as ZYX_DEBUG prints
+        them); KeyError names what went wrong. A kernel held by several entries gives the most recently used,
+        with the others' short keys under "also_in"."""
+        wanted = name.strip()
+        rows = {row.key: (row, meta) for row, meta in self._valid_rows()}
+        matches = [key for key in rows if key.startswith(wanted.lower())] if wanted else []
         if len(matches) > 1:
-            raise KeyError(f"{short_key!r} is ambiguous: {len(matches)} entries start with it; give more digits")
+            raise KeyError(f"{name!r} is ambiguous: {len(matches)} entries start with it; give more digits")
+        if not matches:
+            matches = sorted((key for key, (_, meta) in rows.items() if wanted in meta["kernel_names"]),
+                             key=lambda key: rows[key][0].last_used, reverse=True)
+        if not matches:
+            raise KeyError(f"no cache entry has a key starting with {name!r} or a kernel named {name!r}")
         row, meta = rows[matches[0]]
-        return {**_summary(row, meta), "source": meta["source"], "checksum": meta["checksum"]}
+        return {**_summary(row, meta), "source": meta["source"], "checksum": meta["checksum"],
+                "also_in": [key[:SHORT_KEY_LENGTH] for key in matches[1:]]}
 
     def clear(self, device: str | None = None, older_than_seconds: float | None = None) -> int:
         """Remove entries (all, or those matching the device and last used before the age); return how many.
@@ -307,37 +311,30 @@ class KernelCache:
             self._drop_damaged(key, str(damage))
             return None
         try:
-            program = cl.Program(context, [device], [binary]).build(options=list(options), devices=[device])
+            program = build_binary(context, device, binary, options)
         except cl.Error as error:
             self._drop_damaged(key, f"the driver rejected its binary ({str(error).splitlines()[0]})")
             return None
         self._store.record_use(key)
         bump("cache_disk_hits")
-        if debug_level() >= 1:
-            names = ";".join(meta["kernel_names"])
-            _debug(f"loaded {names} from the cache in {(time.perf_counter() - start) * 1e3:.1f} ms "
-                   f"(key {key[:SHORT_KEY_LENGTH]})")
+        logger("zyx.cache").info("loaded %s from the cache in %.1f ms (key %s)", ";".join(meta["kernel_names"]),
+                                 (time.perf_counter() - start) * 1e3, key[:SHORT_KEY_LENGTH])
         return program
 
     def _compile(self, context: cl.Context, device: cl.Device, source: str, options: tuple[str, ...],
                  key: str, components: dict[str, str]) -> cl.Program:
         start = time.perf_counter()
-        try:
-            program = cl.Program(context, source).build(options=list(options), devices=[device])
-        except cl.RuntimeError:
-            # PoCL's own kernel cache can fail a build when several processes fill it at once: try once more,
-            # so only a real compile error reaches the caller
-            program = cl.Program(context, source).build(options=list(options), devices=[device])
+        program = build_source(context, device, source, options)
         seconds = time.perf_counter() - start
         bump("kernels_compiled")
         bump("cache_misses")
         bump("compile_seconds", seconds)
         vars(program)[_PENDING_ATTRIBUTE] = _Pending(key, components, source, device, seconds)
-        if debug_level() >= 1:
-            names = ";".join(_kernel_names(program))
-            _debug(f"compiled {names} in {seconds * 1e3:.1f} ms (key {key[:SHORT_KEY_LENGTH]})")
-        if os.environ.get("ZYX_DEBUG_CACHE") == "1":
-            _debug(self._explain_miss(key, components))
+        log = logger("zyx.cache")
+        log.info("compiled %s in %.1f ms (key %s)", ";".join(_kernel_names(program)), seconds * 1e3,
+                 key[:SHORT_KEY_LENGTH])
+        if explain_cache_misses():
+            log.info("%s", self._explain_miss(key, components))
         return program
 
     def _explain_miss(self, key: str, components: dict[str, str]) -> str:

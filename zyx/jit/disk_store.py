@@ -133,6 +133,11 @@ class DiskStore:
         *fields, value = found
         return Row(*fields), bytes(value)
 
+    def holds(self, key: str) -> bool:
+        """Whether an entry is stored under `key` (without reading it or counting a use)."""
+        return bool(self._guarded("read", lambda db: db.execute(
+            f"SELECT 1 FROM {self.table} WHERE key = ?", (key,)).fetchone()))
+
     def rows(self) -> list[Row]:
         """Every entry without its value, least recently used first; listing refreshes nothing."""
         found = self._guarded("read", lambda db: db.execute(

@@ -27,6 +27,8 @@ from ..tensor import Tensor
 from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
 from ..trace.node import Node, buffer_leaf, toposort
+from ..debug import logger
+from . import recapture
 from .arguments import Rebuild, call_key, flatten
 from .capture import Capture, active_capture, pop_capture, push_capture
 from .program import Program
@@ -186,6 +188,7 @@ class JitFunction:
         self.fn = fn
         self.steps: dict[Any, list[CapturedStep]] = {}  # per key, one step per set of guards seen
         self._eager_keys: set[Any] = set()  # keys whose last call ran eagerly because the step stored a tensor
+        self._recaptures: list[recapture.Reason] = []  # why each capture after the first happened
         self._bound: "weakref.WeakKeyDictionary[Any, JitFunction]" = weakref.WeakKeyDictionary()
         functools.update_wrapper(self, fn)
 
@@ -213,12 +216,27 @@ class JitFunction:
         key = call_key(args, kwargs)
         root: Root = (self.fn, args, kwargs)
         steps = self.steps.get(key, [])
+        refused = list(steps)
         steps[:] = [step for step in steps if step.alive]
         for step in steps:
             state = step.bind(root, arguments)
             if state is not None:
                 return step.run(arguments, state, [zrandom.reserve(count) for count in step.rand_counts])
+        self._log_recapture(key, root, refused, len(args))
         return self._capture(key, root, arguments)
+
+    def _log_recapture(self, key: Any, root: Root, refused: list[CapturedStep], positional: int) -> None:
+        """Say on `zyx.jit` why this call traces again (nothing for the first capture)."""
+        if refused:
+            reason = recapture.guard_failure(refused[-1], root)
+        else:
+            nearest = recapture.nearest_key(self.steps, key)
+            if nearest is None:
+                return
+            reason = recapture.key_change(nearest, key, positional)
+        self._recaptures.append(reason)
+        logger("zyx.jit").info("%s traced again (capture %d): %s", self._name, len(self._recaptures) + 1,
+                               reason.text)
 
     def _capture(self, key: Any, root: Root, arguments: list[Tensor]) -> Any:
         fn, args, kwargs = root
@@ -275,8 +293,9 @@ class JitFunction:
         counters.bump("programs_captured")
         captured = sum(len(steps) for steps in self.steps.values())
         if captured > MAX_CAPTURES:
-            warnings.warn(f"zyx.jit: {self._name} has captured {captured} programs; pass varying values as "
-                          "tensors, keep shapes fixed", JitWarning, stacklevel=4)
+            how = recapture.advice(self._recaptures) or "pass varying values as tensors, keep shapes fixed"
+            warnings.warn(f"zyx.jit: {self._name} has captured {captured} programs; {how} (ZYX_DEBUG=1 logs why "
+                          "each capture happened)", JitWarning, stacklevel=4)
 
     @property
     def _name(self) -> str:

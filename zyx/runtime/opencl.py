@@ -8,7 +8,7 @@ PoCL); the switch waits for the other queue, so the order still holds.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +20,7 @@ from zyx import counters as stats
 from zyx.runtime import profiling
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import BufferPool
-from ..debug import debug_level
+from ..debug import logger
 
 _OUT_OF_MEMORY_CODES = frozenset(
     {cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES, cl.status_code.OUT_OF_HOST_MEMORY}
@@ -152,8 +152,9 @@ class OpenCLBackend:
     ) -> cl.Event:
         """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are.
         Its event carries device timestamps when the queue is the timed one."""
-        if debug_level() >= 1:
-            print(f"zyx launch {kernel.function_name} global={tuple(global_size)} local={local_size}", file=sys.stderr)
+        log = logger("zyx.runtime")
+        if log.isEnabledFor(logging.INFO):
+            log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
         kernel.set_args(*[arg.cl_buffer if isinstance(arg, Buffer) else arg for arg in args])
         event = cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
         stats.bump("kernels_launched")

@@ -12,6 +12,8 @@ from typing import Any
 
 import pyopencl as cl
 
+from .pocl_cache import place_pocl_cache
+
 _TYPE_NAMES = (  # checked in order: a device may set several bits (PoCL reports DEFAULT | CPU)
     (cl.device_type.GPU, "GPU"),
     (cl.device_type.ACCELERATOR, "ACCELERATOR"),
@@ -58,6 +60,7 @@ def _platform_devices(platform: cl.Platform) -> list[cl.Device]:
 @functools.cache
 def _enumerate() -> tuple[tuple[dict[str, Any], cl.Device], ...]:
     """Every (description, device) pair in platform order, then device order; empty when no ICD is installed."""
+    place_pocl_cache()
     try:
         platforms = cl.get_platforms()
     except cl.Error:  # PLATFORM_NOT_FOUND_KHR
@@ -151,7 +154,7 @@ def compile_problem(cl_device: cl.Device) -> str | None:
     key = cl_device.int_ptr
     if key not in _compile_problems:
         try:
-            cl.Program(cl.Context([cl_device]), _PROBE).build()
+            cl.Program(cl.Context([cl_device]), _PROBE).build(options=["-w"])  # -w: quiet, as jit/compiler.py
             _compile_problems[key] = None
         except cl.Error as error:
             lines = str(error).strip().splitlines()
@@ -165,3 +168,12 @@ def select_device_by_ordinal(ordinal: int) -> cl.Device:
     if not 0 <= ordinal < len(devices):
         raise ValueError(f"no OpenCL device opencl:{ordinal}; available:\n{_listing()}")
     return devices[ordinal][1]
+
+
+def default_ordinal() -> int | None:
+    """The `describe_devices` position of the device `select_device()` picks, or None when none can compile."""
+    try:
+        chosen = select_device()
+    except (RuntimeError, ValueError):
+        return None
+    return next(ordinal for ordinal, (_, cl_device) in enumerate(_enumerate()) if cl_device == chosen)

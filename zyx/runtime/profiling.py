@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
-from ..debug import debug_level, debug_logger
+from ..debug import debug_level, logger
 
 
 @dataclass
@@ -76,7 +76,7 @@ def record(entry: KernelRecord) -> None:
         recorder.add(entry)
     if debug_level() >= 2:
         entry.resolve()
-        debug_logger("zyx.profile").info(timing_line(entry))
+        logger("zyx.profile").info(timing_line(entry))
 
 
 def timing_line(entry: KernelRecord) -> str:

@@ -1,0 +1,88 @@
+"""Builds are quiet (no compiler chatter on stderr, no CompilerWarning) unless ZYX_DEBUG asks; a failed build names
+the kernel and the files where its source and log were saved. PoCL's cache goes inside a private zyx cache only."""
+import os
+import uuid
+import warnings
+
+import pyopencl as cl
+import pytest
+
+from zyx.jit.compiler import KernelBuildError, build_source
+from zyx.runtime.platforms import select_device
+from zyx.runtime.pocl_cache import place_pocl_cache
+
+
+@pytest.fixture(scope="module")
+def device():
+    return select_device()
+
+
+@pytest.fixture(scope="module")
+def context(device):
+    return cl.Context([device])
+
+
+def vector_source() -> str:
+    """A kernel on 16-lane vectors, about which PoCL's clang warns (-Wpsabi); unique, so no cache answers it."""
+    return (f"__kernel void vector_exp(__global float16* x) {{ /* {uuid.uuid4()} */\n"
+            "  x[get_global_id(0)] = exp(x[get_global_id(0)]); }")
+
+
+def test_a_build_prints_nothing_and_warns_nothing(context, device, capfd, monkeypatch):
+    monkeypatch.delenv("ZYX_DEBUG", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        program = build_source(context, device, vector_source())
+    assert program.vector_exp is not None
+    assert caught == [] and capfd.readouterr().err == ""
+
+
+def test_zyx_debug_2_prints_the_build_log(context, device, monkeypatch, capsys):
+    monkeypatch.setenv("ZYX_DEBUG", "2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyopencl's own CompilerWarning comes too: ZYX_DEBUG asked for it
+        build_source(context, device, vector_source())
+    printed = capsys.readouterr().err
+    assert "zyx.cache: build log of vector_exp:\nwarning: " in printed and "changes the ABI" in printed
+
+
+def test_a_failed_build_names_the_kernel_and_saves_source_and_log(context, device, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path / "cache"))
+    source = "__kernel void broken_kernel(__global float* x) { x[0] = undefined_name; }"
+    with pytest.raises(KernelBuildError) as raised:
+        build_source(context, device, source)
+    message = str(raised.value)
+    assert message.startswith(f"OpenCL could not build broken_kernel on {device.name.strip()}")
+    assert "undefined_name" in message  # the compiler's log, not just "BUILD_PROGRAM_FAILURE"
+    saved = sorted((tmp_path / "cache" / "build-errors").iterdir())
+    assert [path.suffix for path in saved] == [".cl", ".log"] and all(str(path) in message for path in saved)
+    assert saved[0].read_text() == source and "undefined_name" in saved[1].read_text()
+    assert all(path.stat().st_mode & 0o077 == 0 for path in saved)
+
+
+def test_a_failed_build_in_a_shared_cache_directory_saves_nothing(context, device, tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("ZYX_CACHE_DIR", str(shared))
+    with pytest.raises(KernelBuildError, match="not saved: the cache directory is not private"):
+        build_source(context, device, "__kernel void broken_kernel(__global float* x) { x[0] = nope; }")
+    assert list(shared.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode, placed", [(0o700, True), (0o777, False)])
+def test_pocl_cache_goes_inside_a_private_zyx_cache_only(tmp_path, monkeypatch, mode, placed):
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(mode)
+    monkeypatch.setenv("ZYX_CACHE_DIR", str(root))
+    monkeypatch.delenv("POCL_CACHE_DIR", raising=False)
+    place_pocl_cache()
+    assert os.environ.get("POCL_CACHE_DIR") == (str(root / "pocl") if placed else None)
+
+
+def test_a_pocl_cache_dir_the_user_chose_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("POCL_CACHE_DIR", str(tmp_path / "mine"))
+    place_pocl_cache()
+    assert os.environ["POCL_CACHE_DIR"] == str(tmp_path / "mine") and not (tmp_path / "cache").exists()

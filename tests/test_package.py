@@ -1,0 +1,35 @@
+"""`import zyx` loads its public names on first use; the names stay what they were when it imported them all."""
+import subprocess
+import sys
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def run(script: str) -> str:
+    finished = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
+                              timeout=120, env={"PYTHONPATH": str(REPOSITORY), "PATH": "/usr/bin:/bin"})
+    assert finished.returncode == 0, finished.stderr
+    return finished.stdout
+
+
+def test_every_public_name_resolves_to_what_it_names():
+    printed = run("import inspect, zyx\n"
+                  "for name in zyx.__all__:\n"
+                  "    value = getattr(zyx, name)\n"
+                  "    print(name, 'module' if inspect.ismodule(value) else 'other')")
+    kinds = dict(line.split() for line in printed.splitlines())
+    assert set(kinds) == set(__import__("zyx").__all__) and kinds.pop("nn") == "module"
+    assert set(kinds.values()) == {"other"}
+
+
+def test_submodules_named_like_functions_do_not_replace_them():
+    printed = run("import zyx.tensor, zyx.realize, zyx.jit.cache, zyx\n"
+                  "print(callable(zyx.jit), callable(zyx.tensor), callable(zyx.realize))\n"
+                  "print(zyx.jit(lambda x: x + 1)(zyx.OpenCL().tensor([1.0])).numpy()[0])")
+    assert printed.split() == ["True", "True", "True", "2.0"]
+
+
+def test_import_zyx_loads_neither_numpy_nor_pyopencl():
+    printed = run("import sys, zyx\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pyopencl')))")
+    assert printed.strip() == "[]"

@@ -1,0 +1,111 @@
+"""The OpenCL compiler, run quietly: nothing on the terminal unless ZYX_DEBUG asks or a build fails.
+
+PoCL's clang writes "N warnings generated." straight to the process's stderr and pyopencl turns a non-empty
+build log into a `CompilerWarning`, on every cold build. For Zyx's generated code these are ABI notes about
+16-lane vectors (`-Wpsabi`) that no user can act on, so builds pass the standard `-w` option (no warnings are
+made at all, and nobody else's warnings are filtered). ZYX_DEBUG=2 and more builds without it and logs the
+build log on `zyx.cache`. The option is not part of the cache key: the binary does not depend on it.
+
+A failed build raises `KernelBuildError` with the compiler's log, after writing the source and the log to
+`<cache directory>/build-errors/` (where they can be compiled again by hand, or attached to a bug report).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import pyopencl as cl
+
+from ..cache_dir import private_folder
+from ..debug import debug_level, logger
+
+__all__ = ["KernelBuildError", "build_binary", "build_source"]
+
+QUIET_OPTION = "-w"
+ERROR_FOLDER = "build-errors"
+_LOG_LINES_SHOWN = 40
+_KERNEL_NAME = re.compile(r"__kernel\s+void\s+(\w+)")
+
+
+class KernelBuildError(RuntimeError):
+    """The OpenCL compiler rejected a kernel Zyx generated (a bug in Zyx or the driver); the message has its log."""
+
+
+def _options(options: Sequence[str]) -> list[str]:
+    return list(options) if debug_level() >= 2 else [*options, QUIET_OPTION]
+
+
+def build_source(context: cl.Context, device: cl.Device, source: str, options: Sequence[str] = ()) -> cl.Program:
+    """Compile `source` for `device` (KernelBuildError when the compiler rejects it)."""
+    try:
+        program = _build(cl.Program(context, source), device, options)
+    except cl.RuntimeError:
+        # PoCL's own cache can fail a build when several processes fill it at once: try once more, so only a real
+        # compile error reaches the caller
+        try:
+            program = _build(cl.Program(context, source), device, options)
+        except cl.RuntimeError as error:
+            raise _build_error(source, device, error) from None
+    _log_build(program, device, source)
+    return program
+
+
+def build_binary(context: cl.Context, device: cl.Device, binary: bytes, options: Sequence[str] = ()) -> cl.Program:
+    """Load a binary the driver made earlier (cl.Error when it rejects it: the caller recompiles)."""
+    return _build(cl.Program(context, [device], [binary]), device, options)
+
+
+def _build(program: cl.Program, device: cl.Device, options: Sequence[str]) -> cl.Program:
+    return program.build(options=_options(options), devices=[device])
+
+
+def _kernel_names(source: str) -> str:
+    names = _KERNEL_NAME.findall(source)
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") if names else "a program"
+
+
+def _log_build(program: cl.Program, device: cl.Device, source: str) -> None:
+    log = logger("zyx.cache")
+    if log.isEnabledFor(logging.DEBUG):  # only then is the log worth reading back from the driver
+        text = program.get_build_info(device, cl.program_build_info.LOG).strip()
+        if text:
+            log.debug("build log of %s:\n%s", _kernel_names(source), text)
+
+
+def _build_error(source: str, device: cl.Device, error: cl.RuntimeError) -> KernelBuildError:
+    text = str(error).strip()
+    lines = text.splitlines()
+    shown = "\n".join(lines[-_LOG_LINES_SHOWN:])
+    more = f"(last {_LOG_LINES_SHOWN} of {len(lines)} lines)\n" if len(lines) > _LOG_LINES_SHOWN else ""
+    saved = _save_failure(source, text)
+    where = (f"source: {saved[0]}\nfull log: {saved[1]}" if saved
+             else "(the source was not saved: the cache directory is not private)")
+    return KernelBuildError(f"OpenCL could not build {_kernel_names(source)} on {device.name.strip()}; this is a bug in Zyx or the "
+                            f"driver, please report it with these files.\n{where}\n{more}{shown}")
+
+
+def _save_failure(source: str, log: str) -> tuple[Path, Path] | None:
+    """The source and log as `<first kernel>-<source hash>.cl` and `.log` in the build-errors folder."""
+    folder = private_folder(ERROR_FOLDER)
+    if folder is None:
+        return None
+    names = _KERNEL_NAME.findall(source)
+    stem = f"{names[0] if names else 'program'}-{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+    paths = (folder / f"{stem}.cl", folder / f"{stem}.log")
+    try:
+        for path, text in zip(paths, (source, log)):
+            _write_private(path, text)
+    except OSError:
+        return None
+    return paths
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` (0600), never through a symbolic link someone planted there."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
