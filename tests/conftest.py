@@ -3,6 +3,9 @@ import pathlib
 
 # The test suite keeps its kernel cache inside the repository's cache/ folder (ignored by git).
 os.environ.setdefault("ZYX_CACHE_DIR", str(pathlib.Path(__file__).resolve().parent.parent / "cache"))
+# ...and one PoCL cache for this process and every subprocess a test starts with a cache directory of its own
+# (each would otherwise compile PoCL's half of every kernel again); tests of the placement itself unset it.
+os.environ.setdefault("POCL_CACHE_DIR", os.path.join(os.environ["ZYX_CACHE_DIR"], "pocl"))
 
 import pytest  # noqa: E402
 
