@@ -15,6 +15,8 @@ import pytest
 
 import zyx
 
+pytestmark = pytest.mark.slow  # each example trains on a cold cache: minutes
+
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 

@@ -6,6 +6,10 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # cold compiles in subprocesses, to be seen while they run
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 # softmax, a norm and a product: one program of several kernels, so one cold first call compiles many
 SCRIPT = """

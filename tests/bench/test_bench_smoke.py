@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each benchmark script starts a process and compiles
+
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
 
 
