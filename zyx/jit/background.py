@@ -13,13 +13,16 @@ __all__ = ["BackgroundWriter"]
 class BackgroundWriter:
     """Runs submitted jobs in order on a daemon thread. At exit it waits at most `exit_wait_seconds` and then
     starts no further job, so a process that queued minutes of work still exits at once; what was not done is
-    simply not there (each job must leave things consistent if the process dies around it)."""
+    simply not there (each job must leave things consistent if the process dies around it). A job already
+    running is waited for: it may be inside the OpenCL driver with the GIL released, and a process that exits
+    under it can crash in the driver's teardown."""
 
     def __init__(self, exit_wait_seconds: float = 1.0):
         self.exit_wait_seconds = exit_wait_seconds
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._running = threading.Lock()  # held while a job runs
         self._stopping = False
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -42,13 +45,16 @@ class BackgroundWriter:
         self.wait(self.exit_wait_seconds)
         with self._start_lock:
             self._stopping = True
+        with self._running:  # the job in flight, if any, finishes; no other starts
+            pass
 
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
             try:
-                if not self._stopping:
-                    job()
+                with self._running:
+                    if not self._stopping:
+                        job()
             except Exception as error:  # one failed job must not stop the ones after it
                 warnings.warn(f"zyx: a background write failed ({error!r})", RuntimeWarning)
             finally:
