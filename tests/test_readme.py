@@ -52,10 +52,16 @@ def test_zyx_command_exists_with_its_options(line):
     assert not missing, f"{line}: zyx {' '.join(words[1:])} has no {missing}"
 
 
-@pytest.mark.parametrize("script", sorted({line.split()[1] for line in BASH_LINES if line.startswith("python ")}))
+def script_of(line: str) -> str:
+    """What a `python ...` line runs: a script's path, or `-m module`."""
+    words = line.split()
+    return " ".join(words[1:3]) if words[1] == "-m" else words[1]
+
+
+@pytest.mark.parametrize("script", sorted({script_of(line) for line in BASH_LINES if line.startswith("python ")}))
 def test_example_command_exists_with_its_options(script):
     pytest.importorskip("sklearn")
-    finished = run(sys.executable, script, "--help")
+    finished = run(sys.executable, *script.split(), "--help")
     assert finished.returncode == 0, finished.stderr
     shown = set().union(*(options_in(line) for line in BASH_LINES if line.startswith(f"python {script}")))
     assert shown - options_in(finished.stdout) == set()
