@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import re
 import signal
@@ -125,7 +126,7 @@ def _cache_or_none() -> Any:
 
 def _say_empty(what: str) -> None:
     from zyx.cache_dir import cache_directory
-    print(f"{what} in {cache_directory()}", file=sys.stderr)
+    _messages().info(f"{what} in {cache_directory()}")
 
 
 def cache_ls(args: argparse.Namespace) -> int:
@@ -160,8 +161,8 @@ def cache_show(args: argparse.Namespace) -> int:
         raise CliError(error.args[0]) from None
     others = entry.get("also_in", [])
     if others:
-        print(f"zyx: note: {args.key} is in {len(others) + 1} entries; showing the most recently used "
-              f"(the others: {', '.join(others)})", file=sys.stderr)
+        _messages().info(f"zyx: note: {args.key} is in {len(others) + 1} entries; showing the most recently used "
+                         f"(the others: {', '.join(others)})")
     print(f"key         {entry['key']}")
     print(f"kernels     {', '.join(entry['kernel_names'])}")
     print("components")
@@ -284,7 +285,7 @@ def devices(args: argparse.Namespace) -> int:
         print(json.dumps(described, indent=2))
         return 0
     if not described:
-        print("no OpenCL platform found (zyx.CPU() still works)", file=sys.stderr)
+        _messages().info("no OpenCL platform found (zyx.CPU() still works)")
         return 0
     for platform_index in sorted({row["platform_index"] for row in described}):
         rows = [row for row in described if row["platform_index"] == platform_index]
@@ -386,10 +387,22 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _messages() -> logging.Logger:
+    """The CLI's own lines on stderr ("zyx: error: ..."): the `zyx.cli` logger, shown whatever ZYX_DEBUG says
+    (a user's `logging` configuration may still add handlers to it)."""
+    log = logging.getLogger("zyx.cli")
+    if not log.handlers:
+        from zyx.debug import StderrHandler
+        log.addHandler(StderrHandler("%(message)s"))
+        log.setLevel(logging.INFO)
+        log.propagate = False  # ZYX_DEBUG's handler on `zyx` would print each line twice
+    return log
+
+
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"zyx: warning: {message}", file=sys.stderr)
+    _messages().warning(f"zyx: warning: {message}")
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"zyx: error: {message}", file=sys.stderr)
+    _messages().error(f"zyx: error: {message}")
     return status

@@ -43,12 +43,12 @@ def logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
-class _CurrentStderr(logging.StreamHandler):
+class StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a message comes (a redirect, pytest's capture)."""
 
-    def __init__(self) -> None:
+    def __init__(self, form: str = "%(name)s: %(message)s") -> None:
         super().__init__()
-        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        self.setFormatter(logging.Formatter(form))
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: D401
@@ -59,7 +59,7 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
-_handler = _CurrentStderr()
+_handler = StderrHandler()
 
 
 def _apply(level: int, cache_misses: bool) -> None:
