@@ -89,7 +89,8 @@ def test_planted_rows_run_no_code_and_delete_no_file(tmp_path):
         assert "Traceback" not in finished.stderr, (command, finished.stderr)
     assert not marker.exists(), "a planted pickle ran"
     assert outside.read_text() == "the user's file"
-    assert sorted(path.name for path in cache_dir.iterdir()) == sorted(["cache.db", "programs", *DATABASE_FILES[:3]])
+    names = {path.name for path in cache_dir.iterdir()}  # SQLite removes -wal/-shm when the last connection closes
+    assert {"cache.db", "programs", DATABASE_FILES[0]} <= names <= {"cache.db", "programs", *DATABASE_FILES}, names
 
 
 def test_every_planted_kernel_row_is_skipped_by_listing_and_removed_by_prune(tmp_path):
