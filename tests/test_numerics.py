@@ -25,7 +25,7 @@ def test_tanh_matches_numpy_and_saturates_at_one(device, dtype):
     expected = np.tanh(x.astype(np.float64)).astype(dtype)
     assert np.array_equal(np.isnan(out), np.isnan(expected))
     ulps = np.abs(out.astype(np.float64) - expected) / np.spacing(np.abs(expected)).astype(np.float64)
-    assert np.nanmax(ulps) <= 1
+    assert np.nanmax(ulps) <= 2  # PoCL and numpy give 1 ulp, NVIDIA's OpenCL 2 (H200; OpenCL allows 5)
     saturated = np.abs(x) > 20
     np.testing.assert_array_equal(out[saturated], np.sign(x[saturated]))
 

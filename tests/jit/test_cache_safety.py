@@ -262,6 +262,36 @@ def test_an_untrusted_directory_is_refused_with_one_warning(tmp_path, make_untru
     assert listed.returncode == 1 and listed.stderr.startswith("zyx: error: refusing") and listed.stdout == ""
 
 
+OPEN_AT_ONCE = """
+import json, pathlib, sys, time, warnings
+from zyx.jit.disk_store import DiskStore
+start, number, folders = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+stored, said = 0, []
+for round, folder in enumerate(folders):
+    time.sleep(max(0.0, start + 0.1 * round - time.time()))  # every process opens the same empty folder at once
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stored += DiskStore(pathlib.Path(folder), "kernels", 1 << 20).put(f"key-{number % 4}", "{}", b"binary")
+    said += [str(warning.message) for warning in caught]
+print(json.dumps([stored, said]))
+"""
+
+
+def test_processes_that_create_the_database_together_keep_each_others_rows(tmp_path):
+    """Eight processes open the same new cache directory at the same moment, ten times: none may take the
+    database another is creating for someone else's and delete it (which lost rows on the 16-core GPU host)."""
+    folders = [tmp_path / f"round-{round}" for round in range(10)]
+    for folder in folders:
+        folder.mkdir(mode=0o700)
+    start = time.time() + 2.0
+    workers = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(start), str(number), *map(str, folders)],
+                                cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for number in range(8)]
+    results = [json.loads(worker.communicate(timeout=60)[0]) for worker in workers]
+    assert [said for _, said in results] == [[]] * 8
+    assert sum(stored for stored, _ in results) == 4 * len(folders)  # four keys per folder, each stored once
+
+
 def test_a_new_cache_directory_is_private(tmp_path):
     KernelCache(tmp_path / "new" / "cache")
     assert (tmp_path / "new" / "cache").stat().st_mode & 0o777 == 0o700

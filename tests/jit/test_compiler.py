@@ -43,7 +43,10 @@ def test_zyx_debug_2_prints_the_build_log(context, device, monkeypatch, capsys):
         warnings.simplefilter("ignore")  # pyopencl's own CompilerWarning comes too: ZYX_DEBUG asked for it
         build_source(context, device, vector_source())
     printed = capsys.readouterr().err
-    assert "zyx.cache: build log of vector_exp:\nwarning: " in printed and "changes the ABI" in printed
+    log = printed.partition("zyx.cache: build log of vector_exp:\n")[2]
+    assert log.strip(), printed  # each driver writes its own words: PoCL's clang the ABI warning, NVIDIA a note
+    if "Portable Computing Language" in device.platform.name:
+        assert log.startswith("warning: ") and "changes the ABI" in log
 
 
 def test_a_failed_build_names_the_kernel_and_saves_source_and_log(context, device, tmp_path, monkeypatch):

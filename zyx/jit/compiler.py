@@ -3,7 +3,7 @@
 PoCL's clang writes "N warnings generated." straight to the process's stderr and pyopencl turns a non-empty
 build log into a `CompilerWarning`, on every cold build. For Zyx's generated code these are ABI notes about
 16-lane vectors (`-Wpsabi`) that no user can act on, so builds pass the standard `-w` option (no warnings are
-made at all, and nobody else's warnings are filtered). ZYX_DEBUG=2 and more builds without it and logs the
+made at all). NVIDIA's compiler still leaves a log, so pyopencl's warning is silenced for Zyx's own builds only. ZYX_DEBUG=2 and more builds without it and logs the
 build log on `zyx.cache`. The option is not part of the cache key: the binary does not depend on it.
 
 A failed build raises `KernelBuildError` with the compiler's log, after writing the source and the log to
@@ -22,10 +22,10 @@ import pyopencl as cl
 
 from ..cache_dir import private_folder
 from ..debug import debug_level, logger
+from ..runtime.platforms import QUIET_OPTION, build_quietly
 
 __all__ = ["KernelBuildError", "build_binary", "build_source"]
 
-QUIET_OPTION = "-w"
 ERROR_FOLDER = "build-errors"
 _LOG_LINES_SHOWN = 40
 _KERNEL_NAME = re.compile(r"__kernel\s+void\s+(\w+)")
@@ -60,7 +60,7 @@ def build_binary(context: cl.Context, device: cl.Device, binary: bytes, options:
 
 
 def _build(program: cl.Program, device: cl.Device, options: Sequence[str]) -> cl.Program:
-    return program.build(options=_options(options), devices=[device])
+    return build_quietly(program, _options(options), [device])
 
 
 def _kernel_names(source: str) -> str:

@@ -323,20 +323,20 @@ def _connect(path: Path, read_only_mode: str | None = None) -> sqlite3.Connectio
 
 
 def _prepare(db: sqlite3.Connection, writable: bool) -> None:
-    if _is_ours(db):
-        if writable:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("BEGIN IMMEDIATE")  # fails at once on a read-only filesystem, not at the first write
-            db.execute("ROLLBACK")
-        return
-    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
-        raise _Damaged("was written by another program or an older zyx")
+    """Check that the database is ours, creating its tables in an empty one. Writers check inside one
+    IMMEDIATE transaction: a process that meets a database another is creating waits for it, instead of
+    mistaking the half-made file for someone else's and deleting it."""
     if not writable:
-        raise _Damaged("is empty")
+        if not _is_ours(db):
+            raise _Damaged(_not_ours(db) or "is empty")
+        return
     db.execute("PRAGMA journal_mode = WAL")
-    with _transaction(db):
-        if _is_ours(db):  # another process made it meanwhile
+    with _transaction(db):  # fails at once on a read-only filesystem, not at the first write
+        if _is_ours(db):
             return
+        reason = _not_ours(db)
+        if reason:
+            raise _Damaged(reason)
         for table in TABLES:
             db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY NOT NULL, meta TEXT NOT NULL, "
                        f"value BLOB NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL, "
@@ -344,6 +344,13 @@ def _prepare(db: sqlite3.Connection, writable: bool) -> None:
             db.execute(f"CREATE INDEX IF NOT EXISTS {table}_by_last_used ON {table} (last_used)")
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _not_ours(db: sqlite3.Connection) -> str | None:
+    """Why a database that is not zyx's cannot be used (None when it is empty)."""
+    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+        return "was written by another program or an older zyx"
+    return None
 
 
 def _is_ours(db: sqlite3.Connection) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from typing import Any
 
 import pyopencl as cl
@@ -144,6 +145,17 @@ def select_device(platform: int | str | None = None, device: int | str | None = 
     raise RuntimeError("no OpenCL device here can compile a kernel:\n  " + "\n  ".join(failures))
 
 
+QUIET_OPTION = "-w"
+
+
+def build_quietly(program: cl.Program, options: list[str], devices: list[cl.Device] | None = None) -> cl.Program:
+    """`program.build` without pyopencl's `CompilerWarning`: NVIDIA's compiler leaves a non-empty log even under
+    `-w`, and pyopencl turns any such log into a warning on every cold build. Callers read the log themselves."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cl.CompilerWarning)
+        return program.build(options=options, devices=devices)
+
+
 _PROBE = "__kernel void zyx_probe(__global float* x) { x[get_global_id(0)] += 1.0f; }"
 _compile_problems: dict[int, str | None] = {}
 
@@ -154,7 +166,7 @@ def compile_problem(cl_device: cl.Device) -> str | None:
     key = cl_device.int_ptr
     if key not in _compile_problems:
         try:
-            cl.Program(cl.Context([cl_device]), _PROBE).build(options=["-w"])  # -w: quiet, as jit/compiler.py
+            build_quietly(cl.Program(cl.Context([cl_device]), _PROBE), [QUIET_OPTION])
             _compile_problems[key] = None
         except cl.Error as error:
             lines = str(error).strip().splitlines()
