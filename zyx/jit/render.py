@@ -22,6 +22,8 @@ from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from . import opencl_c as c
 from .symbolic import Expr
+from .kernel_ir import Param, RenderedKernel
+from .lower import KernelTooLarge, ScheduleConflict
 
 Index = tuple[Expr, ...]
 Request = tuple  # (node, index, guard): a value a rendering step needs before it can go on
@@ -34,19 +36,6 @@ _LOOP_VARIABLE = re.compile(r"\br\d+\b")
 STATEMENT_LIMIT = 384  # per output of a work item: a kernel growing past this stores a value in a kernel of its own
 RECOMPUTE_LIMIT = 16   # per output of a work item: a value computed more often than this is stored instead
 PARAM_LIMIT = 128      # kernel arguments: OpenCL guarantees 1024 bytes of them, 128 pointers
-
-
-class KernelTooLarge(Exception):
-    """Rendering blew up (a value reused at many indices is recomputed at each, or too many values or buffers
-    fused into one kernel); `node` is the value to store in a kernel of its own."""
-
-    def __init__(self, node: Node):
-        super().__init__(node)
-        self.node = node
-
-
-class ScheduleConflict(Exception):
-    """A kernel would need to read back a reduction it stores itself; the scheduler retries without fusing it."""
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -106,31 +95,6 @@ def source_index(node: Node, index: Index) -> tuple[Optional[Index], Optional[st
         # inside the valid region the index is in [0, size): an opaque variable with that range
         padded.append(Expr.clamped(shifted, 0, size - 1))
     return tuple(padded), "&&".join(conditions) or None
-
-
-@dataclass
-class Param:
-    """One kernel argument: a buffer (read or written) or a random stream's seed/offset."""
-
-    kind: str          # "load", "store", "seed", "offset"
-    node: Node
-    name: str
-    dtype: DType
-
-
-@dataclass
-class RenderedKernel:
-    name: str
-    source: str
-    space: tuple[int, ...]
-    params: list[Param]
-    outputs: list[Node]
-    loads: list[Node]
-    needs: list[Node]          # nodes this kernel reads that must be materialized by others
-    misaligned: set[int]       # ids of loaded nodes read somewhere other than the position being stored
-    global_size: int
-    local_size: Optional[int]
-    longest_reduction: int = 0  # elements the longest reduction computed in this kernel walks
 
 
 class _Scope:
