@@ -170,9 +170,9 @@ class Lowering:
 
     # ---- the result --------------------------------------------------------------------------------------
     def lower(self) -> LoweredKernel:
-        for element, index in enumerate(self.elements):
+        for element in range(len(self.elements)):
             self._element = element
-            self._store(self.root, self.value(self.root, index, self.guards[element]))
+            self._store(self.root, self.value(self.root, *self._element_read(element)))
         if not self.elements:  # an empty output: declared, never launched
             self._output(self.root)
         kernel = Kernel(self.kind or ("r" if self._loops else "e"), tuple(self.params), self._axes(),
@@ -181,6 +181,11 @@ class Lowering:
 
     def _axes(self) -> tuple[Axis, ...]:
         return (Axis("gid", self.numel, Role.GLOBAL), *self._loops)
+
+    def _element_read(self, element: int) -> tuple[Index, Cond]:
+        """Where the root is read for an output of the work item, and under which guard (the one its store
+        is under: its loads read nothing past the ends)."""
+        return self.elements[element], self.guards[element]
 
     # ---- names and limits --------------------------------------------------------------------------------
     def _param(self, kind: str, node: Node) -> str:

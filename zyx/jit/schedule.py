@@ -1,10 +1,11 @@
 """Cutting a trace into kernels.
 
-Start from the nodes to realize; render each as a kernel (render.py fuses every elementwise op, view and
-reduction it can host); whatever a kernel must read from memory instead (a reduction used at another
-shape, say) becomes a node to materialize, rendered later as its own kernel. Nodes are rendered latest
-first, so a kernel computing one reduction can also store another that others need (softmax: one kernel
-stores the row max and the row sum, the next divides).
+Start from the nodes to realize; lower each to a kernel (lower.py fuses every elementwise op, view and
+reduction it can host), shape it for the device with transforms (transforms/) and print it (print_opencl.py);
+whatever a kernel must read from memory instead (a reduction used at another shape, say) becomes a node to
+materialize, lowered later as its own kernel. Nodes are lowered latest first, so a kernel computing one
+reduction can also store another that others need (softmax: one kernel stores the row max and the row sum,
+the next divides). Only this module decides what is stored: lowering reports what it needs and stores.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .rewrite import rewrite_graph
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
-from .matmul import LocalTileBuilder, plan_local_tiles
+from .matmul import LocalTileLowering, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes
 from .kernel_ir import Kernel, RenderedKernel
 from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -97,8 +98,8 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     tile = choose_tile(root, materialized, traits.gpu) or (None if traits.gpu else copy_tile(root))
     plan = plan_local_tiles(root, hosted_matmul(root, materialized)) if traits.gpu else None
     if plan is not None:
-        return _built(lambda: LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart,
-                                               plan=plan).build(), materialized, produced)
+        lowered = LocalTileLowering(root, materialized, produced, plan, apart).lower()
+        return rendered(lowered, lowered.ir)
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
     tile = tile if root.numel else None
@@ -132,17 +133,6 @@ def _vector_kernel(kernel: Kernel, width: int) -> Optional[Kernel]:
     if vector is None:
         return None
     return unroll_reductions(vector, lambda trips: next(u for u in (4, 2, 1) if trips % u == 0))
-
-
-def _built(build: Callable[[], RenderedKernel], materialized: dict[int, Node], produced: set[int]) -> RenderedKernel:
-    """A kernel from a builder that writes the scheduler's state: put back as it was if the build is abandoned."""
-    saved_materialized, saved_produced = dict(materialized), set(produced)
-    try:
-        return build()
-    except KernelTooLarge:
-        materialized.clear(), materialized.update(saved_materialized)
-        produced.clear(), produced.update(saved_produced)
-        raise
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:
