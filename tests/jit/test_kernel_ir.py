@@ -28,6 +28,7 @@ TRANSFORMS = {
     "unroll by 3": lambda k, space: unroll_reductions(k, lambda trips: 3),
     "vector lanes": lambda k, space: vectorize(k, 16),
     "vector lanes along reductions": lambda k, space: vectorize(k, 16, uniform=True),
+    "float4 lanes (GPUs)": lambda k, space: vectorize(k, 4),
     "work groups": lambda k, space: group_reductions(k, 16),
     "work groups past the end": lambda k, space: group_reductions(k, 64),
     "register tiles": lambda k, space: upcast(k, space, {0: 2}),
@@ -35,6 +36,7 @@ TRANSFORMS = {
 
 NOT_APPLICABLE = {  # (case, transform) pairs where a transform says it does not apply, and why
     ("row sum", "vector lanes"),                              # 8 outputs: not a whole vector of 16
+    ("row sum", "float4 lanes (GPUs)"),                       # lanes a row apart in the loop: gathers
     ("column max", "vector lanes along reductions"),          # 40 rows: not whole vectors of 16
     *((case, "vector lanes along reductions") for case in ("elementwise", "broadcast and pad", "masks")),  # no loop
 }
@@ -113,3 +115,13 @@ def test_kernel_names_follow_what_the_kernel_computes():
     again, _, _ = lowered("elementwise")
     other, _, _ = lowered("masks")
     assert print_kernel(first.ir)[0] == print_kernel(again.ir)[0] != print_kernel(other.ir)[0]
+
+
+def test_gpu_elementwise_kernels_load_and_store_float4_and_reductions_get_work_groups():
+    from zyx.jit.schedule import DeviceTraits, schedule
+    x = zyx.CPU().tensor(RNG.standard_normal((64, 256)).astype(np.float32))
+    elementwise, = schedule([(x * 2).exp().node], DeviceTraits(gpu=True, vector_width=4))[0]
+    assert "vload4(gid," in elementwise.source and "vstore4(" in elementwise.source
+    assert elementwise.global_size == 64 * 256 // 4
+    reduction, = schedule([x.sum(-1).node], DeviceTraits(gpu=True, vector_width=4))[0]
+    assert reduction.name.startswith("g_") and reduction.local_size == 256 and "float4" not in reduction.source

@@ -21,7 +21,7 @@ from .rewrite import rewrite_graph
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes
-from .kernel_ir import Kernel, RenderedKernel
+from .kernel_ir import Kernel, RenderedKernel, Role
 from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from .print_opencl import print_kernel
 from .transforms.group import group_reductions
@@ -36,20 +36,24 @@ class DeviceTraits:
 
     gpu: bool = False
     group_size: int = 256
-    vector_width: int = 0  # >0: elementwise float32 kernels compute this many outputs per item as one vector
+    vector_width: int = 0  # >1: float32 kernels compute this many outputs per item as one vector (on GPUs
+                           # elementwise kernels only: reductions there get work groups)
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
-        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU).
-        CPUs get vector kernels (their OpenCL compilers call math functions lane by lane otherwise); GPUs
-        already reach their bandwidth with one output per item (bench/GPU.md)."""
+        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU), and
+        ZYX_VECTOR_WIDTH=N sets the vector width (1: none), to measure another. CPUs get 16 lanes (their OpenCL
+        compilers call math functions lane by lane otherwise); GPUs 4, so every item loads and stores whole
+        float4 vectors, as a hand-written elementwise kernel does."""
         gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
         group = 1 << (min(256, int(getattr(runtime, "max_work_group_size", 256))).bit_length() - 1)
-        return DeviceTraits(gpu, group, 0 if gpu else CPU_VECTOR_WIDTH)
+        width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
+        return DeviceTraits(gpu, group, width if width > 1 else 0)
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
 CPU_VECTOR_WIDTH = 16         # one AVX-512 register of float32; as fast as 8 on AVX2 machines
+GPU_VECTOR_WIDTH = 4          # float4: one 16-byte load and store per item
 FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
@@ -105,7 +109,9 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     tile = tile if root.numel else None
     lowered = lower(root, materialized, produced, allow_extra_outputs and not tile, apart)
     kernel = lowered.ir
-    vector = _vector_kernel(kernel, traits.vector_width) if traits.vector_width and tile is None else None
+    vector = None
+    if traits.vector_width and tile is None and not (traits.gpu and kernel.axis(Role.REDUCE)):
+        vector = _vector_kernel(kernel, traits.vector_width)
     if tile:
         kernel = upcast(kernel, lowered.space, tile)
     elif vector is not None:
