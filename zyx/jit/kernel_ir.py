@@ -148,7 +148,7 @@ class Broadcast:
 
 @dataclass(frozen=True)
 class Define:
-    """An accumulator, declared with its start value; only Accumulate and LocalLoad results update it."""
+    """An accumulator, declared with its start value; only Accumulate and MultiplyAdd update it."""
 
     out: Reg
     start: Operand
