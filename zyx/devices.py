@@ -13,11 +13,16 @@ from .trace.node import Node
 class Device:
     """A place for tensors: `zyx.CPU()` (RAM, numpy) or `zyx.OpenCL()` (VRAM, fused kernels)."""
 
-    def __init__(self, kind: str, backend: Any, label: str):
+    def __init__(self, kind: str, backend: Any, label: str, spec: str = ""):
         self.kind, self.backend, self.label = kind, backend, label
+        self.spec = spec or kind  # what device_from_spec takes to find this device again
 
     def __repr__(self) -> str:
         return f"zyx.{self.label}"
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled as its spec ('cpu', 'opencl:N'): unpickling finds the device of this process."""
+        return device_from_spec, (self.spec,)
 
     # ---- realization -------------------------------------------------------------------------------------
     def realize(self, nodes: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
@@ -106,8 +111,10 @@ def _opencl_for(cl_device: Any) -> Device:
     key = ("opencl", cl_device.int_ptr)
     if key not in _DEVICES:
         from .jit.backend import JitBackend
+        from .runtime.platforms import ordinal_of
         backend = JitBackend(cl_device)
-        _DEVICES[key] = Device("opencl", backend, f"OpenCL({cl_device.name.strip()!r})")
+        _DEVICES[key] = Device("opencl", backend, f"OpenCL({cl_device.name.strip()!r})",
+                               f"opencl:{ordinal_of(cl_device)}")
     return _DEVICES[key]
 
 

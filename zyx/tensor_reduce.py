@@ -96,7 +96,27 @@ class ReduceMixin:
         return squares * (1 / divisor) if divisor else squares / 0.0
 
     def std(self, axis: Axis = None, keepdim: bool = False, correction: int = 1) -> "Tensor":
+        """Standard deviation with Bessel's `correction` (1 by default, as PyTorch)."""
         return self.var(axis, keepdim, correction).sqrt()
+
+    def norm(self, p: Union[float, str] = 2, axis: Axis = None, keepdim: bool = False) -> "Tensor":
+        """The vector p-norm over `axis` (all axes by default), as PyTorch's `norm` and `linalg.vector_norm`:
+        p = 2 ('fro'), 1, inf, -inf, 0 (the count of non-zeros) or any other number. The 2-norm of zeros has
+        gradient 0, as PyTorch's."""
+        x = self._float().abs()  # type: ignore[attr-defined]
+        p = 2 if p == "fro" else p
+        if isinstance(p, str):
+            raise ValueError(f"norm: p must be a number or 'fro', got {p!r}")
+        if p == math.inf:
+            return x.max(axis, keepdim)
+        if p == -math.inf:
+            return x.min(axis, keepdim)
+        if p == 0:
+            return (x != 0).float().sum(axis, keepdim)
+        at_zero = x == 0  # |x|^p for p < 1 has an infinite gradient at 0: there the value, without gradient
+        total = at_zero.where((x ** p).detach(), at_zero.where(1.0, x) ** p).sum(axis, keepdim)
+        zero = total == 0  # the root's gradient at 0 is infinite: those norms are 0 with gradient 0
+        return zero.where(0.0, zero.where(1.0, total) ** (1 / p))
 
     def prod(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
         """Product by pairwise halving: log2(n) fused multiplies, exact gradients, zeros handled."""
