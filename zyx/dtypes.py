@@ -26,18 +26,22 @@ class DType:
 
     @property
     def is_float(self) -> bool:
+        """float16, bfloat16, float32 or float64."""
         return self.kind == "float"
 
     @property
     def is_int(self) -> bool:
+        """A signed or unsigned integer dtype (not bool)."""
         return self.kind == "int"
 
     @property
     def is_bool(self) -> bool:
+        """The bool dtype."""
         return self.kind == "bool"
 
     @property
     def is_unsigned(self) -> bool:
+        """uint8 or uint32."""
         return self.name.startswith("uint")
 
     @property

@@ -47,7 +47,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
     the dtype instead. Wherever a method takes `axis`, it also takes PyTorch's `dim`.
     """
 
-    __slots__ = ("node", "__weakref__")
+    __slots__ = {"node": "The trace node this tensor is a handle on (its value once realized).", "__weakref__": None}
     __array_priority__ = 1000  # numpy defers to our reflected operators
 
     def __init__(self, data: Any, *, device: Any = None, dtype: Any = None):
@@ -364,6 +364,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return (self == other).logical_not()
 
     def eq(self, other: Operand) -> "Tensor":
+        """Elementwise self == other (bool)."""
         return self == other
 
     # ---- logic ---------------------------------------------------------------------------------------------
@@ -371,12 +372,15 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return self if self.dtype.is_bool else self != 0
 
     def logical_not(self) -> "Tensor":
+        """True where self is false (zero)."""
         return Tensor(n.unary(Op.NOT, self._bool().node))
 
     def logical_and(self, other: Operand) -> "Tensor":
+        """True where both are true (non-zero)."""
         return self._bool()._binary(Op.AND, self._operand(other, "logical_and")._bool(), "logical_and")
 
     def logical_or(self, other: Operand) -> "Tensor":
+        """True where either is true (non-zero)."""
         return self._bool()._binary(Op.OR, self._operand(other, "logical_or")._bool(), "logical_or")
 
     # ---- bits: logical on bool, bitwise on integers (as PyTorch); no gradient ------------------------------
@@ -388,12 +392,15 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return self._binary(op, b, name, dtype)
 
     def bitwise_and(self, other: Operand) -> "Tensor":
+        """self & other: bitwise on integers, logical on bools (no gradient)."""
         return self._bitwise(Op.AND, other, "bitwise_and")
 
     def bitwise_or(self, other: Operand) -> "Tensor":
+        """self | other: bitwise on integers, logical on bools (no gradient)."""
         return self._bitwise(Op.OR, other, "bitwise_or")
 
     def bitwise_xor(self, other: Operand) -> "Tensor":
+        """self ^ other: bitwise on integers, logical on bools (no gradient)."""
         return self._bitwise(Op.XOR, other, "bitwise_xor")
 
     def bitwise_left_shift(self, other: Operand) -> "Tensor":
@@ -405,6 +412,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return self._bitwise(Op.SHR, other, "bitwise_right_shift")
 
     def bitwise_not(self) -> "Tensor":
+        """~self: bitwise on integers, logical on bools."""
         if self.dtype.is_float:
             raise TypeError(f"bitwise_not needs a bool or integer tensor, got {self.dtype.name}")
         return self._unary(Op.NOT)
@@ -442,17 +450,21 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
 
     # ---- unary math ----------------------------------------------------------------------------------------
     def exp(self) -> "Tensor":
+        """e ** x."""
         return self._float()._unary(Op.EXP)
 
     def exp2(self) -> "Tensor":
+        """2 ** x."""
         return (self._float() * math.log(2)).exp()
 
     def log(self) -> "Tensor":
+        """Natural logarithm (nan below 0, -inf at 0)."""
         return self._float()._unary(Op.LOG)
 
     ln = log
 
     def log2(self) -> "Tensor":
+        """Base-2 logarithm."""
         return self.log() * (1 / math.log(2))
 
     def log1p(self) -> "Tensor":
@@ -472,27 +484,35 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return tiny.where(x, saturated.where(u - 1, (safe - 1) * (x / safe.log())))
 
     def sqrt(self) -> "Tensor":
+        """Square root (nan below 0)."""
         return self._float()._unary(Op.SQRT)
 
     def rsqrt(self) -> "Tensor":
+        """1 / sqrt(x)."""
         return self.sqrt().reciprocal()
 
     def reciprocal(self) -> "Tensor":
+        """1 / x."""
         return self._float()._unary(Op.RECIP)
 
     def sin(self) -> "Tensor":
+        """Sine (radians)."""
         return self._float()._unary(Op.SIN)
 
     def cos(self) -> "Tensor":
+        """Cosine (radians)."""
         return self._float()._unary(Op.COS)
 
     def tan(self) -> "Tensor":
+        """Tangent (radians), as sin / cos."""
         return self.sin() / self.cos()
 
     def tanh(self) -> "Tensor":
+        """Hyperbolic tangent; exactly ±1 where it saturates."""
         return self._float()._unary(Op.TANH)
 
     def sigmoid(self) -> "Tensor":
+        """1 / (1 + exp(-x))."""
         return self._float()._unary(Op.SIGMOID)
 
     def relu(self) -> "Tensor":
@@ -500,9 +520,11 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return (self <= 0).where(0, self)
 
     def leaky_relu(self, negative_slope: float = 0.01) -> "Tensor":
+        """x where positive, else negative_slope * x."""
         return (self > 0).where(self, self * negative_slope)
 
     def elu(self, alpha: float = 1.0) -> "Tensor":
+        """x where positive, else alpha * (exp(x) - 1)."""
         negative = (self > 0).where(0, self)  # not minimum(x, 0): its tie at 0 would halve the gradient there
         return (self > 0).where(self, (negative.exp() - 1) * alpha)
 
@@ -515,6 +537,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return (x.maximum(0) + ((-x.abs()).exp() + 1).log()) * (1 / beta)
 
     def silu(self) -> "Tensor":
+        """x * sigmoid(x) (also called swish)."""
         return self * self.sigmoid()
 
     swish = silu
@@ -552,9 +575,11 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return self.isnan().where(self, result) if self.dtype.is_float else result
 
     def floor(self) -> "Tensor":
+        """The largest integer value not above each element (integers stay as they are)."""
         return self._unary(Op.FLOOR) if self.dtype.is_float else self
 
     def ceil(self) -> "Tensor":
+        """The smallest integer value not below each element (integers stay as they are)."""
         return self._unary(Op.CEIL) if self.dtype.is_float else self
 
     def round(self) -> "Tensor":
@@ -562,9 +587,11 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
         return self._unary(Op.RINT) if self.dtype.is_float else self
 
     def trunc(self) -> "Tensor":
+        """Rounded towards zero."""
         return (self < 0).where(self.ceil(), self.floor())
 
     def square(self) -> "Tensor":
+        """x * x."""
         return self * self
 
     def maximum(self, other: Operand) -> "Tensor":
@@ -594,18 +621,23 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
     clip = clamp
 
     def isnan(self) -> "Tensor":
+        """True where an element is nan."""
         return self != self
 
     def logical_xor(self, other: Operand) -> "Tensor":
+        """True where exactly one is true (non-zero)."""
         return self._bool() != self._operand(other, "logical_xor")._bool()
 
     def isinf(self) -> "Tensor":
+        """True where an element is +inf or -inf."""
         return self.abs() == math.inf if self.dtype.is_float else self != self
 
     def isfinite(self) -> "Tensor":
+        """True where an element is neither nan nor infinite."""
         return (self.isnan() | self.isinf()).logical_not()
 
     def lerp(self, end: Operand, weight: Operand) -> "Tensor":
+        """self + (end - self) * weight: linear interpolation."""
         return self + (self._operand(end, "lerp") - self) * weight
 
 

@@ -38,6 +38,7 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 
 
 def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Join same-shaped tensors along a new axis `axis`."""
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack needs at least one tensor")

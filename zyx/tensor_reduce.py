@@ -83,6 +83,7 @@ class ReduceMixin:
         return math.prod(self.node.shape[a] for a in reduce_axes(axis, len(self.node.shape), "mean"))
 
     def mean(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
+        """Mean over `axis` (all by default); integers are averaged in float32."""
         total = self._float().sum(axis, keepdim)  # type: ignore[attr-defined]
         count = self._count(axis)
         return total * (1 / count) if count else total / 0.0
@@ -168,12 +169,14 @@ class ReduceMixin:
             tuple(s for i, s in enumerate(x.shape) if i not in reduce_axes(axis, x.ndim, "logsumexp")))
 
     def softmax(self, axis: int = -1) -> "Tensor":
+        """exp(x) / sum(exp(x)) along `axis`, computed around the maximum so it cannot overflow."""
         x = self._float()  # type: ignore[attr-defined]
         reduce_axes(axis, x.ndim, "softmax")
         shifted = (x - x._reduce(Op.RMAX, axis, True, "softmax").detach()).exp()
         return shifted / shifted.sum(axis, keepdim=True)
 
     def log_softmax(self, axis: int = -1) -> "Tensor":
+        """log(softmax(x)) along `axis`, computed stably (x - logsumexp(x))."""
         x = self._float()  # type: ignore[attr-defined]
         return x - x.logsumexp(axis, keepdim=True)
 

@@ -41,6 +41,7 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
+        """The learning rate; setting it (as schedules do) reaches steps already traced by @zyx.jit."""
         return self._lr
 
     @lr.setter
