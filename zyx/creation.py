@@ -84,6 +84,17 @@ def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Ten
     return Tensor(leaf)
 
 
+def from_dlpack(source: Any, device: Optional[Device] = None) -> Tensor:
+    """A tensor holding a copy of a host DLPack exporter's data (a torch CPU tensor, a numpy array, a zyx tensor),
+    on `device` (default: zyx.default_device())."""
+    try:
+        array = np.from_dlpack(source)
+    except (BufferError, RuntimeError, TypeError) as error:
+        raise TypeError(f"from_dlpack: cannot import {type(source).__name__} ({error}); only host (CPU) memory "
+                        "in a dtype numpy knows can be imported") from None
+    return tensor(array, device)
+
+
 def full(shape: Any, value: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
     """A tensor of `shape` filled with `value` (lazy: a constant takes no memory until used)."""
     shape = shape_of((shape,)) if not isinstance(shape, int) else (shape,)

@@ -83,7 +83,7 @@ class ConvertMixin:
         if device is not None and device is not self.node.device:
             from .creation import tensor
             result = tensor(self.numpy(), device=device, dtype=self.node.dtype)  # type: ignore[attr-defined]
-        return result.cast(dtype) if dtype is not None else result  # type: ignore[return-value]
+        return result.cast(dtype) if dtype not in (None, result.node.dtype) else result  # type: ignore[return-value]
 
     def size(self, axis: Optional[int] = None) -> Union[tuple[int, ...], int]:
         """The shape (PyTorch's `.size()`), or the length of one axis."""
