@@ -112,26 +112,24 @@ def cast(x: str, source: DType, target: DType) -> str:
     return f"(({register_type(target)})({x}))"
 
 
+# How each dtype is read from and written to a buffer (p: the pointer, i: the position, v: the value); half
+# precision is rounded to nearest even where stored
+MEMORY_ACCESS = {
+    "float16": ("vload_half({i},{p})", "vstore_half({v},{i},{p});"),
+    "bfloat16": ("zyx_bf16_to_float({p}[{i}])", "{p}[{i}] = zyx_float_to_bf16({v});"),
+    "bool": ("({p}[{i}]!=0)", "{p}[{i}] = (uchar)({v});"),
+}
+PLAIN_ACCESS = ("{p}[{i}]", "{p}[{i}] = {v};")
+
+
 def load(dtype: DType, pointer: str, position: str) -> str:
     """The value at `pointer[position]`, in its register type."""
-    if dtype.name == "float16":
-        return f"vload_half({position},{pointer})"
-    if dtype.name == "bfloat16":
-        return f"zyx_bf16_to_float({pointer}[{position}])"
-    if dtype.is_bool:
-        return f"({pointer}[{position}]!=0)"
-    return f"{pointer}[{position}]"
+    return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[0].format(p=pointer, i=position)
 
 
 def store(dtype: DType, pointer: str, position: str, value: str) -> str:
-    """The statement writing `value` to `pointer[position]` (half precision rounded to nearest even)."""
-    if dtype.name == "float16":
-        return f"vstore_half({value},{position},{pointer});"
-    if dtype.name == "bfloat16":
-        return f"{pointer}[{position}] = zyx_float_to_bf16({value});"
-    if dtype.is_bool:
-        return f"{pointer}[{position}] = (uchar)({value});"
-    return f"{pointer}[{position}] = {value};"
+    """The statement writing `value` to `pointer[position]`."""
+    return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[1].format(p=pointer, i=position, v=value)
 
 
 def _shift_helpers(name: str, bits: int, unsigned: bool) -> list[str]:
