@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it)
-    **{name: (".creation", name) for name in ("arange", "eye", "full", "ones", "ones_like", "rand", "randn",
-                                               "tensor", "uniform", "zeros", "zeros_like")},
+    **{name: (".creation", name) for name in ("arange", "eye", "from_dlpack", "full", "ones", "ones_like", "rand",
+                                               "randn", "tensor", "uniform", "zeros", "zeros_like")},
     **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "default_device", "set_default_device",
                                               "synchronize")},
-    **{name: (".dtypes", name) for name in ("DType", "bool_", "float16", "float32", "float64", "int32", "int64")},
+    **{name: (".dtypes", name) for name in ("DType", "bool_", "uint8", "int8", "int16", "int32", "uint32", "int64",
+                                             "float16", "bfloat16", "float32", "float64")},
     "bool": (".dtypes", "bool_"),  # zyx.bool, as torch.bool
     **{name: (".errors", name) for name in ("AxisError", "OutOfMemoryError", "ShapeError")},
     "profile": (".profiler", "profile"), "Profiler": (".profiler", "Profiler"), "viz": (".trace_graph", "viz"),
@@ -34,10 +35,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
 __all__ = [
     "jit", "memory_stats", "reset_peak_memory", "nn", "save", "load",
     "Tensor", "Device", "CPU", "OpenCL", "DType", "ShapeError", "AxisError", "OutOfMemoryError", "tensor", "zeros",
-    "ones", "full", "eye", "arange",
+    "ones", "full", "eye", "arange", "from_dlpack",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
-    "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",
-    "int64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",
+    "default_device", "set_default_device", "stats", "reset_stats", "uint8", "int8", "int16", "int32", "uint32",
+    "int64", "float16", "bfloat16", "float32", "float64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",
 ]
 
 
@@ -73,9 +74,11 @@ _sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each on first use
     from . import nn
     from .counters import reset_stats, stats
-    from .creation import (arange, eye, full, ones, ones_like, rand, randn, tensor, uniform, zeros, zeros_like)
+    from .creation import (arange, eye, from_dlpack, full, ones, ones_like, rand, randn, tensor, uniform, zeros,
+                           zeros_like)
     from .devices import CPU, Device, OpenCL, default_device, set_default_device, synchronize
-    from .dtypes import DType, bool_, float16, float32, float64, int32, int64
+    from .dtypes import (DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8,
+                         uint32)
     from .dtypes import bool_ as bool  # noqa: A001
     from .errors import AxisError, OutOfMemoryError, ShapeError
     from .profiler import Profiler, profile

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .dim_alias import accepts_dim
 from .dtypes import promote
 from .errors import ShapeError
 from .tensor import Tensor
 from .tensor_movement import normalize_axis
 
 
+@accepts_dim
 def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Concatenate along `axis`; other axes must match, dtypes promote (as PyTorch), devices must agree."""
     tensors = list(tensors)
@@ -37,7 +39,9 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     return result  # type: ignore[return-value]
 
 
+@accepts_dim
 def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Join same-shaped tensors along a new axis `axis`."""
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack needs at least one tensor")

@@ -1,4 +1,5 @@
-"""`tensor[...]` with ints, slices, None, Ellipsis and integer tensors; `gather`. All views or fused selects."""
+"""`tensor[...]` with ints, slices, None, Ellipsis and integer tensors (PyTorch's rules); `gather`. All views or
+fused selects."""
 from __future__ import annotations
 
 import math
@@ -58,11 +59,6 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
         raise TypeError("boolean mask indexing is not supported: use zyx.where(mask, x, 0) or multiply by the mask")
     index = tuple(_as_index_value(i) for i in index)
     index = _expand_ellipsis(index, t.ndim)
-    advanced = [k for k, i in enumerate(index) if _is_advanced(i) or (isinstance(i, int) and any(
-        _is_advanced(j) for j in index))]
-    # numpy: advanced indices (integer tensors, and ints alongside them) that are not next to each other put
-    # their broadcast axes first
-    to_front = bool(advanced) and advanced != list(range(advanced[0], advanced[-1] + 1))
     result, axis, tensor_axes = t, 0, []
     for item in index:
         if item is None:
@@ -74,12 +70,7 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
         elif isinstance(item, Tensor) or isinstance(item, (list, tuple)):
             tensor_axes.append((axis, item))
             axis += 1
-        elif isinstance(item, int) or hasattr(item, "__index__"):
-            if to_front:  # an int among apart advanced indices broadcasts with them, as numpy
-                from .creation import tensor
-                tensor_axes.append((axis, tensor(int(item), device=t.device)))
-                axis += 1
-                continue
+        elif isinstance(item, int) or hasattr(item, "__index__"):  # selects, even beside tensors (PyTorch)
             size = result.shape[axis]
             position = int(item)
             if not -size <= position < size:
@@ -91,10 +82,11 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
         else:
             raise TypeError(f"unsupported index {item!r}")
     if tensor_axes:
-        if to_front:
-            result = _take_apart(result, tensor_axes)
-        else:
-            result = _take_advanced(result, tensor_axes)
+        # PyTorch's rule: tensor indices on adjacent axes of the result (ints have selected theirs away) keep
+        # their place; apart, their broadcast axes go first
+        axes = [a for a, _ in tensor_axes]
+        apart = axes != list(range(axes[0], axes[0] + len(axes)))
+        result = (_take_apart if apart else _take_advanced)(result, tensor_axes)
     return result
 
 
@@ -105,11 +97,6 @@ def _as_index_value(item: Any) -> Any:
     if isinstance(item, np.integer):
         return int(item)
     return item
-
-
-def _is_advanced(item: Any) -> bool:
-    from .tensor import Tensor
-    return isinstance(item, (Tensor, list, tuple))
 
 
 def _take_apart(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":

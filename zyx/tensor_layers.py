@@ -91,6 +91,7 @@ class LayerMixin:
         return self._operand(other, "matmul").matmul(self)  # type: ignore[attr-defined]
 
     def dot(self, other: "Tensor") -> "Tensor":
+        """The inner product of two 1-D tensors."""
         if self.ndim != 1 or other.ndim != 1:  # type: ignore[attr-defined]
             raise ShapeError(f"dot: needs two 1-D tensors, got {self.shape} and {other.shape}")  # type: ignore
         return self.matmul(other)
@@ -159,6 +160,7 @@ class LayerMixin:
         return self._pool_windows(kernel_size, stride, padding, 0.0, "avg_pool2d").mean(-1)
 
     def max_pool2d(self, kernel_size: Pair, stride: Optional[Pair] = None, padding: Pair = 0) -> "Tensor":
+        """Maximum over each window of the last two axes (padding counts as -inf)."""
         lowest: float = float("-inf")
         if not self.dtype.is_float:  # type: ignore[attr-defined]
             import numpy as np

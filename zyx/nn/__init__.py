@@ -2,16 +2,17 @@
 
     model = zyx.nn.Sequential(zyx.nn.Linear(4, 8), zyx.nn.ReLU(), zyx.nn.Linear(8, 1))
     opt = zyx.nn.Adam(lr=1e-3)
-    loss = zyx.nn.mse_loss(model(x), y)
+    loss = zyx.nn.mse_loss(model(x), y)   # or zyx.nn.MSELoss()(model(x), y), zyx.nn.functional.mse_loss
     opt.update(model.parameters(), loss.backward(model.parameters()))
 """
 from __future__ import annotations
 
-from . import init
+from . import functional, init
 from .activations import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
 from .attention import MultiheadAttention, TransformerBlock, causal_mask
 from .containers import Sequential
 from .layers import AvgPool2d, Conv2d, Dropout, Embedding, Flatten, Identity, Linear, MaxPool2d
+from .loss_modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
                      nll_loss)
 from .module import LoadResult, Module, StateDictError
@@ -21,12 +22,13 @@ from .recurrent import GRUCell, LSTMCell
 from .schedules import CosineAnnealingLR, LinearLR, LRScheduler, StepLR
 
 __all__ = [
-    "Module", "StateDictError", "LoadResult", "init", "Sequential",
+    "Module", "StateDictError", "LoadResult", "init", "functional", "Sequential",
     "Linear", "Conv2d", "Embedding", "MaxPool2d", "AvgPool2d", "Dropout", "Flatten", "Identity",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "RMSNorm", "GroupNorm",
     "MultiheadAttention", "TransformerBlock", "causal_mask", "GRUCell", "LSTMCell",
     "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "LeakyReLU", "ELU", "Softplus", "Softmax", "LogSoftmax",
     "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
+    "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR",
 ]
