@@ -11,9 +11,17 @@ import numpy as np
 
 from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype, wrap_int
 from .errors import ShapeError
+from .tensor_activations import ActivationMixin
+from .tensor_conv import ConvMixin
 from .tensor_layers import LayerMixin
+from .tensor_layout import LayoutMixin
+from .tensor_math import MathMixin
 from .tensor_movement import MovementMixin
 from .tensor_reduce import ReduceMixin
+from .tensor_scan import ScanMixin
+from .tensor_scatter import ScatterMixin
+from .tensor_sort import SortMixin
+from .tensor_stats import StatsMixin
 from .trace import autodiff
 from .trace import node as n
 from .trace.hashing import structural_hash
@@ -35,7 +43,8 @@ def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(result)
 
 
-class Tensor(MovementMixin, ReduceMixin, LayerMixin):
+class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvMixin, MathMixin, ActivationMixin, StatsMixin, ScanMixin,
+             SortMixin, LayoutMixin, ScatterMixin):
     __slots__ = ("node", "__weakref__")
     __array_priority__ = 1000  # numpy defers to our reflected operators
 

@@ -7,7 +7,7 @@ from typing import Optional, Union
 from ..creation import arange
 from ..devices import Device, default_device
 from ..tensor import Tensor
-from ..tensor_layers import Pair, as_pair
+from ..tensor_conv import Pair, as_pair
 from ..trace.checks import RangeCheck, attach
 from . import init
 from .module import Module
