@@ -169,12 +169,13 @@ class MathMixin:
         return negative.where(-magnitude, magnitude)
 
     def logaddexp(self: "Tensor", other: "Operand") -> "Tensor":
-        """log(exp(a) + exp(b)) around the larger operand, so large inputs do not overflow and two -infs
-        give -inf."""
+        """log(exp(a) + exp(b)) as max(a, b) + log1p(exp(-|a - b|)): no overflow, and two equal infinities
+        give that infinity (with the gradient shared, as at any tie)."""
         a, b = self._float(), self._operand(other, "logaddexp")._float()
-        peak = a.maximum(b).detach()
-        peak = peak.isinf().where(0.0, peak)
-        return ((a - peak).exp() + (b - peak).exp()).log() + peak
+        peak = a.maximum(b)
+        same_infinity = (a == b) & peak.isinf()
+        gap = same_infinity.where(0.0, -(a - b).abs())
+        return same_infinity.where(peak, peak + _log1p(gap.exp()))
 
     def logaddexp2(self: "Tensor", other: "Operand") -> "Tensor":
         """log2(2**a + 2**b)."""

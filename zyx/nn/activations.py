@@ -78,3 +78,52 @@ class LogSoftmax(_Activation):
 
     def __init__(self, dim: int = -1):
         super().__init__(axis=dim)
+
+
+class Hardtanh(_Activation):
+    method = "hardtanh"
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+        super().__init__(min_val=min_val, max_val=max_val)
+
+
+class ReLU6(_Activation):
+    method = "relu6"
+
+
+class Hardsigmoid(_Activation):
+    method = "hardsigmoid"
+
+
+class Hardswish(_Activation):
+    method = "hardswish"
+
+
+class SELU(_Activation):
+    method = "selu"
+
+
+class CELU(_Activation):
+    method = "celu"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__(alpha=alpha)
+
+
+class Mish(_Activation):
+    method = "mish"
+
+
+class LogSigmoid(_Activation):
+    method = "logsigmoid"
+
+
+class Softsign(_Activation):
+    method = "softsign"
+
+
+class Softmin(_Activation):
+    method = "softmin"
+
+    def __init__(self, dim: int = -1):
+        super().__init__(dim=dim)

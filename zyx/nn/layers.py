@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from ..creation import arange
 from ..devices import Device, default_device
 from ..tensor import Tensor
-from ..tensor_conv import Pair, as_pair
+from ..interpolate import interpolate
+from ..tensor_conv import Size, as_tuple
 from ..trace.checks import RangeCheck, attach
 from . import init
 from .module import Module
@@ -27,27 +28,70 @@ class Linear(Module):
         return x.linear(self.weight, self.bias)
 
 
-class Conv2d(Module):
-    """2-D convolution over (N, C, H, W); weight (out, in/groups, kh, kw)."""
+class _ConvNd(Module):
+    """Convolution over `dims` spatial axes; weight (out, in/groups, *kernel), or (in, out/groups, *kernel) for
+    the transposed form, as PyTorch's."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair = 1,
-                 padding: Union[Pair, str] = 0, dilation: Pair = 1, groups: int = 1, bias: bool = True,
-                 device: Optional[Device] = None):
+    dims = 2
+    transposed = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
+                 padding: Union[Size, str] = 0, dilation: Size = 1, groups: int = 1, bias: bool = True,
+                 output_padding: Size = 0, device: Optional[Device] = None):
+        name = type(self).__name__
         if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"Conv2d: groups must be a positive int, got {groups!r}")
+            raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: in_channels {in_channels} and out_channels {out_channels} must be divisible "
+            raise ValueError(f"{name}: in_channels {in_channels} and out_channels {out_channels} must be divisible "
                              f"by groups {groups}")
         device = device or default_device()
-        shape = (out_channels, in_channels // groups, *as_pair(kernel_size, "kernel_size", "Conv2d", 1))
-        self.stride, self.dilation = as_pair(stride, "stride", "Conv2d", 1), as_pair(dilation, "dilation", "Conv2d", 1)
-        self.padding = padding if isinstance(padding, str) else as_pair(padding, "padding", "Conv2d", 0)
+        kernel = as_tuple(kernel_size, self.dims, "kernel_size", name, 1)
+        channels = (in_channels, out_channels // groups) if self.transposed else (out_channels, in_channels // groups)
+        shape = channels + kernel
+        self.stride = as_tuple(stride, self.dims, "stride", name, 1)
+        self.dilation = as_tuple(dilation, self.dims, "dilation", name, 1)
+        self.padding = padding if isinstance(padding, str) else as_tuple(padding, self.dims, "padding", name, 0)
+        self.output_padding = as_tuple(output_padding, self.dims, "output_padding", name, 0)
         self.groups = groups
-        self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)
+        self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)  # fans from this shape, as PyTorch
         self.bias = init.uniform((out_channels,), init.bias_bound(shape), device) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.conv2d(self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.transposed:
+            return x._conv_transpose(self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                     self.groups, self.dilation, self.dims, type(self).__name__)
+        return x._conv(self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.dims,
+                       type(self).__name__)
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution over (N, C, L)."""
+    dims = 1
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution over (N, C, H, W); weight (out, in/groups, kh, kw)."""
+    dims = 2
+
+
+class Conv3d(_ConvNd):
+    """3-D convolution over (N, C, D, H, W)."""
+    dims = 3
+
+
+class ConvTranspose1d(_ConvNd):
+    """The adjoint of Conv1d; weight (in, out/groups, k)."""
+    dims, transposed = 1, True
+
+
+class ConvTranspose2d(_ConvNd):
+    """The adjoint of Conv2d ("deconvolution"); weight (in, out/groups, kh, kw)."""
+    dims, transposed = 2, True
+
+
+class ConvTranspose3d(_ConvNd):
+    """The adjoint of Conv3d; weight (in, out/groups, kd, kh, kw)."""
+    dims, transposed = 3, True
 
 
 class Embedding(Module):
@@ -78,22 +122,70 @@ class Embedding(Module):
         return rows
 
 
-class MaxPool2d(Module):
-    def __init__(self, kernel_size: Pair, stride: Optional[Pair] = None, padding: Pair = 0):
+class _MaxPoolNd(Module):
+    """Maximum over windows of the last `dims` axes (see Tensor.max_pool2d for the options)."""
+
+    dims = 2
+
+    def __init__(self, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0, dilation: Size = 1,
+                 return_indices: bool = False, ceil_mode: bool = False):
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.return_indices, self.ceil_mode = return_indices, ceil_mode
+
+    def forward(self, x: Tensor) -> Any:
+        return x._max_pool(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                           self.return_indices, self.dims, type(self).__name__)
+
+
+class MaxPool1d(_MaxPoolNd):
+    dims = 1
+
+
+class MaxPool2d(_MaxPoolNd):
+    dims = 2
+
+
+class MaxPool3d(_MaxPoolNd):
+    dims = 3
+
+
+class _AvgPoolNd(Module):
+    """Mean over windows of the last `dims` axes; zero padding counts towards the mean unless
+    count_include_pad=False (PyTorch's default)."""
+
+    dims = 2
+
+    def __init__(self, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: Optional[int] = None):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.max_pool2d(self.kernel_size, self.stride, self.padding)
+        return x._avg_pool(self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                           self.divisor_override, self.dims, type(self).__name__)
 
 
-class AvgPool2d(Module):
-    """Mean over each window; zero padding counts towards the mean (PyTorch's default)."""
+class AvgPool1d(_AvgPoolNd):
+    dims = 1
 
-    def __init__(self, kernel_size: Pair, stride: Optional[Pair] = None, padding: Pair = 0):
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+class AvgPool2d(_AvgPoolNd):
+    dims = 2
+
+
+class AvgPool3d(_AvgPoolNd):
+    dims = 3
+
+
+class Upsample(Module):
+    """Resize the spatial axes (see zyx.nn.interpolate)."""
+
+    def __init__(self, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
+                 align_corners: Optional[bool] = None):
+        self.size, self.scale_factor, self.mode, self.align_corners = size, scale_factor, mode, align_corners
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.avg_pool2d(self.kernel_size, self.stride, self.padding)
+        return interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
 
 
 class Dropout(Module):
