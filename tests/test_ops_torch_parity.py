@@ -152,10 +152,10 @@ UNIQUE_INDEX = np.array([[4, 0, 2], [1, 3, 0]])
 REPEATED_INDEX = np.array([[4, 0, 4], [1, 1, 1]])
 SOURCE = uniform(-2, 2, (2, 3))
 for reduce in ("sum", "prod", "mean", "amax", "amin"):
-    for include in (True, False):
-        CASES[f"scatter_reduce_{reduce}_{include}"] = same(
-            lambda x, i, s, reduce=reduce, include=include: x.scatter_reduce(1, i, s, reduce, include_self=include),
-            TIES, REPEATED_INDEX, np.round(SOURCE))
+    CASES[f"scatter_reduce_{reduce}"] = same(
+        lambda x, i, s, reduce=reduce: tuple(x.scatter_reduce(1, i, s, reduce, include_self=include)
+                                             for include in (True, False)),
+        TIES, REPEATED_INDEX, np.round(SOURCE))
 CASES.update({
     "scatter": same(lambda x, i, s: x.scatter(1, i, s), X, UNIQUE_INDEX, SOURCE),
     "scatter_value": same(lambda x, i: x.scatter(0, i, value=2.5), X, UNIQUE_INDEX[:, :2] % 3),
@@ -270,3 +270,71 @@ def test_matches_torch(device, name):
     for i, (z, t) in enumerate(zip(z_grads, t_grads)):
         expected = np.zeros(sources[i][1].shape, f32) if t is None else _numpy(t)
         np.testing.assert_allclose(_numpy(z), expected, rtol=rtol, atol=atol, err_msg=f"gradient {i}")
+
+
+def test_float64_precision_of_composed_functions(device):
+    """The functions built from approximations (atan, log1p inside asinh/acosh/atanh) and from cancelling
+    differences (sinh near 0) keep float64 precision, not just float32's."""
+    wide = WIDE.astype(np.float64) * np.array([1, 1e-3, 1, 1e-5, 1])
+    unit, above = UNIT.astype(np.float64), ABOVE_ONE.astype(np.float64)
+    z = {name: zyx.tensor(a, device=device) for name, a in (("wide", wide), ("unit", unit), ("above", above))}
+    results = [(z["wide"].atan(), np.arctan(wide)), (z["unit"].asin(), np.arcsin(unit)),
+               (z["unit"].acos(), np.arccos(unit)), (z["wide"].asinh(), np.arcsinh(wide)),
+               (z["above"].acosh(), np.arccosh(above)), (z["unit"].atanh(), np.arctanh(unit)),
+               ((z["unit"] * 1e-6).sinh(), np.sinh(unit * 1e-6)), (z["unit"].cosh(), np.cosh(unit)),
+               (z["wide"].logaddexp(z["wide"] * 0.5), np.logaddexp(wide, wide * 0.5))]
+    zyx.realize(*(r for r, _ in results))
+    for k, (actual, expected) in enumerate(results):
+        np.testing.assert_allclose(actual.numpy(), expected, rtol=2e-14, atol=0, err_msg=f"function {k}")
+
+
+def test_torch_function_forms_and_creation(device):
+    """zyx.<op>(x, ...) as torch.<op>(x, ...); linspace, empty and meshgrid; allclose answers a bool."""
+    assert all(callable(getattr(torch, name)) for name in zyx.TENSOR_FUNCTIONS)
+    x = zyx.tensor(X, device=device)
+    np.testing.assert_allclose(zyx.sort(x, 1).values.numpy(), np.sort(X, 1))
+    np.testing.assert_allclose(zyx.atan(x).numpy(), np.arctan(X), rtol=1e-6)
+    assert zyx.allclose(x, x + 1e-6) and not zyx.allclose(x, x + 1e-3) and x.allclose(X + 1e-6)
+    np.testing.assert_allclose(zyx.linspace(-1, 2, 7, device=device).numpy(), torch.linspace(-1, 2, 7).numpy(),
+                               rtol=1e-6)
+    assert zyx.linspace(0, 1, 0, device=device).shape == (0,)
+    empty = zyx.empty(2, 3, device=device, dtype=zyx.int32)
+    assert empty.shape == (2, 3) and empty.dtype == zyx.int32 and zyx.empty_like(x).shape == X.shape
+    for indexing in ("ij", "xy"):
+        grids = zyx.meshgrid(zyx.tensor(ROW, device=device), zyx.arange(3.0, device=device), indexing=indexing)
+        expected = torch.meshgrid(torch.tensor(ROW), torch.arange(3.0), indexing=indexing)
+        for grid, reference in zip(grids, expected):
+            np.testing.assert_array_equal(grid.numpy(), reference.numpy())
+
+
+def test_op_errors_name_the_problem(device):
+    x = zyx.tensor(X, device=device)
+    index = zyx.tensor([[0, 5]], device=device)
+    with pytest.raises(IndexError, match="scatter_add: index 5 is out of bounds for axis 1 with size 5"):
+        x.scatter_add(1, index, x[:1, :2]).numpy()
+    with pytest.raises(zyx.ShapeError, match="index"):
+        x.scatter(1, zyx.tensor([0, 1], device=device), 1.0)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        x.scatter_reduce(1, index, x, "max")
+    with pytest.raises(ValueError, match="topk: k=6 is out of range"):
+        x.topk(6)
+    with pytest.raises(ValueError, match="reflect padding"):
+        x.pad(((3, 0),), mode="reflect")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        x.pad(((1, 0),), mode="wrap")
+    with pytest.raises(zyx.ShapeError, match="label 'j' has sizes 5 and 3"):
+        zyx.einsum("ij,jk->ik", x, x)
+    with pytest.raises(ValueError, match="2 operands"):
+        zyx.einsum("ij,jk", x)
+    with pytest.raises(ValueError, match="rounding_mode"):
+        x.div(2, rounding_mode="round")
+    with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
+        zyx.nn.interpolate(x.reshape(1, 1, 3, 5))
+    with pytest.raises(zyx.ShapeError, match="bilinear"):
+        zyx.nn.interpolate(x.reshape(1, 3, 5), size=4, mode="bilinear")
+    with pytest.raises(ValueError, match="output_padding"):
+        x.reshape(1, 1, 3, 5).conv_transpose2d(x[:1, :2].reshape(1, 1, 1, 2), output_padding=1)
+    with pytest.raises(zyx.ShapeError, match="does not fit"):
+        x.max_pool2d(2, dilation=4)
+    with pytest.raises(TypeError, match="mask must be bool"):
+        x.masked_select(X)

@@ -42,7 +42,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
     "save": (".serialization", "save"), "load": (".serialization", "load"),
     "nn": (".nn", ""),
     "einsum": (".einsum", "einsum"), "meshgrid": (".tensor_combine", "meshgrid"),
-    **{name: (".creation", name) for name in ("linspace", "empty", "empty_like")},
+    **{name: (".creation", name) for name in ("linspace", "empty", "empty_like", "full_like")},
     **{name: (".tensor", f"Tensor.{name}") for name in TENSOR_FUNCTIONS},
 }
 
@@ -53,7 +53,7 @@ __all__ = [
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
     "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",
     "int64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz", "einsum", "meshgrid", "linspace",
-    "empty", "empty_like", *TENSOR_FUNCTIONS,
+    "empty", "empty_like", "full_like", *TENSOR_FUNCTIONS,
 ]
 
 
@@ -89,7 +89,7 @@ _sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each on first use
     from . import nn
     from .counters import reset_stats, stats
-    from .creation import (arange, empty, empty_like, eye, full, linspace, ones, ones_like, rand, randn, tensor,
+    from .creation import (arange, empty, empty_like, eye, full, full_like, linspace, ones, ones_like, rand, randn, tensor,
                            uniform, zeros, zeros_like)
     from .einsum import einsum
     from .devices import CPU, Device, OpenCL, default_device, set_default_device, synchronize

@@ -106,6 +106,10 @@ def ones_like(t: Tensor, dtype: Any = None) -> Tensor:
     return full(t.shape, 1, t.device, dtype or t.dtype)
 
 
+def full_like(t: Tensor, value: Any, dtype: Any = None) -> Tensor:
+    return full(t.shape, value, t.device, dtype or t.dtype)
+
+
 def rand(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
     """Uniform in [0, 1), lazy: drawn from the counter-based generator when realized."""
     dims = shape_of(shape)

@@ -85,7 +85,7 @@ class ScatterMixin:
             modes = {"add": "sum", "multiply": "prod"}
             if reduce not in modes:
                 raise ValueError(f"scatter: reduce must be 'add' or 'multiply', got {reduce!r}")
-            return self.scatter_reduce(dim, index, source, modes[reduce])
+            return self._scatter_reduce(dim, index, source, modes[reduce], True, "scatter")
         plan = _Scatter(self, dim, index, source, "scatter")
         if not index.numel():
             return self
@@ -99,16 +99,20 @@ class ScatterMixin:
     def scatter_add(self: "Tensor", dim: int, index: "Tensor", src: "Tensor") -> "Tensor":
         """A copy of self with src[i] added at position index[i] along `dim` (repeats add up), as
         torch.scatter_add."""
-        return self.scatter_reduce(dim, index, src, "sum")
+        return self._scatter_reduce(dim, index, src, "sum", True, "scatter_add")
 
     def scatter_reduce(self: "Tensor", dim: int, index: "Tensor", src: "Tensor", reduce: str,
                        include_self: bool = True) -> "Tensor":
         """Combine the entries of src that land on each position (and self's value there, with include_self)
         by 'sum', 'prod', 'mean', 'amax' or 'amin', as torch.scatter_reduce; positions no entry lands on keep
         self. Tied maxima and minima share the gradient equally."""
+        return self._scatter_reduce(dim, index, src, reduce, include_self, "scatter_reduce")
+
+    def _scatter_reduce(self: "Tensor", dim: int, index: "Tensor", src: Any, reduce: str, include_self: bool,
+                        op: str) -> "Tensor":
         if reduce not in SCATTER_REDUCTIONS:
-            raise ValueError(f"scatter_reduce: reduce must be one of {SCATTER_REDUCTIONS}, got {reduce!r}")
-        plan = _Scatter(self, dim, index, src, "scatter_reduce")
+            raise ValueError(f"{op}: reduce must be one of {SCATTER_REDUCTIONS}, got {reduce!r}")
+        plan = _Scatter(self, dim, index, src, op)
         target, landed = plan.target, plan.hit_any
         if reduce in ("amax", "amin"):
             lowest, highest = extremes(self)
