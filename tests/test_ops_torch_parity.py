@@ -6,7 +6,6 @@ respect to every float input, realized together with the output.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np

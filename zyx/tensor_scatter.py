@@ -3,7 +3,8 @@
 Scatters compose like gather: a one-hot comparison of each index entry with every position along the axis,
 then a sum (or product, max, min) over the entries. That costs O(m n) per row for m entries and an axis of n,
 fused into a reduction. Mask selection has a data-dependent shape, so the mask is realized on the host to
-find the positions, which then index the (still lazy) tensor: gradients flow through the selection.
+find the positions, which then index the (still lazy) tensor: gradients flow through the selection, but these
+ops cannot run inside `@zyx.jit` (a traced step has no values yet).
 """
 from __future__ import annotations
 
