@@ -153,11 +153,10 @@ class ScatterMixin:
         """The positions of nonzero elements, (count, ndim) int64 (or one 1-D tensor per axis with as_tuple),
         as torch.nonzero. Computed on the host from the realized values: its shape depends on them."""
         from .creation import tensor
-        found = np.nonzero(self.numpy().reshape(self.shape or (1,)))
+        values = self.numpy()
         if as_tuple:
-            return tuple(tensor(axis.astype(np.int64), device=self.device) for axis in found)
-        positions = np.stack(found, axis=-1) if self.ndim else np.zeros((len(found[0]), 0), np.int64)
-        return tensor(positions.astype(np.int64).reshape(-1, self.ndim), device=self.device)
+            return tuple(tensor(axis.astype(np.int64), device=self.device) for axis in np.nonzero(np.atleast_1d(values)))
+        return tensor(np.argwhere(values).astype(np.int64), device=self.device)
 
     argwhere = nonzero
 
