@@ -107,6 +107,7 @@ def ones_like(t: Tensor, dtype: Any = None) -> Tensor:
 
 
 def full_like(t: Tensor, value: Any, dtype: Any = None) -> Tensor:
+    """`value` in t's shape, on t's device, in t's dtype unless `dtype` says otherwise (lazy)."""
     return full(t.shape, value, t.device, dtype or t.dtype)
 
 
@@ -169,4 +170,5 @@ def empty(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Te
 
 
 def empty_like(t: Tensor, dtype: Any = None) -> Tensor:
+    """empty() in t's shape, device and dtype."""
     return zeros_like(t, dtype)

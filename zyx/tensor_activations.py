@@ -13,6 +13,8 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 
 class ActivationMixin:
+    """Tensor's piecewise and smooth activations beyond tensor.py's, softmin and normalize."""
+
     __slots__ = ()
 
     def hardtanh(self: "Tensor", min_val: float = -1.0, max_val: float = 1.0) -> "Tensor":
@@ -24,6 +26,7 @@ class ActivationMixin:
         return (x <= min_val).where(min_val, (x >= max_val).where(max_val, x))
 
     def relu6(self: "Tensor") -> "Tensor":
+        """min(max(x, 0), 6), hardtanh's gradient at the bounds."""
         return self.hardtanh(0.0, 6.0)
 
     def hardsigmoid(self: "Tensor") -> "Tensor":

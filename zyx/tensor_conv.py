@@ -38,6 +38,7 @@ def as_tuple(value: Size, count: int, name: str, op: str, low: int) -> tuple[int
 
 
 def as_pair(value: Size, name: str, op: str, low: int) -> tuple[int, int]:
+    """as_tuple for two spatial axes."""
     return as_tuple(value, 2, name, op, low)  # type: ignore[return-value]
 
 
@@ -87,6 +88,8 @@ def _spread(x: "Tensor", stride: Sequence[int]) -> "Tensor":
 
 
 class ConvMixin:
+    """Tensor's convolutions (1-3 spatial axes, plain and transposed) and pooling."""
+
     __slots__ = ()
 
     # ---- convolution ---------------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ def pad_with_mode(x: "Tensor", pairs: Sequence[tuple[int, int]], value: Any, mod
 
 
 class LayoutMixin:
+    """Tensor's triangle, diagonal, roll, repeat_interleave, unfold, narrow and index_select."""
+
     __slots__ = ()
 
     # ---- triangles and diagonals ---------------------------------------------------------------------------

@@ -64,6 +64,8 @@ def _atan_positive(a: "Tensor") -> "Tensor":
 
 
 class MathMixin:
+    """Tensor's inverse trigonometric, hyperbolic, remainder and closeness methods."""
+
     __slots__ = ()
 
     # ---- inverse trigonometric -----------------------------------------------------------------------------
@@ -90,6 +92,7 @@ class MathMixin:
         return grow * 0.5 * grow, shrink * 0.5 * shrink
 
     def cosh(self: "Tensor") -> "Tensor":
+        """(exp(x) + exp(-x)) / 2, finite up to where cosh itself overflows."""
         grow, shrink = self._float()._exp_halves()
         return grow + shrink
 
@@ -125,6 +128,7 @@ class MathMixin:
     arcsinh, arccosh, arctanh = asinh, acosh, atanh
 
     def log10(self: "Tensor") -> "Tensor":
+        """Base-10 logarithm."""
         return self.log() * (1 / math.log(10))
 
     # ---- remainders and rounding division ------------------------------------------------------------------

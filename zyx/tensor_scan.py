@@ -61,6 +61,8 @@ def extremes(t: "Tensor") -> tuple[Any, Any]:
 
 
 class ScanMixin:
+    """Tensor's running products, extremes and log-sum-exps (cumsum lives with the reductions)."""
+
     __slots__ = ()
 
     def cumprod(self: "Tensor", dim: int = 0) -> "Tensor":

@@ -71,6 +71,8 @@ class _Scatter:
 
 
 class ScatterMixin:
+    """Tensor's scatter family and mask selection."""
+
     __slots__ = ()
 
     def scatter(self: "Tensor", dim: int, index: "Tensor", src: Any = None, value: Any = None,

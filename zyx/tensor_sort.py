@@ -50,6 +50,8 @@ def _first_ranked(t: "Tensor", axis: int, descending: bool, count: int) -> Value
 
 
 class SortMixin:
+    """Tensor's sort, argsort, msort and topk."""
+
     __slots__ = ()
 
     def sort(self: "Tensor", dim: int = -1, descending: bool = False, stable: bool = False) -> ValuesIndices:

@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 
 class StatsMixin:
+    """Tensor's any, all, std_mean and var_mean."""
+
     __slots__ = ()
 
     def any(self: "Tensor", dim: Axis = None, keepdim: bool = False) -> "Tensor":

@@ -66,16 +66,19 @@ class _ConvNd(Module):
 
 class Conv1d(_ConvNd):
     """1-D convolution over (N, C, L)."""
+
     dims = 1
 
 
 class Conv2d(_ConvNd):
     """2-D convolution over (N, C, H, W); weight (out, in/groups, kh, kw)."""
+
     dims = 2
 
 
 class Conv3d(_ConvNd):
     """3-D convolution over (N, C, D, H, W)."""
+
     dims = 3
 
 
@@ -138,14 +141,20 @@ class _MaxPoolNd(Module):
 
 
 class MaxPool1d(_MaxPoolNd):
+    """Maximum over windows of (N, C, L)."""
+
     dims = 1
 
 
 class MaxPool2d(_MaxPoolNd):
+    """Maximum over windows of (N, C, H, W)."""
+
     dims = 2
 
 
 class MaxPool3d(_MaxPoolNd):
+    """Maximum over windows of (N, C, D, H, W)."""
+
     dims = 3
 
 
@@ -166,14 +175,20 @@ class _AvgPoolNd(Module):
 
 
 class AvgPool1d(_AvgPoolNd):
+    """Mean over windows of (N, C, L)."""
+
     dims = 1
 
 
 class AvgPool2d(_AvgPoolNd):
+    """Mean over windows of (N, C, H, W)."""
+
     dims = 2
 
 
 class AvgPool3d(_AvgPoolNd):
+    """Mean over windows of (N, C, D, H, W)."""
+
     dims = 3
 
 
