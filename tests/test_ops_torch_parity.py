@@ -145,6 +145,21 @@ CASES: dict[str, Case] = {
     "nonzero": same(lambda x: (x.nonzero(), *x.nonzero(as_tuple=True)), np.where(MASK, X, 0)),
 }
 
+
+
+def set_items(x: Any, v: Any) -> Any:
+    """A copy of x written through several kinds of index (the same code runs on torch)."""
+    y = x * 1
+    y[1, :, 1:4:2] = v[:, :2]
+    y[0, 2] = 7.0
+    y[:, [2, 0]] = v[:2, 4:]
+    y[..., None, 4] = v[:2, 2:3, None]
+    y[y > 1.5] = -1.0
+    return y
+
+
+CASES["setitem"] = same(set_items, X3, X)
+
 # scatter: index (2, 3) into self (3, 5) along dim 1; unique per row for plain scatter (PyTorch leaves repeats
 # undefined), repeats for the reductions
 UNIQUE_INDEX = np.array([[4, 0, 2], [1, 3, 0]])
@@ -337,3 +352,18 @@ def test_op_errors_name_the_problem(device):
         x.max_pool2d(2, dilation=4)
     with pytest.raises(TypeError, match="mask must be bool"):
         x.masked_select(X)
+
+
+def test_setitem_strides_and_errors(device):
+    """Negative steps (which torch refuses) against numpy; an empty region writes nothing; a value that does not
+    broadcast to the indexed shape raises."""
+    x = zyx.tensor(X3, device=device)
+    expected = X3.copy()
+    x[:, ::-2, 3::-3] = zyx.tensor(ROW[:4].reshape(2, 2), device=device)
+    expected[:, ::-2, 3::-3] = ROW[:4].reshape(2, 2)
+    x[1:1] = 5.0
+    np.testing.assert_array_equal(x.numpy(), expected)
+    with pytest.raises(zyx.ShapeError, match="setitem"):
+        x[0] = zyx.tensor(ROW[:4], device=device)
+    with pytest.raises(IndexError, match="index 3 is out of bounds"):
+        x[0, 3] = 1.0

@@ -74,7 +74,7 @@ def _conv_padding(padding: Union[Size, str], kernel: Sequence[int], stride: Sequ
     return [(p, p) for p in as_tuple(padding, len(kernel), "padding", op, 0)]
 
 
-def _spread(x: "Tensor", stride: Sequence[int]) -> "Tensor":
+def spread(x: "Tensor", stride: Sequence[int]) -> "Tensor":
     """Insert stride - 1 zeros between neighbours on each of the last len(stride) axes (a view)."""
     first = x.ndim - len(stride)
     for axis, s in enumerate(stride, start=first):
@@ -159,8 +159,8 @@ class ConvMixin:
         flipped = flipped.reshape((groups * group_out, in_channels // groups) + kernel).flip(
             list(range(2, dims + 2)))
         rims = [d * (k - 1) - p for d, k, p in zip(dilations, kernel, pads)]
-        spread = _spread(self, strides).pad([(0, 0), (0, 0)] + [(r, r + e) for r, e in zip(rims, extras)])
-        return spread._conv(flipped, bias, 1, 0, dilations, groups, dims, op)
+        dilated = spread(self, strides).pad([(0, 0), (0, 0)] + [(r, r + e) for r, e in zip(rims, extras)])
+        return dilated._conv(flipped, bias, 1, 0, dilations, groups, dims, op)
 
     def conv_transpose1d(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"] = None, stride: Size = 1,
                          padding: Size = 0, output_padding: Size = 0, groups: int = 1, dilation: Size = 1

@@ -63,7 +63,7 @@ def pad_with_mode(x: "Tensor", pairs: Sequence[tuple[int, int]], value: Any, mod
 
 
 class LayoutMixin:
-    """Tensor's triangle, diagonal, roll, repeat_interleave, unfold, narrow and index_select."""
+    """Tensor's triangle, diagonal, roll, repeat_interleave, unfold, narrow, index_select and __setitem__."""
 
     __slots__ = ()
 
@@ -112,6 +112,12 @@ class LayoutMixin:
         square = spread.shrink(((0, length * length),)).reshape(length, length)
         shift = abs(diagonal)
         return square.pad(((0, shift), (shift, 0)) if diagonal >= 0 else ((shift, 0), (0, shift)))
+
+    # ---- writing by position -------------------------------------------------------------------------------
+    def __setitem__(self: "Tensor", index: Any, value: Any) -> None:
+        """self[index] = value, functional underneath: self then points at a new value (see tensor_setitem)."""
+        from .tensor_setitem import setitem
+        setitem(self, index, value)
 
     # ---- selecting and repeating ---------------------------------------------------------------------------
     def narrow(self: "Tensor", dim: int, start: int, length: int) -> "Tensor":
