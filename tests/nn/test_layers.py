@@ -160,8 +160,8 @@ def test_more_activation_modules(nn_device):
                   (nn.MaxPool1d(2, ceil_mode=True), torch.nn.MaxPool1d(2, ceil_mode=True)),
                   (nn.AvgPool1d(2, padding=1, count_include_pad=False),
                    torch.nn.AvgPool1d(2, padding=1, count_include_pad=False))], (2, 4, 9)),
-    (lambda dev: [(nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, device=dev),
-                   torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)),
+    (lambda dev: [(nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, 2, device=dev),  # stride, padding, output_padding, groups
+                   torch.nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, 2)),
                   (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
                    torch.nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
                   (nn.Upsample(scale_factor=2, mode="bilinear"), torch.nn.Upsample(scale_factor=2, mode="bilinear"))],

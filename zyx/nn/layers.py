@@ -29,39 +29,51 @@ class Linear(Module):
 
 
 class _ConvNd(Module):
-    """Convolution over `dims` spatial axes; weight (out, in/groups, *kernel), or (in, out/groups, *kernel) for
-    the transposed form, as PyTorch's."""
+    """Convolution over `dims` spatial axes, weight (out, in/groups, *kernel); the arguments in PyTorch's order."""
 
     dims = 2
-    transposed = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
                  padding: Union[Size, str] = 0, dilation: Size = 1, groups: int = 1, bias: bool = True,
-                 output_padding: Size = 0, device: Optional[Device] = None):
+                 device: Optional[Device] = None):
+        self._build((out_channels, in_channels), out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                    device)
+
+    def _build(self, channels: tuple[int, int], out_channels: int, kernel_size: Size, stride: Size,
+               padding: Union[Size, str], dilation: Size, groups: int, bias: bool, device: Optional[Device]) -> None:
+        """Check the options and make the weight, shaped channels[0], channels[1] / groups, *kernel."""
         name = type(self).__name__
         if not isinstance(groups, int) or groups < 1:
             raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"{name}: in_channels {in_channels} and out_channels {out_channels} must be divisible "
-                             f"by groups {groups}")
+        if channels[0] % groups or channels[1] % groups:
+            raise ValueError(f"{name}: in and out channels {sorted(channels)} must be divisible by groups {groups}")
         device = device or default_device()
-        kernel = as_tuple(kernel_size, self.dims, "kernel_size", name, 1)
-        channels = (in_channels, out_channels // groups) if self.transposed else (out_channels, in_channels // groups)
-        shape = channels + kernel
+        shape = (channels[0], channels[1] // groups) + as_tuple(kernel_size, self.dims, "kernel_size", name, 1)
         self.stride = as_tuple(stride, self.dims, "stride", name, 1)
         self.dilation = as_tuple(dilation, self.dims, "dilation", name, 1)
         self.padding = padding if isinstance(padding, str) else as_tuple(padding, self.dims, "padding", name, 0)
-        self.output_padding = as_tuple(output_padding, self.dims, "output_padding", name, 0)
         self.groups = groups
         self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)  # fans from this shape, as PyTorch
         self.bias = init.uniform((out_channels,), init.bias_bound(shape), device) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.transposed:
-            return x._conv_transpose(self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                     self.groups, self.dilation, self.dims, type(self).__name__)
         return x._conv(self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.dims,
                        type(self).__name__)
+
+
+class _ConvTransposeNd(_ConvNd):
+    """The adjoint of a convolution, weight (in, out/groups, *kernel); the arguments in PyTorch's order."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1, padding: Size = 0,
+                 output_padding: Size = 0, groups: int = 1, bias: bool = True, dilation: Size = 1,
+                 device: Optional[Device] = None):
+        self._build((in_channels, out_channels), out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                    device)
+        self.output_padding = as_tuple(output_padding, self.dims, "output_padding", type(self).__name__, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x._conv_transpose(self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                 self.groups, self.dilation, self.dims, type(self).__name__)
 
 
 class Conv1d(_ConvNd):
@@ -82,19 +94,22 @@ class Conv3d(_ConvNd):
     dims = 3
 
 
-class ConvTranspose1d(_ConvNd):
+class ConvTranspose1d(_ConvTransposeNd):
     """The adjoint of Conv1d; weight (in, out/groups, k)."""
-    dims, transposed = 1, True
+
+    dims = 1
 
 
-class ConvTranspose2d(_ConvNd):
+class ConvTranspose2d(_ConvTransposeNd):
     """The adjoint of Conv2d ("deconvolution"); weight (in, out/groups, kh, kw)."""
-    dims, transposed = 2, True
+
+    dims = 2
 
 
-class ConvTranspose3d(_ConvNd):
+class ConvTranspose3d(_ConvTransposeNd):
     """The adjoint of Conv3d; weight (in, out/groups, kd, kh, kw)."""
-    dims, transposed = 3, True
+
+    dims = 3
 
 
 class Embedding(Module):
