@@ -791,7 +791,9 @@ def test_getitem_errors(device):
     with pytest.raises(IndexError):
         t[..., ...]
     with pytest.raises(TypeError):
-        t[t > 0]
+        t[False]  # bool tensors are masks (tests/test_ops_torch_parity.py); a Python bool is refused
+    with pytest.raises(IndexError, match="mask of shape"):
+        t[zyx.tensor([[True, False]], device=device)]
     with pytest.raises(TypeError):
         t[zyx.tensor([0.5], device=device)]
 

@@ -122,6 +122,11 @@ def ones_like(t: Tensor, dtype: Any = None) -> Tensor:
     return full(t.shape, 1, t.device, dtype or t.dtype)
 
 
+def full_like(t: Tensor, value: Any, dtype: Any = None) -> Tensor:
+    """`value` in t's shape, on t's device, in t's dtype unless `dtype` says otherwise (lazy)."""
+    return full(t.shape, value, t.device, dtype or t.dtype)
+
+
 def rand(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
     """Uniform in [0, 1), lazy: drawn from the counter-based generator when realized."""
     dims = shape_of(shape)
@@ -167,3 +172,21 @@ def eye(n_rows: int, n_cols: Optional[int] = None, device: Optional[Device] = No
 def scalar_like(value: Any, like: Tensor) -> Tensor:
     """A Python number as a tensor that joins `like` without widening it."""
     return full((), value, like.device, promote_with_scalar(like.dtype, value))
+
+
+def linspace(start: float, end: float, steps: int, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """`steps` evenly spaced values from start to end inclusive (computed in float64, then cast)."""
+    if steps < 0:
+        raise ValueError(f"linspace: steps must be non-negative, got {steps}")
+    return tensor(np.linspace(start, end, steps, dtype=np.float64), device, dtype or DEFAULT_FLOAT)
+
+
+def empty(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """A tensor to be overwritten: zyx has no uninitialised memory, so this is zeros (lazy, no memory until
+    used)."""
+    return zeros(*shape, device=device, dtype=dtype)
+
+
+def empty_like(t: Tensor, dtype: Any = None) -> Tensor:
+    """empty() in t's shape, device and dtype."""
+    return zeros_like(t, dtype)

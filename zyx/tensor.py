@@ -10,12 +10,20 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from .dim_alias import accept_dim_on_methods
-from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, wrap_int
+from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype, wrap_int
 from .errors import GRADIENTS_ARE_RETURNED, ShapeError
+from .tensor_activations import ActivationMixin
+from .tensor_conv import ConvMixin
 from .tensor_convert import ConvertMixin
 from .tensor_layers import LayerMixin
+from .tensor_layout import LayoutMixin
+from .tensor_math import MathMixin
 from .tensor_movement import MovementMixin
 from .tensor_reduce import ReduceMixin
+from .tensor_scan import ScanMixin
+from .tensor_scatter import ScatterMixin
+from .tensor_sort import SortMixin
+from .tensor_stats import StatsMixin
 from .trace import autodiff
 from .trace import node as n
 from .trace.hashing import structural_hash
@@ -38,7 +46,8 @@ def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @accept_dim_on_methods
-class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin):
+class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, MathMixin, ActivationMixin, StatsMixin,
+             ScanMixin, SortMixin, LayoutMixin, ScatterMixin):
     """An n-dimensional array on a device, computed lazily: every op records a trace node, and values are
     computed only when asked for (`numpy()`, `item()`, `print`, `zyx.realize`).
 

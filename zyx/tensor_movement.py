@@ -78,12 +78,17 @@ class MovementMixin:
         """Broadcast to other's shape (a view)."""
         return self.expand(other.shape)
 
-    def pad(self, padding: Sequence[Sequence[int]], value: float = 0) -> "Tensor":
-        """((before, after), ...) per axis from the first; missing trailing axes are not padded."""
+    def pad(self, padding: Sequence[Sequence[int]], value: float = 0, mode: str = "constant") -> "Tensor":
+        """((before, after), ...) per axis from the first; missing trailing axes are not padded. A negative
+        amount crops; `mode` is 'constant' (fill with `value`), 'reflect', 'replicate' or 'circular' (as
+        PyTorch's F.pad, which lists axes from the last instead)."""
         pairs = [tuple(p) for p in padding]
         if len(pairs) > len(self.node.shape):
             raise ShapeError(f"pad: {len(pairs)} pairs for a tensor of shape {self.node.shape}")
         pairs += [(0, 0)] * (len(self.node.shape) - len(pairs))
+        if mode != "constant" or any(b < 0 or a < 0 for b, a in pairs):
+            from .tensor_layout import pad_with_mode
+            return pad_with_mode(self, pairs, value, mode)  # type: ignore[arg-type]
         return self._wrap(n.pad(self.node, pairs, value))
 
     def shrink(self, bounds: Sequence[Optional[tuple[int, int]]]) -> "Tensor":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
@@ -181,25 +182,12 @@ class ReduceMixin:
         return x - x.logsumexp(axis, keepdim=True)
 
     def cumsum(self, axis: int = 0) -> "Tensor":
-        """Running sum along `axis` by doubling (Hillis-Steele): log2(n) shifted adds, all views and adds.
-
-        Bool and int tensors sum in int64, as PyTorch.
-        """
-        ndim = len(self.node.shape)
-        if ndim == 0:
-            reduce_axes(axis, 0, "cumsum")
-            return self if self.node.dtype.is_float else self.cast(int64)  # type: ignore[attr-defined]
-        axis = normalize_axis(axis, ndim, "cumsum")
+        """Running sum along `axis` (a scan of log2(n) shifted adds, see tensor_scan); bool and int tensors sum
+        in int64, as PyTorch."""
+        from .tensor_scan import running
         x = self if self.node.dtype.is_float else self.cast(int64)  # type: ignore[attr-defined]
-        length = self.node.shape[axis]
-        shift = 1
-        while shift < length:
-            before = [(0, 0)] * axis + [(shift, 0)]
-            keep = [(0, s) for s in x.shape]
-            keep[axis] = (0, length)
-            x = x + x.pad(before).shrink(keep)
-            shift *= 2
-        return x
+        return running(x, axis, "cumsum", 0, operator.add)
+
 
 def _prod_axis(x: "Tensor", axis: int) -> "Tensor":
     """Multiply along one axis by halving it until one element is left (keeps the axis, size 1)."""

@@ -43,8 +43,8 @@ def test_repr_matches_torch(nn_device):
     ]
     for ours, theirs in pairs:
         assert repr(ours) == repr(theirs)
-    # options zyx does not have (inplace, ceil_mode, threshold) are left out of the line
-    assert repr(nn.MaxPool2d(2)) == "MaxPool2d(kernel_size=2, stride=2, padding=0)"
+    assert repr(nn.MaxPool2d(2, ceil_mode=True)) == repr(torch.nn.MaxPool2d(2, ceil_mode=True))
+    # options zyx does not have (inplace, threshold) are left out of the line
     assert repr(nn.Dropout(0.2)) == "Dropout(p=0.2)"
     assert repr(nn.BatchNorm2d(4, device=nn_device)) == \
         "BatchNorm2d(4, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"

@@ -98,3 +98,72 @@ class LogSoftmax(_Activation):
 
     def __init__(self, dim: int = -1):
         super().__init__(dim=dim)
+
+
+class Hardtanh(_Activation):
+    """x clipped to [min_val, max_val]."""
+
+    method = "hardtanh"
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+        super().__init__(min_val=min_val, max_val=max_val)
+
+
+class ReLU6(_Activation):
+    """min(max(x, 0), 6)."""
+
+    method = "relu6"
+
+
+class Hardsigmoid(_Activation):
+    """relu6(x + 3) / 6."""
+
+    method = "hardsigmoid"
+
+
+class Hardswish(_Activation):
+    """x * relu6(x + 3) / 6."""
+
+    method = "hardswish"
+
+
+class SELU(_Activation):
+    """Self-normalising ELU."""
+
+    method = "selu"
+
+
+class CELU(_Activation):
+    """Continuously differentiable ELU."""
+
+    method = "celu"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__(alpha=alpha)
+
+
+class Mish(_Activation):
+    """x * tanh(softplus(x))."""
+
+    method = "mish"
+
+
+class LogSigmoid(_Activation):
+    """log(sigmoid(x))."""
+
+    method = "logsigmoid"
+
+
+class Softsign(_Activation):
+    """x / (1 + |x|)."""
+
+    method = "softsign"
+
+
+class Softmin(_Activation):
+    """softmax(-x) along dim."""
+
+    method = "softmin"
+
+    def __init__(self, dim: int = -1):
+        super().__init__(dim=dim)
