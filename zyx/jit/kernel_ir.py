@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import xxhash
 
-from ..dtypes import DType
+from ..dtypes import DType, int_range
 from ..trace.ops import Op
 from .symbolic import Expr
 
@@ -358,7 +358,7 @@ def lowest_value(dtype: DType) -> object:
         return -math.inf
     if dtype.is_bool:
         return False
-    return -(2 ** (8 * dtype.itemsize - 1))
+    return int_range(dtype)[0]
 
 
 def reduce_start(op: Op, dtype: DType, width: int = 1) -> Const:

@@ -25,10 +25,12 @@ VERSION = "1"  # bump when the same IR prints differently
 
 # ---- types and literals ----------------------------------------------------------------------------------
 def register_type(dtype: DType, width: int = 1) -> str:
-    """The type a value lives in while computed: half in float, bool as bool (as an int mask in vectors)."""
+    """The type a value lives in while computed: float16 and bfloat16 in float, bool as bool (as an int mask
+    in vectors)."""
     if width > 1:
         return ("int" if dtype.is_bool else register_type(dtype)) + str(width)
-    return {"bool": "bool", "int32": "int", "int64": "long", "float16": "float", "float32": "float",
+    return {"bool": "bool", "uint8": "uchar", "int8": "char", "int16": "short", "int32": "int", "uint32": "uint",
+            "int64": "long", "float16": "float", "bfloat16": "float", "float32": "float",
             "float64": "double"}[dtype.name]
 
 
@@ -38,7 +40,8 @@ def literal(value: object, dtype: DType) -> str:
     if dtype.is_int:
         if value == -(2 ** 63):  # 9223372036854775808L itself would overflow before its negation
             return "(-9223372036854775807L-1L)"
-        return f"{int(value)}L" if dtype.itemsize == 8 else str(int(value))  # type: ignore[call-overload]
+        suffix = "L" if dtype.itemsize == 8 else "u" if dtype.is_unsigned else ""
+        return f"{int(value)}{suffix}"  # type: ignore[call-overload]
     number = float(value)  # type: ignore[arg-type]
     suffix = "" if dtype.name == "float64" else "f"
     if math.isnan(number):
@@ -74,7 +77,7 @@ UNARY = {
 INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 
 # |x| past which tanh(x) rounds to ±1: 1 - tanh(x) ~ 2 exp(-2x) is below half an ulp of 1 (13 ln 2, 27.5 ln 2)
-TANH_SATURATED = {"float16": 9.02, "float32": 9.02, "float64": 19.1}
+TANH_SATURATED = {"float16": 9.02, "bfloat16": 9.02, "float32": 9.02, "float64": 19.1}
 
 # keyed by op, then by the operands' kind ("bool", "int", "float"); {t} is the operands' register type
 BINARY: dict[object, dict[str, str]] = {
@@ -123,6 +126,8 @@ def alu(statement: Alu) -> str:
 
 def _cast(x: str, source: DType, target: DType, width: int) -> str:
     if width == 1:
+        if target.name == "bfloat16":  # rounded where cast, as stored
+            return f"zyx_round_bf16((float)({x}))"
         return f"({x}!=0)" if target.is_bool else f"(({register_type(target)})({x}))"
     if source.is_bool == target.is_bool:
         return x
@@ -139,12 +144,14 @@ def _vector_offset(index: Expr, width: int, buffer: str) -> str:
     return f"0,{buffer}+{index.render()}"
 
 
-def _element(dtype: DType, buffer: str, index: str) -> str:
-    if dtype.name == "float16":
-        return f"vload_half({index},{buffer})"
-    if dtype.is_bool:
-        return f"({buffer}[{index}]!=0)"
-    return f"{buffer}[{index}]"
+# How each dtype is read from and written to a buffer (p: the pointer, i: the position, v: the value); half
+# precision is rounded to nearest even where stored
+MEMORY_ACCESS = {
+    "float16": ("vload_half({i},{p})", "vstore_half({v},{i},{p});"),
+    "bfloat16": ("zyx_bf16_to_float({p}[{i}])", "{p}[{i}] = zyx_float_to_bf16({v});"),
+    "bool": ("({p}[{i}]!=0)", "{p}[{i}] = (uchar)({v});"),
+}
+PLAIN_ACCESS = ("{p}[{i}]", "{p}[{i}] = {v};")
 
 
 def load(statement: Load) -> str:
@@ -157,7 +164,7 @@ def load(statement: Load) -> str:
         element = f"{statement.buffer}[{statement.index.render()}]"
         text = f"(({register_type(out.dtype, out.width)})({f'-({element}!=0)' if out.dtype.is_bool else element}))"
     else:
-        text = _element(out.dtype, statement.buffer, statement.index.render())
+        text = MEMORY_ACCESS.get(out.dtype.name, PLAIN_ACCESS)[0].format(p=statement.buffer, i=statement.index.render())
     if statement.guard:
         text = f"(({condition(statement.guard)})?{text}:{operand(Const(0, out.dtype, out.width))})"
     return text
@@ -178,11 +185,7 @@ def store(statement: Store) -> str:
         width = statement.value.width
         text = f"convert_uchar{width}(-{value})" if dtype.is_bool else value
         return f"vstore{width}({text},{_vector_offset(index, width, buffer)});"
-    if dtype.name == "float16":
-        return f"vstore_half({value},{index.render()},{buffer});"
-    if dtype.is_bool:
-        return f"{buffer}[{index.render()}] = (uchar)({value});"
-    return f"{buffer}[{index.render()}] = {value};"
+    return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[1].format(p=buffer, i=index.render(), v=value)
 
 
 def lane_select(statement: LaneSelect) -> str:
@@ -274,39 +277,59 @@ def print_kernel(kernel: Kernel) -> tuple[str, str]:
     uses_double = any(p.dtype.name == "float64" for p in kernel.params) or any(
         getattr(s, "out", None) is not None and s.out.dtype.name == "float64" for s in statements)
     uses_rand = any(isinstance(s, Rand) for s in statements)
-    uses_shifts = any(isinstance(s, Alu) and s.op in (Op.SHL, Op.SHR) for s in statements)
-    source = prelude(uses_double, uses_rand, uses_shifts) + f"__kernel void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
-    return name, source
+    text = f"__kernel void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
+    return name, prelude(uses_double, uses_rand, text) + text
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
-SHIFT_HELPERS = [  # left shifts in unsigned: signed overflow is undefined in C
-    line for name, bits in (("int", 32), ("long", 64)) for line in (
-        f"static inline {name} zyx_shl_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? 0 : "
-        f"({name})((u{name})a << b); }}",
-        f"static inline {name} zyx_shr_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? "
-        f"(a < 0 ? -1 : 0) : a >> b; }}")
+def _shift_helpers(name: str, bits: int, unsigned: bool) -> list[str]:
+    """zyx_shl_T and zyx_shr_T: a count outside [0, bits) shifts every bit out. Left shifts go through the
+    unsigned type: signed overflow is undefined in C."""
+    outside = "0" if unsigned else "(a < 0 ? -1 : 0)"
+    return [f"static inline {name} zyx_shl_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? 0 : "
+            f"({name})(({name if unsigned else 'u' + name})a << b); }}",
+            f"static inline {name} zyx_shr_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? "
+            f"{outside} : a >> b; }}"]
+
+
+def _floordiv_helper(name: str) -> str:
+    """Floor division (Python's) for integer type `name`; division by zero gives a // 1."""
+    if name[0] == "u":
+        return f"static inline {name} zyx_floordiv_{name}({name} a, {name} b) {{ if (b == 0) b = 1; return a / b; }}"
+    return (f"static inline {name} zyx_floordiv_{name}({name} a, {name} b) {{ if (b == 0) b = 1; {name} q = a / b;"
+            " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }")
+
+
+# Helpers a kernel gets only when it calls one of their functions: kernels that call none keep their source,
+# and so their cached binaries. (functions, the lines defining them)
+CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
+    *(((f"zyx_shl_{name}", f"zyx_shr_{name}"), _shift_helpers(name, bits, name[0] == "u"))
+      for name, bits in (("int", 32), ("long", 64), ("uchar", 8), ("char", 8), ("short", 16), ("uint", 32))),
+    *(((f"zyx_floordiv_{name}",), [_floordiv_helper(name)]) for name in ("uchar", "char", "short", "uint")),
+    (("zyx_bf16_to_float", "zyx_float_to_bf16", "zyx_round_bf16"), [  # the upper 16 bits of a float32
+        "static inline float zyx_bf16_to_float(ushort h) { return as_float((uint)h << 16); }",
+        # round to nearest even; a nan stays a (quiet) nan
+        "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
+        "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
+        "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
 ]
 
 
-def prelude(uses_double: bool, uses_rand: bool, uses_shifts: bool = False) -> str:
-    """Helpers every kernel may call; only what the kernel uses is emitted."""
+def prelude(uses_double: bool, uses_rand: bool, body: str) -> str:
+    """Helpers every kernel may call, and those `body` (the kernels' text) calls."""
     lines = []
     if uses_double:
         lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
     lines += [
         "static inline float zyx_max_float(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }",
-        "static inline int zyx_floordiv_int(int a, int b) { if (b == 0) b = 1; int q = a / b;"
-        " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }",
-        "static inline long zyx_floordiv_long(long a, long b) { if (b == 0) b = 1; long q = a / b;"
-        " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }",
+        _floordiv_helper("int"), _floordiv_helper("long"),
     ]
-    if uses_shifts:
-        lines += SHIFT_HELPERS
     if uses_double:
         lines.append("static inline double zyx_max_double(double a, double b) { return isnan(a) ? a : (a > b ? a : b); }")
     if uses_rand:
         lines.append(PHILOX_SOURCE)
+    lines += [line for functions, defined in CALLED_HELPERS if any(f"{f}(" in body for f in functions)
+              for line in defined]
     return "\n".join(lines) + "\n"
 
 
@@ -315,5 +338,5 @@ def combine_sources(sources: list[str]) -> str:
     kernels = ["__kernel void " + source.split("__kernel void ", 1)[1] for source in sources]
     uses_double = any("cl_khr_fp64" in source for source in sources)
     uses_rand = any("zyx_philox_uniform(" in kernel for kernel in kernels)
-    uses_shifts = any("zyx_shl_" in kernel or "zyx_shr_" in kernel for kernel in kernels)
-    return prelude(uses_double, uses_rand, uses_shifts) + "\n".join(kernels)
+    body = "\n".join(kernels)
+    return prelude(uses_double, uses_rand, body) + body

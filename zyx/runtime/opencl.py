@@ -32,6 +32,11 @@ def _is_out_of_memory(error: Exception) -> bool:
     return isinstance(error, cl.MemoryError) or getattr(error, "code", None) in _OUT_OF_MEMORY_CODES
 
 
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    """The same memory as uint8: the buffer protocol pyopencl copies through cannot name ml_dtypes' bfloat16."""
+    return array.reshape(-1).view(np.uint8)
+
+
 class Buffer:
     """Device memory of `nbytes` bytes; goes back to its backend's pool when the last reference is dropped."""
 
@@ -113,7 +118,7 @@ class OpenCLBackend:
         self.limits.check_bytes(host.nbytes, f"an array of shape {array.shape} and dtype {array.dtype}")
         buffer = self.allocate(host.nbytes)
         if host.nbytes:
-            event = cl.enqueue_copy(self.queue, buffer.cl_buffer, host, is_blocking=False)
+            event = cl.enqueue_copy(self.queue, buffer.cl_buffer, _as_bytes(host), is_blocking=False)
             self._keep_until_done(event)
         return buffer
 
@@ -123,7 +128,7 @@ class OpenCLBackend:
         if host.nbytes > buffer.nbytes:
             raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte buffer")
         if host.nbytes:
-            cl.enqueue_copy(self.queue, host, buffer.cl_buffer, is_blocking=True)
+            cl.enqueue_copy(self.queue, _as_bytes(host), buffer.cl_buffer, is_blocking=True)
         self._pending_uploads.clear()  # the in-order queue finished them before this read
         return host
 
