@@ -38,8 +38,6 @@ def literal(value: object, dtype: DType) -> str:
     if dtype.is_bool:
         return "true" if value else "false"
     if dtype.is_int:
-        if value == -(2 ** 63):  # 9223372036854775808L itself would overflow before its negation
-            return "(-9223372036854775807L-1L)"
         suffix = "L" if dtype.itemsize == 8 else "u" if dtype.is_unsigned else ""
         return f"{int(value)}{suffix}"  # type: ignore[call-overload]
     number = float(value)  # type: ignore[arg-type]
@@ -200,6 +198,14 @@ def _lane(value: Operand) -> str:
     return f"-(int)({operand(value)})" if value.dtype.is_bool and isinstance(value, Reg) else operand(value)
 
 
+def _start(value: Operand) -> str:
+    """An accumulator's start: the smallest int or long spelled so that the literal itself fits."""
+    if isinstance(value, Const) and value.width == 1 and value.dtype.is_int and not value.dtype.is_unsigned \
+            and value.dtype.itemsize >= 4 and value.value == -(2 ** (8 * value.dtype.itemsize - 1)):
+        return "(-2147483647-1)" if value.dtype.itemsize == 4 else "(-9223372036854775807L-1L)"
+    return operand(value)
+
+
 def _define(out: Reg, text: str) -> str:
     return f"{register_type(out.dtype, out.width)} {out.name} = {text};"
 
@@ -210,7 +216,7 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Rand: lambda s: f"zyx_philox_uniform({s.seed},{s.offset}+(ulong)({s.index.render()}))",
     Extract: lambda s: f"{s.src.name}.{s.part}",
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
-    Define: lambda s: operand(s.start),
+    Define: lambda s: _start(s.start),
     LocalLoad: lambda s: f"{s.array}[{s.index.render()}]",
 }
 STATEMENTS: dict[type, Callable] = {  # the others: their line
