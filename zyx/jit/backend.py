@@ -7,7 +7,7 @@ import numpy as np
 import pyopencl as cl
 
 from .. import counters as stats
-from ..runtime.execute import run_program
+from ..runtime.execute import Executable
 from ..runtime.opencl import OpenCLBackend
 from ..trace.hashing import signature
 from ..trace.node import Node
@@ -33,6 +33,7 @@ class JitBackend:
         self.traits = DeviceTraits.of(self.runtime)
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
+        self._executables: dict[int, Executable] = {}  # by id(program): programs live as long as `programs`
 
     # ---- data movement -----------------------------------------------------------------------------------
     def upload(self, array: np.ndarray) -> Any:
@@ -66,11 +67,16 @@ class JitBackend:
         return self.run(program, inputs, [r.arg for r in rands])
 
     def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
+        executable = self._executables.get(id(program))
+        if executable is None or executable.program is not program:
+            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program))
+        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
+
+    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
         self._compile_together([launch for launch in program.launches if launch.global_size[0]])
-        kernels = [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
-                   for launch in program.launches]
-        return run_program(self.runtime, program, kernels, inputs, rand_args,
-                           on_first_launch=self._after_launch(program))
+        return [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
+                for launch in program.launches]
 
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                     in_place: Sequence[tuple[int, int]] = ()) -> Program:

@@ -60,7 +60,7 @@ def _same_device(nodes: Sequence[Node], op: Op) -> Any:
 # ---- leaves ------------------------------------------------------------------------------------------------
 
 def buffer_leaf(buffer: Any, shape: Shape, dtype: DType, device: Any) -> Node:
-    node = Node(Op.BUFFER, (), None, tuple(int(s) for s in shape), dtype, device)
+    node = Node(Op.BUFFER, (), None, tuple(map(int, shape)), dtype, device)
     node.buffer = buffer
     return node
 

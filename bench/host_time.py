@@ -1,0 +1,184 @@
+"""H1, H2: zyx's host time per call, the microseconds of Python a user pays on top of the kernels.
+
+    python bench/host_time.py [--calls 200] [--repeat 7] [--device N] [--json OUT]
+                              [--train-sizes 64,32,32,10] [--train-batch 32]
+
+H1  `.realize()` of a 20-node expression whose structure was realized before (x and y 64×64, 18 elementwise
+    ops: one fused kernel). Each call builds a new expression (untimed; its cost is in the notes) and realizes
+    it: what a user who does not jit pays per expression once the program is cached.
+H2  a `@zyx.jit` replay of the W4 training step (the MLP of train_step.py, ReLU, cross-entropy, SGD or Adam) at
+    small sizes, so that the kernels take no time and the host's share shows.
+Each row runs --calls calls in a block, waits for the device once at its end, and reports the median over
+--repeat blocks of the wall time per call and of the main thread's CPU time per call (`time.thread_time`: it
+counts the Python and the driver's enqueue calls, not the device's worker threads, not waiting). The `opencl`
+row beside each is the floor: the very launches one call made (same kernels, buffers, sizes), enqueued straight
+through pyopencl. zyx's Python per call is its CPU time less that floor's.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _harness import Record, check_args, finish, parser, pick_device  # noqa: E402
+
+CALLS = 200
+EXPRESSION_NODES = 20
+TRAIN_SIZES = (64, 32, 32, 10)
+TRAIN_BATCH = 32
+
+
+def expression(x: Any, y: Any) -> Any:
+    """x, y and 18 elementwise ops on them (20 trace nodes, no constants): one fused kernel."""
+    z = x
+    for _ in range(3):
+        z = ((z * y + x).exp() * x).tanh() + y
+    return z
+
+
+def timed_blocks(call: Callable[[int], None], prepare: Callable[[], None], synchronize: Callable[[], None],
+                 calls: int, repeat: int) -> tuple[float, float]:
+    """(median wall seconds per call, median main-thread CPU seconds per call) over `repeat` blocks."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        prepare()
+        synchronize()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for i in range(calls):
+            call(i)
+        synchronize()
+        walls.append((time.perf_counter() - wall) / calls)
+        cpus.append((time.thread_time() - cpu) / calls)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def recorded_launches(runtime: Any, call: Callable[[], None]) -> list[tuple]:
+    """The (kernel, global size, local size, arguments) of every launch `call` makes."""
+    launches: list[tuple] = []
+    launcher = runtime.launcher
+
+    def recording() -> Callable:
+        launch = launcher()
+
+        def record(kernel: Any, global_size: Any, local_size: Any, args: Any) -> Any:
+            launches.append((kernel, global_size, local_size, list(args)))
+            return launch(kernel, global_size, local_size, args)
+        return record
+    runtime.launcher = recording
+    try:
+        call()
+    finally:
+        del runtime.launcher
+    return launches
+
+
+def floor_record(workload: str, runtime: Any, launches: list[tuple], args: argparse.Namespace) -> Record:
+    """The same launches straight through pyopencl: what any host code must pay for them."""
+    import pyopencl as cl
+    queue = runtime.queue
+
+    def call(i: int) -> None:
+        for kernel, global_size, local_size, arguments in launches:
+            kernel.set_args(*arguments)
+            cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
+    wall, cpu = timed_blocks(call, lambda: None, runtime.synchronize, args.calls, args.repeat)
+    return _record(workload, "opencl", wall, cpu, {"launches_per_call": len(launches)},
+                   f"{len(launches)} launches per call, set_args + enqueue_nd_range_kernel")
+
+
+def _record(workload: str, implementation: str, wall: float, cpu: float, extra: dict, note: str) -> Record:
+    record = Record(workload, implementation, median_s=wall, unit="µs")
+    record.extra = {"wall_us": wall * 1e6, "cpu_us": cpu * 1e6, **extra}
+    record.note = f"main-thread CPU {cpu * 1e6:.1f} µs per call; {note}"
+    return record
+
+
+def _with_python(record: Record, floor: Record) -> Record:
+    """zyx's CPU per call less the floor's: its own Python."""
+    python_us = record.extra["cpu_us"] - floor.extra["cpu_us"]
+    record.extra["python_us"] = python_us
+    record.note = f"Python {python_us:.1f} µs per call (CPU less the opencl row's); {record.note}"
+    return record
+
+
+def realize_rows(dev: Any, args: argparse.Namespace) -> list[Record]:
+    import zyx
+    from zyx.trace.node import toposort
+    rng = np.random.default_rng(0)
+    x, y = (dev.tensor(rng.standard_normal((64, 64), dtype=np.float32)).realize() for _ in range(2))
+    nodes = len(toposort([expression(x, y).node]))
+    assert nodes == EXPRESSION_NODES, nodes
+    expression(x, y).realize()  # the structure is now cached
+    pending: list[Any] = []
+
+    def prepare() -> None:
+        pending[:] = [expression(x, y) for _ in range(args.calls)]
+
+    def call(i: int) -> None:
+        pending[i].realize()
+    build = time.perf_counter()
+    prepare()
+    build_us = (time.perf_counter() - build) / args.calls * 1e6
+    before = zyx.stats()
+    wall, cpu = timed_blocks(call, prepare, zyx.synchronize, args.calls, args.repeat)
+    after = zyx.stats()
+    launches = (after["kernels_launched"] - before["kernels_launched"]) / (args.calls * args.repeat)
+    workload = f"H1 realize, cached {EXPRESSION_NODES}-node structure"
+    row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "build_us": build_us},
+                  f"{launches:g} launches per call; building the expression (not timed) {build_us:.0f} µs")
+    floor = floor_record(workload, dev.backend.runtime, recorded_launches(dev.backend.runtime,
+                                                                          lambda: expression(x, y).realize()), args)
+    return [_with_python(row, floor), floor]
+
+
+def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Record]:
+    import zyx
+    from train_step import inputs, zyx_step
+    sizes = tuple(int(s) for s in args.train_sizes.split(","))
+    step, x, y = zyx_step(dev, inputs(args.train_batch, sizes), optimizer)
+    for _ in range(3):
+        step(x, y)
+    before = zyx.stats()
+    wall, cpu = timed_blocks(lambda i: step(x, y), lambda: None, zyx.synchronize, args.calls, args.repeat)
+    after = zyx.stats()
+    launches = (after["kernels_launched"] - before["kernels_launched"]) / (args.calls * args.repeat)
+    workload = f"H2 jitted replay, W4 step ({optimizer})"
+    row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches},
+                  f"{launches:g} launches per call; MLP {'-'.join(map(str, sizes))}, batch {args.train_batch}")
+    floor = floor_record(workload, dev.backend.runtime, recorded_launches(dev.backend.runtime, lambda: step(x, y)),
+                         args)
+    return [_with_python(row, floor), floor]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calls", type=int, default=CALLS, help=f"calls per timed block (default {CALLS})")
+    p.add_argument("--train-sizes", default=",".join(map(str, TRAIN_SIZES)), help="H2's layer widths, input first")
+    p.add_argument("--train-batch", type=int, default=TRAIN_BATCH, help=f"H2's batch (default {TRAIN_BATCH})")
+
+
+def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
+    if device is None:
+        return [Record("H1/H2", "zyx", note="skipped: no OpenCL device")]
+    import zyx
+    dev = zyx.OpenCL(platform=device.platform_index, device=device.device_index)
+    return realize_rows(dev, args) + [row for optimizer in ("SGD", "Adam") for row in replay_rows(dev, optimizer, args)]
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    add_arguments(p)
+    args = p.parse_args()
+    check_args(args)
+    device, cl_device, why = pick_device(args.device)
+    finish(args, run(args, device, cl_device), device, why)
+
+
+if __name__ == "__main__":
+    main()
