@@ -9,19 +9,22 @@ H1  `.realize()` of a 20-node expression whose structure was realized before (x 
 H2  a `@zyx.jit` replay of the W4 training step (the MLP of train_step.py, ReLU, cross-entropy, SGD or Adam) at
     small sizes, so that the kernels take no time and the host's share shows.
 Each row runs --calls calls in a block, waits for the device once at its end, and reports the median over
---repeat blocks of the wall time per call and of the main thread's CPU time per call (`time.thread_time`: it
-counts the Python and the driver's enqueue calls, not the device's worker threads, not waiting). The `opencl`
-row beside each is the floor: the very launches one call made (same kernels, buffers, sizes), enqueued straight
-through pyopencl. zyx's Python per call is its CPU time less that floor's.
+--repeat blocks of the wall time per call and of the main thread's CPU time per call (`time.thread_time`: the
+Python and the driver's enqueue calls, not the device's worker threads, not waiting). "Python" is that CPU time
+again with the driver's launches and reads replaced by no-ops: zyx's own share. The `opencl` row beside each is
+the floor: the very launches one call made (same kernels, buffers, sizes) and its waits for results (a W4 step
+reads its labels' range check), straight through pyopencl. On PoCL an enqueue costs more CPU when the device's
+threads have gone idle between launches, so zyx's CPU less the floor's overstates its Python.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -59,38 +62,52 @@ def timed_blocks(call: Callable[[int], None], prepare: Callable[[], None], synch
     return statistics.median(walls), statistics.median(cpus)
 
 
-def recorded_launches(runtime: Any, call: Callable[[], None]) -> list[tuple]:
-    """The (kernel, global size, local size, arguments) of every launch `call` makes."""
-    launches: list[tuple] = []
-    launcher = runtime.launcher
+def recorded_commands(runtime: Any, call: Callable[[], None]) -> list[tuple]:
+    """What `call` asks the driver for, in order: ("launch", kernel, global size, local size, arguments) and
+    ("read", buffers) for each wait on results (a jitted step reads its index checks' extremes)."""
+    commands: list[tuple] = []
+    launcher, download_all = runtime.launcher, runtime.download_all
 
-    def recording() -> Callable:
-        launch = launcher()
+    def recording(timed: bool) -> Callable:
+        launch = launcher(timed)
 
         def record(kernel: Any, global_size: Any, local_size: Any, args: Any) -> Any:
-            launches.append((kernel, global_size, local_size, list(args)))
+            commands.append(("launch", kernel, global_size, local_size, list(args)))
             return launch(kernel, global_size, local_size, args)
         return record
-    runtime.launcher = recording
+
+    def reading(requests: list) -> list:
+        commands.append(("read", [buffer.cl_buffer for buffer, _, _ in requests]))
+        return download_all(requests)
+    runtime.launcher, runtime.download_all = recording, reading
     try:
         call()
     finally:
-        del runtime.launcher
-    return launches
+        del runtime.launcher, runtime.download_all
+    return commands
 
 
-def floor_record(workload: str, runtime: Any, launches: list[tuple], args: argparse.Namespace) -> Record:
-    """The same launches straight through pyopencl: what any host code must pay for them."""
+def floor_record(workload: str, runtime: Any, commands: list[tuple], args: argparse.Namespace) -> Record:
+    """The same launches and reads straight through pyopencl: what any host code must pay for them."""
     import pyopencl as cl
     queue = runtime.queue
+    launches = sum(command[0] == "launch" for command in commands)
+    reads = len(commands) - launches
+    word = np.empty(1, np.int64)
 
     def call(i: int) -> None:
-        for kernel, global_size, local_size, arguments in launches:
-            kernel.set_args(*arguments)
-            cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
+        for command in commands:
+            if command[0] == "launch":
+                _, kernel, global_size, local_size, arguments = command
+                kernel.set_args(*arguments)
+                cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
+            else:
+                events = [cl.enqueue_copy(queue, word, buffer, is_blocking=False) for buffer in command[1]]
+                events[-1].wait()
     wall, cpu = timed_blocks(call, lambda: None, runtime.synchronize, args.calls, args.repeat)
-    return _record(workload, "opencl", wall, cpu, {"launches_per_call": len(launches)},
-                   f"{len(launches)} launches per call, set_args + enqueue_nd_range_kernel")
+    what = f"{launches} launches" + (f" and {reads} waits for a read" if reads else "") + " per call"
+    return _record(workload, "opencl", wall, cpu, {"launches_per_call": launches, "reads_per_call": reads},
+                   f"{what}: set_args + enqueue_nd_range_kernel, enqueue_copy")
 
 
 def _record(workload: str, implementation: str, wall: float, cpu: float, extra: dict, note: str) -> Record:
@@ -100,11 +117,20 @@ def _record(workload: str, implementation: str, wall: float, cpu: float, extra: 
     return record
 
 
-def _with_python(record: Record, floor: Record) -> Record:
-    """zyx's CPU per call less the floor's: its own Python."""
-    python_us = record.extra["cpu_us"] - floor.extra["cpu_us"]
-    record.extra["python_us"] = python_us
-    record.note = f"Python {python_us:.1f} µs per call (CPU less the opencl row's); {record.note}"
+@contextlib.contextmanager
+def driver_stubbed(runtime: Any) -> Iterator[None]:
+    """Launches and reads replaced by no-ops (reads give zeros): what is left of a call is zyx's own Python."""
+    runtime.launcher = lambda timed: lambda kernel, global_size, local_size, args: None
+    runtime.download_all = lambda requests: [np.zeros(tuple(shape), dtype) for _, shape, dtype in requests]
+    try:
+        yield
+    finally:
+        del runtime.launcher, runtime.download_all
+
+
+def with_python(record: Record, python_s: float) -> Record:
+    record.extra["python_us"] = python_s * 1e6
+    record.note = f"Python {python_s * 1e6:.1f} µs per call (driver calls stubbed); {record.note}"
     return record
 
 
@@ -133,9 +159,11 @@ def realize_rows(dev: Any, args: argparse.Namespace) -> list[Record]:
     workload = f"H1 realize, cached {EXPRESSION_NODES}-node structure"
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "build_us": build_us},
                   f"{launches:g} launches per call; building the expression (not timed) {build_us:.0f} µs")
-    floor = floor_record(workload, dev.backend.runtime, recorded_launches(dev.backend.runtime,
-                                                                          lambda: expression(x, y).realize()), args)
-    return [_with_python(row, floor), floor]
+    runtime = dev.backend.runtime
+    floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: expression(x, y).realize()), args)
+    with driver_stubbed(runtime):
+        python = timed_blocks(call, prepare, lambda: None, args.calls, args.repeat)[1]
+    return [with_python(row, python), floor]
 
 
 def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Record]:
@@ -152,9 +180,11 @@ def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Reco
     workload = f"H2 jitted replay, W4 step ({optimizer})"
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches},
                   f"{launches:g} launches per call; MLP {'-'.join(map(str, sizes))}, batch {args.train_batch}")
-    floor = floor_record(workload, dev.backend.runtime, recorded_launches(dev.backend.runtime, lambda: step(x, y)),
-                         args)
-    return [_with_python(row, floor), floor]
+    runtime = dev.backend.runtime
+    floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: step(x, y)), args)
+    with driver_stubbed(runtime):
+        python = timed_blocks(lambda i: step(x, y), lambda: None, lambda: None, args.calls, args.repeat)[1]
+    return [with_python(row, python), floor]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -73,10 +73,11 @@ def main() -> None:
         out = build(dev, n, k, m, how)
         runtime.synchronize()
         recorded: list = []
-        runtime.launch = lambda *a: (recorded.append(a), launch(*a))[1]
+        launcher = runtime.launcher
+        runtime.launcher = lambda timed: lambda *a: (recorded.append(a), launcher(timed)(*a))[1]
         out.realize()
         runtime.synchronize()
-        del runtime.launch
+        del runtime.launcher
         for _ in range(3):
             for a in recorded:
                 launch(*a)

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .dtypes import DType
+from .trace.hashing import Walk
 from .trace.node import Node
 
 
@@ -20,9 +21,9 @@ class Device:
         return f"zyx.{self.label}"
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, nodes: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
-        """Device buffers holding the values of `nodes` (`order`: their toposort, if known)."""
-        return self.backend.realize(list(nodes), order)
+    def realize(self, nodes: Sequence[Node], walk: Optional[Walk] = None) -> list[Any]:
+        """Device buffers holding the values of `nodes` (`walk`: `Walk(nodes)`, if made already)."""
+        return self.backend.realize(Walk(nodes) if walk is None else walk)
 
     def upload(self, array: np.ndarray) -> Any:
         return self.backend.upload(array)

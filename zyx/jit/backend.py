@@ -9,7 +9,7 @@ import pyopencl as cl
 from .. import counters as stats
 from ..runtime.execute import Executable
 from ..runtime.opencl import OpenCLBackend
-from ..trace.hashing import signature
+from ..trace.hashing import Walk
 from ..trace.node import Node
 from . import opencl_c as c
 from .cache import default_cache
@@ -29,7 +29,8 @@ class JitBackend:
     def __init__(self, cl_device: cl.Device):
         self.runtime = OpenCLBackend(cl_device)
         self.name = self.runtime.name
-        self.programs: dict[str, Program] = {}
+        self.programs: dict[str, Program] = {}  # by structural hash (what the disk caches and @jit use)
+        self._by_structure: dict[tuple, Program] = {}  # by Walk.structure: what a realize looks up
         self.traits = DeviceTraits.of(self.runtime)
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
@@ -54,17 +55,23 @@ class JitBackend:
             raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
-        key, leaves, rands = signature(targets, order)
-        # Targets are stored and random tensors drawn whole (eager frameworks allocate both): one too large
-        # fails here, before scheduling, instead of as a driver error or a kernel that runs for minutes.
-        self.runtime.limits.check_nodes(list(targets) + rands)
-        program = self.program_for(key, targets, leaves, rands)
-        inputs = [leaf.buffer for leaf in leaves]
-        if any(b is None for b in inputs):
+    def realize(self, walk: Walk) -> list[Any]:
+        """Buffers holding the values of the walk's roots: a structure seen before is looked up once, by its exact
+        key; only a new one is hashed (for the disk caches), checked against the device and scheduled."""
+        program = self._by_structure.get(walk.structure)
+        if program is None:
+            # Targets are stored and random tensors drawn whole (eager frameworks allocate both): one too large
+            # fails here, before scheduling, instead of as a driver error or a kernel that runs for minutes.
+            self.runtime.limits.check_nodes(walk.roots + walk.rands)
+            program = self.program_for(walk.digest(), walk.roots, walk.leaves, walk.rands)
+            self._by_structure[walk.structure] = program
+        else:
+            stats.bump("schedule_cache_hits")
+        inputs = [leaf.buffer for leaf in walk.leaves]
+        if None in inputs:
             raise RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
                                "until its gradients are realized")
-        return self.run(program, inputs, [r.arg for r in rands])
+        return self.run(program, inputs, [r.arg for r in walk.rands])
 
     def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
         executable = self._executables.get(id(program))

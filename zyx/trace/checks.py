@@ -71,5 +71,7 @@ def attach(node: Node, check: RangeCheck) -> None:
 
 
 def checks_in(order: Sequence[Node]) -> list[RangeCheck]:
-    """The checks attached to the unrealized nodes of a trace."""
+    """The checks attached to the unrealized nodes of a trace (none to look for while no node has one)."""
+    if not _checks:
+        return []
     return [check for node in order if not node.realized for check in _checks.get(node, ())]
