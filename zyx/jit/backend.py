@@ -136,32 +136,28 @@ class JitBackend:
 
     def _compile_together(self, launches: Sequence[Any]) -> None:
         """Build a program's missing kernels, KERNELS_PER_BUILD in each OpenCL program: a build's fixed cost
-        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, and the progress bar moves
-        after each build. The groups depend only on the program, so a warm run asks the cache for the same ones."""
+        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, the builds run side by side
+        (`KernelCache.build_many`), and the progress bar moves as each one finishes. The groups depend only on
+        the program, so a warm run asks the cache for the same ones."""
         missing = list({launch.source: launch for launch in launches if launch.source not in self._kernels}.values())
         if len(missing) < 2:
             return
         groups = [missing[start:start + KERNELS_PER_BUILD] for start in range(0, len(missing), KERNELS_PER_BUILD)]
-        with compiling(len(missing) if self._compiles_any(groups) else 0) as advance:
-            for group in groups:
-                self._build_group(group)
-                advance(len(group))
+        sources = [self._group_source(group) for group in groups]
+        for group, source in zip(groups, sources):
+            logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
+        with compiling(len(missing) if self._compiles_any(sources) else 0) as advance:
+            built = default_cache().build_many(self.runtime.context, self.runtime.device, sources,
+                                               on_built=lambda index: advance(len(groups[index])))
+        for group, program in zip(groups, built):
+            for launch in group:
+                self._kernels[launch.source] = getattr(program, launch.name)
+                self._fresh[launch.source] = program
 
-    def _build_group(self, group: Sequence[Any]) -> None:
-        if len(group) == 1:
-            self.kernel(group[0].source, group[0].name)
-            return
-        combined = self._group_source(group)
-        logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), combined)
-        built = default_cache().build(self.runtime.context, self.runtime.device, combined)
-        for launch in group:
-            self._kernels[launch.source] = getattr(built, launch.name)
-            self._fresh[launch.source] = built
-
-    def _compiles_any(self, groups: Sequence[Sequence[Any]]) -> bool:
-        """Whether building `groups` will run the compiler (some group is neither in memory nor on disk)."""
+    def _compiles_any(self, sources: Sequence[str]) -> bool:
+        """Whether building `sources` will run the compiler (some is neither in memory nor on disk)."""
         cache = default_cache()
-        return any(not cache.holds(self.runtime.device, self._group_source(group)) for group in groups)
+        return any(not cache.holds(self.runtime.device, source) for source in sources)
 
     @staticmethod
     def _group_source(group: Sequence[Any]) -> str:

@@ -13,6 +13,7 @@ read-only and untrusted directories (see `disk_store`). None of these interrupts
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import pyopencl as cl
 
@@ -184,19 +186,42 @@ class KernelCache:
     def build(self, context: cl.Context, device: cl.Device, source: str,
               options: tuple[str, ...] = ()) -> cl.Program:
         """Return a built program: from memory, else from disk (binary), else compiled."""
-        components = key_components(device, source, options)
-        key = cache_key(components)
-        memory_key = (context, device, key)
+        return self.build_many(context, device, [source], options)[0]
+
+    def build_many(self, context: cl.Context, device: cl.Device, sources: Sequence[str],
+                   options: tuple[str, ...] = (), on_built: Callable[[int], None] = lambda index: None
+                   ) -> list[cl.Program]:
+        """Built programs for `sources` (memory, else disk, else compiled); `on_built(i)` as the i-th is ready.
+
+        The ones to compile are compiled at once on up to `compile_threads()` threads: the driver's compiler
+        runs without the GIL (pyopencl releases it in clBuildProgram), so a cold program's builds overlap. Their
+        bookkeeping (counters, memory, logs) stays on the calling thread.
+        """
+        programs: list[cl.Program | None] = []
+        wanted: list[tuple[dict[str, str], str]] = []
+        for index, source in enumerate(sources):
+            components = key_components(device, source, options)
+            key = cache_key(components)
+            wanted.append((components, key))
+            with self._lock:
+                program = self._memory.get((context, device, key))
+            if program is not None:
+                bump("cache_memory_hits")
+            else:
+                program = self._load(context, device, key, components, options)
+            programs.append(program)
+            if program is not None:
+                on_built(index)
+        missing = [index for index, program in enumerate(programs) if program is None]
+        if missing:
+            for index, (program, seconds) in _compile_all(context, device, [sources[i] for i in missing], options,
+                                                          missing):
+                components, key = wanted[index]
+                programs[index] = self._record_compiled(program, seconds, sources[index], device, key, components)
+                on_built(index)
         with self._lock:
-            program = self._memory.get(memory_key)
-        if program is not None:
-            bump("cache_memory_hits")
-            return program
-        program = self._load(context, device, key, components, options)
-        if program is None:
-            program = self._compile(context, device, source, options, key, components)
-        with self._lock:
-            return self._memory.setdefault(memory_key, program)
+            return [self._memory.setdefault((context, device, key), program)
+                    for (_, key), program in zip(wanted, programs)]
 
     def holds(self, device: cl.Device, source: str, options: tuple[str, ...] = ()) -> bool:
         """Whether `build` would find the program in memory or on disk (it may still prove damaged there)."""
@@ -321,11 +346,8 @@ class KernelCache:
                                  (time.perf_counter() - start) * 1e3, key[:SHORT_KEY_LENGTH])
         return program
 
-    def _compile(self, context: cl.Context, device: cl.Device, source: str, options: tuple[str, ...],
-                 key: str, components: dict[str, str]) -> cl.Program:
-        start = time.perf_counter()
-        program = build_source(context, device, source, options)
-        seconds = time.perf_counter() - start
+    def _record_compiled(self, program: cl.Program, seconds: float, source: str, device: cl.Device, key: str,
+                         components: dict[str, str]) -> cl.Program:
         bump("kernels_compiled")
         bump("cache_misses")
         bump("compile_seconds", seconds)
@@ -356,6 +378,34 @@ class KernelCache:
         warnings.warn(f"zyx kernel cache: dropped entry {key[:SHORT_KEY_LENGTH]} because {reason}; recompiling",
                       CacheWarning, stacklevel=5)
         self._store.delete([key])
+
+
+def compile_threads() -> int:
+    """How many builds run at once: one per core (each build is single-threaded in the drivers seen so far)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _compile_all(context: cl.Context, device: cl.Device, sources: Sequence[str], options: tuple[str, ...],
+                 indices: Sequence[int]) -> Iterator[tuple[int, tuple[cl.Program, float]]]:
+    """(index, (program, seconds)) for each source as its build finishes; a failed build raises its
+    KernelBuildError once the others stop (none waits in the queue after a failure)."""
+    def timed(source: str) -> tuple[cl.Program, float]:
+        start = time.perf_counter()
+        program = build_source(context, device, source, options)
+        return program, time.perf_counter() - start
+
+    threads = min(len(sources), compile_threads())
+    if threads == 1:
+        for source, index in zip(sources, indices):
+            yield index, timed(source)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(threads, "zyx-compile")
+    try:
+        futures = {pool.submit(timed, source): index for source, index in zip(sources, indices)}
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _default: KernelCache | None = None
