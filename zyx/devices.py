@@ -99,8 +99,9 @@ def CPU() -> Device:
 
 def OpenCL(platform: int | str | None = None, device: int | str | None = None) -> Device:
     """Tensors in OpenCL buffers; traces fused into kernels. Picks a GPU if present, else the fastest CPU."""
+    from .jit.probe import compile_problem
     from .runtime.platforms import select_device
-    return _opencl_for(select_device(platform, device))
+    return _opencl_for(select_device(platform, device, problem=compile_problem))
 
 
 def _opencl_for(cl_device: Any) -> Device:

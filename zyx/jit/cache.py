@@ -13,7 +13,6 @@ read-only and untrusted directories (see `disk_store`). None of these interrupts
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import json
 import os
 import re
@@ -399,6 +398,7 @@ def _compile_all(context: cl.Context, device: cl.Device, sources: Sequence[str],
         for source, index in zip(sources, indices):
             yield index, timed(source)
         return
+    import concurrent.futures  # only a cold start needs it
     pool = concurrent.futures.ThreadPoolExecutor(threads, "zyx-compile")
     try:
         futures = {pool.submit(timed, source): index for source, index in zip(sources, indices)}
