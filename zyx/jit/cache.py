@@ -4,8 +4,8 @@ On disk an entry is one row of the `kernels` table of `disk_store.DiskStore` (SQ
 processes, bounded by an LRU size limit): the program binary, and JSON metadata (key components, source,
 binary checksum, kernel names, compile time) that is parsed and validated before the binary is handed to the
 driver. Nothing stored is ever unpickled or run as Python. Binaries are read after a program's first launch
-(see `KernelCache.commit`) and written by a background thread (`commit_later`), so neither the first step nor
-the process's exit waits for them.
+(see `KernelCache.commit`) and written by a background thread (`commit_later`), so the first step does not
+wait for them; the exit waits about as long as the process spent compiling (`KernelCache._exit_wait_seconds`).
 
 A damaged entry is dropped with one `CacheWarning` and recompiled; the store handles damaged databases,
 read-only and untrusted directories (see `disk_store`). None of these interrupts the run.
@@ -42,6 +42,8 @@ __all__ = ["CacheDirectoryWarning", "CacheWarning", "KernelCache", "cache_direct
            "device_fingerprint", "device_matches", "parse_size", "selected"]
 
 DEFAULT_SIZE_LIMIT = 1 << 30
+EXIT_WAIT_SECONDS = 1.0         # the least the exit waits for binaries to be stored
+EXIT_WAIT_LIMIT_SECONDS = 60.0  # the most, however long this process compiled
 SHORT_KEY_LENGTH = 12
 TABLE = "kernels"
 _PENDING_ATTRIBUTE = "_zyx_cache_pending"
@@ -177,7 +179,8 @@ class KernelCache:
         self.size_limit = size_limit if size_limit is not None else _size_limit_from_env()
         self._memory: dict[tuple[cl.Context, cl.Device, str], cl.Program] = {}
         self._lock = threading.Lock()
-        self._writer = BackgroundWriter()
+        self._compiled_seconds = 0.0  # spent compiling programs in this process
+        self._writer = BackgroundWriter(self._exit_wait_seconds)
         self._store = DiskStore(self.directory, TABLE, self.size_limit)
 
     # -- the JIT's entry points ------------------------------------------------------------------
@@ -252,8 +255,15 @@ class KernelCache:
     def commit_later(self, program: cl.Program) -> None:
         """`commit` on the cache's writer thread: on PoCL, reading a program's binary compiles every kernel's
         work-group function again (1.9 s of a 4.9 s cold MLP start here), which the first step need not wait
-        for. At exit the writer waits about a second, then leaves the rest to be compiled again next time."""
+        for. At exit the writer waits about as long as this process spent compiling (1 to 60 s), then leaves the
+        rest to be compiled again next time."""
         self._writer.submit(lambda: self.commit(program))
+
+    def _exit_wait_seconds(self) -> float:
+        """How long the exit waits for binaries still to be stored: as long as this process spent compiling
+        them (at least EXIT_WAIT_SECONDS, at most EXIT_WAIT_LIMIT_SECONDS). A binary not stored is compiled
+        again by the next process, and on PoCL storing one costs about what compiling it did."""
+        return min(max(EXIT_WAIT_SECONDS, self._compiled_seconds), EXIT_WAIT_LIMIT_SECONDS)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every program `commit_later` queued is stored; False if `timeout` seconds passed first."""
@@ -350,6 +360,7 @@ class KernelCache:
         bump("kernels_compiled")
         bump("cache_misses")
         bump("compile_seconds", seconds)
+        self._compiled_seconds += seconds
         vars(program)[_PENDING_ATTRIBUTE] = _Pending(key, components, source, device, seconds)
         log = logger("zyx.cache")
         log.info("compiled %s in %.1f ms (key %s)", ";".join(_kernel_names(program)), seconds * 1e3,
