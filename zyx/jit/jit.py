@@ -95,7 +95,7 @@ class CapturedStep:
     assigned: list[tuple[Source, Source]]  # (updated tensor: "arg"/"located", its new value)
     rebuild: Rebuild
     target_layouts: list[tuple[tuple[int, ...], Any]]  # (shape, dtype) per program output
-    checks: list[tuple[RangeCheck, int, int]]  # index range checks: (check, target of its min, of its max)
+    checks: list[tuple[RangeCheck, int]]   # index range checks: (check, target of its extremes)
     modes: list[tuple[Any, bool]] = field(default_factory=list)  # (weakref module, `training` when traced)
     argument_count: int = 0                # tensor arguments of the call (state tensors are bound after them)
     input_layouts: list[tuple[tuple[int, ...], Any]] = field(default_factory=list)  # (shape, dtype) per input
@@ -199,11 +199,10 @@ class CapturedStep:
         on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
         if not self.checks:
             return
-        wanted = [target for _, smallest, largest in self.checks for target in (smallest, largest)]
-        values = self.device.backend.runtime.download_all(
-            [(outputs[t], (), self.target_layouts[t][1].np) for t in wanted])
-        for k, (check, _, _) in enumerate(self.checks):
-            error = check.error_from_extremes(int(values[2 * k]), int(values[2 * k + 1]))
+        extremes = self.device.backend.runtime.download_all(
+            [(outputs[target], (2,), self.target_layouts[target][1].np) for _, target in self.checks])
+        for (check, _), (negated_smallest, largest) in zip(self.checks, extremes):
+            error = check.error_from_extremes(-int(negated_smallest), int(largest))
             if error is not None:
                 raise error
 
@@ -363,9 +362,8 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
         return None
     checks = []
     for check in checks_in(toposort(targets)):
-        smallest, largest = check.extremes()
-        checks.append((check, len(targets), len(targets) + 1))
-        targets += [smallest, largest]
+        checks.append((check, len(targets)))
+        targets.append(check.extremes())
     structure, leaves, rands = signature(targets)
     leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
     binder = _Binder(arguments, located)
