@@ -1,7 +1,7 @@
 """H1, H2: zyx's host time per call, the microseconds of Python a user pays on top of the kernels.
 
     python bench/host_time.py [--calls 200] [--repeat 7] [--device N] [--json OUT]
-                              [--train-sizes 64,32,32,10] [--train-batch 32]
+                              [--host-sizes 64,32,32,10] [--host-batch 32]
 
 H1  `.realize()` of a 20-node expression whose structure was realized before (x and y 64×64, 18 elementwise
     ops: one fused kernel). Each call builds a new expression (untimed; its cost is in the notes) and realizes
@@ -13,8 +13,8 @@ Each row runs --calls calls in a block, waits for the device once at its end, an
 Python and the driver's enqueue calls, not the device's worker threads, not waiting). "Python" is that CPU time
 again with the driver's launches and reads replaced by no-ops: zyx's own share. The `opencl` row beside each is
 the floor: the very launches one call made (same kernels, buffers, sizes) and its waits for results (a W4 step
-reads its labels' range check), straight through pyopencl. On PoCL an enqueue costs more CPU when the device's
-threads have gone idle between launches, so zyx's CPU less the floor's overstates its Python.
+reads its labels' range check), straight through pyopencl. (zyx's CPU less the floor's would overstate its Python:
+on PoCL an enqueue costs more CPU when the device's threads went idle between launches.)
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from _harness import Record, check_args, finish, parser, pick_device  # noqa: E4
 
 CALLS = 200
 EXPRESSION_NODES = 20
-TRAIN_SIZES = (64, 32, 32, 10)
-TRAIN_BATCH = 32
+HOST_SIZES = (64, 32, 32, 10)
+HOST_BATCH = 32
 
 
 def expression(x: Any, y: Any) -> Any:
@@ -169,8 +169,8 @@ def realize_rows(dev: Any, args: argparse.Namespace) -> list[Record]:
 def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Record]:
     import zyx
     from train_step import inputs, zyx_step
-    sizes = tuple(int(s) for s in args.train_sizes.split(","))
-    step, x, y = zyx_step(dev, inputs(args.train_batch, sizes), optimizer)
+    sizes = tuple(int(s) for s in args.host_sizes.split(","))
+    step, x, y = zyx_step(dev, inputs(args.host_batch, sizes), optimizer)
     for _ in range(3):
         step(x, y)
     before = zyx.stats()
@@ -179,7 +179,7 @@ def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Reco
     launches = (after["kernels_launched"] - before["kernels_launched"]) / (args.calls * args.repeat)
     workload = f"H2 jitted replay, W4 step ({optimizer})"
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches},
-                  f"{launches:g} launches per call; MLP {'-'.join(map(str, sizes))}, batch {args.train_batch}")
+                  f"{launches:g} launches per call; MLP {'-'.join(map(str, sizes))}, batch {args.host_batch}")
     runtime = dev.backend.runtime
     floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: step(x, y)), args)
     with driver_stubbed(runtime):
@@ -189,8 +189,8 @@ def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Reco
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calls", type=int, default=CALLS, help=f"calls per timed block (default {CALLS})")
-    p.add_argument("--train-sizes", default=",".join(map(str, TRAIN_SIZES)), help="H2's layer widths, input first")
-    p.add_argument("--train-batch", type=int, default=TRAIN_BATCH, help=f"H2's batch (default {TRAIN_BATCH})")
+    p.add_argument("--host-sizes", default=",".join(map(str, HOST_SIZES)), help="H2 layer widths, input first")
+    p.add_argument("--host-batch", type=int, default=HOST_BATCH, help=f"H2's batch (default {HOST_BATCH})")
 
 
 def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:

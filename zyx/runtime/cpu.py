@@ -6,7 +6,7 @@ Intermediates are dropped right after their last consumer.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 

@@ -21,7 +21,7 @@ raises a RuntimeError that says so.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from .hashing import Walk
 from .node import Node
