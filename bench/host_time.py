@@ -105,9 +105,13 @@ def floor_record(workload: str, runtime: Any, commands: list[tuple], args: argpa
                 events = [cl.enqueue_copy(queue, word, buffer, is_blocking=False) for buffer in command[1]]
                 events[-1].wait()
     wall, cpu = timed_blocks(call, lambda: None, runtime.synchronize, args.calls, args.repeat)
-    what = f"{launches} launches" + (f" and {reads} waits for a read" if reads else "") + " per call"
+    what = _launches(launches) + (f" and {reads} wait{'s' * (reads != 1)} for a read" if reads else "") + " per call"
     return _record(workload, "opencl", wall, cpu, {"launches_per_call": launches, "reads_per_call": reads},
                    f"{what}: set_args + enqueue_nd_range_kernel, enqueue_copy")
+
+
+def _launches(count: float) -> str:
+    return f"{count:g} launch{'es' * (count != 1)}"
 
 
 def _record(workload: str, implementation: str, wall: float, cpu: float, extra: dict, note: str) -> Record:
@@ -158,7 +162,7 @@ def realize_rows(dev: Any, args: argparse.Namespace) -> list[Record]:
     launches = (after["kernels_launched"] - before["kernels_launched"]) / (args.calls * args.repeat)
     workload = f"H1 realize, cached {EXPRESSION_NODES}-node structure"
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "build_us": build_us},
-                  f"{launches:g} launches per call; building the expression (not timed) {build_us:.0f} µs")
+                  f"{_launches(launches)} per call; building the expression (not timed) {build_us:.0f} µs")
     runtime = dev.backend.runtime
     floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: expression(x, y).realize()), args)
     with driver_stubbed(runtime):
@@ -179,7 +183,7 @@ def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Reco
     launches = (after["kernels_launched"] - before["kernels_launched"]) / (args.calls * args.repeat)
     workload = f"H2 jitted replay, W4 step ({optimizer})"
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches},
-                  f"{launches:g} launches per call; MLP {'-'.join(map(str, sizes))}, batch {args.host_batch}")
+                  f"{_launches(launches)} per call; MLP {'-'.join(map(str, sizes))}, batch {args.host_batch}")
     runtime = dev.backend.runtime
     floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: step(x, y)), args)
     with driver_stubbed(runtime):
