@@ -38,6 +38,15 @@ def test_devices() -> dict:
     return {name: make_device(name) for name in TEST_DEVICES}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _test_process_keeps_kernels_in_memory():
+    """The test process's own kernel cache stores no binaries: reading a binary back from PoCL compiles its
+    kernels a second time, a quarter of a cold suite's CPU time. PoCL's cache (POCL_CACHE_DIR above) still
+    shares compiled kernels between the workers and subprocesses; the disk cache's tests use caches of their own."""
+    from zyx.jit.cache import default_cache
+    default_cache().size_limit = 0
+
+
 def pytest_addoption(parser):
     parser.addoption("--long", action="store_true",
                      help="run the long variants of bounded tests (tests/fuzz: thousands of graphs, not hundreds)")

@@ -774,9 +774,10 @@ def test_getitem(device, layout):
                   (Ellipsis, index_tensor), (0, slice(None), index_tensor), (index_tensor, slice(None), 1),
                   (slice(None), np.array([[1, 2], [0, 4]])), (np.array([[1], [2]]), np.array([0, 3, 4])),
                   (1, index_tensor[:2]), (None, index_tensor), ([1, 2],), (index_tensor, 1)]:
-        zindex = tuple(zyx.tensor(i, device=device) if isinstance(i, np.ndarray) else i for i in
-                       (index if isinstance(index, tuple) else (index,)))
-        assert_close(t[zindex].numpy(), x[index], "float32")
+        items = index if isinstance(index, tuple) else (index,)
+        zindex = tuple(zyx.tensor(i, device=device) if isinstance(i, np.ndarray) else i for i in items)
+        tindex = tuple(torch.tensor(i) if isinstance(i, np.ndarray) else i for i in items)  # PyTorch's rule
+        assert_close(t[zindex].numpy(), torch.tensor(x)[tindex].numpy(), "float32")
     assert_close(t[np.int64(2)].numpy(), x[2], "float32")
     assert_close(t[zyx.tensor(2, device=device)].numpy(), x[2], "float32")
 
@@ -790,7 +791,9 @@ def test_getitem_errors(device):
     with pytest.raises(IndexError):
         t[..., ...]
     with pytest.raises(TypeError):
-        t[t > 0]
+        t[False]  # bool tensors are masks (tests/test_ops_torch_parity.py); a Python bool is refused
+    with pytest.raises(IndexError, match="mask of shape"):
+        t[zyx.tensor([[True, False]], device=device)]
     with pytest.raises(TypeError):
         t[zyx.tensor([0.5], device=device)]
 

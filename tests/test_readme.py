@@ -68,5 +68,5 @@ def test_example_command_exists_with_its_options(script):
 
 
 def test_the_fast_subset_the_readme_offers_exists():
-    assert 'pytest -m "not slow"' in README
+    assert 'pytest -n auto -m "not slow"' in README
     assert re.search(r'markers = \[[^\]]*"slow:', (REPOSITORY / "pyproject.toml").read_text())

@@ -5,18 +5,31 @@ and numpy and pyopencl are imported only when a tensor or device is first asked 
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it)
-    **{name: (".creation", name) for name in ("arange", "eye", "full", "ones", "ones_like", "rand", "randn",
-                                               "tensor", "uniform", "zeros", "zeros_like")},
+# torch.<op>(x, ...) forms of Tensor methods: zyx.<op>(x, ...) is Tensor.<op>
+TENSOR_FUNCTIONS = (
+    "any", "all", "std_mean", "var_mean", "sort", "argsort", "msort", "topk", "cumprod", "cummax", "cummin",
+    "logcumsumexp", "tril", "triu", "diag", "diagonal", "roll", "repeat_interleave", "narrow", "index_select",
+    "scatter", "scatter_add", "scatter_reduce", "masked_select", "nonzero", "argwhere", "asin", "acos", "atan",
+    "arcsin", "arccos", "arctan", "sinh", "cosh", "asinh", "acosh", "atanh", "arcsinh", "arccosh", "arctanh",
+    "log10", "fmod", "remainder", "div", "divide", "copysign", "logaddexp", "logaddexp2", "isclose", "allclose",
+    "selu", "celu", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
+)
+
+_EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it, dotted for a class's)
+    **{name: (".creation", name) for name in ("arange", "eye", "from_dlpack", "full", "ones", "ones_like", "rand",
+                                               "randn", "tensor", "uniform", "zeros", "zeros_like")},
     **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "default_device", "set_default_device",
                                               "synchronize")},
-    **{name: (".dtypes", name) for name in ("DType", "bool_", "float16", "float32", "float64", "int32", "int64")},
+    **{name: (".dtypes", name) for name in ("DType", "bool_", "uint8", "int8", "int16", "int32", "uint32", "int64",
+                                             "float16", "bfloat16", "float32", "float64")},
     "bool": (".dtypes", "bool_"),  # zyx.bool, as torch.bool
     **{name: (".errors", name) for name in ("AxisError", "OutOfMemoryError", "ShapeError")},
     "profile": (".profiler", "profile"), "Profiler": (".profiler", "Profiler"), "viz": (".trace_graph", "viz"),
@@ -29,15 +42,19 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
     "cat": (".tensor_combine", "cat"), "stack": (".tensor_combine", "stack"),
     "save": (".serialization", "save"), "load": (".serialization", "load"),
     "nn": (".nn", ""),
+    "einsum": (".einsum", "einsum"), "meshgrid": (".tensor_combine", "meshgrid"),
+    **{name: (".creation", name) for name in ("linspace", "empty", "empty_like", "full_like")},
+    **{name: (".tensor", f"Tensor.{name}") for name in TENSOR_FUNCTIONS},
 }
 
 __all__ = [
     "jit", "memory_stats", "reset_peak_memory", "nn", "save", "load",
     "Tensor", "Device", "CPU", "OpenCL", "DType", "ShapeError", "AxisError", "OutOfMemoryError", "tensor", "zeros",
-    "ones", "full", "eye", "arange",
+    "ones", "full", "eye", "arange", "from_dlpack",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
-    "default_device", "set_default_device", "stats", "reset_stats", "float16", "float32", "float64", "int32",
-    "int64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",
+    "default_device", "set_default_device", "stats", "reset_stats", "uint8", "int8", "int16", "int32", "uint32",
+    "int64", "float16", "bfloat16", "float32", "float64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",
+    "einsum", "meshgrid", "linspace", "empty", "empty_like", "full_like", *TENSOR_FUNCTIONS,
 ]
 
 
@@ -46,7 +63,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'zyx' has no attribute {name!r}")
     module_name, attribute = _EXPORTS[name]
     module = importlib.import_module(module_name, __name__)
-    value = getattr(module, attribute) if attribute else module
+    value = functools.reduce(getattr, attribute.split("."), module) if attribute else module
     globals()[name] = value
     return value
 
@@ -73,9 +90,12 @@ _sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each on first use
     from . import nn
     from .counters import reset_stats, stats
-    from .creation import (arange, eye, full, ones, ones_like, rand, randn, tensor, uniform, zeros, zeros_like)
+    from .creation import (arange, empty, empty_like, eye, from_dlpack, full, full_like, linspace, ones, ones_like,
+                           rand, randn, tensor, uniform, zeros, zeros_like)
+    from .einsum import einsum
     from .devices import CPU, Device, OpenCL, default_device, set_default_device, synchronize
-    from .dtypes import DType, bool_, float16, float32, float64, int32, int64
+    from .dtypes import (DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8,
+                         uint32)
     from .dtypes import bool_ as bool  # noqa: A001
     from .errors import AxisError, OutOfMemoryError, ShapeError
     from .profiler import Profiler, profile
@@ -86,4 +106,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .realize import realize
     from .serialization import load, save
     from .tensor import Tensor, where
-    from .tensor_combine import cat, stack
+    from .tensor_combine import cat, meshgrid, stack

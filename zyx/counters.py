@@ -29,4 +29,5 @@ def stats() -> dict[str, float]:
 
 
 def reset_stats() -> None:
+    """Set every counter of `zyx.stats()` back to zero."""
     _COUNTERS.clear()

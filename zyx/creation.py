@@ -84,26 +84,47 @@ def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Ten
     return Tensor(leaf)
 
 
+def from_dlpack(source: Any, device: Optional[Device] = None) -> Tensor:
+    """A tensor holding a copy of a host DLPack exporter's data (a torch CPU tensor, a numpy array, a zyx tensor),
+    on `device` (default: zyx.default_device())."""
+    try:
+        array = np.from_dlpack(source)
+    except (BufferError, RuntimeError, TypeError) as error:
+        raise TypeError(f"from_dlpack: cannot import {type(source).__name__} ({error}); only host (CPU) memory "
+                        "in a dtype numpy knows can be imported") from None
+    return tensor(array, device)
+
+
 def full(shape: Any, value: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """A tensor of `shape` filled with `value` (lazy: a constant takes no memory until used)."""
     shape = shape_of((shape,)) if not isinstance(shape, int) else (shape,)
     target = to_dtype(dtype) if dtype is not None else scalar_dtype(value)
     return Tensor(n.const(value, shape, target, _device(device)))
 
 
 def zeros(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """A tensor of zeros (float32 unless `dtype` is given)."""
     return full(shape_of(shape), 0.0, device, dtype or DEFAULT_FLOAT)
 
 
 def ones(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """A tensor of ones (float32 unless `dtype` is given)."""
     return full(shape_of(shape), 1.0, device, dtype or DEFAULT_FLOAT)
 
 
 def zeros_like(t: Tensor, dtype: Any = None) -> Tensor:
+    """Zeros with t's shape and device (and dtype unless given)."""
     return full(t.shape, 0, t.device, dtype or t.dtype)
 
 
 def ones_like(t: Tensor, dtype: Any = None) -> Tensor:
+    """Ones with t's shape and device (and dtype unless given)."""
     return full(t.shape, 1, t.device, dtype or t.dtype)
+
+
+def full_like(t: Tensor, value: Any, dtype: Any = None) -> Tensor:
+    """`value` in t's shape, on t's device, in t's dtype unless `dtype` says otherwise (lazy)."""
+    return full(t.shape, value, t.device, dtype or t.dtype)
 
 
 def rand(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
@@ -116,6 +137,7 @@ def rand(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Ten
 
 def uniform(*shape: Any, low: float = 0.0, high: float = 1.0, device: Optional[Device] = None,
             dtype: Any = None) -> Tensor:
+    """Uniform in [low, high), lazy like `rand`."""
     return rand(*shape, device=device, dtype=dtype) * (high - low) + low
 
 
@@ -140,6 +162,7 @@ def arange(*args: Any, device: Optional[Device] = None, dtype: Any = None) -> Te
 
 
 def eye(n_rows: int, n_cols: Optional[int] = None, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """The identity matrix, n_rows x n_cols (square by default)."""
     n_cols = n_rows if n_cols is None else n_cols
     rows = arange(n_rows, device=device).reshape(n_rows, 1)
     cols = arange(n_cols, device=device).reshape(1, n_cols)
@@ -149,3 +172,21 @@ def eye(n_rows: int, n_cols: Optional[int] = None, device: Optional[Device] = No
 def scalar_like(value: Any, like: Tensor) -> Tensor:
     """A Python number as a tensor that joins `like` without widening it."""
     return full((), value, like.device, promote_with_scalar(like.dtype, value))
+
+
+def linspace(start: float, end: float, steps: int, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """`steps` evenly spaced values from start to end inclusive (computed in float64, then cast)."""
+    if steps < 0:
+        raise ValueError(f"linspace: steps must be non-negative, got {steps}")
+    return tensor(np.linspace(start, end, steps, dtype=np.float64), device, dtype or DEFAULT_FLOAT)
+
+
+def empty(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """A tensor to be overwritten: zyx has no uninitialised memory, so this is zeros (lazy, no memory until
+    used)."""
+    return zeros(*shape, device=device, dtype=dtype)
+
+
+def empty_like(t: Tensor, dtype: Any = None) -> Tensor:
+    """empty() in t's shape, device and dtype."""
+    return zeros_like(t, dtype)

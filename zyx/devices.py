@@ -14,11 +14,16 @@ from .trace.node import Node
 class Device:
     """A place for tensors: `zyx.CPU()` (RAM, numpy) or `zyx.OpenCL()` (VRAM, fused kernels)."""
 
-    def __init__(self, kind: str, backend: Any, label: str):
+    def __init__(self, kind: str, backend: Any, label: str, spec: str = ""):
         self.kind, self.backend, self.label = kind, backend, label
+        self.spec = spec or kind  # what device_from_spec takes to find this device again
 
     def __repr__(self) -> str:
         return f"zyx.{self.label}"
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled as its spec ('cpu', 'opencl:N'): unpickling finds the device of this process."""
+        return device_from_spec, (self.spec,)
 
     # ---- realization -------------------------------------------------------------------------------------
     def realize(self, nodes: Sequence[Node], walk: Optional[Walk] = None) -> list[Any]:
@@ -26,45 +31,56 @@ class Device:
         return self.backend.realize(Walk(nodes) if walk is None else walk)
 
     def upload(self, array: np.ndarray) -> Any:
+        """A device buffer holding a copy of `array` (what `zyx.tensor` stores)."""
         return self.backend.upload(array)
 
     def download(self, buffer: Any, shape: tuple[int, ...], dtype: DType) -> np.ndarray:
+        """A buffer's contents as a new numpy array."""
         return self.backend.download(buffer, shape, dtype.np)
 
     # ---- factories ---------------------------------------------------------------------------------------
     def tensor(self, data: Any, dtype: Any = None) -> "Tensor":
+        """`zyx.tensor(data, device=self)`."""
         from . import creation
         return creation.tensor(data, device=self, dtype=dtype)
 
     def randn(self, *shape: Any, dtype: Any = None) -> "Tensor":
+        """`zyx.randn(*shape, device=self)`: standard normal."""
         from . import creation
         return creation.randn(*shape, device=self, dtype=dtype)
 
     def rand(self, *shape: Any, dtype: Any = None) -> "Tensor":
+        """`zyx.rand(*shape, device=self)`: uniform in [0, 1)."""
         from . import creation
         return creation.rand(*shape, device=self, dtype=dtype)
 
     def uniform(self, *shape: Any, low: float = 0.0, high: float = 1.0, dtype: Any = None) -> "Tensor":
+        """`zyx.uniform(*shape, device=self)`: uniform in [low, high)."""
         from . import creation
         return creation.uniform(*shape, low=low, high=high, device=self, dtype=dtype)
 
     def zeros(self, *shape: Any, dtype: Any = None) -> "Tensor":
+        """`zyx.zeros(*shape, device=self)`."""
         from . import creation
         return creation.zeros(*shape, device=self, dtype=dtype)
 
     def ones(self, *shape: Any, dtype: Any = None) -> "Tensor":
+        """`zyx.ones(*shape, device=self)`."""
         from . import creation
         return creation.ones(*shape, device=self, dtype=dtype)
 
     def full(self, shape: Any, value: Any, dtype: Any = None) -> "Tensor":
+        """`zyx.full(shape, value, device=self)`."""
         from . import creation
         return creation.full(shape, value, device=self, dtype=dtype)
 
     def eye(self, n: int, m: Optional[int] = None, dtype: Any = None) -> "Tensor":
+        """`zyx.eye(n, m, device=self)`."""
         from . import creation
         return creation.eye(n, m, device=self, dtype=dtype)
 
     def arange(self, *args: Any, dtype: Any = None) -> "Tensor":
+        """`zyx.arange(*args, device=self)`."""
         from . import creation
         return creation.arange(*args, device=self, dtype=dtype)
 
@@ -73,6 +89,7 @@ class Device:
         self.backend.synchronize()
 
     def memory_stats(self) -> dict[str, int]:
+        """Bytes in use, the peak, and bytes pooled for reuse on this device."""
         return self.backend.memory_stats() if hasattr(self.backend, "memory_stats") else {
             "current_bytes": 0, "peak_bytes": 0, "pool_bytes": 0}
 
@@ -108,8 +125,10 @@ def _opencl_for(cl_device: Any) -> Device:
     key = ("opencl", cl_device.int_ptr)
     if key not in _DEVICES:
         from .jit.backend import JitBackend
+        from .runtime.platforms import ordinal_of
         backend = JitBackend(cl_device)
-        _DEVICES[key] = Device("opencl", backend, f"OpenCL({cl_device.name.strip()!r})")
+        _DEVICES[key] = Device("opencl", backend, f"OpenCL({cl_device.name.strip()!r})",
+                               f"opencl:{ordinal_of(cl_device)}")
     return _DEVICES[key]
 
 
@@ -137,6 +156,7 @@ def default_device() -> Device:
 
 
 def set_default_device(device: Device | str) -> None:
+    """The device for tensors made without one, from now on (a Device or 'cpu', 'opencl', 'opencl:N')."""
     _default[:] = [device if isinstance(device, Device) else device_from_spec(device)]
 
 

@@ -1,8 +1,12 @@
-"""Data types and the promotion rules (PyTorch's: bool < ints < floats; a Python scalar never widens a tensor)."""
+"""Data types and the promotion rules (PyTorch's: bool < ints < floats; a Python scalar never widens a tensor).
+
+bfloat16 lives on the host as ml_dtypes' numpy dtype; devices compute it (as float16) in float32.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 
@@ -12,38 +16,57 @@ class DType:
 
     name: str
     itemsize: int
-    kind: str  # "bool", "int" or "float"
-    rank: int  # promotion order within all dtypes
-    cl_name: str
+    kind: str  # "bool", "int" (signed and unsigned) or "float"
+    cl_name: str  # how it is stored in an OpenCL buffer
 
     @property
     def np(self) -> np.dtype:
-        return np.dtype(self.name)
+        """The numpy dtype of host copies (ml_dtypes' for bfloat16)."""
+        return np.dtype(ml_dtypes.bfloat16) if self.name == "bfloat16" else np.dtype(self.name)
 
     @property
     def is_float(self) -> bool:
+        """float16, bfloat16, float32 or float64."""
         return self.kind == "float"
 
     @property
     def is_int(self) -> bool:
+        """A signed or unsigned integer dtype (not bool)."""
         return self.kind == "int"
 
     @property
     def is_bool(self) -> bool:
+        """The bool dtype."""
         return self.kind == "bool"
+
+    @property
+    def is_unsigned(self) -> bool:
+        """uint8 or uint32."""
+        return self.name.startswith("uint")
+
+    @property
+    def is_narrow_float(self) -> bool:
+        """float16 and bfloat16: computed in float32 and rounded when stored, so partial sums must not be stored
+        in them."""
+        return self.is_float and self.itemsize == 2
 
     def __repr__(self) -> str:
         return f"zyx.{self.name}"
 
 
-bool_ = DType("bool", 1, "bool", 0, "uchar")
-int32 = DType("int32", 4, "int", 1, "int")
-int64 = DType("int64", 8, "int", 2, "long")
-float16 = DType("float16", 2, "float", 3, "half")
-float32 = DType("float32", 4, "float", 4, "float")
-float64 = DType("float64", 8, "float", 5, "double")
+bool_ = DType("bool", 1, "bool", "uchar")
+uint8 = DType("uint8", 1, "int", "uchar")
+int8 = DType("int8", 1, "int", "char")
+int16 = DType("int16", 2, "int", "short")
+int32 = DType("int32", 4, "int", "int")
+uint32 = DType("uint32", 4, "int", "uint")
+int64 = DType("int64", 8, "int", "long")
+float16 = DType("float16", 2, "float", "half")
+bfloat16 = DType("bfloat16", 2, "float", "ushort")  # the upper half of a float32's bits
+float32 = DType("float32", 4, "float", "float")
+float64 = DType("float64", 8, "float", "double")
 
-ALL_DTYPES = (bool_, int32, int64, float16, float32, float64)
+ALL_DTYPES = (bool_, uint8, int8, int16, int32, uint32, int64, float16, bfloat16, float32, float64)
 _BY_NAME = {d.name: d for d in ALL_DTYPES}
 DEFAULT_FLOAT = float32
 DEFAULT_INT = int64
@@ -69,8 +92,10 @@ def to_dtype(spec: object) -> DType:
 
 
 def int_range(dtype: DType) -> tuple[int, int]:
-    """The smallest and largest value of an integer dtype (two's complement)."""
+    """The smallest and largest value of an integer dtype (two's complement, or unsigned)."""
     bits = 8 * dtype.itemsize
+    if dtype.is_unsigned:
+        return 0, (1 << bits) - 1
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
@@ -85,9 +110,24 @@ def wrap_int(value: int, dtype: DType) -> int:
     return (value - low) % (high - low + 1) + low
 
 
+_SIGNED_BY_SIZE = {1: int8, 2: int16, 4: int32, 8: int64}
+
+
 def promote(a: DType, b: DType) -> DType:
-    """The dtype of a binary op on two tensors."""
-    return a if a.rank >= b.rank else b
+    """The dtype of a binary op on two tensors: PyTorch's table (uint8 with int8 is int16, float16 with bfloat16
+    is float32), and numpy's for uint32, which PyTorch does not promote (with a signed int: the next wider one)."""
+    if a == b or b.is_bool:
+        return a
+    if a.is_bool:
+        return b
+    if a.is_float != b.is_float:
+        return a if a.is_float else b
+    if a.is_float and a.itemsize == b.itemsize:  # float16 and bfloat16
+        return float32
+    if a.is_unsigned != b.is_unsigned:
+        unsigned, signed = (a, b) if a.is_unsigned else (b, a)
+        return signed if signed.itemsize > unsigned.itemsize else _SIGNED_BY_SIZE[min(2 * unsigned.itemsize, 8)]
+    return a if a.itemsize >= b.itemsize else b
 
 
 def scalar_dtype(value: object) -> DType:
@@ -103,8 +143,6 @@ def scalar_dtype(value: object) -> DType:
 def promote_with_scalar(tensor_dtype: DType, value: object) -> DType:
     """A Python scalar only lifts the kind (int tensor + 0.5 -> float32), never the width."""
     kind = scalar_dtype(value)
-    if kind.rank <= tensor_dtype.rank or kind.kind == tensor_dtype.kind:
+    if kind.is_bool or kind.kind == tensor_dtype.kind or tensor_dtype.is_float:
         return tensor_dtype
-    if kind.is_float:
-        return DEFAULT_FLOAT
-    return DEFAULT_INT if tensor_dtype.is_bool else tensor_dtype
+    return DEFAULT_FLOAT if kind.is_float else DEFAULT_INT

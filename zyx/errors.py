@@ -15,3 +15,8 @@ class AxisError(ShapeError, IndexError):
 class OutOfMemoryError(MemoryError):
     """An allocation larger than the device can hold, found before anything runs; the message names the shape,
     the dtype and the bytes asked for, and the device's limit."""
+
+
+GRADIENTS_ARE_RETURNED = (
+    "Zyx keeps no .grad on tensors: `grads = loss.backward(model.parameters())` returns the gradients (one per "
+    "tensor, in order), and `opt.update(model.parameters(), grads)` applies them, so there is nothing to zero.")

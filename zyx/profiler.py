@@ -68,6 +68,7 @@ class Profiler:
         self._resolve()
 
     def add(self, record: KernelRecord) -> None:
+        """Record one kernel launch (the runtime calls this while the profiler records)."""
         self.records.append(record)
 
     def _resolve(self) -> None:

@@ -9,11 +9,21 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .dim_alias import accept_dim_on_methods
 from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype, wrap_int
-from .errors import ShapeError
+from .errors import GRADIENTS_ARE_RETURNED, ShapeError
+from .tensor_activations import ActivationMixin
+from .tensor_conv import ConvMixin
+from .tensor_convert import ConvertMixin
 from .tensor_layers import LayerMixin
+from .tensor_layout import LayoutMixin
+from .tensor_math import MathMixin
 from .tensor_movement import MovementMixin
 from .tensor_reduce import ReduceMixin
+from .tensor_scan import ScanMixin
+from .tensor_scatter import ScatterMixin
+from .tensor_sort import SortMixin
+from .tensor_stats import StatsMixin
 from .trace import autodiff
 from .trace import node as n
 from .trace.hashing import structural_hash
@@ -35,52 +45,83 @@ def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(result)
 
 
-class Tensor(MovementMixin, ReduceMixin, LayerMixin):
-    __slots__ = ("node", "__weakref__")
+@accept_dim_on_methods
+class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, MathMixin, ActivationMixin, StatsMixin,
+             ScanMixin, SortMixin, LayoutMixin, ScatterMixin):
+    """An n-dimensional array on a device, computed lazily: every op records a trace node, and values are
+    computed only when asked for (`numpy()`, `item()`, `print`, `zyx.realize`).
+
+    `Tensor(data)` copies `data` (nested lists, numbers, numpy arrays) as PyTorch's `torch.Tensor(data)` does:
+    float32 unless `dtype` is given, on `device` (default: `zyx.default_device()`). `zyx.tensor(data)` infers
+    the dtype instead. Wherever a method takes `axis`, it also takes PyTorch's `dim`.
+    """
+
+    __slots__ = {"node": "The trace node this tensor is a handle on (its value once realized).", "__weakref__": None}
     __array_priority__ = 1000  # numpy defers to our reflected operators
 
-    def __init__(self, node: Node):
-        self.node = node
+    def __init__(self, data: Any, *, device: Any = None, dtype: Any = None):
+        if isinstance(data, Node):
+            self.node = data
+        elif isinstance(data, Tensor):
+            self.node = data.to(*(a for a in (device, dtype) if a is not None)).node
+        else:
+            from .creation import tensor
+            self.node = tensor(data, device=device, dtype=dtype if dtype is not None else DEFAULT_FLOAT).node
 
     # ---- properties ----------------------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
+        """The size of each axis."""
         return self.node.shape
 
     @property
     def dtype(self) -> DType:
+        """The element type (`zyx.float32`, ...)."""
         return self.node.dtype
 
     @property
     def device(self) -> Any:
+        """The `zyx.Device` the tensor lives on."""
         return self.node.device
 
     @property
     def ndim(self) -> int:
+        """The number of axes."""
         return len(self.node.shape)
 
+    @property
+    def grad(self) -> None:
+        """Zyx keeps no gradients on tensors: this explains where they are."""
+        raise AttributeError(GRADIENTS_ARE_RETURNED)
+
     def numel(self) -> int:
+        """The number of elements."""
         return self.node.numel
 
     def structural_hash(self) -> str:
+        """The hash of the trace that computes this tensor, by structure (data and seeds do not enter it)."""
         return structural_hash([self.node])
 
     # ---- realization ---------------------------------------------------------------------------------------
     def realize(self) -> "Tensor":
+        """Compute the value now (and keep it: the trace above is released); returns self."""
         from .realize import realize
         realize(self)
         return self
 
     def numpy(self) -> np.ndarray:
+        """The values as a new numpy array (computed first if needed)."""
         self.realize()
         return self.device.download(self.node.buffer, self.shape, self.dtype)
 
     def item(self) -> Any:
+        """The value of a one-element tensor as a Python number."""
         if self.numel() != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
         return self.numpy().reshape(()).item()
 
     def tolist(self) -> Any:
+        """The values as nested Python lists (a number for a 0-d tensor)."""
         return self.numpy().tolist()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -88,6 +129,11 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return array if dtype is None else array.astype(dtype)
 
     def __repr__(self) -> str:
+        """The values; inside a step traced by `@zyx.jit` (where they do not exist yet), a description."""
+        from .jit.capture import active_capture
+        if active_capture() is not None:
+            return (f"Tensor(<lazy: computed when the step runs>, shape={self.shape}, dtype={self.dtype}, "
+                    f"device={self.device})")
         return f"Tensor({np.array2string(self.numpy(), separator=', ')}, dtype={self.dtype}, device={self.device})"
 
     def __len__(self) -> int:
@@ -118,21 +164,6 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         """The same values, but gradients do not flow back through the result."""
         return Tensor(n.unary(Op.DETACH, self.node))
 
-    def to(self, device: Any) -> "Tensor":
-        """A copy on `device` (gradients do not cross devices)."""
-        from .devices import device_from_spec
-        device = device_from_spec(device) if isinstance(device, str) else device
-        if device is self.device:
-            return self
-        from .creation import tensor
-        return tensor(self.numpy(), device=device, dtype=self.dtype)
-
-    def cast(self, dtype: Any) -> "Tensor":
-        return Tensor(n.cast(self.node, to_dtype(dtype)))
-
-    def float(self) -> "Tensor":
-        return self.cast(DEFAULT_FLOAT)
-
     def assign(self, value: Operand) -> "Tensor":
         """Replace this tensor's value in place (optimizers use it; `@zyx.jit` records it as an update).
 
@@ -151,7 +182,8 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self
 
     # ---- autodiff ------------------------------------------------------------------------------------------
-    def backward(self, sources: Sequence["Tensor"], grad_output: Optional["Tensor"] = None) -> list[Optional["Tensor"]]:
+    def backward(self, sources: Optional[Sequence["Tensor"]] = None,
+                 grad_output: Optional["Tensor"] = None) -> list[Optional["Tensor"]]:
         """d(self)/d(source) for each source, lazily (nothing runs until a gradient's value is asked for).
 
         A non-scalar tensor is seeded with ones (so this is the gradient of self.sum()) unless `grad_output` is
@@ -163,6 +195,8 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         (`loss.item()`), backward still works from its recorded origin, as long as the realized tensors whose
         values the gradient needs are still held somewhere (otherwise realizing the gradient raises).
         """
+        if sources is None:
+            raise TypeError(f"backward() needs the tensors to differentiate by. {GRADIENTS_ARE_RETURNED}")
         if isinstance(sources, Tensor):
             raise TypeError("backward takes a list of tensors: z.backward([x, y])")
         if not self.dtype.is_float:
@@ -306,6 +340,10 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
     def __rpow__(self, base: Operand) -> "Tensor":
         return self._operand(base, "pow") ** self
 
+    def pow(self, exponent: Operand) -> "Tensor":
+        """self ** exponent (integers to non-negative Python int powers stay exact integers)."""
+        return self ** exponent
+
     def __neg__(self) -> "Tensor":
         return self.logical_not() if self.dtype.is_bool else self._unary(Op.NEG)
 
@@ -335,6 +373,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return (self == other).logical_not()
 
     def eq(self, other: Operand) -> "Tensor":
+        """Elementwise self == other (bool)."""
         return self == other
 
     # ---- logic ---------------------------------------------------------------------------------------------
@@ -342,12 +381,15 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self if self.dtype.is_bool else self != 0
 
     def logical_not(self) -> "Tensor":
+        """True where self is false (zero)."""
         return Tensor(n.unary(Op.NOT, self._bool().node))
 
     def logical_and(self, other: Operand) -> "Tensor":
+        """True where both are true (non-zero)."""
         return self._bool()._binary(Op.AND, self._operand(other, "logical_and")._bool(), "logical_and")
 
     def logical_or(self, other: Operand) -> "Tensor":
+        """True where either is true (non-zero)."""
         return self._bool()._binary(Op.OR, self._operand(other, "logical_or")._bool(), "logical_or")
 
     # ---- bits: logical on bool, bitwise on integers (as PyTorch); no gradient ------------------------------
@@ -359,12 +401,15 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self._binary(op, b, name, dtype)
 
     def bitwise_and(self, other: Operand) -> "Tensor":
+        """self & other: bitwise on integers, logical on bools (no gradient)."""
         return self._bitwise(Op.AND, other, "bitwise_and")
 
     def bitwise_or(self, other: Operand) -> "Tensor":
+        """self | other: bitwise on integers, logical on bools (no gradient)."""
         return self._bitwise(Op.OR, other, "bitwise_or")
 
     def bitwise_xor(self, other: Operand) -> "Tensor":
+        """self ^ other: bitwise on integers, logical on bools (no gradient)."""
         return self._bitwise(Op.XOR, other, "bitwise_xor")
 
     def bitwise_left_shift(self, other: Operand) -> "Tensor":
@@ -376,6 +421,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self._bitwise(Op.SHR, other, "bitwise_right_shift")
 
     def bitwise_not(self) -> "Tensor":
+        """~self: bitwise on integers, logical on bools."""
         if self.dtype.is_float:
             raise TypeError(f"bitwise_not needs a bool or integer tensor, got {self.dtype.name}")
         return self._unary(Op.NOT)
@@ -402,43 +448,80 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         """Elements of `a` where self is true, else of `b` (all broadcast together)."""
         return where(self, a, b)
 
+    def masked_fill(self, mask: Operand, value: Operand) -> "Tensor":
+        """`value` where `mask` is true, else self (PyTorch's; the mask broadcasts to self's shape)."""
+        mask = self._operand(mask, "masked_fill")
+        if not mask.dtype.is_bool:
+            raise TypeError(f"masked_fill: the mask must be a bool tensor, got {mask.dtype.name}")
+        if broadcast_shape("masked_fill", self.shape, mask.shape) != self.shape:
+            raise ShapeError(f"masked_fill: mask of shape {mask.shape} does not broadcast to {self.shape}")
+        return mask.where(self._operand(value, "masked_fill").cast(self.dtype), self)
+
     # ---- unary math ----------------------------------------------------------------------------------------
     def exp(self) -> "Tensor":
+        """e ** x."""
         return self._float()._unary(Op.EXP)
 
     def exp2(self) -> "Tensor":
+        """2 ** x."""
         return (self._float() * math.log(2)).exp()
 
     def log(self) -> "Tensor":
+        """Natural logarithm (nan below 0, -inf at 0)."""
         return self._float()._unary(Op.LOG)
 
     ln = log
 
     def log2(self) -> "Tensor":
+        """Base-2 logarithm."""
         return self.log() * (1 / math.log(2))
 
+    def log1p(self) -> "Tensor":
+        """log(1 + x), accurate for tiny x: log(u) * x / (u - 1) with u = 1 + x corrects u's rounding (Goldberg)."""
+        x = self._float()
+        u = x + 1
+        tiny, huge = u == 1, u == math.inf  # there log(1 + x) is x (to rounding), or log(u)
+        safe = (tiny | huge).where(2.0, u)
+        return tiny.where(x, huge.where(u.log(), safe.log() * (x / (safe - 1))))
+
+    def expm1(self) -> "Tensor":
+        """exp(x) - 1, accurate for tiny x: (u - 1) * x / log(u) with u = exp(x) corrects u's rounding (Kahan)."""
+        x = self._float()
+        u = x.exp()
+        tiny, saturated = u == 1, (u == 0) | (u == math.inf)  # there exp(x) - 1 is x (to rounding), -1 or inf
+        safe = (tiny | saturated).where(2.0, u)
+        return tiny.where(x, saturated.where(u - 1, (safe - 1) * (x / safe.log())))
+
     def sqrt(self) -> "Tensor":
+        """Square root (nan below 0)."""
         return self._float()._unary(Op.SQRT)
 
     def rsqrt(self) -> "Tensor":
+        """1 / sqrt(x)."""
         return self.sqrt().reciprocal()
 
     def reciprocal(self) -> "Tensor":
+        """1 / x."""
         return self._float()._unary(Op.RECIP)
 
     def sin(self) -> "Tensor":
+        """Sine (radians)."""
         return self._float()._unary(Op.SIN)
 
     def cos(self) -> "Tensor":
+        """Cosine (radians)."""
         return self._float()._unary(Op.COS)
 
     def tan(self) -> "Tensor":
+        """Tangent (radians), as sin / cos."""
         return self.sin() / self.cos()
 
     def tanh(self) -> "Tensor":
+        """Hyperbolic tangent; exactly ±1 where it saturates."""
         return self._float()._unary(Op.TANH)
 
     def sigmoid(self) -> "Tensor":
+        """1 / (1 + exp(-x))."""
         return self._float()._unary(Op.SIGMOID)
 
     def relu(self) -> "Tensor":
@@ -446,9 +529,11 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return (self <= 0).where(0, self)
 
     def leaky_relu(self, negative_slope: float = 0.01) -> "Tensor":
+        """x where positive, else negative_slope * x."""
         return (self > 0).where(self, self * negative_slope)
 
     def elu(self, alpha: float = 1.0) -> "Tensor":
+        """x where positive, else alpha * (exp(x) - 1)."""
         negative = (self > 0).where(0, self)  # not minimum(x, 0): its tie at 0 would halve the gradient there
         return (self > 0).where(self, (negative.exp() - 1) * alpha)
 
@@ -461,6 +546,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return (x.maximum(0) + ((-x.abs()).exp() + 1).log()) * (1 / beta)
 
     def silu(self) -> "Tensor":
+        """x * sigmoid(x) (also called swish)."""
         return self * self.sigmoid()
 
     swish = silu
@@ -488,7 +574,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
 
     def abs(self) -> "Tensor":
         """|x|; the gradient at 0 is 0 (the two sides share it)."""
-        return self if self.dtype.is_bool else self.maximum(-self)
+        return self if self.dtype.is_bool or self.dtype.is_unsigned else self.maximum(-self)
 
     def sign(self) -> "Tensor":
         """-1, 0 or 1 (bool tensors stay as they are; nan stays nan, as numpy)."""
@@ -498,9 +584,11 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self.isnan().where(self, result) if self.dtype.is_float else result
 
     def floor(self) -> "Tensor":
+        """The largest integer value not above each element (integers stay as they are)."""
         return self._unary(Op.FLOOR) if self.dtype.is_float else self
 
     def ceil(self) -> "Tensor":
+        """The smallest integer value not below each element (integers stay as they are)."""
         return self._unary(Op.CEIL) if self.dtype.is_float else self
 
     def round(self) -> "Tensor":
@@ -508,9 +596,11 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
         return self._unary(Op.RINT) if self.dtype.is_float else self
 
     def trunc(self) -> "Tensor":
+        """Rounded towards zero."""
         return (self < 0).where(self.ceil(), self.floor())
 
     def square(self) -> "Tensor":
+        """x * x."""
         return self * self
 
     def maximum(self, other: Operand) -> "Tensor":
@@ -540,18 +630,23 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin):
     clip = clamp
 
     def isnan(self) -> "Tensor":
+        """True where an element is nan."""
         return self != self
 
     def logical_xor(self, other: Operand) -> "Tensor":
+        """True where exactly one is true (non-zero)."""
         return self._bool() != self._operand(other, "logical_xor")._bool()
 
     def isinf(self) -> "Tensor":
+        """True where an element is +inf or -inf."""
         return self.abs() == math.inf if self.dtype.is_float else self != self
 
     def isfinite(self) -> "Tensor":
+        """True where an element is neither nan nor infinite."""
         return (self.isnan() | self.isinf()).logical_not()
 
     def lerp(self, end: Operand, weight: Operand) -> "Tensor":
+        """self + (end - self) * weight: linear interpolation."""
         return self + (self._operand(end, "lerp") - self) * weight
 
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .dim_alias import accepts_dim
 from .dtypes import promote
 from .errors import ShapeError
 from .tensor import Tensor
 from .tensor_movement import normalize_axis
 
 
+@accepts_dim
 def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Concatenate along `axis`; other axes must match, dtypes promote (as PyTorch), devices must agree."""
     tensors = list(tensors)
@@ -37,7 +39,9 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     return result  # type: ignore[return-value]
 
 
+@accepts_dim
 def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Join same-shaped tensors along a new axis `axis`."""
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack needs at least one tensor")
@@ -46,3 +50,23 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
             raise ShapeError(f"stack: shapes {tensors[0].shape} and {t.shape} differ")
     axis = normalize_axis(axis, tensors[0].ndim + 1, "stack")
     return cat([t.unsqueeze(axis) for t in tensors], axis)
+
+
+def meshgrid(*tensors: Tensor, indexing: str = "ij") -> list[Tensor]:
+    """Coordinate grids from 1-D tensors (broadcast views, as torch.meshgrid): with 'ij' output k varies along
+    axis k; with 'xy' the first two axes swap (numpy's default)."""
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"meshgrid: indexing must be 'ij' or 'xy', got {indexing!r}")
+    if any(t.ndim > 1 for t in tensors):
+        raise ShapeError(f"meshgrid: needs 0-d or 1-D tensors, got shapes {[t.shape for t in tensors]}")
+    flat = [t.reshape(-1) for t in tensors]
+    if indexing == "xy" and len(flat) > 1:
+        flat[0], flat[1] = flat[1], flat[0]
+    shape = tuple(t.shape[0] for t in flat)
+    grids = [t.reshape(tuple(-1 if k == axis else 1 for k in range(len(flat)))).expand(shape)
+             for axis, t in enumerate(flat)]
+    if indexing == "xy" and len(grids) > 1:
+        grids[0], grids[1] = grids[1], grids[0]
+    return grids

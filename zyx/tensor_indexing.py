@@ -1,8 +1,11 @@
-"""`tensor[...]` with ints, slices, None, Ellipsis and integer tensors; `gather`. All views or fused selects."""
+"""`tensor[...]` with ints, slices, None, Ellipsis and integer tensors (PyTorch's rules); `gather`. All views or
+fused selects."""
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .errors import ShapeError
 from .tensor_movement import normalize_axis
@@ -54,15 +57,11 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
     from .tensor import Tensor
     if not isinstance(index, tuple):
         index = (index,)
-    if any(isinstance(i, bool) for i in index) or any(isinstance(i, Tensor) and i.dtype.is_bool for i in index):
-        raise TypeError("boolean mask indexing is not supported: use zyx.where(mask, x, 0) or multiply by the mask")
+    if any(isinstance(i, bool) for i in index):
+        raise TypeError("indexing with a Python bool is not supported; index with a bool tensor (a mask) instead")
+    index = _masks_as_positions(index, t.shape)
     index = tuple(_as_index_value(i) for i in index)
     index = _expand_ellipsis(index, t.ndim)
-    advanced = [k for k, i in enumerate(index) if _is_advanced(i) or (isinstance(i, int) and any(
-        _is_advanced(j) for j in index))]
-    # numpy: advanced indices (integer tensors, and ints alongside them) that are not next to each other put
-    # their broadcast axes first
-    to_front = bool(advanced) and advanced != list(range(advanced[0], advanced[-1] + 1))
     result, axis, tensor_axes = t, 0, []
     for item in index:
         if item is None:
@@ -74,12 +73,7 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
         elif isinstance(item, Tensor) or isinstance(item, (list, tuple)):
             tensor_axes.append((axis, item))
             axis += 1
-        elif isinstance(item, int) or hasattr(item, "__index__"):
-            if to_front:  # an int among apart advanced indices broadcasts with them, as numpy
-                from .creation import tensor
-                tensor_axes.append((axis, tensor(int(item), device=t.device)))
-                axis += 1
-                continue
+        elif isinstance(item, int) or hasattr(item, "__index__"):  # selects, even beside tensors (PyTorch)
             size = result.shape[axis]
             position = int(item)
             if not -size <= position < size:
@@ -91,25 +85,67 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
         else:
             raise TypeError(f"unsupported index {item!r}")
     if tensor_axes:
-        if to_front:
-            result = _take_apart(result, tensor_axes)
-        else:
-            result = _take_advanced(result, tensor_axes)
+        # PyTorch's rule: tensor indices on adjacent axes of the result (ints have selected theirs away) keep
+        # their place; apart, their broadcast axes go first
+        axes = [a for a, _ in tensor_axes]
+        apart = axes != list(range(axes[0], axes[0] + len(axes)))
+        result = (_take_apart if apart else _take_advanced)(result, tensor_axes)
     return result
 
 
+def _is_advanced(item: Any) -> bool:
+    """An integer-tensor (or list) index, which takes elements instead of viewing a range."""
+    from .tensor import Tensor
+    return isinstance(item, (Tensor, list, tuple))
+
+
+def _as_mask(item: Any) -> Any:
+    """A bool index (tensor, numpy array or nested list of bools) as a numpy array, else None."""
+    from .tensor import Tensor
+    if isinstance(item, Tensor):
+        return item.numpy() if item.dtype.is_bool else None
+    if isinstance(item, np.ndarray):
+        return item if item.dtype == np.bool_ else None
+    if isinstance(item, (list, tuple)) and item:
+        array = np.asarray(item)
+        return array if array.dtype == np.bool_ else None
+    return None
+
+
+def _masks_as_positions(index: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """Each k-dimensional bool mask replaced by the k integer index lists of its true positions (numpy's and
+    PyTorch's rule). The positions depend on the mask's values, so a mask tensor is realized here."""
+    masks = [_as_mask(i) for i in index]
+    if all(m is None for m in masks):
+        return index
+    consuming = sum(1 if m is None else m.ndim for i, m in zip(index, masks) if i is not None and i is not Ellipsis)
+    result: list[Any] = []
+    axis = 0
+    for item, mask in zip(index, masks):
+        if item is Ellipsis:
+            axis += len(shape) - consuming
+        elif mask is not None:
+            if mask.ndim == 0:
+                raise TypeError("indexing with a 0-d bool mask is not supported; use zyx.where")
+            covered = shape[axis:axis + mask.ndim]
+            if mask.shape != covered:
+                raise IndexError(f"the mask of shape {mask.shape} does not match the indexed axes {axis}.."
+                                 f"{axis + mask.ndim - 1} of shape {covered} (tensor shape {shape})")
+            result.extend(positions.tolist() for positions in np.nonzero(mask))
+            axis += mask.ndim
+            continue
+        elif item is not None:
+            axis += 1
+        result.append(item)
+    return tuple(result)
+
+
 def _as_index_value(item: Any) -> Any:
-    import numpy as np
     if isinstance(item, np.ndarray):
         return item.tolist() if item.ndim else item.item()
     if isinstance(item, np.integer):
         return int(item)
     return item
-
-
-def _is_advanced(item: Any) -> bool:
-    from .tensor import Tensor
-    return isinstance(item, (Tensor, list, tuple))
 
 
 def _take_apart(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
@@ -128,10 +164,7 @@ def _as_index(t: "Tensor", item: Any, axis: int) -> tuple["Tensor", bool]:
         if not item.dtype.is_int:
             raise TypeError(f"tensors used as indices must be integer, got {item.dtype.name}")
         return item, True
-    import numpy as np
     array = np.array(item)
-    if array.dtype == bool:
-        raise TypeError("boolean mask indexing is not supported: use zyx.where(mask, x, 0) or multiply by the mask")
     if array.size and array.dtype.kind not in "iu":
         raise TypeError(f"indices must be integers, got {array.dtype} values in {item!r}")
     size = t.shape[axis]

@@ -45,10 +45,12 @@ class MovementMixin:
     view = reshape
 
     def permute(self, *order: int) -> "Tensor":
+        """The axes reordered: axis i of the result is axis order[i] of self (a view)."""
         ndim = len(self.node.shape)
         return self._wrap(n.permute(self.node, [normalize_axis(a, ndim, "permute") for a in _dims(order)]))
 
     def transpose(self, a: int = 0, b: int = 1) -> "Tensor":
+        """Axes a and b swapped (a view)."""
         ndim = len(self.node.shape)
         order = list(range(ndim))
         a, b = normalize_axis(a, ndim, "transpose"), normalize_axis(b, ndim, "transpose")
@@ -59,6 +61,7 @@ class MovementMixin:
 
     @property
     def T(self) -> "Tensor":
+        """All axes reversed (the matrix transpose for 2-D tensors)."""
         return self.permute(list(reversed(range(len(self.node.shape)))))
 
     def expand(self, *shape: Any) -> "Tensor":
@@ -72,21 +75,29 @@ class MovementMixin:
         return self._wrap(n.expand(n.reshape(self.node, padded), target))
 
     def expand_as(self, other: "Tensor") -> "Tensor":
+        """Broadcast to other's shape (a view)."""
         return self.expand(other.shape)
 
-    def pad(self, padding: Sequence[Sequence[int]], value: float = 0) -> "Tensor":
-        """((before, after), ...) per axis from the first; missing trailing axes are not padded."""
+    def pad(self, padding: Sequence[Sequence[int]], value: float = 0, mode: str = "constant") -> "Tensor":
+        """((before, after), ...) per axis from the first; missing trailing axes are not padded. A negative
+        amount crops; `mode` is 'constant' (fill with `value`), 'reflect', 'replicate' or 'circular' (as
+        PyTorch's F.pad, which lists axes from the last instead)."""
         pairs = [tuple(p) for p in padding]
         if len(pairs) > len(self.node.shape):
             raise ShapeError(f"pad: {len(pairs)} pairs for a tensor of shape {self.node.shape}")
         pairs += [(0, 0)] * (len(self.node.shape) - len(pairs))
+        if mode != "constant" or any(b < 0 or a < 0 for b, a in pairs):
+            from .tensor_layout import pad_with_mode
+            return pad_with_mode(self, pairs, value, mode)  # type: ignore[arg-type]
         return self._wrap(n.pad(self.node, pairs, value))
 
     def shrink(self, bounds: Sequence[Optional[tuple[int, int]]]) -> "Tensor":
+        """The part within (start, end) bounds per axis (None keeps an axis whole); a view."""
         full = [(0, s) if b is None else b for b, s in zip(bounds, self.node.shape)]
         return self._wrap(n.shrink(self.node, full))
 
     def flip(self, axis: Union[int, Sequence[int]]) -> "Tensor":
+        """Elements along `axis` (one or several) in reverse order."""
         axes = [axis] if isinstance(axis, int) else list(axis)
         ndim = len(self.node.shape)
         normalized = [normalize_axis(a, ndim, "flip") for a in axes]
@@ -95,6 +106,7 @@ class MovementMixin:
         return self._wrap(n.flip(self.node, normalized))
 
     def squeeze(self, axis: Optional[Union[int, Sequence[int]]] = None) -> "Tensor":
+        """Size-1 axes removed: all of them, or those of `axis` that have size 1."""
         shape = self.node.shape
         if not shape:
             if axis is not None:
@@ -109,12 +121,14 @@ class MovementMixin:
         return self.reshape(tuple(s for i, s in enumerate(shape) if i not in axes))
 
     def unsqueeze(self, axis: int) -> "Tensor":
+        """A new size-1 axis at position `axis`."""
         shape = list(self.node.shape)
         axis = normalize_axis(axis, len(shape) + 1, "unsqueeze")
         shape.insert(axis, 1)
         return self.reshape(tuple(shape))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
+        """Axes start_dim to end_dim merged into one."""
         shape = self.node.shape
         if not shape:
             return self.reshape(1)
@@ -124,6 +138,7 @@ class MovementMixin:
         return self.reshape(shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:])
 
     def unflatten(self, axis: int, sizes: Sequence[int]) -> "Tensor":
+        """Axis `axis` split into `sizes`."""
         shape = self.node.shape
         axis = normalize_axis(axis, len(shape), "unflatten")
         return self.reshape(shape[:axis] + tuple(sizes) + shape[axis + 1:])
@@ -157,6 +172,7 @@ class MovementMixin:
         return pieces
 
     def chunk(self, chunks: int, axis: int = 0) -> list["Tensor"]:
+        """`chunks` pieces along `axis`, as equal as possible (the last may be smaller)."""
         length = self.node.shape[normalize_axis(axis, len(self.node.shape), "chunk")]
         return self.split(max(1, math.ceil(length / chunks)), axis)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
@@ -83,6 +84,7 @@ class ReduceMixin:
         return math.prod(self.node.shape[a] for a in reduce_axes(axis, len(self.node.shape), "mean"))
 
     def mean(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
+        """Mean over `axis` (all by default); integers are averaged in float32."""
         total = self._float().sum(axis, keepdim)  # type: ignore[attr-defined]
         count = self._count(axis)
         return total * (1 / count) if count else total / 0.0
@@ -96,7 +98,27 @@ class ReduceMixin:
         return squares * (1 / divisor) if divisor else squares / 0.0
 
     def std(self, axis: Axis = None, keepdim: bool = False, correction: int = 1) -> "Tensor":
+        """Standard deviation with Bessel's `correction` (1 by default, as PyTorch)."""
         return self.var(axis, keepdim, correction).sqrt()
+
+    def norm(self, p: Union[float, str] = 2, axis: Axis = None, keepdim: bool = False) -> "Tensor":
+        """The vector p-norm over `axis` (all axes by default), as PyTorch's `norm` and `linalg.vector_norm`:
+        p = 2 ('fro'), 1, inf, -inf, 0 (the count of non-zeros) or any other number. The 2-norm of zeros has
+        gradient 0, as PyTorch's."""
+        x = self._float().abs()  # type: ignore[attr-defined]
+        p = 2 if p == "fro" else p
+        if isinstance(p, str):
+            raise ValueError(f"norm: p must be a number or 'fro', got {p!r}")
+        if p == math.inf:
+            return x.max(axis, keepdim)
+        if p == -math.inf:
+            return x.min(axis, keepdim)
+        if p == 0:
+            return (x != 0).float().sum(axis, keepdim)
+        at_zero = x == 0  # |x|^p for p < 1 has an infinite gradient at 0: there the value, without gradient
+        total = at_zero.where((x ** p).detach(), at_zero.where(1.0, x) ** p).sum(axis, keepdim)
+        zero = total == 0  # the root's gradient at 0 is infinite: those norms are 0 with gradient 0
+        return zero.where(0.0, zero.where(1.0, total) ** (1 / p))
 
     def prod(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
         """Product by pairwise halving: log2(n) fused multiplies, exact gradients, zeros handled."""
@@ -148,35 +170,24 @@ class ReduceMixin:
             tuple(s for i, s in enumerate(x.shape) if i not in reduce_axes(axis, x.ndim, "logsumexp")))
 
     def softmax(self, axis: int = -1) -> "Tensor":
+        """exp(x) / sum(exp(x)) along `axis`, computed around the maximum so it cannot overflow."""
         x = self._float()  # type: ignore[attr-defined]
         reduce_axes(axis, x.ndim, "softmax")
         shifted = (x - x._reduce(Op.RMAX, axis, True, "softmax").detach()).exp()
         return shifted / shifted.sum(axis, keepdim=True)
 
     def log_softmax(self, axis: int = -1) -> "Tensor":
+        """log(softmax(x)) along `axis`, computed stably (x - logsumexp(x))."""
         x = self._float()  # type: ignore[attr-defined]
         return x - x.logsumexp(axis, keepdim=True)
 
     def cumsum(self, axis: int = 0) -> "Tensor":
-        """Running sum along `axis` by doubling (Hillis-Steele): log2(n) shifted adds, all views and adds.
-
-        Bool and int tensors sum in int64, as PyTorch.
-        """
-        ndim = len(self.node.shape)
-        if ndim == 0:
-            reduce_axes(axis, 0, "cumsum")
-            return self if self.node.dtype.is_float else self.cast(int64)  # type: ignore[attr-defined]
-        axis = normalize_axis(axis, ndim, "cumsum")
+        """Running sum along `axis` (a scan of log2(n) shifted adds, see tensor_scan); bool and int tensors sum
+        in int64, as PyTorch."""
+        from .tensor_scan import running
         x = self if self.node.dtype.is_float else self.cast(int64)  # type: ignore[attr-defined]
-        length = self.node.shape[axis]
-        shift = 1
-        while shift < length:
-            before = [(0, 0)] * axis + [(shift, 0)]
-            keep = [(0, s) for s in x.shape]
-            keep[axis] = (0, length)
-            x = x + x.pad(before).shrink(keep)
-            shift *= 2
-        return x
+        return running(x, axis, "cumsum", 0, operator.add)
+
 
 def _prod_axis(x: "Tensor", axis: int) -> "Tensor":
     """Multiply along one axis by halving it until one element is left (keeps the axis, size 1)."""

@@ -15,12 +15,13 @@ import zyx  # noqa: E402
 
 from .check import check, reproducer, shrink  # noqa: E402
 from .graphs import generate  # noqa: E402
+from .test_fuzz import DEFAULT_GRAPHS  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
     parser.add_argument("--seed", type=int, default=0, help="first graph seed")
-    parser.add_argument("--count", type=int, default=300, help="how many graphs")
+    parser.add_argument("--count", type=int, default=DEFAULT_GRAPHS, help="how many graphs")
     parser.add_argument("--device", default="cpu,opencl", help="zyx devices to test, comma-separated")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # torch's and numpy's notes about the reference computations

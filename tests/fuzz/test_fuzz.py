@@ -11,7 +11,7 @@ from .check import check, reproducer, shrink
 from .graphs import PROPOSERS, generate
 from .ops import OPS, OpForms
 
-DEFAULT_GRAPHS = 300
+DEFAULT_GRAPHS = 100
 LONG_GRAPHS = 3000
 
 

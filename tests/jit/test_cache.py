@@ -195,6 +195,17 @@ def test_commit_stores_a_program_once(cache_dir, context, device):
     assert writes["cache_disk_writes"] == 1 and len(cache.entries()) == 1
 
 
+def test_a_size_limit_of_zero_keeps_kernels_in_memory_and_reads_no_binary(cache_dir, context, device, monkeypatch):
+    """ZYX_CACHE_SIZE=0: nothing is written, and no binary is read back (on PoCL that compiles the kernels again)."""
+    monkeypatch.setenv("ZYX_CACHE_SIZE", "0")
+    cache = KernelCache(cache_dir)
+    monkeypatch.setattr(cache_module, "program_binary", lambda *_: pytest.fail("a binary was read back"))
+    program = cache.build(context, device, kernel_source(7))
+    writes = counted(lambda: (cache.commit(program), cache.commit_later(program), cache.flush()))
+    assert writes["cache_disk_writes"] == 0 and cache.entries() == [] and not cache.stores_binaries
+    assert cache.build(context, device, kernel_source(7)) is program  # still served from memory
+
+
 def test_entries_are_bounded_by_the_size_limit_least_recently_used_first(cache_dir, context, queue):
     original = stored_entry(cache_dir, context, queue, 0)
     entry_bytes = KernelCache(cache_dir).info()["bytes"]  # key, metadata and binary of one entry

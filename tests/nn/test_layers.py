@@ -144,6 +144,39 @@ def test_activations(nn_device, layer, reference):
     compare_layer(layer, reference, [normal(3, 4, 2) * 3], nn_device)
 
 
+def test_more_activation_modules(nn_device):
+    """The activations added for PyTorch parity, as modules with their options (values: test_ops_torch_parity)."""
+    layers = [(nn.Hardtanh(-2.5, 2.5), torch.nn.Hardtanh(-2.5, 2.5)), (nn.Mish(), torch.nn.Mish()),
+              (nn.CELU(0.5), torch.nn.CELU(0.5)), (nn.SELU(), torch.nn.SELU()), (nn.Hardswish(), torch.nn.Hardswish()),
+              (nn.Hardsigmoid(), torch.nn.Hardsigmoid()), (nn.Softsign(), torch.nn.Softsign()),
+              (nn.LogSigmoid(), torch.nn.LogSigmoid()), (nn.Softmin(1), torch.nn.Softmin(1)), (nn.ReLU6(), torch.nn.ReLU6())]
+    compare_layer(nn.Sequential(*(z for z, _ in layers)), torch.nn.Sequential(*(t for _, t in layers)),
+                  [normal(3, 4, 2) * 3], nn_device)
+
+
+@pytest.mark.parametrize("layers, shape", [
+    (lambda dev: [(nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2, device=dev),
+                   torch.nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2)),
+                  (nn.MaxPool1d(2, ceil_mode=True), torch.nn.MaxPool1d(2, ceil_mode=True)),
+                  (nn.AvgPool1d(2, padding=1, count_include_pad=False),
+                   torch.nn.AvgPool1d(2, padding=1, count_include_pad=False))], (2, 4, 9)),
+    (lambda dev: [(nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, 2, device=dev),  # stride, padding, output_padding, groups
+                   torch.nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, 2)),
+                  (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+                   torch.nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
+                  (nn.Upsample(scale_factor=2, mode="bilinear"), torch.nn.Upsample(scale_factor=2, mode="bilinear"))],
+     (2, 4, 5, 6)),
+    (lambda dev: [(nn.Conv3d(2, 3, 2, padding=1, device=dev), torch.nn.Conv3d(2, 3, 2, padding=1)),
+                  (nn.ConvTranspose3d(3, 2, (1, 2, 1), device=dev), torch.nn.ConvTranspose3d(3, 2, (1, 2, 1))),
+                  (nn.MaxPool3d(2, return_indices=True), torch.nn.MaxPool3d(2, return_indices=True))],
+     (1, 2, 4, 5, 3)),
+])
+def test_more_conv_and_pool_modules(nn_device, layers, shape):
+    pairs = layers(nn_device)
+    compare_layer(nn.Sequential(*(z for z, _ in pairs)), torch.nn.Sequential(*(t for _, t in pairs)),
+                  [normal(*shape)], nn_device)
+
+
 def test_sequential(nn_device):
     torch.manual_seed(0)
     reference = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),

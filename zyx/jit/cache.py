@@ -241,7 +241,7 @@ class KernelCache:
         were committed already, are not stored again.
         """
         pending: _Pending | None = vars(program).pop(_PENDING_ATTRIBUTE, None)
-        if pending is None or not self._store.on_disk:
+        if pending is None or not self.stores_binaries:
             return
         binary = program_binary(program, pending.device)
         meta = {
@@ -257,7 +257,14 @@ class KernelCache:
         work-group function again (1.9 s of a 4.9 s cold MLP start here), which the first step need not wait
         for. At exit the writer waits about as long as this process spent compiling (1 to 60 s), then leaves the
         rest to be compiled again next time."""
-        self._writer.submit(lambda: self.commit(program))
+        if self.stores_binaries:
+            self._writer.submit(lambda: self.commit(program))
+
+    @property
+    def stores_binaries(self) -> bool:
+        """Whether built programs are written to disk: not with a size limit of 0 (`ZYX_CACHE_SIZE=0`), where
+        nothing is read back from the driver either (on PoCL that read compiles every kernel again)."""
+        return self.size_limit > 0 and self._store.on_disk
 
     def _exit_wait_seconds(self) -> float:
         """How long the exit waits for binaries still to be stored: as long as this process spent compiling

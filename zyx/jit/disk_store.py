@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sqlite3
 import stat
 import threading
@@ -312,14 +313,23 @@ def _connect(path: Path, read_only_mode: str | None = None) -> sqlite3.Connectio
         if not path.is_file():
             raise _Damaged("does not exist")
         target, uri = f"file:{urllib.parse.quote(str(path))}?{read_only_mode}", True
-    db = sqlite3.connect(target, uri=uri, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                         check_same_thread=False)
-    try:
-        _prepare(db, writable=read_only_mode is None)
-    except BaseException:
-        db.close()
-        raise
-    return db
+    deadline = time.monotonic() + _BUSY_TIMEOUT_SECONDS
+    while True:
+        db = sqlite3.connect(target, uri=uri, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            _prepare(db, writable=read_only_mode is None)
+            return db
+        except sqlite3.OperationalError as error:
+            db.close()
+            # switching a new file to WAL while other processes open it answers "locked" at once, without
+            # SQLite's busy wait (16 processes on the H200 host): wait a moment and open again
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
+        except BaseException:
+            db.close()
+            raise
 
 
 def _prepare(db: sqlite3.Connection, writable: bool) -> None:

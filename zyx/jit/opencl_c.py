@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import math
 
-from ..dtypes import DType
+from ..dtypes import DType, int_range
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 
 
 def register_type(dtype: DType) -> str:
-    """The type a value lives in while computed: half is computed in float, bool as bool."""
-    return {"bool": "bool", "int32": "int", "int64": "long", "float16": "float", "float32": "float",
+    """The type a value lives in while computed: float16 and bfloat16 are computed in float, bool as bool."""
+    return {"bool": "bool", "uint8": "uchar", "int8": "char", "int16": "short", "int32": "int", "uint32": "uint",
+            "int64": "long", "float16": "float", "bfloat16": "float", "float32": "float",
             "float64": "double"}[dtype.name]
 
 
@@ -22,7 +23,8 @@ def literal(value: object, dtype: DType) -> str:
     if dtype.is_bool:
         return "true" if value else "false"
     if dtype.is_int:
-        return f"{int(value)}L" if dtype.itemsize == 8 else str(int(value))  # type: ignore[call-overload]
+        suffix = "L" if dtype.itemsize == 8 else "u" if dtype.is_unsigned else ""
+        return f"{int(value)}{suffix}"  # type: ignore[call-overload]
     number = float(value)  # type: ignore[arg-type]
     suffix = "" if dtype.name == "float64" else "f"
     if math.isnan(number):
@@ -39,7 +41,7 @@ def lowest_value(dtype: DType) -> object:
         return -math.inf
     if dtype.is_bool:
         return False
-    return -(2 ** (8 * dtype.itemsize - 1))
+    return int_range(dtype)[0]
 
 
 def lowest(dtype: DType) -> str:
@@ -48,6 +50,8 @@ def lowest(dtype: DType) -> str:
         return literal(-math.inf, dtype)
     if dtype.is_bool:
         return "false"
+    if dtype.is_unsigned or dtype.itemsize < 4:
+        return literal(lowest_value(dtype), dtype)
     return "(-2147483647-1)" if dtype.itemsize == 4 else "(-9223372036854775807L-1L)"
 
 
@@ -62,7 +66,7 @@ UNARY_EXPRESSIONS = {
 INTEGER_UNARY_EXPRESSIONS = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 
 # |x| past which tanh(x) rounds to ±1: 1 - tanh(x) ~ 2 exp(-2x) is below half an ulp of 1 (13 ln 2, 27.5 ln 2)
-TANH_SATURATED = {"float16": 9.02, "float32": 9.02, "float64": 19.1}
+TANH_SATURATED = {"float16": 9.02, "bfloat16": 9.02, "float32": 9.02, "float64": 19.1}
 
 
 def unary(op: Op, x: str, dtype: DType) -> str:
@@ -103,15 +107,64 @@ def binary(op: Op, a: str, b: str, dtype: DType) -> str:
 def cast(x: str, source: DType, target: DType) -> str:
     if target.is_bool:
         return f"({x}!=0)"
+    if target.name == "bfloat16":  # rounded where cast, as stored
+        return f"zyx_round_bf16((float)({x}))"
     return f"(({register_type(target)})({x}))"
 
 
-SHIFT_HELPERS = [  # left shifts in unsigned: signed overflow is undefined in C
-    line for name, bits in (("int", 32), ("long", 64)) for line in (
-        f"static inline {name} zyx_shl_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? 0 : "
-        f"({name})((u{name})a << b); }}",
-        f"static inline {name} zyx_shr_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? "
-        f"(a < 0 ? -1 : 0) : a >> b; }}")
+# How each dtype is read from and written to a buffer (p: the pointer, i: the position, v: the value); half
+# precision is rounded to nearest even where stored
+MEMORY_ACCESS = {
+    "float16": ("vload_half({i},{p})", "vstore_half({v},{i},{p});"),
+    "bfloat16": ("zyx_bf16_to_float({p}[{i}])", "{p}[{i}] = zyx_float_to_bf16({v});"),
+    "bool": ("({p}[{i}]!=0)", "{p}[{i}] = (uchar)({v});"),
+}
+PLAIN_ACCESS = ("{p}[{i}]", "{p}[{i}] = {v};")
+
+
+def load(dtype: DType, pointer: str, position: str) -> str:
+    """The value at `pointer[position]`, in its register type."""
+    return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[0].format(p=pointer, i=position)
+
+
+def store(dtype: DType, pointer: str, position: str, value: str) -> str:
+    """The statement writing `value` to `pointer[position]`."""
+    return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[1].format(p=pointer, i=position, v=value)
+
+
+def _shift_helpers(name: str, bits: int, unsigned: bool) -> list[str]:
+    """zyx_shl_T and zyx_shr_T: a count outside [0, bits) shifts every bit out. Left shifts go through the
+    unsigned type: signed overflow is undefined in C."""
+    outside = "0" if unsigned else "(a < 0 ? -1 : 0)"
+    return [f"static inline {name} zyx_shl_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? 0 : "
+            f"({name})(({name if unsigned else 'u' + name})a << b); }}",
+            f"static inline {name} zyx_shr_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? "
+            f"{outside} : a >> b; }}"]
+
+
+SHIFT_HELPERS = [line for name, bits in (("int", 32), ("long", 64)) for line in _shift_helpers(name, bits, False)]
+
+
+def _floordiv_helper(name: str) -> str:
+    """Floor division (Python's) for integer type `name`; division by zero gives a // 1."""
+    if name[0] == "u":
+        return f"static inline {name} zyx_floordiv_{name}({name} a, {name} b) {{ if (b == 0) b = 1; return a / b; }}"
+    return (f"static inline {name} zyx_floordiv_{name}({name} a, {name} b) {{ if (b == 0) b = 1; {name} q = a / b;"
+            " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }")
+
+
+# Helpers a kernel gets only when it calls one of their functions: kernels that call none keep their source,
+# and so their cached binaries. (functions, the lines defining them)
+CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
+    *(((f"zyx_shl_{name}", f"zyx_shr_{name}"), _shift_helpers(name, bits, name[0] == "u"))
+      for name, bits in (("uchar", 8), ("char", 8), ("short", 16), ("uint", 32))),
+    *(((f"zyx_floordiv_{name}",), [_floordiv_helper(name)]) for name in ("uchar", "char", "short", "uint")),
+    (("zyx_bf16_to_float", "zyx_float_to_bf16", "zyx_round_bf16"), [  # the upper 16 bits of a float32
+        "static inline float zyx_bf16_to_float(ushort h) { return as_float((uint)h << 16); }",
+        # round to nearest even; a nan stays a (quiet) nan
+        "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
+        "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
+        "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
 ]
 
 
@@ -121,8 +174,14 @@ def calls_shift_helpers(source: str) -> bool:
     return "zyx_shl_" in source or "zyx_shr_" in source
 
 
-def prelude(uses_double: bool, uses_rand: bool, uses_shifts: bool = False) -> str:
-    """Helpers every kernel may call; only what the kernel uses is emitted."""
+def called_helpers(source: str) -> list[str]:
+    """The lines of CALLED_HELPERS whose functions `source` calls."""
+    return [line for functions, lines in CALLED_HELPERS if any(f"{f}(" in source for f in functions)
+            for line in lines]
+
+
+def prelude(uses_double: bool, uses_rand: bool, uses_shifts: bool = False, body: str = "") -> str:
+    """Helpers every kernel may call; only what the kernel uses is emitted (`body`: the kernels' text)."""
     lines = []
     if uses_double:
         lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
@@ -139,6 +198,7 @@ def prelude(uses_double: bool, uses_rand: bool, uses_shifts: bool = False) -> st
         lines.append("static inline double zyx_max_double(double a, double b) { return isnan(a) ? a : (a > b ? a : b); }")
     if uses_rand:
         lines.append(PHILOX_SOURCE)
+    lines += called_helpers(body)
     return "\n".join(lines) + "\n"
 
 
@@ -147,4 +207,5 @@ def combine_sources(sources: list[str]) -> str:
     kernels = ["__kernel void " + source.split("__kernel void ", 1)[1] for source in sources]
     uses_double = any("cl_khr_fp64" in source for source in sources)
     uses_rand = any("zyx_philox_uniform(" in kernel for kernel in kernels)
-    return prelude(uses_double, uses_rand, any(map(calls_shift_helpers, kernels))) + "\n".join(kernels)
+    body = "\n".join(kernels)
+    return prelude(uses_double, uses_rand, any(map(calls_shift_helpers, kernels)), body) + body

@@ -278,7 +278,7 @@ class KernelBuilder:
     def _store(self, node: Node, value: _Value) -> None:
         out = self._output(node)
         position = self.positions[self._element].render()
-        line = _store_line(node.dtype, out, position, value.text)
+        line = c.store(node.dtype, out, position, value.text)
         self._stores.append(f"if (lid == 0) {line}" if self.group else line)
 
     def render(self, node: Node, index: Index, guard: tuple[str, ...]) -> _Value:
@@ -409,7 +409,7 @@ class KernelBuilder:
         if guard or not self.positions or flat != self.positions[self._element]:
             self._misaligned.add(id(node))
         position = flat.render()
-        text = _load_expression(node.dtype, name, position)
+        text = c.load(node.dtype, name, position)
         if guard:
             text = f"(({'&&'.join(guard)})?{text}:{c.literal(0, node.dtype)})"
         return self._emit(self._depth_of(index, guard), node.dtype, text)
@@ -537,7 +537,7 @@ class KernelBuilder:
                 + "\n}\n")
         # named by content, not shape: a contiguous elementwise kernel serves every shape, compiled once
         name = f"{kind}_{xxhash.xxh3_64_hexdigest(body.encode())[:12]}"
-        helpers = c.prelude(self.uses_double, self.uses_rand, c.calls_shift_helpers(body))
+        helpers = c.prelude(self.uses_double, self.uses_rand, c.calls_shift_helpers(body), body)
         source = helpers + f"__kernel void {name}" + body
         loads = [p.node for p in self.params if p.kind == "load"]
         global_size, local_size = self._launch_shape()
@@ -566,19 +566,3 @@ def _request_all(nodes: tuple[Node, ...], index: object, guard: object) -> Gener
     for node in nodes:
         values.append((yield node, index, guard))
     return values
-
-
-def _load_expression(dtype: DType, name: str, position: str) -> str:
-    if dtype.name == "float16":
-        return f"vload_half({position},{name})"
-    if dtype.is_bool:
-        return f"({name}[{position}]!=0)"
-    return f"{name}[{position}]"
-
-
-def _store_line(dtype: DType, name: str, position: str, value: str) -> str:
-    if dtype.name == "float16":
-        return f"vstore_half({value},{position},{name});"
-    if dtype.is_bool:
-        return f"{name}[{position}] = (uchar)({value});"
-    return f"{name}[{position}] = {value};"

@@ -84,7 +84,7 @@ def _split_product(node: Node) -> Node:
     whole chunks), summed over the batch; else the node itself."""
     axes = matmul_axes(node)
     product = node.src[0]
-    if (axes is None or node.numel == 0 or product.op is not Op.MUL or node.dtype.name == "float16"
+    if (axes is None or node.numel == 0 or product.op is not Op.MUL or node.dtype.is_narrow_float
             or any(side.op is not Op.EXPAND for side in product.src)):
         return node  # (a half product stays whole: its kernel accumulates in float32, stored partials would not)
     k, (n_axis, m_axis) = node.arg[0], axes
@@ -121,7 +121,7 @@ def _two_stage(node: Node) -> Node:
     chunk = 8 * math.ceil(math.sqrt(count) / 8)
     parts = math.ceil(count / chunk)
     flat = n.reshape(n.permute(source, kept + list(axes)), kept_shape + (count,))
-    if node.dtype.name == "float16":  # the partials are stored: in float32, so half precision accumulates in it
+    if node.dtype.is_narrow_float:  # the partials are stored: in float32, so half precision accumulates in it
         flat = n.cast(flat, float32)
     fill = 0 if node.op is Op.SUM else lowest_value(node.dtype)
     padded = n.pad(flat, [(0, 0)] * len(kept) + [(0, parts * chunk - count)], fill)

@@ -25,7 +25,7 @@ from ..dtypes import DType
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
 from . import opencl_c as c
-from .render import (RECOMPUTE_LIMIT, Index, KernelBuilder, Rendering, _Scope, _Value, _request_all, _store_line,
+from .render import (RECOMPUTE_LIMIT, Index, KernelBuilder, Rendering, _Scope, _Value, _request_all,
                      linear, source_index, unravel)
 from .symbolic import Expr
 
@@ -97,7 +97,7 @@ class VectorBuilder(KernelBuilder):
         out = self._output(node)
         mask = _kind(node.dtype) == "mask"
         if self.uniform:
-            self._stores.append(_store_line(node.dtype, out, "gid", f"(-{value.text}.s0)" if mask else f"{value.text}.s0"))
+            self._stores.append(c.store(node.dtype, out, "gid", f"(-{value.text}.s0)" if mask else f"{value.text}.s0"))
         else:
             text = f"convert_uchar{self.width}(-{value.text})" if mask else value.text
             self._stores.append(f"vstore{self.width}({text}, gid, {out});")

@@ -2,16 +2,21 @@
 
     model = zyx.nn.Sequential(zyx.nn.Linear(4, 8), zyx.nn.ReLU(), zyx.nn.Linear(8, 1))
     opt = zyx.nn.Adam(lr=1e-3)
-    loss = zyx.nn.mse_loss(model(x), y)
+    loss = zyx.nn.mse_loss(model(x), y)   # or zyx.nn.MSELoss()(model(x), y), zyx.nn.functional.mse_loss
     opt.update(model.parameters(), loss.backward(model.parameters()))
 """
 from __future__ import annotations
 
-from . import init
-from .activations import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
-from .attention import MultiheadAttention, TransformerBlock, causal_mask
+from . import functional, init
+from ..interpolate import interpolate
+from .activations import (CELU, ELU, GELU, SELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, LogSigmoid, LogSoftmax,
+                          Mish, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softmin, Softplus, Softsign, Tanh)
+from .attention import MultiheadAttention, TransformerBlock, causal_mask, scaled_dot_product_attention
 from .containers import Sequential
-from .layers import AvgPool2d, Conv2d, Dropout, Embedding, Flatten, Identity, Linear, MaxPool2d
+from .layers import (AvgPool1d, AvgPool2d, AvgPool3d, Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
+                     ConvTranspose3d, Dropout, Embedding, Flatten, Identity, Linear, MaxPool1d, MaxPool2d, MaxPool3d,
+                     Upsample)
+from .loss_modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
                      nll_loss)
 from .module import LoadResult, Module, StateDictError
@@ -21,12 +26,16 @@ from .recurrent import GRUCell, LSTMCell
 from .schedules import CosineAnnealingLR, LinearLR, LRScheduler, StepLR
 
 __all__ = [
-    "Module", "StateDictError", "LoadResult", "init", "Sequential",
-    "Linear", "Conv2d", "Embedding", "MaxPool2d", "AvgPool2d", "Dropout", "Flatten", "Identity",
+    "Module", "StateDictError", "LoadResult", "init", "functional", "Sequential",
+    "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Embedding",
+    "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Upsample", "Dropout", "Flatten",
+    "Identity", "interpolate", "scaled_dot_product_attention",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "RMSNorm", "GroupNorm",
     "MultiheadAttention", "TransformerBlock", "causal_mask", "GRUCell", "LSTMCell",
     "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "LeakyReLU", "ELU", "Softplus", "Softmax", "LogSoftmax",
+    "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish", "SELU", "CELU", "Mish", "LogSigmoid", "Softsign", "Softmin",
     "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
+    "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR",
 ]

@@ -18,27 +18,37 @@ class _Activation(Module):
     def forward(self, x: Tensor) -> Tensor:
         return getattr(x, self.method)(**self.options)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
 
 
 class ReLU(_Activation):
+    """max(x, 0)."""
+
     method = "relu"
 
 
 class Tanh(_Activation):
+    """The hyperbolic tangent."""
+
     method = "tanh"
 
 
 class Sigmoid(_Activation):
+    """1 / (1 + exp(-x))."""
+
     method = "sigmoid"
 
 
 class SiLU(_Activation):
+    """x * sigmoid(x) (also called swish)."""
+
     method = "silu"
 
 
 class GELU(_Activation):
+    """x * Phi(x): exact (erf) by default, `approximate='tanh'` for the tanh form."""
+
     method = "gelu"
 
     def __init__(self, approximate: str = "none"):
@@ -46,6 +56,8 @@ class GELU(_Activation):
 
 
 class LeakyReLU(_Activation):
+    """x where positive, else negative_slope * x."""
+
     method = "leaky_relu"
 
     def __init__(self, negative_slope: float = 0.01):
@@ -53,6 +65,8 @@ class LeakyReLU(_Activation):
 
 
 class ELU(_Activation):
+    """x where positive, else alpha * (exp(x) - 1)."""
+
     method = "elu"
 
     def __init__(self, alpha: float = 1.0):
@@ -60,6 +74,8 @@ class ELU(_Activation):
 
 
 class Softplus(_Activation):
+    """log(1 + exp(beta x)) / beta, without overflow."""
+
     method = "softplus"
 
     def __init__(self, beta: float = 1.0):
@@ -67,14 +83,87 @@ class Softplus(_Activation):
 
 
 class Softmax(_Activation):
+    """exp(x) / sum(exp(x)) along `dim`."""
+
     method = "softmax"
 
     def __init__(self, dim: int = -1):
-        super().__init__(axis=dim)
+        super().__init__(dim=dim)
 
 
 class LogSoftmax(_Activation):
+    """log(softmax(x)) along `dim`, computed stably."""
+
     method = "log_softmax"
 
     def __init__(self, dim: int = -1):
-        super().__init__(axis=dim)
+        super().__init__(dim=dim)
+
+
+class Hardtanh(_Activation):
+    """x clipped to [min_val, max_val]."""
+
+    method = "hardtanh"
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+        super().__init__(min_val=min_val, max_val=max_val)
+
+
+class ReLU6(_Activation):
+    """min(max(x, 0), 6)."""
+
+    method = "relu6"
+
+
+class Hardsigmoid(_Activation):
+    """relu6(x + 3) / 6."""
+
+    method = "hardsigmoid"
+
+
+class Hardswish(_Activation):
+    """x * relu6(x + 3) / 6."""
+
+    method = "hardswish"
+
+
+class SELU(_Activation):
+    """Self-normalising ELU."""
+
+    method = "selu"
+
+
+class CELU(_Activation):
+    """Continuously differentiable ELU."""
+
+    method = "celu"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__(alpha=alpha)
+
+
+class Mish(_Activation):
+    """x * tanh(softplus(x))."""
+
+    method = "mish"
+
+
+class LogSigmoid(_Activation):
+    """log(sigmoid(x))."""
+
+    method = "logsigmoid"
+
+
+class Softsign(_Activation):
+    """x / (1 + |x|)."""
+
+    method = "softsign"
+
+
+class Softmin(_Activation):
+    """softmax(-x) along dim."""
+
+    method = "softmin"
+
+    def __init__(self, dim: int = -1):
+        super().__init__(dim=dim)

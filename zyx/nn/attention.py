@@ -25,6 +25,24 @@ def _as_additive(mask: Tensor, scores: Tensor) -> Tensor:
     return mask.where(float("-inf"), scores) if mask.dtype.is_bool else scores + mask
 
 
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: Optional[float] = None) -> Tensor:
+    """softmax(Q K^T * scale + mask) V over (..., L, E) queries and (..., S, E) keys, as PyTorch's functional
+    form: a bool `attn_mask` is true where a query may attend (unlike MultiheadAttention's), a float one is
+    added; `is_causal` lets query i see keys 0..i; `scale` defaults to 1/sqrt(E); `dropout_p` drops weights."""
+    if query.ndim < 2 or key.ndim < 2 or query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
+        raise ShapeError(f"scaled_dot_product_attention: query {query.shape}, key {key.shape} and value "
+                         f"{value.shape} need (..., L, E), (..., S, E) and (..., S, Ev)")
+    factor = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = (query * factor).matmul(key.transpose(-1, -2))
+    if is_causal:
+        scores = _as_additive(causal_mask(query.shape[-2], key.shape[-2], query.device), scores)
+    if attn_mask is not None:
+        scores = _as_additive(attn_mask.logical_not() if attn_mask.dtype.is_bool else attn_mask, scores)
+    return scores.softmax(-1).dropout(dropout_p).matmul(value)
+
+
 class MultiheadAttention(Module):
     """softmax(Q K^T / sqrt(head_dim)) V over `num_heads` heads, then an output projection.
 

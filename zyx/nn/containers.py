@@ -7,6 +7,8 @@ from .module import Module
 
 
 class Sequential(Module):
+    """Calls its layers in order, each on the previous one's output."""
+
     def __init__(self, *layers: Module):
         for i, layer in enumerate(layers):
             setattr(self, str(i), layer)

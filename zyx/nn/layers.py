@@ -2,16 +2,33 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from ..creation import arange
 from ..devices import Device, default_device
 from ..tensor import Tensor
-from ..tensor_layers import Pair, as_pair
+from ..interpolate import interpolate
+from ..tensor_conv import Size, as_tuple
 from ..trace.checks import RangeCheck, attach
 from . import init
 from .module import Module
 
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: Optional[int] = None) -> Tensor:
+    """Rows of `weight` picked by the integer `input` (PyTorch's functional embedding). The `padding_idx` row
+    gets no gradient; an index outside [0, rows) raises IndexError when realized (none counts from the end)."""
+    if not input.dtype.is_int:
+        raise TypeError(f"embedding needs integer indices, got {input.dtype.name}")
+    size = weight.shape[0]
+    if padding_idx is not None:
+        on_padding_row = arange(size, device=weight.device).reshape(-1, 1) == padding_idx % size
+        weight = on_padding_row.where(weight.detach(), weight)
+    rows = weight[input]
+    if input.numel():
+        attach(rows.node, RangeCheck(input.node, 0, size,
+                                     f"Embedding: index {{value}} is out of range for num_embeddings={size}"))
+    return rows
 
 
 class Linear(Module):
@@ -20,34 +37,112 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Optional[Device] = None):
         device = device or default_device()
         shape = (out_features, in_features)
+        self.in_features, self.out_features = in_features, out_features
         self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)
         self.bias = init.uniform((out_features,), init.bias_bound(shape), device) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         return x.linear(self.weight, self.bias)
 
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
-class Conv2d(Module):
-    """2-D convolution over (N, C, H, W); weight (out, in/groups, kh, kw)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair = 1,
-                 padding: Union[Pair, str] = 0, dilation: Pair = 1, groups: int = 1, bias: bool = True,
+class _ConvNd(Module):
+    """Convolution over `dims` spatial axes, weight (out, in/groups, *kernel); the arguments in PyTorch's order."""
+
+    dims = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
+                 padding: Union[Size, str] = 0, dilation: Size = 1, groups: int = 1, bias: bool = True,
                  device: Optional[Device] = None):
+        self._build((out_channels, in_channels), out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                    device)
+
+    def _build(self, channels: tuple[int, int], out_channels: int, kernel_size: Size, stride: Size,
+               padding: Union[Size, str], dilation: Size, groups: int, bias: bool, device: Optional[Device]) -> None:
+        """Check the options and make the weight, shaped channels[0], channels[1] / groups, *kernel."""
+        name = type(self).__name__
         if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"Conv2d: groups must be a positive int, got {groups!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: in_channels {in_channels} and out_channels {out_channels} must be divisible "
-                             f"by groups {groups}")
+            raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
+        if channels[0] % groups or channels[1] % groups:
+            raise ValueError(f"{name}: in and out channels {sorted(channels)} must be divisible by groups {groups}")
         device = device or default_device()
-        shape = (out_channels, in_channels // groups, *as_pair(kernel_size, "kernel_size", "Conv2d", 1))
-        self.stride, self.dilation = as_pair(stride, "stride", "Conv2d", 1), as_pair(dilation, "dilation", "Conv2d", 1)
-        self.padding = padding if isinstance(padding, str) else as_pair(padding, "padding", "Conv2d", 0)
+        shape = (channels[0], channels[1] // groups) + as_tuple(kernel_size, self.dims, "kernel_size", name, 1)
+        self.stride = as_tuple(stride, self.dims, "stride", name, 1)
+        self.dilation = as_tuple(dilation, self.dims, "dilation", name, 1)
+        self.padding = padding if isinstance(padding, str) else as_tuple(padding, self.dims, "padding", name, 0)
         self.groups = groups
-        self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)
+        self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)  # fans from this shape, as PyTorch
         self.bias = init.uniform((out_channels,), init.bias_bound(shape), device) if bias else None
 
+    def extra_repr(self) -> str:
+        """PyTorch's: options left at their defaults are not shown."""
+        first, second, *kernel = self.weight.shape  # (out, in/groups) or, transposed, (in, out/groups)
+        channels = (first, second * self.groups) if isinstance(self, _ConvTransposeNd) else (second * self.groups, first)
+        text = f"{channels[0]}, {channels[1]}, kernel_size={tuple(kernel)}, stride={self.stride}"
+        if self.padding not in ((0,) * self.dims, "valid"):
+            text += f", padding={self.padding}"
+        if self.dilation != (1,) * self.dims:
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        return text + (", bias=False" if self.bias is None else "")
+
     def forward(self, x: Tensor) -> Tensor:
-        return x.conv2d(self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return x._conv(self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.dims,
+                       type(self).__name__)
+
+
+class _ConvTransposeNd(_ConvNd):
+    """The adjoint of a convolution, weight (in, out/groups, *kernel); the arguments in PyTorch's order."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1, padding: Size = 0,
+                 output_padding: Size = 0, groups: int = 1, bias: bool = True, dilation: Size = 1,
+                 device: Optional[Device] = None):
+        self._build((in_channels, out_channels), out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                    device)
+        self.output_padding = as_tuple(output_padding, self.dims, "output_padding", type(self).__name__, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x._conv_transpose(self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                 self.groups, self.dilation, self.dims, type(self).__name__)
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution over (N, C, L)."""
+
+    dims = 1
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution over (N, C, H, W); weight (out, in/groups, kh, kw)."""
+
+    dims = 2
+
+
+class Conv3d(_ConvNd):
+    """3-D convolution over (N, C, D, H, W)."""
+
+    dims = 3
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """The adjoint of Conv1d; weight (in, out/groups, k)."""
+
+    dims = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """The adjoint of Conv2d ("deconvolution"); weight (in, out/groups, kh, kw)."""
+
+    dims = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """The adjoint of Conv3d; weight (in, out/groups, kd, kh, kw)."""
+
+    dims = 3
 
 
 class Embedding(Module):
@@ -58,42 +153,103 @@ class Embedding(Module):
         device = device or default_device()
         self.padding_idx = None if padding_idx is None else padding_idx % num_embeddings
         weight = init.normal((num_embeddings, embedding_dim), device=device)
-        self.weight = weight if self.padding_idx is None else self._on_padding_row(weight).where(0, weight).realize()
-
-    def _on_padding_row(self, weight: Tensor) -> Tensor:
-        """(num_embeddings, 1) bool, true on the padding row."""
-        return arange(weight.shape[0], device=weight.device).reshape(-1, 1) == self.padding_idx
+        if self.padding_idx is not None:
+            on_padding_row = arange(num_embeddings, device=device).reshape(-1, 1) == self.padding_idx
+            weight = on_padding_row.where(0, weight).realize()
+        self.weight = weight
 
     def forward(self, indices: Tensor) -> Tensor:
-        weight = self.weight
-        if self.padding_idx is not None:
-            weight = self._on_padding_row(weight).where(weight.detach(), weight)
-        if not indices.dtype.is_int:
-            raise TypeError(f"Embedding needs integer indices, got {indices.dtype.name}")
-        rows = weight[indices]
-        if indices.numel():  # unlike indexing, no negative index counts from the end (PyTorch's rule)
-            size = weight.shape[0]
-            attach(rows.node, RangeCheck(indices.node, 0, size,
-                                         f"Embedding: index {{value}} is out of range for num_embeddings={size}"))
-        return rows
+        return embedding(indices, self.weight, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        rows, width = self.weight.shape
+        return f"{rows}, {width}" + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
 
 
-class MaxPool2d(Module):
-    def __init__(self, kernel_size: Pair, stride: Optional[Pair] = None, padding: Pair = 0):
+class _MaxPoolNd(Module):
+    """Maximum over windows of the last `dims` axes (see Tensor.max_pool2d for the options)."""
+
+    dims = 2
+
+    def __init__(self, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0, dilation: Size = 1,
+                 return_indices: bool = False, ceil_mode: bool = False):
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.return_indices, self.ceil_mode = return_indices, ceil_mode
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride if self.stride is not None else self.kernel_size}, "
+                f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+    def forward(self, x: Tensor) -> Any:
+        return x._max_pool(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                           self.return_indices, self.dims, type(self).__name__)
+
+
+class MaxPool1d(_MaxPoolNd):
+    """Maximum over windows of (N, C, L)."""
+
+    dims = 1
+
+
+class MaxPool2d(_MaxPoolNd):
+    """Maximum over windows of (N, C, H, W)."""
+
+    dims = 2
+
+
+class MaxPool3d(_MaxPoolNd):
+    """Maximum over windows of (N, C, D, H, W)."""
+
+    dims = 3
+
+
+class _AvgPoolNd(Module):
+    """Mean over windows of the last `dims` axes; zero padding counts towards the mean unless
+    count_include_pad=False (PyTorch's default)."""
+
+    dims = 2
+
+    def __init__(self, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: Optional[int] = None):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride if self.stride is not None else self.kernel_size}, "
+                f"padding={self.padding}")
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.max_pool2d(self.kernel_size, self.stride, self.padding)
+        return x._avg_pool(self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                           self.divisor_override, self.dims, type(self).__name__)
 
 
-class AvgPool2d(Module):
-    """Mean over each window; zero padding counts towards the mean (PyTorch's default)."""
+class AvgPool1d(_AvgPoolNd):
+    """Mean over windows of (N, C, L)."""
 
-    def __init__(self, kernel_size: Pair, stride: Optional[Pair] = None, padding: Pair = 0):
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+    dims = 1
+
+
+class AvgPool2d(_AvgPoolNd):
+    """Mean over windows of (N, C, H, W)."""
+
+    dims = 2
+
+
+class AvgPool3d(_AvgPoolNd):
+    """Mean over windows of (N, C, D, H, W)."""
+
+    dims = 3
+
+
+class Upsample(Module):
+    """Resize the spatial axes (see zyx.nn.interpolate)."""
+
+    def __init__(self, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
+                 align_corners: Optional[bool] = None):
+        self.size, self.scale_factor, self.mode, self.align_corners = size, scale_factor, mode, align_corners
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.avg_pool2d(self.kernel_size, self.stride, self.padding)
+        return interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
 
 
 class Dropout(Module):
@@ -107,15 +263,25 @@ class Dropout(Module):
     def forward(self, x: Tensor) -> Tensor:
         return x.dropout(self.p, self.training)
 
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
 
 class Flatten(Module):
+    """Axes start_dim to end_dim made one (by default all but the batch axis)."""
+
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(self.start_dim, self.end_dim)
 
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
 
 class Identity(Module):
+    """Returns its input (a placeholder where a layer is optional)."""
+
     def forward(self, x: Tensor) -> Tensor:
         return x

@@ -25,11 +25,13 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean squared error (input - target) ** 2, reduced by `reduction` ('mean', 'sum' or 'none')."""
     diff = input - target
     return _reduce(diff * diff, reduction)
 
 
 def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean absolute error |input - target|, reduced by `reduction` ('mean', 'sum' or 'none')."""
     return _reduce((input - target).abs(), reduction)
 
 

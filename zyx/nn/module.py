@@ -13,6 +13,7 @@ import numpy as np
 
 from ..creation import tensor
 from ..devices import Device, device_from_spec
+from ..errors import GRADIENTS_ARE_RETURNED
 from ..jit.capture import record_mode
 from ..realize import realize
 from ..tensor import Tensor
@@ -56,10 +57,26 @@ class Module:
         self.__dict__["_training"] = bool(mode)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The computation; subclasses define it and callers call the module itself."""
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, np.ndarray):
+                raise TypeError(self._numpy_argument_message(value))
         return self.forward(*args, **kwargs)
+
+    def _numpy_argument_message(self, array: np.ndarray) -> str:
+        params = self.parameters()
+        device = params[0].device if params else "zyx.default_device()"
+        dtype = params[0].dtype if params else "zyx.float32"
+        return (f"{type(self).__name__} got a numpy array (shape {array.shape}, dtype {array.dtype}): modules take "
+                f"zyx tensors, as PyTorch's take torch tensors. Convert it once, outside the loop: "
+                f"zyx.tensor(array, device={device}, dtype={dtype})")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Not needed: zyx stores no gradients. Raises, saying where gradients come from."""
+        raise RuntimeError(f"zero_grad: there are no stored gradients to zero. {GRADIENTS_ARE_RETURNED}")
 
     def register_buffer(self, name: str, value: Tensor) -> None:
         """Keep `value` as state that is saved and moved with the module but is not a parameter."""
@@ -95,6 +112,7 @@ class Module:
                 if isinstance(item, Tensor) and (attribute in owner._buffer_names) == buffers]
 
     def named_parameters(self) -> list[tuple[str, Tensor]]:
+        """(qualified name, tensor) for every parameter, in `parameters()` order."""
         return self._named_tensors(buffers=False)
 
     def parameters(self) -> list[Tensor]:
@@ -102,9 +120,11 @@ class Module:
         return [t for _, t in self.named_parameters()]
 
     def named_buffers(self) -> list[tuple[str, Tensor]]:
+        """(qualified name, tensor) for every buffer (state that is saved but not trained)."""
         return self._named_tensors(buffers=True)
 
     def buffers(self) -> list[Tensor]:
+        """Every buffer: state such as BatchNorm's running statistics."""
         return [t for _, t in self.named_buffers()]
 
     def modules(self) -> list["Module"]:
@@ -119,6 +139,7 @@ class Module:
         return self
 
     def eval(self) -> "Module":
+        """Evaluation mode (`train(False)`): dropout passes values through, batch norm uses running statistics."""
         return self.train(False)
 
     def to(self, device: Union[Device, str]) -> "Module":
@@ -171,10 +192,19 @@ class Module:
         realize(*loaded)  # tensors given lazily (or cast) become buffers, as parameters should be
         return LoadResult(missing, unexpected)
 
+    def extra_repr(self) -> str:
+        """This module's own settings for `repr` (layer sizes and options), as PyTorch's `extra_repr`."""
+        return ""
+
     def __repr__(self) -> str:
-        children = [f"  ({name}): {module!r}".replace("\n", "\n  ")
+        """PyTorch's layout: settings, then each child module on its own indented line."""
+        extra = [line for line in self.extra_repr().split("\n") if line]
+        children = [f"({name}): {module!r}".replace("\n", "\n  ")
                     for name, module in vars(self).items() if isinstance(module, Module)]
-        return f"{type(self).__name__}(" + ("\n" + "\n".join(children) + "\n" if children else "") + ")"
+        if len(extra) == 1 and not children:
+            return f"{type(self).__name__}({extra[0]})"
+        lines = extra + children
+        return f"{type(self).__name__}(" + "".join("\n  " + line for line in lines) + ("\n" if lines else "") + ")"
 
 
 def _join(prefix: str, name: str) -> str:

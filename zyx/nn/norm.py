@@ -1,4 +1,5 @@
-"""Normalization layers: BatchNorm (with running statistics), LayerNorm, RMSNorm and GroupNorm."""
+"""Normalization layers: BatchNorm (with running statistics), LayerNorm, RMSNorm and GroupNorm, and their
+functional forms (batch_norm, layer_norm, rms_norm, group_norm)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -34,6 +35,74 @@ def _apply_affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], s
     return x + bias.reshape(shape) if bias is not None else x
 
 
+def _trailing_shape(normalized_shape: ShapeSpec) -> tuple[int, ...]:
+    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+
+
+def _check_trailing(layer: str, x: Tensor, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The trailing axes that `shape` names in x, or a ShapeError."""
+    if x.shape[x.ndim - len(shape):] != shape:
+        raise ShapeError(f"{layer}: input shape {x.shape} does not end with normalized shape {shape}")
+    return tuple(range(x.ndim - len(shape), x.ndim))
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+               momentum: Union[float, Tensor] = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalize each channel (axis 1) over the batch and every other axis (PyTorch's functional batch_norm).
+
+    Training (or without running statistics) uses the batch's statistics and, given running ones, moves them
+    in place towards the batch's by `momentum` (the variance unbiased); otherwise the running ones are used.
+    """
+    if input.ndim < 2:
+        raise ShapeError(f"batch_norm: expected input of at least 2 dimensions (N, C, ...), got shape {input.shape}")
+    channels = input.shape[1]
+    axes = (0,) + tuple(range(2, input.ndim))
+    shape = (1, channels) + (1,) * (input.ndim - 2)
+    if training or running_mean is None or running_var is None:
+        normalized, mean, var = _standardize(input, axes, eps)
+        if training and running_mean is not None and running_var is not None:
+            count = input.numel() // max(channels, 1)
+            if count < 2:
+                raise ValueError(f"batch_norm: training needs more than one value per channel, got input shape "
+                                 f"{input.shape}")
+            running_mean.assign(running_mean * (1 - momentum) + mean.reshape(-1).detach() * momentum)
+            unbiased = var.reshape(-1).detach() * (count / (count - 1))
+            running_var.assign(running_var * (1 - momentum) + unbiased * momentum)
+    else:
+        normalized = (input - running_mean.reshape(shape)) * (running_var.reshape(shape) + eps).rsqrt()
+    return _apply_affine(normalized, weight, bias, shape)
+
+
+def layer_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+    """Normalize each sample over its trailing `normalized_shape` axes (PyTorch's functional layer_norm)."""
+    shape = _trailing_shape(normalized_shape)
+    axes = _check_trailing("layer_norm", input, shape)
+    return _apply_affine(_standardize(input, axes, eps)[0], weight, bias, shape)
+
+
+def rms_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tensor] = None,
+             eps: Optional[float] = None) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) over the trailing axes; eps=None: the dtype's machine epsilon."""
+    shape = _trailing_shape(normalized_shape)
+    axes = _check_trailing("rms_norm", input, shape)
+    eps = eps if eps is not None else float(np.finfo(input.dtype.np).eps)
+    normalized = input * ((input * input).mean(axes, keepdim=True) + eps).rsqrt()
+    return _apply_affine(normalized, weight, None, shape)
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               eps: float = 1e-5) -> Tensor:
+    """Normalize each sample over groups of channels (axis 1) and all spatial axes."""
+    if input.ndim < 2 or input.shape[1] % num_groups:
+        raise ShapeError(f"group_norm: input of shape {input.shape} needs channels on axis 1 divisible by "
+                         f"num_groups={num_groups}")
+    grouped = input.reshape(input.shape[0], num_groups, -1)
+    normalized = _standardize(grouped, (2,), eps)[0].reshape(input.shape)
+    return _apply_affine(normalized, weight, bias, (1, input.shape[1]) + (1,) * (input.ndim - 2))
+
+
 class _BatchNorm(Module):
     """Normalizes each channel (axis 1) over the batch and every other axis.
 
@@ -60,27 +129,25 @@ class _BatchNorm(Module):
             raise ShapeError(f"{type(self).__name__}({self.num_features}): expected input of "
                              f"{' or '.join(map(str, self.input_ndims))} dimensions with {self.num_features} "
                              f"channels on axis 1, got shape {x.shape}")
-        axes = (0,) + tuple(range(2, x.ndim))
-        shape = (1, self.num_features) + (1,) * (x.ndim - 2)
-        if self.training or self.running_mean is None:
-            normalized, mean, var = _standardize(x, axes, self.eps)
-            if self.training and self.running_mean is not None:
-                self._track(mean.reshape(-1).detach(), var.reshape(-1).detach(), x.numel() // self.num_features)
-        else:
-            normalized = (x - self.running_mean.reshape(shape)) * (self.running_var.reshape(shape) + self.eps).rsqrt()
-        return _apply_affine(normalized, self.weight, self.bias, shape)
+        tracking = self.training and self.num_batches_tracked is not None
+        factor: Union[float, Tensor] = 0.0
+        if tracking:
+            if x.numel() // self.num_features < 2:
+                raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, got "
+                                 f"input shape {x.shape}")
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked.assign(self.num_batches_tracked + 1)
+            factor = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.float()
+        out = batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training or self.running_mean is None, factor, self.eps)
+        if tracking:
+            for buffer in (self.num_batches_tracked, self.running_mean, self.running_var):
+                defer_realize(buffer)  # type: ignore[arg-type]
+        return out
 
-    def _track(self, mean: Tensor, var: Tensor, count: int) -> None:
-        """Move the running statistics towards this batch's (the variance unbiased, as PyTorch)."""
-        if count < 2:
-            raise ValueError(f"{type(self).__name__}: training needs more than one value per channel")
-        assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
-        self.num_batches_tracked.assign(self.num_batches_tracked + 1)
-        factor = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.float()
-        self.running_mean.assign(self.running_mean * (1 - factor) + mean * factor)
-        self.running_var.assign(self.running_var * (1 - factor) + var * (count / (count - 1)) * factor)
-        for buffer in (self.num_batches_tracked, self.running_mean, self.running_var):
-            defer_realize(buffer)
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}, "
+                f"track_running_stats={self.running_mean is not None}")
 
 
 class BatchNorm1d(_BatchNorm):
@@ -95,17 +162,6 @@ class BatchNorm2d(_BatchNorm):
     input_ndims = (4,)
 
 
-def _trailing_shape(normalized_shape: ShapeSpec) -> tuple[int, ...]:
-    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-
-
-def _check_trailing(layer: str, x: Tensor, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The trailing axes that `shape` names in x, or a ShapeError."""
-    if x.shape[x.ndim - len(shape):] != shape:
-        raise ShapeError(f"{layer}: input shape {x.shape} does not end with normalized shape {shape}")
-    return tuple(range(x.ndim - len(shape), x.ndim))
-
-
 class LayerNorm(Module):
     """Normalizes each sample over its trailing `normalized_shape` axes."""
 
@@ -116,8 +172,11 @@ class LayerNorm(Module):
                                                 elementwise_affine and bias, device or default_device())
 
     def forward(self, x: Tensor) -> Tensor:
-        axes = _check_trailing("LayerNorm", x, self.normalized_shape)
-        return _apply_affine(_standardize(x, axes, self.eps)[0], self.weight, self.bias, self.normalized_shape)
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}, "
+                f"bias={self.bias is not None}")
 
 
 class RMSNorm(Module):
@@ -129,10 +188,10 @@ class RMSNorm(Module):
         self.weight, _ = _affine_params(self.normalized_shape, elementwise_affine, False, device or default_device())
 
     def forward(self, x: Tensor) -> Tensor:
-        axes = _check_trailing("RMSNorm", x, self.normalized_shape)
-        eps = self.eps if self.eps is not None else float(np.finfo(x.dtype.np).eps)
-        normalized = x * ((x * x).mean(axes, keepdim=True) + eps).rsqrt()
-        return _apply_affine(normalized, self.weight, None, self.normalized_shape)
+        return rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
 
 
 class GroupNorm(Module):
@@ -148,6 +207,7 @@ class GroupNorm(Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise ShapeError(f"GroupNorm: expected {self.num_channels} channels on axis 1, got shape {x.shape}")
-        grouped = x.reshape(x.shape[0], self.num_groups, -1)
-        normalized = _standardize(grouped, (2,), self.eps)[0].reshape(x.shape)
-        return _apply_affine(normalized, self.weight, self.bias, (1, self.num_channels) + (1,) * (x.ndim - 2))
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}"

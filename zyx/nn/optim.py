@@ -15,7 +15,7 @@ import numpy as np
 from ..creation import full, tensor
 from ..devices import Device
 from ..dtypes import float64
-from ..errors import ShapeError
+from ..errors import GRADIENTS_ARE_RETURNED, ShapeError
 from ..jit.capture import active_capture
 from ..realize import realize
 from ..tensor import Tensor
@@ -41,6 +41,7 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
+        """The learning rate; setting it (as schedules do) reaches steps already traced by @zyx.jit."""
         return self._lr
 
     @lr.setter
@@ -100,11 +101,17 @@ class Optimizer:
             if position not in stepping and id(state["step"]) in moving:
                 state["step"] = Tensor(state["step"].node)
 
-    def step(self, grads: Sequence[Optional[Tensor]], realize_with: Sequence[Tensor] = ()) -> None:
-        """`update` for the parameters given at construction (PyTorch style)."""
+    def step(self, grads: Optional[Sequence[Optional[Tensor]]] = None, realize_with: Sequence[Tensor] = ()) -> None:
+        """`update` for the parameters given at construction, with their gradients (in that order)."""
+        if grads is None:
+            raise TypeError(f"step() needs the gradients: opt.step(loss.backward(params)). {GRADIENTS_ARE_RETURNED}")
         if self.params is None:
             raise ValueError("step() needs the parameters given at construction; otherwise call update(params, grads)")
         self.update(self.params, grads, realize_with)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Not needed: zyx stores no gradients. Raises, saying where gradients come from."""
+        raise RuntimeError(f"zero_grad: there are no stored gradients to zero. {GRADIENTS_ARE_RETURNED}")
 
     def _state_for(self, position: int, param: Tensor, new_steps: dict[int, Tensor]) -> State:
         """The parameter's state, created at its first update (the step count shared with the parameters first

@@ -32,6 +32,9 @@ class _Cell(Module):
     def _zero_state(self, x: Tensor) -> Tensor:
         return zeros(x.shape[:-1] + (self.hidden_size,), device=x.device)
 
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias_ih is not None else ", bias=False")
+
 
 class GRUCell(_Cell):
     """h' = (1 - z) * n + z * h, with reset gate r, update gate z and candidate n = tanh(x_n + r * h_n).

@@ -20,16 +20,20 @@ class LRScheduler:
         optimizer.lr = self.lr_at(0)
 
     def lr_at(self, epoch: int) -> float:
+        """The learning rate at step `epoch`."""
         raise NotImplementedError
 
     def step(self) -> None:
+        """Advance one step and set the optimizer's learning rate."""
         self.last_epoch += 1
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
     def state_dict(self) -> dict[str, float]:
+        """The starting rate and the step count, for checkpoints."""
         return {"base_lr": self.base_lr, "last_epoch": self.last_epoch}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
+        """Resume from `state_dict()`'s values."""
         self.base_lr, self.last_epoch = float(state["base_lr"]), int(state["last_epoch"])
         self.optimizer.lr = self.lr_at(self.last_epoch)
 

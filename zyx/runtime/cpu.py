@@ -68,8 +68,8 @@ def _movement(node: Node, x: np.ndarray) -> np.ndarray:
 
 
 def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
-    """One node's value from its inputs' values; half precision is computed in float32 (as OpenCL kernels do,
-    and PyTorch inside a product or a sum) and rounded to float16 when realized."""
+    """One node's value from its inputs' values; half precision (float16, bfloat16) is computed in float32 (as
+    OpenCL kernels do, and PyTorch inside a product or a sum) and rounded when realized."""
     op, dtype = node.op, _computed_as(node.dtype.np)
     inputs = [x.astype(_computed_as(x.dtype), copy=False) for x in inputs]
     if op is Op.CONST:
@@ -80,6 +80,8 @@ def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
     if op in UNARY:
         return UNARY[op](inputs[0]).astype(dtype, copy=False)
     if op is Op.CAST:
+        if node.dtype.name == "bfloat16":  # rounded where cast (as OpenCL kernels do), then computed in float32
+            return inputs[0].astype(node.dtype.np).astype(dtype)
         return inputs[0].astype(dtype)
     if op is Op.DIV:
         return _divide(*inputs).astype(dtype, copy=False)
@@ -98,7 +100,7 @@ def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _computed_as(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+    return np.dtype(np.float32) if dtype.kind in "fV" and dtype.itemsize == 2 else dtype  # float16, bfloat16
 
 
 def _lowest(dtype: np.dtype) -> Any:

@@ -33,6 +33,11 @@ def _is_out_of_memory(error: Exception) -> bool:
     return isinstance(error, cl.MemoryError) or getattr(error, "code", None) in _OUT_OF_MEMORY_CODES
 
 
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    """The same memory as uint8: the buffer protocol pyopencl copies through cannot name ml_dtypes' bfloat16."""
+    return array.reshape(-1).view(np.uint8)
+
+
 class Buffer:
     """Device memory of `nbytes` bytes; goes back to its backend's pool when the last reference is dropped.
 
@@ -124,7 +129,7 @@ class OpenCLBackend:
         self.limits.check_bytes(host.nbytes, f"an array of shape {array.shape} and dtype {array.dtype}")
         buffer = self.allocate(host.nbytes)
         if host.nbytes:
-            event = cl.enqueue_copy(self.queue, buffer.cl_buffer, host, is_blocking=False)
+            event = cl.enqueue_copy(self.queue, buffer.cl_buffer, _as_bytes(host), is_blocking=False)
             self._keep_until_done(event)
         return buffer
 
@@ -135,17 +140,17 @@ class OpenCLBackend:
     def download_all(self, requests: Sequence[tuple[Buffer, Sequence[int], Any]]) -> list[np.ndarray]:
         """Several buffers' contents (buffer, shape, numpy dtype each) as new arrays, waiting once: the in-order
         queue finishes the earlier copies before the last. A wait costs far more than a copy of a few bytes."""
-        hosts, last = [], None
+        hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
         for buffer, shape, numpy_dtype in requests:
             host = np.empty(tuple(shape), dtype=numpy_dtype)
             if host.nbytes > buffer.nbytes:
                 raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte "
                                  "buffer")
             if host.nbytes:
-                last = cl.enqueue_copy(self.queue, host, buffer.cl_buffer, is_blocking=False)
+                copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.cl_buffer, is_blocking=False))
             hosts.append(host)
-        if last is not None:
-            last.wait()
+        if copies:
+            copies[-1].wait()
         self._pending_uploads.clear()  # the in-order queue finished them before these reads
         return hosts
 

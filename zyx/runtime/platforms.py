@@ -189,10 +189,15 @@ def select_device_by_ordinal(ordinal: int) -> cl.Device:
     return devices[ordinal][1]
 
 
+def ordinal_of(cl_device: cl.Device) -> int:
+    """`cl_device`'s position in `describe_devices` order (what ZYX_DEVICE=opencl:N names)."""
+    return next(ordinal for ordinal, (_, each) in enumerate(_enumerate()) if each == cl_device)
+
+
 def default_ordinal(problem: Callable[[cl.Device], str | None] | None = None) -> int | None:
     """The `describe_devices` position of the device `select_device()` picks, or None when none can compile."""
     try:
         chosen = select_device(problem=problem)
     except (RuntimeError, ValueError):
         return None
-    return next(ordinal for ordinal, (_, cl_device) in enumerate(_enumerate()) if cl_device == chosen)
+    return ordinal_of(chosen)

@@ -1,0 +1,369 @@
+"""The ops PyTorch users reach for (issue 13's list) against torch: values and gradients, on every device.
+
+Each case is an op applied the same way to zyx and torch tensors (most spell it identically, which checks the
+API too), on small odd shapes shared between cases. Gradients are those of sum(output * random weights) with
+respect to every float input, realized together with the output.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zyx
+
+RNG = np.random.default_rng(13)
+f32 = np.float32
+
+
+def uniform(low: float, high: float, shape: tuple[int, ...] = (3, 5)) -> np.ndarray:
+    return RNG.uniform(low, high, shape).astype(f32)
+
+
+X = uniform(-3, 3)                                   # generic values
+X3 = uniform(-2, 2, (2, 3, 5))
+ROW = uniform(-2, 2, (5,))
+UNIT = uniform(-0.95, 0.95)                          # inside (-1, 1)
+POSITIVE = uniform(0.2, 4)
+WIDE = np.array([[-1e4, -30, -2.5, -1, -0.7], [-0.2, -1e-3, 0, 2e-4, 0.3],
+                 [0.6, 0.9, 1.7, 12, 3e5]], f32)      # every branch of the approximations
+ABOVE_ONE = np.array([[1.0, 1.001, 1.2, 1.9, 2.5], [3, 7, 15, 80, 400], [1e3, 5e4, 2e6, 1.5, 1.05]], f32)
+TIES = RNG.integers(-2, 3, (3, 5)).astype(f32)      # repeated values: sorts must keep their order
+INTS = RNG.integers(-9, 10, (3, 5))
+DIVISORS = RNG.choice([-4, -3, -2, -1, 1, 2, 3, 5], (3, 5))
+IMAGE = uniform(-2, 2, (2, 4, 5, 6))                 # N, C, H, W
+MASK = X > 0.5
+
+
+class Case(NamedTuple):
+    op: Callable[..., Any]                          # applied to zyx tensors, and to torch ones unless `reference`
+    inputs: tuple[Any, ...]
+    reference: Optional[Callable[..., Any]] = None
+    tol: tuple[float, float] = (1e-4, 1e-5)         # rtol, atol
+    grad: bool = True                               # False where torch has no derivative to compare with
+
+
+def same(op: Callable[..., Any], *inputs: Any, tol: tuple[float, float] = (1e-4, 1e-5), grad: bool = True) -> Case:
+    return Case(op, inputs, None, tol, grad)
+
+
+CASES: dict[str, Case] = {
+    # ---- elementwise math --------------------------------------------------------------------------------
+    "atan": same(lambda x: x.atan(), WIDE),
+    "asin": same(lambda x: x.asin(), UNIT),
+    "acos": same(lambda x: x.acos(), UNIT),
+    "sinh": same(lambda x: x.sinh(), X),
+    "cosh": same(lambda x: x.cosh(), X),
+    "sinh_cosh_wide": same(lambda x: (x * 1e-2).sinh() + (x * 1e-2).cosh(), WIDE),
+    "asinh": same(lambda x: x.asinh(), WIDE),
+    "acosh": same(lambda x: x.acosh(), ABOVE_ONE[:, 1:]),
+    "atanh": same(lambda x: x.atanh(), UNIT),
+    "log10": same(lambda x: x.log10(), POSITIVE),
+    "fmod": same(lambda a, b: a.fmod(b), X, DIVISORS.astype(f32)),
+    "fmod_int": same(lambda a, b: a.fmod(b), INTS, DIVISORS),
+    "remainder_int": same(lambda a, b: a.remainder(b), INTS, DIVISORS),
+    "scalar_mod_tensor": same(lambda b: 7.5 % b, DIVISORS.astype(f32), grad=False),
+    "int_mod_tensor": same(lambda b: 7 % b, DIVISORS),
+    "div_trunc": same(lambda a, b: a.div(b, rounding_mode="trunc"), X, DIVISORS.astype(f32)),
+    "div_floor": same(lambda a, b: a.div(b, rounding_mode="floor"), X, DIVISORS.astype(f32)),
+    "div_trunc_int": same(lambda a, b: a.div(b, rounding_mode="trunc"), INTS, DIVISORS),
+    "div_true": same(lambda a, b: a.div(b), X, POSITIVE),
+    "copysign": same(lambda a, b: a.copysign(b), X, np.array([-0.0, 0.0, -1, 2, -3], f32)),
+    "logaddexp": same(lambda a, b: a.logaddexp(b), X * 30, ROW),
+    "logaddexp_infinite": same(lambda a, b: a.logaddexp(b), np.array([-np.inf, np.inf, 3, -2, 0], f32),
+                               np.array([1, 2, np.inf, -np.inf, -30], f32)),
+    "logaddexp_equal_infinities": same(lambda a, b: a.logaddexp(b), np.array([-np.inf, np.inf], f32),
+                                       np.array([-np.inf, np.inf], f32), grad=False),  # torch's gradient: nan
+    "logaddexp2": same(lambda a, b: a.logaddexp2(b), X, ROW),
+    "isclose": same(lambda a, b: a.isclose(b, rtol=1e-3, atol=1e-4), X, X + np.where(MASK, 1e-3, 1e-5).astype(f32)),
+    "isclose_nan": same(lambda a, b: a.isclose(b, equal_nan=True),
+                        np.array([np.nan, np.inf, -np.inf, 1, np.nan], f32),
+                        np.array([np.nan, np.inf, np.inf, 1 + 1e-6, 0], f32)),
+    "xor": same(lambda a, b: a ^ b, INTS, DIVISORS),
+    "shifts": same(lambda a, b: (a << b.abs()) + (a >> 1) + (3 << b.abs()), INTS, DIVISORS),
+    # ---- activations -------------------------------------------------------------------------------------
+    "hardtanh": Case(lambda x: x.hardtanh(-1.5, 2.0), (X,), lambda x: F.hardtanh(x, -1.5, 2.0)),
+    "relu6": Case(lambda x: (x * 3).relu6(), (X,), lambda x: F.relu6(x * 3)),
+    "hardsigmoid": Case(lambda x: (x * 2).hardsigmoid(), (X,), lambda x: F.hardsigmoid(x * 2)),
+    "hardswish": Case(lambda x: (x * 2).hardswish(), (X,), lambda x: F.hardswish(x * 2)),
+    "selu": Case(lambda x: x.selu(), (X,), F.selu),
+    "celu": Case(lambda x: x.celu(0.7), (X,), lambda x: F.celu(x, 0.7)),
+    "mish": Case(lambda x: x.mish(), (X,), F.mish),
+    "logsigmoid": Case(lambda x: (x * 20).logsigmoid(), (X,), lambda x: F.logsigmoid(x * 20)),
+    "softsign": Case(lambda x: x.softsign(), (X,), F.softsign),
+    "softmin": Case(lambda x: x.softmin(0), (X,), lambda x: F.softmin(x, 0)),
+    "normalize": Case(lambda x: x.normalize(), (X3,), F.normalize),
+    "normalize_l1_zero_row": Case(lambda x: (x * (x > -3)).normalize(p=1, dim=-1), (np.where(X > 1, -5, X),),
+                                  lambda x: F.normalize(x * (x > -3), p=1, dim=-1)),
+    # ---- reductions --------------------------------------------------------------------------------------
+    "any_all": same(lambda x: ((x > 1).any(1), (x > -2).all(0), (x > 5).any(), (x > -5).all(), x[:, :0].any(1),
+                               x[:, :0].all(1)), X),
+    "any_all_numbers": same(lambda i: (i.any(0), i.all(1, keepdim=True)), INTS),
+    "std_mean": same(lambda x: torch_or_zyx(x).std_mean(x, 1), X),
+    "var_mean": same(lambda x: torch_or_zyx(x).var_mean(x, (0, 2), correction=0, keepdim=True), X3),
+    # ---- scans -------------------------------------------------------------------------------------------
+    "cumprod": same(lambda x: x.cumprod(1), np.where(MASK, 0, X)),
+    "cumprod_int": same(lambda i: i.cumprod(0), INTS),
+    "cummax": same(lambda x: x.cummax(1), TIES),
+    "cummin": same(lambda x: x.cummin(0), TIES),
+    "cummax_nan": same(lambda x: x.cummax(-1), np.array([1, 3, np.nan, 2, 5, np.nan, 0], f32)),
+    "logcumsumexp": same(lambda x: x.logcumsumexp(1), np.concatenate([X, [[-1e3] * 5]]) * 10),
+    # ---- sorting -----------------------------------------------------------------------------------------
+    "sort": same(lambda x: x.sort(dim=1, stable=True), TIES),
+    "sort_descending": same(lambda x: x.sort(dim=0, descending=True, stable=True), TIES),
+    "sort_nan": same(lambda x: x.sort(stable=True), np.array([2, np.nan, -1, 0, np.nan, -np.inf], f32)),
+    "sort_int": same(lambda i: i.sort(dim=-1, stable=True), INTS),
+    "argsort": same(lambda x: x.argsort(dim=1, descending=True, stable=True), TIES),
+    "topk": same(lambda x: x.topk(3, 1), X),
+    "topk_smallest": same(lambda x: x.topk(2, 0, largest=False), X),
+    "msort": same(lambda x: x.msort(), X),
+    # ---- placement ---------------------------------------------------------------------------------------
+    "tril_triu": same(lambda x: (x.tril(), x.triu(1), x.tril(-2), x.triu(-1)), X3),
+    "diag": same(lambda v, m: (v.diag(), v.diag(2), v.diag(-1), m.diag(), m.diag(1), m.diag(-2)), ROW, X),
+    "diagonal": same(lambda x: (x.diagonal(), x.diagonal(1, 1, 2), x.diagonal(-1, 2, 0), x.diagonal(7)), X3),
+    "roll": same(lambda x: (x.roll(2, 1), x.roll((-1, 4), (0, 2)), x.roll(3)), X3),
+    "repeat_interleave": same(lambda x: (x.repeat_interleave(2, 1), x.repeat_interleave(3)), X),
+    "repeat_interleave_counts": Case(lambda x: x.repeat_interleave(zyx.tensor([2, 0, 1], device=x.device), 0),
+                                     (X,), lambda x: x.repeat_interleave(torch.tensor([2, 0, 1]), 0)),
+    "unfold": same(lambda x: (x.unfold(2, 2, 1), x.unfold(1, 2, 2), x.unfold(0, 2, 1)), X3),
+    "narrow": same(lambda x: x.narrow(2, 1, 3), X3),
+    "index_select": Case(lambda x: x.index_select(1, zyx.tensor([4, 0, 4], device=x.device)), (X,),
+                         lambda x: x.index_select(1, torch.tensor([4, 0, 4]))),
+    "pad_modes": Case(lambda x: tuple(x.pad(((0, 0), (0, 0), (2, 1), (1, 3)), mode=m)
+                                      for m in ("reflect", "replicate", "circular")), (IMAGE,),
+                      lambda x: tuple(F.pad(x, (1, 3, 2, 1), mode=m) for m in ("reflect", "replicate", "circular"))),
+    "pad_negative": Case(lambda x: (x.pad(((0, 0), (-1, 2), (3, -2)), value=0.5),
+                                    x.pad(((0, 0), (1, -1), (-2, 1)), mode="reflect")), (X3,),
+                         lambda x: (F.pad(x, (3, -2, -1, 2), value=0.5), F.pad(x, (-2, 1, 1, -1), mode="reflect"))),
+    # ---- scatter and masks -------------------------------------------------------------------------------
+    "masked_select": same(lambda x, m: x.masked_select(m), X3, X3[0] > 0),
+    "boolean_index": same(lambda x, m: (x[m], x[:, m[0]], x[..., m[0, 0]], x[m[:, 0, 0]], x[m[:, :, 0], 1:]),
+                          X3, X3 > 0),
+    "nonzero": same(lambda x: (x.nonzero(), *x.nonzero(as_tuple=True)), np.where(MASK, X, 0)),
+}
+
+
+
+def set_items(x: Any, v: Any) -> Any:
+    """A copy of x written through several kinds of index (the same code runs on torch)."""
+    y = x * 1
+    y[1, :, 1:4:2] = v[:, :2]
+    y[0, 2] = 7.0
+    y[:, [2, 0]] = v[:2, 4:]
+    y[..., None, 4] = v[:2, 2:3, None]
+    y[y > 1.5] = -1.0
+    return y
+
+
+CASES["setitem"] = same(set_items, X3, X)
+
+# scatter: index (2, 3) into self (3, 5) along dim 1; unique per row for plain scatter (PyTorch leaves repeats
+# undefined), repeats for the reductions
+UNIQUE_INDEX = np.array([[4, 0, 2], [1, 3, 0]])
+REPEATED_INDEX = np.array([[4, 0, 4], [1, 1, 1]])
+SOURCE = uniform(-2, 2, (2, 3))
+for reduce in ("sum", "prod", "mean", "amax", "amin"):
+    CASES[f"scatter_reduce_{reduce}"] = same(
+        lambda x, i, s, reduce=reduce: tuple(x.scatter_reduce(1, i, s, reduce, include_self=include)
+                                             for include in (True, False)),
+        TIES, REPEATED_INDEX, np.round(SOURCE))
+CASES.update({
+    "scatter": same(lambda x, i, s: x.scatter(1, i, s), X, UNIQUE_INDEX, SOURCE),
+    "scatter_value": same(lambda x, i: x.scatter(0, i, value=2.5), X, UNIQUE_INDEX[:, :2] % 3),
+    "scatter_add": same(lambda x, i, s: x.scatter_add(1, i, s), X, REPEATED_INDEX, SOURCE),
+    "scatter_add_dim0": same(lambda x, i, s: x.scatter_add(0, i, s), X, REPEATED_INDEX % 3, SOURCE),
+})
+
+
+def torch_or_zyx(x: Any) -> Any:
+    """The module whose functions take x (torch.std_mean(x) and zyx.std_mean(x))."""
+    return torch if isinstance(x, torch.Tensor) else zyx
+
+
+# ---- convolution, pooling, resizing, attention, einsum ---------------------------------------------------
+SIGNAL = uniform(-2, 2, (2, 4, 9))
+VOLUME = uniform(-2, 2, (1, 2, 4, 5, 3))
+CASES.update({
+    "conv1d": same(lambda x, w, b: torch_or_zyx(x).conv1d(x, w, b, stride=2, padding=2, dilation=2, groups=2),
+                   SIGNAL, uniform(-1, 1, (6, 2, 3)), uniform(-1, 1, (6,))),
+    "conv1d_same_unbatched": same(lambda x, w: torch_or_zyx(x).conv1d(x, w, padding="same"),
+                                  SIGNAL[0], uniform(-1, 1, (3, 4, 4))),
+    "conv3d": same(lambda x, w: torch_or_zyx(x).conv3d(x, w, stride=(1, 2, 1), padding=1),
+                   VOLUME, uniform(-1, 1, (3, 2, 2, 3, 2))),
+    "conv_transpose1d": same(lambda x, w: torch_or_zyx(x).conv_transpose1d(x, w, stride=3, padding=1),
+                             SIGNAL, uniform(-1, 1, (4, 2, 3))),
+    "conv_transpose2d": same(lambda x, w, b: torch_or_zyx(x).conv_transpose2d(
+        x, w, b, stride=2, padding=1, output_padding=1, groups=2, dilation=(1, 2)),
+        IMAGE, uniform(-1, 1, (4, 3, 3, 2)), uniform(-1, 1, (6,))),
+    "conv_transpose3d": same(lambda x, w: torch_or_zyx(x).conv_transpose3d(x, w, stride=(2, 1, 1)),
+                             VOLUME, uniform(-1, 1, (2, 2, 2, 2, 1))),
+    "max_pool2d_options": Case(lambda x: x.max_pool2d(3, 2, 1, dilation=(1, 2), ceil_mode=True, return_indices=True),
+                               (IMAGE,), lambda x: F.max_pool2d(x, 3, 2, 1, dilation=(1, 2), ceil_mode=True,
+                                                                return_indices=True)),
+    "max_pool1d": Case(lambda x: x.max_pool1d(2, ceil_mode=True), (SIGNAL,), lambda x: F.max_pool1d(x, 2, ceil_mode=True)),
+    "max_pool3d": Case(lambda x: x.max_pool3d(2, 1), (VOLUME,), lambda x: F.max_pool3d(x, 2, 1)),
+    "avg_pool2d_ceil": Case(lambda x: x.avg_pool2d(3, 2, 1, ceil_mode=True), (IMAGE,),
+                            lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True)),
+    "avg_pool2d_exclude_pad": Case(lambda x: x.avg_pool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+                                   (IMAGE,), lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True,
+                                                                    count_include_pad=False)),
+    "avg_pool2d_divisor": Case(lambda x: x.avg_pool2d(2, divisor_override=3), (IMAGE,),
+                               lambda x: F.avg_pool2d(x, 2, divisor_override=3)),
+    "avg_pool1d": Case(lambda x: x.avg_pool1d(4, 3, 2, count_include_pad=False), (SIGNAL,),
+                       lambda x: F.avg_pool1d(x, 4, 3, 2, count_include_pad=False)),
+    "avg_pool3d": Case(lambda x: x.avg_pool3d((2, 2, 1)), (VOLUME,), lambda x: F.avg_pool3d(x, (2, 2, 1))),
+    "nearest": Case(lambda x: (zyx.nn.interpolate(x, size=(7, 4)), zyx.nn.interpolate(x, scale_factor=1.5)),
+                    (IMAGE,), lambda x: (F.interpolate(x, size=(7, 4)), F.interpolate(x, scale_factor=1.5))),
+    "nearest_exact_1d": Case(lambda x: zyx.nn.interpolate(x, size=13, mode="nearest-exact"), (SIGNAL,),
+                             lambda x: F.interpolate(x, size=13, mode="nearest-exact")),
+    "bilinear": Case(lambda x: (zyx.nn.interpolate(x, size=(8, 3), mode="bilinear"),
+                                zyx.nn.interpolate(x, scale_factor=(2, 0.5), mode="bilinear", align_corners=True)),
+                     (IMAGE,), lambda x: (F.interpolate(x, size=(8, 3), mode="bilinear"),
+                                          F.interpolate(x, scale_factor=(2, 0.5), mode="bilinear",
+                                                        align_corners=True))),
+    "linear": Case(lambda x: zyx.nn.interpolate(x, scale_factor=1.7, mode="linear"), (SIGNAL,),
+                   lambda x: F.interpolate(x, scale_factor=1.7, mode="linear")),
+})
+
+Q, K, V = uniform(-1, 1, (2, 2, 3, 4)), uniform(-1, 1, (2, 2, 5, 4)), uniform(-1, 1, (2, 2, 5, 3))
+KEEP = RNG.random((3, 5)) < 0.7
+KEEP[:, 0] = True  # every query sees some key (a row with none is nan in both)
+CASES.update({
+    "sdpa": Case(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v), (Q, K, V),
+                 F.scaled_dot_product_attention),
+    "sdpa_bool_mask": Case(lambda q, k, v, m: zyx.nn.scaled_dot_product_attention(q, k, v, m, scale=0.3),
+                           (Q, K, V, KEEP), lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, m, scale=0.3)),
+    "sdpa_float_mask": Case(lambda q, k, v, m: zyx.nn.scaled_dot_product_attention(q, k, v, m), (Q, K, V, X),
+                            F.scaled_dot_product_attention),
+    "sdpa_causal": Case(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True), (Q, K, V),
+                        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+    "einsum_batched_matmul": same(lambda a, b: torch_or_zyx(a).einsum("bij,bjk->bik", a, b), Q[0], K[0].swapaxes(-1, -2)),
+    "einsum_trace_outer": same(lambda m, v: (torch_or_zyx(m).einsum("ii", m[:, :3]),
+                                             torch_or_zyx(m).einsum("i,j", v, v),
+                                             torch_or_zyx(m).einsum("ij->j", m)), X, ROW),
+    "einsum_ellipsis_three": same(lambda a, b, c: torch_or_zyx(a).einsum("...ij,...jk,kl->...li", a, b, c),
+                                  Q, K.swapaxes(-1, -2), uniform(-1, 1, (5, 2))),
+    "einsum_list_broadcast": same(lambda a, b: torch_or_zyx(a).einsum("bhqd,xhkd->bhqk", [a, b]), Q, K[:1]),
+})
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, (tuple, list)):
+        return [v for item in value for v in _flat(item)]
+    return [value]
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().numpy() if isinstance(value, torch.Tensor) else value.numpy()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_torch(device, name):
+    case = CASES[name]
+    z_inputs = [zyx.tensor(a, device=device) for a in case.inputs]
+    t_inputs = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in case.inputs]
+    z_out, t_out = _flat(case.op(*z_inputs)), _flat((case.reference or case.op)(*t_inputs))
+    assert len(z_out) == len(t_out)
+    sources = [(z, t) for z, t in zip(z_inputs, t_inputs) if t.requires_grad]
+    seeded = [(z, t, RNG.standard_normal(t.shape).astype(f32)) for z, t in zip(z_out, t_out) if t.requires_grad]
+    z_grads, t_grads = [], []
+    if seeded and sources and case.grad:
+        z_loss = sum((z * zyx.tensor(s, device=device)).sum() for z, _, s in seeded)
+        t_loss = sum((t * torch.tensor(s)).sum() for _, t, s in seeded)
+        z_grads = z_loss.backward([z for z, _ in sources])
+        t_grads = torch.autograd.grad(t_loss, [t for _, t in sources], allow_unused=True)
+    zyx.realize(*z_out, *(g for g in z_grads if g is not None))
+    rtol, atol = case.tol
+    for i, (z, t) in enumerate(zip(z_out, t_out)):
+        assert z.shape == tuple(t.shape), f"output {i}: shape {z.shape} != {tuple(t.shape)}"
+        assert z.dtype.name == str(t.dtype).removeprefix("torch."), f"output {i}: {z.dtype} != {t.dtype}"
+        np.testing.assert_allclose(_numpy(z), _numpy(t), rtol=rtol, atol=atol, err_msg=f"output {i}")
+    for i, (z, t) in enumerate(zip(z_grads, t_grads)):
+        expected = np.zeros(sources[i][1].shape, f32) if t is None else _numpy(t)
+        np.testing.assert_allclose(_numpy(z), expected, rtol=rtol, atol=atol, err_msg=f"gradient {i}")
+
+
+def test_float64_precision_of_composed_functions(device):
+    """The functions built from approximations (atan, log1p inside asinh/acosh/atanh) and from cancelling
+    differences (sinh near 0) keep float64 precision, not just float32's."""
+    wide = WIDE.astype(np.float64) * np.array([1, 1e-3, 1, 1e-5, 1])
+    unit, above = UNIT.astype(np.float64), ABOVE_ONE.astype(np.float64)
+    z = {name: zyx.tensor(a, device=device) for name, a in (("wide", wide), ("unit", unit), ("above", above))}
+    results = [(z["wide"].atan(), np.arctan(wide)), (z["unit"].asin(), np.arcsin(unit)),
+               (z["unit"].acos(), np.arccos(unit)), (z["wide"].asinh(), np.arcsinh(wide)),
+               (z["above"].acosh(), np.arccosh(above)), (z["unit"].atanh(), np.arctanh(unit)),
+               ((z["unit"] * 1e-6).sinh(), np.sinh(unit * 1e-6)), (z["unit"].cosh(), np.cosh(unit)),
+               (z["wide"].logaddexp(z["wide"] * 0.5), np.logaddexp(wide, wide * 0.5))]
+    zyx.realize(*(r for r, _ in results))
+    for k, (actual, expected) in enumerate(results):
+        np.testing.assert_allclose(actual.numpy(), expected, rtol=2e-14, atol=0, err_msg=f"function {k}")
+
+
+def test_torch_function_forms_and_creation(device):
+    """zyx.<op>(x, ...) as torch.<op>(x, ...); linspace, empty and meshgrid; allclose answers a bool."""
+    assert all(callable(getattr(torch, name)) for name in zyx.TENSOR_FUNCTIONS)
+    x = zyx.tensor(X, device=device)
+    np.testing.assert_allclose(zyx.sort(x, 1).values.numpy(), np.sort(X, 1))
+    np.testing.assert_allclose(zyx.atan(x).numpy(), np.arctan(X), rtol=1e-6)
+    assert zyx.allclose(x, x + 1e-6) and not zyx.allclose(x, x + 1e-3) and x.allclose(X + 1e-6)
+    np.testing.assert_allclose(zyx.linspace(-1, 2, 7, device=device).numpy(), torch.linspace(-1, 2, 7).numpy(),
+                               rtol=1e-6)
+    assert zyx.linspace(0, 1, 0, device=device).shape == (0,)
+    empty = zyx.empty(2, 3, device=device, dtype=zyx.int32)
+    assert empty.shape == (2, 3) and empty.dtype == zyx.int32 and zyx.empty_like(x).shape == X.shape
+    for indexing in ("ij", "xy"):
+        grids = zyx.meshgrid(zyx.tensor(ROW, device=device), zyx.arange(3.0, device=device), indexing=indexing)
+        expected = torch.meshgrid(torch.tensor(ROW), torch.arange(3.0), indexing=indexing)
+        for grid, reference in zip(grids, expected):
+            np.testing.assert_array_equal(grid.numpy(), reference.numpy())
+
+
+def test_op_errors_name_the_problem(device):
+    x = zyx.tensor(X, device=device)
+    index = zyx.tensor([[0, 5]], device=device)
+    with pytest.raises(IndexError, match="scatter_add: index 5 is out of bounds for axis 1 with size 5"):
+        x.scatter_add(1, index, x[:1, :2]).numpy()
+    with pytest.raises(zyx.ShapeError, match="index"):
+        x.scatter(1, zyx.tensor([0, 1], device=device), 1.0)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        x.scatter_reduce(1, index, x, "max")
+    with pytest.raises(ValueError, match="topk: k=6 is out of range"):
+        x.topk(6)
+    with pytest.raises(ValueError, match="reflect padding"):
+        x.pad(((3, 0),), mode="reflect")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        x.pad(((1, 0),), mode="wrap")
+    with pytest.raises(zyx.ShapeError, match="label 'j' has sizes 5 and 3"):
+        zyx.einsum("ij,jk->ik", x, x)
+    with pytest.raises(ValueError, match="2 operands"):
+        zyx.einsum("ij,jk", x)
+    with pytest.raises(ValueError, match="rounding_mode"):
+        x.div(2, rounding_mode="round")
+    with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
+        zyx.nn.interpolate(x.reshape(1, 1, 3, 5))
+    with pytest.raises(zyx.ShapeError, match="bilinear"):
+        zyx.nn.interpolate(x.reshape(1, 3, 5), size=4, mode="bilinear")
+    with pytest.raises(ValueError, match="output_padding"):
+        x.reshape(1, 1, 3, 5).conv_transpose2d(x[:1, :2].reshape(1, 1, 1, 2), output_padding=1)
+    with pytest.raises(zyx.ShapeError, match="does not fit"):
+        x.max_pool2d(2, dilation=4)
+    with pytest.raises(TypeError, match="mask must be bool"):
+        x.masked_select(X)
+
+
+def test_setitem_strides_and_errors(device):
+    """Negative steps (which torch refuses) against numpy; an empty region writes nothing; a value that does not
+    broadcast to the indexed shape raises."""
+    x = zyx.tensor(X3, device=device)
+    expected = X3.copy()
+    x[:, ::-2, 3::-3] = zyx.tensor(ROW[:4].reshape(2, 2), device=device)
+    expected[:, ::-2, 3::-3] = ROW[:4].reshape(2, 2)
+    x[1:1] = 5.0
+    np.testing.assert_array_equal(x.numpy(), expected)
+    with pytest.raises(zyx.ShapeError, match="setitem"):
+        x[0] = zyx.tensor(ROW[:4], device=device)
+    with pytest.raises(IndexError, match="index 3 is out of bounds"):
+        x[0, 3] = 1.0

@@ -1,0 +1,80 @@
+"""Activation functions beyond tensor.py's (hardtanh, relu6, hardswish, selu, mish...), softmin and normalize,
+composed from where, exp and the activations already there. Each matches PyTorch's gradient at its kinks."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+class ActivationMixin:
+    """Tensor's piecewise and smooth activations beyond tensor.py's, softmin and normalize."""
+
+    __slots__ = ()
+
+    def hardtanh(self: "Tensor", min_val: float = -1.0, max_val: float = 1.0) -> "Tensor":
+        """x clipped to [min_val, max_val]; the gradient is 0 at the bounds themselves (as PyTorch's, unlike
+        clamp's)."""
+        if min_val > max_val:
+            raise ValueError(f"hardtanh: min_val {min_val} is above max_val {max_val}")
+        x = self._float()
+        return (x <= min_val).where(min_val, (x >= max_val).where(max_val, x))
+
+    def relu6(self: "Tensor") -> "Tensor":
+        """min(max(x, 0), 6), hardtanh's gradient at the bounds."""
+        return self.hardtanh(0.0, 6.0)
+
+    def hardsigmoid(self: "Tensor") -> "Tensor":
+        """relu6(x + 3) / 6: 0 below -3, 1 above 3, linear between."""
+        return (self._float() + 3).relu6() * (1 / 6)
+
+    def hardswish(self: "Tensor") -> "Tensor":
+        """x * relu6(x + 3) / 6, with PyTorch's gradient at -3 and 3 (the middle piece's)."""
+        x = self._float()
+        return (x < -3).where(0.0, (x <= 3).where(x * (x + 3) * (1 / 6), x))
+
+    def selu(self: "Tensor") -> "Tensor":
+        """scale * elu(x, alpha) with the self-normalising constants."""
+        return self._float().elu(_SELU_ALPHA) * _SELU_SCALE
+
+    def celu(self: "Tensor", alpha: float = 1.0) -> "Tensor":
+        """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
+        if alpha == 0:
+            raise ValueError("celu: alpha must not be 0")
+        return (self._float() * (1 / alpha)).elu() * alpha
+
+    def mish(self: "Tensor") -> "Tensor":
+        """x tanh(softplus(x))."""
+        x = self._float()
+        return x * x.softplus().tanh()
+
+    def logsigmoid(self: "Tensor") -> "Tensor":
+        """log(sigmoid(x)) = -softplus(-x), without overflow."""
+        return -(-self._float()).softplus()
+
+    def softsign(self: "Tensor") -> "Tensor":
+        """x / (1 + |x|)."""
+        x = self._float()
+        return x / (x.abs() + 1)
+
+    def softmin(self: "Tensor", dim: int = -1) -> "Tensor":
+        """softmax(-x) along `dim`."""
+        return (-self._float()).softmax(dim)
+
+    def normalize(self: "Tensor", p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> "Tensor":
+        """x / max(||x||_p, eps) along `dim` (PyTorch's F.normalize); a zero vector stays zero, with a finite
+        gradient."""
+        x = self._float()
+        magnitude = x.abs()
+        if p == math.inf:
+            return x / magnitude.max(dim, keepdim=True).maximum(eps)
+        if p <= 0:
+            raise ValueError(f"normalize: p must be positive, got {p}")
+        total = (magnitude ** p).sum(dim, keepdim=True)
+        above = total > eps ** p
+        return x / above.where(above.where(total, 1.0) ** (1 / p), eps)

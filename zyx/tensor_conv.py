@@ -1,0 +1,278 @@
+"""Convolution (1-3 spatial axes, transposed too), pooling and sliding windows, composed from views and matmul.
+
+A convolution is windows (strided views of the padded input, stacked on a last axis) times the kernel as one
+matrix product per group, for any number of spatial axes. A transposed convolution is the convolution of the
+input spread out by zeros (stride - 1 between elements, a view) with the flipped kernel, which is its adjoint.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+from .errors import ShapeError
+from .tensor_results import ValuesIndices
+from .tensor_scan import extremes
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
+
+Size = Union[int, Sequence[int]]
+Pair = Union[int, tuple[int, int]]
+Geometry = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # kernel, stride, dilation
+
+
+def as_tuple(value: Size, count: int, name: str, op: str, low: int) -> tuple[int, ...]:
+    """An int, or one or `count` ints (PyTorch's forms), as `count` ints each at least `low`; any other form
+    raises rather than being cut to size."""
+    try:
+        values = (operator.index(value),) if not isinstance(value, (tuple, list)) else tuple(map(operator.index, value))
+    except TypeError:
+        values = ()
+    if len(values) not in (1, count):
+        raise ValueError(f"{op}: {name} must be an int or a tuple of {count} ints, got {value!r}")
+    if any(v < low for v in values):
+        raise ValueError(f"{op}: {name} must be {'positive' if low else 'non-negative'}, got {value!r}")
+    return values * count if len(values) == 1 else values
+
+
+def as_pair(value: Size, name: str, op: str, low: int) -> tuple[int, int]:
+    """as_tuple for two spatial axes."""
+    return as_tuple(value, 2, name, op, low)  # type: ignore[return-value]
+
+
+def windows(x: "Tensor", kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> "Tensor":
+    """(..., *spatial) -> (..., *out, prod(kernel)): every kernel position over the last len(kernel) axes, as
+    strided views stacked on a new last axis (window elements in row-major kernel order)."""
+    from .tensor_combine import stack
+    spatial = x.shape[x.ndim - len(kernel):]
+    counts = [(size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(spatial, kernel, stride, dilation)]
+    if any(c <= 0 for c in counts):
+        raise ShapeError(f"window {tuple(kernel)} (dilation {tuple(dilation)}) does not fit input of spatial size "
+                         f"{tuple(spatial)}")
+    pieces = []
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        pieces.append(x[(...,) + tuple(slice(o * d, o * d + s * (c - 1) + 1, s)
+                                       for o, d, s, c in zip(offsets, dilation, stride, counts))])
+    return stack(pieces, axis=-1)
+
+
+def _conv_padding(padding: Union[Size, str], kernel: Sequence[int], stride: Sequence[int],
+                  dilation: Sequence[int], op: str) -> list[tuple[int, int]]:
+    """(before, after) per spatial axis; 'same' pads the extra element after, as PyTorch."""
+    if padding == "valid":
+        return [(0, 0)] * len(kernel)
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError(f"{op}: padding='same' needs stride 1, got stride {tuple(stride)}")
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        return [(t // 2, t - t // 2) for t in totals]
+    if isinstance(padding, str):
+        raise ValueError(f"{op}: padding must be 'valid', 'same', an int or a tuple of {len(kernel)} ints, got "
+                         f"{padding!r}")
+    return [(p, p) for p in as_tuple(padding, len(kernel), "padding", op, 0)]
+
+
+def spread(x: "Tensor", stride: Sequence[int]) -> "Tensor":
+    """Insert stride - 1 zeros between neighbours on each of the last len(stride) axes (a view)."""
+    first = x.ndim - len(stride)
+    for axis, s in enumerate(stride, start=first):
+        if s == 1 or x.shape[axis] == 0:
+            continue
+        length = x.shape[axis]
+        gapped = x.unsqueeze(axis + 1).pad([(0, 0)] * (axis + 1) + [(0, s - 1)])
+        gapped = gapped.reshape(x.shape[:axis] + (length * s,) + x.shape[axis + 1:])
+        x = gapped.shrink([(0, n) if a != axis else (0, (length - 1) * s + 1) for a, n in enumerate(gapped.shape)])
+    return x
+
+
+class ConvMixin:
+    """Tensor's convolutions (1-3 spatial axes, plain and transposed) and pooling."""
+
+    __slots__ = ()
+
+    # ---- convolution ---------------------------------------------------------------------------------------
+    def _conv(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"], stride: Size, padding: Union[Size, str],
+              dilation: Size, groups: int, dims: int, op: str) -> "Tensor":
+        if self.ndim == dims + 1:  # unbatched (C, *spatial), as PyTorch accepts
+            return self.unsqueeze(0)._conv(weight, bias, stride, padding, dilation, groups, dims, op).squeeze(0)
+        if self.ndim != dims + 2 or weight.ndim != dims + 2:
+            raise ShapeError(f"{op}: needs input (N, C, *{dims} spatial) and weight (O, C/groups, *{dims} kernel), "
+                             f"got {self.shape} and {weight.shape}")
+        batch, channels = self.shape[:2]
+        out_channels, group_channels = weight.shape[:2]
+        kernel = weight.shape[2:]
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+        if channels % groups or out_channels % groups or channels // groups != group_channels:
+            raise ShapeError(f"{op}: input {self.shape} and weight {weight.shape} do not fit groups={groups}")
+        strides, dilations = as_tuple(stride, dims, "stride", op, 1), as_tuple(dilation, dims, "dilation", op, 1)
+        pads = _conv_padding(padding, kernel, strides, dilations, op)
+        padded = self.pad([(0, 0), (0, 0)] + pads)
+        patches = windows(padded, kernel, strides, dilations)                  # N, C, *out, K
+        out_shape, taps = patches.shape[2:-1], patches.shape[-1]
+        positions = math.prod(out_shape)
+        per_group = patches.reshape(batch, groups, group_channels, positions, taps)
+        rows = per_group.permute(0, 1, 3, 2, 4).reshape(batch, groups, positions, group_channels * taps)
+        kernels = weight.reshape(groups, out_channels // groups, group_channels * taps).transpose(-1, -2)
+        out = rows.matmul(kernels.unsqueeze(0))                                 # N, G, positions, O/G
+        out = out.permute(0, 1, 3, 2).reshape((batch, out_channels) + out_shape)
+        return out + bias.reshape((1, out_channels) + (1,) * dims) if bias is not None else out
+
+    def conv1d(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"] = None, stride: Size = 1,
+               padding: Union[Size, str] = 0, dilation: Size = 1, groups: int = 1) -> "Tensor":
+        """1-D convolution as PyTorch's: input (N, C, L) or (C, L), weight (O, C/groups, K)."""
+        return self._conv(weight, bias, stride, padding, dilation, groups, 1, "conv1d")
+
+    def conv2d(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"] = None, stride: Size = 1,
+               padding: Union[Size, str] = 0, dilation: Size = 1, groups: int = 1) -> "Tensor":
+        """2-D convolution as PyTorch's (input N,C,H,W or C,H,W; weight O,C/groups,KH,KW; padding an int, a pair,
+        'valid' or 'same')."""
+        return self._conv(weight, bias, stride, padding, dilation, groups, 2, "conv2d")
+
+    def conv3d(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"] = None, stride: Size = 1,
+               padding: Union[Size, str] = 0, dilation: Size = 1, groups: int = 1) -> "Tensor":
+        """3-D convolution as PyTorch's: input (N, C, D, H, W), weight (O, C/groups, KD, KH, KW)."""
+        return self._conv(weight, bias, stride, padding, dilation, groups, 3, "conv3d")
+
+    def _conv_transpose(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"], stride: Size, padding: Size,
+                        output_padding: Size, groups: int, dilation: Size, dims: int, op: str) -> "Tensor":
+        if self.ndim == dims + 1:
+            return self.unsqueeze(0)._conv_transpose(weight, bias, stride, padding, output_padding, groups,
+                                                     dilation, dims, op).squeeze(0)
+        if self.ndim != dims + 2 or weight.ndim != dims + 2:
+            raise ShapeError(f"{op}: needs input (N, C, *{dims} spatial) and weight (C, O/groups, *{dims} kernel), "
+                             f"got {self.shape} and {weight.shape}")
+        if not isinstance(groups, int) or groups < 1 or self.shape[1] != weight.shape[0] or weight.shape[0] % groups:
+            raise ShapeError(f"{op}: input {self.shape} and weight {weight.shape} do not fit groups={groups!r}")
+        strides, dilations = as_tuple(stride, dims, "stride", op, 1), as_tuple(dilation, dims, "dilation", op, 1)
+        pads = as_tuple(padding, dims, "padding", op, 0)
+        extras = as_tuple(output_padding, dims, "output_padding", op, 0)
+        if any(e >= max(s, d) for e, s, d in zip(extras, strides, dilations)):
+            raise ValueError(f"{op}: output_padding {extras} must be smaller than stride {strides} or dilation "
+                             f"{dilations}")
+        kernel = weight.shape[2:]
+        in_channels, group_out = weight.shape[:2]
+        # (C, O/G, *k) -> (O, C/G, *k), flipped: the kernel of the adjoint convolution
+        flipped = weight.reshape((groups, in_channels // groups, group_out) + kernel).transpose(1, 2)
+        flipped = flipped.reshape((groups * group_out, in_channels // groups) + kernel).flip(
+            list(range(2, dims + 2)))
+        rims = [d * (k - 1) - p for d, k, p in zip(dilations, kernel, pads)]
+        dilated = spread(self, strides).pad([(0, 0), (0, 0)] + [(r, r + e) for r, e in zip(rims, extras)])
+        return dilated._conv(flipped, bias, 1, 0, dilations, groups, dims, op)
+
+    def conv_transpose1d(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"] = None, stride: Size = 1,
+                         padding: Size = 0, output_padding: Size = 0, groups: int = 1, dilation: Size = 1
+                         ) -> "Tensor":
+        """The adjoint of conv1d (PyTorch's argument order): weight (C, O/groups, K)."""
+        return self._conv_transpose(weight, bias, stride, padding, output_padding, groups, dilation, 1,
+                                    "conv_transpose1d")
+
+    def conv_transpose2d(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"] = None, stride: Size = 1,
+                         padding: Size = 0, output_padding: Size = 0, groups: int = 1, dilation: Size = 1
+                         ) -> "Tensor":
+        """The adjoint of conv2d ("deconvolution", PyTorch's argument order): weight (C, O/groups, KH, KW)."""
+        return self._conv_transpose(weight, bias, stride, padding, output_padding, groups, dilation, 2,
+                                    "conv_transpose2d")
+
+    def conv_transpose3d(self: "Tensor", weight: "Tensor", bias: Optional["Tensor"] = None, stride: Size = 1,
+                         padding: Size = 0, output_padding: Size = 0, groups: int = 1, dilation: Size = 1
+                         ) -> "Tensor":
+        """The adjoint of conv3d: weight (C, O/groups, KD, KH, KW)."""
+        return self._conv_transpose(weight, bias, stride, padding, output_padding, groups, dilation, 3,
+                                    "conv_transpose3d")
+
+    # ---- pooling -------------------------------------------------------------------------------------------
+    def _pool(self: "Tensor", kernel_size: Size, stride: Optional[Size], padding: Size, dilation: Size,
+              ceil_mode: bool, dims: int, op: str) -> tuple[list[tuple[int, int]], Geometry]:
+        """The pooling geometry: (before, after) pads per spatial axis (`after` includes the extra that ceil_mode
+        needs) and the windows' (kernel, stride, dilation)."""
+        if self.ndim < dims:
+            raise ShapeError(f"{op} needs at least {dims} dimensions (..., *spatial), got {self.shape}")
+        kernels = as_tuple(kernel_size, dims, "kernel_size", op, 1)
+        strides = as_tuple(stride, dims, "stride", op, 1) if stride is not None and stride != [] else kernels
+        pads = as_tuple(padding, dims, "padding", op, 0)
+        dilations = as_tuple(dilation, dims, "dilation", op, 1)
+        if any(p > k // 2 for p, k in zip(pads, kernels)):  # else a window could see nothing but padding
+            raise ValueError(f"{op}: padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
+        pairs = []
+        for size, k, s, p, d in zip(self.shape[self.ndim - dims:], kernels, strides, pads, dilations):
+            span = size + 2 * p - d * (k - 1) - 1
+            if span < 0:
+                raise ShapeError(f"{op}: window {kernels} (dilation {dilations}) does not fit input of spatial "
+                                 f"size {self.shape[self.ndim - dims:]} with padding {pads}")
+            count = (-(-span // s) if ceil_mode else span // s) + 1
+            if ceil_mode and (count - 1) * s >= size + p:  # the last window must start inside the input
+                count -= 1
+            pairs.append((p, max(p, (count - 1) * s + d * (k - 1) + 1 - size - p)))
+        return pairs, (kernels, strides, dilations)
+
+    def _max_pool(self: "Tensor", kernel_size: Size, stride: Optional[Size], padding: Size, dilation: Size,
+                  ceil_mode: bool, return_indices: bool, dims: int, op: str) -> Any:
+        pairs, geometry = self._pool(kernel_size, stride, padding, dilation, ceil_mode, dims, op)
+        lowest, _ = extremes(self)
+        lead = [(0, 0)] * (self.ndim - dims)
+        values = windows(self.pad(lead + pairs, value=lowest), *geometry)
+        pooled = values.max(-1)
+        if not return_indices:
+            return pooled
+        from .creation import arange
+        spatial = self.shape[self.ndim - dims:]
+        flat = arange(math.prod(spatial), device=self.device).reshape(spatial).pad(pairs, value=-1)
+        positions = windows(flat, *geometry).expand(values.shape)
+        return ValuesIndices(pooled, positions.gather(-1, values.argmax(-1, keepdim=True)).squeeze(-1))
+
+    def _avg_pool(self: "Tensor", kernel_size: Size, stride: Optional[Size], padding: Size, ceil_mode: bool,
+                  count_include_pad: bool, divisor_override: Optional[int], dims: int, op: str) -> "Tensor":
+        pairs, geometry = self._pool(kernel_size, stride, padding, 1, ceil_mode, dims, op)
+        x = self._float()
+        lead = [(0, 0)] * (self.ndim - dims)
+        totals = windows(x.pad(lead + pairs), *geometry).sum(-1)
+        if divisor_override is not None:
+            if divisor_override == 0:
+                raise ValueError(f"{op}: divisor_override must not be 0")
+            return totals * (1 / divisor_override)
+        if all(before == after for before, after in pairs) and (count_include_pad or not any(p for p, _ in pairs)):
+            return totals * (1 / math.prod(geometry[0]))
+        from .creation import ones
+        inside = ones(self.shape[self.ndim - dims:], device=self.device, dtype=x.dtype)
+        counted = inside.pad([(p, p) for p, _ in pairs], value=1.0 if count_include_pad else 0.0)
+        counted = counted.pad([(0, after - before) for before, after in pairs])
+        return totals / windows(counted, *geometry).sum(-1)
+
+    def max_pool1d(self: "Tensor", kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                   dilation: Size = 1, ceil_mode: bool = False, return_indices: bool = False) -> Any:
+        """Maximum over each window of the last axis (with `return_indices`, also each maximum's position)."""
+        return self._max_pool(kernel_size, stride, padding, dilation, ceil_mode, return_indices, 1, "max_pool1d")
+
+    def max_pool2d(self: "Tensor", kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                   dilation: Size = 1, ceil_mode: bool = False, return_indices: bool = False) -> Any:
+        """Maximum over each window of the last two axes, as PyTorch's; with `return_indices`, also each maximum's
+        position in its flattened (H, W) plane. Tied maxima share the gradient."""
+        return self._max_pool(kernel_size, stride, padding, dilation, ceil_mode, return_indices, 2, "max_pool2d")
+
+    def max_pool3d(self: "Tensor", kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                   dilation: Size = 1, ceil_mode: bool = False, return_indices: bool = False) -> Any:
+        """Maximum over each window of the last three axes."""
+        return self._max_pool(kernel_size, stride, padding, dilation, ceil_mode, return_indices, 3, "max_pool3d")
+
+    def avg_pool1d(self: "Tensor", kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                   ceil_mode: bool = False, count_include_pad: bool = True) -> "Tensor":
+        """Mean over each window of the last axis."""
+        return self._avg_pool(kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1, "avg_pool1d")
+
+    def avg_pool2d(self: "Tensor", kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                   ceil_mode: bool = False, count_include_pad: bool = True,
+                   divisor_override: Optional[int] = None) -> "Tensor":
+        """Mean over each window of the last two axes, as PyTorch's: zero padding counts unless
+        count_include_pad=False; the extra that ceil_mode adds never counts."""
+        return self._avg_pool(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2,
+                              "avg_pool2d")
+
+    def avg_pool3d(self: "Tensor", kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                   ceil_mode: bool = False, count_include_pad: bool = True,
+                   divisor_override: Optional[int] = None) -> "Tensor":
+        """Mean over each window of the last three axes."""
+        return self._avg_pool(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 3,
+                              "avg_pool3d")

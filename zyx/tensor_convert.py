@@ -1,0 +1,124 @@
+"""Conversions: dtype and device moves (PyTorch's `.to`, `.long()`, `.half()`...), `.size()`, `.clone()`,
+formatting, pickling and DLPack. Everything that leaves the device goes through the host (numpy)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+import numpy as np
+
+from .dtypes import (DEFAULT_FLOAT, DType, bfloat16, bool_, float16, float64, int8, int16, int32, int64, to_dtype,
+                     uint8)
+from .errors import AxisError
+from .tensor_movement import normalize_axis
+
+if TYPE_CHECKING:
+    from .devices import Device
+    from .tensor import Tensor
+
+K_DL_CPU = 1  # DLPack's device type for host memory
+
+
+def _device_or_dtype(spec: Any) -> tuple[Optional["Device"], Optional[DType]]:
+    """What a positional argument of `to` names: (device, None) or (None, dtype)."""
+    from .devices import Device, device_from_spec
+    if isinstance(spec, Device):
+        return spec, None
+    if isinstance(spec, str):
+        try:
+            return device_from_spec(spec), None
+        except ValueError:
+            pass
+        try:
+            return None, to_dtype(spec)
+        except TypeError:
+            raise TypeError(f"to: {spec!r} is neither a device ('cpu', 'opencl', 'opencl:N') nor a dtype") from None
+    return None, to_dtype(spec)
+
+
+def _caster(dtype: DType, name: str) -> Callable[["ConvertMixin"], "Tensor"]:
+    def cast_to(self: "ConvertMixin") -> "Tensor":
+        return self.cast(dtype)
+
+    cast_to.__name__ = cast_to.__qualname__ = name
+    cast_to.__doc__ = f"`self.cast(zyx.{dtype.name})`, as PyTorch's `.{name}()`."
+    return cast_to
+
+
+class ConvertMixin:
+    __slots__ = ()
+    node: Any
+
+    def cast(self, dtype: Any) -> "Tensor":
+        """The values as `dtype` (a zyx dtype, a numpy dtype, a Python type or a name such as "float16")."""
+        from .trace import node as n
+        return self._wrap(n.cast(self.node, to_dtype(dtype)))  # type: ignore[attr-defined]
+
+    float = _caster(DEFAULT_FLOAT, "float")
+    double = _caster(float64, "double")
+    half = _caster(float16, "half")
+    bfloat16 = _caster(bfloat16, "bfloat16")
+    long = _caster(int64, "long")
+    int = _caster(int32, "int")
+    short = _caster(int16, "short")
+    char = _caster(int8, "char")
+    byte = _caster(uint8, "byte")
+    bool = _caster(bool_, "bool")
+
+    def to(self, *args: Any, device: Union["Device", str, None] = None, dtype: Any = None) -> "Tensor":
+        """PyTorch's `to`: `to(device)`, `to(dtype)`, `to(device, dtype)`, `to(other)` (other's device and dtype),
+        or the keywords. A move copies through the host (gradients do not cross devices); a tensor already
+        there, in that dtype, is returned as it is."""
+        from .devices import device_from_spec
+        if len(args) > 2:
+            raise TypeError(f"to takes at most a device and a dtype, got {len(args)} arguments")
+        device = device_from_spec(device) if isinstance(device, str) else device
+        dtype = to_dtype(dtype) if dtype is not None else None
+        for arg in args:
+            if isinstance(arg, ConvertMixin):
+                device, dtype = arg.node.device, arg.node.dtype
+                continue
+            named_device, named_dtype = _device_or_dtype(arg)
+            device, dtype = named_device or device, named_dtype or dtype
+        result = self
+        if device is not None and device is not self.node.device:
+            from .creation import tensor
+            result = tensor(self.numpy(), device=device, dtype=self.node.dtype)  # type: ignore[attr-defined]
+        return result.cast(dtype) if dtype not in (None, result.node.dtype) else result  # type: ignore[return-value]
+
+    def size(self, axis: Optional[int] = None) -> Union[tuple[int, ...], int]:
+        """The shape (PyTorch's `.size()`), or the length of one axis."""
+        shape = self.node.shape
+        if axis is None:
+            return shape
+        if not shape:
+            raise AxisError(f"size: a 0-d tensor has no axis {axis}")
+        return shape[normalize_axis(axis, len(shape), "size")]
+
+    def clone(self) -> "Tensor":
+        """A new tensor with the same value. Values never change in place (`assign` rebinds one tensor), so
+        nothing is copied; assigning to the clone leaves this tensor as it was."""
+        return self._wrap(self.node)  # type: ignore[attr-defined]
+
+    def __format__(self, spec: str) -> str:
+        """`f"{loss:.4f}"` formats a one-element tensor's value; no spec gives `str(self)`."""
+        if not spec:
+            return str(self)
+        if self.node.numel != 1:
+            raise TypeError(f"format spec {spec!r} needs a tensor with one element, this one has shape "
+                            f"{self.node.shape} (as PyTorch)")
+        return format(self.item(), spec)  # type: ignore[attr-defined]
+
+    def __reduce__(self) -> tuple[Callable[..., "Tensor"], tuple[np.ndarray, "Device", str]]:
+        """Pickled as its values (computed, then copied to the host), its device and dtype; unpickling uploads
+        them again (a leaf: the graph that computed it is not kept)."""
+        from .creation import tensor
+        return tensor, (self.numpy(), self.node.device, self.node.dtype.name)  # type: ignore[attr-defined]
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        """A DLPack capsule of a host copy of the values, on every device (so `torch.tensor(t)` and
+        `torch.from_dlpack(t)` work); keywords go to numpy's `__dlpack__`. bfloat16 has no numpy export."""
+        return self.numpy().__dlpack__(**kwargs)  # type: ignore[attr-defined]
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """The host (kDLCPU): `__dlpack__` exports a host copy."""
+        return (K_DL_CPU, 0)

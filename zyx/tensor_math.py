@@ -1,0 +1,208 @@
+"""Elementwise math composed from the primitives: inverse trigonometric and hyperbolic functions, log10,
+the remainder family (fmod, div rounding modes, scalar % tensor), copysign, logaddexp and isclose.
+
+Functions the primitives lack (atan, log1p) are built from accurate approximations, so gradients are the
+approximations' own derivatives (float32 round-off, float64 to ~1e-15 relative). Branches pick their input
+with a `where` before a risky op as well as after it, so the branch not taken cannot put nan into a gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from .dtypes import float64, promote
+
+if TYPE_CHECKING:
+    from .tensor import Operand, Tensor
+
+# Cephes' atan.c (double precision): atan(x) = x + x z P(z) / Q(z), z = x**2, on |x| <= 0.66 after reduction
+_ATAN_P = (-8.750608600031904122785e-1, -1.615753718733365076637e1, -7.500855792314704667340e1,
+           -1.228866684490136173410e2, -6.485021904942025371773e1)
+_ATAN_Q = (2.485846490142306297962e1, 1.650270098316988542046e2, 4.328810604912902668951e2,
+           4.853903996359136964868e2, 1.945506571482613964425e2)
+_TAN_3PI_8 = 2.41421356237309504880
+_ATAN_MOREBITS = 6.123233995736765886130e-17  # pi/2 - float64(pi/2)
+_LARGE = 2.0 ** 28  # above this, sqrt(x**2 + 1) is |x| to double precision, and x**2 is kept from overflowing
+
+
+def _polynomial(x: "Tensor", coefficients: tuple[float, ...], leading: Optional[float] = None) -> "Tensor":
+    """Horner's rule, highest power first; `leading` is an extra first coefficient (1.0 for a monic Q)."""
+    result: Any = leading if leading is not None else coefficients[0]
+    for c in coefficients if leading is not None else coefficients[1:]:
+        result = x * result + c
+    return result
+
+
+def _mirror(x: "Tensor", odd_function: Callable[["Tensor"], "Tensor"]) -> "Tensor":
+    """An odd function from its half on x >= 0: the |x| it is given has gradient 1 at 0 (not abs's 0)."""
+    negative = x < 0
+    magnitude = negative.where(-x, x)
+    value = odd_function(magnitude)
+    return negative.where(-value, value)
+
+
+def _log1p(y: "Tensor") -> "Tensor":
+    """log(1 + y), accurate for small y (Kahan: log(u) * y / (u - 1) with u = 1 + y rounded)."""
+    u = y + 1
+    plain = (u == 1) | (u == math.inf)
+    safe = plain.where(2.0, u)
+    return plain.where(y, safe.log() * (y / (safe - 1)))
+
+
+def _atan_positive(a: "Tensor") -> "Tensor":
+    """atan on a >= 0 by Cephes' reduction to |r| <= 0.66: a > tan(3pi/8) uses pi/2 + atan(-1/a), a > 0.66
+    uses pi/4 + atan((a - 1)/(a + 1))."""
+    from .creation import full_like
+    big = a > _TAN_3PI_8
+    mid = (a > 0.66) & big.logical_not()
+    reduced = big.where(-1 / big.where(a, 1.0), mid.where((mid.where(a, 0.0) - 1) / (mid.where(a, 0.0) + 1), a))
+    offset = big.where(full_like(a, math.pi / 2), mid.where(full_like(a, math.pi / 4), 0.0))
+    extra = big.where(full_like(a, 0.5 * _ATAN_MOREBITS), mid.where(full_like(a, 0.25 * _ATAN_MOREBITS), 0.0))
+    z = reduced * reduced
+    series = reduced * z * _polynomial(z, _ATAN_P) / _polynomial(z, _ATAN_Q, leading=1.0)
+    return offset + (series + extra + reduced)
+
+
+class MathMixin:
+    """Tensor's inverse trigonometric, hyperbolic, remainder and closeness methods."""
+
+    __slots__ = ()
+
+    # ---- inverse trigonometric -----------------------------------------------------------------------------
+    def atan(self: "Tensor") -> "Tensor":
+        """Arctangent (Cephes' rational approximation: full float32 and float64 precision)."""
+        return _mirror(self._float(), _atan_positive)
+
+    def asin(self: "Tensor") -> "Tensor":
+        """Arcsine as atan(x / sqrt((1 - x)(1 + x))); nan outside [-1, 1]."""
+        x = self._float()
+        return (x / ((1 - x) * (1 + x)).sqrt()).atan()
+
+    def acos(self: "Tensor") -> "Tensor":
+        """Arccosine as 2 atan(sqrt((1 - x) / (1 + x))), accurate near both ends; nan outside [-1, 1]."""
+        x = self._float()
+        return ((1 - x) / (1 + x)).sqrt().atan() * 2
+
+    arcsin, arccos, arctan = asin, acos, atan
+
+    # ---- hyperbolic ----------------------------------------------------------------------------------------
+    def _exp_halves(self: "Tensor") -> tuple["Tensor", "Tensor"]:
+        """(exp(x) / 2, exp(-x) / 2) as (e/2) e with e = exp(x/2): finite as long as cosh is."""
+        grow, shrink = (self * 0.5).exp(), (self * -0.5).exp()
+        return grow * 0.5 * grow, shrink * 0.5 * shrink
+
+    def cosh(self: "Tensor") -> "Tensor":
+        """(exp(x) + exp(-x)) / 2, finite up to where cosh itself overflows."""
+        grow, shrink = self._float()._exp_halves()
+        return grow + shrink
+
+    def sinh(self: "Tensor") -> "Tensor":
+        """(exp(x) - exp(-x)) / 2, and tanh(x) cosh(x) below |x| = 1, where the difference would cancel."""
+        x = self._float()
+        small = x.abs() < 1
+        inner = small.where(x, 0.0)
+        grow, shrink = x._exp_halves()
+        return small.where(inner.tanh() * inner.cosh(), grow - shrink)
+
+    def asinh(self: "Tensor") -> "Tensor":
+        """log(x + sqrt(x**2 + 1)) as log1p(x + x**2 / (1 + sqrt(1 + x**2))), accurate near 0 and without
+        overflow for large |x| (log(2|x|) there)."""
+        def positive(a: "Tensor") -> "Tensor":
+            big = a > _LARGE
+            low, high = big.where(0.0, a), big.where(a, 1.0)
+            near = _log1p(low + low * low / ((low * low + 1).sqrt() + 1))
+            return big.where(high.log() + math.log(2), near)
+        return _mirror(self._float(), positive)
+
+    def acosh(self: "Tensor") -> "Tensor":
+        """log(x + sqrt(x**2 - 1)) as log1p(t + sqrt(2t + t**2)) with t = x - 1, accurate near 1; nan below 1."""
+        x = self._float()
+        big = x > _LARGE
+        t, high = big.where(0.0, x - 1), big.where(x, 1.0)
+        return big.where(high.log() + math.log(2), _log1p(t + (t * 2 + t * t).sqrt()))
+
+    def atanh(self: "Tensor") -> "Tensor":
+        """log((1 + x) / (1 - x)) / 2 as log1p(2x / (1 - x)) / 2; +-inf at +-1, nan beyond."""
+        return _mirror(self._float(), lambda a: _log1p(a * 2 / (1 - a)) * 0.5)
+
+    arcsinh, arccosh, arctanh = asinh, acosh, atanh
+
+    def log10(self: "Tensor") -> "Tensor":
+        """Base-10 logarithm."""
+        return self.log() * (1 / math.log(10))
+
+    # ---- remainders and rounding division ------------------------------------------------------------------
+    def fmod(self: "Tensor", other: "Operand") -> "Tensor":
+        """C's fmod: the remainder of division rounded toward zero, with the sign of the dividend (as
+        torch.fmod). For floats it is a - trunc(a / b) b of the rounded quotient (see __floordiv__)."""
+        b = self._operand(other, "fmod")
+        if promote(self.dtype, b.dtype).is_float:
+            return self - self.div(b, rounding_mode="trunc") * b
+        remainder = self % b  # sign of the divisor; move it to the dividend's side where they differ
+        return ((remainder != 0) & ((remainder < 0) != (self < 0))).where(remainder - b, remainder)
+
+    def remainder(self: "Tensor", other: "Operand") -> "Tensor":
+        """Python's %: the remainder of floor division, with the sign of the divisor."""
+        return self % other
+
+    def __rmod__(self: "Tensor", other: "Operand") -> "Tensor":
+        return self._operand(other, "mod") % self
+
+    def div(self: "Tensor", other: "Operand", rounding_mode: Optional[str] = None) -> "Tensor":
+        """Division as torch.div: true division (rounding_mode=None), 'trunc' (toward zero) or 'floor'.
+        Integer operands stay integer under 'trunc' and 'floor'."""
+        if rounding_mode is None:
+            return self / other
+        if rounding_mode == "floor":
+            return self // other
+        if rounding_mode != "trunc":
+            raise ValueError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+        b = self._operand(other, "div")
+        if promote(self.dtype, b.dtype).is_float:
+            return (self / b).trunc()
+        floor = self // b  # one above the truncated quotient where the exact quotient is negative and inexact
+        inexact = (floor * b) != self
+        return (inexact & ((self < 0) != (b < 0))).where(floor + 1, floor)
+
+    divide = div
+
+    def copysign(self: "Tensor", other: "Operand") -> "Tensor":
+        """|self| with the sign of `other` (-0.0 counts as negative, as torch.copysign); always float."""
+        magnitude = self._float().abs()
+        sign = self._operand(other, "copysign")._float()
+        negative = (sign < 0) | ((sign == 0) & (1 / sign < 0))
+        return negative.where(-magnitude, magnitude)
+
+    def logaddexp(self: "Tensor", other: "Operand") -> "Tensor":
+        """log(exp(a) + exp(b)) as max(a, b) + log1p(exp(-|a - b|)): no overflow, and two equal infinities
+        give that infinity (with the gradient shared, as at any tie)."""
+        a, b = self._float(), self._operand(other, "logaddexp")._float()
+        peak = a.maximum(b)
+        same_infinity = (a == b) & peak.isinf()
+        gap = same_infinity.where(0.0, -(a - b).abs())
+        return same_infinity.where(peak, peak + _log1p(gap.exp()))
+
+    def logaddexp2(self: "Tensor", other: "Operand") -> "Tensor":
+        """log2(2**a + 2**b)."""
+        scale = math.log(2)
+        return (self._float() * scale).logaddexp(self._operand(other, "logaddexp2")._float() * scale) / scale
+
+    # ---- closeness -----------------------------------------------------------------------------------------
+    def isclose(self: "Tensor", other: "Operand", rtol: float = 1e-5, atol: float = 1e-8,
+                equal_nan: bool = False) -> "Tensor":
+        """|self - other| <= atol + rtol |other| elementwise (bool), as torch.isclose: equal infinities are
+        close, nan is close to nan only with `equal_nan`."""
+        b = self._operand(other, "isclose")
+        dtype = promote(self.dtype, b.dtype)
+        if dtype.is_bool:
+            return self == b
+        exact = dtype if dtype.is_float else float64  # integers compare in float64 (exact below 2**53)
+        a, b = self.cast(exact), b.cast(exact)
+        close = (a == b) | (((a - b).abs() <= b.abs() * rtol + atol) & (a - b).isfinite())
+        return close | (a.isnan() & b.isnan()) if equal_nan else close
+
+    def allclose(self: "Tensor", other: "Operand", rtol: float = 1e-5, atol: float = 1e-8,
+                 equal_nan: bool = False) -> bool:
+        """Whether every element is close (see isclose); realizes the answer."""
+        return bool(self.isclose(other, rtol, atol, equal_nan).all().item())
+

@@ -1,0 +1,83 @@
+"""sort, argsort and topk by rank counting: each element's rank is how many elements sort before it.
+
+Rank counting compares every pair along the axis, so a sort of length n costs O(n^2) comparisons and sums per
+row (fused into two reductions: no n x n buffer is stored). That suits the moderate lengths of model code
+(top-k over a vocabulary of a few thousand, sorting a batch); for long axes sort on the host. Values are
+picked from the input by a one-hot `where`, so the gradient reaches exactly the element that landed at each
+position. Ties keep their original order (every sort is stable); nan sorts as the largest value, as PyTorch.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .dtypes import int64
+from .tensor_results import ValuesIndices
+from .tensor_scan import scan_axis
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
+
+
+def _ranks(row: "Tensor", descending: bool) -> "Tensor":
+    """(..., n) -> (..., n) int64: the position each element takes in the sorted row (ties: original order)."""
+    from .creation import arange
+    mine, other = row.unsqueeze(-1), row.unsqueeze(-2)                      # (..., n, 1), (..., 1, n)
+    ahead = other > mine if descending else other < mine
+    if row.dtype.is_float:  # nan is the largest value
+        nan_mine, nan_other = mine.isnan(), other.isnan()
+        nan_ahead = nan_other & nan_mine.logical_not() if descending else nan_mine & nan_other.logical_not()
+        ahead = ahead | nan_ahead
+        tie = (other == mine) | (nan_mine & nan_other)
+    else:
+        tie = other == mine
+    length = row.shape[-1]
+    positions = arange(length, device=row.device)
+    earlier = positions.unsqueeze(-1) > positions                           # (n, n): other comes first
+    return (ahead | (tie & earlier)).sum(-1)
+
+
+def _first_ranked(t: "Tensor", axis: int, descending: bool, count: int) -> ValuesIndices:
+    """The `count` elements ranked first along `axis`, in order, with their positions."""
+    from .creation import arange
+    row = t.transpose(axis, -1)
+    x = row.cast(int64) if row.dtype.is_bool else row
+    length = row.shape[-1]
+    slots = arange(count, device=t.device).unsqueeze(-1)                    # (count, 1)
+    placed = _ranks(x, descending).unsqueeze(-2) == slots                   # (..., count, n)
+    values = placed.where(x.unsqueeze(-2), 0).sum(-1).cast(t.dtype)
+    indices = placed.where(arange(length, device=t.device), 0).sum(-1)
+    return ValuesIndices(values.transpose(axis, -1), indices.transpose(axis, -1))
+
+
+class SortMixin:
+    """Tensor's sort, argsort, msort and topk."""
+
+    __slots__ = ()
+
+    def sort(self: "Tensor", dim: int = -1, descending: bool = False, stable: bool = False) -> ValuesIndices:
+        """(sorted values, their original positions) along `dim`, as torch.sort. Always stable (ties keep their
+        order, so `stable` changes nothing); O(n^2) in the length of `dim` (see the module docstring)."""
+        axis = scan_axis(self, dim, "sort")
+        if axis is None:
+            return ValuesIndices(self, self.cast(int64) * 0)
+        return _first_ranked(self, axis, descending, self.shape[axis])
+
+    def argsort(self: "Tensor", dim: int = -1, descending: bool = False, stable: bool = False) -> "Tensor":
+        """The positions that sort `dim` (int64), as torch.argsort; stable, O(n^2) per row."""
+        return self.sort(dim, descending, stable).indices
+
+    def msort(self: "Tensor") -> "Tensor":
+        """Values sorted along the first axis."""
+        return self.sort(0).values
+
+    def topk(self: "Tensor", k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> ValuesIndices:
+        """The k largest (or smallest) values along `dim` and their positions, largest first, as torch.topk;
+        O(n^2) compares plus O(n k) selection per row."""
+        axis = scan_axis(self, dim, "topk")
+        length = 1 if axis is None else self.shape[axis]
+        if not 0 <= k <= length:
+            raise ValueError(f"topk: k={k} is out of range for dimension {dim} of size {length} "
+                             f"(shape {self.shape})")
+        if axis is None:
+            return ValuesIndices(self, self.cast(int64) * 0)
+        return _first_ranked(self, axis, largest, k)
