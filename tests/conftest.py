@@ -7,6 +7,11 @@ os.environ.setdefault("ZYX_CACHE_DIR", str(pathlib.Path(__file__).resolve().pare
 # (each would otherwise compile PoCL's half of every kernel again); tests of the placement itself unset it.
 os.environ.setdefault("POCL_CACHE_DIR", os.path.join(os.environ["ZYX_CACHE_DIR"], "pocl"))
 
+# pytest-xdist's workers set COLUMNS=80, which tells the CLI's tables (and rich) that a terminal of that width is
+# there; the suite runs as it does without workers, where output to a pipe is never cut
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+
 import pytest  # noqa: E402
 
 import zyx  # noqa: E402

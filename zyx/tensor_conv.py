@@ -37,11 +37,6 @@ def as_tuple(value: Size, count: int, name: str, op: str, low: int) -> tuple[int
     return values * count if len(values) == 1 else values
 
 
-def as_pair(value: Size, name: str, op: str, low: int) -> tuple[int, int]:
-    """as_tuple for two spatial axes."""
-    return as_tuple(value, 2, name, op, low)  # type: ignore[return-value]
-
-
 def windows(x: "Tensor", kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> "Tensor":
     """(..., *spatial) -> (..., *out, prod(kernel)): every kernel position over the last len(kernel) axes, as
     strided views stacked on a new last axis (window elements in row-major kernel order)."""

@@ -41,14 +41,6 @@ def _mirror(x: "Tensor", odd_function: Callable[["Tensor"], "Tensor"]) -> "Tenso
     return negative.where(-value, value)
 
 
-def _log1p(y: "Tensor") -> "Tensor":
-    """log(1 + y), accurate for small y (Kahan: log(u) * y / (u - 1) with u = 1 + y rounded)."""
-    u = y + 1
-    plain = (u == 1) | (u == math.inf)
-    safe = plain.where(2.0, u)
-    return plain.where(y, safe.log() * (y / (safe - 1)))
-
-
 def _atan_positive(a: "Tensor") -> "Tensor":
     """atan on a >= 0 by Cephes' reduction to |r| <= 0.66: a > tan(3pi/8) uses pi/2 + atan(-1/a), a > 0.66
     uses pi/4 + atan((a - 1)/(a + 1))."""
@@ -110,7 +102,7 @@ class MathMixin:
         def positive(a: "Tensor") -> "Tensor":
             big = a > _LARGE
             low, high = big.where(0.0, a), big.where(a, 1.0)
-            near = _log1p(low + low * low / ((low * low + 1).sqrt() + 1))
+            near = (low + low * low / ((low * low + 1).sqrt() + 1)).log1p()
             return big.where(high.log() + math.log(2), near)
         return _mirror(self._float(), positive)
 
@@ -119,11 +111,11 @@ class MathMixin:
         x = self._float()
         big = x > _LARGE
         t, high = big.where(0.0, x - 1), big.where(x, 1.0)
-        return big.where(high.log() + math.log(2), _log1p(t + (t * 2 + t * t).sqrt()))
+        return big.where(high.log() + math.log(2), (t + (t * 2 + t * t).sqrt()).log1p())
 
     def atanh(self: "Tensor") -> "Tensor":
         """log((1 + x) / (1 - x)) / 2 as log1p(2x / (1 - x)) / 2; +-inf at +-1, nan beyond."""
-        return _mirror(self._float(), lambda a: _log1p(a * 2 / (1 - a)) * 0.5)
+        return _mirror(self._float(), lambda a: (a * 2 / (1 - a)).log1p() * 0.5)
 
     arcsinh, arccosh, arctanh = asinh, acosh, atanh
 
@@ -180,7 +172,7 @@ class MathMixin:
         peak = a.maximum(b)
         same_infinity = (a == b) & peak.isinf()
         gap = same_infinity.where(0.0, -(a - b).abs())
-        return same_infinity.where(peak, peak + _log1p(gap.exp()))
+        return same_infinity.where(peak, peak + gap.exp().log1p())
 
     def logaddexp2(self: "Tensor", other: "Operand") -> "Tensor":
         """log2(2**a + 2**b)."""

@@ -53,7 +53,7 @@ def test_division_and_modulo_match_python(terms, const, k, m):
 
 def test_variables_of_different_ranges_are_different_expressions():
     """Kernels reuse names (`gid`) with other ranges; memoized index maps must not mix them up."""
-    from zyx.jit.render import unravel
+    from zyx.jit.lower import unravel
     small, large = Expr.var("gid", 4), Expr.var("gid", 12)
     assert small != large
     assert unravel(small, (3, 4))[0].render() == "0"       # gid < 4: always row 0

@@ -129,3 +129,16 @@ def test_modules_pickle_through_the_host(nn_device):
     assert all(a.device is nn_device for a in copy.parameters() + copy.buffers())
     x = zyx.randn(2, 3, device=nn_device)
     np.testing.assert_array_equal(copy(x).numpy(), model(x).numpy())
+
+
+@pytest.mark.parametrize("name, args, options", [
+    ("pad", ((1, 2, 0, 1),), {"mode": "reflect"}), ("pad", ((2, 1),), {"value": 3.0}),
+    ("hardswish", (), {}), ("mish", (), {}), ("softmin", (), {"dim": 1}), ("normalize", (), {"dim": 2}),
+    ("max_pool1d", (2,), {}), ("interpolate", (), {"scale_factor": 2.0, "mode": "nearest"}),
+])
+def test_functional_forms_of_the_ops_match_torch(name, args, options):
+    """F.<name> exists for the ops zyx.nn has modules or Tensor methods for, with PyTorch's arguments."""
+    x = np.random.default_rng(3).normal(size=(2, 3, 5)).astype(np.float32)
+    ours = getattr(F, name)(zyx.CPU().tensor(x), *args, **options).numpy()
+    theirs = getattr(torch.nn.functional, name)(torch.tensor(x), *args, **options).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ from ..runtime.execute import Executable
 from ..runtime.opencl import OpenCLBackend
 from ..trace.hashing import Walk
 from ..trace.node import Node
-from . import opencl_c as c
+from . import print_opencl as c
 from .cache import default_cache
 from .program import Program, build_program
 from .program_store import default_program_store, program_key

@@ -3,8 +3,8 @@
 PoCL's clang writes "N warnings generated." straight to the process's stderr and pyopencl turns a non-empty
 build log into a `CompilerWarning`, on every cold build. For Zyx's generated code these are ABI notes about
 16-lane vectors (`-Wpsabi`) that no user can act on, so builds pass the standard `-w` option (no warnings are
-made at all). NVIDIA's compiler still leaves a log, so pyopencl's warning is silenced for Zyx's own builds only. ZYX_DEBUG=2 and more builds without it and logs the
-build log on `zyx.cache`. The option is not part of the cache key: the binary does not depend on it.
+made at all). NVIDIA's compiler still leaves a log, so pyopencl's warning is silenced for Zyx's own builds
+only. ZYX_DEBUG=2 and more builds without `-w` and logs the build log on `zyx.cache`. The option is not part of the cache key: the binary does not depend on it.
 
 A failed build raises `KernelBuildError` with the compiler's log, after writing the source and the log to
 `<cache directory>/build-errors/` (where they can be compiled again by hand, or attached to a bug report).

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..trace.node import Node, short_name
 from .kernel_nodes import kernel_bytes, kernel_flops
-from .render import RenderedKernel
+from .kernel_ir import RenderedKernel
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,11 @@ class Expr:
     def __hash__(self) -> int:
         return hash(self.key)
 
+    def __repr__(self) -> str:
+        """Its text with the ranges of its variables: what a kernel's fingerprint hashes."""
+        ranges = sorted(f"{a.name}<{a.hi + 1}" for e in _nested(self) for a in e.terms if a.kind == "var")
+        return f"{self.render()}[{','.join(ranges)}]" if ranges else self.render()
+
     # ---- ranges ------------------------------------------------------------------------------------------
     @property
     def lo(self) -> int:

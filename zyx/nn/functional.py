@@ -1,38 +1,41 @@
 """zyx.nn.functional: the functional form of every layer, activation and loss in zyx.nn, with PyTorch's names
 and arguments (`import zyx.nn.functional as F`). Each is the same code its module runs.
 
-Not here: attention (MultiheadAttention and TransformerBlock have no functional form in zyx), and the
-recurrent cells (PyTorch has none either).
+Not here: MultiheadAttention and TransformerBlock (no functional form in zyx; `scaled_dot_product_attention` is
+their core), and the recurrent cells (PyTorch has none either).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+from ..interpolate import interpolate
 from ..tensor import Tensor
+from .attention import scaled_dot_product_attention
 from .layers import embedding
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
                      nll_loss)
 from .norm import batch_norm, group_norm, layer_norm, rms_norm
 
 # the Tensor methods themselves: F.relu(x) is x.relu(), and takes the same arguments as PyTorch's F.relu
-linear = Tensor.linear
-conv2d = Tensor.conv2d
-max_pool2d = Tensor.max_pool2d
-avg_pool2d = Tensor.avg_pool2d
-dropout = Tensor.dropout
-one_hot = Tensor.one_hot
-relu = Tensor.relu
-gelu = Tensor.gelu
-silu = Tensor.silu
-tanh = Tensor.tanh
-sigmoid = Tensor.sigmoid
-leaky_relu = Tensor.leaky_relu
-elu = Tensor.elu
-softplus = Tensor.softplus
-softmax = Tensor.softmax
-log_softmax = Tensor.log_softmax
+TENSOR_METHODS = (
+    "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "dropout", "one_hot",
+    "relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "celu", "softplus", "mish",
+    "hardtanh", "hardsigmoid", "hardswish", "logsigmoid", "softsign", "softmax", "softmin", "log_softmax",
+    "normalize",
+)
+globals().update({name: getattr(Tensor, name) for name in TENSOR_METHODS})
+
+
+def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Tensor:
+    """PyTorch's F.pad: `pad` is flat and starts at the last axis, (left, right, top, bottom, ...)."""
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise ValueError(f"pad: needs pairs for at most {input.ndim} axes of shape {input.shape}, got {tuple(pad)}")
+    pairs = [(int(pad[k]), int(pad[k + 1])) for k in range(0, len(pad), 2)][::-1]
+    return input.pad([(0, 0)] * (input.ndim - len(pairs)) + pairs, value=value, mode=mode)
 
 __all__ = [
-    "linear", "conv2d", "embedding", "max_pool2d", "avg_pool2d", "dropout", "one_hot",
+    *TENSOR_METHODS, "embedding", "pad", "interpolate", "scaled_dot_product_attention",
     "batch_norm", "layer_norm", "rms_norm", "group_norm",
-    "relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "softplus", "softmax", "log_softmax",
     "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
 ]

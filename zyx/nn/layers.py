@@ -166,7 +166,18 @@ class Embedding(Module):
         return f"{rows}, {width}" + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
 
 
-class _MaxPoolNd(Module):
+class _PoolNd(Module):
+    """What pooling modules share: PyTorch's repr (the stride is the kernel size when not given)."""
+
+    shown: tuple[str, ...] = ()  # options printed after kernel_size, stride and padding, as PyTorch prints them
+
+    def extra_repr(self) -> str:
+        stride = self.stride if self.stride is not None else self.kernel_size
+        return ", ".join([f"kernel_size={self.kernel_size}", f"stride={stride}", f"padding={self.padding}",
+                          *(f"{name}={getattr(self, name)}" for name in self.shown)])
+
+
+class _MaxPoolNd(_PoolNd):
     """Maximum over windows of the last `dims` axes (see Tensor.max_pool2d for the options)."""
 
     dims = 2
@@ -176,9 +187,7 @@ class _MaxPoolNd(Module):
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
         self.return_indices, self.ceil_mode = return_indices, ceil_mode
 
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride if self.stride is not None else self.kernel_size}, "
-                f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+    shown = ("dilation", "ceil_mode")
 
     def forward(self, x: Tensor) -> Any:
         return x._max_pool(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
@@ -203,7 +212,7 @@ class MaxPool3d(_MaxPoolNd):
     dims = 3
 
 
-class _AvgPoolNd(Module):
+class _AvgPoolNd(_PoolNd):
     """Mean over windows of the last `dims` axes; zero padding counts towards the mean unless
     count_include_pad=False (PyTorch's default)."""
 
@@ -213,10 +222,6 @@ class _AvgPoolNd(Module):
                  count_include_pad: bool = True, divisor_override: Optional[int] = None):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride if self.stride is not None else self.kernel_size}, "
-                f"padding={self.padding}")
 
     def forward(self, x: Tensor) -> Tensor:
         return x._avg_pool(self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
