@@ -13,15 +13,16 @@ WARM_REPLAYS = 3
 
 def replayed_seconds(runtime: Any, realize: Callable[[], Any], repeat: int) -> tuple[float, list[tuple]]:
     """Seconds per replay of the launches `realize()` makes on `runtime`, and those launches' arguments."""
-    launch = runtime.launch
+    launcher = runtime.launcher
     runtime.synchronize()
     recorded: list[tuple] = []
-    runtime.launch = lambda *a: (recorded.append(a), launch(*a))[1]
+    runtime.launcher = lambda timed: lambda *a: (recorded.append(a), launcher(timed)(*a))[1]
     try:
         realize()
         runtime.synchronize()
     finally:
-        del runtime.launch
+        del runtime.launcher
+    launch = launcher(False)
     for _ in range(WARM_REPLAYS):
         for a in recorded:
             launch(*a)
