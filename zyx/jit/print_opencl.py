@@ -20,7 +20,7 @@ from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, 
 from .cache_key import hash_hex
 from .symbolic import Expr
 
-VERSION = "2"  # bump when the same IR prints differently
+VERSION = "3"  # bump when the same IR prints differently
 
 
 # ---- types and literals ----------------------------------------------------------------------------------
