@@ -1,4 +1,7 @@
-"""The OpenCL device's realize: hash the trace, reuse or build its Program, compile through the cache, run."""
+"""A fusing device's realize: hash the trace, reuse or build its Program, compile its kernels, run.
+
+`FusingBackend` is what OpenCL and WGPU share (programs, their disk store, memory checks); `JitBackend` builds
+OpenCL kernels through the kernel cache, `wgpu_backend.WgpuJitBackend` WGSL pipelines."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -13,6 +16,7 @@ from ..trace.hashing import signature
 from ..trace.node import Node
 from . import print_opencl as c
 from .cache import default_cache
+from .cache_key import device_fingerprint
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
@@ -23,16 +27,24 @@ from ..debug import logger
 KERNELS_PER_BUILD = 8
 
 
-class JitBackend:
-    """Tensors in OpenCL buffers; traces scheduled into fused kernels (one Program per trace structure)."""
+class FusingBackend:
+    """Tensors in device buffers; traces scheduled into fused kernels (one Program per trace structure).
+    A subclass compiles and runs a program's kernels (`run`) and says what the device fingerprint is."""
 
-    def __init__(self, cl_device: cl.Device):
-        self.runtime = OpenCLBackend(cl_device)
-        self.name = self.runtime.name
+    FLOAT64_NOTE = ""  # why a device may lack float64, for the error saying so
+
+    def __init__(self, runtime: Any, traits: DeviceTraits):
+        self.runtime = runtime
+        self.name = runtime.name
         self.programs: dict[str, Program] = {}
-        self.traits = DeviceTraits.of(self.runtime)
-        self._kernels: dict[str, cl.Kernel] = {}
-        self._fresh: dict[str, cl.Program] = {}
+        self.traits = traits
+
+    def fingerprint(self) -> dict[str, str]:
+        """The device and driver facts a persisted program is only valid for (cache_key.FINGERPRINT_NAMES)."""
+        raise NotImplementedError
+
+    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
+        raise NotImplementedError
 
     # ---- data movement -----------------------------------------------------------------------------------
     def upload(self, array: np.ndarray) -> Any:
@@ -50,7 +62,7 @@ class JitBackend:
 
     def _check_dtype(self, dtype: np.dtype) -> None:
         if dtype == np.float64 and not self.runtime.supports_fp64:
-            raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+            raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
 
     # ---- realization -------------------------------------------------------------------------------------
     def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
@@ -65,13 +77,6 @@ class JitBackend:
                                "until its gradients are realized")
         return self.run(program, inputs, [r.arg for r in rands])
 
-    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
-        self._compile_together([launch for launch in program.launches if launch.global_size[0]])
-        kernels = [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
-                   for launch in program.launches]
-        return run_program(self.runtime, program, kernels, inputs, rand_args,
-                           on_first_launch=self._after_launch(program))
-
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                     in_place: Sequence[tuple[int, int]] = ()) -> Program:
         """The Program for a trace structure: from memory, else from disk, else scheduled (and stored)."""
@@ -79,7 +84,7 @@ class JitBackend:
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        disk_key = program_key(key, self.runtime.device, self.traits)
+        disk_key = program_key(key, self.fingerprint(), self.traits)
         program = default_program_store().load(disk_key, len(leaves), len(rands))
         if program is not None:
             stats.bump("programs_loaded")
@@ -93,9 +98,7 @@ class JitBackend:
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                in_place: Sequence[tuple[int, int]]) -> Program:
-        for node in targets:
-            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
-                raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+        self._check_graph(targets)
         kernels, scheduled_targets = schedule(targets, self.traits)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
@@ -103,12 +106,39 @@ class JitBackend:
                                      ", ".join(launch.name for launch in program.launches))
         return program
 
+    def _check_graph(self, targets: Sequence[Node]) -> None:
+        """Refuse, before scheduling, a trace the device cannot compute."""
+        for node in targets:
+            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
+                raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
+
     def _check_memory(self, program: Program) -> None:
         """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""
         limits = self.runtime.limits
         for slot, nbytes in enumerate(program.slot_bytes):
             limits.check_bytes(nbytes, f"buffer {slot} of a {program.kernel_count}-kernel program")
         limits.check_total(program.planned_peak_bytes, f"a {program.kernel_count}-kernel program")
+
+class JitBackend(FusingBackend):
+    """Tensors in OpenCL buffers; kernels built through the kernel cache, a few per OpenCL program."""
+
+    FLOAT64_NOTE = "cl_khr_fp64"
+
+    def __init__(self, cl_device: cl.Device):
+        runtime = OpenCLBackend(cl_device)
+        super().__init__(runtime, DeviceTraits.of(runtime))
+        self._kernels: dict[str, cl.Kernel] = {}
+        self._fresh: dict[str, cl.Program] = {}
+
+    def fingerprint(self) -> dict[str, str]:
+        return device_fingerprint(self.runtime.device)
+
+    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
+        self._compile_together([launch for launch in program.launches if launch.global_size[0]])
+        kernels = [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
+                   for launch in program.launches]
+        return run_program(self.runtime, program, kernels, inputs, rand_args,
+                           on_first_launch=self._after_launch(program))
 
     def kernel(self, source: str, name: str) -> cl.Kernel:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
