@@ -94,16 +94,16 @@ fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
     np.testing.assert_array_equal(runtime.download(out, (100,), np.float32), philox_uniform(seed, offset, 100))
     zyx.manual_seed(7)
     drawn = dev.randn(3, 50).numpy()
-    zyx.manual_seed(7)
-    np.testing.assert_array_equal(drawn, zyx.CPU().randn(3, 50).numpy())
+    zyx.manual_seed(7)  # the same uniforms through log, sqrt and cos: equal to a few ulps
+    np.testing.assert_allclose(drawn, zyx.CPU().randn(3, 50).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_launches_past_the_groups_per_dimension_fold_into_two(dev, monkeypatch):
-    monkeypatch.setattr(dev.backend.runtime, "max_groups", 3)  # elementwise: 7 groups; the reduction: 1000 rows
+    monkeypatch.setattr(dev.backend.runtime, "max_groups", 40)  # elementwise: 1172 groups; the reduction: 1000
     x = np.arange(1000 * 300, dtype=np.float32).reshape(1000, 300) / 1e5
     np.testing.assert_allclose((dev.tensor(x) * 2 + 1).numpy(), x * 2 + 1, rtol=1e-6)
     np.testing.assert_allclose(dev.tensor(x).sum(1).numpy(), x.sum(1), rtol=1e-5)
-    monkeypatch.setattr(dev.backend.runtime, "max_groups", 1)
+    monkeypatch.setattr(dev.backend.runtime, "max_groups", 2)
     with pytest.raises(RuntimeError, match=r"needs \d+ work groups, more than WGPU"):
         (dev.tensor(x) - 3).realize()
 
@@ -113,7 +113,7 @@ def test_kernels_take_no_more_buffers_than_the_adapter_binds(dev):
     xs = [np.full(5, k, np.float32) for k in range(limit + 8)]
     total = sum(dev.tensor(x) for x in xs[1:]) + dev.tensor(xs[0])
     np.testing.assert_allclose(total.numpy(), sum(xs))
-    program = next(iter(dev.backend.programs.values()))
+    program = list(dev.backend.programs.values())[-1]
     assert len(program.launches) > 1 and all(len(launch.args) <= limit for launch in program.launches)
 
 

@@ -117,11 +117,14 @@ UNARY: dict[object, dict[str, str]] = {
     Op.NEG: {"uint": "(0u-{0})", "*": "(-{0})"}, Op.RECIP: {"*": "({one}/{0})"}, Op.SQRT: {"*": "sqrt({0})"},
     Op.EXP: {"*": "exp({0})"}, Op.LOG: {"*": "log({0})"}, Op.SIN: {"*": "sin({0})"}, Op.COS: {"*": "cos({0})"},
     Op.SIGMOID: {"*": "({one}/({one}+exp(-{0})))"},
-    # tanh past `saturated` is ±1 (an implementation through exp may give nan there)
-    Op.TANH: {"*": "select(tanh({0}),sign({0}),abs({0})>{saturated})"},
+    # tanh past `saturated` is ±1 (an implementation through exp may give nan there), and x itself below TANH_LINEAR
+    # (where x³/3 is under half an ulp of x: implementations through exp lose tiny values, lavapipe's gives 0)
+    Op.TANH: {"*": "select(select(tanh({0}),{0},abs({0})<{linear}),sign({0}),abs({0})>{saturated})"},
     Op.FLOOR: {"*": "floor({0})"}, Op.CEIL: {"*": "ceil({0})"}, Op.RINT: {"*": "round({0})"},  # (half to even)
     Op.NOT: {"bool": "(!{0})", "*": "(~{0})"}, Op.DETACH: {"*": "{0}"},
 }
+TANH_LINEAR = 4e-4  # sqrt(3) 2^-12: below it tanh(x) rounds to x in float32
+
 BINARY: dict[object, dict[str, str]] = {
     Op.ADD: {"bool": "({0}|{1})", "*": "({0}+{1})"},
     Op.MUL: {"bool": "({0}&{1})", "*": "({0}*{1})"},
@@ -142,8 +145,9 @@ def wrapped(text: str, dtype: DType) -> str:
 
 
 def unary(op: Op, x: str, dtype: DType, width: int) -> str:
-    saturated = operand(Const(TANH_SATURATED[dtype.name], dtype, width)) if op is Op.TANH else ""
-    return pick([UNARY[op]], _kind(dtype)).format(x, one=literal(1, dtype), saturated=saturated)
+    bounds = {"saturated": operand(Const(TANH_SATURATED[dtype.name], dtype, width)),
+              "linear": operand(Const(TANH_LINEAR, dtype, width))} if op is Op.TANH else {}
+    return pick([UNARY[op]], _kind(dtype)).format(x, one=literal(1, dtype), **bounds)
 
 
 def binary(op: object, a: str, b: str, dtype: DType, width: int = 1) -> str:

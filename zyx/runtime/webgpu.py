@@ -144,8 +144,8 @@ class WgpuRuntime:
         info, limits = self.adapter.info, self.adapter.limits
         self.name: str = info["device"]
         self.label = f"WGPU({self.name!r} via {info['backend_type']})"
-        self.device = self.adapter.request_device_sync(required_limits={k: limits[k] for k in REQUESTED_LIMITS})
-        self.queue = self.device.queue
+        self.wgpu_device = self.adapter.request_device_sync(required_limits={k: limits[k] for k in REQUESTED_LIMITS})
+        self.queue = self.wgpu_device.queue
         self.is_gpu = info["adapter_type"] != "CPU"
         self.max_group_items = min(limits["max-compute-invocations-per-workgroup"], limits["max-compute-workgroup-size-x"])
         self.max_groups = limits["max-compute-workgroups-per-dimension"]
@@ -161,6 +161,7 @@ class WgpuRuntime:
         self._encoder: Any = None
         self._pass: Any = None
         self._bind_groups: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._fence = self._create_raw(WORD)  # read back by `synchronize`
 
     def __repr__(self) -> str:
         return f"WgpuRuntime({self.name!r})"
@@ -175,7 +176,7 @@ class WgpuRuntime:
                 "opencl_c_version": f"WGSL, vendor {info['vendor_id']} device {info['device_id']}"}
 
     def _create_raw(self, nbytes: int) -> Any:
-        return self.device.create_buffer(size=nbytes, usage=self._usage)
+        return self.wgpu_device.create_buffer(size=nbytes, usage=self._usage)
 
     # --- memory -------------------------------------------------------------------------------------------
 
@@ -236,8 +237,8 @@ class WgpuRuntime:
         from ..jit.compiler import KernelBuildError
         start = time.perf_counter()
         try:
-            module = self.device.create_shader_module(code=source)
-            pipeline = self.device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": name})
+            module = self.wgpu_device.create_shader_module(code=source)
+            pipeline = self.wgpu_device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": name})
         except Exception as error:  # wgpu's validation errors: a bug in Zyx's WGSL or in the driver
             raise KernelBuildError(f"wgpu could not build {name} on {self.label}; this is a bug in Zyx or the "
                                    f"driver, please report it with this source.\n{error}\n{source}") from None
@@ -288,9 +289,9 @@ class WgpuRuntime:
             words = np.zeros((len(scalars), 4), np.uint32)
             words[:, 0] = [value & 0xFFFFFFFF for value in scalars]
             words[:, 1] = [value >> 32 for value in scalars]
-            uniform = self.device.create_buffer_with_data(data=words.tobytes(), usage=self._uniform)
+            uniform = self.wgpu_device.create_buffer_with_data(data=words.tobytes(), usage=self._uniform)
             entries.append({"binding": len(buffers), "resource": {"buffer": uniform, "offset": 0, "size": uniform.size}})
-        bind_group = self.device.create_bind_group(layout=kernel.layout, entries=entries)
+        bind_group = self.wgpu_device.create_bind_group(layout=kernel.layout, entries=entries)
         if not scalars:  # kept with its buffers, whose ids are its key (so the cache is bounded)
             self._bind_groups[key] = (bind_group, buffers)
             if len(self._bind_groups) > BIND_GROUPS_KEPT:
@@ -299,7 +300,7 @@ class WgpuRuntime:
 
     def _open_encoder(self) -> Any:
         if self._encoder is None:
-            self._encoder = self.device.create_command_encoder()
+            self._encoder = self.wgpu_device.create_command_encoder()
         return self._encoder
 
     def _open_pass(self) -> Any:
@@ -320,6 +321,7 @@ class WgpuRuntime:
             self._encoder = None
 
     def synchronize(self) -> None:
-        """Waits until everything recorded so far has finished."""
+        """Waits until everything recorded so far has finished: reading a word back waits for every submitted
+        command (wgpu-py 0.32's `on_submitted_work_done_sync` fails in its own callback)."""
         self._submit()
-        self.queue.on_submitted_work_done_sync()
+        self.queue.read_buffer(self._fence, 0, WORD)
