@@ -19,7 +19,7 @@ import pyopencl as cl
 from zyx import counters as stats
 from zyx.runtime import profiling
 from zyx.runtime.limits import MemoryLimits
-from zyx.runtime.memory import BufferPool
+from zyx.runtime.memory import BufferPool, PooledRuntime
 from ..debug import logger
 
 _OUT_OF_MEMORY_CODES = frozenset(
@@ -51,7 +51,7 @@ class Buffer:
         return f"Buffer(nbytes={self.nbytes}, device={self.backend.name!r})"
 
 
-class OpenCLBackend:
+class OpenCLBackend(PooledRuntime):
     """Owns one OpenCL device: allocation, transfers and kernel launches all go through here."""
 
     def __init__(self, cl_device: cl.Device) -> None:
@@ -92,23 +92,8 @@ class OpenCLBackend:
 
     # --- memory -------------------------------------------------------------------------------------------
 
-    def allocate(self, nbytes: int) -> Buffer:
-        """Uninitialised device memory, from the pool when a freed buffer of the same size class is there."""
-        if nbytes < 0:
-            raise ValueError(f"cannot allocate {nbytes} bytes")
-        self.limits.check_bytes(nbytes, "a buffer")
-        return Buffer(self.pool.acquire(nbytes), nbytes, self)
-
-    def memory_stats(self) -> dict[str, int]:
-        """Bytes held by live buffers, the most ever held at once, and bytes freed but kept for reuse."""
-        return {
-            "current_bytes": self.pool.current_bytes,
-            "peak_bytes": self.pool.peak_bytes,
-            "pool_bytes": self.pool.pool_bytes,
-        }
-
-    def reset_peak_memory(self) -> None:
-        self.pool.reset_peak()
+    def _buffer(self, raw: cl.Buffer, nbytes: int) -> Buffer:
+        return Buffer(raw, nbytes, self)
 
     # --- transfers ----------------------------------------------------------------------------------------
 
@@ -124,9 +109,7 @@ class OpenCLBackend:
 
     def download(self, buffer: Buffer, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
         """The buffer's contents as a new array; waits for every kernel enqueued before it."""
-        host = np.empty(tuple(shape), dtype=numpy_dtype)
-        if host.nbytes > buffer.nbytes:
-            raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte buffer")
+        host = self._host_for(buffer, shape, numpy_dtype)
         if host.nbytes:
             cl.enqueue_copy(self.queue, _as_bytes(host), buffer.cl_buffer, is_blocking=True)
         self._pending_uploads.clear()  # the in-order queue finished them before this read

@@ -33,7 +33,7 @@ from .. import counters as stats
 from ..debug import logger
 from . import profiling
 from .limits import MemoryLimits
-from .memory import BufferPool
+from .memory import BufferPool, PooledRuntime
 
 BACKENDS_VARIABLE = "ZYX_WGPU_BACKENDS"
 DEFAULT_BACKENDS = "Vulkan,Metal,DX12"  # (OpenGL's compute through EGL is left out unless asked for)
@@ -132,7 +132,7 @@ class _HostTimedEvent:
         pass
 
 
-class WgpuRuntime:
+class WgpuRuntime(PooledRuntime):
     """Owns one WebGPU device: allocation, transfers, pipelines and dispatches all go through here."""
 
     supports_fp64 = False  # WGSL has no float64
@@ -180,19 +180,8 @@ class WgpuRuntime:
 
     # --- memory -------------------------------------------------------------------------------------------
 
-    def allocate(self, nbytes: int) -> Buffer:
-        """Uninitialised device memory, from the pool when a freed buffer of the same size class is there."""
-        if nbytes < 0:
-            raise ValueError(f"cannot allocate {nbytes} bytes")
-        self.limits.check_bytes(nbytes, "a buffer")
-        return Buffer(self.pool.acquire(nbytes), nbytes, self)
-
-    def memory_stats(self) -> dict[str, int]:
-        return {"current_bytes": self.pool.current_bytes, "peak_bytes": self.pool.peak_bytes,
-                "pool_bytes": self.pool.pool_bytes}
-
-    def reset_peak_memory(self) -> None:
-        self.pool.reset_peak()
+    def _buffer(self, raw: Any, nbytes: int) -> Buffer:
+        return Buffer(raw, nbytes, self)
 
     # --- transfers ----------------------------------------------------------------------------------------
 
@@ -209,9 +198,7 @@ class WgpuRuntime:
 
     def download(self, buffer: Buffer, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
         """The buffer's contents as a new array; waits for every launch recorded before it."""
-        host = np.empty(tuple(shape), dtype=numpy_dtype)
-        if host.nbytes > buffer.nbytes:
-            raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte buffer")
+        host = self._host_for(buffer, shape, numpy_dtype)
         if host.nbytes:
             self._submit()
             data = self.queue.read_buffer(buffer.raw, 0, host.nbytes + -host.nbytes % WORD)
