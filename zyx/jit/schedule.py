@@ -24,6 +24,7 @@ from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes
 from .kernel_ir import Kernel, RenderedKernel, Role
 from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from .print_opencl import print_kernel
+from .rows import lower_rows, row_length
 from .transforms.group import group_reductions
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -57,6 +58,7 @@ GPU_VECTOR_WIDTH = 4          # float4: one 16-byte load and store per item
 FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
+ROW_GROUP_MIN = 32            # GPU rows this long get a work group each (a warp); shorter ones an item each
 
 
 def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> tuple[list[RenderedKernel], list[Node]]:
@@ -107,6 +109,10 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
     tile = tile if root.numel else None
+    length = None if tile else row_length(root, materialized, produced | apart)
+    rows = lower_rows(root, materialized, produced, length, allow_extra_outputs, apart) if length else None
+    if rows is not None:
+        return rendered(rows, _row_kernel(rows.ir, length, traits))  # type: ignore[arg-type]
     lowered = lower(root, materialized, produced, allow_extra_outputs and not tile, apart)
     kernel = lowered.ir
     vector = None
@@ -121,6 +127,19 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     else:                                                     # on an H100: bench/README.md)
         kernel = unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
     return rendered(lowered, kernel)
+
+
+def _row_kernel(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
+    """A row kernel (rows.py) shaped for the device: on GPUs a work group per row (float4 lanes where the row
+    divides), rows shorter than a warp aside; elsewhere a row per item, with vector lanes along the row where
+    the row divides."""
+    if traits.gpu and length >= ROW_GROUP_MIN:
+        vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width else None
+        lanes = traits.vector_width if vector is not None else 1
+        group = min(traits.group_size, 1 << (-(-length // lanes) - 1).bit_length())
+        return group_reductions(vector or kernel, group)
+    vector = _vector_kernel(kernel, traits.vector_width) if traits.vector_width else None
+    return vector or unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
 
 
 def rendered(lowered: LoweredKernel, kernel: Kernel) -> RenderedKernel:

@@ -163,10 +163,13 @@ class _Vectorizer:
         return lines + [Broadcast(everywhere, total)]
 
     def _store(self, store: Store) -> list:
+        """Consecutive lanes' elements as one vector (every store without `uniform`, a row kernel's stores in
+        its last pass with it); else (one output per item, every lane at it) lane 0's."""
         flats, value = self._exprs(store.index), self._operand(store.value)
-        if not self.uniform:
-            assert all(flat == flats[0] + lane for lane, flat in enumerate(flats))
+        if all(flat == flats[0] + lane for lane, flat in enumerate(flats)):
             return [Store(store.buffer, flats[0], value, store.dtype, "vector")]
+        if not self.uniform or any(flat != flats[0] for flat in flats):
+            raise NotVectorizable(store)
         if isinstance(value, Const):
             return [Store(store.buffer, flats[0], Const(value.value, value.dtype), store.dtype)]
         first = Reg(f"{value.name}_s0", value.dtype)
