@@ -1,9 +1,18 @@
 import pytest
 
 import zyx
+from zyx.jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits
 
 
 @pytest.fixture
 def dev():
     """The OpenCL device (PoCL here, a GPU where there is one)."""
     return zyx.OpenCL()
+
+
+@pytest.fixture
+def gpu(dev, monkeypatch):
+    """The OpenCL device, scheduling GPU-shaped kernels (as ZYX_GPU_KERNELS=1 does, float4 lanes included)."""
+    monkeypatch.setattr(dev.backend, "traits", DeviceTraits(True, dev.backend.traits.group_size, GPU_VECTOR_WIDTH))
+    monkeypatch.setattr(dev.backend, "programs", {})
+    return dev

@@ -35,9 +35,10 @@ class NotRows(Exception):
 
 
 def row_length(root: Node, materialized: dict[int, Node], settled: set[int]) -> Optional[int]:
-    """Elements per row when `root` is elementwise and reads a reduction that has fewer outputs (the first
-    found walking its sources, not past stored nodes) and that no kernel stores yet (`settled`: produced or
-    stored apart); None where no such reduction is found or its rows are too long for one kernel."""
+    """Elements per row when `root` is elementwise and reads a reduction that has fewer outputs and that no
+    other kernel stores (`settled`: produced or stored apart); the first found walking its sources, past stored
+    nodes only where they are smaller than the root (a row's statistic the row kernel may store too). None
+    where no such reduction is found or its rows are too long for one kernel."""
     if root.op in REDUCE_OPS or root.numel == 0:
         return None
     stack, seen = list(root.src), set()
@@ -46,12 +47,10 @@ def row_length(root: Node, materialized: dict[int, Node], settled: set[int]) -> 
         if id(node) in seen or node.op is Op.BUFFER or id(node) in settled:
             continue
         seen.add(id(node))
-        if node.op in REDUCE_OPS:
-            length = root.numel // max(node.numel, 1)
-            if node.numel and root.numel % node.numel == 0 and 2 <= length <= ROW_LIMIT:
-                return length
-        elif id(node) not in materialized:
-            stack.extend(node.src)
+        if node.op not in REDUCE_OPS:
+            stack.extend(node.src if id(node) not in materialized or node.numel < root.numel else ())
+        elif node.numel and root.numel % node.numel == 0 and 2 <= root.numel // node.numel <= ROW_LIMIT:
+            return root.numel // node.numel
     return None
 
 
