@@ -4,8 +4,10 @@ Start from the nodes to realize; lower each to a kernel (lower.py fuses every el
 reduction it can host), shape it for the device with transforms (transforms/) and print it (print_opencl.py);
 whatever a kernel must read from memory instead (a reduction used at another shape, say) becomes a node to
 materialize, lowered later as its own kernel. Nodes are lowered latest first, so a kernel computing one
-reduction can also store another that others need (softmax: one kernel stores the row max and the row sum,
-the next divides). Only this module decides what is stored: lowering reports what it needs and stores.
+reduction can also store another that others need (a softmax over rows too long for a row kernel: one kernel
+stores the row max and the row sum, the next divides). An elementwise value needing reductions over its own
+rows (softmax, norms) is a row kernel instead (rows.py): a work item, or on GPUs a work group, per row. Only this
+module decides what is stored: lowering reports what it needs and stores.
 """
 from __future__ import annotations
 
@@ -110,10 +112,10 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
     tile = tile if root.numel else None
     length = None if tile else row_length(root, materialized, produced | apart)
-    fuse = length and (traits.gpu or not traits.vector_width or length % traits.vector_width * 4 <= length)
-    rows = lower_rows(root, materialized, produced, length, allow_extra_outputs, apart) if fuse else None
-    if rows is not None:
-        return rendered(rows, _row_kernel(rows.ir, length, traits))  # type: ignore[arg-type]
+    if length is not None and _fuses_rows(length, traits):
+        rows = lower_rows(root, materialized, produced, length, allow_extra_outputs, apart)
+        if rows is not None:
+            return rendered(rows, _shape_rows(rows.ir, length, traits))
     lowered = lower(root, materialized, produced, allow_extra_outputs and not tile, apart)
     kernel = lowered.ir
     vector = None
@@ -126,22 +128,31 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     elif traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS and lowered.longest_reduction >= GROUP_MIN_REDUCE:
         kernel = group_reductions(kernel, traits.group_size)  # (elementwise kernels as they are reach ~2.5 TB/s
     else:                                                     # on an H100: bench/README.md)
-        kernel = unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
+        kernel = _unrolled(kernel)
     return rendered(lowered, kernel)
 
 
-def _row_kernel(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
-    """A row kernel (rows.py) shaped for the device: on GPUs a work group per row (float4 lanes where the row
-    divides), rows shorter than a warp aside; elsewhere a row per item, with vector lanes along the row (the
-    scheduler fuses rows on CPUs only where the scalar tail the lanes leave is at most a quarter of the row:
-    an elementwise kernel of its own runs whole vectors, 20% faster for rows of 31 on PoCL)."""
+def _unrolled(kernel: Kernel) -> Kernel:
+    return unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
+
+
+def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
+    """Whether rows of `length` are one kernel (rows.py) on this device: on GPUs always (rows.ROW_LIMIT aside);
+    on CPUs where the scalar tail the vector lanes leave is at most a quarter of the row (rows of 31 on PoCL run
+    20% slower in one kernel than as the reductions' kernel and an elementwise one of whole vectors)."""
+    return traits.gpu or not traits.vector_width or length % traits.vector_width * 4 <= length
+
+
+def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
+    """A row kernel shaped for the device: on GPUs a work group per row (float4 lanes where the row divides),
+    rows shorter than a warp aside; elsewhere a row per item, in vector lanes along the row."""
     if traits.gpu and length >= ROW_GROUP_MIN:
         vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width else None
         lanes = traits.vector_width if vector is not None else 1
         group = min(traits.group_size, 1 << (-(-length // lanes) - 1).bit_length())
         return group_reductions(vector or kernel, group)
     vector = _vector_kernel(kernel, traits.vector_width, tails=True) if traits.vector_width else None
-    return vector or unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
+    return vector or _unrolled(kernel)
 
 
 def rendered(lowered: LoweredKernel, kernel: Kernel) -> RenderedKernel:
