@@ -60,7 +60,6 @@ GPU_VECTOR_WIDTH = 4          # float4: one 16-byte load and store per item
 FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
-ROW_GROUP_MIN = 32            # GPU rows this long get a work group each (a warp); shorter ones an item each
 
 
 def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> tuple[list[RenderedKernel], list[Node]]:
@@ -144,9 +143,10 @@ def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
 
 
 def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
-    """A row kernel shaped for the device: on GPUs a work group per row (float4 lanes where the row divides),
-    rows shorter than a warp aside; elsewhere a row per item, in vector lanes along the row."""
-    if traits.gpu and length >= ROW_GROUP_MIN:
+    """A row kernel shaped for the device: on GPUs a work group per row (float4 lanes where the row divides) if
+    the row is as long as a reduction that gets a work group; elsewhere a row per item, in vector lanes along the
+    row."""
+    if traits.gpu and length >= GROUP_MIN_REDUCE:
         vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width else None
         lanes = traits.vector_width if vector is not None else 1
         group = min(traits.group_size, 1 << (-(-length // lanes) - 1).bit_length())
