@@ -163,14 +163,10 @@ class LocalTileLowering(Lowering):
         lines += self._stage(node, Expr(0), Expr(0), tiles) + [Barrier()]
         if steps > 1:  # slice s + 1 goes to registers, slice s is multiplied, then s + 1 goes to the other buffer
             step = self.names.fresh("k")
-            self._loops.append(Axis(step, steps - 1, Role.REDUCE))
-            self._loop_depth[step] = len(self._scopes)
-            self._scopes.append([])
-            self._trips.append(steps - 1)
+            self._open_loop(step, steps - 1)
             following = Expr.var(step, steps - 1) + 1
             stores = self._stage(node, following * BK, following % 2, tiles)
-            body = self._scopes.pop() + self._multiply(Expr.var(step, steps - 1) % 2, tiles, accumulators)
-            self._trips.pop()
+            body = self._close_loop() + self._multiply(Expr.var(step, steps - 1) % 2, tiles, accumulators)
             lines.append(Loop(step, steps - 1, tuple(body + stores + [Barrier()])))
         lines += self._multiply(Expr((steps - 1) % 2), tiles, accumulators)
         return [_Value(acc, 0) for acc in accumulators]

@@ -5,8 +5,10 @@ reduction it can host), shape it for the device with transforms (transforms/) an
 print_wgsl.py: `DeviceTraits.language`);
 whatever a kernel must read from memory instead (a reduction used at another shape, say) becomes a node to
 materialize, lowered later as its own kernel. Nodes are lowered latest first, so a kernel computing one
-reduction can also store another that others need (softmax: one kernel stores the row max and the row sum,
-the next divides). Only this module decides what is stored: lowering reports what it needs and stores.
+reduction can also store another that others need (a softmax over rows too long for a row kernel: one kernel
+stores the row max and the row sum, the next divides). An elementwise value needing reductions over its own
+rows (softmax, norms) is a row kernel instead (rows.py): a work item, or on GPUs a work group, per row. Only this
+module decides what is stored: lowering reports what it needs and stores.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes
 from .kernel_ir import Kernel, RenderedKernel, Role
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
+from .rows import lower_rows, row_length
 from .transforms.group import group_reductions
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -112,6 +115,12 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
     tile = tile if root.numel else None
+    length = None if tile else row_length(root, materialized, produced | apart)
+    if length is not None and _fuses_rows(length, traits):
+        rows = lower_rows(root, materialized, produced, length, allow_extra_outputs, apart,
+                          traits.max_params)
+        if rows is not None:
+            return rendered(rows, _shape_rows(rows.ir, length, traits), traits)
     lowered = lower(root, materialized, produced, allow_extra_outputs and not tile, apart, traits.max_params)
     kernel = lowered.ir
     vector = None
@@ -124,8 +133,32 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     elif traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS and lowered.longest_reduction >= GROUP_MIN_REDUCE:
         kernel = group_reductions(kernel, traits.group_size)  # (elementwise kernels as they are reach ~2.5 TB/s
     else:                                                     # on an H100: bench/README.md)
-        kernel = unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
+        kernel = _unrolled(kernel)
     return rendered(lowered, kernel, traits)
+
+
+def _unrolled(kernel: Kernel) -> Kernel:
+    return unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
+
+
+def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
+    """Whether rows of `length` are one kernel (rows.py) on this device: on GPUs always (rows.ROW_LIMIT aside);
+    on CPUs where the scalar tail the vector lanes leave is at most a quarter of the row (rows of 31 on PoCL run
+    20% slower in one kernel than as the reductions' kernel and an elementwise one of whole vectors)."""
+    return traits.gpu or not traits.vector_width or length % traits.vector_width * 4 <= length
+
+
+def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
+    """A row kernel shaped for the device: on GPUs a work group per row (float4 lanes where the row divides) if
+    the row is as long as a reduction that gets a work group; elsewhere a row per item, in vector lanes along the
+    row."""
+    if traits.gpu and length >= GROUP_MIN_REDUCE:
+        vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width else None
+        lanes = traits.vector_width if vector is not None else 1
+        group = min(traits.group_size, 1 << (-(-length // lanes) - 1).bit_length())
+        return group_reductions(vector or kernel, group)
+    vector = _vector_kernel(kernel, traits.vector_width, tails=True) if traits.vector_width else None
+    return vector or _unrolled(kernel)
 
 
 PRINTERS = {  # language: (kernel -> (name, source), kernel -> (global size, local size))
@@ -144,10 +177,11 @@ def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = Devi
                           lowered.misaligned, global_size, local_size, lowered.longest_reduction)
 
 
-def _vector_kernel(kernel: Kernel, width: int) -> Optional[Kernel]:
+def _vector_kernel(kernel: Kernel, width: int, tails: bool = False) -> Optional[Kernel]:
     """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
-    elements at a time; each loop with up to four vector accumulators. None when neither applies."""
-    vector = vectorize(kernel, width) or vectorize(kernel, width, uniform=True)
+    elements at a time (`tails`: the last steps of a loop W does not divide as a loop of their own); each loop
+    with up to four vector accumulators. None when neither applies."""
+    vector = vectorize(kernel, width) or vectorize(kernel, width, uniform=True, tails=tails)
     if vector is None:
         return None
     return unroll_reductions(vector, lambda trips: next(u for u in (4, 2, 1) if trips % u == 0))
