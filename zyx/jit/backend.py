@@ -66,8 +66,8 @@ class JitBackend:
         return self.run(program, inputs, [r.arg for r in rands])
 
     def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
-        self._compile_together([launch for launch in program.launches if launch.global_size[0]])
-        kernels = [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
+        self._compile_together([launch for launch in program.launches if launch.is_kernel])
+        kernels = [self.kernel(launch.source, launch.name) if launch.is_kernel else None
                    for launch in program.launches]
         return run_program(self.runtime, program, kernels, inputs, rand_args,
                            on_first_launch=self._after_launch(program))

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
+from zyx.jit.compile_lock import compile_lock
 from zyx.jit.compiler import build_binary, build_source
 from zyx.jit.program_binary import program_binary
 from zyx.jit.cache_key import (
@@ -178,6 +179,7 @@ class KernelCache:
         self._lock = threading.Lock()
         self._writer = BackgroundWriter()
         self._store = DiskStore(self.directory, TABLE, self.size_limit)
+        self._shared = False  # see share_compiles
 
     # -- the JIT's entry points ------------------------------------------------------------------
 
@@ -193,10 +195,22 @@ class KernelCache:
             bump("cache_memory_hits")
             return program
         program = self._load(context, device, key, components, options)
+        if program is None and self._shares_compiles:
+            program = self._compile_once_for_all(context, device, source, options, key, components)
         if program is None:
             program = self._compile(context, device, source, options, key, components)
         with self._lock:
             return self._memory.setdefault(memory_key, program)
+
+    def share_compiles(self) -> None:
+        """Other processes use this cache directory at the same time (the ranks of an MPI job on one node): from
+        now on one of them compiles a missing kernel while the others wait for its binary and load it, instead of
+        each compiling it (see compile_lock.py). Binaries are then stored as soon as they are built."""
+        self._shared = True
+
+    @property
+    def _shares_compiles(self) -> bool:
+        return self._shared and self.stores_binaries and not self._store.read_only
 
     def holds(self, device: cl.Device, source: str, options: tuple[str, ...] = ()) -> bool:
         """Whether `build` would find the program in memory or on disk (it may still prove damaged there)."""
@@ -327,6 +341,19 @@ class KernelCache:
         logger("zyx.cache").info("loaded %s from the cache in %.1f ms (key %s)", ";".join(meta["kernel_names"]),
                                  (time.perf_counter() - start) * 1e3, key[:SHORT_KEY_LENGTH])
         return program
+
+    def _compile_once_for_all(self, context: cl.Context, device: cl.Device, source: str, options: tuple[str, ...],
+                              key: str, components: dict[str, str]) -> cl.Program | None:
+        """Load or compile under the key's lock, storing a compiled binary before letting go: a process waiting on
+        the lock then loads it. None when no lock can be had (the caller compiles on its own)."""
+        with compile_lock(self.directory, key) as locked:
+            if not locked:
+                return None
+            program = self._load(context, device, key, components, options)  # stored while this process waited
+            if program is None:
+                program = self._compile(context, device, source, options, key, components)
+                self.commit(program)
+            return program
 
     def _compile(self, context: cl.Context, device: cl.Device, source: str, options: tuple[str, ...],
                  key: str, components: dict[str, str]) -> cl.Program:

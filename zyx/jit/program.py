@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..trace.node import Node, short_name
+from .collective import place_steps
 from .kernel_nodes import kernel_bytes, kernel_flops
 from .render import RenderedKernel
 
@@ -25,6 +26,12 @@ class Launch:
     flops: int = 0          # useful arithmetic of the nodes it computes (trace/cost.py), for the profiler
     bytes_moved: int = 0    # bytes of the buffers it reads and writes
     node: str = ""          # the trace node it stores, e.g. "SUM (512, 1) float32"
+    collective: str = ""    # a host step, not a kernel: the collective it starts or finishes (collective.py)
+
+    @property
+    def is_kernel(self) -> bool:
+        """A kernel with work to do: compiled and launched (collective steps and empty kernels are not)."""
+        return not self.collective and self.global_size[0] > 0
 
 
 @dataclass
@@ -49,7 +56,8 @@ class Program:
 
     @property
     def kernel_count(self) -> int:
-        return len(self.launches)
+        """Kernels the program launches (its collective steps are no kernels)."""
+        return sum(1 for launch in self.launches if not launch.collective)
 
 
 def launch_size(kernel: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
@@ -83,7 +91,8 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
                 args.append(("slot", slot_of[id(param.node)]))
         global_size, local = launch_size(kernel)
         launches.append(Launch(kernel.name, kernel.source, global_size, local, tuple(args), kernel_flops(kernel),
-                               kernel_bytes(kernel), short_name(kernel.outputs[0])))
+                               kernel_bytes(kernel), short_name(kernel.outputs[0]), kernel.collective))
+    launches = place_steps(launches)
     outputs = [slot_of[id(t)] for t in targets]
     program = Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
     program.aliases = _in_place_aliases(kernels, targets, leaves, in_place, program)

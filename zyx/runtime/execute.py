@@ -6,6 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import profiling
+from .collectives import START
 
 
 def run_program(backend: Any, program: Any, kernels: Sequence[Any], inputs: Sequence[Any],
@@ -15,6 +16,7 @@ def run_program(backend: Any, program: Any, kernels: Sequence[Any], inputs: Sequ
     for output in program.outputs:
         if slots[output] is None and program.slot_bytes[output] == 0:
             slots[output] = backend.allocate(0)
+    communicating: dict[int, Any] = {}  # result slot -> its collective, started and not yet finished
     for k, launch in enumerate(program.launches):
         for slot in program.allocs[k]:
             alias = program.aliases.get(slot)
@@ -29,7 +31,9 @@ def run_program(backend: Any, program: Any, kernels: Sequence[Any], inputs: Sequ
                 args.append(np.uint64(rand_args[index][0]))
             else:
                 args.append(np.uint64(rand_args[index][1]))
-        if launch.global_size[0] > 0:
+        if launch.collective and launch.global_size[0] > 0:
+            _collective_step(backend, launch, args, communicating)
+        elif launch.global_size[0] > 0:
             event = backend.launch(kernels[k], launch.global_size, launch.local_size, args)
             if profiling.timing_wanted():
                 profiling.record(profiling.KernelRecord(
@@ -40,3 +44,13 @@ def run_program(backend: Any, program: Any, kernels: Sequence[Any], inputs: Sequ
         for slot in program.frees[k]:
             slots[slot] = None
     return [slots[o] if slots[o] is not None else backend.allocate(0) for o in program.outputs]
+
+
+def _collective_step(backend: Any, launch: Any, args: list[Any], communicating: dict[int, Any]) -> None:
+    """A START hands its sources (one bucket) to the communication thread; the FINISH of the same result slot
+    waits for it and writes the result (jit/collective.py places them)."""
+    result_slot = launch.args[-1][1]
+    if launch.name == START:
+        communicating[result_slot] = backend.start_collective(args[:-1], launch.global_size[0], launch.collective)
+    else:
+        backend.finish_collective(communicating.pop(result_slot), args[0], launch.collective)

@@ -8,6 +8,7 @@ PoCL); the switch waits for the other queue, so the order still holds.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import weakref
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import numpy as np
 import pyopencl as cl
 
 from zyx import counters as stats
-from zyx.runtime import profiling
+from zyx.runtime import collectives, profiling
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import BufferPool
 from ..debug import logger
@@ -145,6 +146,37 @@ class OpenCLBackend:
         if len(self._pending_uploads) > _PENDING_UPLOADS_BEFORE_PRUNE:
             complete = cl.command_execution_status.COMPLETE
             self._pending_uploads = [e for e in self._pending_uploads if e.command_execution_status != complete]
+
+    # --- collectives (staged through host memory) -------------------------------------------------------
+
+    def start_collective(self, sources: Sequence[Buffer], numel: int, step: str) -> concurrent.futures.Future:
+        """Enqueue copies of `sources`, one after another, into one host bucket of `numel` elements and hand
+        combining it (`step`: "all_reduce sum float32") to the communication thread; kernels enqueued after
+        this run while it communicates."""
+        kind, parameter, dtype = collectives.parse_step(step)
+        bucket = np.empty(numel, dtype)
+        if sum(source.nbytes for source in sources) != bucket.nbytes:
+            raise ValueError(f"{step}: the sources hold {[s.nbytes for s in sources]} bytes, the bucket {bucket.nbytes}")
+        view, start, copies = _as_bytes(bucket), 0, []
+        for source in sources:
+            if source.nbytes:
+                copies.append(cl.enqueue_copy(self.queue, view[start:start + source.nbytes], source.cl_buffer,
+                                              is_blocking=False))
+            start += source.nbytes
+        self.queue.flush()  # the copies start now, not at the next wait
+
+        def combine(comm: Any) -> np.ndarray:
+            if copies:
+                cl.wait_for_events(copies)
+            collectives.combine_in_place(comm, bucket, kind, parameter)
+            return bucket
+        return collectives.process_group().submit(combine)
+
+    def finish_collective(self, pending: concurrent.futures.Future, buffer: Buffer, step: str) -> None:
+        """Wait for a started collective (at most the group's timeout) and enqueue its result into `buffer`."""
+        host = collectives.process_group().wait(pending, step)
+        if host.nbytes:
+            self._keep_until_done(cl.enqueue_copy(self.queue, buffer.cl_buffer, _as_bytes(host), is_blocking=False))
 
     # --- execution ----------------------------------------------------------------------------------------
 
