@@ -28,8 +28,8 @@ _joined: list[ProcessGroup] = []
 
 def init(timeout: Optional[float] = None) -> None:
     """Join the MPI job this process was started in (a process started alone is a job of one). This rank's device
-    (`device()`) becomes the default, the ranks on one node compile each kernel once between them, and a rank
-    that fails ends the job. Calling it again does nothing.
+    (`device()`) becomes the default, the ranks on one node compile each kernel once between them (unless
+    ZYX_SHARE_COMPILES=0), and a rank that fails ends the job. Calling it again does nothing.
 
     `timeout`: seconds a collective waits for the others before `CollectiveTimeout` (default ZYX_DISTRIBUTED_TIMEOUT,
     else 600).
@@ -54,7 +54,7 @@ def init(timeout: Optional[float] = None) -> None:
     if group.size > 1:
         _end_the_job_on_failure(group)
     set_default_device(device())
-    if group.local_size > 1:
+    if group.local_size > 1 and os.environ.get("ZYX_SHARE_COMPILES", "1") != "0":
         from ..jit.cache import default_cache
         default_cache().share_compiles()
 
