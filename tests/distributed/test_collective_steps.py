@@ -56,6 +56,30 @@ def test_a_bucket_is_started_after_its_sources_are_stored_and_finished_before_it
     assert program.kernel_count == len(names) - 2  # the host steps are no kernels
 
 
+def test_a_bucket_communicates_while_the_backward_pass_of_the_next_runs(dev):
+    """An MLP's gradients in two buckets (last layer first, as backward makes them): the kernels that wait for a
+    bucket run after every kernel that does not, so the second bucket's backward runs between the first's steps."""
+    model = zyx.nn.Sequential(zyx.nn.Linear(4, 8, device=dev), zyx.nn.ReLU(), zyx.nn.Linear(8, 3, device=dev))
+    params = model.parameters()
+    zyx.realize(*params)
+    loss = zyx.nn.functional.cross_entropy(model(dev.randn(5, 4)), dev.tensor([0, 1, 2, 1, 0]))
+    grads = loss.backward(params)
+    last, first = [grads[2].node, grads[3].node], [grads[0].node, grads[1].node]
+    updated = []
+    for bucket, positions in ((last, (2, 3)), (first, (0, 1))):
+        flat, start = n.collective(bucket, "all_reduce", "sum"), 0
+        for position, grad in zip(positions, bucket):
+            piece = zyx.Tensor(n.reshape(n.shrink(flat, [(start, start + grad.numel)]), grad.shape))
+            updated.append(params[position] - piece * 0.1)
+            start += grad.numel
+    program, _, _ = scheduled(*updated)
+    names = [launch.name for launch in program.launches]
+    starts = [k for k, name in enumerate(names) if name == START]
+    finishes = [k for k, name in enumerate(names) if name == FINISH]
+    assert len(starts) == len(finishes) == 2 and max(starts) < min(finishes), names
+    assert starts[1] - starts[0] > 1  # kernels of the first layer's gradients run while the last layer's communicate
+
+
 def test_a_collective_of_an_input_starts_the_program(dev):
     x = dev.randn(5).realize()
     program, _, _ = scheduled(zyx.Tensor(n.collective([x.node], "broadcast", 1)) + 1)
