@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from ..runtime.collectives import FINISH, START, describe
 from ..trace.node import Node
 from ..trace.ops import Op
-from .render import Param, RenderedKernel
+from .kernel_ir import Param, RenderedKernel
 
 __all__ = ["collective_kernel", "place_steps"]
 

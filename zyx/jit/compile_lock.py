@@ -20,9 +20,10 @@ FOLDER = "locks"
 
 
 @contextlib.contextmanager
-def compile_lock(directory: Path, key: str) -> Iterator[bool]:
-    """Hold the lock for `key` (a hex cache key) under `directory`, a cache directory the caller trusts; yields
-    False, holding nothing, where no lock file can be made (the caller then compiles on its own)."""
+def compile_lock(directory: Path, key: str, wait: bool) -> Iterator[bool]:
+    """Hold the lock for `key` (a hex cache key) under `directory`, a cache directory the caller trusts, waiting
+    for another holder if `wait`. Yields whether it is held: False when another process holds it (and not
+    `wait`), or when no lock file can be made there (the caller then goes on unlocked)."""
     try:
         folder = directory / FOLDER
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -32,7 +33,11 @@ def compile_lock(directory: Path, key: str) -> Iterator[bool]:
         yield False
         return
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
         yield True
     finally:
         os.close(descriptor)  # releases the lock

@@ -23,7 +23,9 @@ from typing import Optional
 from ..trace import node as n
 from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op
-from .render import Index, KernelBuilder, RenderedKernel, _Scope, _Value, linear, source_index, unravel
+from ..dtypes import float32
+from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role
+from .lower import Index, Lowering, _Value, linear, source_index, unravel
 from .symbolic import Expr
 from .tiling import hosted_matmul, matmul_axes, space_axes
 
@@ -166,30 +168,21 @@ def copy_tile(root: Node) -> Optional[dict[int, int]]:
     return {len(root.shape) - 1: root.shape[-1]}
 
 
-@dataclass
-class CpuMatmulBuilder(KernelBuilder):
-    """KernelBuilder whose work items each own a rows x width tile of the product, accumulated in vectors."""
+class CpuMatmulLowering(Lowering):
+    """Lowering whose work items each own a rows x width tile of the product, accumulated in vectors."""
 
-    plan: Optional[CpuPlan] = None
-    kind = "m"
-
-    def __post_init__(self) -> None:
-        plan = self.plan
-        assert plan is not None
-        self.space = self.root.shape
-        self.numel = math.prod(self.space)
-        self.allow_extra_outputs = False
-        tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}
+    def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: CpuPlan,
+                 stored_apart: frozenset = frozenset()):
+        super().__init__(root, materialized, produced, False, stored_apart)
+        self.plan, self.kind, self.local_size = plan, "m", 1  # one item per group: PoCL hands the groups out
+        tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}  # to its threads in order
         grid = [-(-size // tile.get(axis, 1)) for axis, size in enumerate(self.space)]
         # the row blocks vary fastest: consecutive items share the right operand's panel
         order = [a for a in range(len(grid)) if a != plan.space_n] + [plan.space_n]
-        self.work_items = math.prod(grid)
-        self.gid = Expr.var("gid", self.work_items)
-        cell = dict(zip(order, unravel(self.gid, tuple(grid[a] for a in order))))
+        self.items = math.prod(grid)
+        cell = dict(zip(order, unravel(Expr.var("gid", self.items), tuple(grid[a] for a in order))))
         self.corner = tuple(cell[a] * tile.get(a, 1) for a in range(len(grid)))
-        self.elements: list[Index] = []
-        self.lanes: list[tuple[int, int]] = []  # (row, column) in the tile of each element
-        self.guards: list[tuple[str, ...]] = []  # the conditions under which each element exists
+        self.elements, self.guards, self.lanes = [], [], []  # lanes: (row, column) in the tile of each element
         for t in range(plan.left.block):
             for u in range(plan.right.block):
                 offsets = {plan.space_n: t, plan.space_m: u}
@@ -197,78 +190,63 @@ class CpuMatmulBuilder(KernelBuilder):
                 if any(element[a].lo >= self.space[a] for a in offsets):
                     continue  # past the end in every tile
                 ragged = [a for a in offsets if element[a].hi >= self.space[a]]
-                self.guards.append(tuple(f"({element[a].render()}<{self.space[a]})" for a in ragged))
+                self.guards.append(tuple((element[a], "lt", self.space[a]) for a in ragged))
                 # where the guard holds the index is in range: an opaque value with that range (as in a PAD)
                 self.elements.append(tuple(Expr.clamped(e, 0, self.space[a] - 1) if a in ragged else e
                                            for a, e in enumerate(element)))
                 self.lanes.append((t, u))
         self.positions = [linear(element, self.space) for element in self.elements]
-        self._scopes = [_Scope(0)]
 
-    def _reduce_all(self, node: Node) -> list[_Value]:
+    def _axes(self) -> tuple[Axis, ...]:
+        return (Axis("gid", self.items, Role.GLOBAL), *self._loops,
+                Axis("rows", self.plan.left.block, Role.UPCAST), Axis("columns", self.plan.right.block, Role.VECTOR))
+
+    def _reduce(self, node: Node) -> list[_Value]:
         plan = self.plan
-        assert plan is not None
         if node is not plan.product:
-            return super()._reduce_all(node)
+            return super()._reduce(node)
         count = node.src[0].shape[plan.k_axis]
-        self._has_loop = True
         self._longest_reduction = max(self._longest_reduction, count)
-        step = self._fresh("k")
+        step = self.names.fresh("k")
+        self._loops.append(Axis(step, count, Role.REDUCE))
         index = list(unravel(linear(self.corner, self.space), node.shape))
         index[plan.k_axis] = Expr.var(step, count)
-        self._loop_depth[step] = 1
-        self._scopes.append(_Scope(1))
-        body = self._scopes[1].lines
+        self._loop_depth[step] = len(self._scopes)
+        self._scopes.append([])
+        self._trips.append(count)
+        body = self._scopes[-1]
         if plan.right_in_place:
-            memory, flat = _view_index(node.src[0].src[1], index, self.materialized)  # type: ignore[misc]
-            right, b_start = self._read(memory), flat.render()
+            memory, b_start = _view_index(node.src[0].src[1], index, self.materialized)  # type: ignore[misc]
+            right = self._read(memory)
         else:
-            right, b_start = self._read(plan.right.packed), plan.right.start(index).render()
+            right, b_start = self._read(plan.right.packed), plan.right.start(index)
         vectors = plan.right.block // LANES
-        b = [self._fresh("b") for _ in range(vectors)]
-        body += [f"float16 {name} = vload16(0, {right} + {b_start} + {v * LANES});" for v, name in enumerate(b)]
+        b = [Reg(self.names.fresh("b"), float32, LANES) for _ in range(vectors)]
+        body += [Load(name, right, b_start + v * LANES, (), "vector") for v, name in enumerate(b)]
         if plan.left_in_place:
-            a_values = [self.render(node.src[0].src[0], tuple(e + t if axis == plan.n_axis else e
-                                                              for axis, e in enumerate(index)), ()).text
+            a_values = [self.value(node.src[0].src[0], tuple(e + t if axis == plan.n_axis else e
+                                                             for axis, e in enumerate(index)), ()).operand
                         for t in range(plan.left.block)]
         else:
-            left, a_start = self._read(plan.left.packed), plan.left.start(index).render()
-            a_values = [f"{left}[{a_start} + {t}]" for t in range(plan.left.block)]
-        accumulators = [[self._fresh("acc") for _ in range(vectors)] for _ in range(plan.left.block)]
+            left, a_start = self._read(plan.left.packed), plan.left.start(index)
+            a_values = [Reg(self.names.fresh("a"), float32) for _ in range(plan.left.block)]
+            body += [Load(a, left, a_start + t) for t, a in enumerate(a_values)]
+        accumulators = [[Reg(self.names.fresh("acc"), float32, LANES) for _ in range(vectors)]
+                        for _ in range(plan.left.block)]
         for value, row in zip(a_values, accumulators):
-            a = self._fresh("a")
-            body.append(f"float16 {a} = (float16)({value});")
-            body += [f"{acc} = fma({a}, {b_v}, {acc});" for acc, b_v in zip(row, b)]
-        self._scopes.pop()
-        lines = self._scopes[0].lines
-        lines += [f"float16 {acc} = 0.0f;" for row in accumulators for acc in row]
-        lines.append(f"for (int {step} = 0; {step} < {count}; {step}++) {{\n"
-                     + "\n".join("  " + line for line in body) + "\n}")
-        return [_Value(f"{accumulators[t][u // LANES]}.s{u % LANES:x}", 0) for t, u in self.lanes]
-
-    def build(self) -> RenderedKernel:
-        """Every element rendered under its guard: its loads read nothing past the ends, its store is skipped."""
-        for element, index in enumerate(self.elements):
-            self._element = element
-            self._store(self.root, self.render(self.root, index, self.guards[element]))
-        return self._finish()
-
-    def _store(self, node: Node, value: _Value) -> None:
-        super()._store(node, value)
-        if self.guards[self._element]:
-            self._stores[-1] = f"if ({'&&'.join(self.guards[self._element])}) {self._stores[-1]}"
-
-    def _can_host(self, node: Node, index: Index, guard: tuple[str, ...]) -> bool:
-        own = self.guards[self._element]
-        return super()._can_host(node, index, guard[len(own):] if guard[:len(own)] == own else guard)
+            a = Reg(self.names.fresh("a"), float32, LANES)
+            body.append(Broadcast(a, value))
+            body += [MultiplyAdd(acc, a, b_v) for acc, b_v in zip(row, b)]
+        self._trips.pop()
+        loop = Loop(step, count, tuple(self._scopes.pop()))
+        self._scopes[0] += [Define(acc, Const(0.0, float32, LANES)) for row in accumulators for acc in row] + [loop]
+        return [self._emit(0, lambda out, t=t, u=u: Extract(Reg(out, float32), accumulators[t][u // LANES],
+                                                             f"s{u % LANES:x}")) for t, u in self.lanes]
 
     def _read(self, node: Node) -> str:
         """The kernel argument reading `node` from memory: a buffer, or a node (a packed copy) another kernel
         stores."""
-        if node.op is not Op.BUFFER:
-            self.materialized.setdefault(id(node), node)
+        if node.op is not Op.BUFFER and id(node) not in self.materialized:
+            self._needed[id(node)] = node
         self._misaligned.add(id(node))
         return self._input(node)
-
-    def _launch_shape(self) -> tuple[int, Optional[int]]:
-        return self.work_items, 1  # one item per group: PoCL hands the groups out to its threads in order

@@ -13,7 +13,7 @@ from typing import Sequence
 from ..trace.node import Node, short_name
 from .collective import place_steps
 from .kernel_nodes import kernel_bytes, kernel_flops
-from .render import RenderedKernel
+from .kernel_ir import RenderedKernel
 
 
 @dataclass(frozen=True)

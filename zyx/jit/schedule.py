@@ -1,10 +1,11 @@
 """Cutting a trace into kernels.
 
-Start from the nodes to realize; render each as a kernel (render.py fuses every elementwise op, view and
-reduction it can host); whatever a kernel must read from memory instead (a reduction used at another
-shape, say) becomes a node to materialize, rendered later as its own kernel. Nodes are rendered latest
-first, so a kernel computing one reduction can also store another that others need (softmax: one kernel
-stores the row max and the row sum, the next divides).
+Start from the nodes to realize; lower each to a kernel (lower.py fuses every elementwise op, view and
+reduction it can host), shape it for the device with transforms (transforms/) and print it (print_opencl.py);
+whatever a kernel must read from memory instead (a reduction used at another shape, say) becomes a node to
+materialize, lowered later as its own kernel. Nodes are lowered latest first, so a kernel computing one
+reduction can also store another that others need (softmax: one kernel stores the row max and the row sum,
+the next divides). Only this module decides what is stored: lowering reports what it needs and stores.
 """
 from __future__ import annotations
 
@@ -12,17 +13,22 @@ import heapq
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .collective import collective_kernel
 from .rewrite import rewrite_graph
-from .cpu_matmul import CpuMatmulBuilder, copy_tile, plan_cpu_matmul
-from .matmul import LocalTileBuilder, plan_local_tiles
-from .tiling import choose_tile, hosted_matmul, matmul_axes
-from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
-from .vectorize import NotVectorizable, VectorBuilder
+from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
+from .matmul import LocalTileLowering, plan_local_tiles
+from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes
+from .kernel_ir import Kernel, RenderedKernel, Role
+from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
+from .print_opencl import print_kernel
+from .transforms.group import group_reductions
+from .transforms.unroll import unroll_reductions
+from .transforms.upcast import upcast
+from .transforms.vector import vectorize
 
 
 @dataclass(frozen=True)
@@ -31,19 +37,24 @@ class DeviceTraits:
 
     gpu: bool = False
     group_size: int = 256
-    vector_width: int = 0  # >0: elementwise float32 kernels compute this many outputs per item as one vector
+    vector_width: int = 0  # >1: float32 kernels compute this many outputs per item as one vector (on GPUs
+                           # elementwise kernels only: reductions there get work groups)
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
-        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU).
-        CPUs get vector kernels (their OpenCL compilers call math functions lane by lane otherwise); GPUs
-        already reach their bandwidth with one output per item (bench/GPU.md)."""
+        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU), and
+        ZYX_VECTOR_WIDTH=N sets the vector width (1: none), to measure another. CPUs get 16 lanes (their OpenCL
+        compilers call math functions lane by lane otherwise); GPUs 4, so every item loads and stores whole
+        float4 vectors, as a hand-written elementwise kernel does."""
         gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
         group = 1 << (min(256, int(getattr(runtime, "max_work_group_size", 256))).bit_length() - 1)
-        return DeviceTraits(gpu, group, 0 if gpu else CPU_VECTOR_WIDTH)
+        width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
+        return DeviceTraits(gpu, group, width if width > 1 else 0)
 
 
+UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
 CPU_VECTOR_WIDTH = 16         # one AVX-512 register of float32; as fast as 8 on AVX2 machines
+GPU_VECTOR_WIDTH = 4          # float4: one 16-byte load and store per item
 FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
@@ -61,68 +72,74 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, stored_apart: set[int]) -> RenderedKernel:
-    """On a GPU, a kernel whose few outputs each need a long reduction is built again with work groups.
-    A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again."""
+    """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again.
+    What the kernel reads from others becomes a node to store, what it stores is produced."""
+    product = None if traits.gpu else hosted_matmul(root, materialized)
+    if product is not None and product is not root and space_axes(root, product) is None:
+        materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
+        stored_apart.add(id(product))        # kernel, and this one reads it)
     while True:
-        restore = _snapshot(materialized, produced)
         try:
-            return _build_shaped(root, materialized, produced, traits, allow_extra_outputs, frozenset(stored_apart))
+            kernel = _build_shaped(root, materialized, produced, traits, allow_extra_outputs, frozenset(stored_apart))
+            break
         except KernelTooLarge as too_large:
-            restore()
             materialized[id(too_large.node)] = too_large.node
             stored_apart.add(id(too_large.node))
+    for node in kernel.needs:
+        materialized.setdefault(id(node), node)
+    produced.update(id(node) for node in kernel.outputs)
+    return kernel
 
 
 def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
-    restore = _snapshot(materialized, produced)
+    """Lower the kernel storing `root`, then shape it for the device: register tiles for products, vector lanes
+    on CPUs, a work group per output for GPU kernels whose few outputs each need a long reduction, else
+    unrolled reductions."""
     cpu_plan = None if traits.gpu else plan_cpu_matmul(root, materialized)
     if cpu_plan is not None:
-        return CpuMatmulBuilder(root, materialized, produced, False, stored_apart=apart, plan=cpu_plan).build()
+        lowered = CpuMatmulLowering(root, materialized, produced, cpu_plan, apart).lower()
+        return rendered(lowered, lowered.ir)
     tile = choose_tile(root, materialized, traits.gpu) or (None if traits.gpu else copy_tile(root))
     plan = plan_local_tiles(root, hosted_matmul(root, materialized)) if traits.gpu else None
     if plan is not None:
-        return LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart, plan=plan).build()
+        lowered = LocalTileLowering(root, materialized, produced, plan, apart).lower()
+        return rendered(lowered, lowered.ir)
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
-    if traits.vector_width and tile is None:
-        vector = _vector_kernel(root, materialized, produced, allow_extra_outputs, apart, traits.vector_width)
-        if vector is not None:
-            return vector
-    kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
-    if (not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS
-            or kernel.longest_reduction < GROUP_MIN_REDUCE):
-        return kernel  # (elementwise kernels as they are reach ~2.5 TB/s on an H100: bench/README.md)
-    restore()
-    return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size, apart).build()
+    tile = tile if root.numel else None
+    lowered = lower(root, materialized, produced, allow_extra_outputs and not tile, apart)
+    kernel = lowered.ir
+    vector = None
+    if traits.vector_width and tile is None and not (traits.gpu and kernel.axis(Role.REDUCE)):
+        vector = _vector_kernel(kernel, traits.vector_width)
+    if tile:
+        kernel = upcast(kernel, lowered.space, tile)
+    elif vector is not None:
+        kernel = vector
+    elif traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS and lowered.longest_reduction >= GROUP_MIN_REDUCE:
+        kernel = group_reductions(kernel, traits.group_size)  # (elementwise kernels as they are reach ~2.5 TB/s
+    else:                                                     # on an H100: bench/README.md)
+        kernel = unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
+    return rendered(lowered, kernel)
 
 
-def _vector_kernel(root: Node, materialized: dict[int, Node], produced: set[int], allow_extra_outputs: bool,
-                   apart: frozenset, width: int) -> Optional[RenderedKernel]:
+def rendered(lowered: LoweredKernel, kernel: Kernel) -> RenderedKernel:
+    """The kernel printed, with what the scheduler and the program need to know of it."""
+    name, source = print_kernel(kernel)
+    loads = [p.node for p in kernel.params if p.kind == "load"]
+    global_size, local_size = kernel.launch
+    return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
+                          lowered.misaligned, global_size, local_size, lowered.longest_reduction)
+
+
+def _vector_kernel(kernel: Kernel, width: int) -> Optional[Kernel]:
     """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
-    elements at a time; None (state untouched) when neither renders or reads its loops in whole vectors."""
-    restore = _snapshot(materialized, produced)
-    for uniform in (False, True):
-        try:
-            builder = VectorBuilder(root, materialized, produced, allow_extra_outputs, stored_apart=apart,
-                                    width=width, uniform=uniform)
-            kernel = builder.build()
-            if not builder.gathers_in_loops:
-                return kernel
-        except NotVectorizable:
-            pass
-        restore()
-    return None
-
-
-def _snapshot(materialized: dict[int, Node], produced: set[int]) -> Callable[[], None]:
-    """A function that puts both back as they are now (a kernel build that is abandoned may have grown them)."""
-    saved_materialized, saved_produced = dict(materialized), set(produced)
-
-    def restore() -> None:
-        materialized.clear(), materialized.update(saved_materialized)
-        produced.clear(), produced.update(saved_produced)
-    return restore
+    elements at a time; each loop with up to four vector accumulators. None when neither applies."""
+    vector = vectorize(kernel, width) or vectorize(kernel, width, uniform=True)
+    if vector is None:
+        return None
+    return unroll_reductions(vector, lambda trips: next(u for u in (4, 2, 1) if trips % u == 0))
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:
