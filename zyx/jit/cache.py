@@ -377,6 +377,8 @@ class KernelCache:
                       wanted: list[tuple[dict[str, str], str]], programs: list, indices: Sequence[int],
                       on_built: Callable[[int], None]) -> list[int]:
         """Compile `sources[i]` for each i of `indices`, side by side, into `programs[i]`; returns the indices."""
+        if not indices:
+            return []
         for index, (program, seconds) in _compile_all(context, device, [sources[i] for i in indices], options,
                                                       indices):
             components, key = wanted[index]

@@ -30,14 +30,16 @@ def compile_lock(directory: Path, key: str, wait: bool) -> Iterator[bool]:
         descriptor = os.open(folder / f"compile-{int(key[:8], 16) % STRIPES:02d}.lock",
                              os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except (OSError, ValueError):
+        descriptor = None
+    if descriptor is None:
         yield False
         return
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
         except BlockingIOError:
-            yield False
-            return
-        yield True
+            held = False
+        yield held
     finally:
         os.close(descriptor)  # releases the lock
