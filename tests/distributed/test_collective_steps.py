@@ -103,7 +103,7 @@ def test_stored_collective_steps_are_validated(dev):
 
     assert "no earlier step started" in damaged(lambda launches: launches.insert(0, launches.pop(start + 1)))
     assert "has no source" in damaged(lambda launches: launches[start].update(source="__kernel void x() {}"))
-    assert "is not a collective" in damaged(lambda launches: launches[start].update(collective="all_reduce prod float32"))
+    assert "is not a collective" in damaged(lambda launches: launches[start].update(collective="all_reduce x float32"))
     assert "is not a collective" in damaged(lambda launches: launches[start].update(collective="broadcast 0 complex"))
     assert "not the arguments" in damaged(lambda launches: launches[start].update(args=[["seed", 0], ["slot", 1]]))
     assert "not the arguments" in damaged(lambda launches: launches[start + 1].update(args=[]))

@@ -26,7 +26,8 @@ pytestmark = [
 ]
 
 
-def mpirun(ranks: int, *args: str, cache: pathlib.Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+def mpirun(ranks: int, *args: str, cache: pathlib.Path, timeout: float = 240,
+           **env: str) -> subprocess.CompletedProcess:
     """`mpirun -n ranks python worker.py args`, with its own kernel cache; more ranks than cores are allowed."""
     command = ["mpirun", "--oversubscribe", "-n", str(ranks)]
     if os.geteuid() == 0:

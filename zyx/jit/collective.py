@@ -4,8 +4,10 @@ The scheduler gives a COLLECTIVE node no kernel: its sources are stored by kerne
 becomes one `collective_kernel`. `build_program` turns that into two steps: `START` right after the launches that
 store its sources (the runtime enqueues their copies into one flat host buffer, a bucket, and hands combining it to
 the communication thread) and `FINISH` right before the first launch that reads the result (it waits for the
-communication and copies the result back). Kernels between the two run on the device while the host communicates. A step names its collective
-as text, "all_reduce sum float32" or "broadcast 0 int64", so a stored program says what it does.
+communication and copies the result back). Kernels between the two run on the device while the host
+communicates, and `program._launch_order` puts there every kernel that does not wait for a collective. A step
+names its collective as text, "all_reduce sum float32" or "broadcast 0 int64", so a stored program says what it
+does.
 """
 from __future__ import annotations
 

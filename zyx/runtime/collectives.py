@@ -22,10 +22,10 @@ import numpy as np
 from ..dtypes import to_dtype
 from ..trace.ops import REDUCTIONS_ACROSS_PROCESSES
 
-__all__ = ["CollectiveTimeout", "FINISH", "ProcessGroup", "START", "combine", "combine_in_place", "describe", "parse_step",
-           "process_group", "start_group"]
+__all__ = ["CollectiveTimeout", "FINISH", "ProcessGroup", "START", "combine", "combine_in_place", "describe",
+           "parse_step", "process_group", "start_group"]
 
-START = "collective_start"    # a program step: copy the source to the host, start combining it
+START = "collective_start"    # a program step: copy the sources to one host bucket, start combining it
 FINISH = "collective_finish"  # the step that waits for that and writes the result
 
 

@@ -92,8 +92,8 @@ class Executable:
         waits for it and writes the result (jit/collective.py places them)."""
         first, slot_bytes = self.first_slot, self.program.slot_bytes
         if step.name == START:
-            sources = [(table[first + index], slot_bytes[index]) if kind == "slot" else (table[index], inputs[index].nbytes)
-                       for kind, index in step.args[:-1]]
+            sources = [(table[first + index], slot_bytes[index]) if kind == "slot"
+                       else (table[index], inputs[index].nbytes) for kind, index in step.args[:-1]]
             communicating[step.args[-1][1]] = backend.start_collective(sources, step.global_size[0], step.collective)
         else:
             result = step.args[0][1]
