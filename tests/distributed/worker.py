@@ -1,7 +1,8 @@
 """One rank of the distributed tests, started by `mpirun -n N python worker.py CASE` (test_distributed.py).
 
     collectives DEVICES   all_reduce (every op, every dtype), broadcast and buckets on each device (cpu,opencl),
-                          checked against values computed here from every rank's formula; prints one JSON line
+                          checked against values computed here from every rank's formula, and the arguments they
+                          refuse; prints one JSON line
     train                 a jitted two-layer MLP trained on OpenCL on this rank's share of each batch with averaged
                           gradients, and (on rank 0) the same model trained by one process on the whole batches on
                           zyx.CPU() (the numpy reference: nothing more to compile); prints one JSON line per rank:
@@ -65,6 +66,17 @@ def check_collectives(devices: list[str]) -> None:
         for shape, value in zip(shapes, summed):
             want = expected(zyx.float32, shape, "mean", ranks)
             assert value.shape == shape and np.allclose(value.numpy(), want, rtol=0, atol=1e-6), (name, shape)
+    refusals = {"unknown op 'prod'": lambda: dist.all_reduce(zyx.CPU().tensor([1.0]), "prod"),
+                "the mean of a int32 tensor": lambda: dist.all_reduce(zyx.CPU().tensor([1], dtype=zyx.int32), "mean"),
+                f"src must be a rank from 0 to {ranks - 1}, got {ranks}":
+                    lambda: dist.broadcast(zyx.CPU().tensor([1.0]), src=ranks)}
+    for message, call in refusals.items():
+        try:
+            call()
+        except (TypeError, ValueError) as error:
+            assert message in str(error), (message, error)
+        else:
+            raise AssertionError(f"accepted: {message}")
     dist.barrier()
     print(json.dumps({"rank": rank, "checked": devices}), flush=True)
 

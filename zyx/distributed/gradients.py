@@ -12,7 +12,7 @@ from ..jit.capture import check_not_capturing
 from ..realize import realize
 from ..runtime.collectives import process_group
 from ..tensor import Tensor
-from .ops import combined
+from .ops import combined, source_rank
 
 __all__ = ["BUCKET_BYTES", "average_gradients", "broadcast_parameters"]
 
@@ -35,9 +35,7 @@ def broadcast_parameters(params: Sequence[Tensor], src: int = 0) -> None:
     """Give every rank's parameters (or any tensors: buffers, optimizer state) rank `src`'s values, in place; call
     it once after building the model, before the first step."""
     check_not_capturing("zyx.distributed.broadcast_parameters")
-    size = process_group().size
-    if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < size:
-        raise ValueError(f"broadcast_parameters: src must be a rank from 0 to {size - 1}, got {src!r}")
+    src = source_rank(src, "broadcast_parameters")
     params = list(params)
     for bucket in buckets(params, BUCKET_BYTES):
         for position, value in zip(bucket, combined([params[p] for p in bucket], "broadcast", src)):

@@ -14,7 +14,7 @@ from ..runtime.collectives import process_group
 from ..tensor import Tensor
 from ..trace import node as n
 
-__all__ = ["all_reduce", "barrier", "broadcast", "combined"]
+__all__ = ["all_reduce", "barrier", "broadcast", "combined", "source_rank"]
 
 _REDUCTIONS = ("sum", "mean", "max", "min")
 
@@ -34,10 +34,15 @@ def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
 
 def broadcast(tensor: Tensor, src: int = 0) -> Tensor:
     """Rank `src`'s value of `tensor`, on every rank (a new tensor; `t.assign(broadcast(t))` updates in place)."""
+    return combined([tensor], "broadcast", source_rank(src, "broadcast"))[0]
+
+
+def source_rank(src: Any, what: str) -> int:
+    """`src` if it names a rank of the job, else ValueError naming `what`."""
     size = process_group().size
     if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < size:
-        raise ValueError(f"broadcast: src must be a rank from 0 to {size - 1}, got {src!r}")
-    return combined([tensor], "broadcast", src)[0]
+        raise ValueError(f"{what}: src must be a rank from 0 to {size - 1}, got {src!r}")
+    return src
 
 
 def barrier() -> None:
