@@ -3,6 +3,7 @@
     python examples/digits.py                   # 40 epochs: about 98.5% test accuracy
     python examples/digits.py --short           # a few steps (what tests/test_examples.py runs)
     python examples/digits.py --device cpu      # the numpy reference backend (no JIT, nothing compiled)
+    python examples/digits.py --device wgpu     # WebGPU (Vulkan, Metal, DirectX 12) instead of OpenCL
     mpirun -n 2 python examples/digits.py --distributed   # data parallel: each rank takes its share of each batch
 
 The training step is traced once and then replayed; its kernels and the program persist in the disk cache
@@ -25,6 +26,7 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import zyx  # noqa: E402
+import zyx.devices  # noqa: E402
 import zyx.distributed as dist  # noqa: E402
 from _progress import ProgressBar  # noqa: E402
 
@@ -56,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("opencl", "cpu"), default="opencl")
+    parser.add_argument("--device", choices=("opencl", "wgpu", "cpu"), default="opencl")
     parser.add_argument("--checkpoint", type=pathlib.Path, default=DEFAULT_CHECKPOINT,
                         help="where to save the trained weights (safetensors)")
     parser.add_argument("--short", action="store_true", help="3 epochs of 8 steps: a smoke test")

@@ -1,4 +1,7 @@
-"""The OpenCL device's realize: hash the trace, reuse or build its Program, compile through the cache, run."""
+"""A fusing device's realize: hash the trace, reuse or build its Program, compile its kernels, run.
+
+`FusingBackend` is what OpenCL and WGPU share (programs, their disk store, memory checks); `JitBackend` builds
+OpenCL kernels through the kernel cache, `wgpu_backend.WgpuJitBackend` WGSL pipelines."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -13,6 +16,7 @@ from ..trace.hashing import Walk
 from ..trace.node import Node
 from . import print_opencl as c
 from .cache import default_cache
+from .cache_key import device_fingerprint
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
@@ -23,18 +27,44 @@ from ..debug import logger
 KERNELS_PER_BUILD = 8
 
 
-class JitBackend:
-    """Tensors in OpenCL buffers; traces scheduled into fused kernels (one Program per trace structure)."""
+class FusingBackend:
+    """Tensors in device buffers; traces scheduled into fused kernels (one Program per trace structure).
+    A subclass compiles and runs a program's kernels (`run`) and says what the device fingerprint is."""
 
-    def __init__(self, cl_device: cl.Device):
-        self.runtime = OpenCLBackend(cl_device)
-        self.name = self.runtime.name
+    FLOAT64_NOTE = ""  # why a device may lack float64, for the error saying so
+
+    def __init__(self, runtime: Any, traits: DeviceTraits):
+        self.runtime = runtime
+        self.name = runtime.name
         self.programs: dict[str, Program] = {}  # by structural hash (what the disk caches and @jit use)
         self._by_structure: dict[tuple, Program] = {}  # by Walk.structure: what a realize looks up
-        self.traits = DeviceTraits.of(self.runtime)
-        self._kernels: dict[str, cl.Kernel] = {}
-        self._fresh: dict[str, cl.Program] = {}
         self._executables: dict[int, Executable] = {}  # by id(program): programs live as long as `programs`
+        self.traits = traits
+
+    def forget_programs(self) -> None:
+        """Drop the programs held in memory (the disk store keeps them): the next realize loads or schedules."""
+        self.programs.clear()
+        self._by_structure.clear()
+        self._executables.clear()
+
+    def fingerprint(self) -> dict[str, str]:
+        """The device and driver facts a persisted program is only valid for (cache_key.FINGERPRINT_NAMES)."""
+        raise NotImplementedError
+
+    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
+        """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched."""
+        executable = self._executables.get(id(program))
+        if executable is None or executable.program is not program:
+            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program))
+        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
+
+    def _kernels_of(self, program: Program) -> list[Any]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
+        raise NotImplementedError
+
+    def _after_launch(self, program: Program) -> Any:
+        """A callback for each launch's first run, or None."""
+        return None
 
     # ---- data movement -----------------------------------------------------------------------------------
     def upload(self, array: np.ndarray) -> Any:
@@ -52,7 +82,7 @@ class JitBackend:
 
     def _check_dtype(self, dtype: np.dtype) -> None:
         if dtype == np.float64 and not self.runtime.supports_fp64:
-            raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+            raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
 
     # ---- realization -------------------------------------------------------------------------------------
     def realize(self, walk: Walk) -> list[Any]:
@@ -73,18 +103,6 @@ class JitBackend:
                                "until its gradients are realized")
         return self.run(program, inputs, [r.arg for r in walk.rands])
 
-    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
-        executable = self._executables.get(id(program))
-        if executable is None or executable.program is not program:
-            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program))
-        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
-
-    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
-        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
-        self._compile_together([launch for launch in program.launches if launch.is_kernel])
-        return [self.kernel(launch.source, launch.name) if launch.is_kernel else None
-                for launch in program.launches]
-
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                     in_place: Sequence[tuple[int, int]] = ()) -> Program:
         """The Program for a trace structure: from memory, else from disk, else scheduled (and stored)."""
@@ -92,7 +110,7 @@ class JitBackend:
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        disk_key = program_key(key, self.runtime.device, self.traits)
+        disk_key = program_key(key, self.fingerprint(), self.traits)
         program = default_program_store().load(disk_key, len(leaves), len(rands))
         if program is not None:
             stats.bump("programs_loaded")
@@ -106,9 +124,7 @@ class JitBackend:
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                in_place: Sequence[tuple[int, int]]) -> Program:
-        for node in targets:
-            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
-                raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+        self._check_graph(targets)
         kernels, scheduled_targets = schedule(targets, self.traits)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
@@ -116,12 +132,39 @@ class JitBackend:
                                      ", ".join(launch.name for launch in program.launches))
         return program
 
+    def _check_graph(self, targets: Sequence[Node]) -> None:
+        """Refuse, before scheduling, a trace the device cannot compute."""
+        for node in targets:
+            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
+                raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
+
     def _check_memory(self, program: Program) -> None:
         """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""
         limits = self.runtime.limits
         for slot, nbytes in enumerate(program.slot_bytes):
             limits.check_bytes(nbytes, f"buffer {slot} of a {program.kernel_count}-kernel program")
         limits.check_total(program.planned_peak_bytes, f"a {program.kernel_count}-kernel program")
+
+
+class JitBackend(FusingBackend):
+    """Tensors in OpenCL buffers; kernels built through the kernel cache, a few per OpenCL program."""
+
+    FLOAT64_NOTE = "cl_khr_fp64"
+
+    def __init__(self, cl_device: cl.Device):
+        runtime = OpenCLBackend(cl_device)
+        super().__init__(runtime, DeviceTraits.of(runtime))
+        self._kernels: dict[str, cl.Kernel] = {}
+        self._fresh: dict[str, cl.Program] = {}
+
+    def fingerprint(self) -> dict[str, str]:
+        return device_fingerprint(self.runtime.device)
+
+    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
+        self._compile_together([launch for launch in program.launches if launch.is_kernel])
+        return [self.kernel(launch.source, launch.name) if launch.is_kernel else None
+                for launch in program.launches]
 
     def kernel(self, source: str, name: str) -> cl.Kernel:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""

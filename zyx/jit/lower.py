@@ -26,7 +26,7 @@ Request = tuple  # (node, index, guard): a value a lowering step needs before it
 
 STATEMENT_LIMIT = 384  # per kernel: a kernel growing past this stores a value in a kernel of its own
 RECOMPUTE_LIMIT = 16   # a value computed more often than this is stored instead
-PARAM_LIMIT = 128      # kernel arguments: OpenCL guarantees 1024 bytes of them, 128 pointers
+PARAM_LIMIT = 128      # kernel arguments: OpenCL guarantees 1024 bytes of them, 128 pointers (a device may allow fewer)
 
 
 class KernelTooLarge(Exception):
@@ -133,9 +133,9 @@ class Lowering:
     nor `produced` (nodes earlier kernels store) is written."""
 
     def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int],
-                 allow_extra_outputs: bool = True, stored_apart: frozenset = frozenset()):
+                 allow_extra_outputs: bool = True, stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
         self.root, self.materialized, self.produced = root, materialized, produced
-        self.allow_extra_outputs, self.stored_apart = allow_extra_outputs, stored_apart
+        self.allow_extra_outputs, self.stored_apart, self.param_limit = allow_extra_outputs, stored_apart, param_limit
         self.space = root.shape
         self.numel = math.prod(self.space)
         self.gid = Expr.var("gid", self.numel)
@@ -191,7 +191,7 @@ class Lowering:
     def _param(self, kind: str, node: Node) -> str:
         key = (kind, id(node))
         if key not in self._param_names:
-            if len(self.params) >= PARAM_LIMIT:
+            if len(self.params) >= self.param_limit:
                 self._cut()
             name = {"load": "in", "store": "out", "seed": "seed", "offset": "offset"}[kind] + str(len(self.params))
             self._param_names[key] = name
@@ -404,9 +404,9 @@ class Lowering:
 
 
 def lower(root: Node, materialized: dict[int, Node], produced: set[int], allow_extra_outputs: bool = True,
-          stored_apart: frozenset = frozenset()) -> LoweredKernel:
+          stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> LoweredKernel:
     """The IR of the kernel storing `root` (see Lowering)."""
-    return Lowering(root, materialized, produced, allow_extra_outputs, stored_apart).lower()
+    return Lowering(root, materialized, produced, allow_extra_outputs, stored_apart, param_limit).lower()
 
 
 def _viewed_constant(node: Node) -> Optional[Node]:

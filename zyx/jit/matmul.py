@@ -26,7 +26,7 @@ from ..trace.ops import Op
 from ..dtypes import float32
 from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Extract, LocalArray, LocalLoad, LocalStore, Loop,
                         MultiplyAdd, Operand, Reg, Role, Select)
-from .lower import Index, Lowering, _Value, linear, unravel
+from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
 
@@ -63,11 +63,17 @@ class TilePlan:
         return (t // self.width) * (SIDE * self.width) + item * self.width + t % self.width
 
 
-def plan_local_tiles(root: Node, product: Optional[Node]) -> Optional[TilePlan]:
+def local_bytes(block: int) -> int:
+    """Local memory a group of `block`-sized tiles takes: two operands, two slices each, float32."""
+    return 2 * 2 * BK * (block + PAD) * 4
+
+
+def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
     without a cast in between: the biggest block that leaves MIN_GROUPS groups at least FULL full (blocks hang
     over the ends of n and m), else the smallest block if it is at least MIN_USED full (an axis much shorter
-    than 32 gets no local tiles, nor a long product with very few groups)."""
+    than 32 gets no local tiles, nor a long product with very few groups). Only blocks whose tiles fit the
+    device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
     axes, space = space_axes(root, product), None
@@ -86,8 +92,9 @@ def plan_local_tiles(root: Node, product: Optional[Node]) -> Optional[TilePlan]:
     def used(block: int) -> float:  # the share of a block's outputs that exist
         return n * m * batch / (groups(block) * block * block)
 
-    chosen = next(((b, p) for b, p in BLOCKS if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
-    chosen = chosen or next(((b, p) for b, p in reversed(BLOCKS) if used(b) >= MIN_USED), None)
+    blocks = [(b, p) for b, p in BLOCKS if local_bytes(b) <= local_memory]
+    chosen = next(((b, p) for b, p in blocks if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
+    chosen = chosen or next(((b, p) for b, p in reversed(blocks) if used(b) >= MIN_USED), None)
     if chosen is None or (groups(chosen[0]) < FEW_GROUPS and product.src[0].shape[product.arg[0]] >= LONG_K):
         return None
     block, per_item = chosen
@@ -113,8 +120,8 @@ class LocalTileLowering(Lowering):
     """Lowering whose work items are the items of square groups of outputs, each owning a square tile."""
 
     def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: TilePlan,
-                 stored_apart: frozenset = frozenset()):
-        super().__init__(root, materialized, produced, False, stored_apart)
+                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+        super().__init__(root, materialized, produced, False, stored_apart, param_limit)
         self.plan = plan
         self.space = plan.space or root.shape
         blocks = {plan.n_space_axis: plan.block, plan.m_space_axis: plan.block}

@@ -24,9 +24,9 @@ TABLE = "programs"
 SIZE_LIMIT = 256 << 20
 
 
-def program_key(structure: str, device: Any, traits: Any) -> str:
-    """The disk key of the program for a trace structure on `device` (see `program_components`)."""
-    return cache_key(program_components(structure, device, traits))
+def program_key(structure: str, fingerprint: dict[str, str], traits: Any) -> str:
+    """The disk key of the program for a trace structure on the device of `fingerprint` (see `program_components`)."""
+    return cache_key(program_components(structure, fingerprint, traits))
 
 
 class ProgramStore:

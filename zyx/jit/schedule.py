@@ -1,7 +1,8 @@
 """Cutting a trace into kernels.
 
 Start from the nodes to realize; lower each to a kernel (lower.py fuses every elementwise op, view and
-reduction it can host), shape it for the device with transforms (transforms/) and print it (print_opencl.py);
+reduction it can host), shape it for the device with transforms (transforms/) and print it (print_opencl.py, or
+print_wgsl.py: `DeviceTraits.language`);
 whatever a kernel must read from memory instead (a reduction used at another shape, say) becomes a node to
 materialize, lowered later as its own kernel. Nodes are lowered latest first, so a kernel computing one
 reduction can also store another that others need (softmax: one kernel stores the row max and the row sum,
@@ -23,8 +24,8 @@ from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes
 from .kernel_ir import Kernel, RenderedKernel, Role
-from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
-from .print_opencl import print_kernel
+from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
+from . import print_opencl, print_wgsl
 from .transforms.group import group_reductions
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -39,6 +40,9 @@ class DeviceTraits:
     group_size: int = 256
     vector_width: int = 0  # >1: float32 kernels compute this many outputs per item as one vector (on GPUs
                            # elementwise kernels only: reductions there get work groups)
+    language: str = "opencl"        # the printer: "opencl" (OpenCL C) or "wgsl" (WebGPU)
+    max_params: int = PARAM_LIMIT   # buffers and scalars one kernel may take
+    local_memory: int = 1 << 16     # bytes of local memory one work group may use
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
@@ -49,7 +53,8 @@ class DeviceTraits:
         gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
         group = 1 << (min(256, int(getattr(runtime, "max_work_group_size", 256))).bit_length() - 1)
         width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
-        return DeviceTraits(gpu, group, width if width > 1 else 0)
+        return DeviceTraits(gpu, group, width if width > 1 else 0,
+                            local_memory=int(getattr(runtime, "local_mem_bytes", 1 << 16)))
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
@@ -99,16 +104,16 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
     cpu_plan = None if traits.gpu else plan_cpu_matmul(root, materialized)
     if cpu_plan is not None:
         lowered = CpuMatmulLowering(root, materialized, produced, cpu_plan, apart).lower()
-        return rendered(lowered, lowered.ir)
+        return rendered(lowered, lowered.ir, traits)
     tile = choose_tile(root, materialized, traits.gpu) or (None if traits.gpu else copy_tile(root))
-    plan = plan_local_tiles(root, hosted_matmul(root, materialized)) if traits.gpu else None
+    plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory) if traits.gpu else None
     if plan is not None:
-        lowered = LocalTileLowering(root, materialized, produced, plan, apart).lower()
-        return rendered(lowered, lowered.ir)
+        lowered = LocalTileLowering(root, materialized, produced, plan, apart, traits.max_params).lower()
+        return rendered(lowered, lowered.ir, traits)
     if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
         tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
     tile = tile if root.numel else None
-    lowered = lower(root, materialized, produced, allow_extra_outputs and not tile, apart)
+    lowered = lower(root, materialized, produced, allow_extra_outputs and not tile, apart, traits.max_params)
     kernel = lowered.ir
     vector = None
     if traits.vector_width and tile is None and not (traits.gpu and kernel.axis(Role.REDUCE)):
@@ -121,14 +126,21 @@ def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int],
         kernel = group_reductions(kernel, traits.group_size)  # (elementwise kernels as they are reach ~2.5 TB/s
     else:                                                     # on an H100: bench/README.md)
         kernel = unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
-    return rendered(lowered, kernel)
+    return rendered(lowered, kernel, traits)
 
 
-def rendered(lowered: LoweredKernel, kernel: Kernel) -> RenderedKernel:
-    """The kernel printed, with what the scheduler and the program need to know of it."""
-    name, source = print_kernel(kernel)
+PRINTERS = {  # language: (kernel -> (name, source), kernel -> (global size, local size))
+    "opencl": (print_opencl.print_kernel, lambda kernel: kernel.launch),
+    "wgsl": (print_wgsl.print_kernel, print_wgsl.launch),
+}
+
+
+def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = DeviceTraits()) -> RenderedKernel:
+    """The kernel printed for the device, with what the scheduler and the program need to know of it."""
+    printer, launch = PRINTERS[traits.language]
+    name, source = printer(kernel)
     loads = [p.node for p in kernel.params if p.kind == "load"]
-    global_size, local_size = kernel.launch
+    global_size, local_size = launch(kernel)
     return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
                           lowered.misaligned, global_size, local_size, lowered.longest_reduction)
 

@@ -40,7 +40,7 @@ class Executable:
             arguments = operator.itemgetter(*positions) if len(positions) > 1 else _single(positions)
             allocs = tuple((slot, program.slot_bytes[slot], program.aliases.get(slot), slot in internal)
                            for slot in program.allocs[k])
-            self.steps.append((kernels[k] if launch.global_size[0] > 0 else None, launch.global_size,
+            self.steps.append((kernels[k] if launch.is_kernel else None, launch.global_size,
                                launch.local_size, allocs, arguments, tuple(program.frees[k]), launch))
         self.empty_outputs = [o for o in dict.fromkeys(program.outputs) if program.slot_bytes[o] == 0]
 
@@ -52,7 +52,7 @@ class Executable:
         launch = backend.launcher(timed)
         first, slot_bytes = self.first_slot, self.program.slot_bytes
         slots: list[Any] = [None] * len(slot_bytes)  # Buffers of the other slots, held until their last reader
-        table: list[Any] = [buffer.cl_buffer for buffer in inputs[:first]]  # those some kernel reads
+        table: list[Any] = [buffer.raw for buffer in inputs[:first]]  # those some kernel reads
         table += [None] * len(slots)
         rand_args = rand_args[:self.rands]
         table += [np.uint64(seed) for seed, _ in rand_args] + [np.uint64(offset) for _, offset in rand_args]
@@ -67,7 +67,7 @@ class Executable:
                         table[first + slot] = internal[slot] = pool.acquire(nbytes)
                     else:
                         buffer = slots[slot] = inputs[alias] if alias is not None else allocate(nbytes)
-                        table[first + slot] = buffer.cl_buffer
+                        table[first + slot] = buffer.raw
                 if kernel is not None:
                     event = launch(kernel, global_size, local_size, arguments(table))
                     if timed:
@@ -84,7 +84,6 @@ class Executable:
             for slot, raw in internal.items():
                 pool.release(raw, slot_bytes[slot])
         return [slots[o] if slots[o] is not None else allocate(0) for o in self.program.outputs]
-
 
     def _collective(self, backend: Any, step: Any, table: list[Any], inputs: Sequence[Any],
                     communicating: dict[int, Any]) -> None:
