@@ -41,14 +41,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
     "Tensor": (".tensor", "Tensor"), "where": (".tensor", "where"),
     "cat": (".tensor_combine", "cat"), "stack": (".tensor_combine", "stack"),
     "save": (".serialization", "save"), "load": (".serialization", "load"),
-    "nn": (".nn", ""),
+    "nn": (".nn", ""), "distributed": (".distributed", ""),
     "einsum": (".einsum", "einsum"), "meshgrid": (".tensor_combine", "meshgrid"),
     **{name: (".creation", name) for name in ("linspace", "empty", "empty_like", "full_like")},
     **{name: (".tensor", f"Tensor.{name}") for name in TENSOR_FUNCTIONS},
 }
 
 __all__ = [
-    "jit", "memory_stats", "reset_peak_memory", "nn", "save", "load",
+    "jit", "memory_stats", "reset_peak_memory", "nn", "distributed", "save", "load",
     "Tensor", "Device", "CPU", "OpenCL", "WGPU", "DType", "ShapeError", "AxisError", "OutOfMemoryError", "tensor", "zeros",
     "ones", "full", "eye", "arange", "from_dlpack",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
@@ -88,7 +88,7 @@ import sys as _sys  # noqa: E402
 _sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each on first use
-    from . import nn
+    from . import distributed, nn
     from .counters import reset_stats, stats
     from .creation import (arange, empty, empty_like, eye, from_dlpack, full, full_like, linspace, ones, ones_like,
                            rand, randn, tensor, uniform, zeros, zeros_like)

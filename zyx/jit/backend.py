@@ -162,8 +162,8 @@ class JitBackend(FusingBackend):
 
     def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
-        self._compile_together([launch for launch in program.launches if launch.global_size[0]])
-        return [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
+        self._compile_together([launch for launch in program.launches if launch.is_kernel])
+        return [self.kernel(launch.source, launch.name) if launch.is_kernel else None
                 for launch in program.launches]
 
     def kernel(self, source: str, name: str) -> cl.Kernel:

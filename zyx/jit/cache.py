@@ -13,6 +13,7 @@ read-only and untrusted directories (see `disk_store`). None of these interrupts
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from typing import Callable, Iterator, Sequence
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
+from zyx.jit.compile_lock import compile_lock
 from zyx.jit.compiler import build_binary, build_source
 from zyx.jit.program_binary import program_binary
 from zyx.jit.cache_key import (
@@ -182,6 +184,7 @@ class KernelCache:
         self._compiled_seconds = 0.0  # spent compiling programs in this process
         self._writer = BackgroundWriter(self._exit_wait_seconds)
         self._store = DiskStore(self.directory, TABLE, self.size_limit)
+        self._shared = False  # see share_compiles
 
     # -- the JIT's entry points ------------------------------------------------------------------
 
@@ -215,15 +218,23 @@ class KernelCache:
             if program is not None:
                 on_built(index)
         missing = [index for index, program in enumerate(programs) if program is None]
-        if missing:
-            for index, (program, seconds) in _compile_all(context, device, [sources[i] for i in missing], options,
-                                                          missing):
-                components, key = wanted[index]
-                programs[index] = self._record_compiled(program, seconds, sources[index], device, key, components)
-                on_built(index)
+        if missing and self._shares_compiles:
+            self._build_shared(context, device, sources, options, wanted, programs, on_built)
+        elif missing:
+            self._compile_into(context, device, sources, options, wanted, programs, missing, on_built)
         with self._lock:
             return [self._memory.setdefault((context, device, key), program)
                     for (_, key), program in zip(wanted, programs)]
+
+    def share_compiles(self) -> None:
+        """Other processes use this cache directory at the same time (the ranks of an MPI job on one node): from
+        now on one of them compiles a missing kernel while the others wait for its binary and load it, instead of
+        each compiling it (see compile_lock.py). Binaries are then stored as soon as they are built."""
+        self._shared = True
+
+    @property
+    def _shares_compiles(self) -> bool:
+        return self._shared and self.stores_binaries and not self._store.read_only
 
     def holds(self, device: cl.Device, source: str, options: tuple[str, ...] = ()) -> bool:
         """Whether `build` would find the program in memory or on disk (it may still prove damaged there)."""
@@ -361,6 +372,45 @@ class KernelCache:
         logger("zyx.cache").info("loaded %s from the cache in %.1f ms (key %s)", ";".join(meta["kernel_names"]),
                                  (time.perf_counter() - start) * 1e3, key[:SHORT_KEY_LENGTH])
         return program
+
+    def _compile_into(self, context: cl.Context, device: cl.Device, sources: Sequence[str], options: tuple[str, ...],
+                      wanted: list[tuple[dict[str, str], str]], programs: list, indices: Sequence[int],
+                      on_built: Callable[[int], None]) -> list[int]:
+        """Compile `sources[i]` for each i of `indices`, side by side, into `programs[i]`; returns the indices."""
+        if not indices:
+            return []
+        for index, (program, seconds) in _compile_all(context, device, [sources[i] for i in indices], options,
+                                                      indices):
+            components, key = wanted[index]
+            programs[index] = self._record_compiled(program, seconds, sources[index], device, key, components)
+            on_built(index)
+        return list(indices)
+
+    def _build_shared(self, context: cl.Context, device: cl.Device, sources: Sequence[str], options: tuple[str, ...],
+                      wanted: list[tuple[dict[str, str], str]], programs: list,
+                      on_built: Callable[[int], None]) -> None:
+        """The missing programs, each compiled by one of the processes sharing the directory: this one locks the
+        keys no other holds, loads those stored meanwhile, compiles the rest side by side and stores them before
+        letting go; then it waits for the keys others hold and loads what they stored (compiling what they did not)."""
+        def load(index: int) -> bool:
+            components, key = wanted[index]
+            programs[index] = self._load(context, device, key, components, options)
+            if programs[index] is not None:
+                on_built(index)
+            return programs[index] is not None
+
+        missing = [index for index, program in enumerate(programs) if program is None]
+        with contextlib.ExitStack() as held:
+            mine = [i for i in missing if held.enter_context(compile_lock(self.directory, wanted[i][1], wait=False))]
+            for index in self._compile_into(context, device, sources, options, wanted, programs,
+                                            [i for i in mine if not load(i)], on_built):
+                self.commit(programs[index])
+        for index in missing:
+            if programs[index] is None:
+                with compile_lock(self.directory, wanted[index][1], wait=True):
+                    if not load(index):  # the holder stored nothing (it failed, or its binary was rejected)
+                        self._compile_into(context, device, sources, options, wanted, programs, [index], on_built)
+                        self.commit(programs[index])
 
     def _record_compiled(self, program: cl.Program, seconds: float, source: str, device: cl.Device, key: str,
                          components: dict[str, str]) -> cl.Program:

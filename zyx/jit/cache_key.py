@@ -23,14 +23,15 @@ CACHE_FORMAT = "1"
 FINGERPRINT_NAMES = ("device", "platform", "platform_version", "driver_version", "opencl_c_version")
 COMPONENT_NAMES = ("source_hash", *FINGERPRINT_NAMES, "options", "zyx_version", "format")
 
-PROGRAM_FORMAT = "program-2"
+PROGRAM_FORMAT = "program-3"
 """Bump when the stored program layout changes."""
 PROGRAM_COMPONENT_NAMES = ("structure", *FINGERPRINT_NAMES, "traits", "settings", "zyx_source", "zyx_version",
                            "format")
 SETTINGS_THAT_SHAPE_NO_PROGRAM = frozenset({"ZYX_CACHE_DIR", "ZYX_CACHE_SIZE", "ZYX_DEBUG", "ZYX_DEBUG_CACHE",
-                                            "ZYX_DEVICE"})
-"""Where the cache lives, what is printed, which device is the default: everything else named ZYX_* is in a
-program's key (a setting listed here wrongly would return old programs; one missing only costs a reschedule)."""
+                                            "ZYX_DEVICE", "ZYX_DISTRIBUTED_TIMEOUT", "ZYX_SHARE_COMPILES"})
+"""Where the cache lives, what is printed, which device is the default, how ranks wait for each other: everything
+else named ZYX_* is in a program's key (a setting listed here wrongly would return old programs; one missing only
+costs a reschedule)."""
 
 
 def hash_hex(data: str | bytes) -> str:

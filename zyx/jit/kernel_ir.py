@@ -288,6 +288,7 @@ class RenderedKernel:
     global_size: int
     local_size: Optional[int]
     longest_reduction: int = 0  # elements the longest reduction in this kernel walks
+    collective: str = ""  # not a kernel: a value combined across processes, "all_reduce sum float32" (collective.py)
 
 
 # ---- walking and rewriting -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
+from .collective import collective_kernel
 from .rewrite import rewrite_graph
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, plan_local_tiles
@@ -191,13 +192,15 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
     order = toposort(targets)
     position = {id(node): i for i, node in enumerate(order)}
     materialized: dict[int, Node] = {id(t): t for t in targets}
-    shared = _shared_products(targets)
+    across = _collectives(order)  # values combined across processes, and their sources: stored, never fused
+    materialized.update(across)
+    shared = _shared_products([*targets, *across.values()])
     materialized.update(shared)
     chain_cuts = _chain_cuts(order, materialized)
     materialized.update(chain_cuts)
     produced: set[int] = set()
     # shared products, cuts of long chains, and values a kernel would recompute too often
-    stored_apart: set[int] = set(shared) | set(chain_cuts)
+    stored_apart: set[int] = set(shared) | set(chain_cuts) | set(across)
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
@@ -214,10 +217,21 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
         _, key = heapq.heappop(queue)
         if key in produced:
             continue
-        kernels.append(_build_kernel(materialized[key], materialized, produced, traits, allow_extra_outputs,
-                                     stored_apart))
+        node = materialized[key]
+        kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
+                       _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
+
+
+def _collectives(order: Sequence[Node]) -> dict[int, Node]:
+    """COLLECTIVE nodes and their sources (but buffers): the runtime combines stored values, not expressions."""
+    found: dict[int, Node] = {}
+    for node in order:
+        if node.op is Op.COLLECTIVE:
+            found[id(node)] = node
+            found.update((id(source), source) for source in node.src if not source.realized)
+    return found
 
 
 def _shared_products(targets: Sequence[Node]) -> dict[int, Node]:
@@ -229,7 +243,7 @@ def _shared_products(targets: Sequence[Node]) -> dict[int, Node]:
         stack, seen = [target], set()
         while stack:
             node = stack.pop()
-            if id(node) in seen or node.op is Op.BUFFER:
+            if id(node) in seen or node.op in (Op.BUFFER, Op.COLLECTIVE):
                 continue
             seen.add(id(node))
             if node.op is Op.SUM and matmul_axes(node) is not None:

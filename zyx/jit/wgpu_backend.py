@@ -15,6 +15,7 @@ import numpy as np
 from ..progress import compiling
 from ..runtime.webgpu import WgpuRuntime
 from ..trace.node import Node, toposort
+from ..trace.ops import Op
 from . import print_wgsl
 from .backend import FusingBackend
 from .lower import PARAM_LIMIT
@@ -59,6 +60,9 @@ class WgpuJitBackend(FusingBackend):
 
     def _check_graph(self, targets: Sequence[Node]) -> None:
         for node in toposort(list(targets)):
+            if node.op is Op.COLLECTIVE:
+                raise TypeError(f"{self.name}: zyx.distributed's collectives run on zyx.CPU() and zyx.OpenCL() "
+                                "(host staging is written for those two); move the tensors there")
             if node.dtype.name == "float64":
                 raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE}): the trace computes "
                                 f"{node.op.name} {node.shape} in float64")
@@ -73,9 +77,9 @@ class WgpuJitBackend(FusingBackend):
     def _kernels_of(self, program: Program) -> list[Any]:
         sources = [self._source(program, launch) for launch in program.launches]
         missing = {source for source, launch in zip(sources, program.launches)
-                   if launch.global_size[0] and source not in self._kernels}
+                   if launch.is_kernel and source not in self._kernels}
         with compiling(len(missing) if len(missing) > 1 else 0) as advance:
-            return [self._kernel(source, launch, advance) if launch.global_size[0] else None
+            return [self._kernel(source, launch, advance) if launch.is_kernel else None
                     for source, launch in zip(sources, program.launches)]
 
     @staticmethod

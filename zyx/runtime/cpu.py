@@ -16,9 +16,10 @@ from ..trace.node import Node, short_name
 from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
 from ..trace.philox import philox_uniform
 from . import profiling
+from .collectives import combine
 from .limits import host_limits
 
-MATERIALIZED_OPS = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD}  # numpy allocates these; other views do not
+MATERIALIZED_OPS = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE}  # numpy allocates these; other views do not
 
 UNARY: dict[Op, Callable[[np.ndarray], np.ndarray]] = {
     Op.NEG: np.negative, Op.RECIP: np.reciprocal, Op.SQRT: np.sqrt, Op.EXP: np.exp, Op.LOG: np.log,
@@ -91,6 +92,9 @@ def evaluate(node: Node, inputs: Sequence[np.ndarray]) -> np.ndarray:
         return np.where(*inputs).astype(dtype, copy=False)
     if op is Op.SUM:
         return np.sum(inputs[0], axis=node.arg, keepdims=True, dtype=dtype)
+    if op is Op.COLLECTIVE:  # one flat bucket, combined as stored (halves rounded) as the OpenCL host step does
+        bucket = np.concatenate([x.astype(node.dtype.np).reshape(-1) for x in inputs])
+        return combine(bucket, *node.arg).astype(dtype)
     if op is Op.RMAX:
         x = inputs[0]
         if x.size == 0:  # the max of nothing is the identity of max

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import profiling
+from .collectives import START
 
 
 class Executable:
@@ -39,7 +40,7 @@ class Executable:
             arguments = operator.itemgetter(*positions) if len(positions) > 1 else _single(positions)
             allocs = tuple((slot, program.slot_bytes[slot], program.aliases.get(slot), slot in internal)
                            for slot in program.allocs[k])
-            self.steps.append((kernels[k] if launch.global_size[0] > 0 else None, launch.global_size,
+            self.steps.append((kernels[k] if launch.is_kernel else None, launch.global_size,
                                launch.local_size, allocs, arguments, tuple(program.frees[k]), launch))
         self.empty_outputs = [o for o in dict.fromkeys(program.outputs) if program.slot_bytes[o] == 0]
 
@@ -58,6 +59,7 @@ class Executable:
         for output in self.empty_outputs:
             slots[output] = allocate(0)
         internal: dict[int, Any] = {}  # slot -> its raw buffer, until it is given back to the pool
+        communicating: dict[int, Any] = {}  # result slot -> its collective, started and not yet finished
         try:
             for k, (kernel, global_size, local_size, allocs, arguments, frees, step) in enumerate(self.steps):
                 for slot, nbytes, alias, raw in allocs:
@@ -72,6 +74,8 @@ class Executable:
                         _record(backend, self.program, step, event)
                     if on_first_launch is not None:
                         on_first_launch(k)
+                elif step.collective and global_size[0] > 0:
+                    self._collective(backend, step, table, inputs, communicating)
                 for slot in frees:
                     if slot in internal:
                         pool.release(internal.pop(slot), slot_bytes[slot])
@@ -80,6 +84,19 @@ class Executable:
             for slot, raw in internal.items():
                 pool.release(raw, slot_bytes[slot])
         return [slots[o] if slots[o] is not None else allocate(0) for o in self.program.outputs]
+
+    def _collective(self, backend: Any, step: Any, table: list[Any], inputs: Sequence[Any],
+                    communicating: dict[int, Any]) -> None:
+        """A START hands its sources (one bucket) to the communication thread; the FINISH of the same result slot
+        waits for it and writes the result (jit/collective.py places them)."""
+        first, slot_bytes = self.first_slot, self.program.slot_bytes
+        if step.name == START:
+            sources = [(table[first + index], slot_bytes[index]) if kind == "slot"
+                       else (table[index], inputs[index].nbytes) for kind, index in step.args[:-1]]
+            communicating[step.args[-1][1]] = backend.start_collective(sources, step.global_size[0], step.collective)
+        else:
+            result = step.args[0][1]
+            backend.finish_collective(communicating.pop(result), table[first + result], step.collective)
 
 
 def _single(positions: list[int]) -> Callable[[list[Any]], tuple]:

@@ -8,6 +8,7 @@ PoCL); the switch waits for the other queue, so the order still holds.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import pyopencl as cl
 
 from zyx import counters as stats
-from zyx.runtime import profiling
+from zyx.runtime import collectives, profiling
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import BufferPool, PooledRuntime
 from ..debug import logger
@@ -149,6 +150,37 @@ class OpenCLBackend(PooledRuntime):
         if len(self._pending_uploads) > _PENDING_UPLOADS_BEFORE_PRUNE:
             complete = cl.command_execution_status.COMPLETE
             self._pending_uploads = [e for e in self._pending_uploads if e.command_execution_status != complete]
+
+    # --- collectives (staged through host memory) -------------------------------------------------------
+
+    def start_collective(self, sources: Sequence[tuple[cl.Buffer, int]], numel: int,
+                         step: str) -> concurrent.futures.Future:
+        """Enqueue copies of `sources` ((buffer, bytes) each), one after another, into one host bucket of `numel`
+        elements and hand combining it (`step`: "all_reduce sum float32") to the communication thread; kernels
+        enqueued after this run while it communicates."""
+        kind, parameter, dtype = collectives.parse_step(step)
+        bucket = np.empty(numel, dtype)
+        if sum(nbytes for _, nbytes in sources) != bucket.nbytes:
+            raise ValueError(f"{step}: the sources hold {[n for _, n in sources]} bytes, the bucket {bucket.nbytes}")
+        view, start, copies = _as_bytes(bucket), 0, []
+        for buffer, nbytes in sources:
+            if nbytes:
+                copies.append(cl.enqueue_copy(self.queue, view[start:start + nbytes], buffer, is_blocking=False))
+            start += nbytes
+        self.queue.flush()  # the copies start now, not at the next wait
+
+        def combine(comm: Any) -> np.ndarray:
+            if copies:
+                cl.wait_for_events(copies)
+            collectives.combine_in_place(comm, bucket, kind, parameter)
+            return bucket
+        return collectives.process_group().submit(combine)
+
+    def finish_collective(self, pending: concurrent.futures.Future, buffer: cl.Buffer, step: str) -> None:
+        """Wait for a started collective (at most the group's timeout) and enqueue its result into `buffer`."""
+        bucket = collectives.process_group().wait(pending, step)
+        if bucket.nbytes:
+            self._keep_until_done(cl.enqueue_copy(self.queue, buffer, _as_bytes(bucket), is_blocking=False))
 
     # --- execution ----------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from ..dtypes import DType, bool_, int_range
 from ..errors import AxisError, ShapeError
-from .ops import BINARY_OPS, BITWISE_OPS, COMPARE_OPS, Op, REDUCE_OPS, SHIFT_OPS
+from .ops import BINARY_OPS, BITWISE_OPS, COMPARE_OPS, Op, REDUCE_OPS, REDUCTIONS_ACROSS_PROCESSES, SHIFT_OPS
 
 Shape = tuple[int, ...]
 
@@ -222,6 +222,30 @@ def flip(x: Node, axes: Sequence[int]) -> Node:
     if not axes:
         return x
     return Node(Op.FLIP, (x,), axes, x.shape, x.dtype, x.device)
+
+
+# ---- across processes --------------------------------------------------------------------------------------
+
+def collective(sources: Sequence[Node], kind: str, parameter: Any) -> Node:
+    """The sources flattened one after another (one flat buffer: a bucket), combined with the same node of every
+    other process: ("all_reduce", "sum"|"max"|"min") or ("broadcast", source rank). Which processes take part
+    is the runtime's business."""
+    if kind not in ("all_reduce", "broadcast"):
+        raise ValueError(f"unknown collective {kind!r}; expected all_reduce or broadcast")
+    if kind == "all_reduce" and parameter not in REDUCTIONS_ACROSS_PROCESSES:
+        raise ValueError(f"all_reduce: unknown reduction {parameter!r}; expected one of "
+                         f"{', '.join(REDUCTIONS_ACROSS_PROCESSES)}")
+    if kind == "broadcast" and (isinstance(parameter, bool) or not isinstance(parameter, int) or parameter < 0):
+        raise ValueError(f"broadcast: the source rank must be a non-negative integer, got {parameter!r}")
+    sources = tuple(sources)
+    if not sources:
+        raise ValueError(f"{kind}: nothing to combine (no tensors)")
+    dtypes = {s.dtype.name for s in sources}
+    if len(dtypes) > 1:
+        raise TypeError(f"{kind}: one bucket holds one dtype, got {', '.join(sorted(dtypes))}")
+    device = _same_device(sources, Op.COLLECTIVE)
+    return Node(Op.COLLECTIVE, sources, (kind, parameter), (sum(s.numel for s in sources),), sources[0].dtype,
+                device)
 
 
 # ---- graph walks -------------------------------------------------------------------------------------------
