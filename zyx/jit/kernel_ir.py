@@ -247,6 +247,7 @@ class Kernel:
     axes: tuple[Axis, ...]
     body: tuple
     local_size: Optional[int] = None  # a launch's work group, when the kernel asks for one without a LOCAL axis
+    _fingerprint: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
 
     def axis(self, role: Role) -> Optional[Axis]:
         return next((a for a in self.axes if a.role is role), None)
@@ -268,9 +269,11 @@ class Kernel:
     def fingerprint(self) -> str:
         """A hash of everything the kernel computes (what names it and keys its binary, with the printer's
         version): parameters by kind and dtype, axes, statements."""
-        params = [(p.kind, p.name, p.dtype.name) for p in self.params]
-        text = repr((self.kind, params, self.axes, self.body, self.local_size))
-        return xxhash.xxh3_128_hexdigest(text.encode())
+        if not self._fingerprint:
+            params = [(p.kind, p.name, p.dtype.name) for p in self.params]
+            text = repr((self.kind, params, self.axes, self.body, self.local_size))
+            self._fingerprint.append(xxhash.xxh3_128_hexdigest(text.encode()))
+        return self._fingerprint[0]
 
 
 @dataclass
@@ -288,6 +291,7 @@ class RenderedKernel:
     global_size: int
     local_size: Optional[int]
     longest_reduction: int = 0  # elements the longest reduction in this kernel walks
+    site: Optional[Any] = None  # a choices.TuneSite: how it was shaped and what a search may try; None: nothing
 
 
 # ---- walking and rewriting -------------------------------------------------------------------------------

@@ -18,12 +18,13 @@ from typing import Optional, Sequence
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
 from .rewrite import rewrite_graph
+from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
-from .matmul import LocalTileLowering, plan_local_tiles
-from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes
+from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
+from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Kernel, RenderedKernel, Role
 from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
-from .print_opencl import print_kernel
+from .print_opencl import kernel_name, print_kernel
 from .transforms.group import group_reductions
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -38,6 +39,9 @@ class DeviceTraits:
     group_size: int = 256
     vector_width: int = 0  # >1: float32 kernels compute this many outputs per item as one vector (on GPUs
                            # elementwise kernels only: reductions there get work groups)
+    native_width: int = 16  # floats in one of the device's vector registers (CPUs: 8 with AVX2, 16 with AVX-512)
+    max_group_size: int = 256  # the most items a work group may have (what a search may try)
+    local_memory: int = 48 << 10  # bytes of local memory per work group
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
@@ -46,12 +50,16 @@ class DeviceTraits:
         compilers call math functions lane by lane otherwise); GPUs 4, so every item loads and stores whole
         float4 vectors, as a hand-written elementwise kernel does."""
         gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
-        group = 1 << (min(256, int(getattr(runtime, "max_work_group_size", 256))).bit_length() - 1)
+        most = min(1024, int(getattr(runtime, "max_work_group_size", 256)))
+        group = 1 << (min(256, most).bit_length() - 1)
         width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
-        return DeviceTraits(gpu, group, width if width > 1 else 0)
+        native = int(getattr(runtime, "native_vector_width", 16))
+        return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
+                            int(getattr(runtime, "local_mem_bytes", 48 << 10)))
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
+VECTOR_UNROLL = 4             # vector accumulators per reduction loop (fewer where the trips do not divide)
 CPU_VECTOR_WIDTH = 16         # one AVX-512 register of float32; as fast as 8 on AVX2 machines
 GPU_VECTOR_WIDTH = 4          # float4: one 16-byte load and store per item
 FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
@@ -59,18 +67,20 @@ GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one wor
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
 
 
-def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> tuple[list[RenderedKernel], list[Node]]:
+def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
+             tuned: TunedChoices = NO_TUNING) -> tuple[list[RenderedKernel], list[Node]]:
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
-    (rewrites may have replaced them; they correspond by position)."""
+    (rewrites may have replaced them; they correspond by position). A kernel for which `tuned` holds a choice
+    is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped)."""
     targets = rewrite_graph(targets, traits.gpu)
     try:
-        return _schedule(targets, traits, allow_extra_outputs=True), targets
+        return _schedule(targets, traits, tuned, allow_extra_outputs=True), targets
     except ScheduleConflict:
-        return _schedule(targets, traits, allow_extra_outputs=False), targets
+        return _schedule(targets, traits, tuned, allow_extra_outputs=False), targets
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
-                  allow_extra_outputs: bool, stored_apart: set[int]) -> RenderedKernel:
+                  allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices) -> RenderedKernel:
     """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again.
     What the kernel reads from others becomes a node to store, what it stores is produced."""
     product = None if traits.gpu else hosted_matmul(root, materialized)
@@ -79,7 +89,8 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
         stored_apart.add(id(product))        # kernel, and this one reads it)
     while True:
         try:
-            kernel = _build_shaped(root, materialized, produced, traits, allow_extra_outputs, frozenset(stored_apart))
+            kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, frozenset(stored_apart)),
+                                   traits, tuned)
             break
         except KernelTooLarge as too_large:
             materialized[id(too_large.node)] = too_large.node
@@ -90,58 +101,162 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     return kernel
 
 
-def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
-                  allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
-    """Lower the kernel storing `root`, then shape it for the device: register tiles for products, vector lanes
-    on CPUs, a work group per output for GPU kernels whose few outputs each need a long reduction, else
-    unrolled reductions."""
-    cpu_plan = None if traits.gpu else plan_cpu_matmul(root, materialized)
-    if cpu_plan is not None:
-        lowered = CpuMatmulLowering(root, materialized, produced, cpu_plan, apart).lower()
-        return rendered(lowered, lowered.ir)
-    tile = choose_tile(root, materialized, traits.gpu) or (None if traits.gpu else copy_tile(root))
-    plan = plan_local_tiles(root, hosted_matmul(root, materialized)) if traits.gpu else None
-    if plan is not None:
-        lowered = LocalTileLowering(root, materialized, produced, plan, apart).lower()
-        return rendered(lowered, lowered.ir)
-    if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
-        tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
-    tile = tile if root.numel else None
-    lowered = lower(root, materialized, produced, allow_extra_outputs and not tile, apart)
+@dataclass(frozen=True)
+class _Site:
+    """Where a kernel is lowered: its root and what the scheduler has decided so far (read only here)."""
+
+    root: Node
+    materialized: dict[int, Node]
+    produced: set[int]
+    allow_extra_outputs: bool
+    apart: frozenset
+
+
+@dataclass
+class _Shaped:
+    """A lowered kernel shaped for the device, with the choice it was shaped with (None: nothing to choose,
+    as for a packed operand's copy) and the values each of the choice's parameters may take."""
+
+    lowered: LoweredKernel
+    kernel: Kernel
+    choice: Optional[Choice] = None
+    options: Options = ()
+
+
+def _build_shaped(site: _Site, traits: DeviceTraits, tuned: TunedChoices) -> RenderedKernel:
+    """Lower the kernel storing the site's root and shape it as the heuristics choose (`_shape`); where `tuned`
+    holds a choice for that kernel (by its fingerprint) that fits it, shape it again with that choice."""
+    shaped = _shape(site, traits, None)
+    heuristic, options = shaped.choice, shaped.options
+    if shaped.choice is None or not fits(heuristic, heuristic.family, options):
+        return rendered(shaped.lowered, shaped.kernel)  # (ZYX_TILE asked for a tile no search would try)
+    key, name = shaped.kernel.fingerprint(), kernel_name(shaped.kernel)
+    choice = tuned.get(key)
+    if choice is not None and choice != heuristic and fits(choice, heuristic.family, options):
+        try:
+            shaped = _shape(site, traits, choice)
+        except KernelTooLarge:  # (a bigger tile outgrew the statement limit here: the heuristics' kernel then)
+            pass
+    return rendered(shaped.lowered, shaped.kernel, TuneSite(key, name, heuristic, shaped.choice, options))
+
+
+def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
+    """Shape the kernel storing `site.root` with `choice` (None: as the heuristics choose): register tiles for
+    products, vector lanes on CPUs, a work group per output for GPU kernels whose few outputs each need a long
+    reduction, else unrolled reductions."""
+    root, materialized = site.root, site.materialized
+    family = choice.family if choice is not None else None
+    if not traits.gpu and family in (None, "cpu_matmul"):
+        cpu_plan = plan_cpu_matmul(root, materialized, traits.native_width, choice)
+        if cpu_plan is not None:
+            lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
+            return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
+    if traits.gpu and family in (None, "local_tiles"):
+        plan = plan_local_tiles(root, hosted_matmul(root, materialized), choice)
+        if plan is not None:
+            lowered = LocalTileLowering(root, materialized, site.produced, plan, site.apart).lower()
+            return _Shaped(lowered, lowered.ir, plan.choice, local_tile_options(traits.local_memory))
+    return _shape_plain(site, traits, choice)
+
+
+def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
+    """One output per item, then a register tile of a product, vector lanes, a work group per output or
+    unrolled reductions, as `choice` says (None: as the heuristics choose)."""
+    root = site.root
+    axes = tile_axes(root, site.materialized) if root.numel else None
+    tile = _product_tile(root, axes, traits, choice)
+    if not tile and not traits.gpu and root.numel:
+        copy = copy_tile(root)
+        if copy:  # a packed operand's copy: nothing to choose
+            lowered = lower(root, site.materialized, site.produced, False, site.apart)
+            return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy))
+    lowered = lower(root, site.materialized, site.produced, site.allow_extra_outputs and not tile, site.apart)
     kernel = lowered.ir
+    reduces = kernel.axis(Role.REDUCE) is not None
+    options = _plain_options(root, axes, traits, reduces)
+    if not options:
+        return _Shaped(lowered, kernel)
     vector = None
-    if traits.vector_width and tile is None and not (traits.gpu and kernel.axis(Role.REDUCE)):
-        vector = _vector_kernel(kernel, traits.vector_width)
+    if choice is None:
+        width = traits.vector_width if traits.vector_width and not tile and not (traits.gpu and reduces) else 1
+        vector = _vector_kernel(kernel, width, VECTOR_UNROLL) if width > 1 else None
+        grouped = (not tile and vector is None and traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS
+                   and lowered.longest_reduction >= GROUP_MIN_REDUCE)
+        tile_n, tile_m = ((tile or {}).get(axis, 1) for axis in axes) if axes else (1, 1)
+        heuristic = {"tile_n": tile_n, "tile_m": tile_m, "width": width if vector is not None else 1,
+                     "unroll": VECTOR_UNROLL if vector is not None else UNROLL,
+                     "group": traits.group_size if grouped else 0}
+        choice = Choice.of("plain", **{name: heuristic[name] for name, _ in options})
+    return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector), choice, options)
+
+
+def _product_tile(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits,
+                  choice: Optional[Choice]) -> Optional[dict[int, int]]:
+    """Outputs per item along the product's axes (None: one output per item): `choice`'s, else the device's
+    default, except on a GPU for a small product (a work group per output keeps the GPU busier)."""
+    if axes is None:
+        return None
+    if choice is not None:
+        tile = {axes[0]: choice.get("tile_n", 1), axes[1]: choice.get("tile_m", 1)}
+    else:
+        tile = choose_tile(root, axes, traits.gpu)
+        if traits.gpu and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
+            return None
+    tile = {axis: factor for axis, factor in tile.items() if factor > 1}
+    return tile or None
+
+
+def _plain_options(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits, reduces: bool) -> Options:
+    """What a search may try for a kernel of one output per item: tiles that divide the product's axes, vector
+    widths (not for GPU reductions, which get work groups), unrolling and work groups of reductions."""
+    family = FAMILIES["plain"]
+    options: dict[str, tuple[int, ...]] = {}
+    if axes is not None:
+        for name, axis in zip(("tile_n", "tile_m"), axes):
+            options[name] = tuple(f for f in family[name] if root.shape[axis] % f == 0)
+    if traits.vector_width and not (traits.gpu and reduces):
+        options["width"] = family["width"]
+    if reduces:
+        options["unroll"] = family["unroll"]
+    if reduces and traits.gpu:
+        options["group"] = tuple(g for g in family["group"] if g <= traits.max_group_size)
+    return tuple((name, values) for name, values in sorted(options.items()) if len(values) > 1)
+
+
+def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int, int]], choice: Choice,
+                 vector: Optional[Kernel]) -> Kernel:
+    """`kernel` (one output per item) shaped as `choice` says; `vector`: its vector kernel, if made already."""
     if tile:
-        kernel = upcast(kernel, lowered.space, tile)
-    elif vector is not None:
-        kernel = vector
-    elif traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS and lowered.longest_reduction >= GROUP_MIN_REDUCE:
-        kernel = group_reductions(kernel, traits.group_size)  # (elementwise kernels as they are reach ~2.5 TB/s
-    else:                                                     # on an H100: bench/README.md)
-        kernel = unroll_reductions(kernel, lambda trips: UNROLL if trips >= 2 * UNROLL else 1)
-    return rendered(lowered, kernel)
+        return upcast(kernel, space, tile)
+    if choice.get("group", 0):
+        return group_reductions(kernel, choice["group"])
+    unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
+    vector = vector or (_vector_kernel(kernel, width, unroll) if width > 1 else None)
+    if vector is not None:
+        return vector
+    return unroll_reductions(kernel, lambda trips: unroll if trips >= 2 * unroll else 1)
 
 
-def rendered(lowered: LoweredKernel, kernel: Kernel) -> RenderedKernel:
+def rendered(lowered: LoweredKernel, kernel: Kernel, site: Optional[TuneSite] = None) -> RenderedKernel:
     """The kernel printed, with what the scheduler and the program need to know of it."""
     name, source = print_kernel(kernel)
     loads = [p.node for p in kernel.params if p.kind == "load"]
     global_size, local_size = kernel.launch
     return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
-                          lowered.misaligned, global_size, local_size, lowered.longest_reduction)
+                          lowered.misaligned, global_size, local_size, lowered.longest_reduction, site)
 
 
-def _vector_kernel(kernel: Kernel, width: int) -> Optional[Kernel]:
+def _vector_kernel(kernel: Kernel, width: int, unroll: int) -> Optional[Kernel]:
     """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
-    elements at a time; each loop with up to four vector accumulators. None when neither applies."""
+    elements at a time; each loop with up to `unroll` vector accumulators. None when neither applies."""
     vector = vectorize(kernel, width) or vectorize(kernel, width, uniform=True)
     if vector is None:
         return None
-    return unroll_reductions(vector, lambda trips: next(u for u in (4, 2, 1) if trips % u == 0))
+    return unroll_reductions(vector, lambda trips: next(u for u in (16, 8, 4, 2, 1) if u <= unroll and trips % u == 0))
 
 
-def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:
+def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
+              allow_extra_outputs: bool) -> list[RenderedKernel]:
     order = toposort(targets)
     position = {id(node): i for i, node in enumerate(order)}
     materialized: dict[int, Node] = {id(t): t for t in targets}
@@ -169,7 +284,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
         if key in produced:
             continue
         kernels.append(_build_kernel(materialized[key], materialized, produced, traits, allow_extra_outputs,
-                                     stored_apart))
+                                     stored_apart, tuned))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
 
