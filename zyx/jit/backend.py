@@ -12,10 +12,13 @@ from ..runtime.opencl import OpenCLBackend
 from ..trace.hashing import signature
 from ..trace.node import Node
 from . import print_opencl as c
-from .cache import default_cache
+from .cache import default_cache, device_fingerprint
+from .choices import TunedChoices
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
+from .tune import Tuner, tune_mode
+from .tune_store import default_tuning_store
 from ..progress import compiling
 from ..debug import logger
 
@@ -31,6 +34,8 @@ class JitBackend:
         self.name = self.runtime.name
         self.programs: dict[str, Program] = {}
         self.traits = DeviceTraits.of(self.runtime)
+        self._tuned: Optional[TunedChoices] = None
+        self._tuner: Optional[Tuner] = None
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
 
@@ -72,36 +77,60 @@ class JitBackend:
         return run_program(self.runtime, program, kernels, inputs, rand_args,
                            on_first_launch=self._after_launch(program))
 
+    @property
+    def tuned(self) -> TunedChoices:
+        """The tuned choices stored for this device (read at first use), and those found since."""
+        if self._tuned is None:
+            self._tuned = default_tuning_store().choices(device_fingerprint(self.runtime.device))
+        return self._tuned
+
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-                    in_place: Sequence[tuple[int, int]] = ()) -> Program:
-        """The Program for a trace structure: from memory, else from disk, else scheduled (and stored)."""
+                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> Program:
+        """The Program for a trace structure: from memory, else from disk, else scheduled (and stored). With
+        tuning on (ZYX_TUNE, or `tune`: see tune.py) it is scheduled afresh, searching new kernels."""
         program = self.programs.get(key)
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        disk_key = program_key(key, self.runtime.device, self.traits)
-        program = default_program_store().load(disk_key, len(leaves), len(rands))
+        mode = tune_mode(tune)
+        program = None
+        if not mode:
+            program = default_program_store().load(self._disk_key(key), len(leaves), len(rands))
         if program is not None:
             stats.bump("programs_loaded")
         else:
-            program = self._build(targets, leaves, rands, in_place)
-            default_program_store().save(disk_key, program)
+            program = self._build(targets, leaves, rands, in_place, mode)
+            default_program_store().save(self._disk_key(key), program)  # (with what a search found since)
         program.name = key
         self._check_memory(program)
         self.programs[key] = program
         return program
 
+    def _disk_key(self, key: str) -> str:
+        return program_key(key, self.runtime.device, self.traits, self.tuned.digest)
+
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-               in_place: Sequence[tuple[int, int]]) -> Program:
+               in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
         for node in targets:
             if node.dtype.name == "float64" and not self.runtime.supports_fp64:
                 raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
-        kernels, scheduled_targets = schedule(targets, self.traits)
+        kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
+        if mode and self._search(kernels, mode):
+            kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))
         return program
+
+    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
+        """Search the kernels tuning asks for (tune.py); whether any search found a choice to store."""
+        if self._tuner is None:
+            self._tuner = Tuner(self.runtime, self.traits)
+        records = self._tuner.search(kernels, self.tuned, mode)
+        for record in records:
+            self._tuned = self.tuned.with_choice(record.kernel, record.choice)
+        return bool(records)
 
     def _check_memory(self, program: Program) -> None:
         """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""

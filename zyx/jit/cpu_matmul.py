@@ -125,9 +125,10 @@ def plan_cpu_matmul(root: Node, materialized: dict[int, Node], native_width: int
 
 
 def default_tile(n: int, m: int, native_width: int) -> tuple[int, int]:
-    """Rows and columns per work item: tiles that divide the outputs where one does, else the last tiles of a row
-    or column hang over its end. As many accumulators as the registers hold: on AVX-512 (16 floats per register,
-    32 of them) 8 x 32; on AVX2 (8 floats, 16 registers) 4 x 16, twice as fast there as 8 x 32 (spilled)."""
+    """Rows and columns per work item: as many accumulators as the vector registers hold, in tiles that divide the
+    outputs where one does (else the last tiles of a row or column hang over its end). On AVX-512 (16 floats per
+    register, 32 registers) 8 x 32; on AVX2 (8 floats, 16 registers, a float16 takes two) 4 x 16, about twice
+    as fast there as 8 x 32, which spills (W3 1024³ and 2048³ on PoCL 3.1, AMD EPYC; ZYX_TUNE finds more)."""
     accumulators, widths = (ACCUMULATORS, WIDTHS) if native_width >= LANES else (NARROW_ACCUMULATORS, NARROW_WIDTHS)
     width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
     most = accumulators * LANES // width

@@ -24,9 +24,9 @@ TABLE = "programs"
 SIZE_LIMIT = 256 << 20
 
 
-def program_key(structure: str, device: Any, traits: Any) -> str:
+def program_key(structure: str, device: Any, traits: Any, tuning: str = "none") -> str:
     """The disk key of the program for a trace structure on `device` (see `program_components`)."""
-    return cache_key(program_components(structure, device, traits))
+    return cache_key(program_components(structure, device, traits, tuning))
 
 
 class ProgramStore:

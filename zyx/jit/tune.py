@@ -1,0 +1,318 @@
+"""Autotuning: search the shapes one kernel may take on the device, keep the fastest that computes the same values.
+
+Modes, from ZYX_TUNE (`@zyx.jit(tune=True)` and `zyx tune script.py` ask for at least 1):
+  0  no search (the default): the heuristics, and the winners stored for this device
+  1  search each newly scheduled kernel whose untuned time exceeds THRESHOLD_SECONDS, over the heuristics' choice
+     and its neighbours (each parameter halved or doubled): at most NEIGHBOURS candidates, seconds per kernel
+  2  search every newly scheduled kernel over every choice its options allow (minutes per kernel on PoCL)
+
+A kernel is searched in isolation (`Isolated`): the part of the trace it computes, cut where the full program
+reads memory (the buffers, and every value another kernel stores), scheduled on its own with each candidate forced
+on it (`TunedChoices.with_choice`) and run on scratch inputs of random values. So a candidate that changes the
+kernels around it (a CPU product's tile changes how its operands are packed) is timed with them. Each candidate
+is printed and compiled, run once and checked against the heuristics' outputs (one that differs is rejected),
+timed once (one clearly slower than the best so far is cut there), then timed REPEATS times; the few fastest are
+timed again alternately with the heuristics' kernel, so a busy machine does not crown a lucky one. The winner is
+stored (tune_store.py) only if it beats the heuristics by MIN_GAIN; else the heuristics' choice is, so the kernel
+is not searched again.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import pyopencl as cl
+
+from ..counters import bump
+from ..debug import logger
+from ..runtime.execute import run_program
+from ..runtime.replay import record_launches, replay
+from ..trace.hashing import signature
+from ..trace.node import Node, buffer_leaf
+from ..trace.ops import Op
+from .cache import default_cache, device_fingerprint
+from .choices import Choice, TunedChoices, TuneSite
+from .compiler import KernelBuildError
+from .cpu_matmul import fits_registers
+from .kernel_ir import RenderedKernel
+from .matmul import fits_local_memory
+from .program import Program, build_program
+from .schedule import DeviceTraits, schedule
+from .tune_store import Trial, TuneRecord, TuningStore, default_tuning_store
+
+THRESHOLD_SECONDS = 1e-3
+"""ZYX_TUNE=1 searches kernels slower than this. A search compiles up to NEIGHBOURS kernels (about 0.3 s each on
+PoCL, 0.05 s on a GPU driver): a 30% gain on a kernel of 1 ms pays that back after some thousands of launches,
+what one training run makes; below it a kernel's time is mostly the launch (10-50 us) and timer noise."""
+NEIGHBOURS = 9          # candidates of a ZYX_TUNE=1 search, the heuristics' included
+EXHAUSTIVE_LIMIT = 96   # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more)
+CUT = 1.5               # a candidate whose first run is this much slower than the best so far is cut
+REPEATS = 5             # timed samples per candidate; its time is the fastest
+SAMPLE_SECONDS = 0.01   # a sample replays the kernel's launches for at least this long
+CONFIRM = 3             # the fastest few are timed again, alternately with the heuristics' kernel ...
+CONFIRM_ROUNDS = 2      # ... this many times
+MIN_GAIN = 0.03         # a winner must be this much faster than the heuristics' kernel (else it is noise)
+TOLERANCE = {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-3, "float64": 1e-8}
+"""Relative tolerance per output dtype: candidates sum in other orders (integers and bools must be equal)."""
+
+FEASIBLE: dict[str, Callable[[Choice, DeviceTraits], bool]] = {
+    "cpu_matmul": lambda choice, traits: fits_registers(choice),
+    "local_tiles": lambda choice, traits: fits_local_memory(choice, traits.local_memory),
+    "plain": lambda choice, traits: choice.get("tile_n", 1) * choice.get("tile_m", 1) <= 64,
+}
+"""Per family, whether a combination of allowed values is worth compiling (registers, local memory)."""
+
+
+def tune_mode(requested: int = 0) -> int:
+    """The search mode: ZYX_TUNE (0, 1 or 2), at least `requested`."""
+    text = os.environ.get("ZYX_TUNE", "0").strip() or "0"
+    if text not in ("0", "1", "2"):
+        raise ValueError(f"ZYX_TUNE={text!r}: expected 0 (no search), 1 (search kernels slower than "
+                         f"{THRESHOLD_SECONDS * 1e3:g} ms) or 2 (search every kernel exhaustively)")
+    return max(int(text), requested)
+
+
+# ---- candidates --------------------------------------------------------------------------------------------
+
+def candidates(site: TuneSite, traits: DeviceTraits, mode: int) -> list[Choice]:
+    """The heuristics' choice first, then the others a search of `mode` tries, nearest first: mode 1 each
+    parameter at its heuristic value, halved or doubled (the nearest value allowed); mode 2 every value."""
+    heuristic = dict(site.heuristic.values)
+    names = [name for name, _ in site.options]
+    if mode >= 2:
+        values = [allowed for _, allowed in site.options]
+    else:
+        values = [sorted({_nearest(allowed, heuristic[name] / 2), heuristic[name], _nearest(allowed, heuristic[name] * 2)})
+                  for name, allowed in site.options]
+    feasible = FEASIBLE[site.heuristic.family]
+    found = [Choice.of(site.heuristic.family, **dict(zip(names, combination)))
+             for combination in itertools.product(*values)]
+    found = [c for c in found if c != site.heuristic and feasible(c, traits)]
+    found.sort(key=lambda c: _distance(c, heuristic))
+    return [site.heuristic] + found[:(NEIGHBOURS if mode < 2 else EXHAUSTIVE_LIMIT) - 1]
+
+
+def _nearest(allowed: Sequence[int], value: float) -> int:
+    """The allowed value nearest to `value` on a log scale (0, where allowed, stands for itself: no groups)."""
+    if value == 0:
+        return 0 if 0 in allowed else min(allowed)
+    positive = [a for a in allowed if a > 0]
+    return min(positive, key=lambda a: (abs(math.log2(a / value)), a))
+
+
+def _distance(choice: Choice, heuristic: dict[str, int]) -> tuple[int, float]:
+    """How many parameters differ from the heuristics', then by how many doublings."""
+    changed = [(value, heuristic[name]) for name, value in choice.values if value != heuristic[name]]
+    return len(changed), sum(abs(math.log2(max(a, 1) / max(b, 1))) or 1.0 for a, b in changed)
+
+
+# ---- a kernel on its own -----------------------------------------------------------------------------------
+
+@dataclass
+class Isolated:
+    """The part of a trace one kernel computes, cut where the full program reads memory: its outputs rebuilt
+    over fresh leaves (one per buffer or value another kernel stores), and scratch inputs of random values."""
+
+    targets: list[Node]
+    leaves: list[Node]
+    rands: list[Node]
+    inputs: list[Any]
+
+    @staticmethod
+    def cut(kernel: RenderedKernel, stored: set[int], upload: Callable[[np.ndarray], Any],
+            rng: np.random.Generator) -> "Isolated":
+        """`stored`: ids of every node a kernel of the full program stores."""
+        own = {id(node) for node in kernel.outputs}
+        copies: dict[int, Node] = {}
+        stack: list[tuple[Node, bool]] = [(node, False) for node in kernel.outputs]
+        while stack:
+            node, sources_done = stack.pop()
+            if id(node) in copies:
+                continue
+            if node.op is Op.BUFFER or (id(node) in stored and id(node) not in own):
+                copies[id(node)] = buffer_leaf(None, node.shape, node.dtype, node.device)
+            elif sources_done:
+                copies[id(node)] = Node(node.op, tuple(copies[id(s)] for s in node.src), node.arg, node.shape,
+                                        node.dtype, node.device)
+            else:
+                stack.append((node, True))
+                stack.extend((source, False) for source in node.src if id(source) not in copies)
+        targets = [copies[id(node)] for node in kernel.outputs]
+        _, leaves, rands = signature(targets)
+        return Isolated(targets, leaves, rands, [upload(_random(leaf, rng)) for leaf in leaves])
+
+
+def _random(node: Node, rng: np.random.Generator) -> np.ndarray:
+    """Values for a scratch input: normal floats, small integers, random bools (indices never address memory in
+    zyx kernels, so any values are safe)."""
+    dtype = node.dtype
+    if dtype.is_float:
+        return rng.standard_normal(node.shape, dtype=np.float32).astype(dtype.np)
+    if dtype.is_bool:
+        return rng.random(node.shape) < 0.5
+    return rng.integers(0, 4, node.shape).astype(dtype.np)
+
+
+@dataclass
+class _Candidate:
+    """A candidate's program once it ran: its launches (to replay), outputs, and best time so far."""
+
+    choice: Choice
+    launches: list[tuple] = field(default_factory=list)
+    seconds: Optional[float] = None
+    status: str = "ok"
+    name: str = ""
+
+
+class Tuner:
+    """Searches kernels on one OpenCL runtime and stores the winners (see the module docstring)."""
+
+    def __init__(self, runtime: Any, traits: DeviceTraits, store: Optional[TuningStore] = None):
+        self.runtime, self.traits = runtime, traits
+        self.store = store or default_tuning_store()
+        self.device = device_fingerprint(runtime.device)
+        self._searched: set[str] = set()
+        self._log = logger("zyx.tune")
+
+    def search(self, kernels: Sequence[RenderedKernel], tuned: TunedChoices, mode: int) -> list[TuneRecord]:
+        """Search each kernel of a schedule that `mode` asks for and no record of at least that mode holds;
+        return the new records (stored already)."""
+        stored = {id(node) for kernel in kernels for node in kernel.outputs}
+        records = []
+        for kernel in kernels:
+            site = kernel.site
+            if site is None or site.key in self._searched or kernel.global_size == 0:
+                continue
+            self._searched.add(site.key)
+            known = self.store.get(site.key, self.device)
+            if known is not None and known.mode >= mode:
+                continue
+            record = self._search(kernel, site, stored, tuned, mode)
+            if record is not None:
+                self.store.put(record)
+                tuned = tuned.with_choice(site.key, record.choice)
+                records.append(record)
+        return records
+
+    def _search(self, kernel: RenderedKernel, site: TuneSite, stored: set[int], tuned: TunedChoices,
+                mode: int) -> Optional[TuneRecord]:
+        start = time.perf_counter()
+        isolated = Isolated.cut(kernel, stored, self.runtime.upload, np.random.default_rng(0))
+        programs: dict[tuple, _Candidate] = {}  # by the sources of their launches: choices printing alike
+        trials: list[_Candidate] = []
+        reference: list[np.ndarray] = []
+        for choice in candidates(site, self.traits, mode):
+            candidate = _Candidate(choice)
+            trials.append(candidate)
+            program = self._program(isolated, site, tuned.with_choice(site.key, choice), candidate)
+            sources = tuple(launch.source for launch in program.launches) if program is not None else None
+            if sources in programs:  # the same kernels as an earlier candidate: its outcome
+                earlier = programs[sources]
+                candidate.seconds, candidate.status, candidate.launches = earlier.seconds, earlier.status, earlier.launches
+                continue
+            outputs = self._run(isolated, program, candidate) if program is not None else None
+            if candidate is trials[0]:
+                if outputs is None:
+                    return None  # the heuristics' kernel fails in isolation: nothing to compare with
+                reference = outputs
+            elif outputs is None:
+                continue
+            elif not _same_values(outputs, reference, isolated.targets):
+                candidate.status = "wrong"
+                self._log.warning("tuning %s: %s computes other values than the heuristics' kernel; rejected",
+                                  site.name, choice.describe())
+                continue
+            programs[sources] = candidate  # type: ignore[index]
+            self._time(candidate, trials)
+            if candidate is trials[0] and mode == 1 and candidate.seconds < THRESHOLD_SECONDS:  # type: ignore[operator]
+                self._log.info("tuning %s: %.3f ms, under the %g ms threshold: not searched", site.name,
+                               candidate.seconds * 1e3, THRESHOLD_SECONDS * 1e3)  # type: ignore[operator]
+                return None
+        return self._verdict(site, trials, mode, time.perf_counter() - start)
+
+    def _program(self, isolated: Isolated, site: TuneSite, tuned: TunedChoices,
+                 candidate: _Candidate) -> Optional[Program]:
+        """The isolated trace scheduled with the candidate forced on the kernel; None (status "failed") when the
+        kernel cannot take it there."""
+        kernels, targets = schedule(isolated.targets, self.traits, tuned)
+        found = [k for k in kernels if k.site is not None and k.site.key == site.key]
+        if len(found) != 1 or found[0].site.applied != candidate.choice:  # type: ignore[union-attr]
+            candidate.status = "failed"
+            return None
+        candidate.name = found[0].name
+        return build_program(kernels, targets, isolated.leaves, isolated.rands)
+
+    def _run(self, isolated: Isolated, program: Program, candidate: _Candidate) -> Optional[list[np.ndarray]]:
+        """Compile and run the candidate's program once, recording its launches; its outputs on the host."""
+        try:
+            kernels = [self._compiled(launch.source, launch.name) if launch.global_size[0] else None
+                       for launch in program.launches]
+            outputs, candidate.launches = record_launches(self.runtime, lambda: run_program(
+                self.runtime, program, kernels, isolated.inputs, [r.arg for r in isolated.rands]))
+            return [self.runtime.download(buffer, node.shape, node.dtype.np)
+                    for buffer, node in zip(outputs, isolated.targets)]
+        except (KernelBuildError, cl.Error) as error:
+            candidate.status = "failed"
+            self._log.info("tuning: %s failed (%s)", candidate.choice.describe(), str(error).splitlines()[0])
+            return None
+
+    def _compiled(self, source: str, name: str) -> cl.Kernel:
+        """Through the kernel cache, which keeps it in memory: the winner is found there when the program runs
+        (and stored on disk then); the others are never written."""
+        return cl.Kernel(default_cache().build(self.runtime.context, self.runtime.device, source), name)
+
+    def _time(self, candidate: _Candidate, trials: list[_Candidate]) -> None:
+        """One sample (cut there if CUT times slower than the best so far), then the best of REPEATS."""
+        best = min((t.seconds for t in trials if t.seconds is not None and t.status == "ok"), default=None)
+        candidate.seconds = _sample(self.runtime, candidate.launches, replay(self.runtime, candidate.launches, 1))
+        if best is not None and candidate.seconds > CUT * best:
+            candidate.status = "cut"
+            return
+        for _ in range(REPEATS - 1):
+            candidate.seconds = min(candidate.seconds, _sample(self.runtime, candidate.launches, candidate.seconds))
+
+    def _verdict(self, site: TuneSite, trials: list[_Candidate], mode: int, seconds: float) -> Optional[TuneRecord]:
+        """Time the fastest few again, alternately with the heuristics' kernel; the record of the search."""
+        untuned = trials[0]
+        distinct = {id(t.launches): t for t in reversed(trials) if t.status == "ok"}  # the first of each program
+        timed = sorted((t for t in distinct.values() if t.launches is not untuned.launches),
+                       key=lambda t: t.seconds)  # type: ignore[arg-type, return-value]
+        finalists = [untuned] + timed[:CONFIRM]
+        for _ in range(CONFIRM_ROUNDS):
+            for candidate in finalists:
+                candidate.seconds = min(candidate.seconds, _sample(self.runtime, candidate.launches, candidate.seconds))  # type: ignore[type-var, arg-type]
+        best = min(finalists, key=lambda t: t.seconds)  # type: ignore[arg-type, return-value]
+        if best.seconds > untuned.seconds * (1 - MIN_GAIN):  # type: ignore[operator]
+            best = untuned
+        bump("kernels_tuned")
+        record = TuneRecord(site.key, self.device, site.name, best.name, site.heuristic, best.choice,
+                            untuned.seconds, best.seconds, tuple(Trial(t.choice, t.seconds, t.status) for t in trials),  # type: ignore[arg-type]
+                            min(mode, 2), seconds, time.time())
+        self._log.info("tuned %s in %.1f s: %s, %.2fx (%d candidates)", site.name, seconds, best.choice.describe(),
+                       record.speedup, len(trials))
+        return record
+
+
+def _sample(runtime: Any, launches: list[tuple], estimate: float) -> float:
+    """Seconds per run of `launches`, replayed for about SAMPLE_SECONDS (`estimate`: about one run's time)."""
+    return replay(runtime, launches, max(1, min(1000, math.ceil(SAMPLE_SECONDS / max(estimate, 1e-9)))))
+
+
+def _same_values(outputs: list[np.ndarray], reference: list[np.ndarray], targets: list[Node]) -> bool:
+    for out, ref, node in zip(outputs, reference, targets):
+        tolerance = TOLERANCE.get(node.dtype.name)
+        if tolerance is None:
+            if not np.array_equal(out, ref):
+                return False
+            continue
+        out, ref = out.astype(np.float64), ref.astype(np.float64)
+        finite = np.abs(ref[np.isfinite(ref)])
+        scale = max(1.0, float(finite.max())) if finite.size else 1.0
+        if not np.allclose(out, ref, rtol=tolerance, atol=tolerance * scale, equal_nan=True):
+            return False
+    return True

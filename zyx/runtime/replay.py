@@ -1,0 +1,37 @@
+"""Kernel time without Python: record the launches some work makes, then enqueue them again back to back.
+
+What the tuner times a candidate by, and `bench/GPU.md` calls kernel time: replays of the recorded launches and
+one wait, so neither tracing, scheduling nor a synchronization per run is counted (only the enqueue, which
+overlaps the kernels).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def record_launches(runtime: Any, work: Callable[[], T]) -> tuple[T, list[tuple]]:
+    """What `work()` returns, and the arguments of every launch it made on `runtime`, once they have run."""
+    launch = runtime.launch
+    runtime.synchronize()
+    recorded: list[tuple] = []
+    runtime.launch = lambda *a: (recorded.append(a), launch(*a))[1]
+    try:
+        result = work()
+        runtime.synchronize()
+    finally:
+        del runtime.launch
+    return result, recorded
+
+
+def replay(runtime: Any, launches: list[tuple], repeat: int) -> float:
+    """Seconds per run of `launches`, enqueued `repeat` times back to back and waited for once."""
+    runtime.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for arguments in launches:
+            runtime.launch(*arguments)
+    runtime.synchronize()
+    return (time.perf_counter() - start) / repeat
