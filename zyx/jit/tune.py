@@ -87,8 +87,7 @@ def candidates(site: TuneSite, traits: DeviceTraits, mode: int) -> list[Choice]:
     if mode >= 2:
         values = [allowed for _, allowed in site.options]
     else:
-        values = [sorted({_nearest(allowed, heuristic[name] / 2), heuristic[name], _nearest(allowed, heuristic[name] * 2)})
-                  for name, allowed in site.options]
+        values = [_around(allowed, heuristic[name]) for name, allowed in site.options]
     feasible = FEASIBLE[site.heuristic.family]
     found = [Choice.of(site.heuristic.family, **dict(zip(names, combination)))
              for combination in itertools.product(*values)]
@@ -97,12 +96,14 @@ def candidates(site: TuneSite, traits: DeviceTraits, mode: int) -> list[Choice]:
     return [site.heuristic] + found[:(NEIGHBOURS if mode < 2 else EXHAUSTIVE_LIMIT) - 1]
 
 
-def _nearest(allowed: Sequence[int], value: float) -> int:
-    """The allowed value nearest to `value` on a log scale (0, where allowed, stands for itself: no groups)."""
-    if value == 0:
-        return 0 if 0 in allowed else min(allowed)
+def _around(allowed: Sequence[int], value: int) -> list[int]:
+    """`value` halved, as it is and doubled (the nearest allowed values on a log scale). Where 0 is allowed it
+    means "none" (no work groups): the neighbours of any value include it, and those of 0 the middle value."""
     positive = [a for a in allowed if a > 0]
-    return min(positive, key=lambda a: (abs(math.log2(a / value)), a))
+    if value == 0:
+        return [0, positive[len(positive) // 2]]
+    nearest = {min(positive, key=lambda a: (abs(math.log2(a / target)), a)) for target in (value / 2, value * 2)}
+    return sorted(nearest | {value} | ({0} if 0 in allowed else set()))
 
 
 def _distance(choice: Choice, heuristic: dict[str, int]) -> tuple[int, float]:
