@@ -144,10 +144,11 @@ def cache_ls(args: argparse.Namespace) -> int:
                    cache.entries() else "the kernel cache is empty")
         return 0
     now = time.time()
-    print_table(("KEY", "KERNEL", "DEVICE", "SIZE", "COMPILE", "HITS", "LAST USED", "TUNED"), [
+    tuned = any(entry["tuned"] for entry in entries)  # (a column only where a search found something)
+    print_table(("KEY", "KERNEL", "DEVICE", "SIZE", "COMPILE", "HITS", "LAST USED") + ("TUNED",) * tuned, [
         (entry["short_key"], entry["kernel"], entry["device"], format_bytes(entry["size"]),
-         format_seconds(entry["compile_seconds"]), entry["hits"], format_age(entry["last_used"], now),
-         format_speedups(entry["tuned"]))
+         format_seconds(entry["compile_seconds"]), entry["hits"], format_age(entry["last_used"], now))
+        + (format_speedups(entry["tuned"]),) * tuned
         for entry in entries
     ], shrink=(1, 2))
     return 0
@@ -300,8 +301,10 @@ def cache_clear(args: argparse.Namespace) -> int:
             print("nothing removed")
             return 1
     removed = cache.clear(device=args.device, older_than_seconds=older_than)
-    message = f"removed {removed} entries, {_tuning(cache).clear(args.device, older_than)} tuning records"
-    if args.device is None and older_than is None:  # everything: the scheduled programs and PoCL's cache go too
+    everything = args.device is None and older_than is None
+    searches = _tuning(cache).clear(args.device, older_than)
+    message = f"removed {removed} entries" + (f", {searches} tuning records" if searches or everything else "")
+    if everything:  # the scheduled programs and PoCL's cache go too
         from zyx.jit.program_store import default_program_store
         message += f", {default_program_store().clear()} scheduled programs and {_clear_pocl()} PoCL cache files"
     print(message)
