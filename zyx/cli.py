@@ -213,12 +213,14 @@ def _print_search(record: Any) -> None:
     print(f"tuning      {record.untuned_name} -> {verdict}")
     print(f"            searched in {record.search_seconds:.1f} s on {record.device['device']} (ZYX_TUNE={record.mode}, "
           f"{format_time(record.created)})")
-    print_table(("CANDIDATE", "STATUS", "TIME", ""), [
+    print_table(("CANDIDATE", "STATUS", "FASTEST", "SPEED-UP", ""), [
         (trial.choice.describe(), trial.status, "-" if trial.seconds is None else f"{trial.seconds * 1e3:.3f} ms",
+         "-" if trial.relative is None else f"{1 / trial.relative:.2f}x",
          "heuristics" + (", winner" if trial.choice == record.choice else "") if trial.choice == record.heuristic
          else "winner" if trial.choice == record.choice else "")
         for trial in record.trials
     ], indent=2)
+    print("            (speed-up: the median over samples taken alternately with the heuristics' kernel)")
 
 
 def _tuning(cache: Any) -> Any:

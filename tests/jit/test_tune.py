@@ -76,7 +76,7 @@ def test_every_candidate_computes_the_untuned_values_and_the_winner_is_right(dev
     record = searched(dev, kind, tmp_path)
     assert record.trials[0].choice == record.heuristic and len(record.trials) >= 2
     assert {trial.status for trial in record.trials} <= {"ok", "cut"}, record.trials
-    assert record.tuned_seconds <= record.untuned_seconds
+    assert record.speedup >= 1 and (record.speedup == 1) == (record.choice == record.heuristic)
     out = realized_with(dev, kind, TunedChoices({record.kernel: record.choice}))
     np.testing.assert_allclose(out, KERNELS[kind][1](X, W).reshape(out.shape), rtol=1e-4, atol=1e-3)
 
@@ -119,8 +119,8 @@ def stored_winner(dev, tmp_path: Path) -> tuple[TuneRecord, object]:
     site = kernel.site
     other = next(c for c in tune.candidates(site, dev.backend.traits, 1) if c != site.heuristic)
     record = TuneRecord(site.key, device_fingerprint(dev.backend.runtime.device), kernel.name, "e_winner",
-                        site.heuristic, other, 2e-3, 1e-3,
-                        (Trial(site.heuristic, 2e-3, "ok"), Trial(other, 1e-3, "ok")), 1, 0.5)
+                        site.heuristic, other, 2e-3, 1e-3, 0.5,
+                        (Trial(site.heuristic, 2e-3, "ok"), Trial(other, 1e-3, "ok", 0.5)), 1, 0.5)
     TuningStore(tmp_path).put(record)
     return record, kernel
 
@@ -190,13 +190,14 @@ def good_record_json(dev, tmp_path) -> tuple[dict, str]:
     lambda d: d["choice"].update(family="warp_drive"),
     lambda d: d.update(untuned_seconds=-1.0),
     lambda d: d.update(tuned_seconds=float("nan")),
+    lambda d: d["trials"][1].update(relative="fast"),
     lambda d: d["trials"][1].update(status="best"),
     lambda d: d.update(trials=[]),
     lambda d: d.update(mode=True),
     lambda d: d.update(tuned_name="e_x; rm -rf"),
     lambda d: d["trials"].pop(),  # the winner is no longer among the candidates
-], ids=["kernel", "format", "device", "value", "family", "negative", "nan", "status", "no trials", "mode", "name",
-        "winner"])
+], ids=["kernel", "format", "device", "value", "family", "negative", "nan", "relative", "status", "no trials", "mode",
+        "name", "winner"])
 def test_a_damaged_record_is_refused(dev, tmp_path, damage):
     data, key = good_record_json(dev, tmp_path)
     assert parse_record(json.dumps(data), key).choice == Choice.from_json(data["choice"])

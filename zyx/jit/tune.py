@@ -11,16 +11,18 @@ reads memory (the buffers, and every value another kernel stores), scheduled on 
 on it (`TunedChoices.with_choice`) and run on scratch inputs of random values. So a candidate that changes the
 kernels around it (a CPU product's tile changes how its operands are packed) is timed with them. Each candidate
 is printed and compiled, run once and checked against the heuristics' outputs (one that differs is rejected),
-timed once (one clearly slower than the best so far is cut there), then timed REPEATS times; the few fastest are
-timed again alternately with the heuristics' kernel, so a busy machine does not crown a lucky one. The winner is
-stored (tune_store.py) only if it beats the heuristics by MIN_GAIN; else the heuristics' choice is, so the kernel
-is not searched again.
+then timed in pairs: a sample of it right after a sample of the heuristics' kernel, so both meet the same load
+(on a shared machine the load can change tenfold within seconds), and its time relative to the heuristics' is
+the median of the pairs' ratios. One clearly slower after its first pair is cut there; the few fastest get more
+pairs. The winner is stored (tune_store.py) only if it beats the heuristics by MIN_GAIN; else the heuristics'
+choice is, so the kernel is not searched again.
 """
 from __future__ import annotations
 
 import itertools
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -51,12 +53,12 @@ PoCL, 0.05 s on a GPU driver): a 30% gain on a kernel of 1 ms pays that back aft
 what one training run makes; below it a kernel's time is mostly the launch (10-50 us) and timer noise."""
 NEIGHBOURS = 9          # candidates of a ZYX_TUNE=1 search, the heuristics' included
 EXHAUSTIVE_LIMIT = 96   # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more)
-CUT = 1.5               # a candidate whose first run is this much slower than the best so far is cut
-REPEATS = 5             # timed samples per candidate; its time is the fastest
+CUT = 1.5               # a candidate whose first pair says it is this much slower than the heuristics' is cut
+PAIRS = 3               # pairs of samples (the heuristics' kernel, then the candidate) per candidate
 SAMPLE_SECONDS = 0.01   # a sample replays the kernel's launches for at least this long
-CONFIRM = 3             # the fastest few are timed again, alternately with the heuristics' kernel ...
-CONFIRM_ROUNDS = 2      # ... this many times
-MIN_GAIN = 0.03         # a winner must be this much faster than the heuristics' kernel (else it is noise)
+CONFIRM = 3             # the fastest few get ...
+CONFIRM_PAIRS = 3       # ... this many pairs more
+MIN_GAIN = 0.05         # a winner must be this much faster than the heuristics' kernel (else it may be noise)
 TOLERANCE = {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-3, "float64": 1e-8}
 """Relative tolerance per output dtype: candidates sum in other orders (integers and bools must be equal)."""
 
@@ -165,9 +167,15 @@ class _Candidate:
 
     choice: Choice
     launches: list[tuple] = field(default_factory=list)
-    seconds: Optional[float] = None
+    seconds: Optional[float] = None  # its fastest sample
+    ratios: list[float] = field(default_factory=list)  # its samples over the heuristics' kernel's, pair by pair
     status: str = "ok"
     name: str = ""
+
+    @property
+    def relative(self) -> float:
+        """Its time relative to the heuristics' kernel: the median ratio of its pairs (1 for that kernel)."""
+        return statistics.median(self.ratios) if self.ratios else 1.0
 
 
 class Tuner:
@@ -214,7 +222,8 @@ class Tuner:
             sources = tuple(launch.source for launch in program.launches) if program is not None else None
             if sources in programs:  # the same kernels as an earlier candidate: its outcome
                 earlier = programs[sources]
-                candidate.seconds, candidate.status, candidate.launches = earlier.seconds, earlier.status, earlier.launches
+                candidate.launches, candidate.status = earlier.launches, earlier.status
+                candidate.seconds, candidate.ratios = earlier.seconds, earlier.ratios
                 continue
             outputs = self._run(isolated, program, candidate) if program is not None else None
             if candidate is trials[0]:
@@ -229,7 +238,7 @@ class Tuner:
                                   site.name, choice.describe())
                 continue
             programs[sources] = candidate  # type: ignore[index]
-            self._time(candidate, trials)
+            self._time(candidate, trials[0])
             if candidate is trials[0] and mode == 1 and candidate.seconds < THRESHOLD_SECONDS:  # type: ignore[operator]
                 self._log.info("tuning %s: %.3f ms, under the %g ms threshold: not searched", site.name,
                                candidate.seconds * 1e3, THRESHOLD_SECONDS * 1e3)  # type: ignore[operator]
@@ -267,32 +276,38 @@ class Tuner:
         (and stored on disk then); the others are never written."""
         return cl.Kernel(default_cache().build(self.runtime.context, self.runtime.device, source), name)
 
-    def _time(self, candidate: _Candidate, trials: list[_Candidate]) -> None:
-        """One sample (cut there if CUT times slower than the best so far), then the best of REPEATS."""
-        best = min((t.seconds for t in trials if t.seconds is not None and t.status == "ok"), default=None)
-        candidate.seconds = _sample(self.runtime, candidate.launches, replay(self.runtime, candidate.launches, 1))
-        if best is not None and candidate.seconds > CUT * best:
-            candidate.status = "cut"
+    def _time(self, candidate: _Candidate, untuned: _Candidate, pairs: int = PAIRS) -> None:
+        """`pairs` more pairs of samples (the heuristics' kernel's, then the candidate's); cut after the first pair
+        if the candidate is CUT times slower. The heuristics' kernel itself gets plain samples."""
+        if candidate is untuned:
+            first = replay(self.runtime, untuned.launches, 1)
+            untuned.seconds = min(_sample(self.runtime, untuned.launches, first) for _ in range(pairs))
             return
-        for _ in range(REPEATS - 1):
-            candidate.seconds = min(candidate.seconds, _sample(self.runtime, candidate.launches, candidate.seconds))
+        for _ in range(pairs):
+            reference = _sample(self.runtime, untuned.launches, untuned.seconds)  # type: ignore[arg-type]
+            sample = _sample(self.runtime, candidate.launches, candidate.seconds or reference)
+            untuned.seconds = min(untuned.seconds, reference)  # type: ignore[type-var]
+            candidate.seconds = min(candidate.seconds or sample, sample)
+            candidate.ratios.append(sample / reference)
+            if candidate.ratios[0] > CUT:
+                candidate.status = "cut"
+                return
 
     def _verdict(self, site: TuneSite, trials: list[_Candidate], mode: int, seconds: float) -> Optional[TuneRecord]:
-        """Time the fastest few again, alternately with the heuristics' kernel; the record of the search."""
+        """The record of the search: the fastest few get CONFIRM_PAIRS more pairs; the winner is the fastest of
+        those MIN_GAIN faster than the heuristics' kernel, relative to it (`_Candidate.relative`)."""
         untuned = trials[0]
         distinct = {id(t.launches): t for t in reversed(trials) if t.status == "ok"}  # the first of each program
-        timed = sorted((t for t in distinct.values() if t.launches is not untuned.launches),
-                       key=lambda t: t.seconds)  # type: ignore[arg-type, return-value]
-        finalists = [untuned] + timed[:CONFIRM]
-        for _ in range(CONFIRM_ROUNDS):
-            for candidate in finalists:
-                candidate.seconds = min(candidate.seconds, _sample(self.runtime, candidate.launches, candidate.seconds))  # type: ignore[type-var, arg-type]
-        best = min(finalists, key=lambda t: t.seconds)  # type: ignore[arg-type, return-value]
-        if best.seconds > untuned.seconds * (1 - MIN_GAIN):  # type: ignore[operator]
-            best = untuned
+        finalists = sorted((t for t in distinct.values() if t.launches is not untuned.launches),
+                           key=lambda t: t.relative)[:CONFIRM]
+        for finalist in finalists:
+            self._time(finalist, untuned, CONFIRM_PAIRS)
+        faster = [t for t in finalists if t.relative < 1 - MIN_GAIN]
+        best = min(faster, key=lambda t: t.relative, default=untuned)
         bump("kernels_tuned")
         record = TuneRecord(site.key, self.device, site.name, best.name, site.heuristic, best.choice,
-                            untuned.seconds, best.seconds, tuple(Trial(t.choice, t.seconds, t.status) for t in trials),  # type: ignore[arg-type]
+                            untuned.seconds, best.seconds, best.relative,  # type: ignore[arg-type]
+                            tuple(Trial(t.choice, t.seconds, t.status, t.relative if t.ratios else None) for t in trials),
                             min(mode, 2), seconds, time.time())
         self._log.info("tuned %s in %.1f s: %s, %.2fx (%d candidates)", site.name, seconds, best.choice.describe(),
                        record.speedup, len(trials))

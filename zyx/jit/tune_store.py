@@ -35,11 +35,14 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 @dataclass(frozen=True)
 class Trial:
-    """One candidate of a search: its choice, its best time (None unless it ran) and what became of it."""
+    """One candidate of a search: its choice, its fastest sample (None unless it ran), what became of it, and
+    its time relative to the heuristics' kernel (the median over samples taken alternately with it; None for
+    that kernel itself and for candidates that did not run)."""
 
     choice: Choice
     seconds: Optional[float]
     status: str
+    relative: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,9 @@ class TuneRecord:
     tuned_name: str              # the winner's
     heuristic: Choice
     choice: Choice               # the winner (the heuristic itself when nothing beat it)
-    untuned_seconds: float
+    untuned_seconds: float       # the fastest sample of each
     tuned_seconds: float
+    relative: float              # the winner's time relative to the heuristics' kernel (1 when that won)
     trials: tuple[Trial, ...]
     mode: int                    # ZYX_TUNE of the search: 1 (the heuristics' neighbourhood) or 2 (every choice)
     search_seconds: float
@@ -61,7 +65,8 @@ class TuneRecord:
 
     @property
     def speedup(self) -> float:
-        return self.untuned_seconds / self.tuned_seconds if self.tuned_seconds > 0 else 1.0
+        """How much faster the winner is than the heuristics' kernel, measured alternately with it."""
+        return 1 / self.relative if self.relative > 0 else 1.0
 
     @property
     def key(self) -> str:
@@ -71,8 +76,9 @@ class TuneRecord:
         return json.dumps({
             "format": TUNE_FORMAT, "kernel": self.kernel, "device": self.device, "untuned_name": self.untuned_name,
             "tuned_name": self.tuned_name, "heuristic": self.heuristic.to_json(), "choice": self.choice.to_json(),
-            "untuned_seconds": self.untuned_seconds, "tuned_seconds": self.tuned_seconds,
-            "trials": [{"choice": t.choice.to_json(), "seconds": t.seconds, "status": t.status} for t in self.trials],
+            "untuned_seconds": self.untuned_seconds, "tuned_seconds": self.tuned_seconds, "relative": self.relative,
+            "trials": [{"choice": t.choice.to_json(), "seconds": t.seconds, "status": t.status,
+                        "relative": t.relative} for t in self.trials],
             "mode": self.mode, "search_seconds": self.search_seconds,
         })
 
@@ -117,8 +123,9 @@ def parse_record(text: str, key: str, created: float = 0.0) -> TuneRecord:
     for trial in trials_data:
         if not isinstance(trial, dict) or trial.get("status") not in STATUSES:
             raise ValueError("a candidate is garbled")
-        trials.append(Trial(Choice.from_json(trial.get("choice")), _seconds(trial.get("seconds"), "a candidate's time",
-                                                                          optional=True), trial["status"]))
+        trials.append(Trial(Choice.from_json(trial.get("choice")),
+                            _seconds(trial.get("seconds"), "a candidate's time", optional=True), trial["status"],
+                            _seconds(trial.get("relative"), "a candidate's relative time", optional=True)))
     if {heuristic.family, choice.family} != {t.choice.family for t in trials} or choice not in [t.choice for t in trials]:
         raise ValueError("its winner is not one of its candidates")
     mode = data.get("mode")
@@ -127,7 +134,8 @@ def parse_record(text: str, key: str, created: float = 0.0) -> TuneRecord:
     return TuneRecord(kernel, dict(device), _name(data.get("untuned_name"), "the untuned kernel"),
                       _name(data.get("tuned_name"), "the tuned kernel"), heuristic, choice,
                       _seconds(data.get("untuned_seconds"), "the untuned time"),  # type: ignore[arg-type]
-                      _seconds(data.get("tuned_seconds"), "the tuned time"), tuple(trials),  # type: ignore[arg-type]
+                      _seconds(data.get("tuned_seconds"), "the tuned time"),  # type: ignore[arg-type]
+                      _seconds(data.get("relative"), "the relative time"), tuple(trials),  # type: ignore[arg-type]
                       mode, _seconds(data.get("search_seconds"), "the search time"), created)  # type: ignore[arg-type]
 
 

@@ -13,8 +13,9 @@ T = TypeVar("T")
 
 
 def record_launches(runtime: Any, work: Callable[[], T]) -> tuple[T, list[tuple]]:
-    """What `work()` returns, and the arguments of every launch it made on `runtime`, once they have run."""
-    launch = runtime.launch
+    """What `work()` returns, and the arguments of every launch it made on `runtime`, once they have run.
+    Recordings nest (a search inside a recorded realize): the outer one sees the inner one's launches too."""
+    launch, outer = runtime.launch, vars(runtime).get("launch")
     runtime.synchronize()
     recorded: list[tuple] = []
     runtime.launch = lambda *a: (recorded.append(a), launch(*a))[1]
@@ -22,7 +23,10 @@ def record_launches(runtime: Any, work: Callable[[], T]) -> tuple[T, list[tuple]
         result = work()
         runtime.synchronize()
     finally:
-        del runtime.launch
+        if outer is None:
+            del runtime.launch
+        else:
+            runtime.launch = outer
     return result, recorded
 
 
