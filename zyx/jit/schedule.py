@@ -237,6 +237,19 @@ def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int
     return unroll_reductions(kernel, lambda trips: unroll if trips >= 2 * unroll else 1)
 
 
+def plain_effect(choice: Choice) -> tuple[tuple[str, int], ...]:
+    """The parameters of a "plain" choice that shape the kernel (see `_apply_plain`): a tile overrides the
+    rest, work groups ignore vector width and unrolling."""
+    values = dict(choice.values)
+    if values.get("tile_n", 1) * values.get("tile_m", 1) > 1:
+        keep = {"tile_n", "tile_m"}
+    elif values.get("group", 0):
+        keep = {"group"}
+    else:
+        keep = set(values)
+    return tuple((name, value) for name, value in choice.values if name in keep)
+
+
 def rendered(lowered: LoweredKernel, kernel: Kernel, site: Optional[TuneSite] = None) -> RenderedKernel:
     """The kernel printed, with what the scheduler and the program need to know of it."""
     name, source = print_kernel(kernel)

@@ -3,7 +3,7 @@
 Modes, from ZYX_TUNE (`@zyx.jit(tune=True)` and `zyx tune script.py` ask for at least 1):
   0  no search (the default): the heuristics, and the winners stored for this device
   1  search each newly scheduled kernel whose untuned time exceeds THRESHOLD_SECONDS, over the heuristics' choice
-     and its neighbours (each parameter halved or doubled): at most NEIGHBOURS candidates, seconds per kernel
+     and its neighbours (each parameter one allowed value up or down, halved or doubled): the NEIGHBOURS nearest
   2  search every newly scheduled kernel over every choice its options allow (minutes per kernel on PoCL)
 
 A kernel is searched in isolation (`Isolated`): the part of the trace it computes, cut where the full program
@@ -44,7 +44,7 @@ from .cpu_matmul import fits_registers
 from .kernel_ir import RenderedKernel
 from .matmul import fits_local_memory
 from .program import Program, build_program
-from .schedule import DeviceTraits, schedule
+from .schedule import DeviceTraits, plain_effect, schedule
 from .tune_store import Trial, TuneRecord, TuningStore, default_tuning_store
 
 THRESHOLD_SECONDS = 1e-3
@@ -68,6 +68,8 @@ FEASIBLE: dict[str, Callable[[Choice, DeviceTraits], bool]] = {
     "plain": lambda choice, traits: choice.get("tile_n", 1) * choice.get("tile_m", 1) <= 64,
 }
 """Per family, whether a combination of allowed values is worth compiling (registers, local memory)."""
+EFFECT = {"plain": plain_effect}
+"""Per family, the parameters of a choice that shape the kernel (others are ignored: no two candidates alike)."""
 
 
 def tune_mode(requested: int = 0) -> int:
@@ -83,29 +85,33 @@ def tune_mode(requested: int = 0) -> int:
 
 def candidates(site: TuneSite, traits: DeviceTraits, mode: int) -> list[Choice]:
     """The heuristics' choice first, then the others a search of `mode` tries, nearest first: mode 1 each
-    parameter at its heuristic value, halved or doubled (the nearest value allowed); mode 2 every value."""
+    parameter at or around its heuristic value (`_around`); mode 2 every value."""
     heuristic = dict(site.heuristic.values)
     names = [name for name, _ in site.options]
     if mode >= 2:
         values = [allowed for _, allowed in site.options]
     else:
         values = [_around(allowed, heuristic[name]) for name, allowed in site.options]
-    feasible = FEASIBLE[site.heuristic.family]
-    found = [Choice.of(site.heuristic.family, **dict(zip(names, combination)))
-             for combination in itertools.product(*values)]
-    found = [c for c in found if c != site.heuristic and feasible(c, traits)]
-    found.sort(key=lambda c: _distance(c, heuristic))
-    return [site.heuristic] + found[:(NEIGHBOURS if mode < 2 else EXHAUSTIVE_LIMIT) - 1]
+    family = site.heuristic.family
+    effect = EFFECT.get(family, lambda choice: choice.values)
+    found = [Choice.of(family, **dict(zip(names, combination))) for combination in itertools.product(*values)]
+    found = sorted((c for c in found if FEASIBLE[family](c, traits)), key=lambda c: _distance(c, heuristic))
+    distinct = {effect(site.heuristic): site.heuristic}
+    for choice in found:  # (the nearest of the choices that shape the kernel alike)
+        distinct.setdefault(effect(choice), choice)
+    return list(distinct.values())[:NEIGHBOURS if mode < 2 else EXHAUSTIVE_LIMIT]
 
 
 def _around(allowed: Sequence[int], value: int) -> list[int]:
-    """`value` halved, as it is and doubled (the nearest allowed values on a log scale). Where 0 is allowed it
-    means "none" (no work groups): the neighbours of any value include it, and those of 0 the middle value."""
+    """`value`, the allowed values next to it, and it halved and doubled (the nearest allowed values on a log
+    scale). Where 0 is allowed it means "none" (no work groups): the neighbours of any value include it, and
+    those of 0 the middle value."""
     positive = [a for a in allowed if a > 0]
     if value == 0:
         return [0, positive[len(positive) // 2]]
-    nearest = {min(positive, key=lambda a: (abs(math.log2(a / target)), a)) for target in (value / 2, value * 2)}
-    return sorted(nearest | {value} | ({0} if 0 in allowed else set()))
+    index = positive.index(value)
+    near = {min(positive, key=lambda a: (abs(math.log2(a / target)), a)) for target in (value / 2, value * 2)}
+    return sorted(near | set(positive[max(index - 1, 0):index + 2]) | ({0} if 0 in allowed else set()))
 
 
 def _distance(choice: Choice, heuristic: dict[str, int]) -> tuple[int, float]:
