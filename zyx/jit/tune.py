@@ -48,9 +48,12 @@ from .schedule import DeviceTraits, plain_effect, schedule
 from .tune_store import Trial, TuneRecord, TuningStore, default_tuning_store
 
 THRESHOLD_SECONDS = 1e-3
-"""ZYX_TUNE=1 searches kernels slower than this. A search compiles up to NEIGHBOURS kernels (about 0.3 s each on
-PoCL, 0.05 s on a GPU driver): a 30% gain on a kernel of 1 ms pays that back after some thousands of launches,
-what one training run makes; below it a kernel's time is mostly the launch (10-50 us) and timer noise."""
+"""ZYX_TUNE=1 searches kernels slower than this. A search compiles up to NEIGHBOURS kernels (0.3-1.3 s each on
+PoCL here, a tenth of that with a GPU driver) and times them for about a second: a 20% gain on a 1 ms kernel
+pays that back within some tens of thousands of launches, what a training run makes. Below it, a kernel's time
+is largely its launch (75-150 us for an empty kernel on PoCL here) and the timer's noise, so the gains a search
+can measure are the ones it cannot tell from noise. Kernels under it are measured again by each process that
+searches (nothing is stored for them)."""
 NEIGHBOURS = 9          # candidates of a ZYX_TUNE=1 search, the heuristics' included
 EXHAUSTIVE_LIMIT = 96   # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more)
 CUT = 1.5               # a candidate whose first pair says it is this much slower than the heuristics' is cut

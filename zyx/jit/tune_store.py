@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .cache import cache_directory, device_matches
 from .cache_key import FINGERPRINT_NAMES, cache_key
 from .choices import Choice, TunedChoices
 from .disk_store import CacheWarning, DiskStore, Row
@@ -149,7 +150,6 @@ class TuningStore:
     @property
     def _store(self) -> DiskStore:
         if self._disk is None:
-            from .cache import cache_directory  # (cache.py imports pyopencl's compiler glue)
             self._disk = DiskStore(self._directory or cache_directory(), TABLE, SIZE_LIMIT)
         return self._disk
 
@@ -189,7 +189,6 @@ class TuningStore:
         """Remove records (all, or those of devices whose name contains `device` and created before the age)."""
         if device is None and older_than_seconds is None:
             return self._store.clear()
-        from .cache import device_matches
         cutoff = time.time() - older_than_seconds if older_than_seconds is not None else math.inf
         return self._store.delete([record.key for record in self.records()
                                    if (device is None or device_matches(device, record.device["device"]))
