@@ -3,7 +3,7 @@
 Per product: realize it untuned (ZYX_TUNE=0) and record its launches; realize it again with ZYX_TUNE=1 (or 2 with
 --exhaustive), which searches its kernels (the search's wall time is reported); realize it once more untuned,
 which now schedules the winners; then replay both recordings alternately `--rounds` times (bench/_replay.py), so
-a busy machine slows both alike, and report the medians and their ratio. The tuned values are checked against the
+a busy machine slows both alike, and report the medians and the median of the rounds' ratios (the speed-up). The tuned values are checked against the
 untuned ones. A fresh ZYX_CACHE_DIR per run: every search starts from nothing.
 
     python bench/tune.py [--quick] [--exhaustive] [--rounds 7] [--only 1021,batched]
@@ -82,12 +82,13 @@ def main() -> None:
             for what, launches in (("untuned", untuned_launches), ("tuned", tuned_launches)):
                 times[what].append(replay(runtime, launches, repeat[what]))
         before, after = (statistics.median(times[what]) for what in ("untuned", "tuned"))
+        speedup = statistics.median(u / t for u, t in zip(times["untuned"], times["tuned"]))  # round by round
         flops = 2.0 * max(batch, 1) * n * k * m
         found = [r for r in default_tuning_store().records() if r.created >= start]
         chosen = "; ".join(f"{r.untuned_name} {r.heuristic.describe()} -> {r.choice.describe()} ({r.speedup:.2f}x in the "
                            f"search)" for r in found)
         print(f"{name:30s} untuned {before * 1e3:9.3f} ms ({flops / before / 1e9:8.1f} GFLOP/s)  tuned "
-              f"{after * 1e3:9.3f} ms ({flops / after / 1e9:8.1f} GFLOP/s)  {before / after:5.2f}x  "
+              f"{after * 1e3:9.3f} ms ({flops / after / 1e9:8.1f} GFLOP/s)  {speedup:5.2f}x  "
               f"search {search:6.1f} s  [{chosen or 'nothing searched'}] [{describe(tuned_launches)}]", flush=True)
 
 

@@ -13,13 +13,16 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 
 import xxhash
 
 from ..dtypes import DType, int_range
 from ..trace.ops import Op
 from .symbolic import Expr
+
+if TYPE_CHECKING:
+    from .choices import TuneSite
 
 
 class Role(enum.Enum):
@@ -291,7 +294,7 @@ class RenderedKernel:
     global_size: int
     local_size: Optional[int]
     longest_reduction: int = 0  # elements the longest reduction in this kernel walks
-    site: Optional[Any] = None  # a choices.TuneSite: how it was shaped and what a search may try; None: nothing
+    site: Optional["TuneSite"] = None  # how it was shaped and what a search may try (None: nothing to choose)
 
 
 # ---- walking and rewriting -------------------------------------------------------------------------------
