@@ -359,10 +359,11 @@ def tune(args: argparse.Namespace) -> int:
 # -- zyx devices ---------------------------------------------------------------------------------
 
 def devices(args: argparse.Namespace) -> int:
+    from zyx.jit.probe import compile_problem
     from zyx.runtime.platforms import default_ordinal, describe_devices
     described = describe_devices()
     chosen = re.fullmatch(r"\s*opencl:(\d+)\s*", os.environ.get("ZYX_DEVICE", "").lower())
-    default = int(chosen[1]) if chosen else default_ordinal()
+    default = int(chosen[1]) if chosen else default_ordinal(problem=compile_problem)
     for ordinal, row in enumerate(described):
         row["default"] = ordinal == default
     if args.json:

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .dtypes import DType
+from .trace.hashing import Walk
 from .trace.node import Node
 
 
@@ -25,9 +26,9 @@ class Device:
         return device_from_spec, (self.spec,)
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, nodes: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
-        """Device buffers holding the values of `nodes` (`order`: their toposort, if known)."""
-        return self.backend.realize(list(nodes), order)
+    def realize(self, nodes: Sequence[Node], walk: Optional[Walk] = None) -> list[Any]:
+        """Device buffers holding the values of `nodes` (`walk`: `Walk(nodes)`, if made already)."""
+        return self.backend.realize(Walk(nodes) if walk is None else walk)
 
     def upload(self, array: np.ndarray) -> Any:
         """A device buffer holding a copy of `array` (what `zyx.tensor` stores)."""
@@ -115,8 +116,9 @@ def CPU() -> Device:
 
 def OpenCL(platform: int | str | None = None, device: int | str | None = None) -> Device:
     """Tensors in OpenCL buffers; traces fused into kernels. Picks a GPU if present, else the fastest CPU."""
+    from .jit.probe import compile_problem
     from .runtime.platforms import select_device
-    return _opencl_for(select_device(platform, device))
+    return _opencl_for(select_device(platform, device, problem=compile_problem))
 
 
 def _opencl_for(cl_device: Any) -> Device:

@@ -7,9 +7,9 @@ import numpy as np
 import pyopencl as cl
 
 from .. import counters as stats
-from ..runtime.execute import run_program
+from ..runtime.execute import Executable
 from ..runtime.opencl import OpenCLBackend
-from ..trace.hashing import signature
+from ..trace.hashing import Walk
 from ..trace.node import Node
 from . import print_opencl as c
 from .cache import default_cache, device_fingerprint
@@ -32,12 +32,14 @@ class JitBackend:
     def __init__(self, cl_device: cl.Device):
         self.runtime = OpenCLBackend(cl_device)
         self.name = self.runtime.name
-        self.programs: dict[str, Program] = {}
+        self.programs: dict[str, Program] = {}  # by structural hash (what the disk caches and @jit use)
+        self._by_structure: dict[tuple, Program] = {}  # by Walk.structure: what a realize looks up
         self.traits = DeviceTraits.of(self.runtime)
         self._tuned: Optional[TunedChoices] = None
         self._tuner: Optional[Tuner] = None
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
+        self._executables: dict[int, Executable] = {}  # by id(program): programs live as long as `programs`
 
     # ---- data movement -----------------------------------------------------------------------------------
     def upload(self, array: np.ndarray) -> Any:
@@ -58,24 +60,35 @@ class JitBackend:
             raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
-        key, leaves, rands = signature(targets, order)
-        # Targets are stored and random tensors drawn whole (eager frameworks allocate both): one too large
-        # fails here, before scheduling, instead of as a driver error or a kernel that runs for minutes.
-        self.runtime.limits.check_nodes(list(targets) + rands)
-        program = self.program_for(key, targets, leaves, rands)
-        inputs = [leaf.buffer for leaf in leaves]
-        if any(b is None for b in inputs):
+    def realize(self, walk: Walk) -> list[Any]:
+        """Buffers holding the values of the walk's roots: a structure seen before is looked up once, by its exact
+        key; only a new one is hashed (for the disk caches), checked against the device and scheduled."""
+        program = self._by_structure.get(walk.structure)
+        if program is None:
+            # Targets are stored and random tensors drawn whole (eager frameworks allocate both): one too large
+            # fails here, before scheduling, instead of as a driver error or a kernel that runs for minutes.
+            self.runtime.limits.check_nodes(walk.roots + walk.rands)
+            program = self.program_for(walk.digest(), walk.roots, walk.leaves, walk.rands)
+            self._by_structure[walk.structure] = program
+        else:
+            stats.bump("schedule_cache_hits")
+        inputs = [leaf.buffer for leaf in walk.leaves]
+        if None in inputs:
             raise RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
                                "until its gradients are realized")
-        return self.run(program, inputs, [r.arg for r in rands])
+        return self.run(program, inputs, [r.arg for r in walk.rands])
 
     def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
+        executable = self._executables.get(id(program))
+        if executable is None or executable.program is not program:
+            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program))
+        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
+
+    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
         self._compile_together([launch for launch in program.launches if launch.global_size[0]])
-        kernels = [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
-                   for launch in program.launches]
-        return run_program(self.runtime, program, kernels, inputs, rand_args,
-                           on_first_launch=self._after_launch(program))
+        return [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
+                for launch in program.launches]
 
     @property
     def tuned(self) -> TunedChoices:
@@ -152,32 +165,28 @@ class JitBackend:
 
     def _compile_together(self, launches: Sequence[Any]) -> None:
         """Build a program's missing kernels, KERNELS_PER_BUILD in each OpenCL program: a build's fixed cost
-        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, and the progress bar moves
-        after each build. The groups depend only on the program, so a warm run asks the cache for the same ones."""
+        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, the builds run side by side
+        (`KernelCache.build_many`), and the progress bar moves as each one finishes. The groups depend only on
+        the program, so a warm run asks the cache for the same ones."""
         missing = list({launch.source: launch for launch in launches if launch.source not in self._kernels}.values())
         if len(missing) < 2:
             return
         groups = [missing[start:start + KERNELS_PER_BUILD] for start in range(0, len(missing), KERNELS_PER_BUILD)]
-        with compiling(len(missing) if self._compiles_any(groups) else 0) as advance:
-            for group in groups:
-                self._build_group(group)
-                advance(len(group))
+        sources = [self._group_source(group) for group in groups]
+        for group, source in zip(groups, sources):
+            logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
+        with compiling(len(missing) if self._compiles_any(sources) else 0) as advance:
+            built = default_cache().build_many(self.runtime.context, self.runtime.device, sources,
+                                               on_built=lambda index: advance(len(groups[index])))
+        for group, program in zip(groups, built):
+            for launch in group:
+                self._kernels[launch.source] = getattr(program, launch.name)
+                self._fresh[launch.source] = program
 
-    def _build_group(self, group: Sequence[Any]) -> None:
-        if len(group) == 1:
-            self.kernel(group[0].source, group[0].name)
-            return
-        combined = self._group_source(group)
-        logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), combined)
-        built = default_cache().build(self.runtime.context, self.runtime.device, combined)
-        for launch in group:
-            self._kernels[launch.source] = getattr(built, launch.name)
-            self._fresh[launch.source] = built
-
-    def _compiles_any(self, groups: Sequence[Sequence[Any]]) -> bool:
-        """Whether building `groups` will run the compiler (some group is neither in memory nor on disk)."""
+    def _compiles_any(self, sources: Sequence[str]) -> bool:
+        """Whether building `sources` will run the compiler (some is neither in memory nor on disk)."""
         cache = default_cache()
-        return any(not cache.holds(self.runtime.device, self._group_source(group)) for group in groups)
+        return any(not cache.holds(self.runtime.device, source) for source in sources)
 
     @staticmethod
     def _group_source(group: Sequence[Any]) -> str:

@@ -20,7 +20,7 @@ from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, 
 from .cache_key import hash_hex
 from .symbolic import Expr
 
-VERSION = "1"  # bump when the same IR prints differently
+VERSION = "2"  # bump when the same IR prints differently
 
 
 # ---- types and literals ----------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Extract: lambda s: f"{s.src.name}.{s.part}",
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Define: lambda s: _start(s.start),
-    LocalLoad: lambda s: f"{s.array}[{s.index.render()}]",
+    LocalLoad: lambda s: f"{s.array}[{s.index.render_grouped()}]",
 }
 STATEMENTS: dict[type, Callable] = {  # the others: their line
     Accumulate: lambda s: f"{s.acc.name} = {binary(s.op, s.acc.name, operand(s.value), s.acc.dtype, s.acc.width)};",

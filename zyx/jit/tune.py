@@ -32,7 +32,7 @@ import pyopencl as cl
 
 from ..counters import bump
 from ..debug import logger
-from ..runtime.execute import run_program
+from ..runtime.execute import Executable
 from ..runtime.replay import record_launches, replay
 from ..trace.hashing import signature
 from ..trace.node import Node, buffer_leaf
@@ -219,40 +219,50 @@ class Tuner:
 
     def _search(self, kernel: RenderedKernel, site: TuneSite, stored: set[int], tuned: TunedChoices,
                 mode: int) -> Optional[TuneRecord]:
+        """The heuristics' kernel first (its outputs are the reference; under ZYX_TUNE=1 a kernel faster than
+        THRESHOLD_SECONDS ends the search there), then every other candidate, built side by side."""
         start = time.perf_counter()
         isolated = Isolated.cut(kernel, stored, self.runtime.upload, np.random.default_rng(0))
-        programs: dict[tuple, _Candidate] = {}  # by the sources of their launches: choices printing alike
-        trials: list[_Candidate] = []
-        reference: list[np.ndarray] = []
-        for choice in candidates(site, self.traits, mode):
-            candidate = _Candidate(choice)
-            trials.append(candidate)
-            program = self._program(isolated, site, tuned.with_choice(site.key, choice), candidate)
-            sources = tuple(launch.source for launch in program.launches) if program is not None else None
-            if sources in programs:  # the same kernels as an earlier candidate: its outcome
-                earlier = programs[sources]
+        trials = [_Candidate(choice) for choice in candidates(site, self.traits, mode)]
+        untuned = trials[0]
+        programs = [self._program(isolated, site, tuned.with_choice(site.key, untuned.choice), untuned)]
+        reference = self._run(isolated, programs[0], untuned) if programs[0] is not None else None
+        if reference is None:
+            return None  # the heuristics' kernel fails in isolation: nothing to compare with
+        self._time(untuned, untuned)
+        if mode == 1 and untuned.seconds < THRESHOLD_SECONDS:  # type: ignore[operator]
+            self._log.info("tuning %s: %.3f ms, under the %g ms threshold: not searched", site.name,
+                           untuned.seconds * 1e3, THRESHOLD_SECONDS * 1e3)  # type: ignore[operator]
+            return None
+        programs += [self._program(isolated, site, tuned.with_choice(site.key, t.choice), t) for t in trials[1:]]
+        self._build_all([launch.source for program in programs[1:] if program for launch in program.launches])
+        runs = {_sources(programs[0]): untuned}  # by the sources of their launches: choices printing alike
+        for candidate, program in zip(trials[1:], programs[1:]):
+            if program is None:
+                continue
+            earlier = runs.setdefault(_sources(program), candidate)
+            if earlier is not candidate:  # the same kernels as an earlier candidate: its outcome
                 candidate.launches, candidate.status = earlier.launches, earlier.status
                 candidate.seconds, candidate.ratios = earlier.seconds, earlier.ratios
                 continue
-            outputs = self._run(isolated, program, candidate) if program is not None else None
-            if candidate is trials[0]:
-                if outputs is None:
-                    return None  # the heuristics' kernel fails in isolation: nothing to compare with
-                reference = outputs
-            elif outputs is None:
+            outputs = self._run(isolated, program, candidate)
+            if outputs is None:
                 continue
-            elif not _same_values(outputs, reference, isolated.targets):
+            if not _same_values(outputs, reference, isolated.targets):
                 candidate.status = "wrong"
                 self._log.warning("tuning %s: %s computes other values than the heuristics' kernel; rejected",
-                                  site.name, choice.describe())
+                                  site.name, candidate.choice.describe())
                 continue
-            programs[sources] = candidate  # type: ignore[index]
-            self._time(candidate, trials[0])
-            if candidate is trials[0] and mode == 1 and candidate.seconds < THRESHOLD_SECONDS:  # type: ignore[operator]
-                self._log.info("tuning %s: %.3f ms, under the %g ms threshold: not searched", site.name,
-                               candidate.seconds * 1e3, THRESHOLD_SECONDS * 1e3)  # type: ignore[operator]
-                return None
+            self._time(candidate, untuned)
         return self._verdict(site, trials, mode, time.perf_counter() - start)
+
+    def _build_all(self, sources: list[str]) -> None:
+        """Build the candidates' kernels side by side (the driver compiles without the GIL). Where one fails,
+        each is built again alone when it runs (`_run`), so that only that candidate fails."""
+        try:
+            default_cache().build_many(self.runtime.context, self.runtime.device, list(dict.fromkeys(sources)))
+        except (KernelBuildError, cl.Error):
+            self._log.info("tuning: a candidate failed to build; building them one by one")
 
     def _program(self, isolated: Isolated, site: TuneSite, tuned: TunedChoices,
                  candidate: _Candidate) -> Optional[Program]:
@@ -271,8 +281,9 @@ class Tuner:
         try:
             kernels = [self._compiled(launch.source, launch.name) if launch.global_size[0] else None
                        for launch in program.launches]
-            outputs, candidate.launches = record_launches(self.runtime, lambda: run_program(
-                self.runtime, program, kernels, isolated.inputs, [r.arg for r in isolated.rands]))
+            executable = Executable(program, kernels)
+            outputs, candidate.launches = record_launches(self.runtime, lambda: executable.run(
+                self.runtime, isolated.inputs, [r.arg for r in isolated.rands]))
             return [self.runtime.download(buffer, node.shape, node.dtype.np)
                     for buffer, node in zip(outputs, isolated.targets)]
         except (KernelBuildError, cl.Error) as error:
@@ -322,6 +333,10 @@ class Tuner:
         self._log.info("tuned %s in %.1f s: %s, %.2fx (%d candidates)", site.name, seconds, best.choice.describe(),
                        record.speedup, len(trials))
         return record
+
+
+def _sources(program: Program) -> tuple[str, ...]:
+    return tuple(launch.source for launch in program.launches)
 
 
 def _sample(runtime: Any, launches: list[tuple], estimate: float) -> float:

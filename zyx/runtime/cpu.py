@@ -6,12 +6,13 @@ Intermediates are dropped right after their last consumer.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..trace.cost import buffer_bytes, total_flops
-from ..trace.node import Node, short_name, toposort
+from ..trace.hashing import Walk
+from ..trace.node import Node, short_name
 from ..trace.ops import ELEMENTWISE_OPS, Op, REDUCE_OPS
 from ..trace.philox import philox_uniform
 from . import profiling
@@ -140,9 +141,9 @@ class CPUBackend:
     def download(self, buffer: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return buffer.reshape(shape).copy()
 
-    def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[np.ndarray]:
-        """Values of `targets` (contiguous arrays), freeing each intermediate after its last use."""
-        order = toposort(targets) if order is None else order
+    def realize(self, walk: Walk) -> list[np.ndarray]:
+        """Values of the walk's roots (contiguous arrays), freeing each intermediate after its last use."""
+        targets, order = walk.roots, walk.order
         keep = {id(t) for t in targets}
         self.limits.check_nodes(node for node in order if node.op in MATERIALIZED_OPS or id(node) in keep)
         if not profiling.timing_wanted():

@@ -41,8 +41,8 @@ class BufferPool(Generic[RawBuffer]):
 
     def size_class(self, nbytes: int) -> int:
         """The size actually allocated: at least one byte, rounded up to the granularity."""
-        units = max(1, -(-nbytes // self._granularity))
-        return units * self._granularity
+        granularity = self._granularity
+        return (-(-nbytes // granularity) or 1) * granularity
 
     def acquire(self, nbytes: int) -> RawBuffer:
         """A buffer of size_class(nbytes) bytes: a freed one if any, else a new one (trimming on out-of-memory)."""
@@ -53,15 +53,19 @@ class BufferPool(Generic[RawBuffer]):
             self.pool_bytes -= size
         else:
             raw = self._allocate_new(size)
-        self.current_bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        current = self.current_bytes = self.current_bytes + size
+        if current > self.peak_bytes:
+            self.peak_bytes = current
         stats.set_max("peak_bytes", self.peak_bytes)
         return raw
 
     def release(self, raw: RawBuffer, nbytes: int) -> None:
         """Takes back a buffer acquired for nbytes; it waits in the pool for a request of the same size."""
         size = self.size_class(nbytes)
-        self._free.setdefault(size, []).append(raw)
+        free_list = self._free.get(size)
+        if free_list is None:
+            free_list = self._free[size] = []
+        free_list.append(raw)
         self.current_bytes -= size
         self.pool_bytes += size
 

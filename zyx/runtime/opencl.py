@@ -9,8 +9,7 @@ PoCL); the switch waits for the other queue, so the order still holds.
 from __future__ import annotations
 
 import logging
-import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,8 @@ _OUT_OF_MEMORY_CODES = frozenset(
 )
 _PENDING_UPLOADS_BEFORE_PRUNE = 64
 
+Launcher = Callable[[cl.Kernel, tuple, "tuple | None", Sequence[Any]], cl.Event]
+
 
 def _is_out_of_memory(error: Exception) -> bool:
     return isinstance(error, cl.MemoryError) or getattr(error, "code", None) in _OUT_OF_MEMORY_CODES
@@ -38,14 +39,21 @@ def _as_bytes(array: np.ndarray) -> np.ndarray:
 
 
 class Buffer:
-    """Device memory of `nbytes` bytes; goes back to its backend's pool when the last reference is dropped."""
+    """Device memory of `nbytes` bytes; goes back to its backend's pool when the last reference is dropped.
+
+    `__del__` rather than `weakref.finalize` (six times cheaper, and a replayed step allocates dozens): it only
+    hands the cl.Buffer to the pool's free list, which is plain Python, so it is safe at interpreter exit too.
+    """
+
+    __slots__ = ("cl_buffer", "nbytes", "backend")
 
     def __init__(self, cl_buffer: cl.Buffer, nbytes: int, backend: OpenCLBackend) -> None:
         self.cl_buffer = cl_buffer
         self.nbytes = nbytes
         self.backend = backend
-        # Not run at interpreter exit: the driver may already be gone, and the process frees everything anyway.
-        weakref.finalize(self, backend.pool.release, cl_buffer, nbytes).atexit = False
+
+    def __del__(self) -> None:
+        self.backend.pool.release(self.cl_buffer, self.nbytes)
 
     def __repr__(self) -> str:
         return f"Buffer(nbytes={self.nbytes}, device={self.backend.name!r})"
@@ -79,7 +87,10 @@ class OpenCLBackend:
     @property
     def queue(self) -> cl.CommandQueue:
         """The queue for the next command: the timed one while `profiling.timing_wanted()`, else the plain one."""
-        timed = profiling.timing_wanted()
+        return self.queue_for(profiling.timing_wanted())
+
+    def queue_for(self, timed: bool) -> cl.CommandQueue:
+        """The timed queue or the plain one, switching (in order) when the other was used last."""
         if timed != (self._current_queue is self._timed_queue):
             self._current_queue.finish()  # what is queued runs before anything on the other queue
             if timed and self._timed_queue is None:
@@ -125,13 +136,24 @@ class OpenCLBackend:
 
     def download(self, buffer: Buffer, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
         """The buffer's contents as a new array; waits for every kernel enqueued before it."""
-        host = np.empty(tuple(shape), dtype=numpy_dtype)
-        if host.nbytes > buffer.nbytes:
-            raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte buffer")
-        if host.nbytes:
-            cl.enqueue_copy(self.queue, _as_bytes(host), buffer.cl_buffer, is_blocking=True)
-        self._pending_uploads.clear()  # the in-order queue finished them before this read
-        return host
+        return self.download_all([(buffer, shape, numpy_dtype)])[0]
+
+    def download_all(self, requests: Sequence[tuple[Buffer, Sequence[int], Any]]) -> list[np.ndarray]:
+        """Several buffers' contents (buffer, shape, numpy dtype each) as new arrays, waiting once: the in-order
+        queue finishes the earlier copies before the last. A wait costs far more than a copy of a few bytes."""
+        hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
+        for buffer, shape, numpy_dtype in requests:
+            host = np.empty(tuple(shape), dtype=numpy_dtype)
+            if host.nbytes > buffer.nbytes:
+                raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte "
+                                 "buffer")
+            if host.nbytes:
+                copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.cl_buffer, is_blocking=False))
+            hosts.append(host)
+        if copies:
+            copies[-1].wait()
+        self._pending_uploads.clear()  # the in-order queue finished them before these reads
+        return hosts
 
     def copy(self, buffer: Buffer) -> Buffer:
         """A new device buffer holding the same bytes (enqueued, not waited for)."""
@@ -158,13 +180,28 @@ class OpenCLBackend:
     ) -> cl.Event:
         """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are.
         Its event carries device timestamps when the queue is the timed one."""
+        raw = [arg.cl_buffer if isinstance(arg, Buffer) else arg for arg in args]
+        return self.launcher(profiling.timing_wanted())(kernel, global_size, local_size, raw)
+
+    def launcher(self, timed: bool) -> Launcher:
+        """A launch function for one program run, taking cl.Buffers and numpy scalars as arguments, on the timed
+        queue or the plain one. The queue and the ZYX_DEBUG setting are looked up here, once, not per kernel: each
+        lookup costs microseconds and a replayed step launches dozens of kernels."""
+        queue = self.queue_for(timed)
         log = logger("zyx.runtime")
-        if log.isEnabledFor(logging.INFO):
-            log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
-        kernel.set_args(*[arg.cl_buffer if isinstance(arg, Buffer) else arg for arg in args])
-        event = cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
-        stats.bump("kernels_launched")
-        return event
+        logged = log.isEnabledFor(logging.INFO)
+        enqueue = cl.enqueue_nd_range_kernel
+        bump = stats.bump
+
+        def launch(kernel: cl.Kernel, global_size: tuple[int, ...], local_size: tuple[int, ...] | None,
+                   args: Sequence[Any]) -> cl.Event:
+            if logged:
+                log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
+            kernel.set_args(*args)
+            event = enqueue(queue, kernel, global_size, local_size)
+            bump("kernels_launched")
+            return event
+        return launch
 
     def synchronize(self) -> None:
         """Waits until everything enqueued so far has finished."""

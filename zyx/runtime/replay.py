@@ -2,7 +2,7 @@
 
 What the tuner times a candidate by, and `bench/GPU.md` calls kernel time: replays of the recorded launches and
 one wait, so neither tracing, scheduling nor a synchronization per run is counted (only the enqueue, which
-overlaps the kernels).
+overlaps the kernels). Launches are recorded as the runtime's launcher gets them (kernel, sizes, raw arguments).
 """
 from __future__ import annotations
 
@@ -15,27 +15,28 @@ T = TypeVar("T")
 def record_launches(runtime: Any, work: Callable[[], T]) -> tuple[T, list[tuple]]:
     """What `work()` returns, and the arguments of every launch it made on `runtime`, once they have run.
     Recordings nest (a search inside a recorded realize): the outer one sees the inner one's launches too."""
-    launch, outer = runtime.launch, vars(runtime).get("launch")
+    launcher, outer = runtime.launcher, vars(runtime).get("launcher")
     runtime.synchronize()
     recorded: list[tuple] = []
-    runtime.launch = lambda *a: (recorded.append(a), launch(*a))[1]
+    runtime.launcher = lambda timed: lambda *a: (recorded.append(a), launcher(timed)(*a))[1]
     try:
         result = work()
         runtime.synchronize()
     finally:
         if outer is None:
-            del runtime.launch
+            del runtime.launcher
         else:
-            runtime.launch = outer
+            runtime.launcher = outer
     return result, recorded
 
 
 def replay(runtime: Any, launches: list[tuple], repeat: int) -> float:
     """Seconds per run of `launches`, enqueued `repeat` times back to back and waited for once."""
+    launch = runtime.launcher(False)
     runtime.synchronize()
     start = time.perf_counter()
     for _ in range(repeat):
         for arguments in launches:
-            runtime.launch(*arguments)
+            launch(*arguments)
     runtime.synchronize()
     return (time.perf_counter() - start) / repeat
