@@ -45,7 +45,7 @@ def recorded(dev, a, b, tune: str):
     """The product's value and its launches, realized afresh with ZYX_TUNE=`tune`."""
     from zyx.runtime.replay import record_launches
     os.environ["ZYX_TUNE"] = tune
-    dev.backend.programs.clear()
+    dev.backend.forget_programs()
     out, launches = record_launches(dev.backend.runtime, lambda: (a @ b).realize())
     return out.numpy(), launches
 

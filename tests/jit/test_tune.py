@@ -61,7 +61,7 @@ def searched(dev, kind: str, tmp_path: Path, traits: DeviceTraits = None) -> Tun
 def realized_with(dev, kind: str, tuned: TunedChoices) -> np.ndarray:
     """The kernel's values on the device, scheduled with `tuned` (a fresh trace: no program from memory)."""
     make, _ = KERNELS[kind]
-    dev.backend.programs.clear()
+    dev.backend.forget_programs()
     previous, dev.backend._tuned = dev.backend._tuned, tuned
     try:
         return make(dev.tensor(X), dev.tensor(W)).numpy()
@@ -147,7 +147,7 @@ def test_zyx_tune_0_never_searches(dev, monkeypatch):
             monkeypatch.delenv("ZYX_TUNE", raising=False)
         else:
             monkeypatch.setenv("ZYX_TUNE", value)
-        dev.backend.programs.clear()
+        dev.backend.forget_programs()
         assert tune.tune_mode() == 0
         np.testing.assert_allclose((dev.tensor(X) * 3).numpy(), X * 3)
         zyx.jit(lambda x: x * 5)(dev.tensor(X))

@@ -137,13 +137,23 @@ class JitBackend:
         return program
 
     def _search(self, kernels: Sequence[Any], mode: int) -> bool:
-        """Search the kernels tuning asks for (tune.py); whether any search found a choice to store."""
+        """Search the kernels tuning asks for (tune.py); whether any search found a choice to store (the programs
+        in memory, scheduled without it, are then forgotten)."""
         if self._tuner is None:
             self._tuner = Tuner(self.runtime, self.traits)
         records = self._tuner.search(kernels, self.tuned, mode)
         for record in records:
             self._tuned = self.tuned.with_choice(record.kernel, record.choice)
+        if records:
+            self.forget_programs()
         return bool(records)
+
+    def forget_programs(self) -> None:
+        """Drop the programs held in memory (those on disk stay): each structure is looked up or scheduled again
+        at its next realize, with the tuned choices and ZYX_TUNE of then."""
+        self.programs.clear()
+        self._by_structure.clear()
+        self._executables.clear()
 
     def _check_memory(self, program: Program) -> None:
         """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""
