@@ -77,7 +77,7 @@ def recorded_commands(runtime: Any, call: Callable[[], None]) -> list[tuple]:
         return record
 
     def reading(requests: list) -> list:
-        commands.append(("read", [buffer.cl_buffer for buffer, _, _ in requests]))
+        commands.append(("read", [buffer.raw for buffer, _, _ in requests]))
         return download_all(requests)
     runtime.launcher, runtime.download_all = recording, reading
     try:

@@ -1,10 +1,13 @@
-"""W1a, W1b, W2a, W2b as kernel time only: zyx's kernels against the hand-written float-vector kernel.
+"""W1a, W1b, W2a, W2b (and W3 with --matmul) as kernel time only: zyx's kernels against the hand-written
+float-vector kernel, on OpenCL, on WGPU, or on both side by side.
 
 Each zyx expression is realized once with its launches recorded, then the launches are enqueued `--repeat` times
-and waited for once (bench/_replay.py); the hand-written kernel (W1 only) is timed the same way in each of its
-variants, the fastest kept. GB/s counts bytes as the workloads do (bench/elementwise.py, bench/reduce.py).
+and waited for once (bench/_replay.py); the hand-written kernel (W1 only, OpenCL) is timed the same way in each of
+its variants, the fastest kept. GB/s counts bytes as the workloads do (bench/elementwise.py, bench/reduce.py);
+W3 counts 2·n³ flops (bench/matmul.py). With `--device both`, each row gives zyx on WGPU over zyx on OpenCL.
 
-    python bench/kernel_time.py [--repeat 60] [--only W1a,W2b]
+    python bench/kernel_time.py [--repeat 60] [--only W1a,W2b] [--device opencl|wgpu|both] [--matmul] [--big]
+                                [--size 4096]
 """
 from __future__ import annotations
 
@@ -18,17 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 import elementwise  # noqa: E402
+import matmul  # noqa: E402
 import reduce  # noqa: E402
 from _impls import hand_kernel_configs  # noqa: E402
 from _replay import describe, replayed_seconds  # noqa: E402
 
-EXPRESSIONS = {"W1a": elementwise.w1a, "W1b": elementwise.w1b, "W2a": reduce.w2a, "W2b": reduce.w2b}
+EXPRESSIONS = {"W1a": elementwise.w1a, "W1b": elementwise.w1b, "W2a": reduce.w2a, "W2b": reduce.w2b, "W3": matmul.w3}
 HAND_BODIES = {"W1a": elementwise.W1A_BODY, "W1b": elementwise.W1B_BODY}
 
 
 def zyx_seconds(dev, workload, repeat: int) -> tuple[float, str]:
     tensors = {k: dev.tensor(np.ascontiguousarray(v)).realize() for k, v in workload.inputs.items()}
-    out = EXPRESSIONS[workload.name](**tensors)
+    out = EXPRESSIONS[workload.name.split()[0]](**tensors)
     seconds, recorded = replayed_seconds(dev.backend.runtime, out.realize, repeat)
     np.testing.assert_allclose(out.numpy(), workload.reference(*workload.inputs.values()),
                                rtol=workload.rtol, atol=workload.atol)
@@ -58,25 +62,50 @@ def hand_seconds(cl_device, workload, repeat: int) -> tuple[float, str]:
     return best
 
 
+def rate(workload, seconds: float) -> str:
+    return f"{workload.amount / seconds / 1e9:7.0f} {workload.unit}"
+
+
+def devices(which: str) -> dict:
+    """The zyx devices to time, by name."""
+    import zyx
+    found = {}
+    if which in ("opencl", "both"):
+        dev = found["opencl"] = zyx.OpenCL()
+        cl_device = dev.backend.runtime.device
+        print(f"OpenCL: {cl_device.name.strip()} ({cl_device.platform.version.strip()})")
+    if which in ("wgpu", "both"):
+        dev = found["wgpu"] = zyx.WGPU()
+        print(f"WGPU: {dev.backend.name} ({dev.backend.runtime.adapter.info['description']})")
+    return found
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=60)
-    p.add_argument("--only", default="", help="comma-separated workloads (W1a,W1b,W2a,W2b)")
+    p.add_argument("--only", default="", help="comma-separated workloads (W1a,W1b,W2a,W2b,W3)")
+    p.add_argument("--device", choices=("opencl", "wgpu", "both"), default="opencl")
+    p.add_argument("--matmul", action="store_true", help="also W3 (1024³, 2048³)")
+    p.add_argument("--big", action="store_true", help="W3 also at 4096³")
+    p.add_argument("--size", type=int, default=elementwise.SIZE, help="rows and columns of W1 and W2a")
     args = p.parse_args()
-    import zyx
-    dev = zyx.OpenCL()
-    cl_device = dev.backend.runtime.device
-    print(f"{cl_device.name.strip()} ({cl_device.platform.version.strip()}), {args.repeat} launches, one wait")
-    for workload in elementwise.workloads() + reduce.workloads():
-        if args.only and workload.name not in args.only.split(","):
+    found = devices(args.device)
+    print(f"{args.repeat} launches, one wait")
+    chosen = elementwise.workloads(args.size) + reduce.workloads(args.size, args.size)
+    chosen += matmul.workloads(args.big) if args.matmul or args.big else []
+    for workload in chosen:
+        if args.only and workload.name.split()[0] not in args.only.split(","):
             continue
-        seconds, kernels = zyx_seconds(dev, workload, args.repeat)
-        line = f"{workload.name}  zyx {workload.amount / seconds / 1e9:7.0f} GB/s ({seconds * 1e6:7.1f} us)"
-        if workload.name in HAND_BODIES:
-            hand, config = hand_seconds(cl_device, workload, args.repeat)
-            line += (f"  hand-written {workload.amount / hand / 1e9:7.0f} GB/s ({config})"
-                     f"  zyx/hand {hand / seconds:.2f}")
-        print(f"{line}  [{kernels}]", flush=True)
+        line, times = workload.name, {}
+        for name, dev in found.items():
+            times[name], kernels = zyx_seconds(dev, workload, args.repeat)
+            line += f"  zyx {name} {rate(workload, times[name])} ({times[name] * 1e6:8.1f} us) [{kernels}]"
+        if len(times) == 2:
+            line += f"  wgpu/opencl {times['opencl'] / times['wgpu']:.2f}"
+        if workload.name in HAND_BODIES and "opencl" in found:
+            hand, config = hand_seconds(found["opencl"].backend.runtime.device, workload, args.repeat)
+            line += f"  hand-written {rate(workload, hand)} ({config})  zyx/hand {hand / times['opencl']:.2f}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python examples/digits.py                   # 40 epochs: about 98.5% test accuracy
     python examples/digits.py --short           # a few steps (what tests/test_examples.py runs)
     python examples/digits.py --device cpu      # the numpy reference backend (no JIT, nothing compiled)
+    python examples/digits.py --device wgpu     # WebGPU (Vulkan, Metal, DirectX 12) instead of OpenCL
 
 The training step is traced once and then replayed; its kernels and the program persist in the disk cache
 (ZYX_CACHE_DIR, else ~/.cache/zyx), so a second run of this script compiles no kernel: the last line prints
@@ -21,6 +22,7 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import zyx  # noqa: E402
+import zyx.devices  # noqa: E402
 from _progress import ProgressBar  # noqa: E402
 
 nn = zyx.nn
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("opencl", "cpu"), default="opencl")
+    parser.add_argument("--device", choices=("opencl", "wgpu", "cpu"), default="opencl")
     parser.add_argument("--checkpoint", type=pathlib.Path, default=DEFAULT_CHECKPOINT,
                         help="where to save the trained weights (safetensors)")
     parser.add_argument("--short", action="store_true", help="3 epochs of 8 steps: a smoke test")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> float:
     started = time.perf_counter()
     args = parse_args(argv)
     epochs, steps_per_epoch = (3, 8) if args.short else (args.epochs, None)
-    dev = zyx.OpenCL() if args.device == "opencl" else zyx.CPU()
+    dev = zyx.devices.device_from_spec(args.device)
     print(f"device: {dev}")
     zyx.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)

@@ -26,7 +26,7 @@ TENSOR_FUNCTIONS = (
 _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it, dotted for a class's)
     **{name: (".creation", name) for name in ("arange", "eye", "from_dlpack", "full", "ones", "ones_like", "rand",
                                                "randn", "tensor", "uniform", "zeros", "zeros_like")},
-    **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "default_device", "set_default_device",
+    **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "WGPU", "default_device", "set_default_device",
                                               "synchronize")},
     **{name: (".dtypes", name) for name in ("DType", "bool_", "uint8", "int8", "int16", "int32", "uint32", "int64",
                                              "float16", "bfloat16", "float32", "float64")},
@@ -49,7 +49,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
 
 __all__ = [
     "jit", "memory_stats", "reset_peak_memory", "nn", "save", "load",
-    "Tensor", "Device", "CPU", "OpenCL", "DType", "ShapeError", "AxisError", "OutOfMemoryError", "tensor", "zeros",
+    "Tensor", "Device", "CPU", "OpenCL", "WGPU", "DType", "ShapeError", "AxisError", "OutOfMemoryError", "tensor", "zeros",
     "ones", "full", "eye", "arange", "from_dlpack",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
     "default_device", "set_default_device", "stats", "reset_stats", "uint8", "int8", "int16", "int32", "uint32",
@@ -93,7 +93,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .creation import (arange, empty, empty_like, eye, from_dlpack, full, full_like, linspace, ones, ones_like,
                            rand, randn, tensor, uniform, zeros, zeros_like)
     from .einsum import einsum
-    from .devices import CPU, Device, OpenCL, default_device, set_default_device, synchronize
+    from .devices import CPU, WGPU, Device, OpenCL, default_device, set_default_device, synchronize
     from .dtypes import (DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8,
                          uint32)
     from .dtypes import bool_ as bool  # noqa: A001

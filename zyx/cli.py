@@ -1,4 +1,5 @@
-"""The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL devices, tune a script.
+"""The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL devices and WebGPU adapters,
+tune a script.
 
 Every failure prints one line, `zyx: error: ...`, on stderr: exit status 2 for a bad command line,
 1 for anything else. Only the standard library is imported before a command runs (pyopencl, numpy and rich
@@ -362,16 +363,18 @@ def devices(args: argparse.Namespace) -> int:
     from zyx.jit.probe import compile_problem
     from zyx.runtime.platforms import default_ordinal, describe_devices
     described = describe_devices()
-    chosen = re.fullmatch(r"\s*opencl:(\d+)\s*", os.environ.get("ZYX_DEVICE", "").lower())
-    default = int(chosen[1]) if chosen else default_ordinal(problem=compile_problem)
+    wanted = os.environ.get("ZYX_DEVICE", "").strip().lower()
+    chosen = re.fullmatch(r"opencl:(\d+)", wanted)
+    default = (None if wanted.startswith("wgpu") else int(chosen[1]) if chosen
+               else default_ordinal(problem=compile_problem))
     for ordinal, row in enumerate(described):
-        row["default"] = ordinal == default
+        row["kind"], row["default"] = "opencl", ordinal == default
+    adapters = _wgpu_adapters(wanted)
     if args.json:
-        print(json.dumps(described, indent=2))
+        print(json.dumps(described + adapters, indent=2))
         return 0
     if not described:
         _messages().info("no OpenCL platform found (zyx.CPU() still works)")
-        return 0
     for platform_index in sorted({row["platform_index"] for row in described}):
         rows = [row for row in described if row["platform_index"] == platform_index]
         print(f"platform {platform_index}: {rows[0]['platform']} ({rows[0]['platform_version']})")
@@ -383,9 +386,29 @@ def devices(args: argparse.Namespace) -> int:
              "yes" if row["fp64"] else "no")
             for row in rows
         ], shrink=(2, 9), indent=2)
-    if default is not None:
+    if adapters:
+        print("WebGPU adapters (zyx.WGPU(N); ZYX_WGPU_BACKENDS picks the backends)")
+        print_table(("", "#", "ADAPTER", "TYPE", "BACKEND", "MAX BINDING", "BUFFERS", "DRIVER"), [
+            ("*" if row["default"] else "", row["index"], row["device"], row["type"], row["backend"],
+             format_bytes(row["max_binding_bytes"]), row["storage_buffers"], row["driver"]) for row in adapters
+        ], shrink=(2, 7), indent=2)
+    if default is not None and described:
         print("* the device zyx.OpenCL() uses" if chosen is None else "* the device ZYX_DEVICE names")
+    elif any(row["default"] for row in adapters):
+        print("* the adapter ZYX_DEVICE names")
     return 0
+
+
+def _wgpu_adapters(wanted: str) -> list[dict]:
+    """The WebGPU adapters (none where wgpu is not installed), the one ZYX_DEVICE names marked default."""
+    try:
+        from zyx.runtime.webgpu import describe_adapters, select_adapter
+        adapters = describe_adapters()
+    except (ImportError, RuntimeError):
+        return []
+    named = re.fullmatch(r"wgpu(?::(\d+))?", wanted)
+    default = (int(named[1]) if named[1] else select_adapter()) if named and adapters else None
+    return [{**row, "kind": "wgpu", "default": row["index"] == default} for row in adapters]
 
 
 # -- wiring ------------------------------------------------------------------------------------
@@ -421,12 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(cache_commands, "prune", cache_prune, "remove entries no present device or this zyx version can use")
 
-    tuning = _command(commands, "tune", tune, "run a Python script with kernel autotuning on (ZYX_TUNE=1)")
+    tuning = _command(commands, "tune", tune, "run a Python script with OpenCL kernel autotuning on (ZYX_TUNE=1)")
     tuning.add_argument("--exhaustive", action="store_true", help="try every choice of each kernel (ZYX_TUNE=2)")
     tuning.add_argument("script", metavar="SCRIPT", help="the script, as `python SCRIPT` would run it")
     tuning.add_argument("arguments", metavar="ARGS", nargs=argparse.REMAINDER, help="the script's arguments")
 
-    listing = _command(commands, "devices", devices, "list OpenCL platforms and devices; * marks the default")
+    listing = _command(commands, "devices", devices,
+                       "list OpenCL platforms and devices and WebGPU adapters; * marks the default")
     listing.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

@@ -12,7 +12,7 @@ from .trace.node import Node
 
 
 class Device:
-    """A place for tensors: `zyx.CPU()` (RAM, numpy) or `zyx.OpenCL()` (VRAM, fused kernels)."""
+    """A place for tensors: `zyx.CPU()` (RAM, numpy), `zyx.OpenCL()` or `zyx.WGPU()` (VRAM, fused kernels)."""
 
     def __init__(self, kind: str, backend: Any, label: str, spec: str = ""):
         self.kind, self.backend, self.label = kind, backend, label
@@ -22,7 +22,7 @@ class Device:
         return f"zyx.{self.label}"
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        """Pickled as its spec ('cpu', 'opencl:N'): unpickling finds the device of this process."""
+        """Pickled as its spec ('cpu', 'opencl:N', 'wgpu:N'): unpickling finds the device of this process."""
         return device_from_spec, (self.spec,)
 
     # ---- realization -------------------------------------------------------------------------------------
@@ -132,8 +132,29 @@ def _opencl_for(cl_device: Any) -> Device:
     return _DEVICES[key]
 
 
+def WGPU(adapter: int | str | None = None) -> Device:
+    """Tensors in WebGPU buffers (wgpu: Vulkan, Metal, DirectX 12); traces fused into WGSL kernels. `adapter`: an
+    index into `zyx devices`' WGPU list, or a power preference: "high-performance" (the default: a discrete GPU
+    first) or "low-power". float64 is not supported; int64 is computed in 32 bits."""
+    from .runtime.webgpu import select_adapter
+    return _wgpu_for(select_adapter(adapter))
+
+
+def _wgpu_for(index: int) -> Device:
+    key = ("wgpu", index)
+    if key not in _DEVICES:
+        from .jit.wgpu_backend import WgpuJitBackend
+        backend = WgpuJitBackend(index)
+        _DEVICES[key] = Device("wgpu", backend, backend.name, f"wgpu:{index}")
+    return _DEVICES[key]
+
+
+FUSING_KINDS = ("opencl", "wgpu")  # devices whose traces are scheduled into kernels (what zyx.jit captures)
+
+
 def device_from_spec(spec: str) -> Device:
-    """`cpu`, `opencl` or `opencl:N` (the N-th OpenCL device in `zyx devices` order)."""
+    """`cpu`, `opencl`, `opencl:N` (the N-th OpenCL device in `zyx devices` order), `wgpu` or `wgpu:N` (the N-th
+    WebGPU adapter)."""
     spec = spec.strip().lower()
     if spec == "cpu":
         return CPU()
@@ -142,21 +163,25 @@ def device_from_spec(spec: str) -> Device:
     if spec.startswith("opencl:") and spec[7:].isdigit():
         from .runtime.platforms import select_device_by_ordinal
         return _opencl_for(select_device_by_ordinal(int(spec[7:])))
-    raise ValueError(f"unknown device {spec!r}: use 'cpu', 'opencl' or 'opencl:N'")
+    if spec == "wgpu":
+        return WGPU()
+    if spec.startswith("wgpu:") and spec[5:].isdigit():
+        return WGPU(int(spec[5:]))
+    raise ValueError(f"unknown device {spec!r}: use 'cpu', 'opencl', 'opencl:N', 'wgpu' or 'wgpu:N'")
 
 
 _default: list[Device] = []
 
 
 def default_device() -> Device:
-    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N), else CPU."""
+    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N, wgpu, wgpu:N), else CPU."""
     if not _default:
         _default.append(device_from_spec(os.environ.get("ZYX_DEVICE", "cpu")))
     return _default[0]
 
 
 def set_default_device(device: Device | str) -> None:
-    """The device for tensors made without one, from now on (a Device or 'cpu', 'opencl', 'opencl:N')."""
+    """The device for tensors made without one, from now on (a Device or a spec: 'cpu', 'opencl:N', 'wgpu'...)."""
     _default[:] = [device if isinstance(device, Device) else device_from_spec(device)]
 
 

@@ -8,6 +8,7 @@ import zyx
 from zyx.jit.kernel_ir import simplify_cond, substitute
 from zyx.jit.lower import lower
 from zyx.jit.print_opencl import print_kernel
+from zyx.jit.rows import lower_rows
 from zyx.jit.symbolic import Expr
 from zyx.jit.transforms.group import group_reductions
 from zyx.jit.transforms.unroll import unroll_reductions
@@ -34,20 +35,44 @@ TRANSFORMS = {
     "register tiles": lambda k, space: upcast(k, space, {0: 2}),
 }
 
+ROW_CASES = {  # (build, input shapes): row kernels (rows.py), their reductions a pass each, then the outputs
+    "softmax rows": (lambda x, y: (x + y).softmax(-1), ((6, 40), (1, 40))),
+    "normalized rows": (lambda x, y: (x - x.mean(-1, keepdim=True)) / ((x * x).sum(-1, keepdim=True) + 1).sqrt() * y,
+                        ((5, 37), (1, 37))),
+}
+ROW_TRANSFORMS = {
+    "vector lanes along the row, scalar tails": lambda k: vectorize(k, 16, uniform=True, tails=True),
+    "a work group per row": lambda k: group_reductions(k, 16),
+    "a work group per row, float4 lanes": lambda k: float4_groups(k),
+    "unroll by 3": lambda k: unroll_reductions(k, lambda trips: 3),
+}
+
+
+
+def float4_groups(kernel):
+    """float4 lanes along the row, then a work group of 8 items per row (GPUs' row kernels); None where the
+    row is not whole float4s."""
+    vector = vectorize(kernel, 4, uniform=True)
+    return vector and group_reductions(vector, 8)
+
+
 NOT_APPLICABLE = {  # (case, transform) pairs where a transform says it does not apply, and why
     ("row sum", "vector lanes"),                              # 8 outputs: not a whole vector of 16
     ("row sum", "float4 lanes (GPUs)"),                       # lanes a row apart in the loop: gathers
     ("column max", "vector lanes along reductions"),          # 40 rows: not whole vectors of 16
     *((case, "vector lanes along reductions") for case in ("elementwise", "broadcast and pad", "masks")),  # no loop
+    ("normalized rows", "a work group per row, float4 lanes"),  # rows of 37: not whole float4s (no tails there)
 }
 
 
 def lowered(name):
-    build, shapes = CASES[name]
+    build, shapes = {**CASES, **ROW_CASES}[name]
     arrays = [RNG.standard_normal(shape).astype(np.float32) for shape in shapes]
     tensors = [zyx.CPU().tensor(a) for a in arrays]
     root = build(*tensors).node
     data = {id(t.node): a for t, a in zip(tensors, arrays)}
+    if name in ROW_CASES:
+        return lower_rows(root, {id(root): root}, set(), root.shape[-1]), data, build(*tensors).numpy()
     return lower(root, {id(root): root}, set()), data, build(*tensors).numpy()
 
 
@@ -87,6 +112,25 @@ def test_transform_computes_what_the_untransformed_kernel_computes(case, transfo
         return
     plain = run(kernel.ir, data, reference.shape)
     np.testing.assert_allclose(run(shaped, data, reference.shape), plain, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("transform", ROW_TRANSFORMS)
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_row_kernel_transforms_compute_what_the_untransformed_row_kernel_computes(case, transform):
+    kernel, data, reference = lowered(case)
+    plain = run(kernel.ir, data, reference.shape)
+    np.testing.assert_allclose(plain, reference, rtol=2e-5, atol=2e-6)
+    shaped = ROW_TRANSFORMS[transform](kernel.ir)
+    if shaped is None:
+        assert (case, transform) in NOT_APPLICABLE
+        return
+    np.testing.assert_allclose(run(shaped, data, reference.shape), plain, rtol=2e-5, atol=2e-6)
+
+
+def test_row_kernels_are_refused_where_the_reductions_are_not_over_the_rows():
+    x = zyx.CPU().tensor(RNG.standard_normal((8, 8)).astype(np.float32))
+    root = x.softmax(0).node  # columns: the max of column j read at element (i, j)
+    assert lower_rows(root, {id(root): root}, set(), 8) is None
 
 
 def test_vector_lanes_read_consecutive_elements_as_one_vector_and_one_element_as_a_broadcast():

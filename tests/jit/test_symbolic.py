@@ -64,7 +64,7 @@ def test_grouped_rendering_factors_shared_coefficients_and_keeps_the_value():
     k, kk, lid = Expr.var("k", 250), Expr.var("kk", 16), Expr.var("lid", 256)
     index = (k % 2 * 16 + kk) * 33 + lid // 16 + 16
     assert index.render() == "((k%2)*528+(lid/16)+kk*33+16)"
-    assert index.render_grouped() == "(((k%2)*16+kk)*33+((lid/16)+16))"
+    assert index.render_grouped() == "(((k%2)*16+kk)*33+(lid/16)+16)"
     assert (kk * 33 + lid).render_grouped() == (kk * 33 + lid).render()  # one scaled term: nothing to group
     for k_, kk_, lid_ in [(0, 0, 0), (7, 15, 255), (249, 3, 17)]:
         value = eval(index.render_grouped().replace("/", "//"), {"k": k_, "kk": kk_, "lid": lid_})

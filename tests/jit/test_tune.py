@@ -168,10 +168,10 @@ def test_jit_with_tune_searches_the_kernels_of_its_programs(dev, monkeypatch):
 
 
 def test_a_program_scheduled_with_other_tuned_choices_has_another_key(dev):
-    device, traits = dev.backend.runtime.device, dev.backend.traits
+    fingerprint, traits = dev.backend.fingerprint(), dev.backend.traits
     one = TunedChoices({"0" * 32: Choice.of("plain", width=8)})
     other = TunedChoices({"0" * 32: Choice.of("plain", width=4)})
-    keys = {program_key("structure", device, traits, tuned.digest) for tuned in (NO_TUNING, one, other)}
+    keys = {program_key("structure", fingerprint, traits, tuned.digest) for tuned in (NO_TUNING, one, other)}
     assert len(keys) == 3
 
 

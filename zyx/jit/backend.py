@@ -1,4 +1,7 @@
-"""The OpenCL device's realize: hash the trace, reuse or build its Program, compile through the cache, run."""
+"""A fusing device's realize: hash the trace, reuse or build its Program, compile its kernels, run.
+
+`FusingBackend` is what OpenCL and WGPU share (programs, their disk store, memory checks); `JitBackend` builds
+OpenCL kernels through the kernel cache, `wgpu_backend.WgpuJitBackend` WGSL pipelines."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -12,8 +15,9 @@ from ..runtime.opencl import OpenCLBackend
 from ..trace.hashing import Walk
 from ..trace.node import Node
 from . import print_opencl as c
-from .cache import default_cache, device_fingerprint
-from .choices import TunedChoices
+from .cache import default_cache
+from .cache_key import device_fingerprint
+from .choices import NO_TUNING, TunedChoices
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
@@ -26,20 +30,45 @@ from ..debug import logger
 KERNELS_PER_BUILD = 8
 
 
-class JitBackend:
-    """Tensors in OpenCL buffers; traces scheduled into fused kernels (one Program per trace structure)."""
+class FusingBackend:
+    """Tensors in device buffers; traces scheduled into fused kernels (one Program per trace structure).
+    A subclass compiles and runs a program's kernels (`run`) and says what the device fingerprint is."""
 
-    def __init__(self, cl_device: cl.Device):
-        self.runtime = OpenCLBackend(cl_device)
-        self.name = self.runtime.name
+    FLOAT64_NOTE = ""  # why a device may lack float64, for the error saying so
+
+    def __init__(self, runtime: Any, traits: DeviceTraits):
+        self.runtime = runtime
+        self.name = runtime.name
         self.programs: dict[str, Program] = {}  # by structural hash (what the disk caches and @jit use)
         self._by_structure: dict[tuple, Program] = {}  # by Walk.structure: what a realize looks up
-        self.traits = DeviceTraits.of(self.runtime)
-        self._tuned: Optional[TunedChoices] = None
-        self._tuner: Optional[Tuner] = None
-        self._kernels: dict[str, cl.Kernel] = {}
-        self._fresh: dict[str, cl.Program] = {}
         self._executables: dict[int, Executable] = {}  # by id(program): programs live as long as `programs`
+        self.traits = traits
+
+    def forget_programs(self) -> None:
+        """Drop the programs held in memory (the disk store keeps them): the next realize of each structure loads
+        or schedules it, with the tuned choices and ZYX_TUNE of then."""
+        self.programs.clear()
+        self._by_structure.clear()
+        self._executables.clear()
+
+    def fingerprint(self) -> dict[str, str]:
+        """The device and driver facts a persisted program is only valid for (cache_key.FINGERPRINT_NAMES)."""
+        raise NotImplementedError
+
+    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
+        """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched."""
+        executable = self._executables.get(id(program))
+        if executable is None or executable.program is not program:
+            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program))
+        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
+
+    def _kernels_of(self, program: Program) -> list[Any]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
+        raise NotImplementedError
+
+    def _after_launch(self, program: Program) -> Any:
+        """A callback for each launch's first run, or None."""
+        return None
 
     # ---- data movement -----------------------------------------------------------------------------------
     def upload(self, array: np.ndarray) -> Any:
@@ -57,7 +86,7 @@ class JitBackend:
 
     def _check_dtype(self, dtype: np.dtype) -> None:
         if dtype == np.float64 and not self.runtime.supports_fp64:
-            raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+            raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
 
     # ---- realization -------------------------------------------------------------------------------------
     def realize(self, walk: Walk) -> list[Any]:
@@ -78,25 +107,6 @@ class JitBackend:
                                "until its gradients are realized")
         return self.run(program, inputs, [r.arg for r in walk.rands])
 
-    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
-        executable = self._executables.get(id(program))
-        if executable is None or executable.program is not program:
-            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program))
-        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
-
-    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
-        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
-        self._compile_together([launch for launch in program.launches if launch.global_size[0]])
-        return [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
-                for launch in program.launches]
-
-    @property
-    def tuned(self) -> TunedChoices:
-        """The tuned choices stored for this device (read at first use), and those found since."""
-        if self._tuned is None:
-            self._tuned = default_tuning_store().choices(device_fingerprint(self.runtime.device))
-        return self._tuned
-
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                     in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> Program:
         """The Program for a trace structure: from memory, else from disk, else scheduled (and stored). With
@@ -105,7 +115,7 @@ class JitBackend:
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        mode = tune_mode(tune)
+        mode = self._tune_mode(tune)
         program = None
         if not mode:
             program = default_program_store().load(self._disk_key(key), len(leaves), len(rands))
@@ -120,13 +130,11 @@ class JitBackend:
         return program
 
     def _disk_key(self, key: str) -> str:
-        return program_key(key, self.runtime.device, self.traits, self.tuned.digest)
+        return program_key(key, self.fingerprint(), self.traits, self.tuned.digest)
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
-        for node in targets:
-            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
-                raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+        self._check_graph(targets)
         kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
         if mode and self._search(kernels, mode):
             kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
@@ -135,6 +143,60 @@ class JitBackend:
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))
         return program
+
+    @property
+    def tuned(self) -> TunedChoices:
+        """The tuned choices this device's kernels are shaped with: none here (only OpenCL tunes: JitBackend)."""
+        return NO_TUNING
+
+    def _tune_mode(self, tune: int) -> int:
+        """How hard this realize searches its kernels (see tune.tune_mode): never here, only OpenCL's kernels
+        are tuned (the tuner compiles and times OpenCL launches: JitBackend)."""
+        return 0
+
+    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
+        """Search the kernels tuning asks for; whether any search found a choice (see JitBackend)."""
+        return False
+
+    def _check_graph(self, targets: Sequence[Node]) -> None:
+        """Refuse, before scheduling, a trace the device cannot compute."""
+        for node in targets:
+            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
+                raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
+
+    def _check_memory(self, program: Program) -> None:
+        """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""
+        limits = self.runtime.limits
+        for slot, nbytes in enumerate(program.slot_bytes):
+            limits.check_bytes(nbytes, f"buffer {slot} of a {program.kernel_count}-kernel program")
+        limits.check_total(program.planned_peak_bytes, f"a {program.kernel_count}-kernel program")
+
+
+class JitBackend(FusingBackend):
+    """Tensors in OpenCL buffers; kernels built through the kernel cache, a few per OpenCL program."""
+
+    FLOAT64_NOTE = "cl_khr_fp64"
+
+    def __init__(self, cl_device: cl.Device):
+        runtime = OpenCLBackend(cl_device)
+        super().__init__(runtime, DeviceTraits.of(runtime))
+        self._kernels: dict[str, cl.Kernel] = {}
+        self._fresh: dict[str, cl.Program] = {}
+        self._tuned: Optional[TunedChoices] = None
+        self._tuner: Optional[Tuner] = None
+
+    def fingerprint(self) -> dict[str, str]:
+        return device_fingerprint(self.runtime.device)
+
+    @property
+    def tuned(self) -> TunedChoices:
+        """The tuned choices stored for this device (read at first use), and those found since."""
+        if self._tuned is None:
+            self._tuned = default_tuning_store().choices(self.fingerprint())
+        return self._tuned
+
+    def _tune_mode(self, tune: int) -> int:
+        return tune_mode(tune)
 
     def _search(self, kernels: Sequence[Any], mode: int) -> bool:
         """Search the kernels tuning asks for (tune.py); whether any search found a choice to store (the programs
@@ -148,19 +210,11 @@ class JitBackend:
             self.forget_programs()
         return bool(records)
 
-    def forget_programs(self) -> None:
-        """Drop the programs held in memory (those on disk stay): each structure is looked up or scheduled again
-        at its next realize, with the tuned choices and ZYX_TUNE of then."""
-        self.programs.clear()
-        self._by_structure.clear()
-        self._executables.clear()
-
-    def _check_memory(self, program: Program) -> None:
-        """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""
-        limits = self.runtime.limits
-        for slot, nbytes in enumerate(program.slot_bytes):
-            limits.check_bytes(nbytes, f"buffer {slot} of a {program.kernel_count}-kernel program")
-        limits.check_total(program.planned_peak_bytes, f"a {program.kernel_count}-kernel program")
+    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
+        self._compile_together([launch for launch in program.launches if launch.global_size[0]])
+        return [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
+                for launch in program.launches]
 
     def kernel(self, source: str, name: str) -> cl.Kernel:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""

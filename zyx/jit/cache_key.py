@@ -100,13 +100,15 @@ def program_settings() -> str:
                        if name.startswith("ZYX_") and name not in SETTINGS_THAT_SHAPE_NO_PROGRAM})
 
 
-def program_components(structure: str, device: cl.Device, traits: Any, tuning: str = "none") -> dict[str, str]:
-    """What a scheduled program depends on: the trace's structural hash, the device, the traits its kernels
-    were shaped for, the tuned choices the scheduler had (`TunedChoices.digest`), the settings, the code and the
+def program_components(structure: str, fingerprint: dict[str, str], traits: Any,
+                       tuning: str = "none") -> dict[str, str]:
+    """What a scheduled program depends on: the trace's structural hash, the device's fingerprint (an OpenCL
+    device's `device_fingerprint`, or a WebGPU adapter's facts under the same names), the traits its kernels were
+    shaped for, the tuned choices the scheduler had (`TunedChoices.digest`), the settings, the code and the
     format."""
     return {
         "structure": structure,
-        **device_fingerprint(device),
+        **fingerprint,
         "traits": repr(traits),
         "tuning": tuning,
         "settings": program_settings(),

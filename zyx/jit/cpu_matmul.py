@@ -241,12 +241,9 @@ class CpuMatmulLowering(Lowering):
         count = node.src[0].shape[plan.k_axis]
         self._longest_reduction = max(self._longest_reduction, count)
         step = self.names.fresh("k")
-        self._loops.append(Axis(step, count, Role.REDUCE))
         index = list(unravel(linear(self.corner, self.space), node.shape))
         index[plan.k_axis] = Expr.var(step, count)
-        self._loop_depth[step] = len(self._scopes)
-        self._scopes.append([])
-        self._trips.append(count)
+        self._open_loop(step, count)
         body = self._scopes[-1]
         if plan.right_in_place:
             memory, b_start = _view_index(node.src[0].src[1], index, self.materialized)  # type: ignore[misc]
@@ -270,8 +267,7 @@ class CpuMatmulLowering(Lowering):
             a = Reg(self.names.fresh("a"), float32, LANES)
             body.append(Broadcast(a, value))
             body += [MultiplyAdd(acc, a, b_v) for acc, b_v in zip(row, b)]
-        self._trips.pop()
-        loop = Loop(step, count, tuple(self._scopes.pop()))
+        loop = Loop(step, count, tuple(self._close_loop()))
         self._scopes[0] += [Define(acc, Const(0.0, float32, LANES)) for row in accumulators for acc in row] + [loop]
         return [self._emit(0, lambda out, t=t, u=u: Extract(Reg(out, float32), accumulators[t][u // LANES],
                                                              f"s{u % LANES:x}")) for t, u in self.lanes]

@@ -26,7 +26,7 @@ Request = tuple  # (node, index, guard): a value a lowering step needs before it
 
 STATEMENT_LIMIT = 384  # per kernel: a kernel growing past this stores a value in a kernel of its own
 RECOMPUTE_LIMIT = 16   # a value computed more often than this is stored instead
-PARAM_LIMIT = 128      # kernel arguments: OpenCL guarantees 1024 bytes of them, 128 pointers
+PARAM_LIMIT = 128      # kernel arguments: OpenCL guarantees 1024 bytes of them, 128 pointers (a device may allow fewer)
 
 
 class KernelTooLarge(Exception):
@@ -133,9 +133,9 @@ class Lowering:
     nor `produced` (nodes earlier kernels store) is written."""
 
     def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int],
-                 allow_extra_outputs: bool = True, stored_apart: frozenset = frozenset()):
+                 allow_extra_outputs: bool = True, stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
         self.root, self.materialized, self.produced = root, materialized, produced
-        self.allow_extra_outputs, self.stored_apart = allow_extra_outputs, stored_apart
+        self.allow_extra_outputs, self.stored_apart, self.param_limit = allow_extra_outputs, stored_apart, param_limit
         self.space = root.shape
         self.numel = math.prod(self.space)
         self.gid = Expr.var("gid", self.numel)
@@ -170,14 +170,18 @@ class Lowering:
 
     # ---- the result --------------------------------------------------------------------------------------
     def lower(self) -> LoweredKernel:
-        for element in range(len(self.elements)):
-            self._element = element
-            self._store(self.root, self.value(self.root, *self._element_read(element)))
+        self._lower_outputs()
         if not self.elements:  # an empty output: declared, never launched
             self._output(self.root)
         kernel = Kernel(self.kind or ("r" if self._loops else "e"), tuple(self.params), self._axes(),
                         tuple(self._scopes[0] + self._stores), self.local_size)
         return LoweredKernel(kernel, self.space, self.outputs, self.needs, self._misaligned, self._longest_reduction)
+
+    def _lower_outputs(self) -> None:
+        """The root's value at each of the work item's outputs, stored."""
+        for element in range(len(self.elements)):
+            self._element = element
+            self._store(self.root, self.value(self.root, *self._element_read(element)), self.positions[element])
 
     def _axes(self) -> tuple[Axis, ...]:
         return (Axis("gid", self.numel, Role.GLOBAL), *self._loops)
@@ -191,7 +195,7 @@ class Lowering:
     def _param(self, kind: str, node: Node) -> str:
         key = (kind, id(node))
         if key not in self._param_names:
-            if len(self.params) >= PARAM_LIMIT:
+            if len(self.params) >= self.param_limit:
                 self._cut()
             name = {"load": "in", "store": "out", "seed": "seed", "offset": "offset"}[kind] + str(len(self.params))
             self._param_names[key] = name
@@ -238,10 +242,25 @@ class Lowering:
         self._stored.add(id(node))
         return out
 
-    def _store(self, node: Node, value: _Value) -> None:
-        store = Store(self._output(node), self.positions[self._element], value.operand, node.dtype)
+    def _store(self, node: Node, value: _Value, position: Expr) -> None:
+        """Store `value` at `position` of `node`'s buffer: after everything else, or inside the loop whose counter
+        the position depends on (a row kernel's pass over the row)."""
+        store = Store(self._output(node), position, value.operand, node.dtype)
         guard = self.guards[self._element]
-        self._stores.append(If(guard, (store,)) if guard else store)
+        depth = self._depth_of((position,))
+        (self._scopes[depth] if depth else self._stores).append(If(guard, (store,)) if guard else store)
+
+    def _open_loop(self, var: str, trips: int) -> None:
+        """From here statements at `var`'s depth go into the body of a loop of `trips` steps."""
+        self._loops.append(Axis(var, trips, Role.REDUCE))
+        self._loop_depth[var] = len(self._scopes)
+        self._scopes.append([])
+        self._trips.append(trips)
+
+    def _close_loop(self) -> list:
+        """The body of the innermost loop opened (see _open_loop)."""
+        self._trips.pop()
+        return self._scopes.pop()
 
     def value(self, node: Node, index: Index, guard: Cond) -> _Value:
         """The value of `node` at `index` (under `guard`), lowering first every value it needs.
@@ -288,7 +307,7 @@ class Lowering:
                     or not self._can_host(node, index, guard)):
                 return self._load(node, index, guard)
             value = yield from self._compute(node, index, guard)
-            self._store(node, value)
+            self._store(node, value, linear(index, node.shape))
             return value
         if op is Op.BUFFER:
             return self._load(node, index, guard)
@@ -371,42 +390,48 @@ class Lowering:
     def _count_draws(self, node: Node, depth: int) -> None:
         """A random value drawn inside loops is drawn again on every trip of them; when the kernel would draw the
         node's values more than twice over (a dropout mask read by a weight gradient's loop), it is stored once."""
-        draws = self.numel // max(len(self.elements), 1) * math.prod(self._trips[1:depth + 1])
+        draws = self._work_items() * math.prod(self._trips[1:depth + 1])
         self._draws[id(node)] = self._draws.get(id(node), 0) + draws
         if self._draws[id(node)] > 2 * node.numel:
             raise KernelTooLarge(node)
 
+    def _work_items(self) -> int:
+        return self.numel // max(len(self.elements), 1)
+
+    def _reduced_positions(self, node: Node) -> list[Expr]:
+        """Where (flat, in `node`'s shape) this kernel computes the reduction `node` it hosts: at its outputs."""
+        return self.positions
+
     def _reduce(self, node: Node) -> list[_Value]:
-        """One loop at the kernel's top level, accumulating the reduced source at each of the work item's
-        outputs (the values of the reduction at them)."""
+        """One loop at the kernel's top level, accumulating the reduced source at each of the positions it is
+        hosted at (the values of the reduction at them)."""
         source, axes, dtype = node.src[0], node.arg, node.dtype
         sizes = tuple(source.shape[a] for a in axes)
         count = math.prod(sizes)
         self._longest_reduction = max(self._longest_reduction, count)
-        accumulators = [Reg(self.names.fresh("acc"), dtype) for _ in self.positions]
+        positions = self._reduced_positions(node)
+        accumulators = [Reg(self.names.fresh("acc"), dtype) for _ in positions]
         self._scopes[0] += [Define(acc, reduce_start(node.op, dtype)) for acc in accumulators]
         var = self.names.fresh("r")
-        self._loops.append(Axis(var, count, Role.REDUCE))
-        if count:
-            self._loop_depth[var] = len(self._scopes)
-            self._scopes.append([])
-            self._trips.append(count)
-            reduced = unravel(Expr.var(var, count), sizes)
-            for position, acc in zip(self.positions, accumulators):
-                full = list(unravel(position, node.shape))
-                for axis, expr in zip(axes, reduced):
-                    full[axis] = expr
-                value = self.value(source, tuple(full), ())
-                self._scopes[-1].append(Accumulate(acc, Op.ADD if node.op is Op.SUM else Op.MAX, value.operand))
-            self._trips.pop()
-            self._scopes[0].append(Loop(var, count, tuple(self._scopes.pop())))
+        if not count:
+            self._loops.append(Axis(var, count, Role.REDUCE))
+            return [_Value(acc, 0) for acc in accumulators]
+        self._open_loop(var, count)
+        reduced = unravel(Expr.var(var, count), sizes)
+        for position, acc in zip(positions, accumulators):
+            full = list(unravel(position, node.shape))
+            for axis, expr in zip(axes, reduced):
+                full[axis] = expr
+            value = self.value(source, tuple(full), ())
+            self._scopes[-1].append(Accumulate(acc, Op.ADD if node.op is Op.SUM else Op.MAX, value.operand))
+        self._scopes[0].append(Loop(var, count, tuple(self._close_loop())))
         return [_Value(acc, 0) for acc in accumulators]
 
 
 def lower(root: Node, materialized: dict[int, Node], produced: set[int], allow_extra_outputs: bool = True,
-          stored_apart: frozenset = frozenset()) -> LoweredKernel:
+          stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> LoweredKernel:
     """The IR of the kernel storing `root` (see Lowering)."""
-    return Lowering(root, materialized, produced, allow_extra_outputs, stored_apart).lower()
+    return Lowering(root, materialized, produced, allow_extra_outputs, stored_apart, param_limit).lower()
 
 
 def _viewed_constant(node: Node) -> Optional[Node]:

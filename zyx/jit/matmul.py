@@ -27,7 +27,7 @@ from ..dtypes import float32
 from .choices import FAMILIES, Choice, Options
 from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Extract, LocalArray, LocalLoad, LocalStore, Loop,
                         MultiplyAdd, Operand, Reg, Role, Select)
-from .lower import Index, Lowering, _Value, linear, unravel
+from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
 
@@ -69,11 +69,18 @@ class TilePlan:
         return (t // self.width) * (SIDE * self.width) + item * self.width + t % self.width
 
 
-def plan_local_tiles(root: Node, product: Optional[Node], choice: Optional[Choice] = None) -> Optional[TilePlan]:
+def local_bytes(block: int, bk: int = BK) -> int:
+    """Local memory a group of `block`-sized tiles takes: two operands, two slices of `bk` each, float32."""
+    return 2 * 2 * bk * (block + PAD) * 4
+
+
+def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
+                     choice: Optional[Choice] = None) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
     without a cast in between: `choice`'s block and slice, else the biggest block that leaves MIN_GROUPS groups
     at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is at least MIN_USED
-    full (an axis much shorter than 32 gets no local tiles, nor a long product with very few groups)."""
+    full (an axis much shorter than 32 gets no local tiles, nor a long product with very few groups). Only blocks
+    whose tiles fit the device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
     axes, space = space_axes(root, product), None
@@ -94,8 +101,9 @@ def plan_local_tiles(root: Node, product: Optional[Node], choice: Optional[Choic
     def used(block: int) -> float:  # the share of a block's outputs that exist
         return n * m * batch / (groups(block) * block * block)
 
-    chosen = next(((b, p) for b, p in BLOCKS if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
-    chosen = chosen or next(((b, p) for b, p in reversed(BLOCKS) if used(b) >= MIN_USED), None)
+    blocks = [(b, p) for b, p in BLOCKS if local_bytes(b) <= local_memory]
+    chosen = next(((b, p) for b, p in blocks if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
+    chosen = chosen or next(((b, p) for b, p in reversed(blocks) if used(b) >= MIN_USED), None)
     if chosen is None or (groups(chosen[0]) < FEW_GROUPS and product.src[0].shape[product.arg[0]] >= LONG_K):
         return None
     block, per_item = chosen
@@ -113,7 +121,7 @@ def local_tile_options(local_memory: int) -> Options:
 
 def fits_local_memory(choice: Choice, local_memory: int) -> bool:
     """Whether the two double-buffered tiles of `choice` fit `local_memory` bytes."""
-    return 2 * 2 * choice["bk"] * (choice["block"] + PAD) * 4 <= local_memory
+    return local_bytes(choice["block"], choice["bk"]) <= local_memory
 
 
 def _reshaped(root: Node, product: Node) -> bool:
@@ -135,8 +143,8 @@ class LocalTileLowering(Lowering):
     """Lowering whose work items are the items of square groups of outputs, each owning a square tile."""
 
     def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: TilePlan,
-                 stored_apart: frozenset = frozenset()):
-        super().__init__(root, materialized, produced, False, stored_apart)
+                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+        super().__init__(root, materialized, produced, False, stored_apart, param_limit)
         self.plan = plan
         self.space = plan.space or root.shape
         blocks = {plan.n_space_axis: plan.block, plan.m_space_axis: plan.block}
@@ -178,14 +186,10 @@ class LocalTileLowering(Lowering):
         lines += self._stage(node, Expr(0), Expr(0), tiles) + [Barrier()]
         if steps > 1:  # slice s + 1 goes to registers, slice s is multiplied, then s + 1 goes to the other buffer
             step = self.names.fresh("k")
-            self._loops.append(Axis(step, steps - 1, Role.REDUCE))
-            self._loop_depth[step] = len(self._scopes)
-            self._scopes.append([])
-            self._trips.append(steps - 1)
+            self._open_loop(step, steps - 1)
             following = Expr.var(step, steps - 1) + 1
             stores = self._stage(node, following * plan.bk, following % 2, tiles)
-            body = self._scopes.pop() + self._multiply(Expr.var(step, steps - 1) % 2, tiles, accumulators)
-            self._trips.pop()
+            body = self._close_loop() + self._multiply(Expr.var(step, steps - 1) % 2, tiles, accumulators)
             lines.append(Loop(step, steps - 1, tuple(body + stores + [Barrier()])))
         lines += self._multiply(Expr((steps - 1) % 2), tiles, accumulators)
         return [_Value(acc, 0) for acc in accumulators]

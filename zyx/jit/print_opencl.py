@@ -10,17 +10,18 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from ..dtypes import DType
+from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
                         If, Kernel, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand, Rand, Reg,
                         Role,
                         Select, Store, walk)
-from .cache_key import hash_hex
+from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, dtypes_used, kernel_name,
+                           pick)
 from .symbolic import Expr
 
-VERSION = "2"  # bump when the same IR prints differently
+VERSION = "3"  # bump when the same IR prints differently
 
 
 # ---- types and literals ----------------------------------------------------------------------------------
@@ -74,9 +75,6 @@ UNARY = {
 }
 INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 
-# |x| past which tanh(x) rounds to ±1: 1 - tanh(x) ~ 2 exp(-2x) is below half an ulp of 1 (13 ln 2, 27.5 ln 2)
-TANH_SATURATED = {"float16": 9.02, "bfloat16": 9.02, "float32": 9.02, "float64": 19.1}
-
 # keyed by op, then by the operands' kind ("bool", "int", "float"); {t} is the operands' register type
 BINARY: dict[object, dict[str, str]] = {
     Op.ADD: {"bool": "({0}|{1})", "*": "({0}+{1})"},
@@ -106,8 +104,7 @@ def unary(op: Op, x: str, dtype: DType) -> str:
 def binary(op: object, a: str, b: str, dtype: DType, width: int = 1) -> str:
     """`dtype` is the operands' dtype."""
     tables = ([VECTOR_BINARY.get(op, {})] if width > 1 else []) + [BINARY[op]]
-    template = next(t.get(_kind(dtype), t.get("*")) for t in tables if _kind(dtype) in t or "*" in t)
-    return template.format(a, b, t=register_type(dtype))
+    return pick(tables, _kind(dtype)).format(a, b, t=register_type(dtype))
 
 
 def alu(statement: Alu) -> str:
@@ -137,7 +134,7 @@ def _cast(x: str, source: DType, target: DType, width: int) -> str:
 # ---- memory ------------------------------------------------------------------------------------------------
 def _vector_offset(index: Expr, width: int, buffer: str) -> str:
     """vloadN/vstoreN's (offset, pointer) for `width` elements from `index`."""
-    if index.const % width == 0 and all(c % width == 0 for c in index.terms.values()):
+    if aligned(index, width):
         return f"{(index // width).render()},{buffer}"
     return f"0,{buffer}+{index.render()}"
 
@@ -230,28 +227,21 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
 }
 
 
-def _lines(body: tuple, indent: str) -> list[str]:
-    lines = []
-    for statement in body:
-        kind = type(statement)
-        if kind is Loop:
-            counter = "long" if statement.trips >= 2**31 else "int"
-            lines += [indent + "#pragma unroll"] if statement.unroll else []
-            lines.append(f"{indent}for ({counter} {statement.var} = 0; {statement.var} < {statement.trips}; "
-                         f"{statement.var}++) {{")
-            lines += _lines(statement.body, indent + "  ") + [indent + "}"]
-        elif kind is If:
-            inner = _lines(statement.body, "")
-            if len(inner) == 1:
-                lines.append(f"{indent}if ({condition(statement.cond)}) {inner[0]}")
-            else:
-                lines += [f"{indent}if ({condition(statement.cond)}) {{",
-                          *(indent + "  " + line for line in inner), indent + "}"]
-        elif kind in VALUES:
-            lines.append(indent + _define(statement.out, VALUES[kind](statement)))
-        else:
-            lines.append(indent + STATEMENTS[kind](statement))
-    return lines
+def _loop(statement: Loop, lines: BodyPrinter, indent: str) -> list[str]:
+    counter = "long" if statement.trips >= 2**31 else "int"
+    return ([indent + "#pragma unroll"] if statement.unroll else []) + [
+        f"{indent}for ({counter} {statement.var} = 0; {statement.var} < {statement.trips}; {statement.var}++) {{",
+        *lines(statement.body, indent + "  "), indent + "}"]
+
+
+def _branch(statement: If, lines: BodyPrinter, indent: str) -> list[str]:
+    inner = lines(statement.body, "")
+    if len(inner) == 1:
+        return [f"{indent}if ({condition(statement.cond)}) {inner[0]}"]
+    return [f"{indent}if ({condition(statement.cond)}) {{", *(indent + "  " + line for line in inner), indent + "}"]
+
+
+SYNTAX = Syntax(VALUES, STATEMENTS, lambda s, text: _define(s.out, text), _loop, _branch)
 
 
 def _signature(kernel: Kernel) -> str:
@@ -265,24 +255,17 @@ def _signature(kernel: Kernel) -> str:
     return ", ".join(params)
 
 
-def kernel_name(kernel: Kernel) -> str:
-    """Named by what it computes, not by shape: a contiguous elementwise kernel serves every shape."""
-    return f"{kernel.kind}_{hash_hex(kernel.fingerprint() + VERSION)[:12]}"
-
-
 def print_kernel(kernel: Kernel) -> tuple[str, str]:
     """(name, OpenCL C source with the helpers it calls)."""
-    name = kernel_name(kernel)
+    name = kernel_name(kernel, VERSION)
     index_type = "long" if kernel.work_items >= 2**31 else "int"
     if kernel.axis(Role.LOCAL) is not None:
         header = [f"  {index_type} gid = get_group_id(0);", "  int lid = get_local_id(0);"]
     else:
         header = [f"  {index_type} gid = get_global_id(0);"]
-    body = "\n".join(header + _lines(kernel.body, "  "))
-    statements = list(walk(kernel.body))
-    uses_double = any(p.dtype.name == "float64" for p in kernel.params) or any(
-        getattr(s, "out", None) is not None and s.out.dtype.name == "float64" for s in statements)
-    uses_rand = any(isinstance(s, Rand) for s in statements)
+    body = "\n".join(header + body_lines(kernel.body, "  ", SYNTAX))
+    uses_double = float64 in dtypes_used(kernel)
+    uses_rand = any(isinstance(s, Rand) for s in walk(kernel.body))
     text = f"__kernel void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
     return name, prelude(uses_double, uses_rand, text) + text
 

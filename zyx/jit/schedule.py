@@ -1,11 +1,14 @@
 """Cutting a trace into kernels.
 
 Start from the nodes to realize; lower each to a kernel (lower.py fuses every elementwise op, view and
-reduction it can host), shape it for the device with transforms (transforms/) and print it (print_opencl.py);
+reduction it can host), shape it for the device with transforms (transforms/) and print it (print_opencl.py, or
+print_wgsl.py: `DeviceTraits.language`);
 whatever a kernel must read from memory instead (a reduction used at another shape, say) becomes a node to
 materialize, lowered later as its own kernel. Nodes are lowered latest first, so a kernel computing one
-reduction can also store another that others need (softmax: one kernel stores the row max and the row sum,
-the next divides). Only this module decides what is stored: lowering reports what it needs and stores.
+reduction can also store another that others need (a softmax over rows too long for a row kernel: one kernel
+stores the row max and the row sum, the next divides). An elementwise value needing reductions over its own
+rows (softmax, norms) is a row kernel instead (rows.py): a work item, or on GPUs a work group, per row. Only this
+module decides what is stored: lowering reports what it needs and stores.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Kernel, RenderedKernel, Role
-from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
-from .print_opencl import kernel_name, print_kernel
+from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
+from . import print_opencl, print_wgsl
+from .print_common import kernel_name
+from .rows import lower_rows, row_length
 from .transforms.group import group_reductions
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -39,9 +44,11 @@ class DeviceTraits:
     group_size: int = 256
     vector_width: int = 0  # >1: float32 kernels compute this many outputs per item as one vector (on GPUs
                            # elementwise kernels only: reductions there get work groups)
-    native_width: int = 16  # floats in one of the device's vector registers (CPUs: 8 with AVX2, 16 with AVX-512)
-    max_group_size: int = 256  # the most items a work group may have (what a search may try)
-    local_memory: int = 48 << 10  # bytes of local memory per work group
+    native_width: int = 16          # floats in one of the device's vector registers (CPUs: 8 with AVX2, 16 AVX-512)
+    max_group_size: int = 256       # the most items a work group may have (what a search may try)
+    language: str = "opencl"        # the printer: "opencl" (OpenCL C) or "wgsl" (WebGPU)
+    max_params: int = PARAM_LIMIT   # buffers and scalars one kernel may take
+    local_memory: int = 1 << 16     # bytes of local memory one work group may use
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
@@ -55,7 +62,7 @@ class DeviceTraits:
         width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
         native = int(getattr(runtime, "native_vector_width", 16))
         return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
-                            int(getattr(runtime, "local_mem_bytes", 48 << 10)))
+                            local_memory=int(getattr(runtime, "local_mem_bytes", 1 << 16)))
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
@@ -115,7 +122,7 @@ class _Site:
 @dataclass
 class _Shaped:
     """A lowered kernel shaped for the device, with the choice it was shaped with (None: nothing to choose,
-    as for a packed operand's copy) and the values each of the choice's parameters may take."""
+    as for a packed operand's copy or a row kernel) and the values each of the choice's parameters may take."""
 
     lowered: LoweredKernel
     kernel: Kernel
@@ -129,15 +136,15 @@ def _build_shaped(site: _Site, traits: DeviceTraits, tuned: TunedChoices) -> Ren
     shaped = _shape(site, traits, None)
     heuristic, options = shaped.choice, shaped.options
     if shaped.choice is None or not fits(heuristic, heuristic.family, options):
-        return rendered(shaped.lowered, shaped.kernel)  # (ZYX_TILE asked for a tile no search would try)
-    key, name = shaped.kernel.fingerprint(), kernel_name(shaped.kernel)
+        return rendered(shaped.lowered, shaped.kernel, traits)  # (ZYX_TILE asked for a tile no search would try)
+    key, name = shaped.kernel.fingerprint(), kernel_name(shaped.kernel, PRINTERS[traits.language][2])
     choice = tuned.get(key)
     if choice is not None and choice != heuristic and fits(choice, heuristic.family, options):
         try:
             shaped = _shape(site, traits, choice)
         except KernelTooLarge:  # (a bigger tile outgrew the statement limit here: the heuristics' kernel then)
             pass
-    return rendered(shaped.lowered, shaped.kernel, TuneSite(key, name, heuristic, shaped.choice, options))
+    return rendered(shaped.lowered, shaped.kernel, traits, TuneSite(key, name, heuristic, shaped.choice, options))
 
 
 def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
@@ -152,25 +159,33 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
     if traits.gpu and family in (None, "local_tiles"):
-        plan = plan_local_tiles(root, hosted_matmul(root, materialized), choice)
+        plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
         if plan is not None:
-            lowered = LocalTileLowering(root, materialized, site.produced, plan, site.apart).lower()
+            lowered = LocalTileLowering(root, materialized, site.produced, plan, site.apart, traits.max_params).lower()
             return _Shaped(lowered, lowered.ir, plan.choice, local_tile_options(traits.local_memory))
     return _shape_plain(site, traits, choice)
 
 
 def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
     """One output per item, then a register tile of a product, vector lanes, a work group per output or
-    unrolled reductions, as `choice` says (None: as the heuristics choose)."""
-    root = site.root
-    axes = tile_axes(root, site.materialized) if root.numel else None
+    unrolled reductions, as `choice` says (None: as the heuristics choose); a row kernel (rows.py, nothing to
+    choose) where the root needs reductions over its own rows."""
+    root, materialized, produced = site.root, site.materialized, site.produced
+    axes = tile_axes(root, materialized) if root.numel else None
     tile = _product_tile(root, axes, traits, choice)
     if not tile and not traits.gpu and root.numel:
         copy = copy_tile(root)
         if copy:  # a packed operand's copy: nothing to choose
-            lowered = lower(root, site.materialized, site.produced, False, site.apart)
+            lowered = lower(root, materialized, produced, False, site.apart, traits.max_params)
             return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy))
-    lowered = lower(root, site.materialized, site.produced, site.allow_extra_outputs and not tile, site.apart)
+    length = None if tile else row_length(root, materialized, produced | site.apart)
+    if length is not None and _fuses_rows(length, traits):
+        rows = lower_rows(root, materialized, produced, length, site.allow_extra_outputs, site.apart,
+                          traits.max_params)
+        if rows is not None:
+            return _Shaped(rows, _shape_rows(rows.ir, length, traits))
+    lowered = lower(root, materialized, produced, site.allow_extra_outputs and not tile, site.apart,
+                    traits.max_params)
     kernel = lowered.ir
     reduces = kernel.axis(Role.REDUCE) is not None
     options = _plain_options(root, axes, traits, reduces)
@@ -179,7 +194,7 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
     vector = None
     if choice is None:
         width = traits.vector_width if traits.vector_width and not tile and not (traits.gpu and reduces) else 1
-        vector = _vector_kernel(kernel, width, VECTOR_UNROLL) if width > 1 else None
+        vector = _vector_kernel(kernel, width) if width > 1 else None
         grouped = (not tile and vector is None and traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS
                    and lowered.longest_reduction >= GROUP_MIN_REDUCE)
         tile_n, tile_m = ((tile or {}).get(axis, 1) for axis in axes) if axes else (1, 1)
@@ -232,9 +247,7 @@ def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int
         return group_reductions(kernel, choice["group"])
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
     vector = vector or (_vector_kernel(kernel, width, unroll) if width > 1 else None)
-    if vector is not None:
-        return vector
-    return unroll_reductions(kernel, lambda trips: unroll if trips >= 2 * unroll else 1)
+    return vector or _unrolled(kernel, unroll)
 
 
 def plain_effect(choice: Choice) -> tuple[tuple[str, int], ...]:
@@ -250,19 +263,53 @@ def plain_effect(choice: Choice) -> tuple[tuple[str, int], ...]:
     return tuple((name, value) for name, value in choice.values if name in keep)
 
 
-def rendered(lowered: LoweredKernel, kernel: Kernel, site: Optional[TuneSite] = None) -> RenderedKernel:
-    """The kernel printed, with what the scheduler and the program need to know of it."""
-    name, source = print_kernel(kernel)
+def _unrolled(kernel: Kernel, unroll: int = UNROLL) -> Kernel:
+    return unroll_reductions(kernel, lambda trips: unroll if trips >= 2 * unroll else 1)
+
+
+def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
+    """Whether rows of `length` are one kernel (rows.py) on this device: on GPUs always (rows.ROW_LIMIT aside);
+    on CPUs where the scalar tail the vector lanes leave is at most a quarter of the row (rows of 31 on PoCL run
+    20% slower in one kernel than as the reductions' kernel and an elementwise one of whole vectors)."""
+    return traits.gpu or not traits.vector_width or length % traits.vector_width * 4 <= length
+
+
+def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
+    """A row kernel shaped for the device: on GPUs a work group per row (float4 lanes where the row divides) if
+    the row is as long as a reduction that gets a work group; elsewhere a row per item, in vector lanes along the
+    row."""
+    if traits.gpu and length >= GROUP_MIN_REDUCE:
+        vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width else None
+        lanes = traits.vector_width if vector is not None else 1
+        group = min(traits.group_size, 1 << (-(-length // lanes) - 1).bit_length())
+        return group_reductions(vector or kernel, group)
+    vector = _vector_kernel(kernel, traits.vector_width, tails=True) if traits.vector_width else None
+    return vector or _unrolled(kernel)
+
+
+PRINTERS = {  # language: (kernel -> (name, source), kernel -> (global size, local size), the printer's version)
+    "opencl": (print_opencl.print_kernel, lambda kernel: kernel.launch, print_opencl.VERSION),
+    "wgsl": (print_wgsl.print_kernel, print_wgsl.launch, print_wgsl.VERSION),
+}
+
+
+def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = DeviceTraits(),
+             site: Optional[TuneSite] = None) -> RenderedKernel:
+    """The kernel printed for the device, with what the scheduler and the program need to know of it (`site`:
+    how it was shaped and what a search may try)."""
+    printer, launch, _ = PRINTERS[traits.language]
+    name, source = printer(kernel)
     loads = [p.node for p in kernel.params if p.kind == "load"]
-    global_size, local_size = kernel.launch
+    global_size, local_size = launch(kernel)
     return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
                           lowered.misaligned, global_size, local_size, lowered.longest_reduction, site)
 
 
-def _vector_kernel(kernel: Kernel, width: int, unroll: int) -> Optional[Kernel]:
+def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tails: bool = False) -> Optional[Kernel]:
     """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
-    elements at a time; each loop with up to `unroll` vector accumulators. None when neither applies."""
-    vector = vectorize(kernel, width) or vectorize(kernel, width, uniform=True)
+    elements at a time (`tails`: the last steps of a loop W does not divide as a loop of their own); each loop
+    with up to `unroll` vector accumulators. None when neither applies."""
+    vector = vectorize(kernel, width) or vectorize(kernel, width, uniform=True, tails=tails)
     if vector is None:
         return None
     return unroll_reductions(vector, lambda trips: next(u for u in (16, 8, 4, 2, 1) if u <= unroll and trips % u == 0))

@@ -51,7 +51,7 @@ class Executable:
         launch = backend.launcher(timed)
         first, slot_bytes = self.first_slot, self.program.slot_bytes
         slots: list[Any] = [None] * len(slot_bytes)  # Buffers of the other slots, held until their last reader
-        table: list[Any] = [buffer.cl_buffer for buffer in inputs[:first]]  # those some kernel reads
+        table: list[Any] = [buffer.raw for buffer in inputs[:first]]  # those some kernel reads
         table += [None] * len(slots)
         rand_args = rand_args[:self.rands]
         table += [np.uint64(seed) for seed, _ in rand_args] + [np.uint64(offset) for _, offset in rand_args]
@@ -65,7 +65,7 @@ class Executable:
                         table[first + slot] = internal[slot] = pool.acquire(nbytes)
                     else:
                         buffer = slots[slot] = inputs[alias] if alias is not None else allocate(nbytes)
-                        table[first + slot] = buffer.cl_buffer
+                        table[first + slot] = buffer.raw
                 if kernel is not None:
                     event = launch(kernel, global_size, local_size, arguments(table))
                     if timed:

@@ -18,7 +18,7 @@ import pyopencl as cl
 from zyx import counters as stats
 from zyx.runtime import profiling
 from zyx.runtime.limits import MemoryLimits
-from zyx.runtime.memory import BufferPool
+from zyx.runtime.memory import BufferPool, PooledRuntime
 from ..debug import logger
 
 _OUT_OF_MEMORY_CODES = frozenset(
@@ -45,21 +45,21 @@ class Buffer:
     hands the cl.Buffer to the pool's free list, which is plain Python, so it is safe at interpreter exit too.
     """
 
-    __slots__ = ("cl_buffer", "nbytes", "backend")
+    __slots__ = ("raw", "nbytes", "backend")
 
-    def __init__(self, cl_buffer: cl.Buffer, nbytes: int, backend: OpenCLBackend) -> None:
-        self.cl_buffer = cl_buffer
+    def __init__(self, raw: cl.Buffer, nbytes: int, backend: OpenCLBackend) -> None:
+        self.raw = raw
         self.nbytes = nbytes
         self.backend = backend
 
     def __del__(self) -> None:
-        self.backend.pool.release(self.cl_buffer, self.nbytes)
+        self.backend.pool.release(self.raw, self.nbytes)
 
     def __repr__(self) -> str:
         return f"Buffer(nbytes={self.nbytes}, device={self.backend.name!r})"
 
 
-class OpenCLBackend:
+class OpenCLBackend(PooledRuntime):
     """Owns one OpenCL device: allocation, transfers and kernel launches all go through here."""
 
     def __init__(self, cl_device: cl.Device) -> None:
@@ -104,23 +104,8 @@ class OpenCLBackend:
 
     # --- memory -------------------------------------------------------------------------------------------
 
-    def allocate(self, nbytes: int) -> Buffer:
-        """Uninitialised device memory, from the pool when a freed buffer of the same size class is there."""
-        if nbytes < 0:
-            raise ValueError(f"cannot allocate {nbytes} bytes")
-        self.limits.check_bytes(nbytes, "a buffer")
-        return Buffer(self.pool.acquire(nbytes), nbytes, self)
-
-    def memory_stats(self) -> dict[str, int]:
-        """Bytes held by live buffers, the most ever held at once, and bytes freed but kept for reuse."""
-        return {
-            "current_bytes": self.pool.current_bytes,
-            "peak_bytes": self.pool.peak_bytes,
-            "pool_bytes": self.pool.pool_bytes,
-        }
-
-    def reset_peak_memory(self) -> None:
-        self.pool.reset_peak()
+    def _buffer(self, raw: cl.Buffer, nbytes: int) -> Buffer:
+        return Buffer(raw, nbytes, self)
 
     # --- transfers ----------------------------------------------------------------------------------------
 
@@ -130,7 +115,7 @@ class OpenCLBackend:
         self.limits.check_bytes(host.nbytes, f"an array of shape {array.shape} and dtype {array.dtype}")
         buffer = self.allocate(host.nbytes)
         if host.nbytes:
-            event = cl.enqueue_copy(self.queue, buffer.cl_buffer, _as_bytes(host), is_blocking=False)
+            event = cl.enqueue_copy(self.queue, buffer.raw, _as_bytes(host), is_blocking=False)
             self._keep_until_done(event)
         return buffer
 
@@ -143,12 +128,9 @@ class OpenCLBackend:
         queue finishes the earlier copies before the last. A wait costs far more than a copy of a few bytes."""
         hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
         for buffer, shape, numpy_dtype in requests:
-            host = np.empty(tuple(shape), dtype=numpy_dtype)
-            if host.nbytes > buffer.nbytes:
-                raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte "
-                                 "buffer")
+            host = self._host_for(buffer, shape, numpy_dtype)
             if host.nbytes:
-                copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.cl_buffer, is_blocking=False))
+                copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.raw, is_blocking=False))
             hosts.append(host)
         if copies:
             copies[-1].wait()
@@ -159,7 +141,7 @@ class OpenCLBackend:
         """A new device buffer holding the same bytes (enqueued, not waited for)."""
         duplicate = self.allocate(buffer.nbytes)
         if buffer.nbytes:
-            cl.enqueue_copy(self.queue, duplicate.cl_buffer, buffer.cl_buffer, byte_count=buffer.nbytes)
+            cl.enqueue_copy(self.queue, duplicate.raw, buffer.raw, byte_count=buffer.nbytes)
         return duplicate
 
     def _keep_until_done(self, event: cl.Event) -> None:
@@ -180,7 +162,7 @@ class OpenCLBackend:
     ) -> cl.Event:
         """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are.
         Its event carries device timestamps when the queue is the timed one."""
-        raw = [arg.cl_buffer if isinstance(arg, Buffer) else arg for arg in args]
+        raw = [arg.raw if isinstance(arg, Buffer) else arg for arg in args]
         return self.launcher(profiling.timing_wanted())(kernel, global_size, local_size, raw)
 
     def launcher(self, timed: bool) -> Launcher:

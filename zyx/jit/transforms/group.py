@@ -11,7 +11,9 @@ from . import accumulators, copy_body, rename_all
 
 
 def group_reductions(kernel: Kernel, group: int) -> Kernel:
-    """`kernel` with `group` (a power of two) items per output; only the first stores."""
+    """`kernel` with `group` (a power of two) items per output: every top-level loop strided over the items
+    (a reducing loop then combines their accumulators, a loop storing a row kernel's outputs stores each item's
+    share); a store outside loops by the first item only."""
     lid = Expr.var("lid", group)
     body: list = []
     names: dict[str, Operand] = {}
@@ -38,16 +40,17 @@ def group_reductions(kernel: Kernel, group: int) -> Kernel:
 
 
 def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand]) -> list:
-    """Every item's `acc` into local memory, combined pairwise; `acc` renamed to the total."""
+    """Every item's `acc` into local memory, combined pairwise (vectors lane by lane); `acc` renamed to the
+    total, which every item reads."""
     shared = f"{acc.name}_shared"
-    lines: list = [LocalArray(shared, acc.dtype, group), LocalStore(shared, lid, acc), Barrier()]
+    lines: list = [LocalArray(shared, acc.dtype, group, acc.width), LocalStore(shared, lid, acc), Barrier()]
     step = group // 2
     while step:
-        mine, theirs, total = (Reg(f"{acc.name}_{part}{step}", acc.dtype) for part in ("a", "b", "c"))
+        mine, theirs, total = (Reg(f"{acc.name}_{part}{step}", acc.dtype, acc.width) for part in ("a", "b", "c"))
         lines += [If(((lid, "lt", step),), (LocalLoad(mine, shared, lid), LocalLoad(theirs, shared, lid + step),
                                             Alu(total, op, (mine, theirs)), LocalStore(shared, lid, total))),
                   Barrier()]
         step //= 2
-    result = Reg(f"{acc.name}_total", acc.dtype)
+    result = Reg(f"{acc.name}_total", acc.dtype, acc.width)
     names[acc.name] = result
     return lines + [LocalLoad(result, shared, Expr(0))]

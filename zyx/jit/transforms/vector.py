@@ -3,7 +3,9 @@
 PoCL vectorizes plain arithmetic across work items but calls exp, tanh and the like one lane at a time;
 written with floatN values the same math runs on whole vectors. Each lane is the scalar kernel with one
 variable substituted: the work item's output (`gid` -> gid*W + lane), or with `uniform` (one output per item,
-every lane at it) each reduction's counter (r -> r*W + lane), the lanes then combined across at the loop's end.
+every lane at it) each loop's counter (r -> r*W + lane), the lanes then combined across at the loop's end. With
+`tails`, a loop whose steps W does not divide leaves the last ones to a scalar loop of its own, which reads the
+values from outside it (the same in every lane) by their first lane.
 A load whose lanes' indices are consecutive becomes one vector load, one whose lanes all read one element a
 broadcast, any other a gather lane by lane. Comparisons give masks (bool lanes; OpenCL's intN, -1 true).
 """
@@ -14,10 +16,10 @@ from typing import Optional
 
 from ...trace.ops import Op
 from ..kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Broadcast, Const, Define, Extract, Gather, Kernel,
-                         LaneSelect, Load, Loop, Operand, Reg, Role, Select, Statement, Store, substitute,
+                         LaneSelect, Load, Loop, Operand, Reg, Role, Select, Statement, Store, rewrite, substitute,
                          substitute_cond)
 from ..symbolic import Expr
-from . import accumulators, widen
+from . import accumulators, copy_body, defined_register, widen
 
 MATH_OPS = {Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.FLOOR, Op.CEIL,
             Op.RINT, Op.DETACH, Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.CMPLT, Op.CMPEQ, Op.WHERE, Op.CAST,
@@ -30,10 +32,10 @@ class NotVectorizable(Exception):
     reductions whose lengths the width does not divide) or that would not pay (a gather inside a loop)."""
 
 
-def vectorize(kernel: Kernel, width: int, uniform: bool = False) -> Optional[Kernel]:
+def vectorize(kernel: Kernel, width: int, uniform: bool = False, tails: bool = False) -> Optional[Kernel]:
     """`kernel` with `width` lanes per work item (see the module docstring), or None where it does not apply."""
     try:
-        return _Vectorizer(kernel, width, uniform).run()
+        return _Vectorizer(kernel, width, uniform, tails).run()
     except NotVectorizable:
         return None
 
@@ -44,14 +46,14 @@ def _check_kind(dtype) -> None:
 
 
 class _Vectorizer:
-    def __init__(self, kernel: Kernel, width: int, uniform: bool):
+    def __init__(self, kernel: Kernel, width: int, uniform: bool, tails: bool):
         self.kernel, self.width, self.uniform = kernel, width, uniform
         items = kernel.work_items
         loops = [a for a in kernel.axes if a.role is Role.REDUCE]
         if not items or any(a.size == 0 for a in loops) or (items % width and not uniform):
             raise NotVectorizable(kernel)
         if uniform:
-            if not loops or any(a.size % width for a in loops):
+            if all(a.size < width for a in loops) or (not tails and any(a.size % width for a in loops)):
                 raise NotVectorizable(kernel)
             self.trips = {a.name: a.size // width for a in loops}
             self.lanes = [{a.name: Expr.var(a.name, a.size // width) * width + lane for a in loops}
@@ -140,13 +142,44 @@ class _Vectorizer:
         return [LaneSelect(out, lanes, value, fill)]
 
     def _loop(self, loop: Loop) -> list:
-        self.depth += 1
-        body = self._body(loop.body)
-        self.depth -= 1
-        lines: list = [Loop(loop.var, self.trips[loop.var], body)]
-        if self.uniform:
-            for acc, op in accumulators(loop):
-                lines += self._across(self._reg(acc), op)
+        lines: list = []
+        if self.trips[loop.var]:
+            self.depth += 1
+            lines.append(Loop(loop.var, self.trips[loop.var], self._body(loop.body)))
+            self.depth -= 1
+            if self.uniform:
+                for acc, op in accumulators(loop):
+                    lines += self._across(self._reg(acc), op)
+        rest = loop.trips - self.trips[loop.var] * self.width if self.uniform else 0
+        return lines + self._scalar_tail(loop, rest) if rest else lines
+
+    def _scalar_tail(self, loop: Loop, rest: int) -> list:
+        """The loop's last `rest` steps as scalar code, its accumulators broadcast again after it."""
+        var = f"{loop.var}t"
+        body = copy_body(loop.body, {loop.var: Expr.var(var, rest) + loop.trips - rest}, "_t", {})
+        defined = {reg.name for reg in map(defined_register, body) if reg is not None}
+        lines: list = []
+        scalars: dict[str, Operand] = {}
+        for acc, _ in accumulators(loop):
+            first, scalar = Reg(f"{acc.name}_first", acc.dtype), Reg(f"{acc.name}_t", acc.dtype)
+            lines += [Extract(first, self._operand(acc), "s0"), Define(scalar, first)]  # type: ignore[arg-type]
+            scalars[acc.name] = scalar
+
+        def first_lane(reg: Reg) -> Operand:
+            if reg.name in scalars or reg.name in defined:
+                return scalars.get(reg.name, reg)
+            value = self._operand(reg)
+            if isinstance(value, Const):
+                return Const(value.value, value.dtype)
+            if value.name not in scalars:  # (registers renamed to one vector share its first lane)
+                scalars[value.name] = Reg(f"{value.name}_{var}", value.dtype)
+                lines.append(Extract(scalars[value.name], value, "s0"))  # type: ignore[arg-type]
+            return scalars[value.name]
+        tail = tuple(rewrite(statement, lambda e: e, first_lane) for statement in body)
+        lines.append(Loop(var, rest, tail))
+        for acc, _ in accumulators(loop):
+            self.names[acc.name] = Reg(f"{acc.name}_tail", acc.dtype, self.width)
+            lines.append(Broadcast(self.names[acc.name], scalars[acc.name]))  # type: ignore[arg-type]
         return lines
 
     def _across(self, acc: Reg, op: Op) -> list:
@@ -163,10 +196,13 @@ class _Vectorizer:
         return lines + [Broadcast(everywhere, total)]
 
     def _store(self, store: Store) -> list:
+        """Consecutive lanes' elements as one vector (every store without `uniform`, a row kernel's stores in
+        its last pass with it); else (one output per item, every lane at it) lane 0's."""
         flats, value = self._exprs(store.index), self._operand(store.value)
-        if not self.uniform:
-            assert all(flat == flats[0] + lane for lane, flat in enumerate(flats))
+        if all(flat == flats[0] + lane for lane, flat in enumerate(flats)):
             return [Store(store.buffer, flats[0], value, store.dtype, "vector")]
+        if not self.uniform or any(flat != flats[0] for flat in flats):
+            raise NotVectorizable(store)
         if isinstance(value, Const):
             return [Store(store.buffer, flats[0], Const(value.value, value.dtype), store.dtype)]
         first = Reg(f"{value.name}_s0", value.dtype)
