@@ -162,6 +162,20 @@ def test_a_persisted_program_skips_scheduling_and_is_keyed_by_the_adapter(dev):
     assert zyx.stats()["programs_loaded"] == 1 and zyx.stats()["graphs_scheduled"] == 0
 
 
+def test_tuning_is_opencl_only_wgpu_keeps_the_heuristics_and_its_stored_programs(dev, monkeypatch):
+    from zyx.jit import tune
+    from zyx.jit.choices import NO_TUNING
+    monkeypatch.setattr(tune.Tuner, "search", lambda *args: pytest.fail("WGPU kernels are not searched"))
+    monkeypatch.setenv("ZYX_TUNE", "1")
+    x = dev.tensor(np.arange(12, dtype=np.float32))
+    expected = (x * 13 + 1).numpy()
+    dev.backend.forget_programs()
+    zyx.reset_stats()
+    np.testing.assert_allclose((x * 13 + 1).numpy(), expected)
+    np.testing.assert_allclose(zyx.jit(tune=True)(lambda t: t * 17)(x).numpy(), np.arange(12) * 17)
+    assert zyx.stats()["programs_loaded"] == 1 and dev.backend.tuned is NO_TUNING
+
+
 def test_elementwise_kernels_read_and_write_whole_float4_vectors(dev):
     x = dev.tensor(np.ones((64, 64), np.float32))
     (x * 2 + x).realize()

@@ -17,9 +17,12 @@ from ..trace.node import Node
 from . import print_opencl as c
 from .cache import default_cache
 from .cache_key import device_fingerprint
+from .choices import NO_TUNING, TunedChoices
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
+from .tune import Tuner, tune_mode
+from .tune_store import default_tuning_store
 from ..progress import compiling
 from ..debug import logger
 
@@ -42,7 +45,8 @@ class FusingBackend:
         self.traits = traits
 
     def forget_programs(self) -> None:
-        """Drop the programs held in memory (the disk store keeps them): the next realize loads or schedules."""
+        """Drop the programs held in memory (the disk store keeps them): the next realize of each structure loads
+        or schedules it, with the tuned choices and ZYX_TUNE of then."""
         self.programs.clear()
         self._by_structure.clear()
         self._executables.clear()
@@ -104,33 +108,55 @@ class FusingBackend:
         return self.run(program, inputs, [r.arg for r in walk.rands])
 
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-                    in_place: Sequence[tuple[int, int]] = ()) -> Program:
-        """The Program for a trace structure: from memory, else from disk, else scheduled (and stored)."""
+                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> Program:
+        """The Program for a trace structure: from memory, else from disk, else scheduled (and stored). With
+        tuning on (ZYX_TUNE, or `tune`: see tune.py) it is scheduled afresh, searching new kernels."""
         program = self.programs.get(key)
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        disk_key = program_key(key, self.fingerprint(), self.traits)
-        program = default_program_store().load(disk_key, len(leaves), len(rands))
+        mode = self._tune_mode(tune)
+        program = None
+        if not mode:
+            program = default_program_store().load(self._disk_key(key), len(leaves), len(rands))
         if program is not None:
             stats.bump("programs_loaded")
         else:
-            program = self._build(targets, leaves, rands, in_place)
-            default_program_store().save(disk_key, program)
+            program = self._build(targets, leaves, rands, in_place, mode)
+            default_program_store().save(self._disk_key(key), program)  # (with what a search found since)
         program.name = key
         self._check_memory(program)
         self.programs[key] = program
         return program
 
+    def _disk_key(self, key: str) -> str:
+        return program_key(key, self.fingerprint(), self.traits, self.tuned.digest)
+
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-               in_place: Sequence[tuple[int, int]]) -> Program:
+               in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
         self._check_graph(targets)
-        kernels, scheduled_targets = schedule(targets, self.traits)
+        kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
+        if mode and self._search(kernels, mode):
+            kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))
         return program
+
+    @property
+    def tuned(self) -> TunedChoices:
+        """The tuned choices this device's kernels are shaped with: none here (only OpenCL tunes: JitBackend)."""
+        return NO_TUNING
+
+    def _tune_mode(self, tune: int) -> int:
+        """How hard this realize searches its kernels (see tune.tune_mode): never here, only OpenCL's kernels
+        are tuned (the tuner compiles and times OpenCL launches: JitBackend)."""
+        return 0
+
+    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
+        """Search the kernels tuning asks for; whether any search found a choice (see JitBackend)."""
+        return False
 
     def _check_graph(self, targets: Sequence[Node]) -> None:
         """Refuse, before scheduling, a trace the device cannot compute."""
@@ -156,9 +182,33 @@ class JitBackend(FusingBackend):
         super().__init__(runtime, DeviceTraits.of(runtime))
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
+        self._tuned: Optional[TunedChoices] = None
+        self._tuner: Optional[Tuner] = None
 
     def fingerprint(self) -> dict[str, str]:
         return device_fingerprint(self.runtime.device)
+
+    @property
+    def tuned(self) -> TunedChoices:
+        """The tuned choices stored for this device (read at first use), and those found since."""
+        if self._tuned is None:
+            self._tuned = default_tuning_store().choices(self.fingerprint())
+        return self._tuned
+
+    def _tune_mode(self, tune: int) -> int:
+        return tune_mode(tune)
+
+    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
+        """Search the kernels tuning asks for (tune.py); whether any search found a choice to store (the programs
+        in memory, scheduled without it, are then forgotten)."""
+        if self._tuner is None:
+            self._tuner = Tuner(self.runtime, self.traits)
+        records = self._tuner.search(kernels, self.tuned, mode)
+        for record in records:
+            self._tuned = self.tuned.with_choice(record.kernel, record.choice)
+        if records:
+            self.forget_programs()
+        return bool(records)
 
     def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""

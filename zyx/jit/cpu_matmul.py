@@ -24,6 +24,7 @@ from ..trace import node as n
 from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op
 from ..dtypes import float32
+from .choices import FAMILIES, Choice, Options
 from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role
 from .lower import Index, Lowering, _Value, linear, source_index, unravel
 from .symbolic import Expr
@@ -32,6 +33,8 @@ from .tiling import hosted_matmul, matmul_axes, space_axes
 ACCUMULATORS = 16       # float16 registers per work item (AVX-512 has 32)
 WIDTHS = (32, 16)       # output columns per work item: the first that divides the column count
 LANES = 16              # floats per vector
+NARROW_ACCUMULATORS = 4  # the same on CPUs with 8-float vectors (AVX2: 16 registers, a float16 takes two)
+NARROW_WIDTHS = (16,)
 MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
 IN_PLACE_BYTES = 2 << 20  # a right operand this small is read in place if it can be (packing pays above)
 
@@ -83,9 +86,19 @@ class CpuPlan:
     left_in_place: bool  # the left operand only views memory and has whole tiles: its loads render in place
     right_in_place: bool  # the right operand also is small, contiguous along m and in whole tiles
 
+    @property
+    def choice(self) -> Choice:
+        return Choice.of("cpu_matmul", rows=self.left.block, width=self.right.block)
 
-def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPlan]:
-    """A plan when the kernel hosts a float32 product with whole vectors of columns; None for the plain path."""
+    @property
+    def options(self) -> Options:
+        return matmul_options(self.product.src[0].shape[self.n_axis], self.product.src[0].shape[self.m_axis])
+
+
+def plan_cpu_matmul(root: Node, materialized: dict[int, Node], native_width: int = LANES,
+                    choice: Optional[Choice] = None) -> Optional[CpuPlan]:
+    """A plan when the kernel hosts a float32 product with whole vectors of columns; None for the plain path.
+    Its tile is `choice`'s rows and width, else as the device's vector registers (`native_width` floats) allow."""
     product = hosted_matmul(root, materialized)
     if product is None or product.dtype.name != "float32" or len(product.arg) != 1:
         return None
@@ -102,17 +115,37 @@ def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPl
     left, right = (_unbroadcast(s) for s in product.src[0].src)
     if left is None or right is None or left.shape[k_axis] != shape[k_axis] or right.shape[k_axis] != shape[k_axis]:
         return None
-    # tiles that divide the outputs where one does, else the last tiles of a row or column hang over its end
-    width = next((w for w in WIDTHS if shape[m_axis] % w == 0), WIDTHS[0] if shape[m_axis] > LANES else LANES)
-    most = ACCUMULATORS * LANES // width
-    rows = max(d for d in range(1, most + 1) if shape[n_axis] % d == 0)
-    rows = rows if 2 * rows > most else most
+    rows, width = (choice["rows"], choice["width"]) if choice else default_tile(shape[n_axis], shape[m_axis], native_width)
     left_in_place = (shape[n_axis] % rows == 0
                      and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None)
     right_in_place = (shape[m_axis] % width == 0 and shape[m_axis] * shape[k_axis] * 4 <= IN_PLACE_BYTES
                       and _contiguous(product.src[0].src[1], m_axis, materialized))
     return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
                    Operand(right, m_axis, k_axis, width), left_in_place, right_in_place)
+
+
+def default_tile(n: int, m: int, native_width: int) -> tuple[int, int]:
+    """Rows and columns per work item: as many accumulators as the vector registers hold, in tiles that divide the
+    outputs where one does (else the last tiles of a row or column hang over its end). On AVX-512 (16 floats per
+    register, 32 registers) 8 x 32; on AVX2 (8 floats, 16 registers, a float16 takes two) 4 x 16, about twice
+    as fast there as 8 x 32, which spills (W3 1024³ and 2048³ on PoCL 3.1, AMD EPYC; ZYX_TUNE finds more)."""
+    accumulators, widths = (ACCUMULATORS, WIDTHS) if native_width >= LANES else (NARROW_ACCUMULATORS, NARROW_WIDTHS)
+    width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
+    most = accumulators * LANES // width
+    rows = max(d for d in range(1, most + 1) if n % d == 0)
+    return (rows if 2 * rows > most else most), width
+
+
+def matmul_options(n: int, m: int) -> Options:
+    """The tiles a search may try for an n x m product: rows up to n, columns up to m (in whole vectors)."""
+    rows, widths = FAMILIES["cpu_matmul"]["rows"], FAMILIES["cpu_matmul"]["width"]
+    return (("rows", tuple(r for r in rows if r <= max(n, 1))),
+            ("width", tuple(w for w in widths if w < m + LANES)))
+
+
+def fits_registers(choice: Choice) -> bool:
+    """Whether a tile's accumulators fit twice the registers of AVX-512 (more spill whatever the CPU)."""
+    return choice["rows"] * choice["width"] <= 2 * ACCUMULATORS * LANES
 
 
 def _probe(shape: tuple[int, ...], short: int = -1) -> list[Expr]:
@@ -163,7 +196,7 @@ def copy_tile(root: Node) -> Optional[dict[int, int]]:
     output per item)."""
     if root.op is not Op.PERMUTE or root.src[0].op is not Op.RESHAPE or len(root.shape) < 3:
         return None
-    if root.arg[-1] != root.arg[-3] + 1 or not 1 < root.shape[-1] <= max(WIDTHS):
+    if root.arg[-1] != root.arg[-3] + 1 or not 1 < root.shape[-1] <= max(FAMILIES["cpu_matmul"]["width"]):
         return None
     return {len(root.shape) - 1: root.shape[-1]}
 

@@ -222,8 +222,9 @@ def _unobserved(node: Node) -> bool:
 class JitFunction:
     """A function traced once per call key and replayed afterwards (see the module docstring)."""
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., Any], tune: bool = False):
         self.fn = fn
+        self.tune = tune  # search the kernels of each new program (ZYX_TUNE=1 for this function: see tune.py)
         self.steps: dict[Any, list[CapturedStep]] = {}  # per key, one step per set of guards seen
         self._eager_keys: set[Any] = set()  # keys whose last call ran eagerly because the step stored a tensor
         self._recaptures: list[recapture.Reason] = []  # why each capture after the first happened
@@ -235,7 +236,7 @@ class JitFunction:
         if instance is None:
             return self
         if instance not in self._bound:
-            self._bound[instance] = JitFunction(types.MethodType(self.fn, instance))
+            self._bound[instance] = JitFunction(types.MethodType(self.fn, instance), self.tune)
         return self._bound[instance]
 
     @property
@@ -309,7 +310,7 @@ class JitFunction:
             realize(*results, *updated, *lazy_read, *(located.tensor for located in stored))
             return result  # state that was an expression (or a tensor the step stored): captured next call
         self._eager_keys.discard(key)
-        built = _build_step(capture, results, arguments, after, rebuild, device)
+        built = _build_step(capture, results, arguments, after, rebuild, device, self.tune)
         if built is None:
             realize(*results, *updated)
             return result
@@ -346,7 +347,7 @@ class JitFunction:
 
 
 def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor], located: dict[int, Located],
-                rebuild: Rebuild, device: Any) -> Optional[tuple[CapturedStep, list[tuple[int, int]]]]:
+                rebuild: Rebuild, device: Any, tune: bool = False) -> Optional[tuple[CapturedStep, list[tuple[int, int]]]]:
     """The step for a traced call (and the random streams the call drew), or None when it computes nothing.
 
     Raises JitError for a tensor it reads or updates that is neither an argument, nor reachable from the
@@ -400,7 +401,7 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
         if not tensor.node.realized and id(old) in leaf_position and _sole_holder_of_buffer(old, leaves):
             in_place.append((target_of[id(tensor.node)], leaf_position[id(old)]))
     key = structure + (f"|in-place {sorted(in_place)}" if in_place else "")  # another program than without
-    program = device.backend.program_for(key, targets, leaves, rands, in_place)
+    program = device.backend.program_for(key, targets, leaves, rands, in_place, tune=int(tune))
     traced_nodes = {id(t): old for t, old in updates}
     bound = arguments + binder.state_tensors
     step = CapturedStep(program, device, inputs, binder.state,
@@ -450,6 +451,10 @@ def _unlocatable(what: str, node: Node) -> JitError:
                     "not made inside the step; pass it as an argument so each call binds the right tensor")
 
 
-def jit(fn: Callable[..., Any]) -> JitFunction:
-    """Trace `fn` once per call key and replay its compiled program on later calls (see the module docstring)."""
-    return JitFunction(fn)
+def jit(fn: Optional[Callable[..., Any]] = None, *, tune: bool = False) -> Any:
+    """Trace `fn` once per call key and replay its compiled program on later calls (see the module docstring).
+    `@zyx.jit(tune=True)`: search the kernels of each new program for faster shapes first, as ZYX_TUNE=1 does
+    (the winners persist in the kernel cache: see `zyx cache ls`)."""
+    if fn is None:
+        return lambda function: JitFunction(function, tune)
+    return JitFunction(fn, tune)

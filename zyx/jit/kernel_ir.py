@@ -13,13 +13,16 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 
 import xxhash
 
 from ..dtypes import DType, int_range
 from ..trace.ops import Op
 from .symbolic import Expr
+
+if TYPE_CHECKING:
+    from .choices import TuneSite
 
 
 class Role(enum.Enum):
@@ -247,6 +250,7 @@ class Kernel:
     axes: tuple[Axis, ...]
     body: tuple
     local_size: Optional[int] = None  # a launch's work group, when the kernel asks for one without a LOCAL axis
+    _fingerprint: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
 
     def axis(self, role: Role) -> Optional[Axis]:
         return next((a for a in self.axes if a.role is role), None)
@@ -268,9 +272,11 @@ class Kernel:
     def fingerprint(self) -> str:
         """A hash of everything the kernel computes (what names it and keys its binary, with the printer's
         version): parameters by kind and dtype, axes, statements."""
-        params = [(p.kind, p.name, p.dtype.name) for p in self.params]
-        text = repr((self.kind, params, self.axes, self.body, self.local_size))
-        return xxhash.xxh3_128_hexdigest(text.encode())
+        if not self._fingerprint:
+            params = [(p.kind, p.name, p.dtype.name) for p in self.params]
+            text = repr((self.kind, params, self.axes, self.body, self.local_size))
+            self._fingerprint.append(xxhash.xxh3_128_hexdigest(text.encode()))
+        return self._fingerprint[0]
 
 
 @dataclass
@@ -289,6 +295,7 @@ class RenderedKernel:
     local_size: Optional[int]
     longest_reduction: int = 0  # elements the longest reduction in this kernel walks
     collective: str = ""  # not a kernel: a value combined across processes, "all_reduce sum float32" (collective.py)
+    site: Optional["TuneSite"] = None  # how it was shaped and what a search may try (None: nothing to choose)
 
 
 # ---- walking and rewriting -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Optional
 from ..trace.node import Node
 from ..trace.ops import Op
 from ..dtypes import float32
+from .choices import FAMILIES, Choice, Options
 from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Extract, LocalArray, LocalLoad, LocalStore, Loop,
                         MultiplyAdd, Operand, Reg, Role, Select)
 from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
@@ -52,6 +53,11 @@ class TilePlan:
     block: int = 128   # outputs per group along n and m
     per_item: int = 8  # outputs per item along n and m
     space: Optional[tuple[int, ...]] = None  # the product's shape where the kernel stores it reshaped, else None
+    bk: int = BK       # reduced elements staged per slice
+
+    @property
+    def choice(self) -> Choice:
+        return Choice.of("local_tiles", block=self.block, bk=self.bk)
 
     @property
     def width(self) -> int:
@@ -63,17 +69,18 @@ class TilePlan:
         return (t // self.width) * (SIDE * self.width) + item * self.width + t % self.width
 
 
-def local_bytes(block: int) -> int:
-    """Local memory a group of `block`-sized tiles takes: two operands, two slices each, float32."""
-    return 2 * 2 * BK * (block + PAD) * 4
+def local_bytes(block: int, bk: int = BK) -> int:
+    """Local memory a group of `block`-sized tiles takes: two operands, two slices of `bk` each, float32."""
+    return 2 * 2 * bk * (block + PAD) * 4
 
 
-def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16) -> Optional[TilePlan]:
+def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
+                     choice: Optional[Choice] = None) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
-    without a cast in between: the biggest block that leaves MIN_GROUPS groups at least FULL full (blocks hang
-    over the ends of n and m), else the smallest block if it is at least MIN_USED full (an axis much shorter
-    than 32 gets no local tiles, nor a long product with very few groups). Only blocks whose tiles fit the
-    device's `local_memory` bytes are considered."""
+    without a cast in between: `choice`'s block and slice, else the biggest block that leaves MIN_GROUPS groups
+    at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is at least MIN_USED
+    full (an axis much shorter than 32 gets no local tiles, nor a long product with very few groups). Only blocks
+    whose tiles fit the device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
     axes, space = space_axes(root, product), None
@@ -83,6 +90,8 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
     if axes is None or product.src[0].numel == 0:  # nothing to reduce, or no outputs
         return None
     space_n, space_m = axes
+    if choice is not None:
+        return TilePlan(product, space_n, space_m, choice["block"], choice["block"] // SIDE, space, choice["bk"])
     n, m = product.shape[n_axis], product.shape[m_axis]
     batch = product.numel // (n * m)
 
@@ -99,6 +108,20 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
         return None
     block, per_item = chosen
     return TilePlan(product, space_n, space_m, block, per_item, space)
+
+
+def local_tile_options(local_memory: int) -> Options:
+    """The blocks and slices a search may try: those whose smallest combination fits local memory (see
+    `fits_local_memory` for each combination)."""
+    family = FAMILIES["local_tiles"]
+    smallest = Choice.of("local_tiles", block=family["block"][0], bk=family["bk"][0])
+    return (("bk", tuple(bk for bk in family["bk"] if fits_local_memory(smallest.replaced(bk=bk), local_memory))),
+            ("block", tuple(b for b in family["block"] if fits_local_memory(smallest.replaced(block=b), local_memory))))
+
+
+def fits_local_memory(choice: Choice, local_memory: int) -> bool:
+    """Whether the two double-buffered tiles of `choice` fit `local_memory` bytes."""
+    return local_bytes(choice["block"], choice["bk"]) <= local_memory
 
 
 def _reshaped(root: Node, product: Node) -> bool:
@@ -153,19 +176,19 @@ class LocalTileLowering(Lowering):
         if node is not self.plan.product:
             return super()._reduce(node)
         plan = self.plan
-        steps = -(-node.src[0].shape[node.arg[0]] // BK)  # the last slice may hang over the end: zeros
+        steps = -(-node.src[0].shape[node.arg[0]] // plan.bk)  # the last slice may hang over the end: zeros
         self._longest_reduction = max(self._longest_reduction, node.src[0].shape[node.arg[0]])
         tiles = (self.names.fresh("tile_a"), self.names.fresh("tile_b"))
         accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
         lines = self._scopes[0]
-        lines += [LocalArray(name, float32, 2 * BK * (plan.block + PAD) // plan.width, plan.width) for name in tiles]
+        lines += [LocalArray(name, float32, 2 * plan.bk * (plan.block + PAD) // plan.width, plan.width) for name in tiles]
         lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
         lines += self._stage(node, Expr(0), Expr(0), tiles) + [Barrier()]
         if steps > 1:  # slice s + 1 goes to registers, slice s is multiplied, then s + 1 goes to the other buffer
             step = self.names.fresh("k")
             self._open_loop(step, steps - 1)
             following = Expr.var(step, steps - 1) + 1
-            stores = self._stage(node, following * BK, following % 2, tiles)
+            stores = self._stage(node, following * plan.bk, following % 2, tiles)
             body = self._close_loop() + self._multiply(Expr.var(step, steps - 1) % 2, tiles, accumulators)
             lines.append(Loop(step, steps - 1, tuple(body + stores + [Barrier()])))
         lines += self._multiply(Expr((steps - 1) % 2), tiles, accumulators)
@@ -178,15 +201,15 @@ class LocalTileLowering(Lowering):
         a slice past the end of k stages zeros."""
         plan = self.plan
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
-        k_axis, size, row = node.arg[0], plan.block, plan.block + PAD
+        k_axis, size, row, bk = node.arg[0], plan.block, plan.block + PAD, plan.bk
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
-        base = buffer * (BK * row)
+        base = buffer * (bk * row)
         stores = []
-        for copy in range(size * BK // GROUP):
+        for copy in range(size * bk // GROUP):
             flat = self.lid + copy * GROUP
-            value = self._operand(left, corner, {n_axis: flat // BK, k_axis: k_base + flat % BK})
-            stores.append(LocalStore(tiles[0], base + (flat % BK) * row + flat // BK, value, element=True))
+            value = self._operand(left, corner, {n_axis: flat // bk, k_axis: k_base + flat % bk})
+            stores.append(LocalStore(tiles[0], base + (flat % bk) * row + flat // bk, value, element=True))
             value = self._operand(right, corner, {m_axis: flat % size, k_axis: k_base + flat // size})
             stores.append(LocalStore(tiles[1], base + (flat // size) * row + flat % size, value, element=True))
         return stores
@@ -215,15 +238,15 @@ class LocalTileLowering(Lowering):
         width, per_item = plan.width, plan.per_item
         vectors, row = per_item // width, (plan.block + PAD) // width
         counter = self.names.fresh("kk")
-        kk = Expr.var(counter, BK)
+        kk = Expr.var(counter, plan.bk)
         body: list = []
         lanes = []
         for tile, item in ((tiles[0], self.lid // SIDE), (tiles[1], self.lid % SIDE)):
             fragments = [Reg(self.names.fresh("f"), float32, width) for _ in range(vectors)]
-            body += [LocalLoad(f, tile, (buffer * BK + kk) * row + item + v * SIDE) for v, f in enumerate(fragments)]
+            body += [LocalLoad(f, tile, (buffer * plan.bk + kk) * row + item + v * SIDE) for v, f in enumerate(fragments)]
             lane_regs = [Reg(self.names.fresh("x"), float32) for _ in range(per_item)]
             body += [Extract(x, fragments[t // width], f"s{t % width}") for t, x in enumerate(lane_regs)]
             lanes.append(lane_regs)
         body += [MultiplyAdd(acc, lanes[0][t], lanes[1][u])
                  for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2))]
-        return [Loop(counter, BK, tuple(body), unroll=True)]
+        return [Loop(counter, plan.bk, tuple(body), unroll=True)]

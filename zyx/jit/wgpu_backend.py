@@ -68,9 +68,9 @@ class WgpuJitBackend(FusingBackend):
                                 f"{node.op.name} {node.shape} in float64")
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-               in_place: Sequence[tuple[int, int]]) -> Program:
+               in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
         try:
-            return super()._build(targets, leaves, rands, in_place)
+            return super()._build(targets, leaves, rands, in_place, mode)
         except print_wgsl.WgslUnsupported as error:
             raise TypeError(f"{self.name}: {error}") from None
 

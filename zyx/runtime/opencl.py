@@ -76,6 +76,7 @@ class OpenCLBackend(PooledRuntime):
         self.max_work_group_size: int = cl_device.max_work_group_size
         self.local_mem_bytes: int = cl_device.local_mem_size
         self.compute_units: int = cl_device.max_compute_units
+        self.native_vector_width: int = cl_device.preferred_vector_width_float  # floats per vector register
         self.is_gpu: bool = bool(cl_device.type & cl.device_type.GPU)
         self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory)
