@@ -303,7 +303,7 @@ def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = Devi
     loads = [p.node for p in kernel.params if p.kind == "load"]
     global_size, local_size = launch(kernel)
     return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
-                          lowered.misaligned, global_size, local_size, lowered.longest_reduction, site)
+                          lowered.misaligned, global_size, local_size, lowered.longest_reduction, site=site)
 
 
 def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tails: bool = False) -> Optional[Kernel]:
