@@ -26,8 +26,8 @@ from ..trace.node import Node
 from ..trace.ops import Op
 from ..dtypes import float32
 from .choices import FAMILIES, Choice, Options
-from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Extract, LocalArray, LocalLoad, LocalStore, Loop,
-                        MultiplyAdd, Operand, Reg, Role, Select)
+from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Lane, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
+                        Operand, Reg, Role, Select)
 from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
@@ -233,8 +233,9 @@ class LocalTileLowering(Lowering):
                                                     Const(0.0, float32))).operand
 
     def _multiply(self, tiles: tuple[str, str], accumulators: list[Reg]) -> list:
-        """The multiply-adds of one staged slice: per kk, fragments of both tiles into registers, then the
-        outer product of the fragments into the accumulators."""
+        """The multiply-adds of one staged slice: per kk, fragments of both tiles into vector registers, then the
+        outer product of the fragments into the accumulators, their lanes read in place (copied into scalars
+        first, NVIDIA's compiler ran the 4000³ product slower on the H200: bench/GPU.md)."""
         plan = self.plan
         width, per_item = plan.width, plan.per_item
         vectors, row = per_item // width, (plan.block + PAD) // width
@@ -245,9 +246,7 @@ class LocalTileLowering(Lowering):
         for tile, item in ((tiles[0], self.lid // SIDE), (tiles[1], self.lid % SIDE)):
             fragments = [Reg(self.names.fresh("f"), float32, width) for _ in range(vectors)]
             body += [LocalLoad(f, tile, kk * row + item + v * SIDE) for v, f in enumerate(fragments)]
-            lane_regs = [Reg(self.names.fresh("x"), float32) for _ in range(per_item)]
-            body += [Extract(x, fragments[t // width], f"s{t % width}") for t, x in enumerate(lane_regs)]
-            lanes.append(lane_regs)
+            lanes.append([Lane(fragments[t // width], f"s{t % width}") for t in range(per_item)])
         body += [MultiplyAdd(acc, lanes[0][t], lanes[1][u])
                  for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2))]
         return [Loop(counter, plan.bk, tuple(body), unroll=True)]
