@@ -12,8 +12,9 @@ and one vector of the left (no bank conflicts).
 The lowering stages one slice per trip of a loop (two barriers per slice); the scheduler double-buffers the tiles
 (`buffers=2`, transforms/double_buffer.py): while the group computes on one slice, each item holds its share of
 the next in registers and writes it to the other buffer, so one barrier per slice suffices and global latency
-hides behind the multiply-adds. The operands are rendered like any other value, so casts, views and elementwise prologues
-fuse into the tile loads, and the epilogue (bias, activation) into the stores of the per-element accumulators.
+hides behind the multiply-adds. The operands are rendered like any other value, so casts, views and elementwise
+prologues fuse into the tile loads, and the epilogue (bias, activation) into the stores of the per-element
+accumulators.
 """
 from __future__ import annotations
 

@@ -29,15 +29,13 @@ def double_buffer(kernel: Kernel) -> Optional[Kernel]:
     halves = {s.name: s for s in kernel.body if isinstance(s, LocalArray) and s.name in stored}
     steps = loop.trips
     step = Expr.var(loop.var, steps - 1)
-    lines = list(_settled(_copy(fetch + put, loop.var, Expr(0), Expr(0), halves, "")))
-    lines.append(Barrier())
+    lines = [*_copy(fetch + put, loop.var, Expr(0), Expr(0), halves, ""), Barrier()]
     if steps > 1:
-        names: dict[str, Operand] = {}
-        following = step + 1
-        body = (_copy(fetch, loop.var, following, following % 2, halves, "_next", names)
-                + _copy(compute, loop.var, step, step % 2, halves, "")
-                + _copy(put, loop.var, following, following % 2, halves, "_next", names) + (Barrier(),))
-        lines.append(Loop(loop.var, steps - 1, body))
+        following = _copy(fetch + put, loop.var, step + 1, (step + 1) % 2, halves, "_next")
+        computed = _copy(compute, loop.var, step, step % 2, halves, "")
+        stores = tuple(s for s in following if isinstance(s, LocalStore))
+        reads = tuple(s for s in following if not isinstance(s, LocalStore))
+        lines.append(Loop(loop.var, steps - 1, reads + computed + stores + (Barrier(),)))
     lines += _copy(compute, loop.var, Expr(steps - 1), Expr((steps - 1) % 2), halves, "_last")
     doubled = tuple(dataclasses.replace(s, size=2 * s.size) if isinstance(s, LocalArray) and s.name in halves else s
                     for s in kernel.body[:position])
@@ -62,11 +60,10 @@ def _staging(statement: Statement) -> Optional[tuple[tuple, tuple, tuple]]:
     return tuple(s for s in body[:first] if not isinstance(s, LocalStore)), put, body[first + 1:]
 
 
-def _copy(body: tuple, var: str, value: Expr, slot: Expr, halves: dict[str, LocalArray], suffix: str,
-          names: Optional[dict[str, Operand]] = None) -> tuple:
-    """`body` at `var` = `value` (its registers renamed with `suffix`), reading and writing the local arrays in
-    `halves` (by name: one buffer's declaration) in buffer `slot`."""
-    return _in_buffer(copy_body(body, {var: value}, suffix, {} if names is None else names), slot, halves)
+def _copy(body: tuple, var: str, value: Expr, slot: Expr, halves: dict[str, LocalArray], suffix: str) -> tuple:
+    """`body` at `var` = `value` (its registers renamed with `suffix`, the guards that settles dropped), reading
+    and writing the local arrays in `halves` (by name: one buffer's declaration) in buffer `slot`."""
+    return _in_buffer(_settled(copy_body(body, {var: value}, suffix, {})), slot, halves)
 
 
 def _in_buffer(body: tuple, slot: Expr, halves: dict[str, LocalArray]) -> tuple:
@@ -78,14 +75,16 @@ def _in_buffer(body: tuple, slot: Expr, halves: dict[str, LocalArray]) -> tuple:
         if isinstance(statement, (LocalLoad, LocalStore)) and statement.array in halves:
             half = halves[statement.array]
             elements = isinstance(statement, LocalStore) and statement.element
-            return dataclasses.replace(statement, index=statement.index + slot * (half.size * (half.width if elements else 1)))
+            size = half.size * (half.width if elements else 1)
+            return dataclasses.replace(statement, index=statement.index + slot * size)
         return statement
     return tuple(moved(statement) for statement in body)
 
 
 def _settled(body: tuple, names: Optional[dict[str, Operand]] = None) -> tuple:
-    """`body` with the guards a substitution settled dropped: a Select whose condition always (never) holds is
-    its value (fill), a Load whose guard always (never) holds reads unguarded (is zero)."""
+    """`body` with the guards a substitution settled dropped, as lowering at that value would have made them: a
+    Select whose condition always (never) holds is its value (fill), a Load whose guard always (never) holds reads
+    unguarded (is zero)."""
     names = {} if names is None else names
     settled: list = []
     for statement in body:
