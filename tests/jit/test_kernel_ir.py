@@ -15,7 +15,7 @@ from zyx.jit.symbolic import Expr
 from zyx.jit.tiling import hosted_matmul
 from zyx.jit.transforms.double_buffer import double_buffer
 from zyx.jit.transforms.group import group_reductions
-from zyx.jit.transforms.unroll import unroll_reductions
+from zyx.jit.transforms.unroll import UNROLLED_STATEMENTS, statement_count, unroll_reductions
 from zyx.jit.transforms.upcast import upcast
 from zyx.jit.transforms.vector import vectorize
 
@@ -170,6 +170,25 @@ def test_transforms_say_where_they_do_not_apply():
     kernel, _, _ = lowered("row sum")
     assert vectorize(kernel.ir, 48) is None  # 8 outputs: not a whole vector
     assert vectorize(kernel.ir, 16, uniform=True) is not None
+
+
+def test_a_long_loop_body_gets_fewer_accumulators_and_computes_the_same():
+    """Eight copies of a long fused body compile for long and run no faster: the copies stop at the budget."""
+    x, y = (zyx.CPU().tensor(RNG.standard_normal((4, 64)).astype(np.float32)) for _ in range(2))
+    value = x
+    for i in range(30):  # one long chain inside the reduction's loop
+        value = (value * 0.9 + y).tanh() if i % 2 else value.exp() * 0.1 - y
+    root = value.sum(-1).node
+    data = {id(x.node): x.numpy(), id(y.node): y.numpy()}
+    kernel = lower(root, {id(root): root}, set())
+    loop, = [s for s in kernel.ir.body if hasattr(s, "trips")]
+    assert 2 * statement_count(loop.body) <= UNROLLED_STATEMENTS < 4 * statement_count(loop.body)
+    unrolled = unroll_reductions(kernel.ir, lambda trips: 8)
+    big_loop, = [s for s in unrolled.body if hasattr(s, "trips") and s.var == loop.var]
+    assert big_loop.trips == loop.trips // 2  # two accumulators, not eight
+    reference = run(kernel.ir, data, root.shape)
+    np.testing.assert_allclose(run(unrolled, data, root.shape), reference, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(reference, value.sum(-1).numpy(), rtol=2e-5, atol=2e-5)
 
 
 def test_substitution_simplifies_again():
