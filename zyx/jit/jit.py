@@ -105,21 +105,37 @@ class CapturedStep:
     def __post_init__(self) -> None:
         self.kernels = self.program.kernel_count
         self._paths = PathTree([path for ref in self.state for path in ref.paths])
-        self._path_owner = [i for i, ref in enumerate(self.state) for _ in ref.paths]
+        # A replay compares the ids of what the paths lead to now with those of the state tensors: exact while
+        # those tensors live, and `_dead` turns non-empty when one dies (another object could take its id).
+        tensors = [ref.tensor() for ref in self.state]
+        self._path_ids = [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths]
+        self._first_paths = _first_positions([len(ref.paths) for ref in self.state])  # each tensor's first path
+        self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
+        self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
         self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
         self._input_plan = [(index if kind == _BOUND else -1, constant)
                             for kind, index, constant in map(self._plan, self.inputs)]
-        self._assign_plan = [(self._plan(tensor)[1], self._plan(new_value)) for tensor, new_value in self.assigned]
-        self._output_plan = [self._plan(source) for source, _, _ in self.outputs]
-        values = self._output_plan + [new_value for _, new_value in self._assign_plan]
-        self._stored_targets = sorted({index for kind, index, _ in values if kind == _TARGET})
+        self._aliased_inputs = tuple(self.program.aliases.values())
+        # A value of the step (an update's or a result's) is found by one index into `stored + nodes + constants`
+        # (see `run`): the program's outputs, its input nodes, the nodes the step made.
+        self._constants = [source.node for source in self.inputs if source.kind == "constant"]
+        self._constants += [new_value.node for _, new_value in self.assigned if new_value.kind == "constant"]
+        self._constants += [source.node for source, _, _ in self.outputs if source.kind == "constant"]
+        self._assign_plan = [(self._plan(tensor)[1], self._value_index(new_value)) for tensor, new_value in self.assigned]
+        self._output_plan = [(self._plan(source)[1] if source.kind in ("arg", "located") else -1,
+                              -1 if source.kind in ("arg", "located") else self._value_index(source))
+                             for source, _, _ in self.outputs]
+        values = [source for source, _, _ in self.outputs] + [new_value for _, new_value in self.assigned]
+        stored_targets = sorted({source.index for source in values if source.kind == "target"})
         # target -> the input whose buffer it is written into, where that input's node may simply stay the tensor's
         # node: same shape and dtype, and no value of the step is that input's old value
-        read_inputs = {index for kind, index, _ in values if kind == _INPUT}
+        read_inputs = {source.index for source in values if source.kind == "input"}
         slot_target = {slot: target for target, slot in enumerate(self.program.outputs)}
-        self._overwrites = {slot_target[slot]: position for slot, position in self.program.aliases.items()
-                            if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
-                            and self.input_layouts[position] == self.target_layouts[slot_target[slot]]}
+        overwrites = {slot_target[slot]: position for slot, position in self.program.aliases.items()
+                      if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
+                      and self.input_layouts[position] == self.target_layouts[slot_target[slot]]}
+        self._stores = [(target, overwrites.get(target, -1), *self.target_layouts[target]) for target in stored_targets]
+        self._check_reads = [(target, (2,), self.target_layouts[target][1].np) for _, target in self.checks]
 
     @property
     def alive(self) -> bool:
@@ -127,21 +143,24 @@ class CapturedStep:
 
     def bind(self, root: Root, arguments: list[Tensor]) -> Optional[list[Tensor]]:
         """The state tensors to bind now, or None when this step's guards do not hold for this call."""
-        state = [ref.tensor() for ref in self.state]
-        for owner, found in zip(self._path_owner, self._paths.resolve_all(root)):
-            if found is not state[owner]:  # a path that leads elsewhere now, or a tensor that was deleted
-                return None
+        found = self._paths.resolve_all(root)
+        if self._dead or list(map(id, found)) != self._path_ids:
+            return None  # a path that leads elsewhere now, or a tensor that was deleted
         if self.modes and not self.modes_hold():
             return None
-        bound = arguments + state  # type: ignore[operator]
-        assigned_eagerly = [t for t in bound if not t.node.realized]  # since the last call
-        if assigned_eagerly:
-            realize(*assigned_eagerly)
-        return state if self._aliased_as_traced(bound) else None  # type: ignore[return-value]
+        state = [found[position] for position in self._first_paths]
+        bound = arguments + state
+        buffers = [t.node.buffer for t in bound]
+        if None in buffers:  # a tensor assigned eagerly since the last call
+            assigned_eagerly = [t for t in bound if not t.node.realized]
+            if assigned_eagerly:
+                realize(*assigned_eagerly)
+                buffers = [t.node.buffer for t in bound]
+        return state if self._aliased_as_traced(bound, buffers) else None
 
-    def _aliased_as_traced(self, bound: list[Tensor]) -> bool:
+    def _aliased_as_traced(self, bound: list[Tensor], buffers: list[Any]) -> bool:
         if self._all_distinct:  # the usual case: distinct buffers mean distinct nodes, hence distinct tensors
-            return len({id(t.node.buffer) for t in bound}) == len(bound)
+            return len(set(map(id, buffers))) == len(buffers)
         return alias_pattern(bound, [t.node for t in bound]) == self.aliases
 
     def modes_hold(self) -> bool:
@@ -163,31 +182,35 @@ class CapturedStep:
         nodes = [bound[position].node if position >= 0 else constant for position, constant in self._input_plan]
         buffers = [node.buffer for node in nodes]
         overwritten = set()  # inputs whose own buffer the program overwrites
-        for position in self.program.aliases.values():
+        for position in self._aliased_inputs:
             if copy_donated or _shared(nodes[position]):
                 buffers[position] = self.device.backend.runtime.copy(buffers[position])
             else:
                 overwritten.add(position)
         outputs = self.device.backend.run(self.program, buffers, rand_args)
-        self._raise_if_an_index_failed(outputs)
+        if self._check_reads:
+            self._raise_if_an_index_failed(outputs)
         stored: list[Optional[Node]] = [None] * len(outputs)
-        for target in self._stored_targets:
-            position = self._overwrites.get(target, -1)
+        for target, position, shape, dtype in self._stores:
             if position in overwritten and _unobserved(nodes[position]):
                 stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
             else:
-                shape, dtype = self.target_layouts[target]
                 stored[target] = buffer_leaf(outputs[target], shape, dtype, self.device)
+        values = stored + nodes + self._constants
+        for position, index in self._assign_plan:
+            bound[position].node = values[index]  # type: ignore[assignment]
+        return self.rebuild([bound[position] if position >= 0 else Tensor(values[index])
+                             for position, index in self._output_plan])
 
-        def value(kind: int, index: int, constant: Optional[Node]) -> Node:
-            return (stored[index] if kind == _TARGET else nodes[index] if kind == _INPUT  # type: ignore[return-value]
-                    else bound[index].node if kind == _BOUND else constant)
-
-        for position, new_value in self._assign_plan:
-            bound[position].node = value(*new_value)
-        results = [bound[index] if kind == _BOUND else Tensor(value(kind, index, constant))
-                   for kind, index, constant in self._output_plan]
-        return self.rebuild(results)
+    def _value_index(self, source: Source) -> int:
+        """Where `run` finds the value `source` names in `stored + nodes + constants` (a "target", "input" or
+        "constant" source)."""
+        if source.kind == "target":
+            return source.index
+        if source.kind == "input":
+            return len(self.target_layouts) + source.index
+        constant = next(i for i, node in enumerate(self._constants) if node is source.node)
+        return len(self.target_layouts) + len(self.inputs) + constant
 
     def _plan(self, source: Source) -> tuple[int, int, Optional[Node]]:
         """`source` as (kind, index, constant) for `run`; a bound tensor's index counts the arguments first."""
@@ -198,14 +221,21 @@ class CapturedStep:
     def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
         """Index tensors the step selects with are checked as eagerly, after the launches (this waits for them);
         on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
-        if not self.checks:
-            return
         extremes = self.device.backend.runtime.download_all(
-            [(outputs[target], (2,), self.target_layouts[target][1].np) for _, target in self.checks])
+            [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
         for (check, _), (negated_smallest, largest) in zip(self.checks, extremes):
             error = check.error_from_extremes(-int(negated_smallest), int(largest))
             if error is not None:
                 raise error
+
+
+def _first_positions(counts: list[int]) -> list[int]:
+    """Where each of consecutive runs of `counts` items starts."""
+    starts, start = [], 0
+    for count in counts:
+        starts.append(start)
+        start += count
+    return starts
 
 
 def _shared(node: Node) -> bool:

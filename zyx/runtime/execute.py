@@ -13,16 +13,19 @@ import numpy as np
 
 from . import profiling
 from .collectives import START
+from .. import counters as stats
 
 
 class Executable:
     """A Program with `kernels[k]`, the compiled kernel of launch k, resolved for running many times.
 
     Every value a kernel takes lives in one table per run (inputs, then slots, then seeds, then offsets), so a
-    launch's arguments are one `itemgetter` call over it.
+    launch's arguments are one `itemgetter` call over it. Each step of a run is one precomputed tuple (`_Step`),
+    so a run looks up no attribute or dict per launch: a replayed step launches dozens of kernels.
     """
 
-    def __init__(self, program: Any, kernels: Sequence[Any]):
+    def __init__(self, program: Any, kernels: Sequence[Any], size_class: Callable[[int], int]):
+        """`size_class`: the size class of the pool the runs will take internal buffers from."""
         self.program = program
         inputs = 1 + max((index for launch in program.launches for kind, index in launch.args if kind == "input"),
                          default=-1)
@@ -31,59 +34,94 @@ class Executable:
         self.first_slot, self.rands = inputs, rands
         base = {"input": 0, "slot": inputs, "seed": inputs + len(program.slot_bytes),
                 "offset": inputs + len(program.slot_bytes) + rands}
-        # Slots no one sees after the run (not an output, not an input overwritten in place) are raw pool buffers:
-        # a Buffer object, and giving it back when it dies, would cost more than the launch.
+        self.blank = [None] * len(program.slot_bytes)  # the slots' part of a run's table, before allocation
+        # Slots no one sees after the run (not an output, not an input overwritten in place) are raw pool buffers,
+        # taken and given back by size class: a Buffer object, and giving it back when it dies, would cost more
+        # than the launch.
         internal = set(range(len(program.slot_bytes))) - set(program.outputs) - set(program.aliases)
-        self.steps = []  # (kernel or None for an empty launch, global, local, allocs, arguments, frees, Launch)
+        self.internal = [(inputs + slot, size_class(program.slot_bytes[slot])) for slot in sorted(internal)]
+        self.steps: list[tuple] = []
         for k, launch in enumerate(program.launches):
             positions = [base[kind] + index for kind, index in launch.args]
             arguments = operator.itemgetter(*positions) if len(positions) > 1 else _single(positions)
-            allocs = tuple((slot, program.slot_bytes[slot], program.aliases.get(slot), slot in internal)
-                           for slot in program.allocs[k])
-            self.steps.append((kernels[k] if launch.is_kernel else None, launch.global_size,
-                               launch.local_size, allocs, arguments, tuple(program.frees[k]), launch))
+            allocs = program.allocs[k]
+            self.steps.append((
+                kernels[k] if launch.is_kernel else None, launch.global_size, launch.local_size, arguments,
+                tuple((inputs + slot, size_class(program.slot_bytes[slot])) for slot in allocs if slot in internal),
+                tuple((slot, program.slot_bytes[slot], program.aliases.get(slot))
+                      for slot in allocs if slot not in internal),
+                tuple((inputs + slot, size_class(program.slot_bytes[slot]))
+                      for slot in program.frees[k] if slot in internal),
+                tuple(slot for slot in program.frees[k] if slot not in internal),
+                launch if launch.collective and launch.global_size[0] > 0 else None))
+        self.kernel_positions = [k for k, step in enumerate(self.steps) if step[0] is not None]
         self.empty_outputs = [o for o in dict.fromkeys(program.outputs) if program.slot_bytes[o] == 0]
 
     def run(self, backend: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
             on_first_launch: Optional[Callable[[int], None]] = None) -> list[Any]:
-        """The output buffers; `backend` allocates (`allocate`) and launches (`launcher`)."""
+        """The output buffers; `backend` allocates (`allocate`, `pool`) and launches (`launcher`)."""
         allocate, pool = backend.allocate, backend.pool
+        take, give = pool.take, pool.give
         timed = profiling.timing_wanted()
         launch = backend.launcher(timed)
-        first, slot_bytes = self.first_slot, self.program.slot_bytes
-        slots: list[Any] = [None] * len(slot_bytes)  # Buffers of the other slots, held until their last reader
+        if timed or on_first_launch is not None:
+            launch = self._observed(launch, backend, timed, on_first_launch)
+        first = self.first_slot
+        slots: list[Any] = self.blank[:]  # Buffers of the other slots, held until their last reader
         table: list[Any] = [buffer.raw for buffer in inputs[:first]]  # those some kernel reads
-        table += [None] * len(slots)
-        rand_args = rand_args[:self.rands]
-        table += [np.uint64(seed) for seed, _ in rand_args] + [np.uint64(offset) for _, offset in rand_args]
+        table += self.blank
+        if self.rands:
+            rand_args = rand_args[:self.rands]
+            table += [np.uint64(seed) for seed, _ in rand_args] + [np.uint64(offset) for _, offset in rand_args]
         for output in self.empty_outputs:
             slots[output] = allocate(0)
-        internal: dict[int, Any] = {}  # slot -> its raw buffer, until it is given back to the pool
         communicating: dict[int, Any] = {}  # result slot -> its collective, started and not yet finished
         try:
-            for k, (kernel, global_size, local_size, allocs, arguments, frees, step) in enumerate(self.steps):
-                for slot, nbytes, alias, raw in allocs:
-                    if raw:
-                        table[first + slot] = internal[slot] = pool.acquire(nbytes)
-                    else:
-                        buffer = slots[slot] = inputs[alias] if alias is not None else allocate(nbytes)
-                        table[first + slot] = buffer.raw
+            for kernel, global_size, local_size, arguments, takes, allocs, gives, drops, collective in self.steps:
+                for position, size in takes:
+                    table[position] = take(size)
+                for slot, nbytes, alias in allocs:
+                    buffer = slots[slot] = inputs[alias] if alias is not None else allocate(nbytes)
+                    table[first + slot] = buffer.raw
                 if kernel is not None:
-                    event = launch(kernel, global_size, local_size, arguments(table))
-                    if timed:
-                        _record(backend, self.program, step, event)
-                    if on_first_launch is not None:
-                        on_first_launch(k)
-                elif step.collective and global_size[0] > 0:
-                    self._collective(backend, step, table, inputs, communicating)
-                for slot in frees:
-                    if slot in internal:
-                        pool.release(internal.pop(slot), slot_bytes[slot])
+                    launch(kernel, global_size, local_size, arguments(table))
+                elif collective is not None:
+                    self._collective(backend, collective, table, inputs, communicating)
+                for position, size in gives:
+                    give(table[position], size)
+                    table[position] = None
+                for slot in drops:
                     slots[slot] = table[first + slot] = None
-        finally:  # after an error too: what is queued still runs in order, before any later use of the pool
-            for slot, raw in internal.items():
-                pool.release(raw, slot_bytes[slot])
+        except BaseException:  # what is queued still runs in order, before any later use of the pool
+            self._give_back(table, give)
+            raise
+        self._give_back(table, give)  # internal slots no launch frees (none in a well-formed plan)
+        stats.set_max("peak_bytes", pool.peak_bytes)
         return [slots[o] if slots[o] is not None else allocate(0) for o in self.program.outputs]
+
+    def _give_back(self, table: list[Any], give: Callable[[Any, int], None]) -> None:
+        """Return the internal slots still held to the pool."""
+        for position, size in self.internal:
+            if table[position] is not None:
+                give(table[position], size)
+                table[position] = None
+
+    def _observed(self, launch: Callable, backend: Any, timed: bool,
+                  on_first_launch: Optional[Callable[[int], None]]) -> Callable:
+        """`launch`, also recording each kernel's event for the profiler (`timed`) and calling `on_first_launch`
+        with the launch's index: kept off the plain run's loop."""
+        positions = iter(self.kernel_positions)
+        launches = self.program.launches
+
+        def observed(kernel: Any, global_size: Any, local_size: Any, arguments: Any) -> Any:
+            k = next(positions)
+            event = launch(kernel, global_size, local_size, arguments)
+            if timed:
+                _record(backend, self.program, launches[k], event)
+            if on_first_launch is not None:
+                on_first_launch(k)
+            return event
+        return observed
 
     def _collective(self, backend: Any, step: Any, table: list[Any], inputs: Sequence[Any],
                     communicating: dict[int, Any]) -> None:
@@ -108,3 +146,4 @@ def _record(backend: Any, program: Any, launch: Any, event: Any) -> None:
     profiling.record(profiling.KernelRecord(
         backend, backend.name, launch.name, program.name[:12], launch.node, launch.global_size,
         launch.local_size, launch.bytes_moved, launch.flops, event=event))
+
