@@ -11,6 +11,7 @@ A new process finds the program (and its kernels) in the disk cache by the step'
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import sys
@@ -104,29 +105,36 @@ class CapturedStep:
 
     def __post_init__(self) -> None:
         self.kernels = self.program.kernel_count
+        self._plan_guards()
+        self._plan_values()
+        self._check_reads = [(target, (2,), self.target_layouts[target][1].np) for _, target in self.checks]
+
+    def _plan_guards(self) -> None:
+        """What `bind` checks. It compares the ids of what the paths lead to now with those of the state tensors:
+        exact while those tensors live, and `_dead` turns non-empty when one dies (another could take its id)."""
         self._paths = PathTree([path for ref in self.state for path in ref.paths])
-        # A replay compares the ids of what the paths lead to now with those of the state tensors: exact while
-        # those tensors live, and `_dead` turns non-empty when one dies (another object could take its id).
         tensors = [ref.tensor() for ref in self.state]
         self._path_ids = [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths]
         self._first_paths = _first_positions([len(ref.paths) for ref in self.state])  # each tensor's first path
         self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
         self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
         self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
+
+    def _plan_values(self) -> None:
+        """Where `run` finds each input node and each value of the step (an update's or a result's): one index
+        into `stored + nodes + constants` (the program's outputs, its input nodes, the nodes the step made).
+
+        An update whose program output overwrites its own tensor's buffer in place (`_in_place`: input position
+        -> (the tensor's position, target, shape, dtype)) needs nothing at all when no one else sees that tensor's
+        node: the node already holds the new value. Only the others are planned as stores and assignments.
+        """
         self._input_plan = [(index if kind == _BOUND else -1, constant)
                             for kind, index, constant in map(self._plan, self.inputs)]
         self._aliased_inputs = tuple(self.program.aliases.values())
-        # A value of the step (an update's or a result's) is found by one index into `stored + nodes + constants`
-        # (see `run`): the program's outputs, its input nodes, the nodes the step made.
         self._constants = [source.node for source in self.inputs if source.kind == "constant"]
         self._constants += [new_value.node for _, new_value in self.assigned if new_value.kind == "constant"]
         self._constants += [source.node for source, _, _ in self.outputs if source.kind == "constant"]
-        self._assign_plan = [(self._plan(tensor)[1], self._value_index(new_value)) for tensor, new_value in self.assigned]
-        self._output_plan = [(self._plan(source)[1] if source.kind in ("arg", "located") else -1,
-                              -1 if source.kind in ("arg", "located") else self._value_index(source))
-                             for source, _, _ in self.outputs]
         values = [source for source, _, _ in self.outputs] + [new_value for _, new_value in self.assigned]
-        stored_targets = sorted({source.index for source in values if source.kind == "target"})
         # target -> the input whose buffer it is written into, where that input's node may simply stay the tensor's
         # node: same shape and dtype, and no value of the step is that input's old value
         read_inputs = {source.index for source in values if source.kind == "input"}
@@ -134,8 +142,23 @@ class CapturedStep:
         overwrites = {slot_target[slot]: position for slot, position in self.program.aliases.items()
                       if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
                       and self.input_layouts[position] == self.target_layouts[slot_target[slot]]}
-        self._stores = [(target, overwrites.get(target, -1), *self.target_layouts[target]) for target in stored_targets]
-        self._check_reads = [(target, (2,), self.target_layouts[target][1].np) for _, target in self.checks]
+        uses = collections.Counter(source.index for source in values if source.kind == "target")
+        self._in_place: dict[int, tuple[int, int, tuple[int, ...], Any]] = {}
+        self._assign_plan = []
+        for tensor, new_value in self.assigned:
+            position = self._plan(tensor)[1]
+            target = new_value.index if new_value.kind == "target" else -1
+            overwritten = overwrites.get(target, -1)
+            if uses[target] == 1 and overwritten >= 0 and self._input_plan[overwritten][0] == position:
+                self._in_place[overwritten] = (position, target, *self.target_layouts[target])
+            else:
+                self._assign_plan.append((position, self._value_index(new_value)))
+        self._output_plan = [(self._plan(source)[1] if source.kind in ("arg", "located") else -1,
+                              -1 if source.kind in ("arg", "located") else self._value_index(source))
+                             for source, _, _ in self.outputs]
+        in_place_targets = {target for _, target, _, _ in self._in_place.values()}
+        self._stores = [(target, overwrites.get(target, -1), *self.target_layouts[target])
+                        for target in sorted(uses) if target not in in_place_targets]
 
     @property
     def alive(self) -> bool:
@@ -181,18 +204,25 @@ class CapturedStep:
         bound = arguments + state
         nodes = [bound[position].node if position >= 0 else constant for position, constant in self._input_plan]
         buffers = [node.buffer for node in nodes]
-        overwritten = set()  # inputs whose own buffer the program overwrites
+        kept = set()  # inputs whose own buffer the program overwrites and whose node stands for the new value
+        fresh = []    # inputs overwritten in place (`_in_place`) whose tensor gets a new leaf
         for position in self._aliased_inputs:
-            if copy_donated or _shared(nodes[position]):
-                buffers[position] = self.device.backend.runtime.copy(buffers[position])
+            if not copy_donated and _sole(nodes[position]):
+                kept.add(position)
             else:
-                overwritten.add(position)
+                if copy_donated or _shared(nodes[position]):
+                    buffers[position] = self.device.backend.runtime.copy(buffers[position])
+                fresh.append(position)
         outputs = self.device.backend.run(self.program, buffers, rand_args)
         if self._check_reads:
             self._raise_if_an_index_failed(outputs)
+        for position in fresh:
+            if position in self._in_place:
+                destination, target, shape, dtype = self._in_place[position]
+                bound[destination].node = buffer_leaf(outputs[target], shape, dtype, self.device)
         stored: list[Optional[Node]] = [None] * len(outputs)
         for target, position, shape, dtype in self._stores:
-            if position in overwritten and _unobserved(nodes[position]):
+            if position in kept:
                 stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
             else:
                 stored[target] = buffer_leaf(outputs[target], shape, dtype, self.device)
@@ -243,10 +273,11 @@ def _shared(node: Node) -> bool:
     return sys.getrefcount(node) > 4
 
 
-def _unobserved(node: Node) -> bool:
-    """Whether a leaf whose buffer a replay overwrote can stand for the new value: no origin (autodiff would read
-    its old computation) and no weak reference (an origin elsewhere, a range check) that expects the old value."""
-    return node.origin is None and not weakref.getweakrefcount(node)
+def _sole(node: Node) -> bool:
+    """Whether a leaf whose buffer a replay overwrites can stand for the new value: nothing holds it besides its
+    tensor (as `_shared`), it has no origin (autodiff would read its old computation) and no weak reference (an
+    origin elsewhere, a range check) that expects the old value."""
+    return sys.getrefcount(node) <= 4 and node.origin is None and not weakref.getweakrefcount(node)
 
 
 class JitFunction:

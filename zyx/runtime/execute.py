@@ -20,42 +20,46 @@ class Executable:
     """A Program with `kernels[k]`, the compiled kernel of launch k, resolved for running many times.
 
     Every value a kernel takes lives in one table per run (inputs, then slots, then seeds, then offsets), so a
-    launch's arguments are one `itemgetter` call over it. Each step of a run is one precomputed tuple (`_Step`),
-    so a run looks up no attribute or dict per launch: a replayed step launches dozens of kernels.
+    launch's arguments are one `itemgetter` call over it; a slot that overwrites an input in place is that input's
+    entry. Each step of a run is one precomputed tuple, so a run looks up no attribute or dict per launch: a
+    replayed step launches dozens of kernels.
     """
 
     def __init__(self, program: Any, kernels: Sequence[Any], size_class: Callable[[int], int]):
         """`size_class`: the size class of the pool the runs will take internal buffers from."""
         self.program = program
-        inputs = 1 + max((index for launch in program.launches for kind, index in launch.args if kind == "input"),
-                         default=-1)
+        slot_bytes, aliases = program.slot_bytes, program.aliases
+        inputs = 1 + max([index for launch in program.launches for kind, index in launch.args if kind == "input"]
+                         + list(aliases.values()), default=-1)
         rands = 1 + max((index for launch in program.launches for kind, index in launch.args
                          if kind in ("seed", "offset")), default=-1)
         self.first_slot, self.rands = inputs, rands
-        base = {"input": 0, "slot": inputs, "seed": inputs + len(program.slot_bytes),
-                "offset": inputs + len(program.slot_bytes) + rands}
-        self.blank = [None] * len(program.slot_bytes)  # the slots' part of a run's table, before allocation
+        self.slot_positions = [aliases.get(slot, inputs + slot) for slot in range(len(slot_bytes))]  # in the table
+        base = {"input": 0, "seed": inputs + len(slot_bytes), "offset": inputs + len(slot_bytes) + rands}
+        self.blank = [None] * len(slot_bytes)  # the slots' part of a run's table, before allocation
         # Slots no one sees after the run (not an output, not an input overwritten in place) are raw pool buffers,
         # taken and given back by size class: a Buffer object, and giving it back when it dies, would cost more
-        # than the launch.
-        internal = set(range(len(program.slot_bytes))) - set(program.outputs) - set(program.aliases)
-        self.internal = [(inputs + slot, size_class(program.slot_bytes[slot])) for slot in sorted(internal)]
+        # than the launch. Outputs are Buffers (`allocate`), kept in `slots` until their last reader.
+        internal = set(range(len(slot_bytes))) - set(program.outputs) - set(aliases)
+        held = set(range(len(slot_bytes))) - internal - set(aliases)
+        self.internal = [(inputs + slot, size_class(slot_bytes[slot])) for slot in sorted(internal)]
+        freed = {slot for frees in program.frees for slot in frees}
+        self.unfreed = [(position, size) for position, size in self.internal if position - inputs not in freed]
         self.steps: list[tuple] = []
         for k, launch in enumerate(program.launches):
-            positions = [base[kind] + index for kind, index in launch.args]
+            positions = [self.slot_positions[index] if kind == "slot" else base[kind] + index
+                         for kind, index in launch.args]
             arguments = operator.itemgetter(*positions) if len(positions) > 1 else _single(positions)
-            allocs = program.allocs[k]
             self.steps.append((
                 kernels[k] if launch.is_kernel else None, launch.global_size, launch.local_size, arguments,
-                tuple((inputs + slot, size_class(program.slot_bytes[slot])) for slot in allocs if slot in internal),
-                tuple((slot, program.slot_bytes[slot], program.aliases.get(slot))
-                      for slot in allocs if slot not in internal),
-                tuple((inputs + slot, size_class(program.slot_bytes[slot]))
-                      for slot in program.frees[k] if slot in internal),
-                tuple(slot for slot in program.frees[k] if slot not in internal),
+                tuple((inputs + slot, size_class(slot_bytes[slot])) for slot in program.allocs[k] if slot in internal),
+                tuple((slot, slot_bytes[slot]) for slot in program.allocs[k] if slot in held),
+                tuple((inputs + slot, size_class(slot_bytes[slot])) for slot in program.frees[k] if slot in internal),
+                tuple(slot for slot in program.frees[k] if slot in held),
                 launch if launch.collective and launch.global_size[0] > 0 else None))
         self.kernel_positions = [k for k, step in enumerate(self.steps) if step[0] is not None]
-        self.empty_outputs = [o for o in dict.fromkeys(program.outputs) if program.slot_bytes[o] == 0]
+        self.empty_outputs = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o in held]
+        self.outputs = [(slot, aliases.get(slot)) for slot in program.outputs]  # (slot, the input it overwrites)
 
     def run(self, backend: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
             on_first_launch: Optional[Callable[[int], None]] = None) -> list[Any]:
@@ -67,8 +71,8 @@ class Executable:
         if timed or on_first_launch is not None:
             launch = self._observed(launch, backend, timed, on_first_launch)
         first = self.first_slot
-        slots: list[Any] = self.blank[:]  # Buffers of the other slots, held until their last reader
-        table: list[Any] = [buffer.raw for buffer in inputs[:first]]  # those some kernel reads
+        slots: list[Any] = self.blank[:]  # Buffers of the held slots, until their last reader
+        table: list[Any] = list(map(_raw, inputs[:first]))
         table += self.blank
         if self.rands:
             rand_args = rand_args[:self.rands]
@@ -80,8 +84,8 @@ class Executable:
             for kernel, global_size, local_size, arguments, takes, allocs, gives, drops, collective in self.steps:
                 for position, size in takes:
                     table[position] = take(size)
-                for slot, nbytes, alias in allocs:
-                    buffer = slots[slot] = inputs[alias] if alias is not None else allocate(nbytes)
+                for slot, nbytes in allocs:
+                    buffer = slots[slot] = allocate(nbytes)
                     table[first + slot] = buffer.raw
                 if kernel is not None:
                     launch(kernel, global_size, local_size, arguments(table))
@@ -95,12 +99,16 @@ class Executable:
         except BaseException:  # what is queued still runs in order, before any later use of the pool
             self._give_back(table, give)
             raise
-        self._give_back(table, give)  # internal slots no launch frees (none in a well-formed plan)
+        for position, size in self.unfreed:  # internal slots no launch frees (none in a well-formed plan)
+            if table[position] is not None:
+                give(table[position], size)
         stats.set_max("peak_bytes", pool.peak_bytes)
-        return [slots[o] if slots[o] is not None else allocate(0) for o in self.program.outputs]
+        return [inputs[alias] if alias is not None else slots[slot] if slots[slot] is not None else allocate(0)
+                for slot, alias in self.outputs]
 
     def _give_back(self, table: list[Any], give: Callable[[Any, int], None]) -> None:
-        """Return the internal slots still held to the pool."""
+        """Return the internal slots still held to the pool (after an error: a run gives each back after its last
+        reader)."""
         for position, size in self.internal:
             if table[position] is not None:
                 give(table[position], size)
@@ -127,14 +135,16 @@ class Executable:
                     communicating: dict[int, Any]) -> None:
         """A START hands its sources (one bucket) to the communication thread; the FINISH of the same result slot
         waits for it and writes the result (jit/collective.py places them)."""
-        first, slot_bytes = self.first_slot, self.program.slot_bytes
+        positions, slot_bytes = self.slot_positions, self.program.slot_bytes
         if step.name == START:
-            sources = [(table[first + index], slot_bytes[index]) if kind == "slot"
+            sources = [(table[positions[index]], slot_bytes[index]) if kind == "slot"
                        else (table[index], inputs[index].nbytes) for kind, index in step.args[:-1]]
             communicating[step.args[-1][1]] = backend.start_collective(sources, step.global_size[0], step.collective)
         else:
             result = step.args[0][1]
-            backend.finish_collective(communicating.pop(result), table[first + result], step.collective)
+            backend.finish_collective(communicating.pop(result), table[positions[result]], step.collective)
+
+_raw = operator.attrgetter("raw")  # a Buffer's driver buffer, what a kernel takes
 
 
 def _single(positions: list[int]) -> Callable[[list[Any]], tuple]:
