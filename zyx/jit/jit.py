@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import operator
 import sys
 import types
 import warnings
@@ -24,6 +25,7 @@ from typing import Any, Callable, Optional
 from .. import counters
 from .. import random as zrandom
 from ..realize import realize
+from ..runtime.execute import tuple_getter
 from ..tensor import Tensor
 from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
@@ -131,6 +133,8 @@ class CapturedStep:
         self._input_plan = [(index if kind == _BOUND else -1, constant)
                             for kind, index, constant in map(self._plan, self.inputs)]
         self._aliased_inputs = tuple(self.program.aliases.values())
+        self._aliased_nodes = tuple_getter(self._aliased_inputs)
+        self._all_aliased = frozenset(self._aliased_inputs)
         self._constants = [source.node for source in self.inputs if source.kind == "constant"]
         self._constants += [new_value.node for _, new_value in self.assigned if new_value.kind == "constant"]
         self._constants += [source.node for source, _, _ in self.outputs if source.kind == "constant"]
@@ -204,15 +208,21 @@ class CapturedStep:
         bound = arguments + state
         nodes = [bound[position].node if position >= 0 else constant for position, constant in self._input_plan]
         buffers = [node.buffer for node in nodes]
-        kept = set()  # inputs whose own buffer the program overwrites and whose node stands for the new value
-        fresh = []    # inputs overwritten in place (`_in_place`) whose tensor gets a new leaf
-        for position in self._aliased_inputs:
-            if not copy_donated and _sole(nodes[position]):
-                kept.add(position)
-            else:
-                if copy_donated or _shared(nodes[position]):
-                    buffers[position] = self.device.backend.runtime.copy(buffers[position])
-                fresh.append(position)
+        # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
+        # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
+        kept: set[int] | frozenset[int]
+        fresh: list[int] = []
+        if not copy_donated and _all_sole(self._aliased_nodes(nodes)):  # the usual case, checked at C speed
+            kept = self._all_aliased
+        else:
+            kept = set()
+            for position in self._aliased_inputs:
+                if not copy_donated and _sole(nodes[position]):
+                    kept.add(position)
+                else:
+                    if copy_donated or _shared(nodes[position]):
+                        buffers[position] = self.device.backend.runtime.copy(buffers[position])
+                    fresh.append(position)
         outputs = self.device.backend.run(self.program, buffers, rand_args)
         if self._check_reads:
             self._raise_if_an_index_failed(outputs)
@@ -268,9 +278,20 @@ def _first_positions(counts: list[int]) -> list[int]:
     return starts
 
 
+_origin_of = operator.attrgetter("origin")
+
+
 def _shared(node: Node) -> bool:
     """Whether anything holds `node` besides its tensor and the replay's list (and this call's argument)."""
     return sys.getrefcount(node) > 4
+
+
+def _all_sole(nodes: tuple[Node, ...]) -> bool:
+    """`_sole` of each node of a tuple made for this call, each node in it once. While counted, a node is held by
+    its tensor, the replay's list, the tuple and `map`: four, as `_sole` counts (its tensor, the list, its
+    parameter and the count's argument)."""
+    return (max(map(sys.getrefcount, nodes), default=0) <= 4 and not any(map(_origin_of, nodes))
+            and not any(map(weakref.getweakrefcount, nodes)))
 
 
 def _sole(node: Node) -> bool:

@@ -49,7 +49,7 @@ class Executable:
         for k, launch in enumerate(program.launches):
             positions = [self.slot_positions[index] if kind == "slot" else base[kind] + index
                          for kind, index in launch.args]
-            arguments = operator.itemgetter(*positions) if len(positions) > 1 else _single(positions)
+            arguments = tuple_getter(positions)
             self.steps.append((
                 kernels[k] if launch.is_kernel else None, launch.global_size, launch.local_size, arguments,
                 tuple((inputs + slot, size_class(slot_bytes[slot])) for slot in program.allocs[k] if slot in internal),
@@ -147,9 +147,12 @@ class Executable:
 _raw = operator.attrgetter("raw")  # a Buffer's driver buffer, what a kernel takes
 
 
-def _single(positions: list[int]) -> Callable[[list[Any]], tuple]:
-    """An argument getter for a kernel of one parameter or none (itemgetter returns a bare item for one)."""
-    return lambda table: tuple(table[p] for p in positions)
+def tuple_getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
+    """A function picking `positions` of a sequence as a tuple: `itemgetter` where it returns one (for one
+    position it returns the bare item, and it cannot take none)."""
+    if len(positions) > 1:
+        return operator.itemgetter(*positions)
+    return lambda items: tuple([items[p] for p in positions])
 
 
 def _record(backend: Any, program: Any, launch: Any, event: Any) -> None:
