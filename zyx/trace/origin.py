@@ -60,12 +60,11 @@ class Origins:
 
     def __init__(self, walk: Walk, device: Any):
         self.template = _template(walk)
-        self.held: list[Any] = []  # per node of the walk: itself (data leaf, or a copy already) or a weak reference
-        for node in walk.order:
-            if node.op is Op.BUFFER and node.origin is None or type(node) is Recorded:
-                self.held.append(node)
-            else:  # an interior node, or a realized one (copied as its placeholder)
-                self.held.append(weakref.ref(node))
+        # per node of the walk: itself (a data leaf, or a copy already) or a weak reference (an interior node, or a
+        # realized one, copied as its placeholder)
+        ref = weakref.ref
+        self.held: list[Any] = [node if node.op is Op.BUFFER and node.origin is None or type(node) is Recorded
+                                else ref(node) for node in walk.order]
         self.rand_args = [node.arg for node in walk.rands]
         self.device = device
         self.copies: Optional[list[Node]] = None
