@@ -7,13 +7,27 @@ allocates, binds buffers and enqueues.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from . import profiling
 from .collectives import START
 from .. import counters as stats
+
+
+class Step(NamedTuple):
+    """One launch of a run, resolved (a run unpacks it as a plain tuple)."""
+
+    kernel: Any                           # the compiled kernel, None for a collective step or an empty launch
+    global_size: tuple[int, ...]
+    local_size: Optional[tuple[int, ...]]
+    arguments: Callable[[list[Any]], tuple]  # the kernel's arguments from the run's table
+    takes: tuple[tuple[int, int], ...]    # (table position, size class) of internal slots taken from the pool
+    allocs: tuple[tuple[int, int], ...]   # (slot, bytes) of output slots allocated as Buffers
+    gives: tuple[tuple[int, int], ...]    # (table position, size class) of internal slots given back after it
+    drops: tuple[int, ...]                # output slots whose last reader this is
+    collective: Any                       # the collective step's Launch, else None
 
 
 class Executable:
@@ -35,7 +49,7 @@ class Executable:
                          if kind in ("seed", "offset")), default=-1)
         self.first_slot, self.rands = inputs, rands
         self.slot_positions = [aliases.get(slot, inputs + slot) for slot in range(len(slot_bytes))]  # in the table
-        base = {"input": 0, "seed": inputs + len(slot_bytes), "offset": inputs + len(slot_bytes) + rands}
+        self.bases = {"input": 0, "seed": inputs + len(slot_bytes), "offset": inputs + len(slot_bytes) + rands}
         self.blank = [None] * len(slot_bytes)  # the slots' part of a run's table, before allocation
         # Slots no one sees after the run (not an output, not an input overwritten in place) are raw pool buffers,
         # taken and given back by size class: a Buffer object, and giving it back when it dies, would cost more
@@ -45,21 +59,25 @@ class Executable:
         self.internal = [(inputs + slot, size_class(slot_bytes[slot])) for slot in sorted(internal)]
         freed = {slot for frees in program.frees for slot in frees}
         self.unfreed = [(position, size) for position, size in self.internal if position - inputs not in freed]
-        self.steps: list[tuple] = []
-        for k, launch in enumerate(program.launches):
-            positions = [self.slot_positions[index] if kind == "slot" else base[kind] + index
-                         for kind, index in launch.args]
-            arguments = tuple_getter(positions)
-            self.steps.append((
-                kernels[k] if launch.is_kernel else None, launch.global_size, launch.local_size, arguments,
-                tuple((inputs + slot, size_class(slot_bytes[slot])) for slot in program.allocs[k] if slot in internal),
-                tuple((slot, slot_bytes[slot]) for slot in program.allocs[k] if slot in held),
-                tuple((inputs + slot, size_class(slot_bytes[slot])) for slot in program.frees[k] if slot in internal),
-                tuple(slot for slot in program.frees[k] if slot in held),
-                launch if launch.collective and launch.global_size[0] > 0 else None))
-        self.kernel_positions = [k for k, step in enumerate(self.steps) if step[0] is not None]
+        self.steps = [self._step(launch, kernels[k], program.allocs[k], program.frees[k], internal, held, size_class)
+                      for k, launch in enumerate(program.launches)]
+        self.kernel_positions = [k for k, step in enumerate(self.steps) if step.kernel is not None]
         self.empty_outputs = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o in held]
         self.outputs = [(slot, aliases.get(slot)) for slot in program.outputs]  # (slot, the input it overwrites)
+
+    def _step(self, launch: Any, kernel: Any, allocs: list[int], frees: list[int], internal: set[int],
+              held: set[int], size_class: Callable[[int], int]) -> Step:
+        """Launch `launch` as a run does it: its table positions and slot sizes resolved once."""
+        first, slot_bytes = self.first_slot, self.program.slot_bytes
+        return Step(
+            kernel if launch.is_kernel else None, launch.global_size, launch.local_size,
+            tuple_getter([self.slot_positions[index] if kind == "slot" else self.bases[kind] + index
+                          for kind, index in launch.args]),
+            tuple((first + slot, size_class(slot_bytes[slot])) for slot in allocs if slot in internal),
+            tuple((slot, slot_bytes[slot]) for slot in allocs if slot in held),
+            tuple((first + slot, size_class(slot_bytes[slot])) for slot in frees if slot in internal),
+            tuple(slot for slot in frees if slot in held),
+            launch if launch.collective and launch.global_size[0] > 0 else None)
 
     def run(self, backend: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
             on_first_launch: Optional[Callable[[int], None]] = None) -> list[Any]:
@@ -143,6 +161,7 @@ class Executable:
         else:
             result = step.args[0][1]
             backend.finish_collective(communicating.pop(result), table[positions[result]], step.collective)
+
 
 _raw = operator.attrgetter("raw")  # a Buffer's driver buffer, what a kernel takes
 
