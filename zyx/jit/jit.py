@@ -117,7 +117,7 @@ class CapturedStep:
         self._paths = PathTree([path for ref in self.state for path in ref.paths])
         tensors = [ref.tensor() for ref in self.state]
         self._path_ids = [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths]
-        self._first_paths = _first_positions([len(ref.paths) for ref in self.state])  # each tensor's first path
+        self._pick_state = tuple_getter(_first_positions([len(ref.paths) for ref in self.state]))  # first paths
         self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
         self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
         self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
@@ -175,14 +175,14 @@ class CapturedStep:
             return None  # a path that leads elsewhere now, or a tensor that was deleted
         if self.modes and not self.modes_hold():
             return None
-        state = [found[position] for position in self._first_paths]
+        state = list(self._pick_state(found))
         bound = arguments + state
-        buffers = [t.node.buffer for t in bound]
+        buffers = list(map(_buffer_of_tensor, bound))
         if None in buffers:  # a tensor assigned eagerly since the last call
             assigned_eagerly = [t for t in bound if not t.node.realized]
             if assigned_eagerly:
                 realize(*assigned_eagerly)
-                buffers = [t.node.buffer for t in bound]
+                buffers = list(map(_buffer_of_tensor, bound))
         return state if self._aliased_as_traced(bound, buffers) else None
 
     def _aliased_as_traced(self, bound: list[Tensor], buffers: list[Any]) -> bool:
@@ -207,7 +207,7 @@ class CapturedStep:
         """
         bound = arguments + state
         nodes = [bound[position].node if position >= 0 else constant for position, constant in self._input_plan]
-        buffers = [node.buffer for node in nodes]
+        buffers = list(map(_buffer_of, nodes))
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
         # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
         kept: set[int] | frozenset[int]
@@ -279,6 +279,8 @@ def _first_positions(counts: list[int]) -> list[int]:
 
 
 _origin_of = operator.attrgetter("origin")
+_buffer_of = operator.attrgetter("buffer")
+_buffer_of_tensor = operator.attrgetter("node.buffer")
 
 
 def _shared(node: Node) -> bool:
