@@ -24,7 +24,7 @@ class Step(NamedTuple):
     local_size: Optional[tuple[int, ...]]
     arguments: Callable[[list[Any]], tuple]  # the kernel's arguments from the run's table
     takes: tuple[tuple[int, int], ...]    # (table position, size class) of internal slots taken from the pool
-    allocs: tuple[tuple[int, int], ...]   # (slot, bytes) of output slots allocated as Buffers
+    allocs: tuple[tuple[int, int, int], ...]  # (slot, size class, bytes) of output slots allocated as Buffers
     gives: tuple[tuple[int, int], ...]    # (table position, size class) of internal slots given back after it
     drops: tuple[int, ...]                # output slots whose last reader this is
     collective: Any                       # the collective step's Launch, else None
@@ -39,10 +39,13 @@ class Executable:
     replayed step launches dozens of kernels.
     """
 
-    def __init__(self, program: Any, kernels: Sequence[Any], size_class: Callable[[int], int]):
-        """`size_class`: the size class of the pool the runs will take internal buffers from."""
+    def __init__(self, program: Any, kernels: Sequence[Any], runtime: Any):
+        """`runtime`: the PooledRuntime the runs will allocate from (its pool's size classes and its limits)."""
         self.program = program
         slot_bytes, aliases = program.slot_bytes, program.aliases
+        for nbytes in set(slot_bytes):
+            runtime.limits.check_bytes(nbytes, "a buffer")
+        size_class = runtime.pool.size_class
         inputs = 1 + max([index for launch in program.launches for kind, index in launch.args if kind == "input"]
                          + list(aliases.values()), default=-1)
         rands = 1 + max((index for launch in program.launches for kind, index in launch.args
@@ -74,15 +77,15 @@ class Executable:
             tuple_getter([self.slot_positions[index] if kind == "slot" else self.bases[kind] + index
                           for kind, index in launch.args]),
             tuple((first + slot, size_class(slot_bytes[slot])) for slot in allocs if slot in internal),
-            tuple((slot, slot_bytes[slot]) for slot in allocs if slot in held),
+            tuple((slot, size_class(slot_bytes[slot]), slot_bytes[slot]) for slot in allocs if slot in held),
             tuple((first + slot, size_class(slot_bytes[slot])) for slot in frees if slot in internal),
             tuple(slot for slot in frees if slot in held),
             launch if launch.collective and launch.global_size[0] > 0 else None)
 
     def run(self, backend: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
             on_first_launch: Optional[Callable[[int], None]] = None) -> list[Any]:
-        """The output buffers; `backend` allocates (`allocate`, `pool`) and launches (`launcher`)."""
-        allocate, pool = backend.allocate, backend.pool
+        """The output buffers; `backend` (the runtime bound) allocates and launches (`launcher`)."""
+        allocate, allocate_taken, pool = backend.allocate, backend.allocate_taken, backend.pool
         take, give = pool.take, pool.give
         timed = profiling.timing_wanted()
         launch = backend.launcher(timed)
@@ -102,8 +105,8 @@ class Executable:
             for kernel, global_size, local_size, arguments, takes, allocs, gives, drops, collective in self.steps:
                 for position, size in takes:
                     table[position] = take(size)
-                for slot, nbytes in allocs:
-                    buffer = slots[slot] = allocate(nbytes)
+                for slot, size, nbytes in allocs:
+                    buffer = slots[slot] = allocate_taken(size, nbytes)
                     table[first + slot] = buffer.raw
                 if kernel is not None:
                     launch(kernel, global_size, local_size, arguments(table))

@@ -118,6 +118,11 @@ class PooledRuntime:
         self.limits.check_bytes(nbytes, "a buffer")
         return self._buffer(self.pool.acquire(nbytes), nbytes)
 
+    def allocate_taken(self, size: int, nbytes: int) -> Any:
+        """`allocate(nbytes)` for a program run: `size` is the pool's size class of `nbytes`, the limits were checked
+        when the program was bound to this runtime (`execute.Executable`), the peak is published after the run."""
+        return self._buffer(self.pool.take(size), nbytes)
+
     def memory_stats(self) -> dict[str, int]:
         """Bytes held by live buffers, the most ever held at once, and bytes freed but kept for reuse."""
         return {"current_bytes": self.pool.current_bytes, "peak_bytes": self.pool.peak_bytes,
