@@ -117,7 +117,7 @@ def test_walk_meets_nodes_as_toposort_does():
     roots = [top.node, shared.node, (y - x).node, top.node]
     walk = Walk(roots)
     assert walk.order == toposort(roots)
-    assert walk.numbering == {id(node): position for position, node in enumerate(walk.order)}
+    assert walk.numbering == {node: position for position, node in enumerate(walk.order)}
     assert walk.leaves == [x.node, y.node]
 
 

@@ -39,7 +39,6 @@ from .program import Program
 from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
-_BOUND, _TARGET, _INPUT, _CONSTANT = range(4)  # where a replay takes a value from (see CapturedStep._plan)
 Root = tuple[Any, tuple, dict]
 
 
@@ -130,8 +129,7 @@ class CapturedStep:
         -> (the tensor's position, target, shape, dtype)) needs nothing at all when no one else sees that tensor's
         node: the node already holds the new value. Only the others are planned as stores and assignments.
         """
-        self._input_plan = [(index if kind == _BOUND else -1, constant)
-                            for kind, index, constant in map(self._plan, self.inputs)]
+        self._input_plan = [(self._bound_index(source), source.node) for source in self.inputs]
         self._aliased_inputs = tuple(self.program.aliases.values())
         self._aliased_nodes = tuple_getter(self._aliased_inputs)
         self._all_aliased = frozenset(self._aliased_inputs)
@@ -150,16 +148,14 @@ class CapturedStep:
         self._in_place: dict[int, tuple[int, int, tuple[int, ...], Any]] = {}
         self._assign_plan = []
         for tensor, new_value in self.assigned:
-            position = self._plan(tensor)[1]
+            position = self._bound_index(tensor)
             target = new_value.index if new_value.kind == "target" else -1
             overwritten = overwrites.get(target, -1)
             if uses[target] == 1 and overwritten >= 0 and self._input_plan[overwritten][0] == position:
                 self._in_place[overwritten] = (position, target, *self.target_layouts[target])
             else:
                 self._assign_plan.append((position, self._value_index(new_value)))
-        self._output_plan = [(self._plan(source)[1] if source.kind in ("arg", "located") else -1,
-                              -1 if source.kind in ("arg", "located") else self._value_index(source))
-                             for source, _, _ in self.outputs]
+        self._output_plan = [(self._bound_index(source), self._value_index(source)) for source, _, _ in self.outputs]
         in_place_targets = {target for _, target, _, _ in self._in_place.values()}
         self._stores = [(target, overwrites.get(target, -1), *self.target_layouts[target])
                         for target in sorted(uses) if target not in in_place_targets]
@@ -243,8 +239,9 @@ class CapturedStep:
                              for position, index in self._output_plan])
 
     def _value_index(self, source: Source) -> int:
-        """Where `run` finds the value `source` names in `stored + nodes + constants` (a "target", "input" or
-        "constant" source)."""
+        """Where `run` finds the value `source` names in `stored + nodes + constants`; -1 for a bound tensor."""
+        if source.kind in ("arg", "located"):
+            return -1
         if source.kind == "target":
             return source.index
         if source.kind == "input":
@@ -252,11 +249,12 @@ class CapturedStep:
         constant = next(i for i, node in enumerate(self._constants) if node is source.node)
         return len(self.target_layouts) + len(self.inputs) + constant
 
-    def _plan(self, source: Source) -> tuple[int, int, Optional[Node]]:
-        """`source` as (kind, index, constant) for `run`; a bound tensor's index counts the arguments first."""
-        if source.kind in ("arg", "located"):
-            return _BOUND, source.index + (self.argument_count if source.kind == "located" else 0), None
-        return {"target": _TARGET, "input": _INPUT, "constant": _CONSTANT}[source.kind], source.index, source.node
+    def _bound_index(self, source: Source) -> int:
+        """Where a bound tensor ("arg" i, "located" i) is among the arguments and then the state tensors; -1 for
+        another source."""
+        if source.kind == "arg":
+            return source.index
+        return source.index + self.argument_count if source.kind == "located" else -1
 
     def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
         """Index tensors the step selects with are checked as eagerly, after the launches (this waits for them);

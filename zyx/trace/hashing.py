@@ -28,14 +28,14 @@ class Walk:
     def __init__(self, roots: Sequence[Node]):
         self.roots = list(roots)
         self.order: list[Node] = []
-        self.numbering: dict[int, int] = {}  # id(node) -> its position in `order`
+        self.numbering: dict[Node, int] = {}  # node -> its position in `order` (nodes hash by identity)
         self.leaves: list[Node] = []
         self.rands: list[Node] = []
         parts: list = []
         for root in self.roots:
-            if id(root) not in self.numbering:
+            if root not in self.numbering:
                 self._visit(root, parts)
-        parts.append(tuple([self.numbering[id(root)] for root in self.roots]))
+        parts.append(tuple([self.numbering[root] for root in self.roots]))
         self.structure = tuple(parts)
         self._digest: Optional[str] = None
 
@@ -48,17 +48,17 @@ class Walk:
         while stack:
             node, sources = stack[-1]
             for source in sources:
-                if id(source) not in numbering:
+                if source not in numbering:
                     stack.append((source, iter(source.src)))
                     break
             else:
                 stack.pop()
-                numbering[id(node)] = len(order)
+                numbering[node] = len(order)
                 order.append(node)
                 append(node.key)
                 if node.src:
                     for source in node.src:
-                        append(numbering[id(source)])
+                        append(numbering[source])
                 elif node.op is Op.BUFFER:
                     self.leaves.append(node)
                 elif node.op is Op.RAND:
@@ -71,15 +71,15 @@ class Walk:
             numbering = self.numbering
             text = ";".join(describe(node, numbering) for node in self.order)
             digest = xxhash.xxh3_128(text.encode())
-            digest.update(("roots:" + ",".join(str(numbering[id(r)]) for r in self.roots)).encode())
+            digest.update(("roots:" + ",".join(str(numbering[r]) for r in self.roots)).encode())
             self._digest = digest.hexdigest()
         return self._digest
 
 
-def describe(node: Node, numbering: dict[int, int]) -> str:
+def describe(node: Node, numbering: dict[Node, int]) -> str:
     """One node as text: op, shape, dtype, the arg that changes semantics, and its sources by number."""
     arg = "" if node.op in (Op.BUFFER, Op.RAND) else repr(_arg_text(node.arg))
-    return f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|" + ",".join([str(numbering[id(s)]) for s in node.src])
+    return f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|" + ",".join([str(numbering[s]) for s in node.src])
 
 
 def _arg_text(arg: object) -> object:

@@ -106,7 +106,7 @@ class Origin:
 def record_origins(walk: Walk, device: Any) -> list[Origin]:
     """The origins of the walk's roots, for `Node.become_buffer`."""
     origins = Origins(walk, device)
-    return [origins.origin(walk.numbering[id(root)]) for root in walk.roots]
+    return [origins.origin(walk.numbering[root]) for root in walk.roots]
 
 
 def _template(walk: Walk) -> Template:
@@ -114,7 +114,7 @@ def _template(walk: Walk) -> Template:
     template = _templates.get(walk.structure)
     if template is None:
         template = [(node.op, None if node.op is Op.RAND else node.arg, node.shape, node.dtype,
-                     tuple(walk.numbering[id(source)] for source in node.src)) for node in walk.order]
+                     tuple(walk.numbering[source] for source in node.src)) for node in walk.order]
         if len(_templates) >= TEMPLATES_KEPT:
             del _templates[next(iter(_templates))]  # the oldest
         _templates[walk.structure] = template
