@@ -62,8 +62,8 @@ class Origins:
         self.template = _template(walk)
         # per node of the walk: itself (a data leaf, or a copy already) or a weak reference (an interior node, or a
         # realized one, copied as its placeholder)
-        ref = weakref.ref
-        self.held: list[Any] = [node if node.op is Op.BUFFER and node.origin is None or type(node) is Recorded
+        ref, buffer = weakref.ref, Op.BUFFER
+        self.held: list[Any] = [node if node.op is buffer and node.origin is None or type(node) is Recorded
                                 else ref(node) for node in walk.order]
         self.rand_args = [node.arg for node in walk.rands]
         self.device = device
