@@ -1,0 +1,231 @@
+"""Running a trace op by op through an array library: numpy for zyx.CPU(), torch for zyx.Torch().
+
+`build` turns a trace into an InterpretedProgram: one step per node in topological order, each filling one
+numbered slot, with a memory plan (a slot is dropped after its last reader; targets are kept). Buffers and
+random streams are bound by position, in the order the structural hash numbers them, so one program serves
+every trace of the same structure. `run` executes a program through an `ArrayLibrary`; `EVALUATE`, the
+op-keyed table (as trace/autodiff.py's is for gradients), says which library method computes each op.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+from ..dtypes import DType
+from ..trace.node import Node
+from ..trace.ops import BINARY_OPS, ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS, SHIFT_OPS, UNARY_OPS
+from .arrays import ArrayLibrary, Shape
+
+
+class Fused(enum.Enum):
+    """Steps that stand for more than one node."""
+
+    CONTRACT = enum.auto()  # SUM over arg axes of the MUL of the step's two sources, the product never stored
+
+
+ALLOCATING = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Fused.CONTRACT}  # views allocate nothing
+SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
+
+
+@dataclass(frozen=True)
+class Step:
+    """One launch: `op` on the values in `sources` (slots), filling the slot numbered as the step."""
+
+    op: Any  # an Op or a Fused
+    arg: Any  # the node's arg; BUFFER: the input's position; RAND: the random stream's position
+    shape: Shape
+    dtype: DType
+    sources: tuple[int, ...]
+
+    @property
+    def computes(self) -> bool:
+        """Whether the library computes new values (not a leaf, not a view)."""
+        return self.op in ALLOCATING and self.op is not Op.RAND
+
+
+@dataclass
+class InterpretedProgram:
+    """Steps over slots, which slots to drop after each step, and in-place writes to inputs (jitted updates)."""
+
+    steps: list[Step]
+    outputs: list[int]                       # the slot of each target
+    frees: list[list[int]]                   # slots dropped after each step
+    writes: list[list[tuple[int, int]]]      # after each step: (slot, input) whose buffer the slot overwrites
+    aliases: dict[int, int] = field(default_factory=dict)  # output slot -> the input it was written into
+    name: str = ""                           # the trace structure's hash, where the program is cached by it
+
+    def stored(self) -> list[Step]:
+        """The steps whose results take memory of their own, outputs included (what a device's limits check)."""
+        kept = set(self.outputs)
+        return [step for k, step in enumerate(self.steps) if step.op in ALLOCATING or k in kept]
+
+    @property
+    def kernel_count(self) -> int:
+        """Steps the library computes (one library call or kernel each; views and leaves aside)."""
+        return sum(step.computes for step in self.steps)
+
+    @property
+    def planned_peak_bytes(self) -> int:
+        """Most bytes of new arrays held at once, counting a view as its source's memory (inputs aside)."""
+        root = _roots(self.steps)
+        end: dict[int, int] = {}  # root slot -> the step after which its memory is dropped
+        for k, frees in enumerate(self.frees):
+            for slot in frees:
+                end[root[slot]] = max(end.get(root[slot], k), k)
+        for slot in self.outputs:
+            if slot not in self.aliases:
+                end[root[slot]] = len(self.steps)
+        dropped = [0] * (len(self.steps) + 1)
+        for slot, k in end.items():
+            dropped[k] += _bytes(self.steps[slot])
+        live = peak = 0
+        for k, step in enumerate(self.steps):
+            live += _bytes(step) if root[k] == k else 0
+            peak = max(peak, live)
+            live -= dropped[k]
+        return peak
+
+
+def _bytes(step: Step) -> int:
+    count = 1
+    for size in step.shape:
+        count *= size
+    return count * step.dtype.itemsize if step.op in ALLOCATING else 0
+
+
+def _roots(steps: Sequence[Step]) -> list[int]:
+    """For each slot, the slot whose memory it may share (a view's source, through chains of views)."""
+    root: list[int] = []
+    for k, step in enumerate(steps):
+        root.append(root[step.sources[0]] if step.op in SHARING and step.sources else k)
+    return root
+
+
+def build(targets: Sequence[Node], order: Sequence[Node], contract: bool = False,
+          in_place: Sequence[tuple[int, int]] = ()) -> InterpretedProgram:
+    """The program computing `targets` (`order`: their toposort). `contract`: a SUM of a MUL read by nothing
+    else becomes one CONTRACT step. `in_place`: (target index, input index) pairs whose target may overwrite
+    the input's buffer once nothing reads the old value (the input must have the target's shape and dtype)."""
+    fused = _products_to_contract(targets, order) if contract else set()
+    slot_of: dict[int, int] = {}
+    steps: list[Step] = []
+    counts = {Op.BUFFER: 0, Op.RAND: 0}
+    for node in order:
+        if id(node) in fused:
+            continue
+        op, arg, sources = node.op, node.arg, node.src
+        if op in counts:
+            arg, counts[op] = counts[op], counts[op] + 1
+        elif op is Op.SUM and id(node.src[0]) in fused:
+            op, sources = Fused.CONTRACT, node.src[0].src
+        slot_of[id(node)] = len(steps)
+        steps.append(Step(op, arg, node.shape, node.dtype, tuple(slot_of[id(s)] for s in sources)))
+    outputs = [slot_of[id(t)] for t in targets]
+    last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
+    writes: list[list[tuple[int, int]]] = [[] for _ in steps]
+    aliases = _in_place_writes(steps, outputs, in_place, last_use, writes)
+    written_at = {slot: k for k, pairs in enumerate(writes) for slot, _ in pairs}
+    frees: list[list[int]] = [[] for _ in steps]
+    kept = set(outputs) - set(aliases)
+    for slot in range(len(steps)):
+        if slot not in kept:
+            frees[max(last_use.get(slot, slot), written_at.get(slot, -1))].append(slot)
+    return InterpretedProgram(steps, outputs, frees, writes, aliases)
+
+
+def _products_to_contract(targets: Sequence[Node], order: Sequence[Node]) -> set[int]:
+    """ids of float MUL nodes whose one reader is a SUM (and that are no target): their product need not exist."""
+    readers: dict[int, int] = {}
+    for node in order:
+        for src in node.src:
+            readers[id(src)] = readers.get(id(src), 0) + 1
+    wanted = {id(t) for t in targets}
+    return {id(node.src[0]) for node in order
+            if node.op is Op.SUM and node.dtype.is_float and node.src[0].op is Op.MUL
+            and readers[id(node.src[0])] == 1 and id(node.src[0]) not in wanted}
+
+
+def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Sequence[tuple[int, int]],
+                     last_use: dict[int, int], writes: list[list[tuple[int, int]]]) -> dict[int, int]:
+    """Schedule each in-place write after the step computing the new value and after the last step reading
+    the old one (through any view of it); returns output slot -> input position."""
+    root = _roots(steps)
+    loads = {step.arg: k for k, step in enumerate(steps) if step.op is Op.BUFFER}
+    aliases: dict[int, int] = {}
+    for target_index, position in in_place:
+        slot, load = outputs[target_index], loads.get(position)
+        if load is None or slot in aliases or position in aliases.values() or steps[slot].op is Op.BUFFER:
+            continue
+        value, old = steps[slot], steps[load]
+        if (value.shape, value.dtype) != (old.shape, old.dtype) or not all(value.shape):
+            continue
+        old_readers = [last_use.get(k, k) for k in range(len(steps)) if root[k] == root[load]]
+        writes[max([slot, *old_readers])].append((slot, position))
+        aliases[slot] = position
+    return aliases
+
+
+class Tracker(Protocol):
+    """Watches the values a program holds (a device's memory accounting)."""
+
+    def hold(self, slot: int, value: Any) -> None: ...
+
+    def drop(self, slot: int) -> None: ...
+
+
+def _unary(lib: ArrayLibrary, step: Step, x: Sequence[Any]) -> Any:
+    return lib.unary[step.op](x[0])
+
+
+def _binary(lib: ArrayLibrary, step: Step, x: Sequence[Any]) -> Any:
+    return lib.binary[step.op](x[0], x[1])
+
+
+EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
+    Op.CONST: lambda lib, step, x: lib.constant(step.arg, step.dtype),
+    **{op: _unary for op in UNARY_OPS - {Op.CAST}},
+    Op.CAST: lambda lib, step, x: lib.cast(x[0], step.dtype),
+    **{op: _binary for op in BINARY_OPS - SHIFT_OPS - {Op.DIV}},
+    Op.DIV: lambda lib, step, x: lib.divide(x[0], x[1], step.dtype),
+    Op.SHL: lambda lib, step, x: lib.shift(x[0], x[1], step.dtype, left=True),
+    Op.SHR: lambda lib, step, x: lib.shift(x[0], x[1], step.dtype, left=False),
+    Op.WHERE: lambda lib, step, x: lib.where(x[0], x[1], x[2]),
+    Op.SUM: lambda lib, step, x: lib.sum(x[0], step.arg, step.dtype),
+    Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
+    Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], step.arg, step.shape),
+    Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
+    Op.PERMUTE: lambda lib, step, x: lib.permute(x[0], step.arg),
+    Op.EXPAND: lambda lib, step, x: lib.expand(x[0], step.arg),
+    Op.PAD: lambda lib, step, x: lib.pad(x[0], step.arg[0], step.arg[1], step.shape),
+    Op.SHRINK: lambda lib, step, x: lib.shrink(x[0], step.arg),
+    Op.FLIP: lambda lib, step, x: lib.flip(x[0], step.arg),
+}
+
+
+def run(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any],
+        tracker: Optional[Tracker] = None) -> list[Any]:
+    """The output buffers of `program` on `inputs` (one per BUFFER leaf) and random `streams` (one per RAND)."""
+    values: list[Any] = [None] * len(program.steps)
+    with lib.quiet():
+        for k, step in enumerate(program.steps):
+            if step.op is Op.BUFFER:
+                value = lib.load(inputs[step.arg], step.dtype)
+            elif step.op is Op.RAND:
+                value = lib.rand(streams[step.arg], step.shape, step.dtype)
+            else:
+                value = EVALUATE[step.op](lib, step, [values[s] for s in step.sources])
+                if step.computes:
+                    value = lib.conform(value, step.dtype)
+            values[k] = value
+            if tracker is not None:
+                tracker.hold(k, value)
+            for slot, position in program.writes[k]:
+                lib.write(inputs[position], values[slot])
+            for slot in program.frees[k]:
+                values[slot] = None
+                if tracker is not None:
+                    tracker.drop(slot)
+        kept = [slot for slot in program.outputs if slot not in program.aliases]
+        stored = iter(lib.outputs([values[s] for s in kept], [program.steps[s] for s in kept], inputs))
+    return [inputs[program.aliases[slot]] if slot in program.aliases else next(stored) for slot in program.outputs]
