@@ -18,17 +18,26 @@ import zyx  # noqa: E402
 
 
 def make_device(name: str) -> "zyx.Device":
-    """The zyx device a test parameter names: "cpu" -> zyx.CPU(), "opencl" -> zyx.OpenCL()."""
+    """The zyx device a test parameter names: "cpu" -> zyx.CPU(), "opencl" -> zyx.OpenCL(), "torch" ->
+    zyx.Torch("cpu"), "torch:DEVICE" -> zyx.Torch(DEVICE) (torch:cuda on a GPU machine)."""
     if name == "cpu":
         return zyx.CPU()
     if name == "opencl":
         return zyx.OpenCL()
+    if name == "torch" or name.startswith("torch:"):
+        return zyx.Torch(name[6:] or "cpu")
     raise ValueError(f"unknown test device {name!r}")
 
 
-# Devices the device-generic tests run on: both by default, so every such test is also a differential test of
-# the OpenCL JIT against the numpy reference. ZYX_TEST_DEVICES=cpu narrows it (e.g. where OpenCL is missing).
-TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu,opencl").split(",")
+def _torch_importable() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+# Devices the device-generic tests run on: all three by default (torch where it is installed), so every such test
+# is also a differential test of the OpenCL JIT and of the torch backend against the numpy reference.
+# ZYX_TEST_DEVICES=cpu narrows it (e.g. where OpenCL is missing); ZYX_TEST_DEVICES=cpu,torch:cuda on a GPU machine.
+TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu,opencl" + (",torch" if _torch_importable() else "")).split(",")
 
 
 @pytest.fixture(params=TEST_DEVICES)

@@ -187,9 +187,24 @@ def test_devices_lists_every_platform_and_device(tmp_path):
         assert f"platform {row['platform_index']}: {row['platform']}" in finished.stdout
         assert row["device"] in finished.stdout and row["driver_version"] in finished.stdout
     as_json = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
-    assert [(row["platform"], row["device"]) for row in as_json] == [(row["platform"], row["device"]) for row in described]
+    opencl = [row for row in as_json if row["backend"] == "opencl"]
+    assert [(row["platform"], row["device"]) for row in opencl] == [(row["platform"], row["device"]) for row in described]
+    assert [row["spec"] for row in opencl] == [f"opencl:{ordinal}" for ordinal in range(len(described))]
     # PoCL reports global memory from what the machine has free, so only its kind is the same between processes
     assert all(isinstance(row["global_mem_bytes"], int) and row["global_mem_bytes"] > 0 for row in as_json)
+
+
+def test_devices_lists_torch_and_marks_the_one_zyx_device_names(tmp_path):
+    pytest.importorskip("torch")
+    rows = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
+    torch_rows = [row for row in rows if row["backend"] == "torch"]
+    assert torch_rows[0]["spec"] == "torch:cpu" and not any(row["default"] for row in torch_rows)
+    environ = {**environment(tmp_path), "ZYX_DEVICE": "torch:cpu"}
+    marked = json.loads(zyx(tmp_path / "cache", "devices", "--json", env=environ).stdout)
+    assert [row["spec"] for row in marked if row["default"]] == ["torch:cpu"]
+    table = zyx(tmp_path / "cache", "devices", env=environ).stdout
+    assert [line.split()[1] for line in table.splitlines() if line.startswith("  *")] == ["torch:cpu"]
+    assert "* the device ZYX_DEVICE names" in table
 
 
 def test_an_unusable_cache_directory_is_one_error_line(tmp_path):
@@ -313,13 +328,15 @@ def test_show_accepts_a_kernel_name_as_zyx_debug_prints_it(cache):
 def test_devices_mark_the_default_device(tmp_path):
     platforms = pytest.importorskip("zyx.runtime.platforms")
     default = platforms.default_ordinal()
-    rows = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
+    rows = [row for row in json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
+            if row["backend"] == "opencl"]
     assert [row["default"] for row in rows] == [ordinal == default for ordinal in range(len(rows))]
     table = zyx(tmp_path / "cache", "devices").stdout
     marked = [line for line in table.splitlines() if line.startswith("  *")]
     assert len(marked) == 1 and rows[default]["device"] in marked[0] and "zyx.OpenCL() uses" in table
     chosen = zyx(tmp_path / "cache", "devices", "--json", env={**environment(tmp_path), "ZYX_DEVICE": "opencl:1"})
-    assert [row["default"] for row in json.loads(chosen.stdout)] == [ordinal == 1 for ordinal in range(len(rows))]
+    assert [row["default"] for row in json.loads(chosen.stdout)] == [ordinal == 1 for ordinal in range(len(rows))] + \
+        [False] * (len(json.loads(chosen.stdout)) - len(rows))
 
 
 def test_info_counts_and_clear_empties_pocls_own_cache(tmp_path):

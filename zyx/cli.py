@@ -1,4 +1,4 @@
-"""The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL devices.
+"""The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL (and torch) devices.
 
 Every failure prints one line, `zyx: error: ...`, on stderr: exit status 2 for a bad command line,
 1 for anything else. Only the standard library is imported before a command runs (pyopencl, numpy and rich
@@ -277,16 +277,17 @@ def cache_prune(args: argparse.Namespace) -> int:
 def devices(args: argparse.Namespace) -> int:
     from zyx.runtime.platforms import default_ordinal, describe_devices
     described = describe_devices()
-    chosen = re.fullmatch(r"\s*opencl:(\d+)\s*", os.environ.get("ZYX_DEVICE", "").lower())
-    default = int(chosen[1]) if chosen else default_ordinal()
+    chosen_spec = os.environ.get("ZYX_DEVICE", "").strip().lower()
+    chosen = re.fullmatch(r"opencl:(\d+)", chosen_spec)
+    torch_rows, torch_missing = _torch_devices(chosen_spec)
+    default = None if chosen_spec.startswith("torch") else int(chosen[1]) if chosen else default_ordinal()
     for ordinal, row in enumerate(described):
-        row["default"] = ordinal == default
+        row.update(backend="opencl", spec=f"opencl:{ordinal}", default=ordinal == default)
     if args.json:
-        print(json.dumps(described, indent=2))
+        print(json.dumps(described + torch_rows, indent=2))
         return 0
     if not described:
         _messages().info("no OpenCL platform found (zyx.CPU() still works)")
-        return 0
     for platform_index in sorted({row["platform_index"] for row in described}):
         rows = [row for row in described if row["platform_index"] == platform_index]
         print(f"platform {platform_index}: {rows[0]['platform']} ({rows[0]['platform_version']})")
@@ -298,9 +299,39 @@ def devices(args: argparse.Namespace) -> int:
              "yes" if row["fp64"] else "no")
             for row in rows
         ], shrink=(2, 9), indent=2)
-    if default is not None:
+    if torch_rows:
+        import torch
+        print(f"torch {torch.__version__}: zyx.Torch(device), ZYX_DEVICE=torch:DEVICE")
+        print_table(("", "ZYX_DEVICE", "DEVICE", "TYPE", "MEMORY"), [
+            ("*" if row["default"] else "", row["spec"], row["device"], row["type"],
+             format_bytes(row["global_mem_bytes"])) for row in torch_rows], shrink=(2,), indent=2)
+    else:
+        print(f"torch: {torch_missing}")
+    if default is not None and described:
         print("* the device zyx.OpenCL() uses" if chosen is None else "* the device ZYX_DEVICE names")
+    elif any(row["default"] for row in torch_rows):
+        print("* the device ZYX_DEVICE names")
     return 0
+
+
+def _torch_devices(chosen_spec: str) -> tuple[list[dict[str, Any]], str]:
+    """zyx.Torch()'s devices (the one ZYX_DEVICE names marked default), or none and why."""
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        return [], "not installed (pip install zyx[torch] for zyx.Torch())"
+    from zyx.devices import resolve_torch_device
+    from zyx.runtime.torch_backend import describe_torch_devices
+    import torch
+    rows = describe_torch_devices()
+    named = None
+    if chosen_spec == "torch" or chosen_spec.startswith("torch:"):
+        try:
+            named = f"torch:{resolve_torch_device(torch, chosen_spec.partition('+')[0][6:] or None)}"
+        except ValueError:
+            named = None
+    for row in rows:
+        row["default"] = row["spec"] == named
+    return rows, ""
 
 
 # -- wiring ------------------------------------------------------------------------------------
@@ -336,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(cache_commands, "prune", cache_prune, "remove entries no present device or this zyx version can use")
 
-    listing = _command(commands, "devices", devices, "list OpenCL platforms and devices; * marks the default")
+    listing = _command(commands, "devices", devices,
+                       "list OpenCL platforms and devices, and zyx.Torch()'s; * marks the default")
     listing.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

@@ -11,7 +11,8 @@ from .trace.node import Node
 
 
 class Device:
-    """A place for tensors: `zyx.CPU()` (RAM, numpy) or `zyx.OpenCL()` (VRAM, fused kernels)."""
+    """A place for tensors: `zyx.CPU()` (RAM, numpy), `zyx.OpenCL()` (VRAM, fused kernels) or `zyx.Torch()`
+    (torch tensors, torch ops)."""
 
     def __init__(self, kind: str, backend: Any, label: str, spec: str = ""):
         self.kind, self.backend, self.label = kind, backend, label
@@ -130,8 +131,62 @@ def _opencl_for(cl_device: Any) -> Device:
     return _DEVICES[key]
 
 
+def import_torch() -> Any:
+    """The torch module; ImportError naming the extra to install when it is missing."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(f"zyx.Torch() and the torch interop need PyTorch, which cannot be imported here "
+                          f"({error}): pip install zyx[torch]") from None
+    return torch
+
+
+def Torch(device: Any = None, compile: Optional[bool] = None) -> Device:
+    """Tensors in torch tensors, traces run as torch ops (cuBLAS, cuDNN, MPS... wherever PyTorch runs).
+
+    `device`: "cpu", "cuda", "cuda:N", "mps" or a torch.device; default CUDA if there is one, else MPS, else the
+    CPU. `compile`: run each program as a `torch.compile`d function (default: env ZYX_TORCH_COMPILE=1); its
+    first run pays for compiling. Needs PyTorch (`pip install zyx[torch]`).
+    """
+    torch = import_torch()
+    from .runtime.torch_backend import TorchBackend, compile_wanted
+    chosen = resolve_torch_device(torch, device)
+    compiled = compile_wanted(compile)
+    key = ("torch", str(chosen), compiled)
+    if key not in _DEVICES:
+        options = ", compile=True" if compiled else ""
+        _DEVICES[key] = Device("torch", TorchBackend(chosen, compiled), f"Torch({str(chosen)!r}{options})",
+                               f"torch:{chosen}" + ("+compile" if compiled else ""))
+    return _DEVICES[key]
+
+
+def resolve_torch_device(torch: Any, device: Any) -> Any:
+    """The torch.device `device` names, with the CUDA index filled in; ValueError when torch has no such device."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"zyx.Torch: {device!r} is not a torch device ({error})") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = torch.cuda.current_device() if chosen.index is None and count else chosen.index or 0
+        if index >= count:
+            raise ValueError(f"zyx.Torch: no CUDA device {index} (torch {torch.__version__} sees {count})")
+        return torch.device("cuda", index)
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"zyx.Torch: MPS is not available to torch {torch.__version__} here")
+    if chosen.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"zyx.Torch: device type {chosen.type!r} is not supported (cpu, cuda or mps)")
+    return chosen
+
+
+DEVICE_SPECS = "'cpu', 'opencl', 'opencl:N', 'torch' or 'torch:DEVICE' (torch:cpu, torch:cuda, torch:cuda:N, torch:mps)"
+
+
 def device_from_spec(spec: str) -> Device:
-    """`cpu`, `opencl` or `opencl:N` (the N-th OpenCL device in `zyx devices` order)."""
+    """`cpu`, `opencl`, `opencl:N` (the N-th OpenCL device in `zyx devices` order), `torch` or `torch:DEVICE`
+    (a torch device: cpu, cuda, cuda:N, mps; `+compile` at the end asks for `compile=True`)."""
     spec = spec.strip().lower()
     if spec == "cpu":
         return CPU()
@@ -140,21 +195,25 @@ def device_from_spec(spec: str) -> Device:
     if spec.startswith("opencl:") and spec[7:].isdigit():
         from .runtime.platforms import select_device_by_ordinal
         return _opencl_for(select_device_by_ordinal(int(spec[7:])))
-    raise ValueError(f"unknown device {spec!r}: use 'cpu', 'opencl' or 'opencl:N'")
+    name, plus, option = spec.partition("+")
+    if (name == "torch" or name.startswith("torch:")) and option in ("", "compile"):
+        return Torch(name[6:] or None, compile=True if option else None)
+    raise ValueError(f"unknown device {spec!r}: use {DEVICE_SPECS}")
 
 
 _default: list[Device] = []
 
 
 def default_device() -> Device:
-    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N), else CPU."""
+    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N, torch, torch:DEVICE),
+    else CPU."""
     if not _default:
         _default.append(device_from_spec(os.environ.get("ZYX_DEVICE", "cpu")))
     return _default[0]
 
 
 def set_default_device(device: Device | str) -> None:
-    """The device for tensors made without one, from now on (a Device or 'cpu', 'opencl', 'opencl:N')."""
+    """The device for tensors made without one, from now on (a Device or a spec: 'cpu', 'opencl', 'torch:cuda'...)."""
     _default[:] = [device if isinstance(device, Device) else device_from_spec(device)]
 
 

@@ -26,6 +26,8 @@ KERNELS_PER_BUILD = 8
 class JitBackend:
     """Tensors in OpenCL buffers; traces scheduled into fused kernels (one Program per trace structure)."""
 
+    replays_programs = True  # @zyx.jit captures steps on this device (program_for, run, copy)
+
     def __init__(self, cl_device: cl.Device):
         self.runtime = OpenCLBackend(cl_device)
         self.name = self.runtime.name
@@ -44,6 +46,13 @@ class JitBackend:
 
     def memory_stats(self) -> dict[str, int]:
         return self.runtime.memory_stats()
+
+    def reset_peak_memory(self) -> None:
+        self.runtime.reset_peak_memory()
+
+    def copy(self, buffer: Any) -> Any:
+        """A new buffer holding the same bytes (what a jitted step overwrites in place when others hold it)."""
+        return self.runtime.copy(buffer)
 
     def synchronize(self) -> None:
         self.runtime.synchronize()

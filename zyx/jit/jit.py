@@ -134,7 +134,7 @@ class CapturedStep:
         buffers = [node.buffer for node in nodes]
         for position in self.program.aliases.values():
             if copy_donated or _shared(nodes[position]):
-                buffers[position] = self.device.backend.runtime.copy(buffers[position])
+                buffers[position] = self.device.backend.copy(buffers[position])
         outputs = self.device.backend.run(self.program, buffers, rand_args)
         self._raise_if_an_index_failed(outputs)
         fresh: dict[int, Node] = {}
@@ -252,7 +252,8 @@ class JitFunction:
         rebuild = flatten(result, results)
         updated = [t for t, _, _ in capture.assigned.values()]
         device = results[0].device if results else updated[0].device if updated else None
-        if device is None or device.kind != "opencl" or any(t.device is not device for t in arguments):
+        if (device is None or not getattr(device.backend, "replays_programs", False)
+                or any(t.device is not device for t in arguments)):
             realize(*results, *updated)  # eager: nothing to capture
             return result
         after = locate_tensors(root)

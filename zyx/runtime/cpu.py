@@ -5,29 +5,15 @@ Intermediates are dropped right after their last reader.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ..trace.cost import buffer_bytes, total_flops
-from ..trace.node import Node, short_name, toposort
+from ..trace.node import Node, toposort
 from ..trace.ops import Op
 from . import interpret, profiling
 from .limits import host_limits
 from .numpy_arrays import NumpyArrays
-
-
-def targets_name(targets: Sequence[Node]) -> str:
-    """What the profiler calls a program that stores `targets`: the first one's short name, and how many more."""
-    more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
-    return short_name(targets[0]) + more
-
-
-def released_error() -> RuntimeError:
-    """A BUFFER leaf whose value was dropped (a tensor released before its gradients were realized)."""
-    return RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
-                        "until its gradients are realized")
 
 
 class CPUBackend:
@@ -55,15 +41,10 @@ class CPUBackend:
         self.limits.check_nodes(program.stored())
         leaves = [node for node in order if node.op is Op.BUFFER]
         if any(leaf.buffer is None for leaf in leaves):
-            raise released_error()
+            raise interpret.released_error()
         inputs = [leaf.buffer for leaf in leaves]
         streams = [node.arg for node in order if node.op is Op.RAND]
         if not profiling.timing_wanted():
             return interpret.run(program, self.arrays, inputs, streams)
-        start = time.perf_counter_ns()
-        values = interpret.run(program, self.arrays, inputs, streams)
-        profiling.record(profiling.KernelRecord(
-            self, "cpu", "cpu_evaluate", "cpu", targets_name(targets), (), None,
-            sum(buffer_bytes(node) for node in [*leaves, *targets]), total_flops(order), start,
-            time.perf_counter_ns()))
-        return values
+        return interpret.profiled(self, "cpu_evaluate", "cpu", targets, order,
+                                  lambda: interpret.run(program, self.arrays, inputs, streams))

@@ -9,12 +9,15 @@ op-keyed table (as trace/autodiff.py's is for gradients), says which library met
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 from ..dtypes import DType
-from ..trace.node import Node
+from ..trace.cost import buffer_bytes, total_flops
+from ..trace.node import Node, short_name
 from ..trace.ops import BINARY_OPS, ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS, SHIFT_OPS, UNARY_OPS
+from . import profiling
 from .arrays import ArrayLibrary, Shape
 
 
@@ -37,11 +40,10 @@ class Step:
     shape: Shape
     dtype: DType
     sources: tuple[int, ...]
+    computes: bool = field(init=False)  # whether the library computes new values (not a leaf, not a view)
 
-    @property
-    def computes(self) -> bool:
-        """Whether the library computes new values (not a leaf, not a view)."""
-        return self.op in ALLOCATING and self.op is not Op.RAND
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "computes", self.op in ALLOCATING and self.op is not Op.RAND)
 
 
 @dataclass
@@ -203,9 +205,10 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
 }
 
 
-def run(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any],
-        tracker: Optional[Tracker] = None) -> list[Any]:
-    """The output buffers of `program` on `inputs` (one per BUFFER leaf) and random `streams` (one per RAND)."""
+def compute(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any],
+            tracker: Optional[Tracker] = None) -> list[Any]:
+    """Run the steps on `inputs` (one per BUFFER leaf) and random `streams` (one per RAND), writing in place
+    where the program says; the values of the outputs not written into an input, as the library computed them."""
     values: list[Any] = [None] * len(program.steps)
     with lib.quiet():
         for k, step in enumerate(program.steps):
@@ -226,6 +229,39 @@ def run(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], s
                 values[slot] = None
                 if tracker is not None:
                     tracker.drop(slot)
-        kept = [slot for slot in program.outputs if slot not in program.aliases]
-        stored = iter(lib.outputs([values[s] for s in kept], [program.steps[s] for s in kept], inputs))
+    return [values[slot] for slot in program.outputs if slot not in program.aliases]
+
+
+def store(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], values: Sequence[Any]) -> list[Any]:
+    """The output buffers, from `compute`'s values and the inputs written in place."""
+    kept = [program.steps[slot] for slot in program.outputs if slot not in program.aliases]
+    stored = iter(lib.outputs(values, kept, inputs))
     return [inputs[program.aliases[slot]] if slot in program.aliases else next(stored) for slot in program.outputs]
+
+
+def run(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any],
+        tracker: Optional[Tracker] = None) -> list[Any]:
+    """The output buffers of `program` (see `compute`)."""
+    return store(program, lib, inputs, compute(program, lib, inputs, streams, tracker))
+
+
+def released_error() -> RuntimeError:
+    """A BUFFER leaf whose value was dropped (a tensor released before its gradients were realized)."""
+    return RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
+                        "until its gradients are realized")
+
+
+def profiled(backend: Any, kernel: str, program: str, targets: Sequence[Node], order: Sequence[Node],
+             run_program: Callable[[], list[Any]]) -> list[Any]:
+    """`run_program()`, recorded for `zyx.profile()` as one launch timed by the host clock (the device is
+    synchronized around it), with the bytes of its inputs and targets and the FLOPs of its trace."""
+    backend.synchronize()
+    start = time.perf_counter_ns()
+    values = run_program()
+    backend.synchronize()
+    leaves = [node for node in order if node.op is Op.BUFFER]
+    more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+    profiling.record(profiling.KernelRecord(
+        backend, backend.name, kernel, program, short_name(targets[0]) + more, (), None,
+        sum(buffer_bytes(node) for node in [*leaves, *targets]), total_flops(order), start, time.perf_counter_ns()))
+    return values

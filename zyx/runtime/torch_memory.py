@@ -1,0 +1,88 @@
+"""Memory accounting for zyx.Torch(): the bytes of the torch storages zyx holds, counted by zyx itself.
+
+torch's CUDA allocator keeps its own statistics, but they include every tensor of the process and exist only on
+CUDA; zyx counts its own buffers on every torch device alike, as it does its OpenCL buffers. A storage is
+counted once however many views of it a program holds, from when a step makes it until the last slot holding
+it is dropped; a stored buffer is counted until it is garbage-collected.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Iterable
+
+import torch
+
+from .. import counters as stats
+from .torch_arrays import storage_key
+
+
+class MemoryCounter:
+    """Bytes held now by one device's buffers and intermediates, and the most held at once."""
+
+    def __init__(self) -> None:
+        self.current_bytes = 0
+        self.peak_bytes = 0
+
+    def allocate(self, nbytes: int) -> None:
+        self.current_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        stats.bump("bytes_allocated", nbytes)
+        stats.set_max("peak_bytes", self.peak_bytes)
+
+    def release(self, nbytes: int) -> None:
+        self.current_bytes -= nbytes
+
+    def keep(self, buffer: torch.Tensor, counted: bool = False) -> None:
+        """Count `buffer`'s storage (unless `counted` already) until the buffer is garbage-collected."""
+        nbytes = buffer.untyped_storage().nbytes()
+        if not counted:
+            self.allocate(nbytes)
+        # Not run at interpreter exit: the process frees everything anyway.
+        weakref.finalize(buffer, self.release, nbytes).atexit = False
+
+    def reset_peak(self) -> None:
+        self.peak_bytes = self.current_bytes
+
+
+class StorageTracker:
+    """One program run's accounting (an `interpret.Tracker`): each new storage counted once, released when the
+    last slot holding it is dropped; the inputs' storages are counted already."""
+
+    def __init__(self, counter: MemoryCounter, inputs: Iterable[torch.Tensor]) -> None:
+        self.counter = counter
+        self.inputs = {storage_key(buffer) for buffer in inputs}
+        self.live: dict[int, list[int]] = {}  # storage -> [bytes, slots holding it]
+        self.slot_storage: dict[int, int] = {}
+
+    def hold(self, slot: int, value: torch.Tensor) -> None:
+        key = storage_key(value)
+        if key in self.inputs:
+            return
+        entry = self.live.get(key)
+        if entry is None:
+            nbytes = value.untyped_storage().nbytes()
+            self.counter.allocate(nbytes)
+            self.live[key] = [nbytes, 1]
+        else:
+            entry[1] += 1
+        self.slot_storage[slot] = key
+
+    def drop(self, slot: int) -> None:
+        key = self.slot_storage.pop(slot, None)
+        if key is None:
+            return
+        entry = self.live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.live[key]
+            self.counter.release(entry[0])
+
+    def finish(self, outputs: Iterable[torch.Tensor]) -> None:
+        """The outputs' storages stay counted while they live; every other storage of the run is released."""
+        for buffer in outputs:
+            key = storage_key(buffer)
+            if key not in self.inputs:
+                self.counter.keep(buffer, counted=self.live.pop(key, None) is not None)
+        for nbytes, _ in self.live.values():
+            self.counter.release(nbytes)
+        self.live.clear()
