@@ -52,6 +52,11 @@ class ArrayLibrary(ABC):
         """Overwrite a stored buffer with a value of its shape (a jitted step's in-place update)."""
         raise NotImplementedError(f"{type(self).__name__} writes no buffer in place")
 
+    def written(self, buffer: Any, value: Any) -> Any:
+        """What later steps read after `value` was written into `buffer`: the buffer where it holds the value in
+        the computed form (so the value's own memory can go), else the value."""
+        return value
+
     def quiet(self) -> ContextManager[Any]:
         """The context a program runs in (numpy: no floating-point warnings; torch: no autograd)."""
         return contextlib.nullcontext()
@@ -110,6 +115,10 @@ class ArrayLibrary(ABC):
         if any(x.shape[axis] == 0 for axis in axes):
             return self.full(shape, lowest(dtype), x)
         return self.amax(x, axes)
+
+    def overwrite(self, op: Op, sources: Sequence[Any], into: int) -> Any:
+        """A unary or binary op, or WHERE, computed into `sources[into]` (see `memory_plan.overwrites`)."""
+        raise NotImplementedError(f"{type(self).__name__} computes nothing in place")
 
     def contract(self, a: Any, b: Any, axes: tuple[int, ...], shape: Shape) -> Any:
         """sum(a * b) over `axes` (keeping them with size 1) without storing a * b; only when `contracts`."""

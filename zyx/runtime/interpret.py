@@ -8,7 +8,7 @@ op-keyed table (as trace/autodiff.py's is for gradients), says which library met
 """
 from __future__ import annotations
 
-import enum
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -19,31 +19,8 @@ from ..trace.node import Node, short_name
 from ..trace.ops import BINARY_OPS, ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS, SHIFT_OPS, UNARY_OPS
 from . import profiling
 from .arrays import ArrayLibrary, Shape
-
-
-class Fused(enum.Enum):
-    """Steps that stand for more than one node."""
-
-    CONTRACT = enum.auto()  # SUM over arg axes of the MUL of the step's two sources, the product never stored
-
-
-ALLOCATING = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Fused.CONTRACT}  # views allocate nothing
-SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
-
-
-@dataclass(frozen=True)
-class Step:
-    """One launch: `op` on the values in `sources` (slots), filling the slot numbered as the step."""
-
-    op: Any  # an Op or a Fused
-    arg: Any  # the node's arg; BUFFER: the input's position; RAND: the random stream's position
-    shape: Shape
-    dtype: DType
-    sources: tuple[int, ...]
-    computes: bool = field(init=False)  # whether the library computes new values (not a leaf, not a view)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "computes", self.op in ALLOCATING and self.op is not Op.RAND)
+from .memory_plan import frugal_order, overwrites
+from .steps import ALLOCATING, Fused, Step, roots, step_bytes
 
 
 @dataclass
@@ -70,7 +47,7 @@ class InterpretedProgram:
     @property
     def planned_peak_bytes(self) -> int:
         """Most bytes of new arrays held at once, counting a view as its source's memory (inputs aside)."""
-        root = _roots(self.steps)
+        root = roots(self.steps)
         end: dict[int, int] = {}  # root slot -> the step after which its memory is dropped
         for k, frees in enumerate(self.frees):
             for slot in frees:
@@ -80,38 +57,27 @@ class InterpretedProgram:
                 end[root[slot]] = len(self.steps)
         dropped = [0] * (len(self.steps) + 1)
         for slot, k in end.items():
-            dropped[k] += _bytes(self.steps[slot])
+            dropped[k] += step_bytes(self.steps[slot])
         live = peak = 0
         for k, step in enumerate(self.steps):
-            live += _bytes(step) if root[k] == k else 0
+            live += step_bytes(step) if root[k] == k else 0
             peak = max(peak, live)
             live -= dropped[k]
         return peak
 
 
-def _bytes(step: Step) -> int:
-    count = 1
-    for size in step.shape:
-        count *= size
-    return count * step.dtype.itemsize if step.op in ALLOCATING else 0
-
-
-def _roots(steps: Sequence[Step]) -> list[int]:
-    """For each slot, the slot whose memory it may share (a view's source, through chains of views)."""
-    root: list[int] = []
-    for k, step in enumerate(steps):
-        root.append(root[step.sources[0]] if step.op in SHARING and step.sources else k)
-    return root
-
-
-def build(targets: Sequence[Node], order: Sequence[Node], contract: bool = False,
+def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False,
           in_place: Sequence[tuple[int, int]] = ()) -> InterpretedProgram:
-    """The program computing `targets` (`order`: their toposort). `contract`: a SUM of a MUL read by nothing
-    else becomes one CONTRACT step. `in_place`: (target index, input index) pairs whose target may overwrite
-    the input's buffer once nothing reads the old value (the input must have the target's shape and dtype)."""
-    fused = _products_to_contract(targets, order) if contract else set()
+    """The program computing `targets` (`order`: their toposort). `optimize`: a float SUM of a MUL read by
+    nothing else becomes one CONTRACT step, an elementwise op whose sources are all constant along some axes
+    (broadcast: `x - 3`) is computed once along them and broadcast, the steps run in `frugal_order`, and
+    elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
+    index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
+    must have the target's shape and dtype)."""
+    fused = _products_to_contract(targets, order) if optimize else set()
     slot_of: dict[int, int] = {}
     steps: list[Step] = []
+    constant: list[frozenset[int]] = []  # per slot: axes along which its value does not change
     counts = {Op.BUFFER: 0, Op.RAND: 0}
     for node in order:
         if id(node) in fused:
@@ -121,9 +87,19 @@ def build(targets: Sequence[Node], order: Sequence[Node], contract: bool = False
             arg, counts[op] = counts[op], counts[op] + 1
         elif op is Op.SUM and id(node.src[0]) in fused:
             op, sources = Fused.CONTRACT, node.src[0].src
+        slots = tuple(slot_of[id(s)] for s in sources)
+        axes = _constant_axes(op, arg, node.shape, [(steps[s].shape, constant[s]) for s in slots]) if optimize \
+            else frozenset()
+        compact = None
+        if axes and op in ELEMENTWISE_OPS and op is not Op.DETACH:
+            compact = tuple((0, 1) if axis in axes else (0, size) for axis, size in enumerate(node.shape))
         slot_of[id(node)] = len(steps)
-        steps.append(Step(op, arg, node.shape, node.dtype, tuple(slot_of[id(s)] for s in sources)))
+        constant.append(axes)
+        steps.append(Step(op, arg, node.shape, node.dtype, slots, compact))
     outputs = [slot_of[id(t)] for t in targets]
+    if optimize:
+        steps, outputs = _reordered(steps, outputs, frugal_order(steps, set(outputs)))
+        steps = overwrites(steps, set(outputs))
     last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
     writes: list[list[tuple[int, int]]] = [[] for _ in steps]
     aliases = _in_place_writes(steps, outputs, in_place, last_use, writes)
@@ -134,6 +110,35 @@ def build(targets: Sequence[Node], order: Sequence[Node], contract: bool = False
         if slot not in kept:
             frees[max(last_use.get(slot, slot), written_at.get(slot, -1))].append(slot)
     return InterpretedProgram(steps, outputs, frees, writes, aliases)
+
+
+def _reordered(steps: Sequence[Step], outputs: Sequence[int], order: Sequence[int]) -> tuple[list[Step], list[int]]:
+    """The steps in `order` (old positions), slots renumbered to match."""
+    position = {old: new for new, old in enumerate(order)}
+    moved = [dataclasses.replace(steps[old], sources=tuple(position[s] for s in steps[old].sources)) for old in order]
+    return moved, [position[slot] for slot in outputs]
+
+
+def _constant_axes(op: Any, arg: Any, shape: Shape, sources: Sequence[tuple[Shape, frozenset[int]]]) -> frozenset[int]:
+    """Axes (of size > 1) along which a step's value is constant, from its sources' (shape, constant axes)."""
+    if op is Op.EXPAND:
+        (source_shape, axes), = sources
+        return axes | {axis for axis, (old, new) in enumerate(zip(source_shape, shape)) if old == 1 < new}
+    if op is Op.PERMUTE:
+        axes = sources[0][1]
+        return frozenset(new for new, old in enumerate(arg) if old in axes)
+    if op is Op.SHRINK:
+        return frozenset(axis for axis in sources[0][1] if shape[axis] > 1)
+    if op is Op.RESHAPE:  # followed only where the reshape just adds or drops axes of size 1
+        source_shape, axes = sources[0]
+        old = [axis for axis, size in enumerate(source_shape) if size != 1]
+        new = [axis for axis, size in enumerate(shape) if size != 1]
+        if [source_shape[a] for a in old] != [shape[a] for a in new]:
+            return frozenset()
+        return frozenset(n for o, n in zip(old, new) if o in axes)
+    if op is Op.DETACH or op in ELEMENTWISE_OPS:
+        return frozenset.intersection(*[axes for _, axes in sources])
+    return frozenset()
 
 
 def _products_to_contract(targets: Sequence[Node], order: Sequence[Node]) -> set[int]:
@@ -152,7 +157,7 @@ def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Se
                      last_use: dict[int, int], writes: list[list[tuple[int, int]]]) -> dict[int, int]:
     """Schedule each in-place write after the step computing the new value and after the last step reading
     the old one (through any view of it); returns output slot -> input position."""
-    root = _roots(steps)
+    root = roots(steps)
     loads = {step.arg: k for k, step in enumerate(steps) if step.op is Op.BUFFER}
     aliases: dict[int, int] = {}
     for target_index, position in in_place:
@@ -217,14 +222,26 @@ def compute(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any
             elif step.op is Op.RAND:
                 value = lib.rand(streams[step.arg], step.shape, step.dtype)
             else:
-                value = EVALUATE[step.op](lib, step, [values[s] for s in step.sources])
+                sources = [values[s] for s in step.sources]
+                if step.compact is not None:
+                    sources = [lib.shrink(x, step.compact) for x in sources]
+                if step.into is not None:
+                    value = lib.overwrite(step.op, sources, step.into)
+                else:
+                    value = EVALUATE[step.op](lib, step, sources)
                 if step.computes:
                     value = lib.conform(value, step.dtype)
+                if step.compact is not None:
+                    value = lib.expand(value, step.shape)
             values[k] = value
             if tracker is not None:
                 tracker.hold(k, value)
             for slot, position in program.writes[k]:
                 lib.write(inputs[position], values[slot])
+                values[slot] = lib.written(inputs[position], values[slot])
+                if tracker is not None:
+                    tracker.drop(slot)
+                    tracker.hold(slot, values[slot])
             for slot in program.frees[k]:
                 values[slot] = None
                 if tracker is not None:

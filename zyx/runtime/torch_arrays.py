@@ -23,6 +23,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {dtype.name: getattr(torch, dtype.name) f
 _COMPUTED = {"float16": torch.float32, "bfloat16": torch.float32, "uint32": torch.int64}
 _WORD = 0xFFFFFFFF
 _UNIFORM_SCALE = 2.0 ** -FLOAT_MANTISSA_BITS
+_OUT_FUNCTIONS = {Op.DIV: torch.div, Op.WHERE: torch.where}  # the overwriting ops outside the two tables
 
 
 def computed_dtype(dtype: DType) -> torch.dtype:
@@ -103,6 +104,9 @@ class TorchArrays(ArrayLibrary):
             value = value.clone()  # the new value is a view of the old one (w.assign(w.T)): copy_ cannot overlap
         buffer.copy_(value)
 
+    def written(self, buffer: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return buffer if buffer.dtype == value.dtype and buffer.shape == value.shape else value
+
     def quiet(self) -> ContextManager[Any]:
         return torch.no_grad()
 
@@ -147,6 +151,10 @@ class TorchArrays(ArrayLibrary):
     def amax(self, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
         return torch.amax(x, dim=axes, keepdim=True)
 
+    def overwrite(self, op: Op, sources: Sequence[Any], into: int) -> torch.Tensor:
+        function = self.unary.get(op) or self.binary.get(op) or _OUT_FUNCTIONS[op]  # float ops only
+        return function(*sources, out=sources[into])
+
     def contract(self, a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], shape: Shape) -> torch.Tensor:
         letters = string.ascii_letters[:a.dim()]
         (left, left_axes), (right, right_axes) = _broadcast_free(a, letters), _broadcast_free(b, letters)
@@ -159,7 +167,9 @@ class TorchArrays(ArrayLibrary):
         if repeats != 1:
             result = result * repeats
         unexpanded = [size if letters[axis] in kept else 1 for axis, size in enumerate(shape)]
-        return result.reshape(unexpanded).expand(shape)
+        result = result.reshape(unexpanded)
+        # an axis neither factor has: stored whole, as a later step may write over the result (memory_plan.py)
+        return result if list(shape) == unexpanded else result.expand(shape).contiguous()
 
     # ---- movement ------------------------------------------------------------------------------------------
     def reshape(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:

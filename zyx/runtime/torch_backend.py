@@ -121,7 +121,7 @@ class TorchBackend:
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        program = interpret.build(targets, toposort(targets) if order is None else order, contract=True,
+        program = interpret.build(targets, toposort(targets) if order is None else order, optimize=True,
                                   in_place=in_place)
         self.limits.check_nodes(program.stored())
         program.name = key

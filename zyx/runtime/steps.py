@@ -1,0 +1,63 @@
+"""The steps of an interpreted program, and what they do to memory: which allocate, which share a source's.
+
+A step is one op on numbered slots (`interpret.py` builds and runs them). Its value may be a view of another
+slot's memory, or be written over a source's (`into`); `roots` follows such chains, so a program's memory plan
+(`memory_plan.py`) can tell when a storage is really dropped.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from ..dtypes import DType
+from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
+from .arrays import Shape
+
+
+class Fused(enum.Enum):
+    """Steps that stand for more than one node."""
+
+    CONTRACT = enum.auto()  # SUM over arg axes of the MUL of the step's two sources, the product never stored
+
+
+ALLOCATING = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Fused.CONTRACT}  # views allocate nothing
+SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
+
+
+@dataclass(frozen=True)
+class Step:
+    """One launch: `op` on the values in `sources` (slots), filling the slot numbered as the step."""
+
+    op: Any  # an Op or a Fused
+    arg: Any  # the node's arg; BUFFER: the input's position; RAND: the random stream's position
+    shape: Shape
+    dtype: DType
+    sources: tuple[int, ...]
+    compact: Optional[tuple[tuple[int, int], ...]] = None  # elementwise ops: bounds to compute within, then expand
+    into: Optional[int] = None  # elementwise ops: which source (its position in `sources`) the result overwrites
+    computes: bool = field(init=False)  # whether the library computes new values (not a leaf, not a view)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "computes", self.op in ALLOCATING and self.op is not Op.RAND)
+
+
+def step_bytes(step: Step) -> int:
+    """Bytes of the array a step allocates (none for a view or a leaf)."""
+    count = 1
+    for size in step.shape:
+        count *= size
+    return count * step.dtype.itemsize if step.op in ALLOCATING and step.into is None else 0
+
+
+def roots(steps: Sequence[Step]) -> list[int]:
+    """For each slot, the slot whose memory it may share (a view's source, through chains of views)."""
+    root: list[int] = []
+    for k, step in enumerate(steps):
+        if step.into is not None:
+            root.append(root[step.sources[step.into]])
+        else:
+            root.append(root[step.sources[0]] if step.op in SHARING and step.sources else k)
+    return root
+
+
