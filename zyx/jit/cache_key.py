@@ -28,9 +28,10 @@ PROGRAM_FORMAT = "program-2"
 PROGRAM_COMPONENT_NAMES = ("structure", *FINGERPRINT_NAMES, "traits", "settings", "zyx_source", "zyx_version",
                            "format")
 SETTINGS_THAT_SHAPE_NO_PROGRAM = frozenset({"ZYX_CACHE_DIR", "ZYX_CACHE_SIZE", "ZYX_DEBUG", "ZYX_DEBUG_CACHE",
-                                            "ZYX_DEVICE"})
-"""Where the cache lives, what is printed, which device is the default: everything else named ZYX_* is in a
-program's key (a setting listed here wrongly would return old programs; one missing only costs a reschedule)."""
+                                            "ZYX_DEVICE", "ZYX_TORCH_COMPILE"})
+"""Where the cache lives, what is printed, which device is the default, how zyx.Torch() runs: everything else
+named ZYX_* is in an OpenCL program's key (a setting listed here wrongly would return old programs; one missing
+only costs a reschedule)."""
 
 
 def hash_hex(data: str | bytes) -> str:

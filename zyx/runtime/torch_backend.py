@@ -1,10 +1,11 @@
 """zyx.Torch(): tensors in torch tensors, traces run as torch ops, for hardware where PyTorch is the fast path.
 
 A realize hashes the trace by structure (as on OpenCL) and looks its program up in memory; a new structure is
-built in one pass (`interpret.build`: one launch per op, products and their gradients as einsum, each slot
-dropped after its last reader). The program then runs op by op through torch (`torch_arrays.py`), or, with
-`compile=True` (or ZYX_TORCH_COMPILE=1), as one `torch.compile`d function per program: the first run of each
-program pays for Dynamo and Inductor (seconds), later runs of it only check guards.
+built in one pass (`interpret.build` with `optimize`: one launch per op, products and their gradients as
+einsum, a memory plan). The program then runs op by op through torch (`torch_arrays.py`), or, with
+`compile=True` (or ZYX_TORCH_COMPILE=1), as one `torch.compile`d function per program: each program's first
+run pays for Dynamo and Inductor (tens of seconds for a training step on a CPU; Inductor's own disk cache
+shortens it in a later process, Dynamo's tracing stays), later runs only check guards.
 """
 from __future__ import annotations
 
