@@ -1,6 +1,7 @@
 """W3, W4 and W6 on zyx.Torch(device) against plain PyTorch eager doing the same work on the same device.
 
-    python -m bench.torch_backend [--device cuda|cpu|mps|cuda:N] [--quick] [--compile] [--repeat N] [--json OUT]
+    python -m bench.torch_backend [--device cuda|cpu|mps|cuda:N] [--quick] [--compile [MODE]] [--repeat N]
+                                  [--steps N] [--big] [--json OUT]
 
 W3   a @ b, n×n float32 (1024 and 2048; 4096 with --big; 256 and 512 with --quick): zyx builds the expression,
      realizes it and waits for the device; torch computes `a @ b` and waits. Both times include the call's own
@@ -15,8 +16,9 @@ W6   the memory of one W4 step after warm-up, three ways: zyx.memory_stats' peak
      before it); on CUDA also torch.cuda.max_memory_allocated over the step, for both.
 The ratio column is zyx ÷ torch (time, or bytes): below 1 zyx is faster or smaller. zyx and torch alternate
 run by run, so load from other processes falls on both alike. With --compile zyx runs each program as a
-torch.compile'd function (zyx.Torch(device, compile=True)); the first W4 step then compiles, and its time is
-printed as the warm-start cost. --quick (fewer and smaller runs) finishes in under a minute on a CPU.
+torch.compile'd function (zyx.Torch(device, compile=MODE): default, or reduce-overhead for CUDA graphs); the
+first W4 step's time (capture and compile) is in the notes. --quick (fewer and smaller runs) finishes in under a
+minute on a CPU, without --compile.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="torch device: cuda, cuda:N, cpu, mps (default: cuda if any)")
     p.add_argument("--quick", action="store_true", help="smaller, fewer runs: under a minute on a CPU")
     p.add_argument("--big", action="store_true", help="W3 also at 4096")
-    p.add_argument("--compile", action="store_true", help="zyx.Torch(device, compile=True)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="zyx.Torch(device, compile=MODE): a torch.compile mode (default, reduce-overhead, ...)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per W3 size (median reported)")
     p.add_argument("--steps", type=int, default=None, help="timed W4 steps (median reported)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the rows as JSON to OUT")
@@ -156,9 +159,9 @@ def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: in
         ok = np.allclose(losses, reference, rtol=1e-3) and np.allclose(eager_losses, reference, rtol=1e-3)
         seconds = alternate({"zyx": lambda: step(x, y).item(), "torch": eager}, steps, sync)
         kernels = step.captured[0]["kernels"]
+        work = "capture and compile" if dev.backend.compile else "capture"
         rows.append(_row(f"W4 {optimizer}", seconds, ("" if ok else "MISMATCH; ") +
-                         f"zyx: {kernels} torch calls per step, first step (capture{' and compile' if dev.backend.compile else ''}) "
-                         f"{first * 1e3:.0f} ms"))
+                         f"zyx: {kernels} torch calls per step, first step ({work}) {first * 1e3:.0f} ms"))
         rows.append(w6(zyx, torch, dev, device, optimizer, data, lambda: step(x, y).item(), eager, sync))
     return rows
 

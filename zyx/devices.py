@@ -141,22 +141,24 @@ def import_torch() -> Any:
     return torch
 
 
-def Torch(device: Any = None, compile: Optional[bool] = None) -> Device:
+def Torch(device: Any = None, compile: bool | str | None = None) -> Device:
     """Tensors in torch tensors, traces run as torch ops (cuBLAS, cuDNN, MPS... wherever PyTorch runs).
 
     `device`: "cpu", "cuda", "cuda:N", "mps" or a torch.device; default CUDA if there is one, else MPS, else the
-    CPU. `compile`: run each program as a `torch.compile`d function (default: env ZYX_TORCH_COMPILE=1); its
-    first run pays for compiling. Needs PyTorch (`pip install zyx[torch]`).
+    CPU. `compile`: run each program as a `torch.compile`d function, True or a torch.compile mode such as
+    "reduce-overhead" (CUDA graphs); default: env ZYX_TORCH_COMPILE (1 or a mode). Each program's first run pays
+    for compiling. Needs PyTorch (`pip install zyx[torch]`).
     """
     torch = import_torch()
-    from .runtime.torch_backend import TorchBackend, compile_wanted
+    from .runtime.torch_backend import TorchBackend, compile_mode
     chosen = resolve_torch_device(torch, device)
-    compiled = compile_wanted(compile)
-    key = ("torch", str(chosen), compiled)
+    mode = compile_mode(compile)
+    key = ("torch", str(chosen), mode)
     if key not in _DEVICES:
-        options = ", compile=True" if compiled else ""
-        _DEVICES[key] = Device("torch", TorchBackend(chosen, compiled), f"Torch({str(chosen)!r}{options})",
-                               f"torch:{chosen}" + ("+compile" if compiled else ""))
+        option = "" if mode is None else ", compile=True" if mode == "default" else f", compile={mode!r}"
+        suffix = "" if mode is None else "+compile" if mode == "default" else f"+compile={mode}"
+        _DEVICES[key] = Device("torch", TorchBackend(chosen, mode), f"Torch({str(chosen)!r}{option})",
+                               f"torch:{chosen}{suffix}")
     return _DEVICES[key]
 
 
@@ -186,7 +188,8 @@ DEVICE_SPECS = "'cpu', 'opencl', 'opencl:N', 'torch' or 'torch:DEVICE' (torch:cp
 
 def device_from_spec(spec: str) -> Device:
     """`cpu`, `opencl`, `opencl:N` (the N-th OpenCL device in `zyx devices` order), `torch` or `torch:DEVICE`
-    (a torch device: cpu, cuda, cuda:N, mps; `+compile` at the end asks for `compile=True`)."""
+    (a torch device: cpu, cuda, cuda:N, mps; `+compile` at the end asks for `compile=True`, `+compile=MODE` for
+    a torch.compile mode)."""
     spec = spec.strip().lower()
     if spec == "cpu":
         return CPU()
@@ -195,9 +198,9 @@ def device_from_spec(spec: str) -> Device:
     if spec.startswith("opencl:") and spec[7:].isdigit():
         from .runtime.platforms import select_device_by_ordinal
         return _opencl_for(select_device_by_ordinal(int(spec[7:])))
-    name, plus, option = spec.partition("+")
-    if (name == "torch" or name.startswith("torch:")) and option in ("", "compile"):
-        return Torch(name[6:] or None, compile=True if option else None)
+    name, _, option = spec.partition("+")
+    if (name == "torch" or name.startswith("torch:")) and (option in ("", "compile") or option.startswith("compile=")):
+        return Torch(name[6:] or None, compile=option.partition("=")[2] or True if option else None)
     raise ValueError(f"unknown device {spec!r}: use {DEVICE_SPECS}")
 
 

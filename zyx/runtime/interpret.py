@@ -33,6 +33,10 @@ class InterpretedProgram:
     writes: list[list[tuple[int, int]]]      # after each step: (slot, input) whose buffer the slot overwrites
     aliases: dict[int, int] = field(default_factory=dict)  # output slot -> the input it was written into
     name: str = ""                           # the trace structure's hash, where the program is cached by it
+    evaluators: list[Any] = field(init=False)  # EVALUATE's entry for each step, looked up once
+
+    def __post_init__(self) -> None:
+        self.evaluators = [EVALUATE.get(step.op) for step in self.steps]
 
     def stored(self) -> list[Step]:
         """The steps whose results take memory of their own, outputs included (what a device's limits check)."""
@@ -176,7 +180,8 @@ def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Se
 class Tracker(Protocol):
     """Watches the values a program holds (a device's memory accounting)."""
 
-    def hold(self, slot: int, value: Any) -> None: ...
+    def hold(self, slot: int, value: Any, shares: Optional[int]) -> None:
+        """Slot `slot` holds `value`, which uses the memory of slot `shares` when that is not None."""
 
     def drop(self, slot: int) -> None: ...
 
@@ -216,7 +221,7 @@ def compute(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any
     where the program says; the values of the outputs not written into an input, as the library computed them."""
     values: list[Any] = [None] * len(program.steps)
     with lib.quiet():
-        for k, step in enumerate(program.steps):
+        for k, (step, evaluate) in enumerate(zip(program.steps, program.evaluators)):
             if step.op is Op.BUFFER:
                 value = lib.load(inputs[step.arg], step.dtype)
             elif step.op is Op.RAND:
@@ -228,20 +233,20 @@ def compute(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any
                 if step.into is not None:
                     value = lib.overwrite(step.op, sources, step.into)
                 else:
-                    value = EVALUATE[step.op](lib, step, sources)
+                    value = evaluate(lib, step, sources)
                 if step.computes:
                     value = lib.conform(value, step.dtype)
                 if step.compact is not None:
                     value = lib.expand(value, step.shape)
             values[k] = value
-            if tracker is not None:
-                tracker.hold(k, value)
+            if tracker is not None and step.op is not Op.CONST:  # constants may be kept by the library
+                tracker.hold(k, value, step.shares)
             for slot, position in program.writes[k]:
                 lib.write(inputs[position], values[slot])
                 values[slot] = lib.written(inputs[position], values[slot])
                 if tracker is not None:
                     tracker.drop(slot)
-                    tracker.hold(slot, values[slot])
+                    tracker.hold(slot, values[slot], None)
             for slot in program.frees[k]:
                 values[slot] = None
                 if tracker is not None:

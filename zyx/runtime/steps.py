@@ -23,6 +23,7 @@ class Fused(enum.Enum):
 
 ALLOCATING = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Fused.CONTRACT}  # views allocate nothing
 SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
+VIEW_OPS = {Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.DETACH}  # return a view of their source in every library
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,13 @@ class Step:
     compact: Optional[tuple[tuple[int, int], ...]] = None  # elementwise ops: bounds to compute within, then expand
     into: Optional[int] = None  # elementwise ops: which source (its position in `sources`) the result overwrites
     computes: bool = field(init=False)  # whether the library computes new values (not a leaf, not a view)
+    shares: Optional[int] = field(init=False)  # the slot whose memory the value always uses (a view, an overwrite)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "computes", self.op in ALLOCATING and self.op is not Op.RAND)
+        shared = self.sources[self.into] if self.into is not None else \
+            self.sources[0] if self.op in VIEW_OPS and self.compact is None else None
+        object.__setattr__(self, "shares", shared)
 
 
 def step_bytes(step: Step) -> int:

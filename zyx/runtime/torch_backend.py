@@ -3,7 +3,8 @@
 A realize hashes the trace by structure (as on OpenCL) and looks its program up in memory; a new structure is
 built in one pass (`interpret.build` with `optimize`: one launch per op, products and their gradients as
 einsum, a memory plan). The program then runs op by op through torch (`torch_arrays.py`), or, with
-`compile=True` (or ZYX_TORCH_COMPILE=1), as one `torch.compile`d function per program: each program's first
+`compile=True` or a torch.compile mode (or ZYX_TORCH_COMPILE=1 or =MODE), as one `torch.compile`d function per
+program: each program's first
 run pays for Dynamo and Inductor (tens of seconds for a training step on a CPU; Inductor's own disk cache
 shortens it in a later process, Dynamo's tracing stays), later runs only check guards.
 """
@@ -26,13 +27,22 @@ from .torch_arrays import TorchArrays, from_numpy, to_numpy
 from .torch_memory import MemoryCounter, StorageTracker
 
 COMPILE_VARIABLE = "ZYX_TORCH_COMPILE"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
-def compile_wanted(compile: Optional[bool]) -> bool:
-    """`compile` if given, else ZYX_TORCH_COMPILE (1, true, yes, on)."""
-    if compile is not None:
-        return bool(compile)
-    return os.environ.get(COMPILE_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+def compile_mode(compile: bool | str | None) -> Optional[str]:
+    """The torch.compile mode `compile` asks for (None: run eagerly): True is "default", a string names a mode,
+    and None reads ZYX_TORCH_COMPILE (1, true, yes, on: "default"; 0, false, no, off or unset: eager; else a mode)."""
+    if compile is None:
+        text = os.environ.get(COMPILE_VARIABLE, "").strip().lower()
+        compile = True if text in ("1", "true", "yes", "on") else False if text in ("", "0", "false", "no", "off") \
+            else text
+    if compile is False:
+        return None
+    mode = "default" if compile is True else str(compile)
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"zyx.Torch: compile={compile!r} is not a torch.compile mode ({', '.join(COMPILE_MODES)})")
+    return mode
 
 
 def _limits(device: torch.device) -> MemoryLimits:
@@ -47,9 +57,9 @@ class TorchBackend:
 
     replays_programs = True  # @zyx.jit captures steps on this device (program_for, run, copy)
 
-    def __init__(self, device: torch.device, compile: bool = False) -> None:
+    def __init__(self, device: torch.device, compile: Optional[str] = None) -> None:
         self.torch_device = device
-        self.compile = compile
+        self.compile = compile  # a torch.compile mode, or None to run op by op
         # the GPU's name, where there is one, lets the profiler find its peak (runtime/peak.py)
         self.name = f"{torch.cuda.get_device_name(device)} (torch:{device})" if device.type == "cuda" else \
             f"torch:{device}"
@@ -60,7 +70,7 @@ class TorchBackend:
         self._compiled: dict[str, Callable[..., list[Any]]] = {}
 
     def __repr__(self) -> str:
-        return f"TorchBackend({str(self.torch_device)!r}, compile={self.compile})"
+        return f"TorchBackend({str(self.torch_device)!r}, compile={self.compile!r})"
 
     # ---- data movement -----------------------------------------------------------------------------------
     def upload(self, array: np.ndarray) -> torch.Tensor:
@@ -136,16 +146,30 @@ class TorchBackend:
         streams = [philox_words(seed, offset) for seed, offset in rand_args]
         stats.bump("kernels_launched", program.kernel_count)
         if self.compile:
-            words = torch.tensor(streams, dtype=torch.int64).to(self.torch_device, non_blocking=True) if streams else []
-            values = self._compiled_for(program)(list(inputs), list(words))
-            outputs = interpret.store(program, self.arrays, inputs, values)
-            for buffer in outputs:
-                if all(buffer is not given for given in inputs):
-                    self.memory.keep(buffer)
-            return outputs
+            return self._run_compiled(program, inputs, streams)
         tracker = StorageTracker(self.memory, inputs)
         outputs = interpret.run(program, self.arrays, inputs, streams, tracker)
         tracker.finish(outputs)
+        return outputs
+
+    def _run_compiled(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],
+                      streams: Sequence[tuple[int, int, int, int]]) -> list[torch.Tensor]:
+        """The program as one compiled function; the random streams' words go in as a tensor (as Python ints,
+        each new seed would compile again). With CUDA graphs ("reduce-overhead") the buffers it writes in place
+        are marked static, and its outputs are copied out of the graph's memory, which the next replay reuses."""
+        words = torch.tensor(streams, dtype=torch.int64).to(self.torch_device, non_blocking=True) if streams else []
+        graphs = self.compile == "reduce-overhead"
+        if graphs:
+            for position in program.aliases.values():
+                torch._dynamo.mark_static_address(inputs[position])
+            torch.compiler.cudagraph_mark_step_begin()
+        values = self._compiled_for(program)(list(inputs), list(words))
+        if graphs:
+            values = [value.clone() for value in values]
+        outputs = interpret.store(program, self.arrays, inputs, values)
+        for buffer in outputs:
+            if all(buffer is not given for given in inputs):
+                self.memory.keep(buffer)
         return outputs
 
     def _compiled_for(self, program: interpret.InterpretedProgram) -> Callable[..., list[Any]]:
@@ -161,7 +185,7 @@ class TorchBackend:
 
             code = program_step.__code__.replace(co_name=f"zyx_program_{program.name[:12]}")
             own = types.FunctionType(code, program_step.__globals__, code.co_name, None, program_step.__closure__)
-            compiled = torch.compile(own, dynamic=False)
+            compiled = torch.compile(own, mode=self.compile, dynamic=False)
             self._compiled[program.name] = compiled
         return compiled
 

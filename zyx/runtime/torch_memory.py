@@ -8,7 +8,7 @@ it is dropped; a stored buffer is counted until it is garbage-collected.
 from __future__ import annotations
 
 import weakref
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -54,10 +54,10 @@ class StorageTracker:
         self.live: dict[int, list[int]] = {}  # storage -> [bytes, slots holding it]
         self.slot_storage: dict[int, int] = {}
 
-    def hold(self, slot: int, value: torch.Tensor) -> None:
-        key = storage_key(value)
-        if key in self.inputs:
-            return
+    def hold(self, slot: int, value: torch.Tensor, shares: Optional[int]) -> None:
+        key = self.slot_storage.get(shares) if shares is not None else storage_key(value)
+        if key is None or key in self.inputs:
+            return  # a view of an input (or of a constant)
         entry = self.live.get(key)
         if entry is None:
             nbytes = value.untyped_storage().nbytes()
