@@ -7,6 +7,7 @@ broadcast axes, so the product is never stored and cuBLAS (or MKL, MPS...) does 
 """
 from __future__ import annotations
 
+import math
 import string
 from typing import Any, Callable, ContextManager, Sequence
 
@@ -55,6 +56,31 @@ def _broadcast_free(x: torch.Tensor, letters: str) -> tuple[torch.Tensor, str]:
     kept = [axis for axis in range(x.dim()) if x.stride(axis) != 0 or x.shape[axis] <= 1]
     index = tuple(slice(None) if axis in kept else 0 for axis in range(x.dim()))
     return x[index], "".join(letters[axis] for axis in kept)
+
+
+def _product(left: torch.Tensor, left_axes: str, right: torch.Tensor, right_axes: str, kept: str) -> torch.Tensor:
+    """einsum(left_axes,right_axes->kept), as `torch.matmul` where every letter is kept or summed over both
+    factors (what products and their gradients are): cuBLAS's plain gemm for 2-D products, where einsum would
+    call its batched form; einsum itself for the rest (a sum over one factor's axis)."""
+    shared = set(left_axes) & set(right_axes)
+    batch = [c for c in kept if c in shared]
+    summed = [c for c in left_axes if c in shared and c not in kept]
+    free_left, free_right = [c for c in left_axes if c not in shared], [c for c in right_axes if c not in shared]
+    sizes = {c: n for c, n in zip(right_axes, right.shape)} | {c: n for c, n in zip(left_axes, left.shape)}
+    if not summed or any(c not in kept for c in free_left + free_right) or \
+            any(left.shape[left_axes.index(c)] != right.shape[right_axes.index(c)] for c in summed):
+        return torch.einsum(f"{left_axes},{right_axes}->{kept}", left, right)
+
+    def arranged(x: torch.Tensor, axes: str, rows: list[str], columns: list[str]) -> torch.Tensor:
+        """x with its batch axes first, then `rows` and `columns` each flattened into one axis."""
+        x = x.permute([axes.index(c) for c in batch + rows + columns])
+        return x.reshape((*x.shape[:len(batch)], math.prod(sizes[c] for c in rows),
+                          math.prod(sizes[c] for c in columns)))
+
+    result = torch.matmul(arranged(left, left_axes, free_left, summed), arranged(right, right_axes, summed, free_right))
+    result = result.reshape((*result.shape[:len(batch)], *(sizes[c] for c in free_left + free_right)))
+    order = batch + free_left + free_right
+    return result.permute([order.index(c) for c in kept])
 
 
 class TorchArrays(ArrayLibrary):
@@ -160,7 +186,7 @@ class TorchArrays(ArrayLibrary):
         (left, left_axes), (right, right_axes) = _broadcast_free(a, letters), _broadcast_free(b, letters)
         present = set(left_axes) | set(right_axes)
         kept = "".join(letter for axis, letter in enumerate(letters) if axis not in axes and letter in present)
-        result = torch.einsum(f"{left_axes},{right_axes}->{kept}", left, right)
+        result = _product(left, left_axes, right, right_axes, kept)
         repeats = 1  # a summed axis broadcast in both operands adds the same product that many times
         for axis in axes:
             repeats *= 1 if letters[axis] in present else a.shape[axis]
