@@ -139,6 +139,25 @@ def _kernel_source(body: str, vec: int, per: int) -> str:
             .replace("PER", str(per)).replace("BODY", body))
 
 
+def hand_kernel_configs(body: str, ctx: Any, buffers: tuple, n: int, vecs=(4, 8, 16), pers=(1, 4, 16),
+                        locals_=(None, 64, 256)) -> list[tuple]:
+    """(vector width, vectors per item, work-group size or None, kernel, global size) for every variant of the
+    hand-written kernel over `buffers` (x, y, out) that divides `n` floats."""
+    import pyopencl as cl
+    max_local = ctx.devices[0].max_work_group_size
+    configs = []
+    for vec, per in itertools.product(vecs, pers):
+        if n % (vec * per):
+            continue
+        kernel = cl.Program(ctx, _kernel_source(body, vec, per)).build().elementwise
+        kernel.set_args(*buffers)
+        global_size = n // (vec * per)
+        for local in locals_:
+            if local is None or (local <= max_local and global_size % local == 0):
+                configs.append((vec, per, local, kernel, global_size))
+    return configs
+
+
 def opencl_case(body: str, cl_device: Any, *, vecs=(4, 8, 16), pers=(1, 4, 16), locals_=(None, 64, 256)):
     """A fused kernel computing `body` (an OpenCL C expression in `a` = x and `b` = y, vector-typed).
 
@@ -157,18 +176,7 @@ def opencl_case(body: str, cl_device: Any, *, vecs=(4, 8, 16), pers=(1, 4, 16), 
         x_buf = cl.Buffer(ctx, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=x)
         y_buf = cl.Buffer(ctx, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=y)
         out_buf = cl.Buffer(ctx, flags.WRITE_ONLY, size=x.nbytes)
-        max_local = cl_device.max_work_group_size
-
-        configs = []
-        for vec, per in itertools.product(vecs, pers):
-            if n % (vec * per):
-                continue
-            kernel = cl.Program(ctx, _kernel_source(body, vec, per)).build().elementwise
-            kernel.set_args(x_buf, y_buf, out_buf)
-            global_size = n // (vec * per)
-            for local in locals_:
-                if local is None or (local <= max_local and global_size % local == 0):
-                    configs.append((vec, per, local, kernel, global_size))
+        configs = hand_kernel_configs(body, ctx, (x_buf, y_buf, out_buf), n, vecs, pers, locals_)
         if not configs:
             raise Skip(f"no kernel variant divides n={n}")
 

@@ -14,9 +14,10 @@ import argparse
 import importlib
 import os
 import tempfile
-import time
 
 import numpy as np
+
+from _replay import describe, replayed_seconds
 
 # (name, n, k, m, how): "ab" is a @ b, "wgrad" x.T @ dy with x k×n and dy k×m (a weight gradient), "conv" the
 # weight gradient of a 3x3 convolution (n output channels, m = channels·9 inputs, k = batch·pixels)
@@ -66,28 +67,12 @@ def main() -> None:
         matmul.BLOCKS = tuple(b for b in matmul.BLOCKS if b[0] in keep)
     dev = zyx.OpenCL()
     runtime = dev.backend.runtime
-    launch = runtime.launch
     for name, n, k, m, how in SHAPES:
         if args.only and not any(word in name for word in args.only.split(",")):
             continue
         out = build(dev, n, k, m, how)
-        runtime.synchronize()
-        recorded: list = []
-        runtime.launch = lambda *a: (recorded.append(a), launch(*a))[1]
-        out.realize()
-        runtime.synchronize()
-        del runtime.launch
-        for _ in range(3):
-            for a in recorded:
-                launch(*a)
-        runtime.synchronize()
-        start = time.perf_counter()
-        for _ in range(args.repeat):
-            for a in recorded:
-                launch(*a)
-        runtime.synchronize()
-        seconds = (time.perf_counter() - start) / args.repeat
-        kernels = ", ".join(f"{a[0].function_name} {tuple(a[1])}/{a[2]}" for a in recorded)
+        seconds, recorded = replayed_seconds(runtime, out.realize, args.repeat)
+        kernels = describe(recorded)
         print(f"{name:34s} {seconds * 1e6:9.1f} us {2 * n * k * m / seconds / 1e12:7.2f} TFLOP/s  [{kernels}]",
               flush=True)
 

@@ -313,26 +313,30 @@ def profile_zyx(data: dict[str, np.ndarray], optimizer: str, device, steps: int 
     for _ in range(3):
         step(x, y).item()
     runtime = dev.backend.runtime
-    launch = runtime.launch
+    launcher = runtime.launcher
     times: dict[int, list[float]] = {}
     names: dict[int, str] = {}
     position = [0]
 
-    def timed_launch(kernel: Any, global_size: Any, local_size: Any, args: Any) -> None:
-        runtime.synchronize()
-        start = time.perf_counter()
-        launch(kernel, global_size, local_size, args)
-        runtime.synchronize()
-        times.setdefault(position[0], []).append(time.perf_counter() - start)
-        names[position[0]] = f"{kernel.function_name} global={tuple(global_size)} local={local_size}"
-        position[0] += 1
-    runtime.launch = timed_launch
+    def timed_launcher(timed: bool) -> Callable:
+        launch = launcher(timed)
+
+        def timed_launch(kernel: Any, global_size: Any, local_size: Any, args: Any) -> None:
+            runtime.synchronize()
+            start = time.perf_counter()
+            launch(kernel, global_size, local_size, args)
+            runtime.synchronize()
+            times.setdefault(position[0], []).append(time.perf_counter() - start)
+            names[position[0]] = f"{kernel.function_name} global={tuple(global_size)} local={local_size}"
+            position[0] += 1
+        return timed_launch
+    runtime.launcher = timed_launcher
     try:
         for _ in range(steps):
             position[0] = 0
             step(x, y).item()
     finally:
-        del runtime.launch
+        del runtime.launcher
     rows = [(statistics.median(t), k) for k, t in times.items()]
     total = sum(t for t, _ in rows)
     lines = [f"W4 {optimizer}, zyx: {len(rows)} launches per step, {total * 1e3:.2f} ms in kernels timed alone "

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 # zyx with its submodules, less every internal one (pdoc drops the modules a "!regex" matches)
-SPECS = ["zyx", r"!zyx\.(?!(nn|nn\.functional|nn\.init)$)"]
+SPECS = ["zyx", r"!zyx\.(?!(nn|nn\.functional|nn\.init|distributed)$)"]
 
 
 def build(output: Path) -> list[Path]:

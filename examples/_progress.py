@@ -25,7 +25,7 @@ class ProgressBar:
     """A counted loop's progress with named values (loss) and its rate, in steps and in `unit`s per second."""
 
     def __init__(self, total: int, desc: str = "", unit: str = "steps", unit_scale: int = 1,
-                 interval: float = 0.1, skip_first: bool = False):
+                 interval: float = 0.1, skip_first: bool = False, quiet: bool = False):
         self.total, self.desc, self.unit, self.unit_scale, self.interval = total, desc, unit, unit_scale, interval
         self.count = 0
         self.postfix: dict[str, Any] = {}
@@ -35,7 +35,8 @@ class ProgressBar:
         self.paused: Optional[float] = None  # when `clear` was called
         self.last_read = 0.0
         self._live = None
-        if sys.stderr.isatty():
+        self.quiet = quiet  # shows and prints nothing (the ranks of a distributed run but the first)
+        if sys.stderr.isatty() and not quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
             self._live = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -85,6 +86,6 @@ class ProgressBar:
         if self._live is not None:
             self._live.update(self._task, completed=self.count, status=self.status())
             self._live.stop()
-        else:
+        elif not self.quiet:
             print(f"{self.desc}  {self.count}/{self.total}  {self.status()}  {time.perf_counter() - self.start:.1f}s",
                   file=sys.stderr, flush=True)

@@ -186,10 +186,8 @@ def test_devices_lists_every_platform_and_device(tmp_path):
     for row in described:
         assert f"platform {row['platform_index']}: {row['platform']}" in finished.stdout
         assert row["device"] in finished.stdout and row["driver_version"] in finished.stdout
-    as_json = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
-    opencl = [row for row in as_json if row["backend"] == "opencl"]
-    assert [(row["platform"], row["device"]) for row in opencl] == [(row["platform"], row["device"]) for row in described]
-    assert [row["spec"] for row in opencl] == [f"opencl:{ordinal}" for ordinal in range(len(described))]
+    as_json = [row for row in json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout) if row["kind"] == "opencl"]
+    assert [(row["platform"], row["device"]) for row in as_json] == [(row["platform"], row["device"]) for row in described]
     # PoCL reports global memory from what the machine has free, so only its kind is the same between processes
     assert all(isinstance(row["global_mem_bytes"], int) and row["global_mem_bytes"] > 0 for row in as_json)
 
@@ -197,7 +195,7 @@ def test_devices_lists_every_platform_and_device(tmp_path):
 def test_devices_lists_torch_and_marks_the_one_zyx_device_names(tmp_path):
     pytest.importorskip("torch")
     rows = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
-    torch_rows = [row for row in rows if row["backend"] == "torch"]
+    torch_rows = [row for row in rows if row["kind"] == "torch"]
     assert torch_rows[0]["spec"] == "torch:cpu" and not any(row["default"] for row in torch_rows)
     environ = {**environment(tmp_path), "ZYX_DEVICE": "torch:cpu"}
     marked = json.loads(zyx(tmp_path / "cache", "devices", "--json", env=environ).stdout)
@@ -328,15 +326,28 @@ def test_show_accepts_a_kernel_name_as_zyx_debug_prints_it(cache):
 def test_devices_mark_the_default_device(tmp_path):
     platforms = pytest.importorskip("zyx.runtime.platforms")
     default = platforms.default_ordinal()
-    rows = [row for row in json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
-            if row["backend"] == "opencl"]
+    rows = [row for row in json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout) if row["kind"] == "opencl"]
     assert [row["default"] for row in rows] == [ordinal == default for ordinal in range(len(rows))]
     table = zyx(tmp_path / "cache", "devices").stdout
     marked = [line for line in table.splitlines() if line.startswith("  *")]
     assert len(marked) == 1 and rows[default]["device"] in marked[0] and "zyx.OpenCL() uses" in table
     chosen = zyx(tmp_path / "cache", "devices", "--json", env={**environment(tmp_path), "ZYX_DEVICE": "opencl:1"})
-    assert [row["default"] for row in json.loads(chosen.stdout)] == [ordinal == 1 for ordinal in range(len(rows))] + \
-        [False] * (len(json.loads(chosen.stdout)) - len(rows))
+    assert [row["default"] for row in json.loads(chosen.stdout)
+            if row["kind"] == "opencl"] == [ordinal == 1 for ordinal in range(len(rows))]
+
+
+def test_devices_list_the_webgpu_adapters_and_mark_the_one_zyx_device_names(tmp_path):
+    webgpu = pytest.importorskip("zyx.runtime.webgpu")
+    adapters = webgpu.describe_adapters() if pytest.importorskip("wgpu") else []
+    if not adapters:
+        pytest.skip("no WebGPU adapter on this machine")
+    listed = zyx(tmp_path / "cache", "devices", "--json", env={**environment(tmp_path), "ZYX_DEVICE": "wgpu:0"})
+    rows = [row for row in json.loads(listed.stdout) if row["kind"] == "wgpu"]
+    assert [row["device"] for row in rows] == [row["device"] for row in adapters]
+    assert [row["default"] for row in json.loads(listed.stdout)] == [row["kind"] == "wgpu" and row["index"] == 0
+                                                                    for row in json.loads(listed.stdout)]
+    table = zyx(tmp_path / "cache", "devices").stdout
+    assert "WebGPU adapters" in table and adapters[0]["device"] in table
 
 
 def test_info_counts_and_clear_empties_pocls_own_cache(tmp_path):

@@ -11,10 +11,10 @@ import torch
 
 import zyx
 from zyx.dtypes import float32
-from zyx.jit.render import PARAM_LIMIT
+from zyx.jit.lower import PARAM_LIMIT
 from zyx.jit.schedule import FUSION_DEPTH_LIMIT, DeviceTraits, schedule
 from zyx.jit.symbolic import Expr
-from zyx.jit.vectorize import _same_value
+from zyx.jit.lower import _same_value
 from zyx.trace import node as n
 from zyx.trace.ops import Op
 

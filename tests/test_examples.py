@@ -6,6 +6,7 @@ import os
 import pathlib
 import pty
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -71,6 +72,24 @@ def test_digits_trains_saves_and_a_second_run_compiles_nothing(cache_dir, tmp_pa
     assert number(r"kernels_compiled (\d+)", again) == 0, again
     assert number(r"graphs_scheduled (\d+)", again) == 0, again
     assert number(r"^test accuracy ([\d.]+)%", again) == accuracy
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None or importlib.util.find_spec("mpi4py") is None,
+                    reason="needs MPI: apt-get install openmpi-bin libopenmpi-dev; pip install 'zyx[mpi]'")
+def test_digits_on_two_ranks_reaches_the_one_process_accuracy(cache_dir, tmp_path):
+    """Each rank trains on its half of every batch, gradients averaged inside the jitted step: the run computes
+    what one process does, up to the order of float additions, so the accuracies agree."""
+    alone = run_example("digits.py", cache_dir, "--short", "--checkpoint", str(tmp_path / "alone.safetensors"))
+    command = ["mpirun", "--oversubscribe", "-n", "2", *(["--allow-run-as-root"] if os.geteuid() == 0 else []),
+               sys.executable, str(EXAMPLES / "digits.py"), "--short", "--distributed",
+               "--checkpoint", str(tmp_path / "ranks.safetensors")]
+    done = subprocess.run(command, env=dict(os.environ, ZYX_CACHE_DIR=str(cache_dir)), capture_output=True,
+                          text=True, timeout=600)
+    ranks = done.stdout + done.stderr
+    assert done.returncode == 0, ranks
+    assert "rank 0 of 2; each rank 32 samples of every batch" in ranks
+    assert number(r"^test accuracy ([\d.]+)%", ranks) == number(r"^test accuracy ([\d.]+)%", alone), ranks
+    assert re.search(r"^rank 1: kernels_compiled \d+", ranks, re.M), ranks
 
 
 def test_char_gpt_learns_samples_and_plots(cache_dir, tmp_path):

@@ -26,7 +26,7 @@ TENSOR_FUNCTIONS = (
 _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it, dotted for a class's)
     **{name: (".creation", name) for name in ("arange", "eye", "from_dlpack", "full", "ones", "ones_like", "rand",
                                                "randn", "tensor", "uniform", "zeros", "zeros_like")},
-    **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "Torch", "default_device",
+    **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "Torch", "WGPU", "default_device",
                                               "set_default_device", "synchronize")},
     "from_torch": (".torch_interop", "from_torch"),
     **{name: (".dtypes", name) for name in ("DType", "bool_", "uint8", "int8", "int16", "int32", "uint32", "int64",
@@ -42,15 +42,16 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
     "Tensor": (".tensor", "Tensor"), "where": (".tensor", "where"),
     "cat": (".tensor_combine", "cat"), "stack": (".tensor_combine", "stack"),
     "save": (".serialization", "save"), "load": (".serialization", "load"),
-    "nn": (".nn", ""),
+    "nn": (".nn", ""), "distributed": (".distributed", ""),
     "einsum": (".einsum", "einsum"), "meshgrid": (".tensor_combine", "meshgrid"),
     **{name: (".creation", name) for name in ("linspace", "empty", "empty_like", "full_like")},
     **{name: (".tensor", f"Tensor.{name}") for name in TENSOR_FUNCTIONS},
 }
 
 __all__ = [
-    "jit", "memory_stats", "reset_peak_memory", "nn", "save", "load",
-    "Tensor", "Device", "CPU", "OpenCL", "Torch", "from_torch", "DType", "ShapeError", "AxisError", "OutOfMemoryError", "tensor", "zeros",
+    "jit", "memory_stats", "reset_peak_memory", "nn", "distributed", "save", "load",
+    "Tensor", "Device", "CPU", "OpenCL", "WGPU", "Torch", "from_torch", "DType", "ShapeError", "AxisError",
+    "OutOfMemoryError", "tensor", "zeros",
     "ones", "full", "eye", "arange", "from_dlpack",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
     "default_device", "set_default_device", "stats", "reset_stats", "uint8", "int8", "int16", "int32", "uint32",
@@ -89,12 +90,12 @@ import sys as _sys  # noqa: E402
 _sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each on first use
-    from . import nn
+    from . import distributed, nn
     from .counters import reset_stats, stats
     from .creation import (arange, empty, empty_like, eye, from_dlpack, full, full_like, linspace, ones, ones_like,
                            rand, randn, tensor, uniform, zeros, zeros_like)
     from .einsum import einsum
-    from .devices import CPU, Device, OpenCL, Torch, default_device, set_default_device, synchronize
+    from .devices import CPU, WGPU, Device, OpenCL, Torch, default_device, set_default_device, synchronize
     from .dtypes import (DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8,
                          uint32)
     from .dtypes import bool_ as bool  # noqa: A001

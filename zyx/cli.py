@@ -1,4 +1,5 @@
-"""The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL (and torch) devices.
+"""The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL devices, WebGPU adapters and
+zyx.Torch()'s devices, tune a script.
 
 Every failure prints one line, `zyx: error: ...`, on stderr: exit status 2 for a bad command line,
 1 for anything else. Only the standard library is imported before a command runs (pyopencl, numpy and rich
@@ -133,6 +134,7 @@ def cache_ls(args: argparse.Namespace) -> int:
     from zyx.jit.cache import selected
     cache = _cache_or_none()
     entries = [entry for entry in (cache.entries() if cache else []) if selected(entry, device=args.device)]
+    entries = _with_tuning(entries, _tuning(cache).records() if cache else [])
     field, descending = SORT_ORDERS[args.sort]
     entries.sort(key=lambda entry: entry[field], reverse=descending)
     if args.json:
@@ -143,22 +145,46 @@ def cache_ls(args: argparse.Namespace) -> int:
                    cache.entries() else "the kernel cache is empty")
         return 0
     now = time.time()
-    print_table(("KEY", "KERNEL", "DEVICE", "SIZE", "COMPILE", "HITS", "LAST USED"), [
+    tuned = any(entry["tuned"] for entry in entries)  # (a column only where a search found something)
+    print_table(("KEY", "KERNEL", "DEVICE", "SIZE", "COMPILE", "HITS", "LAST USED") + ("TUNED",) * tuned, [
         (entry["short_key"], entry["kernel"], entry["device"], format_bytes(entry["size"]),
          format_seconds(entry["compile_seconds"]), entry["hits"], format_age(entry["last_used"], now))
+        + (format_speedups(entry["tuned"]),) * tuned
         for entry in entries
     ], shrink=(1, 2))
     return 0
 
 
+def _with_tuning(entries: list[dict], records: list[Any]) -> list[dict]:
+    """Each entry with "tuned": the speed-up of each of its kernels that won a search, by kernel name."""
+    won = {record.tuned_name: record for record in records}
+    return [{**entry, "tuned": {name: round(won[name].speedup, 3) for name in entry["kernel_names"] if name in won}}
+            for entry in entries]
+
+
+def format_speedups(speedups: dict[str, float]) -> str:
+    """"1.42x" for one tuned kernel, "3: 1.05-1.42x" for several, "" for none."""
+    if not speedups:
+        return ""
+    low, high = min(speedups.values()), max(speedups.values())
+    return f"{high:.2f}x" if len(speedups) == 1 else f"{len(speedups)}: {low:.2f}-{high:.2f}x"
+
+
 def cache_show(args: argparse.Namespace) -> int:
     cache = _cache_or_none()
+    records = _tuning(cache).records() if cache is not None else []
     try:
         if cache is None:
             raise KeyError(f"no cache entry matches {args.key!r}: the kernel cache is empty")
         entry = cache.entry(args.key)
     except KeyError as error:
-        raise CliError(error.args[0]) from None
+        searched = [r for r in records if args.key.strip() in (r.untuned_name, r.tuned_name) or
+                    (len(args.key.strip()) >= 4 and r.kernel.startswith(args.key.strip().lower()))]
+        if not searched:
+            raise CliError(error.args[0]) from None
+        for record in searched:  # a search whose winner has no binary here (yet): the search alone
+            _print_search(record)
+        return 0
     others = entry.get("also_in", [])
     if others:
         _messages().info(f"zyx: note: {args.key} is in {len(others) + 1} entries; showing the most recently used "
@@ -173,9 +199,35 @@ def cache_show(args: argparse.Namespace) -> int:
         ("compile time", format_seconds(entry["compile_seconds"])), ("hits", entry["hits"]),
         ("created", format_time(entry["created"])), ("last used", format_time(entry["last_used"])),
     ], indent=2)
+    for record in records:
+        if record.tuned_name in entry["kernel_names"]:
+            _print_search(record)
     print("source")
     print(entry["source"])
     return 0
+
+
+def _print_search(record: Any) -> None:
+    """One kernel's search: what won, by how much, and every candidate with its time."""
+    verdict = (f"{record.tuned_name} ({record.choice.describe()}), {record.speedup:.2f}x the heuristics' kernel"
+               if record.choice != record.heuristic else f"the heuristics' kernel ({record.choice.describe()}) kept")
+    print(f"tuning      {record.untuned_name} -> {verdict}")
+    print(f"            searched in {record.search_seconds:.1f} s on {record.device['device']} (ZYX_TUNE={record.mode}, "
+          f"{format_time(record.created)})")
+    print_table(("CANDIDATE", "STATUS", "FASTEST", "SPEED-UP", ""), [
+        (trial.choice.describe(), trial.status, "-" if trial.seconds is None else f"{trial.seconds * 1e3:.3f} ms",
+         "-" if trial.relative is None else f"{1 / trial.relative:.2f}x",
+         "heuristics" + (", winner" if trial.choice == record.choice else "") if trial.choice == record.heuristic
+         else "winner" if trial.choice == record.choice else "")
+        for trial in record.trials
+    ], indent=2)
+    print("            (speed-up: the median over samples taken alternately with the heuristics' kernel)")
+
+
+def _tuning(cache: Any) -> Any:
+    """The tuning records next to `cache`'s kernels."""
+    from zyx.jit.tune_store import TuningStore
+    return TuningStore(cache.directory)
 
 
 def cache_info(args: argparse.Namespace) -> int:
@@ -183,11 +235,12 @@ def cache_info(args: argparse.Namespace) -> int:
     cache = _cache_or_none()
     if cache is None:
         info: dict[str, Any] = {"directory": str(cache_directory()), "exists": False, "entries": 0, "bytes": 0,
-                                "programs": 0, "pocl_bytes": 0, "pocl_files": 0, "by_device": {},
+                                "programs": 0, "tuned": 0, "pocl_bytes": 0, "pocl_files": 0, "by_device": {},
                                 "by_zyx_version": {}}
     else:
         from zyx.jit.program_store import default_program_store
-        info = {**cache.info(), "exists": True, "programs": len(default_program_store()), **_pocl_usage()}
+        info = {**cache.info(), "exists": True, "programs": len(default_program_store()),
+                "tuned": len(_tuning(cache).records()), **_pocl_usage()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -198,6 +251,7 @@ def cache_info(args: argparse.Namespace) -> int:
     print(f"entries     {info['entries']}")
     print(f"size        {format_bytes(info['bytes'])} of {format_bytes(info['size_limit'])}")
     print(f"programs    {info['programs']} scheduled programs (cleared with the kernels)")
+    print(f"tuned       {info['tuned']} kernels searched (cleared with the kernels)")
     print(f"pocl        {format_bytes(info['pocl_bytes'])} in {info['pocl_files']} files of PoCL's own cache "
           f"(cleared with the kernels)")
     for title, counts in (("per device", info["by_device"]), ("per zyx version", info["by_zyx_version"])):
@@ -250,8 +304,10 @@ def cache_clear(args: argparse.Namespace) -> int:
             print("nothing removed")
             return 1
     removed = cache.clear(device=args.device, older_than_seconds=older_than)
-    message = f"removed {removed} entries"
-    if args.device is None and older_than is None:  # everything: the scheduled programs and PoCL's cache go too
+    everything = args.device is None and older_than is None
+    searches = _tuning(cache).clear(args.device, older_than)
+    message = f"removed {removed} entries" + (f", {searches} tuning records" if searches or everything else "")
+    if everything:  # the scheduled programs and PoCL's cache go too
         from zyx.jit.program_store import default_program_store
         message += f", {default_program_store().clear()} scheduled programs and {_clear_pocl()} PoCL cache files"
     print(message)
@@ -272,19 +328,51 @@ def cache_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- zyx tune ------------------------------------------------------------------------------------
+
+def tune(args: argparse.Namespace) -> int:
+    """Run a script as `python SCRIPT ARGS...` would, with ZYX_TUNE=1 (2 with --exhaustive); then say what the
+    searches found."""
+    import runpy
+    script = Path(args.script)
+    if not script.is_file():
+        raise CliError(f"no script {args.script!r}")
+    os.environ["ZYX_TUNE"] = "2" if args.exhaustive else "1"
+    start = time.time()
+    sys.argv = [str(script), *args.arguments]
+    sys.path.insert(0, str(script.resolve().parent))
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    from zyx.jit.cache import default_cache
+    default_cache().flush()  # the winners' binaries, so the next run compiles nothing
+    found = [record for record in _tuning(default_cache()).records() if record.created >= start]
+    faster = [record for record in found if record.choice != record.heuristic]
+    best = max(faster, key=lambda record: record.speedup, default=None)
+    _messages().info(f"zyx tune: searched {len(found)} kernels, {len(faster)} faster than the heuristics"
+                     + (f" (best {best.speedup:.2f}x: {best.untuned_name} -> {best.tuned_name})" if best else "")
+                     + f"; `zyx cache ls` shows them, `zyx cache show KERNEL` each search")
+    return status
+
+
 # -- zyx devices ---------------------------------------------------------------------------------
 
 def devices(args: argparse.Namespace) -> int:
+    from zyx.jit.probe import compile_problem
     from zyx.runtime.platforms import default_ordinal, describe_devices
     described = describe_devices()
-    chosen_spec = os.environ.get("ZYX_DEVICE", "").strip().lower()
-    chosen = re.fullmatch(r"opencl:(\d+)", chosen_spec)
-    torch_rows, torch_missing = _torch_devices(chosen_spec)
-    default = None if chosen_spec.startswith("torch") else int(chosen[1]) if chosen else default_ordinal()
+    wanted = os.environ.get("ZYX_DEVICE", "").strip().lower()
+    chosen = re.fullmatch(r"opencl:(\d+)", wanted)
+    default = (None if wanted.startswith(("wgpu", "torch")) else int(chosen[1]) if chosen
+               else default_ordinal(problem=compile_problem))
     for ordinal, row in enumerate(described):
-        row.update(backend="opencl", spec=f"opencl:{ordinal}", default=ordinal == default)
+        row["kind"], row["default"] = "opencl", ordinal == default
+    adapters = _wgpu_adapters(wanted)
+    torch_rows, torch_missing = _torch_devices(wanted)
     if args.json:
-        print(json.dumps(described + torch_rows, indent=2))
+        print(json.dumps(described + adapters + torch_rows, indent=2))
         return 0
     if not described:
         _messages().info("no OpenCL platform found (zyx.CPU() still works)")
@@ -299,6 +387,12 @@ def devices(args: argparse.Namespace) -> int:
              "yes" if row["fp64"] else "no")
             for row in rows
         ], shrink=(2, 9), indent=2)
+    if adapters:
+        print("WebGPU adapters (zyx.WGPU(N); ZYX_WGPU_BACKENDS picks the backends)")
+        print_table(("", "#", "ADAPTER", "TYPE", "BACKEND", "MAX BINDING", "BUFFERS", "DRIVER"), [
+            ("*" if row["default"] else "", row["index"], row["device"], row["type"], row["backend"],
+             format_bytes(row["max_binding_bytes"]), row["storage_buffers"], row["driver"]) for row in adapters
+        ], shrink=(2, 7), indent=2)
     if torch_rows:
         import torch
         print(f"torch {torch.__version__}: zyx.Torch(device), ZYX_DEVICE=torch:DEVICE")
@@ -309,12 +403,26 @@ def devices(args: argparse.Namespace) -> int:
         print(f"torch: {torch_missing}")
     if default is not None and described:
         print("* the device zyx.OpenCL() uses" if chosen is None else "* the device ZYX_DEVICE names")
+    elif any(row["default"] for row in adapters):
+        print("* the adapter ZYX_DEVICE names")
     elif any(row["default"] for row in torch_rows):
         print("* the device ZYX_DEVICE names")
     return 0
 
 
-def _torch_devices(chosen_spec: str) -> tuple[list[dict[str, Any]], str]:
+def _wgpu_adapters(wanted: str) -> list[dict]:
+    """The WebGPU adapters (none where wgpu is not installed), the one ZYX_DEVICE names marked default."""
+    try:
+        from zyx.runtime.webgpu import describe_adapters, select_adapter
+        adapters = describe_adapters()
+    except (ImportError, RuntimeError):
+        return []
+    named = re.fullmatch(r"wgpu(?::(\d+))?", wanted)
+    default = (int(named[1]) if named[1] else select_adapter()) if named and adapters else None
+    return [{**row, "kind": "wgpu", "default": row["index"] == default} for row in adapters]
+
+
+def _torch_devices(wanted: str) -> tuple[list[dict[str, Any]], str]:
     """zyx.Torch()'s devices (the one ZYX_DEVICE names marked default), or none and why."""
     import importlib.util
     if importlib.util.find_spec("torch") is None:
@@ -324,9 +432,9 @@ def _torch_devices(chosen_spec: str) -> tuple[list[dict[str, Any]], str]:
     import torch
     rows = describe_torch_devices()
     named = None
-    if chosen_spec == "torch" or chosen_spec.startswith("torch:"):
+    if wanted == "torch" or wanted.startswith("torch:"):
         try:
-            named = f"torch:{resolve_torch_device(torch, chosen_spec.partition('+')[0][6:] or None)}"
+            named = f"torch:{resolve_torch_device(torch, wanted.partition('+')[0][6:] or None)}"
         except ValueError:
             named = None
     for row in rows:
@@ -337,7 +445,7 @@ def _torch_devices(chosen_spec: str) -> tuple[list[dict[str, Any]], str]:
 # -- wiring ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zyx", description="Zyx command line: the kernel cache and OpenCL devices.")
+    parser = _Parser(prog="zyx", description="Zyx command line: the kernel cache, OpenCL devices, autotuning.")
     parser.add_argument("--version", action="version", version=f"zyx {_version()}")
     parser.set_defaults(run=lambda args: _print_help(parser))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -367,8 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(cache_commands, "prune", cache_prune, "remove entries no present device or this zyx version can use")
 
-    listing = _command(commands, "devices", devices,
-                       "list OpenCL platforms and devices, and zyx.Torch()'s; * marks the default")
+    tuning = _command(commands, "tune", tune, "run a Python script with OpenCL kernel autotuning on (ZYX_TUNE=1)")
+    tuning.add_argument("--exhaustive", action="store_true", help="try every choice of each kernel (ZYX_TUNE=2)")
+    tuning.add_argument("script", metavar="SCRIPT", help="the script, as `python SCRIPT` would run it")
+    tuning.add_argument("arguments", metavar="ARGS", nargs=argparse.REMAINDER, help="the script's arguments")
+
+    listing = _command(commands, "devices", devices, "list OpenCL platforms and devices, WebGPU adapters and "
+                       "zyx.Torch()'s devices; * marks the default")
     listing.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

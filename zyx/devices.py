@@ -7,12 +7,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .dtypes import DType
+from .trace.hashing import Walk
 from .trace.node import Node
 
 
 class Device:
-    """A place for tensors: `zyx.CPU()` (RAM, numpy), `zyx.OpenCL()` (VRAM, fused kernels) or `zyx.Torch()`
-    (torch tensors, torch ops)."""
+    """A place for tensors: `zyx.CPU()` (RAM, numpy), `zyx.OpenCL()` or `zyx.WGPU()` (VRAM, fused kernels),
+    `zyx.Torch()` (torch tensors, torch ops)."""
 
     def __init__(self, kind: str, backend: Any, label: str, spec: str = ""):
         self.kind, self.backend, self.label = kind, backend, label
@@ -22,13 +23,13 @@ class Device:
         return f"zyx.{self.label}"
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        """Pickled as its spec ('cpu', 'opencl:N'): unpickling finds the device of this process."""
+        """Pickled as its spec ('cpu', 'opencl:N', 'wgpu:N'): unpickling finds the device of this process."""
         return device_from_spec, (self.spec,)
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, nodes: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
-        """Device buffers holding the values of `nodes` (`order`: their toposort, if known)."""
-        return self.backend.realize(list(nodes), order)
+    def realize(self, nodes: Sequence[Node], walk: Optional[Walk] = None) -> list[Any]:
+        """Device buffers holding the values of `nodes` (`walk`: `Walk(nodes)`, if made already)."""
+        return self.backend.realize(Walk(nodes) if walk is None else walk)
 
     def upload(self, array: np.ndarray) -> Any:
         """A device buffer holding a copy of `array` (what `zyx.tensor` stores)."""
@@ -116,8 +117,9 @@ def CPU() -> Device:
 
 def OpenCL(platform: int | str | None = None, device: int | str | None = None) -> Device:
     """Tensors in OpenCL buffers; traces fused into kernels. Picks a GPU if present, else the fastest CPU."""
+    from .jit.probe import compile_problem
     from .runtime.platforms import select_device
-    return _opencl_for(select_device(platform, device))
+    return _opencl_for(select_device(platform, device, problem=compile_problem))
 
 
 def _opencl_for(cl_device: Any) -> Device:
@@ -129,6 +131,27 @@ def _opencl_for(cl_device: Any) -> Device:
         _DEVICES[key] = Device("opencl", backend, f"OpenCL({cl_device.name.strip()!r})",
                                f"opencl:{ordinal_of(cl_device)}")
     return _DEVICES[key]
+
+
+def WGPU(adapter: int | str | None = None) -> Device:
+    """Tensors in WebGPU buffers (wgpu: Vulkan, Metal, DirectX 12); traces fused into WGSL kernels. `adapter`: an
+    index into `zyx devices`' WGPU list, or a power preference: "high-performance" (the default: a discrete GPU
+    first) or "low-power". float64 is not supported; int64 is computed in 32 bits."""
+    from .runtime.webgpu import select_adapter
+    return _wgpu_for(select_adapter(adapter))
+
+
+def _wgpu_for(index: int) -> Device:
+    key = ("wgpu", index)
+    if key not in _DEVICES:
+        from .jit.wgpu_backend import WgpuJitBackend
+        backend = WgpuJitBackend(index)
+        _DEVICES[key] = Device("wgpu", backend, backend.name, f"wgpu:{index}")
+    return _DEVICES[key]
+
+
+FUSING_KINDS = ("opencl", "wgpu")  # devices whose traces are scheduled into kernels
+CAPTURING_KINDS = (*FUSING_KINDS, "torch")  # devices whose programs zyx.jit captures and replays
 
 
 def import_torch() -> Any:
@@ -183,13 +206,14 @@ def resolve_torch_device(torch: Any, device: Any) -> Any:
     return chosen
 
 
-DEVICE_SPECS = "'cpu', 'opencl', 'opencl:N', 'torch' or 'torch:DEVICE' (torch:cpu, torch:cuda, torch:cuda:N, torch:mps)"
+DEVICE_SPECS = ("'cpu', 'opencl', 'opencl:N', 'wgpu', 'wgpu:N', 'torch' or 'torch:DEVICE' (torch:cpu, torch:cuda, "
+                "torch:cuda:N, torch:mps)")
 
 
 def device_from_spec(spec: str) -> Device:
-    """`cpu`, `opencl`, `opencl:N` (the N-th OpenCL device in `zyx devices` order), `torch` or `torch:DEVICE`
-    (a torch device: cpu, cuda, cuda:N, mps; `+compile` at the end asks for `compile=True`, `+compile=MODE` for
-    a torch.compile mode)."""
+    """`cpu`, `opencl`, `opencl:N` (the N-th OpenCL device in `zyx devices` order), `wgpu` or `wgpu:N` (the N-th
+    WebGPU adapter), `torch` or `torch:DEVICE` (a torch device: cpu, cuda, cuda:N, mps; `+compile` at the end asks
+    for `compile=True`, `+compile=MODE` for a torch.compile mode)."""
     spec = spec.strip().lower()
     if spec == "cpu":
         return CPU()
@@ -198,6 +222,10 @@ def device_from_spec(spec: str) -> Device:
     if spec.startswith("opencl:") and spec[7:].isdigit():
         from .runtime.platforms import select_device_by_ordinal
         return _opencl_for(select_device_by_ordinal(int(spec[7:])))
+    if spec == "wgpu":
+        return WGPU()
+    if spec.startswith("wgpu:") and spec[5:].isdigit():
+        return WGPU(int(spec[5:]))
     name, _, option = spec.partition("+")
     if (name == "torch" or name.startswith("torch:")) and (option in ("", "compile") or option.startswith("compile=")):
         return Torch(name[6:] or None, compile=option.partition("=")[2] or True if option else None)
@@ -208,15 +236,16 @@ _default: list[Device] = []
 
 
 def default_device() -> Device:
-    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N, torch, torch:DEVICE),
-    else CPU."""
+    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N, wgpu, wgpu:N, torch,
+    torch:DEVICE), else CPU."""
     if not _default:
         _default.append(device_from_spec(os.environ.get("ZYX_DEVICE", "cpu")))
     return _default[0]
 
 
 def set_default_device(device: Device | str) -> None:
-    """The device for tensors made without one, from now on (a Device or a spec: 'cpu', 'opencl', 'torch:cuda'...)."""
+    """The device for tensors made without one, from now on (a Device or a spec: 'cpu', 'opencl:N', 'wgpu',
+    'torch:cuda'...)."""
     _default[:] = [device if isinstance(device, Device) else device_from_spec(device)]
 
 

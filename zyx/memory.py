@@ -14,5 +14,5 @@ def memory_stats(device: Optional[Device] = None) -> dict[str, int]:
 def reset_peak_memory(device: Optional[Device] = None) -> None:
     """Start counting peak memory on `device` (the default one) from what is in use now."""
     backend = (device or default_device()).backend
-    if hasattr(backend, "reset_peak_memory"):
-        backend.reset_peak_memory()
+    if hasattr(backend, "runtime"):
+        backend.runtime.reset_peak_memory()

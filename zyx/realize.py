@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .trace.checks import RangeCheck, checks_in
-from .trace.node import Node, toposort
-from .trace.origin import detached_copy
+from .trace.hashing import Walk
+from .trace.node import Node
+from .trace.origin import record_origins
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -19,22 +20,22 @@ def realize(*tensors: "Tensor") -> None:
     """
     from .jit.capture import check_not_capturing
     check_not_capturing("realize")
-    pending: dict[int, object] = {}
+    pending: dict[int, Node] = {}
     for t in tensors:
         if not t.node.realized and id(t.node) not in pending:
             pending[id(t.node)] = t.node
-    by_device: dict[int, list] = {}
+    by_device: dict[int, list[Node]] = {}
     for node in pending.values():
-        by_device.setdefault(id(node.device), []).append(node)  # type: ignore[attr-defined]
+        by_device.setdefault(id(node.device), []).append(node)
     for nodes in by_device.values():
-        order = toposort(nodes)
-        origins = detached_copy(nodes, order=order)
-        checks = checks_in(order)
-        counts = [check.outside for check in checks]
+        walk = Walk(nodes)
+        checks = checks_in(walk.order)
+        if checks:  # their counts are computed in the same run
+            walk = Walk(nodes + [check.outside for check in checks])
         device = nodes[0].device
-        buffers = device.realize(nodes + counts, toposort(nodes + counts) if checks else order)
+        buffers = device.realize(walk.roots, walk)
         _raise_if_failed(checks, buffers[len(nodes):], device)
-        for node, buffer, origin in zip(nodes, buffers, origins):
+        for node, buffer, origin in zip(nodes, buffers, record_origins(walk, device)):
             node.become_buffer(buffer, origin)
 
 

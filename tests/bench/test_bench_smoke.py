@@ -60,3 +60,14 @@ def test_torch_backend_compares_w3_w4_w6_with_torch_eager(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["workload"] for r in rows] == ["W3 256³", "W3 512³", "W4 SGD", "W6 SGD", "W4 Adam", "W6 Adam"]
     assert all(r["zyx"] > 0 and r["torch"] > 0 and "MISMATCH" not in r["note"] for r in rows)
+def test_host_time_reports_microseconds_launches_and_the_floor(tmp_path):
+    stdout, result = _run("host_time.py", "--calls", "3", tmp_path=tmp_path)
+    rows = {(r["workload"], r["implementation"]): r for r in result["results"]}
+    workloads = ["H1 realize, cached 20-node structure", "H2 jitted replay, W4 step (SGD)",
+                 "H2 jitted replay, W4 step (Adam)"]
+    assert set(rows) == {(w, i) for w in workloads for i in ("zyx", "opencl")}
+    for workload in workloads:
+        zyx_row, floor = rows[(workload, "zyx")], rows[(workload, "opencl")]
+        assert zyx_row["extra"]["python_us"] > 0 and zyx_row["extra"]["wall_us"] > 0
+        assert zyx_row["extra"]["launches_per_call"] == floor["extra"]["launches_per_call"] >= 1
+    assert rows[(workloads[0], "zyx")]["extra"]["launches_per_call"] == 1  # the 20 nodes fuse into one kernel

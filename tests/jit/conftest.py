@@ -1,9 +1,19 @@
 import pytest
 
 import zyx
+from zyx.jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits
 
 
 @pytest.fixture
 def dev():
     """The OpenCL device (PoCL here, a GPU where there is one)."""
     return zyx.OpenCL()
+
+
+@pytest.fixture
+def gpu(dev, monkeypatch):
+    """The OpenCL device, scheduling GPU-shaped kernels (as ZYX_GPU_KERNELS=1 does, float4 lanes included)."""
+    monkeypatch.setattr(dev.backend, "traits", DeviceTraits(True, dev.backend.traits.group_size, GPU_VECTOR_WIDTH))
+    dev.backend.forget_programs()  # programs scheduled for the device's own shapes must not be found
+    yield dev
+    dev.backend.forget_programs()  # nor these, once the device's own traits are back

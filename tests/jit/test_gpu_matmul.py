@@ -1,6 +1,6 @@
 """GPU matrix products (zyx/jit/matmul.py): which block a product gets, and the local-tile kernel's results
 against numpy. Kernels are shaped for a GPU on whatever OpenCL device runs the tests (PoCL here), as
-ZYX_GPU_KERNELS=1 does."""
+ZYX_GPU_KERNELS=1 does (the `gpu` fixture, tests/jit/conftest.py)."""
 import importlib
 
 import numpy as np
@@ -23,14 +23,6 @@ def plan_of(tensor):
     root = tensor.node
     materialized = {id(root): root}
     return matmul.plan_local_tiles(root, hosted_matmul(root, materialized))
-
-
-@pytest.fixture
-def gpu(dev, monkeypatch):
-    """The OpenCL device, scheduling GPU-shaped kernels."""
-    monkeypatch.setattr(dev.backend, "traits", DeviceTraits(True, dev.backend.traits.group_size))
-    monkeypatch.setattr(dev.backend, "programs", {})
-    return dev
 
 
 @pytest.fixture

@@ -53,8 +53,19 @@ def test_division_and_modulo_match_python(terms, const, k, m):
 
 def test_variables_of_different_ranges_are_different_expressions():
     """Kernels reuse names (`gid`) with other ranges; memoized index maps must not mix them up."""
-    from zyx.jit.render import unravel
+    from zyx.jit.lower import unravel
     small, large = Expr.var("gid", 4), Expr.var("gid", 12)
     assert small != large
     assert unravel(small, (3, 4))[0].render() == "0"       # gid < 4: always row 0
     assert unravel(large, (3, 4))[0].render() == "(gid/4)"
+
+
+def test_grouped_rendering_factors_shared_coefficients_and_keeps_the_value():
+    k, kk, lid = Expr.var("k", 250), Expr.var("kk", 16), Expr.var("lid", 256)
+    index = (k % 2 * 16 + kk) * 33 + lid // 16 + 16
+    assert index.render() == "((k%2)*528+(lid/16)+kk*33+16)"
+    assert index.render_grouped() == "(((k%2)*16+kk)*33+(lid/16)+16)"
+    assert (kk * 33 + lid).render_grouped() == (kk * 33 + lid).render()  # one scaled term: nothing to group
+    for k_, kk_, lid_ in [(0, 0, 0), (7, 15, 255), (249, 3, 17)]:
+        value = eval(index.render_grouped().replace("/", "//"), {"k": k_, "kk": kk_, "lid": lid_})
+        assert value == ((k_ % 2) * 16 + kk_) * 33 + lid_ // 16 + 16

@@ -48,7 +48,7 @@ def test_broadcasts_read_one_vector_or_one_element():
     host = zyx.CPU()
     x, row, column = host.tensor(data(8, 32)), host.tensor(data(32)), host.tensor(data(8, 1))
     kernel, = kernels_of(x * row + column)
-    assert "vload16(0,in" in kernel.source  # the row: consecutive within each vector
+    assert "vload16((gid%2),in" in kernel.source  # the row: consecutive within each vector, two per row
     assert "((float16)(in" in kernel.source  # the column: one element for all lanes
 
 

@@ -187,13 +187,13 @@ def test_freed_buffers_return_to_pool_and_are_reused(backend):
     backend.pool.trim()
     start = backend.memory_stats()
     buffer = backend.allocate(10_000)
-    raw = buffer.cl_buffer
+    raw = buffer.raw
     held = backend.memory_stats()
     assert held["current_bytes"] - start["current_bytes"] == 10_240
     del buffer
     freed = backend.memory_stats()
     assert freed["current_bytes"] == start["current_bytes"] and freed["pool_bytes"] == 10_240
-    assert backend.allocate(10_100).cl_buffer is raw  # same size class: no new allocation
+    assert backend.allocate(10_100).raw is raw  # same size class: no new allocation
 
 
 def test_peak_memory_and_reset(backend):

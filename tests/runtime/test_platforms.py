@@ -120,6 +120,19 @@ def test_a_device_that_cannot_compile_is_passed_over(fake_machine):
         select_device()
 
 
+def test_a_given_problem_check_is_asked_instead_of_the_probe(fake_machine):
+    newest = _fake(0, "OpenCL 3.0 PoCL 6.0", "CPU")
+    older = _fake(1, "OpenCL 3.0 PoCL 3.1", "CPU")
+    fake_machine(newest, older, broken=(older[1],))
+    asked = []
+
+    def remembered(device):  # what zyx.OpenCL() passes: passes remembered across processes (zyx/jit/probe.py)
+        asked.append(device)
+        return "no longer compiles" if device == newest[1] else None
+    assert select_device(problem=remembered) == older[1] and asked == [newest[1], older[1]]
+    assert select_device() == newest[1]  # the plain probe (faked here: only `older` is broken)
+
+
 def test_single_device_is_chosen(fake_machine):
     only = _fake(0, "OpenCL 3.0 PoCL 3.0-rc2", "CPU")
     fake_machine(only)

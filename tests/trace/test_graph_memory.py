@@ -8,7 +8,7 @@ import numpy as np
 
 import zyx
 from zyx.trace.node import Node
-from zyx.trace.origin import Recorded
+from zyx.trace.origin import Recorded, recorded_structure
 
 
 def reachable(*tensors) -> int:
@@ -22,7 +22,7 @@ def reachable(*tensors) -> int:
         seen.add(id(node))
         stack.extend(node.src)
         if node.origin is not None:
-            stack.append(node.origin)
+            stack.append(recorded_structure(node))
         if isinstance(node, Recorded) and node.target() is not None:
             stack.append(node.target())
     return len(seen)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import zyx
-from zyx.trace.hashing import signature, structural_hash
+from zyx.trace.hashing import Walk, signature, structural_hash
 
 STEP = textwrap.dedent('''
     import numpy as np
@@ -88,3 +88,18 @@ def test_signature_orders_leaves(device):
     digest, leaves, rands = signature([(y * x + r).node])
     assert digest == structural_hash([(y * x + r).node])
     assert leaves == [y.node, x.node] and rands == [r.node]
+
+
+def test_walk_structure_tells_apart_exactly_what_the_hash_does(device):
+    """The in-memory key (Walk.structure, gathered from keys nodes made when built) and the digest agree."""
+    x = zyx.tensor([1.0, 2.0], device=device)
+    y = zyx.tensor([3.0, 4.0], device=device)
+    i = zyx.tensor([1, 2], device=device)
+    pairs = [(x * 2, y * 2), (x * 2, x * 3), (x + x, x + y), (x + y, y + x), (x * 0.0, x * -0.0),
+             (x.pad(((1, 0),)), x.pad(((1, 0),), value=1)), (x.cast(zyx.float64), x.cast(zyx.float16)),
+             (i * 1, i * True), (i << 1, i >> 1), (x.sum(), x.max()), (x.reshape(2, 1), x.reshape(1, 2))]
+    for a, b in pairs:
+        same_structure = Walk([a.node]).structure == Walk([b.node]).structure
+        assert same_structure == (a.structural_hash() == b.structural_hash()), (a.node, b.node)
+    assert Walk([(x * 2).node]).structure == Walk([(y * 2).node]).structure
+    assert Walk([(x * 0.0).node]).structure != Walk([(x * -0.0).node]).structure

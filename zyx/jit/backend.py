@@ -1,4 +1,7 @@
-"""The OpenCL device's realize: hash the trace, reuse or build its Program, compile through the cache, run."""
+"""A fusing device's realize: hash the trace, reuse or build its Program, compile its kernels, run.
+
+`FusingBackend` is what OpenCL and WGPU share (programs, their disk store, memory checks); `JitBackend` builds
+OpenCL kernels through the kernel cache, `wgpu_backend.WgpuJitBackend` WGSL pipelines."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -7,15 +10,19 @@ import numpy as np
 import pyopencl as cl
 
 from .. import counters as stats
-from ..runtime.execute import run_program
+from ..runtime.execute import Executable
 from ..runtime.opencl import OpenCLBackend
-from ..trace.hashing import signature
+from ..trace.hashing import Walk
 from ..trace.node import Node
-from . import opencl_c as c
+from . import print_opencl as c
 from .cache import default_cache
+from .cache_key import device_fingerprint
+from .choices import NO_TUNING, TunedChoices
 from .program import Program, build_program
 from .program_store import default_program_store, program_key
 from .schedule import DeviceTraits, schedule
+from .tune import Tuner, tune_mode
+from .tune_store import default_tuning_store
 from ..progress import compiling
 from ..debug import logger
 
@@ -23,18 +30,45 @@ from ..debug import logger
 KERNELS_PER_BUILD = 8
 
 
-class JitBackend:
-    """Tensors in OpenCL buffers; traces scheduled into fused kernels (one Program per trace structure)."""
+class FusingBackend:
+    """Tensors in device buffers; traces scheduled into fused kernels (one Program per trace structure).
+    A subclass compiles and runs a program's kernels (`run`) and says what the device fingerprint is."""
 
-    replays_programs = True  # @zyx.jit captures steps on this device (program_for, run, copy)
+    FLOAT64_NOTE = ""  # why a device may lack float64, for the error saying so
 
-    def __init__(self, cl_device: cl.Device):
-        self.runtime = OpenCLBackend(cl_device)
-        self.name = self.runtime.name
-        self.programs: dict[str, Program] = {}
-        self.traits = DeviceTraits.of(self.runtime)
-        self._kernels: dict[str, cl.Kernel] = {}
-        self._fresh: dict[str, cl.Program] = {}
+    def __init__(self, runtime: Any, traits: DeviceTraits):
+        self.runtime = runtime
+        self.name = runtime.name
+        self.programs: dict[str, Program] = {}  # by structural hash (what the disk caches and @jit use)
+        self._by_structure: dict[tuple, Program] = {}  # by Walk.structure: what a realize looks up
+        self._executables: dict[int, Executable] = {}  # by id(program): programs live as long as `programs`
+        self.traits = traits
+
+    def forget_programs(self) -> None:
+        """Drop the programs held in memory (the disk store keeps them): the next realize of each structure loads
+        or schedules it, with the tuned choices and ZYX_TUNE of then."""
+        self.programs.clear()
+        self._by_structure.clear()
+        self._executables.clear()
+
+    def fingerprint(self) -> dict[str, str]:
+        """The device and driver facts a persisted program is only valid for (cache_key.FINGERPRINT_NAMES)."""
+        raise NotImplementedError
+
+    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
+        """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched."""
+        executable = self._executables.get(id(program))
+        if executable is None or executable.program is not program:
+            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program))
+        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
+
+    def _kernels_of(self, program: Program) -> list[Any]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
+        raise NotImplementedError
+
+    def _after_launch(self, program: Program) -> Any:
+        """A callback for each launch's first run, or None."""
+        return None
 
     # ---- data movement -----------------------------------------------------------------------------------
     def upload(self, array: np.ndarray) -> Any:
@@ -47,70 +81,88 @@ class JitBackend:
     def memory_stats(self) -> dict[str, int]:
         return self.runtime.memory_stats()
 
-    def reset_peak_memory(self) -> None:
-        self.runtime.reset_peak_memory()
-
-    def copy(self, buffer: Any) -> Any:
-        """A new buffer holding the same bytes (what a jitted step overwrites in place when others hold it)."""
-        return self.runtime.copy(buffer)
-
     def synchronize(self) -> None:
         self.runtime.synchronize()
 
     def _check_dtype(self, dtype: np.dtype) -> None:
         if dtype == np.float64 and not self.runtime.supports_fp64:
-            raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
+            raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[Any]:
-        key, leaves, rands = signature(targets, order)
-        # Targets are stored and random tensors drawn whole (eager frameworks allocate both): one too large
-        # fails here, before scheduling, instead of as a driver error or a kernel that runs for minutes.
-        self.runtime.limits.check_nodes(list(targets) + rands)
-        program = self.program_for(key, targets, leaves, rands)
-        inputs = [leaf.buffer for leaf in leaves]
-        if any(b is None for b in inputs):
+    def realize(self, walk: Walk) -> list[Any]:
+        """Buffers holding the values of the walk's roots: a structure seen before is looked up once, by its exact
+        key; only a new one is hashed (for the disk caches), checked against the device and scheduled."""
+        program = self._by_structure.get(walk.structure)
+        if program is None:
+            # Targets are stored and random tensors drawn whole (eager frameworks allocate both): one too large
+            # fails here, before scheduling, instead of as a driver error or a kernel that runs for minutes.
+            self.runtime.limits.check_nodes(walk.roots + walk.rands)
+            program = self.program_for(walk.digest(), walk.roots, walk.leaves, walk.rands)
+            self._by_structure[walk.structure] = program
+        else:
+            stats.bump("schedule_cache_hits")
+        inputs = [leaf.buffer for leaf in walk.leaves]
+        if None in inputs:
             raise RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
                                "until its gradients are realized")
-        return self.run(program, inputs, [r.arg for r in rands])
-
-    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
-        self._compile_together([launch for launch in program.launches if launch.global_size[0]])
-        kernels = [self.kernel(launch.source, launch.name) if launch.global_size[0] else None
-                   for launch in program.launches]
-        return run_program(self.runtime, program, kernels, inputs, rand_args,
-                           on_first_launch=self._after_launch(program))
+        return self.run(program, inputs, [r.arg for r in walk.rands])
 
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-                    in_place: Sequence[tuple[int, int]] = ()) -> Program:
-        """The Program for a trace structure: from memory, else from disk, else scheduled (and stored)."""
+                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> Program:
+        """The Program for a trace structure: from memory, else from disk, else scheduled (and stored). With
+        tuning on (ZYX_TUNE, or `tune`: see tune.py) it is scheduled afresh, searching new kernels."""
         program = self.programs.get(key)
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        disk_key = program_key(key, self.runtime.device, self.traits)
-        program = default_program_store().load(disk_key, len(leaves), len(rands))
+        mode = self._tune_mode(tune)
+        program = None
+        if not mode:
+            program = default_program_store().load(self._disk_key(key), len(leaves), len(rands))
         if program is not None:
             stats.bump("programs_loaded")
         else:
-            program = self._build(targets, leaves, rands, in_place)
-            default_program_store().save(disk_key, program)
+            program = self._build(targets, leaves, rands, in_place, mode)
+            default_program_store().save(self._disk_key(key), program)  # (with what a search found since)
         program.name = key
         self._check_memory(program)
         self.programs[key] = program
         return program
 
+    def _disk_key(self, key: str) -> str:
+        return program_key(key, self.fingerprint(), self.traits, self.tuned.digest)
+
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-               in_place: Sequence[tuple[int, int]]) -> Program:
-        for node in targets:
-            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
-                raise TypeError(f"{self.name} has no float64 support (cl_khr_fp64)")
-        kernels, scheduled_targets = schedule(targets, self.traits)
+               in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
+        self._check_graph(targets)
+        kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
+        if mode and self._search(kernels, mode):
+            kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
         stats.bump("graphs_scheduled")
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))
         return program
+
+    @property
+    def tuned(self) -> TunedChoices:
+        """The tuned choices this device's kernels are shaped with: none here (only OpenCL tunes: JitBackend)."""
+        return NO_TUNING
+
+    def _tune_mode(self, tune: int) -> int:
+        """How hard this realize searches its kernels (see tune.tune_mode): never here, only OpenCL's kernels
+        are tuned (the tuner compiles and times OpenCL launches: JitBackend)."""
+        return 0
+
+    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
+        """Search the kernels tuning asks for; whether any search found a choice (see JitBackend)."""
+        return False
+
+    def _check_graph(self, targets: Sequence[Node]) -> None:
+        """Refuse, before scheduling, a trace the device cannot compute."""
+        for node in targets:
+            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
+                raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
 
     def _check_memory(self, program: Program) -> None:
         """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""
@@ -118,6 +170,51 @@ class JitBackend:
         for slot, nbytes in enumerate(program.slot_bytes):
             limits.check_bytes(nbytes, f"buffer {slot} of a {program.kernel_count}-kernel program")
         limits.check_total(program.planned_peak_bytes, f"a {program.kernel_count}-kernel program")
+
+
+class JitBackend(FusingBackend):
+    """Tensors in OpenCL buffers; kernels built through the kernel cache, a few per OpenCL program."""
+
+    FLOAT64_NOTE = "cl_khr_fp64"
+
+    def __init__(self, cl_device: cl.Device):
+        runtime = OpenCLBackend(cl_device)
+        super().__init__(runtime, DeviceTraits.of(runtime))
+        self._kernels: dict[str, cl.Kernel] = {}
+        self._fresh: dict[str, cl.Program] = {}
+        self._tuned: Optional[TunedChoices] = None
+        self._tuner: Optional[Tuner] = None
+
+    def fingerprint(self) -> dict[str, str]:
+        return device_fingerprint(self.runtime.device)
+
+    @property
+    def tuned(self) -> TunedChoices:
+        """The tuned choices stored for this device (read at first use), and those found since."""
+        if self._tuned is None:
+            self._tuned = default_tuning_store().choices(self.fingerprint())
+        return self._tuned
+
+    def _tune_mode(self, tune: int) -> int:
+        return tune_mode(tune)
+
+    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
+        """Search the kernels tuning asks for (tune.py); whether any search found a choice to store (the programs
+        in memory, scheduled without it, are then forgotten)."""
+        if self._tuner is None:
+            self._tuner = Tuner(self.runtime, self.traits)
+        records = self._tuner.search(kernels, self.tuned, mode)
+        for record in records:
+            self._tuned = self.tuned.with_choice(record.kernel, record.choice)
+        if records:
+            self.forget_programs()
+        return bool(records)
+
+    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
+        self._compile_together([launch for launch in program.launches if launch.is_kernel])
+        return [self.kernel(launch.source, launch.name) if launch.is_kernel else None
+                for launch in program.launches]
 
     def kernel(self, source: str, name: str) -> cl.Kernel:
         """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
@@ -132,32 +229,28 @@ class JitBackend:
 
     def _compile_together(self, launches: Sequence[Any]) -> None:
         """Build a program's missing kernels, KERNELS_PER_BUILD in each OpenCL program: a build's fixed cost
-        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, and the progress bar moves
-        after each build. The groups depend only on the program, so a warm run asks the cache for the same ones."""
+        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, the builds run side by side
+        (`KernelCache.build_many`), and the progress bar moves as each one finishes. The groups depend only on
+        the program, so a warm run asks the cache for the same ones."""
         missing = list({launch.source: launch for launch in launches if launch.source not in self._kernels}.values())
         if len(missing) < 2:
             return
         groups = [missing[start:start + KERNELS_PER_BUILD] for start in range(0, len(missing), KERNELS_PER_BUILD)]
-        with compiling(len(missing) if self._compiles_any(groups) else 0) as advance:
-            for group in groups:
-                self._build_group(group)
-                advance(len(group))
+        sources = [self._group_source(group) for group in groups]
+        for group, source in zip(groups, sources):
+            logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
+        with compiling(len(missing) if self._compiles_any(sources) else 0) as advance:
+            built = default_cache().build_many(self.runtime.context, self.runtime.device, sources,
+                                               on_built=lambda index: advance(len(groups[index])))
+        for group, program in zip(groups, built):
+            for launch in group:
+                self._kernels[launch.source] = getattr(program, launch.name)
+                self._fresh[launch.source] = program
 
-    def _build_group(self, group: Sequence[Any]) -> None:
-        if len(group) == 1:
-            self.kernel(group[0].source, group[0].name)
-            return
-        combined = self._group_source(group)
-        logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), combined)
-        built = default_cache().build(self.runtime.context, self.runtime.device, combined)
-        for launch in group:
-            self._kernels[launch.source] = getattr(built, launch.name)
-            self._fresh[launch.source] = built
-
-    def _compiles_any(self, groups: Sequence[Sequence[Any]]) -> bool:
-        """Whether building `groups` will run the compiler (some group is neither in memory nor on disk)."""
+    def _compiles_any(self, sources: Sequence[str]) -> bool:
+        """Whether building `sources` will run the compiler (some is neither in memory nor on disk)."""
         cache = default_cache()
-        return any(not cache.holds(self.runtime.device, self._group_source(group)) for group in groups)
+        return any(not cache.holds(self.runtime.device, source) for source in sources)
 
     @staticmethod
     def _group_source(group: Sequence[Any]) -> str:

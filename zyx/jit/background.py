@@ -1,4 +1,4 @@
-"""One writer thread for work that should hold up neither the caller nor, for more than a moment, the exit."""
+"""One writer thread for work that should hold up neither the caller nor, for longer than it is worth, the exit."""
 from __future__ import annotations
 
 import atexit
@@ -11,13 +11,13 @@ __all__ = ["BackgroundWriter"]
 
 
 class BackgroundWriter:
-    """Runs submitted jobs in order on a daemon thread. At exit it waits at most `exit_wait_seconds` and then
-    starts no further job, so a process that queued minutes of work still exits at once; what was not done is
+    """Runs submitted jobs in order on a daemon thread. At exit it waits at most `exit_wait_seconds()` and then
+    starts no further job, so a process that queued minutes of work still exits soon; what was not done is
     simply not there (each job must leave things consistent if the process dies around it). A job already
     running is waited for: it may be inside the OpenCL driver with the GIL released, and a process that exits
     under it can crash in the driver's teardown."""
 
-    def __init__(self, exit_wait_seconds: float = 1.0):
+    def __init__(self, exit_wait_seconds: Callable[[], float] = lambda: 1.0):
         self.exit_wait_seconds = exit_wait_seconds
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -42,7 +42,7 @@ class BackgroundWriter:
             return self._jobs.all_tasks_done.wait_for(lambda: not self._jobs.unfinished_tasks, timeout)
 
     def _at_exit(self) -> None:
-        self.wait(self.exit_wait_seconds)
+        self.wait(self.exit_wait_seconds())
         with self._start_lock:
             self._stopping = True
         with self._running:  # the job in flight, if any, finishes; no other starts

@@ -4,8 +4,8 @@ On disk an entry is one row of the `kernels` table of `disk_store.DiskStore` (SQ
 processes, bounded by an LRU size limit): the program binary, and JSON metadata (key components, source,
 binary checksum, kernel names, compile time) that is parsed and validated before the binary is handed to the
 driver. Nothing stored is ever unpickled or run as Python. Binaries are read after a program's first launch
-(see `KernelCache.commit`) and written by a background thread (`commit_later`), so neither the first step nor
-the process's exit waits for them.
+(see `KernelCache.commit`) and written by a background thread (`commit_later`), so the first step does not
+wait for them; the exit waits about as long as the process spent compiling (`KernelCache._exit_wait_seconds`).
 
 A damaged entry is dropped with one `CacheWarning` and recompiled; the store handles damaged databases,
 read-only and untrusted directories (see `disk_store`). None of these interrupts the run.
@@ -13,6 +13,7 @@ read-only and untrusted directories (see `disk_store`). None of these interrupts
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -21,10 +22,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
+from zyx.jit.compile_lock import compile_lock
 from zyx.jit.compiler import build_binary, build_source
 from zyx.jit.program_binary import program_binary
 from zyx.jit.cache_key import (
@@ -41,6 +44,8 @@ __all__ = ["CacheDirectoryWarning", "CacheWarning", "KernelCache", "cache_direct
            "device_fingerprint", "device_matches", "parse_size", "selected"]
 
 DEFAULT_SIZE_LIMIT = 1 << 30
+EXIT_WAIT_SECONDS = 1.0         # the least the exit waits for binaries to be stored
+EXIT_WAIT_LIMIT_SECONDS = 60.0  # the most, however long this process compiled
 SHORT_KEY_LENGTH = 12
 TABLE = "kernels"
 _PENDING_ATTRIBUTE = "_zyx_cache_pending"
@@ -176,27 +181,60 @@ class KernelCache:
         self.size_limit = size_limit if size_limit is not None else _size_limit_from_env()
         self._memory: dict[tuple[cl.Context, cl.Device, str], cl.Program] = {}
         self._lock = threading.Lock()
-        self._writer = BackgroundWriter()
+        self._compiled_seconds = 0.0  # spent compiling programs in this process
+        self._writer = BackgroundWriter(self._exit_wait_seconds)
         self._store = DiskStore(self.directory, TABLE, self.size_limit)
+        self._shared = False  # see share_compiles
 
     # -- the JIT's entry points ------------------------------------------------------------------
 
     def build(self, context: cl.Context, device: cl.Device, source: str,
               options: tuple[str, ...] = ()) -> cl.Program:
         """Return a built program: from memory, else from disk (binary), else compiled."""
-        components = key_components(device, source, options)
-        key = cache_key(components)
-        memory_key = (context, device, key)
+        return self.build_many(context, device, [source], options)[0]
+
+    def build_many(self, context: cl.Context, device: cl.Device, sources: Sequence[str],
+                   options: tuple[str, ...] = (), on_built: Callable[[int], None] = lambda index: None
+                   ) -> list[cl.Program]:
+        """Built programs for `sources` (memory, else disk, else compiled); `on_built(i)` as the i-th is ready.
+
+        The ones to compile are compiled at once on up to `compile_threads()` threads: the driver's compiler
+        runs without the GIL (pyopencl releases it in clBuildProgram), so a cold program's builds overlap. Their
+        bookkeeping (counters, memory, logs) stays on the calling thread.
+        """
+        programs: list[cl.Program | None] = []
+        wanted: list[tuple[dict[str, str], str]] = []
+        for index, source in enumerate(sources):
+            components = key_components(device, source, options)
+            key = cache_key(components)
+            wanted.append((components, key))
+            with self._lock:
+                program = self._memory.get((context, device, key))
+            if program is not None:
+                bump("cache_memory_hits")
+            else:
+                program = self._load(context, device, key, components, options)
+            programs.append(program)
+            if program is not None:
+                on_built(index)
+        missing = [index for index, program in enumerate(programs) if program is None]
+        if missing and self._shares_compiles:
+            self._build_shared(context, device, sources, options, wanted, programs, on_built)
+        elif missing:
+            self._compile_into(context, device, sources, options, wanted, programs, missing, on_built)
         with self._lock:
-            program = self._memory.get(memory_key)
-        if program is not None:
-            bump("cache_memory_hits")
-            return program
-        program = self._load(context, device, key, components, options)
-        if program is None:
-            program = self._compile(context, device, source, options, key, components)
-        with self._lock:
-            return self._memory.setdefault(memory_key, program)
+            return [self._memory.setdefault((context, device, key), program)
+                    for (_, key), program in zip(wanted, programs)]
+
+    def share_compiles(self) -> None:
+        """Other processes use this cache directory at the same time (the ranks of an MPI job on one node): from
+        now on one of them compiles a missing kernel while the others wait for its binary and load it, instead of
+        each compiling it (see compile_lock.py). Binaries are then stored as soon as they are built."""
+        self._shared = True
+
+    @property
+    def _shares_compiles(self) -> bool:
+        return self._shared and self.stores_binaries and not self._store.read_only
 
     def holds(self, device: cl.Device, source: str, options: tuple[str, ...] = ()) -> bool:
         """Whether `build` would find the program in memory or on disk (it may still prove damaged there)."""
@@ -228,7 +266,8 @@ class KernelCache:
     def commit_later(self, program: cl.Program) -> None:
         """`commit` on the cache's writer thread: on PoCL, reading a program's binary compiles every kernel's
         work-group function again (1.9 s of a 4.9 s cold MLP start here), which the first step need not wait
-        for. At exit the writer waits about a second, then leaves the rest to be compiled again next time."""
+        for. At exit the writer waits about as long as this process spent compiling (1 to 60 s), then leaves the
+        rest to be compiled again next time."""
         if self.stores_binaries:
             self._writer.submit(lambda: self.commit(program))
 
@@ -237,6 +276,12 @@ class KernelCache:
         """Whether built programs are written to disk: not with a size limit of 0 (`ZYX_CACHE_SIZE=0`), where
         nothing is read back from the driver either (on PoCL that read compiles every kernel again)."""
         return self.size_limit > 0 and self._store.on_disk
+
+    def _exit_wait_seconds(self) -> float:
+        """How long the exit waits for binaries still to be stored: as long as this process spent compiling
+        them (at least EXIT_WAIT_SECONDS, at most EXIT_WAIT_LIMIT_SECONDS). A binary not stored is compiled
+        again by the next process, and on PoCL storing one costs about what compiling it did."""
+        return min(max(EXIT_WAIT_SECONDS, self._compiled_seconds), EXIT_WAIT_LIMIT_SECONDS)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every program `commit_later` queued is stored; False if `timeout` seconds passed first."""
@@ -328,14 +373,51 @@ class KernelCache:
                                  (time.perf_counter() - start) * 1e3, key[:SHORT_KEY_LENGTH])
         return program
 
-    def _compile(self, context: cl.Context, device: cl.Device, source: str, options: tuple[str, ...],
-                 key: str, components: dict[str, str]) -> cl.Program:
-        start = time.perf_counter()
-        program = build_source(context, device, source, options)
-        seconds = time.perf_counter() - start
+    def _compile_into(self, context: cl.Context, device: cl.Device, sources: Sequence[str], options: tuple[str, ...],
+                      wanted: list[tuple[dict[str, str], str]], programs: list, indices: Sequence[int],
+                      on_built: Callable[[int], None]) -> list[int]:
+        """Compile `sources[i]` for each i of `indices`, side by side, into `programs[i]`; returns the indices."""
+        if not indices:
+            return []
+        for index, (program, seconds) in _compile_all(context, device, [sources[i] for i in indices], options,
+                                                      indices):
+            components, key = wanted[index]
+            programs[index] = self._record_compiled(program, seconds, sources[index], device, key, components)
+            on_built(index)
+        return list(indices)
+
+    def _build_shared(self, context: cl.Context, device: cl.Device, sources: Sequence[str], options: tuple[str, ...],
+                      wanted: list[tuple[dict[str, str], str]], programs: list,
+                      on_built: Callable[[int], None]) -> None:
+        """The missing programs, each compiled by one of the processes sharing the directory: this one locks the
+        keys no other holds, loads those stored meanwhile, compiles the rest side by side and stores them before
+        letting go; then it waits for the keys others hold and loads what they stored (compiling what they did not)."""
+        def load(index: int) -> bool:
+            components, key = wanted[index]
+            programs[index] = self._load(context, device, key, components, options)
+            if programs[index] is not None:
+                on_built(index)
+            return programs[index] is not None
+
+        missing = [index for index, program in enumerate(programs) if program is None]
+        with contextlib.ExitStack() as held:
+            mine = [i for i in missing if held.enter_context(compile_lock(self.directory, wanted[i][1], wait=False))]
+            for index in self._compile_into(context, device, sources, options, wanted, programs,
+                                            [i for i in mine if not load(i)], on_built):
+                self.commit(programs[index])
+        for index in missing:
+            if programs[index] is None:
+                with compile_lock(self.directory, wanted[index][1], wait=True):
+                    if not load(index):  # the holder stored nothing (it failed, or its binary was rejected)
+                        self._compile_into(context, device, sources, options, wanted, programs, [index], on_built)
+                        self.commit(programs[index])
+
+    def _record_compiled(self, program: cl.Program, seconds: float, source: str, device: cl.Device, key: str,
+                         components: dict[str, str]) -> cl.Program:
         bump("kernels_compiled")
         bump("cache_misses")
         bump("compile_seconds", seconds)
+        self._compiled_seconds += seconds
         vars(program)[_PENDING_ATTRIBUTE] = _Pending(key, components, source, device, seconds)
         log = logger("zyx.cache")
         log.info("compiled %s in %.1f ms (key %s)", ";".join(_kernel_names(program)), seconds * 1e3,
@@ -363,6 +445,35 @@ class KernelCache:
         warnings.warn(f"zyx kernel cache: dropped entry {key[:SHORT_KEY_LENGTH]} because {reason}; recompiling",
                       CacheWarning, stacklevel=5)
         self._store.delete([key])
+
+
+def compile_threads() -> int:
+    """How many builds run at once: one per core (each build is single-threaded in the drivers seen so far)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _compile_all(context: cl.Context, device: cl.Device, sources: Sequence[str], options: tuple[str, ...],
+                 indices: Sequence[int]) -> Iterator[tuple[int, tuple[cl.Program, float]]]:
+    """(index, (program, seconds)) for each source as its build finishes; a failed build raises its
+    KernelBuildError once the others stop (none waits in the queue after a failure)."""
+    def timed(source: str) -> tuple[cl.Program, float]:
+        start = time.perf_counter()
+        program = build_source(context, device, source, options)
+        return program, time.perf_counter() - start
+
+    threads = min(len(sources), compile_threads())
+    if threads == 1:
+        for source, index in zip(sources, indices):
+            yield index, timed(source)
+        return
+    import concurrent.futures  # only a cold start needs it
+    pool = concurrent.futures.ThreadPoolExecutor(threads, "zyx-compile")
+    try:
+        futures = {pool.submit(timed, source): index for source, index in zip(sources, indices)}
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _default: KernelCache | None = None

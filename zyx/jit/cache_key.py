@@ -23,15 +23,17 @@ CACHE_FORMAT = "1"
 FINGERPRINT_NAMES = ("device", "platform", "platform_version", "driver_version", "opencl_c_version")
 COMPONENT_NAMES = ("source_hash", *FINGERPRINT_NAMES, "options", "zyx_version", "format")
 
-PROGRAM_FORMAT = "program-2"
+PROGRAM_FORMAT = "program-3"
 """Bump when the stored program layout changes."""
-PROGRAM_COMPONENT_NAMES = ("structure", *FINGERPRINT_NAMES, "traits", "settings", "zyx_source", "zyx_version",
-                           "format")
+PROGRAM_COMPONENT_NAMES = ("structure", *FINGERPRINT_NAMES, "traits", "tuning", "settings", "zyx_source",
+                           "zyx_version", "format")
 SETTINGS_THAT_SHAPE_NO_PROGRAM = frozenset({"ZYX_CACHE_DIR", "ZYX_CACHE_SIZE", "ZYX_DEBUG", "ZYX_DEBUG_CACHE",
-                                            "ZYX_DEVICE", "ZYX_TORCH_COMPILE"})
-"""Where the cache lives, what is printed, which device is the default, how zyx.Torch() runs: everything else
-named ZYX_* is in an OpenCL program's key (a setting listed here wrongly would return old programs; one missing
-only costs a reschedule)."""
+                                            "ZYX_DEVICE", "ZYX_DISTRIBUTED_TIMEOUT", "ZYX_SHARE_COMPILES",
+                                            "ZYX_TORCH_COMPILE", "ZYX_TUNE"})
+"""Where the cache lives, what is printed, which device is the default, how ranks wait for each other, whether
+kernels are searched (what a search finds is the "tuning" component), how zyx.Torch() runs: everything else named
+ZYX_* is in a program's key (a setting listed here wrongly would return old programs; one missing only costs a
+reschedule)."""
 
 
 def hash_hex(data: str | bytes) -> str:
@@ -100,13 +102,17 @@ def program_settings() -> str:
                        if name.startswith("ZYX_") and name not in SETTINGS_THAT_SHAPE_NO_PROGRAM})
 
 
-def program_components(structure: str, device: cl.Device, traits: Any) -> dict[str, str]:
-    """What a scheduled program depends on: the trace's structural hash, the device, the traits its kernels
-    were shaped for, the settings, the code and the format."""
+def program_components(structure: str, fingerprint: dict[str, str], traits: Any,
+                       tuning: str = "none") -> dict[str, str]:
+    """What a scheduled program depends on: the trace's structural hash, the device's fingerprint (an OpenCL
+    device's `device_fingerprint`, or a WebGPU adapter's facts under the same names), the traits its kernels were
+    shaped for, the tuned choices the scheduler had (`TunedChoices.digest`), the settings, the code and the
+    format."""
     return {
         "structure": structure,
-        **device_fingerprint(device),
+        **fingerprint,
         "traits": repr(traits),
+        "tuning": tuning,
         "settings": program_settings(),
         "zyx_source": zyx_source_hash(),
         "zyx_version": zyx_version(),

@@ -23,13 +23,18 @@ from typing import Optional
 from ..trace import node as n
 from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op
-from .render import Index, KernelBuilder, RenderedKernel, _Scope, _Value, linear, source_index, unravel
+from ..dtypes import float32
+from .choices import FAMILIES, Choice, Options
+from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role
+from .lower import Index, Lowering, _Value, linear, source_index, unravel
 from .symbolic import Expr
 from .tiling import hosted_matmul, matmul_axes, space_axes
 
 ACCUMULATORS = 16       # float16 registers per work item (AVX-512 has 32)
 WIDTHS = (32, 16)       # output columns per work item: the first that divides the column count
 LANES = 16              # floats per vector
+NARROW_ACCUMULATORS = 4  # the same on CPUs with 8-float vectors (AVX2: 16 registers, a float16 takes two)
+NARROW_WIDTHS = (16,)
 MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
 IN_PLACE_BYTES = 2 << 20  # a right operand this small is read in place if it can be (packing pays above)
 
@@ -81,9 +86,19 @@ class CpuPlan:
     left_in_place: bool  # the left operand only views memory and has whole tiles: its loads render in place
     right_in_place: bool  # the right operand also is small, contiguous along m and in whole tiles
 
+    @property
+    def choice(self) -> Choice:
+        return Choice.of("cpu_matmul", rows=self.left.block, width=self.right.block)
 
-def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPlan]:
-    """A plan when the kernel hosts a float32 product with whole vectors of columns; None for the plain path."""
+    @property
+    def options(self) -> Options:
+        return matmul_options(self.product.src[0].shape[self.n_axis], self.product.src[0].shape[self.m_axis])
+
+
+def plan_cpu_matmul(root: Node, materialized: dict[int, Node], native_width: int = LANES,
+                    choice: Optional[Choice] = None) -> Optional[CpuPlan]:
+    """A plan when the kernel hosts a float32 product with whole vectors of columns; None for the plain path.
+    Its tile is `choice`'s rows and width, else as the device's vector registers (`native_width` floats) allow."""
     product = hosted_matmul(root, materialized)
     if product is None or product.dtype.name != "float32" or len(product.arg) != 1:
         return None
@@ -100,17 +115,37 @@ def plan_cpu_matmul(root: Node, materialized: dict[int, Node]) -> Optional[CpuPl
     left, right = (_unbroadcast(s) for s in product.src[0].src)
     if left is None or right is None or left.shape[k_axis] != shape[k_axis] or right.shape[k_axis] != shape[k_axis]:
         return None
-    # tiles that divide the outputs where one does, else the last tiles of a row or column hang over its end
-    width = next((w for w in WIDTHS if shape[m_axis] % w == 0), WIDTHS[0] if shape[m_axis] > LANES else LANES)
-    most = ACCUMULATORS * LANES // width
-    rows = max(d for d in range(1, most + 1) if shape[n_axis] % d == 0)
-    rows = rows if 2 * rows > most else most
+    rows, width = (choice["rows"], choice["width"]) if choice else default_tile(shape[n_axis], shape[m_axis], native_width)
     left_in_place = (shape[n_axis] % rows == 0
                      and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None)
     right_in_place = (shape[m_axis] % width == 0 and shape[m_axis] * shape[k_axis] * 4 <= IN_PLACE_BYTES
                       and _contiguous(product.src[0].src[1], m_axis, materialized))
     return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
                    Operand(right, m_axis, k_axis, width), left_in_place, right_in_place)
+
+
+def default_tile(n: int, m: int, native_width: int) -> tuple[int, int]:
+    """Rows and columns per work item: as many accumulators as the vector registers hold, in tiles that divide the
+    outputs where one does (else the last tiles of a row or column hang over its end). On AVX-512 (16 floats per
+    register, 32 registers) 8 x 32; on AVX2 (8 floats, 16 registers, a float16 takes two) 4 x 16, about twice
+    as fast there as 8 x 32, which spills (W3 1024³ and 2048³ on PoCL 3.1, AMD EPYC; ZYX_TUNE finds more)."""
+    accumulators, widths = (ACCUMULATORS, WIDTHS) if native_width >= LANES else (NARROW_ACCUMULATORS, NARROW_WIDTHS)
+    width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
+    most = accumulators * LANES // width
+    rows = max(d for d in range(1, most + 1) if n % d == 0)
+    return (rows if 2 * rows > most else most), width
+
+
+def matmul_options(n: int, m: int) -> Options:
+    """The tiles a search may try for an n x m product: rows up to n, columns up to m (in whole vectors)."""
+    rows, widths = FAMILIES["cpu_matmul"]["rows"], FAMILIES["cpu_matmul"]["width"]
+    return (("rows", tuple(r for r in rows if r <= max(n, 1))),
+            ("width", tuple(w for w in widths if w < m + LANES)))
+
+
+def fits_registers(choice: Choice) -> bool:
+    """Whether a tile's accumulators fit twice the registers of AVX-512 (more spill whatever the CPU)."""
+    return choice["rows"] * choice["width"] <= 2 * ACCUMULATORS * LANES
 
 
 def _probe(shape: tuple[int, ...], short: int = -1) -> list[Expr]:
@@ -161,35 +196,26 @@ def copy_tile(root: Node) -> Optional[dict[int, int]]:
     output per item)."""
     if root.op is not Op.PERMUTE or root.src[0].op is not Op.RESHAPE or len(root.shape) < 3:
         return None
-    if root.arg[-1] != root.arg[-3] + 1 or not 1 < root.shape[-1] <= max(WIDTHS):
+    if root.arg[-1] != root.arg[-3] + 1 or not 1 < root.shape[-1] <= max(FAMILIES["cpu_matmul"]["width"]):
         return None
     return {len(root.shape) - 1: root.shape[-1]}
 
 
-@dataclass
-class CpuMatmulBuilder(KernelBuilder):
-    """KernelBuilder whose work items each own a rows x width tile of the product, accumulated in vectors."""
+class CpuMatmulLowering(Lowering):
+    """Lowering whose work items each own a rows x width tile of the product, accumulated in vectors."""
 
-    plan: Optional[CpuPlan] = None
-    kind = "m"
-
-    def __post_init__(self) -> None:
-        plan = self.plan
-        assert plan is not None
-        self.space = self.root.shape
-        self.numel = math.prod(self.space)
-        self.allow_extra_outputs = False
-        tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}
+    def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: CpuPlan,
+                 stored_apart: frozenset = frozenset()):
+        super().__init__(root, materialized, produced, False, stored_apart)
+        self.plan, self.kind, self.local_size = plan, "m", 1  # one item per group: PoCL hands the groups out
+        tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}  # to its threads in order
         grid = [-(-size // tile.get(axis, 1)) for axis, size in enumerate(self.space)]
         # the row blocks vary fastest: consecutive items share the right operand's panel
         order = [a for a in range(len(grid)) if a != plan.space_n] + [plan.space_n]
-        self.work_items = math.prod(grid)
-        self.gid = Expr.var("gid", self.work_items)
-        cell = dict(zip(order, unravel(self.gid, tuple(grid[a] for a in order))))
+        self.items = math.prod(grid)
+        cell = dict(zip(order, unravel(Expr.var("gid", self.items), tuple(grid[a] for a in order))))
         self.corner = tuple(cell[a] * tile.get(a, 1) for a in range(len(grid)))
-        self.elements: list[Index] = []
-        self.lanes: list[tuple[int, int]] = []  # (row, column) in the tile of each element
-        self.guards: list[tuple[str, ...]] = []  # the conditions under which each element exists
+        self.elements, self.guards, self.lanes = [], [], []  # lanes: (row, column) in the tile of each element
         for t in range(plan.left.block):
             for u in range(plan.right.block):
                 offsets = {plan.space_n: t, plan.space_m: u}
@@ -197,78 +223,59 @@ class CpuMatmulBuilder(KernelBuilder):
                 if any(element[a].lo >= self.space[a] for a in offsets):
                     continue  # past the end in every tile
                 ragged = [a for a in offsets if element[a].hi >= self.space[a]]
-                self.guards.append(tuple(f"({element[a].render()}<{self.space[a]})" for a in ragged))
+                self.guards.append(tuple((element[a], "lt", self.space[a]) for a in ragged))
                 # where the guard holds the index is in range: an opaque value with that range (as in a PAD)
                 self.elements.append(tuple(Expr.clamped(e, 0, self.space[a] - 1) if a in ragged else e
                                            for a, e in enumerate(element)))
                 self.lanes.append((t, u))
         self.positions = [linear(element, self.space) for element in self.elements]
-        self._scopes = [_Scope(0)]
 
-    def _reduce_all(self, node: Node) -> list[_Value]:
+    def _axes(self) -> tuple[Axis, ...]:
+        return (Axis("gid", self.items, Role.GLOBAL), *self._loops,
+                Axis("rows", self.plan.left.block, Role.UPCAST), Axis("columns", self.plan.right.block, Role.VECTOR))
+
+    def _reduce(self, node: Node) -> list[_Value]:
         plan = self.plan
-        assert plan is not None
         if node is not plan.product:
-            return super()._reduce_all(node)
+            return super()._reduce(node)
         count = node.src[0].shape[plan.k_axis]
-        self._has_loop = True
         self._longest_reduction = max(self._longest_reduction, count)
-        step = self._fresh("k")
+        step = self.names.fresh("k")
         index = list(unravel(linear(self.corner, self.space), node.shape))
         index[plan.k_axis] = Expr.var(step, count)
-        self._loop_depth[step] = 1
-        self._scopes.append(_Scope(1))
-        body = self._scopes[1].lines
+        self._open_loop(step, count)
+        body = self._scopes[-1]
         if plan.right_in_place:
-            memory, flat = _view_index(node.src[0].src[1], index, self.materialized)  # type: ignore[misc]
-            right, b_start = self._read(memory), flat.render()
+            memory, b_start = _view_index(node.src[0].src[1], index, self.materialized)  # type: ignore[misc]
+            right = self._read(memory)
         else:
-            right, b_start = self._read(plan.right.packed), plan.right.start(index).render()
+            right, b_start = self._read(plan.right.packed), plan.right.start(index)
         vectors = plan.right.block // LANES
-        b = [self._fresh("b") for _ in range(vectors)]
-        body += [f"float16 {name} = vload16(0, {right} + {b_start} + {v * LANES});" for v, name in enumerate(b)]
+        b = [Reg(self.names.fresh("b"), float32, LANES) for _ in range(vectors)]
+        body += [Load(name, right, b_start + v * LANES, (), "vector") for v, name in enumerate(b)]
         if plan.left_in_place:
-            a_values = [self.render(node.src[0].src[0], tuple(e + t if axis == plan.n_axis else e
-                                                              for axis, e in enumerate(index)), ()).text
+            a_values = [self.value(node.src[0].src[0], tuple(e + t if axis == plan.n_axis else e
+                                                             for axis, e in enumerate(index)), ()).operand
                         for t in range(plan.left.block)]
         else:
-            left, a_start = self._read(plan.left.packed), plan.left.start(index).render()
-            a_values = [f"{left}[{a_start} + {t}]" for t in range(plan.left.block)]
-        accumulators = [[self._fresh("acc") for _ in range(vectors)] for _ in range(plan.left.block)]
+            left, a_start = self._read(plan.left.packed), plan.left.start(index)
+            a_values = [Reg(self.names.fresh("a"), float32) for _ in range(plan.left.block)]
+            body += [Load(a, left, a_start + t) for t, a in enumerate(a_values)]
+        accumulators = [[Reg(self.names.fresh("acc"), float32, LANES) for _ in range(vectors)]
+                        for _ in range(plan.left.block)]
         for value, row in zip(a_values, accumulators):
-            a = self._fresh("a")
-            body.append(f"float16 {a} = (float16)({value});")
-            body += [f"{acc} = fma({a}, {b_v}, {acc});" for acc, b_v in zip(row, b)]
-        self._scopes.pop()
-        lines = self._scopes[0].lines
-        lines += [f"float16 {acc} = 0.0f;" for row in accumulators for acc in row]
-        lines.append(f"for (int {step} = 0; {step} < {count}; {step}++) {{\n"
-                     + "\n".join("  " + line for line in body) + "\n}")
-        return [_Value(f"{accumulators[t][u // LANES]}.s{u % LANES:x}", 0) for t, u in self.lanes]
-
-    def build(self) -> RenderedKernel:
-        """Every element rendered under its guard: its loads read nothing past the ends, its store is skipped."""
-        for element, index in enumerate(self.elements):
-            self._element = element
-            self._store(self.root, self.render(self.root, index, self.guards[element]))
-        return self._finish()
-
-    def _store(self, node: Node, value: _Value) -> None:
-        super()._store(node, value)
-        if self.guards[self._element]:
-            self._stores[-1] = f"if ({'&&'.join(self.guards[self._element])}) {self._stores[-1]}"
-
-    def _can_host(self, node: Node, index: Index, guard: tuple[str, ...]) -> bool:
-        own = self.guards[self._element]
-        return super()._can_host(node, index, guard[len(own):] if guard[:len(own)] == own else guard)
+            a = Reg(self.names.fresh("a"), float32, LANES)
+            body.append(Broadcast(a, value))
+            body += [MultiplyAdd(acc, a, b_v) for acc, b_v in zip(row, b)]
+        loop = Loop(step, count, tuple(self._close_loop()))
+        self._scopes[0] += [Define(acc, Const(0.0, float32, LANES)) for row in accumulators for acc in row] + [loop]
+        return [self._emit(0, lambda out, t=t, u=u: Extract(Reg(out, float32), accumulators[t][u // LANES],
+                                                             f"s{u % LANES:x}")) for t, u in self.lanes]
 
     def _read(self, node: Node) -> str:
         """The kernel argument reading `node` from memory: a buffer, or a node (a packed copy) another kernel
         stores."""
-        if node.op is not Op.BUFFER:
-            self.materialized.setdefault(id(node), node)
+        if node.op is not Op.BUFFER and id(node) not in self.materialized:
+            self._needed[id(node)] = node
         self._misaligned.add(id(node))
         return self._input(node)
-
-    def _launch_shape(self) -> tuple[int, Optional[int]]:
-        return self.work_items, 1  # one item per group: PoCL hands the groups out to its threads in order

@@ -35,7 +35,7 @@ DATABASE_NAME = "zyx.db"  # not diskcache's cache.db: an older zyx may share the
 DATABASE_FILES = tuple(DATABASE_NAME + suffix for suffix in ("", "-wal", "-shm", "-journal"))
 APPLICATION_ID = 0x5A5958  # "ZYX" in the database header: marks a zyx.db as this module's
 SCHEMA_VERSION = 1
-TABLES = ("kernels", "programs")
+TABLES = ("kernels", "programs", "tuning")
 _BUSY_TIMEOUT_SECONDS = 30.0
 _CORRUPTION_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
@@ -342,18 +342,18 @@ def _prepare(db: sqlite3.Connection, writable: bool) -> None:
         return
     db.execute("PRAGMA journal_mode = WAL")
     with _transaction(db):  # fails at once on a read-only filesystem, not at the first write
-        if _is_ours(db):
-            return
-        reason = _not_ours(db)
+        ours = _is_ours(db)
+        reason = None if ours else _not_ours(db)
         if reason:
             raise _Damaged(reason)
-        for table in TABLES:
+        for table in TABLES:  # (in a database of ours too: one an older zyx made lacks the tables added since)
             db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY NOT NULL, meta TEXT NOT NULL, "
                        f"value BLOB NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL, "
                        f"last_used REAL NOT NULL, hits INTEGER NOT NULL)")
             db.execute(f"CREATE INDEX IF NOT EXISTS {table}_by_last_used ON {table} (last_used)")
-        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if not ours:
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _not_ours(db: sqlite3.Connection) -> str | None:

@@ -28,13 +28,15 @@ from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
 from ..trace.node import Node, buffer_leaf, toposort
 from ..debug import logger
+from ..devices import CAPTURING_KINDS
 from . import recapture
 from .arguments import Rebuild, call_key, flatten
 from .capture import Capture, active_capture, pop_capture, push_capture
 from .program import Program
-from .reach import Located, locate_tensors, resolve
+from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
+_BOUND, _TARGET, _INPUT, _CONSTANT = range(4)  # where a replay takes a value from (see CapturedStep._plan)
 Root = tuple[Any, tuple, dict]
 
 
@@ -94,12 +96,30 @@ class CapturedStep:
     assigned: list[tuple[Source, Source]]  # (updated tensor: "arg"/"located", its new value)
     rebuild: Rebuild
     target_layouts: list[tuple[tuple[int, ...], Any]]  # (shape, dtype) per program output
-    checks: list[tuple[RangeCheck, int, int]]  # index range checks: (check, target of its min, of its max)
+    checks: list[tuple[RangeCheck, int]]   # index range checks: (check, target of its extremes)
     modes: list[tuple[Any, bool]] = field(default_factory=list)  # (weakref module, `training` when traced)
+    argument_count: int = 0                # tensor arguments of the call (state tensors are bound after them)
+    input_layouts: list[tuple[tuple[int, ...], Any]] = field(default_factory=list)  # (shape, dtype) per input
     kernels: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.kernels = self.program.kernel_count
+        self._paths = PathTree([path for ref in self.state for path in ref.paths])
+        self._path_owner = [i for i, ref in enumerate(self.state) for _ in ref.paths]
+        self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
+        self._input_plan = [(index if kind == _BOUND else -1, constant)
+                            for kind, index, constant in map(self._plan, self.inputs)]
+        self._assign_plan = [(self._plan(tensor)[1], self._plan(new_value)) for tensor, new_value in self.assigned]
+        self._output_plan = [self._plan(source) for source, _, _ in self.outputs]
+        values = self._output_plan + [new_value for _, new_value in self._assign_plan]
+        self._stored_targets = sorted({index for kind, index, _ in values if kind == _TARGET})
+        # target -> the input whose buffer it is written into, where that input's node may simply stay the tensor's
+        # node: same shape and dtype, and no value of the step is that input's old value
+        read_inputs = {index for kind, index, _ in values if kind == _INPUT}
+        slot_target = {slot: target for target, slot in enumerate(self.program.outputs)}
+        self._overwrites = {slot_target[slot]: position for slot, position in self.program.aliases.items()
+                            if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
+                            and self.input_layouts[position] == self.target_layouts[slot_target[slot]]}
 
     @property
     def alive(self) -> bool:
@@ -107,13 +127,22 @@ class CapturedStep:
 
     def bind(self, root: Root, arguments: list[Tensor]) -> Optional[list[Tensor]]:
         """The state tensors to bind now, or None when this step's guards do not hold for this call."""
-        state = [ref.resolve(root) for ref in self.state]
-        if any(t is None for t in state) or not self.modes_hold():
+        state = [ref.tensor() for ref in self.state]
+        for owner, found in zip(self._path_owner, self._paths.resolve_all(root)):
+            if found is not state[owner]:  # a path that leads elsewhere now, or a tensor that was deleted
+                return None
+        if self.modes and not self.modes_hold():
             return None
         bound = arguments + state  # type: ignore[operator]
-        realize(*[t for t in bound if not t.node.realized])  # state assigned eagerly since the last call
-        same = alias_pattern(bound, [t.node for t in bound]) == self.aliases  # type: ignore[union-attr]
-        return state if same else None  # type: ignore[return-value]
+        assigned_eagerly = [t for t in bound if not t.node.realized]  # since the last call
+        if assigned_eagerly:
+            realize(*assigned_eagerly)
+        return state if self._aliased_as_traced(bound) else None  # type: ignore[return-value]
+
+    def _aliased_as_traced(self, bound: list[Tensor]) -> bool:
+        if self._all_distinct:  # the usual case: distinct buffers mean distinct nodes, hence distinct tensors
+            return len({id(t.node.buffer) for t in bound}) == len(bound)
+        return alias_pattern(bound, [t.node for t in bound]) == self.aliases
 
     def modes_hold(self) -> bool:
         """Every module mode the traced call read is still the same (a deleted module reads as changed)."""
@@ -130,50 +159,53 @@ class CapturedStep:
         A buffer the program overwrites in place is first copied when anything besides its tensor still holds
         its node (a lazy expression, another tensor, a gradient's origin): they keep the old value, as eagerly.
         """
-        nodes = [self._node(source, arguments, state) for source in self.inputs]
+        bound = arguments + state
+        nodes = [bound[position].node if position >= 0 else constant for position, constant in self._input_plan]
         buffers = [node.buffer for node in nodes]
+        overwritten = set()  # inputs whose own buffer the program overwrites
         for position in self.program.aliases.values():
             if copy_donated or _shared(nodes[position]):
-                buffers[position] = self.device.backend.copy(buffers[position])
+                buffers[position] = self.device.backend.runtime.copy(buffers[position])
+            else:
+                overwritten.add(position)
         outputs = self.device.backend.run(self.program, buffers, rand_args)
         self._raise_if_an_index_failed(outputs)
-        fresh: dict[int, Node] = {}
+        stored: list[Optional[Node]] = [None] * len(outputs)
+        for target in self._stored_targets:
+            position = self._overwrites.get(target, -1)
+            if position in overwritten and _unobserved(nodes[position]):
+                stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
+            else:
+                shape, dtype = self.target_layouts[target]
+                stored[target] = buffer_leaf(outputs[target], shape, dtype, self.device)
 
-        def node_of(source: Source) -> Node:
-            if source.kind == "target":
-                if source.index not in fresh:
-                    shape, dtype = self.target_layouts[source.index]
-                    fresh[source.index] = buffer_leaf(outputs[source.index], shape, dtype, self.device)
-                return fresh[source.index]
-            return self._node(source, arguments, state, nodes)
+        def value(kind: int, index: int, constant: Optional[Node]) -> Node:
+            return (stored[index] if kind == _TARGET else nodes[index] if kind == _INPUT  # type: ignore[return-value]
+                    else bound[index].node if kind == _BOUND else constant)
 
-        for tensor_source, value_source in self.assigned:
-            self._tensor(tensor_source, arguments, state).node = node_of(value_source)
-        results = [self._tensor(source, arguments, state) if source.kind in ("arg", "located")
-                   else Tensor(node_of(source)) for source, _, _ in self.outputs]
+        for position, new_value in self._assign_plan:
+            bound[position].node = value(*new_value)
+        results = [bound[index] if kind == _BOUND else Tensor(value(kind, index, constant))
+                   for kind, index, constant in self._output_plan]
         return self.rebuild(results)
+
+    def _plan(self, source: Source) -> tuple[int, int, Optional[Node]]:
+        """`source` as (kind, index, constant) for `run`; a bound tensor's index counts the arguments first."""
+        if source.kind in ("arg", "located"):
+            return _BOUND, source.index + (self.argument_count if source.kind == "located" else 0), None
+        return {"target": _TARGET, "input": _INPUT, "constant": _CONSTANT}[source.kind], source.index, source.node
 
     def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
         """Index tensors the step selects with are checked as eagerly, after the launches (this waits for them);
         on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
-        for check, smallest, largest in self.checks:
-            low, high = (int(self.device.download(outputs[t], (), self.target_layouts[t][1]).item())
-                         for t in (smallest, largest))
-            error = check.error_from_extremes(low, high)
+        if not self.checks:
+            return
+        extremes = self.device.backend.runtime.download_all(
+            [(outputs[target], (2,), self.target_layouts[target][1].np) for _, target in self.checks])
+        for (check, _), (negated_smallest, largest) in zip(self.checks, extremes):
+            error = check.error_from_extremes(-int(negated_smallest), int(largest))
             if error is not None:
                 raise error
-
-    @staticmethod
-    def _tensor(source: Source, arguments: list[Tensor], state: list[Tensor]) -> Tensor:
-        return arguments[source.index] if source.kind == "arg" else state[source.index]
-
-    def _node(self, source: Source, arguments: list[Tensor], state: list[Tensor],
-              nodes: Optional[list[Node]] = None) -> Node:
-        if source.kind == "input":
-            return nodes[source.index]  # type: ignore[index]
-        if source.kind == "constant":
-            return source.node  # type: ignore[return-value]
-        return self._tensor(source, arguments, state).node
 
 
 def _shared(node: Node) -> bool:
@@ -181,11 +213,18 @@ def _shared(node: Node) -> bool:
     return sys.getrefcount(node) > 4
 
 
+def _unobserved(node: Node) -> bool:
+    """Whether a leaf whose buffer a replay overwrote can stand for the new value: no origin (autodiff would read
+    its old computation) and no weak reference (an origin elsewhere, a range check) that expects the old value."""
+    return node.origin is None and not weakref.getweakrefcount(node)
+
+
 class JitFunction:
     """A function traced once per call key and replayed afterwards (see the module docstring)."""
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., Any], tune: bool = False):
         self.fn = fn
+        self.tune = tune  # search the kernels of each new program (ZYX_TUNE=1 for this function: see tune.py)
         self.steps: dict[Any, list[CapturedStep]] = {}  # per key, one step per set of guards seen
         self._eager_keys: set[Any] = set()  # keys whose last call ran eagerly because the step stored a tensor
         self._recaptures: list[recapture.Reason] = []  # why each capture after the first happened
@@ -197,7 +236,7 @@ class JitFunction:
         if instance is None:
             return self
         if instance not in self._bound:
-            self._bound[instance] = JitFunction(types.MethodType(self.fn, instance))
+            self._bound[instance] = JitFunction(types.MethodType(self.fn, instance), self.tune)
         return self._bound[instance]
 
     @property
@@ -211,17 +250,22 @@ class JitFunction:
         if active_capture() is not None:
             return self.fn(*args, **kwargs)  # called inside another jitted step: part of its trace
         arguments: list[Tensor] = []
-        flatten((args, kwargs), arguments)
-        realize(*[t for t in arguments if not t.node.realized])
+        if kwargs or any(type(a) is not Tensor for a in args):
+            flatten((args, kwargs), arguments)
+        else:  # tensors only, as most steps take: what flatten would collect
+            arguments += args
+        lazy = [t for t in arguments if not t.node.realized]
+        if lazy:
+            realize(*lazy)
         key = call_key(args, kwargs)
         root: Root = (self.fn, args, kwargs)
         steps = self.steps.get(key, [])
-        refused = list(steps)
-        steps[:] = [step for step in steps if step.alive]
         for step in steps:
-            state = step.bind(root, arguments)
+            state = step.bind(root, arguments)  # None for a step whose state tensors died
             if state is not None:
                 return step.run(arguments, state, [zrandom.reserve(count) for count in step.rand_counts])
+        refused = list(steps)
+        steps[:] = [step for step in steps if step.alive]
         self._log_recapture(key, root, refused, len(args))
         return self._capture(key, root, arguments)
 
@@ -252,8 +296,7 @@ class JitFunction:
         rebuild = flatten(result, results)
         updated = [t for t, _, _ in capture.assigned.values()]
         device = results[0].device if results else updated[0].device if updated else None
-        if (device is None or not getattr(device.backend, "replays_programs", False)
-                or any(t.device is not device for t in arguments)):
+        if device is None or device.kind not in CAPTURING_KINDS or any(t.device is not device for t in arguments):
             realize(*results, *updated)  # eager: nothing to capture
             return result
         after = locate_tensors(root)
@@ -267,7 +310,7 @@ class JitFunction:
             realize(*results, *updated, *lazy_read, *(located.tensor for located in stored))
             return result  # state that was an expression (or a tensor the step stored): captured next call
         self._eager_keys.discard(key)
-        built = _build_step(capture, results, arguments, after, rebuild, device)
+        built = _build_step(capture, results, arguments, after, rebuild, device, self.tune)
         if built is None:
             realize(*results, *updated)
             return result
@@ -304,7 +347,7 @@ class JitFunction:
 
 
 def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor], located: dict[int, Located],
-                rebuild: Rebuild, device: Any) -> Optional[tuple[CapturedStep, list[tuple[int, int]]]]:
+                rebuild: Rebuild, device: Any, tune: bool = False) -> Optional[tuple[CapturedStep, list[tuple[int, int]]]]:
     """The step for a traced call (and the random streams the call drew), or None when it computes nothing.
 
     Raises JitError for a tensor it reads or updates that is neither an argument, nor reachable from the
@@ -321,9 +364,8 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
         return None
     checks = []
     for check in checks_in(toposort(targets)):
-        smallest, largest = check.extremes()
-        checks.append((check, len(targets), len(targets) + 1))
-        targets += [smallest, largest]
+        checks.append((check, len(targets)))
+        targets.append(check.extremes())
     structure, leaves, rands = signature(targets)
     leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
     binder = _Binder(arguments, located)
@@ -359,13 +401,14 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
         if not tensor.node.realized and id(old) in leaf_position and _sole_holder_of_buffer(old, leaves):
             in_place.append((target_of[id(tensor.node)], leaf_position[id(old)]))
     key = structure + (f"|in-place {sorted(in_place)}" if in_place else "")  # another program than without
-    program = device.backend.program_for(key, targets, leaves, rands, in_place)
+    program = device.backend.program_for(key, targets, leaves, rands, in_place, tune=int(tune))
     traced_nodes = {id(t): old for t, old in updates}
     bound = arguments + binder.state_tensors
     step = CapturedStep(program, device, inputs, binder.state,
                         alias_pattern(bound, [traced_nodes.get(id(t), t.node) for t in bound]),
                         [math.prod(r.shape) for r in rands], outputs, assigned, rebuild,
-                        [(node.shape, node.dtype) for node in targets], checks)
+                        [(node.shape, node.dtype) for node in targets], checks, argument_count=len(arguments),
+                        input_layouts=[(leaf.shape, leaf.dtype) for leaf in leaves])
     return step, [r.arg for r in rands]
 
 
@@ -408,6 +451,10 @@ def _unlocatable(what: str, node: Node) -> JitError:
                     "not made inside the step; pass it as an argument so each call binds the right tensor")
 
 
-def jit(fn: Callable[..., Any]) -> JitFunction:
-    """Trace `fn` once per call key and replay its compiled program on later calls (see the module docstring)."""
-    return JitFunction(fn)
+def jit(fn: Optional[Callable[..., Any]] = None, *, tune: bool = False) -> Any:
+    """Trace `fn` once per call key and replay its compiled program on later calls (see the module docstring).
+    `@zyx.jit(tune=True)`: search the kernels of each new program for faster shapes first, as ZYX_TUNE=1 does
+    (the winners persist in the kernel cache: see `zyx cache ls`)."""
+    if fn is None:
+        return lambda function: JitFunction(function, tune)
+    return JitFunction(fn, tune)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node
-from .render import RenderedKernel
+from .kernel_ir import RenderedKernel
 
 
 def contained_nodes(kernel: RenderedKernel) -> list[Node]:

@@ -23,7 +23,11 @@ from typing import Optional
 
 from ..trace.node import Node
 from ..trace.ops import Op
-from .render import Index, KernelBuilder, RenderedKernel, _Scope, _Value, linear, unravel
+from ..dtypes import float32
+from .choices import FAMILIES, Choice, Options
+from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Extract, LocalArray, LocalLoad, LocalStore, Loop,
+                        MultiplyAdd, Operand, Reg, Role, Select)
+from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
 
@@ -49,6 +53,11 @@ class TilePlan:
     block: int = 128   # outputs per group along n and m
     per_item: int = 8  # outputs per item along n and m
     space: Optional[tuple[int, ...]] = None  # the product's shape where the kernel stores it reshaped, else None
+    bk: int = BK       # reduced elements staged per slice
+
+    @property
+    def choice(self) -> Choice:
+        return Choice.of("local_tiles", block=self.block, bk=self.bk)
 
     @property
     def width(self) -> int:
@@ -60,11 +69,18 @@ class TilePlan:
         return (t // self.width) * (SIDE * self.width) + item * self.width + t % self.width
 
 
-def plan_local_tiles(root: Node, product: Optional[Node]) -> Optional[TilePlan]:
+def local_bytes(block: int, bk: int = BK) -> int:
+    """Local memory a group of `block`-sized tiles takes: two operands, two slices of `bk` each, float32."""
+    return 2 * 2 * bk * (block + PAD) * 4
+
+
+def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
+                     choice: Optional[Choice] = None) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
-    without a cast in between: the biggest block that leaves MIN_GROUPS groups at least FULL full (blocks hang
-    over the ends of n and m), else the smallest block if it is at least MIN_USED full (an axis much shorter
-    than 32 gets no local tiles, nor a long product with very few groups)."""
+    without a cast in between: `choice`'s block and slice, else the biggest block that leaves MIN_GROUPS groups
+    at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is at least MIN_USED
+    full (an axis much shorter than 32 gets no local tiles, nor a long product with very few groups). Only blocks
+    whose tiles fit the device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
     axes, space = space_axes(root, product), None
@@ -74,6 +90,8 @@ def plan_local_tiles(root: Node, product: Optional[Node]) -> Optional[TilePlan]:
     if axes is None or product.src[0].numel == 0:  # nothing to reduce, or no outputs
         return None
     space_n, space_m = axes
+    if choice is not None:
+        return TilePlan(product, space_n, space_m, choice["block"], choice["block"] // SIDE, space, choice["bk"])
     n, m = product.shape[n_axis], product.shape[m_axis]
     batch = product.numel // (n * m)
 
@@ -83,12 +101,27 @@ def plan_local_tiles(root: Node, product: Optional[Node]) -> Optional[TilePlan]:
     def used(block: int) -> float:  # the share of a block's outputs that exist
         return n * m * batch / (groups(block) * block * block)
 
-    chosen = next(((b, p) for b, p in BLOCKS if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
-    chosen = chosen or next(((b, p) for b, p in reversed(BLOCKS) if used(b) >= MIN_USED), None)
+    blocks = [(b, p) for b, p in BLOCKS if local_bytes(b) <= local_memory]
+    chosen = next(((b, p) for b, p in blocks if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
+    chosen = chosen or next(((b, p) for b, p in reversed(blocks) if used(b) >= MIN_USED), None)
     if chosen is None or (groups(chosen[0]) < FEW_GROUPS and product.src[0].shape[product.arg[0]] >= LONG_K):
         return None
     block, per_item = chosen
     return TilePlan(product, space_n, space_m, block, per_item, space)
+
+
+def local_tile_options(local_memory: int) -> Options:
+    """The blocks and slices a search may try: those whose smallest combination fits local memory (see
+    `fits_local_memory` for each combination)."""
+    family = FAMILIES["local_tiles"]
+    smallest = Choice.of("local_tiles", block=family["block"][0], bk=family["bk"][0])
+    return (("bk", tuple(bk for bk in family["bk"] if fits_local_memory(smallest.replaced(bk=bk), local_memory))),
+            ("block", tuple(b for b in family["block"] if fits_local_memory(smallest.replaced(block=b), local_memory))))
+
+
+def fits_local_memory(choice: Choice, local_memory: int) -> bool:
+    """Whether the two double-buffered tiles of `choice` fit `local_memory` bytes."""
+    return local_bytes(choice["block"], choice["bk"]) <= local_memory
 
 
 def _reshaped(root: Node, product: Node) -> bool:
@@ -106,131 +139,114 @@ def _reshaped(root: Node, product: Node) -> bool:
     return linear(tuple(index), product.shape) == flat
 
 
-@dataclass
-class LocalTileBuilder(KernelBuilder):
-    """KernelBuilder whose work items are the items of square groups of outputs, each owning a square tile."""
+class LocalTileLowering(Lowering):
+    """Lowering whose work items are the items of square groups of outputs, each owning a square tile."""
 
-    plan: Optional[TilePlan] = None
-
-    def __post_init__(self) -> None:
-        assert self.plan is not None
-        plan = self.plan
-        self.space = plan.space or self.root.shape
-        self.numel = math.prod(self.space)
-        self.allow_extra_outputs = False
+    def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: TilePlan,
+                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+        super().__init__(root, materialized, produced, False, stored_apart, param_limit)
+        self.plan = plan
+        self.space = plan.space or root.shape
         blocks = {plan.n_space_axis: plan.block, plan.m_space_axis: plan.block}
         grid = tuple(-(-size // blocks.get(axis, 1)) for axis, size in enumerate(self.space))
-        self.work_items = math.prod(grid)  # groups
-        self.gid = Expr.var("gid", self.work_items)
-        lid = Expr.var("lid", GROUP)
-        cell = unravel(self.gid, grid)
+        self.groups = math.prod(grid)
+        self.lid = Expr.var("lid", GROUP)
+        cell = unravel(Expr.var("gid", self.groups), grid)
         self.corner = tuple(c * blocks[a] if a in blocks else c for a, c in enumerate(cell))
-        self.elements: list[Index] = []
-        self.guards: list[str] = []  # per element: the condition that it exists (blocks hang over the ends)
+        self.elements, self.guards = [], []  # per element: its index, and the condition that it exists
         for t, u in itertools.product(range(plan.per_item), repeat=2):
-            offsets = {plan.n_space_axis: plan.offset(lid // SIDE, t), plan.m_space_axis: plan.offset(lid % SIDE, u)}
+            offsets = {plan.n_space_axis: plan.offset(self.lid // SIDE, t), plan.m_space_axis: plan.offset(self.lid % SIDE, u)}
             exact = {a: self.corner[a] + offsets[a] for a in offsets}
-            self.guards.append("&&".join(f"{e.render()}<{self.space[a]}" for a, e in sorted(exact.items())
-                                         if e.hi >= self.space[a]))
+            self.guards.append(tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items()) if e.hi >= self.space[a]))
             # an element past the end computes (and never stores) a copy of the last one: its reads stay in range
             self.elements.append(tuple(Expr.minimum(exact[a], self.space[a] - 1) if a in exact else c
                                        for a, c in enumerate(self.corner)))
         self.positions = [linear(element, self.space) for element in self.elements]
-        self._scopes = [_Scope(0)]
 
-    def build(self) -> RenderedKernel:
-        """Every element rendered at its index in the root's shape (the product's may differ: `plan.space`)."""
-        for element, position in enumerate(self.positions):
-            self._element = element
-            index = self.elements[element] if self.plan.space is None else unravel(position, self.root.shape)
-            self._store(self.root, self.render(self.root, index, ()))
-        return self._finish()
+    def _axes(self) -> tuple[Axis, ...]:
+        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", GROUP, Role.LOCAL),
+                Axis("tile", self.plan.per_item ** 2, Role.UPCAST))
 
-    def _reduce_all(self, node: Node) -> list[_Value]:
-        if node is not self.plan.product:  # type: ignore[union-attr]
-            return super()._reduce_all(node)
-        self._has_loop = True
+    def _element_read(self, element: int) -> tuple[Index, Cond]:
+        """Read unguarded, at its index in the root's shape (the product's may differ: `plan.space`)."""
+        index = self.elements[element] if self.plan.space is None else unravel(self.positions[element], self.root.shape)
+        return index, ()
+
+    def _reduce(self, node: Node) -> list[_Value]:
+        if node is not self.plan.product:
+            return super()._reduce(node)
         plan = self.plan
-        steps = -(-node.src[0].shape[node.arg[0]] // BK)  # the last slice may hang over the end: zeros
-        tile_a, tile_b, step = self._fresh("tile_a"), self._fresh("tile_b"), self._fresh("k")
-        accumulators = [self._fresh("acc") for _ in self.elements]
-        width, row = plan.width, plan.block + PAD
-        lines = self._scopes[0].lines
-        lines += [f"__local float{width} {name}[{2 * BK * row // width}];" for name in (tile_a, tile_b)]
-        lines += [f"float {acc} = 0.0f;" for acc in accumulators]
-        lines += self._stage(node, Expr(0), Expr(0), tile_a, tile_b)
-        lines.append("barrier(CLK_LOCAL_MEM_FENCE);")
+        steps = -(-node.src[0].shape[node.arg[0]] // plan.bk)  # the last slice may hang over the end: zeros
+        self._longest_reduction = max(self._longest_reduction, node.src[0].shape[node.arg[0]])
+        tiles = (self.names.fresh("tile_a"), self.names.fresh("tile_b"))
+        accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
+        lines = self._scopes[0]
+        lines += [LocalArray(name, float32, 2 * plan.bk * (plan.block + PAD) // plan.width, plan.width) for name in tiles]
+        lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
+        lines += self._stage(node, Expr(0), Expr(0), tiles) + [Barrier()]
         if steps > 1:  # slice s + 1 goes to registers, slice s is multiplied, then s + 1 goes to the other buffer
-            self._loop_depth[step] = 1
-            self._scopes.append(_Scope(1, steps - 1))
+            step = self.names.fresh("k")
+            self._open_loop(step, steps - 1)
             following = Expr.var(step, steps - 1) + 1
-            stores = self._stage(node, following * BK, following % 2, tile_a, tile_b)
-            body = self._scopes.pop().lines + self._multiply(f"({step}%2)", tile_a, tile_b, accumulators)
-            lines.append(f"for (int {step} = 0; {step} < {steps - 1}; {step}++) {{\n"
-                         + "\n".join("  " + line.replace("\n", "\n  ") for line in body + stores)
-                         + "\n  barrier(CLK_LOCAL_MEM_FENCE);\n}")
-        lines += self._multiply(str((steps - 1) % 2), tile_a, tile_b, accumulators)
+            stores = self._stage(node, following * plan.bk, following % 2, tiles)
+            body = self._close_loop() + self._multiply(Expr.var(step, steps - 1) % 2, tiles, accumulators)
+            lines.append(Loop(step, steps - 1, tuple(body + stores + [Barrier()])))
+        lines += self._multiply(Expr((steps - 1) % 2), tiles, accumulators)
         return [_Value(acc, 0) for acc in accumulators]
 
-    def _stage(self, node: Node, k_base: Expr, buffer: Expr, tile_a: str, tile_b: str) -> list[str]:
-        """Render (into the current scope) this item's share of both operands' slice at `k_base`; return the
-        lines that store it into local buffer `buffer` (0 or 1): left transposed as [k][n], right as [k][m].
-        Rows and columns past the ends of n and m read the last ones (their outputs are never stored); a slice
-        past the end of k stages zeros."""
+    def _stage(self, node: Node, k_base: Expr, buffer: Expr, tiles: tuple[str, str]) -> list:
+        """Lower (into the current scope) this item's share of both operands' slice at `k_base`; return the
+        statements that store it into local buffer `buffer` (0 or 1): left transposed as [k][n], right as
+        [k][m]. Rows and columns past the ends of n and m read the last ones (their outputs are never stored);
+        a slice past the end of k stages zeros."""
         plan = self.plan
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
-        k_axis, size, row = node.arg[0], plan.block, plan.block + PAD  # type: ignore[union-attr]
+        k_axis, size, row, bk = node.arg[0], plan.block, plan.block + PAD, plan.bk
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
-        lid = Expr.var("lid", GROUP)
-        base = buffer * (BK * row)
+        base = buffer * (bk * row)
         stores = []
-        for copy in range(size * BK // GROUP):
-            flat = lid + copy * GROUP
-            value = self._operand(left, corner, {n_axis: flat // BK, k_axis: k_base + flat % BK})
-            target = base + (flat % BK) * row + flat // BK
-            stores.append(f"((__local float*){tile_a})[{target.render()}] = {value};")
+        for copy in range(size * bk // GROUP):
+            flat = self.lid + copy * GROUP
+            value = self._operand(left, corner, {n_axis: flat // bk, k_axis: k_base + flat % bk})
+            stores.append(LocalStore(tiles[0], base + (flat % bk) * row + flat // bk, value, element=True))
             value = self._operand(right, corner, {m_axis: flat % size, k_axis: k_base + flat // size})
-            target = base + (flat // size) * row + flat % size
-            stores.append(f"((__local float*){tile_b})[{target.render()}] = {value};")
+            stores.append(LocalStore(tiles[1], base + (flat // size) * row + flat % size, value, element=True))
         return stores
 
-    def _operand(self, operand: Node, corner: Index, offsets: dict[int, Expr]) -> str:
-        """One operand element, rendered at the block corner plus `offsets`, each clamped to its axis; zero
+    def _operand(self, operand: Node, corner: Index, offsets: dict[int, Expr]) -> Operand:
+        """One operand element, lowered at the block corner plus `offsets`, each clamped to its axis; zero
         where the reduced index is past its end."""
-        k_axis, zero = self.plan.product.arg[0], ""  # type: ignore[union-attr]
+        k_axis, past_end = self.plan.product.arg[0], ()
         index = []
         for axis, size in enumerate(operand.shape):
             exact = corner[axis] + offsets[axis] if axis in offsets else corner[axis]
             if exact.hi >= size and axis == k_axis:
-                zero = f"{exact.render()}<{size}"
+                past_end = ((exact, "lt", size),)
             index.append(Expr.minimum(exact, size - 1))
-        text = self.render(operand, tuple(index), ()).text
-        return f"({zero}?{text}:0.0f)" if zero else text
+        value = self.value(operand, tuple(index), ())
+        if not past_end:
+            return value.operand
+        depth = max(value.depth, self._depth_of((), past_end))
+        return self._emit(depth, lambda out: Select(Reg(out, float32), past_end, value.operand,
+                                                    Const(0.0, float32))).operand
 
-    def _multiply(self, buffer: str, tile_a: str, tile_b: str, accumulators: list[str]) -> list[str]:
+    def _multiply(self, buffer: Expr, tiles: tuple[str, str], accumulators: list[Reg]) -> list:
         """The multiply-adds of one staged slice: per kk, fragments of both tiles into registers, then the
         outer product of the fragments into the accumulators."""
         plan = self.plan
-        width, per_item = plan.width, plan.per_item  # type: ignore[union-attr]
-        vectors, row = per_item // width, (plan.block + PAD) // width  # type: ignore[union-attr]
-        fragments = []
-        for name, tile, item in (("a", tile_a, f"lid/{SIDE}"), ("b", tile_b, f"lid%{SIDE}")):
-            for v in range(vectors):
-                at = f"({buffer}*{BK}+kk)*{row}+{item}" + (f"+{v * SIDE}" if v else "")
-                fragments.append(f"  float{width} {name}{v} = {tile}[{at}];")
-        products = [f"  {acc} += a{t // width}.s{t % width} * b{u // width}.s{u % width};"
-                    for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2))]
-        return [f"#pragma unroll\nfor (int kk = 0; kk < {BK}; kk++) {{\n" + "\n".join(fragments + products) + "\n}"]
-
-    def _store(self, node: Node, value: _Value) -> None:
-        super()._store(node, value)
-        guard = self.guards[self._element]
-        if guard:
-            self._stores[-1] = f"if ({guard}) {self._stores[-1]}"
-
-    def _header(self, index_type: str) -> str:
-        return f"  {index_type} gid = get_group_id(0);\n  int lid = get_local_id(0);\n"
-
-    def _launch_shape(self) -> tuple[int, Optional[int]]:
-        return self.work_items * GROUP, GROUP
+        width, per_item = plan.width, plan.per_item
+        vectors, row = per_item // width, (plan.block + PAD) // width
+        counter = self.names.fresh("kk")
+        kk = Expr.var(counter, plan.bk)
+        body: list = []
+        lanes = []
+        for tile, item in ((tiles[0], self.lid // SIDE), (tiles[1], self.lid % SIDE)):
+            fragments = [Reg(self.names.fresh("f"), float32, width) for _ in range(vectors)]
+            body += [LocalLoad(f, tile, (buffer * plan.bk + kk) * row + item + v * SIDE) for v, f in enumerate(fragments)]
+            lane_regs = [Reg(self.names.fresh("x"), float32) for _ in range(per_item)]
+            body += [Extract(x, fragments[t // width], f"s{t % width}") for t, x in enumerate(lane_regs)]
+            lanes.append(lane_regs)
+        body += [MultiplyAdd(acc, lanes[0][t], lanes[1][u])
+                 for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2))]
+        return [Loop(counter, plan.bk, tuple(body), unroll=True)]

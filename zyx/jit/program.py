@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..trace.node import Node, short_name
+from .collective import place_steps
 from .kernel_nodes import kernel_bytes, kernel_flops
-from .render import RenderedKernel
+from .kernel_ir import RenderedKernel
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class Launch:
     flops: int = 0          # useful arithmetic of the nodes it computes (trace/cost.py), for the profiler
     bytes_moved: int = 0    # bytes of the buffers it reads and writes
     node: str = ""          # the trace node it stores, e.g. "SUM (512, 1) float32"
+    collective: str = ""    # a host step, not a kernel: the collective it starts or finishes (collective.py)
+
+    @property
+    def is_kernel(self) -> bool:
+        """A kernel with work to do: compiled and launched (collective steps and empty kernels are not)."""
+        return not self.collective and self.global_size[0] > 0
 
 
 @dataclass
@@ -49,7 +56,8 @@ class Program:
 
     @property
     def kernel_count(self) -> int:
-        return len(self.launches)
+        """Kernels the program launches (its collective steps are no kernels)."""
+        return sum(1 for launch in self.launches if not launch.collective)
 
 
 def launch_size(kernel: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
@@ -62,7 +70,7 @@ def launch_size(kernel: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...
 def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
                   rands: Sequence[Node], in_place: Sequence[tuple[int, int]] = ()) -> Program:
     """`in_place`: (target index, leaf index) pairs whose target may overwrite the leaf's buffer."""
-    kernels = _order_for_in_place(kernels, targets, leaves, in_place)
+    kernels = _launch_order(kernels, targets, leaves, in_place)
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
@@ -83,21 +91,25 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
                 args.append(("slot", slot_of[id(param.node)]))
         global_size, local = launch_size(kernel)
         launches.append(Launch(kernel.name, kernel.source, global_size, local, tuple(args), kernel_flops(kernel),
-                               kernel_bytes(kernel), short_name(kernel.outputs[0])))
+                               kernel_bytes(kernel), short_name(kernel.outputs[0]), kernel.collective))
+    launches = place_steps(launches)
     outputs = [slot_of[id(t)] for t in targets]
     program = Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
     program.aliases = _in_place_aliases(kernels, targets, leaves, in_place, program)
     return program
 
 
-def _order_for_in_place(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
-                        in_place: Sequence[tuple[int, int]]) -> list[RenderedKernel]:
+def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
+                  in_place: Sequence[tuple[int, int]]) -> list[RenderedKernel]:
     """The launch order, changed so that a kernel storing a leaf's new value runs after the kernels that read the
     old one wherever their own dependencies allow (an optimizer's update after the backward kernels that still
-    read the old weight: then it can write in place). Otherwise kernels keep the scheduler's order."""
+    read the old weight: then it can write in place), and so that kernels waiting for a value combined across
+    processes run after all that does not wait (the host then communicates while the device runs the rest of the
+    backward pass). Otherwise kernels keep the scheduler's order."""
     producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
     before: list[set[int]] = [{producer[id(node)] for node in kernel.loads if id(node) in producer}
                               for kernel in kernels]
+    waits = _waits_for_collectives(kernels, before)
 
     def needs(later: int, earlier: int) -> bool:
         """Kernel `later` (transitively) runs after kernel `earlier`."""
@@ -123,17 +135,26 @@ def _order_for_in_place(kernels: Sequence[RenderedKernel], targets: Sequence[Nod
     for k, earlier in enumerate(before):
         for p in earlier:
             followers[p].append(k)
-    ready = [k for k, count in enumerate(waiting) if count == 0]
+    ready = [(waits[k], k) for k, count in enumerate(waiting) if count == 0]
     heapq.heapify(ready)
     order = []
-    while ready:  # the scheduler's order wherever the constraints leave a choice
-        k = heapq.heappop(ready)
+    while ready:  # what does not wait for a collective first, then the scheduler's order
+        _, k = heapq.heappop(ready)
         order.append(kernels[k])
         for follower in followers[k]:
             waiting[follower] -= 1
             if waiting[follower] == 0:
-                heapq.heappush(ready, follower)
+                heapq.heappush(ready, (waits[follower], follower))
     return order
+
+
+def _waits_for_collectives(kernels: Sequence[RenderedKernel], producers: Sequence[set[int]]) -> list[bool]:
+    """Per kernel (in the scheduler's order, producers first): whether it reads, directly or through other
+    kernels, the result of a collective."""
+    waits: list[bool] = []
+    for k in range(len(kernels)):
+        waits.append(any(kernels[p].collective or waits[p] for p in producers[k]))
+    return waits
 
 
 def _in_place_aliases(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],

@@ -11,13 +11,15 @@ import re
 from dataclasses import asdict
 from typing import Any
 
+from ..runtime.collectives import FINISH, START, parse_step
 from .program import Launch, Program
 
 __all__ = ["InvalidProgram", "program_from_json", "program_to_json"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIELDS = ("launches", "slot_bytes", "outputs", "frees", "allocs", "aliases", "name")
-_LAUNCH_FIELDS = {"name", "source", "global_size", "local_size", "args", "flops", "bytes_moved", "node"}
+_LAUNCH_FIELDS = {"name", "source", "global_size", "local_size", "args", "flops", "bytes_moved", "node", "collective"}
+_SOURCE_KINDS = ("input", "slot")
 
 
 class InvalidProgram(ValueError):
@@ -40,6 +42,7 @@ def program_from_json(text: str, inputs: int, rands: int) -> Program:
     slots = len(slot_bytes)
     ranges = {"input": inputs, "slot": slots, "seed": rands, "offset": rands}
     launches = [_launch(launch, k, ranges) for k, launch in enumerate(_list(data["launches"], "launches"))]
+    _check_pairs(launches)
     outputs = [_index(slot, slots, "outputs") for slot in _list(data["outputs"], "outputs")]
     frees, allocs = (_per_launch(data[name], len(launches), slots, name) for name in ("frees", "allocs"))
     if not isinstance(data["aliases"], dict):
@@ -55,9 +58,11 @@ def _launch(data: Any, k: int, ranges: dict[str, int]) -> Launch:
     where = f"launches[{k}]"
     if not isinstance(data, dict) or set(data) != _LAUNCH_FIELDS:
         raise InvalidProgram(f"{where}: expected the fields {', '.join(sorted(_LAUNCH_FIELDS))}")
-    name, source = data["name"], data["source"]
-    if not (isinstance(name, str) and _IDENTIFIER.fullmatch(name) and isinstance(source, str)
-            and re.search(rf"\b{name}\s*\(", source)):
+    name, source, collective = data["name"], data["source"], data["collective"]
+    if collective != "":
+        _check_collective(name, source, collective, data["args"], where)
+    elif not (isinstance(name, str) and _IDENTIFIER.fullmatch(name) and isinstance(source, str)
+              and re.search(rf"\b{name}\s*\(", source)):
         raise InvalidProgram(f"{where}: the kernel name {name!r} is not an identifier its source defines")
     global_size = tuple(_count(size, f"{where}.global_size") for size in _list(data["global_size"], where))
     local_size = data["local_size"]
@@ -76,7 +81,34 @@ def _launch(data: Any, k: int, ranges: dict[str, int]) -> Launch:
     if not isinstance(data["node"], str):
         raise InvalidProgram(f"{where}.node: expected a string")
     return Launch(name, source, global_size, local_size, tuple(args), _count(data["flops"], f"{where}.flops"),
-                  _count(data["bytes_moved"], f"{where}.bytes_moved"), data["node"])
+                  _count(data["bytes_moved"], f"{where}.bytes_moved"), data["node"], collective)
+
+
+def _check_collective(name: Any, source: Any, collective: Any, args: Any, where: str) -> None:
+    """A collective step: START (sources, then the result's slot) or FINISH (the result's slot), no source code, and
+    a collective `parse_step` reads."""
+    if name not in (START, FINISH) or source != "":
+        raise InvalidProgram(f"{where}: a collective step is named {START} or {FINISH} and has no source")
+    try:
+        parse_step(collective)
+    except (ValueError, AttributeError) as error:
+        raise InvalidProgram(f"{where}: {error}") from None
+    count_ok = isinstance(args, list) and (len(args) >= 2 if name == START else len(args) == 1)
+    if not (count_ok and all(isinstance(arg, list) and arg for arg in args) and args[-1][0] == "slot"
+            and all(arg[0] in _SOURCE_KINDS for arg in args[:-1])):
+        raise InvalidProgram(f"{where}.args: {args!r} are not the arguments of a {name} step")
+
+
+def _check_pairs(launches: list[Launch]) -> None:
+    """Every FINISH finishes a collective that a START before it started (on the same result slot)."""
+    started = set()
+    for k, launch in enumerate(launches):
+        if launch.collective and launch.name == START:
+            started.add(launch.args[-1])
+        elif launch.collective and launch.args[0] not in started:
+            raise InvalidProgram(f"launches[{k}]: finishes a collective that no earlier step started")
+        elif launch.collective:
+            started.remove(launch.args[0])
 
 
 def _per_launch(data: Any, launches: int, slots: int, name: str) -> list[list[int]]:

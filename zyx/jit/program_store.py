@@ -24,9 +24,10 @@ TABLE = "programs"
 SIZE_LIMIT = 256 << 20
 
 
-def program_key(structure: str, device: Any, traits: Any) -> str:
-    """The disk key of the program for a trace structure on `device` (see `program_components`)."""
-    return cache_key(program_components(structure, device, traits))
+def program_key(structure: str, fingerprint: dict[str, str], traits: Any, tuning: str = "none") -> str:
+    """The disk key of the program for a trace structure on the device of `fingerprint`, scheduled with the tuned
+    choices of digest `tuning` (see `program_components`)."""
+    return cache_key(program_components(structure, fingerprint, traits, tuning))
 
 
 class ProgramStore:

@@ -74,6 +74,36 @@ def resolve(root: tuple[Any, tuple, dict], path: Path) -> Any:
     return obj
 
 
+class PathTree:
+    """Many paths from one root, resolved together: a prefix that several share (the function's closure, an
+    optimizer's state dict) is followed once per call instead of once per path. A replay checks every path of
+    every tensor it binds, so this is most of a guard's cost."""
+
+    def __init__(self, paths: list[Path]):
+        position: dict[Path, int] = {(): 0}
+        self.steps: list[tuple[int, str, Any]] = []  # (position of the object it reads from, kind, key)
+        self.ends: list[int] = []                    # where each path's object is, in `resolve_all`'s list
+        for path in paths:
+            for depth in range(1, len(path) + 1):
+                if path[:depth] not in position:
+                    position[path[:depth]] = len(self.steps) + 1
+                    self.steps.append((position[path[:depth - 1]], *path[depth - 1]))
+            self.ends.append(position[path])
+
+    def resolve_all(self, root: tuple[Any, tuple, dict]) -> list[Any]:
+        """What each path leads to from `root` now (MISSING where it no longer leads anywhere), in order."""
+        objects: list[Any] = [root]
+        for parent, kind, key in self.steps:
+            obj = objects[parent]
+            if obj is not MISSING:
+                try:
+                    obj = getattr(obj, key) if kind == "attr" else obj[key]
+                except (AttributeError, LookupError, TypeError, ValueError):  # as `resolve`
+                    obj = MISSING
+            objects.append(obj)
+        return [objects[end] for end in self.ends]
+
+
 def _root_children(root: tuple[Any, tuple, dict]) -> Iterator[tuple[Path, str, Any]]:
     fn, args, kwargs = root
     yield (("item", 0),), "", fn

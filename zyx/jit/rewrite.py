@@ -18,7 +18,7 @@ from ..dtypes import float32
 from ..trace import node as n
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
-from .opencl_c import lowest_value
+from .kernel_ir import lowest_value
 from .matmul import MIN_USED
 from .tiling import matmul_axes
 

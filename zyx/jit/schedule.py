@@ -1,10 +1,14 @@
 """Cutting a trace into kernels.
 
-Start from the nodes to realize; render each as a kernel (render.py fuses every elementwise op, view and
-reduction it can host); whatever a kernel must read from memory instead (a reduction used at another
-shape, say) becomes a node to materialize, rendered later as its own kernel. Nodes are rendered latest
-first, so a kernel computing one reduction can also store another that others need (softmax: one kernel
-stores the row max and the row sum, the next divides).
+Start from the nodes to realize; lower each to a kernel (lower.py fuses every elementwise op, view and
+reduction it can host), shape it for the device with transforms (transforms/) and print it (print_opencl.py, or
+print_wgsl.py: `DeviceTraits.language`);
+whatever a kernel must read from memory instead (a reduction used at another shape, say) becomes a node to
+materialize, lowered later as its own kernel. Nodes are lowered latest first, so a kernel computing one
+reduction can also store another that others need (a softmax over rows too long for a row kernel: one kernel
+stores the row max and the row sum, the next divides). An elementwise value needing reductions over its own
+rows (softmax, norms) is a row kernel instead (rows.py): a work item, or on GPUs a work group, per row. Only this
+module decides what is stored: lowering reports what it needs and stores.
 """
 from __future__ import annotations
 
@@ -12,16 +16,25 @@ import heapq
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
+from .collective import collective_kernel
 from .rewrite import rewrite_graph
-from .cpu_matmul import CpuMatmulBuilder, copy_tile, plan_cpu_matmul
-from .matmul import LocalTileBuilder, plan_local_tiles
-from .tiling import choose_tile, hosted_matmul, matmul_axes
-from .render import KernelBuilder, KernelTooLarge, RenderedKernel, ScheduleConflict
-from .vectorize import NotVectorizable, VectorBuilder
+from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
+from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
+from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
+from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
+from .kernel_ir import Kernel, RenderedKernel, Role
+from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
+from . import print_opencl, print_wgsl
+from .print_common import kernel_name
+from .rows import lower_rows, row_length
+from .transforms.group import group_reductions
+from .transforms.unroll import unroll_reductions
+from .transforms.upcast import upcast
+from .transforms.vector import vectorize
 
 
 @dataclass(frozen=True)
@@ -30,111 +43,293 @@ class DeviceTraits:
 
     gpu: bool = False
     group_size: int = 256
-    vector_width: int = 0  # >0: elementwise float32 kernels compute this many outputs per item as one vector
+    vector_width: int = 0  # >1: float32 kernels compute this many outputs per item as one vector (on GPUs
+                           # elementwise kernels only: reductions there get work groups)
+    native_width: int = 16          # floats in one of the device's vector registers (CPUs: 8 with AVX2, 16 AVX-512)
+    max_group_size: int = 256       # the most items a work group may have (what a search may try)
+    language: str = "opencl"        # the printer: "opencl" (OpenCL C) or "wgsl" (WebGPU)
+    max_params: int = PARAM_LIMIT   # buffers and scalars one kernel may take
+    local_memory: int = 1 << 16     # bytes of local memory one work group may use
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
-        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU).
-        CPUs get vector kernels (their OpenCL compilers call math functions lane by lane otherwise); GPUs
-        already reach their bandwidth with one output per item (bench/GPU.md)."""
+        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU), and
+        ZYX_VECTOR_WIDTH=N sets the vector width (1: none), to measure another. CPUs get 16 lanes (their OpenCL
+        compilers call math functions lane by lane otherwise); GPUs 4, so every item loads and stores whole
+        float4 vectors, as a hand-written elementwise kernel does."""
         gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
-        group = 1 << (min(256, int(getattr(runtime, "max_work_group_size", 256))).bit_length() - 1)
-        return DeviceTraits(gpu, group, 0 if gpu else CPU_VECTOR_WIDTH)
+        most = min(1024, int(getattr(runtime, "max_work_group_size", 256)))
+        group = 1 << (min(256, most).bit_length() - 1)
+        width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
+        native = int(getattr(runtime, "native_vector_width", 16))
+        return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
+                            local_memory=int(getattr(runtime, "local_mem_bytes", 1 << 16)))
 
 
+UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
+VECTOR_UNROLL = 4             # vector accumulators per reduction loop (fewer where the trips do not divide)
 CPU_VECTOR_WIDTH = 16         # one AVX-512 register of float32; as fast as 8 on AVX2 machines
+GPU_VECTOR_WIDTH = 4          # float4: one 16-byte load and store per item
 FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
 
 
-def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits()) -> tuple[list[RenderedKernel], list[Node]]:
+def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
+             tuned: TunedChoices = NO_TUNING) -> tuple[list[RenderedKernel], list[Node]]:
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
-    (rewrites may have replaced them; they correspond by position)."""
+    (rewrites may have replaced them; they correspond by position). A kernel for which `tuned` holds a choice
+    is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped)."""
     targets = rewrite_graph(targets, traits.gpu)
     try:
-        return _schedule(targets, traits, allow_extra_outputs=True), targets
+        return _schedule(targets, traits, tuned, allow_extra_outputs=True), targets
     except ScheduleConflict:
-        return _schedule(targets, traits, allow_extra_outputs=False), targets
+        return _schedule(targets, traits, tuned, allow_extra_outputs=False), targets
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
-                  allow_extra_outputs: bool, stored_apart: set[int]) -> RenderedKernel:
-    """On a GPU, a kernel whose few outputs each need a long reduction is built again with work groups.
-    A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again."""
+                  allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices) -> RenderedKernel:
+    """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again.
+    What the kernel reads from others becomes a node to store, what it stores is produced."""
+    product = None if traits.gpu else hosted_matmul(root, materialized)
+    if product is not None and product is not root and space_axes(root, product) is None:
+        materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
+        stored_apart.add(id(product))        # kernel, and this one reads it)
     while True:
-        restore = _snapshot(materialized, produced)
         try:
-            return _build_shaped(root, materialized, produced, traits, allow_extra_outputs, frozenset(stored_apart))
+            kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, frozenset(stored_apart)),
+                                   traits, tuned)
+            break
         except KernelTooLarge as too_large:
-            restore()
             materialized[id(too_large.node)] = too_large.node
             stored_apart.add(id(too_large.node))
+    for node in kernel.needs:
+        materialized.setdefault(id(node), node)
+    produced.update(id(node) for node in kernel.outputs)
+    return kernel
 
 
-def _build_shaped(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
-                  allow_extra_outputs: bool, apart: frozenset) -> RenderedKernel:
-    restore = _snapshot(materialized, produced)
-    cpu_plan = None if traits.gpu else plan_cpu_matmul(root, materialized)
-    if cpu_plan is not None:
-        return CpuMatmulBuilder(root, materialized, produced, False, stored_apart=apart, plan=cpu_plan).build()
-    tile = choose_tile(root, materialized, traits.gpu) or (None if traits.gpu else copy_tile(root))
-    plan = plan_local_tiles(root, hosted_matmul(root, materialized)) if traits.gpu else None
-    if plan is not None:
-        return LocalTileBuilder(root, materialized, produced, False, tile, stored_apart=apart, plan=plan).build()
-    if traits.gpu and tile and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
-        tile = None  # a small product: a work group per output keeps the GPU busier than register tiles
-    if traits.vector_width and tile is None:
-        vector = _vector_kernel(root, materialized, produced, allow_extra_outputs, apart, traits.vector_width)
-        if vector is not None:
-            return vector
-    kernel = KernelBuilder(root, materialized, produced, allow_extra_outputs, tile, stored_apart=apart).build()
-    if (not traits.gpu or tile or kernel.global_size >= GROUP_MAX_OUTPUTS
-            or kernel.longest_reduction < GROUP_MIN_REDUCE):
-        return kernel  # (elementwise kernels as they are reach ~2.5 TB/s on an H100: bench/README.md)
-    restore()
-    return KernelBuilder(root, materialized, produced, allow_extra_outputs, None, traits.group_size, apart).build()
+@dataclass(frozen=True)
+class _Site:
+    """Where a kernel is lowered: its root and what the scheduler has decided so far (read only here)."""
+
+    root: Node
+    materialized: dict[int, Node]
+    produced: set[int]
+    allow_extra_outputs: bool
+    apart: frozenset
 
 
-def _vector_kernel(root: Node, materialized: dict[int, Node], produced: set[int], allow_extra_outputs: bool,
-                   apart: frozenset, width: int) -> Optional[RenderedKernel]:
-    """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
-    elements at a time; None (state untouched) when neither renders or reads its loops in whole vectors."""
-    restore = _snapshot(materialized, produced)
-    for uniform in (False, True):
+@dataclass
+class _Shaped:
+    """A lowered kernel shaped for the device, with the choice it was shaped with (None: nothing to choose,
+    as for a packed operand's copy or a row kernel) and the values each of the choice's parameters may take."""
+
+    lowered: LoweredKernel
+    kernel: Kernel
+    choice: Optional[Choice] = None
+    options: Options = ()
+
+
+def _build_shaped(site: _Site, traits: DeviceTraits, tuned: TunedChoices) -> RenderedKernel:
+    """Lower the kernel storing the site's root and shape it as the heuristics choose (`_shape`); where `tuned`
+    holds a choice for that kernel (by its fingerprint) that fits it, shape it again with that choice."""
+    shaped = _shape(site, traits, None)
+    heuristic, options = shaped.choice, shaped.options
+    if shaped.choice is None or not fits(heuristic, heuristic.family, options):
+        return rendered(shaped.lowered, shaped.kernel, traits)  # (ZYX_TILE asked for a tile no search would try)
+    key, name = shaped.kernel.fingerprint(), kernel_name(shaped.kernel, PRINTERS[traits.language][2])
+    choice = tuned.get(key)
+    if choice is not None and choice != heuristic and fits(choice, heuristic.family, options):
         try:
-            builder = VectorBuilder(root, materialized, produced, allow_extra_outputs, stored_apart=apart,
-                                    width=width, uniform=uniform)
-            kernel = builder.build()
-            if not builder.gathers_in_loops:
-                return kernel
-        except NotVectorizable:
+            shaped = _shape(site, traits, choice)
+        except KernelTooLarge:  # (a bigger tile outgrew the statement limit here: the heuristics' kernel then)
             pass
-        restore()
-    return None
+    return rendered(shaped.lowered, shaped.kernel, traits, TuneSite(key, name, heuristic, shaped.choice, options))
 
 
-def _snapshot(materialized: dict[int, Node], produced: set[int]) -> Callable[[], None]:
-    """A function that puts both back as they are now (a kernel build that is abandoned may have grown them)."""
-    saved_materialized, saved_produced = dict(materialized), set(produced)
+def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
+    """Shape the kernel storing `site.root` with `choice` (None: as the heuristics choose): register tiles for
+    products, vector lanes on CPUs, a work group per output for GPU kernels whose few outputs each need a long
+    reduction, else unrolled reductions."""
+    root, materialized = site.root, site.materialized
+    family = choice.family if choice is not None else None
+    if not traits.gpu and family in (None, "cpu_matmul"):
+        cpu_plan = plan_cpu_matmul(root, materialized, traits.native_width, choice)
+        if cpu_plan is not None:
+            lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
+            return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
+    if traits.gpu and family in (None, "local_tiles"):
+        plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
+        if plan is not None:
+            lowered = LocalTileLowering(root, materialized, site.produced, plan, site.apart, traits.max_params).lower()
+            return _Shaped(lowered, lowered.ir, plan.choice, local_tile_options(traits.local_memory))
+    return _shape_plain(site, traits, choice)
 
-    def restore() -> None:
-        materialized.clear(), materialized.update(saved_materialized)
-        produced.clear(), produced.update(saved_produced)
-    return restore
+
+def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
+    """One output per item, then a register tile of a product, vector lanes, a work group per output or
+    unrolled reductions, as `choice` says (None: as the heuristics choose); a row kernel (rows.py, nothing to
+    choose) where the root needs reductions over its own rows."""
+    root, materialized, produced = site.root, site.materialized, site.produced
+    axes = tile_axes(root, materialized) if root.numel else None
+    tile = _product_tile(root, axes, traits, choice)
+    if not tile and not traits.gpu and root.numel:
+        copy = copy_tile(root)
+        if copy:  # a packed operand's copy: nothing to choose
+            lowered = lower(root, materialized, produced, False, site.apart, traits.max_params)
+            return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy))
+    length = None if tile else row_length(root, materialized, produced | site.apart)
+    if length is not None and _fuses_rows(length, traits):
+        rows = lower_rows(root, materialized, produced, length, site.allow_extra_outputs, site.apart,
+                          traits.max_params)
+        if rows is not None:
+            return _Shaped(rows, _shape_rows(rows.ir, length, traits))
+    lowered = lower(root, materialized, produced, site.allow_extra_outputs and not tile, site.apart,
+                    traits.max_params)
+    kernel = lowered.ir
+    reduces = kernel.axis(Role.REDUCE) is not None
+    options = _plain_options(root, axes, traits, reduces)
+    if not options:
+        return _Shaped(lowered, kernel)
+    vector = None
+    if choice is None:
+        width = traits.vector_width if traits.vector_width and not tile and not (traits.gpu and reduces) else 1
+        vector = _vector_kernel(kernel, width) if width > 1 else None
+        grouped = (not tile and vector is None and traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS
+                   and lowered.longest_reduction >= GROUP_MIN_REDUCE)
+        tile_n, tile_m = ((tile or {}).get(axis, 1) for axis in axes) if axes else (1, 1)
+        heuristic = {"tile_n": tile_n, "tile_m": tile_m, "width": width if vector is not None else 1,
+                     "unroll": VECTOR_UNROLL if vector is not None else UNROLL,
+                     "group": traits.group_size if grouped else 0}
+        choice = Choice.of("plain", **{name: heuristic[name] for name, _ in options})
+    return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector), choice, options)
 
 
-def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs: bool) -> list[RenderedKernel]:
+def _product_tile(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits,
+                  choice: Optional[Choice]) -> Optional[dict[int, int]]:
+    """Outputs per item along the product's axes (None: one output per item): `choice`'s, else the device's
+    default, except on a GPU for a small product (a work group per output keeps the GPU busier)."""
+    if axes is None:
+        return None
+    if choice is not None:
+        tile = {axes[0]: choice.get("tile_n", 1), axes[1]: choice.get("tile_m", 1)}
+    else:
+        tile = choose_tile(root, axes, traits.gpu)
+        if traits.gpu and root.numel // math.prod(tile.values()) < GROUP_MAX_OUTPUTS // 4:
+            return None
+    tile = {axis: factor for axis, factor in tile.items() if factor > 1}
+    return tile or None
+
+
+def _plain_options(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits, reduces: bool) -> Options:
+    """What a search may try for a kernel of one output per item: tiles that divide the product's axes, vector
+    widths (not for GPU reductions, which get work groups), unrolling and work groups of reductions."""
+    family = FAMILIES["plain"]
+    options: dict[str, tuple[int, ...]] = {}
+    if axes is not None:
+        for name, axis in zip(("tile_n", "tile_m"), axes):
+            options[name] = tuple(f for f in family[name] if root.shape[axis] % f == 0)
+    if traits.vector_width and not (traits.gpu and reduces):
+        options["width"] = family["width"]
+    if reduces:
+        options["unroll"] = family["unroll"]
+    if reduces and traits.gpu:
+        options["group"] = tuple(g for g in family["group"] if g <= traits.max_group_size)
+    return tuple((name, values) for name, values in sorted(options.items()) if len(values) > 1)
+
+
+def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int, int]], choice: Choice,
+                 vector: Optional[Kernel]) -> Kernel:
+    """`kernel` (one output per item) shaped as `choice` says; `vector`: its vector kernel, if made already."""
+    if tile:
+        return upcast(kernel, space, tile)
+    if choice.get("group", 0):
+        return group_reductions(kernel, choice["group"])
+    unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
+    vector = vector or (_vector_kernel(kernel, width, unroll) if width > 1 else None)
+    return vector or _unrolled(kernel, unroll)
+
+
+def plain_effect(choice: Choice) -> tuple[tuple[str, int], ...]:
+    """The parameters of a "plain" choice that shape the kernel (see `_apply_plain`): a tile overrides the
+    rest, work groups ignore vector width and unrolling."""
+    values = dict(choice.values)
+    if values.get("tile_n", 1) * values.get("tile_m", 1) > 1:
+        keep = {"tile_n", "tile_m"}
+    elif values.get("group", 0):
+        keep = {"group"}
+    else:
+        keep = set(values)
+    return tuple((name, value) for name, value in choice.values if name in keep)
+
+
+def _unrolled(kernel: Kernel, unroll: int = UNROLL) -> Kernel:
+    return unroll_reductions(kernel, lambda trips: unroll if trips >= 2 * unroll else 1)
+
+
+def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
+    """Whether rows of `length` are one kernel (rows.py) on this device: on GPUs always (rows.ROW_LIMIT aside);
+    on CPUs where the scalar tail the vector lanes leave is at most a quarter of the row (rows of 31 on PoCL run
+    20% slower in one kernel than as the reductions' kernel and an elementwise one of whole vectors)."""
+    return traits.gpu or not traits.vector_width or length % traits.vector_width * 4 <= length
+
+
+def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
+    """A row kernel shaped for the device: on GPUs a work group per row (float4 lanes where the row divides) if
+    the row is as long as a reduction that gets a work group; elsewhere a row per item, in vector lanes along the
+    row."""
+    if traits.gpu and length >= GROUP_MIN_REDUCE:
+        vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width else None
+        lanes = traits.vector_width if vector is not None else 1
+        group = min(traits.group_size, 1 << (-(-length // lanes) - 1).bit_length())
+        return group_reductions(vector or kernel, group)
+    vector = _vector_kernel(kernel, traits.vector_width, tails=True) if traits.vector_width else None
+    return vector or _unrolled(kernel)
+
+
+PRINTERS = {  # language: (kernel -> (name, source), kernel -> (global size, local size), the printer's version)
+    "opencl": (print_opencl.print_kernel, lambda kernel: kernel.launch, print_opencl.VERSION),
+    "wgsl": (print_wgsl.print_kernel, print_wgsl.launch, print_wgsl.VERSION),
+}
+
+
+def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = DeviceTraits(),
+             site: Optional[TuneSite] = None) -> RenderedKernel:
+    """The kernel printed for the device, with what the scheduler and the program need to know of it (`site`:
+    how it was shaped and what a search may try)."""
+    printer, launch, _ = PRINTERS[traits.language]
+    name, source = printer(kernel)
+    loads = [p.node for p in kernel.params if p.kind == "load"]
+    global_size, local_size = launch(kernel)
+    return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
+                          lowered.misaligned, global_size, local_size, lowered.longest_reduction, site=site)
+
+
+def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tails: bool = False) -> Optional[Kernel]:
+    """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
+    elements at a time (`tails`: the last steps of a loop W does not divide as a loop of their own); each loop
+    with up to `unroll` vector accumulators. None when neither applies."""
+    vector = vectorize(kernel, width) or vectorize(kernel, width, uniform=True, tails=tails)
+    if vector is None:
+        return None
+    return unroll_reductions(vector, lambda trips: next(u for u in (16, 8, 4, 2, 1) if u <= unroll and trips % u == 0))
+
+
+def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
+              allow_extra_outputs: bool) -> list[RenderedKernel]:
     order = toposort(targets)
     position = {id(node): i for i, node in enumerate(order)}
     materialized: dict[int, Node] = {id(t): t for t in targets}
-    shared = _shared_products(targets)
+    across = _collectives(order)  # values combined across processes, and their sources: stored, never fused
+    materialized.update(across)
+    shared = _shared_products([*targets, *across.values()])
     materialized.update(shared)
     chain_cuts = _chain_cuts(order, materialized)
     materialized.update(chain_cuts)
     produced: set[int] = set()
     # shared products, cuts of long chains, and values a kernel would recompute too often
-    stored_apart: set[int] = set(shared) | set(chain_cuts)
+    stored_apart: set[int] = set(shared) | set(chain_cuts) | set(across)
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
@@ -151,10 +346,22 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, allow_extra_outputs
         _, key = heapq.heappop(queue)
         if key in produced:
             continue
-        kernels.append(_build_kernel(materialized[key], materialized, produced, traits, allow_extra_outputs,
-                                     stored_apart))
+        node = materialized[key]
+        kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
+                       _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
+                                     tuned))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
+
+
+def _collectives(order: Sequence[Node]) -> dict[int, Node]:
+    """COLLECTIVE nodes and their sources (but buffers): the runtime combines stored values, not expressions."""
+    found: dict[int, Node] = {}
+    for node in order:
+        if node.op is Op.COLLECTIVE:
+            found[id(node)] = node
+            found.update((id(source), source) for source in node.src if not source.realized)
+    return found
 
 
 def _shared_products(targets: Sequence[Node]) -> dict[int, Node]:
@@ -166,7 +373,7 @@ def _shared_products(targets: Sequence[Node]) -> dict[int, Node]:
         stack, seen = [target], set()
         while stack:
             node = stack.pop()
-            if id(node) in seen or node.op is Op.BUFFER:
+            if id(node) in seen or node.op in (Op.BUFFER, Op.COLLECTIVE):
                 continue
             seen.add(id(node))
             if node.op is Op.SUM and matmul_axes(node) is not None:

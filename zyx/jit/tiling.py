@@ -94,17 +94,13 @@ def space_axes(root: Node, product: Node) -> Optional[tuple[int, int]]:
     return to_space[n_axis], to_space[m_axis]
 
 
-def choose_tile(root: Node, materialized: dict[int, Node], gpu: bool = False) -> Optional[dict[int, int]]:
-    """Outputs per work item along the kernel's axes, or None for one output per work item."""
+def tile_axes(root: Node, materialized: dict[int, Node]) -> Optional[tuple[int, int]]:
+    """The kernel axes holding the n and m axes of the product the kernel hosts, if it hosts one that lines up."""
     product = hosted_matmul(root, materialized)
-    if product is None:
-        return None
-    axes = space_axes(root, product)
-    if axes is None:
-        return None
-    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
+    return None if product is None else space_axes(root, product)
+
+
+def choose_tile(root: Node, axes: tuple[int, int], gpu: bool = False) -> dict[int, int]:
+    """Outputs per work item along the product's axes in the kernel (`tile_axes`); 1 where none divides."""
     rows, cols = _tile_sizes(gpu)
-    tile = {axes[0]: _largest_divisor(product.shape[n_axis], rows),
-            axes[1]: _largest_divisor(product.shape[m_axis], cols)}
-    tile = {axis: factor for axis, factor in tile.items() if factor > 1}
-    return tile or None
+    return {axes[0]: _largest_divisor(root.shape[axes[0]], rows), axes[1]: _largest_divisor(root.shape[axes[1]], cols)}

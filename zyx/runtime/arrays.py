@@ -120,6 +120,10 @@ class ArrayLibrary(ABC):
         """A unary or binary op, or WHERE, computed into `sources[into]` (see `memory_plan.overwrites`)."""
         raise NotImplementedError(f"{type(self).__name__} computes nothing in place")
 
+    def collective(self, sources: Sequence[Any], dtype: DType, kind: str, parameter: Any) -> Any:
+        """The sources flattened into one bucket and combined across the processes of zyx.distributed."""
+        raise NotImplementedError(f"{type(self).__name__} runs no collectives")
+
     def contract(self, a: Any, b: Any, axes: tuple[int, ...], shape: Shape) -> Any:
         """sum(a * b) over `axes` (keeping them with size 1) without storing a * b; only when `contracts`."""
         raise NotImplementedError(f"{type(self).__name__} does not contract products")

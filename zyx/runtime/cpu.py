@@ -5,12 +5,9 @@ Intermediates are dropped right after their last reader.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import numpy as np
 
-from ..trace.node import Node, toposort
-from ..trace.ops import Op
+from ..trace.hashing import Walk
 from . import interpret, profiling
 from .limits import host_limits
 from .numpy_arrays import NumpyArrays
@@ -34,16 +31,15 @@ class CPUBackend:
     def download(self, buffer: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return buffer.reshape(shape).copy()
 
-    def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[np.ndarray]:
-        """Values of `targets` (contiguous arrays), freeing each intermediate after its last use."""
-        order = toposort(targets) if order is None else order
+    def realize(self, walk: Walk) -> list[np.ndarray]:
+        """Values of the walk's roots (contiguous arrays), freeing each intermediate after its last use."""
+        targets, order = walk.roots, walk.order
         program = interpret.build(targets, order)
         self.limits.check_nodes(program.stored())
-        leaves = [node for node in order if node.op is Op.BUFFER]
-        if any(leaf.buffer is None for leaf in leaves):
+        if any(leaf.buffer is None for leaf in walk.leaves):
             raise interpret.released_error()
-        inputs = [leaf.buffer for leaf in leaves]
-        streams = [node.arg for node in order if node.op is Op.RAND]
+        inputs = [leaf.buffer for leaf in walk.leaves]
+        streams = [node.arg for node in walk.rands]
         if not profiling.timing_wanted():
             return interpret.run(program, self.arrays, inputs, streams)
         return interpret.profiled(self, "cpu_evaluate", "cpu", targets, order,

@@ -206,6 +206,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.SUM: lambda lib, step, x: lib.sum(x[0], step.arg, step.dtype),
     Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
     Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], step.arg, step.shape),
+    Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
     Op.PERMUTE: lambda lib, step, x: lib.permute(x[0], step.arg),
     Op.EXPAND: lambda lib, step, x: lib.expand(x[0], step.arg),

@@ -9,7 +9,7 @@ Single-threaded by design: release may run from a garbage-collection finalizer, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from zyx import counters as stats
 
@@ -41,8 +41,8 @@ class BufferPool(Generic[RawBuffer]):
 
     def size_class(self, nbytes: int) -> int:
         """The size actually allocated: at least one byte, rounded up to the granularity."""
-        units = max(1, -(-nbytes // self._granularity))
-        return units * self._granularity
+        granularity = self._granularity
+        return (-(-nbytes // granularity) or 1) * granularity
 
     def acquire(self, nbytes: int) -> RawBuffer:
         """A buffer of size_class(nbytes) bytes: a freed one if any, else a new one (trimming on out-of-memory)."""
@@ -53,15 +53,19 @@ class BufferPool(Generic[RawBuffer]):
             self.pool_bytes -= size
         else:
             raw = self._allocate_new(size)
-        self.current_bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        current = self.current_bytes = self.current_bytes + size
+        if current > self.peak_bytes:
+            self.peak_bytes = current
         stats.set_max("peak_bytes", self.peak_bytes)
         return raw
 
     def release(self, raw: RawBuffer, nbytes: int) -> None:
         """Takes back a buffer acquired for nbytes; it waits in the pool for a request of the same size."""
         size = self.size_class(nbytes)
-        self._free.setdefault(size, []).append(raw)
+        free_list = self._free.get(size)
+        if free_list is None:
+            free_list = self._free[size] = []
+        free_list.append(raw)
         self.current_bytes -= size
         self.pool_bytes += size
 
@@ -86,3 +90,39 @@ class BufferPool(Generic[RawBuffer]):
             raw = self._allocator(size)
         stats.bump("bytes_allocated", size)
         return raw
+
+
+class PooledRuntime:
+    """What a device runtime allocating through a BufferPool shares (OpenCL's and WebGPU's): allocation checked
+    against the device's limits, and the pool's statistics. A runtime sets `pool` and `limits` and wraps a raw
+    buffer in its own Buffer type (`_buffer`)."""
+
+    pool: BufferPool
+    limits: Any  # runtime.limits.MemoryLimits
+
+    def _buffer(self, raw: Any, nbytes: int) -> Any:
+        raise NotImplementedError
+
+    def allocate(self, nbytes: int) -> Any:
+        """Uninitialised device memory, from the pool when a freed buffer of the same size class is there."""
+        if nbytes < 0:
+            raise ValueError(f"cannot allocate {nbytes} bytes")
+        self.limits.check_bytes(nbytes, "a buffer")
+        return self._buffer(self.pool.acquire(nbytes), nbytes)
+
+    def memory_stats(self) -> dict[str, int]:
+        """Bytes held by live buffers, the most ever held at once, and bytes freed but kept for reuse."""
+        return {"current_bytes": self.pool.current_bytes, "peak_bytes": self.pool.peak_bytes,
+                "pool_bytes": self.pool.pool_bytes}
+
+    def reset_peak_memory(self) -> None:
+        self.pool.reset_peak()
+
+    @staticmethod
+    def _host_for(buffer: Any, shape: Any, numpy_dtype: Any) -> Any:
+        """An empty numpy array to download `buffer` into (a ValueError if it holds fewer bytes)."""
+        import numpy as np
+        host = np.empty(tuple(shape), dtype=numpy_dtype)
+        if host.nbytes > buffer.nbytes:
+            raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte buffer")
+        return host

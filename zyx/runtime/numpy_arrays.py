@@ -13,6 +13,7 @@ from ..dtypes import DType
 from ..trace.ops import Op
 from ..trace.philox import philox_uniform
 from .arrays import ArrayLibrary, Shape
+from .collectives import combine
 
 
 def computed_as(dtype: np.dtype) -> np.dtype:
@@ -78,6 +79,10 @@ class NumpyArrays(ArrayLibrary):
 
     def sum(self, x: Any, axes: tuple[int, ...], dtype: DType) -> Any:
         return np.sum(x, axis=axes, keepdims=True, dtype=computed_as(dtype.np))
+
+    def collective(self, sources: Sequence[Any], dtype: DType, kind: str, parameter: Any) -> Any:
+        """One flat bucket, combined as stored (halves rounded), as the OpenCL host step does."""
+        return combine(np.concatenate([x.astype(dtype.np).reshape(-1) for x in sources]), kind, parameter)
 
     def amax(self, x: Any, axes: tuple[int, ...]) -> Any:
         return np.max(x, axis=axes, keepdims=True)

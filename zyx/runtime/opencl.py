@@ -8,24 +8,26 @@ PoCL); the switch waits for the other queue, so the order still holds.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pyopencl as cl
 
 from zyx import counters as stats
-from zyx.runtime import profiling
+from zyx.runtime import collectives, profiling
 from zyx.runtime.limits import MemoryLimits
-from zyx.runtime.memory import BufferPool
+from zyx.runtime.memory import BufferPool, PooledRuntime
 from ..debug import logger
 
 _OUT_OF_MEMORY_CODES = frozenset(
     {cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES, cl.status_code.OUT_OF_HOST_MEMORY}
 )
 _PENDING_UPLOADS_BEFORE_PRUNE = 64
+
+Launcher = Callable[[cl.Kernel, tuple, "tuple | None", Sequence[Any]], cl.Event]
 
 
 def _is_out_of_memory(error: Exception) -> bool:
@@ -38,20 +40,27 @@ def _as_bytes(array: np.ndarray) -> np.ndarray:
 
 
 class Buffer:
-    """Device memory of `nbytes` bytes; goes back to its backend's pool when the last reference is dropped."""
+    """Device memory of `nbytes` bytes; goes back to its backend's pool when the last reference is dropped.
 
-    def __init__(self, cl_buffer: cl.Buffer, nbytes: int, backend: OpenCLBackend) -> None:
-        self.cl_buffer = cl_buffer
+    `__del__` rather than `weakref.finalize` (six times cheaper, and a replayed step allocates dozens): it only
+    hands the cl.Buffer to the pool's free list, which is plain Python, so it is safe at interpreter exit too.
+    """
+
+    __slots__ = ("raw", "nbytes", "backend")
+
+    def __init__(self, raw: cl.Buffer, nbytes: int, backend: OpenCLBackend) -> None:
+        self.raw = raw
         self.nbytes = nbytes
         self.backend = backend
-        # Not run at interpreter exit: the driver may already be gone, and the process frees everything anyway.
-        weakref.finalize(self, backend.pool.release, cl_buffer, nbytes).atexit = False
+
+    def __del__(self) -> None:
+        self.backend.pool.release(self.raw, self.nbytes)
 
     def __repr__(self) -> str:
         return f"Buffer(nbytes={self.nbytes}, device={self.backend.name!r})"
 
 
-class OpenCLBackend:
+class OpenCLBackend(PooledRuntime):
     """Owns one OpenCL device: allocation, transfers and kernel launches all go through here."""
 
     def __init__(self, cl_device: cl.Device) -> None:
@@ -67,6 +76,7 @@ class OpenCLBackend:
         self.max_work_group_size: int = cl_device.max_work_group_size
         self.local_mem_bytes: int = cl_device.local_mem_size
         self.compute_units: int = cl_device.max_compute_units
+        self.native_vector_width: int = cl_device.preferred_vector_width_float  # floats per vector register
         self.is_gpu: bool = bool(cl_device.type & cl.device_type.GPU)
         self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory)
@@ -78,7 +88,10 @@ class OpenCLBackend:
     @property
     def queue(self) -> cl.CommandQueue:
         """The queue for the next command: the timed one while `profiling.timing_wanted()`, else the plain one."""
-        timed = profiling.timing_wanted()
+        return self.queue_for(profiling.timing_wanted())
+
+    def queue_for(self, timed: bool) -> cl.CommandQueue:
+        """The timed queue or the plain one, switching (in order) when the other was used last."""
         if timed != (self._current_queue is self._timed_queue):
             self._current_queue.finish()  # what is queued runs before anything on the other queue
             if timed and self._timed_queue is None:
@@ -92,23 +105,8 @@ class OpenCLBackend:
 
     # --- memory -------------------------------------------------------------------------------------------
 
-    def allocate(self, nbytes: int) -> Buffer:
-        """Uninitialised device memory, from the pool when a freed buffer of the same size class is there."""
-        if nbytes < 0:
-            raise ValueError(f"cannot allocate {nbytes} bytes")
-        self.limits.check_bytes(nbytes, "a buffer")
-        return Buffer(self.pool.acquire(nbytes), nbytes, self)
-
-    def memory_stats(self) -> dict[str, int]:
-        """Bytes held by live buffers, the most ever held at once, and bytes freed but kept for reuse."""
-        return {
-            "current_bytes": self.pool.current_bytes,
-            "peak_bytes": self.pool.peak_bytes,
-            "pool_bytes": self.pool.pool_bytes,
-        }
-
-    def reset_peak_memory(self) -> None:
-        self.pool.reset_peak()
+    def _buffer(self, raw: cl.Buffer, nbytes: int) -> Buffer:
+        return Buffer(raw, nbytes, self)
 
     # --- transfers ----------------------------------------------------------------------------------------
 
@@ -118,25 +116,33 @@ class OpenCLBackend:
         self.limits.check_bytes(host.nbytes, f"an array of shape {array.shape} and dtype {array.dtype}")
         buffer = self.allocate(host.nbytes)
         if host.nbytes:
-            event = cl.enqueue_copy(self.queue, buffer.cl_buffer, _as_bytes(host), is_blocking=False)
+            event = cl.enqueue_copy(self.queue, buffer.raw, _as_bytes(host), is_blocking=False)
             self._keep_until_done(event)
         return buffer
 
     def download(self, buffer: Buffer, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
         """The buffer's contents as a new array; waits for every kernel enqueued before it."""
-        host = np.empty(tuple(shape), dtype=numpy_dtype)
-        if host.nbytes > buffer.nbytes:
-            raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte buffer")
-        if host.nbytes:
-            cl.enqueue_copy(self.queue, _as_bytes(host), buffer.cl_buffer, is_blocking=True)
-        self._pending_uploads.clear()  # the in-order queue finished them before this read
-        return host
+        return self.download_all([(buffer, shape, numpy_dtype)])[0]
+
+    def download_all(self, requests: Sequence[tuple[Buffer, Sequence[int], Any]]) -> list[np.ndarray]:
+        """Several buffers' contents (buffer, shape, numpy dtype each) as new arrays, waiting once: the in-order
+        queue finishes the earlier copies before the last. A wait costs far more than a copy of a few bytes."""
+        hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
+        for buffer, shape, numpy_dtype in requests:
+            host = self._host_for(buffer, shape, numpy_dtype)
+            if host.nbytes:
+                copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.raw, is_blocking=False))
+            hosts.append(host)
+        if copies:
+            copies[-1].wait()
+        self._pending_uploads.clear()  # the in-order queue finished them before these reads
+        return hosts
 
     def copy(self, buffer: Buffer) -> Buffer:
         """A new device buffer holding the same bytes (enqueued, not waited for)."""
         duplicate = self.allocate(buffer.nbytes)
         if buffer.nbytes:
-            cl.enqueue_copy(self.queue, duplicate.cl_buffer, buffer.cl_buffer, byte_count=buffer.nbytes)
+            cl.enqueue_copy(self.queue, duplicate.raw, buffer.raw, byte_count=buffer.nbytes)
         return duplicate
 
     def _keep_until_done(self, event: cl.Event) -> None:
@@ -145,6 +151,37 @@ class OpenCLBackend:
         if len(self._pending_uploads) > _PENDING_UPLOADS_BEFORE_PRUNE:
             complete = cl.command_execution_status.COMPLETE
             self._pending_uploads = [e for e in self._pending_uploads if e.command_execution_status != complete]
+
+    # --- collectives (staged through host memory) -------------------------------------------------------
+
+    def start_collective(self, sources: Sequence[tuple[cl.Buffer, int]], numel: int,
+                         step: str) -> concurrent.futures.Future:
+        """Enqueue copies of `sources` ((buffer, bytes) each), one after another, into one host bucket of `numel`
+        elements and hand combining it (`step`: "all_reduce sum float32") to the communication thread; kernels
+        enqueued after this run while it communicates."""
+        kind, parameter, dtype = collectives.parse_step(step)
+        bucket = np.empty(numel, dtype)
+        if sum(nbytes for _, nbytes in sources) != bucket.nbytes:
+            raise ValueError(f"{step}: the sources hold {[n for _, n in sources]} bytes, the bucket {bucket.nbytes}")
+        view, start, copies = _as_bytes(bucket), 0, []
+        for buffer, nbytes in sources:
+            if nbytes:
+                copies.append(cl.enqueue_copy(self.queue, view[start:start + nbytes], buffer, is_blocking=False))
+            start += nbytes
+        self.queue.flush()  # the copies start now, not at the next wait
+
+        def combine(comm: Any) -> np.ndarray:
+            if copies:
+                cl.wait_for_events(copies)
+            collectives.combine_in_place(comm, bucket, kind, parameter)
+            return bucket
+        return collectives.process_group().submit(combine)
+
+    def finish_collective(self, pending: concurrent.futures.Future, buffer: cl.Buffer, step: str) -> None:
+        """Wait for a started collective (at most the group's timeout) and enqueue its result into `buffer`."""
+        bucket = collectives.process_group().wait(pending, step)
+        if bucket.nbytes:
+            self._keep_until_done(cl.enqueue_copy(self.queue, buffer, _as_bytes(bucket), is_blocking=False))
 
     # --- execution ----------------------------------------------------------------------------------------
 
@@ -157,13 +194,28 @@ class OpenCLBackend:
     ) -> cl.Event:
         """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are.
         Its event carries device timestamps when the queue is the timed one."""
+        raw = [arg.raw if isinstance(arg, Buffer) else arg for arg in args]
+        return self.launcher(profiling.timing_wanted())(kernel, global_size, local_size, raw)
+
+    def launcher(self, timed: bool) -> Launcher:
+        """A launch function for one program run, taking cl.Buffers and numpy scalars as arguments, on the timed
+        queue or the plain one. The queue and the ZYX_DEBUG setting are looked up here, once, not per kernel: each
+        lookup costs microseconds and a replayed step launches dozens of kernels."""
+        queue = self.queue_for(timed)
         log = logger("zyx.runtime")
-        if log.isEnabledFor(logging.INFO):
-            log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
-        kernel.set_args(*[arg.cl_buffer if isinstance(arg, Buffer) else arg for arg in args])
-        event = cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
-        stats.bump("kernels_launched")
-        return event
+        logged = log.isEnabledFor(logging.INFO)
+        enqueue = cl.enqueue_nd_range_kernel
+        bump = stats.bump
+
+        def launch(kernel: cl.Kernel, global_size: tuple[int, ...], local_size: tuple[int, ...] | None,
+                   args: Sequence[Any]) -> cl.Event:
+            if logged:
+                log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
+            kernel.set_args(*args)
+            event = enqueue(queue, kernel, global_size, local_size)
+            bump("kernels_launched")
+            return event
+        return launch
 
     def synchronize(self) -> None:
         """Waits until everything enqueued so far has finished."""

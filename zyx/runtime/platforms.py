@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import pyopencl as cl
 
@@ -118,12 +118,14 @@ def _listing() -> str:
     return "\n".join(lines) if lines else "  (no OpenCL platform found)"
 
 
-def select_device(platform: int | str | None = None, device: int | str | None = None) -> cl.Device:
+def select_device(platform: int | str | None = None, device: int | str | None = None,
+                  problem: Callable[[cl.Device], str | None] | None = None) -> cl.Device:
     """The device to use: the best among those matching the choices.
 
     `platform` is an index or a case-insensitive substring of the platform's name or version; `device` is an
     index within its platform or a substring of the device name. Unset choices match everything, and the
-    `preference` order picks among what matches.
+    `preference` order picks among what matches: the first that `problem` (`compile_problem` unless given; the
+    JIT passes one that remembers passes across processes) finds no problem with.
     """
     candidates = [
         (description, cl_device)
@@ -138,10 +140,10 @@ def select_device(platform: int | str | None = None, device: int | str | None = 
         return ranked[0][1]  # an explicit choice is honoured even if it turns out not to compile
     failures = []
     for description, cl_device in ranked:
-        problem = compile_problem(cl_device)
-        if problem is None:
+        reason = (problem or compile_problem)(cl_device)
+        if reason is None:
             return cl_device
-        failures.append(f"{description['device']} on {description['platform_version']}: {problem}")
+        failures.append(f"{description['device']} on {description['platform_version']}: {reason}")
     raise RuntimeError("no OpenCL device here can compile a kernel:\n  " + "\n  ".join(failures))
 
 
@@ -156,7 +158,7 @@ def build_quietly(program: cl.Program, options: list[str], devices: list[cl.Devi
         return program.build(options=options, devices=devices)
 
 
-_PROBE = "__kernel void zyx_probe(__global float* x) { x[get_global_id(0)] += 1.0f; }"
+PROBE = "__kernel void zyx_probe(__global float* x) { x[get_global_id(0)] += 1.0f; }"
 _compile_problems: dict[int, str | None] = {}
 
 
@@ -166,12 +168,17 @@ def compile_problem(cl_device: cl.Device) -> str | None:
     key = cl_device.int_ptr
     if key not in _compile_problems:
         try:
-            build_quietly(cl.Program(cl.Context([cl_device]), _PROBE), [QUIET_OPTION])
+            build_quietly(cl.Program(cl.Context([cl_device]), PROBE), [QUIET_OPTION])
             _compile_problems[key] = None
         except cl.Error as error:
-            lines = str(error).strip().splitlines()
-            _compile_problems[key] = next((line for line in lines if "error" in line.lower()), lines[-1])[:200]
+            _compile_problems[key] = first_error_line(str(error))
     return _compile_problems[key]
+
+
+def first_error_line(log: str) -> str:
+    """The line of a compiler's log that says what went wrong (its last line if none says "error")."""
+    lines = log.strip().splitlines() or [""]
+    return next((line for line in lines if "error" in line.lower()), lines[-1])[:200]
 
 
 def select_device_by_ordinal(ordinal: int) -> cl.Device:
@@ -187,10 +194,10 @@ def ordinal_of(cl_device: cl.Device) -> int:
     return next(ordinal for ordinal, (_, each) in enumerate(_enumerate()) if each == cl_device)
 
 
-def default_ordinal() -> int | None:
+def default_ordinal(problem: Callable[[cl.Device], str | None] | None = None) -> int | None:
     """The `describe_devices` position of the device `select_device()` picks, or None when none can compile."""
     try:
-        chosen = select_device()
+        chosen = select_device(problem=problem)
     except (RuntimeError, ValueError):
         return None
     return ordinal_of(chosen)

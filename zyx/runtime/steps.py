@@ -21,7 +21,7 @@ class Fused(enum.Enum):
     CONTRACT = enum.auto()  # SUM over arg axes of the MUL of the step's two sources, the product never stored
 
 
-ALLOCATING = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Fused.CONTRACT}  # views allocate nothing
+ALLOCATING = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT}  # views allocate nothing
 SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
 VIEW_OPS = {Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.DETACH}  # return a view of their source in every library
 

@@ -1,12 +1,11 @@
 """zyx.Torch(): tensors in torch tensors, traces run as torch ops, for hardware where PyTorch is the fast path.
 
-A realize hashes the trace by structure (as on OpenCL) and looks its program up in memory; a new structure is
-built in one pass (`interpret.build` with `optimize`: one launch per op, products and their gradients as
-einsum, a memory plan). The program then runs op by op through torch (`torch_arrays.py`), or, with
-`compile=True` or a torch.compile mode (or ZYX_TORCH_COMPILE=1 or =MODE), as one `torch.compile`d function per
-program: each program's first
-run pays for Dynamo and Inductor (tens of seconds for a training step on a CPU; Inductor's own disk cache
-shortens it in a later process, Dynamo's tracing stays), later runs only check guards.
+A realize looks the trace's structure up in memory (`Walk.structure`, as on OpenCL); a new structure is built in
+one pass (`interpret.build` with `optimize`: one launch per op, products and their gradients as matrix products,
+a memory plan). The program then runs op by op through torch (`torch_arrays.py`), or, with `compile=True` or a
+torch.compile mode (or ZYX_TORCH_COMPILE=1 or =MODE), as one `torch.compile`d function per program: each
+program's first run pays for Dynamo and Inductor (tens of seconds for a training step on a CPU; Inductor's own
+disk cache shortens it in a later process, Dynamo's tracing stays), later runs only check guards.
 """
 from __future__ import annotations
 
@@ -18,13 +17,15 @@ import numpy as np
 import torch
 
 from .. import counters as stats
-from ..trace.hashing import signature
+from ..trace.hashing import Walk
 from ..trace.node import Node, toposort
+from ..trace.ops import Op
 from ..trace.philox import philox_words
 from . import interpret, profiling
-from .limits import MemoryLimits, host_limits
-from .torch_arrays import TorchArrays, from_numpy, to_numpy
-from .torch_memory import MemoryCounter, StorageTracker
+from .limits import host_limits
+from .torch_arrays import TorchArrays
+from .torch_memory import StorageTracker
+from .torch_runtime import TorchRuntime
 
 COMPILE_VARIABLE = "ZYX_TORCH_COMPILE"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -45,99 +46,77 @@ def compile_mode(compile: bool | str | None) -> Optional[str]:
     return mode
 
 
-def _limits(device: torch.device) -> MemoryLimits:
-    if device.type != "cuda":
-        return host_limits()
-    total = torch.cuda.get_device_properties(device).total_memory
-    return MemoryLimits(total, total, f"Torch('{device}')")
-
-
 class TorchBackend:
-    """Owns one torch device: buffers, program cache, memory accounting."""
-
-    replays_programs = True  # @zyx.jit captures steps on this device (program_for, run, copy)
+    """Programs of one torch device (its buffers and memory: `runtime`)."""
 
     def __init__(self, device: torch.device, compile: Optional[str] = None) -> None:
-        self.torch_device = device
+        self.runtime = TorchRuntime(device)
+        self.name = self.runtime.name
         self.compile = compile  # a torch.compile mode, or None to run op by op
-        # the GPU's name, where there is one, lets the profiler find its peak (runtime/peak.py)
-        self.name = f"{torch.cuda.get_device_name(device)} (torch:{device})" if device.type == "cuda" else \
-            f"torch:{device}"
         self.arrays = TorchArrays(device)
-        self.memory = MemoryCounter()
-        self.limits = _limits(device)
-        self.programs: dict[str, interpret.InterpretedProgram] = {}
-        self._compiled: dict[str, Callable[..., list[Any]]] = {}
+        self.programs: dict[Any, interpret.InterpretedProgram] = {}  # by Walk.structure, and by @jit's keys
+        self._compiled: dict[int, Callable[..., list[Any]]] = {}  # by id(program): programs live in `programs`
 
     def __repr__(self) -> str:
-        return f"TorchBackend({str(self.torch_device)!r}, compile={self.compile!r})"
+        return f"TorchBackend({str(self.runtime.device)!r}, compile={self.compile!r})"
 
-    # ---- data movement -----------------------------------------------------------------------------------
+    @property
+    def torch_device(self) -> torch.device:
+        """The torch device the buffers live on."""
+        return self.runtime.device
+
+    # ---- data movement (the runtime's) -----------------------------------------------------------------
     def upload(self, array: np.ndarray) -> torch.Tensor:
-        """A device tensor holding a copy of `array`."""
-        host = from_numpy(np.ascontiguousarray(array).reshape(array.shape))
-        buffer = host.to(self.torch_device, copy=True)
-        self.memory.keep(buffer)
-        return buffer
+        return self.runtime.upload(array)
 
     def download(self, buffer: torch.Tensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """The buffer's values as a new numpy array (waits for the work that computes them)."""
-        return to_numpy(buffer.detach().reshape(shape).to("cpu", copy=True))
-
-    def copy(self, buffer: torch.Tensor) -> torch.Tensor:
-        """A new buffer with the same values."""
-        duplicate = buffer.clone()
-        self.memory.keep(duplicate)
-        return duplicate
-
-    def adopt(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A buffer of this device holding a copy of a torch tensor (from `zyx.from_torch`)."""
-        buffer = tensor.detach().to(self.torch_device, copy=True).contiguous()
-        self.memory.keep(buffer)
-        return buffer
+        return self.runtime.download(buffer, shape, dtype)
 
     def synchronize(self) -> None:
-        """Wait for every kernel queued on the device (CUDA and MPS run asynchronously)."""
-        if self.torch_device.type == "cuda":
-            torch.cuda.synchronize(self.torch_device)
-        elif self.torch_device.type == "mps":
-            torch.mps.synchronize()
+        self.runtime.synchronize()
 
     def memory_stats(self) -> dict[str, int]:
-        """Bytes of zyx's buffers and intermediates now, and the peak (zyx's own count; torch's caching
-        allocator holds more: torch.cuda.memory_reserved). zyx keeps no pool of its own."""
-        return {"current_bytes": self.memory.current_bytes, "peak_bytes": self.memory.peak_bytes, "pool_bytes": 0}
-
-    def reset_peak_memory(self) -> None:
-        self.memory.reset_peak()
+        return self.runtime.memory_stats()
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, targets: Sequence[Node], order: Optional[list[Node]] = None) -> list[torch.Tensor]:
-        order = toposort(targets) if order is None else order
-        key, leaves, rands = signature(targets, order)
-        program = self.program_for(key, targets, leaves, rands, order=order)
-        if any(leaf.buffer is None for leaf in leaves):
+    def realize(self, walk: Walk) -> list[torch.Tensor]:
+        """Buffers holding the values of the walk's roots; a structure seen before is found by its exact key."""
+        program = self.programs.get(walk.structure)
+        if program is None:
+            program = self._build(walk.roots, walk.order)
+            self.programs[walk.structure] = program
+        else:
+            stats.bump("schedule_cache_hits")
+        inputs = [leaf.buffer for leaf in walk.leaves]
+        if None in inputs:
             raise interpret.released_error()
-        inputs, rand_args = [leaf.buffer for leaf in leaves], [rand.arg for rand in rands]
+        rand_args = [rand.arg for rand in walk.rands]
         if not profiling.timing_wanted():
             return self.run(program, inputs, rand_args)
-        return interpret.profiled(self, "torch_program", key[:12], targets, order,
+        return interpret.profiled(self, "torch_program", walk.digest()[:12], walk.roots, walk.order,
                                   lambda: self.run(program, inputs, rand_args))
 
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-                    in_place: Sequence[tuple[int, int]] = (),
-                    order: Optional[list[Node]] = None) -> interpret.InterpretedProgram:
-        """The program for a trace structure, from memory or built (a program is one pass over the trace)."""
+                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> interpret.InterpretedProgram:
+        """The program of a jitted step (`tune` asks nothing here: only OpenCL's kernels are tuned)."""
         program = self.programs.get(key)
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
-        program = interpret.build(targets, toposort(targets) if order is None else order, optimize=True,
-                                  in_place=in_place)
-        self.limits.check_nodes(program.stored())
+        program = self._build(targets, toposort(list(targets)), in_place)
         program.name = key
-        stats.bump("graphs_scheduled")
         self.programs[key] = program
+        return program
+
+    def _build(self, targets: Sequence[Node], order: Sequence[Node],
+               in_place: Sequence[tuple[int, int]] = ()) -> interpret.InterpretedProgram:
+        """A new program: one pass over the trace (`interpret.build`), checked against the device's memory."""
+        if any(node.op is Op.COLLECTIVE for node in order):
+            raise TypeError(f"zyx.Torch: zyx.distributed's collectives run on zyx.CPU() and zyx.OpenCL() (host "
+                            "staging is written for those two); move the tensors there")
+        program = interpret.build(targets, order, optimize=True, in_place=in_place)
+        self.runtime.limits.check_nodes(program.stored())
+        stats.bump("graphs_scheduled")
         return program
 
     def run(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],
@@ -147,7 +126,7 @@ class TorchBackend:
         stats.bump("kernels_launched", program.kernel_count)
         if self.compile:
             return self._run_compiled(program, inputs, streams)
-        tracker = StorageTracker(self.memory, inputs)
+        tracker = StorageTracker(self.runtime.memory, inputs)
         outputs = interpret.run(program, self.arrays, inputs, streams, tracker)
         tracker.finish(outputs)
         return outputs
@@ -157,7 +136,7 @@ class TorchBackend:
         """The program as one compiled function; the random streams' words go in as a tensor (as Python ints,
         each new seed would compile again). With CUDA graphs ("reduce-overhead") the buffers it writes in place
         are marked static, and its outputs are copied out of the graph's memory, which the next replay reuses."""
-        words = torch.tensor(streams, dtype=torch.int64).to(self.torch_device, non_blocking=True) if streams else []
+        words = torch.tensor(streams, dtype=torch.int64).to(self.runtime.device, non_blocking=True) if streams else []
         graphs = self.compile == "reduce-overhead"
         if graphs:
             for position in program.aliases.values():
@@ -169,36 +148,36 @@ class TorchBackend:
         outputs = interpret.store(program, self.arrays, inputs, values)
         for buffer in outputs:
             if all(buffer is not given for given in inputs):
-                self.memory.keep(buffer)
+                self.runtime.memory.keep(buffer)
         return outputs
 
     def _compiled_for(self, program: interpret.InterpretedProgram) -> Callable[..., list[Any]]:
         """`interpret.compute` for this one program under torch.compile. Dynamo caches compiled frames per code
         object, so each program gets a code object of its own (else every program would count against one
         function's recompile limit and the ninth would run uncompiled)."""
-        compiled = self._compiled.get(program.name)
+        compiled = self._compiled.get(id(program))
         if compiled is None:
             arrays = self.arrays
 
             def program_step(inputs: list[torch.Tensor], streams: list[torch.Tensor]) -> list[Any]:
                 return interpret.compute(program, arrays, inputs, streams)
 
-            code = program_step.__code__.replace(co_name=f"zyx_program_{program.name[:12]}")
+            code = program_step.__code__.replace(co_name=f"zyx_program_{len(self._compiled)}")
             own = types.FunctionType(code, program_step.__globals__, code.co_name, None, program_step.__closure__)
             compiled = torch.compile(own, mode=self.compile, dynamic=False)
-            self._compiled[program.name] = compiled
+            self._compiled[id(program)] = compiled
         return compiled
 
 
 def describe_torch_devices() -> list[dict[str, Any]]:
     """One dict per device zyx.Torch() can use here (the host CPU, each CUDA device, MPS), for `zyx devices`."""
-    rows = [{"backend": "torch", "spec": "torch:cpu", "device": "host CPU", "type": "CPU",
+    rows = [{"kind": "torch", "spec": "torch:cpu", "device": "host CPU", "type": "CPU",
              "global_mem_bytes": host_limits().total_bytes}]
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         properties = torch.cuda.get_device_properties(index)
-        rows.append({"backend": "torch", "spec": f"torch:cuda:{index}", "device": properties.name, "type": "GPU",
+        rows.append({"kind": "torch", "spec": f"torch:cuda:{index}", "device": properties.name, "type": "GPU",
                      "global_mem_bytes": properties.total_memory})
     if torch.backends.mps.is_available():
-        rows.append({"backend": "torch", "spec": "torch:mps", "device": "Apple MPS", "type": "GPU",
+        rows.append({"kind": "torch", "spec": "torch:mps", "device": "Apple MPS", "type": "GPU",
                      "global_mem_bytes": host_limits().total_bytes})
     return rows

@@ -146,11 +146,26 @@ def _grad_flip(node: Node, out: Node, g: Node) -> Grads:
     return (n.flip(g, node.arg),)
 
 
+def _grad_collective(node: Node, out: Node, g: Node) -> Grads:
+    """Each process differentiates its own use of a sum over processes: the sum's gradient is the sum of theirs,
+    cut back into the sources' pieces. A max, min or broadcast picks one process's value, which no rule here can
+    express."""
+    if node.arg != ("all_reduce", "sum"):
+        raise NotImplementedError(f"no gradient flows through {node.arg[0]} ({node.arg[1]}) across processes; "
+                                  "detach its input, or differentiate an all_reduce sum")
+    summed = n.collective([g], "all_reduce", "sum")
+    pieces, start = [], 0
+    for source in node.src:
+        pieces.append(n.reshape(n.shrink(summed, [(start, start + source.numel)]), source.shape))
+        start += source.numel
+    return tuple(pieces)
+
+
 RULES: dict[Op, Callable[[Node, Node, Node], Grads]] = {
     Op.ADD: _grad_add, Op.MUL: _grad_mul, Op.DIV: _grad_div, Op.POW: _grad_pow, Op.MAX: _grad_max,
     Op.WHERE: _grad_where, Op.CAST: _grad_cast, Op.SUM: _grad_sum, Op.RMAX: _grad_rmax,
     Op.RESHAPE: _grad_reshape, Op.PERMUTE: _grad_permute, Op.EXPAND: _grad_expand, Op.PAD: _grad_pad,
-    Op.SHRINK: _grad_shrink, Op.FLIP: _grad_flip,
+    Op.SHRINK: _grad_shrink, Op.FLIP: _grad_flip, Op.COLLECTIVE: _grad_collective,
     **{op: _grad_unary(d) for op, d in UNARY_DERIVATIVES.items()},
 }
 # FLOOR, CEIL, RINT, comparisons and logic are flat or discrete, DETACH is a wall: no gradient flows through.

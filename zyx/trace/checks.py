@@ -8,6 +8,7 @@ before any result becomes visible. An entry is found on the host only in that fa
 """
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -38,14 +39,13 @@ class RangeCheck:
         count = n.reduce(Op.SUM, n.cast(bad, int64), range(len(bad.shape)))
         object.__setattr__(self, "outside", n.reshape(count, ()))
 
-    def extremes(self) -> tuple[Node, Node]:
-        """The smallest and largest entry (int64 scalars): what a replayed program checks, since it has no
-        second run in which to find the first offender."""
+    def extremes(self) -> Node:
+        """[-smallest, largest] entry (int64, shape (2,)), one reduction over the entries and their negations:
+        what a replayed program checks, since it has no second run in which to find the first offender."""
         values = n.cast(self.values, int64)
-        axes = range(len(values.shape))
-        largest = n.reshape(n.reduce(Op.RMAX, values, axes), ())
-        smallest = n.unary(Op.NEG, n.reshape(n.reduce(Op.RMAX, n.unary(Op.NEG, values), axes), ()))
-        return smallest, largest
+        row = n.reshape(values, (1, math.prod(values.shape)))
+        rows = n.binary(Op.ADD, n.pad(n.unary(Op.NEG, row), ((0, 1), (0, 0))), n.pad(row, ((1, 0), (0, 0))))
+        return n.reshape(n.reduce(Op.RMAX, rows, (1,)), (2,))
 
     def error_from_extremes(self, smallest: int, largest: int) -> IndexError | None:
         """The error naming an entry outside the range, given the extremes; None when both lie inside."""
@@ -71,5 +71,7 @@ def attach(node: Node, check: RangeCheck) -> None:
 
 
 def checks_in(order: Sequence[Node]) -> list[RangeCheck]:
-    """The checks attached to the unrealized nodes of a trace."""
+    """The checks attached to the unrealized nodes of a trace (none to look for while no node has one)."""
+    if not _checks:
+        return []
     return [check for node in order if not node.realized for check in _checks.get(node, ())]

@@ -2,6 +2,11 @@
 
 Input data, random seeds and offsets, object ids and Python's `hash()` never enter the hash; the order in
 which leaves are first met does, so the caches keyed on it can bind inputs by position.
+
+A realize walks its graph once (`walk`). The walk gathers each node's own key, made when the node was built
+(`Node.key`), and the numbers of its sources into `Walk.structure`: an exact key for the in-memory caches, so a
+structure seen before is found without hashing any text. The xxh3 digest, which the disk caches need and which
+is the same in every process, is made from the walk only when asked for (`Walk.digest`), once per walk.
 """
 from __future__ import annotations
 
@@ -9,16 +14,55 @@ from typing import Optional, Sequence
 
 import xxhash
 
+from .. import counters
 from .node import Node, toposort
 from .ops import Op
 
 
+class Walk:
+    """The graph below some roots, met once: its nodes sources first (`order`), their BUFFER leaves and RAND
+    nodes in that order, and its structure as an exact key."""
+
+    __slots__ = ("roots", "order", "leaves", "rands", "structure", "numbering", "_digest")
+
+    def __init__(self, roots: Sequence[Node]):
+        self.roots = list(roots)
+        self.order = order = toposort(self.roots)
+        self.numbering = numbering = {}  # id(node) -> its position in `order`
+        self.leaves: list[Node] = []
+        self.rands: list[Node] = []
+        parts: list = []
+        append = parts.append
+        for position, node in enumerate(order):
+            numbering[id(node)] = position
+            append(node.key)
+            if node.src:
+                for source in node.src:
+                    append(numbering[id(source)])
+            elif node.op is Op.BUFFER:
+                self.leaves.append(node)
+            elif node.op is Op.RAND:
+                self.rands.append(node)
+        append(tuple([numbering[id(root)] for root in self.roots]))
+        self.structure = tuple(parts)
+        self._digest: Optional[str] = None
+
+    def digest(self) -> str:
+        """The xxh3-128 hex digest of the structure, equal in every process (computed once per walk)."""
+        if self._digest is None:
+            counters.bump("structure_digests")
+            numbering = self.numbering
+            text = ";".join(describe(node, numbering) for node in self.order)
+            digest = xxhash.xxh3_128(text.encode())
+            digest.update(("roots:" + ",".join(str(numbering[id(r)]) for r in self.roots)).encode())
+            self._digest = digest.hexdigest()
+        return self._digest
+
+
 def describe(node: Node, numbering: dict[int, int]) -> str:
     """One node as text: op, shape, dtype, the arg that changes semantics, and its sources by number."""
-    if node.key is None:  # the part that depends on the node alone is kept on it
-        arg = "" if node.op in (Op.BUFFER, Op.RAND) else repr(_arg_text(node.arg))
-        node.key = f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|"
-    return node.key + ",".join([str(numbering[id(s)]) for s in node.src])
+    arg = "" if node.op in (Op.BUFFER, Op.RAND) else repr(_arg_text(node.arg))
+    return f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|" + ",".join([str(numbering[id(s)]) for s in node.src])
 
 
 def _arg_text(arg: object) -> object:
@@ -31,25 +75,13 @@ def _arg_text(arg: object) -> object:
 
 def structural_hash(roots: Sequence[Node]) -> str:
     """The xxh3-128 hex digest of the graph below `roots` (in that order)."""
-    return signature(roots)[0]
+    return Walk(roots).digest()
 
 
-def signature(roots: Sequence[Node], order: Optional[list[Node]] = None) -> tuple[str, list[Node], list[Node]]:
+def signature(roots: Sequence[Node]) -> tuple[str, list[Node], list[Node]]:
     """The structural hash, with the BUFFER leaves and RAND nodes in the order the hash numbered them.
 
-    A program cached under the hash binds its inputs by these positions. `order`: `toposort(roots)`, if known.
+    A program cached under the hash binds its inputs by these positions.
     """
-    numbering: dict[int, int] = {}
-    leaves: list[Node] = []
-    rands: list[Node] = []
-    parts = []
-    for node in (toposort(roots) if order is None else order):
-        numbering[id(node)] = len(numbering)
-        if node.op is Op.BUFFER:
-            leaves.append(node)
-        elif node.op is Op.RAND:
-            rands.append(node)
-        parts.append(describe(node, numbering))
-    digest = xxhash.xxh3_128(";".join(parts).encode())
-    digest.update(("roots:" + ",".join(str(numbering[id(r)]) for r in roots)).encode())
-    return digest.hexdigest(), leaves, rands
+    walk = Walk(roots)
+    return walk.digest(), walk.leaves, walk.rands

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from ..dtypes import DType, bool_, int_range
 from ..errors import AxisError, ShapeError
-from .ops import BINARY_OPS, BITWISE_OPS, COMPARE_OPS, Op, REDUCE_OPS, SHIFT_OPS
+from .ops import BINARY_OPS, BITWISE_OPS, COMPARE_OPS, Op, REDUCE_OPS, REDUCTIONS_ACROSS_PROCESSES, SHIFT_OPS
 
 Shape = tuple[int, ...]
 
@@ -23,8 +23,11 @@ class Node:
         self.op, self.src, self.arg = op, src, arg
         self.shape, self.dtype, self.device = shape, dtype, device
         self.buffer: Any = None
-        self.key: str | None = None  # the structural hash's text for this node alone (hashing.py fills it)
-        self.origin: Node | None = None  # after realization: how it was computed, for autodiff (see origin.py)
+        # The node's own part of the structural key, made once here so that a realize only gathers them (see
+        # hashing.Walk): op, shape, dtype and the arg that changes semantics; a RAND's seed and offset are data.
+        self.key: tuple = (op._value_, shape, dtype.name,
+                           None if arg is None or op is Op.BUFFER or op is Op.RAND else arg_key(arg))
+        self.origin: Any = None  # after realization: how it was computed, for autodiff (see origin.py)
 
     @property
     def numel(self) -> int:
@@ -34,13 +37,26 @@ class Node:
     def realized(self) -> bool:
         return self.op is Op.BUFFER
 
-    def become_buffer(self, buffer: Any, origin: "Node | None" = None) -> None:
+    def become_buffer(self, buffer: Any, origin: Any = None) -> None:
         """Turn into a leaf holding `buffer`, releasing the graph above (`origin` keeps a detached copy)."""
         self.op, self.src, self.arg, self.buffer, self.origin = Op.BUFFER, (), None, buffer, origin
-        self.key = None
+        self.key = (Op.BUFFER._value_, self.shape, self.dtype.name, None)
 
     def __repr__(self) -> str:
         return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
+
+
+def arg_key(arg: Any) -> Any:
+    """`arg` as a dict key that tells apart what changes a kernel: floats by their exact bits (0.0 and -0.0 differ,
+    as do the dtypes of 1 and 1.0), a DType by name."""
+    kind = type(arg)
+    if arg is None or kind is int or kind is bool:
+        return arg if kind is not bool else ("bool", arg)
+    if kind is float:
+        return ("float", arg.hex())
+    if kind is tuple:
+        return tuple(map(arg_key, arg))
+    return getattr(arg, "name", arg)
 
 
 def short_name(node: Node) -> str:
@@ -60,7 +76,7 @@ def _same_device(nodes: Sequence[Node], op: Op) -> Any:
 # ---- leaves ------------------------------------------------------------------------------------------------
 
 def buffer_leaf(buffer: Any, shape: Shape, dtype: DType, device: Any) -> Node:
-    node = Node(Op.BUFFER, (), None, tuple(int(s) for s in shape), dtype, device)
+    node = Node(Op.BUFFER, (), None, tuple(map(int, shape)), dtype, device)
     node.buffer = buffer
     return node
 
@@ -206,6 +222,30 @@ def flip(x: Node, axes: Sequence[int]) -> Node:
     if not axes:
         return x
     return Node(Op.FLIP, (x,), axes, x.shape, x.dtype, x.device)
+
+
+# ---- across processes --------------------------------------------------------------------------------------
+
+def collective(sources: Sequence[Node], kind: str, parameter: Any) -> Node:
+    """The sources flattened one after another (one flat buffer: a bucket), combined with the same node of every
+    other process: ("all_reduce", "sum"|"max"|"min") or ("broadcast", source rank). Which processes take part
+    is the runtime's business."""
+    if kind not in ("all_reduce", "broadcast"):
+        raise ValueError(f"unknown collective {kind!r}; expected all_reduce or broadcast")
+    if kind == "all_reduce" and parameter not in REDUCTIONS_ACROSS_PROCESSES:
+        raise ValueError(f"all_reduce: unknown reduction {parameter!r}; expected one of "
+                         f"{', '.join(REDUCTIONS_ACROSS_PROCESSES)}")
+    if kind == "broadcast" and (isinstance(parameter, bool) or not isinstance(parameter, int) or parameter < 0):
+        raise ValueError(f"broadcast: the source rank must be a non-negative integer, got {parameter!r}")
+    sources = tuple(sources)
+    if not sources:
+        raise ValueError(f"{kind}: nothing to combine (no tensors)")
+    dtypes = {s.dtype.name for s in sources}
+    if len(dtypes) > 1:
+        raise TypeError(f"{kind}: one bucket holds one dtype, got {', '.join(sorted(dtypes))}")
+    device = _same_device(sources, Op.COLLECTIVE)
+    return Node(Op.COLLECTIVE, sources, (kind, parameter), (sum(s.numel for s in sources),), sources[0].dtype,
+                device)
 
 
 # ---- graph walks -------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ class Op(Enum):
     PAD = auto()      # arg: (((before, after), ...), fill value)
     SHRINK = auto()   # arg: ((start, end), ...)
     FLIP = auto()     # arg: axes to reverse
+    # across processes (zyx.distributed): a value combined with the same node's value in every other process
+    COLLECTIVE = auto()  # arg: ("all_reduce", "sum" | "max" | "min") or ("broadcast", source rank)
 
 
 LEAF_OPS = frozenset({Op.BUFFER, Op.CONST, Op.RAND})
@@ -43,3 +45,4 @@ COMPARE_OPS = frozenset({Op.CMPLT, Op.CMPEQ})
 ELEMENTWISE_OPS = UNARY_OPS | BINARY_OPS | {Op.WHERE}
 REDUCE_OPS = frozenset({Op.SUM, Op.RMAX})
 MOVEMENT_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.PAD, Op.SHRINK, Op.FLIP})
+REDUCTIONS_ACROSS_PROCESSES = ("sum", "max", "min")

@@ -10,16 +10,27 @@ still works, the node keeps a detached copy of its graph (its `origin`):
 - data leaves (buffers made from user data, which have no history) are held as they are: they cannot chain,
   and a gradient usually needs their values (inputs, labels, `arange` inside `one_hot`).
 
+Most realized values are never differentiated through, so the copy is made when autodiff first asks for it
+(`recorded_structure`). A realize keeps only what the copy will need and cannot find later: a weak reference
+to each node (the data leaves themselves) and the random streams' seeds; the graph's shape (ops, args, shapes,
+sources) is the same for every realize of a structure and is kept once per structure (`_templates`).
+
 A gradient that needs the value of a realized tensor nobody holds any more cannot be formed: realizing it
 raises a RuntimeError that says so.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-from .node import Node, toposort
+from .hashing import Walk
+from .node import Node
 from .ops import Op
+
+TEMPLATES_KEPT = 4096  # structures whose graph shape is remembered; a realize of another one records it again
+
+Template = list[tuple[Op, Any, tuple[int, ...], Any, tuple[int, ...]]]  # per node: op, arg, shape, dtype, sources
+_templates: dict[tuple, Template] = {}
 
 
 class Recorded(Node):
@@ -27,9 +38,10 @@ class Recorded(Node):
 
     __slots__ = ("target",)
 
-    def __init__(self, op: Op, src: tuple[Node, ...], arg: Any, live: Node):
-        super().__init__(op, src, arg, live.shape, live.dtype, live.device)
-        self.target = weakref.ref(live)
+    def __init__(self, op: Op, src: tuple[Node, ...], arg: Any, shape: tuple[int, ...], dtype: Any, device: Any,
+                 target: "weakref.ref[Node]"):
+        super().__init__(op, src, arg, shape, dtype, device)
+        self.target = target
 
     @property
     def placeholder(self) -> bool:
@@ -41,21 +53,73 @@ def is_data_leaf(node: Node) -> bool:
     return node.op is Op.BUFFER and node.origin is None and not isinstance(node, Recorded)
 
 
-def detached_copy(roots: Sequence[Node], copies: Optional[dict[int, Node]] = None,
-                  order: Optional[list[Node]] = None) -> list[Node]:
-    """Copies of the unrealized graphs below `roots` (shared work is copied once per `copies` dict;
-    `order`: `toposort(roots)`, if known)."""
-    copies = {} if copies is None else copies
-    for node in (toposort(roots) if order is None else order):
-        if id(node) in copies:
-            continue
-        if isinstance(node, Recorded) or is_data_leaf(node):
-            copies[id(node)] = node
-        elif node.op is Op.BUFFER:
-            copies[id(node)] = Recorded(Op.BUFFER, (), None, node)
-        else:
-            copies[id(node)] = Recorded(node.op, tuple(copies[id(s)] for s in node.src), node.arg, node)
-    return [copies[id(r)] for r in roots]
+class Origins:
+    """The origins of the targets of one realize (they share one copy of its graph), made on first use."""
+
+    __slots__ = ("template", "held", "rand_args", "device", "copies")
+
+    def __init__(self, walk: Walk, device: Any):
+        self.template = _template(walk)
+        self.held: list[Any] = []  # per node of the walk: itself (data leaf, or a copy already) or a weak reference
+        for node in walk.order:
+            if node.op is Op.BUFFER and node.origin is None or type(node) is Recorded:
+                self.held.append(node)
+            else:  # an interior node, or a realized one (copied as its placeholder)
+                self.held.append(weakref.ref(node))
+        self.rand_args = [node.arg for node in walk.rands]
+        self.device = device
+        self.copies: Optional[list[Node]] = None
+
+    def origin(self, position: int) -> "Origin":
+        """The origin of the node at `position` in the walk."""
+        return Origin(self, position)
+
+    def copy(self, position: int) -> Node:
+        if self.copies is None:
+            self.copies = self._copy()
+        return self.copies[position]
+
+    def _copy(self) -> list[Node]:
+        copies: list[Node] = []
+        rands = iter(self.rand_args)
+        for (op, arg, shape, dtype, sources), held in zip(self.template, self.held):
+            if not isinstance(held, weakref.ref):
+                copies.append(held)
+                continue
+            arg = next(rands) if op is Op.RAND else arg
+            copies.append(Recorded(op, tuple(copies[s] for s in sources), arg, shape, dtype, self.device, held))
+        return copies
+
+
+class Origin:
+    """How one realized node was computed: a position in its realize's `Origins`."""
+
+    __slots__ = ("origins", "position")
+
+    def __init__(self, origins: Origins, position: int):
+        self.origins, self.position = origins, position
+
+    def node(self) -> Node:
+        """The detached copy of the node's graph (made at the first call, shared by the realize's targets)."""
+        return self.origins.copy(self.position)
+
+
+def record_origins(walk: Walk, device: Any) -> list[Origin]:
+    """The origins of the walk's roots, for `Node.become_buffer`."""
+    origins = Origins(walk, device)
+    return [origins.origin(walk.numbering[id(root)]) for root in walk.roots]
+
+
+def _template(walk: Walk) -> Template:
+    """The shape of the walk's graph, the same for every realize of its structure (kept for TEMPLATES_KEPT)."""
+    template = _templates.get(walk.structure)
+    if template is None:
+        template = [(node.op, None if node.op is Op.RAND else node.arg, node.shape, node.dtype,
+                     tuple(walk.numbering[id(source)] for source in node.src)) for node in walk.order]
+        if len(_templates) >= TEMPLATES_KEPT:
+            del _templates[next(iter(_templates))]  # the oldest
+        _templates[walk.structure] = template
+    return template
 
 
 def canonical(node: Node) -> Optional[Node]:
@@ -71,5 +135,5 @@ def canonical(node: Node) -> Optional[Node]:
 def recorded_structure(node: Node) -> Node:
     """The node whose op, sources and arg say how `node` was computed: its origin if it was realized."""
     if node.op is Op.BUFFER and node.origin is not None:
-        return node.origin
+        return node.origin.node()
     return node

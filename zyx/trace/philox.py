@@ -3,8 +3,8 @@
 A random tensor is a pure function of (seed, offset, index): no generator state lives on a device, so a
 kernel can draw element i without reading anything but its own counter. This module is the one place the
 algorithm and its constants are written down; the numpy reference, the int64 form torch runs (torch has no
-uint64 arithmetic) and the OpenCL helper are all built from the constants and the rounds below, so they cannot
-drift apart.
+uint64 arithmetic) and the OpenCL and WGSL helpers are all built from the constants and the rounds below, so
+they cannot drift apart.
 
 Reference: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), and Random123's KAT vectors.
 """
@@ -126,3 +126,34 @@ static inline float zyx_philox_uniform(ulong seed, ulong counter) {{
 
 OPENCL_SOURCE: str = _opencl_source()
 """OpenCL C defining `zyx_philox_uniform(seed, counter)`, bit-identical to `philox_uniform`; paste into a program."""
+
+
+def _wgsl_source() -> str:
+    """WGSL has no 64-bit integers and no mul_hi: the counter is a pair of u32 (carry added by hand) and the high
+    half of each product is put together from 16-bit halves."""
+    scale = f"{(2.0 ** -FLOAT_MANTISSA_BITS).hex()}f"
+    return f"""
+fn zyx_mul_hi(a: u32, b: u32) -> u32 {{
+    let a0 = a & 0xffffu; let a1 = a >> 16u; let b0 = b & 0xffffu; let b1 = b >> 16u;
+    let low = a0 * b0; let cross0 = a1 * b0; let cross1 = a0 * b1;
+    let middle = (low >> 16u) + (cross0 & 0xffffu) + (cross1 & 0xffffu);
+    return a1 * b1 + (cross0 >> 16u) + (cross1 >> 16u) + (middle >> 16u);
+}}
+fn zyx_philox_uniform(seed: vec2<u32>, offset: vec2<u32>, index: u32) -> f32 {{
+    let low = offset.x + index;
+    var c0 = low; var c1 = offset.y + select(0u, 1u, low < index); var c2 = 0u; var c3 = 0u;
+    var k0 = seed.x; var k1 = seed.y;
+    for (var round_index = 0; round_index < {ROUNDS}; round_index++) {{
+        if (round_index > 0) {{ k0 += {KEY_BUMP_0:#010x}u; k1 += {KEY_BUMP_1:#010x}u; }}
+        let hi0 = zyx_mul_hi({MULTIPLIER_0:#010x}u, c0); let lo0 = {MULTIPLIER_0:#010x}u * c0;
+        let hi1 = zyx_mul_hi({MULTIPLIER_1:#010x}u, c2); let lo1 = {MULTIPLIER_1:#010x}u * c2;
+        c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
+    }}
+    return f32(c0 >> {32 - FLOAT_MANTISSA_BITS}u) * {scale};
+}}
+"""
+
+
+WGSL_SOURCE: str = _wgsl_source()
+"""WGSL defining `zyx_philox_uniform(seed, offset, index)` (seed and offset as (low, high) u32 pairs), bit-identical
+to `philox_uniform`."""

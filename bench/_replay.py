@@ -1,0 +1,25 @@
+"""Kernel time without Python: record the launches one realization makes, then enqueue them again back to back.
+
+What `bench/GPU.md` calls kernel time: `repeat` replays of the recorded launches and one wait, so neither
+tracing, scheduling nor a synchronization per call is counted (only the enqueue, which overlaps the kernels).
+The tuner times its candidates the same way (zyx/runtime/replay.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from zyx.runtime.replay import record_launches, replay
+
+WARM_REPLAYS = 3
+
+
+def replayed_seconds(runtime: Any, realize: Callable[[], Any], repeat: int) -> tuple[float, list[tuple]]:
+    """Seconds per replay of the launches `realize()` makes on `runtime`, and those launches' arguments."""
+    _, recorded = record_launches(runtime, realize)
+    replay(runtime, recorded, WARM_REPLAYS)
+    return replay(runtime, recorded, repeat), recorded
+
+
+def describe(recorded: list[tuple]) -> str:
+    """The recorded kernels, each as name (global size)/local size."""
+    return ", ".join(f"{a[0].function_name} {tuple(a[1])}/{a[2]}" for a in recorded)

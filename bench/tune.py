@@ -1,0 +1,96 @@
+"""W3 at sizes the heuristics miss, untuned against tuned (issue 19), kernel time only, in one run.
+
+Per product: realize it untuned (ZYX_TUNE=0) and record its launches; realize it again with ZYX_TUNE=1 (or 2 with
+--exhaustive), which searches its kernels (the search's wall time is reported); realize it once more untuned,
+which now schedules the winners; then replay both recordings alternately `--rounds` times (bench/_replay.py), so
+a busy machine slows both alike, and report the medians and the median of the rounds' ratios (the speed-up). The tuned values are checked against the
+untuned ones. A fresh ZYX_CACHE_DIR per run: every search starts from nothing.
+
+    python bench/tune.py [--quick] [--exhaustive] [--rounds 7] [--only 1021,batched]
+
+--quick: the same shapes scaled down (for a CPU: a search at full size takes minutes there).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _replay import WARM_REPLAYS, describe  # noqa: E402
+
+# (name, batch, n, k, m): a @ b with a batch x n x k and b batch x k x m (batch 0: plain matrices)
+SHAPES = [("W3 1021³", 0, 1021, 1021, 1021), ("W3 3000x700x5000", 0, 3000, 700, 5000),
+          ("W3 batched 64x128x128", 64, 128, 128, 128)]
+ROUND_SECONDS = 0.05  # each round replays a recording at least this long (many times over, for a short kernel)
+QUICK = [("W3 509³ (quick)", 0, 509, 509, 509), ("W3 750x175x1250 (quick)", 0, 750, 175, 1250),
+         ("W3 batched 16x128x128 (quick)", 16, 128, 128, 128)]
+
+
+def operands(dev, batch: int, n: int, k: int, m: int):
+    rng = np.random.default_rng(0)
+    lead = (batch,) if batch else ()
+    return (dev.tensor(rng.standard_normal(lead + (n, k), dtype=np.float32)).realize(),
+            dev.tensor(rng.standard_normal(lead + (k, m), dtype=np.float32)).realize())
+
+
+def recorded(dev, a, b, tune: str):
+    """The product's value and its launches, realized afresh with ZYX_TUNE=`tune`."""
+    from zyx.runtime.replay import record_launches
+    os.environ["ZYX_TUNE"] = tune
+    dev.backend.forget_programs()
+    out, launches = record_launches(dev.backend.runtime, lambda: (a @ b).realize())
+    return out.numpy(), launches
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smaller shapes (for a CPU)")
+    p.add_argument("--exhaustive", action="store_true", help="ZYX_TUNE=2: every choice, not the neighbourhood")
+    p.add_argument("--rounds", type=int, default=7, help="alternate replays of untuned and tuned; medians reported")
+    p.add_argument("--only", default="", help="comma-separated parts of the names to run")
+    args = p.parse_args()
+    os.environ["ZYX_CACHE_DIR"] = tempfile.mkdtemp(prefix="zyx-tune-bench-")
+    import zyx
+    from zyx.jit.tune_store import default_tuning_store
+    from zyx.runtime.replay import replay
+    dev = zyx.OpenCL()
+    runtime = dev.backend.runtime
+    print(f"{runtime.name}: untuned (heuristics) against tuned (ZYX_TUNE={2 if args.exhaustive else 1}), kernel "
+          f"time, median of {args.rounds} alternate rounds", flush=True)
+    for name, batch, n, k, m in QUICK if args.quick else SHAPES:
+        if args.only and not any(word in name for word in args.only.split(",")):
+            continue
+        a, b = operands(dev, batch, n, k, m)
+        untuned, untuned_launches = recorded(dev, a, b, "0")
+        start = time.time()
+        recorded(dev, a, b, "2" if args.exhaustive else "1")
+        search = time.time() - start
+        tuned, tuned_launches = recorded(dev, a, b, "0")
+        np.testing.assert_allclose(tuned, untuned, rtol=1e-3, atol=1e-3 * np.sqrt(k))
+        times: dict[str, list[float]] = {"untuned": [], "tuned": []}
+        repeat = {what: max(1, round(ROUND_SECONDS / replay(runtime, launches, WARM_REPLAYS)))
+                  for what, launches in (("untuned", untuned_launches), ("tuned", tuned_launches))}
+        for _ in range(args.rounds):
+            for what, launches in (("untuned", untuned_launches), ("tuned", tuned_launches)):
+                times[what].append(replay(runtime, launches, repeat[what]))
+        before, after = (statistics.median(times[what]) for what in ("untuned", "tuned"))
+        speedup = statistics.median(u / t for u, t in zip(times["untuned"], times["tuned"]))  # round by round
+        flops = 2.0 * max(batch, 1) * n * k * m
+        found = [r for r in default_tuning_store().records() if r.created >= start]
+        chosen = "; ".join(f"{r.untuned_name} {r.heuristic.describe()} -> {r.choice.describe()} ({r.speedup:.2f}x in the "
+                           f"search)" for r in found)
+        print(f"{name:30s} untuned {before * 1e3:9.3f} ms ({flops / before / 1e9:8.1f} GFLOP/s)  tuned "
+              f"{after * 1e3:9.3f} ms ({flops / after / 1e9:8.1f} GFLOP/s)  {speedup:5.2f}x  "
+              f"search {search:6.1f} s  [{chosen or 'nothing searched'}] [{describe(tuned_launches)}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()

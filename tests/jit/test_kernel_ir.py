@@ -1,0 +1,171 @@
+"""The kernel IR itself: each transform, applied to small lowered kernels, computes what the untransformed
+kernel computes; the printer's output compiles and runs on the OpenCL device."""
+import numpy as np
+import pyopencl as cl
+import pytest
+
+import zyx
+from zyx.jit.kernel_ir import simplify_cond, substitute
+from zyx.jit.lower import lower
+from zyx.jit.print_opencl import print_kernel
+from zyx.jit.rows import lower_rows
+from zyx.jit.symbolic import Expr
+from zyx.jit.transforms.group import group_reductions
+from zyx.jit.transforms.unroll import unroll_reductions
+from zyx.jit.transforms.upcast import upcast
+from zyx.jit.transforms.vector import vectorize
+
+RNG = np.random.default_rng(5)
+
+CASES = {  # (build, input shapes): each kernel fuses everything into the one output
+    "elementwise": (lambda x, y: ((x * 1.5 + y).relu() * x - y / 3).exp().tanh(), ((8, 32), (8, 32))),
+    "broadcast and pad": (lambda x, y: x.pad(((0, 0), (3, 5)), value=-2.0) * y[0] + y[:, :1], ((8, 24), (8, 32))),
+    "row sum": (lambda x, y: (x * y).sum(-1) + 1, ((8, 64), (8, 64))),
+    "column max": (lambda x, y: (x.exp() - y).max(0), ((40, 32), (40, 32))),
+    "masks": (lambda x, y: ((x > y) & (y < 0.5)).where(x, y * 2), ((8, 16), (8, 16))),
+}
+TRANSFORMS = {
+    "unroll by 8": lambda k, space: unroll_reductions(k, lambda trips: 8 if trips >= 16 else 1),
+    "unroll by 3": lambda k, space: unroll_reductions(k, lambda trips: 3),
+    "vector lanes": lambda k, space: vectorize(k, 16),
+    "vector lanes along reductions": lambda k, space: vectorize(k, 16, uniform=True),
+    "float4 lanes (GPUs)": lambda k, space: vectorize(k, 4),
+    "work groups": lambda k, space: group_reductions(k, 16),
+    "work groups past the end": lambda k, space: group_reductions(k, 64),
+    "register tiles": lambda k, space: upcast(k, space, {0: 2}),
+}
+
+ROW_CASES = {  # (build, input shapes): row kernels (rows.py), their reductions a pass each, then the outputs
+    "softmax rows": (lambda x, y: (x + y).softmax(-1), ((6, 40), (1, 40))),
+    "normalized rows": (lambda x, y: (x - x.mean(-1, keepdim=True)) / ((x * x).sum(-1, keepdim=True) + 1).sqrt() * y,
+                        ((5, 37), (1, 37))),
+}
+ROW_TRANSFORMS = {
+    "vector lanes along the row, scalar tails": lambda k: vectorize(k, 16, uniform=True, tails=True),
+    "a work group per row": lambda k: group_reductions(k, 16),
+    "a work group per row, float4 lanes": lambda k: float4_groups(k),
+    "unroll by 3": lambda k: unroll_reductions(k, lambda trips: 3),
+}
+
+
+
+def float4_groups(kernel):
+    """float4 lanes along the row, then a work group of 8 items per row (GPUs' row kernels); None where the
+    row is not whole float4s."""
+    vector = vectorize(kernel, 4, uniform=True)
+    return vector and group_reductions(vector, 8)
+
+
+NOT_APPLICABLE = {  # (case, transform) pairs where a transform says it does not apply, and why
+    ("row sum", "vector lanes"),                              # 8 outputs: not a whole vector of 16
+    ("row sum", "float4 lanes (GPUs)"),                       # lanes a row apart in the loop: gathers
+    ("column max", "vector lanes along reductions"),          # 40 rows: not whole vectors of 16
+    *((case, "vector lanes along reductions") for case in ("elementwise", "broadcast and pad", "masks")),  # no loop
+    ("normalized rows", "a work group per row, float4 lanes"),  # rows of 37: not whole float4s (no tails there)
+}
+
+
+def lowered(name):
+    build, shapes = {**CASES, **ROW_CASES}[name]
+    arrays = [RNG.standard_normal(shape).astype(np.float32) for shape in shapes]
+    tensors = [zyx.CPU().tensor(a) for a in arrays]
+    root = build(*tensors).node
+    data = {id(t.node): a for t, a in zip(tensors, arrays)}
+    if name in ROW_CASES:
+        return lower_rows(root, {id(root): root}, set(), root.shape[-1]), data, build(*tensors).numpy()
+    return lower(root, {id(root): root}, set()), data, build(*tensors).numpy()
+
+
+def run(kernel, data, output_shape):
+    """Launch the printed kernel on the OpenCL device; what it stores."""
+    runtime = zyx.OpenCL().backend.runtime
+    name, source = print_kernel(kernel)
+    program = cl.Program(runtime.context, source).build()
+    args, result = [], None
+    for param in kernel.params:
+        if param.kind == "load":
+            args.append(cl.Buffer(runtime.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
+                                  hostbuf=data[id(param.node)]))
+        else:
+            result = np.zeros(output_shape, param.dtype.np)
+            out = cl.Buffer(runtime.context, cl.mem_flags.WRITE_ONLY, size=result.nbytes)
+            args.append(out)
+    global_size, local_size = kernel.launch
+    getattr(program, name)(runtime.queue, (global_size,), (local_size,) if local_size else None, *args)
+    cl.enqueue_copy(runtime.queue, result, out)
+    return result
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_printed_kernel_compiles_and_computes_the_trace(case):
+    kernel, data, reference = lowered(case)
+    np.testing.assert_allclose(run(kernel.ir, data, reference.shape), reference, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("case", CASES)
+def test_transform_computes_what_the_untransformed_kernel_computes(case, transform):
+    kernel, data, reference = lowered(case)
+    shaped = TRANSFORMS[transform](kernel.ir, kernel.space)
+    if shaped is None:
+        assert (case, transform) in NOT_APPLICABLE
+        return
+    plain = run(kernel.ir, data, reference.shape)
+    np.testing.assert_allclose(run(shaped, data, reference.shape), plain, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("transform", ROW_TRANSFORMS)
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_row_kernel_transforms_compute_what_the_untransformed_row_kernel_computes(case, transform):
+    kernel, data, reference = lowered(case)
+    plain = run(kernel.ir, data, reference.shape)
+    np.testing.assert_allclose(plain, reference, rtol=2e-5, atol=2e-6)
+    shaped = ROW_TRANSFORMS[transform](kernel.ir)
+    if shaped is None:
+        assert (case, transform) in NOT_APPLICABLE
+        return
+    np.testing.assert_allclose(run(shaped, data, reference.shape), plain, rtol=2e-5, atol=2e-6)
+
+
+def test_row_kernels_are_refused_where_the_reductions_are_not_over_the_rows():
+    x = zyx.CPU().tensor(RNG.standard_normal((8, 8)).astype(np.float32))
+    root = x.softmax(0).node  # columns: the max of column j read at element (i, j)
+    assert lower_rows(root, {id(root): root}, set(), 8) is None
+
+
+def test_vector_lanes_read_consecutive_elements_as_one_vector_and_one_element_as_a_broadcast():
+    kernel, _, _ = lowered("broadcast and pad")
+    _, source = print_kernel(vectorize(kernel.ir, 16))
+    assert "vload16((gid%2)," in source  # y[0]: a row, whole vectors
+    assert "((float16)(in" in source      # y[:, :1]: one element per row, every lane
+
+
+def test_transforms_say_where_they_do_not_apply():
+    kernel, _, _ = lowered("row sum")
+    assert vectorize(kernel.ir, 48) is None  # 8 outputs: not a whole vector
+    assert vectorize(kernel.ir, 16, uniform=True) is not None
+
+
+def test_substitution_simplifies_again():
+    gid = Expr.var("gid", 64)
+    row = (gid // 8) % 8
+    lane = substitute(row, {"gid": Expr.var("gid", 4) * 16 + 3})
+    assert lane == (Expr.var("gid", 4) * 2) % 8
+    assert simplify_cond(((Expr.var("i", 4), "lt", 4),)) == () and simplify_cond(((gid, "lt", 0),)) is None
+
+
+def test_kernel_names_follow_what_the_kernel_computes():
+    first, _, _ = lowered("elementwise")
+    again, _, _ = lowered("elementwise")
+    other, _, _ = lowered("masks")
+    assert print_kernel(first.ir)[0] == print_kernel(again.ir)[0] != print_kernel(other.ir)[0]
+
+
+def test_gpu_elementwise_kernels_load_and_store_float4_and_reductions_get_work_groups():
+    from zyx.jit.schedule import DeviceTraits, schedule
+    x = zyx.CPU().tensor(RNG.standard_normal((64, 256)).astype(np.float32))
+    elementwise, = schedule([(x * 2).exp().node], DeviceTraits(gpu=True, vector_width=4))[0]
+    assert "vload4(gid," in elementwise.source and "vstore4(" in elementwise.source
+    assert elementwise.global_size == 64 * 256 // 4
+    reduction, = schedule([x.sum(-1).node], DeviceTraits(gpu=True, vector_width=4))[0]
+    assert reduction.name.startswith("g_") and reduction.local_size == 256 and "float4" not in reduction.source

@@ -1,0 +1,87 @@
+"""A program's missing kernels compile side by side (KernelCache.build_many): the same programs and results as
+one at a time, the bookkeeping on the calling thread, and a failed build reported as such."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyopencl as cl
+import pytest
+
+from cache_worker import N, first_device, kernel_source
+from zyx.counters import stats
+from zyx.jit import cache as cache_module
+from zyx.jit.cache import KernelCache
+from zyx.jit.compiler import KernelBuildError
+
+CONSTANTS = (301, 302, 303)
+
+
+@pytest.fixture(scope="module")
+def context() -> cl.Context:
+    return cl.Context([first_device()])
+
+
+@pytest.fixture
+def build_threads(monkeypatch) -> list[str]:
+    """The name of the thread each compile ran on, in the order they started."""
+    names: list[str] = []
+    build_source = cache_module.build_source
+
+    def recording(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return build_source(*args, **kwargs)
+    monkeypatch.setattr(cache_module, "build_source", recording)
+    return names
+
+
+def added(context: cl.Context, program: cl.Program, constant: int) -> np.ndarray:
+    queue = cl.CommandQueue(context)
+    values = np.arange(N, dtype=np.float32)
+    buffer = cl.Buffer(context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=values)
+    cl.Kernel(program, f"add_{constant}")(queue, (N,), None, buffer)
+    cl.enqueue_copy(queue, values, buffer)
+    queue.finish()
+    return values
+
+
+def built(tmp_path, context, threads: int, monkeypatch) -> tuple[list[cl.Program], list[int], KernelCache]:
+    monkeypatch.setattr(cache_module, "compile_threads", lambda: threads)
+    cache = KernelCache(tmp_path / f"cache-{threads}")
+    ready: list[int] = []
+    programs = cache.build_many(context, context.devices[0], [kernel_source(c) for c in CONSTANTS],
+                                on_built=ready.append)
+    return programs, ready, cache
+
+
+def test_missing_sources_compile_on_threads_with_the_same_results(tmp_path, context, build_threads, monkeypatch):
+    before = stats()["kernels_compiled"]
+    parallel, ready, cache = built(tmp_path, context, 3, monkeypatch)
+    assert len(build_threads) == 3 and len(set(build_threads)) == 3
+    assert threading.main_thread().name not in build_threads
+    assert sorted(ready) == [0, 1, 2]  # each reported once, in whatever order the builds finished
+    assert stats()["kernels_compiled"] - before == 3  # counted on the calling thread
+    serial, _, serial_cache = built(tmp_path, context, 1, monkeypatch)
+    assert build_threads[3:] == [threading.main_thread().name] * 3
+    for constant, one, other in zip(CONSTANTS, parallel, serial):
+        assert np.array_equal(added(context, one, constant), added(context, other, constant))
+        assert np.array_equal(added(context, one, constant), np.arange(N, dtype=np.float32) + constant)
+    for program in parallel + serial:
+        (cache if program in parallel else serial_cache).commit(program)
+    assert sorted(e["key"] for e in cache.entries()) == sorted(e["key"] for e in serial_cache.entries())
+
+
+def test_only_what_is_missing_compiles(tmp_path, context, build_threads, monkeypatch):
+    first, _, cache = built(tmp_path, context, 3, monkeypatch)
+    again = cache.build_many(context, context.devices[0], [kernel_source(c) for c in (*CONSTANTS, 304)])
+    assert again[:3] == first and len(build_threads) == 4  # the three from memory, only add_304 compiled
+    assert np.array_equal(added(context, again[3], 304), np.arange(N, dtype=np.float32) + 304)
+
+
+def test_a_failed_build_among_several_raises_its_error(tmp_path, context, monkeypatch):
+    monkeypatch.setattr(cache_module, "compile_threads", lambda: 2)
+    monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path / "errors"))  # where the failed source is saved
+    cache = KernelCache(tmp_path / "cache")
+    broken = "__kernel void broken(__global float* x) { x[0] = undeclared; }"
+    with pytest.raises(KernelBuildError, match="broken"):
+        cache.build_many(context, context.devices[0], [kernel_source(305), broken, kernel_source(306)])

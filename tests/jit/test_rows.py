@@ -1,0 +1,114 @@
+"""Row kernels (zyx/jit/rows.py): softmax, log_softmax, layer norm and their gradients, one kernel each where
+their rows fuse, checked against torch with the device's own kernels and with GPU-shaped ones (a work group per
+row of 256 or more, a work item per shorter row) on the OpenCL device."""
+import numpy as np
+import pytest
+import torch
+
+import zyx
+import zyx.nn.functional as F
+from zyx.jit.rows import ROW_LIMIT
+from zyx.jit.schedule import DeviceTraits, schedule
+
+RNG = np.random.default_rng(3)
+
+
+def data(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def launched(*tensors):
+    zyx.reset_stats()
+    zyx.realize(*tensors)
+    return zyx.stats()["kernels_launched"]
+
+
+def close(out, expected, tol=1e-5):
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=tol, atol=tol)
+
+
+@pytest.fixture(params=["own kernels", "GPU-shaped"])
+def shaped(request, dev):
+    """The OpenCL device scheduling its own kernels, then GPU-shaped ones."""
+    return request.getfixturevalue("gpu") if request.param == "GPU-shaped" else dev
+
+
+def row_ops(x, length):
+    return x.softmax(-1), x.log_softmax(-1), F.layer_norm(x, (length,))
+
+
+@pytest.mark.parametrize("length", [1, 3, 257, 1000, 1024, 4097])
+def test_softmax_log_softmax_and_layer_norm_over_odd_rows(shaped, length):
+    a = data(3, length)
+    ours, theirs = row_ops(shaped.tensor(a), length), row_ops(torch.tensor(a), length)
+    kernels = launched(*ours)
+    assert kernels == 3 or not shaped.backend.traits.gpu  # one each (on CPUs rows of 3 keep two: see _fuses_rows)
+    for out, expected in zip(ours, theirs):
+        close(out, expected, 1e-4)
+
+
+def test_rows_of_views(shaped):
+    a, b = data(40, 33), data(1, 33)
+    x, t = shaped.tensor(a), torch.tensor(a)
+    cases = [(x.T.softmax(-1), t.T.softmax(-1), 1), (x[3:30:2, 1:].softmax(-1), t[3:30:2, 1:].softmax(-1), 1),
+             ((x + shaped.tensor(b)).log_softmax(-1), (t + torch.tensor(b)).log_softmax(-1), 1),
+             (x.reshape(4, 10, 33).softmax(-1), t.reshape(4, 10, 33).softmax(-1), 1),
+             (x.softmax(0), t.softmax(0), 2)]  # columns: not the rows of the output, two kernels
+    for out, expected, kernels in cases:
+        assert launched(out) == kernels
+        close(out, expected)
+
+
+def test_half_rows(shaped):
+    a = data(6, 300)
+    x, t = shaped.tensor(a).half(), torch.tensor(a).half().float()
+    close(x.softmax(-1), t.softmax(-1).half(), 2e-3)
+    close(F.layer_norm(x, (300,)), torch.nn.functional.layer_norm(t, (300,)).half(), 5e-3)
+
+
+def test_masked_softmax_gives_what_torch_gives(shaped):
+    a = data(5, 260)
+    a[a > 1] = -np.inf
+    a[2] = -np.inf  # a whole row masked: nan, as torch
+    x, t = shaped.tensor(a), torch.tensor(a)
+    for out, expected in [(x.softmax(-1), t.softmax(-1)), (x.log_softmax(-1), t.log_softmax(-1))]:
+        np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.isnan(x.softmax(-1).numpy()[2]).all()
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "layer_norm"])
+def test_gradients_are_one_row_kernel(shaped, op):
+    a, g = data(5, 300), data(5, 300)
+    x, t = shaped.tensor(a), torch.tensor(a, requires_grad=True)
+    forward = getattr(F, op), getattr(torch.nn.functional, op)
+    argument = (300,) if op == "layer_norm" else -1
+    grad, = (forward[0](x, argument) * shaped.tensor(g)).sum().backward([x])
+    (forward[1](t, argument) * torch.tensor(g)).sum().backward()
+    assert launched(grad) == 1  # sum(dy * y) per row is one more pass over the row
+    close(grad, t.grad, 1e-4)
+
+
+def test_softmax_is_one_kernel_with_a_work_group_per_row_on_gpus():
+    x = zyx.CPU().tensor(data(64, 1024))
+    kernel, = schedule([x.softmax(-1).node], DeviceTraits(gpu=True, vector_width=4))[0]
+    assert kernel.name.startswith("g_") and (kernel.global_size, kernel.local_size) == (64 * 256, 256)
+    assert "vload4(" in kernel.source and "vstore4(" in kernel.source
+    cpu, = schedule([x.softmax(-1).node], DeviceTraits(vector_width=16))[0]
+    assert cpu.global_size == 64 and "vstore16(" in cpu.source  # a row per item, along the row in vectors
+
+
+def test_rows_longer_than_the_limit_keep_two_kernels(shaped):
+    a = data(2, ROW_LIMIT + 1)
+    out = shaped.tensor(a).softmax(-1)
+    assert launched(out) == 2
+    close(out, torch.tensor(a).softmax(-1))
+
+
+def test_row_statistics_others_need_are_stored_by_the_row_kernel(shaped):
+    a = data(6, 40)
+    x = shaped.tensor(a)
+    mean = x.mean(-1, keepdim=True)
+    out = (x - mean) * 2
+    assert launched(out, mean) == 1
+    np.testing.assert_allclose(mean.numpy(), a.mean(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.numpy(), (a - a.mean(-1, keepdims=True)) * 2, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,196 @@
+"""zyx.WGPU() on this machine's adapter (lavapipe here): what WGSL lacks and the runtime has to get right.
+
+The device-generic suite (tests/conftest.py `device`) runs every op on WGPU as well; these tests cover what only
+WGPU has: packed 8- and 16-bit buffers, 32-bit int64, the Philox counter's carry, dispatches folded past the
+groups per dimension, in-place updates bound writable, the adapter's limits, and the persisted program.
+"""
+import pickle
+
+import numpy as np
+import pytest
+
+import zyx
+import zyx.devices
+from zyx.errors import OutOfMemoryError
+
+pytest.importorskip("wgpu")
+webgpu = pytest.importorskip("zyx.runtime.webgpu")
+if not webgpu.adapters():
+    pytest.skip("no WebGPU adapter on this machine", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return zyx.WGPU()
+
+
+def test_float64_is_refused_naming_the_device(dev):
+    with pytest.raises(TypeError, match=r"WGPU\(.*has no float64"):
+        dev.tensor(np.zeros(3))
+    with pytest.raises(TypeError, match=r"WGPU\(.*has no float64.*CAST"):
+        dev.ones(3).cast(zyx.float64).realize()
+
+
+def test_int64_is_computed_in_32_bits_and_refuses_what_does_not_fit(dev):
+    values = np.array([-(2**31), -7, 0, 5, 2**31 - 1], np.int64)
+    t = dev.tensor(values)
+    assert t.numpy().tolist() == values.tolist() and t.numpy().dtype == np.int64
+    assert (t // 3).numpy().tolist() == (values // 3).tolist()  # floor division, negative values too
+    assert dev.tensor(np.array([[3, 9, 1], [4, 2, 8]])).argmax(1).numpy().tolist() == [1, 2]
+    with pytest.raises(OverflowError, match=r"int64 in 32 bits.*-2147483648, 2147483647"):
+        dev.tensor(np.array([2**40]))
+    with pytest.raises(TypeError, match=r"constant 4294967296 does not fit"):
+        (t + 2**32).realize()
+
+
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "int8", "int16", "float16", "bfloat16"])
+def test_packed_dtypes_store_neighbouring_lanes_of_a_word_from_different_items(dev, dtype):
+    x = np.linspace(-300, 300, 37).astype(np.float32)  # 37: lanes of a partial last word
+    got = dev.tensor(x).cast(dtype) * dev.tensor(np.float32(3)).cast(dtype)
+    want = zyx.CPU().tensor(x).cast(dtype) * zyx.CPU().tensor(np.float32(3)).cast(dtype)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_half_precision_rounds_to_nearest_even_with_subnormals_infinities_and_nan(dev):
+    edges = np.array([65504, 65519.99, 65520, 1e-7, -3e-8, 6.1e-5, 1 + 2**-11, 1 + 3 * 2**-11, np.inf, -np.inf, np.nan,
+                      -0.0, 3.3895314e38, 1.00390625], np.float32)
+    for dtype in ("float16", "bfloat16"):
+        got = dev.tensor(edges).cast(dtype).numpy()
+        want = zyx.CPU().tensor(edges).cast(dtype).numpy()
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16), err_msg=dtype)
+
+
+def test_narrow_integers_wrap_as_their_dtype(dev):
+    x = np.array([100, 120, -128, 127], np.int8)
+    np.testing.assert_array_equal((dev.tensor(x) + dev.tensor(x)).numpy(), x + x)
+    y = np.array([200, 255, 3], np.uint8)
+    np.testing.assert_array_equal((dev.tensor(y) * dev.tensor(y)).numpy(), y * y)
+    np.testing.assert_array_equal((-dev.tensor(y)).numpy(), -y)
+    np.testing.assert_array_equal((dev.tensor(y) << 1).numpy(), (y.astype(np.int64) << 1).astype(np.uint8))
+
+
+def test_pow_follows_c_for_negative_and_zero_bases(dev):
+    base = np.array([-2, -2, -8, 0, 0, 2, -0.5, 1, np.nan], np.float32)
+    exponent = np.array([3, 2, 1 / 3, -1, 2, 0.5, -3, np.nan, 0], np.float32)
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose((dev.tensor(base) ** dev.tensor(exponent)).numpy(), base ** exponent, rtol=1e-6)
+
+
+def test_random_numbers_are_those_of_the_cpu_across_the_counters_32_bit_carry(dev):
+    from zyx.jit.print_wgsl import PHILOX_SOURCE
+    from zyx.trace.philox import philox_uniform
+    source = PHILOX_SOURCE + """
+@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<uniform> zyx_scalars: array<vec4<u32>, 2>;
+@compute @workgroup_size(64)
+fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
+  if (item.x < 100u) { out[item.x] = zyx_philox_uniform(zyx_scalars[0].xy, zyx_scalars[1].xy, item.x); }
+}
+"""
+    runtime = dev.backend.runtime
+    seed, offset = 0x1234567890ABCDEF, 2**32 - 50  # half the draws carry into the counter's high word
+    out = runtime.allocate(400)
+    runtime.launch(runtime.compile(source, "draw", 64), (128,), (64,), [out, np.uint64(seed), np.uint64(offset)])
+    np.testing.assert_array_equal(runtime.download(out, (100,), np.float32), philox_uniform(seed, offset, 100))
+    zyx.manual_seed(7)
+    drawn = dev.randn(3, 50).numpy()
+    zyx.manual_seed(7)  # the same uniforms through log, sqrt and cos: equal to a few ulps
+    np.testing.assert_allclose(drawn, zyx.CPU().randn(3, 50).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_launches_past_the_groups_per_dimension_fold_into_two(dev, monkeypatch):
+    monkeypatch.setattr(dev.backend.runtime, "max_groups", 40)  # elementwise: 1172 groups; the reduction: 1000
+    x = np.arange(1000 * 300, dtype=np.float32).reshape(1000, 300) / 1e5
+    np.testing.assert_allclose((dev.tensor(x) * 2 + 1).numpy(), x * 2 + 1, rtol=1e-6)
+    np.testing.assert_allclose(dev.tensor(x).sum(1).numpy(), x.sum(1), rtol=1e-5)
+    monkeypatch.setattr(dev.backend.runtime, "max_groups", 2)
+    with pytest.raises(RuntimeError, match=r"needs \d+ work groups, more than WGPU"):
+        (dev.tensor(x) - 3).realize()
+
+
+def test_kernels_take_no_more_buffers_than_the_adapter_binds(dev):
+    limit = dev.backend.traits.max_params
+    xs = [np.full(5, k, np.float32) for k in range(limit + 8)]
+    total = sum(dev.tensor(x) for x in xs[1:]) + dev.tensor(xs[0])
+    np.testing.assert_allclose(total.numpy(), sum(xs))
+    program = list(dev.backend.programs.values())[-1]
+    assert len(program.launches) > 1 and all(len(launch.args) <= limit for launch in program.launches)
+
+
+def test_a_buffer_past_the_binding_limit_is_refused_before_anything_runs(dev):
+    too_many = dev.backend.runtime.limits.max_buffer_bytes // 4 + 1
+    with pytest.raises(OutOfMemoryError, match=r"more than WGPU\("):
+        dev.zeros(too_many).realize()
+
+
+def test_an_in_place_update_binds_the_overwritten_input_writable_and_matches_eager(dev):
+    rng = np.random.default_rng(0)
+    w, x = dev.tensor(rng.standard_normal((8, 4), dtype=np.float32)), dev.tensor(rng.standard_normal((16, 8), dtype=np.float32))
+    eager_w = zyx.CPU().tensor(w.numpy())
+
+    def step(w, x):
+        loss = ((x @ w) ** 2).mean()
+        (grad,) = loss.backward([w])
+        w.assign(w - 0.1 * grad)
+        return loss
+
+    jitted = zyx.jit(lambda x: step(w, x))
+    for _ in range(3):
+        jitted(x)
+        zyx.realize(step(eager_w, zyx.CPU().tensor(x.numpy())), eager_w)
+    np.testing.assert_allclose(w.numpy(), eager_w.numpy(), rtol=1e-5, atol=1e-6)
+    assert any("var<storage, read_write> in" in source for source in dev.backend._kernels)
+
+
+def test_bind_groups_are_reused_when_a_program_runs_again_on_the_same_buffers(dev):
+    x = dev.tensor(np.ones(100, np.float32))
+    (x * 5).realize()
+    kept = len(dev.backend.runtime._bind_groups)
+    for _ in range(3):
+        (x * 5).realize()
+    assert len(dev.backend.runtime._bind_groups) == kept
+
+
+def test_a_persisted_program_skips_scheduling_and_is_keyed_by_the_adapter(dev):
+    from zyx.jit.cache_key import FINGERPRINT_NAMES
+    assert set(dev.backend.fingerprint()) == set(FINGERPRINT_NAMES)
+    x = dev.tensor(np.arange(12, dtype=np.float32))
+    expected = ((x * 3).exp() - x).sum().numpy()
+    dev.backend.forget_programs()
+    zyx.reset_stats()
+    np.testing.assert_allclose(((x * 3).exp() - x).sum().numpy(), expected)
+    assert zyx.stats()["programs_loaded"] == 1 and zyx.stats()["graphs_scheduled"] == 0
+
+
+def test_tuning_is_opencl_only_wgpu_keeps_the_heuristics_and_its_stored_programs(dev, monkeypatch):
+    from zyx.jit import tune
+    from zyx.jit.choices import NO_TUNING
+    monkeypatch.setattr(tune.Tuner, "search", lambda *args: pytest.fail("WGPU kernels are not searched"))
+    monkeypatch.setenv("ZYX_TUNE", "1")
+    x = dev.tensor(np.arange(12, dtype=np.float32))
+    expected = (x * 13 + 1).numpy()
+    dev.backend.forget_programs()
+    zyx.reset_stats()
+    np.testing.assert_allclose((x * 13 + 1).numpy(), expected)
+    np.testing.assert_allclose(zyx.jit(tune=True)(lambda t: t * 17)(x).numpy(), np.arange(12) * 17)
+    # the stored x*13+1 program at least (the jitted step's may be stored by an earlier run of this cache too)
+    assert zyx.stats()["programs_loaded"] >= 1 and dev.backend.tuned is NO_TUNING
+
+
+def test_elementwise_kernels_read_and_write_whole_float4_vectors(dev):
+    x = dev.tensor(np.ones((64, 64), np.float32))
+    (x * 2 + x).realize()
+    sources = [launch.source for program in dev.backend.programs.values() for launch in program.launches]
+    assert any("array<vec4<f32>>" in source for source in sources)
+
+
+def test_devices_by_spec_preference_and_pickle(dev, monkeypatch):
+    assert zyx.devices.device_from_spec("wgpu") is dev is zyx.WGPU("high-performance")
+    assert pickle.loads(pickle.dumps(dev)) is dev and dev.spec == "wgpu:0"
+    with pytest.raises(ValueError, match="adapter index or one of"):
+        zyx.WGPU("fastest")
+    with pytest.raises(ValueError, match="adapters"):
+        zyx.WGPU(99)
+    monkeypatch.setattr(zyx.devices, "_default", [])
+    monkeypatch.setenv("ZYX_DEVICE", "wgpu")
+    assert zyx.default_device() is dev

@@ -1,0 +1,385 @@
+"""The kernel IR: what one kernel computes, between lowering (trace nodes -> IR) and printing (IR -> text).
+
+A kernel is a set of axes, each with a role, and a body of statements. Values live in registers, each
+defined once (an accumulator is the one register a later statement updates). Indices and guards are
+`symbolic.Expr`s over the axes' variables, never text, so a transform can substitute a variable (a work
+item's output becomes sixteen lanes' outputs, a reduced index a lane's stride) and the simplifier decides
+again what each load reads: one vector, one element for all lanes, or a gather. Only a printer turns the
+IR into a language; transforms (transforms/) rewrite it; lowering (lower.py) builds it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+
+import xxhash
+
+from ..dtypes import DType, int_range
+from ..trace.ops import Op
+from .symbolic import Expr
+
+if TYPE_CHECKING:
+    from .choices import TuneSite
+
+
+class Role(enum.Enum):
+    """What an axis of a kernel is: where its variable comes from, and what the printer does with it."""
+
+    GLOBAL = "global"    # one work item (or work group, when the kernel has a LOCAL axis) per value
+    LOCAL = "local"      # items of one work group, cooperating on a reduction or on staged tiles
+    REDUCE = "reduce"    # a loop's counter
+    VECTOR = "vector"    # lanes of one vector register (never a variable at run time)
+    UPCAST = "upcast"    # outputs one work item computes, unrolled (never a variable at run time)
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    size: int
+    role: Role
+
+
+@dataclass(frozen=True)
+class Reg:
+    """A register: `width` lanes of `dtype` (bool lanes are masks)."""
+
+    name: str
+    dtype: DType
+    width: int = 1
+
+
+@dataclass(frozen=True)
+class Const:
+    value: Any
+    dtype: DType
+    width: int = 1
+
+
+Operand = Union[Reg, Const]
+Bound = tuple[Expr, str, int]  # (expr, "ge" or "lt", limit): expr >= limit, expr < limit
+Cond = tuple[Bound, ...]       # a conjunction; () always holds
+
+LESS_EQUAL = "CMPLE"  # an ALU op beyond the trace's: `a <= b` on floats, what `(a < b) | (a == b)` lowers to
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel argument: a buffer (read or written) or a random stream's seed/offset."""
+
+    kind: str          # "load", "store", "seed", "offset"
+    node: Any          # the trace node it reads, stores or draws
+    name: str
+    dtype: DType
+
+
+# ---- statements ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Load:
+    """`mode` "element": one value; "vector": out.width consecutive values from index; "broadcast": the one
+    value at index in every lane. Under a guard that fails the value is 0."""
+
+    out: Reg
+    buffer: str
+    index: Expr
+    guard: Cond = ()
+    mode: str = "element"
+
+
+@dataclass(frozen=True)
+class Gather:
+    """One element per lane; a lane whose guard is None reads nothing (its value is 0)."""
+
+    out: Reg
+    buffer: str
+    lanes: tuple[tuple[Expr, Optional[Cond]], ...]
+
+
+@dataclass(frozen=True)
+class Alu:
+    out: Reg
+    op: Union[Op, str]
+    args: tuple[Operand, ...]
+
+
+@dataclass(frozen=True)
+class Select:
+    """`value` where `cond` holds, else `fill` (a PAD's inside)."""
+
+    out: Reg
+    cond: Cond
+    value: Operand
+    fill: Operand
+
+
+@dataclass(frozen=True)
+class LaneSelect:
+    """Per lane: `value` where its condition holds (True always, False never), else `fill`."""
+
+    out: Reg
+    lanes: tuple[Union[Cond, bool], ...]
+    value: Operand
+    fill: Operand
+
+
+@dataclass(frozen=True)
+class Rand:
+    """A uniform draw in [0, 1) of the stream (seed, offset) at `index`."""
+
+    out: Reg
+    seed: str
+    offset: str
+    index: Expr
+
+
+@dataclass(frozen=True)
+class Extract:
+    """Part of a vector: "lo" or "hi" half, or lane "sN"."""
+
+    out: Reg
+    src: Reg
+    part: str
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    out: Reg
+    src: Operand
+
+
+@dataclass(frozen=True)
+class Define:
+    """An accumulator, declared with its start value; only Accumulate and MultiplyAdd update it."""
+
+    out: Reg
+    start: Operand
+
+
+@dataclass(frozen=True)
+class Accumulate:
+    acc: Reg
+    op: Op
+    value: Operand
+
+
+@dataclass(frozen=True)
+class MultiplyAdd:
+    """acc += a * b (fused where the device has it)."""
+
+    acc: Reg
+    a: Operand
+    b: Operand
+
+
+@dataclass(frozen=True)
+class Loop:
+    var: str
+    trips: int
+    body: tuple
+    unroll: bool = False  # ask the compiler to unroll it whole
+
+
+@dataclass(frozen=True)
+class If:
+    cond: Cond
+    body: tuple
+
+
+@dataclass(frozen=True)
+class Break:
+    pass
+
+
+@dataclass(frozen=True)
+class Store:
+    """`mode` "element" or "vector" (value.width consecutive elements from index)."""
+
+    buffer: str
+    index: Expr
+    value: Operand
+    dtype: DType
+    mode: str = "element"
+
+
+@dataclass(frozen=True)
+class LocalArray:
+    """`size` vectors of `width` lanes in local memory."""
+
+    name: str
+    dtype: DType
+    size: int
+    width: int = 1
+
+
+@dataclass(frozen=True)
+class LocalStore:
+    """With `element`, index counts single elements of a vector array."""
+
+    array: str
+    index: Expr
+    value: Operand
+    element: bool = False
+
+
+@dataclass(frozen=True)
+class LocalLoad:
+    out: Reg
+    array: str
+    index: Expr
+
+
+@dataclass(frozen=True)
+class Barrier:
+    pass
+
+
+Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd, Loop, If,
+                  Break, Store, LocalArray, LocalStore, LocalLoad, Barrier]
+PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel: its kind (the name's prefix: e elementwise, r reducing, g work-group reducing, m product),
+    parameters, axes and statements."""
+
+    kind: str
+    params: tuple[Param, ...]
+    axes: tuple[Axis, ...]
+    body: tuple
+    local_size: Optional[int] = None  # a launch's work group, when the kernel asks for one without a LOCAL axis
+    _fingerprint: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
+
+    def axis(self, role: Role) -> Optional[Axis]:
+        return next((a for a in self.axes if a.role is role), None)
+
+    @property
+    def work_items(self) -> int:
+        """Work items (or groups) along the GLOBAL axis."""
+        axis = self.axis(Role.GLOBAL)
+        return axis.size if axis else 0
+
+    @property
+    def launch(self) -> tuple[int, Optional[int]]:
+        """Global and local size of the kernel's launch."""
+        local = self.axis(Role.LOCAL)
+        if local is not None:
+            return self.work_items * local.size, local.size
+        return self.work_items, self.local_size
+
+    def fingerprint(self) -> str:
+        """A hash of everything the kernel computes (what names it and keys its binary, with the printer's
+        version): parameters by kind and dtype, axes, statements."""
+        if not self._fingerprint:
+            params = [(p.kind, p.name, p.dtype.name) for p in self.params]
+            text = repr((self.kind, params, self.axes, self.body, self.local_size))
+            self._fingerprint.append(xxhash.xxh3_128_hexdigest(text.encode()))
+        return self._fingerprint[0]
+
+
+@dataclass
+class RenderedKernel:
+    """A printed kernel with what the scheduler and the program need to know of it."""
+
+    name: str
+    source: str
+    space: tuple[int, ...]
+    params: list[Param]
+    outputs: list[Any]         # nodes it stores
+    loads: list[Any]           # nodes it reads from memory
+    needs: list[Any]           # nodes it reads that must be stored by other kernels
+    misaligned: set[int]       # ids of loaded nodes read somewhere other than the position being stored
+    global_size: int
+    local_size: Optional[int]
+    longest_reduction: int = 0  # elements the longest reduction in this kernel walks
+    collective: str = ""  # not a kernel: a value combined across processes, "all_reduce sum float32" (collective.py)
+    site: Optional["TuneSite"] = None  # how it was shaped and what a search may try (None: nothing to choose)
+
+
+# ---- walking and rewriting -------------------------------------------------------------------------------
+def walk(body: tuple) -> Iterator[Statement]:
+    """Every statement, loop and branch bodies included (depth first, in order)."""
+    for statement in body:
+        yield statement
+        if isinstance(statement, (Loop, If)):
+            yield from walk(statement.body)
+
+
+def rewrite(statement: Statement, expr: Callable[[Expr], Expr], reg: Callable[[Reg], Operand]) -> Statement:
+    """`statement` with `expr` applied to every index and guard expression and `reg` to every register,
+    defined or read (bodies are left as they are: callers recurse as they need)."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, Expr):
+            return expr(value)
+        if isinstance(value, Reg):
+            return reg(value)
+        if isinstance(value, tuple):
+            return tuple(convert(v) for v in value)
+        return value
+    changes = {f.name: convert(getattr(statement, f.name)) for f in dataclasses.fields(statement) if f.name != "body"}
+    return dataclasses.replace(statement, **changes)
+
+
+def substitute(expr: Expr, values: dict[str, Expr], memo: Optional[dict] = None) -> Expr:
+    """`expr` with each variable named in `values` replaced (and the result simplified again)."""
+    memo = {} if memo is None else memo
+    key = expr.key
+    if key in memo:
+        return memo[key]
+    total = Expr(expr.const)
+    for atom, coefficient in expr.terms.items():
+        if atom.kind == "var":
+            replaced = values.get(atom.name)
+            value = replaced if replaced is not None else Expr(0, {atom: 1})
+        else:
+            inner = substitute(atom.expr, values, memo)  # type: ignore[arg-type]
+            value = {"div": lambda: inner // atom.k, "mod": lambda: inner % atom.k,
+                     "min": lambda: Expr.minimum(inner, atom.k),
+                     "clamped": lambda: Expr.clamped(inner, atom.lo, atom.hi)}[atom.kind]()
+        total = total + value * coefficient
+    memo[key] = total
+    return total
+
+
+def substitute_cond(cond: Cond, values: dict[str, Expr], memo: dict) -> Optional[Cond]:
+    """The condition with `values` substituted and settled bounds dropped; None when it never holds."""
+    return simplify_cond(tuple((substitute(e, values, memo), op, k) for e, op, k in cond))
+
+
+def simplify_cond(cond: Cond) -> Optional[Cond]:
+    kept = []
+    for expr, op, limit in cond:
+        holds = expr.lo >= limit if op == "ge" else expr.hi < limit
+        fails = expr.hi < limit if op == "ge" else expr.lo >= limit
+        if fails:
+            return None
+        if not holds:
+            kept.append((expr, op, limit))
+    return tuple(kept)
+
+
+def lowest_value(dtype: DType) -> object:
+    """The identity of max for `dtype`, as a Python value."""
+    if dtype.is_float:
+        return -math.inf
+    if dtype.is_bool:
+        return False
+    return int_range(dtype)[0]
+
+
+def reduce_start(op: Op, dtype: DType, width: int = 1) -> Const:
+    """The value a SUM (ADD) or MAX accumulator starts from."""
+    return Const(0 if op in (Op.SUM, Op.ADD) else lowest_value(dtype), dtype, width)
+
+
+@dataclass
+class Names:
+    """Fresh register and variable names (`v1`, `acc2`, `r3`...), one counter per kernel."""
+
+    counter: int = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"

@@ -1,0 +1,331 @@
+"""The OpenCL C printer: kernel IR in, kernel source out. The only module that writes C.
+
+Each IR statement is printed by the function its type is keyed to (STATEMENTS); an ALU op by the template its
+op is keyed to (UNARY, BINARY, VECTOR_BINARY). A printer for another language (WGSL) is these tables, types and
+literals written for it. Kernels are named by their IR's fingerprint and this printer's VERSION, so a kernel
+computing the same thing is compiled once, whatever shape or trace it came from.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from ..dtypes import DType, float64
+from ..trace.ops import Op
+from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
+from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
+                        If, Kernel, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand, Rand, Reg,
+                        Role,
+                        Select, Store, walk)
+from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, dtypes_used, kernel_name,
+                           pick)
+from .symbolic import Expr
+
+VERSION = "3"  # bump when the same IR prints differently
+
+
+# ---- types and literals ----------------------------------------------------------------------------------
+def register_type(dtype: DType, width: int = 1) -> str:
+    """The type a value lives in while computed: float16 and bfloat16 in float, bool as bool (as an int mask
+    in vectors)."""
+    if width > 1:
+        return ("int" if dtype.is_bool else register_type(dtype)) + str(width)
+    return {"bool": "bool", "uint8": "uchar", "int8": "char", "int16": "short", "int32": "int", "uint32": "uint",
+            "int64": "long", "float16": "float", "bfloat16": "float", "float32": "float",
+            "float64": "double"}[dtype.name]
+
+
+def literal(value: object, dtype: DType) -> str:
+    if dtype.is_bool:
+        return "true" if value else "false"
+    if dtype.is_int:
+        suffix = "L" if dtype.itemsize == 8 else "u" if dtype.is_unsigned else ""
+        return f"{int(value)}{suffix}"  # type: ignore[call-overload]
+    number = float(value)  # type: ignore[arg-type]
+    suffix = "" if dtype.name == "float64" else "f"
+    if math.isnan(number):
+        return "NAN" if suffix else "(double)NAN"
+    if math.isinf(number):
+        sign = "-" if number < 0 else ""
+        return f"{sign}INFINITY" if suffix else f"{sign}(double)INFINITY"
+    return f"{number!r}{suffix}" if "e" in repr(number) or "." in repr(number) else f"{number!r}.0{suffix}"
+
+
+def operand(value: Operand) -> str:
+    if isinstance(value, Reg):
+        return value.name
+    if value.width == 1:
+        return literal(value.value, value.dtype)
+    lane = ("-1" if value.value else "0") if value.dtype.is_bool else literal(value.value, value.dtype)
+    return f"(({register_type(value.dtype, value.width)})({lane}))"
+
+
+def condition(cond: Cond) -> str:
+    return "&&".join(f"({e.render()}>={k})" if op == "ge" else f"({e.render()}<{k})" for e, op, k in cond)
+
+
+# ---- ALU ops -----------------------------------------------------------------------------------------------
+UNARY = {
+    Op.NEG: "(-{0})", Op.RECIP: "({one}/{0})", Op.SQRT: "sqrt({0})", Op.EXP: "exp({0})", Op.LOG: "log({0})",
+    Op.SIN: "sin({0})", Op.COS: "cos({0})", Op.SIGMOID: "({one}/({one}+exp(-{0})))",
+    # PoCL's tanh never reaches ±1 (tanh(20) = 0.99999994, tanh(inf) too); past `saturated` the correctly
+    # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
+    Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",
+    Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
+}
+INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
+
+# keyed by op, then by the operands' kind ("bool", "int", "float"); {t} is the operands' register type
+BINARY: dict[object, dict[str, str]] = {
+    Op.ADD: {"bool": "({0}|{1})", "*": "({0}+{1})"},
+    Op.MUL: {"bool": "({0}&{1})", "*": "({0}*{1})"},
+    Op.DIV: {"float": "({0}/{1})", "*": "zyx_floordiv_{t}({0},{1})"},
+    Op.POW: {"*": "pow({0},{1})"},
+    Op.MAX: {"float": "zyx_max_{t}({0},{1})", "bool": "({0}|{1})", "*": "max({0},{1})"},
+    Op.CMPLT: {"*": "({0}<{1})"}, Op.CMPEQ: {"*": "({0}=={1})"}, LESS_EQUAL: {"*": "({0}<={1})"},
+    # bitwise on bools too: no short-circuit branches, so kernels stay vectorizable
+    Op.AND: {"*": "({0}&{1})"}, Op.OR: {"*": "({0}|{1})"}, Op.XOR: {"*": "({0}^{1})"},
+    # OpenCL takes the count modulo the width; PyTorch shifts every bit out
+    Op.SHL: {"*": "zyx_shl_{t}({0},{1})"}, Op.SHR: {"*": "zyx_shr_{t}({0},{1})"},
+}
+VECTOR_BINARY = {Op.MAX: {"float": "select({1},{0},({0}>{1})|isnan({0}))"}}  # where vectors differ (NaN wins)
+
+
+def _kind(dtype: DType) -> str:
+    return "bool" if dtype.is_bool else "int" if dtype.is_int else "float"
+
+
+def unary(op: Op, x: str, dtype: DType) -> str:
+    table = INTEGER_UNARY if dtype.is_int and op in INTEGER_UNARY else UNARY
+    saturated = literal(TANH_SATURATED[dtype.name], dtype) if op is Op.TANH else ""
+    return table[op].format(x, one=literal(1, dtype) if dtype.is_float else "1", saturated=saturated)
+
+
+def binary(op: object, a: str, b: str, dtype: DType, width: int = 1) -> str:
+    """`dtype` is the operands' dtype."""
+    tables = ([VECTOR_BINARY.get(op, {})] if width > 1 else []) + [BINARY[op]]
+    return pick(tables, _kind(dtype)).format(a, b, t=register_type(dtype))
+
+
+def alu(statement: Alu) -> str:
+    op, out, args = statement.op, statement.out, statement.args
+    texts = [operand(a) for a in args]
+    if op is Op.CAST:
+        return _cast(texts[0], args[0].dtype, out.dtype, out.width)
+    if op is Op.WHERE:
+        return f"select({texts[2]},{texts[1]},{texts[0]})" if out.width > 1 else f"({texts[0]}?{texts[1]}:{texts[2]})"
+    if len(args) == 1:
+        return unary(op, texts[0], out.dtype)  # type: ignore[arg-type]
+    return binary(op, texts[0], texts[1], args[0].dtype, out.width)
+
+
+def _cast(x: str, source: DType, target: DType, width: int) -> str:
+    if width == 1:
+        if target.name == "bfloat16":  # rounded where cast, as stored
+            return f"zyx_round_bf16((float)({x}))"
+        return f"({x}!=0)" if target.is_bool else f"(({register_type(target)})({x}))"
+    if source.is_bool == target.is_bool:
+        return x
+    if target.is_bool:
+        return f"({x}!={operand(Const(0.0, source, width))})"
+    return f"select({operand(Const(0.0, target, width))},{operand(Const(1.0, target, width))},{x})"
+
+
+# ---- memory ------------------------------------------------------------------------------------------------
+def _vector_offset(index: Expr, width: int, buffer: str) -> str:
+    """vloadN/vstoreN's (offset, pointer) for `width` elements from `index`."""
+    if aligned(index, width):
+        return f"{(index // width).render()},{buffer}"
+    return f"0,{buffer}+{index.render()}"
+
+
+# How each dtype is read from and written to a buffer (p: the pointer, i: the position, v: the value); half
+# precision is rounded to nearest even where stored
+MEMORY_ACCESS = {
+    "float16": ("vload_half({i},{p})", "vstore_half({v},{i},{p});"),
+    "bfloat16": ("zyx_bf16_to_float({p}[{i}])", "{p}[{i}] = zyx_float_to_bf16({v});"),
+    "bool": ("({p}[{i}]!=0)", "{p}[{i}] = (uchar)({v});"),
+}
+PLAIN_ACCESS = ("{p}[{i}]", "{p}[{i}] = {v};")
+
+
+def load(statement: Load) -> str:
+    out = statement.out
+    if statement.mode == "vector":
+        text = f"vload{out.width}({_vector_offset(statement.index, out.width, statement.buffer)})"
+        if out.dtype.is_bool:
+            text = f"(convert_int{out.width}({text})!=(int{out.width})(0))"
+    elif statement.mode == "broadcast":
+        element = f"{statement.buffer}[{statement.index.render()}]"
+        text = f"(({register_type(out.dtype, out.width)})({f'-({element}!=0)' if out.dtype.is_bool else element}))"
+    else:
+        text = MEMORY_ACCESS.get(out.dtype.name, PLAIN_ACCESS)[0].format(p=statement.buffer, i=statement.index.render())
+    if statement.guard:
+        text = f"(({condition(statement.guard)})?{text}:{operand(Const(0, out.dtype, out.width))})"
+    return text
+
+
+def gather(statement: Gather) -> str:
+    elements = []
+    for index, guard in statement.lanes:
+        element = f"{statement.buffer}[{index.render()}]"
+        element = f"-({element}!=0)" if statement.out.dtype.is_bool else element
+        elements.append("0" if guard is None else f"(({condition(guard)})?{element}:0)" if guard else element)
+    return f"({register_type(statement.out.dtype, statement.out.width)})({','.join(elements)})"
+
+
+def store(statement: Store) -> str:
+    value, dtype, buffer, index = operand(statement.value), statement.dtype, statement.buffer, statement.index
+    if statement.mode == "vector":
+        width = statement.value.width
+        text = f"convert_uchar{width}(-{value})" if dtype.is_bool else value
+        return f"vstore{width}({text},{_vector_offset(index, width, buffer)});"
+    return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[1].format(p=buffer, i=index.render(), v=value)
+
+
+def lane_select(statement: LaneSelect) -> str:
+    mask = ",".join("-1" if lane is True else "0" if lane is False else f"-(int)({condition(lane)})"
+                    for lane in statement.lanes)
+    return f"select({operand(statement.fill)},{operand(statement.value)},(int{len(statement.lanes)})({mask}))"
+
+
+# ---- statements --------------------------------------------------------------------------------------------
+def _lane(value: Operand) -> str:
+    """A scalar as a vector lane: a bool as a mask lane (-1 true)."""
+    return f"-(int)({operand(value)})" if value.dtype.is_bool and isinstance(value, Reg) else operand(value)
+
+
+def _start(value: Operand) -> str:
+    """An accumulator's start: the smallest int or long spelled so that the literal itself fits."""
+    if isinstance(value, Const) and value.width == 1 and value.dtype.is_int and not value.dtype.is_unsigned \
+            and value.dtype.itemsize >= 4 and value.value == -(2 ** (8 * value.dtype.itemsize - 1)):
+        return "(-2147483647-1)" if value.dtype.itemsize == 4 else "(-9223372036854775807L-1L)"
+    return operand(value)
+
+
+def _define(out: Reg, text: str) -> str:
+    return f"{register_type(out.dtype, out.width)} {out.name} = {text};"
+
+
+VALUES: dict[type, Callable] = {  # statements defining a register: the expression it is defined as
+    Load: load, Gather: gather, Alu: alu, LaneSelect: lane_select,
+    Select: lambda s: f"(({condition(s.cond)})?{operand(s.value)}:{operand(s.fill)})",
+    Rand: lambda s: f"zyx_philox_uniform({s.seed},{s.offset}+(ulong)({s.index.render()}))",
+    Extract: lambda s: f"{s.src.name}.{s.part}",
+    Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
+    Define: lambda s: _start(s.start),
+    LocalLoad: lambda s: f"{s.array}[{s.index.render_grouped()}]",
+}
+STATEMENTS: dict[type, Callable] = {  # the others: their line
+    Accumulate: lambda s: f"{s.acc.name} = {binary(s.op, s.acc.name, operand(s.value), s.acc.dtype, s.acc.width)};",
+    Store: store, Break: lambda s: "break;", Barrier: lambda s: "barrier(CLK_LOCAL_MEM_FENCE);",
+    MultiplyAdd: lambda s: (f"{s.acc.name} = fma({operand(s.a)},{operand(s.b)},{s.acc.name});" if s.acc.width > 1
+                            else f"{s.acc.name} += {operand(s.a)}*{operand(s.b)};"),
+    LocalArray: lambda s: f"__local {register_type(s.dtype, s.width)} {s.name}[{s.size}];",
+    LocalStore: lambda s: (f"((__local {register_type(s.value.dtype)}*){s.array})" if s.element else s.array)
+                          + f"[{s.index.render()}] = {operand(s.value)};",
+}
+
+
+def _loop(statement: Loop, lines: BodyPrinter, indent: str) -> list[str]:
+    counter = "long" if statement.trips >= 2**31 else "int"
+    return ([indent + "#pragma unroll"] if statement.unroll else []) + [
+        f"{indent}for ({counter} {statement.var} = 0; {statement.var} < {statement.trips}; {statement.var}++) {{",
+        *lines(statement.body, indent + "  "), indent + "}"]
+
+
+def _branch(statement: If, lines: BodyPrinter, indent: str) -> list[str]:
+    inner = lines(statement.body, "")
+    if len(inner) == 1:
+        return [f"{indent}if ({condition(statement.cond)}) {inner[0]}"]
+    return [f"{indent}if ({condition(statement.cond)}) {{", *(indent + "  " + line for line in inner), indent + "}"]
+
+
+SYNTAX = Syntax(VALUES, STATEMENTS, lambda s, text: _define(s.out, text), _loop, _branch)
+
+
+def _signature(kernel: Kernel) -> str:
+    params = []
+    for p in kernel.params:
+        if p.kind in ("seed", "offset"):
+            params.append(f"ulong {p.name}")
+        else:
+            const = "const " if p.kind == "load" else ""
+            params.append(f"__global {const}{p.dtype.cl_name}* restrict {p.name}")
+    return ", ".join(params)
+
+
+def print_kernel(kernel: Kernel) -> tuple[str, str]:
+    """(name, OpenCL C source with the helpers it calls)."""
+    name = kernel_name(kernel, VERSION)
+    index_type = "long" if kernel.work_items >= 2**31 else "int"
+    if kernel.axis(Role.LOCAL) is not None:
+        header = [f"  {index_type} gid = get_group_id(0);", "  int lid = get_local_id(0);"]
+    else:
+        header = [f"  {index_type} gid = get_global_id(0);"]
+    body = "\n".join(header + body_lines(kernel.body, "  ", SYNTAX))
+    uses_double = float64 in dtypes_used(kernel)
+    uses_rand = any(isinstance(s, Rand) for s in walk(kernel.body))
+    text = f"__kernel void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
+    return name, prelude(uses_double, uses_rand, text) + text
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+def _shift_helpers(name: str, bits: int, unsigned: bool) -> list[str]:
+    """zyx_shl_T and zyx_shr_T: a count outside [0, bits) shifts every bit out. Left shifts go through the
+    unsigned type: signed overflow is undefined in C."""
+    outside = "0" if unsigned else "(a < 0 ? -1 : 0)"
+    return [f"static inline {name} zyx_shl_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? 0 : "
+            f"({name})(({name if unsigned else 'u' + name})a << b); }}",
+            f"static inline {name} zyx_shr_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? "
+            f"{outside} : a >> b; }}"]
+
+
+def _floordiv_helper(name: str) -> str:
+    """Floor division (Python's) for integer type `name`; division by zero gives a // 1."""
+    if name[0] == "u":
+        return f"static inline {name} zyx_floordiv_{name}({name} a, {name} b) {{ if (b == 0) b = 1; return a / b; }}"
+    return (f"static inline {name} zyx_floordiv_{name}({name} a, {name} b) {{ if (b == 0) b = 1; {name} q = a / b;"
+            " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }")
+
+
+# Helpers a kernel gets only when it calls one of their functions: kernels that call none keep their source,
+# and so their cached binaries. (functions, the lines defining them)
+CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
+    *(((f"zyx_shl_{name}", f"zyx_shr_{name}"), _shift_helpers(name, bits, name[0] == "u"))
+      for name, bits in (("int", 32), ("long", 64), ("uchar", 8), ("char", 8), ("short", 16), ("uint", 32))),
+    *(((f"zyx_floordiv_{name}",), [_floordiv_helper(name)]) for name in ("uchar", "char", "short", "uint")),
+    (("zyx_bf16_to_float", "zyx_float_to_bf16", "zyx_round_bf16"), [  # the upper 16 bits of a float32
+        "static inline float zyx_bf16_to_float(ushort h) { return as_float((uint)h << 16); }",
+        # round to nearest even; a nan stays a (quiet) nan
+        "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
+        "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
+        "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
+]
+
+
+def prelude(uses_double: bool, uses_rand: bool, body: str) -> str:
+    """Helpers every kernel may call, and those `body` (the kernels' text) calls."""
+    lines = []
+    if uses_double:
+        lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
+    lines += [
+        "static inline float zyx_max_float(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }",
+        _floordiv_helper("int"), _floordiv_helper("long"),
+    ]
+    if uses_double:
+        lines.append("static inline double zyx_max_double(double a, double b) { return isnan(a) ? a : (a > b ? a : b); }")
+    if uses_rand:
+        lines.append(PHILOX_SOURCE)
+    lines += [line for functions, defined in CALLED_HELPERS if any(f"{f}(" in body for f in functions)
+              for line in defined]
+    return "\n".join(lines) + "\n"
+
+
+def combine_sources(sources: list[str]) -> str:
+    """One program holding several kernels (each named by its content), with the helpers they need once."""
+    kernels = ["__kernel void " + source.split("__kernel void ", 1)[1] for source in sources]
+    uses_double = any("cl_khr_fp64" in source for source in sources)
+    uses_rand = any("zyx_philox_uniform(" in kernel for kernel in kernels)
+    body = "\n".join(kernels)
+    return prelude(uses_double, uses_rand, body) + body

@@ -1,0 +1,111 @@
+"""Row kernels: an elementwise value that needs reductions over its own rows, in one kernel.
+
+softmax, log_softmax, layer and RMS norms (and their gradients: sum(dy * y) per row) divide a tensor into
+rows: each output element needs reductions over the elements of its row, broadcast back. Lowered one output
+per work item, such a kernel would read those reductions from a buffer that another kernel writes first (and
+that kernel reads the input once more). Here a work item owns a row instead: each reduction the row needs is a
+pass over the row (later passes use earlier results: softmax's sum of exp(x - max) uses the max), and a last
+pass computes and stores the row's outputs. The passes re-read the row, from cache while it is short enough.
+On GPUs a transform (transforms/group.py) gives each row a work group, its items striding over every pass and
+combining each reduction in local memory.
+
+Which rows: the output's elements per output of a reduction the kernel reads (a reduction with R outputs read
+by a root with R * L elements makes rows of L elements), when those are the reduction's rows: the reduction,
+read at the root's element (row, c), is read at its own position `row`. The lowering refuses (NotRows) where
+they are not (a column reduction, a transposed read); the scheduler then lowers the kernel as usual.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..trace.node import Node
+from ..trace.ops import Op, REDUCE_OPS
+from .kernel_ir import Axis, Cond, Loop, Role
+from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, linear, unravel
+from .symbolic import Expr
+
+# Rows longer than this keep two kernels (the reductions', then the elementwise one at one output per item):
+# 16 Ki float32 elements are 64 KiB, which a CPU core's L2 and a GPU SM's L1 hold while the passes re-read them,
+# and past which a kernel of few rows would leave most of a device idle.
+ROW_LIMIT = 1 << 14
+
+
+class NotRows(Exception):
+    """The kernel's reductions are not over the rows it was asked to own."""
+
+
+def row_length(root: Node, materialized: dict[int, Node], settled: set[int]) -> Optional[int]:
+    """Elements per row when `root` is elementwise and reads a reduction that has fewer outputs and that no
+    other kernel stores (`settled`: produced or stored apart); the first found walking its sources, past stored
+    nodes only where they are smaller than the root (a row's statistic the row kernel may store too). None
+    where no such reduction is found or its rows are too long for one kernel."""
+    if root.op in REDUCE_OPS or root.numel == 0:
+        return None
+    stack, seen = list(root.src), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or node.op is Op.BUFFER or id(node) in settled:
+            continue
+        seen.add(id(node))
+        if node.op not in REDUCE_OPS:
+            stack.extend(node.src if id(node) not in materialized or node.numel < root.numel else ())
+        elif node.numel and root.numel % node.numel == 0 and 2 <= root.numel // node.numel <= ROW_LIMIT:
+            return root.numel // node.numel
+    return None
+
+
+class RowLowering(Lowering):
+    """Lowering whose work item owns a row of `length` consecutive outputs: the row's reductions are loops at
+    the top level, and a last loop over the row stores the outputs."""
+
+    def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], length: int,
+                 allow_extra_outputs: bool = True, stored_apart: frozenset = frozenset(),
+                 param_limit: int = PARAM_LIMIT):
+        super().__init__(root, materialized, produced, allow_extra_outputs, stored_apart, param_limit)
+        self.length, self.rows = length, self.numel // length
+        self.row = Expr.var("gid", self.rows)
+        self.column = self.names.fresh("c")
+        position = self.row * length + Expr.var(self.column, length)
+        self.elements, self.positions, self.guards = [unravel(position, self.space)], [position], [()]
+
+    def lower(self) -> LoweredKernel:
+        lowered = super().lower()
+        if not self._reductions:
+            raise NotRows(self.root)
+        return lowered
+
+    def _lower_outputs(self) -> None:
+        self._open_loop(self.column, self.length)
+        super()._lower_outputs()
+        self._scopes[0].append(Loop(self.column, self.length, tuple(self._close_loop())))
+
+    def _axes(self) -> tuple[Axis, ...]:
+        return (Axis("gid", self.rows, Role.GLOBAL), *self._loops)
+
+    def _work_items(self) -> int:
+        return self.rows
+
+    def _can_host(self, node: Node, index: Index, guard: Cond) -> bool:
+        """A value with one element per row is computed once per row, at the row's own position (refused for
+        a reduction read anywhere else: these are not its rows); a value of the root's shape in the last
+        pass, at the output being stored."""
+        if node.numel == self.rows and node.op is not Op.BUFFER:
+            hosted = not guard and linear(index, node.shape) == self.row
+            if not hosted and node.op in REDUCE_OPS:
+                raise NotRows(node)
+            return hosted
+        return node.op not in REDUCE_OPS and super()._can_host(node, index, guard)
+
+    def _reduced_positions(self, node: Node) -> list[Expr]:
+        return [self.row]
+
+
+def lower_rows(root: Node, materialized: dict[int, Node], produced: set[int], length: int,
+               allow_extra_outputs: bool = True, stored_apart: frozenset = frozenset(),
+               param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
+    """The row kernel storing `root` (see RowLowering), or None where its reductions are not over its rows."""
+    try:
+        return RowLowering(root, materialized, produced, length, allow_extra_outputs, stored_apart,
+                           param_limit).lower()
+    except NotRows:
+        return None

@@ -1,0 +1,75 @@
+"""IR-to-IR transforms: each takes a kernel (and its parameters) and returns an equivalent kernel shaped
+differently, or None where it does not apply. The scheduler picks which to apply; tests check each against
+the untransformed kernel's results.
+
+- `vector.vectorize`: several outputs per work item (or a reduction walked several elements at a time) as
+  vector lanes, with vector loads where the lanes' indices are consecutive.
+- `unroll.unroll_reductions`: several independent accumulators per reduction loop.
+- `group.group_reductions`: a work group per output, its items sharing each reduction.
+- `upcast.upcast`: a tile of outputs per work item (register tiles).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ...trace.ops import Op
+
+from ..kernel_ir import Accumulate, Const, If, Loop, Operand, Reg, Statement, rewrite, substitute
+from ..symbolic import Expr
+
+
+def rename_all(body: tuple, names: dict[str, Operand]) -> tuple:
+    """`body` with each register named in `names` replaced (loop and branch bodies included)."""
+    if not names:
+        return body
+    return tuple(_renamed(statement, names) for statement in body)
+
+
+def _renamed(statement: Statement, names: dict[str, Operand]) -> Statement:
+    renamed = rewrite(statement, lambda e: e, lambda r: names.get(r.name, r))
+    if isinstance(statement, (Loop, If)):
+        return dataclasses.replace(renamed, body=rename_all(statement.body, names))
+    return renamed
+
+
+def copy_body(body: tuple, values: dict[str, Expr], suffix: str, names: dict[str, Operand],
+              memo: Optional[dict] = None) -> tuple:
+    """A copy of `body` with the variables in `values` substituted and every register it defines renamed with
+    `suffix` (recorded in `names`, which may also map registers defined outside: accumulators, say)."""
+    memo = {} if memo is None else memo
+    copied = []
+    for statement in body:
+        if isinstance(statement, Loop):
+            copied.append(Loop(statement.var, statement.trips,
+                               copy_body(statement.body, values, suffix, names, memo)))
+            continue
+        if isinstance(statement, If):
+            cond = tuple((substitute(e, values, memo), op, k) for e, op, k in statement.cond)
+            copied.append(If(cond, copy_body(statement.body, values, suffix, names, memo)))
+            continue
+        defined = defined_register(statement)
+        if defined is not None:
+            names[defined.name] = Reg(defined.name + suffix, defined.dtype, defined.width)
+        copied.append(rewrite(statement, lambda e: substitute(e, values, memo), lambda r: names.get(r.name, r)))
+    return tuple(copied)
+
+
+def defined_register(statement: Statement) -> Optional[Reg]:
+    """The register a statement defines, if any."""
+    return getattr(statement, "out", None)
+
+
+def accumulators(loop: Loop) -> list[tuple[Reg, Op]]:
+    """The accumulators a loop updates and how (ADD or MAX), in order."""
+    found: dict[Reg, Op] = {}
+    for statement in loop.body:
+        if isinstance(statement, Accumulate):
+            found.setdefault(statement.acc, statement.op)
+    return list(found.items())
+
+
+def widen(operand: Operand, width: int) -> Operand:
+    if isinstance(operand, Const):
+        return Const(operand.value, operand.dtype, width)
+    return Reg(operand.name, operand.dtype, width)

@@ -1,0 +1,209 @@
+"""Several outputs per work item as the lanes of vector registers (CPUs).
+
+PoCL vectorizes plain arithmetic across work items but calls exp, tanh and the like one lane at a time;
+written with floatN values the same math runs on whole vectors. Each lane is the scalar kernel with one
+variable substituted: the work item's output (`gid` -> gid*W + lane), or with `uniform` (one output per item,
+every lane at it) each loop's counter (r -> r*W + lane), the lanes then combined across at the loop's end. With
+`tails`, a loop whose steps W does not divide leaves the last ones to a scalar loop of its own, which reads the
+values from outside it (the same in every lane) by their first lane.
+A load whose lanes' indices are consecutive becomes one vector load, one whose lanes all read one element a
+broadcast, any other a gather lane by lane. Comparisons give masks (bool lanes; OpenCL's intN, -1 true).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ...trace.ops import Op
+from ..kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Broadcast, Const, Define, Extract, Gather, Kernel,
+                         LaneSelect, Load, Loop, Operand, Reg, Role, Select, Statement, Store, rewrite, substitute,
+                         substitute_cond)
+from ..symbolic import Expr
+from . import accumulators, copy_body, defined_register, widen
+
+MATH_OPS = {Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.FLOOR, Op.CEIL,
+            Op.RINT, Op.DETACH, Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.CMPLT, Op.CMPEQ, Op.WHERE, Op.CAST,
+            LESS_EQUAL}
+MASK_OPS = {Op.NOT, Op.AND, Op.OR, Op.XOR, Op.ADD, Op.MUL, Op.MAX, Op.CMPEQ, Op.WHERE, Op.CAST, Op.DETACH}
+
+
+class NotVectorizable(Exception):
+    """The kernel needs something vector lanes do not express (random numbers, integer or float64 values,
+    reductions whose lengths the width does not divide) or that would not pay (a gather inside a loop)."""
+
+
+def vectorize(kernel: Kernel, width: int, uniform: bool = False, tails: bool = False) -> Optional[Kernel]:
+    """`kernel` with `width` lanes per work item (see the module docstring), or None where it does not apply."""
+    try:
+        return _Vectorizer(kernel, width, uniform, tails).run()
+    except NotVectorizable:
+        return None
+
+
+def _check_kind(dtype) -> None:
+    if dtype.name != "float32" and not dtype.is_bool:
+        raise NotVectorizable(dtype.name)
+
+
+class _Vectorizer:
+    def __init__(self, kernel: Kernel, width: int, uniform: bool, tails: bool):
+        self.kernel, self.width, self.uniform = kernel, width, uniform
+        items = kernel.work_items
+        loops = [a for a in kernel.axes if a.role is Role.REDUCE]
+        if not items or any(a.size == 0 for a in loops) or (items % width and not uniform):
+            raise NotVectorizable(kernel)
+        if uniform:
+            if all(a.size < width for a in loops) or (not tails and any(a.size % width for a in loops)):
+                raise NotVectorizable(kernel)
+            self.trips = {a.name: a.size // width for a in loops}
+            self.lanes = [{a.name: Expr.var(a.name, a.size // width) * width + lane for a in loops}
+                          for lane in range(width)]
+            self.items = items
+        else:
+            self.trips = {a.name: a.size for a in loops}
+            gid = Expr.var("gid", items // width)
+            self.lanes = [{"gid": gid * width + lane} for lane in range(width)]
+            self.items = items // width
+        self.memos: list[dict] = [{} for _ in range(width)]
+        self.names: dict[str, Operand] = {}
+        self.depth = 0
+
+    def run(self) -> Kernel:
+        body = self._body(self.kernel.body)
+        axes = tuple(Axis(a.name, self.items if a.role is Role.GLOBAL else self.trips.get(a.name, a.size), a.role)
+                     for a in self.kernel.axes) + (Axis("lane", self.width, Role.VECTOR),)
+        return dataclasses.replace(self.kernel, axes=axes, body=body)
+
+    def _body(self, body: tuple) -> tuple:
+        return tuple(line for statement in body for line in self._statement(statement))
+
+    def _exprs(self, expr: Expr) -> list[Expr]:
+        return [substitute(expr, values, memo) for values, memo in zip(self.lanes, self.memos)]
+
+    def _conds(self, cond: tuple) -> list:
+        return [substitute_cond(cond, values, memo) for values, memo in zip(self.lanes, self.memos)]
+
+    def _reg(self, reg: Reg) -> Reg:
+        _check_kind(reg.dtype)
+        return Reg(reg.name, reg.dtype, self.width)
+
+    def _operand(self, operand: Operand) -> Operand:
+        _check_kind(operand.dtype)
+        if isinstance(operand, Reg) and operand.name in self.names:
+            return self.names[operand.name]
+        return widen(operand, self.width)
+
+    def _statement(self, statement: Statement) -> list:
+        if isinstance(statement, Load):
+            return self._load(statement)
+        if isinstance(statement, Alu):
+            operand = statement.args[-1].dtype  # WHERE's condition is its first source; the values decide
+            kinds = {a.dtype.is_bool for a in statement.args} | {statement.out.dtype.is_bool}
+            if statement.op not in (MATH_OPS if False in kinds else MASK_OPS) or operand.name not in ("float32", "bool"):
+                raise NotVectorizable(statement.op)
+            return [Alu(self._reg(statement.out), statement.op, tuple(map(self._operand, statement.args)))]
+        if isinstance(statement, Select):
+            return self._select(statement)
+        if isinstance(statement, Define):
+            return [Define(self._reg(statement.out), self._operand(statement.start))]
+        if isinstance(statement, Accumulate):
+            return [Accumulate(self._reg(statement.acc), statement.op, self._operand(statement.value))]
+        if isinstance(statement, Loop):
+            return self._loop(statement)
+        if isinstance(statement, Store):
+            return self._store(statement)
+        raise NotVectorizable(statement)  # random numbers, and what only transforms make
+
+    def _load(self, load: Load) -> list:
+        out = self._reg(load.out)
+        flats, guards = self._exprs(load.index), self._conds(load.guard)
+        if all(guard is None for guard in guards):
+            self.names[out.name] = Const(0, out.dtype, self.width)
+            return []
+        first = flats[0]
+        if all(guard is not None and guard == guards[0] for guard in guards):
+            if all(flat == first + lane for lane, flat in enumerate(flats)):
+                return [Load(out, load.buffer, first, guards[0], "vector")]
+            if all(flat == first for flat in flats):
+                return [Load(out, load.buffer, first, guards[0], "broadcast")]
+        if self.depth:
+            raise NotVectorizable(load)  # gathered on every trip: slower than scalar code
+        return [Gather(out, load.buffer, tuple(zip(flats, guards)))]
+
+    def _select(self, select: Select) -> list:
+        out, conds = self._reg(select.out), self._conds(select.cond)
+        value, fill = self._operand(select.value), self._operand(select.fill)
+        if all(cond is None for cond in conds):
+            self.names[out.name] = fill
+            return []
+        if all(cond is not None and cond == conds[0] for cond in conds):
+            return [Select(out, conds[0], value, fill)]
+        lanes = tuple(False if cond is None else cond or True for cond in conds)
+        return [LaneSelect(out, lanes, value, fill)]
+
+    def _loop(self, loop: Loop) -> list:
+        lines: list = []
+        if self.trips[loop.var]:
+            self.depth += 1
+            lines.append(Loop(loop.var, self.trips[loop.var], self._body(loop.body)))
+            self.depth -= 1
+            if self.uniform:
+                for acc, op in accumulators(loop):
+                    lines += self._across(self._reg(acc), op)
+        rest = loop.trips - self.trips[loop.var] * self.width if self.uniform else 0
+        return lines + self._scalar_tail(loop, rest) if rest else lines
+
+    def _scalar_tail(self, loop: Loop, rest: int) -> list:
+        """The loop's last `rest` steps as scalar code, its accumulators broadcast again after it."""
+        var = f"{loop.var}t"
+        body = copy_body(loop.body, {loop.var: Expr.var(var, rest) + loop.trips - rest}, "_t", {})
+        defined = {reg.name for reg in map(defined_register, body) if reg is not None}
+        lines: list = []
+        scalars: dict[str, Operand] = {}
+        for acc, _ in accumulators(loop):
+            first, scalar = Reg(f"{acc.name}_first", acc.dtype), Reg(f"{acc.name}_t", acc.dtype)
+            lines += [Extract(first, self._operand(acc), "s0"), Define(scalar, first)]  # type: ignore[arg-type]
+            scalars[acc.name] = scalar
+
+        def first_lane(reg: Reg) -> Operand:
+            if reg.name in scalars or reg.name in defined:
+                return scalars.get(reg.name, reg)
+            value = self._operand(reg)
+            if isinstance(value, Const):
+                return Const(value.value, value.dtype)
+            if value.name not in scalars:  # (registers renamed to one vector share its first lane)
+                scalars[value.name] = Reg(f"{value.name}_{var}", value.dtype)
+                lines.append(Extract(scalars[value.name], value, "s0"))  # type: ignore[arg-type]
+            return scalars[value.name]
+        tail = tuple(rewrite(statement, lambda e: e, first_lane) for statement in body)
+        lines.append(Loop(var, rest, tail))
+        for acc, _ in accumulators(loop):
+            self.names[acc.name] = Reg(f"{acc.name}_tail", acc.dtype, self.width)
+            lines.append(Broadcast(self.names[acc.name], scalars[acc.name]))  # type: ignore[arg-type]
+        return lines
+
+    def _across(self, acc: Reg, op: Op) -> list:
+        """The lanes of `acc` combined, halving, then broadcast to every lane (named for `acc` from here on)."""
+        lines: list = []
+        total, width = acc, self.width
+        while width > 1:
+            width //= 2
+            lo, hi, both = (Reg(f"{acc.name}_{part}{width}", acc.dtype, width) for part in ("lo", "hi", "h"))
+            lines += [Extract(lo, total, "lo"), Extract(hi, total, "hi"), Alu(both, op, (lo, hi))]
+            total = both
+        everywhere = Reg(f"{acc.name}_all", acc.dtype, self.width)
+        self.names[acc.name] = everywhere
+        return lines + [Broadcast(everywhere, total)]
+
+    def _store(self, store: Store) -> list:
+        """Consecutive lanes' elements as one vector (every store without `uniform`, a row kernel's stores in
+        its last pass with it); else (one output per item, every lane at it) lane 0's."""
+        flats, value = self._exprs(store.index), self._operand(store.value)
+        if all(flat == flats[0] + lane for lane, flat in enumerate(flats)):
+            return [Store(store.buffer, flats[0], value, store.dtype, "vector")]
+        if not self.uniform or any(flat != flats[0] for flat in flats):
+            raise NotVectorizable(store)
+        if isinstance(value, Const):
+            return [Store(store.buffer, flats[0], Const(value.value, value.dtype), store.dtype)]
+        first = Reg(f"{value.name}_s0", value.dtype)
+        return [Extract(first, value, "s0"), Store(store.buffer, flats[0], first, store.dtype)]

@@ -1,0 +1,359 @@
+"""Autotuning: search the shapes one kernel may take on the device, keep the fastest that computes the same values.
+
+Modes, from ZYX_TUNE (`@zyx.jit(tune=True)` and `zyx tune script.py` ask for at least 1):
+  0  no search (the default): the heuristics, and the winners stored for this device
+  1  search each newly scheduled kernel whose untuned time exceeds THRESHOLD_SECONDS, over the heuristics' choice
+     and its neighbours (each parameter one allowed value up or down, halved or doubled): the NEIGHBOURS nearest
+  2  search every newly scheduled kernel over every choice its options allow (minutes per kernel on PoCL)
+
+A kernel is searched in isolation (`Isolated`): the part of the trace it computes, cut where the full program
+reads memory (the buffers, and every value another kernel stores), scheduled on its own with each candidate forced
+on it (`TunedChoices.with_choice`) and run on scratch inputs of random values. So a candidate that changes the
+kernels around it (a CPU product's tile changes how its operands are packed) is timed with them. Each candidate
+is printed and compiled, run once and checked against the heuristics' outputs (one that differs is rejected),
+then timed in pairs: a sample of it right after a sample of the heuristics' kernel, so both meet the same load
+(on a shared machine the load can change tenfold within seconds), and its time relative to the heuristics' is
+the median of the pairs' ratios. One clearly slower after its first pair is cut there; the few fastest get more
+pairs. The winner is stored (tune_store.py) only if it beat the heuristics' kernel in every pair, by MIN_GAIN in
+the median; else the heuristics' choice is, so the kernel is not searched again.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import pyopencl as cl
+
+from ..counters import bump
+from ..debug import logger
+from ..runtime.execute import Executable
+from ..runtime.replay import record_launches, replay
+from ..trace.hashing import signature
+from ..trace.node import Node, buffer_leaf
+from ..trace.ops import Op
+from .cache import default_cache, device_fingerprint
+from .choices import Choice, TunedChoices, TuneSite
+from .compiler import KernelBuildError
+from .cpu_matmul import fits_registers
+from .kernel_ir import RenderedKernel
+from .matmul import fits_local_memory
+from .program import Program, build_program
+from .schedule import DeviceTraits, plain_effect, schedule
+from .tune_store import Trial, TuneRecord, TuningStore, default_tuning_store
+
+THRESHOLD_SECONDS = 1e-3
+"""ZYX_TUNE=1 searches kernels slower than this. A search compiles up to NEIGHBOURS kernels (0.3-1.3 s each on
+PoCL here, a tenth of that with a GPU driver) and times them for about a second: a 20% gain on a 1 ms kernel
+pays that back within some tens of thousands of launches, what a training run makes. Below it, a kernel's time
+is largely its launch (75-150 us for an empty kernel on PoCL here) and the timer's noise, so the gains a search
+can measure are the ones it cannot tell from noise. Kernels under it are measured again by each process that
+searches (nothing is stored for them)."""
+NEIGHBOURS = 9          # candidates of a ZYX_TUNE=1 search, the heuristics' included
+EXHAUSTIVE_LIMIT = 96   # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more)
+CUT = 1.5               # a candidate whose first pair says it is this much slower than the heuristics' is cut
+PAIRS = 3               # pairs of samples (the heuristics' kernel, then the candidate) per candidate
+SAMPLE_SECONDS = 0.01   # a sample replays the kernel's launches for at least this long
+CONFIRM = 3             # the fastest few get ...
+CONFIRM_PAIRS = 3       # ... this many pairs more
+MIN_GAIN = 0.05         # a winner must be this much faster than the heuristics' kernel (else it may be noise)
+TOLERANCE = {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-3, "float64": 1e-8}
+"""Relative tolerance per output dtype: candidates sum in other orders (integers and bools must be equal)."""
+
+FEASIBLE: dict[str, Callable[[Choice, DeviceTraits], bool]] = {
+    "cpu_matmul": lambda choice, traits: fits_registers(choice),
+    "local_tiles": lambda choice, traits: fits_local_memory(choice, traits.local_memory),
+    "plain": lambda choice, traits: choice.get("tile_n", 1) * choice.get("tile_m", 1) <= 64,
+}
+"""Per family, whether a combination of allowed values is worth compiling (registers, local memory)."""
+EFFECT = {"plain": plain_effect}
+"""Per family, the parameters of a choice that shape the kernel (others are ignored: no two candidates alike)."""
+
+
+def tune_mode(requested: int = 0) -> int:
+    """The search mode: ZYX_TUNE (0, 1 or 2), at least `requested`."""
+    text = os.environ.get("ZYX_TUNE", "0").strip() or "0"
+    if text not in ("0", "1", "2"):
+        raise ValueError(f"ZYX_TUNE={text!r}: expected 0 (no search), 1 (search kernels slower than "
+                         f"{THRESHOLD_SECONDS * 1e3:g} ms) or 2 (search every kernel exhaustively)")
+    return max(int(text), requested)
+
+
+# ---- candidates --------------------------------------------------------------------------------------------
+
+def candidates(site: TuneSite, traits: DeviceTraits, mode: int) -> list[Choice]:
+    """The heuristics' choice first, then the others a search of `mode` tries, nearest first: mode 1 each
+    parameter at or around its heuristic value (`_around`); mode 2 every value."""
+    heuristic = dict(site.heuristic.values)
+    names = [name for name, _ in site.options]
+    if mode >= 2:
+        values = [allowed for _, allowed in site.options]
+    else:
+        values = [_around(allowed, heuristic[name]) for name, allowed in site.options]
+    family = site.heuristic.family
+    effect = EFFECT.get(family, lambda choice: choice.values)
+    found = [Choice.of(family, **dict(zip(names, combination))) for combination in itertools.product(*values)]
+    found = sorted((c for c in found if FEASIBLE[family](c, traits)), key=lambda c: _distance(c, heuristic))
+    distinct = {effect(site.heuristic): site.heuristic}
+    for choice in found:  # (the nearest of the choices that shape the kernel alike)
+        distinct.setdefault(effect(choice), choice)
+    return list(distinct.values())[:NEIGHBOURS if mode < 2 else EXHAUSTIVE_LIMIT]
+
+
+def _around(allowed: Sequence[int], value: int) -> list[int]:
+    """`value`, the allowed values next to it, and it halved and doubled (the nearest allowed values on a log
+    scale). Where 0 is allowed it means "none" (no work groups): the neighbours of any value include it, and
+    those of 0 the middle value."""
+    positive = [a for a in allowed if a > 0]
+    if value == 0:
+        return [0, positive[len(positive) // 2]]
+    index = positive.index(value)
+    near = {min(positive, key=lambda a: (abs(math.log2(a / target)), a)) for target in (value / 2, value * 2)}
+    return sorted(near | set(positive[max(index - 1, 0):index + 2]) | ({0} if 0 in allowed else set()))
+
+
+def _distance(choice: Choice, heuristic: dict[str, int]) -> tuple[int, float]:
+    """How many parameters differ from the heuristics', then by how many doublings."""
+    changed = [(value, heuristic[name]) for name, value in choice.values if value != heuristic[name]]
+    return len(changed), sum(abs(math.log2(max(a, 1) / max(b, 1))) or 1.0 for a, b in changed)
+
+
+# ---- a kernel on its own -----------------------------------------------------------------------------------
+
+@dataclass
+class Isolated:
+    """The part of a trace one kernel computes, cut where the full program reads memory: its outputs rebuilt
+    over fresh leaves (one per buffer or value another kernel stores), and scratch inputs of random values."""
+
+    targets: list[Node]
+    leaves: list[Node]
+    rands: list[Node]
+    inputs: list[Any]
+
+    @staticmethod
+    def cut(kernel: RenderedKernel, stored: set[int], upload: Callable[[np.ndarray], Any],
+            rng: np.random.Generator) -> "Isolated":
+        """`stored`: ids of every node a kernel of the full program stores."""
+        own = {id(node) for node in kernel.outputs}
+        copies: dict[int, Node] = {}
+        stack: list[tuple[Node, bool]] = [(node, False) for node in kernel.outputs]
+        while stack:
+            node, sources_done = stack.pop()
+            if id(node) in copies:
+                continue
+            if node.op is Op.BUFFER or (id(node) in stored and id(node) not in own):
+                copies[id(node)] = buffer_leaf(None, node.shape, node.dtype, node.device)
+            elif sources_done:
+                copies[id(node)] = Node(node.op, tuple(copies[id(s)] for s in node.src), node.arg, node.shape,
+                                        node.dtype, node.device)
+            else:
+                stack.append((node, True))
+                stack.extend((source, False) for source in node.src if id(source) not in copies)
+        targets = [copies[id(node)] for node in kernel.outputs]
+        _, leaves, rands = signature(targets)
+        return Isolated(targets, leaves, rands, [upload(_random(leaf, rng)) for leaf in leaves])
+
+
+def _random(node: Node, rng: np.random.Generator) -> np.ndarray:
+    """Values for a scratch input: normal floats, small integers, random bools (indices never address memory in
+    zyx kernels, so any values are safe)."""
+    dtype = node.dtype
+    if dtype.is_float:
+        return rng.standard_normal(node.shape, dtype=np.float32).astype(dtype.np)
+    if dtype.is_bool:
+        return rng.random(node.shape) < 0.5
+    return rng.integers(0, 4, node.shape).astype(dtype.np)
+
+
+@dataclass
+class _Candidate:
+    """A candidate's program once it ran: its launches (to replay), outputs, and best time so far."""
+
+    choice: Choice
+    launches: list[tuple] = field(default_factory=list)
+    seconds: Optional[float] = None  # its fastest sample
+    ratios: list[float] = field(default_factory=list)  # its samples over the heuristics' kernel's, pair by pair
+    status: str = "ok"
+    name: str = ""
+
+    @property
+    def relative(self) -> float:
+        """Its time relative to the heuristics' kernel: the median ratio of its pairs (1 for that kernel)."""
+        return statistics.median(self.ratios) if self.ratios else 1.0
+
+
+class Tuner:
+    """Searches kernels on one OpenCL runtime and stores the winners (see the module docstring)."""
+
+    def __init__(self, runtime: Any, traits: DeviceTraits, store: Optional[TuningStore] = None):
+        self.runtime, self.traits = runtime, traits
+        self.store = store or default_tuning_store()
+        self.device = device_fingerprint(runtime.device)
+        self._searched: set[str] = set()
+        self._log = logger("zyx.tune")
+
+    def search(self, kernels: Sequence[RenderedKernel], tuned: TunedChoices, mode: int) -> list[TuneRecord]:
+        """Search each kernel of a schedule that `mode` asks for and no record of at least that mode holds;
+        return the new records (stored already)."""
+        stored = {id(node) for kernel in kernels for node in kernel.outputs}
+        records = []
+        for kernel in kernels:
+            site = kernel.site
+            if site is None or site.key in self._searched or kernel.global_size == 0:
+                continue
+            self._searched.add(site.key)
+            known = self.store.get(site.key, self.device)
+            if known is not None and known.mode >= mode:
+                continue
+            record = self._search(kernel, site, stored, tuned, mode)
+            if record is not None:
+                self.store.put(record)
+                tuned = tuned.with_choice(site.key, record.choice)
+                records.append(record)
+        return records
+
+    def _search(self, kernel: RenderedKernel, site: TuneSite, stored: set[int], tuned: TunedChoices,
+                mode: int) -> Optional[TuneRecord]:
+        """The heuristics' kernel first (its outputs are the reference; under ZYX_TUNE=1 a kernel faster than
+        THRESHOLD_SECONDS ends the search there), then every other candidate, built side by side."""
+        start = time.perf_counter()
+        isolated = Isolated.cut(kernel, stored, self.runtime.upload, np.random.default_rng(0))
+        trials = [_Candidate(choice) for choice in candidates(site, self.traits, mode)]
+        untuned = trials[0]
+        programs = [self._program(isolated, site, tuned.with_choice(site.key, untuned.choice), untuned)]
+        reference = self._run(isolated, programs[0], untuned) if programs[0] is not None else None
+        if reference is None:
+            return None  # the heuristics' kernel fails in isolation: nothing to compare with
+        self._time(untuned, untuned)
+        if mode == 1 and untuned.seconds < THRESHOLD_SECONDS:  # type: ignore[operator]
+            self._log.info("tuning %s: %.3f ms, under the %g ms threshold: not searched", site.name,
+                           untuned.seconds * 1e3, THRESHOLD_SECONDS * 1e3)  # type: ignore[operator]
+            return None
+        programs += [self._program(isolated, site, tuned.with_choice(site.key, t.choice), t) for t in trials[1:]]
+        self._build_all([launch.source for program in programs[1:] if program for launch in program.launches])
+        runs = {_sources(programs[0]): untuned}  # by the sources of their launches: choices printing alike
+        for candidate, program in zip(trials[1:], programs[1:]):
+            if program is None:
+                continue
+            earlier = runs.setdefault(_sources(program), candidate)
+            if earlier is not candidate:  # the same kernels as an earlier candidate: its outcome
+                candidate.launches, candidate.status = earlier.launches, earlier.status
+                candidate.seconds, candidate.ratios = earlier.seconds, earlier.ratios
+                continue
+            outputs = self._run(isolated, program, candidate)
+            if outputs is None:
+                continue
+            if not _same_values(outputs, reference, isolated.targets):
+                candidate.status = "wrong"
+                self._log.warning("tuning %s: %s computes other values than the heuristics' kernel; rejected",
+                                  site.name, candidate.choice.describe())
+                continue
+            self._time(candidate, untuned)
+        return self._verdict(site, trials, mode, time.perf_counter() - start)
+
+    def _build_all(self, sources: list[str]) -> None:
+        """Build the candidates' kernels side by side (the driver compiles without the GIL). Where one fails,
+        each is built again alone when it runs (`_run`), so that only that candidate fails."""
+        try:
+            default_cache().build_many(self.runtime.context, self.runtime.device, list(dict.fromkeys(sources)))
+        except (KernelBuildError, cl.Error):
+            self._log.info("tuning: a candidate failed to build; building them one by one")
+
+    def _program(self, isolated: Isolated, site: TuneSite, tuned: TunedChoices,
+                 candidate: _Candidate) -> Optional[Program]:
+        """The isolated trace scheduled with the candidate forced on the kernel; None (status "failed") when the
+        kernel cannot take it there."""
+        kernels, targets = schedule(isolated.targets, self.traits, tuned)
+        found = [k for k in kernels if k.site is not None and k.site.key == site.key]
+        if len(found) != 1 or found[0].site.applied != candidate.choice:  # type: ignore[union-attr]
+            candidate.status = "failed"
+            return None
+        candidate.name = found[0].name
+        return build_program(kernels, targets, isolated.leaves, isolated.rands)
+
+    def _run(self, isolated: Isolated, program: Program, candidate: _Candidate) -> Optional[list[np.ndarray]]:
+        """Compile and run the candidate's program once, recording its launches; its outputs on the host."""
+        try:
+            kernels = [self._compiled(launch.source, launch.name) if launch.global_size[0] else None
+                       for launch in program.launches]
+            executable = Executable(program, kernels)
+            outputs, candidate.launches = record_launches(self.runtime, lambda: executable.run(
+                self.runtime, isolated.inputs, [r.arg for r in isolated.rands]))
+            return [self.runtime.download(buffer, node.shape, node.dtype.np)
+                    for buffer, node in zip(outputs, isolated.targets)]
+        except (KernelBuildError, cl.Error) as error:
+            candidate.status = "failed"
+            self._log.info("tuning: %s failed (%s)", candidate.choice.describe(), str(error).splitlines()[0])
+            return None
+
+    def _compiled(self, source: str, name: str) -> cl.Kernel:
+        """Through the kernel cache, which keeps it in memory: the winner is found there when the program runs
+        (and stored on disk then); the others are never written."""
+        return cl.Kernel(default_cache().build(self.runtime.context, self.runtime.device, source), name)
+
+    def _time(self, candidate: _Candidate, untuned: _Candidate, pairs: int = PAIRS) -> None:
+        """`pairs` more pairs of samples (the heuristics' kernel's, then the candidate's); cut after the first pair
+        if the candidate is CUT times slower. The heuristics' kernel itself gets plain samples."""
+        if candidate is untuned:
+            first = replay(self.runtime, untuned.launches, 1)
+            untuned.seconds = min(_sample(self.runtime, untuned.launches, first) for _ in range(pairs))
+            return
+        for _ in range(pairs):
+            reference = _sample(self.runtime, untuned.launches, untuned.seconds)  # type: ignore[arg-type]
+            sample = _sample(self.runtime, candidate.launches, candidate.seconds or reference)
+            untuned.seconds = min(untuned.seconds, reference)  # type: ignore[type-var]
+            candidate.seconds = min(candidate.seconds or sample, sample)
+            candidate.ratios.append(sample / reference)
+            if candidate.ratios[0] > CUT:
+                candidate.status = "cut"
+                return
+
+    def _verdict(self, site: TuneSite, trials: list[_Candidate], mode: int, seconds: float) -> Optional[TuneRecord]:
+        """The record of the search: the fastest few get CONFIRM_PAIRS more pairs; the winner is the fastest of
+        those faster than the heuristics' kernel in every pair and by MIN_GAIN in the median (`relative`): by
+        chance, a candidate no faster wins all six pairs once in 64 searches."""
+        untuned = trials[0]
+        distinct = {id(t.launches): t for t in reversed(trials) if t.status == "ok"}  # the first of each program
+        finalists = sorted((t for t in distinct.values() if t.launches is not untuned.launches),
+                           key=lambda t: t.relative)[:CONFIRM]
+        for finalist in finalists:
+            self._time(finalist, untuned, CONFIRM_PAIRS)
+        faster = [t for t in finalists if t.relative < 1 - MIN_GAIN and max(t.ratios) < 1]
+        best = min(faster, key=lambda t: t.relative, default=untuned)
+        bump("kernels_tuned")
+        record = TuneRecord(site.key, self.device, site.name, best.name, site.heuristic, best.choice,
+                            untuned.seconds, best.seconds, best.relative,  # type: ignore[arg-type]
+                            tuple(Trial(t.choice, t.seconds, t.status, t.relative if t.ratios else None) for t in trials),
+                            min(mode, 2), seconds, time.time())
+        self._log.info("tuned %s in %.1f s: %s, %.2fx (%d candidates)", site.name, seconds, best.choice.describe(),
+                       record.speedup, len(trials))
+        return record
+
+
+def _sources(program: Program) -> tuple[str, ...]:
+    return tuple(launch.source for launch in program.launches)
+
+
+def _sample(runtime: Any, launches: list[tuple], estimate: float) -> float:
+    """Seconds per run of `launches`, replayed for about SAMPLE_SECONDS (`estimate`: about one run's time)."""
+    return replay(runtime, launches, max(1, min(1000, math.ceil(SAMPLE_SECONDS / max(estimate, 1e-9)))))
+
+
+def _same_values(outputs: list[np.ndarray], reference: list[np.ndarray], targets: list[Node]) -> bool:
+    for out, ref, node in zip(outputs, reference, targets):
+        tolerance = TOLERANCE.get(node.dtype.name)
+        if tolerance is None:
+            if not np.array_equal(out, ref):
+                return False
+            continue
+        out, ref = out.astype(np.float64), ref.astype(np.float64)
+        finite = np.abs(ref[np.isfinite(ref)])
+        scale = max(1.0, float(finite.max())) if finite.size else 1.0
+        if not np.allclose(out, ref, rtol=tolerance, atol=tolerance * scale, equal_nan=True):
+            return False
+    return True

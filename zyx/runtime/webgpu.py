@@ -1,0 +1,319 @@
+"""One WebGPU adapter through wgpu-py (Vulkan, Metal, DirectX 12): its device, its memory, its pipelines, and how
+kernels are dispatched on it.
+
+Launches are recorded into one open compute pass and submitted when something must wait for them or be ordered
+against the queue (a download, a synchronize, an upload: `queue.write_buffer` runs before any command submitted
+after it, so commands recorded earlier, which may still use the pooled buffer being refilled, are submitted
+first). A compute pass orders its dispatches' storage accesses, so, as on OpenCL's in-order queue, no fences are
+needed between kernels and a pooled buffer may be reused by the next launch.
+
+A launch larger than the device's groups per dimension (65535 by WebGPU's default) folds into x and y; the WGSL
+printer's shaders flatten the two back. Bind groups are cached per pipeline and buffers (a training step reuses
+the same pooled buffers, so most launches find theirs); the seeds and offsets of random streams go in a small
+uniform buffer made for each launch that draws (print_wgsl.SCALAR_SLOT_BYTES each).
+
+wgpu-py exposes no pipeline (binary) cache, so a new process compiles every shader again: the WGSL text is
+stored with the persisted Program (jit/program_store.py), which skips scheduling but not this step.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import os
+import sys
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .. import counters as stats
+from ..debug import logger
+from . import profiling
+from .limits import MemoryLimits
+from .memory import BufferPool, PooledRuntime
+
+BACKENDS_VARIABLE = "ZYX_WGPU_BACKENDS"
+DEFAULT_BACKENDS = "Vulkan,Metal,DX12"  # (OpenGL's compute through EGL is left out unless asked for)
+PREFERENCE = {"high-performance": ("DiscreteGPU", "IntegratedGPU", "VirtualGPU", "CPU", "Unknown"),
+              "low-power": ("IntegratedGPU", "DiscreteGPU", "VirtualGPU", "CPU", "Unknown")}
+REQUESTED_LIMITS = ("max-buffer-size", "max-storage-buffer-binding-size", "max-storage-buffers-per-shader-stage",
+                    "max-compute-workgroup-storage-size", "max-compute-invocations-per-workgroup",
+                    "max-compute-workgroup-size-x", "max-compute-workgroups-per-dimension")
+"""Limits asked for at the adapter's own values (WebGPU's defaults are far lower: 128 MiB bindings, 16 KiB of
+work group memory)."""
+BIND_GROUPS_KEPT = 4096
+WORD = 4  # bytes: writes, reads and copies move whole words
+
+
+def _wgpu() -> Any:
+    try:
+        import wgpu
+    except ImportError:
+        raise RuntimeError("zyx.WGPU() needs the wgpu package: pip install 'zyx[wgpu]'") from None
+    return wgpu
+
+
+@functools.cache
+def adapters() -> tuple[Any, ...]:
+    """Every adapter of the backends in ZYX_WGPU_BACKENDS (default Vulkan, Metal, DirectX 12), once per process."""
+    wgpu = _wgpu()
+    from wgpu.backends.wgpu_native.extras import set_instance_extras
+    backends = [name.strip() for name in os.environ.get(BACKENDS_VARIABLE, DEFAULT_BACKENDS).split(",") if name.strip()]
+    try:
+        set_instance_extras(backends=backends)
+    except KeyError:
+        raise ValueError(f"{BACKENDS_VARIABLE}={','.join(backends)}: use names among Vulkan, Metal, DX12, GL") from None
+    return tuple(wgpu.gpu.enumerate_adapters_sync())
+
+
+def describe_adapters() -> list[dict[str, Any]]:
+    """What `zyx devices` lists of each adapter."""
+    return [{"index": index, "device": adapter.info["device"], "type": adapter.info["adapter_type"],
+             "backend": adapter.info["backend_type"], "driver": adapter.info["description"],
+             "max_binding_bytes": adapter.limits["max-storage-buffer-binding-size"],
+             "storage_buffers": adapter.limits["max-storage-buffers-per-shader-stage"]}
+            for index, adapter in enumerate(adapters())]
+
+
+def select_adapter(adapter: int | str | None = None) -> int:
+    """The index (in `adapters()`) of the adapter asked for: an index, or a power preference ("high-performance",
+    the default: a discrete GPU first; "low-power": an integrated one first)."""
+    found = adapters()
+    if not found:
+        raise RuntimeError("no WebGPU adapter found (on Linux: install a Vulkan driver, e.g. Debian's "
+                           f"mesa-vulkan-drivers and libvulkan1; {BACKENDS_VARIABLE} picks the backends)")
+    if isinstance(adapter, int) and not isinstance(adapter, bool):
+        if not 0 <= adapter < len(found):
+            raise ValueError(f"zyx.WGPU({adapter}): there are {len(found)} adapters (`zyx devices` lists them)")
+        return adapter
+    preference = adapter or "high-performance"
+    if preference not in PREFERENCE:
+        raise ValueError(f"zyx.WGPU({adapter!r}): give an adapter index or one of {', '.join(PREFERENCE)}")
+    order = PREFERENCE[preference]
+    types = [a.info["adapter_type"] for a in found]
+    return min(range(len(found)), key=lambda i: (order.index(types[i]) if types[i] in order else len(order), i))
+
+
+class Buffer:
+    """Device memory of `nbytes` bytes; goes back to its runtime's pool when the last reference is dropped."""
+
+    def __init__(self, raw: Any, nbytes: int, runtime: WgpuRuntime) -> None:
+        self.raw = raw
+        self.nbytes = nbytes
+        self.runtime = runtime
+        weakref.finalize(self, runtime.pool.release, raw, nbytes).atexit = False
+
+    def __repr__(self) -> str:
+        return f"Buffer(nbytes={self.nbytes}, device={self.runtime.name!r})"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A compiled shader: its pipeline, the layout of its bind group and its work group size."""
+
+    function_name: str
+    pipeline: Any
+    layout: Any
+    group: int
+
+
+class _HostTimedEvent:
+    """What a profiled launch returns: its time, measured around a submit that waits (wgpu-py exposes no
+    timestamps of its own), in the shape `profiling.KernelRecord` reads."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.profile = self
+        self.start, self.end = start, end
+
+    def wait(self) -> None:
+        pass
+
+
+class WgpuRuntime(PooledRuntime):
+    """Owns one WebGPU device: allocation, transfers, pipelines and dispatches all go through here."""
+
+    supports_fp64 = False  # WGSL has no float64
+
+    def __init__(self, index: int) -> None:
+        wgpu = _wgpu()
+        self.adapter = adapters()[index]
+        self.index = index
+        info, limits = self.adapter.info, self.adapter.limits
+        self.name: str = info["device"]
+        self.label = f"WGPU({self.name!r} via {info['backend_type']})"
+        self.wgpu_device = self.adapter.request_device_sync(required_limits={k: limits[k] for k in REQUESTED_LIMITS})
+        self.queue = self.wgpu_device.queue
+        self.is_gpu = info["adapter_type"] != "CPU"
+        self.max_group_items = min(limits["max-compute-invocations-per-workgroup"], limits["max-compute-workgroup-size-x"])
+        self.max_groups = limits["max-compute-workgroups-per-dimension"]
+        self.max_storage_buffers = limits["max-storage-buffers-per-shader-stage"]
+        self.local_mem_bytes = limits["max-compute-workgroup-storage-size"]
+        # WebGPU reports no memory size: only one buffer's limit is known
+        self.limits = MemoryLimits(min(limits["max-buffer-size"], limits["max-storage-buffer-binding-size"]),
+                                   sys.maxsize, self.label)
+        self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
+        self._uniform = wgpu.BufferUsage.UNIFORM
+        self.pool: BufferPool[Any] = BufferPool(self._create_raw,
+                                                is_out_of_memory=lambda error: isinstance(error, wgpu.GPUOutOfMemoryError))
+        self._encoder: Any = None
+        self._pass: Any = None
+        self._bind_groups: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._fence = self._create_raw(WORD)  # read back by `synchronize`
+
+    def __repr__(self) -> str:
+        return f"WgpuRuntime({self.name!r})"
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """The adapter and driver facts a scheduled program depends on, under cache_key.FINGERPRINT_NAMES."""
+        import wgpu
+        info = self.adapter.info
+        return {"device": self.name, "platform": f"wgpu {info['backend_type']}",
+                "platform_version": f"wgpu-py {wgpu.__version__}", "driver_version": info["description"],
+                "opencl_c_version": f"WGSL, vendor {info['vendor_id']} device {info['device_id']}"}
+
+    def _create_raw(self, nbytes: int) -> Any:
+        return self.wgpu_device.create_buffer(size=nbytes, usage=self._usage)
+
+    # --- memory -------------------------------------------------------------------------------------------
+
+    def _buffer(self, raw: Any, nbytes: int) -> Buffer:
+        return Buffer(raw, nbytes, self)
+
+    # --- transfers ----------------------------------------------------------------------------------------
+
+    def upload(self, array: np.ndarray) -> Buffer:
+        """A device copy of `array` (queued: recorded launches are submitted first, see the module docstring)."""
+        host = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        self.limits.check_bytes(host.nbytes, f"an array of shape {array.shape} and dtype {array.dtype}")
+        buffer = self.allocate(host.nbytes)
+        if host.nbytes:
+            self._submit()
+            padded = -host.nbytes % WORD
+            self.queue.write_buffer(buffer.raw, 0, np.concatenate([host, np.zeros(padded, np.uint8)]) if padded else host)
+        return buffer
+
+    def download(self, buffer: Buffer, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
+        """The buffer's contents as a new array; waits for every launch recorded before it."""
+        host = self._host_for(buffer, shape, numpy_dtype)
+        if host.nbytes:
+            self._submit()
+            data = self.queue.read_buffer(buffer.raw, 0, host.nbytes + -host.nbytes % WORD)
+            host.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)[:host.nbytes]
+        return host
+
+    def copy(self, buffer: Buffer) -> Buffer:
+        """A new device buffer holding the same bytes (recorded, not waited for)."""
+        duplicate = self.allocate(buffer.nbytes)
+        if buffer.nbytes:
+            self._end_pass()
+            self._open_encoder().copy_buffer_to_buffer(buffer.raw, 0, duplicate.raw, 0,
+                                                       self.pool.size_class(buffer.nbytes))
+        return duplicate
+
+    # --- pipelines ----------------------------------------------------------------------------------------
+
+    def compile(self, source: str, name: str, group: int) -> Kernel:
+        """The pipeline of WGSL `source`'s entry point `name` (a KernelBuildError when wgpu rejects it)."""
+        if group > self.max_group_items:
+            raise RuntimeError(f"kernel {name} needs work groups of {group} items; {self.label} allows "
+                               f"{self.max_group_items}")
+        from ..jit.compiler import KernelBuildError
+        start = time.perf_counter()
+        try:
+            module = self.wgpu_device.create_shader_module(code=source)
+            pipeline = self.wgpu_device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": name})
+        except Exception as error:  # wgpu's validation errors: a bug in Zyx's WGSL or in the driver
+            raise KernelBuildError(f"wgpu could not build {name} on {self.label}; this is a bug in Zyx or the "
+                                   f"driver, please report it with this source.\n{error}\n{source}") from None
+        stats.bump("kernels_compiled")
+        stats.bump("compile_seconds", time.perf_counter() - start)
+        return Kernel(name, pipeline, pipeline.get_bind_group_layout(0), group)
+
+    # --- execution ----------------------------------------------------------------------------------------
+
+    def launch(self, kernel: Kernel, global_size: tuple[int, ...], local_size: Optional[tuple[int, ...]],
+               args: Sequence[Any]) -> Any:
+        """Records one dispatch; Buffers are bound in order, numpy scalars (seeds, offsets) go to a uniform buffer.
+        Under a profiler the dispatch runs alone and waits, and its host-timed event is returned."""
+        log = logger("zyx.runtime")
+        if log.isEnabledFor(logging.INFO):
+            log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
+        groups = -(-global_size[0] // kernel.group)
+        columns = min(groups, self.max_groups)
+        rows = -(-groups // columns)
+        if rows > self.max_groups:
+            raise RuntimeError(f"kernel {kernel.function_name} needs {groups} work groups, more than {self.label} "
+                               f"dispatches ({self.max_groups}² of {kernel.group} items)")
+        bind_group = self._bind_group(kernel, args)
+        timed = profiling.timing_wanted()
+        if timed:
+            self.synchronize()
+            start = time.perf_counter_ns()
+        compute = self._open_pass()
+        compute.set_pipeline(kernel.pipeline)
+        compute.set_bind_group(0, bind_group)
+        compute.dispatch_workgroups(columns, rows, 1)
+        stats.bump("kernels_launched")
+        if not timed:
+            return None
+        self.synchronize()
+        return _HostTimedEvent(start, time.perf_counter_ns())
+
+    def launcher(self, timed: bool) -> Any:
+        """The launch function a program run uses (`runtime.execute.Executable`): it passes raw buffers."""
+        return self.launch
+
+    def _bind_group(self, kernel: Kernel, args: Sequence[Any]) -> Any:
+        """Buffers (or the raw wgpu buffers a program run passes) bound in order, numpy scalars as uniforms."""
+        buffers = [arg.raw if isinstance(arg, Buffer) else arg for arg in args if not isinstance(arg, np.integer)]
+        scalars = [int(arg) for arg in args if isinstance(arg, np.integer)]
+        key = (id(kernel.pipeline), *map(id, buffers))
+        if not scalars and key in self._bind_groups:
+            self._bind_groups.move_to_end(key)
+            return self._bind_groups[key][0]
+        entries = [{"binding": k, "resource": {"buffer": raw, "offset": 0, "size": raw.size}}
+                   for k, raw in enumerate(buffers)]
+        if scalars:  # each as (low, high, 0, 0) u32 words
+            words = np.zeros((len(scalars), 4), np.uint32)
+            words[:, 0] = [value & 0xFFFFFFFF for value in scalars]
+            words[:, 1] = [value >> 32 for value in scalars]
+            uniform = self.wgpu_device.create_buffer_with_data(data=words.tobytes(), usage=self._uniform)
+            entries.append({"binding": len(buffers), "resource": {"buffer": uniform, "offset": 0, "size": uniform.size}})
+        bind_group = self.wgpu_device.create_bind_group(layout=kernel.layout, entries=entries)
+        if not scalars:  # kept with its buffers, whose ids are its key (so the cache is bounded)
+            self._bind_groups[key] = (bind_group, buffers)
+            if len(self._bind_groups) > BIND_GROUPS_KEPT:
+                self._bind_groups.popitem(last=False)
+        return bind_group
+
+    def _open_encoder(self) -> Any:
+        if self._encoder is None:
+            self._encoder = self.wgpu_device.create_command_encoder()
+        return self._encoder
+
+    def _open_pass(self) -> Any:
+        if self._pass is None:
+            self._pass = self._open_encoder().begin_compute_pass()
+        return self._pass
+
+    def _end_pass(self) -> None:
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+
+    def _submit(self) -> None:
+        """Submit what was recorded (it runs before any later write or read of the queue)."""
+        self._end_pass()
+        if self._encoder is not None:
+            self.queue.submit([self._encoder.finish()])
+            self._encoder = None
+
+    def synchronize(self) -> None:
+        """Waits until everything recorded so far has finished: reading a word back waits for every submitted
+        command (wgpu-py 0.32's `on_submitted_work_done_sync` fails in its own callback)."""
+        self._submit()
+        self.queue.read_buffer(self._fence, 0, WORD)
