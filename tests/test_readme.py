@@ -45,7 +45,8 @@ def test_python_block_runs_alone_and_prints_what_it_claims(source):
 
 def opencl_is_pocl() -> bool:
     import zyx
-    return "Portable Computing Language" in zyx.OpenCL().backend.runtime.device.platform.name
+    from zyx.runtime.platforms import pocl_version
+    return pocl_version(zyx.OpenCL().backend.runtime.device.platform.version) is not None
 
 
 def options_in(line: str) -> set[str]:

@@ -118,6 +118,14 @@ class PooledRuntime:
     def reset_peak_memory(self) -> None:
         self.pool.reset_peak()
 
+    def download(self, buffer: Any, shape: Any, numpy_dtype: Any) -> Any:
+        raise NotImplementedError
+
+    def download_all(self, requests: Any) -> list[Any]:
+        """Several buffers' contents, (buffer, shape, numpy dtype) each, as new arrays. A runtime whose reads
+        can share one wait (OpenCL's in-order queue) overrides this; one read after another is always right."""
+        return [self.download(buffer, shape, numpy_dtype) for buffer, shape, numpy_dtype in requests]
+
     @staticmethod
     def _host_for(buffer: Any, shape: Any, numpy_dtype: Any) -> Any:
         """An empty numpy array to download `buffer` into (a ValueError if it holds fewer bytes)."""
