@@ -1,7 +1,8 @@
 """W3, W4 and W6 on zyx.Torch(device) against plain PyTorch eager doing the same work on the same device.
 
     python -m bench.torch_backend [--device cuda|cpu|mps|cuda:N] [--quick] [--compile [MODE]] [--repeat N]
-                                  [--steps N] [--big] [--json OUT]
+                                  [--steps N] [--batch N] [--threads N] [--big]
+                                  [--json OUT]
 
 W3   a @ b, n×n float32 (1024 and 2048; 4096 with --big; 256 and 512 with --quick): zyx builds the expression,
      realizes it and waits for the device; torch computes `a @ b` and waits. Both times include the call's own
@@ -52,6 +53,10 @@ def arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="zyx.Torch(device, compile=MODE): a torch.compile mode (default, reduce-overhead, ...)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per W3 size (median reported)")
     p.add_argument("--steps", type=int, default=None, help="timed W4 steps (median reported)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="W4's batch (small: a step bound by the host's per-call work, as on a GPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch's intra-op threads (default torch's own; 1 is steadier on a shared CPU)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the rows as JSON to OUT")
     return p.parse_args(argv)
 
@@ -121,6 +126,23 @@ class StoragePeak:
         self.live -= nbytes
 
 
+def torch_calls(torch: Any, run: Callable[[], Any]) -> int:
+    """The torch functions and tensor methods one call of `run` makes from Python (views, copies and
+    optimizer steps included: what each costs the host), counted by a TorchFunctionMode."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return Count.calls
+
+
 # ---- the workloads -------------------------------------------------------------------------------------------
 def w3(zyx: Any, torch: Any, dev: Any, device: Any, sizes: list[int], repeat: int, sync: Callable) -> list[dict]:
     rows = []
@@ -158,10 +180,11 @@ def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: in
         eager_losses = [eager() for _ in range(3)]
         ok = np.allclose(losses, reference, rtol=1e-3) and np.allclose(eager_losses, reference, rtol=1e-3)
         seconds = alternate({"zyx": lambda: step(x, y).item(), "torch": eager}, steps, sync)
-        kernels = step.captured[0]["kernels"]
+        calls = {name: torch_calls(torch, run) for name, run in (("zyx", lambda: step(x, y).item()), ("torch", eager))}
         work = "capture and compile" if dev.backend.compile else "capture"
         rows.append(_row(f"W4 {optimizer}", seconds, ("" if ok else "MISMATCH; ") +
-                         f"zyx: {kernels} torch calls per step, first step ({work}) {first * 1e3:.0f} ms"))
+                         f"torch calls per step: zyx {calls['zyx']}, eager {calls['torch']}; zyx's first step "
+                         f"({work}) {first * 1e3:.0f} ms"))
         rows.append(w6(zyx, torch, dev, device, optimizer, data, lambda: step(x, y).item(), eager, sync))
     return rows
 
@@ -226,15 +249,18 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     import zyx
     settings = QUICK if args.quick else FULL
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = zyx.Torch(args.device, compile=args.compile)
     device = dev.backend.torch_device
     sync = dev.synchronize
     sizes = list(settings["sizes"]) + ([4096] if args.big else [])
     started = time.perf_counter()
     rows = w3(zyx, torch, dev, device, sizes, args.repeat or settings["repeat"], sync)
-    rows += w4_and_w6(zyx, torch, dev, device, settings["batch"], args.steps or settings["steps"], sync)
+    batch = args.batch or settings["batch"]
+    rows += w4_and_w6(zyx, torch, dev, device, batch, args.steps or settings["steps"], sync)
     print(f"**{dev!r}** ({dev.backend.name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"zyx W4 batch {settings['batch']}, {time.perf_counter() - started:.0f} s in all")
+          f"zyx W4 batch {batch}, {time.perf_counter() - started:.0f} s in all")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"device": repr(dev), "torch": torch.__version__, "rows": rows},

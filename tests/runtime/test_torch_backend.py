@@ -126,6 +126,49 @@ def test_a_sum_over_an_axis_both_factors_broadcast_counts_it(dev):
     assert product.sum(1).tolist() == [24.0] * 3 and product.sum().item() == 72.0
 
 
+def test_products_read_unexpanded_operands(dev):
+    """A batched product's operands enter the contraction as their sources: the expands exist in no step."""
+    a, b = np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.arange(20, dtype=np.float32).reshape(4, 5)
+    program = program_of(dev.tensor(a) @ dev.tensor(b))
+    contract, = [step for step in program.steps if step.op is Fused.CONTRACT]
+    assert all(program.steps[s].op is not Op.EXPAND for s in contract.sources)
+    assert contract.arg[1] == (2, 3, 5, 4) and all(program.steps[s].shape != (2, 3, 5, 4) for s in contract.sources)
+    np.testing.assert_array_equal((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b)
+
+
+# ---- replays -----------------------------------------------------------------------------------------------
+def test_replays_match_the_first_run_in_values_and_memory(dev):
+    """The first run of a structure follows every storage; later runs replay the generated function and count
+    what the first measured: the same values as the reference, the same bytes held and the same peak."""
+    rng = np.random.default_rng(5)
+
+    def program(device, seed):
+        data = np.random.default_rng(seed).standard_normal((6, 5), dtype=np.float32)
+        x, w = device.tensor(data), device.tensor(rng_w)
+        h = (x @ w).relu() - 0.5                                      # product, constant views
+        u = device.tensor(np.arange(6, dtype=np.uint32) * seed).reshape(6, 1) * 3  # generic uint32 steps
+        return [h.T.flip(0)[1:, ::2].max(1), (h.exp() / h.exp().sum(1, keepdim=True)).cast(zyx.float16),
+                u.cast(zyx.float32) + h]
+
+    rng_w = rng.standard_normal((5, 4), dtype=np.float32)
+    gc.collect()
+    zyx.reset_stats()
+    footprints = []
+    for seed in (1, 2, 3):
+        before = zyx.memory_stats(dev)["current_bytes"]
+        zyx.reset_peak_memory(dev)
+        outputs = program(dev, seed)
+        zyx.realize(*outputs)
+        stats = zyx.memory_stats(dev)
+        footprints.append((stats["current_bytes"] - before, stats["peak_bytes"] - before))
+        for ours, reference in zip(outputs, program(zyx.CPU(), seed)):
+            np.testing.assert_allclose(ours.numpy().astype(np.float32), reference.numpy().astype(np.float32),
+                                       rtol=2e-3, atol=1e-5)
+        del outputs
+        gc.collect()
+    assert zyx.stats()["schedule_cache_hits"] >= 2 and footprints[1:] == footprints[:1] * 2
+
+
 # ---- memory ------------------------------------------------------------------------------------------------
 def test_intermediates_are_freed_at_their_last_use(dev):
     x, nbytes = dev.randn(1 << 16).realize(), 4 << 16

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ContextManager, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Optional, Sequence
 
 from ..dtypes import DType, int_range
 from ..trace.ops import Op
@@ -48,14 +48,25 @@ class ArrayLibrary(ABC):
         """Buffers holding `values` (of `steps`' shapes and dtypes), each owning its memory alone: none shares
         an input's or another output's, nor keeps a larger array alive."""
 
-    def write(self, buffer: Any, value: Any) -> None:
-        """Overwrite a stored buffer with a value of its shape (a jitted step's in-place update)."""
+    def write(self, buffer: Any, value: Any, fresh: bool = False) -> None:
+        """Overwrite a stored buffer with a value of its shape (a jitted step's in-place update); `fresh`: the
+        value's memory is known to be no input's (a view of the buffer itself needs copying first)."""
         raise NotImplementedError(f"{type(self).__name__} writes no buffer in place")
 
     def written(self, buffer: Any, value: Any) -> Any:
         """What later steps read after `value` was written into `buffer`: the buffer where it holds the value in
         the computed form (so the value's own memory can go), else the value."""
         return value
+
+    def loads_as_stored(self, dtype: DType) -> bool:
+        """Whether `load` returns a buffer of `dtype` itself (it is stored as it is computed; `written` then
+        returns the buffer)."""
+        return False
+
+    def step_function(self, step: Any, sources: Sequence[Any]) -> Optional[Callable[..., Any]]:
+        """A callable computing a computing or view step (a `steps.Step`) from its sources' values faster than the
+        generic one (`program_code.step_function`), given the source steps; None where there is none."""
+        return None
 
     def quiet(self) -> ContextManager[Any]:
         """The context a program runs in (numpy: no floating-point warnings; torch: no autograd)."""
@@ -124,8 +135,9 @@ class ArrayLibrary(ABC):
         """The sources flattened into one bucket and combined across the processes of zyx.distributed."""
         raise NotImplementedError(f"{type(self).__name__} runs no collectives")
 
-    def contract(self, a: Any, b: Any, axes: tuple[int, ...], shape: Shape) -> Any:
-        """sum(a * b) over `axes` (keeping them with size 1) without storing a * b; only when `contracts`."""
+    def contract(self, a: Any, b: Any, axes: tuple[int, ...], size: Shape, shape: Shape) -> Any:
+        """sum(a * b) over `axes` (keeping them with size 1: `shape`) of a and b broadcast to `size`, without
+        storing a * b; only when `contracts`."""
         raise NotImplementedError(f"{type(self).__name__} does not contract products")
 
     # ---- movement ------------------------------------------------------------------------------------------

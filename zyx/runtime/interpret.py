@@ -34,19 +34,17 @@ class InterpretedProgram:
     aliases: dict[int, int] = field(default_factory=dict)  # output slot -> the input it was written into
     name: str = ""                           # the trace structure's hash, where the program is cached by it
     evaluators: list[Any] = field(init=False)  # EVALUATE's entry for each step, looked up once
+    kernel_count: int = field(init=False)  # steps the library computes (one library call or kernel each; views
+    # and leaves aside)
 
     def __post_init__(self) -> None:
         self.evaluators = [EVALUATE.get(step.op) for step in self.steps]
+        self.kernel_count = sum(step.computes for step in self.steps)
 
     def stored(self) -> list[Step]:
         """The steps whose results take memory of their own, outputs included (what a device's limits check)."""
         kept = set(self.outputs)
         return [step for k, step in enumerate(self.steps) if step.op in ALLOCATING or k in kept]
-
-    @property
-    def kernel_count(self) -> int:
-        """Steps the library computes (one library call or kernel each; views and leaves aside)."""
-        return sum(step.computes for step in self.steps)
 
     @property
     def planned_peak_bytes(self) -> int:
@@ -73,24 +71,27 @@ class InterpretedProgram:
 def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False,
           in_place: Sequence[tuple[int, int]] = ()) -> InterpretedProgram:
     """The program computing `targets` (`order`: their toposort). `optimize`: a float SUM of a MUL read by
-    nothing else becomes one CONTRACT step, an elementwise op whose sources are all constant along some axes
+    nothing else becomes one CONTRACT step (of the MUL's operands, or their sources where they are expands
+    nothing else reads), an elementwise op whose sources are all constant along some axes
     (broadcast: `x - 3`) is computed once along them and broadcast, the steps run in `frugal_order`, and
     elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
     index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
     must have the target's shape and dtype)."""
-    fused = _products_to_contract(targets, order) if optimize else set()
+    products, expands = _products_to_contract(targets, order) if optimize else (set(), set())
     slot_of: dict[int, int] = {}
     steps: list[Step] = []
     constant: list[frozenset[int]] = []  # per slot: axes along which its value does not change
     counts = {Op.BUFFER: 0, Op.RAND: 0}
     for node in order:
-        if id(node) in fused:
+        if id(node) in products or id(node) in expands:
             continue
         op, arg, sources = node.op, node.arg, node.src
         if op in counts:
             arg, counts[op] = counts[op], counts[op] + 1
-        elif op is Op.SUM and id(node.src[0]) in fused:
-            op, sources = Fused.CONTRACT, node.src[0].src
+        elif op is Op.SUM and id(node.src[0]) in products:
+            product = node.src[0]
+            op, arg = Fused.CONTRACT, (arg, product.shape)
+            sources = tuple(s.src[0] if id(s) in expands else s for s in product.src)
         slots = tuple(slot_of[id(s)] for s in sources)
         axes = _constant_axes(op, arg, node.shape, [(steps[s].shape, constant[s]) for s in slots]) if optimize \
             else frozenset()
@@ -145,16 +146,20 @@ def _constant_axes(op: Any, arg: Any, shape: Shape, sources: Sequence[tuple[Shap
     return frozenset()
 
 
-def _products_to_contract(targets: Sequence[Node], order: Sequence[Node]) -> set[int]:
-    """ids of float MUL nodes whose one reader is a SUM (and that are no target): their product need not exist."""
-    readers: dict[int, int] = {}
+def _products_to_contract(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], set[int]]:
+    """ids of float MUL nodes whose one reader is a SUM (and that are no target): their product need not exist;
+    and of the EXPAND nodes only such products read (no target either): the contraction broadcasts their source."""
+    readers: dict[int, list[Node]] = {}
     for node in order:
         for src in node.src:
-            readers[id(src)] = readers.get(id(src), 0) + 1
+            readers.setdefault(id(src), []).append(node)
     wanted = {id(t) for t in targets}
-    return {id(node.src[0]) for node in order
-            if node.op is Op.SUM and node.dtype.is_float and node.src[0].op is Op.MUL
-            and readers[id(node.src[0])] == 1 and id(node.src[0]) not in wanted}
+    products = {id(node.src[0]) for node in order
+                if node.op is Op.SUM and node.dtype.is_float and node.src[0].op is Op.MUL
+                and len(readers[id(node.src[0])]) == 1 and id(node.src[0]) not in wanted}
+    expands = {id(node) for node in order if node.op is Op.EXPAND and id(node) not in wanted
+               and all(id(reader) in products for reader in readers.get(id(node), [None]))}
+    return products, expands
 
 
 def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Sequence[tuple[int, int]],
@@ -205,7 +210,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.WHERE: lambda lib, step, x: lib.where(x[0], x[1], x[2]),
     Op.SUM: lambda lib, step, x: lib.sum(x[0], step.arg, step.dtype),
     Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
-    Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], step.arg, step.shape),
+    Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], *step.arg, step.shape),
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
     Op.PERMUTE: lambda lib, step, x: lib.permute(x[0], step.arg),

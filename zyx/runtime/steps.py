@@ -18,7 +18,8 @@ from .arrays import Shape
 class Fused(enum.Enum):
     """Steps that stand for more than one node."""
 
-    CONTRACT = enum.auto()  # SUM over arg axes of the MUL of the step's two sources, the product never stored
+    CONTRACT = enum.auto()  # arg (axes, size): SUM over `axes` of the MUL of the step's two sources broadcast to
+    # `size`, the product never stored
 
 
 ALLOCATING = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT}  # views allocate nothing

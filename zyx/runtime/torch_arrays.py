@@ -2,14 +2,14 @@
 
 Values are computed in the dtypes the numpy reference uses: float16 and bfloat16 in float32 (rounded when
 stored), and uint32, which torch stores but barely computes with, in int64 wrapped to 32 bits after every op.
-A sum of a product (matrix products and their gradients) goes to `torch.einsum` on the operands without their
-broadcast axes, so the product is never stored and cuBLAS (or MKL, MPS...) does the work.
+A sum of a product (matrix products and their gradients) is one `torch.matmul` or `torch.einsum` on the operands
+without their broadcast axes (`torch_products.py`), so the product is never stored and cuBLAS (or MKL, MPS...)
+does the work. `step_function` gives a replayed program (`program_code.py`) each common step as one bound torch
+call, with no dtype check where the dtypes say none is needed.
 """
 from __future__ import annotations
 
-import math
-import string
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -19,12 +19,22 @@ from ..dtypes import ALL_DTYPES, DType
 from ..trace.ops import Op
 from ..trace.philox import FLOAT_MANTISSA_BITS, philox_bits_int64
 from .arrays import ArrayLibrary, Shape
+from .steps import Fused, Step
+from .torch_products import bound_contract, contract
 
 TORCH_DTYPES: dict[str, torch.dtype] = {dtype.name: getattr(torch, dtype.name) for dtype in ALL_DTYPES}
 _COMPUTED = {"float16": torch.float32, "bfloat16": torch.float32, "uint32": torch.int64}
 _WORD = 0xFFFFFFFF
 _UNIFORM_SCALE = 2.0 ** -FLOAT_MANTISSA_BITS
 _OUT_FUNCTIONS = {Op.DIV: torch.div, Op.WHERE: torch.where}  # the overwriting ops outside the two tables
+# views, as bound calls of (the step's arg, its shape)
+_VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]] = {
+    Op.RESHAPE: lambda arg, shape: lambda x: x.reshape(shape),
+    Op.PERMUTE: lambda arg, shape: lambda x: x.permute(arg),
+    Op.EXPAND: lambda arg, shape: lambda x: x.expand(shape),
+    Op.SHRINK: lambda arg, shape: lambda x, index=tuple(slice(start, end) for start, end in arg): x[index],
+    Op.FLIP: lambda arg, shape: lambda x: torch.flip(x, arg),
+}
 
 
 def computed_dtype(dtype: DType) -> torch.dtype:
@@ -49,38 +59,6 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
-
-
-def _broadcast_free(x: torch.Tensor, letters: str) -> tuple[torch.Tensor, str]:
-    """`x` without its broadcast axes (stride 0, size > 1), and the einsum letters of the axes it keeps."""
-    kept = [axis for axis in range(x.dim()) if x.stride(axis) != 0 or x.shape[axis] <= 1]
-    index = tuple(slice(None) if axis in kept else 0 for axis in range(x.dim()))
-    return x[index], "".join(letters[axis] for axis in kept)
-
-
-def _product(left: torch.Tensor, left_axes: str, right: torch.Tensor, right_axes: str, kept: str) -> torch.Tensor:
-    """einsum(left_axes,right_axes->kept), as `torch.matmul` where every letter is kept or summed over both
-    factors (what products and their gradients are): cuBLAS's plain gemm for 2-D products, where einsum would
-    call its batched form; einsum itself for the rest (a sum over one factor's axis)."""
-    shared = set(left_axes) & set(right_axes)
-    batch = [c for c in kept if c in shared]
-    summed = [c for c in left_axes if c in shared and c not in kept]
-    free_left, free_right = [c for c in left_axes if c not in shared], [c for c in right_axes if c not in shared]
-    sizes = {c: n for c, n in zip(right_axes, right.shape)} | {c: n for c, n in zip(left_axes, left.shape)}
-    if not summed or any(c not in kept for c in free_left + free_right) or \
-            any(left.shape[left_axes.index(c)] != right.shape[right_axes.index(c)] for c in summed):
-        return torch.einsum(f"{left_axes},{right_axes}->{kept}", left, right)
-
-    def arranged(x: torch.Tensor, axes: str, rows: list[str], columns: list[str]) -> torch.Tensor:
-        """x with its batch axes first, then `rows` and `columns` each flattened into one axis."""
-        x = x.permute([axes.index(c) for c in batch + rows + columns])
-        return x.reshape((*x.shape[:len(batch)], math.prod(sizes[c] for c in rows),
-                          math.prod(sizes[c] for c in columns)))
-
-    result = torch.matmul(arranged(left, left_axes, free_left, summed), arranged(right, right_axes, summed, free_right))
-    result = result.reshape((*result.shape[:len(batch)], *(sizes[c] for c in free_left + free_right)))
-    order = batch + free_left + free_right
-    return result.permute([order.index(c) for c in kept])
 
 
 class TorchArrays(ArrayLibrary):
@@ -125,8 +103,8 @@ class TorchArrays(ArrayLibrary):
             stored.append(buffer)
         return stored
 
-    def write(self, buffer: torch.Tensor, value: torch.Tensor) -> None:
-        if not torch.compiler.is_compiling() and storage_key(value) == storage_key(buffer):
+    def write(self, buffer: torch.Tensor, value: torch.Tensor, fresh: bool = False) -> None:
+        if not fresh and not torch.compiler.is_compiling() and storage_key(value) == storage_key(buffer):
             value = value.clone()  # the new value is a view of the old one (w.assign(w.T)): copy_ cannot overlap
         buffer.copy_(value)
 
@@ -135,6 +113,40 @@ class TorchArrays(ArrayLibrary):
 
     def quiet(self) -> ContextManager[Any]:
         return torch.no_grad()
+
+    def loads_as_stored(self, dtype: DType) -> bool:
+        return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
+
+    def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
+        """One bound torch call for views, reductions, products, casts and the elementwise ops whose torch result
+        is already in the computed dtype (`conform` would do nothing); None for the rest (uint32, compact steps,
+        mixed dtypes), which take the generic path."""
+        op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
+        view = _VIEWS.get(op)
+        if view is not None:
+            return view(arg, shape)
+        if step.compact is not None or dtype.name == "uint32":
+            return None
+        computed = computed_dtype(dtype)
+        if op is Fused.CONTRACT:
+            return bound_contract(*arg, shape)
+        if op is Op.SUM:
+            return lambda x: torch.sum(x, dim=arg, keepdim=True, dtype=computed)
+        if op is Op.RMAX and all(sources[0].shape[axis] for axis in arg):
+            return lambda x: torch.amax(x, dim=arg, keepdim=True)
+        if op is Op.CAST:
+            return lambda x: self.cast(x, dtype)
+        function = self.unary.get(op) or self.binary.get(op) or _OUT_FUNCTIONS.get(op)
+        operands = {computed_dtype(source.dtype) for source in sources[1:] if op is Op.WHERE} or \
+            {computed_dtype(source.dtype) for source in sources}
+        if function is None or op is Op.DETACH or len(operands) != 1 or (op is Op.DIV and not dtype.is_float):
+            return None
+        if operands != {computed} and not (op in (Op.CMPLT, Op.CMPEQ) and dtype.is_bool):
+            return None
+        if step.into is not None:
+            into = step.into
+            return lambda *x: function(*x, out=x[into])
+        return function
 
     # ---- leaves --------------------------------------------------------------------------------------------
     def constant(self, value: Any, dtype: DType) -> torch.Tensor:
@@ -181,21 +193,9 @@ class TorchArrays(ArrayLibrary):
         function = self.unary.get(op) or self.binary.get(op) or _OUT_FUNCTIONS[op]  # float ops only
         return function(*sources, out=sources[into])
 
-    def contract(self, a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], shape: Shape) -> torch.Tensor:
-        letters = string.ascii_letters[:a.dim()]
-        (left, left_axes), (right, right_axes) = _broadcast_free(a, letters), _broadcast_free(b, letters)
-        present = set(left_axes) | set(right_axes)
-        kept = "".join(letter for axis, letter in enumerate(letters) if axis not in axes and letter in present)
-        result = _product(left, left_axes, right, right_axes, kept)
-        repeats = 1  # a summed axis broadcast in both operands adds the same product that many times
-        for axis in axes:
-            repeats *= 1 if letters[axis] in present else a.shape[axis]
-        if repeats != 1:
-            result = result * repeats
-        unexpanded = [size if letters[axis] in kept else 1 for axis, size in enumerate(shape)]
-        result = result.reshape(unexpanded)
-        # an axis neither factor has: stored whole, as a later step may write over the result (memory_plan.py)
-        return result if list(shape) == unexpanded else result.expand(shape).contiguous()
+    def contract(self, a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], size: Shape,
+                 shape: Shape) -> torch.Tensor:
+        return contract(a, b, axes, size, shape)
 
     # ---- movement ------------------------------------------------------------------------------------------
     def reshape(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:

@@ -8,7 +8,8 @@ it is dropped; a stored buffer is counted until it is garbage-collected.
 from __future__ import annotations
 
 import weakref
-from typing import Iterable, Optional
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -43,6 +44,28 @@ class MemoryCounter:
     def reset_peak(self) -> None:
         self.peak_bytes = self.current_bytes
 
+    def replay(self, account: "RunAccount", outputs: Sequence[torch.Tensor]) -> None:
+        """Count another run of the program `account` was measured on, whose outputs are `outputs`."""
+        self.peak_bytes = max(self.peak_bytes, self.current_bytes + account.rise)
+        self.current_bytes += account.kept_bytes
+        stats.bump("bytes_allocated", account.allocated)
+        stats.set_max("peak_bytes", self.peak_bytes)
+        for buffer, counted in zip(outputs, account.counted):
+            if counted is not None:
+                self.keep(buffer, counted)
+
+
+@dataclass(frozen=True)
+class RunAccount:
+    """What one run of a program did to a MemoryCounter, measured by a StorageTracker. A program allocates the
+    same storages, views and overwrites them alike on every run (its inputs are contiguous buffers of fixed
+    layouts), so a replay counts these figures instead of following each slot again."""
+
+    allocated: int                   # bytes of the storages the run made
+    rise: int                        # the most bytes held at once above what was held before the run
+    kept_bytes: int                  # bytes of the outputs' storages counted during the run (they stay counted)
+    counted: tuple[Optional[bool], ...]  # per output: counted during the run, else made by `outputs`; None: an input
+
 
 class StorageTracker:
     """One program run's accounting (an `interpret.Tracker`): each new storage counted once, released when the
@@ -50,6 +73,8 @@ class StorageTracker:
 
     def __init__(self, counter: MemoryCounter, inputs: Iterable[torch.Tensor]) -> None:
         self.counter = counter
+        self.start = counter.current_bytes
+        self.allocated = self.rise = 0
         self.inputs = {storage_key(buffer) for buffer in inputs}
         self.live: dict[int, list[int]] = {}  # storage -> [bytes, slots holding it]
         self.slot_storage: dict[int, int] = {}
@@ -62,6 +87,8 @@ class StorageTracker:
         if entry is None:
             nbytes = value.untyped_storage().nbytes()
             self.counter.allocate(nbytes)
+            self.allocated += nbytes
+            self.rise = max(self.rise, self.counter.current_bytes - self.start)
             self.live[key] = [nbytes, 1]
         else:
             entry[1] += 1
@@ -77,12 +104,21 @@ class StorageTracker:
             del self.live[key]
             self.counter.release(entry[0])
 
-    def finish(self, outputs: Iterable[torch.Tensor]) -> None:
-        """The outputs' storages stay counted while they live; every other storage of the run is released."""
+    def finish(self, outputs: Iterable[torch.Tensor]) -> RunAccount:
+        """The outputs' storages stay counted while they live; every other storage of the run is released.
+        Returns the run's account, for `MemoryCounter.replay`."""
+        counted: list[Optional[bool]] = []
+        kept_bytes = 0
         for buffer in outputs:
             key = storage_key(buffer)
-            if key not in self.inputs:
-                self.counter.keep(buffer, counted=self.live.pop(key, None) is not None)
+            if key in self.inputs:
+                counted.append(None)
+                continue
+            entry = self.live.pop(key, None)
+            self.counter.keep(buffer, counted=entry is not None)
+            counted.append(entry is not None)
+            kept_bytes += entry[0] if entry is not None else 0
         for nbytes, _ in self.live.values():
             self.counter.release(nbytes)
         self.live.clear()
+        return RunAccount(self.allocated, self.rise, kept_bytes, tuple(counted))
