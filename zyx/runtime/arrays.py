@@ -68,6 +68,11 @@ class ArrayLibrary(ABC):
         generic one (`program_code.step_function`), given the source steps; None where there is none."""
         return None
 
+    def out_function(self, step: Any, sources: Sequence[Any]) -> Optional[Callable[..., Any]]:
+        """A callable computing an elementwise step from its sources' values into a buffer of its shape and dtype
+        given as `out=` (the step's result as stored), given the source steps; None where there is none."""
+        return None
+
     def quiet(self) -> ContextManager[Any]:
         """The context a program runs in (numpy: no floating-point warnings; torch: no autograd)."""
         return contextlib.nullcontext()

@@ -13,14 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from ..dtypes import DType
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
-from ..trace.ops import BINARY_OPS, ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS, SHIFT_OPS, UNARY_OPS
+from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
 from . import profiling
 from .arrays import ArrayLibrary, Shape
 from .memory_plan import frugal_order, overwrites
-from .steps import ALLOCATING, Fused, Step, roots, step_bytes
+from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
 
 
 @dataclass
@@ -77,26 +76,22 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
     index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
     must have the target's shape and dtype)."""
-    products, expands = _products_to_contract(targets, order) if optimize else (set(), set())
+    skipped, fused = _fusions(targets, order) if optimize else (set(), {})
     slot_of: dict[int, int] = {}
     steps: list[Step] = []
     constant: list[frozenset[int]] = []  # per slot: axes along which its value does not change
     counts = {Op.BUFFER: 0, Op.RAND: 0}
     for node in order:
-        if id(node) in products or id(node) in expands:
+        if id(node) in skipped:
             continue
-        op, arg, sources = node.op, node.arg, node.src
+        op, arg, sources = fused.get(id(node)) or (node.op, node.arg, node.src)
         if op in counts:
             arg, counts[op] = counts[op], counts[op] + 1
-        elif op is Op.SUM and id(node.src[0]) in products:
-            product = node.src[0]
-            op, arg = Fused.CONTRACT, (arg, product.shape)
-            sources = tuple(s.src[0] if id(s) in expands else s for s in product.src)
         slots = tuple(slot_of[id(s)] for s in sources)
         axes = _constant_axes(op, arg, node.shape, [(steps[s].shape, constant[s]) for s in slots]) if optimize \
             else frozenset()
         compact = None
-        if axes and op in ELEMENTWISE_OPS and op is not Op.DETACH:
+        if axes and op in ELEMENTWISE and op is not Op.DETACH:
             compact = tuple((0, 1) if axis in axes else (0, size) for axis, size in enumerate(node.shape))
         slot_of[id(node)] = len(steps)
         constant.append(axes)
@@ -141,25 +136,44 @@ def _constant_axes(op: Any, arg: Any, shape: Shape, sources: Sequence[tuple[Shap
         if [source_shape[a] for a in old] != [shape[a] for a in new]:
             return frozenset()
         return frozenset(n for o, n in zip(old, new) if o in axes)
-    if op is Op.DETACH or op in ELEMENTWISE_OPS:
+    if op is Op.DETACH or op in ELEMENTWISE:
         return frozenset.intersection(*[axes for _, axes in sources])
     return frozenset()
 
 
-def _products_to_contract(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], set[int]]:
-    """ids of float MUL nodes whose one reader is a SUM (and that are no target): their product need not exist;
-    and of the EXPAND nodes only such products read (no target either): the contraction broadcasts their source."""
-    readers: dict[int, list[Node]] = {}
+def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], dict[int, tuple[Any, Any, tuple]]]:
+    """The nodes no step computes (ids), and the nodes computed as a fused step: id -> (op, arg, sources).
+    A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
+    EXPANDs only such products read: the contraction broadcasts them); a float ADD of a NEG read by nothing else
+    is a SUB. A target is always computed."""
+    readers: dict[int, int] = {}
     for node in order:
         for src in node.src:
-            readers.setdefault(id(src), []).append(node)
+            readers[id(src)] = readers.get(id(src), 0) + 1
     wanted = {id(t) for t in targets}
-    products = {id(node.src[0]) for node in order
-                if node.op is Op.SUM and node.dtype.is_float and node.src[0].op is Op.MUL
-                and len(readers[id(node.src[0])]) == 1 and id(node.src[0]) not in wanted}
-    expands = {id(node) for node in order if node.op is Op.EXPAND and id(node) not in wanted
-               and all(id(reader) in products for reader in readers.get(id(node), [None]))}
-    return products, expands
+
+    def only_here(node: Node, op: Op) -> bool:
+        return node.op is op and readers[id(node)] == 1 and id(node) not in wanted
+
+    sums = [node for node in order if node.op is Op.SUM and node.dtype.is_float and only_here(node.src[0], Op.MUL)]
+    skipped = {id(node.src[0]) for node in sums}
+    product_reads: dict[int, int] = {}  # EXPAND nodes those products read: how often
+    for node in sums:
+        for src in node.src[0].src:
+            if src.op is Op.EXPAND and id(src) not in wanted:
+                product_reads[id(src)] = product_reads.get(id(src), 0) + 1
+    skipped |= {key for key, count in product_reads.items() if count == readers[key]}
+    fused = {id(node): (Fused.CONTRACT, (node.arg, node.src[0].shape),
+                        tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
+    for node in order:
+        if node.op is Op.ADD and node.dtype.is_float:
+            for position in (1, 0):
+                negation, other = node.src[position], node.src[1 - position]
+                if only_here(negation, Op.NEG) and other is not negation:
+                    skipped.add(id(negation))
+                    fused[id(node)] = (Fused.SUB, None, (other, negation.src[0]))
+                    break
+    return skipped, fused
 
 
 def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Sequence[tuple[int, int]],
@@ -210,6 +224,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.WHERE: lambda lib, step, x: lib.where(x[0], x[1], x[2]),
     Op.SUM: lambda lib, step, x: lib.sum(x[0], step.arg, step.dtype),
     Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
+    Fused.SUB: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.unary[Op.NEG](x[1])),
     Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], *step.arg, step.shape),
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),

@@ -50,22 +50,50 @@ def generate(program: Any, lib: ArrayLibrary, evaluators: Sequence[Any]) -> Gene
     static: dict[int, Any] = {}
     values = [_value(lib, program.steps, k, step, evaluate, names, static)
               for k, (step, evaluate) in enumerate(zip(program.steps, evaluators))]
+    direct = _direct_writes(program, lib)
+    for slot, position in direct.items():
+        step = program.steps[slot]
+        names[f"o{slot}"] = lib.out_function(step, [program.steps[s] for s in step.sources])
+        values[slot] = f"o{slot}({', '.join(f'v{s}' for s in step.sources)}, out=inputs[{position}])"
     label = program.name or str(id(program))
     for function, tracked in (("program", False), ("tracked", True)):
-        source = "\n".join(_lines(program, lib, values, function, tracked))
+        source = "\n".join(_lines(program, lib, values, direct, function, tracked))
         exec(compile(source, f"<zyx {function} {label}>", "exec"), names)
     return GeneratedProgram(names["program"], names["tracked"])
 
 
-def _lines(program: Any, lib: ArrayLibrary, values: Sequence[str], function: str, tracked: bool) -> list[str]:
+def _direct_writes(program: Any, lib: ArrayLibrary) -> dict[int, int]:
+    """Steps computed straight into the input buffer the program writes them to (slot -> input position): the
+    write is due right after the step (nothing reads the old value later), the library can compute the step into
+    a buffer of its dtype (`out_function`), and no source is a view of that buffer (the buffer itself is: an
+    elementwise op may write over an operand it reads element for element). An update `p - lr * g` then costs
+    no temporary and no copy."""
+    root = roots(program.steps)
+    loads = {step.arg: k for k, step in enumerate(program.steps) if step.op is Op.BUFFER}
+    direct: dict[int, int] = {}
+    for k, writes in enumerate(program.writes):
+        for slot, position in writes:
+            step, load = program.steps[slot], loads.get(position)
+            if slot == k and load is not None and \
+                    all(root[s] != root[load] or s == load for s in step.sources) and \
+                    lib.out_function(step, [program.steps[s] for s in step.sources]) is not None:
+                direct[slot] = position
+    return direct
+
+
+def _lines(program: Any, lib: ArrayLibrary, values: Sequence[str], direct: dict[int, int], function: str,
+           tracked: bool) -> list[str]:
     """The source of one generated function (see `generate`)."""
     lines = [f"def {function}(inputs, streams{', tracker' if tracked else ''}):"]
     root = roots(program.steps)
     for k, step in enumerate(program.steps):
         lines.append(f"    v{k} = {values[k]}")
         if tracked and step.op is not Op.CONST:  # constants may be kept by the library
-            lines.append(f"    tracker.hold({k}, v{k}, {step.shares})")
+            lines.append(f"    tracker.hold({k}, v{k}, {None if k in direct else step.shares})")
         for slot, position in program.writes[k]:
+            if direct.get(slot) == position:
+                continue  # computed there
+
             fresh = program.steps[root[slot]].op not in (Op.BUFFER, Op.CONST)  # its memory is the program's own
             lines.append(f"    _write(inputs[{position}], v{slot}, {fresh})")
             lines.append(f"    v{slot} = " + (f"inputs[{position}]" if lib.loads_as_stored(program.steps[slot].dtype)

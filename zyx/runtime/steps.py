@@ -18,11 +18,13 @@ from .arrays import Shape
 class Fused(enum.Enum):
     """Steps that stand for more than one node."""
 
+    SUB = enum.auto()  # the first source minus the second (an ADD of a NEG)
     CONTRACT = enum.auto()  # arg (axes, size): SUM over `axes` of the MUL of the step's two sources broadcast to
     # `size`, the product never stored
 
 
-ALLOCATING = ELEMENTWISE_OPS | REDUCE_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT}  # views allocate nothing
+ELEMENTWISE = ELEMENTWISE_OPS | {Fused.SUB}
+ALLOCATING = ELEMENTWISE | REDUCE_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT}  # views allocate nothing
 SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
 VIEW_OPS = {Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.DETACH}  # return a view of their source in every library
 

@@ -26,7 +26,8 @@ TORCH_DTYPES: dict[str, torch.dtype] = {dtype.name: getattr(torch, dtype.name) f
 _COMPUTED = {"float16": torch.float32, "bfloat16": torch.float32, "uint32": torch.int64}
 _WORD = 0xFFFFFFFF
 _UNIFORM_SCALE = 2.0 ** -FLOAT_MANTISSA_BITS
-_OUT_FUNCTIONS = {Op.DIV: torch.div, Op.WHERE: torch.where}  # the overwriting ops outside the two tables
+# the overwriting ops outside the two tables
+_OUT_FUNCTIONS: dict[Any, Callable[..., Any]] = {Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub}
 # views, as bound calls of (the step's arg, its shape)
 _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]] = {
     Op.RESHAPE: lambda arg, shape: lambda x: x.reshape(shape),
@@ -59,6 +60,20 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
+
+
+def _elementwise(step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
+    """The torch function computing an elementwise step (taking `out=`) where its result is already in the
+    computed dtype (no `conform` needed); None where it is not (uint32, mixed dtypes) or there is none."""
+    op, dtype = step.op, step.dtype
+    function = TorchArrays.unary.get(op) or TorchArrays.binary.get(op) or _OUT_FUNCTIONS.get(op)
+    if function is None or op is Op.DETACH or dtype.name == "uint32" or (op is Op.DIV and not dtype.is_float):
+        return None
+    operands = {computed_dtype(source.dtype) for source in (sources[1:] if op is Op.WHERE else sources)}
+    if len(operands) != 1 or (operands != {computed_dtype(dtype)} and not (op in (Op.CMPLT, Op.CMPEQ)
+                                                                         and dtype.is_bool)):
+        return None
+    return function
 
 
 class TorchArrays(ArrayLibrary):
@@ -136,17 +151,16 @@ class TorchArrays(ArrayLibrary):
             return lambda x: torch.amax(x, dim=arg, keepdim=True)
         if op is Op.CAST:
             return lambda x: self.cast(x, dtype)
-        function = self.unary.get(op) or self.binary.get(op) or _OUT_FUNCTIONS.get(op)
-        operands = {computed_dtype(source.dtype) for source in sources[1:] if op is Op.WHERE} or \
-            {computed_dtype(source.dtype) for source in sources}
-        if function is None or op is Op.DETACH or len(operands) != 1 or (op is Op.DIV and not dtype.is_float):
+        function = _elementwise(step, sources)
+        if function is None or step.into is None:
+            return function
+        into = step.into
+        return lambda *x: function(*x, out=x[into])
+
+    def out_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
+        if step.compact is not None or not step.dtype.is_float or not self.loads_as_stored(step.dtype):
             return None
-        if operands != {computed} and not (op in (Op.CMPLT, Op.CMPEQ) and dtype.is_bool):
-            return None
-        if step.into is not None:
-            into = step.into
-            return lambda *x: function(*x, out=x[into])
-        return function
+        return _elementwise(step, sources)
 
     # ---- leaves --------------------------------------------------------------------------------------------
     def constant(self, value: Any, dtype: DType) -> torch.Tensor:
