@@ -87,7 +87,8 @@ def pytest_addoption(parser):
                           "their representative subsets")
     for kind, secondary in SECONDARY_DEVICES.items():
         parser.addoption(f"--{kind}-full", action="store_true",
-                         help=f"run every device-generic test on {secondary.device}, not only the representative subset")
+                         help=f"run every device-generic test on {secondary.device}, not only the representative "
+                              "subset")
 
 
 @dataclass(frozen=True)

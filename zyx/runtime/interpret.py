@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
@@ -196,15 +196,6 @@ def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Se
     return aliases
 
 
-class Tracker(Protocol):
-    """Watches the values a program holds (a device's memory accounting)."""
-
-    def hold(self, slot: int, value: Any, shares: Optional[int]) -> None:
-        """Slot `slot` holds `value`, which uses the memory of slot `shares` when that is not None."""
-
-    def drop(self, slot: int) -> None: ...
-
-
 def _unary(lib: ArrayLibrary, step: Step, x: Sequence[Any]) -> Any:
     return lib.unary[step.op](x[0])
 
@@ -236,8 +227,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
 }
 
 
-def compute(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any],
-            tracker: Optional[Tracker] = None) -> list[Any]:
+def compute(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any]) -> list[Any]:
     """Run the steps on `inputs` (one per BUFFER leaf) and random `streams` (one per RAND), writing in place
     where the program says; the values of the outputs not written into an input, as the library computed them."""
     values: list[Any] = [None] * len(program.steps)
@@ -260,18 +250,11 @@ def compute(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any
                 if step.compact is not None:
                     value = lib.expand(value, step.shape)
             values[k] = value
-            if tracker is not None and step.op is not Op.CONST:  # constants may be kept by the library
-                tracker.hold(k, value, step.shares)
             for slot, position in program.writes[k]:
                 lib.write(inputs[position], values[slot])
                 values[slot] = lib.written(inputs[position], values[slot])
-                if tracker is not None:
-                    tracker.drop(slot)
-                    tracker.hold(slot, values[slot], None)
             for slot in program.frees[k]:
                 values[slot] = None
-                if tracker is not None:
-                    tracker.drop(slot)
     return [values[slot] for slot in program.outputs if slot not in program.aliases]
 
 
@@ -282,10 +265,9 @@ def store(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any],
     return [inputs[program.aliases[slot]] if slot in program.aliases else next(stored) for slot in program.outputs]
 
 
-def run(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any],
-        tracker: Optional[Tracker] = None) -> list[Any]:
+def run(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any]) -> list[Any]:
     """The output buffers of `program` (see `compute`)."""
-    return store(program, lib, inputs, compute(program, lib, inputs, streams, tracker))
+    return store(program, lib, inputs, compute(program, lib, inputs, streams))
 
 
 def released_error() -> RuntimeError:

@@ -9,7 +9,7 @@ nothing else. It computes what `compute` does, value for value; torch.compile tr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from ..trace.ops import Op
 from .arrays import ArrayLibrary
@@ -34,13 +34,22 @@ def step_function(lib: ArrayLibrary, step: Step, evaluate: Callable[..., Any]) -
     return run
 
 
+class Tracker(Protocol):
+    """Watches the values a program holds (a device's memory accounting)."""
+
+    def hold(self, slot: int, value: Any, shares: Optional[int]) -> None:
+        """Slot `slot` holds `value`, which uses the memory of slot `shares` when that is not None."""
+
+    def drop(self, slot: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class GeneratedProgram:
     """A program's two generated functions: `run(inputs, streams)`, and `tracked(inputs, streams, tracker)`,
-    which also tells an `interpret.Tracker` what each slot holds and when it is dropped (as `compute` does)."""
+    which also tells a `Tracker` what each slot holds and when it is dropped."""
 
     run: ProgramFunction
-    tracked: Callable[[Sequence[Any], Sequence[Any], Any], list[Any]]
+    tracked: Callable[[Sequence[Any], Sequence[Any], Tracker], list[Any]]
 
 
 def generate(program: Any, lib: ArrayLibrary, evaluators: Sequence[Any]) -> GeneratedProgram:

@@ -68,7 +68,7 @@ class RunAccount:
 
 
 class StorageTracker:
-    """One program run's accounting (an `interpret.Tracker`): each new storage counted once, released when the
+    """One program run's accounting (a `program_code.Tracker`): each new storage counted once, released when the
     last slot holding it is dropped; the inputs' storages are counted already."""
 
     def __init__(self, counter: MemoryCounter, inputs: Iterable[torch.Tensor]) -> None:

@@ -1,11 +1,12 @@
 """Sums of products (matrix products, their gradients, einsum) as one torch matrix product, planned once.
 
 A CONTRACT step is sum(a * b) over some axes, where a and b broadcast to one shape. Its plan drops the
-operands' broadcast axes (of size 1, or stride 0), then calls `torch.matmul` on them permuted and flattened to (batch...,
-rows, columns) where every axis is kept or summed over both factors (what products and their gradients are:
+operands' broadcast axes (of size 1, or stride 0), then calls `torch.matmul` on them permuted and flattened to
+(batch..., rows, columns) where every axis is kept or summed over both factors (what products and their gradients are:
 cuBLAS's plain gemm for 2-D products, where einsum would call its batched form), else `torch.einsum`. The plan
 depends only on the operands' shapes and strides, so it is made once per layout (`contract_plan`, cached), and
-once per step of a replayed program (`bound_contract`), which then runs only the torch calls.
+once per step of a replayed program (`bound_contract`), which then runs only the torch calls. (The planning
+passes lists, not generators, to builtins: torch.compile traces it on a program's first compiled run.)
 """
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ def bound_contract(axes: tuple[int, ...], size: Sequence[int], shape: Sequence[i
 
     def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         nonlocal plan
+        if torch.compiler.is_compiling():  # a cell set at the first run would make Dynamo compile twice
+            return contract(a, b, axes, size, shape)
         if plan is None:
-            plan = contract_plan(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), axes, tuple(size), tuple(shape))
+            plan = contract_plan(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), axes, tuple(size),
+                                 tuple(shape))
         return plan(a, b)
 
     return run
@@ -49,13 +53,13 @@ def contract_plan(a_shape: tuple[int, ...], a_strides: tuple[int, ...], b_shape:
     unbroadcast_a, left = _broadcast_free(size, a_shape, a_strides, letters)
     unbroadcast_b, right = _broadcast_free(size, b_shape, b_strides, letters)
     present = set(left) | set(right)
-    kept = "".join(letter for axis, letter in enumerate(letters) if axis not in axes and letter in present)
+    kept = "".join([letter for axis, letter in enumerate(letters) if axis not in axes and letter in present])
     sizes = dict(zip(letters, size))
     product = _matmul_plan(left, right, kept, sizes) or \
         (lambda x, y, spec=f"{left},{right}->{kept}": torch.einsum(spec, x, y))
     # a summed axis broadcast in both operands adds the same product that many times
-    repeats = math.prod(1 if letters[axis] in present else size[axis] for axis in axes)
-    unexpanded = tuple(n if letters[axis] in kept else 1 for axis, n in enumerate(shape))
+    repeats = math.prod([1 if letters[axis] in present else size[axis] for axis in axes])
+    unexpanded = tuple([n if letters[axis] in kept else 1 for axis, n in enumerate(shape)])
     # an axis neither factor has: stored whole, as a later step may write over the result (memory_plan.py)
     expanded = shape != unexpanded
 
@@ -73,13 +77,14 @@ def _broadcast_free(size: tuple[int, ...], shape: tuple[int, ...], strides: tupl
                     letters: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """How to drop an operand's broadcast axes (of size 1 where `size` differs, or of stride 0), and the letters
     of the axes it keeps."""
-    dropped = [axis for axis in range(len(size)) if shape[axis] != size[axis] or (strides[axis] == 0 and size[axis] > 1)]
-    kept = "".join(letter for axis, letter in enumerate(letters) if axis not in dropped)
+    dropped = [axis for axis in range(len(size))
+               if shape[axis] != size[axis] or (strides[axis] == 0 and size[axis] > 1)]
+    kept = "".join([letter for axis, letter in enumerate(letters) if axis not in dropped])
     if not dropped:
         return (lambda x: x), kept
-    if all(shape[axis] == 1 for axis in dropped):
+    if all([shape[axis] == 1 for axis in dropped]):
         return (lambda x, axes=tuple(dropped): x.squeeze(axes)), kept
-    index = tuple(0 if axis in dropped else slice(None) for axis in range(len(size)))
+    index = tuple([0 if axis in dropped else slice(None) for axis in range(len(size))])
     return (lambda x: x[index]), kept
 
 
@@ -90,22 +95,22 @@ def _matmul_plan(left: str, right: str, kept: str, sizes: dict[str, int]) -> Opt
     batch = [c for c in kept if c in shared]
     summed = [c for c in left if c in shared and c not in kept]
     free_left, free_right = [c for c in left if c not in shared], [c for c in right if c not in shared]
-    if not summed or any(c not in kept for c in free_left + free_right):
+    if not summed or any([c not in kept for c in free_left + free_right]):
         return None
-    batch_sizes = tuple(sizes[c] for c in batch)
+    batch_sizes = tuple([sizes[c] for c in batch])
 
     def arranged(axes: str, rows: list[str], columns: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
         """The operand with the batch axes first, then `rows` and `columns` flattened into one axis each (each
         call only where it changes something)."""
         order = [axes.index(c) for c in batch + rows + columns]
-        flat = (*batch_sizes, math.prod(sizes[c] for c in rows), math.prod(sizes[c] for c in columns))
-        return _view(None if order == sorted(order) else order, tuple(sizes[c] for c in batch + rows + columns), flat)
+        flat = (*batch_sizes, math.prod([sizes[c] for c in rows]), math.prod([sizes[c] for c in columns]))
+        return _view(None if order == sorted(order) else order, tuple([sizes[c] for c in batch + rows + columns]), flat)
 
     left_arranged, right_arranged = arranged(left, free_left, summed), arranged(right, summed, free_right)
     produced = batch + free_left + free_right
     final = [produced.index(c) for c in kept]
-    flat = (*batch_sizes, math.prod(sizes[c] for c in free_left), math.prod(sizes[c] for c in free_right))
-    unflat = _view(None, flat, tuple(sizes[c] for c in produced))
+    flat = (*batch_sizes, math.prod([sizes[c] for c in free_left]), math.prod([sizes[c] for c in free_right]))
+    unflat = _view(None, flat, tuple([sizes[c] for c in produced]))
     final_order = None if final == sorted(final) else final
 
     def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -115,7 +120,8 @@ def _matmul_plan(left: str, right: str, kept: str, sizes: dict[str, int]) -> Opt
     return run
 
 
-def _view(order: Optional[list[int]], permuted: tuple[int, ...], shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _view(order: Optional[list[int]], permuted: tuple[int, ...],
+          shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     """x permuted by `order` (None: not), whose shape is then `permuted`, reshaped to `shape`: no call that
     changes nothing."""
     if order is None:
