@@ -19,6 +19,7 @@ import zyx.random  # noqa: E402
 from zyx import nn  # noqa: E402
 from zyx.devices import device_from_spec  # noqa: E402
 from zyx.runtime.interpret import Fused  # noqa: E402
+from zyx.runtime.program_code import _direct_writes  # noqa: E402
 from zyx.trace.ops import Op  # noqa: E402
 
 
@@ -240,6 +241,33 @@ def test_jitted_training_matches_the_reference_in_place_with_flat_memory(dev):
     addresses = [p.node.buffer.data_ptr() for p in params]
     step(*batch).item()
     assert [p.node.buffer.data_ptr() for p in params] == addresses
+
+
+def test_jitted_updates_computed_into_their_buffer_only_where_no_view_of_it_is_read(dev):
+    """`w - 0.5 * g` is computed straight into w's buffer (out=); `v.T + w` reads v through a transposing view,
+    so it is computed apart and then copied in. Both match numpy over several calls."""
+    a, b = np.arange(9, dtype=np.float32).reshape(3, 3), np.linspace(-1, 1, 9, dtype=np.float32).reshape(3, 3)
+    w, v, g = dev.tensor(a), dev.tensor(b), dev.tensor(np.full((3, 3), 2.0, np.float32))
+
+    @zyx.jit
+    def step(g):
+        w.assign(w - 0.5 * g)
+        v.assign(v.T + w)
+        return (w * v).sum()
+
+    addresses = None
+    for _ in range(4):
+        total = step(g).item()
+        a = a - 0.5 * 2.0
+        b = b.T + a
+        np.testing.assert_allclose(total, (a * b).sum(), rtol=1e-5)
+        held = (w.node.buffer.data_ptr(), v.node.buffer.data_ptr())
+        assert addresses in (None, held)  # replays write into the same buffers
+        addresses = held
+    np.testing.assert_array_equal(w.numpy(), a)
+    np.testing.assert_array_equal(v.numpy(), b)
+    program = next(iter(step.steps.values()))[0].program
+    assert len(program.aliases) == 2 and len(_direct_writes(program, dev.backend.arrays)) == 1
 
 
 # ---- programs ----------------------------------------------------------------------------------------------

@@ -102,7 +102,6 @@ def _lines(program: Any, lib: ArrayLibrary, values: Sequence[str], direct: dict[
         for slot, position in program.writes[k]:
             if direct.get(slot) == position:
                 continue  # computed there
-
             fresh = program.steps[root[slot]].op not in (Op.BUFFER, Op.CONST)  # its memory is the program's own
             lines.append(f"    _write(inputs[{position}], v{slot}, {fresh})")
             lines.append(f"    v{slot} = " + (f"inputs[{position}]" if lib.loads_as_stored(program.steps[slot].dtype)
