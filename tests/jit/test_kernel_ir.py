@@ -5,11 +5,15 @@ import pyopencl as cl
 import pytest
 
 import zyx
-from zyx.jit.kernel_ir import simplify_cond, substitute
+from zyx.jit.choices import Choice
+from zyx.jit.kernel_ir import Barrier, simplify_cond, substitute, walk
 from zyx.jit.lower import lower
+from zyx.jit.matmul import LocalTileLowering, plan_local_tiles
 from zyx.jit.print_opencl import print_kernel
 from zyx.jit.rows import lower_rows
 from zyx.jit.symbolic import Expr
+from zyx.jit.tiling import hosted_matmul
+from zyx.jit.transforms.double_buffer import double_buffer
 from zyx.jit.transforms.group import group_reductions
 from zyx.jit.transforms.unroll import unroll_reductions
 from zyx.jit.transforms.upcast import upcast
@@ -125,6 +129,28 @@ def test_row_kernel_transforms_compute_what_the_untransformed_row_kernel_compute
         assert (case, transform) in NOT_APPLICABLE
         return
     np.testing.assert_allclose(run(shaped, data, reference.shape), plain, rtol=2e-5, atol=2e-6)
+
+
+PRODUCTS = {"slices, the last past k's end": (70, 37, 45), "one slice": (40, 5, 33)}  # n, k, m
+
+
+@pytest.mark.parametrize("n,k,m", PRODUCTS.values(), ids=PRODUCTS)
+def test_double_buffered_tiles_compute_what_the_single_buffered_product_computes(n, k, m):
+    """The GPU product lowered with one local buffer per tile (two barriers per slice), then double-buffered."""
+    a, b = RNG.standard_normal((n, k)).astype(np.float32), RNG.standard_normal((k, m)).astype(np.float32)
+    x, y = zyx.CPU().tensor(a), zyx.CPU().tensor(b)
+    root = (x @ y).node
+    choice = Choice.of("local_tiles", block=32, bk=8, buffers=1)
+    plan = plan_local_tiles(root, hosted_matmul(root, {id(root): root}), choice=choice)
+    kernel = LocalTileLowering(root, {id(root): root}, set(), plan).lower().ir
+    data = {id(x.node): a, id(y.node): b}
+    single = run(kernel, data, (n, m))
+    np.testing.assert_allclose(single, a @ b, rtol=1e-4, atol=1e-5)
+    doubled = double_buffer(kernel)
+    slices = -(-k // 8)
+    assert sum(isinstance(s, Barrier) for s in walk(doubled.body)) == 1 + (slices > 1)  # one per slice, not two
+    np.testing.assert_allclose(run(doubled, data, (n, m)), single, rtol=1e-6, atol=1e-6)
+    assert double_buffer(lowered("row sum")[0].ir) is None  # no staging loop
 
 
 def test_row_kernels_are_refused_where_the_reductions_are_not_over_the_rows():
