@@ -72,7 +72,8 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     """The program computing `targets` (`order`: their toposort). `optimize`: a float SUM of a MUL read by
     nothing else becomes one CONTRACT step (of the MUL's operands, or their sources where they are expands
     nothing else reads), an elementwise op whose sources are all constant along some axes
-    (broadcast: `x - 3`) is computed once along them and broadcast, the steps run in `frugal_order`, and
+    (broadcast: `x - 3`) is computed once along them and broadcast, any other reads its expanded sources
+    unexpanded and lets the library broadcast them (`_broadcast_reads`), the steps run in `frugal_order`, and
     elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
     index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
     must have the target's shape and dtype)."""
@@ -93,11 +94,16 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
         compact = None
         if axes and op in ELEMENTWISE and op is not Op.DETACH:
             compact = tuple((0, 1) if axis in axes else (0, size) for axis, size in enumerate(node.shape))
+        elif optimize and op in ELEMENTWISE:
+            slots = _broadcast_reads(steps, slots, node.shape)
         slot_of[id(node)] = len(steps)
         constant.append(axes)
         steps.append(Step(op, arg, node.shape, node.dtype, slots, compact))
     outputs = [slot_of[id(t)] for t in targets]
     if optimize:
+        read = {slot for step in steps for slot in step.sources} | set(outputs)
+        steps, outputs = _reordered(steps, outputs, [k for k, step in enumerate(steps)
+                                                     if k in read or step.op is not Op.EXPAND])
         steps, outputs = _reordered(steps, outputs, frugal_order(steps, set(outputs)))
         steps = overwrites(steps, set(outputs))
     last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
@@ -110,6 +116,16 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
         if slot not in kept:
             frees[max(last_use.get(slot, slot), written_at.get(slot, -1))].append(slot)
     return InterpretedProgram(steps, outputs, frees, writes, aliases)
+
+
+def _broadcast_reads(steps: Sequence[Step], slots: tuple[int, ...], shape: Shape) -> tuple[int, ...]:
+    """An elementwise step's sources with each EXPAND (of the step's rank) replaced by its source, which the
+    library broadcasts, where another source keeps the step's shape: `h + b` reads the bias as (1, n), and
+    an expand nothing else reads is no step at all."""
+    expanded = {s for s in slots if steps[s].op is Op.EXPAND and len(steps[steps[s].sources[0]].shape) == len(shape)}
+    if not any(s not in expanded and steps[s].shape == shape for s in slots):
+        return slots
+    return tuple(steps[s].sources[0] if s in expanded else s for s in slots)
 
 
 def _reordered(steps: Sequence[Step], outputs: Sequence[int], order: Sequence[int]) -> tuple[list[Step], list[int]]:
