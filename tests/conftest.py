@@ -1,5 +1,6 @@
 import os
 import pathlib
+from dataclasses import dataclass
 
 # The test suite keeps its kernel cache inside the repository's cache/ folder (ignored by git).
 os.environ.setdefault("ZYX_CACHE_DIR", str(pathlib.Path(__file__).resolve().parent.parent / "cache"))
@@ -18,13 +19,17 @@ import zyx  # noqa: E402
 
 
 def make_device(name: str) -> "zyx.Device":
-    """The zyx device a test parameter names: "cpu" -> zyx.CPU(), "opencl" -> zyx.OpenCL()."""
+    """The zyx device a test parameter names: "cpu" -> zyx.CPU(), "opencl" -> zyx.OpenCL(), "wgpu" -> zyx.WGPU(),
+    "torch" ->
+    zyx.Torch("cpu"), "torch:DEVICE" -> zyx.Torch(DEVICE) (torch:cuda on a GPU machine)."""
     if name == "cpu":
         return zyx.CPU()
     if name == "opencl":
         return zyx.OpenCL()
     if name == "wgpu":
         return zyx.WGPU()
+    if name == "torch" or name.startswith("torch:"):
+        return zyx.Torch(name[6:] or "cpu")
     raise ValueError(f"unknown test device {name!r}")
 
 
@@ -36,10 +41,18 @@ def _wgpu_adapter_exists() -> bool:
         return False
 
 
-# Devices the device-generic tests run on: the CPU reference, OpenCL, and WGPU wherever wgpu finds an adapter (here
-# Mesa's lavapipe through Vulkan), so every such test is also a differential test of both JITs against the numpy
-# reference. ZYX_TEST_DEVICES=cpu narrows it (e.g. where OpenCL is missing).
-TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu,opencl" + (",wgpu" if _wgpu_adapter_exists() else "")).split(",")
+def _torch_importable() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+# Devices the device-generic tests run on: the CPU reference, OpenCL, WGPU wherever wgpu finds an adapter (here
+# Mesa's lavapipe through Vulkan) and zyx.Torch("cpu") wherever torch is installed, so every such test is also a
+# differential test of both JITs and of the torch backend against the numpy reference. ZYX_TEST_DEVICES=cpu narrows
+# it (e.g. where OpenCL is missing); ZYX_TEST_DEVICES=cpu,torch:cuda runs the torch backend on a GPU. WGPU and torch
+# run a representative subset unless asked for more (SECONDARY_DEVICES).
+TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu,opencl" + (",wgpu" if _wgpu_adapter_exists() else "")
+                              + (",torch" if _torch_importable() else "")).split(",")
 
 
 @pytest.fixture(params=TEST_DEVICES)
@@ -48,12 +61,13 @@ def device(request):
     return make_device(request.param)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def test_devices(request) -> dict:
-    """Every device of TEST_DEVICES by name, for tests that compare them all on one input (tests/fuzz); WGPU only
-    with --wgpu-full (see WGPU_DEFAULT_FILES)."""
-    full = request.config.getoption("--wgpu-full")
-    return {name: make_device(name) for name in TEST_DEVICES if name != "wgpu" or full}
+    """Every device of TEST_DEVICES by name, for tests that compare them all on one input (tests/fuzz); a secondary
+    device only where it runs the test's file (see SECONDARY_DEVICES)."""
+    file = _test_file(request.node)
+    return {name: make_device(name) for name in TEST_DEVICES
+            if not _outside_subset(name, file) or _full_wanted(request.config, name)}
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -68,18 +82,54 @@ def _test_process_keeps_kernels_in_memory():
 def pytest_addoption(parser):
     parser.addoption("--long", action="store_true",
                      help="run the long variants of bounded tests (tests/fuzz: thousands of graphs, not hundreds)")
-    parser.addoption("--wgpu-full", action="store_true",
-                     help="run every device-generic test on zyx.WGPU(), not only the representative subset")
+    parser.addoption("--full-devices", action="store_true",
+                     help="run every device-generic test on every secondary device (SECONDARY_DEVICES), not only "
+                          "their representative subsets")
+    for kind, secondary in SECONDARY_DEVICES.items():
+        parser.addoption(f"--{kind}-full", action="store_true",
+                         help=f"run every device-generic test on {secondary.device}, not only the representative "
+                              "subset")
 
 
-# WGPU on lavapipe builds every shader through LLVM and runs it on the CPU: the whole device-generic suite on it took
-# about WGPU_FULL_MINUTES minutes in one process here (the 100 000-update deep-graph test alone 6), more than CI has. By
-# default WGPU runs these files (every op, dtype and view layout of test_ops, training with each optimizer, random
-# numbers, and its own tests: 4.6 min on 2 workers); the rest of its cases are marked `wgpu_full` and deselected unless
-# --wgpu-full is given (on a GPU adapter the whole suite is quick).
-WGPU_DEFAULT_FILES = {"tests/test_ops.py", "tests/nn/test_optim.py", "tests/test_random.py",
-                      "tests/runtime/test_wgpu.py"}
-WGPU_FULL_MINUTES = 56
+@dataclass(frozen=True)
+class SecondaryDevice:
+    """A device that runs only a representative subset of the device-generic suite unless asked for all of it."""
+
+    device: str       # what it is, for --KIND-full's help
+    files: frozenset  # the subset: every device-generic case of these files runs on it
+
+
+# Every op, dtype and view layout of test_ops, training with each optimizer, random numbers.
+REPRESENTATIVE_FILES = frozenset({"tests/test_ops.py", "tests/nn/test_optim.py", "tests/test_random.py"})
+# Devices whose whole device-generic suite CI has no time for: their cases outside `files` are marked `device_full`
+# and deselected unless --full-devices or --KIND-full is given (KIND: a test device's name up to its colon, so
+# torch:cuda counts as torch). On a GPU the whole suite is quick: run it there with the flag.
+SECONDARY_DEVICES = {
+    # lavapipe builds every shader through LLVM and runs it on the CPU: the whole suite took about 56 minutes in one
+    # process here (the 100 000-update deep-graph test alone 6); the subset 4.6 min on 2 workers.
+    "wgpu": SecondaryDevice("zyx.WGPU()", REPRESENTATIVE_FILES | {"tests/runtime/test_wgpu.py"}),
+    # The device-generic files without slow tests took 160 s of CPU on zyx.Torch('cpu') (the deep graphs and the
+    # flat-memory loops 110 s of it; zyx.CPU() 109 s in all); the subset, with gradients and the differential
+    # fuzzer, about 45 s (2026-12-02, this 2-vCPU machine). Its own tests: tests/runtime/test_torch_backend.py.
+    "torch": SecondaryDevice("zyx.Torch()", REPRESENTATIVE_FILES | {"tests/trace/test_autodiff.py",
+                                                                   "tests/fuzz/test_fuzz.py"}),
+}
+
+
+def _test_file(node) -> str:
+    return node.nodeid.split("::")[0]
+
+
+def _outside_subset(device: str, file: str) -> bool:
+    """Whether test device `device` is secondary and `file` outside its representative subset."""
+    secondary = SECONDARY_DEVICES.get(device.split(":")[0])
+    return secondary is not None and file not in secondary.files
+
+
+def _full_wanted(config, device: str) -> bool:
+    """Whether the whole device-generic suite runs on test device `device` (--full-devices or --KIND-full)."""
+    return config.getoption("--full-devices") or config.getoption(f"--{device.split(':')[0]}-full")
+
 
 # Cases that cannot pass on WGPU. A name without brackets stands for every parametrization of the test on WGPU.
 # Tests that compute in float64 whatever their parameters (finite differences, dtype round trips): each must fail
@@ -109,11 +159,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec else {}
-        if params.get("device") == "wgpu":
+        device = params.get("device")
+        if device == "wgpu":
             _mark_wgpu_case(item, params)
-        thinned = (item.originalname in EXHAUSTIVE_TESTS and params.get("device") == "opencl"
+        thinned = (item.originalname in EXHAUSTIVE_TESTS and device == "opencl"
                    and params.get("dtype") == "float64" and params.get("name") not in OPENCL_FLOAT64_SAMPLE)
-        thinned = thinned or ("wgpu_full" in item.keywords and not config.getoption("--wgpu-full"))
+        if device is not None and _outside_subset(device, _test_file(item)):
+            item.add_marker(pytest.mark.device_full)
+            thinned = thinned or not _full_wanted(config, device)
         (dropped if thinned else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
@@ -121,14 +174,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _mark_wgpu_case(item, params: dict) -> None:
-    """A WGPU case's marks: `wgpu_full` outside WGPU_DEFAULT_FILES, xfail where WGPU cannot pass it."""
-    if item.nodeid.split("::")[0] not in WGPU_DEFAULT_FILES:
-        item.add_marker(pytest.mark.wgpu_full)
+    """A WGPU case's marks: xfail where WGPU cannot pass it."""
     names = {item.originalname, item.name}
     if names & WGPU_INT64_LIMITED:
         item.add_marker(pytest.mark.xfail(strict=True, reason="int64 values beyond 32 bits (WGSL computes int64 in i32)"))
     elif names & WGPU_IMPRECISE:
         item.add_marker(pytest.mark.xfail(strict=True, reason="the driver's exp/tanh are not accurate to a few ulps"))
     elif ("float64" in params.values() or names & WGPU_FLOAT64_TESTS
-          or item.nodeid.split("::")[0] in WGPU_FLOAT64_FILES):
+          or _test_file(item) in WGPU_FLOAT64_FILES):
         item.add_marker(pytest.mark.xfail(raises=TypeError, reason="WGSL has no float64"))

@@ -192,6 +192,19 @@ def test_devices_lists_every_platform_and_device(tmp_path):
     assert all(isinstance(row["global_mem_bytes"], int) and row["global_mem_bytes"] > 0 for row in as_json)
 
 
+def test_devices_lists_torch_and_marks_the_one_zyx_device_names(tmp_path):
+    pytest.importorskip("torch")
+    rows = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
+    torch_rows = [row for row in rows if row["kind"] == "torch"]
+    assert torch_rows[0]["spec"] == "torch:cpu" and not any(row["default"] for row in torch_rows)
+    environ = {**environment(tmp_path), "ZYX_DEVICE": "torch:cpu"}
+    marked = json.loads(zyx(tmp_path / "cache", "devices", "--json", env=environ).stdout)
+    assert [row["spec"] for row in marked if row["default"]] == ["torch:cpu"]
+    table = zyx(tmp_path / "cache", "devices", env=environ).stdout
+    assert [line.split()[1] for line in table.splitlines() if line.startswith("  *")] == ["torch:cpu"]
+    assert "* the device ZYX_DEVICE names" in table
+
+
 def test_an_unusable_cache_directory_is_one_error_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

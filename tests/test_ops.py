@@ -1016,7 +1016,8 @@ def test_realize_many_at_once(device):
 
 def test_default_device_from_environment():
     code = "import zyx; print(zyx.default_device(), zyx.zeros(1).device is zyx.default_device())"
-    for value, expected in [("cpu", "zyx.CPU() True"), ("CPU", "zyx.CPU() True")]:
+    for value, expected in [("cpu", "zyx.CPU() True"), ("CPU", "zyx.CPU() True"),
+                            ("torch:cpu", "zyx.Torch('cpu') True")]:
         env = dict(os.environ, ZYX_DEVICE=value)
         done = subprocess.run([sys.executable, "-c", code], env=env, text=True,
                                             capture_output=True, timeout=120)

@@ -26,8 +26,9 @@ TENSOR_FUNCTIONS = (
 _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it, dotted for a class's)
     **{name: (".creation", name) for name in ("arange", "eye", "from_dlpack", "full", "ones", "ones_like", "rand",
                                                "randn", "tensor", "uniform", "zeros", "zeros_like")},
-    **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "WGPU", "default_device", "set_default_device",
-                                              "synchronize")},
+    **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "Torch", "WGPU", "default_device",
+                                              "set_default_device", "synchronize")},
+    "from_torch": (".torch_interop", "from_torch"),
     **{name: (".dtypes", name) for name in ("DType", "bool_", "uint8", "int8", "int16", "int32", "uint32", "int64",
                                              "float16", "bfloat16", "float32", "float64")},
     "bool": (".dtypes", "bool_"),  # zyx.bool, as torch.bool
@@ -49,7 +50,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
 
 __all__ = [
     "jit", "memory_stats", "reset_peak_memory", "nn", "distributed", "save", "load",
-    "Tensor", "Device", "CPU", "OpenCL", "WGPU", "DType", "ShapeError", "AxisError", "OutOfMemoryError", "tensor", "zeros",
+    "Tensor", "Device", "CPU", "OpenCL", "WGPU", "Torch", "from_torch", "DType", "ShapeError", "AxisError",
+    "OutOfMemoryError", "tensor", "zeros",
     "ones", "full", "eye", "arange", "from_dlpack",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
     "default_device", "set_default_device", "stats", "reset_stats", "uint8", "int8", "int16", "int32", "uint32",
@@ -93,13 +95,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .creation import (arange, empty, empty_like, eye, from_dlpack, full, full_like, linspace, ones, ones_like,
                            rand, randn, tensor, uniform, zeros, zeros_like)
     from .einsum import einsum
-    from .devices import CPU, WGPU, Device, OpenCL, default_device, set_default_device, synchronize
+    from .devices import CPU, WGPU, Device, OpenCL, Torch, default_device, set_default_device, synchronize
     from .dtypes import (DType, bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8,
                          uint32)
     from .dtypes import bool_ as bool  # noqa: A001
     from .errors import AxisError, OutOfMemoryError, ShapeError
     from .profiler import Profiler, profile
     from .trace_graph import viz
+    from .torch_interop import from_torch
     from .jit.jit import jit
     from .memory import memory_stats, reset_peak_memory
     from .random import manual_seed

@@ -1,5 +1,5 @@
-"""The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL devices and WebGPU adapters,
-tune a script.
+"""The `zyx` command line: inspect and maintain the kernel cache, list the OpenCL devices, WebGPU adapters and
+zyx.Torch()'s devices, tune a script.
 
 Every failure prints one line, `zyx: error: ...`, on stderr: exit status 2 for a bad command line,
 1 for anything else. Only the standard library is imported before a command runs (pyopencl, numpy and rich
@@ -365,13 +365,14 @@ def devices(args: argparse.Namespace) -> int:
     described = describe_devices()
     wanted = os.environ.get("ZYX_DEVICE", "").strip().lower()
     chosen = re.fullmatch(r"opencl:(\d+)", wanted)
-    default = (None if wanted.startswith("wgpu") else int(chosen[1]) if chosen
+    default = (None if wanted.startswith(("wgpu", "torch")) else int(chosen[1]) if chosen
                else default_ordinal(problem=compile_problem))
     for ordinal, row in enumerate(described):
         row["kind"], row["default"] = "opencl", ordinal == default
     adapters = _wgpu_adapters(wanted)
+    torch_rows, torch_missing = _torch_devices(wanted)
     if args.json:
-        print(json.dumps(described + adapters, indent=2))
+        print(json.dumps(described + adapters + torch_rows, indent=2))
         return 0
     if not described:
         _messages().info("no OpenCL platform found (zyx.CPU() still works)")
@@ -392,10 +393,20 @@ def devices(args: argparse.Namespace) -> int:
             ("*" if row["default"] else "", row["index"], row["device"], row["type"], row["backend"],
              format_bytes(row["max_binding_bytes"]), row["storage_buffers"], row["driver"]) for row in adapters
         ], shrink=(2, 7), indent=2)
+    if torch_rows:
+        import torch
+        print(f"torch {torch.__version__}: zyx.Torch(device), ZYX_DEVICE=torch:DEVICE")
+        print_table(("", "ZYX_DEVICE", "DEVICE", "TYPE", "MEMORY"), [
+            ("*" if row["default"] else "", row["spec"], row["device"], row["type"],
+             format_bytes(row["global_mem_bytes"])) for row in torch_rows], shrink=(2,), indent=2)
+    else:
+        print(f"torch: {torch_missing}")
     if default is not None and described:
         print("* the device zyx.OpenCL() uses" if chosen is None else "* the device ZYX_DEVICE names")
     elif any(row["default"] for row in adapters):
         print("* the adapter ZYX_DEVICE names")
+    elif any(row["default"] for row in torch_rows):
+        print("* the device ZYX_DEVICE names")
     return 0
 
 
@@ -409,6 +420,26 @@ def _wgpu_adapters(wanted: str) -> list[dict]:
     named = re.fullmatch(r"wgpu(?::(\d+))?", wanted)
     default = (int(named[1]) if named[1] else select_adapter()) if named and adapters else None
     return [{**row, "kind": "wgpu", "default": row["index"] == default} for row in adapters]
+
+
+def _torch_devices(wanted: str) -> tuple[list[dict[str, Any]], str]:
+    """zyx.Torch()'s devices (the one ZYX_DEVICE names marked default), or none and why."""
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        return [], "not installed (pip install zyx[torch] for zyx.Torch())"
+    from zyx.devices import resolve_torch_device
+    from zyx.runtime.torch_backend import describe_torch_devices
+    import torch
+    rows = describe_torch_devices()
+    named = None
+    if wanted == "torch" or wanted.startswith("torch:"):
+        try:
+            named = f"torch:{resolve_torch_device(torch, wanted.partition('+')[0][6:] or None)}"
+        except ValueError:
+            named = None
+    for row in rows:
+        row["default"] = row["spec"] == named
+    return rows, ""
 
 
 # -- wiring ------------------------------------------------------------------------------------
@@ -449,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("script", metavar="SCRIPT", help="the script, as `python SCRIPT` would run it")
     tuning.add_argument("arguments", metavar="ARGS", nargs=argparse.REMAINDER, help="the script's arguments")
 
-    listing = _command(commands, "devices", devices,
-                       "list OpenCL platforms and devices and WebGPU adapters; * marks the default")
+    listing = _command(commands, "devices", devices, "list OpenCL platforms and devices, WebGPU adapters and "
+                       "zyx.Torch()'s devices; * marks the default")
     listing.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

@@ -12,7 +12,8 @@ from .trace.node import Node
 
 
 class Device:
-    """A place for tensors: `zyx.CPU()` (RAM, numpy), `zyx.OpenCL()` or `zyx.WGPU()` (VRAM, fused kernels)."""
+    """A place for tensors: `zyx.CPU()` (RAM, numpy), `zyx.OpenCL()` or `zyx.WGPU()` (VRAM, fused kernels),
+    `zyx.Torch()` (torch tensors, torch ops)."""
 
     def __init__(self, kind: str, backend: Any, label: str, spec: str = ""):
         self.kind, self.backend, self.label = kind, backend, label
@@ -149,12 +150,70 @@ def _wgpu_for(index: int) -> Device:
     return _DEVICES[key]
 
 
-FUSING_KINDS = ("opencl", "wgpu")  # devices whose traces are scheduled into kernels (what zyx.jit captures)
+FUSING_KINDS = ("opencl", "wgpu")  # devices whose traces are scheduled into kernels
+CAPTURING_KINDS = (*FUSING_KINDS, "torch")  # devices whose programs zyx.jit captures and replays
+
+
+def import_torch() -> Any:
+    """The torch module; ImportError naming the extra to install when it is missing."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(f"zyx.Torch() and the torch interop need PyTorch, which cannot be imported here "
+                          f"({error}): pip install zyx[torch]") from None
+    return torch
+
+
+def Torch(device: Any = None, compile: bool | str | None = None) -> Device:
+    """Tensors in torch tensors, traces run as torch ops (cuBLAS, cuDNN, MPS... wherever PyTorch runs).
+
+    `device`: "cpu", "cuda", "cuda:N", "mps" or a torch.device; default CUDA if there is one, else MPS, else the
+    CPU. `compile`: run each program as a `torch.compile`d function, True or a torch.compile mode such as
+    "reduce-overhead" (CUDA graphs); default: env ZYX_TORCH_COMPILE (1 or a mode). Each program's first run pays
+    for compiling. Needs PyTorch (`pip install zyx[torch]`).
+    """
+    torch = import_torch()
+    from .runtime.torch_backend import TorchBackend, compile_mode
+    chosen = resolve_torch_device(torch, device)
+    mode = compile_mode(compile)
+    key = ("torch", str(chosen), mode)
+    if key not in _DEVICES:
+        option = "" if mode is None else ", compile=True" if mode == "default" else f", compile={mode!r}"
+        suffix = "" if mode is None else "+compile" if mode == "default" else f"+compile={mode}"
+        _DEVICES[key] = Device("torch", TorchBackend(chosen, mode), f"Torch({str(chosen)!r}{option})",
+                               f"torch:{chosen}{suffix}")
+    return _DEVICES[key]
+
+
+def resolve_torch_device(torch: Any, device: Any) -> Any:
+    """The torch.device `device` names, with the CUDA index filled in; ValueError when torch has no such device."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"zyx.Torch: {device!r} is not a torch device ({error})") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = torch.cuda.current_device() if chosen.index is None and count else chosen.index or 0
+        if index >= count:
+            raise ValueError(f"zyx.Torch: no CUDA device {index} (torch {torch.__version__} sees {count})")
+        return torch.device("cuda", index)
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"zyx.Torch: MPS is not available to torch {torch.__version__} here")
+    if chosen.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"zyx.Torch: device type {chosen.type!r} is not supported (cpu, cuda or mps)")
+    return chosen
+
+
+DEVICE_SPECS = ("'cpu', 'opencl', 'opencl:N', 'wgpu', 'wgpu:N', 'torch' or 'torch:DEVICE' (torch:cpu, torch:cuda, "
+                "torch:cuda:N, torch:mps)")
 
 
 def device_from_spec(spec: str) -> Device:
     """`cpu`, `opencl`, `opencl:N` (the N-th OpenCL device in `zyx devices` order), `wgpu` or `wgpu:N` (the N-th
-    WebGPU adapter)."""
+    WebGPU adapter), `torch` or `torch:DEVICE` (a torch device: cpu, cuda, cuda:N, mps; `+compile` at the end asks
+    for `compile=True`, `+compile=MODE` for a torch.compile mode)."""
     spec = spec.strip().lower()
     if spec == "cpu":
         return CPU()
@@ -167,21 +226,26 @@ def device_from_spec(spec: str) -> Device:
         return WGPU()
     if spec.startswith("wgpu:") and spec[5:].isdigit():
         return WGPU(int(spec[5:]))
-    raise ValueError(f"unknown device {spec!r}: use 'cpu', 'opencl', 'opencl:N', 'wgpu' or 'wgpu:N'")
+    name, _, option = spec.partition("+")
+    if (name == "torch" or name.startswith("torch:")) and (option in ("", "compile") or option.startswith("compile=")):
+        return Torch(name[6:] or None, compile=option.partition("=")[2] or True if option else None)
+    raise ValueError(f"unknown device {spec!r}: use {DEVICE_SPECS}")
 
 
 _default: list[Device] = []
 
 
 def default_device() -> Device:
-    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N, wgpu, wgpu:N), else CPU."""
+    """The device for tensors made without one: env ZYX_DEVICE (cpu, opencl, opencl:N, wgpu, wgpu:N, torch,
+    torch:DEVICE), else CPU."""
     if not _default:
         _default.append(device_from_spec(os.environ.get("ZYX_DEVICE", "cpu")))
     return _default[0]
 
 
 def set_default_device(device: Device | str) -> None:
-    """The device for tensors made without one, from now on (a Device or a spec: 'cpu', 'opencl:N', 'wgpu'...)."""
+    """The device for tensors made without one, from now on (a Device or a spec: 'cpu', 'opencl:N', 'wgpu',
+    'torch:cuda'...)."""
     _default[:] = [device if isinstance(device, Device) else device_from_spec(device)]
 
 

@@ -20,7 +20,7 @@ K_DL_CPU = 1  # DLPack's device type for host memory
 
 def _device_or_dtype(spec: Any) -> tuple[Optional["Device"], Optional[DType]]:
     """What a positional argument of `to` names: (device, None) or (None, dtype)."""
-    from .devices import Device, device_from_spec
+    from .devices import DEVICE_SPECS, Device, device_from_spec
     if isinstance(spec, Device):
         return spec, None
     if isinstance(spec, str):
@@ -31,7 +31,7 @@ def _device_or_dtype(spec: Any) -> tuple[Optional["Device"], Optional[DType]]:
         try:
             return None, to_dtype(spec)
         except TypeError:
-            raise TypeError(f"to: {spec!r} is neither a device ('cpu', 'opencl', 'opencl:N') nor a dtype") from None
+            raise TypeError(f"to: {spec!r} is neither a device ({DEVICE_SPECS}) nor a dtype") from None
     return None, to_dtype(spec)
 
 
@@ -114,11 +114,22 @@ class ConvertMixin:
         from .creation import tensor
         return tensor, (self.numpy(), self.node.device, self.node.dtype.name)  # type: ignore[attr-defined]
 
+    def torch(self) -> Any:
+        """The values as a torch tensor, sharing memory on zyx.Torch() (the buffer itself) and zyx.CPU(), else a
+        host copy; see `zyx.torch_interop`. Needs PyTorch."""
+        from .torch_interop import to_torch
+        return to_torch(self)  # type: ignore[arg-type]
+
     def __dlpack__(self, **kwargs: Any) -> Any:
-        """A DLPack capsule of a host copy of the values, on every device (so `torch.tensor(t)` and
-        `torch.from_dlpack(t)` work); keywords go to numpy's `__dlpack__`. bfloat16 has no numpy export."""
+        """A DLPack capsule: on zyx.Torch() of the buffer itself (zero-copy, on its device), elsewhere of a host
+        copy of the values (so `torch.tensor(t)` and `torch.from_dlpack(t)` work on every device); keywords go to
+        the exporter's `__dlpack__`. bfloat16 has no numpy export."""
+        if self.node.device.kind == "torch":
+            return self.torch().__dlpack__(**kwargs)
         return self.numpy().__dlpack__(**kwargs)  # type: ignore[attr-defined]
 
     def __dlpack_device__(self) -> tuple[int, int]:
-        """The host (kDLCPU): `__dlpack__` exports a host copy."""
+        """Where `__dlpack__`'s memory is: the torch buffer's device on zyx.Torch(), else the host (kDLCPU)."""
+        if self.node.device.kind == "torch":
+            return tuple(self.torch().__dlpack_device__())  # type: ignore[return-value]
         return (K_DL_CPU, 0)

@@ -18,6 +18,7 @@ from typing import Any, Sequence, Union
 from .dot import Cluster, DotGraph
 from .jit.jit import JitFunction
 from .jit.kernel_nodes import contained_nodes
+from .runtime.interpret import InterpretedProgram
 from .jit.program import Program, launch_size
 from .jit.schedule import CPU_VECTOR_WIDTH, DeviceTraits, schedule
 from .tensor import Tensor
@@ -59,7 +60,8 @@ def _graph(target: Drawable) -> DotGraph:
                              "yet; call it once first")
         graph = DotGraph()
         for number, program in enumerate(programs):
-            _draw_program(graph, program, f"p{number}")
+            draw = _draw_interpreted if isinstance(program, InterpretedProgram) else _draw_program
+            draw(graph, program, f"p{number}")
         return graph
     tensors = [target] if isinstance(target, Tensor) else list(target)
     for position, tensor in enumerate(tensors):
@@ -107,6 +109,22 @@ def _draw_trace(tensors: list[Tensor]) -> DotGraph:
         if node.op is Op.BUFFER:
             _outside(graph, node, name_of, serial)
     return graph
+
+
+def _draw_interpreted(graph: DotGraph, program: InterpretedProgram, prefix: str) -> None:
+    """A program run op by op (zyx.Torch()): one node per library call, drawn through the views between them."""
+    drawn: dict[int, str] = {}  # slot -> the node its value comes from (a view's is its source's)
+    for k, step in enumerate(program.steps):
+        if step.sources and not step.computes:
+            drawn[k] = drawn[step.sources[0]]
+            continue
+        drawn[k] = f"{prefix}s{k}"
+        op = step.op.name if step.op is not Op.CONST else f"CONST {step.arg}"
+        label = f"input {step.arg}" if step.op is Op.BUFFER else op
+        graph.node(drawn[k], f"{label}\n{step.shape} {step.dtype.name}",
+                   shape="cylinder" if step.op is Op.BUFFER else "ellipse")
+        for source in dict.fromkeys(step.sources):
+            graph.edge(drawn[source], drawn[k])
 
 
 def _outside(graph: DotGraph, node: Node, name_of: dict[int, str], serial: dict[int, int]) -> str:

@@ -49,6 +49,17 @@ def test_list_devices_exits_cleanly():
     assert finished.returncode == 0, finished.stderr[-3000:]
 
 
+def test_torch_backend_compares_w3_w4_w6_with_torch_eager(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "torch.json"
+    finished = subprocess.run([sys.executable, "-m", "bench.torch_backend", "--device", "cpu", "--quick",
+                               "--repeat", "1", "--steps", "1", "--json", str(out)],
+                              cwd=BENCH.parent, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "| workload | zyx.Torch | torch eager |" in finished.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["workload"] for r in rows] == ["W3 256³", "W3 512³", "W4 SGD", "W6 SGD", "W4 Adam", "W6 Adam"]
+    assert all(r["zyx"] > 0 and r["torch"] > 0 and "MISMATCH" not in r["note"] for r in rows)
 def test_host_time_reports_microseconds_launches_and_the_floor(tmp_path):
     stdout, result = _run("host_time.py", "--calls", "3", tmp_path=tmp_path)
     rows = {(r["workload"], r["implementation"]): r for r in result["results"]}

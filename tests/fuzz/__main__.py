@@ -1,4 +1,4 @@
-"""python -m tests.fuzz [--seed S] [--count N] [--device cpu,opencl]: run N graphs from seed S, print a shrunk
+"""python -m tests.fuzz [--seed S] [--count N] [--device cpu,opencl,torch]: run N graphs from seed S, print a shrunk
 reproducer for each failure and a summary (graphs run, seconds, failures by op class)."""
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import warnings
 
 os.environ.setdefault("ZYX_CACHE_DIR", str(pathlib.Path(__file__).resolve().parents[2] / "cache"))
 
-import zyx  # noqa: E402
-
+from ..conftest import make_device  # noqa: E402
 from .check import check, reproducer, shrink  # noqa: E402
 from .graphs import generate  # noqa: E402
 from .test_fuzz import DEFAULT_GRAPHS  # noqa: E402
@@ -22,10 +21,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
     parser.add_argument("--seed", type=int, default=0, help="first graph seed")
     parser.add_argument("--count", type=int, default=DEFAULT_GRAPHS, help="how many graphs")
-    parser.add_argument("--device", default="cpu,opencl", help="zyx devices to test, comma-separated")
+    parser.add_argument("--device", default="cpu,opencl",
+                        help="zyx devices to test, comma-separated (cpu, opencl, torch, torch:DEVICE)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # torch's and numpy's notes about the reference computations
-    devices = {name: zyx.CPU() if name == "cpu" else zyx.OpenCL() for name in args.device.split(",")}
+    devices = {name: make_device(name) for name in args.device.split(",")}
     start, failed = time.perf_counter(), collections.Counter()
     for seed in range(args.seed, args.seed + args.count):
         if (seed - args.seed) % 100 == 0 and seed > args.seed:

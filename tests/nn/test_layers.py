@@ -189,6 +189,7 @@ def test_sequential(nn_device):
 
 def test_default_initialisation_ranges(nn_device):
     """PyTorch's defaults: weights and biases in ±1/sqrt(fan_in), embeddings N(0, 1), norms ones and zeros."""
+    zyx.manual_seed(0)  # 40 biases miss the top tenth of the range 1.5% of the time: not left to the stream's state
     linear = nn.Linear(50, 40, device=nn_device)
     bound = 1 / np.sqrt(50)
     for t in (linear.weight, linear.bias):

@@ -50,6 +50,14 @@ def test_uniform_counter_wraps_at_2_to_64():
     assert np.array_equal(philox_uniform(1, 2**64 - 1, 2), np.concatenate([philox_uniform(1, 2**64 - 1, 1), philox_uniform(1, 0, 1)]))
 
 
+@pytest.mark.parametrize("seed, offset", [(0, 0), (0x0123456789ABCDEF, 2**32 - 3), (2**64 - 1, 2**64 - 2)])
+def test_int64_form_gives_the_same_bits(seed, offset):
+    """The form torch runs (int64 arithmetic, 16-bit partial products), here on numpy int64, carries and wraps alike."""
+    bits = philox.philox_bits_int64(np.arange(6, dtype=np.int64), philox.philox_words(seed, offset))
+    assert bits.dtype == np.int64
+    np.testing.assert_array_equal(bits.astype(np.float32) * np.float32(2.0**-24), philox_uniform(seed, offset, 6))
+
+
 def test_zero_count():
     assert philox_uniform(1, 0, 0).shape == (0,)
 

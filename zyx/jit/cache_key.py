@@ -29,10 +29,11 @@ PROGRAM_COMPONENT_NAMES = ("structure", *FINGERPRINT_NAMES, "traits", "tuning", 
                            "zyx_version", "format")
 SETTINGS_THAT_SHAPE_NO_PROGRAM = frozenset({"ZYX_CACHE_DIR", "ZYX_CACHE_SIZE", "ZYX_DEBUG", "ZYX_DEBUG_CACHE",
                                             "ZYX_DEVICE", "ZYX_DISTRIBUTED_TIMEOUT", "ZYX_SHARE_COMPILES",
-                                            "ZYX_TUNE"})
+                                            "ZYX_TORCH_COMPILE", "ZYX_TUNE"})
 """Where the cache lives, what is printed, which device is the default, how ranks wait for each other, whether
-kernels are searched (what a search finds is the "tuning" component): everything else named ZYX_* is in a
-program's key (a setting listed here wrongly would return old programs; one missing only costs a reschedule)."""
+kernels are searched (what a search finds is the "tuning" component), how zyx.Torch() runs: everything else named
+ZYX_* is in a program's key (a setting listed here wrongly would return old programs; one missing only costs a
+reschedule)."""
 
 
 def hash_hex(data: str | bytes) -> str:

@@ -31,7 +31,7 @@ from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
 from ..trace.node import Node, buffer_leaf, toposort
 from ..debug import logger
-from ..devices import FUSING_KINDS
+from ..devices import CAPTURING_KINDS
 from . import recapture
 from .arguments import Rebuild, call_key, flatten
 from .capture import Capture, active_capture, pop_capture, push_capture
@@ -378,7 +378,7 @@ class JitFunction:
         rebuild = flatten(result, results)
         updated = [t for t, _, _ in capture.assigned.values()]
         device = results[0].device if results else updated[0].device if updated else None
-        if device is None or device.kind not in FUSING_KINDS or any(t.device is not device for t in arguments):
+        if device is None or device.kind not in CAPTURING_KINDS or any(t.device is not device for t in arguments):
             realize(*results, *updated)  # eager: nothing to capture
             return result
         after = locate_tensors(root)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable, Protocol
 
 from ..errors import OutOfMemoryError
-from ..trace.node import Node
 
 
 def describe_bytes(nbytes: int) -> str:
@@ -23,6 +22,13 @@ def describe_bytes(nbytes: int) -> str:
             break
         size, unit = size / 1024, larger
     return f"{size:.3g} {unit}"
+
+
+class Layout(Protocol):
+    """Anything with a shape and a dtype: a trace node, an interpreted program's step."""
+
+    shape: tuple[int, ...]
+    dtype: Any
 
 
 @dataclass(frozen=True)
@@ -39,11 +45,11 @@ class MemoryLimits:
             raise OutOfMemoryError(f"{what} needs {nbytes} bytes ({describe_bytes(nbytes)}), more than {self.device} "
                                    f"can allocate at once ({describe_bytes(self.max_buffer_bytes)})")
 
-    def check_node(self, node: Node) -> None:
+    def check_node(self, node: Layout) -> None:
         nbytes = math.prod(node.shape) * node.dtype.itemsize
         self.check_bytes(nbytes, f"a tensor of shape {node.shape} and dtype {node.dtype.name}")
 
-    def check_nodes(self, nodes: Iterable[Node]) -> None:
+    def check_nodes(self, nodes: Iterable[Layout]) -> None:
         for node in nodes:
             self.check_node(node)
 

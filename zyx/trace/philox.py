@@ -2,14 +2,16 @@
 
 A random tensor is a pure function of (seed, offset, index): no generator state lives on a device, so a
 kernel can draw element i without reading anything but its own counter. This module is the one place the
-algorithm and its constants are written down; the numpy reference and the OpenCL and WGSL helpers are all
-built from the constants below, so they cannot drift apart.
+algorithm and its constants are written down; the numpy reference, the int64 form torch runs (torch has no
+uint64 arithmetic) and the OpenCL and WGSL helpers are all built from the constants and the rounds below, so
+they cannot drift apart.
 
 Reference: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), and Random123's KAT vectors.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,14 +39,30 @@ def philox4x32_10(
     """The raw block function on arrays: 4 counter words and 2 key words (uint64 arrays holding 32-bit values)."""
     c0, c1, c2, c3 = (np.asarray(word, dtype=np.uint64) for word in counter)
     k0, k1 = (np.asarray(word, dtype=np.uint64) for word in key)
+    return _rounds((c0, c1, c2, c3), (k0, k1), _mulhilo)
+
+
+def _rounds(counter: Sequence[Any], key: Sequence[Any], mulhilo: Callable[[int, Any], tuple[Any, Any]]) -> tuple:
+    """The ten rounds on 32-bit words held in any integer array type (or Python ints) that `mulhilo` multiplies."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
     for round_index in range(ROUNDS):
         if round_index > 0:
-            k0 = (k0 + np.uint64(KEY_BUMP_0)) & _WORD
-            k1 = (k1 + np.uint64(KEY_BUMP_1)) & _WORD
-        hi0, lo0 = _mulhilo(MULTIPLIER_0, c0)
-        hi1, lo1 = _mulhilo(MULTIPLIER_1, c2)
+            k0 = (k0 + KEY_BUMP_0) & _WORD_MASK
+            k1 = (k1 + KEY_BUMP_1) & _WORD_MASK
+        hi0, lo0 = mulhilo(MULTIPLIER_0, c0)
+        hi1, lo1 = mulhilo(MULTIPLIER_1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     return c0, c1, c2, c3
+
+
+def _mulhilo_int64(multiplier: int, word: Any) -> tuple[Any, Any]:
+    """(high, low) 32-bit halves of multiplier * word in int64 arithmetic: the product of two 32-bit values
+    overflows int64, so the word is split in 16-bit halves whose partial products (< 2**48) cannot."""
+    low = multiplier * (word & 0xFFFF)
+    high = multiplier * (word >> 16)
+    low_sum = low + ((high & 0xFFFF) << 16)
+    return (high >> 16) + (low_sum >> 32), low_sum & _WORD_MASK
 
 
 def philox4x32_words(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int, int, int]:
@@ -68,6 +86,25 @@ def philox_uniform(seed: int, offset: int, count: int) -> np.ndarray:
     bits = philox4x32_10((counter_lo, counter_hi, zeros, zeros), key)[0]
     drop = np.uint64(32 - FLOAT_MANTISSA_BITS)
     return (bits >> drop).astype(np.float32) * np.float32(2.0**-FLOAT_MANTISSA_BITS)
+
+
+def philox_bits_int64(index: Any, words: Sequence[Any]) -> Any:
+    """The FLOAT_MANTISSA_BITS top bits of word 0 for counters offset + index, in int64 arithmetic, for array
+    libraries without uint64 (torch): `index` an int64 array, `words` (seed low, seed high, offset low, offset
+    high) 32-bit Python ints or 0-d int64 arrays. Bit-identical to `philox_uniform`'s (times 2**24)."""
+    seed_lo, seed_hi, offset_lo, offset_hi = words
+    counter_lo = index + offset_lo  # index < 2**62: no int64 overflow; the carry goes to the high word
+    counter_hi = ((counter_lo >> 32) + offset_hi) & _WORD_MASK
+    counter_lo = counter_lo & _WORD_MASK
+    zero = counter_lo * 0
+    bits = _rounds((counter_lo, counter_hi, zero, zero), (seed_lo, seed_hi), _mulhilo_int64)[0]
+    return bits >> (32 - FLOAT_MANTISSA_BITS)
+
+
+def philox_words(seed: int, offset: int) -> tuple[int, int, int, int]:
+    """(seed low, seed high, offset low, offset high) 32-bit words, as `philox_bits_int64` takes them."""
+    seed, offset = seed % 2**64, offset % 2**64
+    return seed & _WORD_MASK, seed >> 32, offset & _WORD_MASK, offset >> 32
 
 
 def _opencl_source() -> str:

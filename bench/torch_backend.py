@@ -1,0 +1,271 @@
+"""W3, W4 and W6 on zyx.Torch(device) against plain PyTorch eager doing the same work on the same device.
+
+    python -m bench.torch_backend [--device cuda|cpu|mps|cuda:N] [--quick] [--compile [MODE]] [--repeat N]
+                                  [--steps N] [--batch N] [--threads N] [--big]
+                                  [--json OUT]
+
+W3   a @ b, n×n float32 (1024 and 2048; 4096 with --big; 256 and 512 with --quick): zyx builds the expression,
+     realizes it and waits for the device; torch computes `a @ b` and waits. Both times include the call's own
+     Python overhead. GFLOP/s = 2·n³ / time.
+W4   one training step of the MLP 784-512-512-10 of bench/train_step.py (batch 512; SGD lr 0.01, Adam lr 1e-3):
+     zyx a @zyx.jit step (zyx.nn.Linear, cross_entropy, zyx.nn.SGD/Adam), torch eager (zero_grad, forward,
+     backward, opt.step()); each step ends by reading the loss. Both start from the same weights, and the losses
+     of both are checked against bench/train_step.py's numpy reference.
+W6   the memory of one W4 step after warm-up, three ways: zyx.memory_stats' peak (zyx's own count of its
+     buffers); every storage torch allocates during the step, for zyx and for torch eager alike (a
+     TorchDispatchMode that counts each new storage until it is freed: what the step adds to what was held
+     before it); on CUDA also torch.cuda.max_memory_allocated over the step, for both.
+The ratio column is zyx ÷ torch (time, or bytes): below 1 zyx is faster or smaller. zyx and torch alternate
+run by run, so load from other processes falls on both alike. With --compile zyx runs each program as a
+torch.compile'd function (zyx.Torch(device, compile=MODE): default, or reduce-overhead for CUDA graphs); the
+first W4 step's time (capture and compile) is in the notes. --quick (fewer and smaller runs) finishes in under a
+minute on a CPU, without --compile.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from train_step import (OPTIMIZERS, inputs, minimum_bytes, reference_losses, torch_model,  # noqa: E402
+                        torch_optimizer, torch_step, zyx_step)
+
+QUICK = {"sizes": (256, 512), "repeat": 3, "steps": 5, "batch": 128}
+FULL = {"sizes": (1024, 2048), "repeat": 7, "steps": 20, "batch": 512}
+
+
+def arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default=None, help="torch device: cuda, cuda:N, cpu, mps (default: cuda if any)")
+    p.add_argument("--quick", action="store_true", help="smaller, fewer runs: under a minute on a CPU")
+    p.add_argument("--big", action="store_true", help="W3 also at 4096")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="zyx.Torch(device, compile=MODE): a torch.compile mode (default, reduce-overhead, ...)")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per W3 size (median reported)")
+    p.add_argument("--steps", type=int, default=None, help="timed W4 steps (median reported)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="W4's batch (small: a step bound by the host's per-call work, as on a GPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch's intra-op threads (default torch's own; 1 is steadier on a shared CPU)")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write the rows as JSON to OUT")
+    return p.parse_args(argv)
+
+
+# ---- timing --------------------------------------------------------------------------------------------------
+def alternate(runs: dict[str, Callable[[], Any]], repeat: int, sync: Callable[[], None]) -> dict[str, float]:
+    """Median seconds of each run, the runs taken in turn `repeat` times (each ends waiting for the device)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+class StoragePeak:
+    """Bytes of every storage torch allocates while active, each counted until it is freed, and their peak.
+
+    torch keeps one Python object per storage as long as the storage lives, so a finalizer on it runs exactly
+    when the memory goes; storages that existed before (parameters, optimizer state) are not counted, even
+    when an in-place op returns them."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+        self._known: set[int] = set()
+
+    def __enter__(self) -> "StoragePeak":
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                import torch
+                from torch.utils._pytree import tree_flatten
+                for tensor in tree_flatten((args, kwargs))[0]:
+                    if isinstance(tensor, torch.Tensor):
+                        tracker._see(tensor, counted=False)
+                out = func(*args, **(kwargs or {}))
+                for tensor in tree_flatten(out)[0]:
+                    if isinstance(tensor, torch.Tensor):
+                        tracker._see(tensor, counted=True)
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+
+    def _see(self, tensor: Any, counted: bool) -> None:
+        storage = tensor.untyped_storage()
+        if id(storage) in self._known:
+            return
+        self._known.add(id(storage))
+        nbytes = storage.nbytes() if counted else 0
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._freed, id(storage), nbytes)
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self._known.discard(key)
+        self.live -= nbytes
+
+
+def torch_calls(torch: Any, run: Callable[[], Any]) -> int:
+    """The torch functions and tensor methods one call of `run` makes from Python (views, copies and
+    optimizer steps included: what each costs the host), counted by a TorchFunctionMode."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return Count.calls
+
+
+# ---- the workloads -------------------------------------------------------------------------------------------
+def w3(zyx: Any, torch: Any, dev: Any, device: Any, sizes: list[int], repeat: int, sync: Callable) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(2)
+    for n in sizes:
+        a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+        x, y = dev.tensor(a).realize(), dev.tensor(b).realize()
+        ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+        runs = {"zyx": lambda: (x @ y).realize(), "torch": lambda: ta @ tb}
+        for run in runs.values():
+            run()
+        ok = np.allclose((x @ y).numpy(), a @ b, rtol=1e-3, atol=1e-3 * np.sqrt(n))
+        seconds = alternate(runs, repeat, sync)
+        flops = 2.0 * n ** 3
+        rows.append(_row(f"W3 {n}³", seconds, "" if ok else "MISMATCH",
+                         gflops={name: flops / s / 1e9 for name, s in seconds.items()}))
+    return rows
+
+
+def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: int, sync: Callable) -> list[dict]:
+    rows = []
+    data = inputs(batch)
+    for optimizer in OPTIMIZERS:
+        reference = reference_losses(data, optimizer, 3)
+        step, x, y = zyx_step(dev, data, optimizer)
+        start = time.perf_counter()
+        losses = [step(x, y).item()]
+        first = time.perf_counter() - start
+        losses += [step(x, y).item() for _ in range(2)]
+        model, params = torch_model(data, str(device))
+        opt = torch_optimizer(torch, params, optimizer)
+        tx = torch.from_numpy(data["x"]).to(device)
+        ty = torch.from_numpy(data["y"].astype(np.int64)).to(device)
+        eager = torch_step(torch, model, opt, tx, ty)
+        eager_losses = [eager() for _ in range(3)]
+        ok = np.allclose(losses, reference, rtol=1e-3) and np.allclose(eager_losses, reference, rtol=1e-3)
+        seconds = alternate({"zyx": lambda: step(x, y).item(), "torch": eager}, steps, sync)
+        calls = {name: torch_calls(torch, run) for name, run in (("zyx", lambda: step(x, y).item()), ("torch", eager))}
+        work = "capture and compile" if dev.backend.compile else "capture"
+        rows.append(_row(f"W4 {optimizer}", seconds, ("" if ok else "MISMATCH; ") +
+                         f"torch calls per step: zyx {calls['zyx']}, eager {calls['torch']}; zyx's first step "
+                         f"({work}) {first * 1e3:.0f} ms"))
+        rows.append(w6(zyx, torch, dev, device, optimizer, data, lambda: step(x, y).item(), eager, sync))
+    return rows
+
+
+def w6(zyx: Any, torch: Any, dev: Any, device: Any, optimizer: str, data: dict, zyx_run: Callable,
+       eager_run: Callable, sync: Callable) -> dict:
+    """Peak bytes of one step of each, measured three ways (see the module docstring)."""
+    cuda = device.type == "cuda"
+    found: dict[str, dict[str, float]] = {"zyx": {}, "torch": {}}
+    for name, run in (("zyx", zyx_run), ("torch", eager_run)):
+        gc.collect()
+        sync()
+        if name == "zyx":
+            before = zyx.memory_stats(dev)["current_bytes"]
+            zyx.reset_peak_memory(dev)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        with StoragePeak() as storages:
+            run()
+            sync()
+        found[name]["step_storages_peak"] = storages.peak
+        if cuda:
+            found[name]["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
+        if name == "zyx":
+            found[name]["zyx_peak_bytes"] = zyx.memory_stats(dev)["peak_bytes"]
+            found[name]["zyx_held_before"] = before
+    key = "cuda_max_memory_allocated" if cuda else "step_storages_peak"
+    ratio = found["zyx"][key] / max(found["torch"][key], 1)
+    mib = {name: {k: v / 2**20 for k, v in values.items()} for name, values in found.items()}
+    note = (f"zyx.memory_stats peak {mib['zyx']['zyx_peak_bytes']:.2f} MiB (held before "
+            f"{mib['zyx']['zyx_held_before']:.2f}); storages the step adds: zyx {mib['zyx']['step_storages_peak']:.2f},"
+            f" torch {mib['torch']['step_storages_peak']:.2f} MiB")
+    if cuda:
+        note += (f"; torch.cuda.max_memory_allocated: zyx {mib['zyx']['cuda_max_memory_allocated']:.2f}, "
+                 f"torch {mib['torch']['cuda_max_memory_allocated']:.2f} MiB")
+    note += f"; minimum {sum(minimum_bytes(data, optimizer).values()) / 2**20:.2f} MiB (train_step.minimum_bytes)"
+    return {"workload": f"W6 {optimizer}", "zyx": mib["zyx"][key], "torch": mib["torch"][key], "unit": "MiB",
+            "ratio": ratio, "note": note, "measured": found}
+
+
+def _row(workload: str, seconds: dict[str, float], note: str, gflops: Optional[dict] = None) -> dict:
+    row = {"workload": workload, "zyx": seconds["zyx"] * 1e3, "torch": seconds["torch"] * 1e3, "unit": "ms",
+           "ratio": seconds["zyx"] / seconds["torch"], "note": note}
+    if gflops:
+        row["note"] = f"zyx {gflops['zyx']:.0f} GFLOP/s, torch {gflops['torch']:.0f} GFLOP/s" + (
+            f"; {note}" if note else "")
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| workload | zyx.Torch | torch eager | ratio zyx/torch | notes |", "| --- | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        unit = row["unit"]
+        lines.append(f"| {row['workload']} | {row['zyx']:.2f} {unit} | {row['torch']:.2f} {unit} | "
+                     f"{row['ratio']:.2f} | {row['note']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = arguments(argv)
+    import torch
+
+    import zyx
+    settings = QUICK if args.quick else FULL
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = zyx.Torch(args.device, compile=args.compile)
+    device = dev.backend.torch_device
+    sync = dev.synchronize
+    sizes = list(settings["sizes"]) + ([4096] if args.big else [])
+    started = time.perf_counter()
+    rows = w3(zyx, torch, dev, device, sizes, args.repeat or settings["repeat"], sync)
+    batch = args.batch or settings["batch"]
+    rows += w4_and_w6(zyx, torch, dev, device, batch, args.steps or settings["steps"], sync)
+    print(f"**{dev!r}** ({dev.backend.name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"zyx W4 batch {batch}, {time.perf_counter() - started:.0f} s in all")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": repr(dev), "torch": torch.__version__, "rows": rows},
+                                              indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

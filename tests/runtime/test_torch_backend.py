@@ -1,0 +1,339 @@
+"""zyx.Torch(): the torch backend against the numpy reference (bit for bit where integers and random numbers are
+concerned), its products, memory accounting, jitted steps, program cache, device specs and torch interop.
+
+Every device-generic test of the suite also runs on zyx.Torch("cpu") (tests/conftest.py); these cover what is
+particular to the backend."""
+import gc
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import zyx  # noqa: E402
+import zyx.random  # noqa: E402
+from zyx import nn  # noqa: E402
+from zyx.devices import device_from_spec  # noqa: E402
+from zyx.runtime.interpret import Fused  # noqa: E402
+from zyx.runtime.program_code import _direct_writes  # noqa: E402
+from zyx.trace.ops import Op  # noqa: E402
+
+
+@pytest.fixture
+def dev():
+    return zyx.Torch("cpu")
+
+
+def program_of(tensor):
+    """The program the torch device built for `tensor`'s trace (realizing it)."""
+    backend = tensor.device.backend
+    before = set(backend.programs)
+    tensor.realize()
+    return backend.programs[next(iter(set(backend.programs) - before))]
+
+
+# ---- devices -----------------------------------------------------------------------------------------------
+def test_specs_find_the_same_device_and_pickling_keeps_it(dev):
+    assert zyx.Torch(torch.device("cpu")) is dev and device_from_spec(" Torch:CPU ") is dev
+    assert pickle.loads(pickle.dumps(dev)) is dev and dev.spec == "torch:cpu" and repr(dev) == "zyx.Torch('cpu')"
+    compiled = device_from_spec("torch:cpu+compile")
+    assert compiled is zyx.Torch("cpu", compile=True) and compiled is not dev
+    assert pickle.loads(pickle.dumps(compiled)) is compiled and repr(compiled) == "zyx.Torch('cpu', compile=True)"
+    t = dev.tensor([1.0, 2.0])
+    assert pickle.loads(pickle.dumps(t)).device is dev and t.to("cpu").device is zyx.CPU()
+
+
+def test_devices_torch_cannot_give_are_refused_by_name():
+    with pytest.raises(ValueError, match="'tpu' is not a torch device"):
+        zyx.Torch("tpu")
+    with pytest.raises(ValueError, match="device type 'meta' is not supported"):
+        zyx.Torch("meta")
+    with pytest.raises(ValueError, match=r"torch:DEVICE"):
+        device_from_spec("torch:cpu+fast")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device 0"):
+            zyx.Torch("cuda")
+
+
+def test_without_torch_the_error_names_the_extra():
+    script = ("import sys; sys.modules['torch'] = None\nimport zyx\nfor make in (lambda: zyx.Torch(), "
+              "lambda: zyx.CPU().ones(2).torch(), lambda: zyx.default_device()):\n"
+              "    try: make()\n    except ImportError as error: print(error)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ZYX_DEVICE": "torch:cpu"})
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all("pip install zyx[torch]" in line for line in lines), done.stderr
+
+
+# ---- against the reference ---------------------------------------------------------------------------------
+def integer_and_rounding_program(device):
+    """Wrapping integer arithmetic, shifts past the width, bfloat16 rounding at a cast, half precision, views."""
+    u = device.tensor(np.array([[0, 1, 2**31, 2**32 - 1]], dtype=np.uint32))
+    i = device.tensor(np.array([[-128, -3, 5, 127]], dtype=np.int8))
+    h = device.tensor(np.array([[1.0009765625, -2.5, 65504.0, 3.0e-5]], dtype=np.float16))
+    wrapped = ((u + u) * u - (u >> 3) + (u << 31)).flip(1)
+    shifted = (i << device.tensor(np.array([[1, 7, 8, -1]], dtype=np.int8))) + (i >> 9) + i * 3
+    rounded = (h.float() * 1.001).cast(zyx.bfloat16).float() + (h * h).sum(1, keepdim=True).float()
+    layout = zyx.cat([i.float(), rounded.T.reshape(1, 4), h.float().pad(((0, 0), (1, 1))).narrow(1, 1, 4)]).permute(1, 0)
+    return wrapped, shifted, rounded, layout, (u.cast(zyx.float32) // 7).max(1)
+
+
+def test_integers_and_rounding_are_bit_identical_to_the_reference(dev):
+    for ours, reference in zip(integer_and_rounding_program(dev), integer_and_rounding_program(zyx.CPU())):
+        assert ours.dtype == reference.dtype
+        np.testing.assert_array_equal(ours.numpy(), reference.numpy())
+
+
+def bits(device, seed, skip=0):
+    """24-bit integers behind `device`'s uniforms, drawn `skip` numbers into the stream of `seed`."""
+    zyx.manual_seed(seed)
+    zyx.random.reserve(skip)
+    first, second = device.rand(300), device.rand(7, 5, dtype=zyx.float16)
+    return [(first * 2**24).cast(zyx.uint32).numpy(), (second.float() * 2**24).cast(zyx.uint32).numpy()]
+
+
+@pytest.mark.parametrize("seed, skip", [(0, 0), (0x0123456789ABCDEF, 2**32 - 100)])  # the second crosses 2**32
+def test_random_numbers_are_bit_identical_on_every_device(dev, seed, skip):
+    reference = bits(zyx.CPU(), seed, skip)
+    for device in (dev, zyx.OpenCL()):
+        for ours, theirs in zip(bits(device, seed, skip), reference):
+            assert ours.dtype == np.uint32
+            np.testing.assert_array_equal(ours, theirs)
+
+
+# ---- products ----------------------------------------------------------------------------------------------
+def test_products_and_their_gradients_never_store_the_product(dev):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, 64, 48), dtype=np.float32), rng.standard_normal((48, 32), dtype=np.float32)
+    x, w = dev.tensor(a).realize(), dev.tensor(b).realize()
+    y = x @ w
+    program = program_of(y)
+    assert [step.op for step in program.steps if step.computes] == [Fused.CONTRACT]
+    np.testing.assert_allclose(y.numpy(), a @ b, rtol=1e-4, atol=1e-4)
+    gx, gw = (y * y).sum().backward([x, w])
+    products = [step for step in program_of(gx).steps + program_of(gw).steps if step.op is Fused.CONTRACT]
+    assert len(products) >= 2 and all(len(step.shape) <= 4 for step in products)
+    np.testing.assert_allclose(gw.numpy(), np.einsum("bik,bij->kj", a, 2 * (a @ b)), rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(gx.numpy(), 2 * (a @ b) @ b.T, rtol=1e-3, atol=1e-2)
+
+
+def test_a_sum_over_an_axis_both_factors_broadcast_counts_it(dev):
+    """(2 * 3) summed over 3 × 4 broadcast elements: the contraction multiplies by the axes neither factor has."""
+    product = zyx.full((3, 4), 2.0, device=dev) * zyx.full((3, 4), 3.0, device=dev).realize()
+    assert product.sum(1).tolist() == [24.0] * 3 and product.sum().item() == 72.0
+
+
+def test_products_read_unexpanded_operands(dev):
+    """A batched product's operands enter the contraction as their sources: the expands exist in no step."""
+    a, b = np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.arange(20, dtype=np.float32).reshape(4, 5)
+    program = program_of(dev.tensor(a) @ dev.tensor(b))
+    contract, = [step for step in program.steps if step.op is Fused.CONTRACT]
+    assert all(program.steps[s].op is not Op.EXPAND for s in contract.sources)
+    assert contract.arg[1] == (2, 3, 5, 4) and all(program.steps[s].shape != (2, 3, 5, 4) for s in contract.sources)
+    np.testing.assert_array_equal((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b)
+
+
+# ---- replays -----------------------------------------------------------------------------------------------
+def test_replays_match_the_first_run_in_values_and_memory(dev):
+    """The first run of a structure follows every storage; later runs replay the generated function and count
+    what the first measured: the same values as the reference, the same bytes held and the same peak."""
+    rng = np.random.default_rng(5)
+
+    def program(device, seed):
+        data = np.random.default_rng(seed).standard_normal((6, 5), dtype=np.float32)
+        x, w = device.tensor(data), device.tensor(rng_w)
+        h = (x @ w).relu() - 0.5                                      # product, constant views
+        u = device.tensor(np.arange(6, dtype=np.uint32) * seed).reshape(6, 1) * 3  # generic uint32 steps
+        return [h.T.flip(0)[1:, ::2].max(1), (h.exp() / h.exp().sum(1, keepdim=True)).cast(zyx.float16),
+                u.cast(zyx.float32) + h]
+
+    rng_w = rng.standard_normal((5, 4), dtype=np.float32)
+    gc.collect()
+    zyx.reset_stats()
+    footprints = []
+    for seed in (1, 2, 3):
+        before = zyx.memory_stats(dev)["current_bytes"]
+        zyx.reset_peak_memory(dev)
+        outputs = program(dev, seed)
+        zyx.realize(*outputs)
+        stats = zyx.memory_stats(dev)
+        footprints.append((stats["current_bytes"] - before, stats["peak_bytes"] - before))
+        for ours, reference in zip(outputs, program(zyx.CPU(), seed)):
+            np.testing.assert_allclose(ours.numpy().astype(np.float32), reference.numpy().astype(np.float32),
+                                       rtol=2e-3, atol=1e-5)
+        del outputs
+        gc.collect()
+    assert zyx.stats()["schedule_cache_hits"] >= 2 and footprints[1:] == footprints[:1] * 2
+
+
+# ---- memory ------------------------------------------------------------------------------------------------
+def test_intermediates_are_freed_at_their_last_use(dev):
+    x, nbytes = dev.randn(1 << 16).realize(), 4 << 16
+    gc.collect()
+    before = zyx.memory_stats(dev)["current_bytes"]
+    zyx.reset_peak_memory(dev)
+    y = (((x * 2).exp() + 1).sin() * x - 3).tanh().sqrt().realize()
+    stats = zyx.memory_stats(dev)
+    assert stats["current_bytes"] == before + nbytes
+    assert stats["peak_bytes"] - before <= 2 * nbytes + 64  # each step's input is dropped before the next
+    del y
+    gc.collect()
+    assert zyx.memory_stats(dev)["current_bytes"] == before
+
+
+def test_a_step_writes_over_a_source_only_when_no_view_of_it_is_read_later(dev):
+    a = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+
+    def program(device):
+        y = (device.tensor(a) * 2).exp()
+        view = y.T            # read after y's last direct reader
+        z = (y + 1).sin()     # may write over y's storage only if nothing reads y (or view) afterwards
+        return [(view * 3).sum(0), z * 2, (z - 1).tanh()]
+
+    outputs = program(dev)
+    zyx.realize(*outputs)
+    program_steps = dev.backend.programs[next(reversed(dev.backend.programs))].steps
+    assert any(step.into is not None for step in program_steps)
+    for ours, reference in zip(outputs, program(zyx.CPU())):
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)  # torch's tanh is not numpy's
+
+
+def test_jitted_training_matches_the_reference_in_place_with_flat_memory(dev):
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((32, 6), dtype=np.float32), rng.integers(0, 3, 32)
+    sizes = [(6, 8), (8, 3)]
+    initial = [(rng.uniform(-0.4, 0.4, (o, i)).astype(np.float32), rng.uniform(-0.4, 0.4, o).astype(np.float32))
+               for i, o in sizes]
+
+    def run(device, jit, steps=4):
+        layers = []
+        for w, b in initial:
+            layer = nn.Linear(w.shape[1], w.shape[0], device=device)
+            layer.weight, layer.bias = device.tensor(w), device.tensor(b)
+            layers.append(layer)
+        params = [t for layer in layers for t in (layer.weight, layer.bias)]
+        opt = nn.Adam(lr=1e-2)
+        x, y = device.tensor(data[0]), device.tensor(data[1])
+
+        def step(x, y):
+            loss = nn.cross_entropy(layers[1](layers[0](x).relu()), y)
+            opt.update(params, loss.backward(params), realize_with=[loss])
+            return loss
+        step = zyx.jit(step) if jit else step
+        losses, held = [], []
+        for _ in range(steps):
+            losses.append(step(x, y).item())
+            gc.collect()
+            held.append(zyx.memory_stats(device)["current_bytes"])
+        return losses, held, step, params, (x, y)
+
+    losses, held, step, params, batch = run(dev, jit=True)
+    reference = run(zyx.CPU(), jit=False)[0]
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+    assert len(step.captured) == 1 and held[1:] == held[1:2] * 3
+    program = next(iter(step.steps.values()))[0].program
+    assert len(program.aliases) >= 3 * len(params)  # every parameter and both Adam moments, written in place
+    assert sum(s.into is not None for s in program.steps) > 3 * len(params)  # update chains reuse their temporaries
+    addresses = [p.node.buffer.data_ptr() for p in params]
+    step(*batch).item()
+    assert [p.node.buffer.data_ptr() for p in params] == addresses
+
+
+def test_jitted_updates_computed_into_their_buffer_only_where_no_view_of_it_is_read(dev):
+    """`w - 0.5 * g` is computed straight into w's buffer (out=); `v.T + w` reads v through a transposing view,
+    so it is computed apart and then copied in. Both match numpy over several calls."""
+    a, b = np.arange(9, dtype=np.float32).reshape(3, 3), np.linspace(-1, 1, 9, dtype=np.float32).reshape(3, 3)
+    w, v, g = dev.tensor(a), dev.tensor(b), dev.tensor(np.full((3, 3), 2.0, np.float32))
+
+    @zyx.jit
+    def step(g):
+        w.assign(w - 0.5 * g)
+        v.assign(v.T + w)
+        return (w * v).sum()
+
+    addresses = None
+    for _ in range(4):
+        total = step(g).item()
+        a = a - 0.5 * 2.0
+        b = b.T + a
+        np.testing.assert_allclose(total, (a * b).sum(), rtol=1e-5)
+        held = (w.node.buffer.data_ptr(), v.node.buffer.data_ptr())
+        assert addresses in (None, held)  # replays write into the same buffers
+        addresses = held
+    np.testing.assert_array_equal(w.numpy(), a)
+    np.testing.assert_array_equal(v.numpy(), b)
+    program = next(iter(step.steps.values()))[0].program
+    assert len(program.aliases) == 2 and len(_direct_writes(program, dev.backend.arrays)) == 1
+
+
+# ---- programs ----------------------------------------------------------------------------------------------
+def test_one_program_per_trace_structure(dev):
+    zyx.reset_stats()
+    values = [((dev.tensor(np.full(5, v, np.float32)) * 2).exp() + 3).numpy() for v in (1.0, 2.0, 3.0)]
+    stats = zyx.stats()
+    assert stats["graphs_scheduled"] == 1 and stats["schedule_cache_hits"] == 2 and stats["kernels_launched"] == 9
+    np.testing.assert_allclose(values[2], np.exp(np.full(5, 6.0, np.float32)) + 3, rtol=1e-6)
+
+
+def test_viz_draws_a_jitted_torch_step(dev, tmp_path):
+    x = dev.randn(4, 3).realize()
+    w = dev.randn(3, 2).realize()
+    step = zyx.jit(lambda x: (x @ w).relu().sum())
+    step(x)
+    text = zyx.viz(step, tmp_path / "step.dot").read_text()
+    assert "CONTRACT" in text and "input 0" in text and "SUM" in text
+
+
+# ---- interop -----------------------------------------------------------------------------------------------
+def test_torch_shares_memory_and_from_torch_copies(dev):
+    t = dev.tensor([[1.0, 2.0], [3.0, 4.0]]).realize()
+    shared = t.torch()
+    assert shared.data_ptr() == t.node.buffer.data_ptr() and torch.from_dlpack(t).data_ptr() == shared.data_ptr()
+    host = zyx.CPU().tensor([1, 2, 3]).realize()
+    assert host.torch().data_ptr() == host.node.buffer.ctypes.data and host.torch().dtype == torch.int64
+    source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    copied = zyx.from_torch(source)
+    source += 1
+    assert copied.device is dev and copied.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert zyx.from_torch(source, zyx.CPU()).device is zyx.CPU()
+    with pytest.raises(TypeError, match="no dtype for torch.complex64"):
+        zyx.from_torch(torch.zeros(2, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="expects a torch.Tensor"):
+        zyx.from_torch(np.zeros(2))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "uint32", "bool", "float16"])
+def test_dtypes_round_trip_through_torch(dev, dtype):
+    values = np.array([0, 1, 3, 250], dtype=np.float32)
+    t = dev.tensor(values).cast(dtype)
+    back = zyx.from_torch(t.torch())
+    assert back.dtype.name == dtype and str(t.torch().dtype) == f"torch.{dtype}"
+    np.testing.assert_array_equal(back.numpy(), t.numpy())
+    assert zyx.from_torch(t.torch(), zyx.OpenCL()).numpy().tolist() == t.numpy().tolist()
+
+
+# ---- torch.compile -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # Inductor compiles C++ for the CPU: tens of seconds on a cold cache
+def test_compiled_programs_match_the_reference_and_compile_once():
+    compiled = zyx.Torch("cpu", compile=True)
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((8, 5), dtype=np.float32)
+
+    def program(device):
+        zyx.manual_seed(4)
+        x = device.tensor(a)
+        outputs = [((x @ x.T).relu() + device.rand(8, 8)).softmax(-1), (device.rand(3) * 2**24).cast(zyx.uint32)]
+        zyx.realize(*outputs)  # one program
+        return outputs
+
+    reference = [t.numpy() for t in program(zyx.CPU())]
+    torch._dynamo.utils.counters.clear()
+    for _ in range(2):
+        ours = [t.numpy() for t in program(compiled)]
+        np.testing.assert_allclose(ours[0], reference[0], rtol=1e-5)
+        np.testing.assert_array_equal(ours[1], reference[1])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

@@ -1,0 +1,308 @@
+"""Running a trace op by op through an array library: numpy for zyx.CPU(), torch for zyx.Torch().
+
+`build` turns a trace into an InterpretedProgram: one step per node in topological order, each filling one
+numbered slot, with a memory plan (a slot is dropped after its last reader; targets are kept). Buffers and
+random streams are bound by position, in the order the structural hash numbers them, so one program serves
+every trace of the same structure. `run` executes a program through an `ArrayLibrary`; `EVALUATE`, the
+op-keyed table (as trace/autodiff.py's is for gradients), says which library method computes each op.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..trace.cost import buffer_bytes, total_flops
+from ..trace.node import Node, short_name
+from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
+from . import profiling
+from .arrays import ArrayLibrary, Shape
+from .memory_plan import frugal_order, overwrites
+from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
+
+
+@dataclass
+class InterpretedProgram:
+    """Steps over slots, which slots to drop after each step, and in-place writes to inputs (jitted updates)."""
+
+    steps: list[Step]
+    outputs: list[int]                       # the slot of each target
+    frees: list[list[int]]                   # slots dropped after each step
+    writes: list[list[tuple[int, int]]]      # after each step: (slot, input) whose buffer the slot overwrites
+    aliases: dict[int, int] = field(default_factory=dict)  # output slot -> the input it was written into
+    name: str = ""                           # the trace structure's hash, where the program is cached by it
+    evaluators: list[Any] = field(init=False)  # EVALUATE's entry for each step, looked up once
+    kernel_count: int = field(init=False)  # steps the library computes (one library call or kernel each; views
+    # and leaves aside)
+
+    def __post_init__(self) -> None:
+        self.evaluators = [EVALUATE.get(step.op) for step in self.steps]
+        self.kernel_count = sum(step.computes for step in self.steps)
+
+    def stored(self) -> list[Step]:
+        """The steps whose results take memory of their own, outputs included (what a device's limits check)."""
+        kept = set(self.outputs)
+        return [step for k, step in enumerate(self.steps) if step.op in ALLOCATING or k in kept]
+
+    @property
+    def planned_peak_bytes(self) -> int:
+        """Most bytes of new arrays held at once, counting a view as its source's memory (inputs aside)."""
+        root = roots(self.steps)
+        end: dict[int, int] = {}  # root slot -> the step after which its memory is dropped
+        for k, frees in enumerate(self.frees):
+            for slot in frees:
+                end[root[slot]] = max(end.get(root[slot], k), k)
+        for slot in self.outputs:
+            if slot not in self.aliases:
+                end[root[slot]] = len(self.steps)
+        dropped = [0] * (len(self.steps) + 1)
+        for slot, k in end.items():
+            dropped[k] += step_bytes(self.steps[slot])
+        live = peak = 0
+        for k, step in enumerate(self.steps):
+            live += step_bytes(step) if root[k] == k else 0
+            peak = max(peak, live)
+            live -= dropped[k]
+        return peak
+
+
+def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False,
+          in_place: Sequence[tuple[int, int]] = ()) -> InterpretedProgram:
+    """The program computing `targets` (`order`: their toposort). `optimize`: a float SUM of a MUL read by
+    nothing else becomes one CONTRACT step (of the MUL's operands, or their sources where they are expands
+    nothing else reads), an elementwise op whose sources are all constant along some axes
+    (broadcast: `x - 3`) is computed once along them and broadcast, any other reads its expanded sources
+    unexpanded and lets the library broadcast them (`_broadcast_reads`), the steps run in `frugal_order`, and
+    elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
+    index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
+    must have the target's shape and dtype)."""
+    skipped, fused = _fusions(targets, order) if optimize else (set(), {})
+    slot_of: dict[int, int] = {}
+    steps: list[Step] = []
+    constant: list[frozenset[int]] = []  # per slot: axes along which its value does not change
+    counts = {Op.BUFFER: 0, Op.RAND: 0}
+    for node in order:
+        if id(node) in skipped:
+            continue
+        op, arg, sources = fused.get(id(node)) or (node.op, node.arg, node.src)
+        if op in counts:
+            arg, counts[op] = counts[op], counts[op] + 1
+        slots = tuple(slot_of[id(s)] for s in sources)
+        axes = _constant_axes(op, arg, node.shape, [(steps[s].shape, constant[s]) for s in slots]) if optimize \
+            else frozenset()
+        compact = None
+        if axes and op in ELEMENTWISE and op is not Op.DETACH:
+            compact = tuple((0, 1) if axis in axes else (0, size) for axis, size in enumerate(node.shape))
+        elif optimize and op in ELEMENTWISE:
+            slots = _broadcast_reads(steps, slots, node.shape)
+        slot_of[id(node)] = len(steps)
+        constant.append(axes)
+        steps.append(Step(op, arg, node.shape, node.dtype, slots, compact))
+    outputs = [slot_of[id(t)] for t in targets]
+    if optimize:
+        read = {slot for step in steps for slot in step.sources} | set(outputs)
+        steps, outputs = _reordered(steps, outputs, [k for k, step in enumerate(steps)
+                                                     if k in read or step.op is not Op.EXPAND])
+        steps, outputs = _reordered(steps, outputs, frugal_order(steps, set(outputs)))
+        steps = overwrites(steps, set(outputs))
+    last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
+    writes: list[list[tuple[int, int]]] = [[] for _ in steps]
+    aliases = _in_place_writes(steps, outputs, in_place, last_use, writes)
+    written_at = {slot: k for k, pairs in enumerate(writes) for slot, _ in pairs}
+    frees: list[list[int]] = [[] for _ in steps]
+    kept = set(outputs) - set(aliases)
+    for slot in range(len(steps)):
+        if slot not in kept:
+            frees[max(last_use.get(slot, slot), written_at.get(slot, -1))].append(slot)
+    return InterpretedProgram(steps, outputs, frees, writes, aliases)
+
+
+def _broadcast_reads(steps: Sequence[Step], slots: tuple[int, ...], shape: Shape) -> tuple[int, ...]:
+    """An elementwise step's sources with each EXPAND (of the step's rank) replaced by its source, which the
+    library broadcasts, where another source keeps the step's shape: `h + b` reads the bias as (1, n), and
+    an expand nothing else reads is no step at all."""
+    expanded = {s for s in slots if steps[s].op is Op.EXPAND and len(steps[steps[s].sources[0]].shape) == len(shape)}
+    if not any(s not in expanded and steps[s].shape == shape for s in slots):
+        return slots
+    return tuple(steps[s].sources[0] if s in expanded else s for s in slots)
+
+
+def _reordered(steps: Sequence[Step], outputs: Sequence[int], order: Sequence[int]) -> tuple[list[Step], list[int]]:
+    """The steps in `order` (old positions), slots renumbered to match."""
+    position = {old: new for new, old in enumerate(order)}
+    moved = [dataclasses.replace(steps[old], sources=tuple(position[s] for s in steps[old].sources)) for old in order]
+    return moved, [position[slot] for slot in outputs]
+
+
+def _constant_axes(op: Any, arg: Any, shape: Shape, sources: Sequence[tuple[Shape, frozenset[int]]]) -> frozenset[int]:
+    """Axes (of size > 1) along which a step's value is constant, from its sources' (shape, constant axes)."""
+    if op is Op.EXPAND:
+        (source_shape, axes), = sources
+        return axes | {axis for axis, (old, new) in enumerate(zip(source_shape, shape)) if old == 1 < new}
+    if op is Op.PERMUTE:
+        axes = sources[0][1]
+        return frozenset(new for new, old in enumerate(arg) if old in axes)
+    if op is Op.SHRINK:
+        return frozenset(axis for axis in sources[0][1] if shape[axis] > 1)
+    if op is Op.RESHAPE:  # followed only where the reshape just adds or drops axes of size 1
+        source_shape, axes = sources[0]
+        old = [axis for axis, size in enumerate(source_shape) if size != 1]
+        new = [axis for axis, size in enumerate(shape) if size != 1]
+        if [source_shape[a] for a in old] != [shape[a] for a in new]:
+            return frozenset()
+        return frozenset(n for o, n in zip(old, new) if o in axes)
+    if op is Op.DETACH or op in ELEMENTWISE:
+        return frozenset.intersection(*[axes for _, axes in sources])
+    return frozenset()
+
+
+def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], dict[int, tuple[Any, Any, tuple]]]:
+    """The nodes no step computes (ids), and the nodes computed as a fused step: id -> (op, arg, sources).
+    A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
+    EXPANDs only such products read: the contraction broadcasts them); a float ADD of a NEG read by nothing else
+    is a SUB. A target is always computed."""
+    readers: dict[int, int] = {}
+    for node in order:
+        for src in node.src:
+            readers[id(src)] = readers.get(id(src), 0) + 1
+    wanted = {id(t) for t in targets}
+
+    def only_here(node: Node, op: Op) -> bool:
+        return node.op is op and readers[id(node)] == 1 and id(node) not in wanted
+
+    sums = [node for node in order if node.op is Op.SUM and node.dtype.is_float and only_here(node.src[0], Op.MUL)]
+    skipped = {id(node.src[0]) for node in sums}
+    product_reads: dict[int, int] = {}  # EXPAND nodes those products read: how often
+    for node in sums:
+        for src in node.src[0].src:
+            if src.op is Op.EXPAND and id(src) not in wanted:
+                product_reads[id(src)] = product_reads.get(id(src), 0) + 1
+    skipped |= {key for key, count in product_reads.items() if count == readers[key]}
+    fused = {id(node): (Fused.CONTRACT, (node.arg, node.src[0].shape),
+                        tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
+    for node in order:
+        if node.op is Op.ADD and node.dtype.is_float:
+            for position in (1, 0):
+                negation, other = node.src[position], node.src[1 - position]
+                if only_here(negation, Op.NEG) and other is not negation:
+                    skipped.add(id(negation))
+                    fused[id(node)] = (Fused.SUB, None, (other, negation.src[0]))
+                    break
+    return skipped, fused
+
+
+def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Sequence[tuple[int, int]],
+                     last_use: dict[int, int], writes: list[list[tuple[int, int]]]) -> dict[int, int]:
+    """Schedule each in-place write after the step computing the new value and after the last step reading
+    the old one (through any view of it); returns output slot -> input position."""
+    root = roots(steps)
+    loads = {step.arg: k for k, step in enumerate(steps) if step.op is Op.BUFFER}
+    aliases: dict[int, int] = {}
+    for target_index, position in in_place:
+        slot, load = outputs[target_index], loads.get(position)
+        if load is None or slot in aliases or position in aliases.values() or steps[slot].op is Op.BUFFER:
+            continue
+        value, old = steps[slot], steps[load]
+        if (value.shape, value.dtype) != (old.shape, old.dtype) or not all(value.shape):
+            continue
+        old_readers = [last_use.get(k, k) for k in range(len(steps)) if root[k] == root[load]]
+        writes[max([slot, *old_readers])].append((slot, position))
+        aliases[slot] = position
+    return aliases
+
+
+def _unary(lib: ArrayLibrary, step: Step, x: Sequence[Any]) -> Any:
+    return lib.unary[step.op](x[0])
+
+
+def _binary(lib: ArrayLibrary, step: Step, x: Sequence[Any]) -> Any:
+    return lib.binary[step.op](x[0], x[1])
+
+
+EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
+    Op.CONST: lambda lib, step, x: lib.constant(step.arg, step.dtype),
+    **{op: _unary for op in UNARY_OPS - {Op.CAST}},
+    Op.CAST: lambda lib, step, x: lib.cast(x[0], step.dtype),
+    **{op: _binary for op in BINARY_OPS - SHIFT_OPS - {Op.DIV}},
+    Op.DIV: lambda lib, step, x: lib.divide(x[0], x[1], step.dtype),
+    Op.SHL: lambda lib, step, x: lib.shift(x[0], x[1], step.dtype, left=True),
+    Op.SHR: lambda lib, step, x: lib.shift(x[0], x[1], step.dtype, left=False),
+    Op.WHERE: lambda lib, step, x: lib.where(x[0], x[1], x[2]),
+    Op.SUM: lambda lib, step, x: lib.sum(x[0], step.arg, step.dtype),
+    Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
+    Fused.SUB: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.unary[Op.NEG](x[1])),
+    Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], *step.arg, step.shape),
+    Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
+    Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
+    Op.PERMUTE: lambda lib, step, x: lib.permute(x[0], step.arg),
+    Op.EXPAND: lambda lib, step, x: lib.expand(x[0], step.arg),
+    Op.PAD: lambda lib, step, x: lib.pad(x[0], step.arg[0], step.arg[1], step.shape),
+    Op.SHRINK: lambda lib, step, x: lib.shrink(x[0], step.arg),
+    Op.FLIP: lambda lib, step, x: lib.flip(x[0], step.arg),
+}
+
+
+def compute(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any]) -> list[Any]:
+    """Run the steps on `inputs` (one per BUFFER leaf) and random `streams` (one per RAND), writing in place
+    where the program says; the values of the outputs not written into an input, as the library computed them."""
+    values: list[Any] = [None] * len(program.steps)
+    with lib.quiet():
+        for k, (step, evaluate) in enumerate(zip(program.steps, program.evaluators)):
+            if step.op is Op.BUFFER:
+                value = lib.load(inputs[step.arg], step.dtype)
+            elif step.op is Op.RAND:
+                value = lib.rand(streams[step.arg], step.shape, step.dtype)
+            else:
+                sources = [values[s] for s in step.sources]
+                if step.compact is not None:
+                    sources = [lib.shrink(x, step.compact) for x in sources]
+                if step.into is not None:
+                    value = lib.overwrite(step.op, sources, step.into)
+                else:
+                    value = evaluate(lib, step, sources)
+                if step.computes:
+                    value = lib.conform(value, step.dtype)
+                if step.compact is not None:
+                    value = lib.expand(value, step.shape)
+            values[k] = value
+            for slot, position in program.writes[k]:
+                lib.write(inputs[position], values[slot])
+                values[slot] = lib.written(inputs[position], values[slot])
+            for slot in program.frees[k]:
+                values[slot] = None
+    return [values[slot] for slot in program.outputs if slot not in program.aliases]
+
+
+def store(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], values: Sequence[Any]) -> list[Any]:
+    """The output buffers, from `compute`'s values and the inputs written in place."""
+    kept = [program.steps[slot] for slot in program.outputs if slot not in program.aliases]
+    stored = iter(lib.outputs(values, kept, inputs))
+    return [inputs[program.aliases[slot]] if slot in program.aliases else next(stored) for slot in program.outputs]
+
+
+def run(program: InterpretedProgram, lib: ArrayLibrary, inputs: Sequence[Any], streams: Sequence[Any]) -> list[Any]:
+    """The output buffers of `program` (see `compute`)."""
+    return store(program, lib, inputs, compute(program, lib, inputs, streams))
+
+
+def released_error() -> RuntimeError:
+    """A BUFFER leaf whose value was dropped (a tensor released before its gradients were realized)."""
+    return RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
+                        "until its gradients are realized")
+
+
+def profiled(backend: Any, kernel: str, program: str, targets: Sequence[Node], order: Sequence[Node],
+             run_program: Callable[[], list[Any]]) -> list[Any]:
+    """`run_program()`, recorded for `zyx.profile()` as one launch timed by the host clock (the device is
+    synchronized around it), with the bytes of its inputs and targets and the FLOPs of its trace."""
+    backend.synchronize()
+    start = time.perf_counter_ns()
+    values = run_program()
+    backend.synchronize()
+    leaves = [node for node in order if node.op is Op.BUFFER]
+    more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+    profiling.record(profiling.KernelRecord(
+        backend, backend.name, kernel, program, short_name(targets[0]) + more, (), None,
+        sum(buffer_bytes(node) for node in [*leaves, *targets]), total_flops(order), start, time.perf_counter_ns()))
+    return values

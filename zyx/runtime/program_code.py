@@ -1,0 +1,137 @@
+"""An interpreted program written out once as a Python function, for devices that replay programs many times.
+
+`interpret.compute` looks every step up and branches on its kind at every run. `generate` writes the program
+as straight-line Python instead (`v3 = s3(v1, v2)`, `del v1` after a slot's last reader, the in-place writes
+where the program puts them), over one callable per step that the array library binds once
+(`ArrayLibrary.step_function`, else `step_function` here), so a replay makes one Python call per step and
+nothing else. It computes what `compute` does, value for value; torch.compile traces the same function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+from ..trace.ops import Op
+from .arrays import ArrayLibrary
+from .steps import Step, roots
+
+STATIC_VIEWS = {Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK}  # views of a constant, made once
+ProgramFunction = Callable[[Sequence[Any], Sequence[Any]], list[Any]]  # (inputs, random streams) -> values
+
+
+def step_function(lib: ArrayLibrary, step: Step, evaluate: Callable[..., Any]) -> Callable[..., Any]:
+    """The value of a computing or view step from its sources' values, as `interpret.compute` makes it."""
+    compact, into, computes, shape, dtype = step.compact, step.into, step.computes, step.shape, step.dtype
+
+    def run(*sources: Any) -> Any:
+        if compact is not None:
+            sources = tuple(lib.shrink(x, compact) for x in sources)
+        value = lib.overwrite(step.op, sources, into) if into is not None else evaluate(lib, step, sources)
+        if computes:
+            value = lib.conform(value, dtype)
+        return lib.expand(value, shape) if compact is not None else value
+
+    return run
+
+
+class Tracker(Protocol):
+    """Watches the values a program holds (a device's memory accounting)."""
+
+    def hold(self, slot: int, value: Any, shares: Optional[int]) -> None:
+        """Slot `slot` holds `value`, which uses the memory of slot `shares` when that is not None."""
+
+    def drop(self, slot: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class GeneratedProgram:
+    """A program's two generated functions: `run(inputs, streams)`, and `tracked(inputs, streams, tracker)`,
+    which also tells a `Tracker` what each slot holds and when it is dropped."""
+
+    run: ProgramFunction
+    tracked: Callable[[Sequence[Any], Sequence[Any], Tracker], list[Any]]
+
+
+def generate(program: Any, lib: ArrayLibrary, evaluators: Sequence[Any]) -> GeneratedProgram:
+    """`program` (an interpret.InterpretedProgram) as functions returning the values of its outputs that are not
+    written into inputs; `evaluators`: EVALUATE's entry per step."""
+    names: dict[str, Any] = {"_write": lib.write, "_written": lib.written}
+    static: dict[int, Any] = {}
+    values = [_value(lib, program.steps, k, step, evaluate, names, static)
+              for k, (step, evaluate) in enumerate(zip(program.steps, evaluators))]
+    direct = _direct_writes(program, lib)
+    for slot, position in direct.items():
+        step = program.steps[slot]
+        names[f"o{slot}"] = lib.out_function(step, [program.steps[s] for s in step.sources])
+        values[slot] = f"o{slot}({', '.join(f'v{s}' for s in step.sources)}, out=inputs[{position}])"
+    label = program.name or str(id(program))
+    for function, tracked in (("program", False), ("tracked", True)):
+        source = "\n".join(_lines(program, lib, values, direct, function, tracked))
+        exec(compile(source, f"<zyx {function} {label}>", "exec"), names)
+    return GeneratedProgram(names["program"], names["tracked"])
+
+
+def _direct_writes(program: Any, lib: ArrayLibrary) -> dict[int, int]:
+    """Steps computed straight into the input buffer the program writes them to (slot -> input position): the
+    write is due right after the step (nothing reads the old value later), the library can compute the step into
+    a buffer of its dtype (`out_function`), and no source is a view of that buffer (the buffer itself is: an
+    elementwise op may write over an operand it reads element for element). An update `p - lr * g` then costs
+    no temporary and no copy."""
+    root = roots(program.steps)
+    loads = {step.arg: k for k, step in enumerate(program.steps) if step.op is Op.BUFFER}
+    direct: dict[int, int] = {}
+    for k, writes in enumerate(program.writes):
+        for slot, position in writes:
+            step, load = program.steps[slot], loads.get(position)
+            if slot == k and load is not None and \
+                    all(root[s] != root[load] or s == load for s in step.sources) and \
+                    lib.out_function(step, [program.steps[s] for s in step.sources]) is not None:
+                direct[slot] = position
+    return direct
+
+
+def _lines(program: Any, lib: ArrayLibrary, values: Sequence[str], direct: dict[int, int], function: str,
+           tracked: bool) -> list[str]:
+    """The source of one generated function (see `generate`)."""
+    lines = [f"def {function}(inputs, streams{', tracker' if tracked else ''}):"]
+    root = roots(program.steps)
+    for k, step in enumerate(program.steps):
+        lines.append(f"    v{k} = {values[k]}")
+        if tracked and step.op is not Op.CONST:  # constants may be kept by the library
+            lines.append(f"    tracker.hold({k}, v{k}, {None if k in direct else step.shares})")
+        for slot, position in program.writes[k]:
+            if direct.get(slot) == position:
+                continue  # computed there
+            fresh = program.steps[root[slot]].op not in (Op.BUFFER, Op.CONST)  # its memory is the program's own
+            lines.append(f"    _write(inputs[{position}], v{slot}, {fresh})")
+            lines.append(f"    v{slot} = " + (f"inputs[{position}]" if lib.loads_as_stored(program.steps[slot].dtype)
+                                             else f"_written(inputs[{position}], v{slot})"))
+            if tracked:
+                lines.append(f"    tracker.drop({slot}); tracker.hold({slot}, v{slot}, None)")
+        for slot in program.frees[k]:
+            lines.append(f"    del v{slot}" + (f"; tracker.drop({slot})" if tracked else ""))
+    kept = [f"v{slot}" for slot in program.outputs if slot not in program.aliases]
+    lines.append(f"    return [{', '.join(kept)}]")
+    return lines
+
+
+def _value(lib: ArrayLibrary, steps: Sequence[Step], k: int, step: Step, evaluate: Any, names: dict[str, Any],
+           static: dict[int, Any]) -> str:
+    """The expression computing step k's value, binding what it calls in `names`. Constants and views of them
+    (`static`: slot -> value) are made here, once: `x - 3` broadcasts its 3 through two views on every run."""
+    if step.op is Op.BUFFER:
+        names[f"s{k}"] = lambda buffer, dtype=step.dtype: lib.load(buffer, dtype)
+        return f"s{k}(inputs[{step.arg}])" if not lib.loads_as_stored(step.dtype) else f"inputs[{step.arg}]"
+    if step.op is Op.RAND:
+        names[f"s{k}"] = lambda stream, shape=step.shape, dtype=step.dtype: lib.rand(stream, shape, dtype)
+        return f"s{k}(streams[{step.arg}])"
+    if step.op is Op.CONST:
+        static[k] = names[f"s{k}"] = lib.constant(step.arg, step.dtype)
+        return f"s{k}"
+    function: Callable[..., Any] = lib.step_function(step, [steps[s] for s in step.sources]) or \
+        step_function(lib, step, evaluate)
+    if step.op in STATIC_VIEWS and all(s in static for s in step.sources):
+        static[k] = names[f"s{k}"] = function(*[static[s] for s in step.sources])
+        return f"s{k}"
+    names[f"s{k}"] = function
+    return f"s{k}({', '.join(f'v{s}' for s in step.sources)})"

@@ -1,0 +1,225 @@
+"""torch as the interpreter's array library: what zyx.Torch() computes each primitive op with.
+
+Values are computed in the dtypes the numpy reference uses: float16 and bfloat16 in float32 (rounded when
+stored), and uint32, which torch stores but barely computes with, in int64 wrapped to 32 bits after every op.
+A sum of a product (matrix products and their gradients) is one `torch.matmul` or `torch.einsum` on the operands
+without their broadcast axes (`torch_products.py`), so the product is never stored and cuBLAS (or MKL, MPS...)
+does the work. `step_function` gives a replayed program (`program_code.py`) each common step as one bound torch
+call, with no dtype check where the dtypes say none is needed.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ContextManager, Optional, Sequence
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from ..dtypes import ALL_DTYPES, DType
+from ..trace.ops import Op
+from ..trace.philox import FLOAT_MANTISSA_BITS, philox_bits_int64
+from .arrays import ArrayLibrary, Shape
+from .steps import Fused, Step
+from .torch_products import bound_contract, contract
+
+TORCH_DTYPES: dict[str, torch.dtype] = {dtype.name: getattr(torch, dtype.name) for dtype in ALL_DTYPES}
+_COMPUTED = {"float16": torch.float32, "bfloat16": torch.float32, "uint32": torch.int64}
+_WORD = 0xFFFFFFFF
+_UNIFORM_SCALE = 2.0 ** -FLOAT_MANTISSA_BITS
+# the overwriting ops outside the two tables
+_OUT_FUNCTIONS: dict[Any, Callable[..., Any]] = {Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub}
+# views, as bound calls of (the step's arg, its shape)
+_VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]] = {
+    Op.RESHAPE: lambda arg, shape: lambda x: x.reshape(shape),
+    Op.PERMUTE: lambda arg, shape: lambda x: x.permute(arg),
+    Op.EXPAND: lambda arg, shape: lambda x: x.expand(shape),
+    Op.SHRINK: lambda arg, shape: lambda x, index=tuple(slice(start, end) for start, end in arg): x[index],
+    Op.FLIP: lambda arg, shape: lambda x: torch.flip(x, arg),
+}
+
+
+def computed_dtype(dtype: DType) -> torch.dtype:
+    """The torch dtype values of `dtype` are computed in."""
+    return _COMPUTED.get(dtype.name) or TORCH_DTYPES[dtype.name]
+
+
+def storage_key(tensor: torch.Tensor) -> int:
+    """Which memory a tensor uses: its storage's address (views share it)."""
+    return tensor.untyped_storage().data_ptr()
+
+
+def from_numpy(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing `array`'s memory (bfloat16, which torch cannot import from numpy, through its bits)."""
+    if array.dtype == np.dtype(ml_dtypes.bfloat16):
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A host tensor's values as a numpy array (bfloat16 as ml_dtypes' bfloat16)."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _elementwise(step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
+    """The torch function computing an elementwise step (taking `out=`) where its result is already in the
+    computed dtype (no `conform` needed); None where it is not (uint32, mixed dtypes) or there is none."""
+    op, dtype = step.op, step.dtype
+    function = TorchArrays.unary.get(op) or TorchArrays.binary.get(op) or _OUT_FUNCTIONS.get(op)
+    if function is None or op is Op.DETACH or dtype.name == "uint32" or (op is Op.DIV and not dtype.is_float):
+        return None
+    operands = {computed_dtype(source.dtype) for source in (sources[1:] if op is Op.WHERE else sources)}
+    if len(operands) != 1 or (operands != {computed_dtype(dtype)} and not (op in (Op.CMPLT, Op.CMPEQ)
+                                                                         and dtype.is_bool)):
+        return None
+    return function
+
+
+class TorchArrays(ArrayLibrary):
+    """torch tensors on one device; buffers are contiguous tensors of the node's shape and dtype."""
+
+    contracts = True
+    unary: dict[Op, Callable[[Any], Any]] = {
+        Op.NEG: torch.neg, Op.RECIP: torch.reciprocal, Op.SQRT: torch.sqrt, Op.EXP: torch.exp, Op.LOG: torch.log,
+        Op.SIN: torch.sin, Op.COS: torch.cos, Op.TANH: torch.tanh, Op.SIGMOID: torch.sigmoid,
+        Op.DETACH: lambda x: x, Op.FLOOR: torch.floor, Op.CEIL: torch.ceil, Op.RINT: torch.round,
+        Op.NOT: torch.bitwise_not,
+    }
+    binary: dict[Op, Callable[[Any, Any], Any]] = {
+        Op.ADD: torch.add, Op.MUL: torch.mul, Op.POW: torch.pow, Op.MAX: torch.maximum, Op.CMPLT: torch.lt,
+        Op.CMPEQ: torch.eq, Op.AND: torch.bitwise_and, Op.OR: torch.bitwise_or, Op.XOR: torch.bitwise_xor,
+    }
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._constants: dict[tuple[str, str], torch.Tensor] = {}
+
+    # ---- representation -----------------------------------------------------------------------------------
+    def load(self, buffer: torch.Tensor, dtype: DType) -> torch.Tensor:
+        return buffer.to(computed_dtype(dtype))
+
+    def conform(self, value: torch.Tensor, dtype: DType) -> torch.Tensor:
+        computed = computed_dtype(dtype)
+        if value.dtype != computed:
+            value = value.to(computed)
+        return value & _WORD if dtype.name == "uint32" else value
+
+    def outputs(self, values: Sequence[Any], steps: Sequence[Any], inputs: Sequence[Any]) -> list[torch.Tensor]:
+        claimed = {storage_key(buffer) for buffer in inputs}
+        stored = []
+        for value, step in zip(values, steps):
+            buffer = value.to(TORCH_DTYPES[step.dtype.name]).reshape(step.shape).contiguous()
+            key = storage_key(buffer)
+            if key in claimed or buffer.untyped_storage().nbytes() > buffer.nbytes:
+                buffer = buffer.clone()
+                key = storage_key(buffer)
+            claimed.add(key)
+            stored.append(buffer)
+        return stored
+
+    def write(self, buffer: torch.Tensor, value: torch.Tensor, fresh: bool = False) -> None:
+        if not fresh and not torch.compiler.is_compiling() and storage_key(value) == storage_key(buffer):
+            value = value.clone()  # the new value is a view of the old one (w.assign(w.T)): copy_ cannot overlap
+        buffer.copy_(value)
+
+    def written(self, buffer: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return buffer if buffer.dtype == value.dtype and buffer.shape == value.shape else value
+
+    def quiet(self) -> ContextManager[Any]:
+        return torch.no_grad()
+
+    def loads_as_stored(self, dtype: DType) -> bool:
+        return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
+
+    def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
+        """One bound torch call for views, reductions, products, casts and the elementwise ops whose torch result
+        is already in the computed dtype (`conform` would do nothing); None for the rest (uint32, compact steps,
+        mixed dtypes), which take the generic path."""
+        op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
+        view = _VIEWS.get(op)
+        if view is not None:
+            return view(arg, shape)
+        if step.compact is not None or dtype.name == "uint32":
+            return None
+        computed = computed_dtype(dtype)
+        if op is Fused.CONTRACT:
+            return bound_contract(*arg, shape)
+        if op is Op.SUM:
+            return lambda x: torch.sum(x, dim=arg, keepdim=True, dtype=computed)
+        if op is Op.RMAX and all(sources[0].shape[axis] for axis in arg):
+            return lambda x: torch.amax(x, dim=arg, keepdim=True)
+        if op is Op.CAST:
+            return lambda x: self.cast(x, dtype)
+        function = _elementwise(step, sources)
+        if function is None or step.into is None:
+            return function
+        into = step.into
+        return lambda *x: function(*x, out=x[into])
+
+    def out_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
+        if step.compact is not None or not step.dtype.is_float or not self.loads_as_stored(step.dtype):
+            return None
+        return _elementwise(step, sources)
+
+    # ---- leaves --------------------------------------------------------------------------------------------
+    def constant(self, value: Any, dtype: DType) -> torch.Tensor:
+        """A 0-d tensor, made once per value (a fill on the device, never a copy that would wait for it)."""
+        if torch.compiler.is_compiling():
+            return torch.full((), value, dtype=computed_dtype(dtype), device=self.device)
+        key = (value.hex() if isinstance(value, float) else repr(value), dtype.name)
+        if key not in self._constants:
+            self._constants[key] = torch.full((), value, dtype=computed_dtype(dtype), device=self.device)
+        return self._constants[key]
+
+    def full(self, shape: Shape, value: Any, like: torch.Tensor) -> torch.Tensor:
+        return torch.full(shape, value, dtype=like.dtype, device=like.device)
+
+    def rand(self, stream: Sequence[Any], shape: Shape, dtype: DType) -> torch.Tensor:
+        """Philox in int64 arithmetic; `stream` is its four 32-bit words (see `philox.philox_words`)."""
+        count = 1
+        for size in shape:
+            count *= size
+        index = torch.arange(count, dtype=torch.int64, device=self.device)
+        bits = philox_bits_int64(index, stream)
+        return (bits.to(torch.float32) * _UNIFORM_SCALE).reshape(shape).to(computed_dtype(dtype))
+
+    # ---- elementwise ---------------------------------------------------------------------------------------
+    def cast(self, x: torch.Tensor, dtype: DType) -> torch.Tensor:
+        if dtype.name == "bfloat16":  # rounded where cast, as on the other devices, then computed in float32
+            return x.to(torch.bfloat16).to(torch.float32)
+        return x.to(computed_dtype(dtype))
+
+    def where(self, condition: Any, a: Any, b: Any) -> torch.Tensor:
+        return torch.where(condition, a, b)
+
+    def shift_raw(self, a: torch.Tensor, b: torch.Tensor, left: bool) -> torch.Tensor:
+        return torch.bitwise_left_shift(a, b) if left else torch.bitwise_right_shift(a, b)
+
+    # ---- reductions ----------------------------------------------------------------------------------------
+    def sum(self, x: torch.Tensor, axes: tuple[int, ...], dtype: DType) -> torch.Tensor:
+        return torch.sum(x, dim=axes, keepdim=True, dtype=computed_dtype(dtype))
+
+    def amax(self, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        return torch.amax(x, dim=axes, keepdim=True)
+
+    def overwrite(self, op: Op, sources: Sequence[Any], into: int) -> torch.Tensor:
+        function = self.unary.get(op) or self.binary.get(op) or _OUT_FUNCTIONS[op]  # float ops only
+        return function(*sources, out=sources[into])
+
+    def contract(self, a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], size: Shape,
+                 shape: Shape) -> torch.Tensor:
+        return contract(a, b, axes, size, shape)
+
+    # ---- movement ------------------------------------------------------------------------------------------
+    def reshape(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+        return x.reshape(shape)
+
+    def permute(self, x: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+        return x.permute(order)
+
+    def expand(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+        return x.expand(shape)
+
+    def flip(self, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        return torch.flip(x, axes)

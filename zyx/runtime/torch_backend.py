@@ -1,0 +1,190 @@
+"""zyx.Torch(): tensors in torch tensors, traces run as torch ops, for hardware where PyTorch is the fast path.
+
+A realize looks the trace's structure up in memory (`Walk.structure`, as on OpenCL); a new structure is built in
+one pass (`interpret.build` with `optimize`: one launch per op, products and their gradients as matrix products,
+a memory plan) and written out as one Python function making a bound torch call per step (`program_code.py`,
+`torch_arrays.py`), which every later run of the structure replays; or, with `compile=True` or a
+torch.compile mode (or ZYX_TORCH_COMPILE=1 or =MODE), as one `torch.compile`d function per program: each
+program's first run pays for Dynamo and Inductor (tens of seconds for a training step on a CPU; Inductor's own
+disk cache shortens it in a later process, Dynamo's tracing stays), later runs only check guards.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import counters as stats
+from ..trace.hashing import Walk
+from ..trace.node import Node, toposort
+from ..trace.ops import Op
+from ..trace.philox import philox_words
+from . import interpret, profiling, program_code
+from .limits import host_limits
+from .torch_arrays import TorchArrays
+from .torch_memory import RunAccount, StorageTracker
+from .torch_runtime import TorchRuntime
+
+COMPILE_VARIABLE = "ZYX_TORCH_COMPILE"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def compile_mode(compile: bool | str | None) -> Optional[str]:
+    """The torch.compile mode `compile` asks for (None: run eagerly): True is "default", a string names a mode,
+    and None reads ZYX_TORCH_COMPILE (1, true, yes, on: "default"; 0, false, no, off or unset: eager; else a mode)."""
+    if compile is None:
+        text = os.environ.get(COMPILE_VARIABLE, "").strip().lower()
+        compile = True if text in ("1", "true", "yes", "on") else False if text in ("", "0", "false", "no", "off") \
+            else text
+    if compile is False:
+        return None
+    mode = "default" if compile is True else str(compile)
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"zyx.Torch: compile={compile!r} is not a torch.compile mode ({', '.join(COMPILE_MODES)})")
+    return mode
+
+
+class TorchBackend:
+    """Programs of one torch device (its buffers and memory: `runtime`)."""
+
+    def __init__(self, device: torch.device, compile: Optional[str] = None) -> None:
+        self.runtime = TorchRuntime(device)
+        self.name = self.runtime.name
+        self.compile = compile  # a torch.compile mode, or None to run op by op
+        self.arrays = TorchArrays(device)
+        self.programs: dict[Any, interpret.InterpretedProgram] = {}  # by Walk.structure, and by @jit's keys
+        # by id(program) (programs live in `programs`): the generated function of each program run so far, with
+        # its first run's memory account; its torch.compile'd function
+        self._replays: dict[int, tuple[program_code.ProgramFunction, RunAccount]] = {}
+        self._compiled: dict[int, program_code.ProgramFunction] = {}
+
+    def __repr__(self) -> str:
+        return f"TorchBackend({str(self.runtime.device)!r}, compile={self.compile!r})"
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The torch device the buffers live on."""
+        return self.runtime.device
+
+    # ---- data movement (the runtime's) -----------------------------------------------------------------
+    def upload(self, array: np.ndarray) -> torch.Tensor:
+        return self.runtime.upload(array)
+
+    def download(self, buffer: torch.Tensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return self.runtime.download(buffer, shape, dtype)
+
+    def synchronize(self) -> None:
+        self.runtime.synchronize()
+
+    def memory_stats(self) -> dict[str, int]:
+        return self.runtime.memory_stats()
+
+    # ---- realization -------------------------------------------------------------------------------------
+    def realize(self, walk: Walk) -> list[torch.Tensor]:
+        """Buffers holding the values of the walk's roots; a structure seen before is found by its exact key."""
+        program = self.programs.get(walk.structure)
+        if program is None:
+            program = self._build(walk.roots, walk.order)
+            self.programs[walk.structure] = program
+        else:
+            stats.bump("schedule_cache_hits")
+        inputs = [leaf.buffer for leaf in walk.leaves]
+        if None in inputs:
+            raise interpret.released_error()
+        rand_args = [rand.arg for rand in walk.rands]
+        if not profiling.timing_wanted():
+            return self.run(program, inputs, rand_args)
+        return interpret.profiled(self, "torch_program", walk.digest()[:12], walk.roots, walk.order,
+                                  lambda: self.run(program, inputs, rand_args))
+
+    def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
+                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> interpret.InterpretedProgram:
+        """The program of a jitted step (`tune` asks nothing here: only OpenCL's kernels are tuned)."""
+        program = self.programs.get(key)
+        if program is not None:
+            stats.bump("schedule_cache_hits")
+            return program
+        program = self._build(targets, toposort(list(targets)), in_place)
+        program.name = key
+        self.programs[key] = program
+        return program
+
+    def _build(self, targets: Sequence[Node], order: Sequence[Node],
+               in_place: Sequence[tuple[int, int]] = ()) -> interpret.InterpretedProgram:
+        """A new program: one pass over the trace (`interpret.build`), checked against the device's memory."""
+        if any(node.op is Op.COLLECTIVE for node in order):
+            raise TypeError(f"zyx.Torch: zyx.distributed's collectives run on zyx.CPU() and zyx.OpenCL() (host "
+                            "staging is written for those two); move the tensors there")
+        program = interpret.build(targets, order, optimize=True, in_place=in_place)
+        self.runtime.limits.check_nodes(program.stored())
+        stats.bump("graphs_scheduled")
+        return program
+
+    def run(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],
+            rand_args: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        """The program's output buffers on `inputs`; `rand_args`: (seed, offset) per random stream. The first run
+        follows every storage for `zyx.memory_stats`; later runs count what it measured (`RunAccount`)."""
+        streams = [philox_words(seed, offset) for seed, offset in rand_args]
+        stats.bump("kernels_launched", program.kernel_count)
+        if self.compile:
+            return self._run_compiled(program, inputs, streams)
+        replay = self._replays.get(id(program))
+        with self.arrays.quiet():
+            if replay is None:
+                generated = program_code.generate(program, self.arrays, program.evaluators)
+                tracker = StorageTracker(self.runtime.memory, inputs)
+                outputs = interpret.store(program, self.arrays, inputs, generated.tracked(inputs, streams, tracker))
+                self._replays[id(program)] = (generated.run, tracker.finish(outputs))
+                return outputs
+            function, account = replay
+            outputs = interpret.store(program, self.arrays, inputs, function(inputs, streams))
+        self.runtime.memory.replay(account, outputs)
+        return outputs
+
+    def _run_compiled(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],
+                      streams: Sequence[tuple[int, int, int, int]]) -> list[torch.Tensor]:
+        """The program as one compiled function; the random streams' words go in as a tensor (as Python ints,
+        each new seed would compile again). With CUDA graphs ("reduce-overhead") the buffers it writes in place
+        are marked static, and its outputs are copied out of the graph's memory, which the next replay reuses."""
+        words = torch.tensor(streams, dtype=torch.int64).to(self.runtime.device, non_blocking=True) if streams else []
+        graphs = self.compile == "reduce-overhead"
+        if graphs:
+            for position in program.aliases.values():
+                torch._dynamo.mark_static_address(inputs[position])
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.arrays.quiet():
+            values = self._compiled_for(program)(list(inputs), list(words))
+        if graphs:
+            values = [value.clone() for value in values]
+        outputs = interpret.store(program, self.arrays, inputs, values)
+        for buffer in outputs:
+            if all(buffer is not given for given in inputs):
+                self.runtime.memory.keep(buffer)
+        return outputs
+
+    def _compiled_for(self, program: interpret.InterpretedProgram) -> program_code.ProgramFunction:
+        """The program's generated function (`program_code.py`) under torch.compile. Dynamo caches compiled
+        frames per code object, and each program's function is a code object of its own (one function for
+        all would count every program against its recompile limit, and the ninth would run uncompiled)."""
+        compiled = self._compiled.get(id(program))
+        if compiled is None:
+            generated = program_code.generate(program, self.arrays, program.evaluators)
+            compiled = torch.compile(generated.run, mode=self.compile, dynamic=False)
+            self._compiled[id(program)] = compiled
+        return compiled
+
+
+def describe_torch_devices() -> list[dict[str, Any]]:
+    """One dict per device zyx.Torch() can use here (the host CPU, each CUDA device, MPS), for `zyx devices`."""
+    rows = [{"kind": "torch", "spec": "torch:cpu", "device": "host CPU", "type": "CPU",
+             "global_mem_bytes": host_limits().total_bytes}]
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        properties = torch.cuda.get_device_properties(index)
+        rows.append({"kind": "torch", "spec": f"torch:cuda:{index}", "device": properties.name, "type": "GPU",
+                     "global_mem_bytes": properties.total_memory})
+    if torch.backends.mps.is_available():
+        rows.append({"kind": "torch", "spec": "torch:mps", "device": "Apple MPS", "type": "GPU",
+                     "global_mem_bytes": host_limits().total_bytes})
+    return rows

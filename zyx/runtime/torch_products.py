@@ -1,0 +1,129 @@
+"""Sums of products (matrix products, their gradients, einsum) as one torch matrix product, planned once.
+
+A CONTRACT step is sum(a * b) over some axes, where a and b broadcast to one shape. Its plan drops the
+operands' broadcast axes (of size 1, or stride 0), then calls `torch.matmul` on them permuted and flattened to
+(batch..., rows, columns) where every axis is kept or summed over both factors (what products and their gradients are:
+cuBLAS's plain gemm for 2-D products, where einsum would call its batched form), else `torch.einsum`. The plan
+depends only on the operands' shapes and strides, so it is made once per layout (`contract_plan`, cached), and
+once per step of a replayed program (`bound_contract`), which then runs only the torch calls. (The planning
+passes lists, not generators, to builtins: torch.compile traces it on a program's first compiled run.)
+"""
+from __future__ import annotations
+
+import functools
+import math
+import string
+from typing import Callable, Optional, Sequence
+
+import torch
+
+Plan = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def contract(a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], size: Sequence[int],
+             shape: Sequence[int]) -> torch.Tensor:
+    """sum(a * b) over `axes` of a and b broadcast to `size`, kept with size 1 (`shape`), without storing a * b."""
+    return contract_plan(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), axes, tuple(size), tuple(shape))(a, b)
+
+
+def bound_contract(axes: tuple[int, ...], size: Sequence[int], shape: Sequence[int]) -> Plan:
+    """`contract` for one step of a program, planned on its first call: a program's values have the same layouts
+    on every run (its inputs are contiguous buffers of fixed shapes, and torch's ops lay their results out by
+    their operands'), so later calls only run the torch calls."""
+    plan: Optional[Plan] = None
+
+    def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        nonlocal plan
+        if torch.compiler.is_compiling():  # a cell set at the first run would make Dynamo compile twice
+            return contract(a, b, axes, size, shape)
+        if plan is None:
+            plan = contract_plan(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), axes, tuple(size),
+                                 tuple(shape))
+        return plan(a, b)
+
+    return run
+
+
+@functools.lru_cache(maxsize=4096)
+def contract_plan(a_shape: tuple[int, ...], a_strides: tuple[int, ...], b_shape: tuple[int, ...],
+                  b_strides: tuple[int, ...], axes: tuple[int, ...], size: tuple[int, ...],
+                  shape: tuple[int, ...]) -> Plan:
+    """The torch calls computing `contract` for operands of these shapes and strides."""
+    letters = string.ascii_letters[:len(size)]
+    unbroadcast_a, left = _broadcast_free(size, a_shape, a_strides, letters)
+    unbroadcast_b, right = _broadcast_free(size, b_shape, b_strides, letters)
+    present = set(left) | set(right)
+    kept = "".join([letter for axis, letter in enumerate(letters) if axis not in axes and letter in present])
+    sizes = dict(zip(letters, size))
+    product = _matmul_plan(left, right, kept, sizes) or \
+        (lambda x, y, spec=f"{left},{right}->{kept}": torch.einsum(spec, x, y))
+    # a summed axis broadcast in both operands adds the same product that many times
+    repeats = math.prod([1 if letters[axis] in present else size[axis] for axis in axes])
+    unexpanded = tuple([n if letters[axis] in kept else 1 for axis, n in enumerate(shape)])
+    # an axis neither factor has: stored whole, as a later step may write over the result (memory_plan.py)
+    expanded = shape != unexpanded
+
+    def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        result = product(unbroadcast_a(a), unbroadcast_b(b))
+        if repeats != 1:
+            result = result * repeats
+        result = result.reshape(unexpanded)
+        return result.expand(shape).contiguous() if expanded else result
+
+    return run
+
+
+def _broadcast_free(size: tuple[int, ...], shape: tuple[int, ...], strides: tuple[int, ...],
+                    letters: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """How to drop an operand's broadcast axes (of size 1 where `size` differs, or of stride 0), and the letters
+    of the axes it keeps."""
+    dropped = [axis for axis in range(len(size))
+               if shape[axis] != size[axis] or (strides[axis] == 0 and size[axis] > 1)]
+    kept = "".join([letter for axis, letter in enumerate(letters) if axis not in dropped])
+    if not dropped:
+        return (lambda x: x), kept
+    if all([shape[axis] == 1 for axis in dropped]):
+        return (lambda x, axes=tuple(dropped): x.squeeze(axes)), kept
+    index = tuple([0 if axis in dropped else slice(None) for axis in range(len(size))])
+    return (lambda x: x[index]), kept
+
+
+def _matmul_plan(left: str, right: str, kept: str, sizes: dict[str, int]) -> Optional[Plan]:
+    """einsum(left,right->kept) as `torch.matmul`, where every letter is kept or summed over both factors;
+    None for the rest (a sum over one factor's own axis)."""
+    shared = set(left) & set(right)
+    batch = [c for c in kept if c in shared]
+    summed = [c for c in left if c in shared and c not in kept]
+    free_left, free_right = [c for c in left if c not in shared], [c for c in right if c not in shared]
+    if not summed or any([c not in kept for c in free_left + free_right]):
+        return None
+    batch_sizes = tuple([sizes[c] for c in batch])
+
+    def arranged(axes: str, rows: list[str], columns: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The operand with the batch axes first, then `rows` and `columns` flattened into one axis each (each
+        call only where it changes something)."""
+        order = [axes.index(c) for c in batch + rows + columns]
+        flat = (*batch_sizes, math.prod([sizes[c] for c in rows]), math.prod([sizes[c] for c in columns]))
+        return _view(None if order == sorted(order) else order, tuple([sizes[c] for c in batch + rows + columns]), flat)
+
+    left_arranged, right_arranged = arranged(left, free_left, summed), arranged(right, summed, free_right)
+    produced = batch + free_left + free_right
+    final = [produced.index(c) for c in kept]
+    flat = (*batch_sizes, math.prod([sizes[c] for c in free_left]), math.prod([sizes[c] for c in free_right]))
+    unflat = _view(None, flat, tuple([sizes[c] for c in produced]))
+    final_order = None if final == sorted(final) else final
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        result = unflat(torch.matmul(left_arranged(x), right_arranged(y)))
+        return result if final_order is None else result.permute(final_order)
+
+    return run
+
+
+def _view(order: Optional[list[int]], permuted: tuple[int, ...],
+          shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x permuted by `order` (None: not), whose shape is then `permuted`, reshaped to `shape`: no call that
+    changes nothing."""
+    if order is None:
+        return (lambda x: x) if permuted == shape else (lambda x: x.reshape(shape))
+    return (lambda x: x.permute(order)) if permuted == shape else (lambda x: x.permute(order).reshape(shape))

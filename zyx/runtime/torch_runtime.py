@@ -1,0 +1,73 @@
+"""One torch device as zyx.Torch() uses it: buffers in and out, copies, waiting, and zyx's memory count.
+
+The counterpart of OpenCL's runtime (`opencl.py`) for `TorchBackend`; `@zyx.jit` copies and reads buffers
+through it alike. Buffers are contiguous torch tensors of the node's shape and dtype.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .limits import MemoryLimits, host_limits
+from .torch_arrays import from_numpy, to_numpy
+from .torch_memory import MemoryCounter
+
+
+def _limits(device: torch.device) -> MemoryLimits:
+    if device.type != "cuda":
+        return host_limits()
+    total = torch.cuda.get_device_properties(device).total_memory
+    return MemoryLimits(total, total, f"Torch('{device}')")
+
+
+class TorchRuntime:
+    """Buffers of one torch device, and the bytes zyx holds there (`torch_memory.py`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        # the GPU's name, where there is one, lets the profiler find its peak (runtime/peak.py)
+        self.name = f"{torch.cuda.get_device_name(device)} (torch:{device})" if device.type == "cuda" else \
+            f"torch:{device}"
+        self.memory = MemoryCounter()
+        self.limits = _limits(device)
+
+    def upload(self, array: np.ndarray) -> torch.Tensor:
+        """A device tensor holding a copy of `array`."""
+        return self.adopt(from_numpy(np.ascontiguousarray(array).reshape(array.shape)))
+
+    def adopt(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A buffer of this device holding a copy of a torch tensor (from anywhere)."""
+        buffer = tensor.detach().to(self.device, copy=True).contiguous()
+        self.memory.keep(buffer)
+        return buffer
+
+    def download(self, buffer: torch.Tensor, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
+        """The buffer's values as a new numpy array (waits for the work that computes them)."""
+        return to_numpy(buffer.detach().reshape(tuple(shape)).to("cpu", copy=True))
+
+    def download_all(self, requests: Sequence[tuple[torch.Tensor, Sequence[int], Any]]) -> list[np.ndarray]:
+        """Several buffers' values (buffer, shape, numpy dtype each), as `download` does each."""
+        return [self.download(buffer, shape, numpy_dtype) for buffer, shape, numpy_dtype in requests]
+
+    def copy(self, buffer: torch.Tensor) -> torch.Tensor:
+        """A new buffer with the same values."""
+        duplicate = buffer.clone()
+        self.memory.keep(duplicate)
+        return duplicate
+
+    def synchronize(self) -> None:
+        """Wait for every kernel queued on the device (CUDA and MPS run asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def memory_stats(self) -> dict[str, int]:
+        """Bytes of zyx's buffers and intermediates now, and the peak (zyx's own count; torch's caching
+        allocator holds more: torch.cuda.memory_reserved). zyx keeps no pool of its own."""
+        return {"current_bytes": self.memory.current_bytes, "peak_bytes": self.memory.peak_bytes, "pool_bytes": 0}
+
+    def reset_peak_memory(self) -> None:
+        self.memory.reset_peak()
