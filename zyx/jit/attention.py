@@ -1,0 +1,186 @@
+"""Attention forward in one kernel: softmax(S) V with an online softmax, no L x S matrix in memory.
+
+The pattern, as the trace holds it (scaled_dot_product_attention, or the same written by hand): a product
+O[.., i, e] = sum_j P[.., i, j] W[.., i, e, j] whose left operand views P = softmax over its last axis, written
+exp(X - max_j X) / sum_j exp(X - max_j X), where X[.., i, j] is any elementwise value (the scores: a product
+over the head dimension, scaled, masked). Lowered as products are, P would be stored whole (L x S per head).
+Here a work item owns one output O[.., i, e] and walks the keys j once, keeping the running maximum m, the
+running sum l of exp(X - m) and the running sum acc of exp(X - m) W, each rescaled by exp(m_old - m_new) when
+the maximum grows; the output is acc / l. X is lowered inside the walk, its own reductions (the scores'
+product over the head dimension) as loops nested in it, so every value is computed from q, k, v (and the
+mask's sources) as the key loop reaches it.
+
+Only where P is stored by no other kernel (a forward pass; in a training step the backward reads P, and P is
+then stored and read as usual). The kernel is one output per work item; the vector transform gives each item
+lanes of e, sharing the scores between them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from ..trace.node import Node
+from ..trace.ops import MOVEMENT_OPS, Op, REDUCE_OPS
+from .kernel_ir import Accumulate, Alu, Const, Define, Loop, MultiplyAdd, Reg
+from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, source_index, unravel
+from .symbolic import Expr
+
+FLOAT_LOWEST = -3.4028234663852886e38  # the running maximum starts here, not at -inf: exp(-inf - -inf) is nan
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """The nodes of softmax(X) W that the kernel reads: the product, its P-side and W-side operands, P, X."""
+
+    product: Node  # SUM over its last axis of MUL(p_side, w_side)
+    p_side: Node
+    w_side: Node
+    probabilities: Node  # P: DIV(exp(X - max), sum(exp(X - max)))
+    scores: Node  # X
+
+
+def _viewed(node: Node, target: Node) -> bool:
+    """Whether `node` is `target` seen through movement ops only."""
+    while node is not target and node.op in MOVEMENT_OPS:
+        node = node.src[0]
+    return node is target
+
+
+def _under_views(node: Node) -> Node:
+    while node.op in MOVEMENT_OPS:
+        node = node.src[0]
+    return node
+
+
+def _softmax_of(node: Node) -> Optional[Node]:
+    """X when `node` is exp(X - max(X)) / sum(exp(X - max(X))) over the last axis, else None."""
+    if node.op is not Op.DIV or not node.dtype.is_float:
+        return None
+    exp, total = node.src[0], _under_views(node.src[1])
+    last = (len(node.shape) - 1,)
+    if exp.op is not Op.EXP or total.op is not Op.SUM or total.arg != last or total.src[0] is not exp:
+        return None
+    shifted = exp.src[0]
+    if shifted.op is not Op.ADD or shifted.src[1].op is not Op.NEG:
+        return None
+    scores, maximum = shifted.src[0], _under_views(shifted.src[1].src[0])
+    if maximum.op is Op.DETACH:
+        maximum = _under_views(maximum.src[0])
+    return scores if maximum.op is Op.RMAX and maximum.arg == last and maximum.src[0] is scores else None
+
+
+def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[AttentionPattern]:
+    """The pattern whose product `root` is (or reshapes) when no kernel stores P, else None."""
+    product = root.src[0] if root.op is Op.RESHAPE else root
+    last = len(product.shape) - 1
+    if product.op is not Op.SUM or product.arg != (last,) or product.src[0].op is not Op.MUL:
+        return None
+    for p_side, w_side in (product.src[0].src, product.src[0].src[::-1]):
+        probabilities = _under_views(p_side)
+        scores = _softmax_of(probabilities)
+        if scores is not None and id(probabilities) not in materialized and id(scores) not in materialized:
+            return AttentionPattern(product, p_side, w_side, probabilities, scores)
+    return None
+
+
+class AttentionLowering(Lowering):
+    """One output of the product per work item, its key axis walked once with an online softmax (see the
+    module's docstring); the scores' own reductions nest inside that walk."""
+
+    def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
+                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+        super().__init__(root, materialized, produced, False, stored_apart, param_limit)
+        self.pattern = pattern
+        self.kind = "a"
+        self._nesting = False  # inside a nested reduction: reductions met there are read from memory
+
+    def _lower_outputs(self) -> None:
+        pattern, dtype = self.pattern, self.root.dtype
+        keys = pattern.product.src[0].shape[-1]
+        outer = unravel(linear(self.elements[0], self.root.shape), pattern.product.shape)[:-1]
+        maximum, total, acc = (Reg(self.names.fresh(prefix), dtype) for prefix in ("m", "l", "acc"))
+        self._scopes[0] += [Define(maximum, Const(FLOAT_LOWEST, dtype)), Define(total, Const(0.0, dtype)),
+                            Define(acc, Const(0.0, dtype))]
+        key = self.names.fresh("j")
+        self._open_loop(key, keys)
+        full = (*outer, Expr.var(key, keys))
+        score = self.value(pattern.scores, self._probability_index(full), ()).operand
+        weight = self.value(pattern.w_side, full, ()).operand
+        lowered = self._alu(Op.NEG, self._alu(Op.MAX, maximum, score))
+        rescale = self._alu(Op.EXP, self._alu(Op.ADD, maximum, lowered))
+        weighted = self._alu(Op.EXP, self._alu(Op.ADD, score, lowered))
+        self._scopes[-1] += [Accumulate(total, Op.MUL, rescale), Accumulate(total, Op.ADD, weighted),
+                             Accumulate(acc, Op.MUL, rescale), MultiplyAdd(acc, weighted, weight),
+                             Accumulate(maximum, Op.MAX, score)]
+        self._scopes[0].append(Loop(key, keys, tuple(self._close_loop())))
+        out = Reg(self.names.fresh("v"), dtype)
+        self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
+        self._store(self.root, _Value(out, 0), self.positions[0])
+
+    def _alu(self, op: Op, *args: object) -> Reg:
+        """A statement in the key loop's body; its register."""
+        out = Reg(self.names.fresh("v"), self.root.dtype)
+        self._scopes[-1].append(Alu(out, op, tuple(args)))  # type: ignore[arg-type]
+        return out
+
+    def _probability_index(self, full: Index) -> Index:
+        """Where the product's element `full` reads P: through the views between the product's operand and P.
+        P's last axis must be the key counter alone (else this is not softmax(X) V over the keys)."""
+        node, index = self.pattern.p_side, full
+        while node is not self.pattern.probabilities:
+            index, condition = source_index(node, index)
+            if index is None or condition is not None:
+                raise NotAttention(node)
+            node = node.src[0]
+        key = full[-1]
+        if index[-1].key != key.key or any(key.variables() & e.variables() for e in index[:-1]):
+            raise NotAttention(node)
+        return index
+
+    def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
+        """The scores' own reductions (a product over the head dimension) as loops inside the key loop; the
+        reductions those read (q's projection) are read from memory, as any kernel reads them."""
+        if node.op not in REDUCE_OPS or self._nesting or self._depth_of(index, guard) == 0:
+            return (yield from super()._compute(node, index, guard))
+        self._nesting = True
+        try:
+            return self._nested_reduce(node, index)
+        finally:
+            self._nesting = False
+
+    def _nested_reduce(self, node: Node, index: Index) -> _Value:
+        source, axes, dtype = node.src[0], node.arg, node.dtype
+        sizes = tuple(source.shape[a] for a in axes)
+        acc = Reg(self.names.fresh("acc"), dtype)
+        depth = len(self._scopes) - 1
+        self._scopes[depth].append(Define(acc, Const(0 if node.op is Op.SUM else FLOAT_LOWEST, dtype)))
+        var = self.names.fresh("r")
+        count = math.prod(sizes)
+        self._open_loop(var, count)
+        full = list(index)
+        for axis, expr in zip(axes, unravel(Expr.var(var, count), sizes)):
+            full[axis] = expr
+        value = self.value(source, tuple(full), ())
+        self._scopes[-1].append(Accumulate(acc, Op.ADD if node.op is Op.SUM else Op.MAX, value.operand))
+        self._scopes[depth].append(Loop(var, count, tuple(self._close_loop())))
+        return _Value(acc, depth)
+
+
+class NotAttention(Exception):
+    """The product reads P at other positions than softmax(X) V over the keys needs."""
+
+
+def lower_attention(root: Node, materialized: dict[int, Node], produced: set[int],
+                    stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
+    """The fused attention kernel storing `root`, or None where `root` is not softmax(X) V (see the module)."""
+    if not root.dtype.is_float or root.numel == 0:
+        return None
+    pattern = match_attention(root, materialized)
+    if pattern is None:
+        return None
+    try:
+        return AttentionLowering(root, pattern, materialized, produced, stored_apart, param_limit).lower()
+    except NotAttention:
+        return None
+
