@@ -4,15 +4,14 @@ The pattern, as the trace holds it (scaled_dot_product_attention, or the same wr
 O[.., i, e] = sum_j P[.., i, j] W[.., i, e, j] whose left operand views P = softmax over its last axis, written
 exp(X - max_j X) / sum_j exp(X - max_j X), where X[.., i, j] is any elementwise value (the scores: a product
 over the head dimension, scaled, masked). Lowered as products are, P would be stored whole (L x S per head).
-Here a work item owns one output O[.., i, e] and walks the keys j once, keeping the running maximum m, the
+Here a work item owns a row of outputs O[.., i, :] and walks the keys j once, keeping the running maximum m, the
 running sum l of exp(X - m) and the running sum acc of exp(X - m) W, each rescaled by exp(m_old - m_new) when
-the maximum grows; the output is acc / l. X is lowered inside the walk, its own reductions (the scores'
+the maximum grows (one acc per output of the row, the scores shared); the outputs are acc / l. X is lowered inside the walk, its own reductions (the scores'
 product over the head dimension) as loops nested in it, so every value is computed from q, k, v (and the
 mask's sources) as the key loop reaches it.
 
 Only where P is stored by no other kernel (a forward pass; in a training step the backward reads P, and P is
-then stored and read as usual). The kernel is one output per work item; the vector transform gives each item
-lanes of e, sharing the scores between them.
+then stored and read as usual). PoCL vectorizes the kernel across work items (rows); no transform applies.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from typing import Optional
 
 from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op, REDUCE_OPS
-from .kernel_ir import Accumulate, Alu, Const, Define, Loop, MultiplyAdd, Reg
+from .kernel_ir import Accumulate, Alu, Axis, Const, Define, Loop, MultiplyAdd, Reg, Role
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, source_index, unravel
 from .symbolic import Expr
 
@@ -85,8 +84,9 @@ def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[Atten
 
 
 class AttentionLowering(Lowering):
-    """One output of the product per work item, its key axis walked once with an online softmax (see the
-    module's docstring); the scores' own reductions nest inside that walk."""
+    """A work item owns a row of the product's outputs O[.., i, :] and walks the key axis once with an online
+    softmax (see the module's docstring), the scores computed once per key for the whole row; the scores' own
+    reductions nest inside that walk."""
 
     def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
                  stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
@@ -94,29 +94,46 @@ class AttentionLowering(Lowering):
         self.pattern = pattern
         self.kind = "a"
         self._nesting = False  # inside a nested reduction: reductions met there are read from memory
+        self.width = pattern.product.shape[-2]  # outputs per row, consecutive in the root's order
+        self.rows = self.numel // self.width
+        row = Expr.var("gid", self.rows)
+        self.positions = [row * self.width + e for e in range(self.width)]
+        self.elements = [unravel(position, self.space) for position in self.positions]
+        self.guards = [()] * self.width
+
+    def _axes(self) -> tuple[Axis, ...]:
+        return (Axis("gid", self.rows, Role.GLOBAL), *self._loops)
 
     def _lower_outputs(self) -> None:
         pattern, dtype = self.pattern, self.root.dtype
         keys = pattern.product.src[0].shape[-1]
-        outer = unravel(linear(self.elements[0], self.root.shape), pattern.product.shape)[:-1]
-        maximum, total, acc = (Reg(self.names.fresh(prefix), dtype) for prefix in ("m", "l", "acc"))
+        outers = [unravel(linear(element, self.root.shape), pattern.product.shape)[:-1] for element in self.elements]
+        maximum, total = Reg(self.names.fresh("m"), dtype), Reg(self.names.fresh("l"), dtype)
+        accs = [Reg(self.names.fresh("acc"), dtype) for _ in outers]
         self._scopes[0] += [Define(maximum, Const(FLOAT_LOWEST, dtype)), Define(total, Const(0.0, dtype)),
-                            Define(acc, Const(0.0, dtype))]
-        key = self.names.fresh("j")
-        self._open_loop(key, keys)
-        full = (*outer, Expr.var(key, keys))
-        score = self.value(pattern.scores, self._probability_index(full), ()).operand
-        weight = self.value(pattern.w_side, full, ()).operand
+                            *(Define(acc, Const(0.0, dtype)) for acc in accs)]
+        name = self.names.fresh("j")
+        key = Expr.var(name, keys)
+        self._open_loop(name, keys)
+        read = {tuple(e.key for e in index): index for index in (self._probability_index((*outer, key))
+                                                                 for outer in outers)}
+        if len(read) != 1:  # the row's outputs must share their probabilities (P's index without e)
+            raise NotAttention(pattern.probabilities)
+        score = self.value(pattern.scores, next(iter(read.values())), ()).operand
+        weights = [self.value(pattern.w_side, (*outer, key), ()).operand for outer in outers]
         lowered = self._alu(Op.NEG, self._alu(Op.MAX, maximum, score))
         rescale = self._alu(Op.EXP, self._alu(Op.ADD, maximum, lowered))
         weighted = self._alu(Op.EXP, self._alu(Op.ADD, score, lowered))
-        self._scopes[-1] += [Accumulate(total, Op.MUL, rescale), Accumulate(total, Op.ADD, weighted),
-                             Accumulate(acc, Op.MUL, rescale), MultiplyAdd(acc, weighted, weight),
-                             Accumulate(maximum, Op.MAX, score)]
-        self._scopes[0].append(Loop(key, keys, tuple(self._close_loop())))
-        out = Reg(self.names.fresh("v"), dtype)
-        self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
-        self._store(self.root, _Value(out, 0), self.positions[0])
+        self._scopes[-1] += [Accumulate(total, Op.MUL, rescale), Accumulate(total, Op.ADD, weighted)]
+        for acc, weight in zip(accs, weights):
+            self._scopes[-1] += [Accumulate(acc, Op.MUL, rescale), MultiplyAdd(acc, weighted, weight)]
+        self._scopes[-1].append(Accumulate(maximum, Op.MAX, score))
+        self._scopes[0].append(Loop(name, keys, tuple(self._close_loop())))
+        for element, acc in enumerate(accs):
+            self._element = element
+            out = Reg(self.names.fresh("v"), dtype)
+            self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
+            self._store(self.root, _Value(out, 0), self.positions[element])
 
     def _alu(self, op: Op, *args: object) -> Reg:
         """A statement in the key loop's body; its register."""
