@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Record, check_args, finish, parser, pick_device, wants  # noqa: E402
+from _harness import Record, pick_device, script_main, wants  # noqa: E402
 
 IMPLEMENTATIONS = ("torch", "zyx", "zyx-unfused")
 
@@ -93,7 +93,7 @@ def in_child(args: argparse.Namespace, context: int, implementation: str) -> dic
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
-def run(args: argparse.Namespace) -> list[Record]:
+def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
     records = []
     for context in (int(c) for c in args.contexts.split(",")):
         matrix = args.heads * context * context * 4
@@ -125,20 +125,12 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(found), flush=True)
 
 
-def main() -> None:
-    p = parser(__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contexts", default="1024,2048,4096", help="context lengths T (default 1024,2048,4096)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--child", choices=IMPLEMENTATIONS, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        child(args)
-        return
-    check_args(args)
-    device, _, why = pick_device(args.device)
-    finish(args, run(args), device, why)
 
 
 if __name__ == "__main__":
-    main()
+    script_main(__doc__.splitlines()[0], run, add_arguments, child)

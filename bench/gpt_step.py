@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _harness import (Case, Record, Skip, Workload, check_args, finish, parser, pick_device,  # noqa: E402
-                      run_workload, set_ratios, wants)
+from _harness import (Case, Record, Skip, Workload, pick_device, run_workload, script_main,  # noqa: E402
+                      set_ratios, wants)
 
 MIN_STEPS = 20
 MIN_WARMUP = 3
@@ -67,6 +67,7 @@ class Config:
         return self.batch * self.context
 
 
+SIZE_FIELDS = ("layers", "dim", "heads", "context", "batch", "vocab")
 SIZES = {"cpu": Config(layers=4, dim=256, heads=4, context=256, batch=8, vocab=512),
          "gpu": Config(layers=12, dim=768, heads=12, context=1024, batch=16, vocab=50304)}
 
@@ -305,7 +306,7 @@ def memory_records(cfg: Config, params: dict[str, np.ndarray], data: dict[str, n
 # ---- the first step in a new process ---------------------------------------------------------------------------
 def child(args: argparse.Namespace) -> None:
     """--child IMPLEMENTATION: build the model, take one step, print one JSON line (cold_start.spawn's format)."""
-    cfg = SIZES[args.size]
+    cfg = config(args)
     params, data = initial_parameters(cfg), batch_of_tokens(cfg)
     t_import = time.time()
     if args.child == "zyx":
@@ -334,6 +335,12 @@ CACHE_VARIABLES = {"zyx": ("ZYX_CACHE_DIR", "POCL_CACHE_DIR"), "torch.compile": 
                    "torch": ()}
 
 
+def child_arguments(args: argparse.Namespace) -> list[str]:
+    """The size, its overrides and the device, for a --child process."""
+    chosen = [("--size", args.size), ("--device", args.device), *((f"--{k}", getattr(args, k)) for k in SIZE_FIELDS)]
+    return [text for flag, value in chosen if value is not None for text in (flag, str(value))]
+
+
 def first_step_records(args: argparse.Namespace) -> list[Record]:
     """Per implementation, a new process to its first step's loss: cold (new, empty cache directories) and warm
     (the same directories again). Each time is the median of --first-step-repeat pairs; the note splits it into
@@ -349,9 +356,8 @@ def first_step_records(args: argparse.Namespace) -> list[Record]:
             for _ in range(args.first_step_repeat):
                 with tempfile.TemporaryDirectory(prefix="gpt_step_") as root:
                     env = dict(os.environ, **{v: os.path.join(root, v.lower()) for v in variables})
-                    code = (f"import sys; sys.argv = [{str(script)!r}, '--child', {name!r}, '--size', "
-                            f"{args.size!r}] + ({['--device', str(args.device)] if args.device is not None else []!r});"
-                            f" sys.path.insert(0, {str(script.parent)!r}); import runpy; "
+                    code = (f"import sys; sys.argv = {[str(script), '--child', name, *child_arguments(args)]!r}; "
+                            f"sys.path.insert(0, {str(script.parent)!r}); import runpy; "
                             f"runpy.run_path({str(script)!r}, run_name='__main__')")
                     for kind in ("cold", "warm") if variables else ("cold",):
                         times[kind].append(spawn(code, env, timeout=3600))
@@ -382,18 +388,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time the first step in new processes with cold and warm caches (slow)")
     p.add_argument("--first-step-repeat", type=int, default=1, help="cold/warm process pairs (default 1)")
     p.add_argument("--child", choices=sorted(CACHE_VARIABLES), default=None, help=argparse.SUPPRESS)
-    for name, value in (("layers", None), ("dim", None), ("heads", None), ("context", None), ("batch", None),
-                        ("vocab", None)):
-        p.add_argument(f"--{name}", type=int, default=value, help=f"override the size's {name}")
+    for name in SIZE_FIELDS:
+        p.add_argument(f"--{name}", type=int, default=None, help=f"override the size's {name}")
 
 
 def config(args: argparse.Namespace) -> Config:
     base = SIZES[args.size]
-    chosen = {k: getattr(args, k) for k in ("layers", "dim", "heads", "context", "batch", "vocab")}
+    chosen = {k: getattr(args, k) for k in SIZE_FIELDS}
     return Config(**{k: v if v is not None else getattr(base, k) for k, v in chosen.items()})
 
 
-def run(args: argparse.Namespace, device: Any) -> list[Record]:
+def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
     cfg = config(args)
     step_args = copy.copy(args)
     step_args.warmup = max(args.warmup, MIN_WARMUP)
@@ -419,19 +424,5 @@ def run(args: argparse.Namespace, device: Any) -> list[Record]:
     return records
 
 
-def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    add_arguments(p)
-    args = p.parse_args()
-    if args.child:
-        child(args)
-        return
-    check_args(args)
-    device, _, why = pick_device(args.device)
-    if device is not None:
-        print(device.header(), file=sys.stderr)
-    finish(args, run(args, device), device, why)
-
-
 if __name__ == "__main__":
-    main()
+    script_main(__doc__.splitlines()[0], run, add_arguments, child)
