@@ -4,9 +4,9 @@
                               [--only torch,zyx,zyx-unfused] [--json OUT]
 
 `zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` on (1, heads, T, head_dim) float32 inputs, as a
-@zyx.jit function. zyx fuses softmax(QK^T) V into one kernel (zyx/jit/attention.py) where no backward reads the
-probabilities; zyx-unfused is the same with that lowering switched off (products and a row softmax, the T x T
-probabilities stored), run in a process of its own with its own cache directory. torch is eager
+@zyx.jit function, each in a process of its own. zyx fuses softmax(QK^T) V into one kernel (zyx/jit/attention.py;
+ZYX_ATTENTION_MIN_BYTES=0 here, so at every T), zyx-unfused keeps products and a row softmax, the T x T
+probabilities stored (ZYX_ATTENTION_MIN_BYTES past any size). torch is eager
 F.scaled_dot_product_attention on the host. Reported: the median time of --repeat calls after two (each ends by
 reading the output), and for zyx the growth of peak device memory over one call (zyx.memory_stats after
 zyx.reset_peak_memory, less what was held before it) beside the size of one T x T matrix of all heads.
@@ -37,13 +37,9 @@ def inputs(heads: int, context: int, head_dim: int) -> list:
     return [rng.standard_normal((1, heads, context, head_dim), dtype=np.float32) for _ in range(3)]
 
 
-def measure_zyx(args: argparse.Namespace, context: int, fused: bool) -> dict[str, Any]:
+def measure_zyx(args: argparse.Namespace, context: int) -> dict[str, Any]:
     """Time and peak-memory growth of the jitted forward (in this process: call it in a child for a clean one)."""
-    import importlib
     import zyx
-    if not fused:
-        schedule = importlib.import_module("zyx.jit.schedule")
-        schedule.lower_attention = lambda *_, **__: None  # the products and row softmax instead
     device, _, why = pick_device(args.device)
     if device is None:
         raise SystemExit(why)
@@ -79,10 +75,10 @@ def measure_torch(args: argparse.Namespace, context: int) -> dict[str, Any]:
 
 
 def in_child(args: argparse.Namespace, context: int, implementation: str) -> dict[str, Any]:
-    """One measurement in a new process with new cache directories (zyx's programs are keyed by its sources,
-    not by a switched-off lowering)."""
+    """One measurement in a new process with a new zyx cache directory."""
     with tempfile.TemporaryDirectory(prefix="attention_") as root:
-        env = dict(os.environ, ZYX_CACHE_DIR=os.path.join(root, "zyx"))
+        env = dict(os.environ, ZYX_CACHE_DIR=os.path.join(root, "zyx"),
+                   ZYX_ATTENTION_MIN_BYTES="0" if implementation == "zyx" else str(1 << 62))
         command = [sys.executable, __file__, "--child", implementation, "--contexts", str(context),
                    "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--repeat", str(args.repeat)]
         if args.device is not None:
@@ -121,7 +117,7 @@ def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
 def child(args: argparse.Namespace) -> None:
     context = int(args.contexts)
     found = (measure_torch(args, context) if args.child == "torch" else
-             measure_zyx(args, context, fused=args.child == "zyx"))
+             measure_zyx(args, context))
     print(json.dumps(found), flush=True)
 
 

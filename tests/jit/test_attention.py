@@ -20,6 +20,12 @@ def launched(*tensors):
     return zyx.stats()["kernels_launched"]
 
 
+@pytest.fixture(autouse=True)
+def fuse_any_size(monkeypatch):
+    """The small inputs here take the fused kernel too (by default only large probability matrices do)."""
+    monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", "0")
+
+
 @pytest.fixture(params=["own kernels", "GPU-shaped"])
 def shaped(request, dev):
     return request.getfixturevalue("gpu") if request.param == "GPU-shaped" else dev
@@ -77,6 +83,12 @@ def test_backward_reads_the_stored_probabilities(dev):
     np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-5)
     for grad, reference in zip(grads, (tq, tk, tv)):
         np.testing.assert_allclose(grad.numpy(), reference.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_small_probabilities_keep_the_products(dev, monkeypatch):
+    monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", str(2 * 3 * 7 * 7 * 4 + 1))  # P's bytes, and one more
+    out = zyx.nn.scaled_dot_product_attention(*(dev.tensor(a) for a in (Q7, K7, V7)), is_causal=True)
+    assert launched(out) > 1
 
 
 def test_forward_memory_has_no_query_by_key_matrix(dev):

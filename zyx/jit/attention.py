@@ -11,11 +11,12 @@ product over the head dimension) as loops nested in it, so every value is comput
 mask's sources) as the key loop reaches it.
 
 Only where P is stored by no other kernel (a forward pass; in a training step the backward reads P, and P is
-then stored and read as usual). PoCL vectorizes the kernel across work items (rows); no transform applies.
+then stored and read as usual) and where P would take at least MIN_PROBABILITY_BYTES (ZYX_ATTENTION_MIN_BYTES). PoCL vectorizes the kernel across work items (rows); no transform applies.
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,6 +27,14 @@ from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, li
 from .symbolic import Expr
 
 FLOAT_LOWEST = -3.4028234663852886e38  # the running maximum starts here, not at -inf: exp(-inf - -inf) is nan
+# Smaller probability matrices keep the products and the row softmax: those kernels are faster (on PoCL the fused
+# kernel took 7x their time at 4 heads x 1024 x 1024, bench/attention.py), and the memory they save is small.
+# ZYX_ATTENTION_MIN_BYTES sets another threshold (0: fuse every attention; a setting, so it keys the programs).
+MIN_PROBABILITY_BYTES = 1 << 26
+
+
+def min_probability_bytes() -> int:
+    return int(os.environ.get("ZYX_ATTENTION_MIN_BYTES", MIN_PROBABILITY_BYTES))
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,8 @@ def _softmax_of(node: Node) -> Optional[Node]:
 
 
 def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[AttentionPattern]:
-    """The pattern whose product `root` is (or reshapes) when no kernel stores P, else None."""
+    """The pattern whose product `root` is (or reshapes) when no kernel stores P and P is large enough to be
+    worth not storing (min_probability_bytes), else None."""
     product = root.src[0] if root.op is Op.RESHAPE else root
     last = len(product.shape) - 1
     if product.op is not Op.SUM or product.arg != (last,) or product.src[0].op is not Op.MUL:
@@ -78,7 +88,8 @@ def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[Atten
     for p_side, w_side in (product.src[0].src, product.src[0].src[::-1]):
         probabilities = _under_views(p_side)
         scores = _softmax_of(probabilities)
-        if scores is not None and id(probabilities) not in materialized and id(scores) not in materialized:
+        if (scores is not None and id(probabilities) not in materialized and id(scores) not in materialized
+                and probabilities.numel * probabilities.dtype.itemsize >= min_probability_bytes()):
             return AttentionPattern(product, p_side, w_side, probabilities, scores)
     return None
 
