@@ -72,7 +72,9 @@ def test_hand_written_attention_on_projected_heads(dev):
     np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_backward_reads_the_stored_probabilities(dev):
+def test_forward_and_gradients_with_a_backward(dev):
+    """With a backward the scores' product is stored (the backward recomputes P from it and the row statistics)
+    and the fused forward reads it: values and gradients as torch's."""
     q, k, v = (dev.tensor(a) for a in (Q7, K7, V7))
     tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (Q7, K7, V7))
     out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -10,8 +10,9 @@ the maximum grows (one acc per output of the row, the scores shared); the output
 product over the head dimension) as loops nested in it, so every value is computed from q, k, v (and the
 mask's sources) as the key loop reaches it.
 
-Only where P is stored by no other kernel (a forward pass; in a training step the backward reads P, and P is
-then stored and read as usual) and where P would take at least MIN_PROBABILITY_BYTES (ZYX_ATTENTION_MIN_BYTES). PoCL vectorizes the kernel across work items (rows); no transform applies.
+Only where no other kernel stores P, its exponentials or X. In a training step the backward stores the scores'
+product and the row statistics and recomputes P from them, so this kernel then reads the stored scores: one
+kernel fewer per attention, but a T x T matrix in memory all the same (a fused backward would remove it) and where P would take at least MIN_PROBABILITY_BYTES (ZYX_ATTENTION_MIN_BYTES). PoCL vectorizes the kernel across work items (rows); no transform applies.
 """
 from __future__ import annotations
 
@@ -79,8 +80,9 @@ def _softmax_of(node: Node) -> Optional[Node]:
 
 
 def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[AttentionPattern]:
-    """The pattern whose product `root` is (or reshapes) when no kernel stores P and P is large enough to be
-    worth not storing (min_probability_bytes), else None."""
+    """The pattern whose product `root` is (or reshapes) when no kernel stores P, its exponentials or X (then
+    recomputing them here would save nothing) and P is large enough to be worth not storing
+    (min_probability_bytes), else None."""
     product = root.src[0] if root.op is Op.RESHAPE else root
     last = len(product.shape) - 1
     if product.op is not Op.SUM or product.arg != (last,) or product.src[0].op is not Op.MUL:
@@ -88,8 +90,9 @@ def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[Atten
     for p_side, w_side in (product.src[0].src, product.src[0].src[::-1]):
         probabilities = _under_views(p_side)
         scores = _softmax_of(probabilities)
-        if (scores is not None and id(probabilities) not in materialized and id(scores) not in materialized
-                and probabilities.numel * probabilities.dtype.itemsize >= min_probability_bytes()):
+        if scores is None or any(id(node) in materialized for node in (probabilities, probabilities.src[0], scores)):
+            continue
+        if probabilities.numel * probabilities.dtype.itemsize >= min_probability_bytes():
             return AttentionPattern(product, p_side, w_side, probabilities, scores)
     return None
 
