@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from ..dtypes import float32
 from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op, REDUCE_OPS
 from .kernel_ir import Accumulate, Alu, Axis, Const, Define, Loop, MultiplyAdd, Reg, Role
@@ -35,6 +36,7 @@ MIN_PROBABILITY_BYTES = 1 << 26
 
 
 def min_probability_bytes() -> int:
+    """The smallest probability matrix, in bytes, that the fused kernel replaces."""
     return int(os.environ.get("ZYX_ATTENTION_MIN_BYTES", MIN_PROBABILITY_BYTES))
 
 
@@ -47,13 +49,6 @@ class AttentionPattern:
     w_side: Node
     probabilities: Node  # P: DIV(exp(X - max), sum(exp(X - max)))
     scores: Node  # X
-
-
-def _viewed(node: Node, target: Node) -> bool:
-    """Whether `node` is `target` seen through movement ops only."""
-    while node is not target and node.op in MOVEMENT_OPS:
-        node = node.src[0]
-    return node is target
 
 
 def _under_views(node: Node) -> Node:
@@ -205,7 +200,7 @@ class NotAttention(Exception):
 def lower_attention(root: Node, materialized: dict[int, Node], produced: set[int],
                     stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
     """The fused attention kernel storing `root`, or None where `root` is not softmax(X) V (see the module)."""
-    if not root.dtype.is_float or root.numel == 0:
+    if root.dtype != float32 or root.numel == 0:  # (FLOAT_LOWEST is float32's)
         return None
     pattern = match_attention(root, materialized)
     if pattern is None:
