@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .jit.capture import check_not_capturing
 from .trace.checks import RangeCheck, checks_in
 from .trace.hashing import Walk
 from .trace.node import Node
@@ -18,7 +19,6 @@ def realize(*tensors: "Tensor") -> None:
     The range checks in their traces (index tensors) are computed in the same run; if one fails, IndexError is
     raised and no tensor is realized.
     """
-    from .jit.capture import check_not_capturing
     check_not_capturing("realize")
     pending: dict[int, Node] = {}
     for t in tensors:

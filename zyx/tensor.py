@@ -12,6 +12,7 @@ import numpy as np
 from .dim_alias import accept_dim_on_methods
 from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype, wrap_int
 from .errors import GRADIENTS_ARE_RETURNED, ShapeError
+from .realize import realize as realize_together
 from .tensor_activations import ActivationMixin
 from .tensor_conv import ConvMixin
 from .tensor_convert import ConvertMixin
@@ -105,8 +106,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, Ma
     # ---- realization ---------------------------------------------------------------------------------------
     def realize(self) -> "Tensor":
         """Compute the value now (and keep it: the trace above is released); returns self."""
-        from .realize import realize
-        realize(self)
+        realize_together(self)
         return self
 
     def numpy(self) -> np.ndarray:

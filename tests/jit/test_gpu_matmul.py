@@ -2,6 +2,7 @@
 against numpy. Kernels are shaped for a GPU on whatever OpenCL device runs the tests (PoCL here), as
 ZYX_GPU_KERNELS=1 does (the `gpu` fixture, tests/jit/conftest.py)."""
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -142,6 +143,15 @@ def test_prologue_and_epilogue_fuse(gpu, big_blocks):
     zyx.reset_stats()
     check(out, np.maximum(np.exp(a * 0.5) @ w.T + bias, 0), 64)
     assert zyx.stats()["kernels_launched"] == 1
+
+
+def test_fragments_are_read_as_vectors_and_multiplied_lane_by_lane_in_place(dev, big_blocks):
+    """The form NVIDIA's compiler runs fastest (bench/GPU.md): float4 fragments of the staged tiles, their lanes
+    read in the multiply-adds (no copies into scalars), the tile's index grouped as ((k%2)*16+kk)*33+..."""
+    kernel, = schedule([(dev.randn(256, 64) @ dev.randn(64, 256)).node], DeviceTraits(True))[0]
+    assert re.search(r"float4 (f\d+) = tile_a\d+\[\(\(\(k\d+%2\)\*16\+kk\d+\)\*33\+\(lid/16\)\)\];", kernel.source)
+    assert len(re.findall(r"acc\d+ \+= f\w+\.s[0-3]\*f\w+\.s[0-3];", kernel.source)) == 2 * 64  # loop and last slice
+    assert "float x" not in kernel.source and kernel.source.count("barrier(") == 2  # one per slice (double-buffered)
 
 
 def test_epilogue_fuses_into_overhanging_blocks(gpu, big_blocks, any_share):

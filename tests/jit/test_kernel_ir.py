@@ -5,13 +5,17 @@ import pyopencl as cl
 import pytest
 
 import zyx
-from zyx.jit.kernel_ir import simplify_cond, substitute
+from zyx.jit.choices import Choice
+from zyx.jit.kernel_ir import Barrier, simplify_cond, substitute, walk
 from zyx.jit.lower import lower
+from zyx.jit.matmul import LocalTileLowering, plan_local_tiles
 from zyx.jit.print_opencl import print_kernel
 from zyx.jit.rows import lower_rows
 from zyx.jit.symbolic import Expr
+from zyx.jit.tiling import hosted_matmul
+from zyx.jit.transforms.double_buffer import double_buffer
 from zyx.jit.transforms.group import group_reductions
-from zyx.jit.transforms.unroll import unroll_reductions
+from zyx.jit.transforms.unroll import UNROLLED_STATEMENTS, statement_count, unroll_reductions
 from zyx.jit.transforms.upcast import upcast
 from zyx.jit.transforms.vector import vectorize
 
@@ -127,6 +131,28 @@ def test_row_kernel_transforms_compute_what_the_untransformed_row_kernel_compute
     np.testing.assert_allclose(run(shaped, data, reference.shape), plain, rtol=2e-5, atol=2e-6)
 
 
+PRODUCTS = {"slices, the last past k's end": (70, 37, 45), "one slice": (40, 5, 33)}  # n, k, m
+
+
+@pytest.mark.parametrize("n,k,m", PRODUCTS.values(), ids=PRODUCTS)
+def test_double_buffered_tiles_compute_what_the_single_buffered_product_computes(n, k, m):
+    """The GPU product lowered with one local buffer per tile (two barriers per slice), then double-buffered."""
+    a, b = RNG.standard_normal((n, k)).astype(np.float32), RNG.standard_normal((k, m)).astype(np.float32)
+    x, y = zyx.CPU().tensor(a), zyx.CPU().tensor(b)
+    root = (x @ y).node
+    choice = Choice.of("local_tiles", block=32, bk=8, buffers=1)
+    plan = plan_local_tiles(root, hosted_matmul(root, {id(root): root}), choice=choice)
+    kernel = LocalTileLowering(root, {id(root): root}, set(), plan).lower().ir
+    data = {id(x.node): a, id(y.node): b}
+    single = run(kernel, data, (n, m))
+    np.testing.assert_allclose(single, a @ b, rtol=1e-4, atol=1e-5)
+    doubled = double_buffer(kernel)
+    slices = -(-k // 8)
+    assert sum(isinstance(s, Barrier) for s in walk(doubled.body)) == 1 + (slices > 1)  # one per slice, not two
+    np.testing.assert_allclose(run(doubled, data, (n, m)), single, rtol=1e-6, atol=1e-6)
+    assert double_buffer(lowered("row sum")[0].ir) is None  # no staging loop
+
+
 def test_row_kernels_are_refused_where_the_reductions_are_not_over_the_rows():
     x = zyx.CPU().tensor(RNG.standard_normal((8, 8)).astype(np.float32))
     root = x.softmax(0).node  # columns: the max of column j read at element (i, j)
@@ -144,6 +170,25 @@ def test_transforms_say_where_they_do_not_apply():
     kernel, _, _ = lowered("row sum")
     assert vectorize(kernel.ir, 48) is None  # 8 outputs: not a whole vector
     assert vectorize(kernel.ir, 16, uniform=True) is not None
+
+
+def test_a_long_loop_body_gets_fewer_accumulators_and_computes_the_same():
+    """Eight copies of a long fused body compile for long and run no faster: the copies stop at the budget."""
+    x, y = (zyx.CPU().tensor(RNG.standard_normal((4, 64)).astype(np.float32)) for _ in range(2))
+    value = x
+    for i in range(30):  # one long chain inside the reduction's loop
+        value = (value * 0.9 + y).tanh() if i % 2 else value.exp() * 0.1 - y
+    root = value.sum(-1).node
+    data = {id(x.node): x.numpy(), id(y.node): y.numpy()}
+    kernel = lower(root, {id(root): root}, set())
+    loop, = [s for s in kernel.ir.body if hasattr(s, "trips")]
+    assert 2 * statement_count(loop.body) <= UNROLLED_STATEMENTS < 4 * statement_count(loop.body)
+    unrolled = unroll_reductions(kernel.ir, lambda trips: 8)
+    big_loop, = [s for s in unrolled.body if hasattr(s, "trips") and s.var == loop.var]
+    assert big_loop.trips == loop.trips // 2  # two accumulators, not eight
+    reference = run(kernel.ir, data, root.shape)
+    np.testing.assert_allclose(run(unrolled, data, root.shape), reference, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(reference, value.sum(-1).numpy(), rtol=2e-5, atol=2e-5)
 
 
 def test_substitution_simplifies_again():

@@ -4,6 +4,7 @@ The device-generic suite (tests/conftest.py `device`) runs every op on WGPU as w
 WGPU has: packed 8- and 16-bit buffers, 32-bit int64, the Philox counter's carry, dispatches folded past the
 groups per dimension, in-place updates bound writable, the adapter's limits, and the persisted program.
 """
+import importlib
 import pickle
 
 import numpy as np
@@ -182,6 +183,19 @@ def test_elementwise_kernels_read_and_write_whole_float4_vectors(dev):
     (x * 2 + x).realize()
     sources = [launch.source for program in dev.backend.programs.values() for launch in program.launches]
     assert any("array<vec4<f32>>" in source for source in sources)
+
+
+@pytest.mark.parametrize("n,k,m", [(131, 37, 67), (70, 16, 90)])  # slices past k's end; a single slice
+def test_local_tile_products_read_the_fragments_lanes_in_place_and_match_numpy(dev, monkeypatch, n, k, m):
+    """The GPU product (matmul.py) in WGSL: blocks hanging over n's and m's ends, double-buffered slices."""
+    matmul = importlib.import_module("zyx.jit.matmul")  # (`zyx.jit` is also the decorator's name)
+    monkeypatch.setattr(matmul, "MIN_GROUPS", 1)
+    monkeypatch.setattr(matmul, "MIN_USED", 0)
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((k, m)).astype(np.float32)
+    np.testing.assert_allclose((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
+    sources = [launch.source for program in dev.backend.programs.values() for launch in program.launches]
+    assert any("var<workgroup> tile_a" in source and "fma(f" in source and ".x," in source for source in sources)
 
 
 def test_devices_by_spec_preference_and_pickle(dev, monkeypatch):

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import zyx
+from zyx.trace import node as node_module
 from zyx.trace.hashing import Walk, signature, structural_hash
+from zyx.trace.node import toposort
 
 STEP = textwrap.dedent('''
     import numpy as np
@@ -103,3 +105,29 @@ def test_walk_structure_tells_apart_exactly_what_the_hash_does(device):
         assert same_structure == (a.structural_hash() == b.structural_hash()), (a.node, b.node)
     assert Walk([(x * 2).node]).structure == Walk([(y * 2).node]).structure
     assert Walk([(x * 0.0).node]).structure != Walk([(x * -0.0).node]).structure
+
+
+def test_walk_meets_nodes_as_toposort_does():
+    """The walk numbers nodes in its one pass in toposort's order (what the digests were made from), with shared
+    sources, a root below another root and a root given twice."""
+    x = zyx.tensor([1.0, 2.0])
+    y = zyx.tensor([3.0, 4.0])
+    shared = (x * y).exp()
+    top = shared * x + shared.tanh() * y
+    roots = [top.node, shared.node, (y - x).node, top.node]
+    walk = Walk(roots)
+    assert walk.order == toposort(roots)
+    assert walk.numbering == {node: position for position, node in enumerate(walk.order)}
+    assert walk.leaves == [x.node, y.node]
+
+
+def test_node_key_numbers_are_never_given_to_another_key(monkeypatch):
+    """Past KEYS_KEPT the numbers are forgotten: an equal key then gets a new number, another key never an old one
+    (a structure of other ops must never equal a remembered one)."""
+    monkeypatch.setattr(node_module, "KEYS_KEPT", 3)
+    monkeypatch.setattr(node_module, "_key_numbers", {})
+    keys = [(1, (2,), "float32", None), (2, (2,), "float32", None), (3, (2,), "float32", None)]
+    first = [node_module.key_number(key) for key in keys]
+    assert [node_module.key_number(key) for key in keys] == first and len(set(first)) == 3
+    later = [node_module.key_number(key) for key in [(4, (2,), "float32", None), keys[0]]]
+    assert not set(later) & set(first) and len(set(later)) == 2

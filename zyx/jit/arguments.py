@@ -39,18 +39,25 @@ def call_key(args: tuple, kwargs: dict[str, Any]) -> tuple:
     """The key of one call (see the module docstring); raises TypeError naming an argument it cannot key."""
     first_of: dict[int, int] = {}   # id(tensor) -> its position among the tensor arguments
     buffer_of: dict[int, int] = {}  # id(buffer) -> the first tensor argument holding it
-    parts = [_key(value, f"argument {i}", first_of, buffer_of) for i, value in enumerate(args)]
+    parts = [_tensor_key(value, first_of, buffer_of) if type(value) is Tensor  # most arguments, named only on error
+             else _key(value, f"argument {i}", first_of, buffer_of) for i, value in enumerate(args)]
     parts += [(name, _key(kwargs[name], f"argument {name!r}", first_of, buffer_of)) for name in sorted(kwargs)]
     return tuple(parts)
 
 
+def _tensor_key(tensor: Tensor, first_of: dict[int, int], buffer_of: dict[int, int]) -> tuple:
+    """A tensor argument's part of the key: its layout and device, which tensor argument it is first and which one
+    first holds its buffer."""
+    node = tensor.node
+    position = first_of.setdefault(id(tensor), len(first_of))
+    buffer = node.buffer
+    shares = buffer_of.setdefault(id(buffer), position) if buffer is not None else position
+    return ("tensor", node.shape, node.dtype.name, id(node.device), position, shares)
+
+
 def _key(value: Any, name: str, first_of: dict[int, int], buffer_of: dict[int, int]) -> Any:
     if isinstance(value, Tensor):
-        position = len(first_of) if id(value) not in first_of else first_of[id(value)]
-        first_of.setdefault(id(value), position)
-        buffer = value.node.buffer
-        shares = buffer_of.setdefault(id(buffer), position) if buffer is not None else position
-        return ("tensor", value.shape, value.dtype.name, id(value.device), position, shares)
+        return _tensor_key(value, first_of, buffer_of)
     if isinstance(value, (list, tuple)):
         return (type(value), tuple(_key(v, f"{name}[{i}]", first_of, buffer_of) for i, v in enumerate(value)))
     if isinstance(value, dict):

@@ -59,7 +59,7 @@ class FusingBackend:
         """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched."""
         executable = self._executables.get(id(program))
         if executable is None or executable.program is not program:
-            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program))
+            executable = self._executables[id(program)] = Executable(program, self._kernels_of(program), self.runtime)
         return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
 
     def _kernels_of(self, program: Program) -> list[Any]:

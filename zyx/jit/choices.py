@@ -16,8 +16,9 @@ from .cache_key import hash_hex
 FAMILIES: dict[str, dict[str, tuple[int, ...]]] = {
     # a CPU product's register tile: rows of the left operand times `width` columns (vectors of 16 floats)
     "cpu_matmul": {"rows": (1, 2, 3, 4, 5, 6, 8, 10, 12, 16), "width": (16, 32, 64)},
-    # a GPU product's work-group block (block x block outputs, block // 16 per item) and staged slice of k
-    "local_tiles": {"block": (32, 64, 128), "bk": (8, 16, 32)},
+    # a GPU product's work-group block (block x block outputs, block // 16 per item), staged slice of k and local
+    # buffers per tile (2: double-buffered)
+    "local_tiles": {"block": (32, 64, 128), "bk": (8, 16, 32), "buffers": (1, 2)},
     # any other kernel: a register tile of a product (outputs per item along n and m), vector lanes,
     # accumulators per reduction loop, items per work group sharing a reduction (0: none)
     "plain": {"tile_n": (1, 2, 4, 8, 16), "tile_m": (1, 2, 4, 8, 16), "width": (1, 2, 4, 8, 16),

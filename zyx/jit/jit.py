@@ -11,8 +11,10 @@ A new process finds the program (and its kernels) in the disk cache by the step'
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
+import operator
 import sys
 import types
 import warnings
@@ -23,6 +25,7 @@ from typing import Any, Callable, Optional
 from .. import counters
 from .. import random as zrandom
 from ..realize import realize
+from ..runtime.execute import tuple_getter
 from ..tensor import Tensor
 from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
@@ -36,7 +39,6 @@ from .program import Program
 from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
-_BOUND, _TARGET, _INPUT, _CONSTANT = range(4)  # where a replay takes a value from (see CapturedStep._plan)
 Root = tuple[Any, tuple, dict]
 
 
@@ -104,22 +106,59 @@ class CapturedStep:
 
     def __post_init__(self) -> None:
         self.kernels = self.program.kernel_count
+        self._plan_guards()
+        self._plan_values()
+        self._check_reads = [(target, (2,), self.target_layouts[target][1].np) for _, target in self.checks]
+
+    def _plan_guards(self) -> None:
+        """What `bind` checks. It compares the ids of what the paths lead to now with those of the state tensors:
+        exact while those tensors live, and `_dead` turns non-empty when one dies (another could take its id)."""
         self._paths = PathTree([path for ref in self.state for path in ref.paths])
-        self._path_owner = [i for i, ref in enumerate(self.state) for _ in ref.paths]
+        tensors = [ref.tensor() for ref in self.state]
+        self._path_ids = [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths]
+        self._pick_state = tuple_getter(_first_positions([len(ref.paths) for ref in self.state]))  # first paths
+        self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
+        self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
         self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
-        self._input_plan = [(index if kind == _BOUND else -1, constant)
-                            for kind, index, constant in map(self._plan, self.inputs)]
-        self._assign_plan = [(self._plan(tensor)[1], self._plan(new_value)) for tensor, new_value in self.assigned]
-        self._output_plan = [self._plan(source) for source, _, _ in self.outputs]
-        values = self._output_plan + [new_value for _, new_value in self._assign_plan]
-        self._stored_targets = sorted({index for kind, index, _ in values if kind == _TARGET})
+
+    def _plan_values(self) -> None:
+        """Where `run` finds each input node and each value of the step (an update's or a result's): one index
+        into `stored + nodes + constants` (the program's outputs, its input nodes, the nodes the step made).
+
+        An update whose program output overwrites its own tensor's buffer in place (`_in_place`: input position
+        -> (the tensor's position, target, shape, dtype)) needs nothing at all when no one else sees that tensor's
+        node: the node already holds the new value. Only the others are planned as stores and assignments.
+        """
+        self._input_plan = [(self._bound_index(source), source.node) for source in self.inputs]
+        self._aliased_inputs = tuple(self.program.aliases.values())
+        self._aliased_nodes = tuple_getter(self._aliased_inputs)
+        self._all_aliased = frozenset(self._aliased_inputs)
+        self._constants = [source.node for source in self.inputs if source.kind == "constant"]
+        self._constants += [new_value.node for _, new_value in self.assigned if new_value.kind == "constant"]
+        self._constants += [source.node for source, _, _ in self.outputs if source.kind == "constant"]
+        values = [source for source, _, _ in self.outputs] + [new_value for _, new_value in self.assigned]
         # target -> the input whose buffer it is written into, where that input's node may simply stay the tensor's
         # node: same shape and dtype, and no value of the step is that input's old value
-        read_inputs = {index for kind, index, _ in values if kind == _INPUT}
+        read_inputs = {source.index for source in values if source.kind == "input"}
         slot_target = {slot: target for target, slot in enumerate(self.program.outputs)}
-        self._overwrites = {slot_target[slot]: position for slot, position in self.program.aliases.items()
-                            if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
-                            and self.input_layouts[position] == self.target_layouts[slot_target[slot]]}
+        overwrites = {slot_target[slot]: position for slot, position in self.program.aliases.items()
+                      if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
+                      and self.input_layouts[position] == self.target_layouts[slot_target[slot]]}
+        uses = collections.Counter(source.index for source in values if source.kind == "target")
+        self._in_place: dict[int, tuple[int, int, tuple[int, ...], Any]] = {}
+        self._assign_plan = []
+        for tensor, new_value in self.assigned:
+            position = self._bound_index(tensor)
+            target = new_value.index if new_value.kind == "target" else -1
+            overwritten = overwrites.get(target, -1)
+            if uses[target] == 1 and overwritten >= 0 and self._input_plan[overwritten][0] == position:
+                self._in_place[overwritten] = (position, target, *self.target_layouts[target])
+            else:
+                self._assign_plan.append((position, self._value_index(new_value)))
+        self._output_plan = [(self._bound_index(source), self._value_index(source)) for source, _, _ in self.outputs]
+        in_place_targets = {target for _, target, _, _ in self._in_place.values()}
+        self._stores = [(target, overwrites.get(target, -1), *self.target_layouts[target])
+                        for target in sorted(uses) if target not in in_place_targets]
 
     @property
     def alive(self) -> bool:
@@ -127,21 +166,24 @@ class CapturedStep:
 
     def bind(self, root: Root, arguments: list[Tensor]) -> Optional[list[Tensor]]:
         """The state tensors to bind now, or None when this step's guards do not hold for this call."""
-        state = [ref.tensor() for ref in self.state]
-        for owner, found in zip(self._path_owner, self._paths.resolve_all(root)):
-            if found is not state[owner]:  # a path that leads elsewhere now, or a tensor that was deleted
-                return None
+        found = self._paths.resolve_all(root)
+        if self._dead or list(map(id, found)) != self._path_ids:
+            return None  # a path that leads elsewhere now, or a tensor that was deleted
         if self.modes and not self.modes_hold():
             return None
-        bound = arguments + state  # type: ignore[operator]
-        assigned_eagerly = [t for t in bound if not t.node.realized]  # since the last call
-        if assigned_eagerly:
-            realize(*assigned_eagerly)
-        return state if self._aliased_as_traced(bound) else None  # type: ignore[return-value]
+        state = list(self._pick_state(found))
+        bound = arguments + state
+        buffers = list(map(_buffer_of_tensor, bound))
+        if None in buffers:  # a tensor assigned eagerly since the last call
+            assigned_eagerly = [t for t in bound if not t.node.realized]
+            if assigned_eagerly:
+                realize(*assigned_eagerly)
+                buffers = list(map(_buffer_of_tensor, bound))
+        return state if self._aliased_as_traced(bound, buffers) else None
 
-    def _aliased_as_traced(self, bound: list[Tensor]) -> bool:
+    def _aliased_as_traced(self, bound: list[Tensor], buffers: list[Any]) -> bool:
         if self._all_distinct:  # the usual case: distinct buffers mean distinct nodes, hence distinct tensors
-            return len({id(t.node.buffer) for t in bound}) == len(bound)
+            return len(set(map(id, buffers))) == len(buffers)
         return alias_pattern(bound, [t.node for t in bound]) == self.aliases
 
     def modes_hold(self) -> bool:
@@ -161,51 +203,82 @@ class CapturedStep:
         """
         bound = arguments + state
         nodes = [bound[position].node if position >= 0 else constant for position, constant in self._input_plan]
-        buffers = [node.buffer for node in nodes]
-        overwritten = set()  # inputs whose own buffer the program overwrites
-        for position in self.program.aliases.values():
-            if copy_donated or _shared(nodes[position]):
-                buffers[position] = self.device.backend.runtime.copy(buffers[position])
-            else:
-                overwritten.add(position)
+        buffers = list(map(_buffer_of, nodes))
+        # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
+        # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
+        kept: set[int] | frozenset[int]
+        fresh: list[int] = []
+        if not copy_donated and _all_sole(self._aliased_nodes(nodes)):  # the usual case, checked at C speed
+            kept = self._all_aliased
+        else:
+            kept = set()
+            for position in self._aliased_inputs:
+                if not copy_donated and _sole(nodes[position]):
+                    kept.add(position)
+                else:
+                    if copy_donated or _shared(nodes[position]):
+                        buffers[position] = self.device.backend.runtime.copy(buffers[position])
+                    fresh.append(position)
         outputs = self.device.backend.run(self.program, buffers, rand_args)
-        self._raise_if_an_index_failed(outputs)
+        if self._check_reads:
+            self._raise_if_an_index_failed(outputs)
+        for position in fresh:
+            if position in self._in_place:
+                destination, target, shape, dtype = self._in_place[position]
+                bound[destination].node = buffer_leaf(outputs[target], shape, dtype, self.device)
         stored: list[Optional[Node]] = [None] * len(outputs)
-        for target in self._stored_targets:
-            position = self._overwrites.get(target, -1)
-            if position in overwritten and _unobserved(nodes[position]):
+        for target, position, shape, dtype in self._stores:
+            if position in kept:
                 stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
             else:
-                shape, dtype = self.target_layouts[target]
                 stored[target] = buffer_leaf(outputs[target], shape, dtype, self.device)
+        values = stored + nodes + self._constants
+        for position, index in self._assign_plan:
+            bound[position].node = values[index]  # type: ignore[assignment]
+        return self.rebuild([bound[position] if position >= 0 else Tensor(values[index])
+                             for position, index in self._output_plan])
 
-        def value(kind: int, index: int, constant: Optional[Node]) -> Node:
-            return (stored[index] if kind == _TARGET else nodes[index] if kind == _INPUT  # type: ignore[return-value]
-                    else bound[index].node if kind == _BOUND else constant)
-
-        for position, new_value in self._assign_plan:
-            bound[position].node = value(*new_value)
-        results = [bound[index] if kind == _BOUND else Tensor(value(kind, index, constant))
-                   for kind, index, constant in self._output_plan]
-        return self.rebuild(results)
-
-    def _plan(self, source: Source) -> tuple[int, int, Optional[Node]]:
-        """`source` as (kind, index, constant) for `run`; a bound tensor's index counts the arguments first."""
+    def _value_index(self, source: Source) -> int:
+        """Where `run` finds the value `source` names in `stored + nodes + constants`; -1 for a bound tensor."""
         if source.kind in ("arg", "located"):
-            return _BOUND, source.index + (self.argument_count if source.kind == "located" else 0), None
-        return {"target": _TARGET, "input": _INPUT, "constant": _CONSTANT}[source.kind], source.index, source.node
+            return -1
+        if source.kind == "target":
+            return source.index
+        if source.kind == "input":
+            return len(self.target_layouts) + source.index
+        constant = next(i for i, node in enumerate(self._constants) if node is source.node)
+        return len(self.target_layouts) + len(self.inputs) + constant
+
+    def _bound_index(self, source: Source) -> int:
+        """Where a bound tensor ("arg" i, "located" i) is among the arguments and then the state tensors; -1 for
+        another source."""
+        if source.kind == "arg":
+            return source.index
+        return source.index + self.argument_count if source.kind == "located" else -1
 
     def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
         """Index tensors the step selects with are checked as eagerly, after the launches (this waits for them);
         on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
-        if not self.checks:
-            return
         extremes = self.device.backend.runtime.download_all(
-            [(outputs[target], (2,), self.target_layouts[target][1].np) for _, target in self.checks])
+            [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
         for (check, _), (negated_smallest, largest) in zip(self.checks, extremes):
             error = check.error_from_extremes(-int(negated_smallest), int(largest))
             if error is not None:
                 raise error
+
+
+def _first_positions(counts: list[int]) -> list[int]:
+    """Where each of consecutive runs of `counts` items starts."""
+    starts, start = [], 0
+    for count in counts:
+        starts.append(start)
+        start += count
+    return starts
+
+
+_origin_of = operator.attrgetter("origin")
+_buffer_of = operator.attrgetter("buffer")
+_buffer_of_tensor = operator.attrgetter("node.buffer")
 
 
 def _shared(node: Node) -> bool:
@@ -213,10 +286,19 @@ def _shared(node: Node) -> bool:
     return sys.getrefcount(node) > 4
 
 
-def _unobserved(node: Node) -> bool:
-    """Whether a leaf whose buffer a replay overwrote can stand for the new value: no origin (autodiff would read
-    its old computation) and no weak reference (an origin elsewhere, a range check) that expects the old value."""
-    return node.origin is None and not weakref.getweakrefcount(node)
+def _all_sole(nodes: tuple[Node, ...]) -> bool:
+    """`_sole` of each node of a tuple made for this call, each node in it once. While counted, a node is held by
+    its tensor, the replay's list, the tuple and `map`: four, as `_sole` counts (its tensor, the list, its
+    parameter and the count's argument)."""
+    return (max(map(sys.getrefcount, nodes), default=0) <= 4 and not any(map(_origin_of, nodes))
+            and not any(map(weakref.getweakrefcount, nodes)))
+
+
+def _sole(node: Node) -> bool:
+    """Whether a leaf whose buffer a replay overwrites can stand for the new value: nothing holds it besides its
+    tensor (as `_shared`), it has no origin (autodiff would read its old computation) and no weak reference (an
+    origin elsewhere, a range check) that expects the old value."""
+    return sys.getrefcount(node) <= 4 and node.origin is None and not weakref.getweakrefcount(node)
 
 
 class JitFunction:

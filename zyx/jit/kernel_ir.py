@@ -58,7 +58,24 @@ class Const:
     width: int = 1
 
 
-Operand = Union[Reg, Const]
+@dataclass(frozen=True)
+class Lane:
+    """Lane `part` ("sN") of the vector register `src`, read where it is used instead of copied into a register
+    of its own (the GPU product's fragments: NVIDIA's compiler runs that form faster, matmul.py)."""
+
+    src: Reg
+    part: str
+
+    @property
+    def dtype(self) -> DType:
+        return self.src.dtype
+
+    @property
+    def width(self) -> int:
+        return 1
+
+
+Operand = Union[Reg, Const, Lane]
 Bound = tuple[Expr, str, int]  # (expr, "ge" or "lt", limit): expr >= limit, expr < limit
 Cond = tuple[Bound, ...]       # a conjunction; () always holds
 
@@ -315,6 +332,8 @@ def rewrite(statement: Statement, expr: Callable[[Expr], Expr], reg: Callable[[R
             return expr(value)
         if isinstance(value, Reg):
             return reg(value)
+        if isinstance(value, Lane):
+            return dataclasses.replace(value, src=reg(value.src))
         if isinstance(value, tuple):
             return tuple(convert(v) for v in value)
         return value

@@ -9,10 +9,12 @@ a row of its right columns) into registers and does per_item² multiply-adds. An
 groups of four spaced 64 apart, so the 16 items of a half-warp read 16 consecutive vectors of the right tile
 and one vector of the left (no bank conflicts).
 
-The tiles are double-buffered: while the group computes on one slice, each item holds its share of the next in
-registers and writes it to the other buffer, so one barrier per slice suffices and global latency hides behind
-the multiply-adds. The operands are rendered like any other value, so casts, views and elementwise prologues
-fuse into the tile loads, and the epilogue (bias, activation) into the stores of the per-element accumulators.
+The lowering stages one slice per trip of a loop (two barriers per slice); the scheduler double-buffers the tiles
+(`buffers=2`, transforms/double_buffer.py): while the group computes on one slice, each item holds its share of
+the next in registers and writes it to the other buffer, so one barrier per slice suffices and global latency
+hides behind the multiply-adds. The operands are rendered like any other value, so casts, views and elementwise
+prologues fuse into the tile loads, and the epilogue (bias, activation) into the stores of the per-element
+accumulators.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from ..trace.node import Node
 from ..trace.ops import Op
 from ..dtypes import float32
 from .choices import FAMILIES, Choice, Options
-from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Extract, LocalArray, LocalLoad, LocalStore, Loop,
-                        MultiplyAdd, Operand, Reg, Role, Select)
+from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Lane, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
+                        Operand, Reg, Role, Select)
 from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
@@ -54,10 +56,11 @@ class TilePlan:
     per_item: int = 8  # outputs per item along n and m
     space: Optional[tuple[int, ...]] = None  # the product's shape where the kernel stores it reshaped, else None
     bk: int = BK       # reduced elements staged per slice
+    buffers: int = 2   # local buffers per tile: 2 double-buffers them (transforms/double_buffer.py)
 
     @property
     def choice(self) -> Choice:
-        return Choice.of("local_tiles", block=self.block, bk=self.bk)
+        return Choice.of("local_tiles", block=self.block, bk=self.bk, buffers=self.buffers)
 
     @property
     def width(self) -> int:
@@ -69,9 +72,9 @@ class TilePlan:
         return (t // self.width) * (SIDE * self.width) + item * self.width + t % self.width
 
 
-def local_bytes(block: int, bk: int = BK) -> int:
-    """Local memory a group of `block`-sized tiles takes: two operands, two slices of `bk` each, float32."""
-    return 2 * 2 * bk * (block + PAD) * 4
+def local_bytes(block: int, bk: int = BK, buffers: int = 2) -> int:
+    """Local memory a group of `block`-sized tiles takes: two operands, `buffers` slices of `bk` each, float32."""
+    return 2 * buffers * bk * (block + PAD) * 4
 
 
 def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
@@ -91,7 +94,8 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
         return None
     space_n, space_m = axes
     if choice is not None:
-        return TilePlan(product, space_n, space_m, choice["block"], choice["block"] // SIDE, space, choice["bk"])
+        return TilePlan(product, space_n, space_m, choice["block"], choice["block"] // SIDE, space, choice["bk"],
+                        choice["buffers"])
     n, m = product.shape[n_axis], product.shape[m_axis]
     batch = product.numel // (n * m)
 
@@ -111,17 +115,17 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
 
 
 def local_tile_options(local_memory: int) -> Options:
-    """The blocks and slices a search may try: those whose smallest combination fits local memory (see
+    """The blocks, slices and buffers a search may try: those whose smallest combination fits local memory (see
     `fits_local_memory` for each combination)."""
     family = FAMILIES["local_tiles"]
-    smallest = Choice.of("local_tiles", block=family["block"][0], bk=family["bk"][0])
-    return (("bk", tuple(bk for bk in family["bk"] if fits_local_memory(smallest.replaced(bk=bk), local_memory))),
-            ("block", tuple(b for b in family["block"] if fits_local_memory(smallest.replaced(block=b), local_memory))))
+    smallest = Choice.of("local_tiles", **{name: values[0] for name, values in family.items()})
+    return tuple((name, tuple(v for v in values if fits_local_memory(smallest.replaced(**{name: v}), local_memory)))
+                 for name, values in sorted(family.items()))
 
 
 def fits_local_memory(choice: Choice, local_memory: int) -> bool:
-    """Whether the two double-buffered tiles of `choice` fit `local_memory` bytes."""
-    return local_bytes(choice["block"], choice["bk"]) <= local_memory
+    """Whether the tiles of `choice` fit `local_memory` bytes."""
+    return local_bytes(choice["block"], choice["bk"], choice["buffers"]) <= local_memory
 
 
 def _reshaped(root: Node, product: Node) -> bool:
@@ -145,7 +149,7 @@ class LocalTileLowering(Lowering):
     def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: TilePlan,
                  stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
         super().__init__(root, materialized, produced, False, stored_apart, param_limit)
-        self.plan = plan
+        self.plan, self.kind = plan, "m"
         self.space = plan.space or root.shape
         blocks = {plan.n_space_axis: plan.block, plan.m_space_axis: plan.block}
         grid = tuple(-(-size // blocks.get(axis, 1)) for axis, size in enumerate(self.space))
@@ -173,6 +177,9 @@ class LocalTileLowering(Lowering):
         return index, ()
 
     def _reduce(self, node: Node) -> list[_Value]:
+        """One loop over the slices of k: the group stages both operands' slice in local memory, waits, each item
+        multiplies it into its accumulators, the group waits again (double buffering is a transform:
+        transforms/double_buffer.py)."""
         if node is not self.plan.product:
             return super()._reduce(node)
         plan = self.plan
@@ -181,37 +188,32 @@ class LocalTileLowering(Lowering):
         tiles = (self.names.fresh("tile_a"), self.names.fresh("tile_b"))
         accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
         lines = self._scopes[0]
-        lines += [LocalArray(name, float32, 2 * plan.bk * (plan.block + PAD) // plan.width, plan.width) for name in tiles]
+        lines += [LocalArray(name, float32, plan.bk * (plan.block + PAD) // plan.width, plan.width) for name in tiles]
         lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
-        lines += self._stage(node, Expr(0), Expr(0), tiles) + [Barrier()]
-        if steps > 1:  # slice s + 1 goes to registers, slice s is multiplied, then s + 1 goes to the other buffer
-            step = self.names.fresh("k")
-            self._open_loop(step, steps - 1)
-            following = Expr.var(step, steps - 1) + 1
-            stores = self._stage(node, following * plan.bk, following % 2, tiles)
-            body = self._close_loop() + self._multiply(Expr.var(step, steps - 1) % 2, tiles, accumulators)
-            lines.append(Loop(step, steps - 1, tuple(body + stores + [Barrier()])))
-        lines += self._multiply(Expr((steps - 1) % 2), tiles, accumulators)
+        step = self.names.fresh("k")
+        self._open_loop(step, steps)
+        stores = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
+        body = self._close_loop() + stores + [Barrier()] + self._multiply(tiles, accumulators) + [Barrier()]
+        lines.append(Loop(step, steps, tuple(body)))
         return [_Value(acc, 0) for acc in accumulators]
 
-    def _stage(self, node: Node, k_base: Expr, buffer: Expr, tiles: tuple[str, str]) -> list:
+    def _stage(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> list:
         """Lower (into the current scope) this item's share of both operands' slice at `k_base`; return the
-        statements that store it into local buffer `buffer` (0 or 1): left transposed as [k][n], right as
-        [k][m]. Rows and columns past the ends of n and m read the last ones (their outputs are never stored);
-        a slice past the end of k stages zeros."""
+        statements that store it into the local tiles: left transposed as [k][n], right as [k][m]. Rows and
+        columns past the ends of n and m read the last ones (their outputs are never stored); a slice past the end
+        of k stages zeros."""
         plan = self.plan
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
         k_axis, size, row, bk = node.arg[0], plan.block, plan.block + PAD, plan.bk
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
-        base = buffer * (bk * row)
         stores = []
         for copy in range(size * bk // GROUP):
             flat = self.lid + copy * GROUP
             value = self._operand(left, corner, {n_axis: flat // bk, k_axis: k_base + flat % bk})
-            stores.append(LocalStore(tiles[0], base + (flat % bk) * row + flat // bk, value, element=True))
+            stores.append(LocalStore(tiles[0], (flat % bk) * row + flat // bk, value, element=True))
             value = self._operand(right, corner, {m_axis: flat % size, k_axis: k_base + flat // size})
-            stores.append(LocalStore(tiles[1], base + (flat // size) * row + flat % size, value, element=True))
+            stores.append(LocalStore(tiles[1], (flat // size) * row + flat % size, value, element=True))
         return stores
 
     def _operand(self, operand: Node, corner: Index, offsets: dict[int, Expr]) -> Operand:
@@ -231,9 +233,10 @@ class LocalTileLowering(Lowering):
         return self._emit(depth, lambda out: Select(Reg(out, float32), past_end, value.operand,
                                                     Const(0.0, float32))).operand
 
-    def _multiply(self, buffer: Expr, tiles: tuple[str, str], accumulators: list[Reg]) -> list:
-        """The multiply-adds of one staged slice: per kk, fragments of both tiles into registers, then the
-        outer product of the fragments into the accumulators."""
+    def _multiply(self, tiles: tuple[str, str], accumulators: list[Reg]) -> list:
+        """The multiply-adds of one staged slice: per kk, fragments of both tiles into vector registers, then the
+        outer product of the fragments into the accumulators, their lanes read in place (copied into scalars
+        first, NVIDIA's compiler ran the 4000³ product slower on the H200: bench/GPU.md)."""
         plan = self.plan
         width, per_item = plan.width, plan.per_item
         vectors, row = per_item // width, (plan.block + PAD) // width
@@ -243,10 +246,8 @@ class LocalTileLowering(Lowering):
         lanes = []
         for tile, item in ((tiles[0], self.lid // SIDE), (tiles[1], self.lid % SIDE)):
             fragments = [Reg(self.names.fresh("f"), float32, width) for _ in range(vectors)]
-            body += [LocalLoad(f, tile, (buffer * plan.bk + kk) * row + item + v * SIDE) for v, f in enumerate(fragments)]
-            lane_regs = [Reg(self.names.fresh("x"), float32) for _ in range(per_item)]
-            body += [Extract(x, fragments[t // width], f"s{t % width}") for t, x in enumerate(lane_regs)]
-            lanes.append(lane_regs)
+            body += [LocalLoad(f, tile, kk * row + item + v * SIDE) for v, f in enumerate(fragments)]
+            lanes.append([Lane(fragments[t // width], f"s{t % width}") for t in range(per_item)])
         body += [MultiplyAdd(acc, lanes[0][t], lanes[1][u])
                  for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2))]
         return [Loop(counter, plan.bk, tuple(body), unroll=True)]

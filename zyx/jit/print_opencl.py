@@ -14,9 +14,8 @@ from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
-                        If, Kernel, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand, Rand, Reg,
-                        Role,
-                        Select, Store, walk)
+                        If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
+                        Rand, Reg, Role, Select, Store, walk)
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, dtypes_used, kernel_name,
                            pick)
 from .symbolic import Expr
@@ -54,10 +53,17 @@ def literal(value: object, dtype: DType) -> str:
 def operand(value: Operand) -> str:
     if isinstance(value, Reg):
         return value.name
+    if isinstance(value, Lane):
+        return part(value.src, value.part)
     if value.width == 1:
         return literal(value.value, value.dtype)
     lane = ("-1" if value.value else "0") if value.dtype.is_bool else literal(value.value, value.dtype)
     return f"(({register_type(value.dtype, value.width)})({lane}))"
+
+
+def part(vector: Reg, name: str) -> str:
+    """A vector's half ("lo", "hi") or lane ("sN")."""
+    return f"{vector.name}.{name}"
 
 
 def condition(cond: Cond) -> str:
@@ -211,7 +217,7 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Load: load, Gather: gather, Alu: alu, LaneSelect: lane_select,
     Select: lambda s: f"(({condition(s.cond)})?{operand(s.value)}:{operand(s.fill)})",
     Rand: lambda s: f"zyx_philox_uniform({s.seed},{s.offset}+(ulong)({s.index.render()}))",
-    Extract: lambda s: f"{s.src.name}.{s.part}",
+    Extract: lambda s: part(s.src, s.part),
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Define: lambda s: _start(s.start),
     LocalLoad: lambda s: f"{s.array}[{s.index.render_grouped()}]",

@@ -30,7 +30,7 @@ from ..dtypes import DType, float32, int_range, int32
 from ..trace.ops import Op
 from ..trace.philox import WGSL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
-                        If, Kernel, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
+                        If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
                         Rand, Reg, Role, Select, Statement, Store, walk)
 from .print_common import TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, dtypes_used, kernel_name, pick
 from .symbolic import Expr
@@ -102,6 +102,8 @@ def literal(value: object, dtype: DType) -> str:
 def operand(value: Operand) -> str:
     if isinstance(value, Reg):
         return value.name
+    if isinstance(value, Lane):
+        return _swizzle(value.src, value.part)
     if value.width == 1:
         return literal(value.value, value.dtype)
     return f"{register_type(value.dtype, value.width)}({literal(value.value, value.dtype)})"
@@ -312,7 +314,7 @@ def _syntax(layout: dict[str, Binding], lanes: dict[str, int]) -> Syntax:
                                           for lane in s.lanes) + "))"),
         Select: lambda s: f"select({operand(s.fill)},{operand(s.value)},{condition(s.cond)})",
         Rand: lambda s: f"zyx_philox_uniform({s.seed},{s.offset},u32({s.index.render()}))",
-        Extract: lambda s: f"{s.src.name}{_part(s.part, s.src.width)}",
+        Extract: lambda s: _swizzle(s.src, s.part),
         Broadcast: lambda s: f"{register_type(s.out.dtype, s.out.width)}({operand(s.src)})",
         Define: lambda s: operand(s.start),
         LocalLoad: lambda s: f"{s.array}[{s.index.render()}]",
@@ -328,14 +330,14 @@ def _syntax(layout: dict[str, Binding], lanes: dict[str, int]) -> Syntax:
     return Syntax(values, statements, _define, _loop, _branch)
 
 
-def _part(part: str, width: int) -> str:
+def _swizzle(vector: Reg, part: str) -> str:
     """A vector's half ("lo", "hi") or lane ("sN") as a swizzle."""
-    lanes = "xyzw"[:width]
+    lanes = "xyzw"[:vector.width]
     if part == "lo":
-        return "." + lanes[:width // 2]
+        return f"{vector.name}.{lanes[:vector.width // 2]}"
     if part == "hi":
-        return "." + lanes[width // 2:]
-    return "." + lanes[int(part[1:])]
+        return f"{vector.name}.{lanes[vector.width // 2:]}"
+    return f"{vector.name}.{lanes[int(part[1:])]}"
 
 
 def _define(statement: Statement, text: str) -> str:

@@ -10,10 +10,11 @@ instead of the tensor seen at capture being used in its place.
 from __future__ import annotations
 
 import functools
+import keyword
 import types
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +28,7 @@ MAX_PATHS = 4           # paths kept per tensor (each one is checked at every re
 MISSING = object()      # what `resolve` returns when a path no longer leads anywhere
 _ATOMS = (str, bytes, int, float, complex, bool, type(None), np.ndarray, np.generic, type)
 _KEY_TYPES = (str, int, bool, type(None))
+_MISSING_ERRORS = (AttributeError, LookupError, TypeError, ValueError)  # ValueError: an empty closure cell
 
 
 @dataclass
@@ -69,7 +71,7 @@ def resolve(root: tuple[Any, tuple, dict], path: Path) -> Any:
     try:
         for kind, key in path:
             obj = getattr(obj, key) if kind == "attr" else obj[key]
-    except (AttributeError, LookupError, TypeError, ValueError):  # ValueError: an empty closure cell
+    except _MISSING_ERRORS:
         return MISSING
     return obj
 
@@ -77,7 +79,8 @@ def resolve(root: tuple[Any, tuple, dict], path: Path) -> Any:
 class PathTree:
     """Many paths from one root, resolved together: a prefix that several share (the function's closure, an
     optimizer's state dict) is followed once per call instead of once per path. A replay checks every path of
-    every tensor it binds, so this is most of a guard's cost."""
+    every tensor it binds, so this is most of a guard's cost; the paths are compiled into one Python function
+    (`compile_steps`), so a call that finds every step in place runs a few bytecodes per step."""
 
     def __init__(self, paths: list[Path]):
         position: dict[Path, int] = {(): 0}
@@ -89,19 +92,48 @@ class PathTree:
                     position[path[:depth]] = len(self.steps) + 1
                     self.steps.append((position[path[:depth - 1]], *path[depth - 1]))
             self.ends.append(position[path])
+        self._resolve_compiled = compile_steps(self.steps, self.ends)
 
-    def resolve_all(self, root: tuple[Any, tuple, dict]) -> list[Any]:
+    def resolve_all(self, root: tuple[Any, tuple, dict]) -> Sequence[Any]:
         """What each path leads to from `root` now (MISSING where it no longer leads anywhere), in order."""
+        try:
+            return self._resolve_compiled(root)
+        except _MISSING_ERRORS:
+            return self._resolve_step_by_step(root)
+
+    def _resolve_step_by_step(self, root: tuple[Any, tuple, dict]) -> list[Any]:
+        """`resolve_all` where some step fails: that step's object and those below it are MISSING."""
         objects: list[Any] = [root]
         for parent, kind, key in self.steps:
             obj = objects[parent]
             if obj is not MISSING:
                 try:
                     obj = getattr(obj, key) if kind == "attr" else obj[key]
-                except (AttributeError, LookupError, TypeError, ValueError):  # as `resolve`
+                except _MISSING_ERRORS:
                     obj = MISSING
             objects.append(obj)
         return [objects[end] for end in self.ends]
+
+
+def compile_steps(steps: list[tuple[int, str, Any]], ends: list[int]) -> Callable[[Any], tuple]:
+    """A function of the root returning the objects at `ends` (positions as in `PathTree`), one statement per
+    step (`o3 = o1.__dict__`, `o4 = o3['weight']`); a step that fails raises as `getattr` or `[]` would.
+    A key is written as a literal when its repr reads back as itself (exactly a `_KEY_TYPES` type), else it is
+    read from a tuple bound to the function."""
+    keys = tuple(key for _, _, key in steps)
+    lines = ["def resolve(o0, keys=keys):"]
+    for n, (parent, kind, key) in enumerate(steps, start=1):
+        if kind == "attr" and key.isidentifier() and not keyword.iskeyword(key):
+            read = f"o{parent}.{key}"
+        elif kind == "attr":
+            read = f"getattr(o{parent}, keys[{n - 1}])"
+        else:
+            read = f"o{parent}[{key!r}]" if type(key) in _KEY_TYPES else f"o{parent}[keys[{n - 1}]]"
+        lines.append(f"    o{n} = {read}")
+    lines.append("    return (" + "".join(f"o{end}, " for end in ends) + ")")
+    namespace: dict[str, Any] = {"keys": keys}
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built above from step kinds, names and literals
+    return namespace["resolve"]
 
 
 def _root_children(root: tuple[Any, tuple, dict]) -> Iterator[tuple[Path, str, Any]]:

@@ -32,6 +32,7 @@ from . import print_opencl, print_wgsl
 from .print_common import kernel_name
 from .attention import lower_attention
 from .rows import lower_rows, row_length
+from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -167,7 +168,8 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
         if plan is not None:
             lowered = LocalTileLowering(root, materialized, site.produced, plan, site.apart, traits.max_params).lower()
-            return _Shaped(lowered, lowered.ir, plan.choice, local_tile_options(traits.local_memory))
+            kernel = (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir
+            return _Shaped(lowered, kernel, plan.choice, local_tile_options(traits.local_memory))
     return _shape_plain(site, traits, choice)
 
 

@@ -281,7 +281,7 @@ class Tuner:
         try:
             kernels = [self._compiled(launch.source, launch.name) if launch.global_size[0] else None
                        for launch in program.launches]
-            executable = Executable(program, kernels)
+            executable = Executable(program, kernels, self.runtime)
             outputs, candidate.launches = record_launches(self.runtime, lambda: executable.run(
                 self.runtime, isolated.inputs, [r.arg for r in isolated.rands]))
             return [self.runtime.download(buffer, node.shape, node.dtype.np)

@@ -46,7 +46,17 @@ class BufferPool(Generic[RawBuffer]):
 
     def acquire(self, nbytes: int) -> RawBuffer:
         """A buffer of size_class(nbytes) bytes: a freed one if any, else a new one (trimming on out-of-memory)."""
-        size = self.size_class(nbytes)
+        raw = self.take(self.size_class(nbytes))
+        stats.set_max("peak_bytes", self.peak_bytes)
+        return raw
+
+    def release(self, raw: RawBuffer, nbytes: int) -> None:
+        """Takes back a buffer acquired for nbytes; it waits in the pool for a request of the same size."""
+        self.give(raw, self.size_class(nbytes))
+
+    def take(self, size: int) -> RawBuffer:
+        """`acquire` for a size that is a size class already, without publishing the peak to `zyx.stats()`: a
+        program run takes its internal buffers this way (sizes rounded once, the peak published once per run)."""
         free_list = self._free.get(size)
         if free_list:
             raw = free_list.pop()
@@ -56,12 +66,10 @@ class BufferPool(Generic[RawBuffer]):
         current = self.current_bytes = self.current_bytes + size
         if current > self.peak_bytes:
             self.peak_bytes = current
-        stats.set_max("peak_bytes", self.peak_bytes)
         return raw
 
-    def release(self, raw: RawBuffer, nbytes: int) -> None:
-        """Takes back a buffer acquired for nbytes; it waits in the pool for a request of the same size."""
-        size = self.size_class(nbytes)
+    def give(self, raw: RawBuffer, size: int) -> None:
+        """`release` of a buffer taken for `size`, a size class."""
         free_list = self._free.get(size)
         if free_list is None:
             free_list = self._free[size] = []
@@ -109,6 +117,11 @@ class PooledRuntime:
             raise ValueError(f"cannot allocate {nbytes} bytes")
         self.limits.check_bytes(nbytes, "a buffer")
         return self._buffer(self.pool.acquire(nbytes), nbytes)
+
+    def allocate_taken(self, size: int, nbytes: int) -> Any:
+        """`allocate(nbytes)` for a program run: `size` is the pool's size class of `nbytes`, the limits were checked
+        when the program was bound to this runtime (`execute.Executable`), the peak is published after the run."""
+        return self._buffer(self.pool.take(size), nbytes)
 
     def memory_stats(self) -> dict[str, int]:
         """Bytes held by live buffers, the most ever held at once, and bytes freed but kept for reuse."""

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import xxhash
 
 from .. import counters
-from .node import Node, toposort
+from .node import Node
 from .ops import Op
 
 
@@ -27,25 +27,42 @@ class Walk:
 
     def __init__(self, roots: Sequence[Node]):
         self.roots = list(roots)
-        self.order = order = toposort(self.roots)
-        self.numbering = numbering = {}  # id(node) -> its position in `order`
+        self.order: list[Node] = []
+        self.numbering: dict[Node, int] = {}  # node -> its position in `order` (nodes hash by identity)
         self.leaves: list[Node] = []
         self.rands: list[Node] = []
         parts: list = []
-        append = parts.append
-        for position, node in enumerate(order):
-            numbering[id(node)] = position
-            append(node.key)
-            if node.src:
-                for source in node.src:
-                    append(numbering[id(source)])
-            elif node.op is Op.BUFFER:
-                self.leaves.append(node)
-            elif node.op is Op.RAND:
-                self.rands.append(node)
-        append(tuple([numbering[id(root)] for root in self.roots]))
+        for root in self.roots:
+            if root not in self.numbering:
+                self._visit(root, parts)
+        parts.append(tuple([self.numbering[root] for root in self.roots]))
         self.structure = tuple(parts)
         self._digest: Optional[str] = None
+
+    def _visit(self, root: Node, parts: list) -> None:
+        """Number `root` and what it depends on that is not numbered yet, sources before users (`toposort`'s order),
+        gathering their keys into `parts`: one pass, iterative (traces can be deep). A node on the stack is never
+        a source of one above it (a trace has no cycles), so "not numbered" is "not met yet"."""
+        numbering, order, append = self.numbering, self.order, parts.append
+        stack = [(root, iter(root.src))]
+        while stack:
+            node, sources = stack[-1]
+            for source in sources:
+                if source not in numbering:
+                    stack.append((source, iter(source.src)))
+                    break
+            else:
+                stack.pop()
+                numbering[node] = len(order)
+                order.append(node)
+                append(node.key)
+                if node.src:
+                    for source in node.src:
+                        append(numbering[source])
+                elif node.op is Op.BUFFER:
+                    self.leaves.append(node)
+                elif node.op is Op.RAND:
+                    self.rands.append(node)
 
     def digest(self) -> str:
         """The xxh3-128 hex digest of the structure, equal in every process (computed once per walk)."""
@@ -54,15 +71,15 @@ class Walk:
             numbering = self.numbering
             text = ";".join(describe(node, numbering) for node in self.order)
             digest = xxhash.xxh3_128(text.encode())
-            digest.update(("roots:" + ",".join(str(numbering[id(r)]) for r in self.roots)).encode())
+            digest.update(("roots:" + ",".join(str(numbering[r]) for r in self.roots)).encode())
             self._digest = digest.hexdigest()
         return self._digest
 
 
-def describe(node: Node, numbering: dict[int, int]) -> str:
+def describe(node: Node, numbering: dict[Node, int]) -> str:
     """One node as text: op, shape, dtype, the arg that changes semantics, and its sources by number."""
     arg = "" if node.op in (Op.BUFFER, Op.RAND) else repr(_arg_text(node.arg))
-    return f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|" + ",".join([str(numbering[id(s)]) for s in node.src])
+    return f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|" + ",".join([str(numbering[s]) for s in node.src])
 
 
 def _arg_text(arg: object) -> object:

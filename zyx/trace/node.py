@@ -6,6 +6,7 @@ and the graph above it can be garbage-collected.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -24,9 +25,10 @@ class Node:
         self.shape, self.dtype, self.device = shape, dtype, device
         self.buffer: Any = None
         # The node's own part of the structural key, made once here so that a realize only gathers them (see
-        # hashing.Walk): op, shape, dtype and the arg that changes semantics; a RAND's seed and offset are data.
-        self.key: tuple = (op._value_, shape, dtype.name,
-                           None if arg is None or op is Op.BUFFER or op is Op.RAND else arg_key(arg))
+        # hashing.Walk): op, shape, dtype and the arg that changes semantics (a RAND's seed and offset are data),
+        # as the number `key_number` gives them.
+        self.key: int = key_number((op._value_, shape, dtype.name,
+                                    None if arg is None or op is Op.BUFFER or op is Op.RAND else arg_key(arg)))
         self.origin: Any = None  # after realization: how it was computed, for autodiff (see origin.py)
 
     @property
@@ -40,10 +42,26 @@ class Node:
     def become_buffer(self, buffer: Any, origin: Any = None) -> None:
         """Turn into a leaf holding `buffer`, releasing the graph above (`origin` keeps a detached copy)."""
         self.op, self.src, self.arg, self.buffer, self.origin = Op.BUFFER, (), None, buffer, origin
-        self.key = (Op.BUFFER._value_, self.shape, self.dtype.name, None)
+        self.key = key_number((Op.BUFFER._value_, self.shape, self.dtype.name, None))
 
     def __repr__(self) -> str:
         return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
+
+
+KEYS_KEPT = 1 << 16  # node keys remembered; past that all are forgotten (in-memory program caches then miss once)
+_key_numbers: dict[tuple, int] = {}
+_next_numbers = itertools.count()
+
+
+def key_number(key: tuple) -> int:
+    """A number standing for a node's key, the same for equal keys: a walk's structure (`hashing.Walk`) is then a
+    tuple of ints, quick to hash and compare at every realize. A number is never given to another key."""
+    number = _key_numbers.get(key)
+    if number is None:
+        if len(_key_numbers) >= KEYS_KEPT:
+            _key_numbers.clear()
+        number = _key_numbers[key] = next(_next_numbers)
+    return number
 
 
 def arg_key(arg: Any) -> Any:

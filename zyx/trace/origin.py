@@ -60,12 +60,11 @@ class Origins:
 
     def __init__(self, walk: Walk, device: Any):
         self.template = _template(walk)
-        self.held: list[Any] = []  # per node of the walk: itself (data leaf, or a copy already) or a weak reference
-        for node in walk.order:
-            if node.op is Op.BUFFER and node.origin is None or type(node) is Recorded:
-                self.held.append(node)
-            else:  # an interior node, or a realized one (copied as its placeholder)
-                self.held.append(weakref.ref(node))
+        # per node of the walk: itself (a data leaf, or a copy already) or a weak reference (an interior node, or a
+        # realized one, copied as its placeholder)
+        ref, buffer = weakref.ref, Op.BUFFER
+        self.held: list[Any] = [node if node.op is buffer and node.origin is None or type(node) is Recorded
+                                else ref(node) for node in walk.order]
         self.rand_args = [node.arg for node in walk.rands]
         self.device = device
         self.copies: Optional[list[Node]] = None
@@ -107,7 +106,7 @@ class Origin:
 def record_origins(walk: Walk, device: Any) -> list[Origin]:
     """The origins of the walk's roots, for `Node.become_buffer`."""
     origins = Origins(walk, device)
-    return [origins.origin(walk.numbering[id(root)]) for root in walk.roots]
+    return [origins.origin(walk.numbering[root]) for root in walk.roots]
 
 
 def _template(walk: Walk) -> Template:
@@ -115,7 +114,7 @@ def _template(walk: Walk) -> Template:
     template = _templates.get(walk.structure)
     if template is None:
         template = [(node.op, None if node.op is Op.RAND else node.arg, node.shape, node.dtype,
-                     tuple(walk.numbering[id(source)] for source in node.src)) for node in walk.order]
+                     tuple(walk.numbering[source] for source in node.src)) for node in walk.order]
         if len(_templates) >= TEMPLATES_KEPT:
             del _templates[next(iter(_templates))]  # the oldest
         _templates[walk.structure] = template

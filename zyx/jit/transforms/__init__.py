@@ -7,6 +7,7 @@ the untransformed kernel's results.
 - `unroll.unroll_reductions`: several independent accumulators per reduction loop.
 - `group.group_reductions`: a work group per output, its items sharing each reduction.
 - `upcast.upcast`: a tile of outputs per work item (register tiles).
+- `double_buffer.double_buffer`: local tiles staged into one buffer while the group computes on the other.
 """
 from __future__ import annotations
 
@@ -41,8 +42,7 @@ def copy_body(body: tuple, values: dict[str, Expr], suffix: str, names: dict[str
     copied = []
     for statement in body:
         if isinstance(statement, Loop):
-            copied.append(Loop(statement.var, statement.trips,
-                               copy_body(statement.body, values, suffix, names, memo)))
+            copied.append(dataclasses.replace(statement, body=copy_body(statement.body, values, suffix, names, memo)))
             continue
         if isinstance(statement, If):
             cond = tuple((substitute(e, values, memo), op, k) for e, op, k in statement.cond)

@@ -5,21 +5,27 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from ..kernel_ir import Alu, Axis, Define, Kernel, Loop, Operand, Reg, reduce_start
+from ..kernel_ir import Alu, Axis, Define, If, Kernel, Loop, Operand, Reg, reduce_start
 from ..symbolic import Expr
 from . import accumulators, copy_body, rename_all
+
+# Statements an unrolled loop body may reach: a long fused body (an LSTM cell's gate gradients, hundreds of
+# statements) gains nothing from more accumulators, while eight copies of it took PoCL 40 s to compile.
+UNROLLED_STATEMENTS = 256
 
 
 def unroll_reductions(kernel: Kernel, factor: Callable[[int], int]) -> Kernel:
     """Each top-level loop of `trips` steps with factor(trips) = f > 1 walks f steps per trip, one accumulator
     each (a second loop takes the remainder into the first), then combines them pairwise, for accuracy and short
-    dependency chains."""
+    dependency chains. f is halved while f copies of the body would exceed UNROLLED_STATEMENTS."""
     body: list = []
     names: dict[str, Operand] = {}
     trips_of: dict[str, int] = {}
     for statement in kernel.body:
         statement, = rename_all((statement,), names)  # accumulators combined by an earlier loop's unrolling
         f = factor(statement.trips) if isinstance(statement, Loop) else 1
+        while f > 1 and f * statement_count(statement.body) > UNROLLED_STATEMENTS:
+            f //= 2
         if f <= 1:
             body.append(statement)
             continue
@@ -27,6 +33,11 @@ def unroll_reductions(kernel: Kernel, factor: Callable[[int], int]) -> Kernel:
         trips_of[statement.var] = statement.trips // f
     axes = tuple(Axis(a.name, trips_of.get(a.name, a.size), a.role) for a in kernel.axes)
     return dataclasses.replace(kernel, axes=axes, body=tuple(body))
+
+
+def statement_count(body: tuple) -> int:
+    """Statements in `body`, those inside its loops and conditionals included."""
+    return sum(1 + (statement_count(s.body) if isinstance(s, (Loop, If)) else 0) for s in body)
 
 
 def _unrolled(loop: Loop, f: int, names: dict[str, Operand]) -> list:
