@@ -442,12 +442,16 @@ def check_args(args: argparse.Namespace) -> None:
         print(f"note: --repeat {args.repeat} is below {MIN_REPEAT}; medians of so few runs are noisy", file=sys.stderr)
 
 
-def script_main(description: str, run, add_arguments=None) -> None:
-    """The command line of one benchmark script: parse, pick the device, run, print the table."""
+def script_main(description: str, run, add_arguments=None, child=None) -> None:
+    """The command line of one benchmark script: parse, pick the device, run, print the table. With `child`,
+    a run given `--child NAME` (a measurement in a process of its own) is `child(args)` instead."""
     p = parser(description)
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args()
+    if child is not None and args.child:
+        child(args)
+        return
     check_args(args)
     device, cl_device, why = pick_device(args.device)
     finish(args, run(args, device, cl_device), device, why)

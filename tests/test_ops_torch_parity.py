@@ -229,6 +229,7 @@ CASES.update({
 })
 
 Q, K, V = uniform(-1, 1, (2, 2, 3, 4)), uniform(-1, 1, (2, 2, 5, 4)), uniform(-1, 1, (2, 2, 5, 3))
+Q7, K7, V7 = uniform(-2, 2, (2, 3, 7, 5)), uniform(-2, 2, (2, 3, 7, 5)), uniform(-1, 1, (2, 3, 7, 6))
 KEEP = RNG.random((3, 5)) < 0.7
 KEEP[:, 0] = True  # every query sees some key (a row with none is nan in both)
 CASES.update({
@@ -240,6 +241,13 @@ CASES.update({
                             F.scaled_dot_product_attention),
     "sdpa_causal": Case(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True), (Q, K, V),
                         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+    "sdpa_causal_square_odd": Case(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                                     scale=0.7),
+                                   (Q7, K7, V7), lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                                               scale=0.7)),
+    "sdpa_broadcast_batch": Case(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True),
+                                 (Q7, K7[:, :1], V7[:1, :1]),
+                                 lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
     "einsum_batched_matmul": same(lambda a, b: torch_or_zyx(a).einsum("bij,bjk->bik", a, b), Q[0], K[0].swapaxes(-1, -2)),
     "einsum_trace_outer": same(lambda m, v: (torch_or_zyx(m).einsum("ii", m[:, :3]),
                                              torch_or_zyx(m).einsum("i,j", v, v),
@@ -352,6 +360,11 @@ def test_op_errors_name_the_problem(device):
         x.max_pool2d(2, dilation=4)
     with pytest.raises(TypeError, match="mask must be bool"):
         x.masked_select(X)
+    q = zyx.tensor(Q, device=device)
+    with pytest.raises(ValueError, match="not both"):
+        zyx.nn.scaled_dot_product_attention(q, q, q, zyx.tensor(KEEP[:, :3], device=device), is_causal=True)
+    with pytest.raises(zyx.ShapeError, match=r"query \(2, 2, 3, 4\), key \(2, 2, 5, 4\) and value \(2, 2, 3, 3\)"):
+        zyx.nn.scaled_dot_product_attention(q, zyx.tensor(K, device=device), zyx.tensor(V[:, :, :3], device=device))
 
 
 def test_setitem_strides_and_errors(device):

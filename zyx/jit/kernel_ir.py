@@ -259,8 +259,8 @@ PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # stat
 
 @dataclass(frozen=True)
 class Kernel:
-    """One kernel: its kind (the name's prefix: e elementwise, r reducing, g work-group reducing, m product),
-    parameters, axes and statements."""
+    """One kernel: its kind (the name's prefix: e elementwise, r reducing, g work-group reducing, m product,
+    a attention), parameters, axes and statements."""
 
     kind: str
     params: tuple[Param, ...]

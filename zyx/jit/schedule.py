@@ -30,6 +30,7 @@ from .kernel_ir import Kernel, RenderedKernel, Role
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
+from .attention import lower_attention
 from .rows import lower_rows, row_length
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
@@ -155,6 +156,9 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     reduction, else unrolled reductions."""
     root, materialized = site.root, site.materialized
     family = choice.family if choice is not None else None
+    attention = lower_attention(root, materialized, site.produced, site.apart, traits.max_params)
+    if attention is not None:  # softmax(X) V whose P no other kernel stores: one kernel, nothing to choose
+        return _Shaped(attention, attention.ir)
     if not traits.gpu and family in (None, "cpu_matmul"):
         cpu_plan = plan_cpu_matmul(root, materialized, traits.native_width, choice)
         if cpu_plan is not None:

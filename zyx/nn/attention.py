@@ -30,10 +30,13 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                                  scale: Optional[float] = None) -> Tensor:
     """softmax(Q K^T * scale + mask) V over (..., L, E) queries and (..., S, E) keys, as PyTorch's functional
     form: a bool `attn_mask` is true where a query may attend (unlike MultiheadAttention's), a float one is
-    added; `is_causal` lets query i see keys 0..i; `scale` defaults to 1/sqrt(E); `dropout_p` drops weights."""
+    added; `is_causal` (without a mask) lets query i see keys 0..i; `scale` defaults to 1/sqrt(E); `dropout_p`
+    drops weights. Batch dimensions broadcast."""
     if query.ndim < 2 or key.ndim < 2 or query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
         raise ShapeError(f"scaled_dot_product_attention: query {query.shape}, key {key.shape} and value "
                          f"{value.shape} need (..., L, E), (..., S, E) and (..., S, Ev)")
+    if is_causal and attn_mask is not None:
+        raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal=True, not both (as PyTorch)")
     factor = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     scores = (query * factor).matmul(key.transpose(-1, -2))
     if is_causal:

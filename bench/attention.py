@@ -1,0 +1,132 @@
+"""A1: causal attention's forward over context length: time and memory growth, fused and unfused.
+
+    python bench/attention.py [--contexts 1024,2048,4096] [--heads 4] [--head-dim 64] [--repeat 5] [--device N]
+                              [--only torch,zyx,zyx-unfused] [--json OUT]
+
+`zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` on (1, heads, T, head_dim) float32 inputs, as a
+@zyx.jit function, each in a process of its own. zyx fuses softmax(QK^T) V into one kernel (zyx/jit/attention.py;
+ZYX_ATTENTION_MIN_BYTES=0 here, so at every T), zyx-unfused keeps products and a row softmax, the T x T
+probabilities stored (ZYX_ATTENTION_MIN_BYTES past any size). torch is eager
+F.scaled_dot_product_attention on the host. Reported: the median time of --repeat calls after two (each ends by
+reading the output), and for zyx the growth of peak device memory over one call (zyx.memory_stats after
+zyx.reset_peak_memory, less what was held before it) beside the size of one T x T matrix of all heads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Record, pick_device, script_main, wants  # noqa: E402
+
+IMPLEMENTATIONS = ("torch", "zyx", "zyx-unfused")
+
+
+def inputs(heads: int, context: int, head_dim: int) -> list:
+    import numpy as np
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((1, heads, context, head_dim), dtype=np.float32) for _ in range(3)]
+
+
+def measure_zyx(args: argparse.Namespace, context: int) -> dict[str, Any]:
+    """Time and peak-memory growth of the jitted forward (in this process: call it in a child for a clean one)."""
+    import zyx
+    device, _, why = pick_device(args.device)
+    if device is None:
+        raise SystemExit(why)
+    dev = zyx.OpenCL(platform=device.platform_index, device=device.device_index)
+    q, k, v = (dev.tensor(a) for a in inputs(args.heads, context, args.head_dim))
+    zyx.realize(q, k, v)
+    attend = zyx.jit(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True))
+    for _ in range(2):
+        attend(q, k, v).numpy()
+    before = zyx.memory_stats(dev)["current_bytes"]
+    zyx.reset_peak_memory(dev)
+    runs = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        attend(q, k, v).numpy()
+        runs.append(time.perf_counter() - start)
+    return {"runs_s": runs, "grown_bytes": zyx.memory_stats(dev)["peak_bytes"] - before,
+            "kernels": attend.captured[0]["kernels"]}
+
+
+def measure_torch(args: argparse.Namespace, context: int) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+    q, k, v = (torch.from_numpy(a) for a in inputs(args.heads, context, args.head_dim))
+    runs = []
+    with torch.no_grad():
+        for repeat in range(args.repeat + 2):
+            start = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).numpy()
+            if repeat >= 2:
+                runs.append(time.perf_counter() - start)
+    return {"runs_s": runs}
+
+
+def in_child(args: argparse.Namespace, context: int, implementation: str) -> dict[str, Any]:
+    """One measurement in a new process with a new zyx cache directory."""
+    with tempfile.TemporaryDirectory(prefix="attention_") as root:
+        env = dict(os.environ, ZYX_CACHE_DIR=os.path.join(root, "zyx"),
+                   ZYX_ATTENTION_MIN_BYTES="0" if implementation == "zyx" else str(1 << 62))
+        command = [sys.executable, __file__, "--child", implementation, "--contexts", str(context),
+                   "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--repeat", str(args.repeat)]
+        if args.device is not None:
+            command += ["--device", str(args.device)]
+        finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
+    if finished.returncode != 0:
+        raise RuntimeError(finished.stderr.strip().splitlines()[-1] if finished.stderr.strip() else "no output")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
+    records = []
+    for context in (int(c) for c in args.contexts.split(",")):
+        matrix = args.heads * context * context * 4
+        for implementation in IMPLEMENTATIONS:
+            if not wants(args, implementation):
+                continue
+            record = Record(f"A1 T={context}", implementation, unit="MiB grown")
+            print(f"  {record.workload:<10} {implementation:<11} ...", file=sys.stderr, flush=True)
+            try:
+                found = in_child(args, context, implementation)
+            except Exception as error:
+                record.note = f"skipped: {error}"
+                records.append(record)
+                continue
+            record.runs_s, record.median_s = found["runs_s"], statistics.median(found["runs_s"])
+            notes = [f"one T×T matrix of all heads: {matrix / 2**20:.1f} MiB"]
+            if "grown_bytes" in found:
+                record.throughput = found["grown_bytes"] / 2**20
+                notes.append(f"{found['kernels']} kernel{'s' * (found['kernels'] != 1)}")
+            record.note, record.extra = "; ".join(notes), found
+            records.append(record)
+    return records
+
+
+def child(args: argparse.Namespace) -> None:
+    context = int(args.contexts)
+    found = (measure_torch(args, context) if args.child == "torch" else
+             measure_zyx(args, context))
+    print(json.dumps(found), flush=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--contexts", default="1024,2048,4096", help="context lengths T (default 1024,2048,4096)")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--child", choices=IMPLEMENTATIONS, default=None, help=argparse.SUPPRESS)
+
+
+if __name__ == "__main__":
+    script_main(__doc__.splitlines()[0], run, add_arguments, child)

@@ -1,0 +1,212 @@
+"""Attention forward in one kernel: softmax(S) V with an online softmax, no L x S matrix in memory.
+
+The pattern, as the trace holds it (scaled_dot_product_attention, or the same written by hand): a product
+O[.., i, e] = sum_j P[.., i, j] W[.., i, e, j] whose left operand views P = softmax over its last axis, written
+exp(X - max_j X) / sum_j exp(X - max_j X), where X[.., i, j] is any elementwise value (the scores: a product
+over the head dimension, scaled, masked). Lowered as products are, P would be stored whole (L x S per head).
+Here a work item owns a row of outputs O[.., i, :] and walks the keys j once, keeping the running maximum m, the
+running sum l of exp(X - m) and the running sum acc of exp(X - m) W, each rescaled by exp(m_old - m_new) when
+the maximum grows (one acc per output of the row, the scores shared); the outputs are acc / l. X is lowered inside the walk, its own reductions (the scores'
+product over the head dimension) as loops nested in it, so every value is computed from q, k, v (and the
+mask's sources) as the key loop reaches it.
+
+Only where no other kernel stores P, its exponentials or X. In a training step the backward stores the scores'
+product and the row statistics and recomputes P from them, so this kernel then reads the stored scores: one
+kernel fewer per attention, but a T x T matrix in memory all the same (a fused backward would remove it) and where P would take at least MIN_PROBABILITY_BYTES (ZYX_ATTENTION_MIN_BYTES). PoCL vectorizes the kernel across work items (rows); no transform applies.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from ..dtypes import float32
+from ..trace.node import Node
+from ..trace.ops import MOVEMENT_OPS, Op, REDUCE_OPS
+from .kernel_ir import Accumulate, Alu, Axis, Const, Define, Loop, MultiplyAdd, Reg, Role
+from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, source_index, unravel
+from .symbolic import Expr
+
+FLOAT_LOWEST = -3.4028234663852886e38  # the running maximum starts here, not at -inf: exp(-inf - -inf) is nan
+# Smaller probability matrices keep the products and the row softmax: those kernels are faster (on PoCL the fused
+# kernel took 7x their time at 4 heads x 1024 x 1024, bench/attention.py), and the memory they save is small.
+# ZYX_ATTENTION_MIN_BYTES sets another threshold (0: fuse every attention; a setting, so it keys the programs).
+MIN_PROBABILITY_BYTES = 1 << 26
+
+
+def min_probability_bytes() -> int:
+    """The smallest probability matrix, in bytes, that the fused kernel replaces."""
+    return int(os.environ.get("ZYX_ATTENTION_MIN_BYTES", MIN_PROBABILITY_BYTES))
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """The nodes of softmax(X) W that the kernel reads: the product, its P-side and W-side operands, P, X."""
+
+    product: Node  # SUM over its last axis of MUL(p_side, w_side)
+    p_side: Node
+    w_side: Node
+    probabilities: Node  # P: DIV(exp(X - max), sum(exp(X - max)))
+    scores: Node  # X
+
+
+def _under_views(node: Node) -> Node:
+    while node.op in MOVEMENT_OPS:
+        node = node.src[0]
+    return node
+
+
+def _softmax_of(node: Node) -> Optional[Node]:
+    """X when `node` is exp(X - max(X)) / sum(exp(X - max(X))) over the last axis, else None."""
+    if node.op is not Op.DIV or not node.dtype.is_float:
+        return None
+    exp, total = node.src[0], _under_views(node.src[1])
+    last = (len(node.shape) - 1,)
+    if exp.op is not Op.EXP or total.op is not Op.SUM or total.arg != last or total.src[0] is not exp:
+        return None
+    shifted = exp.src[0]
+    if shifted.op is not Op.ADD or shifted.src[1].op is not Op.NEG:
+        return None
+    scores, maximum = shifted.src[0], _under_views(shifted.src[1].src[0])
+    if maximum.op is Op.DETACH:
+        maximum = _under_views(maximum.src[0])
+    return scores if maximum.op is Op.RMAX and maximum.arg == last and maximum.src[0] is scores else None
+
+
+def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[AttentionPattern]:
+    """The pattern whose product `root` is (or reshapes) when no kernel stores P, its exponentials or X (then
+    recomputing them here would save nothing) and P is large enough to be worth not storing
+    (min_probability_bytes), else None."""
+    product = root.src[0] if root.op is Op.RESHAPE else root
+    last = len(product.shape) - 1
+    if product.op is not Op.SUM or product.arg != (last,) or product.src[0].op is not Op.MUL:
+        return None
+    for p_side, w_side in (product.src[0].src, product.src[0].src[::-1]):
+        probabilities = _under_views(p_side)
+        scores = _softmax_of(probabilities)
+        if scores is None or any(id(node) in materialized for node in (probabilities, probabilities.src[0], scores)):
+            continue
+        if probabilities.numel * probabilities.dtype.itemsize >= min_probability_bytes():
+            return AttentionPattern(product, p_side, w_side, probabilities, scores)
+    return None
+
+
+class AttentionLowering(Lowering):
+    """A work item owns a row of the product's outputs O[.., i, :] and walks the key axis once with an online
+    softmax (see the module's docstring), the scores computed once per key for the whole row; the scores' own
+    reductions nest inside that walk."""
+
+    def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
+                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+        super().__init__(root, materialized, produced, False, stored_apart, param_limit)
+        self.pattern = pattern
+        self.kind = "a"
+        self._nesting = False  # inside a nested reduction: reductions met there are read from memory
+        self.width = pattern.product.shape[-2]  # outputs per row, consecutive in the root's order
+        self.rows = self.numel // self.width
+        row = Expr.var("gid", self.rows)
+        self.positions = [row * self.width + e for e in range(self.width)]
+        self.elements = [unravel(position, self.space) for position in self.positions]
+        self.guards = [()] * self.width
+
+    def _axes(self) -> tuple[Axis, ...]:
+        return (Axis("gid", self.rows, Role.GLOBAL), *self._loops)
+
+    def _lower_outputs(self) -> None:
+        pattern, dtype = self.pattern, self.root.dtype
+        keys = pattern.product.src[0].shape[-1]
+        outers = [unravel(linear(element, self.root.shape), pattern.product.shape)[:-1] for element in self.elements]
+        maximum, total = Reg(self.names.fresh("m"), dtype), Reg(self.names.fresh("l"), dtype)
+        accs = [Reg(self.names.fresh("acc"), dtype) for _ in outers]
+        self._scopes[0] += [Define(maximum, Const(FLOAT_LOWEST, dtype)), Define(total, Const(0.0, dtype)),
+                            *(Define(acc, Const(0.0, dtype)) for acc in accs)]
+        name = self.names.fresh("j")
+        key = Expr.var(name, keys)
+        self._open_loop(name, keys)
+        read = {tuple(e.key for e in index): index for index in (self._probability_index((*outer, key))
+                                                                 for outer in outers)}
+        if len(read) != 1:  # the row's outputs must share their probabilities (P's index without e)
+            raise NotAttention(pattern.probabilities)
+        score = self.value(pattern.scores, next(iter(read.values())), ()).operand
+        weights = [self.value(pattern.w_side, (*outer, key), ()).operand for outer in outers]
+        lowered = self._alu(Op.NEG, self._alu(Op.MAX, maximum, score))
+        rescale = self._alu(Op.EXP, self._alu(Op.ADD, maximum, lowered))
+        weighted = self._alu(Op.EXP, self._alu(Op.ADD, score, lowered))
+        self._scopes[-1] += [Accumulate(total, Op.MUL, rescale), Accumulate(total, Op.ADD, weighted)]
+        for acc, weight in zip(accs, weights):
+            self._scopes[-1] += [Accumulate(acc, Op.MUL, rescale), MultiplyAdd(acc, weighted, weight)]
+        self._scopes[-1].append(Accumulate(maximum, Op.MAX, score))
+        self._scopes[0].append(Loop(name, keys, tuple(self._close_loop())))
+        for element, acc in enumerate(accs):
+            self._element = element
+            out = Reg(self.names.fresh("v"), dtype)
+            self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
+            self._store(self.root, _Value(out, 0), self.positions[element])
+
+    def _alu(self, op: Op, *args: object) -> Reg:
+        """A statement in the key loop's body; its register."""
+        out = Reg(self.names.fresh("v"), self.root.dtype)
+        self._scopes[-1].append(Alu(out, op, tuple(args)))  # type: ignore[arg-type]
+        return out
+
+    def _probability_index(self, full: Index) -> Index:
+        """Where the product's element `full` reads P: through the views between the product's operand and P.
+        P's last axis must be the key counter alone (else this is not softmax(X) V over the keys)."""
+        node, index = self.pattern.p_side, full
+        while node is not self.pattern.probabilities:
+            index, condition = source_index(node, index)
+            if index is None or condition is not None:
+                raise NotAttention(node)
+            node = node.src[0]
+        key = full[-1]
+        if index[-1].key != key.key or any(key.variables() & e.variables() for e in index[:-1]):
+            raise NotAttention(node)
+        return index
+
+    def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
+        """The scores' own reductions (a product over the head dimension) as loops inside the key loop; the
+        reductions those read (q's projection) are read from memory, as any kernel reads them."""
+        if node.op not in REDUCE_OPS or self._nesting or self._depth_of(index, guard) == 0:
+            return (yield from super()._compute(node, index, guard))
+        self._nesting = True
+        try:
+            return self._nested_reduce(node, index)
+        finally:
+            self._nesting = False
+
+    def _nested_reduce(self, node: Node, index: Index) -> _Value:
+        source, axes, dtype = node.src[0], node.arg, node.dtype
+        sizes = tuple(source.shape[a] for a in axes)
+        acc = Reg(self.names.fresh("acc"), dtype)
+        depth = len(self._scopes) - 1
+        self._scopes[depth].append(Define(acc, Const(0 if node.op is Op.SUM else FLOAT_LOWEST, dtype)))
+        var = self.names.fresh("r")
+        count = math.prod(sizes)
+        self._open_loop(var, count)
+        full = list(index)
+        for axis, expr in zip(axes, unravel(Expr.var(var, count), sizes)):
+            full[axis] = expr
+        value = self.value(source, tuple(full), ())
+        self._scopes[-1].append(Accumulate(acc, Op.ADD if node.op is Op.SUM else Op.MAX, value.operand))
+        self._scopes[depth].append(Loop(var, count, tuple(self._close_loop())))
+        return _Value(acc, depth)
+
+
+class NotAttention(Exception):
+    """The product reads P at other positions than softmax(X) V over the keys needs."""
+
+
+def lower_attention(root: Node, materialized: dict[int, Node], produced: set[int],
+                    stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
+    """The fused attention kernel storing `root`, or None where `root` is not softmax(X) V (see the module)."""
+    if root.dtype != float32 or root.numel == 0:  # (FLOAT_LOWEST is float32's)
+        return None
+    pattern = match_attention(root, materialized)
+    if pattern is None:
+        return None
+    try:
+        return AttentionLowering(root, pattern, materialized, produced, stored_apart, param_limit).lower()
+    except NotAttention:
+        return None
+
