@@ -103,3 +103,13 @@ def test_forward_memory_has_no_query_by_key_matrix(dev):
     out.realize()
     grown = zyx.memory_stats(dev)["peak_bytes"] - before
     assert grown <= 2 * out.numel() * 4, f"{grown} bytes for a {out.numel() * 4}-byte output"
+
+
+def test_gpus_keep_the_products_unless_told_to_fuse(gpu, monkeypatch):
+    """The fused kernel has not been timed against GPUs' tiled products: by default they keep them."""
+    from zyx.jit import attention
+    monkeypatch.delenv("ZYX_ATTENTION_MIN_BYTES")
+    monkeypatch.setattr(attention, "MIN_PROBABILITY_BYTES", 0)  # a CPU would fuse this attention
+    assert attention.min_probability_bytes(gpu=True) is None and attention.min_probability_bytes(gpu=False) == 0
+    out = zyx.nn.scaled_dot_product_attention(*(gpu.tensor(a) for a in (Q7, K7, V7)), is_causal=True)
+    assert launched(out) > 1

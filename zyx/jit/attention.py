@@ -32,12 +32,17 @@ FLOAT_LOWEST = -3.4028234663852886e38  # the running maximum starts here, not at
 # Smaller probability matrices keep the products and the row softmax: those kernels are faster (on PoCL the fused
 # kernel took 7x their time at 4 heads x 1024 x 1024, bench/attention.py), and the memory they save is small.
 # ZYX_ATTENTION_MIN_BYTES sets another threshold (0: fuse every attention; a setting, so it keys the programs).
+# GPUs fuse only when it is set: a work item per query row with no local-memory tiles has not been timed against
+# their tiled products, which reach 0.93x cuBLAS.
 MIN_PROBABILITY_BYTES = 1 << 26
 
 
-def min_probability_bytes() -> int:
-    """The smallest probability matrix, in bytes, that the fused kernel replaces."""
-    return int(os.environ.get("ZYX_ATTENTION_MIN_BYTES", MIN_PROBABILITY_BYTES))
+def min_probability_bytes(gpu: bool = False) -> Optional[int]:
+    """The smallest probability matrix, in bytes, that the fused kernel replaces (None: none, by default on GPUs)."""
+    setting = os.environ.get("ZYX_ATTENTION_MIN_BYTES")
+    if setting is not None:
+        return int(setting)
+    return None if gpu else MIN_PROBABILITY_BYTES
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def _softmax_of(node: Node) -> Optional[Node]:
     return scores if maximum.op is Op.RMAX and maximum.arg == last and maximum.src[0] is scores else None
 
 
-def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[AttentionPattern]:
+def match_attention(root: Node, materialized: dict[int, Node], gpu: bool = False) -> Optional[AttentionPattern]:
     """The pattern whose product `root` is (or reshapes) when no kernel stores P, its exponentials or X (then
     recomputing them here would save nothing) and P is large enough to be worth not storing
     (min_probability_bytes), else None."""
@@ -87,7 +92,8 @@ def match_attention(root: Node, materialized: dict[int, Node]) -> Optional[Atten
         scores = _softmax_of(probabilities)
         if scores is None or any(id(node) in materialized for node in (probabilities, probabilities.src[0], scores)):
             continue
-        if probabilities.numel * probabilities.dtype.itemsize >= min_probability_bytes():
+        threshold = min_probability_bytes(gpu)
+        if threshold is not None and probabilities.numel * probabilities.dtype.itemsize >= threshold:
             return AttentionPattern(product, p_side, w_side, probabilities, scores)
     return None
 
@@ -198,11 +204,12 @@ class NotAttention(Exception):
 
 
 def lower_attention(root: Node, materialized: dict[int, Node], produced: set[int],
-                    stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
+                    stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT,
+                    gpu: bool = False) -> Optional[LoweredKernel]:
     """The fused attention kernel storing `root`, or None where `root` is not softmax(X) V (see the module)."""
     if root.dtype != float32 or root.numel == 0:  # (FLOAT_LOWEST is float32's)
         return None
-    pattern = match_attention(root, materialized)
+    pattern = match_attention(root, materialized, gpu)
     if pattern is None:
         return None
     try:

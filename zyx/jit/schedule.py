@@ -156,7 +156,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     reduction, else unrolled reductions."""
     root, materialized = site.root, site.materialized
     family = choice.family if choice is not None else None
-    attention = lower_attention(root, materialized, site.produced, site.apart, traits.max_params)
+    attention = lower_attention(root, materialized, site.produced, site.apart, traits.max_params, traits.gpu)
     if attention is not None:  # softmax(X) V whose P no other kernel stores: one kernel, nothing to choose
         return _Shaped(attention, attention.ir)
     if not traits.gpu and family in (None, "cpu_matmul"):
