@@ -38,13 +38,15 @@ def mpirun(ranks: int, *args: str, cache: pathlib.Path, timeout: float = 240,
 
 
 def reports(done: subprocess.CompletedProcess, ranks: int) -> dict[int, dict]:
-    """Each rank's JSON line, by rank; fails with the job's output unless it succeeded and every rank reported."""
+    """Each rank's JSON report, by rank; fails with the job's output unless it succeeded and every rank reported.
+    mpirun forwards the ranks' output as it comes, so two reports can share a line: each is decoded where it starts."""
     assert done.returncode == 0, f"the MPI job failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     found = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            report = json.loads(line)
-            found[report["rank"]] = report
+    decoder, start = json.JSONDecoder(), done.stdout.find('{"rank"')
+    while start >= 0:
+        report, end = decoder.raw_decode(done.stdout, start)
+        found[report["rank"]] = report
+        start = done.stdout.find('{"rank"', end)
     assert sorted(found) == list(range(ranks)), done.stdout + done.stderr
     return found
 
