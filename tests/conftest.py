@@ -134,7 +134,7 @@ def _full_wanted(config, device: str) -> bool:
 # Cases that cannot pass on WGPU. A name without brackets stands for every parametrization of the test on WGPU.
 # Tests that compute in float64 whatever their parameters (finite differences, dtype round trips): each must fail
 # with the TypeError naming the device (non-strict: a case that never realizes a float64 value passes).
-WGPU_FLOAT64_TESTS = {"test_creation", "test_tensor_properties", "test_reductions_hypothesis",
+WGPU_FLOAT64_TESTS = {"test_creation", "test_tensor_properties",
                       "test_resume_from_a_checkpoint_continues_exactly", "test_cast_shorthands_match_torch[wgpu-double]",
                       "test_float64_precision_of_composed_functions", "test_matches_torch[wgpu-logcumsumexp]"}
 WGPU_FLOAT64_FILES = {"tests/trace/test_autodiff.py"}  # gradients against finite differences in float64
