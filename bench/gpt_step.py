@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from _harness import (Case, Record, Skip, Workload, pick_device, run_workload, script_main,  # noqa: E402
                       set_ratios, wants)
+from train_step import _case, zyx_device  # noqa: E402
 
 MIN_STEPS = 20
 MIN_WARMUP = 3
@@ -215,11 +216,6 @@ def zyx_step(dev: Any, cfg: Config, params: dict[str, np.ndarray], data: dict[st
     return run
 
 
-def zyx_device(device: Any) -> Any:
-    import zyx
-    return zyx.OpenCL(platform=device.platform_index, device=device.device_index)
-
-
 def zyx_case(cfg: Config, params: dict[str, np.ndarray], device: Any):
     def make(workload: Workload) -> Case:
         if device is None:
@@ -253,15 +249,6 @@ def zyx_peak(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndar
 
 
 # ---- cases ----------------------------------------------------------------------------------------------------
-def _case(step: Callable[[], float], note: str = "") -> Case:
-    """A Case whose `result` is the losses of the warm-up steps."""
-    losses: list[float] = []
-
-    def run() -> None:
-        losses.append(step())
-    return Case(run=run, result=lambda: np.array(losses), note=note)
-
-
 def reference_losses(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray],
                      steps: int) -> np.ndarray:
     """torch eager's losses for the first `steps` steps: what every implementation's warm-up must give."""

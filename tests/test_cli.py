@@ -338,7 +338,8 @@ def test_devices_mark_the_default_device(tmp_path):
 
 def test_devices_list_the_webgpu_adapters_and_mark_the_one_zyx_device_names(tmp_path):
     webgpu = pytest.importorskip("zyx.runtime.webgpu")
-    adapters = webgpu.describe_adapters() if pytest.importorskip("wgpu") else []
+    pytest.importorskip("wgpu")
+    adapters = webgpu.describe_adapters()
     if not adapters:
         pytest.skip("no WebGPU adapter on this machine")
     listed = zyx(tmp_path / "cache", "devices", "--json", env={**environment(tmp_path), "ZYX_DEVICE": "wgpu:0"})
