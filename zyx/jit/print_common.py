@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..dtypes import DType
 from .cache_key import hash_hex
-from .kernel_ir import If, Kernel, Loop, Statement, walk
+from .kernel_ir import Cond, If, Kernel, Loop, Statement, walk
 from .symbolic import Expr
 
 # |x| past which tanh(x) rounds to ±1: 1 - tanh(x) ~ 2 exp(-2x) is below half an ulp of 1 (13 ln 2, 27.5 ln 2)
@@ -53,6 +53,11 @@ def body_lines(body: tuple, indent: str, syntax: Syntax) -> list[str]:
 def pick(tables: list[dict[str, str]], kind: str) -> str:
     """The template for operands of `kind` from the first table that has one (or a "*" for every kind)."""
     return next(t.get(kind, t.get("*")) for t in tables if kind in t or "*" in t)  # type: ignore[misc]
+
+
+def condition(cond: Cond) -> str:
+    """A guard as a conjunction of bounds: the same text in OpenCL C and WGSL."""
+    return "&&".join(f"({e.render()}>={k})" if op == "ge" else f"({e.render()}<{k})" for e, op, k in cond)
 
 
 def aligned(index: Expr, width: int) -> bool:

@@ -13,11 +13,11 @@ from typing import Callable
 from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
-from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
+from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
                         Rand, Reg, Role, Select, Store, walk)
-from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, dtypes_used, kernel_name,
-                           pick)
+from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, condition, dtypes_used,
+                           kernel_name, pick)
 from .symbolic import Expr
 
 VERSION = "3"  # bump when the same IR prints differently
@@ -64,10 +64,6 @@ def operand(value: Operand) -> str:
 def part(vector: Reg, name: str) -> str:
     """A vector's half ("lo", "hi") or lane ("sN")."""
     return f"{vector.name}.{name}"
-
-
-def condition(cond: Cond) -> str:
-    return "&&".join(f"({e.render()}>={k})" if op == "ge" else f"({e.render()}<{k})" for e, op, k in cond)
 
 
 # ---- ALU ops -----------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from ..trace.philox import WGSL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
                         Rand, Reg, Role, Select, Statement, Store, walk)
-from .print_common import TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, dtypes_used, kernel_name, pick
+from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, condition, dtypes_used,
+                           kernel_name, pick)
 from .symbolic import Expr
 
 VERSION = "wgsl-1"  # bump when the same IR prints differently
@@ -107,10 +108,6 @@ def operand(value: Operand) -> str:
     if value.width == 1:
         return literal(value.value, value.dtype)
     return f"{register_type(value.dtype, value.width)}({literal(value.value, value.dtype)})"
-
-
-def condition(cond: Cond) -> str:
-    return "&&".join(f"({e.render()}>={k})" if op == "ge" else f"({e.render()}<{k})" for e, op, k in cond)
 
 
 # ---- ALU ops -----------------------------------------------------------------------------------------------
@@ -366,8 +363,7 @@ def workgroup_size(kernel: Kernel) -> int:
 
 def launch(kernel: Kernel) -> tuple[int, int]:
     """Global and local size of the kernel's launch (the global size is rounded up to whole groups later)."""
-    local = kernel.axis(Role.LOCAL)
-    return (kernel.work_items * local.size if local else kernel.work_items), workgroup_size(kernel)
+    return kernel.launch[0], workgroup_size(kernel)
 
 
 def print_kernel(kernel: Kernel) -> tuple[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from ..kernel_ir import Alu, Axis, Define, If, Kernel, Loop, Operand, Reg, reduce_start
+from ..kernel_ir import Alu, Axis, Define, Kernel, Loop, Operand, Reg, reduce_start, walk
 from ..symbolic import Expr
 from . import accumulators, copy_body, rename_all
 
@@ -24,8 +24,10 @@ def unroll_reductions(kernel: Kernel, factor: Callable[[int], int]) -> Kernel:
     for statement in kernel.body:
         statement, = rename_all((statement,), names)  # accumulators combined by an earlier loop's unrolling
         f = factor(statement.trips) if isinstance(statement, Loop) else 1
-        while f > 1 and f * statement_count(statement.body) > UNROLLED_STATEMENTS:
-            f //= 2
+        if f > 1:
+            statements = sum(1 for _ in walk(statement.body))
+            while f > 1 and f * statements > UNROLLED_STATEMENTS:
+                f //= 2
         if f <= 1:
             body.append(statement)
             continue
@@ -33,11 +35,6 @@ def unroll_reductions(kernel: Kernel, factor: Callable[[int], int]) -> Kernel:
         trips_of[statement.var] = statement.trips // f
     axes = tuple(Axis(a.name, trips_of.get(a.name, a.size), a.role) for a in kernel.axes)
     return dataclasses.replace(kernel, axes=axes, body=tuple(body))
-
-
-def statement_count(body: tuple) -> int:
-    """Statements in `body`, those inside its loops and conditionals included."""
-    return sum(1 + (statement_count(s.body) if isinstance(s, (Loop, If)) else 0) for s in body)
 
 
 def _unrolled(loop: Loop, f: int, names: dict[str, Operand]) -> list:
