@@ -16,7 +16,7 @@ from typing import Optional
 
 from ...trace.ops import Op
 
-from ..kernel_ir import Accumulate, Const, If, Loop, Operand, Reg, Statement, rewrite, substitute
+from ..kernel_ir import Accumulate, Alu, Const, Extract, If, Loop, Operand, Reg, Statement, rewrite, substitute
 from ..symbolic import Expr
 
 
@@ -67,6 +67,20 @@ def accumulators(loop: Loop) -> list[tuple[Reg, Op]]:
         if isinstance(statement, Accumulate):
             found.setdefault(statement.acc, statement.op)
     return list(found.items())
+
+
+def fold_lanes(acc: Reg, op: Op, name: str = "") -> tuple[list, Reg]:
+    """Statements combining the lanes of vector `acc` with `op`, halving, and the scalar they leave (registers
+    named after `name`, else after `acc`)."""
+    name = name or acc.name
+    lines: list = []
+    total, width = acc, acc.width
+    while width > 1:
+        width //= 2
+        lo, hi, both = (Reg(f"{name}_{part}{width}", acc.dtype, width) for part in ("lo", "hi", "h"))
+        lines += [Extract(lo, total, "lo"), Extract(hi, total, "hi"), Alu(both, op, (lo, hi))]
+        total = both
+    return lines, total
 
 
 def widen(operand: Operand, width: int) -> Operand:

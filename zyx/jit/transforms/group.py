@@ -1,13 +1,17 @@
 """A work group per output: its items stride over each reduction together (coalesced reads on a GPU), then
-combine their partial results in local memory, halving."""
+combine their partial results in local memory, halving. A vector accumulator's lanes are combined first, so the
+tree moves scalars (on the H200 a softmax row kernel's float4 trees cost a quarter of its bandwidth)."""
 from __future__ import annotations
 
 import dataclasses
 
-from ..kernel_ir import (Alu, Axis, Barrier, Break, If, Kernel, LocalArray, LocalLoad, LocalStore, Loop, Operand,
-                         Reg, Role, Store)
+from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, Const, Define, If, Kernel, LaneSelect, LocalArray,
+                         LocalLoad, LocalStore, Loop, Operand, Reg, Role, Store)
 from ..symbolic import Expr
-from . import accumulators, copy_body, rename_all
+from . import accumulators, copy_body, fold_lanes, rename_all
+
+# Strided loops of at most this many trips per item are unrolled whole (a row kernel's passes: 2-8 vectors each).
+UNROLLED_TRIPS = 8
 
 
 def group_reductions(kernel: Kernel, group: int) -> Kernel:
@@ -18,8 +22,11 @@ def group_reductions(kernel: Kernel, group: int) -> Kernel:
     body: list = []
     names: dict[str, Operand] = {}
     trips_of: dict[str, int] = {}
+    starts: dict[str, Operand] = {}
     for statement in kernel.body:
         statement, = rename_all((statement,), names)
+        if isinstance(statement, Define):
+            starts[statement.out.name] = statement.start
         if isinstance(statement, Store):
             body.append(If(((lid, "lt", 1),), (statement,)))
         elif isinstance(statement, Loop):
@@ -30,27 +37,39 @@ def group_reductions(kernel: Kernel, group: int) -> Kernel:
             if statement.trips % group:
                 exit_early = (If(((index, "ge", statement.trips),), (Break(),)),)
                 index = Expr.clamped(index, 0, statement.trips - 1)
-            body.append(Loop(statement.var, trips, exit_early + copy_body(statement.body, {statement.var: index}, "", {})))
+            body.append(Loop(statement.var, trips, exit_early + copy_body(statement.body, {statement.var: index}, "", {}),
+                             unroll=not exit_early and trips <= UNROLLED_TRIPS))
             for acc, op in accumulators(statement):
-                body += _tree(acc, op, lid, group, names)
+                body += _tree(acc, op, lid, group, names, starts[acc.name])
         else:
             body.append(statement)
     axes = tuple(Axis(a.name, trips_of.get(a.name, a.size), a.role) for a in kernel.axes) + (Axis("lid", group, Role.LOCAL),)
     return dataclasses.replace(kernel, kind="g", axes=axes, body=tuple(body))
 
 
-def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand]) -> list:
-    """Every item's `acc` into local memory, combined pairwise (vectors lane by lane); `acc` renamed to the
-    total, which every item reads."""
+def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], start: Operand) -> list:
+    """Every item's `acc` into local memory, combined pairwise; `acc` renamed to the total, which every item
+    reads. A vector `acc` is combined lane by lane first; its total is then lane 0 of a vector whose other lanes
+    hold the accumulator's `start`, so that code combining `acc`'s lanes later finds the total."""
+    lines: list = []
+    value = acc
+    if acc.width > 1:
+        lines, value = fold_lanes(acc, op, f"{acc.name}_item")
     shared = f"{acc.name}_shared"
-    lines: list = [LocalArray(shared, acc.dtype, group, acc.width), LocalStore(shared, lid, acc), Barrier()]
+    lines += [LocalArray(shared, acc.dtype, group, 1), LocalStore(shared, lid, value), Barrier()]
     step = group // 2
     while step:
-        mine, theirs, total = (Reg(f"{acc.name}_{part}{step}", acc.dtype, acc.width) for part in ("a", "b", "c"))
+        mine, theirs, total = (Reg(f"{acc.name}_{part}{step}", acc.dtype) for part in ("a", "b", "c"))
         lines += [If(((lid, "lt", step),), (LocalLoad(mine, shared, lid), LocalLoad(theirs, shared, lid + step),
                                             Alu(total, op, (mine, theirs)), LocalStore(shared, lid, total))),
                   Barrier()]
         step //= 2
-    result = Reg(f"{acc.name}_total", acc.dtype, acc.width)
+    result = Reg(f"{acc.name}_total", acc.dtype)
+    lines.append(LocalLoad(result, shared, Expr(0)))
+    if acc.width > 1:
+        spread, lanes = Reg(f"{acc.name}_spread", acc.dtype, acc.width), Reg(f"{acc.name}_lanes", acc.dtype, acc.width)
+        fill = Const(start.value, start.dtype, acc.width) if isinstance(start, Const) else start
+        lines += [Broadcast(spread, result), LaneSelect(lanes, (True,) + (False,) * (acc.width - 1), spread, fill)]
+        result = lanes
     names[acc.name] = result
-    return lines + [LocalLoad(result, shared, Expr(0))]
+    return lines

@@ -19,7 +19,7 @@ from ..kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Broadcast, Const, De
                          LaneSelect, Load, Loop, Operand, Reg, Role, Select, Statement, Store, rewrite, substitute,
                          substitute_cond)
 from ..symbolic import Expr
-from . import accumulators, copy_body, defined_register, widen
+from . import accumulators, copy_body, defined_register, fold_lanes, widen
 
 MATH_OPS = {Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.FLOOR, Op.CEIL,
             Op.RINT, Op.DETACH, Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.CMPLT, Op.CMPEQ, Op.WHERE, Op.CAST,
@@ -184,13 +184,7 @@ class _Vectorizer:
 
     def _across(self, acc: Reg, op: Op) -> list:
         """The lanes of `acc` combined, halving, then broadcast to every lane (named for `acc` from here on)."""
-        lines: list = []
-        total, width = acc, self.width
-        while width > 1:
-            width //= 2
-            lo, hi, both = (Reg(f"{acc.name}_{part}{width}", acc.dtype, width) for part in ("lo", "hi", "h"))
-            lines += [Extract(lo, total, "lo"), Extract(hi, total, "hi"), Alu(both, op, (lo, hi))]
-            total = both
+        lines, total = fold_lanes(Reg(acc.name, acc.dtype, self.width), op)
         everywhere = Reg(f"{acc.name}_all", acc.dtype, self.width)
         self.names[acc.name] = everywhere
         return lines + [Broadcast(everywhere, total)]
