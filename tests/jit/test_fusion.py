@@ -186,3 +186,23 @@ def test_convolution_weight_gradient_matches_torch(dev):
     tw = torch.tensor(w, requires_grad=True)
     torch.nn.functional.conv2d(torch.tensor(a), tw, padding=1).square().sum().backward()
     np.testing.assert_allclose(grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_equal_computations_are_computed_once_and_targets_keep_their_own_buffers(dev):
+    """A variance takes the mean again (x.var builds its own x.mean): the scheduler shares equal nodes, so the
+    layer norm's row kernel sums each row once for the mean; equal targets are still each stored."""
+    from zyx.jit.rewrite import rewrite_graph
+    from zyx.trace.node import toposort
+    a = data(5, 64)
+    x = dev.tensor(a)
+    normalized = (x - x.mean(-1, keepdim=True)) * (x.var(-1, keepdim=True, correction=0) + 1e-5).rsqrt()
+    sums = [node for node in toposort(rewrite_graph([normalized.node])) if node.op.name == "SUM"]
+    assert len(sums) == 2  # the mean's, shared, and the squares'
+    assert launched(normalized) == 1
+    twice, again = x.exp().sum(-1), x.exp().sum(-1)
+    zyx.realize(twice, again)
+    assert twice.node is not again.node
+    expected = (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(normalized.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(twice.numpy(), np.exp(a).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(again.numpy(), np.exp(a).sum(-1), rtol=1e-5)

@@ -1,5 +1,9 @@
 """Graph rewrites the scheduler applies before cutting kernels.
 
+Equal computations are computed once: a node with the op, argument, shape, dtype and (rewritten) sources of an
+earlier one is replaced by it (a layer norm's variance takes the mean again, and its row kernel made one pass
+more for it). Leaves and collectives keep their identity (the program binds them), and so do the targets.
+
 A matrix product reducing over several adjacent axes (a weight gradient summed over batch and time) is
 rewritten to reduce over one merged axis, so it is recognised as a product and tiled like any other.
 Long reductions into few outputs would leave most of the device idle (one work item per output walks
@@ -12,12 +16,12 @@ so the program still binds its inputs by the original trace's order.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..dtypes import float32
 from ..trace import node as n
 from ..trace.node import Node, toposort
-from ..trace.ops import Op, REDUCE_OPS
+from ..trace.ops import LEAF_OPS, Op, REDUCE_OPS
 from .kernel_ir import lowest_value
 from .matmul import MIN_USED
 from .tiling import matmul_axes
@@ -33,18 +37,39 @@ def rewrite_graph(targets: Sequence[Node], gpu: bool = False) -> list[Node]:
     """Targets of an equivalent graph in which products reduce over one axis and long, narrow reductions run
     in two stages (on a GPU, narrow products with long reductions too)."""
     replaced: dict[int, Node] = {}
+    computed: dict[tuple, Node] = {}
+    kept = {id(t) for t in targets}
     for node in toposort(targets):
         sources = tuple(replaced.get(id(s), s) for s in node.src)
         new = node
         if any(a is not b for a, b in zip(sources, node.src)):
             new = n.Node(node.op, sources, node.arg, node.shape, node.dtype, node.device)
+        key = _sharing_key(new)
+        if key in computed and id(node) not in kept:
+            replaced[id(node)] = computed[key]
+            continue
         if new.op is Op.SUM:
             new = _merge_product_axes(new, gpu) if len(new.arg) > 1 else _split_product(new) if gpu else new
         if new.op in REDUCE_OPS and _worth_splitting(new):
             new = _two_stage(new)
+        if key is not None:
+            computed.setdefault(key, new)
         if new is not node:
             replaced[id(node)] = new
     return [replaced.get(id(t), t) for t in targets]
+
+
+def _sharing_key(node: Node) -> Optional[tuple]:
+    """What makes `node` equal to another node over the same sources; None for nodes never shared (leaves,
+    collectives, an argument that cannot be hashed)."""
+    if node.op in LEAF_OPS or node.op is Op.COLLECTIVE:
+        return None
+    key = (node.op, tuple(map(id, node.src)), node.arg, node.shape, node.dtype, node.device)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _merge_product_axes(node: Node, split: bool) -> Node:

@@ -26,7 +26,7 @@ from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSit
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
-from .kernel_ir import Kernel, RenderedKernel, Role
+from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
@@ -211,10 +211,12 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
                    and lowered.longest_reduction >= GROUP_MIN_REDUCE)
         tile_n, tile_m = ((tile or {}).get(axis, 1) for axis in axes) if axes else (1, 1)
         heuristic = {"tile_n": tile_n, "tile_m": tile_m, "width": width if vector is not None else 1,
-                     "unroll": VECTOR_UNROLL if vector is not None else UNROLL,
-                     "group": traits.group_size if grouped else 0}
+                     "unroll": VECTOR_UNROLL if vector is not None else UNROLL, "group": 0}
+        if grouped:  # `vector` is then the kernel in the lanes the group reduces
+            vector = _group_lanes(kernel, traits)
+            heuristic["group"] = _group_size(lowered.longest_reduction, vector is not kernel, traits)
         choice = Choice.of("plain", **{name: heuristic[name] for name, _ in options})
-    return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector), choice, options)
+    return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector, traits), choice, options)
 
 
 def _product_tile(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits,
@@ -251,12 +253,12 @@ def _plain_options(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTr
 
 
 def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int, int]], choice: Choice,
-                 vector: Optional[Kernel]) -> Kernel:
+                 vector: Optional[Kernel], traits: DeviceTraits) -> Kernel:
     """`kernel` (one output per item) shaped as `choice` says; `vector`: its vector kernel, if made already."""
     if tile:
         return upcast(kernel, space, tile)
     if choice.get("group", 0):
-        return group_reductions(kernel, choice["group"])
+        return group_reductions(vector or _group_lanes(kernel, traits), choice["group"])
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
     vector = vector or (_vector_kernel(kernel, width, unroll) if width > 1 else None)
     return vector or _unrolled(kernel, unroll)
@@ -286,6 +288,25 @@ def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
     return traits.gpu or not traits.vector_width or length % traits.vector_width * 4 <= length
 
 
+def _group_lanes(kernel: Kernel, traits: DeviceTraits) -> Kernel:
+    """`kernel` walking its reductions in vector lanes, for a work group per output (rows.py's rows too), where
+    every read along them is a whole vector (a transposed operand's lanes, gathered one by one, would not pay);
+    else `kernel` itself."""
+    vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width > 1 else None
+    if vector is None or any(isinstance(statement, Gather) for statement in walk(vector.body)):
+        return kernel
+    return vector
+
+
+def _group_size(length: int, in_lanes: bool, traits: DeviceTraits) -> int:
+    """Items in the work group of an output reducing `length` values: each item takes ROW_ITEM_VALUES of them
+    (vectors, `in_lanes`: where `_group_lanes` gave lanes), at least ROW_MIN_GROUP items where there are as many
+    values."""
+    lanes = traits.vector_width if in_lanes else 1
+    group = min(traits.group_size, _power_above(-(-length // (lanes * ROW_ITEM_VALUES))))
+    return max(group, min(ROW_MIN_GROUP, _power_above(-(-length // lanes))))
+
+
 def _power_above(count: int) -> int:
     """The least power of two at least `count`."""
     return 1 << (count - 1).bit_length()
@@ -296,11 +317,8 @@ def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     the row is as long as a reduction that gets a work group, each item taking ROW_ITEM_VALUES values (vectors)
     of every pass; elsewhere a row per item, in vector lanes along the row."""
     if traits.gpu and length >= GROUP_MIN_REDUCE:
-        vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width else None
-        lanes = traits.vector_width if vector is not None else 1
-        group = min(traits.group_size, _power_above(-(-length // (lanes * ROW_ITEM_VALUES))))
-        group = max(group, min(ROW_MIN_GROUP, _power_above(-(-length // lanes))))
-        return group_reductions(vector or kernel, group)
+        lanes = _group_lanes(kernel, traits)
+        return group_reductions(lanes, _group_size(length, lanes is not kernel, traits))
     vector = _vector_kernel(kernel, traits.vector_width, tails=True) if traits.vector_width else None
     return vector or _unrolled(kernel)
 
