@@ -71,3 +71,12 @@ def test_host_time_reports_microseconds_launches_and_the_floor(tmp_path):
         assert zyx_row["extra"]["python_us"] > 0 and zyx_row["extra"]["wall_us"] > 0
         assert zyx_row["extra"]["launches_per_call"] == floor["extra"]["launches_per_call"] >= 1
     assert rows[(workloads[0], "zyx")]["extra"]["launches_per_call"] == 1  # the 20 nodes fuse into one kernel
+
+
+def test_rows_times_each_row_workload_against_torch_on_the_cpu():
+    finished = subprocess.run([sys.executable, str(BENCH / "rows.py"), "--repeat", "1", "--rows", "8", "--cols", "64",
+                               "--torch", "cpu"], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    lines = [line for line in finished.stdout.splitlines() if line[:2] in {f"R{i}" for i in range(6)}]
+    assert [line.split()[0] for line in lines] == [f"R{i}" for i in range(6)]  # values checked against torch's
+    assert all(" GB/s (" in line and "x zyx's speed)" in line for line in lines)
