@@ -5,6 +5,8 @@ Each zyx expression is realized once with its launches recorded, then the launch
 and waited for once (bench/_replay.py); the hand-written kernel (W1 only, OpenCL) is timed the same way in each of
 its variants, the fastest kept. GB/s counts bytes as the workloads do (bench/elementwise.py, bench/reduce.py);
 W3 counts 2·n³ flops (bench/matmul.py). With `--device both`, each row gives zyx on WGPU over zyx on OpenCL.
+"host" is the enqueuing's own time per launch (the wait not counted): on WGPU, what of it comes before the first
+submit adds to the kernels' time.
 
     python bench/kernel_time.py [--repeat 60] [--only W1a,W2b] [--device opencl|wgpu|both] [--matmul] [--big]
                                 [--size 4096]
@@ -30,13 +32,13 @@ EXPRESSIONS = {"W1a": elementwise.w1a, "W1b": elementwise.w1b, "W2a": reduce.w2a
 HAND_BODIES = {"W1a": elementwise.W1A_BODY, "W1b": elementwise.W1B_BODY}
 
 
-def zyx_seconds(dev, workload, repeat: int) -> tuple[float, str]:
+def zyx_seconds(dev, workload, repeat: int) -> tuple[float, float, str]:
     tensors = {k: dev.tensor(np.ascontiguousarray(v)).realize() for k, v in workload.inputs.items()}
     out = EXPRESSIONS[workload.name.split()[0]](**tensors)
-    seconds, recorded = replayed_seconds(dev.backend.runtime, out.realize, repeat)
+    seconds, host, recorded = replayed_seconds(dev.backend.runtime, out.realize, repeat)
     np.testing.assert_allclose(out.numpy(), workload.reference(*workload.inputs.values()),
                                rtol=workload.rtol, atol=workload.atol)
-    return seconds, describe(recorded)
+    return seconds, host, describe(recorded)
 
 
 def hand_seconds(cl_device, workload, repeat: int) -> tuple[float, str]:
@@ -98,8 +100,9 @@ def main() -> None:
             continue
         line, times = workload.name, {}
         for name, dev in found.items():
-            times[name], kernels = zyx_seconds(dev, workload, args.repeat)
-            line += f"  zyx {name} {rate(workload, times[name])} ({times[name] * 1e6:8.1f} us) [{kernels}]"
+            times[name], host, kernels = zyx_seconds(dev, workload, args.repeat)
+            line += (f"  zyx {name} {rate(workload, times[name])} ({times[name] * 1e6:8.1f} us, host "
+                     f"{host * 1e6:.1f} us/launch) [{kernels}]")
         if len(times) == 2:
             line += f"  wgpu/opencl {times['opencl'] / times['wgpu']:.2f}"
         if workload.name in HAND_BODIES and "opencl" in found:
