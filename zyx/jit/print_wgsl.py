@@ -161,6 +161,8 @@ def alu(statement: Alu) -> str:
         return _cast(texts[0], args[0].dtype, out.dtype, out.width)
     if op is Op.WHERE:
         return f"select({texts[2]},{texts[1]},{texts[0]})"
+    if op is Op.CMPEQ and args[0] == args[1] and args[0].dtype.is_float:  # x == x: not nan, from its bits
+        return f"(!zyx_isnan_{tag(args[0].dtype, out.width)}({texts[0]}))"
     if len(args) == 1:
         return wrapped(unary(op, texts[0], out.dtype, out.width), out.dtype)  # type: ignore[arg-type]
     return wrapped(binary(op, texts[0], texts[1], args[0].dtype, out.width), out.dtype)
@@ -423,13 +425,15 @@ FLOAT_TYPES = ("f32", "vec2<f32>", "vec3<f32>", "vec4<f32>")
 
 
 def _float_helpers(vector: str) -> list[str]:
-    """isnan, a max that nan wins and C's pow for one float register type."""
+    """isnan, a max that nan wins and C's pow for one float register type. Nans are found in the bits: Vulkan lets
+    a driver assume floats are never nan (SPIR-V without SignedZeroInfNanPreserve, which naga does not declare), so
+    `x != x` may fold to false and `select(b, a, a > b)` become a max that drops a nan (NVIDIA's does)."""
     t, wide = _float_tag(vector), vector != "f32"
     u = f"vec{vector[3]}<u32>" if wide else "u32"
     lines = [f"fn zyx_isnan_{t}(x: {vector}) -> {'vec' + vector[3] + '<bool>' if wide else 'bool'} {{ return "
              f"(bitcast<{u}>(x) & {u}(0x7fffffffu)) > {u}(0x7f800000u); }}",
-             f"fn zyx_max_{t}(a: {vector}, b: {vector}) -> {vector} {{ return select(select(b, a, a > b), a, "
-             f"zyx_isnan_{t}(a)); }}"]
+             f"fn zyx_max_{t}(a: {vector}, b: {vector}) -> {vector} {{ return select(select(select(b, a, a > b), b, "
+             f"zyx_isnan_{t}(b)), a, zyx_isnan_{t}(a)); }}"]
     if wide:
         lanes = ",".join(f"zyx_pow_f32(a.{c},b.{c})" for c in "xyzw"[:int(vector[3])])
         lines.append(f"fn zyx_pow_{t}(a: {vector}, b: {vector}) -> {vector} {{ return {vector}({lanes}); }}")
