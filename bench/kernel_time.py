@@ -6,10 +6,11 @@ and waited for once (bench/_replay.py); the hand-written kernel (W1 only, OpenCL
 its variants, the fastest kept. GB/s counts bytes as the workloads do (bench/elementwise.py, bench/reduce.py);
 W3 counts 2·n³ flops (bench/matmul.py). With `--device both`, each row gives zyx on WGPU over zyx on OpenCL.
 "host" is the enqueuing's own time per launch (the wait not counted): on WGPU, what of it comes before the first
-submit adds to the kernels' time.
+submit adds to the kernels' time. --wgpu-unchecked builds the shaders without naga's runtime checks (index clamps,
+loop bounding counters), through wgpu-native's trusted entry point: a measurement of what they cost, not a mode.
 
     python bench/kernel_time.py [--repeat 60] [--only W1a,W2b] [--device opencl|wgpu|both] [--matmul] [--big]
-                                [--size 4096]
+                                [--size 4096] [--wgpu-unchecked]
 """
 from __future__ import annotations
 
@@ -68,6 +69,15 @@ def rate(workload, seconds: float) -> str:
     return f"{workload.amount / seconds / 1e9:7.0f} {workload.unit}"
 
 
+def build_shaders_unchecked() -> None:
+    """wgpu-py's shader modules made by wgpuDeviceCreateShaderModuleTrusted with no runtime checks (wgpu-py has
+    no API for it: its call into wgpu-native is replaced)."""
+    from wgpu.backends.wgpu_native import _api
+    from wgpu.backends.wgpu_native._ffi import lib
+    _api.libf.wgpuDeviceCreateShaderModule = lambda device, descriptor: lib.wgpuDeviceCreateShaderModuleTrusted(
+        device, descriptor, lib.WGPUShaderRuntimeChecks_None)
+
+
 def devices(which: str) -> dict:
     """The zyx devices to time, by name."""
     import zyx
@@ -90,7 +100,10 @@ def main() -> None:
     p.add_argument("--matmul", action="store_true", help="also W3 (1024³, 2048³)")
     p.add_argument("--big", action="store_true", help="W3 also at 4096³")
     p.add_argument("--size", type=int, default=elementwise.SIZE, help="rows and columns of W1 and W2a")
+    p.add_argument("--wgpu-unchecked", action="store_true", help="WGSL without naga's bounds checks and loop bounds")
     args = p.parse_args()
+    if args.wgpu_unchecked:
+        build_shaders_unchecked()
     found = devices(args.device)
     print(f"{args.repeat} launches, one wait")
     chosen = elementwise.workloads(args.size) + reduce.workloads(args.size, args.size)

@@ -349,6 +349,10 @@ def _loop(statement: Loop, lines: BodyPrinter, indent: str) -> list[str]:
     if statement.trips >= 2**31:
         raise WgslUnsupported(f"a loop of {statement.trips} trips does not fit WGSL's i32 counter")
     var = statement.var
+    if statement.unroll:  # WGSL has no unroll hint (OpenCL's #pragma unroll): a block per trip, the counter a constant
+        body = lines(statement.body, indent + "  ")
+        return [line for trip in range(statement.trips) for line in (f"{indent}{{ let {var}: i32 = {trip};", *body,
+                                                                     indent + "}")]
     return [f"{indent}for (var {var}: i32 = 0; {var} < {statement.trips}; {var}++) {{",
             *lines(statement.body, indent + "  "), indent + "}"]
 
