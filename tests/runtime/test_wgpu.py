@@ -6,6 +6,7 @@ groups per dimension, in-place updates bound writable, the adapter's limits, and
 """
 import importlib
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -196,6 +197,8 @@ def test_local_tile_products_read_the_fragments_lanes_in_place_and_match_numpy(d
     np.testing.assert_allclose((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
     sources = [launch.source for program in dev.backend.programs.values() for launch in program.launches]
     assert any("var<workgroup> tile_a" in source and "fma(f" in source and ".x," in source for source in sources)
+    # the slice walk unrolled (OpenCL asks with #pragma unroll): a block per step, the last with its counter at 15
+    assert any(re.search(r"\{ let \w+: i32 = 15;", source) for source in sources)
 
 
 def test_devices_by_spec_preference_and_pickle(dev, monkeypatch):
