@@ -50,8 +50,8 @@ REQUESTED_LIMITS = ("max-buffer-size", "max-storage-buffer-binding-size", "max-s
 work group memory)."""
 BIND_GROUPS_KEPT = 4096
 SUBMIT_FIRST = 4
-"""Dispatches recorded before the first submit after a wait: the device starts after 4 launches' host time (about
-15 µs each through wgpu-py) and one submit's (40-100 µs on lavapipe). Fewer would start it a few launches sooner
+"""Dispatches recorded before the first submit after a wait: the device starts after 4 launches' host time (3-7 µs
+each through wgpu-py here) and one submit's (40-100 µs on lavapipe). Fewer would start it a few launches sooner
 for one more submit per ramp."""
 SUBMIT_MOST = 64
 """The longest chunk: a submit's host cost spread over 64 launches is under 2 µs each."""
@@ -273,14 +273,13 @@ class WgpuRuntime(PooledRuntime):
                 raise RuntimeError(f"kernel {kernel.function_name} needs {groups} work groups, more than "
                                    f"{self.label} dispatches ({max_groups}² of {kernel.group} items)")
             bind_group = bind(kernel, args)
-            if not timed:
-                record(kernel.pipeline, bind_group, columns, rows)
-                bump("kernels_launched")
-                return None
-            self.synchronize()
-            start = time.perf_counter_ns()
+            if timed:
+                self.synchronize()
+                start = time.perf_counter_ns()
             record(kernel.pipeline, bind_group, columns, rows)
             bump("kernels_launched")
+            if not timed:
+                return None
             self.synchronize()
             return _HostTimedEvent(start, time.perf_counter_ns())
         return launch
