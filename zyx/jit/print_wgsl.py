@@ -7,8 +7,11 @@ keyed by op and operand kind), written for what WGSL has and lacks:
 - no 8- or 16-bit buffers: bool, uint8, int8, int16, float16 and bfloat16 live packed in u32 words, read by
   shifts and written with atomicAnd/atomicOr on the word (neighbouring items write the other lanes of a word),
   or whole words where every store writes four bool lanes at once;
-- no isnan or infinity literals (tests on bits), no pow of negative bases, no mul_hi (Philox), tanh that may not
-  saturate: helpers and composed templates;
+- no isnan or infinity literals (tests on bits: Vulkan lets a driver assume no nan, so `x != x` and a max by
+  comparison may lose one), no pow of negative bases, no mul_hi (Philox), tanh that may not saturate: helpers and
+  composed templates;
+- no unroll hint: a loop the IR marks for unrolling (OpenCL's #pragma unroll) is printed a block per trip (naga
+  bounds every loop with a counter, which also hides the trip count from the driver);
 - vectors of at most four lanes; a float buffer every access of which is a whole aligned vector is declared as
   vec4 (one 16-byte load per item, as OpenCL's vload4);
 - the work group size is part of the shader: the IR's, else WORKGROUP items; a launch larger than the device's
