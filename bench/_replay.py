@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from zyx.runtime.replay import record_launches, replay
+from zyx.runtime.replay import record_launches, replay, replay_timed
 
 WARM_REPLAYS = 3
 
 
-def replayed_seconds(runtime: Any, realize: Callable[[], Any], repeat: int) -> tuple[float, list[tuple]]:
-    """Seconds per replay of the launches `realize()` makes on `runtime`, and those launches' arguments."""
+def replayed_seconds(runtime: Any, realize: Callable[[], Any], repeat: int) -> tuple[float, float, list[tuple]]:
+    """Seconds per replay of the launches `realize()` makes on `runtime`, the host's seconds per launch enqueuing
+    them (`replay_timed`), and those launches' arguments."""
     _, recorded = record_launches(runtime, realize)
     replay(runtime, recorded, WARM_REPLAYS)
-    return replay(runtime, recorded, repeat), recorded
+    seconds, enqueued = replay_timed(runtime, recorded, repeat)
+    return seconds, enqueued / max(1, len(recorded)), recorded
 
 
 def describe(recorded: list[tuple]) -> str:

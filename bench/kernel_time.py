@@ -5,9 +5,12 @@ Each zyx expression is realized once with its launches recorded, then the launch
 and waited for once (bench/_replay.py); the hand-written kernel (W1 only, OpenCL) is timed the same way in each of
 its variants, the fastest kept. GB/s counts bytes as the workloads do (bench/elementwise.py, bench/reduce.py);
 W3 counts 2·n³ flops (bench/matmul.py). With `--device both`, each row gives zyx on WGPU over zyx on OpenCL.
+"host" is the enqueuing's own time per launch (the wait not counted): on WGPU, what of it comes before the first
+submit adds to the kernels' time. --wgpu-unchecked builds the shaders without naga's runtime checks (index clamps,
+loop bounding counters), through wgpu-native's trusted entry point: a measurement of what they cost, not a mode.
 
     python bench/kernel_time.py [--repeat 60] [--only W1a,W2b] [--device opencl|wgpu|both] [--matmul] [--big]
-                                [--size 4096]
+                                [--size 4096] [--wgpu-unchecked]
 """
 from __future__ import annotations
 
@@ -30,13 +33,13 @@ EXPRESSIONS = {"W1a": elementwise.w1a, "W1b": elementwise.w1b, "W2a": reduce.w2a
 HAND_BODIES = {"W1a": elementwise.W1A_BODY, "W1b": elementwise.W1B_BODY}
 
 
-def zyx_seconds(dev, workload, repeat: int) -> tuple[float, str]:
+def zyx_seconds(dev, workload, repeat: int) -> tuple[float, float, str]:
     tensors = {k: dev.tensor(np.ascontiguousarray(v)).realize() for k, v in workload.inputs.items()}
     out = EXPRESSIONS[workload.name.split()[0]](**tensors)
-    seconds, recorded = replayed_seconds(dev.backend.runtime, out.realize, repeat)
+    seconds, host, recorded = replayed_seconds(dev.backend.runtime, out.realize, repeat)
     np.testing.assert_allclose(out.numpy(), workload.reference(*workload.inputs.values()),
                                rtol=workload.rtol, atol=workload.atol)
-    return seconds, describe(recorded)
+    return seconds, host, describe(recorded)
 
 
 def hand_seconds(cl_device, workload, repeat: int) -> tuple[float, str]:
@@ -66,6 +69,15 @@ def rate(workload, seconds: float) -> str:
     return f"{workload.amount / seconds / 1e9:7.0f} {workload.unit}"
 
 
+def build_shaders_unchecked() -> None:
+    """wgpu-py's shader modules made by wgpuDeviceCreateShaderModuleTrusted with no runtime checks (wgpu-py has
+    no API for it: its call into wgpu-native is replaced)."""
+    from wgpu.backends.wgpu_native import _api
+    from wgpu.backends.wgpu_native._ffi import lib
+    _api.libf.wgpuDeviceCreateShaderModule = lambda device, descriptor: lib.wgpuDeviceCreateShaderModuleTrusted(
+        device, descriptor, lib.WGPUShaderRuntimeChecks_None)
+
+
 def devices(which: str) -> dict:
     """The zyx devices to time, by name."""
     import zyx
@@ -88,7 +100,10 @@ def main() -> None:
     p.add_argument("--matmul", action="store_true", help="also W3 (1024³, 2048³)")
     p.add_argument("--big", action="store_true", help="W3 also at 4096³")
     p.add_argument("--size", type=int, default=elementwise.SIZE, help="rows and columns of W1 and W2a")
+    p.add_argument("--wgpu-unchecked", action="store_true", help="WGSL without naga's bounds checks and loop bounds")
     args = p.parse_args()
+    if args.wgpu_unchecked:
+        build_shaders_unchecked()
     found = devices(args.device)
     print(f"{args.repeat} launches, one wait")
     chosen = elementwise.workloads(args.size) + reduce.workloads(args.size, args.size)
@@ -98,8 +113,9 @@ def main() -> None:
             continue
         line, times = workload.name, {}
         for name, dev in found.items():
-            times[name], kernels = zyx_seconds(dev, workload, args.repeat)
-            line += f"  zyx {name} {rate(workload, times[name])} ({times[name] * 1e6:8.1f} us) [{kernels}]"
+            times[name], host, kernels = zyx_seconds(dev, workload, args.repeat)
+            line += (f"  zyx {name} {rate(workload, times[name])} ({times[name] * 1e6:8.1f} us, host "
+                     f"{host * 1e6:.1f} us/launch) [{kernels}]")
         if len(times) == 2:
             line += f"  wgpu/opencl {times['opencl'] / times['wgpu']:.2f}"
         if workload.name in HAND_BODIES and "opencl" in found:

@@ -71,7 +71,7 @@ def main() -> None:
         if args.only and not any(word in name for word in args.only.split(",")):
             continue
         out = build(dev, n, k, m, how)
-        seconds, recorded = replayed_seconds(runtime, out.realize, args.repeat)
+        seconds, _, recorded = replayed_seconds(runtime, out.realize, args.repeat)
         kernels = describe(recorded)
         print(f"{name:34s} {seconds * 1e6:9.1f} us {2 * n * k * m / seconds / 1e12:7.2f} TFLOP/s  [{kernels}]",
               flush=True)

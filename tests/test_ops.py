@@ -166,6 +166,23 @@ def test_special_values(device):
         assert_close(t.clamp(-1, 1).numpy(), np.clip(x, -1, 1), "float32")
 
 
+def test_max_and_min_propagate_nan_from_either_operand(device):
+    """Elementwise (16 elements: whole float4 registers on GPUs), broadcast against a scalar, and reduced, with the
+    nan first, last or alone; isnan beside them (on Vulkan a driver may assume no nan: WGSL tests the bits)."""
+    a = np.array([np.nan, 1, 2, np.nan, -np.inf, np.inf, 0, -0.0, 3, np.nan, -1, 5, 7, 8, np.nan, 1], np.float32)
+    b = np.array([1, np.nan, np.nan, np.nan, np.nan, 2, 1, 0, np.inf, 4, -2, np.nan, 6, -9, 2, -np.inf], np.float32)
+    ta, tb = zyx.tensor(a, device=device), zyx.tensor(b, device=device)
+    assert_close(ta.maximum(tb).numpy(), np.maximum(a, b), "float32")
+    assert_close(tb.minimum(ta).numpy(), np.minimum(b, a), "float32")
+    assert_close(ta.maximum(2.0).numpy(), np.maximum(a, 2), "float32")
+    assert_close((ta == ta).numpy(), a == a, "bool")
+    rows = np.array([[1, 2, np.nan, 3], [np.nan, 5, 6, 7], [1, 2, 3, np.nan], [4, 3, 2, 1]], np.float32)
+    t = zyx.tensor(rows, device=device)
+    assert_close(t.max(1).numpy(), rows.max(1), "float32")
+    assert_close(t.min(0).numpy(), rows.min(0), "float32")
+    assert_close(t.isnan().numpy(), np.isnan(rows), "bool")
+
+
 def test_round_half_to_even(device):
     x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5], dtype=np.float32)
     assert_close(zyx.tensor(x, device=device).round().numpy(), np.rint(x), "float32")

@@ -6,6 +6,7 @@ groups per dimension, in-place updates bound writable, the adapter's limits, and
 """
 import importlib
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -196,6 +197,8 @@ def test_local_tile_products_read_the_fragments_lanes_in_place_and_match_numpy(d
     np.testing.assert_allclose((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
     sources = [launch.source for program in dev.backend.programs.values() for launch in program.launches]
     assert any("var<workgroup> tile_a" in source and "fma(f" in source and ".x," in source for source in sources)
+    # the slice walk unrolled (OpenCL asks with #pragma unroll): a block per step, the last with its counter at 15
+    assert any(re.search(r"\{ let \w+: i32 = 15;", source) for source in sources)
 
 
 def test_devices_by_spec_preference_and_pickle(dev, monkeypatch):
@@ -208,3 +211,28 @@ def test_devices_by_spec_preference_and_pickle(dev, monkeypatch):
     monkeypatch.setattr(zyx.devices, "_default", [])
     monkeypatch.setenv("ZYX_DEVICE", "wgpu")
     assert zyx.default_device() is dev
+
+
+def test_recorded_launches_are_submitted_in_growing_chunks_before_anything_waits(dev, monkeypatch):
+    """The device starts while the host still records (webgpu.SUBMIT_FIRST): a chain of launches, each reading
+    the pooled buffer the one before wrote, is submitted after 4, 12 and 28 launches and reads back in order."""
+    runtime, submits = dev.backend.runtime, []
+    queue = runtime.queue
+
+    class CountingQueue:
+        def __getattr__(self, name):
+            return getattr(queue, name)
+
+        def submit(self, command_buffers):
+            submits.append(len(command_buffers))
+            queue.submit(command_buffers)
+
+    x = np.linspace(-3, 3, 100, dtype=np.float32)
+    y, want = dev.tensor(x).realize(), x
+    (y * 0.5 + 1).realize()  # the program is built, and the ramp starts over at the next wait
+    runtime.synchronize()
+    monkeypatch.setattr(runtime, "queue", CountingQueue())
+    for _ in range(30):
+        y, want = (y * 0.5 + 1).realize(), want * np.float32(0.5) + np.float32(1)
+    assert len(submits) == 3
+    np.testing.assert_array_equal(y.numpy(), want)

@@ -7,8 +7,11 @@ keyed by op and operand kind), written for what WGSL has and lacks:
 - no 8- or 16-bit buffers: bool, uint8, int8, int16, float16 and bfloat16 live packed in u32 words, read by
   shifts and written with atomicAnd/atomicOr on the word (neighbouring items write the other lanes of a word),
   or whole words where every store writes four bool lanes at once;
-- no isnan or infinity literals (tests on bits), no pow of negative bases, no mul_hi (Philox), tanh that may not
-  saturate: helpers and composed templates;
+- no isnan or infinity literals (tests on bits: Vulkan lets a driver assume no nan, so `x != x` and a max by
+  comparison may lose one), no pow of negative bases, no mul_hi (Philox), tanh that may not saturate: helpers and
+  composed templates;
+- no unroll hint: a loop the IR marks for unrolling (OpenCL's #pragma unroll) is printed a block per trip (naga
+  bounds every loop with a counter, which also hides the trip count from the driver);
 - vectors of at most four lanes; a float buffer every access of which is a whole aligned vector is declared as
   vec4 (one 16-byte load per item, as OpenCL's vload4);
 - the work group size is part of the shader: the IR's, else WORKGROUP items; a launch larger than the device's
@@ -161,6 +164,8 @@ def alu(statement: Alu) -> str:
         return _cast(texts[0], args[0].dtype, out.dtype, out.width)
     if op is Op.WHERE:
         return f"select({texts[2]},{texts[1]},{texts[0]})"
+    if op is Op.CMPEQ and args[0] == args[1] and args[0].dtype.is_float:  # x == x: not nan, from its bits
+        return f"(!zyx_isnan_{tag(args[0].dtype, out.width)}({texts[0]}))"
     if len(args) == 1:
         return wrapped(unary(op, texts[0], out.dtype, out.width), out.dtype)  # type: ignore[arg-type]
     return wrapped(binary(op, texts[0], texts[1], args[0].dtype, out.width), out.dtype)
@@ -347,6 +352,10 @@ def _loop(statement: Loop, lines: BodyPrinter, indent: str) -> list[str]:
     if statement.trips >= 2**31:
         raise WgslUnsupported(f"a loop of {statement.trips} trips does not fit WGSL's i32 counter")
     var = statement.var
+    if statement.unroll:  # WGSL has no unroll hint (OpenCL's #pragma unroll): a block per trip, the counter a constant
+        body = lines(statement.body, indent + "  ")
+        return [line for trip in range(statement.trips) for line in (f"{indent}{{ let {var}: i32 = {trip};", *body,
+                                                                     indent + "}")]
     return [f"{indent}for (var {var}: i32 = 0; {var} < {statement.trips}; {var}++) {{",
             *lines(statement.body, indent + "  "), indent + "}"]
 
@@ -423,13 +432,15 @@ FLOAT_TYPES = ("f32", "vec2<f32>", "vec3<f32>", "vec4<f32>")
 
 
 def _float_helpers(vector: str) -> list[str]:
-    """isnan, a max that nan wins and C's pow for one float register type."""
+    """isnan, a max that nan wins and C's pow for one float register type. Nans are found in the bits: Vulkan lets
+    a driver assume floats are never nan (SPIR-V without SignedZeroInfNanPreserve, which naga does not declare), so
+    `x != x` may fold to false and `select(b, a, a > b)` become a max that drops a nan (NVIDIA's does)."""
     t, wide = _float_tag(vector), vector != "f32"
     u = f"vec{vector[3]}<u32>" if wide else "u32"
     lines = [f"fn zyx_isnan_{t}(x: {vector}) -> {'vec' + vector[3] + '<bool>' if wide else 'bool'} {{ return "
              f"(bitcast<{u}>(x) & {u}(0x7fffffffu)) > {u}(0x7f800000u); }}",
-             f"fn zyx_max_{t}(a: {vector}, b: {vector}) -> {vector} {{ return select(select(b, a, a > b), a, "
-             f"zyx_isnan_{t}(a)); }}"]
+             f"fn zyx_max_{t}(a: {vector}, b: {vector}) -> {vector} {{ return select(select(select(b, a, a > b), b, "
+             f"zyx_isnan_{t}(b)), a, zyx_isnan_{t}(a)); }}"]
     if wide:
         lanes = ",".join(f"zyx_pow_f32(a.{c},b.{c})" for c in "xyzw"[:int(vector[3])])
         lines.append(f"fn zyx_pow_{t}(a: {vector}, b: {vector}) -> {vector} {{ return {vector}({lanes}); }}")

@@ -32,11 +32,18 @@ def record_launches(runtime: Any, work: Callable[[], T]) -> tuple[T, list[tuple]
 
 def replay(runtime: Any, launches: list[tuple], repeat: int) -> float:
     """Seconds per run of `launches`, enqueued `repeat` times back to back and waited for once."""
+    return replay_timed(runtime, launches, repeat)[0]
+
+
+def replay_timed(runtime: Any, launches: list[tuple], repeat: int) -> tuple[float, float]:
+    """`replay`'s seconds per run, and the host's seconds per run spent enqueuing (the wait not counted): where a
+    device starts only once the host submits (WGPU), the part of it before the first submit adds to the kernels'."""
     launch = runtime.launcher(False)
     runtime.synchronize()
     start = time.perf_counter()
     for _ in range(repeat):
         for arguments in launches:
             launch(*arguments)
+    enqueued = time.perf_counter()
     runtime.synchronize()
-    return (time.perf_counter() - start) / repeat
+    return (time.perf_counter() - start) / repeat, (enqueued - start) / repeat

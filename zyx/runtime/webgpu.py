@@ -1,11 +1,15 @@
 """One WebGPU adapter through wgpu-py (Vulkan, Metal, DirectX 12): its device, its memory, its pipelines, and how
 kernels are dispatched on it.
 
-Launches are recorded into one open compute pass and submitted when something must wait for them or be ordered
-against the queue (a download, a synchronize, an upload: `queue.write_buffer` runs before any command submitted
-after it, so commands recorded earlier, which may still use the pooled buffer being refilled, are submitted
-first). A compute pass orders its dispatches' storage accesses, so, as on OpenCL's in-order queue, no fences are
-needed between kernels and a pooled buffer may be reused by the next launch.
+Launches are recorded into a compute pass and submitted in chunks: WebGPU runs nothing before a submit, so a pass
+submitted only when something waits would keep the device idle while the host records every launch (that time
+adds to the kernels' own). The first chunk is SUBMIT_FIRST dispatches, so the device starts after a few launches;
+each next one twice as long up to SUBMIT_MOST, so a submit's host cost (tens of µs) is shared by many launches.
+Whatever must wait for the launches or be ordered against the queue submits what was recorded first (a download, a
+synchronize, an upload: `queue.write_buffer` runs before any command submitted after it, so commands recorded
+earlier, which may still use the pooled buffer being refilled, are submitted first). The queue runs submissions
+in order and a compute pass orders its dispatches' storage accesses, so, as on OpenCL's in-order queue, no fences
+are needed between kernels and a pooled buffer may be reused by the next launch.
 
 A launch larger than the device's groups per dimension (65535 by WebGPU's default) folds into x and y; the WGSL
 printer's shaders flatten the two back. Bind groups are cached per pipeline and buffers (a training step reuses
@@ -45,6 +49,12 @@ REQUESTED_LIMITS = ("max-buffer-size", "max-storage-buffer-binding-size", "max-s
 """Limits asked for at the adapter's own values (WebGPU's defaults are far lower: 128 MiB bindings, 16 KiB of
 work group memory)."""
 BIND_GROUPS_KEPT = 4096
+SUBMIT_FIRST = 4
+"""Dispatches recorded before the first submit after a wait: the device starts after 4 launches' host time (3-7 µs
+each through wgpu-py here) and one submit's (40-100 µs on lavapipe). Fewer would start it a few launches sooner
+for one more submit per ramp."""
+SUBMIT_MOST = 64
+"""The longest chunk: a submit's host cost spread over 64 launches is under 2 µs each."""
 WORD = 4  # bytes: writes, reads and copies move whole words
 
 
@@ -160,6 +170,10 @@ class WgpuRuntime(PooledRuntime):
                                                 is_out_of_memory=lambda error: isinstance(error, wgpu.GPUOutOfMemoryError))
         self._encoder: Any = None
         self._pass: Any = None
+        self._pipeline: Any = None  # what the open pass has set last
+        self._bound: Any = None
+        self._recorded = 0  # dispatches recorded since the last submit
+        self._chunk = SUBMIT_FIRST  # dispatches recorded before the next submit
         self._bind_groups: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self._fence = self._create_raw(WORD)  # read back by `synchronize`
 
@@ -200,8 +214,7 @@ class WgpuRuntime(PooledRuntime):
         """The buffer's contents as a new array; waits for every launch recorded before it."""
         host = self._host_for(buffer, shape, numpy_dtype)
         if host.nbytes:
-            self._submit()
-            data = self.queue.read_buffer(buffer.raw, 0, host.nbytes + -host.nbytes % WORD)
+            data = self._read(buffer.raw, host.nbytes + -host.nbytes % WORD)
             host.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)[:host.nbytes]
         return host
 
@@ -239,42 +252,64 @@ class WgpuRuntime(PooledRuntime):
                args: Sequence[Any]) -> Any:
         """Records one dispatch; Buffers are bound in order, numpy scalars (seeds, offsets) go to a uniform buffer.
         Under a profiler the dispatch runs alone and waits, and its host-timed event is returned."""
-        log = logger("zyx.runtime")
-        if log.isEnabledFor(logging.INFO):
-            log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
-        groups = -(-global_size[0] // kernel.group)
-        columns = min(groups, self.max_groups)
-        rows = -(-groups // columns)
-        if rows > self.max_groups:
-            raise RuntimeError(f"kernel {kernel.function_name} needs {groups} work groups, more than {self.label} "
-                               f"dispatches ({self.max_groups}² of {kernel.group} items)")
-        bind_group = self._bind_group(kernel, args)
-        timed = profiling.timing_wanted()
-        if timed:
-            self.synchronize()
-            start = time.perf_counter_ns()
-        compute = self._open_pass()
-        compute.set_pipeline(kernel.pipeline)
-        compute.set_bind_group(0, bind_group)
-        compute.dispatch_workgroups(columns, rows, 1)
-        stats.bump("kernels_launched")
-        if not timed:
-            return None
-        self.synchronize()
-        return _HostTimedEvent(start, time.perf_counter_ns())
+        raw = [arg.raw if isinstance(arg, Buffer) else arg for arg in args]
+        return self.launcher(profiling.timing_wanted())(kernel, global_size, local_size, raw)
 
     def launcher(self, timed: bool) -> Any:
-        """The launch function a program run uses (`runtime.execute.Executable`): it passes raw buffers."""
-        return self.launch
+        """The launch function a program run uses (`runtime.execute.Executable`), taking raw wgpu buffers and
+        numpy scalars. The logger and the profiler are looked up here, once, not per kernel: each lookup costs
+        microseconds and a replayed step launches dozens of kernels."""
+        log = logger("zyx.runtime")
+        logged = log.isEnabledFor(logging.INFO)
+        max_groups, bind, record, bump = self.max_groups, self._bind_group, self._record, stats.bump
+
+        def launch(kernel: Kernel, global_size: tuple[int, ...], local_size: Optional[tuple[int, ...]],
+                   args: Sequence[Any]) -> Any:
+            if logged:
+                log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
+            groups = -(-global_size[0] // kernel.group)
+            columns, rows = (groups, 1) if groups <= max_groups else (max_groups, -(-groups // max_groups))
+            if rows > max_groups:
+                raise RuntimeError(f"kernel {kernel.function_name} needs {groups} work groups, more than "
+                                   f"{self.label} dispatches ({max_groups}² of {kernel.group} items)")
+            bind_group = bind(kernel, args)
+            if timed:
+                self.synchronize()
+                start = time.perf_counter_ns()
+            record(kernel.pipeline, bind_group, columns, rows)
+            bump("kernels_launched")
+            if not timed:
+                return None
+            self.synchronize()
+            return _HostTimedEvent(start, time.perf_counter_ns())
+        return launch
+
+    def _record(self, pipeline: Any, bind_group: Any, columns: int, rows: int) -> None:
+        """Records one dispatch into the open pass (setting its pipeline and bind group only where they change)
+        and submits the recorded work once the pass holds `_chunk` dispatches (see SUBMIT_FIRST)."""
+        compute = self._pass or self._open_pass()
+        if pipeline is not self._pipeline:
+            compute.set_pipeline(pipeline)
+            self._pipeline = pipeline
+        if bind_group is not self._bound:
+            compute.set_bind_group(0, bind_group)
+            self._bound = bind_group
+        compute.dispatch_workgroups(columns, rows, 1)
+        self._recorded += 1
+        if self._recorded >= self._chunk:
+            self._submit()
+            self._chunk = min(2 * self._chunk, SUBMIT_MOST)
 
     def _bind_group(self, kernel: Kernel, args: Sequence[Any]) -> Any:
-        """Buffers (or the raw wgpu buffers a program run passes) bound in order, numpy scalars as uniforms."""
-        buffers = [arg.raw if isinstance(arg, Buffer) else arg for arg in args if not isinstance(arg, np.integer)]
-        scalars = [int(arg) for arg in args if isinstance(arg, np.integer)]
-        key = (id(kernel.pipeline), *map(id, buffers))
-        if not scalars and key in self._bind_groups:
+        """The raw wgpu buffers bound in order, numpy scalars as uniforms. A group without scalars is kept, keyed
+        by its pipeline and the buffers themselves (which the key keeps alive, so the cache is bounded)."""
+        key = (kernel.pipeline, *args)
+        found = self._bind_groups.get(key)
+        if found is not None:
             self._bind_groups.move_to_end(key)
-            return self._bind_groups[key][0]
+            return found
+        buffers = [arg for arg in args if not isinstance(arg, np.integer)]
+        scalars = [int(arg) for arg in args if isinstance(arg, np.integer)]
         entries = [{"binding": k, "resource": {"buffer": raw, "offset": 0, "size": raw.size}}
                    for k, raw in enumerate(buffers)]
         if scalars:  # each as (low, high, 0, 0) u32 words
@@ -284,8 +319,8 @@ class WgpuRuntime(PooledRuntime):
             uniform = self.wgpu_device.create_buffer_with_data(data=words.tobytes(), usage=self._uniform)
             entries.append({"binding": len(buffers), "resource": {"buffer": uniform, "offset": 0, "size": uniform.size}})
         bind_group = self.wgpu_device.create_bind_group(layout=kernel.layout, entries=entries)
-        if not scalars:  # kept with its buffers, whose ids are its key (so the cache is bounded)
-            self._bind_groups[key] = (bind_group, buffers)
+        if not scalars:
+            self._bind_groups[key] = bind_group
             if len(self._bind_groups) > BIND_GROUPS_KEPT:
                 self._bind_groups.popitem(last=False)
         return bind_group
@@ -296,14 +331,13 @@ class WgpuRuntime(PooledRuntime):
         return self._encoder
 
     def _open_pass(self) -> Any:
-        if self._pass is None:
-            self._pass = self._open_encoder().begin_compute_pass()
+        self._pass = self._open_encoder().begin_compute_pass()
         return self._pass
 
     def _end_pass(self) -> None:
         if self._pass is not None:
             self._pass.end()
-            self._pass = None
+            self._pass = self._pipeline = self._bound = None
 
     def _submit(self) -> None:
         """Submit what was recorded (it runs before any later write or read of the queue)."""
@@ -311,9 +345,17 @@ class WgpuRuntime(PooledRuntime):
         if self._encoder is not None:
             self.queue.submit([self._encoder.finish()])
             self._encoder = None
+        self._recorded = 0
 
     def synchronize(self) -> None:
         """Waits until everything recorded so far has finished: reading a word back waits for every submitted
         command (wgpu-py 0.32's `on_submitted_work_done_sync` fails in its own callback)."""
+        self._read(self._fence, WORD)
+
+    def _read(self, raw: Any, nbytes: int) -> Any:
+        """The first `nbytes` of `raw`, read once everything recorded has run. The device is idle then, so the
+        next submits ramp up again from SUBMIT_FIRST dispatches."""
         self._submit()
-        self.queue.read_buffer(self._fence, 0, WORD)
+        data = self.queue.read_buffer(raw, 0, nbytes)
+        self._chunk = SUBMIT_FIRST
+        return data
