@@ -24,7 +24,7 @@ from typing import Optional
 from ..dtypes import float32
 from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op, REDUCE_OPS
-from .kernel_ir import Accumulate, Alu, Axis, Const, Define, Loop, MultiplyAdd, Reg, Role
+from .kernel_ir import Accumulate, Alu, Const, Define, Loop, MultiplyAdd, Reg
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, source_index, unravel
 from .symbolic import Expr
 
@@ -115,9 +115,6 @@ class AttentionLowering(Lowering):
         self.positions = [row * self.width + e for e in range(self.width)]
         self.elements = [unravel(position, self.space) for position in self.positions]
         self.guards = [()] * self.width
-
-    def _axes(self) -> tuple[Axis, ...]:
-        return (Axis("gid", self.rows, Role.GLOBAL), *self._loops)
 
     def _lower_outputs(self) -> None:
         pattern, dtype = self.pattern, self.root.dtype

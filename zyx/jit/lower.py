@@ -184,7 +184,7 @@ class Lowering:
             self._store(self.root, self.value(self.root, *self._element_read(element)), self.positions[element])
 
     def _axes(self) -> tuple[Axis, ...]:
-        return (Axis("gid", self.numel, Role.GLOBAL), *self._loops)
+        return (Axis("gid", self._work_items(), Role.GLOBAL), *self._loops)
 
     def _element_read(self, element: int) -> tuple[Index, Cond]:
         """Where the root is read for an output of the work item, and under which guard (the one its store

@@ -20,7 +20,7 @@ from typing import Optional
 
 from ..trace.node import Node
 from ..trace.ops import Op, REDUCE_OPS
-from .kernel_ir import Axis, Cond, Loop, Role
+from .kernel_ir import Cond, Loop
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, linear, unravel
 from .symbolic import Expr
 
@@ -78,9 +78,6 @@ class RowLowering(Lowering):
         self._open_loop(self.column, self.length)
         super()._lower_outputs()
         self._scopes[0].append(Loop(self.column, self.length, tuple(self._close_loop())))
-
-    def _axes(self) -> tuple[Axis, ...]:
-        return (Axis("gid", self.rows, Role.GLOBAL), *self._loops)
 
     def _work_items(self) -> int:
         return self.rows
