@@ -16,7 +16,6 @@ kernel fewer per attention, but a T x T matrix in memory all the same (a fused b
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -179,22 +178,10 @@ class AttentionLowering(Lowering):
             self._nesting = False
 
     def _nested_reduce(self, node: Node, index: Index) -> _Value:
-        source, axes, dtype = node.src[0], node.arg, node.dtype
-        sizes = tuple(source.shape[a] for a in axes)
-        acc = Reg(self.names.fresh("acc"), dtype)
         depth = len(self._scopes) - 1
-        self._scopes[depth].append(Define(acc, Const(0 if node.op is Op.SUM else FLOAT_LOWEST, dtype)))
-        var = self.names.fresh("r")
-        count = math.prod(sizes)
-        self._open_loop(var, count)
-        full = list(index)
-        for axis, expr in zip(axes, unravel(Expr.var(var, count), sizes)):
-            full[axis] = expr
-        value = self.value(source, tuple(full), ())
-        self._scopes[-1].append(Accumulate(acc, Op.ADD if node.op is Op.SUM else Op.MAX, value.operand))
-        self._scopes[depth].append(Loop(var, count, tuple(self._close_loop())))
+        start = Const(0 if node.op is Op.SUM else FLOAT_LOWEST, node.dtype)
+        acc, = self._reduction_loop(node, depth, [index], start)
         return _Value(acc, depth)
-
 
 class NotAttention(Exception):
     """The product reads P at other positions than softmax(X) V over the keys needs."""

@@ -405,28 +405,35 @@ class Lowering:
     def _reduce(self, node: Node) -> list[_Value]:
         """One loop at the kernel's top level, accumulating the reduced source at each of the positions it is
         hosted at (the values of the reduction at them)."""
-        source, axes, dtype = node.src[0], node.arg, node.dtype
+        count = math.prod(node.src[0].shape[a] for a in node.arg)
+        self._longest_reduction = max(self._longest_reduction, count)
+        positions = [unravel(position, node.shape) for position in self._reduced_positions(node)]
+        if not count:
+            accumulators = [Reg(self.names.fresh("acc"), node.dtype) for _ in positions]
+            self._scopes[0] += [Define(acc, reduce_start(node.op, node.dtype)) for acc in accumulators]
+            self._loops.append(Axis(self.names.fresh("r"), count, Role.REDUCE))
+            return [_Value(acc, 0) for acc in accumulators]
+        return [_Value(acc, 0) for acc in self._reduction_loop(node, 0, positions, reduce_start(node.op, node.dtype))]
+
+    def _reduction_loop(self, node: Node, depth: int, positions: list[Index], start: Operand) -> list[Reg]:
+        """A loop in scope `depth` over `node`'s reduced axes, accumulating its source at each of `positions`
+        (indices in `node`'s shape) into an accumulator starting at `start`; the accumulators."""
+        source, axes = node.src[0], node.arg
         sizes = tuple(source.shape[a] for a in axes)
         count = math.prod(sizes)
-        self._longest_reduction = max(self._longest_reduction, count)
-        positions = self._reduced_positions(node)
-        accumulators = [Reg(self.names.fresh("acc"), dtype) for _ in positions]
-        self._scopes[0] += [Define(acc, reduce_start(node.op, dtype)) for acc in accumulators]
+        accumulators = [Reg(self.names.fresh("acc"), node.dtype) for _ in positions]
+        self._scopes[depth] += [Define(acc, start) for acc in accumulators]
         var = self.names.fresh("r")
-        if not count:
-            self._loops.append(Axis(var, count, Role.REDUCE))
-            return [_Value(acc, 0) for acc in accumulators]
         self._open_loop(var, count)
         reduced = unravel(Expr.var(var, count), sizes)
         for position, acc in zip(positions, accumulators):
-            full = list(unravel(position, node.shape))
+            full = list(position)
             for axis, expr in zip(axes, reduced):
                 full[axis] = expr
             value = self.value(source, tuple(full), ())
             self._scopes[-1].append(Accumulate(acc, Op.ADD if node.op is Op.SUM else Op.MAX, value.operand))
-        self._scopes[0].append(Loop(var, count, tuple(self._close_loop())))
-        return [_Value(acc, 0) for acc in accumulators]
-
+        self._scopes[depth].append(Loop(var, count, tuple(self._close_loop())))
+        return accumulators
 
 def lower(root: Node, materialized: dict[int, Node], produced: set[int], allow_extra_outputs: bool = True,
           stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> LoweredKernel:
