@@ -65,6 +65,12 @@ class TuneRecord:
     created: float = 0.0
 
     @property
+    def improves(self) -> bool:
+        """Whether a candidate beat the heuristics' choice. A record that does not only says the kernel was
+        searched: it changes no schedule (nor the programs' keys, `TunedChoices.digest`)."""
+        return self.choice != self.heuristic
+
+    @property
     def speedup(self) -> float:
         """How much faster the winner is than the heuristics' kernel, measured alternately with it."""
         return 1 / self.relative if self.relative > 0 else 1.0
@@ -167,8 +173,8 @@ class TuningStore:
         return sorted(found, key=lambda record: record.created, reverse=True)
 
     def choices(self, device: dict[str, str]) -> TunedChoices:
-        """The device's tuned choices, as the scheduler looks them up."""
-        return TunedChoices({record.kernel: record.choice for record in self.records(device)})
+        """The device's tuned choices, as the scheduler looks them up: those that beat the heuristics'."""
+        return TunedChoices({record.kernel: record.choice for record in self.records(device) if record.improves})
 
     def get(self, kernel: str, device: dict[str, str]) -> Optional[TuneRecord]:
         key = record_key(kernel, device)
