@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import zyx
+from zyx.jit import cpu_matmul
 from zyx.jit.choices import TunedChoices
 from zyx.jit.schedule import DeviceTraits, schedule
 
@@ -147,3 +148,16 @@ def test_the_right_operand_is_read_in_place_below_the_devices_limit_and_a_search
     _, strided = product_site(x @ y[:, ::2], AVX512)
     assert dict(strided.options)["packed"] == (1,)  # strided along the columns: it cannot be read in place
     close((x @ y).numpy(), a @ b)
+
+
+def test_work_items_sweep_the_columns_over_a_band_of_rows_that_stays_in_cache(dev, monkeypatch):
+    """A left operand larger than ROW_BAND_BYTES is taken a band of rows at a time: the items walk down the band's
+    rows, then along the columns, then to the next band (its rows are read again from cache, not memory)."""
+    a, b = data(96, 80), data(80, 48)
+    x, y = dev.tensor(a), dev.tensor(b)
+    product = lambda: [k for k in schedule([(x @ y * 3).node], AVX2)[0] if k.name.startswith("m_")][0]
+    assert "(gid%24)" in product().source  # 24 row tiles of 4, in one band
+    monkeypatch.setattr(cpu_matmul, "ROW_BAND_BYTES", 8 * 4 * 80 * 4)  # bands of 8 row tiles
+    assert "(gid%8)" in product().source and "(gid/24)" in product().source
+    dev.backend.forget_programs()
+    close((x @ y * 3).numpy(), a @ b * 3)

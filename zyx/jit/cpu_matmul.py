@@ -36,6 +36,10 @@ LANES = 16              # floats per vector
 NARROW_ACCUMULATORS = 4  # the same on CPUs with 8-float vectors (AVX2: 16 registers, a float16 takes two)
 NARROW_WIDTHS = (16,)
 MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
+ROW_BAND_BYTES = 1 << 20
+"""The rows of the left operand the items sweep the columns with before moving on (a band of row tiles this
+many bytes long): each right panel is read once per band, and the band's rows come from cache. W3 2048³ on PoCL
+3.1, AMD EPYC (Zen 3): 1.3x the speed of sweeping every row (16 MiB, read from memory once per column tile)."""
 IN_PLACE_BYTES = 2 << 20  # a right operand this small is read in place if it can be (packing pays above)
 NARROW_IN_PLACE_BYTES = 64 << 10
 """The same on CPUs with 8-float vectors. Measured on PoCL 3.1, AMD EPYC (Zen 3: AVX2, 512 KiB of L2 per core):
@@ -145,6 +149,14 @@ def default_tile(n: int, m: int, native_width: int) -> tuple[int, int]:
     return (rows if 2 * rows > most else most), width
 
 
+def row_band(tiles: int, tile_bytes: int) -> int:
+    """Row tiles per band (see ROW_BAND_BYTES): the most that fit and divide `tiles`; all of them where they fit,
+    or where no divisor comes within half of that (narrow bands would read the right operand again per band)."""
+    most = max(ROW_BAND_BYTES // tile_bytes, 1)
+    band = max(d for d in range(1, min(most, tiles) + 1) if tiles % d == 0)
+    return band if 2 * band > most else tiles
+
+
 def matmul_options(n: int, m: int, readable: bool) -> Options:
     """The tiles a search may try for an n x m product: rows up to n, columns up to m (in whole vectors); and
     the right operand read in place or packed, where it can be read in place."""
@@ -220,10 +232,13 @@ class CpuMatmulLowering(Lowering):
         self.plan, self.kind, self.local_size = plan, "m", 1  # one item per group: PoCL hands the groups out
         tile = {plan.space_n: plan.left.block, plan.space_m: plan.right.block}  # to its threads in order
         grid = [-(-size // tile.get(axis, 1)) for axis, size in enumerate(self.space)]
-        # the row blocks vary fastest: consecutive items share the right operand's panel
-        order = [a for a in range(len(grid)) if a != plan.space_n] + [plan.space_n]
+        # the row tiles vary fastest (consecutive items share the right operand's panel), a band of them at a time
+        band = row_band(grid[plan.space_n], plan.left.block * plan.product.src[0].shape[plan.k_axis] * 4)
+        order = ["band"] + [a for a in range(len(grid)) if a != plan.space_n] + [plan.space_n]
+        sizes = {"band": grid[plan.space_n] // band, **dict(enumerate(grid)), plan.space_n: band}
         self.items = math.prod(grid)
-        cell = dict(zip(order, unravel(Expr.var("gid", self.items), tuple(grid[a] for a in order))))
+        cell = dict(zip(order, unravel(Expr.var("gid", self.items), tuple(sizes[a] for a in order))))
+        cell[plan.space_n] = cell.pop("band") * band + cell[plan.space_n]
         self.corner = tuple(cell[a] * tile.get(a, 1) for a in range(len(grid)))
         self.elements, self.guards, self.lanes = [], [], []  # lanes: (row, column) in the tile of each element
         for t in range(plan.left.block):
