@@ -193,3 +193,15 @@ def test_values_the_same_in_every_lane_are_computed_once_per_item(dev):
     assert not re.search(r"float16 v\d+ = (pow|sqrt)\(", kernel.source), kernel.source
     got = build(dev.tensor(x), dev.tensor(step)).numpy()
     np.testing.assert_allclose(got, (x * 2 + 1) / np.sqrt(1 - 0.999 ** step), rtol=2e-5)
+
+
+def test_masks_the_same_in_every_lane_stay_masks(dev):
+    x, flag, step = data(4, 32), np.array([True]), np.array(3.0, np.float32)
+
+    def build(x, flag, step):
+        return flag.where(x, -x) * (step > 2).where(1.0, 0.5)
+
+    kernel, = kernels_of(build(zyx.CPU().tensor(x), zyx.CPU().tensor(flag), zyx.CPU().tensor(step)))
+    assert is_vector(kernel)
+    got = build(dev.tensor(x), dev.tensor(flag), dev.tensor(step)).numpy()
+    np.testing.assert_allclose(got, np.where(flag, x, -x) * np.where(step > 2, 1.0, 0.5), rtol=1e-6)

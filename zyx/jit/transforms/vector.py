@@ -106,7 +106,7 @@ class _Vectorizer:
             if statement.op not in (MATH_OPS if False in kinds else MASK_OPS) or operand.name not in ("float32", "bool"):
                 raise NotVectorizable(statement.op)
             scalars = [self._scalar(arg) for arg in statement.args]
-            if None not in scalars:
+            if None not in scalars and statement.out.dtype.name == "float32":
                 return self._spread(Alu(self._scalar_reg(statement.out), statement.op, tuple(scalars)), statement.out)
             return [Alu(self._reg(statement.out), statement.op, tuple(map(self._operand, statement.args)))]
         if isinstance(statement, Select):
@@ -132,13 +132,15 @@ class _Vectorizer:
             if all(flat == first + lane for lane, flat in enumerate(flats)):
                 return [Load(out, load.buffer, first, guards[0], "vector")]
             if all(flat == first for flat in flats):
+                if out.dtype.is_bool:  # (a broadcast mask's lanes are -1 where true: read as one)
+                    return [Load(out, load.buffer, first, guards[0], "broadcast")]
                 return self._spread(Load(self._scalar_reg(load.out), load.buffer, first, guards[0]), load.out)
         if self.depth:
             raise NotVectorizable(load)  # gathered on every trip: slower than scalar code
         return [Gather(out, load.buffer, tuple(zip(flats, guards)))]
 
-    def _scalar_reg(self, reg: Reg) -> Reg:
-        _check_kind(reg.dtype)
+    @staticmethod
+    def _scalar_reg(reg: Reg) -> Reg:
         return Reg(f"{reg.name}_1", reg.dtype)
 
     def _spread(self, statement: Statement, reg: Reg) -> list:
@@ -148,7 +150,9 @@ class _Vectorizer:
         return [statement, Broadcast(self._reg(reg), scalar)]  # type: ignore[arg-type]
 
     def _scalar(self, operand: Operand) -> Optional[Operand]:
-        """`operand` as a scalar where it is the same in every lane, else None."""
+        """`operand` as a scalar where it is a float the same in every lane, else None."""
+        if operand.dtype.name != "float32":
+            return None
         if isinstance(operand, Reg):
             if operand.name in self.scalars:
                 return self.scalars[operand.name]
