@@ -156,10 +156,18 @@ def cache_ls(args: argparse.Namespace) -> int:
 
 
 def _with_tuning(entries: list[dict], records: list[Any]) -> list[dict]:
-    """Each entry with "tuned": the speed-up of each of its kernels that won a search, by kernel name."""
-    won = {record.tuned_name: record for record in records}
-    return [{**entry, "tuned": {name: round(won[name].speedup, 3) for name in entry["kernel_names"] if name in won}}
+    """Each entry with "tuned": the speed-up of each of its kernels that beat the heuristics' kernel in a search,
+    by kernel name."""
+    return [{**entry, "tuned": {record.tuned_name: round(record.speedup, 3)
+                                for record in _searches_of(entry, records) if record.improves}}
             for entry in entries]
+
+
+def _searches_of(entry: dict, records: list[Any]) -> list[Any]:
+    """The searches whose winner is one of the entry's kernels, made on the device and driver that compiled it
+    (a kernel of the same name elsewhere is timed on other hardware)."""
+    return [record for record in records if record.tuned_name in entry["kernel_names"]
+            and all(entry["components"].get(name) == value for name, value in record.device.items())]
 
 
 def format_speedups(speedups: dict[str, float]) -> str:
@@ -199,9 +207,8 @@ def cache_show(args: argparse.Namespace) -> int:
         ("compile time", format_seconds(entry["compile_seconds"])), ("hits", entry["hits"]),
         ("created", format_time(entry["created"])), ("last used", format_time(entry["last_used"])),
     ], indent=2)
-    for record in records:
-        if record.tuned_name in entry["kernel_names"]:
-            _print_search(record)
+    for record in _searches_of(entry, records):
+        _print_search(record)
     print("source")
     print(entry["source"])
     return 0
@@ -210,7 +217,7 @@ def cache_show(args: argparse.Namespace) -> int:
 def _print_search(record: Any) -> None:
     """One kernel's search: what won, by how much, and every candidate with its time."""
     verdict = (f"{record.tuned_name} ({record.choice.describe()}), {record.speedup:.2f}x the heuristics' kernel"
-               if record.choice != record.heuristic else f"the heuristics' kernel ({record.choice.describe()}) kept")
+               if record.improves else f"the heuristics' kernel ({record.choice.describe()}) kept")
     print(f"tuning      {record.untuned_name} -> {verdict}")
     print(f"            searched in {record.search_seconds:.1f} s on {record.device['device']} (ZYX_TUNE={record.mode}, "
           f"{format_time(record.created)})")
@@ -349,7 +356,7 @@ def tune(args: argparse.Namespace) -> int:
     from zyx.jit.cache import default_cache
     default_cache().flush()  # the winners' binaries, so the next run compiles nothing
     found = [record for record in _tuning(default_cache()).records() if record.created >= start]
-    faster = [record for record in found if record.choice != record.heuristic]
+    faster = [record for record in found if record.improves]
     best = max(faster, key=lambda record: record.speedup, default=None)
     _messages().info(f"zyx tune: searched {len(found)} kernels, {len(faster)} faster than the heuristics"
                      + (f" (best {best.speedup:.2f}x: {best.untuned_name} -> {best.tuned_name})" if best else "")

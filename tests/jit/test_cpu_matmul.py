@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 import zyx
+from zyx.jit import cpu_matmul
+from zyx.jit.choices import TunedChoices
 from zyx.jit.schedule import DeviceTraits, schedule
 
 RNG = np.random.default_rng(11)
@@ -120,3 +122,42 @@ def test_large_or_strided_right_operands_are_packed(dev):
     assert len(cpu_kernels(x[:, :96] @ y[:96, ::2])) == 2  # strided along the columns
     assert len(cpu_kernels(x[:, :96] @ y[:96, :])) == 1
     close((x @ y).numpy(), a @ b)
+
+
+AVX2, AVX512 = DeviceTraits(gpu=False, native_width=8), DeviceTraits(gpu=False, native_width=16)
+
+
+def product_site(out, traits):
+    kernels, _ = schedule([out.node], traits)
+    (site,) = [k.site for k in kernels if k.site is not None and k.site.heuristic.family == "cpu_matmul"]
+    return kernels, site
+
+
+def test_the_right_operand_is_read_in_place_below_the_devices_limit_and_a_search_may_choose(dev):
+    """A 96 x 640 right operand (240 KiB) is read in place where the registers are AVX-512's, copied into panels
+    where they are AVX2's (a cache line and a page per row: slower there); a search tries both."""
+    a, b = data(64, 96), data(96, 640)
+    x, y = dev.tensor(a), dev.tensor(b)
+    for traits, packed in ((AVX512, 0), (AVX2, 1)):
+        kernels, site = product_site(x @ y, traits)
+        assert len(kernels) == 1 + packed and site.heuristic["packed"] == packed
+        assert dict(site.options)["packed"] == (0, 1)
+        other = site.heuristic.replaced(packed=1 - packed)
+        forced, _ = schedule([(x @ y).node], traits, TunedChoices({site.key: other}))
+        assert len(forced) == 2 - packed
+    _, strided = product_site(x @ y[:, ::2], AVX512)
+    assert dict(strided.options)["packed"] == (1,)  # strided along the columns: it cannot be read in place
+    close((x @ y).numpy(), a @ b)
+
+
+def test_work_items_sweep_the_columns_over_a_band_of_rows_that_stays_in_cache(dev, monkeypatch):
+    """A left operand larger than ROW_BAND_BYTES is taken a band of rows at a time: the items walk down the band's
+    rows, then along the columns, then to the next band (its rows are read again from cache, not memory)."""
+    a, b = data(96, 80), data(80, 48)
+    x, y = dev.tensor(a), dev.tensor(b)
+    product = lambda: [k for k in schedule([(x @ y * 3).node], AVX2)[0] if k.name.startswith("m_")][0]
+    assert "(gid%24)" in product().source  # 24 row tiles of 4, in one band
+    monkeypatch.setattr(cpu_matmul, "ROW_BAND_BYTES", 8 * 4 * 80 * 4)  # bands of 8 row tiles
+    assert "(gid%8)" in product().source and "(gid/24)" in product().source
+    dev.backend.forget_programs()
+    close((x @ y * 3).numpy(), a @ b * 3)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import zyx
+from zyx import cli
 from zyx.jit import schedule as schedule_module
 from zyx.jit import tune
 from zyx.jit.cache import device_fingerprint
@@ -112,14 +113,17 @@ def test_a_candidate_computing_other_values_is_rejected(dev, tmp_path, always, m
 
 # -- persistence ---------------------------------------------------------------------------------------------
 
-def stored_winner(dev, tmp_path: Path) -> tuple[TuneRecord, object]:
+def stored_winner(dev, tmp_path: Path, heuristic_won: bool = False,
+                  device: dict = None) -> tuple[TuneRecord, object]:
     """A record (as a search would write it) choosing another vector width than the heuristics' for the
-    elementwise kernel; and that kernel as the heuristics shape it."""
+    elementwise kernel (or keeping the heuristics' choice), on this device or `device`; and that kernel as the
+    heuristics shape it."""
     _, kernel = scheduled(dev, "elementwise", dev.backend.traits)
     site = kernel.site
     other = next(c for c in tune.candidates(site, dev.backend.traits, 1) if c != site.heuristic)
-    record = TuneRecord(site.key, device_fingerprint(dev.backend.runtime.device), kernel.name, "e_winner",
-                        site.heuristic, other, 2e-3, 1e-3, 0.5,
+    winner, name, relative = (site.heuristic, kernel.name, 1.0) if heuristic_won else (other, "e_winner", 0.5)
+    record = TuneRecord(site.key, device or device_fingerprint(dev.backend.runtime.device), kernel.name, name,
+                        site.heuristic, winner, 2e-3, 2e-3 * relative, relative,
                         (Trial(site.heuristic, 2e-3, "ok"), Trial(other, 1e-3, "ok", 0.5)), 1, 0.5)
     TuningStore(tmp_path).put(record)
     return record, kernel
@@ -138,6 +142,40 @@ def test_the_winner_persists_and_a_fresh_store_uses_it_without_searching(dev, tm
     assert tune.Tuner(dev.backend.runtime, dev.backend.traits, fresh).search(kernels, tuned, 1) == []
     np.testing.assert_allclose(realized_with(dev, "elementwise", tuned), KERNELS["elementwise"][1](X, W), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_a_kernel_whose_heuristic_won_is_remembered_and_changes_no_program_key(dev, tmp_path, monkeypatch):
+    record, _ = stored_winner(dev, tmp_path, heuristic_won=True)
+    device = device_fingerprint(dev.backend.runtime.device)
+    store = TuningStore(tmp_path)
+    assert store.get(record.kernel, device).choice == record.heuristic  # searched: not searched again
+    assert dict(store.choices(device)) == {} and store.choices(device).digest == NO_TUNING.digest
+    forgotten = []
+    monkeypatch.setattr(dev.backend, "_tuned", NO_TUNING)
+    monkeypatch.setattr(dev.backend, "forget_programs", lambda: forgotten.append(True))
+    monkeypatch.setattr(tune.Tuner, "search", lambda self, kernels, tuned, mode: [record])
+    assert dev.backend._search([], 1) is False  # nothing to schedule again
+    assert dev.backend.tuned.digest == NO_TUNING.digest and forgotten == []
+
+
+def test_a_candidate_printing_as_an_earlier_one_reports_that_ones_final_times(dev, tmp_path, always, monkeypatch):
+    """Two choices making the same kernels are run once; the later one's trial is the earlier one's, after the
+    extra pairs the finalists get."""
+    _, kernel = scheduled(dev, "elementwise", dev.backend.traits)
+    other = next(c for c in tune.candidates(kernel.site, dev.backend.traits, 1) if c != kernel.site.heuristic)
+    monkeypatch.setattr(tune, "candidates", lambda site, traits, mode: [site.heuristic, other, other])
+    seen, samples = [], []
+
+    def sample(runtime, launches, estimate):  # the heuristics' kernel 1 s; the other faster at each sample
+        if not any(launches is known for known in seen):
+            seen.append(launches)
+        samples.append(launches)
+        return 1.0 if launches is seen[0] else 1.0 / len(samples)
+
+    monkeypatch.setattr(tune, "_sample", sample)
+    record = searched(dev, "elementwise", tmp_path)
+    first, twin = record.trials[1:]
+    assert first.seconds == 1.0 / len(samples) and twin == first and record.tuned_seconds == first.seconds
 
 
 def test_zyx_tune_0_never_searches(dev, monkeypatch):
@@ -228,23 +266,28 @@ CHILD = textwrap.dedent("""
     from zyx.jit.cache import default_cache
     tune.THRESHOLD_SECONDS, tune.NEIGHBOURS = 0.0, 3  # search this small kernel, quickly
     dev = zyx.OpenCL()
+    searches = []
+    search = tune.Tuner._search
+    tune.Tuner._search = lambda *a: searches.append(a[1].name) or search(*a)
     rng = np.random.default_rng(0)
     x, w = (dev.tensor(rng.standard_normal((64, 64), dtype=np.float32)) for _ in range(2))
-    out = (x @ w).relu()
+    step = lambda x, w: (x @ w).relu()
+    out = zyx.jit(tune=True)(step)(x, w) if sys.argv[1:] == ["jit"] else step(x, w)
     out.numpy()
     default_cache().flush()
     stats = zyx.stats()
     names = [launch.name for program in dev.backend.programs.values() for launch in program.launches]
     print(json.dumps({"compiled": stats["kernels_compiled"], "scheduled": stats["graphs_scheduled"],
-                      "tuned": stats["kernels_tuned"], "launched": names}))
+                      "tuned": stats["kernels_tuned"], "searched": searches, "launched": names}))
 """)
 
 
-def run_child(cache_dir: Path, tune_mode: str) -> dict:
+def run_child(cache_dir: Path, tune_mode: str, *arguments: str) -> dict:
+    """The child's counts; `jit`: it runs its step as `@zyx.jit(tune=True)`."""
     environment = {**os.environ, "ZYX_CACHE_DIR": str(cache_dir), "ZYX_TUNE": tune_mode,
                    "PYTHONPATH": str(REPOSITORY)}
-    finished = subprocess.run([sys.executable, "-c", CHILD], env=environment, capture_output=True, text=True,
-                              timeout=300)
+    finished = subprocess.run([sys.executable, "-c", CHILD, *arguments], env=environment, capture_output=True,
+                              text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     return json.loads(finished.stdout)
 
@@ -274,6 +317,27 @@ def test_a_warm_start_with_tuned_kernels_compiles_nothing(tuned_cache, tmp_path)
     assert warm["launched"] == first["launched"]
 
 
+def test_a_warm_jit_with_tune_loads_its_program_and_searches_nothing(tmp_path):
+    first = run_child(tmp_path / "cache", "0", "jit")
+    assert first["searched"] and first["compiled"] >= 2
+    warm = run_child(tmp_path / "cache", "0", "jit")
+    assert (warm["compiled"], warm["scheduled"], warm["searched"]) == (0, 0, [])
+    assert warm["launched"] == first["launched"]
+
+
+def test_the_cli_marks_tuned_kernels_of_the_device_and_driver_they_were_searched_on(dev, tmp_path):
+    record, _ = stored_winner(dev, tmp_path)
+    elsewhere = {**record.device, "driver_version": "other driver"}
+    stored_winner(dev, tmp_path, device=elsewhere)
+    kept, _ = stored_winner(dev, tmp_path / "kept", heuristic_won=True)
+    entry = {"kernel_names": [record.tuned_name, kept.tuned_name], "components": {**record.device, "x": "y"}}
+    on_the_other = {**entry, "components": {**elsewhere, "x": "y"}}
+    unknown = {**entry, "components": {**record.device, "device": "another device"}}
+    marked = cli._with_tuning([entry, on_the_other, unknown], TuningStore(tmp_path).records() + [kept])
+    assert [e["tuned"] for e in marked] == [{record.tuned_name: 2.0}, {record.tuned_name: 2.0}, {}]
+    assert cli._searches_of(entry, [kept]) == [kept] and cli._searches_of(unknown, [kept]) == []
+
+
 def test_the_cli_shows_tuned_entries_and_searches_and_clears_them(tuned_cache, tmp_path):
     template, _ = tuned_cache
     directory = tmp_path / "cache"
@@ -282,9 +346,9 @@ def test_the_cli_shows_tuned_entries_and_searches_and_clears_them(tuned_cache, t
     listing = zyx_cli(directory, "cache", "ls", "--json")
     assert listing.returncode == 0, listing.stderr
     marked = [entry["tuned"] for entry in json.loads(listing.stdout) if entry["tuned"]]
-    assert marked == [{record.tuned_name: pytest.approx(record.speedup, abs=1e-3)}]
+    assert marked == [{record.tuned_name: pytest.approx(record.speedup, abs=1e-3)}] * record.improves
     table = zyx_cli(directory, "cache", "ls").stdout
-    assert "TUNED" in table.splitlines()[0] and f"{record.speedup:.2f}x" in table
+    assert ("TUNED" in table.splitlines()[0] and f"{record.speedup:.2f}x" in table) == record.improves
     shown = zyx_cli(directory, "cache", "show", record.untuned_name)
     assert shown.returncode == 0, shown.stderr
     assert f"tuning      {record.untuned_name} -> " in shown.stdout

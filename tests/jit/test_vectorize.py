@@ -49,7 +49,8 @@ def test_broadcasts_read_one_vector_or_one_element():
     x, row, column = host.tensor(data(8, 32)), host.tensor(data(32)), host.tensor(data(8, 1))
     kernel, = kernels_of(x * row + column)
     assert "vload16((gid%2),in" in kernel.source  # the row: consecutive within each vector, two per row
-    assert "((float16)(in" in kernel.source  # the column: one element for all lanes
+    # the column: one element, broadcast into all lanes
+    assert re.search(r"float (\w+) = in\d\[.*\n.*\(\(float16\)\(\1\)\)", kernel.source)
 
 
 @pytest.mark.parametrize("build", [
@@ -177,3 +178,30 @@ def test_lanes_wholly_in_the_padding_read_no_guarded_constant(dev):
     expected = np.pad(np.pad(a, ((0, 0), (6, 22)), constant_values=3.0)[:, 1:], ((0, 0), (0, 1)),
                       constant_values=-1.0) * 2
     np.testing.assert_allclose(build(dev.tensor(a)).numpy(), expected)
+
+
+def test_values_the_same_in_every_lane_are_computed_once_per_item(dev):
+    """Adam's bias corrections (a power of the step count, a one-element tensor) are scalar math broadcast into
+    the lanes, not one `pow` per lane."""
+    x, step = data(8, 32), np.array(3.0, np.float32)
+
+    def build(x, step):
+        return (x * 2 + 1) / (1 - 0.999 ** step).sqrt()
+
+    kernel, = kernels_of(build(zyx.CPU().tensor(x), zyx.CPU().tensor(step)))
+    assert is_vector(kernel) and re.search(r"float \w+ = pow\(", kernel.source), kernel.source
+    assert not re.search(r"float16 v\d+ = (pow|sqrt)\(", kernel.source), kernel.source
+    got = build(dev.tensor(x), dev.tensor(step)).numpy()
+    np.testing.assert_allclose(got, (x * 2 + 1) / np.sqrt(1 - 0.999 ** step), rtol=2e-5)
+
+
+def test_masks_the_same_in_every_lane_stay_masks(dev):
+    x, flag, step = data(4, 32), np.array([True]), np.array(3.0, np.float32)
+
+    def build(x, flag, step):
+        return flag.where(x, -x) * (step > 2).where(1.0, 0.5)
+
+    kernel, = kernels_of(build(zyx.CPU().tensor(x), zyx.CPU().tensor(flag), zyx.CPU().tensor(step)))
+    assert is_vector(kernel)
+    got = build(dev.tensor(x), dev.tensor(flag), dev.tensor(step)).numpy()
+    np.testing.assert_allclose(got, np.where(flag, x, -x) * np.where(step > 2, 1.0, 0.5), rtol=1e-6)

@@ -110,27 +110,39 @@ class FusingBackend:
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                     in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> Program:
         """The Program for a trace structure: from memory, else from disk, else scheduled (and stored). With
-        tuning on (ZYX_TUNE, or `tune`: see tune.py) it is scheduled afresh, searching new kernels."""
+        tuning on (ZYX_TUNE, or `tune`: see tune.py) only a program stored after a search as hard is loaded;
+        else it is scheduled afresh, searching new kernels."""
         program = self.programs.get(key)
         if program is not None:
             stats.bump("schedule_cache_hits")
             return program
         mode = self._tune_mode(tune)
-        program = None
-        if not mode:
-            program = default_program_store().load(self._disk_key(key), len(leaves), len(rands))
+        program = self._load(key, len(leaves), len(rands), mode)
         if program is not None:
             stats.bump("programs_loaded")
         else:
             program = self._build(targets, leaves, rands, in_place, mode)
-            default_program_store().save(self._disk_key(key), program)  # (with what a search found since)
+            for searched in {0, mode}:  # (keyed by the tuned choices a search found since)
+                default_program_store().save(self._disk_key(key, searched), program)
         program.name = key
         self._check_memory(program)
         self.programs[key] = program
         return program
 
-    def _disk_key(self, key: str) -> str:
-        return program_key(key, self.fingerprint(), self.traits, self.tuned.digest)
+    def _load(self, key: str, inputs: int, rands: int, mode: int) -> Optional[Program]:
+        """The stored program of the structure; under a search `mode`, one stored after a search of that mode or
+        a harder one (its kernels were each searched, or timed under the threshold: none is searched again)."""
+        for searched in range(mode, 3) if mode else (0,):
+            program = default_program_store().load(self._disk_key(key, searched), inputs, rands)
+            if program is not None:
+                return program
+        return None
+
+    def _disk_key(self, key: str, searched: int = 0) -> str:
+        """The program's key with the tuned choices of now; `searched`: the mode of the search it was stored after
+        (0: any, or none)."""
+        tuning = self.tuned.digest + (f" after ZYX_TUNE={searched}" if searched else "")
+        return program_key(key, self.fingerprint(), self.traits, tuning)
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
@@ -199,16 +211,16 @@ class JitBackend(FusingBackend):
         return tune_mode(tune)
 
     def _search(self, kernels: Sequence[Any], mode: int) -> bool:
-        """Search the kernels tuning asks for (tune.py); whether any search found a choice to store (the programs
-        in memory, scheduled without it, are then forgotten)."""
+        """Search the kernels tuning asks for (tune.py); whether any search found a choice faster than the
+        heuristics' (the programs in memory, scheduled without it, are then forgotten)."""
         if self._tuner is None:
             self._tuner = Tuner(self.runtime, self.traits)
-        records = self._tuner.search(kernels, self.tuned, mode)
-        for record in records:
+        faster = [record for record in self._tuner.search(kernels, self.tuned, mode) if record.improves]
+        for record in faster:
             self._tuned = self.tuned.with_choice(record.kernel, record.choice)
-        if records:
+        if faster:
             self.forget_programs()
-        return bool(records)
+        return bool(faster)
 
     def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""

@@ -14,8 +14,9 @@ from typing import Any, Iterator, Mapping, Optional
 from .cache_key import hash_hex
 
 FAMILIES: dict[str, dict[str, tuple[int, ...]]] = {
-    # a CPU product's register tile: rows of the left operand times `width` columns (vectors of 16 floats)
-    "cpu_matmul": {"rows": (1, 2, 3, 4, 5, 6, 8, 10, 12, 16), "width": (16, 32, 64)},
+    # a CPU product's register tile: rows of the left operand times `width` columns (vectors of 16 floats); and
+    # whether its right operand is copied into panels first (1) or read in place (0, where it can be)
+    "cpu_matmul": {"rows": (1, 2, 3, 4, 5, 6, 8, 10, 12, 16), "width": (16, 32, 64), "packed": (0, 1)},
     # a GPU product's work-group block (block x block outputs, block // 16 per item), staged slice of k and local
     # buffers per tile (2: double-buffered)
     "local_tiles": {"block": (32, 64, 128), "bk": (8, 16, 32), "buffers": (1, 2)},

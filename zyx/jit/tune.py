@@ -180,11 +180,17 @@ class _Candidate:
     ratios: list[float] = field(default_factory=list)  # its samples over the heuristics' kernel's, pair by pair
     status: str = "ok"
     name: str = ""
+    twin: Optional["_Candidate"] = None  # an earlier candidate making the same kernels: it ran for both
 
     @property
     def relative(self) -> float:
         """Its time relative to the heuristics' kernel: the median ratio of its pairs (1 for that kernel)."""
         return statistics.median(self.ratios) if self.ratios else 1.0
+
+    def trial(self) -> Trial:
+        """What the record keeps of it: its twin's outcome where it has one, as it stands after every pair."""
+        ran = self.twin or self
+        return Trial(self.choice, ran.seconds, ran.status, ran.relative if ran.ratios else None)
 
 
 class Tuner:
@@ -213,7 +219,7 @@ class Tuner:
             record = self._search(kernel, site, stored, tuned, mode)
             if record is not None:
                 self.store.put(record)
-                tuned = tuned.with_choice(site.key, record.choice)
+                tuned = tuned.with_choice(site.key, record.choice) if record.improves else tuned
                 records.append(record)
         return records
 
@@ -242,8 +248,7 @@ class Tuner:
                 continue
             earlier = runs.setdefault(_sources(program), candidate)
             if earlier is not candidate:  # the same kernels as an earlier candidate: its outcome
-                candidate.launches, candidate.status = earlier.launches, earlier.status
-                candidate.seconds, candidate.ratios = earlier.seconds, earlier.ratios
+                candidate.twin = earlier
                 continue
             outputs = self._run(isolated, program, candidate)
             if outputs is None:
@@ -318,8 +323,7 @@ class Tuner:
         those faster than the heuristics' kernel in every pair and by MIN_GAIN in the median (`relative`): by
         chance, a candidate no faster wins all six pairs once in 64 searches."""
         untuned = trials[0]
-        distinct = {id(t.launches): t for t in reversed(trials) if t.status == "ok"}  # the first of each program
-        finalists = sorted((t for t in distinct.values() if t.launches is not untuned.launches),
+        finalists = sorted((t for t in trials[1:] if t.twin is None and t.status == "ok"),
                            key=lambda t: t.relative)[:CONFIRM]
         for finalist in finalists:
             self._time(finalist, untuned, CONFIRM_PAIRS)
@@ -328,7 +332,7 @@ class Tuner:
         bump("kernels_tuned")
         record = TuneRecord(site.key, self.device, site.name, best.name, site.heuristic, best.choice,
                             untuned.seconds, best.seconds, best.relative,  # type: ignore[arg-type]
-                            tuple(Trial(t.choice, t.seconds, t.status, t.relative if t.ratios else None) for t in trials),
+                            tuple(t.trial() for t in trials),
                             min(mode, 2), seconds, time.time())
         self._log.info("tuned %s in %.1f s: %s, %.2fx (%d candidates)", site.name, seconds, best.choice.describe(),
                        record.speedup, len(trials))

@@ -24,8 +24,9 @@ from .disk_store import CacheWarning, DiskStore, Row
 __all__ = ["TUNE_FORMAT", "Trial", "TuneRecord", "TuningStore", "default_tuning_store", "parse_record", "record_key"]
 
 TABLE = "tuning"
-TUNE_FORMAT = "tune-1"
-"""Bump when the record layout changes: older records then miss and are searched again."""
+TUNE_FORMAT = "tune-2"
+"""Bump when the record layout changes: older records then miss and are searched again (tune-2: CPU products
+choose whether their right operand is packed)."""
 SIZE_LIMIT = 16 << 20
 STATUSES = ("ok", "cut", "wrong", "failed")
 """A candidate was timed in full; cut after its first run (clearly slower than the best so far); computed other
@@ -63,6 +64,12 @@ class TuneRecord:
     mode: int                    # ZYX_TUNE of the search: 1 (the heuristics' neighbourhood) or 2 (every choice)
     search_seconds: float
     created: float = 0.0
+
+    @property
+    def improves(self) -> bool:
+        """Whether a candidate beat the heuristics' choice. A record that does not only says the kernel was
+        searched: it changes no schedule (nor the programs' keys, `TunedChoices.digest`)."""
+        return self.choice != self.heuristic
 
     @property
     def speedup(self) -> float:
@@ -167,8 +174,8 @@ class TuningStore:
         return sorted(found, key=lambda record: record.created, reverse=True)
 
     def choices(self, device: dict[str, str]) -> TunedChoices:
-        """The device's tuned choices, as the scheduler looks them up."""
-        return TunedChoices({record.kernel: record.choice for record in self.records(device)})
+        """The device's tuned choices, as the scheduler looks them up: those that beat the heuristics'."""
+        return TunedChoices({record.kernel: record.choice for record in self.records(device) if record.improves})
 
     def get(self, kernel: str, device: dict[str, str]) -> Optional[TuneRecord]:
         key = record_key(kernel, device)

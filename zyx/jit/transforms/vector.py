@@ -8,6 +8,9 @@ every lane at it) each loop's counter (r -> r*W + lane), the lanes then combined
 values from outside it (the same in every lane) by their first lane.
 A load whose lanes' indices are consecutive becomes one vector load, one whose lanes all read one element a
 broadcast, any other a gather lane by lane. Comparisons give masks (bool lanes; OpenCL's intN, -1 true).
+A value the same in every lane (math on broadcast elements and constants: Adam's bias corrections, powers of its
+step count) is computed once, as a scalar, and broadcast into the lanes: PoCL computes `pow` of a vector one lane
+at a time.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ class _Vectorizer:
             self.items = items // width
         self.memos: list[dict] = [{} for _ in range(width)]
         self.names: dict[str, Operand] = {}
+        self.scalars: dict[str, Reg] = {}  # the scalar of each register the same in every lane (its broadcast)
         self.depth = 0
 
     def run(self) -> Kernel:
@@ -101,6 +105,9 @@ class _Vectorizer:
             kinds = {a.dtype.is_bool for a in statement.args} | {statement.out.dtype.is_bool}
             if statement.op not in (MATH_OPS if False in kinds else MASK_OPS) or operand.name not in ("float32", "bool"):
                 raise NotVectorizable(statement.op)
+            scalars = [self._scalar(arg) for arg in statement.args]
+            if None not in scalars and statement.out.dtype.name == "float32":
+                return self._spread(Alu(self._scalar_reg(statement.out), statement.op, tuple(scalars)), statement.out)
             return [Alu(self._reg(statement.out), statement.op, tuple(map(self._operand, statement.args)))]
         if isinstance(statement, Select):
             return self._select(statement)
@@ -125,10 +132,32 @@ class _Vectorizer:
             if all(flat == first + lane for lane, flat in enumerate(flats)):
                 return [Load(out, load.buffer, first, guards[0], "vector")]
             if all(flat == first for flat in flats):
-                return [Load(out, load.buffer, first, guards[0], "broadcast")]
+                if out.dtype.is_bool:  # (a broadcast mask's lanes are -1 where true: read as one)
+                    return [Load(out, load.buffer, first, guards[0], "broadcast")]
+                return self._spread(Load(self._scalar_reg(load.out), load.buffer, first, guards[0]), load.out)
         if self.depth:
             raise NotVectorizable(load)  # gathered on every trip: slower than scalar code
         return [Gather(out, load.buffer, tuple(zip(flats, guards)))]
+
+    @staticmethod
+    def _scalar_reg(reg: Reg) -> Reg:
+        return Reg(f"{reg.name}_1", reg.dtype)
+
+    def _spread(self, statement: Statement, reg: Reg) -> list:
+        """`statement`, defining the scalar of `reg`, then its broadcast into the lanes under `reg`'s name."""
+        scalar = defined_register(statement)
+        self.scalars[reg.name] = scalar  # type: ignore[assignment]
+        return [statement, Broadcast(self._reg(reg), scalar)]  # type: ignore[arg-type]
+
+    def _scalar(self, operand: Operand) -> Optional[Operand]:
+        """`operand` as a scalar where it is a float the same in every lane, else None."""
+        if operand.dtype.name != "float32":
+            return None
+        if isinstance(operand, Reg):
+            if operand.name in self.scalars:
+                return self.scalars[operand.name]
+            operand = self.names.get(operand.name, operand)  # type: ignore[assignment]
+        return Const(operand.value, operand.dtype) if isinstance(operand, Const) else None
 
     def _select(self, select: Select) -> list:
         out, conds = self._reg(select.out), self._conds(select.cond)
