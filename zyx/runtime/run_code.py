@@ -1,0 +1,90 @@
+"""A bound Program's run written out once as straight-line Python: what `execute.Executable` calls per run.
+
+A replayed step launches a dozen kernels or more, and a loop over precomputed steps still pays, per launch,
+for unpacking a step, four inner loops and a table lookup per argument. The generated function instead has one
+line per allocation, launch and release (`t12 = take(256)`, `launch(k3, g3, l3, (t0, t12))`,
+`give(t12, 256)`), its kernels, sizes and constants bound as globals, and each value a local variable named by
+its position in the run's table (inputs, then slots, then seeds, then offsets, as `Executable` numbers them).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .collectives import START
+
+# run(inputs, rand_args, take, give, allocate_taken, allocate, launch, runtime) -> the outputs' buffers
+RunFunction = Callable[..., list[Any]]
+
+
+def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int], first_slot: int, rands: int,
+              size_class: Callable[[int], int], internal: set[int]) -> RunFunction:
+    """The run of `program` with `kernels[k]` launching launch k. Slots in `internal` are raw pool buffers, taken
+    before their first reader and given back after their last (or when a launch raises); the other slots that
+    are not inputs overwritten in place (`program.aliases`) are the outputs, allocated as Buffers."""
+    names: dict[str, Any] = {"uint64": np.uint64}
+    slot_bytes, aliases = program.slot_bytes, program.aliases
+    used: set[int] = set()  # the inputs some launch reads or writes
+
+    def value(kind: str, index: int) -> str:
+        if kind in ("seed", "offset"):
+            return f"{'r' if kind == 'seed' else 'f'}{index}"
+        position = slot_positions[index] if kind == "slot" else index
+        if position < first_slot:
+            used.add(position)
+        return f"t{position}"
+
+    body: list[str] = []
+    for k, launch in enumerate(program.launches):
+        for slot in program.allocs[k]:
+            size = size_class(slot_bytes[slot])
+            if slot in internal:
+                body.append(f"t{first_slot + slot} = take({size})")
+            elif slot not in aliases:
+                body += [f"h{slot} = allocate_taken({size}, {slot_bytes[slot]})", f"t{first_slot + slot} = h{slot}.raw"]
+        arguments = [value(kind, index) for kind, index in launch.args]
+        if launch.is_kernel:
+            names[f"k{k}"], names[f"g{k}"], names[f"l{k}"] = kernels[k], launch.global_size, launch.local_size
+            body.append(f"launch(k{k}, g{k}, l{k}, ({''.join(a + ', ' for a in arguments)}))")
+        elif launch.collective and launch.global_size[0] > 0:
+            body.append(_collective(k, launch, arguments, slot_bytes, names))
+        for slot in program.frees[k]:
+            if slot in internal:
+                body += [f"give(t{first_slot + slot}, {size_class(slot_bytes[slot])})", f"t{first_slot + slot} = None"]
+    allocated = {slot for allocs in program.allocs for slot in allocs}
+    taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(internal & allocated)]
+    head = [f"t{i} = inputs[{i}].raw" for i in sorted(used)]
+    head += [f"r{r} = uint64(rand_args[{r}][0]); f{r} = uint64(rand_args[{r}][1])" for r in range(rands)]
+    empty = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o not in internal and o not in aliases]
+    head += [f"h{slot} = allocate(0)" for slot in empty]
+    unfreed = (internal & allocated) - {slot for frees in program.frees for slot in frees}  # none in a well-formed plan
+    if taken:
+        head.append(" = ".join(f"t{position}" for position, _ in taken) + " = None")
+        held = ", ".join(f"(t{position}, {size})" for position, size in taken)
+        body = (["try:"] + ["    " + line for line in body]
+                + ["except BaseException:  # what is queued still runs in order, before any later use of the pool",
+                   f"    for raw, size in ({held}, ):", "        if raw is not None:", "            give(raw, size)",
+                   "    raise"]
+                + [f"give(t{first_slot + slot}, {size_class(slot_bytes[slot])})" for slot in sorted(unfreed)])
+    outputs = [f"inputs[{aliases[slot]}]" if slot in aliases
+               else f"h{slot}" if slot in allocated or slot in empty else "allocate(0)" for slot in program.outputs]
+    lines = (["def run(inputs, rand_args, take, give, allocate_taken, allocate, launch, runtime):"]
+             + ["    " + line for line in head + body]
+             + [f"    return [{', '.join(outputs)}]"])
+    source = "\n".join(lines)
+    exec(compile(source, f"<zyx run {program.name or id(program)}>", "exec"), names)  # noqa: S102 - built above
+    return names["run"]
+
+
+def _collective(k: int, launch: Any, arguments: list[str], slot_bytes: Sequence[int], names: dict[str, Any]) -> str:
+    """A collective step's line: a START hands its sources (one bucket) to the communication thread, the FINISH of
+    the same result slot waits for it and writes the result (jit/collective.py places them)."""
+    names[f"c{k}"] = launch.collective
+    result = launch.args[-1][1] if launch.name == START else launch.args[0][1]
+    if launch.name == START:
+        sources = [f"({argument}, {slot_bytes[index] if kind == 'slot' else f'inputs[{index}].nbytes'})"
+                   for argument, (kind, index) in zip(arguments[:-1], launch.args[:-1])]
+        return f"p{result} = runtime.start_collective([{', '.join(sources)}], {launch.global_size[0]}, c{k})"
+    return f"runtime.finish_collective(p{result}, {arguments[0]}, c{k})"
+
