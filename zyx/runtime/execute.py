@@ -49,7 +49,7 @@ class Executable:
         launch = backend.launcher(timed)
         if timed or on_first_launch is not None:
             launch = self._observed(launch, backend, timed, on_first_launch)
-        outputs = self._run(inputs, rand_args, pool.take, pool.give, backend.allocate_taken,
+        outputs = self._run(inputs, rand_args, pool, backend.allocate_taken,
                             backend.allocate, launch, backend)
         stats.set_max("peak_bytes", pool.peak_bytes)
         return outputs
