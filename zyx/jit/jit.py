@@ -261,10 +261,10 @@ class CapturedStep:
         on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
         extremes = self.device.backend.runtime.download_all(
             [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
-        for (check, _), (negated_smallest, largest) in zip(self.checks, extremes):
-            error = check.error_from_extremes(-int(negated_smallest), int(largest))
-            if error is not None:
-                raise error
+        for (check, _), pair in zip(self.checks, extremes):
+            negated_smallest, largest = pair.tolist()
+            if -negated_smallest < check.low or largest >= check.high:
+                raise check.error_from_extremes(-negated_smallest, largest)  # type: ignore[misc]
 
 
 def _first_positions(counts: list[int]) -> list[int]:
