@@ -19,6 +19,7 @@ __all__ = ["debug_level", "explain_cache_misses", "logger"]
 
 ROOT = "zyx"
 _applied: list[tuple[int, bool]] = [(0, False)]  # the (ZYX_DEBUG, ZYX_DEBUG_CACHE) settings applied last
+_loggers: dict[str, logging.Logger] = {}  # a program run asks for its logger at every run
 
 
 def debug_level() -> int:
@@ -62,7 +63,10 @@ def logger(name: str) -> logging.Logger:
     if settings != _applied[0]:
         _applied[0] = settings
         _apply(*settings)
-    return logging.getLogger(name)
+    found = _loggers.get(name)
+    if found is None:
+        found = _loggers[name] = logging.getLogger(name)  # the same object every time, found under logging's lock
+    return found
 
 
 class StderrHandler(logging.StreamHandler):
