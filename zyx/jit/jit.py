@@ -323,8 +323,9 @@ class JitFunction:
 
     @property
     def captured(self) -> list[dict[str, Any]]:
-        """One entry per captured program: its key, kernel count and planned peak memory."""
-        return [{"signature": key, "kernels": step.kernels, "planned_peak_bytes": step.program.planned_peak_bytes,
+        """One entry per captured program: its key, kernel and launch counts and planned peak memory."""
+        return [{"signature": key, "kernels": step.kernels, "launches": step.program.launch_count,
+                 "planned_peak_bytes": step.program.planned_peak_bytes,
                  "training_modes": [training for _, training in step.modes]}
                 for key, steps in self.steps.items() for step in steps]
 
