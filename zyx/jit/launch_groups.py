@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 from .kernel_ir import Barrier, Gather, If, Kernel, LocalArray, Load, Loop, Rand, RenderedKernel, Role, Store, walk
 
 TINY_ITEMS = 64  # a kernel of at most this many work items is tiny: it may join another kernel's launch
+LOOKBACK = 8     # launches a kernel may join, counted back from the last (a program may have thousands)
 
 GroupPrinter = Callable[[Sequence[Kernel]], tuple[str, str]]
 
@@ -28,13 +29,15 @@ def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]]
                    max_params: int) -> list[RenderedKernel]:
     """`kernels` (in launch order; `before[k]`: the kernels k must run after, all earlier) in launches: a tiny
     kernel joins the latest launch it may join (one placed after everything it runs after, whose kernels are all
-    tiny or which it is tiny for, with room for its parameters), else it gets its own."""
+    tiny or which it is tiny for, with room for its parameters; one of the last LOOKBACK), else it gets its own."""
     launches: list[list[int]] = []
     launch_of: list[int] = []
+    groupable = [_groupable(kernel) for kernel in kernels]
     for k, kernel in enumerate(kernels):
-        earliest = 1 + max((launch_of[p] for p in before[k]), default=-1)
-        joined = next((g for g in range(len(launches) - 1, earliest - 1, -1)
-                       if _may_join(kernel, [kernels[m] for m in launches[g]], max_params)), None)
+        earliest = max(1 + max((launch_of[p] for p in before[k]), default=-1), len(launches) - LOOKBACK)
+        joined = next((g for g in range(len(launches) - 1, earliest - 1, -1) if groupable[k]
+                       and all(groupable[m] for m in launches[g])
+                       and _may_join(kernel, [kernels[m] for m in launches[g]], max_params)), None)
         if joined is None:
             joined = len(launches)
             launches.append([])
@@ -45,8 +48,7 @@ def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]]
 
 
 def _may_join(kernel: RenderedKernel, group: list[RenderedKernel], max_params: int) -> bool:
-    if not _groupable(kernel) or not all(map(_groupable, group)):
-        return False
+    """Whether a kernel may join a launch of groupable kernels that it is independent of."""
     tiny = kernel.global_size <= TINY_ITEMS
     return ((tiny or all(member.global_size <= TINY_ITEMS for member in group))
             and len(kernel.params) + sum(len(member.params) for member in group) <= max_params)
