@@ -159,7 +159,7 @@ def realize_rows(dev: Any, args: argparse.Namespace) -> list[Record]:
     before = zyx.stats()
     wall, cpu = timed_blocks(call, prepare, zyx.synchronize, args.calls, args.repeat)
     after = zyx.stats()
-    launches = (after["kernels_launched"] - before["kernels_launched"]) / (args.calls * args.repeat)
+    launches = (after["launches"] - before["launches"]) / (args.calls * args.repeat)
     workload = f"H1 realize, cached {EXPRESSION_NODES}-node structure"
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "build_us": build_us},
                   f"{_launches(launches)} per call; building the expression (not timed) {build_us:.0f} µs")
@@ -180,10 +180,12 @@ def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Reco
     before = zyx.stats()
     wall, cpu = timed_blocks(lambda i: step(x, y), lambda: None, zyx.synchronize, args.calls, args.repeat)
     after = zyx.stats()
-    launches = (after["kernels_launched"] - before["kernels_launched"]) / (args.calls * args.repeat)
+    launches, kernels = ((after[name] - before[name]) / (args.calls * args.repeat)
+                         for name in ("launches", "kernels_launched"))
     workload = f"H2 jitted replay, W4 step ({optimizer})"
-    row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches},
-                  f"{_launches(launches)} per call; MLP {'-'.join(map(str, sizes))}, batch {args.host_batch}")
+    row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "kernels_per_call": kernels},
+                  f"{_launches(launches)} ({kernels:g} kernels) per call; MLP {'-'.join(map(str, sizes))}, "
+                  f"batch {args.host_batch}")
     runtime = dev.backend.runtime
     floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: step(x, y)), args)
     with driver_stubbed(runtime):

@@ -9,7 +9,7 @@ _NAMES = (
     "kernels_compiled", "kernels_launched", "graphs_scheduled", "schedule_cache_hits",
     "bytes_allocated", "peak_bytes", "cache_memory_hits", "cache_disk_hits", "cache_misses",
     "compile_seconds", "programs_captured", "programs_loaded", "structure_digests",
-    "kernels_tuned",
+    "kernels_tuned", "launches",
 )
 
 

@@ -19,19 +19,42 @@ __all__ = ["debug_level", "explain_cache_misses", "logger"]
 
 ROOT = "zyx"
 _applied: list[tuple[int, bool]] = [(0, False)]  # the (ZYX_DEBUG, ZYX_DEBUG_CACHE) settings applied last
+_loggers: dict[str, logging.Logger] = {}  # a program run asks for its logger at every run
 
 
 def debug_level() -> int:
     """ZYX_DEBUG as a number (0 when unset or not a number)."""
-    try:
-        return int(os.environ.get("ZYX_DEBUG", "0"))
-    except ValueError:
-        return 0
+    raw = _read("ZYX_DEBUG")
+    level = _levels.get(raw)
+    if level is None:
+        try:
+            level = int(os.environ.decodevalue(raw)) if raw is not None else 0
+        except ValueError:
+            level = 0
+        _levels[raw] = level
+    return level
 
 
 def explain_cache_misses() -> bool:
     """ZYX_DEBUG_CACHE=1: log why each kernel missed the cache (it reads every stored entry, so it is opt-in)."""
-    return os.environ.get("ZYX_DEBUG_CACHE") == "1"
+    return _read("ZYX_DEBUG_CACHE") == _ONE
+
+
+# Every program run reads ZYX_DEBUG (to time its kernels at 2), and `os.environ.get` encodes the name, looks it up
+# and decodes the value: microseconds, as much as a launch. os.environ keeps the encoded names and values in a
+# dict, `_data`, which its writes update; the settings are read from it directly (through `get` where it lacks one).
+_raw_environment = getattr(os.environ, "_data", None)
+_levels: dict = {}  # a raw ZYX_DEBUG value -> its level
+_keys = {name: os.environ.encodekey(name) for name in ("ZYX_DEBUG", "ZYX_DEBUG_CACHE")}
+_ONE = os.environ.encodevalue("1")
+
+
+def _read(name: str) -> object:
+    """The setting `name` as os.environ keeps it (encoded), None when unset."""
+    if isinstance(_raw_environment, dict):
+        return _raw_environment.get(_keys[name])
+    value = os.environ.get(name)
+    return None if value is None else os.environ.encodevalue(value)
 
 
 def logger(name: str) -> logging.Logger:
@@ -40,7 +63,10 @@ def logger(name: str) -> logging.Logger:
     if settings != _applied[0]:
         _applied[0] = settings
         _apply(*settings)
-    return logging.getLogger(name)
+    found = _loggers.get(name)
+    if found is None:
+        found = _loggers[name] = logging.getLogger(name)  # the same object every time, found under logging's lock
+    return found
 
 
 class StderrHandler(logging.StreamHandler):

@@ -4,7 +4,8 @@ For tensors, the trace below them is scheduled as their device would schedule it
 each cluster holds the trace nodes that kernel computes and is labelled with the kernel's name and launch
 size; nodes it stores to memory are double-bordered boxes with their shape; buffers read from outside are
 cylinders. For a `@zyx.jit` function, each captured program is drawn from its launches (the trace is gone by
-then): a cluster per kernel with the node it stores, the slots it writes, and the inputs and slots it reads.
+then): a cluster per launch (a launch group's kernels share one) with the node it stores, the slots it writes,
+and the inputs and slots it reads.
 """
 from __future__ import annotations
 

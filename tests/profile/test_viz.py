@@ -80,7 +80,7 @@ def test_jit_step_draws_its_captured_program(tmp_path):
         zyx.viz(step, tmp_path / "none.dot")
     step(dev.tensor(np.ones((2, 4), np.float32)))
     text = zyx.viz(step, tmp_path / "step.dot").read_text()
-    assert text.count("subgraph cluster_") == step.captured[0]["kernels"]
+    assert text.count("subgraph cluster_") == step.captured[0]["launches"]
     assert "input 0" in text and "stored slot" in text and "FLOPs" in text
 
 

@@ -150,7 +150,10 @@ class FusingBackend:
         kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
         if mode and self._search(kernels, mode):
             kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
-        program = build_program(kernels, scheduled_targets, leaves, rands, in_place)
+        grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
+        group_printer = c.print_group if grouped else None
+        program = build_program(kernels, scheduled_targets, leaves, rands, in_place, group_printer,
+                                self.traits.max_params)
         stats.bump("graphs_scheduled")
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))

@@ -23,7 +23,7 @@ CACHE_FORMAT = "1"
 FINGERPRINT_NAMES = ("device", "platform", "platform_version", "driver_version", "opencl_c_version")
 COMPONENT_NAMES = ("source_hash", *FINGERPRINT_NAMES, "options", "zyx_version", "format")
 
-PROGRAM_FORMAT = "program-3"
+PROGRAM_FORMAT = "program-4"
 """Bump when the stored program layout changes."""
 PROGRAM_COMPONENT_NAMES = ("structure", *FINGERPRINT_NAMES, "traits", "tuning", "settings", "zyx_source",
                            "zyx_version", "format")

@@ -261,10 +261,10 @@ class CapturedStep:
         on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
         extremes = self.device.backend.runtime.download_all(
             [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
-        for (check, _), (negated_smallest, largest) in zip(self.checks, extremes):
-            error = check.error_from_extremes(-int(negated_smallest), int(largest))
-            if error is not None:
-                raise error
+        for (check, _), pair in zip(self.checks, extremes):
+            negated_smallest, largest = pair.tolist()
+            if -negated_smallest < check.low or largest >= check.high:
+                raise check.error_from_extremes(-negated_smallest, largest)  # type: ignore[misc]
 
 
 def _first_positions(counts: list[int]) -> list[int]:
@@ -323,8 +323,9 @@ class JitFunction:
 
     @property
     def captured(self) -> list[dict[str, Any]]:
-        """One entry per captured program: its key, kernel count and planned peak memory."""
-        return [{"signature": key, "kernels": step.kernels, "planned_peak_bytes": step.program.planned_peak_bytes,
+        """One entry per captured program: its key, kernel and launch counts and planned peak memory."""
+        return [{"signature": key, "kernels": step.kernels, "launches": step.program.launch_count,
+                 "planned_peak_bytes": step.program.planned_peak_bytes,
                  "training_modes": [training for _, training in step.modes]}
                 for key, steps in self.steps.items() for step in steps]
 

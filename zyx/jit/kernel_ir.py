@@ -313,6 +313,8 @@ class RenderedKernel:
     longest_reduction: int = 0  # elements the longest reduction in this kernel walks
     collective: str = ""  # not a kernel: a value combined across processes, "all_reduce sum float32" (collective.py)
     site: Optional["TuneSite"] = None  # how it was shaped and what a search may try (None: nothing to choose)
+    ir: Optional[Kernel] = None  # what was printed (None for a collective step): launch groups print it again
+    kernels: int = 1  # the kernels it runs side by side (a launch group: launch_groups.py)
 
 
 # ---- walking and rewriting -------------------------------------------------------------------------------

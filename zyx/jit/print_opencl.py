@@ -8,7 +8,7 @@ computing the same thing is compiled once, whatever shape or trace it came from.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..dtypes import DType, float64
 from ..trace.ops import Op
@@ -16,6 +16,7 @@ from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
                         Rand, Reg, Role, Select, Store, walk)
+from .cache_key import hash_hex
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, condition, dtypes_used,
                            kernel_name, pick)
 from .symbolic import Expr
@@ -269,6 +270,27 @@ def print_kernel(kernel: Kernel) -> tuple[str, str]:
     uses_double = float64 in dtypes_used(kernel)
     uses_rand = any(isinstance(s, Rand) for s in walk(kernel.body))
     text = f"__kernel void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
+    return name, prelude(uses_double, uses_rand, text) + text
+
+
+def print_group(kernels: Sequence[Kernel]) -> tuple[str, str]:
+    """(name, source) of one kernel running `kernels` side by side: work items numbered through them in order, each
+    running its kernel's body with `gid` counted from that kernel's first item (launch_groups.py says which
+    kernels may). Their parameters must have distinct names."""
+    total = sum(kernel.work_items for kernel in kernels)
+    index_type = "long" if total >= 2**31 else "int"
+    params = ", ".join(_signature(kernel) for kernel in kernels)
+    lines, start = [f"  {index_type} item = get_global_id(0);"], 0
+    for k, kernel in enumerate(kernels):
+        end = start + kernel.work_items
+        lines.append(f"  {'} else ' if k else ''}if (item < {end}) {{")
+        lines += [f"    {index_type} gid = item - {start};", *body_lines(kernel.body, "    ", SYNTAX)]
+        start = end
+    text = "\n".join(lines) + "\n  }"
+    name = f"h_{hash_hex(params + text + VERSION)[:12]}"
+    text = f"__kernel void {name}({params}) {{\n{text}\n}}\n"
+    uses_double = any(float64 in dtypes_used(kernel) for kernel in kernels)
+    uses_rand = any(isinstance(s, Rand) for kernel in kernels for s in walk(kernel.body))
     return name, prelude(uses_double, uses_rand, text) + text
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..trace.node import Node, short_name
 from .collective import place_steps
 from .kernel_nodes import kernel_bytes, kernel_flops
 from .kernel_ir import RenderedKernel
+from .launch_groups import GroupPrinter, group_launches
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Launch:
     bytes_moved: int = 0    # bytes of the buffers it reads and writes
     node: str = ""          # the trace node it stores, e.g. "SUM (512, 1) float32"
     collective: str = ""    # a host step, not a kernel: the collective it starts or finishes (collective.py)
+    kernels: int = 1        # the scheduler's kernels it runs side by side (a launch group: launch_groups.py)
 
     @property
     def is_kernel(self) -> bool:
@@ -56,7 +58,12 @@ class Program:
 
     @property
     def kernel_count(self) -> int:
-        """Kernels the program launches (its collective steps are no kernels)."""
+        """Kernels the program runs (its collective steps are no kernels; a launch group runs several)."""
+        return sum(launch.kernels for launch in self.launches if not launch.collective)
+
+    @property
+    def launch_count(self) -> int:
+        """Launches of kernels the program makes."""
         return sum(1 for launch in self.launches if not launch.collective)
 
 
@@ -68,9 +75,14 @@ def launch_size(kernel: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...
 
 
 def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
-                  rands: Sequence[Node], in_place: Sequence[tuple[int, int]] = ()) -> Program:
-    """`in_place`: (target index, leaf index) pairs whose target may overwrite the leaf's buffer."""
+                  rands: Sequence[Node], in_place: Sequence[tuple[int, int]] = (),
+                  group_printer: Optional[GroupPrinter] = None, max_params: int = 0) -> Program:
+    """`in_place`: (target index, leaf index) pairs whose target may overwrite the leaf's buffer. With a
+    `group_printer`, tiny kernels share launches (launch_groups.py) of at most `max_params` parameters."""
     kernels = _launch_order(kernels, targets, leaves, in_place)
+    if group_printer is not None and not any(kernel.collective for kernel in kernels):
+        kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place), group_printer,
+                                 max_params)
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
@@ -91,7 +103,8 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
                 args.append(("slot", slot_of[id(param.node)]))
         global_size, local = launch_size(kernel)
         launches.append(Launch(kernel.name, kernel.source, global_size, local, tuple(args), kernel_flops(kernel),
-                               kernel_bytes(kernel), short_name(kernel.outputs[0]), kernel.collective))
+                               kernel_bytes(kernel), short_name(kernel.outputs[0]), kernel.collective,
+                               kernel.kernels))
     launches = place_steps(launches)
     outputs = [slot_of[id(t)] for t in targets]
     program = Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
@@ -106,10 +119,33 @@ def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     read the old weight: then it can write in place), and so that kernels waiting for a value combined across
     processes run after all that does not wait (the host then communicates while the device runs the rest of the
     backward pass). Otherwise kernels keep the scheduler's order."""
+    waits = _waits_for_collectives(kernels, _dependencies(kernels, targets, leaves, ()))  # (in the scheduler's order)
+    before = _dependencies(kernels, targets, leaves, in_place)
+    waiting = [len(b) for b in before]
+    followers: list[list[int]] = [[] for _ in kernels]
+    for k, earlier in enumerate(before):
+        for p in earlier:
+            followers[p].append(k)
+    ready = [(waits[k], k) for k, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:  # what does not wait for a collective first, then the scheduler's order
+        _, k = heapq.heappop(ready)
+        order.append(kernels[k])
+        for follower in followers[k]:
+            waiting[follower] -= 1
+            if waiting[follower] == 0:
+                heapq.heappush(ready, (waits[follower], follower))
+    return order
+
+
+def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
+                  in_place: Sequence[tuple[int, int]]) -> list[set[int]]:
+    """Per kernel, the kernels it must run after: those storing what it reads, and for a kernel storing a leaf's
+    new value (that may be written in place) the kernels reading the old one that do not run after it anyway."""
     producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
     before: list[set[int]] = [{producer[id(node)] for node in kernel.loads if id(node) in producer}
                               for kernel in kernels]
-    waits = _waits_for_collectives(kernels, before)
 
     def needs(later: int, earlier: int) -> bool:
         """Kernel `later` (transitively) runs after kernel `earlier`."""
@@ -130,22 +166,7 @@ def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
         for reader, kernel in enumerate(kernels):
             if reader != writer and any(node is leaf for node in kernel.loads) and not needs(reader, writer):
                 before[writer].add(reader)
-    waiting = [len(b) for b in before]
-    followers: list[list[int]] = [[] for _ in kernels]
-    for k, earlier in enumerate(before):
-        for p in earlier:
-            followers[p].append(k)
-    ready = [(waits[k], k) for k, count in enumerate(waiting) if count == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:  # what does not wait for a collective first, then the scheduler's order
-        _, k = heapq.heappop(ready)
-        order.append(kernels[k])
-        for follower in followers[k]:
-            waiting[follower] -= 1
-            if waiting[follower] == 0:
-                heapq.heappush(ready, (waits[follower], follower))
-    return order
+    return before
 
 
 def _waits_for_collectives(kernels: Sequence[RenderedKernel], producers: Sequence[set[int]]) -> list[bool]:

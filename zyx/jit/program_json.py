@@ -18,7 +18,8 @@ __all__ = ["InvalidProgram", "program_from_json", "program_to_json"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIELDS = ("launches", "slot_bytes", "outputs", "frees", "allocs", "aliases", "name")
-_LAUNCH_FIELDS = {"name", "source", "global_size", "local_size", "args", "flops", "bytes_moved", "node", "collective"}
+_LAUNCH_FIELDS = {"name", "source", "global_size", "local_size", "args", "flops", "bytes_moved", "node", "collective",
+                  "kernels"}
 _SOURCE_KINDS = ("input", "slot")
 
 
@@ -81,7 +82,8 @@ def _launch(data: Any, k: int, ranges: dict[str, int]) -> Launch:
     if not isinstance(data["node"], str):
         raise InvalidProgram(f"{where}.node: expected a string")
     return Launch(name, source, global_size, local_size, tuple(args), _count(data["flops"], f"{where}.flops"),
-                  _count(data["bytes_moved"], f"{where}.bytes_moved"), data["node"], collective)
+                  _count(data["bytes_moved"], f"{where}.bytes_moved"), data["node"], collective,
+                  max(1, _count(data["kernels"], f"{where}.kernels")))
 
 
 def _check_collective(name: Any, source: Any, collective: Any, args: Any, where: str) -> None:

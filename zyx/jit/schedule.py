@@ -52,20 +52,22 @@ class DeviceTraits:
     language: str = "opencl"        # the printer: "opencl" (OpenCL C) or "wgsl" (WebGPU)
     max_params: int = PARAM_LIMIT   # buffers and scalars one kernel may take
     local_memory: int = 1 << 16     # bytes of local memory one work group may use
+    group_launches: bool = True     # tiny kernels share launches where they may (launch_groups.py; OpenCL only)
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
         """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU), and
-        ZYX_VECTOR_WIDTH=N sets the vector width (1: none), to measure another. CPUs get 16 lanes (their OpenCL
-        compilers call math functions lane by lane otherwise); GPUs 4, so every item loads and stores whole
-        float4 vectors, as a hand-written elementwise kernel does."""
+        ZYX_VECTOR_WIDTH=N sets the vector width (1: none), to measure another (ZYX_GROUP_LAUNCHES=0: one kernel
+        per launch). CPUs get 16 lanes (their OpenCL compilers call math functions lane by lane otherwise); GPUs 4,
+        so every item loads and stores whole float4 vectors, as a hand-written elementwise kernel does."""
         gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
         most = min(1024, int(getattr(runtime, "max_work_group_size", 256)))
         group = 1 << (min(256, most).bit_length() - 1)
         width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
         native = int(getattr(runtime, "native_vector_width", 16))
         return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
-                            local_memory=int(getattr(runtime, "local_mem_bytes", 1 << 16)))
+                            local_memory=int(getattr(runtime, "local_mem_bytes", 1 << 16)),
+                            group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0")
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
@@ -336,7 +338,8 @@ def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = Devi
     loads = [p.node for p in kernel.params if p.kind == "load"]
     global_size, local_size = launch(kernel)
     return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
-                          lowered.misaligned, global_size, local_size, lowered.longest_reduction, site=site)
+                          lowered.misaligned, global_size, local_size, lowered.longest_reduction, site=site,
+                          ir=kernel)
 
 
 def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tails: bool = False) -> Optional[Kernel]:

@@ -37,7 +37,12 @@ class BufferPool(Generic[RawBuffer]):
         self._free: dict[int, list[RawBuffer]] = {}
         self.current_bytes = 0
         self.peak_bytes = 0
-        self.pool_bytes = 0
+
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes of the buffers waiting in the free lists (counted when asked: program runs move buffers in and out
+        of the free lists themselves, `free_list`)."""
+        return sum(size * len(free_list) for size, free_list in self._free.items())
 
     def size_class(self, nbytes: int) -> int:
         """The size actually allocated: at least one byte, rounded up to the granularity."""
@@ -58,11 +63,7 @@ class BufferPool(Generic[RawBuffer]):
         """`acquire` for a size that is a size class already, without publishing the peak to `zyx.stats()`: a
         program run takes its internal buffers this way (sizes rounded once, the peak published once per run)."""
         free_list = self._free.get(size)
-        if free_list:
-            raw = free_list.pop()
-            self.pool_bytes -= size
-        else:
-            raw = self._allocate_new(size)
+        raw = free_list.pop() if free_list else self.new_buffer(size)
         current = self.current_bytes = self.current_bytes + size
         if current > self.peak_bytes:
             self.peak_bytes = current
@@ -75,20 +76,33 @@ class BufferPool(Generic[RawBuffer]):
             free_list = self._free[size] = []
         free_list.append(raw)
         self.current_bytes -= size
-        self.pool_bytes += size
+
+    def free_list(self, size: int) -> list[RawBuffer]:
+        """The free list of size class `size`, for a program run that takes its internal buffers from it and gives
+        them back itself (`run_code`), between `current_bytes` read at its start and `note_peak` at its end: its
+        internal buffers are all given back, so they change `current_bytes` by nothing."""
+        return self._free.setdefault(size, [])
+
+    def note_peak(self, nbytes: int) -> None:
+        """`nbytes` were held at once (a program run's own count: its internal buffers bypass `take`)."""
+        if nbytes > self.peak_bytes:
+            self.peak_bytes = nbytes
 
     def trim(self) -> int:
-        """Drops every pooled buffer (the driver frees them once unreferenced); returns the bytes given back."""
+        """Drops every pooled buffer (the driver frees them once unreferenced); returns the bytes given back. The
+        free lists are emptied in place: a run holding one gives its buffers back to the pool still."""
         freed = self.pool_bytes
-        self._free.clear()
-        self.pool_bytes = 0
+        for free_list in self._free.values():
+            free_list.clear()
         return freed
 
     def reset_peak(self) -> None:
         """Starts a new peak measurement from what is live now."""
         self.peak_bytes = self.current_bytes
 
-    def _allocate_new(self, size: int) -> RawBuffer:
+    def new_buffer(self, size: int) -> RawBuffer:
+        """A buffer of size class `size` from the allocator (trimming the pool once on out-of-memory); not counted
+        in `current_bytes` (`take` counts it)."""
         try:
             raw = self._allocator(size)
         except Exception as error:

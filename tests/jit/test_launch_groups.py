@@ -1,0 +1,82 @@
+"""Launch groups (jit/launch_groups.py): tiny kernels share a launch with a kernel they are independent of, and
+compute exactly what they compute alone; a kernel reading a value another overwrites in place never shares it."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import zyx
+
+def adam_mlp(dev, sizes=(12, 8, 8, 3), batch=6):
+    """A jitted Adam step of a small MLP (ReLU, cross-entropy), its data, and its parameters."""
+    layers = [zyx.nn.Linear(a, b, device=dev) for a, b in zip(sizes, sizes[1:])]
+    for layer, seed in zip(layers, range(len(layers))):
+        rng = np.random.default_rng(seed)
+        layer.weight.assign(dev.tensor(rng.uniform(-0.3, 0.3, layer.weight.shape).astype(np.float32)))
+        layer.bias.assign(dev.tensor(rng.uniform(-0.3, 0.3, layer.bias.shape).astype(np.float32)))
+    params = [p for layer in layers for p in (layer.weight, layer.bias)]
+    zyx.realize(*params)
+    opt = zyx.nn.Adam(lr=0.01)
+
+    @zyx.jit
+    def step(x, y):
+        h = x
+        for i, layer in enumerate(layers):
+            h = layer(h)
+            h = h.relu() if i < len(layers) - 1 else h
+        loss = zyx.nn.cross_entropy(h, y)
+        opt.update(params, loss.backward(params), realize_with=[loss])
+        return loss
+    rng = np.random.default_rng(16)
+    x = dev.tensor(rng.standard_normal((batch, sizes[0])).astype(np.float32))
+    y = dev.tensor(rng.integers(0, sizes[-1], batch).astype(np.int32))
+    return step, x, y, params
+
+
+def run(dev, steps=4):
+    step, x, y, params = adam_mlp(dev)
+    losses = [step(x, y).item() for _ in range(steps)]
+    launches = step.captured[0]["launches"] if step.captured else None
+    return losses, [p.numpy() for p in params], launches
+
+
+@pytest.fixture
+def ungrouped(dev, monkeypatch):
+    """The OpenCL device with one kernel per launch (its programs are keyed apart by their traits)."""
+    monkeypatch.setattr(dev.backend, "traits", dataclasses.replace(dev.backend.traits, group_launches=False))
+    dev.backend.forget_programs()
+    yield dev
+    dev.backend.forget_programs()
+
+
+def test_an_adam_step_in_fewer_launches_computes_what_one_kernel_per_launch_does(dev, ungrouped):
+    plain_losses, plain_params, plain_launches = run(ungrouped)
+    ungrouped.backend.traits = dataclasses.replace(ungrouped.backend.traits, group_launches=True)
+    ungrouped.backend.forget_programs()
+    losses, params, launches = run(ungrouped)
+    assert launches <= 10 < plain_launches
+    assert losses == plain_losses
+    for value, plain in zip(params, plain_params):
+        np.testing.assert_array_equal(value, plain)
+    cpu_losses, cpu_params, _ = run(zyx.CPU())
+    np.testing.assert_allclose(losses, cpu_losses, rtol=1e-5)
+    for value, reference in zip(params, cpu_params):
+        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_a_reader_of_an_old_value_never_shares_a_launch_with_its_in_place_writer(device):
+    """`total` reads the counter before the step overwrites it in place: both are one-item kernels, independent
+    but for that order, so only the third (independent) update may join one of them."""
+    w, counter, other = device.tensor([1.0, 2.0, 3.0]), device.tensor([1.0]), device.tensor([3.0])
+
+    @zyx.jit
+    def step():
+        total = (w * counter).sum()
+        counter.assign(counter + 1)
+        other.assign(other * 2)
+        return total
+    totals = [step().item() for _ in range(3)]
+    assert totals == [6.0, 12.0, 18.0]
+    assert counter.numpy().tolist() == [4.0] and other.numpy().tolist() == [24.0]
+    if device.kind == "opencl":
+        assert (step.captured[0]["kernels"], step.captured[0]["launches"]) == (3, 2)

@@ -1,0 +1,81 @@
+"""Executable's generated run (runtime/run_code.py) on a fake runtime: what it launches with which buffers, and
+how its internal buffers go through the pool (taken, given back, also when a launch raises; the peak noted)."""
+import numpy as np
+import pytest
+
+from zyx.jit.program import Launch, Program
+from zyx.runtime.execute import Executable
+from zyx.runtime.limits import MemoryLimits
+from zyx.runtime.memory import BufferPool, PooledRuntime
+
+
+class Raw:
+    """A driver buffer."""
+
+
+class FakeBuffer:
+    def __init__(self, raw, nbytes, runtime):
+        self.raw, self.nbytes, self.runtime = raw, nbytes, runtime
+
+    def __del__(self):
+        self.runtime.pool.release(self.raw, self.nbytes)
+
+
+class FakeRuntime(PooledRuntime):
+    """Records each launch as (kernel, global size, arguments); `fail_at` makes that kernel's launch raise."""
+
+    def __init__(self, fail_at=None):
+        self.pool = BufferPool(lambda nbytes: Raw(), granularity=256)
+        self.limits = MemoryLimits(1 << 30, 1 << 30, "fake")
+        self.launches, self.fail_at = [], fail_at
+
+    def _buffer(self, raw, nbytes):
+        return FakeBuffer(raw, nbytes, self)
+
+    def launcher(self, timed):
+        def launch(kernel, global_size, local_size, args):
+            if kernel == self.fail_at:
+                raise RuntimeError(f"{kernel} failed")
+            self.launches.append((kernel, global_size, args))
+        return launch
+
+
+def launch(name, size, *args):
+    return Launch(name, "", (size,), None, args)
+
+
+# input 0 -> internal slot 0 (1000 bytes) -> output slot 1 (100 bytes), written into input 1 in place (slot 2),
+# with an empty launch and a random stream between
+PROGRAM = Program(
+    launches=[launch("a", 4, ("input", 0), ("slot", 0)), launch("empty", 0, ("slot", 0)),
+              launch("b", 4, ("slot", 0), ("seed", 0), ("offset", 0), ("slot", 1)),
+              launch("c", 4, ("slot", 1), ("slot", 2))],
+    slot_bytes=[1000, 100, 16], outputs=[1, 2],
+    frees=[[], [], [0], []], allocs=[[0], [], [1], [2]], aliases={2: 1})
+
+
+def test_a_run_launches_in_order_with_its_buffers_and_gives_internal_buffers_back():
+    runtime = FakeRuntime()
+    inputs = [FakeBuffer(Raw(), 16, runtime), FakeBuffer(Raw(), 16, runtime)]
+    executable = Executable(PROGRAM, ["K0", None, "K2", "K3"], runtime)
+    output, written = executable.run(runtime, inputs, [(7, 11)])
+    (k0, _, (x, internal)), (k2, _, (source, seed, offset, out)), (k3, _, (result, target)) = runtime.launches
+    assert (k0, k2, k3) == ("K0", "K2", "K3") and x is inputs[0].raw
+    assert source is internal and out is result is output.raw and target is inputs[1].raw and written is inputs[1]
+    assert (seed, offset) == (7, 11) and type(seed) is np.uint64
+    pool = runtime.pool
+    assert pool.free_list(1024) == [internal] and pool.current_bytes == 256  # the output is held
+    assert pool.peak_bytes == 1024 + 256  # both held while "b" runs, in their size classes
+    executable.run(runtime, inputs, [(7, 11)])
+    assert runtime.launches[3][2][1] is internal  # the next run takes the same buffer again
+
+
+def test_a_launch_that_raises_gives_the_internal_buffers_back():
+    runtime = FakeRuntime(fail_at="K2")
+    inputs = [FakeBuffer(Raw(), 16, runtime), FakeBuffer(Raw(), 16, runtime)]
+    executable = Executable(PROGRAM, ["K0", None, "K2", "K3"], runtime)
+    with pytest.raises(RuntimeError, match="K2 failed"):
+        executable.run(runtime, inputs, [(7, 11)])
+    (_, _, (_, internal)), = runtime.launches
+    assert runtime.pool.free_list(1024) == [internal]
+    assert runtime.pool.current_bytes == 0 and runtime.pool.pool_bytes == 1024 + 256  # the output died too

@@ -1,0 +1,110 @@
+"""A bound Program's run written out once as straight-line Python: what `execute.Executable` calls per run.
+
+A replayed step launches a dozen kernels or more, and a loop over precomputed steps still pays, per launch,
+for unpacking a step, four inner loops and a table lookup per argument. The generated function instead has one
+line per allocation, argument tuple and release (`t12 = s256.pop() if s256 else new_buffer(256)`,
+`a3 = (t0, t12)`, `s256.append(t12)`), its kernels, sizes and constants bound as globals, and each value a local
+variable named by its position in the run's table (inputs, then slots, then seeds, then offsets, as
+`Executable` numbers them).
+
+Its launches come last, back to back (`launch(k3, g3, l3, a3)`), or before a collective step that reads their
+results: PoCL's enqueue costs the host more when the device's threads went idle since the last one, some 2 µs
+more per launch for 5 µs of Python between launches. Buffers given back to the pool before the launches that
+use them are enqueued are safe: the queue runs in order, so a later use of one runs after them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .collectives import START
+
+# run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime) -> the outputs' buffers
+RunFunction = Callable[..., list[Any]]
+
+
+def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int], first_slot: int, rands: int,
+              size_class: Callable[[int], int], internal: set[int]) -> RunFunction:
+    """The run of `program` with `kernels[k]` launching launch k. Slots in `internal` are raw pool buffers, popped
+    from their size class's free list before their first reader (a new one when it is empty) and appended back
+    after their last (or when a launch raises); the other slots that are not inputs overwritten in place
+    (`program.aliases`) are the outputs, allocated as Buffers. The pool's peak is noted once, from the plan."""
+    names: dict[str, Any] = {"uint64": np.uint64}
+    slot_bytes, aliases = program.slot_bytes, program.aliases
+    used: set[int] = set()  # the inputs some launch reads or writes
+    sizes: set[int] = set()  # the size classes of internal slots
+    held = peak = 0  # bytes taken in the run so far, and the most at once
+
+    def value(kind: str, index: int) -> str:
+        if kind in ("seed", "offset"):
+            return f"{'r' if kind == 'seed' else 'f'}{index}"
+        position = slot_positions[index] if kind == "slot" else index
+        if position < first_slot:
+            used.add(position)
+        return f"t{position}"
+
+    body: list[str] = []
+    pending: list[str] = []  # launches whose arguments are known, enqueued together (see the module docstring)
+    for k, launch in enumerate(program.launches):
+        for slot in program.allocs[k]:
+            size = size_class(slot_bytes[slot])
+            if slot in internal:
+                sizes.add(size)
+                body.append(f"t{first_slot + slot} = s{size}.pop() if s{size} else new_buffer({size})")
+            elif slot not in aliases:
+                body += [f"h{slot} = allocate_taken({size}, {slot_bytes[slot]})", f"t{first_slot + slot} = h{slot}.raw"]
+            held += size if slot not in aliases else 0
+        peak = max(peak, held)
+        arguments = [value(kind, index) for kind, index in launch.args]
+        if launch.is_kernel:
+            names[f"k{k}"], names[f"g{k}"], names[f"l{k}"] = kernels[k], launch.global_size, launch.local_size
+            body.append(f"a{k} = ({''.join(a + ', ' for a in arguments)})")
+            pending.append(f"launch(k{k}, g{k}, l{k}, a{k})")
+        elif launch.collective and launch.global_size[0] > 0:
+            body += pending + [_collective(k, launch, arguments, slot_bytes, names)]
+            pending.clear()
+        for slot in program.frees[k]:
+            if slot in internal:
+                size = size_class(slot_bytes[slot])
+                body += [f"s{size}.append(t{first_slot + slot})", f"t{first_slot + slot} = None"]
+                held -= size
+    body += pending
+    allocated = {slot for allocs in program.allocs for slot in allocs}
+    taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(internal & allocated)]
+    head = [f"t{i} = inputs[{i}].raw" for i in sorted(used)]
+    head += [f"r{r} = uint64(rand_args[{r}][0]); f{r} = uint64(rand_args[{r}][1])" for r in range(rands)]
+    empty = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o not in internal and o not in aliases]
+    head += [f"h{slot} = allocate(0)" for slot in empty]
+    head += [f"s{size} = pool.free_list({size})" for size in sorted(sizes)] + ["start = pool.current_bytes"]
+    unfreed = (internal & allocated) - {slot for frees in program.frees for slot in frees}  # none in a well-formed plan
+    if taken:
+        head.append(" = ".join(f"t{position}" for position, _ in taken) + " = None")
+        pairs = ", ".join(f"(t{position}, s{size})" for position, size in taken)
+        body = (["try:"] + ["    " + line for line in body]
+                + ["except BaseException:  # what is queued still runs in order, before any later use of the pool",
+                   f"    for raw, free_list in ({pairs}, ):", "        if raw is not None:",
+                   "            free_list.append(raw)", "    raise"]
+                + [f"s{size_class(slot_bytes[slot])}.append(t{first_slot + slot})" for slot in sorted(unfreed)])
+    outputs = [f"inputs[{aliases[slot]}]" if slot in aliases
+               else f"h{slot}" if slot in allocated or slot in empty else "allocate(0)" for slot in program.outputs]
+    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime):",
+              "    new_buffer = pool.new_buffer"]
+             + ["    " + line for line in head + body]
+             + [f"    pool.note_peak(start + {peak})", f"    return [{', '.join(outputs)}]"])
+    source = "\n".join(lines)
+    exec(compile(source, f"<zyx run {program.name or id(program)}>", "exec"), names)  # noqa: S102 - built above
+    return names["run"]
+
+
+def _collective(k: int, launch: Any, arguments: list[str], slot_bytes: Sequence[int], names: dict[str, Any]) -> str:
+    """A collective step's line: a START hands its sources (one bucket) to the communication thread, the FINISH of
+    the same result slot waits for it and writes the result (jit/collective.py places them)."""
+    names[f"c{k}"] = launch.collective
+    result = launch.args[-1][1] if launch.name == START else launch.args[0][1]
+    if launch.name == START:
+        sources = [f"({argument}, {slot_bytes[index] if kind == 'slot' else f'inputs[{index}].nbytes'})"
+                   for argument, (kind, index) in zip(arguments[:-1], launch.args[:-1])]
+        return f"p{result} = runtime.start_collective([{', '.join(sources)}], {launch.global_size[0]}, c{k})"
+    return f"runtime.finish_collective(p{result}, {arguments[0]}, c{k})"
+
