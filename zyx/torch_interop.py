@@ -46,7 +46,7 @@ def from_torch(source: Any, device: Optional[Device] = None) -> "Tensor":
     device = Torch(source.device) if device is None else device
     dtype = to_dtype(names[source.dtype])
     if device.kind == "torch":
-        buffer = device.backend.runtime.adopt(source)
+        buffer = device.runtime.adopt(source)
     else:
         buffer = device.upload(to_numpy(source.detach().to("cpu").contiguous()))
     leaf = n.buffer_leaf(buffer, tuple(source.shape), dtype, device)

@@ -145,7 +145,7 @@ def _node_label(node: Node) -> str:
 
 def _traits(device: Any) -> DeviceTraits:
     """The device's own traits; the CPU reference device is drawn as zyx.OpenCL() on a CPU would run it."""
-    traits = getattr(device.backend, "traits", None)
+    traits = getattr(device, "traits", None)
     return traits if traits is not None else DeviceTraits(vector_width=CPU_VECTOR_WIDTH)
 
 

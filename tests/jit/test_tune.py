@@ -51,9 +51,9 @@ def scheduled(dev, kind: str, traits: DeviceTraits, tuned: TunedChoices = NO_TUN
 
 
 def searched(dev, kind: str, tmp_path: Path, traits: DeviceTraits = None) -> TuneRecord:
-    traits = traits or dev.backend.traits
+    traits = traits or dev.traits
     kernels, kernel = scheduled(dev, kind, traits)
-    (record,) = tune.Tuner(dev.backend.runtime, traits, TuningStore(tmp_path)).search(kernels, NO_TUNING, 1)
+    (record,) = tune.Tuner(dev.runtime, traits, TuningStore(tmp_path)).search(kernels, NO_TUNING, 1)
     assert record.kernel == kernel.site.key and record.untuned_name == kernel.name
     return record
 
@@ -61,12 +61,12 @@ def searched(dev, kind: str, tmp_path: Path, traits: DeviceTraits = None) -> Tun
 def realized_with(dev, kind: str, tuned: TunedChoices) -> np.ndarray:
     """The kernel's values on the device, scheduled with `tuned` (a fresh trace: no program from memory)."""
     make, _ = KERNELS[kind]
-    dev.backend.forget_programs()
-    previous, dev.backend._tuned = dev.backend._tuned, tuned
+    dev.forget_programs()
+    previous, dev._tuned = dev._tuned, tuned
     try:
         return make(dev.tensor(X), dev.tensor(W)).numpy()
     finally:
-        dev.backend._tuned = previous
+        dev._tuned = previous
 
 
 # -- searches ------------------------------------------------------------------------------------------------
@@ -115,10 +115,10 @@ def test_a_candidate_computing_other_values_is_rejected(dev, tmp_path, always, m
 def stored_winner(dev, tmp_path: Path) -> tuple[TuneRecord, object]:
     """A record (as a search would write it) choosing another vector width than the heuristics' for the
     elementwise kernel; and that kernel as the heuristics shape it."""
-    _, kernel = scheduled(dev, "elementwise", dev.backend.traits)
+    _, kernel = scheduled(dev, "elementwise", dev.traits)
     site = kernel.site
-    other = next(c for c in tune.candidates(site, dev.backend.traits, 1) if c != site.heuristic)
-    record = TuneRecord(site.key, device_fingerprint(dev.backend.runtime.device), kernel.name, "e_winner",
+    other = next(c for c in tune.candidates(site, dev.traits, 1) if c != site.heuristic)
+    record = TuneRecord(site.key, device_fingerprint(dev.runtime.device), kernel.name, "e_winner",
                         site.heuristic, other, 2e-3, 1e-3, 0.5,
                         (Trial(site.heuristic, 2e-3, "ok"), Trial(other, 1e-3, "ok", 0.5)), 1, 0.5)
     TuningStore(tmp_path).put(record)
@@ -129,13 +129,13 @@ def test_the_winner_persists_and_a_fresh_store_uses_it_without_searching(dev, tm
     record, untuned = stored_winner(dev, tmp_path)
     fresh = TuningStore(tmp_path)
     assert fresh.records() == [dataclasses.replace(record, created=fresh.records()[0].created)]
-    tuned = fresh.choices(device_fingerprint(dev.backend.runtime.device))
+    tuned = fresh.choices(device_fingerprint(dev.runtime.device))
     assert dict(tuned) == {record.kernel: record.choice}
-    kernels, kernel = scheduled(dev, "elementwise", dev.backend.traits, tuned)
+    kernels, kernel = scheduled(dev, "elementwise", dev.traits, tuned)
     assert kernel.site.applied == record.choice and kernel.site.key == record.kernel
     assert kernel.name != untuned.name and kernel.site.name == untuned.name
     monkeypatch.setattr(tune.Tuner, "_search", lambda *a: pytest.fail("searched a kernel with a record"))
-    assert tune.Tuner(dev.backend.runtime, dev.backend.traits, fresh).search(kernels, tuned, 1) == []
+    assert tune.Tuner(dev.runtime, dev.traits, fresh).search(kernels, tuned, 1) == []
     np.testing.assert_allclose(realized_with(dev, "elementwise", tuned), KERNELS["elementwise"][1](X, W), rtol=1e-5,
                                atol=1e-6)
 
@@ -147,7 +147,7 @@ def test_zyx_tune_0_never_searches(dev, monkeypatch):
             monkeypatch.delenv("ZYX_TUNE", raising=False)
         else:
             monkeypatch.setenv("ZYX_TUNE", value)
-        dev.backend.forget_programs()
+        dev.forget_programs()
         assert tune.tune_mode() == 0
         np.testing.assert_allclose((dev.tensor(X) * 3).numpy(), X * 3)
         zyx.jit(lambda x: x * 5)(dev.tensor(X))
@@ -168,7 +168,7 @@ def test_jit_with_tune_searches_the_kernels_of_its_programs(dev, monkeypatch):
 
 
 def test_a_program_scheduled_with_other_tuned_choices_has_another_key(dev):
-    fingerprint, traits = dev.backend.fingerprint(), dev.backend.traits
+    fingerprint, traits = dev.fingerprint(), dev.traits
     one = TunedChoices({"0" * 32: Choice.of("plain", width=8)})
     other = TunedChoices({"0" * 32: Choice.of("plain", width=4)})
     keys = {program_key("structure", fingerprint, traits, tuned.digest) for tuned in (NO_TUNING, one, other)}
@@ -213,7 +213,7 @@ def test_a_damaged_record_is_dropped_with_one_warning_and_searched_again(dev, tm
         store = DiskStore(tmp_path, "tuning", 1 << 20)
         store.delete([key])
         store.put(key, json.dumps({**data, "choice": {"family": "plain", "values": {"width": 1000}}}), b"")
-    device = device_fingerprint(dev.backend.runtime.device)
+    device = device_fingerprint(dev.runtime.device)
     with pytest.warns(CacheWarning, match="searched again") as caught:
         assert dict(TuningStore(tmp_path).choices(device)) == {}
     assert len(caught) == 1
@@ -234,7 +234,7 @@ CHILD = textwrap.dedent("""
     out.numpy()
     default_cache().flush()
     stats = zyx.stats()
-    names = [launch.name for program in dev.backend.programs.values() for launch in program.launches]
+    names = [launch.name for program in dev.programs.values() for launch in program.launches]
     print(json.dumps({"compiled": stats["kernels_compiled"], "scheduled": stats["graphs_scheduled"],
                       "tuned": stats["kernels_tuned"], "launched": names}))
 """)

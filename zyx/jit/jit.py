@@ -217,9 +217,9 @@ class CapturedStep:
                     kept.add(position)
                 else:
                     if copy_donated or _shared(nodes[position]):
-                        buffers[position] = self.device.backend.runtime.copy(buffers[position])
+                        buffers[position] = self.device.runtime.copy(buffers[position])
                     fresh.append(position)
-        outputs = self.device.backend.run(self.program, buffers, rand_args)
+        outputs = self.device.run(self.program, buffers, rand_args)
         if self._check_reads:
             self._raise_if_an_index_failed(outputs)
         for position in fresh:
@@ -259,7 +259,7 @@ class CapturedStep:
     def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
         """Index tensors the step selects with are checked as eagerly, after the launches (this waits for them);
         on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
-        extremes = self.device.backend.runtime.download_all(
+        extremes = self.device.runtime.download_all(
             [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
         for (check, _), (negated_smallest, largest) in zip(self.checks, extremes):
             error = check.error_from_extremes(-int(negated_smallest), int(largest))
@@ -483,7 +483,7 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
         if not tensor.node.realized and id(old) in leaf_position and _sole_holder_of_buffer(old, leaves):
             in_place.append((target_of[id(tensor.node)], leaf_position[id(old)]))
     key = structure + (f"|in-place {sorted(in_place)}" if in_place else "")  # another program than without
-    program = device.backend.program_for(key, targets, leaves, rands, in_place, tune=int(tune))
+    program = device.program_for(key, targets, leaves, rands, in_place, tune=int(tune))
     traced_nodes = {id(t): old for t, old in updates}
     bound = arguments + binder.state_tensors
     step = CapturedStep(program, device, inputs, binder.state,
