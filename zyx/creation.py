@@ -9,7 +9,7 @@ import numpy as np
 from . import random as zrandom
 from .devices import Device, default_device
 from .dtypes import DEFAULT_FLOAT, DType, float32, int64, int_range, promote_with_scalar, scalar_dtype, to_dtype
-from .jit.capture import record_created
+from .trace.capture import record_created
 from .tensor import Tensor
 from .trace import node as n
 

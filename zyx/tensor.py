@@ -130,7 +130,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, Ma
 
     def __repr__(self) -> str:
         """The values; inside a step traced by `@zyx.jit` (where they do not exist yet), a description."""
-        from .jit.capture import active_capture
+        from .trace.capture import active_capture
         if active_capture() is not None:
             return (f"Tensor(<lazy: computed when the step runs>, shape={self.shape}, dtype={self.dtype}, "
                     f"device={self.device})")
@@ -177,7 +177,7 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, Ma
             if broadcast_shape("assign", self.shape, new.shape) != self.shape:
                 raise ShapeError(f"assign: value of shape {new.shape} does not fit tensor of shape {self.shape}")
             new = new.expand(self.shape)
-        from .jit.capture import record_assign
+        from .trace.capture import record_assign
         record_assign(self, new.cast(self.dtype))
         return self
 

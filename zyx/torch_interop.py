@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .devices import Device, Torch, import_torch
 from .dtypes import to_dtype
-from .jit.capture import record_created
+from .trace.capture import record_created
 from .trace import node as n
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from .dot import Cluster, DotGraph
-from .jit.jit import JitFunction
+from .step.jit import JitFunction
 from .jit.kernel_nodes import contained_nodes
 from .runtime.interpret import InterpretedProgram
 from .jit.program import Program, launch_size

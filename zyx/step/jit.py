@@ -34,8 +34,8 @@ from ..debug import logger
 from ..devices import CAPTURING_KINDS
 from . import recapture
 from .arguments import Rebuild, call_key, flatten
-from .capture import Capture, active_capture, pop_capture, push_capture
-from .program import Program
+from ..trace.capture import Capture, active_capture, pop_capture, push_capture
+from ..jit.program import Program
 from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
