@@ -4,7 +4,7 @@
 (opencl_device.py) builds OpenCL kernels through the kernel cache, `WgpuDevice` (wgpu_device.py) WGSL pipelines."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
