@@ -95,7 +95,7 @@ def zyx_case(expression: Callable[..., Any], device: Optional[DeviceInfo]):
         import zyx
         dev = zyx.OpenCL(platform=device.platform_index, device=device.device_index)
         tensors = {k: dev.tensor(np.ascontiguousarray(v)).realize() for k, v in workload.inputs.items()}
-        synchronize = getattr(dev.backend, "synchronize", None)
+        synchronize = getattr(dev, "synchronize", None)
         built: list[Any] = []
 
         def sync() -> None:

@@ -163,7 +163,7 @@ def realize_rows(dev: Any, args: argparse.Namespace) -> list[Record]:
     workload = f"H1 realize, cached {EXPRESSION_NODES}-node structure"
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "build_us": build_us},
                   f"{_launches(launches)} per call; building the expression (not timed) {build_us:.0f} µs")
-    runtime = dev.backend.runtime
+    runtime = dev.runtime
     floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: expression(x, y).realize()), args)
     with driver_stubbed(runtime):
         python = timed_blocks(call, prepare, lambda: None, args.calls, args.repeat)[1]
@@ -186,7 +186,7 @@ def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Reco
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "kernels_per_call": kernels},
                   f"{_launches(launches)} ({kernels:g} kernels) per call; MLP {'-'.join(map(str, sizes))}, "
                   f"batch {args.host_batch}")
-    runtime = dev.backend.runtime
+    runtime = dev.runtime
     floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: step(x, y)), args)
     with driver_stubbed(runtime):
         python = timed_blocks(lambda i: step(x, y), lambda: None, lambda: None, args.calls, args.repeat)[1]

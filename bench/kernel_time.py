@@ -36,7 +36,7 @@ HAND_BODIES = {"W1a": elementwise.W1A_BODY, "W1b": elementwise.W1B_BODY}
 def zyx_seconds(dev, workload, repeat: int) -> tuple[float, float, str]:
     tensors = {k: dev.tensor(np.ascontiguousarray(v)).realize() for k, v in workload.inputs.items()}
     out = EXPRESSIONS[workload.name.split()[0]](**tensors)
-    seconds, host, recorded = replayed_seconds(dev.backend.runtime, out.realize, repeat)
+    seconds, host, recorded = replayed_seconds(dev.runtime, out.realize, repeat)
     np.testing.assert_allclose(out.numpy(), workload.reference(*workload.inputs.values()),
                                rtol=workload.rtol, atol=workload.atol)
     return seconds, host, describe(recorded)
@@ -84,11 +84,11 @@ def devices(which: str) -> dict:
     found = {}
     if which in ("opencl", "both"):
         dev = found["opencl"] = zyx.OpenCL()
-        cl_device = dev.backend.runtime.device
+        cl_device = dev.runtime.device
         print(f"OpenCL: {cl_device.name.strip()} ({cl_device.platform.version.strip()})")
     if which in ("wgpu", "both"):
         dev = found["wgpu"] = zyx.WGPU()
-        print(f"WGPU: {dev.backend.name} ({dev.backend.runtime.adapter.info['description']})")
+        print(f"WGPU: {dev.name} ({dev.runtime.adapter.info['description']})")
     return found
 
 
@@ -119,7 +119,7 @@ def main() -> None:
         if len(times) == 2:
             line += f"  wgpu/opencl {times['opencl'] / times['wgpu']:.2f}"
         if workload.name in HAND_BODIES and "opencl" in found:
-            hand, config = hand_seconds(found["opencl"].backend.runtime.device, workload, args.repeat)
+            hand, config = hand_seconds(found["opencl"].runtime.device, workload, args.repeat)
             line += f"  hand-written {rate(workload, hand)} ({config})  zyx/hand {hand / times['opencl']:.2f}"
         print(line, flush=True)
 

@@ -66,7 +66,7 @@ def main() -> None:
         keep = {int(b) for b in args.blocks.split(",")}
         matmul.BLOCKS = tuple(b for b in matmul.BLOCKS if b[0] in keep)
     dev = zyx.OpenCL()
-    runtime = dev.backend.runtime
+    runtime = dev.runtime
     for name, n, k, m, how in SHAPES:
         if args.only and not any(word in name for word in args.only.split(",")):
             continue

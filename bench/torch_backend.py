@@ -181,7 +181,7 @@ def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: in
         ok = np.allclose(losses, reference, rtol=1e-3) and np.allclose(eager_losses, reference, rtol=1e-3)
         seconds = alternate({"zyx": lambda: step(x, y).item(), "torch": eager}, steps, sync)
         calls = {name: torch_calls(torch, run) for name, run in (("zyx", lambda: step(x, y).item()), ("torch", eager))}
-        work = "capture and compile" if dev.backend.compile else "capture"
+        work = "capture and compile" if dev.compile else "capture"
         rows.append(_row(f"W4 {optimizer}", seconds, ("" if ok else "MISMATCH; ") +
                          f"torch calls per step: zyx {calls['zyx']}, eager {calls['torch']}; zyx's first step "
                          f"({work}) {first * 1e3:.0f} ms"))
@@ -252,14 +252,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = zyx.Torch(args.device, compile=args.compile)
-    device = dev.backend.torch_device
+    device = dev.torch_device
     sync = dev.synchronize
     sizes = list(settings["sizes"]) + ([4096] if args.big else [])
     started = time.perf_counter()
     rows = w3(zyx, torch, dev, device, sizes, args.repeat or settings["repeat"], sync)
     batch = args.batch or settings["batch"]
     rows += w4_and_w6(zyx, torch, dev, device, batch, args.steps or settings["steps"], sync)
-    print(f"**{dev!r}** ({dev.backend.name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"**{dev!r}** ({dev.name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"zyx W4 batch {batch}, {time.perf_counter() - started:.0f} s in all")
     print(table(rows))
     if args.json:

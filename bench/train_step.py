@@ -312,7 +312,7 @@ def profile_zyx(data: dict[str, np.ndarray], optimizer: str, device, steps: int 
     step, x, y = zyx_step(dev, data, optimizer)
     for _ in range(3):
         step(x, y).item()
-    runtime = dev.backend.runtime
+    runtime = dev.runtime
     launcher = runtime.launcher
     times: dict[int, list[float]] = {}
     names: dict[int, str] = {}

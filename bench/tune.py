@@ -45,8 +45,8 @@ def recorded(dev, a, b, tune: str):
     """The product's value and its launches, realized afresh with ZYX_TUNE=`tune`."""
     from zyx.runtime.replay import record_launches
     os.environ["ZYX_TUNE"] = tune
-    dev.backend.forget_programs()
-    out, launches = record_launches(dev.backend.runtime, lambda: (a @ b).realize())
+    dev.forget_programs()
+    out, launches = record_launches(dev.runtime, lambda: (a @ b).realize())
     return out.numpy(), launches
 
 
@@ -62,7 +62,7 @@ def main() -> None:
     from zyx.jit.tune_store import default_tuning_store
     from zyx.runtime.replay import replay
     dev = zyx.OpenCL()
-    runtime = dev.backend.runtime
+    runtime = dev.runtime
     print(f"{runtime.name}: untuned (heuristics) against tuned (ZYX_TUNE={2 if args.exhaustive else 1}), kernel "
           f"time, median of {args.rounds} alternate rounds", flush=True)
     for name, batch, n, k, m in QUICK if args.quick else SHAPES:

@@ -46,7 +46,7 @@ def test_python_block_runs_alone_and_prints_what_it_claims(source):
 def opencl_is_pocl() -> bool:
     import zyx
     from zyx.runtime.platforms import pocl_version
-    return pocl_version(zyx.OpenCL().backend.runtime.device.platform.version) is not None
+    return pocl_version(zyx.OpenCL().runtime.device.platform.version) is not None
 
 
 def options_in(line: str) -> set[str]:

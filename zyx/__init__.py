@@ -37,7 +37,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
     "manual_seed": (".random", "manual_seed"),
     "realize": (".realize", "realize"),
     "reset_stats": (".counters", "reset_stats"), "stats": (".counters", "stats"),
-    "jit": (".jit.jit", "jit"),
+    "jit": (".step.jit", "jit"),
     "memory_stats": (".memory", "memory_stats"), "reset_peak_memory": (".memory", "reset_peak_memory"),
     "Tensor": (".tensor", "Tensor"), "where": (".tensor", "where"),
     "cat": (".tensor_combine", "cat"), "stack": (".tensor_combine", "stack"),
@@ -103,7 +103,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .profiler import Profiler, profile
     from .trace_graph import viz
     from .torch_interop import from_torch
-    from .jit.jit import jit
+    from .step.jit import jit
     from .memory import memory_stats, reset_peak_memory
     from .random import manual_seed
     from .realize import realize

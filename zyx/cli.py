@@ -2,23 +2,31 @@
 zyx.Torch()'s devices, tune a script.
 
 Every failure prints one line, `zyx: error: ...`, on stderr: exit status 2 for a bad command line,
-1 for anything else. Only the standard library is imported before a command runs (pyopencl, numpy and rich
-come with the command that needs them), so `zyx --help` answers at once.
+1 for anything else. Only the standard library and zyx's small modules are imported before a command runs
+(pyopencl, numpy, rich, wgpu and torch come with the command that needs them), so `zyx --help` answers at once.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import logging
 import os
 import re
+import runpy
+import shutil
 import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from zyx import __version__
+from zyx.cache_dir import cache_directory, private_folder
+from zyx.debug import StderrHandler
+from zyx.runtime.pocl_cache import FOLDER as POCL_FOLDER
 
 SORT_ORDERS: dict[str, tuple[str, bool]] = {  # option -> (entry field, descending)
     "last_used": ("last_used", True), "size": ("size", True), "hits": ("hits", True),
@@ -114,7 +122,6 @@ def print_table(headers: Sequence[str] | None, rows: Sequence[Sequence[object]],
 def _cache_or_none() -> Any:
     """The KernelCache of the cache directory, or None when that directory does not exist (and is not created:
     inspecting a cache must not make one)."""
-    from zyx.cache_dir import cache_directory
     try:
         os.stat(cache_directory())
     except FileNotFoundError:
@@ -126,7 +133,6 @@ def _cache_or_none() -> Any:
 
 
 def _say_empty(what: str) -> None:
-    from zyx.cache_dir import cache_directory
     _messages().info(f"{what} in {cache_directory()}")
 
 
@@ -238,7 +244,6 @@ def _tuning(cache: Any) -> Any:
 
 
 def cache_info(args: argparse.Namespace) -> int:
-    from zyx.cache_dir import cache_directory
     cache = _cache_or_none()
     if cache is None:
         info: dict[str, Any] = {"directory": str(cache_directory()), "exists": False, "entries": 0, "bytes": 0,
@@ -269,9 +274,7 @@ def cache_info(args: argparse.Namespace) -> int:
 
 
 def _pocl_folder() -> Path | None:
-    from zyx.cache_dir import private_folder
-    from zyx.runtime.pocl_cache import FOLDER
-    return private_folder(FOLDER, create=False)
+    return private_folder(POCL_FOLDER, create=False)
 
 
 def _pocl_usage() -> dict[str, int]:
@@ -283,7 +286,6 @@ def _pocl_usage() -> dict[str, int]:
 
 def _clear_pocl() -> int:
     """Empty PoCL's cache folder (not the folder itself); return how many files went."""
-    import shutil
     folder = _pocl_folder()
     if folder is None:
         return 0
@@ -340,7 +342,6 @@ def cache_prune(args: argparse.Namespace) -> int:
 def tune(args: argparse.Namespace) -> int:
     """Run a script as `python SCRIPT ARGS...` would, with ZYX_TUNE=1 (2 with --exhaustive); then say what the
     searches found."""
-    import runpy
     script = Path(args.script)
     if not script.is_file():
         raise CliError(f"no script {args.script!r}")
@@ -431,7 +432,6 @@ def _wgpu_adapters(wanted: str) -> list[dict]:
 
 def _torch_devices(wanted: str) -> tuple[list[dict[str, Any]], str]:
     """zyx.Torch()'s devices (the one ZYX_DEVICE names marked default), or none and why."""
-    import importlib.util
     if importlib.util.find_spec("torch") is None:
         return [], "not installed (pip install zyx[torch] for zyx.Torch())"
     from zyx.devices import resolve_torch_device
@@ -494,7 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from zyx import __version__
     return __version__
 
 
@@ -544,7 +543,6 @@ def _messages() -> logging.Logger:
     (a user's `logging` configuration may still add handlers to it)."""
     log = logging.getLogger("zyx.cli")
     if not log.handlers:
-        from zyx.debug import StderrHandler
         log.addHandler(StderrHandler("%(message)s"))
         log.setLevel(logging.INFO)
         log.propagate = False  # ZYX_DEBUG's handler on `zyx` would print each line twice

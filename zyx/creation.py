@@ -6,10 +6,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import random as zrandom
 from .devices import Device, default_device
-from .dtypes import DEFAULT_FLOAT, DType, float32, int64, int_range, promote_with_scalar, scalar_dtype, to_dtype
-from .jit.capture import record_created
+from .dtypes import DEFAULT_FLOAT, scalar_dtype, to_dtype
+from .leaves import data_leaf, rand_leaf
 from .tensor import Tensor
 from .trace import node as n
 
@@ -28,60 +27,12 @@ def _device(device: Optional[Device]) -> Device:
     return device if device is not None else default_device()
 
 
-def _infer_dtype(array: np.ndarray, data: Any) -> DType:
-    if isinstance(data, np.ndarray) or isinstance(data, np.generic):
-        if array.dtype == np.float64 and isinstance(data, np.ndarray):
-            return to_dtype(np.float64)
-        return to_dtype(array.dtype)
-    if array.dtype.kind == "f":
-        return DEFAULT_FLOAT
-    if array.dtype.kind in "iu":
-        return to_dtype(np.int64)
-    return to_dtype(array.dtype)
-
-
-def _as_array(data: Any) -> np.ndarray:
-    """numpy's array of `data`; Python integers beyond int64 raise (numpy would hold them as uint64 or objects)."""
-    try:
-        array = np.array(data)
-    except ValueError as error:
-        raise ValueError(f"tensor: ragged nested sequence, every row needs the same length ({error})") from None
-    from_python = not isinstance(data, (np.ndarray, np.generic))
-    if array.dtype == object and all(isinstance(v, int) and not isinstance(v, bool) for v in array.flat):
-        _check_fits(np.array([min(array.flat), max(array.flat)], dtype=object), int64)
-    if array.dtype == object:
-        raise ValueError("tensor: ragged nested sequence or non-numeric data; every row needs the same length")
-    if array.dtype == np.uint64 and from_python:
-        _check_fits(array, int64)
-    return array
-
-
-def _check_fits(array: np.ndarray, target: DType) -> None:
-    """Values an integer dtype cannot hold raise, as numpy and PyTorch do, instead of wrapping."""
-    if array.size == 0 or array.dtype.kind == "b":
-        return
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError(f"tensor: {array[~np.isfinite(array)].flat[0]} cannot be converted to {target.name}")
-    low, high = int_range(target)
-    for value in (array.min(), array.max()):
-        value = value.item() if isinstance(value, np.generic) else value
-        if not low <= value <= high:
-            raise OverflowError(f"tensor: value {value} does not fit {target.name} (range {low} to {high})")
-
-
 def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
     """A tensor holding a copy of `data` (nested lists, numbers, numpy arrays or tensors)."""
     device = _device(device)
     if isinstance(data, Tensor):
         data = data.numpy()
-    array = _as_array(data)
-    target = to_dtype(dtype) if dtype is not None else _infer_dtype(array, data)
-    if target.is_int:
-        _check_fits(array, target)
-    array = np.asarray(array.astype(target.np, copy=False), order="C")  # (ascontiguousarray makes 0-d 1-d)
-    leaf = n.buffer_leaf(device.upload(array), array.shape, target, device)
-    record_created(leaf)
-    return Tensor(leaf)
+    return Tensor(data_leaf(data, device, dtype))
 
 
 def from_dlpack(source: Any, device: Optional[Device] = None) -> Tensor:
@@ -129,9 +80,7 @@ def full_like(t: Tensor, value: Any, dtype: Any = None) -> Tensor:
 
 def rand(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
     """Uniform in [0, 1), lazy: drawn from the counter-based generator when realized."""
-    dims = shape_of(shape)
-    seed, offset = zrandom.reserve(math.prod(dims))
-    values = Tensor(n.rand(seed, offset, dims, float32, _device(device)))
+    values = Tensor(rand_leaf(shape_of(shape), _device(device)))
     return values.cast(dtype) if dtype is not None else values
 
 
@@ -167,11 +116,6 @@ def eye(n_rows: int, n_cols: Optional[int] = None, device: Optional[Device] = No
     rows = arange(n_rows, device=device).reshape(n_rows, 1)
     cols = arange(n_cols, device=device).reshape(1, n_cols)
     return (rows == cols).cast(dtype or DEFAULT_FLOAT)
-
-
-def scalar_like(value: Any, like: Tensor) -> Tensor:
-    """A Python number as a tensor that joins `like` without widening it."""
-    return full((), value, like.device, promote_with_scalar(like.dtype, value))
 
 
 def linspace(start: float, end: float, steps: int, device: Optional[Device] = None, dtype: Any = None) -> Tensor:

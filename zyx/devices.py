@@ -1,99 +1,16 @@
-"""Devices: where tensors live and how their traces are realized; also the tensor factories (dev.randn...)."""
+"""The devices of this process: zyx.CPU(), zyx.OpenCL(), zyx.WGPU(), zyx.Torch() (each made once), the default
+device, and device specs ('cpu', 'opencl:N'...). The Device class and its kinds live in zyx/runtime/.
+
+OpenCL, WGPU and Torch devices import their module when first made: it loads the JIT and pyopencl, wgpu or torch
+(optional, and slow to import), which `import zyx` and a CPU-only program never pay for.
+"""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-import numpy as np
-
-from .dtypes import DType
-from .trace.hashing import Walk
-from .trace.node import Node
-
-
-class Device:
-    """A place for tensors: `zyx.CPU()` (RAM, numpy), `zyx.OpenCL()` or `zyx.WGPU()` (VRAM, fused kernels),
-    `zyx.Torch()` (torch tensors, torch ops)."""
-
-    def __init__(self, kind: str, backend: Any, label: str, spec: str = ""):
-        self.kind, self.backend, self.label = kind, backend, label
-        self.spec = spec or kind  # what device_from_spec takes to find this device again
-
-    def __repr__(self) -> str:
-        return f"zyx.{self.label}"
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        """Pickled as its spec ('cpu', 'opencl:N', 'wgpu:N'): unpickling finds the device of this process."""
-        return device_from_spec, (self.spec,)
-
-    # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, nodes: Sequence[Node], walk: Optional[Walk] = None) -> list[Any]:
-        """Device buffers holding the values of `nodes` (`walk`: `Walk(nodes)`, if made already)."""
-        return self.backend.realize(Walk(nodes) if walk is None else walk)
-
-    def upload(self, array: np.ndarray) -> Any:
-        """A device buffer holding a copy of `array` (what `zyx.tensor` stores)."""
-        return self.backend.upload(array)
-
-    def download(self, buffer: Any, shape: tuple[int, ...], dtype: DType) -> np.ndarray:
-        """A buffer's contents as a new numpy array."""
-        return self.backend.download(buffer, shape, dtype.np)
-
-    # ---- factories ---------------------------------------------------------------------------------------
-    def tensor(self, data: Any, dtype: Any = None) -> "Tensor":
-        """`zyx.tensor(data, device=self)`."""
-        from . import creation
-        return creation.tensor(data, device=self, dtype=dtype)
-
-    def randn(self, *shape: Any, dtype: Any = None) -> "Tensor":
-        """`zyx.randn(*shape, device=self)`: standard normal."""
-        from . import creation
-        return creation.randn(*shape, device=self, dtype=dtype)
-
-    def rand(self, *shape: Any, dtype: Any = None) -> "Tensor":
-        """`zyx.rand(*shape, device=self)`: uniform in [0, 1)."""
-        from . import creation
-        return creation.rand(*shape, device=self, dtype=dtype)
-
-    def uniform(self, *shape: Any, low: float = 0.0, high: float = 1.0, dtype: Any = None) -> "Tensor":
-        """`zyx.uniform(*shape, device=self)`: uniform in [low, high)."""
-        from . import creation
-        return creation.uniform(*shape, low=low, high=high, device=self, dtype=dtype)
-
-    def zeros(self, *shape: Any, dtype: Any = None) -> "Tensor":
-        """`zyx.zeros(*shape, device=self)`."""
-        from . import creation
-        return creation.zeros(*shape, device=self, dtype=dtype)
-
-    def ones(self, *shape: Any, dtype: Any = None) -> "Tensor":
-        """`zyx.ones(*shape, device=self)`."""
-        from . import creation
-        return creation.ones(*shape, device=self, dtype=dtype)
-
-    def full(self, shape: Any, value: Any, dtype: Any = None) -> "Tensor":
-        """`zyx.full(shape, value, device=self)`."""
-        from . import creation
-        return creation.full(shape, value, device=self, dtype=dtype)
-
-    def eye(self, n: int, m: Optional[int] = None, dtype: Any = None) -> "Tensor":
-        """`zyx.eye(n, m, device=self)`."""
-        from . import creation
-        return creation.eye(n, m, device=self, dtype=dtype)
-
-    def arange(self, *args: Any, dtype: Any = None) -> "Tensor":
-        """`zyx.arange(*args, device=self)`."""
-        from . import creation
-        return creation.arange(*args, device=self, dtype=dtype)
-
-    def synchronize(self) -> None:
-        """Wait until every kernel and copy queued on this device has finished."""
-        self.backend.synchronize()
-
-    def memory_stats(self) -> dict[str, int]:
-        """Bytes in use, the peak, and bytes pooled for reuse on this device."""
-        return self.backend.memory_stats() if hasattr(self.backend, "memory_stats") else {
-            "current_bytes": 0, "peak_bytes": 0, "pool_bytes": 0}
-
+from .runtime.cpu import CPUDevice
+from .runtime.device import Device
 
 _DEVICES: dict[Any, Device] = {}
 
@@ -108,16 +25,15 @@ def synchronize(device: Optional[Device] = None) -> None:
 
 
 def CPU() -> Device:
-    """Tensors in RAM, traces run by numpy: the reference backend."""
+    """Tensors in RAM, traces run by numpy: the reference device."""
     if "cpu" not in _DEVICES:
-        from .runtime.cpu import CPUBackend
-        _DEVICES["cpu"] = Device("cpu", CPUBackend(), "CPU()")
+        _DEVICES["cpu"] = CPUDevice()
     return _DEVICES["cpu"]
 
 
 def OpenCL(platform: int | str | None = None, device: int | str | None = None) -> Device:
     """Tensors in OpenCL buffers; traces fused into kernels. Picks a GPU if present, else the fastest CPU."""
-    from .jit.probe import compile_problem
+    from .jit.probe import compile_problem  # (pyopencl: see the module's docstring)
     from .runtime.platforms import select_device
     return _opencl_for(select_device(platform, device, problem=compile_problem))
 
@@ -125,11 +41,8 @@ def OpenCL(platform: int | str | None = None, device: int | str | None = None) -
 def _opencl_for(cl_device: Any) -> Device:
     key = ("opencl", cl_device.int_ptr)
     if key not in _DEVICES:
-        from .jit.backend import JitBackend
-        from .runtime.platforms import ordinal_of
-        backend = JitBackend(cl_device)
-        _DEVICES[key] = Device("opencl", backend, f"OpenCL({cl_device.name.strip()!r})",
-                               f"opencl:{ordinal_of(cl_device)}")
+        from .runtime.opencl_device import OpenCLDevice  # (the JIT and pyopencl: see the module's docstring)
+        _DEVICES[key] = OpenCLDevice(cl_device)
     return _DEVICES[key]
 
 
@@ -137,16 +50,15 @@ def WGPU(adapter: int | str | None = None) -> Device:
     """Tensors in WebGPU buffers (wgpu: Vulkan, Metal, DirectX 12); traces fused into WGSL kernels. `adapter`: an
     index into `zyx devices`' WGPU list, or a power preference: "high-performance" (the default: a discrete GPU
     first) or "low-power". float64 is not supported; int64 is computed in 32 bits."""
-    from .runtime.webgpu import select_adapter
+    from .runtime.webgpu import select_adapter  # (wgpu: see the module's docstring)
     return _wgpu_for(select_adapter(adapter))
 
 
 def _wgpu_for(index: int) -> Device:
     key = ("wgpu", index)
     if key not in _DEVICES:
-        from .jit.wgpu_backend import WgpuJitBackend
-        backend = WgpuJitBackend(index)
-        _DEVICES[key] = Device("wgpu", backend, backend.name, f"wgpu:{index}")
+        from .runtime.wgpu_device import WgpuDevice  # (the JIT: see the module's docstring)
+        _DEVICES[key] = WgpuDevice(index)
     return _DEVICES[key]
 
 
@@ -157,7 +69,7 @@ CAPTURING_KINDS = (*FUSING_KINDS, "torch")  # devices whose programs zyx.jit cap
 def import_torch() -> Any:
     """The torch module; ImportError naming the extra to install when it is missing."""
     try:
-        import torch
+        import torch  # (see the module's docstring)
     except ImportError as error:
         raise ImportError(f"zyx.Torch() and the torch interop need PyTorch, which cannot be imported here "
                           f"({error}): pip install zyx[torch]") from None
@@ -173,15 +85,12 @@ def Torch(device: Any = None, compile: bool | str | None = None) -> Device:
     for compiling. Needs PyTorch (`pip install zyx[torch]`).
     """
     torch = import_torch()
-    from .runtime.torch_backend import TorchBackend, compile_mode
+    from .runtime.torch_backend import TorchDevice, compile_mode  # (torch: see the module's docstring)
     chosen = resolve_torch_device(torch, device)
     mode = compile_mode(compile)
     key = ("torch", str(chosen), mode)
     if key not in _DEVICES:
-        option = "" if mode is None else ", compile=True" if mode == "default" else f", compile={mode!r}"
-        suffix = "" if mode is None else "+compile" if mode == "default" else f"+compile={mode}"
-        _DEVICES[key] = Device("torch", TorchBackend(chosen, mode), f"Torch({str(chosen)!r}{option})",
-                               f"torch:{chosen}{suffix}")
+        _DEVICES[key] = TorchDevice(chosen, mode)
     return _DEVICES[key]
 
 
@@ -220,7 +129,7 @@ def device_from_spec(spec: str) -> Device:
     if spec == "opencl":
         return OpenCL()
     if spec.startswith("opencl:") and spec[7:].isdigit():
-        from .runtime.platforms import select_device_by_ordinal
+        from .runtime.platforms import select_device_by_ordinal  # (pyopencl: see the module's docstring)
         return _opencl_for(select_device_by_ordinal(int(spec[7:])))
     if spec == "wgpu":
         return WGPU()
@@ -248,5 +157,3 @@ def set_default_device(device: Device | str) -> None:
     'torch:cuda'...)."""
     _default[:] = [device if isinstance(device, Device) else device_from_spec(device)]
 
-
-from .tensor import Tensor  # noqa: E402  (type name for annotations above)

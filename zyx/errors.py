@@ -17,6 +17,11 @@ class OutOfMemoryError(MemoryError):
     the dtype and the bytes asked for, and the device's limit."""
 
 
+class KernelBuildError(RuntimeError):
+    """The OpenCL or WGSL compiler rejected a kernel Zyx generated (a bug in Zyx or the driver); the message has
+    its log."""
+
+
 GRADIENTS_ARE_RETURNED = (
     "Zyx keeps no .grad on tensors: `grads = loss.backward(model.parameters())` returns the gradients (one per "
     "tensor, in order), and `opt.update(model.parameters(), grads)` applies them, so there is nothing to zero.")

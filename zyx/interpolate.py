@@ -81,7 +81,6 @@ def interpolate(input: "Tensor", size: Union[int, Sequence[int], None] = None,
             x = x.index_select(axis, _nearest(length, out, factor, mode == "nearest-exact"))
             continue
         left, right, weight = _linear(length, out, factor, bool(align_corners))
-        from .creation import tensor
-        w = tensor(weight.reshape((-1,) + (1,) * (x.ndim - axis - 1)), device=x.device, dtype=x.dtype)
+        w = x._data(weight.reshape((-1,) + (1,) * (x.ndim - axis - 1)), x.dtype)
         x = x.index_select(axis, left) * (1 - w) + x.index_select(axis, right) * w
     return x

@@ -13,6 +13,4 @@ def memory_stats(device: Optional[Device] = None) -> dict[str, int]:
 
 def reset_peak_memory(device: Optional[Device] = None) -> None:
     """Start counting peak memory on `device` (the default one) from what is in use now."""
-    backend = (device or default_device()).backend
-    if hasattr(backend, "runtime"):
-        backend.runtime.reset_peak_memory()
+    (device or default_device()).reset_peak_memory()

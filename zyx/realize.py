@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .jit.capture import check_not_capturing
+from .trace.capture import check_not_capturing
 from .trace.checks import RangeCheck, checks_in
 from .trace.hashing import Walk
 from .trace.node import Node

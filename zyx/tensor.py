@@ -10,16 +10,20 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from .dim_alias import accept_dim_on_methods
-from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype, wrap_int
+from .devices import default_device
+from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, promote_with_scalar, wrap_int
 from .errors import GRADIENTS_ARE_RETURNED, ShapeError
+from .leaves import data_leaf
 from .realize import realize as realize_together
 from .tensor_activations import ActivationMixin
+from .tensor_base import TensorBase
 from .tensor_conv import ConvMixin
 from .tensor_convert import ConvertMixin
+from .tensor_indexing import IndexingMixin
 from .tensor_layers import LayerMixin
 from .tensor_layout import LayoutMixin
 from .tensor_math import MathMixin
-from .tensor_movement import MovementMixin
+from .tensor_movement import MovementMixin, broadcast_shape
 from .tensor_reduce import ReduceMixin
 from .tensor_scan import ScanMixin
 from .tensor_scatter import ScatterMixin
@@ -27,6 +31,7 @@ from .tensor_sort import SortMixin
 from .tensor_stats import StatsMixin
 from .trace import autodiff
 from .trace import node as n
+from .trace.capture import active_capture, record_assign
 from .trace.hashing import structural_hash
 from .trace.node import Node
 from .trace.ops import Op
@@ -34,21 +39,9 @@ from .trace.ops import Op
 Operand = Union["Tensor", int, float, bool]
 
 
-def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
-    """numpy broadcasting; a ShapeError names the op and every shape."""
-    ndim = max(len(s) for s in shapes)
-    result = []
-    for axis in range(ndim):
-        sizes = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0} - {1}
-        if len(sizes) > 1:
-            raise ShapeError(f"{op}: shapes {' and '.join(str(s) for s in shapes)} cannot be broadcast together")
-        result.append(sizes.pop() if sizes else 1)
-    return tuple(result)
-
-
 @accept_dim_on_methods
-class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, MathMixin, ActivationMixin, StatsMixin,
-             ScanMixin, SortMixin, LayoutMixin, ScatterMixin):
+class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, MathMixin, ActivationMixin,
+             StatsMixin, ScanMixin, SortMixin, LayoutMixin, ScatterMixin, TensorBase):
     """An n-dimensional array on a device, computed lazily: every op records a trace node, and values are
     computed only when asked for (`numpy()`, `item()`, `print`, `zyx.realize`).
 
@@ -66,8 +59,8 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, Ma
         elif isinstance(data, Tensor):
             self.node = data.to(*(a for a in (device, dtype) if a is not None)).node
         else:
-            from .creation import tensor
-            self.node = tensor(data, device=device, dtype=dtype if dtype is not None else DEFAULT_FLOAT).node
+            self.node = data_leaf(data, device if device is not None else default_device(),
+                                  dtype if dtype is not None else DEFAULT_FLOAT)
 
     # ---- properties ----------------------------------------------------------------------------------------
     @property
@@ -130,7 +123,6 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, Ma
 
     def __repr__(self) -> str:
         """The values; inside a step traced by `@zyx.jit` (where they do not exist yet), a description."""
-        from .jit.capture import active_capture
         if active_capture() is not None:
             return (f"Tensor(<lazy: computed when the step runs>, shape={self.shape}, dtype={self.dtype}, "
                     f"device={self.device})")
@@ -177,7 +169,6 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, Ma
             if broadcast_shape("assign", self.shape, new.shape) != self.shape:
                 raise ShapeError(f"assign: value of shape {new.shape} does not fit tensor of shape {self.shape}")
             new = new.expand(self.shape)
-        from .jit.capture import record_assign
         record_assign(self, new.cast(self.dtype))
         return self
 
@@ -215,14 +206,12 @@ class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, Ma
         if isinstance(value, Tensor):
             return value
         if isinstance(value, (int, float, bool, np.number, np.bool_)):
-            from .creation import scalar_like
             value = value.item() if isinstance(value, np.generic) else value
             if type(value) is int and self.dtype.is_int:
                 value = wrap_int(value, self.dtype)
-            return scalar_like(value, self)
+            return self._full((), value, promote_with_scalar(self.dtype, value))  # joins self without widening it
         if isinstance(value, (list, tuple, np.ndarray)):
-            from .creation import tensor
-            return tensor(value, device=self.device)
+            return self._data(value)
         raise TypeError(f"{op}: unsupported operand of type {type(value).__name__}")
 
     def _pair(self, other: Operand, op: str, dtype: Optional[DType] = None) -> tuple[Node, Node]:
@@ -666,8 +655,7 @@ def where(condition: Operand, a: Operand, b: Operand) -> Tensor:
     elif isinstance(b, Tensor):
         ta, tb = b._operand(a, "where"), b
     else:
-        from .creation import tensor
-        ta, tb = tensor(a, device=anchor.device), tensor(b, device=anchor.device)
+        ta, tb = anchor._data(a), anchor._data(b)
     for t in (ta, tb):
         if t.device is not cond.device:
             raise ValueError(f"where: operands live on different devices ({cond.device} and {t.device})")

@@ -1,13 +1,15 @@
 """Joining tensors: cat (pad each piece into place and add) and stack."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .dim_alias import accepts_dim
 from .dtypes import promote
 from .errors import ShapeError
-from .tensor import Tensor
 from .tensor_movement import normalize_axis
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
 
 
 @accepts_dim

@@ -12,6 +12,7 @@ import operator
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import ShapeError
+from .tensor_combine import stack
 from .tensor_results import ValuesIndices
 from .tensor_scan import extremes
 
@@ -40,7 +41,6 @@ def as_tuple(value: Size, count: int, name: str, op: str, low: int) -> tuple[int
 def windows(x: "Tensor", kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> "Tensor":
     """(..., *spatial) -> (..., *out, prod(kernel)): every kernel position over the last len(kernel) axes, as
     strided views stacked on a new last axis (window elements in row-major kernel order)."""
-    from .tensor_combine import stack
     spatial = x.shape[x.ndim - len(kernel):]
     counts = [(size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(spatial, kernel, stride, dilation)]
     if any(c <= 0 for c in counts):
@@ -212,9 +212,8 @@ class ConvMixin:
         pooled = values.max(-1)
         if not return_indices:
             return pooled
-        from .creation import arange
         spatial = self.shape[self.ndim - dims:]
-        flat = arange(math.prod(spatial), device=self.device).reshape(spatial).pad(pairs, value=-1)
+        flat = self._arange(math.prod(spatial)).reshape(spatial).pad(pairs, value=-1)
         positions = windows(flat, *geometry).expand(values.shape)
         return ValuesIndices(pooled, positions.gather(-1, values.argmax(-1, keepdim=True)).squeeze(-1))
 
@@ -230,8 +229,7 @@ class ConvMixin:
             return totals * (1 / divisor_override)
         if all(before == after for before, after in pairs) and (count_include_pad or not any(p for p, _ in pairs)):
             return totals * (1 / math.prod(geometry[0]))
-        from .creation import ones
-        inside = ones(self.shape[self.ndim - dims:], device=self.device, dtype=x.dtype)
+        inside = self._full(self.shape[self.ndim - dims:], 1.0, x.dtype)
         counted = inside.pad([(p, p) for p, _ in pairs], value=1.0 if count_include_pad else 0.0)
         counted = counted.pad([(0, after - before) for before, after in pairs])
         return totals / windows(counted, *geometry).sum(-1)

@@ -8,11 +8,13 @@ import numpy as np
 
 from .dtypes import (DEFAULT_FLOAT, DType, bfloat16, bool_, float16, float64, int8, int16, int32, int64, to_dtype,
                      uint8)
+from .devices import DEVICE_SPECS, Device, device_from_spec, import_torch
 from .errors import AxisError
+from .leaves import data_leaf
 from .tensor_movement import normalize_axis
+from .trace import node as n
 
 if TYPE_CHECKING:
-    from .devices import Device
     from .tensor import Tensor
 
 K_DL_CPU = 1  # DLPack's device type for host memory
@@ -20,7 +22,6 @@ K_DL_CPU = 1  # DLPack's device type for host memory
 
 def _device_or_dtype(spec: Any) -> tuple[Optional["Device"], Optional[DType]]:
     """What a positional argument of `to` names: (device, None) or (None, dtype)."""
-    from .devices import DEVICE_SPECS, Device, device_from_spec
     if isinstance(spec, Device):
         return spec, None
     if isinstance(spec, str):
@@ -50,7 +51,6 @@ class ConvertMixin:
 
     def cast(self, dtype: Any) -> "Tensor":
         """The values as `dtype` (a zyx dtype, a numpy dtype, a Python type or a name such as "float16")."""
-        from .trace import node as n
         return self._wrap(n.cast(self.node, to_dtype(dtype)))  # type: ignore[attr-defined]
 
     float = _caster(DEFAULT_FLOAT, "float")
@@ -68,7 +68,6 @@ class ConvertMixin:
         """PyTorch's `to`: `to(device)`, `to(dtype)`, `to(device, dtype)`, `to(other)` (other's device and dtype),
         or the keywords. A move copies through the host (gradients do not cross devices); a tensor already
         there, in that dtype, is returned as it is."""
-        from .devices import device_from_spec
         if len(args) > 2:
             raise TypeError(f"to takes at most a device and a dtype, got {len(args)} arguments")
         device = device_from_spec(device) if isinstance(device, str) else device
@@ -81,8 +80,7 @@ class ConvertMixin:
             device, dtype = named_device or device, named_dtype or dtype
         result = self
         if device is not None and device is not self.node.device:
-            from .creation import tensor
-            result = tensor(self.numpy(), device=device, dtype=self.node.dtype)  # type: ignore[attr-defined]
+            result = self._wrap(data_leaf(self.numpy(), device, self.node.dtype))  # type: ignore[attr-defined]
         return result.cast(dtype) if dtype not in (None, result.node.dtype) else result  # type: ignore[return-value]
 
     def size(self, axis: Optional[int] = None) -> Union[tuple[int, ...], int]:
@@ -111,14 +109,20 @@ class ConvertMixin:
     def __reduce__(self) -> tuple[Callable[..., "Tensor"], tuple[np.ndarray, "Device", str]]:
         """Pickled as its values (computed, then copied to the host), its device and dtype; unpickling uploads
         them again (a leaf: the graph that computed it is not kept)."""
-        from .creation import tensor
-        return tensor, (self.numpy(), self.node.device, self.node.dtype.name)  # type: ignore[attr-defined]
+        return self._from_host, (self.numpy(), self.node.device, self.node.dtype.name)  # type: ignore[attr-defined]
 
     def torch(self) -> Any:
         """The values as a torch tensor, sharing memory on zyx.Torch() (the buffer itself) and zyx.CPU(), else a
         host copy; see `zyx.torch_interop`. Needs PyTorch."""
-        from .torch_interop import to_torch
-        return to_torch(self)  # type: ignore[arg-type]
+        import_torch()
+        from .runtime.torch_arrays import from_numpy  # (torch: optional, slow to import)
+        self.realize()  # type: ignore[attr-defined]
+        node = self.node
+        if node.device.kind == "torch":
+            return node.buffer.reshape(node.shape)
+        if node.device.kind == "cpu" and node.buffer.flags.writeable:
+            return from_numpy(node.buffer.reshape(node.shape))
+        return from_numpy(self.numpy())  # type: ignore[attr-defined]
 
     def __dlpack__(self, **kwargs: Any) -> Any:
         """A DLPack capsule: on zyx.Torch() of the buffer itself (zero-copy, on its device), elsewhere of a host

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ShapeError
-from .tensor_movement import normalize_axis
+from .tensor_base import TensorBase
+from .tensor_movement import broadcast_shape, normalize_axis
 from .trace.checks import RangeCheck, attach
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ def _slice(t: "Tensor", axis: int, item: slice) -> "Tensor":
 
 
 def getitem(t: "Tensor", index: Any) -> "Tensor":
-    from .tensor import Tensor
     if not isinstance(index, tuple):
         index = (index,)
     if any(isinstance(i, bool) for i in index):
@@ -70,7 +70,7 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
         elif isinstance(item, slice):
             result = _slice(result, axis, item)
             axis += 1
-        elif isinstance(item, Tensor) or isinstance(item, (list, tuple)):
+        elif isinstance(item, TensorBase) or isinstance(item, (list, tuple)):
             tensor_axes.append((axis, item))
             axis += 1
         elif isinstance(item, int) or hasattr(item, "__index__"):  # selects, even beside tensors (PyTorch)
@@ -95,14 +95,12 @@ def getitem(t: "Tensor", index: Any) -> "Tensor":
 
 def _is_advanced(item: Any) -> bool:
     """An integer-tensor (or list) index, which takes elements instead of viewing a range."""
-    from .tensor import Tensor
-    return isinstance(item, (Tensor, list, tuple))
+    return isinstance(item, (TensorBase, list, tuple))
 
 
 def _as_mask(item: Any) -> Any:
     """A bool index (tensor, numpy array or nested list of bools) as a numpy array, else None."""
-    from .tensor import Tensor
-    if isinstance(item, Tensor):
+    if isinstance(item, TensorBase):
         return item.numpy() if item.dtype.is_bool else None
     if isinstance(item, np.ndarray):
         return item if item.dtype == np.bool_ else None
@@ -158,9 +156,7 @@ def _take_apart(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
 
 def _as_index(t: "Tensor", item: Any, axis: int) -> tuple["Tensor", bool]:
     """The index as an integer tensor, and whether its values still need checking (a list is checked here)."""
-    from .creation import tensor
-    from .tensor import Tensor
-    if isinstance(item, Tensor):
+    if isinstance(item, TensorBase):
         if not item.dtype.is_int:
             raise TypeError(f"tensors used as indices must be integer, got {item.dtype.name}")
         return item, True
@@ -171,12 +167,11 @@ def _as_index(t: "Tensor", item: Any, axis: int) -> tuple["Tensor", bool]:
     outside = array[(array < -size) | (array >= size)]
     if outside.size:
         raise IndexError(f"index {outside.flat[0]} is out of bounds for axis {axis} with size {size}")
-    return tensor(array.astype(np.int64) if array.size == 0 else array, device=t.device), False
+    return t._data(array.astype(np.int64) if array.size == 0 else array), False
 
 
 def _take_advanced(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
     """numpy's advanced indexing for integer tensors on adjacent axes: they broadcast together."""
-    from .tensor import broadcast_shape
     axes = [a for a, _ in tensor_axes]
     if axes != list(range(axes[0], axes[0] + len(axes))):
         raise IndexError("integer-tensor indices must be on adjacent axes")
@@ -200,8 +195,7 @@ def _take_advanced(t: "Tensor", tensor_axes: list[tuple[int, Any]]) -> "Tensor":
 
 def _hits(idx: "Tensor", size: int) -> "Tensor":
     """A bool mask on a new last axis: True at each entry's class (nowhere for an entry outside [0, size))."""
-    from .creation import arange
-    return idx.unsqueeze(-1) == arange(size, device=idx.device)
+    return idx.unsqueeze(-1) == idx._arange(size)
 
 
 def one_hot(t: "Tensor", num_classes: int, message: str = "") -> "Tensor":
@@ -252,3 +246,21 @@ def gather(t: "Tensor", axis: int, index: "Tensor") -> "Tensor":
         attach(result.node, RangeCheck(index.node, 0, size, f"gather: index {{value}} is out of bounds for axis "
                                                             f"{axis} with size {size}"))
     return result
+
+
+class IndexingMixin:
+    """Tensor's indexing: `t[...]`, one_hot and gather."""
+
+    __slots__ = ()
+
+    def __getitem__(self: "Tensor", index: Any) -> "Tensor":
+        return getitem(self, index)
+
+    def one_hot(self: "Tensor", num_classes: int) -> "Tensor":
+        """int64 one-hot codes on a new last axis; a value outside [0, num_classes) raises IndexError when the
+        result is realized (num_classes cannot be inferred from values that do not exist yet)."""
+        return one_hot(self, num_classes)
+
+    def gather(self: "Tensor", axis: int, index: "Tensor") -> "Tensor":
+        """out[..., i, ...] = self[..., index[..., i, ...], ...] along `axis` (PyTorch's gather)."""
+        return gather(self, axis, index)

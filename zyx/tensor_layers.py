@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .dtypes import promote
 from .errors import ShapeError
+from .tensor_base import TensorBase
+from .tensor_movement import broadcast_shape
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -20,11 +22,10 @@ class LayerMixin:
 
     def matmul(self, other: "Tensor") -> "Tensor":
         """numpy's matmul: batched and broadcast; 1-D operands gain and lose an axis."""
-        from .tensor import Tensor, broadcast_shape
         a, b = self, other
-        if isinstance(b, (list, tuple)) or hasattr(b, "__array__") and not isinstance(b, Tensor):
+        if isinstance(b, (list, tuple)) or hasattr(b, "__array__") and not isinstance(b, TensorBase):
             b = self._operand(b, "matmul")  # type: ignore[attr-defined]
-        if not isinstance(b, Tensor):
+        if not isinstance(b, TensorBase):
             raise TypeError(f"matmul needs a tensor, got {type(b).__name__}")
         if a.ndim == 0 or b.ndim == 0:  # type: ignore[attr-defined]
             raise ShapeError(f"matmul: both operands need at least one dimension, got {a.shape} and {b.shape}")  # type: ignore
@@ -74,10 +75,8 @@ class LayerMixin:
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         if not training or p == 0:
             return self  # type: ignore[return-value]
-        from .creation import rand
         if p == 1:
-            from .creation import full
-            dropped = full(self.shape, True, self.device, "bool")  # type: ignore[attr-defined]
+            dropped = self._full(self.shape, True, "bool")  # type: ignore[attr-defined]
             return dropped.where(0, self)  # zeros even for inf/nan, gradient 0
-        keep = rand(self.shape, device=self.device) >= p  # type: ignore[attr-defined]
+        keep = self._rand(self.shape) >= p  # type: ignore[attr-defined]
         return keep.where(self * (1 / (1 - p)), 0)  # type: ignore[operator]

@@ -8,7 +8,11 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from .errors import ShapeError
+from .tensor_combine import cat
+from .tensor_conv import windows
 from .tensor_movement import normalize_axis
+from .tensor_setitem import setitem
+from .trace import node as n
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -23,7 +27,6 @@ def _line(x: "Tensor", axis: int, start: int, stop: int, step: int = 1) -> "Tens
 
 def _pad_axis(x: "Tensor", axis: int, before: int, after: int, mode: str) -> "Tensor":
     """Pad one axis in a non-constant mode by joining views of x (reflect, replicate or circular)."""
-    from .tensor_combine import cat
     length = x.shape[axis]
     limit = length - 1 if mode == "reflect" else length
     if mode != "replicate" and (before > limit or after > limit):
@@ -63,19 +66,30 @@ def pad_with_mode(x: "Tensor", pairs: Sequence[tuple[int, int]], value: Any, mod
 
 
 class LayoutMixin:
-    """Tensor's triangle, diagonal, roll, repeat_interleave, unfold, narrow, index_select and __setitem__."""
+    """Tensor's pad, triangle, diagonal, roll, repeat_interleave, unfold, narrow, index_select and __setitem__."""
 
     __slots__ = ()
 
+    def pad(self: "Tensor", padding: Sequence[Sequence[int]], value: float = 0, mode: str = "constant") -> "Tensor":
+        """((before, after), ...) per axis from the first; missing trailing axes are not padded. A negative
+        amount crops; `mode` is 'constant' (fill with `value`), 'reflect', 'replicate' or 'circular' (as
+        PyTorch's F.pad, which lists axes from the last instead)."""
+        pairs = [tuple(p) for p in padding]
+        if len(pairs) > len(self.node.shape):
+            raise ShapeError(f"pad: {len(pairs)} pairs for a tensor of shape {self.node.shape}")
+        pairs += [(0, 0)] * (len(self.node.shape) - len(pairs))
+        if mode != "constant" or any(b < 0 or a < 0 for b, a in pairs):
+            return pad_with_mode(self, pairs, value, mode)
+        return self._wrap(n.pad(self.node, pairs, value))
+
     # ---- triangles and diagonals ---------------------------------------------------------------------------
     def _triangle(self: "Tensor", diagonal: int, lower: bool, op: str) -> "Tensor":
-        from .creation import arange, zeros_like
         if self.ndim < 2:
             raise ShapeError(f"{op} needs at least 2 dimensions, got shape {self.shape}")
         rows, cols = self.shape[-2:]
-        offset = arange(cols, device=self.device) - arange(rows, device=self.device).unsqueeze(-1)
+        offset = self._arange(cols) - self._arange(rows).unsqueeze(-1)
         keep = offset <= diagonal if lower else offset >= diagonal
-        return keep.where(self, zeros_like(self))
+        return keep.where(self, self._full(self.shape, 0, self.dtype))
 
     def tril(self: "Tensor", diagonal: int = 0) -> "Tensor":
         """The lower triangle of the last two axes (column - row <= diagonal); the rest zero."""
@@ -116,7 +130,6 @@ class LayoutMixin:
     # ---- writing by position -------------------------------------------------------------------------------
     def __setitem__(self: "Tensor", index: Any, value: Any) -> None:
         """self[index] = value, functional underneath: self then points at a new value (see tensor_setitem)."""
-        from .tensor_setitem import setitem
         setitem(self, index, value)
 
     # ---- selecting and repeating ---------------------------------------------------------------------------
@@ -181,7 +194,6 @@ class LayoutMixin:
     def unfold(self: "Tensor", dimension: int, size: int, step: int) -> "Tensor":
         """Every window of `size` elements, `step` apart, along `dimension`: that axis becomes the window count
         and a new last axis holds each window (views, as torch.Tensor.unfold)."""
-        from .tensor_conv import windows
         axis = normalize_axis(dimension, self.ndim, "unfold")
         if size < 0 or step < 1 or size > max(self.shape[axis] if self.ndim else 1, 0):
             raise ValueError(f"unfold: size {size} and step {step} do not fit axis {axis} of shape {self.shape}")

@@ -44,12 +44,12 @@ def _mirror(x: "Tensor", odd_function: Callable[["Tensor"], "Tensor"]) -> "Tenso
 def _atan_positive(a: "Tensor") -> "Tensor":
     """atan on a >= 0 by Cephes' reduction to |r| <= 0.66: a > tan(3pi/8) uses pi/2 + atan(-1/a), a > 0.66
     uses pi/4 + atan((a - 1)/(a + 1))."""
-    from .creation import full_like
     big = a > _TAN_3PI_8
     mid = (a > 0.66) & big.logical_not()
     reduced = big.where(-1 / big.where(a, 1.0), mid.where((mid.where(a, 0.0) - 1) / (mid.where(a, 0.0) + 1), a))
-    offset = big.where(full_like(a, math.pi / 2), mid.where(full_like(a, math.pi / 4), 0.0))
-    extra = big.where(full_like(a, 0.5 * _ATAN_MOREBITS), mid.where(full_like(a, 0.25 * _ATAN_MOREBITS), 0.0))
+    offset = big.where(a._full(a.shape, math.pi / 2, a.dtype), mid.where(a._full(a.shape, math.pi / 4, a.dtype), 0.0))
+    extra = big.where(a._full(a.shape, 0.5 * _ATAN_MOREBITS, a.dtype),
+                      mid.where(a._full(a.shape, 0.25 * _ATAN_MOREBITS, a.dtype), 0.0))
     z = reduced * reduced
     series = reduced * z * _polynomial(z, _ATAN_P) / _polynomial(z, _ATAN_Q, leading=1.0)
     return offset + (series + extra + reduced)

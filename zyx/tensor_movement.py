@@ -23,12 +23,21 @@ def _dims(args: tuple[Any, ...]) -> tuple[int, ...]:
     return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
 
 
+def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy broadcasting; a ShapeError names the op and every shape."""
+    ndim = max(len(s) for s in shapes)
+    result = []
+    for axis in range(ndim):
+        sizes = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise ShapeError(f"{op}: shapes {' and '.join(str(s) for s in shapes)} cannot be broadcast together")
+        result.append(sizes.pop() if sizes else 1)
+    return tuple(result)
+
+
 class MovementMixin:
     __slots__ = ()
     node: Any
-
-    def _wrap(self, node: n.Node) -> "Tensor":
-        return type(self)(node)  # type: ignore[call-arg]
 
     def reshape(self, *shape: Any) -> "Tensor":
         """New shape with the same elements; one axis may be -1."""
@@ -77,19 +86,6 @@ class MovementMixin:
     def expand_as(self, other: "Tensor") -> "Tensor":
         """Broadcast to other's shape (a view)."""
         return self.expand(other.shape)
-
-    def pad(self, padding: Sequence[Sequence[int]], value: float = 0, mode: str = "constant") -> "Tensor":
-        """((before, after), ...) per axis from the first; missing trailing axes are not padded. A negative
-        amount crops; `mode` is 'constant' (fill with `value`), 'reflect', 'replicate' or 'circular' (as
-        PyTorch's F.pad, which lists axes from the last instead)."""
-        pairs = [tuple(p) for p in padding]
-        if len(pairs) > len(self.node.shape):
-            raise ShapeError(f"pad: {len(pairs)} pairs for a tensor of shape {self.node.shape}")
-        pairs += [(0, 0)] * (len(self.node.shape) - len(pairs))
-        if mode != "constant" or any(b < 0 or a < 0 for b, a in pairs):
-            from .tensor_layout import pad_with_mode
-            return pad_with_mode(self, pairs, value, mode)  # type: ignore[arg-type]
-        return self._wrap(n.pad(self.node, pairs, value))
 
     def shrink(self, bounds: Sequence[Optional[tuple[int, int]]]) -> "Tensor":
         """The part within (start, end) bounds per axis (None keeps an axis whole); a view."""
@@ -179,19 +175,3 @@ class MovementMixin:
     def contiguous(self) -> "Tensor":
         """Views are index arithmetic in zyx, so there is nothing to copy."""
         return self  # type: ignore[return-value]
-
-    # ---- indexing --------------------------------------------------------------------------------------
-    def __getitem__(self, index: Any) -> "Tensor":
-        from .tensor_indexing import getitem
-        return getitem(self, index)  # type: ignore[arg-type]
-
-    def one_hot(self, num_classes: int) -> "Tensor":
-        """int64 one-hot codes on a new last axis; a value outside [0, num_classes) raises IndexError when the
-        result is realized (num_classes cannot be inferred from values that do not exist yet)."""
-        from .tensor_indexing import one_hot
-        return one_hot(self, num_classes)  # type: ignore[arg-type]
-
-    def gather(self, axis: int, index: "Tensor") -> "Tensor":
-        """out[..., i, ...] = self[..., index[..., i, ...], ...] along `axis` (PyTorch's gather)."""
-        from .tensor_indexing import gather
-        return gather(self, axis, index)  # type: ignore[arg-type]

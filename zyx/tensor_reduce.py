@@ -1,8 +1,7 @@
-"""Reductions (sum, max and what is composed from them: mean, var, softmax, argmax, cumsum...)."""
+"""Reductions (sum, max and what is composed from them: mean, var, softmax, argmax...)."""
 from __future__ import annotations
 
 import math
-import operator
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
@@ -138,7 +137,6 @@ class ReduceMixin:
         return self._arg_extreme(axis, keepdim, "argmin")
 
     def _arg_extreme(self, axis: Optional[int], keepdim: bool, op: str) -> "Tensor":
-        from .creation import arange
         if axis is None:
             flat = self.reshape(-1)._arg_extreme(0, False, op)  # type: ignore[attr-defined]
             return flat.reshape((1,) * len(self.node.shape)) if keepdim else flat
@@ -155,7 +153,7 @@ class ReduceMixin:
         hit = x == extreme
         if x.dtype.is_float:
             hit = hit | x.isnan()
-        positions = arange(length, device=self.node.device).reshape(
+        positions = self._arange(length).reshape(
             (length,) + (1,) * (ndim - axis - 1))
         candidates = hit.where(length - positions, 0)  # the first hit scores highest
         return (-(candidates._reduce(Op.RMAX, axis, keepdim, op)) + length).cast(int64)
@@ -181,13 +179,6 @@ class ReduceMixin:
         x = self._float()  # type: ignore[attr-defined]
         return x - x.logsumexp(axis, keepdim=True)
 
-    def cumsum(self, axis: int = 0) -> "Tensor":
-        """Running sum along `axis` (a scan of log2(n) shifted adds, see tensor_scan); bool and int tensors sum
-        in int64, as PyTorch."""
-        from .tensor_scan import running
-        x = self if self.node.dtype.is_float else self.cast(int64)  # type: ignore[attr-defined]
-        return running(x, axis, "cumsum", 0, operator.add)
-
 
 def _prod_axis(x: "Tensor", axis: int) -> "Tensor":
     """Multiply along one axis by halving it until one element is left (keeps the axis, size 1)."""
@@ -195,8 +186,7 @@ def _prod_axis(x: "Tensor", axis: int) -> "Tensor":
     if length == 0:
         shape = list(x.shape)
         shape[axis] = 1
-        from .creation import full
-        return full(tuple(shape), 1, x.device, x.dtype)
+        return x._full(shape, 1, x.dtype)
     while length > 1:
         half = -(-length // 2)
         padded = x.pad([(0, 0)] * axis + [(0, 2 * half - length)], value=1)

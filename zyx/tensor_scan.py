@@ -61,9 +61,15 @@ def extremes(t: "Tensor") -> tuple[Any, Any]:
 
 
 class ScanMixin:
-    """Tensor's running products, extremes and log-sum-exps (cumsum lives with the reductions)."""
+    """Tensor's running sums, products, extremes and log-sum-exps."""
 
     __slots__ = ()
+
+    def cumsum(self: "Tensor", axis: int = 0) -> "Tensor":
+        """Running sum along `axis` (a scan of log2(n) shifted adds); bool and int tensors sum in int64, as
+        PyTorch."""
+        x = self if self.node.dtype.is_float else self.cast(int64)
+        return running(x, axis, "cumsum", 0, operator.add)
 
     def cumprod(self: "Tensor", dim: int = 0) -> "Tensor":
         """Running product along `dim` (no division, so zeros keep exact gradients); ints multiply in int64."""
@@ -84,12 +90,11 @@ class ScanMixin:
         return self._running_extreme(dim, "cummin")
 
     def _running_extreme(self: "Tensor", dim: int, op: str) -> ValuesIndices:
-        from .creation import arange
         x = self.cast(int64) if self.dtype.is_bool else self
         axis = scan_axis(x, dim, op)
         if axis is None:
             return ValuesIndices(self, x.cast(int64) * 0)
-        positions = arange(x.shape[axis], device=x.device).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+        positions = x._arange(x.shape[axis]).reshape((-1,) + (1,) * (x.ndim - axis - 1))
         lowest, highest = extremes(x)
         fill = lowest if op == "cummax" else highest
 

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 from .errors import ShapeError
-from .tensor_movement import normalize_axis
+from .tensor_base import TensorBase
+from .tensor_combine import cat
+from .tensor_movement import broadcast_shape, normalize_axis
 from .tensor_scan import extremes
 from .trace.checks import RangeCheck, attach
 
@@ -29,15 +31,13 @@ class _Scatter:
     from the index's leading shape to the target's with `fit`."""
 
     def __init__(self, target: "Tensor", dim: int, index: "Tensor", source: Any, op: str):
-        from .creation import arange, full
-        from .tensor import Tensor
-        if not isinstance(index, Tensor) or not index.dtype.is_int:
+        if not isinstance(index, TensorBase) or not index.dtype.is_int:
             raise TypeError(f"{op}: index must be an integer tensor, got {getattr(index, 'dtype', type(index))}")
         self.axis = normalize_axis(dim, target.ndim, op)
         if index.ndim != target.ndim:
             raise ShapeError(f"{op}: index of shape {index.shape} needs as many dimensions as self {target.shape}")
-        if not isinstance(source, Tensor):
-            source = full(index.shape, source, target.device, target.dtype)
+        if not isinstance(source, TensorBase):
+            source = target._full(index.shape, source, target.dtype)
         if source.ndim != target.ndim or any(i > s for i, s in zip(index.shape, source.shape)) or any(
                 i > t for d, (i, t) in enumerate(zip(index.shape, target.shape)) if d != self.axis):
             raise ShapeError(f"{op}: index {index.shape} must fit within src {source.shape} on every axis and "
@@ -47,7 +47,7 @@ class _Scatter:
         self.source = source.transpose(self.axis, -1)
         length = target.shape[self.axis]
         self.index = index
-        self.hits = index.transpose(self.axis, -1).unsqueeze(-1) == arange(length, device=target.device)
+        self.hits = index.transpose(self.axis, -1).unsqueeze(-1) == target._arange(length)
         self.hit_any = self.fit(self.hits.any(-2), False)
         self.check = RangeCheck(index.node, 0, length, f"{op}: index {{value}} is out of bounds for axis "
                                                        f"{self.axis} with size {length}") if index.numel() else None
@@ -92,8 +92,7 @@ class ScatterMixin:
         plan = _Scatter(self, dim, index, source, "scatter")
         if not index.numel():
             return self
-        from .creation import arange
-        order = arange(1, plan.hits.shape[-2] + 1, device=self.device).unsqueeze(-1)     # (m, 1): entry i + 1
+        order = self._arange(1, plan.hits.shape[-2] + 1).unsqueeze(-1)     # (m, 1): entry i + 1
         last = plan.hits.where(order, 0).max(-2, keepdim=True)
         chosen = plan.hits & (order == last)
         written = plan.fit(_pick(chosen, plan.source), 0)
@@ -122,7 +121,6 @@ class ScatterMixin:
             fill = lowest if reduce == "amax" else highest
             rows = plan.fit(plan.entries(fill), fill)                                      # (lead, m, n)
             if include_self:
-                from .tensor_combine import cat
                 rows = cat([target.unsqueeze(-2), rows], -2)
             best = rows.max(-2) if reduce == "amax" else rows.min(-2)
             return plan.done(landed.where(best, target))
@@ -143,7 +141,6 @@ class ScatterMixin:
         """The elements where `mask` (broadcast with self) is true, as a 1-D tensor in row-major order. The
         result's length depends on the mask's values, so the mask is realized here (self stays lazy and
         gradients flow back to the selected elements)."""
-        from .tensor import broadcast_shape
         truth = np.asarray(mask.numpy() if hasattr(mask, "numpy") else mask)
         if truth.dtype != np.bool_:
             raise TypeError(f"masked_select: mask must be bool, got {truth.dtype}")
@@ -154,11 +151,10 @@ class ScatterMixin:
     def nonzero(self: "Tensor", as_tuple: bool = False) -> Union["Tensor", tuple["Tensor", ...]]:
         """The positions of nonzero elements, (count, ndim) int64 (or one 1-D tensor per axis with as_tuple),
         as torch.nonzero. Computed on the host from the realized values: its shape depends on them."""
-        from .creation import tensor
         values = self.numpy()
         if as_tuple:
-            return tuple(tensor(axis.astype(np.int64), device=self.device) for axis in np.nonzero(np.atleast_1d(values)))
-        return tensor(np.argwhere(values).astype(np.int64), device=self.device)
+            return tuple(self._data(axis.astype(np.int64)) for axis in np.nonzero(np.atleast_1d(values)))
+        return self._data(np.argwhere(values).astype(np.int64))
 
     argwhere = nonzero
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ShapeError
 from .tensor_conv import spread
 from .tensor_indexing import _as_mask, _expand_ellipsis, _is_advanced
+from .tensor_movement import broadcast_shape
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -24,7 +25,6 @@ def _is_basic(index: tuple[Any, ...]) -> bool:
 
 def _placed(t: "Tensor", index: tuple[Any, ...], value: "Tensor") -> tuple["Tensor", "Tensor"]:
     """The value spread over t's shape for a basic index, and the bool mask of the positions it covers."""
-    from .creation import full
     index = _expand_ellipsis(index, t.ndim)
     shape = [s for item, s in zip((i for i in index if i is not None), t.shape)]
     kept = []                       # per value axis: keep it (a slice) or drop it (a None)
@@ -57,14 +57,12 @@ def _placed(t: "Tensor", index: tuple[Any, ...], value: "Tensor") -> tuple["Tens
         value = value.flip(flips)
     steps = [step for _, step, _ in boxes]
     pads = [(first, size - first - (count - 1) * step - 1) for (first, step, count), size in zip(boxes, shape)]
-    covered = full(tuple(per_axis), True, t.device, "bool")
+    covered = t._full(per_axis, True, "bool")
     return spread(value, steps).pad(pads), spread(covered, steps).pad(pads)
 
 
 def setitem(t: "Tensor", index: Any, value: Any) -> None:
     """t[index] = value: value broadcasts to t[index]'s shape and takes t's dtype (as PyTorch)."""
-    from .creation import arange
-    from .tensor import broadcast_shape
     index = index if isinstance(index, tuple) else (index,)
     target = t[index]
     new = t._operand(value, "setitem")
@@ -78,5 +76,5 @@ def setitem(t: "Tensor", index: Any, value: Any) -> None:
         placed, covered = _placed(t, index, new)
         t.assign(covered.where(placed, t))
         return
-    positions = arange(t.numel(), device=t.device).reshape(t.shape)[index].reshape(-1)
+    positions = t._arange(t.numel()).reshape(t.shape)[index].reshape(-1)
     t.assign(t.reshape(-1).scatter(0, positions, new.reshape(-1)).reshape(t.shape))

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 def _ranks(row: "Tensor", descending: bool) -> "Tensor":
     """(..., n) -> (..., n) int64: the position each element takes in the sorted row (ties: original order)."""
-    from .creation import arange
     mine, other = row.unsqueeze(-1), row.unsqueeze(-2)                      # (..., n, 1), (..., 1, n)
     ahead = other > mine if descending else other < mine
     if row.dtype.is_float:  # nan is the largest value
@@ -31,21 +30,20 @@ def _ranks(row: "Tensor", descending: bool) -> "Tensor":
     else:
         tie = other == mine
     length = row.shape[-1]
-    positions = arange(length, device=row.device)
+    positions = row._arange(length)
     earlier = positions.unsqueeze(-1) > positions                           # (n, n): other comes first
     return (ahead | (tie & earlier)).sum(-1)
 
 
 def _first_ranked(t: "Tensor", axis: int, descending: bool, count: int) -> ValuesIndices:
     """The `count` elements ranked first along `axis`, in order, with their positions."""
-    from .creation import arange
     row = t.transpose(axis, -1)
     x = row.cast(int64) if row.dtype.is_bool else row
     length = row.shape[-1]
-    slots = arange(count, device=t.device).unsqueeze(-1)                    # (count, 1)
+    slots = t._arange(count).unsqueeze(-1)                    # (count, 1)
     placed = _ranks(x, descending).unsqueeze(-2) == slots                   # (..., count, n)
     values = placed.where(x.unsqueeze(-2), 0).sum(-1).cast(t.dtype)
-    indices = placed.where(arange(length, device=t.device), 0).sum(-1)
+    indices = placed.where(t._arange(length), 0).sum(-1)
     return ValuesIndices(values.transpose(axis, -1), indices.transpose(axis, -1))
 
 

@@ -1,4 +1,4 @@
-"""Tensors to and from PyTorch: `t.torch()` and `zyx.from_torch(t)`.
+"""Tensors to and from PyTorch: `t.torch()` (tensor_convert.py) and `zyx.from_torch(t)`.
 
 `t.torch()` shares memory where the device allows: on zyx.Torch() it is the buffer itself, on zyx.CPU() a view
 of the numpy array; elsewhere it is a host copy. Zyx values never change in place, except by a jitted step's
@@ -8,36 +8,20 @@ not change when the torch tensor is later written to.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from .devices import Device, Torch, import_torch
 from .dtypes import to_dtype
-from .jit.capture import record_created
+from .tensor import Tensor
 from .trace import node as n
-
-if TYPE_CHECKING:
-    from .tensor import Tensor
+from .trace.capture import record_created
 
 
-def to_torch(tensor: "Tensor") -> Any:
-    """`tensor`'s values as a torch tensor (see the module docstring for when memory is shared)."""
-    import_torch()
-    from .runtime.torch_arrays import from_numpy
-    tensor.realize()
-    node = tensor.node
-    if node.device.kind == "torch":
-        return node.buffer.reshape(node.shape)
-    if node.device.kind == "cpu" and node.buffer.flags.writeable:
-        return from_numpy(node.buffer.reshape(node.shape))
-    return from_numpy(tensor.numpy())
-
-
-def from_torch(source: Any, device: Optional[Device] = None) -> "Tensor":
+def from_torch(source: Any, device: Optional[Device] = None) -> Tensor:
     """A zyx tensor holding a copy of a torch tensor's values, on `device` (default: zyx.Torch() on the torch
     tensor's own device; any zyx device works, through the host where it is not a torch one)."""
     torch = import_torch()
-    from .runtime.torch_arrays import TORCH_DTYPES, to_numpy
-    from .tensor import Tensor
+    from .runtime.torch_arrays import TORCH_DTYPES, to_numpy  # (torch: optional, slow to import)
     if not isinstance(source, torch.Tensor):
         raise TypeError(f"from_torch expects a torch.Tensor, got {type(source).__name__}")
     names = {dtype: name for name, dtype in TORCH_DTYPES.items()}
@@ -46,7 +30,7 @@ def from_torch(source: Any, device: Optional[Device] = None) -> "Tensor":
     device = Torch(source.device) if device is None else device
     dtype = to_dtype(names[source.dtype])
     if device.kind == "torch":
-        buffer = device.backend.runtime.adopt(source)
+        buffer = device.runtime.adopt(source)
     else:
         buffer = device.upload(to_numpy(source.detach().to("cpu").contiguous()))
     leaf = n.buffer_leaf(buffer, tuple(source.shape), dtype, device)

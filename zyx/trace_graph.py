@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from .dot import Cluster, DotGraph
-from .jit.jit import JitFunction
+from .step.jit import JitFunction
 from .jit.kernel_nodes import contained_nodes
 from .runtime.interpret import InterpretedProgram
 from .jit.program import Program, launch_size
@@ -146,7 +146,7 @@ def _node_label(node: Node) -> str:
 
 def _traits(device: Any) -> DeviceTraits:
     """The device's own traits; the CPU reference device is drawn as zyx.OpenCL() on a CPU would run it."""
-    traits = getattr(device.backend, "traits", None)
+    traits = getattr(device, "traits", None)
     return traits if traits is not None else DeviceTraits(vector_width=CPU_VECTOR_WIDTH)
 
 

@@ -13,7 +13,7 @@ def dev():
 @pytest.fixture
 def gpu(dev, monkeypatch):
     """The OpenCL device, scheduling GPU-shaped kernels (as ZYX_GPU_KERNELS=1 does, float4 lanes included)."""
-    monkeypatch.setattr(dev.backend, "traits", DeviceTraits(True, dev.backend.traits.group_size, GPU_VECTOR_WIDTH))
-    dev.backend.forget_programs()  # programs scheduled for the device's own shapes must not be found
+    monkeypatch.setattr(dev, "traits", DeviceTraits(True, dev.traits.group_size, GPU_VECTOR_WIDTH))
+    dev.forget_programs()  # programs scheduled for the device's own shapes must not be found
     yield dev
-    dev.backend.forget_programs()  # nor these, once the device's own traits are back
+    dev.forget_programs()  # nor these, once the device's own traits are back

@@ -104,13 +104,13 @@ def test_gradients_through_products(dev):
 
 
 def test_chosen_on_the_cpu_device(dev):
-    if dev.backend.traits.gpu:
+    if dev.traits.gpu:
         pytest.skip("the vector product kernel is for CPUs")
     a, b = data(64, 64), data(64, 64)
     zyx.reset_stats()
     out = (dev.tensor(a) @ dev.tensor(b)).realize()
     assert zyx.stats()["kernels_launched"] == 1  # small contiguous operands are read in place
-    program = next(p for p in dev.backend.programs.values() if any(l.name.startswith("m_") for l in p.launches))
+    program = next(p for p in dev.programs.values() if any(l.name.startswith("m_") for l in p.launches))
     assert "vload16" in next(l.source for l in program.launches if l.name.startswith("m_"))
     close(out.numpy(), a @ b)
 
@@ -159,5 +159,5 @@ def test_work_items_sweep_the_columns_over_a_band_of_rows_that_stays_in_cache(de
     assert "(gid%24)" in product().source  # 24 row tiles of 4, in one band
     monkeypatch.setattr(cpu_matmul, "ROW_BAND_BYTES", 8 * 4 * 80 * 4)  # bands of 8 row tiles
     assert "(gid%8)" in product().source and "(gid/24)" in product().source
-    dev.backend.forget_programs()
+    dev.forget_programs()
     close((x @ y * 3).numpy(), a @ b * 3)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import zyx
-from zyx.jit.jit import JitWarning
+from zyx.step.jit import JitWarning
 
 RNG = np.random.default_rng(3)
 
@@ -448,7 +448,7 @@ def test_arguments_that_cannot_be_constants_raise_naming_them():
 
 
 def test_a_tensor_the_step_cannot_locate_raises():
-    from zyx.jit.jit import JitError
+    from zyx.step.jit import JitError
 
     class Slots:
         __slots__ = ("w",)

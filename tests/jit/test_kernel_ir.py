@@ -84,7 +84,7 @@ def lowered(name):
 
 def run(kernel, data, output_shape):
     """Launch the printed kernel on the OpenCL device; what it stores."""
-    runtime = zyx.OpenCL().backend.runtime
+    runtime = zyx.OpenCL().runtime
     name, source = print_kernel(kernel)
     program = cl.Program(runtime.context, source).build()
     args, result = [], None

@@ -43,16 +43,16 @@ def run(dev, steps=4):
 @pytest.fixture
 def ungrouped(dev, monkeypatch):
     """The OpenCL device with one kernel per launch (its programs are keyed apart by their traits)."""
-    monkeypatch.setattr(dev.backend, "traits", dataclasses.replace(dev.backend.traits, group_launches=False))
-    dev.backend.forget_programs()
+    monkeypatch.setattr(dev, "traits", dataclasses.replace(dev.traits, group_launches=False))
+    dev.forget_programs()
     yield dev
-    dev.backend.forget_programs()
+    dev.forget_programs()
 
 
 def test_an_adam_step_in_fewer_launches_computes_what_one_kernel_per_launch_does(dev, ungrouped):
     plain_losses, plain_params, plain_launches = run(ungrouped)
-    ungrouped.backend.traits = dataclasses.replace(ungrouped.backend.traits, group_launches=True)
-    ungrouped.backend.forget_programs()
+    ungrouped.traits = dataclasses.replace(ungrouped.traits, group_launches=True)
+    ungrouped.forget_programs()
     losses, params, launches = run(ungrouped)
     assert launches <= 10 < plain_launches
     assert losses == plain_losses

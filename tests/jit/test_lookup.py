@@ -5,7 +5,7 @@ import weakref
 import numpy as np
 
 import zyx
-from zyx.jit import jit as jit_module
+from zyx.step import jit as jit_module
 
 RNG = np.random.default_rng(5)
 

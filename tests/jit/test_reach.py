@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 
-from zyx.jit.reach import MISSING, PathTree, resolve
+from zyx.step.reach import MISSING, PathTree, resolve
 
 
 def test_the_compiled_paths_resolve_as_each_path_alone():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import zyx
-from zyx.jit.jit import MAX_CAPTURES, JitWarning
+from zyx.step.jit import MAX_CAPTURES, JitWarning
 
 
 @pytest.fixture

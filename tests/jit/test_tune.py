@@ -52,9 +52,9 @@ def scheduled(dev, kind: str, traits: DeviceTraits, tuned: TunedChoices = NO_TUN
 
 
 def searched(dev, kind: str, tmp_path: Path, traits: DeviceTraits = None) -> TuneRecord:
-    traits = traits or dev.backend.traits
+    traits = traits or dev.traits
     kernels, kernel = scheduled(dev, kind, traits)
-    (record,) = tune.Tuner(dev.backend.runtime, traits, TuningStore(tmp_path)).search(kernels, NO_TUNING, 1)
+    (record,) = tune.Tuner(dev.runtime, traits, TuningStore(tmp_path)).search(kernels, NO_TUNING, 1)
     assert record.kernel == kernel.site.key and record.untuned_name == kernel.name
     return record
 
@@ -62,12 +62,12 @@ def searched(dev, kind: str, tmp_path: Path, traits: DeviceTraits = None) -> Tun
 def realized_with(dev, kind: str, tuned: TunedChoices) -> np.ndarray:
     """The kernel's values on the device, scheduled with `tuned` (a fresh trace: no program from memory)."""
     make, _ = KERNELS[kind]
-    dev.backend.forget_programs()
-    previous, dev.backend._tuned = dev.backend._tuned, tuned
+    dev.forget_programs()
+    previous, dev._tuned = dev._tuned, tuned
     try:
         return make(dev.tensor(X), dev.tensor(W)).numpy()
     finally:
-        dev.backend._tuned = previous
+        dev._tuned = previous
 
 
 # -- searches ------------------------------------------------------------------------------------------------
@@ -118,11 +118,11 @@ def stored_winner(dev, tmp_path: Path, heuristic_won: bool = False,
     """A record (as a search would write it) choosing another vector width than the heuristics' for the
     elementwise kernel (or keeping the heuristics' choice), on this device or `device`; and that kernel as the
     heuristics shape it."""
-    _, kernel = scheduled(dev, "elementwise", dev.backend.traits)
+    _, kernel = scheduled(dev, "elementwise", dev.traits)
     site = kernel.site
-    other = next(c for c in tune.candidates(site, dev.backend.traits, 1) if c != site.heuristic)
+    other = next(c for c in tune.candidates(site, dev.traits, 1) if c != site.heuristic)
     winner, name, relative = (site.heuristic, kernel.name, 1.0) if heuristic_won else (other, "e_winner", 0.5)
-    record = TuneRecord(site.key, device or device_fingerprint(dev.backend.runtime.device), kernel.name, name,
+    record = TuneRecord(site.key, device or device_fingerprint(dev.runtime.device), kernel.name, name,
                         site.heuristic, winner, 2e-3, 2e-3 * relative, relative,
                         (Trial(site.heuristic, 2e-3, "ok"), Trial(other, 1e-3, "ok", 0.5)), 1, 0.5)
     TuningStore(tmp_path).put(record)
@@ -133,36 +133,36 @@ def test_the_winner_persists_and_a_fresh_store_uses_it_without_searching(dev, tm
     record, untuned = stored_winner(dev, tmp_path)
     fresh = TuningStore(tmp_path)
     assert fresh.records() == [dataclasses.replace(record, created=fresh.records()[0].created)]
-    tuned = fresh.choices(device_fingerprint(dev.backend.runtime.device))
+    tuned = fresh.choices(device_fingerprint(dev.runtime.device))
     assert dict(tuned) == {record.kernel: record.choice}
-    kernels, kernel = scheduled(dev, "elementwise", dev.backend.traits, tuned)
+    kernels, kernel = scheduled(dev, "elementwise", dev.traits, tuned)
     assert kernel.site.applied == record.choice and kernel.site.key == record.kernel
     assert kernel.name != untuned.name and kernel.site.name == untuned.name
     monkeypatch.setattr(tune.Tuner, "_search", lambda *a: pytest.fail("searched a kernel with a record"))
-    assert tune.Tuner(dev.backend.runtime, dev.backend.traits, fresh).search(kernels, tuned, 1) == []
+    assert tune.Tuner(dev.runtime, dev.traits, fresh).search(kernels, tuned, 1) == []
     np.testing.assert_allclose(realized_with(dev, "elementwise", tuned), KERNELS["elementwise"][1](X, W), rtol=1e-5,
                                atol=1e-6)
 
 
 def test_a_kernel_whose_heuristic_won_is_remembered_and_changes_no_program_key(dev, tmp_path, monkeypatch):
     record, _ = stored_winner(dev, tmp_path, heuristic_won=True)
-    device = device_fingerprint(dev.backend.runtime.device)
+    device = device_fingerprint(dev.runtime.device)
     store = TuningStore(tmp_path)
     assert store.get(record.kernel, device).choice == record.heuristic  # searched: not searched again
     assert dict(store.choices(device)) == {} and store.choices(device).digest == NO_TUNING.digest
     forgotten = []
-    monkeypatch.setattr(dev.backend, "_tuned", NO_TUNING)
-    monkeypatch.setattr(dev.backend, "forget_programs", lambda: forgotten.append(True))
+    monkeypatch.setattr(dev, "_tuned", NO_TUNING)
+    monkeypatch.setattr(dev, "forget_programs", lambda: forgotten.append(True))
     monkeypatch.setattr(tune.Tuner, "search", lambda self, kernels, tuned, mode: [record])
-    assert dev.backend._search([], 1) is False  # nothing to schedule again
-    assert dev.backend.tuned.digest == NO_TUNING.digest and forgotten == []
+    assert dev._search([], 1) is False  # nothing to schedule again
+    assert dev.tuned.digest == NO_TUNING.digest and forgotten == []
 
 
 def test_a_candidate_printing_as_an_earlier_one_reports_that_ones_final_times(dev, tmp_path, always, monkeypatch):
     """Two choices making the same kernels are run once; the later one's trial is the earlier one's, after the
     extra pairs the finalists get."""
-    _, kernel = scheduled(dev, "elementwise", dev.backend.traits)
-    other = next(c for c in tune.candidates(kernel.site, dev.backend.traits, 1) if c != kernel.site.heuristic)
+    _, kernel = scheduled(dev, "elementwise", dev.traits)
+    other = next(c for c in tune.candidates(kernel.site, dev.traits, 1) if c != kernel.site.heuristic)
     monkeypatch.setattr(tune, "candidates", lambda site, traits, mode: [site.heuristic, other, other])
     seen, samples = [], []
 
@@ -185,7 +185,7 @@ def test_zyx_tune_0_never_searches(dev, monkeypatch):
             monkeypatch.delenv("ZYX_TUNE", raising=False)
         else:
             monkeypatch.setenv("ZYX_TUNE", value)
-        dev.backend.forget_programs()
+        dev.forget_programs()
         assert tune.tune_mode() == 0
         np.testing.assert_allclose((dev.tensor(X) * 3).numpy(), X * 3)
         zyx.jit(lambda x: x * 5)(dev.tensor(X))
@@ -206,7 +206,7 @@ def test_jit_with_tune_searches_the_kernels_of_its_programs(dev, monkeypatch):
 
 
 def test_a_program_scheduled_with_other_tuned_choices_has_another_key(dev):
-    fingerprint, traits = dev.backend.fingerprint(), dev.backend.traits
+    fingerprint, traits = dev.fingerprint(), dev.traits
     one = TunedChoices({"0" * 32: Choice.of("plain", width=8)})
     other = TunedChoices({"0" * 32: Choice.of("plain", width=4)})
     keys = {program_key("structure", fingerprint, traits, tuned.digest) for tuned in (NO_TUNING, one, other)}
@@ -251,7 +251,7 @@ def test_a_damaged_record_is_dropped_with_one_warning_and_searched_again(dev, tm
         store = DiskStore(tmp_path, "tuning", 1 << 20)
         store.delete([key])
         store.put(key, json.dumps({**data, "choice": {"family": "plain", "values": {"width": 1000}}}), b"")
-    device = device_fingerprint(dev.backend.runtime.device)
+    device = device_fingerprint(dev.runtime.device)
     with pytest.warns(CacheWarning, match="searched again") as caught:
         assert dict(TuningStore(tmp_path).choices(device)) == {}
     assert len(caught) == 1
@@ -276,7 +276,7 @@ CHILD = textwrap.dedent("""
     out.numpy()
     default_cache().flush()
     stats = zyx.stats()
-    names = [launch.name for program in dev.backend.programs.values() for launch in program.launches]
+    names = [launch.name for program in dev.programs.values() for launch in program.launches]
     print(json.dumps({"compiled": stats["kernels_compiled"], "scheduled": stats["graphs_scheduled"],
                       "tuned": stats["kernels_tuned"], "searched": searches, "launched": names}))
 """)

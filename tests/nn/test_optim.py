@@ -5,7 +5,7 @@ import torch
 
 import zyx
 from zyx import nn
-from zyx.jit import capture
+from zyx.trace import capture
 from nn_reference import assert_close, rng
 
 W0 = rng().standard_normal((3, 4)).astype(np.float32)

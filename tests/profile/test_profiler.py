@@ -43,7 +43,7 @@ def test_program_name_and_counts_survive_the_program_store_json():
     x = dev.tensor(data(32, 32)).realize()
     with zyx.profile() as p:
         ((x @ x).exp() + 1).realize()
-    program = dev.backend.programs[next(k for k in dev.backend.programs if k.startswith(p.records[0].program))]
+    program = dev.programs[next(k for k in dev.programs if k.startswith(p.records[0].program))]
     assert any(launch.flops for launch in program.launches)
     inputs = 1 + max((i for l in program.launches for kind, i in l.args if kind == "input"), default=-1)
     again = program_from_json(program_to_json(program), inputs, 0)
@@ -119,7 +119,7 @@ def test_chrome_trace_is_complete_events_in_microseconds(device, tmp_path):
 
 
 def test_timed_queue_only_while_profiling():
-    backend = zyx.OpenCL().backend.runtime
+    backend = zyx.OpenCL().runtime
     profiling_enable = cl.command_queue_properties.PROFILING_ENABLE
     x = zyx.OpenCL().tensor(data(256)).realize()
     assert not backend.queue.properties & profiling_enable

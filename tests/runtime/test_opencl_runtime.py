@@ -1,4 +1,4 @@
-"""BufferPool on a fake allocator, and OpenCLBackend on this machine's default OpenCL device."""
+"""BufferPool on a fake allocator, and OpenCLRuntime on this machine's default OpenCL device."""
 import gc
 import weakref
 
@@ -8,7 +8,7 @@ import pytest
 
 from zyx import counters as stats
 from zyx.runtime.memory import BufferPool
-from zyx.runtime.opencl import Buffer, OpenCLBackend
+from zyx.runtime.opencl import Buffer, OpenCLRuntime
 from zyx.runtime.platforms import select_device
 
 
@@ -92,7 +92,7 @@ def test_pool_reraises_other_errors_and_out_of_memory_with_nothing_pooled():
         failing.acquire(8)
 
 
-# --- OpenCLBackend -----------------------------------------------------------------------------------------
+# --- OpenCLRuntime -----------------------------------------------------------------------------------------
 
 ADD_ONE = """
 __kernel void add_one(__global const float *x, __global float *y, float amount) {
@@ -104,7 +104,7 @@ __kernel void add_one(__global const float *x, __global float *y, float amount) 
 
 @pytest.fixture(scope="module")
 def backend():
-    return OpenCLBackend(select_device())
+    return OpenCLRuntime(select_device())
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +214,9 @@ def test_buffer_outliving_interpreter_is_safe():
 
     script = (
         "import numpy as np\n"
-        "from zyx.runtime.opencl import OpenCLBackend\n"
+        "from zyx.runtime.opencl import OpenCLRuntime\n"
         "from zyx.runtime.platforms import select_device\n"
-        "backend = OpenCLBackend(select_device())\n"
+        "backend = OpenCLRuntime(select_device())\n"
         "kept = backend.upload(np.ones(1000, dtype=np.float32))\n"
         "print('done')\n"
     )

@@ -30,10 +30,10 @@ def dev():
 
 def program_of(tensor):
     """The program the torch device built for `tensor`'s trace (realizing it)."""
-    backend = tensor.device.backend
-    before = set(backend.programs)
+    device = tensor.device
+    before = set(device.programs)
     tensor.realize()
-    return backend.programs[next(iter(set(backend.programs) - before))]
+    return device.programs[next(iter(set(device.programs) - before))]
 
 
 # ---- devices -----------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_a_step_writes_over_a_source_only_when_no_view_of_it_is_read_later(dev):
 
     outputs = program(dev)
     zyx.realize(*outputs)
-    program_steps = dev.backend.programs[next(reversed(dev.backend.programs))].steps
+    program_steps = dev.programs[next(reversed(dev.programs))].steps
     assert any(step.into is not None for step in program_steps)
     for ours, reference in zip(outputs, program(zyx.CPU())):
         np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)  # torch's tanh is not numpy's
@@ -267,7 +267,7 @@ def test_jitted_updates_computed_into_their_buffer_only_where_no_view_of_it_is_r
     np.testing.assert_array_equal(w.numpy(), a)
     np.testing.assert_array_equal(v.numpy(), b)
     program = next(iter(step.steps.values()))[0].program
-    assert len(program.aliases) == 2 and len(_direct_writes(program, dev.backend.arrays)) == 1
+    assert len(program.aliases) == 2 and len(_direct_writes(program, dev.arrays)) == 1
 
 
 # ---- programs ----------------------------------------------------------------------------------------------

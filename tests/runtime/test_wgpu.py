@@ -89,7 +89,7 @@ fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
   if (item.x < 100u) { out[item.x] = zyx_philox_uniform(zyx_scalars[0].xy, zyx_scalars[1].xy, item.x); }
 }
 """
-    runtime = dev.backend.runtime
+    runtime = dev.runtime
     seed, offset = 0x1234567890ABCDEF, 2**32 - 50  # half the draws carry into the counter's high word
     out = runtime.allocate(400)
     runtime.launch(runtime.compile(source, "draw", 64), (128,), (64,), [out, np.uint64(seed), np.uint64(offset)])
@@ -101,26 +101,26 @@ fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
 
 
 def test_launches_past_the_groups_per_dimension_fold_into_two(dev, monkeypatch):
-    monkeypatch.setattr(dev.backend.runtime, "max_groups", 40)  # elementwise: 1172 groups; the reduction: 1000
+    monkeypatch.setattr(dev.runtime, "max_groups", 40)  # elementwise: 1172 groups; the reduction: 1000
     x = np.arange(1000 * 300, dtype=np.float32).reshape(1000, 300) / 1e5
     np.testing.assert_allclose((dev.tensor(x) * 2 + 1).numpy(), x * 2 + 1, rtol=1e-6)
     np.testing.assert_allclose(dev.tensor(x).sum(1).numpy(), x.sum(1), rtol=1e-5)
-    monkeypatch.setattr(dev.backend.runtime, "max_groups", 2)
+    monkeypatch.setattr(dev.runtime, "max_groups", 2)
     with pytest.raises(RuntimeError, match=r"needs \d+ work groups, more than WGPU"):
         (dev.tensor(x) - 3).realize()
 
 
 def test_kernels_take_no_more_buffers_than_the_adapter_binds(dev):
-    limit = dev.backend.traits.max_params
+    limit = dev.traits.max_params
     xs = [np.full(5, k, np.float32) for k in range(limit + 8)]
     total = sum(dev.tensor(x) for x in xs[1:]) + dev.tensor(xs[0])
     np.testing.assert_allclose(total.numpy(), sum(xs))
-    program = list(dev.backend.programs.values())[-1]
+    program = list(dev.programs.values())[-1]
     assert len(program.launches) > 1 and all(len(launch.args) <= limit for launch in program.launches)
 
 
 def test_a_buffer_past_the_binding_limit_is_refused_before_anything_runs(dev):
-    too_many = dev.backend.runtime.limits.max_buffer_bytes // 4 + 1
+    too_many = dev.runtime.limits.max_buffer_bytes // 4 + 1
     with pytest.raises(OutOfMemoryError, match=r"more than WGPU\("):
         dev.zeros(too_many).realize()
 
@@ -141,24 +141,24 @@ def test_an_in_place_update_binds_the_overwritten_input_writable_and_matches_eag
         jitted(x)
         zyx.realize(step(eager_w, zyx.CPU().tensor(x.numpy())), eager_w)
     np.testing.assert_allclose(w.numpy(), eager_w.numpy(), rtol=1e-5, atol=1e-6)
-    assert any("var<storage, read_write> in" in source for source in dev.backend._kernels)
+    assert any("var<storage, read_write> in" in source for source in dev._kernels)
 
 
 def test_bind_groups_are_reused_when_a_program_runs_again_on_the_same_buffers(dev):
     x = dev.tensor(np.ones(100, np.float32))
     (x * 5).realize()
-    kept = len(dev.backend.runtime._bind_groups)
+    kept = len(dev.runtime._bind_groups)
     for _ in range(3):
         (x * 5).realize()
-    assert len(dev.backend.runtime._bind_groups) == kept
+    assert len(dev.runtime._bind_groups) == kept
 
 
 def test_a_persisted_program_skips_scheduling_and_is_keyed_by_the_adapter(dev):
     from zyx.jit.cache_key import FINGERPRINT_NAMES
-    assert set(dev.backend.fingerprint()) == set(FINGERPRINT_NAMES)
+    assert set(dev.fingerprint()) == set(FINGERPRINT_NAMES)
     x = dev.tensor(np.arange(12, dtype=np.float32))
     expected = ((x * 3).exp() - x).sum().numpy()
-    dev.backend.forget_programs()
+    dev.forget_programs()
     zyx.reset_stats()
     np.testing.assert_allclose(((x * 3).exp() - x).sum().numpy(), expected)
     assert zyx.stats()["programs_loaded"] == 1 and zyx.stats()["graphs_scheduled"] == 0
@@ -171,18 +171,18 @@ def test_tuning_is_opencl_only_wgpu_keeps_the_heuristics_and_its_stored_programs
     monkeypatch.setenv("ZYX_TUNE", "1")
     x = dev.tensor(np.arange(12, dtype=np.float32))
     expected = (x * 13 + 1).numpy()
-    dev.backend.forget_programs()
+    dev.forget_programs()
     zyx.reset_stats()
     np.testing.assert_allclose((x * 13 + 1).numpy(), expected)
     np.testing.assert_allclose(zyx.jit(tune=True)(lambda t: t * 17)(x).numpy(), np.arange(12) * 17)
     # the stored x*13+1 program at least (the jitted step's may be stored by an earlier run of this cache too)
-    assert zyx.stats()["programs_loaded"] >= 1 and dev.backend.tuned is NO_TUNING
+    assert zyx.stats()["programs_loaded"] >= 1 and dev.tuned is NO_TUNING
 
 
 def test_elementwise_kernels_read_and_write_whole_float4_vectors(dev):
     x = dev.tensor(np.ones((64, 64), np.float32))
     (x * 2 + x).realize()
-    sources = [launch.source for program in dev.backend.programs.values() for launch in program.launches]
+    sources = [launch.source for program in dev.programs.values() for launch in program.launches]
     assert any("array<vec4<f32>>" in source for source in sources)
 
 
@@ -195,7 +195,7 @@ def test_local_tile_products_read_the_fragments_lanes_in_place_and_match_numpy(d
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((k, m)).astype(np.float32)
     np.testing.assert_allclose((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
-    sources = [launch.source for program in dev.backend.programs.values() for launch in program.launches]
+    sources = [launch.source for program in dev.programs.values() for launch in program.launches]
     assert any("var<workgroup> tile_a" in source and "fma(f" in source and ".x," in source for source in sources)
     # the slice walk unrolled (OpenCL asks with #pragma unroll): a block per step, the last with its counter at 15
     assert any(re.search(r"\{ let \w+: i32 = 15;", source) for source in sources)
@@ -216,7 +216,7 @@ def test_devices_by_spec_preference_and_pickle(dev, monkeypatch):
 def test_recorded_launches_are_submitted_in_growing_chunks_before_anything_waits(dev, monkeypatch):
     """The device starts while the host still records (webgpu.SUBMIT_FIRST): a chain of launches, each reading
     the pooled buffer the one before wrote, is submitted after 4, 12 and 28 launches and reads back in order."""
-    runtime, submits = dev.backend.runtime, []
+    runtime, submits = dev.runtime, []
     queue = runtime.queue
 
     class CountingQueue:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..jit.capture import check_not_capturing
+from ..trace.capture import check_not_capturing
 from ..realize import realize
 from ..runtime.collectives import process_group
 from ..tensor import Tensor

@@ -11,6 +11,7 @@ does.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 from ..runtime.collectives import FINISH, START, describe
@@ -33,7 +34,6 @@ def collective_kernel(node: Node, produced: set[int]) -> RenderedKernel:
 def place_steps(launches: Sequence[Any]) -> list[Any]:
     """Each collective launch (a START: its sources, then its result) moved right after the launches that store its
     sources, and a FINISH (reading only the result's slot) added right before the first later launch reading it."""
-    from .program import Launch
     placed: list[Any] = []
     for launch in launches:
         if launch.name != START:
@@ -51,6 +51,6 @@ def place_steps(launches: Sequence[Any]) -> list[Any]:
         ordered.append(launch)
         if launch.name == START:
             result = launch.args[-1]
-            finishes[result] = Launch(FINISH, "", launch.global_size, None, (result,), node=launch.node,
-                                      collective=launch.collective)
+            finishes[result] = dataclasses.replace(launch, name=FINISH, local_size=None, args=(result,), flops=0,
+                                                   bytes_moved=0)  # (a Launch: program.py imports this module)
     return ordered + list(finishes.values())

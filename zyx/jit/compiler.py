@@ -22,6 +22,7 @@ import pyopencl as cl
 
 from ..cache_dir import private_folder
 from ..debug import debug_level, logger
+from ..errors import KernelBuildError
 from ..runtime.platforms import QUIET_OPTION, build_quietly
 
 __all__ = ["KernelBuildError", "build_binary", "build_source"]
@@ -29,10 +30,6 @@ __all__ = ["KernelBuildError", "build_binary", "build_source"]
 ERROR_FOLDER = "build-errors"
 _LOG_LINES_SHOWN = 40
 _KERNEL_NAME = re.compile(r"__kernel\s+void\s+(\w+)")
-
-
-class KernelBuildError(RuntimeError):
-    """The OpenCL compiler rejected a kernel Zyx generated (a bug in Zyx or the driver); the message has its log."""
 
 
 def _options(options: Sequence[str]) -> list[str]:

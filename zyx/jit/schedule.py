@@ -56,7 +56,7 @@ class DeviceTraits:
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
-        """From an OpenCLBackend; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU), and
+        """From an OpenCLRuntime; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU), and
         ZYX_VECTOR_WIDTH=N sets the vector width (1: none), to measure another (ZYX_GROUP_LAUNCHES=0: one kernel
         per launch). CPUs get 16 lanes (their OpenCL compilers call math functions lane by lane otherwise); GPUs 4,
         so every item loads and stores whole float4 vectors, as a hand-written elementwise kernel does."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import weakref
 
-from ..jit.capture import active_capture
+from ..trace.capture import active_capture
 from ..tensor import Tensor
 
 _pending: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDictionary()

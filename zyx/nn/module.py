@@ -14,7 +14,7 @@ import numpy as np
 from ..creation import tensor
 from ..devices import Device, device_from_spec
 from ..errors import GRADIENTS_ARE_RETURNED
-from ..jit.capture import record_mode
+from ..trace.capture import record_mode
 from ..realize import realize
 from ..tensor import Tensor
 

@@ -16,7 +16,7 @@ from ..creation import full, tensor
 from ..devices import Device
 from ..dtypes import float64
 from ..errors import GRADIENTS_ARE_RETURNED, ShapeError
-from ..jit.capture import active_capture
+from ..trace.capture import active_capture
 from ..realize import realize
 from ..tensor import Tensor
 from .deferred import take_deferred

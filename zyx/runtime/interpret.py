@@ -292,17 +292,17 @@ def released_error() -> RuntimeError:
                         "until its gradients are realized")
 
 
-def profiled(backend: Any, kernel: str, program: str, targets: Sequence[Node], order: Sequence[Node],
+def profiled(device: Any, kernel: str, program: str, targets: Sequence[Node], order: Sequence[Node],
              run_program: Callable[[], list[Any]]) -> list[Any]:
     """`run_program()`, recorded for `zyx.profile()` as one launch timed by the host clock (the device is
     synchronized around it), with the bytes of its inputs and targets and the FLOPs of its trace."""
-    backend.synchronize()
+    device.synchronize()
     start = time.perf_counter_ns()
     values = run_program()
-    backend.synchronize()
+    device.synchronize()
     leaves = [node for node in order if node.op is Op.BUFFER]
     more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
     profiling.record(profiling.KernelRecord(
-        backend, backend.name, kernel, program, short_name(targets[0]) + more, (), None,
+        device, device.name, kernel, program, short_name(targets[0]) + more, (), None,
         sum(buffer_bytes(node) for node in [*leaves, *targets]), total_flops(order), start, time.perf_counter_ns()))
     return values

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+
 from zyx import counters as stats
 
 RawBuffer = TypeVar("RawBuffer")
@@ -156,7 +158,6 @@ class PooledRuntime:
     @staticmethod
     def _host_for(buffer: Any, shape: Any, numpy_dtype: Any) -> Any:
         """An empty numpy array to download `buffer` into (a ValueError if it holds fewer bytes)."""
-        import numpy as np
         host = np.empty(tuple(shape), dtype=numpy_dtype)
         if host.nbytes > buffer.nbytes:
             raise ValueError(f"cannot read {host.nbytes} bytes ({shape}, {host.dtype}) from a {buffer.nbytes}-byte buffer")

@@ -40,27 +40,27 @@ def _as_bytes(array: np.ndarray) -> np.ndarray:
 
 
 class Buffer:
-    """Device memory of `nbytes` bytes; goes back to its backend's pool when the last reference is dropped.
+    """Device memory of `nbytes` bytes; goes back to its runtime's pool when the last reference is dropped.
 
     `__del__` rather than `weakref.finalize` (six times cheaper, and a replayed step allocates dozens): it only
     hands the cl.Buffer to the pool's free list, which is plain Python, so it is safe at interpreter exit too.
     """
 
-    __slots__ = ("raw", "nbytes", "backend")
+    __slots__ = ("raw", "nbytes", "runtime")
 
-    def __init__(self, raw: cl.Buffer, nbytes: int, backend: OpenCLBackend) -> None:
+    def __init__(self, raw: cl.Buffer, nbytes: int, runtime: OpenCLRuntime) -> None:
         self.raw = raw
         self.nbytes = nbytes
-        self.backend = backend
+        self.runtime = runtime
 
     def __del__(self) -> None:
-        self.backend.pool.release(self.raw, self.nbytes)
+        self.runtime.pool.release(self.raw, self.nbytes)
 
     def __repr__(self) -> str:
-        return f"Buffer(nbytes={self.nbytes}, device={self.backend.name!r})"
+        return f"Buffer(nbytes={self.nbytes}, device={self.runtime.name!r})"
 
 
-class OpenCLBackend(PooledRuntime):
+class OpenCLRuntime(PooledRuntime):
     """Owns one OpenCL device: allocation, transfers and kernel launches all go through here."""
 
     def __init__(self, cl_device: cl.Device) -> None:
@@ -83,7 +83,7 @@ class OpenCLBackend(PooledRuntime):
         self._pending_uploads: list[cl.Event] = []
 
     def __repr__(self) -> str:
-        return f"OpenCLBackend({self.name!r})"
+        return f"OpenCLRuntime({self.name!r})"
 
     @property
     def queue(self) -> cl.CommandQueue:

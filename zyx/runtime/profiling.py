@@ -3,7 +3,7 @@
 Nothing here costs anything unless `timing_wanted()`: the launch paths check it (a list and an environment
 variable) and only then build a record. OpenCL launches are timed by profiling events, which need a command
 queue made with PROFILING_ENABLE; that queue costs a few µs per launch on PoCL, so backends switch to it only
-while timing is wanted (see `OpenCLBackend.queue`). ZYX_DEBUG=2 waits for each kernel and logs its time, as
+while timing is wanted (see `OpenCLRuntime.queue`). ZYX_DEBUG=2 waits for each kernel and logs its time, as
 tinygrad's DEBUG=2 does, through the `zyx.profile` logger.
 """
 from __future__ import annotations

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .. import counters as stats
@@ -22,6 +21,7 @@ from ..trace.node import Node, toposort
 from ..trace.ops import Op
 from ..trace.philox import philox_words
 from . import interpret, profiling, program_code
+from .device import Device
 from .limits import host_limits
 from .torch_arrays import TorchArrays
 from .torch_memory import RunAccount, StorageTracker
@@ -46,10 +46,13 @@ def compile_mode(compile: bool | str | None) -> Optional[str]:
     return mode
 
 
-class TorchBackend:
+class TorchDevice(Device):
     """Programs of one torch device (its buffers and memory: `runtime`)."""
 
     def __init__(self, device: torch.device, compile: Optional[str] = None) -> None:
+        option = "" if compile is None else ", compile=True" if compile == "default" else f", compile={compile!r}"
+        suffix = "" if compile is None else "+compile" if compile == "default" else f"+compile={compile}"
+        super().__init__("torch", f"Torch({str(device)!r}{option})", f"torch:{device}{suffix}")
         self.runtime = TorchRuntime(device)
         self.name = self.runtime.name
         self.compile = compile  # a torch.compile mode, or None to run op by op
@@ -60,29 +63,13 @@ class TorchBackend:
         self._replays: dict[int, tuple[program_code.ProgramFunction, RunAccount]] = {}
         self._compiled: dict[int, program_code.ProgramFunction] = {}
 
-    def __repr__(self) -> str:
-        return f"TorchBackend({str(self.runtime.device)!r}, compile={self.compile!r})"
-
     @property
     def torch_device(self) -> torch.device:
         """The torch device the buffers live on."""
         return self.runtime.device
 
-    # ---- data movement (the runtime's) -----------------------------------------------------------------
-    def upload(self, array: np.ndarray) -> torch.Tensor:
-        return self.runtime.upload(array)
-
-    def download(self, buffer: torch.Tensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return self.runtime.download(buffer, shape, dtype)
-
-    def synchronize(self) -> None:
-        self.runtime.synchronize()
-
-    def memory_stats(self) -> dict[str, int]:
-        return self.runtime.memory_stats()
-
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, walk: Walk) -> list[torch.Tensor]:
+    def realize_walk(self, walk: Walk) -> list[torch.Tensor]:
         """Buffers holding the values of the walk's roots; a structure seen before is found by its exact key."""
         program = self.programs.get(walk.structure)
         if program is None:

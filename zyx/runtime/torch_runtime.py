@@ -1,6 +1,6 @@
 """One torch device as zyx.Torch() uses it: buffers in and out, copies, waiting, and zyx's memory count.
 
-The counterpart of OpenCL's runtime (`opencl.py`) for `TorchBackend`; `@zyx.jit` copies and reads buffers
+The counterpart of OpenCL's runtime (`opencl.py`) for `TorchDevice`; `@zyx.jit` copies and reads buffers
 through it alike. Buffers are contiguous torch tensors of the node's shape and dtype.
 """
 from __future__ import annotations

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import counters as stats
 from ..debug import logger
+from ..errors import KernelBuildError
 from . import profiling
 from .limits import MemoryLimits
 from .memory import BufferPool, PooledRuntime
@@ -183,7 +184,7 @@ class WgpuRuntime(PooledRuntime):
     @property
     def fingerprint(self) -> dict[str, str]:
         """The adapter and driver facts a scheduled program depends on, under cache_key.FINGERPRINT_NAMES."""
-        import wgpu
+        wgpu = _wgpu()
         info = self.adapter.info
         return {"device": self.name, "platform": f"wgpu {info['backend_type']}",
                 "platform_version": f"wgpu-py {wgpu.__version__}", "driver_version": info["description"],
@@ -234,7 +235,6 @@ class WgpuRuntime(PooledRuntime):
         if group > self.max_group_items:
             raise RuntimeError(f"kernel {name} needs work groups of {group} items; {self.label} allows "
                                f"{self.max_group_items}")
-        from ..jit.compiler import KernelBuildError
         start = time.perf_counter()
         try:
             module = self.wgpu_device.create_shader_module(code=source)

@@ -34,8 +34,8 @@ from ..debug import logger
 from ..devices import CAPTURING_KINDS
 from . import recapture
 from .arguments import Rebuild, call_key, flatten
-from .capture import Capture, active_capture, pop_capture, push_capture
-from .program import Program
+from ..trace.capture import Capture, active_capture, pop_capture, push_capture
+from ..jit.program import Program
 from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
@@ -217,9 +217,9 @@ class CapturedStep:
                     kept.add(position)
                 else:
                     if copy_donated or _shared(nodes[position]):
-                        buffers[position] = self.device.backend.runtime.copy(buffers[position])
+                        buffers[position] = self.device.runtime.copy(buffers[position])
                     fresh.append(position)
-        outputs = self.device.backend.run(self.program, buffers, rand_args)
+        outputs = self.device.run(self.program, buffers, rand_args)
         if self._check_reads:
             self._raise_if_an_index_failed(outputs)
         for position in fresh:
@@ -259,7 +259,7 @@ class CapturedStep:
     def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
         """Index tensors the step selects with are checked as eagerly, after the launches (this waits for them);
         on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
-        extremes = self.device.backend.runtime.download_all(
+        extremes = self.device.runtime.download_all(
             [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
         for (check, _), pair in zip(self.checks, extremes):
             negated_smallest, largest = pair.tolist()
@@ -484,7 +484,7 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
         if not tensor.node.realized and id(old) in leaf_position and _sole_holder_of_buffer(old, leaves):
             in_place.append((target_of[id(tensor.node)], leaf_position[id(old)]))
     key = structure + (f"|in-place {sorted(in_place)}" if in_place else "")  # another program than without
-    program = device.backend.program_for(key, targets, leaves, rands, in_place, tune=int(tune))
+    program = device.program_for(key, targets, leaves, rands, in_place, tune=int(tune))
     traced_nodes = {id(t): old for t, old in updates}
     bound = arguments + binder.state_tensors
     step = CapturedStep(program, device, inputs, binder.state,

@@ -1,4 +1,4 @@
-"""The WGPU device's side of the JIT: what it shares with OpenCL (FusingBackend: programs, their disk store,
+"""zyx.WGPU(): what it shares with OpenCL (FusingDevice: programs, their disk store,
 memory checks) plus WGSL pipelines, the checks WGSL needs, and in-place updates WebGPU can bind.
 
 WGSL has no float64 (refused before scheduling, naming the node) and computes int64 in 32 bits (uploads must fit
@@ -12,15 +12,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..jit import print_wgsl
+from ..jit.lower import PARAM_LIMIT
+from ..jit.program import Launch, Program
+from ..jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits
 from ..progress import compiling
-from ..runtime.webgpu import WgpuRuntime
 from ..trace.node import Node, toposort
 from ..trace.ops import Op
-from . import print_wgsl
-from .backend import FusingBackend
-from .lower import PARAM_LIMIT
-from .program import Launch, Program
-from .schedule import GPU_VECTOR_WIDTH, DeviceTraits
+from .fusing_device import FusingDevice
+from .webgpu import WgpuRuntime
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
 
@@ -35,14 +35,15 @@ def wgpu_traits(runtime: WgpuRuntime) -> DeviceTraits:
                         max_params=min(PARAM_LIMIT, runtime.max_storage_buffers), local_memory=runtime.local_mem_bytes)
 
 
-class WgpuJitBackend(FusingBackend):
-    """Tensors in WebGPU storage buffers; kernels printed as WGSL and built as compute pipelines."""
+class WgpuDevice(FusingDevice):
+    """Tensors in WebGPU storage buffers (its runtime: `WgpuRuntime`); kernels printed as WGSL and built as compute
+    pipelines."""
 
     FLOAT64_NOTE = "WGSL has no float64; use float32"
 
     def __init__(self, adapter_index: int):
         runtime = WgpuRuntime(adapter_index)
-        super().__init__(runtime, wgpu_traits(runtime))
+        super().__init__("wgpu", runtime.label, f"wgpu:{adapter_index}", runtime, wgpu_traits(runtime))
         self.name = runtime.label
         self._kernels: dict[str, Any] = {}
 

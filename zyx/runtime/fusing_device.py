@@ -1,42 +1,34 @@
 """A fusing device's realize: hash the trace, reuse or build its Program, compile its kernels, run.
 
-`FusingBackend` is what OpenCL and WGPU share (programs, their disk store, memory checks); `JitBackend` builds
-OpenCL kernels through the kernel cache, `wgpu_backend.WgpuJitBackend` WGSL pipelines."""
+`FusingDevice` is what OpenCL and WGPU share (programs, their disk store, memory checks); `OpenCLDevice`
+(opencl_device.py) builds OpenCL kernels through the kernel cache, `WgpuDevice` (wgpu_device.py) WGSL pipelines."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import pyopencl as cl
 
 from .. import counters as stats
-from ..runtime.execute import Executable
-from ..runtime.opencl import OpenCLBackend
+from ..debug import logger
+from ..jit import print_opencl
+from ..jit.choices import NO_TUNING, TunedChoices
+from ..jit.program import Program, build_program
+from ..jit.program_store import default_program_store, program_key
+from ..jit.schedule import DeviceTraits, schedule
 from ..trace.hashing import Walk
 from ..trace.node import Node
-from . import print_opencl as c
-from .cache import default_cache
-from .cache_key import device_fingerprint
-from .choices import NO_TUNING, TunedChoices
-from .program import Program, build_program
-from .program_store import default_program_store, program_key
-from .schedule import DeviceTraits, schedule
-from .tune import Tuner, tune_mode
-from .tune_store import default_tuning_store
-from ..progress import compiling
-from ..debug import logger
+from .device import Device
+from .execute import Executable
 
 
-KERNELS_PER_BUILD = 8
-
-
-class FusingBackend:
+class FusingDevice(Device):
     """Tensors in device buffers; traces scheduled into fused kernels (one Program per trace structure).
     A subclass compiles and runs a program's kernels (`run`) and says what the device fingerprint is."""
 
     FLOAT64_NOTE = ""  # why a device may lack float64, for the error saying so
 
-    def __init__(self, runtime: Any, traits: DeviceTraits):
+    def __init__(self, kind: str, label: str, spec: str, runtime: Any, traits: DeviceTraits):
+        super().__init__(kind, label, spec)
         self.runtime = runtime
         self.name = runtime.name
         self.programs: dict[str, Program] = {}  # by structural hash (what the disk caches and @jit use)
@@ -70,26 +62,17 @@ class FusingBackend:
         """A callback for each launch's first run, or None."""
         return None
 
-    # ---- data movement -----------------------------------------------------------------------------------
+    # ---- data movement (the runtime's) -------------------------------------------------------------------
     def upload(self, array: np.ndarray) -> Any:
         self._check_dtype(array.dtype)
         return self.runtime.upload(array)
-
-    def download(self, buffer: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return self.runtime.download(buffer, shape, dtype)
-
-    def memory_stats(self) -> dict[str, int]:
-        return self.runtime.memory_stats()
-
-    def synchronize(self) -> None:
-        self.runtime.synchronize()
 
     def _check_dtype(self, dtype: np.dtype) -> None:
         if dtype == np.float64 and not self.runtime.supports_fp64:
             raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
 
     # ---- realization -------------------------------------------------------------------------------------
-    def realize(self, walk: Walk) -> list[Any]:
+    def realize_walk(self, walk: Walk) -> list[Any]:
         """Buffers holding the values of the walk's roots: a structure seen before is looked up once, by its exact
         key; only a new one is hashed (for the disk caches), checked against the device and scheduled."""
         program = self._by_structure.get(walk.structure)
@@ -151,7 +134,7 @@ class FusingBackend:
         if mode and self._search(kernels, mode):
             kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
         grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
-        group_printer = c.print_group if grouped else None
+        group_printer = print_opencl.print_group if grouped else None
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place, group_printer,
                                 self.traits.max_params)
         stats.bump("graphs_scheduled")
@@ -161,16 +144,16 @@ class FusingBackend:
 
     @property
     def tuned(self) -> TunedChoices:
-        """The tuned choices this device's kernels are shaped with: none here (only OpenCL tunes: JitBackend)."""
+        """The tuned choices this device's kernels are shaped with: none here (only OpenCL tunes: OpenCLDevice)."""
         return NO_TUNING
 
     def _tune_mode(self, tune: int) -> int:
         """How hard this realize searches its kernels (see tune.tune_mode): never here, only OpenCL's kernels
-        are tuned (the tuner compiles and times OpenCL launches: JitBackend)."""
+        are tuned (the tuner compiles and times OpenCL launches: OpenCLDevice)."""
         return 0
 
     def _search(self, kernels: Sequence[Any], mode: int) -> bool:
-        """Search the kernels tuning asks for; whether any search found a choice (see JitBackend)."""
+        """Search the kernels tuning asks for; whether any search found a choice (see OpenCLDevice)."""
         return False
 
     def _check_graph(self, targets: Sequence[Node]) -> None:
@@ -185,102 +168,3 @@ class FusingBackend:
         for slot, nbytes in enumerate(program.slot_bytes):
             limits.check_bytes(nbytes, f"buffer {slot} of a {program.kernel_count}-kernel program")
         limits.check_total(program.planned_peak_bytes, f"a {program.kernel_count}-kernel program")
-
-
-class JitBackend(FusingBackend):
-    """Tensors in OpenCL buffers; kernels built through the kernel cache, a few per OpenCL program."""
-
-    FLOAT64_NOTE = "cl_khr_fp64"
-
-    def __init__(self, cl_device: cl.Device):
-        runtime = OpenCLBackend(cl_device)
-        super().__init__(runtime, DeviceTraits.of(runtime))
-        self._kernels: dict[str, cl.Kernel] = {}
-        self._fresh: dict[str, cl.Program] = {}
-        self._tuned: Optional[TunedChoices] = None
-        self._tuner: Optional[Tuner] = None
-
-    def fingerprint(self) -> dict[str, str]:
-        return device_fingerprint(self.runtime.device)
-
-    @property
-    def tuned(self) -> TunedChoices:
-        """The tuned choices stored for this device (read at first use), and those found since."""
-        if self._tuned is None:
-            self._tuned = default_tuning_store().choices(self.fingerprint())
-        return self._tuned
-
-    def _tune_mode(self, tune: int) -> int:
-        return tune_mode(tune)
-
-    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
-        """Search the kernels tuning asks for (tune.py); whether any search found a choice faster than the
-        heuristics' (the programs in memory, scheduled without it, are then forgotten)."""
-        if self._tuner is None:
-            self._tuner = Tuner(self.runtime, self.traits)
-        faster = [record for record in self._tuner.search(kernels, self.tuned, mode) if record.improves]
-        for record in faster:
-            self._tuned = self.tuned.with_choice(record.kernel, record.choice)
-        if faster:
-            self.forget_programs()
-        return bool(faster)
-
-    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
-        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
-        self._compile_together([launch for launch in program.launches if launch.is_kernel])
-        return [self.kernel(launch.source, launch.name) if launch.is_kernel else None
-                for launch in program.launches]
-
-    def kernel(self, source: str, name: str) -> cl.Kernel:
-        """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
-        kernel = self._kernels.get(source)
-        if kernel is None:
-            logger("zyx.schedule").debug("kernel %s:\n%s", name, source)
-            built = default_cache().build(self.runtime.context, self.runtime.device, source)
-            kernel = getattr(built, name)
-            self._kernels[source] = kernel
-            self._fresh[source] = built
-        return kernel
-
-    def _compile_together(self, launches: Sequence[Any]) -> None:
-        """Build a program's missing kernels, KERNELS_PER_BUILD in each OpenCL program: a build's fixed cost
-        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, the builds run side by side
-        (`KernelCache.build_many`), and the progress bar moves as each one finishes. The groups depend only on
-        the program, so a warm run asks the cache for the same ones."""
-        missing = list({launch.source: launch for launch in launches if launch.source not in self._kernels}.values())
-        if len(missing) < 2:
-            return
-        groups = [missing[start:start + KERNELS_PER_BUILD] for start in range(0, len(missing), KERNELS_PER_BUILD)]
-        sources = [self._group_source(group) for group in groups]
-        for group, source in zip(groups, sources):
-            logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
-        with compiling(len(missing) if self._compiles_any(sources) else 0) as advance:
-            built = default_cache().build_many(self.runtime.context, self.runtime.device, sources,
-                                               on_built=lambda index: advance(len(groups[index])))
-        for group, program in zip(groups, built):
-            for launch in group:
-                self._kernels[launch.source] = getattr(program, launch.name)
-                self._fresh[launch.source] = program
-
-    def _compiles_any(self, sources: Sequence[str]) -> bool:
-        """Whether building `sources` will run the compiler (some is neither in memory nor on disk)."""
-        cache = default_cache()
-        return any(not cache.holds(self.runtime.device, source) for source in sources)
-
-    @staticmethod
-    def _group_source(group: Sequence[Any]) -> str:
-        return group[0].source if len(group) == 1 else c.combine_sources([launch.source for launch in group])
-
-    def _after_launch(self, program: Program) -> Any:
-        if not self._fresh:
-            return None
-
-        def commit(k: int) -> None:
-            """Store a fresh binary once every kernel in it has run (PoCL then includes their compiled code),
-            when the process exits: reading a binary is slow on PoCL."""
-            built = self._fresh.pop(program.launches[k].source, None)
-            if built is not None and not any(other is built for other in self._fresh.values()):
-                default_cache().commit_later(built)
-        return commit
-
-

@@ -1,0 +1,123 @@
+"""zyx.OpenCL(): a fusing device on one OpenCL device; its kernels built through the kernel cache, a few per
+OpenCL program, and tuned (tune.py) where ZYX_TUNE asks."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import pyopencl as cl
+
+from ..debug import logger
+from ..jit import print_opencl as c
+from ..jit.cache import default_cache
+from ..jit.cache_key import device_fingerprint
+from ..jit.choices import TunedChoices
+from ..jit.program import Program
+from ..jit.schedule import DeviceTraits
+from ..jit.tune import Tuner, tune_mode
+from ..jit.tune_store import default_tuning_store
+from ..progress import compiling
+from .fusing_device import FusingDevice
+from .opencl import OpenCLRuntime
+from .platforms import ordinal_of
+
+KERNELS_PER_BUILD = 8
+
+
+class OpenCLDevice(FusingDevice):
+    """Tensors in OpenCL buffers (its runtime: `OpenCLRuntime`); kernels built through the kernel cache."""
+
+    FLOAT64_NOTE = "cl_khr_fp64"
+
+    def __init__(self, cl_device: cl.Device):
+        runtime = OpenCLRuntime(cl_device)
+        super().__init__("opencl", f"OpenCL({runtime.name!r})", f"opencl:{ordinal_of(cl_device)}", runtime,
+                         DeviceTraits.of(runtime))
+        self._kernels: dict[str, cl.Kernel] = {}
+        self._fresh: dict[str, cl.Program] = {}
+        self._tuned: Optional[TunedChoices] = None
+        self._tuner: Optional[Tuner] = None
+
+    def fingerprint(self) -> dict[str, str]:
+        return device_fingerprint(self.runtime.device)
+
+    @property
+    def tuned(self) -> TunedChoices:
+        """The tuned choices stored for this device (read at first use), and those found since."""
+        if self._tuned is None:
+            self._tuned = default_tuning_store().choices(self.fingerprint())
+        return self._tuned
+
+    def _tune_mode(self, tune: int) -> int:
+        return tune_mode(tune)
+
+    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
+        """Search the kernels tuning asks for (tune.py); whether any search found a choice faster than the
+        heuristics' (the programs in memory, scheduled without it, are then forgotten)."""
+        if self._tuner is None:
+            self._tuner = Tuner(self.runtime, self.traits)
+        faster = [record for record in self._tuner.search(kernels, self.tuned, mode) if record.improves]
+        for record in faster:
+            self._tuned = self.tuned.with_choice(record.kernel, record.choice)
+        if faster:
+            self.forget_programs()
+        return bool(faster)
+
+    def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
+        """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
+        self._compile_together([launch for launch in program.launches if launch.is_kernel])
+        return [self.kernel(launch.source, launch.name) if launch.is_kernel else None
+                for launch in program.launches]
+
+    def kernel(self, source: str, name: str) -> cl.Kernel:
+        """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
+        kernel = self._kernels.get(source)
+        if kernel is None:
+            logger("zyx.schedule").debug("kernel %s:\n%s", name, source)
+            built = default_cache().build(self.runtime.context, self.runtime.device, source)
+            kernel = getattr(built, name)
+            self._kernels[source] = kernel
+            self._fresh[source] = built
+        return kernel
+
+    def _compile_together(self, launches: Sequence[Any]) -> None:
+        """Build a program's missing kernels, KERNELS_PER_BUILD in each OpenCL program: a build's fixed cost
+        (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, the builds run side by side
+        (`KernelCache.build_many`), and the progress bar moves as each one finishes. The groups depend only on
+        the program, so a warm run asks the cache for the same ones."""
+        missing = list({launch.source: launch for launch in launches if launch.source not in self._kernels}.values())
+        if len(missing) < 2:
+            return
+        groups = [missing[start:start + KERNELS_PER_BUILD] for start in range(0, len(missing), KERNELS_PER_BUILD)]
+        sources = [self._group_source(group) for group in groups]
+        for group, source in zip(groups, sources):
+            logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
+        with compiling(len(missing) if self._compiles_any(sources) else 0) as advance:
+            built = default_cache().build_many(self.runtime.context, self.runtime.device, sources,
+                                               on_built=lambda index: advance(len(groups[index])))
+        for group, program in zip(groups, built):
+            for launch in group:
+                self._kernels[launch.source] = getattr(program, launch.name)
+                self._fresh[launch.source] = program
+
+    def _compiles_any(self, sources: Sequence[str]) -> bool:
+        """Whether building `sources` will run the compiler (some is neither in memory nor on disk)."""
+        cache = default_cache()
+        return any(not cache.holds(self.runtime.device, source) for source in sources)
+
+    @staticmethod
+    def _group_source(group: Sequence[Any]) -> str:
+        return group[0].source if len(group) == 1 else c.combine_sources([launch.source for launch in group])
+
+    def _after_launch(self, program: Program) -> Any:
+        if not self._fresh:
+            return None
+
+        def commit(k: int) -> None:
+            """Store a fresh binary once every kernel in it has run (PoCL then includes their compiled code),
+            when the process exits: reading a binary is slow on PoCL."""
+            built = self._fresh.pop(program.launches[k].source, None)
+            if built is not None and not any(other is built for other in self._fresh.values()):
+                default_cache().commit_later(built)
+        return commit
+
+

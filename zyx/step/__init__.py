@@ -1,0 +1,2 @@
+"""@zyx.jit: trace a step once per call key, then replay its program (jit.py); the tensors it reads found by
+paths into Python state (reach.py), its arguments keyed (arguments.py), why it traced again (recapture.py)."""

@@ -1,0 +1,47 @@
+"""TensorBase: what the tensor mixins build on. A tensor is a handle on a trace node; the mixins (tensor_*.py)
+make up the Tensor class (tensor.py) together, so they recognise tensors and make new ones through this base
+instead of importing the class they are part of."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .dtypes import int64, to_dtype
+from .leaves import data_leaf, rand_leaf
+from .trace import node as n
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
+
+
+class TensorBase:
+    """Every Tensor is one: `isinstance(x, TensorBase)` is the mixins' test for a tensor."""
+
+    __slots__ = ()
+    node: n.Node
+
+    def _wrap(self, node: n.Node) -> "Tensor":
+        """A tensor on `node`."""
+        return type(self)(node)  # type: ignore[call-arg]
+
+    def _full(self, shape: Sequence[int], value: Any, dtype: Any) -> "Tensor":
+        """`value` in `shape` and `dtype` on this tensor's device (lazy: a constant takes no memory until used)."""
+        return self._wrap(n.const(value, tuple(shape), to_dtype(dtype), self.node.device))
+
+    def _data(self, data: Any, dtype: Any = None) -> "Tensor":
+        """A copy of host data on this tensor's device: `zyx.tensor(data, device=self.device, dtype=dtype)`."""
+        return self._wrap(data_leaf(data, self.node.device, dtype))
+
+    def _arange(self, *args: int) -> "Tensor":
+        """numpy's arange(stop) or arange(start, stop) in int64 on this tensor's device (`zyx.arange`'s)."""
+        return self._data(np.arange(*args), int64)
+
+    def _rand(self, shape: Sequence[int]) -> "Tensor":
+        """float32 uniform in [0, 1) on this tensor's device: `zyx.rand(shape, device=self.device)`."""
+        return self._wrap(rand_leaf(tuple(shape), self.node.device))
+
+    @classmethod
+    def _from_host(cls, array: np.ndarray, device: Any, dtype: Any) -> "Tensor":
+        """A tensor holding a copy of `array` on `device`: what a pickled tensor is made from again."""
+        return cls(data_leaf(array, device, dtype))  # type: ignore[return-value, call-arg]
