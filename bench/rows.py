@@ -77,7 +77,7 @@ def zyx_seconds(dev, workload: RowWorkload, data: dict, repeat: int) -> tuple[fl
     import zyx
     tensors = {k: dev.tensor(v).realize() for k, v in data.items()}
     outs = workload.zyx(zyx, tensors)
-    seconds, _ = replayed_seconds(dev.runtime, lambda: zyx.realize(*outs), repeat)
+    seconds, _, _ = replayed_seconds(dev.runtime, lambda: zyx.realize(*outs), repeat)
     return seconds, [o.numpy() for o in outs]
 
 

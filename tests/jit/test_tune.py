@@ -42,6 +42,7 @@ KERNELS = {  # one kernel each, of the three kinds a search shapes differently
 def always(monkeypatch):
     """Searches under ZYX_TUNE=1 take every kernel, however fast (these are small)."""
     monkeypatch.setattr(tune, "THRESHOLD_SECONDS", 0.0)
+    monkeypatch.setattr(tune, "GPU_THRESHOLD_SECONDS", 0.0)
 
 
 def scheduled(dev, kind: str, traits: DeviceTraits, tuned: TunedChoices = NO_TUNING):
@@ -264,7 +265,8 @@ CHILD = textwrap.dedent("""
     import json, sys, numpy as np, zyx
     from zyx.jit import tune
     from zyx.jit.cache import default_cache
-    tune.THRESHOLD_SECONDS, tune.NEIGHBOURS = 0.0, 3  # search this small kernel, quickly
+    tune.THRESHOLD_SECONDS = tune.GPU_THRESHOLD_SECONDS = 0.0  # search this small kernel, ...
+    tune.NEIGHBOURS = 3  # ... quickly
     dev = zyx.OpenCL()
     searches = []
     search = tune.Tuner._search
@@ -367,3 +369,10 @@ def test_zyx_tune_runs_a_script_with_tuning_on(tmp_path):
     assert "zyx tune: searched 0 kernels" in finished.stderr
     exhaustive = zyx_cli(tmp_path / "cache", "tune", "--exhaustive", str(script), cwd=tmp_path)
     assert exhaustive.stdout.startswith("2 []")
+
+
+def test_gpus_search_kernels_from_a_lower_threshold():
+    """A 75 us product is worth a search on a GPU (candidates compile in tens of ms, back-to-back launches time it
+    closely), not on a CPU, where such a time is mostly the launch."""
+    from zyx.jit.schedule import DeviceTraits
+    assert tune.threshold_seconds(DeviceTraits(gpu=True)) < 75e-6 < tune.threshold_seconds(DeviceTraits())

@@ -2,8 +2,9 @@
 
 Modes, from ZYX_TUNE (`@zyx.jit(tune=True)` and `zyx tune script.py` ask for at least 1):
   0  no search (the default): the heuristics, and the winners stored for this device
-  1  search each newly scheduled kernel whose untuned time exceeds THRESHOLD_SECONDS, over the heuristics' choice
-     and its neighbours (each parameter one allowed value up or down, halved or doubled): the NEIGHBOURS nearest
+  1  search each newly scheduled kernel whose untuned time exceeds threshold_seconds (1 ms; 50 us on GPUs), over the
+     heuristics' choice and its neighbours (each parameter one allowed value up or down, halved or doubled): the
+     NEIGHBOURS nearest
   2  search every newly scheduled kernel over every choice its options allow (minutes per kernel on PoCL)
 
 A kernel is searched in isolation (`Isolated`): the part of the trace it computes, cut where the full program
@@ -54,6 +55,15 @@ pays that back within some tens of thousands of launches, what a training run ma
 is largely its launch (75-150 us for an empty kernel on PoCL here) and the timer's noise, so the gains a search
 can measure are the ones it cannot tell from noise. Kernels under it are measured again by each process that
 searches (nothing is stored for them)."""
+GPU_THRESHOLD_SECONDS = 5e-5
+"""THRESHOLD_SECONDS on GPUs: their drivers compile a candidate in a tenth of PoCL's time and back-to-back launches
+time a 50 us kernel to a few percent, while 1 ms would leave every product of the W3 shapes unsearched (the H200
+runs 1021³ in 75 us, 3000x700x5000 in 0.65 ms)."""
+
+
+def threshold_seconds(traits: DeviceTraits) -> float:
+    """The time under which ZYX_TUNE=1 leaves a kernel unsearched on a device of `traits`."""
+    return GPU_THRESHOLD_SECONDS if traits.gpu else THRESHOLD_SECONDS
 NEIGHBOURS = 9          # candidates of a ZYX_TUNE=1 search, the heuristics' included
 EXHAUSTIVE_LIMIT = 96   # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more)
 CUT = 1.5               # a candidate whose first pair says it is this much slower than the heuristics' is cut
@@ -80,7 +90,8 @@ def tune_mode(requested: int = 0) -> int:
     text = os.environ.get("ZYX_TUNE", "0").strip() or "0"
     if text not in ("0", "1", "2"):
         raise ValueError(f"ZYX_TUNE={text!r}: expected 0 (no search), 1 (search kernels slower than "
-                         f"{THRESHOLD_SECONDS * 1e3:g} ms) or 2 (search every kernel exhaustively)")
+                         f"{THRESHOLD_SECONDS * 1e3:g} ms, {GPU_THRESHOLD_SECONDS * 1e6:g} us on GPUs) or 2 (search "
+                         f"every kernel exhaustively)")
     return max(int(text), requested)
 
 
@@ -226,7 +237,7 @@ class Tuner:
     def _search(self, kernel: RenderedKernel, site: TuneSite, stored: set[int], tuned: TunedChoices,
                 mode: int) -> Optional[TuneRecord]:
         """The heuristics' kernel first (its outputs are the reference; under ZYX_TUNE=1 a kernel faster than
-        THRESHOLD_SECONDS ends the search there), then every other candidate, built side by side."""
+        its threshold_seconds ends the search there), then every other candidate, built side by side."""
         start = time.perf_counter()
         isolated = Isolated.cut(kernel, stored, self.runtime.upload, np.random.default_rng(0))
         trials = [_Candidate(choice) for choice in candidates(site, self.traits, mode)]
@@ -236,9 +247,10 @@ class Tuner:
         if reference is None:
             return None  # the heuristics' kernel fails in isolation: nothing to compare with
         self._time(untuned, untuned)
-        if mode == 1 and untuned.seconds < THRESHOLD_SECONDS:  # type: ignore[operator]
+        threshold = threshold_seconds(self.traits)
+        if mode == 1 and untuned.seconds < threshold:  # type: ignore[operator]
             self._log.info("tuning %s: %.3f ms, under the %g ms threshold: not searched", site.name,
-                           untuned.seconds * 1e3, THRESHOLD_SECONDS * 1e3)  # type: ignore[operator]
+                           untuned.seconds * 1e3, threshold * 1e3)  # type: ignore[operator]
             return None
         programs += [self._program(isolated, site, tuned.with_choice(site.key, t.choice), t) for t in trials[1:]]
         self._build_all([launch.source for program in programs[1:] if program for launch in program.launches])
