@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
 from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
-from . import profiling
+from . import fusions, profiling
 from .arrays import ArrayLibrary, Shape
 from .memory_plan import frugal_order, overwrites
 from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
@@ -161,7 +161,7 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     """The nodes no step computes (ids), and the nodes computed as a fused step: id -> (op, arg, sources).
     A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
     EXPANDs only such products read: the contraction broadcasts them); a float ADD of a NEG read by nothing else
-    is a SUB. A target is always computed."""
+    is a SUB; and the elementwise chains of `fusions.py`. A target is always computed."""
     readers: dict[int, int] = {}
     for node in order:
         for src in node.src:
@@ -181,8 +181,9 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     skipped |= {key for key, count in product_reads.items() if count == readers[key]}
     fused = {id(node): (Fused.CONTRACT, (node.arg, node.src[0].shape),
                         tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
+    fusions.fuse(order, readers, wanted, skipped, fused)
     for node in order:
-        if node.op is Op.ADD and node.dtype.is_float:
+        if node.op is Op.ADD and node.dtype.is_float and id(node) not in fused and id(node) not in skipped:
             for position in (1, 0):
                 negation, other = node.src[position], node.src[1 - position]
                 if only_here(negation, Op.NEG) and other is not negation:
@@ -220,6 +221,20 @@ def _binary(lib: ArrayLibrary, step: Step, x: Sequence[Any]) -> Any:
     return lib.binary[step.op](x[0], x[1])
 
 
+def _subtract(lib: ArrayLibrary, a: Any, b: Any) -> Any:
+    return lib.binary[Op.ADD](a, lib.unary[Op.NEG](b))
+
+
+def _less_equal(lib: ArrayLibrary, a: Any, b: Any) -> Any:
+    return lib.binary[Op.OR](lib.binary[Op.CMPLT](a, b), lib.binary[Op.CMPEQ](a, b))
+
+
+def _relu_where(lib: ArrayLibrary, test: Any, value: Any, dtype: Any) -> Any:
+    """`value` where `test` is above 0, else 0: relu (test = value = x) and its gradient (test: relu's output)."""
+    zero = lib.constant(0.0, dtype)
+    return lib.where(_less_equal(lib, test, zero), zero, value)
+
+
 EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.CONST: lambda lib, step, x: lib.constant(step.arg, step.dtype),
     **{op: _unary for op in UNARY_OPS - {Op.CAST}},
@@ -231,7 +246,13 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.WHERE: lambda lib, step, x: lib.where(x[0], x[1], x[2]),
     Op.SUM: lambda lib, step, x: lib.sum(x[0], step.arg, step.dtype),
     Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
-    Fused.SUB: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.unary[Op.NEG](x[1])),
+    Fused.SUB: lambda lib, step, x: _subtract(lib, x[0], x[1]),
+    Fused.LE: lambda lib, step, x: _less_equal(lib, x[0], x[1]),
+    Fused.RELU: lambda lib, step, x: _relu_where(lib, x[0], x[0], step.dtype),
+    Fused.RELU_GRAD: lambda lib, step, x: _relu_where(lib, x[1], x[0], step.dtype),
+    Fused.MULADD: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](x[1], x[2])),
+    Fused.MULSUB: lambda lib, step, x: _subtract(lib, x[0], lib.binary[Op.MUL](x[1], x[2])),
+    Fused.LERP: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](_subtract(lib, x[1], x[0]), x[2])),
     Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], *step.arg, step.shape),
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
