@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
 from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
-from . import fusions, profiling
+from . import fusions, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .memory_plan import frugal_order, overwrites
 from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
@@ -101,9 +101,7 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
         steps.append(Step(op, arg, node.shape, node.dtype, slots, compact))
     outputs = [slot_of[id(t)] for t in targets]
     if optimize:
-        read = {slot for step in steps for slot in step.sources} | set(outputs)
-        steps, outputs = _reordered(steps, outputs, [k for k, step in enumerate(steps)
-                                                     if k in read or step.op is not Op.EXPAND])
+        steps, outputs = view_chains.simplified(steps, outputs)
         steps, outputs = _reordered(steps, outputs, frugal_order(steps, set(outputs)))
         steps = overwrites(steps, set(outputs))
     last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
@@ -179,7 +177,7 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
             if src.op is Op.EXPAND and id(src) not in wanted:
                 product_reads[id(src)] = product_reads.get(id(src), 0) + 1
     skipped |= {key for key, count in product_reads.items() if count == readers[key]}
-    fused = {id(node): (Fused.CONTRACT, (node.arg, node.src[0].shape),
+    fused = {id(node): (Fused.CONTRACT, view_chains.contract_arg(node.arg, node.src[0].shape),
                         tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
     fusions.fuse(order, readers, wanted, skipped, fused)
     for node in order:
@@ -253,7 +251,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Fused.MULADD: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](x[1], x[2])),
     Fused.MULSUB: lambda lib, step, x: _subtract(lib, x[0], lib.binary[Op.MUL](x[1], x[2])),
     Fused.LERP: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](_subtract(lib, x[1], x[0]), x[2])),
-    Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], *step.arg, step.shape),
+    Fused.CONTRACT: lambda lib, step, x: lib.contract(*x[:2], *step.arg, step.shape, *x[2:]),
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
     Op.PERMUTE: lambda lib, step, x: lib.permute(x[0], step.arg),

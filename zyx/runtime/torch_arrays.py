@@ -229,8 +229,8 @@ class TorchArrays(ArrayLibrary):
         return function(*sources, out=sources[into])
 
     def contract(self, a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], size: Shape,
-                 shape: Shape) -> torch.Tensor:
-        return contract(a, b, axes, size, shape)
+                 dims: tuple[tuple[int, ...], ...], shape: Shape, addend: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return contract(a, b, axes, size, dims, shape, addend)
 
     # ---- movement ------------------------------------------------------------------------------------------
     def reshape(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
