@@ -219,6 +219,11 @@ def _binary(lib: ArrayLibrary, step: Step, x: Sequence[Any]) -> Any:
     return lib.binary[step.op](x[0], x[1])
 
 
+def _shaped(lib: ArrayLibrary, value: Any, shape: Shape) -> Any:
+    """`value` reshaped to `shape` where it has another (a SUM with its reshape folded in: view_chains.py)."""
+    return value if value.shape == shape else lib.reshape(value, shape)
+
+
 def _subtract(lib: ArrayLibrary, a: Any, b: Any) -> Any:
     return lib.binary[Op.ADD](a, lib.unary[Op.NEG](b))
 
@@ -242,7 +247,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.SHL: lambda lib, step, x: lib.shift(x[0], x[1], step.dtype, left=True),
     Op.SHR: lambda lib, step, x: lib.shift(x[0], x[1], step.dtype, left=False),
     Op.WHERE: lambda lib, step, x: lib.where(x[0], x[1], x[2]),
-    Op.SUM: lambda lib, step, x: lib.sum(x[0], step.arg, step.dtype),
+    Op.SUM: lambda lib, step, x: _shaped(lib, lib.sum(x[0], step.arg, step.dtype), step.shape),
     Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
     Fused.SUB: lambda lib, step, x: _subtract(lib, x[0], x[1]),
     Fused.LE: lambda lib, step, x: _less_equal(lib, x[0], x[1]),

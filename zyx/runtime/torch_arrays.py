@@ -167,7 +167,8 @@ class TorchArrays(ArrayLibrary):
         if op is Fused.CONTRACT:
             return bound_contract(*arg, shape)
         if op is Op.SUM:
-            return lambda x: torch.sum(x, dim=arg, keepdim=True, dtype=computed)
+            keep = len(shape) == len(sources[0].shape)  # else a reshape dropping the summed axes was folded in
+            return lambda x: torch.sum(x, dim=arg, keepdim=keep, dtype=computed)
         if op is Op.RMAX and all(sources[0].shape[axis] for axis in arg):
             return lambda x: torch.amax(x, dim=arg, keepdim=True)
         if op is Op.CAST:

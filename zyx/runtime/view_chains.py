@@ -9,6 +9,8 @@ that
   (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of a reshape
   that is its only reader, and adds the other source of an ADD that is its only reader (a linear layer's bias:
   one `torch.addmm`);
+- a sum whose only reader is a reshape dropping the summed axes returns that shape (keepdim=False);
+- an elementwise step reads a reshape's source where the reshape only adds leading axes of size 1 (broadcast);
 - steps that nothing reads (views left behind) are dropped.
 Slots keep their numbers until the dead steps go; outputs are never folded away.
 """
@@ -18,10 +20,9 @@ import dataclasses
 from typing import Optional, Sequence
 
 from ..trace.ops import Op
-from .steps import Fused, Step
+from .steps import ELEMENTWISE, Fused, Step
 
 Shape = tuple[int, ...]
-UNREAD_DROPPABLE = {Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.DETACH, Op.CONST, Fused.CONTRACT}
 
 
 def contract_arg(axes: tuple[int, ...], size: Shape) -> tuple:
@@ -67,17 +68,44 @@ def _products_folded(steps: list[Step], outputs: list[int]) -> tuple[list[Step],
     result: list[Step] = []
     for step in steps:
         folded = _product_read(step, result, readers, kept)
-        result.append(_unreshaped_operands(folded, result) if folded.op is Fused.CONTRACT else folded)
+        if folded.op is Fused.CONTRACT:
+            folded = _unreshaped_operands(folded, result)
+        result.append(_broadcast_unreshaped(folded, result))
     return _live(result, outputs)
 
 
+def _broadcast_unreshaped(step: Step, result: list[Step]) -> Step:
+    """An elementwise step (or a product's addend) reading the source of a reshape that only adds leading axes
+    of size 1, which torch's broadcasting adds by itself, where another source has the step's shape: `x * lr`
+    reads the 0-d lr as it is, `h + b` the 1-d bias."""
+    first = 2 if step.op is Fused.CONTRACT else 0
+    if (step.op not in ELEMENTWISE and first == 0) or step.compact is not None or \
+            not (first or any(result[s].shape == step.shape for s in step.sources)):
+        return step
+    sources = list(step.sources)
+    for position in range(first, len(sources)):
+        reshape = result[sources[position]]
+        if reshape.op is Op.RESHAPE:
+            inner = result[reshape.sources[0]].shape
+            if len(inner) <= len(reshape.shape) and \
+                    reshape.shape == (1,) * (len(reshape.shape) - len(inner)) + inner:
+                sources[position] = reshape.sources[0]
+    return dataclasses.replace(step, sources=tuple(sources))
+
+
 def _product_read(step: Step, result: list[Step], readers: list[int], kept: set[int]) -> Step:
-    """A reshape of a product, or a float ADD of one, as the product itself (where nothing else reads it)."""
+    """A reshape of a product, or a float ADD of one, as the product itself; a reshape of a sum dropping its summed
+    axes as the sum without them (where nothing else reads the product or the sum)."""
     if step.op not in (Op.RESHAPE, Op.ADD) or step.compact is not None:
         return step
     for position, slot in enumerate(step.sources):
         product = result[slot]
-        if product.op is not Fused.CONTRACT or readers[slot] != 1 or slot in kept:
+        if readers[slot] != 1 or slot in kept:
+            continue
+        if step.op is Op.RESHAPE and product.op is Op.SUM and product.compact is None and \
+                step.shape == tuple(n for axis, n in enumerate(product.shape) if axis not in product.arg):
+            return dataclasses.replace(product, shape=step.shape)
+        if product.op is not Fused.CONTRACT:
             continue
         if step.op is Op.RESHAPE:
             return dataclasses.replace(product, shape=step.shape)
@@ -112,12 +140,12 @@ def _embedding(inner: Shape, outer: Shape) -> Optional[tuple[int, ...]]:
 
 
 def _live(steps: list[Step], outputs: list[int]) -> tuple[list[Step], list[int]]:
-    """The steps without those whose value nothing needs (views, constants, folded products), renumbered."""
+    """The steps without those whose value nothing needs (views left behind, folded products), renumbered."""
     needed = [False] * len(steps)
     for slot in outputs:
         needed[slot] = True
     for k in range(len(steps) - 1, -1, -1):
-        if needed[k] or steps[k].op not in UNREAD_DROPPABLE:
+        if needed[k] or steps[k].op is Op.BUFFER:  # loads stay: in-place writes find their input by them
             needed[k] = True
             for source in steps[k].sources:
                 needed[source] = True
