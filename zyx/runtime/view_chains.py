@@ -4,7 +4,7 @@ Every view step is a library call at every run, and the trace is full of them: a
 as `w.T.T` reshaped, and its product is reshaped before the bias is added. `simplified` rewrites the steps so
 that
 - a permute of a permute is one permute, a reshape of a reshape one reshape, and a chain that ends where it
-  began is no step at all;
+  began is no step at all, nor is a step computing what an earlier one did;
 - a product (CONTRACT) reads an operand that is a reshape inserting axes of size 1 from the reshape's source
   (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of a reshape
   that is its only reader, and adds the other source of an ADD that is its only reader (a linear layer's bias:
@@ -38,13 +38,19 @@ def simplified(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list[Step
 
 
 def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list[Step], list[int]]:
-    """Permutes of permutes and reshapes of reshapes as one step; those that change nothing as none."""
+    """Permutes of permutes and reshapes of reshapes as one step; those that change nothing, and steps that
+    compute what an earlier one did (each parameter's Adam update raises the same betas to the same power), as
+    none."""
     kept = set(outputs)
     result: list[Step] = []
     same: dict[int, int] = {}  # slot -> the earlier slot with its value (a chain back to where it began)
+    seen: dict[tuple, int] = {}  # what a step computes -> the first slot computing it
     for k, step in enumerate(steps):
         step = dataclasses.replace(step, sources=tuple(same.get(s, s) for s in step.sources))
-        if step.op in (Op.PERMUTE, Op.RESHAPE) and k not in kept:
+        computed = (step.op, _hashable(step.arg), step.shape, step.dtype, step.sources, step.compact)
+        if step.op not in (Op.BUFFER, Op.RAND) and k not in kept and computed in seen:
+            same[k] = seen[computed]
+        elif step.op in (Op.PERMUTE, Op.RESHAPE) and k not in kept:
             source = result[step.sources[0]]
             if step.op is source.op is Op.PERMUTE:
                 step = dataclasses.replace(step, arg=tuple(source.arg[axis] for axis in step.arg),
@@ -54,8 +60,14 @@ def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list
             if result[step.sources[0]].shape == step.shape and \
                     (step.op is Op.RESHAPE or step.arg == tuple(range(len(step.shape)))):
                 same[k] = step.sources[0]
+        seen.setdefault(computed, k)
         result.append(step)
     return _live(result, list(outputs))
+
+
+def _hashable(arg: object) -> object:
+    """A step's arg as a key: a float constant by its bits (0.0 and -0.0 differ, nan equals itself)."""
+    return (type(arg), arg.hex()) if isinstance(arg, float) else (type(arg), repr(arg))
 
 
 def _products_folded(steps: list[Step], outputs: list[int]) -> tuple[list[Step], list[int]]:
