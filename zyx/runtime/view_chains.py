@@ -97,7 +97,7 @@ def _broadcast_unreshaped(step: Step, result: list[Step]) -> Step:
     sources = list(step.sources)
     for position in range(first, len(sources)):
         reshape = result[sources[position]]
-        if reshape.op is Op.RESHAPE:
+        if reshape.op is Op.RESHAPE and (first or reshape.shape != step.shape):  # one source keeps the shape
             inner = result[reshape.sources[0]].shape
             if len(inner) <= len(reshape.shape) and \
                     reshape.shape == (1,) * (len(reshape.shape) - len(inner)) + inner:
