@@ -92,7 +92,7 @@ def _multiply_add(node: Node, only_here: Any) -> Optional[tuple[FusedNode, list[
     return None
 
 
-def _constant(node: Node) -> Optional[Node]:
+def constant_of(node: Node) -> Optional[Node]:
     """The CONST node `node` is a view of (through reshapes and expands), if any."""
     while node.op in _CONSTANT_VIEWS:
         node = node.src[0]
@@ -100,7 +100,7 @@ def _constant(node: Node) -> Optional[Node]:
 
 
 def _is_zero(node: Node) -> bool:
-    constant = _constant(node)
+    constant = constant_of(node)
     return constant is not None and constant.arg == 0
 
 
@@ -109,6 +109,6 @@ def _same(a: Node, b: Node) -> bool:
     `x <= 0` makes its own zeros)."""
     if a is b:
         return True
-    constants = _constant(a), _constant(b)
+    constants = constant_of(a), constant_of(b)
     return None not in constants and a.shape == b.shape and constants[0].dtype == constants[1].dtype and \
         repr(constants[0].arg) == repr(constants[1].arg)

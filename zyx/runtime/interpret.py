@@ -158,7 +158,7 @@ def _constant_axes(op: Any, arg: Any, shape: Shape, sources: Sequence[tuple[Shap
 def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], dict[int, tuple[Any, Any, tuple]]]:
     """The nodes no step computes (ids), and the nodes computed as a fused step: id -> (op, arg, sources).
     A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
-    EXPANDs only such products read: the contraction broadcasts them); a float ADD of a NEG read by nothing else
+    EXPANDs only such products read: the contraction broadcasts them), unless a factor is a constant; a float ADD of a NEG read by nothing else
     is a SUB; and the elementwise chains of `fusions.py`. A target is always computed."""
     readers: dict[int, int] = {}
     for node in order:
@@ -169,7 +169,8 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     def only_here(node: Node, op: Op) -> bool:
         return node.op is op and readers[id(node)] == 1 and id(node) not in wanted
 
-    sums = [node for node in order if node.op is Op.SUM and node.dtype.is_float and only_here(node.src[0], Op.MUL)]
+    sums = [node for node in order if node.op is Op.SUM and node.dtype.is_float and only_here(node.src[0], Op.MUL)
+            and all(fusions.constant_of(factor) is None for factor in node.src[0].src)]  # sum(x * 3): a mul, a sum
     skipped = {id(node.src[0]) for node in sums}
     product_reads: dict[int, int] = {}  # EXPAND nodes those products read: how often
     for node in sums:
