@@ -117,11 +117,11 @@ def _product_read(step: Step, result: list[Step], readers: list[int], kept: set[
         if step.op is Op.RESHAPE and product.op is Op.SUM and product.compact is None and \
                 step.shape == tuple(n for axis, n in enumerate(product.shape) if axis not in product.arg):
             return dataclasses.replace(product, shape=step.shape)
-        if product.op is not Fused.CONTRACT:
+        if product.op is not Fused.CONTRACT or len(product.sources) != 2:  # an addend is added in its shape
             continue
         if step.op is Op.RESHAPE:
             return dataclasses.replace(product, shape=step.shape)
-        if step.dtype.is_float and len(product.sources) == 2 and product.shape == step.shape:
+        if step.dtype.is_float and product.shape == step.shape:
             return dataclasses.replace(product, sources=(*product.sources, step.sources[1 - position]))
     return step
 
