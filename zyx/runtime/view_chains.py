@@ -60,7 +60,7 @@ def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list
             if result[step.sources[0]].shape == step.shape and \
                     (step.op is Op.RESHAPE or step.arg == tuple(range(len(step.shape)))):
                 same[k] = step.sources[0]
-        seen.setdefault(computed, k)
+        seen.setdefault(computed, same.get(k, k))
         result.append(step)
     return _live(result, list(outputs))
 
