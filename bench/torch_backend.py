@@ -10,7 +10,9 @@ W3   a @ b, n×n float32 (1024 and 2048; 4096 with --big; 256 and 512 with --qui
 W4   one training step of the MLP 784-512-512-10 of bench/train_step.py (batch 512; SGD lr 0.01, Adam lr 1e-3):
      zyx a @zyx.jit step (zyx.nn.Linear, cross_entropy, zyx.nn.SGD/Adam), torch eager (zero_grad, forward,
      backward, opt.step()); each step ends by reading the loss. Both start from the same weights, and the losses
-     of both are checked against bench/train_step.py's numpy reference.
+     of both are checked against bench/train_step.py's numpy reference. The notes count what one step asks of
+     torch, both sides: aten operators reaching the dispatcher (a kernel launch each on a GPU, or a view) and
+     torch functions called from Python (see `torch_calls`).
 W6   the memory of one W4 step after warm-up, three ways: zyx.memory_stats' peak (zyx's own count of its
      buffers); every storage torch allocates during the step, for zyx and for torch eager alike (a
      TorchDispatchMode that counts each new storage until it is freed: what the step adds to what was held
@@ -126,21 +128,31 @@ class StoragePeak:
         self.live -= nbytes
 
 
-def torch_calls(torch: Any, run: Callable[[], Any]) -> int:
-    """The torch functions and tensor methods one call of `run` makes from Python (views, copies and
-    optimizer steps included: what each costs the host), counted by a TorchFunctionMode."""
+def torch_calls(torch: Any, run: Callable[[], Any]) -> dict[str, int]:
+    """What one call of `run` asks of torch, counted two ways: `python`, the torch functions and tensor methods
+    called from Python (views, copies, property reads and optimizer steps included: what each costs the host),
+    by a TorchFunctionMode; `aten`, the operators that reach torch's dispatcher (autograd's C++ calls included:
+    each is a kernel launch on a GPU, or a view), by a TorchDispatchMode, profiler markers aside."""
     from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    class Count(TorchFunctionMode):
-        calls = 0
+    counts = {"python": 0, "aten": 0}
 
+    class Functions(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            Count.calls += 1
+            counts["python"] += 1
             return func(*args, **(kwargs or {}))
 
-    with Count():
+    class Operators(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts["aten"] += func.namespace == "aten"
+            return func(*args, **(kwargs or {}))
+
+    with Functions():
         run()
-    return Count.calls
+    with Operators():
+        run()
+    return counts
 
 
 # ---- the workloads -------------------------------------------------------------------------------------------
@@ -183,8 +195,9 @@ def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: in
         calls = {name: torch_calls(torch, run) for name, run in (("zyx", lambda: step(x, y).item()), ("torch", eager))}
         work = "capture and compile" if dev.compile else "capture"
         rows.append(_row(f"W4 {optimizer}", seconds, ("" if ok else "MISMATCH; ") +
-                         f"torch calls per step: zyx {calls['zyx']}, eager {calls['torch']}; zyx's first step "
-                         f"({work}) {first * 1e3:.0f} ms"))
+                         f"per step, aten operators: zyx {calls['zyx']['aten']}, eager {calls['torch']['aten']}; "
+                         f"Python-level torch calls: zyx {calls['zyx']['python']}, eager {calls['torch']['python']}; "
+                         f"zyx's first step ({work}) {first * 1e3:.0f} ms", calls=calls))
         rows.append(w6(zyx, torch, dev, device, optimizer, data, lambda: step(x, y).item(), eager, sync))
     return rows
 
@@ -225,9 +238,12 @@ def w6(zyx: Any, torch: Any, dev: Any, device: Any, optimizer: str, data: dict, 
             "ratio": ratio, "note": note, "measured": found}
 
 
-def _row(workload: str, seconds: dict[str, float], note: str, gflops: Optional[dict] = None) -> dict:
+def _row(workload: str, seconds: dict[str, float], note: str, gflops: Optional[dict] = None,
+         calls: Optional[dict] = None) -> dict:
     row = {"workload": workload, "zyx": seconds["zyx"] * 1e3, "torch": seconds["torch"] * 1e3, "unit": "ms",
            "ratio": seconds["zyx"] / seconds["torch"], "note": note}
+    if calls:
+        row["calls"] = calls
     if gflops:
         row["note"] = f"zyx {gflops['zyx']:.0f} GFLOP/s, torch {gflops['torch']:.0f} GFLOP/s" + (
             f"; {note}" if note else "")

@@ -20,6 +20,7 @@ from zyx import nn  # noqa: E402
 from zyx.devices import device_from_spec  # noqa: E402
 from zyx.runtime.interpret import Fused  # noqa: E402
 from zyx.runtime.program_code import _direct_writes  # noqa: E402
+from zyx.trace.hashing import Walk  # noqa: E402
 from zyx.trace.ops import Op  # noqa: E402
 
 
@@ -30,10 +31,9 @@ def dev():
 
 def program_of(tensor):
     """The program the torch device built for `tensor`'s trace (realizing it)."""
-    device = tensor.device
-    before = set(device.programs)
+    key = Walk([tensor.node]).structure  # built now, or found: a structure realized before
     tensor.realize()
-    return device.programs[next(iter(set(device.programs) - before))]
+    return tensor.device.programs[key]
 
 
 # ---- devices -----------------------------------------------------------------------------------------------
@@ -135,6 +135,38 @@ def test_products_read_unexpanded_operands(dev):
     assert all(program.steps[s].op is not Op.EXPAND for s in contract.sources)
     assert contract.arg[1] == (2, 3, 5, 4) and all(program.steps[s].shape != (2, 3, 5, 4) for s in contract.sources)
     np.testing.assert_array_equal((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b)
+
+
+def test_chains_fuse_into_one_torch_call_each(dev):
+    """relu, its gradient, a <= b, a +- b*c, a + (b - a)*w and a linear layer's bias are one step each
+    (fusions.py, view_chains.py), with the reference's values (nan through relu too); permutes that cancel are none."""
+    rng = np.random.default_rng(3)
+    a, w, bias = (rng.standard_normal(shape, dtype=np.float32) for shape in ((5, 7), (6, 7), (6,)))
+    a[0, 0], a[1, 1] = np.nan, 0.0
+
+    def run(device):
+        x, weight, b = device.tensor(a), device.tensor(w), device.tensor(bias)
+        h = (x @ weight.T.T.T + b).relu()  # a linear layer
+        gx, = (h * h).sum().backward([x])
+        y = device.tensor(np.nan_to_num(a))
+        return [h, gx, x <= 0.5, y + y * 3.0, y - y * b[:5].reshape(5, 1), y + (y.exp() - y) * 0.25,
+                (h.reshape(5, 2, 3) @ y[:, :3].reshape(5, 3, 1) + 1.0).reshape(5, 2)]
+
+    ours, reference = run(dev), run(zyx.CPU())
+    for got, expected in zip(ours, reference):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    fused = [step.op for step in program_of(run(dev)[1]).steps]
+    assert {Fused.RELU, Fused.RELU_GRAD, Fused.CONTRACT} <= set(fused)
+    assert Op.WHERE not in fused and Op.OR not in fused  # the mask is not stored: the gradient reads relu's output
+    less_equal, muladd, mulsub, lerp = run(dev)[2:6]
+    ops = [step.op for step in program_of(muladd + mulsub + lerp).steps]
+    assert {Fused.MULADD, Fused.MULSUB, Fused.LERP} <= set(ops) and Op.MUL not in ops
+    assert [step.op for step in program_of(less_equal.reshape(35)).steps if step.computes] == [Fused.LE]
+    linear = program_of(run(dev)[0])
+    contract, = [step for step in linear.steps if step.op is Fused.CONTRACT]
+    assert len(contract.sources) == 3 and [step.op for step in linear.steps if step.computes] == \
+        [Fused.CONTRACT, Fused.RELU]  # the bias added by the product (torch.addmm), relu written over it
+    assert Op.PERMUTE not in [step.op for step in linear.steps]  # the matmul's own w.T and w.T.T.T cancel
 
 
 # ---- replays -----------------------------------------------------------------------------------------------

@@ -140,9 +140,11 @@ class ArrayLibrary(ABC):
         """The sources flattened into one bucket and combined across the processes of zyx.distributed."""
         raise NotImplementedError(f"{type(self).__name__} runs no collectives")
 
-    def contract(self, a: Any, b: Any, axes: tuple[int, ...], size: Shape, shape: Shape) -> Any:
-        """sum(a * b) over `axes` (keeping them with size 1: `shape`) of a and b broadcast to `size`, without
-        storing a * b; only when `contracts`."""
+    def contract(self, a: Any, b: Any, axes: tuple[int, ...], size: Shape, dims: tuple[tuple[int, ...], ...],
+                 shape: Shape, addend: Any = None) -> Any:
+        """sum(a * b) over `axes` (kept with size 1) of a and b broadcast to `size`, reshaped to `shape`, plus
+        `addend` where given, without storing a * b; `dims`: which axes of `size` each axis of a and of b is;
+        only when `contracts`."""
         raise NotImplementedError(f"{type(self).__name__} does not contract products")
 
     # ---- movement ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
 from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
-from . import profiling
+from . import fusions, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .memory_plan import frugal_order, overwrites
 from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
@@ -39,6 +39,11 @@ class InterpretedProgram:
     def __post_init__(self) -> None:
         self.evaluators = [EVALUATE.get(step.op) for step in self.steps]
         self.kernel_count = sum(step.computes for step in self.steps)
+
+    @property
+    def launch_count(self) -> int:
+        """Library calls the program makes: one per computed step (an interpreter groups none)."""
+        return self.kernel_count
 
     def stored(self) -> list[Step]:
         """The steps whose results take memory of their own, outputs included (what a device's limits check)."""
@@ -101,9 +106,7 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
         steps.append(Step(op, arg, node.shape, node.dtype, slots, compact))
     outputs = [slot_of[id(t)] for t in targets]
     if optimize:
-        read = {slot for step in steps for slot in step.sources} | set(outputs)
-        steps, outputs = _reordered(steps, outputs, [k for k, step in enumerate(steps)
-                                                     if k in read or step.op is not Op.EXPAND])
+        steps, outputs = view_chains.simplified(steps, outputs)
         steps, outputs = _reordered(steps, outputs, frugal_order(steps, set(outputs)))
         steps = overwrites(steps, set(outputs))
     last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
@@ -160,8 +163,8 @@ def _constant_axes(op: Any, arg: Any, shape: Shape, sources: Sequence[tuple[Shap
 def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], dict[int, tuple[Any, Any, tuple]]]:
     """The nodes no step computes (ids), and the nodes computed as a fused step: id -> (op, arg, sources).
     A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
-    EXPANDs only such products read: the contraction broadcasts them); a float ADD of a NEG read by nothing else
-    is a SUB. A target is always computed."""
+    EXPANDs only such products read: the contraction broadcasts them), unless a factor is a constant; a float ADD of a NEG read by nothing else
+    is a SUB; and the elementwise chains of `fusions.py`. A target is always computed."""
     readers: dict[int, int] = {}
     for node in order:
         for src in node.src:
@@ -171,7 +174,8 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     def only_here(node: Node, op: Op) -> bool:
         return node.op is op and readers[id(node)] == 1 and id(node) not in wanted
 
-    sums = [node for node in order if node.op is Op.SUM and node.dtype.is_float and only_here(node.src[0], Op.MUL)]
+    sums = [node for node in order if node.op is Op.SUM and node.dtype.is_float and only_here(node.src[0], Op.MUL)
+            and all(fusions.constant_of(factor) is None for factor in node.src[0].src)]  # sum(x * 3): a mul, a sum
     skipped = {id(node.src[0]) for node in sums}
     product_reads: dict[int, int] = {}  # EXPAND nodes those products read: how often
     for node in sums:
@@ -179,10 +183,11 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
             if src.op is Op.EXPAND and id(src) not in wanted:
                 product_reads[id(src)] = product_reads.get(id(src), 0) + 1
     skipped |= {key for key, count in product_reads.items() if count == readers[key]}
-    fused = {id(node): (Fused.CONTRACT, (node.arg, node.src[0].shape),
+    fused = {id(node): (Fused.CONTRACT, view_chains.contract_arg(node.arg, node.src[0].shape),
                         tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
+    fusions.fuse(order, readers, wanted, skipped, fused)
     for node in order:
-        if node.op is Op.ADD and node.dtype.is_float:
+        if node.op is Op.ADD and node.dtype.is_float and id(node) not in fused and id(node) not in skipped:
             for position in (1, 0):
                 negation, other = node.src[position], node.src[1 - position]
                 if only_here(negation, Op.NEG) and other is not negation:
@@ -220,6 +225,25 @@ def _binary(lib: ArrayLibrary, step: Step, x: Sequence[Any]) -> Any:
     return lib.binary[step.op](x[0], x[1])
 
 
+def _shaped(lib: ArrayLibrary, value: Any, shape: Shape) -> Any:
+    """`value` reshaped to `shape` where it has another (a SUM with its reshape folded in: view_chains.py)."""
+    return value if value.shape == shape else lib.reshape(value, shape)
+
+
+def _subtract(lib: ArrayLibrary, a: Any, b: Any) -> Any:
+    return lib.binary[Op.ADD](a, lib.unary[Op.NEG](b))
+
+
+def _less_equal(lib: ArrayLibrary, a: Any, b: Any) -> Any:
+    return lib.binary[Op.OR](lib.binary[Op.CMPLT](a, b), lib.binary[Op.CMPEQ](a, b))
+
+
+def _relu_where(lib: ArrayLibrary, test: Any, value: Any, dtype: Any) -> Any:
+    """`value` where `test` is above 0, else 0: relu (test = value = x) and its gradient (test: relu's output)."""
+    zero = lib.constant(0.0, dtype)
+    return lib.where(_less_equal(lib, test, zero), zero, value)
+
+
 EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.CONST: lambda lib, step, x: lib.constant(step.arg, step.dtype),
     **{op: _unary for op in UNARY_OPS - {Op.CAST}},
@@ -229,10 +253,16 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.SHL: lambda lib, step, x: lib.shift(x[0], x[1], step.dtype, left=True),
     Op.SHR: lambda lib, step, x: lib.shift(x[0], x[1], step.dtype, left=False),
     Op.WHERE: lambda lib, step, x: lib.where(x[0], x[1], x[2]),
-    Op.SUM: lambda lib, step, x: lib.sum(x[0], step.arg, step.dtype),
+    Op.SUM: lambda lib, step, x: _shaped(lib, lib.sum(x[0], step.arg, step.dtype), step.shape),
     Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
-    Fused.SUB: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.unary[Op.NEG](x[1])),
-    Fused.CONTRACT: lambda lib, step, x: lib.contract(x[0], x[1], *step.arg, step.shape),
+    Fused.SUB: lambda lib, step, x: _subtract(lib, x[0], x[1]),
+    Fused.LE: lambda lib, step, x: _less_equal(lib, x[0], x[1]),
+    Fused.RELU: lambda lib, step, x: _relu_where(lib, x[0], x[0], step.dtype),
+    Fused.RELU_GRAD: lambda lib, step, x: _relu_where(lib, x[1], x[0], step.dtype),
+    Fused.MULADD: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](x[1], x[2])),
+    Fused.MULSUB: lambda lib, step, x: _subtract(lib, x[0], lib.binary[Op.MUL](x[1], x[2])),
+    Fused.LERP: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](_subtract(lib, x[1], x[0]), x[2])),
+    Fused.CONTRACT: lambda lib, step, x: lib.contract(*x[:2], *step.arg, step.shape, *x[2:]),
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
     Op.PERMUTE: lambda lib, step, x: lib.permute(x[0], step.arg),

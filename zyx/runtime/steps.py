@@ -21,9 +21,16 @@ class Fused(enum.Enum):
     SUB = enum.auto()  # the first source minus the second (an ADD of a NEG)
     CONTRACT = enum.auto()  # arg (axes, size): SUM over `axes` of the MUL of the step's two sources broadcast to
     # `size`, the product never stored
+    LE = enum.auto()  # the first source <= the second (see fusions.py for these five)
+    RELU = enum.auto()  # max(x, 0), nan kept
+    RELU_GRAD = enum.auto()  # (g, r): g where the relu output r is above 0, else 0
+    MULADD = enum.auto()  # (a, b, c): a + b * c
+    MULSUB = enum.auto()  # (a, b, c): a - b * c
+    LERP = enum.auto()  # (a, b, w): a + (b - a) * w
 
 
-ELEMENTWISE = ELEMENTWISE_OPS | {Fused.SUB}
+FUSED_ELEMENTWISE = {Fused.SUB, Fused.LE, Fused.RELU, Fused.RELU_GRAD, Fused.MULADD, Fused.MULSUB, Fused.LERP}
+ELEMENTWISE = ELEMENTWISE_OPS | FUSED_ELEMENTWISE
 ALLOCATING = ELEMENTWISE | REDUCE_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT}  # views allocate nothing
 SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
 VIEW_OPS = {Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.DETACH}  # return a view of their source in every library

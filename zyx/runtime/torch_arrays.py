@@ -26,8 +26,29 @@ TORCH_DTYPES: dict[str, torch.dtype] = {dtype.name: getattr(torch, dtype.name) f
 _COMPUTED = {"float16": torch.float32, "bfloat16": torch.float32, "uint32": torch.int64}
 _WORD = 0xFFFFFFFF
 _UNIFORM_SCALE = 2.0 ** -FLOAT_MANTISSA_BITS
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward
+
+
+def _relu(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return torch.clamp_min(x, 0.0, out=out)
+
+
+def _relu_grad(g: torch.Tensor, r: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """g where r > 0, else 0: PyTorch's own relu backward (one pass, where `torch.where` is slow on CPUs)."""
+    if out is None:
+        return _THRESHOLD_BACKWARD.default(g, r, 0.0)
+    return _THRESHOLD_BACKWARD.grad_input(g, r, 0.0, grad_input=out)
+
+
+def _mulsub(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return torch.addcmul(a, b, c, value=-1, out=out)
+
+
 # the overwriting ops outside the two tables
-_OUT_FUNCTIONS: dict[Any, Callable[..., Any]] = {Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub}
+_OUT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
+    Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub, Fused.LE: torch.le, Fused.RELU: _relu,
+    Fused.RELU_GRAD: _relu_grad, Fused.MULADD: torch.addcmul, Fused.MULSUB: _mulsub, Fused.LERP: torch.lerp,
+}
 # views, as bound calls of (the step's arg, its shape)
 _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]] = {
     Op.RESHAPE: lambda arg, shape: lambda x: x.reshape(shape),
@@ -70,7 +91,7 @@ def _elementwise(step: Step, sources: Sequence[Step]) -> Optional[Callable[..., 
     if function is None or op is Op.DETACH or dtype.name == "uint32" or (op is Op.DIV and not dtype.is_float):
         return None
     operands = {computed_dtype(source.dtype) for source in (sources[1:] if op is Op.WHERE else sources)}
-    if len(operands) != 1 or (operands != {computed_dtype(dtype)} and not (op in (Op.CMPLT, Op.CMPEQ)
+    if len(operands) != 1 or (operands != {computed_dtype(dtype)} and not (op in (Op.CMPLT, Op.CMPEQ, Fused.LE)
                                                                          and dtype.is_bool)):
         return None
     return function
@@ -146,7 +167,8 @@ class TorchArrays(ArrayLibrary):
         if op is Fused.CONTRACT:
             return bound_contract(*arg, shape)
         if op is Op.SUM:
-            return lambda x: torch.sum(x, dim=arg, keepdim=True, dtype=computed)
+            keep = len(shape) == len(sources[0].shape)  # else a reshape dropping the summed axes was folded in
+            return lambda x: torch.sum(x, dim=arg, keepdim=keep, dtype=computed)
         if op is Op.RMAX and all(sources[0].shape[axis] for axis in arg):
             return lambda x: torch.amax(x, dim=arg, keepdim=True)
         if op is Op.CAST:
@@ -208,8 +230,8 @@ class TorchArrays(ArrayLibrary):
         return function(*sources, out=sources[into])
 
     def contract(self, a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], size: Shape,
-                 shape: Shape) -> torch.Tensor:
-        return contract(a, b, axes, size, shape)
+                 dims: tuple[tuple[int, ...], ...], shape: Shape, addend: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return contract(a, b, axes, size, dims, shape, addend)
 
     # ---- movement ------------------------------------------------------------------------------------------
     def reshape(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:

@@ -116,6 +116,8 @@ class StorageTracker:
                 continue
             entry = self.live.pop(key, None)
             self.counter.keep(buffer, counted=entry is not None)
+            # an output `outputs` made (a cast, a copy) while the run's own storages were still held
+            self.rise = max(self.rise, self.counter.current_bytes - self.start)
             counted.append(entry is not None)
             kept_bytes += entry[0] if entry is not None else 0
         for nbytes, _ in self.live.values():

@@ -17,80 +17,95 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-Plan = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Plan = Callable[..., torch.Tensor]  # (a, b) or (a, b, addend) -> the step's value
+Dims = tuple[tuple[int, ...], tuple[int, ...]]  # which axes of the broadcast size each axis of a and of b is
 
 
-def contract(a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], size: Sequence[int],
-             shape: Sequence[int]) -> torch.Tensor:
-    """sum(a * b) over `axes` of a and b broadcast to `size`, kept with size 1 (`shape`), without storing a * b."""
-    return contract_plan(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), axes, tuple(size), tuple(shape))(a, b)
+def contract(a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], size: Sequence[int], dims: Dims,
+             shape: Sequence[int], addend: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """sum(a * b) over `axes` of a and b broadcast to `size` (their axes being `dims` of it), reshaped to
+    `shape`, plus `addend` where given, without storing a * b."""
+    plan = contract_plan(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), axes, tuple(size), dims,
+                         tuple(shape), None if addend is None else tuple(addend.shape))
+    return plan(a, b) if addend is None else plan(a, b, addend)
 
 
-def bound_contract(axes: tuple[int, ...], size: Sequence[int], shape: Sequence[int]) -> Plan:
+def bound_contract(axes: tuple[int, ...], size: Sequence[int], dims: Dims, shape: Sequence[int]) -> Plan:
     """`contract` for one step of a program, planned on its first call: a program's values have the same layouts
     on every run (its inputs are contiguous buffers of fixed shapes, and torch's ops lay their results out by
     their operands'), so later calls only run the torch calls."""
     plan: Optional[Plan] = None
 
-    def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def run(a: torch.Tensor, b: torch.Tensor, *addend: torch.Tensor) -> torch.Tensor:
         nonlocal plan
         if torch.compiler.is_compiling():  # a cell set at the first run would make Dynamo compile twice
-            return contract(a, b, axes, size, shape)
+            return contract(a, b, axes, size, dims, shape, *addend)
         if plan is None:
-            plan = contract_plan(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), axes, tuple(size),
-                                 tuple(shape))
-        return plan(a, b)
+            plan = contract_plan(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), axes, tuple(size), dims,
+                                 tuple(shape), tuple(addend[0].shape) if addend else None)
+        return plan(a, b, *addend)
 
     return run
 
 
 @functools.lru_cache(maxsize=4096)
 def contract_plan(a_shape: tuple[int, ...], a_strides: tuple[int, ...], b_shape: tuple[int, ...],
-                  b_strides: tuple[int, ...], axes: tuple[int, ...], size: tuple[int, ...],
-                  shape: tuple[int, ...]) -> Plan:
-    """The torch calls computing `contract` for operands of these shapes and strides."""
+                  b_strides: tuple[int, ...], axes: tuple[int, ...], size: tuple[int, ...], dims: Dims,
+                  shape: tuple[int, ...], addend: Optional[tuple[int, ...]]) -> Plan:
+    """The torch calls computing `contract` for operands of these shapes and strides (and an addend of this
+    shape, or none)."""
     letters = string.ascii_letters[:len(size)]
-    unbroadcast_a, left = _broadcast_free(size, a_shape, a_strides, letters)
-    unbroadcast_b, right = _broadcast_free(size, b_shape, b_strides, letters)
+    unbroadcast_a, left = _broadcast_free(size, a_shape, a_strides, dims[0], letters)
+    unbroadcast_b, right = _broadcast_free(size, b_shape, b_strides, dims[1], letters)
     present = set(left) | set(right)
     kept = "".join([letter for axis, letter in enumerate(letters) if axis not in axes and letter in present])
     sizes = dict(zip(letters, size))
-    product = _matmul_plan(left, right, kept, sizes) or \
-        (lambda x, y, spec=f"{left},{right}->{kept}": torch.einsum(spec, x, y))
+    matmul = _matmul_plan(left, right, kept, sizes)
+    product = matmul[0] if matmul else (lambda x, y, spec=f"{left},{right}->{kept}": torch.einsum(spec, x, y))
     # a summed axis broadcast in both operands adds the same product that many times
     repeats = math.prod([1 if letters[axis] in present else size[axis] for axis in axes])
-    unexpanded = tuple([n if letters[axis] in kept else 1 for axis, n in enumerate(shape)])
+    summed = tuple([1 if axis in axes else n for axis, n in enumerate(size)])
+    unexpanded = tuple([n if letters[axis] in kept else 1 for axis, n in enumerate(summed)])
     # an axis neither factor has: stored whole, as a later step may write over the result (memory_plan.py)
-    expanded = shape != unexpanded
+    expanded = summed != unexpanded
+    produced = tuple([sizes[c] for c in kept])
+    if addend is not None and matmul and matmul[1] and repeats == 1 and not expanded and produced == shape and \
+            len(addend) <= 2 and all([n in (1, m) for n, m in zip(addend[::-1], shape[::-1])]):
+        left_arranged, right_arranged = matmul[1]
+        return lambda a, b, c: torch.addmm(c, left_arranged(unbroadcast_a(a)), right_arranged(unbroadcast_b(b)))
 
-    def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def run(a: torch.Tensor, b: torch.Tensor, *added: torch.Tensor) -> torch.Tensor:
         result = product(unbroadcast_a(a), unbroadcast_b(b))
         if repeats != 1:
             result = result * repeats
-        result = result.reshape(unexpanded)
-        return result.expand(shape).contiguous() if expanded else result
+        if expanded:
+            result = result.reshape(unexpanded).expand(summed).contiguous()
+        if result.shape != shape:
+            result = result.reshape(shape)
+        return torch.add(result, added[0]) if added else result
 
     return run
 
 
-def _broadcast_free(size: tuple[int, ...], shape: tuple[int, ...], strides: tuple[int, ...],
+def _broadcast_free(size: tuple[int, ...], shape: tuple[int, ...], strides: tuple[int, ...], dims: tuple[int, ...],
                     letters: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """How to drop an operand's broadcast axes (of size 1 where `size` differs, or of stride 0), and the letters
-    of the axes it keeps."""
-    dropped = [axis for axis in range(len(size))
-               if shape[axis] != size[axis] or (strides[axis] == 0 and size[axis] > 1)]
-    kept = "".join([letter for axis, letter in enumerate(letters) if axis not in dropped])
+    of the axes it keeps; its axes are the `dims` of `size`."""
+    dropped = [axis for axis, whose in enumerate(dims)
+               if shape[axis] != size[whose] or (strides[axis] == 0 and size[whose] > 1)]
+    kept = "".join([letters[whose] for axis, whose in enumerate(dims) if axis not in dropped])
     if not dropped:
         return (lambda x: x), kept
     if all([shape[axis] == 1 for axis in dropped]):
         return (lambda x, axes=tuple(dropped): x.squeeze(axes)), kept
-    index = tuple([0 if axis in dropped else slice(None) for axis in range(len(size))])
+    index = tuple([0 if axis in dropped else slice(None) for axis in range(len(dims))])
     return (lambda x: x[index]), kept
 
 
-def _matmul_plan(left: str, right: str, kept: str, sizes: dict[str, int]) -> Optional[Plan]:
-    """einsum(left,right->kept) as `torch.matmul`, where every letter is kept or summed over both factors;
-    None for the rest (a sum over one factor's own axis)."""
+def _matmul_plan(left: str, right: str, kept: str, sizes: dict[str, int]) -> Optional[tuple[Plan, Optional[tuple]]]:
+    """einsum(left,right->kept) as `torch.matmul`, where every letter is kept or summed over both factors, and
+    where it is one plain 2-D product whose result needs no reshape, how to arrange its operands (for
+    `torch.addmm`); None for the rest (a sum over one factor's own axis)."""
     shared = set(left) & set(right)
     batch = [c for c in kept if c in shared]
     summed = [c for c in left if c in shared and c not in kept]
@@ -112,12 +127,13 @@ def _matmul_plan(left: str, right: str, kept: str, sizes: dict[str, int]) -> Opt
     flat = (*batch_sizes, math.prod([sizes[c] for c in free_left]), math.prod([sizes[c] for c in free_right]))
     unflat = _view(None, flat, tuple([sizes[c] for c in produced]))
     final_order = None if final == sorted(final) else final
+    plain = not batch and final_order is None and len(free_left) == len(free_right) == 1
 
     def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         result = unflat(torch.matmul(left_arranged(x), right_arranged(y)))
         return result if final_order is None else result.permute(final_order)
 
-    return run
+    return run, ((left_arranged, right_arranged) if plain else None)
 
 
 def _view(order: Optional[list[int]], permuted: tuple[int, ...],

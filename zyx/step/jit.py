@@ -174,7 +174,8 @@ class CapturedStep:
         state = list(self._pick_state(found))
         bound = arguments + state
         buffers = list(map(_buffer_of_tensor, bound))
-        if None in buffers:  # a tensor assigned eagerly since the last call
+        if any(buffer is None for buffer in buffers):  # a tensor assigned eagerly since the last call (`is`:
+            # `None in buffers` would call torch.Tensor.__eq__, tens of µs a tensor)
             assigned_eagerly = [t for t in bound if not t.node.realized]
             if assigned_eagerly:
                 realize(*assigned_eagerly)
