@@ -1,12 +1,15 @@
 """Zyx's modules import one way: base modules -> trace -> jit/runtime (kernels, devices) -> the tensor layer ->
 the public face (@zyx.jit's zyx/step, nn, the command line). No import cycle, not even through imports inside
 functions, so the circle between the tensor, its mixins, creation and the devices cannot come back."""
+import os
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+# child processes import this repository first, then what the parent found (dependencies installed with --target)
+CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
 PACKAGE = REPOSITORY / "zyx"
 BASE = {"zyx", "zyx.cache_dir", "zyx.counters", "zyx.debug", "zyx.dtypes", "zyx.errors", "zyx.progress"}
 LOWER_PACKAGES = ("zyx.trace", "zyx.jit", "zyx.runtime")  # what the tensor layer is built on
@@ -92,6 +95,6 @@ def test_the_devices_and_the_compiler_load_without_the_tensor_layer():
               "zyx.devices.OpenCL()\n"
               "print(sorted(m for m in sys.modules if m.startswith(('zyx.tensor', 'zyx.creation', 'zyx.step'))))")
     finished = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
-                              timeout=120, env={"PYTHONPATH": str(REPOSITORY), "PATH": "/usr/bin:/bin"})
+                              timeout=120, env={"PYTHONPATH": CHILD_PYTHONPATH, "PATH": "/usr/bin:/bin"})
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.strip() == "[]"

@@ -1,14 +1,17 @@
 """`import zyx` loads its public names on first use; the names stay what they were when it imported them all."""
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+# child processes import this repository first, then what the parent found (dependencies installed with --target)
+CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
 
 
 def run(script: str) -> str:
     finished = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
-                              timeout=120, env={"PYTHONPATH": str(REPOSITORY), "PATH": "/usr/bin:/bin"})
+                              timeout=120, env={"PYTHONPATH": CHILD_PYTHONPATH, "PATH": "/usr/bin:/bin"})
     assert finished.returncode == 0, finished.stderr
     return finished.stdout
 

@@ -18,6 +18,8 @@ import pytest
 
 WORKER = pathlib.Path(__file__).resolve().parent / "worker.py"
 REPOSITORY = WORKER.parents[2]
+# child processes import this repository first, then what the parent found (dependencies installed with --target)
+CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("mpirun") is None,
@@ -32,7 +34,7 @@ def mpirun(ranks: int, *args: str, cache: pathlib.Path, timeout: float = 240,
     command = ["mpirun", "--oversubscribe", "-n", str(ranks)]
     if os.geteuid() == 0:
         command.append("--allow-run-as-root")  # CI containers run as root; Open MPI refuses that otherwise
-    environment = dict(os.environ, ZYX_CACHE_DIR=str(cache), PYTHONPATH=str(REPOSITORY), **env)
+    environment = dict(os.environ, ZYX_CACHE_DIR=str(cache), PYTHONPATH=CHILD_PYTHONPATH, **env)
     return subprocess.run([*command, sys.executable, str(WORKER), *args], env=environment, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -28,6 +28,8 @@ from zyx.jit.schedule import DeviceTraits, schedule
 from zyx.jit.tune_store import TuneRecord, Trial, TuningStore, parse_record
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+# child processes import this repository first, then what the parent found (dependencies installed with --target)
+CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((64, 64), dtype=np.float32)
 W = RNG.standard_normal((64, 64), dtype=np.float32)
@@ -287,7 +289,7 @@ CHILD = textwrap.dedent("""
 def run_child(cache_dir: Path, tune_mode: str, *arguments: str) -> dict:
     """The child's counts; `jit`: it runs its step as `@zyx.jit(tune=True)`."""
     environment = {**os.environ, "ZYX_CACHE_DIR": str(cache_dir), "ZYX_TUNE": tune_mode,
-                   "PYTHONPATH": str(REPOSITORY)}
+                   "PYTHONPATH": CHILD_PYTHONPATH}
     finished = subprocess.run([sys.executable, "-c", CHILD, *arguments], env=environment, capture_output=True,
                               text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
@@ -295,7 +297,7 @@ def run_child(cache_dir: Path, tune_mode: str, *arguments: str) -> dict:
 
 
 def zyx_cli(cache_dir: Path, *arguments: str, cwd: Path = REPOSITORY) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "ZYX_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(REPOSITORY)}
+    environment = {**os.environ, "ZYX_CACHE_DIR": str(cache_dir), "PYTHONPATH": CHILD_PYTHONPATH}
     environment.pop("ZYX_TUNE", None)
     return subprocess.run([sys.executable, "-m", "zyx", *arguments], env=environment, capture_output=True,
                           text=True, timeout=300, cwd=cwd)
