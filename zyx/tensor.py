@@ -9,6 +9,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .autocast import with_autocast_policies
 from .dim_alias import accept_dim_on_methods
 from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, to_dtype, wrap_int
 from .errors import GRADIENTS_ARE_RETURNED, ShapeError
@@ -46,6 +47,7 @@ def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(result)
 
 
+@with_autocast_policies
 @accept_dim_on_methods
 class Tensor(MovementMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, MathMixin, ActivationMixin, StatsMixin,
              ScanMixin, SortMixin, LayoutMixin, ScatterMixin):
