@@ -2,8 +2,9 @@
 
 A capture after the first has a reason: a new shape, dtype or device of an argument, a new Python constant,
 arguments that alias each other differently, a module switched between train and eval, a call under another
-`zyx.autocast` state, or a global, closure variable or attribute rebound to another tensor. `JitFunction` logs each one on `zyx.jit` at INFO, and once a
-step was captured more than MAX_CAPTURES times its `JitWarning` names what varied most and how to stop it.
+`zyx.autocast` state, or a global, closure variable or attribute rebound to another tensor. `JitFunction` logs
+each one on `zyx.jit` at INFO, and once a step was captured more than MAX_CAPTURES times its `JitWarning` names
+what varied most and how to stop it.
 """
 from __future__ import annotations
 
