@@ -25,8 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ACTIVE: contextvars.ContextVar[Optional[DType]] = contextvars.ContextVar("zyx_autocast", default=None)
 
 # Tensor methods by policy (functions elsewhere carry the decorators below: nn losses and norms, einsum, attention)
-LOWER_PRECISION = ("matmul", "__matmul__", "__rmatmul__", "dot", "linear", "conv1d", "conv2d", "conv3d",
-                   "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+LOWER_PRECISION = ("matmul", "__matmul__", "__rmatmul__", "dot", "linear",
+                   "_conv", "_conv_transpose")  # every convolution, method or module, goes through these two
 FLOAT32 = ("sum", "prod", "cumsum", "cumprod", "logsumexp", "norm", "normalize", "softmax", "softmin",
            "log_softmax", "softplus", "exp", "expm1", "log", "log2", "log10", "log1p", "pow", "__pow__",
            "__rpow__", "__rtruediv__", "reciprocal", "rsqrt", "tan", "sinh", "cosh", "asin", "acos")
