@@ -104,6 +104,21 @@ def test_float16_training_with_the_scaler_reaches_the_float32_loss(device):
     assert all(g.dtype == zyx.float32 for g in grads)
 
 
+def test_a_checkpoint_resumes_the_scale_and_its_count(device, tmp_path):
+    w = device.tensor(W0)
+    opt, scaler = nn.SGD(lr=0.1), nn.GradScaler(init_scale=8.0, growth_interval=2)
+    assert scaler.state_dict() == {}
+    scaler.update_step(opt, [w], scaler.scale((w * device.tensor(COEFFICIENTS)).sum()).backward([w]))
+    zyx.save(scaler.state_dict(), tmp_path / "scaler.safetensors")
+    resumed = nn.GradScaler(init_scale=8.0, growth_interval=2)
+    resumed.load_state_dict(zyx.load(tmp_path / "scaler.safetensors", device=device))
+    assert resumed.get_scale() == 8.0
+    resumed.update_step(opt, [w], resumed.scale((w * device.tensor(COEFFICIENTS)).sum()).backward([w]))
+    assert resumed.get_scale() == 16.0  # the count of clean steps came along: the second one grows the scale
+    with pytest.raises(KeyError, match="expected 'scale' and 'growth_tracker'"):
+        resumed.load_state_dict({"scale": w})
+
+
 def test_disabled_passes_everything_through(device):
     scaler, loss = nn.GradScaler(enabled=False), device.tensor(np.float32(3.0))
     grads = [device.tensor(W0), None]

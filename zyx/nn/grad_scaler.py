@@ -12,10 +12,10 @@ captures it whole. Only `get_scale()` reads the device.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from ..devices import Device
-from ..dtypes import int32
+from ..dtypes import float32, int32
 from ..tensor import Tensor
 from .init import filled
 from .optim import Optimizer
@@ -103,6 +103,20 @@ class GradScaler:
         scale.assign(new_scale)
         tracker.assign(new_tracker)
         return scale, tracker
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The scale and the count of clean steps ("scale", "growth_tracker") for `zyx.save`; empty before first use."""
+        if self._scale is None or self._growth_tracker is None:
+            return {}
+        return {"scale": Tensor(self._scale.node), "growth_tracker": Tensor(self._growth_tracker.node)}
+
+    def load_state_dict(self, entries: Mapping[str, Tensor]) -> None:
+        """Resume from `state_dict()` (the settings stay the ones given to the constructor)."""
+        if set(entries) not in (set(), {"scale", "growth_tracker"}):
+            raise KeyError(f"GradScaler.load_state_dict: expected 'scale' and 'growth_tracker', got {sorted(entries)}")
+        if entries:
+            scale, tracker = entries["scale"], entries["growth_tracker"]
+            self._scale, self._growth_tracker = Tensor(scale.cast(float32).node), Tensor(tracker.cast(int32).node)
 
     def get_scale(self) -> float:
         """The current scale as a Python float (reads the device: not for every step); `init_scale` before the
