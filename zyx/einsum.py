@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .autocast import lower_precision
 from .errors import ShapeError
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def _contract(a: "Tensor", la: Labels, b: "Tensor", lb: Labels, needed: set[str]
     return product, kept
 
 
+@lower_precision
 def einsum(equation: str, *operands: Any) -> "Tensor":
     """Einstein summation as torch.einsum: einsum('bij,bjk->bik', a, b), with '...' and implicit outputs.
     Operands may also come as one list. Sizes broadcast where a label has size 1 in some operand."""

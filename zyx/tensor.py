@@ -9,6 +9,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .autocast import with_autocast_policies
 from .dim_alias import accept_dim_on_methods
 from .devices import default_device
 from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, promote_with_scalar, wrap_int
@@ -39,6 +40,7 @@ from .trace.ops import Op
 Operand = Union["Tensor", int, float, bool]
 
 
+@with_autocast_policies
 @accept_dim_on_methods
 class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, MathMixin, ActivationMixin,
              StatsMixin, ScanMixin, SortMixin, LayoutMixin, ScatterMixin, TensorBase):

@@ -70,6 +70,16 @@ def test_a_mode_change_is_named(dev, recaptures):
     assert recaptures()[-1].endswith("switched to eval mode")
 
 
+def test_an_autocast_change_is_named(dev, recaptures):
+    w = ones(dev, 3, 3)
+    product = zyx.jit(lambda x: x @ w)
+    x = ones(dev, 2, 3)
+    product(x)
+    with zyx.autocast(zyx.bfloat16):
+        assert product(x).dtype == zyx.bfloat16
+    assert recaptures()[-1].endswith("called under zyx.autocast(zyx.bfloat16), traced under no autocast")
+
+
 def test_too_many_captures_say_which_argument_varies_and_how_to_avoid_it(dev, recaptures):
     f = zyx.jit(lambda x, y: x + y)
     y = ones(dev, 1)

@@ -13,6 +13,7 @@ from .activations import (CELU, ELU, GELU, SELU, Hardsigmoid, Hardswish, Hardtan
                           Mish, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softmin, Softplus, Softsign, Tanh)
 from .attention import MultiheadAttention, TransformerBlock, causal_mask, scaled_dot_product_attention
 from .containers import Sequential
+from .grad_scaler import GradScaler
 from .layers import (AvgPool1d, AvgPool2d, AvgPool3d, Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
                      ConvTranspose3d, Dropout, Embedding, Flatten, Identity, Linear, MaxPool1d, MaxPool2d, MaxPool3d,
                      Upsample)
@@ -36,6 +37,6 @@ __all__ = [
     "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish", "SELU", "CELU", "Mish", "LogSigmoid", "Softsign", "Softmin",
     "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
     "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss",
-    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm", "GradScaler",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+from ..autocast import lower_precision
 from ..creation import arange
 from ..devices import Device, default_device
 from ..errors import ShapeError
@@ -25,6 +26,7 @@ def _as_additive(mask: Tensor, scores: Tensor) -> Tensor:
     return mask.where(float("-inf"), scores) if mask.dtype.is_bool else scores + mask
 
 
+@lower_precision
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
                                  dropout_p: float = 0.0, is_causal: bool = False,
                                  scale: Optional[float] = None) -> Tensor:

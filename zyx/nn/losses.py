@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..autocast import in_float32
 from ..errors import ShapeError
 from ..tensor import Tensor
 from ..tensor_indexing import one_hot
@@ -24,12 +25,14 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+@in_float32
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Mean squared error (input - target) ** 2, reduced by `reduction` ('mean', 'sum' or 'none')."""
     diff = input - target
     return _reduce(diff * diff, reduction)
 
 
+@in_float32
 def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Mean absolute error |input - target|, reduced by `reduction` ('mean', 'sum' or 'none')."""
     return _reduce((input - target).abs(), reduction)
@@ -76,6 +79,7 @@ def _reduce_weighted(loss: Tensor, target_weight: Tensor, reduction: str) -> Ten
     return loss.sum() / target_weight.sum() if reduction == "mean" else _reduce(loss, reduction)
 
 
+@in_float32
 def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
              reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of the target classes, given log-probabilities."""
@@ -83,6 +87,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ign
     return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, 0.0, "nll_loss"), reduction)
 
 
+@in_float32
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """log_softmax then nll_loss, with optional label smoothing (the target keeps 1 - s, every class gets s/C).
@@ -113,6 +118,7 @@ def _soft_cross_entropy(log_probs: Tensor, target: Tensor, weight: Optional[Tens
     return _reduce(-(log_probs * target).sum(class_axis), reduction)
 
 
+@in_float32
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                                      reduction: str = "mean", pos_weight: Optional[Tensor] = None) -> Tensor:
     """Sigmoid and binary cross-entropy in one, through softplus so that no logit overflows.
@@ -124,6 +130,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Opti
     return _reduce(loss * weight if weight is not None else loss, reduction)
 
 
+@in_float32
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                          reduction: str = "mean") -> Tensor:
     """Binary cross-entropy of probabilities; each log is clamped at -100, as PyTorch, so 0 and 1 stay finite."""

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..autocast import in_float32
 from ..devices import Device, default_device
 from ..dtypes import int64
 from ..errors import ShapeError
@@ -46,6 +47,7 @@ def _check_trailing(layer: str, x: Tensor, shape: tuple[int, ...]) -> tuple[int,
     return tuple(range(x.ndim - len(shape), x.ndim))
 
 
+@in_float32
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: Union[float, Tensor] = 0.1, eps: float = 1e-5) -> Tensor:
@@ -74,6 +76,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     return _apply_affine(normalized, weight, bias, shape)
 
 
+@in_float32
 def layer_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """Normalize each sample over its trailing `normalized_shape` axes (PyTorch's functional layer_norm)."""
@@ -82,6 +85,7 @@ def layer_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tens
     return _apply_affine(_standardize(input, axes, eps)[0], weight, bias, shape)
 
 
+@in_float32
 def rms_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tensor] = None,
              eps: Optional[float] = None) -> Tensor:
     """x / sqrt(mean(x^2) + eps) over the trailing axes; eps=None: the dtype's machine epsilon."""
@@ -92,6 +96,7 @@ def rms_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tensor
     return _apply_affine(normalized, weight, None, shape)
 
 
+@in_float32
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                eps: float = 1e-5) -> Tensor:
     """Normalize each sample over groups of channels (axis 1) and all spatial axes."""

@@ -63,10 +63,12 @@ class Optimizer:
         raise NotImplementedError
 
     def update(self, params: Sequence[Tensor], grads: Sequence[Optional[Tensor]],
-               realize_with: Sequence[Tensor] = ()) -> None:
+               realize_with: Sequence[Tensor] = (), skip_if: Optional[Tensor] = None) -> None:
         """One step: each parameter with a gradient (None: skipped) moves in place.
 
         `realize_with` (the loss, say) is computed in the same realize, so the forward pass runs once.
+        `skip_if`, a bool scalar tensor, skips the whole step where it is true (parameters, state and step counts
+        keep their values) without reading it on the host: `GradScaler` skips steps with inf/nan gradients so.
         """
         params, grads = list(params), list(grads)
         if len(params) != len(grads):
@@ -83,12 +85,12 @@ class Optimizer:
             state = self._state_for(position, param, new_steps)
             if id(state["step"]) not in counted:  # a shared count moves once (one kernel, not one per parameter)
                 counted.add(id(state["step"]))
-                state["step"].assign(state["step"] + 1)
+                _move(state["step"], state["step"] + 1, skip_if)
                 updated.append(state["step"])
             new_param, new_state = self.rule(param, grad, state, self._lr_on(param.device))
-            param.assign(new_param)
+            _move(param, new_param, skip_if)
             for name, value in new_state.items():
-                state[name].assign(value)
+                _move(state[name], value, skip_if)
             updated += [param, *(state[name] for name in self.state_names)]
         if active_capture() is None:
             realize(*updated, *take_deferred(), *realize_with)
@@ -154,6 +156,11 @@ class Optimizer:
         if "lr" in entries:
             self.lr = float(entries["lr"].item() if isinstance(entries["lr"], Tensor) else entries["lr"])
         self.state = state
+
+
+def _move(target: Tensor, value: Tensor, skip_if: Optional[Tensor]) -> None:
+    """`target.assign(value)`, or keep the old value where `skip_if` holds."""
+    target.assign(value if skip_if is None else skip_if.where(target, value))
 
 
 def _fresh_handle(value: Union[Tensor, np.ndarray]) -> Tensor:

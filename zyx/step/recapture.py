@@ -1,9 +1,10 @@
 """Why a jitted step traced again, in words a user can act on (what PyTorch's TORCH_LOGS=recompiles prints).
 
 A capture after the first has a reason: a new shape, dtype or device of an argument, a new Python constant,
-arguments that alias each other differently, a module switched between train and eval, or a global, closure
-variable or attribute rebound to another tensor. `JitFunction` logs each one on `zyx.jit` at INFO, and once a
-step was captured more than MAX_CAPTURES times its `JitWarning` names what varied most and how to stop it.
+arguments that alias each other differently, a module switched between train and eval, a call under another
+`zyx.autocast` state, or a global, closure variable or attribute rebound to another tensor. `JitFunction` logs
+each one on `zyx.jit` at INFO, and once a step was captured more than MAX_CAPTURES times its `JitWarning` names
+what varied most and how to stop it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from ..autocast import autocast_dtype
 from ..tensor import Tensor
 from .reach import resolve
 
@@ -29,6 +31,7 @@ _ADVICE = {
     "rebound": "update {subject} in place with .assign(new) instead of rebinding it",
     "deleted": "keep {subject} alive between calls",
     "mode": "call train() and eval() less often: each mode is its own program",
+    "autocast": "call the step always inside or always outside zyx.autocast (or put the context in the step)",
     "structure": "call the step with arguments of one structure",
 }
 
@@ -92,6 +95,9 @@ def guard_failure(step: Any, root: Any) -> Reason:
         if module.__dict__.get("_training", True) != training:
             mode = "train" if not training else "eval"
             return Reason(f"{type(module).__name__} switched to {mode} mode", "mode", type(module).__name__)
+    if step.autocast is not autocast_dtype():
+        names = [f"zyx.autocast({dtype!r})" if dtype else "no autocast" for dtype in (step.autocast, autocast_dtype())]
+        return Reason(f"called under {names[1]}, traced under {names[0]}", "autocast", "the autocast state")
     return Reason("the arguments alias each other or the step's state differently", "alias", "the arguments")
 
 
