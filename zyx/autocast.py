@@ -19,6 +19,7 @@ import functools
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from .dtypes import DType, bfloat16, float16, float32, to_dtype
+from .tensor_base import TensorBase
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,8 +77,7 @@ class autocast:  # noqa: N801 (PyTorch's name)
 
 def _eligible(value: Any) -> bool:
     """A tensor autocast may cast: floating, not float64 (PyTorch's rule)."""
-    from .tensor import Tensor
-    return isinstance(value, Tensor) and value.dtype.is_float and value.dtype.itemsize <= 4
+    return isinstance(value, TensorBase) and value.dtype.is_float and value.dtype.itemsize <= 4
 
 
 def _cast(value: Any, dtype: DType) -> Any:
