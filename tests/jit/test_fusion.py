@@ -201,8 +201,22 @@ def test_equal_computations_are_computed_once_and_targets_keep_their_own_buffers
     assert launched(normalized) == 1
     twice, again = x.exp().sum(-1), x.exp().sum(-1)
     zyx.realize(twice, again)
-    assert twice.node is not again.node
+    assert twice.node.buffer is not again.node.buffer
     expected = (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(normalized.numpy(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(twice.numpy(), np.exp(a).sum(-1), rtol=1e-5)
     np.testing.assert_allclose(again.numpy(), np.exp(a).sum(-1), rtol=1e-5)
+
+
+def test_computations_that_only_look_equal_are_not_shared(dev):
+    """Pads filling 0.0 and -0.0 (equal as floats, not as values: 1 / -0.0 is -inf) and two random draws of one
+    shape stay apart."""
+    x = dev.tensor(data(3, 4))
+    positive, negative = x.pad(((0, 0), (0, 1)), value=0.0), x.pad(((0, 0), (0, 1)), value=-0.0)
+    ends = (1 / positive)[:, -1], (1 / negative)[:, -1]
+    zyx.realize(*ends)  # (scheduled together)
+    np.testing.assert_array_equal(ends[0].numpy(), [np.inf] * 3)
+    np.testing.assert_array_equal(ends[1].numpy(), [-np.inf] * 3)
+    first, second = dev.rand(64), dev.rand(64)
+    zyx.realize(first, second)
+    assert not np.array_equal((first - second).numpy(), np.zeros(64))

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from ..dtypes import float32
 from ..trace import node as n
-from ..trace.node import Node, toposort
+from ..trace.node import Node, arg_key, toposort
 from ..trace.ops import LEAF_OPS, Op, REDUCE_OPS
 from .kernel_ir import lowest_value
 from .matmul import MIN_USED
@@ -64,7 +64,7 @@ def _sharing_key(node: Node) -> Optional[tuple]:
     collectives, an argument that cannot be hashed)."""
     if node.op in LEAF_OPS or node.op is Op.COLLECTIVE:
         return None
-    key = (node.op, tuple(map(id, node.src)), node.arg, node.shape, node.dtype, node.device)
+    key = (node.op, tuple(map(id, node.src)), arg_key(node.arg), node.shape, node.dtype, node.device)
     try:
         hash(key)
     except TypeError:

@@ -304,7 +304,7 @@ def _group_size(length: int, in_lanes: bool, traits: DeviceTraits) -> int:
     values."""
     lanes = traits.vector_width if in_lanes else 1
     group = min(traits.group_size, _power_above(-(-length // (lanes * ROW_ITEM_VALUES))))
-    return max(group, min(ROW_MIN_GROUP, _power_above(-(-length // lanes))))
+    return min(traits.group_size, max(group, min(ROW_MIN_GROUP, _power_above(-(-length // lanes)))))
 
 
 def _power_above(count: int) -> int:

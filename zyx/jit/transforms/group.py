@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, Const, Define, If, Kernel, LaneSelect, LocalArray,
-                         LocalLoad, LocalStore, Loop, Operand, Reg, Role, Store)
+from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, If, Kernel, LaneSelect, LocalArray, LocalLoad,
+                         LocalStore, Loop, Operand, Reg, Role, Store, reduce_start)
 from ..symbolic import Expr
 from . import accumulators, copy_body, fold_lanes, rename_all
 
@@ -22,11 +22,8 @@ def group_reductions(kernel: Kernel, group: int) -> Kernel:
     body: list = []
     names: dict[str, Operand] = {}
     trips_of: dict[str, int] = {}
-    starts: dict[str, Operand] = {}
     for statement in kernel.body:
         statement, = rename_all((statement,), names)
-        if isinstance(statement, Define):
-            starts[statement.out.name] = statement.start
         if isinstance(statement, Store):
             body.append(If(((lid, "lt", 1),), (statement,)))
         elif isinstance(statement, Loop):
@@ -40,17 +37,17 @@ def group_reductions(kernel: Kernel, group: int) -> Kernel:
             body.append(Loop(statement.var, trips, exit_early + copy_body(statement.body, {statement.var: index}, "", {}),
                              unroll=not exit_early and trips <= UNROLLED_TRIPS))
             for acc, op in accumulators(statement):
-                body += _tree(acc, op, lid, group, names, starts[acc.name])
+                body += _tree(acc, op, lid, group, names)
         else:
             body.append(statement)
     axes = tuple(Axis(a.name, trips_of.get(a.name, a.size), a.role) for a in kernel.axes) + (Axis("lid", group, Role.LOCAL),)
     return dataclasses.replace(kernel, kind="g", axes=axes, body=tuple(body))
 
 
-def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], start: Operand) -> list:
+def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand]) -> list:
     """Every item's `acc` into local memory, combined pairwise; `acc` renamed to the total, which every item
     reads. A vector `acc` is combined lane by lane first; its total is then lane 0 of a vector whose other lanes
-    hold the accumulator's `start`, so that code combining `acc`'s lanes later finds the total."""
+    hold `op`'s identity, so that code combining `acc`'s lanes later finds the total."""
     lines: list = []
     value = acc
     if acc.width > 1:
@@ -68,8 +65,8 @@ def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], start:
     lines.append(LocalLoad(result, shared, Expr(0)))
     if acc.width > 1:
         spread, lanes = Reg(f"{acc.name}_spread", acc.dtype, acc.width), Reg(f"{acc.name}_lanes", acc.dtype, acc.width)
-        fill = Const(start.value, start.dtype, acc.width) if isinstance(start, Const) else start
-        lines += [Broadcast(spread, result), LaneSelect(lanes, (True,) + (False,) * (acc.width - 1), spread, fill)]
+        identity = reduce_start(op, acc.dtype, acc.width)
+        lines += [Broadcast(spread, result), LaneSelect(lanes, (True,) + (False,) * (acc.width - 1), spread, identity)]
         result = lanes
     names[acc.name] = result
     return lines
