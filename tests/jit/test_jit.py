@@ -494,3 +494,20 @@ def test_replayed_steps_check_their_index_tensors_as_eagerly():
     assert np.isfinite(loss(x, dev.tensor([0, 1, 2, 0])).item())
     with pytest.raises(IndexError, match="3"):
         loss(x, dev.tensor([0, 1, 3, 0]))
+
+
+def test_a_step_returning_the_old_value_of_what_it_updates_in_place_returns_the_old_value(dev):
+    """`old = w.clone(); w.assign(w * 2); return old`: the program writes w's new value into w's buffer, so the
+    replay must copy it first: `old` is the value before the step, on every call as on the first."""
+    w = dev.tensor(np.ones(4, np.float32)).realize()
+
+    @zyx.jit
+    def step(w):
+        old = w.clone()
+        w.assign(w * 2)
+        return old
+
+    for call in range(4):
+        old = step(w)
+        np.testing.assert_array_equal(old.numpy(), np.full(4, 2.0 ** call, np.float32))
+        np.testing.assert_array_equal(w.numpy(), np.full(4, 2.0 ** (call + 1), np.float32))

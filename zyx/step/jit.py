@@ -143,6 +143,8 @@ class CapturedStep:
         # target -> the input whose buffer it is written into, where that input's node may simply stay the tensor's
         # node: same shape and dtype, and no value of the step is that input's old value
         read_inputs = {source.index for source in values if source.kind == "input"}
+        # inputs overwritten in place whose old value the step also returns or assigns: always copied first
+        self._old_values_read = frozenset(position for position in self._aliased_inputs if position in read_inputs)
         slot_target = {slot: target for target, slot in enumerate(self.program.outputs)}
         overwrites = {slot_target[slot]: position for slot, position in self.program.aliases.items()
                       if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
@@ -203,7 +205,8 @@ class CapturedStep:
         """Launch the program on the bound tensors and point every updated tensor at its new value.
 
         A buffer the program overwrites in place is first copied when anything besides its tensor still holds
-        its node (a lazy expression, another tensor, a gradient's origin): they keep the old value, as eagerly.
+        its node (a lazy expression, another tensor, a gradient's origin), or when the step itself returns or
+        assigns its old value: they keep the old value, as eagerly.
         """
         bound = arguments + state
         nodes = [bound[position].node if position >= 0 else constant for position, constant in self._input_plan]
@@ -212,15 +215,16 @@ class CapturedStep:
         # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
         kept: set[int] | frozenset[int]
         fresh: list[int] = []
-        if not copy_donated and _all_sole(self._aliased_nodes(nodes)):  # the usual case, checked at C speed
-            kept = self._all_aliased
+        if not copy_donated and not self._old_values_read and _all_sole(self._aliased_nodes(nodes)):  # (the
+            kept = self._all_aliased  # usual case, checked at C speed)
         else:
             kept = set()
             for position in self._aliased_inputs:
-                if not copy_donated and _sole(nodes[position]):
+                read = position in self._old_values_read
+                if not copy_donated and not read and _sole(nodes[position]):
                     kept.add(position)
                 else:
-                    if copy_donated or _shared(nodes[position]):
+                    if copy_donated or read or _shared(nodes[position]):
                         buffers[position] = self.device.runtime.copy(buffers[position])
                     fresh.append(position)
         outputs = self.device.run(self.program, buffers, rand_args)
