@@ -87,7 +87,9 @@ class GradScaler:
         if not present:
             raise ValueError("GradScaler.update_step: every gradient is None")
         grads = list(grads) if unscaled else self.unscale(grads)
-        found_inf = functools.reduce(Tensor.logical_or, [g.isfinite().logical_not().any() for g in present])
+        # checked after unscaling, as torch does: a half-precision gradient can overflow when divided by a scale < 1
+        found_inf = functools.reduce(Tensor.logical_or,
+                                     [g.isfinite().logical_not().any() for g in grads if g is not None])
         scale, tracker = self._advance(found_inf, present[0].device)
         opt.update(params, grads, [*realize_with, scale, tracker], skip_if=found_inf)
 
