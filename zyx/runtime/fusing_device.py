@@ -159,8 +159,7 @@ class FusingDevice(Device):
     def _check_graph(self, targets: Sequence[Node]) -> None:
         """Refuse, before scheduling, a trace the device cannot compute."""
         for node in targets:
-            if node.dtype.name == "float64" and not self.runtime.supports_fp64:
-                raise TypeError(f"{self.name} has no float64 support ({self.FLOAT64_NOTE})")
+            self._check_dtype(node.dtype.np)
 
     def _check_memory(self, program: Program) -> None:
         """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""

@@ -63,7 +63,8 @@ class BufferPool(Generic[RawBuffer]):
 
     def take(self, size: int) -> RawBuffer:
         """`acquire` for a size that is a size class already, without publishing the peak to `zyx.stats()`: a
-        program run takes its internal buffers this way (sizes rounded once, the peak published once per run)."""
+        program run takes the buffers of its outputs this way (`allocate_taken`: sizes rounded once, the peak
+        published once per run); its internal buffers come from the free lists directly (run_code.py)."""
         free_list = self._free.get(size)
         raw = free_list.pop() if free_list else self.new_buffer(size)
         current = self.current_bytes = self.current_bytes + size

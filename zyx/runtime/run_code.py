@@ -7,8 +7,8 @@ line per allocation, argument tuple and release (`t12 = s256.pop() if s256 else 
 variable named by its position in the run's table (inputs, then slots, then seeds, then offsets, as
 `Executable` numbers them).
 
-Its launches come last, back to back (`launch(k3, g3, l3, a3)`), or before a collective step that reads their
-results: PoCL's enqueue costs the host more when the device's threads went idle since the last one, some 2 µs
+Its launches come last, back to back (`launch(k3, g3, l3, a3)`), or before a collective step (any of them: its
+host staging may read their results): PoCL's enqueue costs the host more when the device's threads went idle since the last one, some 2 µs
 more per launch for 5 µs of Python between launches. Buffers given back to the pool before the launches that
 use them are enqueued are safe: the queue runs in order, so a later use of one runs after them.
 """

@@ -271,8 +271,9 @@ class CapturedStep:
             [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
         for (check, _), pair in zip(self.checks, extremes):
             negated_smallest, largest = pair.tolist()
-            if -negated_smallest < check.low or largest >= check.high:
-                raise check.error_from_extremes(-negated_smallest, largest)  # type: ignore[misc]
+            error = check.error_from_extremes(-negated_smallest, largest)
+            if error is not None:
+                raise error
 
 
 def _first_positions(counts: list[int]) -> list[int]:
