@@ -222,22 +222,25 @@ class Store:
 
 @dataclass(frozen=True)
 class LocalArray:
-    """`size` vectors of `width` lanes in local memory."""
+    """`size` vectors of `width` lanes in local memory (`aligned`: at a 16-byte boundary, as MatrixLoad needs)."""
 
     name: str
     dtype: DType
     size: int
     width: int = 1
+    aligned: bool = False
 
 
 @dataclass(frozen=True)
 class LocalStore:
-    """With `element`, index counts single elements of a vector array."""
+    """With `element`, index counts single elements of a vector array. `dtype`: the array's, where it differs from
+    the value's (float32 values stored as float16/bfloat16, rounded to nearest even)."""
 
     array: str
     index: Expr
     value: Operand
     element: bool = False
+    dtype: Optional[DType] = None
 
 
 @dataclass(frozen=True)
@@ -252,8 +255,33 @@ class Barrier:
     pass
 
 
+@dataclass(frozen=True)
+class MatrixLoad:
+    """Four 8 x 8 matrices of 16-bit elements (or 8 x 4 of 32-bit ones) from local `array` into the 32 lanes of a
+    warp, each lane's `out` holding its share of all four (NVIDIA's ldmatrix): `index` (elements of the array) is
+    where this lane's row starts; lanes 8j..8j+7 name the rows of matrix j. `transposed` hands out columns."""
+
+    out: Reg        # uint32, width 4
+    array: str
+    index: Expr
+    transposed: bool = False
+
+
+@dataclass(frozen=True)
+class MatrixMultiply:
+    """acc += a · b on a warp's tensor cores (NVIDIA's mma.sync `shape`, operands of `kind`: "bf16", "f16" or
+    "tf32"): each lane holds 4 accumulators (float32), 4 words of a and 2 of b, in the instruction's fragment
+    layout (tensor_cores.py says which elements those are)."""
+
+    acc: tuple       # 4 float32 Regs
+    a: tuple         # 4 uint32 operands
+    b: tuple         # 2 uint32 operands
+    shape: str       # "m16n8k16" or "m16n8k8"
+    kind: str
+
+
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd, Loop, If,
-                  Break, Store, LocalArray, LocalStore, LocalLoad, Barrier]
+                  Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply]
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
 
 

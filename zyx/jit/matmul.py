@@ -86,16 +86,14 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
     whose tiles fit the device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
-    axes, space = space_axes(root, product), None
-    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
-    if axes is None and _reshaped(root, product):  # (a convolution's weight gradient: the weight's shape)
-        axes, space = (n_axis, m_axis), product.shape
-    if axes is None or product.src[0].numel == 0:  # nothing to reduce, or no outputs
+    placed = product_axes(root, product)
+    if placed is None:
         return None
-    space_n, space_m = axes
+    space_n, space_m, space = placed
     if choice is not None:
         return TilePlan(product, space_n, space_m, choice["block"], choice["block"] // SIDE, space, choice["bk"],
                         choice["buffers"])
+    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     n, m = product.shape[n_axis], product.shape[m_axis]
     batch = product.numel // (n * m)
 
@@ -112,6 +110,18 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
         return None
     block, per_item = chosen
     return TilePlan(product, space_n, space_m, block, per_item, space)
+
+
+def product_axes(root: Node, product: Node) -> Optional[tuple[int, int, Optional[tuple[int, ...]]]]:
+    """(the kernel axis holding the product's n axis, the one holding its m axis, the product's shape where the
+    kernel stores it reshaped, else None) where the kernel's outputs are the product's; None where it has no
+    outputs, nothing to reduce, or its axes do not map onto the kernel's."""
+    axes, space = space_axes(root, product), None
+    if axes is None and _reshaped(root, product):  # (a convolution's weight gradient: the weight's shape)
+        axes, space = matmul_axes(product), product.shape
+    if axes is None or product.src[0].numel == 0:
+        return None
+    return axes[0], axes[1], space
 
 
 def local_tile_options(local_memory: int) -> Options:
@@ -158,8 +168,8 @@ class LocalTileLowering(Lowering):
         cell = unravel(Expr.var("gid", self.groups), grid)
         self.corner = tuple(c * blocks[a] if a in blocks else c for a, c in enumerate(cell))
         self.elements, self.guards = [], []  # per element: its index, and the condition that it exists
-        for t, u in itertools.product(range(plan.per_item), repeat=2):
-            offsets = {plan.n_space_axis: plan.offset(self.lid // SIDE, t), plan.m_space_axis: plan.offset(self.lid % SIDE, u)}
+        for along_n, along_m in self._element_offsets():
+            offsets = {plan.n_space_axis: along_n, plan.m_space_axis: along_m}
             exact = {a: self.corner[a] + offsets[a] for a in offsets}
             self.guards.append(tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items()) if e.hi >= self.space[a]))
             # an element past the end computes (and never stores) a copy of the last one: its reads stay in range
@@ -167,9 +177,16 @@ class LocalTileLowering(Lowering):
                                        for a, c in enumerate(self.corner)))
         self.positions = [linear(element, self.space) for element in self.elements]
 
+    def _element_offsets(self) -> list[tuple[Expr, Expr]]:
+        """Where, from the block's corner along n and m, each output of this item lies: rows and columns in groups
+        of `plan.width` spaced a group's width apart (see `TilePlan.offset`)."""
+        plan = self.plan
+        return [(plan.offset(self.lid // SIDE, t), plan.offset(self.lid % SIDE, u))
+                for t, u in itertools.product(range(plan.per_item), repeat=2)]
+
     def _axes(self) -> tuple[Axis, ...]:
         return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", GROUP, Role.LOCAL),
-                Axis("tile", self.plan.per_item ** 2, Role.UPCAST))
+                Axis("tile", len(self.elements), Role.UPCAST))
 
     def _element_read(self, element: int) -> tuple[Index, Cond]:
         """Read unguarded, at its index in the root's shape (the product's may differ: `plan.space`)."""

@@ -14,8 +14,8 @@ from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
-                        If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
-                        Rand, Reg, Role, Select, Store, walk)
+                        If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad,
+                        MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role, Select, Store, walk)
 from .cache_key import hash_hex
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, condition, dtypes_used,
                            kernel_name, pick)
@@ -206,6 +206,40 @@ def _start(value: Operand) -> str:
     return operand(value)
 
 
+def _half(dtype: DType) -> bool:
+    return dtype.is_float and dtype.itemsize == 2
+
+
+def _local_array(s: LocalArray) -> str:
+    """Half precision is kept as its 16 bits (ushort, half), the way buffers keep it."""
+    kind = "ushort" if _half(s.dtype) else register_type(s.dtype, s.width)
+    return f"__local {kind} {s.name}[{s.size}]" + (" __attribute__((aligned(16)));" if s.aligned else ";")
+
+
+def _local_store(s: LocalStore) -> str:
+    if s.dtype is not None and _half(s.dtype):  # a value (computed in float) into a half-precision array
+        pointer = f"((__local {s.dtype.cl_name}*){s.array})"
+        return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=s.index.render(), v=operand(s.value))
+    array = f"((__local {register_type(s.value.dtype)}*){s.array})" if s.element else s.array
+    return f"{array}[{s.index.render()}] = {operand(s.value)};"
+
+
+def _matrix_load(s: MatrixLoad) -> str:
+    """ldmatrix (asm volatile: it reads local memory, and must stay between the barriers around it)."""
+    trans = ".trans" if s.transposed else ""
+    return (f"uint4 {s.out.name}; {{ uint t0, t1, t2, t3; asm volatile(\"ldmatrix.sync.aligned.m8n8.x4{trans}.shared.b16 "
+            f"{{%0,%1,%2,%3}}, [%4];\" : \"=r\"(t0), \"=r\"(t1), \"=r\"(t2), \"=r\"(t3) : "
+            f"\"r\"((uint)(ulong)({s.array} + {s.index.render()}))); {s.out.name} = (uint4)(t0, t1, t2, t3); }}")
+
+
+def _matrix_multiply(s: MatrixMultiply) -> str:
+    """mma.sync, accumulating in float32 in place."""
+    operands = ", ".join([f'"+f"({acc.name})' for acc in s.acc]) + " : " + ", ".join(
+        f'"r"({operand(word)})' for word in (*s.a, *s.b))
+    return (f"asm(\"mma.sync.aligned.{s.shape}.row.col.f32.{s.kind}.{s.kind}.f32 {{%0,%1,%2,%3}}, {{%4,%5,%6,%7}}, "
+            f"{{%8,%9}}, {{%0,%1,%2,%3}};\" : {operands});")
+
+
 def _define(out: Reg, text: str) -> str:
     return f"{register_type(out.dtype, out.width)} {out.name} = {text};"
 
@@ -224,9 +258,7 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     Store: store, Break: lambda s: "break;", Barrier: lambda s: "barrier(CLK_LOCAL_MEM_FENCE);",
     MultiplyAdd: lambda s: (f"{s.acc.name} = fma({operand(s.a)},{operand(s.b)},{s.acc.name});" if s.acc.width > 1
                             else f"{s.acc.name} += {operand(s.a)}*{operand(s.b)};"),
-    LocalArray: lambda s: f"__local {register_type(s.dtype, s.width)} {s.name}[{s.size}];",
-    LocalStore: lambda s: (f"((__local {register_type(s.value.dtype)}*){s.array})" if s.element else s.array)
-                          + f"[{s.index.render()}] = {operand(s.value)};",
+    LocalArray: _local_array, LocalStore: _local_store, MatrixLoad: _matrix_load, MatrixMultiply: _matrix_multiply,
 }
 
 

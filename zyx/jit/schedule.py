@@ -25,6 +25,8 @@ from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
+from .tensor_cores import TensorCoreLowering, plan_tensor_cores, tensor_core_kinds
+from .tensor_cores import local_bytes as tensor_core_bytes
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -53,6 +55,7 @@ class DeviceTraits:
     max_params: int = PARAM_LIMIT   # buffers and scalars one kernel may take
     local_memory: int = 1 << 16     # bytes of local memory one work group may use
     group_launches: bool = True     # tiny kernels share launches where they may (launch_groups.py; OpenCL only)
+    tensor_cores: tuple[str, ...] = ()  # operand types products run on tensor cores: "bf16", "f16", "tf32"
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
@@ -67,7 +70,8 @@ class DeviceTraits:
         native = int(getattr(runtime, "native_vector_width", 16))
         return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
                             local_memory=int(getattr(runtime, "local_mem_bytes", 1 << 16)),
-                            group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0")
+                            group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0",
+                            tensor_cores=tensor_core_kinds(getattr(runtime, "compute_capability", None)))
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
@@ -171,6 +175,11 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
         if cpu_plan is not None:
             lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
+    if traits.tensor_cores and family is None and traits.local_memory >= tensor_core_bytes():
+        cores = plan_tensor_cores(root, hosted_matmul(root, materialized), traits.tensor_cores)
+        if cores is not None:
+            lowered = TensorCoreLowering(root, materialized, site.produced, cores, site.apart, traits.max_params).lower()
+            return _Shaped(lowered, double_buffer(lowered.ir) or lowered.ir)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
         if plan is not None:

@@ -34,6 +34,13 @@ def _is_out_of_memory(error: Exception) -> bool:
     return isinstance(error, cl.MemoryError) or getattr(error, "code", None) in _OUT_OF_MEMORY_CODES
 
 
+def _compute_capability(cl_device: Any) -> tuple[int, int] | None:
+    """An NVIDIA device's compute capability (cl_nv_device_attribute_query), else None."""
+    if "cl_nv_device_attribute_query" not in cl_device.extensions:
+        return None
+    return cl_device.compute_capability_major_nv, cl_device.compute_capability_minor_nv
+
+
 def _as_bytes(array: np.ndarray) -> np.ndarray:
     """The same memory as uint8: the buffer protocol pyopencl copies through cannot name ml_dtypes' bfloat16."""
     return array.reshape(-1).view(np.uint8)
@@ -78,6 +85,7 @@ class OpenCLRuntime(PooledRuntime):
         self.compute_units: int = cl_device.max_compute_units
         self.native_vector_width: int = cl_device.preferred_vector_width_float  # floats per vector register
         self.is_gpu: bool = bool(cl_device.type & cl.device_type.GPU)
+        self.compute_capability = _compute_capability(cl_device)
         self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory)
         self._pending_uploads: list[cl.Event] = []

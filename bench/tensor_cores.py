@@ -1,0 +1,71 @@
+"""W3 in half precision on tensor cores: zyx's product kernels against torch (cuBLAS) on the same GPU, kernel time.
+
+Each zyx product is realized once with its launches recorded, then launched `--repeat` times back to back and
+waited for once (bench/_replay.py); torch's `a @ b` is timed the same way (one synchronize). TFLOP/s = 2·n·k·m /
+time per product. Inputs are stored in the dtype (no cast in the timed kernel); the product is stored in it too.
+
+    python bench/tensor_cores.py [--repeat 20] [--dtypes bfloat16,float16] [--sizes 4096,8192] [--odd]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _replay import describe, replayed_seconds  # noqa: E402
+
+ODD = [(3000, 700, 5000), (1021, 1021, 1021), (64 * 128, 128, 128)]  # (n, k, m); the last: batched 64 x 128³
+
+
+def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int) -> float:
+    import torch
+    a = torch.randn(n, k, device="cuda").to(getattr(torch, dtype))
+    b = torch.randn(k, m, device="cuda").to(getattr(torch, dtype))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeat
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--dtypes", default="bfloat16,float16")
+    p.add_argument("--sizes", default="4096,8192")
+    p.add_argument("--odd", action="store_true", help="also 3000x700x5000, 1021³ and 8192x128x128")
+    args = p.parse_args()
+    os.environ.setdefault("ZYX_CACHE_DIR", tempfile.mkdtemp(prefix="zyx-tensor-cores-"))
+    import zyx
+    dev = zyx.OpenCL()
+    print(f"{dev.name}: tensor cores for {dev.traits.tensor_cores or 'nothing'}")
+    shapes = [(s, s, s) for s in map(int, args.sizes.split(","))] + (ODD if args.odd else [])
+    rng = np.random.default_rng(0)
+    for dtype in args.dtypes.split(","):
+        for n, k, m in shapes:
+            a = dev.tensor(rng.standard_normal((n, k), dtype=np.float32)).to(dtype).realize()
+            b = dev.tensor(rng.standard_normal((k, m), dtype=np.float32)).to(dtype).realize()
+            out = a @ b
+            seconds, _, recorded = replayed_seconds(dev.runtime, out.realize, args.repeat)
+            flops = 2 * n * k * m
+            line = f"{dtype:9s} {n}x{k}x{m}: zyx {seconds * 1e3:8.3f} ms {flops / seconds / 1e12:7.1f} TFLOP/s"
+            try:
+                theirs = torch_seconds(n, k, m, dtype, args.repeat)
+                line += f" | torch {flops / theirs / 1e12:7.1f} TFLOP/s, zyx/torch speed {theirs / seconds:5.2f}"
+            except Exception as error:  # no torch, or no CUDA
+                line += f" | torch: {type(error).__name__}"
+            print(line + f"  [{describe(recorded)}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()

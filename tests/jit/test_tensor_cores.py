@@ -1,0 +1,124 @@
+"""Tensor-core products (jit/tensor_cores.py): which products the scheduler puts on tensor cores (on any machine,
+from traits), and what they compute (on an NVIDIA GPU of compute capability 8.0 or newer, the only devices that run
+the PTX they print), against numpy on the same rounded operands."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import zyx
+from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.tensor_cores import tensor_core_kinds
+
+TENSOR_CORES = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16"))
+NUMPY = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def kernels_of(out, traits=TENSOR_CORES):
+    return schedule([out.node], traits)[0]
+
+
+def on_tensor_cores(kernel) -> bool:
+    return "mma.sync" in kernel.source
+
+
+@pytest.mark.parametrize("dtype, kind", [("bfloat16", "bf16"), ("float16", "f16")])
+def test_half_products_are_planned_on_tensor_cores_in_blocks_of_eight_warps(dtype, kind):
+    dev = zyx.CPU()
+    x, y = dev.randn(200, 100).to(dtype), dev.randn(100, 300).to(dtype)
+    product, = [k for k in kernels_of(x @ y) if on_tensor_cores(k)]
+    assert f"m16n8k16.row.col.f32.{kind}.{kind}.f32" in product.source
+    assert product.source.count("ldmatrix.sync.aligned.m8n8.x4.shared.b16") == 6 * 2  # 4 left, 2 right: in the pipelined loop, then the last slice
+    assert product.local_size == 256 and product.global_size == 256 * 2 * 3  # 128 x 128 blocks over 200 x 300
+
+
+def test_float32_products_use_tensor_cores_only_where_tf32_is_allowed():
+    dev = zyx.CPU()
+    x, y = dev.randn(64, 64), dev.randn(64, 64)
+    assert not any(on_tensor_cores(k) for k in kernels_of(x @ y))
+    tf32 = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", "tf32"))
+    product, = [k for k in kernels_of(x @ y, tf32) if on_tensor_cores(k)]
+    assert "m16n8k8.row.col.f32.tf32.tf32.f32" in product.source
+
+
+def test_products_of_mixed_dtypes_vectors_or_without_tensor_cores_keep_the_float_kernels():
+    dev = zyx.CPU()
+    half, brain = dev.randn(64, 64).to("float16"), dev.randn(64, 64).to("bfloat16")
+    assert not any(on_tensor_cores(k) for k in kernels_of(half @ brain))  # promoted to float32
+    assert not any(on_tensor_cores(k) for k in kernels_of(brain[:1] @ brain))  # one row: a vector
+    no_cores = DeviceTraits(gpu=True, vector_width=4, local_memory=49152)
+    assert not any(on_tensor_cores(k) for k in kernels_of(brain @ brain, no_cores))
+
+
+def test_tensor_core_kinds_follow_the_compute_capability(monkeypatch):
+    assert tensor_core_kinds((9, 0)) == ("bf16", "f16") == tensor_core_kinds((8, 0))
+    assert tensor_core_kinds((7, 5)) == () == tensor_core_kinds(None)
+    monkeypatch.setenv("ZYX_TENSOR_CORES", "0")
+    assert tensor_core_kinds((9, 0)) == ()
+
+
+# ---- on a GPU with tensor cores ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cores():
+    try:
+        dev = zyx.OpenCL()
+    except RuntimeError as error:
+        pytest.skip(f"no OpenCL device: {error}")
+    if not dev.traits.tensor_cores:
+        pytest.skip("the OpenCL device has no tensor cores (an NVIDIA GPU of compute capability 8.0 or newer)")
+    return dev
+
+
+def rounded(rng, shape, dtype):
+    return rng.standard_normal(shape, dtype=np.float32).astype(NUMPY[dtype])
+
+
+def check(result, expected, dtype, k):
+    """Products of rounded operands accumulated in float32, then rounded to `dtype` (8 or 11 significant bits)."""
+    got = result.astype(np.float32)
+    eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
+    scale = np.sqrt(k)
+    np.testing.assert_allclose(got, expected, rtol=2 * eps, atol=2 * eps * scale)
+
+
+SHAPES = [(128, 128, 128), (200, 100, 300), (1021, 333, 515), (16, 24, 130), (3000, 700, 500)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("n, k, m", SHAPES)
+def test_products_on_tensor_cores_match_numpy(cores, dtype, n, k, m):
+    rng = np.random.default_rng(n + k + m)
+    a, b = rounded(rng, (n, k), dtype), rounded(rng, (k, m), dtype)
+    out = cores.tensor(a) @ cores.tensor(b)
+    assert any(on_tensor_cores(kernel) for kernel in kernels_of(out, cores.traits))
+    check(out.numpy(), a.astype(np.float64) @ b.astype(np.float64), dtype, k)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_batched_transposed_and_fused_products_on_tensor_cores(cores, dtype):
+    rng = np.random.default_rng(7)
+    a, b = rounded(rng, (3, 70, 90), dtype), rounded(rng, (3, 130, 90), dtype)
+    bias = rng.standard_normal(130, dtype=np.float32)
+    x, y = cores.tensor(a), cores.tensor(b)
+    out = ((x @ y.transpose(-1, -2)).float() + cores.tensor(bias)).relu()
+    expected = np.maximum(a.astype(np.float64) @ b.astype(np.float64).transpose(0, 2, 1) + bias, 0)
+    check(out.numpy(), expected, dtype, 90)
+    left = cores.tensor(rounded(rng, (90, 70), dtype))  # a transposed left operand
+    out = left.T @ cores.tensor(b[0].T.copy())
+    check(out.numpy(), left.numpy().astype(np.float64).T @ b[0].T.astype(np.float64), dtype, 90)
+
+
+def test_an_autocast_training_step_on_tensor_cores_matches_the_reference_device(cores):
+    rng = np.random.default_rng(3)
+    values = {name: rng.standard_normal(shape, dtype=np.float32) * 0.1
+              for name, shape in (("x", (256, 192)), ("w1", (192, 160)), ("w2", (160, 10)))}
+
+    def grads(dev):
+        x, w1, w2 = (dev.tensor(values[name]) for name in ("x", "w1", "w2"))
+        with zyx.autocast(zyx.bfloat16):
+            loss = ((x @ w1).relu() @ w2).float().square().mean()
+        return [g.numpy() for g in loss.backward([w1, w2])]
+
+    for got, expected in zip(grads(cores), grads(zyx.CPU())):
+        np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())

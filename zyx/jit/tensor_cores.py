@@ -1,0 +1,189 @@
+"""Matrix products on NVIDIA's tensor cores (compute capability 8.0 and newer), through inline PTX in OpenCL C.
+
+A work group of 8 warps (256 items) computes a 128 x 128 block of outputs. Warp w owns 64 rows (from 64·(w // 4))
+by 32 columns (from 32·(w % 4)): 4 x 4 tiles of 16 x 8 outputs, each accumulated by one mma.sync per step of the
+reduced axis (`MatrixMultiply`). Per slice of the reduced axis (32 half-precision elements or 16 float32 ones: two
+mma steps) the group stages both operands in local memory as rows along k: [row][k] for the left operand and
+[column][k] for the right, so both fragments load with ldmatrix and nothing is transposed (`MatrixLoad`). Rows are
+padded to 80 bytes, so the 8 rows one ldmatrix reads fall in 8 distinct 16-byte bank groups.
+
+Operands are staged the way the float32 path (matmul.py) stages them: any fused prologue (a cast, a view, an
+elementwise op) is computed per element and rounded to the operand dtype where stored, rows and columns past the
+ends read the last ones (their outputs are never stored), a slice past the end of k stages zeros. The epilogue
+(bias, activation, the cast of the result) is fused into the stores of the per-element float32 accumulators, and
+the slices are double-buffered by the same transform (transforms/double_buffer.py).
+
+Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
+user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from ..dtypes import DType, float32, uint32
+from ..trace.node import Node
+from ..trace.ops import Op
+from .kernel_ir import (Barrier, Const, Define, Lane, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply, Reg)
+from .lower import PARAM_LIMIT, Lowering, _Value, linear, unravel
+from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
+from .symbolic import Expr
+from .tiling import matmul_axes
+
+BLOCK = 128          # outputs per group along n and m
+WARP = 32
+WARP_ROWS, WARP_COLUMNS = 64, 32  # a warp's outputs: 4 x 4 mma tiles of 16 x 8
+ROW_BYTES = 80       # a staged row: 64 bytes of k (32 halves or 16 floats) and 16 of padding
+KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
+
+
+@dataclass
+class TensorCorePlan(TilePlan):
+    """A TilePlan whose group multiplies on tensor cores: `kind` names the operands' type in PTX."""
+
+    kind: str = "bf16"
+
+    @property
+    def k_step(self) -> int:
+        """Reduced elements one mma.sync takes: 16 of 16-bit operands (m16n8k16), 8 of TF32 (m16n8k8)."""
+        return 8 if self.kind == "tf32" else 16
+
+    @property
+    def stride(self) -> int:
+        """Elements from one staged row to the next."""
+        return ROW_BYTES // self.stored.itemsize
+
+    @property
+    def stored(self) -> DType:
+        return self.product.dtype
+
+
+def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...]) -> Optional[TensorCorePlan]:
+    """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
+    tensor cores (`kinds`: "bf16", "f16", "tf32"), and the output's axes map onto the kernel's (matmul.py)."""
+    if product is None or product.src[0].op is not Op.MUL:
+        return None
+    kind = KINDS.get(product.dtype.name)
+    if kind not in kinds or any(s.dtype != product.dtype for s in product.src[0].src):
+        return None
+    placed = product_axes(root, product)
+    if placed is None:
+        return None
+    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
+    if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
+        return None
+    bk = 2 * (8 if kind == "tf32" else 16)  # two mma steps a slice: 64 bytes of each staged row
+    return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], bk, 2, kind)
+
+
+def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:
+    """The 16-bit operand types an NVIDIA device of `compute_capability` multiplies on tensor cores with
+    m16n8k16 (8.0, Ampere, and newer); none elsewhere or where ZYX_TENSOR_CORES=0. TF32 is the user's choice
+    (`zyx.set_float32_matmul_precision`), added where products are scheduled."""
+    if compute_capability is None or compute_capability < (8, 0) or os.environ.get("ZYX_TENSOR_CORES") == "0":
+        return ()
+    return ("bf16", "f16")
+
+
+def local_bytes() -> int:
+    """Local memory a group takes: two tiles of BLOCK rows, double-buffered."""
+    return 2 * 2 * BLOCK * ROW_BYTES
+
+
+class TensorCoreLowering(LocalTileLowering):
+    """LocalTileLowering whose items are the lanes of 8 warps, each lane holding the accumulators of its mma
+    fragments."""
+
+    plan: TensorCorePlan
+
+    def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: TensorCorePlan,
+                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+        super().__init__(root, materialized, produced, plan, stored_apart, param_limit)
+
+    @property
+    def _lane(self) -> Expr:
+        return self.lid % WARP
+
+    def _warp_corner(self) -> tuple[Expr, Expr]:
+        """Where the item's warp's outputs start in the block, along n and m."""
+        warp = self.lid // WARP
+        return (warp // (BLOCK // WARP_COLUMNS)) * WARP_ROWS, (warp % (BLOCK // WARP_COLUMNS)) * WARP_COLUMNS
+
+    def _element_offsets(self) -> list[tuple[Expr, Expr]]:
+        """The mma accumulator layout: in tile (i, j) lane l holds rows l // 4 and l // 4 + 8, columns 2·(l % 4) and
+        the next, in the order c0 c1 (first row) c2 c3 (second)."""
+        rows, columns = self._warp_corner()
+        group, pair = self._lane // 4, (self._lane % 4) * 2
+        return [(rows + i * 16 + group + 8 * (c // 2), columns + j * 8 + pair + c % 2)
+                for i, j, c in itertools.product(range(WARP_ROWS // 16), range(WARP_COLUMNS // 8), range(4))]
+
+    def _reduce(self, node: Node) -> list[_Value]:
+        """One loop over the slices of k: the group stages both operands' slice in local memory, waits, each warp
+        multiplies it into its accumulators, the group waits again."""
+        if node is not self.plan.product:
+            return Lowering._reduce(self, node)
+        plan = self.plan
+        steps = -(-node.src[0].shape[node.arg[0]] // plan.bk)
+        self._longest_reduction = max(self._longest_reduction, node.src[0].shape[node.arg[0]])
+        tiles = (self.names.fresh("tile_a"), self.names.fresh("tile_b"))
+        accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
+        lines = self._scopes[0]
+        lines += [LocalArray(name, plan.stored, BLOCK * plan.stride, aligned=True) for name in tiles]
+        lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
+        step = self.names.fresh("k")
+        self._open_loop(step, steps)
+        stores = self._stage_rows(node, Expr.var(step, steps) * plan.bk, tiles)
+        body = self._close_loop() + stores + [Barrier()] + self._multiply_fragments(tiles, accumulators) + [Barrier()]
+        lines.append(Loop(step, steps, tuple(body)))
+        return [_Value(acc, 0) for acc in accumulators]
+
+    def _stage_rows(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> list:
+        """Lower this item's share of both operands' slice at `k_base` (neighbouring items read neighbouring k of
+        the left operand and neighbouring columns of the right, as row-major operands lie); return the stores
+        into the tiles, both [row][k]."""
+        plan = self.plan
+        n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
+        k_axis, bk, stride = node.arg[0], plan.bk, plan.stride
+        corner = unravel(linear(self.corner, self.space), node.shape)
+        left, right = node.src[0].src[0], node.src[0].src[1]
+        stores = []
+        for copy in range(BLOCK * bk // GROUP):
+            flat = self.lid + copy * GROUP
+            row, k = flat // bk, flat % bk
+            value = self._operand(left, corner, {n_axis: row, k_axis: k_base + k})
+            stores.append(LocalStore(tiles[0], row * stride + k, value, dtype=plan.stored))
+            column, k = flat % BLOCK, flat // BLOCK
+            value = self._operand(right, corner, {m_axis: column, k_axis: k_base + k})
+            stores.append(LocalStore(tiles[1], column * stride + k, value, dtype=plan.stored))
+        return stores
+
+    def _multiply_fragments(self, tiles: tuple[str, str], accumulators: list[Reg]) -> list:
+        """Per mma step of the slice: the warp's left fragments (one ldmatrix of four 8 x 8 matrices per 16 rows),
+        its right fragments (one per 16 columns: two tiles' worth), then an mma per tile of 16 x 8 outputs."""
+        plan = self.plan
+        half = plan.k_step // 2  # elements of k in one 8 x 8 matrix of 16-bit words
+        counter = self.names.fresh("kk")
+        k = Expr.var(counter, plan.bk // plan.k_step) * plan.k_step
+        rows, columns = self._warp_corner()
+        lane = self._lane
+        body: list = []
+        left = []
+        for i in range(WARP_ROWS // 16):  # matrices: rows 0-7 and 8-15 at k, then both at k + half
+            out = Reg(self.names.fresh("fa"), uint32, 4)
+            index = (rows + i * 16 + lane % 16) * plan.stride + k + (lane // 16) * half
+            body.append(MatrixLoad(out, tiles[0], index))
+            left.append(tuple(Lane(out, f"s{w}") for w in range(4)))
+        right = []
+        for j in range(0, WARP_COLUMNS // 8, 2):  # matrices: tile j at k, at k + half, tile j + 1 at both
+            out = Reg(self.names.fresh("fb"), uint32, 4)
+            index = (columns + j * 8 + lane % 8 + (lane // 16) * 8) * plan.stride + k + ((lane // 8) % 2) * half
+            body.append(MatrixLoad(out, tiles[1], index))
+            right += [(Lane(out, "s0"), Lane(out, "s1")), (Lane(out, "s2"), Lane(out, "s3"))]
+        shape = f"m16n8k{plan.k_step}"
+        tiles_of = itertools.product(range(WARP_ROWS // 16), range(WARP_COLUMNS // 8))
+        for t, (i, j) in enumerate(tiles_of):
+            body.append(MatrixMultiply(tuple(accumulators[4 * t:4 * t + 4]), left[i], right[j], shape, plan.kind))
+        return [Loop(counter, plan.bk // plan.k_step, tuple(body), unroll=True)]
+
