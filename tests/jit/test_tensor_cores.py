@@ -122,3 +122,14 @@ def test_an_autocast_training_step_on_tensor_cores_matches_the_reference_device(
 
     for got, expected in zip(grads(cores), grads(zyx.CPU())):
         np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
+
+
+def test_a_work_group_keeps_the_partial_sums_of_a_half_precision_product_in_float32(gpu):
+    """A product with one output row is a work group's reduction: its items' partial sums go through local memory,
+    declared float32 (half-precision storage rounded them; ushort storage lost them: the gradient of a 10-wide
+    layer under autocast came out zero)."""
+    rng = np.random.default_rng(5)
+    a, b = rounded(rng, (1, 256), "bfloat16"), rounded(rng, (256, 160), "bfloat16")
+    out = gpu.tensor(a) @ gpu.tensor(b)
+    assert any("__local float" in k.source for k in kernels_of(out, gpu.traits))
+    check(out.numpy(), a.astype(np.float64) @ b.astype(np.float64), "bfloat16", 256)

@@ -222,7 +222,8 @@ class Store:
 
 @dataclass(frozen=True)
 class LocalArray:
-    """`size` vectors of `width` lanes in local memory (`aligned`: at a 16-byte boundary, as MatrixLoad needs)."""
+    """`size` vectors of `width` lanes of `dtype` in local memory (half precision stored as such: a float32
+    value stored into it is rounded), `aligned` at a 16-byte boundary where MatrixLoad reads it."""
 
     name: str
     dtype: DType

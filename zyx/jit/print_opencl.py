@@ -206,18 +206,14 @@ def _start(value: Operand) -> str:
     return operand(value)
 
 
-def _half(dtype: DType) -> bool:
-    return dtype.is_float and dtype.itemsize == 2
-
-
 def _local_array(s: LocalArray) -> str:
-    """Half precision is kept as its 16 bits (ushort, half), the way buffers keep it."""
-    kind = "ushort" if _half(s.dtype) else register_type(s.dtype, s.width)
+    """Elements of `s.dtype`: half precision as its 16 bits, the way buffers keep it."""
+    kind = "ushort" if s.dtype.is_narrow_float else register_type(s.dtype, s.width)
     return f"__local {kind} {s.name}[{s.size}]" + (" __attribute__((aligned(16)));" if s.aligned else ";")
 
 
 def _local_store(s: LocalStore) -> str:
-    if s.dtype is not None and _half(s.dtype):  # a value (computed in float) into a half-precision array
+    if s.dtype is not None and s.dtype.is_narrow_float:  # a value (computed in float) into a half-precision array
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"
         return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=s.index.render(), v=operand(s.value))
     array = f"((__local {register_type(s.value.dtype)}*){s.array})" if s.element else s.array

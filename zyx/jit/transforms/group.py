@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ...dtypes import float32
 from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, If, Kernel, LaneSelect, LocalArray, LocalLoad,
                          LocalStore, Loop, Operand, Reg, Role, Store, reduce_start)
 from ..symbolic import Expr
@@ -53,7 +54,8 @@ def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand]) -> lis
     if acc.width > 1:
         lines, value = fold_lanes(acc, op, f"{acc.name}_item")
     shared = f"{acc.name}_shared"
-    lines += [LocalArray(shared, acc.dtype, group, 1), LocalStore(shared, lid, value), Barrier()]
+    kept = float32 if acc.dtype.is_narrow_float else acc.dtype  # partial sums of half precision stay float32
+    lines += [LocalArray(shared, kept, group, 1), LocalStore(shared, lid, value), Barrier()]
     step = group // 2
     while step:
         mine, theirs, total = (Reg(f"{acc.name}_{part}{step}", acc.dtype) for part in ("a", "b", "c"))
