@@ -96,7 +96,8 @@ class Param:
 @dataclass(frozen=True)
 class Load:
     """`mode` "element": one value; "vector": out.width consecutive values from index; "broadcast": the one
-    value at index in every lane. Under a guard that fails the value is 0."""
+    value at index in every lane; "bits": a half-precision element's 16 bits as stored (out: int16), to be copied
+    as they are. Under a guard that fails the value is 0."""
 
     out: Reg
     buffer: str

@@ -18,15 +18,17 @@ user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from dataclasses import dataclass
 from typing import Optional
 
-from ..dtypes import DType, float32, uint32
+from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
-from .kernel_ir import (Barrier, Const, Define, Lane, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply, Reg)
+from .kernel_ir import (Barrier, Const, Define, Lane, Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply,
+                        Operand, Reg)
 from .lower import PARAM_LIMIT, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .symbolic import Expr
@@ -153,11 +155,23 @@ class TensorCoreLowering(LocalTileLowering):
             flat = self.lid + copy * GROUP
             row, k = flat // bk, flat % bk
             value = self._operand(left, corner, {n_axis: row, k_axis: k_base + k})
-            stores.append(LocalStore(tiles[0], row * stride + k, value, dtype=plan.stored))
+            stores.append(LocalStore(tiles[0], row * stride + k, self._bits(value), dtype=plan.stored))
             column, k = flat % BLOCK, flat // BLOCK
             value = self._operand(right, corner, {m_axis: column, k_axis: k_base + k})
-            stores.append(LocalStore(tiles[1], column * stride + k, value, dtype=plan.stored))
+            stores.append(LocalStore(tiles[1], column * stride + k, self._bits(value), dtype=plan.stored))
         return stores
+
+    def _bits(self, value: Operand) -> Operand:
+        """A half-precision operand read straight from a buffer as its stored bits (a second read, of the same
+        element: the compiler drops the converting one), so staging copies it instead of converting it to float
+        and back; any other operand as it is."""
+        scope = self._scopes[-1]
+        load = next((s for s in reversed(scope) if isinstance(s, Load) and s.out == value), None)
+        if load is None or load.mode != "element" or not load.out.dtype.is_narrow_float:
+            return value
+        bits = Reg(self.names.fresh("bits"), int16)
+        scope.append(dataclasses.replace(load, out=bits, mode="bits"))
+        return bits
 
     def _multiply_fragments(self, tiles: tuple[str, str], accumulators: list[Reg]) -> list:
         """Per mma step of the slice: the warp's left fragments (one ldmatrix of four 8 x 8 matrices per 16 rows),
