@@ -162,15 +162,16 @@ class TensorCoreLowering(LocalTileLowering):
         return stores
 
     def _bits(self, value: Operand) -> Operand:
-        """A half-precision operand read straight from a buffer as its stored bits (a second read, of the same
-        element: the compiler drops the converting one), so staging copies it instead of converting it to float
-        and back; any other operand as it is."""
+        """A half-precision operand read straight from a buffer, read instead as its stored bits (the load becomes
+        a "bits" Load), so staging copies it rather than converting it to float and back; any other operand as
+        it is. (Staged values have no other reader.)"""
         scope = self._scopes[-1]
-        load = next((s for s in reversed(scope) if isinstance(s, Load) and s.out == value), None)
-        if load is None or load.mode != "element" or not load.out.dtype.is_narrow_float:
+        position = next((p for p in range(len(scope) - 1, -1, -1)
+                         if isinstance(scope[p], Load) and scope[p].out == value), None)
+        if position is None or scope[position].mode != "element" or not value.dtype.is_narrow_float:
             return value
         bits = Reg(self.names.fresh("bits"), int16)
-        scope.append(dataclasses.replace(load, out=bits, mode="bits"))
+        scope[position] = dataclasses.replace(scope[position], out=bits, mode="bits")
         return bits
 
     def _multiply_fragments(self, tiles: tuple[str, str], accumulators: list[Reg]) -> list:
