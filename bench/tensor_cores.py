@@ -4,7 +4,9 @@ Each zyx product is realized once with its launches recorded, then launched `--r
 waited for once (bench/_replay.py); torch's `a @ b` is timed the same way (one synchronize). TFLOP/s = 2·n·k·m /
 time per product. Inputs are stored in the dtype (no cast in the timed kernel); the product is stored in it too.
 
-    python bench/tensor_cores.py [--repeat 20] [--dtypes bfloat16,float16] [--sizes 4096,8192] [--odd]
+    python bench/tensor_cores.py [--repeat 20] [--dtypes bfloat16,float16,tf32] [--sizes 4096,8192] [--odd]
+
+"tf32" is float32 with `zyx.set_float32_matmul_precision("high")` (torch: `allow_tf32`).
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ ODD = [(3000, 700, 5000), (1021, 1021, 1021), (64 * 128, 128, 128)]  # (n, k, m)
 
 def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int) -> float:
     import torch
-    a = torch.randn(n, k, device="cuda").to(getattr(torch, dtype))
-    b = torch.randn(k, m, device="cuda").to(getattr(torch, dtype))
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    kind = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
+    a, b = torch.randn(n, k, device="cuda").to(kind), torch.randn(k, m, device="cuda").to(kind)
     for _ in range(3):
         a @ b
     torch.cuda.synchronize()
@@ -41,7 +44,7 @@ def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeat", type=int, default=20)
-    p.add_argument("--dtypes", default="bfloat16,float16")
+    p.add_argument("--dtypes", default="bfloat16,float16,tf32")
     p.add_argument("--sizes", default="4096,8192")
     p.add_argument("--odd", action="store_true", help="also 3000x700x5000, 1021³ and 8192x128x128")
     args = p.parse_args()
@@ -52,9 +55,11 @@ def main() -> None:
     shapes = [(s, s, s) for s in map(int, args.sizes.split(","))] + (ODD if args.odd else [])
     rng = np.random.default_rng(0)
     for dtype in args.dtypes.split(","):
+        zyx.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
+        stored = "float32" if dtype == "tf32" else dtype
         for n, k, m in shapes:
-            a = dev.tensor(rng.standard_normal((n, k), dtype=np.float32)).to(dtype).realize()
-            b = dev.tensor(rng.standard_normal((k, m), dtype=np.float32)).to(dtype).realize()
+            a = dev.tensor(rng.standard_normal((n, k), dtype=np.float32)).to(stored).realize()
+            b = dev.tensor(rng.standard_normal((k, m), dtype=np.float32)).to(stored).realize()
             out = a @ b
             seconds, _, recorded = replayed_seconds(dev.runtime, out.realize, args.repeat)
             flops = 2 * n * k * m

@@ -39,6 +39,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
     "reset_stats": (".counters", "reset_stats"), "stats": (".counters", "stats"),
     "jit": (".step.jit", "jit"),
     "autocast": (".autocast", "autocast"), "autocast_dtype": (".autocast", "autocast_dtype"),
+    "set_float32_matmul_precision": (".precision", "set_float32_matmul_precision"),
+    "get_float32_matmul_precision": (".precision", "get_float32_matmul_precision"),
     "memory_stats": (".memory", "memory_stats"), "reset_peak_memory": (".memory", "reset_peak_memory"),
     "Tensor": (".tensor", "Tensor"), "where": (".tensor", "where"),
     "cat": (".tensor_combine", "cat"), "stack": (".tensor_combine", "stack"),
@@ -50,7 +52,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
 }
 
 __all__ = [
-    "jit", "autocast", "autocast_dtype", "memory_stats", "reset_peak_memory", "nn", "distributed", "save", "load",
+    "jit", "autocast", "autocast_dtype", "set_float32_matmul_precision", "get_float32_matmul_precision", "memory_stats", "reset_peak_memory", "nn", "distributed", "save", "load",
     "Tensor", "Device", "CPU", "OpenCL", "WGPU", "Torch", "from_torch", "DType", "ShapeError", "AxisError",
     "OutOfMemoryError", "tensor", "zeros",
     "ones", "full", "eye", "arange", "from_dlpack",
@@ -93,6 +95,7 @@ _sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each on first use
     from . import distributed, nn
     from .autocast import autocast, autocast_dtype
+    from .precision import get_float32_matmul_precision, set_float32_matmul_precision
     from .counters import reset_stats, stats
     from .creation import (arange, empty, empty_like, eye, from_dlpack, full, full_like, linspace, ones, ones_like,
                            rand, randn, tensor, uniform, zeros, zeros_like)

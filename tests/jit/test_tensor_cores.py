@@ -133,3 +133,51 @@ def test_a_work_group_keeps_the_partial_sums_of_a_half_precision_product_in_floa
     out = gpu.tensor(a) @ gpu.tensor(b)
     assert any("__local float" in k.source for k in kernels_of(out, gpu.traits))
     check(out.numpy(), a.astype(np.float64) @ b.astype(np.float64), "bfloat16", 256)
+
+
+@pytest.fixture
+def tf32_allowed():
+    zyx.set_float32_matmul_precision("high")
+    yield
+    zyx.set_float32_matmul_precision("highest")
+
+
+def test_the_float32_product_precision_takes_pytorchs_names_and_refuses_others():
+    assert zyx.get_float32_matmul_precision() == "highest"
+    with pytest.raises(ValueError, match="highest, high, medium.*'fast'"):
+        zyx.set_float32_matmul_precision("fast")
+
+
+def test_a_device_with_tensor_cores_schedules_float32_products_in_tf32_only_while_allowed(dev, monkeypatch):
+    monkeypatch.setattr(dev, "traits", TENSOR_CORES)
+    assert "tf32" not in dev._shaping_traits().tensor_cores
+    zyx.set_float32_matmul_precision("medium")
+    try:
+        assert "tf32" in dev._shaping_traits().tensor_cores
+    finally:
+        zyx.set_float32_matmul_precision("highest")
+
+
+def test_a_jitted_step_traces_again_when_the_precision_changes(dev, tf32_allowed):
+    x = dev.tensor(np.ones((4, 4), np.float32))
+    traced = []
+
+    @zyx.jit
+    def step(a):
+        traced.append(1)
+        return a @ a
+
+    step(x)
+    zyx.set_float32_matmul_precision("highest")
+    np.testing.assert_allclose(step(x).numpy(), np.full((4, 4), 4.0))
+    assert len(traced) == 2
+
+
+@pytest.mark.parametrize("n, k, m", [(256, 256, 256), (1021, 333, 515)])
+def test_tf32_products_on_tensor_cores_match_numpy_to_tf32_precision(cores, tf32_allowed, n, k, m):
+    rng = np.random.default_rng(n)
+    a, b = rng.standard_normal((n, k), dtype=np.float32), rng.standard_normal((k, m), dtype=np.float32)
+    out = cores.tensor(a) @ cores.tensor(b)
+    assert any("tf32" in kernel.source for kernel in kernels_of(out, cores._shaping_traits()))
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(out.numpy(), expected, atol=4 * 2.0 ** -10 * np.sqrt(k))  # 10 bits kept

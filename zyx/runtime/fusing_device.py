@@ -4,6 +4,7 @@
 (opencl_device.py) builds OpenCL kernels through the kernel cache, `WgpuDevice` (wgpu_device.py) WGSL pipelines."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ from ..jit.choices import NO_TUNING, TunedChoices
 from ..jit.program import Program, build_program
 from ..jit.program_store import default_program_store, program_key
 from ..jit.schedule import DeviceTraits, schedule
+from ..precision import tf32_allowed
 from ..trace.hashing import Walk
 from ..trace.node import Node
 from .device import Device
@@ -35,6 +37,7 @@ class FusingDevice(Device):
         self._by_structure: dict[tuple, Program] = {}  # by Walk.structure: what a realize looks up
         self._executables: dict[int, Executable] = {}  # by id(program): programs live as long as `programs`
         self.traits = traits
+        self._tf32 = False  # whether the programs held were scheduled with TF32 products (see `_shaping_traits`)
 
     def forget_programs(self) -> None:
         """Drop the programs held in memory (the disk store keeps them): the next realize of each structure loads
@@ -75,6 +78,7 @@ class FusingDevice(Device):
     def realize_walk(self, walk: Walk) -> list[Any]:
         """Buffers holding the values of the walk's roots: a structure seen before is looked up once, by its exact
         key; only a new one is hashed (for the disk caches), checked against the device and scheduled."""
+        self._follow_precision()
         program = self._by_structure.get(walk.structure)
         if program is None:
             # Targets are stored and random tensors drawn whole (eager frameworks allocate both): one too large
@@ -95,6 +99,7 @@ class FusingDevice(Device):
         """The Program for a trace structure: from memory, else from disk, else scheduled (and stored). With
         tuning on (ZYX_TUNE, or `tune`: see tune.py) only a program stored after a search as hard is loaded;
         else it is scheduled afresh, searching new kernels."""
+        self._follow_precision()
         program = self.programs.get(key)
         if program is not None:
             stats.bump("schedule_cache_hits")
@@ -125,14 +130,15 @@ class FusingDevice(Device):
         """The program's key with the tuned choices of now; `searched`: the mode of the search it was stored after
         (0: any, or none)."""
         tuning = self.tuned.digest + (f" after ZYX_TUNE={searched}" if searched else "")
-        return program_key(key, self.fingerprint(), self.traits, tuning)
+        return program_key(key, self.fingerprint(), self._shaping_traits(), tuning)
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
         self._check_graph(targets)
-        kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
+        traits = self._shaping_traits()
+        kernels, scheduled_targets = schedule(targets, traits, self.tuned)
         if mode and self._search(kernels, mode):
-            kernels, scheduled_targets = schedule(targets, self.traits, self.tuned)
+            kernels, scheduled_targets = schedule(targets, traits, self.tuned)
         grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
         group_printer = print_opencl.print_group if grouped else None
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place, group_printer,
@@ -141,6 +147,19 @@ class FusingDevice(Device):
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))
         return program
+
+    def _follow_precision(self) -> None:
+        """Drop the programs held when the float32 product precision changed since they were scheduled."""
+        if self._tf32 != (tf32_allowed() and bool(self.traits.tensor_cores)):
+            self.forget_programs()
+            self._tf32 = not self._tf32
+
+    def _shaping_traits(self) -> DeviceTraits:
+        """The traits kernels are shaped with now: the device's, with TF32 products where the user allows them
+        (`zyx.set_float32_matmul_precision`) and the device has tensor cores."""
+        if tf32_allowed() and self.traits.tensor_cores:
+            return dataclasses.replace(self.traits, tensor_cores=(*self.traits.tensor_cores, "tf32"))
+        return self.traits
 
     @property
     def tuned(self) -> TunedChoices:

@@ -6,7 +6,7 @@ traced call found it: the i-th tensor argument, a tensor located by a path from 
 (a global, a closure variable, `self.w`, an optimizer's state: see `reach.py`), or a tensor the step made from
 data (a constant). A later call replays only when it can prove the same bindings hold: every path still leads
 to the tensor seen at capture, arguments alias each other and that state the same way, module modes and the
-`zyx.autocast` state around the call are the same. Otherwise it traces again. Updates go to the tensors bound now
+`zyx.autocast` state and float32 product precision around the call are the same. Otherwise it traces again. Updates go to the tensors bound now
 (the argument passed in this call).
 A new process finds the program (and its kernels) in the disk cache by the step's structure.
 """
@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 from .. import counters
 from .. import random as zrandom
 from ..autocast import autocast_dtype
+from ..precision import get_float32_matmul_precision
 from ..realize import realize
 from ..runtime.execute import tuple_getter
 from ..tensor import Tensor
@@ -103,6 +104,7 @@ class CapturedStep:
     checks: list[tuple[RangeCheck, int]]   # index range checks: (check, target of its extremes)
     modes: list[tuple[Any, bool]] = field(default_factory=list)  # (weakref module, `training` when traced)
     autocast: Any = None                   # the zyx.autocast dtype the call was traced under (None: off)
+    precision: str = "highest"             # the float32 product precision it was traced under (zyx/precision.py)
     argument_count: int = 0                # tensor arguments of the call (state tensors are bound after them)
     input_layouts: list[tuple[tuple[int, ...], Any]] = field(default_factory=list)  # (shape, dtype) per input
     kernels: int = field(init=False)
@@ -174,7 +176,8 @@ class CapturedStep:
         found = self._paths.resolve_all(root)
         if self._dead or list(map(id, found)) != self._path_ids:
             return None  # a path that leads elsewhere now, or a tensor that was deleted
-        if self.modes and not self.modes_hold() or self.autocast is not autocast_dtype():
+        if self.modes and not self.modes_hold() or self.autocast is not autocast_dtype() \
+                or self.precision != get_float32_matmul_precision():
             return None
         state = list(self._pick_state(found))
         bound = arguments + state
@@ -409,6 +412,7 @@ class JitFunction:
         step, traced_rand_args = built
         step.modes = list(capture.modes.values())
         step.autocast = autocast_dtype()
+        step.precision = get_float32_matmul_precision()
         self._remember(key, step)
         for tensor, old, _ in capture.assigned.values():
             tensor.node = old  # the step's program makes the update

@@ -2,8 +2,8 @@
 
 A capture after the first has a reason: a new shape, dtype or device of an argument, a new Python constant,
 arguments that alias each other differently, a module switched between train and eval, a call under another
-`zyx.autocast` state, or a global, closure variable or attribute rebound to another tensor. `JitFunction` logs
-each one on `zyx.jit` at INFO, and once a step was captured more than MAX_CAPTURES times its `JitWarning` names
+`zyx.autocast` state or float32 product precision, or a global, closure variable or attribute rebound to another
+tensor. `JitFunction` logs each one on `zyx.jit` at INFO, and once a step was captured more than MAX_CAPTURES times its `JitWarning` names
 what varied most and how to stop it.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..autocast import autocast_dtype
+from ..precision import get_float32_matmul_precision
 from ..tensor import Tensor
 from .reach import resolve
 
@@ -32,6 +33,7 @@ _ADVICE = {
     "deleted": "keep {subject} alive between calls",
     "mode": "call train() and eval() less often: each mode is its own program",
     "autocast": "call the step always inside or always outside zyx.autocast (or put the context in the step)",
+    "precision": "set zyx.set_float32_matmul_precision once, before the first call",
     "structure": "call the step with arguments of one structure",
 }
 
@@ -98,6 +100,9 @@ def guard_failure(step: Any, root: Any) -> Reason:
     if step.autocast is not autocast_dtype():
         names = [f"zyx.autocast({dtype!r})" if dtype else "no autocast" for dtype in (step.autocast, autocast_dtype())]
         return Reason(f"called under {names[1]}, traced under {names[0]}", "autocast", "the autocast state")
+    if step.precision != get_float32_matmul_precision():
+        return Reason(f"float32 products at precision {get_float32_matmul_precision()!r}, traced at "
+                      f"{step.precision!r}", "precision", "the float32 product precision")
     return Reason("the arguments alias each other or the step's state differently", "alias", "the arguments")
 
 
