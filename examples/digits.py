@@ -4,6 +4,8 @@
     python examples/digits.py --short           # a few steps (what tests/test_examples.py runs)
     python examples/digits.py --device cpu      # the numpy reference backend (no JIT, nothing compiled)
     python examples/digits.py --device wgpu     # WebGPU (Vulkan, Metal, DirectX 12) instead of OpenCL
+    python examples/digits.py --autocast bfloat16   # mixed precision: products in bfloat16 (tensor cores on NVIDIA)
+    python examples/digits.py --autocast float16    # products in float16, the loss scaled (zyx.nn.GradScaler)
     mpirun -n 2 python examples/digits.py --distributed   # data parallel: each rank takes its share of each batch
 
 The training step is traced once and then replayed; its kernels and the program persist in the disk cache
@@ -16,6 +18,7 @@ inside the jitted step, so the run computes what one process computes, up to the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import sys
 import time
@@ -62,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=pathlib.Path, default=DEFAULT_CHECKPOINT,
                         help="where to save the trained weights (safetensors)")
     parser.add_argument("--short", action="store_true", help="3 epochs of 8 steps: a smoke test")
+    parser.add_argument("--autocast", choices=("bfloat16", "float16"),
+                        help="mixed precision: products in this dtype, weights and reductions in float32")
     parser.add_argument("--distributed", action="store_true",
                         help="data parallel over the ranks of an MPI job (mpirun -n 2 python digits.py --distributed)")
     return parser.parse_args(argv)
@@ -98,18 +103,25 @@ def main(argv: list[str] | None = None) -> float:
     opt = nn.Adam(lr=args.lr)
     schedule = nn.CosineAnnealingLR(opt, T_max=epochs)  # the rate lives in a buffer: replays see each change
 
+    def precision() -> contextlib.AbstractContextManager:
+        return zyx.autocast(args.autocast) if args.autocast else contextlib.nullcontext()
+
+    scaler = nn.GradScaler(enabled=args.autocast == "float16")  # float16 gradients underflow unscaled
+
     @zyx.jit
     def train_step(x: zyx.Tensor, y: zyx.Tensor) -> zyx.Tensor:
-        loss = nn.cross_entropy(model(x), y, label_smoothing=args.label_smoothing)
-        grads = loss.backward(params)
+        with precision():
+            loss = nn.cross_entropy(model(x), y, label_smoothing=args.label_smoothing)
+        grads = scaler.scale(loss).backward(params)
         if args.distributed:
             grads = dist.average_gradients(grads)  # one all-reduce, a step of the captured program
-        opt.update(params, grads)  # in place (assign): the replayed program updates them
+        scaler.update_step(opt, params, grads)  # in place (assign): the replayed program updates them
         return loss
 
     @zyx.jit
     def predict(x: zyx.Tensor) -> zyx.Tensor:
-        return model(x).argmax(-1)
+        with precision():
+            return model(x).argmax(-1)
 
     x_test_dev = dev.tensor(x_test)
     batches = len(x_train) // args.batch_size  # whole batches only: one shape, one captured program

@@ -74,6 +74,18 @@ def test_digits_trains_saves_and_a_second_run_compiles_nothing(cache_dir, tmp_pa
     assert number(r"^test accuracy ([\d.]+)%", again) == accuracy
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_digits_under_autocast_reaches_the_float32_accuracy(cache_dir, tmp_path, dtype):
+    """Mixed precision (float16 with its loss scaler) trains to within 1% of float32's accuracy, on the reference
+    device (on OpenCL the same programs run their products on tensor cores where the GPU has them)."""
+    def accuracy(*args: str) -> float:
+        out = run_example("digits.py", cache_dir, "--short", "--device", "cpu", "--checkpoint",
+                          str(tmp_path / "digits.safetensors"), *args)
+        return number(r"^test accuracy ([\d.]+)%", out)
+
+    assert abs(accuracy("--autocast", dtype) - accuracy()) <= 1.0
+
+
 @pytest.mark.skipif(shutil.which("mpirun") is None or importlib.util.find_spec("mpi4py") is None,
                     reason="needs MPI: apt-get install openmpi-bin libopenmpi-dev; pip install 'zyx[mpi]'")
 def test_digits_on_two_ranks_reaches_the_one_process_accuracy(cache_dir, tmp_path):
