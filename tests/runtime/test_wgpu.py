@@ -100,6 +100,55 @@ fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
     np.testing.assert_allclose(drawn, zyx.CPU().randn(3, 50).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_random_kernels_keep_their_uniform_and_bind_group_and_each_launch_reads_its_own_counters(dev, monkeypatch):
+    """The same drawing kernel on the same buffer twice before a submit (a copy between them): the second launch's
+    offset is written only after the first launch is submitted, and nothing is created for it."""
+    from zyx.jit.print_wgsl import PHILOX_SOURCE
+    from zyx.trace.philox import philox_uniform
+    source = PHILOX_SOURCE + """
+@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<uniform> zyx_scalars: array<vec4<u32>, 2>;
+@compute @workgroup_size(64)
+fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
+  if (item.x < 64u) { out[item.x] = zyx_philox_uniform(zyx_scalars[0].xy, zyx_scalars[1].xy, item.x); }
+}
+"""
+    runtime = dev.runtime
+    kernel, out = runtime.compile(source, "draw", 64), runtime.allocate(256)
+    runtime.launch(kernel, (64,), (64,), [out, np.uint64(5), np.uint64(0)])
+    runtime.synchronize()
+    created, device = [], runtime.wgpu_device
+    for name in ("create_buffer", "create_buffer_with_data", "create_bind_group"):
+        def counted(*args, _made=getattr(device, name), _name=name, **options):
+            created.append(_name)
+            return _made(*args, **options)
+        monkeypatch.setattr(device, name, counted)
+    runtime.launch(kernel, (64,), (64,), [out, np.uint64(5), np.uint64(64)])
+    first = runtime.copy(out)  # recorded, not submitted
+    runtime.launch(kernel, (64,), (64,), [out, np.uint64(9), np.uint64(3)])
+    monkeypatch.undo()
+    np.testing.assert_array_equal(runtime.download(first, (64,), np.float32), philox_uniform(5, 64, 64))
+    np.testing.assert_array_equal(runtime.download(out, (64,), np.float32), philox_uniform(9, 3, 64))
+    assert created == ["create_buffer"]  # the copy's buffer alone
+
+
+def test_a_jitted_step_drawing_dropout_masks_replays_with_new_draws_as_the_cpu(dev):
+    def draws(device):
+        zyx.manual_seed(11)
+        x = device.tensor(np.ones((4, 33), np.float32))
+        step = zyx.jit(lambda t: t.dropout(0.5) + device.rand(4, 33))
+        return [step(x).numpy() for _ in range(3)]
+    on_wgpu, on_cpu = draws(dev), draws(zyx.CPU())
+    assert not np.array_equal(on_wgpu[0], on_wgpu[1])
+    np.testing.assert_allclose(np.array(on_wgpu), np.array(on_cpu), rtol=1e-6)
+
+
+@pytest.mark.parametrize("groups, limit, shape", [(65536, 65535, (32768, 2)), (100, 65535, (100, 1)),
+                                                  (262144, 65535, (52429, 5)), (1172, 40, (40, 30))])
+def test_dispatches_past_the_groups_per_dimension_launch_few_spare_groups(groups, limit, shape):
+    assert webgpu.dispatch_shape(groups, limit) == shape
+
+
 def test_launches_past_the_groups_per_dimension_fold_into_two(dev, monkeypatch):
     monkeypatch.setattr(dev.runtime, "max_groups", 40)  # elementwise: 1172 groups; the reduction: 1000
     x = np.arange(1000 * 300, dtype=np.float32).reshape(1000, 300) / 1e5
