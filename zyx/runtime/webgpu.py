@@ -12,9 +12,10 @@ in order and a compute pass orders its dispatches' storage accesses, so, as on O
 are needed between kernels and a pooled buffer may be reused by the next launch.
 
 A launch larger than the device's groups per dimension (65535 by WebGPU's default) folds into x and y, as many
-columns as the rows need (`dispatch_shape`); the WGSL printer's shaders flatten the two back. Bind groups are cached per pipeline and buffers (a training step reuses
-the same pooled buffers, so most launches find theirs); the seeds and offsets of random streams go in a small
-uniform buffer kept with the bind group (print_wgsl.SCALAR_SLOT_BYTES each), written for each launch that draws.
+columns as the rows need (`dispatch_shape`); the WGSL printer's shaders flatten the two back. Bind groups are
+cached per pipeline and buffers (a training step reuses the same pooled buffers, so most launches find theirs); the
+seeds and offsets of random streams go in a small uniform buffer kept with the bind group
+(print_wgsl.SCALAR_SLOT_BYTES each), written for each launch that draws.
 
 wgpu-py exposes no pipeline (binary) cache, so a new process compiles every shader again: the WGSL text is
 stored with the persisted Program (jit/program_store.py), which skips scheduling but not this step.
