@@ -97,21 +97,26 @@ def test_float_comparisons_and_where_hold_nan_through_its_bits(dev, size):
     assert "zyx_le_" in sources and "zyx_lt_" in sources and "select(bitcast<" in sources
 
 
-def test_random_numbers_are_those_of_the_cpu_across_the_counters_32_bit_carry(dev):
+def _drawing_kernel(runtime, count: int):
+    """A kernel writing `count` Philox uniforms of (seed, offset) to its buffer, as zyx's WGSL draws them."""
     from zyx.jit.print_wgsl import PHILOX_SOURCE
-    from zyx.trace.philox import philox_uniform
     source = PHILOX_SOURCE + """
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @group(0) @binding(1) var<uniform> zyx_scalars: array<vec4<u32>, 2>;
 @compute @workgroup_size(64)
 fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
-  if (item.x < 100u) { out[item.x] = zyx_philox_uniform(zyx_scalars[0].xy, zyx_scalars[1].xy, item.x); }
+  if (item.x < COUNTu) { out[item.x] = zyx_philox_uniform(zyx_scalars[0].xy, zyx_scalars[1].xy, item.x); }
 }
-"""
+""".replace("COUNT", str(count))
+    return runtime.compile(source, "draw", 64)
+
+
+def test_random_numbers_are_those_of_the_cpu_across_the_counters_32_bit_carry(dev):
+    from zyx.trace.philox import philox_uniform
     runtime = dev.runtime
     seed, offset = 0x1234567890ABCDEF, 2**32 - 50  # half the draws carry into the counter's high word
     out = runtime.allocate(400)
-    runtime.launch(runtime.compile(source, "draw", 64), (128,), (64,), [out, np.uint64(seed), np.uint64(offset)])
+    runtime.launch(_drawing_kernel(runtime, 100), (128,), (64,), [out, np.uint64(seed), np.uint64(offset)])
     np.testing.assert_array_equal(runtime.download(out, (100,), np.float32), philox_uniform(seed, offset, 100))
     zyx.manual_seed(7)
     drawn = dev.randn(3, 50).numpy()
@@ -122,18 +127,9 @@ fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
 def test_random_kernels_keep_their_uniform_and_bind_group_and_each_launch_reads_its_own_counters(dev, monkeypatch):
     """The same drawing kernel on the same buffer twice before a submit (a copy between them): the second launch's
     offset is written only after the first launch is submitted, and nothing is created for it."""
-    from zyx.jit.print_wgsl import PHILOX_SOURCE
     from zyx.trace.philox import philox_uniform
-    source = PHILOX_SOURCE + """
-@group(0) @binding(0) var<storage, read_write> out: array<f32>;
-@group(0) @binding(1) var<uniform> zyx_scalars: array<vec4<u32>, 2>;
-@compute @workgroup_size(64)
-fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
-  if (item.x < 64u) { out[item.x] = zyx_philox_uniform(zyx_scalars[0].xy, zyx_scalars[1].xy, item.x); }
-}
-"""
     runtime = dev.runtime
-    kernel, out = runtime.compile(source, "draw", 64), runtime.allocate(256)
+    kernel, out = _drawing_kernel(runtime, 64), runtime.allocate(256)
     runtime.launch(kernel, (64,), (64,), [out, np.uint64(5), np.uint64(0)])
     runtime.synchronize()
     created, device = [], runtime.wgpu_device
