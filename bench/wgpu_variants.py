@@ -37,6 +37,9 @@ def old_fold(groups: int, max_groups: int) -> tuple[int, int]:
     return (groups, 1) if groups <= max_groups else (max_groups, -(-groups // max_groups))
 
 
+FOLDS = {"old": old_fold, "balanced": webgpu.dispatch_shape, "two rows": lambda groups, _: (-(-groups // 2), 2)}
+
+
 # ---- part 1: timing ----------------------------------------------------------------------------------------
 def w1a_shader(lanes: int, group: int, per: int, items: int, index: str) -> str:
     """W1a over `items` elements of `lanes` floats, `per` of them a work item (strided by items / per)."""
@@ -91,23 +94,25 @@ def hand_variants(runtime: Any, size: int, repeat: int) -> None:
     usages = {"storage|copy_src|copy_dst (zyx)": runtime._usage, "storage|copy_dst": usage.STORAGE | usage.COPY_DST}
     variants = [(lanes, group, per, fold, "i32", "storage|copy_src|copy_dst (zyx)")
                 for lanes in (4, 1) for group in (64, 256) for per in (1, 4) for fold in ("old", "balanced")]
-    variants += [(4, 64, 1, "balanced", "u32", "storage|copy_src|copy_dst (zyx)"),
+    variants += [(4, 256, 1, "two rows", "i32", "storage|copy_src|copy_dst (zyx)"),  # 2-D where 1-D would do
+                 (4, 64, 1, "balanced", "u32", "storage|copy_src|copy_dst (zyx)"),
                  (4, 64, 1, "balanced", "i32", "storage|copy_dst")]
     print(f"\n[1] W1a exp(x + y) - x, {size}² float32, hand-written WGSL ({repeat} dispatches, one wait)")
-    print(f"{'lanes':>5} {'group':>5} {'per':>3} {'fold':>8} {'index':>5} {'dispatch':>13} {'groups':>8} "
+    print(f"{'lanes':>5} {'group':>5} {'per':>3} {'dispatch as':>11} {'index':>5} {'dispatch':>13} {'groups':>8} "
           f"{'us':>8} {'GB/s':>7}  usage")
     seen = set()
     for lanes, group, per, fold, index, usage_name in variants:
         items = n // lanes
         groups = -(-(items // per) // group)
-        shape = (old_fold if fold == "old" else webgpu.dispatch_shape)(groups, runtime.max_groups)
+        shape = FOLDS[fold](groups, runtime.max_groups)
         key = (lanes, group, per, shape, index, usage_name)
         if key in seen:  # the old fold is the balanced one where one row holds every group
             continue
+        fold = fold if shape[1] > 1 else "1-D"
         seen.add(key)
         buffers = []
-        for data in (x, y, np.zeros(n, np.float32)):
-            raw = runtime.wgpu_device.create_buffer(size=data.nbytes, usage=usages[usage_name] | usage.COPY_SRC)
+        for data, read_back in ((x, 0), (y, 0), (np.zeros(n, np.float32), usage.COPY_SRC)):
+            raw = runtime.wgpu_device.create_buffer(size=data.nbytes, usage=usages[usage_name] | read_back)
             runtime.queue.write_buffer(raw, 0, data)
             buffers.append(raw)
         module = runtime.wgpu_device.create_shader_module(code=w1a_shader(lanes, group, per, items, index))
@@ -120,7 +125,7 @@ def hand_variants(runtime: Any, size: int, repeat: int) -> None:
         seconds = dispatch_seconds(runtime, pipeline, bind_group, shape, repeat)
         got = np.frombuffer(runtime.queue.read_buffer(buffers[2], 0, 4 * n), np.float32)
         ok = "" if np.allclose(got, want, rtol=1e-4, atol=1e-5) else "  WRONG VALUES"
-        print(f"{lanes:>5} {group:>5} {per:>3} {fold:>8} {index:>5} {f'{shape[0]}x{shape[1]}':>13} "
+        print(f"{lanes:>5} {group:>5} {per:>3} {fold:>11} {index:>5} {f'{shape[0]}x{shape[1]}':>13} "
               f"{shape[0] * shape[1]:>8} {seconds * 1e6:8.1f} {moved / seconds / 1e9:7.0f}  {usage_name}{ok}",
               flush=True)
         for raw in buffers:
