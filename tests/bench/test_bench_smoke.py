@@ -80,3 +80,17 @@ def test_rows_times_each_row_workload_against_torch_on_the_cpu():
     lines = [line for line in finished.stdout.splitlines() if line[:2] in {f"R{i}" for i in range(6)}]
     assert [line.split()[0] for line in lines] == [f"R{i}" for i in range(6)]  # values checked against torch's
     assert all(" GB/s (" in line and "x zyx's speed)" in line for line in lines)
+
+
+def test_wgpu_variants_times_every_shape_and_reports_nan_kept_where_zyx_prints_it():
+    webgpu = pytest.importorskip("zyx.runtime.webgpu")
+    pytest.importorskip("wgpu")
+    if not webgpu.adapters():
+        pytest.skip("no WebGPU adapter on this machine")
+    finished = subprocess.run([sys.executable, str(BENCH / "wgpu_variants.py"), "--size", "64", "--repeat", "2"],
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    lines = finished.stdout.splitlines()
+    assert "WRONG VALUES" not in finished.stdout and sum(" GB/s" in line for line in lines) >= 4
+    assert [line.split()[1:3] for line in lines if "both (zyx's WGSL now)" in line] == [["NaN", "kept"]] * 2
+    assert "  all ok" in lines

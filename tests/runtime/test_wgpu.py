@@ -78,26 +78,90 @@ def test_pow_follows_c_for_negative_and_zero_bases(dev):
         np.testing.assert_allclose((dev.tensor(base) ** dev.tensor(exponent)).numpy(), base ** exponent, rtol=1e-6)
 
 
-def test_random_numbers_are_those_of_the_cpu_across_the_counters_32_bit_carry(dev):
+@pytest.mark.parametrize("size", [16, 7])  # float4 registers; scalars
+def test_float_comparisons_and_where_hold_nan_through_its_bits(dev, size):
+    """A Vulkan driver may assume no nan (NVIDIA's made relu(nan) 0): comparisons are false where a side's bits are
+    nan, where() selects bits, so nothing is left for it to fold into a max."""
+    pool = np.array([np.nan, 1, -np.inf, 0, -0.0, np.inf, -2, np.nan, 3, 0.5, -1, np.nan, 5, -np.nan, 2, 1], np.float32)
+    a, b = pool[:size], np.roll(pool, 3)[:size]
+    ta, tb = dev.tensor(a), dev.tensor(b)
+    with np.errstate(invalid="ignore"):
+        for name, compare in [("<", np.less), ("<=", np.less_equal), ("==", np.equal), (">", np.greater),
+                              (">=", np.greater_equal), ("!=", np.not_equal)]:
+            got = {"<": ta < tb, "<=": ta <= tb, "==": ta == tb, ">": ta > tb, ">=": ta >= tb, "!=": ta != tb}[name]
+            np.testing.assert_array_equal(got.numpy(), compare(a, b), err_msg=name)
+        np.testing.assert_array_equal(ta.relu().numpy(), np.maximum(a, 0))
+        np.testing.assert_array_equal(ta.clamp(-1, 1).numpy(), np.clip(a, -1, 1))
+        np.testing.assert_array_equal((ta < 0).where(tb, ta).numpy(), np.where(a < 0, b, a))
+    sources = "".join(dev._kernels)
+    assert "zyx_le_" in sources and "zyx_lt_" in sources and "select(bitcast<" in sources
+
+
+def _drawing_kernel(runtime, count: int):
+    """A kernel writing `count` Philox uniforms of (seed, offset) to its buffer, as zyx's WGSL draws them."""
     from zyx.jit.print_wgsl import PHILOX_SOURCE
-    from zyx.trace.philox import philox_uniform
     source = PHILOX_SOURCE + """
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @group(0) @binding(1) var<uniform> zyx_scalars: array<vec4<u32>, 2>;
 @compute @workgroup_size(64)
 fn draw(@builtin(global_invocation_id) item: vec3<u32>) {
-  if (item.x < 100u) { out[item.x] = zyx_philox_uniform(zyx_scalars[0].xy, zyx_scalars[1].xy, item.x); }
+  if (item.x < COUNTu) { out[item.x] = zyx_philox_uniform(zyx_scalars[0].xy, zyx_scalars[1].xy, item.x); }
 }
-"""
+""".replace("COUNT", str(count))
+    return runtime.compile(source, "draw", 64)
+
+
+def test_random_numbers_are_those_of_the_cpu_across_the_counters_32_bit_carry(dev):
+    from zyx.trace.philox import philox_uniform
     runtime = dev.runtime
     seed, offset = 0x1234567890ABCDEF, 2**32 - 50  # half the draws carry into the counter's high word
     out = runtime.allocate(400)
-    runtime.launch(runtime.compile(source, "draw", 64), (128,), (64,), [out, np.uint64(seed), np.uint64(offset)])
+    runtime.launch(_drawing_kernel(runtime, 100), (128,), (64,), [out, np.uint64(seed), np.uint64(offset)])
     np.testing.assert_array_equal(runtime.download(out, (100,), np.float32), philox_uniform(seed, offset, 100))
     zyx.manual_seed(7)
     drawn = dev.randn(3, 50).numpy()
     zyx.manual_seed(7)  # the same uniforms through log, sqrt and cos: equal to a few ulps
     np.testing.assert_allclose(drawn, zyx.CPU().randn(3, 50).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_random_kernels_keep_their_uniform_and_bind_group_and_each_launch_reads_its_own_counters(dev, monkeypatch):
+    """The same drawing kernel on the same buffer twice before a submit (a copy between them): the second launch's
+    offset is written only after the first launch is submitted, and nothing is created for it."""
+    from zyx.trace.philox import philox_uniform
+    runtime = dev.runtime
+    kernel, out = _drawing_kernel(runtime, 64), runtime.allocate(256)
+    runtime.launch(kernel, (64,), (64,), [out, np.uint64(5), np.uint64(0)])
+    runtime.synchronize()
+    created, device = [], runtime.wgpu_device
+    for name in ("create_buffer", "create_buffer_with_data", "create_bind_group"):
+        def counted(*args, _made=getattr(device, name), _name=name, **options):
+            created.append((_name, options.get("usage")))
+            return _made(*args, **options)
+        monkeypatch.setattr(device, name, counted)
+    runtime.launch(kernel, (64,), (64,), [out, np.uint64(5), np.uint64(64)])
+    first = runtime.copy(out)  # recorded, not submitted
+    runtime.launch(kernel, (64,), (64,), [out, np.uint64(9), np.uint64(3)])
+    monkeypatch.undo()
+    np.testing.assert_array_equal(runtime.download(first, (64,), np.float32), philox_uniform(5, 64, 64))
+    np.testing.assert_array_equal(runtime.download(out, (64,), np.float32), philox_uniform(9, 3, 64))
+    assert created in ([], [("create_buffer", runtime._usage)])  # the copy's buffer alone, unless pooled
+
+
+def test_a_jitted_step_drawing_dropout_masks_replays_with_new_draws_as_the_cpu(dev):
+    def draws(device):
+        zyx.manual_seed(11)
+        x = device.tensor(np.ones((4, 33), np.float32))
+        step = zyx.jit(lambda t: t.dropout(0.5) + device.rand(4, 33))
+        return [step(x).numpy() for _ in range(3)]
+    on_wgpu, on_cpu = draws(dev), draws(zyx.CPU())
+    assert not np.array_equal(on_wgpu[0], on_wgpu[1])
+    np.testing.assert_allclose(np.array(on_wgpu), np.array(on_cpu), rtol=1e-6)
+
+
+@pytest.mark.parametrize("groups, limit, shape", [(65536, 65535, (32768, 2)), (100, 65535, (100, 1)),
+                                                  (262144, 65535, (52429, 5)), (1172, 40, (40, 30))])
+def test_dispatches_past_the_groups_per_dimension_launch_few_spare_groups(groups, limit, shape):
+    assert webgpu.dispatch_shape(groups, limit) == shape
 
 
 def test_launches_past_the_groups_per_dimension_fold_into_two(dev, monkeypatch):

@@ -7,9 +7,12 @@ keyed by op and operand kind), written for what WGSL has and lacks:
 - no 8- or 16-bit buffers: bool, uint8, int8, int16, float16 and bfloat16 live packed in u32 words, read by
   shifts and written with atomicAnd/atomicOr on the word (neighbouring items write the other lanes of a word),
   or whole words where every store writes four bool lanes at once;
-- no isnan or infinity literals (tests on bits: Vulkan lets a driver assume no nan, so `x != x` and a max by
-  comparison may lose one), no pow of negative bases, no mul_hi (Philox), tanh that may not saturate: helpers and
-  composed templates;
+- no isnan or infinity literals, and a driver that may assume no nan (Vulkan lets it: naga declares no
+  SignedZeroInfNanPreserve): `x != x` may fold to false, a comparison of a nan to anything may hold, and `x <= 0 ?
+  0 : x` may become a max that drops the nan (relu(nan) gives 0 on NVIDIA's Vulkan driver). So nan is tested on
+  the bits, float comparisons are false where either side's bits are nan, a max takes a nan from either side and
+  where() selects the values' bits; no pow of negative bases, no mul_hi (Philox), tanh that may not saturate:
+  helpers and composed templates;
 - no unroll hint: a loop the IR marks for unrolling (OpenCL's #pragma unroll) is printed a block per trip (naga
   bounds every loop with a counter, which also hides the trip count from the driver);
 - vectors of at most four lanes; a float buffer every access of which is a whole aligned vector is declared as
@@ -29,7 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..dtypes import DType, float32, int_range, int32
+from ..dtypes import DType, float32, int_range, int32, uint32
 from ..trace.ops import Op
 from ..trace.philox import WGSL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
@@ -39,7 +42,7 @@ from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_li
                            kernel_name, pick)
 from .symbolic import Expr
 
-VERSION = "wgsl-1"  # bump when the same IR prints differently
+VERSION = "wgsl-2"  # bump when the same IR prints differently
 WORKGROUP = 64      # items per group of a kernel whose IR leaves the group free
 SCALAR_SLOT_BYTES = 16  # one vec4<u32> per seed or offset parameter in the uniform buffer
 
@@ -121,7 +124,8 @@ UNARY: dict[object, dict[str, str]] = {
     Op.SIGMOID: {"*": "({one}/({one}+exp(-{0})))"},
     # tanh past `saturated` is ±1 (an implementation through exp may give nan there), and x itself below TANH_LINEAR
     # (where x³/3 is under half an ulp of x: implementations through exp lose tiny values, lavapipe's gives 0)
-    Op.TANH: {"*": "select(select(tanh({0}),{0},abs({0})<{linear}),sign({0}),abs({0})>{saturated})"},
+    Op.TANH: {"*": "select(select(tanh({0}),{0},zyx_lt_{r}(abs({0}),{linear})),sign({0}),"
+                   "zyx_lt_{r}({saturated},abs({0})))"},
     Op.FLOOR: {"*": "floor({0})"}, Op.CEIL: {"*": "ceil({0})"}, Op.RINT: {"*": "round({0})"},  # (half to even)
     Op.NOT: {"bool": "(!{0})", "*": "(~{0})"}, Op.DETACH: {"*": "{0}"},
 }
@@ -133,8 +137,10 @@ BINARY: dict[object, dict[str, str]] = {
     Op.DIV: {"float": "({0}/{1})", "*": "zyx_floordiv_{r}({0},{1})"},
     Op.POW: {"*": "zyx_pow_{r}({0},{1})"},
     Op.MAX: {"float": "zyx_max_{r}({0},{1})", "bool": "({0}|{1})", "*": "max({0},{1})"},
-    Op.CMPLT: {"bool": "((!{0})&{1})", "*": "({0}<{1})"}, Op.CMPEQ: {"*": "({0}=={1})"},
-    LESS_EQUAL: {"bool": "((!{0})|{1})", "*": "({0}<={1})"},
+    # float comparisons false where a side is nan, whatever the driver assumes (`_float_helpers`)
+    Op.CMPLT: {"bool": "((!{0})&{1})", "float": "zyx_lt_{r}({0},{1})", "*": "({0}<{1})"},
+    Op.CMPEQ: {"float": "zyx_eq_{r}({0},{1})", "*": "({0}=={1})"},
+    LESS_EQUAL: {"bool": "((!{0})|{1})", "float": "zyx_le_{r}({0},{1})", "*": "({0}<={1})"},
     Op.AND: {"*": "({0}&{1})"}, Op.OR: {"*": "({0}|{1})"}, Op.XOR: {"bool": "({0}!={1})", "*": "({0}^{1})"},
     # a count outside [0, bits) shifts every bit out (PyTorch's), for the dtype's own width
     Op.SHL: {"*": "zyx_shl_{t}({0},{1})"}, Op.SHR: {"*": "zyx_shr_{t}({0},{1})"},
@@ -149,7 +155,7 @@ def wrapped(text: str, dtype: DType) -> str:
 def unary(op: Op, x: str, dtype: DType, width: int) -> str:
     bounds = {"saturated": operand(Const(TANH_SATURATED[dtype.name], dtype, width)),
               "linear": operand(Const(TANH_LINEAR, dtype, width))} if op is Op.TANH else {}
-    return pick([UNARY[op]], _kind(dtype)).format(x, one=literal(1, dtype), **bounds)
+    return pick([UNARY[op]], _kind(dtype)).format(x, one=literal(1, dtype), r=tag(dtype, width), **bounds)
 
 
 def binary(op: object, a: str, b: str, dtype: DType, width: int = 1) -> str:
@@ -162,6 +168,10 @@ def alu(statement: Alu) -> str:
     texts = [operand(a) for a in args]
     if op is Op.CAST:
         return _cast(texts[0], args[0].dtype, out.dtype, out.width)
+    if op is Op.WHERE and out.dtype.is_float:  # the bits selected: no select of floats a driver may make a max of
+        bits = register_type(uint32, out.width)
+        chosen = f"select(bitcast<{bits}>({texts[2]}),bitcast<{bits}>({texts[1]}),{texts[0]})"
+        return f"bitcast<{register_type(out.dtype, out.width)}>({chosen})"
     if op is Op.WHERE:
         return f"select({texts[2]},{texts[1]},{texts[0]})"
     if op is Op.CMPEQ and args[0] == args[1] and args[0].dtype.is_float:  # x == x: not nan, from its bits
@@ -429,16 +439,21 @@ def writable(source: str, bindings: list[int]) -> str:
 
 # ---- helpers -----------------------------------------------------------------------------------------------
 FLOAT_TYPES = ("f32", "vec2<f32>", "vec3<f32>", "vec4<f32>")
+COMPARISONS = {"lt": "<", "le": "<=", "eq": "=="}  # zyx_lt_T, zyx_le_T, zyx_eq_T
 
 
 def _float_helpers(vector: str) -> list[str]:
-    """isnan, a max that nan wins and C's pow for one float register type. Nans are found in the bits: Vulkan lets
-    a driver assume floats are never nan (SPIR-V without SignedZeroInfNanPreserve, which naga does not declare), so
-    `x != x` may fold to false and `select(b, a, a > b)` become a max that drops a nan (NVIDIA's does)."""
+    """isnan, comparisons false where either side is nan, a max that nan wins and C's pow for one float register
+    type. Nans are found in the bits: Vulkan lets a driver assume floats are never nan (SPIR-V without
+    SignedZeroInfNanPreserve, which naga does not declare), so `x != x` may fold to false, `a < b` hold for a nan,
+    and `select(b, a, a > b)` become a max that drops a nan (NVIDIA's does)."""
     t, wide = _float_tag(vector), vector != "f32"
     u = f"vec{vector[3]}<u32>" if wide else "u32"
-    lines = [f"fn zyx_isnan_{t}(x: {vector}) -> {'vec' + vector[3] + '<bool>' if wide else 'bool'} {{ return "
+    truth = f"vec{vector[3]}<bool>" if wide else "bool"
+    lines = [f"fn zyx_isnan_{t}(x: {vector}) -> {truth} {{ return "
              f"(bitcast<{u}>(x) & {u}(0x7fffffffu)) > {u}(0x7f800000u); }}",
+             *(f"fn zyx_{name}_{t}(a: {vector}, b: {vector}) -> {truth} {{ return (a {symbol} b) & "
+               f"!zyx_isnan_{t}(a) & !zyx_isnan_{t}(b); }}" for name, symbol in COMPARISONS.items()),
              f"fn zyx_max_{t}(a: {vector}, b: {vector}) -> {vector} {{ return select(select(select(b, a, a > b), b, "
              f"zyx_isnan_{t}(b)), a, zyx_isnan_{t}(a)); }}"]
     if wide:
@@ -475,7 +490,8 @@ def _shift_helpers(name: str, register: str, bits: int) -> list[str]:
 
 # Helpers a shader gets only when it calls one of their functions: (functions, the lines defining them)
 CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
-    *((tuple(f"zyx_{f}_{_float_tag(v)}" for f in ("isnan", "max", "pow")), _float_helpers(v)) for v in FLOAT_TYPES),
+    *((tuple(f"zyx_{f}_{_float_tag(v)}" for f in ("isnan", *COMPARISONS, "max", "pow")), _float_helpers(v))
+      for v in FLOAT_TYPES),
     *(((f"zyx_shl_{n}", f"zyx_shr_{n}"), _shift_helpers(n, r, bits))
       for n, r, bits in (("i32", "i32", 32), ("u32", "u32", 32), ("u8", "u32", 8), ("i8", "i32", 8), ("i16", "i32", 16))),
     (("zyx_floordiv_i32",), ["fn zyx_floordiv_i32(a: i32, d: i32) -> i32 { let b = select(d, 1, d == 0); "

@@ -11,10 +11,11 @@ earlier, which may still use the pooled buffer being refilled, are submitted fir
 in order and a compute pass orders its dispatches' storage accesses, so, as on OpenCL's in-order queue, no fences
 are needed between kernels and a pooled buffer may be reused by the next launch.
 
-A launch larger than the device's groups per dimension (65535 by WebGPU's default) folds into x and y; the WGSL
-printer's shaders flatten the two back. Bind groups are cached per pipeline and buffers (a training step reuses
-the same pooled buffers, so most launches find theirs); the seeds and offsets of random streams go in a small
-uniform buffer made for each launch that draws (print_wgsl.SCALAR_SLOT_BYTES each).
+A launch larger than the device's groups per dimension (65535 by WebGPU's default) folds into x and y, as many
+columns as the rows need (`dispatch_shape`); the WGSL printer's shaders flatten the two back. Bind groups are
+cached per pipeline and buffers (a training step reuses the same pooled buffers, so most launches find theirs); the
+seeds and offsets of random streams go in a small uniform buffer kept with the bind group
+(print_wgsl.SCALAR_SLOT_BYTES each), written for each launch that draws.
 
 wgpu-py exposes no pipeline (binary) cache, so a new process compiles every shader again: the WGSL text is
 stored with the persisted Program (jit/program_store.py), which skips scheduling but not this step.
@@ -36,6 +37,7 @@ import numpy as np
 from .. import counters as stats
 from ..debug import logger
 from ..errors import KernelBuildError
+from ..jit.print_wgsl import SCALAR_SLOT_BYTES
 from . import profiling
 from .limits import MemoryLimits
 from .memory import BufferPool, PooledRuntime
@@ -108,6 +110,14 @@ def select_adapter(adapter: int | str | None = None) -> int:
     return min(range(len(found)), key=lambda i: (order.index(types[i]) if types[i] in order else len(order), i))
 
 
+def dispatch_shape(groups: int, max_groups: int) -> tuple[int, int]:
+    """(columns, rows) of work groups covering `groups` with at most `max_groups` columns, as few spare groups as
+    that allows (fewer than `rows`): every spare one is launched and returns at once, and a full last row of
+    them is what 65535 columns made of 4096² float32 (65536 groups of 64 float4 items: twice the groups)."""
+    rows = -(-groups // max_groups)
+    return -(-groups // rows), rows
+
+
 class Buffer:
     """Device memory of `nbytes` bytes; goes back to its runtime's pool when the last reference is dropped."""
 
@@ -166,7 +176,7 @@ class WgpuRuntime(PooledRuntime):
         self.limits = MemoryLimits(min(limits["max-buffer-size"], limits["max-storage-buffer-binding-size"]),
                                    sys.maxsize, self.label)
         self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
-        self._uniform = wgpu.BufferUsage.UNIFORM
+        self._uniform = wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST
         self.pool: BufferPool[Any] = BufferPool(self._create_raw,
                                                 is_out_of_memory=lambda error: isinstance(error, wgpu.GPUOutOfMemoryError))
         self._encoder: Any = None
@@ -175,7 +185,8 @@ class WgpuRuntime(PooledRuntime):
         self._bound: Any = None
         self._recorded = 0  # dispatches recorded since the last submit
         self._chunk = SUBMIT_FIRST  # dispatches recorded before the next submit
-        self._bind_groups: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._bind_groups: collections.OrderedDict[tuple, tuple[Any, Any]] = collections.OrderedDict()
+        self._uniforms_recorded: set[Any] = set()  # uniforms written for dispatches recorded since the last submit
         self._fence = self._create_raw(WORD)  # read back by `synchronize`
 
     def __repr__(self) -> str:
@@ -268,7 +279,7 @@ class WgpuRuntime(PooledRuntime):
             if logged:
                 log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
             groups = -(-global_size[0] // kernel.group)
-            columns, rows = (groups, 1) if groups <= max_groups else (max_groups, -(-groups // max_groups))
+            columns, rows = dispatch_shape(groups, max_groups)
             if rows > max_groups:
                 raise RuntimeError(f"kernel {kernel.function_name} needs {groups} work groups, more than "
                                    f"{self.label} dispatches ({max_groups}² of {kernel.group} items)")
@@ -301,29 +312,44 @@ class WgpuRuntime(PooledRuntime):
             self._chunk = min(2 * self._chunk, SUBMIT_MOST)
 
     def _bind_group(self, kernel: Kernel, args: Sequence[Any]) -> Any:
-        """The raw wgpu buffers bound in order, numpy scalars as uniforms. A group without scalars is kept, keyed
-        by its pipeline and the buffers themselves (which the key keeps alive, so the cache is bounded)."""
-        key = (kernel.pipeline, *args)
+        """The raw wgpu buffers bound in order, numpy scalars as uniforms. Groups are kept, keyed by the pipeline
+        and the buffers themselves (which the key keeps alive, so the cache is bounded); a kernel drawing random
+        numbers keeps its uniform buffer with its group and gets this launch's seeds and offsets written into it."""
+        buffers = tuple(arg for arg in args if not isinstance(arg, np.integer))
+        key = (kernel.pipeline, *buffers)
         found = self._bind_groups.get(key)
-        if found is not None:
-            self._bind_groups.move_to_end(key)
-            return found
-        buffers = [arg for arg in args if not isinstance(arg, np.integer)]
-        scalars = [int(arg) for arg in args if isinstance(arg, np.integer)]
-        entries = [{"binding": k, "resource": {"buffer": raw, "offset": 0, "size": raw.size}}
-                   for k, raw in enumerate(buffers)]
-        if scalars:  # each as (low, high, 0, 0) u32 words
-            words = np.zeros((len(scalars), 4), np.uint32)
-            words[:, 0] = [value & 0xFFFFFFFF for value in scalars]
-            words[:, 1] = [value >> 32 for value in scalars]
-            uniform = self.wgpu_device.create_buffer_with_data(data=words.tobytes(), usage=self._uniform)
-            entries.append({"binding": len(buffers), "resource": {"buffer": uniform, "offset": 0, "size": uniform.size}})
-        bind_group = self.wgpu_device.create_bind_group(layout=kernel.layout, entries=entries)
-        if not scalars:
-            self._bind_groups[key] = bind_group
+        if found is None:
+            found = self._bind_groups[key] = self._new_bind_group(kernel, buffers, len(args) - len(buffers))
             if len(self._bind_groups) > BIND_GROUPS_KEPT:
                 self._bind_groups.popitem(last=False)
+        else:
+            self._bind_groups.move_to_end(key)
+        bind_group, uniform = found
+        if uniform is not None:
+            self._write_scalars(uniform, [int(arg) for arg in args if isinstance(arg, np.integer)])
         return bind_group
+
+    def _new_bind_group(self, kernel: Kernel, buffers: Sequence[Any], scalars: int) -> tuple[Any, Any]:
+        """(bind group, its uniform buffer of `scalars` slots or None)."""
+        entries = [{"binding": k, "resource": {"buffer": raw, "offset": 0, "size": raw.size}}
+                   for k, raw in enumerate(buffers)]
+        uniform = None
+        if scalars:
+            uniform = self.wgpu_device.create_buffer(size=scalars * SCALAR_SLOT_BYTES, usage=self._uniform)
+            entries.append({"binding": len(buffers), "resource": {"buffer": uniform, "offset": 0, "size": uniform.size}})
+        return self.wgpu_device.create_bind_group(layout=kernel.layout, entries=entries), uniform
+
+    def _write_scalars(self, uniform: Any, scalars: Sequence[int]) -> None:
+        """Each scalar as (low, high, 0, 0) u32 words. `queue.write_buffer` lands before the next submit, so where
+        a dispatch recorded since the last submit reads this uniform (the same kernel on the same buffers again),
+        what was recorded is submitted first, to read the values it was launched with."""
+        if uniform in self._uniforms_recorded:
+            self._submit()
+        words = np.zeros((len(scalars), 4), np.uint32)
+        words[:, 0] = [value & 0xFFFFFFFF for value in scalars]
+        words[:, 1] = [value >> 32 for value in scalars]
+        self.queue.write_buffer(uniform, 0, words)
+        self._uniforms_recorded.add(uniform)
 
     def _open_encoder(self) -> Any:
         if self._encoder is None:
@@ -346,6 +372,7 @@ class WgpuRuntime(PooledRuntime):
             self.queue.submit([self._encoder.finish()])
             self._encoder = None
         self._recorded = 0
+        self._uniforms_recorded.clear()
 
     def synchronize(self) -> None:
         """Waits until everything recorded so far has finished: reading a word back waits for every submitted
