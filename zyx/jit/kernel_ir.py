@@ -80,6 +80,7 @@ Bound = tuple[Expr, str, int]  # (expr, "ge" or "lt", limit): expr >= limit, exp
 Cond = tuple[Bound, ...]       # a conjunction; () always holds
 
 LESS_EQUAL = "CMPLE"  # an ALU op beyond the trace's: `a <= b` on floats, what `(a < b) | (a == b)` lowers to
+ROUND_TF32 = "TF32"   # another: a float32 rounded to TF32's 10 bits of mantissa (to nearest), as cuBLAS feeds them
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
-from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
+from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad,
                         MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role, Select, Store, walk)
 from .cache_key import hash_hex
@@ -75,6 +75,7 @@ UNARY = {
     # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
     Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",
     Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
+    ROUND_TF32: "as_float((as_uint({0})+0x1000u)&0xffffe000u)",  # the 13 low bits dropped, rounded (ties away)
 }
 INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 

@@ -27,7 +27,7 @@ from typing import Optional
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
-from .kernel_ir import (Barrier, Const, Define, Lane, Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply,
+from .kernel_ir import (ROUND_TF32, Alu, Barrier, Const, Define, Lane, Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply,
                         Operand, Reg)
 from .lower import PARAM_LIMIT, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
@@ -155,11 +155,19 @@ class TensorCoreLowering(LocalTileLowering):
             flat = self.lid + copy * GROUP
             row, k = flat // bk, flat % bk
             value = self._operand(left, corner, {n_axis: row, k_axis: k_base + k})
-            stores.append(LocalStore(tiles[0], row * stride + k, self._bits(value), dtype=plan.stored))
+            stores.append(LocalStore(tiles[0], row * stride + k, self._staged(value), dtype=plan.stored))
             column, k = flat % BLOCK, flat // BLOCK
             value = self._operand(right, corner, {m_axis: column, k_axis: k_base + k})
-            stores.append(LocalStore(tiles[1], column * stride + k, self._bits(value), dtype=plan.stored))
+            stores.append(LocalStore(tiles[1], column * stride + k, self._staged(value), dtype=plan.stored))
         return stores
+
+    def _staged(self, value: Operand) -> Operand:
+        """What is stored of an operand value: float32 rounded to TF32, half precision as its bits (`_bits`)."""
+        if self.plan.kind != "tf32":
+            return self._bits(value)
+        out = Reg(self.names.fresh("tf"), float32)
+        self._scopes[-1].append(Alu(out, ROUND_TF32, (value,)))
+        return out
 
     def _bits(self, value: Operand) -> Operand:
         """A half-precision operand read straight from a buffer, read instead as its stored bits (the load becomes
