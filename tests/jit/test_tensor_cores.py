@@ -29,8 +29,14 @@ def test_half_products_are_planned_on_tensor_cores_in_blocks_of_eight_warps(dtyp
     x, y = dev.randn(200, 100).to(dtype), dev.randn(100, 300).to(dtype)
     product, = [k for k in kernels_of(x @ y) if on_tensor_cores(k)]
     assert f"m16n8k16.row.col.f32.{kind}.{kind}.f32" in product.source
-    assert product.source.count("ldmatrix.sync.aligned.m8n8.x4.shared.b16") == 6 * 2  # 4 left, 2 right: in the pipelined loop, then the last slice
-    assert product.local_size == 256 and product.global_size == 256 * 2 * 3  # 128 x 128 blocks over 200 x 300
+    # 48 KiB of local memory: warps of 64 x 64 outputs, 64-byte slices of each row, one buffer; per mma step the
+    # warp loads 4 left fragments and 8 right ones in 4 ldmatrix each
+    assert product.source.count("ldmatrix.sync.aligned.m8n8.x4.shared.b16") == 4 + 4
+    assert product.local_size == 256 and product.global_size == 256 * 2 * 2  # 128 x 256 blocks over 200 x 300
+    roomy = DeviceTraits(gpu=True, vector_width=4, local_memory=65536, tensor_cores=("bf16", "f16"))
+    product, = [k for k in kernels_of(x @ y, roomy) if on_tensor_cores(k)]
+    assert "__local ushort tile_a1[9216]" in product.source  # 128-byte slices: 128 x 72, 256 x 72
+    assert "__local ushort tile_b2[18432]" in product.source
 
 
 def test_float32_products_use_tensor_cores_only_where_tf32_is_allowed():

@@ -63,6 +63,14 @@ class TilePlan:
         return Choice.of("local_tiles", block=self.block, bk=self.bk, buffers=self.buffers)
 
     @property
+    def block_n(self) -> int:
+        return self.block
+
+    @property
+    def block_m(self) -> int:
+        return self.block
+
+    @property
     def width(self) -> int:
         """Floats per vector read from the tiles."""
         return min(self.per_item, 4)
@@ -161,7 +169,7 @@ class LocalTileLowering(Lowering):
         super().__init__(root, materialized, produced, False, stored_apart, param_limit)
         self.plan, self.kind = plan, "m"
         self.space = plan.space or root.shape
-        blocks = {plan.n_space_axis: plan.block, plan.m_space_axis: plan.block}
+        blocks = {plan.n_space_axis: plan.block_n, plan.m_space_axis: plan.block_m}
         grid = tuple(-(-size // blocks.get(axis, 1)) for axis, size in enumerate(self.space))
         self.groups = math.prod(grid)
         self.lid = Expr.var("lid", GROUP)

@@ -1,11 +1,13 @@
 """Matrix products on NVIDIA's tensor cores (compute capability 8.0 and newer), through inline PTX in OpenCL C.
 
-A work group of 8 warps (256 items) computes a 128 x 128 block of outputs. Warp w owns 64 rows (from 64·(w // 4))
-by 32 columns (from 32·(w % 4)): 4 x 4 tiles of 16 x 8 outputs, each accumulated by one mma.sync per step of the
-reduced axis (`MatrixMultiply`). Per slice of the reduced axis (32 half-precision elements or 16 float32 ones: two
-mma steps) the group stages both operands in local memory as rows along k: [row][k] for the left operand and
-[column][k] for the right, so both fragments load with ldmatrix and nothing is transposed (`MatrixLoad`). Rows are
-padded to 80 bytes, so the 8 rows one ldmatrix reads fall in 8 distinct 16-byte bank groups.
+A work group of 8 warps (256 items) computes a block of 128 rows by 4·W columns (W = 64, or 32 where local memory is
+short). Warp w owns 64 rows (from 64·(w // 4)) by W columns (from W·(w % 4)): 4 x W/8 tiles of 16 x 8 outputs, each
+accumulated by one mma.sync per step of the reduced axis (`MatrixMultiply`). Per slice of the reduced axis (128 or
+64 bytes of each row: 4 or 2 mma steps) the group stages both operands in local memory as rows along k: [row][k] for
+the left operand and [column][k] for the right, so both fragments load with ldmatrix and nothing is transposed
+(`MatrixLoad`). Each row is padded by 16 bytes, so the 8 rows one ldmatrix reads fall in 8 distinct 16-byte bank
+groups. Wide warp tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of
+64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
 
 Operands are staged the way the float32 path (matmul.py) stages them: any fused prologue (a cast, a view, an
 elementwise op) is computed per element and rounded to the operand dtype where stored, rows and columns past the
@@ -34,10 +36,12 @@ from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .symbolic import Expr
 from .tiling import matmul_axes
 
-BLOCK = 128          # outputs per group along n and m
+BLOCK = 128          # outputs per group along n
 WARP = 32
-WARP_ROWS, WARP_COLUMNS = 64, 32  # a warp's outputs: 4 x 4 mma tiles of 16 x 8
-ROW_BYTES = 80       # a staged row: 64 bytes of k (32 halves or 16 floats) and 16 of padding
+WARP_ROWS = 64       # a warp's outputs along n: 4 mma tiles of 16
+PAD_BYTES = 16       # after each staged row
+# (warp columns, bytes of each row a slice stages, local buffers): the first that fits the device's local memory
+SHAPES = ((64, 128, 1), (64, 64, 2), (64, 64, 1), (32, 64, 2), (32, 64, 1))
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
 
 
@@ -46,6 +50,11 @@ class TensorCorePlan(TilePlan):
     """A TilePlan whose group multiplies on tensor cores: `kind` names the operands' type in PTX."""
 
     kind: str = "bf16"
+    warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
+
+    @property
+    def block_m(self) -> int:
+        return 4 * self.warp_columns
 
     @property
     def k_step(self) -> int:
@@ -55,16 +64,18 @@ class TensorCorePlan(TilePlan):
     @property
     def stride(self) -> int:
         """Elements from one staged row to the next."""
-        return ROW_BYTES // self.stored.itemsize
+        return self.bk + PAD_BYTES // self.stored.itemsize
 
     @property
     def stored(self) -> DType:
         return self.product.dtype
 
 
-def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...]) -> Optional[TensorCorePlan]:
+def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...],
+                      local_memory: int) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
-    tensor cores (`kinds`: "bf16", "f16", "tf32"), and the output's axes map onto the kernel's (matmul.py)."""
+    tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
+    staged slices fit `local_memory` bytes (the widest warps and longest slices that do)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -76,8 +87,12 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    bk = 2 * (8 if kind == "tf32" else 16)  # two mma steps a slice: 64 bytes of each staged row
-    return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], bk, 2, kind)
+    fitting = [(w, b, n) for w, b, n in SHAPES if n * (BLOCK + 4 * w) * (b + PAD_BYTES) <= local_memory]
+    if not fitting:
+        return None
+    columns, row_bytes, buffers = fitting[0]
+    return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
+                          buffers, kind, columns)
 
 
 def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:
@@ -87,11 +102,6 @@ def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[st
     if compute_capability is None or compute_capability < (8, 0) or os.environ.get("ZYX_TENSOR_CORES") == "0":
         return ()
     return ("bf16", "f16")
-
-
-def local_bytes() -> int:
-    """Local memory a group takes: two tiles of BLOCK rows, double-buffered."""
-    return 2 * 2 * BLOCK * ROW_BYTES
 
 
 class TensorCoreLowering(LocalTileLowering):
@@ -111,7 +121,7 @@ class TensorCoreLowering(LocalTileLowering):
     def _warp_corner(self) -> tuple[Expr, Expr]:
         """Where the item's warp's outputs start in the block, along n and m."""
         warp = self.lid // WARP
-        return (warp // (BLOCK // WARP_COLUMNS)) * WARP_ROWS, (warp % (BLOCK // WARP_COLUMNS)) * WARP_COLUMNS
+        return (warp // 4) * WARP_ROWS, (warp % 4) * self.plan.warp_columns
 
     def _element_offsets(self) -> list[tuple[Expr, Expr]]:
         """The mma accumulator layout: in tile (i, j) lane l holds rows l // 4 and l // 4 + 8, columns 2·(l % 4) and
@@ -119,7 +129,8 @@ class TensorCoreLowering(LocalTileLowering):
         rows, columns = self._warp_corner()
         group, pair = self._lane // 4, (self._lane % 4) * 2
         return [(rows + i * 16 + group + 8 * (c // 2), columns + j * 8 + pair + c % 2)
-                for i, j, c in itertools.product(range(WARP_ROWS // 16), range(WARP_COLUMNS // 8), range(4))]
+                for i, j, c in itertools.product(range(WARP_ROWS // 16), range(self.plan.warp_columns // 8),
+                                                   range(4))]
 
     def _reduce(self, node: Node) -> list[_Value]:
         """One loop over the slices of k: the group stages both operands' slice in local memory, waits, each warp
@@ -132,13 +143,14 @@ class TensorCoreLowering(LocalTileLowering):
         tiles = (self.names.fresh("tile_a"), self.names.fresh("tile_b"))
         accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
         lines = self._scopes[0]
-        lines += [LocalArray(name, plan.stored, BLOCK * plan.stride, aligned=True) for name in tiles]
+        lines += [LocalArray(name, plan.stored, rows * plan.stride, aligned=True)
+                  for name, rows in zip(tiles, (BLOCK, plan.block_m))]
         lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
         step = self.names.fresh("k")
         self._open_loop(step, steps)
         stores = self._stage_rows(node, Expr.var(step, steps) * plan.bk, tiles)
         body = self._close_loop() + stores + [Barrier()] + self._multiply_fragments(tiles, accumulators) + [Barrier()]
-        lines.append(Loop(step, steps, tuple(body)))
+        lines.append(Loop(step, steps, tuple(body)))  # (double-buffered by the scheduler where plan.buffers is 2)
         return [_Value(acc, 0) for acc in accumulators]
 
     def _stage_rows(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> list:
@@ -156,7 +168,9 @@ class TensorCoreLowering(LocalTileLowering):
             row, k = flat // bk, flat % bk
             value = self._operand(left, corner, {n_axis: row, k_axis: k_base + k})
             stores.append(LocalStore(tiles[0], row * stride + k, self._staged(value), dtype=plan.stored))
-            column, k = flat % BLOCK, flat // BLOCK
+        for copy in range(plan.block_m * bk // GROUP):
+            flat = self.lid + copy * GROUP
+            column, k = flat % plan.block_m, flat // plan.block_m
             value = self._operand(right, corner, {m_axis: column, k_axis: k_base + k})
             stores.append(LocalStore(tiles[1], column * stride + k, self._staged(value), dtype=plan.stored))
         return stores
@@ -199,13 +213,13 @@ class TensorCoreLowering(LocalTileLowering):
             body.append(MatrixLoad(out, tiles[0], index))
             left.append(tuple(Lane(out, f"s{w}") for w in range(4)))
         right = []
-        for j in range(0, WARP_COLUMNS // 8, 2):  # matrices: tile j at k, at k + half, tile j + 1 at both
+        for j in range(0, plan.warp_columns // 8, 2):  # matrices: tile j at k, at k + half, tile j + 1 at both
             out = Reg(self.names.fresh("fb"), uint32, 4)
             index = (columns + j * 8 + lane % 8 + (lane // 16) * 8) * plan.stride + k + ((lane // 8) % 2) * half
             body.append(MatrixLoad(out, tiles[1], index))
             right += [(Lane(out, "s0"), Lane(out, "s1")), (Lane(out, "s2"), Lane(out, "s3"))]
         shape = f"m16n8k{plan.k_step}"
-        tiles_of = itertools.product(range(WARP_ROWS // 16), range(WARP_COLUMNS // 8))
+        tiles_of = itertools.product(range(WARP_ROWS // 16), range(plan.warp_columns // 8))
         for t, (i, j) in enumerate(tiles_of):
             body.append(MatrixMultiply(tuple(accumulators[4 * t:4 * t + 4]), left[i], right[j], shape, plan.kind))
         return [Loop(counter, plan.bk // plan.k_step, tuple(body), unroll=True)]
