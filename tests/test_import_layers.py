@@ -11,7 +11,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 # child processes import this repository first, then what the parent found (dependencies installed with --target)
 CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
 PACKAGE = REPOSITORY / "zyx"
-BASE = {"zyx", "zyx.cache_dir", "zyx.counters", "zyx.debug", "zyx.dtypes", "zyx.errors", "zyx.progress"}
+BASE = {"zyx", "zyx.cache_dir", "zyx.counters", "zyx.debug", "zyx.dtypes", "zyx.errors", "zyx.precision", "zyx.progress"}
 LOWER_PACKAGES = ("zyx.trace", "zyx.jit", "zyx.runtime")  # what the tensor layer is built on
 # The one upward reach: a Device's factories (dev.randn...) and unpickling call the layer that makes tensors
 UPWARD = {("zyx.runtime.device", "zyx.creation"), ("zyx.runtime.device", "zyx.devices")}
