@@ -127,6 +127,8 @@ def _cast(x: str, source: DType, target: DType, width: int) -> str:
     if width == 1:
         if target.name == "bfloat16":  # rounded where cast, as stored
             return f"zyx_round_bf16((float)({x}))"
+        if target.name == "float16":
+            return f"zyx_round_half((float)({x}))"
         return f"({x}!=0)" if target.is_bool else f"(({register_type(target)})({x}))"
     if source.is_bool == target.is_bool:
         return x
@@ -358,6 +360,9 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
         "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
         "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
+    (("zyx_round_half",), [  # through half's 16 bits, rounded to nearest even (no cl_khr_fp16 needed)
+        "static inline float zyx_round_half(float f) { ushort h; vstore_half(f, 0, (__private half*)&h); "
+        "return vload_half(0, (__private const half*)&h); }"]),
 ]
 
 

@@ -186,6 +186,8 @@ def _cast(x: str, source: DType, target: DType, width: int) -> str:
         return x if source.is_bool else f"({x}!={operand(Const(0, source, width))})"
     if target.name == "bfloat16":  # rounded where cast, as stored
         return f"zyx_round_bf16(f32({x}))"
+    if target.name == "float16":
+        return f"zyx_f16_value(zyx_f16_bits(f32({x})))"
     if source.is_float and target.name == "uint8":
         x = f"i32({x})"  # through int, as numpy: -1.0 -> 255
     return wrapped(f"{register_type(target, width)}({x})", target)

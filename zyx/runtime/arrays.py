@@ -93,7 +93,7 @@ class ArrayLibrary(ABC):
     # ---- elementwise ---------------------------------------------------------------------------------------
     @abstractmethod
     def cast(self, x: Any, dtype: DType) -> Any:
-        """`x` converted to `dtype`, rounded where the devices round (bfloat16 at the cast)."""
+        """`x` converted to `dtype`, rounded where the devices round (half precision at the cast)."""
 
     @abstractmethod
     def where(self, condition: Any, a: Any, b: Any) -> Any:

@@ -67,7 +67,7 @@ class NumpyArrays(ArrayLibrary):
         return philox_uniform(seed, offset, count).reshape(shape).astype(computed_as(dtype.np))
 
     def cast(self, x: Any, dtype: DType) -> Any:
-        if dtype.name == "bfloat16":  # rounded where cast (as OpenCL kernels do), then computed in float32
+        if dtype.is_narrow_float:  # rounded where cast (as OpenCL kernels do), then computed in float32
             return x.astype(dtype.np).astype(np.float32)
         return x.astype(computed_as(dtype.np))
 

@@ -208,8 +208,8 @@ class TorchArrays(ArrayLibrary):
 
     # ---- elementwise ---------------------------------------------------------------------------------------
     def cast(self, x: torch.Tensor, dtype: DType) -> torch.Tensor:
-        if dtype.name == "bfloat16":  # rounded where cast, as on the other devices, then computed in float32
-            return x.to(torch.bfloat16).to(torch.float32)
+        if dtype.is_narrow_float:  # rounded where cast, as on the other devices, then computed in float32
+            return x.to(getattr(torch, dtype.name)).to(torch.float32)
         return x.to(computed_dtype(dtype))
 
     def where(self, condition: Any, a: Any, b: Any) -> torch.Tensor:
