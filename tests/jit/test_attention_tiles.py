@@ -1,0 +1,106 @@
+"""The staged attention kernel (zyx/jit/attention_tiles.py), scheduled for a GPU and run on PoCL: it is the one
+kernel chosen, its values match numpy's for query and key counts that are not multiples of its blocks, several
+head sizes, batch x heads, causal or not, scaled; gradients match torch's."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zyx
+from zyx.jit import attention_tiles
+from zyx.jit.kernel_ir import Role
+from zyx.jit.schedule import schedule
+
+RNG = np.random.default_rng(16)
+H200_LOCAL_MEMORY = 48 * 1024  # what NVIDIA's OpenCL reports
+
+
+@pytest.fixture(autouse=True)
+def fuse_any_size(monkeypatch):
+    """These small inputs take the fused kernel too (GPUs keep their products by default)."""
+    monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", "0")
+
+
+def data(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def numpy_attention(q, k, v, causal, scale):
+    scores = q @ np.swapaxes(k, -1, -2) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if causal:
+        scores = np.where(np.arange(k.shape[-2])[None, :] > np.arange(q.shape[-2])[:, None], -np.inf, scores)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    return (weights / weights.sum(-1, keepdims=True)) @ v
+
+
+def staged_kernel(out, device):
+    """The one kernel scheduled for `out`, checked to be the staged one (a work group with local stages)."""
+    kernels, _ = schedule([out.node], device.traits)
+    assert len(kernels) == 1, [k.name for k in kernels]
+    kernel = kernels[0]
+    assert kernel.ir.kind == "a" and kernel.ir.axis(Role.LOCAL) is not None and "__local" in kernel.source
+    return kernel
+
+
+CASES = {  # name: (batch, heads, queries, keys, head size, causal, scale)
+    "two row blocks, causal, d=16": (2, 3, 67, 67, 16, True, None),
+    "keys in 4 blocks, the last short, d=64, scaled": (1, 2, 100, 100, 64, False, 0.3),
+    "fewer queries than keys, causal, d=80": (2, 2, 45, 77, 80, True, None),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_values_match_numpy(gpu, name):
+    batch, heads, queries, keys, head, causal, scale = CASES[name]
+    q, k, v = data(batch, heads, queries, head), data(batch, heads, keys, head), data(batch, heads, keys, head)
+    out = zyx.nn.scaled_dot_product_attention(gpu.tensor(q), gpu.tensor(k), gpu.tensor(v), is_causal=causal,
+                                              scale=scale)
+    kernel = staged_kernel(out, gpu)
+    rows = 64 if queries > 32 else 32
+    assert kernel.local_size == rows and kernel.global_size == batch * heads * -(-queries // rows) * rows
+    np.testing.assert_allclose(out.numpy(), numpy_attention(q, k, v, causal, scale), rtol=2e-5, atol=2e-5)
+
+
+def test_the_per_row_form_on_request(gpu, monkeypatch):
+    """ZYX_ATTENTION_FORM=rows gives GPUs the per-row kernel (to compare the two): no work group, same values."""
+    monkeypatch.setenv("ZYX_ATTENTION_FORM", "rows")
+    q, k, v = data(1, 2, 40, 16), data(1, 2, 40, 16), data(1, 2, 40, 16)
+    out = zyx.nn.scaled_dot_product_attention(gpu.tensor(q), gpu.tensor(k), gpu.tensor(v), is_causal=True)
+    kernels, _ = schedule([out.node], gpu.traits)
+    assert len(kernels) == 1 and kernels[0].ir.kind == "a" and kernels[0].local_size is None
+    np.testing.assert_allclose(out.numpy(), numpy_attention(q, k, v, True, None), rtol=2e-5, atol=2e-5)
+
+
+def test_unknown_form_is_refused(gpu, monkeypatch):
+    monkeypatch.setenv("ZYX_ATTENTION_FORM", "tiles")
+    out = zyx.nn.scaled_dot_product_attention(*(gpu.tensor(data(1, 1, 8, 4)) for _ in range(3)))
+    with pytest.raises(ValueError, match="ZYX_ATTENTION_FORM='tiles'"):
+        schedule([out.node], gpu.traits)
+
+
+def test_gradients_after_a_staged_forward(gpu):
+    """The forward realized alone is the staged kernel; gradients taken afterwards (their own kernels, the
+    scores' product stored there) match torch's."""
+    q, k, v = data(1, 2, 37, 16), data(1, 2, 37, 16), data(1, 2, 37, 16)
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    zq, zk, zv = (gpu.tensor(a) for a in (q, k, v))
+    out = zyx.nn.scaled_dot_product_attention(zq, zk, zv, is_causal=True)
+    staged_kernel(out, gpu)
+    expected = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=2e-5, atol=2e-5)
+    grads = (out * out).sum().backward([zq, zk, zv])
+    (expected * expected).sum().backward()
+    zyx.realize(*grads)
+    for grad, reference in zip(grads, (tq, tk, tv)):
+        np.testing.assert_allclose(grad.numpy(), reference.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("head, keys, for_20_keys", [(16, 64, 32), (64, 32, 32), (80, 16, 16), (128, 16, 16)])
+def test_key_blocks_fit_half_an_h200s_local_memory(head, keys, for_20_keys):
+    """Two groups per multiprocessor: a stage of at most 24 KiB of NVIDIA's 48; no bigger block than the keys
+    need."""
+    assert attention_tiles.keys_per_block(64, head, head, 4096, H200_LOCAL_MEMORY) == keys
+    assert attention_tiles.local_bytes(64, keys, head, head) <= H200_LOCAL_MEMORY // 2
+    assert attention_tiles.keys_per_block(64, head, head, 20, H200_LOCAL_MEMORY) == for_20_keys
