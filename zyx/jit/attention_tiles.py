@@ -204,24 +204,29 @@ class StagedAttentionLowering(AttentionLowering):
         return names
 
     def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
-        """The scores' product: the item's query row times the staged key, as LANES-wide local reads. Other
-        reductions (a projection of q or k) are read from memory, as any kernel reads them (not nested here as the
-        per-row kernel nests the product)."""
+        """The scores' product: the item's query row times the staged key, as LANES-wide local reads into one
+        accumulator per lane (independent chains of multiply-adds), summed at the end. Other reductions (a
+        projection of q or k) are read from memory, as any kernel reads them (the per-row kernel would nest them)."""
         if node is not self._product:
             return (yield from Lowering._compute(self, node, index, guard))
         if guard or tuple(e.key for e in index) != tuple(e.key for e in self._product_reads):
             raise NotAttention(node)
         depth = len(self._scopes) - 1
-        acc = Reg(self.names.fresh("acc"), float32)
-        lines: list = [Define(acc, Const(0.0, float32))]
         lanes, head_dim = self._head_lanes, len(self._query)
+        accs = [Reg(self.names.fresh("acc"), float32) for _ in range(lanes)]
+        lines: list = [Define(acc, Const(0.0, float32)) for acc in accs]
         key = Expr.var(self._key_name, self.keys_per_block)
         for start in range(0, head_dim, lanes):
             row = Reg(self.names.fresh("k"), float32, lanes)
             lines.append(LocalLoad(row, self._key_stage, key * (head_dim // lanes) + start // lanes))
-            lines += [MultiplyAdd(acc, self._query[start + lane], _lane(row, lane)) for lane in range(lanes)]
+            lines += [MultiplyAdd(acc, self._query[start + lane], _lane(row, lane)) for lane, acc in enumerate(accs)]
+        total: Operand = accs[0]
+        for acc in accs[1:]:
+            out = Reg(self.names.fresh("v"), float32)
+            lines.append(Alu(out, Op.ADD, (total, acc)))
+            total = out
         self._scopes[depth] += lines
-        return _Value(acc, depth)
+        return _Value(total, depth)
 
 
 def _at(index: Index, values: dict[str, Expr]) -> Index:
