@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import zyx
 from zyx.jit import attention_tiles
-from zyx.jit.kernel_ir import Role
+from zyx.jit.kernel_ir import If, Role, walk
 from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(16)
@@ -44,6 +44,11 @@ def staged_kernel(out, device):
     return kernel
 
 
+def skips_blocks(kernel):
+    """Whether the kernel branches on a value computed at run time (a block of keys masked throughout)."""
+    return any(isinstance(s, If) and s.when is not None for s in walk(kernel.ir.body))
+
+
 CASES = {  # name: (batch, heads, queries, keys, head size, causal, scale)
     "two row blocks, causal, d=16": (2, 3, 67, 67, 16, True, None),
     "keys in 4 blocks, the last short, d=64, scaled": (1, 2, 100, 100, 64, False, 0.3),
@@ -60,7 +65,21 @@ def test_values_match_numpy(gpu, name):
     kernel = staged_kernel(out, gpu)
     rows = 64 if queries > 32 else 32
     assert kernel.local_size == rows and kernel.global_size == batch * heads * -(-queries // rows) * rows
+    assert skips_blocks(kernel) == causal  # (the first case's first rows skip its second block of keys)
     np.testing.assert_allclose(out.numpy(), numpy_attention(q, k, v, causal, scale), rtol=2e-5, atol=2e-5)
+
+
+def test_a_mask_the_other_way_round_skips_blocks_too(gpu):
+    """Written by hand, keys before the query masked (key < row): blocks of keys all before the group's rows are
+    skipped, and the values are numpy's."""
+    q, k, v = data(2, 70, 8), data(2, 70, 8), data(2, 70, 8)
+    earlier = zyx.arange(70, device=gpu).reshape(1, -1) < zyx.arange(70, device=gpu).reshape(-1, 1)
+    zq, zk, zv = (gpu.tensor(a) for a in (q, k, v))
+    out = (zq @ zk.transpose(-1, -2)).masked_fill(earlier, float("-inf")).softmax(-1) @ zv
+    assert skips_blocks(staged_kernel(out, gpu))
+    scores = np.where(np.arange(70)[None, :] < np.arange(70)[:, None], -np.inf, q @ np.swapaxes(k, -1, -2))
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    np.testing.assert_allclose(out.numpy(), (weights / weights.sum(-1, keepdims=True)) @ v, rtol=2e-5, atol=2e-5)
 
 
 def test_the_per_row_form_on_request(gpu, monkeypatch):

@@ -24,13 +24,14 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from ..dtypes import float32
+from ..dtypes import DType, bool_, float32
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore,
-                        Loop, MultiplyAdd, Operand, Reg, Role, Select, substitute)
-from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, source_index, unravel
+                        Loop, MultiplyAdd, Operand, Reg, Role, Select, reduce_start, substitute)
+from .lower import (PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, _viewed_constant, linear, source_index,
+                    unravel)
 from .symbolic import Expr
 
 ROWS = (64, 32)        # query rows (work items) per group: 32 where a batch entry has at most 32 rows
@@ -118,7 +119,12 @@ class StagedAttentionLowering(AttentionLowering):
                             LocalArray(score_stage, float32, keys * rows),
                             Define(maximum, Const(FLOAT_LOWEST, float32)), Define(total, Const(0.0, float32)),
                             *(Define(acc, Const(0.0, float32)) for acc in accs)]
+        mask = self._mask(probability, key_name)
+        rows_extreme = {side: self._extreme(side, index, "lid", rows, lowest)  # once, before the blocks
+                        for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
+        needed = self._block_needed(mask, rows_extreme, key_name) if mask else None
+        skippable = len(self._scopes[-1])
         self._stage(key_side, factor_index, key_name, head_name, head_dim, self._key_stage)
         self._stage(pattern.w_side, weights, key_name, value_name, self.width, value_stage)
         self._scopes[-1].append(Barrier())
@@ -140,7 +146,10 @@ class StagedAttentionLowering(AttentionLowering):
                              Accumulate(maximum, Op.MAX, block_max)]
         self._scopes[-1].append(self._weigh(score_stage, value_stage, value_lanes, lowered, total, accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stage before the next block overwrites it
-        self._scopes[0].append(Loop(block_name, blocks, tuple(self._close_loop())))
+        body = self._close_loop()
+        if needed:
+            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
+        self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
         for element, acc in enumerate(accs):
             self._element = element
             out = Reg(self.names.fresh("v"), float32)
@@ -163,11 +172,57 @@ class StagedAttentionLowering(AttentionLowering):
             body += [MultiplyAdd(accs[start + lane], weight, _lane(row, lane)) for lane in range(lanes)]
         return Loop(name, self.keys_per_block, tuple(body))
 
-    def _line(self, make) -> Reg:
-        """A float32 statement at the end of the innermost open scope; its register."""
-        out = Reg(self.names.fresh("v"), float32)
+    def _line(self, make, dtype: DType = float32) -> Reg:
+        """A statement at the end of the innermost open scope; its register."""
+        out = Reg(self.names.fresh("v"), dtype)
         self._scopes[-1].append(make(out))
         return out
+
+    def _mask(self, probability: Index, key_name: str) -> list[tuple[Node, Index, bool, bool]]:
+        """Where X is where(a < b, -inf, ...) with a and b each depending on the query row alone or on the key
+        alone (a causal mask: rows < cols): [(a, its index, False, over rows), (b, its index, True, over rows)].
+        A block of keys where the smallest b exceeds the group's largest a throughout scores -inf throughout, and
+        is skipped. Empty where X is not so (then every block is computed)."""
+        where = _through_views(self.pattern.scores, probability)
+        if where is None or where[0].op is not Op.WHERE or self._is_materialized(where[0]):
+            return []
+        fill = _viewed_constant(where[0].src[1])
+        compared = _through_views(where[0].src[0], where[1])
+        if fill is None or fill.arg != -math.inf or compared is None or compared[0].op is not Op.CMPLT:
+            return []
+        (node, index), found = compared, []
+        if self._is_materialized(node) or node.src[0].dtype.is_bool or node.src[0].dtype.is_unsigned:
+            return []  # (the smallest b is found as -max(-b))
+        for side, lowest in zip(node.src, (False, True)):
+            read = self._variables(side, index)
+            if ("lid" in read) == (key_name in read):
+                return []
+            found.append((side, index, lowest, "lid" in read))
+        return found if found[0][3] != found[1][3] else []
+
+    def _block_needed(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
+                      key_name: str) -> Reg:
+        """Whether a block of keys has a score that is not -inf (see _mask), the same in every item of the group:
+        the keys' side's extreme over the block against the rows' (`rows_extreme`)."""
+        values = tuple(rows_extreme[side] if over_rows else self._extreme(side, index, key_name, self.keys_per_block,
+                                                                            lowest)
+                       for side, index, lowest, over_rows in mask)
+        masked = self._line(lambda out: Alu(out, Op.CMPLT, values), bool_)
+        return self._line(lambda out: Alu(out, Op.NOT, (masked,)), bool_)
+
+    def _extreme(self, node: Node, index: Index, name: str, trips: int, lowest: bool) -> Reg:
+        """The largest value of `node` at `index` (`lowest`: the smallest) as the variable `name` runs over
+        `trips`, in a loop in the innermost open scope."""
+        counter = self.names.fresh("x")
+        acc = Reg(self.names.fresh("acc"), node.dtype)
+        self._scopes[-1].append(Define(acc, reduce_start(Op.RMAX, node.dtype)))
+        self._open_loop(counter, trips)
+        value = self.value(node, _at(index, {name: Expr.var(counter, trips)}), ()).operand
+        if lowest:
+            value = self._line(lambda out: Alu(out, Op.NEG, (value,)), node.dtype)
+        self._scopes[-1].append(Accumulate(acc, Op.MAX, value))
+        self._scopes[-2].append(Loop(counter, trips, tuple(self._close_loop())))
+        return self._line(lambda out: Alu(out, Op.NEG, (acc,)), node.dtype) if lowest else acc
 
     def _stage(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str) -> None:
         """The group's copy of `node` for the block's keys into `stage` as [key][inner]: `index` reads it at the
@@ -227,6 +282,16 @@ class StagedAttentionLowering(AttentionLowering):
             total = out
         self._scopes[depth] += lines
         return _Value(total, depth)
+
+
+def _through_views(node: Node, index: Index) -> Optional[tuple[Node, Index]]:
+    """The first node under `node`'s views and where it is read, None where a view pads."""
+    while node.op in MOVEMENT_OPS:
+        inner, condition = source_index(node, index)
+        if inner is None or condition is not None:
+            return None
+        node, index = node.src[0], inner
+    return node, index
 
 
 def _at(index: Index, values: dict[str, Expr]) -> Index:
