@@ -13,11 +13,17 @@ consecutive elements), waits, and each item then
 then the group waits again before the next block overwrites the stage. Keys past the end (the last block)
 read the last key and score -inf; rows past the end compute the last row and store nothing.
 
+Blocks of keys that a causal mask hides from all the group's rows are skipped: where X is where(a < b, -inf, ...)
+with a read at the query row alone and b at the key alone (rows < cols: scaled_dot_product_attention's is_causal)
+or the converse, the group takes a's largest value and b's smallest (the rows' once, the keys' per block), and
+computes the block only where that is not a < b (every item reaches the same answer, so the branch holds the barriers; the mask is data, an
+arange compared, so the kernel cannot know the diagonal before it runs). Such a block's scores would all be -inf,
+which changes neither the maximum, the sum nor the accumulators: skipping it gives the same values.
+
 Only where X holds the scores' product itself (not a stored one, as in a training step whose backward stores
 it: then the products are kept on GPUs); its operands must split into a query side that does not depend on the
-key and a key side, and the value operand, that do not depend on the query row. Causal blocks above the
-diagonal are still computed (their scores are -inf): the mask is data (an arange compared) that the kernel
-cannot read before it runs. The kernel IR and Lowering machinery are the ones matmul.py's tiles use.
+key and a key side, and the value operand, that do not depend on the query row. The kernel IR and Lowering
+machinery are the ones matmul.py's tiles use.
 """
 from __future__ import annotations
 
@@ -59,12 +65,13 @@ class StagedAttentionLowering(AttentionLowering):
     """A work group per block of query rows of one batch entry, an item per row; see the module's docstring."""
 
     def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
-                 local_memory: int, stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+                 local_memory: int, skips: bool = True, stored_apart: frozenset = frozenset(),
+                 param_limit: int = PARAM_LIMIT):
         super().__init__(root, pattern, materialized, produced, stored_apart, param_limit)
         product = pattern.product
         if len(product.shape) < 3:
             raise NotAttention(product)
-        self.local_memory = local_memory
+        self.local_memory, self.skips = local_memory, skips
         self.rows_per_group, self.keys_per_block = rows_per_group(product.shape[-3]), 0
         self.queries, self.width = product.shape[-3], product.shape[-2]
         batch = product.shape[:-3]
@@ -119,7 +126,7 @@ class StagedAttentionLowering(AttentionLowering):
                             LocalArray(score_stage, float32, keys * rows),
                             Define(maximum, Const(FLOAT_LOWEST, float32)), Define(total, Const(0.0, float32)),
                             *(Define(acc, Const(0.0, float32)) for acc in accs)]
-        mask = self._mask(probability, key_name)
+        mask = self._mask(probability, key_name) if self.skips else []
         rows_extreme = {side: self._extreme(side, index, "lid", rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
@@ -350,11 +357,12 @@ def _scores_product(pattern: AttentionPattern, materialized) -> Node:
 
 
 def lower_staged_attention(root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
-                           local_memory: int, stored_apart: frozenset = frozenset(),
+                           local_memory: int, skips: bool = True, stored_apart: frozenset = frozenset(),
                            param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
-    """The staged kernel storing `root` (see the module), or None where it does not apply."""
+    """The staged kernel storing `root` (see the module), or None where it does not apply. Without `skips` it
+    computes every block of keys (WGSL's uniformity analysis refuses barriers under a branch on loaded values)."""
     try:
-        return StagedAttentionLowering(root, pattern, materialized, produced, local_memory, stored_apart,
+        return StagedAttentionLowering(root, pattern, materialized, produced, local_memory, skips, stored_apart,
                                        param_limit).lower()
     except NotAttention:
         return None

@@ -198,7 +198,7 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
         return None
     if attention_form(traits.gpu) == "staged":
         return lower_staged_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
-                                      site.apart, traits.max_params)
+                                      traits.language == "opencl", site.apart, traits.max_params)
     return lower_attention(site.root, pattern, site.materialized, site.produced, site.apart, traits.max_params)
 
 
