@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import zyx
 from zyx.jit import attention_tiles
 from zyx.jit.kernel_ir import If, Role, walk
-from zyx.jit.schedule import schedule
+from zyx.jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits, schedule
 
 RNG = np.random.default_rng(16)
 H200_LOCAL_MEMORY = 48 * 1024  # what NVIDIA's OpenCL reports
@@ -92,6 +92,17 @@ def test_the_per_row_form_on_request(gpu, monkeypatch):
     np.testing.assert_allclose(out.numpy(), numpy_attention(q, k, v, True, None), rtol=2e-5, atol=2e-5)
 
 
+def test_the_gpu_default_is_one_line(gpu, monkeypatch):
+    """GPUs keep their products until attention.GPU_MIN_PROBABILITY_BYTES is set; then they fuse, staged."""
+    from zyx.jit import attention
+    monkeypatch.delenv("ZYX_ATTENTION_MIN_BYTES")
+    q, k, v = data(1, 2, 40, 16), data(1, 2, 40, 16), data(1, 2, 40, 16)
+    out = zyx.nn.scaled_dot_product_attention(gpu.tensor(q), gpu.tensor(k), gpu.tensor(v), is_causal=True)
+    assert len(schedule([out.node], gpu.traits)[0]) > 1
+    monkeypatch.setattr(attention, "GPU_MIN_PROBABILITY_BYTES", 0)
+    staged_kernel(out, gpu)
+
+
 def test_unknown_form_is_refused(gpu, monkeypatch):
     monkeypatch.setenv("ZYX_ATTENTION_FORM", "tiles")
     out = zyx.nn.scaled_dot_product_attention(*(gpu.tensor(data(1, 1, 8, 4)) for _ in range(3)))
@@ -114,6 +125,17 @@ def test_gradients_after_a_staged_forward(gpu):
     zyx.realize(*grads)
     for grad, reference in zip(grads, (tq, tk, tv)):
         np.testing.assert_allclose(grad.numpy(), reference.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_with_a_backward_cpus_read_the_stored_scores_and_gpus_keep_the_products(dev):
+    """The backward stores the scores' product, so the staged form does not apply: a CPU gets the per-row kernel
+    (reading the stored scores), a GPU the products."""
+    q, k, v = (dev.tensor(data(1, 2, 37, 16)) for _ in range(3))
+    out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    targets = [out.node] + [g.node for g in (out * out).sum().backward([q, k, v])]
+    fused = lambda traits: [k for k in schedule(targets, traits)[0] if k.ir.kind == "a"]  # noqa: E731
+    assert [k.local_size for k in fused(DeviceTraits())] == [None]
+    assert fused(DeviceTraits(True, 256, GPU_VECTOR_WIDTH)) == []
 
 
 @pytest.mark.parametrize("head, keys, for_20_keys", [(16, 64, 32), (64, 32, 32), (80, 16, 16), (128, 16, 16)])

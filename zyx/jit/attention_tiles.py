@@ -45,8 +45,10 @@ KEYS = (64, 32, 16)    # keys per staged block: the largest whose stage takes at
 LANES = 4              # floats per local read of a staged key or value row (where the head dimension allows)
 
 
-def rows_per_group(queries: int) -> int:
-    return ROWS[0] if queries > ROWS[1] else ROWS[1]
+def rows_per_group(queries: int, max_group_size: int) -> Optional[int]:
+    """The most rows of ROWS that the device's groups may hold, fewer where fewer hold all `queries`."""
+    fitting = [rows for rows in ROWS if rows <= max_group_size]
+    return next((rows for rows in reversed(fitting) if rows >= queries), fitting[0] if fitting else None)
 
 
 def keys_per_block(rows: int, head_dim: int, value_dim: int, keys: int, local_memory: int) -> Optional[int]:
@@ -65,14 +67,16 @@ class StagedAttentionLowering(AttentionLowering):
     """A work group per block of query rows of one batch entry, an item per row; see the module's docstring."""
 
     def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
-                 local_memory: int, skips: bool = True, stored_apart: frozenset = frozenset(),
+                 local_memory: int, max_group_size: int, skips: bool = True, stored_apart: frozenset = frozenset(),
                  param_limit: int = PARAM_LIMIT):
         super().__init__(root, pattern, materialized, produced, stored_apart, param_limit)
         product = pattern.product
         if len(product.shape) < 3:
             raise NotAttention(product)
         self.local_memory, self.skips = local_memory, skips
-        self.rows_per_group, self.keys_per_block = rows_per_group(product.shape[-3]), 0
+        self.rows_per_group, self.keys_per_block = rows_per_group(product.shape[-3], max_group_size) or 0, 0
+        if not self.rows_per_group:
+            raise NotAttention(product)
         self.queries, self.width = product.shape[-3], product.shape[-2]
         batch = product.shape[:-3]
         self.query_blocks = -(-self.queries // self.rows_per_group)
@@ -357,12 +361,13 @@ def _scores_product(pattern: AttentionPattern, materialized) -> Node:
 
 
 def lower_staged_attention(root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
-                           local_memory: int, skips: bool = True, stored_apart: frozenset = frozenset(),
-                           param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
+                           local_memory: int, max_group_size: int, skips: bool = True,
+                           stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT
+                           ) -> Optional[LoweredKernel]:
     """The staged kernel storing `root` (see the module), or None where it does not apply. Without `skips` it
     computes every block of keys (WGSL's uniformity analysis refuses barriers under a branch on loaded values)."""
     try:
-        return StagedAttentionLowering(root, pattern, materialized, produced, local_memory, skips, stored_apart,
-                                       param_limit).lower()
+        return StagedAttentionLowering(root, pattern, materialized, produced, local_memory, max_group_size, skips,
+                                       stored_apart, param_limit).lower()
     except NotAttention:
         return None

@@ -191,14 +191,18 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
 
 def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKernel]:
     """The fused attention kernel storing the site's root (attention.py decides where, and in which form), or
-    None. A GPU's staged form that does not apply (the scores' product stored, as in a training step) leaves
-    the products; the per-row form would read the stored scores a row per item."""
+    None. Where the staged form does not apply (the scores' product stored, as in a training step) a CPU gets the
+    per-row form, reading the stored scores; a GPU keeps the products (its items would read them a row each,
+    uncoalesced)."""
     pattern = match_attention(site.root, site.materialized, traits.gpu)
     if pattern is None:
         return None
-    if attention_form(traits.gpu) == "staged":
-        return lower_staged_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
-                                      traits.language == "opencl", site.apart, traits.max_params)
+    if attention_form() == "staged":
+        staged = lower_staged_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
+                                        traits.max_group_size, traits.language == "opencl", site.apart,
+                                        traits.max_params)
+        if staged is not None or traits.gpu:
+            return staged
     return lower_attention(site.root, pattern, site.materialized, site.produced, site.apart, traits.max_params)
 
 
