@@ -1,5 +1,9 @@
 """Attention forward in one kernel: softmax(S) V with an online softmax, no L x S matrix in memory.
 
+This module finds the pattern, decides where it is fused (MIN_PROBABILITY_BYTES, GPU_MIN_PROBABILITY_BYTES) and in
+which form (FORMS), and lowers the "rows" form described here; attention_tiles.py lowers the "staged" one, the
+default, which reuses this module's pattern and lowering.
+
 The pattern, as the trace holds it (scaled_dot_product_attention, or the same written by hand): a product
 O[.., i, e] = sum_j P[.., i, j] W[.., i, e, j] whose left operand views P = softmax over its last axis, written
 exp(X - max_j X) / sum_j exp(X - max_j X), where X[.., i, j] is any elementwise value (the scores: a product
