@@ -139,22 +139,8 @@ class StagedAttentionLowering(AttentionLowering):
         self._stage(key_side, factor_index, key_name, head_name, head_dim, self._key_stage)
         self._stage(pattern.w_side, weights, key_name, value_name, self.width, value_stage)
         self._scopes[-1].append(Barrier())
-        block_max = Reg(self.names.fresh("mb"), float32)
-        self._scopes[-1].append(Define(block_max, Const(FLOAT_LOWEST, float32)))
-        self._open_loop(key_name, keys)
-        score = self.value(pattern.scores, probability, ()).operand
-        if exact_key.hi >= total_keys:  # the last block hangs over the end: its extra keys score -inf
-            score = self._line(lambda out: Select(out, ((exact_key, "lt", total_keys),), score,
-                                                  Const(-math.inf, float32)))
-        self._scopes[-1] += [LocalStore(score_stage, Expr.var(key_name, keys) * rows + self.lid, score),
-                             Accumulate(block_max, Op.MAX, score)]
-        self._scopes[-2].append(Loop(key_name, keys, tuple(self._close_loop())))
-        new_maximum = self._line(lambda out: Alu(out, Op.MAX, (maximum, block_max)))
-        lowered = self._line(lambda out: Alu(out, Op.NEG, (new_maximum,)))
-        shift = self._line(lambda out: Alu(out, Op.ADD, (maximum, lowered)))
-        rescale = self._line(lambda out: Alu(out, Op.EXP, (shift,)))
-        self._scopes[-1] += [Accumulate(total, Op.MUL, rescale), *(Accumulate(acc, Op.MUL, rescale) for acc in accs),
-                             Accumulate(maximum, Op.MAX, block_max)]
+        block_max = self._score(probability, exact_key, total_keys, score_stage)
+        lowered = self._rescale(maximum, block_max, [total, *accs])
         self._scopes[-1].append(self._weigh(score_stage, value_stage, value_lanes, lowered, total, accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stage before the next block overwrites it
         body = self._close_loop()
@@ -166,6 +152,32 @@ class StagedAttentionLowering(AttentionLowering):
             out = Reg(self.names.fresh("v"), float32)
             self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
             self._store(self.root, _Value(out, 0), self.positions[element])
+
+    def _score(self, probability: Index, exact_key: Expr, total_keys: int, score_stage: str) -> Reg:
+        """The loop computing the item's scores X against the staged keys into its column of `score_stage` (-inf
+        past the last key); their maximum."""
+        block_max = Reg(self.names.fresh("mb"), float32)
+        self._scopes[-1].append(Define(block_max, Const(FLOAT_LOWEST, float32)))
+        self._open_loop(self._key_name, self.keys_per_block)
+        score = self.value(self.pattern.scores, probability, ()).operand
+        if exact_key.hi >= total_keys:  # the last block hangs over the end
+            score = self._line(lambda out: Select(out, ((exact_key, "lt", total_keys),), score,
+                                                  Const(-math.inf, float32)))
+        key = Expr.var(self._key_name, self.keys_per_block)
+        self._scopes[-1] += [LocalStore(score_stage, key * self.rows_per_group + self.lid, score),
+                             Accumulate(block_max, Op.MAX, score)]
+        self._scopes[-2].append(Loop(self._key_name, self.keys_per_block, tuple(self._close_loop())))
+        return block_max
+
+    def _rescale(self, maximum: Reg, block_max: Reg, sums: list[Reg]) -> Reg:
+        """Raise the running maximum to the block's, rescaling the running `sums` by exp(m_old - m_new); -m_new."""
+        new_maximum = self._line(lambda out: Alu(out, Op.MAX, (maximum, block_max)))
+        lowered = self._line(lambda out: Alu(out, Op.NEG, (new_maximum,)))
+        shift = self._line(lambda out: Alu(out, Op.ADD, (maximum, lowered)))
+        rescale = self._line(lambda out: Alu(out, Op.EXP, (shift,)))
+        self._scopes[-1] += [*(Accumulate(running, Op.MUL, rescale) for running in sums),
+                             Accumulate(maximum, Op.MAX, block_max)]
+        return lowered
 
     def _weigh(self, score_stage: str, value_stage: str, lanes: int, lowered: Reg, total: Reg,
                accs: list[Reg]) -> Loop:
