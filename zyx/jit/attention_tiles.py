@@ -16,9 +16,10 @@ read the last key and score -inf; rows past the end compute the last row and sto
 Blocks of keys that a causal mask hides from all the group's rows are skipped: where X is where(a < b, -inf, ...)
 with a read at the query row alone and b at the key alone (rows < cols: scaled_dot_product_attention's is_causal)
 or the converse, the group takes a's largest value and b's smallest (the rows' once, the keys' per block), and
-computes the block only where that is not a < b (every item reaches the same answer, so the branch holds the barriers; the mask is data, an
-arange compared, so the kernel cannot know the diagonal before it runs). Such a block's scores would all be -inf,
-which changes neither the maximum, the sum nor the accumulators: skipping it gives the same values.
+computes the block only where that is not a < b (every item reaches the same answer, so the branch may hold the
+barriers; the mask is data, an arange compared, so the kernel cannot know the diagonal before it runs). Such a
+block's scores would all be -inf, which changes neither the maximum, the sum nor the accumulators: skipping it
+gives the same values.
 
 Only where X holds the scores' product itself (not a stored one, as in a training step whose backward stores
 it: then the products are kept on GPUs); its operands must split into a query side that does not depend on the
