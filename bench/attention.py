@@ -1,13 +1,13 @@
 """A1: causal attention's forward over context length: kernel time and memory growth, fused and unfused.
 
     python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--repeat 5]
-                              [--device N] [--only torch,zyx,zyx-staged,zyx-rows,zyx-unfused] [--json OUT]
+                              [--device N] [--only torch,zyx-staged,zyx-rows,zyx-unfused] [--json OUT]
 
 `zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` on (batch, heads, T, head_dim) float32 inputs,
 as a @zyx.jit function, each in a process of its own. The zyx implementations:
-- zyx: softmax(QK^T) V fused in the device's own form (ZYX_ATTENTION_MIN_BYTES=0: at every T);
-- zyx-staged / zyx-rows: fused in the named form (ZYX_ATTENTION_FORM: attention_tiles.py's work groups with keys
-  and values staged in local memory, or attention.py's work item per query row), to compare the two;
+- zyx-staged / zyx-rows: softmax(QK^T) V fused at every T (ZYX_ATTENTION_MIN_BYTES=0) in the named form
+  (ZYX_ATTENTION_FORM: attention_tiles.py's work groups with keys and values staged in local memory, the default,
+  or attention.py's work item per query row, the former kernel);
 - zyx-unfused: products and a row softmax, the T x T probabilities stored (ZYX_ATTENTION_MIN_BYTES past any size).
 torch is eager F.scaled_dot_product_attention on the host. Reported: the median time of --repeat calls after two
 (each ends by reading the output); for zyx also the median device time of its kernels per call (zyx.profile,
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Record, pick_device, script_main, wants  # noqa: E402
 
-IMPLEMENTATIONS = ("torch", "zyx", "zyx-staged", "zyx-rows", "zyx-unfused")
-FUSED_FORMS = {"zyx": None, "zyx-staged": "staged", "zyx-rows": "rows"}  # implementation: ZYX_ATTENTION_FORM
+IMPLEMENTATIONS = ("torch", "zyx-staged", "zyx-rows", "zyx-unfused")
+FUSED_FORMS = {"zyx-staged": "staged", "zyx-rows": "rows"}  # implementation: ZYX_ATTENTION_FORM
 
 
 def inputs(args: argparse.Namespace, context: int) -> list:
@@ -101,7 +101,7 @@ def in_child(args: argparse.Namespace, context: int, implementation: str) -> dic
     with tempfile.TemporaryDirectory(prefix="attention_") as root:
         env = dict(os.environ, ZYX_CACHE_DIR=os.path.join(root, "zyx"),
                    ZYX_ATTENTION_MIN_BYTES="0" if implementation in FUSED_FORMS else str(1 << 62))
-        if FUSED_FORMS.get(implementation):
+        if implementation in FUSED_FORMS:
             env["ZYX_ATTENTION_FORM"] = FUSED_FORMS[implementation]
         command = [sys.executable, __file__, "--child", implementation, "--contexts", str(context),
                    "--batch", str(args.batch), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
