@@ -49,21 +49,22 @@ def skips_blocks(kernel):
     return any(isinstance(s, If) and s.when is not None for s in walk(kernel.ir.body))
 
 
-CASES = {  # name: (batch, heads, queries, keys, head size, causal, scale)
-    "two row blocks, causal, d=16": (2, 3, 67, 67, 16, True, None),
-    "keys in 4 blocks, the last short, d=64, scaled": (1, 2, 100, 100, 64, False, 0.3),
-    "fewer queries than keys, causal, d=80": (2, 2, 45, 77, 80, True, None),
+CASES = {  # name: (batch, heads, queries, keys, head size, causal, scale, rows per group)
+    "two row blocks of 64, causal, d=16": (2, 3, 67, 67, 16, True, None, 64),
+    "keys in 4 blocks, the last short, d=64, scaled, few groups": (1, 2, 100, 100, 64, False, 0.3, 32),
+    "fewer queries than keys, causal, d=80": (2, 2, 45, 77, 80, True, None, 64),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_values_match_numpy(gpu, name):
-    batch, heads, queries, keys, head, causal, scale = CASES[name]
+def test_values_match_numpy(gpu, monkeypatch, name):
+    batch, heads, queries, keys, head, causal, scale, rows = CASES[name]
+    if rows == 64:  # (so few groups would take 32 rows each)
+        monkeypatch.setattr(attention_tiles, "MIN_GROUPS", 1)
     q, k, v = data(batch, heads, queries, head), data(batch, heads, keys, head), data(batch, heads, keys, head)
     out = zyx.nn.scaled_dot_product_attention(gpu.tensor(q), gpu.tensor(k), gpu.tensor(v), is_causal=causal,
                                               scale=scale)
     kernel = staged_kernel(out, gpu)
-    rows = 64 if queries > 32 else 32
     assert kernel.local_size == rows and kernel.global_size == batch * heads * -(-queries // rows) * rows
     assert skips_blocks(kernel) == causal  # (the first case's first rows skip its second block of keys)
     np.testing.assert_allclose(out.numpy(), numpy_attention(q, k, v, causal, scale), rtol=2e-5, atol=2e-5)
@@ -136,6 +137,13 @@ def test_with_a_backward_cpus_read_the_stored_scores_and_gpus_keep_the_products(
     fused = lambda traits: [k for k in schedule(targets, traits)[0] if k.ir.kind == "a"]  # noqa: E731
     assert [k.local_size for k in fused(DeviceTraits())] == [None]
     assert fused(DeviceTraits(True, 256, GPU_VECTOR_WIDTH)) == []
+
+
+@pytest.mark.parametrize("queries, batch, rows", [(1024, 48, 64), (1024, 12, 32), (20, 1000, 32), (100, 1, 32)])
+def test_rows_per_group_leave_no_gpu_idle(queries, batch, rows):
+    """64 rows a group where that makes MIN_GROUPS groups (GPT-2 small's 16 x 12 heads of 1024 do), else 32."""
+    assert attention_tiles.rows_per_group(queries, batch, 256) == rows
+    assert attention_tiles.rows_per_group(queries, batch, 16) is None
 
 
 @pytest.mark.parametrize("head, keys, for_20_keys", [(16, 64, 32), (64, 32, 32), (80, 16, 16), (128, 16, 16)])

@@ -41,15 +41,18 @@ from .lower import (PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, _
                     unravel)
 from .symbolic import Expr
 
-ROWS = (64, 32)        # query rows (work items) per group: 32 where a batch entry has at most 32 rows
+ROWS = (64, 32)        # query rows (work items) per group: 32 where a batch entry has at most 32 rows, or where 64
+MIN_GROUPS = 528       # would make fewer groups than this (4 per multiprocessor of an H200's 132): a GPU idling
 KEYS = (64, 32, 16)    # keys per staged block: the largest whose stage takes at most half the local memory
 LANES = 4              # floats per local read of a staged key or value row (where the head dimension allows)
 
 
-def rows_per_group(queries: int, max_group_size: int) -> Optional[int]:
-    """The most rows of ROWS that the device's groups may hold, fewer where fewer hold all `queries`."""
+def rows_per_group(queries: int, batch: int, max_group_size: int) -> Optional[int]:
+    """The most rows of ROWS that the device's groups may hold, fewer where fewer hold all `queries` or where the
+    `batch` entries' queries would fill fewer than MIN_GROUPS groups."""
     fitting = [rows for rows in ROWS if rows <= max_group_size]
-    return next((rows for rows in reversed(fitting) if rows >= queries), fitting[0] if fitting else None)
+    enough = [rows for rows in fitting if batch * -(-queries // rows) >= MIN_GROUPS] or fitting[-1:]
+    return next((rows for rows in reversed(enough) if rows >= queries), enough[0] if enough else None)
 
 
 def keys_per_block(rows: int, head_dim: int, value_dim: int, keys: int, local_memory: int) -> Optional[int]:
@@ -75,11 +78,12 @@ class StagedAttentionLowering(AttentionLowering):
         if len(product.shape) < 3:
             raise NotAttention(product)
         self.local_memory, self.skips = local_memory, skips
-        self.rows_per_group, self.keys_per_block = rows_per_group(product.shape[-3], max_group_size) or 0, 0
-        if not self.rows_per_group:
-            raise NotAttention(product)
         self.queries, self.width = product.shape[-3], product.shape[-2]
         batch = product.shape[:-3]
+        self.rows_per_group = rows_per_group(self.queries, math.prod(batch), max_group_size) or 0
+        self.keys_per_block = 0
+        if not self.rows_per_group:
+            raise NotAttention(product)
         self.query_blocks = -(-self.queries // self.rows_per_group)
         self.groups = math.prod(batch) * self.query_blocks
         self.lid = Expr.var("lid", self.rows_per_group)
