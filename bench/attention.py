@@ -11,7 +11,8 @@ as a @zyx.jit function, each in a process of its own. The zyx implementations:
 - zyx-unfused: products and a row softmax, the T x T probabilities stored (ZYX_ATTENTION_MIN_BYTES past any size).
 torch is eager F.scaled_dot_product_attention on the host. Reported: the median time of --repeat calls after two
 (each ends by reading the output); for zyx also the median device time of its kernels per call (zyx.profile,
-in calls of their own), the growth of peak device memory over one call (zyx.memory_stats after
+in calls of their own), the median CPU time of the process per call (every thread: PoCL's are the kernels), the
+growth of peak device memory over one call (zyx.memory_stats after
 zyx.reset_peak_memory, less what was held before it) beside the size of one T x T matrix of all heads, and the
 largest error of the first head against numpy (float64).
 """
@@ -67,18 +68,20 @@ def measure_zyx(args: argparse.Namespace, context: int) -> dict[str, Any]:
     attend(q, k, v).numpy()
     before = zyx.memory_stats(dev)["current_bytes"]
     zyx.reset_peak_memory(dev)
-    runs = []
+    runs, cpu_runs = [], []
     for _ in range(args.repeat):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         attend(q, k, v).numpy()
         runs.append(time.perf_counter() - start)
+        cpu_runs.append(time.process_time() - cpu_start)
     grown = zyx.memory_stats(dev)["peak_bytes"] - before
     kernel_runs = []
     for _ in range(args.repeat):
         with zyx.profile() as profiler:
             attend(q, k, v).numpy()
         kernel_runs.append(sum(row.seconds for row in profiler.summaries()))
-    return {"runs_s": runs, "kernel_runs_s": kernel_runs, "grown_bytes": grown, "first_head_error": error,
+    return {"runs_s": runs, "cpu_runs_s": cpu_runs, "kernel_runs_s": kernel_runs, "grown_bytes": grown,
+            "first_head_error": error,
             "kernels": attend.captured[0]["kernels"]}
 
 
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
             notes = [f"one T×T matrix of all heads: {matrix / 2**20:.1f} MiB"]
             if "grown_bytes" in found:
                 record.throughput = found["grown_bytes"] / 2**20
-                notes[:0] = [f"kernels {statistics.median(found['kernel_runs_s']) * 1e3:.2f} ms"]
+                notes[:0] = [f"kernels {statistics.median(found['kernel_runs_s']) * 1e3:.2f} ms",
+                             f"CPU {statistics.median(found['cpu_runs_s']) * 1e3:.1f} ms"]
                 notes.append(f"{found['kernels']} kernel{'s' * (found['kernels'] != 1)}")
                 notes.append(f"first head off numpy by {found['first_head_error']:.1e}")
             record.note, record.extra = "; ".join(notes), found

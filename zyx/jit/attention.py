@@ -42,9 +42,9 @@ MIN_PROBABILITY_BYTES = 1 << 26
 GPU_MIN_PROBABILITY_BYTES: Optional[int] = None
 # The fused kernel's form (ZYX_ATTENTION_FORM; "staged" by default): "staged" (attention_tiles.py: a work group per
 # block of query rows, keys and values staged in local memory, causal blocks skipped) or "rows" (this module's: a
-# work item per query row, every key read from global memory). On PoCL (2 cores) "staged" took a quarter of
-# "rows"' CPU time (causal, 4 heads, d=64: 57 vs 228 ms at T=1024, 216 vs 960 ms at T=2048); the unfused kernels
-# took half of "staged"'s (27 and 108 ms), hence MIN_PROBABILITY_BYTES.
+# work item per query row, every key read from global memory). On PoCL (2 cores) "staged" took a quarter to a
+# third of "rows"' CPU time (causal, 4 heads, d=64: 60 vs 218 ms at T=1024, 230 vs 868 ms at T=2048); the unfused
+# kernels took half of "staged"'s or less (25 and 102 ms), hence MIN_PROBABILITY_BYTES (bench/README.md, A1).
 FORMS = ("staged", "rows")
 
 
