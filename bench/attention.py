@@ -1,10 +1,11 @@
 """A1: causal attention's forward over context length: kernel time and memory growth, fused and unfused.
 
-    python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--repeat 5]
-                              [--device N] [--only torch,zyx-staged,zyx-rows,zyx-unfused] [--json OUT]
+    python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--full]
+                              [--repeat 5] [--device N] [--only torch,zyx-staged,zyx-rows,zyx-unfused] [--json OUT]
 
-`zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` on (batch, heads, T, head_dim) float32 inputs,
-as a @zyx.jit function, each in a process of its own. The zyx implementations:
+`zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` (`--full`: not causal, every block of keys computed:
+the staged kernel's causal time against it shows the blocks it skips) on (batch, heads, T, head_dim) float32
+inputs, as a @zyx.jit function, each in a process of its own. The zyx implementations:
 - zyx-staged / zyx-rows: softmax(QK^T) V fused at every T (ZYX_ATTENTION_MIN_BYTES=0) in the named form
   (ZYX_ATTENTION_FORM: attention_tiles.py's work groups with keys and values staged in local memory, the default,
   or attention.py's work item per query row, the former kernel);
@@ -43,12 +44,13 @@ def inputs(args: argparse.Namespace, context: int) -> list:
     return [rng.standard_normal((args.batch, args.heads, context, args.head_dim), dtype=np.float32) for _ in range(3)]
 
 
-def first_head_error(arrays: list, out: Any) -> float:
-    """The largest absolute difference of the first head's output from numpy's causal attention in float64."""
+def first_head_error(arrays: list, out: Any, causal: bool) -> float:
+    """The largest absolute difference of the first head's output from numpy's attention in float64."""
     import numpy as np
     q, k, v = (a[0, 0].astype(np.float64) for a in arrays)
     scores = q @ k.T / np.sqrt(q.shape[-1])
-    scores[np.triu_indices(len(q), 1)] = -np.inf
+    if causal:
+        scores[np.triu_indices(len(q), 1)] = -np.inf
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     return float(np.abs((weights / weights.sum(-1, keepdims=True)) @ v - out[0, 0]).max())
 
@@ -63,8 +65,9 @@ def measure_zyx(args: argparse.Namespace, context: int) -> dict[str, Any]:
     arrays = inputs(args, context)
     q, k, v = (dev.tensor(a) for a in arrays)
     zyx.realize(q, k, v)
-    attend = zyx.jit(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True))
-    error = first_head_error(arrays, attend(q, k, v).numpy())
+    causal = not args.full
+    attend = zyx.jit(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    error = first_head_error(arrays, attend(q, k, v).numpy(), causal)
     attend(q, k, v).numpy()
     before = zyx.memory_stats(dev)["current_bytes"]
     zyx.reset_peak_memory(dev)
@@ -93,7 +96,7 @@ def measure_torch(args: argparse.Namespace, context: int) -> dict[str, Any]:
     with torch.no_grad():
         for repeat in range(args.repeat + 2):
             start = time.perf_counter()
-            F.scaled_dot_product_attention(q, k, v, is_causal=True).numpy()
+            F.scaled_dot_product_attention(q, k, v, is_causal=not args.full).numpy()
             if repeat >= 2:
                 runs.append(time.perf_counter() - start)
     return {"runs_s": runs}
@@ -108,7 +111,7 @@ def in_child(args: argparse.Namespace, context: int, implementation: str) -> dic
             env["ZYX_ATTENTION_FORM"] = FUSED_FORMS[implementation]
         command = [sys.executable, __file__, "--child", implementation, "--contexts", str(context),
                    "--batch", str(args.batch), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
-                   "--repeat", str(args.repeat)]
+                   "--repeat", str(args.repeat)] + ["--full"] * args.full
         if args.device is not None:
             command += ["--device", str(args.device)]
         finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
         for implementation in IMPLEMENTATIONS:
             if not wants(args, implementation):
                 continue
-            record = Record(f"A1 T={context}", implementation, unit="MiB grown")
+            record = Record(f"A1 T={context}{' full' * args.full}", implementation, unit="MiB grown")
             print(f"  {record.workload:<10} {implementation:<11} ...", file=sys.stderr, flush=True)
             try:
                 found = in_child(args, context, implementation)
@@ -157,6 +160,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--full", action="store_true", help="attention over every key (default: causal)")
     p.add_argument("--child", choices=IMPLEMENTATIONS, default=None, help=argparse.SUPPRESS)
 
 
