@@ -70,6 +70,20 @@ def test_values_match_numpy(gpu, monkeypatch, name):
     np.testing.assert_allclose(out.numpy(), numpy_attention(q, k, v, causal, scale), rtol=2e-5, atol=2e-5)
 
 
+def test_a_skipped_block_is_not_read(gpu, monkeypatch):
+    """67 causal rows in groups of 64: the first group skips the keys past 63, so NaN values there reach only the
+    rows that see them (computed, 0 x NaN would reach every row, as it does in torch)."""
+    monkeypatch.setattr(attention_tiles, "MIN_GROUPS", 1)
+    q, k, v = data(1, 2, 67, 16), data(1, 2, 67, 16), data(1, 2, 67, 16)
+    v[..., 64:, :] = np.nan
+    out = zyx.nn.scaled_dot_product_attention(gpu.tensor(q), gpu.tensor(k), gpu.tensor(v), is_causal=True)
+    assert staged_kernel(out, gpu).local_size == 64
+    values, seen = out.numpy(), np.where(np.isnan(v), 0, v)
+    assert np.isnan(values[..., 64:, :]).all()
+    np.testing.assert_allclose(values[..., :64, :], numpy_attention(q, k, seen, True, None)[..., :64, :],
+                               rtol=2e-5, atol=2e-5)
+
+
 def test_a_mask_the_other_way_round_skips_blocks_too(gpu):
     """Written by hand, keys before the query masked (key < row): blocks of keys all before the group's rows are
     skipped, and the values are numpy's."""
