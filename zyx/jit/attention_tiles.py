@@ -19,7 +19,8 @@ or the converse, the group takes a's largest value and b's smallest (the rows' o
 computes the block only where that is not a < b (every item reaches the same answer, so the branch may hold the
 barriers; the mask is data, an arange compared, so the kernel cannot know the diagonal before it runs). Such a
 block's scores would all be -inf, which changes neither the maximum, the sum nor the accumulators: skipping it
-gives the same values.
+gives the same values (except that a NaN or inf among the values of keys that no row of the group sees no longer
+reaches those rows, as 0 x NaN does where the block is computed).
 
 Only where X holds the scores' product itself (not a stored one, as in a training step whose backward stores
 it: then the products are kept on GPUs); its operands must split into a query side that does not depend on the
