@@ -1,15 +1,21 @@
-"""A1: causal attention's forward over context length: time and memory growth, fused and unfused.
+"""A1: causal attention's forward over context length: kernel time and memory growth, fused and unfused.
 
-    python bench/attention.py [--contexts 1024,2048,4096] [--heads 4] [--head-dim 64] [--repeat 5] [--device N]
-                              [--only torch,zyx,zyx-unfused] [--json OUT]
+    python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--full]
+                              [--repeat 5] [--device N] [--only torch,zyx-staged,zyx-rows,zyx-unfused] [--json OUT]
 
-`zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` on (1, heads, T, head_dim) float32 inputs, as a
-@zyx.jit function, each in a process of its own. zyx fuses softmax(QK^T) V into one kernel (zyx/jit/attention.py;
-ZYX_ATTENTION_MIN_BYTES=0 here, so at every T), zyx-unfused keeps products and a row softmax, the T x T
-probabilities stored (ZYX_ATTENTION_MIN_BYTES past any size). torch is eager
-F.scaled_dot_product_attention on the host. Reported: the median time of --repeat calls after two (each ends by
-reading the output), and for zyx the growth of peak device memory over one call (zyx.memory_stats after
-zyx.reset_peak_memory, less what was held before it) beside the size of one T x T matrix of all heads.
+`zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` (`--full`: not causal, every block of keys computed:
+the staged kernel's causal time against it shows the blocks it skips) on (batch, heads, T, head_dim) float32
+inputs, as a @zyx.jit function, each in a process of its own. The zyx implementations:
+- zyx-staged / zyx-rows: softmax(QK^T) V fused at every T (ZYX_ATTENTION_MIN_BYTES=0) in the named form
+  (ZYX_ATTENTION_FORM: attention_tiles.py's work groups with keys and values staged in local memory, the default,
+  or attention.py's work item per query row, the former kernel);
+- zyx-unfused: products and a row softmax, the T x T probabilities stored (ZYX_ATTENTION_MIN_BYTES past any size).
+torch is eager F.scaled_dot_product_attention on the host. Reported: the median time of --repeat calls after two
+(each ends by reading the output); for zyx also the median device time of its kernels per call (zyx.profile,
+in calls of their own), the median CPU time of the process per call (every thread: PoCL's are the kernels), the
+growth of peak device memory over one call (zyx.memory_stats after
+zyx.reset_peak_memory, less what was held before it) beside the size of one T x T matrix of all heads, and the
+largest error of the first head against numpy (float64).
 """
 from __future__ import annotations
 
@@ -28,13 +34,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Record, pick_device, script_main, wants  # noqa: E402
 
-IMPLEMENTATIONS = ("torch", "zyx", "zyx-unfused")
+IMPLEMENTATIONS = ("torch", "zyx-staged", "zyx-rows", "zyx-unfused")
+FUSED_FORMS = {"zyx-staged": "staged", "zyx-rows": "rows"}  # implementation: ZYX_ATTENTION_FORM
 
 
-def inputs(heads: int, context: int, head_dim: int) -> list:
+def inputs(args: argparse.Namespace, context: int) -> list:
     import numpy as np
     rng = np.random.default_rng(0)
-    return [rng.standard_normal((1, heads, context, head_dim), dtype=np.float32) for _ in range(3)]
+    return [rng.standard_normal((args.batch, args.heads, context, args.head_dim), dtype=np.float32) for _ in range(3)]
+
+
+def first_head_error(arrays: list, out: Any, causal: bool) -> float:
+    """The largest absolute difference of the first head's output from numpy's attention in float64."""
+    import numpy as np
+    q, k, v = (a[0, 0].astype(np.float64) for a in arrays)
+    scores = q @ k.T / np.sqrt(q.shape[-1])
+    if causal:
+        scores[np.triu_indices(len(q), 1)] = -np.inf
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    return float(np.abs((weights / weights.sum(-1, keepdims=True)) @ v - out[0, 0]).max())
 
 
 def measure_zyx(args: argparse.Namespace, context: int) -> dict[str, Any]:
@@ -44,31 +62,41 @@ def measure_zyx(args: argparse.Namespace, context: int) -> dict[str, Any]:
     if device is None:
         raise SystemExit(why)
     dev = zyx.OpenCL(platform=device.platform_index, device=device.device_index)
-    q, k, v = (dev.tensor(a) for a in inputs(args.heads, context, args.head_dim))
+    arrays = inputs(args, context)
+    q, k, v = (dev.tensor(a) for a in arrays)
     zyx.realize(q, k, v)
-    attend = zyx.jit(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True))
-    for _ in range(2):
-        attend(q, k, v).numpy()
+    causal = not args.full
+    attend = zyx.jit(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    error = first_head_error(arrays, attend(q, k, v).numpy(), causal)
+    attend(q, k, v).numpy()
     before = zyx.memory_stats(dev)["current_bytes"]
     zyx.reset_peak_memory(dev)
-    runs = []
+    runs, cpu_runs = [], []
     for _ in range(args.repeat):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         attend(q, k, v).numpy()
         runs.append(time.perf_counter() - start)
-    return {"runs_s": runs, "grown_bytes": zyx.memory_stats(dev)["peak_bytes"] - before,
+        cpu_runs.append(time.process_time() - cpu_start)
+    grown = zyx.memory_stats(dev)["peak_bytes"] - before
+    kernel_runs = []
+    for _ in range(args.repeat):
+        with zyx.profile() as profiler:
+            attend(q, k, v).numpy()
+        kernel_runs.append(sum(row.seconds for row in profiler.summaries()))
+    return {"runs_s": runs, "cpu_runs_s": cpu_runs, "kernel_runs_s": kernel_runs, "grown_bytes": grown,
+            "first_head_error": error,
             "kernels": attend.captured[0]["kernels"]}
 
 
 def measure_torch(args: argparse.Namespace, context: int) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
-    q, k, v = (torch.from_numpy(a) for a in inputs(args.heads, context, args.head_dim))
+    q, k, v = (torch.from_numpy(a) for a in inputs(args, context))
     runs = []
     with torch.no_grad():
         for repeat in range(args.repeat + 2):
             start = time.perf_counter()
-            F.scaled_dot_product_attention(q, k, v, is_causal=True).numpy()
+            F.scaled_dot_product_attention(q, k, v, is_causal=not args.full).numpy()
             if repeat >= 2:
                 runs.append(time.perf_counter() - start)
     return {"runs_s": runs}
@@ -78,9 +106,12 @@ def in_child(args: argparse.Namespace, context: int, implementation: str) -> dic
     """One measurement in a new process with a new zyx cache directory."""
     with tempfile.TemporaryDirectory(prefix="attention_") as root:
         env = dict(os.environ, ZYX_CACHE_DIR=os.path.join(root, "zyx"),
-                   ZYX_ATTENTION_MIN_BYTES="0" if implementation == "zyx" else str(1 << 62))
+                   ZYX_ATTENTION_MIN_BYTES="0" if implementation in FUSED_FORMS else str(1 << 62))
+        if implementation in FUSED_FORMS:
+            env["ZYX_ATTENTION_FORM"] = FUSED_FORMS[implementation]
         command = [sys.executable, __file__, "--child", implementation, "--contexts", str(context),
-                   "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--repeat", str(args.repeat)]
+                   "--batch", str(args.batch), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
+                   "--repeat", str(args.repeat)] + ["--full"] * args.full
         if args.device is not None:
             command += ["--device", str(args.device)]
         finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
@@ -92,11 +123,11 @@ def in_child(args: argparse.Namespace, context: int, implementation: str) -> dic
 def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
     records = []
     for context in (int(c) for c in args.contexts.split(",")):
-        matrix = args.heads * context * context * 4
+        matrix = args.batch * args.heads * context * context * 4
         for implementation in IMPLEMENTATIONS:
             if not wants(args, implementation):
                 continue
-            record = Record(f"A1 T={context}", implementation, unit="MiB grown")
+            record = Record(f"A1 T={context}{' full' * args.full}", implementation, unit="MiB grown")
             print(f"  {record.workload:<10} {implementation:<11} ...", file=sys.stderr, flush=True)
             try:
                 found = in_child(args, context, implementation)
@@ -108,7 +139,10 @@ def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
             notes = [f"one T×T matrix of all heads: {matrix / 2**20:.1f} MiB"]
             if "grown_bytes" in found:
                 record.throughput = found["grown_bytes"] / 2**20
+                notes[:0] = [f"kernels {statistics.median(found['kernel_runs_s']) * 1e3:.2f} ms",
+                             f"CPU {statistics.median(found['cpu_runs_s']) * 1e3:.1f} ms"]
                 notes.append(f"{found['kernels']} kernel{'s' * (found['kernels'] != 1)}")
+                notes.append(f"first head off numpy by {found['first_head_error']:.1e}")
             record.note, record.extra = "; ".join(notes), found
             records.append(record)
     return records
@@ -123,8 +157,10 @@ def child(args: argparse.Namespace) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contexts", default="1024,2048,4096", help="context lengths T (default 1024,2048,4096)")
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--full", action="store_true", help="attention over every key (default: causal)")
     p.add_argument("--child", choices=IMPLEMENTATIONS, default=None, help=argparse.SUPPRESS)
 
 

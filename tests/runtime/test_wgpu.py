@@ -265,6 +265,22 @@ def test_local_tile_products_read_the_fragments_lanes_in_place_and_match_numpy(d
     assert any(re.search(r"\{ let \w+: i32 = 15;", source) for source in sources)
 
 
+def test_staged_attention_computes_every_block_and_matches_numpy(dev, monkeypatch):
+    """The staged attention kernel (attention_tiles.py) in WGSL: keys and values in workgroup memory, but no block
+    skipped (WGSL refuses barriers under a branch on loaded values), causal, keys past the last block's end."""
+    monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", "0")
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((2, 70, 8)).astype(np.float32) for _ in range(3))
+    out = zyx.nn.scaled_dot_product_attention(dev.tensor(q), dev.tensor(k), dev.tensor(v), is_causal=True).numpy()
+    scores = np.where(np.arange(70)[None, :] > np.arange(70)[:, None], -np.inf, q @ k.swapaxes(1, 2) / np.sqrt(8))
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    np.testing.assert_allclose(out, (weights / weights.sum(-1, keepdims=True)) @ v, rtol=2e-5, atol=2e-5)
+    sources = [launch.source for program in dev.programs.values() for launch in program.launches]
+    staged = [source for source in sources if "var<workgroup> k_stage" in source]
+    assert len(staged) == 1 and "workgroupBarrier" in staged[0]
+    assert not re.search(r"if \(v\d+\) \{", staged[0])
+
+
 def test_devices_by_spec_preference_and_pickle(dev, monkeypatch):
     assert zyx.devices.device_from_spec("wgpu") is dev is zyx.WGPU("high-performance")
     assert pickle.loads(pickle.dumps(dev)) is dev and dev.spec == "wgpu:0"

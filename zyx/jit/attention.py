@@ -1,5 +1,9 @@
 """Attention forward in one kernel: softmax(S) V with an online softmax, no L x S matrix in memory.
 
+This module finds the pattern, decides where it is fused (MIN_PROBABILITY_BYTES, GPU_MIN_PROBABILITY_BYTES) and in
+which form (FORMS), and lowers the "rows" form described here; attention_tiles.py lowers the "staged" one, the
+default, which reuses this module's pattern and lowering.
+
 The pattern, as the trace holds it (scaled_dot_product_attention, or the same written by hand): a product
 O[.., i, e] = sum_j P[.., i, j] W[.., i, e, j] whose left operand views P = softmax over its last axis, written
 exp(X - max_j X) / sum_j exp(X - max_j X), where X[.., i, j] is any elementwise value (the scores: a product
@@ -31,17 +35,33 @@ FLOAT_LOWEST = -3.4028234663852886e38  # the running maximum starts here, not at
 # Smaller probability matrices keep the products and the row softmax: those kernels are faster (on PoCL the fused
 # kernel took 7x their time at 4 heads x 1024 x 1024, bench/attention.py), and the memory they save is small.
 # ZYX_ATTENTION_MIN_BYTES sets another threshold (0: fuse every attention; a setting, so it keys the programs).
-# GPUs fuse only when it is set: a work item per query row with no local-memory tiles has not been timed against
-# their tiled products, which reach 0.93x cuBLAS.
 MIN_PROBABILITY_BYTES = 1 << 26
+# GPUs: the threshold by default. None keeps their products: the staged kernel (attention_tiles.py) is their
+# fused form but has not been timed against their tiled products yet (bench/attention.py --forms staged,rows on
+# the GPU); set a number of bytes here (MIN_PROBABILITY_BYTES, or 0 for every attention) to make it the default.
+GPU_MIN_PROBABILITY_BYTES: Optional[int] = None
+# The fused kernel's form (ZYX_ATTENTION_FORM; "staged" by default): "staged" (attention_tiles.py: a work group per
+# block of query rows, keys and values staged in local memory, causal blocks skipped) or "rows" (this module's: a
+# work item per query row, every key read from global memory). On PoCL (2 cores) "staged" took a quarter to a
+# third of "rows"' CPU time (causal, 4 heads, d=64: 60 vs 218 ms at T=1024, 230 vs 868 ms at T=2048); the unfused
+# kernels took half of "staged"'s or less (25 and 102 ms), hence MIN_PROBABILITY_BYTES (bench/README.md, A1).
+FORMS = ("staged", "rows")
 
 
 def min_probability_bytes(gpu: bool = False) -> Optional[int]:
-    """The smallest probability matrix, in bytes, that the fused kernel replaces (None: none, by default on GPUs)."""
+    """The smallest probability matrix, in bytes, that the fused kernel replaces (None: none)."""
     setting = os.environ.get("ZYX_ATTENTION_MIN_BYTES")
     if setting is not None:
         return int(setting)
-    return None if gpu else MIN_PROBABILITY_BYTES
+    return GPU_MIN_PROBABILITY_BYTES if gpu else MIN_PROBABILITY_BYTES
+
+
+def attention_form() -> str:
+    """Which fused kernel devices get: ZYX_ATTENTION_FORM, else "staged"."""
+    form = os.environ.get("ZYX_ATTENTION_FORM") or FORMS[0]
+    if form not in FORMS:
+        raise ValueError(f"ZYX_ATTENTION_FORM={form!r}: expected one of {', '.join(FORMS)}")
+    return form
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,8 @@ def match_attention(root: Node, materialized: dict[int, Node], gpu: bool = False
     """The pattern whose product `root` is (or reshapes) when no kernel stores P, its exponentials or X (then
     recomputing them here would save nothing) and P is large enough to be worth not storing
     (min_probability_bytes), else None."""
+    if root.dtype != float32 or root.numel == 0:  # (FLOAT_LOWEST is float32's)
+        return None
     product = root.src[0] if root.op is Op.RESHAPE else root
     last = len(product.shape) - 1
     if product.op is not Op.SUM or product.arg != (last,) or product.src[0].op is not Op.MUL:
@@ -187,17 +209,10 @@ class NotAttention(Exception):
     """The product reads P at other positions than softmax(X) V over the keys needs."""
 
 
-def lower_attention(root: Node, materialized: dict[int, Node], produced: set[int],
-                    stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT,
-                    gpu: bool = False) -> Optional[LoweredKernel]:
-    """The fused attention kernel storing `root`, or None where `root` is not softmax(X) V (see the module)."""
-    if root.dtype != float32 or root.numel == 0:  # (FLOAT_LOWEST is float32's)
-        return None
-    pattern = match_attention(root, materialized, gpu)
-    if pattern is None:
-        return None
+def lower_attention(root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
+                    stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
+    """The per-row fused kernel storing `root` (see the module), or None where the product reads P elsewhere."""
     try:
         return AttentionLowering(root, pattern, materialized, produced, stored_apart, param_limit).lower()
     except NotAttention:
         return None
-

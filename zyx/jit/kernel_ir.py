@@ -202,8 +202,12 @@ class Loop:
 
 @dataclass(frozen=True)
 class If:
+    """`body` where `cond` holds and, if given, the bool register `when` (a value known only at run time; where
+    the body has barriers it must be the same in every item of a group)."""
+
     cond: Cond
     body: tuple
+    when: Optional[Reg] = None
 
 
 @dataclass(frozen=True)

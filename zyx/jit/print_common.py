@@ -60,6 +60,12 @@ def condition(cond: Cond) -> str:
     return "&&".join(f"({e.render()}>={k})" if op == "ge" else f"({e.render()}<{k})" for e, op, k in cond)
 
 
+def branch_condition(statement: If) -> str:
+    """An If's condition: its bounds and its register, the same text in OpenCL C and WGSL."""
+    return "&&".join(([condition(statement.cond)] if statement.cond else []) +
+                     ([statement.when.name] if statement.when is not None else []))
+
+
 def aligned(index: Expr, width: int) -> bool:
     """Whether `index` is a multiple of `width` wherever it is evaluated (a whole vector of a vector array)."""
     return index.const % width == 0 and all(c % width == 0 for c in index.terms.values())

@@ -17,8 +17,8 @@ from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, Barrier, Break,
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad,
                         MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role, Select, Store, walk)
 from .cache_key import hash_hex
-from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, condition, dtypes_used,
-                           kernel_name, pick)
+from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
+                           dtypes_used, kernel_name, pick)
 from .symbolic import Expr
 
 VERSION = "3"  # bump when the same IR prints differently
@@ -275,8 +275,8 @@ def _loop(statement: Loop, lines: BodyPrinter, indent: str) -> list[str]:
 def _branch(statement: If, lines: BodyPrinter, indent: str) -> list[str]:
     inner = lines(statement.body, "")
     if len(inner) == 1:
-        return [f"{indent}if ({condition(statement.cond)}) {inner[0]}"]
-    return [f"{indent}if ({condition(statement.cond)}) {{", *(indent + "  " + line for line in inner), indent + "}"]
+        return [f"{indent}if ({branch_condition(statement)}) {inner[0]}"]
+    return [f"{indent}if ({branch_condition(statement)}) {{", *(indent + "  " + line for line in inner), indent + "}"]
 
 
 SYNTAX = Syntax(VALUES, STATEMENTS, lambda s, text: _define(s.out, text), _loop, _branch)

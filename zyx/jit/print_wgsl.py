@@ -38,8 +38,8 @@ from ..trace.philox import WGSL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
                         Rand, Reg, Role, Select, Statement, Store, walk)
-from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, condition, dtypes_used,
-                           kernel_name, pick)
+from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
+                           dtypes_used, kernel_name, pick)
 from .symbolic import Expr
 
 VERSION = "wgsl-2"  # bump when the same IR prints differently
@@ -373,7 +373,7 @@ def _loop(statement: Loop, lines: BodyPrinter, indent: str) -> list[str]:
 
 
 def _branch(statement: If, lines: BodyPrinter, indent: str) -> list[str]:
-    return [f"{indent}if ({condition(statement.cond)}) {{", *lines(statement.body, indent + "  "), indent + "}"]
+    return [f"{indent}if ({branch_condition(statement)}) {{", *lines(statement.body, indent + "  "), indent + "}"]
 
 
 # ---- the shader --------------------------------------------------------------------------------------------

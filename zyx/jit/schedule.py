@@ -31,7 +31,8 @@ from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
-from .attention import lower_attention
+from .attention import attention_form, lower_attention, match_attention
+from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
@@ -166,7 +167,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     reduction, else unrolled reductions."""
     root, materialized = site.root, site.materialized
     family = choice.family if choice is not None else None
-    attention = lower_attention(root, materialized, site.produced, site.apart, traits.max_params, traits.gpu)
+    attention = _fused_attention(site, traits)
     if attention is not None:  # softmax(X) V whose P no other kernel stores: one kernel, nothing to choose
         return _Shaped(attention, attention.ir)
     if not traits.gpu and family in (None, "cpu_matmul"):
@@ -186,6 +187,23 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             kernel = (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir
             return _Shaped(lowered, kernel, plan.choice, local_tile_options(traits.local_memory))
     return _shape_plain(site, traits, choice)
+
+
+def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKernel]:
+    """The fused attention kernel storing the site's root (attention.py decides where, and in which form), or
+    None. Where the staged form does not apply (the scores' product stored, as in a training step) a CPU gets the
+    per-row form, reading the stored scores; a GPU keeps the products (its items would read them a row each,
+    uncoalesced)."""
+    pattern = match_attention(site.root, site.materialized, traits.gpu)
+    if pattern is None:
+        return None
+    if attention_form() == "staged":
+        staged = lower_staged_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
+                                        traits.max_group_size, traits.language == "opencl", site.apart,
+                                        traits.max_params)
+        if staged is not None or traits.gpu:
+            return staged
+    return lower_attention(site.root, pattern, site.materialized, site.produced, site.apart, traits.max_params)
 
 
 def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:

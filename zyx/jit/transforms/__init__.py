@@ -46,7 +46,8 @@ def copy_body(body: tuple, values: dict[str, Expr], suffix: str, names: dict[str
             continue
         if isinstance(statement, If):
             cond = tuple((substitute(e, values, memo), op, k) for e, op, k in statement.cond)
-            copied.append(If(cond, copy_body(statement.body, values, suffix, names, memo)))
+            when = None if statement.when is None else names.get(statement.when.name, statement.when)
+            copied.append(If(cond, copy_body(statement.body, values, suffix, names, memo), when))  # type: ignore[arg-type]
             continue
         defined = defined_register(statement)
         if defined is not None:
