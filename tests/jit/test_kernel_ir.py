@@ -142,7 +142,7 @@ def test_double_buffered_tiles_compute_what_the_single_buffered_product_computes
     a, b = RNG.standard_normal((n, k)).astype(np.float32), RNG.standard_normal((k, m)).astype(np.float32)
     x, y = zyx.CPU().tensor(a), zyx.CPU().tensor(b)
     root = (x @ y).node
-    choice = Choice.of("local_tiles", block=32, bk=8, buffers=1)
+    choice = Choice.of("local_tiles", block=32, per_item=2, bk=8, buffers=1, split=1, wide=1)
     plan = plan_local_tiles(root, hosted_matmul(root, {id(root): root}), choice=choice)
     kernel = LocalTileLowering(root, {id(root): root}, set(), plan).lower().ir
     data = {id(x.node): a, id(y.node): b}

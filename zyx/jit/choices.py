@@ -17,9 +17,11 @@ FAMILIES: dict[str, dict[str, tuple[int, ...]]] = {
     # a CPU product's register tile: rows of the left operand times `width` columns (vectors of 16 floats); and
     # whether its right operand is copied into panels first (1) or read in place (0, where it can be)
     "cpu_matmul": {"rows": (1, 2, 3, 4, 5, 6, 8, 10, 12, 16), "width": (16, 32, 64), "packed": (0, 1)},
-    # a GPU product's work-group block (block x block outputs, block // 16 per item), staged slice of k and local
-    # buffers per tile (2: double-buffered)
-    "local_tiles": {"block": (32, 64, 128), "bk": (8, 16, 32), "buffers": (1, 2)},
+    # a GPU product's work-group block (block x block * wide outputs, per_item x per_item * wide per item: the
+    # heuristics take block // 16 and wide 1), staged slice of k, local buffers per tile (2: double-buffered), and
+    # groups per block of outputs (each summing a chunk of k: matmul.py, split.py)
+    "local_tiles": {"block": (32, 64, 128), "per_item": (2, 4, 8), "bk": (8, 16, 32), "buffers": (1, 2),
+                    "split": (1, 2, 4, 8), "wide": (1, 2)},
     # any other kernel: a register tile of a product (outputs per item along n and m), vector lanes,
     # accumulators per reduction loop, items per work group sharing a reduction (0: none)
     "plain": {"tile_n": (1, 2, 4, 8, 16), "tile_m": (1, 2, 4, 8, 16), "width": (1, 2, 4, 8, 16),

@@ -1,7 +1,9 @@
 """Matrix products on GPUs: work groups that stage tiles of both operands in local memory.
 
 A work group of 16 x 16 items computes a 128 x 128 block of outputs, each item an 8 x 8 tile of it (64 x 64 and
-4 x 4, or 32 x 32 and 2 x 2, where the sizes do not divide or the big blocks leave too few groups). For every BK
+4 x 4, or 32 x 32 and 2 x 2, where the sizes do not divide or the big blocks leave too few groups). A tuned
+choice may give an item another tile (the group then has (block / per_item)² items), make blocks and tiles `wide`
+(twice as long along m as along n) and split the reduced axis across groups (split.py). For every BK
 slice of the reduced axis the group copies a tile of each operand into local memory (coalesced global reads,
 each element read once per group), the left one transposed so that both tiles are read as float4 vectors along
 the output axes. Every item then walks the slice: per step it reads its fragments (a column of its left rows,
@@ -34,9 +36,11 @@ from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
 
 BK = 16            # reduced elements staged per slice
-SIDE = 16          # a work group is SIDE x SIDE items
+SIDE = 16          # the heuristics' work group is SIDE x SIDE items (tensor_cores.py's: 8 warps)
 GROUP = SIDE * SIDE
-BLOCKS = ((128, 8), (64, 4), (32, 2))  # (outputs per group along n and m, per item): big blocks first
+SIDES = (8, 16, 32)  # sides a tuned work group may have (fewer items than 64 leave warps idle; 1024 is the most)
+MAX_ACCUMULATORS = 64  # outputs per item (8 x 8): more would spill registers
+BLOCKS = ((128, 8), (64, 4), (32, 2))  # (outputs per group along n and m, per item): 16 x 16 items, big blocks first
 MIN_GROUPS = 96    # fewer groups than this leave a large GPU idle (an H100 has 132 SMs): try smaller blocks
 FULL = 0.8         # a bigger block is chosen only if at least this share of its outputs exist
 MIN_USED = 0.5     # the smallest block must hold at least this share of outputs that exist (else no local tiles)
@@ -57,38 +61,62 @@ class TilePlan:
     space: Optional[tuple[int, ...]] = None  # the product's shape where the kernel stores it reshaped, else None
     bk: int = BK       # reduced elements staged per slice
     buffers: int = 2   # local buffers per tile: 2 double-buffers them (transforms/double_buffer.py)
+    split: int = 1     # groups sharing an output block, each over a chunk of the reduced axis (split.py)
+    wide: int = 1      # blocks and tiles are this many times longer along m than along n
 
     @property
     def choice(self) -> Choice:
-        return Choice.of("local_tiles", block=self.block, bk=self.bk, buffers=self.buffers)
+        return Choice.of("local_tiles", block=self.block, per_item=self.per_item, bk=self.bk, buffers=self.buffers,
+                         split=self.split, wide=self.wide)
 
     @property
     def block_n(self) -> int:
+        """Outputs per group along n."""
         return self.block
 
     @property
     def block_m(self) -> int:
-        return self.block
+        """Outputs per group along m."""
+        return self.block * self.wide
 
     @property
-    def width(self) -> int:
-        """Floats per vector read from the tiles."""
-        return min(self.per_item, 4)
+    def side(self) -> int:
+        """Items along each side of the work group."""
+        return self.block // self.per_item
 
-    def offset(self, item: Expr, t: int) -> Expr:
+    @property
+    def group(self) -> int:
+        """Items in the work group."""
+        return self.side ** 2
+
+    def extent(self, along_m: bool) -> int:
+        """Outputs per group along n (m)."""
+        return self.block_m if along_m else self.block_n
+
+    def per(self, along_m: bool) -> int:
+        """Outputs per item along n (m)."""
+        return self.per_item * (self.wide if along_m else 1)
+
+    def width(self, along_m: bool) -> int:
+        """Floats per vector read from the left (right) tile."""
+        return min(self.per(along_m), 4)
+
+    def offset(self, item: Expr, t: int, along_m: bool) -> Expr:
         """Where, along n (m), the t-th row (column) of the item at `item` along n (m) sits in the block."""
-        return (t // self.width) * (SIDE * self.width) + item * self.width + t % self.width
+        width = self.width(along_m)
+        return (t // width) * (self.side * width) + item * width + t % width
 
 
-def local_bytes(block: int, bk: int = BK, buffers: int = 2) -> int:
-    """Local memory a group of `block`-sized tiles takes: two operands, `buffers` slices of `bk` each, float32."""
-    return 2 * buffers * bk * (block + PAD) * 4
+def local_bytes(block: int, bk: int = BK, buffers: int = 2, wide: int = 1) -> int:
+    """Local memory a group of `block` x `block * wide` tiles takes: two operands, `buffers` slices of `bk` each,
+    float32."""
+    return buffers * bk * (block + PAD + block * wide + PAD) * 4
 
 
 def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
                      choice: Optional[Choice] = None) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
-    without a cast in between: `choice`'s block and slice, else the biggest block that leaves MIN_GROUPS groups
+    without a cast in between: `choice`'s parameters, else the biggest block that leaves MIN_GROUPS groups
     at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is at least MIN_USED
     full (an axis much shorter than 32 gets no local tiles, nor a long product with very few groups). Only blocks
     whose tiles fit the device's `local_memory` bytes are considered."""
@@ -99,8 +127,8 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
         return None
     space_n, space_m, space = placed
     if choice is not None:
-        return TilePlan(product, space_n, space_m, choice["block"], choice["block"] // SIDE, space, choice["bk"],
-                        choice["buffers"])
+        return TilePlan(product, space_n, space_m, choice["block"], choice["per_item"], space, choice["bk"],
+                        choice["buffers"], choice["split"], choice["wide"])
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     n, m = product.shape[n_axis], product.shape[m_axis]
     batch = product.numel // (n * m)
@@ -132,18 +160,29 @@ def product_axes(root: Node, product: Node) -> Optional[tuple[int, int, Optional
     return axes[0], axes[1], space
 
 
-def local_tile_options(local_memory: int) -> Options:
-    """The blocks, slices and buffers a search may try: those whose smallest combination fits local memory (see
-    `fits_local_memory` for each combination)."""
-    family = FAMILIES["local_tiles"]
-    smallest = Choice.of("local_tiles", **{name: values[0] for name, values in family.items()})
-    return tuple((name, tuple(v for v in values if fits_local_memory(smallest.replaced(**{name: v}), local_memory)))
-                 for name, values in sorted(family.items()))
+def local_tile_options(splits: tuple[int, ...], local_memory: int, max_group_size: int) -> Options:
+    """The values a search may try for a product: of each parameter those some feasible combination takes
+    (`feasible`); of `split`, the given `splits` (split.py: what the product's reduced axis allows)."""
+    family = {name: values for name, values in FAMILIES["local_tiles"].items() if name != "split"}
+    names = sorted(family)
+    combinations = [dict(zip(names, values)) for values in itertools.product(*(family[name] for name in names))]
+    possible = [c for c in combinations if feasible(Choice.of("local_tiles", split=1, **c), local_memory, max_group_size)]
+    return tuple(sorted([(name, tuple(v for v in family[name] if any(c[name] == v for c in possible)))
+                         for name in names] + [("split", splits)]))
 
 
-def fits_local_memory(choice: Choice, local_memory: int) -> bool:
-    """Whether the tiles of `choice` fit `local_memory` bytes."""
-    return local_bytes(choice["block"], choice["bk"], choice["buffers"]) <= local_memory
+def feasible(choice: Choice, local_memory: int, max_group_size: int) -> bool:
+    """Whether `choice` can be lowered on a device with `local_memory` bytes per group and work groups of at most
+    `max_group_size` items: its tiles fit, its work group is square with a side in SIDES, each item stages whole
+    elements of every slice, its accumulators fit registers, tiles of 2 x 2 only in blocks of 32 (they read local
+    memory for every two multiply-adds: worth it only where bigger tiles leave too few groups), and a split of k
+    is of blocks of 64 or 128 (smaller ones leave groups enough)."""
+    block, per_item, bk, wide = choice["block"], choice["per_item"], choice["bk"], choice["wide"]
+    side = block // per_item
+    return (local_bytes(block, bk, choice["buffers"], wide) <= local_memory and block % per_item == 0
+            and side in SIDES and side * side <= max_group_size and block * bk % (side * side) == 0
+            and per_item * per_item * wide <= MAX_ACCUMULATORS and (per_item > 2 or block == 32)
+            and (choice["split"] == 1 or block >= 64))
 
 
 def _reshaped(root: Node, product: Node) -> bool:
@@ -172,7 +211,7 @@ class LocalTileLowering(Lowering):
         blocks = {plan.n_space_axis: plan.block_n, plan.m_space_axis: plan.block_m}
         grid = tuple(-(-size // blocks.get(axis, 1)) for axis, size in enumerate(self.space))
         self.groups = math.prod(grid)
-        self.lid = Expr.var("lid", GROUP)
+        self.lid = Expr.var("lid", plan.group)
         cell = unravel(Expr.var("gid", self.groups), grid)
         self.corner = tuple(c * blocks[a] if a in blocks else c for a, c in enumerate(cell))
         self.elements, self.guards = [], []  # per element: its index, and the condition that it exists
@@ -187,13 +226,13 @@ class LocalTileLowering(Lowering):
 
     def _element_offsets(self) -> list[tuple[Expr, Expr]]:
         """Where, from the block's corner along n and m, each output of this item lies: rows and columns in groups
-        of `plan.width` spaced a group's width apart (see `TilePlan.offset`)."""
+        of `plan.width` spaced a group's side apart (see `TilePlan.offset`)."""
         plan = self.plan
-        return [(plan.offset(self.lid // SIDE, t), plan.offset(self.lid % SIDE, u))
-                for t, u in itertools.product(range(plan.per_item), repeat=2)]
+        return [(plan.offset(self.lid // plan.side, t, False), plan.offset(self.lid % plan.side, u, True))
+                for t, u in itertools.product(range(plan.per(False)), range(plan.per(True)))]
 
     def _axes(self) -> tuple[Axis, ...]:
-        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", GROUP, Role.LOCAL),
+        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", self.plan.group, Role.LOCAL),
                 Axis("tile", len(self.elements), Role.UPCAST))
 
     def _element_read(self, element: int) -> tuple[Index, Cond]:
@@ -213,7 +252,8 @@ class LocalTileLowering(Lowering):
         tiles = (self.names.fresh("tile_a"), self.names.fresh("tile_b"))
         accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
         lines = self._scopes[0]
-        lines += [LocalArray(name, float32, plan.bk * (plan.block + PAD) // plan.width, plan.width) for name in tiles]
+        lines += [LocalArray(name, float32, plan.bk * (plan.extent(along_m) + PAD) // plan.width(along_m),
+                             plan.width(along_m)) for name, along_m in zip(tiles, (False, True))]
         lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
         step = self.names.fresh("k")
         self._open_loop(step, steps)
@@ -229,16 +269,18 @@ class LocalTileLowering(Lowering):
         of k stages zeros."""
         plan = self.plan
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
-        k_axis, size, row, bk = node.arg[0], plan.block, plan.block + PAD, plan.bk
+        k_axis, bk = node.arg[0], plan.bk
+        rows, cols = plan.extent(False), plan.extent(True)
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
         stores = []
-        for copy in range(size * bk // GROUP):
-            flat = self.lid + copy * GROUP
-            value = self._operand(left, corner, {n_axis: flat // bk, k_axis: k_base + flat % bk})
-            stores.append(LocalStore(tiles[0], (flat % bk) * row + flat // bk, value, element=True))
-            value = self._operand(right, corner, {m_axis: flat % size, k_axis: k_base + flat // size})
-            stores.append(LocalStore(tiles[1], (flat // size) * row + flat % size, value, element=True))
+        for copy in range(cols * bk // plan.group):  # (a wide block's right tile takes more copies than its left)
+            flat = self.lid + copy * plan.group
+            if copy < rows * bk // plan.group:
+                value = self._operand(left, corner, {n_axis: flat // bk, k_axis: k_base + flat % bk})
+                stores.append(LocalStore(tiles[0], (flat % bk) * (rows + PAD) + flat // bk, value, element=True))
+            value = self._operand(right, corner, {m_axis: flat % cols, k_axis: k_base + flat // cols})
+            stores.append(LocalStore(tiles[1], (flat // cols) * (cols + PAD) + flat % cols, value, element=True))
         return stores
 
     def _operand(self, operand: Node, corner: Index, offsets: dict[int, Expr]) -> Operand:
@@ -263,16 +305,16 @@ class LocalTileLowering(Lowering):
         outer product of the fragments into the accumulators, their lanes read in place (copied into scalars
         first, NVIDIA's compiler ran the 4000³ product slower on the H200: bench/GPU.md)."""
         plan = self.plan
-        width, per_item = plan.width, plan.per_item
-        vectors, row = per_item // width, (plan.block + PAD) // width
         counter = self.names.fresh("kk")
         kk = Expr.var(counter, plan.bk)
         body: list = []
         lanes = []
-        for tile, item in ((tiles[0], self.lid // SIDE), (tiles[1], self.lid % SIDE)):
-            fragments = [Reg(self.names.fresh("f"), float32, width) for _ in range(vectors)]
-            body += [LocalLoad(f, tile, kk * row + item + v * SIDE) for v, f in enumerate(fragments)]
-            lanes.append([Lane(fragments[t // width], f"s{t % width}") for t in range(per_item)])
+        for tile, item, along_m in ((tiles[0], self.lid // plan.side, False), (tiles[1], self.lid % plan.side, True)):
+            width, per = plan.width(along_m), plan.per(along_m)
+            row = (plan.extent(along_m) + PAD) // width
+            fragments = [Reg(self.names.fresh("f"), float32, width) for _ in range(per // width)]
+            body += [LocalLoad(f, tile, kk * row + item + v * plan.side) for v, f in enumerate(fragments)]
+            lanes.append([Lane(fragments[t // width], f"s{t % width}") for t in range(per)])
         body += [MultiplyAdd(acc, lanes[0][t], lanes[1][u])
-                 for acc, (t, u) in zip(accumulators, itertools.product(range(per_item), repeat=2))]
+                 for acc, (t, u) in zip(accumulators, itertools.product(range(plan.per(False)), range(plan.per(True))))]
         return [Loop(counter, plan.bk, tuple(body), unroll=True)]

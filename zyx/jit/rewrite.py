@@ -23,7 +23,7 @@ from ..trace import node as n
 from ..trace.node import Node, arg_key, toposort
 from ..trace.ops import LEAF_OPS, Op, REDUCE_OPS
 from .kernel_ir import lowest_value
-from .matmul import MIN_USED
+from .matmul import BK, MIN_USED
 from .tiling import matmul_axes
 
 SPLIT_MIN_COUNT = 32768    # reductions shorter than this stay one loop
@@ -119,18 +119,32 @@ def _split_product(node: Node) -> Node:
     if (blocks >= PRODUCT_MIN_BLOCKS or blocks * parts < PRODUCT_MIN_BLOCKS
             or node.numel < MIN_USED * blocks * 32 * 32):  # (too narrow for local tiles: no use splitting)
         return node
-    chunk = 16 * -(-count // (16 * parts))  # whole slices of the tiled kernel (matmul.BK)
+    split = split_along_k(node, parts, BK)
+    return split[1] if split is not None else node
+
+
+def split_along_k(node: Node, parts: int, multiple: int, first: bool = False) -> Optional[tuple[Node, Node]]:
+    """(partials, total) for the product `node` (SUM over k of MUL of two EXPANDs) cut into about `parts` chunks
+    of k, each a multiple of `multiple` long (k padded with zeros to whole chunks): the partials are a batch of
+    products over the chunks, the chunk axis where k was (`first`: before every other axis, so each chunk's
+    partials lie together), the total their sum in `node`'s shape. None where an operand does not span all of k."""
+    k, product = node.arg[0], node.src[0]
+    count = product.shape[k]
+    chunk = multiple * -(-count // (multiple * parts))
     parts = -(-count // chunk)
+    axes = len(product.shape) + 1
+    order = [k, *(a for a in range(axes) if a != k)] if first else list(range(axes))
     operands = []
     for side in product.src:
         source = side.src[0]
         if source.shape[k] != count:
-            return node
+            return None
         padded = n.pad(source, [(0, parts * chunk - count if a == k else 0) for a in range(len(source.shape))])
-        split = n.reshape(padded, source.shape[:k] + (parts, chunk) + source.shape[k + 1:])
-        operands.append(n.expand(split, product.shape[:k] + (parts, chunk) + product.shape[k + 1:]))
-    partial = n.reduce(Op.SUM, n.binary(Op.MUL, *operands), [k + 1])
-    return n.reshape(n.reduce(Op.SUM, partial, [k]), node.shape)
+        split = n.permute(n.reshape(padded, source.shape[:k] + (parts, chunk) + source.shape[k + 1:]), order)
+        shape = product.shape[:k] + (parts, chunk) + product.shape[k + 1:]
+        operands.append(n.expand(split, tuple(shape[a] for a in order)))
+    partial = n.reduce(Op.SUM, n.binary(Op.MUL, *operands), [order.index(k + 1)])
+    return partial, n.reshape(n.reduce(Op.SUM, partial, [order.index(k)]), node.shape)
 
 
 def _worth_splitting(node: Node) -> bool:

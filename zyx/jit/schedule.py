@@ -34,6 +34,7 @@ from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
+from .split import lower_split, split_options
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
 from .transforms.unroll import unroll_reductions
@@ -101,9 +102,11 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
-                  allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices) -> RenderedKernel:
+                  allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
+                  planned: dict[int, tuple[Node, Choice]]) -> RenderedKernel:
     """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again.
-    What the kernel reads from others becomes a node to store, what it stores is produced."""
+    What the kernel reads from others becomes a node to store, what it stores is produced. `planned`: the
+    choices of kernels for nodes the scheduler made (read, and added to by the kernels made here)."""
     product = None if traits.gpu else hosted_matmul(root, materialized)
     if product is not None and product is not root and space_axes(root, product) is None:
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
@@ -111,7 +114,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     while True:
         try:
             kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, frozenset(stored_apart)),
-                                   traits, tuned)
+                                   traits, tuned, planned)
             break
         except KernelTooLarge as too_large:
             materialized[id(too_large.node)] = too_large.node
@@ -142,11 +145,19 @@ class _Shaped:
     kernel: Kernel
     choice: Optional[Choice] = None
     options: Options = ()
+    planned: tuple[tuple[Node, Choice], ...] = ()  # nodes it needs that the scheduler made, and their kernels' choices
 
 
-def _build_shaped(site: _Site, traits: DeviceTraits, tuned: TunedChoices) -> RenderedKernel:
+def _build_shaped(site: _Site, traits: DeviceTraits, tuned: TunedChoices,
+                  planned: dict[int, tuple[Node, Choice]]) -> RenderedKernel:
     """Lower the kernel storing the site's root and shape it as the heuristics choose (`_shape`); where `tuned`
-    holds a choice for that kernel (by its fingerprint) that fits it, shape it again with that choice."""
+    holds a choice for that kernel (by its fingerprint) that fits it, shape it again with that choice. A node the
+    scheduler made for another kernel's choice (a split product's partials) is shaped with the choice `planned`
+    holds for it, and not searched on its own."""
+    made = planned.get(id(site.root))
+    if made is not None and made[0] is site.root:
+        shaped = _shape(site, traits, made[1])
+        return rendered(shaped.lowered, shaped.kernel, traits)
     shaped = _shape(site, traits, None)
     heuristic, options = shaped.choice, shaped.options
     if shaped.choice is None or not fits(heuristic, heuristic.family, options):
@@ -158,6 +169,7 @@ def _build_shaped(site: _Site, traits: DeviceTraits, tuned: TunedChoices) -> Ren
             shaped = _shape(site, traits, choice)
         except KernelTooLarge:  # (a bigger tile outgrew the statement limit here: the heuristics' kernel then)
             pass
+    planned.update((id(node), (node, choice)) for node, choice in shaped.planned)
     return rendered(shaped.lowered, shaped.kernel, traits, TuneSite(key, name, heuristic, shaped.choice, options))
 
 
@@ -183,9 +195,15 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
         if plan is not None:
+            options = local_tile_options(split_options(plan.product), traits.local_memory, traits.max_group_size)
+            if plan.split > 1:  # the partial products in a kernel of their own (split.py), summed in this one
+                lowered, partial = lower_split(root, materialized, site.produced, plan, site.apart, traits.max_params)
+                kernel = vectorize(lowered.ir, traits.vector_width) if traits.vector_width > 1 else None
+                return _Shaped(lowered, kernel or _unrolled(lowered.ir), plan.choice, options,
+                               ((partial, plan.choice.replaced(split=1)),))
             lowered = LocalTileLowering(root, materialized, site.produced, plan, site.apart, traits.max_params).lower()
             kernel = (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir
-            return _Shaped(lowered, kernel, plan.choice, local_tile_options(traits.local_memory))
+            return _Shaped(lowered, kernel, plan.choice, options)
     return _shape_plain(site, traits, choice)
 
 
@@ -395,6 +413,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
+    planned: dict[int, tuple[Node, Choice]] = {}  # nodes the scheduler made, by id: the choice shaping their kernel
 
     def enqueue_pending() -> None:
         for key, node in materialized.items():
@@ -411,7 +430,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         node = materialized[key]
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
-                                     tuned))
+                                     tuned, planned))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
 

@@ -57,6 +57,11 @@ class TensorCorePlan(TilePlan):
         return 4 * self.warp_columns
 
     @property
+    def group(self) -> int:
+        """Items in the work group: 8 warps (a float32 plan's follow from its block and per-item tile)."""
+        return GROUP
+
+    @property
     def k_step(self) -> int:
         """Reduced elements one mma.sync takes: 16 of 16-bit operands (m16n8k16), 8 of TF32 (m16n8k8)."""
         return 8 if self.kind == "tf32" else 16
@@ -92,7 +97,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         return None
     columns, row_bytes, buffers = fitting[0]
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
-                          buffers, kind, columns)
+                          buffers, kind=kind, warp_columns=columns)
 
 
 def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ from .choices import Choice, TunedChoices, TuneSite
 from .compiler import KernelBuildError
 from .cpu_matmul import fits_registers
 from .kernel_ir import RenderedKernel
-from .matmul import fits_local_memory
+from .matmul import feasible
 from .program import Program, build_program
 from .schedule import DeviceTraits, plain_effect, schedule
 from .tune_store import Trial, TuneRecord, TuningStore, default_tuning_store
@@ -65,7 +65,8 @@ def threshold_seconds(traits: DeviceTraits) -> float:
     """The time under which ZYX_TUNE=1 leaves a kernel unsearched on a device of `traits`."""
     return GPU_THRESHOLD_SECONDS if traits.gpu else THRESHOLD_SECONDS
 NEIGHBOURS = 9          # candidates of a ZYX_TUNE=1 search, the heuristics' included
-EXHAUSTIVE_LIMIT = 96   # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more)
+EXHAUSTIVE_LIMIT = 128  # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more;
+                        # a GPU product with few blocks has 114 on the H200: matmul.feasible, split.split_options)
 CUT = 1.5               # a candidate whose first pair says it is this much slower than the heuristics' is cut
 PAIRS = 3               # pairs of samples (the heuristics' kernel, then the candidate) per candidate
 SAMPLE_SECONDS = 0.01   # a sample replays the kernel's launches for at least this long
@@ -77,7 +78,7 @@ TOLERANCE = {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-3, "float64": 1e-8
 
 FEASIBLE: dict[str, Callable[[Choice, DeviceTraits], bool]] = {
     "cpu_matmul": lambda choice, traits: fits_registers(choice),
-    "local_tiles": lambda choice, traits: fits_local_memory(choice, traits.local_memory),
+    "local_tiles": lambda choice, traits: feasible(choice, traits.local_memory, traits.max_group_size),
     "plain": lambda choice, traits: choice.get("tile_n", 1) * choice.get("tile_m", 1) <= 64,
 }
 """Per family, whether a combination of allowed values is worth compiling (registers, local memory)."""
