@@ -20,6 +20,7 @@ accumulators.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -160,9 +161,11 @@ def product_axes(root: Node, product: Node) -> Optional[tuple[int, int, Optional
     return axes[0], axes[1], space
 
 
+@functools.lru_cache(maxsize=None)
 def local_tile_options(splits: tuple[int, ...], local_memory: int, max_group_size: int) -> Options:
     """The values a search may try for a product: of each parameter those some feasible combination takes
-    (`feasible`); of `split`, the given `splits` (split.py: what the product's reduced axis allows)."""
+    (`feasible`); of `split`, the given `splits` (split.py: what the product's reduced axis allows). Cached:
+    every GPU product asks, and there are few devices and splits."""
     family = {name: values for name, values in FAMILIES["local_tiles"].items() if name != "split"}
     names = sorted(family)
     combinations = [dict(zip(names, values)) for values in itertools.product(*(family[name] for name in names))]

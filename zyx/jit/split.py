@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..trace.node import Node
 from ..trace.ops import Op
 from .choices import FAMILIES
-from .lower import PARAM_LIMIT, Lowering, LoweredKernel
+from .lower import PARAM_LIMIT, Lowering, LoweredKernel, _Value
 from .matmul import MIN_GROUPS, TilePlan
 from .rewrite import split_along_k
 from .tiling import matmul_axes
@@ -43,7 +43,7 @@ class SplitSumLowering(Lowering):
         super().__init__(root, materialized, produced, False, stored_apart, param_limit)
         self.product, self.summed = product, summed
 
-    def _reduce(self, node: Node):
+    def _reduce(self, node: Node) -> list[_Value]:
         return super()._reduce(self.summed if node is self.product else node)
 
 
