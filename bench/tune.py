@@ -4,7 +4,10 @@ Per product: realize it untuned (ZYX_TUNE=0) and record its launches; realize it
 --exhaustive), which searches its kernels (the search's wall time is reported); realize it once more untuned,
 which now schedules the winners; then replay both recordings alternately `--rounds` times (bench/_replay.py), so
 a busy machine slows both alike, and report the medians and the median of the rounds' ratios (the speed-up). The tuned values are checked against the
-untuned ones. A fresh ZYX_CACHE_DIR per run: every search starts from nothing.
+untuned ones; each search's line counts its candidates by outcome (ok, cut, wrong: other values than the
+heuristics' kernel, failed: not built or not launched) and names the fastest three (time relative to the
+heuristics' kernel). A fresh ZYX_CACHE_DIR per run: every search starts from
+nothing.
 
     python bench/tune.py [--quick] [--exhaustive] [--rounds 7] [--only 1021,batched]
 
@@ -13,6 +16,7 @@ untuned ones. A fresh ZYX_CACHE_DIR per run: every search starts from nothing.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import sys
@@ -48,6 +52,16 @@ def recorded(dev, a, b, tune: str):
     dev.forget_programs()
     out, launches = record_launches(dev.runtime, lambda: (a @ b).realize())
     return out.numpy(), launches
+
+
+def _outcome(record, fastest: int = 3) -> str:
+    """How many of a search's candidates ran ("ok"), were cut, computed other values ("wrong") or failed; and the
+    `fastest` few, by their time relative to the heuristics' kernel."""
+    counts = collections.Counter(trial.status for trial in record.trials)
+    timed = sorted((t for t in record.trials[1:] if t.status == "ok" and t.relative is not None),
+                   key=lambda t: t.relative)  # type: ignore[arg-type, return-value]
+    best = ", ".join(f"{t.choice.describe()}: {t.relative:.2f}" for t in timed[:fastest])
+    return " ".join(f"{status} {count}" for status, count in sorted(counts.items())) + f"; fastest {best}"
 
 
 def main() -> None:
@@ -86,7 +100,7 @@ def main() -> None:
         flops = 2.0 * max(batch, 1) * n * k * m
         found = [r for r in default_tuning_store().records() if r.created >= start]
         chosen = "; ".join(f"{r.untuned_name} {r.heuristic.describe()} -> {r.choice.describe()} ({r.speedup:.2f}x in the "
-                           f"search)" for r in found)
+                           f"search; candidates {_outcome(r)})" for r in found)
         print(f"{name:30s} untuned {before * 1e3:9.3f} ms ({flops / before / 1e9:8.1f} GFLOP/s)  tuned "
               f"{after * 1e3:9.3f} ms ({flops / after / 1e9:8.1f} GFLOP/s)  {speedup:5.2f}x  "
               f"search {search:6.1f} s  [{chosen or 'nothing searched'}] [{describe(tuned_launches)}]", flush=True)
