@@ -119,3 +119,18 @@ def test_choices_across_the_space_compute_batched_broadcast_and_transposed_produ
     assert all(feasible(choice, H200.local_memory, H200.max_group_size) for choice in SPREAD)
     for choice in SPREAD:
         check(forced(h200, make, site, choice), expected, 530)
+
+
+def test_a_convolution_weight_gradient_split_or_wide_is_stored_in_the_weight_shape(h200):
+    """The product is stored reshaped (the weight's shape): the split's sum and a wide block's stores follow it."""
+    x, w, g = data(4, 16, 10, 10), data(32, 16, 3, 3), data(4, 32, 8, 8)
+
+    def make():
+        weight = h200.tensor(w)
+        return (h200.tensor(x).conv2d(weight) * h200.tensor(g)).sum().backward([weight])[0]
+
+    cols = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))
+    expected = np.einsum("bchwij,bohw->ocij", cols, g)
+    site = product_site(make)
+    for choice in (site.heuristic.replaced(block=64, per_item=4, split=2), site.heuristic.replaced(wide=2)):
+        check(forced(h200, make, site, choice), expected, 256)
