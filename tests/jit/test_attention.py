@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import zyx
+from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(15)
 
@@ -105,11 +106,14 @@ def test_forward_memory_has_no_query_by_key_matrix(dev):
     assert grown <= 2 * out.numel() * 4, f"{grown} bytes for a {out.numel() * 4}-byte output"
 
 
-def test_gpus_keep_the_products_unless_told_to_fuse(gpu, monkeypatch):
-    """The fused kernel has not been timed against GPUs' tiled products: by default they keep them."""
+def test_gpus_fuse_every_attention_unless_told_to_keep_the_products(gpu, monkeypatch):
+    """On the H200 the fused (staged) kernel beat the tiled products from T=1024 up: GPUs fuse by default, a CPU
+    only above MIN_PROBABILITY_BYTES; GPU_MIN_PROBABILITY_BYTES = None keeps the products."""
     from zyx.jit import attention
     monkeypatch.delenv("ZYX_ATTENTION_MIN_BYTES")
-    monkeypatch.setattr(attention, "MIN_PROBABILITY_BYTES", 0)  # a CPU would fuse this attention
-    assert attention.min_probability_bytes(gpu=True) is None and attention.min_probability_bytes(gpu=False) == 0
+    assert attention.min_probability_bytes(gpu=True) == 0
+    assert attention.min_probability_bytes(gpu=False) == attention.MIN_PROBABILITY_BYTES
     out = zyx.nn.scaled_dot_product_attention(*(gpu.tensor(a) for a in (Q7, K7, V7)), is_causal=True)
-    assert launched(out) > 1
+    assert launched(out) == 1
+    monkeypatch.setattr(attention, "GPU_MIN_PROBABILITY_BYTES", None)
+    assert len(schedule([out.node], gpu.traits)[0]) > 1

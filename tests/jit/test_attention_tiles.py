@@ -108,14 +108,14 @@ def test_the_per_row_form_on_request(gpu, monkeypatch):
 
 
 def test_the_gpu_default_is_one_line(gpu, monkeypatch):
-    """GPUs keep their products until attention.GPU_MIN_PROBABILITY_BYTES is set; then they fuse, staged."""
+    """GPUs fuse, staged, unless attention.GPU_MIN_PROBABILITY_BYTES is None; then they keep their products."""
     from zyx.jit import attention
     monkeypatch.delenv("ZYX_ATTENTION_MIN_BYTES")
     q, k, v = data(1, 2, 40, 16), data(1, 2, 40, 16), data(1, 2, 40, 16)
     out = zyx.nn.scaled_dot_product_attention(gpu.tensor(q), gpu.tensor(k), gpu.tensor(v), is_causal=True)
-    assert len(schedule([out.node], gpu.traits)[0]) > 1
-    monkeypatch.setattr(attention, "GPU_MIN_PROBABILITY_BYTES", 0)
     staged_kernel(out, gpu)
+    monkeypatch.setattr(attention, "GPU_MIN_PROBABILITY_BYTES", None)
+    assert len(schedule([out.node], gpu.traits)[0]) > 1
 
 
 def test_unknown_form_is_refused(gpu, monkeypatch):
