@@ -116,4 +116,5 @@ def test_gpus_fuse_every_attention_unless_told_to_keep_the_products(gpu, monkeyp
     out = zyx.nn.scaled_dot_product_attention(*(gpu.tensor(a) for a in (Q7, K7, V7)), is_causal=True)
     assert launched(out) == 1
     monkeypatch.setattr(attention, "GPU_MIN_PROBABILITY_BYTES", None)
+    out = zyx.nn.scaled_dot_product_attention(*(gpu.tensor(a) for a in (Q7, K7, V7)), is_causal=True)
     assert len(schedule([out.node], gpu.traits)[0]) > 1
