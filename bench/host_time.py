@@ -12,8 +12,9 @@ Each row runs --calls calls in a block, waits for the device once at its end, an
 --repeat blocks of the wall time per call and of the main thread's CPU time per call (`time.thread_time`: the
 Python and the driver's enqueue calls, not the device's worker threads, not waiting). "Python" is that CPU time
 again with the driver's launches and reads replaced by no-ops: zyx's own share. The `opencl` row beside each is
-the floor: the very launches one call made (same kernels, buffers, sizes) and its waits for results (a W4 step
-reads its labels' range check), straight through pyopencl. (zyx's CPU less the floor's would overstate its Python:
+the floor: the very launches one call made (same kernels, buffers, sizes; a replay's arguments set once, as it
+passes the same ones at every call) and its waits for results (a W4 step reads its labels' range check), straight through
+pyopencl. (zyx's CPU less the floor's would overstate its Python:
 on PoCL an enqueue costs more CPU when the device's threads went idle between launches.)
 """
 from __future__ import annotations
@@ -87,27 +88,40 @@ def recorded_commands(runtime: Any, call: Callable[[], None]) -> list[tuple]:
     return commands
 
 
-def floor_record(workload: str, runtime: Any, commands: list[tuple], args: argparse.Namespace) -> Record:
-    """The same launches and reads straight through pyopencl: what any host code must pay for them."""
+def floor_record(workload: str, runtime: Any, commands: list[tuple], args: argparse.Namespace,
+                 new_arguments: bool) -> Record:
+    """The same launches and reads straight through pyopencl: what any host code must pay for them. Each launch
+    gets a kernel of its own; `new_arguments`: it is given its arguments at every call (a realize's output is a
+    new buffer each time), else once, before the timing (a replay passes the same ones at every call, and zyx
+    sets only those a kernel does not hold already: `OpenCLRuntime.launcher`)."""
     import pyopencl as cl
     queue = runtime.queue
-    launches = sum(command[0] == "launch" for command in commands)
-    reads = len(commands) - launches
+    steps: list[tuple] = []
+    for command in commands:
+        if command[0] == "launch":
+            _, kernel, global_size, local_size, arguments = command
+            own = cl.Kernel(kernel.program, kernel.function_name)
+            own.set_args(*arguments)
+            steps.append(("launch", own, global_size, local_size, arguments if new_arguments else None))
+        else:
+            steps.append(command)
+    launches = sum(step[0] == "launch" for step in steps)
     word = np.empty(1, np.int64)
 
     def call(i: int) -> None:
-        for command in commands:
-            if command[0] == "launch":
-                _, kernel, global_size, local_size, arguments = command
-                kernel.set_args(*arguments)
-                cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
+        for step in steps:
+            if step[0] == "launch":
+                if step[4] is not None:
+                    step[1].set_args(*step[4])
+                cl.enqueue_nd_range_kernel(queue, step[1], step[2], step[3])
             else:
-                events = [cl.enqueue_copy(queue, word, buffer, is_blocking=False) for buffer in command[1]]
+                events = [cl.enqueue_copy(queue, word, buffer, is_blocking=False) for buffer in step[1]]
                 events[-1].wait()
     wall, cpu = timed_blocks(call, lambda: None, runtime.synchronize, args.calls, args.repeat)
+    reads = len(steps) - launches
     what = _launches(launches) + (f" and {reads} wait{'s' * (reads != 1)} for a read" if reads else "") + " per call"
     return _record(workload, "opencl", wall, cpu, {"launches_per_call": launches, "reads_per_call": reads},
-                   f"{what}: set_args + enqueue_nd_range_kernel, enqueue_copy")
+                   f"{what}: {'set_args + ' if new_arguments else ''}enqueue_nd_range_kernel, enqueue_copy")
 
 
 def _launches(count: float) -> str:
@@ -164,7 +178,8 @@ def realize_rows(dev: Any, args: argparse.Namespace) -> list[Record]:
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "build_us": build_us},
                   f"{_launches(launches)} per call; building the expression (not timed) {build_us:.0f} µs")
     runtime = dev.runtime
-    floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: expression(x, y).realize()), args)
+    floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: expression(x, y).realize()), args,
+                         new_arguments=True)
     with driver_stubbed(runtime):
         python = timed_blocks(call, prepare, lambda: None, args.calls, args.repeat)[1]
     return [with_python(row, python), floor]
@@ -187,7 +202,8 @@ def replay_rows(dev: Any, optimizer: str, args: argparse.Namespace) -> list[Reco
                   f"{_launches(launches)} ({kernels:g} kernels) per call; MLP {'-'.join(map(str, sizes))}, "
                   f"batch {args.host_batch}")
     runtime = dev.runtime
-    floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: step(x, y)), args)
+    floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: step(x, y)), args,
+                         new_arguments=False)
     with driver_stubbed(runtime):
         python = timed_blocks(lambda i: step(x, y), lambda: None, lambda: None, args.calls, args.repeat)[1]
     return [with_python(row, python), floor]

@@ -37,3 +37,13 @@ def test_submodules_named_like_functions_do_not_replace_them():
 def test_import_zyx_loads_neither_numpy_nor_pyopencl():
     printed = run("import sys, zyx\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pyopencl')))")
     assert printed.strip() == "[]"
+
+
+def test_ml_dtypes_loads_only_when_bfloat16_reaches_the_host():
+    # loading ml_dtypes' extension takes most of a warm start: a float32 program on a device does without it
+    printed = run("import sys, zyx\n"
+                  "x = zyx.CPU().tensor([1.5, 2.5])\n"
+                  "print((x * 2).numpy().tolist(), 'ml_dtypes' in sys.modules)\n"
+                  "h = x.to(zyx.bfloat16).numpy()\n"
+                  "print(h.dtype.name, h.astype('float32').tolist(), zyx.CPU().tensor([1.0], dtype='bfloat16').dtype is zyx.bfloat16)")
+    assert printed.split("\n")[:2] == ["[3.0, 5.0] False", "bfloat16 [1.5, 2.5] True"]

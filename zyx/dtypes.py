@@ -1,12 +1,12 @@
 """Data types and the promotion rules (PyTorch's: bool < ints < floats; a Python scalar never widens a tensor).
 
-bfloat16 lives on the host as ml_dtypes' numpy dtype; devices compute it (as float16) in float32.
+bfloat16 lives on the host as ml_dtypes' numpy dtype; devices compute it (as float16) in float32. ml_dtypes is
+imported where a bfloat16 value first reaches the host: loading its extension takes 0.3-1 s, most of a start.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 
@@ -22,7 +22,10 @@ class DType:
     @property
     def np(self) -> np.dtype:
         """The numpy dtype of host copies (ml_dtypes' for bfloat16)."""
-        return np.dtype(ml_dtypes.bfloat16) if self.name == "bfloat16" else np.dtype(self.name)
+        if self.name == "bfloat16":
+            import ml_dtypes  # slow to load (see the module docstring)
+            return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(self.name)
 
     @property
     def is_float(self) -> bool:

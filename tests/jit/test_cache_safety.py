@@ -298,6 +298,14 @@ def test_a_new_cache_directory_is_private(tmp_path):
     assert (tmp_path / "new" / "cache" / "zyx.db").stat().st_mode & 0o777 == 0o600
 
 
+def test_commits_are_not_flushed_one_by_one(tmp_path):
+    # a warm start records a use of every entry it loads: a flush each (10 ms or more on a disk) would be most of it
+    store = DiskStore(tmp_path, "kernels", 1 << 20)
+    store.put("a", "{}", b"1")
+    assert store._connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL (FULL is 2)
+    assert store._connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # (safe with NORMAL)
+
+
 # -- the store's bound, the writer's exit, the CLI's pipes ---------------------------------------------
 
 def test_small_values_are_counted_exactly_and_evicted_least_recently_used_first(tmp_path):

@@ -1,5 +1,6 @@
 """BufferPool on a fake allocator, and OpenCLRuntime on this machine's default OpenCL device."""
 import gc
+import sys
 import weakref
 
 import numpy as np
@@ -171,6 +172,31 @@ def test_launch_runs_in_order_and_counts(backend, add_one):
     backend.synchronize()
     assert np.all(backend.download(x, (1024,), np.float32) == 3)
     assert stats.stats()["kernels_launched"] - before == 2
+
+
+def test_a_kernel_launched_again_computes_with_the_arguments_given_now(backend, add_one):
+    # the launcher sets only arguments that differ from the ones the kernel holds: each launch must still use its own
+    x = backend.upload(np.arange(4, dtype=np.float32))
+    y = backend.allocate(x.nbytes)
+    z = backend.allocate(x.nbytes)
+    launch = backend.launcher(False)
+    for arguments, expected in [((x.raw, y.raw, np.float32(1)), [1, 2, 3, 4]), ((x.raw, y.raw, np.float32(1)), None),
+                                ((y.raw, z.raw, np.float32(1)), [2, 3, 4, 5]), ((x.raw, z.raw, np.float32(5)), [5, 6, 7, 8])]:
+        launch(add_one, (4,), None, arguments)
+        if expected is not None:
+            result = backend.download(z if arguments[1] is z.raw else y, (4,), np.float32)
+            assert result.tolist() == expected
+
+
+def test_a_trim_lets_go_of_the_buffers_kernels_were_last_given(backend, add_one):
+    x = backend.upload(np.zeros(4, dtype=np.float32))
+    raw = x.raw
+    backend.launcher(False)(add_one, (4,), None, (raw, raw, np.float32(1)))
+    backend.synchronize()
+    del x  # back in the pool; the launcher still remembers it as add_one's argument
+    assert sys.getrefcount(raw) > 2
+    backend.pool.trim()
+    assert sys.getrefcount(raw) == 2  # only `raw` and getrefcount's argument: the driver frees it with them
 
 
 def test_debug_prints_one_line_per_launch(backend, add_one, monkeypatch, capsys):

@@ -79,3 +79,29 @@ def test_a_launch_that_raises_gives_the_internal_buffers_back():
     (_, _, (_, internal)), = runtime.launches
     assert runtime.pool.free_list(1024) == [internal]
     assert runtime.pool.current_bytes == 0 and runtime.pool.pool_bytes == 1024 + 256  # the output died too
+
+
+# two internal slots and two outputs, all of one size class, the internal ones given back in the order they were taken
+SHARED_SIZE = Program(
+    launches=[launch("a", 4, ("input", 0), ("slot", 0)), launch("b", 4, ("slot", 0), ("slot", 1)),
+              launch("c", 4, ("slot", 1), ("slot", 2)), launch("d", 4, ("slot", 0), ("slot", 2), ("slot", 3))],
+    slot_bytes=[100, 100, 100, 100], outputs=[2, 3],
+    frees=[[], [], [1], [0]], allocs=[[0], [1], [2], [3]], aliases={})
+
+
+@pytest.mark.parametrize("release_order", [(0, 1), (1, 0)])
+def test_every_run_takes_the_same_buffers_for_the_same_slots(release_order):
+    # whatever order the last run's frees and its outputs' releases left the free list in: a replay then passes its
+    # kernels the arguments they hold already
+    runtime = FakeRuntime()
+    inputs = [FakeBuffer(Raw(), 16, runtime)]
+    executable = Executable(SHARED_SIZE, ["A", "B", "C", "D"], runtime)
+    arguments = []
+    for _ in range(4):
+        runtime.launches.clear()
+        outputs = executable.run(runtime, inputs, [])
+        arguments.append([args for _, _, args in runtime.launches])
+        for position in release_order:
+            outputs[position] = None
+    assert len({id(raw) for args in arguments[1] for raw in args}) == 4  # the input and three of the pool's
+    assert all(all(a is b for a, b in zip(sum(run, ()), sum(arguments[1], ()))) for run in arguments[2:])

@@ -40,8 +40,8 @@ class Executable:
         slot_positions = [aliases.get(slot, inputs + slot) for slot in range(len(slot_bytes))]
         self._run = write_run(program, kernels, slot_positions, inputs, rands, runtime.pool.size_class, internal)
         self.kernel_positions = [k for k, launch in enumerate(program.launches) if launch.is_kernel]
-        # the launcher counts launches as kernels_launched; a launch group runs more kernels than one
-        self.grouped_kernels = sum(program.launches[k].kernels - 1 for k in self.kernel_positions)
+        # a launch group runs more kernels than one
+        self.kernels_per_run = sum(program.launches[k].kernels for k in self.kernel_positions)
 
     def run(self, backend: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
             on_first_launch: Optional[Callable[[int], None]] = None) -> list[Any]:
@@ -55,8 +55,7 @@ class Executable:
                             backend.allocate, launch, backend)
         stats.set_max("peak_bytes", pool.peak_bytes)
         stats.bump("launches", len(self.kernel_positions))
-        if self.grouped_kernels:
-            stats.bump("kernels_launched", self.grouped_kernels)
+        stats.bump("kernels_launched", self.kernels_per_run)
         return outputs
 
     def _observed(self, launch: Callable, backend: Any, timed: bool,

@@ -32,8 +32,11 @@ class BufferPool(Generic[RawBuffer]):
         allocator: Callable[[int], RawBuffer],
         granularity: int = DEFAULT_GRANULARITY,
         is_out_of_memory: Callable[[Exception], bool] = _never_out_of_memory,
+        on_trim: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_trim`: called when the pool drops its buffers, for what else holds them to let them go too."""
         self._allocator = allocator
+        self._on_trim = on_trim
         self._granularity = granularity
         self._is_out_of_memory = is_out_of_memory
         self._free: dict[int, list[RawBuffer]] = {}
@@ -97,6 +100,7 @@ class BufferPool(Generic[RawBuffer]):
         freed = self.pool_bytes
         for free_list in self._free.values():
             free_list.clear()
+        self._on_trim()
         return freed
 
     def reset_peak(self) -> None:

@@ -26,6 +26,7 @@ _OUT_OF_MEMORY_CODES = frozenset(
     {cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES, cl.status_code.OUT_OF_HOST_MEMORY}
 )
 _PENDING_UPLOADS_BEFORE_PRUNE = 64
+KERNELS_WITH_ARGUMENTS_KEPT = 4096  # kernels whose arguments `launcher` remembers (it forgets all past that)
 
 Launcher = Callable[[cl.Kernel, tuple, "tuple | None", Sequence[Any]], cl.Event]
 
@@ -87,7 +88,10 @@ class OpenCLRuntime(PooledRuntime):
         self.is_gpu: bool = bool(cl_device.type & cl.device_type.GPU)
         self.compute_capability = _compute_capability(cl_device)
         self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
-        self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory)
+        # per kernel, the arguments it was last given (`launcher`); they hold their buffers, so a trim forgets them
+        self._arguments_set: dict[cl.Kernel, Sequence[Any]] = {}
+        self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory,
+                                                      on_trim=self._arguments_set.clear)
         self._pending_uploads: list[cl.Event] = []
 
     def __repr__(self) -> str:
@@ -202,27 +206,37 @@ class OpenCLRuntime(PooledRuntime):
     ) -> cl.Event:
         """Enqueues one kernel run; Buffers become their cl.Buffer, numpy scalars pass through as they are.
         Its event carries device timestamps when the queue is the timed one."""
-        raw = [arg.raw if isinstance(arg, Buffer) else arg for arg in args]
+        raw = tuple([arg.raw if isinstance(arg, Buffer) else arg for arg in args])
+        stats.bump("kernels_launched")
         return self.launcher(profiling.timing_wanted())(kernel, global_size, local_size, raw)
 
     def launcher(self, timed: bool) -> Launcher:
         """A launch function for one program run, taking cl.Buffers and numpy scalars as arguments, on the timed
         queue or the plain one. The queue and the ZYX_DEBUG setting are looked up here, once, not per kernel: each
-        lookup costs microseconds and a replayed step launches dozens of kernels."""
+        lookup costs microseconds and a replayed step launches dozens of kernels. The caller counts the kernels
+        it launches (`kernels_launched`), once per run.
+
+        A kernel keeps its arguments between launches, so they are set only where they differ from the ones it
+        was last given here: a replay passes the same buffers at every call (the pool hands them out in the same
+        order), and setting them cost the host as much as the launches themselves (pyopencl's `set_args`, some
+        60 ns an argument; an Adam step passes over a hundred). zyx's kernels get their arguments only here."""
         queue = self.queue_for(timed)
         log = logger("zyx.runtime")
         logged = log.isEnabledFor(logging.INFO)
         enqueue = cl.enqueue_nd_range_kernel
-        bump = stats.bump
+        arguments_set = self._arguments_set
+        if len(arguments_set) > KERNELS_WITH_ARGUMENTS_KEPT:
+            arguments_set.clear()
 
         def launch(kernel: cl.Kernel, global_size: tuple[int, ...], local_size: tuple[int, ...] | None,
                    args: Sequence[Any]) -> cl.Event:
             if logged:
                 log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
-            kernel.set_args(*args)
-            event = enqueue(queue, kernel, global_size, local_size)
-            bump("kernels_launched")
-            return event
+            if arguments_set.get(kernel) != args:
+                arguments_set.pop(kernel, None)  # a set_args that raises leaves the kernel's arguments unknown
+                kernel.set_args(*args)
+                arguments_set[kernel] = args
+            return enqueue(queue, kernel, global_size, local_size)
         return launch
 
     def synchronize(self) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, TypeVar
 
+from .. import counters
+
 T = TypeVar("T")
 
 
@@ -39,6 +41,7 @@ def replay_timed(runtime: Any, launches: list[tuple], repeat: int) -> tuple[floa
     """`replay`'s seconds per run, and the host's seconds per run spent enqueuing (the wait not counted): where a
     device starts only once the host submits (WGPU), the part of it before the first submit adds to the kernels'."""
     launch = runtime.launcher(False)
+    counters.bump("kernels_launched", len(launches) * repeat)
     runtime.synchronize()
     start = time.perf_counter()
     for _ in range(repeat):

@@ -14,6 +14,7 @@ use them are enqueued are safe: the queue runs in order, so a later use of one r
 """
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -35,6 +36,9 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     used: set[int] = set()  # the inputs some launch reads or writes
     sizes: set[int] = set()  # the size classes of internal slots
     held = peak = 0  # bytes taken in the run so far, and the most at once
+    # per size class, the free list's length relative to the run's start, and the lowest it gets (`_settle`)
+    level: dict[int, int] = collections.defaultdict(int)
+    lowest: dict[int, int] = collections.defaultdict(int)
 
     def value(kind: str, index: int) -> str:
         if kind in ("seed", "offset"):
@@ -49,6 +53,9 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     for k, launch in enumerate(program.launches):
         for slot in program.allocs[k]:
             size = size_class(slot_bytes[slot])
+            if slot not in aliases:  # taken from the free list (an output by `allocate_taken`)
+                level[size] -= 1
+                lowest[size] = min(lowest[size], level[size])
             if slot in internal:
                 sizes.add(size)
                 body.append(f"t{first_slot + slot} = s{size}.pop() if s{size} else new_buffer({size})")
@@ -69,6 +76,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                 size = size_class(slot_bytes[slot])
                 body += [f"s{size}.append(t{first_slot + slot})", f"t{first_slot + slot} = None"]
                 held -= size
+                level[size] += 1
     body += pending
     allocated = {slot for allocs in program.allocs for slot in allocs}
     taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(internal & allocated)]
@@ -77,6 +85,9 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     empty = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o not in internal and o not in aliases]
     head += [f"h{slot} = allocate(0)" for slot in empty]
     head += [f"s{size} = pool.free_list({size})" for size in sorted(sizes)] + ["start = pool.current_bytes"]
+    settled = [size for size in sorted(lowest) if lowest[size] < -1]  # free lists the run takes 2 or more from
+    head += [f"s{size} = pool.free_list({size})" for size in settled if size not in sizes]
+    head += [_settle(size, -lowest[size]) for size in settled]
     unfreed = (internal & allocated) - {slot for frees in program.frees for slot in frees}  # none in a well-formed plan
     if taken:
         head.append(" = ".join(f"t{position}" for position, _ in taken) + " = None")
@@ -95,6 +106,15 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     source = "\n".join(lines)
     exec(compile(source, f"<zyx run {program.name or id(program)}>", "exec"), names)  # noqa: S102 - built above
     return names["run"]
+
+
+def _settle(size: int, depth: int) -> str:
+    """The line putting the `depth` buffers on top of size class `size`'s free list, the ones the run will take
+    (for its internal slots and its outputs), in one order whatever order the last run's frees and its outputs'
+    releases left them in: a replay then takes the same buffers for the same slots at every call, and its
+    launches pass the very arguments the last one did (kernels are not given arguments they hold already:
+    opencl.py)."""
+    return f"s{size}[-{depth}:] = sorted(s{size}[-{depth}:], key=id)"
 
 
 def _collective(k: int, launch: Any, arguments: list[str], slot_bytes: Sequence[int], names: dict[str, Any]) -> str:

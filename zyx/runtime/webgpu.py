@@ -264,15 +264,17 @@ class WgpuRuntime(PooledRuntime):
         """Records one dispatch; Buffers are bound in order, numpy scalars (seeds, offsets) go to a uniform buffer.
         Under a profiler the dispatch runs alone and waits, and its host-timed event is returned."""
         raw = [arg.raw if isinstance(arg, Buffer) else arg for arg in args]
+        stats.bump("kernels_launched")
         return self.launcher(profiling.timing_wanted())(kernel, global_size, local_size, raw)
 
     def launcher(self, timed: bool) -> Any:
         """The launch function a program run uses (`runtime.execute.Executable`), taking raw wgpu buffers and
         numpy scalars. The logger and the profiler are looked up here, once, not per kernel: each lookup costs
-        microseconds and a replayed step launches dozens of kernels."""
+        microseconds and a replayed step launches dozens of kernels. The caller counts the kernels it launches
+        (`kernels_launched`), once per run."""
         log = logger("zyx.runtime")
         logged = log.isEnabledFor(logging.INFO)
-        max_groups, bind, record, bump = self.max_groups, self._bind_group, self._record, stats.bump
+        max_groups, bind, record = self.max_groups, self._bind_group, self._record
 
         def launch(kernel: Kernel, global_size: tuple[int, ...], local_size: Optional[tuple[int, ...]],
                    args: Sequence[Any]) -> Any:
@@ -288,7 +290,6 @@ class WgpuRuntime(PooledRuntime):
                 self.synchronize()
                 start = time.perf_counter_ns()
             record(kernel.pipeline, bind_group, columns, rows)
-            bump("kernels_launched")
             if not timed:
                 return None
             self.synchronize()

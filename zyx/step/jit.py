@@ -21,7 +21,7 @@ import types
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from .. import counters
 from .. import random as zrandom
@@ -43,6 +43,7 @@ from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
 Root = tuple[Any, tuple, dict]
+Binding = tuple[list[Tensor], list[Any]]  # the tensors a replay binds (arguments, then state) and their buffers
 
 
 class JitWarning(UserWarning):
@@ -135,11 +136,19 @@ class CapturedStep:
         node: the node already holds the new value. Only the others are planned as stores and assignments.
         """
         self._input_plan = [(self._bound_index(source), source.node) for source in self.inputs]
+        # `run` picks its input nodes and buffers from the bound tensors' followed by the constant inputs'
+        self._input_constants = [node for position, node in self._input_plan if position < 0]
+        self._input_constant_buffers = [node.buffer for node in self._input_constants]
+        picks, next_constant = [], self.argument_count + len(self.state)
+        for position, _ in self._input_plan:
+            picks.append(position if position >= 0 else next_constant)
+            next_constant += position < 0
+        self._pick_inputs = tuple_getter(picks)
         self._aliased_inputs = tuple(self.program.aliases.values())
         self._aliased_nodes = tuple_getter(self._aliased_inputs)
         self._all_aliased = frozenset(self._aliased_inputs)
-        self._constants = [source.node for source in self.inputs if source.kind == "constant"]
-        self._constants += [new_value.node for _, new_value in self.assigned if new_value.kind == "constant"]
+        self._constants = self._input_constants + [new_value.node for _, new_value in self.assigned
+                                                   if new_value.kind == "constant"]
         self._constants += [source.node for source, _, _ in self.outputs if source.kind == "constant"]
         values = [source for source, _, _ in self.outputs] + [new_value for _, new_value in self.assigned]
         # target -> the input whose buffer it is written into, where that input's node may simply stay the tensor's
@@ -171,24 +180,24 @@ class CapturedStep:
     def alive(self) -> bool:
         return all(ref.tensor() is not None for ref in self.state)
 
-    def bind(self, root: Root, arguments: list[Tensor]) -> Optional[list[Tensor]]:
-        """The state tensors to bind now, or None when this step's guards do not hold for this call."""
+    def bind(self, root: Root, arguments: list[Tensor]) -> Optional[Binding]:
+        """The tensors to bind now (the arguments, then the state tensors) and their buffers, or None when this
+        step's guards do not hold for this call."""
         found = self._paths.resolve_all(root)
         if self._dead or list(map(id, found)) != self._path_ids:
             return None  # a path that leads elsewhere now, or a tensor that was deleted
         if self.modes and not self.modes_hold() or self.autocast is not autocast_dtype() \
                 or self.precision != get_float32_matmul_precision():
             return None
-        state = list(self._pick_state(found))
-        bound = arguments + state
+        bound = [*arguments, *self._pick_state(found)]
         buffers = list(map(_buffer_of_tensor, bound))
-        if any(buffer is None for buffer in buffers):  # a tensor assigned eagerly since the last call (`is`:
-            # `None in buffers` would call torch.Tensor.__eq__, tens of µs a tensor)
+        if any(map(_is_none, buffers)):  # a tensor assigned eagerly since the last call (`is`: `None in buffers`
+            # would call torch.Tensor.__eq__, tens of µs a tensor)
             assigned_eagerly = [t for t in bound if not t.node.realized]
             if assigned_eagerly:
                 realize(*assigned_eagerly)
                 buffers = list(map(_buffer_of_tensor, bound))
-        return state if self._aliased_as_traced(bound, buffers) else None
+        return (bound, buffers) if self._aliased_as_traced(bound, buffers) else None
 
     def _aliased_as_traced(self, bound: list[Tensor], buffers: list[Any]) -> bool:
         if self._all_distinct:  # the usual case: distinct buffers mean distinct nodes, hence distinct tensors
@@ -203,17 +212,17 @@ class CapturedStep:
                 return False
         return True
 
-    def run(self, arguments: list[Tensor], state: list[Tensor], rand_args: list[tuple[int, int]],
+    def run(self, bound: list[Tensor], bound_buffers: list[Any], rand_args: list[tuple[int, int]],
             copy_donated: bool = False) -> Any:
-        """Launch the program on the bound tensors and point every updated tensor at its new value.
+        """Launch the program on the bound tensors (`bind`'s binding) and point every updated tensor at its new
+        value.
 
         A buffer the program overwrites in place is first copied when anything besides its tensor still holds
         its node (a lazy expression, another tensor, a gradient's origin), or when the step itself returns or
         assigns its old value: they keep the old value, as eagerly.
         """
-        bound = arguments + state
-        nodes = [bound[position].node if position >= 0 else constant for position, constant in self._input_plan]
-        buffers = list(map(_buffer_of, nodes))
+        nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
+        buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
         # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
         kept: set[int] | frozenset[int]
@@ -221,7 +230,7 @@ class CapturedStep:
         if not copy_donated and not self._old_values_read and _all_sole(self._aliased_nodes(nodes)):  # (the
             kept = self._all_aliased  # usual case, checked at C speed)
         else:
-            kept = set()
+            kept, buffers = set(), list(buffers)
             for position in self._aliased_inputs:
                 read = position in self._old_values_read
                 if not copy_donated and not read and _sole(nodes[position]):
@@ -243,7 +252,7 @@ class CapturedStep:
                 stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
             else:
                 stored[target] = buffer_leaf(outputs[target], shape, dtype, self.device)
-        values = stored + nodes + self._constants
+        values = [*stored, *nodes, *self._constants]
         for position, index in self._assign_plan:
             bound[position].node = values[index]  # type: ignore[assignment]
         return self.rebuild([bound[position] if position >= 0 else Tensor(values[index])
@@ -291,6 +300,8 @@ def _first_positions(counts: list[int]) -> list[int]:
 _origin_of = operator.attrgetter("origin")
 _buffer_of = operator.attrgetter("buffer")
 _buffer_of_tensor = operator.attrgetter("node.buffer")
+_node_of = operator.attrgetter("node")
+_is_none = functools.partial(operator.is_, None)
 
 
 def _shared(node: Node) -> bool:
@@ -356,9 +367,9 @@ class JitFunction:
         root: Root = (self.fn, args, kwargs)
         steps = self.steps.get(key, [])
         for step in steps:
-            state = step.bind(root, arguments)  # None for a step whose state tensors died
-            if state is not None:
-                return step.run(arguments, state, [zrandom.reserve(count) for count in step.rand_counts])
+            binding = step.bind(root, arguments)  # None for a step whose state tensors died
+            if binding is not None:
+                return step.run(*binding, [zrandom.reserve(count) for count in step.rand_counts])
         refused = list(steps)
         steps[:] = [step for step in steps if step.alive]
         self._log_recapture(key, root, refused, len(args))
@@ -416,8 +427,9 @@ class JitFunction:
         self._remember(key, step)
         for tensor, old, _ in capture.assigned.values():
             tensor.node = old  # the step's program makes the update
-        state = [ref.tensor() for ref in step.state]
-        return step.run(arguments, state, traced_rand_args, copy_donated=True)  # type: ignore[arg-type]
+        bound = arguments + [ref.tensor() for ref in step.state]
+        return step.run(bound, list(map(_buffer_of_tensor, bound)), traced_rand_args,  # type: ignore[arg-type]
+                        copy_donated=True)
 
     def _note_eager(self, key: Any, stored: list[Located]) -> None:
         """A step that stores a tensor it computes (not by `assign`) runs eagerly; say so when it keeps doing it."""
