@@ -42,7 +42,7 @@ from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_li
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
 
-VERSION = "wgsl-2"  # bump when the same IR prints differently
+VERSION = "wgsl-3"  # bump when the same IR prints differently
 WORKGROUP = 64      # items per group of a kernel whose IR leaves the group free
 SCALAR_SLOT_BYTES = 16  # one vec4<u32> per seed or offset parameter in the uniform buffer
 
@@ -441,21 +441,32 @@ def writable(source: str, bindings: list[int]) -> str:
 
 # ---- helpers -----------------------------------------------------------------------------------------------
 FLOAT_TYPES = ("f32", "vec2<f32>", "vec3<f32>", "vec4<f32>")
-COMPARISONS = {"lt": "<", "le": "<=", "eq": "=="}  # zyx_lt_T, zyx_le_T, zyx_eq_T
+COMPARISONS = ("lt", "le", "eq")  # zyx_lt_T, zyx_le_T, zyx_eq_T
 
 
 def _float_helpers(vector: str) -> list[str]:
     """isnan, comparisons false where either side is nan, a max that nan wins and C's pow for one float register
-    type. Nans are found in the bits: Vulkan lets a driver assume floats are never nan (SPIR-V without
-    SignedZeroInfNanPreserve, which naga does not declare), so `x != x` may fold to false, `a < b` hold for a nan,
-    and `select(b, a, a > b)` become a max that drops a nan (NVIDIA's does)."""
+    type. Comparisons are made on the bits: Vulkan lets a driver assume floats are never nan nor infinite (SPIR-V
+    without SignedZeroInfNanPreserve, which naga does not declare), so `x != x` may fold to false, `a < b` hold
+    for a nan, `x == inf` fold to false (NVIDIA's did: a GradScaler's overflowing scale grew to inf), and
+    `select(b, a, a > b)` become a max that drops a nan. Ordered as integers, a float's bits with the magnitude of
+    negatives flipped (`zyx_key`) compare as the floats do, but for -0 < +0 (`both zero` mends that)."""
     t, wide = _float_tag(vector), vector != "f32"
     u = f"vec{vector[3]}<u32>" if wide else "u32"
+    i = f"vec{vector[3]}<i32>" if wide else "i32"
     truth = f"vec{vector[3]}<bool>" if wide else "bool"
+    ordered = f"!zyx_isnan_{t}(a) & !zyx_isnan_{t}(b)"
+    zeros = f"((bitcast<{u}>(a) | bitcast<{u}>(b)) & {u}(0x7fffffffu)) == {u}(0u)"
     lines = [f"fn zyx_isnan_{t}(x: {vector}) -> {truth} {{ return "
              f"(bitcast<{u}>(x) & {u}(0x7fffffffu)) > {u}(0x7f800000u); }}",
-             *(f"fn zyx_{name}_{t}(a: {vector}, b: {vector}) -> {truth} {{ return (a {symbol} b) & "
-               f"!zyx_isnan_{t}(a) & !zyx_isnan_{t}(b); }}" for name, symbol in COMPARISONS.items()),
+             f"fn zyx_key_{t}(x: {vector}) -> {i} {{ let b = bitcast<{i}>(x); "
+             f"return select(b, b ^ {i}(0x7fffffff), b < {i}(0)); }}",
+             f"fn zyx_lt_{t}(a: {vector}, b: {vector}) -> {truth} {{ return (zyx_key_{t}(a) < zyx_key_{t}(b)) & "
+             f"!({zeros}) & {ordered}; }}",
+             f"fn zyx_le_{t}(a: {vector}, b: {vector}) -> {truth} {{ return ((zyx_key_{t}(a) <= zyx_key_{t}(b)) | "
+             f"{zeros}) & {ordered}; }}",
+             f"fn zyx_eq_{t}(a: {vector}, b: {vector}) -> {truth} {{ return ((bitcast<{u}>(a) == bitcast<{u}>(b)) | "
+             f"{zeros}) & {ordered}; }}",
              f"fn zyx_max_{t}(a: {vector}, b: {vector}) -> {vector} {{ return select(select(select(b, a, a > b), b, "
              f"zyx_isnan_{t}(b)), a, zyx_isnan_{t}(a)); }}"]
     if wide:
