@@ -78,7 +78,7 @@ def choose_device(args: argparse.Namespace) -> zyx.Device:
         dist.init()
         if dist.device().kind == args.device:
             return dist.device()
-    return zyx.OpenCL() if args.device == "opencl" else zyx.CPU()
+    return {"opencl": zyx.OpenCL, "wgpu": zyx.WGPU, "cpu": zyx.CPU}[args.device]()
 
 
 def main(argv: list[str] | None = None) -> float:

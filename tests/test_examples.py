@@ -74,6 +74,22 @@ def test_digits_trains_saves_and_a_second_run_compiles_nothing(cache_dir, tmp_pa
     assert number(r"^test accuracy ([\d.]+)%", again) == accuracy
 
 
+def test_digits_on_wgpu_reaches_the_reference_accuracy(cache_dir, tmp_path):
+    """--device wgpu trains on WebGPU (lavapipe here, Vulkan/Metal/DirectX elsewhere) to what the reference device
+    reaches, within one test image in a hundred."""
+    try:
+        zyx.WGPU()
+    except (RuntimeError, ImportError) as error:
+        pytest.skip(f"no WebGPU adapter: {error}")
+    found = {}
+    for device in ("wgpu", "cpu"):
+        out = run_example("digits.py", cache_dir, "--short", "--device", device, "--checkpoint",
+                          str(tmp_path / f"{device}.safetensors"))
+        assert f"device: zyx.{'WGPU' if device == 'wgpu' else 'CPU'}(" in out, out
+        found[device] = number(r"^test accuracy ([\d.]+)%", out)
+    assert abs(found["wgpu"] - found["cpu"]) <= 1.0
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_digits_under_autocast_reaches_the_float32_accuracy(cache_dir, tmp_path, dtype):
     """Mixed precision (float16 with its loss scaler) trains to within 1% of float32's accuracy, on the reference
