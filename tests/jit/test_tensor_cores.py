@@ -40,6 +40,24 @@ def test_half_products_are_planned_on_tensor_cores_in_blocks_of_eight_warps(dtyp
     assert "__local ushort tile_b2[20480]" in product.source
 
 
+def test_operands_in_buffers_are_staged_sixteen_bytes_at_a_time_in_the_layout_their_memory_has():
+    """A stored half-precision operand whose 8 neighbours along k (or along the right operand's columns) lie one
+    after another is copied as one 16-byte vector: the left operand along k, a right one along k when transposed
+    (`x @ w.T`), else along its columns into a [k][column] tile read by ldmatrix.trans; other operands (strided,
+    edges clamped, fused prologues) element by element."""
+    dev = zyx.CPU()
+    x, y, w = (dev.randn(*shape).to("bfloat16").realize() for shape in ((256, 128), (128, 256), (256, 128)))
+
+    def staged(out):
+        source, = [k.source for k in kernels_of(out) if on_tensor_cores(k)]
+        return source.count("vload8"), ".trans" in source
+
+    assert staged(x @ y) == (8, True)  # 2 + 2 vectors per item, in the pipelined loop and before it
+    assert staged(x @ w.T) == (8, False)
+    assert staged(y.T @ w.T) == (4, False)  # the left operand strided along k: element by element
+    assert staged(x[:, :100] @ y[:100]) == (0, False)  # k = 100: the last slice is padded
+
+
 def test_float32_products_use_tensor_cores_only_where_tf32_is_allowed():
     dev = zyx.CPU()
     x, y = dev.randn(64, 64), dev.randn(64, 64)
@@ -89,7 +107,7 @@ def check(result, expected, dtype, k):
     np.testing.assert_allclose(got, expected, rtol=2 * eps, atol=2 * eps * scale)
 
 
-SHAPES = [(128, 128, 128), (200, 100, 300), (1021, 333, 515), (16, 24, 130), (3000, 700, 500)]
+SHAPES = [(128, 128, 128), (200, 100, 300), (1021, 333, 515), (16, 24, 130), (3000, 700, 500), (256, 512, 384)]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -114,6 +132,17 @@ def test_batched_transposed_and_fused_products_on_tensor_cores(cores, dtype):
     left = cores.tensor(rounded(rng, (90, 70), dtype))  # a transposed left operand
     out = left.T @ cores.tensor(b[0].T.copy())
     check(out.numpy(), left.numpy().astype(np.float64).T @ b[0].T.astype(np.float64), dtype, 90)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_products_staged_sixteen_bytes_at_a_time_on_tensor_cores_match_numpy(cores, dtype):
+    rng = np.random.default_rng(11)
+    a, b, w = rounded(rng, (2, 256, 128), dtype), rounded(rng, (2, 128, 384), dtype), rounded(rng, (384, 128), dtype)
+    x, y, t = cores.tensor(a), cores.tensor(b), cores.tensor(w)
+    a64, b64, w64 = (v.astype(np.float64) for v in (a, b, w))
+    check((x @ y).numpy(), a64 @ b64, dtype, 128)  # left along k, right across
+    check((x @ t.T).numpy(), a64 @ w64.T, dtype, 128)  # both along k
+    check((y.transpose(-1, -2) @ t.T[None]).numpy(), b64.transpose(0, 2, 1) @ w64.T, dtype, 128)  # left strided
 
 
 def test_an_autocast_training_step_on_tensor_cores_matches_the_reference_device(cores):

@@ -162,7 +162,9 @@ def load(statement: Load) -> str:
         if out.dtype.is_bool:
             text = f"(convert_int{out.width}({text})!=(int{out.width})(0))"
     elif statement.mode == "bits":
-        text = f"((__global const ushort*){statement.buffer})[{statement.index.render()}]"
+        pointer = f"((__global const ushort*){statement.buffer})"
+        text = (f"as_short{out.width}(vload{out.width}({_vector_offset(statement.index, out.width, pointer)}))"
+                if out.width > 1 else f"{pointer}[{statement.index.render()}]")
     elif statement.mode == "broadcast":
         element = f"{statement.buffer}[{statement.index.render()}]"
         text = f"(({register_type(out.dtype, out.width)})({f'-({element}!=0)' if out.dtype.is_bool else element}))"
@@ -219,6 +221,9 @@ def _local_array(s: LocalArray) -> str:
 
 def _local_store(s: LocalStore) -> str:
     if s.dtype is not None and s.dtype.is_narrow_float and s.value.dtype.is_int:  # its bits ("bits" Load)
+        width = s.value.width
+        if width > 1:
+            return f"vstore{width}(as_ushort{width}({operand(s.value)}),0,((__local ushort*){s.array})+{s.index.render()});"
         return f"((__local ushort*){s.array})[{s.index.render()}] = (ushort)({operand(s.value)});"
     if s.dtype is not None and s.dtype.is_narrow_float:  # a value (computed in float) into a half-precision array
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"

@@ -31,7 +31,7 @@ from ..trace.node import Node
 from ..trace.ops import Op
 from .kernel_ir import (ROUND_TF32, Alu, Barrier, Const, Define, Lane, Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply,
                         Operand, Reg)
-from .lower import PARAM_LIMIT, Lowering, _Value, linear, unravel
+from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .symbolic import Expr
 from .tiling import matmul_axes
@@ -40,6 +40,7 @@ BLOCK = 128          # outputs per group along n
 WARP = 32
 WARP_ROWS = 64       # a warp's outputs along n: 4 mma tiles of 16
 PAD_BYTES = 16       # after each staged row
+VECTOR = 8           # half-precision elements one 16-byte copy moves
 # (warp columns, bytes of each row a slice stages, local buffers): the first that fits the device's local memory.
 # Double buffering first: on the H200 (48 KiB) 64 x 32 warps double-buffered ran 3000x700x5000 in bfloat16 at 110
 # TFLOP/s and 1021³ at 45, 64 x 64 warps single-buffered at 89 and 26 (8192³: 120 and 126).
@@ -149,38 +150,97 @@ class TensorCoreLowering(LocalTileLowering):
         self._longest_reduction = max(self._longest_reduction, node.src[0].shape[node.arg[0]])
         tiles = (self.names.fresh("tile_a"), self.names.fresh("tile_b"))
         accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
-        lines = self._scopes[0]
-        lines += [LocalArray(name, plan.stored, rows * plan.stride, aligned=True)
-                  for name, rows in zip(tiles, (BLOCK, plan.block_m))]
-        lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
         step = self.names.fresh("k")
         self._open_loop(step, steps)
-        stores = self._stage_rows(node, Expr.var(step, steps) * plan.bk, tiles)
-        body = self._close_loop() + stores + [Barrier()] + self._multiply_fragments(tiles, accumulators) + [Barrier()]
+        stores, across = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
+        body = (self._close_loop() + stores + [Barrier()] + self._multiply_fragments(tiles, accumulators, across)
+                + [Barrier()])
+        right_size = plan.bk * (plan.block_m + PAD_BYTES // 2) if across else plan.block_m * plan.stride
+        lines = self._scopes[0]
+        lines += [LocalArray(tiles[0], plan.stored, BLOCK * plan.stride, aligned=True),
+                  LocalArray(tiles[1], plan.stored, right_size, aligned=True)]
+        lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
         lines.append(Loop(step, steps, tuple(body)))  # (double-buffered by the scheduler where plan.buffers is 2)
         return [_Value(acc, 0) for acc in accumulators]
 
-    def _stage_rows(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> list:
-        """Lower this item's share of both operands' slice at `k_base` (neighbouring items read neighbouring k of
-        the left operand and neighbouring columns of the right, as row-major operands lie); return the stores
-        into the tiles, both [row][k]."""
+    def _stage(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> tuple[list, bool]:
+        """Lower this item's share of both operands' slice at `k_base`; return the stores into the tiles, and whether
+        the right tile lies across ([k][column], read by transposing ldmatrix) instead of along k ([column][k]).
+
+        A half-precision operand read straight from a buffer where 8 elements lie one after another along k (the
+        left operand, and a transposed right one: `x @ w.T`) is copied 16 bytes at a time into rows along k; a
+        right operand whose 8 consecutive elements lie along its columns (row-major) 16 bytes at a time into rows
+        along its columns; any other operand (fused prologues, edges clamped or padded, TF32) element by element
+        into rows along k, neighbouring items reading neighbouring k of the left operand and neighbouring columns of
+        the right, as row-major operands lie."""
         plan = self.plan
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
-        k_axis, bk, stride = node.arg[0], plan.bk, plan.stride
+        k_axis = node.arg[0]
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
+        place = (corner, k_base, k_axis)
+        stores = self._copies(left, n_axis, BLOCK, tiles[0], place, along_k=True)
+        if stores is None:
+            stores = self._elements(left, n_axis, BLOCK, tiles[0], place, (BLOCK, plan.bk))
+        for along_k in (True, False):
+            copied = self._copies(right, m_axis, plan.block_m, tiles[1], place, along_k)
+            if copied is not None:
+                return stores + copied, not along_k
+        return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, (plan.bk, plan.block_m)), False
+
+    def _elements(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, grid: tuple[int, int]) -> list:
+        """Element by element into rows along k: items numbered over `grid` (rows x k, or k x rows)."""
+        plan, (corner, k_base, k_axis) = self.plan, place
         stores = []
-        for copy in range(BLOCK * bk // GROUP):
+        for copy in range(rows * plan.bk // GROUP):
             flat = self.lid + copy * GROUP
-            row, k = flat // bk, flat % bk
-            value = self._operand(left, corner, {n_axis: row, k_axis: k_base + k})
-            stores.append(LocalStore(tiles[0], row * stride + k, self._staged(value), dtype=plan.stored))
-        for copy in range(plan.block_m * bk // GROUP):
-            flat = self.lid + copy * GROUP
-            column, k = flat % plan.block_m, flat // plan.block_m
-            value = self._operand(right, corner, {m_axis: column, k_axis: k_base + k})
-            stores.append(LocalStore(tiles[1], column * stride + k, self._staged(value), dtype=plan.stored))
+            row, k = (flat // grid[1], flat % grid[1]) if grid[0] == rows else (flat % grid[1], flat // grid[1])
+            value = self._operand(operand, corner, {axis: row, k_axis: k_base + k})
+            stores.append(LocalStore(tile, row * plan.stride + k, self._staged(value), dtype=plan.stored))
         return stores
+
+    def _copies(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool) -> Optional[list]:
+        """16-byte copies into rows along k (`along_k`) or along `axis` (rows of `rows` + 8 elements, one per k);
+        None, with nothing emitted, where the operand's 8 consecutive elements that way are not 16 consecutive
+        bytes of one buffer."""
+        plan, (corner, k_base, k_axis) = self.plan, place
+        per_row = (plan.bk if along_k else rows) // VECTOR
+        stores = []
+        for copy in range(rows * plan.bk // VECTOR // GROUP):
+            flat = self.lid + copy * GROUP
+            row, k = (flat // per_row, flat % per_row * VECTOR) if along_k else (flat % per_row * VECTOR, flat // per_row)
+            load = self._consecutive(operand, corner, {axis: row, k_axis: k_base + k}, k_axis if along_k else axis)
+            if load is None:
+                return None
+            bits = Reg(self.names.fresh("bits"), int16, VECTOR)
+            self._scopes[-1].append(dataclasses.replace(load, out=bits, mode="bits"))
+            index = row * plan.stride + k if along_k else k * (rows + PAD_BYTES // 2) + row
+            stores.append(LocalStore(tile, index, bits, dtype=plan.stored))
+        return stores
+
+    def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int) -> Optional[Load]:
+        """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose neighbour
+        along `axis` is the next element of the same buffer (nothing it lowered is kept either way)."""
+        if self.plan.kind == "tf32":
+            return None
+        scope, known, mark = self._scopes[-1], set(self._values), len(self._scopes[-1])
+        reads = [self._defining_load(self._operand(operand, corner, at))
+                 for at in (offsets, {**offsets, axis: offsets[axis] + 1})]
+        del scope[mark:]
+        for key in set(self._values) - known:
+            del self._values[key]
+        first, then = reads
+        if first is None or then is None or first.buffer != then.buffer or then.index - first.index != Expr(1):
+            return None
+        return first
+
+    def _defining_load(self, value: Operand) -> Optional[Load]:
+        """The unguarded element Load of half precision defining `value` in the innermost scope, if that is what
+        defines it."""
+        load = next((s for s in reversed(self._scopes[-1]) if isinstance(s, Load) and s.out == value), None)
+        if load is None or load.mode != "element" or load.guard or not load.out.dtype.is_narrow_float:
+            return None
+        return load
 
     def _staged(self, value: Operand) -> Operand:
         """What is stored of an operand value: float32 rounded to TF32, half precision as its bits (`_bits`)."""
@@ -203,9 +263,10 @@ class TensorCoreLowering(LocalTileLowering):
         scope[position] = dataclasses.replace(scope[position], out=bits, mode="bits")
         return bits
 
-    def _multiply_fragments(self, tiles: tuple[str, str], accumulators: list[Reg]) -> list:
+    def _multiply_fragments(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
         """Per mma step of the slice: the warp's left fragments (one ldmatrix of four 8 x 8 matrices per 16 rows),
-        its right fragments (one per 16 columns: two tiles' worth), then an mma per tile of 16 x 8 outputs."""
+        its right fragments (one per 16 columns: two tiles' worth; transposing where the tile lies `across`), then
+        an mma per tile of 16 x 8 outputs."""
         plan = self.plan
         half = plan.k_step // 2  # elements of k in one 8 x 8 matrix of 16-bit words
         counter = self.names.fresh("kk")
@@ -222,8 +283,12 @@ class TensorCoreLowering(LocalTileLowering):
         right = []
         for j in range(0, plan.warp_columns // 8, 2):  # matrices: tile j at k, at k + half, tile j + 1 at both
             out = Reg(self.names.fresh("fb"), uint32, 4)
-            index = (columns + j * 8 + lane % 8 + (lane // 16) * 8) * plan.stride + k + ((lane // 8) % 2) * half
-            body.append(MatrixLoad(out, tiles[1], index))
+            if across:  # rows of k: k, k + 8 of tile j, then of tile j + 1
+                row = k + lane % 8 + ((lane // 8) % 2) * 8
+                index = row * (plan.block_m + PAD_BYTES // 2) + columns + j * 8 + (lane // 16) * 8
+            else:
+                index = (columns + j * 8 + lane % 8 + (lane // 16) * 8) * plan.stride + k + ((lane // 8) % 2) * half
+            body.append(MatrixLoad(out, tiles[1], index, transposed=across))
             right += [(Lane(out, "s0"), Lane(out, "s1")), (Lane(out, "s2"), Lane(out, "s3"))]
         shape = f"m16n8k{plan.k_step}"
         tiles_of = itertools.product(range(WARP_ROWS // 16), range(plan.warp_columns // 8))
