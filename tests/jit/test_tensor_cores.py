@@ -50,7 +50,7 @@ def test_operands_in_buffers_are_staged_sixteen_bytes_at_a_time_in_the_layout_th
 
     def staged(out):
         source, = [k.source for k in kernels_of(out) if on_tensor_cores(k)]
-        return source.count("vload8"), ".trans" in source
+        return source.count("as_short8("), ".trans" in source
 
     assert staged(x @ y) == (8, True)  # 2 + 2 vectors per item, in the pipelined loop and before it
     assert staged(x @ w.T) == (8, False)

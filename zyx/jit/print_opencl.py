@@ -162,9 +162,7 @@ def load(statement: Load) -> str:
         if out.dtype.is_bool:
             text = f"(convert_int{out.width}({text})!=(int{out.width})(0))"
     elif statement.mode == "bits":
-        pointer = f"((__global const ushort*){statement.buffer})"
-        text = (f"as_short{out.width}(vload{out.width}({_vector_offset(statement.index, out.width, pointer)}))"
-                if out.width > 1 else f"{pointer}[{statement.index.render()}]")
+        text = _bits_load(statement)
     elif statement.mode == "broadcast":
         element = f"{statement.buffer}[{statement.index.render()}]"
         text = f"(({register_type(out.dtype, out.width)})({f'-({element}!=0)' if out.dtype.is_bool else element}))"
@@ -173,6 +171,18 @@ def load(statement: Load) -> str:
     if statement.guard:
         text = f"(({condition(statement.guard)})?{text}:{operand(Const(0, out.dtype, out.width))})"
     return text
+
+
+def _bits_load(statement: Load) -> str:
+    """16-bit elements as stored: 8 of them, at an index that is a multiple of 8, as one 16-byte word (vload8 of
+    ushort may be 8 loads: it promises the compiler no more than 2-byte alignment)."""
+    out, index = statement.out, statement.index
+    if out.width == 8 and aligned(index, 8):
+        return f"as_short8(((__global const uint4*){statement.buffer})[{(index // 8).render()}])"
+    pointer = f"((__global const ushort*){statement.buffer})"
+    if out.width > 1:
+        return f"as_short{out.width}(vload{out.width}({_vector_offset(index, out.width, pointer)}))"
+    return f"{pointer}[{index.render()}]"
 
 
 def gather(statement: Gather) -> str:
@@ -221,9 +231,8 @@ def _local_array(s: LocalArray) -> str:
 
 def _local_store(s: LocalStore) -> str:
     if s.dtype is not None and s.dtype.is_narrow_float and s.value.dtype.is_int:  # its bits ("bits" Load)
-        width = s.value.width
-        if width > 1:
-            return f"vstore{width}(as_ushort{width}({operand(s.value)}),0,((__local ushort*){s.array})+{s.index.render()});"
+        if s.value.width == 8:  # 16 bytes at a multiple of 8 elements of an aligned array: one word
+            return f"*((__local uint4*)(((__local ushort*){s.array})+{s.index.render()})) = as_uint4({operand(s.value)});"
         return f"((__local ushort*){s.array})[{s.index.render()}] = (ushort)({operand(s.value)});"
     if s.dtype is not None and s.dtype.is_narrow_float:  # a value (computed in float) into a half-precision array
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"

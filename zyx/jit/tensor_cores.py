@@ -219,18 +219,20 @@ class TensorCoreLowering(LocalTileLowering):
         return stores
 
     def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int) -> Optional[Load]:
-        """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose neighbour
-        along `axis` is the next element of the same buffer (nothing it lowered is kept either way)."""
+        """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next 7 along
+        `axis` are the next elements of the same buffer, none past an end (the next and the 7th are lowered and
+        compared: an edge clamps or pads them); nothing it lowered is kept either way."""
         if self.plan.kind == "tf32":
             return None
         scope, known, mark = self._scopes[-1], set(self._values), len(self._scopes[-1])
-        reads = [self._defining_load(self._operand(operand, corner, at))
-                 for at in (offsets, {**offsets, axis: offsets[axis] + 1})]
+        reads = [self._defining_load(self._operand(operand, corner, {**offsets, axis: offsets[axis] + step}))
+                 for step in (0, 1, VECTOR - 1)]
         del scope[mark:]
         for key in set(self._values) - known:
             del self._values[key]
-        first, then = reads
-        if first is None or then is None or first.buffer != then.buffer or then.index - first.index != Expr(1):
+        first = reads[0]
+        if any(read is None or read.buffer != first.buffer or read.index - first.index != Expr(step)
+               for read, step in zip(reads, (0, 1, VECTOR - 1))):
             return None
         return first
 
