@@ -169,6 +169,70 @@ def test_chains_fuse_into_one_torch_call_each(dev):
     assert Op.PERMUTE not in [step.op for step in linear.steps]  # the matmul's own w.T and w.T.T.T cancel
 
 
+def latest_program(dev):
+    """The program the device built last."""
+    return dev.programs[next(reversed(dev.programs))]
+
+
+@pytest.mark.parametrize("shape, axis, dtype", [((6, 5), -1, "float32"), ((3, 4, 5), 1, "float32"),
+                                                ((6, 5), 0, "float16")])
+def test_log_softmax_and_its_gradient_are_one_torch_call_each(dev, shape, axis, dtype):
+    """log_softmax (x - log(sum(exp(x - max)))) and its gradient, realized together as a training step does, are
+    torch.log_softmax and its backward (log_softmax_fusion.py) with the reference's values: no exp, log or max
+    is computed. Masked entries (-inf) and a row of them give what the reference gives."""
+    rng = np.random.default_rng(7)
+    a, w = rng.standard_normal(shape, dtype=np.float32) * 4, rng.standard_normal(shape, dtype=np.float32)
+    rows = np.moveaxis(a, axis, -1)  # a view: its last axis is the one log_softmax normalizes
+    rows[(0,) * (len(shape) - 1)][:2] = -np.inf
+    rows[(1,) * (len(shape) - 1)] = -np.inf
+
+    def run(device):
+        x = device.tensor(a.astype(dtype))
+        values = x.log_softmax(axis)
+        gx, = (values * device.tensor(w.astype(dtype)) + values * values).sum().backward([x])
+        zyx.realize(values, gx)
+        return values, gx
+
+    ours, reference = run(dev), run(zyx.CPU())
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    for got, expected in zip(ours, reference):
+        np.testing.assert_allclose(got.numpy().astype(np.float32), expected.numpy().astype(np.float32),
+                                   rtol=tolerance, atol=tolerance)
+    computed = [step.op for step in latest_program(dev).steps if step.computes]
+    assert computed.count(Fused.LOG_SOFTMAX) == computed.count(Fused.LOG_SOFTMAX_GRAD) == 1
+    assert not {Op.EXP, Op.LOG, Op.RMAX, Op.RECIP} & set(computed)
+    inference = dev.tensor(a).log_softmax(axis)
+    assert [step.op for step in program_of(inference).steps if step.computes] == [Fused.LOG_SOFTMAX]
+
+
+def test_cross_entropy_fuses_and_an_exp_read_elsewhere_stays_computed(dev):
+    """cross_entropy's loss and gradient fuse log_softmax and its gradient (the reference's values); a
+    log_softmax spelled by hand fuses too, and its exp, which something else also reads, is still computed."""
+    rng = np.random.default_rng(8)
+    logits, labels = rng.standard_normal((16, 7), dtype=np.float32), rng.integers(0, 7, 16)
+
+    def run(device):
+        x = device.tensor(logits)
+        loss = nn.cross_entropy(x, device.tensor(labels))
+        gx, = loss.backward([x])
+        shift = x.max(1, keepdim=True).detach()
+        exponential = (x - shift).exp()
+        log_probs = x - (exponential.sum(1, keepdim=True).log() + shift)
+        zyx.realize(loss, gx)
+        shared = [log_probs, exponential * 2]
+        zyx.realize(*shared)
+        return loss, gx, *shared
+
+    ours, reference = run(dev), run(zyx.CPU())
+    for got, expected in zip(ours, reference):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    programs = list(dev.programs.values())
+    fused = [s.op for s in programs[-2].steps]
+    assert Fused.LOG_SOFTMAX in fused and Fused.LOG_SOFTMAX_GRAD in fused and Op.EXP not in fused
+    shared = [s.op for s in programs[-1].steps if s.computes]
+    assert Fused.LOG_SOFTMAX in shared and Op.EXP in shared and Op.LOG not in shared
+
+
 # ---- replays -----------------------------------------------------------------------------------------------
 def test_replays_match_the_first_run_in_values_and_memory(dev):
     """The first run of a structure follows every storage; later runs replay the generated function and count

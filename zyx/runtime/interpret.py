@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
 from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
-from . import fusions, profiling, view_chains
+from . import fusions, log_softmax_fusion, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .memory_plan import frugal_order, overwrites
 from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
@@ -164,7 +164,8 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     """The nodes no step computes (ids), and the nodes computed as a fused step: id -> (op, arg, sources).
     A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
     EXPANDs only such products read: the contraction broadcasts them), unless a factor is a constant; a float ADD of a NEG read by nothing else
-    is a SUB; and the elementwise chains of `fusions.py`. A target is always computed."""
+    is a SUB; log_softmax and its gradient (`log_softmax_fusion.py`); and the elementwise chains of `fusions.py`.
+    A target is always computed."""
     readers: dict[int, int] = {}
     for node in order:
         for src in node.src:
@@ -185,6 +186,7 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     skipped |= {key for key, count in product_reads.items() if count == readers[key]}
     fused = {id(node): (Fused.CONTRACT, view_chains.contract_arg(node.arg, node.src[0].shape),
                         tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
+    log_softmax_fusion.fuse(order, readers, wanted, skipped, fused)
     fusions.fuse(order, readers, wanted, skipped, fused)
     for node in order:
         if node.op is Op.ADD and node.dtype.is_float and id(node) not in fused and id(node) not in skipped:
@@ -234,6 +236,18 @@ def _subtract(lib: ArrayLibrary, a: Any, b: Any) -> Any:
     return lib.binary[Op.ADD](a, lib.unary[Op.NEG](b))
 
 
+def _log_softmax(lib: ArrayLibrary, x: Any, axis: int, dtype: Any) -> Any:
+    """x - log(sum(exp(x - max))) - max along `axis` (what Fused.LOG_SOFTMAX stands for)."""
+    peak = lib.rmax(x, (axis,), x.shape[:axis] + (1,) + x.shape[axis + 1:], dtype)
+    shifted = _subtract(lib, x, peak)
+    return _subtract(lib, shifted, lib.unary[Op.LOG](lib.sum(lib.unary[Op.EXP](shifted), (axis,), dtype)))
+
+
+def _log_softmax_grad(lib: ArrayLibrary, gradient: Any, value: Any, axis: int, dtype: Any) -> Any:
+    """g - exp(y) * sum(g) along `axis`, the gradient of y = log_softmax(x) (Fused.LOG_SOFTMAX_GRAD)."""
+    return _subtract(lib, gradient, lib.binary[Op.MUL](lib.unary[Op.EXP](value), lib.sum(gradient, (axis,), dtype)))
+
+
 def _less_equal(lib: ArrayLibrary, a: Any, b: Any) -> Any:
     return lib.binary[Op.OR](lib.binary[Op.CMPLT](a, b), lib.binary[Op.CMPEQ](a, b))
 
@@ -262,6 +276,8 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Fused.MULADD: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](x[1], x[2])),
     Fused.MULSUB: lambda lib, step, x: _subtract(lib, x[0], lib.binary[Op.MUL](x[1], x[2])),
     Fused.LERP: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](_subtract(lib, x[1], x[0]), x[2])),
+    Fused.LOG_SOFTMAX: lambda lib, step, x: _log_softmax(lib, x[0], step.arg, step.dtype),
+    Fused.LOG_SOFTMAX_GRAD: lambda lib, step, x: _log_softmax_grad(lib, x[0], x[1], step.arg, step.dtype),
     Fused.CONTRACT: lambda lib, step, x: lib.contract(*x[:2], *step.arg, step.shape, *x[2:]),
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),

@@ -27,6 +27,7 @@ _COMPUTED = {"float16": torch.float32, "bfloat16": torch.float32, "uint32": torc
 _WORD = 0xFFFFFFFF
 _UNIFORM_SCALE = 2.0 ** -FLOAT_MANTISSA_BITS
 _THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward
+_LOG_SOFTMAX_BACKWARD = torch.ops.aten._log_softmax_backward_data.default
 
 
 def _relu(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -48,6 +49,11 @@ def _mulsub(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, out: Optional[tor
 _OUT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub, Fused.LE: torch.le, Fused.RELU: _relu,
     Fused.RELU_GRAD: _relu_grad, Fused.MULADD: torch.addcmul, Fused.MULSUB: _mulsub, Fused.LERP: torch.lerp,
+}
+# row ops, as bound calls of (the step's axis, the computed dtype): PyTorch's own kernels for both
+_ROWS: dict[Any, Callable[[int, torch.dtype], Callable[..., torch.Tensor]]] = {
+    Fused.LOG_SOFTMAX: lambda axis, dtype: lambda x: torch.log_softmax(x, axis),
+    Fused.LOG_SOFTMAX_GRAD: lambda axis, dtype: lambda g, y: _LOG_SOFTMAX_BACKWARD(g, y, axis, dtype),
 }
 # views, as bound calls of (the step's arg, its shape)
 _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]] = {
@@ -154,9 +160,9 @@ class TorchArrays(ArrayLibrary):
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
 
     def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
-        """One bound torch call for views, reductions, products, casts and the elementwise ops whose torch result
-        is already in the computed dtype (`conform` would do nothing); None for the rest (uint32, compact steps,
-        mixed dtypes), which take the generic path."""
+        """One bound torch call for views, reductions, products, casts, log_softmax and its gradient, and the
+        elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing); None for
+        the rest (uint32, compact steps, mixed dtypes), which take the generic path."""
         op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
         view = _VIEWS.get(op)
         if view is not None:
@@ -166,6 +172,8 @@ class TorchArrays(ArrayLibrary):
         computed = computed_dtype(dtype)
         if op is Fused.CONTRACT:
             return bound_contract(*arg, shape)
+        if op in _ROWS:
+            return _ROWS[op](arg, computed)
         if op is Op.SUM:
             keep = len(shape) == len(sources[0].shape)  # else a reshape dropping the summed axes was folded in
             return lambda x: torch.sum(x, dim=arg, keepdim=keep, dtype=computed)
