@@ -82,7 +82,7 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
     index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
     must have the target's shape and dtype)."""
-    skipped, fused = _fusions(targets, order) if optimize else (set(), {})
+    skipped, fused, order = _fusions(targets, order) if optimize else (set(), {}, order)
     slot_of: dict[int, int] = {}
     steps: list[Step] = []
     constant: list[frozenset[int]] = []  # per slot: axes along which its value does not change
@@ -160,8 +160,10 @@ def _constant_axes(op: Any, arg: Any, shape: Shape, sources: Sequence[tuple[Shap
     return frozenset()
 
 
-def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], dict[int, tuple[Any, Any, tuple]]]:
-    """The nodes no step computes (ids), and the nodes computed as a fused step: id -> (op, arg, sources).
+def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], dict[int, tuple[Any, Any, tuple]],
+                                                                     Sequence[Node]]:
+    """The nodes no step computes (ids), the nodes computed as a fused step: id -> (op, arg, sources), and the
+    order to build the steps in (`order`, a fused step's sources before it).
     A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
     EXPANDs only such products read: the contraction broadcasts them), unless a factor is a constant; a float ADD of a NEG read by nothing else
     is a SUB; log_softmax and its gradient (`log_softmax_fusion.py`); and the elementwise chains of `fusions.py`.
@@ -186,7 +188,7 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     skipped |= {key for key, count in product_reads.items() if count == readers[key]}
     fused = {id(node): (Fused.CONTRACT, view_chains.contract_arg(node.arg, node.src[0].shape),
                         tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
-    log_softmax_fusion.fuse(order, readers, wanted, skipped, fused)
+    order = log_softmax_fusion.fuse(order, readers, wanted, skipped, fused)
     fusions.fuse(order, readers, wanted, skipped, fused)
     for node in order:
         if node.op is Op.ADD and node.dtype.is_float and id(node) not in fused and id(node) not in skipped:
@@ -196,7 +198,7 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
                     skipped.add(id(negation))
                     fused[id(node)] = (Fused.SUB, None, (other, negation.src[0]))
                     break
-    return skipped, fused
+    return skipped, fused, order
 
 
 def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Sequence[tuple[int, int]],

@@ -21,9 +21,11 @@ _WALKED = 64  # nodes searched per fused node for what it leaves unread (a shift
 
 
 def fuse(order: Sequence[Node], readers: dict[int, int], wanted: set[int], skipped: set[int],
-         fused: dict[int, FusedNode]) -> None:
+         fused: dict[int, FusedNode]) -> list[Node]:
     """Add the log_softmaxes of `order` (a toposort) and their gradients to `fused` (id -> the step computing
-    the node), and the nodes that then go unread to `skipped` (see `fusions.fuse` for the arguments)."""
+    the node), and the nodes that then go unread to `skipped` (see `fusions.fuse` for the arguments). Returns
+    `order` with each fused forward moved before its gradient where it came after it (the trace's gradient does
+    not read it; the fused one does, and the forward reads only x, which the gradient's exp reads too)."""
     forwards: dict[int, tuple[Node, Node, Node, int]] = {}  # id(exp) -> (head, x, sum, axis)
     for node in order:
         match = _log_softmax(node)
@@ -33,6 +35,7 @@ def fuse(order: Sequence[Node], readers: dict[int, int], wanted: set[int], skipp
             fused[id(node)] = (Fused.LOG_SOFTMAX, axis, (x,))
     heads = [head for head, _, _, _ in forwards.values()]
     ends = {id(x) for _, x, _, _ in forwards.values()}
+    ahead: dict[int, Node] = {}  # id(gradient) -> its forward, to be computed just before it
     for node in order:
         match = _gradient(node)
         forward = forwards.get(id(match[2])) if match is not None else None
@@ -41,8 +44,26 @@ def fuse(order: Sequence[Node], readers: dict[int, int], wanted: set[int], skipp
             fused[id(node)] = (Fused.LOG_SOFTMAX_GRAD, forward[3], (match[0], forward[0]))
             heads.append(node)
             ends.add(id(match[0]))
+            ahead[id(node)] = forward[0]
     if heads:
         skipped |= _unread(heads, ends, readers, wanted | skipped | set(fused))
+    return _forwards_first(order, ahead)
+
+
+def _forwards_first(order: Sequence[Node], ahead: dict[int, Node]) -> list[Node]:
+    """`order` with each node of `ahead`'s values moved just before the node keyed by it, where it came later."""
+    met: set[int] = set()
+    moved = {id(forward) for forward in ahead.values()}
+    result: list[Node] = []
+    for node in order:
+        forward = ahead.get(id(node))
+        if forward is not None and id(forward) not in met:
+            result.append(forward)
+            met.add(id(forward))
+        if id(node) not in moved or id(node) not in met:
+            result.append(node)
+            met.add(id(node))
+    return result
 
 
 def _log_softmax(node: Node) -> Optional[tuple[Node, Node, Node, int]]:
