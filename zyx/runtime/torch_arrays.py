@@ -65,6 +65,20 @@ _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]]
 }
 
 
+class _NoGrad:
+    """torch.no_grad() as a replay needs it, at a third of its cost (no Python-level grad-mode objects): each
+    run of a program enters it."""
+
+    __slots__ = ("enabled",)
+
+    def __enter__(self) -> None:
+        self.enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch._C._set_grad_enabled(self.enabled)
+
+
 def computed_dtype(dtype: DType) -> torch.dtype:
     """The torch dtype values of `dtype` are computed in."""
     return _COMPUTED.get(dtype.name) or TORCH_DTYPES[dtype.name]
@@ -136,7 +150,9 @@ class TorchArrays(ArrayLibrary):
         claimed = {storage_key(buffer) for buffer in inputs}
         stored = []
         for value, step in zip(values, steps):
-            buffer = value.to(TORCH_DTYPES[step.dtype.name]).reshape(step.shape).contiguous()
+            buffer = value.to(TORCH_DTYPES[step.dtype.name])
+            buffer = (buffer if buffer.shape == step.shape else buffer.reshape(step.shape)).contiguous()  # (a
+            # value that needs nothing stays the same object: torch_backend.Replay then skips this check)
             key = storage_key(buffer)
             if key in claimed or buffer.untyped_storage().nbytes() > buffer.nbytes:
                 buffer = buffer.clone()
@@ -154,7 +170,7 @@ class TorchArrays(ArrayLibrary):
         return buffer if buffer.dtype == value.dtype and buffer.shape == value.shape else value
 
     def quiet(self) -> ContextManager[Any]:
-        return torch.no_grad()
+        return _NoGrad()
 
     def loads_as_stored(self, dtype: DType) -> bool:
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]

@@ -5,10 +5,10 @@ as `w.T.T` reshaped, and its product is reshaped before the bias is added. `simp
 that
 - a permute of a permute is one permute, a reshape of a reshape one reshape, and a chain that ends where it
   began is no step at all, nor is a step computing what an earlier one did;
-- a product (CONTRACT) reads an operand that is a reshape inserting axes of size 1 from the reshape's source
-  (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of a reshape
-  that is its only reader, and adds the other source of an ADD that is its only reader (a linear layer's bias:
-  one `torch.addmm`);
+- a product (CONTRACT) reads an operand that is a permute, or a reshape inserting axes of size 1, from the
+  view's source (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of
+  a reshape that is its only reader, and adds the other source of an ADD that is its only reader (a linear
+  layer's bias: one `torch.addmm`);
 - a sum whose only reader is a reshape dropping the summed axes returns that shape (keepdim=False);
 - an elementwise step reads a reshape's source where the reshape only adds leading axes of size 1 (broadcast);
 - steps that nothing reads (views left behind) are dropped.
@@ -81,7 +81,7 @@ def _products_folded(steps: list[Step], outputs: list[int]) -> tuple[list[Step],
     for step in steps:
         folded = _product_read(step, result, readers, kept)
         if folded.op is Fused.CONTRACT:
-            folded = _unreshaped_operands(folded, result)
+            folded = _unviewed_operands(folded, result)
         result.append(_broadcast_unreshaped(folded, result))
     return _live(result, outputs)
 
@@ -126,17 +126,20 @@ def _product_read(step: Step, result: list[Step], readers: list[int], kept: set[
     return step
 
 
-def _unreshaped_operands(step: Step, result: list[Step]) -> Step:
-    """A product reading the sources of the reshapes it reads that only insert axes of size 1."""
+def _unviewed_operands(step: Step, result: list[Step]) -> Step:
+    """A product reading, through the views it reads, their sources: reshapes that only insert axes of size 1,
+    and permutes (the product's `dims` name which of its axes each operand axis is, in any order)."""
     axes, size, dims = step.arg
     sources, new_dims = list(step.sources), list(dims)
     for position in (0, 1):
-        reshape = result[sources[position]]
-        if reshape.op is Op.RESHAPE:
-            inner = _embedding(result[reshape.sources[0]].shape, reshape.shape)
-            if inner is not None:
-                sources[position] = reshape.sources[0]
-                new_dims[position] = tuple(dims[position][axis] for axis in inner)
+        while True:
+            view = result[sources[position]]
+            inner = _embedding(result[view.sources[0]].shape, view.shape) if view.op is Op.RESHAPE else \
+                tuple(view.arg.index(axis) for axis in range(len(view.arg))) if view.op is Op.PERMUTE else None
+            if inner is None:
+                break
+            sources[position] = view.sources[0]
+            new_dims[position] = tuple(new_dims[position][axis] for axis in inner)
     return dataclasses.replace(step, arg=(axes, size, tuple(new_dims)), sources=tuple(sources))
 
 
