@@ -169,6 +169,22 @@ def test_chains_fuse_into_one_torch_call_each(dev):
     assert Op.PERMUTE not in [step.op for step in linear.steps]  # the matmul's own w.T and w.T.T.T cancel
 
 
+def test_a_one_hot_code_compared_with_one_is_its_mask(dev):
+    """`one_hot(t) == 1` (cross-entropy's mask) is the comparison one_hot made, not a cast and a second one.
+    Values as the reference's, and a pad's (torch.constant_pad_nd, last axis first)."""
+    labels = np.array([2, 0, 1, 2, 1])
+
+    def run(device):
+        codes = device.tensor(labels).one_hot(3)
+        return [(codes == 1).where(1.5, -1.0), codes.float().pad([(1, 0), (0, 2)], value=-2.0)]
+
+    run(dev)[0].realize()  # with one_hot's range check
+    computed = [step.op for step in latest_program(dev).steps if step.computes]
+    assert computed.count(Op.CMPEQ) == 1  # one_hot's own
+    for ours, reference in zip(run(dev), run(zyx.CPU())):
+        np.testing.assert_array_equal(ours.numpy(), reference.numpy())
+
+
 def latest_program(dev):
     """The program the device built last."""
     return dev.programs[next(reversed(dev.programs))]

@@ -79,6 +79,11 @@ class _NoGrad:
         torch._C._set_grad_enabled(self.enabled)
 
 
+def _flat_padding(padding: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """(before, after) per axis as torch.constant_pad_nd takes them: the last axis first, flattened."""
+    return tuple(size for pair in reversed(padding) for size in pair)
+
+
 def computed_dtype(dtype: DType) -> torch.dtype:
     """The torch dtype values of `dtype` are computed in."""
     return _COMPUTED.get(dtype.name) or TORCH_DTYPES[dtype.name]
@@ -176,7 +181,7 @@ class TorchArrays(ArrayLibrary):
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
 
     def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
-        """One bound torch call for views, reductions, products, casts, log_softmax and its gradient, and the
+        """One bound torch call for views, reductions, products, casts, pads, log_softmax and its gradient, and the
         elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing); None for
         the rest (uint32, compact steps, mixed dtypes), which take the generic path."""
         op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
@@ -197,6 +202,9 @@ class TorchArrays(ArrayLibrary):
             return lambda x: torch.amax(x, dim=arg, keepdim=True)
         if op is Op.CAST:
             return lambda x: self.cast(x, dtype)
+        if op is Op.PAD:
+            flat = _flat_padding(arg[0])
+            return lambda x: torch.constant_pad_nd(x, flat, arg[1])
         function = _elementwise(step, sources)
         if function is None or step.into is None:
             return function
@@ -258,6 +266,9 @@ class TorchArrays(ArrayLibrary):
         return contract(a, b, axes, size, dims, shape, addend)
 
     # ---- movement ------------------------------------------------------------------------------------------
+    def pad(self, x: torch.Tensor, padding: tuple[tuple[int, int], ...], value: Any, shape: Shape) -> torch.Tensor:
+        return torch.constant_pad_nd(x, _flat_padding(padding), value)
+
     def reshape(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
         return x.reshape(shape)
 

@@ -4,7 +4,7 @@ Every view step is a library call at every run, and the trace is full of them: a
 as `w.T.T` reshaped, and its product is reshaped before the bias is added. `simplified` rewrites the steps so
 that
 - a permute of a permute is one permute, a reshape of a reshape one reshape, and a chain that ends where it
-  began is no step at all, nor is a step computing what an earlier one did;
+  began is no step at all, nor is a step computing what an earlier one did, nor `cast(mask) == 1`;
 - a product (CONTRACT) reads an operand that is a permute, or a reshape inserting axes of size 1, from the
   view's source (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of
   a reshape that is its only reader, and adds the other source of an ADD that is its only reader (a linear
@@ -60,9 +60,33 @@ def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list
             if result[step.sources[0]].shape == step.shape and \
                     (step.op is Op.RESHAPE or step.arg == tuple(range(len(step.shape)))):
                 same[k] = step.sources[0]
+        elif step.op is Op.CMPEQ and k not in kept and step.compact is None:
+            mask = _mask_compared_to_one(step, result)
+            if mask is not None:
+                same[k] = mask
         seen.setdefault(computed, same.get(k, k))
         result.append(step)
     return _live(result, list(outputs))
+
+
+def _mask_compared_to_one(step: Step, result: list[Step]) -> Optional[int]:
+    """The bool slot b where `step` is `cast(b) == 1`, of b's shape: one-hot codes read as a mask again
+    (cross-entropy's `one_hot(target) == 1`) are the mask one_hot cast."""
+    for code, one in (step.sources, step.sources[::-1]):
+        cast = result[code]
+        if cast.op is Op.CAST and cast.compact is None:
+            mask = result[cast.sources[0]]
+            if mask.dtype.is_bool and mask.shape == step.shape and _constant(one, result) == 1:
+                return cast.sources[0]
+    return None
+
+
+def _constant(slot: int, result: list[Step]) -> object:
+    """The value of a CONST step that `slot` is (through reshapes and expands), else None."""
+    step = result[slot]
+    while step.op in (Op.RESHAPE, Op.EXPAND):
+        step = result[step.sources[0]]
+    return step.arg if step.op is Op.CONST else None
 
 
 def _hashable(arg: object) -> object:
