@@ -138,7 +138,7 @@ def test_products_read_unexpanded_operands(dev):
 
 
 def test_chains_fuse_into_one_torch_call_each(dev):
-    """relu, its gradient, a <= b, a +- b*c, a + (b - a)*w and a linear layer's bias are one step each
+    """relu, its gradient, a <= b, a != b, a +- b*c, a + (b - a)*w and a linear layer's bias are one step each
     (fusions.py, view_chains.py), with the reference's values (nan through relu too); permutes that cancel are none."""
     rng = np.random.default_rng(3)
     a, w, bias = (rng.standard_normal(shape, dtype=np.float32) for shape in ((5, 7), (6, 7), (6,)))
@@ -150,7 +150,7 @@ def test_chains_fuse_into_one_torch_call_each(dev):
         gx, = (h * h).sum().backward([x])
         y = device.tensor(np.nan_to_num(a))
         return [h, gx, x <= 0.5, y + y * 3.0, y - y * b[:5].reshape(5, 1), y + (y.exp() - y) * 0.25,
-                (h.reshape(5, 2, 3) @ y[:, :3].reshape(5, 3, 1) + 1.0).reshape(5, 2)]
+                (h.reshape(5, 2, 3) @ y[:, :3].reshape(5, 3, 1) + 1.0).reshape(5, 2), x != x.T[:5, :5].sum(1)[0]]
 
     ours, reference = run(dev), run(zyx.CPU())
     for got, expected in zip(ours, reference):
@@ -162,6 +162,7 @@ def test_chains_fuse_into_one_torch_call_each(dev):
     ops = [step.op for step in program_of(muladd + mulsub + lerp).steps]
     assert {Fused.MULADD, Fused.MULSUB, Fused.LERP} <= set(ops) and Op.MUL not in ops
     assert [step.op for step in program_of(less_equal.reshape(35)).steps if step.computes] == [Fused.LE]
+    assert [step.op for step in program_of(run(dev)[-1].reshape(35)).steps if step.computes][-1] is Fused.NE
     linear = program_of(run(dev)[0])
     contract, = [step for step in linear.steps if step.op is Fused.CONTRACT]
     assert len(contract.sources) == 3 and [step.op for step in linear.steps if step.computes] == \

@@ -273,6 +273,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
     Fused.SUB: lambda lib, step, x: _subtract(lib, x[0], x[1]),
     Fused.LE: lambda lib, step, x: _less_equal(lib, x[0], x[1]),
+    Fused.NE: lambda lib, step, x: lib.unary[Op.NOT](lib.binary[Op.CMPEQ](x[0], x[1])),
     Fused.RELU: lambda lib, step, x: _relu_where(lib, x[0], x[0], step.dtype),
     Fused.RELU_GRAD: lambda lib, step, x: _relu_where(lib, x[1], x[0], step.dtype),
     Fused.MULADD: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](x[1], x[2])),

@@ -47,14 +47,16 @@ def _mulsub(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, out: Optional[tor
 
 # the overwriting ops outside the two tables
 _OUT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
-    Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub, Fused.LE: torch.le, Fused.RELU: _relu,
-    Fused.RELU_GRAD: _relu_grad, Fused.MULADD: torch.addcmul, Fused.MULSUB: _mulsub, Fused.LERP: torch.lerp,
+    Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub, Fused.LE: torch.le, Fused.NE: torch.ne,
+    Fused.RELU: _relu, Fused.RELU_GRAD: _relu_grad, Fused.MULADD: torch.addcmul, Fused.MULSUB: _mulsub,
+    Fused.LERP: torch.lerp,
 }
 # row ops, as bound calls of (the step's axis, the computed dtype): PyTorch's own kernels for both
 _ROWS: dict[Any, Callable[[int, torch.dtype], Callable[..., torch.Tensor]]] = {
     Fused.LOG_SOFTMAX: lambda axis, dtype: lambda x: torch.log_softmax(x, axis),
     Fused.LOG_SOFTMAX_GRAD: lambda axis, dtype: lambda g, y: _LOG_SOFTMAX_BACKWARD(g, y, axis, dtype),
 }
+_COMPARISONS = {Op.CMPLT, Op.CMPEQ, Fused.LE, Fused.NE}  # bool results of operands of another dtype
 # views, as bound calls of (the step's arg, its shape)
 _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]] = {
     Op.RESHAPE: lambda arg, shape: lambda x: x.reshape(shape),
@@ -116,8 +118,7 @@ def _elementwise(step: Step, sources: Sequence[Step]) -> Optional[Callable[..., 
     if function is None or op is Op.DETACH or dtype.name == "uint32" or (op is Op.DIV and not dtype.is_float):
         return None
     operands = {computed_dtype(source.dtype) for source in (sources[1:] if op is Op.WHERE else sources)}
-    if len(operands) != 1 or (operands != {computed_dtype(dtype)} and not (op in (Op.CMPLT, Op.CMPEQ, Fused.LE)
-                                                                         and dtype.is_bool)):
+    if len(operands) != 1 or (operands != {computed_dtype(dtype)} and not (op in _COMPARISONS and dtype.is_bool)):
         return None
     return function
 
