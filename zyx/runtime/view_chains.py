@@ -4,7 +4,8 @@ Every view step is a library call at every run, and the trace is full of them: a
 as `w.T.T` reshaped, and its product is reshaped before the bias is added. `simplified` rewrites the steps so
 that
 - a permute of a permute is one permute, a reshape of a reshape one reshape, and a chain that ends where it
-  began is no step at all, nor is a step computing what an earlier one did, nor `cast(mask) == 1`;
+  began is no step at all, nor is a step computing what an earlier one did, nor `cast(mask) == 1`, nor
+  `where(mask, cast(mask), 0)`;
 - a product (CONTRACT) reads an operand that is a permute, or a reshape inserting axes of size 1, from the
   view's source (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of
   a reshape that is its only reader, and adds the other source of an ADD that is its only reader (a linear
@@ -17,6 +18,7 @@ Slots keep their numbers until the dead steps go; outputs are never folded away.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence
 
 from ..trace.ops import Op
@@ -64,6 +66,9 @@ def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list
             mask = _mask_compared_to_one(step, result)
             if mask is not None:
                 same[k] = mask
+        elif step.op is Op.WHERE and k not in kept and step.compact is None and _is_cast_of(result, *step.sources[:2]) \
+                and result[step.sources[1]].shape == step.shape and _is_plus_zero(_constant(step.sources[2], result)):
+            same[k] = step.sources[1]  # where(mask, cast(mask), 0): the cast is 0 wherever the mask is False
         seen.setdefault(computed, same.get(k, k))
         result.append(step)
     return _live(result, list(outputs))
@@ -79,6 +84,16 @@ def _mask_compared_to_one(step: Step, result: list[Step]) -> Optional[int]:
             if mask.dtype.is_bool and mask.shape == step.shape and _constant(one, result) == 1:
                 return cast.sources[0]
     return None
+
+
+def _is_cast_of(result: list[Step], mask: int, slot: int) -> bool:
+    """Whether `slot` is `mask` cast (a bool slot as 0 and 1)."""
+    return result[slot].op is Op.CAST and result[slot].sources == (mask,) and result[mask].dtype.is_bool
+
+
+def _is_plus_zero(value: object) -> bool:
+    """Whether a constant is 0 (not -0.0, which a where would keep)."""
+    return isinstance(value, (int, float)) and value == 0 and math.copysign(1.0, value) > 0
 
 
 def _constant(slot: int, result: list[Step]) -> object:
