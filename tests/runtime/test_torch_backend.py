@@ -172,21 +172,24 @@ def test_chains_fuse_into_one_torch_call_each(dev):
 
 def test_a_one_hot_code_compared_with_one_is_its_mask(dev):
     """`one_hot(t) == 1` (cross-entropy's mask) is the comparison one_hot made, not a cast and a second one, and
-    `where(mask, cast(mask), 0)` is the cast (with -0.0 it is not). Values as the reference's, and a pad's
-    (torch.constant_pad_nd, last axis first)."""
+    `where(mask, cast(mask), 0)` is the cast (with -0.0 it is not), and values cast in two shapes are cast once.
+    Values as the reference's, and a pad's (torch.constant_pad_nd, last axis first)."""
     labels = np.array([2, 0, 1, 2, 1])
 
     def run(device):
         codes = device.tensor(labels).one_hot(3)
         mask = device.tensor(labels) != 1
+        values = device.tensor(labels)
         return [(codes == 1).where(1.5, -1.0), codes.float().pad([(1, 0), (0, 2)], value=-2.0),
-                mask.where(mask.float(), 0.0) * 3.0, mask.where(mask.float(), -0.0)]
+                mask.where(mask.float(), 0.0) * 3.0, mask.where(mask.float(), -0.0),
+                values.reshape(5, 1).float() * values.float().reshape(1, 5)]
 
     run(dev)[0].realize()  # with one_hot's range check
     computed = [step.op for step in latest_program(dev).steps if step.computes]
     assert computed.count(Op.CMPEQ) == 1  # one_hot's own
     assert Op.WHERE not in [step.op for step in program_of(run(dev)[2]).steps]
     assert Op.WHERE in [step.op for step in program_of(run(dev)[3]).steps]
+    assert [step.op for step in program_of(run(dev)[4]).steps if step.computes] == [Op.CAST, Op.MUL]
     for ours, reference in zip(run(dev), run(zyx.CPU())):
         np.testing.assert_array_equal(ours.numpy(), reference.numpy())
         np.testing.assert_array_equal(np.signbit(ours.numpy()), np.signbit(reference.numpy()))

@@ -5,7 +5,7 @@ as `w.T.T` reshaped, and its product is reshaped before the bias is added. `simp
 that
 - a permute of a permute is one permute, a reshape of a reshape one reshape, and a chain that ends where it
   began is no step at all, nor is a step computing what an earlier one did, nor `cast(mask) == 1`, nor
-  `where(mask, cast(mask), 0)`;
+  `where(mask, cast(mask), 0)`; a cast of values cast before in another shape is a reshape of that cast;
 - a product (CONTRACT) reads an operand that is a permute, or a reshape inserting axes of size 1, from the
   view's source (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of
   a reshape that is its only reader, and adds the other source of an ADD that is its only reader (a linear
@@ -47,6 +47,7 @@ def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list
     result: list[Step] = []
     same: dict[int, int] = {}  # slot -> the earlier slot with its value (a chain back to where it began)
     seen: dict[tuple, int] = {}  # what a step computes -> the first slot computing it
+    casts: dict[tuple, int] = {}  # (the slot a cast reads through reshapes, its dtype) -> the first such cast
     for k, step in enumerate(steps):
         step = dataclasses.replace(step, sources=tuple(same.get(s, s) for s in step.sources))
         computed = (step.op, _hashable(step.arg), step.shape, step.dtype, step.sources, step.compact)
@@ -62,6 +63,12 @@ def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list
             if result[step.sources[0]].shape == step.shape and \
                     (step.op is Op.RESHAPE or step.arg == tuple(range(len(step.shape)))):
                 same[k] = step.sources[0]
+        elif step.op is Op.CAST and k not in kept and step.compact is None:
+            first = casts.setdefault((_unreshaped(step.sources[0], result), step.dtype), k)
+            if first != k:  # the same values cast before in another shape: a view of them
+                step = dataclasses.replace(step, op=Op.RESHAPE, arg=step.shape, sources=(first,))
+                if result[first].shape == step.shape:
+                    same[k] = first
         elif step.op is Op.CMPEQ and k not in kept and step.compact is None:
             mask = _mask_compared_to_one(step, result)
             if mask is not None:
@@ -84,6 +91,13 @@ def _mask_compared_to_one(step: Step, result: list[Step]) -> Optional[int]:
             if mask.dtype.is_bool and mask.shape == step.shape and _constant(one, result) == 1:
                 return cast.sources[0]
     return None
+
+
+def _unreshaped(slot: int, result: list[Step]) -> int:
+    """The slot `slot` is a reshape of (through chains of them), or itself."""
+    while result[slot].op is Op.RESHAPE:
+        slot = result[slot].sources[0]
+    return slot
 
 
 def _is_cast_of(result: list[Step], mask: int, slot: int) -> bool:
