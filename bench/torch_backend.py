@@ -1,12 +1,13 @@
 """W3, W4 and W6 on zyx.Torch(device) against plain PyTorch eager doing the same work on the same device.
 
     python -m bench.torch_backend [--device cuda|cpu|mps|cuda:N] [--quick] [--compile [MODE]] [--repeat N]
-                                  [--steps N] [--batch N] [--threads N] [--big]
+                                  [--steps N] [--batch N] [--threads N] [--big] [--sizes N,N...]
                                   [--json OUT]
 
 W3   a @ b, n×n float32 (1024 and 2048; 4096 with --big; 256 and 512 with --quick): zyx builds the expression,
      realizes it and waits for the device; torch computes `a @ b` and waits. Both times include the call's own
-     Python overhead. GFLOP/s = 2·n³ / time.
+     Python overhead. GFLOP/s = 2·n³ / time. "W3 n³ jit": the same product as a @zyx.jit function's replay.
+     --sizes picks n (8: a product that takes no time, so the rows show the host time per call).
 W4   one training step of the MLP 784-512-512-10 of bench/train_step.py (batch 512; SGD lr 0.01, Adam lr 1e-3):
      zyx a @zyx.jit step (zyx.nn.Linear, cross_entropy, zyx.nn.SGD/Adam), torch eager (zero_grad, forward,
      backward, opt.step()); each step ends by reading the loss. Both start from the same weights, and the losses
@@ -51,6 +52,7 @@ def arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="torch device: cuda, cuda:N, cpu, mps (default: cuda if any)")
     p.add_argument("--quick", action="store_true", help="smaller, fewer runs: under a minute on a CPU")
     p.add_argument("--big", action="store_true", help="W3 also at 4096")
+    p.add_argument("--sizes", default=None, help="W3's sizes, comma-separated (default 1024,2048; --quick 256,512)")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="zyx.Torch(device, compile=MODE): a torch.compile mode (default, reduce-overhead, ...)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per W3 size (median reported)")
@@ -163,14 +165,16 @@ def w3(zyx: Any, torch: Any, dev: Any, device: Any, sizes: list[int], repeat: in
         a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
         x, y = dev.tensor(a).realize(), dev.tensor(b).realize()
         ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
-        runs = {"zyx": lambda: (x @ y).realize(), "torch": lambda: ta @ tb}
-        for run in runs.values():
-            run()
-        ok = np.allclose((x @ y).numpy(), a @ b, rtol=1e-3, atol=1e-3 * np.sqrt(n))
-        seconds = alternate(runs, repeat, sync)
-        flops = 2.0 * n ** 3
-        rows.append(_row(f"W3 {n}³", seconds, "" if ok else "MISMATCH",
-                         gflops={name: flops / s / 1e9 for name, s in seconds.items()}))
+        jitted = zyx.jit(lambda p, q: p @ q)
+        for label, product in ((f"W3 {n}³", lambda: (x @ y).realize()), (f"W3 {n}³ jit", lambda: jitted(x, y))):
+            runs = {"zyx": product, "torch": lambda: ta @ tb}
+            for run in runs.values():
+                run()
+            ok = np.allclose(product().numpy(), a @ b, rtol=1e-3, atol=1e-3 * np.sqrt(n))
+            seconds = alternate(runs, repeat, sync)
+            flops = 2.0 * n ** 3
+            rows.append(_row(label, seconds, "" if ok else "MISMATCH",
+                             gflops={name: flops / s / 1e9 for name, s in seconds.items()}))
     return rows
 
 
@@ -254,7 +258,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| workload | zyx.Torch | torch eager | ratio zyx/torch | notes |", "| --- | ---: | ---: | ---: | --- |"]
     for row in rows:
         unit = row["unit"]
-        lines.append(f"| {row['workload']} | {row['zyx']:.2f} {unit} | {row['torch']:.2f} {unit} | "
+        lines.append(f"| {row['workload']} | {row['zyx']:.4g} {unit} | {row['torch']:.4g} {unit} | "
                      f"{row['ratio']:.2f} | {row['note']} |")
     return "\n".join(lines)
 
@@ -270,7 +274,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     dev = zyx.Torch(args.device, compile=args.compile)
     device = dev.torch_device
     sync = dev.synchronize
-    sizes = list(settings["sizes"]) + ([4096] if args.big else [])
+    sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else list(settings["sizes"])
+    sizes += [4096] if args.big else []
     started = time.perf_counter()
     rows = w3(zyx, torch, dev, device, sizes, args.repeat or settings["repeat"], sync)
     batch = args.batch or settings["batch"]

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from .dtypes import promote
+from .dtypes import int64, promote
 from .errors import ShapeError
 from .tensor_base import TensorBase
 from .tensor_movement import broadcast_shape
+from .trace import node as n
+from .trace.ops import Op
 
 if TYPE_CHECKING:
     from .tensor import Tensor
+
+
+def _broadcast(node: n.Node, shape: tuple[int, ...]) -> n.Node:
+    """`node` expanded to `shape`, with leading axes of size 1 where it has fewer (as Tensor.expand)."""
+    return n.expand(n.reshape(node, (1,) * (len(shape) - len(node.shape)) + node.shape), shape)
 
 
 class LayerMixin:
@@ -39,11 +46,17 @@ class LayerMixin:
         except ShapeError:
             raise ShapeError(f"matmul: batch axes of shapes {a.shape} and {b.shape} "  # type: ignore
                              "cannot be broadcast together") from None
+        if a2.device is not b2.device:
+            raise ValueError(f"matmul: operands live on different devices ({a2.device} and {b2.device})")
         dtype = promote(a2.dtype, b2.dtype)
         n_, k, m = a2.shape[-2], a2.shape[-1], b2.shape[-1]
-        left = a2.cast(dtype).reshape(a2.shape[:-1] + (1, k)).expand(batch + (n_, m, k))
-        right = b2.cast(dtype).transpose(-1, -2).reshape(b2.shape[:-2] + (1, m, k)).expand(batch + (n_, m, k))
-        product = (left * right).sum(-1)
+        full = batch + (n_, m, k)  # the trace's nodes made directly: a matmul's host time is mostly this
+        left = _broadcast(n.reshape(n.cast(a2.node, dtype), a2.shape[:-1] + (1, k)), full)
+        right = n.permute(n.cast(b2.node, dtype), tuple(range(b2.ndim - 2)) + (b2.ndim - 1, b2.ndim - 2))
+        right = _broadcast(n.reshape(right, b2.shape[:-2] + (1, m, k)), full)
+        terms = n.binary(Op.MUL, left, right)
+        terms = terms if dtype.is_float else n.cast(terms, int64)  # integers sum in int64, as Tensor.sum does
+        product = self._wrap(n.reshape(n.reduce(Op.SUM, terms, (len(full) - 1,)), full[:-1]))
         if dtype.is_int or dtype.is_bool:
             product = product.cast(dtype) if not dtype.is_bool else product
         if a.ndim == 1:  # type: ignore[attr-defined]

@@ -58,7 +58,8 @@ def test_torch_backend_compares_w3_w4_w6_with_torch_eager(tmp_path):
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "| workload | zyx.Torch | torch eager |" in finished.stdout
     rows = json.loads(out.read_text())["rows"]
-    assert [r["workload"] for r in rows] == ["W3 256³", "W3 512³", "W4 SGD", "W6 SGD", "W4 Adam", "W6 Adam"]
+    assert [r["workload"] for r in rows] == ["W3 256³", "W3 256³ jit", "W3 512³", "W3 512³ jit", "W4 SGD", "W6 SGD",
+                                             "W4 Adam", "W6 Adam"]
     assert all(r["zyx"] > 0 and r["torch"] > 0 and "MISMATCH" not in r["note"] for r in rows)
 def test_host_time_reports_microseconds_launches_and_the_floor(tmp_path):
     stdout, result = _run("host_time.py", "--calls", "3", tmp_path=tmp_path)

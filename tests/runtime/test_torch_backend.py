@@ -138,7 +138,7 @@ def test_products_read_unexpanded_operands(dev):
 
 
 def test_chains_fuse_into_one_torch_call_each(dev):
-    """relu, its gradient, a <= b, a +- b*c, a + (b - a)*w and a linear layer's bias are one step each
+    """relu, its gradient, a <= b, a != b, a +- b*c, a + (b - a)*w and a linear layer's bias are one step each
     (fusions.py, view_chains.py), with the reference's values (nan through relu too); permutes that cancel are none."""
     rng = np.random.default_rng(3)
     a, w, bias = (rng.standard_normal(shape, dtype=np.float32) for shape in ((5, 7), (6, 7), (6,)))
@@ -150,7 +150,7 @@ def test_chains_fuse_into_one_torch_call_each(dev):
         gx, = (h * h).sum().backward([x])
         y = device.tensor(np.nan_to_num(a))
         return [h, gx, x <= 0.5, y + y * 3.0, y - y * b[:5].reshape(5, 1), y + (y.exp() - y) * 0.25,
-                (h.reshape(5, 2, 3) @ y[:, :3].reshape(5, 3, 1) + 1.0).reshape(5, 2)]
+                (h.reshape(5, 2, 3) @ y[:, :3].reshape(5, 3, 1) + 1.0).reshape(5, 2), x != x.T[:5, :5].sum(1)[0]]
 
     ours, reference = run(dev), run(zyx.CPU())
     for got, expected in zip(ours, reference):
@@ -162,11 +162,101 @@ def test_chains_fuse_into_one_torch_call_each(dev):
     ops = [step.op for step in program_of(muladd + mulsub + lerp).steps]
     assert {Fused.MULADD, Fused.MULSUB, Fused.LERP} <= set(ops) and Op.MUL not in ops
     assert [step.op for step in program_of(less_equal.reshape(35)).steps if step.computes] == [Fused.LE]
+    assert [step.op for step in program_of(run(dev)[-1].reshape(35)).steps if step.computes][-1] is Fused.NE
     linear = program_of(run(dev)[0])
     contract, = [step for step in linear.steps if step.op is Fused.CONTRACT]
     assert len(contract.sources) == 3 and [step.op for step in linear.steps if step.computes] == \
         [Fused.CONTRACT, Fused.RELU]  # the bias added by the product (torch.addmm), relu written over it
     assert Op.PERMUTE not in [step.op for step in linear.steps]  # the matmul's own w.T and w.T.T.T cancel
+
+
+def test_a_one_hot_code_compared_with_one_is_its_mask(dev):
+    """`one_hot(t) == 1` (cross-entropy's mask) is the comparison one_hot made, not a cast and a second one, and
+    `where(mask, cast(mask), 0)` is the cast (with -0.0 it is not), and values cast in two shapes are cast once.
+    Values as the reference's, and a pad's (torch.constant_pad_nd, last axis first)."""
+    labels = np.array([2, 0, 1, 2, 1])
+
+    def run(device):
+        codes = device.tensor(labels).one_hot(3)
+        mask = device.tensor(labels) != 1
+        values = device.tensor(labels)
+        return [(codes == 1).where(1.5, -1.0), codes.float().pad([(1, 0), (0, 2)], value=-2.0),
+                mask.where(mask.float(), 0.0) * 3.0, mask.where(mask.float(), -0.0),
+                values.reshape(5, 1).float() * values.float().reshape(1, 5)]
+
+    run(dev)[0].realize()  # with one_hot's range check
+    computed = [step.op for step in latest_program(dev).steps if step.computes]
+    assert computed.count(Op.CMPEQ) == 1  # one_hot's own
+    assert Op.WHERE not in [step.op for step in program_of(run(dev)[2]).steps]
+    assert Op.WHERE in [step.op for step in program_of(run(dev)[3]).steps]
+    assert [step.op for step in program_of(run(dev)[4]).steps if step.computes] == [Op.CAST, Op.MUL]
+    for ours, reference in zip(run(dev), run(zyx.CPU())):
+        np.testing.assert_array_equal(ours.numpy(), reference.numpy())
+        np.testing.assert_array_equal(np.signbit(ours.numpy()), np.signbit(reference.numpy()))
+
+
+def latest_program(dev):
+    """The program the device built last."""
+    return dev.programs[next(reversed(dev.programs))]
+
+
+@pytest.mark.parametrize("shape, axis, dtype", [((6, 5), -1, "float32"), ((3, 4, 5), 1, "float32"),
+                                                ((6, 5), 0, "float16")])
+def test_log_softmax_and_its_gradient_are_one_torch_call_each(dev, shape, axis, dtype):
+    """log_softmax (x - log(sum(exp(x - max)))) and its gradient, realized together as a training step does, are
+    torch.log_softmax and its backward (log_softmax_fusion.py) with the reference's values: no exp, log or max
+    is computed. Masked entries (-inf) and a row of them give what the reference gives."""
+    rng = np.random.default_rng(7)
+    a, w = rng.standard_normal(shape, dtype=np.float32) * 4, rng.standard_normal(shape, dtype=np.float32)
+    rows = np.moveaxis(a, axis, -1)  # a view: its last axis is the one log_softmax normalizes
+    rows[(0,) * (len(shape) - 1)][:2] = -np.inf
+    rows[(1,) * (len(shape) - 1)] = -np.inf
+
+    def run(device):
+        x = device.tensor(a.astype(dtype))
+        values = x.log_softmax(axis)
+        gx, = (values * device.tensor(w.astype(dtype))).sum().backward([x])  # a gradient not reading `values`
+        zyx.realize(gx, values)  # ...asked for first: the trace's order meets it before the forward
+        return values, gx
+
+    ours, reference = run(dev), run(zyx.CPU())
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    for got, expected in zip(ours, reference):
+        np.testing.assert_allclose(got.numpy().astype(np.float32), expected.numpy().astype(np.float32),
+                                   rtol=tolerance, atol=tolerance)
+    computed = [step.op for step in latest_program(dev).steps if step.computes]
+    assert computed.count(Fused.LOG_SOFTMAX) == computed.count(Fused.LOG_SOFTMAX_GRAD) == 1
+    assert not {Op.EXP, Op.LOG, Op.RMAX, Op.RECIP} & set(computed)
+    inference = dev.tensor(a).log_softmax(axis)
+    assert [step.op for step in program_of(inference).steps if step.computes] == [Fused.LOG_SOFTMAX]
+
+
+def test_cross_entropy_fuses_and_an_exp_read_elsewhere_stays_computed(dev):
+    """cross_entropy's loss and gradient fuse log_softmax and its gradient (the reference's values); a
+    log_softmax spelled by hand fuses too, and its exp, which something else also reads, is still computed."""
+    rng = np.random.default_rng(8)
+    logits, labels = rng.standard_normal((16, 7), dtype=np.float32), rng.integers(0, 7, 16)
+
+    def run(device):
+        x = device.tensor(logits)
+        loss = nn.cross_entropy(x, device.tensor(labels))
+        gx, = loss.backward([x])
+        shift = x.max(1, keepdim=True).detach()
+        exponential = (x - shift).exp()
+        log_probs = x - (exponential.sum(1, keepdim=True).log() + shift)
+        zyx.realize(loss, gx)
+        shared = [log_probs, exponential * 2]
+        zyx.realize(*shared)
+        return loss, gx, *shared
+
+    ours, reference = run(dev), run(zyx.CPU())
+    for got, expected in zip(ours, reference):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    programs = list(dev.programs.values())
+    fused = [s.op for s in programs[-2].steps]
+    assert Fused.LOG_SOFTMAX in fused and Fused.LOG_SOFTMAX_GRAD in fused and Op.EXP not in fused
+    shared = [s.op for s in programs[-1].steps if s.computes]
+    assert Fused.LOG_SOFTMAX in shared and Op.EXP in shared and Op.LOG not in shared
 
 
 # ---- replays -----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Chains of elementwise nodes that one library call computes: fewer launches and passes over memory.
 
 An optimized program (`interpret.build(optimize=True)`, zyx.Torch()) computes these as one step each:
-- `a <= b`, which the trace spells `(a < b) | (a == b)`: one comparison (Fused.LE);
+- `a <= b`, which the trace spells `(a < b) | (a == b)`: one comparison (Fused.LE); `a != b`, spelled
+  `~(a == b)`: one comparison (Fused.NE);
 - relu, `where(x <= 0, 0, x)`: one clamp (Fused.RELU), and its gradient `where(x <= 0, 0, g)`, read off the
   relu's output as PyTorch's autograd does (Fused.RELU_GRAD), so the mask is not stored at all where nothing
   else reads it;
@@ -54,6 +55,10 @@ def fuse(order: Sequence[Node], readers: dict[int, int], wanted: set[int], skipp
             else:
                 continue
             masks[id(mask)].append(node)
+    for node in order:
+        if node.op is Op.NOT and only_here(node.src[0], Op.CMPEQ):
+            fused[id(node)] = (Fused.NE, None, node.src[0].src)
+            skipped.add(id(node.src[0]))
     for mask, uses in masks.items():
         if len(uses) == readers[mask] and mask not in wanted:
             skipped.add(mask)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
 from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
-from . import fusions, profiling, view_chains
+from . import fusions, log_softmax_fusion, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .memory_plan import frugal_order, overwrites
 from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
@@ -82,7 +82,7 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
     index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
     must have the target's shape and dtype)."""
-    skipped, fused = _fusions(targets, order) if optimize else (set(), {})
+    skipped, fused, order = _fusions(targets, order) if optimize else (set(), {}, order)
     slot_of: dict[int, int] = {}
     steps: list[Step] = []
     constant: list[frozenset[int]] = []  # per slot: axes along which its value does not change
@@ -160,11 +160,14 @@ def _constant_axes(op: Any, arg: Any, shape: Shape, sources: Sequence[tuple[Shap
     return frozenset()
 
 
-def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], dict[int, tuple[Any, Any, tuple]]]:
-    """The nodes no step computes (ids), and the nodes computed as a fused step: id -> (op, arg, sources).
+def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], dict[int, tuple[Any, Any, tuple]],
+                                                                     Sequence[Node]]:
+    """The nodes no step computes (ids), the nodes computed as a fused step: id -> (op, arg, sources), and the
+    order to build the steps in (`order`, a fused step's sources before it).
     A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
     EXPANDs only such products read: the contraction broadcasts them), unless a factor is a constant; a float ADD of a NEG read by nothing else
-    is a SUB; and the elementwise chains of `fusions.py`. A target is always computed."""
+    is a SUB; log_softmax and its gradient (`log_softmax_fusion.py`); and the elementwise chains of `fusions.py`.
+    A target is always computed."""
     readers: dict[int, int] = {}
     for node in order:
         for src in node.src:
@@ -185,6 +188,7 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     skipped |= {key for key, count in product_reads.items() if count == readers[key]}
     fused = {id(node): (Fused.CONTRACT, view_chains.contract_arg(node.arg, node.src[0].shape),
                         tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
+    order = log_softmax_fusion.fuse(order, readers, wanted, skipped, fused)
     fusions.fuse(order, readers, wanted, skipped, fused)
     for node in order:
         if node.op is Op.ADD and node.dtype.is_float and id(node) not in fused and id(node) not in skipped:
@@ -194,7 +198,7 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
                     skipped.add(id(negation))
                     fused[id(node)] = (Fused.SUB, None, (other, negation.src[0]))
                     break
-    return skipped, fused
+    return skipped, fused, order
 
 
 def _in_place_writes(steps: Sequence[Step], outputs: Sequence[int], in_place: Sequence[tuple[int, int]],
@@ -234,6 +238,18 @@ def _subtract(lib: ArrayLibrary, a: Any, b: Any) -> Any:
     return lib.binary[Op.ADD](a, lib.unary[Op.NEG](b))
 
 
+def _log_softmax(lib: ArrayLibrary, x: Any, axis: int, dtype: Any) -> Any:
+    """x - log(sum(exp(x - max))) - max along `axis` (what Fused.LOG_SOFTMAX stands for)."""
+    peak = lib.rmax(x, (axis,), x.shape[:axis] + (1,) + x.shape[axis + 1:], dtype)
+    shifted = _subtract(lib, x, peak)
+    return _subtract(lib, shifted, lib.unary[Op.LOG](lib.sum(lib.unary[Op.EXP](shifted), (axis,), dtype)))
+
+
+def _log_softmax_grad(lib: ArrayLibrary, gradient: Any, value: Any, axis: int, dtype: Any) -> Any:
+    """g - exp(y) * sum(g) along `axis`, the gradient of y = log_softmax(x) (Fused.LOG_SOFTMAX_GRAD)."""
+    return _subtract(lib, gradient, lib.binary[Op.MUL](lib.unary[Op.EXP](value), lib.sum(gradient, (axis,), dtype)))
+
+
 def _less_equal(lib: ArrayLibrary, a: Any, b: Any) -> Any:
     return lib.binary[Op.OR](lib.binary[Op.CMPLT](a, b), lib.binary[Op.CMPEQ](a, b))
 
@@ -257,11 +273,14 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.RMAX: lambda lib, step, x: lib.rmax(x[0], step.arg, step.shape, step.dtype),
     Fused.SUB: lambda lib, step, x: _subtract(lib, x[0], x[1]),
     Fused.LE: lambda lib, step, x: _less_equal(lib, x[0], x[1]),
+    Fused.NE: lambda lib, step, x: lib.unary[Op.NOT](lib.binary[Op.CMPEQ](x[0], x[1])),
     Fused.RELU: lambda lib, step, x: _relu_where(lib, x[0], x[0], step.dtype),
     Fused.RELU_GRAD: lambda lib, step, x: _relu_where(lib, x[1], x[0], step.dtype),
     Fused.MULADD: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](x[1], x[2])),
     Fused.MULSUB: lambda lib, step, x: _subtract(lib, x[0], lib.binary[Op.MUL](x[1], x[2])),
     Fused.LERP: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](_subtract(lib, x[1], x[0]), x[2])),
+    Fused.LOG_SOFTMAX: lambda lib, step, x: _log_softmax(lib, x[0], step.arg, step.dtype),
+    Fused.LOG_SOFTMAX_GRAD: lambda lib, step, x: _log_softmax_grad(lib, x[0], x[1], step.arg, step.dtype),
     Fused.CONTRACT: lambda lib, step, x: lib.contract(*x[:2], *step.arg, step.shape, *x[2:]),
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),

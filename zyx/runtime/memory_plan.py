@@ -16,11 +16,11 @@ import heapq
 from typing import Optional, Sequence
 
 from ..trace.ops import BINARY_OPS, SHIFT_OPS, UNARY_OPS, Op
-from .steps import FUSED_ELEMENTWISE, SHARING, Fused, Step, roots, step_bytes
+from .steps import FUSED_ELEMENTWISE, ROW_OPS, SHARING, Fused, Step, roots, step_bytes
 
 # elementwise ops one library call computes, so it can take an output to write to; the rest compose several
 OVERWRITING_OPS = (UNARY_OPS - {Op.CAST, Op.DETACH}) | (BINARY_OPS - SHIFT_OPS) | {Op.WHERE} | FUSED_ELEMENTWISE
-FRESH_OPS = OVERWRITING_OPS | {Op.SUM, Op.RMAX, Op.PAD, Fused.CONTRACT}  # their results are new, dense arrays
+FRESH_OPS = OVERWRITING_OPS | ROW_OPS | {Op.SUM, Op.RMAX, Op.PAD, Fused.CONTRACT}  # their results are new, dense arrays
 DENSE_VIEW_OPS = {Op.RESHAPE, Op.PERMUTE, Op.SHRINK, Op.FLIP, Op.DETACH, Op.CAST}  # dense if their source is
 
 _RESCORE_AT = 3  # a storage frees when one step reads all its remaining uses: WHERE reads at most three

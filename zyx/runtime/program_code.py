@@ -50,6 +50,15 @@ class GeneratedProgram:
 
     run: ProgramFunction
     tracked: Callable[[Sequence[Any], Sequence[Any], Tracker], list[Any]]
+    names: dict[str, Any]  # what the functions call, by name
+
+    def settle(self) -> None:
+        """After a first run: each step function that planned itself on it (`settled`, as
+        torch_products.bound_contract's) is replaced by what it planned, so later runs call that directly."""
+        for name, function in list(self.names.items()):
+            settled = getattr(function, "settled", None)
+            if settled is not None:
+                self.names[name] = settled()
 
 
 def generate(program: Any, lib: ArrayLibrary, evaluators: Sequence[Any]) -> GeneratedProgram:
@@ -68,7 +77,7 @@ def generate(program: Any, lib: ArrayLibrary, evaluators: Sequence[Any]) -> Gene
     for function, tracked in (("program", False), ("tracked", True)):
         source = "\n".join(_lines(program, lib, values, direct, function, tracked))
         exec(compile(source, f"<zyx {function} {label}>", "exec"), names)
-    return GeneratedProgram(names["program"], names["tracked"])
+    return GeneratedProgram(names["program"], names["tracked"], names)
 
 
 def _direct_writes(program: Any, lib: ArrayLibrary) -> dict[int, int]:

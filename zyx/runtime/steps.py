@@ -21,17 +21,22 @@ class Fused(enum.Enum):
     SUB = enum.auto()  # the first source minus the second (an ADD of a NEG)
     CONTRACT = enum.auto()  # arg (axes, size): SUM over `axes` of the MUL of the step's two sources broadcast to
     # `size`, the product never stored
-    LE = enum.auto()  # the first source <= the second (see fusions.py for these five)
+    LE = enum.auto()  # the first source <= the second (see fusions.py for these six)
+    NE = enum.auto()  # the first source != the second
     RELU = enum.auto()  # max(x, 0), nan kept
     RELU_GRAD = enum.auto()  # (g, r): g where the relu output r is above 0, else 0
     MULADD = enum.auto()  # (a, b, c): a + b * c
     MULSUB = enum.auto()  # (a, b, c): a - b * c
     LERP = enum.auto()  # (a, b, w): a + (b - a) * w
+    LOG_SOFTMAX = enum.auto()  # arg axis: log_softmax of the source along the axis (log_softmax_fusion.py)
+    LOG_SOFTMAX_GRAD = enum.auto()  # arg axis; (g, y): the gradient g - exp(y) * sum(g) of y = log_softmax(x)
 
 
-FUSED_ELEMENTWISE = {Fused.SUB, Fused.LE, Fused.RELU, Fused.RELU_GRAD, Fused.MULADD, Fused.MULSUB, Fused.LERP}
+FUSED_ELEMENTWISE = {Fused.SUB, Fused.LE, Fused.NE, Fused.RELU, Fused.RELU_GRAD, Fused.MULADD, Fused.MULSUB, Fused.LERP}
 ELEMENTWISE = ELEMENTWISE_OPS | FUSED_ELEMENTWISE
-ALLOCATING = ELEMENTWISE | REDUCE_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT}  # views allocate nothing
+ROW_OPS = {Fused.LOG_SOFTMAX, Fused.LOG_SOFTMAX_GRAD}  # each value from its row along the step's axis
+# views allocate nothing
+ALLOCATING = ELEMENTWISE | REDUCE_OPS | ROW_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT}
 SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
 VIEW_OPS = {Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.DETACH}  # return a view of their source in every library
 

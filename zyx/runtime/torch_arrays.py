@@ -27,6 +27,7 @@ _COMPUTED = {"float16": torch.float32, "bfloat16": torch.float32, "uint32": torc
 _WORD = 0xFFFFFFFF
 _UNIFORM_SCALE = 2.0 ** -FLOAT_MANTISSA_BITS
 _THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward
+_LOG_SOFTMAX_BACKWARD = torch.ops.aten._log_softmax_backward_data.default
 
 
 def _relu(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -46,9 +47,16 @@ def _mulsub(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, out: Optional[tor
 
 # the overwriting ops outside the two tables
 _OUT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
-    Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub, Fused.LE: torch.le, Fused.RELU: _relu,
-    Fused.RELU_GRAD: _relu_grad, Fused.MULADD: torch.addcmul, Fused.MULSUB: _mulsub, Fused.LERP: torch.lerp,
+    Op.DIV: torch.div, Op.WHERE: torch.where, Fused.SUB: torch.sub, Fused.LE: torch.le, Fused.NE: torch.ne,
+    Fused.RELU: _relu, Fused.RELU_GRAD: _relu_grad, Fused.MULADD: torch.addcmul, Fused.MULSUB: _mulsub,
+    Fused.LERP: torch.lerp,
 }
+# row ops, as bound calls of (the step's axis, the computed dtype): PyTorch's own kernels for both
+_ROWS: dict[Any, Callable[[int, torch.dtype], Callable[..., torch.Tensor]]] = {
+    Fused.LOG_SOFTMAX: lambda axis, dtype: lambda x: torch.log_softmax(x, axis),
+    Fused.LOG_SOFTMAX_GRAD: lambda axis, dtype: lambda g, y: _LOG_SOFTMAX_BACKWARD(g, y, axis, dtype),
+}
+_COMPARISONS = {Op.CMPLT, Op.CMPEQ, Fused.LE, Fused.NE}  # bool results of operands of another dtype
 # views, as bound calls of (the step's arg, its shape)
 _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]] = {
     Op.RESHAPE: lambda arg, shape: lambda x: x.reshape(shape),
@@ -57,6 +65,25 @@ _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]]
     Op.SHRINK: lambda arg, shape: lambda x, index=tuple(slice(start, end) for start, end in arg): x[index],
     Op.FLIP: lambda arg, shape: lambda x: torch.flip(x, arg),
 }
+
+
+class _NoGrad:
+    """torch.no_grad() as a replay needs it, at a third of its cost (no Python-level grad-mode objects): each
+    run of a program enters it."""
+
+    __slots__ = ("enabled",)
+
+    def __enter__(self) -> None:
+        self.enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch._C._set_grad_enabled(self.enabled)
+
+
+def _flat_padding(padding: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """(before, after) per axis as torch.constant_pad_nd takes them: the last axis first, flattened."""
+    return tuple(size for pair in reversed(padding) for size in pair)
 
 
 def computed_dtype(dtype: DType) -> torch.dtype:
@@ -91,8 +118,7 @@ def _elementwise(step: Step, sources: Sequence[Step]) -> Optional[Callable[..., 
     if function is None or op is Op.DETACH or dtype.name == "uint32" or (op is Op.DIV and not dtype.is_float):
         return None
     operands = {computed_dtype(source.dtype) for source in (sources[1:] if op is Op.WHERE else sources)}
-    if len(operands) != 1 or (operands != {computed_dtype(dtype)} and not (op in (Op.CMPLT, Op.CMPEQ, Fused.LE)
-                                                                         and dtype.is_bool)):
+    if len(operands) != 1 or (operands != {computed_dtype(dtype)} and not (op in _COMPARISONS and dtype.is_bool)):
         return None
     return function
 
@@ -130,7 +156,9 @@ class TorchArrays(ArrayLibrary):
         claimed = {storage_key(buffer) for buffer in inputs}
         stored = []
         for value, step in zip(values, steps):
-            buffer = value.to(TORCH_DTYPES[step.dtype.name]).reshape(step.shape).contiguous()
+            buffer = value.to(TORCH_DTYPES[step.dtype.name])
+            buffer = (buffer if buffer.shape == step.shape else buffer.reshape(step.shape)).contiguous()  # (a
+            # value that needs nothing stays the same object: torch_backend.Replay then skips this check)
             key = storage_key(buffer)
             if key in claimed or buffer.untyped_storage().nbytes() > buffer.nbytes:
                 buffer = buffer.clone()
@@ -148,15 +176,15 @@ class TorchArrays(ArrayLibrary):
         return buffer if buffer.dtype == value.dtype and buffer.shape == value.shape else value
 
     def quiet(self) -> ContextManager[Any]:
-        return torch.no_grad()
+        return _NoGrad()
 
     def loads_as_stored(self, dtype: DType) -> bool:
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
 
     def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
-        """One bound torch call for views, reductions, products, casts and the elementwise ops whose torch result
-        is already in the computed dtype (`conform` would do nothing); None for the rest (uint32, compact steps,
-        mixed dtypes), which take the generic path."""
+        """One bound torch call for views, reductions, products, casts, pads, log_softmax and its gradient, and the
+        elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing); None for
+        the rest (uint32, compact steps, mixed dtypes), which take the generic path."""
         op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
         view = _VIEWS.get(op)
         if view is not None:
@@ -166,6 +194,8 @@ class TorchArrays(ArrayLibrary):
         computed = computed_dtype(dtype)
         if op is Fused.CONTRACT:
             return bound_contract(*arg, shape)
+        if op in _ROWS:
+            return _ROWS[op](arg, computed)
         if op is Op.SUM:
             keep = len(shape) == len(sources[0].shape)  # else a reshape dropping the summed axes was folded in
             return lambda x: torch.sum(x, dim=arg, keepdim=keep, dtype=computed)
@@ -173,6 +203,9 @@ class TorchArrays(ArrayLibrary):
             return lambda x: torch.amax(x, dim=arg, keepdim=True)
         if op is Op.CAST:
             return lambda x: self.cast(x, dtype)
+        if op is Op.PAD:
+            flat = _flat_padding(arg[0])
+            return lambda x: torch.constant_pad_nd(x, flat, arg[1])
         function = _elementwise(step, sources)
         if function is None or step.into is None:
             return function
@@ -234,6 +267,9 @@ class TorchArrays(ArrayLibrary):
         return contract(a, b, axes, size, dims, shape, addend)
 
     # ---- movement ------------------------------------------------------------------------------------------
+    def pad(self, x: torch.Tensor, padding: tuple[tuple[int, int], ...], value: Any, shape: Shape) -> torch.Tensor:
+        return torch.constant_pad_nd(x, _flat_padding(padding), value)
+
     def reshape(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
         return x.reshape(shape)
 

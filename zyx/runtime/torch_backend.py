@@ -11,7 +11,8 @@ disk cache shortens it in a later process, Dynamo's tracing stays), later runs o
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -58,9 +59,9 @@ class TorchDevice(Device):
         self.compile = compile  # a torch.compile mode, or None to run op by op
         self.arrays = TorchArrays(device)
         self.programs: dict[Any, interpret.InterpretedProgram] = {}  # by Walk.structure, and by @jit's keys
-        # by id(program) (programs live in `programs`): the generated function of each program run so far, with
-        # its first run's memory account; its torch.compile'd function
-        self._replays: dict[int, tuple[program_code.ProgramFunction, RunAccount]] = {}
+        # by id(program) (programs live in `programs`): how each program run so far runs again; its
+        # torch.compile'd function
+        self._replays: dict[int, Replay] = {}
         self._compiled: dict[int, program_code.ProgramFunction] = {}
 
     @property
@@ -122,12 +123,16 @@ class TorchDevice(Device):
             if replay is None:
                 generated = program_code.generate(program, self.arrays, program.evaluators)
                 tracker = StorageTracker(self.runtime.memory, inputs)
-                outputs = interpret.store(program, self.arrays, inputs, generated.tracked(inputs, streams, tracker))
-                self._replays[id(program)] = (generated.run, tracker.finish(outputs))
+                values = generated.tracked(inputs, streams, tracker)
+                outputs = interpret.store(program, self.arrays, inputs, values)
+                generated.settle()
+                self._replays[id(program)] = Replay(generated.run, tracker.finish(outputs),
+                                                    _stored_as_computed(program, values, outputs))
                 return outputs
-            function, account = replay
-            outputs = interpret.store(program, self.arrays, inputs, function(inputs, streams))
-        self.runtime.memory.replay(account, outputs)
+            values = replay.run(inputs, streams)
+            outputs = replay.outputs(inputs, values) if replay.outputs is not None else \
+                interpret.store(program, self.arrays, inputs, values)
+        self.runtime.memory.replay(replay.account, outputs)
         return outputs
 
     def _run_compiled(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],
@@ -161,6 +166,37 @@ class TorchDevice(Device):
             compiled = torch.compile(generated.run, mode=self.compile, dynamic=False)
             self._compiled[id(program)] = compiled
         return compiled
+
+
+@dataclass(frozen=True)
+class Replay:
+    """How a program runs again after its first run: its generated function (`program_code.py`), the memory
+    account of the first run (`RunAccount`), and where the first run stored every value as the program computed
+    it, how to pick the output buffers from the values and the inputs (else None: `interpret.store` again)."""
+
+    run: program_code.ProgramFunction
+    account: RunAccount
+    outputs: Optional[Callable[[Sequence[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]]
+
+
+def _stored_as_computed(program: interpret.InterpretedProgram, values: Sequence[torch.Tensor],
+                        outputs: Sequence[torch.Tensor]) -> Optional[Callable[..., list[torch.Tensor]]]:
+    """`Replay.outputs`, where `interpret.store` kept each value as it was (in its dtype and shape, contiguous,
+    sharing no input's memory nor another output's). A program's values have the same dtypes and layouts on every
+    run, and share memory with the same slots, so later runs would store each as it is too."""
+    computed = [buffer for slot, buffer in zip(program.outputs, outputs) if slot not in program.aliases]
+    if len(computed) != len(values) or any(buffer is not value for buffer, value in zip(computed, values)):
+        return None
+    if not program.aliases:
+        return lambda inputs, values: values
+    picks, index = [], 0
+    for slot in program.outputs:
+        if slot in program.aliases:
+            picks.append((True, program.aliases[slot]))
+        else:
+            picks.append((False, index))
+            index += 1
+    return lambda inputs, values: [inputs[k] if written else values[k] for written, k in picks]
 
 
 def describe_torch_devices() -> list[dict[str, Any]]:

@@ -5,8 +5,10 @@ operands' broadcast axes (of size 1, or stride 0), then calls `torch.matmul` on 
 (batch..., rows, columns) where every axis is kept or summed over both factors (what products and their gradients are:
 cuBLAS's plain gemm for 2-D products, where einsum would call its batched form), else `torch.einsum`. The plan
 depends only on the operands' shapes and strides, so it is made once per layout (`contract_plan`, cached), and
-once per step of a replayed program (`bound_contract`), which then runs only the torch calls. (The planning
-passes lists, not generators, to builtins: torch.compile traces it on a program's first compiled run.)
+once per step of a replayed program (`bound_contract`), which then calls the plan itself. A plan is the torch
+calls and nothing else: a view that changes nothing is not a call, and a plain product is `torch.matmul`
+itself. (The planning passes lists, not generators, to builtins: torch.compile traces it on a program's first
+compiled run.)
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ def contract(a: torch.Tensor, b: torch.Tensor, axes: tuple[int, ...], size: Sequ
 def bound_contract(axes: tuple[int, ...], size: Sequence[int], dims: Dims, shape: Sequence[int]) -> Plan:
     """`contract` for one step of a program, planned on its first call: a program's values have the same layouts
     on every run (its inputs are contiguous buffers of fixed shapes, and torch's ops lay their results out by
-    their operands'), so later calls only run the torch calls."""
+    their operands'), so later calls only run the torch calls; `run.settled()` is the plan itself once made,
+    which a program then calls directly (`program_code.GeneratedProgram.settle`)."""
     plan: Optional[Plan] = None
 
     def run(a: torch.Tensor, b: torch.Tensor, *addend: torch.Tensor) -> torch.Tensor:
@@ -45,6 +48,7 @@ def bound_contract(axes: tuple[int, ...], size: Sequence[int], dims: Dims, shape
                                  tuple(shape), tuple(addend[0].shape) if addend else None)
         return plan(a, b, *addend)
 
+    run.settled = lambda: plan or run  # type: ignore[attr-defined]
     return run
 
 
@@ -69,10 +73,15 @@ def contract_plan(a_shape: tuple[int, ...], a_strides: tuple[int, ...], b_shape:
     # an axis neither factor has: stored whole, as a later step may write over the result (memory_plan.py)
     expanded = summed != unexpanded
     produced = tuple([sizes[c] for c in kept])
-    if addend is not None and matmul and matmul[1] and repeats == 1 and not expanded and produced == shape and \
+    plain = repeats == 1 and not expanded and produced == shape
+    if addend is not None and matmul and matmul[1] and plain and \
             len(addend) <= 2 and all([n in (1, m) for n, m in zip(addend[::-1], shape[::-1])]):
-        left_arranged, right_arranged = matmul[1]
-        return lambda a, b, c: torch.addmm(c, left_arranged(unbroadcast_a(a)), right_arranged(unbroadcast_b(b)))
+        left, right = _then(unbroadcast_a, matmul[1][0]), _then(unbroadcast_b, matmul[1][1])
+        if left is _same and right is _same:
+            return lambda a, b, c: torch.addmm(c, a, b)
+        return lambda a, b, c: torch.addmm(c, left(a), right(b))
+    if addend is None and plain and unbroadcast_a is _same and unbroadcast_b is _same:
+        return product
 
     def run(a: torch.Tensor, b: torch.Tensor, *added: torch.Tensor) -> torch.Tensor:
         result = product(unbroadcast_a(a), unbroadcast_b(b))
@@ -95,7 +104,7 @@ def _broadcast_free(size: tuple[int, ...], shape: tuple[int, ...], strides: tupl
                if shape[axis] != size[whose] or (strides[axis] == 0 and size[whose] > 1)]
     kept = "".join([letters[whose] for axis, whose in enumerate(dims) if axis not in dropped])
     if not dropped:
-        return (lambda x: x), kept
+        return _same, kept
     if all([shape[axis] == 1 for axis in dropped]):
         return (lambda x, axes=tuple(dropped): x.squeeze(axes)), kept
     index = tuple([0 if axis in dropped else slice(None) for axis in range(len(dims))])
@@ -133,13 +142,27 @@ def _matmul_plan(left: str, right: str, kept: str, sizes: dict[str, int]) -> Opt
         result = unflat(torch.matmul(left_arranged(x), right_arranged(y)))
         return result if final_order is None else result.permute(final_order)
 
-    return run, ((left_arranged, right_arranged) if plain else None)
+    direct = final_order is None and left_arranged is right_arranged is unflat is _same
+    return (torch.matmul if direct else run), ((left_arranged, right_arranged) if plain else None)
 
 
 def _view(order: Optional[list[int]], permuted: tuple[int, ...],
           shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     """x permuted by `order` (None: not), whose shape is then `permuted`, reshaped to `shape`: no call that
-    changes nothing."""
+    changes nothing (`_same`)."""
     if order is None:
-        return (lambda x: x) if permuted == shape else (lambda x: x.reshape(shape))
+        return _same if permuted == shape else (lambda x: x.reshape(shape))
     return (lambda x: x.permute(order)) if permuted == shape else (lambda x: x.permute(order).reshape(shape))
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    """A view that changes nothing: plans leave it out (`_then`, `contract_plan`)."""
+    return x
+
+
+def _then(first: Callable[[torch.Tensor], torch.Tensor],
+          second: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`second(first(x))`, without the calls that change nothing."""
+    if first is _same or second is _same:
+        return second if first is _same else first
+    return lambda x: second(first(x))

@@ -44,8 +44,11 @@ class TorchRuntime:
         return buffer
 
     def download(self, buffer: torch.Tensor, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
-        """The buffer's values as a new numpy array (waits for the work that computes them)."""
-        return to_numpy(buffer.detach().reshape(tuple(shape)).to("cpu", copy=True))
+        """The buffer's values as a new numpy array (waits for the work that computes them). One torch call where
+        nothing else is needed (a jitted step reads its loss and its index checks so, every step)."""
+        shape = tuple(shape)
+        tensor = buffer.detach() if buffer.requires_grad else buffer  # (a buffer shared through t.torch())
+        return to_numpy((tensor if tensor.shape == shape else tensor.reshape(shape)).to("cpu", copy=True))
 
     def download_all(self, requests: Sequence[tuple[torch.Tensor, Sequence[int], Any]]) -> list[np.ndarray]:
         """Several buffers' values (buffer, shape, numpy dtype each), as `download` does each."""

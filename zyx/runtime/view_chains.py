@@ -4,11 +4,12 @@ Every view step is a library call at every run, and the trace is full of them: a
 as `w.T.T` reshaped, and its product is reshaped before the bias is added. `simplified` rewrites the steps so
 that
 - a permute of a permute is one permute, a reshape of a reshape one reshape, and a chain that ends where it
-  began is no step at all, nor is a step computing what an earlier one did;
-- a product (CONTRACT) reads an operand that is a reshape inserting axes of size 1 from the reshape's source
-  (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of a reshape
-  that is its only reader, and adds the other source of an ADD that is its only reader (a linear layer's bias:
-  one `torch.addmm`);
+  began is no step at all, nor is a step computing what an earlier one did, nor `cast(mask) == 1`, nor
+  `where(mask, cast(mask), 0)`; a cast of values cast before in another shape is a reshape of that cast;
+- a product (CONTRACT) reads an operand that is a permute, or a reshape inserting axes of size 1, from the
+  view's source (its arg names which of the product's axes each operand axis is: `dims`), returns the shape of
+  a reshape that is its only reader, and adds the other source of an ADD that is its only reader (a linear
+  layer's bias: one `torch.addmm`);
 - a sum whose only reader is a reshape dropping the summed axes returns that shape (keepdim=False);
 - an elementwise step reads a reshape's source where the reshape only adds leading axes of size 1 (broadcast);
 - steps that nothing reads (views left behind) are dropped.
@@ -17,6 +18,7 @@ Slots keep their numbers until the dead steps go; outputs are never folded away.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence
 
 from ..trace.ops import Op
@@ -45,6 +47,7 @@ def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list
     result: list[Step] = []
     same: dict[int, int] = {}  # slot -> the earlier slot with its value (a chain back to where it began)
     seen: dict[tuple, int] = {}  # what a step computes -> the first slot computing it
+    casts: dict[tuple, int] = {}  # (the slot a cast reads through reshapes, its dtype) -> the first such cast
     for k, step in enumerate(steps):
         step = dataclasses.replace(step, sources=tuple(same.get(s, s) for s in step.sources))
         computed = (step.op, _hashable(step.arg), step.shape, step.dtype, step.sources, step.compact)
@@ -60,9 +63,59 @@ def _views_composed(steps: Sequence[Step], outputs: Sequence[int]) -> tuple[list
             if result[step.sources[0]].shape == step.shape and \
                     (step.op is Op.RESHAPE or step.arg == tuple(range(len(step.shape)))):
                 same[k] = step.sources[0]
+        elif step.op is Op.CAST and k not in kept and step.compact is None:
+            first = casts.setdefault((_unreshaped(step.sources[0], result), step.dtype), k)
+            if first != k:  # the same values cast before in another shape: a view of them
+                step = dataclasses.replace(step, op=Op.RESHAPE, arg=step.shape, sources=(first,))
+                if result[first].shape == step.shape:
+                    same[k] = first
+        elif step.op is Op.CMPEQ and k not in kept and step.compact is None:
+            mask = _mask_compared_to_one(step, result)
+            if mask is not None:
+                same[k] = mask
+        elif step.op is Op.WHERE and k not in kept and step.compact is None and _is_cast_of(result, *step.sources[:2]) \
+                and result[step.sources[1]].shape == step.shape and _is_plus_zero(_constant(step.sources[2], result)):
+            same[k] = step.sources[1]  # where(mask, cast(mask), 0): the cast is 0 wherever the mask is False
         seen.setdefault(computed, same.get(k, k))
         result.append(step)
     return _live(result, list(outputs))
+
+
+def _mask_compared_to_one(step: Step, result: list[Step]) -> Optional[int]:
+    """The bool slot b where `step` is `cast(b) == 1`, of b's shape: one-hot codes read as a mask again
+    (cross-entropy's `one_hot(target) == 1`) are the mask one_hot cast."""
+    for code, one in (step.sources, step.sources[::-1]):
+        cast = result[code]
+        if cast.op is Op.CAST and cast.compact is None:
+            mask = result[cast.sources[0]]
+            if mask.dtype.is_bool and mask.shape == step.shape and _constant(one, result) == 1:
+                return cast.sources[0]
+    return None
+
+
+def _unreshaped(slot: int, result: list[Step]) -> int:
+    """The slot `slot` is a reshape of (through chains of them), or itself."""
+    while result[slot].op is Op.RESHAPE:
+        slot = result[slot].sources[0]
+    return slot
+
+
+def _is_cast_of(result: list[Step], mask: int, slot: int) -> bool:
+    """Whether `slot` is `mask` cast (a bool slot as 0 and 1)."""
+    return result[slot].op is Op.CAST and result[slot].sources == (mask,) and result[mask].dtype.is_bool
+
+
+def _is_plus_zero(value: object) -> bool:
+    """Whether a constant is 0 (not -0.0, which a where would keep)."""
+    return isinstance(value, (int, float)) and value == 0 and math.copysign(1.0, value) > 0
+
+
+def _constant(slot: int, result: list[Step]) -> object:
+    """The value of a CONST step that `slot` is (through reshapes and expands), else None."""
+    step = result[slot]
+    while step.op in (Op.RESHAPE, Op.EXPAND):
+        step = result[step.sources[0]]
+    return step.arg if step.op is Op.CONST else None
 
 
 def _hashable(arg: object) -> object:
@@ -81,7 +134,7 @@ def _products_folded(steps: list[Step], outputs: list[int]) -> tuple[list[Step],
     for step in steps:
         folded = _product_read(step, result, readers, kept)
         if folded.op is Fused.CONTRACT:
-            folded = _unreshaped_operands(folded, result)
+            folded = _unviewed_operands(folded, result)
         result.append(_broadcast_unreshaped(folded, result))
     return _live(result, outputs)
 
@@ -126,17 +179,20 @@ def _product_read(step: Step, result: list[Step], readers: list[int], kept: set[
     return step
 
 
-def _unreshaped_operands(step: Step, result: list[Step]) -> Step:
-    """A product reading the sources of the reshapes it reads that only insert axes of size 1."""
+def _unviewed_operands(step: Step, result: list[Step]) -> Step:
+    """A product reading, through the views it reads, their sources: reshapes that only insert axes of size 1,
+    and permutes (the product's `dims` name which of its axes each operand axis is, in any order)."""
     axes, size, dims = step.arg
     sources, new_dims = list(step.sources), list(dims)
     for position in (0, 1):
-        reshape = result[sources[position]]
-        if reshape.op is Op.RESHAPE:
-            inner = _embedding(result[reshape.sources[0]].shape, reshape.shape)
-            if inner is not None:
-                sources[position] = reshape.sources[0]
-                new_dims[position] = tuple(dims[position][axis] for axis in inner)
+        while True:
+            view = result[sources[position]]
+            inner = _embedding(result[view.sources[0]].shape, view.shape) if view.op is Op.RESHAPE else \
+                tuple(view.arg.index(axis) for axis in range(len(view.arg))) if view.op is Op.PERMUTE else None
+            if inner is None:
+                break
+            sources[position] = view.sources[0]
+            new_dims[position] = tuple(new_dims[position][axis] for axis in inner)
     return dataclasses.replace(step, arg=(axes, size, tuple(new_dims)), sources=tuple(sources))
 
 
