@@ -56,6 +56,9 @@ def test_operands_in_buffers_are_staged_sixteen_bytes_at_a_time_in_the_layout_th
     assert staged(x @ w.T) == (8, False)
     assert staged(y.T @ w.T) == (4, False)  # the left operand strided along k: element by element
     assert staged(x[:, :100] @ y[:100]) == (0, False)  # k = 100: the last slice is padded
+    # elements 2-6 of each 8 reordered by a view (0, 1 and 7 in place): not one vector (found in review)
+    shuffled = x.reshape(256, 16, 2, 2, 2).permute(0, 1, 3, 2, 4).reshape(256, 128)
+    assert staged(shuffled @ y) == (4, True)
 
 
 def test_float32_products_use_tensor_cores_only_where_tf32_is_allowed():
@@ -217,3 +220,12 @@ def test_tf32_products_on_tensor_cores_match_numpy_to_tf32_precision(cores, tf32
     assert any("tf32" in kernel.source for kernel in kernels_of(out, cores._shaping_traits()))
     expected = a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_allclose(out.numpy(), expected, atol=2.0 ** -8 * np.sqrt(k))  # 10 bits kept, rounded
+
+
+def test_a_nan_stays_nan_through_tf32_rounding(cores, tf32_allowed):
+    """Rounding to TF32 adds to the bits: NVIDIA's nan (0x7fffffff) carried into -0.0 before isnan was asked."""
+    a = np.ones((64, 64), np.float32)
+    a[3, 5] = np.nan
+    x = cores.tensor(a)
+    out = ((x * 0 + x) @ cores.tensor(np.ones((64, 64), np.float32))).numpy()  # a nan the device computed too
+    assert np.isnan(out[3]).all() and not np.isnan(np.delete(out, 3, axis=0)).any()

@@ -75,7 +75,8 @@ UNARY = {
     # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
     Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",
     Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
-    ROUND_TF32: "as_float((as_uint({0})+0x1000u)&0xffffe000u)",  # the 13 low bits dropped, rounded (ties away)
+    # the 13 low bits dropped, rounded (ties away); a nan kept (the carry would turn 0x7fffffff into -0.0)
+    ROUND_TF32: "(isnan({0})?{0}:as_float((as_uint({0})+0x1000u)&0xffffe000u))",
 }
 INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 

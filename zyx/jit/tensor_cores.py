@@ -205,7 +205,7 @@ class TensorCoreLowering(LocalTileLowering):
         bytes of one buffer."""
         plan, (corner, k_base, k_axis) = self.plan, place
         per_row = (plan.bk if along_k else rows) // VECTOR
-        stores = []
+        loads, stores = [], []
         for copy in range(rows * plan.bk // VECTOR // GROUP):
             flat = self.lid + copy * GROUP
             row, k = (flat // per_row, flat % per_row * VECTOR) if along_k else (flat % per_row * VECTOR, flat // per_row)
@@ -213,26 +213,27 @@ class TensorCoreLowering(LocalTileLowering):
             if load is None:
                 return None
             bits = Reg(self.names.fresh("bits"), int16, VECTOR)
-            self._scopes[-1].append(dataclasses.replace(load, out=bits, mode="bits"))
+            loads.append(dataclasses.replace(load, out=bits, mode="bits"))
             index = row * plan.stride + k if along_k else k * (rows + PAD_BYTES // 2) + row
             stores.append(LocalStore(tile, index, bits, dtype=plan.stored))
+        self._scopes[-1].extend(loads)
         return stores
 
     def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int) -> Optional[Load]:
         """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next 7 along
-        `axis` are the next elements of the same buffer, none past an end (the next and the 7th are lowered and
-        compared: an edge clamps or pads them); nothing it lowered is kept either way."""
+        `axis` are the next elements of the same buffer, none past an end (all 8 are lowered and compared: an edge
+        clamps or pads them, a permuting view reorders them); nothing it lowered is kept either way."""
         if self.plan.kind == "tf32":
             return None
         scope, known, mark = self._scopes[-1], set(self._values), len(self._scopes[-1])
         reads = [self._defining_load(self._operand(operand, corner, {**offsets, axis: offsets[axis] + step}))
-                 for step in (0, 1, VECTOR - 1)]
+                 for step in range(VECTOR)]
         del scope[mark:]
         for key in set(self._values) - known:
             del self._values[key]
         first = reads[0]
         if any(read is None or read.buffer != first.buffer or read.index - first.index != Expr(step)
-               for read, step in zip(reads, (0, 1, VECTOR - 1))):
+               for step, read in enumerate(reads)):
             return None
         return first
 
