@@ -342,8 +342,9 @@ def _prepare(db: sqlite3.Connection, writable: bool) -> None:
         if not _is_ours(db):
             raise _Damaged(_not_ours(db) or "is empty")
         return
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")  # (see the module docstring)
+    journal = db.execute("PRAGMA journal_mode = WAL").fetchone()
+    if journal and str(journal[0]).lower() == "wal":  # NORMAL is safe against power loss only under WAL (some
+        db.execute("PRAGMA synchronous = NORMAL")     # network filesystems refuse WAL: FULL stays there)
     with _transaction(db):  # fails at once on a read-only filesystem, not at the first write
         ours = _is_ours(db)
         reason = None if ours else _not_ours(db)

@@ -113,8 +113,9 @@ def _settle(size: int, depth: int) -> str:
     (for its internal slots and its outputs), in one order whatever order the last run's frees and its outputs'
     releases left them in: a replay then takes the same buffers for the same slots at every call, and its
     launches pass the very arguments the last one did (kernels are not given arguments they hold already:
-    opencl.py)."""
-    return f"s{size}[-{depth}:] = sorted(s{size}[-{depth}:], key=id)"
+    opencl.py). Only single-step list operations: a buffer released by a garbage-collected tensor's finalizer
+    mid-line is appended, never lost (a slice assignment could drop it and list another buffer twice)."""
+    return f"s{size}.extend(sorted([s{size}.pop() for _ in range(min({depth}, len(s{size})))], key=id))"
 
 
 def _collective(k: int, launch: Any, arguments: list[str], slot_bytes: Sequence[int], names: dict[str, Any]) -> str:
