@@ -42,7 +42,7 @@ from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_li
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
 
-VERSION = "wgsl-3"  # bump when the same IR prints differently
+VERSION = "wgsl-4"  # bump when the same IR prints differently
 WORKGROUP = 64      # items per group of a kernel whose IR leaves the group free
 SCALAR_SLOT_BYTES = 16  # one vec4<u32> per seed or offset parameter in the uniform buffer
 
@@ -467,7 +467,7 @@ def _float_helpers(vector: str) -> list[str]:
              f"{zeros}) & {ordered}; }}",
              f"fn zyx_eq_{t}(a: {vector}, b: {vector}) -> {truth} {{ return ((bitcast<{u}>(a) == bitcast<{u}>(b)) | "
              f"{zeros}) & {ordered}; }}",
-             f"fn zyx_max_{t}(a: {vector}, b: {vector}) -> {vector} {{ return select(select(select(b, a, a > b), b, "
+             f"fn zyx_max_{t}(a: {vector}, b: {vector}) -> {vector} {{ return select(select(select(b, a, zyx_lt_{t}(b, a)), b, "
              f"zyx_isnan_{t}(b)), a, zyx_isnan_{t}(a)); }}"]
     if wide:
         lanes = ",".join(f"zyx_pow_f32(a.{c},b.{c})" for c in "xyzw"[:int(vector[3])])
