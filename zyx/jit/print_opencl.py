@@ -226,7 +226,7 @@ def _start(value: Operand) -> str:
 
 def _local_array(s: LocalArray) -> str:
     """Elements of `s.dtype`: half precision as its 16 bits, the way buffers keep it."""
-    kind = "ushort" if s.dtype.is_narrow_float else register_type(s.dtype, s.width)
+    kind = f"ushort{s.width if s.width > 1 else ''}" if s.dtype.is_narrow_float else register_type(s.dtype, s.width)
     return f"__local {kind} {s.name}[{s.size}]" + (" __attribute__((aligned(16)));" if s.aligned else ";")
 
 
