@@ -83,10 +83,12 @@ class ReduceMixin:
         return math.prod(self.node.shape[a] for a in reduce_axes(axis, len(self.node.shape), "mean"))
 
     def mean(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
-        """Mean over `axis` (all by default); integers are averaged in float32."""
-        total = self._float().sum(axis, keepdim)  # type: ignore[attr-defined]
+        """Mean over `axis` (all by default); integers are averaged in float32, half precision accumulated in
+        float32 and given back in its own dtype (under autocast too, whose sum is float32: PyTorch's rule)."""
+        x = self._float()  # type: ignore[attr-defined]
+        total = x.sum(axis, keepdim)
         count = self._count(axis)
-        return total * (1 / count) if count else total / 0.0
+        return _in_dtype_of(x, total * (1 / count) if count else total / 0.0)
 
     def var(self, axis: Axis = None, keepdim: bool = False, correction: int = 1) -> "Tensor":
         """Variance with Bessel's `correction` (1 by default, as PyTorch)."""
@@ -94,7 +96,7 @@ class ReduceMixin:
         centered = x - x.mean(axis, keepdim=True)
         divisor = max(self._count(axis) - correction, 0)
         squares = (centered * centered).sum(axis, keepdim)
-        return squares * (1 / divisor) if divisor else squares / 0.0
+        return _in_dtype_of(x, squares * (1 / divisor) if divisor else squares / 0.0)
 
     def std(self, axis: Axis = None, keepdim: bool = False, correction: int = 1) -> "Tensor":
         """Standard deviation with Bessel's `correction` (1 by default, as PyTorch)."""
@@ -193,3 +195,8 @@ def _prod_axis(x: "Tensor", axis: int) -> "Tensor":
         first, second = padded.split([half, half], axis)
         x, length = first * second, half
     return x
+
+
+def _in_dtype_of(x: "Tensor", result: "Tensor") -> "Tensor":
+    """`result` in half-precision `x`'s dtype where autocast's float32 sum widened it; any other as it is."""
+    return result.cast(x.dtype) if x.dtype.is_narrow_float and result.dtype != x.dtype else result

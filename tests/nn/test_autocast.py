@@ -237,3 +237,20 @@ def test_a_second_process_replays_the_persisted_autocast_program(tmp_path):
     scheduled, compiled, losses = run_script(tmp_path)
     assert scheduled >= 1 and compiled >= 1
     assert run_script(tmp_path) == (0, 0, losses)
+
+
+def test_means_variances_and_batch_norm_keep_half_precision_as_pytorchs_cuda_autocast(device):
+    """PyTorch's CUDA autocast lists neither mean, var, std nor batch_norm: they keep a half-precision input's dtype
+    (accumulating in float32), though sum, which autocast runs in float32, is what zyx builds them on."""
+    x = device.tensor(X)
+    with zyx.autocast(zyx.bfloat16):
+        half = x @ device.tensor(W).T  # bfloat16
+        results = {"mean": half.mean(0), "var": half.var(0), "std": half.std(0),
+                   "batch_norm": nn.functional.batch_norm(half, None, None, device.tensor(np.ones(W.shape[0], np.float32)),
+                                                          device.tensor(np.zeros(W.shape[0], np.float32)), training=True)}
+    rounded = torch.tensor(X @ W.T).bfloat16().double()
+    expected = {"mean": rounded.mean(0), "var": rounded.var(0), "std": rounded.std(0),
+                "batch_norm": TF.batch_norm(rounded, None, None, training=True)}
+    for name, got in results.items():
+        assert got.dtype == zyx.bfloat16, name
+        np.testing.assert_allclose(as_float64(got), expected[name].numpy(), rtol=1e-2, atol=1e-2, err_msg=name)

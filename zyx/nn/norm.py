@@ -47,7 +47,6 @@ def _check_trailing(layer: str, x: Tensor, shape: tuple[int, ...]) -> tuple[int,
     return tuple(range(x.ndim - len(shape), x.ndim))
 
 
-@in_float32
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: Union[float, Tensor] = 0.1, eps: float = 1e-5) -> Tensor:
@@ -55,7 +54,10 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
 
     Training (or without running statistics) uses the batch's statistics and, given running ones, moves them
     in place towards the batch's by `momentum` (the variance unbiased); otherwise the running ones are used.
+    Half precision is normalized in float32 and given back in its own dtype (PyTorch's, autocast or not).
     """
+    given = input.dtype
+    input = input.float() if given.is_narrow_float else input
     if input.ndim < 2:
         raise ShapeError(f"batch_norm: expected input of at least 2 dimensions (N, C, ...), got shape {input.shape}")
     channels = input.shape[1]
@@ -73,7 +75,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
             running_var.assign(running_var * (1 - momentum) + unbiased * momentum)
     else:
         normalized = (input - running_mean.reshape(shape)) * (running_var.reshape(shape) + eps).rsqrt()
-    return _apply_affine(normalized, weight, bias, shape)
+    out = _apply_affine(normalized, weight, bias, shape)
+    return out.cast(given) if given.is_narrow_float else out
 
 
 @in_float32
