@@ -316,3 +316,14 @@ def test_recorded_launches_are_submitted_in_growing_chunks_before_anything_waits
         y, want = (y * 0.5 + 1).realize(), want * np.float32(0.5) + np.float32(1)
     assert len(submits) == 3
     np.testing.assert_array_equal(y.numpy(), want)
+
+
+def test_a_trim_lets_go_of_the_buffers_cached_bind_groups_hold(dev):
+    """Bind groups are cached per program and hold their buffers: a trim (out of memory) drops them too, and the
+    next run binds afresh and computes the same."""
+    x = dev.tensor(np.arange(8, dtype=np.float32))
+    assert ((x * 2 + 1).numpy() == np.arange(8) * 2 + 1).all()
+    assert dev.runtime._bind_groups
+    dev.runtime.pool.trim()
+    assert not dev.runtime._bind_groups
+    assert ((x * 2 + 1).numpy() == np.arange(8) * 2 + 1).all()

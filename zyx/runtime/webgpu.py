@@ -177,8 +177,10 @@ class WgpuRuntime(PooledRuntime):
                                    sys.maxsize, self.label)
         self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
         self._uniform = wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST
+        # cached bind groups hold their buffers: a trim (out of memory) lets them go with the pool's
         self.pool: BufferPool[Any] = BufferPool(self._create_raw,
-                                                is_out_of_memory=lambda error: isinstance(error, wgpu.GPUOutOfMemoryError))
+                                                is_out_of_memory=lambda error: isinstance(error, wgpu.GPUOutOfMemoryError),
+                                                on_trim=lambda: self._bind_groups.clear())
         self._encoder: Any = None
         self._pass: Any = None
         self._pipeline: Any = None  # what the open pass has set last
