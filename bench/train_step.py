@@ -2,7 +2,7 @@
 W6: the peak device memory of that step against its theoretical minimum.
 
     python bench/train_step.py [--train-steps 20] [--warmup 3] [--device N] [--json OUT]
-                               [--only numpy,torch,torch-1t,tinygrad,zyx,zyx-nojit]
+                               [--only numpy,torch,torch-1t,tinygrad,zyx,zyx-nojit,zyx-wgpu]
     python bench/train_step.py --profile-kernels      # each kernel of zyx's step timed alone
 
 W4 reports milliseconds per step (median of at least 20 timed steps after the warm-up; each step ends by reading
@@ -20,6 +20,7 @@ warm-up losses are checked against a numpy reference of the same steps.
     tinygrad  TinyJit on its CL backend (the same OpenCL device), skipped with a note when it cannot run
     zyx       @zyx.jit step with zyx.nn.Linear, zyx.nn.cross_entropy and zyx.nn.SGD / zyx.nn.Adam
     zyx-nojit the same step without @zyx.jit (traced and scheduled every step; schedule cache hits)
+    zyx-wgpu  the jitted step on zyx.WGPU() (the adapter wgpu prefers: a GPU through Vulkan, else lavapipe)
 Adam uses lr 1e-3 (betas 0.9, 0.999, eps 1e-8), SGD lr 0.01 without momentum. The target: zyx's time per step
 ≤ 0.8 × torch eager's.
 
@@ -285,11 +286,21 @@ def zyx_device(device) -> Any:
     return zyx.OpenCL(platform=device.platform_index, device=device.device_index)
 
 
-def zyx_case(optimizer: str, device, jit: bool = True):
+def wgpu_device() -> Any:
+    """zyx.WGPU() on the adapter wgpu prefers (a GPU through Vulkan/Metal/DirectX, else lavapipe)."""
+    import zyx
+    try:
+        return zyx.WGPU()
+    except (ImportError, RuntimeError) as error:
+        raise Skip(f"no WebGPU adapter: {error}") from error
+
+
+def zyx_case(optimizer: str, device, jit: bool = True, wgpu: bool = False):
     def make(workload: Workload) -> Case:
-        if device is None:
+        if device is None and not wgpu:
             raise Skip("no OpenCL device")
-        step, x, y = zyx_step(zyx_device(device), workload.inputs, optimizer, jit)
+        dev = wgpu_device() if wgpu else zyx_device(device)
+        step, x, y = zyx_step(dev, workload.inputs, optimizer, jit)
         case = _case(lambda: step(x, y).item(), "" if jit else "no @zyx.jit: traced and scheduled each step")
         if jit:
             run = case.run
@@ -468,6 +479,7 @@ def cases(optimizer: str, device) -> dict:
         "tinygrad": tinygrad_case(optimizer, device),
         "zyx": zyx_case(optimizer, device),
         "zyx-nojit": zyx_case(optimizer, device, jit=False),
+        "zyx-wgpu": zyx_case(optimizer, device, wgpu=True),
     }
 
 

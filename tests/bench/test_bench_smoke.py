@@ -95,3 +95,16 @@ def test_wgpu_variants_times_every_shape_and_reports_nan_kept_where_zyx_prints_i
     assert "WRONG VALUES" not in finished.stdout and sum(" GB/s" in line for line in lines) >= 4
     assert [line.split()[1:3] for line in lines if "both (zyx's WGSL now)" in line] == [["NaN", "kept"]] * 2
     assert "  all ok" in lines
+
+
+def test_train_step_runs_the_jitted_step_on_wgpu_beside_opencl(tmp_path):
+    webgpu = pytest.importorskip("zyx.runtime.webgpu")
+    pytest.importorskip("wgpu")
+    if not webgpu.adapters():
+        pytest.skip("no WebGPU adapter on this machine")
+    _, result = _run("train_step.py", "--only", "zyx,zyx-wgpu", "--train-sizes", "16,16,10", "--train-batch", "8",
+                     "--train-steps", "2", tmp_path=tmp_path)
+    rows = {(r["workload"], r["implementation"]): r for r in result["results"]}
+    for optimizer in ("SGD", "Adam"):  # both ran (their warm-up losses checked against numpy's)
+        assert rows[(f"W4 {optimizer}", "zyx-wgpu")]["median_s"] > 0
+        assert rows[(f"W4 {optimizer}", "zyx")]["median_s"] > 0
