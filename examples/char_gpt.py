@@ -3,6 +3,7 @@
     python examples/char_gpt.py                   # 3000 steps, a sample every 500, the loss curve as a PNG
     python examples/char_gpt.py --short           # 30 steps (what tests/test_examples.py runs)
     python examples/char_gpt.py --steps 10000 --temperature 0 --plot loss.png   # longer, greedy
+    python examples/char_gpt.py --autocast bfloat16   # mixed precision (tensor cores on NVIDIA GPUs)
 
 Token and position embeddings, causal TransformerBlocks, a final LayerNorm and a linear head; the training
 step is one @zyx.jit program replayed every step, and generation replays a second one (the forward pass on a
@@ -96,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("opencl", "cpu"), default="opencl")
     parser.add_argument("--plot", type=pathlib.Path, default=DEFAULT_PLOT, help="where to write the loss curve")
     parser.add_argument("--short", action="store_true", help="30 steps and short samples: a smoke test")
+    parser.add_argument("--autocast", choices=("bfloat16", "float16"),
+                        help="mixed precision: products in this dtype, weights and reductions in float32")
     args = parser.parse_args(argv)
     if args.short:
         args.steps, args.sample_every, args.sample_length = 30, 15, 40
@@ -126,14 +129,17 @@ def main(argv: list[str] | None = None) -> dict:
     opt = nn.AdamW(lr=args.lr, weight_decay=0.01)
     schedule = nn.CosineAnnealingLR(opt, T_max=args.steps, eta_min=args.lr / 10)
 
+    scaler = nn.GradScaler(enabled=args.autocast == "float16")  # float16 gradients underflow unscaled
+
     def loss_of(x: zyx.Tensor, y: zyx.Tensor) -> zyx.Tensor:
-        logits = model(x)
-        return nn.cross_entropy(logits.reshape(-1, len(chars)), y.reshape(-1))
+        with zyx.autocast(args.autocast or zyx.bfloat16, enabled=args.autocast is not None):
+            logits = model(x)
+            return nn.cross_entropy(logits.reshape(-1, len(chars)), y.reshape(-1))
 
     @zyx.jit
     def train_step(x: zyx.Tensor, y: zyx.Tensor) -> zyx.Tensor:
         loss = loss_of(x, y)
-        opt.update(params, loss.backward(params))
+        scaler.update_step(opt, params, scaler.scale(loss).backward(params))
         return loss
 
     @zyx.jit
@@ -142,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     @zyx.jit
     def window_logits(window: zyx.Tensor) -> zyx.Tensor:
-        return model(window)[0]
+        with zyx.autocast(args.autocast or zyx.bfloat16, enabled=args.autocast is not None):
+            return model(window)[0].float()
 
     def windows(source: np.ndarray, starts: np.ndarray) -> tuple[zyx.Tensor, zyx.Tensor]:
         x = np.stack([source[s:s + T] for s in starts])

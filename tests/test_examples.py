@@ -90,6 +90,17 @@ def test_digits_on_wgpu_reaches_the_reference_accuracy(cache_dir, tmp_path):
     assert abs(found["wgpu"] - found["cpu"]) <= 1.0
 
 
+def test_char_gpt_in_bfloat16_autocast_reaches_the_float32_loss(cache_dir, tmp_path):
+    """The last ten steps' loss of the short run in bfloat16 autocast is within 1% of float32's (reference device;
+    on an NVIDIA GPU its products run on tensor cores)."""
+    def loss(*args: str) -> float:
+        out = run_example("char_gpt.py", cache_dir, "--short", "--device", "cpu", "--plot",
+                          str(tmp_path / "loss.png"), *args)
+        return number(r"^loss: first 10 steps [\d.]+ -> last 10 steps ([\d.]+)", out)
+
+    assert abs(loss("--autocast", "bfloat16") / loss() - 1) <= 0.01
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_digits_under_autocast_reaches_the_float32_accuracy(cache_dir, tmp_path, dtype):
     """Mixed precision (float16 with its loss scaler) trains to within 1% of float32's accuracy, on the reference
