@@ -435,7 +435,7 @@ def _torch_devices(wanted: str) -> tuple[list[dict[str, Any]], str]:
     if importlib.util.find_spec("torch") is None:
         return [], "not installed (pip install zyx[torch] for zyx.Torch())"
     from zyx.devices import resolve_torch_device
-    from zyx.runtime.torch_backend import describe_torch_devices
+    from zyx.runtime.torch_device import describe_torch_devices
     import torch
     rows = describe_torch_devices()
     named = None

@@ -85,7 +85,7 @@ def Torch(device: Any = None, compile: bool | str | None = None) -> Device:
     for compiling. Needs PyTorch (`pip install zyx[torch]`).
     """
     torch = import_torch()
-    from .runtime.torch_backend import TorchDevice, compile_mode  # (torch: see the module's docstring)
+    from .runtime.torch_device import TorchDevice, compile_mode  # (torch: see the module's docstring)
     chosen = resolve_torch_device(torch, device)
     mode = compile_mode(compile)
     key = ("torch", str(chosen), mode)

@@ -1,6 +1,6 @@
 """Device: the one object behind `zyx.CPU()`, `zyx.OpenCL()`, `zyx.WGPU()` and `zyx.Torch()`.
 
-Each kind subclasses it (`cpu.py`, `opencl_device.py`, `wgpu_device.py`, `torch_backend.py`) and owns what its
+Each kind subclasses it (`cpu.py`, `opencl_device.py`, `wgpu_device.py`, `torch_device.py`) and owns what its
 traces need: a runtime (buffers, copies, the queue) and, for the fusing kinds, the programs and compiled kernels.
 Tensor nodes hold their Device; `zyx.realize` hands it their trace.
 """

@@ -158,7 +158,7 @@ class TorchArrays(ArrayLibrary):
         for value, step in zip(values, steps):
             buffer = value.to(TORCH_DTYPES[step.dtype.name])
             buffer = (buffer if buffer.shape == step.shape else buffer.reshape(step.shape)).contiguous()  # (a
-            # value that needs nothing stays the same object: torch_backend.Replay then skips this check)
+            # value that needs nothing stays the same object: torch_device.Replay then skips this check)
             key = storage_key(buffer)
             if key in claimed or buffer.untyped_storage().nbytes() > buffer.nbytes:
                 buffer = buffer.clone()
