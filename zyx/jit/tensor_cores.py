@@ -31,7 +31,7 @@ from ..trace.node import Node
 from ..trace.ops import Op
 from .kernel_ir import (ROUND_TF32, Alu, Barrier, Const, Define, Lane, Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply,
                         Operand, Reg)
-from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
+from .lower import Index, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .symbolic import Expr
 from .tiling import matmul_axes
@@ -118,10 +118,6 @@ class TensorCoreLowering(LocalTileLowering):
 
     plan: TensorCorePlan
 
-    def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: TensorCorePlan,
-                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
-        super().__init__(root, materialized, produced, plan, stored_apart, param_limit)
-
     @property
     def _lane(self) -> Expr:
         return self.lid % WARP
@@ -181,20 +177,20 @@ class TensorCoreLowering(LocalTileLowering):
         place = (corner, k_base, k_axis)
         stores = self._copies(left, n_axis, BLOCK, tiles[0], place, along_k=True)
         if stores is None:
-            stores = self._elements(left, n_axis, BLOCK, tiles[0], place, (BLOCK, plan.bk))
+            stores = self._elements(left, n_axis, BLOCK, tiles[0], place, k_fastest=True)
         for along_k in (True, False):
             copied = self._copies(right, m_axis, plan.block_m, tiles[1], place, along_k)
             if copied is not None:
                 return stores + copied, not along_k
-        return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, (plan.bk, plan.block_m)), False
+        return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, k_fastest=False), False
 
-    def _elements(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, grid: tuple[int, int]) -> list:
-        """Element by element into rows along k: items numbered over `grid` (rows x k, or k x rows)."""
+    def _elements(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, k_fastest: bool) -> list:
+        """Element by element into rows along k, neighbouring items at neighbouring k (`k_fastest`) or rows."""
         plan, (corner, k_base, k_axis) = self.plan, place
         stores = []
         for copy in range(rows * plan.bk // GROUP):
             flat = self.lid + copy * GROUP
-            row, k = (flat // grid[1], flat % grid[1]) if grid[0] == rows else (flat % grid[1], flat // grid[1])
+            row, k = (flat // plan.bk, flat % plan.bk) if k_fastest else (flat % rows, flat // rows)
             value = self._operand(operand, corner, {axis: row, k_axis: k_base + k})
             stores.append(LocalStore(tile, row * plan.stride + k, self._staged(value), dtype=plan.stored))
         return stores
@@ -240,10 +236,18 @@ class TensorCoreLowering(LocalTileLowering):
     def _defining_load(self, value: Operand) -> Optional[Load]:
         """The unguarded element Load of half precision defining `value` in the innermost scope, if that is what
         defines it."""
-        load = next((s for s in reversed(self._scopes[-1]) if isinstance(s, Load) and s.out == value), None)
-        if load is None or load.mode != "element" or load.guard or not load.out.dtype.is_narrow_float:
+        position = self._load_position(value)
+        load = None if position is None else self._scopes[-1][position]
+        return None if load is None or load.guard else load
+
+    def _load_position(self, value: Operand) -> Optional[int]:
+        """Where in the innermost scope an element Load of half precision defines `value`, if one does."""
+        scope = self._scopes[-1]
+        position = next((p for p in range(len(scope) - 1, -1, -1)
+                         if isinstance(scope[p], Load) and scope[p].out == value), None)
+        if position is None or scope[position].mode != "element" or not value.dtype.is_narrow_float:
             return None
-        return load
+        return position
 
     def _staged(self, value: Operand) -> Operand:
         """What is stored of an operand value: float32 rounded to TF32, half precision as its bits (`_bits`)."""
@@ -257,10 +261,8 @@ class TensorCoreLowering(LocalTileLowering):
         """A half-precision operand read straight from a buffer, read instead as its stored bits (the load becomes
         a "bits" Load), so staging copies it rather than converting it to float and back; any other operand as
         it is. (Staged values have no other reader.)"""
-        scope = self._scopes[-1]
-        position = next((p for p in range(len(scope) - 1, -1, -1)
-                         if isinstance(scope[p], Load) and scope[p].out == value), None)
-        if position is None or scope[position].mode != "element" or not value.dtype.is_narrow_float:
+        scope, position = self._scopes[-1], self._load_position(value)
+        if position is None:
             return value
         bits = Reg(self.names.fresh("bits"), int16)
         scope[position] = dataclasses.replace(scope[position], out=bits, mode="bits")
