@@ -40,11 +40,13 @@ def test_half_products_are_planned_on_tensor_cores_in_blocks_of_eight_warps(dtyp
     assert "__local ushort tile_b2[20480]" in product.source
 
 
-def test_operands_in_buffers_are_staged_sixteen_bytes_at_a_time_in_the_layout_their_memory_has():
-    """A stored half-precision operand whose 8 neighbours along k (or along the right operand's columns) lie one
-    after another is copied as one 16-byte vector: the left operand along k, a right one along k when transposed
-    (`x @ w.T`), else along its columns into a [k][column] tile read by ldmatrix.trans; other operands (strided,
-    edges clamped, fused prologues) element by element."""
+def test_operands_in_buffers_are_staged_sixteen_bytes_at_a_time_in_the_layout_their_memory_has(monkeypatch):
+    """Through registers (the cp.async pipeline off: tests/jit/test_tensor_core_pipeline.py has it on), a stored
+    half-precision operand whose 8 neighbours along k (or along the right operand's columns) lie one after another
+    is copied as one 16-byte vector: the left operand along k, a right one along k when transposed (`x @ w.T`), else
+    along its columns into a [k][column] tile read by ldmatrix.trans; other operands (strided, edges clamped, fused
+    prologues) element by element."""
+    monkeypatch.setenv("ZYX_TC_PIPELINE", "0")
     dev = zyx.CPU()
     x, y, w = (dev.randn(*shape).to("bfloat16").realize() for shape in ((256, 128), (128, 256), (256, 128)))
 

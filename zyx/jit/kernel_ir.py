@@ -272,6 +272,35 @@ class MatrixLoad:
     array: str
     index: Expr
     transposed: bool = False
+    swizzle: int = 0  # elements per row of a swizzled array (AsyncCopy says how), 0 where rows are padded
+
+
+@dataclass(frozen=True)
+class AsyncCopy:
+    """16 bytes (8 elements of 16 bits) from global `buffer` at element `source` to local `array` at element `index`,
+    not through registers (NVIDIA's cp.async.cg): in flight until an AsyncWait that covers the group an AsyncCommit
+    closed after it. Both indices are multiples of 8. `swizzle`: the array's rows have that many elements and no
+    padding, each row's 16-byte chunks permuted by XOR with the row (print_opencl.py: `swizzled`), so the 8 rows an
+    ldmatrix reads at one column lie in 8 distinct bank groups."""
+
+    array: str
+    index: Expr
+    buffer: str
+    source: Expr
+    swizzle: int = 0
+
+
+@dataclass(frozen=True)
+class AsyncCommit:
+    """Closes the group of AsyncCopies this item issued since the last commit (an empty group where none)."""
+
+
+@dataclass(frozen=True)
+class AsyncWait:
+    """Waits until at most `pending` of this item's most recent groups are in flight (the rest have landed; a
+    Barrier after it makes them visible to the whole group)."""
+
+    pending: int
 
 
 @dataclass(frozen=True)
@@ -288,7 +317,9 @@ class MatrixMultiply:
 
 
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd, Loop, If,
-                  Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply]
+                  Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply, AsyncCopy,
+                  AsyncCommit, AsyncWait]
+NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
 
 

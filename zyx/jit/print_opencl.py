@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
-from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
+from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad,
                         MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role, Select, Store, walk)
 from .cache_key import hash_hex
@@ -242,12 +242,41 @@ def _local_store(s: LocalStore) -> str:
     return f"{array}[{s.index.render()}] = {operand(s.value)};"
 
 
+def swizzle_bits(row: int) -> tuple[int, int]:
+    """(shift, mask) of `zyx_swizzle(i, shift, mask) = i ^ (((i >> shift) & mask) << 3)` for an array with rows of
+    `row` 16-bit elements (a power of two, 16 or more): element i's 16-byte chunk (8 elements) XORed with the index
+    of its row's line (a line: 128 bytes, the 32 banks; rows of 64 bytes share one) modulo the chunks per row, at
+    most 8. The 8 rows from a multiple of 8 then hold a given chunk in 8 distinct bank groups, and each row keeps
+    its own chunks (a copy of whole rows stays conflict-free)."""
+    chunks = row // 8
+    per_line = max(1, 8 // chunks)
+    return (row * per_line).bit_length() - 1, min(chunks, 8) - 1
+
+
+def swizzled(index: Expr, row: int) -> str:
+    """Where element `index` of a swizzled array with rows of `row` elements lies (`swizzle_bits`)."""
+    shift, mask = swizzle_bits(row)
+    return f"zyx_swizzle({index.render()},{shift},{mask})"
+
+
+def _local_address(array: str, index: Expr, swizzle: int) -> str:
+    """The shared-memory address (32 bits) of element `index` of local `array` (`swizzle`: of 16-bit elements)."""
+    return f"(uint)(ulong)({array} + {swizzled(index, swizzle) if swizzle else index.render()})"
+
+
 def _matrix_load(s: MatrixLoad) -> str:
     """ldmatrix (asm volatile: it reads local memory, and must stay between the barriers around it)."""
     trans = ".trans" if s.transposed else ""
     return (f"uint4 {s.out.name}; {{ uint t0, t1, t2, t3; asm volatile(\"ldmatrix.sync.aligned.m8n8.x4{trans}.shared.b16 "
             f"{{%0,%1,%2,%3}}, [%4];\" : \"=r\"(t0), \"=r\"(t1), \"=r\"(t2), \"=r\"(t3) : "
-            f"\"r\"((uint)(ulong)({s.array} + {s.index.render()}))); {s.out.name} = (uint4)(t0, t1, t2, t3); }}")
+            f"\"r\"({_local_address(s.array, s.index, s.swizzle)})); {s.out.name} = (uint4)(t0, t1, t2, t3); }}")
+
+
+def _async_copy(s: AsyncCopy) -> str:
+    """cp.async.cg: 16 bytes global -> local, cached in L2 only (each is read once per group)."""
+    source = f"(ulong)(((__global const ushort*){s.buffer}) + {s.source.render()})"
+    return (f"asm volatile(\"cp.async.cg.shared.global [%0], [%1], 16;\" :: \"r\"({_local_address(s.array, s.index, s.swizzle)}), "
+            f"\"l\"({source}) : \"memory\");")
 
 
 def _matrix_multiply(s: MatrixMultiply) -> str:
@@ -277,6 +306,8 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     MultiplyAdd: lambda s: (f"{s.acc.name} = fma({operand(s.a)},{operand(s.b)},{s.acc.name});" if s.acc.width > 1
                             else f"{s.acc.name} += {operand(s.a)}*{operand(s.b)};"),
     LocalArray: _local_array, LocalStore: _local_store, MatrixLoad: _matrix_load, MatrixMultiply: _matrix_multiply,
+    AsyncCopy: _async_copy, AsyncCommit: lambda s: 'asm volatile("cp.async.commit_group;" ::: "memory");',
+    AsyncWait: lambda s: f'asm volatile("cp.async.wait_group {s.pending};" ::: "memory");',
 }
 
 
@@ -375,6 +406,8 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
         "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
         "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
+    (("zyx_swizzle",), [  # (swizzle_bits)
+        "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
     (("zyx_round_half",), [  # through half's 16 bits, rounded to nearest even (no cl_khr_fp16 needed)
         "static inline float zyx_round_half(float f) { ushort h; vstore_half(f, 0, (__private half*)&h); "
         "return vload_half(0, (__private const half*)&h); }"]),

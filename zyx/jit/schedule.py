@@ -25,7 +25,7 @@ from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
-from .tensor_cores import TensorCoreLowering, plan_tensor_cores, tensor_core_kinds
+from .tensor_cores import lower_tensor_cores, tensor_core_kinds
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -188,10 +188,10 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
     if traits.tensor_cores and family is None:
-        cores = plan_tensor_cores(root, hosted_matmul(root, materialized), traits.tensor_cores, traits.local_memory)
+        cores = lower_tensor_cores(root, materialized, site.produced, hosted_matmul(root, materialized),
+                                   traits.tensor_cores, traits.local_memory, site.apart, traits.max_params)
         if cores is not None:
-            lowered = TensorCoreLowering(root, materialized, site.produced, cores, site.apart, traits.max_params).lower()
-            return _Shaped(lowered, (double_buffer(lowered.ir) if cores.buffers == 2 else None) or lowered.ir)
+            return _Shaped(*cores)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
         if plan is not None:

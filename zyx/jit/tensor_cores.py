@@ -5,15 +5,19 @@ short). Warp w owns 64 rows (from 64·(w // 4)) by W columns (from W·(w % 4)): 
 accumulated by one mma.sync per step of the reduced axis (`MatrixMultiply`). Per slice of the reduced axis (128 or
 64 bytes of each row: 4 or 2 mma steps) the group stages both operands in local memory as rows along k: [row][k] for
 the left operand and [column][k] for the right, so both fragments load with ldmatrix and nothing is transposed
-(`MatrixLoad`). Each row is padded by 16 bytes, so the 8 rows one ldmatrix reads fall in 8 distinct 16-byte bank
-groups. Wide warp tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of
+(`MatrixLoad`); a right operand stored row-major lies instead as [k][column], read by transposing ldmatrix. The 8
+rows one ldmatrix reads fall in 8 distinct 16-byte bank groups: each row is padded by 16 bytes, or (pipelined) its
+16-byte chunks are swizzled (`TileLayout`). Wide warp tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of
 64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
 
-Operands are staged the way the float32 path (matmul.py) stages them: any fused prologue (a cast, a view, an
-elementwise op) is computed per element and rounded to the operand dtype where stored, rows and columns past the
-ends read the last ones (their outputs are never stored), a slice past the end of k stages zeros. The epilogue
-(bias, activation, the cast of the result) is fused into the stores of the per-element float32 accumulators, and
-the slices are double-buffered by the same transform (transforms/double_buffer.py).
+Where both operands are 16-bit buffers whose 8 neighbours along the staged rows lie in 16 aligned bytes, they are
+copied global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles, pipelined 3 or 4 stages deep where
+local memory holds them (transforms/async_pipeline.py; ZYX_TC_PIPELINE=0 turns it off). Other operands are staged
+through registers the way the float32 path (matmul.py) stages them: 16 bytes at a time where stored so, else any
+fused prologue (a cast, a view, an elementwise op) computed per element and rounded to the operand dtype where
+stored, rows and columns past the ends reading the last ones (their outputs are never stored), a slice past the end
+of k staging zeros; those slices are double-buffered by the same transform as there (transforms/double_buffer.py).
+The epilogue (bias, activation, the cast of the result) is fused into the stores of the float32 accumulators.
 
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
 user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch).
@@ -29,12 +33,15 @@ from typing import Optional
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
-from .kernel_ir import (ROUND_TF32, Alu, Barrier, Const, Define, Lane, Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply,
-                        Operand, Reg)
-from .lower import Index, Lowering, _Value, linear, unravel
+from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Const, Define, Kernel, Lane, Load, LocalArray, LocalStore, Loop,
+                        MatrixLoad, MatrixMultiply, Operand, Reg)
+from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
+from .print_common import aligned
 from .symbolic import Expr
 from .tiling import matmul_axes
+from .transforms.async_pipeline import pipeline
+from .transforms.double_buffer import double_buffer
 
 BLOCK = 128          # outputs per group along n
 WARP = 32
@@ -45,6 +52,9 @@ VECTOR = 8           # half-precision elements one 16-byte copy moves
 # Double buffering first: on the H200 (48 KiB) 64 x 32 warps double-buffered ran 3000x700x5000 in bfloat16 at 110
 # TFLOP/s and 1021³ at 45, 64 x 64 warps single-buffered at 89 and 26 (8192³: 120 and 126).
 SHAPES = ((64, 64, 2), (32, 64, 2), (64, 128, 1), (64, 64, 1), (32, 64, 1))
+# (warp columns, bytes of each row a slice stages, stages) where both operands are copied by cp.async into swizzled
+# tiles (no padding: 48 KiB hold 3 stages of 128 x 128 blocks); the first that fits.
+PIPELINED = ((64, 64, 4), (64, 64, 3), (32, 64, 4), (32, 64, 3), (64, 64, 2), (32, 64, 2))
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
 
 
@@ -54,6 +64,7 @@ class TensorCorePlan(TilePlan):
 
     kind: str = "bf16"
     warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
+    pipelined: bool = False  # operands copied by cp.async into `buffers` stages of swizzled tiles (else registers)
 
     @property
     def block_m(self) -> int:
@@ -70,20 +81,42 @@ class TensorCorePlan(TilePlan):
         return 8 if self.kind == "tf32" else 16
 
     @property
-    def stride(self) -> int:
-        """Elements from one staged row to the next."""
-        return self.bk + PAD_BYTES // self.stored.itemsize
-
-    @property
     def stored(self) -> DType:
         return self.product.dtype
 
+    def layout(self, length: int) -> "TileLayout":
+        """How a tile whose rows hold `length` elements lies in local memory."""
+        if self.pipelined:
+            return TileLayout(length, 0, length)
+        return TileLayout(length, PAD_BYTES // self.stored.itemsize, 0)
 
-def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...],
-                      local_memory: int) -> Optional[TensorCorePlan]:
+
+@dataclass(frozen=True)
+class TileLayout:
+    """A staged tile's rows in local memory: `length` elements, then `pad` more, or (`swizzle`, the row length) no
+    padding and each row's 16-byte chunks permuted (print_opencl.swizzled). Either way the 8 rows one ldmatrix
+    reads at one column lie in 8 distinct 16-byte bank groups."""
+
+    length: int
+    pad: int
+    swizzle: int
+
+    @property
+    def stride(self) -> int:
+        """Elements from one row to the next."""
+        return self.length + self.pad
+
+
+class NotCopied(Exception):
+    """An operand of a pipelined plan is not copied 16 bytes at a time (computed, strided, unaligned, an edge)."""
+
+
+def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
+                      pipelined: bool = False) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
-    staged slices fit `local_memory` bytes (the widest warps and longest slices that do)."""
+    staged slices fit `local_memory` bytes (the first shape of SHAPES, or `pipelined` of PIPELINED, that does;
+    ZYX_TC_SHAPE="columns,bytes,buffers" forces one, to measure it)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -95,12 +128,39 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    fitting = [(w, b, n) for w, b, n in SHAPES if n * (BLOCK + 4 * w) * (b + PAD_BYTES) <= local_memory]
+    pad = 0 if pipelined else PAD_BYTES
+    fitting = [(w, b, n) for w, b, n in (PIPELINED if pipelined else SHAPES)
+               if n * (BLOCK + 4 * w) * (b + pad) <= local_memory]
+    forced = os.environ.get("ZYX_TC_SHAPE")
+    if forced:
+        fitting = [tuple(int(v) for v in forced.split(","))]  # type: ignore[list-item]
     if not fitting:
         return None
     columns, row_bytes, buffers = fitting[0]
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
-                          buffers, kind=kind, warp_columns=columns)
+                          buffers, kind=kind, warp_columns=columns, pipelined=pipelined)
+
+
+def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[int], product: Optional[Node],
+                       kinds: tuple[str, ...], local_memory: int, stored_apart: frozenset,
+                       param_limit: int) -> Optional[tuple[LoweredKernel, Kernel]]:
+    """The kernel computing `root`'s product on tensor cores (and the lowering it came from), or None where it is
+    not planned there: a cp.async pipeline where both 16-bit operands are copied 16 bytes at a time (unless
+    ZYX_TC_PIPELINE=0), else operands staged through registers, double-buffered where local memory allows."""
+    for pipelined in ((True, False) if os.environ.get("ZYX_TC_PIPELINE") != "0" else (False,)):
+        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined)
+        if plan is None or (pipelined and plan.kind == "tf32"):  # (TF32 operands are rounded, never copied)
+            continue
+        try:
+            lowered = TensorCoreLowering(root, materialized, produced, plan, stored_apart, param_limit).lower()
+        except NotCopied:
+            continue
+        if not pipelined:
+            return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir
+        kernel = pipeline(lowered.ir, plan.buffers)
+        if kernel is not None:
+            return lowered, kernel
+    return None
 
 
 def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:
@@ -151,12 +211,12 @@ class TensorCoreLowering(LocalTileLowering):
         stores, across = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
         body = (self._close_loop() + stores + [Barrier()] + self._multiply_fragments(tiles, accumulators, across)
                 + [Barrier()])
-        right_size = plan.bk * (plan.block_m + PAD_BYTES // 2) if across else plan.block_m * plan.stride
+        right = plan.layout(plan.block_m if across else plan.bk)
         lines = self._scopes[0]
-        lines += [LocalArray(tiles[0], plan.stored, BLOCK * plan.stride, aligned=True),
-                  LocalArray(tiles[1], plan.stored, right_size, aligned=True)]
+        lines += [LocalArray(tiles[0], plan.stored, BLOCK * plan.layout(plan.bk).stride, aligned=True),
+                  LocalArray(tiles[1], plan.stored, (plan.bk if across else plan.block_m) * right.stride, aligned=True)]
         lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
-        lines.append(Loop(step, steps, tuple(body)))  # (double-buffered by the scheduler where plan.buffers is 2)
+        lines.append(Loop(step, steps, tuple(body)))  # (pipelined or double-buffered: lower_tensor_cores)
         return [_Value(acc, 0) for acc in accumulators]
 
     def _stage(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> tuple[list, bool]:
@@ -185,32 +245,41 @@ class TensorCoreLowering(LocalTileLowering):
         return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, k_fastest=False), False
 
     def _elements(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, k_fastest: bool) -> list:
-        """Element by element into rows along k, neighbouring items at neighbouring k (`k_fastest`) or rows."""
+        """Element by element into rows along k, neighbouring items at neighbouring k (`k_fastest`) or rows (never
+        in a pipelined plan: NotCopied)."""
         plan, (corner, k_base, k_axis) = self.plan, place
+        if plan.pipelined:
+            raise NotCopied(operand)
+        stride = plan.layout(plan.bk).stride
         stores = []
         for copy in range(rows * plan.bk // GROUP):
             flat = self.lid + copy * GROUP
             row, k = (flat // plan.bk, flat % plan.bk) if k_fastest else (flat % rows, flat // rows)
             value = self._operand(operand, corner, {axis: row, k_axis: k_base + k})
-            stores.append(LocalStore(tile, row * plan.stride + k, self._staged(value), dtype=plan.stored))
+            stores.append(LocalStore(tile, row * stride + k, self._staged(value), dtype=plan.stored))
         return stores
 
     def _copies(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool) -> Optional[list]:
-        """16-byte copies into rows along k (`along_k`) or along `axis` (rows of `rows` + 8 elements, one per k);
-        None, with nothing emitted, where the operand's 8 consecutive elements that way are not 16 consecutive
-        bytes of one buffer."""
+        """16-byte copies into rows along k (`along_k`) or along `axis` (a row of `rows` elements per k): AsyncCopies
+        in a pipelined plan, else loads into registers and stores; None, with nothing emitted, where the operand's 8
+        consecutive elements that way are not 16 consecutive bytes of one buffer (in a pipelined plan, 16-byte
+        aligned ones)."""
         plan, (corner, k_base, k_axis) = self.plan, place
-        per_row = (plan.bk if along_k else rows) // VECTOR
+        layout = plan.layout(plan.bk if along_k else rows)
+        per_row = layout.length // VECTOR
         loads, stores = [], []
         for copy in range(rows * plan.bk // VECTOR // GROUP):
             flat = self.lid + copy * GROUP
             row, k = (flat // per_row, flat % per_row * VECTOR) if along_k else (flat % per_row * VECTOR, flat // per_row)
             load = self._consecutive(operand, corner, {axis: row, k_axis: k_base + k}, k_axis if along_k else axis)
-            if load is None:
+            if load is None or (plan.pipelined and not aligned(load.index, VECTOR)):
                 return None
+            index = row * layout.stride + k if along_k else k * layout.stride + row
+            if plan.pipelined:
+                stores.append(AsyncCopy(tile, index, load.buffer, load.index, layout.swizzle))
+                continue
             bits = Reg(self.names.fresh("bits"), int16, VECTOR)
             loads.append(dataclasses.replace(load, out=bits, mode="bits"))
-            index = row * plan.stride + k if along_k else k * (rows + PAD_BYTES // 2) + row
             stores.append(LocalStore(tile, index, bits, dtype=plan.stored))
         self._scopes[-1].extend(loads)
         return stores
@@ -278,22 +347,23 @@ class TensorCoreLowering(LocalTileLowering):
         k = Expr.var(counter, plan.bk // plan.k_step) * plan.k_step
         rows, columns = self._warp_corner()
         lane = self._lane
+        along, right_layout = plan.layout(plan.bk), plan.layout(plan.block_m if across else plan.bk)
         body: list = []
         left = []
         for i in range(WARP_ROWS // 16):  # matrices: rows 0-7 and 8-15 at k, then both at k + half
             out = Reg(self.names.fresh("fa"), uint32, 4)
-            index = (rows + i * 16 + lane % 16) * plan.stride + k + (lane // 16) * half
-            body.append(MatrixLoad(out, tiles[0], index))
+            index = (rows + i * 16 + lane % 16) * along.stride + k + (lane // 16) * half
+            body.append(MatrixLoad(out, tiles[0], index, swizzle=along.swizzle))
             left.append(tuple(Lane(out, f"s{w}") for w in range(4)))
         right = []
         for j in range(0, plan.warp_columns // 8, 2):  # matrices: tile j at k, at k + half, tile j + 1 at both
             out = Reg(self.names.fresh("fb"), uint32, 4)
             if across:  # rows of k: k, k + 8 of tile j, then of tile j + 1
                 row = k + lane % 8 + ((lane // 8) % 2) * 8
-                index = row * (plan.block_m + PAD_BYTES // 2) + columns + j * 8 + (lane // 16) * 8
+                index = row * right_layout.stride + columns + j * 8 + (lane // 16) * 8
             else:
-                index = (columns + j * 8 + lane % 8 + (lane // 16) * 8) * plan.stride + k + ((lane // 8) % 2) * half
-            body.append(MatrixLoad(out, tiles[1], index, transposed=across))
+                index = (columns + j * 8 + lane % 8 + (lane // 16) * 8) * along.stride + k + ((lane // 8) % 2) * half
+            body.append(MatrixLoad(out, tiles[1], index, transposed=across, swizzle=right_layout.swizzle))
             right += [(Lane(out, "s0"), Lane(out, "s1")), (Lane(out, "s2"), Lane(out, "s3"))]
         shape = f"m16n8k{plan.k_step}"
         tiles_of = itertools.product(range(WARP_ROWS // 16), range(plan.warp_columns // 8))

@@ -1,0 +1,172 @@
+"""cp.async pipelines of tensor-core products (jit/tensor_cores.py, transforms/async_pipeline.py): which products get
+them, how many stages fit, and (emulated here, element by element, on any machine) that every ldmatrix of every
+step reads the operand elements its mma fragment needs from swizzled tiles, without bank conflicts, while the
+asynchronous copies fill the other stages. On an NVIDIA GPU, tests/jit/test_tensor_cores.py checks results."""
+from __future__ import annotations
+
+import pytest
+
+import zyx
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, If, LocalArray, Loop, MatrixLoad,
+                               MatrixMultiply, substitute)
+from zyx.jit.print_opencl import swizzle_bits
+from zyx.jit.print_wgsl import WgslUnsupported, print_kernel
+from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.symbolic import Expr
+
+TRAITS = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16"))
+GROUP, WARP = 256, 32
+
+
+def product_kernel(out, traits=TRAITS):
+    kernel, = [k for k in schedule([out.node], traits)[0] if "mma.sync" in k.source]
+    return kernel
+
+
+def operands(*shapes, dtype="bfloat16"):
+    dev = zyx.CPU()
+    return [dev.randn(*shape).to(dtype).realize() for shape in shapes]
+
+
+def test_stored_operands_are_copied_by_cp_async_in_as_many_swizzled_stages_as_local_memory_holds():
+    x, y = operands((256, 128), (128, 256))
+    kernel = product_kernel(x @ y)
+    # 48 KiB: 3 stages of 128 x 32 (left) and 32 x 128 (right) halves, unpadded; 2 + 2 copies per item per slice,
+    # 2 slices before the loop and one per step; one barrier per step
+    assert "__local ushort tile_a1[12288]" in kernel.source and "__local ushort tile_b2[12288]" in kernel.source
+    assert kernel.source.count("cp.async.cg.shared.global") == 4 * 3
+    assert kernel.source.count("cp.async.wait_group 1;") == 2 and kernel.source.count("barrier(") == 2
+    assert kernel.source.count("zyx_swizzle(") == 4 * 3 + 6 + 1  # copies, ldmatrix, the helper
+    roomy = DeviceTraits(gpu=True, vector_width=4, local_memory=65536, tensor_cores=("bf16", "f16"))
+    kernel = product_kernel(x @ y, roomy)
+    assert "__local ushort tile_a1[16384]" in kernel.source and "cp.async.wait_group 2;" in kernel.source
+
+
+def test_products_whose_operands_are_not_plain_aligned_buffers_stage_through_registers(monkeypatch):
+    x, y, w = operands((256, 128), (128, 256), (256, 128))
+    for out in ((x * 2) @ y, x[:, 4:] @ w[:, 4:].T, x[:, :100] @ y[:100]):  # computed, unaligned, k past an end
+        kernel = product_kernel(out)
+        assert "cp.async" not in kernel.source and "barrier(" in kernel.source
+    assert "as_short8(" in product_kernel((x * 2) @ y).source  # the right operand still 16 bytes at a time
+    monkeypatch.setenv("ZYX_TC_PIPELINE", "0")
+    assert "cp.async" not in product_kernel(x @ y).source
+    tf32 = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", "tf32"))
+    monkeypatch.delenv("ZYX_TC_PIPELINE")
+    a, b = operands((128, 128), (128, 128), dtype="float32")
+    assert "cp.async" not in product_kernel(a @ b, tf32).source
+
+
+def test_wgsl_refuses_nvidia_instructions():
+    x, y = operands((128, 128), (128, 128))
+    with pytest.raises(WgslUnsupported, match="AsyncCommit, AsyncCopy, AsyncWait, MatrixLoad, MatrixMultiply"):
+        print_kernel(product_kernel(x @ y).ir)
+
+
+def test_the_swizzle_permutes_chunks_within_rows():
+    for row in (16, 32, 64, 128, 256):
+        shift, mask = swizzle_bits(row)
+        positions = [_swizzled(i, row) for i in range(0, 16 * row, 8)]
+        assert sorted(positions) == list(range(0, 16 * row, 8))
+        assert all(p // row == i * 8 // row for i, p in enumerate(positions))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("k", [64, 256])
+def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(transposed, k):
+    """Emulates the pipelined kernel of x @ y (y row-major: a [k][column] tile read by ldmatrix.trans) or x @ w.T
+    (both along k) for two work groups: the copies land in swizzled local memory in program order (one slice ahead
+    of the compute at most stages - 1 times), and each lane of each ldmatrix must find the 8 operand elements that
+    the mma.m16n8k16 fragment layout assigns it."""
+    n, m = 256, 384
+    x, y = operands((n, k), (m, k) if transposed else (k, m))
+    kernel = product_kernel(x @ y.T if transposed else x @ y)
+    ir = kernel.ir
+    left, right = [p.name for p in ir.params if p.kind == "load"]
+    arrays = {s.name: [None] * s.size for s in ir.body if isinstance(s, LocalArray)}
+    staging, = [s for s in ir.body if isinstance(s, Loop)]
+    bk = 32  # 64 bytes of each row per slice (48 KiB: 3 stages of 128 x 128 blocks)
+    assert staging.trips == k // bk
+    for gid in (0, 4):  # blocks of 128 x 128: rows 0 and 128, columns 0 and 128
+        corner_n, corner_m = 128 * (gid // 3), 128 * (gid % 3)
+        for statement in ir.body:
+            if isinstance(statement, AsyncCopy):
+                _copy(statement, {"gid": gid}, arrays)
+        reads = 0
+        for step in range(staging.trips):
+            values = {"gid": gid, staging.var: step}
+            for statement in staging.body:
+                if isinstance(statement, If):
+                    if all(_value(e, values) < limit for e, op, limit in statement.cond):
+                        for copy in statement.body:
+                            _copy(copy, values, arrays)
+                elif isinstance(statement, Loop):
+                    for kk in range(statement.trips):
+                        loads = [s for s in statement.body if isinstance(s, MatrixLoad)]
+                        for load in loads:
+                            position = [s for s in loads if s.array == load.array].index(load)
+                            for warp in range(GROUP // WARP):
+                                for lane in range(WARP):
+                                    got = _read(load, {**values, statement.var: kk, "lid": warp * WARP + lane}, arrays)
+                                    k0 = step * bk + kk * 16
+                                    if load.array.startswith("tile_a"):
+                                        row = corner_n + 64 * (warp // 4) + 16 * position + lane % 8 + 8 * (lane // 8 % 2)
+                                        expected = (left, row * k + k0 + 8 * (lane // 16))
+                                    elif transposed:
+                                        column = corner_m + 32 * (warp % 4) + 16 * position + lane % 8 + 8 * (lane // 16)
+                                        expected = (right, column * k + k0 + 8 * (lane // 8 % 2))
+                                    else:
+                                        row = k0 + lane % 8 + 8 * (lane // 8 % 2)
+                                        expected = (right, row * m + corner_m + 32 * (warp % 4) + 16 * position
+                                                    + 8 * (lane // 16))
+                                    assert got == expected, (gid, step, kk, warp, lane, load.array)
+                                    reads += 1
+                                _no_conflicts([_address(load.index, load.swizzle, {**values, statement.var: kk,
+                                                                                    "lid": warp * WARP + lane})
+                                               for lane in range(WARP)])
+                else:
+                    assert isinstance(statement, (AsyncCommit, AsyncWait, Barrier, MatrixMultiply))
+        assert reads == staging.trips * (bk // 16) * 6 * GROUP
+
+
+def _swizzled(i: int, row: int) -> int:
+    """zyx_swizzle, as print_opencl's helper computes it."""
+    shift, mask = swizzle_bits(row)
+    return i ^ (((i >> shift) & mask) << 3)
+
+
+def _value(expr: Expr, values: dict[str, int]) -> int:
+    result = substitute(expr, {name: Expr(v) for name, v in values.items()})
+    assert result.is_const, result
+    return result.const
+
+
+def _address(index: Expr, swizzle: int, values: dict[str, int]) -> int:
+    position = _value(index, values)
+    return _swizzled(position, swizzle) if swizzle else position
+
+
+def _copy(copy: AsyncCopy, values: dict[str, int], arrays: dict[str, list]) -> None:
+    """Every item's copy of 8 elements, each destination 16-byte aligned, 8 neighbouring items' in 8 bank groups."""
+    destinations = []
+    for lid in range(GROUP):
+        at = {**values, "lid": lid}
+        destination, source = _address(copy.index, copy.swizzle, at), _value(copy.source, at)
+        assert destination % 8 == 0 and source % 8 == 0
+        arrays[copy.array][destination:destination + 8] = [(copy.buffer, source + e) for e in range(8)]
+        destinations.append(destination)
+    _no_conflicts(destinations)
+
+
+def _read(load: MatrixLoad, values: dict[str, int], arrays: dict[str, list]) -> tuple[str, int]:
+    """The buffer and index of the 8 consecutive elements a lane's ldmatrix row holds."""
+    at = _address(load.index, load.swizzle, values)
+    row = arrays[load.array][at:at + 8]
+    assert row[0] is not None and row == [(row[0][0], row[0][1] + e) for e in range(8)], row
+    return row[0]
+
+
+def _no_conflicts(addresses: list[int]) -> None:
+    """16-byte accesses by 8 lanes at a time (a warp's phases): 8 distinct groups of 4 banks each."""
+    for start in range(0, len(addresses), 8):
+        phase = addresses[start:start + 8]
+        assert len({a * 2 // 16 % 8 for a in phase}) == 8, phase
