@@ -70,24 +70,30 @@ def test_the_swizzle_permutes_chunks_within_rows():
         assert all(p // row == i * 8 // row for i, p in enumerate(positions))
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("k", [64, 256])
-def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(transposed, k):
+@pytest.mark.parametrize("transposed, k, shape", [(False, 256, None), (True, 256, None), (False, 64, None),
+                                                   (True, 64, None), (False, 256, "64,64,2"), (True, 512, "64,128,4")])
+def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(monkeypatch, transposed, k, shape):
     """Emulates the pipelined kernel of x @ y (y row-major: a [k][column] tile read by ldmatrix.trans) or x @ w.T
     (both along k) for two work groups: the copies land in swizzled local memory in program order (one slice ahead
     of the compute at most stages - 1 times), and each lane of each ldmatrix must find the 8 operand elements that
-    the mma.m16n8k16 fragment layout assigns it."""
-    n, m = 256, 384
+    the mma.m16n8k16 fragment layout assigns it. `shape` (ZYX_TC_SHAPE): warp columns, bytes of each row a slice
+    stages, stages; by default 32, 64, 3 (what 48 KiB hold)."""
+    if shape is not None:
+        monkeypatch.setenv("ZYX_TC_SHAPE", shape)
+    columns, row_bytes, stages = (int(v) for v in (shape or "32,64,3").split(","))
+    bk, block_m = row_bytes // 2, 4 * columns
+    n, m = 256, 512
     x, y = operands((n, k), (m, k) if transposed else (k, m))
     kernel = product_kernel(x @ y.T if transposed else x @ y)
     ir = kernel.ir
     left, right = [p.name for p in ir.params if p.kind == "load"]
     arrays = {s.name: [None] * s.size for s in ir.body if isinstance(s, LocalArray)}
+    assert sum(len(a) for a in arrays.values()) == stages * bk * (128 + block_m)  # unpadded
     staging, = [s for s in ir.body if isinstance(s, Loop)]
-    bk = 32  # 64 bytes of each row per slice (48 KiB: 3 stages of 128 x 128 blocks)
     assert staging.trips == k // bk
-    for gid in (0, 4):  # blocks of 128 x 128: rows 0 and 128, columns 0 and 128
-        corner_n, corner_m = 128 * (gid // 3), 128 * (gid % 3)
+    grid_m = m // block_m
+    for gid in (0, grid_m + 1):  # the first block, and the one diagonally after it
+        corner_n, corner_m = 128 * (gid // grid_m), block_m * (gid % grid_m)
         for statement in ir.body:
             if isinstance(statement, AsyncCopy):
                 _copy(statement, {"gid": gid}, arrays)
@@ -108,16 +114,16 @@ def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(tra
                                 for lane in range(WARP):
                                     got = _read(load, {**values, statement.var: kk, "lid": warp * WARP + lane}, arrays)
                                     k0 = step * bk + kk * 16
+                                    first_column = corner_m + columns * (warp % 4) + 16 * position
                                     if load.array.startswith("tile_a"):
                                         row = corner_n + 64 * (warp // 4) + 16 * position + lane % 8 + 8 * (lane // 8 % 2)
                                         expected = (left, row * k + k0 + 8 * (lane // 16))
                                     elif transposed:
-                                        column = corner_m + 32 * (warp % 4) + 16 * position + lane % 8 + 8 * (lane // 16)
+                                        column = first_column + lane % 8 + 8 * (lane // 16)
                                         expected = (right, column * k + k0 + 8 * (lane // 8 % 2))
                                     else:
                                         row = k0 + lane % 8 + 8 * (lane // 8 % 2)
-                                        expected = (right, row * m + corner_m + 32 * (warp % 4) + 16 * position
-                                                    + 8 * (lane // 16))
+                                        expected = (right, row * m + first_column + 8 * (lane // 16))
                                     assert got == expected, (gid, step, kk, warp, lane, load.array)
                                     reads += 1
                                 _no_conflicts([_address(load.index, load.swizzle, {**values, statement.var: kk,
@@ -125,7 +131,7 @@ def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(tra
                                                for lane in range(WARP)])
                 else:
                     assert isinstance(statement, (AsyncCommit, AsyncWait, Barrier, MatrixMultiply))
-        assert reads == staging.trips * (bk // 16) * 6 * GROUP
+        assert reads == staging.trips * (bk // 16) * (4 + columns // 16) * GROUP
 
 
 def _swizzled(i: int, row: int) -> int:
