@@ -13,9 +13,10 @@ from typing import Callable, Sequence
 from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
-from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
-                        If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad,
-                        MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role, Select, Store, walk)
+from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Break,
+                        Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load, LocalArray,
+                        LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role,
+                        Select, Store, walk)
 from .cache_key import hash_hex
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
@@ -273,10 +274,12 @@ def _matrix_load(s: MatrixLoad) -> str:
 
 
 def _async_copy(s: AsyncCopy) -> str:
-    """cp.async.cg: 16 bytes global -> local, cached in L2 only (each is read once per group)."""
+    """cp.async.cg: 16 bytes global -> local, cached in L2 only (each is read once per group); under a guard, the
+    form with a source size (16, or 0: zeros, nothing read)."""
     source = f"(ulong)(((__global const ushort*){s.buffer}) + {s.source.render()})"
-    return (f"asm volatile(\"cp.async.cg.shared.global [%0], [%1], 16;\" :: \"r\"({_local_address(s.array, s.index, s.swizzle)}), "
-            f"\"l\"({source}) : \"memory\");")
+    size, operands = ("", "") if not s.guard else (", %2", f", \"r\"(({condition(s.guard)})?16:0)")
+    return (f"asm volatile(\"cp.async.cg.shared.global [%0], [%1], 16{size};\" :: "
+            f"\"r\"({_local_address(s.array, s.index, s.swizzle)}), \"l\"({source}){operands} : \"memory\");")
 
 
 def _matrix_multiply(s: MatrixMultiply) -> str:

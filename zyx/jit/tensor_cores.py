@@ -33,7 +33,7 @@ from typing import Optional
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
-from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Const, Define, Kernel, Lane, Load, LocalArray, LocalStore, Loop,
+from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray, LocalStore, Loop,
                         MatrixLoad, MatrixMultiply, Operand, Reg)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
@@ -226,7 +226,8 @@ class TensorCoreLowering(LocalTileLowering):
         A half-precision operand read straight from a buffer where 8 elements lie one after another along k (the
         left operand, and a transposed right one: `x @ w.T`) is copied 16 bytes at a time into rows along k; a
         right operand whose 8 consecutive elements lie along its columns (row-major) 16 bytes at a time into rows
-        along its columns; any other operand (fused prologues, edges clamped or padded, TF32) element by element
+        along its columns (past the end of k, zeros; past the ends of rows and columns, the last ones), where the
+        8 never straddle an end; any other operand (fused prologues, views, such edges, TF32) element by element
         into rows along k, neighbouring items reading neighbouring k of the left operand and neighbouring columns of
         the right, as row-major operands lie."""
         plan = self.plan
@@ -263,7 +264,7 @@ class TensorCoreLowering(LocalTileLowering):
         """16-byte copies into rows along k (`along_k`) or along `axis` (a row of `rows` elements per k): AsyncCopies
         in a pipelined plan, else loads into registers and stores; None, with nothing emitted, where the operand's 8
         consecutive elements that way are not 16 consecutive bytes of one buffer (in a pipelined plan, 16-byte
-        aligned ones)."""
+        aligned ones) or would straddle an end (`_inside`)."""
         plan, (corner, k_base, k_axis) = self.plan, place
         layout = plan.layout(plan.bk if along_k else rows)
         per_row = layout.length // VECTOR
@@ -271,18 +272,38 @@ class TensorCoreLowering(LocalTileLowering):
         for copy in range(rows * plan.bk // VECTOR // GROUP):
             flat = self.lid + copy * GROUP
             row, k = (flat // per_row, flat % per_row * VECTOR) if along_k else (flat % per_row * VECTOR, flat // per_row)
-            load = self._consecutive(operand, corner, {axis: row, k_axis: k_base + k}, k_axis if along_k else axis)
+            along = k_axis if along_k else axis
+            inside = self._inside(operand, corner, {axis: row, k_axis: k_base + k}, along)
+            load = None if inside is None else self._consecutive(operand, corner, inside[0], along)
             if load is None or (plan.pipelined and not aligned(load.index, VECTOR)):
                 return None
             index = row * layout.stride + k if along_k else k * layout.stride + row
             if plan.pipelined:
-                stores.append(AsyncCopy(tile, index, load.buffer, load.index, layout.swizzle))
+                stores.append(AsyncCopy(tile, index, load.buffer, load.index, inside[1], layout.swizzle))  # type: ignore[index]
                 continue
             bits = Reg(self.names.fresh("bits"), int16, VECTOR)
-            loads.append(dataclasses.replace(load, out=bits, mode="bits"))
+            loads.append(dataclasses.replace(load, out=bits, mode="bits", guard=inside[1]))  # type: ignore[index]
             stores.append(LocalStore(tile, index, bits, dtype=plan.stored))
         self._scopes[-1].extend(loads)
         return stores
+
+    def _inside(self, operand: Node, corner: Index, offsets: dict[int, Expr],
+                along: int) -> Optional[tuple[dict[int, Expr], Cond]]:
+        """Offsets of a copy of 8 elements along axis `along` moved to where all 8 exist, and the guard under which
+        they count: past the end of k the copy stages zeros (the guard fails), past the end of rows or columns it
+        copies the last 8 (their outputs are never stored); None where 8 elements along `along` may straddle an
+        end (its size is not a multiple of 8). Rows past the end of the other axis are clamped by `_operand`."""
+        k_axis, moved, guard = self.plan.product.arg[0], dict(offsets), ()
+        for axis, offset in offsets.items():
+            size, width = operand.shape[axis], VECTOR if axis == along else 1
+            exact = corner[axis] + offset
+            if exact.hi + width <= size or (axis != along and axis != k_axis):
+                continue
+            if size % width:
+                return None
+            moved[axis] = Expr.minimum(exact // width, size // width - 1) * width - corner[axis]  # (whole vectors)
+            guard += ((exact, "lt", size),) if axis == k_axis else ()
+        return moved, guard
 
     def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int) -> Optional[Load]:
         """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next 7 along

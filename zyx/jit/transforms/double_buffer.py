@@ -84,7 +84,7 @@ def in_buffer(body: tuple, slot: Expr, halves: dict[str, LocalArray]) -> tuple:
 def _settled(body: tuple, names: Optional[dict[str, Operand]] = None) -> tuple:
     """`body` with the guards a substitution settled dropped, as lowering at that value would have made them: a
     Select whose condition always (never) holds is its value (fill), a Load whose guard always (never) holds reads
-    unguarded (is zero)."""
+    unguarded (is zero), an AsyncCopy whose guard always holds copies unguarded."""
     names = {} if names is None else names
     settled: list = []
     for statement in body:
@@ -92,7 +92,10 @@ def _settled(body: tuple, names: Optional[dict[str, Operand]] = None) -> tuple:
         if isinstance(statement, Loop):
             settled.append(dataclasses.replace(statement, body=_settled(statement.body, names)))
             continue
-        if isinstance(statement, (Select, Load)):
+        if isinstance(statement, AsyncCopy) and statement.guard:  # (one that never holds copies zeros: kept)
+            cond = simplify_cond(statement.guard)
+            statement = dataclasses.replace(statement, guard=statement.guard if cond is None else cond)
+        elif isinstance(statement, (Select, Load)):
             cond = simplify_cond(statement.cond if isinstance(statement, Select) else statement.guard)
             if isinstance(statement, Select) and cond is not None and cond != ():
                 statement = dataclasses.replace(statement, cond=cond)
