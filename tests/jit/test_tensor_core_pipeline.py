@@ -4,11 +4,15 @@ step reads the operand elements its mma fragment needs from swizzled tiles, with
 asynchronous copies fill the other stages. On an NVIDIA GPU, tests/jit/test_tensor_cores.py checks results."""
 from __future__ import annotations
 
+import functools
+import shutil
+import subprocess
+
 import pytest
 
 import zyx
-from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, If, LocalArray, Loop, MatrixLoad,
-                               MatrixMultiply)
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, Define, If, Load, LocalArray, LocalStore,
+                               Loop, MatrixLoad, Select)
 from zyx.jit.print_opencl import swizzle_bits
 from zyx.jit.print_wgsl import WgslUnsupported, print_kernel
 from zyx.jit.schedule import DeviceTraits, schedule
@@ -42,18 +46,47 @@ def test_stored_operands_are_copied_by_cp_async_in_as_many_swizzled_stages_as_lo
     assert "__local ushort tile_a1[16384]" in kernel.source and "cp.async.wait_group 2;" in kernel.source
 
 
-def test_products_whose_operands_are_not_plain_aligned_buffers_stage_through_registers(monkeypatch):
+def test_operands_that_are_not_plain_aligned_buffers_are_staged_through_registers(monkeypatch):
     x, y, w = operands((256, 128), (128, 256), (256, 128))
-    for out in ((x * 2) @ y, x[:, 4:] @ w[:, 4:].T, x[:, :100] @ y[:100]):  # computed, unaligned, k past an end
-        kernel = product_kernel(out)
-        assert "cp.async" not in kernel.source and "barrier(" in kernel.source
-    assert "as_short8(" in product_kernel((x * 2) @ y).source  # the right operand still 16 bytes at a time
+    mixed = product_kernel((x * 2) @ y).source  # the left operand computed: through registers, into 3 stages too
+    assert mixed.count("cp.async.cg.shared.global") == 2 * 3 and "tile_a1)[zyx_swizzle(" in mixed
+    for out in ((x * 2) @ (y * 2), x[:, 4:] @ w[:, 4:].T):  # both computed; both unaligned: double-buffered
+        source = product_kernel(out).source
+        assert "cp.async" not in source and "tile_a1[10240]" in source  # 2 x 128 rows of 40 halves (padded)
     monkeypatch.setenv("ZYX_TC_PIPELINE", "0")
     assert "cp.async" not in product_kernel(x @ y).source
     tf32 = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", "tf32"))
     monkeypatch.delenv("ZYX_TC_PIPELINE")
     a, b = operands((128, 128), (128, 128), dtype="float32")
     assert "cp.async" not in product_kernel(a @ b, tf32).source
+
+
+@functools.cache
+def _nvptx_clang():
+    """A clang that compiles OpenCL C to NVIDIA's PTX, if this machine has one."""
+    clang = shutil.which("clang-15") or shutil.which("clang")
+    targets = subprocess.run([clang, "-print-targets"], capture_output=True, text=True).stdout if clang else ""
+    return clang if "nvptx64" in targets else None
+
+
+@pytest.mark.skipif(_nvptx_clang() is None, reason="no clang with the NVPTX backend")
+@pytest.mark.parametrize("pipeline", ["1", "0"])
+def test_the_printed_kernels_compile_to_ptx(tmp_path, monkeypatch, pipeline):
+    """clang's OpenCL front end and NVPTX back end (for sm_80) take the printed source, inline PTX included (NVIDIA's
+    OpenCL compiler has asm without -fgnu-keywords); the instructions themselves are checked only on the GPU."""
+    monkeypatch.setenv("ZYX_TC_PIPELINE", pipeline)
+    x, y, w = operands((256, 128), (128, 256), (256, 128))
+    for number, out in enumerate((x @ y, x @ w.T, (x * 2) @ y, x[:, :100] @ y[:100])):
+        source = tmp_path / f"kernel{number}.cl"
+        source.write_text(product_kernel(out).source)
+        ptx = tmp_path / f"kernel{number}.ptx"
+        built = subprocess.run([_nvptx_clang(), "-x", "cl", "-cl-std=CL1.2", "-target", "nvptx64-nvidia-nvcl", "-Xclang",
+                                "-finclude-default-header", "-Xclang", "-fgnu-keywords", "-O1", "-S", "-Xclang",
+                                "-target-cpu", "-Xclang", "sm_80", "-o", str(ptx), str(source)],
+                               capture_output=True, text=True)
+        assert built.returncode == 0, built.stderr[-2000:]
+        assert ("cp.async.cg.shared.global" in ptx.read_text()) == (pipeline == "1")
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx.read_text()
 
 
 def test_wgsl_refuses_nvidia_instructions():
@@ -70,77 +103,105 @@ def test_the_swizzle_permutes_chunks_within_rows():
         assert all(p // row == i * 8 // row for i, p in enumerate(positions))
 
 
-ZERO = ("zero", 0)  # an element a guarded copy filled with zeros
+ZERO = ("zero", 0)  # an element staged as zero (past the end of k)
 
 
-@pytest.mark.parametrize("transposed, n, k, m, shape", [
-    (False, 256, 256, 512, None), (True, 256, 256, 512, None), (False, 256, 64, 512, None), (True, 256, 64, 512, None),
-    (False, 200, 136, 264, None), (True, 200, 136, 264, None),  # edges: k past its end stages zeros
-    (False, 256, 256, 512, "64,64,2"), (True, 256, 512, 512, "64,128,4")])
-def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(monkeypatch, transposed, n, k, m, shape):
-    """Emulates the pipelined kernel of x @ y (y row-major: a [k][column] tile read by ldmatrix.trans) or x @ w.T
-    (both along k) for three work groups: the copies land in swizzled local memory in program order (one slice ahead
-    of the compute at most stages - 1 times), and each lane of each ldmatrix must find the 8 operand elements that
-    the mma.m16n8k16 fragment layout assigns it (zeros past the end of k; rows and columns past their ends, whose
-    outputs are never stored, are not checked). `shape` (ZYX_TC_SHAPE): warp columns, bytes of each row a slice
-    stages, stages; by default 32, 64, 3 (what 48 KiB hold)."""
+@pytest.mark.parametrize("left, transposed, n, k, m, shape", [
+    ("rows", False, 256, 256, 512, None), ("rows", True, 256, 256, 512, None), ("rows", False, 256, 64, 512, None),
+    ("rows", True, 256, 64, 512, None),
+    ("rows", False, 200, 136, 264, None), ("rows", True, 200, 136, 264, None),  # edges: k past its end is zeros
+    ("columns", True, 256, 128, 256, None), ("columns", False, 200, 100, 264, None),  # left through registers
+    ("rows", False, 256, 256, 512, "64,64,2"), ("rows", True, 256, 512, 512, "64,128,4")])
+def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(monkeypatch, left, transposed, n, k, m,
+                                                                              shape):
+    """Emulates, per item, the pipelined kernel of x @ y (y row-major: a [k][column] tile read by ldmatrix.trans) or
+    x @ w.T (along k) for three work groups: the copies and stores land in swizzled local memory in program order
+    (slices staged ahead of the compute), and each lane of each ldmatrix must find the 8 operand elements that the
+    mma.m16n8k16 fragment layout assigns it (zeros past the end of k; rows and columns past their ends, whose outputs
+    are never stored, are not checked). A left operand stored by `columns` (x = t.T) is staged element by element
+    through registers. `shape` (ZYX_TC_SHAPE): warp columns, bytes of each row a slice stages, stages; by default
+    32, 64, 3 (what 48 KiB hold)."""
     if shape is not None:
         monkeypatch.setenv("ZYX_TC_SHAPE", shape)
     columns, row_bytes, stages = (int(v) for v in (shape or "32,64,3").split(","))
     bk, block_m = row_bytes // 2, 4 * columns
-    x, y = operands((n, k), (m, k) if transposed else (k, m))
-    kernel = product_kernel(x @ y.T if transposed else x @ y)
+    x, y = operands((n, k) if left == "rows" else (k, n), (m, k) if transposed else (k, m))
+    kernel = product_kernel((x if left == "rows" else x.T) @ (y.T if transposed else y))
     ir = kernel.ir
-    left, right = [p.name for p in ir.params if p.kind == "load"]
+    a, b = [p.name for p in ir.params if p.kind == "load"]
     arrays = {s.name: [None] * s.size for s in ir.body if isinstance(s, LocalArray)}
-    assert sum(len(a) for a in arrays.values()) == stages * bk * (128 + block_m)  # unpadded
+    assert sum(len(array) for array in arrays.values()) == stages * bk * (128 + block_m)  # unpadded
     staging, = [s for s in ir.body if isinstance(s, Loop)]
     assert staging.trips == -(-k // bk)
     grid_m = -(-m // block_m)
 
     def expected(array: str, position: int, warp: int, lane: int, k0: int, corner_n: int, corner_m: int):
-        """What a lane's ldmatrix row holds by the fragment layout: (buffer, index of the first of 8), ZERO, or
-        None where any value does."""
+        """The 8 elements a lane's ldmatrix row holds by the fragment layout, as (buffer, index) or ZERO; None where
+        any value does."""
         first_column = corner_m + columns * (warp % 4) + 16 * position
         if array.startswith("tile_a"):
             row, along = corner_n + 64 * (warp // 4) + 16 * position + lane % 8 + 8 * (lane // 8 % 2), k0 + 8 * (lane // 16)
-            return None if row >= n else ZERO if along >= k else (left, row * k + along)
+            at = [row * k + along + e if left == "rows" else (along + e) * n + row for e in range(8)]
+            return None if row >= n else [ZERO if along + e >= k else (a, at[e]) for e in range(8)]
         if transposed:
             column, along = first_column + lane % 8 + 8 * (lane // 16), k0 + 8 * (lane // 8 % 2)
-            return None if column >= m else ZERO if along >= k else (right, column * k + along)
+            return None if column >= m else [ZERO if along + e >= k else (b, column * k + along + e) for e in range(8)]
         row, column = k0 + lane % 8 + 8 * (lane // 8 % 2), first_column + 8 * (lane // 16)
-        return None if column >= m else ZERO if row >= k else (right, row * m + column)
+        return None if column >= m else [ZERO if row >= k else (b, row * m + column + e) for e in range(8)]
 
     reads = 0
     for gid in (0, grid_m + 1, 2 * grid_m - 1):  # the first block, the one diagonally after it, the last column's
         corner_n, corner_m = 128 * (gid // grid_m), block_m * (gid % grid_m)
-        for statement in ir.body:
-            if isinstance(statement, AsyncCopy):
-                _copy(statement, {"gid": gid}, arrays)
+        registers: dict = {}
+        for statement in ir.body[:ir.body.index(staging)]:
+            _run(statement, {"gid": gid}, arrays, registers)
         for step in range(staging.trips):
             values = {"gid": gid, staging.var: step}
             for statement in staging.body:
-                if isinstance(statement, If):
-                    if _holds(statement.cond, values):
-                        for copy in statement.body:
-                            _copy(copy, values, arrays)
-                elif isinstance(statement, Loop):
-                    for kk in range(statement.trips):
-                        loads = [s for s in statement.body if isinstance(s, MatrixLoad)]
-                        for load in loads:
-                            position = [s for s in loads if s.array == load.array].index(load)
-                            for warp in range(GROUP // WARP):
-                                at = [{**values, statement.var: kk, "lid": warp * WARP + lane} for lane in range(WARP)]
-                                for lane in range(WARP):
-                                    want = expected(load.array, position, warp, lane, step * bk + kk * 16, corner_n,
-                                                    corner_m)
-                                    held = _read(load, at[lane], arrays)
-                                    assert want is None or held == want, (gid, step, kk, warp, lane, load.array)
-                                    reads += want is not None
-                                _no_conflicts([_address(load.index, load.swizzle, a) for a in at])
-                else:
-                    assert isinstance(statement, (AsyncCommit, AsyncWait, Barrier, MatrixMultiply))
+                if not isinstance(statement, Loop):
+                    _run(statement, values, arrays, registers)
+                    continue
+                for kk in range(statement.trips):
+                    loads = [s for s in statement.body if isinstance(s, MatrixLoad)]
+                    for load in loads:
+                        position = [s for s in loads if s.array == load.array].index(load)
+                        for warp in range(GROUP // WARP):
+                            at = [{**values, statement.var: kk, "lid": warp * WARP + lane} for lane in range(WARP)]
+                            for lane in range(WARP):
+                                want = expected(load.array, position, warp, lane, step * bk + kk * 16, corner_n,
+                                                corner_m)
+                                held = _read(load, at[lane], arrays)
+                                assert want is None or held == want, (gid, step, kk, warp, lane, load.array, held)
+                                reads += want is not None
+                            _no_conflicts([_address(load.index, load.swizzle, values) for values in at])
     assert reads >= staging.trips * (bk // 16) * (4 + columns // 16) * GROUP  # (the first block's, all checked)
+
+
+def _run(statement, values: dict[str, int], arrays: dict[str, list], registers: dict) -> None:
+    """One statement outside the computation, in every item: copies and stores land in `arrays`, loads and selects
+    note in `registers` (by name and item) which operand element they hold."""
+    if isinstance(statement, If):
+        if _holds(statement.cond, values):
+            for inner in statement.body:
+                _run(inner, values, arrays, registers)
+    elif isinstance(statement, AsyncCopy):
+        _copy(statement, values, arrays)
+    elif isinstance(statement, (Load, Select, LocalStore)):
+        for lid in range(GROUP):
+            at = {**values, "lid": lid}
+            if isinstance(statement, Load):
+                registers[statement.out.name, lid] = ((statement.buffer, _value(statement.index, at))
+                                                      if _holds(statement.guard, at) else ZERO)
+            elif isinstance(statement, Select):
+                registers[statement.out.name, lid] = (registers[statement.value.name, lid]
+                                                      if _holds(statement.cond, at) else ZERO)
+            else:
+                held, width = registers[statement.value.name, lid], statement.value.width
+                position = _address(statement.index, statement.swizzle, at)
+                arrays[statement.array][position:position + width] = [
+                    ZERO if held == ZERO else (held[0], held[1] + e) for e in range(width)]
+    else:
+        assert isinstance(statement, (AsyncCommit, AsyncWait, Barrier, LocalArray, Define)), statement
 
 
 def _swizzled(i: int, row: int) -> int:
@@ -185,12 +246,10 @@ def _copy(copy: AsyncCopy, values: dict[str, int], arrays: dict[str, list]) -> N
     _no_conflicts(destinations)
 
 
-def _read(load: MatrixLoad, values: dict[str, int], arrays: dict[str, list]) -> tuple[str, int]:
-    """The buffer and index of the 8 consecutive elements a lane's ldmatrix row holds (ZERO for zeros)."""
+def _read(load: MatrixLoad, values: dict[str, int], arrays: dict[str, list]) -> list:
+    """The 8 elements a lane's ldmatrix row holds, as (buffer, index) or ZERO."""
     at = _address(load.index, load.swizzle, values)
-    row = arrays[load.array][at:at + 8]
-    assert row[0] is not None and row == [(row[0][0], row[0][1] + e * (row[0] != ZERO)) for e in range(8)], row
-    return row[0]
+    return arrays[load.array][at:at + 8]
 
 
 def _no_conflicts(addresses: list[int]) -> None:

@@ -241,13 +241,15 @@ class LocalArray:
 @dataclass(frozen=True)
 class LocalStore:
     """With `element`, index counts single elements of a vector array. `dtype`: the array's, where it differs from
-    the value's (float32 values stored as float16/bfloat16, rounded to nearest even)."""
+    the value's (float32 values stored as float16/bfloat16, rounded to nearest even). `swizzle`: the array's rows
+    of that many 16-bit elements are swizzled (AsyncCopy says how)."""
 
     array: str
     index: Expr
     value: Operand
     element: bool = False
     dtype: Optional[DType] = None
+    swizzle: int = 0
 
 
 @dataclass(frozen=True)

@@ -232,13 +232,14 @@ def _local_array(s: LocalArray) -> str:
 
 
 def _local_store(s: LocalStore) -> str:
+    index = swizzled(s.index, s.swizzle) if s.swizzle else s.index.render()
     if s.dtype is not None and s.dtype.is_narrow_float and s.value.dtype.is_int:  # its bits ("bits" Load)
         if s.value.width == 8:  # 16 bytes at a multiple of 8 elements of an aligned array: one word
-            return f"*((__local uint4*)(((__local ushort*){s.array})+{s.index.render()})) = as_uint4({operand(s.value)});"
-        return f"((__local ushort*){s.array})[{s.index.render()}] = (ushort)({operand(s.value)});"
+            return f"*((__local uint4*)(((__local ushort*){s.array})+{index})) = as_uint4({operand(s.value)});"
+        return f"((__local ushort*){s.array})[{index}] = (ushort)({operand(s.value)});"
     if s.dtype is not None and s.dtype.is_narrow_float:  # a value (computed in float) into a half-precision array
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"
-        return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=s.index.render(), v=operand(s.value))
+        return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=index, v=operand(s.value))
     array = f"((__local {register_type(s.value.dtype)}*){s.array})" if s.element else s.array
     return f"{array}[{s.index.render()}] = {operand(s.value)};"
 

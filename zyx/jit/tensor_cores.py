@@ -10,14 +10,16 @@ rows one ldmatrix reads fall in 8 distinct 16-byte bank groups: each row is padd
 16-byte chunks are swizzled (`TileLayout`). Wide warp tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of
 64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
 
-Where both operands are 16-bit buffers whose 8 neighbours along the staged rows lie in 16 aligned bytes, they are
-copied global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles, pipelined 3 or 4 stages deep where
-local memory holds them (transforms/async_pipeline.py; ZYX_TC_PIPELINE=0 turns it off). Other operands are staged
-through registers the way the float32 path (matmul.py) stages them: 16 bytes at a time where stored so, else any
-fused prologue (a cast, a view, an elementwise op) computed per element and rounded to the operand dtype where
-stored, rows and columns past the ends reading the last ones (their outputs are never stored), a slice past the end
-of k staging zeros; those slices are double-buffered by the same transform as there (transforms/double_buffer.py).
-The epilogue (bias, activation, the cast of the result) is fused into the stores of the float32 accumulators.
+A 16-bit operand stored in a buffer whose 8 neighbours along the staged rows lie in 16 aligned bytes is copied
+global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles; where one operand is, the slices are
+pipelined 3 or 4 stages deep where local memory holds them (transforms/async_pipeline.py; ZYX_TC_PIPELINE=0 turns
+it off). Other operands are staged through registers the way the float32 path (matmul.py) stages them: any fused
+prologue (a cast, a view, an elementwise op) computed per element and rounded to the operand dtype where stored,
+rows and columns past the ends reading the last ones (their outputs are never stored), a slice past the end of k
+staging zeros. Where neither operand is copied by cp.async (or TF32), tiles are padded, operands stored in buffers
+staged 16 bytes at a time through registers, and the slices double-buffered by the same transform as there
+(transforms/double_buffer.py). The epilogue (bias, activation, the cast of the result) is fused into the stores of
+the float32 accumulators.
 
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
 user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch).
@@ -52,8 +54,8 @@ VECTOR = 8           # half-precision elements one 16-byte copy moves
 # Double buffering first: on the H200 (48 KiB) 64 x 32 warps double-buffered ran 3000x700x5000 in bfloat16 at 110
 # TFLOP/s and 1021³ at 45, 64 x 64 warps single-buffered at 89 and 26 (8192³: 120 and 126).
 SHAPES = ((64, 64, 2), (32, 64, 2), (64, 128, 1), (64, 64, 1), (32, 64, 1))
-# (warp columns, bytes of each row a slice stages, stages) where both operands are copied by cp.async into swizzled
-# tiles (no padding: 48 KiB hold 3 stages of 128 x 128 blocks); the first that fits.
+# (warp columns, bytes of each row a slice stages, stages) where an operand is copied by cp.async: swizzled tiles (no
+# padding: 48 KiB hold 3 stages of 128 x 128 blocks); the first that fits.
 PIPELINED = ((64, 64, 4), (64, 64, 3), (32, 64, 4), (32, 64, 3), (64, 64, 2), (32, 64, 2))
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
 
@@ -64,7 +66,7 @@ class TensorCorePlan(TilePlan):
 
     kind: str = "bf16"
     warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
-    pipelined: bool = False  # operands copied by cp.async into `buffers` stages of swizzled tiles (else registers)
+    pipelined: bool = False  # `buffers` stages of swizzled tiles, some operand copied by cp.async (else registers)
 
     @property
     def block_m(self) -> int:
@@ -108,7 +110,8 @@ class TileLayout:
 
 
 class NotCopied(Exception):
-    """An operand of a pipelined plan is not copied 16 bytes at a time (computed, strided, unaligned, an edge)."""
+    """Neither operand of a pipelined plan's product is copied 16 bytes at a time (each is computed, strided,
+    unaligned or straddles an end)."""
 
 
 def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
@@ -145,8 +148,8 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
                        kinds: tuple[str, ...], local_memory: int, stored_apart: frozenset,
                        param_limit: int) -> Optional[tuple[LoweredKernel, Kernel]]:
     """The kernel computing `root`'s product on tensor cores (and the lowering it came from), or None where it is
-    not planned there: a cp.async pipeline where both 16-bit operands are copied 16 bytes at a time (unless
-    ZYX_TC_PIPELINE=0), else operands staged through registers, double-buffered where local memory allows."""
+    not planned there: a pipeline where a 16-bit operand is copied by cp.async (unless ZYX_TC_PIPELINE=0), else
+    operands staged through registers, double-buffered where local memory allows."""
     for pipelined in ((True, False) if os.environ.get("ZYX_TC_PIPELINE") != "0" else (False,)):
         plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined)
         if plan is None or (pipelined and plan.kind == "tf32"):  # (TF32 operands are rounded, never copied)
@@ -209,6 +212,8 @@ class TensorCoreLowering(LocalTileLowering):
         step = self.names.fresh("k")
         self._open_loop(step, steps)
         stores, across = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
+        if plan.pipelined and not any(isinstance(s, AsyncCopy) for s in stores):
+            raise NotCopied(node)
         body = (self._close_loop() + stores + [Barrier()] + self._multiply_fragments(tiles, accumulators, across)
                 + [Barrier()])
         right = plan.layout(plan.block_m if across else plan.bk)
@@ -246,18 +251,16 @@ class TensorCoreLowering(LocalTileLowering):
         return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, k_fastest=False), False
 
     def _elements(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, k_fastest: bool) -> list:
-        """Element by element into rows along k, neighbouring items at neighbouring k (`k_fastest`) or rows (never
-        in a pipelined plan: NotCopied)."""
+        """Element by element into rows along k, neighbouring items at neighbouring k (`k_fastest`) or rows."""
         plan, (corner, k_base, k_axis) = self.plan, place
-        if plan.pipelined:
-            raise NotCopied(operand)
-        stride = plan.layout(plan.bk).stride
+        layout = plan.layout(plan.bk)
         stores = []
         for copy in range(rows * plan.bk // GROUP):
             flat = self.lid + copy * GROUP
             row, k = (flat // plan.bk, flat % plan.bk) if k_fastest else (flat % rows, flat // rows)
             value = self._operand(operand, corner, {axis: row, k_axis: k_base + k})
-            stores.append(LocalStore(tile, row * stride + k, self._staged(value), dtype=plan.stored))
+            stores.append(LocalStore(tile, row * layout.stride + k, self._staged(value), dtype=plan.stored,
+                                     swizzle=layout.swizzle))
         return stores
 
     def _copies(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool) -> Optional[list]:
