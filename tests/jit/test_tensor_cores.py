@@ -155,14 +155,15 @@ def test_products_staged_sixteen_bytes_at_a_time_on_tensor_cores_match_numpy(cor
 @pytest.mark.parametrize("pipeline", ["1", "0"])
 def test_products_with_edges_staged_sixteen_bytes_at_a_time_on_tensor_cores_match_numpy(cores, monkeypatch, pipeline):
     """Rows, columns and k multiples of 8 but not of the blocks: stored operands are still copied 16 bytes at a time
-    (by cp.async, or through registers with ZYX_TC_PIPELINE=0), the slice past the end of k as zeros."""
+    (by cp.async, or through registers with ZYX_TC_PIPELINE=0), the slice past the end of k as zeros; a computed
+    operand goes through registers, in the pipeline's stages where the other is copied by cp.async."""
     monkeypatch.setenv("ZYX_TC_PIPELINE", pipeline)
     cores.forget_programs()  # (programs held in memory were scheduled under the other setting)
     rng = np.random.default_rng(13)
     a, b, w = (rounded(rng, shape, "bfloat16") for shape in ((200, 136), (136, 264), (264, 136)))
     x, y, t = cores.tensor(a), cores.tensor(b), cores.tensor(w)
-    for out, expected in ((x @ y, a.astype(np.float64) @ b.astype(np.float64)),
-                          (x @ t.T, a.astype(np.float64) @ w.astype(np.float64).T)):
+    a64, b64, w64 = (v.astype(np.float64) for v in (a, b, w))
+    for out, expected in ((x @ y, a64 @ b64), (x @ t.T, a64 @ w64.T), ((x * 2) @ y, (a64 * 2) @ b64)):
         source, = [k.source for k in kernels_of(out, cores.traits) if on_tensor_cores(k)]
         copied_by = "cp.async.cg" if pipeline == "1" else "as_short8("
         assert copied_by in source and ("cp.async" in source) == (pipeline == "1")
