@@ -80,9 +80,9 @@ def test_the_printed_kernels_compile_to_ptx(tmp_path, monkeypatch, pipeline):
         source = tmp_path / f"kernel{number}.cl"
         source.write_text(product_kernel(out).source)
         ptx = tmp_path / f"kernel{number}.ptx"
-        built = subprocess.run([_nvptx_clang(), "-x", "cl", "-cl-std=CL1.2", "-target", "nvptx64-nvidia-nvcl", "-Xclang",
-                                "-finclude-default-header", "-Xclang", "-fgnu-keywords", "-O1", "-S", "-Xclang",
-                                "-target-cpu", "-Xclang", "sm_80", "-o", str(ptx), str(source)],
+        built = subprocess.run([_nvptx_clang(), "-x", "cl", "-cl-std=CL1.2", "-target", "nvptx64-nvidia-nvcl",
+                                "-Xclang", "-finclude-default-header", "-Xclang", "-fgnu-keywords", "-O1", "-S",
+                                "-Xclang", "-target-cpu", "-Xclang", "sm_80", "-o", str(ptx), str(source)],
                                capture_output=True, text=True)
         assert built.returncode == 0, built.stderr[-2000:]
         assert ("cp.async.cg.shared.global" in ptx.read_text()) == (pipeline == "1")
@@ -140,7 +140,8 @@ def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(mon
         any value does."""
         first_column = corner_m + columns * (warp % 4) + 16 * position
         if array.startswith("tile_a"):
-            row, along = corner_n + 64 * (warp // 4) + 16 * position + lane % 8 + 8 * (lane // 8 % 2), k0 + 8 * (lane // 16)
+            row = corner_n + 64 * (warp // 4) + 16 * position + lane % 8 + 8 * (lane // 8 % 2)
+            along = k0 + 8 * (lane // 16)
             at = [row * k + along + e if left == "rows" else (along + e) * n + row for e in range(8)]
             return None if row >= n else [ZERO if along + e >= k else (a, at[e]) for e in range(8)]
         if transposed:

@@ -320,9 +320,9 @@ class MatrixMultiply:
     kind: str
 
 
-Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd, Loop, If,
-                  Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply, AsyncCopy,
-                  AsyncCommit, AsyncWait]
+Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd,
+                  Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
+                  AsyncCopy, AsyncCommit, AsyncWait]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
 

@@ -7,8 +7,8 @@ accumulated by one mma.sync per step of the reduced axis (`MatrixMultiply`). Per
 the left operand and [column][k] for the right, so both fragments load with ldmatrix and nothing is transposed
 (`MatrixLoad`); a right operand stored row-major lies instead as [k][column], read by transposing ldmatrix. The 8
 rows one ldmatrix reads fall in 8 distinct 16-byte bank groups: each row is padded by 16 bytes, or (pipelined) its
-16-byte chunks are swizzled (`TileLayout`). Wide warp tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of
-64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
+16-byte chunks are swizzled (`TileLayout`). Wide warp tiles and long slices matter most (a hand-written kernel on
+the H200, bfloat16 8192³: warps of 64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
 
 A 16-bit operand stored in a buffer whose 8 neighbours along the staged rows lie in 16 aligned bytes is copied
 global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles; where one operand is, the slices are
@@ -35,8 +35,8 @@ from typing import Optional
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
-from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray, LocalStore, Loop,
-                        MatrixLoad, MatrixMultiply, Operand, Reg)
+from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray,
+                        LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .print_common import aligned
@@ -277,15 +277,18 @@ class TensorCoreLowering(LocalTileLowering):
             row, k = (flat // per_row, flat % per_row * VECTOR) if along_k else (flat % per_row * VECTOR, flat // per_row)
             along = k_axis if along_k else axis
             inside = self._inside(operand, corner, {axis: row, k_axis: k_base + k}, along)
-            load = None if inside is None else self._consecutive(operand, corner, inside[0], along)
+            if inside is None:
+                return None
+            offsets, guard = inside
+            load = self._consecutive(operand, corner, offsets, along)
             if load is None or (plan.pipelined and not aligned(load.index, VECTOR)):
                 return None
             index = row * layout.stride + k if along_k else k * layout.stride + row
             if plan.pipelined:
-                stores.append(AsyncCopy(tile, index, load.buffer, load.index, inside[1], layout.swizzle))  # type: ignore[index]
+                stores.append(AsyncCopy(tile, index, load.buffer, load.index, guard, layout.swizzle))
                 continue
             bits = Reg(self.names.fresh("bits"), int16, VECTOR)
-            loads.append(dataclasses.replace(load, out=bits, mode="bits", guard=inside[1]))  # type: ignore[index]
+            loads.append(dataclasses.replace(load, out=bits, mode="bits", guard=guard))
             stores.append(LocalStore(tile, index, bits, dtype=plan.stored))
         self._scopes[-1].extend(loads)
         return stores

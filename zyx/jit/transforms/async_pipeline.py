@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from ..kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, If, Kernel, LocalArray, LocalStore, Loop, Statement,
-                         simplify_cond)
+from ..kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, If, Kernel, LocalArray, LocalStore, Loop,
+                         Statement, simplify_cond)
 from ..symbolic import Expr
 from .double_buffer import at_step
 

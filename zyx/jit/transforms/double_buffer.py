@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from ..kernel_ir import (AsyncCopy, Axis, Barrier, Const, Kernel, LocalArray, LocalLoad, LocalStore, Load, Loop, MatrixLoad,
-                         Operand, Select, Statement, simplify_cond)
+from ..kernel_ir import (AsyncCopy, Axis, Barrier, Const, Kernel, LocalArray, LocalLoad, LocalStore, Load, Loop,
+                         MatrixLoad, Operand, Select, Statement, simplify_cond)
 from ..symbolic import Expr
 from . import copy_body, rename_all
 
