@@ -5,6 +5,7 @@ asynchronous copies fill the other stages. On an NVIDIA GPU, tests/jit/test_tens
 from __future__ import annotations
 
 import functools
+import random
 import shutil
 import subprocess
 
@@ -12,8 +13,8 @@ import pytest
 
 import zyx
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, Define, If, Load, LocalArray, LocalStore,
-                               Loop, MatrixLoad, Select)
-from zyx.jit.print_opencl import swizzle_bits
+                               Loop, MatrixLoad, Select, walk)
+from zyx.jit.print_opencl import swizzle_bits, swizzled
 from zyx.jit.print_wgsl import WgslUnsupported, print_kernel
 from zyx.jit.schedule import DeviceTraits, schedule
 from zyx.jit.symbolic import Expr
@@ -101,6 +102,28 @@ def test_the_swizzle_permutes_chunks_within_rows():
         positions = [_swizzled(i, row) for i in range(0, 16 * row, 8)]
         assert sorted(positions) == list(range(0, 16 * row, 8))
         assert all(p // row == i * 8 // row for i, p in enumerate(positions))
+
+
+def test_the_printed_swizzle_adds_whole_periods_outside_it():
+    """`swizzled` prints zyx_swizzle of the index's terms within one period of the pattern plus the rest (the step's
+    buffer: the pattern is computed once per item): the same address as the pattern of the whole index, at every
+    value of the variables."""
+    x, y = operands((256, 256), (256, 512))
+    ir = product_kernel(x @ y).ir
+    step = next(s for s in ir.body if isinstance(s, Loop)).var
+    statements = [s for s in walk(ir.body) if isinstance(s, (AsyncCopy, MatrixLoad))]
+    names = sorted({name for s in statements for name in s.index.variables()})
+    sizes = {a.name: a.size for a in ir.axes} | {s.var: s.trips for s in walk(ir.body) if isinstance(s, Loop)}
+    rng = random.Random(0)
+    for statement in statements:
+        text = swizzled(statement.index, statement.swizzle).replace("/", "//")
+        shift, mask = swizzle_bits(statement.swizzle)
+        assert step not in text[text.index("zyx_swizzle("):text.index(f",{shift},{mask})")]
+        for _ in range(20):
+            values = {name: rng.randrange(sizes[name]) for name in names}
+            printed = eval(text, {"zyx_swizzle": lambda i, shift, mask: i ^ (((i >> shift) & mask) << 3), "min": min},
+                           dict(values))
+            assert printed == _swizzled(_value(statement.index, values), statement.swizzle)
 
 
 ZERO = ("zero", 0)  # an element staged as zero (past the end of k)

@@ -22,7 +22,7 @@ from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_li
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
 
-VERSION = "3"  # bump when the same IR prints differently
+VERSION = "4"  # bump when the same IR prints differently
 
 
 # ---- types and literals ----------------------------------------------------------------------------------
@@ -256,14 +256,21 @@ def swizzle_bits(row: int) -> tuple[int, int]:
 
 
 def swizzled(index: Expr, row: int) -> str:
-    """Where element `index` of a swizzled array with rows of `row` elements lies (`swizzle_bits`)."""
+    """Where element `index` of a swizzled array with rows of `row` elements lies (`swizzle_bits`). The terms of
+    `index` that move it by whole periods of the pattern (a buffer, a block of 16 rows) commute with it: they are
+    added outside, so that the compiler computes the pattern once per item, not once per step."""
     shift, mask = swizzle_bits(row)
-    return f"zyx_swizzle({index.render()},{shift},{mask})"
+    period = 1 << (shift + mask.bit_length())
+    outside = Expr(index.const - index.const % period, {a: c for a, c in index.terms.items() if c % period == 0})
+    text = f"zyx_swizzle({(index - outside).render()},{shift},{mask})"
+    return text if outside == Expr(0) else f"({text}+{outside.render()})"
 
 
 def _local_address(array: str, index: Expr, swizzle: int) -> str:
-    """The shared-memory address (32 bits) of element `index` of local `array` (`swizzle`: of 16-bit elements)."""
-    return f"(uint)(ulong)({array} + {swizzled(index, swizzle) if swizzle else index.render()})"
+    """The shared-memory address (32 bits) of element `index` of local `array` (`swizzle`: of 16-bit elements),
+    computed in 32 bits (pointer arithmetic would take 64)."""
+    position = swizzled(index, swizzle) if swizzle else index.render()
+    return f"((uint)(ulong){array} + (uint)({position})*(uint)sizeof({array}[0]))"
 
 
 def _matrix_load(s: MatrixLoad) -> str:
