@@ -119,7 +119,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes (the first shape of SHAPES, or `pipelined` of PIPELINED, that does;
-    ZYX_TC_SHAPE="columns,bytes,buffers" forces one, to measure it)."""
+    ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -134,14 +134,27 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     pad = 0 if pipelined else PAD_BYTES
     fitting = [(w, b, n) for w, b, n in (PIPELINED if pipelined else SHAPES)
                if n * (BLOCK + 4 * w) * (b + pad) <= local_memory]
-    forced = os.environ.get("ZYX_TC_SHAPE")
-    if forced:
-        fitting = [tuple(int(v) for v in forced.split(","))]  # type: ignore[list-item]
+    forced = _forced_shape()
+    if forced is not None:  # (one buffer: registers)
+        fitting = [forced] if forced[2] > 1 or not pipelined else []
     if not fitting:
         return None
     columns, row_bytes, buffers = fitting[0]
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
                           buffers, kind=kind, warp_columns=columns, pipelined=pipelined)
+
+
+def _forced_shape() -> Optional[tuple[int, int, int]]:
+    """The shape ZYX_TC_SHAPE="warp columns,row bytes,buffers" asks for (to measure it, whatever the device's local
+    memory), if set."""
+    text = os.environ.get("ZYX_TC_SHAPE")
+    if not text:
+        return None
+    shape = tuple(int(v) for v in text.split(",") if v.strip().isdigit())
+    if len(shape) != 3 or shape[0] not in (32, 64) or shape[1] not in (64, 128) or not 1 <= shape[2] <= 8:
+        raise ValueError(f"ZYX_TC_SHAPE={text!r}: expected warp columns (32 or 64), bytes of each row a slice stages "
+                         f"(64 or 128) and buffers (1 to 8; a pipeline takes 2 or more), as in 32,64,3")
+    return shape  # type: ignore[return-value]
 
 
 def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[int], product: Optional[Node],
