@@ -14,10 +14,12 @@ import pytest
 import zyx
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, Define, If, Load, LocalArray, LocalStore,
                                Loop, MatrixLoad, Select, walk)
+from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.print_opencl import swizzle_bits, swizzled
 from zyx.jit.print_wgsl import WgslUnsupported, print_kernel
 from zyx.jit.schedule import DeviceTraits, schedule
 from zyx.jit.symbolic import Expr
+from zyx.jit.tune import candidates
 
 TRAITS = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16"))
 GROUP, WARP = 256, 32
@@ -88,6 +90,29 @@ def test_the_printed_kernels_compile_to_ptx(tmp_path, monkeypatch, pipeline):
         assert built.returncode == 0, built.stderr[-2000:]
         assert ("cp.async.cg.shared.global" in ptx.read_text()) == (pipeline == "1")
         assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx.read_text()
+
+
+def test_a_search_may_try_every_staging_and_shape_that_fits_and_the_scheduler_takes_its_winner():
+    x, y = operands((256, 128), (128, 256))
+    kernel = product_kernel(x @ y)
+    assert kernel.site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=64, buffers=3, pipelined=1)
+    # 48 KiB: pipelined 32 x 64 bytes in 2 or 3 stages, 64 x 64 in 2; through registers (padded rows) 32 x 64 in 1
+    # or 2 buffers, 64 x 64 and 32 x 128 in 1
+    tried = {c.describe() for c in candidates(kernel.site, TRAITS, 2)}
+    assert tried == {"buffers=2 columns=32 pipelined=1 row_bytes=64", "buffers=3 columns=32 pipelined=1 row_bytes=64",
+                     "buffers=2 columns=64 pipelined=1 row_bytes=64", "buffers=1 columns=32 pipelined=0 row_bytes=64",
+                     "buffers=2 columns=32 pipelined=0 row_bytes=64", "buffers=1 columns=64 pipelined=0 row_bytes=64",
+                     "buffers=1 columns=32 pipelined=0 row_bytes=128"}
+    # 128 x 256 blocks pipelined 2 deep: 2 + 4 copies per item per slice, one slice before the loop and one in it
+    for choice, cp_async in ((Choice.of("tensor_cores", columns=64, row_bytes=64, buffers=2, pipelined=1), 12),
+                             (Choice.of("tensor_cores", columns=32, row_bytes=64, buffers=2, pipelined=0), 0)):
+        tuned, = [k for k in schedule([(x @ y).node], TRAITS, TunedChoices({kernel.site.key: choice}))[0]
+                  if "mma.sync" in k.source]
+        assert tuned.site.applied == choice and tuned.source.count("cp.async.cg") == cp_async
+        assert tuned.global_size == 256 * (2 if choice["columns"] == 64 else 4)  # 128 x 256 or 128 x 128 blocks
+    a, b = operands((256, 128), (128, 256), dtype="float32")  # TF32: through registers only
+    tf32 = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", "tf32"))
+    assert dict(product_kernel(a @ b, tf32).site.options)["pipelined"] == (0,)
 
 
 def test_wgsl_refuses_nvidia_instructions():

@@ -35,6 +35,7 @@ from typing import Optional
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
+from .choices import FAMILIES, Choice, Options
 from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray,
                         LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
@@ -86,6 +87,11 @@ class TensorCorePlan(TilePlan):
     def stored(self) -> DType:
         return self.product.dtype
 
+    @property
+    def choice(self) -> Choice:
+        return Choice.of("tensor_cores", columns=self.warp_columns, row_bytes=self.bk * self.stored.itemsize,
+                         buffers=self.buffers, pipelined=int(self.pipelined))
+
     def layout(self, length: int) -> "TileLayout":
         """How a tile whose rows hold `length` elements lies in local memory."""
         if self.pipelined:
@@ -115,11 +121,11 @@ class NotCopied(Exception):
 
 
 def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
-                      pipelined: bool = False) -> Optional[TensorCorePlan]:
+                      pipelined: bool = False, choice: Optional[Choice] = None) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
-    staged slices fit `local_memory` bytes (the first shape of SHAPES, or `pipelined` of PIPELINED, that does;
-    ZYX_TC_SHAPE forces one: `_forced_shape`)."""
+    staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
+    PIPELINED, that does (ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -131,17 +137,41 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    pad = 0 if pipelined else PAD_BYTES
     fitting = [(w, b, n) for w, b, n in (PIPELINED if pipelined else SHAPES)
-               if n * (BLOCK + 4 * w) * (b + pad) <= local_memory]
+               if _fits(local_memory, w, b, n, pipelined)]
     forced = _forced_shape()
     if forced is not None:  # (one buffer: registers)
         fitting = [forced] if forced[2] > 1 or not pipelined else []
+    if choice is not None:
+        fitting = [(choice["columns"], choice["row_bytes"], choice["buffers"])]
     if not fitting:
         return None
     columns, row_bytes, buffers = fitting[0]
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
                           buffers, kind=kind, warp_columns=columns, pipelined=pipelined)
+
+
+def _fits(local_memory: int, columns: int, row_bytes: int, buffers: int, pipelined: bool) -> bool:
+    """Whether the tiles of that shape fit `local_memory` bytes (padded rows unless `pipelined`)."""
+    return buffers * (BLOCK + 4 * columns) * (row_bytes + (0 if pipelined else PAD_BYTES)) <= local_memory
+
+
+def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
+    """Whether a tensor_cores choice's tiles fit `local_memory` bytes and its buffers suit its staging: one or two
+    through registers (double buffering), two or more pipelined."""
+    pipelined, buffers = bool(choice["pipelined"]), choice["buffers"]
+    return (buffers >= 2 if pipelined else buffers <= 2) and _fits(local_memory, choice["columns"],
+                                                                   choice["row_bytes"], buffers, pipelined)
+
+
+def tensor_core_options(local_memory: int, pipelined: bool) -> Options:
+    """The values a search may try for a product on tensor cores: of each parameter those some feasible combination
+    takes (`pipelined`: whether the kernel can have a pipeline, some operand copied by cp.async)."""
+    family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,)}
+    names = sorted(family)
+    possible = [dict(zip(names, values)) for values in itertools.product(*(family[name] for name in names))
+                if feasible_on_tensor_cores(Choice.of("tensor_cores", **dict(zip(names, values))), local_memory)]
+    return tuple((name, tuple(v for v in family[name] if any(c[name] == v for c in possible))) for name in names)
 
 
 def _forced_shape() -> Optional[tuple[int, int, int]]:
@@ -158,13 +188,17 @@ def _forced_shape() -> Optional[tuple[int, int, int]]:
 
 
 def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[int], product: Optional[Node],
-                       kinds: tuple[str, ...], local_memory: int, stored_apart: frozenset,
-                       param_limit: int) -> Optional[tuple[LoweredKernel, Kernel]]:
-    """The kernel computing `root`'s product on tensor cores (and the lowering it came from), or None where it is
-    not planned there: a pipeline where a 16-bit operand is copied by cp.async (unless ZYX_TC_PIPELINE=0), else
-    operands staged through registers, double-buffered where local memory allows."""
-    for pipelined in ((True, False) if os.environ.get("ZYX_TC_PIPELINE") != "0" else (False,)):
-        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined)
+                       kinds: tuple[str, ...], local_memory: int, stored_apart: frozenset, param_limit: int,
+                       choice: Optional[Choice] = None) -> Optional[tuple[LoweredKernel, Kernel, TensorCorePlan]]:
+    """The kernel computing `root`'s product on tensor cores, the lowering it came from and its plan (`choice`'s,
+    else the heuristics'), or None where it is not planned there: a pipeline where a 16-bit operand is copied by
+    cp.async (unless ZYX_TC_PIPELINE=0), else operands staged through registers, double-buffered where asked."""
+    if choice is not None:
+        attempts = (bool(choice["pipelined"]),)
+    else:
+        attempts = (True, False) if os.environ.get("ZYX_TC_PIPELINE") != "0" else (False,)
+    for pipelined in attempts:
+        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, choice)
         if plan is None or (pipelined and plan.kind == "tf32"):  # (TF32 operands are rounded, never copied)
             continue
         try:
@@ -172,10 +206,10 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         except NotCopied:
             continue
         if not pipelined:
-            return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir
+            return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
         kernel = pipeline(lowered.ir, plan.buffers)
         if kernel is not None:
-            return lowered, kernel
+            return lowered, kernel, plan
     return None
 
 
