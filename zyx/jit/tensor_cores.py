@@ -190,15 +190,16 @@ def _forced_shape() -> Optional[tuple[int, int, int]]:
 def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[int], product: Optional[Node],
                        kinds: tuple[str, ...], local_memory: int, stored_apart: frozenset, param_limit: int,
                        choice: Optional[Choice] = None) -> Optional[tuple[LoweredKernel, Kernel, TensorCorePlan]]:
-    """The kernel computing `root`'s product on tensor cores, the lowering it came from and its plan (`choice`'s,
-    else the heuristics'), or None where it is not planned there: a pipeline where a 16-bit operand is copied by
-    cp.async (unless ZYX_TC_PIPELINE=0), else operands staged through registers, double-buffered where asked."""
+    """The kernel computing `root`'s product on tensor cores, the lowering it came from and its plan (`choice`'s
+    where it can be lowered, else the heuristics'), or None where it is not planned there: a pipeline where a 16-bit
+    operand is copied by cp.async (unless ZYX_TC_PIPELINE=0), else operands staged through registers,
+    double-buffered where local memory allows."""
+    attempts = [(pipelined, None) for pipelined in ((True, False) if os.environ.get("ZYX_TC_PIPELINE") != "0"
+                                                    else (False,))]
     if choice is not None:
-        attempts = (bool(choice["pipelined"]),)
-    else:
-        attempts = (True, False) if os.environ.get("ZYX_TC_PIPELINE") != "0" else (False,)
-    for pipelined in attempts:
-        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, choice)
+        attempts.insert(0, (bool(choice["pipelined"]), choice))
+    for pipelined, chosen in attempts:
+        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen)
         if plan is None or (pipelined and plan.kind == "tf32"):  # (TF32 operands are rounded, never copied)
             continue
         try:
