@@ -158,6 +158,7 @@ ZERO = ("zero", 0)  # an element staged as zero (past the end of k)
     ("rows", False, 256, 256, 512, None), ("rows", True, 256, 256, 512, None), ("rows", False, 256, 64, 512, None),
     ("rows", True, 256, 64, 512, None),
     ("rows", False, 200, 136, 264, None), ("rows", True, 200, 136, 264, None),  # edges: k past its end is zeros
+    ("rows", True, 128, 32, 128, None), ("rows", False, 256, 24, 256, None),  # one slice (outside its loop)
     ("columns", True, 256, 128, 256, None), ("columns", False, 200, 100, 264, None),  # left through registers
     ("rows", False, 256, 256, 512, "64,64,2"), ("rows", True, 256, 512, 512, "64,128,4")])
 def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(monkeypatch, left, transposed, n, k, m,

@@ -365,10 +365,11 @@ class TensorCoreLowering(LocalTileLowering):
         clamps or pads them, a permuting view reorders them); nothing it lowered is kept either way."""
         if self.plan.kind == "tf32":
             return None
-        scope, known, mark = self._scopes[-1], set(self._values), len(self._scopes[-1])
+        known, marks = set(self._values), [len(scope) for scope in self._scopes]
         reads = [self._defining_load(self._operand(operand, corner, {**offsets, axis: offsets[axis] + step}))
                  for step in range(VECTOR)]
-        del scope[mark:]
+        for scope, mark in zip(self._scopes, marks):  # (a single slice's values lie outside its loop)
+            del scope[mark:]
         for key in set(self._values) - known:
             del self._values[key]
         first = reads[0]
@@ -378,20 +379,21 @@ class TensorCoreLowering(LocalTileLowering):
         return first
 
     def _defining_load(self, value: Operand) -> Optional[Load]:
-        """The unguarded element Load of half precision defining `value` in the innermost scope, if that is what
-        defines it."""
-        position = self._load_position(value)
-        load = None if position is None else self._scopes[-1][position]
+        """The unguarded element Load of half precision defining `value`, if that is what defines it."""
+        found = self._load_position(value)
+        load = None if found is None else found[0][found[1]]
         return None if load is None or load.guard else load
 
-    def _load_position(self, value: Operand) -> Optional[int]:
-        """Where in the innermost scope an element Load of half precision defines `value`, if one does."""
-        scope = self._scopes[-1]
-        position = next((p for p in range(len(scope) - 1, -1, -1)
-                         if isinstance(scope[p], Load) and scope[p].out == value), None)
-        if position is None or scope[position].mode != "element" or not value.dtype.is_narrow_float:
-            return None
-        return position
+    def _load_position(self, value: Operand) -> Optional[tuple[list, int]]:
+        """The scope (innermost first) and the position in it of the element Load of half precision defining
+        `value`, if one does."""
+        for scope in reversed(self._scopes):
+            position = next((p for p in range(len(scope) - 1, -1, -1)
+                             if isinstance(scope[p], Load) and scope[p].out == value), None)
+            if position is not None:
+                narrow = scope[position].mode == "element" and value.dtype.is_narrow_float
+                return (scope, position) if narrow else None
+        return None
 
     def _staged(self, value: Operand) -> Operand:
         """What is stored of an operand value: float32 rounded to TF32, half precision as its bits (`_bits`)."""
@@ -405,9 +407,10 @@ class TensorCoreLowering(LocalTileLowering):
         """A half-precision operand read straight from a buffer, read instead as its stored bits (the load becomes
         a "bits" Load), so staging copies it rather than converting it to float and back; any other operand as
         it is. (Staged values have no other reader.)"""
-        scope, position = self._scopes[-1], self._load_position(value)
-        if position is None:
+        found = self._load_position(value)
+        if found is None:
             return value
+        scope, position = found
         bits = Reg(self.names.fresh("bits"), int16)
         scope[position] = dataclasses.replace(scope[position], out=bits, mode="bits")
         return bits
