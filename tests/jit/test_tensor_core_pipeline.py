@@ -53,9 +53,11 @@ def test_operands_that_are_not_plain_aligned_buffers_are_staged_through_register
     x, y, w = operands((256, 128), (128, 256), (256, 128))
     mixed = product_kernel((x * 2) @ y).source  # the left operand computed: through registers, into 3 stages too
     assert mixed.count("cp.async.cg.shared.global") == 2 * 3 and "tile_a1)[zyx_swizzle(" in mixed
-    for out in ((x * 2) @ (y * 2), x[:, 4:] @ w[:, 4:].T):  # both computed; both unaligned: double-buffered
+    for out in ((x * 2) @ (y * 2), x[:, 1:] @ w[:, 1:].T):  # both computed; both unaligned: double-buffered
         source = product_kernel(out).source
         assert "cp.async" not in source and "tile_a1[10240]" in source  # 2 x 128 rows of 40 halves (padded)
+    shifted = product_kernel(x[:, 4:] @ w[:, 4:].T).source  # rows aligned to 8 bytes: copies of 8 (k = 124: guarded)
+    assert "cp.async.cg" not in shifted and shifted.count("cp.async.ca.shared.global [%0], [%1], 8") == 8 * 3
     monkeypatch.setenv("ZYX_TC_PIPELINE", "0")
     assert "cp.async" not in product_kernel(x @ y).source
     tf32 = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", "tf32"))
@@ -160,6 +162,7 @@ ZERO = ("zero", 0)  # an element staged as zero (past the end of k)
     ("rows", False, 200, 136, 264, None), ("rows", True, 200, 136, 264, None),  # edges: k past its end is zeros
     ("rows", True, 128, 32, 128, None), ("rows", False, 256, 24, 256, None),  # one slice (outside its loop)
     ("columns", True, 256, 128, 256, None), ("columns", False, 200, 100, 264, None),  # left through registers
+    ("rows", False, 200, 100, 300, None), ("rows", True, 136, 130, 136, None),  # copies of 8 and 4 bytes
     ("rows", False, 256, 256, 512, "64,64,2"), ("rows", True, 256, 512, 512, "64,128,4")])
 def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(monkeypatch, left, transposed, n, k, m,
                                                                               shape):
@@ -185,8 +188,8 @@ def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(mon
     grid_m = -(-m // block_m)
 
     def expected(array: str, position: int, warp: int, lane: int, k0: int, corner_n: int, corner_m: int):
-        """The 8 elements a lane's ldmatrix row holds by the fragment layout, as (buffer, index) or ZERO; None where
-        any value does."""
+        """The 8 elements a lane's ldmatrix row holds by the fragment layout, as (buffer, index) or ZERO; None (for
+        the row, or an element) where any value does."""
         first_column = corner_m + columns * (warp % 4) + 16 * position
         if array.startswith("tile_a"):
             row = corner_n + 64 * (warp // 4) + 16 * position + lane % 8 + 8 * (lane // 8 % 2)
@@ -197,7 +200,7 @@ def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(mon
             column, along = first_column + lane % 8 + 8 * (lane // 16), k0 + 8 * (lane // 8 % 2)
             return None if column >= m else [ZERO if along + e >= k else (b, column * k + along + e) for e in range(8)]
         row, column = k0 + lane % 8 + 8 * (lane // 8 % 2), first_column + 8 * (lane // 16)
-        return None if column >= m else [ZERO if row >= k else (b, row * m + column + e) for e in range(8)]
+        return [None if column + e >= m else ZERO if row >= k else (b, row * m + column + e) for e in range(8)]
 
     reads = 0
     for gid in (0, grid_m + 1, 2 * grid_m - 1):  # the first block, the one diagonally after it, the last column's
@@ -221,8 +224,9 @@ def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(mon
                                 want = expected(load.array, position, warp, lane, step * bk + kk * 16, corner_n,
                                                 corner_m)
                                 held = _read(load, at[lane], arrays)
-                                assert want is None or held == want, (gid, step, kk, warp, lane, load.array, held)
-                                reads += want is not None
+                                checked = [(h, w) for h, w in zip(held, want or []) if w is not None]
+                                assert all(h == w for h, w in checked), (gid, step, kk, warp, lane, load.array, held)
+                                reads += bool(checked)
                             _no_conflicts([_address(load.index, load.swizzle, values) for values in at])
     assert reads >= staging.trips * (bk // 16) * (4 + columns // 16) * GROUP  # (the first block's, all checked)
 
@@ -284,16 +288,18 @@ def _address(index: Expr, swizzle: int, values: dict[str, int]) -> int:
 
 
 def _copy(copy: AsyncCopy, values: dict[str, int], arrays: dict[str, list]) -> None:
-    """Every item's copy of 8 elements, each destination 16-byte aligned, 8 neighbouring items' in 8 bank groups."""
-    destinations = []
+    """Every item's copy of `width` elements, each destination aligned to its size; 16-byte ones of 8 neighbouring
+    items in 8 bank groups."""
+    destinations, width = [], copy.width
     for lid in range(GROUP):
         at = {**values, "lid": lid}
         destination, source = _address(copy.index, copy.swizzle, at), _value(copy.source, at)
-        assert destination % 8 == 0 and source % 8 == 0
-        copied = [(copy.buffer, source + e) for e in range(8)] if _holds(copy.guard, at) else [ZERO] * 8
-        arrays[copy.array][destination:destination + 8] = copied
+        assert destination % width == 0 and source % width == 0
+        copied = [(copy.buffer, source + e) for e in range(width)] if _holds(copy.guard, at) else [ZERO] * width
+        arrays[copy.array][destination:destination + width] = copied
         destinations.append(destination)
-    _no_conflicts(destinations)
+    if width == 8:
+        _no_conflicts(destinations)
 
 
 def _read(load: MatrixLoad, values: dict[str, int], arrays: dict[str, list]) -> list:

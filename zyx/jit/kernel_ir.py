@@ -279,10 +279,10 @@ class MatrixLoad:
 
 @dataclass(frozen=True)
 class AsyncCopy:
-    """16 bytes (8 elements of 16 bits) from global `buffer` at element `source` to local `array` at element `index`,
-    not through registers (NVIDIA's cp.async.cg): in flight until an AsyncWait that covers the group an AsyncCommit
-    closed after it. Both indices are multiples of 8. Where `guard` fails, 16 zero bytes (nothing is read; `source`
-    must still lie in the buffer). `swizzle`: the array's rows have that many elements and no padding, each row's
+    """`width` elements of 16 bits (8, 4 or 2: 16, 8 or 4 bytes) from global `buffer` at element `source` to local
+    `array` at element `index`, not through registers (NVIDIA's cp.async): in flight until an AsyncWait that covers
+    the group an AsyncCommit closed after it. Both indices are multiples of `width`. Where `guard` fails, zeros
+    (nothing is read; `source` must still lie in the buffer). `swizzle`: the array's rows have that many elements and no padding, each row's
     16-byte chunks permuted by XOR with the row (print_opencl.py: `swizzled`), so the 8 rows an ldmatrix reads at
     one column lie in 8 distinct bank groups."""
 
@@ -292,6 +292,7 @@ class AsyncCopy:
     source: Expr
     guard: Cond = ()
     swizzle: int = 0
+    width: int = 8
 
 
 @dataclass(frozen=True)

@@ -282,11 +282,12 @@ def _matrix_load(s: MatrixLoad) -> str:
 
 
 def _async_copy(s: AsyncCopy) -> str:
-    """cp.async.cg: 16 bytes global -> local, cached in L2 only (each is read once per group); under a guard, the
-    form with a source size (16, or 0: zeros, nothing read)."""
+    """cp.async global -> local: 16 bytes cached in L2 only (.cg: each is read once per group), 8 or 4 bytes in L1
+    too (.ca: .cg takes 16 only); under a guard, the form with a source size (all, or 0: zeros, nothing read)."""
+    size = 2 * s.width
     source = f"(ulong)(((__global const ushort*){s.buffer}) + {s.source.render()})"
-    size, operands = ("", "") if not s.guard else (", %2", f", \"r\"(({condition(s.guard)})?16:0)")
-    return (f"asm volatile(\"cp.async.cg.shared.global [%0], [%1], 16{size};\" :: "
+    read, operands = ("", "") if not s.guard else (", %2", f", \"r\"(({condition(s.guard)})?{size}:0)")
+    return (f"asm volatile(\"cp.async.{'cg' if size == 16 else 'ca'}.shared.global [%0], [%1], {size}{read};\" :: "
             f"\"r\"({_local_address(s.array, s.index, s.swizzle)}), \"l\"({source}){operands} : \"memory\");")
 
 

@@ -289,11 +289,11 @@ class TensorCoreLowering(LocalTileLowering):
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
         place = (corner, k_base, k_axis)
-        stores = self._copies(left, n_axis, BLOCK, tiles[0], place, along_k=True)
+        stores = self._copied(left, n_axis, BLOCK, tiles[0], place, along_k=True)
         if stores is None:
             stores = self._elements(left, n_axis, BLOCK, tiles[0], place, k_fastest=True)
         for along_k in (True, False):
-            copied = self._copies(right, m_axis, plan.block_m, tiles[1], place, along_k)
+            copied = self._copied(right, m_axis, plan.block_m, tiles[1], place, along_k)
             if copied is not None:
                 return stores + copied, not along_k
         return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, k_fastest=False), False
@@ -311,29 +311,37 @@ class TensorCoreLowering(LocalTileLowering):
                                      swizzle=layout.swizzle))
         return stores
 
-    def _copies(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool) -> Optional[list]:
-        """16-byte copies into rows along k (`along_k`) or along `axis` (a row of `rows` elements per k): AsyncCopies
-        in a pipelined plan, else loads into registers and stores; None, with nothing emitted, where the operand's 8
-        consecutive elements that way are not 16 consecutive bytes of one buffer (in a pipelined plan, 16-byte
-        aligned ones) or would straddle an end (`_inside`)."""
+    def _copied(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool) -> Optional[list]:
+        """The widest copies of `operand` that apply (`_copies`): of 16 bytes, or in a pipelined plan of 8 or 4
+        (cp.async takes rows aligned to those: a product with k = 700 has rows of 1400 bytes)."""
+        widths = (VECTOR, VECTOR // 2, VECTOR // 4) if self.plan.pipelined else (VECTOR,)
+        return next((copies for copies in (self._copies(operand, axis, rows, tile, place, along_k, width)
+                                           for width in widths) if copies is not None), None)
+
+    def _copies(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool,
+                width: int) -> Optional[list]:
+        """Copies of `width` elements (16 bytes through registers) into rows along k (`along_k`) or along `axis` (a
+        row of `rows` elements per k): AsyncCopies in a pipelined plan, else loads into registers and stores; None,
+        with nothing emitted, where the operand's `width` consecutive elements that way are not consecutive in one
+        buffer (in a pipelined plan, aligned to their size) or would straddle an end (`_inside`)."""
         plan, (corner, k_base, k_axis) = self.plan, place
         layout = plan.layout(plan.bk if along_k else rows)
-        per_row = layout.length // VECTOR
+        per_row = layout.length // width
         loads, stores = [], []
-        for copy in range(rows * plan.bk // VECTOR // GROUP):
+        for copy in range(rows * plan.bk // width // GROUP):
             flat = self.lid + copy * GROUP
-            row, k = (flat // per_row, flat % per_row * VECTOR) if along_k else (flat % per_row * VECTOR, flat // per_row)
+            row, k = (flat // per_row, flat % per_row * width) if along_k else (flat % per_row * width, flat // per_row)
             along = k_axis if along_k else axis
-            inside = self._inside(operand, corner, {axis: row, k_axis: k_base + k}, along)
+            inside = self._inside(operand, corner, {axis: row, k_axis: k_base + k}, along, width)
             if inside is None:
                 return None
             offsets, guard = inside
-            load = self._consecutive(operand, corner, offsets, along)
-            if load is None or (plan.pipelined and not aligned(load.index, VECTOR)):
+            load = self._consecutive(operand, corner, offsets, along, width)
+            if load is None or (plan.pipelined and not aligned(load.index, width)):
                 return None
             index = row * layout.stride + k if along_k else k * layout.stride + row
             if plan.pipelined:
-                stores.append(AsyncCopy(tile, index, load.buffer, load.index, guard, layout.swizzle))
+                stores.append(AsyncCopy(tile, index, load.buffer, load.index, guard, layout.swizzle, width))
                 continue
             bits = Reg(self.names.fresh("bits"), int16, VECTOR)
             loads.append(dataclasses.replace(load, out=bits, mode="bits", guard=guard))
@@ -341,15 +349,15 @@ class TensorCoreLowering(LocalTileLowering):
         self._scopes[-1].extend(loads)
         return stores
 
-    def _inside(self, operand: Node, corner: Index, offsets: dict[int, Expr],
-                along: int) -> Optional[tuple[dict[int, Expr], Cond]]:
-        """Offsets of a copy of 8 elements along axis `along` moved to where all 8 exist, and the guard under which
-        they count: past the end of k the copy stages zeros (the guard fails), past the end of rows or columns it
-        copies the last 8 (their outputs are never stored); None where 8 elements along `along` may straddle an
-        end (its size is not a multiple of 8). Rows past the end of the other axis are clamped by `_operand`."""
+    def _inside(self, operand: Node, corner: Index, offsets: dict[int, Expr], along: int,
+                elements: int) -> Optional[tuple[dict[int, Expr], Cond]]:
+        """Offsets of a copy of `elements` along axis `along` moved to where all of them exist, and the guard under
+        which they count: past the end of k the copy stages zeros (the guard fails), past the end of rows or columns
+        it copies the last ones (their outputs are never stored); None where they may straddle an end (its size is
+        not a multiple of `elements`). Rows past the end of the other axis are clamped by `_operand`."""
         k_axis, moved, guard = self.plan.product.arg[0], dict(offsets), ()
         for axis, offset in offsets.items():
-            size, width = operand.shape[axis], VECTOR if axis == along else 1
+            size, width = operand.shape[axis], elements if axis == along else 1
             exact = corner[axis] + offset
             if exact.hi + width <= size or (axis != along and axis != k_axis):
                 continue
@@ -359,15 +367,16 @@ class TensorCoreLowering(LocalTileLowering):
             guard += ((exact, "lt", size),) if axis == k_axis else ()
         return moved, guard
 
-    def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int) -> Optional[Load]:
-        """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next 7 along
-        `axis` are the next elements of the same buffer, none past an end (all 8 are lowered and compared: an edge
-        clamps or pads them, a permuting view reorders them); nothing it lowered is kept either way."""
+    def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int,
+                     width: int = VECTOR) -> Optional[Load]:
+        """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next `width` - 1
+        along `axis` are the next elements of the same buffer, none past an end (all are lowered and compared: an
+        edge clamps or pads them, a permuting view reorders them); nothing it lowered is kept either way."""
         if self.plan.kind == "tf32":
             return None
         known, marks = set(self._values), [len(scope) for scope in self._scopes]
         reads = [self._defining_load(self._operand(operand, corner, {**offsets, axis: offsets[axis] + step}))
-                 for step in range(VECTOR)]
+                 for step in range(width)]
         for scope, mark in zip(self._scopes, marks):  # (a single slice's values lie outside its loop)
             del scope[mark:]
         for key in set(self._values) - known:
