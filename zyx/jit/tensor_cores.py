@@ -10,8 +10,8 @@ rows one ldmatrix reads fall in 8 distinct 16-byte bank groups: each row is padd
 16-byte chunks are swizzled (`TileLayout`). Wide warp tiles and long slices matter most (a hand-written kernel on
 the H200, bfloat16 8192³: warps of 64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
 
-A 16-bit operand stored in a buffer whose 8 neighbours along the staged rows lie in 16 aligned bytes is copied
-global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles; where one operand is, the slices are
+A 16-bit operand stored in a buffer whose neighbours along the staged rows lie in 16 aligned bytes (else 8 or 4) is
+copied global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles; where one operand is, the slices are
 pipelined 3 or 4 stages deep where local memory holds them (transforms/async_pipeline.py; ZYX_TC_PIPELINE=0 turns
 it off). Other operands are staged through registers the way the float32 path (matmul.py) stages them: any fused
 prologue (a cast, a view, an elementwise op) computed per element and rounded to the operand dtype where stored,
