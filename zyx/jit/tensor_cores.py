@@ -368,7 +368,7 @@ class TensorCoreLowering(LocalTileLowering):
         return moved, guard
 
     def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int,
-                     width: int = VECTOR) -> Optional[Load]:
+                     width: int) -> Optional[Load]:
         """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next `width` - 1
         along `axis` are the next elements of the same buffer, none past an end (all are lowered and compared: an
         edge clamps or pads them, a permuting view reorders them); nothing it lowered is kept either way."""
