@@ -40,11 +40,13 @@ def test_half_products_are_planned_on_tensor_cores_in_blocks_of_eight_warps(dtyp
     assert "__local ushort tile_b2[20480]" in product.source
 
 
-def test_operands_in_buffers_are_staged_sixteen_bytes_at_a_time_in_the_layout_their_memory_has():
-    """A stored half-precision operand whose 8 neighbours along k (or along the right operand's columns) lie one
-    after another is copied as one 16-byte vector: the left operand along k, a right one along k when transposed
-    (`x @ w.T`), else along its columns into a [k][column] tile read by ldmatrix.trans; other operands (strided,
-    edges clamped, fused prologues) element by element."""
+def test_operands_in_buffers_are_staged_sixteen_bytes_at_a_time_in_the_layout_their_memory_has(monkeypatch):
+    """Through registers (the cp.async pipeline off: tests/jit/test_tensor_core_pipeline.py has it on), a stored
+    half-precision operand whose 8 neighbours along k (or along the right operand's columns) lie one after another
+    is copied as one 16-byte vector: the left operand along k, a right one along k when transposed (`x @ w.T`), else
+    along its columns into a [k][column] tile read by ldmatrix.trans; other operands (strided, edges clamped, fused
+    prologues) element by element."""
+    monkeypatch.setenv("ZYX_TC_PIPELINE", "0")
     dev = zyx.CPU()
     x, y, w = (dev.randn(*shape).to("bfloat16").realize() for shape in ((256, 128), (128, 256), (256, 128)))
 
@@ -55,7 +57,9 @@ def test_operands_in_buffers_are_staged_sixteen_bytes_at_a_time_in_the_layout_th
     assert staged(x @ y) == (8, True)  # 2 + 2 vectors per item, in the pipelined loop and before it
     assert staged(x @ w.T) == (8, False)
     assert staged(y.T @ w.T) == (4, False)  # the left operand strided along k: element by element
-    assert staged(x[:, :100] @ y[:100]) == (0, False)  # k = 100: the last slice is padded
+    # k = 100: the left operand's last 8 along k would straddle its end (element by element), the right operand's
+    # rows of k past it are zeros (guarded copies)
+    assert staged(x[:, :100] @ y[:100]) == (4, True)
     # elements 2-6 of each 8 reordered by a view (0, 1 and 7 in place): not one vector (found in review)
     shuffled = x.reshape(256, 16, 2, 2, 2).permute(0, 1, 3, 2, 4).reshape(256, 128)
     assert staged(shuffled @ y) == (4, True)
@@ -146,6 +150,25 @@ def test_products_staged_sixteen_bytes_at_a_time_on_tensor_cores_match_numpy(cor
     check((x @ y).numpy(), a64 @ b64, dtype, 128)  # left along k, right across
     check((x @ t.T).numpy(), a64 @ w64.T, dtype, 128)  # both along k
     check((y.transpose(-1, -2) @ t.T[None]).numpy(), b64.transpose(0, 2, 1) @ w64.T, dtype, 128)  # left strided
+
+
+@pytest.mark.parametrize("pipeline", ["1", "0"])
+def test_products_with_edges_staged_sixteen_bytes_at_a_time_on_tensor_cores_match_numpy(cores, monkeypatch, pipeline):
+    """Rows, columns and k multiples of 8 but not of the blocks: stored operands are still copied 16 bytes at a time
+    (by cp.async, or through registers with ZYX_TC_PIPELINE=0), the slice past the end of k as zeros; a computed
+    operand goes through registers, in the pipeline's stages where the other is copied by cp.async."""
+    monkeypatch.setenv("ZYX_TC_PIPELINE", pipeline)
+    cores.forget_programs()  # (programs held in memory were scheduled under the other setting)
+    rng = np.random.default_rng(13)
+    a, b, w = (rounded(rng, shape, "bfloat16") for shape in ((200, 136), (136, 264), (264, 136)))
+    x, y, t = cores.tensor(a), cores.tensor(b), cores.tensor(w)
+    a64, b64, w64 = (v.astype(np.float64) for v in (a, b, w))
+    for out, expected in ((x @ y, a64 @ b64), (x @ t.T, a64 @ w64.T), ((x * 2) @ y, (a64 * 2) @ b64)):
+        source, = [k.source for k in kernels_of(out, cores.traits) if on_tensor_cores(k)]
+        copied_by = "cp.async.cg" if pipeline == "1" else "as_short8("
+        assert copied_by in source and ("cp.async" in source) == (pipeline == "1")
+        check(out.numpy(), expected, "bfloat16", 136)
+    cores.forget_programs()
 
 
 def test_an_autocast_training_step_on_tensor_cores_matches_the_reference_device(cores):

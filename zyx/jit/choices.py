@@ -22,6 +22,10 @@ FAMILIES: dict[str, dict[str, tuple[int, ...]]] = {
     # groups per block of outputs (each summing a chunk of k: matmul.py, split.py)
     "local_tiles": {"block": (32, 64, 128), "per_item": (2, 4, 8), "bk": (8, 16, 32), "buffers": (1, 2),
                     "split": (1, 2, 4, 8), "wide": (1, 2)},
+    # a product on tensor cores (tensor_cores.py): a warp's outputs along m, bytes of each row a slice stages, local
+    # buffers per tile, and whether stored operands are copied by cp.async into a pipeline that deep (1) or the
+    # operands staged through registers (0: one buffer, or two double-buffered)
+    "tensor_cores": {"columns": (32, 64), "row_bytes": (64, 128), "buffers": (1, 2, 3, 4), "pipelined": (0, 1)},
     # any other kernel: a register tile of a product (outputs per item along n and m), vector lanes,
     # accumulators per reduction loop, items per work group sharing a reduction (0: none)
     "plain": {"tile_n": (1, 2, 4, 8, 16), "tile_m": (1, 2, 4, 8, 16), "width": (1, 2, 4, 8, 16),

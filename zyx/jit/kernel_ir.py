@@ -241,13 +241,15 @@ class LocalArray:
 @dataclass(frozen=True)
 class LocalStore:
     """With `element`, index counts single elements of a vector array. `dtype`: the array's, where it differs from
-    the value's (float32 values stored as float16/bfloat16, rounded to nearest even)."""
+    the value's (float32 values stored as float16/bfloat16, rounded to nearest even). `swizzle`: the array's rows
+    of that many 16-bit elements are swizzled (AsyncCopy says how)."""
 
     array: str
     index: Expr
     value: Operand
     element: bool = False
     dtype: Optional[DType] = None
+    swizzle: int = 0
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,38 @@ class MatrixLoad:
     array: str
     index: Expr
     transposed: bool = False
+    swizzle: int = 0  # elements per row of a swizzled array (AsyncCopy says how), 0 where rows are padded
+
+
+@dataclass(frozen=True)
+class AsyncCopy:
+    """`width` elements of 16 bits (8, 4 or 2: 16, 8 or 4 bytes) from global `buffer` at element `source` to local
+    `array` at element `index`, not through registers (NVIDIA's cp.async): in flight until an AsyncWait that covers
+    the group an AsyncCommit closed after it. Both indices are multiples of `width`. Where `guard` fails, zeros
+    (nothing is read; `source` must still lie in the buffer). `swizzle`: the array's rows have that many elements and no padding, each row's
+    16-byte chunks permuted by XOR with the row (print_opencl.py: `swizzled`), so the 8 rows an ldmatrix reads at
+    one column lie in 8 distinct bank groups."""
+
+    array: str
+    index: Expr
+    buffer: str
+    source: Expr
+    guard: Cond = ()
+    swizzle: int = 0
+    width: int = 8
+
+
+@dataclass(frozen=True)
+class AsyncCommit:
+    """Closes the group of AsyncCopies this item issued since the last commit (an empty group where none)."""
+
+
+@dataclass(frozen=True)
+class AsyncWait:
+    """Waits until at most `pending` of this item's most recent groups are in flight (the rest have landed; a
+    Barrier after it makes them visible to the whole group)."""
+
+    pending: int
 
 
 @dataclass(frozen=True)
@@ -287,8 +321,10 @@ class MatrixMultiply:
     kind: str
 
 
-Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd, Loop, If,
-                  Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply]
+Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd,
+                  Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
+                  AsyncCopy, AsyncCommit, AsyncWait]
+NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
 
 

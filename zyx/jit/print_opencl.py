@@ -13,15 +13,16 @@ from typing import Callable, Sequence
 from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
-from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, Barrier, Break, Broadcast, Const, Define, Extract, Gather,
-                        If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad,
-                        MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role, Select, Store, walk)
+from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Break,
+                        Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load, LocalArray,
+                        LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role,
+                        Select, Store, walk)
 from .cache_key import hash_hex
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
 
-VERSION = "3"  # bump when the same IR prints differently
+VERSION = "4"  # bump when the same IR prints differently
 
 
 # ---- types and literals ----------------------------------------------------------------------------------
@@ -231,15 +232,45 @@ def _local_array(s: LocalArray) -> str:
 
 
 def _local_store(s: LocalStore) -> str:
+    index = swizzled(s.index, s.swizzle) if s.swizzle else s.index.render()
     if s.dtype is not None and s.dtype.is_narrow_float and s.value.dtype.is_int:  # its bits ("bits" Load)
         if s.value.width == 8:  # 16 bytes at a multiple of 8 elements of an aligned array: one word
-            return f"*((__local uint4*)(((__local ushort*){s.array})+{s.index.render()})) = as_uint4({operand(s.value)});"
-        return f"((__local ushort*){s.array})[{s.index.render()}] = (ushort)({operand(s.value)});"
+            return f"*((__local uint4*)(((__local ushort*){s.array})+{index})) = as_uint4({operand(s.value)});"
+        return f"((__local ushort*){s.array})[{index}] = (ushort)({operand(s.value)});"
     if s.dtype is not None and s.dtype.is_narrow_float:  # a value (computed in float) into a half-precision array
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"
-        return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=s.index.render(), v=operand(s.value))
+        return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=index, v=operand(s.value))
     array = f"((__local {register_type(s.value.dtype)}*){s.array})" if s.element else s.array
     return f"{array}[{s.index.render()}] = {operand(s.value)};"
+
+
+def swizzle_bits(row: int) -> tuple[int, int]:
+    """(shift, mask) of `zyx_swizzle(i, shift, mask) = i ^ (((i >> shift) & mask) << 3)` for an array with rows of
+    `row` 16-bit elements (a power of two, 16 or more): element i's 16-byte chunk (8 elements) XORed with the index
+    of its row's line (a line: 128 bytes, the 32 banks; rows of 64 bytes share one) modulo the chunks per row, at
+    most 8. The 8 rows from a multiple of 8 then hold a given chunk in 8 distinct bank groups, and each row keeps
+    its own chunks (a copy of whole rows stays conflict-free)."""
+    chunks = row // 8
+    per_line = max(1, 8 // chunks)
+    return (row * per_line).bit_length() - 1, min(chunks, 8) - 1
+
+
+def swizzled(index: Expr, row: int) -> str:
+    """Where element `index` of a swizzled array with rows of `row` elements lies (`swizzle_bits`). The terms of
+    `index` that move it by whole periods of the pattern (a buffer, a block of 16 rows) commute with it: they are
+    added outside, so that the compiler computes the pattern once per item, not once per step."""
+    shift, mask = swizzle_bits(row)
+    period = 1 << (shift + mask.bit_length())
+    outside = Expr(index.const - index.const % period, {a: c for a, c in index.terms.items() if c % period == 0})
+    text = f"zyx_swizzle({(index - outside).render()},{shift},{mask})"
+    return text if outside == Expr(0) else f"({text}+{outside.render()})"
+
+
+def _local_address(array: str, index: Expr, swizzle: int) -> str:
+    """The shared-memory address (32 bits) of element `index` of local `array` (`swizzle`: of 16-bit elements),
+    computed in 32 bits (pointer arithmetic would take 64)."""
+    position = swizzled(index, swizzle) if swizzle else index.render()
+    return f"((uint)(ulong){array} + (uint)({position})*(uint)sizeof({array}[0]))"
 
 
 def _matrix_load(s: MatrixLoad) -> str:
@@ -247,7 +278,17 @@ def _matrix_load(s: MatrixLoad) -> str:
     trans = ".trans" if s.transposed else ""
     return (f"uint4 {s.out.name}; {{ uint t0, t1, t2, t3; asm volatile(\"ldmatrix.sync.aligned.m8n8.x4{trans}.shared.b16 "
             f"{{%0,%1,%2,%3}}, [%4];\" : \"=r\"(t0), \"=r\"(t1), \"=r\"(t2), \"=r\"(t3) : "
-            f"\"r\"((uint)(ulong)({s.array} + {s.index.render()}))); {s.out.name} = (uint4)(t0, t1, t2, t3); }}")
+            f"\"r\"({_local_address(s.array, s.index, s.swizzle)})); {s.out.name} = (uint4)(t0, t1, t2, t3); }}")
+
+
+def _async_copy(s: AsyncCopy) -> str:
+    """cp.async global -> local: 16 bytes cached in L2 only (.cg: each is read once per group), 8 or 4 bytes in L1
+    too (.ca: .cg takes 16 only); under a guard, the form with a source size (all, or 0: zeros, nothing read)."""
+    size = 2 * s.width
+    source = f"(ulong)(((__global const ushort*){s.buffer}) + {s.source.render()})"
+    read, operands = ("", "") if not s.guard else (", %2", f", \"r\"(({condition(s.guard)})?{size}:0)")
+    return (f"asm volatile(\"cp.async.{'cg' if size == 16 else 'ca'}.shared.global [%0], [%1], {size}{read};\" :: "
+            f"\"r\"({_local_address(s.array, s.index, s.swizzle)}), \"l\"({source}){operands} : \"memory\");")
 
 
 def _matrix_multiply(s: MatrixMultiply) -> str:
@@ -277,6 +318,8 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     MultiplyAdd: lambda s: (f"{s.acc.name} = fma({operand(s.a)},{operand(s.b)},{s.acc.name});" if s.acc.width > 1
                             else f"{s.acc.name} += {operand(s.a)}*{operand(s.b)};"),
     LocalArray: _local_array, LocalStore: _local_store, MatrixLoad: _matrix_load, MatrixMultiply: _matrix_multiply,
+    AsyncCopy: _async_copy, AsyncCommit: lambda s: 'asm volatile("cp.async.commit_group;" ::: "memory");',
+    AsyncWait: lambda s: f'asm volatile("cp.async.wait_group {s.pending};" ::: "memory");',
 }
 
 
@@ -375,6 +418,8 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
         "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
         "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
+    (("zyx_swizzle",), [  # (swizzle_bits)
+        "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
     (("zyx_round_half",), [  # through half's 16 bits, rounded to nearest even (no cl_khr_fp16 needed)
         "static inline float zyx_round_half(float f) { ushort h; vstore_half(f, 0, (__private half*)&h); "
         "return vload_half(0, (__private const half*)&h); }"]),

@@ -36,8 +36,8 @@ from ..dtypes import DType, float32, int_range, int32, uint32
 from ..trace.ops import Op
 from ..trace.philox import WGSL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
-                        If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd, Operand,
-                        Rand, Reg, Role, Select, Statement, Store, walk)
+                        If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
+                        NVIDIA_ONLY, Operand, Rand, Reg, Role, Select, Statement, Store, walk)
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
@@ -48,7 +48,8 @@ SCALAR_SLOT_BYTES = 16  # one vec4<u32> per seed or offset parameter in the unif
 
 
 class WgslUnsupported(TypeError):
-    """The kernel needs what WGSL cannot express (float64, a 64-bit constant, a vector of more than four lanes)."""
+    """The kernel needs what WGSL cannot express (float64, a 64-bit constant, a vector of more than four lanes,
+    NVIDIA's tensor-core and asynchronous-copy instructions)."""
 
 
 # ---- types and literals ----------------------------------------------------------------------------------
@@ -394,6 +395,9 @@ def print_kernel(kernel: Kernel) -> tuple[str, str]:
         raise WgslUnsupported(f"WGSL has no {', '.join(unsupported)}")
     if kernel.work_items >= 2**31:
         raise WgslUnsupported(f"{kernel.work_items} work items do not fit WGSL's i32 index")
+    nvidia = sorted({type(s).__name__ for s in walk(kernel.body) if isinstance(s, NVIDIA_ONLY)})
+    if nvidia:
+        raise WgslUnsupported(f"{', '.join(nvidia)}: NVIDIA's inline PTX, which WGSL cannot express")
     name, group = kernel_name(kernel, VERSION), workgroup_size(kernel)
     layout = bindings(kernel)
     lanes = {s.name: s.width for s in walk(kernel.body) if isinstance(s, LocalArray)}

@@ -25,7 +25,7 @@ from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
-from .tensor_cores import TensorCoreLowering, plan_tensor_cores, tensor_core_kinds
+from .tensor_cores import lower_tensor_cores, tensor_core_kinds, tensor_core_options
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -187,11 +187,13 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
         if cpu_plan is not None:
             lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
-    if traits.tensor_cores and family is None:
-        cores = plan_tensor_cores(root, hosted_matmul(root, materialized), traits.tensor_cores, traits.local_memory)
+    if traits.tensor_cores and family in (None, "tensor_cores"):
+        cores = lower_tensor_cores(root, materialized, site.produced, hosted_matmul(root, materialized),
+                                   traits.tensor_cores, traits.local_memory, site.apart, traits.max_params, choice)
         if cores is not None:
-            lowered = TensorCoreLowering(root, materialized, site.produced, cores, site.apart, traits.max_params).lower()
-            return _Shaped(lowered, (double_buffer(lowered.ir) if cores.buffers == 2 else None) or lowered.ir)
+            lowered, kernel, plan = cores
+            options = tensor_core_options(traits.local_memory, plan.pipelined)
+            return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
         if plan is not None:

@@ -5,15 +5,21 @@ short). Warp w owns 64 rows (from 64·(w // 4)) by W columns (from W·(w % 4)): 
 accumulated by one mma.sync per step of the reduced axis (`MatrixMultiply`). Per slice of the reduced axis (128 or
 64 bytes of each row: 4 or 2 mma steps) the group stages both operands in local memory as rows along k: [row][k] for
 the left operand and [column][k] for the right, so both fragments load with ldmatrix and nothing is transposed
-(`MatrixLoad`). Each row is padded by 16 bytes, so the 8 rows one ldmatrix reads fall in 8 distinct 16-byte bank
-groups. Wide warp tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of
-64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
+(`MatrixLoad`); a right operand stored row-major lies instead as [k][column], read by transposing ldmatrix. The 8
+rows one ldmatrix reads fall in 8 distinct 16-byte bank groups: each row is padded by 16 bytes, or (pipelined) its
+16-byte chunks are swizzled (`TileLayout`). Wide warp tiles and long slices matter most (a hand-written kernel on
+the H200, bfloat16 8192³: warps of 64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
 
-Operands are staged the way the float32 path (matmul.py) stages them: any fused prologue (a cast, a view, an
-elementwise op) is computed per element and rounded to the operand dtype where stored, rows and columns past the
-ends read the last ones (their outputs are never stored), a slice past the end of k stages zeros. The epilogue
-(bias, activation, the cast of the result) is fused into the stores of the per-element float32 accumulators, and
-the slices are double-buffered by the same transform (transforms/double_buffer.py).
+A 16-bit operand stored in a buffer whose neighbours along the staged rows lie in 16 aligned bytes (else 8 or 4) is
+copied global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles; where one operand is, the slices are
+pipelined 3 or 4 stages deep where local memory holds them (transforms/async_pipeline.py; ZYX_TC_PIPELINE=0 turns
+it off). Other operands are staged through registers the way the float32 path (matmul.py) stages them: any fused
+prologue (a cast, a view, an elementwise op) computed per element and rounded to the operand dtype where stored,
+rows and columns past the ends reading the last ones (their outputs are never stored), a slice past the end of k
+staging zeros. Where neither operand is copied by cp.async (or TF32), tiles are padded, operands stored in buffers
+staged 16 bytes at a time through registers, and the slices double-buffered by the same transform as there
+(transforms/double_buffer.py). The epilogue (bias, activation, the cast of the result) is fused into the stores of
+the float32 accumulators.
 
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
 user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch).
@@ -29,12 +35,16 @@ from typing import Optional
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
-from .kernel_ir import (ROUND_TF32, Alu, Barrier, Const, Define, Lane, Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply,
-                        Operand, Reg)
-from .lower import Index, Lowering, _Value, linear, unravel
+from .choices import FAMILIES, Choice, Options
+from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray,
+                        LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg)
+from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
+from .print_common import aligned
 from .symbolic import Expr
 from .tiling import matmul_axes
+from .transforms.async_pipeline import pipeline
+from .transforms.double_buffer import double_buffer
 
 BLOCK = 128          # outputs per group along n
 WARP = 32
@@ -45,6 +55,9 @@ VECTOR = 8           # half-precision elements one 16-byte copy moves
 # Double buffering first: on the H200 (48 KiB) 64 x 32 warps double-buffered ran 3000x700x5000 in bfloat16 at 110
 # TFLOP/s and 1021³ at 45, 64 x 64 warps single-buffered at 89 and 26 (8192³: 120 and 126).
 SHAPES = ((64, 64, 2), (32, 64, 2), (64, 128, 1), (64, 64, 1), (32, 64, 1))
+# (warp columns, bytes of each row a slice stages, stages) where an operand is copied by cp.async: swizzled tiles (no
+# padding: 48 KiB hold 3 stages of 128 x 128 blocks); the first that fits.
+PIPELINED = ((64, 64, 4), (64, 64, 3), (32, 64, 4), (32, 64, 3), (64, 64, 2), (32, 64, 2))
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
 
 
@@ -54,6 +67,7 @@ class TensorCorePlan(TilePlan):
 
     kind: str = "bf16"
     warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
+    pipelined: bool = False  # `buffers` stages of swizzled tiles, some operand copied by cp.async (else registers)
 
     @property
     def block_m(self) -> int:
@@ -70,20 +84,48 @@ class TensorCorePlan(TilePlan):
         return 8 if self.kind == "tf32" else 16
 
     @property
-    def stride(self) -> int:
-        """Elements from one staged row to the next."""
-        return self.bk + PAD_BYTES // self.stored.itemsize
-
-    @property
     def stored(self) -> DType:
         return self.product.dtype
 
+    @property
+    def choice(self) -> Choice:
+        return Choice.of("tensor_cores", columns=self.warp_columns, row_bytes=self.bk * self.stored.itemsize,
+                         buffers=self.buffers, pipelined=int(self.pipelined))
 
-def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...],
-                      local_memory: int) -> Optional[TensorCorePlan]:
+    def layout(self, length: int) -> "TileLayout":
+        """How a tile whose rows hold `length` elements lies in local memory."""
+        if self.pipelined:
+            return TileLayout(length, 0, length)
+        return TileLayout(length, PAD_BYTES // self.stored.itemsize, 0)
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """A staged tile's rows in local memory: `length` elements, then `pad` more, or (`swizzle`, the row length) no
+    padding and each row's 16-byte chunks permuted (print_opencl.swizzled). Either way the 8 rows one ldmatrix
+    reads at one column lie in 8 distinct 16-byte bank groups."""
+
+    length: int
+    pad: int
+    swizzle: int
+
+    @property
+    def stride(self) -> int:
+        """Elements from one row to the next."""
+        return self.length + self.pad
+
+
+class NotCopied(Exception):
+    """Neither operand of a pipelined plan's product is copied 16 bytes at a time (each is computed, strided,
+    unaligned or straddles an end)."""
+
+
+def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
+                      pipelined: bool = False, choice: Optional[Choice] = None) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
-    staged slices fit `local_memory` bytes (the widest warps and longest slices that do)."""
+    staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
+    PIPELINED, that does (ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -95,12 +137,81 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    fitting = [(w, b, n) for w, b, n in SHAPES if n * (BLOCK + 4 * w) * (b + PAD_BYTES) <= local_memory]
+    fitting = [(w, b, n) for w, b, n in (PIPELINED if pipelined else SHAPES)
+               if _fits(local_memory, w, b, n, pipelined)]
+    forced = _forced_shape()
+    if forced is not None:  # (one buffer: registers)
+        fitting = [forced] if forced[2] > 1 or not pipelined else []
+    if choice is not None:
+        fitting = [(choice["columns"], choice["row_bytes"], choice["buffers"])]
     if not fitting:
         return None
     columns, row_bytes, buffers = fitting[0]
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
-                          buffers, kind=kind, warp_columns=columns)
+                          buffers, kind=kind, warp_columns=columns, pipelined=pipelined)
+
+
+def _fits(local_memory: int, columns: int, row_bytes: int, buffers: int, pipelined: bool) -> bool:
+    """Whether the tiles of that shape fit `local_memory` bytes (padded rows unless `pipelined`)."""
+    return buffers * (BLOCK + 4 * columns) * (row_bytes + (0 if pipelined else PAD_BYTES)) <= local_memory
+
+
+def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
+    """Whether a tensor_cores choice's tiles fit `local_memory` bytes and its buffers suit its staging: one or two
+    through registers (double buffering), two or more pipelined."""
+    pipelined, buffers = bool(choice["pipelined"]), choice["buffers"]
+    return (buffers >= 2 if pipelined else buffers <= 2) and _fits(local_memory, choice["columns"],
+                                                                   choice["row_bytes"], buffers, pipelined)
+
+
+def tensor_core_options(local_memory: int, pipelined: bool) -> Options:
+    """The values a search may try for a product on tensor cores: of each parameter those some feasible combination
+    takes (`pipelined`: whether the kernel can have a pipeline, some operand copied by cp.async)."""
+    family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,)}
+    names = sorted(family)
+    possible = [dict(zip(names, values)) for values in itertools.product(*(family[name] for name in names))
+                if feasible_on_tensor_cores(Choice.of("tensor_cores", **dict(zip(names, values))), local_memory)]
+    return tuple((name, tuple(v for v in family[name] if any(c[name] == v for c in possible))) for name in names)
+
+
+def _forced_shape() -> Optional[tuple[int, int, int]]:
+    """The shape ZYX_TC_SHAPE="warp columns,row bytes,buffers" asks for (to measure it, whatever the device's local
+    memory), if set."""
+    text = os.environ.get("ZYX_TC_SHAPE")
+    if not text:
+        return None
+    shape = tuple(int(v) for v in text.split(",") if v.strip().isdigit())
+    if len(shape) != 3 or shape[0] not in (32, 64) or shape[1] not in (64, 128) or not 1 <= shape[2] <= 8:
+        raise ValueError(f"ZYX_TC_SHAPE={text!r}: expected warp columns (32 or 64), bytes of each row a slice stages "
+                         f"(64 or 128) and buffers (1 to 8; a pipeline takes 2 or more), as in 32,64,3")
+    return shape  # type: ignore[return-value]
+
+
+def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[int], product: Optional[Node],
+                       kinds: tuple[str, ...], local_memory: int, stored_apart: frozenset, param_limit: int,
+                       choice: Optional[Choice] = None) -> Optional[tuple[LoweredKernel, Kernel, TensorCorePlan]]:
+    """The kernel computing `root`'s product on tensor cores, the lowering it came from and its plan (`choice`'s
+    where it can be lowered, else the heuristics'), or None where it is not planned there: a pipeline where a 16-bit
+    operand is copied by cp.async (unless ZYX_TC_PIPELINE=0), else operands staged through registers,
+    double-buffered where local memory allows."""
+    attempts = [(pipelined, None) for pipelined in ((True, False) if os.environ.get("ZYX_TC_PIPELINE") != "0"
+                                                    else (False,))]
+    if choice is not None:
+        attempts.insert(0, (bool(choice["pipelined"]), choice))
+    for pipelined, chosen in attempts:
+        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen)
+        if plan is None or (pipelined and plan.kind == "tf32"):  # (TF32 operands are rounded, never copied)
+            continue
+        try:
+            lowered = TensorCoreLowering(root, materialized, produced, plan, stored_apart, param_limit).lower()
+        except NotCopied:
+            continue
+        if not pipelined:
+            return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
+        kernel = pipeline(lowered.ir, plan.buffers)
+        if kernel is not None:
+            return lowered, kernel, plan
+    return None
 
 
 def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:
@@ -149,14 +260,16 @@ class TensorCoreLowering(LocalTileLowering):
         step = self.names.fresh("k")
         self._open_loop(step, steps)
         stores, across = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
+        if plan.pipelined and not any(isinstance(s, AsyncCopy) for s in stores):
+            raise NotCopied(node)
         body = (self._close_loop() + stores + [Barrier()] + self._multiply_fragments(tiles, accumulators, across)
                 + [Barrier()])
-        right_size = plan.bk * (plan.block_m + PAD_BYTES // 2) if across else plan.block_m * plan.stride
+        right = plan.layout(plan.block_m if across else plan.bk)
         lines = self._scopes[0]
-        lines += [LocalArray(tiles[0], plan.stored, BLOCK * plan.stride, aligned=True),
-                  LocalArray(tiles[1], plan.stored, right_size, aligned=True)]
+        lines += [LocalArray(tiles[0], plan.stored, BLOCK * plan.layout(plan.bk).stride, aligned=True),
+                  LocalArray(tiles[1], plan.stored, (plan.bk if across else plan.block_m) * right.stride, aligned=True)]
         lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
-        lines.append(Loop(step, steps, tuple(body)))  # (double-buffered by the scheduler where plan.buffers is 2)
+        lines.append(Loop(step, steps, tuple(body)))  # (pipelined or double-buffered: lower_tensor_cores)
         return [_Value(acc, 0) for acc in accumulators]
 
     def _stage(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> tuple[list, bool]:
@@ -166,7 +279,8 @@ class TensorCoreLowering(LocalTileLowering):
         A half-precision operand read straight from a buffer where 8 elements lie one after another along k (the
         left operand, and a transposed right one: `x @ w.T`) is copied 16 bytes at a time into rows along k; a
         right operand whose 8 consecutive elements lie along its columns (row-major) 16 bytes at a time into rows
-        along its columns; any other operand (fused prologues, edges clamped or padded, TF32) element by element
+        along its columns (past the end of k, zeros; past the ends of rows and columns, the last ones), where the
+        8 never straddle an end; any other operand (fused prologues, views, such edges, TF32) element by element
         into rows along k, neighbouring items reading neighbouring k of the left operand and neighbouring columns of
         the right, as row-major operands lie."""
         plan = self.plan
@@ -175,11 +289,11 @@ class TensorCoreLowering(LocalTileLowering):
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
         place = (corner, k_base, k_axis)
-        stores = self._copies(left, n_axis, BLOCK, tiles[0], place, along_k=True)
+        stores = self._copied(left, n_axis, BLOCK, tiles[0], place, along_k=True)
         if stores is None:
             stores = self._elements(left, n_axis, BLOCK, tiles[0], place, k_fastest=True)
         for along_k in (True, False):
-            copied = self._copies(right, m_axis, plan.block_m, tiles[1], place, along_k)
+            copied = self._copied(right, m_axis, plan.block_m, tiles[1], place, along_k)
             if copied is not None:
                 return stores + copied, not along_k
         return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, k_fastest=False), False
@@ -187,44 +301,84 @@ class TensorCoreLowering(LocalTileLowering):
     def _elements(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, k_fastest: bool) -> list:
         """Element by element into rows along k, neighbouring items at neighbouring k (`k_fastest`) or rows."""
         plan, (corner, k_base, k_axis) = self.plan, place
+        layout = plan.layout(plan.bk)
         stores = []
         for copy in range(rows * plan.bk // GROUP):
             flat = self.lid + copy * GROUP
             row, k = (flat // plan.bk, flat % plan.bk) if k_fastest else (flat % rows, flat // rows)
             value = self._operand(operand, corner, {axis: row, k_axis: k_base + k})
-            stores.append(LocalStore(tile, row * plan.stride + k, self._staged(value), dtype=plan.stored))
+            stores.append(LocalStore(tile, row * layout.stride + k, self._staged(value), dtype=plan.stored,
+                                     swizzle=layout.swizzle))
         return stores
 
-    def _copies(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool) -> Optional[list]:
-        """16-byte copies into rows along k (`along_k`) or along `axis` (rows of `rows` + 8 elements, one per k);
-        None, with nothing emitted, where the operand's 8 consecutive elements that way are not 16 consecutive
-        bytes of one buffer."""
+    def _copied(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool) -> Optional[list]:
+        """The widest copies of `operand` that apply (`_copies`): of 16 bytes, or in a pipelined plan of 8 or 4
+        (cp.async takes rows aligned to those: a product with k = 700 has rows of 1400 bytes)."""
+        widths = (VECTOR, VECTOR // 2, VECTOR // 4) if self.plan.pipelined else (VECTOR,)
+        return next((copies for copies in (self._copies(operand, axis, rows, tile, place, along_k, width)
+                                           for width in widths) if copies is not None), None)
+
+    def _copies(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool,
+                width: int) -> Optional[list]:
+        """Copies of `width` elements (16 bytes through registers) into rows along k (`along_k`) or along `axis` (a
+        row of `rows` elements per k): AsyncCopies in a pipelined plan, else loads into registers and stores; None,
+        with nothing emitted, where the operand's `width` consecutive elements that way are not consecutive in one
+        buffer (in a pipelined plan, aligned to their size) or would straddle an end (`_inside`)."""
         plan, (corner, k_base, k_axis) = self.plan, place
-        per_row = (plan.bk if along_k else rows) // VECTOR
+        layout = plan.layout(plan.bk if along_k else rows)
+        per_row = layout.length // width
         loads, stores = [], []
-        for copy in range(rows * plan.bk // VECTOR // GROUP):
+        for copy in range(rows * plan.bk // width // GROUP):
             flat = self.lid + copy * GROUP
-            row, k = (flat // per_row, flat % per_row * VECTOR) if along_k else (flat % per_row * VECTOR, flat // per_row)
-            load = self._consecutive(operand, corner, {axis: row, k_axis: k_base + k}, k_axis if along_k else axis)
-            if load is None:
+            row, k = (flat // per_row, flat % per_row * width) if along_k else (flat % per_row * width, flat // per_row)
+            along = k_axis if along_k else axis
+            inside = self._inside(operand, corner, {axis: row, k_axis: k_base + k}, along, width)
+            if inside is None:
                 return None
+            offsets, guard = inside
+            load = self._consecutive(operand, corner, offsets, along, width)
+            if load is None or (plan.pipelined and not aligned(load.index, width)):
+                return None
+            index = row * layout.stride + k if along_k else k * layout.stride + row
+            if plan.pipelined:
+                stores.append(AsyncCopy(tile, index, load.buffer, load.index, guard, layout.swizzle, width))
+                continue
             bits = Reg(self.names.fresh("bits"), int16, VECTOR)
-            loads.append(dataclasses.replace(load, out=bits, mode="bits"))
-            index = row * plan.stride + k if along_k else k * (rows + PAD_BYTES // 2) + row
+            loads.append(dataclasses.replace(load, out=bits, mode="bits", guard=guard))
             stores.append(LocalStore(tile, index, bits, dtype=plan.stored))
         self._scopes[-1].extend(loads)
         return stores
 
-    def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int) -> Optional[Load]:
-        """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next 7 along
-        `axis` are the next elements of the same buffer, none past an end (all 8 are lowered and compared: an edge
-        clamps or pads them, a permuting view reorders them); nothing it lowered is kept either way."""
+    def _inside(self, operand: Node, corner: Index, offsets: dict[int, Expr], along: int,
+                elements: int) -> Optional[tuple[dict[int, Expr], Cond]]:
+        """Offsets of a copy of `elements` along axis `along` moved to where all of them exist, and the guard under
+        which they count: past the end of k the copy stages zeros (the guard fails), past the end of rows or columns
+        it copies the last ones (their outputs are never stored); None where they may straddle an end (its size is
+        not a multiple of `elements`). Rows past the end of the other axis are clamped by `_operand`."""
+        k_axis, moved, guard = self.plan.product.arg[0], dict(offsets), ()
+        for axis, offset in offsets.items():
+            size, width = operand.shape[axis], elements if axis == along else 1
+            exact = corner[axis] + offset
+            if exact.hi + width <= size or (axis != along and axis != k_axis):
+                continue
+            if size % width:
+                return None
+            moved[axis] = Expr.minimum(exact // width, size // width - 1) * width - corner[axis]  # (whole vectors)
+            guard += ((exact, "lt", size),) if axis == k_axis else ()
+        return moved, guard
+
+    def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int,
+                     width: int) -> Optional[Load]:
+        """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next `width` - 1
+        along `axis` are the next elements of the same buffer, none past an end (all are lowered and compared: an
+        edge clamps or pads them, a permuting view reorders them); nothing it lowered is kept either way."""
         if self.plan.kind == "tf32":
             return None
-        scope, known, mark = self._scopes[-1], set(self._values), len(self._scopes[-1])
+        known, marks = set(self._values), [len(scope) for scope in self._scopes]
         reads = [self._defining_load(self._operand(operand, corner, {**offsets, axis: offsets[axis] + step}))
-                 for step in range(VECTOR)]
-        del scope[mark:]
+                 for step in range(width)]
+        for scope, mark in zip(self._scopes, marks):  # (a single slice's values lie outside its loop)
+            del scope[mark:]
         for key in set(self._values) - known:
             del self._values[key]
         first = reads[0]
@@ -234,20 +388,21 @@ class TensorCoreLowering(LocalTileLowering):
         return first
 
     def _defining_load(self, value: Operand) -> Optional[Load]:
-        """The unguarded element Load of half precision defining `value` in the innermost scope, if that is what
-        defines it."""
-        position = self._load_position(value)
-        load = None if position is None else self._scopes[-1][position]
+        """The unguarded element Load of half precision defining `value`, if that is what defines it."""
+        found = self._load_position(value)
+        load = None if found is None else found[0][found[1]]
         return None if load is None or load.guard else load
 
-    def _load_position(self, value: Operand) -> Optional[int]:
-        """Where in the innermost scope an element Load of half precision defines `value`, if one does."""
-        scope = self._scopes[-1]
-        position = next((p for p in range(len(scope) - 1, -1, -1)
-                         if isinstance(scope[p], Load) and scope[p].out == value), None)
-        if position is None or scope[position].mode != "element" or not value.dtype.is_narrow_float:
-            return None
-        return position
+    def _load_position(self, value: Operand) -> Optional[tuple[list, int]]:
+        """The scope (innermost first) and the position in it of the element Load of half precision defining
+        `value`, if one does."""
+        for scope in reversed(self._scopes):
+            position = next((p for p in range(len(scope) - 1, -1, -1)
+                             if isinstance(scope[p], Load) and scope[p].out == value), None)
+            if position is not None:
+                narrow = scope[position].mode == "element" and value.dtype.is_narrow_float
+                return (scope, position) if narrow else None
+        return None
 
     def _staged(self, value: Operand) -> Operand:
         """What is stored of an operand value: float32 rounded to TF32, half precision as its bits (`_bits`)."""
@@ -261,9 +416,10 @@ class TensorCoreLowering(LocalTileLowering):
         """A half-precision operand read straight from a buffer, read instead as its stored bits (the load becomes
         a "bits" Load), so staging copies it rather than converting it to float and back; any other operand as
         it is. (Staged values have no other reader.)"""
-        scope, position = self._scopes[-1], self._load_position(value)
-        if position is None:
+        found = self._load_position(value)
+        if found is None:
             return value
+        scope, position = found
         bits = Reg(self.names.fresh("bits"), int16)
         scope[position] = dataclasses.replace(scope[position], out=bits, mode="bits")
         return bits
@@ -278,22 +434,23 @@ class TensorCoreLowering(LocalTileLowering):
         k = Expr.var(counter, plan.bk // plan.k_step) * plan.k_step
         rows, columns = self._warp_corner()
         lane = self._lane
+        along, right_layout = plan.layout(plan.bk), plan.layout(plan.block_m if across else plan.bk)
         body: list = []
         left = []
         for i in range(WARP_ROWS // 16):  # matrices: rows 0-7 and 8-15 at k, then both at k + half
             out = Reg(self.names.fresh("fa"), uint32, 4)
-            index = (rows + i * 16 + lane % 16) * plan.stride + k + (lane // 16) * half
-            body.append(MatrixLoad(out, tiles[0], index))
+            index = (rows + i * 16 + lane % 16) * along.stride + k + (lane // 16) * half
+            body.append(MatrixLoad(out, tiles[0], index, swizzle=along.swizzle))
             left.append(tuple(Lane(out, f"s{w}") for w in range(4)))
         right = []
         for j in range(0, plan.warp_columns // 8, 2):  # matrices: tile j at k, at k + half, tile j + 1 at both
             out = Reg(self.names.fresh("fb"), uint32, 4)
             if across:  # rows of k: k, k + 8 of tile j, then of tile j + 1
                 row = k + lane % 8 + ((lane // 8) % 2) * 8
-                index = row * (plan.block_m + PAD_BYTES // 2) + columns + j * 8 + (lane // 16) * 8
+                index = row * right_layout.stride + columns + j * 8 + (lane // 16) * 8
             else:
-                index = (columns + j * 8 + lane % 8 + (lane // 16) * 8) * plan.stride + k + ((lane // 8) % 2) * half
-            body.append(MatrixLoad(out, tiles[1], index, transposed=across))
+                index = (columns + j * 8 + lane % 8 + (lane // 16) * 8) * along.stride + k + ((lane // 8) % 2) * half
+            body.append(MatrixLoad(out, tiles[1], index, transposed=across, swizzle=right_layout.swizzle))
             right += [(Lane(out, "s0"), Lane(out, "s1")), (Lane(out, "s2"), Lane(out, "s3"))]
         shape = f"m16n8k{plan.k_step}"
         tiles_of = itertools.product(range(WARP_ROWS // 16), range(plan.warp_columns // 8))

@@ -44,6 +44,7 @@ from .compiler import KernelBuildError
 from .cpu_matmul import fits_registers
 from .kernel_ir import RenderedKernel
 from .matmul import feasible
+from .tensor_cores import feasible_on_tensor_cores
 from .program import Program, build_program
 from .schedule import DeviceTraits, plain_effect, schedule
 from .tune_store import Trial, TuneRecord, TuningStore, default_tuning_store
@@ -80,6 +81,7 @@ FEASIBLE: dict[str, Callable[[Choice, DeviceTraits], bool]] = {
     "cpu_matmul": lambda choice, traits: fits_registers(choice),
     "local_tiles": lambda choice, traits: feasible(choice, traits.local_memory, traits.max_group_size),
     "plain": lambda choice, traits: choice.get("tile_n", 1) * choice.get("tile_m", 1) <= 64,
+    "tensor_cores": lambda choice, traits: feasible_on_tensor_cores(choice, traits.local_memory),
 }
 """Per family, whether a combination of allowed values is worth compiling (registers, local memory)."""
 EFFECT = {"plain": plain_effect}

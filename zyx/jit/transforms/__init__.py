@@ -8,6 +8,7 @@ the untransformed kernel's results.
 - `group.group_reductions`: a work group per output, its items sharing each reduction.
 - `upcast.upcast`: a tile of outputs per work item (register tiles).
 - `double_buffer.double_buffer`: local tiles staged into one buffer while the group computes on the other.
+- `async_pipeline.pipeline`: local tiles copied by cp.async several slices ahead of the computation.
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from ..kernel_ir import (Axis, Barrier, Const, Kernel, LocalArray, LocalLoad, LocalStore, Load, Loop, MatrixLoad, Operand,
-                         Select, Statement, simplify_cond)
+from ..kernel_ir import (AsyncCopy, Axis, Barrier, Const, Kernel, LocalArray, LocalLoad, LocalStore, Load, Loop,
+                         MatrixLoad, Operand, Select, Statement, simplify_cond)
 from ..symbolic import Expr
 from . import copy_body, rename_all
 
@@ -29,14 +29,14 @@ def double_buffer(kernel: Kernel) -> Optional[Kernel]:
     halves = {s.name: s for s in kernel.body if isinstance(s, LocalArray) and s.name in stored}
     steps = loop.trips
     step = Expr.var(loop.var, steps - 1)
-    lines = [*_copy(fetch + put, loop.var, Expr(0), Expr(0), halves, ""), Barrier()]
+    lines = [*at_step(fetch + put, loop.var, Expr(0), Expr(0), halves, ""), Barrier()]
     if steps > 1:
-        following = _copy(fetch + put, loop.var, step + 1, (step + 1) % 2, halves, "_next")
-        computed = _copy(compute, loop.var, step, step % 2, halves, "")
+        following = at_step(fetch + put, loop.var, step + 1, (step + 1) % 2, halves, "_next")
+        computed = at_step(compute, loop.var, step, step % 2, halves, "")
         stores = tuple(s for s in following if isinstance(s, LocalStore))
         reads = tuple(s for s in following if not isinstance(s, LocalStore))
         lines.append(Loop(loop.var, steps - 1, reads + computed + stores + (Barrier(),)))
-    lines += _copy(compute, loop.var, Expr(steps - 1), Expr((steps - 1) % 2), halves, "_last")
+    lines += at_step(compute, loop.var, Expr(steps - 1), Expr((steps - 1) % 2), halves, "_last")
     doubled = tuple(dataclasses.replace(s, size=2 * s.size) if isinstance(s, LocalArray) and s.name in halves else s
                     for s in kernel.body[:position])
     axes = tuple(Axis(a.name, steps - 1, a.role) if a.name == loop.var else a for a in kernel.axes
@@ -60,19 +60,19 @@ def _staging(statement: Statement) -> Optional[tuple[tuple, tuple, tuple]]:
     return tuple(s for s in body[:first] if not isinstance(s, LocalStore)), put, body[first + 1:]
 
 
-def _copy(body: tuple, var: str, value: Expr, slot: Expr, halves: dict[str, LocalArray], suffix: str) -> tuple:
+def at_step(body: tuple, var: str, value: Expr, slot: Expr, halves: dict[str, LocalArray], suffix: str) -> tuple:
     """`body` at `var` = `value` (its registers renamed with `suffix`, the guards that settles dropped), reading
     and writing the local arrays in `halves` (by name: one buffer's declaration) in buffer `slot`."""
-    return _in_buffer(_settled(copy_body(body, {var: value}, suffix, {})), slot, halves)
+    return in_buffer(_settled(copy_body(body, {var: value}, suffix, {})), slot, halves)
 
 
-def _in_buffer(body: tuple, slot: Expr, halves: dict[str, LocalArray]) -> tuple:
+def in_buffer(body: tuple, slot: Expr, halves: dict[str, LocalArray]) -> tuple:
     """`body` with each access to an array in `halves` moved to buffer `slot`: by the buffer's vectors, or its
     elements for a LocalStore with `element`."""
     def moved(statement: Statement) -> Statement:
         if isinstance(statement, Loop):
-            return dataclasses.replace(statement, body=_in_buffer(statement.body, slot, halves))
-        if isinstance(statement, (LocalLoad, LocalStore, MatrixLoad)) and statement.array in halves:
+            return dataclasses.replace(statement, body=in_buffer(statement.body, slot, halves))
+        if isinstance(statement, (LocalLoad, LocalStore, MatrixLoad, AsyncCopy)) and statement.array in halves:
             half = halves[statement.array]
             elements = isinstance(statement, LocalStore) and statement.element
             size = half.size * (half.width if elements else 1)
@@ -84,7 +84,7 @@ def _in_buffer(body: tuple, slot: Expr, halves: dict[str, LocalArray]) -> tuple:
 def _settled(body: tuple, names: Optional[dict[str, Operand]] = None) -> tuple:
     """`body` with the guards a substitution settled dropped, as lowering at that value would have made them: a
     Select whose condition always (never) holds is its value (fill), a Load whose guard always (never) holds reads
-    unguarded (is zero)."""
+    unguarded (is zero), an AsyncCopy whose guard always holds copies unguarded."""
     names = {} if names is None else names
     settled: list = []
     for statement in body:
@@ -92,7 +92,10 @@ def _settled(body: tuple, names: Optional[dict[str, Operand]] = None) -> tuple:
         if isinstance(statement, Loop):
             settled.append(dataclasses.replace(statement, body=_settled(statement.body, names)))
             continue
-        if isinstance(statement, (Select, Load)):
+        if isinstance(statement, AsyncCopy) and statement.guard:  # (one that never holds copies zeros: kept)
+            cond = simplify_cond(statement.guard)
+            statement = dataclasses.replace(statement, guard=statement.guard if cond is None else cond)
+        elif isinstance(statement, (Select, Load)):
             cond = simplify_cond(statement.cond if isinstance(statement, Select) else statement.guard)
             if isinstance(statement, Select) and cond is not None and cond != ():
                 statement = dataclasses.replace(statement, cond=cond)

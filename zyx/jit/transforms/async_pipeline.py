@@ -1,0 +1,73 @@
+"""Multi-stage pipelines of asynchronous copies: a staging loop whose slices are copied global -> local without
+registers (AsyncCopy: NVIDIA's cp.async, tensor_cores.py) runs `stages` buffers deep, so up to stages - 1 slices
+are in flight while the group computes on one, with one barrier per slice. Values a slice stages through registers
+(an operand computed by a fused prologue) are read before the computation and stored after it, as double buffering
+does (double_buffer.py), into their own stage of the same depth.
+
+With ahead = min(stages - 1, trips) slices staged (their copies each closed by an AsyncCommit) before the loop,
+step s: issue the copies of slice s + ahead (where it exists) into buffer (s + ahead) % stages, read its register
+values, commit (an empty group past the end, so that the count stays uniform), compute slice s from buffer
+s % stages, store the register values into buffer (s + ahead) % stages, wait until at most ahead - 1 groups are in
+flight (slice s + 1 has landed), barrier. The buffer slice s + ahead goes to was last read at step
+s + ahead - stages < s, before the previous step's barrier. Past the last slice the register values read are the
+last slice's again (reads stay inside the operands) and are not stored.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ..kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, If, Kernel, LocalArray, LocalStore, Loop,
+                         Statement, simplify_cond)
+from ..symbolic import Expr
+from .double_buffer import at_step
+
+
+def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
+    """`kernel` with its staging loop pipelined over `stages` buffers of each local array it stages into; None
+    where it has no staging loop with an AsyncCopy."""
+    if stages < 2:
+        raise ValueError(f"a pipeline needs 2 stages or more, not {stages}")
+    position = next((p for p, s in enumerate(kernel.body) if _staging(s) is not None), None)
+    if position is None:
+        return None
+    loop: Loop = kernel.body[position]
+    fetch, copies, stores, compute = _staging(loop)  # type: ignore[misc]
+    staged = {s.array for s in copies + stores}
+    halves = {s.name: s for s in kernel.body[:position] if isinstance(s, LocalArray) and s.name in staged}
+    steps = loop.trips
+    ahead = min(stages - 1, steps)
+    step = Expr.var(loop.var, steps)
+    lines: list = []
+    for s in range(ahead):
+        lines += [*at_step(fetch + copies + stores, loop.var, Expr(s), Expr(s), halves, f"_{s}"), AsyncCommit()]
+    lines += [AsyncWait(ahead - 1), Barrier()]
+    cond = simplify_cond(((step + ahead, "lt", steps),))
+    slot = (step + ahead) % stages
+    issue, reads, put = (), (), ()  # type: ignore[var-annotated]
+    if cond is not None:
+        issue = (If(cond, at_step(copies, loop.var, step + ahead, slot, halves, "")),)
+        following = at_step(fetch + stores, loop.var, Expr.minimum(step + ahead, steps - 1), slot, halves, "_next")
+        reads = tuple(s for s in following if not isinstance(s, LocalStore))
+        put = (If(cond, tuple(s for s in following if isinstance(s, LocalStore))),) if stores else ()
+    computed = at_step(compute, loop.var, step, step % stages, halves, "")
+    lines.append(Loop(loop.var, steps, (*issue, *reads, AsyncCommit(), *computed, *put, AsyncWait(ahead - 1),
+                                        Barrier())))
+    arrays = tuple(dataclasses.replace(s, size=stages * s.size) if isinstance(s, LocalArray) and s.name in halves else s
+                   for s in kernel.body[:position])
+    return dataclasses.replace(kernel, body=arrays + tuple(lines) + kernel.body[position + 1:])
+
+
+def _staging(statement: Statement) -> Optional[tuple[tuple, tuple, tuple, tuple]]:
+    """(fetch, copies, stores, compute) of a staging loop with an AsyncCopy: the statements before its first
+    Barrier other than AsyncCopies and LocalStores, those AsyncCopies and LocalStores, and what lies between that
+    Barrier and the one closing its body; None for any other statement."""
+    if not isinstance(statement, Loop) or len(statement.body) < 3 or statement.body[-1] != Barrier():
+        return None
+    first = next(p for p, s in enumerate(statement.body) if isinstance(s, Barrier))
+    before, compute = statement.body[:first], statement.body[first + 1:-1]
+    copies = tuple(s for s in before if isinstance(s, AsyncCopy))
+    if not copies or any(isinstance(s, Barrier) for s in compute):
+        return None
+    fetch = tuple(s for s in before if not isinstance(s, (AsyncCopy, LocalStore)))
+    return fetch, copies, tuple(s for s in before if isinstance(s, LocalStore)), compute
