@@ -153,11 +153,11 @@ class StagedAttentionLowering(AttentionLowering):
         if needed:
             body[skippable:] = [If((), tuple(body[skippable:]), needed)]
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
+        self._store_statistics(probability, maximum, total)
         for element, acc in enumerate(accs):
-            self._element = element
             out = Reg(self.names.fresh("v"), float32)
             self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
-            self._store(self.root, _Value(out, 0), self.positions[element])
+            self._store_output(out, element)
 
     def _score(self, probability: Index, exact_key: Expr, total_keys: int, score_stage: str) -> Reg:
         """The loop computing the item's scores X against the staged keys into its column of `score_stage` (-inf
