@@ -109,11 +109,13 @@ class AttentionGradientLowering(NestedReductions):
         self.plans = [plan] + [other for other in siblings if other.rows == plan.rows
                                and other.probabilities is plan.probabilities
                                and other.product.src[0].shape[other.reduced] == self.trips
-                               and _probability_read(other, self.item, self.walked) == read]
+                               and _probability_read(other, self.item, self.walked) == read
+                               and not _depends(other.product, plan.product)
+                               and not _depends(plan.product, other.product)]
         width = plan.product.shape[plan.width]
         self.positions = [linear(plan.index(self.item, e, Expr(0)), plan.product.shape) for e in range(width)]
         self.elements = [unravel(position, self.space) for position in self.positions]
-        self.guards = [()] * width
+        self.guards = [()] * max(other.product.shape[other.width] for other in self.plans)  # (every output's)
 
     def _nests(self, node: Node, index: Index, guard: tuple) -> bool:
         """Reductions as large as P (X's and dP's products over the head dimension: stored, they would be the T x T
@@ -136,6 +138,19 @@ class AttentionGradientLowering(NestedReductions):
                 self._element = e
                 position = linear(plan.index(self.item, e, Expr(0)), plan.product.shape)
                 self._store(plan.product, _Value(acc, 0), position)
+
+
+def _depends(node: Node, on: Node) -> bool:
+    """Whether `node` reads `on` (a kernel storing both would read its own output: a second order's products)."""
+    stack, seen = [node], set()
+    while stack:
+        node = stack.pop()
+        if node is on:
+            return True
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack += node.src
+    return False
 
 
 def _probability_read(plan: GradientProduct, item: Index, walked: Expr) -> Optional[tuple]:
