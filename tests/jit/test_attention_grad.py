@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import zyx
+from zyx.jit.kernel_ir import If, Role, walk
 from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(17)
@@ -57,6 +58,7 @@ CASES = {  # name: (batch, heads, queries, keys, head size, value size, keyword 
     "not causal, scaled, fewer queries, d=24": (1, 2, 19, 45, 24, 8, {"scale": 0.3}),
     "causal, fewer queries than keys, d=64": (1, 2, 21, 33, 64, 64, {"is_causal": True}),
     "causal, one head, d=128": (1, 1, 13, 13, 128, 128, {"is_causal": True}),
+    "causal, blocks skipped, the last short, d=32": (1, 2, 150, 150, 32, 32, {"is_causal": True}),
 }
 
 
@@ -74,6 +76,26 @@ def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
     np.testing.assert_allclose(out.numpy(), expected_out, rtol=1e-5, atol=1e-5)
     for grad, reference, name in zip(grads, expected, "qkv"):
         np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
+
+
+def test_blocks_a_causal_mask_hides_are_skipped(gpu):
+    """Both backward kernels branch on whether a block of walked rows is hidden from all the group's rows, where
+    the mask is causal, and compute every block where it is not."""
+    for causal in (True, False):
+        out, grads = zyx_step(gpu, [data(1, 1, 150, 16) for _ in range(4)], {"is_causal": causal})
+        backward = [k for k in attention_kernels(out, grads, gpu)[1] if "RMAX" not in (n.op.name for n in k.outputs)]
+        skips = [any(isinstance(s, If) and s.when is not None for s in walk(k.ir.body)) for k in backward]
+        assert skips == [causal, causal]
+
+
+def test_the_per_row_form_on_request(dev, monkeypatch):
+    """ZYX_ATTENTION_FORM=rows: a work item per row walking every row of the other axis, no local memory."""
+    monkeypatch.setenv("ZYX_ATTENTION_FORM", "rows")
+    arrays = [data(1, 2, 23, 8) for _ in range(4)]
+    out, grads = zyx_step(dev, arrays, {"is_causal": True})
+    assert all(k.ir.axis(Role.LOCAL) is None for k in attention_kernels(out, grads, dev)[1])
+    for grad, reference in zip(grads, torch_step(arrays, {"is_causal": True})[1]):
+        np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5)
 
 
 def test_fused_gradients_match_the_unfused_kernels(dev, monkeypatch):

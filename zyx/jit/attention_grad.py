@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from ..dtypes import float32
 from ..trace.attention_grad import recomputed_scores
@@ -45,10 +45,10 @@ class GradientProduct:
         """The sizes of the output axes an item's row is not along (the items)."""
         return tuple(s for a, s in enumerate(self.product.shape) if a not in (self.reduced, self.width))
 
-    def index(self, item: Index, e: int, reduced: Expr) -> Index:
+    def index(self, item: Index, e: Union[int, Expr], reduced: Expr) -> Index:
         """The product's source index for the item's output `e`, at `reduced` along the reduced axis."""
-        rest = iter(item)
-        return tuple(reduced if a == self.reduced else Expr(e) if a == self.width else next(rest)
+        rest, column = iter(item), Expr(e) if isinstance(e, int) else e
+        return tuple(reduced if a == self.reduced else column if a == self.width else next(rest)
                      for a in range(len(self.product.shape)))
 
 
@@ -102,7 +102,7 @@ class AttentionGradientLowering(NestedReductions):
                  produced: set[int], stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
         super().__init__(plan.product, materialized, produced, False, stored_apart, param_limit)
         self.kind = "a"
-        self.item = unravel(Expr.var("gid", math.prod(plan.rows)), plan.rows)
+        self.item, guard = self._layout(plan)
         self.trips = plan.product.src[0].shape[plan.reduced]
         self.walked = Expr.var(self.names.fresh("j"), self.trips)
         read = _probability_read(plan, self.item, self.walked)
@@ -115,7 +115,11 @@ class AttentionGradientLowering(NestedReductions):
         width = plan.product.shape[plan.width]
         self.positions = [linear(plan.index(self.item, e, Expr(0)), plan.product.shape) for e in range(width)]
         self.elements = [unravel(position, self.space) for position in self.positions]
-        self.guards = [()] * max(other.product.shape[other.width] for other in self.plans)  # (every output's)
+        self.guards = [guard] * max(other.product.shape[other.width] for other in self.plans)  # (every output's)
+
+    def _layout(self, plan: GradientProduct) -> tuple[Index, tuple]:
+        """The item's index among `plan.rows` and the guard its outputs exist under: an item per row."""
+        return unravel(Expr.var("gid", math.prod(plan.rows)), plan.rows), ()
 
     def _nests(self, node: Node, index: Index, guard: tuple) -> bool:
         """Reductions as large as P (X's and dP's products over the head dimension: stored, they would be the T x T

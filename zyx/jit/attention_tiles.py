@@ -68,7 +68,99 @@ def local_bytes(rows: int, keys: int, head_dim: int, value_dim: int) -> int:
     return 4 * keys * (head_dim + value_dim + rows)
 
 
-class StagedAttentionLowering(AttentionLowering):
+class StagedBlocks(Lowering):
+    """What staged kernels share (this module's forward, attention_grad_tiles.py's backward): a work group of
+    `rows_per_group` items (`lid`) walking blocks of `keys_per_block` rows of the other axis, copying operands of a
+    block into local memory, and skipping blocks a causal mask hides from every item of the group."""
+
+    groups: int
+    rows_per_group: int
+    keys_per_block: int
+    lid: Expr
+
+    def _axes(self) -> tuple[Axis, ...]:
+        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", self.rows_per_group, Role.LOCAL))
+
+    def _line(self, make, dtype: DType = float32) -> Reg:
+        """A statement at the end of the innermost open scope; its register."""
+        out = Reg(self.names.fresh("v"), dtype)
+        self._scopes[-1].append(make(out))
+        return out
+
+    def _mask(self, scores: Node, probability: Index, key_name: str) -> list[tuple[Node, Index, bool, bool]]:
+        """Where X is where(a < b, -inf, ...) with a and b each depending on the query row alone or on the key
+        alone (a causal mask: rows < cols): [(a, its index, False, over rows), (b, its index, True, over rows)].
+        A block of keys where the smallest b exceeds the group's largest a throughout scores -inf throughout, and
+        is skipped. Empty where X is not so (then every block is computed)."""
+        where = _through_views(scores, probability)
+        if where is None or where[0].op is not Op.WHERE or self._is_materialized(where[0]):
+            return []
+        fill = _viewed_constant(where[0].src[1])
+        compared = _through_views(where[0].src[0], where[1])
+        if fill is None or fill.arg != -math.inf or compared is None or compared[0].op is not Op.CMPLT:
+            return []
+        (node, index), found = compared, []
+        if self._is_materialized(node) or node.src[0].dtype.is_bool or node.src[0].dtype.is_unsigned:
+            return []  # (the smallest b is found as -max(-b))
+        for side, lowest in zip(node.src, (False, True)):
+            read = self._variables(side, index)
+            if ("lid" in read) == (key_name in read):
+                return []
+            found.append((side, index, lowest, "lid" in read))
+        return found if found[0][3] != found[1][3] else []
+
+    def _block_needed(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
+                      key_name: str) -> Reg:
+        """Whether a block of keys has a score that is not -inf (see _mask), the same in every item of the group:
+        the keys' side's extreme over the block against the rows' (`rows_extreme`)."""
+        values = tuple(rows_extreme[side] if over_rows else self._extreme(side, index, key_name, self.keys_per_block,
+                                                                            lowest)
+                       for side, index, lowest, over_rows in mask)
+        masked = self._line(lambda out: Alu(out, Op.CMPLT, values), bool_)
+        return self._line(lambda out: Alu(out, Op.NOT, (masked,)), bool_)
+
+    def _extreme(self, node: Node, index: Index, name: str, trips: int, lowest: bool) -> Reg:
+        """The largest value of `node` at `index` (`lowest`: the smallest) as the variable `name` runs over
+        `trips`, in a loop in the innermost open scope."""
+        counter = self.names.fresh("x")
+        acc = Reg(self.names.fresh("acc"), node.dtype)
+        self._scopes[-1].append(Define(acc, reduce_start(Op.RMAX, node.dtype)))
+        self._open_loop(counter, trips)
+        value = self.value(node, _at(index, {name: Expr.var(counter, trips)}), ()).operand
+        if lowest:
+            value = self._line(lambda out: Alu(out, Op.NEG, (value,)), node.dtype)
+        self._scopes[-1].append(Accumulate(acc, Op.MAX, value))
+        self._scopes[-2].append(Loop(counter, trips, tuple(self._close_loop())))
+        return self._line(lambda out: Alu(out, Op.NEG, (acc,)), node.dtype) if lowest else acc
+
+    def _stage(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str) -> None:
+        """The group's copy of `node` for the block's keys into `stage` as [key][inner]: `index` reads it at the
+        key counter `key_name` and the inner counter `inner_name`; consecutive items copy consecutive elements."""
+        size, rows = self.keys_per_block * inner, self.rows_per_group
+        for copy in range(-(-size // rows)):
+            flat = self.lid + copy * rows
+            value = self.value(node, _at(index, {key_name: flat // inner, inner_name: flat % inner}), ())
+            store = LocalStore(stage, flat, value.operand, element=True)
+            self._scopes[-1].append(If(((flat, "lt", size),), (store,)) if flat.hi >= size else store)
+
+    def _split(self, factors: Node, index: Index, key_name: str) -> tuple[Node, Node]:
+        """(query side, key side) of the scores' product: the operand that does not depend on the key, and the
+        one that does not depend on the query row."""
+        for query_side, key_side in (factors.src, factors.src[::-1]):
+            if (key_name not in self._variables(query_side, index) and "lid" not in self._variables(key_side, index)):
+                return query_side, key_side
+        raise NotAttention(factors)
+
+    def _variables(self, node: Node, index: Index) -> set[str]:
+        """The variables of every index and condition `node` reads memory at."""
+        names: set[str] = set()
+        for _, read in _reads(node, index, self._is_materialized, names):
+            for expr in read:
+                names |= expr.variables()
+        return names
+
+
+class StagedAttentionLowering(StagedBlocks, AttentionLowering):
     """A work group per block of query rows of one batch entry, an item per row; see the module's docstring."""
 
     def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
@@ -95,9 +187,6 @@ class StagedAttentionLowering(AttentionLowering):
         self.positions = [linear((*self.leading, Expr(e), Expr(0)), product.shape) for e in range(self.width)]
         self.elements = [unravel(position, self.space) for position in self.positions]
         self.guards = [row_guard] * self.width
-
-    def _axes(self) -> tuple[Axis, ...]:
-        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", self.rows_per_group, Role.LOCAL))
 
     def _lower_outputs(self) -> None:
         pattern, rows = self.pattern, self.rows_per_group
@@ -136,7 +225,7 @@ class StagedAttentionLowering(AttentionLowering):
                             LocalArray(score_stage, float32, keys * rows),
                             Define(maximum, Const(FLOAT_LOWEST, float32)), Define(total, Const(0.0, float32)),
                             *(Define(acc, Const(0.0, float32)) for acc in accs)]
-        mask = self._mask(probability, key_name) if self.skips else []
+        mask = self._mask(pattern.scores, probability, key_name) if self.skips else []
         rows_extreme = {side: self._extreme(side, index, "lid", rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
@@ -201,68 +290,6 @@ class StagedAttentionLowering(AttentionLowering):
             body += [MultiplyAdd(accs[start + lane], weight, _lane(row, lane)) for lane in range(lanes)]
         return Loop(name, self.keys_per_block, tuple(body))
 
-    def _line(self, make, dtype: DType = float32) -> Reg:
-        """A statement at the end of the innermost open scope; its register."""
-        out = Reg(self.names.fresh("v"), dtype)
-        self._scopes[-1].append(make(out))
-        return out
-
-    def _mask(self, probability: Index, key_name: str) -> list[tuple[Node, Index, bool, bool]]:
-        """Where X is where(a < b, -inf, ...) with a and b each depending on the query row alone or on the key
-        alone (a causal mask: rows < cols): [(a, its index, False, over rows), (b, its index, True, over rows)].
-        A block of keys where the smallest b exceeds the group's largest a throughout scores -inf throughout, and
-        is skipped. Empty where X is not so (then every block is computed)."""
-        where = _through_views(self.pattern.scores, probability)
-        if where is None or where[0].op is not Op.WHERE or self._is_materialized(where[0]):
-            return []
-        fill = _viewed_constant(where[0].src[1])
-        compared = _through_views(where[0].src[0], where[1])
-        if fill is None or fill.arg != -math.inf or compared is None or compared[0].op is not Op.CMPLT:
-            return []
-        (node, index), found = compared, []
-        if self._is_materialized(node) or node.src[0].dtype.is_bool or node.src[0].dtype.is_unsigned:
-            return []  # (the smallest b is found as -max(-b))
-        for side, lowest in zip(node.src, (False, True)):
-            read = self._variables(side, index)
-            if ("lid" in read) == (key_name in read):
-                return []
-            found.append((side, index, lowest, "lid" in read))
-        return found if found[0][3] != found[1][3] else []
-
-    def _block_needed(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
-                      key_name: str) -> Reg:
-        """Whether a block of keys has a score that is not -inf (see _mask), the same in every item of the group:
-        the keys' side's extreme over the block against the rows' (`rows_extreme`)."""
-        values = tuple(rows_extreme[side] if over_rows else self._extreme(side, index, key_name, self.keys_per_block,
-                                                                            lowest)
-                       for side, index, lowest, over_rows in mask)
-        masked = self._line(lambda out: Alu(out, Op.CMPLT, values), bool_)
-        return self._line(lambda out: Alu(out, Op.NOT, (masked,)), bool_)
-
-    def _extreme(self, node: Node, index: Index, name: str, trips: int, lowest: bool) -> Reg:
-        """The largest value of `node` at `index` (`lowest`: the smallest) as the variable `name` runs over
-        `trips`, in a loop in the innermost open scope."""
-        counter = self.names.fresh("x")
-        acc = Reg(self.names.fresh("acc"), node.dtype)
-        self._scopes[-1].append(Define(acc, reduce_start(Op.RMAX, node.dtype)))
-        self._open_loop(counter, trips)
-        value = self.value(node, _at(index, {name: Expr.var(counter, trips)}), ()).operand
-        if lowest:
-            value = self._line(lambda out: Alu(out, Op.NEG, (value,)), node.dtype)
-        self._scopes[-1].append(Accumulate(acc, Op.MAX, value))
-        self._scopes[-2].append(Loop(counter, trips, tuple(self._close_loop())))
-        return self._line(lambda out: Alu(out, Op.NEG, (acc,)), node.dtype) if lowest else acc
-
-    def _stage(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str) -> None:
-        """The group's copy of `node` for the block's keys into `stage` as [key][inner]: `index` reads it at the
-        key counter `key_name` and the inner counter `inner_name`; consecutive items copy consecutive elements."""
-        size, rows = self.keys_per_block * inner, self.rows_per_group
-        for copy in range(-(-size // rows)):
-            flat = self.lid + copy * rows
-            value = self.value(node, _at(index, {key_name: flat // inner, inner_name: flat % inner}), ())
-            store = LocalStore(stage, flat, value.operand, element=True)
-            self._scopes[-1].append(If(((flat, "lt", size),), (store,)) if flat.hi >= size else store)
-
     def _product_index(self, product: Node, probability: Index) -> Index:
         """Where X reads the scores' product (at one index only)."""
         found = {tuple(e.key for e in index): index for node, index in
@@ -270,22 +297,6 @@ class StagedAttentionLowering(AttentionLowering):
         if len(found) != 1:
             raise NotAttention(product)
         return next(iter(found.values()))
-
-    def _split(self, factors: Node, index: Index, key_name: str) -> tuple[Node, Node]:
-        """(query side, key side) of the scores' product: the operand that does not depend on the key, and the
-        one that does not depend on the query row."""
-        for query_side, key_side in (factors.src, factors.src[::-1]):
-            if (key_name not in self._variables(query_side, index) and "lid" not in self._variables(key_side, index)):
-                return query_side, key_side
-        raise NotAttention(factors)
-
-    def _variables(self, node: Node, index: Index) -> set[str]:
-        """The variables of every index and condition `node` reads memory at."""
-        names: set[str] = set()
-        for _, read in _reads(node, index, self._is_materialized, names):
-            for expr in read:
-                names |= expr.variables()
-        return names
 
     def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
         """The scores' product: the item's query row times the staged key, as LANES-wide local reads into one

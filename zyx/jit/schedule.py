@@ -33,6 +33,7 @@ from . import print_opencl, print_wgsl
 from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention
 from .attention_grad import gradient_products, lower_attention_gradient, match_attention_gradient
+from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
 from .split import lower_split, split_options
@@ -233,8 +234,14 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
         return None
     others = (match_attention_gradient(node, site.materialized, traits.gpu) for key, node in site.materialized.items()
               if key not in site.produced and node is not site.root)
-    return lower_attention_gradient(plan, [other for other in others if other is not None], site.materialized,
-                                    site.produced, site.apart, traits.max_params)
+    siblings = [other for other in others if other is not None]
+    if attention_form() == "staged":
+        staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
+                                                 traits.max_group_size, traits.language == "opencl", site.apart,
+                                                 traits.max_params)
+        if staged is not None:
+            return staged
+    return lower_attention_gradient(plan, siblings, site.materialized, site.produced, site.apart, traits.max_params)
 
 
 def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
