@@ -14,9 +14,10 @@ the maximum grows (one acc per output of the row, the scores shared); the output
 product over the head dimension) as loops nested in it, so every value is computed from q, k, v (and the
 mask's sources) as the key loop reaches it.
 
-Only where no other kernel stores P, its exponentials or X. In a training step the backward stores the scores'
-product and the row statistics and recomputes P from them, so this kernel then reads the stored scores: one
-kernel fewer per attention, but a T x T matrix in memory all the same (a fused backward would remove it) and where P would take at least MIN_PROBABILITY_BYTES (ZYX_ATTENTION_MIN_BYTES). PoCL vectorizes the kernel across work items (rows); no transform applies.
+Only where no other kernel stores P, its exponentials or X, and where P would take at least MIN_PROBABILITY_BYTES
+(ZYX_ATTENTION_MIN_BYTES). Where a backward reads the row statistics (trace/attention_grad.py writes the gradient
+so that P is recomputed from them, attention_grad.py's kernels), this kernel stores them too: the row maximum and
+sum it computes anyway. PoCL vectorizes the kernel across work items (rows); no transform applies.
 """
 from __future__ import annotations
 

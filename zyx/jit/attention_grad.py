@@ -4,11 +4,12 @@ trace/attention_grad.py writes softmax(X) W's gradient so that every (i, j) valu
 statistics (which the forward's fused kernel stores, attention.py), D = rowsum(dO O) and products over the head
 dimension; the ordinary rules then give the products dQ-side = sum_j dS[i, j] K[j, :], dK-side = sum_i dS[i, j]
 Q[i, :] and dV = sum_i P[i, j] dO[i, :] (dS the scores' gradient, P = exp(X - lse)). Lowered as products are,
-dS and P would be stored whole. Here a work item owns a row of a product's outputs (a query's row of dQ; a key's
+dS and P would be stored whole. Here (the "rows" form, ZYX_ATTENTION_FORM; attention_grad_tiles.py lowers the
+default "staged" one on this module's plans) a work item owns a row of a product's outputs (a query's row of dQ; a key's
 rows of dK and dV together, one kernel, FlashAttention-2's split) and walks the reduced axis once, computing each
 (i, j) value once for the row and all its outputs: X's and dP's products over the head dimension as loops nested
-in that walk (the reductions `_nests` picks: read at the item's row and the walked one), the row statistics and D
-(read at one of them only) from memory. So two kernels per attention (three where dK and dV do not walk alike), plus D's row sums.
+in that walk (the reductions as large as P, `_nests`), the row statistics and D (one per row) read from memory.
+So two kernels per attention (three where dK and dV do not walk alike), plus D's row sums.
 Every product whose operand recomputes P is stored by a kernel of its own (`gradient_products`), where P would
 take at least attention.min_probability_bytes.
 """

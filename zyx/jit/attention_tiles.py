@@ -22,10 +22,11 @@ block's scores would all be -inf, which changes neither the maximum, the sum nor
 gives the same values (except that a NaN or inf among the values of keys that no row of the group sees no longer
 reaches those rows, as 0 x NaN does where the block is computed).
 
-Only where X holds the scores' product itself (not a stored one, as in a training step whose backward stores
-it: then the products are kept on GPUs); its operands must split into a query side that does not depend on the
-key and a key side, and the value operand, that do not depend on the query row. The kernel IR and Lowering
-machinery are the ones matmul.py's tiles use.
+Only where X holds the scores' product itself (not a stored one: then the products are kept on GPUs); its operands
+must split into a query side that does not depend on the key and a key side, and the value operand, that do not
+depend on the query row. In a training step the kernel stores the row statistics too (attention.py). The kernel IR
+and Lowering machinery are the ones matmul.py's tiles use; StagedBlocks is what the staged backward
+(attention_grad_tiles.py) shares with it.
 """
 from __future__ import annotations
 
