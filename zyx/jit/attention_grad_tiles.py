@@ -21,13 +21,13 @@ from typing import Optional, Sequence
 from ..dtypes import float32
 from ..trace.attention_grad import recomputed_scores
 from ..trace.node import Node
-from ..trace.ops import Op
+from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op
 from .attention import NotAttention
 from .attention_grad import AttentionGradientLowering, GradientProduct
 from .attention_tiles import KEYS, StagedBlocks, _at, _lane, _lanes, _reads, rows_per_group
-from .kernel_ir import (Accumulate, Alu, Barrier, Const, Define, If, LocalArray, LocalLoad, Loop, MultiplyAdd, Operand,
+from .kernel_ir import (Alu, Barrier, Const, Define, If, LocalArray, LocalLoad, Loop, MultiplyAdd, Operand,
                         Reg)
-from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, unravel
+from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, source_index, unravel
 from .symbolic import Expr
 
 
@@ -68,6 +68,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         stages = [(side, index, name, size) for product, index, name, size, side, _ in products]
         stages += [(plan.w_side, plan.index(self.item, e, probe), next(iter(e.variables())), e.hi + 1)
                    for plan, e in outer]
+        stages += [(node, index, self.names.fresh("c"), 1) for node, index in self._row_values(probe, walk_name)]
         if any("lid" in self._variables(node, index) for node, index, _, _ in stages):
             raise NotAttention(self.root)
         width = sum(size for _, _, _, size in _distinct(stages))
@@ -106,8 +107,9 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         self._stage_reads.clear()
         for (plan, _), row in zip(outer, accs):
             for e, acc in enumerate(row):
-                value = self.value(plan.product.src[0], plan.index(self.item, e, walked), ()).operand
-                self._scopes[-1].append(Accumulate(acc, Op.ADD, value))
+                index = plan.index(self.item, e, walked)
+                a, b = (self.value(side, index, ()).operand for side in plan.product.src[0].src)
+                self._scopes[-1].append(MultiplyAdd(acc, a, b))
         walk = self._close_loop()
         if exact.hi >= trips:  # the last block hangs over the end: its rows past it add nothing
             walk = [If(((exact, "lt", trips),), tuple(walk))]
@@ -141,12 +143,36 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
                 found.append((node, factors, name, size, walked_side, item_side))
         return found
 
+    def _row_values(self, walked: Expr, walk_name: str) -> list[tuple[Node, Index]]:
+        """The float32 values P's recomputation and dS read at the walked row alone (-lse, -D): computed once per
+        group into the stage rather than by every item, each where the walk first reads it."""
+        found, seen = [], set()
+        stack = [(plan.p_side, plan.index(self.item, 0, walked)) for plan in self.plans]
+        while stack:
+            node, index = stack.pop()
+            key = (id(node), _keys(index))
+            if key in seen or node.op is Op.CONST:
+                continue
+            seen.add(key)
+            if node.op in MOVEMENT_OPS and not self._is_materialized(node):
+                inner, condition = source_index(node, index)
+                if inner is not None and condition is None:
+                    stack.append((node.src[0], inner))
+                continue
+            read = self._variables(node, index)
+            if node.dtype == float32 and walk_name in read and "lid" not in read:
+                found.append((node, index))
+            elif node.op in ELEMENTWISE_OPS and not self._is_materialized(node):
+                stack += [(source, index) for source in node.src]
+        return found
+
     def _stage_of(self, node: Node, index: Index) -> Optional[tuple[str, int, int, Expr]]:
         """(stage, lanes, size, the inner axis' value) holding `node` at `index`, None if no stage does."""
         for template, name, size, stage, lanes in self._stages.get(id(node), ()):
-            axis = next(a for a, e in enumerate(template) if name in e.variables())
-            if _keys(_at(template, {name: index[axis]})) == _keys(index):
-                return stage, lanes, size, index[axis]
+            axis = next((a for a, e in enumerate(template) if name in e.variables()), None)
+            column = Expr(0) if axis is None else index[axis]
+            if _keys(_at(template, {name: column})) == _keys(index):
+                return stage, lanes, size, column
         return None
 
     def _staged(self, stage: str, lanes: int, size: int, column: int) -> Operand:
