@@ -59,39 +59,19 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         return item, (((exact, "lt", items),) if exact.hi >= items else ())
 
     def _lower_outputs(self) -> None:
-        trips = self.trips
-        block_name = self.names.fresh("kb")
+        trips, block_name = self.trips, self.names.fresh("kb")
         walk_name = self._walk_name = self.names.fresh("j")
         probe = Expr.var(walk_name, trips)  # the walked row, to find what the walk reads before its blocks exist
         products = self._nested_products(probe, walk_name)
-        outer = [(plan, Expr.var(self.names.fresh("e"), plan.product.shape[plan.width])) for plan in self.plans]
-        stages = [(side, index, name, size) for product, index, name, size, side, _ in products]
-        stages += [(plan.w_side, plan.index(self.item, e, probe), next(iter(e.variables())), e.hi + 1)
-                   for plan, e in outer]
-        stages += [(node, index, self.names.fresh("c"), 1) for node, index in self._row_values(probe, walk_name)]
-        if any("lid" in self._variables(node, index) for node, index, _, _ in stages):
-            raise NotAttention(self.root)
-        width = sum(size for _, _, _, size in _distinct(stages))
-        fitting = [b for b in KEYS if 4 * b * width <= self.local_memory // 2]  # two groups share a multiprocessor
-        if not fitting:
-            raise NotAttention(self.root)
-        block = self.keys_per_block = min((b for b in fitting if b >= trips), default=fitting[0])
+        stages = _distinct(self._walked_operands(products, probe, walk_name))
+        block = self.keys_per_block = self._block_size(sum(size for _, _, _, size in stages))
         blocks = -(-trips // block)
         exact = Expr.var(block_name, blocks) * block + Expr.var(walk_name, block)
         walked = Expr.minimum(exact, trips - 1)
-        copies = []
-        for node, index, name, size in _distinct(stages):
-            stage, lanes = self.names.fresh("stage"), _lanes(size)
-            self._scopes[0].append(LocalArray(stage, float32, block * size // lanes, lanes))
-            self._stages.setdefault(id(node), []).append((_at(index, {walk_name: walked}), name, size, stage, lanes))
-            copies.append((node, _at(index, {walk_name: walked}), name, size, stage))
-        for product, index, name, size, side, item_side in products:
-            stage = self._stage_of(side, _at(index, {walk_name: walked}))
-            registers = [self.value(item_side, _at(index, {name: Expr(h), walk_name: walked}), ()).operand
-                         for h in range(size)]
-            self._nested[(id(product), _keys(_at(_reduced(product, index, name), {walk_name: walked})))] = (
-                registers, stage[0], stage[1])
-        accs = [[Reg(self.names.fresh("acc"), float32) for _ in range(e.hi + 1)] for _, e in outer]
+        copies = self._declare_stages(stages, {walk_name: walked})
+        self._hold_item_sides(products, walk_name, walked)
+        accs = [[Reg(self.names.fresh("acc"), float32) for _ in range(plan.product.shape[plan.width])]
+                for plan in self.plans]
         self._scopes[0] += [Define(acc, Const(0.0, float32)) for row in accs for acc in row]
         probability = _probability_index(self.plans[0], self.item, walked, self._is_materialized)
         mask = self._mask(_scores(self.plans[0]), probability, walk_name) if self.skips and probability else []
@@ -103,26 +83,70 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         for node, index, name, size, stage in copies:
             self._stage(node, index, walk_name, name, size, stage)
         self._scopes[-1].append(Barrier())
-        self._open_loop(walk_name, block)
-        self._stage_reads.clear()
-        for (plan, _), row in zip(outer, accs):
-            for e, acc in enumerate(row):
-                index = plan.index(self.item, e, walked)
-                a, b = (self.value(side, index, ()).operand for side in plan.product.src[0].src)
-                self._scopes[-1].append(MultiplyAdd(acc, a, b))
-        walk = self._close_loop()
-        if exact.hi >= trips:  # the last block hangs over the end: its rows past it add nothing
-            walk = [If(((exact, "lt", trips),), tuple(walk))]
-        self._scopes[-1].append(Loop(walk_name, block, tuple(walk)))
+        self._walk_block(accs, walked, exact)
         self._scopes[-1].append(Barrier())  # every item is done with the stage before the next block overwrites it
         body = self._close_loop()
         if needed:
             body[skippable:] = [If((), tuple(body[skippable:]), needed)]
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
-        for (plan, _), row in zip(outer, accs):
+        for plan, row in zip(self.plans, accs):
             for e, acc in enumerate(row):
                 self._element = e
                 self._store(plan.product, _Value(acc, 0), _position(plan, self.item, e))
+
+    def _walked_operands(self, products: list, walked: Expr, walk_name: str) -> list[tuple[Node, Index, str, int]]:
+        """What the walk reads at the walked row alone, to stage: the nested products' walked side, the outer
+        products' other operand, the values of the walked row (-lse, -D); each as (node, index with an inner
+        variable `name` of `size` where it has a row of values, name, size)."""
+        stages = [(side, index, name, size) for _, index, name, size, side, _ in products]
+        for plan in self.plans:
+            name, size = self.names.fresh("e"), plan.product.shape[plan.width]
+            stages.append((plan.w_side, plan.index(self.item, Expr.var(name, size), walked), name, size))
+        stages += [(node, index, self.names.fresh("c"), 1) for node, index in self._row_values(walked, walk_name)]
+        if any("lid" in self._variables(node, index) for node, index, _, _ in stages):
+            raise NotAttention(self.root)
+        return stages
+
+    def _block_size(self, width: int) -> int:
+        """Walked rows per block: the most of KEYS whose stage (`width` floats a row) takes at most half the local
+        memory (two groups share a multiprocessor's), fewer where fewer hold every walked row."""
+        fitting = [block for block in KEYS if 4 * block * width <= self.local_memory // 2]
+        if not fitting:
+            raise NotAttention(self.root)
+        return min((block for block in fitting if block >= self.trips), default=fitting[0])
+
+    def _declare_stages(self, stages: list, walk: dict[str, Expr]) -> list[tuple[Node, Index, str, int, str]]:
+        """A local array per stage (float4 rows where they divide), known to `_stage_of`; the copies to make."""
+        copies = []
+        for node, index, name, size in stages:
+            stage, lanes, index = self.names.fresh("stage"), _lanes(size), _at(index, walk)
+            self._scopes[0].append(LocalArray(stage, float32, self.keys_per_block * size // lanes, lanes))
+            self._stages.setdefault(id(node), []).append((index, name, size, stage, lanes))
+            copies.append((node, index, name, size, stage))
+        return copies
+
+    def _hold_item_sides(self, products: list, walk_name: str, walked: Expr) -> None:
+        """The item's side of each nested product in registers, before the walk; the product known to `_compute`."""
+        for product, index, name, size, side, item_side in products:
+            stage = self._stage_of(side, _at(index, {walk_name: walked}))
+            registers = [self.value(item_side, _at(index, {name: Expr(h), walk_name: walked}), ()).operand
+                         for h in range(size)]
+            key = (id(product), _keys(_at(_reduced(product, index), {walk_name: walked})))
+            self._nested[key] = (registers, stage[0], stage[1])  # type: ignore[index]
+
+    def _walk_block(self, accs: list[list[Reg]], walked: Expr, exact: Expr) -> None:
+        """The loop over the block's walked rows adding each outer product's terms to its accumulators."""
+        self._open_loop(self._walk_name, self.keys_per_block)
+        self._stage_reads.clear()
+        for plan, row in zip(self.plans, accs):
+            for e, acc in enumerate(row):
+                index = plan.index(self.item, e, walked)
+                a, b = (self.value(side, index, ()).operand for side in plan.product.src[0].src)
+                self._scopes[-1].append(MultiplyAdd(acc, a, b))
+        walk = self._close_loop()
+        if exact.hi >= self.trips:  # the last block hangs over the end: its rows past it add nothing
+            walk = [If(((exact, "lt", self.trips),), tuple(walk))]
+        self._scopes[-1].append(Loop(self._walk_name, self.keys_per_block, tuple(walk)))
 
     def _nested_products(self, walked: Expr, walk_name: str) -> list[tuple[Node, Index, str, int, Node, Node]]:
         """The products over the head dimension that P's recomputation reads at the item's row and the walked one,
@@ -213,7 +237,7 @@ def _keys(index: Index) -> tuple:
     return tuple(e.key for e in index)
 
 
-def _reduced(product: Node, factors: Index, name: str) -> Index:
+def _reduced(product: Node, factors: Index) -> Index:
     """The product's own index from its operands' (the head counter back to 0)."""
     return tuple(Expr(0) if a == product.arg[0] else e for a, e in enumerate(factors))
 
