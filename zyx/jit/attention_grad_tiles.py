@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from ..dtypes import float32
 from ..trace.attention_grad import recomputed_scores
 from ..trace.node import Node
-from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op
+from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, REDUCE_OPS, Op
 from .attention import NotAttention
 from .attention_grad import AttentionGradientLowering, GradientProduct
 from .attention_tiles import KEYS, StagedBlocks, _at, _lane, _lanes, _reads, rows_per_group
@@ -39,8 +39,8 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
                  stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
         self.local_memory, self.max_group_size, self.skips = local_memory, max_group_size, skips
         super().__init__(plan, siblings, materialized, produced, stored_apart, param_limit)
-        self._stages: dict[int, list[tuple[Index, str, int, str, int]]] = {}  # by node: (index, its inner variable,
-        self._stage_sizes: dict[str, int] = {}                              # the inner axis, stage, lanes)
+        # by node: (index, its inner variable, the inner axis' size, stage, lanes)
+        self._stages: dict[int, list[tuple[Index, str, int, str, int]]] = {}
         self._nested: dict[tuple, tuple[list[Operand], str, int]] = {}      # (product, index): registers, stage
         self._stage_reads: dict[tuple[str, int], Reg] = {}                  # (stage, vector): its register
 
@@ -156,7 +156,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         for plan in self.plans:
             for node, index in _reads(plan.p_side, plan.index(self.item, 0, walked), self._is_materialized):
                 key = (id(node), _keys(index))
-                if node.op not in (Op.SUM, Op.RMAX) or not self._nests(node, index, ()) or key in seen:
+                if node.op not in REDUCE_OPS or not self._nests(node, index, ()) or key in seen:
                     continue
                 seen.add(key)
                 if node.op is not Op.SUM or len(node.arg) != 1 or node.src[0].op is not Op.MUL:
@@ -209,7 +209,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         return _lane(self._stage_reads[key], column % lanes)
 
     def _lower(self, node: Node, index: Index, guard: tuple) -> Step:
-        """A staged operand (the outer products' other side) from the stage at its column."""
+        """A staged value (an outer product's other operand, a walked row's value) from the stage at its column."""
         staged = self._stage_of(node, index) if id(node) in self._stages and not guard else None
         if staged is not None and staged[3].lo == staged[3].hi:
             stage, lanes, size, column = staged
