@@ -176,9 +176,9 @@ def test_second_order_takes_the_ordinary_rules(dev):
         np.testing.assert_allclose(grad.numpy(), reference.numpy(), rtol=1e-3, atol=1e-4)
 
 
-def test_half_precision_keeps_the_ordinary_rules(dev):
-    """float16 gradients are not rewritten (lse in float16 would lose the probabilities' digits): the trace's
-    backward reads P itself, as before."""
+def test_half_precision_gradients_are_not_fused(dev):
+    """float16 attention: the gradients as torch's, computed by the products and row kernels (the fused kernels
+    take float32)."""
     arrays = [data(1, 1, 12, 8) for _ in range(4)]
     q, k, v, grad_out = (dev.tensor(a).cast(zyx.float16) for a in arrays)
     out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)

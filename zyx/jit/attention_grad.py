@@ -3,7 +3,7 @@
 trace/attention_grad.py writes softmax(X) W's gradient so that every (i, j) value is elementwise in X, the row
 statistics (which the forward's fused kernel stores, attention.py), D = rowsum(dO O) and products over the head
 dimension; the ordinary rules then give the products dQ-side = sum_j dS[i, j] K[j, :], dK-side = sum_i dS[i, j]
-Q[i, :] and dV = sum_i P[i, j] dO[i, :] (dS the scores' gradient, P = exp(X - lse)). Lowered as products are,
+Q[i, :] and dV = sum_i P[i, j] dO[i, :] (dS the scores' gradient, P = exp(X - m) / l). Lowered as products are,
 dS and P would be stored whole. Here (the "rows" form, ZYX_ATTENTION_FORM; attention_grad_tiles.py lowers the
 default "staged" one on this module's plans) a work item owns a row of a product's outputs (a query's row of dQ; a key's
 rows of dK and dV together, one kernel, FlashAttention-2's split) and walks the reduced axis once, computing each
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 from ..dtypes import float32
-from ..trace.attention_grad import recomputed_scores
+from ..trace.attention_grad import attention_product, softmax_of
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op
 from .attention import NestedReductions, min_probability_bytes
@@ -32,7 +32,7 @@ from .symbolic import Expr
 @dataclass(frozen=True)
 class GradientProduct:
     """SUM over `reduced` of MUL(p_side, w_side), p_side spread (EXPAND) along the output axis `width` over a value
-    that recomputes `probabilities` (exp(X - lse)) at each (i, j)."""
+    that recomputes `probabilities` (exp(X - m) / l) at each (i, j)."""
 
     product: Node
     p_side: Node
@@ -58,6 +58,8 @@ def match_attention_gradient(node: Node, materialized: dict[int, Node], gpu: boo
     """`node` as a product recomputing P (see the module), where P takes at least min_probability_bytes; else None."""
     if node.op is not Op.SUM or len(node.arg) != 1 or node.src[0].op is not Op.MUL or node.dtype != float32:
         return None
+    if attention_product(node) is not None:  # the forward (attention.py's)
+        return None
     reduced = node.arg[0]
     for p_side, w_side in (node.src[0].src, node.src[0].src[::-1]):
         if p_side.op is not Op.EXPAND:
@@ -74,16 +76,16 @@ def match_attention_gradient(node: Node, materialized: dict[int, Node], gpu: boo
 
 
 def _recomputed_in(node: Node, materialized: dict[int, Node]) -> Optional[Node]:
-    """The recomputed P (trace/attention_grad.recomputed) that `node` computes through elementwise ops and views,
-    none of them stored; None if none."""
+    """The softmax P that `node` computes through elementwise ops and views, where no kernel stores P or its scores
+    X (so it is recomputed here from X and the row statistics); None if none."""
     stack, seen = [node], set()
     while stack:
         node = stack.pop()
         if id(node) in seen or id(node) in materialized:
             continue
         seen.add(id(node))
-        scores = recomputed_scores(node)
-        if scores is not None and id(scores) not in materialized:
+        softmax = softmax_of(node)
+        if softmax is not None and id(softmax.scores) not in materialized:
             return node
         if node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS:
             stack += node.src
@@ -159,7 +161,7 @@ def _depends(node: Node, on: Node) -> bool:
 
 
 def _probability_read(plan: GradientProduct, item: Index, walked: Expr) -> Optional[tuple]:
-    """Where (as keys) the product reads its recomputed P for the item's first output at `walked`: through views
+    """Where (as keys) the product reads P for the item's first output at `walked`: through views
     and elementwise ops from its P side."""
     stack = [(plan.p_side, plan.index(item, 0, walked))]
     while stack:

@@ -8,10 +8,10 @@ attention_tiles.py does for the forward, a work group of ROWS items owns ROWS co
 - for every block of walked rows copies their side of those products and the outer products' other operands
   (q and dO; k and v) into local memory (consecutive items copy consecutive elements) and waits;
 - walks the block: each nested product is the item's registers times a staged row (float4 reads that the whole
-  group makes at once), every other value (the mask, P = exp(X - lse), dS) lowered from the trace as it is;
+  group makes at once), every other value (the mask, P = exp(X - m) / l, dS) lowered from the trace as it is;
 then waits again before the next block overwrites the stage. Walked rows past the end read the last row and add
 nothing; items past the end compute the last row and store nothing. Blocks that a causal mask hides from all the
-group's rows are skipped (attention_tiles.py's test, on the scores the recomputed P reads): there P and dS are 0.
+group's rows are skipped (attention_tiles.py's test, on the scores P is recomputed from): there P and dS are 0.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import math
 from typing import Optional, Sequence
 
 from ..dtypes import float32
-from ..trace.attention_grad import recomputed_scores
+from ..trace.attention_grad import softmax_of
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, REDUCE_OPS, Op
 from .attention import NotAttention
@@ -96,7 +96,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
 
     def _walked_operands(self, products: list, walked: Expr, walk_name: str) -> list[tuple[Node, Index, str, int]]:
         """What the walk reads at the walked row alone, to stage: the nested products' walked side, the outer
-        products' other operand, the values of the walked row (-lse, -D); each as (node, index with an inner
+        products' other operand, the values of the walked row (-m, l, -D); each as (node, index with an inner
         variable `name` of `size` where it has a row of values, name, size)."""
         stages = [(side, index, name, size) for _, index, name, size, side, _ in products]
         for plan in self.plans:
@@ -168,7 +168,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         return found
 
     def _row_values(self, walked: Expr, walk_name: str) -> list[tuple[Node, Index]]:
-        """The float32 values P's recomputation and dS read at the walked row alone (-lse, -D): computed once per
+        """The float32 values P's recomputation and dS read at the walked row alone (-m, l, -D): computed once per
         group into the stage rather than by every item, each where the walk first reads it."""
         found, seen = [], set()
         stack = [(plan.p_side, plan.index(self.item, 0, walked)) for plan in self.plans]
@@ -258,11 +258,11 @@ def _position(plan: GradientProduct, item: Index, e: int) -> Expr:
 
 
 def _scores(plan: GradientProduct) -> Node:
-    return recomputed_scores(plan.probabilities)  # type: ignore[return-value]
+    return softmax_of(plan.probabilities).scores  # type: ignore[union-attr]
 
 
 def _probability_index(plan: GradientProduct, item: Index, walked: Expr, materialized) -> Optional[Index]:
-    """Where the plan's P side reads the recomputed P at the item's first output."""
+    """Where the plan's P side reads P at the item's first output."""
     for node, index in _reads(plan.p_side, plan.index(item, 0, walked), lambda n: n is plan.probabilities
                               or materialized(n)):
         if node is plan.probabilities:

@@ -2,28 +2,26 @@
 
 softmax(X) W appears in the trace as a product O = sum_j P[.., i, j] W[.., i, e, j] whose P-side operand views
 P = exp(X - max_j X) / sum_j exp(X - max_j X) (scaled_dot_product_attention, or the same written by hand). The
-generic rules differentiate it through P (the DIV, EXP and sums): they read P and its exponentials at every
-(i, j), so a training step stores a T x T matrix per head. Here the product's gradient is written directly:
-- P is recomputed as exp(X - lse), lse = m + log(l) from the softmax's own row statistics m (what exp subtracts)
-  and l (the sum of the exponentials): the forward's fused kernel stores those two per row (jit/attention.py);
-- dW = dO P (as the product's rule gives it, P recomputed), dP = dO W (through P's views), and
-  dX = P (dP - D) with D = rowsum(dO O) (= rowsum(P dP), read from the output instead of another T x T sum);
+generic rules differentiate it through P's DIV, EXP and sums: their (i, j) values read P and P's exponentials and
+sum them again over j. Here the product's gradient is written directly:
+- dW = dO P (as the product's rule gives it) and dP = dO W (through P's views);
+- dX = P (dP - D) with D = rowsum(dO O) (= rowsum(P dP), read from the output instead of another T x T sum);
 dX then flows on into X's sources by the ordinary rules (the mask's WHERE, the scale, the scores' product).
-Every (i, j) value left is elementwise in X, the row statistics and products over the head dimension, which
-jit/attention_grad.py computes per block of rows in two kernels. Half precision keeps the ordinary rules (lse
-in float16 would lose the probabilities' digits).
+Every (i, j) value left is elementwise in P (itself elementwise in X and the softmax's row statistics, the
+maximum and the sum), dP's product over the head dimension and D: where P is not stored, jit/attention_grad.py
+computes the products that read it per block of rows, recomputing P from X and the statistics, which the
+forward's fused kernel stores (jit/attention.py); where P is stored (small attention on a CPU), the kernels read
+it as the generic rules' did.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from ..dtypes import float32, float64
 from . import node as n
 from .node import Node
 from .ops import MOVEMENT_OPS, Op
 
-GRADIENT_DTYPES = (float32, float64)
 
 
 @dataclass(frozen=True)
@@ -92,35 +90,6 @@ def _rows_spread(pattern: AttentionProduct) -> bool:
             and p_side.src[0].src[0] is probabilities and pattern.product.shape[:-2] == probabilities.shape[:-1])
 
 
-def recomputed(softmax: Softmax) -> Node:
-    """P as exp(X - lse), lse = shift + log(total) per row (what the fused backward recomputes per block)."""
-    scores = softmax.scores
-    lse = n.binary(Op.ADD, softmax.shift, n.unary(Op.LOG, softmax.total))
-    return n.unary(Op.EXP, n.binary(Op.ADD, scores, n.unary(Op.NEG, n.expand(lse, scores.shape))))
-
-
-def recomputed_scores(node: Node) -> Optional[Node]:
-    """X when `node` is `recomputed`'s exp(X - (shift + log(total))) of a softmax over X, else None."""
-    if node.op is not Op.EXP or node.src[0].op is not Op.ADD or node.src[0].src[1].op is not Op.NEG:
-        return None
-    scores, lse = node.src[0].src[0], under_views(node.src[0].src[1].src[0])
-    if lse.op is not Op.ADD or lse.src[1].op is not Op.LOG:
-        return None
-    shift, total = lse.src[0], lse.src[1].src[0]
-    maximum = under_views(shift.src[0]) if shift.op is Op.DETACH else shift
-    if maximum.op is not Op.RMAX or maximum.src[0] is not scores or total.op is not Op.SUM:
-        return None
-    return scores
-
-
-def _replay_views(view: Node, base: Node, new_base: Node) -> Node:
-    """`view` (movement ops over `base`) with `new_base` in place of `base`."""
-    if view is base:
-        return new_base
-    inner = _replay_views(view.src[0], base, new_base)
-    return Node(view.op, (inner,), view.arg, view.shape, view.dtype, view.device)
-
-
 def _back_through_views(view: Node, base: Node, g: Node, rules) -> Node:
     """The gradient of `base` from `g`, the gradient of `view` (movement ops over `base`), by the ordinary rules."""
     while view is not base:
@@ -131,14 +100,13 @@ def _back_through_views(view: Node, base: Node, g: Node, rules) -> Node:
 
 def attention_gradients(pattern: AttentionProduct, g: Node, rules) -> Optional[tuple[Node, Node]]:
     """(dX, dW-side): the gradients of the scores X and of the product's W-side operand, from `g` (the product's
-    gradient), P recomputed from the row statistics (see the module); None where the ordinary rules stay (half
-    precision, a product reading P otherwise than a matmul does)."""
-    if pattern.product.dtype not in GRADIENT_DTYPES or not _rows_spread(pattern):
+    gradient; see the module); None where the ordinary rules stay (a product reading P otherwise than a matmul
+    does)."""
+    if not _rows_spread(pattern):
         return None
-    product, mul = pattern.product, pattern.product.src[0]
-    probabilities = recomputed(pattern.softmax)
+    product, mul, probabilities = pattern.product, pattern.product.src[0], pattern.probabilities
     spread = n.expand(g, mul.shape)
-    d_weights = n.binary(Op.MUL, spread, _replay_views(pattern.p_side, pattern.probabilities, probabilities))
+    d_weights = n.binary(Op.MUL, spread, pattern.p_side)
     d_probabilities = _back_through_views(pattern.p_side, pattern.probabilities,
                                           n.binary(Op.MUL, spread, pattern.w_side), rules)
     rows = len(product.shape) - 2  # the output's axis of W's columns e: O is (.., L, E, 1)
