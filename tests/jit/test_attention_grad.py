@@ -73,6 +73,29 @@ def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
         np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
 
 
+def test_attention_written_out_by_hand(shaped):
+    """softmax spelled with exp and sums (its maximum not detached), a float mask added, on heads of one
+    projection: the backward is the same two kernels, the gradients of the input and the weights as torch's."""
+    x, w, bias = data(2, 21, 8), data(24, 8) * 0.3, data(21, 21)
+
+    def attend(x, w, bias):
+        q, k, v = ((x @ w[j * 8:(j + 1) * 8].T).reshape(2, 21, 2, 4).transpose(1, 2) for j in range(3))
+        scores = q @ k.transpose(-1, -2) * 0.4 + bias
+        maximum = scores.max(-1, keepdim=True)
+        shifted = (scores - getattr(maximum, "values", maximum)).exp()  # (torch's max gives values and indices)
+        return (shifted / shifted.sum(-1, keepdim=True)) @ v
+
+    inputs = [shaped.tensor(a) for a in (x, w)]
+    out = attend(*inputs, shaped.tensor(bias))
+    grads = (out * out).sum().backward(inputs)
+    assert len(attention_kernels(out, grads, shaped)[1]) == 3
+    expected = [torch.tensor(a, requires_grad=True) for a in (x, w)]
+    reference = attend(*expected, torch.tensor(bias))
+    torch.autograd.backward((reference * reference).sum())
+    for grad, tensor in zip(grads, expected):
+        np.testing.assert_allclose(grad.numpy(), tensor.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_blocks_a_causal_mask_hides_are_skipped(gpu):
     """Both backward kernels branch on whether a block of walked rows is hidden from all the group's rows, where
     the mask is causal, and compute every block where it is not."""
