@@ -119,8 +119,12 @@ def test_the_per_row_form_on_request(dev, monkeypatch):
 def test_webgpu_computes_every_block(monkeypatch):
     """WGSL's uniformity analysis refuses barriers under a branch on loaded values: the staged backward computes
     every block there, with the same gradients."""
-    from zyx.runtime.webgpu import adapters
-    if not adapters():
+    try:
+        from zyx.runtime.webgpu import adapters
+        found = bool(adapters())
+    except (ImportError, RuntimeError):
+        found = False
+    if not found:
         pytest.skip("no WebGPU adapter")
     device = zyx.WGPU()
     arrays = [data(1, 2, 37, 8) for _ in range(4)]
