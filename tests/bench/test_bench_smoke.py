@@ -43,6 +43,17 @@ def test_matmul_counts_flops(tmp_path):
     assert all(r["unit"] == "GFLOP/s" and r["throughput"] > 0 for r in rows)
 
 
+def test_attention_training_reports_memory_and_the_gradient_error(tmp_path):
+    """A2 (--train): fused and unfused steps, each with its peak memory growth and dV's error against numpy."""
+    _, result = _run("attention.py", "--train", "--contexts", "40", "--heads", "1", "--head-dim", "8",
+                     "--only", "zyx-staged,zyx-unfused", tmp_path=tmp_path)
+    rows = {r["implementation"]: r for r in result["results"]}
+    assert set(rows) == {"zyx-staged", "zyx-unfused"} and all(r["workload"] == "A2 T=40" for r in rows.values())
+    for row in rows.values():
+        assert row["extra"]["first_head_error"] < 1e-4 and row["extra"]["grown_bytes"] > 0
+    assert rows["zyx-staged"]["extra"]["kernels"] < rows["zyx-unfused"]["extra"]["kernels"]
+
+
 def test_list_devices_exits_cleanly():
     finished = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--list-devices"],
                               capture_output=True, text=True, timeout=120)

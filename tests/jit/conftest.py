@@ -17,3 +17,9 @@ def gpu(dev, monkeypatch):
     dev.forget_programs()  # programs scheduled for the device's own shapes must not be found
     yield dev
     dev.forget_programs()  # nor these, once the device's own traits are back
+
+
+@pytest.fixture(params=["own kernels", "GPU-shaped"])
+def shaped(request, dev):
+    """The OpenCL device scheduling its own kernels, then GPU-shaped ones."""
+    return request.getfixturevalue("gpu") if request.param == "GPU-shaped" else dev

@@ -27,11 +27,6 @@ def fuse_any_size(monkeypatch):
     monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", "0")
 
 
-@pytest.fixture(params=["own kernels", "GPU-shaped"])
-def shaped(request, dev):
-    return request.getfixturevalue("gpu") if request.param == "GPU-shaped" else dev
-
-
 Q7, K7, V7 = data(2, 3, 7, 5), data(2, 3, 7, 5), data(2, 3, 7, 6, low=-1, high=1)
 Q3, K5, V5 = data(2, 2, 3, 4), data(2, 2, 5, 4), data(2, 2, 5, 3, low=-1, high=1)
 KEEP = RNG.random((3, 5)) < 0.6

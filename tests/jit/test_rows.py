@@ -27,12 +27,6 @@ def close(out, expected, tol=1e-5):
     np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=tol, atol=tol)
 
 
-@pytest.fixture(params=["own kernels", "GPU-shaped"])
-def shaped(request, dev):
-    """The OpenCL device scheduling its own kernels, then GPU-shaped ones."""
-    return request.getfixturevalue("gpu") if request.param == "GPU-shaped" else dev
-
-
 def row_ops(x, length):
     return x.softmax(-1), x.log_softmax(-1), F.layer_norm(x, (length,))
 

@@ -14,9 +14,10 @@ the maximum grows (one acc per output of the row, the scores shared); the output
 product over the head dimension) as loops nested in it, so every value is computed from q, k, v (and the
 mask's sources) as the key loop reaches it.
 
-Only where no other kernel stores P, its exponentials or X. In a training step the backward stores the scores'
-product and the row statistics and recomputes P from them, so this kernel then reads the stored scores: one
-kernel fewer per attention, but a T x T matrix in memory all the same (a fused backward would remove it) and where P would take at least MIN_PROBABILITY_BYTES (ZYX_ATTENTION_MIN_BYTES). PoCL vectorizes the kernel across work items (rows); no transform applies.
+Only where no other kernel stores P, its exponentials or X, and where P would take at least MIN_PROBABILITY_BYTES
+(ZYX_ATTENTION_MIN_BYTES). Where a backward reads the row statistics (trace/attention_grad.py writes the gradient
+so that P is recomputed from them, attention_grad.py's kernels), this kernel stores them too: the row maximum and
+sum it computes anyway. PoCL vectorizes the kernel across work items (rows); no transform applies.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..dtypes import float32
+from ..trace.attention_grad import attention_product, under_views
 from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op, REDUCE_OPS
 from .kernel_ir import Accumulate, Alu, Const, Define, Loop, MultiplyAdd, Reg
@@ -67,36 +69,16 @@ def attention_form() -> str:
 
 @dataclass(frozen=True)
 class AttentionPattern:
-    """The nodes of softmax(X) W that the kernel reads: the product, its P-side and W-side operands, P, X."""
+    """The nodes of softmax(X) W that the kernel reads: the product, its P-side and W-side operands, P, X, and
+    the softmax's row statistics (stored too where a backward reads them: attention_grad.py)."""
 
     product: Node  # SUM over its last axis of MUL(p_side, w_side)
     p_side: Node
     w_side: Node
     probabilities: Node  # P: DIV(exp(X - max), sum(exp(X - max)))
     scores: Node  # X
-
-
-def _under_views(node: Node) -> Node:
-    while node.op in MOVEMENT_OPS:
-        node = node.src[0]
-    return node
-
-
-def _softmax_of(node: Node) -> Optional[Node]:
-    """X when `node` is exp(X - max(X)) / sum(exp(X - max(X))) over the last axis, else None."""
-    if node.op is not Op.DIV or not node.dtype.is_float:
-        return None
-    exp, total = node.src[0], _under_views(node.src[1])
-    last = (len(node.shape) - 1,)
-    if exp.op is not Op.EXP or total.op is not Op.SUM or total.arg != last or total.src[0] is not exp:
-        return None
-    shifted = exp.src[0]
-    if shifted.op is not Op.ADD or shifted.src[1].op is not Op.NEG:
-        return None
-    scores, maximum = shifted.src[0], _under_views(shifted.src[1].src[0])
-    if maximum.op is Op.DETACH:
-        maximum = _under_views(maximum.src[0])
-    return scores if maximum.op is Op.RMAX and maximum.arg == last and maximum.src[0] is scores else None
+    maximum: Node  # RMAX(X) over the last axis
+    total: Node  # SUM(exp(X - max)) over the last axis
 
 
 def match_attention(root: Node, materialized: dict[int, Node], gpu: bool = False) -> Optional[AttentionPattern]:
@@ -105,22 +87,43 @@ def match_attention(root: Node, materialized: dict[int, Node], gpu: bool = False
     (min_probability_bytes), else None."""
     if root.dtype != float32 or root.numel == 0:  # (FLOAT_LOWEST is float32's)
         return None
-    product = root.src[0] if root.op is Op.RESHAPE else root
-    last = len(product.shape) - 1
-    if product.op is not Op.SUM or product.arg != (last,) or product.src[0].op is not Op.MUL:
+    found = attention_product(root.src[0] if root.op is Op.RESHAPE else root)
+    if found is None:
         return None
-    for p_side, w_side in (product.src[0].src, product.src[0].src[::-1]):
-        probabilities = _under_views(p_side)
-        scores = _softmax_of(probabilities)
-        if scores is None or any(id(node) in materialized for node in (probabilities, probabilities.src[0], scores)):
-            continue
-        threshold = min_probability_bytes(gpu)
-        if threshold is not None and probabilities.numel * probabilities.dtype.itemsize >= threshold:
-            return AttentionPattern(product, p_side, w_side, probabilities, scores)
-    return None
+    probabilities, softmax = found.probabilities, found.softmax
+    if any(id(node) in materialized for node in (probabilities, probabilities.src[0], softmax.scores)):
+        return None
+    threshold = min_probability_bytes(gpu)
+    if threshold is None or probabilities.numel * probabilities.dtype.itemsize < threshold:
+        return None
+    maximum = under_views(softmax.shift.src[0]) if softmax.shift.op is Op.DETACH else softmax.shift
+    return AttentionPattern(found.product, found.p_side, found.w_side, probabilities, softmax.scores, maximum,
+                            softmax.total)
 
 
-class AttentionLowering(Lowering):
+class NestedReductions(Lowering):
+    """A lowering whose reductions met inside its own loop are loops nested there (where `_nests` says so),
+    computed where they are read instead of read from memory; reductions met inside those are read from memory."""
+
+    _nesting = False  # inside a nested reduction
+
+    def _nests(self, node: Node, index: Index, guard: tuple) -> bool:
+        raise NotImplementedError
+
+    def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
+        if node.op not in REDUCE_OPS or self._nesting or not self._nests(node, index, guard):
+            return (yield from super()._compute(node, index, guard))
+        self._nesting = True
+        try:
+            depth = len(self._scopes) - 1
+            start = Const(0 if node.op is Op.SUM else FLOAT_LOWEST, node.dtype)
+            acc, = self._reduction_loop(node, depth, [index], start)
+            return _Value(acc, depth)
+        finally:
+            self._nesting = False
+
+
+class AttentionLowering(NestedReductions):
     """A work item owns a row of the product's outputs O[.., i, :] and walks the key axis once with an online
     softmax (see the module's docstring), the scores computed once per key for the whole row; the scores' own
     reductions nest inside that walk."""
@@ -130,7 +133,6 @@ class AttentionLowering(Lowering):
         super().__init__(root, materialized, produced, False, stored_apart, param_limit)
         self.pattern = pattern
         self.kind = "a"
-        self._nesting = False  # inside a nested reduction: reductions met there are read from memory
         self.width = pattern.product.shape[-2]  # outputs per row, consecutive in the root's order
         self.rows = self.numel // self.width
         row = Expr.var("gid", self.rows)
@@ -163,11 +165,30 @@ class AttentionLowering(Lowering):
             self._scopes[-1] += [Accumulate(acc, Op.MUL, rescale), MultiplyAdd(acc, weighted, weight)]
         self._scopes[-1].append(Accumulate(maximum, Op.MAX, score))
         self._scopes[0].append(Loop(name, keys, tuple(self._close_loop())))
+        self._store_statistics(next(iter(read.values())), maximum, total)
         for element, acc in enumerate(accs):
             self._element = element
             out = Reg(self.names.fresh("v"), dtype)
             self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
-            self._store(self.root, _Value(out, 0), self.positions[element])
+            self._store_output(out, element)
+
+    def _store_statistics(self, probability: Index, maximum: Reg, total: Reg) -> None:
+        """The row's maximum and sum of exponentials, where a backward reads them (attention_grad.py): this kernel
+        computes them, no other could without storing X. `probability`: where the row reads P."""
+        self._element = 0
+        row = (*probability[:-1], Expr(0))
+        for node, value in ((self.pattern.maximum, maximum), (self.pattern.total, total)):
+            if id(node) in self.materialized and id(node) not in self.produced:
+                self._store(node, _Value(value, 0), linear(row, node.shape))
+
+    def _store_output(self, value: Reg, element: int) -> None:
+        """An output, into the root and into the product the root reshapes where another kernel reads that (a
+        backward's D = rowsum(dO O)): at the same position, both being contiguous."""
+        self._element = element
+        self._store(self.root, _Value(value, 0), self.positions[element])
+        product = self.pattern.product
+        if product is not self.root and id(product) in self.materialized and id(product) not in self.produced:
+            self._store(product, _Value(value, 0), self.positions[element])
 
     def _alu(self, op: Op, *args: object) -> Reg:
         """A statement in the key loop's body; its register."""
@@ -189,22 +210,10 @@ class AttentionLowering(Lowering):
             raise NotAttention(node)
         return index
 
-    def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
+    def _nests(self, node: Node, index: Index, guard: tuple) -> bool:
         """The scores' own reductions (a product over the head dimension) as loops inside the key loop; the
         reductions those read (q's projection) are read from memory, as any kernel reads them."""
-        if node.op not in REDUCE_OPS or self._nesting or self._depth_of(index, guard) == 0:
-            return (yield from super()._compute(node, index, guard))
-        self._nesting = True
-        try:
-            return self._nested_reduce(node, index)
-        finally:
-            self._nesting = False
-
-    def _nested_reduce(self, node: Node, index: Index) -> _Value:
-        depth = len(self._scopes) - 1
-        start = Const(0 if node.op is Op.SUM else FLOAT_LOWEST, node.dtype)
-        acc, = self._reduction_loop(node, depth, [index], start)
-        return _Value(acc, depth)
+        return self._depth_of(index, guard) != 0
 
 class NotAttention(Exception):
     """The product reads P at other positions than softmax(X) V over the keys needs."""

@@ -22,10 +22,11 @@ block's scores would all be -inf, which changes neither the maximum, the sum nor
 gives the same values (except that a NaN or inf among the values of keys that no row of the group sees no longer
 reaches those rows, as 0 x NaN does where the block is computed).
 
-Only where X holds the scores' product itself (not a stored one, as in a training step whose backward stores
-it: then the products are kept on GPUs); its operands must split into a query side that does not depend on the
-key and a key side, and the value operand, that do not depend on the query row. The kernel IR and Lowering
-machinery are the ones matmul.py's tiles use.
+Only where X holds the scores' product itself (not a stored one: then the products are kept on GPUs); its operands
+must split into a query side that does not depend on the key and a key side, and the value operand, that do not
+depend on the query row. In a training step the kernel stores the row statistics too (attention.py). The kernel IR
+and Lowering machinery are the ones matmul.py's tiles use; StagedBlocks is what the staged backward
+(attention_grad_tiles.py) shares with it.
 """
 from __future__ import annotations
 
@@ -68,138 +69,18 @@ def local_bytes(rows: int, keys: int, head_dim: int, value_dim: int) -> int:
     return 4 * keys * (head_dim + value_dim + rows)
 
 
-class StagedAttentionLowering(AttentionLowering):
-    """A work group per block of query rows of one batch entry, an item per row; see the module's docstring."""
+class StagedBlocks(Lowering):
+    """What staged kernels share (this module's forward, attention_grad_tiles.py's backward): a work group of
+    `rows_per_group` items (`lid`) walking blocks of `keys_per_block` rows of the other axis, copying operands of a
+    block into local memory, and skipping blocks a causal mask hides from every item of the group."""
 
-    def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
-                 local_memory: int, max_group_size: int, skips: bool = True, stored_apart: frozenset = frozenset(),
-                 param_limit: int = PARAM_LIMIT):
-        super().__init__(root, pattern, materialized, produced, stored_apart, param_limit)
-        product = pattern.product
-        if len(product.shape) < 3:
-            raise NotAttention(product)
-        self.local_memory, self.skips = local_memory, skips
-        self.queries, self.width = product.shape[-3], product.shape[-2]
-        batch = product.shape[:-3]
-        self.rows_per_group = rows_per_group(self.queries, math.prod(batch), max_group_size) or 0
-        self.keys_per_block = 0
-        if not self.rows_per_group:
-            raise NotAttention(product)
-        self.query_blocks = -(-self.queries // self.rows_per_group)
-        self.groups = math.prod(batch) * self.query_blocks
-        self.lid = Expr.var("lid", self.rows_per_group)
-        group = Expr.var("gid", self.groups)
-        exact_row = (group % self.query_blocks) * self.rows_per_group + self.lid
-        self.leading = (*unravel(group // self.query_blocks, batch), Expr.minimum(exact_row, self.queries - 1))
-        row_guard = ((exact_row, "lt", self.queries),) if exact_row.hi >= self.queries else ()
-        self.positions = [linear((*self.leading, Expr(e), Expr(0)), product.shape) for e in range(self.width)]
-        self.elements = [unravel(position, self.space) for position in self.positions]
-        self.guards = [row_guard] * self.width
+    groups: int
+    rows_per_group: int
+    keys_per_block: int
+    lid: Expr
 
     def _axes(self) -> tuple[Axis, ...]:
         return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", self.rows_per_group, Role.LOCAL))
-
-    def _lower_outputs(self) -> None:
-        pattern, rows = self.pattern, self.rows_per_group
-        product = _scores_product(pattern, self._is_materialized)
-        head_dim = product.src[0].shape[product.arg[0]]
-        total_keys = pattern.product.src[0].shape[-1]
-        keys = self.keys_per_block = keys_per_block(rows, head_dim, self.width, total_keys, self.local_memory) or 0
-        if not keys:
-            raise NotAttention(product)
-        blocks = -(-total_keys // keys)
-        block_name, key_name, value_name = (self.names.fresh(prefix) for prefix in ("kb", "j", "e"))
-        exact_key = Expr.var(block_name, blocks) * keys + Expr.var(key_name, keys)
-        value_e = Expr.var(value_name, self.width)
-        key = Expr.minimum(exact_key, total_keys - 1)
-        probability = self._probability_index((*self.leading, value_e, key))
-        if any(value_name in e.variables() for e in probability):  # a row's outputs must share their scores
-            raise NotAttention(pattern.probabilities)
-        product_index = self._product_index(product, probability)
-        self._product, self._product_reads, self._key_name = product, product_index, key_name
-        head_name = self.names.fresh("h")
-        factor_index = tuple(Expr.var(head_name, head_dim) if a == product.arg[0] else e
-                             for a, e in enumerate(product_index))
-        query_side, key_side = self._split(product.src[0], factor_index, key_name)
-        weights = (*self.leading, value_e, key)
-        if "lid" in self._variables(pattern.w_side, weights):
-            raise NotAttention(pattern.w_side)
-        self._query = [self.value(query_side, _at(factor_index, {head_name: Expr(h)}), ()).operand
-                       for h in range(head_dim)]
-        names = [self.names.fresh(prefix) for prefix in ("k_stage", "v_stage", "scores")]
-        self._key_stage, value_stage, score_stage = names
-        self._head_lanes, value_lanes = _lanes(head_dim), _lanes(self.width)
-        maximum, total = Reg(self.names.fresh("m"), float32), Reg(self.names.fresh("l"), float32)
-        accs = [Reg(self.names.fresh("acc"), float32) for _ in range(self.width)]
-        self._scopes[0] += [LocalArray(self._key_stage, float32, keys * head_dim // self._head_lanes, self._head_lanes),
-                            LocalArray(value_stage, float32, keys * self.width // value_lanes, value_lanes),
-                            LocalArray(score_stage, float32, keys * rows),
-                            Define(maximum, Const(FLOAT_LOWEST, float32)), Define(total, Const(0.0, float32)),
-                            *(Define(acc, Const(0.0, float32)) for acc in accs)]
-        mask = self._mask(probability, key_name) if self.skips else []
-        rows_extreme = {side: self._extreme(side, index, "lid", rows, lowest)  # once, before the blocks
-                        for side, index, lowest, over_rows in mask if over_rows}
-        self._open_loop(block_name, blocks)
-        needed = self._block_needed(mask, rows_extreme, key_name) if mask else None
-        skippable = len(self._scopes[-1])
-        self._stage(key_side, factor_index, key_name, head_name, head_dim, self._key_stage)
-        self._stage(pattern.w_side, weights, key_name, value_name, self.width, value_stage)
-        self._scopes[-1].append(Barrier())
-        block_max = self._score(probability, exact_key, total_keys, score_stage)
-        lowered = self._rescale(maximum, block_max, [total, *accs])
-        self._scopes[-1].append(self._weigh(score_stage, value_stage, value_lanes, lowered, total, accs))
-        self._scopes[-1].append(Barrier())  # every item is done with the stage before the next block overwrites it
-        body = self._close_loop()
-        if needed:
-            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
-        self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
-        for element, acc in enumerate(accs):
-            self._element = element
-            out = Reg(self.names.fresh("v"), float32)
-            self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
-            self._store(self.root, _Value(out, 0), self.positions[element])
-
-    def _score(self, probability: Index, exact_key: Expr, total_keys: int, score_stage: str) -> Reg:
-        """The loop computing the item's scores X against the staged keys into its column of `score_stage` (-inf
-        past the last key); their maximum."""
-        block_max = Reg(self.names.fresh("mb"), float32)
-        self._scopes[-1].append(Define(block_max, Const(FLOAT_LOWEST, float32)))
-        self._open_loop(self._key_name, self.keys_per_block)
-        score = self.value(self.pattern.scores, probability, ()).operand
-        if exact_key.hi >= total_keys:  # the last block hangs over the end
-            score = self._line(lambda out: Select(out, ((exact_key, "lt", total_keys),), score,
-                                                  Const(-math.inf, float32)))
-        key = Expr.var(self._key_name, self.keys_per_block)
-        self._scopes[-1] += [LocalStore(score_stage, key * self.rows_per_group + self.lid, score),
-                             Accumulate(block_max, Op.MAX, score)]
-        self._scopes[-2].append(Loop(self._key_name, self.keys_per_block, tuple(self._close_loop())))
-        return block_max
-
-    def _rescale(self, maximum: Reg, block_max: Reg, sums: list[Reg]) -> Reg:
-        """Raise the running maximum to the block's, rescaling the running `sums` by exp(m_old - m_new); -m_new."""
-        new_maximum = self._line(lambda out: Alu(out, Op.MAX, (maximum, block_max)))
-        lowered = self._line(lambda out: Alu(out, Op.NEG, (new_maximum,)))
-        shift = self._line(lambda out: Alu(out, Op.ADD, (maximum, lowered)))
-        rescale = self._line(lambda out: Alu(out, Op.EXP, (shift,)))
-        self._scopes[-1] += [*(Accumulate(running, Op.MUL, rescale) for running in sums),
-                             Accumulate(maximum, Op.MAX, block_max)]
-        return lowered
-
-    def _weigh(self, score_stage: str, value_stage: str, lanes: int, lowered: Reg, total: Reg,
-               accs: list[Reg]) -> Loop:
-        """The loop over the staged keys adding exp(x - m) to the running sum and exp(x - m) times the key's
-        value row to the accumulators (`lowered` is -m)."""
-        name = self.names.fresh("j")
-        key = Expr.var(name, self.keys_per_block)
-        score, shifted, weight = (Reg(self.names.fresh("v"), float32) for _ in range(3))
-        body: list = [LocalLoad(score, score_stage, key * self.rows_per_group + self.lid),
-                      Alu(shifted, Op.ADD, (score, lowered)), Alu(weight, Op.EXP, (shifted,)),
-                      Accumulate(total, Op.ADD, weight)]
-        for start in range(0, self.width, lanes):
-            row = Reg(self.names.fresh("w"), float32, lanes)
-            body.append(LocalLoad(row, value_stage, key * (self.width // lanes) + start // lanes))
-            body += [MultiplyAdd(accs[start + lane], weight, _lane(row, lane)) for lane in range(lanes)]
-        return Loop(name, self.keys_per_block, tuple(body))
 
     def _line(self, make, dtype: DType = float32) -> Reg:
         """A statement at the end of the innermost open scope; its register."""
@@ -207,12 +88,12 @@ class StagedAttentionLowering(AttentionLowering):
         self._scopes[-1].append(make(out))
         return out
 
-    def _mask(self, probability: Index, key_name: str) -> list[tuple[Node, Index, bool, bool]]:
+    def _mask(self, scores: Node, probability: Index, key_name: str) -> list[tuple[Node, Index, bool, bool]]:
         """Where X is where(a < b, -inf, ...) with a and b each depending on the query row alone or on the key
         alone (a causal mask: rows < cols): [(a, its index, False, over rows), (b, its index, True, over rows)].
         A block of keys where the smallest b exceeds the group's largest a throughout scores -inf throughout, and
         is skipped. Empty where X is not so (then every block is computed)."""
-        where = _through_views(self.pattern.scores, probability)
+        where = _through_views(scores, probability)
         if where is None or where[0].op is not Op.WHERE or self._is_materialized(where[0]):
             return []
         fill = _viewed_constant(where[0].src[1])
@@ -263,14 +144,6 @@ class StagedAttentionLowering(AttentionLowering):
             store = LocalStore(stage, flat, value.operand, element=True)
             self._scopes[-1].append(If(((flat, "lt", size),), (store,)) if flat.hi >= size else store)
 
-    def _product_index(self, product: Node, probability: Index) -> Index:
-        """Where X reads the scores' product (at one index only)."""
-        found = {tuple(e.key for e in index): index for node, index in
-                 _reads(self.pattern.scores, probability, self._is_materialized) if node is product}
-        if len(found) != 1:
-            raise NotAttention(product)
-        return next(iter(found.values()))
-
     def _split(self, factors: Node, index: Index, key_name: str) -> tuple[Node, Node]:
         """(query side, key side) of the scores' product: the operand that does not depend on the key, and the
         one that does not depend on the query row."""
@@ -286,6 +159,145 @@ class StagedAttentionLowering(AttentionLowering):
             for expr in read:
                 names |= expr.variables()
         return names
+
+
+class StagedAttentionLowering(StagedBlocks, AttentionLowering):
+    """A work group per block of query rows of one batch entry, an item per row; see the module's docstring."""
+
+    def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
+                 local_memory: int, max_group_size: int, skips: bool = True, stored_apart: frozenset = frozenset(),
+                 param_limit: int = PARAM_LIMIT):
+        super().__init__(root, pattern, materialized, produced, stored_apart, param_limit)
+        product = pattern.product
+        if len(product.shape) < 3:
+            raise NotAttention(product)
+        self.local_memory, self.skips = local_memory, skips
+        self.queries, self.width = product.shape[-3], product.shape[-2]
+        batch = product.shape[:-3]
+        self.rows_per_group = rows_per_group(self.queries, math.prod(batch), max_group_size) or 0
+        self.keys_per_block = 0
+        if not self.rows_per_group:
+            raise NotAttention(product)
+        self.query_blocks = -(-self.queries // self.rows_per_group)
+        self.groups = math.prod(batch) * self.query_blocks
+        self.lid = Expr.var("lid", self.rows_per_group)
+        group = Expr.var("gid", self.groups)
+        exact_row = (group % self.query_blocks) * self.rows_per_group + self.lid
+        self.leading = (*unravel(group // self.query_blocks, batch), Expr.minimum(exact_row, self.queries - 1))
+        row_guard = ((exact_row, "lt", self.queries),) if exact_row.hi >= self.queries else ()
+        self.positions = [linear((*self.leading, Expr(e), Expr(0)), product.shape) for e in range(self.width)]
+        self.elements = [unravel(position, self.space) for position in self.positions]
+        self.guards = [row_guard] * self.width
+
+    def _lower_outputs(self) -> None:
+        pattern, rows = self.pattern, self.rows_per_group
+        product = _scores_product(pattern, self._is_materialized)
+        head_dim = product.src[0].shape[product.arg[0]]
+        total_keys = pattern.product.src[0].shape[-1]
+        keys = self.keys_per_block = keys_per_block(rows, head_dim, self.width, total_keys, self.local_memory) or 0
+        if not keys:
+            raise NotAttention(product)
+        blocks = -(-total_keys // keys)
+        block_name, key_name, value_name = (self.names.fresh(prefix) for prefix in ("kb", "j", "e"))
+        exact_key = Expr.var(block_name, blocks) * keys + Expr.var(key_name, keys)
+        value_e = Expr.var(value_name, self.width)
+        key = Expr.minimum(exact_key, total_keys - 1)
+        probability = self._probability_index((*self.leading, value_e, key))
+        if any(value_name in e.variables() for e in probability):  # a row's outputs must share their scores
+            raise NotAttention(pattern.probabilities)
+        product_index = self._product_index(product, probability)
+        self._product, self._product_reads, self._key_name = product, product_index, key_name
+        head_name = self.names.fresh("h")
+        factor_index = tuple(Expr.var(head_name, head_dim) if a == product.arg[0] else e
+                             for a, e in enumerate(product_index))
+        query_side, key_side = self._split(product.src[0], factor_index, key_name)
+        weights = (*self.leading, value_e, key)
+        if "lid" in self._variables(pattern.w_side, weights):
+            raise NotAttention(pattern.w_side)
+        self._query = [self.value(query_side, _at(factor_index, {head_name: Expr(h)}), ()).operand
+                       for h in range(head_dim)]
+        names = [self.names.fresh(prefix) for prefix in ("k_stage", "v_stage", "scores")]
+        self._key_stage, value_stage, score_stage = names
+        self._head_lanes, value_lanes = _lanes(head_dim), _lanes(self.width)
+        maximum, total = Reg(self.names.fresh("m"), float32), Reg(self.names.fresh("l"), float32)
+        accs = [Reg(self.names.fresh("acc"), float32) for _ in range(self.width)]
+        self._scopes[0] += [LocalArray(self._key_stage, float32, keys * head_dim // self._head_lanes, self._head_lanes),
+                            LocalArray(value_stage, float32, keys * self.width // value_lanes, value_lanes),
+                            LocalArray(score_stage, float32, keys * rows),
+                            Define(maximum, Const(FLOAT_LOWEST, float32)), Define(total, Const(0.0, float32)),
+                            *(Define(acc, Const(0.0, float32)) for acc in accs)]
+        mask = self._mask(pattern.scores, probability, key_name) if self.skips else []
+        rows_extreme = {side: self._extreme(side, index, "lid", rows, lowest)  # once, before the blocks
+                        for side, index, lowest, over_rows in mask if over_rows}
+        self._open_loop(block_name, blocks)
+        needed = self._block_needed(mask, rows_extreme, key_name) if mask else None
+        skippable = len(self._scopes[-1])
+        self._stage(key_side, factor_index, key_name, head_name, head_dim, self._key_stage)
+        self._stage(pattern.w_side, weights, key_name, value_name, self.width, value_stage)
+        self._scopes[-1].append(Barrier())
+        block_max = self._score(probability, exact_key, total_keys, score_stage)
+        lowered = self._rescale(maximum, block_max, [total, *accs])
+        self._scopes[-1].append(self._weigh(score_stage, value_stage, value_lanes, lowered, total, accs))
+        self._scopes[-1].append(Barrier())  # every item is done with the stage before the next block overwrites it
+        body = self._close_loop()
+        if needed:
+            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
+        self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
+        self._store_statistics(probability, maximum, total)
+        for element, acc in enumerate(accs):
+            out = Reg(self.names.fresh("v"), float32)
+            self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
+            self._store_output(out, element)
+
+    def _score(self, probability: Index, exact_key: Expr, total_keys: int, score_stage: str) -> Reg:
+        """The loop computing the item's scores X against the staged keys into its column of `score_stage` (-inf
+        past the last key); their maximum."""
+        block_max = Reg(self.names.fresh("mb"), float32)
+        self._scopes[-1].append(Define(block_max, Const(FLOAT_LOWEST, float32)))
+        self._open_loop(self._key_name, self.keys_per_block)
+        score = self.value(self.pattern.scores, probability, ()).operand
+        if exact_key.hi >= total_keys:  # the last block hangs over the end
+            score = self._line(lambda out: Select(out, ((exact_key, "lt", total_keys),), score,
+                                                  Const(-math.inf, float32)))
+        key = Expr.var(self._key_name, self.keys_per_block)
+        self._scopes[-1] += [LocalStore(score_stage, key * self.rows_per_group + self.lid, score),
+                             Accumulate(block_max, Op.MAX, score)]
+        self._scopes[-2].append(Loop(self._key_name, self.keys_per_block, tuple(self._close_loop())))
+        return block_max
+
+    def _rescale(self, maximum: Reg, block_max: Reg, sums: list[Reg]) -> Reg:
+        """Raise the running maximum to the block's, rescaling the running `sums` by exp(m_old - m_new); -m_new."""
+        new_maximum = self._line(lambda out: Alu(out, Op.MAX, (maximum, block_max)))
+        lowered = self._line(lambda out: Alu(out, Op.NEG, (new_maximum,)))
+        shift = self._line(lambda out: Alu(out, Op.ADD, (maximum, lowered)))
+        rescale = self._line(lambda out: Alu(out, Op.EXP, (shift,)))
+        self._scopes[-1] += [*(Accumulate(running, Op.MUL, rescale) for running in sums),
+                             Accumulate(maximum, Op.MAX, block_max)]
+        return lowered
+
+    def _weigh(self, score_stage: str, value_stage: str, lanes: int, lowered: Reg, total: Reg,
+               accs: list[Reg]) -> Loop:
+        """The loop over the staged keys adding exp(x - m) to the running sum and exp(x - m) times the key's
+        value row to the accumulators (`lowered` is -m)."""
+        name = self.names.fresh("j")
+        key = Expr.var(name, self.keys_per_block)
+        score, shifted, weight = (Reg(self.names.fresh("v"), float32) for _ in range(3))
+        body: list = [LocalLoad(score, score_stage, key * self.rows_per_group + self.lid),
+                      Alu(shifted, Op.ADD, (score, lowered)), Alu(weight, Op.EXP, (shifted,)),
+                      Accumulate(total, Op.ADD, weight)]
+        for start in range(0, self.width, lanes):
+            row = Reg(self.names.fresh("w"), float32, lanes)
+            body.append(LocalLoad(row, value_stage, key * (self.width // lanes) + start // lanes))
+            body += [MultiplyAdd(accs[start + lane], weight, _lane(row, lane)) for lane in range(lanes)]
+        return Loop(name, self.keys_per_block, tuple(body))
+
+    def _product_index(self, product: Node, probability: Index) -> Index:
+        """Where X reads the scores' product (at one index only)."""
+        found = {tuple(e.key for e in index): index for node, index in
+                 _reads(self.pattern.scores, probability, self._is_materialized) if node is product}
+        if len(found) != 1:
+            raise NotAttention(product)
+        return next(iter(found.values()))
 
     def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
         """The scores' product: the item's query row times the staged key, as LANES-wide local reads into one

@@ -32,6 +32,8 @@ from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict,
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention
+from .attention_grad import gradient_products, lower_attention_gradient, match_attention_gradient
+from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
 from .split import lower_split, split_options
@@ -179,7 +181,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     reduction, else unrolled reductions."""
     root, materialized = site.root, site.materialized
     family = choice.family if choice is not None else None
-    attention = _fused_attention(site, traits)
+    attention = _fused_attention(site, traits) or _attention_gradient(site, traits)
     if attention is not None:  # softmax(X) V whose P no other kernel stores: one kernel, nothing to choose
         return _Shaped(attention, attention.ir)
     if not traits.gpu and family in (None, "cpu_matmul"):
@@ -224,6 +226,24 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
         if staged is not None or traits.gpu:
             return staged
     return lower_attention(site.root, pattern, site.materialized, site.produced, site.apart, traits.max_params)
+
+
+def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKernel]:
+    """The kernel storing a product of attention's backward that recomputes P (attention_grad.py), with the other
+    such products still to store that walk alike; None where the root is no such product."""
+    plan = match_attention_gradient(site.root, site.materialized, traits.gpu)
+    if plan is None:
+        return None
+    others = (match_attention_gradient(node, site.materialized, traits.gpu) for key, node in site.materialized.items()
+              if key not in site.produced and node is not site.root)
+    siblings = [other for other in others if other is not None]
+    if attention_form() == "staged":
+        staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
+                                                 traits.max_group_size, traits.language == "opencl", site.apart,
+                                                 traits.max_params)
+        if staged is not None:
+            return staged
+    return lower_attention_gradient(plan, siblings, site.materialized, site.produced, site.apart, traits.max_params)
 
 
 def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
@@ -407,11 +427,13 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     materialized.update(across)
     shared = _shared_products([*targets, *across.values()])
     materialized.update(shared)
+    backward = gradient_products(order, traits.gpu)  # attention's backward: kernels of their own
+    materialized.update(backward)
     chain_cuts = _chain_cuts(order, materialized)
     materialized.update(chain_cuts)
     produced: set[int] = set()
-    # shared products, cuts of long chains, and values a kernel would recompute too often
-    stored_apart: set[int] = set(shared) | set(chain_cuts) | set(across)
+    # shared products, attention's backward, cuts of long chains, and values a kernel would recompute too often
+    stored_apart: set[int] = set(shared) | set(backward) | set(chain_cuts) | set(across)
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from . import node as n
+from .attention_grad import attention_gradients, attention_product
 from .node import Node
 from .ops import Op
 from .origin import canonical, recorded_structure
@@ -210,6 +211,7 @@ class _Graph:
             stack.append((node, True))
             stack.extend((s, False) for s in reversed(sources) if id(s) not in self.structure)
         self.live: dict[int, Node] = {}
+        self._by_live: Optional[dict[int, Node]] = None
         for node in self.order:
             self.live[id(node)] = self._live(node)
 
@@ -221,12 +223,32 @@ class _Graph:
             return node
         return Node(node.op, sources, node.arg, node.shape, node.dtype, node.device)
 
+    def by_live(self) -> dict[int, Node]:
+        """The graph's nodes by the id of their live twins."""
+        if self._by_live is None:
+            self._by_live = {id(self.live[id(node)]): node for node in self.order}
+        return self._by_live
+
     def rule_input(self, node: Node) -> Node:
         """A node with the recorded op and arg over live sources, for the gradient rules to read."""
         body, sources = self.structure[id(node)], self.sources_of[id(node)]
         if node.op is not Op.BUFFER or body is node:
             return self.live[id(node)]
         return Node(body.op, tuple(self.live[id(s)] for s in sources), body.arg, node.shape, node.dtype, node.device)
+
+
+def _attention_rule(graph: _Graph, recorded: Node, g: Node) -> Optional[tuple[tuple[Node, ...], Grads]]:
+    """softmax(X) W's gradient given to X and W's operand directly, P recomputed from the row statistics
+    (attention_grad.py), as (the graph's nodes, their gradients); None where the ordinary rules apply."""
+    pattern = attention_product(recorded) if recorded.op is Op.SUM else None
+    found = attention_gradients(pattern, g, RULES) if pattern is not None else None
+    if found is None:
+        return None
+    by_live = graph.by_live()
+    nodes = tuple(by_live.get(id(live)) for live in (pattern.softmax.scores, pattern.w_side))
+    if any(node is None for node in nodes):
+        return None
+    return nodes, found  # type: ignore[return-value]
 
 
 def gradients(root: Node, sources: Sequence[Node], seed: Node) -> list[Optional[Node]]:
@@ -250,8 +272,9 @@ def gradients(root: Node, sources: Sequence[Node], seed: Node) -> list[Optional[
         if recorded.op not in RULES:
             continue
         out = graph.live[id(node)]
-        rule_grads = RULES[recorded.op](recorded, out, g)
-        for source, source_grad in zip(graph.sources_of[id(node)], rule_grads):
+        attention = _attention_rule(graph, recorded, g)
+        targets, rule_grads = attention or (graph.sources_of[id(node)], RULES[recorded.op](recorded, out, g))
+        for source, source_grad in zip(targets, rule_grads):
             if source_grad is None or id(source) not in on_path or not _differentiable(source):
                 continue
             previous = grads.get(id(source))
