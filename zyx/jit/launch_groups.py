@@ -1,4 +1,4 @@
-"""Launch groups: tiny kernels that depend on nothing between them and another kernel run in one launch with it.
+"""Launch groups: kernels that depend on nothing between them run in one launch.
 
 A training step launches kernels of a few work items beside its big ones: an index range check, the optimizer's
 step counter, the loss, a bias's update. On the host each launch costs as much as a large one (microseconds of
@@ -9,14 +9,17 @@ already runs, where their order allows: the group's kernels run side by side, wo
 Kernels in one launch run in no order, so two of them may share it only when neither depends on the other:
 neither reads what the other stores, and (`program._dependencies`) neither reads the old value of a buffer the
 other overwrites in place. A step counter updated in place is then grouped with a kernel that does not read it,
-before its readers, and never with a reader of its old value. Kernels with work groups take whole groups of the launch (one work-group size in a launch; a kernel without one
+before its readers, and never with a reader of its old value.
+
+Kernels with work groups take whole groups of the launch (one work-group size in a launch; a kernel without one
 gets its items rounded up to whole groups), each group running one kernel's body, so their barriers are reached
 by the whole group; their local arrays are declared once each at the kernel's top.
 
 On GPUs (`Grouping.any_size`) kernels of any size share launches: a launch costs the host and the device about as
 much as a small kernel runs (~10 µs), and independent kernels running side by side fill the device better than
-one after the other. A W4 Adam step's 19 kernels take 8 launches there. On CPUs only tiny kernels join others: a
-big kernel keeps the driver's choice of work group.
+one after the other. A W4 Adam step's 19 kernels take 10 launches there. On CPUs only tiny kernels join others: a
+big kernel keeps its own work-group size (PoCL's products run in groups of one item, where an elementwise kernel
+would lose its vectors).
 """
 from __future__ import annotations
 
