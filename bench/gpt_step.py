@@ -3,9 +3,12 @@ head, AdamW, gradient clipping), zyx beside torch eager, torch.compile and tinyg
 
     python bench/gpt_step.py [--size cpu|gpu] [--train-steps 20] [--warmup 3] [--device N] [--json OUT]
                              [--only torch,torch.compile,tinygrad,zyx] [--first-step] [--first-step-repeat 1]
+                             [--autocast bfloat16|float16]
 
 Sizes (--size): cpu 4 layers, d=256, 4 heads, context 256, batch 8, vocabulary 512 (the default);
-gpu 12 layers, d=768, 12 heads, context 1024, batch 16, vocabulary 50304 (GPT-2 small). float32 throughout.
+gpu 12 layers, d=768, 12 heads, context 1024, batch 16, vocabulary 50304 (GPT-2 small). float32 throughout, or
+with --autocast bfloat16|float16 the forward under each library's autocast (torch.autocast, zyx.autocast; float32
+weights and optimizer state; float16 without a loss scaler: one step's loss is far from overflowing).
 
 One model, written once as a function of a `functional` namespace (torch.nn.functional or zyx.nn.functional,
 which share names and arguments) and a dict of parameters, so every implementation computes the same step from
@@ -52,6 +55,7 @@ MIN_WARMUP = 3
 ADAMW = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
 MAX_NORM = 1.0
 LOSS_RTOL = 2e-3
+AUTOCAST_LOSS_RTOL = 2e-2  # half-precision products: the losses agree to bf16's 8 bits, not float32's
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,10 @@ def torch_device() -> str:
 
 
 def torch_step(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray],
-               compiled: bool = False) -> Callable[[], float]:
-    """One torch training step returning the loss (`compiled`: the forward and loss under torch.compile)."""
+               compiled: bool = False, autocast: Optional[str] = None) -> Callable[[], float]:
+    """One torch training step returning the loss (`compiled`: the forward and loss under torch.compile;
+    `autocast`: the forward and loss under torch.autocast in that dtype)."""
+    import contextlib
     import torch
     import torch.nn.functional as F
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 means float32
@@ -145,9 +151,13 @@ def torch_step(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.nd
     loss_of = torch.compile(gpt_loss) if compiled else gpt_loss
     opt = torch.optim.AdamW(list(p.values()), **ADAMW)
 
+    def mixed() -> Any:
+        return (torch.autocast(where, dtype=getattr(torch, autocast)) if autocast else contextlib.nullcontext())
+
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = loss_of(F, p, ids, targets, positions, cfg)
+        with mixed():
+            loss = loss_of(F, p, ids, targets, positions, cfg)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(p.values()), MAX_NORM)
         opt.step()
@@ -155,26 +165,26 @@ def torch_step(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.nd
     return step
 
 
-def torch_case(cfg: Config, params: dict[str, np.ndarray], compiled: bool = False):
+def torch_case(cfg: Config, params: dict[str, np.ndarray], compiled: bool = False, autocast: Optional[str] = None):
     """torch eager, or torch.compile (which compiles in the first warm-up step: a failure there skips the row)."""
     def make(workload: Workload) -> Case:
         try:
             import torch
         except Exception as error:
             raise Skip(f"torch not importable ({error})")
-        step = torch_step(cfg, params, workload.inputs, compiled)
+        step = torch_step(cfg, params, workload.inputs, compiled, autocast)
         threads, where = torch.get_num_threads(), torch_device()
         return _case(step, f"torch {torch.__version__} on {where}" + (f", {threads} threads" if where == "cpu" else ""))
     return make
 
 
 def torch_cuda_peak(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray],
-                    compiled: bool) -> Optional[int]:
+                    compiled: bool, autocast: Optional[str] = None) -> Optional[int]:
     """torch's peak CUDA memory over one step after two, or None without CUDA."""
     import torch
     if not torch.cuda.is_available():
         return None
-    step = torch_step(cfg, params, data, compiled)
+    step = torch_step(cfg, params, data, compiled, autocast)
     step(), step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -194,8 +204,10 @@ def tinygrad_case():
 
 
 # ---- zyx ------------------------------------------------------------------------------------------------------
-def zyx_step(dev: Any, cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray]) -> Callable:
-    """A @zyx.jit training step on `dev`; call it with no arguments for the loss tensor."""
+def zyx_step(dev: Any, cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray],
+             autocast: Optional[str] = None) -> Callable:
+    """A @zyx.jit training step on `dev` (its forward under zyx.autocast in `autocast`'s dtype if given); call it
+    with no arguments for the loss tensor."""
     import zyx
     F = zyx.nn.functional
     p = {k: dev.tensor(v) for k, v in params.items()}
@@ -203,9 +215,12 @@ def zyx_step(dev: Any, cfg: Config, params: dict[str, np.ndarray], data: dict[st
     weights = list(p.values())
     opt = zyx.nn.AdamW(**ADAMW)
 
+    mixed = zyx.autocast(autocast or "bfloat16", enabled=autocast is not None)
+
     @zyx.jit
     def step(ids: Any, targets: Any, positions: Any) -> Any:
-        loss = gpt_loss(F, p, ids, targets, positions, cfg)
+        with mixed:
+            loss = gpt_loss(F, p, ids, targets, positions, cfg)
         grads, _ = zyx.nn.clip_grad_norm(loss.backward(weights), MAX_NORM)
         opt.update(weights, grads, realize_with=[loss])
         return loss
@@ -216,11 +231,11 @@ def zyx_step(dev: Any, cfg: Config, params: dict[str, np.ndarray], data: dict[st
     return run
 
 
-def zyx_case(cfg: Config, params: dict[str, np.ndarray], device: Any):
+def zyx_case(cfg: Config, params: dict[str, np.ndarray], device: Any, autocast: Optional[str] = None):
     def make(workload: Workload) -> Case:
         if device is None:
             raise Skip("no OpenCL device")
-        step = zyx_step(zyx_device(device), cfg, params, workload.inputs)
+        step = zyx_step(zyx_device(device), cfg, params, workload.inputs, autocast)
         case = _case(lambda: step().item())
         run = case.run
 
@@ -233,11 +248,12 @@ def zyx_case(cfg: Config, params: dict[str, np.ndarray], device: Any):
     return make
 
 
-def zyx_peak(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray], device: Any) -> dict:
+def zyx_peak(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray], device: Any,
+             autocast: Optional[str] = None) -> dict:
     """zyx's peak device memory over one replayed step, and the program's planned peak and kernel count."""
     import zyx
     dev = zyx_device(device)
-    step = zyx_step(dev, cfg, params, data)
+    step = zyx_step(dev, cfg, params, data, autocast)
     for _ in range(2):  # capture, then one replay
         step().item()
     gc.collect()
@@ -250,15 +266,17 @@ def zyx_peak(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndar
 
 # ---- cases ----------------------------------------------------------------------------------------------------
 def reference_losses(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray],
-                     steps: int) -> np.ndarray:
+                     steps: int, autocast: Optional[str] = None) -> np.ndarray:
     """torch eager's losses for the first `steps` steps: what every implementation's warm-up must give."""
-    step = torch_step(cfg, params, data)
+    step = torch_step(cfg, params, data, autocast=autocast)
     return np.array([step() for _ in range(steps)])
 
 
-def cases(cfg: Config, params: dict[str, np.ndarray], device: Any) -> dict[str, Callable[[Workload], Case]]:
-    return {"torch": torch_case(cfg, params), "torch.compile": torch_case(cfg, params, compiled=True),
-            "tinygrad": tinygrad_case(), "zyx": zyx_case(cfg, params, device)}
+def cases(cfg: Config, params: dict[str, np.ndarray], device: Any,
+          autocast: Optional[str] = None) -> dict[str, Callable[[Workload], Case]]:
+    return {"torch": torch_case(cfg, params, autocast=autocast),
+            "torch.compile": torch_case(cfg, params, compiled=True, autocast=autocast),
+            "tinygrad": tinygrad_case(), "zyx": zyx_case(cfg, params, device, autocast)}
 
 
 def memory_records(cfg: Config, params: dict[str, np.ndarray], data: dict[str, np.ndarray], device: Any,
@@ -269,7 +287,7 @@ def memory_records(cfg: Config, params: dict[str, np.ndarray], data: dict[str, n
         try:
             if device is None:
                 raise Skip("no OpenCL device")
-            found = zyx_peak(cfg, params, data, device)
+            found = zyx_peak(cfg, params, data, device, args.autocast)
             record.throughput, record.extra = found["peak_bytes"] / 2**20, found
             record.note = (f"zyx.memory_stats peak over one replayed step; planned "
                            f"{found['planned_peak_bytes'] / 2**20:.1f} MiB; {found['kernels']} kernels per step")
@@ -280,7 +298,7 @@ def memory_records(cfg: Config, params: dict[str, np.ndarray], data: dict[str, n
         if wants(args, name):
             record = Record("W7 peak memory", name, unit="MiB")
             try:
-                peak = torch_cuda_peak(cfg, params, data, compiled)
+                peak = torch_cuda_peak(cfg, params, data, compiled, args.autocast)
                 record.throughput = None if peak is None else peak / 2**20
                 record.note = ("torch.cuda.max_memory_allocated over one step" if peak is not None else
                                "not measured: torch keeps no allocator statistics on the CPU")
@@ -303,14 +321,14 @@ def child(args: argparse.Namespace) -> None:
             raise SystemExit(why)
         dev = zyx_device(device)
         t_device = time.time()
-        step = zyx_step(dev, cfg, params, data)
+        step = zyx_step(dev, cfg, params, data, args.autocast)
         t_model = time.time()
         loss = step().item()
         counters = zyx.stats()
         stats = {k: counters[k] for k in ("kernels_compiled", "graphs_scheduled", "programs_loaded")}
     else:
         t_device = time.time()
-        torch_run = torch_step(cfg, params, data, compiled=args.child == "torch.compile")
+        torch_run = torch_step(cfg, params, data, compiled=args.child == "torch.compile", autocast=args.autocast)
         t_model = time.time()
         loss, stats = torch_run(), {}
     print(json.dumps({"loss": loss, "t_start": CHILD_STARTED, "t_import": t_import, "t_device": t_device,
@@ -324,7 +342,8 @@ CACHE_VARIABLES = {"zyx": ("ZYX_CACHE_DIR", "POCL_CACHE_DIR"), "torch.compile": 
 
 def child_arguments(args: argparse.Namespace) -> list[str]:
     """The size, its overrides and the device, for a --child process."""
-    chosen = [("--size", args.size), ("--device", args.device), *((f"--{k}", getattr(args, k)) for k in SIZE_FIELDS)]
+    chosen = [("--size", args.size), ("--device", args.device), ("--autocast", args.autocast),
+              *((f"--{k}", getattr(args, k)) for k in SIZE_FIELDS)]
     return [text for flag, value in chosen if value is not None for text in (flag, str(value))]
 
 
@@ -374,6 +393,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-step", action="store_true",
                    help="also time the first step in new processes with cold and warm caches (slow)")
     p.add_argument("--first-step-repeat", type=int, default=1, help="cold/warm process pairs (default 1)")
+    p.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                   help="the forward and loss under autocast in this dtype (default: float32 throughout)")
     p.add_argument("--child", choices=sorted(CACHE_VARIABLES), default=None, help=argparse.SUPPRESS)
     for name in SIZE_FIELDS:
         p.add_argument(f"--{name}", type=int, default=None, help=f"override the size's {name}")
@@ -391,12 +412,14 @@ def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
     step_args.warmup = max(args.warmup, MIN_WARMUP)
     step_args.repeat = args.train_steps if args.train_steps is not None else max(args.repeat, MIN_STEPS)
     params, data = initial_parameters(cfg), batch_of_tokens(cfg)
-    reference = reference_losses(cfg, params, data, step_args.warmup)
+    reference = reference_losses(cfg, params, data, step_args.warmup, args.autocast)
     name = (f"W7 {args.size}" if cfg == SIZES[args.size] else f"W7 {cfg.layers}L d{cfg.dim} h{cfg.heads} "
             f"T{cfg.context} B{cfg.batch} V{cfg.vocab}")
+    if args.autocast:
+        name += f" {args.autocast} autocast"
     workload = Workload(name, "GPT training step", data, lambda **_: reference, "tokens/s", step_flops(cfg),
-                        rtol=LOSS_RTOL, atol=1e-5)
-    records = run_workload(workload, cases(cfg, params, device), step_args, interleave=True)
+                        rtol=AUTOCAST_LOSS_RTOL if args.autocast else LOSS_RTOL, atol=1e-5)
+    records = run_workload(workload, cases(cfg, params, device, args.autocast), step_args, interleave=True)
     torch_row = next((r for r in records if r.implementation == "torch" and r.median_s), None)
     for r in records:
         if r.median_s:

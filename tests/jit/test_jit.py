@@ -496,6 +496,33 @@ def test_replayed_steps_check_their_index_tensors_as_eagerly():
         loss(x, dev.tensor([0, 1, 3, 0]))
 
 
+def test_a_failing_index_check_raises_before_the_step_updates_anything(dev):
+    """A training step whose batch holds a bad class index raises, and its weight keeps its value (the checks run
+    in their own program before the step's, which writes the weight's buffer in place); the next good batch
+    trains from there, as eagerly."""
+    w = dev.tensor(np.full((3, 4), 0.5, np.float32)).realize()
+    x = dev.tensor(np.arange(8, dtype=np.float32).reshape(2, 4)).realize()
+
+    @zyx.jit
+    def step(x, labels):
+        loss = zyx.nn.cross_entropy(x @ w.T, labels)
+        (g,) = loss.backward([w])
+        w.assign(w - 0.1 * g)
+        return loss
+
+    good, bad = dev.tensor(np.array([0, 2], np.int32)), dev.tensor(np.array([1, 3], np.int32))
+    step(x, good), step(x, good)  # captured, then replayed
+    before = w.numpy().copy()
+    with pytest.raises(IndexError, match="3"):
+        step(x, bad)
+    np.testing.assert_array_equal(w.numpy(), before)
+    w_eager = dev.tensor(before).realize()
+    loss = zyx.nn.cross_entropy(x @ w_eager.T, good)
+    (g,) = loss.backward([w_eager])
+    np.testing.assert_allclose(step(x, good).item(), loss.item(), rtol=1e-6)
+    np.testing.assert_allclose(w.numpy(), (w_eager - 0.1 * g).numpy(), rtol=1e-6)
+
+
 def test_a_step_returning_the_old_value_of_what_it_updates_in_place_returns_the_old_value(dev):
     """`old = w.clone(); w.assign(w * 2); return old`: the program writes w's new value into w's buffer, so the
     replay must copy it first: `old` is the value before the step, on every call as on the first."""

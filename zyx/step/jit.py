@@ -34,6 +34,7 @@ from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
 from ..trace.node import Node, buffer_leaf, toposort
 from ..debug import logger
+from ..dtypes import int64
 from ..devices import CAPTURING_KINDS
 from . import recapture
 from .arguments import Rebuild, call_key, flatten
@@ -108,13 +109,21 @@ class CapturedStep:
     precision: str = "highest"             # the float32 product precision it was traced under (zyx/precision.py)
     argument_count: int = 0                # tensor arguments of the call (state tensors are bound after them)
     input_layouts: list[tuple[tuple[int, ...], Any]] = field(default_factory=list)  # (shape, dtype) per input
+    # the program computing the checks before the step and the inputs it reads (None: `program` computes them)
+    checking: Optional[tuple[Program, list[int]]] = None
     kernels: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.kernels = self.program.kernel_count
+        self.kernels = self.program.kernel_count + (self.checking[0].kernel_count if self.checking else 0)
         self._plan_guards()
         self._plan_values()
-        self._check_reads = [(target, (2,), self.target_layouts[target][1].np) for _, target in self.checks]
+        self._check_reads = [(target, (2,), int64.np) for _, target in self.checks]
+        self._check_inputs = tuple_getter(self.checking[1]) if self.checking else None
+
+    @property
+    def launch_count(self) -> int:
+        """Launches per replay, the checks' program included."""
+        return self.program.launch_count + (self.checking[0].launch_count if self.checking else 0)
 
     def _plan_guards(self) -> None:
         """What `bind` checks. It compares the ids of what the paths lead to now with those of the state tensors:
@@ -223,6 +232,8 @@ class CapturedStep:
         """
         nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
         buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
+        if self._check_inputs is not None:
+            self._raise_if_an_index_failed(self.device.run(self.checking[0], self._check_inputs(buffers), []))
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
         # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
         kept: set[int] | frozenset[int]
@@ -240,7 +251,7 @@ class CapturedStep:
                         buffers[position] = self.device.runtime.copy(buffers[position])
                     fresh.append(position)
         outputs = self.device.run(self.program, buffers, rand_args)
-        if self._check_reads:
+        if self._check_reads and self._check_inputs is None:
             self._raise_if_an_index_failed(outputs)
         for position in fresh:
             if position in self._in_place:
@@ -277,8 +288,9 @@ class CapturedStep:
         return source.index + self.argument_count if source.kind == "located" else -1
 
     def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
-        """Index tensors the step selects with are checked as eagerly, after the launches (this waits for them);
-        on failure no tensor is pointed at the step's results, though buffers it updates in place were written."""
+        """Index tensors the step selects with are checked as eagerly (this waits for the launches computing the
+        extremes): before the step where `checking` can, else after it, when buffers it updates in place were
+        written though no tensor is pointed at the step's results."""
         extremes = self.device.runtime.download_all(
             [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
         for (check, _), pair in zip(self.checks, extremes):
@@ -347,7 +359,7 @@ class JitFunction:
     @property
     def captured(self) -> list[dict[str, Any]]:
         """One entry per captured program: its key, kernel and launch counts and planned peak memory."""
-        return [{"signature": key, "kernels": step.kernels, "launches": step.program.launch_count,
+        return [{"signature": key, "kernels": step.kernels, "launches": step.launch_count,
                  "planned_peak_bytes": step.program.planned_peak_bytes,
                  "training_modes": [training for _, training in step.modes]}
                 for key, steps in self.steps.items() for step in steps]
@@ -471,12 +483,16 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
             targets.append(node)
     if not targets:
         return None
-    checks = []
-    for check in checks_in(toposort(targets)):
-        checks.append((check, len(targets)))
-        targets.append(check.extremes())
+    found_checks = checks_in(toposort(targets))
     structure, leaves, rands = signature(targets)
     leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
+    checking = _check_program(found_checks, leaf_position, device)
+    checks = [(check, k) for k, check in enumerate(found_checks)]
+    if found_checks and checking is None:  # checked after the step's launches (see _check_program)
+        checks = [(check, len(targets) + k) for k, check in enumerate(found_checks)]
+        structure, leaves, rands = signature(targets + [check.extremes() for check in found_checks])
+        leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
+        targets += [check.extremes() for check in found_checks]
     binder = _Binder(arguments, located)
     old_owner = {id(old): tensor for tensor, old in updates}
     state_owner = {id(l.tensor.node): l.tensor for l in located.values() if l.tensor.node.realized}
@@ -517,8 +533,24 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
                         alias_pattern(bound, [traced_nodes.get(id(t), t.node) for t in bound]),
                         [math.prod(r.shape) for r in rands], outputs, assigned, rebuild,
                         [(node.shape, node.dtype) for node in targets], checks, argument_count=len(arguments),
-                        input_layouts=[(leaf.shape, leaf.dtype) for leaf in leaves])
+                        input_layouts=[(leaf.shape, leaf.dtype) for leaf in leaves], checking=checking)
     return step, [r.arg for r in rands]
+
+
+def _check_program(checks: list[RangeCheck], leaf_position: dict[int, int],
+                   device: Any) -> Optional[tuple[Program, list[int]]]:
+    """The program computing the index checks' extremes before the step runs, and which of the step's inputs it
+    reads: a failing check then raises before any buffer is overwritten in place, and a passing one lets the step
+    run on without the host waiting for it. None (the checks are computed with the step and read after it) when
+    there are none, or when they read random numbers or a value the step's own inputs do not hold."""
+    if not checks:
+        return None
+    extremes = [check.extremes() for check in checks]
+    structure, leaves, rands = signature(extremes)
+    if rands or any(id(leaf) not in leaf_position for leaf in leaves):
+        return None
+    return device.program_for(structure + "|index checks", extremes, leaves, []), \
+        [leaf_position[id(leaf)] for leaf in leaves]
 
 
 class _Binder:
