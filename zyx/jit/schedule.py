@@ -419,6 +419,8 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         for key, node in materialized.items():
             if key not in produced and key not in queued:
                 queued.add(key)
+                if node.op in REDUCE_OPS and _reads_inputs_only(node, materialized):
+                    stored_apart.add(key)  # its own kernel, free to run first (see _reads_inputs_only)
                 # nodes the scheduler made (a product's packed operand) come first: they read only the trace's
                 heapq.heappush(queue, (-position.get(key, len(position)), key))
 
@@ -433,6 +435,27 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
                                      tuned, planned))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
+
+
+INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers no
+
+
+def _reads_inputs_only(node: Node, materialized: dict[int, Node]) -> bool:
+    """Whether a reduction others read is computed from the program's inputs alone (no value another kernel
+    stores, within INPUTS_ONLY_NODES nodes). Such a value is stored by a kernel of its own rather than as an
+    extra output of a kernel that reads it: then it waits for nothing, and its readers do not wait for that
+    kernel's inputs (a cross-entropy's count of valid labels, stored beside the loss, made the loss's gradient
+    wait for the forward pass: two launches more per W4 step on GPUs)."""
+    stack, seen = list(node.src), set()
+    while stack:
+        source = stack.pop()
+        if id(source) in seen or source.op is Op.BUFFER:
+            continue
+        if id(source) in materialized or len(seen) >= INPUTS_ONLY_NODES:
+            return False
+        seen.add(id(source))
+        stack.extend(source.src)
+    return True
 
 
 def _collectives(order: Sequence[Node]) -> dict[int, Node]:
