@@ -40,22 +40,24 @@ def run(dev, steps=4, sizes=(12, 8, 8, 3), batch=6):
     return losses, [p.numpy() for p in params], launches
 
 
+def without_groups(device, monkeypatch):
+    """`device` with one kernel per launch while the test runs (its programs are keyed apart by their traits)."""
+    monkeypatch.setattr(device, "traits", dataclasses.replace(device.traits, group_launches=False))
+    device.forget_programs()
+    yield device
+    device.forget_programs()
+
+
 @pytest.fixture
 def ungrouped(dev, monkeypatch):
-    """The OpenCL device with one kernel per launch (its programs are keyed apart by their traits)."""
-    monkeypatch.setattr(dev, "traits", dataclasses.replace(dev.traits, group_launches=False))
-    dev.forget_programs()
-    yield dev
-    dev.forget_programs()
+    """The OpenCL device, one kernel per launch."""
+    yield from without_groups(dev, monkeypatch)
 
 
 @pytest.fixture
 def ungrouped_gpu(gpu, monkeypatch):
     """GPU-shaped kernels (products and reductions in work groups), one kernel per launch."""
-    monkeypatch.setattr(gpu, "traits", dataclasses.replace(gpu.traits, group_launches=False))
-    gpu.forget_programs()
-    yield gpu
-    gpu.forget_programs()
+    yield from without_groups(gpu, monkeypatch)
 
 
 def test_an_adam_step_in_fewer_launches_computes_what_one_kernel_per_launch_does(dev, ungrouped):
