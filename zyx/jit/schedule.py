@@ -105,18 +105,21 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-                  planned: dict[int, tuple[Node, Choice]]) -> RenderedKernel:
+                  planned: dict[int, tuple[Node, Choice]], early: set[int] = frozenset()) -> RenderedKernel:
     """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again.
     What the kernel reads from others becomes a node to store, what it stores is produced. `planned`: the
-    choices of kernels for nodes the scheduler made (read, and added to by the kernels made here)."""
+    choices of kernels for nodes the scheduler made (read, and added to by the kernels made here). A kernel
+    waiting for values other kernels make leaves the `early` reductions to kernels of their own."""
+    waits = early and not _reads_inputs_only(root, materialized, early)
     product = None if traits.gpu else hosted_matmul(root, materialized)
     if product is not None and product is not root and space_axes(root, product) is None:
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
         stored_apart.add(id(product))        # kernel, and this one reads it)
     while True:
         try:
-            kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, frozenset(stored_apart)),
-                                   traits, tuned, planned)
+            apart = frozenset(stored_apart | early if waits else stored_apart)
+            kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, apart), traits, tuned,
+                                   planned)
             break
         except KernelTooLarge as too_large:
             materialized[id(too_large.node)] = too_large.node
@@ -438,11 +441,14 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
     planned: dict[int, tuple[Node, Choice]] = {}  # nodes the scheduler made, by id: the choice shaping their kernel
+    early: set[int] = set()  # reductions others read that the program's inputs alone give (_reads_inputs_only)
 
     def enqueue_pending() -> None:
         for key, node in materialized.items():
             if key not in produced and key not in queued:
                 queued.add(key)
+                if node.op in REDUCE_OPS and _reads_inputs_only(node, materialized, early):
+                    early.add(key)
                 # nodes the scheduler made (a product's packed operand) come first: they read only the trace's
                 heapq.heappush(queue, (-position.get(key, len(position)), key))
 
@@ -454,9 +460,31 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         node = materialized[key]
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
-                                     tuned, planned))
+                                     tuned, planned, early))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
+
+
+INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers no
+
+
+def _reads_inputs_only(node: Node, materialized: dict[int, Node], early: set[int]) -> bool:
+    """Whether `node` is computed from the program's inputs alone: no value below it that a kernel stores and no
+    reduction, but `early` ones (within INPUTS_ONLY_NODES nodes). A reduction others read that is such a value is `early`: it is
+    stored by a kernel of its own rather than as an extra output of a kernel that waits for other kernels, so
+    that it and its readers wait for nothing (a cross-entropy's count of valid labels, stored beside the loss,
+    made the loss's gradient wait for the forward pass: two launches more per W4 step on GPUs). A kernel that
+    itself reads inputs only still stores it beside its own output (a long row's max beside its sum)."""
+    stack, seen = list(node.src), set()
+    while stack:
+        source = stack.pop()
+        if id(source) in seen or source.op is Op.BUFFER or id(source) in early:
+            continue
+        if id(source) in materialized or source.op in REDUCE_OPS or len(seen) >= INPUTS_ONLY_NODES:
+            return False  # (a reduction below: another kernel may have to store it, if none does yet)
+        seen.add(id(source))
+        stack.extend(source.src)
+    return True
 
 
 def _collectives(order: Sequence[Node]) -> dict[int, Node]:
