@@ -56,8 +56,15 @@ VECTOR = 8           # half-precision elements one 16-byte copy moves
 # TFLOP/s and 1021³ at 45, 64 x 64 warps single-buffered at 89 and 26 (8192³: 120 and 126).
 SHAPES = ((64, 64, 2), (32, 64, 2), (64, 128, 1), (64, 64, 1), (32, 64, 1))
 # (warp columns, bytes of each row a slice stages, stages) where an operand is copied by cp.async: swizzled tiles (no
-# padding: 48 KiB hold 3 stages of 128 x 128 blocks); the first that fits.
-PIPELINED = ((64, 64, 4), (64, 64, 3), (32, 64, 4), (32, 64, 3), (64, 64, 2), (32, 64, 2))
+# padding); the first that fits. On the H200, bfloat16 8192³: 64 x 128 bytes x 3 (128 x 256 blocks, 144 KiB) 308
+# TFLOP/s, 32 x 128 x 3 (96 KiB) 273, 64 x 64 x 3 (72 KiB) 268, 32 x 64 x 3 (what 48 KiB hold) 239.
+PIPELINED = ((64, 128, 3), (32, 128, 3), (64, 64, 3), (32, 64, 4), (32, 64, 3), (64, 64, 2), (32, 64, 2))
+# Bytes of local memory one work group's static __local arrays may take, by NVIDIA compute capability, where that is
+# more than the 48 KiB NVIDIA's OpenCL reports. Measured: on the H200 (9.0) arrays of up to 200 KiB built, ran and
+# computed correctly, 227 KiB (CUDA's opt-in limit) did not build. Elsewhere (CUDA's opt-in limits: 8.0 163 KiB,
+# 8.6 and 8.9 99 KiB) unmeasured through OpenCL, where a kernel that fails to build has no fallback: the reported
+# value holds.
+LOCAL_MEMORY = {(9, 0): 200 * 1024}
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
 
 
@@ -125,7 +132,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED, that does (ZYX_TC_SHAPE forces one: `_forced_shape`)."""
+    PIPELINED, that does, preferring blocks no wider than the product (ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -139,6 +146,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         return None
     fitting = [(w, b, n) for w, b, n in (PIPELINED if pipelined else SHAPES)
                if _fits(local_memory, w, b, n, pipelined)]
+    fitting = [s for s in fitting if 4 * s[0] <= product.shape[m_axis]] or fitting  # blocks no wider than m
     forced = _forced_shape()
     if forced is not None:  # (one buffer: registers)
         fitting = [forced] if forced[2] > 1 or not pipelined else []
@@ -212,6 +220,12 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         if kernel is not None:
             return lowered, kernel, plan
     return None
+
+
+def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], reported: int) -> int:
+    """Bytes of local memory a tensor-core product's work group may use on a device of `compute_capability` whose
+    OpenCL reports `reported` (LOCAL_MEMORY, else the reported value)."""
+    return max(reported, LOCAL_MEMORY.get(compute_capability, 0)) if compute_capability is not None else reported
 
 
 def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:
