@@ -82,14 +82,16 @@ def test_products_on_tensor_cores_stage_into_the_local_memory_measured_per_compu
     h200 = DeviceTraits.of(_Runtime((9, 0)))
     assert h200.local_memory == 49152 and h200.tensor_core_local_memory == 200 * 1024  # other kernels: 48 KiB
     assert DeviceTraits.of(_Runtime((8, 6))).tensor_core_local_memory == 49152
-    x, y, z = operands((256, 256), (256, 256), (256, 128))
+    x, y, z = operands((2048, 256), (256, 2048), (256, 128))
     # 3 stages of 128 x 256 blocks, 128-byte slices (144 KiB): 4 + 8 copies per item per slice, 2 slices ahead
     kernel = product_kernel(x @ y, h200)
     assert kernel.site.heuristic == Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3, pipelined=1)
     assert "__local ushort tile_a1[24576]" in kernel.source and "__local ushort tile_b2[49152]" in kernel.source
-    assert kernel.source.count("cp.async.cg.shared.global") == 12 * 3 and kernel.global_size == 256 * 2
-    narrow = product_kernel(x @ z, h200)  # 128 columns: blocks of 128 x 128
-    assert narrow.site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=3, pipelined=1)
+    assert kernel.source.count("cp.async.cg.shared.global") == 12 * 3 and kernel.global_size == 256 * 16 * 8
+    # blocks of 128 x 128 where the product has 128 columns, or where 128 x 256 blocks would be fewer than 128
+    for narrow in (x @ z, x[:1024] @ y[:, :1024]):
+        assert product_kernel(narrow, h200).site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=128,
+                                                                         buffers=3, pipelined=1)
     for reported in (TRAITS, DeviceTraits.of(_Runtime((8, 0)))):  # 48 KiB
         assert product_kernel(x @ y, reported).site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=64,
                                                                              buffers=3, pipelined=1)
