@@ -25,7 +25,7 @@ from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
-from .tensor_cores import lower_tensor_cores, tensor_core_kinds, tensor_core_options
+from .tensor_cores import lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory, tensor_core_options
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -59,6 +59,7 @@ class DeviceTraits:
     local_memory: int = 1 << 16     # bytes of local memory one work group may use
     group_launches: bool = True     # tiny kernels share launches where they may (launch_groups.py; OpenCL only)
     tensor_cores: tuple[str, ...] = ()  # operand types products run on tensor cores: "bf16", "f16", "tf32"
+    tensor_core_memory: int = 0     # bytes of local memory a tensor-core product's group may use (0: local_memory)
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
@@ -71,10 +72,18 @@ class DeviceTraits:
         group = 1 << (min(256, most).bit_length() - 1)
         width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
         native = int(getattr(runtime, "native_vector_width", 16))
+        local = int(getattr(runtime, "local_mem_bytes", 1 << 16))
+        capability = getattr(runtime, "compute_capability", None)
         return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
-                            local_memory=int(getattr(runtime, "local_mem_bytes", 1 << 16)),
+                            local_memory=local,
                             group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0",
-                            tensor_cores=tensor_core_kinds(getattr(runtime, "compute_capability", None)))
+                            tensor_cores=tensor_core_kinds(capability),
+                            tensor_core_memory=tensor_core_local_memory(capability, local))
+
+    @property
+    def tensor_core_local_memory(self) -> int:
+        """Bytes of local memory a product on tensor cores may stage into (tensor_cores.LOCAL_MEMORY)."""
+        return self.tensor_core_memory or self.local_memory
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
@@ -194,10 +203,11 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
     if traits.tensor_cores and family in (None, "tensor_cores"):
         cores = lower_tensor_cores(root, materialized, site.produced, hosted_matmul(root, materialized),
-                                   traits.tensor_cores, traits.local_memory, site.apart, traits.max_params, choice)
+                                   traits.tensor_cores, traits.tensor_core_local_memory, site.apart, traits.max_params,
+                                   choice)
         if cores is not None:
             lowered, kernel, plan = cores
-            options = tensor_core_options(traits.local_memory, plan.pipelined)
+            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
