@@ -16,7 +16,7 @@ import heapq
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..trace.node import Node, toposort
 from ..trace.ops import Op, REDUCE_OPS
@@ -500,7 +500,7 @@ def _chain_cuts(order: Sequence[Node], materialized: dict[int, Node]) -> dict[in
     return cuts
 
 
-def _cut_point(source: Node, above) -> list[Node]:
+def _cut_point(source: Node, above: Callable[[Node], int]) -> list[Node]:
     """The path from `source` down its deepest sources, to the node to store in its place: `source` itself, or
     where a broadcast is on the way (among the nodes deeper than half the limit, or at their end) the value it
     broadcasts."""
