@@ -10,7 +10,7 @@ A load whose lanes' indices are consecutive becomes one vector load, one whose l
 broadcast, any other a gather lane by lane. Comparisons give masks (bool lanes; OpenCL's intN, -1 true).
 A value the same in every lane (math on broadcast elements and constants: Adam's bias corrections, powers of its
 step count) is computed once, as a scalar, and broadcast into the lanes: PoCL computes `pow` of a vector one lane
-at a time.
+at a time. Integers the same in every lane (an embedding's index) stay scalars that only scalar math reads.
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ MASK_OPS = {Op.NOT, Op.AND, Op.OR, Op.XOR, Op.ADD, Op.MUL, Op.MAX, Op.CMPEQ, Op.
 
 
 class NotVectorizable(Exception):
-    """The kernel needs something vector lanes do not express (random numbers, integer or float64 values,
-    reductions whose lengths the width does not divide) or that would not pay (a gather inside a loop)."""
+    """The kernel needs something vector lanes do not express (random numbers, integers that differ between
+    lanes, float64 values, reductions whose lengths the width does not divide) or that would not pay (a gather
+    inside a loop)."""
 
 
 def vectorize(kernel: Kernel, width: int, uniform: bool = False, tails: bool = False) -> Optional[Kernel]:
