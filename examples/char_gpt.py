@@ -83,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--context", type=int, default=128, help="characters per training window")
-    parser.add_argument("--batch", type=int, default=1,
-                        help="windows per step (1, 4 and 8 train at the same characters/s on a 2-core CPU)")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="windows per step (8 trains 1.3x the characters/s of 1 on a 2-core CPU with PoCL)")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--layers", type=int, default=2)
@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
         y = np.stack([source[s + 1:s + T + 1] for s in starts])
         return dev.tensor(x), dev.tensor(y)
 
-    val_starts = np.linspace(0, len(val_ids) - T - 2, 8 if not args.short else 2).astype(int)
-    val_batches = [windows(val_ids, val_starts[i:i + args.batch]) for i in range(0, len(val_starts), args.batch)
-                   if len(val_starts[i:i + args.batch]) == args.batch]
+    held_out = args.batch * -(-(8 if not args.short else 2) // args.batch)  # whole batches of held-out windows
+    val_starts = np.linspace(0, len(val_ids) - T - 2, held_out).astype(int)
+    val_batches = [windows(val_ids, val_starts[i:i + args.batch]) for i in range(0, held_out, args.batch)]
 
     def validation_loss() -> float:
         return float(np.mean([evaluate(x, y).item() for x, y in val_batches]))

@@ -220,3 +220,21 @@ def test_computations_that_only_look_equal_are_not_shared(dev):
     first, second = dev.rand(64), dev.rand(64)
     zyx.realize(first, second)
     assert not np.array_equal((first - second).numpy(), np.zeros(64))
+
+
+def test_a_long_value_a_reduction_reads_broadcast_is_stored_not_recomputed(dev):
+    """An embedding's gradient sums its incoming gradient over the tokens once per vocabulary row: that gradient
+    (here a layer norm's backward) is stored by a kernel of its own, not recomputed in the sum for every row."""
+    from zyx.jit.schedule import DeviceTraits, schedule
+    ids, w, g = RNG.integers(0, 40, (6, 8)).astype(np.int32), data(40, 32), data(6, 8, 32)
+
+    def gradient(device):
+        weight = device.tensor(w)
+        rows = zyx.nn.functional.embedding(device.tensor(ids), weight)
+        normed = zyx.nn.functional.layer_norm(rows * 1.5 + 0.5, (32,))
+        return (normed * device.tensor(g)).sum().backward([weight])[0]
+
+    kernels, _ = schedule([gradient(zyx.CPU()).node], DeviceTraits(vector_width=16))
+    masked_sum = next(k for k in kernels if k.outputs[0].shape[-2:] in ((40, 32), (32, 40)) and k.longest_reduction)
+    assert "sqrt" not in masked_sum.source, masked_sum.source
+    np.testing.assert_allclose(gradient(dev).numpy(), gradient(zyx.CPU()).numpy(), rtol=1e-4, atol=1e-5)

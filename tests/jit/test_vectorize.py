@@ -205,3 +205,24 @@ def test_masks_the_same_in_every_lane_stay_masks(dev):
     assert is_vector(kernel)
     got = build(dev.tensor(x), dev.tensor(flag), dev.tensor(step)).numpy()
     np.testing.assert_allclose(got, np.where(flag, x, -x) * np.where(step > 2, 1.0, 0.5), rtol=1e-6)
+
+
+def test_integers_the_same_in_every_lane_stay_scalars(dev):
+    """An embedding and its weight gradient: each index (an integer, the same in every lane) is compared as a
+    scalar, the rows it picks or adds to are whole vectors (the scalar gradient kernel of W7's embedding took
+    5 s a step on PoCL)."""
+    ids, w, g = RNG.integers(0, 40, (6, 8)).astype(np.int32), data(40, 32), data(6, 8, 32)
+
+    def build(device):
+        weight = device.tensor(w)
+        rows = zyx.nn.functional.embedding(device.tensor(ids), weight)
+        return rows, (rows * device.tensor(g)).sum().backward([weight])[0]
+
+    kernels = kernels_of(*build(zyx.CPU()))
+    assert all(is_vector(k) for k in kernels if k.longest_reduction), [k.source for k in kernels]
+    assert re.search(r"\blong \w+ = ", kernels[-1].source) and not re.search(r"long16", kernels[-1].source)
+    rows, grad = build(dev)
+    expected = np.zeros_like(w)
+    np.add.at(expected, ids.reshape(-1), g.reshape(-1, 32))
+    np.testing.assert_array_equal(rows.numpy(), w[ids])
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-5, atol=1e-6)

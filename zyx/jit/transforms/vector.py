@@ -10,7 +10,7 @@ A load whose lanes' indices are consecutive becomes one vector load, one whose l
 broadcast, any other a gather lane by lane. Comparisons give masks (bool lanes; OpenCL's intN, -1 true).
 A value the same in every lane (math on broadcast elements and constants: Adam's bias corrections, powers of its
 step count) is computed once, as a scalar, and broadcast into the lanes: PoCL computes `pow` of a vector one lane
-at a time.
+at a time. Integers the same in every lane (an embedding's index) stay scalars that only scalar math reads.
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ MASK_OPS = {Op.NOT, Op.AND, Op.OR, Op.XOR, Op.ADD, Op.MUL, Op.MAX, Op.CMPEQ, Op.
 
 
 class NotVectorizable(Exception):
-    """The kernel needs something vector lanes do not express (random numbers, integer or float64 values,
-    reductions whose lengths the width does not divide) or that would not pay (a gather inside a loop)."""
+    """The kernel needs something vector lanes do not express (random numbers, integers that differ between
+    lanes, float64 values, reductions whose lengths the width does not divide) or that would not pay (a gather
+    inside a loop)."""
 
 
 def vectorize(kernel: Kernel, width: int, uniform: bool = False, tails: bool = False) -> Optional[Kernel]:
@@ -101,13 +102,13 @@ class _Vectorizer:
         if isinstance(statement, Load):
             return self._load(statement)
         if isinstance(statement, Alu):
+            scalars = [self._scalar(arg) for arg in statement.args]
+            if None not in scalars:
+                return self._uniform(Alu(self._scalar_reg(statement.out), statement.op, tuple(scalars)), statement.out)
             operand = statement.args[-1].dtype  # WHERE's condition is its first source; the values decide
             kinds = {a.dtype.is_bool for a in statement.args} | {statement.out.dtype.is_bool}
             if statement.op not in (MATH_OPS if False in kinds else MASK_OPS) or operand.name not in ("float32", "bool"):
                 raise NotVectorizable(statement.op)
-            scalars = [self._scalar(arg) for arg in statement.args]
-            if None not in scalars and statement.out.dtype.name == "float32":
-                return self._spread(Alu(self._scalar_reg(statement.out), statement.op, tuple(scalars)), statement.out)
             return [Alu(self._reg(statement.out), statement.op, tuple(map(self._operand, statement.args)))]
         if isinstance(statement, Select):
             return self._select(statement)
@@ -122,19 +123,19 @@ class _Vectorizer:
         raise NotVectorizable(statement)  # random numbers, and what only transforms make
 
     def _load(self, load: Load) -> list:
-        out = self._reg(load.out)
         flats, guards = self._exprs(load.index), self._conds(load.guard)
+        first = flats[0]
+        if all(guard is not None and guard == guards[0] for guard in guards) and all(flat == first for flat in flats):
+            if load.out.dtype.is_bool:  # (a broadcast mask's lanes are -1 where true: read as one)
+                return [Load(self._reg(load.out), load.buffer, first, guards[0], "broadcast")]
+            return self._uniform(Load(self._scalar_reg(load.out), load.buffer, first, guards[0]), load.out)
+        out = self._reg(load.out)
         if all(guard is None for guard in guards):
             self.names[out.name] = Const(0, out.dtype, self.width)
             return []
-        first = flats[0]
         if all(guard is not None and guard == guards[0] for guard in guards):
             if all(flat == first + lane for lane, flat in enumerate(flats)):
                 return [Load(out, load.buffer, first, guards[0], "vector")]
-            if all(flat == first for flat in flats):
-                if out.dtype.is_bool:  # (a broadcast mask's lanes are -1 where true: read as one)
-                    return [Load(out, load.buffer, first, guards[0], "broadcast")]
-                return self._spread(Load(self._scalar_reg(load.out), load.buffer, first, guards[0]), load.out)
         if self.depth:
             raise NotVectorizable(load)  # gathered on every trip: slower than scalar code
         return [Gather(out, load.buffer, tuple(zip(flats, guards)))]
@@ -143,16 +144,18 @@ class _Vectorizer:
     def _scalar_reg(reg: Reg) -> Reg:
         return Reg(f"{reg.name}_1", reg.dtype)
 
-    def _spread(self, statement: Statement, reg: Reg) -> list:
-        """`statement`, defining the scalar of `reg`, then its broadcast into the lanes under `reg`'s name."""
+    def _uniform(self, statement: Statement, reg: Reg) -> list:
+        """`statement`, defining the scalar of `reg`, the same in every lane; then, for a float or a mask, its
+        broadcast into the lanes under `reg`'s name. An integer stays a scalar (lanes hold no integers): only
+        math on scalars reads it (an embedding's index, compared with the row it picks)."""
         scalar = defined_register(statement)
         self.scalars[reg.name] = scalar  # type: ignore[assignment]
+        if reg.dtype.name != "float32" and not reg.dtype.is_bool:
+            return [statement]
         return [statement, Broadcast(self._reg(reg), scalar)]  # type: ignore[arg-type]
 
     def _scalar(self, operand: Operand) -> Optional[Operand]:
-        """`operand` as a scalar where it is a float the same in every lane, else None."""
-        if operand.dtype.name != "float32":
-            return None
+        """`operand` as a scalar where it is the same in every lane, else None."""
         if isinstance(operand, Reg):
             if operand.name in self.scalars:
                 return self.scalars[operand.name]
@@ -195,6 +198,8 @@ class _Vectorizer:
             scalars[acc.name] = scalar
 
         def first_lane(reg: Reg) -> Operand:
+            if reg.name in self.scalars and reg.name not in defined:
+                return self.scalars[reg.name]
             if reg.name in scalars or reg.name in defined:
                 return scalars.get(reg.name, reg)
             value = self._operand(reg)
