@@ -121,6 +121,42 @@ def test_products_and_their_gradients_never_store_the_product(dev):
     np.testing.assert_allclose(gx.numpy(), 2 * (a @ b) @ b.T, rtol=1e-3, atol=1e-2)
 
 
+class ProductPrecisions(torch.overrides.TorchFunctionMode):
+    """The float32 matmul precision torch is set to at each product a program calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.matmul, torch.addmm, torch.einsum):
+            self.seen.append(torch.get_float32_matmul_precision())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("ours, theirs", [("high", "highest"), ("medium", "highest"), ("highest", "high")])
+def test_products_run_at_zyxs_precision_whatever_torchs_setting(dev, ours, theirs):
+    """zyx.set_float32_matmul_precision decides (TF32 on CUDA: torch's "high"), during the program only; torch's
+    own setting is back after it, for plain and jitted programs alike."""
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    x = dev.tensor(a).realize()
+    jitted = zyx.jit(lambda p: (p @ p.T).sum())
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(theirs)
+        zyx.set_float32_matmul_precision(ours)
+        with ProductPrecisions() as products:
+            product = (x @ x.T).numpy()
+            total = jitted(x).item()
+        assert products.seen == ["highest" if ours == "highest" else "high"] * 2
+        assert torch.get_float32_matmul_precision() == theirs
+        np.testing.assert_array_equal(product, a @ a.T)  # small integers: exact in TF32 too
+        assert total == (a @ a.T).sum()
+    finally:
+        zyx.set_float32_matmul_precision("highest")
+        torch.set_float32_matmul_precision(before)
+
+
 def test_a_sum_over_an_axis_both_factors_broadcast_counts_it(dev):
     """(2 * 3) summed over 3 × 4 broadcast elements: the contraction multiplies by the axes neither factor has."""
     product = zyx.full((3, 4), 2.0, device=dev) * zyx.full((3, 4), 3.0, device=dev).realize()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..dtypes import ALL_DTYPES, DType
+from ..precision import tf32_allowed
 from ..trace.ops import Op
 from ..trace.philox import FLOAT_MANTISSA_BITS, philox_bits_int64
 from .arrays import ArrayLibrary, Shape
@@ -67,18 +68,27 @@ _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]]
 }
 
 
-class _NoGrad:
-    """torch.no_grad() as a replay needs it, at a third of its cost (no Python-level grad-mode objects): each
-    run of a program enters it."""
+class _RunState:
+    """The torch state a program runs in, set on entry and restored on exit: no autograd (torch.no_grad() at a
+    third of its cost: no Python-level grad-mode objects; each run of a program enters it), and float32 matrix
+    products at zyx's precision (`zyx.set_float32_matmul_precision`: TF32 on CUDA where it allows it), whatever
+    torch's own setting is around the call. zyx's "medium" is TF32 as "high" is (zyx/precision.py), so torch is
+    told "high", never its bfloat16 "medium"."""
 
-    __slots__ = ("enabled",)
+    __slots__ = ("enabled", "precision")
 
     def __enter__(self) -> None:
         self.enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
+        self.precision = torch._C._get_float32_matmul_precision()
+        wanted = "high" if tf32_allowed() else "highest"
+        if wanted != self.precision:
+            torch._C._set_float32_matmul_precision(wanted)
 
     def __exit__(self, *exc: Any) -> None:
         torch._C._set_grad_enabled(self.enabled)
+        if torch._C._get_float32_matmul_precision() != self.precision:
+            torch._C._set_float32_matmul_precision(self.precision)
 
 
 def _flat_padding(padding: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
@@ -176,7 +186,7 @@ class TorchArrays(ArrayLibrary):
         return buffer if buffer.dtype == value.dtype and buffer.shape == value.shape else value
 
     def quiet(self) -> ContextManager[Any]:
-        return _NoGrad()
+        return _RunState()
 
     def loads_as_stored(self, dtype: DType) -> bool:
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
