@@ -9,6 +9,7 @@ call, with no dtype check where the dtypes say none is needed.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import ml_dtypes
@@ -18,7 +19,7 @@ import torch
 from ..dtypes import ALL_DTYPES, DType
 from ..precision import tf32_allowed
 from ..trace.ops import Op
-from ..trace.philox import FLOAT_MANTISSA_BITS, philox_bits_int64
+from ..trace.philox import CUDA_SOURCE, FLOAT_MANTISSA_BITS, philox_bits_int64
 from .arrays import ArrayLibrary, Shape
 from .steps import Fused, Step
 from .torch_products import bound_contract, contract
@@ -89,6 +90,12 @@ class _RunState:
         torch._C._set_grad_enabled(self.enabled)
         if torch._C._get_float32_matmul_precision() != self.precision:
             torch._C._set_float32_matmul_precision(self.precision)
+
+
+@functools.cache
+def _cuda_philox() -> Callable[..., torch.Tensor]:
+    """`philox.CUDA_SOURCE` as a torch function (NVRTC compiles it at its first call, once per process)."""
+    return torch.cuda.jiterator._create_jit_fn(CUDA_SOURCE, seed_lo=0, seed_hi=0, offset_lo=0, offset_hi=0)
 
 
 def _flat_padding(padding: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
@@ -241,13 +248,19 @@ class TorchArrays(ArrayLibrary):
         return torch.full(shape, value, dtype=like.dtype, device=like.device)
 
     def rand(self, stream: Sequence[Any], shape: Shape, dtype: DType) -> torch.Tensor:
-        """Philox in int64 arithmetic; `stream` is its four 32-bit words (see `philox.philox_words`)."""
+        """Philox; `stream` is its four 32-bit words (see `philox.philox_words`): on CUDA one jiterator kernel
+        (`philox.CUDA_SOURCE`), elsewhere, and where torch.compile traces the program (it fuses them itself),
+        ~270 torch ops in int64 arithmetic."""
         count = 1
         for size in shape:
             count *= size
         index = torch.arange(count, dtype=torch.int64, device=self.device)
-        bits = philox_bits_int64(index, stream)
-        return (bits.to(torch.float32) * _UNIFORM_SCALE).reshape(shape).to(computed_dtype(dtype))
+        if self.device.type == "cuda" and not torch.compiler.is_compiling():
+            seed_lo, seed_hi, offset_lo, offset_hi = stream
+            bits = _cuda_philox()(index, seed_lo=seed_lo, seed_hi=seed_hi, offset_lo=offset_lo, offset_hi=offset_hi)
+        else:
+            bits = philox_bits_int64(index, stream)
+        return (bits * _UNIFORM_SCALE).reshape(shape).to(computed_dtype(dtype))
 
     # ---- elementwise ---------------------------------------------------------------------------------------
     def cast(self, x: torch.Tensor, dtype: DType) -> torch.Tensor:
