@@ -464,6 +464,18 @@ def test_torch_shares_memory_and_from_torch_copies(dev):
         zyx.from_torch(np.zeros(2))
 
 
+def test_moves_between_torch_devices_copy_without_the_host(dev, monkeypatch):
+    compiled = zyx.Torch("cpu", compile=True)
+    t = (dev.tensor([1.5, -2.0, 3.25]) * 2).cast("bfloat16")
+    expected = t.numpy()
+    monkeypatch.setattr(zyx.Tensor, "numpy", lambda self: pytest.fail("copied through numpy"))
+    moved = t.to(compiled)
+    assert moved.device is compiled and moved.dtype.name == "bfloat16"
+    assert moved.node.buffer.data_ptr() != t.node.buffer.data_ptr()
+    monkeypatch.undo()
+    np.testing.assert_array_equal(moved.numpy(), expected)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "uint32", "bool", "float16"])
 def test_dtypes_round_trip_through_torch(dev, dtype):
     values = np.array([0, 1, 3, 250], dtype=np.float32)
