@@ -464,6 +464,27 @@ def test_torch_shares_memory_and_from_torch_copies(dev):
         zyx.from_torch(np.zeros(2))
 
 
+def test_from_dlpack_imports_device_memory_through_torch(dev, monkeypatch):
+    """An exporter in device memory (DLPack's kDLCUDA, 2) goes to torch.from_dlpack, which numpy cannot do; here a
+    host tensor stands for the CUDA one, torch's import of it for the CUDA import."""
+    class CudaExporter:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def __dlpack__(self, **kwargs):
+            return self.tensor.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return (2, 0)
+
+    imported = []
+    monkeypatch.setattr(torch, "from_dlpack", lambda source: imported.append(source) or source.tensor)
+    source = CudaExporter(torch.tensor([[1.0, 2.0]]))
+    t = zyx.from_dlpack(source, dev)
+    assert imported == [source] and t.device is dev and t.tolist() == [[1.0, 2.0]]
+    assert zyx.from_dlpack(source).device is zyx.default_device()
+
+
 def test_moves_between_torch_devices_copy_without_the_host(dev, monkeypatch):
     compiled = zyx.Torch("cpu", compile=True)
     t = (dev.tensor([1.5, -2.0, 3.25]) * 2).cast("bfloat16")
