@@ -2,7 +2,8 @@
 concerned), its products, memory accounting, jitted steps, program cache, device specs and torch interop.
 
 Every device-generic test of the suite also runs on zyx.Torch("cpu") (tests/conftest.py); these cover what is
-particular to the backend."""
+particular to the backend, on zyx.Torch(ZYX_TORCH_TEST_DEVICE) (default "cpu"; "cuda" on a GPU machine), except the
+tests of device specs, which use the CPU."""
 import gc
 import os
 import pickle
@@ -26,7 +27,7 @@ from zyx.trace.ops import Op  # noqa: E402
 
 @pytest.fixture
 def dev():
-    return zyx.Torch("cpu")
+    return zyx.Torch(os.environ.get("ZYX_TORCH_TEST_DEVICE", "cpu"))
 
 
 def program_of(tensor):
@@ -37,7 +38,8 @@ def program_of(tensor):
 
 
 # ---- devices -----------------------------------------------------------------------------------------------
-def test_specs_find_the_same_device_and_pickling_keeps_it(dev):
+def test_specs_find_the_same_device_and_pickling_keeps_it():
+    dev = zyx.Torch("cpu")
     assert zyx.Torch(torch.device("cpu")) is dev and device_from_spec(" Torch:CPU ") is dev
     assert pickle.loads(pickle.dumps(dev)) is dev and dev.spec == "torch:cpu" and repr(dev) == "zyx.Torch('cpu')"
     compiled = device_from_spec("torch:cpu+compile")
@@ -453,7 +455,7 @@ def test_torch_shares_memory_and_from_torch_copies(dev):
     assert shared.data_ptr() == t.node.buffer.data_ptr() and torch.from_dlpack(t).data_ptr() == shared.data_ptr()
     host = zyx.CPU().tensor([1, 2, 3]).realize()
     assert host.torch().data_ptr() == host.node.buffer.ctypes.data and host.torch().dtype == torch.int64
-    source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    source = torch.arange(6, dtype=torch.float32, device=dev.torch_device).reshape(2, 3)
     copied = zyx.from_torch(source)
     source += 1
     assert copied.device is dev and copied.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
