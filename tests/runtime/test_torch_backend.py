@@ -107,6 +107,16 @@ def test_random_numbers_are_bit_identical_on_every_device(dev, seed, skip):
             np.testing.assert_array_equal(ours, theirs)
 
 
+def test_without_a_philox_kernel_a_warning_says_why():
+    """Where torch cannot build the CUDA Philox kernel (no NVRTC; here no CUDA at all), draws keep the int64 form."""
+    from zyx.runtime.torch_arrays import cuda_philox
+    if torch.cuda.is_available():
+        assert cuda_philox(torch.device("cuda")) is not None
+    else:
+        with pytest.warns(UserWarning, match="cannot build the Philox kernel .*270 torch ops"):
+            assert cuda_philox(torch.device("cuda")) is None
+
+
 # ---- products ----------------------------------------------------------------------------------------------
 def test_products_and_their_gradients_never_store_the_product(dev):
     rng = np.random.default_rng(0)

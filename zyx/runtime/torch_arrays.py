@@ -10,6 +10,7 @@ call, with no dtype check where the dtypes say none is needed.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import ml_dtypes
@@ -93,9 +94,17 @@ class _RunState:
 
 
 @functools.cache
-def _cuda_philox() -> Callable[..., torch.Tensor]:
-    """`philox.CUDA_SOURCE` as a torch function (NVRTC compiles it at its first call, once per process)."""
-    return torch.cuda.jiterator._create_jit_fn(CUDA_SOURCE, seed_lo=0, seed_hi=0, offset_lo=0, offset_hi=0)
+def cuda_philox(device: torch.device) -> Optional[Callable[..., torch.Tensor]]:
+    """`philox.CUDA_SOURCE` as a torch function on `device`, built here once per process (torch's jiterator:
+    NVRTC); None, with a warning saying why, where torch cannot build it (then draws take the int64 form)."""
+    function = torch.cuda.jiterator._create_jit_fn(CUDA_SOURCE, seed_lo=0, seed_hi=0, offset_lo=0, offset_hi=0)
+    try:
+        function(torch.zeros(1, dtype=torch.int64, device=device))
+    except (RuntimeError, AssertionError) as error:  # (a build without NVRTC; jiterator asserts there is CUDA)
+        warnings.warn(f"zyx.Torch('{device}'): torch's jiterator cannot build the Philox kernel "
+                      f"({str(error).strip().splitlines()[-1]}); each random tensor takes ~270 torch ops")
+        return None
+    return function
 
 
 def _flat_padding(padding: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
@@ -255,9 +264,11 @@ class TorchArrays(ArrayLibrary):
         for size in shape:
             count *= size
         index = torch.arange(count, dtype=torch.int64, device=self.device)
-        if self.device.type == "cuda" and not torch.compiler.is_compiling():
+        kernel = cuda_philox(self.device) if self.device.type == "cuda" and not torch.compiler.is_compiling() \
+            else None
+        if kernel is not None:
             seed_lo, seed_hi, offset_lo, offset_hi = stream
-            bits = _cuda_philox()(index, seed_lo=seed_lo, seed_hi=seed_hi, offset_lo=offset_lo, offset_hi=offset_hi)
+            bits = kernel(index, seed_lo=seed_lo, seed_hi=seed_hi, offset_lo=offset_lo, offset_hi=offset_hi)
         else:
             bits = philox_bits_int64(index, stream)
         return (bits * _UNIFORM_SCALE).reshape(shape).to(computed_dtype(dtype))
