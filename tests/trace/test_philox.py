@@ -75,7 +75,9 @@ def test_opencl_source_is_generated_from_the_python_constants():
 # CUDA_SOURCE compiled for the host, CUDA's __umulhi written out: the bits for indexes 0..5 of the words given
 CUDA_ON_HOST = """#include <cstdio>
 #include <cstdlib>
-static unsigned int __umulhi(unsigned int a, unsigned int b) { return (unsigned int)(((unsigned long long)a * b) >> 32); }
+static unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
 """ + CUDA_SOURCE + """
 int main(int argc, char **argv) {
     long long w[4];
