@@ -169,6 +169,23 @@ def test_products_run_at_zyxs_precision_whatever_torchs_setting(dev, ours, their
         torch.set_float32_matmul_precision(before)
 
 
+def test_a_jitted_step_follows_a_precision_set_after_its_first_call(dev):
+    """The step's first call ran at "highest"; after zyx.set_float32_matmul_precision("high") it traces again
+    (step/recapture.py) and its products run in TF32, and back at "highest" in float32 again."""
+    x = dev.tensor(np.eye(4, dtype=np.float32)).realize()
+    jitted = zyx.jit(lambda p: (p @ p).sum())
+    seen = []
+    try:
+        for precision in ("highest", "high", "highest"):
+            zyx.set_float32_matmul_precision(precision)
+            with ProductPrecisions() as products:
+                assert jitted(x).item() == 4.0
+            seen.append(products.seen)
+    finally:
+        zyx.set_float32_matmul_precision("highest")
+    assert seen == [["highest"], ["high"], ["highest"]]
+
+
 def test_a_sum_over_an_axis_both_factors_broadcast_counts_it(dev):
     """(2 * 3) summed over 3 × 4 broadcast elements: the contraction multiplies by the axes neither factor has."""
     product = zyx.full((3, 4), 2.0, device=dev) * zyx.full((3, 4), 3.0, device=dev).realize()
