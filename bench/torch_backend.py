@@ -2,22 +2,27 @@
 
     python -m bench.torch_backend [--device cuda|cpu|mps|cuda:N] [--quick] [--compile [MODE]] [--repeat N]
                                   [--steps N] [--batch N] [--threads N] [--big] [--sizes N,N...]
-                                  [--json OUT]
+                                  [--calls N] [--json OUT]
 
 W3   a @ b, n×n float32 (1024 and 2048; 4096 with --big; 256 and 512 with --quick): zyx builds the expression,
      realizes it and waits for the device; torch computes `a @ b` and waits. Both times include the call's own
      Python overhead. GFLOP/s = 2·n³ / time. "W3 n³ jit": the same product as a @zyx.jit function's replay.
-     --sizes picks n (8: a product that takes no time, so the rows show the host time per call).
+     --sizes picks n (8: a product that takes no time, so the rows show the host time per call). With --calls N
+     each timed run is N calls back to back and one wait, per call: on a GPU the device's time wherever the
+     host keeps ahead of it.
 W4   one training step of the MLP 784-512-512-10 of bench/train_step.py (batch 512; SGD lr 0.01, Adam lr 1e-3):
      zyx a @zyx.jit step (zyx.nn.Linear, cross_entropy, zyx.nn.SGD/Adam), torch eager (zero_grad, forward,
      backward, opt.step()); each step ends by reading the loss. Both start from the same weights, and the losses
      of both are checked against bench/train_step.py's numpy reference. The notes count what one step asks of
      torch, both sides: aten operators reaching the dispatcher (a kernel launch each on a GPU, or a view) and
-     torch functions called from Python (see `torch_calls`).
+     torch functions called from Python (see `torch_calls`), and the buffers zyx's step reads back to the host
+     besides the loss (each a wait for the device: `host_reads`). With --calls N a second row times N steps
+     back to back, no loss read, one wait at the end.
 W6   the memory of one W4 step after warm-up, three ways: zyx.memory_stats' peak (zyx's own count of its
      buffers); every storage torch allocates during the step, for zyx and for torch eager alike (a
      TorchDispatchMode that counts each new storage until it is freed: what the step adds to what was held
-     before it); on CUDA also torch.cuda.max_memory_allocated over the step, for both.
+     before it); on CUDA also what torch.cuda.max_memory_allocated rises by over the step, for both (the
+     process's whole peak, both models' state included, is in the notes), which is then the compared figure.
 The ratio column is zyx ÷ torch (time, or bytes): below 1 zyx is faster or smaller. zyx and torch alternate
 run by run, so load from other processes falls on both alike. With --compile zyx runs each program as a
 torch.compile'd function (zyx.Torch(device, compile=MODE): default, or reduce-overhead for CUDA graphs); the
@@ -61,21 +66,26 @@ def arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="W4's batch (small: a step bound by the host's per-call work, as on a GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch's intra-op threads (default torch's own; 1 is steadier on a shared CPU)")
+    p.add_argument("--calls", type=int, default=1,
+                   help="calls back to back per timed run, one wait at the end (time per call; W4: a second row)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the rows as JSON to OUT")
     return p.parse_args(argv)
 
 
 # ---- timing --------------------------------------------------------------------------------------------------
-def alternate(runs: dict[str, Callable[[], Any]], repeat: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Median seconds of each run, the runs taken in turn `repeat` times (each ends waiting for the device)."""
+def alternate(runs: dict[str, Callable[[], Any]], repeat: int, sync: Callable[[], None],
+              calls: int = 1) -> dict[str, float]:
+    """Median seconds per call of each run, the runs taken in turn `repeat` times, each time `calls` calls back to
+    back and then a wait for the device."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, run in runs.items():
             sync()
             start = time.perf_counter()
-            run()
+            for _ in range(calls):
+                run()
             sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append((time.perf_counter() - start) / calls)
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
@@ -157,8 +167,27 @@ def torch_calls(torch: Any, run: Callable[[], Any]) -> dict[str, int]:
     return counts
 
 
+def host_reads(runtime: Any, run: Callable[[], Any]) -> int:
+    """How many buffers one call of `run` reads back from zyx's device (`TorchRuntime.download`: each waits for
+    the device's queued work)."""
+    download = runtime.download
+    count = [0]
+
+    def counted(*args: Any) -> Any:
+        count[0] += 1
+        return download(*args)
+
+    runtime.download = counted
+    try:
+        run()
+    finally:
+        del runtime.download
+    return count[0]
+
+
 # ---- the workloads -------------------------------------------------------------------------------------------
-def w3(zyx: Any, torch: Any, dev: Any, device: Any, sizes: list[int], repeat: int, sync: Callable) -> list[dict]:
+def w3(zyx: Any, torch: Any, dev: Any, device: Any, sizes: list[int], repeat: int, sync: Callable,
+       calls: int) -> list[dict]:
     rows = []
     rng = np.random.default_rng(2)
     for n in sizes:
@@ -171,14 +200,15 @@ def w3(zyx: Any, torch: Any, dev: Any, device: Any, sizes: list[int], repeat: in
             for run in runs.values():
                 run()
             ok = np.allclose(product().numpy(), a @ b, rtol=1e-3, atol=1e-3 * np.sqrt(n))
-            seconds = alternate(runs, repeat, sync)
+            seconds = alternate(runs, repeat, sync, calls)
             flops = 2.0 * n ** 3
-            rows.append(_row(label, seconds, "" if ok else "MISMATCH",
+            rows.append(_row(label + _back_to_back(calls), seconds, "" if ok else "MISMATCH",
                              gflops={name: flops / s / 1e9 for name, s in seconds.items()}))
     return rows
 
 
-def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: int, sync: Callable) -> list[dict]:
+def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: int, sync: Callable,
+              calls: int) -> list[dict]:
     rows = []
     data = inputs(batch)
     for optimizer in OPTIMIZERS:
@@ -196,12 +226,18 @@ def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: in
         eager_losses = [eager() for _ in range(3)]
         ok = np.allclose(losses, reference, rtol=1e-3) and np.allclose(eager_losses, reference, rtol=1e-3)
         seconds = alternate({"zyx": lambda: step(x, y).item(), "torch": eager}, steps, sync)
-        calls = {name: torch_calls(torch, run) for name, run in (("zyx", lambda: step(x, y).item()), ("torch", eager))}
+        counts = {name: torch_calls(torch, run) for name, run in (("zyx", lambda: step(x, y).item()), ("torch", eager))}
         work = "capture and compile" if dev.compile else "capture"
+        reads = host_reads(dev.runtime, lambda: step(x, y))
         rows.append(_row(f"W4 {optimizer}", seconds, ("" if ok else "MISMATCH; ") +
-                         f"per step, aten operators: zyx {calls['zyx']['aten']}, eager {calls['torch']['aten']}; "
-                         f"Python-level torch calls: zyx {calls['zyx']['python']}, eager {calls['torch']['python']}; "
-                         f"zyx's first step ({work}) {first * 1e3:.0f} ms", calls=calls))
+                         f"per step, aten operators: zyx {counts['zyx']['aten']}, eager {counts['torch']['aten']}; "
+                         f"Python-level torch calls: zyx {counts['zyx']['python']}, eager {counts['torch']['python']}; "
+                         f"buffers zyx reads back besides the loss: {reads}; "
+                         f"zyx's first step ({work}) {first * 1e3:.0f} ms", calls=counts))
+        if calls > 1:
+            launch = torch_step(torch, model, opt, tx, ty, read=False)
+            seconds = alternate({"zyx": lambda: step(x, y), "torch": launch}, max(steps // 4, 3), sync, calls)
+            rows.append(_row(f"W4 {optimizer}" + _back_to_back(calls), seconds, "the loss not read"))
         rows.append(w6(zyx, torch, dev, device, optimizer, data, lambda: step(x, y).item(), eager, sync))
     return rows
 
@@ -219,27 +255,36 @@ def w6(zyx: Any, torch: Any, dev: Any, device: Any, optimizer: str, data: dict, 
             zyx.reset_peak_memory(dev)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
+            allocated = torch.cuda.memory_allocated(device)
         with StoragePeak() as storages:
             run()
             sync()
         found[name]["step_storages_peak"] = storages.peak
         if cuda:
             found[name]["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
+            found[name]["cuda_step_rise"] = found[name]["cuda_max_memory_allocated"] - allocated
         if name == "zyx":
             found[name]["zyx_peak_bytes"] = zyx.memory_stats(dev)["peak_bytes"]
             found[name]["zyx_held_before"] = before
-    key = "cuda_max_memory_allocated" if cuda else "step_storages_peak"
+    key = "cuda_step_rise" if cuda else "step_storages_peak"
     ratio = found["zyx"][key] / max(found["torch"][key], 1)
     mib = {name: {k: v / 2**20 for k, v in values.items()} for name, values in found.items()}
     note = (f"zyx.memory_stats peak {mib['zyx']['zyx_peak_bytes']:.2f} MiB (held before "
             f"{mib['zyx']['zyx_held_before']:.2f}); storages the step adds: zyx {mib['zyx']['step_storages_peak']:.2f},"
             f" torch {mib['torch']['step_storages_peak']:.2f} MiB")
     if cuda:
-        note += (f"; torch.cuda.max_memory_allocated: zyx {mib['zyx']['cuda_max_memory_allocated']:.2f}, "
-                 f"torch {mib['torch']['cuda_max_memory_allocated']:.2f} MiB")
+        note += (f"; torch.cuda.max_memory_allocated over the step (both models' state included): zyx "
+                 f"{mib['zyx']['cuda_max_memory_allocated']:.2f}, torch {mib['torch']['cuda_max_memory_allocated']:.2f}"
+                 f" MiB; its rise above the step's start: zyx {mib['zyx']['cuda_step_rise']:.2f}, torch "
+                 f"{mib['torch']['cuda_step_rise']:.2f} MiB")
     note += f"; minimum {sum(minimum_bytes(data, optimizer).values()) / 2**20:.2f} MiB (train_step.minimum_bytes)"
     return {"workload": f"W6 {optimizer}", "zyx": mib["zyx"][key], "torch": mib["torch"][key], "unit": "MiB",
             "ratio": ratio, "note": note, "measured": found}
+
+
+def _back_to_back(calls: int) -> str:
+    """A row name's suffix saying how its runs were timed."""
+    return f", {calls} back to back" if calls > 1 else ""
 
 
 def _row(workload: str, seconds: dict[str, float], note: str, gflops: Optional[dict] = None,
@@ -277,9 +322,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else list(settings["sizes"])
     sizes += [4096] if args.big else []
     started = time.perf_counter()
-    rows = w3(zyx, torch, dev, device, sizes, args.repeat or settings["repeat"], sync)
+    rows = w3(zyx, torch, dev, device, sizes, args.repeat or settings["repeat"], sync, args.calls)
     batch = args.batch or settings["batch"]
-    rows += w4_and_w6(zyx, torch, dev, device, batch, args.steps or settings["steps"], sync)
+    rows += w4_and_w6(zyx, torch, dev, device, batch, args.steps or settings["steps"], sync, args.calls)
     print(f"**{dev!r}** ({dev.name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"zyx W4 batch {batch}, {time.perf_counter() - started:.0f} s in all")
     print(table(rows))

@@ -218,14 +218,15 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(default)
 
 
-def torch_step(torch: Any, model: Any, opt: Any, x: Any, y: Any) -> Callable[[], float]:
-    """One eager PyTorch training step, returning the loss (which synchronises)."""
-    def step() -> float:
+def torch_step(torch: Any, model: Any, opt: Any, x: Any, y: Any, read: bool = True) -> Callable[[], Any]:
+    """One eager PyTorch training step, returning the loss: read as a float (which synchronises), or with
+    `read=False` the loss tensor (the step's kernels may still be running)."""
+    def step() -> Any:
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item() if read else loss
     return step
 
 

@@ -36,14 +36,25 @@ def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Ten
 
 
 def from_dlpack(source: Any, device: Optional[Device] = None) -> Tensor:
-    """A tensor holding a copy of a host DLPack exporter's data (a torch CPU tensor, a numpy array, a zyx tensor),
-    on `device` (default: zyx.default_device())."""
+    """A tensor holding a copy of a DLPack exporter's data (a torch tensor, a numpy array, a zyx tensor), on
+    `device` (default: zyx.default_device()). Device memory (a CUDA tensor, a zyx.Torch('cuda') tensor) is
+    imported through torch, where torch is installed; host memory through numpy."""
+    if _in_device_memory(source):
+        from .devices import import_torch
+        from .torch_interop import from_torch  # (torch: optional, slow to import)
+        return from_torch(import_torch().from_dlpack(source), _device(device))
     try:
         array = np.from_dlpack(source)
     except (BufferError, RuntimeError, TypeError) as error:
-        raise TypeError(f"from_dlpack: cannot import {type(source).__name__} ({error}); only host (CPU) memory "
-                        "in a dtype numpy knows can be imported") from None
+        raise TypeError(f"from_dlpack: cannot import {type(source).__name__} ({error}); host (CPU) memory is "
+                        "imported in the dtypes numpy knows") from None
     return tensor(array, device)
+
+
+def _in_device_memory(source: Any) -> bool:
+    """Whether a DLPack exporter's memory is a device's, not the host's (DLPack's kDLCPU, 1, or kDLCUDAHost, 3)."""
+    where = getattr(source, "__dlpack_device__", None)
+    return where is not None and int(where()[0]) not in (1, 3)
 
 
 def full(shape: Any, value: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:

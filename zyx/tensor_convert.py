@@ -66,8 +66,8 @@ class ConvertMixin:
 
     def to(self, *args: Any, device: Union["Device", str, None] = None, dtype: Any = None) -> "Tensor":
         """PyTorch's `to`: `to(device)`, `to(dtype)`, `to(device, dtype)`, `to(other)` (other's device and dtype),
-        or the keywords. A move copies through the host (gradients do not cross devices); a tensor already
-        there, in that dtype, is returned as it is."""
+        or the keywords. A move copies through the host, or between two zyx.Torch() devices as torch copies
+        (gradients do not cross devices); a tensor already there, in that dtype, is returned as it is."""
         if len(args) > 2:
             raise TypeError(f"to takes at most a device and a dtype, got {len(args)} arguments")
         device = device_from_spec(device) if isinstance(device, str) else device
@@ -80,7 +80,11 @@ class ConvertMixin:
             device, dtype = named_device or device, named_dtype or dtype
         result = self
         if device is not None and device is not self.node.device:
-            result = self._wrap(data_leaf(self.numpy(), device, self.node.dtype))  # type: ignore[attr-defined]
+            if device.kind == self.node.device.kind == "torch":  # torch copies device to device (cuda:0 -> cuda:1)
+                from .torch_interop import from_torch  # (imports this module)
+                result = from_torch(self.torch(), device)
+            else:
+                result = self._wrap(data_leaf(self.numpy(), device, self.node.dtype))  # type: ignore[attr-defined]
         return result.cast(dtype) if dtype not in (None, result.node.dtype) else result  # type: ignore[return-value]
 
     def size(self, axis: Optional[int] = None) -> Union[tuple[int, ...], int]:

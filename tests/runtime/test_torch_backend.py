@@ -2,7 +2,8 @@
 concerned), its products, memory accounting, jitted steps, program cache, device specs and torch interop.
 
 Every device-generic test of the suite also runs on zyx.Torch("cpu") (tests/conftest.py); these cover what is
-particular to the backend."""
+particular to the backend, on zyx.Torch(ZYX_TORCH_TEST_DEVICE) (default "cpu"; "cuda" on a GPU machine), except the
+tests of device specs, which use the CPU."""
 import gc
 import os
 import pickle
@@ -26,7 +27,7 @@ from zyx.trace.ops import Op  # noqa: E402
 
 @pytest.fixture
 def dev():
-    return zyx.Torch("cpu")
+    return zyx.Torch(os.environ.get("ZYX_TORCH_TEST_DEVICE", "cpu"))
 
 
 def program_of(tensor):
@@ -37,7 +38,8 @@ def program_of(tensor):
 
 
 # ---- devices -----------------------------------------------------------------------------------------------
-def test_specs_find_the_same_device_and_pickling_keeps_it(dev):
+def test_specs_find_the_same_device_and_pickling_keeps_it():
+    dev = zyx.Torch("cpu")
     assert zyx.Torch(torch.device("cpu")) is dev and device_from_spec(" Torch:CPU ") is dev
     assert pickle.loads(pickle.dumps(dev)) is dev and dev.spec == "torch:cpu" and repr(dev) == "zyx.Torch('cpu')"
     compiled = device_from_spec("torch:cpu+compile")
@@ -105,6 +107,16 @@ def test_random_numbers_are_bit_identical_on_every_device(dev, seed, skip):
             np.testing.assert_array_equal(ours, theirs)
 
 
+def test_without_a_philox_kernel_a_warning_says_why():
+    """Where torch cannot build the CUDA Philox kernel (no NVRTC; here no CUDA at all), draws keep the int64 form."""
+    from zyx.runtime.torch_arrays import cuda_philox
+    if torch.cuda.is_available():
+        assert cuda_philox(torch.device("cuda")) is not None
+    else:
+        with pytest.warns(UserWarning, match="cannot build the Philox kernel .*270 torch ops"):
+            assert cuda_philox(torch.device("cuda")) is None
+
+
 # ---- products ----------------------------------------------------------------------------------------------
 def test_products_and_their_gradients_never_store_the_product(dev):
     rng = np.random.default_rng(0)
@@ -119,6 +131,59 @@ def test_products_and_their_gradients_never_store_the_product(dev):
     assert len(products) >= 2 and all(len(step.shape) <= 4 for step in products)
     np.testing.assert_allclose(gw.numpy(), np.einsum("bik,bij->kj", a, 2 * (a @ b)), rtol=1e-3, atol=1e-2)
     np.testing.assert_allclose(gx.numpy(), 2 * (a @ b) @ b.T, rtol=1e-3, atol=1e-2)
+
+
+class ProductPrecisions(torch.overrides.TorchFunctionMode):
+    """The float32 matmul precision torch is set to at each product a program calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.matmul, torch.addmm, torch.einsum):
+            self.seen.append(torch.get_float32_matmul_precision())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("ours, theirs", [("high", "highest"), ("medium", "highest"), ("highest", "high")])
+def test_products_run_at_zyxs_precision_whatever_torchs_setting(dev, ours, theirs):
+    """zyx.set_float32_matmul_precision decides (TF32 on CUDA: torch's "high"), during the program only; torch's
+    own setting is back after it, for plain and jitted programs alike."""
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    x = dev.tensor(a).realize()
+    jitted = zyx.jit(lambda p: (p @ p.T).sum())
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(theirs)
+        zyx.set_float32_matmul_precision(ours)
+        with ProductPrecisions() as products:
+            product = (x @ x.T).numpy()
+            total = jitted(x).item()
+        assert products.seen == ["highest" if ours == "highest" else "high"] * 2
+        assert torch.get_float32_matmul_precision() == theirs
+        np.testing.assert_array_equal(product, a @ a.T)  # small integers: exact in TF32 too
+        assert total == (a @ a.T).sum()
+    finally:
+        zyx.set_float32_matmul_precision("highest")
+        torch.set_float32_matmul_precision(before)
+
+
+def test_a_jitted_step_follows_a_precision_set_after_its_first_call(dev):
+    """The step's first call ran at "highest"; after zyx.set_float32_matmul_precision("high") it traces again
+    (step/recapture.py) and its products run in TF32, and back at "highest" in float32 again."""
+    x = dev.tensor(np.eye(4, dtype=np.float32)).realize()
+    jitted = zyx.jit(lambda p: (p @ p).sum())
+    seen = []
+    try:
+        for precision in ("highest", "high", "highest"):
+            zyx.set_float32_matmul_precision(precision)
+            with ProductPrecisions() as products:
+                assert jitted(x).item() == 4.0
+            seen.append(products.seen)
+    finally:
+        zyx.set_float32_matmul_precision("highest")
+    assert seen == [["highest"], ["high"], ["highest"]]
 
 
 def test_a_sum_over_an_axis_both_factors_broadcast_counts_it(dev):
@@ -417,7 +482,7 @@ def test_torch_shares_memory_and_from_torch_copies(dev):
     assert shared.data_ptr() == t.node.buffer.data_ptr() and torch.from_dlpack(t).data_ptr() == shared.data_ptr()
     host = zyx.CPU().tensor([1, 2, 3]).realize()
     assert host.torch().data_ptr() == host.node.buffer.ctypes.data and host.torch().dtype == torch.int64
-    source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    source = torch.arange(6, dtype=torch.float32, device=dev.torch_device).reshape(2, 3)
     copied = zyx.from_torch(source)
     source += 1
     assert copied.device is dev and copied.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
@@ -426,6 +491,39 @@ def test_torch_shares_memory_and_from_torch_copies(dev):
         zyx.from_torch(torch.zeros(2, dtype=torch.complex64))
     with pytest.raises(TypeError, match="expects a torch.Tensor"):
         zyx.from_torch(np.zeros(2))
+
+
+def test_from_dlpack_imports_device_memory_through_torch(dev, monkeypatch):
+    """An exporter in device memory (DLPack's kDLCUDA, 2) goes to torch.from_dlpack, which numpy cannot do; here a
+    host tensor stands for the CUDA one, torch's import of it for the CUDA import."""
+    class CudaExporter:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def __dlpack__(self, **kwargs):
+            return self.tensor.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return (2, 0)
+
+    imported = []
+    monkeypatch.setattr(torch, "from_dlpack", lambda source: imported.append(source) or source.tensor)
+    source = CudaExporter(torch.tensor([[1.0, 2.0]]))
+    t = zyx.from_dlpack(source, dev)
+    assert imported == [source] and t.device is dev and t.tolist() == [[1.0, 2.0]]
+    assert zyx.from_dlpack(source).device is zyx.default_device()
+
+
+def test_moves_between_torch_devices_copy_without_the_host(dev, monkeypatch):
+    compiled = zyx.Torch("cpu", compile=True)
+    t = (dev.tensor([1.5, -2.0, 3.25]) * 2).cast("bfloat16")
+    expected = t.numpy()
+    monkeypatch.setattr(zyx.Tensor, "numpy", lambda self: pytest.fail("copied through numpy"))
+    moved = t.to(compiled)
+    assert moved.device is compiled and moved.dtype.name == "bfloat16"
+    assert moved.node.buffer.data_ptr() != t.node.buffer.data_ptr()
+    monkeypatch.undo()
+    np.testing.assert_array_equal(moved.numpy(), expected)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "uint32", "bool", "float16"])

@@ -1,10 +1,14 @@
-"""Philox4x32-10: the numpy reference against Random123's known answers, and the OpenCL helper against numpy."""
+"""Philox4x32-10: the numpy reference against Random123's known answers, and the OpenCL and CUDA helpers against
+numpy."""
+import shutil
+import subprocess
+
 import numpy as np
 import pyopencl as cl
 import pytest
 
 from zyx.trace import philox
-from zyx.trace.philox import OPENCL_SOURCE, philox4x32_words, philox_uniform
+from zyx.trace.philox import CUDA_SOURCE, OPENCL_SOURCE, philox4x32_words, philox_uniform
 
 # Random123 kat_vectors: counter (4 words), key (2 words) -> output (4 words).
 KNOWN_ANSWERS = [
@@ -66,6 +70,34 @@ def test_opencl_source_is_generated_from_the_python_constants():
     for constant in (philox.MULTIPLIER_0, philox.MULTIPLIER_1, philox.KEY_BUMP_0, philox.KEY_BUMP_1):
         assert f"{constant:#010x}u" in OPENCL_SOURCE
     assert f"< {philox.ROUNDS};" in OPENCL_SOURCE
+
+
+# CUDA_SOURCE compiled for the host, CUDA's __umulhi written out: the bits for indexes 0..5 of the words given
+CUDA_ON_HOST = """#include <cstdio>
+#include <cstdlib>
+static unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
+""" + CUDA_SOURCE + """
+int main(int argc, char **argv) {
+    long long w[4];
+    for (int k = 0; k < 4; k++) w[k] = atoll(argv[k + 1]);
+    for (long long i = 0; i < 6; i++) printf("%lld\\n", zyx_philox_bits<long long>(i, w[0], w[1], w[2], w[3]));
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler to build the CUDA helper for the host")
+def test_cuda_source_gives_the_int64_forms_bits(tmp_path):
+    """zyx.Torch('cuda') draws through CUDA_SOURCE (torch's jiterator); its arithmetic, run on the host, matches."""
+    (tmp_path / "philox.cpp").write_text(CUDA_ON_HOST)
+    subprocess.run(["g++", "-O1", "-o", str(tmp_path / "philox"), str(tmp_path / "philox.cpp")], check=True)
+    for seed, offset in [(0, 0), (0x0123456789ABCDEF, 2**32 - 3), (2**64 - 1, 2**64 - 2)]:
+        words = philox.philox_words(seed, offset)
+        printed = subprocess.run([str(tmp_path / "philox"), *map(str, words)], check=True, capture_output=True,
+                                 text=True).stdout.split()
+        expected = philox.philox_bits_int64(np.arange(6, dtype=np.int64), words)
+        assert [int(bits) for bits in printed] == expected.tolist()
 
 
 KERNEL = OPENCL_SOURCE + """

@@ -74,7 +74,8 @@ class ArrayLibrary(ABC):
         return None
 
     def quiet(self) -> ContextManager[Any]:
-        """The context a program runs in (numpy: no floating-point warnings; torch: no autograd)."""
+        """The context a program runs in (numpy: no floating-point warnings; torch: no autograd, float32 products
+        at zyx's precision)."""
         return contextlib.nullcontext()
 
     # ---- leaves --------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ call, with no dtype check where the dtypes say none is needed.
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import ml_dtypes
@@ -16,8 +18,9 @@ import numpy as np
 import torch
 
 from ..dtypes import ALL_DTYPES, DType
+from ..precision import tf32_allowed
 from ..trace.ops import Op
-from ..trace.philox import FLOAT_MANTISSA_BITS, philox_bits_int64
+from ..trace.philox import CUDA_SOURCE, FLOAT_MANTISSA_BITS, philox_bits_int64
 from .arrays import ArrayLibrary, Shape
 from .steps import Fused, Step
 from .torch_products import bound_contract, contract
@@ -67,18 +70,41 @@ _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]]
 }
 
 
-class _NoGrad:
-    """torch.no_grad() as a replay needs it, at a third of its cost (no Python-level grad-mode objects): each
-    run of a program enters it."""
+class _RunState:
+    """The torch state a program runs in, set on entry and restored on exit: no autograd (torch.no_grad() at a
+    third of its cost: no Python-level grad-mode objects; each run of a program enters it), and float32 matrix
+    products at zyx's precision (`zyx.set_float32_matmul_precision`: TF32 on CUDA where it allows it), whatever
+    torch's own setting is around the call. zyx's "medium" is TF32 as "high" is (zyx/precision.py), so torch is
+    told "high", never its bfloat16 "medium"."""
 
-    __slots__ = ("enabled",)
+    __slots__ = ("enabled", "precision")
 
     def __enter__(self) -> None:
         self.enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
+        self.precision = torch._C._get_float32_matmul_precision()
+        wanted = "high" if tf32_allowed() else "highest"
+        if wanted != self.precision:
+            torch._C._set_float32_matmul_precision(wanted)
 
     def __exit__(self, *exc: Any) -> None:
         torch._C._set_grad_enabled(self.enabled)
+        if torch._C._get_float32_matmul_precision() != self.precision:
+            torch._C._set_float32_matmul_precision(self.precision)
+
+
+@functools.cache
+def cuda_philox(device: torch.device) -> Optional[Callable[..., torch.Tensor]]:
+    """`philox.CUDA_SOURCE` as a torch function on `device`, built here once per process (torch's jiterator:
+    NVRTC); None, with a warning saying why, where torch cannot build it (then draws take the int64 form)."""
+    function = torch.cuda.jiterator._create_jit_fn(CUDA_SOURCE, seed_lo=0, seed_hi=0, offset_lo=0, offset_hi=0)
+    try:
+        function(torch.zeros(1, dtype=torch.int64, device=device))
+    except (RuntimeError, AssertionError) as error:  # (a build without NVRTC; jiterator asserts there is CUDA)
+        warnings.warn(f"zyx.Torch('{device}'): torch's jiterator cannot build the Philox kernel "
+                      f"({str(error).strip().splitlines()[-1]}); each random tensor takes ~270 torch ops")
+        return None
+    return function
 
 
 def _flat_padding(padding: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
@@ -176,7 +202,7 @@ class TorchArrays(ArrayLibrary):
         return buffer if buffer.dtype == value.dtype and buffer.shape == value.shape else value
 
     def quiet(self) -> ContextManager[Any]:
-        return _NoGrad()
+        return _RunState()
 
     def loads_as_stored(self, dtype: DType) -> bool:
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
@@ -231,13 +257,21 @@ class TorchArrays(ArrayLibrary):
         return torch.full(shape, value, dtype=like.dtype, device=like.device)
 
     def rand(self, stream: Sequence[Any], shape: Shape, dtype: DType) -> torch.Tensor:
-        """Philox in int64 arithmetic; `stream` is its four 32-bit words (see `philox.philox_words`)."""
+        """Philox; `stream` is its four 32-bit words (see `philox.philox_words`): on CUDA one jiterator kernel
+        (`philox.CUDA_SOURCE`), elsewhere, and where torch.compile traces the program (it fuses them itself),
+        ~270 torch ops in int64 arithmetic."""
         count = 1
         for size in shape:
             count *= size
         index = torch.arange(count, dtype=torch.int64, device=self.device)
-        bits = philox_bits_int64(index, stream)
-        return (bits.to(torch.float32) * _UNIFORM_SCALE).reshape(shape).to(computed_dtype(dtype))
+        kernel = cuda_philox(self.device) if self.device.type == "cuda" and not torch.compiler.is_compiling() \
+            else None
+        if kernel is not None:
+            seed_lo, seed_hi, offset_lo, offset_hi = stream
+            bits = kernel(index, seed_lo=seed_lo, seed_hi=seed_hi, offset_lo=offset_lo, offset_hi=offset_hi)
+        else:
+            bits = philox_bits_int64(index, stream)
+        return (bits * _UNIFORM_SCALE).reshape(shape).to(computed_dtype(dtype))
 
     # ---- elementwise ---------------------------------------------------------------------------------------
     def cast(self, x: torch.Tensor, dtype: DType) -> torch.Tensor:

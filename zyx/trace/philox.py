@@ -3,7 +3,7 @@
 A random tensor is a pure function of (seed, offset, index): no generator state lives on a device, so a
 kernel can draw element i without reading anything but its own counter. This module is the one place the
 algorithm and its constants are written down; the numpy reference, the int64 form torch runs (torch has no
-uint64 arithmetic) and the OpenCL and WGSL helpers are all built from the constants and the rounds below, so
+uint64 arithmetic) and the OpenCL, CUDA and WGSL helpers are all built from the constants and the rounds below, so
 they cannot drift apart.
 
 Reference: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), and Random123's KAT vectors.
@@ -107,25 +107,47 @@ def philox_words(seed: int, offset: int) -> tuple[int, int, int, int]:
     return seed & _WORD_MASK, seed >> 32, offset & _WORD_MASK, offset >> 32
 
 
+def _c_rounds(word: str, mul_hi: str) -> str:
+    """The ten rounds in C on 32-bit words c0..c3 and k0, k1 of type `word`, `mul_hi` naming the high half of a
+    32-bit product (OpenCL's mul_hi, CUDA's __umulhi)."""
+    return f"""for (int round_index = 0; round_index < {ROUNDS}; round_index++) {{
+        if (round_index > 0) {{ k0 += {KEY_BUMP_0:#010x}u; k1 += {KEY_BUMP_1:#010x}u; }}
+        {word} hi0 = {mul_hi}({MULTIPLIER_0:#010x}u, c0), lo0 = {MULTIPLIER_0:#010x}u * c0;
+        {word} hi1 = {mul_hi}({MULTIPLIER_1:#010x}u, c2), lo1 = {MULTIPLIER_1:#010x}u * c2;
+        c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
+    }}"""
+
+
 def _opencl_source() -> str:
     scale = f"{(2.0 ** -FLOAT_MANTISSA_BITS).hex()}f"  # hex float: exact, no decimal rounding
     return f"""
 static inline float zyx_philox_uniform(ulong seed, ulong counter) {{
     uint c0 = (uint)counter, c1 = (uint)(counter >> 32), c2 = 0u, c3 = 0u;
     uint k0 = (uint)seed, k1 = (uint)(seed >> 32);
-    for (int round_index = 0; round_index < {ROUNDS}; round_index++) {{
-        if (round_index > 0) {{ k0 += {KEY_BUMP_0:#010x}u; k1 += {KEY_BUMP_1:#010x}u; }}
-        uint hi0 = mul_hi({MULTIPLIER_0:#010x}u, c0), lo0 = {MULTIPLIER_0:#010x}u * c0;
-        uint hi1 = mul_hi({MULTIPLIER_1:#010x}u, c2), lo1 = {MULTIPLIER_1:#010x}u * c2;
-        c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
-    }}
+    {_c_rounds("uint", "mul_hi")}
     return (float)(c0 >> {32 - FLOAT_MANTISSA_BITS}) * {scale};
 }}
 """
 
 
+def _cuda_source() -> str:
+    """One elementwise function for torch's jiterator: int64 index -> `philox_bits_int64`'s bits, the words as
+    arguments (each < 2**32), so that zyx.Torch('cuda') draws a random tensor in one kernel, not ~270."""
+    return f"""template <typename T> T zyx_philox_bits(T index, T seed_lo, T seed_hi, T offset_lo, T offset_hi) {{
+    unsigned long long counter = (unsigned long long)index +
+        (((unsigned long long)offset_hi << 32) | (unsigned long long)offset_lo);
+    unsigned int c0 = (unsigned int)counter, c1 = (unsigned int)(counter >> 32), c2 = 0u, c3 = 0u;
+    unsigned int k0 = (unsigned int)seed_lo, k1 = (unsigned int)seed_hi;
+    {_c_rounds("unsigned int", "__umulhi")}
+    return (T)(c0 >> {32 - FLOAT_MANTISSA_BITS});
+}}"""
+
+
 OPENCL_SOURCE: str = _opencl_source()
 """OpenCL C defining `zyx_philox_uniform(seed, counter)`, bit-identical to `philox_uniform`; paste into a program."""
+CUDA_SOURCE: str = _cuda_source()
+"""CUDA C++ for `torch.cuda.jiterator`: `zyx_philox_bits(index, seed_lo, seed_hi, offset_lo, offset_hi)`, the
+bits `philox_bits_int64` gives (int64 in, int64 out)."""
 
 
 def _wgsl_source() -> str:
