@@ -47,26 +47,28 @@ def inputs(args: argparse.Namespace, context: int) -> list:
     return [rng.standard_normal((args.batch, args.heads, context, args.head_dim), dtype=np.float32) for _ in range(3)]
 
 
+def first_head_weights(arrays: list, causal: bool) -> Any:
+    """The first head's attention weights P from numpy in float64."""
+    import numpy as np
+    q, k = (a[0, 0].astype(np.float64) for a in arrays[:2])
+    scores = q @ k.T / np.sqrt(q.shape[-1])
+    if causal:
+        scores = np.where(np.tri(len(q), len(k), dtype=bool), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True)
+
+
 def first_head_error(arrays: list, out: Any, causal: bool) -> float:
     """The largest absolute difference of the first head's output from numpy's attention in float64."""
     import numpy as np
-    q, k, v = (a[0, 0].astype(np.float64) for a in arrays)
-    scores = q @ k.T / np.sqrt(q.shape[-1])
-    if causal:
-        scores[np.triu_indices(len(q), 1)] = -np.inf
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    return float(np.abs((weights / weights.sum(-1, keepdims=True)) @ v - out[0, 0]).max())
+    return float(np.abs(first_head_weights(arrays, causal) @ arrays[2][0, 0].astype(np.float64) - out[0, 0]).max())
 
 
 def first_head_value_gradient_error(arrays: list, grad_v: Any, causal: bool) -> float:
     """The largest absolute difference of the first head's dV = P^T dO from numpy's in float64."""
     import numpy as np
-    q, k, v, grad_out = (a[0, 0].astype(np.float64) for a in arrays)
-    scores = q @ k.T / np.sqrt(q.shape[-1])
-    if causal:
-        scores[np.triu_indices(len(q), 1)] = -np.inf
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    return float(np.abs((weights / weights.sum(-1, keepdims=True)).T @ grad_out - grad_v[0, 0]).max())
+    grad_out = arrays[3][0, 0].astype(np.float64)
+    return float(np.abs(first_head_weights(arrays, causal).T @ grad_out - grad_v[0, 0]).max())
 
 
 def zyx_call(args: argparse.Namespace, dev: Any, arrays: list) -> tuple[Any, Any]:
