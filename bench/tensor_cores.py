@@ -1,8 +1,9 @@
 """W3 in half precision on tensor cores: zyx's product kernels against torch (cuBLAS) on the same GPU, kernel time.
 
-Each zyx product is realized once with its launches recorded, then launched `--repeat` times back to back and
-waited for once (bench/_replay.py); torch's `a @ b` is timed the same way (one synchronize). TFLOP/s = 2·n·k·m /
-time per product. Inputs are stored in the dtype (no cast in the timed kernel); the product is stored in it too.
+Each zyx product is realized once (compiled; with ZYX_TUNE=1, searched: a recording would hold the search's launches
+too), then once more with its launches recorded, which are launched `--repeat` times back to back and waited for
+once (bench/_replay.py); torch's `a @ b` is timed the same way (one synchronize). TFLOP/s = 2·n·k·m / time per
+product. Inputs are stored in the dtype (no cast in the timed kernel); the product is stored in it too.
 
     python bench/tensor_cores.py [--repeat 20] [--dtypes bfloat16,float16,tf32] [--sizes 4096,8192] [--odd]
 
@@ -60,8 +61,8 @@ def main() -> None:
         for n, k, m in shapes:
             a = dev.tensor(rng.standard_normal((n, k), dtype=np.float32)).to(stored).realize()
             b = dev.tensor(rng.standard_normal((k, m), dtype=np.float32)).to(stored).realize()
-            out = a @ b
-            seconds, _, recorded = replayed_seconds(dev.runtime, out.realize, args.repeat)
+            (a @ b).realize()
+            seconds, _, recorded = replayed_seconds(dev.runtime, (a @ b).realize, args.repeat)
             flops = 2 * n * k * m
             line = f"{dtype:9s} {n}x{k}x{m}: zyx {seconds * 1e3:8.3f} ms {flops / seconds / 1e12:7.1f} TFLOP/s"
             try:

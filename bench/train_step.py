@@ -13,6 +13,8 @@ weight gradients, input gradients of layers 2 and 3). Every implementation start
 warm-up losses are checked against a numpy reference of the same steps.
     numpy     hand-written forward/backward/update in float32 (OpenBLAS), the reference
     torch     eager: zero_grad, forward, cross_entropy, backward, optimizer.step, loss.item(); the baseline
+    torch-cuda  the same on torch's CUDA device (skipped without one); its note counts the CUDA kernels one step
+              launches (torch.profiler), beside zyx's launches per step
     torch-1t  the same with one intra-op thread, timed after the others (not in turn with them: switching
               torch's thread count slows the steps that follow): on this shared 2-core machine other processes'
               load slows torch's two OpenMP threads more than anything else (each parallel region waits for the
@@ -171,21 +173,37 @@ def torch_optimizer(torch: Any, params: list, optimizer: str) -> Any:
     return torch.optim.SGD(params, lr=options["lr"]) if optimizer == "SGD" else torch.optim.Adam(params, **options)
 
 
-def torch_case(optimizer: str):
+def torch_case(optimizer: str, device: str = "cpu"):
     def make(workload: Workload) -> Case:
         try:
             import torch
         except Exception as error:
             raise Skip(f"torch not importable ({error})")
-        model, params = torch_model(workload.inputs)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise Skip("torch has no CUDA device here")
+        model, params = torch_model(workload.inputs, device)
         opt = torch_optimizer(torch, params, optimizer)
-        x = torch.from_numpy(workload.inputs["x"])
-        y = torch.from_numpy(workload.inputs["y"].astype(np.int64))
+        x = torch.from_numpy(workload.inputs["x"]).to(device)
+        y = torch.from_numpy(workload.inputs["y"].astype(np.int64)).to(device)
 
         step = torch_step(torch, model, opt, x, y)
+        if device == "cuda":
+            return _case(step, f"torch {torch.__version__} on {torch.cuda.get_device_name()}, "
+                               f"{cuda_kernels_per_step(torch, step)} CUDA kernels per step")
         threads = torch.get_num_threads()
         return _case(step, f"torch {torch.__version__}, {threads} thread{'s' * (threads != 1)}")
     return make
+
+
+def cuda_kernels_per_step(torch: Any, step: Callable[[], float]) -> int:
+    """How many CUDA kernels one step launches, by torch.profiler (after two unprofiled steps: the optimizer's
+    state is made at the first). The steps change the model like any other step would."""
+    for _ in range(2):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        step()
+        torch.cuda.synchronize()
+    return sum(1 for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA)
 
 
 @contextlib.contextmanager
@@ -307,7 +325,9 @@ def zyx_case(optimizer: str, device, jit: bool = True, wgpu: bool = False):
 
             def run_and_count() -> None:  # the note (read after the warm-up) gives the program's kernel count
                 run()
-                case.note = f"{step.captured[0]['kernels']} kernels per step" if step.captured else ""
+                captured = step.captured[0] if step.captured else None
+                case.note = (f"{captured['kernels']} kernels in {captured['launches']} launches per step"
+                             if captured else "")
             case.run = run_and_count
         return case
     return make
@@ -476,6 +496,7 @@ def cases(optimizer: str, device) -> dict:
     return {
         "numpy": numpy_case(optimizer),
         "torch": torch_case(optimizer),
+        "torch-cuda": torch_case(optimizer, "cuda"),
         "tinygrad": tinygrad_case(optimizer, device),
         "zyx": zyx_case(optimizer, device),
         "zyx-nojit": zyx_case(optimizer, device, jit=False),

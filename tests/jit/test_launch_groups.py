@@ -33,35 +33,61 @@ def adam_mlp(dev, sizes=(12, 8, 8, 3), batch=6):
     return step, x, y, params
 
 
-def run(dev, steps=4):
-    step, x, y, params = adam_mlp(dev)
+def run(dev, steps=4, sizes=(12, 8, 8, 3), batch=6):
+    step, x, y, params = adam_mlp(dev, sizes, batch)
     losses = [step(x, y).item() for _ in range(steps)]
     launches = step.captured[0]["launches"] if step.captured else None
     return losses, [p.numpy() for p in params], launches
 
 
+def without_groups(device, monkeypatch):
+    """`device` with one kernel per launch while the test runs (its programs are keyed apart by their traits)."""
+    monkeypatch.setattr(device, "traits", dataclasses.replace(device.traits, group_launches=False))
+    device.forget_programs()
+    yield device
+    device.forget_programs()
+
+
 @pytest.fixture
 def ungrouped(dev, monkeypatch):
-    """The OpenCL device with one kernel per launch (its programs are keyed apart by their traits)."""
-    monkeypatch.setattr(dev, "traits", dataclasses.replace(dev.traits, group_launches=False))
-    dev.forget_programs()
-    yield dev
-    dev.forget_programs()
+    """The OpenCL device, one kernel per launch."""
+    yield from without_groups(dev, monkeypatch)
+
+
+@pytest.fixture
+def ungrouped_gpu(gpu, monkeypatch):
+    """GPU-shaped kernels (products and reductions in work groups), one kernel per launch."""
+    yield from without_groups(gpu, monkeypatch)
 
 
 def test_an_adam_step_in_fewer_launches_computes_what_one_kernel_per_launch_does(dev, ungrouped):
-    plain_losses, plain_params, plain_launches = run(ungrouped)
+    check_grouped_step(ungrouped, (12, 8, 8, 3), 6)
+
+
+def test_gpu_kernels_with_work_groups_share_launches_and_compute_what_they_compute_alone(ungrouped_gpu):
+    """GPU-shaped: products with local tiles, work-group reductions with barriers and elementwise kernels whose
+    items are no whole number of groups, in launches of any size: 20 kernels in 9 launches, the index check's
+    program included (the same at W4's full size)."""
+    assert check_grouped_step(ungrouped_gpu, (128, 64, 64, 10), 64) == 9
+
+
+def check_grouped_step(ungrouped, sizes, batch):
+    """The jitted Adam step on `ungrouped`'s device, then with launch groups: at most 10 launches, fewer than
+    kernels alone, the same results bit for bit, and the reference device's within rounding. Returns the
+    launches."""
+    plain_losses, plain_params, plain_launches = run(ungrouped, sizes=sizes, batch=batch)
     ungrouped.traits = dataclasses.replace(ungrouped.traits, group_launches=True)
     ungrouped.forget_programs()
-    losses, params, launches = run(ungrouped)
+    losses, params, launches = run(ungrouped, sizes=sizes, batch=batch)
     assert launches <= 10 < plain_launches
     assert losses == plain_losses
     for value, plain in zip(params, plain_params):
         np.testing.assert_array_equal(value, plain)
-    cpu_losses, cpu_params, _ = run(zyx.CPU())
+    cpu_losses, cpu_params, _ = run(zyx.CPU(), sizes=sizes, batch=batch)
     np.testing.assert_allclose(losses, cpu_losses, rtol=1e-5)
     for value, reference in zip(params, cpu_params):
         np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-6)
+    return launches
 
 
 def test_a_reader_of_an_old_value_never_shares_a_launch_with_its_in_place_writer(device):

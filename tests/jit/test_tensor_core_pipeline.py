@@ -19,6 +19,7 @@ from zyx.jit.print_opencl import swizzle_bits, swizzled
 from zyx.jit.print_wgsl import WgslUnsupported, print_kernel
 from zyx.jit.schedule import DeviceTraits, schedule
 from zyx.jit.symbolic import Expr
+from zyx.jit.tensor_cores import tensor_core_local_memory
 from zyx.jit.tune import candidates
 
 TRAITS = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16"))
@@ -64,6 +65,39 @@ def test_operands_that_are_not_plain_aligned_buffers_are_staged_through_register
     monkeypatch.delenv("ZYX_TC_PIPELINE")
     a, b = operands((128, 128), (128, 128), dtype="float32")
     assert "cp.async" not in product_kernel(a @ b, tf32).source
+
+
+class _Runtime:
+    """What DeviceTraits.of reads of an NVIDIA GPU's OpenCL runtime."""
+
+    is_gpu, max_work_group_size, local_mem_bytes = True, 1024, 49152
+
+    def __init__(self, compute_capability):
+        self.compute_capability = compute_capability
+
+
+def test_products_on_tensor_cores_stage_into_the_local_memory_measured_per_compute_capability():
+    assert tensor_core_local_memory((9, 0), 49152) == 200 * 1024  # measured on the H200
+    assert tensor_core_local_memory((8, 0), 49152) == 49152 == tensor_core_local_memory(None, 49152)  # as reported
+    h200 = DeviceTraits.of(_Runtime((9, 0)))
+    assert h200.local_memory == 49152 and h200.tensor_core_local_memory == 200 * 1024  # other kernels: 48 KiB
+    assert DeviceTraits.of(_Runtime((8, 6))).tensor_core_local_memory == 49152
+    x, y, z = operands((2048, 256), (256, 2048), (256, 128))
+    # 3 stages of 128 x 256 blocks, 128-byte slices (144 KiB): 4 + 8 copies per item per slice, 2 slices ahead
+    kernel = product_kernel(x @ y, h200)
+    assert kernel.site.heuristic == Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3, pipelined=1)
+    assert "__local ushort tile_a1[24576]" in kernel.source and "__local ushort tile_b2[49152]" in kernel.source
+    assert kernel.source.count("cp.async.cg.shared.global") == 12 * 3 and kernel.global_size == 256 * 16 * 8
+    # blocks of 128 x 128 where the product has 128 columns, or where 128 x 256 blocks would be fewer than 128
+    for narrow in (x @ z, x[:1024] @ y[:, :1024]):
+        assert product_kernel(narrow, h200).site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=128,
+                                                                         buffers=3, pipelined=1)
+    for reported in (TRAITS, DeviceTraits.of(_Runtime((8, 0)))):  # 48 KiB
+        assert product_kernel(x @ y, reported).site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=64,
+                                                                             buffers=3, pipelined=1)
+    tried = {c.describe() for c in candidates(kernel.site, h200, 2)}  # 4 stages of 128 x 256 blocks fit 200 KiB
+    assert "buffers=4 columns=64 pipelined=1 row_bytes=128" in tried
+    assert "buffers=2 columns=64 pipelined=0 row_bytes=128" in tried
 
 
 @functools.cache
@@ -163,7 +197,8 @@ ZERO = ("zero", 0)  # an element staged as zero (past the end of k)
     ("rows", True, 128, 32, 128, None), ("rows", False, 256, 24, 256, None),  # one slice (outside its loop)
     ("columns", True, 256, 128, 256, None), ("columns", False, 200, 100, 264, None),  # left through registers
     ("rows", False, 200, 100, 300, None), ("rows", True, 136, 130, 136, None),  # copies of 8 and 4 bytes
-    ("rows", False, 256, 256, 512, "64,64,2"), ("rows", True, 256, 512, 512, "64,128,4")])
+    ("rows", False, 256, 256, 512, "64,64,2"), ("rows", True, 256, 512, 512, "64,128,4"),
+    ("rows", False, 200, 136, 264, "64,128,3"), ("columns", True, 256, 256, 512, "64,128,3")])
 def test_every_step_reads_the_fragments_its_mma_needs_without_bank_conflicts(monkeypatch, left, transposed, n, k, m,
                                                                               shape):
     """Emulates, per item, the pipelined kernel of x @ y (y row-major: a [k][column] tile read by ldmatrix.trans) or

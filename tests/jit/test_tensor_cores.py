@@ -35,7 +35,10 @@ def test_half_products_are_planned_on_tensor_cores_in_blocks_of_eight_warps(dtyp
     assert product.local_size == 256 and product.global_size == 256 * 2 * 3  # 128 x 128 blocks over 200 x 300
     roomy = DeviceTraits(gpu=True, vector_width=4, local_memory=65536, tensor_cores=("bf16", "f16"))
     product, = [k for k in kernels_of(x @ y, roomy) if on_tensor_cores(k)]
-    assert product.global_size == 256 * 2 * 2  # 128 x 256 blocks: warps of 64 x 64
+    assert product.global_size == 256 * 2 * 3  # 128 x 256 blocks would be 4 groups on a GPU, these 6
+    x, y = dev.randn(2048, 100).to(dtype), dev.randn(100, 2048).to(dtype)
+    product, = [k for k in kernels_of(x @ y, roomy) if on_tensor_cores(k)]
+    assert product.global_size == 256 * 16 * 8  # 128 x 256 blocks: warps of 64 x 64
     assert "__local ushort tile_a1[10240]" in product.source  # two buffers of 128 and 256 rows of 40 halves
     assert "__local ushort tile_b2[20480]" in product.source
 

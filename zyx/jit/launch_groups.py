@@ -1,4 +1,4 @@
-"""Launch groups: tiny kernels that depend on nothing between them and another kernel run in one launch with it.
+"""Launch groups: kernels that depend on nothing between them run in one launch.
 
 A training step launches kernels of a few work items beside its big ones: an index range check, the optimizer's
 step counter, the loss, a bias's update. On the host each launch costs as much as a large one (microseconds of
@@ -9,73 +9,117 @@ already runs, where their order allows: the group's kernels run side by side, wo
 Kernels in one launch run in no order, so two of them may share it only when neither depends on the other:
 neither reads what the other stores, and (`program._dependencies`) neither reads the old value of a buffer the
 other overwrites in place. A step counter updated in place is then grouped with a kernel that does not read it,
-before its readers, and never with a reader of its old value. Kernels with work groups, local memory or barriers
-keep their own launch (their items must form whole groups).
+before its readers, and never with a reader of its old value.
+
+Kernels with work groups take whole groups of the launch (one work-group size in a launch; a kernel without one
+gets its items rounded up to whole groups), each group running one kernel's body, so their barriers are reached
+by the whole group; their local arrays are declared once each at the kernel's top.
+
+On GPUs (`Grouping.any_size`) kernels of any size share launches: a launch costs the host and the device about as
+much as a small kernel runs (~10 µs), and independent kernels running side by side fill the device better than
+one after the other. A W4 Adam step's 19 kernels take 8 launches there (and its index check's program one). On
+CPUs only tiny kernels join others: a big kernel keeps its own work-group size (PoCL's products run in groups of
+one item, where an elementwise kernel would lose its vectors).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+import math
+from typing import Callable, Optional, Sequence
 
-from .kernel_ir import Barrier, Gather, If, Kernel, LocalArray, Load, Loop, Rand, RenderedKernel, Role, Store, walk
+from .kernel_ir import (Gather, If, Kernel, LocalArray, LocalLoad, LocalStore, Load, Loop, MatrixLoad, Rand,
+                        RenderedKernel, Role, Store, walk)
 
 TINY_ITEMS = 64  # a kernel of at most this many work items is tiny: it may join another kernel's launch
 LOOKBACK = 8     # launches a kernel may join, counted back from the last (a program may have thousands)
 
-GroupPrinter = Callable[[Sequence[Kernel]], tuple[str, str]]
+# (the members' IR, renamed apart; the launch's work-group size or None) -> (name, source)
+GroupPrinter = Callable[[Sequence[Kernel], Optional[int]], tuple[str, str]]
 
 
-def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]], printer: GroupPrinter,
-                   max_params: int) -> list[RenderedKernel]:
-    """`kernels` (in launch order; `before[k]`: the kernels k must run after, all earlier) in launches: a tiny
-    kernel joins the latest launch it may join (one placed after everything it runs after, whose kernels are all
-    tiny or which it is tiny for, with room for its parameters; one of the last LOOKBACK), else it gets its own."""
+@dataclasses.dataclass(frozen=True)
+class Grouping:
+    """How a device's kernels may share launches: the printer of a launch's kernel, the most parameters and bytes
+    of local memory one kernel may have, and whether kernels of any size may share (GPUs) or only tiny ones."""
+
+    printer: GroupPrinter
+    max_params: int
+    local_memory: int
+    any_size: bool = False
+
+
+def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]],
+                   grouping: Grouping) -> list[RenderedKernel]:
+    """`kernels` (in launch order; `before[k]`: the kernels k must run after, all earlier) in launches: a kernel
+    joins a launch it may join (one placed after everything it runs after, one of the last LOOKBACK, whose kernels
+    it fits with: `_may_join`), else it gets its own. It joins the earliest such launch, so that a kernel the
+    step's longest chain of kernels waits for runs as soon as it may, and the launches are about as few as
+    that chain is long (the latest launch instead left a W4 SGD step with 12 launches where 10 do)."""
     launches: list[list[int]] = []
     launch_of: list[int] = []
     groupable = [_groupable(kernel) for kernel in kernels]
     for k, kernel in enumerate(kernels):
         earliest = max(1 + max((launch_of[p] for p in before[k]), default=-1), len(launches) - LOOKBACK)
-        joined = next((g for g in range(len(launches) - 1, earliest - 1, -1) if groupable[k]
+        joined = next((g for g in range(earliest, len(launches)) if groupable[k]
                        and all(groupable[m] for m in launches[g])
-                       and _may_join(kernel, [kernels[m] for m in launches[g]], max_params)), None)
+                       and _may_join(kernel, [kernels[m] for m in launches[g]], grouping)), None)
         if joined is None:
             joined = len(launches)
             launches.append([])
         launches[joined].append(k)
         launch_of.append(joined)
-    return [kernels[members[0]] if len(members) == 1 else _grouped([kernels[m] for m in members], printer)
+    return [kernels[members[0]] if len(members) == 1 else _grouped([kernels[m] for m in members], grouping.printer)
             for members in launches]
 
 
-def _may_join(kernel: RenderedKernel, group: list[RenderedKernel], max_params: int) -> bool:
-    """Whether a kernel may join a launch of groupable kernels that it is independent of."""
-    tiny = kernel.global_size <= TINY_ITEMS
-    return ((tiny or all(member.global_size <= TINY_ITEMS for member in group))
-            and len(kernel.params) + sum(len(member.params) for member in group) <= max_params)
+def _may_join(kernel: RenderedKernel, group: list[RenderedKernel], grouping: Grouping) -> bool:
+    """Whether a kernel may join a launch of groupable kernels that it is independent of: one of them tiny (or
+    any size on GPUs), one work-group size among them, their parameters and local memory within the device's."""
+    members = [kernel, *group]
+    tiny = kernel.global_size <= TINY_ITEMS or all(member.global_size <= TINY_ITEMS for member in group)
+    return ((tiny or grouping.any_size) and len({m.local_size for m in members if m.local_size}) <= 1
+            and sum(len(m.params) for m in members) <= grouping.max_params
+            and sum(_local_bytes(m.ir) for m in members) <= grouping.local_memory)  # type: ignore[arg-type]
 
 
 def _groupable(kernel: RenderedKernel) -> bool:
-    """A plain kernel: printed from IR, launched without work groups, no local memory or barriers."""
+    """A kernel printed from IR (not a collective step) whose local arrays are declared in its body's outer
+    block (where a launch group's kernel declares them all)."""
     ir = kernel.ir
-    return (ir is not None and not kernel.collective and kernel.local_size is None and kernel.global_size > 0
-            and ir.axis(Role.LOCAL) is None and not any(isinstance(s, (LocalArray, Barrier)) for s in walk(ir.body)))
+    return (ir is not None and not kernel.collective and kernel.global_size > 0
+            and sum(isinstance(s, LocalArray) for s in walk(ir.body)) == sum(isinstance(s, LocalArray) for s in ir.body))
+
+
+def _local_bytes(kernel: Kernel) -> int:
+    return sum(s.size * s.width * s.dtype.itemsize for s in kernel.body if isinstance(s, LocalArray))
+
+
+def launch_groups_of(kernel: Kernel, local_size: Optional[int]) -> int:
+    """Work groups of `local_size` items a launch group gives `kernel` (its items when `local_size` is None)."""
+    global_size, _ = kernel.launch
+    if kernel.axis(Role.LOCAL) is not None:
+        return kernel.work_items
+    return global_size if local_size is None else math.ceil(global_size / local_size)
 
 
 def _grouped(members: list[RenderedKernel], printer: GroupPrinter) -> RenderedKernel:
-    """One kernel running `members` side by side (their parameters renamed apart)."""
+    """One kernel running `members` side by side (their parameters and local arrays renamed apart)."""
     irs = [_renamed(member.ir, f"_{k}") for k, member in enumerate(members)]  # type: ignore[arg-type]
-    name, source = printer(irs)
-    total = sum(member.global_size for member in members)
+    local_size = next((m.local_size for m in members if m.local_size), None)
+    name, source = printer(irs, local_size)
+    total = sum(launch_groups_of(ir, local_size) for ir in irs) * (local_size or 1)
     return RenderedKernel(
         name, source, (total,), [p for ir in irs for p in ir.params], [n for m in members for n in m.outputs],
         [n for m in members for n in m.loads], [n for m in members for n in m.needs],
-        set().union(*(m.misaligned for m in members)), total, None, max(m.longest_reduction for m in members),
+        set().union(*(m.misaligned for m in members)), total, local_size, max(m.longest_reduction for m in members),
         kernels=sum(m.kernels for m in members))
 
 
 def _renamed(kernel: Kernel, suffix: str) -> Kernel:
-    """`kernel` with `suffix` after each parameter's name, in its signature and wherever its statements name one."""
+    """`kernel` with `suffix` after each parameter's and local array's name, in its signature and wherever its
+    statements name one."""
     names = {p.name: p.name + suffix for p in kernel.params}
+    names.update((s.name, s.name + suffix) for s in walk(kernel.body) if isinstance(s, LocalArray))
     return dataclasses.replace(kernel, params=tuple(dataclasses.replace(p, name=names[p.name]) for p in kernel.params),
                                body=_renamed_body(kernel.body, names))
 
@@ -87,6 +131,10 @@ def _renamed_body(body: tuple, names: dict[str, str]) -> tuple:
 def _renamed_statement(statement: object, names: dict[str, str]) -> object:
     if isinstance(statement, (Load, Gather, Store)):
         return dataclasses.replace(statement, buffer=names[statement.buffer])
+    if isinstance(statement, LocalArray):
+        return dataclasses.replace(statement, name=names[statement.name])
+    if isinstance(statement, (LocalStore, LocalLoad, MatrixLoad)):
+        return dataclasses.replace(statement, array=names[statement.array])
     if isinstance(statement, Rand):
         return dataclasses.replace(statement, seed=names[statement.seed], offset=names[statement.offset])
     if isinstance(statement, (Loop, If)):

@@ -8,7 +8,7 @@ computing the same thing is compiled once, whatever shape or trace it came from.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..dtypes import DType, float64
 from ..trace.ops import Op
@@ -18,6 +18,7 @@ from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, As
                         LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role,
                         Select, Store, walk)
 from .cache_key import hash_hex
+from .launch_groups import launch_groups_of
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
@@ -376,18 +377,34 @@ def print_kernel(kernel: Kernel) -> tuple[str, str]:
     return name, prelude(uses_double, uses_rand, text) + text
 
 
-def print_group(kernels: Sequence[Kernel]) -> tuple[str, str]:
-    """(name, source) of one kernel running `kernels` side by side: work items numbered through them in order, each
-    running its kernel's body with `gid` counted from that kernel's first item (launch_groups.py says which
-    kernels may). Their parameters must have distinct names."""
-    total = sum(kernel.work_items for kernel in kernels)
-    index_type = "long" if any(_wide(total, kernel.body) for kernel in kernels) else "int"
+def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> tuple[str, str]:
+    """(name, source) of one kernel running `kernels` side by side (launch_groups.py says which kernels may). Without
+    a `local_size` work items are numbered through them in order, each running its kernel's body with `gid` counted
+    from that kernel's first item. With one, each kernel takes whole work groups (`launch_groups_of`) and `gid`
+    counts its groups (a kernel with work groups) or its items (one without, items past its own skipped); the
+    branch taken is the same for a whole group, so its barriers are reached by all its items. Parameters and
+    local arrays must have distinct names; the local arrays are declared at the kernel's top."""
+    counts = [launch_groups_of(kernel, local_size) for kernel in kernels]
+    scale = local_size or 1
+    index_type = "long" if any(_wide(sum(counts) * scale, kernel.body) for kernel in kernels) else "int"
     params = ", ".join(_signature(kernel) for kernel in kernels)
-    lines, start = [f"  {index_type} item = get_global_id(0);"], 0
-    for k, kernel in enumerate(kernels):
-        end = start + kernel.work_items
-        lines.append(f"  {'} else ' if k else ''}if (item < {end}) {{")
-        lines += [f"    {index_type} gid = item - {start};", *body_lines(kernel.body, "    ", SYNTAX)]
+    arrays = [statement for kernel in kernels for statement in kernel.body if isinstance(statement, LocalArray)]
+    position = "get_group_id(0)" if local_size else "get_global_id(0)"
+    lines, start = [f"  {index_type} position = {position};", *("  " + _local_array(a) for a in arrays)], 0
+    for k, (kernel, count) in enumerate(zip(kernels, counts)):
+        end = start + count
+        lines.append(f"  {'} else ' if k else ''}if (position < {end}) {{")
+        body = body_lines(tuple(s for s in kernel.body if not isinstance(s, LocalArray)), "    ", SYNTAX)
+        if local_size is None:
+            lines.append(f"    {index_type} gid = position - {start};")
+        elif kernel.axis(Role.LOCAL) is not None:
+            lines += [f"    {index_type} gid = position - {start};", f"    {index_type} lid = get_local_id(0);"]
+        else:
+            lines.append(f"    {index_type} gid = get_global_id(0) - {start * local_size};")
+            items = kernel.launch[0]
+            if items % local_size and kernel.local_size is None:  # launched alone, it had exactly its items
+                body = [f"    if (gid < {items}) {{", *("  " + line for line in body), "    }"]
+        lines += body
         start = end
     text = "\n".join(lines) + "\n  }"
     name = f"h_{hash_hex(params + text + VERSION)[:12]}"

@@ -14,7 +14,7 @@ from ..trace.node import Node, short_name
 from .collective import place_steps
 from .kernel_nodes import kernel_bytes, kernel_flops
 from .kernel_ir import RenderedKernel
-from .launch_groups import GroupPrinter, group_launches
+from .launch_groups import Grouping, group_launches
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,12 @@ def launch_size(kernel: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...
 
 def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
                   rands: Sequence[Node], in_place: Sequence[tuple[int, int]] = (),
-                  group_printer: Optional[GroupPrinter] = None, max_params: int = 0) -> Program:
+                  grouping: Optional[Grouping] = None) -> Program:
     """`in_place`: (target index, leaf index) pairs whose target may overwrite the leaf's buffer. With a
-    `group_printer`, tiny kernels share launches (launch_groups.py) of at most `max_params` parameters."""
+    `grouping`, kernels share launches where it allows (launch_groups.py)."""
     kernels = _launch_order(kernels, targets, leaves, in_place)
-    if group_printer is not None and not any(kernel.collective for kernel in kernels):
-        kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place), group_printer,
-                                 max_params)
+    if grouping is not None and not any(kernel.collective for kernel in kernels):
+        kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place), grouping)
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}

@@ -25,7 +25,7 @@ from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
-from .tensor_cores import lower_tensor_cores, tensor_core_kinds, tensor_core_options
+from .tensor_cores import lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory, tensor_core_options
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -60,6 +60,7 @@ class DeviceTraits:
     local_memory: int = 1 << 16     # bytes of local memory one work group may use
     group_launches: bool = True     # tiny kernels share launches where they may (launch_groups.py; OpenCL only)
     tensor_cores: tuple[str, ...] = ()  # operand types products run on tensor cores: "bf16", "f16", "tf32"
+    tensor_core_memory: int = 0     # bytes of local memory a tensor-core product's group may use (0: local_memory)
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
@@ -72,10 +73,18 @@ class DeviceTraits:
         group = 1 << (min(256, most).bit_length() - 1)
         width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
         native = int(getattr(runtime, "native_vector_width", 16))
+        local = int(getattr(runtime, "local_mem_bytes", 1 << 16))
+        capability = getattr(runtime, "compute_capability", None)
         return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
-                            local_memory=int(getattr(runtime, "local_mem_bytes", 1 << 16)),
+                            local_memory=local,
                             group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0",
-                            tensor_cores=tensor_core_kinds(getattr(runtime, "compute_capability", None)))
+                            tensor_cores=tensor_core_kinds(capability),
+                            tensor_core_memory=tensor_core_local_memory(capability, local))
+
+    @property
+    def tensor_core_local_memory(self) -> int:
+        """Bytes of local memory a product on tensor cores may stage into (tensor_cores.LOCAL_MEMORY)."""
+        return self.tensor_core_memory or self.local_memory
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
@@ -106,18 +115,21 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-                  planned: dict[int, tuple[Node, Choice]]) -> RenderedKernel:
+                  planned: dict[int, tuple[Node, Choice]], early: set[int] = frozenset()) -> RenderedKernel:
     """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again.
     What the kernel reads from others becomes a node to store, what it stores is produced. `planned`: the
-    choices of kernels for nodes the scheduler made (read, and added to by the kernels made here)."""
+    choices of kernels for nodes the scheduler made (read, and added to by the kernels made here). A kernel
+    waiting for values other kernels make leaves the `early` reductions to kernels of their own."""
+    waits = early and not _reads_inputs_only(root, materialized, early)
     product = None if traits.gpu else hosted_matmul(root, materialized)
     if product is not None and product is not root and space_axes(root, product) is None:
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
         stored_apart.add(id(product))        # kernel, and this one reads it)
     while True:
         try:
-            kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, frozenset(stored_apart)),
-                                   traits, tuned, planned)
+            apart = frozenset(stored_apart | early if waits else stored_apart)
+            kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, apart), traits, tuned,
+                                   planned)
             break
         except KernelTooLarge as too_large:
             materialized[id(too_large.node)] = too_large.node
@@ -192,10 +204,11 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
     if traits.tensor_cores and family in (None, "tensor_cores"):
         cores = lower_tensor_cores(root, materialized, site.produced, hosted_matmul(root, materialized),
-                                   traits.tensor_cores, traits.local_memory, site.apart, traits.max_params, choice)
+                                   traits.tensor_cores, traits.tensor_core_local_memory, site.apart, traits.max_params,
+                                   choice)
         if cores is not None:
             lowered, kernel, plan = cores
-            options = tensor_core_options(traits.local_memory, plan.pipelined)
+            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
@@ -439,11 +452,14 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
     planned: dict[int, tuple[Node, Choice]] = {}  # nodes the scheduler made, by id: the choice shaping their kernel
+    early: set[int] = set()  # reductions others read that the program's inputs alone give (_reads_inputs_only)
 
     def enqueue_pending() -> None:
         for key, node in materialized.items():
             if key not in produced and key not in queued:
                 queued.add(key)
+                if node.op in REDUCE_OPS and _reads_inputs_only(node, materialized, early):
+                    early.add(key)
                 # nodes the scheduler made (a product's packed operand) come first: they read only the trace's
                 heapq.heappush(queue, (-position.get(key, len(position)), key))
 
@@ -455,9 +471,31 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         node = materialized[key]
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
-                                     tuned, planned))
+                                     tuned, planned, early))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
+
+
+INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers no
+
+
+def _reads_inputs_only(node: Node, materialized: dict[int, Node], early: set[int]) -> bool:
+    """Whether `node` is computed from the program's inputs alone: no value below it that a kernel stores and no
+    reduction, but `early` ones (within INPUTS_ONLY_NODES nodes). A reduction others read that is such a value is `early`: it is
+    stored by a kernel of its own rather than as an extra output of a kernel that waits for other kernels, so
+    that it and its readers wait for nothing (a cross-entropy's count of valid labels, stored beside the loss,
+    made the loss's gradient wait for the forward pass: two launches more per W4 step on GPUs). A kernel that
+    itself reads inputs only still stores it beside its own output (a long row's max beside its sum)."""
+    stack, seen = list(node.src), set()
+    while stack:
+        source = stack.pop()
+        if id(source) in seen or source.op is Op.BUFFER or id(source) in early:
+            continue
+        if id(source) in materialized or source.op in REDUCE_OPS or len(seen) >= INPUTS_ONLY_NODES:
+            return False  # (a reduction below: another kernel may have to store it, if none does yet)
+        seen.add(id(source))
+        stack.extend(source.src)
+    return True
 
 
 def _collectives(order: Sequence[Node]) -> dict[int, Node]:

@@ -1,14 +1,16 @@
 """Matrix products on NVIDIA's tensor cores (compute capability 8.0 and newer), through inline PTX in OpenCL C.
 
 A work group of 8 warps (256 items) computes a block of 128 rows by 4·W columns (W = 64, or 32 where local memory is
-short). Warp w owns 64 rows (from 64·(w // 4)) by W columns (from W·(w % 4)): 4 x W/8 tiles of 16 x 8 outputs, each
-accumulated by one mma.sync per step of the reduced axis (`MatrixMultiply`). Per slice of the reduced axis (128 or
-64 bytes of each row: 4 or 2 mma steps) the group stages both operands in local memory as rows along k: [row][k] for
-the left operand and [column][k] for the right, so both fragments load with ldmatrix and nothing is transposed
-(`MatrixLoad`); a right operand stored row-major lies instead as [k][column], read by transposing ldmatrix. The 8
-rows one ldmatrix reads fall in 8 distinct 16-byte bank groups: each row is padded by 16 bytes, or (pipelined) its
-16-byte chunks are swizzled (`TileLayout`). Wide warp tiles and long slices matter most (a hand-written kernel on
-the H200, bfloat16 8192³: warps of 64 x 32 and 64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
+short or the product narrow or small: `_spread`); local memory is LOCAL_MEMORY where measured (200 KiB on compute
+capability 9.0, where NVIDIA's OpenCL reports 48), else the reported size. Warp w owns 64 rows (from 64·(w // 4)) by
+W columns (from W·(w % 4)): 4 x W/8 tiles of 16 x 8 outputs, each accumulated by one mma.sync per step of the reduced
+axis (`MatrixMultiply`). Per slice of the reduced axis (128 or 64 bytes of each row: 4 or 2 mma steps) the group
+stages both operands in local memory as rows along k: [row][k] for the left operand and [column][k] for the right, so
+both fragments load with ldmatrix and nothing is transposed (`MatrixLoad`); a right operand stored row-major lies
+instead as [k][column], read by transposing ldmatrix. The 8 rows one ldmatrix reads fall in 8 distinct 16-byte bank
+groups: each row is padded by 16 bytes, or (pipelined) its 16-byte chunks are swizzled (`TileLayout`). Wide warp
+tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of 64 x 32 and 64-byte
+slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
 
 A 16-bit operand stored in a buffer whose neighbours along the staged rows lie in 16 aligned bytes (else 8 or 4) is
 copied global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles; where one operand is, the slices are
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -56,8 +59,16 @@ VECTOR = 8           # half-precision elements one 16-byte copy moves
 # TFLOP/s and 1021³ at 45, 64 x 64 warps single-buffered at 89 and 26 (8192³: 120 and 126).
 SHAPES = ((64, 64, 2), (32, 64, 2), (64, 128, 1), (64, 64, 1), (32, 64, 1))
 # (warp columns, bytes of each row a slice stages, stages) where an operand is copied by cp.async: swizzled tiles (no
-# padding: 48 KiB hold 3 stages of 128 x 128 blocks); the first that fits.
-PIPELINED = ((64, 64, 4), (64, 64, 3), (32, 64, 4), (32, 64, 3), (64, 64, 2), (32, 64, 2))
+# padding); the first that fits. On the H200, bfloat16 8192³: 64 x 128 bytes x 3 (128 x 256 blocks, 144 KiB) 308
+# TFLOP/s, 32 x 128 x 3 (96 KiB) 273, 64 x 64 x 3 (72 KiB) 268, 32 x 64 x 3 (what 48 KiB hold) 239.
+PIPELINED = ((64, 128, 3), (32, 128, 3), (64, 64, 3), (32, 64, 4), (32, 64, 3), (64, 64, 2), (32, 64, 2))
+# Bytes of local memory one work group's static __local arrays may take, by NVIDIA compute capability, where that is
+# more than the 48 KiB NVIDIA's OpenCL reports. Measured: on the H200 (9.0) arrays of up to 200 KiB built, ran and
+# computed correctly, 227 KiB (CUDA's opt-in limit) did not build. Elsewhere (CUDA's opt-in limits: 8.0 163 KiB,
+# 8.6 and 8.9 99 KiB) unmeasured through OpenCL, where a kernel that fails to build has no fallback: the reported
+# value holds.
+LOCAL_MEMORY = {(9, 0): 200 * 1024}
+MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
 
 
@@ -125,7 +136,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED, that does (ZYX_TC_SHAPE forces one: `_forced_shape`)."""
+    PIPELINED, that does and spreads over the device (`_spread`; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -139,6 +150,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         return None
     fitting = [(w, b, n) for w, b, n in (PIPELINED if pipelined else SHAPES)
                if _fits(local_memory, w, b, n, pipelined)]
+    fitting = _spread(fitting, product, n_axis, m_axis)
     forced = _forced_shape()
     if forced is not None:  # (one buffer: registers)
         fitting = [forced] if forced[2] > 1 or not pipelined else []
@@ -149,6 +161,18 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     columns, row_bytes, buffers = fitting[0]
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
                           buffers, kind=kind, warp_columns=columns, pipelined=pipelined)
+
+
+def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int) -> list[tuple[int, int, int]]:
+    """`shapes` in the order to prefer them for `product`: blocks no wider than its columns, then those giving at
+    least MIN_BLOCKS blocks of outputs, else the most (1021³ in 128 x 256 blocks occupies 32 of the H200's 132 SMs)."""
+    rows, columns = product.shape[n_axis], product.shape[m_axis]
+    batch = math.prod(product.shape) // (rows * columns)
+    narrow = [s for s in shapes if 4 * s[0] <= columns] or shapes
+
+    def blocks(shape: tuple[int, int, int]) -> int:
+        return batch * -(-rows // BLOCK) * -(-columns // (4 * shape[0]))
+    return [s for s in narrow if blocks(s) >= MIN_BLOCKS] or sorted(narrow, key=lambda s: -blocks(s))
 
 
 def _fits(local_memory: int, columns: int, row_bytes: int, buffers: int, pipelined: bool) -> bool:
@@ -212,6 +236,12 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         if kernel is not None:
             return lowered, kernel, plan
     return None
+
+
+def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], reported: int) -> int:
+    """Bytes of local memory a tensor-core product's work group may use on a device of `compute_capability` whose
+    OpenCL reports `reported` (LOCAL_MEMORY, else the reported value)."""
+    return max(reported, LOCAL_MEMORY.get(compute_capability, 0))
 
 
 def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:

@@ -81,7 +81,7 @@ FEASIBLE: dict[str, Callable[[Choice, DeviceTraits], bool]] = {
     "cpu_matmul": lambda choice, traits: fits_registers(choice),
     "local_tiles": lambda choice, traits: feasible(choice, traits.local_memory, traits.max_group_size),
     "plain": lambda choice, traits: choice.get("tile_n", 1) * choice.get("tile_m", 1) <= 64,
-    "tensor_cores": lambda choice, traits: feasible_on_tensor_cores(choice, traits.local_memory),
+    "tensor_cores": lambda choice, traits: feasible_on_tensor_cores(choice, traits.tensor_core_local_memory),
 }
 """Per family, whether a combination of allowed values is worth compiling (registers, local memory)."""
 EFFECT = {"plain": plain_effect}

@@ -15,6 +15,7 @@ from ..creation import randn, tensor
 from ..creation import uniform as uniform_tensor
 from ..devices import Device
 from ..dtypes import DEFAULT_FLOAT, to_dtype
+from ..realize import realize
 from ..tensor import Tensor
 
 Shape = tuple[int, ...]
@@ -36,6 +37,18 @@ def filled(shape: Shape, value: float, device: Optional[Device] = None, dtype: A
 def uniform(shape: Shape, bound: float, device: Optional[Device] = None) -> Tensor:
     """U(-bound, bound)."""
     return uniform_tensor(shape, low=-bound, high=bound, device=device).realize()
+
+
+def layer_parameters(shape: Shape, bias: Optional[int], device: Device) -> tuple[Tensor, Optional[Tensor]]:
+    """PyTorch's Linear and Conv defaults: the weight kaiming_uniform with a=sqrt(5), a bias of `bias` elements (None:
+    no bias) U(±1/sqrt(fan_in)), the same bound; realized together: one program, so a cold start compiles their
+    kernels in one build."""
+    bound = bias_bound(shape)
+    values = [uniform_tensor(shape, low=-bound, high=bound, device=device)]
+    if bias is not None:
+        values.append(uniform_tensor((bias,), low=-bound, high=bound, device=device))
+    realize(*values)
+    return values[0], values[1] if bias is not None else None
 
 
 def kaiming_uniform(shape: Shape, a: float = 0.0, device: Optional[Device] = None) -> Tensor:

@@ -1,7 +1,6 @@
 """Layers with weights (Linear, Conv2d, Embedding) and the parameter-free ones that sit between them."""
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Union
 
 from ..creation import arange
@@ -38,8 +37,7 @@ class Linear(Module):
         device = device or default_device()
         shape = (out_features, in_features)
         self.in_features, self.out_features = in_features, out_features
-        self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)
-        self.bias = init.uniform((out_features,), init.bias_bound(shape), device) if bias else None
+        self.weight, self.bias = init.layer_parameters(shape, out_features if bias else None, device)
 
     def forward(self, x: Tensor) -> Tensor:
         return x.linear(self.weight, self.bias)
@@ -73,8 +71,8 @@ class _ConvNd(Module):
         self.dilation = as_tuple(dilation, self.dims, "dilation", name, 1)
         self.padding = padding if isinstance(padding, str) else as_tuple(padding, self.dims, "padding", name, 0)
         self.groups = groups
-        self.weight = init.kaiming_uniform(shape, a=math.sqrt(5), device=device)  # fans from this shape, as PyTorch
-        self.bias = init.uniform((out_channels,), init.bias_bound(shape), device) if bias else None
+        # fans from this shape, as PyTorch
+        self.weight, self.bias = init.layer_parameters(shape, out_channels if bias else None, device)
 
     def extra_repr(self) -> str:
         """PyTorch's: options left at their defaults are not shown."""

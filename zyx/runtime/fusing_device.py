@@ -13,6 +13,7 @@ from .. import counters as stats
 from ..debug import logger
 from ..jit import print_opencl
 from ..jit.choices import NO_TUNING, TunedChoices
+from ..jit.launch_groups import Grouping
 from ..jit.program import Program, build_program
 from ..jit.program_store import default_program_store, program_key
 from ..jit.schedule import DeviceTraits, schedule
@@ -140,9 +141,9 @@ class FusingDevice(Device):
         if mode and self._search(kernels, mode):
             kernels, scheduled_targets = schedule(targets, traits, self.tuned)
         grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
-        group_printer = print_opencl.print_group if grouped else None
-        program = build_program(kernels, scheduled_targets, leaves, rands, in_place, group_printer,
-                                self.traits.max_params)
+        grouping = Grouping(print_opencl.print_group, self.traits.max_params, self.traits.local_memory,
+                            any_size=self.traits.gpu) if grouped else None
+        program = build_program(kernels, scheduled_targets, leaves, rands, in_place, grouping)
         stats.bump("graphs_scheduled")
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))

@@ -86,6 +86,9 @@ class OpenCLRuntime(PooledRuntime):
         self.compute_units: int = cl_device.max_compute_units
         self.native_vector_width: int = cl_device.preferred_vector_width_float  # floats per vector register
         self.is_gpu: bool = bool(cl_device.type & cl.device_type.GPU)
+        # PoCL runs its LLVM for one build at a time (pocl_llvm_api.h: "not thread safe"; one lock), so builds on
+        # threads only wait for each other, and each pays the build's fixed cost
+        self.builds_one_at_a_time: bool = cl_device.platform.name.startswith("Portable Computing Language")
         self.compute_capability = _compute_capability(cl_device)
         self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
         # per kernel, the arguments it was last given (`launcher`); they hold their buffers, so a trim forgets them
