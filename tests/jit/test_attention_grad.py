@@ -73,6 +73,18 @@ def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
         np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
 
 
+def test_dk_and_dv_in_kernels_of_their_own_on_request(shaped, monkeypatch):
+    """ZYX_ATTENTION_GRAD_SHARED=0: dK and dV each walk in a kernel of their own (half the registers an item
+    holds), with the same gradients."""
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_SHARED", "0")
+    arrays = [data(1, 2, 150, 32) for _ in range(4)]
+    out, grads = zyx_step(shaped, arrays, {"is_causal": True})
+    kernels, fused = attention_kernels(out, grads, shaped)
+    assert len(fused) == 4 and all(len(k.outputs) == 1 for k in fused[1:]), [k.name for k in kernels]
+    for grad, reference, name in zip(grads, torch_step(arrays, {"is_causal": True})[1], "qkv"):
+        np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
+
+
 def test_attention_written_out_by_hand(shaped):
     """softmax spelled with exp and sums (its maximum not detached), a float mask added, on heads of one
     projection: the backward is the same two kernels, the gradients of the input and the weights as torch's."""

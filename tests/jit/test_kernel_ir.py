@@ -218,3 +218,15 @@ def test_gpu_elementwise_kernels_load_and_store_float4_and_reductions_get_work_g
     assert elementwise.global_size == 64 * 256 // 4
     reduction, = schedule([x.sum(-1).node], DeviceTraits(gpu=True, vector_width=4))[0]
     assert reduction.name.startswith("g_") and reduction.local_size == 256 and "float4" not in reduction.source
+
+
+@pytest.mark.parametrize("axis", [-1, 0], ids=["rows: gid*4096+r", "columns: gid+r*4096"])
+def test_indices_past_int_range_count_in_long(axis):
+    """A sum over 2^32 stored elements: 2^20 items (or 4096 trips) count in int, yet gid*4096 (or r*4096) does
+    not fit; the counters that compute such an index are long. Small buffers keep int."""
+    ones = zyx.CPU().tensor(np.ones((1, 1), np.float32))
+    for rows, counter in ((2**20, "long"), (2**10, "int")):
+        stored = ones.expand(rows, 4096) * 2
+        root = stored.sum(axis).node
+        _, source = print_kernel(lower(root, {id(root): root, id(stored.node): stored.node}, set()).ir)
+        assert f"{counter} gid = get_global_id(0);" in source and f"for ({counter} r2 = 0;" in source

@@ -16,6 +16,7 @@ take at least attention.min_probability_bytes.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -90,6 +91,16 @@ def _recomputed_in(node: Node, materialized: dict[int, Node]) -> Optional[Node]:
         if node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS:
             stack += node.src
     return None
+
+
+def gradients_share_kernels() -> bool:
+    """Whether products walking alike (dK and dV) share a kernel (ZYX_ATTENTION_GRAD_SHARED, default 1): P is
+    recomputed once for both, but an item holds both rows' operands and accumulators (k, v, dK, dV: 256 floats at
+    d=64, past what a GPU item keeps in registers); 0 gives each its own kernel and walk."""
+    setting = os.environ.get("ZYX_ATTENTION_GRAD_SHARED", "1")
+    if setting not in ("0", "1"):
+        raise ValueError(f"ZYX_ATTENTION_GRAD_SHARED={setting!r}: expected 0 or 1")
+    return setting == "1"
 
 
 def gradient_products(order: Sequence[Node], gpu: bool) -> dict[int, Node]:

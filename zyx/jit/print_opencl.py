@@ -23,7 +23,7 @@ from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_li
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
 
-VERSION = "4"  # bump when the same IR prints differently
+VERSION = "5"  # bump when the same IR prints differently
 
 
 # ---- types and literals ----------------------------------------------------------------------------------
@@ -324,8 +324,18 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
 }
 
 
+INT_RANGE = 2**31
+
+
+def _wide(count: int, body: tuple) -> bool:
+    """Whether counters need "long": `count` (loop trips or work items) or an index computed in `body` reaches past
+    int (a product of int counters and strides wraps before it is added to anything wider)."""
+    return count >= INT_RANGE or any(isinstance(getattr(s, "index", None), Expr) and s.index.hi >= INT_RANGE
+                                     for s in walk(body))
+
+
 def _loop(statement: Loop, lines: BodyPrinter, indent: str) -> list[str]:
-    counter = "long" if statement.trips >= 2**31 else "int"
+    counter = "long" if _wide(statement.trips, statement.body) else "int"
     return ([indent + "#pragma unroll"] if statement.unroll else []) + [
         f"{indent}for ({counter} {statement.var} = 0; {statement.var} < {statement.trips}; {statement.var}++) {{",
         *lines(statement.body, indent + "  "), indent + "}"]
@@ -355,9 +365,9 @@ def _signature(kernel: Kernel) -> str:
 def print_kernel(kernel: Kernel) -> tuple[str, str]:
     """(name, OpenCL C source with the helpers it calls)."""
     name = kernel_name(kernel, VERSION)
-    index_type = "long" if kernel.work_items >= 2**31 else "int"
+    index_type = "long" if _wide(kernel.work_items, kernel.body) else "int"
     if kernel.axis(Role.LOCAL) is not None:
-        header = [f"  {index_type} gid = get_group_id(0);", "  int lid = get_local_id(0);"]
+        header = [f"  {index_type} gid = get_group_id(0);", f"  {index_type} lid = get_local_id(0);"]
     else:
         header = [f"  {index_type} gid = get_global_id(0);"]
     body = "\n".join(header + body_lines(kernel.body, "  ", SYNTAX))
@@ -376,7 +386,7 @@ def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> 
     local arrays must have distinct names; the local arrays are declared at the kernel's top."""
     counts = [launch_groups_of(kernel, local_size) for kernel in kernels]
     scale = local_size or 1
-    index_type = "long" if sum(counts) * scale >= 2**31 else "int"
+    index_type = "long" if any(_wide(sum(counts) * scale, kernel.body) for kernel in kernels) else "int"
     params = ", ".join(_signature(kernel) for kernel in kernels)
     arrays = [statement for kernel in kernels for statement in kernel.body if isinstance(statement, LocalArray)]
     position = "get_group_id(0)" if local_size else "get_global_id(0)"
@@ -388,7 +398,7 @@ def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> 
         if local_size is None:
             lines.append(f"    {index_type} gid = position - {start};")
         elif kernel.axis(Role.LOCAL) is not None:
-            lines += [f"    {index_type} gid = position - {start};", "    int lid = get_local_id(0);"]
+            lines += [f"    {index_type} gid = position - {start};", f"    {index_type} lid = get_local_id(0);"]
         else:
             lines.append(f"    {index_type} gid = get_global_id(0) - {start * local_size};")
             items = kernel.launch[0]

@@ -32,7 +32,8 @@ from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict,
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention
-from .attention_grad import gradient_products, lower_attention_gradient, match_attention_gradient
+from .attention_grad import (gradient_products, gradients_share_kernels, lower_attention_gradient,
+                             match_attention_gradient)
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
@@ -300,7 +301,7 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
         return None
     others = (match_attention_gradient(node, site.materialized, traits.gpu) for key, node in site.materialized.items()
               if key not in site.produced and node is not site.root)
-    siblings = [other for other in others if other is not None]
+    siblings = [other for other in others if other is not None] if gradients_share_kernels() else []
     if attention_form() == "staged":
         staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
                                                  traits.max_group_size, traits.language == "opencl", site.apart,
