@@ -84,7 +84,7 @@ def check_grouped_step(ungrouped, sizes, batch):
     for value, plain in zip(params, plain_params):
         np.testing.assert_array_equal(value, plain)
     cpu_losses, cpu_params, _ = run(zyx.CPU(), sizes=sizes, batch=batch)
-    np.testing.assert_allclose(losses, cpu_losses, rtol=1e-5)
+    np.testing.assert_allclose(losses, cpu_losses, rtol=1e-4)  # (four Adam steps apart on NVIDIA: 1.5e-5)
     for value, reference in zip(params, cpu_params):
         np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-6)
     return launches
@@ -106,3 +106,22 @@ def test_a_reader_of_an_old_value_never_shares_a_launch_with_its_in_place_writer
     assert counter.numpy().tolist() == [4.0] and other.numpy().tolist() == [24.0]
     if device.kind == "opencl":
         assert (step.captured[0]["kernels"], step.captured[0]["launches"]) == (3, 2)
+
+
+def test_a_kernel_with_local_memory_that_fills_the_device_keeps_its_own_launch():
+    """On GPUs kernels of any size share launches, but not one with local memory whose groups fill the device:
+    the launch's local memory is its members' sum, which only costs it occupancy."""
+    from types import SimpleNamespace
+
+    from zyx.dtypes import float32
+    from zyx.jit.kernel_ir import LocalArray
+    from zyx.jit.launch_groups import Grouping, _may_join
+
+    def kernel(groups, local):
+        body = (LocalArray("tile", float32, 1024),) if local else ()
+        return SimpleNamespace(global_size=groups * 64, local_size=64, params=("a", "b"), ir=SimpleNamespace(body=body))
+    grouping = Grouping(None, 64, 48 * 1024, any_size=True, fills_device=512)
+    assert _may_join(kernel(600, False), [kernel(100, True)], grouping)
+    assert _may_join(kernel(100, True), [kernel(100, True)], grouping)
+    assert not _may_join(kernel(600, True), [kernel(100, False)], grouping)
+    assert not _may_join(kernel(100, False), [kernel(3072, True)], grouping)

@@ -17,7 +17,8 @@ by the whole group; their local arrays are declared once each at the kernel's to
 
 On GPUs (`Grouping.any_size`) kernels of any size share launches: a launch costs the host and the device about as
 much as a small kernel runs (~10 µs), and independent kernels running side by side fill the device better than
-one after the other. A W4 Adam step's 19 kernels take 8 launches there (and its index check's program one). On
+one after the other. A W4 Adam step's 19 kernels take 8 launches there (and its index check's program one); a
+kernel with local memory that fills the device alone (`Grouping.fills_device` groups) keeps its own launch. On
 CPUs only tiny kernels join others: a big kernel keeps its own work-group size (PoCL's products run in groups of
 one item, where an elementwise kernel would lose its vectors).
 """
@@ -46,6 +47,7 @@ class Grouping:
     max_params: int
     local_memory: int
     any_size: bool = False
+    fills_device: int = 0  # work groups that fill the device alone (0: no limit)
 
 
 def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]],
@@ -78,8 +80,17 @@ def _may_join(kernel: RenderedKernel, group: list[RenderedKernel], grouping: Gro
     members = [kernel, *group]
     tiny = kernel.global_size <= TINY_ITEMS or all(member.global_size <= TINY_ITEMS for member in group)
     return ((tiny or grouping.any_size) and len({m.local_size for m in members if m.local_size}) <= 1
+            and not any(_fills_device(m, grouping.fills_device) for m in members)
             and sum(len(m.params) for m in members) <= grouping.max_params
             and sum(_local_bytes(m.ir) for m in members) <= grouping.local_memory)  # type: ignore[arg-type]
+
+
+def _fills_device(kernel: RenderedKernel, fills: int) -> bool:
+    """A kernel with local memory whose work groups fill the device alone gains nothing from company and loses
+    occupancy: a launch's local memory is its members' sum (the fused attention backward's two kernels took 44 ms
+    in one launch on the H200, 26-29 ms apart)."""
+    groups = kernel.global_size // (kernel.local_size or 1)
+    return fills > 0 and groups >= fills and _local_bytes(kernel.ir) > 0  # type: ignore[arg-type]
 
 
 def _groupable(kernel: RenderedKernel) -> bool:

@@ -24,6 +24,9 @@ from .device import Device
 from .execute import Executable
 
 
+FILLING_GROUPS = 512  # work groups that fill a large GPU (the H200: 132 compute units, 4 groups each)
+
+
 class FusingDevice(Device):
     """Tensors in device buffers; traces scheduled into fused kernels (one Program per trace structure).
     A subclass compiles and runs a program's kernels (`run`) and says what the device fingerprint is."""
@@ -142,7 +145,7 @@ class FusingDevice(Device):
             kernels, scheduled_targets = schedule(targets, traits, self.tuned)
         grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
         grouping = Grouping(print_opencl.print_group, self.traits.max_params, self.traits.local_memory,
-                            any_size=self.traits.gpu) if grouped else None
+                            any_size=self.traits.gpu, fills_device=self._groups_filling()) if grouped else None
         program = build_program(kernels, scheduled_targets, leaves, rands, in_place, grouping)
         stats.bump("graphs_scheduled")
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
@@ -154,6 +157,10 @@ class FusingDevice(Device):
         if self._tf32 != (tf32_allowed() and bool(self.traits.tensor_cores)):
             self.forget_programs()
             self._tf32 = not self._tf32
+
+    def _groups_filling(self) -> int:
+        """Work groups that fill this device alone (4 a compute unit, at least FILLING_GROUPS: a large GPU's)."""
+        return max(FILLING_GROUPS, 4 * getattr(self.runtime, "compute_units", 0))
 
     def _shaping_traits(self) -> DeviceTraits:
         """The traits kernels are shaped with now: the device's, with TF32 products where the user allows them
