@@ -13,6 +13,7 @@ from .errors import AxisError
 from .leaves import data_leaf
 from .tensor_movement import normalize_axis
 from .trace import node as n
+from .trace.capture import record_created
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -81,8 +82,9 @@ class ConvertMixin:
         result = self
         if device is not None and device is not self.node.device:
             if device.kind == self.node.device.kind == "torch":  # torch copies device to device (cuda:0 -> cuda:1)
-                from .torch_interop import from_torch  # (imports this module)
-                result = from_torch(self.torch(), device)
+                leaf = n.buffer_leaf(device.runtime.adopt(self.torch()), self.node.shape, self.node.dtype, device)
+                record_created(leaf)
+                result = self._wrap(leaf)  # type: ignore[attr-defined]
             else:
                 result = self._wrap(data_leaf(self.numpy(), device, self.node.dtype))  # type: ignore[attr-defined]
         return result.cast(dtype) if dtype not in (None, result.node.dtype) else result  # type: ignore[return-value]

@@ -125,7 +125,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     if product is not None and product is not root and space_axes(root, product) is None:
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
         stored_apart.add(id(product))        # kernel, and this one reads it)
-    if hosted_matmul(root, materialized) is None:
+    if not traits.gpu and hosted_matmul(root, materialized) is None:  # (a GPU's tiled products stage operands)
         for value in _broadcast_into_reductions(root, materialized):
             materialized[id(value)] = value
             stored_apart.add(id(value))
