@@ -484,15 +484,16 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
     if not targets:
         return None
     found_checks = checks_in(toposort(targets))
+    extremes = [check.extremes() for check in found_checks]
     structure, leaves, rands = signature(targets)
     leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
-    checking = _check_program(found_checks, leaf_position, device)
+    checking = _check_program(extremes, leaf_position, device)
     checks = [(check, k) for k, check in enumerate(found_checks)]
-    if found_checks and checking is None:  # checked after the step's launches (see _check_program)
+    if extremes and checking is None:  # checked after the step's launches (see _check_program)
         checks = [(check, len(targets) + k) for k, check in enumerate(found_checks)]
-        structure, leaves, rands = signature(targets + [check.extremes() for check in found_checks])
+        targets += extremes
+        structure, leaves, rands = signature(targets)
         leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
-        targets += [check.extremes() for check in found_checks]
     binder = _Binder(arguments, located)
     old_owner = {id(old): tensor for tensor, old in updates}
     state_owner = {id(l.tensor.node): l.tensor for l in located.values() if l.tensor.node.realized}
@@ -537,15 +538,14 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
     return step, [r.arg for r in rands]
 
 
-def _check_program(checks: list[RangeCheck], leaf_position: dict[int, int],
+def _check_program(extremes: list[Node], leaf_position: dict[int, int],
                    device: Any) -> Optional[tuple[Program, list[int]]]:
     """The program computing the index checks' extremes before the step runs, and which of the step's inputs it
     reads: a failing check then raises before any buffer is overwritten in place, and a passing one lets the step
     run on without the host waiting for it. None (the checks are computed with the step and read after it) when
     there are none, or when they read random numbers or a value the step's own inputs do not hold."""
-    if not checks:
+    if not extremes:
         return None
-    extremes = [check.extremes() for check in checks]
     structure, leaves, rands = signature(extremes)
     if rands or any(id(leaf) not in leaf_position for leaf in leaves):
         return None
