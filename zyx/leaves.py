@@ -26,6 +26,13 @@ def data_leaf(data: Any, device: Any, dtype: Any = None) -> n.Node:
     return leaf
 
 
+def torch_leaf(source: Any, dtype: DType, device: Any) -> n.Node:
+    """A buffer leaf on the torch device `device` that is the torch tensor `source` itself (no copy)."""
+    leaf = n.buffer_leaf(device.runtime.adopt(source), tuple(source.shape), dtype, device)
+    record_created(leaf)
+    return leaf
+
+
 def rand_leaf(shape: tuple[int, ...], device: Any) -> n.Node:
     """float32 uniform in [0, 1) of `shape`, drawn from the counter-based generator when realized."""
     seed, offset = zrandom.reserve(math.prod(shape))

@@ -10,10 +10,9 @@ from .dtypes import (DEFAULT_FLOAT, DType, bfloat16, bool_, float16, float64, in
                      uint8)
 from .devices import DEVICE_SPECS, Device, device_from_spec, import_torch
 from .errors import AxisError
-from .leaves import data_leaf
+from .leaves import data_leaf, torch_leaf
 from .tensor_movement import normalize_axis
 from .trace import node as n
-from .trace.capture import record_created
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -82,9 +81,7 @@ class ConvertMixin:
         result = self
         if device is not None and device is not self.node.device:
             if device.kind == self.node.device.kind == "torch":  # torch copies device to device (cuda:0 -> cuda:1)
-                leaf = n.buffer_leaf(device.runtime.adopt(self.torch()), self.node.shape, self.node.dtype, device)
-                record_created(leaf)
-                result = self._wrap(leaf)  # type: ignore[attr-defined]
+                result = self._wrap(torch_leaf(self.torch(), self.node.dtype, device))  # type: ignore[attr-defined]
             else:
                 result = self._wrap(data_leaf(self.numpy(), device, self.node.dtype))  # type: ignore[attr-defined]
         return result.cast(dtype) if dtype not in (None, result.node.dtype) else result  # type: ignore[return-value]

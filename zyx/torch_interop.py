@@ -12,9 +12,8 @@ from typing import Any, Optional
 
 from .devices import Device, Torch, import_torch
 from .dtypes import to_dtype
+from .leaves import data_leaf, torch_leaf
 from .tensor import Tensor
-from .trace import node as n
-from .trace.capture import record_created
 
 
 def from_torch(source: Any, device: Optional[Device] = None) -> Tensor:
@@ -30,9 +29,5 @@ def from_torch(source: Any, device: Optional[Device] = None) -> Tensor:
     device = Torch(source.device) if device is None else device
     dtype = to_dtype(names[source.dtype])
     if device.kind == "torch":
-        buffer = device.runtime.adopt(source)
-    else:
-        buffer = device.upload(to_numpy(source.detach().to("cpu").contiguous()))
-    leaf = n.buffer_leaf(buffer, tuple(source.shape), dtype, device)
-    record_created(leaf)
-    return Tensor(leaf)
+        return Tensor(torch_leaf(source, dtype, device))
+    return Tensor(data_leaf(to_numpy(source.detach().to("cpu").contiguous()), device, dtype))
