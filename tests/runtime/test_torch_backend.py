@@ -133,6 +133,16 @@ def test_products_and_their_gradients_never_store_the_product(dev):
     np.testing.assert_allclose(gx.numpy(), 2 * (a @ b) @ b.T, rtol=1e-3, atol=1e-2)
 
 
+NEW_PRECISION_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")  # torch >= 2.9
+
+
+def cuda_matmul_precision():
+    """torch's float32 product precision on CUDA as "tf32" or "ieee", through whichever API this torch reads."""
+    if NEW_PRECISION_API:
+        return torch.backends.cuda.matmul.fp32_precision
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
 class ProductPrecisions(torch.overrides.TorchFunctionMode):
     """The float32 matmul precision torch is set to at each product a program calls."""
 
@@ -142,7 +152,7 @@ class ProductPrecisions(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in (torch.matmul, torch.addmm, torch.einsum):
-            self.seen.append(torch.get_float32_matmul_precision())
+            self.seen.append(cuda_matmul_precision())
         return func(*args, **(kwargs or {}))
 
 
@@ -160,13 +170,31 @@ def test_products_run_at_zyxs_precision_whatever_torchs_setting(dev, ours, their
         with ProductPrecisions() as products:
             product = (x @ x.T).numpy()
             total = jitted(x).item()
-        assert products.seen == ["highest" if ours == "highest" else "high"] * 2
+        assert products.seen == ["ieee" if ours == "highest" else "tf32"] * 2
         assert torch.get_float32_matmul_precision() == theirs
         np.testing.assert_array_equal(product, a @ a.T)  # small integers: exact in TF32 too
         assert total == (a @ a.T).sum()
     finally:
         zyx.set_float32_matmul_precision("highest")
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.skipif(not NEW_PRECISION_API, reason="torch < 2.9 has only the global precision setting")
+@pytest.mark.parametrize("theirs", ["tf32", "ieee"])
+def test_products_leave_a_precision_set_through_torchs_backend_api_alone(dev, theirs):
+    """A user who set torch.backends.cuda.matmul.fp32_precision (torch >= 2.9; torch then refuses reads of the old
+    global setting) still gets zyx's precision inside programs and their own setting back after them."""
+    x = dev.tensor(np.eye(3, dtype=np.float32)).realize()
+    before = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = theirs
+        with ProductPrecisions() as products:
+            product = (x @ x.T).numpy()
+        assert products.seen == ["ieee"]
+        assert torch.backends.cuda.matmul.fp32_precision == theirs
+        np.testing.assert_array_equal(product, np.eye(3, dtype=np.float32))
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
 
 
 def test_a_jitted_step_follows_a_precision_set_after_its_first_call(dev):
@@ -183,7 +211,7 @@ def test_a_jitted_step_follows_a_precision_set_after_its_first_call(dev):
             seen.append(products.seen)
     finally:
         zyx.set_float32_matmul_precision("highest")
-    assert seen == [["highest"], ["high"], ["highest"]]
+    assert seen == [["ieee"], ["tf32"], ["ieee"]]
 
 
 def test_a_sum_over_an_axis_both_factors_broadcast_counts_it(dev):

@@ -70,27 +70,48 @@ _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]]
 }
 
 
+def _precision_api() -> tuple[Callable[[], Any], Callable[[Any], None], Callable[[bool], Any]]:
+    """(read, write, wanted) for torch's float32 product precision. torch ≥ 2.9 keeps it per backend
+    (`torch.backends.cuda.matmul.fp32_precision`, and mkldnn's on CPUs) and raises if the old global
+    `get_float32_matmul_precision` is read after a user set the new one; older torch has only the global."""
+    if hasattr(torch._C, "_get_fp32_precision_getter"):
+        backends = ("cuda", "mkldnn")
+
+        def read() -> Any:
+            return tuple(torch._C._get_fp32_precision_getter(b, "matmul") for b in backends)
+
+        def write(values: Any) -> None:
+            for backend, value in zip(backends, values):
+                torch._C._set_fp32_precision_setter(backend, "matmul", value)
+        return read, write, lambda tf32: ("tf32" if tf32 else "ieee", "ieee")
+    return (torch._C._get_float32_matmul_precision, torch._C._set_float32_matmul_precision,
+            lambda tf32: "high" if tf32 else "highest")
+
+
+_READ_PRECISION, _WRITE_PRECISION, _WANTED_PRECISION = _precision_api()
+
+
 class _RunState:
     """The torch state a program runs in, set on entry and restored on exit: no autograd (torch.no_grad() at a
     third of its cost: no Python-level grad-mode objects; each run of a program enters it), and float32 matrix
-    products at zyx's precision (`zyx.set_float32_matmul_precision`: TF32 on CUDA where it allows it), whatever
-    torch's own setting is around the call. zyx's "medium" is TF32 as "high" is (zyx/precision.py), so torch is
-    told "high", never its bfloat16 "medium"."""
+    products at zyx's precision (`zyx.set_float32_matmul_precision`: TF32 on CUDA where it allows it, IEEE float32
+    on CPUs), whatever torch's own setting is around the call. zyx's "medium" is TF32 as "high" is
+    (zyx/precision.py), so torch is never told its bfloat16 "medium"."""
 
     __slots__ = ("enabled", "precision")
 
     def __enter__(self) -> None:
         self.enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
-        self.precision = torch._C._get_float32_matmul_precision()
-        wanted = "high" if tf32_allowed() else "highest"
+        self.precision = _READ_PRECISION()
+        wanted = _WANTED_PRECISION(tf32_allowed())
         if wanted != self.precision:
-            torch._C._set_float32_matmul_precision(wanted)
+            _WRITE_PRECISION(wanted)
 
     def __exit__(self, *exc: Any) -> None:
         torch._C._set_grad_enabled(self.enabled)
-        if torch._C._get_float32_matmul_precision() != self.precision:
-            torch._C._set_float32_matmul_precision(self.precision)
+        if _READ_PRECISION() != self.precision:
+            _WRITE_PRECISION(self.precision)
 
 
 @functools.cache
