@@ -125,7 +125,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     if product is not None and product is not root and space_axes(root, product) is None:
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
         stored_apart.add(id(product))        # kernel, and this one reads it)
-    if not traits.gpu and hosted_matmul(root, materialized) is None:  # (a GPU's tiled products stage operands)
+    if hosted_matmul(root, materialized) is None:
         for value in _broadcast_into_reductions(root, materialized):
             materialized[id(value)] = value
             stored_apart.add(id(value))
@@ -162,6 +162,8 @@ def _broadcast_into_reductions(root: Node, materialized: dict[int, Node]) -> lis
         if (id(node), id(reduction)) in seen or node.op is Op.BUFFER or (node is not root and id(node) in materialized):
             continue
         seen.add((id(node), id(reduction)))
+        if node.op is Op.SUM and matmul_axes(node) is not None:
+            continue  # (a product's operands are staged a tile at a time, on CPUs and GPUs alike: not recomputed)
         if reduction is not None and node.op is Op.EXPAND and node.shape == reduction.src[0].shape:
             value = node.src[0]
             while value.op in MOVEMENT_OPS and id(value) not in materialized:
