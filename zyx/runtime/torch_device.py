@@ -25,6 +25,7 @@ from . import interpret, profiling, program_code
 from .device import Device
 from .limits import host_limits
 from .torch_arrays import TorchArrays
+from .torch_foreach import groupable
 from .torch_memory import RunAccount, StorageTracker
 from .torch_runtime import TorchRuntime
 
@@ -105,7 +106,7 @@ class TorchDevice(Device):
         if any(node.op is Op.COLLECTIVE for node in order):
             raise TypeError(f"zyx.Torch: zyx.distributed's collectives run on zyx.CPU() and zyx.OpenCL() (host "
                             "staging is written for those two); move the tensors there")
-        program = interpret.build(targets, order, optimize=True, in_place=in_place)
+        program = interpret.build(targets, order, optimize=True, in_place=in_place, groupable=groupable)
         self.runtime.limits.check_nodes(program.stored())
         stats.bump("graphs_scheduled")
         return program
