@@ -598,10 +598,14 @@ def without_groups(dev, monkeypatch):
     ("mulsub-tensor", lambda x, s, o: x - o * s, True),
     ("lerp", lambda x, s, o: x.lerp(o, 0.25) + x.lerp(o, 0.75), True),
 ])
-def test_sibling_ops_on_different_buffers_run_as_one_foreach_call(dev, name, apply, grouped):
+def test_sibling_ops_on_different_buffers_run_as_one_foreach_call(dev, name, apply, grouped, monkeypatch):
     """The same op on buffers of different shapes, with lists, a 0-d tensor or a number as operands, is one
     torch._foreach_* call where torch has one (`grouped`), else one call per buffer, with the reference's
-    values either way."""
+    values either way (chains of any length grouped here)."""
+    from zyx.runtime import foreach_groups
+    monkeypatch.setattr(foreach_groups, "MIN_CHAIN", 1)
+    monkeypatch.setattr(dev, "programs", {})
+    monkeypatch.setattr(dev, "_replays", {})
     rng = np.random.default_rng(5)
     data = [(rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32))
             for shape in SHAPES]
