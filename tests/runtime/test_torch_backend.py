@@ -661,3 +661,29 @@ def test_optimizer_updates_run_as_foreach_calls_with_the_values_of_one_call_per_
     foreach = [op for op in ops if op.startswith("_foreach_")]
     assert "_foreach_lerp_" in foreach and not any(op.startswith("_foreach_") for op in single_ops)
     assert len(ops) <= len(single_ops) - 2 * len(foreach)  # each call stands for three or four steps
+
+
+
+def test_one_op_updates_stay_beside_their_gradients(dev, monkeypatch):
+    """SGD's update is one op per parameter: it runs as soon as its gradient is made, not held to the program's
+    end for a group (foreach_groups.MIN_CHAIN), so the step's program plans the peak it has without groups."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((32, 6), dtype=np.float32)
+
+    def planned_peak():
+        layers = [nn.Linear(6, 16, device=dev), nn.Linear(16, 4, device=dev)]
+        params = [t for layer in layers for t in (layer.weight, layer.bias)]
+        opt = nn.SGD(lr=0.1)
+
+        @zyx.jit
+        def step(x):
+            loss = (layers[1](layers[0](x).relu()) ** 2).mean()
+            opt.update(params, loss.backward(params), realize_with=[loss])
+            return loss
+        losses = [step(dev.tensor(x)).item() for _ in range(2)]
+        assert losses[1] < losses[0]
+        return next(iter(step.steps.values()))[0].program.planned_peak_bytes
+
+    grouped = planned_peak()
+    without_groups(dev, monkeypatch)
+    assert grouped == planned_peak()
