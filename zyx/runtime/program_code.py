@@ -85,18 +85,21 @@ def generate(program: Any, lib: ArrayLibrary, evaluators: Sequence[Any]) -> Gene
 def _groups(program: Any, lib: ArrayLibrary, direct: dict[int, int], names: dict[str, Any]) -> dict[int, Group]:
     """The program's foreach groups (`foreach_groups.runs`) by their first member, their calls bound in `names`.
     A member runs in place where it writes over its first source (`into` 0), or where the program writes it
-    straight into the input buffer its first source loads (an update `p - lr * u`); another member written
-    straight into an input keeps its own call."""
+    straight into the input buffer its first source loads or an early write fills (an update `p - lr * u`). A
+    step written over another source (Adam's `m / (√v + ε)` over its divisor), or straight into an input that its
+    first source is not, keeps its own call: as a group it would hold a new list while its sources live (W4
+    Adam's step peaked at 5.1 MiB of storages, not 2.8)."""
     steps = program.steps
     functions: dict[int, Any] = {}
 
     def key(k: int) -> Optional[tuple]:
         step = steps[k]
-        if step.op not in ELEMENTWISE or step.compact is not None:
-            return None
-        if k in direct:
-            load = steps[step.sources[0]]
-            if load.op is not Op.BUFFER or load.arg != direct[k]:
+        if step.op not in ELEMENTWISE or step.compact is not None or step.into not in (None, 0):
+            return None  # (written over a later source: a group would hold a new list while its sources live)
+        if k in direct:  # in place where its first source is the buffer: the input's old value, or an early write
+            first = step.sources[0]
+            loads_it = steps[first].op is Op.BUFFER and steps[first].arg == direct[k]
+            if not loads_it and direct.get(first, -1) != direct[k]:
                 return None
         in_place = k in direct or step.into == 0
         kinds = foreach_groups.operand_kinds(steps, step)
@@ -148,7 +151,34 @@ def _direct_writes(program: Any, lib: ArrayLibrary) -> dict[int, int]:
                     all(root[s] != root[load] or s == load for s in step.sources) and \
                     lib.out_function(step, [program.steps[s] for s in step.sources]) is not None:
                 direct[slot] = position
-    return direct
+    return _early_writes(program, lib, root, loads, direct)
+
+
+def _early_writes(program: Any, lib: ArrayLibrary, root: Sequence[int], loads: dict[int, int],
+                  direct: dict[int, int]) -> dict[int, int]:
+    """`direct` with the steps that may be computed into the input buffer one step earlier: the first source s of
+    a direct write into input p, where s is an elementwise step of p's old value (its first source, p's load,
+    of its shape and dtype) read by nothing after s, and s is read only by that write. Adam's `v·β2 + (1-β2)·g²`
+    then scales v in place and adds to it, holding no temporary (as PyTorch's `mul_` and `addcmul_`)."""
+    steps = program.steps
+    readers: dict[int, list[int]] = {}
+    last_read: dict[int, int] = {}  # per root: the last step reading a slot of it
+    for k, step in enumerate(steps):
+        for source in step.sources:
+            readers.setdefault(source, []).append(k)
+            last_read[root[source]] = k
+    kept = {root[slot] for slot in program.outputs}
+    early = dict(direct)
+    for slot, position in direct.items():
+        first, load = steps[slot].sources[0], loads[position]
+        step = steps[first]
+        if step.op in ELEMENTWISE and step.sources and step.sources[0] == load and first not in direct and \
+                readers[first] == [slot] and last_read[root[load]] == first and root[load] not in kept and \
+                (step.shape, step.dtype) == (steps[load].shape, steps[load].dtype) and \
+                all(root[s] != root[load] for s in step.sources[1:]) and \
+                lib.out_function(step, [steps[s] for s in step.sources]) is not None:
+            early[first] = position
+    return early
 
 
 def _lines(program: Any, lib: ArrayLibrary, values: Sequence[str], direct: dict[int, int],
@@ -158,7 +188,7 @@ def _lines(program: Any, lib: ArrayLibrary, values: Sequence[str], direct: dict[
     lines = [f"def {function}(inputs, streams{', tracker' if tracked else ''}):"]
     root = roots(program.steps)
     grouped = {slot for group in groups.values() for slot in group.members}
-    for k, step in enumerate(program.steps):
+    for k in range(len(program.steps)):
         if k in grouped and k not in groups:
             continue  # computed with its group's first member
         group = groups.get(k)
@@ -166,9 +196,8 @@ def _lines(program: Any, lib: ArrayLibrary, values: Sequence[str], direct: dict[
         lines.append(f"    {', '.join(f'v{m}' for m in members)}{',' if group else ''} = "
                      f"{group.call if group else values[k]}")
         for member in members:
-            step = program.steps[member]
-            lines += _after(program, lib, member, direct, root, tracked,
-                            None if member in direct or (group is not None and step.into != 0) else step.shares)
+            shares = None if member in direct else program.steps[member].shares
+            lines += _after(program, lib, member, direct, root, tracked, shares)
     kept = [f"v{slot}" for slot in program.outputs if slot not in program.aliases]
     lines.append(f"    return [{', '.join(kept)}]")
     return lines
