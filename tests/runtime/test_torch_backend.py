@@ -596,6 +596,7 @@ def without_groups(dev, monkeypatch):
     ("sub-div", lambda x, s, o: (x - o) / (s + 2.0), True), ("scalar-minus", lambda x, s, o: 2.0 - x, False),
     ("maximum", lambda x, s, o: x.maximum(o), True), ("muladd", lambda x, s, o: x + o * 0.3 + x * o * o, True),
     ("mulsub-tensor", lambda x, s, o: x - o * s, True),
+    ("mulsub-over-a-temporary", lambda x, s, o: x - (o + 1.0) * s, True),
     ("lerp", lambda x, s, o: x.lerp(o, 0.25) + x.lerp(o, 0.75), True),
 ])
 def test_sibling_ops_on_different_buffers_run_as_one_foreach_call(dev, name, apply, grouped, monkeypatch):

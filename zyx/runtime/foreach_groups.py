@@ -70,9 +70,16 @@ def sunk_order(steps: Sequence[Step], groupable: Groupable) -> list[int]:
 
 def runs(steps: Sequence[Step], key: Callable[[int], Optional[tuple]]) -> list[list[int]]:
     """Groups of consecutive steps (see the module docstring); `key(k)`: the step's group key, None where it
-    joins no group. A member written over its first source (`in_place`, the key's last item) claims that
-    storage: no other member may read it."""
+    joins no group. A member claims the storages it may write over (its first source's where it runs in place,
+    the key's last item; its `into` source's): no other member may read them."""
     root = roots(steps)
+
+    def overwritten(k: int, in_place: bool) -> set[int]:
+        """The storages step k may write over: its first source's in place, its `into` source's."""
+        step = steps[k]
+        return {root[step.sources[position]] for position in ([0] if in_place else []) +
+                ([step.into] if step.into is not None else [])}
+
     found: list[list[int]] = []
     k = 0
     while k < len(steps):
@@ -80,20 +87,19 @@ def runs(steps: Sequence[Step], key: Callable[[int], Optional[tuple]]) -> list[l
         members = [k]
         if first is not None:
             in_place = first[-1]
-            claimed = {root[steps[k].sources[0]]} if in_place else set()
+            claimed = overwritten(k, in_place)
             read = {root[s] for s in steps[k].sources}
             while k + len(members) < len(steps):
                 candidate = k + len(members)
                 if key(candidate) != first:
                     break
                 sources = steps[candidate].sources
-                target = root[sources[0]] if in_place else None
-                if any(s in members for s in sources) or any(root[s] in claimed for s in sources) or target in read:
+                targets = overwritten(candidate, in_place)
+                if any(s in members for s in sources) or any(root[s] in claimed for s in sources) or targets & read:
                     break
                 members.append(candidate)
                 read |= {root[s] for s in sources}
-                if target is not None:
-                    claimed.add(target)
+                claimed |= targets
         if len(members) > 1:
             found.append(members)
         k += len(members)

@@ -94,7 +94,9 @@ def _groups(program: Any, lib: ArrayLibrary, direct: dict[int, int], names: dict
 
     def key(k: int) -> Optional[tuple]:
         step = steps[k]
-        if step.op not in ELEMENTWISE or step.compact is not None or step.into not in (None, 0):
+        if step.op not in ELEMENTWISE or step.compact is not None:
+            return None
+        if k not in direct and step.into not in (None, 0):
             return None  # (written over a later source: a group would hold a new list while its sources live)
         if k in direct:  # in place where its first source is the buffer: the input's old value, or an early write
             first = step.sources[0]
@@ -108,7 +110,7 @@ def _groups(program: Any, lib: ArrayLibrary, direct: dict[int, int], names: dict
         if function is None:
             return None
         functions[k] = function
-        return step.op, step.dtype, kinds, in_place
+        return step.op, step.dtype, kinds, step.into, in_place
 
     groups: dict[int, Group] = {}
     for members in foreach_groups.runs(steps, key):

@@ -241,7 +241,7 @@ class TorchArrays(ArrayLibrary):
 
     def group_function(self, step: Step, sources: Sequence[Step], kinds: Sequence[Any],
                        in_place: bool) -> Optional[Callable[..., Any]]:
-        return group_function(step.op, kinds, in_place) if groupable(step, sources) else None
+        return group_function(step.op, kinds, in_place, step.into) if groupable(step, sources) else None
 
     def out_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
         if step.compact is not None or not step.dtype.is_float or not self.loads_as_stored(step.dtype):

@@ -51,10 +51,10 @@ def _first_list(name: str, second: tuple[Kind, ...] = (LIST, TENSOR)) -> Callabl
     return plan
 
 
-def _multiply_add(sign: int) -> Callable[[Sequence[Kind], Call], Optional[GroupFunction]]:
-    """a + sign · b · c (MULADD, MULSUB): addcmul for three lists, add with alpha where b or c is a number,
-    else a product and a sum."""
-    def plan(kinds: Sequence[Kind], call: Call) -> Optional[GroupFunction]:
+def _multiply_add(sign: int) -> Callable[..., Optional[GroupFunction]]:
+    """a + sign · b · c (MULADD, MULSUB): addcmul for three lists, add with alpha where b or c is a number, else
+    (one a 0-d tensor) a product, computed over the list where the step may write over it (`into`), and a sum."""
+    def plan(kinds: Sequence[Kind], call: Call, into: Optional[int] = None) -> Optional[GroupFunction]:
         a, b, c = kinds
         if a is not LIST or (b is not LIST and c is not LIST):
             return None
@@ -66,7 +66,16 @@ def _multiply_add(sign: int) -> Callable[[Sequence[Kind], Call], Optional[GroupF
             return (lambda x, y, z: add(x, z, alpha=sign * y)) if _is_scalar(b) else \
                 (lambda x, y, z: add(x, y, alpha=sign * z))
         update = call("add" if sign > 0 else "sub")
-        return lambda x, y, z: update(x, torch._foreach_mul(y, z) if y.__class__ is list else torch._foreach_mul(z, y))
+        listed = 1 if b is LIST else 2
+        if into == listed:  # (the product needs no list of its own)
+            def scaled(y: Any, z: Any) -> list[torch.Tensor]:
+                factors, scale = (y, z) if listed == 1 else (z, y)
+                torch._foreach_mul_(factors, scale)
+                return factors
+        else:
+            def scaled(y: Any, z: Any) -> list[torch.Tensor]:
+                return torch._foreach_mul(y, z) if listed == 1 else torch._foreach_mul(z, y)
+        return lambda x, y, z: update(x, scaled(y, z))
     return plan
 
 
@@ -92,8 +101,10 @@ def groupable(step: Step, sources: Sequence[Step]) -> bool:
         all(source.dtype == step.dtype for source in sources)
 
 
-def group_function(op: Any, kinds: Sequence[Kind], in_place: bool) -> Optional[GroupFunction]:
-    """The call computing a group of `op` steps on operands of these kinds (see the module docstring)."""
+def group_function(op: Any, kinds: Sequence[Kind], in_place: bool,
+                   into: Optional[int] = None) -> Optional[GroupFunction]:
+    """The call computing a group of `op` steps on operands of these kinds (see the module docstring); `into`:
+    the source the steps may write over."""
     def call(name: str) -> Callable[..., Any]:
         if not in_place:
             return getattr(torch, f"_foreach_{name}")
@@ -106,4 +117,4 @@ def group_function(op: Any, kinds: Sequence[Kind], in_place: bool) -> Optional[G
 
     if in_place and kinds[0] is not LIST:
         return None
-    return FOREACH[op](kinds, call)
+    return FOREACH[op](kinds, call, into) if op in (Fused.MULADD, Fused.MULSUB) else FOREACH[op](kinds, call)
