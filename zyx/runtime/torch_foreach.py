@@ -22,6 +22,9 @@ Kind = Any  # LIST, TENSOR or the constant's value
 Call = Callable[[str], Callable[..., Any]]
 GroupFunction = Callable[..., list[torch.Tensor]]
 GROUPED_DTYPES = ("float32", "float64")  # computed as stored: no conversion around the call
+# whether this torch takes a 0-d tensor as the second operand of the multi-tensor add, mul and div (2.1 and later)
+TENSOR_OPERANDS = all("Tensor" in getattr(torch.ops.aten, f"_foreach_{name}").overloads()
+                      for name in ("add", "mul", "div"))
 
 
 def _is_scalar(kind: Kind) -> bool:
@@ -115,6 +118,6 @@ def group_function(op: Any, kinds: Sequence[Kind], in_place: bool,
             return first
         return run
 
-    if in_place and kinds[0] is not LIST:
+    if (in_place and kinds[0] is not LIST) or (TENSOR in kinds and not TENSOR_OPERANDS):
         return None
     return FOREACH[op](kinds, call, into) if op in (Fused.MULADD, Fused.MULSUB) else FOREACH[op](kinds, call)
