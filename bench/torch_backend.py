@@ -22,7 +22,9 @@ W6   the memory of one W4 step after warm-up, three ways: zyx.memory_stats' peak
      buffers); every storage torch allocates during the step, for zyx and for torch eager alike (a
      TorchDispatchMode that counts each new storage until it is freed: what the step adds to what was held
      before it); on CUDA also what torch.cuda.max_memory_allocated rises by over the step, for both (the
-     process's whole peak, both models' state included, is in the notes), which is then the compared figure.
+     process's whole peak, both models' state included, is in the notes; eager's gradients of its previous step
+     are dropped before zyx's step), which is then the compared figure. The notes also give the bytes each holds
+     before a step (zyx's count; eager's parameters, optimizer state and batch).
 The ratio column is zyx ÷ torch (time, or bytes): below 1 zyx is faster or smaller. zyx and torch alternate
 run by run, so load from other processes falls on both alike. With --compile zyx runs each program as a
 torch.compile'd function (zyx.Torch(device, compile=MODE): default, or reduce-overhead for CUDA graphs); the
@@ -238,16 +240,24 @@ def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: in
             launch = torch_step(torch, model, opt, tx, ty, read=False)
             seconds = alternate({"zyx": lambda: step(x, y), "torch": launch}, max(steps // 4, 3), sync, calls)
             rows.append(_row(f"W4 {optimizer}" + _back_to_back(calls), seconds, "the loss not read"))
-        rows.append(w6(zyx, torch, dev, device, optimizer, data, lambda: step(x, y).item(), eager, sync))
+        held = sum(t.untyped_storage().nbytes() for t in [*params, tx, ty] +
+                   [v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)])
+        rows.append(w6(zyx, torch, dev, device, optimizer, data, lambda: step(x, y).item(), eager, sync,
+                       lambda: opt.zero_grad(set_to_none=True), held))
     return rows
 
 
 def w6(zyx: Any, torch: Any, dev: Any, device: Any, optimizer: str, data: dict, zyx_run: Callable,
-       eager_run: Callable, sync: Callable) -> dict:
-    """Peak bytes of one step of each, measured three ways (see the module docstring)."""
+       eager_run: Callable, sync: Callable, drop_eager_gradients: Callable, eager_held: int) -> dict:
+    """Peak bytes of one step of each, measured three ways (see the module docstring). Eager's gradients of its
+    last step are dropped before zyx's step is measured (torch's zero_grad drops them at the start of its own
+    step): they counted against zyx in torch.cuda.max_memory_allocated (2.5 MiB of W4's 512-batch model).
+    `eager_held`: the bytes of eager's parameters, optimizer state and batch, beside what zyx holds."""
     cuda = device.type == "cuda"
-    found: dict[str, dict[str, float]] = {"zyx": {}, "torch": {}}
+    found: dict[str, dict[str, float]] = {"zyx": {}, "torch": {"held_before": eager_held}}
     for name, run in (("zyx", zyx_run), ("torch", eager_run)):
+        if name == "zyx":
+            drop_eager_gradients()
         gc.collect()
         sync()
         if name == "zyx":
@@ -265,12 +275,13 @@ def w6(zyx: Any, torch: Any, dev: Any, device: Any, optimizer: str, data: dict, 
             found[name]["cuda_step_rise"] = found[name]["cuda_max_memory_allocated"] - allocated
         if name == "zyx":
             found[name]["zyx_peak_bytes"] = zyx.memory_stats(dev)["peak_bytes"]
-            found[name]["zyx_held_before"] = before
+            found[name]["held_before"] = before
     key = "cuda_step_rise" if cuda else "step_storages_peak"
     ratio = found["zyx"][key] / max(found["torch"][key], 1)
     mib = {name: {k: v / 2**20 for k, v in values.items()} for name, values in found.items()}
     note = (f"zyx.memory_stats peak {mib['zyx']['zyx_peak_bytes']:.2f} MiB (held before "
-            f"{mib['zyx']['zyx_held_before']:.2f}); storages the step adds: zyx {mib['zyx']['step_storages_peak']:.2f},"
+            f"{mib['zyx']['held_before']:.2f}, eager {mib['torch']['held_before']:.2f}); storages the step adds: "
+            f"zyx {mib['zyx']['step_storages_peak']:.2f},"
             f" torch {mib['torch']['step_storages_peak']:.2f} MiB")
     if cuda:
         note += (f"; torch.cuda.max_memory_allocated over the step (both models' state included): zyx "

@@ -18,8 +18,10 @@ X = RNG.standard_normal((3, 4)).astype(np.float32)
 
 
 def close(actual, expected, rtol=1e-5, atol=1e-6):
-    expected = expected.detach().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
-    actual = actual.numpy() if isinstance(actual, zyx.Tensor) else np.asarray(actual)
+    # (a torch tensor may be on a GPU: torch.from_dlpack(t) of a zyx.Torch('cuda') tensor shares its buffer)
+    expected = expected.detach().cpu().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
+    actual = actual.numpy() if isinstance(actual, zyx.Tensor) else \
+        actual.detach().cpu().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual)
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64), rtol=rtol, atol=atol)
 

@@ -585,3 +585,134 @@ def test_compiled_programs_match_the_reference_and_compile_once():
         np.testing.assert_allclose(ours[0], reference[0], rtol=1e-5)
         np.testing.assert_array_equal(ours[1], reference[1])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+# ---- foreach groups ----------------------------------------------------------------------------------------------
+SHAPES = [(5, 7), (3,), (4, 2, 3)]
+
+
+def aten_ops(run):
+    """The aten operators one call of `run` reaches torch's dispatcher with, by name."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    names = []
+
+    class Operators(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Operators():
+        run()
+    return names
+
+
+def without_groups(dev, monkeypatch):
+    """`dev` (one object per torch device) builds its programs again, one call per step (no sinking, no group
+    calls), for the rest of the test."""
+    from zyx.runtime import torch_arrays, torch_device
+    monkeypatch.setattr(torch_device, "groupable", lambda step, sources: False)
+    monkeypatch.setattr(torch_arrays.TorchArrays, "group_function", lambda self, *args: None)
+    monkeypatch.setattr(dev, "programs", {})
+    monkeypatch.setattr(dev, "_replays", {})
+
+
+@pytest.mark.parametrize("name, apply, grouped", [
+    ("sqrt", lambda x, s, o: (x * x + 0.5).sqrt(), True), ("recip", lambda x, s, o: 1.0 / (x * x + 1.0), False),
+    ("neg-exp-tanh", lambda x, s, o: (-x).exp().tanh(), True),
+    ("sigmoid-floor", lambda x, s, o: x.sigmoid() + (x * 3).floor(), True),
+    ("add-scalar-tensor", lambda x, s, o: x + s, True), ("mul-lists", lambda x, s, o: x * o, True),
+    ("sub-div", lambda x, s, o: (x - o) / (s + 2.0), True), ("scalar-minus", lambda x, s, o: 2.0 - x, False),
+    ("maximum", lambda x, s, o: x.maximum(o), True), ("muladd", lambda x, s, o: x + o * 0.3 + x * o * o, True),
+    ("mulsub-tensor", lambda x, s, o: x - o * s, True),
+    ("mulsub-over-a-temporary", lambda x, s, o: x - (o + 1.0) * s, True),
+    ("lerp", lambda x, s, o: x.lerp(o, 0.25) + x.lerp(o, 0.75), True),
+])
+def test_sibling_ops_on_different_buffers_run_as_one_foreach_call(dev, name, apply, grouped, monkeypatch):
+    """The same op on buffers of different shapes, with lists, a 0-d tensor or a number as operands, is one
+    torch._foreach_* call where torch has one (`grouped`), else one call per buffer, with the reference's
+    values either way (chains of any length grouped here)."""
+    from zyx.runtime import foreach_groups
+    monkeypatch.setattr(foreach_groups, "MIN_CHAIN", 1)
+    monkeypatch.setattr(dev, "programs", {})
+    monkeypatch.setattr(dev, "_replays", {})
+    rng = np.random.default_rng(5)
+    data = [(rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32))
+            for shape in SHAPES]
+    scale = np.float32(0.7)
+
+    def run(device):
+        s = device.tensor(np.full((), scale, dtype=np.float32))
+        results = [apply(device.tensor(a), s, device.tensor(b)) for a, b in data]
+        zyx.realize(*results)
+        return results
+
+    for got, expected in zip(run(dev), run(zyx.CPU())):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+    assert any(op.startswith("_foreach_") for op in aten_ops(lambda: run(dev))) == grouped
+
+
+def adam_training(device, jit=True, steps=3):
+    """Losses of a few Adam steps of a two-layer MLP; with `jit` the aten operators of one more step; the
+    parameters after all steps."""
+    rng = np.random.default_rng(1)
+    x, y = device.tensor(rng.standard_normal((16, 6), dtype=np.float32)), device.tensor(rng.integers(0, 3, 16))
+    layers = [nn.Linear(6, 8, device=device), nn.Linear(8, 3, device=device)]
+    params = []
+    for layer in layers:
+        layer.weight = device.tensor(rng.uniform(-0.4, 0.4, layer.weight.shape).astype(np.float32))
+        layer.bias = device.tensor(rng.uniform(-0.4, 0.4, layer.bias.shape).astype(np.float32))
+        params += [layer.weight, layer.bias]
+    opt = nn.Adam(lr=1e-2, weight_decay=0.01)
+
+    def step(x, y):
+        loss = nn.cross_entropy(layers[1](layers[0](x).relu()), y)
+        opt.update(params, loss.backward(params), realize_with=[loss])
+        return loss
+    step = zyx.jit(step) if jit else step
+    losses = [step(x, y).item() for _ in range(steps)]
+    ops = aten_ops(lambda: step(x, y).item()) if jit else []
+    return losses, [p.numpy() for p in params], ops
+
+
+def test_optimizer_updates_run_as_foreach_calls_with_the_values_of_one_call_per_step(dev, monkeypatch):
+    """A jitted Adam step computes each op of the parameters' update chains as one torch._foreach_* call (in
+    place on the parameters and moments where it may): the same values as one torch call per step, the
+    reference's values, and far fewer torch operators a step."""
+    losses, params, ops = adam_training(dev)
+    reference_losses, reference_params, _ = adam_training(zyx.CPU(), jit=False, steps=4)
+    without_groups(dev, monkeypatch)
+    single_losses, single_params, single_ops = adam_training(dev)
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-6)
+    np.testing.assert_allclose(losses, reference_losses[:3], rtol=1e-5)
+    for got, single, expected in zip(params, single_params, reference_params):
+        np.testing.assert_allclose(got, single, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    foreach = [op for op in ops if op.startswith("_foreach_")]
+    assert "_foreach_lerp_" in foreach and not any(op.startswith("_foreach_") for op in single_ops)
+    assert len(ops) <= len(single_ops) - 2 * len(foreach)  # each call stands for three or four steps
+
+
+
+def test_one_op_updates_stay_beside_their_gradients(dev, monkeypatch):
+    """SGD's update is one op per parameter: it runs as soon as its gradient is made, not held to the program's
+    end for a group (foreach_groups.MIN_CHAIN), so the step's program plans the peak it has without groups."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((32, 6), dtype=np.float32)
+
+    def planned_peak():
+        layers = [nn.Linear(6, 16, device=dev), nn.Linear(16, 4, device=dev)]
+        params = [t for layer in layers for t in (layer.weight, layer.bias)]
+        opt = nn.SGD(lr=0.1)
+
+        @zyx.jit
+        def step(x):
+            loss = (layers[1](layers[0](x).relu()) ** 2).mean()
+            opt.update(params, loss.backward(params), realize_with=[loss])
+            return loss
+        losses = [step(dev.tensor(x)).item() for _ in range(2)]
+        assert losses[1] < losses[0]
+        return next(iter(step.steps.values()))[0].program.planned_peak_bytes
+
+    grouped = planned_peak()
+    without_groups(dev, monkeypatch)
+    assert grouped == planned_peak()

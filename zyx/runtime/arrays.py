@@ -73,6 +73,14 @@ class ArrayLibrary(ABC):
         given as `out=` (the step's result as stored), given the source steps; None where there is none."""
         return None
 
+    def group_function(self, step: Any, sources: Sequence[Any], kinds: Sequence[Any],
+                       in_place: bool) -> Optional[Callable[..., Any]]:
+        """A callable computing a group of steps like `step` (of these source steps) on different buffers in one
+        call (`foreach_groups.py`), given its operands' kinds (`foreach_groups.operand_kinds`: LIST, TENSOR or a
+        constant's value) and whether it writes over its first operand list; None where there is none (each member
+        runs alone)."""
+        return None
+
     def quiet(self) -> ContextManager[Any]:
         """The context a program runs in (numpy: no floating-point warnings; torch: no autograd, float32 products
         at zyx's precision)."""

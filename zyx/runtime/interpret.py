@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
 from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
 from . import fusions, log_softmax_fusion, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
+from .foreach_groups import Groupable, sunk_order
 from .memory_plan import frugal_order, overwrites
 from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
 
@@ -73,7 +74,7 @@ class InterpretedProgram:
 
 
 def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False,
-          in_place: Sequence[tuple[int, int]] = ()) -> InterpretedProgram:
+          in_place: Sequence[tuple[int, int]] = (), groupable: Optional[Groupable] = None) -> InterpretedProgram:
     """The program computing `targets` (`order`: their toposort). `optimize`: a float SUM of a MUL read by
     nothing else becomes one CONTRACT step (of the MUL's operands, or their sources where they are expands
     nothing else reads), an elementwise op whose sources are all constant along some axes
@@ -81,7 +82,8 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     unexpanded and lets the library broadcast them (`_broadcast_reads`), the steps run in `frugal_order`, and
     elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
     index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
-    must have the target's shape and dtype)."""
+    must have the target's shape and dtype). `groupable` (with `optimize`): which steps a library computes in
+    groups (`foreach_groups.py`), whose chains then run last, side by side (`sunk_order`)."""
     skipped, fused, order = _fusions(targets, order) if optimize else (set(), {}, order)
     slot_of: dict[int, int] = {}
     steps: list[Step] = []
@@ -108,6 +110,8 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     if optimize:
         steps, outputs = view_chains.simplified(steps, outputs)
         steps, outputs = _reordered(steps, outputs, frugal_order(steps, set(outputs)))
+        if groupable is not None:
+            steps, outputs = _reordered(steps, outputs, sunk_order(steps, groupable))
         steps = overwrites(steps, set(outputs))
     last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
     writes: list[list[tuple[int, int]]] = [[] for _ in steps]

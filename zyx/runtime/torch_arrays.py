@@ -23,6 +23,7 @@ from ..trace.ops import Op
 from ..trace.philox import CUDA_SOURCE, FLOAT_MANTISSA_BITS, philox_bits_int64
 from .arrays import ArrayLibrary, Shape
 from .steps import Fused, Step
+from .torch_foreach import group_function, groupable
 from .torch_products import bound_contract, contract
 
 TORCH_DTYPES: dict[str, torch.dtype] = {dtype.name: getattr(torch, dtype.name) for dtype in ALL_DTYPES}
@@ -258,6 +259,10 @@ class TorchArrays(ArrayLibrary):
             return function
         into = step.into
         return lambda *x: function(*x, out=x[into])
+
+    def group_function(self, step: Step, sources: Sequence[Step], kinds: Sequence[Any],
+                       in_place: bool) -> Optional[Callable[..., Any]]:
+        return group_function(step.op, kinds, in_place, step.into) if groupable(step, sources) else None
 
     def out_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
         if step.compact is not None or not step.dtype.is_float or not self.loads_as_stored(step.dtype):

@@ -3,7 +3,9 @@
 A realize looks the trace's structure up in memory (`Walk.structure`, as on OpenCL); a new structure is built in
 one pass (`interpret.build` with `optimize`: one launch per op, products and their gradients as matrix products,
 a memory plan) and written out as one Python function making a bound torch call per step (`program_code.py`,
-`torch_arrays.py`), which every later run of the structure replays; or, with `compile=True` or a
+`torch_arrays.py`), or one torch._foreach_* call per group of steps running the same op on different buffers
+(an optimizer's update chains: `foreach_groups.py`, `torch_foreach.py`), which every later run of the structure
+replays; or, with `compile=True` or a
 torch.compile mode (or ZYX_TORCH_COMPILE=1 or =MODE), as one `torch.compile`d function per program: each
 program's first run pays for Dynamo and Inductor (tens of seconds for a training step on a CPU; Inductor's own
 disk cache shortens it in a later process, Dynamo's tracing stays), later runs only check guards.
@@ -25,6 +27,7 @@ from . import interpret, profiling, program_code
 from .device import Device
 from .limits import host_limits
 from .torch_arrays import TorchArrays
+from .torch_foreach import groupable
 from .torch_memory import RunAccount, StorageTracker
 from .torch_runtime import TorchRuntime
 
@@ -105,7 +108,7 @@ class TorchDevice(Device):
         if any(node.op is Op.COLLECTIVE for node in order):
             raise TypeError(f"zyx.Torch: zyx.distributed's collectives run on zyx.CPU() and zyx.OpenCL() (host "
                             "staging is written for those two); move the tensors there")
-        program = interpret.build(targets, order, optimize=True, in_place=in_place)
+        program = interpret.build(targets, order, optimize=True, in_place=in_place, groupable=groupable)
         self.runtime.limits.check_nodes(program.stored())
         stats.bump("graphs_scheduled")
         return program
