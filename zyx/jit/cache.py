@@ -3,9 +3,9 @@
 On disk an entry is one row of the `kernels` table of `disk_store.DiskStore` (SQLite, shared safely by
 processes, bounded by an LRU size limit): the program binary, and JSON metadata (key components, source,
 binary checksum, kernel names, compile time) that is parsed and validated before the binary is handed to the
-driver. Nothing stored is ever unpickled or run as Python. Binaries are read once a program's first launches
-have run (see `KernelCache.commit`), by a background thread (`commit_later`), so the first step does not wait
-for them; the exit waits about as long as the process spent compiling (`KernelCache._exit_wait_seconds`).
+driver. Nothing stored is ever unpickled or run as Python. Binaries are read after a program's first launch
+(see `KernelCache.commit`) and written by a background thread (`commit_later`), so the first step does not
+wait for them; the exit waits about as long as the process spent compiling (`KernelCache._exit_wait_seconds`).
 
 A damaged entry is dropped with one `CacheWarning` and recompiled; the store handles damaged databases,
 read-only and untrusted directories (see `disk_store`). None of these interrupts the run.
@@ -245,11 +245,11 @@ class KernelCache:
         return self._store.holds(key)
 
     def commit(self, program: cl.Program) -> None:
-        """Store a freshly compiled program's binary; call it once the program's first kernel launches have run.
+        """Store a freshly compiled program's binary; call it after the program's first kernel launch.
 
-        PoCL fixes a binary the first time CL_PROGRAM_BINARIES is read, so reading it after they ran keeps the
-        work-group functions they compiled (PoCL compiles one when a kernel first runs, not when it is queued).
-        Programs that came from the cache, or were committed already, are not stored again.
+        PoCL fixes a binary the first time CL_PROGRAM_BINARIES is read, so reading it after a launch
+        keeps the work-group function compiled by that launch. Programs that came from the cache, or
+        were committed already, are not stored again.
         """
         pending: _Pending | None = vars(program).pop(_PENDING_ATTRIBUTE, None)
         if pending is None or not self.stores_binaries:
