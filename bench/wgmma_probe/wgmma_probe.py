@@ -3,7 +3,7 @@
 Part "layout": one warpgroup multiplies 64xK by NxK (bf16, f32 accumulate) with both operands in shared memory.
 The shared-memory images are arranged on the host (layout functions below), so each variant isolates one question:
 which byte arrangement + descriptor encoding wgmma reads as the matrices. Part "gemm": a full C = A.B^T kernel.
-Usage: wgmma_probe.py emulate OUTDIR | layout OUTDIR [N,..] | gemm OUTDIR [config indices] [torch]
+Usage: wgmma_probe.py emulate OUTDIR | layout OUTDIR [N,..] [alt] | gemm OUTDIR [config indices] [torch]
 A launch error can leave the context dead, so wgmma.sh runs each group in its own process.
 """
 import os, re, sys, time, traceback
@@ -12,6 +12,7 @@ import numpy as np
 OUT = sys.argv[2] if len(sys.argv) > 2 else "/tmp/wgmma-out"
 ARG = sys.argv[3] if len(sys.argv) > 3 else ""        # layout: N values; gemm: config indices (comma-separated)
 TORCH = "torch" in sys.argv[4:]                        # gemm: also time torch.matmul
+ALTERNATES = "alt" in sys.argv[4:]                     # layout: run the non-canonical encodings instead
 os.makedirs(OUT, exist_ok=True)
 LOG = open(os.path.join(OUT, f"{sys.argv[1]}.txt"), "a")
 
@@ -96,26 +97,27 @@ def image(values, addr, nbytes):
 
 
 def variants(n, k):
-    """(name, A layout, B layout, trans_b) where a layout is (addr array, per-step descriptors)."""
+    """(name, A layout, B layout, trans_b, expected) where a layout is (addr array, per-step descriptors);
+    expected: CUTLASS's canonical encoding (the alternates swap LBO/SBO and may read outside the tile)."""
     out = []
     for width in (128, 64, 32):
         (aa, ast), (ba, bst) = kmajor_swizzled(64, k, width), kmajor_swizzled(n, k, width)
         for lbo in (16, 0):
             d = lambda starts, rows: [desc(s, lbo, 8 * width, SWIZZLE_MODE[width]) for s in starts]
-            out.append((f"K-major SW{width} LBO={lbo} SBO={8 * width}", (aa, d(ast, 64)), (ba, d(bst, n)), 0))
+            out.append((f"K-major SW{width} LBO={lbo} SBO={8 * width}", (aa, d(ast, 64)), (ba, d(bst, n)), 0, True))
     for order in ("k", "mn"):
         (aa, ast, sa), (ba, bst, sb) = kmajor_interleave(64, k, order), kmajor_interleave(n, k, order)
         for name, lkey, skey in (("LBO=k SBO=mn", "kstride", "mnstride"), ("LBO=mn SBO=k", "mnstride", "kstride")):
             da = [desc(s, sa[lkey], sa[skey], 0) for s in ast]
             db = [desc(s, sb[lkey], sb[skey], 0) for s in bst]
-            out.append((f"K-major interleave order={order} {name}", (aa, da), (ba, db), 0))
+            out.append((f"K-major interleave order={order} {name}", (aa, da), (ba, db), 0, lkey == "kstride"))
     (aa, ast), _ = kmajor_swizzled(64, k, 128), None
     da = [desc(s, 16, 1024, 1) for s in ast]
     for order in ("k", "mn"):
         ba, bst, sb = mnmajor_swizzled(n, k, order)
         for name, lkey, skey in (("LBO=mn SBO=k", "mnstride", "kstride"), ("LBO=k SBO=mn", "kstride", "mnstride")):
             db = [desc(s, sb[lkey], sb[skey], 1) for s in bst]
-            out.append((f"B MN-major SW128 atoms={order} {name}", (aa, da), (ba, db), 1))
+            out.append((f"B MN-major SW128 atoms={order} {name}", (aa, da), (ba, db), 1, lkey == "mnstride"))
     return out
 
 
@@ -194,9 +196,9 @@ inline void cp16(uint dst, __global const ushort *src) {{
 }}
 inline void load_slice(uint sbase, __global const ushort *A, __global const ushort *B, int bm0, int bn0, int K, int kt, int lid) {{
   uint sa = sbase, sb = sbase + {a_bytes};
-  _Pragma("unroll") for (int i = lid; i < {bm * 8}; i += {threads}) {{ int r = i >> 3, c = i & 7;
+  _Pragma("unroll") for (int j = 0; j < {bm * 8 // threads}; j++) {{ int i = lid + j * {threads}, r = i >> 3, c = i & 7;
     cp16(sa + r * 128 + ((c ^ (r & 7)) << 4), A + (size_t)(bm0 + r) * K + kt * 64 + c * 8); }}
-  _Pragma("unroll") for (int i = lid; i < {bn * 8}; i += {threads}) {{ int r = i >> 3, c = i & 7;
+  _Pragma("unroll") for (int j = 0; j < {bn * 8 // threads}; j++) {{ int i = lid + j * {threads}, r = i >> 3, c = i & 7;
     cp16(sb + r * 128 + ((c ^ (r & 7)) << 4), B + (size_t)(bn0 + r) * K + kt * 64 + c * 8); }}
 }}
 __kernel __attribute__((reqd_work_group_size({threads}, 1, 1)))
@@ -219,15 +221,16 @@ void gemm(__global const ushort *A, __global const ushort *B, __global float *C,
     asm volatile("cp.async.wait_group {dist - 1};" ::: "memory");
     {f['proxy']}
     barrier(CLK_LOCAL_MEM_FENCE);
-    int nk = kt + {dist};
-    if (nk < kts) load_slice(sbase + (nk % {stages}) * {stage}, A, B, bm0, bn0, K, nk, lid);
-    asm volatile("cp.async.commit_group;" ::: "memory");
     uint st = sbase + (kt % {stages}) * {stage};
     ulong adesc = {desc(0, 16, 1024, 1)}ul | (ulong)(((st + wg * 8192) & 0x3FFFFu) >> 4);
     ulong bdesc = {desc(0, 16, 1024, 1)}ul | (ulong)(((st + {a_bytes}) & 0x3FFFFu) >> 4);
     {f['fence']}
 {mma}
     {f['commit']}
+    // refill while the batch runs: the buffer of slice kt+{dist} was last read by a batch every warpgroup has waited for
+    int nk = kt + {dist};
+    if (nk < kts) load_slice(sbase + (nk % {stages}) * {stage}, A, B, bm0, bn0, K, nk, lid);
+    asm volatile("cp.async.commit_group;" ::: "memory");
     {wait_asm(1 if wait1 else 0, hide)}
   }}
   {wait_asm(0, hide)}
@@ -307,14 +310,16 @@ def run_layout():
             b_bits, b = bf16_bits(rng.integers(-4, 5, (n, k)).astype(np.float32))
             ref = a @ b.T
             for trans in (0, 1):
-                vs = [v for v in variants(n, k) if v[3] == trans]
-                smem = max(span(aa) + span(ba) for _, (aa, _), (ba, _), _ in vs)
+                vs = [v for v in variants(n, k) if v[3] == trans and v[4] != ALTERNATES]
+                if not vs:
+                    continue
+                smem = max(span(aa) + span(ba) for _, (aa, _), (ba, _), _, _ in vs)
                 prg = build(ctx, dev, lambda hide: layout_source(n, k // 16, trans, hide, smem), f"layout_n{n}_k{k}_t{trans}")
                 if prg is None:
                     summary.append(f"n={n} k={k} trans={trans}: BUILD FAIL"); continue
-                cases = [(name, aa, da, ba, db, a_bits, b_bits, ref) for name, (aa, da), (ba, db), _ in vs]
-                if trans == 0:   # accumulator map: first variant on data whose every product names its (m, n)
-                    name, (aa, da), (ba, db), _ = vs[0]
+                cases = [(name, aa, da, ba, db, a_bits, b_bits, ref) for name, (aa, da), (ba, db), _, _ in vs]
+                if trans == 0 and not ALTERNATES:   # accumulator map: first variant on data whose every product names its (m, n)
+                    name, (aa, da), (ba, db), _, _ = vs[0]
                     ua, ub = np.zeros((64, k), np.float32), np.zeros((n, k), np.float32)
                     ua[:, 0], ua[:, 1], ub[:, 0], ub[:, 1] = np.arange(1, 65), 1, 1, 256 * np.arange(n)
                     (ua_bits, ua), (ub_bits, ub) = bf16_bits(ua), bf16_bits(ub)
@@ -441,7 +446,7 @@ def run_emulate():
     rng = np.random.default_rng(1)
     for n in [int(x) for x in ARG.split(",")] if ARG else (64, 128, 256):
         for k in (16, 128):
-            for name, (aa, da), (ba, db), trans in variants(n, k):
+            for name, (aa, da), (ba, db), _, _ in variants(n, k):
                 assert len(np.unique(aa)) == aa.size and len(np.unique(ba)) == ba.size, name
                 assert span(aa) <= 64 * max(k, 64) * 2 and span(ba) <= n * max(k, 64) * 2, name
     # gemm loader == host layout
