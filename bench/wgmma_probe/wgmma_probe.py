@@ -285,6 +285,9 @@ def build(ctx, dev, make_source, label):
 def nvidia():
     import pyopencl as cl
     devs = [d for p in cl.get_platforms() for d in p.get_devices() if "NVIDIA" in p.name]
+    if not devs:
+        raise SystemExit("no NVIDIA OpenCL device (platforms: %s): was .gpu/setup.sh sourced?"
+                         % [p.name for p in cl.get_platforms()])
     ctx = cl.Context(devs[:1])
     return ctx, devs[0], cl.CommandQueue(ctx)
 
