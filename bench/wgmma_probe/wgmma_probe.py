@@ -383,6 +383,9 @@ def diagnose(got, ref, raw):
 
 
 # ---------------------------------------------------------------- part 2: GEMM speed
+GEMM_SIZES = (4096, 8192)
+
+
 def run_gemm():
     import pyopencl as cl, torch
     ctx, dev, q = nvidia()
@@ -392,7 +395,7 @@ def run_gemm():
     if ARG:
         configs = [configs[int(i)] for i in ARG.split(",")]
     mats = {}
-    for size in (4096, 8192):
+    for size in GEMM_SIZES:
         g = torch.Generator(device="cuda").manual_seed(0)
         a = torch.randn(size, size, device="cuda", generator=g).bfloat16()
         b = torch.randn(size, size, device="cuda", generator=g).bfloat16()
