@@ -177,18 +177,79 @@ void probe(__global const uint4 *img, int nvec, int boff, __global const ulong *
 """
 
 
-def gemm_source(bm, bn, stages, wait1, hide, group_m=8):
+def gemm_source(bm, bn, stages, wait1, hide, producer=False, group_m=8):
     """C[M,N] (f32) = A[M,K] . B[N,K]^T, bf16 K-contiguous inputs. bm/64 consumer warpgroups, each one m64n{bn}
-    wgmma per k16 step over the whole block width; all threads also issue cp.async loads of BK=64 slices into the
-    128-byte swizzled K-major layout (row r, 16-byte chunk c stored at chunk c ^ (r % 8)); `stages` buffers.
-    wait1: keep one wgmma batch in flight (prefetch distance stages-2) instead of waiting for each (stages-1)."""
-    wgs, threads = bm // 64, bm * 2
+    wgmma per k16 step over the whole block width; BK=64 slices land by cp.async in the 128-byte swizzled K-major
+    layout (row r, 16-byte chunk c stored at chunk c ^ (r % 8)) in `stages` buffers.
+    producer=False: every item loads and multiplies, one barrier per slice; wait1 keeps one wgmma batch in flight
+    (prefetch distance stages-2) instead of waiting for each (stages-1).
+    producer=True: one more warpgroup only loads; stage s is handed over by named barriers full[s] = 1+s (producer
+    bar.arrive, consumers bar.sync) and empty[s] = 1+stages+s (consumers bar.arrive, producer bar.sync). A barrier
+    never gets a second generation's arrivals early: the producer's next arrive on full[s] follows its sync on
+    empty[s], which needs the consumers' sync on full[s]; likewise for empty[s]."""
+    wgs = bm // 64
+    threads = (wgs + producer) * 128
+    loaders = 128 if producer else threads
     a_bytes, b_bytes = bm * 128, bn * 128
     stage = a_bytes + b_bytes
-    dist = stages - 2 if wait1 else stages - 1
     f = fence_asm(hide)
     mma = "\n".join(f"    {{ ulong da = adesc + {s * 2}, db = bdesc + {s * 2}; uint scale_d = 1;\n      {wgmma_asm(bn, 0, hide)} }}"
                     for s in range(4))
+    issue = f"""    uint st = sbase + (kt % {stages}) * {stage};
+    ulong adesc = {desc(0, 16, 1024, 1)}ul | (ulong)(((st + wg * 8192) & 0x3FFFFu) >> 4);
+    ulong bdesc = {desc(0, 16, 1024, 1)}ul | (ulong)(((st + {a_bytes}) & 0x3FFFFu) >> 4);
+    {f['fence']}
+{mma}
+    {f['commit']}"""
+    commit = 'asm volatile("cp.async.commit_group;" ::: "memory");'
+    if producer:
+        bar = lambda op, ident: f'asm volatile("bar.{op} %0, {threads};" :: "r"({ident}) : "memory");'
+        assert 2 * stages < 16, "named barriers 1..15"
+        # slices the producer keeps loading before handing one over: with wait1 the consumers release a buffer one
+        # slice late, so handing over at distance stages-1 would wait on a release that waits on that hand-over
+        look = stages - 2 if wait1 else stages - 1
+        mainloop = f"""  if (wg == {wgs}) {{   // producer warpgroup
+    for (int kt = 0; kt < kts; kt++) {{
+      if (kt >= {stages}) {bar("sync", f"1 + {stages} + kt % {stages}")}
+      load_slice(sbase + (kt % {stages}) * {stage}, A, B, bm0, bn0, K, kt, t);
+      {commit}
+      if (kt >= {look}) {{   // slice kt-{look} has landed: hand it over
+        asm volatile("cp.async.wait_group {look};" ::: "memory");
+        {f['proxy']}
+        {bar("arrive", f"1 + (kt - {look}) % {stages}")}
+      }}
+    }}
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    {f['proxy']}
+    for (int kt = max(kts - {look}, 0); kt < kts; kt++) {bar("arrive", f"1 + kt % {stages}")}
+    return;
+  }}
+  for (int kt = 0; kt < kts; kt++) {{
+    {bar("sync", f"1 + kt % {stages}")}
+{issue}
+    {wait_asm(1 if wait1 else 0, hide)}
+    int done = kt - {int(wait1)};   // slice whose batch is now complete: its buffer goes back to the producer
+    if (done >= 0 && done + {stages} < kts) {bar("arrive", f"1 + {stages} + done % {stages}")}
+  }}
+  {wait_asm(0, hide)}"""
+    else:
+        dist = stages - 2 if wait1 else stages - 1
+        mainloop = f"""  for (int p = 0; p < {dist}; p++) {{
+    if (p < kts) load_slice(sbase + p * {stage}, A, B, bm0, bn0, K, p, lid);
+    {commit}
+  }}
+  for (int kt = 0; kt < kts; kt++) {{
+    asm volatile("cp.async.wait_group {dist - 1};" ::: "memory");
+    {f['proxy']}
+    barrier(CLK_LOCAL_MEM_FENCE);
+{issue}
+    // refill while the batch runs: the buffer of slice kt+{dist} was last read by a batch every warpgroup has waited for
+    int nk = kt + {dist};
+    if (nk < kts) load_slice(sbase + (nk % {stages}) * {stage}, A, B, bm0, bn0, K, nk, lid);
+    {commit}
+    {wait_asm(1 if wait1 else 0, hide)}
+  }}
+  {wait_asm(0, hide)}"""
     n2 = bn // 2
     return f"""
 inline void cp16(uint dst, __global const ushort *src) {{
@@ -196,9 +257,9 @@ inline void cp16(uint dst, __global const ushort *src) {{
 }}
 inline void load_slice(uint sbase, __global const ushort *A, __global const ushort *B, int bm0, int bn0, int K, int kt, int lid) {{
   uint sa = sbase, sb = sbase + {a_bytes};
-  _Pragma("unroll") for (int j = 0; j < {bm * 8 // threads}; j++) {{ int i = lid + j * {threads}, r = i >> 3, c = i & 7;
+  _Pragma("unroll") for (int j = 0; j < {bm * 8 // loaders}; j++) {{ int i = lid + j * {loaders}, r = i >> 3, c = i & 7;
     cp16(sa + r * 128 + ((c ^ (r & 7)) << 4), A + (size_t)(bm0 + r) * K + kt * 64 + c * 8); }}
-  _Pragma("unroll") for (int j = 0; j < {bn * 8 // threads}; j++) {{ int i = lid + j * {threads}, r = i >> 3, c = i & 7;
+  _Pragma("unroll") for (int j = 0; j < {bn * 8 // loaders}; j++) {{ int i = lid + j * {loaders}, r = i >> 3, c = i & 7;
     cp16(sb + r * 128 + ((c ^ (r & 7)) << 4), B + (size_t)(bn0 + r) * K + kt * 64 + c * 8); }}
 }}
 __kernel __attribute__((reqd_work_group_size({threads}, 1, 1)))
@@ -213,27 +274,7 @@ void gemm(__global const ushort *A, __global const ushort *B, __global float *C,
   int kts = K / 64;
   float acc[{n2}];
   _Pragma("unroll") for (int i = 0; i < {n2}; i++) acc[i] = 0.0f;
-  for (int p = 0; p < {dist}; p++) {{
-    if (p < kts) load_slice(sbase + p * {stage}, A, B, bm0, bn0, K, p, lid);
-    asm volatile("cp.async.commit_group;" ::: "memory");
-  }}
-  for (int kt = 0; kt < kts; kt++) {{
-    asm volatile("cp.async.wait_group {dist - 1};" ::: "memory");
-    {f['proxy']}
-    barrier(CLK_LOCAL_MEM_FENCE);
-    uint st = sbase + (kt % {stages}) * {stage};
-    ulong adesc = {desc(0, 16, 1024, 1)}ul | (ulong)(((st + wg * 8192) & 0x3FFFFu) >> 4);
-    ulong bdesc = {desc(0, 16, 1024, 1)}ul | (ulong)(((st + {a_bytes}) & 0x3FFFFu) >> 4);
-    {f['fence']}
-{mma}
-    {f['commit']}
-    // refill while the batch runs: the buffer of slice kt+{dist} was last read by a batch every warpgroup has waited for
-    int nk = kt + {dist};
-    if (nk < kts) load_slice(sbase + (nk % {stages}) * {stage}, A, B, bm0, bn0, K, nk, lid);
-    asm volatile("cp.async.commit_group;" ::: "memory");
-    {wait_asm(1 if wait1 else 0, hide)}
-  }}
-  {wait_asm(0, hide)}
+{mainloop}
   int row = bm0 + wg * 64 + warp * 16 + lane / 4;
   _Pragma("unroll") for (int j = 0; j < {bn // 8}; j++) {{
     int col = bn0 + j * 8 + 2 * (lane % 4);
@@ -390,8 +431,9 @@ def run_gemm():
     import pyopencl as cl, torch
     ctx, dev, q = nvidia()
     say("device:", dev.name)
-    configs = [(128, 256, 4, False), (128, 256, 4, True), (128, 256, 3, False), (128, 128, 4, False),
-               (128, 128, 6, True), (256, 128, 4, False), (64, 256, 4, False)]
+    configs = [(128, 256, 4, False, False), (128, 256, 4, True, False), (128, 256, 3, False, False),
+               (128, 128, 4, False, False), (128, 128, 6, True, False), (256, 128, 4, False, False),
+               (64, 256, 4, False, False), (128, 256, 4, False, True), (128, 256, 4, True, True)]
     if ARG:
         configs = [configs[int(i)] for i in ARG.split(",")]
     mats = {}
@@ -407,13 +449,13 @@ def run_gemm():
         for _ in range(20): a @ b.T
         torch.cuda.synchronize(); dt = (time.perf_counter() - t0) / 20
         say(f"torch bf16 {size}^3 A.B^T: {2 * size ** 3 / dt / 1e12:7.1f} TFLOP/s")
-    for bm, bn, stages, wait1 in configs:
-        label = f"gemm_bm{bm}_bn{bn}_s{stages}_w{int(wait1)}"
+    for bm, bn, stages, wait1, producer in configs:
+        label = f"gemm_bm{bm}_bn{bn}_s{stages}_w{int(wait1)}" + ("_producer" if producer else "")
         smem = stages * (bm + bn) * 128 + 1024
         if smem > 200 * 1024 + 1024:
             say(f"{label}: skip, {smem} bytes of local memory"); continue
         try:
-            prg = build(ctx, dev, lambda hide: gemm_source(bm, bn, stages, wait1, hide), label)
+            prg = build(ctx, dev, lambda hide: gemm_source(bm, bn, stages, wait1, hide, producer), label)
             if prg is None:
                 say(f"FAIL {label}: build"); continue
             for size, (a, b) in mats.items():
@@ -423,7 +465,8 @@ def run_gemm():
                 C = cl.Buffer(ctx, mf.READ_WRITE, size * size * 4)
                 kern = prg.gemm
                 kern.set_args(A, B, C, np.int32(size), np.int32(size), np.int32(size))
-                gs, ls = ((size // bm) * (size // bn) * bm * 2,), (bm * 2,)
+                threads = bm * 2 + 128 * producer
+                gs, ls = ((size // bm) * (size // bn) * threads,), (threads,)
                 cl.enqueue_nd_range_kernel(q, kern, gs, ls); q.finish()
                 out = np.empty((size, size), np.float32); cl.enqueue_copy(q, out, C); q.finish()
                 rows, cols = slice(0, None, 97), slice(5, None, 89)
