@@ -5,7 +5,7 @@ source .gpu/setup.sh
 D="$OUT/wgmma"; mkdir -p "$D"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader > "$D/gpu.txt" 2>&1; cat "$D/gpu.txt"
 git log --oneline -1 > "$D/commit.txt" 2>&1
-P=.gpu/wgmma_probe.py
+P="$(dirname "$0")/wgmma_probe.py"   # the probe next to this script
 echo "=== emulate (host index math)"
 timeout 10 python3 $P emulate "$D" 2>&1 | tail -5
 echo "=== layout (one warpgroup, 64xNxK vs numpy; exact small-integer data, PASS needs max err 0)"
