@@ -25,7 +25,8 @@ from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
-from .tensor_cores import lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory, tensor_core_options
+from .tensor_cores import (WGMMA, lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory,
+                           tensor_core_options)
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -259,7 +260,8 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
                                    choice)
         if cores is not None:
             lowered, kernel, plan = cores
-            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined)
+            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined,
+                                          WGMMA in traits.tensor_cores)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
