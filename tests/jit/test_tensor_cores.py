@@ -87,8 +87,11 @@ def test_products_of_mixed_dtypes_vectors_or_without_tensor_cores_keep_the_float
 
 
 def test_tensor_core_kinds_follow_the_compute_capability(monkeypatch):
-    assert tensor_core_kinds((9, 0)) == ("bf16", "f16") == tensor_core_kinds((8, 0))
+    assert tensor_core_kinds((9, 0)) == ("bf16", "f16", "wgmma")  # Hopper: warpgroup products too
+    assert tensor_core_kinds((8, 0)) == ("bf16", "f16") == tensor_core_kinds((12, 0))
     assert tensor_core_kinds((7, 5)) == () == tensor_core_kinds(None)
+    monkeypatch.setenv("ZYX_WGMMA", "0")
+    assert tensor_core_kinds((9, 0)) == ("bf16", "f16")
     monkeypatch.setenv("ZYX_TENSOR_CORES", "0")
     assert tensor_core_kinds((9, 0)) == ()
 

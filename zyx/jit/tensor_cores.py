@@ -108,8 +108,9 @@ class TensorCorePlan(TilePlan):
 
     @property
     def choice(self) -> Choice:
+        warpgroup = {"warpgroup": 1} if self.warpgroup else {}  # (choices without it predate warpgroups: 0)
         return Choice.of("tensor_cores", columns=self.warp_columns, row_bytes=self.bk * self.stored.itemsize,
-                         buffers=self.buffers, pipelined=int(self.pipelined), warpgroup=int(self.warpgroup))
+                         buffers=self.buffers, pipelined=int(self.pipelined), **warpgroup)
 
     def layout(self, length: int) -> "TileLayout":
         """How a tile whose rows hold `length` elements lies in local memory (a warpgroup's: rows of 128 bytes,
@@ -218,8 +219,9 @@ def tensor_core_options(local_memory: int, pipelined: bool, warpgroup: bool = Fa
     """The values a search may try for a product on tensor cores: of each parameter those some feasible combination
     takes (`pipelined`: whether the kernel can have a pipeline, some operand copied by cp.async; `warpgroup`:
     whether the device and product take warpgroup products)."""
-    family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,),
-              "warpgroup": (0, 1) if pipelined and warpgroup else (0,)}
+    family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,)}
+    if not (pipelined and warpgroup):
+        del family["warpgroup"]
     names = sorted(family)
     possible = [dict(zip(names, values)) for values in itertools.product(*(family[name] for name in names))
                 if feasible_on_tensor_cores(Choice.of("tensor_cores", **dict(zip(names, values))), local_memory)]
