@@ -46,6 +46,7 @@ from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .print_common import aligned
+from .print_opencl import STATEMENTS
 from .symbolic import Expr
 from .tiling import matmul_axes
 from .transforms.async_pipeline import pipeline
@@ -284,6 +285,38 @@ def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[st
         return ()
     hopper = compute_capability[0] == 9 and os.environ.get("ZYX_WGMMA") != "0"
     return ("bf16", "f16", WGMMA) if hopper else ("bf16", "f16")
+
+
+_WARPGROUPS_BUILD: dict[int, bool] = {}
+
+
+def warpgroup_probe_source() -> str:
+    """A kernel of one m64n8k16 warpgroup product (what warpgroups_build builds)."""
+    acc = tuple(Reg(f"acc{i}", float32) for i in range(4))
+    product = WarpgroupMma(acc, "tile", Expr(0), "tile", Expr(wgmma.ROWS * wgmma.ROW), 8, "bf16")
+    body = "\n  ".join(STATEMENTS[type(s)](s) for s in (WarpgroupFence(), product, WarpgroupCommit(), WarpgroupWait(0)))
+    return (f"__kernel void zyx_wgmma_probe(__global float* out) {{\n  __local ushort tile[{2 * wgmma.ROWS * wgmma.ROW}] "
+            f"__attribute__((aligned(16)));\n  float {', '.join(f'{a.name} = 0.0f' for a in acc)};\n  {body}\n"
+            f"  out[get_local_id(0)] = {' + '.join(a.name for a in acc)};\n}}\n")
+
+
+def warpgroups_build(runtime: object) -> bool:
+    """Whether `runtime`'s OpenCL (NVIDIA's, compute capability 9.x) builds a warpgroup product through the PTX
+    patch (ptx_patch.py): a driver whose compiler or PTX loader would reject it keeps the warps' products instead of
+    failing every half-precision product. Built once per device (a fraction of a second)."""
+    from .compiler import build_source  # (pyopencl: only devices with a runtime get here)
+    device = getattr(runtime, "device", None)
+    if device is None:
+        return False
+    key = device.int_ptr
+    if key not in _WARPGROUPS_BUILD:
+        source = warpgroup_probe_source()
+        try:
+            build_source(runtime.context, device, source)  # type: ignore[attr-defined]
+            _WARPGROUPS_BUILD[key] = True
+        except Exception:  # KernelBuildError, or a driver error loading the PTX
+            _WARPGROUPS_BUILD[key] = False
+    return _WARPGROUPS_BUILD[key]
 
 
 class TensorCoreLowering(LocalTileLowering):
