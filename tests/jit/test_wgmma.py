@@ -256,3 +256,16 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, shape)
                                    capture_output=True, text=True)
         assert assembled.returncode == 0, assembled.stderr[-2000:]
         assert "0 bytes spill stores" in assembled.stderr, assembled.stderr
+
+
+def test_groups_take_the_blocks_in_bands_of_eight_rows_each_once():
+    x, y = operands((2048, 256), (256, 2048))  # 16 x 8 blocks of 128 x 256
+    kernel = product_kernel(x @ y)
+    product = next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma))
+    blocks = []
+    for gid in range(16 * 8):
+        first_row = _copied_bytes(kernel, product.a_array, gid)[0] // 256  # element (0, 0) of the left tile
+        first_column = _copied_bytes(kernel, product.b_array, gid)[0]  # element (k 0, column 0) of the right tile
+        blocks.append((first_row // 128, first_column // 256))
+    assert blocks[:9] == [(r, 0) for r in range(8)] + [(0, 1)] and blocks[64] == (8, 0)
+    assert sorted(blocks) == [(r, c) for r in range(16) for c in range(8)]

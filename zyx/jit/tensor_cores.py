@@ -75,6 +75,7 @@ LOCAL_MEMORY = {(9, 0): 200 * 1024}
 # 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
 # wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
 WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
+BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
 WGMMA = "wgmma"      # in a device's tensor-core kinds: it multiplies 16-bit operands by warpgroups too
@@ -333,6 +334,24 @@ class TensorCoreLowering(LocalTileLowering):
         """Where the item's warp's outputs start in the block, along n and m."""
         warp = self.lid // WARP
         return (warp // 4) * WARP_ROWS, (warp % 4) * self.plan.warp_columns
+
+    def _block(self, grid: tuple[int, ...]) -> Index:
+        """A warpgroup plan's groups take the blocks of each product in bands of BAND rows of blocks (the largest
+        of 8, 4, 2 dividing them), down each column of the band before the next: the groups running at once share
+        their slices of both operands in L2 (the probe's 650 TFLOP/s at bfloat16 8192³ were measured in bands
+        of 8). Other plans: row-major."""
+        n_axis, m_axis = self.plan.n_space_axis, self.plan.m_space_axis
+        rows, columns = grid[n_axis], grid[m_axis]
+        band = next((b for b in BANDS if rows % b == 0 and rows > b), 1)
+        if not self.plan.warpgroup or band == 1:
+            return super()._block(grid)
+        gid, plane = Expr.var("gid", self.groups), rows * columns
+        others = [a for a in range(len(grid)) if a not in (n_axis, m_axis)]
+        outer = unravel(gid // plane, tuple(grid[a] for a in others))
+        inside = gid % plane % (band * columns)
+        cell = dict(zip(others, outer))
+        cell[n_axis], cell[m_axis] = gid % plane // (band * columns) * band + inside % band, inside // band
+        return tuple(cell[a] for a in range(len(grid)))
 
     def _element_offsets(self) -> list[tuple[Expr, Expr]]:
         """The mma accumulator layout: in tile (i, j) lane l holds rows l // 4 and l // 4 + 8, columns 2·(l % 4) and
