@@ -17,13 +17,14 @@ from zyx.errors import KernelBuildError
 from zyx.jit import wgmma
 from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
-from zyx.jit.choices import Choice
+from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, Barrier, Loop, Reg, WarpgroupCommit,
                                WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
 from zyx.jit.schedule import DeviceTraits, schedule
 from zyx.jit.symbolic import Expr
+from zyx.jit.tune import candidates
 from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, tensor_core_options, warpgroup_probe_source,
                                   warpgroups_build)
 
@@ -269,3 +270,21 @@ def test_groups_take_the_blocks_in_bands_of_eight_rows_each_once():
         blocks.append((first_row // 128, first_column // 256))
     assert blocks[:9] == [(r, 0) for r in range(8)] + [(0, 1)] and blocks[64] == (8, 0)
     assert sorted(blocks) == [(r, c) for r in range(16) for c in range(8)]
+
+
+def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner():
+    x, y = operands((2048, 256), (256, 2048))
+    kernel = product_kernel(x @ y)
+    tried = {c.describe() for c in candidates(kernel.site, HOPPER, 2)}
+    assert {"buffers=4 columns=64 pipelined=1 row_bytes=128 warpgroup=1",
+            "buffers=2 columns=32 pipelined=1 row_bytes=128 warpgroup=1",
+            "buffers=3 columns=64 pipelined=1 row_bytes=128 warpgroup=0"} <= tried
+    assert not any("warpgroup=1" in c and "row_bytes=64" in c for c in tried)
+    for choice, marker in ((Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=3, pipelined=1, warpgroup=1),
+                            "m64n128k16"), (Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3,
+                                                      pipelined=1, warpgroup=0), "mma.sync")):
+        tuned, = [k for k in schedule([(x @ y).node], HOPPER, TunedChoices({kernel.site.key: choice}))[0]
+                  if "mma" in k.source]
+        assert tuned.site.heuristic == kernel.site.heuristic and marker in tuned.source
+    narrow = product_kernel((x * 2) @ (y + 1))  # on warps: a search keeps to warps
+    assert all("warpgroup" not in c.describe() for c in candidates(narrow.site, HOPPER, 2))

@@ -265,8 +265,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
                                    choice)
         if cores is not None:
             lowered, kernel, plan = cores
-            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined,
-                                          WGMMA in traits.tensor_cores)
+            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)

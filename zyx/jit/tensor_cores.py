@@ -220,7 +220,7 @@ def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
 def tensor_core_options(local_memory: int, pipelined: bool, warpgroup: bool = False) -> Options:
     """The values a search may try for a product on tensor cores: of each parameter those some feasible combination
     takes (`pipelined`: whether the kernel can have a pipeline, some operand copied by cp.async; `warpgroup`:
-    whether the device and product take warpgroup products)."""
+    whether its heuristics' plan is a warpgroup one: the search may then try warps too)."""
     family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,)}
     if not (pipelined and warpgroup):
         del family["warpgroup"]
