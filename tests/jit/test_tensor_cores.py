@@ -20,7 +20,8 @@ def kernels_of(out, traits=TENSOR_CORES):
 
 
 def on_tensor_cores(kernel) -> bool:
-    return "mma.sync" in kernel.source
+    """By warps (mma.sync), or on Hopper by warpgroups (wgmma: test_wgmma.py)."""
+    return "mma.sync" in kernel.source or "wgmma.mma_async" in kernel.source
 
 
 @pytest.mark.parametrize("dtype, kind", [("bfloat16", "bf16"), ("float16", "f16")])
