@@ -288,3 +288,86 @@ def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner
         assert tuned.site.heuristic == kernel.site.heuristic and marker in tuned.source
     narrow = product_kernel((x * 2) @ (y + 1))  # on warps: a search keeps to warps
     assert all("warpgroup" not in c.describe() for c in candidates(narrow.site, HOPPER, 2))
+
+
+# ---- the whole kernel on PoCL, wgmma emulated ----------------------------------------------------------------------
+EMULATED_DOT = """
+static float zyx_emu_element(__local const uchar* tile, uint offset, int f16) {
+  uint at = offset ^ (((offset >> 7) & 7u) << 4);  /* the 128-byte swizzle, from the 1024-aligned tile */
+  ushort bits = *(__local const ushort*)(tile + at);
+  return f16 ? vload_half(0, (__local const half*)(tile + at)) : as_float((uint)bits << 16);
+}
+static float zyx_emu_dot(__local const uchar* a, uint a0, int row, __local const uchar* b, uint b0, int column,
+                         int mn_major, uint leading, int f16) {
+  float sum = 0.0f;
+  for (int k = 0; k < 16; k++) {
+    uint at_b = mn_major ? b0 + (column / 64) * leading + (k / 8) * 1024 + (k % 8) * 128 + (column % 64) * 2
+                         : b0 + column * 128 + k * 2;
+    sum += zyx_emu_element(a, a0 + row * 128 + k * 2, f16) * zyx_emu_element(b, at_b, f16);
+  }
+  return sum;
+}
+"""
+
+
+def _emulated_mma(s: WarpgroupMma) -> str:
+    """Each item computes its own accumulators from local memory as the descriptors describe it."""
+    lines = [f"{{ uint a0 = (uint)({s.a_index.render()}) * 2, b0 = (uint)({s.b_index.render()}) * 2; int t = lid % 128;"]
+    for register, acc in enumerate(s.acc):
+        row, column = wgmma.accumulator_position(Expr.var("t", 128), register)
+        lines.append(f"  {acc.name} += zyx_emu_dot((__local const uchar*){s.a_array}, a0, {row.render()}, "
+                     f"(__local const uchar*){s.b_array}, b0, {column.render()}, {int(s.b_mn_major)}, {s.b_leading}u, "
+                     f"{int(s.kind == 'f16')});")
+    return "\n".join(lines) + " }"
+
+
+def _emulated_copy(s: AsyncCopy) -> str:
+    from zyx.jit.print_common import condition
+    from zyx.jit.print_opencl import swizzled
+    guard = condition(s.guard) if s.guard else "1"
+    return (f"{{ __local ushort* d = ((__local ushort*){s.array}) + {swizzled(s.index, s.swizzle)}; "
+            f"__global const ushort* r = ((__global const ushort*){s.buffer}) + {s.source.render()}; "
+            f"for (int e = 0; e < {s.width}; e++) d[e] = ({guard}) ? r[e] : 0; }}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, n, k, m, transposed, columns", [("bfloat16", 256, 192, 512, False, 32),
+                                                                  ("float16", 200, 136, 264, True, 64)])
+def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch, dtype, n, k, m, transposed, columns):
+    """The printed kernel, its cp.async copies as plain copies and each wgmma as C reading local memory the way the
+    descriptors say (wgmma.py, as measured on the H200), run on PoCL: the pipeline, the layouts, the accumulator
+    map, the block order and the epilogue together, against numpy: 128 x 128 blocks with the right operand across
+    k (MN-major), and 128 x 256 blocks (a tuned choice) with both along k and edges in every direction. (Slow:
+    PoCL compiles 128 accumulators' emulation for a minute or two.)"""
+    import ml_dtypes
+    import pyopencl as cl
+    from zyx.jit import print_opencl
+    from zyx.jit.kernel_ir import AsyncCommit, AsyncWait
+    x, y = operands((n, k), (m, k) if transposed else (k, m), dtype=dtype)
+    out = x @ y.T if transposed else x @ y
+    kernel = product_kernel(out)
+    choice = Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1)
+    if kernel.site.heuristic != choice:
+        kernel, = [k for k in schedule([out.node], HOPPER, TunedChoices({kernel.site.key: choice}))[0] if "mma" in k.source]
+    assert [s.n for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)][0] == 4 * columns
+    nothing = lambda s: ";"
+    for statement, printer in ((WarpgroupMma, _emulated_mma), (AsyncCopy, _emulated_copy), (WarpgroupFence, nothing),
+                               (WarpgroupCommit, nothing), (WarpgroupWait, nothing), (AsyncProxyFence, nothing),
+                               (AsyncCommit, nothing), (AsyncWait, nothing)):
+        monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
+    name, source = print_opencl.print_kernel(kernel.ir)
+    dev = zyx.OpenCL()
+    context, device = dev.runtime.context, dev.runtime.device
+    program = cl.Program(context, EMULATED_DOT + source).build()
+    kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    a, b = x.numpy().astype(kind), y.numpy().astype(kind)
+    flags = cl.mem_flags
+    buffers = [cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=v.view(np.uint16).copy()) for v in (a, b)]
+    out = cl.Buffer(context, flags.WRITE_ONLY, n * m * 2)
+    queue = cl.CommandQueue(context, device)
+    getattr(program, name)(queue, (kernel.global_size,), (kernel.local_size,), *buffers, out)
+    got = np.empty((n, m), np.uint16)
+    cl.enqueue_copy(queue, got, out)
+    expected = a.astype(np.float64) @ (b.astype(np.float64).T if transposed else b.astype(np.float64))
+    eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
+    np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
