@@ -4,6 +4,8 @@ step reads the operand elements its mma fragment needs from swizzled tiles, with
 asynchronous copies fill the other stages. On an NVIDIA GPU, tests/jit/test_tensor_cores.py checks results."""
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import random
 import shutil
@@ -82,6 +84,7 @@ def test_products_on_tensor_cores_stage_into_the_local_memory_measured_per_compu
     h200 = DeviceTraits.of(_Runtime((9, 0)))
     assert h200.local_memory == 49152 and h200.tensor_core_local_memory == 200 * 1024  # other kernels: 48 KiB
     assert DeviceTraits.of(_Runtime((8, 6))).tensor_core_local_memory == 49152
+    h200 = dataclasses.replace(h200, tensor_cores=("bf16", "f16"))  # warps' products (test_wgmma.py: warpgroups')
     x, y, z = operands((2048, 256), (256, 2048), (256, 128))
     # 3 stages of 128 x 256 blocks, 128-byte slices (144 KiB): 4 + 8 copies per item per slice, 2 slices ahead
     kernel = product_kernel(x @ y, h200)

@@ -20,7 +20,8 @@ def kernels_of(out, traits=TENSOR_CORES):
 
 
 def on_tensor_cores(kernel) -> bool:
-    return "mma.sync" in kernel.source
+    """By warps (mma.sync), or on Hopper by warpgroups (wgmma: test_wgmma.py)."""
+    return "mma.sync" in kernel.source or "wgmma.mma_async" in kernel.source
 
 
 @pytest.mark.parametrize("dtype, kind", [("bfloat16", "bf16"), ("float16", "f16")])
@@ -87,8 +88,11 @@ def test_products_of_mixed_dtypes_vectors_or_without_tensor_cores_keep_the_float
 
 
 def test_tensor_core_kinds_follow_the_compute_capability(monkeypatch):
-    assert tensor_core_kinds((9, 0)) == ("bf16", "f16") == tensor_core_kinds((8, 0))
+    assert tensor_core_kinds((9, 0)) == ("bf16", "f16", "wgmma")  # Hopper: warpgroup products too
+    assert tensor_core_kinds((8, 0)) == ("bf16", "f16") == tensor_core_kinds((12, 0))
     assert tensor_core_kinds((7, 5)) == () == tensor_core_kinds(None)
+    monkeypatch.setenv("ZYX_WGMMA", "0")
+    assert tensor_core_kinds((9, 0)) == ("bf16", "f16")
     monkeypatch.setenv("ZYX_TENSOR_CORES", "0")
     assert tensor_core_kinds((9, 0)) == ()
 

@@ -6,6 +6,9 @@ build log into a `CompilerWarning`, on every cold build. For Zyx's generated cod
 made at all). NVIDIA's compiler still leaves a log, so pyopencl's warning is silenced for Zyx's own builds
 only. ZYX_DEBUG=2 and more builds without `-w` and logs the build log on `zyx.cache`. The option is not part of the cache key: the binary does not depend on it.
 
+A source with sm_90a PTX hidden in comments (ptx_patch.py: Hopper's wgmma) is built, its PTX patched, and the
+patched PTX built as a binary; that program's binary (the patched PTX) is what the cache stores.
+
 A failed build raises `KernelBuildError` with the compiler's log, after writing the source and the log to
 `<cache directory>/build-errors/` (where they can be compiled again by hand, or attached to a bug report).
 """
@@ -24,6 +27,8 @@ from ..cache_dir import private_folder
 from ..debug import debug_level, logger
 from ..errors import KernelBuildError
 from ..runtime.platforms import QUIET_OPTION, build_quietly
+from .program_binary import program_binary
+from .ptx_patch import hides_ptx, patch
 
 __all__ = ["KernelBuildError", "build_binary", "build_source"]
 
@@ -48,7 +53,17 @@ def build_source(context: cl.Context, device: cl.Device, source: str, options: S
         except cl.RuntimeError as error:
             raise _build_error(source, device, error) from None
     _log_build(program, device, source)
-    return program
+    return _patched(context, device, program, source, options) if hides_ptx(source) else program
+
+
+def _patched(context: cl.Context, device: cl.Device, program: cl.Program, source: str,
+             options: Sequence[str]) -> cl.Program:
+    """The program of a source with hidden sm_90a PTX (ptx_patch.py): its PTX patched and built as a binary (the
+    cache then stores that PTX)."""
+    try:
+        return build_binary(context, device, patch(program_binary(program, device)), options)
+    except (cl.Error, ValueError) as error:
+        raise _build_error(source, device, error) from None
 
 
 def build_binary(context: cl.Context, device: cl.Device, binary: bytes, options: Sequence[str] = ()) -> cl.Program:
@@ -73,7 +88,7 @@ def _log_build(program: cl.Program, device: cl.Device, source: str) -> None:
             log.debug("build log of %s:\n%s", _kernel_names(source), text)
 
 
-def _build_error(source: str, device: cl.Device, error: cl.RuntimeError) -> KernelBuildError:
+def _build_error(source: str, device: cl.Device, error: Exception) -> KernelBuildError:
     text = str(error).strip()
     lines = text.splitlines()
     shown = "\n".join(lines[-_LOG_LINES_SHOWN:])

@@ -236,6 +236,7 @@ class LocalArray:
     size: int
     width: int = 1
     aligned: bool = False
+    alignment: int = 16  # bytes its start is aligned to: 1024 where WarpgroupMma reads it (the swizzle's period)
 
 
 @dataclass(frozen=True)
@@ -321,10 +322,56 @@ class MatrixMultiply:
     kind: str
 
 
+@dataclass(frozen=True)
+class WarpgroupMma:
+    """acc += a · b on a warpgroup's tensor cores (sm_90a wgmma.mma_async m64n`n`k16, operands of `kind`: "bf16" or
+    "f16"), issued asynchronously: WarpgroupFence before a batch, WarpgroupCommit closing it, WarpgroupWait for it.
+    a (64 rows x 16 of k) and b (`n` columns x 16 of k) are read from local memory through matrix descriptors
+    (wgmma.py): from element `a_index` of `a_array` and `b_index` of `b_array`, laid out in 128-byte swizzled rows
+    along k, or for b with `b_mn_major` along its columns in atoms `b_leading` bytes apart. The 128 items of the
+    warpgroup hold n / 2 float32 accumulators each (wgmma.accumulator_offsets)."""
+
+    acc: tuple       # n / 2 float32 Regs
+    a_array: str
+    a_index: Expr
+    b_array: str
+    b_index: Expr
+    n: int
+    kind: str
+    b_mn_major: bool = False
+    b_leading: int = 16
+
+
+@dataclass(frozen=True)
+class WarpgroupFence:
+    """Orders this item's register accesses to accumulators before the WarpgroupMmas after it (wgmma.fence)."""
+
+
+@dataclass(frozen=True)
+class WarpgroupCommit:
+    """Closes the batch of WarpgroupMmas this warpgroup issued since the last commit (wgmma.commit_group)."""
+
+
+@dataclass(frozen=True)
+class WarpgroupWait:
+    """Waits until at most `pending` of the warpgroup's most recent batches are in flight (wgmma.wait_group): the
+    accumulators of the others are final and their local memory may be overwritten after a Barrier."""
+
+    pending: int
+
+
+@dataclass(frozen=True)
+class AsyncProxyFence:
+    """Makes this item's writes to local memory (cp.async copies landed, stores) visible to the asynchronous
+    proxy that WarpgroupMma reads through (fence.proxy.async); a Barrier after it covers the whole group."""
+
+
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd,
                   Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
-                  AsyncCopy, AsyncCommit, AsyncWait]
-NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait)  # printed as inline PTX
+                  AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence, WarpgroupCommit, WarpgroupWait,
+                  AsyncProxyFence]
+NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
+               WarpgroupCommit, WarpgroupWait, AsyncProxyFence)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
 
 

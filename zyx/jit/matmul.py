@@ -215,7 +215,7 @@ class LocalTileLowering(Lowering):
         grid = tuple(-(-size // blocks.get(axis, 1)) for axis, size in enumerate(self.space))
         self.groups = math.prod(grid)
         self.lid = Expr.var("lid", plan.group)
-        cell = unravel(Expr.var("gid", self.groups), grid)
+        cell = self._block(grid)
         self.corner = tuple(c * blocks[a] if a in blocks else c for a, c in enumerate(cell))
         self.elements, self.guards = [], []  # per element: its index, and the condition that it exists
         for along_n, along_m in self._element_offsets():
@@ -226,6 +226,10 @@ class LocalTileLowering(Lowering):
             self.elements.append(tuple(Expr.minimum(exact[a], self.space[a] - 1) if a in exact else c
                                        for a, c in enumerate(self.corner)))
         self.positions = [linear(element, self.space) for element in self.elements]
+
+    def _block(self, grid: tuple[int, ...]) -> Index:
+        """Which block of `grid` the group computes: groups in row-major order of the blocks."""
+        return unravel(Expr.var("gid", self.groups), grid)
 
     def _element_offsets(self) -> list[tuple[Expr, Expr]]:
         """Where, from the block's corner along n and m, each output of this item lies: rows and columns in groups

@@ -13,11 +13,13 @@ from typing import Callable, Optional, Sequence
 from ..dtypes import DType, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
-from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Break,
-                        Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load, LocalArray,
-                        LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, Operand, Rand, Reg, Role,
-                        Select, Store, walk)
+from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait,
+                        Barrier, Break, Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load,
+                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, Operand, Rand,
+                        Reg, Role, Select, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, walk)
 from .cache_key import hash_hex
+from .ptx_patch import HIDDEN
+from .wgmma import ADDRESS_MASK, SWIZZLE_PERIOD, descriptor
 from .launch_groups import launch_groups_of
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
@@ -227,9 +229,14 @@ def _start(value: Operand) -> str:
 
 
 def _local_array(s: LocalArray) -> str:
-    """Elements of `s.dtype`: half precision as its 16 bits, the way buffers keep it."""
+    """Elements of `s.dtype`: half precision as its 16 bits, the way buffers keep it. An `alignment` beyond 16 bytes
+    is made at run time (a pointer into an array that much longer): NVIDIA's OpenCL aligns local arrays to 16."""
     kind = f"ushort{s.width if s.width > 1 else ''}" if s.dtype.is_narrow_float else register_type(s.dtype, s.width)
-    return f"__local {kind} {s.name}[{s.size}]" + (" __attribute__((aligned(16)));" if s.aligned else ";")
+    if s.alignment <= 16:
+        return f"__local {kind} {s.name}[{s.size}]" + (" __attribute__((aligned(16)));" if s.aligned else ";")
+    raw, mask = f"{s.name}_raw", s.alignment - 1
+    return (f"__local {kind} {raw}[{s.size + s.alignment // 2}] __attribute__((aligned(16))); __local {kind} *{s.name} = "
+            f"{raw} + ((({s.alignment}u - ((uint)(ulong){raw} & {mask}u)) & {mask}u) / sizeof({raw}[0]));")
 
 
 def _local_store(s: LocalStore) -> str:
@@ -300,6 +307,29 @@ def _matrix_multiply(s: MatrixMultiply) -> str:
             f"{{%8,%9}}, {{%0,%1,%2,%3}};\" : {operands});")
 
 
+def _descriptor(array: str, index: Expr, layout: int) -> str:
+    """A wgmma matrix descriptor of `array` from element `index` (`layout`: its constant fields)."""
+    return f"({layout}ul|(ulong)(({_local_address(array, index, 0)}&{ADDRESS_MASK}u)>>4))"
+
+
+def _warpgroup_mma(s: WarpgroupMma) -> str:
+    """wgmma.mma_async accumulating in place (scale-d 1), its PTX behind ptx_patch.HIDDEN (sm_90a only); the
+    descriptors start unswizzled: the hardware swizzles the addresses it reads."""
+    count = len(s.acc)
+    a = _descriptor(s.a_array, s.a_index, descriptor(0, 16, SWIZZLE_PERIOD))
+    b = _descriptor(s.b_array, s.b_index, descriptor(0, s.b_leading, SWIZZLE_PERIOD))
+    registers = ",".join(f"%{i}" for i in range(count))
+    text = (f"{{\\n{HIDDEN}.reg .pred p;\\n{HIDDEN}setp.ne.b32 p, %{count + 2}, 0;\\n{HIDDEN}wgmma.mma_async.sync.aligned."
+            f"m64n{s.n}k16.f32.{s.kind}.{s.kind} {{{registers}}}, %{count}, %{count + 1}, p, 1, 1, 0, "
+            f"{int(s.b_mn_major)};\\n}}\\n")
+    outputs = ", ".join(f'"+f"({acc.name})' for acc in s.acc)
+    return f'asm volatile("{text}" : {outputs} : "l"({a}), "l"({b}), "r"(1) : "memory");'
+
+
+def _hidden(instruction: str) -> str:
+    return f'asm volatile("{HIDDEN}{instruction};" ::: "memory");'
+
+
 def _define(out: Reg, text: str) -> str:
     return f"{register_type(out.dtype, out.width)} {out.name} = {text};"
 
@@ -321,6 +351,10 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     LocalArray: _local_array, LocalStore: _local_store, MatrixLoad: _matrix_load, MatrixMultiply: _matrix_multiply,
     AsyncCopy: _async_copy, AsyncCommit: lambda s: 'asm volatile("cp.async.commit_group;" ::: "memory");',
     AsyncWait: lambda s: f'asm volatile("cp.async.wait_group {s.pending};" ::: "memory");',
+    WarpgroupMma: _warpgroup_mma, WarpgroupFence: lambda s: _hidden("wgmma.fence.sync.aligned"),
+    WarpgroupCommit: lambda s: _hidden("wgmma.commit_group.sync.aligned"),
+    WarpgroupWait: lambda s: _hidden(f"wgmma.wait_group.sync.aligned {s.pending}"),
+    AsyncProxyFence: lambda s: 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");',
 }
 
 

@@ -25,7 +25,8 @@ from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
-from .tensor_cores import lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory, tensor_core_options
+from .tensor_cores import (WGMMA, lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory,
+                           tensor_core_options, warpgroups_build)
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -78,13 +79,18 @@ class DeviceTraits:
         return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
                             local_memory=local,
                             group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0",
-                            tensor_cores=tensor_core_kinds(capability),
+                            tensor_cores=_built_kinds(runtime, tensor_core_kinds(capability)),
                             tensor_core_memory=tensor_core_local_memory(capability, local))
 
     @property
     def tensor_core_local_memory(self) -> int:
         """Bytes of local memory a product on tensor cores may stage into (tensor_cores.LOCAL_MEMORY)."""
         return self.tensor_core_memory or self.local_memory
+
+
+def _built_kinds(runtime: object, kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """`kinds` without WGMMA where the runtime cannot build warpgroup products (tensor_cores.warpgroups_build)."""
+    return kinds if WGMMA not in kinds or warpgroups_build(runtime) else tuple(k for k in kinds if k != WGMMA)
 
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
@@ -261,7 +267,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
                                    choice)
         if cores is not None:
             lowered, kernel, plan = cores
-            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined)
+            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)

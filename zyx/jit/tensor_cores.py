@@ -38,12 +38,15 @@ from typing import Optional
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
+from . import wgmma
 from .choices import FAMILIES, Choice, Options
 from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray,
-                        LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg)
+                        LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg, WarpgroupCommit, WarpgroupFence,
+                        WarpgroupMma, WarpgroupWait)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .print_common import aligned
+from .print_opencl import STATEMENTS
 from .symbolic import Expr
 from .tiling import matmul_axes
 from .transforms.async_pipeline import pipeline
@@ -68,8 +71,14 @@ PIPELINED = ((64, 128, 3), (32, 128, 3), (64, 64, 3), (32, 64, 4), (32, 64, 3), 
 # 8.6 and 8.9 99 KiB) unmeasured through OpenCL, where a kernel that fails to build has no fallback: the reported
 # value holds.
 LOCAL_MEMORY = {(9, 0): 200 * 1024}
+# (warp columns, bytes of each row a slice stages, stages) of warpgroup products (wgmma, compute capability 9.x):
+# 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
+# wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
+WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
+BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
+WGMMA = "wgmma"      # in a device's tensor-core kinds: it multiplies 16-bit operands by warpgroups too
 
 
 @dataclass
@@ -79,6 +88,7 @@ class TensorCorePlan(TilePlan):
     kind: str = "bf16"
     warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
     pipelined: bool = False  # `buffers` stages of swizzled tiles, some operand copied by cp.async (else registers)
+    warpgroup: bool = False  # multiplied by warpgroups (wgmma: 2 x 64 rows by block_m), else by warps (mma.sync)
 
     @property
     def block_m(self) -> int:
@@ -100,14 +110,26 @@ class TensorCorePlan(TilePlan):
 
     @property
     def choice(self) -> Choice:
+        warpgroup = {"warpgroup": 1} if self.warpgroup else {}  # (choices without it predate warpgroups: 0)
         return Choice.of("tensor_cores", columns=self.warp_columns, row_bytes=self.bk * self.stored.itemsize,
-                         buffers=self.buffers, pipelined=int(self.pipelined))
+                         buffers=self.buffers, pipelined=int(self.pipelined), **warpgroup)
 
     def layout(self, length: int) -> "TileLayout":
-        """How a tile whose rows hold `length` elements lies in local memory."""
+        """How a tile whose rows hold `length` elements lies in local memory (a warpgroup's: rows of 128 bytes,
+        wgmma.py; a tile across k in atoms of 64 columns, `across_index`)."""
+        if self.warpgroup:
+            return TileLayout(length, 0, wgmma.ROW)
         if self.pipelined:
             return TileLayout(length, 0, length)
         return TileLayout(length, PAD_BYTES // self.stored.itemsize, 0)
+
+
+    def across_index(self, k: Expr, column: Expr) -> Expr:
+        """Where element (k, column) of a right tile lying across k ([k][column]) is: rows of k, or in a warpgroup
+        plan atoms of 64 columns, each [k][64] (wgmma's MN-major layout)."""
+        if self.warpgroup:
+            return (column // wgmma.ROW) * (self.bk * wgmma.ROW) + k * wgmma.ROW + column % wgmma.ROW
+        return k * self.layout(self.block_m).stride + column
 
 
 @dataclass(frozen=True)
@@ -132,15 +154,17 @@ class NotCopied(Exception):
 
 
 def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
-                      pipelined: bool = False, choice: Optional[Choice] = None) -> Optional[TensorCorePlan]:
+                      pipelined: bool = False, choice: Optional[Choice] = None,
+                      warpgroup: bool = False) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED, that does and spreads over the device (`_spread`; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
+    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES, 16-bit operands only), that does and spreads over the device
+    (`_spread`; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
-    if kind not in kinds or any(s.dtype != product.dtype for s in product.src[0].src):
+    if kind not in kinds or any(s.dtype != product.dtype for s in product.src[0].src) or (warpgroup and kind == "tf32"):
         return None
     placed = product_axes(root, product)
     if placed is None:
@@ -148,10 +172,10 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    fitting = [(w, b, n) for w, b, n in (PIPELINED if pipelined else SHAPES)
-               if _fits(local_memory, w, b, n, pipelined)]
+    shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
+    fitting = [(w, b, n) for w, b, n in shapes if _fits(local_memory, w, b, n, pipelined, warpgroup)]
     fitting = _spread(fitting, product, n_axis, m_axis)
-    forced = _forced_shape()
+    forced = None if warpgroup else _forced_shape()
     if forced is not None:  # (one buffer: registers)
         fitting = [forced] if forced[2] > 1 or not pipelined else []
     if choice is not None:
@@ -160,7 +184,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         return None
     columns, row_bytes, buffers = fitting[0]
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
-                          buffers, kind=kind, warp_columns=columns, pipelined=pipelined)
+                          buffers, kind=kind, warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
 
 
 def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int) -> list[tuple[int, int, int]]:
@@ -175,23 +199,31 @@ def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_ax
     return [s for s in narrow if blocks(s) >= MIN_BLOCKS] or sorted(narrow, key=lambda s: -blocks(s))
 
 
-def _fits(local_memory: int, columns: int, row_bytes: int, buffers: int, pipelined: bool) -> bool:
-    """Whether the tiles of that shape fit `local_memory` bytes (padded rows unless `pipelined`)."""
-    return buffers * (BLOCK + 4 * columns) * (row_bytes + (0 if pipelined else PAD_BYTES)) <= local_memory
+def _fits(local_memory: int, columns: int, row_bytes: int, buffers: int, pipelined: bool,
+          warpgroup: bool = False) -> bool:
+    """Whether the tiles of that shape fit `local_memory` bytes (padded rows unless `pipelined`; a warpgroup plan's
+    two tiles each aligned to wgmma.SWIZZLE_PERIOD at run time, taking up to that much more)."""
+    slack = 2 * wgmma.SWIZZLE_PERIOD if warpgroup else 0
+    return buffers * (BLOCK + 4 * columns) * (row_bytes + (0 if pipelined else PAD_BYTES)) + slack <= local_memory
 
 
 def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
     """Whether a tensor_cores choice's tiles fit `local_memory` bytes and its buffers suit its staging: one or two
-    through registers (double buffering), two or more pipelined."""
-    pipelined, buffers = bool(choice["pipelined"]), choice["buffers"]
+    through registers (double buffering), two or more pipelined; warpgroup products pipelined in 128-byte rows."""
+    pipelined, buffers, warpgroup = bool(choice["pipelined"]), choice["buffers"], bool(choice.get("warpgroup", 0))
+    if warpgroup and (not pipelined or choice["row_bytes"] != wgmma.ROW_BYTES):
+        return False
     return (buffers >= 2 if pipelined else buffers <= 2) and _fits(local_memory, choice["columns"],
-                                                                   choice["row_bytes"], buffers, pipelined)
+                                                                   choice["row_bytes"], buffers, pipelined, warpgroup)
 
 
-def tensor_core_options(local_memory: int, pipelined: bool) -> Options:
+def tensor_core_options(local_memory: int, pipelined: bool, warpgroup: bool = False) -> Options:
     """The values a search may try for a product on tensor cores: of each parameter those some feasible combination
-    takes (`pipelined`: whether the kernel can have a pipeline, some operand copied by cp.async)."""
+    takes (`pipelined`: whether the kernel can have a pipeline, some operand copied by cp.async; `warpgroup`:
+    whether its heuristics' plan is a warpgroup one: the search may then try warps too)."""
     family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,)}
+    if not (pipelined and warpgroup):
+        del family["warpgroup"]
     names = sorted(family)
     possible = [dict(zip(names, values)) for values in itertools.product(*(family[name] for name in names))
                 if feasible_on_tensor_cores(Choice.of("tensor_cores", **dict(zip(names, values))), local_memory)]
@@ -216,14 +248,15 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
                        choice: Optional[Choice] = None) -> Optional[tuple[LoweredKernel, Kernel, TensorCorePlan]]:
     """The kernel computing `root`'s product on tensor cores, the lowering it came from and its plan (`choice`'s
     where it can be lowered, else the heuristics'), or None where it is not planned there: a pipeline where a 16-bit
-    operand is copied by cp.async (unless ZYX_TC_PIPELINE=0), else operands staged through registers,
-    double-buffered where local memory allows."""
-    attempts = [(pipelined, None) for pipelined in ((True, False) if os.environ.get("ZYX_TC_PIPELINE") != "0"
-                                                    else (False,))]
+    operand is copied by cp.async (unless ZYX_TC_PIPELINE=0): by warpgroups where `kinds` has "wgmma", else by
+    warps; else operands staged through registers, double-buffered where local memory allows."""
+    piped = os.environ.get("ZYX_TC_PIPELINE") != "0"
+    attempts = [(True, None, True)] if piped and WGMMA in kinds else []
+    attempts += [(pipelined, None, False) for pipelined in ((True, False) if piped else (False,))]
     if choice is not None:
-        attempts.insert(0, (bool(choice["pipelined"]), choice))
-    for pipelined, chosen in attempts:
-        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen)
+        attempts.insert(0, (bool(choice["pipelined"]), choice, bool(choice.get("warpgroup", 0))))
+    for pipelined, chosen, warpgroup in attempts:
+        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen, warpgroup)
         if plan is None or (pipelined and plan.kind == "tf32"):  # (TF32 operands are rounded, never copied)
             continue
         try:
@@ -246,11 +279,45 @@ def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], repo
 
 def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:
     """The 16-bit operand types an NVIDIA device of `compute_capability` multiplies on tensor cores with
-    m16n8k16 (8.0, Ampere, and newer); none elsewhere or where ZYX_TENSOR_CORES=0. TF32 is the user's choice
+    m16n8k16 (8.0, Ampere, and newer), and WGMMA where it has warpgroup products (9.x, Hopper: sm_90a; unless
+    ZYX_WGMMA=0); none elsewhere or where ZYX_TENSOR_CORES=0. TF32 is the user's choice
     (`zyx.set_float32_matmul_precision`), added where products are scheduled."""
     if compute_capability is None or compute_capability < (8, 0) or os.environ.get("ZYX_TENSOR_CORES") == "0":
         return ()
-    return ("bf16", "f16")
+    hopper = compute_capability[0] == 9 and os.environ.get("ZYX_WGMMA") != "0"
+    return ("bf16", "f16", WGMMA) if hopper else ("bf16", "f16")
+
+
+_WARPGROUPS_BUILD: dict[int, bool] = {}
+
+
+def warpgroup_probe_source() -> str:
+    """A kernel of one m64n8k16 warpgroup product (what warpgroups_build builds)."""
+    acc = tuple(Reg(f"acc{i}", float32) for i in range(4))
+    product = WarpgroupMma(acc, "tile", Expr(0), "tile", Expr(wgmma.ROWS * wgmma.ROW), 8, "bf16")
+    body = "\n  ".join(STATEMENTS[type(s)](s) for s in (WarpgroupFence(), product, WarpgroupCommit(), WarpgroupWait(0)))
+    return (f"__kernel void zyx_wgmma_probe(__global float* out) {{\n  __local ushort tile[{2 * wgmma.ROWS * wgmma.ROW}] "
+            f"__attribute__((aligned(16)));\n  float {', '.join(f'{a.name} = 0.0f' for a in acc)};\n  {body}\n"
+            f"  out[get_local_id(0)] = {' + '.join(a.name for a in acc)};\n}}\n")
+
+
+def warpgroups_build(runtime: object) -> bool:
+    """Whether `runtime`'s OpenCL (NVIDIA's, compute capability 9.x) builds a warpgroup product through the PTX
+    patch (ptx_patch.py): a driver whose compiler or PTX loader would reject it keeps the warps' products instead of
+    failing every half-precision product. Built once per device (a fraction of a second)."""
+    from .compiler import build_source  # (pyopencl: only devices with a runtime get here)
+    device = getattr(runtime, "device", None)
+    if device is None:
+        return False
+    key = device.int_ptr
+    if key not in _WARPGROUPS_BUILD:
+        source = warpgroup_probe_source()
+        try:
+            build_source(runtime.context, device, source)  # type: ignore[attr-defined]
+            _WARPGROUPS_BUILD[key] = True
+        except Exception:  # KernelBuildError, or a driver error loading the PTX
+            _WARPGROUPS_BUILD[key] = False
+    return _WARPGROUPS_BUILD[key]
 
 
 class TensorCoreLowering(LocalTileLowering):
@@ -268,9 +335,32 @@ class TensorCoreLowering(LocalTileLowering):
         warp = self.lid // WARP
         return (warp // 4) * WARP_ROWS, (warp % 4) * self.plan.warp_columns
 
+    def _block(self, grid: tuple[int, ...]) -> Index:
+        """A warpgroup plan's groups take the blocks of each product in bands of BAND rows of blocks (the largest
+        of 8, 4, 2 dividing them), down each column of the band before the next: the groups running at once share
+        their slices of both operands in L2 (the probe's 650 TFLOP/s at bfloat16 8192³ were measured in bands
+        of 8). Other plans: row-major."""
+        n_axis, m_axis = self.plan.n_space_axis, self.plan.m_space_axis
+        rows, columns = grid[n_axis], grid[m_axis]
+        band = next((b for b in BANDS if rows % b == 0 and rows > b), 1)
+        if not self.plan.warpgroup or band == 1:
+            return super()._block(grid)
+        gid, plane = Expr.var("gid", self.groups), rows * columns
+        others = [a for a in range(len(grid)) if a not in (n_axis, m_axis)]
+        outer = unravel(gid // plane, tuple(grid[a] for a in others))
+        inside = gid % plane % (band * columns)
+        cell = dict(zip(others, outer))
+        cell[n_axis], cell[m_axis] = gid % plane // (band * columns) * band + inside % band, inside // band
+        return tuple(cell[a] for a in range(len(grid)))
+
     def _element_offsets(self) -> list[tuple[Expr, Expr]]:
         """The mma accumulator layout: in tile (i, j) lane l holds rows l // 4 and l // 4 + 8, columns 2·(l % 4) and
-        the next, in the order c0 c1 (first row) c2 c3 (second)."""
+        the next, in the order c0 c1 (first row) c2 c3 (second). A warpgroup plan's: warpgroup g's 64 rows from
+        64·g, each item's registers as wgmma.accumulator_position says."""
+        if self.plan.warpgroup:
+            rows = (self.lid // wgmma.WARPGROUP) * wgmma.ROWS
+            places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(self.plan.block_m // 2)]
+            return [(rows + row, column) for row, column in places]
         rows, columns = self._warp_corner()
         group, pair = self._lane // 4, (self._lane % 4) * 2
         return [(rows + i * 16 + group + 8 * (c // 2), columns + j * 8 + pair + c % 2)
@@ -292,12 +382,15 @@ class TensorCoreLowering(LocalTileLowering):
         stores, across = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
         if plan.pipelined and not any(isinstance(s, AsyncCopy) for s in stores):
             raise NotCopied(node)
-        body = (self._close_loop() + stores + [Barrier()] + self._multiply_fragments(tiles, accumulators, across)
-                + [Barrier()])
+        multiply = self._warpgroup_products if plan.warpgroup else self._multiply_fragments
+        body = self._close_loop() + stores + [Barrier()] + multiply(tiles, accumulators, across) + [Barrier()]
         right = plan.layout(plan.block_m if across else plan.bk)
         lines = self._scopes[0]
-        lines += [LocalArray(tiles[0], plan.stored, BLOCK * plan.layout(plan.bk).stride, aligned=True),
-                  LocalArray(tiles[1], plan.stored, (plan.bk if across else plan.block_m) * right.stride, aligned=True)]
+        alignment = wgmma.SWIZZLE_PERIOD if plan.warpgroup else 16
+        lines += [LocalArray(tiles[0], plan.stored, BLOCK * plan.layout(plan.bk).stride, aligned=True,
+                             alignment=alignment),
+                  LocalArray(tiles[1], plan.stored, (plan.bk if across else plan.block_m) * right.stride, aligned=True,
+                             alignment=alignment)]
         lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
         lines.append(Loop(step, steps, tuple(body)))  # (pipelined or double-buffered: lower_tensor_cores)
         return [_Value(acc, 0) for acc in accumulators]
@@ -369,7 +462,7 @@ class TensorCoreLowering(LocalTileLowering):
             load = self._consecutive(operand, corner, offsets, along, width)
             if load is None or (plan.pipelined and not aligned(load.index, width)):
                 return None
-            index = row * layout.stride + k if along_k else k * layout.stride + row
+            index = row * layout.stride + k if along_k else plan.across_index(k, row)
             if plan.pipelined:
                 stores.append(AsyncCopy(tile, index, load.buffer, load.index, guard, layout.swizzle, width))
                 continue
@@ -453,6 +546,18 @@ class TensorCoreLowering(LocalTileLowering):
         bits = Reg(self.names.fresh("bits"), int16)
         scope[position] = dataclasses.replace(scope[position], out=bits, mode="bits")
         return bits
+
+    def _warpgroup_products(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
+        """Per k16 step of the slice one wgmma of the warpgroup's 64 rows by the block's columns, the batch
+        waited for before the slice's closing barrier (its buffer is refilled after it)."""
+        plan = self.plan
+        rows = (self.lid // wgmma.WARPGROUP) * (wgmma.ROWS * wgmma.ROW)
+        leading = plan.bk * wgmma.ROW_BYTES if across else 16
+        products = [WarpgroupMma(tuple(accumulators), tiles[0], rows + step * wgmma.K_STEP, tiles[1],
+                                 Expr(step * wgmma.K_STEP * (wgmma.ROW if across else 1)), plan.block_m, plan.kind,
+                                 across, leading)
+                    for step in range(plan.bk // wgmma.K_STEP)]
+        return [WarpgroupFence(), *products, WarpgroupCommit(), WarpgroupWait(0)]
 
     def _multiply_fragments(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
         """Per mma step of the slice: the warp's left fragments (one ldmatrix of four 8 x 8 matrices per 16 rows),

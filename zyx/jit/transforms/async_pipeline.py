@@ -8,7 +8,7 @@ With ahead = min(stages - 1, trips) slices staged (their copies each closed by a
 step s: issue the copies of slice s + ahead (where it exists) into buffer (s + ahead) % stages, read its register
 values, commit (an empty group past the end, so that the count stays uniform), compute slice s from buffer
 s % stages, store the register values into buffer (s + ahead) % stages, wait until at most ahead - 1 groups are in
-flight (slice s + 1 has landed), barrier. The buffer slice s + ahead goes to was last read at step
+flight (slice s + 1 has landed), barrier (before it, where warpgroup products read the slices, an AsyncProxyFence). The buffer slice s + ahead goes to was last read at step
 s + ahead - stages < s, before the previous step's barrier. Past the last slice the register values read are the
 last slice's again (reads stay inside the operands) and are not stored.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from ..kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, If, Kernel, LocalArray, LocalStore, Loop,
-                         Statement, simplify_cond)
+from ..kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, Barrier, If, Kernel, LocalArray,
+                         LocalStore, Loop, Statement, WarpgroupMma, simplify_cond, walk)
 from ..symbolic import Expr
 from .double_buffer import at_step
 
@@ -41,7 +41,8 @@ def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
     lines: list = []
     for s in range(ahead):
         lines += [*at_step(fetch + copies + stores, loop.var, Expr(s), Expr(s), halves, f"_{s}"), AsyncCommit()]
-    lines += [AsyncWait(ahead - 1), Barrier()]
+    landed = (AsyncWait(ahead - 1), *_proxy_fence(compute), Barrier())
+    lines += landed
     cond = simplify_cond(((step + ahead, "lt", steps),))
     slot = (step + ahead) % stages
     issue, reads, put = (), (), ()  # type: ignore[var-annotated]
@@ -51,11 +52,16 @@ def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
         reads = tuple(s for s in following if not isinstance(s, LocalStore))
         put = (If(cond, tuple(s for s in following if isinstance(s, LocalStore))),) if stores else ()
     computed = at_step(compute, loop.var, step, step % stages, halves, "")
-    lines.append(Loop(loop.var, steps, (*issue, *reads, AsyncCommit(), *computed, *put, AsyncWait(ahead - 1),
-                                        Barrier())))
+    lines.append(Loop(loop.var, steps, (*issue, *reads, AsyncCommit(), *computed, *put, *landed)))
     arrays = tuple(dataclasses.replace(s, size=stages * s.size) if isinstance(s, LocalArray) and s.name in halves else s
                    for s in kernel.body[:position])
     return dataclasses.replace(kernel, body=arrays + tuple(lines) + kernel.body[position + 1:])
+
+
+def _proxy_fence(compute: tuple) -> tuple:
+    """An AsyncProxyFence where warpgroup products read the staged slices (wgmma reads local memory through the
+    asynchronous proxy: each item fences its landed copies and stores before the barrier), else nothing."""
+    return (AsyncProxyFence(),) if any(isinstance(s, WarpgroupMma) for s in walk(compute)) else ()
 
 
 def _staging(statement: Statement) -> Optional[tuple[tuple, tuple, tuple, tuple]]:

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Optional
 
 from ..kernel_ir import (AsyncCopy, Axis, Barrier, Const, Kernel, LocalArray, LocalLoad, LocalStore, Load, Loop,
-                         MatrixLoad, Operand, Select, Statement, simplify_cond)
+                         MatrixLoad, Operand, Select, Statement, WarpgroupMma, simplify_cond)
 from ..symbolic import Expr
 from . import copy_body, rename_all
 
@@ -77,6 +77,10 @@ def in_buffer(body: tuple, slot: Expr, halves: dict[str, LocalArray]) -> tuple:
             elements = isinstance(statement, LocalStore) and statement.element
             size = half.size * (half.width if elements else 1)
             return dataclasses.replace(statement, index=statement.index + slot * size)
+        if isinstance(statement, WarpgroupMma):
+            moves = {f"{operand}_index": getattr(statement, f"{operand}_index") + slot * halves[array].size
+                     for operand in ("a", "b") if (array := getattr(statement, f"{operand}_array")) in halves}
+            return dataclasses.replace(statement, **moves)
         return statement
     return tuple(moved(statement) for statement in body)
 

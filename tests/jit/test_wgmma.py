@@ -1,0 +1,373 @@
+"""Warpgroup products (wgmma, compute capability 9.x: jit/wgmma.py, tensor_cores.py, ptx_patch.py): the descriptor
+and accumulator encodings the H200 measured (bench/wgmma_probe), the layout the lowering's cp.async copies make
+against the one the descriptors describe, the printed PTX, the patch, and which products take warpgroups. Where
+clang's NVPTX back end and ptxas are installed, the printed kernels are assembled for sm_90a."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import zyx
+from zyx.errors import KernelBuildError
+from zyx.jit import wgmma
+from zyx.jit.compiler import build_binary, build_source
+from zyx.dtypes import float32
+from zyx.jit.choices import Choice, TunedChoices
+from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, Barrier, Loop, Reg, WarpgroupCommit,
+                               WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
+from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
+from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
+from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.symbolic import Expr
+from zyx.jit.tune import candidates
+from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, tensor_core_options, warpgroup_probe_source,
+                                  warpgroups_build)
+
+HOPPER = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", WGMMA),
+                      tensor_core_memory=200 * 1024)
+WARPS_ONLY = dataclasses.replace(HOPPER, tensor_cores=("bf16", "f16"))
+
+
+def operands(*shapes, dtype="bfloat16"):
+    dev, rng = zyx.CPU(), np.random.default_rng(0)
+    return [dev.tensor(rng.standard_normal(shape, dtype=np.float32)).to(dtype).realize() for shape in shapes]
+
+
+def product_kernel(out, traits=HOPPER):
+    kernel, = [k for k in schedule([out.node], traits)[0] if "mma" in k.source]
+    return kernel
+
+
+# ---- encodings -----------------------------------------------------------------------------------------------------
+def test_the_descriptor_packs_start_leading_and_stride_offsets_and_the_128_byte_swizzle():
+    # the probe's constant for K-major 128-byte swizzled tiles (LBO 16, SBO 1024), which read exactly on the H200
+    assert wgmma.descriptor(0, 16, 1024) == 1 << 62 | (1024 >> 4) << 32 | 1 << 16
+    assert wgmma.descriptor(0x12340, 8192, 1024) & 0x3FFF == 0x1234  # start >> 4, 14 bits
+    assert (wgmma.descriptor(0, 8192, 1024) >> 16) & 0x3FFF == 512  # MN-major atoms 8 KiB apart
+    assert wgmma.descriptor(1 << 18, 16, 1024) & 0x3FFF == 0  # beyond the shared window's 18 bits
+
+
+def test_the_accumulators_of_a_warpgroup_cover_its_64_rows_once_in_the_measured_map():
+    for n in (8, 128, 256):
+        places = [wgmma.accumulator_position(t, r) for t in range(128) for r in range(n // 2)]
+        assert sorted(places) == [(m, c) for m in range(64) for c in range(n)]
+    # the probe's ACCMAP (H200): thread 0 registers 0-3 at (0,0) (0,1) (8,0) (8,1); thread 33 (warp 1, lane 1)
+    # register 5 (j=1, i=1) at row 16 + 0, column 8 + 2 + 1
+    assert [wgmma.accumulator_position(0, r) for r in range(4)] == [(0, 0), (0, 1), (8, 0), (8, 1)]
+    assert wgmma.accumulator_position(33, 5) == (16, 11)
+
+
+def _k_major_byte(row: int, k: int) -> int:
+    """Where wgmma reads element (row, k) of a K-major 128-byte swizzled tile: byte address bits 4-6 XORed with
+    bits 7-9 (CUTLASS's Swizzle<3,4,3>), rows of 128 bytes."""
+    address = row * 128 + 2 * k
+    return address ^ (((address >> 7) & 7) << 4)
+
+
+def test_the_printed_swizzle_of_64_element_rows_is_wgmmas_128_byte_swizzle():
+    shift, mask = swizzle_bits(wgmma.ROW)
+    for row, k in itertools.product(range(16), range(64)):
+        index = row * 64 + k
+        assert 2 * (index ^ (((index >> shift) & mask) << 3)) == _k_major_byte(row, k)
+
+
+# ---- the lowering --------------------------------------------------------------------------------------------------
+def _copied_bytes(kernel, array: str, gid: int = 0) -> dict[int, int]:
+    """Byte offset in slice 0 of `array` -> element of the source buffer, of the copies issued before the loop."""
+    placed = {}
+    copies = [s for s in kernel.ir.body if isinstance(s, AsyncCopy) and s.array == array]
+    for lid, copy in itertools.product(range(256), copies):
+        values = {"lid": Expr(lid), "gid": Expr(gid)}
+        index, source = substitute(copy.index, values).const, substitute(copy.source, values).const
+        shift, mask = swizzle_bits(copy.swizzle)
+        for e in range(copy.width):
+            at = index + e
+            placed[2 * (at ^ (((at >> shift) & mask) << 3))] = source + e
+    return placed
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(transposed):
+    size = 512
+    x, y = operands((size, size), (size, size))
+    kernel = product_kernel(x @ y.T if transposed else x @ y)
+    products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+    first = products[0]
+    assert first.n == 128 and len(first.acc) == 64 and first.b_mn_major == (not transposed)  # 128 x 128 blocks
+    left, right = _copied_bytes(kernel, first.a_array), _copied_bytes(kernel, first.b_array)
+    # group 0 takes rows 0-127 and columns 0-127, the slice k 0-63
+    for row, k in itertools.product(range(128), range(64)):
+        assert left[_k_major_byte(row, k)] == row * size + k
+    for column, k in itertools.product(range(128), range(64)):
+        if transposed:  # y's rows along k: K-major like the left tile
+            assert right[_k_major_byte(column, k)] == column * size + k
+        else:  # y row-major: atoms of 64 columns x 64 k ([k][64 columns]), b_leading bytes apart
+            assert right[column // 64 * first.b_leading + _k_major_byte(k, column % 64)] == k * size + column
+    assert first.b_leading == (64 * 128 if not transposed else 16)
+    # slice 0's 4 k16 steps: warpgroup 1 from row 64, 32 bytes on along k; the right tile 32 bytes on along k, or
+    # 16 rows of 128 bytes across it
+    loop, = [s for s in kernel.ir.body if isinstance(s, Loop)]
+    for step, product in enumerate(products):
+        values = {"lid": Expr(128), loop.var: Expr(0)}
+        assert substitute(product.a_index, values).const == 64 * 64 + 16 * step
+        assert substitute(product.b_index, values).const == step * 16 * (1 if transposed else 64)
+
+
+def test_a_warpgroup_slice_waits_for_its_batch_and_fences_the_async_proxy_before_the_barrier():
+    x, y = operands((2048, 256), (256, 2048))
+    kernel = product_kernel(x @ y)  # 128 x 256 blocks, 4 stages: 3 slices ahead
+    assert kernel.site.heuristic == Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=4, pipelined=1,
+                                              warpgroup=1)
+    loop, = [s for s in kernel.ir.body if isinstance(s, Loop)]
+    assert [type(s) for s in loop.body[-6:]] == [WarpgroupMma, WarpgroupCommit, WarpgroupWait, AsyncWait,
+                                                 AsyncProxyFence, Barrier]
+    assert loop.body[-4] == WarpgroupWait(0) and loop.body[-3] == AsyncWait(2)
+    assert sum(isinstance(s, WarpgroupFence) for s in loop.body) == 1
+    before = kernel.ir.body[:kernel.ir.body.index(loop)]
+    assert [type(s) for s in before[-3:]] == [AsyncWait, AsyncProxyFence, Barrier]
+    assert [s.n for s in loop.body if isinstance(s, WarpgroupMma)] == [256] * 4
+    assert "__local ushort tile_a1_raw[33280]" in kernel.source  # 4 x 128 x 64 and 1024 bytes to align
+    assert "__local ushort tile_b2_raw[66048]" in kernel.source
+
+
+def test_which_products_take_warpgroups():
+    x, y, w = operands((512, 256), (256, 512), (512, 256))
+    h, g = operands((512, 256), (256, 512), dtype="float16")
+    for out in (x @ y, x @ w.T, h @ g, (x * 2) @ y, (x @ y).relu() + 1):  # a fused prologue or epilogue too
+        assert "wgmma.mma_async" in product_kernel(out).source
+    assert "mma.sync" in product_kernel(x @ y, WARPS_ONLY).source  # before Hopper
+    assert "mma.sync" in product_kernel((x * 2) @ (y + 1)).source  # neither operand copied by cp.async: warps
+    f, e = operands((512, 256), (256, 512), dtype="float32")
+    tf32 = dataclasses.replace(HOPPER, tensor_cores=(*HOPPER.tensor_cores, "tf32"))
+    assert "mma.sync.aligned.m16n8k8" in product_kernel(f @ e, tf32).source  # TF32: warps
+
+
+def test_warpgroup_choices_are_pipelined_in_128_byte_rows_and_offered_only_where_the_device_has_them():
+    memory = 200 * 1024
+    assert feasible_on_tensor_cores(Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=4, pipelined=1,
+                                              warpgroup=1), memory)
+    for bad in (dict(row_bytes=64), dict(pipelined=0, buffers=2), dict(buffers=5)):
+        choice = Choice.of("tensor_cores", **{**dict(columns=64, row_bytes=128, buffers=4, pipelined=1), **bad},
+                           warpgroup=1)
+        assert not feasible_on_tensor_cores(choice, memory)
+    assert dict(tensor_core_options(memory, True, True))["warpgroup"] == (0, 1)
+    assert "warpgroup" not in dict(tensor_core_options(memory, True, False))
+
+
+# ---- printing and the patch ----------------------------------------------------------------------------------------
+def test_warpgroup_statements_print_as_hidden_ptx_with_their_descriptors():
+    acc = tuple(Reg(f"acc{i}", float32) for i in range(128))
+    mma = WarpgroupMma(acc, "tile_a", Expr.var("lid", 256) // 128 * 4096 + 16, "tile_b", Expr(1024), 256, "bf16",
+                       True, 8192)
+    text = STATEMENTS[WarpgroupMma](mma)
+    registers = ",".join(f"%{i}" for i in range(128))
+    assert (f"{HIDDEN}wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {{{registers}}}, %128, %129, p, 1, 1, 0, 1;"
+            in text)
+    assert f"{HIDDEN}setp.ne.b32 p, %130, 0;" in text and '"r"(1) : "memory");' in text
+    assert text.count('"+f"(acc') == 128 and '"+f"(acc127)' in text
+    size = "*(uint)sizeof(tile_{}[0]))&262143u)>>4)"  # bytes, the shared window's 18 bits, in 16-byte units
+    a = f"{wgmma.descriptor(0, 16, 1024)}ul|(ulong)((((uint)(ulong)tile_a + (uint)(((lid/128)*4096+16)){size.format('a')}"
+    b = f"{wgmma.descriptor(0, 8192, 1024)}ul|(ulong)((((uint)(ulong)tile_b + (uint)(1024){size.format('b')}"
+    assert f'"l"(({a})), "l"(({b})), "r"(1)' in text
+    assert STATEMENTS[WarpgroupFence](WarpgroupFence()) == f'asm volatile("{HIDDEN}wgmma.fence.sync.aligned;" ::: "memory");'
+    assert STATEMENTS[WarpgroupCommit](WarpgroupCommit()).count("wgmma.commit_group.sync.aligned;") == 1
+    assert f"{HIDDEN}wgmma.wait_group.sync.aligned 1;" in STATEMENTS[WarpgroupWait](WarpgroupWait(1))
+    assert STATEMENTS[AsyncProxyFence](AsyncProxyFence()) == 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");'
+
+
+PTX = (b"//\n// Generated by NVIDIA NVVM Compiler\n.version 8.0\n.target sm_90, texmode_independent\n"
+       b".address_size 64\n\t// begin inline asm\n\t" + HIDDEN.encode() + b"wgmma.fence.sync.aligned;\n"
+       b"\t// end inline asm\n\tcp.async.commit_group;\n")
+
+
+def test_the_patch_targets_sm_90a_and_restores_the_hidden_lines_and_nothing_else():
+    patched = patch(PTX)
+    assert b".target sm_90a, texmode_independent\n" in patched and HIDDEN.encode() not in patched
+    assert patched == PTX.replace(b"sm_90,", b"sm_90a,").replace(HIDDEN.encode(), b"")
+    assert patch(patched.replace(b"sm_90a", b"sm_90")) == patched  # patched PTX read back patches the same
+    with pytest.raises(ValueError, match="no '.target sm_90' line"):
+        patch(PTX.replace(b"sm_90", b"sm_80"))
+    x, y = operands((256, 128), (128, 256))
+    assert hides_ptx(product_kernel(x @ y).source) and not hides_ptx(product_kernel(x @ y, WARPS_ONLY).source)
+
+
+def test_a_source_without_hidden_ptx_builds_as_it_is_and_one_with_it_is_patched(monkeypatch):
+    """On NVIDIA the patched program's binary, which the cache stores, is the sm_90a PTX and loads as a binary again
+    (what a cache hit does); elsewhere (PoCL) a hidden-PTX source fails with the reason, and the device's traits
+    name no warpgroup products."""
+    from zyx.jit import compiler
+    from zyx.jit.program_binary import program_binary
+    dev = zyx.OpenCL()
+    context, device = dev.runtime.context, dev.runtime.device
+    kernel = "__kernel void k(__global float* x) { x[get_global_id(0)] += 1.0f; }\n"
+    patched = []
+    monkeypatch.setattr(compiler, "patch", lambda ptx: patched.append(ptx) or ptx)
+    build_source(context, device, kernel)
+    assert patched == []  # untouched
+    monkeypatch.setattr(compiler, "patch", patch)
+    hidden = f"// {HIDDEN}\n" + kernel
+    if "NVIDIA" not in device.platform.name:
+        with pytest.raises(KernelBuildError, match="no '.target sm_90' line"):
+            build_source(context, device, hidden)
+        assert not warpgroups_build(dev.runtime) and WGMMA not in dev.traits.tensor_cores
+        return
+    binary = program_binary(build_source(context, device, hidden), device)
+    assert b".target sm_90a" in binary and HIDDEN.encode() not in binary
+    assert program_binary(build_binary(context, device, binary), device) == binary
+    assert warpgroups_build(dev.runtime) == (dev.runtime.compute_capability[0] == 9)
+
+
+# ---- assembled for sm_90a ------------------------------------------------------------------------------------------
+CLANG = "/usr/lib/llvm-15/bin/clang" if shutil.which("/usr/lib/llvm-15/bin/clang") else shutil.which("clang")
+BUILTINS = ("#define get_group_id(d) __nvvm_read_ptx_sreg_ctaid_x()\n#define get_local_id(d) __nvvm_read_ptx_sreg_tid_x()\n"
+            "#define barrier(f) __nvvm_bar_sync(0)\n#define isnan(x) __builtin_isnan(x)\n")
+
+
+def _nvptx() -> bool:
+    if CLANG is None or shutil.which("ptxas") is None:
+        return False
+    return "nvptx64" in subprocess.run([CLANG, "-print-targets"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(not _nvptx(), reason="no clang with the NVPTX back end, or no ptxas")
+@pytest.mark.parametrize("shape", [(2048, 256, 2048), (512, 256, 512)])
+def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, shape):
+    """clang (sm_86: clang 15 knows no sm_90) prints the PTX, its target set to sm_90 as NVIDIA's would be, then
+    patched and assembled by ptxas for sm_90a: the wgmma PTX is accepted, 128 accumulators need no spills."""
+    n, k, m = shape
+    x, y, w = operands((n, k), (k, m), (m, k))
+    sources = [product_kernel(out).source for out in (x @ y, x @ w.T)] + [warpgroup_probe_source()]
+    for number, text in enumerate(sources):
+        source = tmp_path / f"kernel{number}.cl"
+        source.write_text(BUILTINS + text)
+        ptx = tmp_path / f"kernel{number}.ptx"
+        built = subprocess.run([CLANG, "-x", "cl", "-cl-std=CL1.2", "-target", "nvptx64-nvidia-nvcl", "-Xclang",
+                                "-finclude-default-header", "-Xclang", "-fgnu-keywords", "-O3", "-S", "-Xclang",
+                                "-target-cpu", "-Xclang", "sm_86", "-o", str(ptx), str(source)],
+                               capture_output=True, text=True)
+        assert built.returncode == 0, built.stderr[-2000:]
+        text = ptx.read_bytes().replace(b".target sm_86", b".target sm_90").replace(b".version 7.5", b".version 8.0")
+        ptx.write_bytes(patch(text))
+        assembled = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(ptx), "-o", str(tmp_path / "k.cubin")],
+                                   capture_output=True, text=True)
+        assert assembled.returncode == 0, assembled.stderr[-2000:]
+        assert "0 bytes spill stores" in assembled.stderr, assembled.stderr
+
+
+def test_groups_take_the_blocks_in_bands_of_eight_rows_each_once():
+    x, y = operands((2048, 256), (256, 2048))  # 16 x 8 blocks of 128 x 256
+    kernel = product_kernel(x @ y)
+    product = next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma))
+    blocks = []
+    for gid in range(16 * 8):
+        first_row = _copied_bytes(kernel, product.a_array, gid)[0] // 256  # element (0, 0) of the left tile
+        first_column = _copied_bytes(kernel, product.b_array, gid)[0]  # element (k 0, column 0) of the right tile
+        blocks.append((first_row // 128, first_column // 256))
+    assert blocks[:9] == [(r, 0) for r in range(8)] + [(0, 1)] and blocks[64] == (8, 0)
+    assert sorted(blocks) == [(r, c) for r in range(16) for c in range(8)]
+
+
+def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner():
+    x, y = operands((2048, 256), (256, 2048))
+    kernel = product_kernel(x @ y)
+    tried = {c.describe() for c in candidates(kernel.site, HOPPER, 2)}
+    assert {"buffers=4 columns=64 pipelined=1 row_bytes=128 warpgroup=1",
+            "buffers=2 columns=32 pipelined=1 row_bytes=128 warpgroup=1",
+            "buffers=3 columns=64 pipelined=1 row_bytes=128 warpgroup=0"} <= tried
+    assert not any("warpgroup=1" in c and "row_bytes=64" in c for c in tried)
+    for choice, marker in ((Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=3, pipelined=1, warpgroup=1),
+                            "m64n128k16"), (Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3,
+                                                      pipelined=1, warpgroup=0), "mma.sync")):
+        tuned, = [k for k in schedule([(x @ y).node], HOPPER, TunedChoices({kernel.site.key: choice}))[0]
+                  if "mma" in k.source]
+        assert tuned.site.heuristic == kernel.site.heuristic and marker in tuned.source
+    narrow = product_kernel((x * 2) @ (y + 1))  # on warps: a search keeps to warps
+    assert all("warpgroup" not in c.describe() for c in candidates(narrow.site, HOPPER, 2))
+
+
+# ---- the whole kernel on PoCL, wgmma emulated ----------------------------------------------------------------------
+EMULATED_DOT = """
+static float zyx_emu_element(__local const uchar* tile, uint offset, int f16) {
+  uint at = offset ^ (((offset >> 7) & 7u) << 4);  /* the 128-byte swizzle, from the 1024-aligned tile */
+  ushort bits = *(__local const ushort*)(tile + at);
+  return f16 ? vload_half(0, (__local const half*)(tile + at)) : as_float((uint)bits << 16);
+}
+static float zyx_emu_dot(__local const uchar* a, uint a0, int row, __local const uchar* b, uint b0, int column,
+                         int mn_major, uint leading, int f16) {
+  float sum = 0.0f;
+  for (int k = 0; k < 16; k++) {
+    uint at_b = mn_major ? b0 + (column / 64) * leading + (k / 8) * 1024 + (k % 8) * 128 + (column % 64) * 2
+                         : b0 + column * 128 + k * 2;
+    sum += zyx_emu_element(a, a0 + row * 128 + k * 2, f16) * zyx_emu_element(b, at_b, f16);
+  }
+  return sum;
+}
+"""
+
+
+def _emulated_mma(s: WarpgroupMma) -> str:
+    """Each item computes its own accumulators from local memory as the descriptors describe it."""
+    lines = [f"{{ uint a0 = (uint)({s.a_index.render()}) * 2, b0 = (uint)({s.b_index.render()}) * 2; int t = lid % 128;"]
+    for register, acc in enumerate(s.acc):
+        row, column = wgmma.accumulator_position(Expr.var("t", 128), register)
+        lines.append(f"  {acc.name} += zyx_emu_dot((__local const uchar*){s.a_array}, a0, {row.render()}, "
+                     f"(__local const uchar*){s.b_array}, b0, {column.render()}, {int(s.b_mn_major)}, {s.b_leading}u, "
+                     f"{int(s.kind == 'f16')});")
+    return "\n".join(lines) + " }"
+
+
+def _emulated_copy(s: AsyncCopy) -> str:
+    from zyx.jit.print_common import condition
+    from zyx.jit.print_opencl import swizzled
+    guard = condition(s.guard) if s.guard else "1"
+    return (f"{{ __local ushort* d = ((__local ushort*){s.array}) + {swizzled(s.index, s.swizzle)}; "
+            f"__global const ushort* r = ((__global const ushort*){s.buffer}) + {s.source.render()}; "
+            f"for (int e = 0; e < {s.width}; e++) d[e] = ({guard}) ? r[e] : 0; }}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, n, k, m, transposed, columns", [("bfloat16", 256, 192, 512, False, 32),
+                                                                  ("float16", 200, 136, 264, True, 64)])
+def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch, dtype, n, k, m, transposed, columns):
+    """The printed kernel, its cp.async copies as plain copies and each wgmma as C reading local memory the way the
+    descriptors say (wgmma.py, as measured on the H200), run on PoCL: the pipeline, the layouts, the accumulator
+    map, the block order and the epilogue together, against numpy: 128 x 128 blocks with the right operand across
+    k (MN-major), and 128 x 256 blocks (a tuned choice) with both along k and edges in every direction. (Slow:
+    PoCL compiles 128 accumulators' emulation for a minute or two.)"""
+    import ml_dtypes
+    import pyopencl as cl
+    from zyx.jit import print_opencl
+    from zyx.jit.kernel_ir import AsyncCommit, AsyncWait
+    x, y = operands((n, k), (m, k) if transposed else (k, m), dtype=dtype)
+    out = x @ y.T if transposed else x @ y
+    kernel = product_kernel(out)
+    choice = Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1)
+    if kernel.site.heuristic != choice:
+        kernel, = [k for k in schedule([out.node], HOPPER, TunedChoices({kernel.site.key: choice}))[0] if "mma" in k.source]
+    assert [s.n for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)][0] == 4 * columns
+    nothing = lambda s: ";"
+    for statement, printer in ((WarpgroupMma, _emulated_mma), (AsyncCopy, _emulated_copy), (WarpgroupFence, nothing),
+                               (WarpgroupCommit, nothing), (WarpgroupWait, nothing), (AsyncProxyFence, nothing),
+                               (AsyncCommit, nothing), (AsyncWait, nothing)):
+        monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
+    name, source = print_opencl.print_kernel(kernel.ir)
+    dev = zyx.OpenCL()
+    context, device = dev.runtime.context, dev.runtime.device
+    program = cl.Program(context, EMULATED_DOT + source).build()
+    kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    a, b = x.numpy().astype(kind), y.numpy().astype(kind)
+    flags = cl.mem_flags
+    buffers = [cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=v.view(np.uint16).copy()) for v in (a, b)]
+    out = cl.Buffer(context, flags.WRITE_ONLY, n * m * 2)
+    queue = cl.CommandQueue(context, device)
+    getattr(program, name)(queue, (kernel.global_size,), (kernel.local_size,), *buffers, out)
+    got = np.empty((n, m), np.uint16)
+    cl.enqueue_copy(queue, got, out)
+    expected = a.astype(np.float64) @ (b.astype(np.float64).T if transposed else b.astype(np.float64))
+    eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
+    np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
