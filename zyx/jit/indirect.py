@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..trace.node import ARANGE, Node
-from ..trace.ops import LEAF_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
+from ..trace.ops import MOVEMENT_OPS, Op
 from . import lower
 from .kernel_ir import substitute
 from .symbolic import Expr
@@ -80,28 +80,10 @@ def resolve(node: Node, index: Index) -> tuple[Node, Index]:
 
 
 def independent(node: Node, index: Index, var: str) -> bool:
-    """Whether `node` at `index` reads nothing at a position that depends on `var` (views followed, PADs' guards
-    included)."""
-    stack, seen = [(node, index)], set()
-    while stack:
-        node, index = stack.pop()
-        key = (id(node), tuple(e.key for e in index))
-        if key in seen:
-            continue
-        seen.add(key)
-        if node.op in MOVEMENT_OPS:
-            inner, condition = lower.source_index(node, index)
-            if inner is None:
-                continue
-            if any(var in bound[0].variables() for bound in condition or ()):
-                return False
-            stack.append((node.src[0], inner))
-        elif node.op in LEAF_OPS or node.op in REDUCE_OPS or node.op is Op.COLLECTIVE:
-            if node.op is not Op.CONST and any(var in e.variables() for e in index):
-                return False
-        else:
-            stack.extend((source, index) for source in node.src)
-    return True
+    """Whether `node` at `index` reads nothing (no buffer, reduction or view's guard) that depends on `var`."""
+    conditions: set = set()
+    found = lower.reads(node, index, lambda _: False, conditions)
+    return var not in conditions and not any(var in e.variables() for _, at in found for e in at)
 
 
 def _is_zero(node: Node) -> bool:

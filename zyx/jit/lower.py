@@ -103,6 +103,32 @@ def source_index(node: Node, index: Index) -> tuple[Optional[Index], Optional[Co
     return tuple(padded), tuple(conditions) or None
 
 
+def reads(node: Node, index: Index, materialized, conditions: Optional[set] = None) -> list[tuple[Node, Index]]:
+    """The nodes `node` reads at `index` from memory or from reductions (through elementwise ops and views), each
+    with its index; the variables of the views' conditions go into `conditions`."""
+    found, stack, seen = [], [(node, index)], set()
+    while stack:
+        node, index = stack.pop()
+        key = (id(node), tuple(e.key for e in index))
+        if key in seen:
+            continue
+        seen.add(key)
+        if node.op is Op.CONST:
+            continue
+        if node.op in ELEMENTWISE_OPS and not materialized(node):
+            stack += [(source, index) for source in node.src]
+        elif node.op in MOVEMENT_OPS and not materialized(node):
+            inner, condition = source_index(node, index)
+            if inner is not None:
+                stack.append((node.src[0], inner))
+            for bound in condition or ():
+                if conditions is not None:
+                    conditions |= bound[0].variables()
+        else:
+            found.append((node, index))
+    return found
+
+
 @dataclass
 class LoweredKernel:
     """A kernel's IR and what the scheduler needs to know of it."""
