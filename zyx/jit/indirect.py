@@ -47,9 +47,9 @@ def match_take(node: Node, position: Index) -> Optional[Take]:
     if node.op is not Op.SUM or len(axes) != 1 or node.dtype.is_bool:
         return None
     size, var = source.shape[axes[0]], COUNTER
-    counter = Expr.var(var, size)
     if size < 2:
         return None
+    counter = Expr.var(var, size)
     full = list(position)
     full[axes[0]] = counter
     where, at = resolve(source, tuple(full))
@@ -60,7 +60,8 @@ def match_take(node: Node, position: Index) -> Optional[Take]:
         return None
     for arange, index in (compare.src, compare.src[::-1]):
         leaf, leaf_at = resolve(arange, compared_at)
-        if leaf.op is Op.BUFFER and leaf.arg == ARANGE and leaf_at == (counter,) and independent(index, compared_at, var):
+        if (leaf.op is Op.BUFFER and leaf.arg == ARANGE and leaf_at == (counter,)
+                and independent(index, compared_at, var)):
             picked, picked_at = resolve(where.src[1], at)
             flat = lower.linear(picked_at, picked.shape)
             base = substitute(flat, {var: Expr(0)})

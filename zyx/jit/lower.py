@@ -459,7 +459,8 @@ class Lowering:
         low = self._emit(index.depth, lambda out: Alu(Reg(out, dtype), Op.MAX, (index.operand, zero)))
         inside = self._emit(index.depth, lambda out: Alu(Reg(out, bool_), Op.CMPLT,
                                                          (low.operand, Const(take.size, dtype))))
-        clamped = self._emit(index.depth, lambda out: Alu(Reg(out, dtype), Op.WHERE, (inside.operand, low.operand, zero)))
+        clamped = self._emit(index.depth, lambda out: Alu(Reg(out, dtype), Op.WHERE,
+                                                          (inside.operand, low.operand, zero)))
         name = self._input(picked)
         self._misaligned.add(id(picked))
         indirect = (clamped.operand, take.size, take.stride)
