@@ -126,3 +126,16 @@ def test_an_index_out_of_range_still_raises_naming_it(device, bad):
         x[device.tensor([1, bad, 2])].numpy()
     with pytest.raises(IndexError, match=str(bad)):
         x.gather(0, device.tensor(np.full((2, 8), bad))).numpy()
+
+
+def test_cross_entropy_reads_each_targets_log_probability_with_one_load():
+    host = zyx.CPU()
+    logits, target = data(64, 1000), RNG.integers(0, 1000, 64)
+    loss = zyx.nn.functional.cross_entropy(host.tensor(logits), host.tensor(target))
+    bodies = [s for kernel in kernels_of(TRAITS["cpu"], loss) for s in walk(kernel.ir.body)]
+    assert any(isinstance(s, Load) and s.indirect is not None for s in bodies)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    expected = -log_probs[np.arange(64), target].mean()
+    np.testing.assert_allclose(zyx.nn.functional.cross_entropy(zyx.OpenCL().tensor(logits),
+                                                               zyx.OpenCL().tensor(target)).numpy(), expected, rtol=1e-5)
