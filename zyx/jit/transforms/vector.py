@@ -140,8 +140,8 @@ class _Vectorizer:
         if all(guard is not None and guard == guards[0] for guard in guards):
             if all(flat == first + lane for lane, flat in enumerate(flats)):
                 return [read(out, "vector")]
-        if self.depth or indirect is not None:
-            raise NotVectorizable(load)  # gathered on every trip: slower than scalar code
+        if self.depth or indirect is not None:  # gathered on every trip: slower than scalar code; an indirect
+            raise NotVectorizable(load)         # read whose lanes are not one row stays scalar
         return [Gather(out, load.buffer, tuple(zip(flats, guards)))]
 
     def _indirect(self, load: Load) -> Optional[tuple]:
