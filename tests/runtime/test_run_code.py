@@ -81,6 +81,33 @@ def test_a_launch_that_raises_gives_the_internal_buffers_back():
     assert runtime.pool.current_bytes == 0 and runtime.pool.pool_bytes == 1024 + 256  # the output died too
 
 
+def test_the_gate_runs_before_the_first_launch_writing_an_input_in_place_and_stops_the_run_when_it_raises():
+    """A replay's index checks (the gate) are read once the launches computing new buffers are queued: a failing
+    one raises before the launch that overwrites input 1 ("c") is enqueued, and the internal buffers go back."""
+    runtime = FakeRuntime()
+    inputs = [FakeBuffer(Raw(), 16, runtime), FakeBuffer(Raw(), 16, runtime)]
+    executable = Executable(PROGRAM, ["K0", None, "K2", "K3"], runtime)
+    seen = []
+    executable.run(runtime, inputs, [(7, 11)], gate=lambda: seen.append([k for k, _, _ in runtime.launches]))
+    assert seen == [["K0", "K2"]] and [k for k, _, _ in runtime.launches] == ["K0", "K2", "K3"]
+
+    def failing():
+        raise IndexError("index 9 is out of bounds")
+    runtime.launches.clear()
+    with pytest.raises(IndexError, match="index 9"):
+        executable.run(runtime, inputs, [(7, 11)], gate=failing)
+    assert [k for k, _, _ in runtime.launches] == ["K0", "K2"]
+    assert runtime.pool.current_bytes == 0 and runtime.pool.free_list(1024) == [runtime.launches[0][2][1]]
+
+
+def test_a_run_writing_no_input_in_place_calls_its_gate_after_its_last_launch():
+    runtime = FakeRuntime()
+    executable = Executable(SHARED_SIZE, ["A", "B", "C", "D"], runtime)
+    seen = []
+    executable.run(runtime, [FakeBuffer(Raw(), 16, runtime)], [], gate=lambda: seen.append(len(runtime.launches)))
+    assert seen == [4]
+
+
 # two internal slots and two outputs, all of one size class, the internal ones given back in the order they were taken
 SHARED_SIZE = Program(
     launches=[launch("a", 4, ("input", 0), ("slot", 0)), launch("b", 4, ("slot", 0), ("slot", 1)),

@@ -44,15 +44,17 @@ class Executable:
         self.kernels_per_run = sum(program.launches[k].kernels for k in self.kernel_positions)
 
     def run(self, backend: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
-            on_first_launch: Optional[Callable[[int], None]] = None) -> list[Any]:
-        """The output buffers; `backend` (the runtime bound) allocates and launches (`launcher`)."""
+            on_first_launch: Optional[Callable[[int], None]] = None,
+            gate: Optional[Callable[[], None]] = None) -> list[Any]:
+        """The output buffers; `backend` (the runtime bound) allocates and launches (`launcher`). `gate` is called
+        before the first launch that writes an input in place (see run_code.py); if it raises, so does the run."""
         pool = backend.pool
         timed = profiling.timing_wanted()
         launch = backend.launcher(timed)
         if timed or on_first_launch is not None:
             launch = self._observed(launch, backend, timed, on_first_launch)
         outputs = self._run(inputs, rand_args, pool, backend.allocate_taken,
-                            backend.allocate, launch, backend)
+                            backend.allocate, launch, backend, gate)
         stats.set_max("peak_bytes", pool.peak_bytes)
         stats.bump("launches", len(self.kernel_positions))
         stats.bump("kernels_launched", self.kernels_per_run)

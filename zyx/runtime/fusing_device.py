@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -54,12 +54,14 @@ class FusingDevice(Device):
         """The device and driver facts a persisted program is only valid for (cache_key.FINGERPRINT_NAMES)."""
         raise NotImplementedError
 
-    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
-        """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched."""
+    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
+            gate: Optional[Callable[[], None]] = None) -> list[Any]:
+        """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched;
+        `gate` is called before the first launch that writes an input in place (`Executable.run`)."""
         executable = self._executables.get(id(program))
         if executable is None or executable.program is not program:
             executable = self._executables[id(program)] = Executable(program, self._kernels_of(program), self.runtime)
-        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
+        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program), gate=gate)
 
     def _kernels_of(self, program: Program) -> list[Any]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""

@@ -142,16 +142,26 @@ class OpenCLRuntime(PooledRuntime):
     def download_all(self, requests: Sequence[tuple[Buffer, Sequence[int], Any]]) -> list[np.ndarray]:
         """Several buffers' contents (buffer, shape, numpy dtype each) as new arrays, waiting once: the in-order
         queue finishes the earlier copies before the last. A wait costs far more than a copy of a few bytes."""
+        hosts = self.download_later(requests)()
+        self._pending_uploads.clear()  # the in-order queue finished them before these reads
+        return hosts
+
+    def download_later(self, requests: Sequence[tuple[Buffer, Sequence[int], Any]]) -> Callable[[], list[np.ndarray]]:
+        """`download_all`'s copies, enqueued without waiting: the function returned waits for them and gives the
+        arrays. Commands enqueued meanwhile queue behind the copies: a replay's index checks are read while the
+        step's first launches are enqueued (and run), not before."""
         hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
         for buffer, shape, numpy_dtype in requests:
             host = self._host_for(buffer, shape, numpy_dtype)
             if host.nbytes:
                 copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.raw, is_blocking=False))
             hosts.append(host)
-        if copies:
-            copies[-1].wait()
-        self._pending_uploads.clear()  # the in-order queue finished them before these reads
-        return hosts
+
+        def arrays() -> list[np.ndarray]:
+            if copies:
+                copies[-1].wait()
+            return hosts
+        return arrays
 
     def copy(self, buffer: Buffer) -> Buffer:
         """A new device buffer holding the same bytes (enqueued, not waited for)."""

@@ -11,6 +11,11 @@ Its launches come last, back to back (`launch(k3, g3, l3, a3)`), or before a col
 host staging may read their results): PoCL's enqueue costs the host more when the device's threads went idle since the last one, some 2 µs
 more per launch for 5 µs of Python between launches. Buffers given back to the pool before the launches that
 use them are enqueued are safe: the queue runs in order, so a later use of one runs after them.
+
+A run may be given a `gate`, a function called before the first launch that writes an input in place (or the
+first collective step, or the end): a replayed step's index checks wait for their results there, so that the
+launches computing only new buffers are already queued behind the checks while the host waits, and a failing
+check raises before anything the caller holds is overwritten.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import numpy as np
 
 from .collectives import START
 
-# run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime) -> the outputs' buffers
+# run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate) -> the outputs' buffers
 RunFunction = Callable[..., list[Any]]
 
 
@@ -30,7 +35,9 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     """The run of `program` with `kernels[k]` launching launch k. Slots in `internal` are raw pool buffers, popped
     from their size class's free list before their first reader (a new one when it is empty) and appended back
     after their last (or when a launch raises); the other slots that are not inputs overwritten in place
-    (`program.aliases`) are the outputs, allocated as Buffers. The pool's peak is noted once, from the plan."""
+    (`program.aliases`) are the outputs, allocated as Buffers. The pool's peak is noted once, from the plan.
+    `gate` (a run's argument, None for none) is called before the first launch writing a slot in `program.aliases`
+    (or the first collective step, or after the last launch)."""
     names: dict[str, Any] = {"uint64": np.uint64}
     slot_bytes, aliases = program.slot_bytes, program.aliases
     used: set[int] = set()  # the inputs some launch reads or writes
@@ -50,6 +57,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
 
     body: list[str] = []
     pending: list[str] = []  # launches whose arguments are known, enqueued together (see the module docstring)
+    gated = False  # whether the gate's line is written (see the module docstring)
     for k, launch in enumerate(program.launches):
         for slot in program.allocs[k]:
             size = size_class(slot_bytes[slot])
@@ -67,17 +75,21 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
         if launch.is_kernel:
             names[f"k{k}"], names[f"g{k}"], names[f"l{k}"] = kernels[k], launch.global_size, launch.local_size
             body.append(f"a{k} = ({''.join(a + ', ' for a in arguments)})")
+            if not gated and any(kind == "slot" and index in aliases for kind, index in launch.args):
+                pending.append(_GATE)
+                gated = True
             pending.append(f"launch(k{k}, g{k}, l{k}, a{k})")
         elif launch.collective and launch.global_size[0] > 0:
-            body += pending + [_collective(k, launch, arguments, slot_bytes, names)]
+            body += pending + [_GATE] * (not gated) + [_collective(k, launch, arguments, slot_bytes, names)]
             pending.clear()
+            gated = True
         for slot in program.frees[k]:
             if slot in internal:
                 size = size_class(slot_bytes[slot])
                 body += [f"s{size}.append(t{first_slot + slot})", f"t{first_slot + slot} = None"]
                 held -= size
                 level[size] += 1
-    body += pending
+    body += pending + [_GATE] * (not gated)
     allocated = {slot for allocs in program.allocs for slot in allocs}
     taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(internal & allocated)]
     head = [f"t{i} = inputs[{i}].raw" for i in sorted(used)]
@@ -99,13 +111,16 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                 + [f"s{size_class(slot_bytes[slot])}.append(t{first_slot + slot})" for slot in sorted(unfreed)])
     outputs = [f"inputs[{aliases[slot]}]" if slot in aliases
                else f"h{slot}" if slot in allocated or slot in empty else "allocate(0)" for slot in program.outputs]
-    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime):",
+    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate):",
               "    new_buffer = pool.new_buffer"]
              + ["    " + line for line in head + body]
              + [f"    pool.note_peak(start + {peak})", f"    return [{', '.join(outputs)}]"])
     source = "\n".join(lines)
     exec(compile(source, f"<zyx run {program.name or id(program)}>", "exec"), names)  # noqa: S102 - built above
     return names["run"]
+
+
+_GATE = "if gate is not None: gate()"
 
 
 def _settle(size: int, depth: int) -> str:

@@ -119,6 +119,10 @@ class CapturedStep:
         self._plan_values()
         self._check_reads = [(target, (2,), int64.np) for _, target in self.checks]
         self._check_inputs = tuple_getter(self.checking[1]) if self.checking else None
+        # a runtime that can enqueue reads without waiting (OpenCL's) has the checks read while the step launches;
+        # others read them before the step's run
+        self._runtime = self.device.runtime
+        self._reads_later = hasattr(self._runtime, "download_later")
 
     @property
     def launch_count(self) -> int:
@@ -232,8 +236,13 @@ class CapturedStep:
         """
         nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
         buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
+        gate = None  # called by the program's run before its first launch that overwrites an input in place
         if self._check_inputs is not None:
-            self._raise_if_an_index_failed(self.device.run(self.checking[0], self._check_inputs(buffers), []))
+            extremes = self._check_requests(self.device.run(self.checking[0], self._check_inputs(buffers), []))
+            if self._reads_later:
+                gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
+            else:
+                self._raise_if_an_index_failed(self._runtime.download_all(extremes))
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
         # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
         kept: set[int] | frozenset[int]
@@ -248,11 +257,11 @@ class CapturedStep:
                     kept.add(position)
                 else:
                     if copy_donated or read or _shared(nodes[position]):
-                        buffers[position] = self.device.runtime.copy(buffers[position])
+                        buffers[position] = self._runtime.copy(buffers[position])
                     fresh.append(position)
-        outputs = self.device.run(self.program, buffers, rand_args)
+        outputs = self.device.run(self.program, buffers, rand_args, gate)
         if self._check_reads and self._check_inputs is None:
-            self._raise_if_an_index_failed(outputs)
+            self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
             if position in self._in_place:
                 destination, target, shape, dtype = self._in_place[position]
@@ -287,12 +296,18 @@ class CapturedStep:
             return source.index
         return source.index + self.argument_count if source.kind == "located" else -1
 
-    def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
-        """Index tensors the step selects with are checked as eagerly (this waits for the launches computing the
-        extremes): before the step where `checking` can, else after it, when buffers it updates in place were
-        written though no tensor is pointed at the step's results."""
-        extremes = self.device.runtime.download_all(
-            [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
+    def _check_requests(self, outputs: list[Any]) -> list[tuple[Any, tuple[int, ...], Any]]:
+        """The reads of the index checks' extremes among a program's `outputs`."""
+        return [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads]
+
+    def _raise_if_an_index_failed_in(self, read: Callable[[], list[Any]]) -> None:
+        self._raise_if_an_index_failed(read())
+
+    def _raise_if_an_index_failed(self, extremes: list[Any]) -> None:
+        """Index tensors the step selects with are checked as eagerly, from their extremes as read: before the
+        step's launches that overwrite inputs in place where `checking` can (the program's run waits for the read
+        there, its other launches queued behind the checks), else after the step, when buffers it updates in place
+        were written though no tensor is pointed at the step's results."""
         for (check, _), pair in zip(self.checks, extremes):
             negated_smallest, largest = pair.tolist()
             error = check.error_from_extremes(-negated_smallest, largest)
