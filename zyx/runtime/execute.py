@@ -40,6 +40,7 @@ class Executable:
         slot_positions = [aliases.get(slot, inputs + slot) for slot in range(len(slot_bytes))]
         self._run = write_run(program, kernels, slot_positions, inputs, rands, runtime.pool.size_class, internal)
         self.kernel_positions = [k for k, launch in enumerate(program.launches) if launch.is_kernel]
+        self.launches_per_run = len(self.kernel_positions)
         # a launch group runs more kernels than one
         self.kernels_per_run = sum(program.launches[k].kernels for k in self.kernel_positions)
 
@@ -55,9 +56,7 @@ class Executable:
             launch = self._observed(launch, backend, timed, on_first_launch)
         outputs = self._run(inputs, rand_args, pool, backend.allocate_taken,
                             backend.allocate, launch, backend, gate)
-        stats.set_max("peak_bytes", pool.peak_bytes)
-        stats.bump("launches", len(self.kernel_positions))
-        stats.bump("kernels_launched", self.kernels_per_run)
+        stats.note_run(pool.peak_bytes, self.launches_per_run, self.kernels_per_run)
         return outputs
 
     def _observed(self, launch: Callable, backend: Any, timed: bool,

@@ -32,7 +32,7 @@ from ..runtime.execute import tuple_getter
 from ..tensor import Tensor
 from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
-from ..trace.node import Node, buffer_leaf, toposort
+from ..trace.node import Node, leaf_maker, toposort
 from ..debug import logger
 from ..dtypes import int64
 from ..devices import CAPTURING_KINDS
@@ -145,8 +145,8 @@ class CapturedStep:
         into `stored + nodes + constants` (the program's outputs, its input nodes, the nodes the step made).
 
         An update whose program output overwrites its own tensor's buffer in place (`_in_place`: input position
-        -> (the tensor's position, target, shape, dtype)) needs nothing at all when no one else sees that tensor's
-        node: the node already holds the new value. Only the others are planned as stores and assignments.
+        -> (the tensor's position, target, what makes its leaf)) needs nothing at all when no one else sees that
+        tensor's node: the node already holds the new value. Only the others are planned as stores and assignments.
         """
         self._input_plan = [(self._bound_index(source), source.node) for source in self.inputs]
         # `run` picks its input nodes and buffers from the bound tensors' followed by the constant inputs'
@@ -174,20 +174,24 @@ class CapturedStep:
                       if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
                       and self.input_layouts[position] == self.target_layouts[slot_target[slot]]}
         uses = collections.Counter(source.index for source in values if source.kind == "target")
-        self._in_place: dict[int, tuple[int, int, tuple[int, ...], Any]] = {}
+        self._in_place: dict[int, tuple[int, int, Callable[[Any], Node]]] = {}
         self._assign_plan = []
         for tensor, new_value in self.assigned:
             position = self._bound_index(tensor)
             target = new_value.index if new_value.kind == "target" else -1
             overwritten = overwrites.get(target, -1)
             if uses[target] == 1 and overwritten >= 0 and self._input_plan[overwritten][0] == position:
-                self._in_place[overwritten] = (position, target, *self.target_layouts[target])
+                self._in_place[overwritten] = (position, target, self._leaf_maker(target))
             else:
                 self._assign_plan.append((position, self._value_index(new_value)))
         self._output_plan = [(self._bound_index(source), self._value_index(source)) for source, _, _ in self.outputs]
-        in_place_targets = {target for _, target, _, _ in self._in_place.values()}
-        self._stores = [(target, overwrites.get(target, -1), *self.target_layouts[target])
+        in_place_targets = {target for _, target, _ in self._in_place.values()}
+        self._stores = [(target, overwrites.get(target, -1), self._leaf_maker(target))
                         for target in sorted(uses) if target not in in_place_targets]
+
+    def _leaf_maker(self, target: int) -> Callable[[Any], Node]:
+        """What makes the leaf holding program output `target` at each replay (`node.leaf_maker`)."""
+        return leaf_maker(*self.target_layouts[target], self.device)
 
     @property
     def alive(self) -> bool:
@@ -241,6 +245,10 @@ class CapturedStep:
             extremes = self._check_requests(self.device.run(self.checking[0], self._check_inputs(buffers), []))
             if self._reads_later:
                 gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
+                # the extremes' buffers go back to the pool now, their reads enqueued (the queue runs in order): the
+                # step's run takes them for its own outputs, and the next call's checks take them back, so that
+                # every call passes both programs' kernels the buffers they hold already (opencl.py's launcher)
+                del extremes
             else:
                 self._raise_if_an_index_failed(self._runtime.download_all(extremes))
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
@@ -264,14 +272,14 @@ class CapturedStep:
             self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
             if position in self._in_place:
-                destination, target, shape, dtype = self._in_place[position]
-                bound[destination].node = buffer_leaf(outputs[target], shape, dtype, self.device)
+                destination, target, leaf = self._in_place[position]
+                bound[destination].node = leaf(outputs[target])
         stored: list[Optional[Node]] = [None] * len(outputs)
-        for target, position, shape, dtype in self._stores:
+        for target, position, leaf in self._stores:
             if position in kept:
                 stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
             else:
-                stored[target] = buffer_leaf(outputs[target], shape, dtype, self.device)
+                stored[target] = leaf(outputs[target])
         values = [*stored, *nodes, *self._constants]
         for position, index in self._assign_plan:
             bound[position].node = values[index]  # type: ignore[assignment]
@@ -329,6 +337,7 @@ _buffer_of = operator.attrgetter("buffer")
 _buffer_of_tensor = operator.attrgetter("node.buffer")
 _node_of = operator.attrgetter("node")
 _is_none = functools.partial(operator.is_, None)
+_is_not_tensor_type = functools.partial(operator.is_not, Tensor)
 
 
 def _shared(node: Node) -> bool:
@@ -383,13 +392,12 @@ class JitFunction:
         if active_capture() is not None:
             return self.fn(*args, **kwargs)  # called inside another jitted step: part of its trace
         arguments: list[Tensor] = []
-        if kwargs or any(type(a) is not Tensor for a in args):
+        if kwargs or any(map(_is_not_tensor_type, map(type, args))):
             flatten((args, kwargs), arguments)
         else:  # tensors only, as most steps take: what flatten would collect
             arguments += args
-        lazy = [t for t in arguments if not t.node.realized]
-        if lazy:
-            realize(*lazy)
+        if any(map(_is_none, map(_buffer_of_tensor, arguments))):  # an expression (or a released leaf) among them
+            realize(*[t for t in arguments if not t.node.realized])
         key = call_key(args, kwargs)
         root: Root = (self.fn, args, kwargs)
         steps = self.steps.get(key, [])
