@@ -53,6 +53,11 @@ class Device:
         """A buffer's contents as a new numpy array."""
         return self.runtime.download(buffer, shape, dtype.np)
 
+    def replay_arena(self, program: Any) -> Any:
+        """A memory.Arena for the intermediates of a jitted step's `program`, or None: only fusing devices plan
+        one (`FusingDevice.replay_arena`)."""
+        return None
+
     def synchronize(self) -> None:
         """Wait until every kernel and copy queued on this device has finished."""
         self.runtime.synchronize()

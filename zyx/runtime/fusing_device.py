@@ -55,13 +55,24 @@ class FusingDevice(Device):
         raise NotImplementedError
 
     def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
-            gate: Optional[Callable[[], None]] = None) -> list[Any]:
+            gate: Optional[Callable[[], None]] = None, arena: Any = None) -> list[Any]:
         """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched;
-        `gate` is called before the first launch that writes an input in place (`Executable.run`)."""
+        `gate` is called before the first launch that writes an input in place, `arena` (`replay_arena`'s) holds
+        its intermediates (`Executable.run`)."""
+        return self._executable(program).run(self.runtime, inputs, rand_args,
+                                             on_first_launch=self._after_launch(program), gate=gate, arena=arena)
+
+    def replay_arena(self, program: Program) -> Any:
+        """A memory.Arena for the intermediates of `program`'s runs, for a jitted step that replays it: None when
+        it has none, or when the arenas of the device would then plan more than their share of its memory."""
+        sizes = self._executable(program).arena_sizes
+        return self.runtime.pool.arena(sizes) if sizes else None
+
+    def _executable(self, program: Program) -> Executable:
         executable = self._executables.get(id(program))
         if executable is None or executable.program is not program:
             executable = self._executables[id(program)] = Executable(program, self._kernels_of(program), self.runtime)
-        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program), gate=gate)
+        return executable
 
     def _kernels_of(self, program: Program) -> list[Any]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""

@@ -19,7 +19,7 @@ import pyopencl as cl
 from zyx import counters as stats
 from zyx.runtime import collectives, profiling
 from zyx.runtime.limits import MemoryLimits
-from zyx.runtime.memory import BufferPool, PooledRuntime
+from zyx.runtime.memory import ARENA_SHARE, BufferPool, PooledRuntime
 from ..debug import logger
 
 _OUT_OF_MEMORY_CODES = frozenset(
@@ -94,7 +94,8 @@ class OpenCLRuntime(PooledRuntime):
         # per kernel, the arguments it was last given (`launcher`); they hold their buffers, so a trim forgets them
         self._arguments_set: dict[cl.Kernel, Sequence[Any]] = {}
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory,
-                                                      on_trim=self._arguments_set.clear)
+                                                      on_trim=self._arguments_set.clear,
+                                                      arena_budget=ARENA_SHARE * cl_device.global_mem_size)
         self._pending_uploads: list[cl.Event] = []
 
     def __repr__(self) -> str:

@@ -20,24 +20,28 @@ check raises before anything the caller holds is overwritten.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from .collectives import START
 
-# run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate) -> the outputs' buffers
+# run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena) -> the outputs' buffers
 RunFunction = Callable[..., list[Any]]
 
 
 def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int], first_slot: int, rands: int,
-              size_class: Callable[[int], int], internal: set[int]) -> RunFunction:
+              size_class: Callable[[int], int], internal: set[int],
+              arena: Optional[dict[int, int]] = None) -> RunFunction:
     """The run of `program` with `kernels[k]` launching launch k. Slots in `internal` are raw pool buffers, popped
     from their size class's free list before their first reader (a new one when it is empty) and appended back
     after their last (or when a launch raises); the other slots that are not inputs overwritten in place
     (`program.aliases`) are the outputs, allocated as Buffers. The pool's peak is noted once, from the plan.
     `gate` (a run's argument, None for none) is called before the first launch writing a slot in `program.aliases`
-    (or the first collective step, or after the last launch)."""
+    (or the first collective step, or after the last launch).
+
+    With `arena` (internal slot -> buffer number, `arena_plan`), the internal slots are instead the buffers of the
+    run's `arena` argument (a list, counted in the pool already): the run takes and gives back only its outputs."""
     names: dict[str, Any] = {"uint64": np.uint64}
     slot_bytes, aliases = program.slot_bytes, program.aliases
     used: set[int] = set()  # the inputs some launch reads or writes
@@ -50,6 +54,8 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     def value(kind: str, index: int) -> str:
         if kind in ("seed", "offset"):
             return f"{'r' if kind == 'seed' else 'f'}{index}"
+        if kind == "slot" and arena is not None and index in arena:
+            return f"b{arena[index]}"
         position = slot_positions[index] if kind == "slot" else index
         if position < first_slot:
             used.add(position)
@@ -60,6 +66,8 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     gated = False  # whether the gate's line is written (see the module docstring)
     for k, launch in enumerate(program.launches):
         for slot in program.allocs[k]:
+            if arena is not None and slot in arena:
+                continue  # the arena's
             size = size_class(slot_bytes[slot])
             if slot not in aliases:  # taken from the free list (an output by `allocate_taken`)
                 level[size] -= 1
@@ -84,15 +92,18 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
             pending.clear()
             gated = True
         for slot in program.frees[k]:
-            if slot in internal:
+            if slot in internal and (arena is None or slot not in arena):
                 size = size_class(slot_bytes[slot])
                 body += [f"s{size}.append(t{first_slot + slot})", f"t{first_slot + slot} = None"]
                 held -= size
                 level[size] += 1
     body += pending + [_GATE] * (not gated)
     allocated = {slot for allocs in program.allocs for slot in allocs}
-    taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(internal & allocated)]
+    pooled = internal - set(arena or ())  # internal slots taken from the free lists
+    taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(pooled & allocated)]
     head = [f"t{i} = inputs[{i}].raw" for i in sorted(used)]
+    if arena:
+        head.append(", ".join(f"b{number}" for number in range(max(arena.values()) + 1)) + ", = arena")
     head += [f"r{r} = uint64(rand_args[{r}][0]); f{r} = uint64(rand_args[{r}][1])" for r in range(rands)]
     empty = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o not in internal and o not in aliases]
     head += [f"h{slot} = allocate(0)" for slot in empty]
@@ -100,7 +111,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     settled = [size for size in sorted(lowest) if lowest[size] < -1]  # free lists the run takes 2 or more from
     head += [f"s{size} = pool.free_list({size})" for size in settled if size not in sizes]
     head += [_settle(size, -lowest[size]) for size in settled]
-    unfreed = (internal & allocated) - {slot for frees in program.frees for slot in frees}  # none in a well-formed plan
+    unfreed = (pooled & allocated) - {slot for frees in program.frees for slot in frees}  # none in a well-formed plan
     if taken:
         head.append(" = ".join(f"t{position}" for position, _ in taken) + " = None")
         pairs = ", ".join(f"(t{position}, s{size})" for position, size in taken)
@@ -111,7 +122,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                 + [f"s{size_class(slot_bytes[slot])}.append(t{first_slot + slot})" for slot in sorted(unfreed)])
     outputs = [f"inputs[{aliases[slot]}]" if slot in aliases
                else f"h{slot}" if slot in allocated or slot in empty else "allocate(0)" for slot in program.outputs]
-    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate):",
+    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena):",
               "    new_buffer = pool.new_buffer"]
              + ["    " + line for line in head + body]
              + [f"    pool.note_peak(start + {peak})", f"    return [{', '.join(outputs)}]"])
@@ -121,6 +132,29 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
 
 
 _GATE = "if gate is not None: gate()"
+
+
+def arena_plan(program: Any, internal: set[int], size_class: Callable[[int], int]) -> tuple[dict[int, int], list[int]]:
+    """The buffers a run's `internal` slots can share, planned once: (slot -> buffer number, each buffer's size
+    class). A slot takes a buffer of its size class that the run gave back before (its last reader was enqueued
+    earlier: the queue is in order), else a new one, as the free lists would hand them out within one run; so
+    the arena holds what the run's internal slots hold at their peak, no more."""
+    number: dict[int, int] = {}
+    sizes: list[int] = []
+    free: dict[int, list[int]] = collections.defaultdict(list)
+    for allocs, frees in zip(program.allocs, program.frees):
+        for slot in allocs:
+            if slot in internal:
+                size = size_class(program.slot_bytes[slot])
+                if free[size]:
+                    number[slot] = free[size].pop()
+                else:
+                    number[slot] = len(sizes)
+                    sizes.append(size)
+        for slot in frees:
+            if slot in number:
+                free[sizes[number[slot]]].append(number[slot])
+    return number, sizes
 
 
 def _settle(size: int, depth: int) -> str:

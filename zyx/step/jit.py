@@ -123,6 +123,10 @@ class CapturedStep:
         # others read them before the step's run
         self._runtime = self.device.runtime
         self._reads_later = hasattr(self._runtime, "download_later")
+        # the buffers the program's intermediates take at every replay, reserved while this step lives (see
+        # memory.Arena); None where the device has no arenas or its share of memory is planned already
+        self._arena = self.device.replay_arena(self.program)
+        self._run_options = {"arena": self._arena} if self._arena is not None else {}
 
     @property
     def launch_count(self) -> int:
@@ -267,7 +271,7 @@ class CapturedStep:
                     if copy_donated or read or _shared(nodes[position]):
                         buffers[position] = self._runtime.copy(buffers[position])
                     fresh.append(position)
-        outputs = self.device.run(self.program, buffers, rand_args, gate)
+        outputs = self.device.run(self.program, buffers, rand_args, gate, **self._run_options)
         if self._check_reads and self._check_inputs is None:
             self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
