@@ -134,3 +134,12 @@ def test_a_trim_gives_arenas_back_and_the_next_replay_takes_them_again(dev, setu
     assert step(x, y).item() == pytest.approx(expected, rel=1e-4)
     assert reserved(dev) > 0
     np.testing.assert_allclose(w.numpy(), w_data, rtol=1e-4, atol=1e-5)
+
+
+def test_the_key_of_tensor_arguments_is_call_keys(dev):
+    from zyx.step.arguments import call_key, tensors_key
+    a, b = dev.tensor(data(2, 3)), dev.tensor(np.arange(3, dtype=np.int32))
+    same_buffer = zyx.Tensor(a.node)  # another tensor holding a's node (and buffer)
+    for args in [(a, b), (a, a), (a, same_buffer), (b,), ()]:
+        assert tensors_key(args) == call_key(args, {})
+    assert tensors_key((a, a)) != tensors_key((a, same_buffer)) != tensors_key((a, b))

@@ -58,6 +58,11 @@ class Device:
         one (`FusingDevice.replay_arena`)."""
         return None
 
+    def replay_launch(self) -> Any:
+        """One launch function for the runs of a replayed step, or None: only fusing devices give one
+        (`FusingDevice.replay_launch`)."""
+        return None
+
     def synchronize(self) -> None:
         """Wait until every kernel and copy queued on this device has finished."""
         self.runtime.synchronize()

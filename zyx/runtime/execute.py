@@ -55,11 +55,17 @@ class Executable:
         before the first launch that writes an input in place (see run_code.py); if it raises, so does the run.
         `arena`: a memory.Arena of `arena_sizes` (made by `backend.pool.arena`) holding the internal buffers, or
         None to take them from the pool's free lists."""
-        pool = backend.pool
         timed = profiling.timing_wanted()
         launch = backend.launcher(timed)
         if timed or on_first_launch is not None:
             launch = self._observed(launch, backend, timed, on_first_launch)
+        return self.run_launching(backend, launch, inputs, rand_args, gate, arena)
+
+    def run_launching(self, backend: Any, launch: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
+                      gate: Optional[Callable[[], None]] = None, arena: Any = None) -> list[Any]:
+        """`run` with its launch function given (`backend.launcher`'s): a replayed step looks it up once for the
+        runs of both its programs (`FusingDevice.replay_launch`)."""
+        pool = backend.pool
         if arena is None:
             outputs = self._run(inputs, rand_args, pool, backend.allocate_taken, backend.allocate, launch, backend,
                                 gate, None)

@@ -20,6 +20,7 @@ from ..jit.schedule import DeviceTraits, schedule
 from ..precision import tf32_allowed
 from ..trace.hashing import Walk
 from ..trace.node import Node
+from . import profiling
 from .device import Device
 from .execute import Executable
 
@@ -55,12 +56,26 @@ class FusingDevice(Device):
         raise NotImplementedError
 
     def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
-            gate: Optional[Callable[[], None]] = None, arena: Any = None) -> list[Any]:
+            gate: Optional[Callable[[], None]] = None, arena: Any = None, launch: Any = None) -> list[Any]:
         """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched;
         `gate` is called before the first launch that writes an input in place, `arena` (`replay_arena`'s) holds
-        its intermediates (`Executable.run`)."""
-        return self._executable(program).run(self.runtime, inputs, rand_args,
-                                             on_first_launch=self._after_launch(program), gate=gate, arena=arena)
+        its intermediates, `launch` (`replay_launch`'s, else looked up here) launches (`Executable.run`)."""
+        executable = self._executable(program)
+        if launch is not None:
+            return executable.run_launching(self.runtime, launch, inputs, rand_args, gate, arena)
+        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program),
+                              gate=gate, arena=arena)
+
+    def replay_launch(self) -> Any:
+        """One launch function for the runs of a replayed step (`run`'s `launch`), or None where each run looks up
+        its own: a profiler times the launches, or a fresh kernel's first launch is watched (`_after_launch`)."""
+        if profiling.timing_wanted() or self._watches_launches():
+            return None
+        return self.runtime.launcher(False)
+
+    def _watches_launches(self) -> bool:
+        """Whether `_after_launch` gives a callback now."""
+        return False
 
     def replay_arena(self, program: Program) -> Any:
         """A memory.Arena for the intermediates of `program`'s runs, for a jitted step that replays it: None when

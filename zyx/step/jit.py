@@ -37,7 +37,7 @@ from ..debug import logger
 from ..dtypes import int64
 from ..devices import CAPTURING_KINDS
 from . import recapture
-from .arguments import Rebuild, call_key, flatten
+from .arguments import Rebuild, call_key, flatten, tensors_key
 from ..trace.capture import Capture, active_capture, pop_capture, push_capture
 from ..jit.program import Program
 from .reach import Located, PathTree, locate_tensors, resolve
@@ -245,8 +245,12 @@ class CapturedStep:
         nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
         buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
         gate = None  # called by the program's run before its first launch that overwrites an input in place
+        launch = self.device.replay_launch()  # one for both programs' runs (None: each run looks up its own)
+        check_options, options = ({}, self._run_options) if launch is None else \
+            ({"launch": launch}, {"arena": self._arena, "launch": launch})
         if self._check_inputs is not None:
-            extremes = self._check_requests(self.device.run(self.checking[0], self._check_inputs(buffers), []))
+            extremes = self._check_requests(self.device.run(self.checking[0], self._check_inputs(buffers), [],
+                                                            **check_options))
             if self._reads_later:
                 gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
                 # the extremes' buffers go back to the pool now, their reads enqueued (the queue runs in order): the
@@ -271,7 +275,7 @@ class CapturedStep:
                     if copy_donated or read or _shared(nodes[position]):
                         buffers[position] = self._runtime.copy(buffers[position])
                     fresh.append(position)
-        outputs = self.device.run(self.program, buffers, rand_args, gate, **self._run_options)
+        outputs = self.device.run(self.program, buffers, rand_args, gate, **options)
         if self._check_reads and self._check_inputs is None:
             self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
@@ -396,13 +400,14 @@ class JitFunction:
         if active_capture() is not None:
             return self.fn(*args, **kwargs)  # called inside another jitted step: part of its trace
         arguments: list[Tensor] = []
-        if kwargs or any(map(_is_not_tensor_type, map(type, args))):
+        tensors_only = not kwargs and not any(map(_is_not_tensor_type, map(type, args)))  # as most steps take
+        if tensors_only:
+            arguments += args  # what flatten would collect
+        else:
             flatten((args, kwargs), arguments)
-        else:  # tensors only, as most steps take: what flatten would collect
-            arguments += args
         if any(map(_is_none, map(_buffer_of_tensor, arguments))):  # an expression (or a released leaf) among them
             realize(*[t for t in arguments if not t.node.realized])
-        key = call_key(args, kwargs)
+        key = tensors_key(args) if tensors_only else call_key(args, kwargs)
         root: Root = (self.fn, args, kwargs)
         steps = self.steps.get(key, [])
         for step in steps:
