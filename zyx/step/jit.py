@@ -9,6 +9,16 @@ to the tensor seen at capture, arguments alias each other and that state the sam
 `zyx.autocast` state and float32 product precision around the call are the same. Otherwise it traces again. Updates go to the tensors bound now
 (the argument passed in this call).
 A new process finds the program (and its kernels) in the disk cache by the step's structure.
+
+Memory: a captured step keeps the buffers of its intermediates (activations, gradients: what its program
+computes and drops within one call) reserved between calls, in an arena planned once (`memory.Arena`), as
+CUDA graphs keep a private pool: a replay then takes and gives back nothing but its results and passes every
+kernel the same buffers. A training loop loses nothing by it (the pool would keep those buffers between steps
+anyway, as torch's caching allocator does); what changes is that other work cannot borrow them meanwhile, so
+`zyx.memory_stats()` counts them in `current_bytes` and `reserved_bytes`. Live arenas plan at most a quarter of
+a device's memory (a step past that takes its buffers from the pool at each call), they go back to the pool
+when their step is dropped (the jitted function is collected, or its tensors died and it is recaptured), and
+the pool takes them back when an allocation runs out of memory.
 """
 from __future__ import annotations
 
