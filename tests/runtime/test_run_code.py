@@ -152,3 +152,40 @@ def test_a_buffer_released_while_a_run_settles_its_free_list_is_neither_lost_nor
     free = Interrupted(["a", "b", "c", "d"])
     exec(_settle(8, 3), {"s8": free})  # noqa: S102 - the generated line itself
     assert sorted(free) == ["a", "b", "c", "d", "released"]
+
+
+# internal slots 0 and 1 (1000 bytes each; 0 is given back after "b", before 2 is taken) and output slot 3
+ARENA_PROGRAM = Program(
+    launches=[launch("a", 4, ("input", 0), ("slot", 0)), launch("b", 4, ("slot", 0), ("slot", 1)),
+              launch("c", 4, ("slot", 1), ("slot", 2)), launch("d", 4, ("slot", 2), ("slot", 3))],
+    slot_bytes=[1000, 1000, 1000, 16], outputs=[3],
+    frees=[[], [0], [1], [2]], allocs=[[0], [1], [2], [3]], aliases={})
+
+
+def test_an_arena_holds_the_internal_slots_peak_and_its_runs_take_only_their_outputs_from_the_pool():
+    runtime = FakeRuntime()
+    inputs = [FakeBuffer(Raw(), 16, runtime)]
+    executable = Executable(ARENA_PROGRAM, ["A", "B", "C", "D"], runtime)
+    assert executable.arena_sizes == [1024, 1024]  # slot 2 takes the buffer slot 0 gave back
+    arena = runtime.pool.arena(executable.arena_sizes)
+    runs = []
+    for _ in range(3):
+        runtime.launches.clear()
+        (output,) = executable.run(runtime, inputs, [], arena=arena)
+        runs.append([args for _, _, args in runtime.launches])
+        assert runtime.pool.current_bytes == 2048 + 256 and runtime.pool.reserved_bytes == 2048
+        assert runtime.pool.free_list(1024) == []  # the arena's buffers never pass through the free list
+        del output
+    (_, (x, first)), (_, (a, second)), (_, (b, third)), (_, (c, out)) = [(None, args) for args in runs[0]]
+    assert x is inputs[0].raw and a is first and b is second and c is third is first and second is not first
+    assert [first, second] == arena.buffers
+    assert all(all(p is q for p, q in zip(sum(run[:3], ()), sum(runs[0][:3], ()))) for run in runs[1:])
+    del arena
+    assert runtime.pool.reserved_bytes == 0 and runtime.pool.free_list(1024) == [first, second]
+
+
+def test_arenas_past_the_pools_budget_are_refused():
+    runtime = FakeRuntime()
+    runtime.pool.arena_budget = 3000
+    kept = runtime.pool.arena([1024, 1024])
+    assert kept is not None and runtime.pool.arena([1024]) is None and runtime.pool.arena([512]) is not None
