@@ -54,15 +54,17 @@ class Buffer:
     hands the cl.Buffer to the pool's free list, which is plain Python, so it is safe at interpreter exit too.
     """
 
-    __slots__ = ("raw", "nbytes", "runtime")
+    __slots__ = ("raw", "nbytes", "runtime", "size")
 
-    def __init__(self, raw: cl.Buffer, nbytes: int, runtime: OpenCLRuntime) -> None:
+    def __init__(self, raw: cl.Buffer, nbytes: int, runtime: OpenCLRuntime, size: int) -> None:
+        """`size`: the pool's size class of `nbytes` (what `__del__` gives back without computing it again)."""
         self.raw = raw
         self.nbytes = nbytes
         self.runtime = runtime
+        self.size = size
 
     def __del__(self) -> None:
-        self.runtime.pool.release(self.raw, self.nbytes)
+        self.runtime.pool.give(self.raw, self.size)
 
     def __repr__(self) -> str:
         return f"Buffer(nbytes={self.nbytes}, device={self.runtime.name!r})"
@@ -122,7 +124,11 @@ class OpenCLRuntime(PooledRuntime):
     # --- memory -------------------------------------------------------------------------------------------
 
     def _buffer(self, raw: cl.Buffer, nbytes: int) -> Buffer:
-        return Buffer(raw, nbytes, self)
+        return Buffer(raw, nbytes, self, self.pool.size_class(nbytes))
+
+    def allocate_taken(self, size: int, nbytes: int) -> Buffer:
+        """`PooledRuntime.allocate_taken` with the Buffer made here: a replay makes two, a realize one."""
+        return Buffer(self.pool.take(size), nbytes, self, size)
 
     # --- transfers ----------------------------------------------------------------------------------------
 
