@@ -58,6 +58,11 @@ class Device:
         one (`FusingDevice.replay_arena`)."""
         return None
 
+    def replay_run(self, program: Any, arena: Any = None) -> Any:
+        """`run` of a jitted step's `program`, as a function of (inputs, rand_args, gate, launch): here `run` itself
+        (a fusing device binds more: `FusingDevice.replay_run`)."""
+        return lambda inputs, rand_args, gate, launch: self.run(program, inputs, rand_args, gate)
+
     def replay_launch(self) -> Any:
         """One launch function for the runs of a replayed step, or None: only fusing devices give one
         (`FusingDevice.replay_launch`)."""

@@ -136,7 +136,8 @@ class CapturedStep:
         # the buffers the program's intermediates take at every replay, reserved while this step lives (see
         # memory.Arena); None where the device has no arenas or its share of memory is planned already
         self._arena = self.device.replay_arena(self.program)
-        self._run_options = {"arena": self._arena} if self._arena is not None else {}
+        self._run_program = self.device.replay_run(self.program, self._arena)
+        self._run_checks = self.device.replay_run(self.checking[0]) if self.checking else None
 
     @property
     def launch_count(self) -> int:
@@ -256,11 +257,8 @@ class CapturedStep:
         buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
         gate = None  # called by the program's run before its first launch that overwrites an input in place
         launch = self.device.replay_launch()  # one for both programs' runs (None: each run looks up its own)
-        check_options, options = ({}, self._run_options) if launch is None else \
-            ({"launch": launch}, {"arena": self._arena, "launch": launch})
         if self._check_inputs is not None:
-            extremes = self._check_requests(self.device.run(self.checking[0], self._check_inputs(buffers), [],
-                                                            **check_options))
+            extremes = self._check_requests(self._run_checks(self._check_inputs(buffers), [], None, launch))
             if self._reads_later:
                 gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
                 # the extremes' buffers go back to the pool now, their reads enqueued (the queue runs in order): the
@@ -285,7 +283,7 @@ class CapturedStep:
                     if copy_donated or read or _shared(nodes[position]):
                         buffers[position] = self._runtime.copy(buffers[position])
                     fresh.append(position)
-        outputs = self.device.run(self.program, buffers, rand_args, gate, **options)
+        outputs = self._run_program(buffers, rand_args, gate, launch)
         if self._check_reads and self._check_inputs is None:
             self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
