@@ -64,10 +64,11 @@ def timed_blocks(call: Callable[[int], None], prepare: Callable[[], None], synch
 
 
 def recorded_commands(runtime: Any, call: Callable[[], None]) -> list[tuple]:
-    """What `call` asks the driver for, in order: ("launch", kernel, global size, local size, arguments) and
-    ("read", buffers) for each wait on results (a jitted step reads its index checks' extremes)."""
+    """What `call` asks the driver for, in order: ("launch", kernel, global size, local size, arguments),
+    ("read", buffers) for each read of results and ("wait",) where it waits for them (a jitted step reads its
+    index checks' extremes behind its first launches, and waits before those that overwrite its inputs)."""
     commands: list[tuple] = []
-    launcher, download_all = runtime.launcher, runtime.download_all
+    launcher, download_later = runtime.launcher, runtime.download_later
 
     def recording(timed: bool) -> Callable:
         launch = launcher(timed)
@@ -77,14 +78,19 @@ def recorded_commands(runtime: Any, call: Callable[[], None]) -> list[tuple]:
             return launch(kernel, global_size, local_size, args)
         return record
 
-    def reading(requests: list) -> list:
+    def reading(requests: list) -> Callable[[], list]:
         commands.append(("read", [buffer.raw for buffer, _, _ in requests]))
-        return download_all(requests)
-    runtime.launcher, runtime.download_all = recording, reading
+        arrays = download_later(requests)
+
+        def waiting() -> list:
+            commands.append(("wait",))
+            return arrays()
+        return waiting
+    runtime.launcher, runtime.download_later = recording, reading
     try:
         call()
     finally:
-        del runtime.launcher, runtime.download_all
+        del runtime.launcher, runtime.download_later
     return commands
 
 
@@ -109,16 +115,18 @@ def floor_record(workload: str, runtime: Any, commands: list[tuple], args: argpa
     word = np.empty(1, np.int64)
 
     def call(i: int) -> None:
+        events: list = []
         for step in steps:
             if step[0] == "launch":
                 if step[4] is not None:
                     step[1].set_args(*step[4])
                 cl.enqueue_nd_range_kernel(queue, step[1], step[2], step[3])
-            else:
+            elif step[0] == "read":
                 events = [cl.enqueue_copy(queue, word, buffer, is_blocking=False) for buffer in step[1]]
+            else:
                 events[-1].wait()
     wall, cpu = timed_blocks(call, lambda: None, runtime.synchronize, args.calls, args.repeat)
-    reads = len(steps) - launches
+    reads = sum(step[0] == "wait" for step in steps)
     what = _launches(launches) + (f" and {reads} wait{'s' * (reads != 1)} for a read" if reads else "") + " per call"
     return _record(workload, "opencl", wall, cpu, {"launches_per_call": launches, "reads_per_call": reads},
                    f"{what}: {'set_args + ' if new_arguments else ''}enqueue_nd_range_kernel, enqueue_copy")
@@ -139,11 +147,11 @@ def _record(workload: str, implementation: str, wall: float, cpu: float, extra: 
 def driver_stubbed(runtime: Any) -> Iterator[None]:
     """Launches and reads replaced by no-ops (reads give zeros): what is left of a call is zyx's own Python."""
     runtime.launcher = lambda timed: lambda kernel, global_size, local_size, args: None
-    runtime.download_all = lambda requests: [np.zeros(tuple(shape), dtype) for _, shape, dtype in requests]
+    runtime.download_later = lambda requests: lambda: [np.zeros(tuple(shape), dtype) for _, shape, dtype in requests]
     try:
         yield
     finally:
-        del runtime.launcher, runtime.download_all
+        del runtime.launcher, runtime.download_later
 
 
 def with_python(record: Record, python_s: float) -> Record:

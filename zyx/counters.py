@@ -17,6 +17,16 @@ def bump(name: str, amount: float = 1) -> None:
     _COUNTERS[name] = _COUNTERS.get(name, 0) + amount
 
 
+def note_run(peak_bytes: float, launches: int, kernels: int) -> None:
+    """A program run's counts in one call (`set_max("peak_bytes", ...)`, `bump("launches", ...)`,
+    `bump("kernels_launched", ...)`): a replay makes two runs, and each call costs as much as a launch's line."""
+    counters = _COUNTERS
+    if peak_bytes > counters.get("peak_bytes", 0):
+        counters["peak_bytes"] = peak_bytes
+    counters["launches"] = counters.get("launches", 0) + launches
+    counters["kernels_launched"] = counters.get("kernels_launched", 0) + kernels
+
+
 def set_max(name: str, value: float) -> None:
     if value > _COUNTERS.get(name, 0):
         _COUNTERS[name] = value

@@ -7,7 +7,9 @@ from .devices import Device, default_device
 
 
 def memory_stats(device: Optional[Device] = None) -> dict[str, int]:
-    """current_bytes (held by live buffers), peak_bytes, pool_bytes (freed, kept for reuse)."""
+    """current_bytes (held by live buffers), peak_bytes, pool_bytes (freed, kept for reuse), and on OpenCL and
+    WGPU reserved_bytes: the part of current_bytes that jitted steps keep for their intermediates between calls
+    (see zyx.jit)."""
     return (device or default_device()).memory_stats()
 
 

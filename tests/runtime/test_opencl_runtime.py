@@ -163,6 +163,18 @@ def test_copy_is_independent(backend, add_one):
     assert np.array_equal(backend.download(source, (8,), np.float32), np.arange(8, dtype=np.float32) + 10)
 
 
+def test_a_later_download_reads_the_values_of_when_it_was_enqueued(backend, add_one):
+    """download_later enqueues its copies at once and waits only when asked: a kernel enqueued after it that writes
+    the very buffer (as a replay's step may write its checks' buffer, given back to the pool) does not change what
+    it reads."""
+    x = backend.upload(np.arange(8, dtype=np.float32))
+    read = backend.download_later([(x, (8,), np.float32)])
+    backend.launch(add_one, (8,), None, [x, x, np.float32(10)])
+    (values,) = read()
+    assert np.array_equal(values, np.arange(8, dtype=np.float32))
+    assert np.array_equal(backend.download(x, (8,), np.float32), np.arange(8, dtype=np.float32) + 10)
+
+
 def test_launch_runs_in_order_and_counts(backend, add_one):
     before = stats.stats()["kernels_launched"]
     x = backend.upload(np.zeros(1024, dtype=np.float32))

@@ -81,6 +81,33 @@ def test_a_launch_that_raises_gives_the_internal_buffers_back():
     assert runtime.pool.current_bytes == 0 and runtime.pool.pool_bytes == 1024 + 256  # the output died too
 
 
+def test_the_gate_runs_before_the_first_launch_writing_an_input_in_place_and_stops_the_run_when_it_raises():
+    """A replay's index checks (the gate) are read once the launches computing new buffers are queued: a failing
+    one raises before the launch that overwrites input 1 ("c") is enqueued, and the internal buffers go back."""
+    runtime = FakeRuntime()
+    inputs = [FakeBuffer(Raw(), 16, runtime), FakeBuffer(Raw(), 16, runtime)]
+    executable = Executable(PROGRAM, ["K0", None, "K2", "K3"], runtime)
+    seen = []
+    executable.run(runtime, inputs, [(7, 11)], gate=lambda: seen.append([k for k, _, _ in runtime.launches]))
+    assert seen == [["K0", "K2"]] and [k for k, _, _ in runtime.launches] == ["K0", "K2", "K3"]
+
+    def failing():
+        raise IndexError("index 9 is out of bounds")
+    runtime.launches.clear()
+    with pytest.raises(IndexError, match="index 9"):
+        executable.run(runtime, inputs, [(7, 11)], gate=failing)
+    assert [k for k, _, _ in runtime.launches] == ["K0", "K2"]
+    assert runtime.pool.current_bytes == 0 and runtime.pool.free_list(1024) == [runtime.launches[0][2][1]]
+
+
+def test_a_run_writing_no_input_in_place_calls_its_gate_after_its_last_launch():
+    runtime = FakeRuntime()
+    executable = Executable(SHARED_SIZE, ["A", "B", "C", "D"], runtime)
+    seen = []
+    executable.run(runtime, [FakeBuffer(Raw(), 16, runtime)], [], gate=lambda: seen.append(len(runtime.launches)))
+    assert seen == [4]
+
+
 # two internal slots and two outputs, all of one size class, the internal ones given back in the order they were taken
 SHARED_SIZE = Program(
     launches=[launch("a", 4, ("input", 0), ("slot", 0)), launch("b", 4, ("slot", 0), ("slot", 1)),
@@ -125,3 +152,40 @@ def test_a_buffer_released_while_a_run_settles_its_free_list_is_neither_lost_nor
     free = Interrupted(["a", "b", "c", "d"])
     exec(_settle(8, 3), {"s8": free})  # noqa: S102 - the generated line itself
     assert sorted(free) == ["a", "b", "c", "d", "released"]
+
+
+# internal slots 0 and 1 (1000 bytes each; 0 is given back after "b", before 2 is taken) and output slot 3
+ARENA_PROGRAM = Program(
+    launches=[launch("a", 4, ("input", 0), ("slot", 0)), launch("b", 4, ("slot", 0), ("slot", 1)),
+              launch("c", 4, ("slot", 1), ("slot", 2)), launch("d", 4, ("slot", 2), ("slot", 3))],
+    slot_bytes=[1000, 1000, 1000, 16], outputs=[3],
+    frees=[[], [0], [1], [2]], allocs=[[0], [1], [2], [3]], aliases={})
+
+
+def test_an_arena_holds_the_internal_slots_peak_and_its_runs_take_only_their_outputs_from_the_pool():
+    runtime = FakeRuntime()
+    inputs = [FakeBuffer(Raw(), 16, runtime)]
+    executable = Executable(ARENA_PROGRAM, ["A", "B", "C", "D"], runtime)
+    assert executable.arena_sizes == [1024, 1024]  # slot 2 takes the buffer slot 0 gave back
+    arena = runtime.pool.arena(executable.arena_sizes)
+    runs = []
+    for _ in range(3):
+        runtime.launches.clear()
+        (output,) = executable.run(runtime, inputs, [], arena=arena)
+        runs.append([args for _, _, args in runtime.launches])
+        assert runtime.pool.current_bytes == 2048 + 256 and runtime.pool.reserved_bytes == 2048
+        assert runtime.pool.free_list(1024) == []  # the arena's buffers never pass through the free list
+        del output
+    (_, (x, first)), (_, (a, second)), (_, (b, third)), (_, (c, out)) = [(None, args) for args in runs[0]]
+    assert x is inputs[0].raw and a is first and b is second and c is third is first and second is not first
+    assert [first, second] == arena.buffers
+    assert all(all(p is q for p, q in zip(sum(run[:3], ()), sum(runs[0][:3], ()))) for run in runs[1:])
+    del arena
+    assert runtime.pool.reserved_bytes == 0 and runtime.pool.free_list(1024) == [first, second]
+
+
+def test_arenas_past_the_pools_budget_are_refused():
+    runtime = FakeRuntime()
+    runtime.pool.arena_budget = 3000
+    kept = runtime.pool.arena([1024, 1024])
+    assert kept is not None and runtime.pool.arena([1024]) is None and runtime.pool.arena([512]) is not None

@@ -494,6 +494,23 @@ def test_one_program_per_trace_structure(dev):
     np.testing.assert_allclose(values[2], np.exp(np.full(5, 6.0, np.float32)) + 3, rtol=1e-6)
 
 
+def test_a_run_calls_its_gate_before_computing_anything(dev):
+    """A replay's index checks, as the gate of `run`: a failing one raises before the program runs (it runs as
+    one piece on this backend, so the gate comes first)."""
+    x = dev.tensor(np.arange(4, dtype=np.float32)).realize()
+    program = program_of(x * 2 + 1)
+    calls, launched = [], zyx.stats()["kernels_launched"]
+    (out,) = dev.run(program, [x.node.buffer], [], gate=lambda: calls.append(zyx.stats()["kernels_launched"]))
+    assert calls == [launched] and out.tolist() == [1, 3, 5, 7]
+
+    def failing():
+        raise IndexError("index 9 is out of bounds")
+    before = zyx.stats()["kernels_launched"]
+    with pytest.raises(IndexError, match="index 9"):
+        dev.run(program, [x.node.buffer], [], gate=failing)
+    assert zyx.stats()["kernels_launched"] == before
+
+
 def test_viz_draws_a_jitted_torch_step(dev, tmp_path):
     x = dev.randn(4, 3).realize()
     w = dev.randn(3, 2).realize()

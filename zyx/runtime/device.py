@@ -53,6 +53,21 @@ class Device:
         """A buffer's contents as a new numpy array."""
         return self.runtime.download(buffer, shape, dtype.np)
 
+    def replay_arena(self, program: Any) -> Any:
+        """A memory.Arena for the intermediates of a jitted step's `program`, or None: only fusing devices plan
+        one (`FusingDevice.replay_arena`)."""
+        return None
+
+    def replay_run(self, program: Any, arena: Any = None) -> Any:
+        """`run` of a jitted step's `program`, as a function of (inputs, rand_args, gate, launch): here `run` itself
+        (a fusing device binds more: `FusingDevice.replay_run`)."""
+        return lambda inputs, rand_args, gate, launch: self.run(program, inputs, rand_args, gate)
+
+    def replay_launch(self) -> Any:
+        """One launch function for the runs of a replayed step, or None: only fusing devices give one
+        (`FusingDevice.replay_launch`)."""
+        return None
+
     def synchronize(self) -> None:
         """Wait until every kernel and copy queued on this device has finished."""
         self.runtime.synchronize()

@@ -10,7 +10,7 @@ import operator
 from typing import Any, Callable, Optional, Sequence
 
 from . import profiling
-from .run_code import write_run
+from .run_code import arena_plan, write_run
 from .. import counters as stats
 
 
@@ -38,24 +38,41 @@ class Executable:
         # than the launch. Outputs are Buffers.
         internal = set(range(len(slot_bytes))) - set(program.outputs) - set(aliases)
         slot_positions = [aliases.get(slot, inputs + slot) for slot in range(len(slot_bytes))]
-        self._run = write_run(program, kernels, slot_positions, inputs, rands, runtime.pool.size_class, internal)
+        size_class = runtime.pool.size_class
+        self._run = write_run(program, kernels, slot_positions, inputs, rands, size_class, internal)
+        self._arena_numbers, self.arena_sizes = arena_plan(program, internal, size_class)
+        self._arena_run = write_run(program, kernels, slot_positions, inputs, rands, size_class, internal,
+                                    self._arena_numbers) if self.arena_sizes else self._run
         self.kernel_positions = [k for k, launch in enumerate(program.launches) if launch.is_kernel]
+        self.launches_per_run = len(self.kernel_positions)
         # a launch group runs more kernels than one
         self.kernels_per_run = sum(program.launches[k].kernels for k in self.kernel_positions)
 
     def run(self, backend: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
-            on_first_launch: Optional[Callable[[int], None]] = None) -> list[Any]:
-        """The output buffers; `backend` (the runtime bound) allocates and launches (`launcher`)."""
-        pool = backend.pool
+            on_first_launch: Optional[Callable[[int], None]] = None,
+            gate: Optional[Callable[[], None]] = None, arena: Any = None) -> list[Any]:
+        """The output buffers; `backend` (the runtime bound) allocates and launches (`launcher`). `gate` is called
+        before the first launch that writes an input in place (see run_code.py); if it raises, so does the run.
+        `arena`: a memory.Arena of `arena_sizes` (made by `backend.pool.arena`) holding the internal buffers, or
+        None to take them from the pool's free lists."""
         timed = profiling.timing_wanted()
         launch = backend.launcher(timed)
         if timed or on_first_launch is not None:
             launch = self._observed(launch, backend, timed, on_first_launch)
-        outputs = self._run(inputs, rand_args, pool, backend.allocate_taken,
-                            backend.allocate, launch, backend)
-        stats.set_max("peak_bytes", pool.peak_bytes)
-        stats.bump("launches", len(self.kernel_positions))
-        stats.bump("kernels_launched", self.kernels_per_run)
+        return self.run_launching(backend, launch, inputs, rand_args, gate, arena)
+
+    def run_launching(self, backend: Any, launch: Any, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
+                      gate: Optional[Callable[[], None]] = None, arena: Any = None) -> list[Any]:
+        """`run` with its launch function given (`backend.launcher`'s): a replayed step looks it up once for the
+        runs of both its programs (`FusingDevice.replay_launch`)."""
+        pool = backend.pool
+        if arena is None:
+            outputs = self._run(inputs, rand_args, pool, backend.allocate_taken, backend.allocate, launch, backend,
+                                gate, None)
+        else:
+            outputs = self._arena_run(inputs, rand_args, pool, backend.allocate_taken, backend.allocate, launch,
+                                      backend, gate, arena.take())
+        stats.note_run(pool.peak_bytes, self.launches_per_run, self.kernels_per_run)
         return outputs
 
     def _observed(self, launch: Callable, backend: Any, timed: bool,

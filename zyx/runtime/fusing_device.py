@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ..jit.schedule import DeviceTraits, schedule
 from ..precision import tf32_allowed
 from ..trace.hashing import Walk
 from ..trace.node import Node
+from . import profiling
 from .device import Device
 from .execute import Executable
 
@@ -54,12 +55,49 @@ class FusingDevice(Device):
         """The device and driver facts a persisted program is only valid for (cache_key.FINGERPRINT_NAMES)."""
         raise NotImplementedError
 
-    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]]) -> list[Any]:
-        """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched."""
+    def run(self, program: Program, inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]],
+            gate: Optional[Callable[[], None]] = None) -> list[Any]:
+        """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched;
+        `gate` is called before the first launch that writes an input in place (`Executable.run`)."""
+        return self._executable(program).run(self.runtime, inputs, rand_args,
+                                             on_first_launch=self._after_launch(program), gate=gate)
+
+    def replay_run(self, program: Program, arena: Any = None) -> Callable[..., list[Any]]:
+        """`run` of a jitted step's `program` bound once: a function of (inputs, rand_args, gate, launch) whose
+        intermediates take `arena`'s buffers (`replay_arena`'s; None: the pool's), launched by `launch`
+        (`replay_launch`'s, shared by a replay's runs; None: looked up as `run` does)."""
+        executable, runtime = self._executable(program), self.runtime
+
+        def replay(inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]], gate: Optional[Callable[[], None]],
+                   launch: Any) -> list[Any]:
+            if launch is None:
+                return executable.run(runtime, inputs, rand_args, self._after_launch(program), gate, arena)
+            return executable.run_launching(runtime, launch, inputs, rand_args, gate, arena)
+        return replay
+
+    def replay_arena(self, program: Program) -> Any:
+        """A memory.Arena for the intermediates of `program`'s runs, for a jitted step that replays it: None when
+        it has none, or when the arenas of the device would then plan more than their share of its memory."""
+        sizes = self._executable(program).arena_sizes
+        return self.runtime.pool.arena(sizes) if sizes else None
+
+    def replay_launch(self) -> Any:
+        """One launch function for the runs of a replayed step (`replay_run`'s `launch`), or None where each run
+        looks up its own: a profiler times the launches, or a fresh kernel's first launch is watched
+        (`_after_launch`)."""
+        if profiling.timing_wanted() or self._watches_launches():
+            return None
+        return self.runtime.launcher(False)
+
+    def _watches_launches(self) -> bool:
+        """Whether `_after_launch` gives a callback now."""
+        return False
+
+    def _executable(self, program: Program) -> Executable:
         executable = self._executables.get(id(program))
         if executable is None or executable.program is not program:
             executable = self._executables[id(program)] = Executable(program, self._kernels_of(program), self.runtime)
-        return executable.run(self.runtime, inputs, rand_args, on_first_launch=self._after_launch(program))
+        return executable
 
     def _kernels_of(self, program: Program) -> list[Any]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""

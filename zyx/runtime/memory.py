@@ -8,8 +8,9 @@ Single-threaded by design: release may run from a garbage-collection finalizer, 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Optional, TypeVar
 
 import numpy as np
 
@@ -33,8 +34,11 @@ class BufferPool(Generic[RawBuffer]):
         granularity: int = DEFAULT_GRANULARITY,
         is_out_of_memory: Callable[[Exception], bool] = _never_out_of_memory,
         on_trim: Callable[[], None] = lambda: None,
+        arena_budget: float = float("inf"),
     ) -> None:
-        """`on_trim`: called when the pool drops its buffers, for what else holds them to let them go too."""
+        """`on_trim`: called when the pool drops its buffers, for what else holds them to let them go too;
+        `arena_budget`: the bytes all arenas may plan together (`arena`)."""
+        self.arena_budget = arena_budget
         self._allocator = allocator
         self._on_trim = on_trim
         self._granularity = granularity
@@ -42,6 +46,8 @@ class BufferPool(Generic[RawBuffer]):
         self._free: dict[int, list[RawBuffer]] = {}
         self.current_bytes = 0
         self.peak_bytes = 0
+        self.reserved_bytes = 0  # of current_bytes, what arenas hold (`Arena`)
+        self._arenas: "weakref.WeakSet[Arena]" = weakref.WeakSet()
 
     @property
     def pool_bytes(self) -> int:
@@ -95,8 +101,11 @@ class BufferPool(Generic[RawBuffer]):
             self.peak_bytes = nbytes
 
     def trim(self) -> int:
-        """Drops every pooled buffer (the driver frees them once unreferenced); returns the bytes given back. The
-        free lists are emptied in place: a run holding one gives its buffers back to the pool still."""
+        """Drops every pooled buffer (the driver frees them once unreferenced), arenas' included (each takes its
+        buffers again at its next run); returns the bytes given back. The free lists are emptied in place: a run
+        holding one gives its buffers back to the pool still."""
+        for arena in list(self._arenas):
+            arena.release()
         freed = self.pool_bytes
         for free_list in self._free.values():
             free_list.clear()
@@ -113,12 +122,58 @@ class BufferPool(Generic[RawBuffer]):
         try:
             raw = self._allocator(size)
         except Exception as error:
-            if not self._is_out_of_memory(error) or self.pool_bytes == 0:
+            if not self._is_out_of_memory(error) or self.pool_bytes == 0 and self.reserved_bytes == 0:
                 raise
             self.trim()
             raw = self._allocator(size)
         stats.bump("bytes_allocated", size)
         return raw
+
+    def arena(self, sizes: Sequence[int]) -> Optional["Arena"]:
+        """An arena of buffers of `sizes` (size classes) if the live arenas with it plan at most `arena_budget`
+        bytes, else None: the step's run then takes its buffers from the free lists at each call."""
+        planned = sum(arena.nbytes for arena in self._arenas) + sum(sizes)
+        return Arena(self, sizes) if planned <= self.arena_budget else None
+
+
+ARENA_SHARE = 0.25  # of a device's memory, what the arenas of replayed steps may plan together
+
+
+class Arena:
+    """Buffers a replayed step's intermediates take at every call, planned once (as CUDA graphs' private pools):
+    its run takes and gives back nothing, and passes its kernels the same buffers each time.
+
+    They stay reserved between calls (counted in the pool's `current_bytes` and `reserved_bytes`), as a training
+    loop's intermediates would anyway sit in the free lists between steps; the difference is that nothing else
+    takes them meanwhile. They go back to the pool's free lists when the arena dies (its step is dropped: the
+    jitted function is garbage-collected, or the step is recaptured for tensors that died) and when the pool
+    trims on out-of-memory; a released arena takes buffers again at its next run."""
+
+    def __init__(self, pool: BufferPool, sizes: Sequence[int]) -> None:
+        self.pool, self.sizes, self.nbytes = pool, tuple(sizes), sum(sizes)
+        self.buffers: Optional[list[Any]] = None
+        pool._arenas.add(self)
+
+    def take(self) -> list[Any]:
+        """The arena's buffers (taken from the pool on the first run and after a release)."""
+        buffers = self.buffers
+        if buffers is None:
+            pool = self.pool
+            buffers = self.buffers = [pool.take(size) for size in self.sizes]
+            pool.reserved_bytes += self.nbytes
+        return buffers
+
+    def release(self) -> None:
+        """Give the buffers back to the pool's free lists (queued launches that use them still run first: the
+        queue is in order)."""
+        buffers, self.buffers = self.buffers, None
+        if buffers is not None:
+            for raw, size in zip(buffers, self.sizes):
+                self.pool.give(raw, size)
+            self.pool.reserved_bytes -= self.nbytes
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class PooledRuntime:
@@ -145,9 +200,10 @@ class PooledRuntime:
         return self._buffer(self.pool.take(size), nbytes)
 
     def memory_stats(self) -> dict[str, int]:
-        """Bytes held by live buffers, the most ever held at once, and bytes freed but kept for reuse."""
+        """Bytes held by live buffers, the most ever held at once, bytes freed but kept for reuse, and the part of
+        the held bytes that jitted steps keep reserved for their intermediates between calls (`Arena`)."""
         return {"current_bytes": self.pool.current_bytes, "peak_bytes": self.pool.peak_bytes,
-                "pool_bytes": self.pool.pool_bytes}
+                "pool_bytes": self.pool.pool_bytes, "reserved_bytes": self.pool.reserved_bytes}
 
     def reset_peak_memory(self) -> None:
         self.pool.reset_peak()

@@ -19,7 +19,7 @@ import pyopencl as cl
 from zyx import counters as stats
 from zyx.runtime import collectives, profiling
 from zyx.runtime.limits import MemoryLimits
-from zyx.runtime.memory import BufferPool, PooledRuntime
+from zyx.runtime.memory import ARENA_SHARE, BufferPool, PooledRuntime
 from ..debug import logger
 
 _OUT_OF_MEMORY_CODES = frozenset(
@@ -54,15 +54,17 @@ class Buffer:
     hands the cl.Buffer to the pool's free list, which is plain Python, so it is safe at interpreter exit too.
     """
 
-    __slots__ = ("raw", "nbytes", "runtime")
+    __slots__ = ("raw", "nbytes", "runtime", "size")
 
-    def __init__(self, raw: cl.Buffer, nbytes: int, runtime: OpenCLRuntime) -> None:
+    def __init__(self, raw: cl.Buffer, nbytes: int, runtime: OpenCLRuntime, size: int) -> None:
+        """`size`: the pool's size class of `nbytes` (what `__del__` gives back without computing it again)."""
         self.raw = raw
         self.nbytes = nbytes
         self.runtime = runtime
+        self.size = size
 
     def __del__(self) -> None:
-        self.runtime.pool.release(self.raw, self.nbytes)
+        self.runtime.pool.give(self.raw, self.size)
 
     def __repr__(self) -> str:
         return f"Buffer(nbytes={self.nbytes}, device={self.runtime.name!r})"
@@ -94,7 +96,8 @@ class OpenCLRuntime(PooledRuntime):
         # per kernel, the arguments it was last given (`launcher`); they hold their buffers, so a trim forgets them
         self._arguments_set: dict[cl.Kernel, Sequence[Any]] = {}
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory,
-                                                      on_trim=self._arguments_set.clear)
+                                                      on_trim=self._arguments_set.clear,
+                                                      arena_budget=ARENA_SHARE * cl_device.global_mem_size)
         self._pending_uploads: list[cl.Event] = []
 
     def __repr__(self) -> str:
@@ -121,7 +124,11 @@ class OpenCLRuntime(PooledRuntime):
     # --- memory -------------------------------------------------------------------------------------------
 
     def _buffer(self, raw: cl.Buffer, nbytes: int) -> Buffer:
-        return Buffer(raw, nbytes, self)
+        return Buffer(raw, nbytes, self, self.pool.size_class(nbytes))
+
+    def allocate_taken(self, size: int, nbytes: int) -> Buffer:
+        """`PooledRuntime.allocate_taken` with the Buffer made here: a replay makes two, a realize one."""
+        return Buffer(self.pool.take(size), nbytes, self, size)
 
     # --- transfers ----------------------------------------------------------------------------------------
 
@@ -142,16 +149,26 @@ class OpenCLRuntime(PooledRuntime):
     def download_all(self, requests: Sequence[tuple[Buffer, Sequence[int], Any]]) -> list[np.ndarray]:
         """Several buffers' contents (buffer, shape, numpy dtype each) as new arrays, waiting once: the in-order
         queue finishes the earlier copies before the last. A wait costs far more than a copy of a few bytes."""
+        hosts = self.download_later(requests)()
+        self._pending_uploads.clear()  # the in-order queue finished them before these reads
+        return hosts
+
+    def download_later(self, requests: Sequence[tuple[Buffer, Sequence[int], Any]]) -> Callable[[], list[np.ndarray]]:
+        """`download_all`'s copies, enqueued without waiting: the function returned waits for them and gives the
+        arrays. Commands enqueued meanwhile queue behind the copies: a replay's index checks are read while the
+        step's first launches are enqueued (and run), not before."""
         hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
         for buffer, shape, numpy_dtype in requests:
             host = self._host_for(buffer, shape, numpy_dtype)
             if host.nbytes:
                 copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.raw, is_blocking=False))
             hosts.append(host)
-        if copies:
-            copies[-1].wait()
-        self._pending_uploads.clear()  # the in-order queue finished them before these reads
-        return hosts
+
+        def arrays() -> list[np.ndarray]:
+            if copies:
+                copies[-1].wait()
+            return hosts
+        return arrays
 
     def copy(self, buffer: Buffer) -> Buffer:
         """A new device buffer holding the same bytes (enqueued, not waited for)."""

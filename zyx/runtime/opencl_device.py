@@ -111,6 +111,9 @@ class OpenCLDevice(FusingDevice):
     def _group_source(group: Sequence[Any]) -> str:
         return group[0].source if len(group) == 1 else c.combine_sources([launch.source for launch in group])
 
+    def _watches_launches(self) -> bool:
+        return bool(self._fresh)
+
     def _after_launch(self, program: Program) -> Any:
         if not self._fresh:
             return None

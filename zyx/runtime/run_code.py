@@ -11,26 +11,38 @@ Its launches come last, back to back (`launch(k3, g3, l3, a3)`), or before a col
 host staging may read their results): PoCL's enqueue costs the host more when the device's threads went idle since the last one, some 2 µs
 more per launch for 5 µs of Python between launches. Buffers given back to the pool before the launches that
 use them are enqueued are safe: the queue runs in order, so a later use of one runs after them.
+
+A run may be given a `gate`, a function called before the first launch that writes an input in place (or the
+first collective step, or the end): a replayed step's index checks wait for their results there, so that the
+launches computing only new buffers are already queued behind the checks while the host waits, and a failing
+check raises before anything the caller holds is overwritten.
 """
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Sequence
+import operator
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from .collectives import START
 
-# run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime) -> the outputs' buffers
+# run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena) -> the outputs' buffers
 RunFunction = Callable[..., list[Any]]
 
 
 def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int], first_slot: int, rands: int,
-              size_class: Callable[[int], int], internal: set[int]) -> RunFunction:
+              size_class: Callable[[int], int], internal: set[int],
+              arena: Optional[dict[int, int]] = None) -> RunFunction:
     """The run of `program` with `kernels[k]` launching launch k. Slots in `internal` are raw pool buffers, popped
     from their size class's free list before their first reader (a new one when it is empty) and appended back
     after their last (or when a launch raises); the other slots that are not inputs overwritten in place
-    (`program.aliases`) are the outputs, allocated as Buffers. The pool's peak is noted once, from the plan."""
+    (`program.aliases`) are the outputs, allocated as Buffers. The pool's peak is noted once, from the plan.
+    `gate` (a run's argument, None for none) is called before the first launch writing a slot in `program.aliases`
+    (or the first collective step, or after the last launch).
+
+    With `arena` (internal slot -> buffer number, `arena_plan`), the internal slots are instead the buffers of the
+    run's `arena` argument (a list, counted in the pool already): the run takes and gives back only its outputs."""
     names: dict[str, Any] = {"uint64": np.uint64}
     slot_bytes, aliases = program.slot_bytes, program.aliases
     used: set[int] = set()  # the inputs some launch reads or writes
@@ -43,6 +55,8 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     def value(kind: str, index: int) -> str:
         if kind in ("seed", "offset"):
             return f"{'r' if kind == 'seed' else 'f'}{index}"
+        if kind == "slot" and arena is not None and index in arena:
+            return f"b{arena[index]}"
         position = slot_positions[index] if kind == "slot" else index
         if position < first_slot:
             used.add(position)
@@ -50,8 +64,11 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
 
     body: list[str] = []
     pending: list[str] = []  # launches whose arguments are known, enqueued together (see the module docstring)
+    gated = False  # whether the gate's line is written (see the module docstring)
     for k, launch in enumerate(program.launches):
         for slot in program.allocs[k]:
+            if arena is not None and slot in arena:
+                continue  # the arena's
             size = size_class(slot_bytes[slot])
             if slot not in aliases:  # taken from the free list (an output by `allocate_taken`)
                 level[size] -= 1
@@ -67,20 +84,27 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
         if launch.is_kernel:
             names[f"k{k}"], names[f"g{k}"], names[f"l{k}"] = kernels[k], launch.global_size, launch.local_size
             body.append(f"a{k} = ({''.join(a + ', ' for a in arguments)})")
+            if not gated and any(kind == "slot" and index in aliases for kind, index in launch.args):
+                pending.append(_GATE)
+                gated = True
             pending.append(f"launch(k{k}, g{k}, l{k}, a{k})")
         elif launch.collective and launch.global_size[0] > 0:
-            body += pending + [_collective(k, launch, arguments, slot_bytes, names)]
+            body += pending + [_GATE] * (not gated) + [_collective(k, launch, arguments, slot_bytes, names)]
             pending.clear()
+            gated = True
         for slot in program.frees[k]:
-            if slot in internal:
+            if slot in internal and (arena is None or slot not in arena):
                 size = size_class(slot_bytes[slot])
                 body += [f"s{size}.append(t{first_slot + slot})", f"t{first_slot + slot} = None"]
                 held -= size
                 level[size] += 1
-    body += pending
+    body += pending + [_GATE] * (not gated)
     allocated = {slot for allocs in program.allocs for slot in allocs}
-    taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(internal & allocated)]
-    head = [f"t{i} = inputs[{i}].raw" for i in sorted(used)]
+    pooled = internal - set(arena or ())  # internal slots taken from the free lists
+    taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(pooled & allocated)]
+    head = [_read_inputs(sorted(used), names)] if used else []
+    if arena:
+        head.append(", ".join(f"b{number}" for number in range(max(arena.values()) + 1)) + ", = arena")
     head += [f"r{r} = uint64(rand_args[{r}][0]); f{r} = uint64(rand_args[{r}][1])" for r in range(rands)]
     empty = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o not in internal and o not in aliases]
     head += [f"h{slot} = allocate(0)" for slot in empty]
@@ -88,7 +112,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     settled = [size for size in sorted(lowest) if lowest[size] < -1]  # free lists the run takes 2 or more from
     head += [f"s{size} = pool.free_list({size})" for size in settled if size not in sizes]
     head += [_settle(size, -lowest[size]) for size in settled]
-    unfreed = (internal & allocated) - {slot for frees in program.frees for slot in frees}  # none in a well-formed plan
+    unfreed = (pooled & allocated) - {slot for frees in program.frees for slot in frees}  # none in a well-formed plan
     if taken:
         head.append(" = ".join(f"t{position}" for position, _ in taken) + " = None")
         pairs = ", ".join(f"(t{position}, s{size})" for position, size in taken)
@@ -99,13 +123,47 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                 + [f"s{size_class(slot_bytes[slot])}.append(t{first_slot + slot})" for slot in sorted(unfreed)])
     outputs = [f"inputs[{aliases[slot]}]" if slot in aliases
                else f"h{slot}" if slot in allocated or slot in empty else "allocate(0)" for slot in program.outputs]
-    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime):",
+    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena):",
               "    new_buffer = pool.new_buffer"]
              + ["    " + line for line in head + body]
              + [f"    pool.note_peak(start + {peak})", f"    return [{', '.join(outputs)}]"])
     source = "\n".join(lines)
     exec(compile(source, f"<zyx run {program.name or id(program)}>", "exec"), names)  # noqa: S102 - built above
     return names["run"]
+
+
+_GATE = "if gate is not None: gate()"
+
+
+def _read_inputs(positions: list[int], names: dict[str, Any]) -> str:
+    """The line giving each input a launch uses its raw buffer (`t3 = inputs[3].raw`, at C speed for several)."""
+    if len(positions) == 1:
+        return f"t{positions[0]} = inputs[{positions[0]}].raw"
+    names["_raw"], names["_used"] = operator.attrgetter("raw"), operator.itemgetter(*positions)
+    return "".join(f"t{i}, " for i in positions) + "= map(_raw, _used(inputs))"
+
+
+def arena_plan(program: Any, internal: set[int], size_class: Callable[[int], int]) -> tuple[dict[int, int], list[int]]:
+    """The buffers a run's `internal` slots can share, planned once: (slot -> buffer number, each buffer's size
+    class). A slot takes a buffer of its size class that the run gave back before (its last reader was enqueued
+    earlier: the queue is in order), else a new one, as the free lists would hand them out within one run; so
+    the arena holds what the run's internal slots hold at their peak, no more."""
+    number: dict[int, int] = {}
+    sizes: list[int] = []
+    free: dict[int, list[int]] = collections.defaultdict(list)
+    for allocs, frees in zip(program.allocs, program.frees):
+        for slot in allocs:
+            if slot in internal:
+                size = size_class(program.slot_bytes[slot])
+                if free[size]:
+                    number[slot] = free[size].pop()
+                else:
+                    number[slot] = len(sizes)
+                    sizes.append(size)
+        for slot in frees:
+            if slot in number:
+                free[sizes[number[slot]]].append(number[slot])
+    return number, sizes
 
 
 def _settle(size: int, depth: int) -> str:

@@ -114,9 +114,12 @@ class TorchDevice(Device):
         return program
 
     def run(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],
-            rand_args: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+            rand_args: Sequence[tuple[int, int]], gate: Optional[Callable[[], None]] = None) -> list[torch.Tensor]:
         """The program's output buffers on `inputs`; `rand_args`: (seed, offset) per random stream. The first run
-        follows every storage for `zyx.memory_stats`; later runs count what it measured (`RunAccount`)."""
+        follows every storage for `zyx.memory_stats`; later runs count what it measured (`RunAccount`). `gate`
+        (a replay's index checks) is called first: the program runs as one piece."""
+        if gate is not None:
+            gate()
         streams = [philox_words(seed, offset) for seed, offset in rand_args]
         stats.bump("kernels_launched", program.kernel_count)
         if self.compile:

@@ -8,6 +8,8 @@ dtype and device, and by which earlier tensor argument they are (`f(w, w)` is an
 """
 from __future__ import annotations
 
+from itertools import repeat
+from operator import attrgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -43,6 +45,21 @@ def call_key(args: tuple, kwargs: dict[str, Any]) -> tuple:
              else _key(value, f"argument {i}", first_of, buffer_of) for i, value in enumerate(args)]
     parts += [(name, _key(kwargs[name], f"argument {name!r}", first_of, buffer_of)) for name in sorted(kwargs)]
     return tuple(parts)
+
+
+def tensors_key(tensors: tuple) -> tuple:
+    """`call_key` of a call whose arguments are all tensors, passed by position (most steps'), made at C speed
+    where they are distinct tensors in distinct buffers (each is then its own first and holds its own buffer)."""
+    nodes = list(map(_node_of, tensors))
+    count = len(nodes)
+    if len(set(map(id, tensors))) < count or len(set(map(id, map(_buffer_of, nodes)))) < count:
+        return call_key(tensors, {})
+    return tuple(zip(repeat("tensor"), map(_shape_of, nodes), map(_dtype_name_of, nodes),
+                     map(id, map(_device_of, nodes)), range(count), range(count)))
+
+
+_node_of, _buffer_of, _shape_of = attrgetter("node"), attrgetter("buffer"), attrgetter("shape")
+_dtype_name_of, _device_of = attrgetter("dtype.name"), attrgetter("device")
 
 
 def _tensor_key(tensor: Tensor, first_of: dict[int, int], buffer_of: dict[int, int]) -> tuple:

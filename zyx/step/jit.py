@@ -9,6 +9,16 @@ to the tensor seen at capture, arguments alias each other and that state the sam
 `zyx.autocast` state and float32 product precision around the call are the same. Otherwise it traces again. Updates go to the tensors bound now
 (the argument passed in this call).
 A new process finds the program (and its kernels) in the disk cache by the step's structure.
+
+Memory: a captured step keeps the buffers of its intermediates (activations, gradients: what its program
+computes and drops within one call) reserved between calls, in an arena planned once (`memory.Arena`), as
+CUDA graphs keep a private pool: a replay then takes and gives back nothing but its results and passes every
+kernel the same buffers. A training loop loses nothing by it (the pool would keep those buffers between steps
+anyway, as torch's caching allocator does); what changes is that other work cannot borrow them meanwhile, so
+`zyx.memory_stats()` counts them in `current_bytes` and `reserved_bytes`. Live arenas plan at most a quarter of
+a device's memory (a step past that takes its buffers from the pool at each call), they go back to the pool
+when their step is dropped (the jitted function is collected, or its tensors died and it is recaptured), and
+the pool takes them back when an allocation runs out of memory.
 """
 from __future__ import annotations
 
@@ -32,12 +42,12 @@ from ..runtime.execute import tuple_getter
 from ..tensor import Tensor
 from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
-from ..trace.node import Node, buffer_leaf, toposort
+from ..trace.node import Node, leaf_maker, toposort
 from ..debug import logger
 from ..dtypes import int64
 from ..devices import CAPTURING_KINDS
 from . import recapture
-from .arguments import Rebuild, call_key, flatten
+from .arguments import Rebuild, call_key, flatten, tensors_key
 from ..trace.capture import Capture, active_capture, pop_capture, push_capture
 from ..jit.program import Program
 from .reach import Located, PathTree, locate_tensors, resolve
@@ -119,6 +129,15 @@ class CapturedStep:
         self._plan_values()
         self._check_reads = [(target, (2,), int64.np) for _, target in self.checks]
         self._check_inputs = tuple_getter(self.checking[1]) if self.checking else None
+        # a runtime that can enqueue reads without waiting (OpenCL's) has the checks read while the step launches;
+        # others read them before the step's run
+        self._runtime = self.device.runtime
+        self._reads_later = hasattr(self._runtime, "download_later")
+        # the buffers the program's intermediates take at every replay, reserved while this step lives (see
+        # memory.Arena); None where the device has no arenas or its share of memory is planned already
+        self._arena = self.device.replay_arena(self.program)
+        self._run_program = self.device.replay_run(self.program, self._arena)
+        self._run_checks = self.device.replay_run(self.checking[0]) if self.checking else None
 
     @property
     def launch_count(self) -> int:
@@ -141,8 +160,8 @@ class CapturedStep:
         into `stored + nodes + constants` (the program's outputs, its input nodes, the nodes the step made).
 
         An update whose program output overwrites its own tensor's buffer in place (`_in_place`: input position
-        -> (the tensor's position, target, shape, dtype)) needs nothing at all when no one else sees that tensor's
-        node: the node already holds the new value. Only the others are planned as stores and assignments.
+        -> (the tensor's position, target, what makes its leaf)) needs nothing at all when no one else sees that
+        tensor's node: the node already holds the new value. Only the others are planned as stores and assignments.
         """
         self._input_plan = [(self._bound_index(source), source.node) for source in self.inputs]
         # `run` picks its input nodes and buffers from the bound tensors' followed by the constant inputs'
@@ -170,20 +189,24 @@ class CapturedStep:
                       if position not in read_inputs and self.inputs[position].kind in ("arg", "located")
                       and self.input_layouts[position] == self.target_layouts[slot_target[slot]]}
         uses = collections.Counter(source.index for source in values if source.kind == "target")
-        self._in_place: dict[int, tuple[int, int, tuple[int, ...], Any]] = {}
+        self._in_place: dict[int, tuple[int, int, Callable[[Any], Node]]] = {}
         self._assign_plan = []
         for tensor, new_value in self.assigned:
             position = self._bound_index(tensor)
             target = new_value.index if new_value.kind == "target" else -1
             overwritten = overwrites.get(target, -1)
             if uses[target] == 1 and overwritten >= 0 and self._input_plan[overwritten][0] == position:
-                self._in_place[overwritten] = (position, target, *self.target_layouts[target])
+                self._in_place[overwritten] = (position, target, self._leaf_maker(target))
             else:
                 self._assign_plan.append((position, self._value_index(new_value)))
         self._output_plan = [(self._bound_index(source), self._value_index(source)) for source, _, _ in self.outputs]
-        in_place_targets = {target for _, target, _, _ in self._in_place.values()}
-        self._stores = [(target, overwrites.get(target, -1), *self.target_layouts[target])
+        in_place_targets = {target for _, target, _ in self._in_place.values()}
+        self._stores = [(target, overwrites.get(target, -1), self._leaf_maker(target))
                         for target in sorted(uses) if target not in in_place_targets]
+
+    def _leaf_maker(self, target: int) -> Callable[[Any], Node]:
+        """What makes the leaf holding program output `target` at each replay (`node.leaf_maker`)."""
+        return leaf_maker(*self.target_layouts[target], self.device)
 
     @property
     def alive(self) -> bool:
@@ -232,8 +255,18 @@ class CapturedStep:
         """
         nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
         buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
+        gate = None  # called by the program's run before its first launch that overwrites an input in place
+        launch = self.device.replay_launch()  # one for both programs' runs (None: each run looks up its own)
         if self._check_inputs is not None:
-            self._raise_if_an_index_failed(self.device.run(self.checking[0], self._check_inputs(buffers), []))
+            extremes = self._check_requests(self._run_checks(self._check_inputs(buffers), [], None, launch))
+            if self._reads_later:
+                gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
+                # the extremes' buffers go back to the pool now, their reads enqueued (the queue runs in order): the
+                # step's run takes them for its own outputs, and the next call's checks take them back, so that
+                # every call passes both programs' kernels the buffers they hold already (opencl.py's launcher)
+                del extremes
+            else:
+                self._raise_if_an_index_failed(self._runtime.download_all(extremes))
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
         # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
         kept: set[int] | frozenset[int]
@@ -248,21 +281,21 @@ class CapturedStep:
                     kept.add(position)
                 else:
                     if copy_donated or read or _shared(nodes[position]):
-                        buffers[position] = self.device.runtime.copy(buffers[position])
+                        buffers[position] = self._runtime.copy(buffers[position])
                     fresh.append(position)
-        outputs = self.device.run(self.program, buffers, rand_args)
+        outputs = self._run_program(buffers, rand_args, gate, launch)
         if self._check_reads and self._check_inputs is None:
-            self._raise_if_an_index_failed(outputs)
+            self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
             if position in self._in_place:
-                destination, target, shape, dtype = self._in_place[position]
-                bound[destination].node = buffer_leaf(outputs[target], shape, dtype, self.device)
+                destination, target, leaf = self._in_place[position]
+                bound[destination].node = leaf(outputs[target])
         stored: list[Optional[Node]] = [None] * len(outputs)
-        for target, position, shape, dtype in self._stores:
+        for target, position, leaf in self._stores:
             if position in kept:
                 stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
             else:
-                stored[target] = buffer_leaf(outputs[target], shape, dtype, self.device)
+                stored[target] = leaf(outputs[target])
         values = [*stored, *nodes, *self._constants]
         for position, index in self._assign_plan:
             bound[position].node = values[index]  # type: ignore[assignment]
@@ -287,12 +320,18 @@ class CapturedStep:
             return source.index
         return source.index + self.argument_count if source.kind == "located" else -1
 
-    def _raise_if_an_index_failed(self, outputs: list[Any]) -> None:
-        """Index tensors the step selects with are checked as eagerly (this waits for the launches computing the
-        extremes): before the step where `checking` can, else after it, when buffers it updates in place were
-        written though no tensor is pointed at the step's results."""
-        extremes = self.device.runtime.download_all(
-            [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads])
+    def _check_requests(self, outputs: list[Any]) -> list[tuple[Any, tuple[int, ...], Any]]:
+        """The reads of the index checks' extremes among a program's `outputs`."""
+        return [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads]
+
+    def _raise_if_an_index_failed_in(self, read: Callable[[], list[Any]]) -> None:
+        self._raise_if_an_index_failed(read())
+
+    def _raise_if_an_index_failed(self, extremes: list[Any]) -> None:
+        """Index tensors the step selects with are checked as eagerly, from their extremes as read: before the
+        step's launches that overwrite inputs in place where `checking` can (the program's run waits for the read
+        there, its other launches queued behind the checks), else after the step, when buffers it updates in place
+        were written though no tensor is pointed at the step's results."""
         for (check, _), pair in zip(self.checks, extremes):
             negated_smallest, largest = pair.tolist()
             error = check.error_from_extremes(-negated_smallest, largest)
@@ -314,6 +353,7 @@ _buffer_of = operator.attrgetter("buffer")
 _buffer_of_tensor = operator.attrgetter("node.buffer")
 _node_of = operator.attrgetter("node")
 _is_none = functools.partial(operator.is_, None)
+_is_not_tensor_type = functools.partial(operator.is_not, Tensor)
 
 
 def _shared(node: Node) -> bool:
@@ -368,14 +408,14 @@ class JitFunction:
         if active_capture() is not None:
             return self.fn(*args, **kwargs)  # called inside another jitted step: part of its trace
         arguments: list[Tensor] = []
-        if kwargs or any(type(a) is not Tensor for a in args):
+        tensors_only = not kwargs and not any(map(_is_not_tensor_type, map(type, args)))  # as most steps take
+        if tensors_only:
+            arguments += args  # what flatten would collect
+        else:
             flatten((args, kwargs), arguments)
-        else:  # tensors only, as most steps take: what flatten would collect
-            arguments += args
-        lazy = [t for t in arguments if not t.node.realized]
-        if lazy:
-            realize(*lazy)
-        key = call_key(args, kwargs)
+        if any(map(_is_none, map(_buffer_of_tensor, arguments))):  # an expression (or a released leaf) among them
+            realize(*[t for t in arguments if not t.node.realized])
+        key = tensors_key(args) if tensors_only else call_key(args, kwargs)
         root: Root = (self.fn, args, kwargs)
         steps = self.steps.get(key, [])
         for step in steps:

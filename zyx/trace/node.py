@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..dtypes import DType, bool_, int_range
 from ..errors import AxisError, ShapeError
@@ -101,6 +101,20 @@ def buffer_leaf(buffer: Any, shape: Shape, dtype: DType, device: Any, arg: Any =
     node = Node(Op.BUFFER, (), arg, tuple(map(int, shape)), dtype, device)
     node.buffer = buffer
     return node
+
+
+def leaf_maker(shape: Shape, dtype: DType, device: Any) -> Callable[[Any], Node]:
+    """`buffer_leaf(buffer, shape, dtype, device)` for many buffers of one layout, its key made once: a replayed
+    step stores its results in new leaves at every call, and making the key was most of a leaf's cost."""
+    template = buffer_leaf(None, shape, dtype, device)
+    shape, key, op, new = template.shape, template.key, Op.BUFFER, Node.__new__
+
+    def leaf(buffer: Any) -> Node:
+        node = new(Node)
+        node.op, node.src, node.arg, node.shape, node.dtype, node.device = op, (), None, shape, dtype, device
+        node.buffer, node.key, node.origin = buffer, key, None
+        return node
+    return leaf
 
 
 def const(value: Any, shape: Shape, dtype: DType, device: Any) -> Node:
