@@ -219,10 +219,11 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
     def _pair(self, other: Operand, op: str, dtype: Optional[DType] = None) -> tuple[Node, Node]:
         """Both operands broadcast to one shape and cast to one dtype (PyTorch's promotion)."""
         b = self._operand(other, op)
-        if b.device is not self.device:
-            raise ValueError(f"{op}: operands live on different devices ({self.device} and {b.device})")
-        shape = broadcast_shape(op, self.shape, b.shape)
-        common = dtype or promote(self.dtype, b.dtype)
+        mine, its = self.node, b.node
+        if its.device is not mine.device:
+            raise ValueError(f"{op}: operands live on different devices ({mine.device} and {its.device})")
+        shape = broadcast_shape(op, mine.shape, its.shape)
+        common = dtype or promote(mine.dtype, its.dtype)
         return self._broadcast_to(shape, common), b._broadcast_to(shape, common)
 
     def _broadcast_to(self, shape: tuple[int, ...], dtype: DType) -> Node:

@@ -25,6 +25,8 @@ def _dims(args: tuple[Any, ...]) -> tuple[int, ...]:
 
 def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     """numpy broadcasting; a ShapeError names the op and every shape."""
+    if shapes.count(shapes[0]) == len(shapes):  # the usual case, decided without a loop
+        return shapes[0]
     ndim = max(len(s) for s in shapes)
     result = []
     for axis in range(ndim):

@@ -28,7 +28,8 @@ class Node:
         # hashing.Walk): op, shape, dtype and the arg that changes semantics (a RAND's seed and offset are data),
         # as the number `key_number` gives them.
         self.key: int = key_number((op._value_, shape, dtype.name,
-                                    None if arg is None or op is Op.BUFFER or op is Op.RAND else arg_key(arg)))
+                                    None if arg is None or op is Op.BUFFER or op is Op.RAND
+                                    else arg if op in INT_TUPLE_ARG_OPS else arg_key(arg)))
         self.origin: Any = None  # after realization: how it was computed, for autodiff (see origin.py)
 
     @property
@@ -48,6 +49,8 @@ class Node:
         return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
 
 
+# ops whose arg is a tuple of Python ints (their constructors below make it so), its own key as `arg_key` gives it
+INT_TUPLE_ARG_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.FLIP}) | REDUCE_OPS
 KEYS_KEPT = 1 << 16  # node keys remembered; past that all are forgotten (in-memory program caches then miss once)
 _key_numbers: dict[tuple, int] = {}
 _next_numbers = itertools.count()
@@ -178,8 +181,8 @@ def where(condition: Node, a: Node, b: Node) -> Node:
 def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
     """Reduce over `axes` (non-negative, sorted); the reduced axes stay with size 1."""
     assert op in REDUCE_OPS
-    axes = tuple(sorted({int(a) for a in axes}))
-    if any(not 0 <= a < len(x.shape) for a in axes):
+    axes = tuple(sorted(set(map(int, axes))))
+    if axes and (axes[0] < 0 or axes[-1] >= len(x.shape)):
         raise AxisError(f"{op.name.lower()}: axes {axes} are out of range for shape {x.shape}")
     if not axes:
         return x
@@ -190,8 +193,8 @@ def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
 # ---- movement ----------------------------------------------------------------------------------------------
 
 def reshape(x: Node, shape: Shape) -> Node:
-    shape = tuple(int(s) for s in shape)
-    if math.prod(shape) != x.numel or any(s < 0 for s in shape):
+    shape = tuple(map(int, shape))
+    if math.prod(shape) != math.prod(x.shape) or shape and min(shape) < 0:
         raise ShapeError(f"reshape: cannot view shape {x.shape} ({x.numel} elements) as {shape}")
     if shape == x.shape:
         return x
@@ -199,7 +202,7 @@ def reshape(x: Node, shape: Shape) -> Node:
 
 
 def permute(x: Node, order: Sequence[int]) -> Node:
-    order = tuple(int(a) for a in order)
+    order = tuple(map(int, order))
     if sorted(order) != list(range(len(x.shape))):
         raise ShapeError(f"permute: {order} is not an ordering of the {len(x.shape)} axes of shape {x.shape}")
     if order == tuple(range(len(order))):
@@ -208,11 +211,11 @@ def permute(x: Node, order: Sequence[int]) -> Node:
 
 
 def expand(x: Node, shape: Shape) -> Node:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape, shape)):
-        raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
+    shape = tuple(map(int, shape))
     if shape == x.shape:
         return x
+    if len(shape) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape, shape)):
+        raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
     return Node(Op.EXPAND, (x,), shape, shape, x.dtype, x.device)
 
 
