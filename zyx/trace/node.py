@@ -27,9 +27,9 @@ class Node:
         # The node's own part of the structural key, made once here so that a realize only gathers them (see
         # hashing.Walk): op, shape, dtype and the arg that changes semantics (a RAND's seed and offset are data),
         # as the number `key_number` gives them.
-        self.key: int = key_number((op._value_, shape, dtype.name,
-                                    None if arg is None or op is Op.BUFFER or op is Op.RAND
-                                    else arg if op in INT_TUPLE_ARG_OPS else arg_key(arg)))
+        key = (op._value_, shape, dtype.name, None if arg is None or op is Op.BUFFER or op is Op.RAND
+               else arg if op in INT_TUPLE_ARG_OPS else arg_key(arg))
+        self.key: int = _key_numbers.get(key) or key_number(key)  # a number met before, found without a call
         self.origin: Any = None  # after realization: how it was computed, for autodiff (see origin.py)
 
     @property
@@ -194,10 +194,10 @@ def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
 
 def reshape(x: Node, shape: Shape) -> Node:
     shape = tuple(map(int, shape))
-    if math.prod(shape) != math.prod(x.shape) or shape and min(shape) < 0:
-        raise ShapeError(f"reshape: cannot view shape {x.shape} ({x.numel} elements) as {shape}")
     if shape == x.shape:
         return x
+    if math.prod(shape) != math.prod(x.shape) or shape and min(shape) < 0:
+        raise ShapeError(f"reshape: cannot view shape {x.shape} ({x.numel} elements) as {shape}")
     return Node(Op.RESHAPE, (x,), shape, shape, x.dtype, x.device)
 
 
