@@ -518,7 +518,8 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
 
     def relu(self) -> "Tensor":
         """max(x, 0); nan stays nan, and the gradient at 0 is 0 (as PyTorch)."""
-        return (self <= 0).where(0, self)
+        zero = self._operand(0, "relu").expand(self.shape)  # one broadcast zero for its three uses: 7 nodes, not 13
+        return (self < zero).logical_or(self == zero).where(zero, self)
 
     def leaky_relu(self, negative_slope: float = 0.01) -> "Tensor":
         """x where positive, else negative_slope * x."""

@@ -186,8 +186,10 @@ def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
         raise AxisError(f"{op.name.lower()}: axes {axes} are out of range for shape {x.shape}")
     if not axes:
         return x
-    shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
-    return Node(op, (x,), axes, shape, x.dtype, x.device)
+    sizes = list(x.shape)
+    for axis in axes:
+        sizes[axis] = 1
+    return Node(op, (x,), axes, tuple(sizes), x.dtype, x.device)
 
 
 # ---- movement ----------------------------------------------------------------------------------------------
@@ -207,15 +209,18 @@ def permute(x: Node, order: Sequence[int]) -> Node:
         raise ShapeError(f"permute: {order} is not an ordering of the {len(x.shape)} axes of shape {x.shape}")
     if order == tuple(range(len(order))):
         return x
-    return Node(Op.PERMUTE, (x,), order, tuple(x.shape[i] for i in order), x.dtype, x.device)
+    return Node(Op.PERMUTE, (x,), order, tuple(map(x.shape.__getitem__, order)), x.dtype, x.device)
 
 
 def expand(x: Node, shape: Shape) -> Node:
     shape = tuple(map(int, shape))
     if shape == x.shape:
         return x
-    if len(shape) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape, shape)):
+    if len(shape) != len(x.shape):
         raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
+    for size, target in zip(x.shape, shape):  # a loop, not any(...): no generator made at every node
+        if size != target and size != 1:
+            raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
     return Node(Op.EXPAND, (x,), shape, shape, x.dtype, x.device)
 
 
