@@ -5,6 +5,7 @@ imported where a bfloat16 value first reaches the host: loading its extension ta
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,6 +90,7 @@ def to_dtype(spec: object) -> DType:
     raise TypeError(f"zyx does not support dtype {spec!r}; use one of {[d.name for d in ALL_DTYPES]}")
 
 
+@functools.cache  # asked for at every integer constant
 def int_range(dtype: DType) -> tuple[int, int]:
     """The smallest and largest value of an integer dtype (two's complement, or unsigned)."""
     bits = 8 * dtype.itemsize

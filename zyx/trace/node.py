@@ -28,7 +28,7 @@ class Node:
         # hashing.Walk): op, shape, dtype and the arg that changes semantics (a RAND's seed and offset are data),
         # as the number `key_number` gives them.
         key = (op._value_, shape, dtype.name, None if arg is None or op is Op.BUFFER or op is Op.RAND
-               else arg if op in INT_TUPLE_ARG_OPS else arg_key(arg))
+               else arg if op in INT_ARG_OPS else arg_key(arg))
         self.key: int = _key_numbers.get(key) or key_number(key)  # a number met before, found without a call
         self.origin: Any = None  # after realization: how it was computed, for autodiff (see origin.py)
 
@@ -49,8 +49,8 @@ class Node:
         return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
 
 
-# ops whose arg is a tuple of Python ints (their constructors below make it so), its own key as `arg_key` gives it
-INT_TUPLE_ARG_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.FLIP}) | REDUCE_OPS
+# ops whose arg holds Python ints only (their constructors below make it so): its own key, as `arg_key` gives it
+INT_ARG_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP}) | REDUCE_OPS
 KEYS_KEPT = 1 << 16  # node keys remembered; past that all are forgotten (in-memory program caches then miss once)
 _key_numbers: dict[tuple, int] = {}
 _next_numbers = itertools.count()
@@ -235,12 +235,17 @@ def pad(x: Node, padding: Sequence[tuple[int, int]], value: Any = 0) -> Node:
 
 
 def shrink(x: Node, bounds: Sequence[tuple[int, int]]) -> Node:
-    bounds = tuple((int(s), int(e)) for s, e in bounds)
-    if len(bounds) != len(x.shape) or any(not 0 <= s <= e <= n for (s, e), n in zip(bounds, x.shape)):
+    bounds = tuple([(int(s), int(e)) for s, e in bounds])
+    if len(bounds) != len(x.shape):
         raise ShapeError(f"shrink: bounds {bounds} do not fit shape {x.shape}")
-    if all(s == 0 and e == n for (s, e), n in zip(bounds, x.shape)):
+    sizes = []
+    for (start, end), size in zip(bounds, x.shape):  # a loop, not any(...)/all(...): no generators per node
+        if not 0 <= start <= end <= size:
+            raise ShapeError(f"shrink: bounds {bounds} do not fit shape {x.shape}")
+        sizes.append(end - start)
+    if tuple(sizes) == x.shape:
         return x
-    return Node(Op.SHRINK, (x,), bounds, tuple(e - s for s, e in bounds), x.dtype, x.device)
+    return Node(Op.SHRINK, (x,), bounds, tuple(sizes), x.dtype, x.device)
 
 
 def flip(x: Node, axes: Sequence[int]) -> Node:
