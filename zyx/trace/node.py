@@ -207,6 +207,8 @@ def permute(x: Node, order: Sequence[int]) -> Node:
     order = tuple(map(int, order))
     if sorted(order) != list(range(len(x.shape))):
         raise ShapeError(f"permute: {order} is not an ordering of the {len(x.shape)} axes of shape {x.shape}")
+    if x.op is Op.PERMUTE:  # a permute of a permute is one permute (`w.T` inside a matmul: no node at all)
+        x, order = x.src[0], tuple(map(x.arg.__getitem__, order))
     if order == tuple(range(len(order))):
         return x
     return Node(Op.PERMUTE, (x,), order, tuple(map(x.shape.__getitem__, order)), x.dtype, x.device)
