@@ -1,4 +1,4 @@
-"""H1, H2: zyx's host time per call, the microseconds of Python a user pays on top of the kernels.
+"""H1, H2, H3: zyx's host time per call, the microseconds of Python a user pays on top of the kernels.
 
     python bench/host_time.py [--calls 200] [--repeat 7] [--device N] [--json OUT]
                               [--host-sizes 64,32,32,10] [--host-batch 32]
@@ -6,6 +6,8 @@
 H1  `.realize()` of a 20-node expression whose structure was realized before (x and y 64×64, 18 elementwise
     ops: one fused kernel). Each call builds a new expression (untimed; its cost is in the notes) and realizes
     it: what a user who does not jit pays per expression once the program is cached.
+H3  `(x @ y).realize()` of x, y 64×64 without jit: the product's trace built and realized in each call (its
+    program cached): issue 18's un-jitted W3 loop, where this host time keeps a fast device waiting.
 H2  a `@zyx.jit` replay of the W4 training step (the MLP of train_step.py, ReLU, cross-entropy, SGD or Adam) at
     small sizes, so that the kernels take no time and the host's share shows.
 Each row runs --calls calls in a block, waits for the device once at its end, and reports the median over
@@ -161,32 +163,44 @@ def with_python(record: Record, python_s: float) -> Record:
 
 
 def realize_rows(dev: Any, args: argparse.Namespace) -> list[Record]:
-    import zyx
+    """H1 (a cached structure's realize, built untimed) and H3 (`(x @ y).realize()`, built in the call)."""
     from zyx.trace.node import toposort
     rng = np.random.default_rng(0)
     x, y = (dev.tensor(rng.standard_normal((64, 64), dtype=np.float32)).realize() for _ in range(2))
     nodes = len(toposort([expression(x, y).node]))
     assert nodes == EXPRESSION_NODES, nodes
-    expression(x, y).realize()  # the structure is now cached
+    return (realize_row(dev, f"H1 realize, cached {EXPRESSION_NODES}-node structure", lambda: expression(x, y),
+                        built_in_call=False, args=args)
+            + realize_row(dev, "H3 (x @ y).realize() un-jitted, 64×64, cached program", lambda: x @ y,
+                          built_in_call=True, args=args))
+
+
+def realize_row(dev: Any, workload: str, build: Callable[[], Any], built_in_call: bool,
+                args: argparse.Namespace) -> list[Record]:
+    """`build().realize()` per call once its structure's program is cached; building is timed only when
+    `built_in_call` (what a user who does not jit pays per expression), else done before each block."""
+    import zyx
+    build().realize()  # the structure is now cached
     pending: list[Any] = []
 
     def prepare() -> None:
-        pending[:] = [expression(x, y) for _ in range(args.calls)]
+        pending[:] = [] if built_in_call else [build() for _ in range(args.calls)]
 
     def call(i: int) -> None:
-        pending[i].realize()
-    build = time.perf_counter()
-    prepare()
-    build_us = (time.perf_counter() - build) / args.calls * 1e6
+        (build() if built_in_call else pending[i]).realize()
+    start = time.perf_counter()
+    for _ in range(args.calls):
+        build()
+    build_us = (time.perf_counter() - start) / args.calls * 1e6
     before = zyx.stats()
     wall, cpu = timed_blocks(call, prepare, zyx.synchronize, args.calls, args.repeat)
     after = zyx.stats()
     launches = (after["launches"] - before["launches"]) / (args.calls * args.repeat)
-    workload = f"H1 realize, cached {EXPRESSION_NODES}-node structure"
     row = _record(workload, "zyx", wall, cpu, {"launches_per_call": launches, "build_us": build_us},
-                  f"{_launches(launches)} per call; building the expression (not timed) {build_us:.0f} µs")
+                  f"{_launches(launches)} per call; building the expression "
+                  f"({'timed' if built_in_call else 'not timed'}) {build_us:.0f} µs")
     runtime = dev.runtime
-    floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: expression(x, y).realize()), args,
+    floor = floor_record(workload, runtime, recorded_commands(runtime, lambda: build().realize()), args,
                          new_arguments=True)
     with driver_stubbed(runtime):
         python = timed_blocks(call, prepare, lambda: None, args.calls, args.repeat)[1]
@@ -225,7 +239,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
     if device is None:
-        return [Record("H1/H2", "zyx", note="skipped: no OpenCL device")]
+        return [Record("H1-H3", "zyx", note="skipped: no OpenCL device")]
     import zyx
     dev = zyx.OpenCL(platform=device.platform_index, device=device.device_index)
     return realize_rows(dev, args) + [row for optimizer in ("SGD", "Adam") for row in replay_rows(dev, optimizer, args)]

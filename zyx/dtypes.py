@@ -5,19 +5,35 @@ imported where a bfloat16 value first reaches the host: loading its extension ta
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DType:
-    """One element type: its name, numpy twin and OpenCL C spelling."""
+    """One element type: its name, numpy twin and OpenCL C spelling.
+
+    The dtypes below are the only ones (unpickling gives them back too), so equality is identity and the kind
+    tests are attributes: tracing compares and tests dtypes at every node, where a Python call each adds up."""
 
     name: str
     itemsize: int
     kind: str  # "bool", "int" (signed and unsigned) or "float"
     cl_name: str  # how it is stored in an OpenCL buffer
+    is_float: bool = field(init=False, repr=False)  # float16, bfloat16, float32 or float64
+    is_int: bool = field(init=False, repr=False)  # a signed or unsigned integer dtype (not bool)
+    is_bool: bool = field(init=False, repr=False)
+    is_unsigned: bool = field(init=False, repr=False)  # uint8 or uint32
+
+    def __post_init__(self) -> None:
+        for attribute, value in (("is_float", self.kind == "float"), ("is_int", self.kind == "int"),
+                                 ("is_bool", self.kind == "bool"), ("is_unsigned", self.name.startswith("uint"))):
+            object.__setattr__(self, attribute, value)
+
+    def __reduce__(self) -> tuple:
+        return to_dtype, (self.name,)
 
     @property
     def np(self) -> np.dtype:
@@ -26,26 +42,6 @@ class DType:
             import ml_dtypes  # slow to load (see the module docstring)
             return np.dtype(ml_dtypes.bfloat16)
         return np.dtype(self.name)
-
-    @property
-    def is_float(self) -> bool:
-        """float16, bfloat16, float32 or float64."""
-        return self.kind == "float"
-
-    @property
-    def is_int(self) -> bool:
-        """A signed or unsigned integer dtype (not bool)."""
-        return self.kind == "int"
-
-    @property
-    def is_bool(self) -> bool:
-        """The bool dtype."""
-        return self.kind == "bool"
-
-    @property
-    def is_unsigned(self) -> bool:
-        """uint8 or uint32."""
-        return self.name.startswith("uint")
 
     @property
     def is_narrow_float(self) -> bool:
@@ -94,6 +90,7 @@ def to_dtype(spec: object) -> DType:
     raise TypeError(f"zyx does not support dtype {spec!r}; use one of {[d.name for d in ALL_DTYPES]}")
 
 
+@functools.cache  # asked for at every integer constant
 def int_range(dtype: DType) -> tuple[int, int]:
     """The smallest and largest value of an integer dtype (two's complement, or unsigned)."""
     bits = 8 * dtype.itemsize

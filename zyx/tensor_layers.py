@@ -34,34 +34,39 @@ class LayerMixin:
             b = self._operand(b, "matmul")  # type: ignore[attr-defined]
         if not isinstance(b, TensorBase):
             raise TypeError(f"matmul needs a tensor, got {type(b).__name__}")
-        if a.ndim == 0 or b.ndim == 0:  # type: ignore[attr-defined]
-            raise ShapeError(f"matmul: both operands need at least one dimension, got {a.shape} and {b.shape}")  # type: ignore
-        a2 = a.unsqueeze(0) if a.ndim == 1 else a  # type: ignore[attr-defined]
-        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
-        if a2.shape[-1] != b2.shape[-2]:
-            raise ShapeError(f"matmul: shapes {a.shape} and {b.shape} do not match "  # type: ignore[attr-defined]
-                             f"({a2.shape[-1]} != {b2.shape[-2]})")
+        left_node, right_node = a.node, b.node  # the nodes, not the tensors' properties: a Python call fewer each
+        if not left_node.shape or not right_node.shape:
+            raise ShapeError(f"matmul: both operands need at least one dimension, got {left_node.shape} and "
+                             f"{right_node.shape}")
+        a_shape = left_node.shape if len(left_node.shape) > 1 else (1,) + left_node.shape
+        b_shape = right_node.shape if len(right_node.shape) > 1 else right_node.shape + (1,)
+        if a_shape[-1] != b_shape[-2]:
+            raise ShapeError(f"matmul: shapes {left_node.shape} and {right_node.shape} do not match "
+                             f"({a_shape[-1]} != {b_shape[-2]})")
         try:
-            batch = broadcast_shape("matmul", a2.shape[:-2], b2.shape[:-2])
+            batch = broadcast_shape("matmul", a_shape[:-2], b_shape[:-2])
         except ShapeError:
-            raise ShapeError(f"matmul: batch axes of shapes {a.shape} and {b.shape} "  # type: ignore
+            raise ShapeError(f"matmul: batch axes of shapes {left_node.shape} and {right_node.shape} "
                              "cannot be broadcast together") from None
-        if a2.device is not b2.device:
-            raise ValueError(f"matmul: operands live on different devices ({a2.device} and {b2.device})")
-        dtype = promote(a2.dtype, b2.dtype)
-        n_, k, m = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+        if left_node.device is not right_node.device:
+            raise ValueError(f"matmul: operands live on different devices ({left_node.device} and "
+                             f"{right_node.device})")
+        dtype = promote(left_node.dtype, right_node.dtype)
+        n_, k, m = a_shape[-2], a_shape[-1], b_shape[-1]
         full = batch + (n_, m, k)  # the trace's nodes made directly: a matmul's host time is mostly this
-        left = _broadcast(n.reshape(n.cast(a2.node, dtype), a2.shape[:-1] + (1, k)), full)
-        right = n.permute(n.cast(b2.node, dtype), tuple(range(b2.ndim - 2)) + (b2.ndim - 1, b2.ndim - 2))
-        right = _broadcast(n.reshape(right, b2.shape[:-2] + (1, m, k)), full)
+        left = _broadcast(n.reshape(n.cast(left_node, dtype), a_shape[:-1] + (1, k)), full)
+        batch_axes = len(b_shape) - 2
+        right = n.permute(n.reshape(n.cast(right_node, dtype), b_shape),
+                          tuple(range(batch_axes)) + (batch_axes + 1, batch_axes))
+        right = _broadcast(n.reshape(right, b_shape[:-2] + (1, m, k)), full)
         terms = n.binary(Op.MUL, left, right)
         terms = terms if dtype.is_float else n.cast(terms, int64)  # integers sum in int64, as Tensor.sum does
         product = self._wrap(n.reshape(n.reduce(Op.SUM, terms, (len(full) - 1,)), full[:-1]))
         if dtype.is_int or dtype.is_bool:
             product = product.cast(dtype) if not dtype.is_bool else product
-        if a.ndim == 1:  # type: ignore[attr-defined]
+        if len(left_node.shape) == 1:
             product = product.squeeze(-2)
-        if b.ndim == 1:
+        if len(right_node.shape) == 1:
             product = product.squeeze(-1)
         return product
 

@@ -25,13 +25,17 @@ def _dims(args: tuple[Any, ...]) -> tuple[int, ...]:
 
 def broadcast_shape(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     """numpy broadcasting; a ShapeError names the op and every shape."""
-    ndim = max(len(s) for s in shapes)
-    result = []
-    for axis in range(ndim):
-        sizes = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0} - {1}
-        if len(sizes) > 1:
-            raise ShapeError(f"{op}: shapes {' and '.join(str(s) for s in shapes)} cannot be broadcast together")
-        result.append(sizes.pop() if sizes else 1)
+    if shapes.count(shapes[0]) == len(shapes):  # the usual case, decided without a loop
+        return shapes[0]
+    ndim = max(map(len, shapes))
+    result = [1] * ndim
+    for shape in shapes:  # plain loops: this runs at every binary op (a scalar operand takes this path)
+        for axis, size in enumerate(shape, ndim - len(shape)):
+            if size != 1 and size != result[axis]:
+                if result[axis] != 1:
+                    raise ShapeError(f"{op}: shapes {' and '.join(str(s) for s in shapes)} cannot be broadcast "
+                                     "together")
+                result[axis] = size
     return tuple(result)
 
 

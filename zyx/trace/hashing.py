@@ -43,25 +43,26 @@ class Walk:
         """Number `root` and what it depends on that is not numbered yet, sources before users (`toposort`'s order),
         gathering their keys into `parts`: one pass, iterative (traces can be deep). A node on the stack is never
         a source of one above it (a trace has no cycles), so "not numbered" is "not met yet"."""
-        numbering, order, append = self.numbering, self.order, parts.append
+        numbering, order, append, extend = self.numbering, self.order, parts.append, parts.extend
+        number_of, buffer, rand = numbering.__getitem__, Op.BUFFER, Op.RAND
         stack = [(root, iter(root.src))]
+        push, pop = stack.append, stack.pop
         while stack:
             node, sources = stack[-1]
             for source in sources:
                 if source not in numbering:
-                    stack.append((source, iter(source.src)))
+                    push((source, iter(source.src)))
                     break
             else:
-                stack.pop()
+                pop()
                 numbering[node] = len(order)
                 order.append(node)
                 append(node.key)
                 if node.src:
-                    for source in node.src:
-                        append(numbering[source])
-                elif node.op is Op.BUFFER:
+                    extend(map(number_of, node.src))
+                elif node.op is buffer:
                     self.leaves.append(node)
-                elif node.op is Op.RAND:
+                elif node.op is rand:
                     self.rands.append(node)
 
     def digest(self) -> str:

@@ -27,8 +27,9 @@ class Node:
         # The node's own part of the structural key, made once here so that a realize only gathers them (see
         # hashing.Walk): op, shape, dtype and the arg that changes semantics (a RAND's seed and offset are data),
         # as the number `key_number` gives them.
-        self.key: int = key_number((op._value_, shape, dtype.name,
-                                    None if arg is None or op is Op.RAND else arg_key(arg)))
+        key = (op._value_, shape, dtype.name, None if arg is None or op is Op.RAND
+               else arg if op in INT_ARG_OPS else arg_key(arg))
+        self.key: int = _key_numbers.get(key) or key_number(key)  # a number met before, found without a call
         self.origin: Any = None  # after realization: how it was computed, for autodiff (see origin.py)
 
     @property
@@ -48,6 +49,8 @@ class Node:
         return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
 
 
+# ops whose arg holds Python ints only (their constructors below make it so): its own key, as `arg_key` gives it
+INT_ARG_OPS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.FLIP}) | REDUCE_OPS
 KEYS_KEPT = 1 << 16  # node keys remembered; past that all are forgotten (in-memory program caches then miss once)
 _key_numbers: dict[tuple, int] = {}
 _next_numbers = itertools.count()
@@ -196,41 +199,48 @@ def where(condition: Node, a: Node, b: Node) -> Node:
 def reduce(op: Op, x: Node, axes: Sequence[int]) -> Node:
     """Reduce over `axes` (non-negative, sorted); the reduced axes stay with size 1."""
     assert op in REDUCE_OPS
-    axes = tuple(sorted({int(a) for a in axes}))
-    if any(not 0 <= a < len(x.shape) for a in axes):
+    axes = tuple(sorted(set(map(int, axes))))
+    if axes and (axes[0] < 0 or axes[-1] >= len(x.shape)):
         raise AxisError(f"{op.name.lower()}: axes {axes} are out of range for shape {x.shape}")
     if not axes:
         return x
-    shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
-    return Node(op, (x,), axes, shape, x.dtype, x.device)
+    sizes = list(x.shape)
+    for axis in axes:
+        sizes[axis] = 1
+    return Node(op, (x,), axes, tuple(sizes), x.dtype, x.device)
 
 
 # ---- movement ----------------------------------------------------------------------------------------------
 
 def reshape(x: Node, shape: Shape) -> Node:
-    shape = tuple(int(s) for s in shape)
-    if math.prod(shape) != x.numel or any(s < 0 for s in shape):
-        raise ShapeError(f"reshape: cannot view shape {x.shape} ({x.numel} elements) as {shape}")
+    shape = tuple(map(int, shape))
     if shape == x.shape:
         return x
+    if math.prod(shape) != math.prod(x.shape) or shape and min(shape) < 0:
+        raise ShapeError(f"reshape: cannot view shape {x.shape} ({x.numel} elements) as {shape}")
     return Node(Op.RESHAPE, (x,), shape, shape, x.dtype, x.device)
 
 
 def permute(x: Node, order: Sequence[int]) -> Node:
-    order = tuple(int(a) for a in order)
+    order = tuple(map(int, order))
     if sorted(order) != list(range(len(x.shape))):
         raise ShapeError(f"permute: {order} is not an ordering of the {len(x.shape)} axes of shape {x.shape}")
+    if x.op is Op.PERMUTE:  # a permute of a permute is one permute (`w.T` inside a matmul: no node at all)
+        x, order = x.src[0], tuple(map(x.arg.__getitem__, order))
     if order == tuple(range(len(order))):
         return x
-    return Node(Op.PERMUTE, (x,), order, tuple(x.shape[i] for i in order), x.dtype, x.device)
+    return Node(Op.PERMUTE, (x,), order, tuple(map(x.shape.__getitem__, order)), x.dtype, x.device)
 
 
 def expand(x: Node, shape: Shape) -> Node:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape, shape)):
-        raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
+    shape = tuple(map(int, shape))
     if shape == x.shape:
         return x
+    if len(shape) != len(x.shape):
+        raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
+    for size, target in zip(x.shape, shape):  # a loop, not any(...): no generator made at every node
+        if size != target and size != 1:
+            raise ShapeError(f"expand: cannot expand shape {x.shape} to {shape}")
     return Node(Op.EXPAND, (x,), shape, shape, x.dtype, x.device)
 
 
@@ -245,12 +255,17 @@ def pad(x: Node, padding: Sequence[tuple[int, int]], value: Any = 0) -> Node:
 
 
 def shrink(x: Node, bounds: Sequence[tuple[int, int]]) -> Node:
-    bounds = tuple((int(s), int(e)) for s, e in bounds)
-    if len(bounds) != len(x.shape) or any(not 0 <= s <= e <= n for (s, e), n in zip(bounds, x.shape)):
+    bounds = tuple([(int(s), int(e)) for s, e in bounds])
+    if len(bounds) != len(x.shape):
         raise ShapeError(f"shrink: bounds {bounds} do not fit shape {x.shape}")
-    if all(s == 0 and e == n for (s, e), n in zip(bounds, x.shape)):
+    sizes = []
+    for (start, end), size in zip(bounds, x.shape):  # a loop, not any(...)/all(...): no generators per node
+        if not 0 <= start <= end <= size:
+            raise ShapeError(f"shrink: bounds {bounds} do not fit shape {x.shape}")
+        sizes.append(end - start)
+    if tuple(sizes) == x.shape:
         return x
-    return Node(Op.SHRINK, (x,), bounds, tuple(e - s for s, e in bounds), x.dtype, x.device)
+    return Node(Op.SHRINK, (x,), bounds, tuple(sizes), x.dtype, x.device)
 
 
 def flip(x: Node, axes: Sequence[int]) -> Node:

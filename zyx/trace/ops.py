@@ -5,6 +5,10 @@ from enum import Enum, auto
 
 
 class Op(Enum):
+    # Ops are singletons: hashing by identity keeps `op in SOME_OPS` in C (Enum's own hash is a Python call,
+    # and hashed its name with the process's random string hash, so no order over ops was ever fixed by it).
+    __hash__ = object.__hash__
+
     # leaves
     BUFFER = auto()  # realized data held by node.buffer
     CONST = auto()   # arg: a Python scalar filling the node's shape
