@@ -116,11 +116,12 @@ class OpenCLDevice(FusingDevice):
             return None
 
         def commit(k: int) -> None:
-            """Store a fresh binary once every kernel in it has run (PoCL then includes their compiled code),
-            when the process exits: reading a binary is slow on PoCL."""
+            """Store a fresh binary once every kernel in it has run (PoCL then includes their compiled code), off
+            the step's way: reading a binary is slow on PoCL, whose helper process reads it after a marker."""
             built = self._fresh.pop(program.launches[k].source, None)
             if built is not None and not any(other is built for other in self._fresh.values()):
-                default_cache().commit_later(built)
+                after = cl.enqueue_marker(self.runtime.queue) if self.runtime.builds_one_at_a_time else None
+                default_cache().commit_later(built, after=after)
         return commit
 
 
