@@ -12,6 +12,7 @@ import pyopencl as cl
 import pytest
 
 from cache_worker import first_device, kernel_source
+from test_cache import context, queue  # noqa: F401 - fixtures, on the device below
 from zyx.jit import binary_helper
 from zyx.jit.cache import KernelCache, pending_entry
 
@@ -24,16 +25,6 @@ def device() -> cl.Device:
     if not binary_helper.serves(found):
         pytest.skip("the helper serves PoCL CPU devices only")
     return found
-
-
-@pytest.fixture(scope="module")
-def context(device) -> cl.Context:
-    return cl.Context([device])
-
-
-@pytest.fixture(scope="module")
-def queue(context) -> cl.CommandQueue:
-    return cl.CommandQueue(context)
 
 
 def launched(cache: KernelCache, context: cl.Context, queue: cl.CommandQueue, constant: int) -> cl.Program:
