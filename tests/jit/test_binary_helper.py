@@ -118,3 +118,12 @@ def test_the_helper_stops_at_the_exit_budget(tmp_path, device):
     budget = 0.5 + binary_helper.START_SECONDS + binary_helper.KILL_GRACE_SECONDS
     assert time.monotonic() - start < budget + 0.5
     assert len(KernelCache(tmp_path).entries()) < 20
+
+
+def test_the_helper_starts_before_the_compiles_only_where_binaries_are_stored(tmp_path, device):
+    stored = KernelCache(tmp_path / "stored")
+    stored.start_binary_helper(device)
+    unstored = KernelCache(tmp_path / "unstored", size_limit=0)
+    unstored.start_binary_helper(device)
+    assert stored._helper._process is not None and unstored._helper._process is None
+    stored._helper.stop(time.monotonic())

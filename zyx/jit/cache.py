@@ -298,6 +298,12 @@ class KernelCache:
                                 pending.compile_seconds)
         self._writer.submit(hand_over)
 
+    def start_binary_helper(self, device: cl.Device) -> None:
+        """Start the helper process now where it will read `device`'s binaries: a cold JIT start calls this
+        before its compiles, so that the helper's own start (1-2 s at load) overlaps them."""
+        if self.stores_binaries and serves(device):
+            self._helper.start()
+
     @property
     def stores_binaries(self) -> bool:
         """Whether built programs are written to disk: not with a size limit of 0 (`ZYX_CACHE_SIZE=0`), where
@@ -451,8 +457,6 @@ class KernelCache:
         bump("cache_misses")
         bump("compile_seconds", seconds)
         self._compiled_seconds += seconds
-        if self.stores_binaries and serves(device):
-            self._helper.start()
         vars(program)[_PENDING_ATTRIBUTE] = _Pending(key, components, source, device, options, seconds)
         log = logger("zyx.cache")
         log.info("compiled %s in %.1f ms (key %s)", ";".join(_kernel_names(program)), seconds * 1e3,

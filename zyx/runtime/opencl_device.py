@@ -94,7 +94,10 @@ class OpenCLDevice(FusingDevice):
         sources = [self._group_source(group) for group in groups]
         for group, source in zip(groups, sources):
             logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
-        with compiling(len(missing) if self._compiles_any(sources) else 0) as advance:
+        compiles = self._compiles_any(sources)
+        if compiles:
+            default_cache().start_binary_helper(self.runtime.device)
+        with compiling(len(missing) if compiles else 0) as advance:
             built = default_cache().build_many(self.runtime.context, self.runtime.device, sources,
                                                on_built=lambda index: advance(len(groups[index])))
         for group, program in zip(groups, built):
