@@ -323,7 +323,9 @@ class KernelCache:
             None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _stop_helper(self, deadline: float) -> None:
-        self._helper.stop(deadline)
+        """Give the helper the writer's budget twice: on PoCL the compile time counted here is the front end's, and
+        the helper's binary reads repeat the launches' code generation, which takes about as long again."""
+        self._helper.stop(deadline + self._exit_wait_seconds())
 
     # -- inspection and maintenance (the `zyx cache` commands) ----------------------------------
 
