@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 import warnings
 from typing import Callable
 
@@ -17,8 +18,10 @@ class BackgroundWriter:
     running is waited for: it may be inside the OpenCL driver with the GIL released, and a process that exits
     under it can crash in the driver's teardown."""
 
-    def __init__(self, exit_wait_seconds: Callable[[], float] = lambda: 1.0):
+    def __init__(self, exit_wait_seconds: Callable[[], float] = lambda: 1.0,
+                 finish: Callable[[float], None] = lambda deadline: None):
         self.exit_wait_seconds = exit_wait_seconds
+        self._finish = finish  # at exit, after the jobs: given the same deadline (time.monotonic)
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -42,11 +45,14 @@ class BackgroundWriter:
             return self._jobs.all_tasks_done.wait_for(lambda: not self._jobs.unfinished_tasks, timeout)
 
     def _at_exit(self) -> None:
-        self.wait(self.exit_wait_seconds())
+        budget = self.exit_wait_seconds()
+        deadline = time.monotonic() + budget
+        self.wait(budget)
         with self._start_lock:
             self._stopping = True
         with self._running:  # the job in flight, if any, finishes; no other starts
             pass
+        self._finish(deadline)
 
     def _run(self) -> None:
         while True:

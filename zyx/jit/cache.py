@@ -4,8 +4,8 @@ On disk an entry is one row of the `kernels` table of `disk_store.DiskStore` (SQ
 processes, bounded by an LRU size limit): the program binary, and JSON metadata (key components, source,
 binary checksum, kernel names, compile time) that is parsed and validated before the binary is handed to the
 driver. Nothing stored is ever unpickled or run as Python. Binaries are read after a program's first launch
-(see `KernelCache.commit`) and written by a background thread (`commit_later`), so the first step does not
-wait for them; the exit waits about as long as the process spent compiling (`KernelCache._exit_wait_seconds`).
+(see `KernelCache.commit`) and written by a background thread (`commit_later`; on a PoCL CPU device, by a helper
+process: `binary_helper`), so the first step does not wait for them; the exit waits about as long as the process spent compiling (`KernelCache._exit_wait_seconds`).
 
 A damaged entry is dropped with one `CacheWarning` and recompiled; the store handles damaged databases,
 read-only and untrusted directories (see `disk_store`). None of these interrupts the run.
@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Sequence
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
+from zyx.jit.binary_helper import BinaryHelper, serves
 from zyx.jit.compile_lock import compile_lock
 from zyx.jit.compiler import build_binary, build_source
 from zyx.jit.program_binary import program_binary
@@ -170,7 +171,14 @@ class _Pending:
     components: dict[str, str]
     source: str
     device: cl.Device
+    options: tuple[str, ...]
     compile_seconds: float
+
+
+def pending_entry(device: cl.Device, source: str, options: tuple[str, ...], compile_seconds: float) -> _Pending:
+    """What storing `source` built for `device` with `options` needs, its key computed here."""
+    components = key_components(device, source, options)
+    return _Pending(cache_key(components), components, source, device, options, compile_seconds)
 
 
 class KernelCache:
@@ -182,8 +190,9 @@ class KernelCache:
         self._memory: dict[tuple[cl.Context, cl.Device, str], cl.Program] = {}
         self._lock = threading.Lock()
         self._compiled_seconds = 0.0  # spent compiling programs in this process
-        self._writer = BackgroundWriter(self._exit_wait_seconds)
+        self._writer = BackgroundWriter(self._exit_wait_seconds, finish=self._stop_helper)
         self._store = DiskStore(self.directory, TABLE, self.size_limit)
+        self._helper = BinaryHelper(self.directory, self.size_limit, lambda: bump("cache_disk_writes"))
         self._shared = False  # see share_compiles
 
     # -- the JIT's entry points ------------------------------------------------------------------
@@ -252,24 +261,48 @@ class KernelCache:
         were committed already, are not stored again.
         """
         pending: _Pending | None = vars(program).pop(_PENDING_ATTRIBUTE, None)
-        if pending is None or not self.stores_binaries:
-            return
+        if pending is not None and self.store(program, pending):
+            bump("cache_disk_writes")
+
+    def store(self, program: cl.Program, pending: _Pending) -> bool:
+        """Read `program`'s binary and write it with its metadata as one entry; whether it was written."""
+        if not self.stores_binaries:
+            return False
         binary = program_binary(program, pending.device)
         meta = {
             "components": pending.components, "source": pending.source, "checksum": hash_hex(binary),
             "kernel_names": _kernel_names(program), "compile_seconds": pending.compile_seconds,
             "binary_size": len(binary),
         }
-        if self._store.put(pending.key, json.dumps(meta), binary):
-            bump("cache_disk_writes")
+        return self._store.put(pending.key, json.dumps(meta), binary)
 
-    def commit_later(self, program: cl.Program) -> None:
-        """`commit` on the cache's writer thread: on PoCL, reading a program's binary compiles every kernel's
-        work-group function again (1.9 s of a 4.9 s cold MLP start here), which the first step need not wait
-        for. At exit the writer waits about as long as this process spent compiling (1 to 60 s), then leaves the
-        rest to be compiled again next time."""
-        if self.stores_binaries:
+    def commit_later(self, program: cl.Program, after: cl.Event | None = None) -> None:
+        """`commit`, off the caller's way: reading a program's binary can compile every kernel again (1.9 s of a
+        4.9 s cold MLP start on PoCL), which the first step need not wait for. On a PoCL CPU device the binary is
+        read by the helper process (`binary_helper`), once `after` (a marker behind the program's launches) is
+        done, so that PoCL's cache holds the launches' compiled code for it; elsewhere `commit` runs on the
+        cache's writer thread. At exit both wait about as long as this process spent compiling (1 to 60 s), then
+        leave the rest to be compiled again next time (on PoCL from its own cache, which is quick)."""
+        if not self.stores_binaries:
+            return
+        pending: _Pending | None = vars(program).get(_PENDING_ATTRIBUTE)
+        if pending is None or not serves(pending.device):
             self._writer.submit(lambda: self.commit(program))
+            return
+        del vars(program)[_PENDING_ATTRIBUTE]
+
+        def hand_over() -> None:
+            if after is not None:
+                after.wait()
+            self._helper.submit(pending.key, pending.components, pending.source, pending.options,
+                                pending.compile_seconds)
+        self._writer.submit(hand_over)
+
+    def start_binary_helper(self, device: cl.Device) -> None:
+        """Start the helper process now where it will read `device`'s binaries: a cold JIT start calls this
+        before its compiles, so that the helper's own start (1-2 s at load) overlaps them."""
+        if self.stores_binaries and serves(device):
+            self._helper.start()
 
     @property
     def stores_binaries(self) -> bool:
@@ -285,7 +318,14 @@ class KernelCache:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every program `commit_later` queued is stored; False if `timeout` seconds passed first."""
-        return self._writer.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._writer.wait(timeout) and self._helper.wait(
+            None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def _stop_helper(self, deadline: float) -> None:
+        """Give the helper the writer's budget twice: on PoCL the compile time counted here is the front end's, and
+        the helper's binary reads repeat the launches' code generation, which takes about as long again."""
+        self._helper.stop(deadline + self._exit_wait_seconds())
 
     # -- inspection and maintenance (the `zyx cache` commands) ----------------------------------
 
@@ -382,7 +422,8 @@ class KernelCache:
         for index, (program, seconds) in _compile_all(context, device, [sources[i] for i in indices], options,
                                                       indices):
             components, key = wanted[index]
-            programs[index] = self._record_compiled(program, seconds, sources[index], device, key, components)
+            programs[index] = self._record_compiled(program, seconds, sources[index], device, options, key,
+                                                    components)
             on_built(index)
         return list(indices)
 
@@ -412,13 +453,13 @@ class KernelCache:
                         self._compile_into(context, device, sources, options, wanted, programs, [index], on_built)
                         self.commit(programs[index])
 
-    def _record_compiled(self, program: cl.Program, seconds: float, source: str, device: cl.Device, key: str,
-                         components: dict[str, str]) -> cl.Program:
+    def _record_compiled(self, program: cl.Program, seconds: float, source: str, device: cl.Device,
+                         options: tuple[str, ...], key: str, components: dict[str, str]) -> cl.Program:
         bump("kernels_compiled")
         bump("cache_misses")
         bump("compile_seconds", seconds)
         self._compiled_seconds += seconds
-        vars(program)[_PENDING_ATTRIBUTE] = _Pending(key, components, source, device, seconds)
+        vars(program)[_PENDING_ATTRIBUTE] = _Pending(key, components, source, device, options, seconds)
         log = logger("zyx.cache")
         log.info("compiled %s in %.1f ms (key %s)", ";".join(_kernel_names(program)), seconds * 1e3,
                  key[:SHORT_KEY_LENGTH])

@@ -94,7 +94,10 @@ class OpenCLDevice(FusingDevice):
         sources = [self._group_source(group) for group in groups]
         for group, source in zip(groups, sources):
             logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
-        with compiling(len(missing) if self._compiles_any(sources) else 0) as advance:
+        compiles = self._compiles_any(sources)
+        if compiles:
+            default_cache().start_binary_helper(self.runtime.device)
+        with compiling(len(missing) if compiles else 0) as advance:
             built = default_cache().build_many(self.runtime.context, self.runtime.device, sources,
                                                on_built=lambda index: advance(len(groups[index])))
         for group, program in zip(groups, built):
@@ -119,11 +122,12 @@ class OpenCLDevice(FusingDevice):
             return None
 
         def commit(k: int) -> None:
-            """Store a fresh binary once every kernel in it has run (PoCL then includes their compiled code),
-            when the process exits: reading a binary is slow on PoCL."""
+            """Store a fresh binary once every kernel in it has run (PoCL then includes their compiled code), off
+            the step's way: reading a binary is slow on PoCL, whose helper process reads it after a marker."""
             built = self._fresh.pop(program.launches[k].source, None)
             if built is not None and not any(other is built for other in self._fresh.values()):
-                default_cache().commit_later(built)
+                after = cl.enqueue_marker(self.runtime.queue) if self.runtime.builds_one_at_a_time else None
+                default_cache().commit_later(built, after=after)
         return commit
 
 
