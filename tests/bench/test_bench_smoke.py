@@ -75,8 +75,8 @@ def test_torch_backend_compares_w3_w4_w6_with_torch_eager(tmp_path):
 def test_host_time_reports_microseconds_launches_and_the_floor(tmp_path):
     stdout, result = _run("host_time.py", "--calls", "3", tmp_path=tmp_path)
     rows = {(r["workload"], r["implementation"]): r for r in result["results"]}
-    workloads = ["H1 realize, cached 20-node structure", "H2 jitted replay, W4 step (SGD)",
-                 "H2 jitted replay, W4 step (Adam)"]
+    workloads = ["H1 realize, cached 20-node structure", "H3 (x @ y).realize() un-jitted, 64×64, cached program",
+                 "H2 jitted replay, W4 step (SGD)", "H2 jitted replay, W4 step (Adam)"]
     assert set(rows) == {(w, i) for w in workloads for i in ("zyx", "opencl")}
     for workload in workloads:
         zyx_row, floor = rows[(workload, "zyx")], rows[(workload, "opencl")]

@@ -68,7 +68,7 @@ def job_line(device: cl.Device, constant: int, **changes) -> str:
 
 
 def start_helper(directory: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "zyx.jit.binary_helper", str(directory), str(1 << 30)],
+    return subprocess.Popen([sys.executable, "-m", "zyx.jit.binary_helper_process", str(directory), str(1 << 30)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 

@@ -17,8 +17,6 @@ kills it then too).
 from __future__ import annotations
 
 import json
-import os
-import queue
 import subprocess
 import sys
 import threading
@@ -99,7 +97,7 @@ class BinaryHelper:
             root = Path(zyx.__file__).resolve().parent.parent
             # run from zyx's own import root, so `-m` finds this zyx and nothing from the caller's directory
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "zyx.jit.binary_helper", *self._arguments], cwd=root,
+                [sys.executable, "-m", "zyx.jit.binary_helper_process", *self._arguments], cwd=root,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
             threading.Thread(target=self._read_answers, args=(self._process.stdout,), name="zyx-binary-helper",
                              daemon=True).start()
@@ -119,73 +117,3 @@ class BinaryHelper:
         with self._answered:  # the helper is gone: nothing more will be answered
             self._done = self._sent = max(self._done, self._sent)
             self._answered.notify_all()
-
-
-# -- the helper process ------------------------------------------------------------------------------------------
-
-def _device_for(components: dict[str, str]) -> cl.Device | None:
-    from zyx.jit.cache_key import FINGERPRINT_NAMES, device_fingerprint
-    wanted = tuple(components.get(name) for name in FINGERPRINT_NAMES)
-    for platform in cl.get_platforms():
-        try:
-            devices = platform.get_devices()
-        except cl.Error:
-            continue
-        for device in devices:
-            if tuple(device_fingerprint(device)[name] for name in FINGERPRINT_NAMES) == wanted:
-                return device
-    return None
-
-
-def _serve(directory: str, size_limit: str) -> None:
-    from zyx.jit.cache import KernelCache, pending_entry
-    cache = KernelCache(directory, int(size_limit))
-    contexts: dict[cl.Device, cl.Context] = {}
-
-    def store(job: dict) -> bool:
-        device = _device_for(job["components"])
-        if device is None:
-            return False
-        if device not in contexts:
-            contexts[device] = cl.Context([device])
-        from zyx.jit.compiler import build_source
-        options = tuple(str(option) for option in job["options"])
-        pending = pending_entry(device, job["source"], options, float(job["compile_seconds"]))
-        if pending.key != job["key"] or pending.components != job["components"]:
-            return False  # the job's key is not this source's: store nothing under it
-        program = build_source(contexts[device], device, job["source"], options)
-        return cache.store(program, pending)
-
-    jobs: queue.Queue[dict | None] = queue.Queue()
-    threading.Thread(target=_read_jobs, args=(jobs,), name="zyx-binary-jobs", daemon=True).start()
-    while (job := jobs.get()) is not None:
-        try:
-            stored = store(job)
-        except Exception:  # noqa: BLE001 - one failed job must not stop the ones after it
-            stored = False
-        print(json.dumps({"stored": stored}), flush=True)
-    os._exit(0)
-
-
-def _read_jobs(jobs: queue.Queue) -> None:
-    """Queue the jobs as they come; at the exit line, end the process when its seconds are up (or sooner, when the
-    jobs are done); at the end of input without it (the parent died), end it now."""
-    for line in sys.stdin:
-        job = json.loads(line)
-        if "exit_within" in job:
-            _exit_in(float(job["exit_within"]))
-            jobs.put(None)
-            return
-        jobs.put(job)
-    os._exit(0)
-
-
-def _exit_in(seconds: float) -> None:
-    """End this process after `seconds`, wherever it is (an entry is one transaction: none is left half written)."""
-    timer = threading.Timer(seconds, os._exit, args=(0,))
-    timer.daemon = True
-    timer.start()
-
-
-if __name__ == "__main__":
-    _serve(*sys.argv[1:3])
