@@ -5,7 +5,8 @@ processes, bounded by an LRU size limit): the program binary, and JSON metadata 
 binary checksum, kernel names, compile time) that is parsed and validated before the binary is handed to the
 driver. Nothing stored is ever unpickled or run as Python. Binaries are read after a program's first launch
 (see `KernelCache.commit`) and written by a background thread (`commit_later`; on a PoCL CPU device, by a helper
-process: `binary_helper`), so the first step does not wait for them; the exit waits about as long as the process spent compiling (`KernelCache._exit_wait_seconds`).
+process: `binary_helper`), so the first step does not wait for them; the exit waits about as long as the process
+spent compiling (`KernelCache._exit_wait_seconds`).
 
 A damaged entry is dropped with one `CacheWarning` and recompiled; the store handles damaged databases,
 read-only and untrusted directories (see `disk_store`). None of these interrupts the run.
