@@ -58,13 +58,14 @@ def sunk_order(steps: Sequence[Step], groupable: Groupable) -> list[int]:
     for k in reversed(range(len(steps))):
         if sinkable[k]:  # (so are its readers, whose chains are then its own)
             chain[k] = max([chain[k]] + [chain[r] for r in readers[k]])
+    group: dict[int, tuple] = {}  # a moved step's position -> its group key
     first_of: dict[tuple, int] = {}  # a group key -> the position of its first step, which orders the level
     for k, step in enumerate(steps):
         sinkable[k] = sinkable[k] and chain[k] >= MIN_CHAIN
         if sinkable[k]:
-            first_of.setdefault((level[k], step.op, step.dtype, operand_kinds(steps, step)), k)
-    moved = sorted([k for k in range(len(steps)) if sinkable[k]], key=lambda k: (
-        level[k], first_of[(level[k], steps[k].op, steps[k].dtype, operand_kinds(steps, steps[k]))], k))
+            group[k] = (level[k], step.op, step.dtype, operand_kinds(steps, step))
+            first_of.setdefault(group[k], k)
+    moved = sorted(group, key=lambda k: (level[k], first_of[group[k]], k))
     return [k for k in range(len(steps)) if not sinkable[k]] + moved
 
 
