@@ -44,7 +44,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     With `arena` (internal slot -> buffer number, `arena_plan`), the internal slots are instead the buffers of the
     run's `arena` argument (a list, counted in the pool already): the run takes and gives back only its outputs."""
     names: dict[str, Any] = {"uint64": np.uint64}
-    slot_bytes, aliases = program.slot_bytes, program.aliases
+    slot_bytes, aliases, arena = program.slot_bytes, program.aliases, arena or {}
     used: set[int] = set()  # the inputs some launch reads or writes
     sizes: set[int] = set()  # the size classes of internal slots
     held = peak = 0  # bytes taken in the run so far, and the most at once
@@ -55,7 +55,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     def value(kind: str, index: int) -> str:
         if kind in ("seed", "offset"):
             return f"{'r' if kind == 'seed' else 'f'}{index}"
-        if kind == "slot" and arena is not None and index in arena:
+        if kind == "slot" and index in arena:
             return f"b{arena[index]}"
         position = slot_positions[index] if kind == "slot" else index
         if position < first_slot:
@@ -67,7 +67,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     gated = False  # whether the gate's line is written (see the module docstring)
     for k, launch in enumerate(program.launches):
         for slot in program.allocs[k]:
-            if arena is not None and slot in arena:
+            if slot in arena:
                 continue  # the arena's
             size = size_class(slot_bytes[slot])
             if slot not in aliases:  # taken from the free list (an output by `allocate_taken`)
@@ -93,14 +93,14 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
             pending.clear()
             gated = True
         for slot in program.frees[k]:
-            if slot in internal and (arena is None or slot not in arena):
+            if slot in internal and slot not in arena:
                 size = size_class(slot_bytes[slot])
                 body += [f"s{size}.append(t{first_slot + slot})", f"t{first_slot + slot} = None"]
                 held -= size
                 level[size] += 1
     body += pending + [_GATE] * (not gated)
     allocated = {slot for allocs in program.allocs for slot in allocs}
-    pooled = internal - set(arena or ())  # internal slots taken from the free lists
+    pooled = internal - arena.keys()  # internal slots taken from the free lists
     taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(pooled & allocated)]
     head = [_read_inputs(sorted(used), names)] if used else []
     if arena:
