@@ -131,3 +131,13 @@ def test_node_key_numbers_are_never_given_to_another_key(monkeypatch):
     assert [node_module.key_number(key) for key in keys] == first and len(set(first)) == 3
     later = [node_module.key_number(key) for key in [(4, (2,), "float32", None), keys[0]]]
     assert not set(later) & set(first) and len(set(later)) == 2
+
+
+def test_a_leaf_makers_leaves_are_what_buffer_leaf_makes():
+    """node.leaf_maker sets Node's slots itself (a replay's result leaves, made fast): every slot must match."""
+    device, buffer = zyx.CPU(), object()
+    made = node_module.leaf_maker((3, 4), zyx.float32, device)(buffer)
+    built = node_module.buffer_leaf(buffer, (3, 4), zyx.float32, device)
+    for slot in node_module.Node.__slots__:
+        if slot != "__weakref__":
+            assert getattr(made, slot) == getattr(built, slot), slot
