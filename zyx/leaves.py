@@ -33,6 +33,14 @@ def torch_leaf(source: Any, dtype: DType, device: Any) -> n.Node:
     return leaf
 
 
+def arange_leaf(size: int, device: Any) -> n.Node:
+    """0, 1, ..., size-1 in int64, marked as such (node.ARANGE): what indexing's one-hot masks compare with."""
+    array = np.arange(size, dtype=np.int64)
+    leaf = n.buffer_leaf(device.upload(array), array.shape, int64, device, n.ARANGE)
+    record_created(leaf)
+    return leaf
+
+
 def rand_leaf(shape: tuple[int, ...], device: Any) -> n.Node:
     """float32 uniform in [0, 1) of `shape`, drawn from the counter-based generator when realized."""
     seed, offset = zrandom.reserve(math.prod(shape))

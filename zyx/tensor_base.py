@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .dtypes import int64, to_dtype
-from .leaves import data_leaf, rand_leaf
+from .leaves import arange_leaf, data_leaf, rand_leaf
 from .trace import node as n
 
 if TYPE_CHECKING:
@@ -34,7 +34,10 @@ class TensorBase:
         return self._wrap(data_leaf(data, self.node.device, dtype))
 
     def _arange(self, *args: int) -> "Tensor":
-        """numpy's arange(stop) or arange(start, stop) in int64 on this tensor's device (`zyx.arange`'s)."""
+        """numpy's arange(stop) or arange(start, stop) in int64 on this tensor's device (`zyx.arange`'s); arange(stop)
+        is the marked leaf that indexing's one-hot masks are recognised by (leaves.arange_leaf)."""
+        if len(args) == 1:
+            return self._wrap(arange_leaf(args[0], self.node.device))
         return self._data(np.arange(*args), int64)
 
     def _rand(self, shape: Sequence[int]) -> "Tensor":

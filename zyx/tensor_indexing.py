@@ -201,16 +201,22 @@ def _hits(idx: "Tensor", size: int) -> "Tensor":
 def one_hot(t: "Tensor", num_classes: int, message: str = "") -> "Tensor":
     """int64 codes on a new last axis; an entry outside [0, num_classes) raises IndexError when realized
     (`message` names it: "{value}" stands for the entry)."""
+    return one_hot_mask(t, num_classes, message).cast("int64")
+
+
+def one_hot_mask(t: "Tensor", num_classes: int, message: str = "") -> "Tensor":
+    """one_hot's codes as a bool mask (checked alike): what a loss selects its targets' values with, a sum over
+    the classes that lowering reads as one load (jit/indirect.py)."""
     if not t.dtype.is_int:
         raise TypeError(f"one_hot needs an integer tensor of class indices, got {t.dtype.name}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"one_hot: num_classes must be a positive int, got {num_classes!r} (zyx cannot infer it "
                          "from values that are computed lazily: pass max + 1)")
-    codes = _hits(t, num_classes).cast("int64")
+    hits = _hits(t, num_classes)
     if t.numel():
         message = message or f"one_hot: class {{value}} is out of range for num_classes={num_classes}"
-        attach(codes.node, RangeCheck(t.node, 0, num_classes, message))
-    return codes
+        attach(hits.node, RangeCheck(t.node, 0, num_classes, message))
+    return hits
 
 
 def _take(t: "Tensor", axis: int, idx: "Tensor") -> "Tensor":

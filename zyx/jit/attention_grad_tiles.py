@@ -24,10 +24,10 @@ from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, REDUCE_OPS, Op
 from .attention import NotAttention
 from .attention_grad import AttentionGradientLowering, GradientProduct
-from .attention_tiles import KEYS, StagedBlocks, _at, _lane, _lanes, _reads, rows_per_group
+from .attention_tiles import KEYS, StagedBlocks, _at, _lane, _lanes, rows_per_group
 from .kernel_ir import (Alu, Barrier, Const, Define, If, LocalArray, LocalLoad, Loop, MultiplyAdd, Operand,
                         Reg)
-from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, source_index, unravel
+from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, reads, source_index, unravel
 from .symbolic import Expr
 
 
@@ -154,7 +154,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         read at the walked row alone, the operand read at the item's row alone)."""
         found, seen = [], set()
         for plan in self.plans:
-            for node, index in _reads(plan.p_side, plan.index(self.item, 0, walked), self._is_materialized):
+            for node, index in reads(plan.p_side, plan.index(self.item, 0, walked), self._is_materialized):
                 key = (id(node), _keys(index))
                 if node.op not in REDUCE_OPS or not self._nests(node, index, ()) or key in seen:
                     continue
@@ -263,7 +263,7 @@ def _scores(plan: GradientProduct) -> Node:
 
 def _probability_index(plan: GradientProduct, item: Index, walked: Expr, materialized) -> Optional[Index]:
     """Where the plan's P side reads P at the item's first output."""
-    for node, index in _reads(plan.p_side, plan.index(item, 0, walked), lambda n: n is plan.probabilities
+    for node, index in reads(plan.p_side, plan.index(item, 0, walked), lambda n: n is plan.probabilities
                               or materialized(n)):
         if node is plan.probabilities:
             return index

@@ -39,8 +39,8 @@ from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore,
                         Loop, MultiplyAdd, Operand, Reg, Role, Select, reduce_start, substitute)
-from .lower import (PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, _viewed_constant, linear, source_index,
-                    unravel)
+from .lower import (PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, _viewed_constant, linear, reads,
+                    source_index, unravel)
 from .symbolic import Expr
 
 ROWS = (64, 32)        # query rows (work items) per group: 32 where a batch entry has at most 32 rows, or where 64
@@ -155,7 +155,7 @@ class StagedBlocks(Lowering):
     def _variables(self, node: Node, index: Index) -> set[str]:
         """The variables of every index and condition `node` reads memory at."""
         names: set[str] = set()
-        for _, read in _reads(node, index, self._is_materialized, names):
+        for _, read in reads(node, index, self._is_materialized, names):
             for expr in read:
                 names |= expr.variables()
         return names
@@ -294,7 +294,7 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
     def _product_index(self, product: Node, probability: Index) -> Index:
         """Where X reads the scores' product (at one index only)."""
         found = {tuple(e.key for e in index): index for node, index in
-                 _reads(self.pattern.scores, probability, self._is_materialized) if node is product}
+                 reads(self.pattern.scores, probability, self._is_materialized) if node is product}
         if len(found) != 1:
             raise NotAttention(product)
         return next(iter(found.values()))
@@ -345,32 +345,6 @@ def _lanes(size: int) -> int:
 
 def _lane(register: Reg, lane: int) -> Operand:
     return Lane(register, f"s{lane}") if register.width > 1 else register
-
-
-def _reads(node: Node, index: Index, materialized, conditions: Optional[set] = None) -> list[tuple[Node, Index]]:
-    """The nodes `node` reads at `index` from memory or from reductions (through elementwise ops and views), each
-    with its index; the variables of the views' conditions go into `conditions`."""
-    found, stack, seen = [], [(node, index)], set()
-    while stack:
-        node, index = stack.pop()
-        key = (id(node), tuple(e.key for e in index))
-        if key in seen:
-            continue
-        seen.add(key)
-        if node.op is Op.CONST:
-            continue
-        if node.op in ELEMENTWISE_OPS and not materialized(node):
-            stack += [(source, index) for source in node.src]
-        elif node.op in MOVEMENT_OPS and not materialized(node):
-            inner, condition = source_index(node, index)
-            if inner is not None:
-                stack.append((node.src[0], inner))
-            for bound in condition or ():
-                if conditions is not None:
-                    conditions |= bound[0].variables()
-        else:
-            found.append((node, index))
-    return found
 
 
 def _scores_product(pattern: AttentionPattern, materialized) -> Node:

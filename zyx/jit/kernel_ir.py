@@ -98,13 +98,24 @@ class Param:
 class Load:
     """`mode` "element": one value; "vector": out.width consecutive values from index; "broadcast": the one
     value at index in every lane; "bits": a half-precision element's 16 bits as stored (out: int16), to be copied
-    as they are. Under a guard that fails the value is 0."""
+    as they are. Under a guard that fails the value is 0. `indirect` makes the address data-dependent (see
+    `address`)."""
 
     out: Reg
     buffer: str
     index: Expr
     guard: Cond = ()
     mode: str = "element"
+    indirect: Optional[tuple[Reg, int, int]] = None  # (register, size, stride): an address read from data
+
+    @property
+    def address(self) -> Expr:
+        """The element read: `index`, plus for an indirect load (indexing by a tensor, indirect.py) its register's
+        value (an integer already clamped into [0, size)) times `stride`."""
+        if self.indirect is None:
+            return self.index
+        reg, size, stride = self.indirect
+        return self.index + Expr.var(reg.name, size) * stride
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ import math
 from dataclasses import dataclass
 from typing import Generator, Optional
 
+from ..dtypes import bool_
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Cond, Const, Define, If, Kernel, Load, Loop, Names,
                         Operand, Param, Rand, Reg, Role, Select, Store, reduce_start)
+from .indirect import Take, match_take
 from .symbolic import Expr
 
 Index = tuple[Expr, ...]
@@ -99,6 +101,32 @@ def source_index(node: Node, index: Index) -> tuple[Optional[Index], Optional[Co
         # inside the valid region the index is in [0, size): an opaque variable with that range
         padded.append(Expr.clamped(shifted, 0, size - 1))
     return tuple(padded), tuple(conditions) or None
+
+
+def reads(node: Node, index: Index, materialized, conditions: Optional[set] = None) -> list[tuple[Node, Index]]:
+    """The nodes `node` reads at `index` from memory or from reductions (through elementwise ops and views), each
+    with its index; the variables of the views' conditions go into `conditions`."""
+    found, stack, seen = [], [(node, index)], set()
+    while stack:
+        node, index = stack.pop()
+        key = (id(node), tuple(e.key for e in index))
+        if key in seen:
+            continue
+        seen.add(key)
+        if node.op is Op.CONST:
+            continue
+        if node.op in ELEMENTWISE_OPS and not materialized(node):
+            stack += [(source, index) for source in node.src]
+        elif node.op in MOVEMENT_OPS and not materialized(node):
+            inner, condition = source_index(node, index)
+            if inner is not None:
+                stack.append((node.src[0], inner))
+            for bound in condition or ():
+                if conditions is not None:
+                    conditions |= bound[0].variables()
+        else:
+            found.append((node, index))
+    return found
 
 
 @dataclass
@@ -405,15 +433,39 @@ class Lowering:
     def _reduce(self, node: Node) -> list[_Value]:
         """One loop at the kernel's top level, accumulating the reduced source at each of the positions it is
         hosted at (the values of the reduction at them)."""
+        positions = [unravel(position, node.shape) for position in self._reduced_positions(node)]
+        takes = [match_take(node, position) for position in positions]
+        if takes and None not in takes:
+            return [self._take(take) for take in takes]  # type: ignore[arg-type]
         count = math.prod(node.src[0].shape[a] for a in node.arg)
         self._longest_reduction = max(self._longest_reduction, count)
-        positions = [unravel(position, node.shape) for position in self._reduced_positions(node)]
         if not count:
             accumulators = [Reg(self.names.fresh("acc"), node.dtype) for _ in positions]
             self._scopes[0] += [Define(acc, reduce_start(node.op, node.dtype)) for acc in accumulators]
             self._loops.append(Axis(self.names.fresh("r"), count, Role.REDUCE))
             return [_Value(acc, 0) for acc in accumulators]
         return [_Value(acc, 0) for acc in self._reduction_loop(node, 0, positions, reduce_start(node.op, node.dtype))]
+
+    def _take(self, take: Take) -> _Value:
+        """The one element a one-hot sum picks, read at the index it compares (indirect.py): the index clamped into
+        range (only to keep the read inside the buffer: a RangeCheck reports an index outside it), then one load."""
+        picked = take.source
+        if id(picked) in self._stored:
+            raise ScheduleConflict(picked)
+        if picked.op is not Op.BUFFER and not self._is_materialized(picked):
+            self._needed[id(picked)] = picked  # computed values are read from memory: another kernel stores them
+        index = self.value(take.index, take.at, ())
+        dtype, zero = take.index.dtype, Const(0, take.index.dtype)
+        low = self._emit(index.depth, lambda out: Alu(Reg(out, dtype), Op.MAX, (index.operand, zero)))
+        inside = self._emit(index.depth, lambda out: Alu(Reg(out, bool_), Op.CMPLT,
+                                                         (low.operand, Const(take.size, dtype))))
+        clamped = self._emit(index.depth, lambda out: Alu(Reg(out, dtype), Op.WHERE,
+                                                          (inside.operand, low.operand, zero)))
+        name = self._input(picked)
+        self._misaligned.add(id(picked))
+        indirect = (clamped.operand, take.size, take.stride)
+        return self._emit(max(index.depth, self._depth_of((take.base,))),
+                          lambda out: Load(Reg(out, picked.dtype), name, take.base, (), indirect=indirect))
 
     def _reduction_loop(self, node: Node, depth: int, positions: list[Index], start: Operand) -> list[Reg]:
         """A loop in scope `depth` over `node`'s reduced axes, accumulating its source at each of `positions`

@@ -163,16 +163,16 @@ PLAIN_ACCESS = ("{p}[{i}]", "{p}[{i}] = {v};")
 def load(statement: Load) -> str:
     out = statement.out
     if statement.mode == "vector":
-        text = f"vload{out.width}({_vector_offset(statement.index, out.width, statement.buffer)})"
+        text = f"vload{out.width}({_vector_offset(statement.address, out.width, statement.buffer)})"
         if out.dtype.is_bool:
             text = f"(convert_int{out.width}({text})!=(int{out.width})(0))"
     elif statement.mode == "bits":
         text = _bits_load(statement)
     elif statement.mode == "broadcast":
-        element = f"{statement.buffer}[{statement.index.render()}]"
+        element = f"{statement.buffer}[{statement.address.render()}]"
         text = f"(({register_type(out.dtype, out.width)})({f'-({element}!=0)' if out.dtype.is_bool else element}))"
     else:
-        text = MEMORY_ACCESS.get(out.dtype.name, PLAIN_ACCESS)[0].format(p=statement.buffer, i=statement.index.render())
+        text = MEMORY_ACCESS.get(out.dtype.name, PLAIN_ACCESS)[0].format(p=statement.buffer, i=statement.address.render())
     if statement.guard:
         text = f"(({condition(statement.guard)})?{text}:{operand(Const(0, out.dtype, out.width))})"
     return text
@@ -181,7 +181,7 @@ def load(statement: Load) -> str:
 def _bits_load(statement: Load) -> str:
     """16-bit elements as stored: 8 of them, at an index that is a multiple of 8, as one 16-byte word (vload8 of
     ushort may be 8 loads: it promises the compiler no more than 2-byte alignment)."""
-    out, index = statement.out, statement.index
+    out, index = statement.out, statement.address
     if out.width == 8 and aligned(index, 8):
         return f"as_short8(((__global const uint4*){statement.buffer})[{(index // 8).render()}])"
     pointer = f"((__global const ushort*){statement.buffer})"
@@ -364,8 +364,8 @@ INT_RANGE = 2**31
 def _wide(count: int, body: tuple) -> bool:
     """Whether counters need "long": `count` (loop trips or work items) or an index computed in `body` reaches past
     int (a product of int counters and strides wraps before it is added to anything wider)."""
-    return count >= INT_RANGE or any(isinstance(getattr(s, "index", None), Expr) and s.index.hi >= INT_RANGE
-                                     for s in walk(body))
+    indices = (s.address if isinstance(s, Load) else getattr(s, "index", None) for s in walk(body))
+    return count >= INT_RANGE or any(isinstance(index, Expr) and index.hi >= INT_RANGE for index in indices)
 
 
 def _loop(statement: Loop, lines: BodyPrinter, indent: str) -> list[str]:

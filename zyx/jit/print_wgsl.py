@@ -245,7 +245,7 @@ def bindings(kernel: Kernel) -> dict[str, Binding]:
 
 def _whole_vector(statement: Statement, width: int) -> bool:
     lanes = statement.value.width if isinstance(statement, Store) else statement.out.width  # type: ignore[union-attr]
-    return getattr(statement, "mode", "") == "vector" and lanes == width and aligned(statement.index, width)  # type: ignore[union-attr]
+    return getattr(statement, "mode", "") == "vector" and lanes == width and aligned(getattr(statement, "address", statement.index), width)  # type: ignore[union-attr]
 
 
 def _whole_words(statement: Statement) -> bool:
@@ -290,15 +290,15 @@ def _syntax(layout: dict[str, Binding], lanes: dict[str, int]) -> Syntax:
         out, binding = s.out, layout[s.buffer]
         vector = register_type(out.dtype, out.width)
         if s.mode == "broadcast":
-            text = f"{vector}({_read(binding, s.buffer, s.index)})"
+            text = f"{vector}({_read(binding, s.buffer, s.address)})"
         elif s.mode == "vector" and binding.lanes == 4:
-            text = f"{s.buffer}[{(s.index // 4).render()}]"
-        elif s.mode == "vector" and out.dtype.is_bool and out.width == 4 and aligned(s.index, 4):
-            text = f"zyx_bools({s.buffer}[{(s.index // 4).render()}])"
+            text = f"{s.buffer}[{(s.address // 4).render()}]"
+        elif s.mode == "vector" and out.dtype.is_bool and out.width == 4 and aligned(s.address, 4):
+            text = f"zyx_bools({s.buffer}[{(s.address // 4).render()}])"
         elif s.mode == "vector":
-            text = f"{vector}({','.join(_read(binding, s.buffer, s.index + lane) for lane in range(out.width))})"
+            text = f"{vector}({','.join(_read(binding, s.buffer, s.address + lane) for lane in range(out.width))})"
         else:
-            text = _read(binding, s.buffer, s.index)
+            text = _read(binding, s.buffer, s.address)
         return _guarded(text, s.guard, operand(Const(0, out.dtype, out.width)))
 
     def gather(s: Gather) -> str:

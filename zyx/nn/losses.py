@@ -10,7 +10,7 @@ from typing import Optional
 from ..autocast import in_float32
 from ..errors import ShapeError
 from ..tensor import Tensor
-from ..tensor_indexing import one_hot
+from ..tensor_indexing import one_hot_mask
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -62,8 +62,8 @@ def _nll_terms(log_probs: Tensor, target: Tensor, weight: Optional[Tensor], igno
     A target outside [0, classes) that is not ignore_index raises IndexError when the loss is realized."""
     classes = log_probs.shape[-1]
     kept = target != ignore_index
-    hits = one_hot(kept.where(target, 0), classes, f"{loss}: target {{value}} is out of range for {classes} "
-                                                   "classes") == 1
+    hits = one_hot_mask(kept.where(target, 0), classes, f"{loss}: target {{value}} is out of range for {classes} "
+                                                        "classes")
     target_weight = _picked(weight, hits) if weight is not None else kept.float()
     target_weight = kept.where(target_weight, 0)
     loss = -_picked(log_probs, hits) * target_weight

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 from . import node as n
 from .attention_grad import attention_gradients, attention_product
 from .node import Node
-from .ops import Op
+from .ops import MOVEMENT_OPS, Op
 from .origin import canonical, recorded_structure
 
 Grads = tuple[Optional[Node], ...]
@@ -76,7 +76,28 @@ def _grad_max(node: Node, out: Node, g: Node) -> Grads:
 
 def _grad_where(node: Node, out: Node, g: Node) -> Grads:
     condition, _, _ = node.src
-    return None, _zeros_where(condition, g), n.where(condition, _const(0, g), g)
+    chosen = _mul(n.cast(condition, g.dtype), g) if _is_one_hot(condition) else _zeros_where(condition, g)
+    return None, chosen, n.where(condition, _const(0, g), g)
+
+
+def _is_one_hot(mask: Node) -> bool:
+    """Whether `mask` compares entries with the arange leaf: indexing's one-hot mask (tensor_indexing._hits).
+
+    Its branch's gradient is then the mask (as numbers) times the incoming gradient rather than a select: summed
+    over the index entries (an embedding's weight gradient) that is a product, one-hot^T @ dY, which kernels run as
+    tiled products (a 50304 x 768 embedding gradient over 16384 tokens: 1.3 TFLOP, against 633 G selects with
+    every item reading its column of dY again). Deterministic (each sum in a fixed order), unlike an atomic
+    scatter-add; a non-finite entry of dY reaches every row of its column (0 * inf), where a select keeps it to
+    its own row."""
+    mask = _unviewed(mask)
+    return mask.op is Op.CMPEQ and any(_unviewed(s).op is Op.BUFFER and _unviewed(s).arg == n.ARANGE
+                                       for s in mask.src)
+
+
+def _unviewed(node: Node) -> Node:
+    while node.op in MOVEMENT_OPS and node.op is not Op.PAD:
+        node = node.src[0]
+    return node
 
 
 def _grad_unary(derivative: Callable[[Node, Node], Node]) -> Callable[[Node, Node, Node], Grads]:

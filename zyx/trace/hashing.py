@@ -79,7 +79,7 @@ class Walk:
 
 def describe(node: Node, numbering: dict[Node, int]) -> str:
     """One node as text: op, shape, dtype, the arg that changes semantics, and its sources by number."""
-    arg = "" if node.op in (Op.BUFFER, Op.RAND) else repr(_arg_text(node.arg))
+    arg = "" if node.op is Op.RAND or node.arg is None and node.op is Op.BUFFER else repr(_arg_text(node.arg))
     return f"{node.op.name}|{node.shape}|{node.dtype.name}|{arg}|" + ",".join([str(numbering[s]) for s in node.src])
 
 

@@ -27,7 +27,7 @@ class Node:
         # The node's own part of the structural key, made once here so that a realize only gathers them (see
         # hashing.Walk): op, shape, dtype and the arg that changes semantics (a RAND's seed and offset are data),
         # as the number `key_number` gives them.
-        key = (op._value_, shape, dtype.name, None if arg is None or op is Op.BUFFER or op is Op.RAND
+        key = (op._value_, shape, dtype.name, None if arg is None or op is Op.RAND
                else arg if op in INT_ARG_OPS else arg_key(arg))
         self.key: int = _key_numbers.get(key) or key_number(key)  # a number met before, found without a call
         self.origin: Any = None  # after realization: how it was computed, for autodiff (see origin.py)
@@ -96,8 +96,12 @@ def _same_device(nodes: Sequence[Node], op: Op) -> Any:
 
 # ---- leaves ------------------------------------------------------------------------------------------------
 
-def buffer_leaf(buffer: Any, shape: Shape, dtype: DType, device: Any) -> Node:
-    node = Node(Op.BUFFER, (), None, tuple(map(int, shape)), dtype, device)
+ARANGE = "arange"  # the arg of a BUFFER leaf holding 0, 1, ..., n-1 (int64): indexing's one-hot masks compare with
+# it, and lowering reads the mask's one hit directly (jit/indirect.py); its hash tells it from other buffers
+
+
+def buffer_leaf(buffer: Any, shape: Shape, dtype: DType, device: Any, arg: Any = None) -> Node:
+    node = Node(Op.BUFFER, (), arg, tuple(map(int, shape)), dtype, device)
     node.buffer = buffer
     return node
 

@@ -125,20 +125,35 @@ class _Vectorizer:
     def _load(self, load: Load) -> list:
         flats, guards = self._exprs(load.index), self._conds(load.guard)
         first = flats[0]
+        indirect = self._indirect(load)
+
+        def read(out: Reg, mode: str = "element") -> Load:
+            return Load(out, load.buffer, first, guards[0], mode, indirect)
         if all(guard is not None and guard == guards[0] for guard in guards) and all(flat == first for flat in flats):
             if load.out.dtype.is_bool:  # (a broadcast mask's lanes are -1 where true: read as one)
-                return [Load(self._reg(load.out), load.buffer, first, guards[0], "broadcast")]
-            return self._uniform(Load(self._scalar_reg(load.out), load.buffer, first, guards[0]), load.out)
+                return [read(self._reg(load.out), "broadcast")]
+            return self._uniform(read(self._scalar_reg(load.out)), load.out)
         out = self._reg(load.out)
         if all(guard is None for guard in guards):
             self.names[out.name] = Const(0, out.dtype, self.width)
             return []
         if all(guard is not None and guard == guards[0] for guard in guards):
             if all(flat == first + lane for lane, flat in enumerate(flats)):
-                return [Load(out, load.buffer, first, guards[0], "vector")]
-        if self.depth:
-            raise NotVectorizable(load)  # gathered on every trip: slower than scalar code
+                return [read(out, "vector")]
+        if self.depth or indirect is not None:  # gathered on every trip: slower than scalar code; an indirect
+            raise NotVectorizable(load)         # read whose lanes are not one row stays scalar
         return [Gather(out, load.buffer, tuple(zip(flats, guards)))]
+
+    def _indirect(self, load: Load) -> Optional[tuple]:
+        """An indirect load's index register as the scalar it is in every lane (an embedding's row: its features
+        are the lanes, read as one vector); an index that differs between lanes is not vectorized."""
+        if load.indirect is None:
+            return None
+        reg, size, stride = load.indirect
+        scalar = self._scalar(reg)
+        if not isinstance(scalar, Reg):
+            raise NotVectorizable(load)
+        return scalar, size, stride
 
     @staticmethod
     def _scalar_reg(reg: Reg) -> Reg:
