@@ -67,3 +67,18 @@ def test_float16_reductions_accumulate_in_float32(device, name, length):
     exact = getattr(x.astype(np.float64), name)(-1, **({"ddof": 1} if name == "var" else {}))
     assert out.dtype == np.float16
     _within_one_half_ulp(out, exact)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("length", [1, 4096])  # one value, and vector lanes on CPUs
+def test_a_half_precision_value_is_rounded_where_computed_as_if_stored(device, dtype, length):
+    """Kept in a register (fused) or stored and read back, a half-precision result is the same number: a jitted
+    step (scheduled whole) gives what the eager one (scheduled in pieces) gives."""
+    x, y = (device.tensor(RNG.standard_normal((4, length)).astype(np.float32)).to(dtype) for _ in range(2))
+
+    def after(value):
+        return (value.float() * 3.0).numpy()
+
+    for value in (x + y, x * y + x, (x * y).sum(-1)):
+        fused = after(value)
+        np.testing.assert_array_equal(fused, after(value.realize()))

@@ -37,7 +37,8 @@ def test_half_products_are_planned_on_tensor_cores_in_blocks_of_eight_warps(dtyp
     roomy = DeviceTraits(gpu=True, vector_width=4, local_memory=65536, tensor_cores=("bf16", "f16"))
     product, = [k for k in kernels_of(x @ y, roomy) if on_tensor_cores(k)]
     assert product.global_size == 256 * 2 * 3  # 128 x 256 blocks would be 4 groups on a GPU, these 6
-    x, y = dev.randn(2048, 100).to(dtype), dev.randn(100, 2048).to(dtype)
+    # (casts fused into the product: a randn drawn in it would be stored first, read by 16 blocks of columns)
+    x, y = dev.randn(2048, 100).realize().to(dtype), dev.randn(100, 2048).realize().to(dtype)
     product, = [k for k in kernels_of(x @ y, roomy) if on_tensor_cores(k)]
     assert product.global_size == 256 * 16 * 8  # 128 x 256 blocks: warps of 64 x 64
     assert "__local ushort tile_a1[10240]" in product.source  # two buffers of 128 and 256 rows of 40 halves

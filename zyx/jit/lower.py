@@ -191,6 +191,7 @@ class Lowering:
         self._reductions: dict[int, list[_Value]] = {}
         self._misaligned: set[int] = set()
         self._renders: dict = {}
+        self._accumulated: set[int] = set()  # the terms reductions add up: kept in float, as a product's are
         self._draws: dict = {}  # random values drawn per RAND node, loops' trips counted
         self._statements = 0
         self._last_computed: Optional[Node] = None  # the elementwise value whose statement was emitted last
@@ -360,7 +361,10 @@ class Lowering:
         if op in REDUCE_OPS:
             if self._can_host(node, index, guard) or node is self.root:
                 if id(node) not in self._reductions:
-                    self._reductions[id(node)] = self._reduce(node)
+                    values = self._reduce(node)
+                    if node.dtype.is_narrow_float:
+                        values = [self._rounded(v, node.dtype) for v in values]
+                    self._reductions[id(node)] = values
                 return self._reductions[id(node)][self._element]
             if id(node) not in self.materialized:
                 self._needed[id(node)] = node
@@ -373,10 +377,17 @@ class Lowering:
             depth = max([s.depth for s in sources] + [0])
             args = tuple(s.operand for s in sources)
             value = self._emit(depth, lambda out: Alu(Reg(out, node.dtype), LESS_EQUAL if compared else op, args))
+            if node.dtype.is_narrow_float and op is not Op.CAST and id(node) not in self._accumulated:
+                value = self._rounded(value, node.dtype)
             if node is not self.root:
                 self._last_computed = node
             return value
         return (yield from self._movement(node, index, guard))
+
+    def _rounded(self, value: _Value, dtype) -> _Value:
+        """A half-precision value rounded to its dtype where computed, as storing it would: a kernel's result must
+        not depend on which values the schedule keeps in registers (float) and which it stores (rounded)."""
+        return self._emit(value.depth, lambda out: Alu(Reg(out, dtype), Op.CAST, (value.operand,)))
 
     def _count_render(self, node: Node) -> int:
         """How often `node` has been computed in this kernel, this time included (to find a value worth storing)."""
@@ -475,6 +486,7 @@ class Lowering:
         count = math.prod(sizes)
         accumulators = [Reg(self.names.fresh("acc"), node.dtype) for _ in positions]
         self._scopes[depth] += [Define(acc, start) for acc in accumulators]
+        self._accumulated.add(id(_through_views(source)))
         var = self.names.fresh("r")
         self._open_loop(var, count)
         reduced = unravel(Expr.var(var, count), sizes)
@@ -491,6 +503,13 @@ def lower(root: Node, materialized: dict[int, Node], produced: set[int], allow_e
           stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> LoweredKernel:
     """The IR of the kernel storing `root` (see Lowering)."""
     return Lowering(root, materialized, produced, allow_extra_outputs, stored_apart, param_limit).lower()
+
+
+def _through_views(node: Node) -> Node:
+    """The first node below `node` that is not a view."""
+    while node.op in MOVEMENT_OPS:
+        node = node.src[0]
+    return node
 
 
 def _viewed_constant(node: Node) -> Optional[Node]:

@@ -135,6 +135,8 @@ def _cast(x: str, source: DType, target: DType, width: int) -> str:
         if target.name == "float16":
             return f"zyx_round_half((float)({x}))"
         return f"({x}!=0)" if target.is_bool else f"(({register_type(target)})({x}))"
+    if target.is_narrow_float:  # lanes rounded like a single value
+        return f"zyx_round_{'bf16' if target.name == 'bfloat16' else 'half'}_{width}({x})"
     if source.is_bool == target.is_bool:
         return x
     if target.is_bool:
@@ -467,6 +469,15 @@ def _floordiv_helper(name: str) -> str:
             " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }")
 
 
+def _vector_rounding_helpers(width: int) -> list[str]:
+    """floatN rounded lane by lane to bfloat16 (nearest even, a nan kept) and to float16 (through half's bits)."""
+    f, u = f"float{width}", f"uint{width}"
+    return [f"static inline {f} zyx_round_bf16_{width}({f} f) {{ {u} u = as_{u}(f); "
+            f"return select(as_{f}((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u), f, isnan(f)); }}",
+            f"static inline {f} zyx_round_half_{width}({f} f) {{ ushort{width} h; "
+            f"vstore_half{width}(f, 0, (__private half*)&h); return vload_half{width}(0, (__private const half*)&h); }}"]
+
+
 # Helpers a kernel gets only when it calls one of their functions: kernels that call none keep their source,
 # and so their cached binaries. (functions, the lines defining them)
 CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
@@ -484,6 +495,8 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
     (("zyx_round_half",), [  # through half's 16 bits, rounded to nearest even (no cl_khr_fp16 needed)
         "static inline float zyx_round_half(float f) { ushort h; vstore_half(f, 0, (__private half*)&h); "
         "return vload_half(0, (__private const half*)&h); }"]),
+    *(((f"zyx_round_bf16_{width}", f"zyx_round_half_{width}"), _vector_rounding_helpers(width))
+      for width in (2, 4, 8, 16)),
 ]
 
 

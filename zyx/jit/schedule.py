@@ -131,10 +131,9 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     if product is not None and product is not root and space_axes(root, product) is None:
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
         stored_apart.add(id(product))        # kernel, and this one reads it)
-    if hosted_matmul(root, materialized) is None:
-        for value in _broadcast_into_reductions(root, materialized):
-            materialized[id(value)] = value
-            stored_apart.add(id(value))
+    for value in _broadcast_into_reductions(root, materialized):
+        materialized[id(value)] = value
+        stored_apart.add(id(value))
     while True:
         try:
             apart = frozenset(stored_apart | early if waits else stored_apart)
@@ -152,6 +151,9 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
 
 BROADCAST_MIN_FACTOR = 16  # a value a reduction reads broadcast this many times over ...
 BROADCAST_MIN_OPS = 8      # ... and computed by this many fused ops is stored rather than recomputed
+PRODUCT_BROADCAST_MIN = 1024  # a product's operand, computed once per block of outputs (a tile, up to 256 wide)
+# along the axis it is broadcast to: stored where that is 4 blocks and more (a one-hot embedding gradient's 50 304
+# vocabulary rows took 175 ms on the H200 for one GPT-2 step, recomputing a layer norm's backward in its prologue)
 
 
 def _broadcast_into_reductions(root: Node, materialized: dict[int, Node]) -> list[Node]:
@@ -168,15 +170,14 @@ def _broadcast_into_reductions(root: Node, materialized: dict[int, Node]) -> lis
         if (id(node), id(reduction)) in seen or node.op is Op.BUFFER or (node is not root and id(node) in materialized):
             continue
         seen.add((id(node), id(reduction)))
-        if node.op is Op.SUM and matmul_axes(node) is not None:
-            continue  # (a product's operands are staged a tile at a time, on CPUs and GPUs alike: not recomputed)
         if reduction is not None and node.op is Op.EXPAND and node.shape == reduction.src[0].shape:
             value = node.src[0]
             while value.op in MOVEMENT_OPS and id(value) not in materialized:
                 value = value.src[0]
             spread = math.prod(size for axis, (size, inner) in enumerate(zip(node.shape, node.src[0].shape))
                                if size != inner and axis not in reduction.arg)
-            if (value.op in ELEMENTWISE_OPS and id(value) not in materialized and spread >= BROADCAST_MIN_FACTOR
+            least = PRODUCT_BROADCAST_MIN if matmul_axes(reduction) is not None else BROADCAST_MIN_FACTOR
+            if (value.op in ELEMENTWISE_OPS and id(value) not in materialized and spread >= least
                     and _fused_ops(value, materialized, BROADCAST_MIN_OPS) >= BROADCAST_MIN_OPS):
                 found[id(value)] = value
                 continue

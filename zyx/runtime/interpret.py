@@ -15,7 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
-from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
+from ..dtypes import float32
+from ..trace.ops import BINARY_OPS, MOVEMENT_OPS, REDUCE_OPS, Op, SHIFT_OPS, UNARY_OPS
 from . import fusions, log_softmax_fusion, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .foreach_groups import Groupable, sunk_order
@@ -85,6 +86,7 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     must have the target's shape and dtype). `groupable` (with `optimize`): which steps a library computes in
     groups (`foreach_groups.py`), whose chains then run last, side by side (`sunk_order`)."""
     skipped, fused, order = _fusions(targets, order) if optimize else (set(), {}, order)
+    terms = _summed_terms(targets, order)
     slot_of: dict[int, int] = {}
     steps: list[Step] = []
     constant: list[frozenset[int]] = []  # per slot: axes along which its value does not change
@@ -105,7 +107,7 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
             slots = _broadcast_reads(steps, slots, node.shape)
         slot_of[id(node)] = len(steps)
         constant.append(axes)
-        steps.append(Step(op, arg, node.shape, node.dtype, slots, compact))
+        steps.append(Step(op, arg, node.shape, float32 if id(node) in terms else node.dtype, slots, compact))
     outputs = [slot_of[id(t)] for t in targets]
     if optimize:
         steps, outputs = view_chains.simplified(steps, outputs)
@@ -123,6 +125,21 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
         if slot not in kept:
             frees[max(last_use.get(slot, slot), written_at.get(slot, -1))].append(slot)
     return InterpretedProgram(steps, outputs, frees, writes, aliases)
+
+
+def _summed_terms(targets: Sequence[Node], order: Sequence[Node]) -> set[int]:
+    """Half-precision values that reductions add up (a product's terms): kept in float32, not rounded by their
+    op, as a kernel's accumulation and PyTorch's products keep them."""
+    wanted = {id(t) for t in targets}
+    terms = set()
+    for node in order:
+        if node.op in REDUCE_OPS:
+            term = node.src[0]
+            while term.op in MOVEMENT_OPS:
+                term = term.src[0]
+            if term.dtype.is_narrow_float and term.op in ELEMENTWISE and id(term) not in wanted:
+                terms.add(id(term))
+    return terms
 
 
 def _broadcast_reads(steps: Sequence[Step], slots: tuple[int, ...], shape: Shape) -> tuple[int, ...]:
@@ -190,6 +207,9 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
             if src.op is Op.EXPAND and id(src) not in wanted:
                 product_reads[id(src)] = product_reads.get(id(src), 0) + 1
     skipped |= {key for key, count in product_reads.items() if count == readers[key]}
+    # half-precision results are rounded by each op (NumpyArrays.conform): a chain's fused step would round once
+    wanted |= {id(node) for node in order if node.dtype.is_narrow_float and node.op in ELEMENTWISE
+               and id(node) not in skipped}
     fused = {id(node): (Fused.CONTRACT, view_chains.contract_arg(node.arg, node.src[0].shape),
                         tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
     order = log_softmax_fusion.fuse(order, readers, wanted, skipped, fused)

@@ -1,7 +1,7 @@
 """numpy as the interpreter's array library: the reference semantics zyx.CPU() computes with.
 
 It favours plain numpy over speed. Half precision (float16, bfloat16) is computed in float32, as OpenCL kernels
-do and PyTorch does inside a product or a sum, and rounded when stored.
+do and PyTorch does inside a product or a sum, and each op's result rounded to its dtype, as PyTorch's are.
 """
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ class NumpyArrays(ArrayLibrary):
         return buffer.astype(computed_as(buffer.dtype), copy=False)
 
     def conform(self, value: Any, dtype: DType) -> Any:
+        if dtype.is_narrow_float:  # rounded where computed, as where stored: fusion never changes a result
+            return value.astype(dtype.np).astype(np.float32)
         return value.astype(computed_as(dtype.np), copy=False)
 
     def outputs(self, values: Sequence[Any], steps: Sequence[Any], inputs: Sequence[Any]) -> list[np.ndarray]:

@@ -1,7 +1,7 @@
 """torch as the interpreter's array library: what zyx.Torch() computes each primitive op with.
 
-Values are computed in the dtypes the numpy reference uses: float16 and bfloat16 in float32 (rounded when
-stored), and uint32, which torch stores but barely computes with, in int64 wrapped to 32 bits after every op.
+Values are computed in the dtypes the numpy reference uses: float16 and bfloat16 in float32 (each op's result
+rounded), and uint32, which torch stores but barely computes with, in int64 wrapped to 32 bits after every op.
 A sum of a product (matrix products and their gradients) is one `torch.matmul` or `torch.einsum` on the operands
 without their broadcast axes (`torch_products.py`), so the product is never stored and cuBLAS (or MKL, MPS...)
 does the work. `step_function` gives a replayed program (`program_code.py`) each common step as one bound torch
@@ -196,6 +196,8 @@ class TorchArrays(ArrayLibrary):
 
     def conform(self, value: torch.Tensor, dtype: DType) -> torch.Tensor:
         computed = computed_dtype(dtype)
+        if dtype.is_narrow_float:  # rounded where computed, as where stored (numpy_arrays.conform)
+            value = value.to(TORCH_DTYPES[dtype.name])
         if value.dtype != computed:
             value = value.to(computed)
         return value & _WORD if dtype.name == "uint32" else value
