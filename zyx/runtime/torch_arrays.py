@@ -234,13 +234,13 @@ class TorchArrays(ArrayLibrary):
     def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
         """One bound torch call for views, reductions, products, casts, pads, log_softmax and its gradient, and the
         elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing); None for
-        the rest (uint32, compact steps, mixed dtypes), which take the generic path."""
+        the rest (uint32, half precision, compact steps, mixed dtypes), which take the generic path."""
         op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
         view = _VIEWS.get(op)
         if view is not None:
             return view(arg, shape)
-        if step.compact is not None or dtype.name == "uint32":
-            return None
+        if step.compact is not None or dtype.name == "uint32" or (dtype.is_narrow_float and op is not Op.CAST):
+            return None  # (half precision: rounded by `conform` on the generic path)
         computed = computed_dtype(dtype)
         if op is Fused.CONTRACT:
             return bound_contract(*arg, shape)
