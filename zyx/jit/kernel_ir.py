@@ -361,6 +361,26 @@ class WarpgroupWait:
 
 
 @dataclass(frozen=True)
+class NamedBarrier:
+    """Barrier `ident` (1-15; Barrier is 0) of `count` items, a multiple of 32 (NVIDIA's bar.sync / bar.arrive):
+    with `wait` the item waits until `count` items have reached it, else it only counts itself in and goes on. Items
+    of different roles hand local memory over by it (transforms/warp_roles.py: a producer arrives, consumers wait)."""
+
+    ident: Expr
+    count: int
+    wait: bool
+
+
+@dataclass(frozen=True)
+class RegisterBudget:
+    """The registers each item of this warpgroup may hold from here on (sm_90a setmaxnreg, a multiple of 8 in
+    24-256): a producer gives registers back (`grow` False), consumers holding many accumulators take them."""
+
+    count: int
+    grow: bool
+
+
+@dataclass(frozen=True)
 class AsyncProxyFence:
     """Makes this item's writes to local memory (cp.async copies landed, stores) visible to the asynchronous
     proxy that WarpgroupMma reads through (fence.proxy.async); a Barrier after it covers the whole group."""
@@ -369,9 +389,9 @@ class AsyncProxyFence:
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd,
                   Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
                   AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence, WarpgroupCommit, WarpgroupWait,
-                  AsyncProxyFence]
+                  AsyncProxyFence, NamedBarrier, RegisterBudget]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
-               WarpgroupCommit, WarpgroupWait, AsyncProxyFence)  # printed as inline PTX
+               WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
 
 

@@ -15,8 +15,9 @@ from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait,
                         Barrier, Break, Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load,
-                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, Operand, Rand,
-                        Reg, Role, Select, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, walk)
+                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier,
+                        Operand, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit, WarpgroupFence,
+                        WarpgroupMma, WarpgroupWait, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, SWIZZLE_PERIOD, descriptor
@@ -330,6 +331,12 @@ def _hidden(instruction: str) -> str:
     return f'asm volatile("{HIDDEN}{instruction};" ::: "memory");'
 
 
+def _named_barrier(s: NamedBarrier) -> str:
+    """bar.sync (waits) or bar.arrive (counts in) on barrier `ident` of `count` items (sm_70 and newer)."""
+    return (f'asm volatile("bar.{"sync" if s.wait else "arrive"} %0, {s.count};" :: "r"((uint)({s.ident.render()})) '
+            f': "memory");')
+
+
 def _define(out: Reg, text: str) -> str:
     return f"{register_type(out.dtype, out.width)} {out.name} = {text};"
 
@@ -355,6 +362,8 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     WarpgroupCommit: lambda s: _hidden("wgmma.commit_group.sync.aligned"),
     WarpgroupWait: lambda s: _hidden(f"wgmma.wait_group.sync.aligned {s.pending}"),
     AsyncProxyFence: lambda s: 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");',
+    NamedBarrier: _named_barrier,
+    RegisterBudget: lambda s: _hidden(f"setmaxnreg.{'inc' if s.grow else 'dec'}.sync.aligned.u32 {s.count}"),
 }
 
 
@@ -407,8 +416,17 @@ def print_kernel(kernel: Kernel) -> tuple[str, str]:
     body = "\n".join(header + body_lines(kernel.body, "  ", SYNTAX))
     uses_double = float64 in dtypes_used(kernel)
     uses_rand = any(isinstance(s, Rand) for s in walk(kernel.body))
-    text = f"__kernel void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
+    text = f"__kernel{_group_size(kernel)} void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
     return name, prelude(uses_double, uses_rand, text) + text
+
+
+def _group_size(kernel: Kernel) -> str:
+    """A kernel whose items hand work over by named barriers states its work group's size: NVIDIA's compiler then
+    fits each item's registers to the group (a group of 384 items may hold 168 each; without it a kernel may take
+    more, and fail to launch)."""
+    if not any(isinstance(s, NamedBarrier) for s in walk(kernel.body)):
+        return ""
+    return f" __attribute__((reqd_work_group_size({kernel.launch[1]}, 1, 1)))"
 
 
 def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> tuple[str, str]:

@@ -51,6 +51,7 @@ from .symbolic import Expr
 from .tiling import matmul_axes
 from .transforms.async_pipeline import pipeline
 from .transforms.double_buffer import double_buffer
+from .transforms.warp_roles import warp_roles
 
 BLOCK = 128          # outputs per group along n
 WARP = 32
@@ -265,10 +266,20 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
             continue
         if not pipelined:
             return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
-        kernel = pipeline(lowered.ir, plan.buffers)
+        kernel = (_warp_roles(lowered.ir, plan.buffers) if plan.warpgroup else None) or pipeline(lowered.ir, plan.buffers)
         if kernel is not None:
             return lowered, kernel, plan
     return None
+
+
+def _warp_roles(kernel: Kernel, stages: int) -> Optional[Kernel]:
+    """A warpgroup product with a producer warpgroup (transforms/warp_roles.py) unless ZYX_WGMMA_PRODUCER=0; its
+    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0, ZYX_WGMMA_SETMAXNREG=1 moves registers from the
+    producer to them (the variants measured on the H200: bench/GPU.md)."""
+    if os.environ.get("ZYX_WGMMA_PRODUCER") == "0":
+        return None
+    return warp_roles(kernel, stages, os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0",
+                      os.environ.get("ZYX_WGMMA_SETMAXNREG") == "1")
 
 
 def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], reported: int) -> int:
