@@ -341,7 +341,7 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     descriptors say (wgmma.py, as measured on the H200), run on PoCL: the pipeline, the layouts, the accumulator
     map, the block order and the epilogue together, against numpy: 128 x 128 blocks with the right operand across
     k (MN-major), and 128 x 256 blocks (a tuned choice) with both along k and edges in every direction. Every item
-    copies and multiplies (ZYX_WGMMA_PRODUCER=0): PoCL has no named barriers for a producer warpgroup's hand-over
+    copies and multiplies (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
     (test_warp_roles.py runs it against a model). (Slow: PoCL compiles 128 accumulators' emulation for a minute or
     two.)"""
     import ml_dtypes
@@ -349,6 +349,7 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     from zyx.jit import print_opencl
     from zyx.jit.kernel_ir import AsyncCommit, AsyncWait
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    monkeypatch.setenv("ZYX_WGMMA_PAIRED_STORES", "1")  # (vstore2 of bfloat16 and vstore_half2 printed)
     x, y = operands((n, k), (m, k) if transposed else (k, m), dtype=dtype)
     out = x @ y.T if transposed else x @ y
     kernel = product_kernel(out)

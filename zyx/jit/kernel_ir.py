@@ -169,6 +169,15 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
+class Pack:
+    """A vector register holding `lanes` (scalars of its dtype) in order: values stored side by side by one vector
+    Store (transforms/paired_stores.py)."""
+
+    out: Reg
+    lanes: tuple[Operand, ...]
+
+
+@dataclass(frozen=True)
 class Define:
     """An accumulator, declared with its start value; only Accumulate and MultiplyAdd update it."""
 
@@ -386,13 +395,13 @@ class AsyncProxyFence:
     proxy that WarpgroupMma reads through (fence.proxy.async); a Barrier after it covers the whole group."""
 
 
-Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd,
+Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack, Define, Accumulate, MultiplyAdd,
                   Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
                   AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence, WarpgroupCommit, WarpgroupWait,
                   AsyncProxyFence, NamedBarrier, RegisterBudget]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
                WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget)  # printed as inline PTX
-PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
+PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack)  # statements a copy may share
 
 
 @dataclass(frozen=True)

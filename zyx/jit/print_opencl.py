@@ -16,7 +16,7 @@ from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait,
                         Barrier, Break, Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load,
                         LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier,
-                        Operand, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit, WarpgroupFence,
+                        Operand, Pack, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit, WarpgroupFence,
                         WarpgroupMma, WarpgroupWait, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
@@ -204,6 +204,11 @@ def store(statement: Store) -> str:
     value, dtype, buffer, index = operand(statement.value), statement.dtype, statement.buffer, statement.index
     if statement.mode == "vector":
         width = statement.value.width
+        if dtype.name == "float16":  # rounded to nearest even, as vstore_half does
+            return f"vstore_half{width}({value},{_vector_offset(index, width, buffer)});"
+        if dtype.name == "bfloat16":
+            lanes = ",".join(f"zyx_float_to_bf16({value}.s{lane})" for lane in range(width))
+            return f"vstore{width}((ushort{width})({lanes}),{_vector_offset(index, width, buffer)});"
         text = f"convert_uchar{width}(-{value})" if dtype.is_bool else value
         return f"vstore{width}({text},{_vector_offset(index, width, buffer)});"
     return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[1].format(p=buffer, i=index.render(), v=value)
@@ -347,6 +352,7 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Rand: lambda s: f"zyx_philox_uniform({s.seed},{s.offset}+(ulong)({s.index.render()}))",
     Extract: lambda s: part(s.src, s.part),
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
+    Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
     Define: lambda s: _start(s.start),
     LocalLoad: lambda s: f"{s.array}[{s.index.render_grouped()}]",
 }

@@ -51,6 +51,7 @@ from .symbolic import Expr
 from .tiling import matmul_axes
 from .transforms.async_pipeline import pipeline
 from .transforms.double_buffer import double_buffer
+from .transforms.paired_stores import paired_stores
 from .transforms.warp_roles import warp_roles
 
 BLOCK = 128          # outputs per group along n
@@ -267,6 +268,8 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         if not pipelined:
             return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
         kernel = (_warp_roles(lowered.ir, plan.buffers) if plan.warpgroup else None) or pipeline(lowered.ir, plan.buffers)
+        if kernel is not None and plan.warpgroup and os.environ.get("ZYX_WGMMA_PAIRED_STORES") == "1":
+            kernel = paired_stores(kernel)
         if kernel is not None:
             return lowered, kernel, plan
     return None
