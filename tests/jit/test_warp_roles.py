@@ -46,6 +46,21 @@ def _events(body: tuple, values: dict, stage_size: dict):
             yield ("landed" if isinstance(s, AsyncWait) else "done", s.pending)
 
 
+class _InFlight:
+    """Work issued asynchronously in groups (cp.async groups, wgmma batches): a commit closes the open group, a wait
+    with `pending` completes all groups but the last `pending`."""
+
+    def __init__(self):
+        self.groups, self.open = [], []
+
+    def commit(self):
+        self.groups.append(self.open)
+        self.open = []
+
+    def completed(self, pending: int) -> list:
+        return [item for group in self.groups[:len(self.groups) - pending] for item in group]
+
+
 def run_hand_over(kernel, stages: int, trips: int) -> None:
     """Both roles' events under the model: a named barrier's generation completes once both roles took part (each
     role at most one generation ahead: more would count a second generation's arrivals into the first); a copy may
@@ -57,8 +72,7 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
     taken = {role: {} for role in roles}  # barrier -> generations the role took part in
     published = {}  # (barrier, generation) -> {"landed": buffer -> slice (producer's), "done": slices (consumer's)}
     landed, seen = {}, {}  # buffer -> slice landed in it: as the producer's waits showed, as the consumer knows
-    groups, open_group = [], []  # the producer's cp.async groups
-    batches, batch = [], []  # the consumer's wgmma batches (slices read)
+    copies, batches = _InFlight(), _InFlight()  # the producer's cp.async groups, the consumer's wgmma batches
     read_done, released = set(), set()  # slices whose reads are done; those the producer knows are
     blocked = {role: None for role in roles}
     reads = []
@@ -94,24 +108,18 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
             elif kind == "copy":
                 buffer, slice_ = event[1], event[2]
                 assert slice_ < stages or slice_ - stages in released, f"slice {slice_} overwrites one still read"
-                open_group.append((buffer, slice_))
-            elif kind == "commit":
-                groups.append(open_group)
-                open_group = []
-            elif kind == "landed":
-                for group in groups[:len(groups) - event[1]]:
-                    landed.update(group)
+                copies.open.append((buffer, slice_))
             elif kind == "read":
                 buffer, slice_ = event[1], event[2]
                 assert seen.get(buffer) == slice_, f"slice {slice_} read from buffer {buffer} before it landed"
-                batch.append(slice_)
+                batches.open.append(slice_)
                 reads.append(slice_)
-            elif kind == "batch":
-                batches.append(batch)
-                batch = []
+            elif kind in ("commit", "batch"):
+                (copies if kind == "commit" else batches).commit()
+            elif kind == "landed":
+                landed.update(copies.completed(event[1]))
             elif kind == "done":
-                for finished in batches[:len(batches) - event[1]]:
-                    read_done.update(finished)
+                read_done.update(batches.completed(event[1]))
         assert progressed, f"deadlock: blocked {blocked}"
     assert sorted(set(reads)) == list(range(trips)) and read_done == set(range(trips))
     assert taken[PRODUCER] == taken[CONSUMER]  # every generation completed
