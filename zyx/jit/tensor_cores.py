@@ -23,6 +23,11 @@ staged 16 bytes at a time through registers, and the slices double-buffered by t
 (transforms/double_buffer.py). The epilogue (bias, activation, the cast of the result) is fused into the stores of
 the float32 accumulators.
 
+On compute capability 9.x (Hopper) 16-bit products pipelined by cp.async multiply by warpgroups instead (wgmma,
+sm_90a: jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
+cp.async, a third warpgroup only copies the slices and hands them over by named barriers while the other two only
+multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item).
+
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
 user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch).
 """
