@@ -28,15 +28,17 @@ from .double_buffer import at_step
 # setmaxnreg's counts: the producer keeps few registers, the consumers (128 accumulators each) take the rest of the
 # 64 Ki a group of 3 warpgroups may hold (40 x 128 + 232 x 256 <= 65536)
 PRODUCER_REGISTERS, CONSUMER_REGISTERS = 40, 232
+BARRIERS = 15  # named barriers 1-15 (0 is Barrier's): two per stage
 
 
 def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool = False) -> Optional[Kernel]:
     """`kernel` (a warpgroup product's staging loop, as lowered) with a producer warpgroup after its items copying
     the slices into `stages` buffers and its items multiplying them; `budget`: the registers moved from the producer
     to the consumers (RegisterBudget). None where that form does not apply: no staging loop, an operand staged
-    through registers (a fused prologue), or a Barrier outside the loop (the producer leaves before the outputs)."""
+    through registers (a fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer
+    than 3 stages (no slice would be in flight while one is handed over) or more than the barriers hold."""
     position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
-    if position is None or stages < 3:
+    if position is None or not 3 <= stages <= BARRIERS // 2:
         return None
     loop: Loop = kernel.body[position]
     fetch, copies, stores, compute = staging_parts(loop)  # type: ignore[misc]
