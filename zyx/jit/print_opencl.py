@@ -422,17 +422,17 @@ def print_kernel(kernel: Kernel) -> tuple[str, str]:
     body = "\n".join(header + body_lines(kernel.body, "  ", SYNTAX))
     uses_double = float64 in dtypes_used(kernel)
     uses_rand = any(isinstance(s, Rand) for s in walk(kernel.body))
-    text = f"__kernel{_group_size(kernel)} void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
+    text = f"__kernel{_group_size([kernel], kernel.launch[1])} void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
     return name, prelude(uses_double, uses_rand, text) + text
 
 
-def _group_size(kernel: Kernel) -> str:
-    """A kernel whose items hand work over by named barriers states its work group's size: NVIDIA's compiler then
+def _group_size(kernels: Sequence[Kernel], local_size: Optional[int]) -> str:
+    """Where items hand work over by named barriers the kernel states its work group's size: NVIDIA's compiler then
     fits each item's registers to the group (a group of 384 items may hold 168 each; without it a kernel may take
     more, and fail to launch)."""
-    if not any(isinstance(s, NamedBarrier) for s in walk(kernel.body)):
+    if not any(isinstance(s, NamedBarrier) for kernel in kernels for s in walk(kernel.body)):
         return ""
-    return f" __attribute__((reqd_work_group_size({kernel.launch[1]}, 1, 1)))"
+    return f" __attribute__((reqd_work_group_size({local_size}, 1, 1)))"
 
 
 def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> tuple[str, str]:
@@ -466,7 +466,7 @@ def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> 
         start = end
     text = "\n".join(lines) + "\n  }"
     name = f"h_{hash_hex(params + text + VERSION)[:12]}"
-    text = f"__kernel void {name}({params}) {{\n{text}\n}}\n"
+    text = f"__kernel{_group_size(kernels, local_size)} void {name}({params}) {{\n{text}\n}}\n"
     uses_double = any(float64 in dtypes_used(kernel) for kernel in kernels)
     uses_rand = any(isinstance(s, Rand) for kernel in kernels for s in walk(kernel.body))
     return name, prelude(uses_double, uses_rand, text) + text
