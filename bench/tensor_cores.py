@@ -6,8 +6,10 @@ once (bench/_replay.py); torch's `a @ b` is timed the same way (one synchronize)
 product. Inputs are stored in the dtype (no cast in the timed kernel); the product is stored in it too.
 
     python bench/tensor_cores.py [--repeat 20] [--dtypes bfloat16,float16,tf32] [--sizes 4096,8192] [--odd]
+                                 [--transposed]
 
-"tf32" is float32 with `zyx.set_float32_matmul_precision("high")` (torch: `allow_tf32`).
+`--transposed`: the right operand stored (m, k), the product `a @ b.T` (both operands along k, as the hand-written
+probe bench/wgmma_probe measured), for both. "tf32" is float32 with `zyx.set_float32_matmul_precision("high")` (torch: `allow_tf32`).
 """
 from __future__ import annotations
 
@@ -27,17 +29,18 @@ from _replay import describe, replayed_seconds  # noqa: E402
 ODD = [(3000, 700, 5000), (1021, 1021, 1021), (64 * 128, 128, 128)]  # (n, k, m); the last: batched 64 x 128³
 
 
-def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int) -> float:
+def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int, transposed: bool) -> float:
     import torch
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     kind = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
-    a, b = torch.randn(n, k, device="cuda").to(kind), torch.randn(k, m, device="cuda").to(kind)
+    a, b = torch.randn(n, k, device="cuda").to(kind), torch.randn(*((m, k) if transposed else (k, m)), device="cuda").to(kind)
+    product = (lambda: a @ b.T) if transposed else (lambda: a @ b)
     for _ in range(3):
-        a @ b
+        product()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeat):
-        a @ b
+        product()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeat
 
@@ -48,6 +51,7 @@ def main() -> None:
     p.add_argument("--dtypes", default="bfloat16,float16,tf32")
     p.add_argument("--sizes", default="4096,8192")
     p.add_argument("--odd", action="store_true", help="also 3000x700x5000, 1021³ and 8192x128x128")
+    p.add_argument("--transposed", action="store_true", help="a @ b.T, b stored (m, k)")
     args = p.parse_args()
     os.environ.setdefault("ZYX_CACHE_DIR", tempfile.mkdtemp(prefix="zyx-tensor-cores-"))
     import zyx
@@ -60,13 +64,14 @@ def main() -> None:
         stored = "float32" if dtype == "tf32" else dtype
         for n, k, m in shapes:
             a = dev.tensor(rng.standard_normal((n, k), dtype=np.float32)).to(stored).realize()
-            b = dev.tensor(rng.standard_normal((k, m), dtype=np.float32)).to(stored).realize()
-            (a @ b).realize()
-            seconds, _, recorded = replayed_seconds(dev.runtime, (a @ b).realize, args.repeat)
+            b = dev.tensor(rng.standard_normal((m, k) if args.transposed else (k, m), dtype=np.float32)).to(stored).realize()
+            product = (lambda: a @ b.T) if args.transposed else (lambda: a @ b)
+            product().realize()
+            seconds, _, recorded = replayed_seconds(dev.runtime, lambda: product().realize(), args.repeat)
             flops = 2 * n * k * m
-            line = f"{dtype:9s} {n}x{k}x{m}: zyx {seconds * 1e3:8.3f} ms {flops / seconds / 1e12:7.1f} TFLOP/s"
+            line = f"{dtype:9s} {n}x{k}x{m}{' a@b.T' if args.transposed else ''}: zyx {seconds * 1e3:8.3f} ms {flops / seconds / 1e12:7.1f} TFLOP/s"
             try:
-                theirs = torch_seconds(n, k, m, dtype, args.repeat)
+                theirs = torch_seconds(n, k, m, dtype, args.repeat, args.transposed)
                 line += f" | torch {flops / theirs / 1e12:7.1f} TFLOP/s, zyx/torch speed {theirs / seconds:5.2f}"
             except Exception as error:  # no torch, or no CUDA
                 line += f" | torch: {type(error).__name__}"

@@ -18,7 +18,7 @@ from zyx.jit import wgmma
 from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, Barrier, Loop, Reg, WarpgroupCommit,
+from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, Loop, NamedBarrier, Reg, WarpgroupCommit,
                                WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
@@ -78,11 +78,13 @@ def test_the_printed_swizzle_of_64_element_rows_is_wgmmas_128_byte_swizzle():
 
 # ---- the lowering --------------------------------------------------------------------------------------------------
 def _copied_bytes(kernel, array: str, gid: int = 0) -> dict[int, int]:
-    """Byte offset in slice 0 of `array` -> element of the source buffer, of the copies issued before the loop."""
+    """Byte offset in slice 0 of `array` -> element of the source buffer, of the copies of slice 0: the producer
+    warpgroup's (items 256-383, its loop at step 0)."""
     placed = {}
-    copies = [s for s in kernel.ir.body if isinstance(s, AsyncCopy) and s.array == array]
-    for lid, copy in itertools.product(range(256), copies):
-        values = {"lid": Expr(lid), "gid": Expr(gid)}
+    loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and any(isinstance(c, AsyncCopy) for c in s.body))
+    copies = [s for s in loop.body if isinstance(s, AsyncCopy) and s.array == array]
+    for lid, copy in itertools.product(range(256, 384), copies):
+        values = {"lid": Expr(lid), "gid": Expr(gid), loop.var: Expr(0)}
         index, source = substitute(copy.index, values).const, substitute(copy.source, values).const
         shift, mask = swizzle_bits(copy.swizzle)
         for e in range(copy.width):
@@ -111,26 +113,27 @@ def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(transpose
     assert first.b_leading == (64 * 128 if not transposed else 16)
     # slice 0's 4 k16 steps: warpgroup 1 from row 64, 32 bytes on along k; the right tile 32 bytes on along k, or
     # 16 rows of 128 bytes across it
-    loop, = [s for s in kernel.ir.body if isinstance(s, Loop)]
+    loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and first in s.body)
     for step, product in enumerate(products):
         values = {"lid": Expr(128), loop.var: Expr(0)}
         assert substitute(product.a_index, values).const == 64 * 64 + 16 * step
         assert substitute(product.b_index, values).const == step * 16 * (1 if transposed else 64)
 
 
-def test_a_warpgroup_slice_waits_for_its_batch_and_fences_the_async_proxy_before_the_barrier():
+def test_a_slice_is_handed_over_landed_and_fenced_and_its_batch_kept_in_flight_one_step():
     x, y = operands((2048, 256), (256, 2048))
-    kernel = product_kernel(x @ y)  # 128 x 256 blocks, 4 stages: 3 slices ahead
+    kernel = product_kernel(x @ y)  # 128 x 256 blocks, 4 stages: the producer hands slice s over at step s + 2
     assert kernel.site.heuristic == Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=4, pipelined=1,
                                               warpgroup=1)
-    loop, = [s for s in kernel.ir.body if isinstance(s, Loop)]
-    assert [type(s) for s in loop.body[-6:]] == [WarpgroupMma, WarpgroupCommit, WarpgroupWait, AsyncWait,
-                                                 AsyncProxyFence, Barrier]
-    assert loop.body[-4] == WarpgroupWait(0) and loop.body[-3] == AsyncWait(2)
-    assert sum(isinstance(s, WarpgroupFence) for s in loop.body) == 1
-    before = kernel.ir.body[:kernel.ir.body.index(loop)]
-    assert [type(s) for s in before[-3:]] == [AsyncWait, AsyncProxyFence, Barrier]
-    assert [s.n for s in loop.body if isinstance(s, WarpgroupMma)] == [256] * 4
+    producer, consumer = [s for s in walk(kernel.ir.body) if isinstance(s, Loop)]
+    hand_over = producer.body[-1]
+    assert [type(s) for s in hand_over.body] == [AsyncWait, AsyncProxyFence, NamedBarrier]
+    assert hand_over.body[0] == AsyncWait(2) and not hand_over.body[2].wait
+    assert isinstance(consumer.body[0], NamedBarrier) and consumer.body[0].wait
+    assert [type(s) for s in consumer.body[1:-1]] == [WarpgroupFence, *[WarpgroupMma] * 4, WarpgroupCommit,
+                                                      WarpgroupWait]
+    assert consumer.body[-2] == WarpgroupWait(1) and [s.n for s in walk(consumer.body) if isinstance(s, WarpgroupMma)] \
+        == [256] * 4
     assert "__local ushort tile_a1_raw[33280]" in kernel.source  # 4 x 128 x 64 and 1024 bytes to align
     assert "__local ushort tile_b2_raw[66048]" in kernel.source
 
@@ -337,12 +340,16 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     """The printed kernel, its cp.async copies as plain copies and each wgmma as C reading local memory the way the
     descriptors say (wgmma.py, as measured on the H200), run on PoCL: the pipeline, the layouts, the accumulator
     map, the block order and the epilogue together, against numpy: 128 x 128 blocks with the right operand across
-    k (MN-major), and 128 x 256 blocks (a tuned choice) with both along k and edges in every direction. (Slow:
-    PoCL compiles 128 accumulators' emulation for a minute or two.)"""
+    k (MN-major), and 128 x 256 blocks (a tuned choice) with both along k and edges in every direction. Every item
+    copies and multiplies (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
+    (test_warp_roles.py runs it against a model). (Slow: PoCL compiles 128 accumulators' emulation for a minute or
+    two.)"""
     import ml_dtypes
     import pyopencl as cl
     from zyx.jit import print_opencl
     from zyx.jit.kernel_ir import AsyncCommit, AsyncWait
+    monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    monkeypatch.setenv("ZYX_WGMMA_PAIRED_STORES", "1")  # (vstore2 of bfloat16 and vstore_half2 printed)
     x, y = operands((n, k), (m, k) if transposed else (k, m), dtype=dtype)
     out = x @ y.T if transposed else x @ y
     kernel = product_kernel(out)

@@ -180,6 +180,15 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
+class Pack:
+    """A vector register holding `lanes` (scalars of its dtype) in order: values stored side by side by one vector
+    Store (transforms/paired_stores.py)."""
+
+    out: Reg
+    lanes: tuple[Operand, ...]
+
+
+@dataclass(frozen=True)
 class Define:
     """An accumulator, declared with its start value; only Accumulate and MultiplyAdd update it."""
 
@@ -372,18 +381,38 @@ class WarpgroupWait:
 
 
 @dataclass(frozen=True)
+class NamedBarrier:
+    """Barrier `ident` (1-15; Barrier is 0) of `count` items, a multiple of 32 (NVIDIA's bar.sync / bar.arrive):
+    with `wait` the item waits until `count` items have reached it, else it only counts itself in and goes on. Items
+    of different roles hand local memory over by it (transforms/warp_roles.py: a producer arrives, consumers wait)."""
+
+    ident: Expr
+    count: int
+    wait: bool
+
+
+@dataclass(frozen=True)
+class RegisterBudget:
+    """The registers each item of this warpgroup may hold from here on (sm_90a setmaxnreg, a multiple of 8 in
+    24-256): a producer gives registers back (`grow` False), consumers holding many accumulators take them."""
+
+    count: int
+    grow: bool
+
+
+@dataclass(frozen=True)
 class AsyncProxyFence:
     """Makes this item's writes to local memory (cp.async copies landed, stores) visible to the asynchronous
     proxy that WarpgroupMma reads through (fence.proxy.async); a Barrier after it covers the whole group."""
 
 
-Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Define, Accumulate, MultiplyAdd,
+Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack, Define, Accumulate, MultiplyAdd,
                   Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
                   AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence, WarpgroupCommit, WarpgroupWait,
-                  AsyncProxyFence]
+                  AsyncProxyFence, NamedBarrier, RegisterBudget]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
-               WarpgroupCommit, WarpgroupWait, AsyncProxyFence)  # printed as inline PTX
-PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast)  # statements a copy may share
+               WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget)  # printed as inline PTX
+PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack)  # statements a copy may share
 
 
 @dataclass(frozen=True)

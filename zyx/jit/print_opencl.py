@@ -15,8 +15,9 @@ from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait,
                         Barrier, Break, Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load,
-                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, Operand, Rand,
-                        Reg, Role, Select, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, walk)
+                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier,
+                        Operand, Pack, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit, WarpgroupFence,
+                        WarpgroupMma, WarpgroupWait, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, SWIZZLE_PERIOD, descriptor
@@ -205,6 +206,11 @@ def store(statement: Store) -> str:
     value, dtype, buffer, index = operand(statement.value), statement.dtype, statement.buffer, statement.index
     if statement.mode == "vector":
         width = statement.value.width
+        if dtype.name == "float16":  # rounded to nearest even, as vstore_half does
+            return f"vstore_half{width}({value},{_vector_offset(index, width, buffer)});"
+        if dtype.name == "bfloat16":
+            lanes = ",".join(f"zyx_float_to_bf16({value}.s{lane})" for lane in range(width))
+            return f"vstore{width}((ushort{width})({lanes}),{_vector_offset(index, width, buffer)});"
         text = f"convert_uchar{width}(-{value})" if dtype.is_bool else value
         return f"vstore{width}({text},{_vector_offset(index, width, buffer)});"
     return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[1].format(p=buffer, i=index.render(), v=value)
@@ -332,6 +338,12 @@ def _hidden(instruction: str) -> str:
     return f'asm volatile("{HIDDEN}{instruction};" ::: "memory");'
 
 
+def _named_barrier(s: NamedBarrier) -> str:
+    """bar.sync (waits) or bar.arrive (counts in) on barrier `ident` of `count` items (sm_70 and newer)."""
+    return (f'asm volatile("bar.{"sync" if s.wait else "arrive"} %0, {s.count};" :: "r"((uint)({s.ident.render()})) '
+            f': "memory");')
+
+
 def _define(out: Reg, text: str) -> str:
     return f"{register_type(out.dtype, out.width)} {out.name} = {text};"
 
@@ -342,6 +354,7 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Rand: lambda s: f"zyx_philox_uniform({s.seed},{s.offset}+(ulong)({s.index.render()}))",
     Extract: lambda s: part(s.src, s.part),
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
+    Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
     Define: lambda s: _start(s.start),
     LocalLoad: lambda s: f"{s.array}[{s.index.render_grouped()}]",
 }
@@ -357,6 +370,8 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     WarpgroupCommit: lambda s: _hidden("wgmma.commit_group.sync.aligned"),
     WarpgroupWait: lambda s: _hidden(f"wgmma.wait_group.sync.aligned {s.pending}"),
     AsyncProxyFence: lambda s: 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");',
+    NamedBarrier: _named_barrier,
+    RegisterBudget: lambda s: _hidden(f"setmaxnreg.{'inc' if s.grow else 'dec'}.sync.aligned.u32 {s.count}"),
 }
 
 
@@ -409,8 +424,17 @@ def print_kernel(kernel: Kernel) -> tuple[str, str]:
     body = "\n".join(header + body_lines(kernel.body, "  ", SYNTAX))
     uses_double = float64 in dtypes_used(kernel)
     uses_rand = any(isinstance(s, Rand) for s in walk(kernel.body))
-    text = f"__kernel void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
+    text = f"__kernel{_group_size([kernel], kernel.launch[1])} void {name}({_signature(kernel)}) {{\n{body}\n}}\n"
     return name, prelude(uses_double, uses_rand, text) + text
+
+
+def _group_size(kernels: Sequence[Kernel], local_size: Optional[int]) -> str:
+    """Where items hand work over by named barriers the kernel states its work group's size: NVIDIA's compiler then
+    fits each item's registers to the group (a group of 384 items may hold 168 each; without it a kernel may take
+    more, and fail to launch)."""
+    if not any(isinstance(s, NamedBarrier) for kernel in kernels for s in walk(kernel.body)):
+        return ""
+    return f" __attribute__((reqd_work_group_size({local_size}, 1, 1)))"
 
 
 def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> tuple[str, str]:
@@ -444,7 +468,7 @@ def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> 
         start = end
     text = "\n".join(lines) + "\n  }"
     name = f"h_{hash_hex(params + text + VERSION)[:12]}"
-    text = f"__kernel void {name}({params}) {{\n{text}\n}}\n"
+    text = f"__kernel{_group_size(kernels, local_size)} void {name}({params}) {{\n{text}\n}}\n"
     uses_double = any(float64 in dtypes_used(kernel) for kernel in kernels)
     uses_rand = any(isinstance(s, Rand) for kernel in kernels for s in walk(kernel.body))
     return name, prelude(uses_double, uses_rand, text) + text

@@ -37,7 +37,7 @@ from ..trace.ops import Op
 from ..trace.philox import WGSL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, Cond, Const, Define, Extract, Gather,
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
-                        NVIDIA_ONLY, Operand, Rand, Reg, Role, Select, Statement, Store, walk)
+                        NVIDIA_ONLY, Operand, Pack, Rand, Reg, Role, Select, Statement, Store, walk)
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
@@ -331,6 +331,7 @@ def _syntax(layout: dict[str, Binding], lanes: dict[str, int]) -> Syntax:
         Rand: lambda s: f"zyx_philox_uniform({s.seed},{s.offset},u32({s.index.render()}))",
         Extract: lambda s: _swizzle(s.src, s.part),
         Broadcast: lambda s: f"{register_type(s.out.dtype, s.out.width)}({operand(s.src)})",
+        Pack: lambda s: f"{register_type(s.out.dtype, s.out.width)}({','.join(operand(lane) for lane in s.lanes)})",
         Define: lambda s: operand(s.start),
         LocalLoad: lambda s: f"{s.array}[{s.index.render()}]",
     }

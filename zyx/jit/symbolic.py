@@ -59,6 +59,9 @@ class Expr:
     # ---- construction ------------------------------------------------------------------------------------
     @staticmethod
     def clamped(expr: "Expr", lo: int, hi: int) -> "Expr":
+        """`expr`, known to lie in [lo, hi] where it is used (a constant is itself)."""
+        if expr.is_const:
+            return expr
         return Expr(0, {Atom("clamped", lo, hi, expr=expr): 1})
 
     @staticmethod

@@ -23,6 +23,11 @@ staged 16 bytes at a time through registers, and the slices double-buffered by t
 (transforms/double_buffer.py). The epilogue (bias, activation, the cast of the result) is fused into the stores of
 the float32 accumulators.
 
+On compute capability 9.x (Hopper) 16-bit products pipelined by cp.async multiply by warpgroups instead (wgmma,
+sm_90a: jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
+cp.async, a third warpgroup only copies the slices and hands them over by named barriers while the other two only
+multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item).
+
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
 user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch).
 """
@@ -51,6 +56,8 @@ from .symbolic import Expr
 from .tiling import matmul_axes
 from .transforms.async_pipeline import pipeline
 from .transforms.double_buffer import double_buffer
+from .transforms.paired_stores import paired_stores
+from .transforms.warp_roles import warp_roles
 
 BLOCK = 128          # outputs per group along n
 WARP = 32
@@ -265,10 +272,22 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
             continue
         if not pipelined:
             return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
-        kernel = pipeline(lowered.ir, plan.buffers)
+        kernel = (_warp_roles(lowered.ir, plan.buffers) if plan.warpgroup else None) or pipeline(lowered.ir, plan.buffers)
+        if kernel is not None and plan.warpgroup and os.environ.get("ZYX_WGMMA_PAIRED_STORES") == "1":
+            kernel = paired_stores(kernel)
         if kernel is not None:
             return lowered, kernel, plan
     return None
+
+
+def _warp_roles(kernel: Kernel, stages: int) -> Optional[Kernel]:
+    """A warpgroup product with a producer warpgroup (transforms/warp_roles.py) unless ZYX_WGMMA_PRODUCER=0; its
+    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0, ZYX_WGMMA_SETMAXNREG=1 moves registers from the
+    producer to them (the variants measured on the H200: bench/GPU.md)."""
+    if os.environ.get("ZYX_WGMMA_PRODUCER") == "0":
+        return None
+    return warp_roles(kernel, stages, os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0",
+                      os.environ.get("ZYX_WGMMA_SETMAXNREG") == "1")
 
 
 def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], reported: int) -> int:

@@ -28,11 +28,11 @@ def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
     where it has no staging loop with an AsyncCopy."""
     if stages < 2:
         raise ValueError(f"a pipeline needs 2 stages or more, not {stages}")
-    position = next((p for p, s in enumerate(kernel.body) if _staging(s) is not None), None)
+    position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
     if position is None:
         return None
     loop: Loop = kernel.body[position]
-    fetch, copies, stores, compute = _staging(loop)  # type: ignore[misc]
+    fetch, copies, stores, compute = staging_parts(loop)  # type: ignore[misc]
     staged = {s.array for s in copies + stores}
     halves = {s.name: s for s in kernel.body[:position] if isinstance(s, LocalArray) and s.name in staged}
     steps = loop.trips
@@ -64,7 +64,7 @@ def _proxy_fence(compute: tuple) -> tuple:
     return (AsyncProxyFence(),) if any(isinstance(s, WarpgroupMma) for s in walk(compute)) else ()
 
 
-def _staging(statement: Statement) -> Optional[tuple[tuple, tuple, tuple, tuple]]:
+def staging_parts(statement: Statement) -> Optional[tuple[tuple, tuple, tuple, tuple]]:
     """(fetch, copies, stores, compute) of a staging loop with an AsyncCopy: the statements before its first
     Barrier other than AsyncCopies and LocalStores, those AsyncCopies and LocalStores, and what lies between that
     Barrier and the one closing its body; None for any other statement."""

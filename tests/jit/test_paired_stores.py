@@ -1,0 +1,48 @@
+"""Neighbouring outputs stored as one vector (transforms/paired_stores.py): which Stores pair, where the vector is
+stored, and how it prints."""
+from __future__ import annotations
+
+from zyx.dtypes import bfloat16, float16, float32
+from zyx.jit.kernel_ir import Alu, Axis, If, Kernel, Load, Pack, Reg, Role, Store
+from zyx.jit.print_opencl import STATEMENTS, VALUES
+from zyx.jit.symbolic import Expr
+from zyx.jit.transforms.paired_stores import paired_stores
+from zyx.trace.ops import Op
+
+I = Expr.var("gid", 64) * 2  # an even index
+A, B, C = (Reg(name, float32) for name in ("a", "b", "c"))
+
+
+def paired(*body):
+    kernel = Kernel("m", (), (Axis("gid", 64, Role.GLOBAL),), tuple(body))
+    return paired_stores(kernel).body
+
+
+def test_a_store_and_the_next_elements_become_one_vector_store_where_the_second_value_is_defined():
+    relu = Alu(B, Op.MAX, (C, C))
+    body = paired(Store("out", I, A, bfloat16), relu, Store("out", I + 1, B, bfloat16))
+    pair = Reg("pair0", float32, 2)
+    assert body == (relu, Pack(pair, (A, B)), Store("out", I, pair, bfloat16, "vector"))
+    inside = paired(If(((I, "lt", 100),), (Store("out", I, A, float32), Store("out", I + 1, B, float32))))
+    assert isinstance(inside[0].body[0], Pack)
+
+
+def test_stores_stay_apart_where_a_vector_would_be_misplaced_or_reordered():
+    apart = [
+        (Store("out", I + 1, A, bfloat16), Store("out", I + 2, B, bfloat16)),  # an odd first index
+        (Store("out", I, A, bfloat16), Store("other", I + 1, B, bfloat16)),  # another buffer
+        (Store("out", I, A, bfloat16), Store("out", I + 1, B, float16)),  # another dtype
+        (Store("out", I, A, bfloat16), Load(C, "out", I), Store("out", I + 1, B, bfloat16)),  # read between
+        (Store("out", I, A, bfloat16), Store("out", I + 3, C, bfloat16), Store("out", I + 1, B, bfloat16)),
+    ]
+    for body in apart:
+        assert paired(*body) == body
+
+
+def test_pairs_print_as_one_store_of_two_elements():
+    pair = Reg("p", float32, 2)
+    assert VALUES[Pack](Pack(pair, (A, B))) == "((float2)(a,b))"
+    assert STATEMENTS[Store](Store("out", I, pair, bfloat16, "vector")) == \
+        "vstore2((ushort2)(zyx_float_to_bf16(p.s0),zyx_float_to_bf16(p.s1)),gid,out);"
+    assert STATEMENTS[Store](Store("out", I, pair, float16, "vector")) == "vstore_half2(p,gid,out);"
+    assert STATEMENTS[Store](Store("out", I, pair, float32, "vector")) == "vstore2(p,gid,out);"

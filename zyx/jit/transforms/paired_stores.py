@@ -1,0 +1,56 @@
+"""Neighbouring outputs stored by one vector store: a warpgroup product's item holds its outputs in pairs of
+neighbouring columns (wgmma.accumulator_position: registers 4j and 4j + 1, 4j + 2 and 4j + 3), which the lowering
+stores one element at a time; two 16-bit stores become one of 32 bits (the hand-written probe stored float2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Iterator, Optional
+
+from ..kernel_ir import PURE, Gather, If, Kernel, Load, Loop, Pack, Reg, Statement, Store
+from ..print_common import aligned
+
+WIDTH = 2
+
+
+def paired_stores(kernel: Kernel) -> Kernel:
+    """`kernel` with each element Store at an even index (a whole vector) whose next Store, with only pure statements
+    not reading its buffer between, stores the next element of the same buffer and dtype, made one vector Store
+    where the second's value is defined."""
+    names = (f"pair{n}" for n in itertools.count())
+    return dataclasses.replace(kernel, body=_paired(kernel.body, names))
+
+
+def _paired(body: tuple, names: Iterator[str]) -> tuple:
+    out: list = []
+    first: Optional[int] = None  # position in `out` of a Store waiting for its neighbour
+    for statement in body:
+        if isinstance(statement, (Loop, If)):
+            statement = dataclasses.replace(statement, body=_paired(statement.body, names))
+        waiting = out[first] if first is not None else None
+        if waiting is not None and _neighbours(waiting, statement):
+            pair = Reg(next(names), statement.value.dtype, WIDTH)
+            out[first] = None  # (both stored once the second value is defined)
+            out += [Pack(pair, (waiting.value, statement.value)),
+                    Store(statement.buffer, waiting.index, pair, statement.dtype, "vector")]
+            first = None
+            continue
+        reads = isinstance(statement, (Load, Gather)) and waiting is not None and statement.buffer == waiting.buffer
+        if isinstance(statement, Store) or reads or not isinstance(statement, PURE):
+            first = None
+        if _pairable(statement) and aligned(statement.index, WIDTH):
+            first = len(out)
+        out.append(statement)
+    return tuple(s for s in out if s is not None)
+
+
+def _pairable(statement: Statement) -> bool:
+    return (isinstance(statement, Store) and statement.mode == "element" and statement.value.width == 1
+            and statement.dtype.name in ("bfloat16", "float16", "float32"))
+
+
+def _neighbours(first: Store, statement: Statement) -> bool:
+    """Whether `statement` stores the element after `first`'s, of the same buffer and dtype, a value like its."""
+    return (_pairable(statement) and statement.buffer == first.buffer and statement.dtype == first.dtype
+            and statement.value.dtype == first.value.dtype and statement.index == first.index + 1)

@@ -1,0 +1,122 @@
+"""Warpgroups with roles: one more warpgroup (the producer) only copies the slices of a warpgroup product's staging
+loop into local memory, the others (the consumers) only multiply them and store the outputs. On the H200 a
+hand-written product of this form ran bfloat16 8192³ at 0.88 of cuBLAS where every item copying and multiplying
+ran at 0.82 (bench/wgmma_probe): the consumers issue no address arithmetic and wait on no copies of their own.
+
+The stages are handed over by named barriers (NamedBarrier) of all items: slice s lies in buffer s % stages;
+full(s) = 1 + s % stages (the producer arrives once the slice has landed, the consumers wait on it), empty(s) =
+1 + stages + s % stages (the consumers arrive once their products no longer read it, the producer waits before
+refilling it). With `wait_one` the consumers keep one batch of products in flight, so they release slice s only
+after issuing slice s + 1; the producer then hands slice s over at step s + stages - 2 (at stages - 1 it would wait
+on a release that waits on that hand-over). A barrier never gets a second generation's arrivals early: the producer's
+next arrival on full(s) follows its wait on empty(s), which follows the consumers' wait on full(s); likewise for
+empty(s) (bench/wgmma_probe/simulate_handover.py checks the protocol, tests/jit/test_warp_roles.py the IR's).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ..kernel_ir import (AsyncCommit, AsyncProxyFence, AsyncWait, Axis, Barrier, If, Kernel, LocalArray, Loop,
+                         NamedBarrier, RegisterBudget, Role, WarpgroupWait, simplify_cond, walk)
+from ..symbolic import Expr
+from ..wgmma import WARPGROUP
+from . import copy_body
+from .async_pipeline import staging_parts
+from .double_buffer import at_step
+
+# setmaxnreg's counts: the producer keeps few registers, the consumers (128 accumulators each) take the rest of the
+# 64 Ki a group of 3 warpgroups may hold (40 x 128 + 232 x 256 <= 65536)
+PRODUCER_REGISTERS, CONSUMER_REGISTERS = 40, 232
+BARRIERS = 15  # named barriers 1-15 (0 is Barrier's): two per stage
+
+
+def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool = False) -> Optional[Kernel]:
+    """`kernel` (a warpgroup product's staging loop, as lowered) with a producer warpgroup after its items copying
+    the slices into `stages` buffers and its items multiplying them; `budget`: the registers moved from the producer
+    to the consumers (RegisterBudget). None where that form does not apply: no staging loop, an operand staged
+    through registers (a fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer
+    than 3 stages (no slice would be in flight while one is handed over) or more than the barriers hold."""
+    position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
+    if position is None or not 3 <= stages <= BARRIERS // 2:
+        return None
+    loop: Loop = kernel.body[position]
+    fetch, copies, stores, compute = staging_parts(loop)  # type: ignore[misc]
+    before, after = kernel.body[:position], kernel.body[position + 1:]
+    prefix = tuple(s for s in before if not isinstance(s, LocalArray))
+    if fetch or stores or not compute or compute[-1] != WarpgroupWait(0) \
+            or any(isinstance(s, Barrier) for s in walk(prefix + after)):
+        return None
+    consumers = kernel.axis(Role.LOCAL).size  # type: ignore[union-attr]
+    items = consumers + WARPGROUP
+    halves = {s.name: s for s in before if isinstance(s, LocalArray) and s.name in {c.array for c in copies}}
+    roles = _Roles(loop.var, loop.trips, stages, items, wait_one)
+    lid = Expr.var("lid", items)
+    producer_item = Expr.clamped(lid, consumers, items - 1) - consumers  # 0-127, as an index's lower bound needs
+    shares = [copy_body(copies, {"lid": producer_item + WARPGROUP * share}, "", {})
+              for share in range(consumers // WARPGROUP)]
+    produce = roles.producer([at_step(share, loop.var, roles.step, roles.step % stages, halves, "")
+                              for share in shares])
+    consume = roles.consumer(at_step(compute[:-1], loop.var, roles.step, roles.step % stages, halves, ""))
+    if budget:
+        produce = (RegisterBudget(PRODUCER_REGISTERS, False), *produce)
+        consume = (RegisterBudget(CONSUMER_REGISTERS, True), *consume)
+    arrays = tuple(dataclasses.replace(s, size=stages * s.size) if s.name in halves else s
+                   for s in before if isinstance(s, LocalArray))
+    body = (*arrays, If(((lid, "ge", consumers),), produce), If(((lid, "lt", consumers),), prefix + consume + after))
+    axes = tuple(Axis(a.name, items, a.role) if a.role is Role.LOCAL else a for a in kernel.axes)
+    return dataclasses.replace(kernel, axes=axes, body=body)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Roles:
+    """The two roles' loops over `trips` slices handed over through `stages` buffers by barriers of `items`."""
+
+    var: str
+    trips: int
+    stages: int
+    items: int
+    wait_one: bool
+
+    @property
+    def step(self) -> Expr:
+        return Expr.var(self.var, self.trips)
+
+    @property
+    def ahead(self) -> int:
+        """Slices the producer copies before handing the first over (see the module's docstring)."""
+        return self.stages - 2 if self.wait_one else self.stages - 1
+
+    def full(self, slice_: Expr) -> Expr:
+        return slice_ % self.stages + 1
+
+    def empty(self, slice_: Expr) -> Expr:
+        return slice_ % self.stages + 1 + self.stages
+
+    def _when(self, cond: tuple, body: tuple) -> tuple:
+        """`body` under `cond` on the step, without the If where it always holds, nothing where it never does."""
+        settled = simplify_cond(cond)
+        return () if settled is None else body if settled == () else (If(settled, body),)
+
+    def producer(self, shares: list[tuple]) -> tuple:
+        """Per step: wait until the buffer is released (from the stages-th slice on), copy the slice (each of the
+        producer's items the copies of consumers' items `shares`), then hand over the slice copied `ahead` steps
+        before once it has landed; after the loop, the last ones."""
+        step, ahead = self.step, self.ahead
+        body = (*self._when(((step, "ge", self.stages),), (NamedBarrier(self.empty(step), self.items, True),)),
+                *(statement for share in shares for statement in share), AsyncCommit(),
+                *self._when(((step, "ge", ahead),), (AsyncWait(ahead), AsyncProxyFence(),
+                                                       NamedBarrier(self.full(step + self.stages - ahead),
+                                                                    self.items, False))))
+        last = [NamedBarrier(self.full(Expr(s)), self.items, False) for s in range(max(self.trips - ahead, 0), self.trips)]
+        return Loop(self.var, self.trips, body), AsyncWait(0), AsyncProxyFence(), *last
+
+    def consumer(self, compute: tuple) -> tuple:
+        """Per step: wait for the slice, multiply it (`compute`: its batch issued and committed), wait for the
+        batch before (`wait_one`) or this one, release the buffer of the batch waited for unless no slice is left to
+        refill it."""
+        step, pending = self.step, int(self.wait_one)
+        release = self._when(((step, "ge", pending), (step, "lt", self.trips - self.stages + pending)),
+                             (NamedBarrier(self.empty(step + self.stages - pending), self.items, False),))
+        body = (NamedBarrier(self.full(step), self.items, True), *compute, WarpgroupWait(pending), *release)
+        return (Loop(self.var, self.trips, body), *((WarpgroupWait(0),) if pending else ()))
