@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generator, Optional
 
 from ..dtypes import bool_
+from ..trace.attention_grad import under_views
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Cond, Const, Define, If, Kernel, Load, Loop, Names,
@@ -486,7 +487,7 @@ class Lowering:
         count = math.prod(sizes)
         accumulators = [Reg(self.names.fresh("acc"), node.dtype) for _ in positions]
         self._scopes[depth] += [Define(acc, start) for acc in accumulators]
-        self._accumulated.add(id(_through_views(source)))
+        self._accumulated.add(id(under_views(source)))
         var = self.names.fresh("r")
         self._open_loop(var, count)
         reduced = unravel(Expr.var(var, count), sizes)
@@ -503,13 +504,6 @@ def lower(root: Node, materialized: dict[int, Node], produced: set[int], allow_e
           stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> LoweredKernel:
     """The IR of the kernel storing `root` (see Lowering)."""
     return Lowering(root, materialized, produced, allow_extra_outputs, stored_apart, param_limit).lower()
-
-
-def _through_views(node: Node) -> Node:
-    """The first node below `node` that is not a view."""
-    while node.op in MOVEMENT_OPS:
-        node = node.src[0]
-    return node
 
 
 def _viewed_constant(node: Node) -> Optional[Node]:

@@ -16,7 +16,8 @@ from typing import Any, Callable, Optional, Sequence
 from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
 from ..dtypes import float32
-from ..trace.ops import BINARY_OPS, MOVEMENT_OPS, REDUCE_OPS, Op, SHIFT_OPS, UNARY_OPS
+from ..trace.attention_grad import under_views
+from ..trace.ops import BINARY_OPS, REDUCE_OPS, Op, SHIFT_OPS, UNARY_OPS
 from . import fusions, log_softmax_fusion, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .foreach_groups import Groupable, sunk_order
@@ -134,9 +135,7 @@ def _summed_terms(targets: Sequence[Node], order: Sequence[Node]) -> set[int]:
     terms = set()
     for node in order:
         if node.op in REDUCE_OPS:
-            term = node.src[0]
-            while term.op in MOVEMENT_OPS:
-                term = term.src[0]
+            term = under_views(node.src[0])
             if term.dtype.is_narrow_float and term.op in ELEMENTWISE and id(term) not in wanted:
                 terms.add(id(term))
     return terms
