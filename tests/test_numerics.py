@@ -82,3 +82,20 @@ def test_a_half_precision_value_is_rounded_where_computed_as_if_stored(device, d
     for value in (x + y, x * y + x, (x * y).sum(-1)):
         fused = after(value)
         np.testing.assert_array_equal(fused, after(value.realize()))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_argmax_of_a_half_precision_product_picks_a_maximum(device, dtype):
+    """argmax compares each value with the row's maximum: both must be the rounded numbers (a maximum's terms
+    are not kept in float32 as a sum's are), else no value equals the maximum and the index is out of range."""
+    x, w, b = (device.tensor(RNG.standard_normal(shape).astype(np.float32)) for shape in ((64, 64), (10, 64), (10,)))
+
+    def predict(x):
+        with zyx.autocast(dtype):
+            return x.linear(w, b).argmax(-1)
+
+    with zyx.autocast(dtype):
+        logits = x.linear(w, b).numpy().astype(np.float32)
+    expected = logits.argmax(-1)
+    np.testing.assert_array_equal(predict(x).numpy(), expected)
+    np.testing.assert_array_equal(zyx.jit(predict)(x).numpy(), expected)

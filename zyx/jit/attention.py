@@ -28,7 +28,7 @@ from typing import Optional
 from ..dtypes import float32
 from ..trace.attention_grad import attention_product, under_views
 from ..trace.node import Node
-from ..trace.ops import MOVEMENT_OPS, Op, REDUCE_OPS
+from ..trace.ops import Op, REDUCE_OPS
 from .kernel_ir import Accumulate, Alu, Const, Define, Loop, MultiplyAdd, Reg
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, source_index, unravel
 from .symbolic import Expr

@@ -27,7 +27,8 @@ from .attention_grad import AttentionGradientLowering, GradientProduct
 from .attention_tiles import KEYS, StagedBlocks, _at, _lane, _lanes, rows_per_group
 from .kernel_ir import (Alu, Barrier, Const, Define, If, LocalArray, LocalLoad, Loop, MultiplyAdd, Operand,
                         Reg)
-from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, reads, source_index, unravel
+from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, source_index, unravel
+from .view_index import reads
 from .symbolic import Expr
 
 

@@ -39,8 +39,9 @@ from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore,
                         Loop, MultiplyAdd, Operand, Reg, Role, Select, reduce_start, substitute)
-from .lower import (PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, _viewed_constant, linear, reads,
+from .lower import (PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, _viewed_constant, linear,
                     source_index, unravel)
+from .view_index import reads
 from .symbolic import Expr
 
 ROWS = (64, 32)        # query rows (work items) per group: 32 where a batch entry has at most 32 rows, or where 64

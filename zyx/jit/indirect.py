@@ -18,11 +18,11 @@ from typing import Optional
 
 from ..trace.node import ARANGE, Node
 from ..trace.ops import MOVEMENT_OPS, Op
-from . import lower
+from . import view_index
 from .kernel_ir import substitute
 from .symbolic import Expr
 
-Index = tuple[Expr, ...]
+from .view_index import Index
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def match_take(node: Node, position: Index) -> Optional[Take]:
         if (leaf.op is Op.BUFFER and leaf.arg == ARANGE and leaf_at == (counter,)
                 and independent(index, compared_at, var)):
             picked, picked_at = resolve(where.src[1], at)
-            flat = lower.linear(picked_at, picked.shape)
+            flat = view_index.linear(picked_at, picked.shape)
             base = substitute(flat, {var: Expr(0)})
             stride = (flat - base).terms.get(next(iter(counter.terms)), 0)
             if stride and flat - base == counter * stride:
@@ -75,7 +75,7 @@ def match_take(node: Node, position: Index) -> Optional[Take]:
 def resolve(node: Node, index: Index) -> tuple[Node, Index]:
     """The first node below `node` that is not a view (PADs excepted), and where it is read for `index`."""
     while node.op in MOVEMENT_OPS and node.op is not Op.PAD:
-        index, _ = lower.source_index(node, index)
+        index, _ = view_index.source_index(node, index)
         node = node.src[0]
     return node, index
 
@@ -83,7 +83,7 @@ def resolve(node: Node, index: Index) -> tuple[Node, Index]:
 def independent(node: Node, index: Index, var: str) -> bool:
     """Whether `node` at `index` reads nothing (no buffer, reduction or view's guard) that depends on `var`."""
     conditions: set = set()
-    found = lower.reads(node, index, lambda _: False, conditions)
+    found = view_index.reads(node, index, lambda _: False, conditions)
     return var not in conditions and not any(var in e.variables() for _, at in found for e in at)
 
 

@@ -17,7 +17,7 @@ from ..trace.cost import buffer_bytes, total_flops
 from ..trace.node import Node, short_name
 from ..dtypes import float32
 from ..trace.attention_grad import under_views
-from ..trace.ops import BINARY_OPS, REDUCE_OPS, Op, SHIFT_OPS, UNARY_OPS
+from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
 from . import fusions, log_softmax_fusion, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .foreach_groups import Groupable, sunk_order
@@ -129,12 +129,13 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
 
 
 def _summed_terms(targets: Sequence[Node], order: Sequence[Node]) -> set[int]:
-    """Half-precision values that reductions add up (a product's terms): kept in float32, not rounded by their
-    op, as a kernel's accumulation and PyTorch's products keep them."""
+    """Half-precision values that sums add up (a product's terms): kept in float32, not rounded by their op, as a
+    kernel's accumulation and PyTorch's products keep them. A maximum's terms are rounded: other ops compare
+    them with the (rounded) maximum, as argmax does."""
     wanted = {id(t) for t in targets}
     terms = set()
     for node in order:
-        if node.op in REDUCE_OPS:
+        if node.op is Op.SUM:
             term = under_views(node.src[0])
             if term.dtype.is_narrow_float and term.op in ELEMENTWISE and id(term) not in wanted:
                 terms.add(id(term))
