@@ -51,16 +51,18 @@ def test_sgd_loop_stays_flat(device):
     graph_100, nodes_100, objects_100 = reachable(w, loss), live_nodes(), len(gc.get_objects())
     w, loss = sgd_steps(w, x, y, 9_600, read_loss=False)
     tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    w, loss = sgd_steps(w, x, y, 300, read_loss=False)
-    grown = tracemalloc.get_traced_memory()[0] - before
+    grown = []
+    for _ in range(2):  # a leak grows in every window; a shared table that other tests filled may resize in one
+        before = tracemalloc.get_traced_memory()[0]
+        w, loss = sgd_steps(w, x, y, 300, read_loss=False)
+        grown.append(tracemalloc.get_traced_memory()[0] - before)
     tracemalloc.stop()
     graph_10k, nodes_10k, objects_10k = reachable(w, loss), live_nodes(), len(gc.get_objects())
     assert graph_10k == graph_100
     assert nodes_10k <= nodes_100 + 5
     assert objects_10k <= objects_100 + 50
     # one step's graph and origin copy take several KB, so a leak would be ~1 MB here; allow interpreter noise
-    assert grown < 64 * 1024, f"memory grew by {grown} bytes over 300 steps"
+    assert min(grown) < 64 * 1024, f"memory grew by {grown} bytes over two windows of 300 steps"
     np.testing.assert_allclose(w.numpy(), y.numpy() / x.numpy(), rtol=1e-3)  # it did converge
 
 
