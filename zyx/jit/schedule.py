@@ -38,6 +38,7 @@ from .attention_grad import (gradient_products, gradients_share_kernels, lower_a
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
+from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
@@ -257,6 +258,10 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     attention = _fused_attention(site, traits) or _attention_gradient(site, traits)
     if attention is not None:  # softmax(X) V whose P no other kernel stores: one kernel, nothing to choose
         return _Shaped(attention, attention.ir)
+    segments = plan_segments(root, hosted_matmul(root, materialized), materialized, traits.gpu) if family is None else None
+    if segments is not None:  # a one-hot product (an embedding's gradient): a scan of the tokens, nothing to choose
+        lowered = lower_segments(root, materialized, site.produced, segments, site.apart, traits.max_params)
+        return _Shaped(lowered, lowered.ir)
     if not traits.gpu and family in (None, "cpu_matmul"):
         cpu_plan = plan_cpu_matmul(root, materialized, traits.native_width, choice)
         if cpu_plan is not None:

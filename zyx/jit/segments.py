@@ -1,0 +1,248 @@
+"""One-hot products as segmented sums: `sum over t of (index[t] == arange[v]) * G[t, ..]` for every v, walking t once.
+
+An embedding's weight gradient (trace/autodiff.py: the one-hot mask as numbers times dY, summed over the tokens) is
+the product one-hotᵀ·dY. As a dense product it is 50 304 x 768 x 16 384 multiply-adds for GPT-2 small (1.27 TFLOP of
+mostly zeros: 36 ms of a step on the H200, torch's embedding backward takes 1). Here a work item owns `rows`
+consecutive entries along the arange's axis (vocabulary rows) times `columns` outputs along the last other axis. It
+walks the reduced axis (the tokens) in order, reads each token's index once for all its outputs (the same for every
+item of a row block: one cached read), and only where the index falls among its rows reads the token's G values and
+adds each to the row it hits (a select per row: the rows are few). Each output is summed in the same fixed order on
+every run (no atomics), as the dense product sums it, but for its zero terms.
+
+The match is keyed on the reduction and follows views like jit/indirect.py's: the SUM's source is a MUL whose one
+operand is a cast bool mask comparing an index with the arange leaf (trace.node.ARANGE) read along one output axis,
+the index and the other operand not varying along that axis.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from ..dtypes import bool_, float32
+from ..trace.node import ARANGE, Node
+from ..trace.ops import MOVEMENT_OPS, Op
+from .indirect import COUNTER, independent, resolve
+from .kernel_ir import Accumulate, Alu, Axis, Cond, Const, Define, If, Loop, Operand, Reg, Role, substitute
+from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
+from .symbolic import Expr
+
+# outputs per work item (rows of the arange's axis, columns of the last other axis): GPUs want few items (each walks
+# every token) with few registers; CPUs one vector's worth of columns. ZYX_SEGMENTS=ROWSxCOLUMNS overrides.
+GPU_BLOCK = (16, 4)
+CPU_BLOCK = (8, 16)
+
+
+@dataclass(frozen=True)
+class OneHotProduct:
+    """A SUM (`product`) that is a one-hot product: where `index` (read at `index_at`) equals the `arange` leaf read
+    at the product's `row_axis`, the term is `other` (read at `other_at`), else 0. Both indices are over the probe
+    variables `probe(a)` of the product's axes and the reduced axis's COUNTER."""
+
+    product: Node
+    row_axis: int
+    arange: Node
+    index: Node
+    index_at: Index
+    other: Node
+    other_at: Index
+
+
+def probe(axis: int) -> str:
+    """The variable standing for the product's output index along `axis` while matching."""
+    return f"probed{axis}"
+
+
+def match_one_hot_product(node: Node) -> Optional[OneHotProduct]:
+    """The OneHotProduct that the SUM `node` is, or None."""
+    if node.op is not Op.SUM or len(node.arg) != 1 or not node.dtype.is_float or node.src[0].op is not Op.MUL:
+        return None
+    source, reduced = node.src[0], node.arg[0]
+    full = tuple(Expr.var(COUNTER if axis == reduced else probe(axis), size) for axis, size in enumerate(source.shape))
+    for mask, other in (source.src, source.src[::-1]):
+        found = _compare_with_arange(mask, full, reduced)
+        if found is not None:
+            row_axis, arange, index, index_at = found
+            if independent(other, full, probe(row_axis)):
+                return OneHotProduct(node, row_axis, arange, index, index_at, other, full)
+    return None
+
+
+def _compare_with_arange(mask: Node, at: Index, reduced: int) -> Optional[tuple[int, Node, Node, Index]]:
+    """(row axis, arange leaf, index, where the index is read) when `mask` at `at` is a cast bool CMPEQ of an index
+    with the arange read at one output axis's probe, the index not varying along that axis."""
+    while mask.op is Op.CAST or (mask.op in MOVEMENT_OPS and mask.op is not Op.PAD):
+        if mask.op is Op.CAST and not mask.src[0].dtype.is_bool:
+            return None
+        mask, at = resolve(mask.src[0], at) if mask.op is Op.CAST else resolve(mask, at)
+    if mask.op is not Op.CMPEQ:
+        return None
+    for arange, index in (mask.src, mask.src[::-1]):
+        leaf, leaf_at = resolve(arange, at)
+        if leaf.op is not Op.BUFFER or leaf.arg != ARANGE:
+            continue
+        rows = [axis for axis in range(len(at)) if axis != reduced and probe(axis) in at[axis].variables()
+                and leaf_at == (at[axis],)]
+        if rows and independent(index, at, probe(rows[0])):
+            return rows[0], leaf, index, at
+    return None
+
+
+def block_sizes(gpu: bool) -> tuple[int, int]:
+    """(rows, columns) of outputs per work item: the device's default, or ZYX_SEGMENTS=ROWSxCOLUMNS."""
+    text = os.environ.get("ZYX_SEGMENTS")
+    if text:
+        rows, columns = text.lower().split("x")
+        return int(rows), int(columns)
+    return GPU_BLOCK if gpu else CPU_BLOCK
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """Where the one-hot product sits in the kernel's space (`row_axis`, `column_axis`: None where no other axis
+    has more than one element) and how many of its outputs a work item computes along them."""
+
+    match: OneHotProduct
+    row_axis: int
+    column_axis: Optional[int]
+    rows: int
+    columns: int
+
+
+def plan_segments(root: Node, product: Optional[Node], materialized: dict[int, Node],
+                  gpu: bool) -> Optional[SegmentPlan]:
+    """The segmented sum computing the product this kernel hosts (tiling.hosted_matmul; not one another kernel
+    stores, which this one reads), if it is a one-hot product whose axes line up with the kernel's; else None."""
+    if product is None or (product is not root and id(product) in materialized):
+        return None
+    found = match_one_hot_product(product)
+    if found is None:
+        return None
+    to_space = _space_axes(root, product)
+    if to_space is None or found.row_axis not in to_space:
+        return None
+    row_axis = to_space[found.row_axis]
+    others = [axis for axis, size in enumerate(root.shape) if axis != row_axis and size > 1]
+    rows, columns = block_sizes(gpu)
+    column_axis = others[-1] if others else None
+    rows = min(rows, root.shape[row_axis])
+    columns = min(columns, root.shape[column_axis]) if column_axis is not None else 1
+    return SegmentPlan(found, row_axis, column_axis, rows, columns)
+
+
+def _space_axes(root: Node, product: Node) -> Optional[dict[int, int]]:
+    """The kernel axis of each of the product's axes of more than one element, where those line up in order."""
+    product_axes = [axis for axis, size in enumerate(product.shape) if size != 1]
+    kernel_axes = [axis for axis, size in enumerate(root.shape) if size != 1]
+    if [product.shape[a] for a in product_axes] != [root.shape[a] for a in kernel_axes]:
+        return None
+    return dict(zip(product_axes, kernel_axes))
+
+
+class SegmentLowering(Lowering):
+    """Lowering whose work items each own a rows x columns block of a one-hot product's outputs (see module doc)."""
+
+    def __init__(self, root: Node, materialized: dict[int, Node], produced: set[int], plan: SegmentPlan,
+                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+        super().__init__(root, materialized, produced, False, stored_apart, param_limit)
+        self.plan, self.kind = plan, "s"
+        block = {plan.row_axis: plan.rows}
+        if plan.column_axis is not None:
+            block[plan.column_axis] = plan.columns
+        grid = tuple(-(-size // block.get(axis, 1)) for axis, size in enumerate(self.space))
+        self.items = math.prod(grid)
+        cell = unravel(Expr.var("gid", self.items), grid)
+        self.corner = tuple(c * block.get(axis, 1) for axis, c in enumerate(cell))
+        self.elements, self.guards, self.offsets = [], [], []  # offsets: (row, column) of each element in the block
+        for row in range(plan.rows):
+            for column in range(plan.columns):
+                offsets = {plan.row_axis: row, plan.column_axis: column}
+                exact = {axis: self.corner[axis] + offsets[axis] for axis in block}
+                self.guards.append(tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items())
+                                         if e.hi >= self.space[a]))
+                # an element past the end computes (and never stores) a copy of the last one: its reads stay in range
+                self.elements.append(tuple(Expr.minimum(exact[axis], self.space[axis] - 1) if axis in exact else c
+                                           for axis, c in enumerate(self.corner)))
+                self.offsets.append((row, column))
+        self.positions = [linear(element, self.space) for element in self.elements]
+
+    def _axes(self) -> tuple[Axis, ...]:
+        return (Axis("gid", self.items, Role.GLOBAL), *self._loops, Axis("block", len(self.elements), Role.UPCAST))
+
+    def _element_read(self, element: int) -> tuple[Index, Cond]:
+        return self.elements[element], ()
+
+    def _reduce(self, node: Node) -> list[_Value]:
+        """Accumulators for every element, zero; one loop over the reduced axis reading each column's index and,
+        where it hits the block's rows, the column's term, added to the row it hits."""
+        match = self.plan.match
+        if node is not match.product:
+            return super()._reduce(node)
+        count = node.src[0].shape[node.arg[0]]
+        self._longest_reduction = max(self._longest_reduction, count)
+        at = [unravel(position, node.shape) for position in self._reduced_positions(node)]
+        first = at[0]  # the block's first row: the arange there is where its rows start
+        start = self.value(match.arange, (first[match.row_axis],), ())
+        back = self._emit(0, lambda out: Alu(Reg(out, start.operand.dtype), Op.NEG, (start.operand,)))
+        accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
+        self._scopes[0] += [Define(acc, Const(0.0, float32)) for acc in accumulators]
+        step = self.names.fresh("t")
+        self._open_loop(step, count)
+        columns: dict[str, list[int]] = {}  # the index's register: the elements of the first row reading it
+        for element, (row, _) in enumerate(self.offsets):
+            if row == 0:
+                index = self.value(match.index, self._probed(match.index_at, at[element], step, count), ())
+                columns.setdefault(index.operand.name, []).append(element)  # type: ignore[union-attr]
+        for firsts in columns.values():
+            self._hits(firsts, back.operand, accumulators, at, step, count)
+        self._scopes[0].append(Loop(step, count, tuple(self._close_loop())))
+        return [_Value(acc, 0) for acc in accumulators]
+
+    def _hits(self, firsts: list[int], back: Operand, accumulators: list[Reg], at: list[Index], step: str,
+              count: int) -> None:
+        """In the loop over the reduced axis: for the columns of the first row's elements `firsts` (which read one
+        index), which of the block's rows the index hits, and a branch adding their terms to those rows."""
+        match, rows = self.plan.match, self.plan.rows
+        index = self.value(match.index, self._probed(match.index_at, at[firsts[0]], step, count), ())
+        kind = index.operand.dtype
+        depth = len(self._scopes) - 1
+        offset = self._emit(depth, lambda out: Alu(Reg(out, kind), Op.ADD, (index.operand, back)))
+        below = self._emit(depth, lambda out: Alu(Reg(out, bool_), Op.CMPLT, (offset.operand, Const(rows, kind))))
+        above = self._emit(depth, lambda out: Alu(Reg(out, bool_), Op.CMPLT, (Const(-1, kind), offset.operand)))
+        hit = self._emit(depth, lambda out: Alu(Reg(out, bool_), Op.AND, (below.operand, above.operand)))
+        self._scopes.append([])  # the branch's body: what depends on the step is lowered into it from here
+        self._trips.append(1)
+        self._loop_depth[step] += 1
+        equal = [self._emit(depth + 1, lambda out, row=row: Alu(Reg(out, bool_), Op.CMPEQ,
+                                                                (offset.operand, Const(row, kind))))
+                 for row in range(rows)]
+        for first in firsts:
+            term = self._term(self.value(match.other, self._probed(match.other_at, at[first], step, count), ()))
+            for element in range(first, len(self.elements), self.plan.columns):
+                row = self.offsets[element][0]
+                picked = self._emit(depth + 1, lambda out, row=row: Alu(Reg(out, float32), Op.WHERE,
+                                                                        (equal[row].operand, term, Const(0.0, float32))))
+                self._scopes[-1].append(Accumulate(accumulators[element], Op.ADD, picked.operand))
+        self._loop_depth[step] -= 1
+        self._trips.pop()
+        body = self._scopes.pop()
+        self._scopes[depth].append(If((), tuple(body), hit.operand))  # type: ignore[arg-type]
+
+    def _term(self, value: _Value) -> Operand:
+        """A term as the accumulators add it: in float32 (a half-precision product's terms are, lower.py)."""
+        if value.operand.dtype == float32:
+            return value.operand
+        return self._emit(len(self._scopes) - 1, lambda out: Alu(Reg(out, float32), Op.CAST, (value.operand,))).operand
+
+    def _probed(self, index: Index, position: Index, step: str, count: int) -> Index:
+        """`index` (over the probes and COUNTER) at the product's `position` and the loop counter `step`."""
+        values = {probe(axis): e for axis, e in enumerate(position)}
+        values[COUNTER] = Expr.var(step, count)
+        return tuple(substitute(e, values) for e in index)
+
+
+def lower_segments(root: Node, materialized: dict[int, Node], produced: set[int], plan: SegmentPlan,
+                   stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
+    """The IR of the kernel storing `root`, whose one-hot product is summed as `plan` says."""
+    return SegmentLowering(root, materialized, produced, plan, stored_apart, param_limit).lower()
