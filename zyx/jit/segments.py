@@ -31,7 +31,7 @@ from .symbolic import Expr
 # outputs per work item (rows of the arange's axis, columns of the last other axis): GPUs want few items (each walks
 # every token) with few registers; CPUs one vector's worth of columns. ZYX_SEGMENTS=ROWSxCOLUMNS overrides.
 GPU_BLOCK = (16, 4)
-CPU_BLOCK = (8, 16)
+CPU_BLOCK = (8, 32)
 
 
 @dataclass(frozen=True)
