@@ -2,12 +2,14 @@
 block of vocabulary rows, with no dense product over the vocabulary, and computes what numpy's scatter-add, the dense
 one-hot product and the CPU reference compute (odd sizes, repeated and batched indices, half-precision gradients,
 blocks overhanging both ends)."""
+import math
+
 import numpy as np
 import pytest
 
 import zyx
 from zyx.jit import segments
-from zyx.jit.kernel_ir import If, Loop, walk
+from zyx.jit.kernel_ir import If, LocalArray, Loop, walk
 from zyx.jit.schedule import DeviceTraits, schedule
 
 RNG = np.random.default_rng(17)
@@ -41,8 +43,10 @@ def test_embedding_gradient_walks_the_tokens_once_per_block_of_rows(kind):
     rows, columns = segments.block_sizes(kind == "gpu")
     assert kernel.name.startswith("s") and kernel.global_size == -(-vocab // rows) * (64 // columns)
     loops = [s for s in walk(kernel.ir.body) if isinstance(s, Loop)]
-    assert [loop.trips for loop in loops] == [tokens]
-    assert any(isinstance(s, If) and s.when is not None for s in walk(loops[0].body))  # terms read only on a hit
+    assert math.prod(loop.trips for loop in loops) == tokens  # (GPUs: chunks of tokens, one per item of a group)
+    assert any(isinstance(s, If) and s.when is not None for s in walk(loops[-1].body))  # terms read only on a hit
+    staged = [s for s in kernel.ir.body if isinstance(s, LocalArray)]
+    assert (kernel.local_size, len(staged)) == ((64 // columns, 1) if kind == "gpu" else (None, 0))
 
 
 @pytest.mark.parametrize("vocab,dim,shape", [(37, 13, (29,)), (300, 64, (4, 64)), (5, 3, (2, 3, 7)), (1, 4, (6,))])
