@@ -69,7 +69,8 @@ def test_blocks_overhanging_both_ends(dev, monkeypatch, block):
 
 
 def test_equals_the_dense_one_hot_product_and_the_cpu_reference(dev):
-    """On the device's own kernels: GPU-shaped, the dense product's local-tile kernel left PoCL's heap corrupt (3 runs of 3)."""
+    """On the device's own kernels: GPU-shaped, the dense product's local-tile kernel left PoCL's heap corrupt (3
+    runs of 3)."""
     index, upstream = RNG.integers(0, 120, (3, 40)), data(3, 40, 24)
     grad = embedding_gradient(dev, index, 120, upstream).numpy()
     dense = dev.tensor(index.reshape(-1)).one_hot(120).float().T @ dev.tensor(upstream.reshape(-1, 24))
