@@ -1,6 +1,6 @@
 """An embedding's forward and backward, as in a GPT step (zyx/jit/indirect.py reads the forward's rows directly;
-the weight gradient sums each row's incoming gradients, zyx/jit/segments.py): a @zyx.jit step returning the rows and the gradient of
-(rows * upstream).sum() with respect to the weight.
+zyx/jit/segments.py sums each row's incoming gradients): a @zyx.jit step returning the rows and the gradient of
+(rows * upstream).sum() with respect to the weight, checked against numpy's scatter-add.
 
     python bench/embedding.py [--vocab 50304] [--dim 768] [--tokens 2048] [--steps 5] [--profile]
 

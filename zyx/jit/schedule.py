@@ -258,7 +258,8 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     attention = _fused_attention(site, traits) or _attention_gradient(site, traits)
     if attention is not None:  # softmax(X) V whose P no other kernel stores: one kernel, nothing to choose
         return _Shaped(attention, attention.ir)
-    segments = plan_segments(root, hosted_matmul(root, materialized), materialized, traits.gpu) if family is None else None
+    product = hosted_matmul(root, materialized)
+    segments = plan_segments(root, product, materialized, traits.gpu, traits.max_group_size) if family is None else None
     if segments is not None:  # a one-hot product (an embedding's gradient): a scan of the tokens, nothing to choose
         lowered = lower_segments(root, materialized, site.produced, segments, site.apart, traits.max_params)
         return _Shaped(lowered, lowered.ir)
@@ -268,7 +269,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
     if traits.tensor_cores and family in (None, "tensor_cores"):
-        cores = lower_tensor_cores(root, materialized, site.produced, hosted_matmul(root, materialized),
+        cores = lower_tensor_cores(root, materialized, site.produced, product,
                                    traits.tensor_cores, traits.tensor_core_local_memory, site.apart, traits.max_params,
                                    choice)
         if cores is not None:
@@ -276,7 +277,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
-        plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
+        plan = plan_local_tiles(root, product, traits.local_memory, choice)
         if plan is not None:
             options = local_tile_options(split_options(plan.product), traits.local_memory, traits.max_group_size)
             if plan.split > 1:  # the partial products in a kernel of their own (split.py), summed in this one

@@ -16,7 +16,6 @@ the index and the other operand not varying along that axis.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,16 +23,16 @@ from ..dtypes import bool_, float32, int32
 from ..trace.node import ARANGE, Node
 from ..trace.ops import MOVEMENT_OPS, Op
 from .indirect import COUNTER, independent, resolve
-from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Cond, Const, Define, If, LocalArray, LocalLoad, LocalStore, Loop,
-                        Operand, Reg, Role, Select, substitute)
+from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Cond, Const, Define, If, LocalArray, LocalLoad, LocalStore,
+                        Loop, Operand, Reg, Role, Select, substitute)
 from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
 from .symbolic import Expr
+from .tiling import env_sizes
 
 # outputs per work item (rows of the arange's axis, columns of the last other axis): GPUs want few items (each walks
 # every token) with few registers; CPUs one vector's worth of columns. ZYX_SEGMENTS=ROWSxCOLUMNS overrides.
 GPU_BLOCK = (16, 4)
 CPU_BLOCK = (8, 32)
-GPU_GROUP = 256  # the most items of a row block that test the tokens together (a chunk of as many tokens at a time)
 
 
 @dataclass(frozen=True)
@@ -93,11 +92,7 @@ def _compare_with_arange(mask: Node, at: Index, reduced: int) -> Optional[tuple[
 
 def block_sizes(gpu: bool) -> tuple[int, int]:
     """(rows, columns) of outputs per work item: the device's default, or ZYX_SEGMENTS=ROWSxCOLUMNS."""
-    text = os.environ.get("ZYX_SEGMENTS")
-    if text:
-        rows, columns = text.lower().split("x")
-        return int(rows), int(columns)
-    return GPU_BLOCK if gpu else CPU_BLOCK
+    return env_sizes("ZYX_SEGMENTS", GPU_BLOCK if gpu else CPU_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -115,10 +110,11 @@ class SegmentPlan:
 
 
 def plan_segments(root: Node, product: Optional[Node], materialized: dict[int, Node], gpu: bool,
-                  max_group: int = GPU_GROUP) -> Optional[SegmentPlan]:
+                  max_group: int) -> Optional[SegmentPlan]:
     """The segmented sum computing the product this kernel hosts (tiling.hosted_matmul; not one another kernel
     stores, which this one reads), if it is a one-hot product whose axes line up with the kernel's; else None.
-    On GPUs the items of a row block test the tokens together where the index does not vary along the columns."""
+    On GPUs the items of a row block (up to `max_group`) test the tokens together where the index does not vary
+    along the columns."""
     if product is None or (product is not root and id(product) in materialized):
         return None
     found = match_one_hot_product(product)
@@ -215,15 +211,16 @@ class SegmentLowering(Lowering):
         step = self.names.fresh("t")
         self._open_loop(step, count)
         token = Expr.var(step, count)
+        match = self.plan.match
         columns: dict[str, list[int]] = {}  # the index's register: the elements of the first row reading it
-        offsets = {}
+        indices = {}
         for element, (row, _) in enumerate(self.offsets):
             if row == 0:
-                index = self.value(self.plan.match.index, self._probed(self.plan.match.index_at, at[element], token), ())
+                index = self.value(match.index, self._probed(match.index_at, at[element], token), ())
                 columns.setdefault(index.operand.name, []).append(element)  # type: ignore[union-attr]
-                offsets[index.operand.name] = index  # type: ignore[union-attr]
+                indices[index.operand.name] = index  # type: ignore[union-attr]
         for name, firsts in columns.items():
-            offset, hit = self._offset(offsets[name].operand, back)
+            offset, hit = self._offset(indices[name].operand, back)
             self._add_hits(firsts, offset, hit, at, token, step, accumulators)
         self._scopes[0].append(Loop(step, count, tuple(self._close_loop())))
 
@@ -281,8 +278,8 @@ class SegmentLowering(Lowering):
             term = self._term(self.value(match.other, self._probed(match.other_at, at[first], token), ()))
             for element in range(first, len(self.elements), self.plan.columns):
                 row = self.offsets[element][0]
-                picked = self._emit(depth + 1, lambda out, row=row: Alu(Reg(out, float32), Op.WHERE,
-                                                                        (equal[row].operand, term, Const(0.0, float32))))
+                picked = self._emit(depth + 1, lambda out, row=row: Alu(
+                    Reg(out, float32), Op.WHERE, (equal[row].operand, term, Const(0.0, float32))))
                 self._scopes[-1].append(Accumulate(accumulators[element], Op.ADD, picked.operand))
         self._loop_depth[step] -= 1
         self._trips.pop()
