@@ -10,7 +10,7 @@ adds each to the row it hits (a select per row: the rows are few). Each output i
 every run (no atomics), as the dense product sums it, but for its zero terms. On GPUs the items of a row block (a
 work group) share each token's test: a chunk of one token per item at a time, each item writes the row its token
 hits (-1: none) to local memory, then every item walks the chunk's rows there (a local read per token instead of a
-global int64 read and its index arithmetic). PoCL runs that form 10-80x slower (its work-group loops split at each
+global int64 read and its index arithmetic). PoCL runs that form 24-85x slower (its work-group loops split at each
 barrier): CPUs test each token in every item.
 
 The match is keyed on the reduction and follows views like jit/indirect.py's: the SUM's source is a MUL whose one
