@@ -1,6 +1,6 @@
 """An embedding's forward and backward, as in a GPT step (zyx/jit/indirect.py reads the forward's rows directly;
-the weight gradient sums each row's incoming gradients): a @zyx.jit step returning the rows and the gradient of
-(rows * upstream).sum() with respect to the weight.
+zyx/jit/segments.py sums each row's incoming gradients): a @zyx.jit step returning the rows and the gradient of
+(rows * upstream).sum() with respect to the weight, checked against numpy's scatter-add.
 
     python bench/embedding.py [--vocab 50304] [--dim 768] [--tokens 2048] [--steps 5] [--profile]
 
@@ -52,6 +52,9 @@ def main() -> None:
     sample = rng.integers(0, args.tokens, 8)
     expected = weight.numpy()[index.numpy()[sample]]
     print("rows", "PASS" if np.array_equal(rows.numpy()[sample], expected) else "FAIL")
+    added = np.zeros((args.vocab, args.dim), np.float32)
+    np.add.at(added, index.numpy(), upstream.numpy())  # each row's incoming gradients, as torch's backward sums them
+    print("grad", "PASS" if np.allclose(grad.numpy(), added, rtol=1e-4, atol=1e-4) else "FAIL")
     if args.profile:
         with zyx.profile() as profile:
             step(weight, index, upstream)[1].numpy()

@@ -184,3 +184,13 @@ def test_a_half_product_with_a_long_k_is_not_split_into_half_partials(gpu):
     cols = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (3, 3), axis=(2, 3))
     expected = np.einsum("bchwij,bohw->ocij", cols, g.astype(np.float64))
     np.testing.assert_allclose(grad.numpy().astype(np.float64), expected, rtol=2e-3, atol=0.5)
+
+
+def test_flattened_product_under_an_epilogue_gets_local_tiles(gpu, big_blocks):
+    """A batched product flattened under an elementwise epilogue (GELU's backward over an MLP's (tokens, 4d) input
+    gradient) is staged in local tiles, the epilogue applied to the accumulators, rather than one output per item."""
+    x, w, z = data(4, 64, 48), data(48, 160), data(4, 64, 160)
+    out = ((gpu.tensor(x) @ gpu.tensor(w)) * gpu.tensor(z).sigmoid()).reshape(256, 160) + 1
+    assert plan_of(out) is not None
+    check(out, ((x @ w) / (1 + np.exp(-z))).reshape(256, 160) + 1, 48)
+

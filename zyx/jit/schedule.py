@@ -38,6 +38,7 @@ from .attention_grad import (gradient_products, gradients_share_kernels, lower_a
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
+from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
@@ -257,13 +258,18 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     attention = _fused_attention(site, traits) or _attention_gradient(site, traits)
     if attention is not None:  # softmax(X) V whose P no other kernel stores: one kernel, nothing to choose
         return _Shaped(attention, attention.ir)
+    product = hosted_matmul(root, materialized)
+    segments = plan_segments(root, product, materialized, traits.gpu, traits.max_group_size) if family is None else None
+    if segments is not None:  # a one-hot product (an embedding's gradient): a scan of the tokens, nothing to choose
+        lowered = lower_segments(root, materialized, site.produced, segments, site.apart, traits.max_params)
+        return _Shaped(lowered, lowered.ir)
     if not traits.gpu and family in (None, "cpu_matmul"):
         cpu_plan = plan_cpu_matmul(root, materialized, traits.native_width, choice)
         if cpu_plan is not None:
             lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
     if traits.tensor_cores and family in (None, "tensor_cores"):
-        cores = lower_tensor_cores(root, materialized, site.produced, hosted_matmul(root, materialized),
+        cores = lower_tensor_cores(root, materialized, site.produced, product,
                                    traits.tensor_cores, traits.tensor_core_local_memory, site.apart, traits.max_params,
                                    choice)
         if cores is not None:
@@ -271,7 +277,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
-        plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
+        plan = plan_local_tiles(root, product, traits.local_memory, choice)
         if plan is not None:
             options = local_tile_options(split_options(plan.product), traits.local_memory, traits.max_group_size)
             if plan.split > 1:  # the partial products in a kernel of their own (split.py), summed in this one

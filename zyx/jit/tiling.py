@@ -64,13 +64,18 @@ def hosted_matmul(root: Node, materialized: dict[int, Node]) -> Optional[Node]:
     return None
 
 
-def _tile_sizes(gpu: bool) -> tuple[int, int]:
-    """ZYX_TILE=ROWSxCOLS overrides the device's default (to tune a new device)."""
-    text = os.environ.get("ZYX_TILE")
+def env_sizes(name: str, default: tuple[int, int]) -> tuple[int, int]:
+    """ROWSxCOLS from the environment variable `name` (to tune a new device), else `default`."""
+    text = os.environ.get(name)
     if text:
         rows, cols = text.lower().split("x")
         return int(rows), int(cols)
-    return GPU_TILE if gpu else CPU_TILE
+    return default
+
+
+def _tile_sizes(gpu: bool) -> tuple[int, int]:
+    """ZYX_TILE=ROWSxCOLS overrides the device's default."""
+    return env_sizes("ZYX_TILE", GPU_TILE if gpu else CPU_TILE)
 
 
 def _largest_divisor(size: int, limit: int) -> int:

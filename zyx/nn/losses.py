@@ -56,17 +56,24 @@ def _picked(values: Tensor, hits: Tensor) -> Tensor:
     return hits.where(values, 0).sum(-1)
 
 
-def _nll_terms(log_probs: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
-               label_smoothing: float, loss: str) -> tuple[Tensor, Tensor]:
-    """Per-element loss and per-element weight (0 where ignored); classes on the last axis of `log_probs`.
+def _nll_terms(scores: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+               label_smoothing: float, loss: str, lse: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Per-element loss and per-element weight (0 where ignored); classes on the last axis of `scores`: the
+    log-probabilities, or with `lse` (their log-sum-exp, keepdim) the logits. The target's log-probability is then
+    its logit minus lse, so that the log-probabilities are never a tensor of their own (GPT-2 small's are 16384 x
+    50 304 floats, whose kernel computed the logits' product again to pick one per row).
     A target outside [0, classes) that is not ignore_index raises IndexError when the loss is realized."""
-    classes = log_probs.shape[-1]
+    classes = scores.shape[-1]
     kept = target != ignore_index
     hits = one_hot_mask(kept.where(target, 0), classes, f"{loss}: target {{value}} is out of range for {classes} "
                                                         "classes")
     target_weight = _picked(weight, hits) if weight is not None else kept.float()
     target_weight = kept.where(target_weight, 0)
-    loss = -_picked(log_probs, hits) * target_weight
+    picked = _picked(scores, hits)
+    if lse is not None:
+        picked = kept.where(picked - lse.reshape(picked.shape), 0)
+    loss = -picked * target_weight
+    log_probs = scores - lse if lse is not None else scores
     if label_smoothing:
         weighted = log_probs * weight if weight is not None else log_probs
         smooth = kept.where(-weighted.sum(-1), 0)
@@ -99,8 +106,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     class_axis = 1 if input.ndim >= 2 else 0
     if target.dtype.is_float:
         return _soft_cross_entropy(input.log_softmax(class_axis), target, weight, reduction, label_smoothing)
-    log_probs = _classes_last(input, target, "cross_entropy").log_softmax(-1)
-    return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, label_smoothing, "cross_entropy"),
+    logits = _classes_last(input, target, "cross_entropy")._float()
+    lse = logits.logsumexp(-1, keepdim=True)  # (log_softmax's own: logits - lse)
+    return _reduce_weighted(*_nll_terms(logits, target, weight, ignore_index, label_smoothing, "cross_entropy", lse),
                             reduction)
 
 
