@@ -33,6 +33,7 @@ from .choices import FAMILIES, Choice, Options
 from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Lane, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
                         Operand, Reg, Role, Select)
 from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
+from .operand_layout import runs_along
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
 
@@ -271,23 +272,31 @@ class LocalTileLowering(Lowering):
 
     def _stage(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> list:
         """Lower (into the current scope) this item's share of both operands' slice at `k_base`; return the
-        statements that store it into the local tiles: left transposed as [k][n], right as [k][m]. Rows and
-        columns past the ends of n and m read the last ones (their outputs are never stored); a slice past the end
-        of k stages zeros."""
-        plan = self.plan
+        statements that store it into the local tiles, both as [k][row] (the left one's rows are n, the right
+        one's m). Rows and columns past the ends of n and m read the last ones (their outputs are never stored); a
+        slice past the end of k stages zeros."""
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
-        k_axis, bk = node.arg[0], plan.bk
-        rows, cols = plan.extent(False), plan.extent(True)
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
+        return (self._stage_tile(left, n_axis, False, corner, k_base, tiles[0])
+                + self._stage_tile(right, m_axis, True, corner, k_base, tiles[1]))
+
+    def _stage_tile(self, operand: Node, row_axis: int, along_m: bool, corner: Index, k_base: Expr,
+                    tile: str) -> list:
+        """One operand's share: neighbouring items stage neighbouring elements along the axis its reads run along
+        (operand_layout.py; k for a row-major left operand, m for a row-major right one), so a warp's reads are
+        coalesced whichever way the operand lies in memory; the local stores then hit distinct banks, or 2 per
+        bank with rows padded by PAD."""
+        plan, k_axis, bk = self.plan, self.plan.product.arg[0], self.plan.bk
+        rows = plan.extent(along_m)
+        preferred = (row_axis, k_axis) if along_m else (k_axis, row_axis)
+        by_rows = runs_along(operand, preferred, self.materialized) == row_axis
         stores = []
-        for copy in range(cols * bk // plan.group):  # (a wide block's right tile takes more copies than its left)
+        for copy in range(rows * bk // plan.group):
             flat = self.lid + copy * plan.group
-            if copy < rows * bk // plan.group:
-                value = self._operand(left, corner, {n_axis: flat // bk, k_axis: k_base + flat % bk})
-                stores.append(LocalStore(tiles[0], (flat % bk) * (rows + PAD) + flat // bk, value, element=True))
-            value = self._operand(right, corner, {m_axis: flat % cols, k_axis: k_base + flat // cols})
-            stores.append(LocalStore(tiles[1], (flat // cols) * (cols + PAD) + flat % cols, value, element=True))
+            row, k = (flat % rows, flat // rows) if by_rows else (flat // bk, flat % bk)
+            value = self._operand(operand, corner, {row_axis: row, k_axis: k_base + k})
+            stores.append(LocalStore(tile, k * (rows + PAD) + row, value, element=True))
         return stores
 
     def _operand(self, operand: Node, corner: Index, offsets: dict[int, Expr]) -> Operand:
