@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SIZES = {"gpu": (16, 1024, 768), "cpu": (2, 128, 128)}  # batch, context, d
 RTOL = 2e-3
+MIN_SIDE = 64  # a kernel whose node or FLOPs make n, k or m shorter is no product (a split product's sum, a row sum)
 
 
 def parameters(d: int, seed: int = 5) -> dict[str, np.ndarray]:
@@ -132,15 +133,15 @@ def torch_block(block: str, params, data, repeat: int) -> tuple[float, list[np.n
     return timed(run), [g.detach().cpu().numpy() for g in grads], product
 
 
-def product_shape(node: str, tokens: int, d: int) -> tuple[int, int, int, bool]:
-    """(n, k, m, transposed) of the product a zyx kernel's node ("SUM (1, 3072, 768) float32") computes: a
-    weight gradient (one leading 1) reduces over the tokens; an activation product over the other of d, 3d, 4d."""
-    shape = tuple(int(s) for s in node[node.index("(") + 1:node.index(")")].split(",") if s.strip())
-    sizes = [s for s in shape if s != 1]
-    if shape[0] == 1:
-        return sizes[0], tokens, sizes[1], True
-    outputs = sizes[-1]
-    return tokens, (4 * d if outputs == d else d), outputs, False
+def product_shape(node: str, flops: int, tokens: int) -> tuple[int, int, int, bool]:
+    """(n, k, m, transposed) of the product a zyx kernel computes, from its node ("SUM (1, 3072, 768) float32":
+    of its axes longer than 1, n all but the last, m the last) and FLOPs (2·n·k·m, fused prologues and epilogues rounded off); a weight
+    gradient (n not the tokens: its own rows, times the chunks of a split k) reads its left operand transposed."""
+    shape = [int(s) for s in node[node.index("(") + 1:node.index(")")].split(",") if s.strip() and int(s) != 1]
+    m = shape[-1] if shape else 1
+    n = int(np.prod(shape[:-1]))
+    k = 64 * round(flops / (2 * n * m) / 64)
+    return n, k, m, n != tokens
 
 
 def main() -> None:
@@ -168,14 +169,18 @@ def main() -> None:
         total = sum(r[2] for r in rows)
         print(f"{block}: zyx {total * 1e3:.3f} ms in {len(rows)} kernels, torch {torch_seconds * 1e3:.3f} ms "
               f"(zyx/torch {total / torch_seconds:.2f})", flush=True)
+        products = [0.0, 0.0]  # zyx's and cuBLAS's seconds over the block's products
         for kernel, node, seconds, flops in sorted(rows, key=lambda r: -r[2]):
             line = f"  {kernel:16s} {node:36s} {seconds * 1e6:9.1f} us"
-            if flops and node.startswith("SUM"):
-                n, k, m, transposed = product_shape(node, tokens, d)
+            n, k, m, transposed = product_shape(node, flops, tokens) if node.startswith("SUM") else (0, 0, 0, False)
+            if min(n, k, m) >= MIN_SIDE:
                 reference = cublas(n, k, m, transposed)
+                products = [products[0] + seconds, products[1] + reference]
                 line += (f" {flops / seconds / 1e12:6.2f} TFLOP/s; cuBLAS {n}x{k}x{m}{' (Aᵀ)' if transposed else ''}"
-                         f" {2 * n * k * m / reference / 1e12:6.2f} TFLOP/s, zyx/cuBLAS time {seconds / reference:.2f}")
+                         f" {2 * n * k * m / reference / 1e12:6.2f} TFLOP/s, cuBLAS/zyx time {reference / seconds:.2f}")
             print(line, flush=True)
+        print(f"{block} products: zyx {products[0] * 1e3:.3f} ms, cuBLAS {products[1] * 1e3:.3f} ms "
+              f"(cuBLAS/zyx {products[1] / max(products[0], 1e-12):.2f})", flush=True)
 
 
 if __name__ == "__main__":
