@@ -9,6 +9,7 @@ import pytest
 
 import zyx
 from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.split import split_options
 from zyx.jit.tiling import hosted_matmul
 
 matmul = importlib.import_module("zyx.jit.matmul")  # `zyx.jit` is also the name of the decorator
@@ -184,3 +185,25 @@ def test_a_half_product_with_a_long_k_is_not_split_into_half_partials(gpu):
     cols = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (3, 3), axis=(2, 3))
     expected = np.einsum("bchwij,bohw->ocij", cols, g.astype(np.float64))
     np.testing.assert_allclose(grad.numpy().astype(np.float64), expected, rtol=2e-3, atol=0.5)
+
+
+@pytest.mark.parametrize("n,m,split", [(3072, 768, 4), (2304, 768, 8), (768, 768, 8)])
+def test_weight_gradients_over_many_tokens_split_k_into_128_blocks(dev, n, m, split):
+    """GPT-2's weight gradients over 16 x 1024 tokens: 128-blocks (not 64 for 768 x 768), k split until there are
+    SPLIT_GROUPS groups."""
+    x, dy = dev.randn(16384, n), dev.randn(16384, m)
+    root = (x.T @ dy).node
+    product = hosted_matmul(root, {id(root): root})
+    plan = matmul.plan_local_tiles(root, product, splits=split_options(product))
+    assert (plan.block, plan.split) == (128, split)
+
+
+def test_a_split_weight_gradient_matches_numpy(gpu, monkeypatch):
+    """Partial products over chunks of k, then their sum: two kernels, numpy's result."""
+    monkeypatch.setattr(matmul, "LONG_CHUNK", 128)
+    monkeypatch.setattr(matmul, "MIN_GROUPS", 1)
+    x, dy = data(1000, 256), data(1000, 128)
+    out = gpu.tensor(x).T @ gpu.tensor(dy)
+    kernels, _ = schedule([out.node], DeviceTraits(True))
+    assert len(kernels) == 2 and "tile_a" in kernels[0].source
+    check(out, x.T @ dy, 1000)

@@ -49,6 +49,10 @@ MIN_USED = 0.5     # the smallest block must hold at least this share of outputs
 FEW_GROUPS = 16    # fewer groups than this, each walking at least LONG_K reduced elements, leave the GPU idle:
 LONG_K = 1024      # a work group per output does better (long products with few outputs are split: rewrite.py)
 PAD = 4            # floats after each row of the left tile: its transposing stores hit 2 banks, not 16
+SPLIT_GROUPS = 512  # a product whose k may be split (split.split_options) is, into 128-blocks, until it has this
+# many groups (about four per SM of an H200: GPT-2's weight gradients over 16384 tokens, 144 groups of 128 x 128,
+# ran as two waves on its 132 SMs, the second nearly empty; 768 x 768 took 64-blocks, 4x4 per item) ...
+LONG_CHUNK = 2048   # ... keeping chunks at least this long (their partial sums then cost little next to them)
 
 
 @dataclass
@@ -116,12 +120,14 @@ def local_bytes(block: int, bk: int = BK, buffers: int = 2, wide: int = 1) -> in
 
 
 def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
-                     choice: Optional[Choice] = None) -> Optional[TilePlan]:
+                     choice: Optional[Choice] = None, splits: tuple[int, ...] = (1,)) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
-    without a cast in between: `choice`'s parameters, else the biggest block that leaves MIN_GROUPS groups
-    at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is at least MIN_USED
-    full (an axis much shorter than 32 gets no local tiles, nor a long product with very few groups). Only blocks
-    whose tiles fit the device's `local_memory` bytes are considered."""
+    without a cast in between: `choice`'s parameters, else 128-blocks at least FULL full with k split in the least
+    of `splits` (what the product's k allows: split.split_options) making SPLIT_GROUPS groups (else the most),
+    where more than one of them leaves chunks of LONG_CHUNK, else the biggest block that leaves
+    MIN_GROUPS groups at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is
+    at least MIN_USED full (an axis much shorter than 32 gets no local tiles, nor a long product with very few
+    groups). Only blocks whose tiles fit the device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
     placed = product_axes(root, product)
@@ -142,9 +148,14 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
         return n * m * batch / (groups(block) * block * block)
 
     blocks = [(b, p) for b, p in BLOCKS if local_bytes(b) <= local_memory]
+    k = product.src[0].shape[product.arg[0]]
+    long = [s for s in splits if s == 1 or k >= s * LONG_CHUNK]
+    if len(long) > 1 and blocks[0] == BLOCKS[0] and used(BLOCKS[0][0]) >= FULL:
+        split = next((s for s in long if groups(BLOCKS[0][0]) * s >= SPLIT_GROUPS), long[-1])
+        return TilePlan(product, space_n, space_m, *BLOCKS[0], space, split=split)
     chosen = next(((b, p) for b, p in blocks if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
     chosen = chosen or next(((b, p) for b, p in reversed(blocks) if used(b) >= MIN_USED), None)
-    if chosen is None or (groups(chosen[0]) < FEW_GROUPS and product.src[0].shape[product.arg[0]] >= LONG_K):
+    if chosen is None or (groups(chosen[0]) < FEW_GROUPS and k >= LONG_K):
         return None
     block, per_item = chosen
     return TilePlan(product, space_n, space_m, block, per_item, space)

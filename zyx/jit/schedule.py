@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from ..trace.node import Node, toposort
@@ -38,7 +38,7 @@ from .attention_grad import (gradient_products, gradients_share_kernels, lower_a
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
-from .split import heuristic_split, lower_split, split_options
+from .split import lower_split, split_options
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
 from .transforms.unroll import unroll_reductions
@@ -271,11 +271,11 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
-        plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
-        if plan is not None and choice is None:
-            plan = replace(plan, split=heuristic_split(plan))
+        product = hosted_matmul(root, materialized)
+        splits = (1,) if product is None else split_options(product)
+        plan = plan_local_tiles(root, product, traits.local_memory, choice, splits)
         if plan is not None:
-            options = local_tile_options(split_options(plan.product), traits.local_memory, traits.max_group_size)
+            options = local_tile_options(splits, traits.local_memory, traits.max_group_size)
             if plan.split > 1:  # the partial products in a kernel of their own (split.py), summed in this one
                 lowered, partial = lower_split(root, materialized, site.produced, plan, site.apart, traits.max_params)
                 kernel = vectorize(lowered.ir, traits.vector_width) if traits.vector_width > 1 else None

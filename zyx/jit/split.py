@@ -18,10 +18,6 @@ from .tiling import matmul_axes
 
 MIN_CHUNK = 128  # elements of k each group reduces at least (8 slices of 16): shorter chunks cost more to sum
 FEW_BLOCKS = 2 * MIN_GROUPS  # products with fewer 128 x 128 blocks of outputs than this may be split
-SPLIT_GROUPS = 512  # the heuristics split a product's k until it has this many groups (about four per SM of an
-# H200: GPT-2's weight gradients, 144 groups of 128 x 128 over 16384 tokens, ran as two waves on its 132 SMs, the
-# second nearly empty) ...
-LONG_CHUNK = 2048   # ... keeping chunks at least this long (their partial sums then cost little next to them)
 
 
 def split_options(product: Node) -> tuple[int, ...]:
@@ -36,19 +32,6 @@ def split_options(product: Node) -> tuple[int, ...]:
     whole = all(side.op is Op.EXPAND and side.src[0].shape[k] == count for side in multiplied.src)
     splits = whole and blocks < FEW_BLOCKS
     return tuple(s for s in FAMILIES["local_tiles"]["split"] if s == 1 or (splits and count >= s * MIN_CHUNK))
-
-
-def heuristic_split(plan: TilePlan) -> int:
-    """The split the heuristics give a local-tile plan: the least of `split_options` that makes SPLIT_GROUPS
-    groups, else the most, of those leaving chunks of LONG_CHUNK; 1 for blocks smaller than 128 (the product's
-    outputs are few: `plan_local_tiles` chose them for groups enough)."""
-    product = plan.product
-    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
-    rows, cols = product.shape[n_axis], product.shape[m_axis]
-    groups = product.numel // (rows * cols) * -(-rows // plan.block_n) * -(-cols // plan.block_m)
-    count = product.src[0].shape[product.arg[0]]
-    splits = [s for s in split_options(product) if s == 1 or count >= s * LONG_CHUNK] if plan.block == 128 else [1]
-    return next((s for s in splits if groups * s >= SPLIT_GROUPS), splits[-1])
 
 
 class SplitSumLowering(Lowering):
