@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import zyx
+from zyx.jit.kernel_nodes import kernel_flops
 from zyx.jit.schedule import DeviceTraits, schedule
 from zyx.jit.split import split_options
 from zyx.jit.tiling import hosted_matmul
@@ -199,11 +200,13 @@ def test_weight_gradients_over_many_tokens_split_k_into_128_blocks(dev, n, m, sp
 
 
 def test_a_split_weight_gradient_matches_numpy(gpu, monkeypatch):
-    """Partial products over chunks of k, then their sum: two kernels, numpy's result."""
+    """Partial products over chunks of k, then their sum: two kernels, numpy's result; the profiler counts the
+    product's FLOPs in the first (the sum reads the partials, not the product)."""
     monkeypatch.setattr(matmul, "LONG_CHUNK", 128)
     monkeypatch.setattr(matmul, "MIN_GROUPS", 1)
     x, dy = data(1000, 256), data(1000, 128)
     out = gpu.tensor(x).T @ gpu.tensor(dy)
     kernels, _ = schedule([out.node], DeviceTraits(True))
     assert len(kernels) == 2 and "tile_a" in kernels[0].source
+    assert kernel_flops(kernels[0]) >= 2 * 256 * 1000 * 128 and kernel_flops(kernels[1]) <= 8 * 256 * 128
     check(out, x.T @ dy, 1000)

@@ -481,7 +481,7 @@ def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = Devi
     global_size, local_size = launch(kernel)
     return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
                           lowered.misaligned, global_size, local_size, lowered.longest_reduction, site=site,
-                          ir=kernel)
+                          ir=kernel, summed_apart=lowered.summed_apart)
 
 
 def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tails: bool = False) -> Optional[Kernel]:
