@@ -210,3 +210,17 @@ def test_a_split_weight_gradient_matches_numpy(gpu, monkeypatch):
     assert len(kernels) == 2 and "tile_a" in kernels[0].source
     assert kernel_flops(kernels[0]) >= 2 * 256 * 1000 * 128 and kernel_flops(kernels[1]) <= 8 * 256 * 128
     check(out, x.T @ dy, 1000)
+
+
+def test_a_gelu_operand_read_by_768_columns_is_stored_first(gpu):
+    """GELU(h)·Wᵀ with 768 columns (GPT-2's MLP output): the GELU is stored by a kernel of its own, not recomputed
+    in the staging of each of the 6 blocks of 128 columns."""
+    h, w = data(256, 64), data(768, 64)
+
+    def product(device):
+        return device.tensor(h).gelu() @ device.tensor(w).T
+    kernels, _ = schedule([product(gpu).node], DeviceTraits(True))
+    tiled = next(k for k in kernels if "tile_a" in k.source)
+    assert len(kernels) == 2 and all(node.op.name == "BUFFER" for node in kernels[0].loads)
+    assert any(node.op.name != "BUFFER" for node in tiled.loads)
+    np.testing.assert_allclose(product(gpu).numpy(), product(zyx.CPU()).numpy(), rtol=1e-4, atol=1e-4)
