@@ -119,3 +119,12 @@ def test_train_step_runs_the_jitted_step_on_wgpu_beside_opencl(tmp_path):
     for optimizer in ("SGD", "Adam"):  # both ran (their warm-up losses checked against numpy's)
         assert rows[(f"W4 {optimizer}", "zyx-wgpu")]["median_s"] > 0
         assert rows[(f"W4 {optimizer}", "zyx")]["median_s"] > 0
+
+
+def test_w7_products_checks_the_gradients_and_times_each_kernel():
+    finished = subprocess.run([sys.executable, str(BENCH / "w7_products.py"), "--size", "cpu", "--repeat", "1",
+                               "--only", "attention"], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    checks = [line for line in finished.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(checks) == 8 and all(line.startswith("PASS") for line in checks), finished.stdout
+    assert "attention: zyx " in finished.stdout and "attention products: zyx " in finished.stdout

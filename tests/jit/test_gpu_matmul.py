@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import zyx
+from zyx.jit.kernel_nodes import kernel_flops
 from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.split import split_options
 from zyx.jit.tiling import hosted_matmul
 
 matmul = importlib.import_module("zyx.jit.matmul")  # `zyx.jit` is also the name of the decorator
@@ -194,3 +196,40 @@ def test_flattened_product_under_an_epilogue_gets_local_tiles(gpu, big_blocks):
     assert plan_of(out) is not None
     check(out, ((x @ w) / (1 + np.exp(-z))).reshape(256, 160) + 1, 48)
 
+
+@pytest.mark.parametrize("n,m,split", [(3072, 768, 4), (2304, 768, 8), (768, 768, 8)])
+def test_weight_gradients_over_many_tokens_split_k_into_128_blocks(dev, n, m, split):
+    """GPT-2's weight gradients over 16 x 1024 tokens: 128-blocks (not 64 for 768 x 768), k split until there are
+    SPLIT_GROUPS groups."""
+    x, dy = dev.randn(16384, n), dev.randn(16384, m)
+    root = (x.T @ dy).node
+    product = hosted_matmul(root, {id(root): root})
+    plan = matmul.plan_local_tiles(root, product, splits=split_options(product))
+    assert (plan.block, plan.split) == (128, split)
+
+
+def test_a_split_weight_gradient_matches_numpy(gpu, monkeypatch):
+    """Partial products over chunks of k, then their sum: two kernels, numpy's result; the profiler counts the
+    product's FLOPs in the first (the sum reads the partials, not the product)."""
+    monkeypatch.setattr(matmul, "LONG_CHUNK", 128)
+    monkeypatch.setattr(matmul, "MIN_GROUPS", 1)
+    x, dy = data(1000, 256), data(1000, 128)
+    out = gpu.tensor(x).T @ gpu.tensor(dy)
+    kernels, _ = schedule([out.node], DeviceTraits(True))
+    assert len(kernels) == 2 and "tile_a" in kernels[0].source
+    assert kernel_flops(kernels[0]) >= 2 * 256 * 1000 * 128 and kernel_flops(kernels[1]) <= 8 * 256 * 128
+    check(out, x.T @ dy, 1000)
+
+
+def test_a_gelu_operand_read_by_768_columns_is_stored_first(gpu):
+    """GELU(h)·Wᵀ with 768 columns (GPT-2's MLP output): the GELU is stored by a kernel of its own, not recomputed
+    in the staging of each of the 6 blocks of 128 columns."""
+    h, w = data(256, 64), data(768, 64)
+
+    def product(device):
+        return device.tensor(h).gelu() @ device.tensor(w).T
+    kernels, _ = schedule([product(gpu).node], DeviceTraits(True))
+    tiled = next(k for k in kernels if "tile_a" in k.source)
+    assert len(kernels) == 2 and all(node.op.name == "BUFFER" for node in kernels[0].loads)
+    assert any(node.op.name != "BUFFER" for node in tiled.loads)
+    np.testing.assert_allclose(product(gpu).numpy(), product(zyx.CPU()).numpy(), rtol=1e-4, atol=1e-4)

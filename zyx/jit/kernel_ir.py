@@ -473,6 +473,7 @@ class RenderedKernel:
     site: Optional["TuneSite"] = None  # how it was shaped and what a search may try (None: nothing to choose)
     ir: Optional[Kernel] = None  # what was printed (None for a collective step): launch groups print it again
     kernels: int = 1  # the kernels it runs side by side (a launch group: launch_groups.py)
+    summed_apart: tuple = ()  # products it reads as partial sums another kernel stores (their FLOPs are that one's)
 
 
 # ---- walking and rewriting -------------------------------------------------------------------------------

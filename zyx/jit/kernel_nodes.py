@@ -13,7 +13,7 @@ from .kernel_ir import RenderedKernel
 
 def contained_nodes(kernel: RenderedKernel) -> list[Node]:
     """The nodes `kernel` computes (its outputs and everything fused into them), sources first."""
-    read = {id(node) for node in kernel.loads} - {id(node) for node in kernel.outputs}
+    read = {id(node) for node in (*kernel.loads, *kernel.summed_apart)} - {id(node) for node in kernel.outputs}
     seen: set[int] = set()
     order: list[Node] = []
     stack = [(node, False) for node in reversed(kernel.outputs)]

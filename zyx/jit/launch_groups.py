@@ -123,7 +123,7 @@ def _grouped(members: list[RenderedKernel], printer: GroupPrinter) -> RenderedKe
         name, source, (total,), [p for ir in irs for p in ir.params], [n for m in members for n in m.outputs],
         [n for m in members for n in m.loads], [n for m in members for n in m.needs],
         set().union(*(m.misaligned for m in members)), total, local_size, max(m.longest_reduction for m in members),
-        kernels=sum(m.kernels for m in members))
+        kernels=sum(m.kernels for m in members), summed_apart=tuple(n for m in members for n in m.summed_apart))
 
 
 def _renamed(kernel: Kernel, suffix: str) -> Kernel:

@@ -54,6 +54,7 @@ class LoweredKernel:
     needs: list[Node]          # nodes this kernel reads that must be stored by others
     misaligned: set[int]       # ids of loaded nodes read somewhere other than the position being stored
     longest_reduction: int = 0  # elements the longest reduction in this kernel walks
+    summed_apart: tuple[Node, ...] = ()  # products it reads as the partial sums another kernel stores (split.py)
 
     @property
     def params(self) -> tuple[Param, ...]:

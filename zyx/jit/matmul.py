@@ -3,10 +3,11 @@
 A work group of 16 x 16 items computes a 128 x 128 block of outputs, each item an 8 x 8 tile of it (64 x 64 and
 4 x 4, or 32 x 32 and 2 x 2, where the sizes do not divide or the big blocks leave too few groups). A tuned
 choice may give an item another tile (the group then has (block / per_item)² items), make blocks and tiles `wide`
-(twice as long along m as along n) and split the reduced axis across groups (split.py). For every BK
-slice of the reduced axis the group copies a tile of each operand into local memory (coalesced global reads,
-each element read once per group), the left one transposed so that both tiles are read as float4 vectors along
-the output axes. Every item then walks the slice: per step it reads its fragments (a column of its left rows,
+(twice as long along m as along n) and split the reduced axis across groups (split.py; the heuristics split a long
+k where 128-blocks are few). For every BK slice of the reduced axis the group copies a tile of each operand into
+local memory (each element read once per group, neighbouring items reading neighbouring addresses whichever way the
+operand lies: operand_layout.py), both as [k][row] so that both tiles are read as float4 vectors along the output
+axes. Every item then walks the slice: per step it reads its fragments (a column of its left rows,
 a row of its right columns) into registers and does per_item² multiply-adds. An item's rows (and columns) are
 groups of four spaced 64 apart, so the 16 items of a half-warp read 16 consecutive vectors of the right tile
 and one vector of the left (no bank conflicts).
@@ -32,7 +33,9 @@ from ..dtypes import float32
 from .choices import FAMILIES, Choice, Options
 from .kernel_ir import (Axis, Barrier, Cond, Const, Define, Lane, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
                         Operand, Reg, Role, Select)
-from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, reads, unravel
+from .lower import PARAM_LIMIT, Index, Lowering, _Value, linear, unravel
+from .operand_layout import runs_along
+from .view_index import reads
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
 
@@ -48,6 +51,10 @@ MIN_USED = 0.5     # the smallest block must hold at least this share of outputs
 FEW_GROUPS = 16    # fewer groups than this, each walking at least LONG_K reduced elements, leave the GPU idle:
 LONG_K = 1024      # a work group per output does better (long products with few outputs are split: rewrite.py)
 PAD = 4            # floats after each row of the left tile: its transposing stores hit 2 banks, not 16
+SPLIT_GROUPS = 512  # a product whose k may be split (split.split_options) is, into 128-blocks, until it has this
+# many groups (about four per SM of an H200: GPT-2's weight gradients over 16384 tokens, 144 groups of 128 x 128,
+# ran as two waves on its 132 SMs, the second nearly empty; 768 x 768 took 64-blocks, 4x4 per item) ...
+LONG_CHUNK = 2048   # ... keeping chunks at least this long (their partial sums then cost little next to them)
 
 
 @dataclass
@@ -115,12 +122,14 @@ def local_bytes(block: int, bk: int = BK, buffers: int = 2, wide: int = 1) -> in
 
 
 def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
-                     choice: Optional[Choice] = None) -> Optional[TilePlan]:
+                     choice: Optional[Choice] = None, splits: tuple[int, ...] = (1,)) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
-    without a cast in between: `choice`'s parameters, else the biggest block that leaves MIN_GROUPS groups
-    at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is at least MIN_USED
-    full (an axis much shorter than 32 gets no local tiles, nor a long product with very few groups). Only blocks
-    whose tiles fit the device's `local_memory` bytes are considered."""
+    without a cast in between: `choice`'s parameters, else 128-blocks at least FULL full with k split in the least
+    of `splits` (what the product's k allows: split.split_options) making SPLIT_GROUPS groups (else the most),
+    where more than one of them leaves chunks of LONG_CHUNK, else the biggest block that leaves
+    MIN_GROUPS groups at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is
+    at least MIN_USED full (an axis much shorter than 32 gets no local tiles, nor a long product with very few
+    groups). Only blocks whose tiles fit the device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
     placed = product_axes(root, product)
@@ -141,9 +150,14 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
         return n * m * batch / (groups(block) * block * block)
 
     blocks = [(b, p) for b, p in BLOCKS if local_bytes(b) <= local_memory]
+    k = product.src[0].shape[product.arg[0]]
+    long = [s for s in splits if s == 1 or k >= s * LONG_CHUNK]
+    if len(long) > 1 and blocks[0] == BLOCKS[0] and used(BLOCKS[0][0]) >= FULL:
+        split = next((s for s in long if groups(BLOCKS[0][0]) * s >= SPLIT_GROUPS), long[-1])
+        return TilePlan(product, space_n, space_m, *BLOCKS[0], space, split=split)
     chosen = next(((b, p) for b, p in blocks if groups(b) >= MIN_GROUPS and used(b) >= FULL), None)
     chosen = chosen or next(((b, p) for b, p in reversed(blocks) if used(b) >= MIN_USED), None)
-    if chosen is None or (groups(chosen[0]) < FEW_GROUPS and product.src[0].shape[product.arg[0]] >= LONG_K):
+    if chosen is None or (groups(chosen[0]) < FEW_GROUPS and k >= LONG_K):
         return None
     block, per_item = chosen
     return TilePlan(product, space_n, space_m, block, per_item, space)
@@ -267,23 +281,31 @@ class LocalTileLowering(Lowering):
 
     def _stage(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> list:
         """Lower (into the current scope) this item's share of both operands' slice at `k_base`; return the
-        statements that store it into the local tiles: left transposed as [k][n], right as [k][m]. Rows and
-        columns past the ends of n and m read the last ones (their outputs are never stored); a slice past the end
-        of k stages zeros."""
-        plan = self.plan
+        statements that store it into the local tiles, both as [k][row] (the left one's rows are n, the right
+        one's m). Rows and columns past the ends of n and m read the last ones (their outputs are never stored); a
+        slice past the end of k stages zeros."""
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
-        k_axis, bk = node.arg[0], plan.bk
-        rows, cols = plan.extent(False), plan.extent(True)
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
+        return (self._stage_tile(left, n_axis, False, corner, k_base, tiles[0])
+                + self._stage_tile(right, m_axis, True, corner, k_base, tiles[1]))
+
+    def _stage_tile(self, operand: Node, row_axis: int, along_m: bool, corner: Index, k_base: Expr,
+                    tile: str) -> list:
+        """One operand's share: neighbouring items stage neighbouring elements along the axis its reads run along
+        (operand_layout.py; k for a row-major left operand, m for a row-major right one), so a warp's reads are
+        coalesced whichever way the operand lies in memory; the local stores then hit distinct banks, or 2 per
+        bank with rows padded by PAD."""
+        plan, k_axis, bk = self.plan, self.plan.product.arg[0], self.plan.bk
+        rows = plan.extent(along_m)
+        preferred = (row_axis, k_axis) if along_m else (k_axis, row_axis)
+        by_rows = runs_along(operand, preferred, self.materialized) == row_axis
         stores = []
-        for copy in range(cols * bk // plan.group):  # (a wide block's right tile takes more copies than its left)
+        for copy in range(rows * bk // plan.group):
             flat = self.lid + copy * plan.group
-            if copy < rows * bk // plan.group:
-                value = self._operand(left, corner, {n_axis: flat // bk, k_axis: k_base + flat % bk})
-                stores.append(LocalStore(tiles[0], (flat % bk) * (rows + PAD) + flat // bk, value, element=True))
-            value = self._operand(right, corner, {m_axis: flat % cols, k_axis: k_base + flat // cols})
-            stores.append(LocalStore(tiles[1], (flat // cols) * (cols + PAD) + flat % cols, value, element=True))
+            row, k = (flat % rows, flat // rows) if by_rows else (flat // bk, flat % bk)
+            value = self._operand(operand, corner, {row_axis: row, k_axis: k_base + k})
+            stores.append(LocalStore(tile, k * (rows + PAD) + row, value, element=True))
         return stores
 
     def _operand(self, operand: Node, corner: Index, offsets: dict[int, Expr]) -> Operand:

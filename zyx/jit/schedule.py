@@ -132,7 +132,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     if product is not None and product is not root and space_axes(root, product) is None:
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
         stored_apart.add(id(product))        # kernel, and this one reads it)
-    for value in _broadcast_into_reductions(root, materialized):
+    for value in _broadcast_into_reductions(root, materialized, traits.gpu):
         materialized[id(value)] = value
         stored_apart.add(id(value))
     while True:
@@ -155,12 +155,16 @@ BROADCAST_MIN_OPS = 8      # ... and computed by this many fused ops is stored r
 PRODUCT_BROADCAST_MIN = 1024  # a product's operand, computed once per block of outputs (a tile, up to 256 wide)
 # along the axis it is broadcast to: stored where that is 4 blocks and more (a one-hot embedding gradient's 50 304
 # vocabulary rows took 175 ms on the H200 for one GPT-2 step, recomputing a layer norm's backward in its prologue)
+GPU_PRODUCT_BROADCAST_MIN = 512  # on GPUs where it is 4 blocks of 128 and more: GPT-2's GELU and GELU backward,
+# recomputed in the staging of the 768-wide products reading them, ran those at 18-27 TFLOP/s on the H200, where
+# plain ones ran at 45 (storing the operand costs a write and a read at 4 TB/s)
 
 
-def _broadcast_into_reductions(root: Node, materialized: dict[int, Node]) -> list[Node]:
+def _broadcast_into_reductions(root: Node, materialized: dict[int, Node], gpu: bool) -> list[Node]:
     """Values that a reduction of this kernel would recompute for every output it broadcasts them to (along an
     axis it does not reduce: a value broadcast along the reduced axis is computed once per output, outside the
-    loop), computed by at least BROADCAST_MIN_OPS ops and broadcast at least BROADCAST_MIN_FACTOR times. An
+    loop), computed by at least BROADCAST_MIN_OPS ops and broadcast at least BROADCAST_MIN_FACTOR times (a product's
+    operand PRODUCT_BROADCAST_MIN times, on a `gpu` GPU_PRODUCT_BROADCAST_MIN times). An
     embedding's gradient (a masked sum over the tokens for every vocabulary row) fused its incoming gradient, the
     first block's layer-norm backward, and so computed it 512 times: 373 of a 1-layer GPT step's 678 ms on PoCL."""
     found: dict[int, Node] = {}
@@ -177,7 +181,8 @@ def _broadcast_into_reductions(root: Node, materialized: dict[int, Node]) -> lis
                 value = value.src[0]
             spread = math.prod(size for axis, (size, inner) in enumerate(zip(node.shape, node.src[0].shape))
                                if size != inner and axis not in reduction.arg)
-            least = PRODUCT_BROADCAST_MIN if matmul_axes(reduction) is not None else BROADCAST_MIN_FACTOR
+            least = ((GPU_PRODUCT_BROADCAST_MIN if gpu else PRODUCT_BROADCAST_MIN) if matmul_axes(reduction) is not None
+                     else BROADCAST_MIN_FACTOR)
             if (value.op in ELEMENTWISE_OPS and id(value) not in materialized and spread >= least
                     and _fused_ops(value, materialized, BROADCAST_MIN_OPS) >= BROADCAST_MIN_OPS):
                 found[id(value)] = value
@@ -277,9 +282,10 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
             options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup)
             return _Shaped(lowered, kernel, plan.choice, options)
     if traits.gpu and family in (None, "local_tiles"):
-        plan = plan_local_tiles(root, product, traits.local_memory, choice)
+        splits = (1,) if product is None else split_options(product)
+        plan = plan_local_tiles(root, product, traits.local_memory, choice, splits)
         if plan is not None:
-            options = local_tile_options(split_options(plan.product), traits.local_memory, traits.max_group_size)
+            options = local_tile_options(splits, traits.local_memory, traits.max_group_size)
             if plan.split > 1:  # the partial products in a kernel of their own (split.py), summed in this one
                 lowered, partial = lower_split(root, materialized, site.produced, plan, site.apart, traits.max_params)
                 kernel = vectorize(lowered.ir, traits.vector_width) if traits.vector_width > 1 else None
@@ -485,7 +491,7 @@ def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = Devi
     global_size, local_size = launch(kernel)
     return RenderedKernel(name, source, lowered.space, list(kernel.params), lowered.outputs, loads, lowered.needs,
                           lowered.misaligned, global_size, local_size, lowered.longest_reduction, site=site,
-                          ir=kernel)
+                          ir=kernel, summed_apart=lowered.summed_apart)
 
 
 def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tails: bool = False) -> Optional[Kernel]:

@@ -8,6 +8,8 @@ loop of `split` loads per output) and the rest of the root (bias, activation) fu
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..trace.node import Node
 from ..trace.ops import Op
 from .choices import FAMILIES
@@ -45,6 +47,9 @@ class SplitSumLowering(Lowering):
 
     def _reduce(self, node: Node) -> list[_Value]:
         return super()._reduce(self.summed if node is self.product else node)
+
+    def lower(self) -> LoweredKernel:
+        return dataclasses.replace(super().lower(), summed_apart=(self.product,))
 
 
 def lower_split(root: Node, materialized: dict[int, Node], produced: set[int], plan: TilePlan,
