@@ -109,3 +109,22 @@ def test_row_statistics_others_need_are_stored_by_the_row_kernel(shaped):
     assert launched(out, mean) == 1
     np.testing.assert_allclose(mean.numpy(), a.mean(-1, keepdims=True), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.numpy(), (a - a.mean(-1, keepdims=True)) * 2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_cross_entropy_gradient_row_kernel_stores_the_statistics_its_loss_reads(gpu):
+    """The loss reads each row's max and sum of exponentials; the gradient's row kernel computes them too, and
+    stores them: no reduction kernel passes over the logits again for the loss."""
+    a, target = data(8, 300), np.array([0, 5, 299, -100, 7, 3, 3, 1])
+    x = zyx.CPU().tensor(a)
+    loss = F.cross_entropy(x, zyx.CPU().tensor(target))
+    grad, = loss.backward([x])
+    kernels, _ = schedule([loss.node, grad.node], DeviceTraits(gpu=gpu, vector_width=4 if gpu else 16))
+    row_kernel, = [k for k in kernels if any(node.shape == (8, 300) for node in k.outputs)]
+    storing_max = [k for k in kernels if any(node.op.name == "RMAX" for node in k.outputs)]
+    assert storing_max == [row_kernel]
+    t = torch.tensor(a, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(t, torch.tensor(target))
+    expected.backward()
+    close(loss, expected, 1e-5)
+    close(grad, t.grad, 1e-5)

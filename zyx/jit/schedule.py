@@ -37,7 +37,7 @@ from .attention_grad import (gradient_products, gradients_share_kernels, lower_a
                              match_attention_gradient)
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
-from .rows import lower_rows, row_length
+from .rows import lower_rows, row_length, statistics_read_elsewhere
 from .split import lower_split, split_options
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
@@ -508,6 +508,10 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     produced: set[int] = set()
     # shared products, attention's backward, cuts of long chains, and values a kernel would recompute too often
     stored_apart: set[int] = set(shared) | set(backward) | set(chain_cuts) | set(across)
+    users: dict[int, list[Node]] = {id(node): [] for node in order}
+    for node in order:
+        for source in node.src:
+            users[id(source)].append(node)
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
@@ -529,11 +533,22 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         if key in produced:
             continue
         node = materialized[key]
+        _store_row_statistics(node, materialized, produced | stored_apart, users, traits)
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
                                      tuned, planned, early))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
+
+
+def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: set[int],
+                          users: dict[int, list[Node]], traits: DeviceTraits) -> None:
+    """Where `root` is a row kernel, the row statistics it computes that other kernels read are marked to store,
+    so that it stores them (rows.statistics_read_elsewhere)."""
+    length = row_length(root, materialized, settled)
+    if length is not None and _fuses_rows(length, traits):
+        for statistic in statistics_read_elsewhere(root, length, materialized, users):
+            materialized.setdefault(id(statistic), statistic)
 
 
 INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers no

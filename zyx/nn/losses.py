@@ -99,9 +99,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     class_axis = 1 if input.ndim >= 2 else 0
     if target.dtype.is_float:
         return _soft_cross_entropy(input.log_softmax(class_axis), target, weight, reduction, label_smoothing)
-    log_probs = _classes_last(input, target, "cross_entropy").log_softmax(-1)
-    return _reduce_weighted(*_nll_terms(log_probs, target, weight, ignore_index, label_smoothing, "cross_entropy"),
-                            reduction)
+    logits = _classes_last(input, target, "cross_entropy")
+    if label_smoothing:  # every class's log-probability counts: the log_softmax whole
+        return _reduce_weighted(*_nll_terms(logits.log_softmax(-1), target, weight, ignore_index, label_smoothing,
+                                            "cross_entropy"), reduction)
+    # -log_softmax(x)[t] = logsumexp(x) - x[t]: no log-probability matrix, and a gradient of one pass per row
+    picked, target_weight = _nll_terms(logits, target, weight, ignore_index, 0.0, "cross_entropy")
+    return _reduce_weighted(logits.logsumexp(-1) * target_weight + picked, target_weight, reduction)
 
 
 def _soft_cross_entropy(log_probs: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
