@@ -41,6 +41,7 @@ from .rows import lower_rows, row_length, statistics_read_elsewhere
 from .split import lower_split, split_options
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
+from .transforms.registers import rows_in_registers
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
 from .transforms.vector import vectorize
@@ -458,7 +459,7 @@ def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     of every pass; elsewhere a row per item, in vector lanes along the row."""
     if traits.gpu and length >= GROUP_MIN_REDUCE:
         lanes = _group_lanes(kernel, traits)
-        return group_reductions(lanes, _group_size(length, lanes is not kernel, traits))
+        return rows_in_registers(group_reductions(lanes, _group_size(length, lanes is not kernel, traits)))
     vector = _vector_kernel(kernel, traits.vector_width, tails=True) if traits.vector_width else None
     return vector or _unrolled(kernel)
 
