@@ -128,3 +128,30 @@ def test_cross_entropy_gradient_row_kernel_stores_the_statistics_its_loss_reads(
     expected.backward()
     close(loss, expected, 1e-5)
     close(grad, t.grad, 1e-5)
+
+
+def test_row_statistics_beside_nodes_the_scheduler_makes(dev):
+    """Layer norms, a residual MLP and a cross-entropy, forward and backward: row kernels store what other
+    kernels read of their statistics, among nodes the scheduler makes itself (a CPU product's packed operand:
+    a node no reader list names), and every gradient matches torch's."""
+    a, w, gain = data(64, 256), data(256, 256) * 0.05, data(256)  # (products this large are packed first)
+    target = RNG.integers(0, 256, 64)
+
+    def step(lib, x, weight, g):
+        norm = lib.nn.functional.layer_norm
+        h = norm(x, (256,), g)
+        h = h + (h @ weight).relu() @ weight
+        return lib.nn.functional.cross_entropy(norm(h, (256,), g) @ weight, target_of(lib))
+
+    def target_of(lib):
+        return dev.tensor(target) if lib is zyx else torch.tensor(target)
+
+    ours = [dev.tensor(v) for v in (a, w, gain)]
+    loss = step(zyx, *ours)
+    grads = loss.backward(ours)
+    theirs = [torch.tensor(v, requires_grad=True) for v in (a, w, gain)]
+    expected = step(torch, *theirs)
+    expected.backward()
+    close(loss, expected, 1e-4)
+    for got, want in zip(grads, theirs):
+        close(got, want.grad, 1e-4)

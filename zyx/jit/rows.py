@@ -58,7 +58,7 @@ def statistics_read_elsewhere(root: Node, length: int, materialized: dict[int, N
                               users: dict[int, list[Node]]) -> list[Node]:
     """The row statistics (reductions with one value per row of `length`) that the row kernel of `root` computes
     and that a node outside it reads too, directly or through the kernel's elementwise values (`users`: each
-    node's readers). Marked to store, the row kernel stores
+    node's readers; nodes the scheduler made have none). Marked to store, the row kernel stores
     them beside its output and the other kernel reads them, instead of a reduction kernel of their own passing
     over the rows again: a cross-entropy's row max and sum of exponentials, which its gradient's row kernel
     computes and its loss reads."""
@@ -69,7 +69,7 @@ def statistics_read_elsewhere(root: Node, length: int, materialized: dict[int, N
             continue
         inside[id(node)] = node
         stack.extend(node.src)
-    stack = [node for node in inside.values() if any(id(u) not in inside for u in users[id(node)])]
+    stack = [node for node in inside.values() if any(id(u) not in inside for u in users.get(id(node), ()))]
     found: dict[int, Node] = {}
     while stack:  # what those outside readers read of the kernel's reductions, through its elementwise values
         node = stack.pop()
