@@ -88,7 +88,8 @@ def test_softmax_is_one_kernel_with_a_work_group_per_row_on_gpus():
     kernel, = schedule([x.softmax(-1).node], DeviceTraits(gpu=True, vector_width=4))[0]
     # 1024 floats a row: 64 items of 4 float4 vectors each, the lanes combined before a tree of scalars
     assert kernel.name.startswith("g_") and (kernel.global_size, kernel.local_size) == (64 * 64, 64)
-    assert "vload4(" in kernel.source and "vstore4(" in kernel.source
+    # the row in registers (transforms/registers.py): each item loads its 4 vectors once for the three passes
+    assert kernel.source.count("vload4(") == 4 and kernel.source.count("vstore4(") == 4
     assert "__local float acc" in kernel.source and "__local float4" not in kernel.source
     cpu, = schedule([x.softmax(-1).node], DeviceTraits(vector_width=16))[0]
     assert cpu.global_size == 64 and "vstore16(" in cpu.source  # a row per item, along the row in vectors
@@ -109,3 +110,49 @@ def test_row_statistics_others_need_are_stored_by_the_row_kernel(shaped):
     assert launched(out, mean) == 1
     np.testing.assert_allclose(mean.numpy(), a.mean(-1, keepdims=True), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.numpy(), (a - a.mean(-1, keepdims=True)) * 2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_cross_entropy_gradient_row_kernel_stores_the_statistics_its_loss_reads(gpu):
+    """The loss reads each row's max and sum of exponentials; the gradient's row kernel computes them too, and
+    stores them: no reduction kernel passes over the logits again for the loss."""
+    a, target = data(8, 300), np.array([0, 5, 299, -100, 7, 3, 3, 1])
+    x = zyx.CPU().tensor(a)
+    loss = F.cross_entropy(x, zyx.CPU().tensor(target))
+    grad, = loss.backward([x])
+    kernels, _ = schedule([loss.node, grad.node], DeviceTraits(gpu=gpu, vector_width=4 if gpu else 16))
+    row_kernel, = [k for k in kernels if any(node.shape == (8, 300) for node in k.outputs)]
+    storing_max = [k for k in kernels if any(node.op.name == "RMAX" for node in k.outputs)]
+    assert storing_max == [row_kernel]
+    t = torch.tensor(a, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(t, torch.tensor(target))
+    expected.backward()
+    close(loss, expected, 1e-5)
+    close(grad, t.grad, 1e-5)
+
+
+def test_row_statistics_beside_nodes_the_scheduler_makes(dev):
+    """Layer norms, a residual MLP and a cross-entropy, forward and backward: row kernels store what other
+    kernels read of their statistics, among nodes the scheduler makes itself (a CPU product's packed operand:
+    a node no reader list names), and every gradient matches torch's."""
+    a, w, gain = data(64, 256), data(256, 256) * 0.05, data(256)  # (products this large are packed first)
+    target = RNG.integers(0, 256, 64)
+
+    def step(lib, x, weight, g):
+        norm = lib.nn.functional.layer_norm
+        h = norm(x, (256,), g)
+        h = h + (h @ weight).relu() @ weight
+        return lib.nn.functional.cross_entropy(norm(h, (256,), g) @ weight, target_of(lib))
+
+    def target_of(lib):
+        return dev.tensor(target) if lib is zyx else torch.tensor(target)
+
+    ours = [dev.tensor(v) for v in (a, w, gain)]
+    loss = step(zyx, *ours)
+    grads = loss.backward(ours)
+    theirs = [torch.tensor(v, requires_grad=True) for v in (a, w, gain)]
+    expected = step(torch, *theirs)
+    expected.backward()
+    close(loss, expected, 1e-4)
+    for got, want in zip(grads, theirs):
+        close(got, want.grad, 1e-4)

@@ -53,6 +53,8 @@ class Reg:
 
 @dataclass(frozen=True)
 class Const:
+    """A literal; with `width` lanes, `value` is every lane's, or a tuple of one value per lane."""
+
     value: Any
     dtype: DType
     width: int = 1

@@ -63,8 +63,9 @@ def operand(value: Operand) -> str:
         return part(value.src, value.part)
     if value.width == 1:
         return literal(value.value, value.dtype)
-    lane = ("-1" if value.value else "0") if value.dtype.is_bool else literal(value.value, value.dtype)
-    return f"(({register_type(value.dtype, value.width)})({lane}))"
+    lanes = value.value if isinstance(value.value, tuple) else (value.value,)  # a value per lane, or one for all
+    text = ",".join(("-1" if v else "0") if value.dtype.is_bool else literal(v, value.dtype) for v in lanes)
+    return f"(({register_type(value.dtype, value.width)})({text}))"
 
 
 def part(vector: Reg, name: str) -> str:

@@ -114,7 +114,8 @@ def operand(value: Operand) -> str:
         return _swizzle(value.src, value.part)
     if value.width == 1:
         return literal(value.value, value.dtype)
-    return f"{register_type(value.dtype, value.width)}({literal(value.value, value.dtype)})"
+    lanes = value.value if isinstance(value.value, tuple) else (value.value,)  # a value per lane, or one for all
+    return f"{register_type(value.dtype, value.width)}({','.join(literal(v, value.dtype) for v in lanes)})"
 
 
 # ---- ALU ops -----------------------------------------------------------------------------------------------

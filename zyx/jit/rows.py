@@ -54,6 +54,33 @@ def row_length(root: Node, materialized: dict[int, Node], settled: set[int]) -> 
     return None
 
 
+def statistics_read_elsewhere(root: Node, length: int, materialized: dict[int, Node],
+                              users: dict[int, list[Node]]) -> list[Node]:
+    """The row statistics (reductions with one value per row of `length`) that the row kernel of `root` computes
+    and that a node outside it reads too, directly or through the kernel's elementwise values (`users`: each
+    node's readers; nodes the scheduler made have none). Marked to store, the row kernel stores
+    them beside its output and the other kernel reads them, instead of a reduction kernel of their own passing
+    over the rows again: a cross-entropy's row max and sum of exponentials, which its gradient's row kernel
+    computes and its loss reads."""
+    rows, inside, stack = root.numel // length, {}, [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in inside or node.op is Op.BUFFER or (node is not root and id(node) in materialized):
+            continue
+        inside[id(node)] = node
+        stack.extend(node.src)
+    stack = [node for node in inside.values() if any(id(u) not in inside for u in users.get(id(node), ()))]
+    found: dict[int, Node] = {}
+    while stack:  # what those outside readers read of the kernel's reductions, through its elementwise values
+        node = stack.pop()
+        if id(node) not in inside or id(node) in found:
+            continue
+        found[id(node)] = node
+        if node.op not in REDUCE_OPS:
+            stack.extend(node.src)
+    return [node for node in found.values() if node.op in REDUCE_OPS and node.numel == rows]
+
+
 class RowLowering(Lowering):
     """Lowering whose work item owns a row of `length` consecutive outputs: the row's reductions are loops at
     the top level, and a last loop over the row stores the outputs."""

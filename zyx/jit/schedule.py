@@ -37,11 +37,12 @@ from .attention_grad import (gradient_products, gradients_share_kernels, lower_a
                              match_attention_gradient)
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
-from .rows import lower_rows, row_length
+from .rows import lower_rows, row_length, statistics_read_elsewhere
 from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
+from .transforms.registers import rows_in_registers
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
 from .transforms.vector import vectorize
@@ -470,7 +471,7 @@ def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     of every pass; elsewhere a row per item, in vector lanes along the row."""
     if traits.gpu and length >= GROUP_MIN_REDUCE:
         lanes = _group_lanes(kernel, traits)
-        return group_reductions(lanes, _group_size(length, lanes is not kernel, traits))
+        return rows_in_registers(group_reductions(lanes, _group_size(length, lanes is not kernel, traits)))
     vector = _vector_kernel(kernel, traits.vector_width, tails=True) if traits.vector_width else None
     return vector or _unrolled(kernel)
 
@@ -520,6 +521,10 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     produced: set[int] = set()
     # shared products, attention's backward, cuts of long chains, and values a kernel would recompute too often
     stored_apart: set[int] = set(shared) | set(backward) | set(chain_cuts) | set(across)
+    users: dict[int, list[Node]] = {id(node): [] for node in order}
+    for node in order:
+        for source in node.src:
+            users[id(source)].append(node)
     kernels: list[RenderedKernel] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
@@ -541,11 +546,22 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         if key in produced:
             continue
         node = materialized[key]
+        _store_row_statistics(node, materialized, produced | stored_apart, users, traits)
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
                                      tuned, planned, early))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
+
+
+def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: set[int],
+                          users: dict[int, list[Node]], traits: DeviceTraits) -> None:
+    """Where `root` is a row kernel, the row statistics it computes that other kernels read are marked to store,
+    so that it stores them (rows.statistics_read_elsewhere)."""
+    length = row_length(root, materialized, settled)
+    if length is not None and _fuses_rows(length, traits):
+        for statistic in statistics_read_elsewhere(root, length, materialized, users):
+            materialized.setdefault(id(statistic), statistic)
 
 
 INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers no

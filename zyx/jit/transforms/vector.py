@@ -10,13 +10,18 @@ A load whose lanes' indices are consecutive becomes one vector load, one whose l
 broadcast, any other a gather lane by lane. Comparisons give masks (bool lanes; OpenCL's intN, -1 true).
 A value the same in every lane (math on broadcast elements and constants: Adam's bias corrections, powers of its
 step count) is computed once, as a scalar, and broadcast into the lanes: PoCL computes `pow` of a vector one lane
-at a time. Integers the same in every lane (an embedding's index) stay scalars that only scalar math reads.
+at a time. Integers the same in every lane (an embedding's index) stay scalars that only scalar math reads. The one integer
+that differs between lanes is the marked arange leaf read at consecutive elements (a one-hot mask's classes, a
+cross-entropy gradient's): its lanes are first, first+1, ..., so compared with a scalar s they are the mask
+`float(s - first) == (0, 1, ..., W-1)`, from one scalar load.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
+from ...dtypes import float32
+from ...trace.node import ARANGE
 from ...trace.ops import Op
 from ..kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Broadcast, Const, Define, Extract, Gather, Kernel,
                          LaneSelect, Load, Loop, Operand, Reg, Role, Select, Statement, Store, rewrite, substitute,
@@ -71,6 +76,9 @@ class _Vectorizer:
         self.memos: list[dict] = [{} for _ in range(width)]
         self.names: dict[str, Operand] = {}
         self.scalars: dict[str, Reg] = {}  # the scalar of each register the same in every lane (its broadcast)
+        self.aranges = {p.name for p in kernel.params if p.kind == "load" and p.node.op is Op.BUFFER
+                        and p.node.arg == ARANGE}
+        self.ramps: dict[str, Reg] = {}    # arange lanes at consecutive elements: the scalar of their first lane
         self.depth = 0
 
     def run(self) -> Kernel:
@@ -102,6 +110,8 @@ class _Vectorizer:
         if isinstance(statement, Load):
             return self._load(statement)
         if isinstance(statement, Alu):
+            if statement.op is Op.CMPEQ and any(isinstance(a, Reg) and a.name in self.ramps for a in statement.args):
+                return self._one_hot(statement)
             scalars = [self._scalar(arg) for arg in statement.args]
             if None not in scalars:
                 return self._uniform(Alu(self._scalar_reg(statement.out), statement.op, tuple(scalars)), statement.out)
@@ -133,6 +143,10 @@ class _Vectorizer:
             if load.out.dtype.is_bool:  # (a broadcast mask's lanes are -1 where true: read as one)
                 return [read(self._reg(load.out), "broadcast")]
             return self._uniform(read(self._scalar_reg(load.out)), load.out)
+        if (load.buffer in self.aranges and indirect is None and all(guard == () for guard in guards)
+                and all(flat == first + lane for lane, flat in enumerate(flats))):
+            self.ramps[load.out.name] = self._scalar_reg(load.out)
+            return [read(self.ramps[load.out.name])]
         out = self._reg(load.out)
         if all(guard is None for guard in guards):
             self.names[out.name] = Const(0, out.dtype, self.width)
@@ -154,6 +168,22 @@ class _Vectorizer:
         if not isinstance(scalar, Reg):
             raise NotVectorizable(load)
         return scalar, size, stride
+
+    def _one_hot(self, compare: Alu) -> list:
+        """`s == arange lanes` (s the same in every lane) as the mask `float(s - first) == (0, 1, ..., W-1)`:
+        exact, as a difference a float32 rounds is far outside [0, W)."""
+        ramp, other = compare.args if isinstance(compare.args[0], Reg) and compare.args[0].name in self.ramps \
+            else compare.args[::-1]
+        scalar = self._scalar(other)
+        if scalar is None or not scalar.dtype.is_int or ramp.dtype != scalar.dtype:
+            raise NotVectorizable(compare)
+        name, dtype = compare.out.name, scalar.dtype
+        below, offset = Reg(f"{name}_first", dtype), Reg(f"{name}_offset", dtype)
+        lane, lanes = Reg(f"{name}_lane", float32), Reg(f"{name}_lanes", float32, self.width)
+        steps = tuple(float(k) for k in range(self.width))
+        return [Alu(below, Op.NEG, (self.ramps[ramp.name],)), Alu(offset, Op.ADD, (scalar, below)),
+                Alu(lane, Op.CAST, (offset,)), Broadcast(lanes, lane),
+                Alu(self._reg(compare.out), Op.CMPEQ, (lanes, Const(steps, float32, self.width)))]
 
     @staticmethod
     def _scalar_reg(reg: Reg) -> Reg:
