@@ -122,7 +122,8 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
                   planned: dict[int, tuple[Node, Choice]], early: set[int] = frozenset()) -> RenderedKernel:
-    """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again.
+    """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again; one
+    that would read back a reduction it stores as an extra output is built again without extra outputs.
     What the kernel reads from others becomes a node to store, what it stores is produced. `planned`: the
     choices of kernels for nodes the scheduler made (read, and added to by the kernels made here). A kernel
     waiting for values other kernels make leaves the `early` reductions to kernels of their own."""
@@ -134,15 +135,20 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     for value in _broadcast_into_reductions(root, materialized):
         materialized[id(value)] = value
         stored_apart.add(id(value))
+    extra_outputs = allow_extra_outputs
     while True:
         try:
             apart = frozenset(stored_apart | early if waits else stored_apart)
-            kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, apart), traits, tuned,
+            kernel = _build_shaped(_Site(root, materialized, produced, extra_outputs, apart), traits, tuned,
                                    planned)
             break
         except KernelTooLarge as too_large:
             materialized[id(too_large.node)] = too_large.node
             stored_apart.add(id(too_large.node))
+        except ScheduleConflict:
+            if not extra_outputs:
+                raise
+            extra_outputs = False  # (only this kernel stores no value but its root; the others keep theirs)
     for node in kernel.needs:
         materialized.setdefault(id(node), node)
     produced.update(id(node) for node in kernel.outputs)
