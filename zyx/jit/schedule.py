@@ -28,13 +28,14 @@ from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
 from .tensor_cores import (WGMMA, lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory,
                            tensor_core_options, warpgroups_build)
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
+from .kernel_memo import Facts, KernelMemo
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention
-from .attention_grad import (gradient_products, gradients_share_kernels, lower_attention_gradient,
-                             match_attention_gradient)
+from .attention_grad import (GradientProduct, gradient_products, gradients_share_kernels,
+                             lower_attention_gradient, match_attention_gradient)
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length
@@ -108,25 +109,56 @@ GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy e
 
 
 def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
-             tuned: TunedChoices = NO_TUNING) -> tuple[list[RenderedKernel], list[Node]]:
+             tuned: TunedChoices = NO_TUNING, memoize: bool = True) -> tuple[list[RenderedKernel], list[Node]]:
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
     (rewrites may have replaced them; they correspond by position). A kernel for which `tuned` holds a choice
-    is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped)."""
+    is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped). A region met
+    before gets the kernel built for it (kernel_memo.py; `memoize=False` builds every kernel), also when kernels
+    depending on each other's extra outputs make the whole schedule start again without them."""
     targets = rewrite_graph(targets, traits.gpu)
+    memo = KernelMemo() if memoize else None
     try:
-        return _schedule(targets, traits, tuned, allow_extra_outputs=True), targets
+        return _schedule(targets, traits, tuned, True, memo), targets
     except ScheduleConflict:
-        return _schedule(targets, traits, tuned, allow_extra_outputs=False), targets
+        return _schedule(targets, traits, tuned, False, memo), targets
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-                  planned: dict[int, tuple[Node, Choice]], early: set[int] = frozenset()) -> RenderedKernel:
+                  planned: dict[int, tuple[Node, Choice]], early: set[int] = frozenset(),
+                  memo: Optional[KernelMemo] = None) -> RenderedKernel:
+    """The kernel storing `root` (`_built`), or the kernel `memo` holds for a region like its own (re-bound to
+    it); what the kernel reads from others becomes a node to store, what it stores is produced."""
+    roots = [root, *(sibling.product for sibling in _gradient_siblings(root, materialized, produced, traits)[1])]
+    facts = Facts(materialized, produced, stored_apart, early)
+    found = memo.find(roots, facts, allow_extra_outputs) if memo is not None and id(root) not in planned else None
+    if found is not None:
+        kernel, apart = found
+        for node in apart:
+            materialized[id(node)] = node
+            stored_apart.add(id(node))
+    else:
+        before = Facts(set(materialized), set(produced), set(stored_apart), early)
+        made = len(planned)
+        kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
+                                    planned, early)
+        if memo is not None and not conflicted and len(planned) == made and id(root) not in planned:
+            apart = [materialized[key] for key in materialized if key not in before.materialized]
+            memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart])
+    for node in kernel.needs:
+        materialized.setdefault(id(node), node)
+    produced.update(id(node) for node in kernel.outputs)
+    return kernel
+
+
+def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
+           allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
+           planned: dict[int, tuple[Node, Choice]], early: set[int]) -> tuple[RenderedKernel, bool]:
     """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again; one
-    that would read back a reduction it stores as an extra output is built again without extra outputs.
-    What the kernel reads from others becomes a node to store, what it stores is produced. `planned`: the
-    choices of kernels for nodes the scheduler made (read, and added to by the kernels made here). A kernel
-    waiting for values other kernels make leaves the `early` reductions to kernels of their own."""
+    that would read back a reduction it stores as an extra output is built again without extra outputs (the
+    flag returned says so). `planned`: the choices of kernels for nodes the scheduler made (read, and added to
+    by the kernels made here). A kernel waiting for values other kernels make leaves the `early` reductions to
+    kernels of their own."""
     waits = early and not _reads_inputs_only(root, materialized, early)
     product = None if traits.gpu else hosted_matmul(root, materialized)
     if product is not None and product is not root and space_axes(root, product) is None:
@@ -149,10 +181,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
             if not extra_outputs:
                 raise
             extra_outputs = False  # (only this kernel stores no value but its root; the others keep theirs)
-    for node in kernel.needs:
-        materialized.setdefault(id(node), node)
-    produced.update(id(node) for node in kernel.outputs)
-    return kernel
+    return kernel, extra_outputs != allow_extra_outputs
 
 
 BROADCAST_MIN_FACTOR = 16  # a value a reduction reads broadcast this many times over ...
@@ -311,12 +340,9 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
 def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKernel]:
     """The kernel storing a product of attention's backward that recomputes P (attention_grad.py), with the other
     such products still to store that walk alike; None where the root is no such product."""
-    plan = match_attention_gradient(site.root, site.materialized, traits.gpu)
+    plan, siblings = _gradient_siblings(site.root, site.materialized, site.produced, traits)
     if plan is None:
         return None
-    others = (match_attention_gradient(node, site.materialized, traits.gpu) for key, node in site.materialized.items()
-              if key not in site.produced and node is not site.root)
-    siblings = [other for other in others if other is not None] if gradients_share_kernels() else []
     if attention_form() == "staged":
         staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
                                                  traits.max_group_size, traits.language == "opencl", site.apart,
@@ -324,6 +350,18 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
         if staged is not None:
             return staged
     return lower_attention_gradient(plan, siblings, site.materialized, site.produced, site.apart, traits.max_params)
+
+
+def _gradient_siblings(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits
+                       ) -> tuple[Optional[GradientProduct], list[GradientProduct]]:
+    """`root` as a product of attention's backward recomputing P, and the products still to store that recompute
+    the same P (those that may share its kernel); (None, []) where `root` is no such product."""
+    plan = match_attention_gradient(root, materialized, traits.gpu)
+    if plan is None or not gradients_share_kernels():
+        return plan, []
+    others = (match_attention_gradient(node, materialized, traits.gpu) for key, node in materialized.items()
+              if key not in produced and node is not root)
+    return plan, [other for other in others if other is not None and other.probabilities is plan.probabilities]
 
 
 def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
@@ -499,7 +537,7 @@ def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tail
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
-              allow_extra_outputs: bool) -> list[RenderedKernel]:
+              allow_extra_outputs: bool, memo: Optional[KernelMemo]) -> list[RenderedKernel]:
     order = toposort(targets)
     position = {id(node): i for i, node in enumerate(order)}
     materialized: dict[int, Node] = {id(t): t for t in targets}
@@ -537,7 +575,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         node = materialized[key]
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
-                                     tuned, planned, early))
+                                     tuned, planned, early, memo))
         enqueue_pending()
     return _launch_order(kernels, allow_extra_outputs)
 
