@@ -69,14 +69,15 @@ class KernelMemo:
     def remember(self, roots: Sequence[Node], facts: Facts, extra_outputs: bool, kernel: RenderedKernel,
                  stored_apart: Sequence[Node]) -> None:
         """Keep `kernel`, built for `roots` when the scheduler knew `facts`, storing `stored_apart` apart; a kernel
-        naming a node outside its region (one the scheduler made) is not kept."""
+        naming a node outside its region (one the scheduler made) is not kept. The region goes on below the values
+        stored apart: the attempts that chose them lowered what is below them."""
         computed = {id(node) for node in contained_nodes(kernel)}
         loaded = {id(node) for node in kernel.loads}
-        first = {id(root) for root in roots}
+        walked_on = {id(node) for node in (*roots, *stored_apart)}  # (what a kernel cut to fit was built from too)
 
         def stops(position: int, node: Node) -> bool:
             key = id(node)
-            return key not in first and key not in computed and (
+            return key not in walked_on and key not in computed and (
                 node.op is Op.BUFFER or key in loaded or key in facts.materialized)
 
         parts, nodes = _walk(roots, facts, stops)

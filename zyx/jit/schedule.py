@@ -112,15 +112,31 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
              tuned: TunedChoices = NO_TUNING, memoize: bool = True) -> tuple[list[RenderedKernel], list[Node]]:
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
     (rewrites may have replaced them; they correspond by position). A kernel for which `tuned` holds a choice
-    is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped). A region met
-    before gets the kernel built for it (kernel_memo.py; `memoize=False` builds every kernel), also when kernels
-    depending on each other's extra outputs make the whole schedule start again without them."""
+    is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped). Kernels waiting
+    for each other's extra outputs (a cycle) are built again without extra outputs, the others as before: a region
+    met before gets the kernel built for it (kernel_memo.py; `memoize=False` builds every kernel); after
+    CYCLE_RETRIES such attempts no kernel gets extra outputs."""
     targets = rewrite_graph(targets, traits.gpu)
     memo = KernelMemo() if memoize else None
-    try:
-        return _schedule(targets, traits, tuned, True, memo), targets
-    except ScheduleConflict:
-        return _schedule(targets, traits, tuned, False, memo), targets
+    plain: set[int] = set()  # roots whose kernels store nothing but their root
+    for _ in range(CYCLE_RETRIES):
+        try:
+            return _schedule(targets, traits, tuned, True, memo, plain), targets
+        except KernelCycle as cycle:
+            plain.update(id(root) for root in cycle.roots)
+    return _schedule(targets, traits, tuned, False, memo, plain), targets
+
+
+CYCLE_RETRIES = 4  # schedules tried with extra outputs (W7 needs 2: the head's product and its gradient's kernels)
+
+
+class KernelCycle(Exception):
+    """Kernels wait for each other (through values they store as extra outputs); `roots`: the roots of the kernels
+    storing the extra outputs waited for."""
+
+    def __init__(self, roots: list[Node]):
+        super().__init__(f"kernels of {len(roots)} roots wait for each other's extra outputs")
+        self.roots = roots
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
@@ -537,7 +553,9 @@ def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tail
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
-              allow_extra_outputs: bool, memo: Optional[KernelMemo]) -> list[RenderedKernel]:
+              allow_extra_outputs: bool, memo: Optional[KernelMemo], plain: set[int]) -> list[RenderedKernel]:
+    """The kernels storing `targets`, latest first, in launch order; the kernels of roots in `plain` (ids) and,
+    without `allow_extra_outputs`, all kernels store nothing but their root."""
     order = toposort(targets)
     position = {id(node): i for i, node in enumerate(order)}
     materialized: dict[int, Node] = {id(t): t for t in targets}
@@ -553,6 +571,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     # shared products, attention's backward, cuts of long chains, and values a kernel would recompute too often
     stored_apart: set[int] = set(shared) | set(backward) | set(chain_cuts) | set(across)
     kernels: list[RenderedKernel] = []
+    roots: list[Node] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
     planned: dict[int, tuple[Node, Choice]] = {}  # nodes the scheduler made, by id: the choice shaping their kernel
@@ -573,11 +592,12 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         if key in produced:
             continue
         node = materialized[key]
+        roots.append(node)
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
-                       _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
-                                     tuned, planned, early, memo))
+                       _build_kernel(node, materialized, produced, traits, allow_extra_outputs and key not in plain,
+                                     stored_apart, tuned, planned, early, memo))
         enqueue_pending()
-    return _launch_order(kernels, allow_extra_outputs)
+    return _launch_order(kernels, roots)
 
 
 INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers no
@@ -681,11 +701,18 @@ def _cut_point(source: Node, above: Callable[[Node], int]) -> list[Node]:
     return path[:smaller + 1]
 
 
-def _launch_order(kernels: list[RenderedKernel], allow_extra_outputs: bool) -> list[RenderedKernel]:
-    """Producers before consumers; a cycle (only possible through extra outputs) asks for a plainer schedule."""
+def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[RenderedKernel]:
+    """Producers before consumers (`roots`: each kernel's); cycles (only possible through extra outputs) raise
+    KernelCycle with the roots of the kernels whose extra outputs close them (of every cycle the walk meets)."""
     producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
     ordered: list[RenderedKernel] = []
     state: dict[int, int] = {}  # 1 visiting, 2 done
+    path: list[int] = []  # the kernels visiting, each waiting for the next
+    cycles: dict[int, Node] = {}  # the roots of kernels whose extra outputs make cycles
+
+    def _waits_for_extra_only(a: int, b: int) -> bool:
+        """Whether kernel `a` waits for kernel `b` only for values `b` stores beside its root."""
+        return all(node is not roots[b] for node in kernels[a].loads if producer.get(id(node)) == b)
     for first in range(len(kernels)):
         stack = [first]  # depth first, iteratively: a chain of kernels can be thousands long
         while stack:
@@ -693,17 +720,26 @@ def _launch_order(kernels: list[RenderedKernel], allow_extra_outputs: bool) -> l
             if state.get(k) == 2:
                 stack.pop()
                 continue
-            state[k] = 1
+            if state.get(k) != 1:
+                state[k] = 1
+                path.append(k)
             waiting = [producer[id(node)] for node in kernels[k].loads if node.op is not Op.BUFFER
                        and state.get(producer[id(node)]) != 2]
-            if any(state.get(p) == 1 for p in waiting):
-                if allow_extra_outputs:
-                    raise ScheduleConflict(kernels[k].outputs[0])
-                raise RuntimeError("zyx scheduler produced a cyclic schedule")
+            for p in waiting:
+                if state.get(p) == 1:  # (the cycle is noted and the walk goes on, to find the others too)
+                    cycle = path[path.index(p):]
+                    extra = [b for a, b in zip(cycle, cycle[1:] + cycle[:1]) if _waits_for_extra_only(a, b)]
+                    if not extra:
+                        raise RuntimeError("zyx scheduler produced a cyclic schedule")
+                    cycles.update((id(roots[b]), roots[b]) for b in extra)
+            waiting = [p for p in waiting if state.get(p) != 1]
             if waiting:
                 stack.extend(waiting)
                 continue
             state[k] = 2
+            path.pop()
             ordered.append(kernels[k])
             stack.pop()
+    if cycles:
+        raise KernelCycle(list(cycles.values()))
     return ordered
