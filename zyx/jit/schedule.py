@@ -127,7 +127,7 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
     return _schedule(targets, traits, tuned, False, memo, plain), targets
 
 
-CYCLE_RETRIES = 8  # schedules tried with extra outputs (a 4-layer GPT of width 16 needs 5: each walk finds the cycles it meets)
+CYCLE_RETRIES = 8  # schedules tried with extra outputs (each walk finds the cycles it meets; a small GPT needed 5)
 
 
 class KernelCycle(Exception):
