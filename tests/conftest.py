@@ -13,6 +13,7 @@ os.environ.setdefault("POCL_CACHE_DIR", os.path.join(os.environ["ZYX_CACHE_DIR"]
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.pop("COLUMNS", None)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import zyx  # noqa: E402
@@ -53,6 +54,28 @@ def _torch_importable() -> bool:
 # run a representative subset unless asked for more (SECONDARY_DEVICES).
 TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu,opencl" + (",wgpu" if _wgpu_adapter_exists() else "")
                               + (",torch" if _torch_importable() else "")).split(",")
+
+
+def small_gpt_gradients(device, layers=4, batch=2, length=8, dim=16, vocab=32):
+    """The loss and the weight gradients of a small pre-norm GPT (W7's model): deep enough to be cut into chains,
+    its layers alike."""
+    rng, F = np.random.default_rng(3), zyx.nn.functional
+    weights = [device.tensor(rng.standard_normal(shape).astype(np.float32) * 0.1)
+               for shape in [(vocab, dim), (length, dim)] + [(4 * dim, dim), (dim, 4 * dim), (3 * dim, dim)] * layers]
+    ids = device.tensor(rng.integers(0, vocab, (batch, length + 1)).astype(np.int32))
+    x = F.embedding(ids[:, :-1], weights[0]) + F.embedding(zyx.arange(length, device=device), weights[1])
+    for fc, out, qkv in zip(*[iter(weights[2:])] * 3):
+        q, k, v = F.linear(F.layer_norm(x, (dim,)), qkv).reshape(batch, length, 3, 2, dim // 2).permute(2, 0, 3, 1, 4)
+        x = x + F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, dim)
+        x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (dim,)), fc)), out)
+    loss = F.cross_entropy(F.linear(F.layer_norm(x, (dim,)), weights[0]).reshape(-1, vocab), ids[:, 1:].reshape(-1))
+    return [loss, *loss.backward(weights)]
+
+
+@pytest.fixture
+def small_gpt():
+    """`small_gpt_gradients`, for the tests that schedule a GPT step."""
+    return small_gpt_gradients
 
 
 @pytest.fixture(params=TEST_DEVICES)

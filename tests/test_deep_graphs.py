@@ -121,27 +121,12 @@ def test_a_long_chain_is_cut_below_a_broadcast_not_at_it():
     np.testing.assert_allclose(build(zyx.OpenCL()).numpy(), build(zyx.CPU()).numpy(), rtol=1e-4)
 
 
-def _gpt_gradients(device, layers=4, batch=2, length=8, dim=16, vocab=32):
-    """The loss and the weight gradients of a small pre-norm GPT (W7's model): deep enough to be cut into chains."""
-    rng, F = np.random.default_rng(3), zyx.nn.functional
-    weights = [device.tensor(rng.standard_normal(shape).astype(np.float32) * 0.1)
-               for shape in [(vocab, dim), (length, dim)] + [(4 * dim, dim), (dim, 4 * dim), (3 * dim, dim)] * layers]
-    ids = device.tensor(rng.integers(0, vocab, (batch, length + 1)).astype(np.int32))
-    x = F.embedding(ids[:, :-1], weights[0]) + F.embedding(zyx.arange(length, device=device), weights[1])
-    for fc, out, qkv in zip(*[iter(weights[2:])] * 3):
-        q, k, v = F.linear(F.layer_norm(x, (dim,)), qkv).reshape(batch, length, 3, 2, dim // 2).permute(2, 0, 3, 1, 4)
-        x = x + F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, dim)
-        x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (dim,)), fc)), out)
-    loss = F.cross_entropy(F.linear(F.layer_norm(x, (dim,)), weights[0]).reshape(-1, vocab), ids[:, 1:].reshape(-1))
-    return [loss, *loss.backward(weights)]
-
-
-def test_a_gpt_step_stores_nothing_larger_than_its_activations():
+def test_a_gpt_step_stores_nothing_larger_than_its_activations(small_gpt):
     """4 pre-norm blocks' backward passes the depth limit: its cuts store activations, never a (batch, time, d, d)
     product operand; the gradients equal the reference device's."""
-    kernels, _ = schedule([t.node for t in _gpt_gradients(zyx.OpenCL())], DeviceTraits(vector_width=16))
+    kernels, _ = schedule([t.node for t in small_gpt(zyx.OpenCL())], DeviceTraits(vector_width=16))
     assert max(o.numel for k in kernels for o in k.outputs) <= 2 * 8 * 4 * 16  # the MLP's (batch, time, 4d)
-    for got, expected in zip(_gpt_gradients(zyx.OpenCL()), _gpt_gradients(zyx.CPU())):
+    for got, expected in zip(small_gpt(zyx.OpenCL()), small_gpt(zyx.CPU())):
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-3, atol=1e-5)
 
 

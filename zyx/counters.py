@@ -8,7 +8,7 @@ _COUNTERS: dict[str, float] = {}
 _NAMES = (
     "kernels_compiled", "kernels_launched", "graphs_scheduled", "schedule_cache_hits",
     "bytes_allocated", "peak_bytes", "cache_memory_hits", "cache_disk_hits", "cache_misses",
-    "compile_seconds", "programs_captured", "programs_loaded", "structure_digests",
+    "compile_seconds", "programs_captured", "programs_loaded", "structure_digests", "kernel_memo_hits",
     "kernels_tuned", "launches",
 )
 

@@ -28,13 +28,14 @@ from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
 from .tensor_cores import (WGMMA, lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory,
                            tensor_core_options, warpgroups_build)
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
+from .kernel_memo import Facts, KernelMemo
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention
-from .attention_grad import (gradient_products, gradients_share_kernels, lower_attention_gradient,
-                             match_attention_gradient)
+from .attention_grad import (GradientProduct, gradient_products, gradients_share_kernels,
+                             lower_attention_gradient, match_attention_gradient)
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length, statistics_read_elsewhere
@@ -110,24 +111,72 @@ GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy e
 
 
 def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
-             tuned: TunedChoices = NO_TUNING) -> tuple[list[RenderedKernel], list[Node]]:
+             tuned: TunedChoices = NO_TUNING, memoize: bool = True) -> tuple[list[RenderedKernel], list[Node]]:
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
     (rewrites may have replaced them; they correspond by position). A kernel for which `tuned` holds a choice
-    is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped)."""
+    is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped). Kernels waiting
+    for each other's extra outputs (a cycle) are built again without extra outputs, the others as before: a region
+    met before gets the kernel built for it (kernel_memo.py; `memoize=False` builds every kernel); after
+    CYCLE_RETRIES such attempts no kernel gets extra outputs."""
     targets = rewrite_graph(targets, traits.gpu)
-    try:
-        return _schedule(targets, traits, tuned, allow_extra_outputs=True), targets
-    except ScheduleConflict:
-        return _schedule(targets, traits, tuned, allow_extra_outputs=False), targets
+    memo = KernelMemo() if memoize else None
+    plain: set[int] = set()  # roots whose kernels store nothing but their root
+    for _ in range(CYCLE_RETRIES):
+        try:
+            return _schedule(targets, traits, tuned, True, memo, plain), targets
+        except KernelCycle as cycle:
+            plain.update(id(root) for root in cycle.roots)
+    return _schedule(targets, traits, tuned, False, memo, plain), targets
+
+
+CYCLE_RETRIES = 8  # schedules tried with extra outputs (each walk finds the cycles it meets; a small GPT needed 5)
+
+
+class KernelCycle(Exception):
+    """Kernels wait for each other (through values they store as extra outputs); `roots`: the roots of the kernels
+    storing the extra outputs waited for."""
+
+    def __init__(self, roots: list[Node]):
+        super().__init__(f"kernels of {len(roots)} roots wait for each other's extra outputs")
+        self.roots = roots
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-                  planned: dict[int, tuple[Node, Choice]], early: set[int] = frozenset()) -> RenderedKernel:
-    """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again.
-    What the kernel reads from others becomes a node to store, what it stores is produced. `planned`: the
-    choices of kernels for nodes the scheduler made (read, and added to by the kernels made here). A kernel
-    waiting for values other kernels make leaves the `early` reductions to kernels of their own."""
+                  planned: dict[int, tuple[Node, Choice]], early: set[int] = frozenset(),
+                  memo: Optional[KernelMemo] = None) -> RenderedKernel:
+    """The kernel storing `root` (`_built`), or the kernel `memo` holds for a region like its own (re-bound to
+    it); what the kernel reads from others becomes a node to store, what it stores is produced."""
+    roots = [root, *(sibling.product for sibling in _gradient_siblings(root, materialized, produced, traits)[1])]
+    facts = Facts(materialized, produced, stored_apart, early)
+    found = memo.find(roots, facts, allow_extra_outputs) if memo is not None and id(root) not in planned else None
+    if found is not None:
+        kernel, apart = found
+        for node in apart:
+            materialized[id(node)] = node
+            stored_apart.add(id(node))
+    else:
+        before = Facts(set(materialized), set(produced), set(stored_apart), early)
+        made = len(planned)
+        kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
+                                    planned, early)
+        if memo is not None and not conflicted and len(planned) == made and id(root) not in planned:
+            apart = [materialized[key] for key in materialized if key not in before.materialized]
+            memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart])
+    for node in kernel.needs:
+        materialized.setdefault(id(node), node)
+    produced.update(id(node) for node in kernel.outputs)
+    return kernel
+
+
+def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
+           allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
+           planned: dict[int, tuple[Node, Choice]], early: set[int]) -> tuple[RenderedKernel, bool]:
+    """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again; one
+    that would read back a reduction it stores as an extra output is built again without extra outputs (the
+    flag returned says so). `planned`: the choices of kernels for nodes the scheduler made (read, and added to
+    by the kernels made here). A kernel waiting for values other kernels make leaves the `early` reductions to
+    kernels of their own."""
     waits = early and not _reads_inputs_only(root, materialized, early)
     product = None if traits.gpu else hosted_matmul(root, materialized)
     if product is not None and product is not root and space_axes(root, product) is None:
@@ -136,19 +185,21 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     for value in _broadcast_into_reductions(root, materialized, traits.gpu):
         materialized[id(value)] = value
         stored_apart.add(id(value))
+    extra_outputs = allow_extra_outputs
     while True:
         try:
             apart = frozenset(stored_apart | early if waits else stored_apart)
-            kernel = _build_shaped(_Site(root, materialized, produced, allow_extra_outputs, apart), traits, tuned,
+            kernel = _build_shaped(_Site(root, materialized, produced, extra_outputs, apart), traits, tuned,
                                    planned)
             break
         except KernelTooLarge as too_large:
             materialized[id(too_large.node)] = too_large.node
             stored_apart.add(id(too_large.node))
-    for node in kernel.needs:
-        materialized.setdefault(id(node), node)
-    produced.update(id(node) for node in kernel.outputs)
-    return kernel
+        except ScheduleConflict:
+            if not extra_outputs:
+                raise
+            extra_outputs = False  # (only this kernel stores no value but its root; the others keep theirs)
+    return kernel, extra_outputs != allow_extra_outputs
 
 
 BROADCAST_MIN_FACTOR = 16  # a value a reduction reads broadcast this many times over ...
@@ -318,12 +369,9 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
 def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKernel]:
     """The kernel storing a product of attention's backward that recomputes P (attention_grad.py), with the other
     such products still to store that walk alike; None where the root is no such product."""
-    plan = match_attention_gradient(site.root, site.materialized, traits.gpu)
+    plan, siblings = _gradient_siblings(site.root, site.materialized, site.produced, traits)
     if plan is None:
         return None
-    others = (match_attention_gradient(node, site.materialized, traits.gpu) for key, node in site.materialized.items()
-              if key not in site.produced and node is not site.root)
-    siblings = [other for other in others if other is not None] if gradients_share_kernels() else []
     if attention_form() == "staged":
         staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
                                                  traits.max_group_size, traits.language == "opencl", site.apart,
@@ -331,6 +379,18 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
         if staged is not None:
             return staged
     return lower_attention_gradient(plan, siblings, site.materialized, site.produced, site.apart, traits.max_params)
+
+
+def _gradient_siblings(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits
+                       ) -> tuple[Optional[GradientProduct], list[GradientProduct]]:
+    """`root` as a product of attention's backward recomputing P, and the products still to store that recompute
+    the same P (those that may share its kernel); (None, []) where `root` is no such product."""
+    plan = match_attention_gradient(root, materialized, traits.gpu)
+    if plan is None or not gradients_share_kernels():
+        return plan, []
+    others = (match_attention_gradient(node, materialized, traits.gpu) for key, node in materialized.items()
+              if key not in produced and node is not root)
+    return plan, [other for other in others if other is not None and other.probabilities is plan.probabilities]
 
 
 def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shaped:
@@ -506,7 +566,9 @@ def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tail
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
-              allow_extra_outputs: bool) -> list[RenderedKernel]:
+              allow_extra_outputs: bool, memo: Optional[KernelMemo], plain: set[int]) -> list[RenderedKernel]:
+    """The kernels storing `targets`, latest first, in launch order; the kernels of roots in `plain` (ids) and,
+    without `allow_extra_outputs`, all kernels store nothing but their root."""
     order = toposort(targets)
     position = {id(node): i for i, node in enumerate(order)}
     materialized: dict[int, Node] = {id(t): t for t in targets}
@@ -526,6 +588,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         for source in node.src:
             users[id(source)].append(node)
     kernels: list[RenderedKernel] = []
+    roots: list[Node] = []
     queue: list[tuple[int, int]] = []
     queued: set[int] = set()
     planned: dict[int, tuple[Node, Choice]] = {}  # nodes the scheduler made, by id: the choice shaping their kernel
@@ -547,11 +610,12 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
             continue
         node = materialized[key]
         _store_row_statistics(node, materialized, produced | stored_apart, users, traits)
+        roots.append(node)
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
-                       _build_kernel(node, materialized, produced, traits, allow_extra_outputs, stored_apart,
-                                     tuned, planned, early))
+                       _build_kernel(node, materialized, produced, traits, allow_extra_outputs and key not in plain,
+                                     stored_apart, tuned, planned, early, memo))
         enqueue_pending()
-    return _launch_order(kernels, allow_extra_outputs)
+    return _launch_order(kernels, roots)
 
 
 def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: set[int],
@@ -665,11 +729,18 @@ def _cut_point(source: Node, above: Callable[[Node], int]) -> list[Node]:
     return path[:smaller + 1]
 
 
-def _launch_order(kernels: list[RenderedKernel], allow_extra_outputs: bool) -> list[RenderedKernel]:
-    """Producers before consumers; a cycle (only possible through extra outputs) asks for a plainer schedule."""
+def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[RenderedKernel]:
+    """Producers before consumers (`roots`: each kernel's); cycles (only possible through extra outputs) raise
+    KernelCycle with the roots of the kernels whose extra outputs close them (of every cycle the walk meets)."""
     producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
     ordered: list[RenderedKernel] = []
     state: dict[int, int] = {}  # 1 visiting, 2 done
+    path: list[int] = []  # the kernels visiting, each waiting for the next
+    cycles: dict[int, Node] = {}  # the roots of kernels whose extra outputs make cycles
+
+    def _waits_for_extra_only(a: int, b: int) -> bool:
+        """Whether kernel `a` waits for kernel `b` only for values `b` stores beside its root."""
+        return all(node is not roots[b] for node in kernels[a].loads if producer.get(id(node)) == b)
     for first in range(len(kernels)):
         stack = [first]  # depth first, iteratively: a chain of kernels can be thousands long
         while stack:
@@ -677,17 +748,26 @@ def _launch_order(kernels: list[RenderedKernel], allow_extra_outputs: bool) -> l
             if state.get(k) == 2:
                 stack.pop()
                 continue
-            state[k] = 1
+            if state.get(k) != 1:
+                state[k] = 1
+                path.append(k)
             waiting = [producer[id(node)] for node in kernels[k].loads if node.op is not Op.BUFFER
                        and state.get(producer[id(node)]) != 2]
-            if any(state.get(p) == 1 for p in waiting):
-                if allow_extra_outputs:
-                    raise ScheduleConflict(kernels[k].outputs[0])
-                raise RuntimeError("zyx scheduler produced a cyclic schedule")
+            for p in waiting:
+                if state.get(p) == 1:  # (the cycle is noted and the walk goes on, to find the others too)
+                    cycle = path[path.index(p):]
+                    extra = [b for a, b in zip(cycle, cycle[1:] + cycle[:1]) if _waits_for_extra_only(a, b)]
+                    if not extra:
+                        raise RuntimeError("zyx scheduler produced a cyclic schedule")
+                    cycles.update((id(roots[b]), roots[b]) for b in extra)
+            waiting = [p for p in waiting if state.get(p) != 1]
             if waiting:
                 stack.extend(waiting)
                 continue
             state[k] = 2
+            path.pop()
             ordered.append(kernels[k])
             stack.pop()
+    if cycles:
+        raise KernelCycle(list(cycles.values()))
     return ordered

@@ -1,0 +1,72 @@
+"""Kernels memoized by region (kernel_memo.py): a region met again gets exactly the kernel a fresh build gives; kernels
+closing a cycle through their extra outputs are rebuilt alone without them."""
+import numpy as np
+import pytest
+
+import zyx
+from zyx.jit.choices import NO_TUNING
+from zyx.jit.rewrite import rewrite_graph
+from zyx.jit.schedule import DeviceTraits, KernelCycle, _schedule, schedule
+from zyx.trace.node import toposort
+
+LAYERS = 4
+TRAITS = [DeviceTraits(vector_width=16), DeviceTraits(gpu=True, vector_width=4, max_group_size=1024)]
+
+
+def _described(targets, traits, memoize):
+    """The schedule's kernels in launch order, each as everything a program takes from it, nodes by position."""
+    before = zyx.stats()["kernel_memo_hits"]
+    kernels, rewritten = schedule(targets, traits, memoize=memoize)
+    position = {id(node): k for k, node in enumerate(toposort(rewritten))}
+    at = lambda nodes: [position.get(id(node), (node.op, node.shape)) for node in nodes]  # noqa: E731
+    described = [(k.name, k.source, k.space, k.global_size, k.local_size, k.longest_reduction, k.site,
+                  at(k.outputs), at(k.loads), at(k.needs), [(p.kind, p.name, *at([p.node])) for p in k.params],
+                  at(node for node in k.loads if id(node) in k.misaligned)) for k in kernels]
+    return described, zyx.stats()["kernel_memo_hits"] - before
+
+
+@pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
+def test_a_memoized_gpt_schedule_is_the_fresh_one(small_gpt, traits):
+    """Sources, launch order, and every node a kernel reads or stores equal with the memo on and off; the
+    repeated layers' kernels come from the memo."""
+    targets = [t.node for t in small_gpt(zyx.CPU(), layers=LAYERS)]
+    fresh, none = _described(targets, traits, memoize=False)
+    memoized, hits = _described(targets, traits, memoize=True)
+    assert none == 0 and hits >= LAYERS - 1
+    assert memoized == fresh
+
+
+def test_a_repeated_region_reads_its_own_inputs():
+    """Two row sums alike: the second is the first's kernel re-bound to its own buffers, and computes its own."""
+    dev = zyx.OpenCL()
+    data = [np.random.default_rng(k).standard_normal((64, 33)).astype(np.float32) for k in range(4)]
+    a, b, c, d = (dev.tensor(x) for x in data)
+    first, second = ((a * b).exp().sum(1), (c * d).exp().sum(1))
+    hits = zyx.stats()["kernel_memo_hits"]
+    kernels, targets = schedule([first.node, second.node], DeviceTraits(vector_width=16))
+    assert zyx.stats()["kernel_memo_hits"] == hits + 1 and len(kernels) == 2
+    assert kernels[0].source == kernels[1].source
+    for target, inputs in zip(targets, ((a, b), (c, d))):
+        kernel = next(k for k in kernels if k.outputs == [target])
+        assert {id(p.node) for p in kernel.params} == {id(target), *(id(x.node) for x in inputs)}
+    for got, x, y in ((first, data[0], data[1]), (second, data[2], data[3])):
+        np.testing.assert_allclose(got.numpy(), np.exp(x * y).sum(1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
+def test_kernels_closing_a_cycle_alone_lose_their_extra_outputs(small_gpt, traits):
+    """A GPT step's kernels wait for each other through extra outputs (KernelCycle, naming kernels that store
+    some); only those are built again without them: the schedule keeps extra outputs elsewhere."""
+    targets = rewrite_graph([t.node for t in small_gpt(zyx.CPU(), layers=LAYERS)], traits.gpu)
+    with pytest.raises(KernelCycle) as cycle:
+        _schedule(targets, traits, NO_TUNING, True, None, set())
+    kernels, _ = schedule(targets, traits)
+    stores = {id(root) for root in cycle.value.roots}
+    assert stores and len(stores) < len(kernels)
+    assert any(len(kernel.outputs) > 1 for kernel in kernels)
+
+
+def test_a_gpt_step_keeping_extra_outputs_computes_the_reference_gradients(shaped, small_gpt):
+    """The schedule left after its cycles are broken computes what the CPU reference does."""
+    for got, expected in zip(small_gpt(shaped, layers=LAYERS), small_gpt(zyx.CPU(), layers=LAYERS)):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-3, atol=1e-5)

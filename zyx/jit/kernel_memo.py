@@ -1,0 +1,140 @@
+"""Kernels of regions met before, found again: a GPT's twelve layers are one layer's kernels twelve times.
+
+Building a kernel (lowering, shaping, printing) is most of a schedule's time: W7's 520 kernels took 11 minutes of
+Python on a 2-core CPU. What a kernel becomes depends on its region: the nodes the scheduler walks from its roots
+(the node to store, and the attention-gradient products that may share its kernel) down to what it reads from
+memory, and what the scheduler decided of each before the build (to store it, stored by an earlier kernel, stored
+apart, an early reduction: `Facts`). The traits, the tuned choices and whether extra outputs are allowed are fixed
+per memo (one per schedule call) or part of its key. A region met again, node for node (each node's own key,
+`Node.key`, its sources, the decisions), gets the first region's kernel with its nodes re-bound by position, and
+the build's decisions again (the values it stored apart).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence
+
+from .. import counters
+from ..trace.node import Node
+from ..trace.ops import Op
+from .kernel_ir import RenderedKernel
+from .kernel_nodes import contained_nodes
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the scheduler had decided before a kernel's build, by node id."""
+
+    materialized: set[int] | dict
+    produced: set[int]
+    apart: set[int]
+    early: set[int]
+
+    def of(self, node: Node) -> int:
+        key = id(node)
+        return ((key in self.materialized) | (key in self.produced) << 1 | (key in self.apart) << 2
+                | (key in self.early) << 3)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A kernel built for a region: the region's walk (`_walk`), where the walk stopped, the region's nodes by
+    position, and the nodes the build stored apart."""
+
+    parts: tuple
+    stops: tuple[bool, ...]
+    nodes: tuple[Node, ...]
+    kernel: RenderedKernel
+    stored_apart: tuple[Node, ...]
+
+
+class KernelMemo:
+    """The kernels of one schedule call, by region."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, list[_Entry]] = {}
+
+    def find(self, roots: Sequence[Node], facts: Facts, extra_outputs: bool
+             ) -> Optional[tuple[RenderedKernel, list[Node]]]:
+        """The kernel a build for `roots` would give, and the nodes it would store apart; None if no region met
+        before is this one."""
+        for entry in self._entries.get(_index(roots, facts, extra_outputs), ()):
+            walked = _walk(roots, facts, lambda position, node: entry.stops[position], entry.parts)
+            if walked is not None:
+                counters.bump("kernel_memo_hits")
+                mapping = {id(old): new for old, new in zip(entry.nodes, walked[1])}
+                return _rebound(entry.kernel, mapping), [mapping[id(node)] for node in entry.stored_apart]
+        return None
+
+    def remember(self, roots: Sequence[Node], facts: Facts, extra_outputs: bool, kernel: RenderedKernel,
+                 stored_apart: Sequence[Node]) -> None:
+        """Keep `kernel`, built for `roots` when the scheduler knew `facts`, storing `stored_apart` apart; a kernel
+        naming a node outside its region (one the scheduler made) is not kept. The region goes on below the values
+        stored apart: the attempts that chose them lowered what is below them."""
+        computed = {id(node) for node in contained_nodes(kernel)}
+        loaded = {id(node) for node in kernel.loads}
+        walked_on = {id(node) for node in (*roots, *stored_apart)}  # (what a kernel cut to fit was built from too)
+
+        def stops(position: int, node: Node) -> bool:
+            key = id(node)
+            return key not in walked_on and key not in computed and (
+                node.op is Op.BUFFER or key in loaded or key in facts.materialized)
+
+        parts, nodes = _walk(roots, facts, stops)
+        region = {id(node) for node in nodes}
+        named = [*(p.node for p in kernel.params), *kernel.outputs, *kernel.loads, *kernel.needs, *stored_apart]
+        if any(id(node) not in region for node in named) or not kernel.misaligned <= region:
+            return
+        stop_at = tuple(stops(position, node) for position, node in enumerate(nodes))
+        entry = _Entry(parts, stop_at, tuple(nodes), kernel, tuple(stored_apart))
+        self._entries.setdefault(_index(roots, facts, extra_outputs), []).append(entry)
+
+
+def _index(roots: Sequence[Node], facts: Facts, extra_outputs: bool) -> tuple:
+    """What regions that may be equal share: the root's key, decisions and sources' keys, the number of roots."""
+    root = roots[0]
+    return len(roots), extra_outputs, root.key, facts.of(root), tuple(source.key for source in root.src)
+
+
+def _walk(roots: Sequence[Node], facts: Facts, stop: Callable[[int, Node], bool],
+          expected: Optional[tuple] = None) -> Optional[tuple[tuple, list[Node]]]:
+    """The region below `roots` as a tuple (nodes depth first, sources in order: a node met before is its
+    position, a new one its key, decisions, whether the walk stops there and its sources' count), and its nodes
+    by position; `stop(position, node)` says where the walk ends. Given the `expected` tuple, None as soon as
+    the walk departs from it."""
+    positions: dict[int, int] = {}
+    nodes: list[Node] = []
+    parts: list = []
+    stack = list(reversed(roots))
+    while stack:
+        node = stack.pop()
+        seen = positions.get(id(node))
+        if seen is None:
+            positions[id(node)] = len(nodes)
+            ends = stop(len(nodes), node)
+            part: object = (node.key, facts.of(node), ends, len(node.src))
+            nodes.append(node)
+            if not ends:
+                stack.extend(reversed(node.src))
+        else:
+            part = seen
+        if expected is not None and (len(parts) >= len(expected) or expected[len(parts)] != part):
+            return None
+        parts.append(part)
+    if expected is not None and len(parts) != len(expected):
+        return None
+    return tuple(parts), nodes
+
+
+def _rebound(kernel: RenderedKernel, mapping: dict[int, Node]) -> RenderedKernel:
+    """`kernel` reading and storing the nodes `mapping` gives for its own (by id)."""
+    params = {id(param): replace(param, node=mapping[id(param.node)]) for param in kernel.params}
+    if kernel.ir is not None:
+        params.update((id(param), replace(param, node=mapping[id(param.node)])) for param in kernel.ir.params
+                      if id(param) not in params)
+    nodes = lambda listed: [mapping[id(node)] for node in listed]  # noqa: E731
+    return replace(kernel, params=[params[id(param)] for param in kernel.params], outputs=nodes(kernel.outputs),
+                   loads=nodes(kernel.loads), needs=nodes(kernel.needs),
+                   misaligned={id(mapping[key]) for key in kernel.misaligned},
+                   ir=None if kernel.ir is None else replace(kernel.ir, params=tuple(params[id(p)]
+                                                                                     for p in kernel.ir.params)))
