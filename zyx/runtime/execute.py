@@ -10,7 +10,7 @@ import operator
 from typing import Any, Callable, Optional, Sequence
 
 from . import profiling
-from .run_code import arena_plan, write_run
+from .run_code import arena_plan, bindable, write_run
 from .. import counters as stats
 
 
@@ -43,6 +43,7 @@ class Executable:
         self._arena_numbers, self.arena_sizes = arena_plan(program, internal, size_class)
         self._arena_run = write_run(program, kernels, slot_positions, inputs, rands, size_class, internal,
                                     self._arena_numbers) if self.arena_sizes else self._run
+        self._layout = (kernels, slot_positions, inputs, rands, size_class, internal)
         self.kernel_positions = [k for k, launch in enumerate(program.launches) if launch.is_kernel]
         self.launches_per_run = len(self.kernel_positions)
         # a launch group runs more kernels than one
@@ -74,6 +75,27 @@ class Executable:
                                       backend, gate, arena.take())
         stats.note_run(pool.peak_bytes, self.launches_per_run, self.kernels_per_run)
         return outputs
+
+    def bound_run(self, owner: Any, arena: Any) -> Optional[Callable[..., list[Any]]]:
+        """A run launching kernels of its own that hold their arguments between calls (`owner`: the runtime's
+        `own_kernel` and `held_arguments`; see run_code.py), for one replayed step's `arena` (a memory.Arena of
+        `arena_sizes`, or None for none): a function of (inputs, rand_args, launch, gate) with `launch` from
+        `owner.launcher(False)`. None where the run cannot hold its arguments (`run_code.bindable`)."""
+        numbers = self._arena_numbers if arena is not None else {}
+        kernels, slot_positions, inputs, rands, size_class, internal = self._layout
+        if not bindable(self.program, internal, numbers):
+            return None
+        run = write_run(self.program, kernels, slot_positions, inputs, rands, size_class, internal, numbers, owner)
+        pool, allocate_taken, allocate, take = owner.pool, owner.allocate_taken, owner.allocate, \
+            arena.take if arena is not None else list
+        launches, kernels_run = self.launches_per_run, self.kernels_per_run
+
+        def bound(inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]], launch: Any,
+                  gate: Optional[Callable[[], None]]) -> list[Any]:
+            outputs = run(inputs, rand_args, pool, allocate_taken, allocate, launch, owner, gate, take())
+            stats.note_run(pool.peak_bytes, launches, kernels_run)
+            return outputs
+        return bound
 
     def _observed(self, launch: Callable, backend: Any, timed: bool,
                   on_first_launch: Optional[Callable[[int], None]]) -> Callable:

@@ -9,7 +9,9 @@ PoCL); the switch waits for the other queue, so the order still holds.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ from zyx import counters as stats
 from zyx.runtime import collectives, profiling
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import ARENA_SHARE, BufferPool, PooledRuntime
+from zyx.runtime.run_code import HeldArguments
 from ..debug import logger
 
 _OUT_OF_MEMORY_CODES = frozenset(
@@ -70,6 +73,11 @@ class Buffer:
         return f"Buffer(nbytes={self.nbytes}, device={self.runtime.name!r})"
 
 
+def _log_launch(log: logging.Logger, kernel: cl.Kernel, global_size: tuple[int, ...],
+                local_size: tuple[int, ...] | None) -> None:
+    log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
+
+
 class OpenCLRuntime(PooledRuntime):
     """Owns one OpenCL device: allocation, transfers and kernel launches all go through here."""
 
@@ -95,8 +103,9 @@ class OpenCLRuntime(PooledRuntime):
         self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
         # per kernel, the arguments it was last given (`launcher`); they hold their buffers, so a trim forgets them
         self._arguments_set: dict[cl.Kernel, Sequence[Any]] = {}
+        self._held: "weakref.WeakSet[HeldArguments]" = weakref.WeakSet()  # those of replays' own kernels
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory,
-                                                      on_trim=self._arguments_set.clear,
+                                                      on_trim=self._forget_arguments,
                                                       arena_budget=ARENA_SHARE * cl_device.global_mem_size)
         self._pending_uploads: list[cl.Event] = []
 
@@ -251,13 +260,35 @@ class OpenCLRuntime(PooledRuntime):
         def launch(kernel: cl.Kernel, global_size: tuple[int, ...], local_size: tuple[int, ...] | None,
                    args: Sequence[Any]) -> cl.Event:
             if logged:
-                log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
+                _log_launch(log, kernel, global_size, local_size)
             if arguments_set.get(kernel) != args:
                 arguments_set.pop(kernel, None)  # a set_args that raises leaves the kernel's arguments unknown
                 kernel.set_args(*args)
                 arguments_set[kernel] = args
             return enqueue(queue, kernel, global_size, local_size)
+
+        def enqueue_logged(kernel: cl.Kernel, global_size: tuple[int, ...], local_size: tuple[int, ...] | None) -> Any:
+            _log_launch(log, kernel, global_size, local_size)
+            return enqueue(queue, kernel, global_size, local_size)
+        # a bound run's launches (run_code.py): kernels that hold their arguments, straight to the driver
+        launch.enqueue = enqueue_logged if logged else functools.partial(enqueue, queue)  # type: ignore[attr-defined]
         return launch
+
+    def own_kernel(self, kernel: cl.Kernel) -> cl.Kernel:
+        """A kernel object of `kernel`'s program and function for one replayed step alone, whose arguments it sets
+        once and keeps (run_code.py: `write_run`'s `owner`)."""
+        return cl.Kernel(kernel.program, kernel.function_name)
+
+    def held_arguments(self, uses: list[list[tuple[cl.Kernel, int, int]]]) -> HeldArguments:
+        """What a bound run's own kernels hold, forgotten when the pool trims (they hold its buffers)."""
+        held = HeldArguments(uses)
+        self._held.add(held)
+        return held
+
+    def _forget_arguments(self) -> None:
+        self._arguments_set.clear()
+        for held in list(self._held):
+            held.now = None
 
     def synchronize(self) -> None:
         """Waits until everything enqueued so far has finished."""
