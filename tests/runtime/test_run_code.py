@@ -227,18 +227,22 @@ class BindingRuntime(FakeRuntime):
         return launch
 
 
+def unbound_run(inputs, rand_args, gate, launch):
+    raise AssertionError("a bound run handed its call over")
+
+
 def test_a_bound_run_launches_its_own_kernels_setting_only_the_arguments_that_changed():
     runtime = BindingRuntime()
     executable = Executable(PROGRAM, ["K0", None, "K2", "K3"], runtime)
     arena = runtime.pool.arena(executable.arena_sizes)
-    bound = executable.bound_run(runtime, arena)
+    bound = executable.bound_run(runtime, arena, unbound_run)
     first = [FakeBuffer(Raw(), 16, runtime), FakeBuffer(Raw(), 16, runtime)]
     second = [FakeBuffer(Raw(), 16, runtime), first[1]]  # a new input 0 (a new batch), the same input 1
     sets = []
     for inputs, (seed, offset) in [(first, (7, 11)), (first, (8, 12)), (second, (9, 13))]:
         runtime.launches.clear()
         before = sum(kernel.sets for kernel in runtime.own)
-        output, written = bound(inputs, [(seed, offset)], runtime.launcher(False), None)
+        output, written = bound(inputs, [(seed, offset)], None, runtime.launcher(False))
         sets.append(sum(kernel.sets for kernel in runtime.own) - before)
         (internal,) = arena.buffers
         (k0, _, (x, a)), (k2, _, (b, s, f, out)), (k3, _, (result, target)) = runtime.launches
@@ -253,8 +257,8 @@ def test_a_bound_run_launches_its_own_kernels_setting_only_the_arguments_that_ch
 def test_a_run_with_internal_buffers_from_the_pool_is_not_bound():
     runtime = BindingRuntime()
     executable = Executable(PROGRAM, ["K0", None, "K2", "K3"], runtime)
-    assert executable.bound_run(runtime, None) is None  # its internal slot's name holds no buffer at the launches
-    assert executable.bound_run(runtime, runtime.pool.arena(executable.arena_sizes)) is not None
+    assert executable.bound_run(runtime, None, unbound_run) is None  # its internal slot's name holds no buffer at the launches
+    assert executable.bound_run(runtime, runtime.pool.arena(executable.arena_sizes), unbound_run) is not None
 
 
 def test_a_bound_run_sets_every_argument_again_once_its_arguments_are_forgotten():
@@ -263,7 +267,7 @@ def test_a_bound_run_sets_every_argument_again_once_its_arguments_are_forgotten(
     runtime = BindingRuntime()
     executable = Executable(ARENA_PROGRAM, ["A", "B", "C", "D"], runtime)
     arena = runtime.pool.arena(executable.arena_sizes)
-    bound = executable.bound_run(runtime, arena)
+    bound = executable.bound_run(runtime, arena, unbound_run)
     inputs = [FakeBuffer(Raw(), 16, runtime)]
     counts = []
     for trimmed in (False, False, True):
@@ -271,8 +275,21 @@ def test_a_bound_run_sets_every_argument_again_once_its_arguments_are_forgotten(
             arena.release()
             runtime.held.now = None
         before = sum(kernel.sets for kernel in runtime.own)
-        bound(inputs, [], runtime.launcher(False), None)
+        bound(inputs, [], None, runtime.launcher(False))
         counts.append(sum(kernel.sets for kernel in runtime.own) - before)
         *_, (_, _, (last_internal, _)) = runtime.launches
         assert last_internal is arena.buffers[0]
     assert counts == [8, 0, 8]
+
+
+def test_a_bound_run_hands_a_call_whose_launch_function_has_no_enqueue_to_the_plain_run():
+    """A profiler's or a recorder's launch function sees each launch with its arguments (and None: `run`'s own)."""
+    runtime = BindingRuntime()
+    executable = Executable(ARENA_PROGRAM, ["A", "B", "C", "D"], runtime)
+    handed = []
+    bound = executable.bound_run(runtime, runtime.pool.arena(executable.arena_sizes),
+                                 lambda *call: handed.append(call) or ["plain"])
+    inputs = [FakeBuffer(Raw(), 16, runtime)]
+    recorder = FakeRuntime.launcher(runtime, False)
+    assert bound(inputs, [], None, recorder) == ["plain"] and bound(inputs, [], None, None) == ["plain"]
+    assert [call[3] for call in handed] == [recorder, None] and runtime.own and not runtime.launches

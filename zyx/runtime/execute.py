@@ -10,7 +10,7 @@ import operator
 from typing import Any, Callable, Optional, Sequence
 
 from . import profiling
-from .run_code import arena_plan, bindable, write_run
+from .run_code import Owner, arena_plan, bindable, write_run
 from .. import counters as stats
 
 
@@ -76,26 +76,19 @@ class Executable:
         stats.note_run(pool.peak_bytes, self.launches_per_run, self.kernels_per_run)
         return outputs
 
-    def bound_run(self, owner: Any, arena: Any) -> Optional[Callable[..., list[Any]]]:
-        """A run launching kernels of its own that hold their arguments between calls (`owner`: the runtime's
+    def bound_run(self, runtime: Any, arena: Any, unbound: Callable[..., list[Any]]) -> Optional[Callable[..., list[Any]]]:
+        """A run launching kernels of its own that hold their arguments between calls (`runtime`: one with
         `own_kernel` and `held_arguments`; see run_code.py), for one replayed step's `arena` (a memory.Arena of
-        `arena_sizes`, or None for none): a function of (inputs, rand_args, launch, gate) with `launch` from
-        `owner.launcher(False)`. None where the run cannot hold its arguments (`run_code.bindable`)."""
+        `arena_sizes`, or None): a function of (inputs, rand_args, gate, launch), `launch` from
+        `runtime.launcher(False)`, handing a call to `unbound` (same arguments) when `launch` has no `enqueue`.
+        None where the run cannot hold its arguments (`run_code.bindable`)."""
         numbers = self._arena_numbers if arena is not None else {}
         kernels, slot_positions, inputs, rands, size_class, internal = self._layout
         if not bindable(self.program, internal, numbers):
             return None
-        run = write_run(self.program, kernels, slot_positions, inputs, rands, size_class, internal, numbers, owner)
-        pool, allocate_taken, allocate, take = owner.pool, owner.allocate_taken, owner.allocate, \
-            arena.take if arena is not None else list
-        launches, kernels_run = self.launches_per_run, self.kernels_per_run
-
-        def bound(inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]], launch: Any,
-                  gate: Optional[Callable[[], None]]) -> list[Any]:
-            outputs = run(inputs, rand_args, pool, allocate_taken, allocate, launch, owner, gate, take())
-            stats.note_run(pool.peak_bytes, launches, kernels_run)
-            return outputs
-        return bound
+        owner = Owner(runtime, arena.take if arena is not None else None, unbound, self.launches_per_run,
+                      self.kernels_per_run)
+        return write_run(self.program, kernels, slot_positions, inputs, rands, size_class, internal, numbers, owner)
 
     def _observed(self, launch: Callable, backend: Any, timed: bool,
                   on_first_launch: Optional[Callable[[int], None]]) -> Callable:

@@ -70,16 +70,14 @@ class FusingDevice(Device):
         (`Executable.bound_run`), launched by `launch.enqueue`; a launch function without one (a wrapper that
         records or times each launch with its arguments, as bench/ and replay.py install) gets every launch."""
         executable, runtime = self._executable(program), self.runtime
-        bound = executable.bound_run(runtime, arena) if hasattr(runtime, "own_kernel") else None
 
-        def replay(inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]], gate: Optional[Callable[[], None]],
-                   launch: Any) -> list[Any]:
+        def unbound(inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]], gate: Optional[Callable[[], None]],
+                    launch: Any) -> list[Any]:
             if launch is None:
                 return executable.run(runtime, inputs, rand_args, self._after_launch(program), gate, arena)
-            if bound is not None and hasattr(launch, "enqueue"):  # (not a wrapper that sees each launch's arguments)
-                return bound(inputs, rand_args, launch, gate)
             return executable.run_launching(runtime, launch, inputs, rand_args, gate, arena)
-        return replay
+        bound = executable.bound_run(runtime, arena, unbound) if hasattr(runtime, "own_kernel") else None
+        return bound or unbound
 
     def replay_arena(self, program: Program) -> Any:
         """A memory.Arena for the intermediates of `program`'s runs, for a jitted step that replays it: None when

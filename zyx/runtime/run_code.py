@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import collections
 import operator
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .. import counters
 from .collectives import START
 
 # run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena) -> the outputs' buffers
@@ -39,7 +41,7 @@ RunFunction = Callable[..., list[Any]]
 
 def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int], first_slot: int, rands: int,
               size_class: Callable[[int], int], internal: set[int],
-              arena: Optional[dict[int, int]] = None, owner: Any = None) -> RunFunction:
+              arena: Optional[dict[int, int]] = None, owner: Optional[Owner] = None) -> RunFunction:
     """The run of `program` with `kernels[k]` launching launch k. Slots in `internal` are raw pool buffers, popped
     from their size class's free list before their first reader (a new one when it is empty) and appended back
     after their last (or when a launch raises); the other slots that are not inputs overwritten in place
@@ -50,9 +52,9 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     With `arena` (internal slot -> buffer number, `arena_plan`), the internal slots are instead the buffers of the
     run's `arena` argument (a list, counted in the pool already): the run takes and gives back only its outputs.
 
-    With `owner` (`bindable` must hold), the run launches kernels of its own (`owner.own_kernel`) through its
-    `launch` argument's `enqueue`, their arguments held between calls (`owner.held_arguments`: see the module
-    docstring)."""
+    With `owner` (`bindable` must hold), the run is a function of (inputs, rand_args, gate, launch) launching
+    kernels of its own (`Owner`) through `launch.enqueue`, their arguments held between calls (see the module
+    docstring), and counting its launches itself."""
     names: dict[str, Any] = {"uint64": np.uint64}
     # per value a launch passes (its name in the run), the (launch, argument index) pairs it is set on
     uses: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
@@ -94,7 +96,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
         peak = max(peak, held)
         arguments = [value(kind, index) for kind, index in launch.args]
         if launch.is_kernel:
-            kernel = kernels[k] if owner is None else owner.own_kernel(kernels[k])
+            kernel = kernels[k] if owner is None else owner.runtime.own_kernel(kernels[k])
             names[f"k{k}"], names[f"g{k}"], names[f"l{k}"] = kernel, launch.global_size, launch.local_size
             if not gated and any(kind == "slot" and index in aliases for kind, index in launch.args):
                 pending.append(_GATE)
@@ -125,8 +127,6 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     head = [_read_inputs(sorted(used), names)] if used else []
     if arena and owner is None:
         head.append(", ".join(f"b{number}" for number in range(max(arena.values()) + 1)) + ", = arena")
-    if owner is not None:
-        head.append("enqueue = launch.enqueue")
     head += [f"r{r} = uint64(rand_args[{r}][0]); f{r} = uint64(rand_args[{r}][1])" for r in range(rands)]
     empty = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o not in internal and o not in aliases]
     head += [f"h{slot} = allocate(0)" for slot in empty]
@@ -145,10 +145,14 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                 + [f"s{size_class(slot_bytes[slot])}.append(t{first_slot + slot})" for slot in sorted(unfreed)])
     outputs = [f"inputs[{aliases[slot]}]" if slot in aliases
                else f"h{slot}" if slot in allocated or slot in empty else "allocate(0)" for slot in program.outputs]
-    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena):",
-              "    new_buffer = pool.new_buffer"]
-             + ["    " + line for line in head + body]
-             + [f"    pool.note_peak(start + {peak})", f"    return [{', '.join(outputs)}]"])
+    if owner is None:
+        signature = ["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena):",
+                     "    new_buffer = pool.new_buffer"]
+        tail = []
+    else:
+        signature, tail = _bound_frame(owner, names, any(name[0] == "b" for name in uses))
+    lines = (signature + ["    " + line for line in head + body]
+             + [f"    pool.note_peak(start + {peak})"] + tail + [f"    return [{', '.join(outputs)}]"])
     source = "\n".join(lines)
     exec(compile(source, f"<zyx run {program.name or id(program)}>", "exec"), names)  # noqa: S102 - built above
     return names["run"]
@@ -179,6 +183,33 @@ class HeldArguments:
         self.now = now
 
 
+@dataclass(frozen=True)
+class Owner:
+    """What a bound run needs besides its program (`write_run`'s `owner`): the runtime giving it kernels of its own
+    (`own_kernel`, `held_arguments`) and its pool and allocations, its arena's `take` (None for no arena), the run
+    it hands a call to whose launch function has no `enqueue` (`unbound`: a profiler's, a recorder's), and the
+    launches and kernels it counts per run (`counters.note_run`)."""
+
+    runtime: Any
+    take: Optional[Callable[[], list[Any]]]
+    unbound: Callable[..., list[Any]]
+    launches: int
+    kernels: int
+
+
+def _bound_frame(owner: Owner, names: dict[str, Any], takes_arena: bool) -> tuple[list[str], list[str]]:
+    """A bound run's first lines (its signature, the hand-over to `unbound`, the arena taken) and the line before
+    its return (its counts): a replay calls it directly, as (inputs, rand_args, gate, launch)."""
+    runtime = owner.runtime
+    names.update(pool=runtime.pool, allocate_taken=runtime.allocate_taken, allocate=runtime.allocate,
+                 unbound=owner.unbound, take=owner.take, note_run=counters.note_run)
+    signature = ["def run(inputs, rand_args, gate, launch):",
+                 "    enqueue = getattr(launch, 'enqueue', None)",
+                 "    if enqueue is None: return unbound(inputs, rand_args, gate, launch)"]
+    return signature + ["    arena = take()"] * takes_arena, \
+        [f"    note_run(pool.peak_bytes, {owner.launches}, {owner.kernels})"]
+
+
 def bindable(program: Any, internal: set[int], arena: dict[int, int]) -> bool:
     """Whether a run can launch kernels of its own whose arguments it holds (`write_run`'s `owner`): its
     internal buffers are all the arena's (a pooled one is taken and given back before the launches, so its name
@@ -186,7 +217,7 @@ def bindable(program: Any, internal: set[int], arena: dict[int, int]) -> bool:
     return internal <= arena.keys() and not any(launch.collective for launch in program.launches)
 
 
-def _bind_lines(uses: dict[str, list[tuple[int, int]]], owner: Any, names: dict[str, Any]) -> list[str]:
+def _bind_lines(uses: dict[str, list[tuple[int, int]]], owner: Owner, names: dict[str, Any]) -> list[str]:
     """The lines before a bound run's launches (`uses`: per value, the launches and argument positions taking
     it): the buffers of this call compared, as one tuple, with those its kernels hold (the arena as one list:
     `Arena.take` gives the same list until it is released) and set where they differ (`HeldArguments.bind`);
@@ -198,7 +229,7 @@ def _bind_lines(uses: dict[str, list[tuple[int, int]]], owner: Any, names: dict[
     values = buffers + ["arena"] * bool(arena_uses)
     lines = []
     if values:
-        names["held"] = owner.held_arguments(per_value + [arena_uses] * bool(arena_uses))
+        names["held"] = owner.runtime.held_arguments(per_value + [arena_uses] * bool(arena_uses))
         lines += [f"now = ({''.join(value + ', ' for value in values)})", "if now != held.now: held.bind(now)"]
     return lines + [f"k{k}.set_arg({position}, {name})" for name in sorted(uses) if name[0] in "rf"
                     for k, position in uses[name]]
