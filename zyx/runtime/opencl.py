@@ -29,6 +29,9 @@ _OUT_OF_MEMORY_CODES = frozenset(
     {cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES, cl.status_code.OUT_OF_HOST_MEMORY}
 )
 _PENDING_UPLOADS_BEFORE_PRUNE = 64
+# what `cl.enqueue_copy` calls for a buffer-to-host copy, after some 50 bytecodes of telling its arguments' kinds
+# apart: a replay reads its index checks, and `.item()` its value, through it at every call
+_read_buffer = cl._cl._enqueue_read_buffer
 KERNELS_WITH_ARGUMENTS_KEPT = 4096  # kernels whose arguments `launcher` remembers (it forgets all past that)
 
 Launcher = Callable[[cl.Kernel, tuple, "tuple | None", Sequence[Any]], cl.Event]
@@ -104,6 +107,7 @@ class OpenCLRuntime(PooledRuntime):
         # per kernel, the arguments it was last given (`launcher`); they hold their buffers, so a trim forgets them
         self._arguments_set: dict[cl.Kernel, Sequence[Any]] = {}
         self._held: "weakref.WeakSet[HeldArguments]" = weakref.WeakSet()  # those of replays' own kernels
+        self._last_launcher: tuple[Any, bool, Any] = (None, False, None)  # (queue, logged, what `launcher` gave)
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory,
                                                       on_trim=self._forget_arguments,
                                                       arena_budget=ARENA_SHARE * cl_device.global_mem_size)
@@ -167,10 +171,11 @@ class OpenCLRuntime(PooledRuntime):
         arrays. Commands enqueued meanwhile queue behind the copies: a replay's index checks are read while the
         step's first launches are enqueued (and run), not before."""
         hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
+        queue = self.queue
         for buffer, shape, numpy_dtype in requests:
             host = self._host_for(buffer, shape, numpy_dtype)
             if host.nbytes:
-                copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.raw, is_blocking=False))
+                copies.append(_read_buffer(queue, buffer.raw, _as_bytes(host), is_blocking=False))
             hosts.append(host)
 
         def arrays() -> list[np.ndarray]:
@@ -252,10 +257,20 @@ class OpenCLRuntime(PooledRuntime):
         queue = self.queue_for(timed)
         log = logger("zyx.runtime")
         logged = log.isEnabledFor(logging.INFO)
-        enqueue = cl.enqueue_nd_range_kernel
         arguments_set = self._arguments_set
         if len(arguments_set) > KERNELS_WITH_ARGUMENTS_KEPT:
             arguments_set.clear()
+        last = self._last_launcher
+        if last[0] is queue and last[1] == logged:
+            return last[2]  # (a replay asks at every call)
+        launch = self._launcher(queue, log, logged)
+        self._last_launcher = (queue, logged, launch)
+        return launch
+
+    def _launcher(self, queue: cl.CommandQueue, log: logging.Logger, logged: bool) -> Launcher:
+        """`launcher`'s function for `queue`, logging each launch on `log` where `logged`."""
+        enqueue = cl.enqueue_nd_range_kernel
+        arguments_set = self._arguments_set
 
         def launch(kernel: cl.Kernel, global_size: tuple[int, ...], local_size: tuple[int, ...] | None,
                    args: Sequence[Any]) -> cl.Event:

@@ -119,12 +119,12 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                 held -= size
                 level[size] += 1
     if owner is not None:
-        body += _bind_lines(uses, owner, names)
+        body += _bind_lines(uses, first_slot, owner, names)
     body += pending + [_GATE] * (not gated)
     allocated = {slot for allocs in program.allocs for slot in allocs}
     pooled = internal - arena.keys()  # internal slots taken from the free lists
     taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(pooled & allocated)]
-    head = [_read_inputs(sorted(used), names)] if used else []
+    head = [_read_inputs(sorted(used), names)] if used and owner is None else []  # (a bound run: `_bind_lines`)
     if arena and owner is None:
         head.append(", ".join(f"b{number}" for number in range(max(arena.values()) + 1)) + ", = arena")
     head += [f"r{r} = uint64(rand_args[{r}][0]); f{r} = uint64(rand_args[{r}][1])" for r in range(rands)]
@@ -217,16 +217,18 @@ def bindable(program: Any, internal: set[int], arena: dict[int, int]) -> bool:
     return internal <= arena.keys() and not any(launch.collective for launch in program.launches)
 
 
-def _bind_lines(uses: dict[str, list[tuple[int, int]]], owner: Owner, names: dict[str, Any]) -> list[str]:
+def _bind_lines(uses: dict[str, list[tuple[int, int]]], first_slot: int, owner: Owner,
+                names: dict[str, Any]) -> list[str]:
     """The lines before a bound run's launches (`uses`: per value, the launches and argument positions taking
-    it): the buffers of this call compared, as one tuple, with those its kernels hold (the arena as one list:
-    `Arena.take` gives the same list until it is released) and set where they differ (`HeldArguments.bind`);
-    the random seeds and offsets set at every call."""
-    buffers = sorted(name for name in uses if name[0] == "t")
+    it): the buffers of this call (the inputs' read at C speed) compared, as one tuple, with those its kernels
+    hold (the arena as one list: `Arena.take` gives the same list until it is released) and set where they
+    differ (`HeldArguments.bind`); the random seeds and offsets set at every call."""
+    buffers = sorted((name for name in uses if name[0] == "t"), key=lambda name: int(name[1:]))
+    inputs = [int(name[1:]) for name in buffers if int(name[1:]) < first_slot]
     arena_uses = [(names[f"k{k}"], position, int(name[1:])) for name in sorted(uses) if name[0] == "b"
                   for k, position in uses[name]]
     per_value = [[(names[f"k{k}"], position, -1) for k, position in uses[name]] for name in buffers]
-    values = buffers + ["arena"] * bool(arena_uses)
+    values = ([_raws(inputs, names)] if inputs else []) + buffers[len(inputs):] + ["arena"] * bool(arena_uses)
     lines = []
     if values:
         names["held"] = owner.runtime.held_arguments(per_value + [arena_uses] * bool(arena_uses))
@@ -237,10 +239,16 @@ def _bind_lines(uses: dict[str, list[tuple[int, int]]], owner: Owner, names: dic
 
 def _read_inputs(positions: list[int], names: dict[str, Any]) -> str:
     """The line giving each input a launch uses its raw buffer (`t3 = inputs[3].raw`, at C speed for several)."""
+    targets = f"t{positions[0]}" if len(positions) == 1 else "".join(f"t{i}, " for i in positions)
+    return f"{targets} = {_raws(positions, names).lstrip('*')}"
+
+
+def _raws(positions: list[int], names: dict[str, Any]) -> str:
+    """An expression unpacking the raw buffers of the inputs at `positions` (`*map(_raw, _used(inputs))`)."""
     if len(positions) == 1:
-        return f"t{positions[0]} = inputs[{positions[0]}].raw"
+        return f"inputs[{positions[0]}].raw"
     names["_raw"], names["_used"] = operator.attrgetter("raw"), operator.itemgetter(*positions)
-    return "".join(f"t{i}, " for i in positions) + "= map(_raw, _used(inputs))"
+    return "*map(_raw, _used(inputs))"
 
 
 def arena_plan(program: Any, internal: set[int], size_class: Callable[[int], int]) -> tuple[dict[int, int], list[int]]:
