@@ -171,7 +171,7 @@ class OpenCLRuntime(PooledRuntime):
         arrays. Commands enqueued meanwhile queue behind the copies: a replay's index checks are read while the
         step's first launches are enqueued (and run), not before."""
         hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
-        queue = self.queue
+        queue = self._current_queue  # (the one used last: a read needs no timing, only to follow what it reads)
         for buffer, shape, numpy_dtype in requests:
             host = self._host_for(buffer, shape, numpy_dtype)
             if host.nbytes:
