@@ -57,8 +57,8 @@ def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]]
     it fits with: `_may_join`), else it gets its own. It joins the earliest such launch, so that a kernel the
     step's longest chain of kernels waits for runs as soon as it may, and the launches are about as few as
     that chain is long (the latest launch instead left a W4 SGD step with 12 launches where 10 do). A kernel in
-    `late` (one overwriting an input in place: a replay waits for its index checks before the first such launch)
-    joins the latest instead, so that the launches before it are queued while the host waits."""
+    `late` (a tiny one overwriting an input in place: a replay waits for its index checks before the first such
+    launch) joins the latest instead, so that the launches before it are queued while the host waits."""
     launches: list[list[int]] = []
     launch_of: list[int] = []
     groupable = [_groupable(kernel) for kernel in kernels]

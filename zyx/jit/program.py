@@ -14,7 +14,7 @@ from ..trace.node import Node, short_name
 from .collective import place_steps
 from .kernel_nodes import kernel_bytes, kernel_flops
 from .kernel_ir import RenderedKernel
-from .launch_groups import Grouping, group_launches
+from .launch_groups import TINY_ITEMS, Grouping, group_launches
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,11 @@ def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     old one wherever their own dependencies allow (an optimizer's update after the backward kernels that still
     read the old weight: then it can write in place), and so that kernels waiting for a value combined across
     processes run after all that does not wait (the host then communicates while the device runs the rest of the
-    backward pass), and so that a kernel overwriting a leaf in place runs after all that does not wait for it: a
-    replay waits for its index checks before the first launch writing an input in place (run_code.py's gate), so
-    the launches queued ahead of that one run meanwhile (W4's step counter, updated in place, ran in its first
-    launch, where the whole step waited for the checks' read). Otherwise kernels keep the scheduler's order."""
+    backward pass), and so that a tiny kernel overwriting a leaf in place runs after all that does not wait for
+    it (`_in_place_writers`): a replay waits for its index checks before the first launch writing an input in
+    place (run_code.py's gate), so the launches queued ahead of that one run meanwhile (W4's step counter, updated
+    in place, ran in its first launch, where the whole step waited for the checks' read). Otherwise kernels keep
+    the scheduler's order."""
     waits = _waits_for_collectives(kernels, _dependencies(kernels, targets, leaves, ()))  # (in the scheduler's order)
     writes = _in_place_writers(kernels, targets, in_place)
     before = _dependencies(kernels, targets, leaves, in_place)
@@ -145,9 +146,13 @@ def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
 
 def _in_place_writers(kernels: Sequence[RenderedKernel], targets: Sequence[Node],
                       in_place: Sequence[tuple[int, int]]) -> set[int]:
-    """The kernels storing a target that may overwrite a leaf in place."""
+    """The kernels storing a target that may overwrite a leaf in place and reading only tiny values
+    (`launch_groups.TINY_ITEMS` elements: a step counter). Others keep their place: run late, an update would hold
+    what it reads longer (W6 SGD held 1 MiB more with a bias's update, which sums a gradient over the batch, last),
+    and the wait before it is behind the backward kernels queued ahead of it anyway."""
     written = {id(targets[target]) for target, _ in in_place}
-    return {k for k, kernel in enumerate(kernels) if any(id(node) in written for node in kernel.outputs)}
+    return {k for k, kernel in enumerate(kernels) if any(id(node) in written for node in kernel.outputs)
+            and all(node.numel <= TINY_ITEMS for node in kernel.loads)}
 
 
 def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
