@@ -253,7 +253,8 @@ class OpenCLRuntime(PooledRuntime):
         A kernel keeps its arguments between launches, so they are set only where they differ from the ones it
         was last given here: a replay passes the same buffers at every call (the pool hands them out in the same
         order), and setting them cost the host as much as the launches themselves (pyopencl's `set_args`, some
-        60 ns an argument; an Adam step passes over a hundred). zyx's kernels get their arguments only here."""
+        60 ns an argument; an Adam step passes over a hundred). zyx's kernels get their arguments only here, except
+        a replayed step's own ones (`own_kernel`), which hold theirs (run_code.py's bound run)."""
         queue = self.queue_for(timed)
         log = logger("zyx.runtime")
         logged = log.isEnabledFor(logging.INFO)
