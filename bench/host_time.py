@@ -147,9 +147,17 @@ def _record(workload: str, implementation: str, wall: float, cpu: float, extra: 
 
 @contextlib.contextmanager
 def driver_stubbed(runtime: Any) -> Iterator[None]:
-    """Launches and reads replaced by no-ops (reads give zeros): what is left of a call is zyx's own Python."""
-    runtime.launcher = lambda timed: lambda kernel, global_size, local_size, args: None
-    runtime.download_later = lambda requests: lambda: [np.zeros(tuple(shape), dtype) for _, shape, dtype in requests]
+    """Launches and reads replaced by no-ops (reads give zeros): what is left of a call is zyx's own Python.
+    The launch function's `enqueue` is what a replay's kernels holding their arguments launch through."""
+    def launcher(timed: bool) -> Callable:
+        def launch(kernel: Any, global_size: Any, local_size: Any, args: Any) -> None:
+            return None
+        launch.enqueue = lambda kernel, global_size, local_size: None  # type: ignore[attr-defined]
+        return launch
+    def download_later(requests: list) -> Callable[[], list]:
+        arrays = [np.zeros(tuple(shape), dtype) for _, shape, dtype in requests]  # (holding no buffer, as the driver's)
+        return lambda: arrays
+    runtime.launcher, runtime.download_later = launcher, download_later
     try:
         yield
     finally:

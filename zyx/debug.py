@@ -19,6 +19,7 @@ __all__ = ["debug_level", "explain_cache_misses", "logger"]
 
 ROOT = "zyx"
 _applied: list[tuple[int, bool]] = [(0, False)]  # the (ZYX_DEBUG, ZYX_DEBUG_CACHE) settings applied last
+_applied_raw: list[tuple[object, object]] = [(None, None)]  # the same as os.environ held them (`_read`)
 _loggers: dict[str, logging.Logger] = {}  # a program run asks for its logger at every run
 
 
@@ -58,11 +59,15 @@ def _read(name: str) -> object:
 
 
 def logger(name: str) -> logging.Logger:
-    """The logger `name` (a `zyx.*` child), with the ZYX_DEBUG settings of this moment applied."""
-    settings = (debug_level(), explain_cache_misses())
-    if settings != _applied[0]:
-        _applied[0] = settings
-        _apply(*settings)
+    """The logger `name` (a `zyx.*` child), with the ZYX_DEBUG settings of this moment applied (compared as set,
+    before they are parsed: a replay asks at every call)."""
+    raw = (_read("ZYX_DEBUG"), _read("ZYX_DEBUG_CACHE"))
+    if raw != _applied_raw[0]:
+        settings = (debug_level(), explain_cache_misses())
+        if settings != _applied[0]:
+            _applied[0] = settings
+            _apply(*settings)
+        _applied_raw[0] = raw
     found = _loggers.get(name)
     if found is None:
         found = _loggers[name] = logging.getLogger(name)  # the same object every time, found under logging's lock

@@ -136,6 +136,25 @@ def test_a_trim_gives_arenas_back_and_the_next_replay_takes_them_again(dev, setu
     np.testing.assert_allclose(w.numpy(), w_data, rtol=1e-4, atol=1e-5)
 
 
+def test_a_launcher_that_records_each_launch_sees_a_replays_launches(dev, setup):
+    """A replay launches kernels of its own holding their arguments (runtime/run_code.py), except under a launch
+    function without `enqueue` (replay.record_launches', bench's wrappers): that one gets each launch."""
+    from zyx.runtime.replay import record_launches
+    w, w_data = setup
+    step = zyx.jit(step_on(w))
+    xs, ys = data(16, 8), data(16, 4)
+    x, y = dev.tensor(xs), dev.tensor(ys)
+    for recorded in (False, False, True, False):
+        expected, w_data = sgd(w_data, xs, ys)
+        if recorded:
+            loss, launches = record_launches(dev.runtime, lambda: step(x, y).item())
+            assert len(launches) == step.captured[0]["launches"]
+        else:
+            loss = step(x, y).item()
+        assert loss == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(w.numpy(), w_data, rtol=1e-4, atol=1e-5)
+
+
 def test_the_key_of_tensor_arguments_is_call_keys(dev):
     from zyx.step.arguments import call_key, tensors_key
     a, b = dev.tensor(data(2, 3)), dev.tensor(np.arange(3, dtype=np.int32))

@@ -125,3 +125,17 @@ def test_a_kernel_with_local_memory_that_fills_the_device_keeps_its_own_launch()
     assert _may_join(kernel(100, True), [kernel(100, True)], grouping)
     assert not _may_join(kernel(600, True), [kernel(100, False)], grouping)
     assert not _may_join(kernel(100, False), [kernel(3072, True)], grouping)
+
+
+@pytest.mark.parametrize("shapes", ["dev", "gpu"])
+def test_the_launches_writing_inputs_in_place_come_after_all_others(shapes, request):
+    """A replay waits for its index checks (the labels' range here) before its first launch writing an input in
+    place: every other launch is queued ahead of it (Adam's step counter, updated in place, ran in the first)."""
+    step, x, y, _ = adam_mlp(request.getfixturevalue(shapes), (24, 16, 16, 4), 8)
+    for _ in range(2):
+        step(x, y)
+    (captured,) = step.steps[next(iter(step.steps))]
+    program = captured.program
+    writes = [any(kind == "slot" and index in program.aliases for kind, index in launch.args)
+              for launch in program.launches if launch.is_kernel]
+    assert captured.checking is not None and any(writes) and writes == sorted(writes), writes

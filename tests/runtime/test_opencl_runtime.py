@@ -211,6 +211,38 @@ def test_a_trim_lets_go_of_the_buffers_kernels_were_last_given(backend, add_one)
     assert sys.getrefcount(raw) == 2  # only `raw` and getrefcount's argument: the driver frees it with them
 
 
+def test_a_kernel_of_its_own_keeps_the_arguments_set_on_it_and_a_trim_forgets_them(backend, add_one):
+    """A replay's own kernels (`own_kernel`) launch through `launcher(...).enqueue` with the arguments set once;
+    those are held (`held_arguments`) until the pool trims, which forgets them so the driver can free them."""
+    own = backend.own_kernel(add_one)
+    assert own is not add_one and own.function_name == add_one.function_name
+    x = backend.upload(np.arange(4, dtype=np.float32))
+    y = backend.allocate(x.nbytes)
+    held = backend.held_arguments([[(own, 0, -1)], [(own, 1, -1)]])
+    held.bind((x.raw, y.raw))
+    own.set_arg(2, np.float32(1))
+    enqueue = backend.launcher(False).enqueue
+    enqueue(own, (4,), None)
+    assert backend.download(y, (4,), np.float32).tolist() == [1, 2, 3, 4]
+    raw = y.raw
+    del y
+    assert held.now is not None and sys.getrefcount(raw) > 2
+    backend.pool.trim()
+    assert held.now is None and sys.getrefcount(raw) == 2
+
+
+def test_debug_prints_a_line_for_each_launch_of_a_kernel_holding_its_arguments(backend, add_one, monkeypatch, capsys):
+    x = backend.upload(np.zeros(16, dtype=np.float32))
+    own = backend.own_kernel(add_one)
+    own.set_args(x.raw, x.raw, np.float32(1))
+    monkeypatch.setenv("ZYX_DEBUG", "1")
+    backend.launcher(False).enqueue(own, (16,), (4,))
+    monkeypatch.setenv("ZYX_DEBUG", "0")
+    backend.launcher(False).enqueue(own, (16,), None)
+    assert capsys.readouterr().err.splitlines() == ["zyx.runtime: launch add_one global=(16,) local=(4,)"]
+    assert backend.download(x, (16,), np.float32).tolist() == [2] * 16
+
+
 def test_debug_prints_one_line_per_launch(backend, add_one, monkeypatch, capsys):
     x = backend.upload(np.zeros(16, dtype=np.float32))
     monkeypatch.setenv("ZYX_DEBUG", "1")

@@ -189,3 +189,107 @@ def test_arenas_past_the_pools_budget_are_refused():
     runtime.pool.arena_budget = 3000
     kept = runtime.pool.arena([1024, 1024])
     assert kept is not None and runtime.pool.arena([1024]) is None and runtime.pool.arena([512]) is not None
+
+
+class OwnKernel:
+    """A bound run's kernel of its own: the arguments it holds, and how many were set."""
+
+    def __init__(self, name):
+        self.name, self.held, self.sets = name, {}, 0
+
+    def set_arg(self, index, value):
+        self.held[index], self.sets = value, self.sets + 1
+
+
+class BindingRuntime(FakeRuntime):
+    """A runtime giving runs kernels of their own (OpenCL's `own_kernel`): `enqueue` records each launch with the
+    arguments its kernel holds then."""
+
+    def __init__(self):
+        super().__init__()
+        self.own = []
+
+    def own_kernel(self, kernel):
+        self.own.append(OwnKernel(kernel))
+        return self.own[-1]
+
+    def held_arguments(self, uses):
+        from zyx.runtime.run_code import HeldArguments
+        self.held = HeldArguments(uses)
+        return self.held
+
+    def launcher(self, timed):
+        launch = super().launcher(timed)
+
+        def enqueue(kernel, global_size, local_size):
+            self.launches.append((kernel.name, global_size, tuple(kernel.held[i] for i in range(len(kernel.held)))))
+        launch.enqueue = enqueue
+        return launch
+
+
+def unbound_run(inputs, rand_args, gate, launch):
+    raise AssertionError("a bound run handed its call over")
+
+
+def test_a_bound_run_launches_its_own_kernels_setting_only_the_arguments_that_changed():
+    runtime = BindingRuntime()
+    executable = Executable(PROGRAM, ["K0", None, "K2", "K3"], runtime)
+    arena = runtime.pool.arena(executable.arena_sizes)
+    bound = executable.bound_run(runtime, arena, unbound_run)
+    first = [FakeBuffer(Raw(), 16, runtime), FakeBuffer(Raw(), 16, runtime)]
+    second = [FakeBuffer(Raw(), 16, runtime), first[1]]  # a new input 0 (a new batch), the same input 1
+    sets = []
+    for inputs, (seed, offset) in [(first, (7, 11)), (first, (8, 12)), (second, (9, 13))]:
+        runtime.launches.clear()
+        before = sum(kernel.sets for kernel in runtime.own)
+        output, written = bound(inputs, [(seed, offset)], None, runtime.launcher(False))
+        sets.append(sum(kernel.sets for kernel in runtime.own) - before)
+        (internal,) = arena.buffers
+        (k0, _, (x, a)), (k2, _, (b, s, f, out)), (k3, _, (result, target)) = runtime.launches
+        assert (k0, k2, k3) == ("K0", "K2", "K3") and written is inputs[1]
+        assert x is inputs[0].raw and a is b is internal and out is result is output.raw and target is inputs[1].raw
+        assert (s, f) == (seed, offset) and type(s) is np.uint64
+        del output, written  # (the next call's output takes its buffer back)
+    # all 8 arguments; then only the seeds; then the seeds and the new input's one use
+    assert sets == [8, 2, 3]
+
+
+def test_a_run_with_internal_buffers_from_the_pool_is_not_bound():
+    runtime = BindingRuntime()
+    executable = Executable(PROGRAM, ["K0", None, "K2", "K3"], runtime)
+    assert executable.bound_run(runtime, None, unbound_run) is None  # its internal slot's name holds no buffer at the launches
+    assert executable.bound_run(runtime, runtime.pool.arena(executable.arena_sizes), unbound_run) is not None
+
+
+def test_a_bound_run_sets_every_argument_again_once_its_arguments_are_forgotten():
+    """What the OpenCL runtime does when its pool trims (the held buffers may be freed, the arena is given back):
+    the next run sets them all, on the arena's buffers taken again."""
+    runtime = BindingRuntime()
+    executable = Executable(ARENA_PROGRAM, ["A", "B", "C", "D"], runtime)
+    arena = runtime.pool.arena(executable.arena_sizes)
+    bound = executable.bound_run(runtime, arena, unbound_run)
+    inputs = [FakeBuffer(Raw(), 16, runtime)]
+    counts = []
+    for trimmed in (False, False, True):
+        if trimmed:
+            arena.release()
+            runtime.held.now = None
+        before = sum(kernel.sets for kernel in runtime.own)
+        bound(inputs, [], None, runtime.launcher(False))
+        counts.append(sum(kernel.sets for kernel in runtime.own) - before)
+        *_, (_, _, (last_internal, _)) = runtime.launches
+        assert last_internal is arena.buffers[0]
+    assert counts == [8, 0, 8]
+
+
+def test_a_bound_run_hands_a_call_whose_launch_function_has_no_enqueue_to_the_plain_run():
+    """A profiler's or a recorder's launch function sees each launch with its arguments (and None: `run`'s own)."""
+    runtime = BindingRuntime()
+    executable = Executable(ARENA_PROGRAM, ["A", "B", "C", "D"], runtime)
+    handed = []
+    bound = executable.bound_run(runtime, runtime.pool.arena(executable.arena_sizes),
+                                 lambda *call: handed.append(call) or ["plain"])
+    inputs = [FakeBuffer(Raw(), 16, runtime)]
+    recorder = FakeRuntime.launcher(runtime, False)
+    assert bound(inputs, [], None, recorder) == ["plain"] and bound(inputs, [], None, None) == ["plain"]
+    assert [call[3] for call in handed] == [recorder, None] and runtime.own and not runtime.launches

@@ -50,19 +50,22 @@ class Grouping:
     fills_device: int = 0  # work groups that fill the device alone (0: no limit)
 
 
-def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]],
-                   grouping: Grouping) -> list[RenderedKernel]:
+def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]], grouping: Grouping,
+                   late: frozenset[int] | set[int] = frozenset()) -> list[RenderedKernel]:
     """`kernels` (in launch order; `before[k]`: the kernels k must run after, all earlier) in launches: a kernel
     joins a launch it may join (one placed after everything it runs after, one of the last LOOKBACK, whose kernels
     it fits with: `_may_join`), else it gets its own. It joins the earliest such launch, so that a kernel the
     step's longest chain of kernels waits for runs as soon as it may, and the launches are about as few as
-    that chain is long (the latest launch instead left a W4 SGD step with 12 launches where 10 do)."""
+    that chain is long (the latest launch instead left a W4 SGD step with 12 launches where 10 do). A kernel in
+    `late` (a tiny one overwriting an input in place: a replay waits for its index checks before the first such
+    launch) joins the latest instead, so that the launches before it are queued while the host waits."""
     launches: list[list[int]] = []
     launch_of: list[int] = []
     groupable = [_groupable(kernel) for kernel in kernels]
     for k, kernel in enumerate(kernels):
         earliest = max(1 + max((launch_of[p] for p in before[k]), default=-1), len(launches) - LOOKBACK)
-        joined = next((g for g in range(earliest, len(launches)) if groupable[k]
+        candidates = range(len(launches) - 1, earliest - 1, -1) if k in late else range(earliest, len(launches))
+        joined = next((g for g in candidates if groupable[k]
                        and all(groupable[m] for m in launches[g])
                        and _may_join(kernel, [kernels[m] for m in launches[g]], grouping)), None)
         if joined is None:

@@ -14,7 +14,7 @@ from ..trace.node import Node, short_name
 from .collective import place_steps
 from .kernel_nodes import kernel_bytes, kernel_flops
 from .kernel_ir import RenderedKernel
-from .launch_groups import Grouping, group_launches
+from .launch_groups import TINY_ITEMS, Grouping, group_launches
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     `grouping`, kernels share launches where it allows (launch_groups.py)."""
     kernels = _launch_order(kernels, targets, leaves, in_place)
     if grouping is not None and not any(kernel.collective for kernel in kernels):
-        kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place), grouping)
+        kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place), grouping,
+                                 _in_place_writers(kernels, targets, in_place))
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
@@ -117,25 +118,41 @@ def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     old one wherever their own dependencies allow (an optimizer's update after the backward kernels that still
     read the old weight: then it can write in place), and so that kernels waiting for a value combined across
     processes run after all that does not wait (the host then communicates while the device runs the rest of the
-    backward pass). Otherwise kernels keep the scheduler's order."""
+    backward pass), and so that a tiny kernel overwriting a leaf in place runs after all that does not wait for
+    it (`_in_place_writers`): a replay waits for its index checks before the first launch writing an input in
+    place (run_code.py's gate), so the launches queued ahead of that one run meanwhile (W4's step counter, updated
+    in place, ran in its first launch, where the whole step waited for the checks' read). Otherwise kernels keep
+    the scheduler's order."""
     waits = _waits_for_collectives(kernels, _dependencies(kernels, targets, leaves, ()))  # (in the scheduler's order)
+    writes = _in_place_writers(kernels, targets, in_place)
     before = _dependencies(kernels, targets, leaves, in_place)
     waiting = [len(b) for b in before]
     followers: list[list[int]] = [[] for _ in kernels]
     for k, earlier in enumerate(before):
         for p in earlier:
             followers[p].append(k)
-    ready = [(waits[k], k) for k, count in enumerate(waiting) if count == 0]
+    ready = [(waits[k], k in writes, k) for k, count in enumerate(waiting) if count == 0]
     heapq.heapify(ready)
     order = []
-    while ready:  # what does not wait for a collective first, then the scheduler's order
-        _, k = heapq.heappop(ready)
+    while ready:  # what does not wait for a collective first, then what writes no leaf, then the scheduler's order
+        *_, k = heapq.heappop(ready)
         order.append(kernels[k])
         for follower in followers[k]:
             waiting[follower] -= 1
             if waiting[follower] == 0:
-                heapq.heappush(ready, (waits[follower], follower))
+                heapq.heappush(ready, (waits[follower], follower in writes, follower))
     return order
+
+
+def _in_place_writers(kernels: Sequence[RenderedKernel], targets: Sequence[Node],
+                      in_place: Sequence[tuple[int, int]]) -> set[int]:
+    """The kernels storing a target that may overwrite a leaf in place and reading only tiny values
+    (`launch_groups.TINY_ITEMS` elements: a step counter). Others keep their place: run late, an update would hold
+    what it reads longer (W6 SGD held 1 MiB more with a bias's update, which sums a gradient over the batch, last),
+    and the wait before it is behind the backward kernels queued ahead of it anyway."""
+    written = {id(targets[target]) for target, _ in in_place}
+    return {k for k, kernel in enumerate(kernels) if any(id(node) in written for node in kernel.outputs)
+            and all(node.numel <= TINY_ITEMS for node in kernel.loads)}
 
 
 def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],

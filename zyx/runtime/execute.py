@@ -10,7 +10,7 @@ import operator
 from typing import Any, Callable, Optional, Sequence
 
 from . import profiling
-from .run_code import arena_plan, write_run
+from .run_code import Owner, arena_plan, bindable, write_run
 from .. import counters as stats
 
 
@@ -43,6 +43,7 @@ class Executable:
         self._arena_numbers, self.arena_sizes = arena_plan(program, internal, size_class)
         self._arena_run = write_run(program, kernels, slot_positions, inputs, rands, size_class, internal,
                                     self._arena_numbers) if self.arena_sizes else self._run
+        self._layout = (kernels, slot_positions, inputs, rands, size_class, internal)
         self.kernel_positions = [k for k, launch in enumerate(program.launches) if launch.is_kernel]
         self.launches_per_run = len(self.kernel_positions)
         # a launch group runs more kernels than one
@@ -74,6 +75,20 @@ class Executable:
                                       backend, gate, arena.take())
         stats.note_run(pool.peak_bytes, self.launches_per_run, self.kernels_per_run)
         return outputs
+
+    def bound_run(self, runtime: Any, arena: Any, unbound: Callable[..., list[Any]]) -> Optional[Callable[..., list[Any]]]:
+        """A run launching kernels of its own that hold their arguments between calls (`runtime`: one with
+        `own_kernel` and `held_arguments`; see run_code.py), for one replayed step's `arena` (a memory.Arena of
+        `arena_sizes`, or None): a function of (inputs, rand_args, gate, launch), `launch` from
+        `runtime.launcher(False)`, handing a call to `unbound` (same arguments) when `launch` has no `enqueue`.
+        None where the run cannot hold its arguments (`run_code.bindable`)."""
+        numbers = self._arena_numbers if arena is not None else {}
+        kernels, slot_positions, inputs, rands, size_class, internal = self._layout
+        if not bindable(self.program, internal, numbers):
+            return None
+        owner = Owner(runtime, arena.take if arena is not None else None, unbound, self.launches_per_run,
+                      self.kernels_per_run)
+        return write_run(self.program, kernels, slot_positions, inputs, rands, size_class, internal, numbers, owner)
 
     def _observed(self, launch: Callable, backend: Any, timed: bool,
                   on_first_launch: Optional[Callable[[int], None]]) -> Callable:

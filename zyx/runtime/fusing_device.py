@@ -65,15 +65,19 @@ class FusingDevice(Device):
     def replay_run(self, program: Program, arena: Any = None) -> Callable[..., list[Any]]:
         """`run` of a jitted step's `program` bound once: a function of (inputs, rand_args, gate, launch) whose
         intermediates take `arena`'s buffers (`replay_arena`'s; None: the pool's), launched by `launch`
-        (`replay_launch`'s, shared by a replay's runs; None: looked up as `run` does)."""
+        (`replay_launch`'s, shared by a replay's runs; None: looked up as `run` does). Where the runtime can give
+        the step kernels of its own (`own_kernel`: OpenCL), they hold their arguments between calls
+        (`Executable.bound_run`), launched by `launch.enqueue`; a launch function without one (a wrapper that
+        records or times each launch with its arguments, as bench/ and replay.py install) gets every launch."""
         executable, runtime = self._executable(program), self.runtime
 
-        def replay(inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]], gate: Optional[Callable[[], None]],
-                   launch: Any) -> list[Any]:
+        def unbound(inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]], gate: Optional[Callable[[], None]],
+                    launch: Any) -> list[Any]:
             if launch is None:
                 return executable.run(runtime, inputs, rand_args, self._after_launch(program), gate, arena)
             return executable.run_launching(runtime, launch, inputs, rand_args, gate, arena)
-        return replay
+        bound = executable.bound_run(runtime, arena, unbound) if hasattr(runtime, "own_kernel") else None
+        return bound or unbound
 
     def replay_arena(self, program: Program) -> Any:
         """A memory.Arena for the intermediates of `program`'s runs, for a jitted step that replays it: None when

@@ -9,7 +9,9 @@ PoCL); the switch waits for the other queue, so the order still holds.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,12 +22,16 @@ from zyx import counters as stats
 from zyx.runtime import collectives, profiling
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import ARENA_SHARE, BufferPool, PooledRuntime
+from zyx.runtime.run_code import HeldArguments
 from ..debug import logger
 
 _OUT_OF_MEMORY_CODES = frozenset(
     {cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES, cl.status_code.OUT_OF_HOST_MEMORY}
 )
 _PENDING_UPLOADS_BEFORE_PRUNE = 64
+# what `cl.enqueue_copy` calls for a buffer-to-host copy, after some 50 bytecodes of telling its arguments' kinds
+# apart: a replay reads its index checks, and `.item()` its value, through it at every call
+_read_buffer = cl._cl._enqueue_read_buffer
 KERNELS_WITH_ARGUMENTS_KEPT = 4096  # kernels whose arguments `launcher` remembers (it forgets all past that)
 
 Launcher = Callable[[cl.Kernel, tuple, "tuple | None", Sequence[Any]], cl.Event]
@@ -70,6 +76,11 @@ class Buffer:
         return f"Buffer(nbytes={self.nbytes}, device={self.runtime.name!r})"
 
 
+def _log_launch(log: logging.Logger, kernel: cl.Kernel, global_size: tuple[int, ...],
+                local_size: tuple[int, ...] | None) -> None:
+    log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
+
+
 class OpenCLRuntime(PooledRuntime):
     """Owns one OpenCL device: allocation, transfers and kernel launches all go through here."""
 
@@ -95,8 +106,10 @@ class OpenCLRuntime(PooledRuntime):
         self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
         # per kernel, the arguments it was last given (`launcher`); they hold their buffers, so a trim forgets them
         self._arguments_set: dict[cl.Kernel, Sequence[Any]] = {}
+        self._held: "weakref.WeakSet[HeldArguments]" = weakref.WeakSet()  # those of replays' own kernels
+        self._last_launcher: tuple[Any, bool, Any] = (None, False, None)  # (queue, logged, what `launcher` gave)
         self.pool: BufferPool[cl.Buffer] = BufferPool(self._create_cl_buffer, is_out_of_memory=_is_out_of_memory,
-                                                      on_trim=self._arguments_set.clear,
+                                                      on_trim=self._forget_arguments,
                                                       arena_budget=ARENA_SHARE * cl_device.global_mem_size)
         self._pending_uploads: list[cl.Event] = []
 
@@ -158,10 +171,11 @@ class OpenCLRuntime(PooledRuntime):
         arrays. Commands enqueued meanwhile queue behind the copies: a replay's index checks are read while the
         step's first launches are enqueued (and run), not before."""
         hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
+        queue = self._current_queue  # (the one used last: a read needs no timing, only to follow what it reads)
         for buffer, shape, numpy_dtype in requests:
             host = self._host_for(buffer, shape, numpy_dtype)
             if host.nbytes:
-                copies.append(cl.enqueue_copy(self.queue, _as_bytes(host), buffer.raw, is_blocking=False))
+                copies.append(_read_buffer(queue, buffer.raw, _as_bytes(host), is_blocking=False))
             hosts.append(host)
 
         def arrays() -> list[np.ndarray]:
@@ -239,25 +253,58 @@ class OpenCLRuntime(PooledRuntime):
         A kernel keeps its arguments between launches, so they are set only where they differ from the ones it
         was last given here: a replay passes the same buffers at every call (the pool hands them out in the same
         order), and setting them cost the host as much as the launches themselves (pyopencl's `set_args`, some
-        60 ns an argument; an Adam step passes over a hundred). zyx's kernels get their arguments only here."""
+        60 ns an argument; an Adam step passes over a hundred). zyx's kernels get their arguments only here, except
+        a replayed step's own ones (`own_kernel`), which hold theirs (run_code.py's bound run)."""
         queue = self.queue_for(timed)
         log = logger("zyx.runtime")
         logged = log.isEnabledFor(logging.INFO)
-        enqueue = cl.enqueue_nd_range_kernel
         arguments_set = self._arguments_set
         if len(arguments_set) > KERNELS_WITH_ARGUMENTS_KEPT:
             arguments_set.clear()
+        last = self._last_launcher
+        if last[0] is queue and last[1] == logged:
+            return last[2]  # (a replay asks at every call)
+        launch = self._launcher(queue, log, logged)
+        self._last_launcher = (queue, logged, launch)
+        return launch
+
+    def _launcher(self, queue: cl.CommandQueue, log: logging.Logger, logged: bool) -> Launcher:
+        """`launcher`'s function for `queue`, logging each launch on `log` where `logged`."""
+        enqueue = cl.enqueue_nd_range_kernel
+        arguments_set = self._arguments_set
 
         def launch(kernel: cl.Kernel, global_size: tuple[int, ...], local_size: tuple[int, ...] | None,
                    args: Sequence[Any]) -> cl.Event:
             if logged:
-                log.info("launch %s global=%s local=%s", kernel.function_name, tuple(global_size), local_size)
+                _log_launch(log, kernel, global_size, local_size)
             if arguments_set.get(kernel) != args:
                 arguments_set.pop(kernel, None)  # a set_args that raises leaves the kernel's arguments unknown
                 kernel.set_args(*args)
                 arguments_set[kernel] = args
             return enqueue(queue, kernel, global_size, local_size)
+
+        def enqueue_logged(kernel: cl.Kernel, global_size: tuple[int, ...], local_size: tuple[int, ...] | None) -> Any:
+            _log_launch(log, kernel, global_size, local_size)
+            return enqueue(queue, kernel, global_size, local_size)
+        # a bound run's launches (run_code.py): kernels that hold their arguments, straight to the driver
+        launch.enqueue = enqueue_logged if logged else functools.partial(enqueue, queue)  # type: ignore[attr-defined]
         return launch
+
+    def own_kernel(self, kernel: cl.Kernel) -> cl.Kernel:
+        """A kernel object of `kernel`'s program and function for one replayed step alone, whose arguments it sets
+        once and keeps (run_code.py: `write_run`'s `owner`)."""
+        return cl.Kernel(kernel.program, kernel.function_name)
+
+    def held_arguments(self, uses: list[list[tuple[cl.Kernel, int, int]]]) -> HeldArguments:
+        """What a bound run's own kernels hold, forgotten when the pool trims (they hold its buffers)."""
+        held = HeldArguments(uses)
+        self._held.add(held)
+        return held
+
+    def _forget_arguments(self) -> None:
+        self._arguments_set.clear()
+        for held in list(self._held):
+            held.now = None
 
     def synchronize(self) -> None:
         """Waits until everything enqueued so far has finished."""

@@ -12,6 +12,12 @@ host staging may read their results): PoCL's enqueue costs the host more when th
 more per launch for 5 µs of Python between launches. Buffers given back to the pool before the launches that
 use them are enqueued are safe: the queue runs in order, so a later use of one runs after them.
 
+A replayed step's run may instead launch kernels of its own whose arguments it set before (`owner`, the
+OpenCL runtime's `own_kernel`): each launch is then one `enqueue(k3, g3, l3)` (no argument tuple, no launcher
+call), and the run compares the buffers of this call with the ones its kernels hold in one tuple comparison
+(`HeldArguments`: the same ones at every call in a training loop, its intermediates in an arena), setting
+arguments only where one changed, and its random seeds at every call.
+
 A run may be given a `gate`, a function called before the first launch that writes an input in place (or the
 first collective step, or the end): a replayed step's index checks wait for their results there, so that the
 launches computing only new buffers are already queued behind the checks while the host waits, and a failing
@@ -21,10 +27,12 @@ from __future__ import annotations
 
 import collections
 import operator
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .. import counters
 from .collectives import START
 
 # run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena) -> the outputs' buffers
@@ -33,7 +41,7 @@ RunFunction = Callable[..., list[Any]]
 
 def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int], first_slot: int, rands: int,
               size_class: Callable[[int], int], internal: set[int],
-              arena: Optional[dict[int, int]] = None) -> RunFunction:
+              arena: Optional[dict[int, int]] = None, owner: Optional[Owner] = None) -> RunFunction:
     """The run of `program` with `kernels[k]` launching launch k. Slots in `internal` are raw pool buffers, popped
     from their size class's free list before their first reader (a new one when it is empty) and appended back
     after their last (or when a launch raises); the other slots that are not inputs overwritten in place
@@ -42,8 +50,14 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     (or the first collective step, or after the last launch).
 
     With `arena` (internal slot -> buffer number, `arena_plan`), the internal slots are instead the buffers of the
-    run's `arena` argument (a list, counted in the pool already): the run takes and gives back only its outputs."""
+    run's `arena` argument (a list, counted in the pool already): the run takes and gives back only its outputs.
+
+    With `owner` (`bindable` must hold), the run is a function of (inputs, rand_args, gate, launch) launching
+    kernels of its own (`Owner`) through `launch.enqueue`, their arguments held between calls (see the module
+    docstring), and counting its launches itself."""
     names: dict[str, Any] = {"uint64": np.uint64}
+    # per value a launch passes (its name in the run), the (launch, argument index) pairs it is set on
+    uses: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
     slot_bytes, aliases, arena = program.slot_bytes, program.aliases, arena or {}
     used: set[int] = set()  # the inputs some launch reads or writes
     sizes: set[int] = set()  # the size classes of internal slots
@@ -82,12 +96,18 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
         peak = max(peak, held)
         arguments = [value(kind, index) for kind, index in launch.args]
         if launch.is_kernel:
-            names[f"k{k}"], names[f"g{k}"], names[f"l{k}"] = kernels[k], launch.global_size, launch.local_size
-            body.append(f"a{k} = ({''.join(a + ', ' for a in arguments)})")
+            kernel = kernels[k] if owner is None else owner.runtime.own_kernel(kernels[k])
+            names[f"k{k}"], names[f"g{k}"], names[f"l{k}"] = kernel, launch.global_size, launch.local_size
             if not gated and any(kind == "slot" and index in aliases for kind, index in launch.args):
                 pending.append(_GATE)
                 gated = True
-            pending.append(f"launch(k{k}, g{k}, l{k}, a{k})")
+            if owner is None:
+                body.append(f"a{k} = ({''.join(a + ', ' for a in arguments)})")
+                pending.append(f"launch(k{k}, g{k}, l{k}, a{k})")
+            else:
+                for position, argument in enumerate(arguments):
+                    uses[argument].append((k, position))
+                pending.append(f"enqueue(k{k}, g{k}, l{k})")
         elif launch.collective and launch.global_size[0] > 0:
             body += pending + [_GATE] * (not gated) + [_collective(k, launch, arguments, slot_bytes, names)]
             pending.clear()
@@ -98,12 +118,14 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                 body += [f"s{size}.append(t{first_slot + slot})", f"t{first_slot + slot} = None"]
                 held -= size
                 level[size] += 1
+    if owner is not None:
+        body += _bind_lines(uses, first_slot, owner, names)
     body += pending + [_GATE] * (not gated)
     allocated = {slot for allocs in program.allocs for slot in allocs}
     pooled = internal - arena.keys()  # internal slots taken from the free lists
     taken = [(first_slot + slot, size_class(slot_bytes[slot])) for slot in sorted(pooled & allocated)]
-    head = [_read_inputs(sorted(used), names)] if used else []
-    if arena:
+    head = [_read_inputs(sorted(used), names)] if used and owner is None else []  # (a bound run: `_bind_lines`)
+    if arena and owner is None:
         head.append(", ".join(f"b{number}" for number in range(max(arena.values()) + 1)) + ", = arena")
     head += [f"r{r} = uint64(rand_args[{r}][0]); f{r} = uint64(rand_args[{r}][1])" for r in range(rands)]
     empty = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o not in internal and o not in aliases]
@@ -123,10 +145,14 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                 + [f"s{size_class(slot_bytes[slot])}.append(t{first_slot + slot})" for slot in sorted(unfreed)])
     outputs = [f"inputs[{aliases[slot]}]" if slot in aliases
                else f"h{slot}" if slot in allocated or slot in empty else "allocate(0)" for slot in program.outputs]
-    lines = (["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena):",
-              "    new_buffer = pool.new_buffer"]
-             + ["    " + line for line in head + body]
-             + [f"    pool.note_peak(start + {peak})", f"    return [{', '.join(outputs)}]"])
+    if owner is None:
+        signature = ["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena):",
+                     "    new_buffer = pool.new_buffer"]
+        tail = []
+    else:
+        signature, tail = _bound_frame(owner, names, any(name[0] == "b" for name in uses))
+    lines = (signature + ["    " + line for line in head + body]
+             + [f"    pool.note_peak(start + {peak})"] + tail + [f"    return [{', '.join(outputs)}]"])
     source = "\n".join(lines)
     exec(compile(source, f"<zyx run {program.name or id(program)}>", "exec"), names)  # noqa: S102 - built above
     return names["run"]
@@ -135,12 +161,94 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
 _GATE = "if gate is not None: gate()"
 
 
+class HeldArguments:
+    """The buffers a bound run's kernels were last given (`now`, a tuple: one entry per buffer of a call, the
+    arena as one list) and where each goes (`uses`, per entry: (kernel, argument index, position in the arena
+    list or -1)): a run sets arguments only where its buffers differ from these. It holds those buffers, so the
+    runtime forgets it (`now = None`) when its pool trims."""
+
+    __slots__ = ("now", "uses", "__weakref__")
+
+    def __init__(self, uses: list[list[tuple[Any, int, int]]]) -> None:
+        self.now: Optional[tuple] = None
+        self.uses = uses
+
+    def bind(self, now: tuple) -> None:
+        """Set the arguments of the entries of `now` that are not those held (all of them when none are)."""
+        last, self.now = self.now, None  # (unknown while being set: a set_arg may raise)
+        for position, (value, uses) in enumerate(zip(now, self.uses)):
+            if last is None or value is not last[position]:
+                for kernel, index, number in uses:
+                    kernel.set_arg(index, value if number < 0 else value[number])
+        self.now = now
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What a bound run needs besides its program (`write_run`'s `owner`): the runtime giving it kernels of its own
+    (`own_kernel`, `held_arguments`) and its pool and allocations, its arena's `take` (None for no arena), the run
+    it hands a call to whose launch function has no `enqueue` (`unbound`: a profiler's, a recorder's), and the
+    launches and kernels it counts per run (`counters.note_run`)."""
+
+    runtime: Any
+    take: Optional[Callable[[], list[Any]]]
+    unbound: Callable[..., list[Any]]
+    launches: int
+    kernels: int
+
+
+def _bound_frame(owner: Owner, names: dict[str, Any], takes_arena: bool) -> tuple[list[str], list[str]]:
+    """A bound run's first lines (its signature, the hand-over to `unbound`, the arena taken) and the line before
+    its return (its counts): a replay calls it directly, as (inputs, rand_args, gate, launch)."""
+    runtime = owner.runtime
+    names.update(pool=runtime.pool, allocate_taken=runtime.allocate_taken, allocate=runtime.allocate,
+                 unbound=owner.unbound, take=owner.take, note_run=counters.note_run)
+    signature = ["def run(inputs, rand_args, gate, launch):",
+                 "    enqueue = getattr(launch, 'enqueue', None)",
+                 "    if enqueue is None: return unbound(inputs, rand_args, gate, launch)"]
+    return signature + ["    arena = take()"] * takes_arena, \
+        [f"    note_run(pool.peak_bytes, {owner.launches}, {owner.kernels})"]
+
+
+def bindable(program: Any, internal: set[int], arena: dict[int, int]) -> bool:
+    """Whether a run can launch kernels of its own whose arguments it holds (`write_run`'s `owner`): its
+    internal buffers are all the arena's (a pooled one is taken and given back before the launches, so its name
+    holds no buffer by then) and it has no collective steps (a host step between launches)."""
+    return internal <= arena.keys() and not any(launch.collective for launch in program.launches)
+
+
+def _bind_lines(uses: dict[str, list[tuple[int, int]]], first_slot: int, owner: Owner,
+                names: dict[str, Any]) -> list[str]:
+    """The lines before a bound run's launches (`uses`: per value, the launches and argument positions taking
+    it): the buffers of this call (the inputs' read at C speed) compared, as one tuple, with those its kernels
+    hold (the arena as one list: `Arena.take` gives the same list until it is released) and set where they
+    differ (`HeldArguments.bind`); the random seeds and offsets set at every call."""
+    buffers = sorted((name for name in uses if name[0] == "t"), key=lambda name: int(name[1:]))
+    inputs = [int(name[1:]) for name in buffers if int(name[1:]) < first_slot]
+    arena_uses = [(names[f"k{k}"], position, int(name[1:])) for name in sorted(uses) if name[0] == "b"
+                  for k, position in uses[name]]
+    per_value = [[(names[f"k{k}"], position, -1) for k, position in uses[name]] for name in buffers]
+    values = ([_raws(inputs, names)] if inputs else []) + buffers[len(inputs):] + ["arena"] * bool(arena_uses)
+    lines = []
+    if values:
+        names["held"] = owner.runtime.held_arguments(per_value + [arena_uses] * bool(arena_uses))
+        lines += [f"now = ({''.join(value + ', ' for value in values)})", "if now != held.now: held.bind(now)"]
+    return lines + [f"k{k}.set_arg({position}, {name})" for name in sorted(uses) if name[0] in "rf"
+                    for k, position in uses[name]]
+
+
 def _read_inputs(positions: list[int], names: dict[str, Any]) -> str:
     """The line giving each input a launch uses its raw buffer (`t3 = inputs[3].raw`, at C speed for several)."""
+    targets = f"t{positions[0]}" if len(positions) == 1 else "".join(f"t{i}, " for i in positions)
+    return f"{targets} = {_raws(positions, names).lstrip('*')}"
+
+
+def _raws(positions: list[int], names: dict[str, Any]) -> str:
+    """An expression unpacking the raw buffers of the inputs at `positions` (`*map(_raw, _used(inputs))`)."""
     if len(positions) == 1:
-        return f"t{positions[0]} = inputs[{positions[0]}].raw"
+        return f"inputs[{positions[0]}].raw"
     names["_raw"], names["_used"] = operator.attrgetter("raw"), operator.itemgetter(*positions)
-    return "".join(f"t{i}, " for i in positions) + "= map(_raw, _used(inputs))"
+    return "*map(_raw, _used(inputs))"
 
 
 def arena_plan(program: Any, internal: set[int], size_class: Callable[[int], int]) -> tuple[dict[int, int], list[int]]:
