@@ -127,12 +127,25 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
 
 def _broadcast_reads(steps: Sequence[Step], slots: tuple[int, ...], shape: Shape) -> tuple[int, ...]:
     """An elementwise step's sources with each EXPAND (of the step's rank) replaced by its source, which the
-    library broadcasts, where another source keeps the step's shape: `h + b` reads the bias as (1, n), and
-    an expand nothing else reads is no step at all."""
+    library broadcasts, where the sources then still broadcast to the step's shape: `h + b` reads the bias as
+    (1, n), `i == j` of a column and a row expanded to a matrix reads both unexpanded, and an expand nothing else
+    reads is no step at all."""
     expanded = {s for s in slots if steps[s].op is Op.EXPAND and len(steps[steps[s].sources[0]].shape) == len(shape)}
-    if not any(s not in expanded and steps[s].shape == shape for s in slots):
+    if not expanded:
         return slots
-    return tuple(steps[s].sources[0] if s in expanded else s for s in slots)
+    read = tuple(steps[s].sources[0] if s in expanded else s for s in slots)
+    return read if _broadcast_of([steps[s].shape for s in read]) == shape else slots
+
+
+def _broadcast_of(shapes: Sequence[Shape]) -> Optional[Shape]:
+    """The shape same-rank `shapes` broadcast to (each axis of size 1 or of the one other size), else None."""
+    axes = []
+    for sizes in zip(*shapes):
+        others = set(sizes) - {1}
+        if len(others) > 1:
+            return None
+        axes.append(others.pop() if others else 1)
+    return tuple(axes)
 
 
 def _reordered(steps: Sequence[Step], outputs: Sequence[int], order: Sequence[int]) -> tuple[list[Step], list[int]]:
