@@ -197,6 +197,24 @@ def test_products_leave_a_precision_set_through_torchs_backend_api_alone(dev, th
         torch.backends.cuda.matmul.fp32_precision = before
 
 
+@pytest.mark.skipif(not NEW_PRECISION_API, reason="torch < 2.9 has only the global precision setting")
+def test_torchs_default_precision_is_left_as_it_is_where_it_means_zyxs(dev):
+    """torch's default per-backend setting, "none", computes in full float32: a program at zyx's "highest" runs
+    under it unchanged (no write, no restore: each run saves both); one at "high" still runs in TF32."""
+    x = dev.tensor(np.eye(3, dtype=np.float32)).realize()
+    before = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        with ProductPrecisions() as products:
+            (x @ x.T).realize()
+            zyx.set_float32_matmul_precision("high")
+            (x @ x.T).realize()
+        assert products.seen == ["none", "tf32"] and torch.backends.cuda.matmul.fp32_precision == "none"
+    finally:
+        zyx.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.fp32_precision = before
+
+
 def test_a_jitted_step_follows_a_precision_set_after_its_first_call(dev):
     """The step's first call ran at "highest"; after zyx.set_float32_matmul_precision("high") it traces again
     (step/recapture.py) and its products run in TF32, and back at "highest" in float32 again."""
@@ -228,6 +246,43 @@ def test_products_read_unexpanded_operands(dev):
     assert all(program.steps[s].op is not Op.EXPAND for s in contract.sources)
     assert contract.arg[1] == (2, 3, 5, 4) and all(program.steps[s].shape != (2, 3, 5, 4) for s in contract.sources)
     np.testing.assert_array_equal((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b)
+
+
+class TorchCalls(torch.overrides.TorchFunctionMode):
+    """The torch functions a realize calls, the grad mode's switching aside."""
+
+    def __init__(self):
+        super().__init__()
+        self.called = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is not torch._C._set_grad_enabled:
+            self.called.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("left, right", [((16,), (16,)), ((5, 16), (16,)), ((16,), (16, 7))])
+def test_products_of_a_vector_are_one_matmul_call(dev, left, right):
+    """A dot, a matrix-vector and a vector-matrix product pass the vector to torch.matmul as it is: a replay of
+    the program is that one call, no reshapes to matrices and back."""
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal(left, dtype=np.float32), rng.standard_normal(right, dtype=np.float32)
+    x, y = dev.tensor(a).realize(), dev.tensor(b).realize()
+    np.testing.assert_allclose((x @ y).numpy(), a @ b, rtol=1e-5, atol=1e-5)  # the first run
+    with TorchCalls() as torch_calls:
+        product = (x @ y).realize()
+    assert torch_calls.called == [torch.matmul]
+    np.testing.assert_allclose(product.numpy(), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_expanded_operands_are_read_unexpanded_wherever_they_broadcast(dev):
+    """A column compared with a row, both expanded to the matrix (cross-entropy's one-hot test of the labels
+    against the classes), reads both unexpanded: torch broadcasts them, and no step expands either."""
+    column, row = np.arange(4).reshape(4, 1) % 3, np.arange(3).reshape(1, 3)
+    equal = dev.tensor(column).expand(4, 3) == dev.tensor(row).expand(4, 3)
+    program = program_of(equal)
+    assert Op.EXPAND not in [step.op for step in program.steps]
+    np.testing.assert_array_equal(equal.numpy(), column == row)
 
 
 def test_chains_fuse_into_one_torch_call_each(dev):
