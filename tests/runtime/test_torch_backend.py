@@ -343,6 +343,30 @@ def test_a_one_hot_code_compared_with_one_is_its_mask(dev):
         np.testing.assert_array_equal(np.signbit(ours.numpy()), np.signbit(reference.numpy()))
 
 
+def test_cat_is_one_join_and_pads_that_do_not_tile_stay_pads(dev):
+    """zyx.cat (each piece padded with zeros to the whole, the pads summed) is one torch.cat step, booleans (OR-ed)
+    and integers too, its -0.0 kept as numpy.concatenate keeps it; summed pads that overlap or leave a gap along
+    the axis, or widen two axes, compute as they are written."""
+    rng = np.random.default_rng(11)
+    pieces = [rng.standard_normal((n, 3), dtype=np.float32) for n in (2, 1, 4)]
+    pieces[1][0, 0] = -0.0
+    joined = zyx.cat([dev.tensor(piece) for piece in pieces])
+    assert [step.op for step in program_of(joined).steps if step.computes] == [Fused.CAT]
+    np.testing.assert_array_equal(joined.numpy(), np.concatenate(pieces))
+    assert np.signbit(joined.numpy()[2, 0])
+    flags, counts = [np.array([True, False]), np.array([False, True])], [np.arange(3), np.arange(2)]
+    for arrays, axis in ((flags, 0), (counts, 0), ([piece.T for piece in pieces], 1)):
+        joined = zyx.cat([dev.tensor(array) for array in arrays], axis)
+        assert [step.op for step in program_of(joined).steps if step.computes] == [Fused.CAT]
+        np.testing.assert_array_equal(joined.numpy(), np.concatenate(arrays, axis))
+    a, b = pieces[0], pieces[2][:2]
+    for widths in ([(0, 1), (0, 0)], [(1, 0), (0, 0)]), ([(0, 3), (0, 0)], [(3, 0), (0, 0)]), \
+                  ([(0, 2), (0, 1)], [(2, 0), (1, 0)]):  # overlapping, with a gap, along two axes
+        padded = dev.tensor(a).pad(widths[0]) + dev.tensor(b).pad(widths[1])
+        assert Fused.CAT not in [step.op for step in program_of(padded).steps]
+        np.testing.assert_array_equal(padded.numpy(), np.pad(a, widths[0]) + np.pad(b, widths[1]))
+
+
 def latest_program(dev):
     """The program the device built last."""
     return dev.programs[next(reversed(dev.programs))]

@@ -277,6 +277,20 @@ def _relu_where(lib: ArrayLibrary, test: Any, value: Any, dtype: Any) -> Any:
     return lib.where(_less_equal(lib, test, zero), zero, value)
 
 
+def _concatenate(lib: ArrayLibrary, step: Step, pieces: Sequence[Any]) -> Any:
+    """The pieces padded with zeros to the step's shape along its axis and summed (OR-ed for booleans): cat's
+    trace, what Fused.CAT stands for."""
+    axis, total = step.arg, step.shape[step.arg]
+    combine = lib.binary[Op.OR if step.dtype.is_bool else Op.ADD]
+    joined, start = None, 0
+    for piece in pieces:
+        end = start + piece.shape[axis]
+        padding = tuple((start, total - end) if a == axis else (0, 0) for a in range(len(step.shape)))
+        padded = lib.pad(piece, padding, False if step.dtype.is_bool else 0, step.shape)
+        joined, start = padded if joined is None else combine(joined, padded), end
+    return joined
+
+
 EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.CONST: lambda lib, step, x: lib.constant(step.arg, step.dtype),
     **{op: _unary for op in UNARY_OPS - {Op.CAST}},
@@ -299,6 +313,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Fused.LOG_SOFTMAX: lambda lib, step, x: _log_softmax(lib, x[0], step.arg, step.dtype),
     Fused.LOG_SOFTMAX_GRAD: lambda lib, step, x: _log_softmax_grad(lib, x[0], x[1], step.arg, step.dtype),
     Fused.CONTRACT: lambda lib, step, x: lib.contract(*x[:2], *step.arg, step.shape, *x[2:]),
+    Fused.CAT: _concatenate,
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
     Op.PERMUTE: lambda lib, step, x: lib.permute(x[0], step.arg),

@@ -235,13 +235,15 @@ class TorchArrays(ArrayLibrary):
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
 
     def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
-        """One bound torch call for views, reductions, products, casts, pads, log_softmax and its gradient, and the
-        elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing); None for
-        the rest (uint32, compact steps, mixed dtypes), which take the generic path."""
+        """One bound torch call for views, reductions, products, joins, casts, pads, log_softmax and its gradient,
+        and the elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing);
+        None for the rest (uint32, compact steps, mixed dtypes), which take the generic path."""
         op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
         view = _VIEWS.get(op)
         if view is not None:
             return view(arg, shape)
+        if op is Fused.CAT:  # (its pieces are computed values already, uint32's wrapped)
+            return lambda *pieces: torch.cat(pieces, arg)
         if step.compact is not None or dtype.name == "uint32":
             return None
         computed = computed_dtype(dtype)

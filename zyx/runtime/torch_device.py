@@ -12,6 +12,8 @@ disk cache shortens it in a later process, Dynamo's tracing stays), later runs o
 """
 from __future__ import annotations
 
+import functools
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -33,6 +35,7 @@ from .torch_runtime import TorchRuntime
 
 COMPILE_VARIABLE = "ZYX_TORCH_COMPILE"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+_is_none = functools.partial(operator.is_, None)
 
 
 def compile_mode(compile: bool | str | None) -> Optional[str]:
@@ -82,7 +85,7 @@ class TorchDevice(Device):
         else:
             stats.bump("schedule_cache_hits")
         inputs = [leaf.buffer for leaf in walk.leaves]
-        if any(buffer is None for buffer in inputs):  # (`None in` calls torch.Tensor.__eq__: slow)
+        if any(map(_is_none, inputs)):  # (`None in` calls torch.Tensor.__eq__: slow)
             raise interpret.released_error()
         rand_args = [rand.arg for rand in walk.rands]
         if not profiling.timing_wanted():
