@@ -564,6 +564,37 @@ def test_jitted_updates_computed_into_their_buffer_only_where_no_view_of_it_is_r
     assert len(program.aliases) == 2 and len(_direct_writes(program, dev.arrays)) == 1
 
 
+def test_an_update_waits_for_the_last_read_of_the_old_value_and_is_computed_into_its_buffer(dev):
+    """SGD on a two-layer product: the first layer's input gradient reads the second layer's old weight after
+    that weight's gradient is known. Its update runs after that read, straight into the weight's buffer (no
+    temporary, no copy), and every update matches numpy over several calls."""
+    rng = np.random.default_rng(13)
+    data, first, second = (rng.standard_normal(shape, dtype=np.float32) for shape in ((4, 3), (3, 5), (5, 2)))
+    x, w1, w2 = dev.tensor(data), dev.tensor(first), dev.tensor(second)
+
+    @zyx.jit
+    def step(x):
+        loss = ((x @ w1).tanh() @ w2).square().sum()
+        g1, g2 = loss.backward([w1, w2])
+        w1.assign(w1 - 0.1 * g1)
+        w2.assign(w2 - 0.1 * g2)
+        return loss
+
+    reference = torch.tensor(first, requires_grad=True), torch.tensor(second, requires_grad=True)
+    for _ in range(3):
+        loss = ((torch.from_numpy(data) @ reference[0]).tanh() @ reference[1]).square().sum()
+        loss.backward()
+        np.testing.assert_allclose(step(x).item(), loss.item(), rtol=1e-5)
+        with torch.no_grad():
+            for weight in reference:
+                weight -= 0.1 * weight.grad
+                weight.grad = None
+        np.testing.assert_allclose(w1.numpy(), reference[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), reference[1].detach().numpy(), rtol=1e-5, atol=1e-6)
+    program = next(iter(step.steps.values()))[0].program
+    assert len(program.aliases) == 2 and len(_direct_writes(program, dev.arrays)) == 2  # no copies
+
+
 # ---- programs ----------------------------------------------------------------------------------------------
 def test_one_program_per_trace_structure(dev):
     zyx.reset_stats()

@@ -12,8 +12,9 @@ An optimized program (`interpret.build(optimize=True)`, zyx.Torch()) computes th
   booleans): one join (Fused.CAT: torch.cat), not a pad per piece and an add per piece but one. A -0.0 in a
   piece stays -0.0 (as in torch.cat and numpy.concatenate; the sum made it +0.0). A jitted step's index check
   joins an index tensor's negated and plain entries so, to find both extremes in one reduction.
-Only float nodes fuse (joins: any dtype), and only through nodes nothing else reads (a target is always computed). `fuse` looks at
-consumers before their sources, so a longer chain claims a node before a shorter one could.
+Only float nodes fuse (joins: any dtype), and only through nodes nothing else reads (a target is always
+computed). `fuse` looks at consumers before their sources, so a longer chain claims a node before a shorter one
+could.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
 from . import fusions, log_softmax_fusion, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .foreach_groups import Groupable, sunk_order
-from .memory_plan import frugal_order, overwrites
+from .memory_plan import frugal_order, late_updates, overwrites
 from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
 
 
@@ -79,8 +79,9 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     nothing else becomes one CONTRACT step (of the MUL's operands, or their sources where they are expands
     nothing else reads), an elementwise op whose sources are all constant along some axes
     (broadcast: `x - 3`) is computed once along them and broadcast, any other reads its expanded sources
-    unexpanded and lets the library broadcast them (`_broadcast_reads`), the steps run in `frugal_order`, and
-    elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
+    unexpanded and lets the library broadcast them (`_broadcast_reads`), the steps run in `frugal_order`, an
+    input's update where its write is due (`late_updates`), and elementwise steps write over dying sources
+    (`overwrites`). `in_place`: (target index, input
     index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
     must have the target's shape and dtype). `groupable` (with `optimize`): which steps a library computes in
     groups (`foreach_groups.py`), whose chains then run last, side by side (`sunk_order`)."""
@@ -112,6 +113,7 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
         steps, outputs = _reordered(steps, outputs, frugal_order(steps, set(outputs)))
         if groupable is not None:
             steps, outputs = _reordered(steps, outputs, sunk_order(steps, groupable))
+        steps, outputs = _reordered(steps, outputs, late_updates(steps, outputs, in_place))
         steps = overwrites(steps, set(outputs))
     last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
     writes: list[list[tuple[int, int]]] = [[] for _ in steps]
