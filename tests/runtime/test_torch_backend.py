@@ -843,3 +843,18 @@ def test_one_op_updates_stay_beside_their_gradients(dev, monkeypatch):
     grouped = planned_peak()
     without_groups(dev, monkeypatch)
     assert grouped == planned_peak()
+
+
+def test_a_short_chain_that_stays_keeps_what_it_reads_in_place(dev):
+    """The gradients of a / b with a / b: the gradient reaching the quotient (`s * 1`) heads a chain long enough to
+    move to the program's end through one reader (b's gradient), while its other reader (a's, `g / b`) is too
+    short to move. Then it stays where it is, before that reader (on main it moved, and the reader read a slot
+    computed after it: an IndexError)."""
+    rng = np.random.default_rng(17)
+    a, b, s = rng.uniform(-3, 3, (3, 5)), rng.uniform(0.2, 4, (3, 5)), rng.standard_normal((3, 5))
+    x, y = dev.tensor(a.astype(np.float32)), dev.tensor(b.astype(np.float32))
+    quotient = x / y
+    gx, gy = (quotient * dev.tensor(s.astype(np.float32))).sum().backward([x, y])
+    zyx.realize(quotient, gx, gy)
+    for ours, expected in ((quotient, a / b), (gx, s / b), (gy, -s * a / b ** 2)):
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-6)
