@@ -19,13 +19,15 @@ from .torch_arrays import storage_key
 
 class MemoryCounter:
     """Bytes held now by one device's buffers and intermediates, and the most held at once. A kept buffer is
-    followed by a weak reference whose callback releases its bytes (a plain `weakref.ref` in a dict: a third of
-    `weakref.finalize`'s cost, paid by every realize)."""
+    followed by a weak reference whose callback releases its bytes (a plain `weakref.ref` held in a dict: a third
+    of `weakref.finalize`'s cost, paid by every realize)."""
 
     def __init__(self) -> None:
         self.current_bytes = 0
         self.peak_bytes = 0
-        self._kept: dict[weakref.ref, int] = {}  # a kept buffer's reference -> its storage's bytes
+        # id of a kept buffer's reference -> (the reference, its storage's bytes): by id, as references to one
+        # tensor compare by its elementwise ==
+        self._kept: dict[int, tuple[weakref.ref, int]] = {}
 
     def allocate(self, nbytes: int) -> None:
         self.current_bytes += nbytes
@@ -43,10 +45,11 @@ class MemoryCounter:
             nbytes = buffer.untyped_storage().nbytes()
         if not counted:
             self.allocate(nbytes)
-        self._kept[weakref.ref(buffer, self._collected)] = nbytes
+        reference = weakref.ref(buffer, self._collected)
+        self._kept[id(reference)] = reference, nbytes
 
     def _collected(self, reference: weakref.ref) -> None:
-        self.current_bytes -= self._kept.pop(reference)
+        self.current_bytes -= self._kept.pop(id(reference))[1]
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.current_bytes
