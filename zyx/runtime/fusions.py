@@ -129,15 +129,15 @@ def _concatenation(node: Node, only_here: Any) -> Optional[tuple[FusedNode, list
     if len(widened) != 1 or any(pad.arg[1] != 0 for pad in pads):  # (node.pad's widths are never negative)
         return None
     axis, = widened
+    pads.sort(key=lambda pad: pad.arg[0][axis][0])
     end = 0
-    for pad in sorted(pads, key=lambda pad: pad.arg[0][axis][0]):
+    for pad in pads:
         if pad.arg[0][axis][0] != end:
             return None
         end += pad.src[0].shape[axis]
     if end != node.shape[axis]:
         return None
-    pieces = tuple(pad.src[0] for pad in sorted(pads, key=lambda pad: pad.arg[0][axis][0]))
-    return (Fused.CAT, axis, pieces), absorbed + pads
+    return (Fused.CAT, axis, tuple(pad.src[0] for pad in pads)), absorbed + pads
 
 
 def constant_of(node: Node) -> Optional[Node]:
