@@ -137,22 +137,25 @@ NEW_PRECISION_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")  # tor
 
 
 def cuda_matmul_precision():
-    """torch's float32 product precision on CUDA as "tf32" or "ieee", through whichever API this torch reads."""
+    """torch's float32 product precision on CUDA as "tf32" or "ieee", through whichever API this torch reads (its
+    default "none" computes in full float32: "ieee")."""
     if NEW_PRECISION_API:
-        return torch.backends.cuda.matmul.fp32_precision
+        setting = torch.backends.cuda.matmul.fp32_precision
+        return "ieee" if setting == "none" else setting
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 class ProductPrecisions(torch.overrides.TorchFunctionMode):
-    """The float32 matmul precision torch is set to at each product a program calls."""
+    """The float32 matmul precision torch is set to at each product a program calls (`read`: how it is read)."""
 
-    def __init__(self):
+    def __init__(self, read=cuda_matmul_precision):
         super().__init__()
         self.seen = []
+        self.read = read
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in (torch.matmul, torch.addmm, torch.einsum):
-            self.seen.append(cuda_matmul_precision())
+            self.seen.append(self.read())
         return func(*args, **(kwargs or {}))
 
 
@@ -205,7 +208,7 @@ def test_torchs_default_precision_is_left_as_it_is_where_it_means_zyxs(dev):
     before = torch.backends.cuda.matmul.fp32_precision
     try:
         torch.backends.cuda.matmul.fp32_precision = "none"
-        with ProductPrecisions() as products:
+        with ProductPrecisions(read=lambda: torch.backends.cuda.matmul.fp32_precision) as products:
             (x @ x.T).realize()
             zyx.set_float32_matmul_precision("high")
             (x @ x.T).realize()
