@@ -5,7 +5,7 @@ emit a tiled kernel.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .dtypes import int64, promote
 from .errors import ShapeError
@@ -21,6 +21,27 @@ if TYPE_CHECKING:
 def _broadcast(node: n.Node, shape: tuple[int, ...]) -> n.Node:
     """`node` expanded to `shape`, with leading axes of size 1 where it has fewer (as Tensor.expand)."""
     return n.expand(n.reshape(node, (1,) * (len(shape) - len(node.shape)) + node.shape), shape)
+
+
+def _product(left: n.Node, right: n.Node, a_shape: tuple[int, ...], b_shape: tuple[int, ...],
+             batch: tuple[int, ...], dtype: Any) -> n.Node:
+    """The trace of matmul(left, right) (see `LayerMixin.matmul`), the operands' shapes as matrices `a_shape` and
+    `b_shape`: views of both to (batch..., n, m, k), multiplied, summed over k."""
+    n_, k, m = a_shape[-2], a_shape[-1], b_shape[-1]
+    full = batch + (n_, m, k)
+    left = _broadcast(n.reshape(n.cast(left, dtype), a_shape[:-1] + (1, k)), full)
+    batch_axes = len(b_shape) - 2
+    right = n.permute(n.reshape(n.cast(right, dtype), b_shape), tuple(range(batch_axes)) + (batch_axes + 1, batch_axes))
+    right = _broadcast(n.reshape(right, b_shape[:-2] + (1, m, k)), full)
+    terms = n.binary(Op.MUL, left, right)
+    terms = terms if dtype.is_float else n.cast(terms, int64)  # integers sum in int64, as Tensor.sum does
+    return n.reshape(n.reduce(Op.SUM, terms, (len(full) - 1,)), full[:-1])
+
+
+# A product's trace made again for operands of the shapes and dtypes met before (`node.graph_maker`): its eight
+# or so nodes' constructors, checks and keys were most of an un-jitted `(x @ y).realize()`'s host time.
+PRODUCT_MAKERS_KEPT = 1024
+_product_makers: dict[tuple, Callable[[n.Node, n.Node], n.Node]] = {}
 
 
 class LayerMixin:
@@ -52,16 +73,17 @@ class LayerMixin:
             raise ValueError(f"matmul: operands live on different devices ({left_node.device} and "
                              f"{right_node.device})")
         dtype = promote(left_node.dtype, right_node.dtype)
-        n_, k, m = a_shape[-2], a_shape[-1], b_shape[-1]
-        full = batch + (n_, m, k)  # the trace's nodes made directly: a matmul's host time is mostly this
-        left = _broadcast(n.reshape(n.cast(left_node, dtype), a_shape[:-1] + (1, k)), full)
-        batch_axes = len(b_shape) - 2
-        right = n.permute(n.reshape(n.cast(right_node, dtype), b_shape),
-                          tuple(range(batch_axes)) + (batch_axes + 1, batch_axes))
-        right = _broadcast(n.reshape(right, b_shape[:-2] + (1, m, k)), full)
-        terms = n.binary(Op.MUL, left, right)
-        terms = terms if dtype.is_float else n.cast(terms, int64)  # integers sum in int64, as Tensor.sum does
-        product = self._wrap(n.reshape(n.reduce(Op.SUM, terms, (len(full) - 1,)), full[:-1]))
+        if right_node.op is Op.PERMUTE:  # (`x @ w.T`: the product's own permute of w.T is w, no node)
+            product = self._wrap(_product(left_node, right_node, a_shape, b_shape, batch, dtype))
+        else:
+            key = (left_node.shape, right_node.shape, left_node.dtype, right_node.dtype)
+            maker = _product_makers.get(key)
+            if maker is None:
+                if len(_product_makers) >= PRODUCT_MAKERS_KEPT:
+                    _product_makers.clear()
+                maker = _product_makers[key] = n.graph_maker(
+                    lambda x, y: _product(x, y, a_shape, b_shape, batch, dtype), (left_node, right_node))
+            product = self._wrap(maker(left_node, right_node))
         if dtype.is_int or dtype.is_bool:
             product = product.cast(dtype) if not dtype.is_bool else product
         if len(left_node.shape) == 1:

@@ -137,22 +137,25 @@ NEW_PRECISION_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")  # tor
 
 
 def cuda_matmul_precision():
-    """torch's float32 product precision on CUDA as "tf32" or "ieee", through whichever API this torch reads."""
+    """torch's float32 product precision on CUDA as "tf32" or "ieee", through whichever API this torch reads (its
+    default "none" computes in full float32: "ieee")."""
     if NEW_PRECISION_API:
-        return torch.backends.cuda.matmul.fp32_precision
+        setting = torch.backends.cuda.matmul.fp32_precision
+        return "ieee" if setting == "none" else setting
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 class ProductPrecisions(torch.overrides.TorchFunctionMode):
-    """The float32 matmul precision torch is set to at each product a program calls."""
+    """The float32 matmul precision torch is set to at each product a program calls (`read`: how it is read)."""
 
-    def __init__(self):
+    def __init__(self, read=cuda_matmul_precision):
         super().__init__()
         self.seen = []
+        self.read = read
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in (torch.matmul, torch.addmm, torch.einsum):
-            self.seen.append(cuda_matmul_precision())
+            self.seen.append(self.read())
         return func(*args, **(kwargs or {}))
 
 
@@ -197,6 +200,24 @@ def test_products_leave_a_precision_set_through_torchs_backend_api_alone(dev, th
         torch.backends.cuda.matmul.fp32_precision = before
 
 
+@pytest.mark.skipif(not NEW_PRECISION_API, reason="torch < 2.9 has only the global precision setting")
+def test_torchs_default_precision_is_left_as_it_is_where_it_means_zyxs(dev):
+    """torch's default per-backend setting, "none", computes in full float32: a program at zyx's "highest" runs
+    under it unchanged (no write, no restore: each run saves both); one at "high" still runs in TF32."""
+    x = dev.tensor(np.eye(3, dtype=np.float32)).realize()
+    before = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        with ProductPrecisions(read=lambda: torch.backends.cuda.matmul.fp32_precision) as products:
+            (x @ x.T).realize()
+            zyx.set_float32_matmul_precision("high")
+            (x @ x.T).realize()
+        assert products.seen == ["none", "tf32"] and torch.backends.cuda.matmul.fp32_precision == "none"
+    finally:
+        zyx.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.fp32_precision = before
+
+
 def test_a_jitted_step_follows_a_precision_set_after_its_first_call(dev):
     """The step's first call ran at "highest"; after zyx.set_float32_matmul_precision("high") it traces again
     (step/recapture.py) and its products run in TF32, and back at "highest" in float32 again."""
@@ -228,6 +249,43 @@ def test_products_read_unexpanded_operands(dev):
     assert all(program.steps[s].op is not Op.EXPAND for s in contract.sources)
     assert contract.arg[1] == (2, 3, 5, 4) and all(program.steps[s].shape != (2, 3, 5, 4) for s in contract.sources)
     np.testing.assert_array_equal((dev.tensor(a) @ dev.tensor(b)).numpy(), a @ b)
+
+
+class TorchCalls(torch.overrides.TorchFunctionMode):
+    """The torch functions a realize calls, the grad mode's switching aside."""
+
+    def __init__(self):
+        super().__init__()
+        self.called = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is not torch._C._set_grad_enabled:
+            self.called.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("left, right", [((16,), (16,)), ((5, 16), (16,)), ((16,), (16, 7))])
+def test_products_of_a_vector_are_one_matmul_call(dev, left, right):
+    """A dot, a matrix-vector and a vector-matrix product pass the vector to torch.matmul as it is: a replay of
+    the program is that one call, no reshapes to matrices and back."""
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal(left, dtype=np.float32), rng.standard_normal(right, dtype=np.float32)
+    x, y = dev.tensor(a).realize(), dev.tensor(b).realize()
+    np.testing.assert_allclose((x @ y).numpy(), a @ b, rtol=1e-5, atol=1e-5)  # the first run
+    with TorchCalls() as torch_calls:
+        product = (x @ y).realize()
+    assert torch_calls.called == [torch.matmul]
+    np.testing.assert_allclose(product.numpy(), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_expanded_operands_are_read_unexpanded_wherever_they_broadcast(dev):
+    """A column compared with a row, both expanded to the matrix (cross-entropy's one-hot test of the labels
+    against the classes), reads both unexpanded: torch broadcasts them, and no step expands either."""
+    column, row = np.arange(4).reshape(4, 1) % 3, np.arange(3).reshape(1, 3)
+    equal = dev.tensor(column).expand(4, 3) == dev.tensor(row).expand(4, 3)
+    program = program_of(equal)
+    assert Op.EXPAND not in [step.op for step in program.steps]
+    np.testing.assert_array_equal(equal.numpy(), column == row)
 
 
 def test_chains_fuse_into_one_torch_call_each(dev):
@@ -286,6 +344,30 @@ def test_a_one_hot_code_compared_with_one_is_its_mask(dev):
     for ours, reference in zip(run(dev), run(zyx.CPU())):
         np.testing.assert_array_equal(ours.numpy(), reference.numpy())
         np.testing.assert_array_equal(np.signbit(ours.numpy()), np.signbit(reference.numpy()))
+
+
+def test_cat_is_one_join_and_pads_that_do_not_tile_stay_pads(dev):
+    """zyx.cat (each piece padded with zeros to the whole, the pads summed) is one torch.cat step, booleans (OR-ed)
+    and integers too, its -0.0 kept as numpy.concatenate keeps it; summed pads that overlap or leave a gap along
+    the axis, or widen two axes, compute as they are written."""
+    rng = np.random.default_rng(11)
+    pieces = [rng.standard_normal((n, 3), dtype=np.float32) for n in (2, 1, 4)]
+    pieces[1][0, 0] = -0.0
+    joined = zyx.cat([dev.tensor(piece) for piece in pieces])
+    assert [step.op for step in program_of(joined).steps if step.computes] == [Fused.CAT]
+    np.testing.assert_array_equal(joined.numpy(), np.concatenate(pieces))
+    assert np.signbit(joined.numpy()[2, 0])
+    flags, counts = [np.array([True, False]), np.array([False, True])], [np.arange(3), np.arange(2)]
+    for arrays, axis in ((flags, 0), (counts, 0), ([piece.T for piece in pieces], 1)):
+        joined = zyx.cat([dev.tensor(array) for array in arrays], axis)
+        assert [step.op for step in program_of(joined).steps if step.computes] == [Fused.CAT]
+        np.testing.assert_array_equal(joined.numpy(), np.concatenate(arrays, axis))
+    a, b = pieces[0], pieces[2][:2]
+    for widths in ([(0, 1), (0, 0)], [(1, 0), (0, 0)]), ([(0, 3), (0, 0)], [(3, 0), (0, 0)]), \
+                  ([(0, 2), (0, 1)], [(2, 0), (1, 0)]):  # overlapping, with a gap, along two axes
+        padded = dev.tensor(a).pad(widths[0]) + dev.tensor(b).pad(widths[1])
+        assert Fused.CAT not in [step.op for step in program_of(padded).steps]
+        np.testing.assert_array_equal(padded.numpy(), np.pad(a, widths[0]) + np.pad(b, widths[1]))
 
 
 def latest_program(dev):
@@ -483,6 +565,37 @@ def test_jitted_updates_computed_into_their_buffer_only_where_no_view_of_it_is_r
     np.testing.assert_array_equal(v.numpy(), b)
     program = next(iter(step.steps.values()))[0].program
     assert len(program.aliases) == 2 and len(_direct_writes(program, dev.arrays)) == 1
+
+
+def test_an_update_waits_for_the_last_read_of_the_old_value_and_is_computed_into_its_buffer(dev):
+    """SGD on a two-layer product: the first layer's input gradient reads the second layer's old weight after
+    that weight's gradient is known. Its update runs after that read, straight into the weight's buffer (no
+    temporary, no copy), and every update matches numpy over several calls."""
+    rng = np.random.default_rng(13)
+    data, first, second = (rng.standard_normal(shape, dtype=np.float32) for shape in ((4, 3), (3, 5), (5, 2)))
+    x, w1, w2 = dev.tensor(data), dev.tensor(first), dev.tensor(second)
+
+    @zyx.jit
+    def step(x):
+        loss = ((x @ w1).tanh() @ w2).square().sum()
+        g1, g2 = loss.backward([w1, w2])
+        w1.assign(w1 - 0.1 * g1)
+        w2.assign(w2 - 0.1 * g2)
+        return loss
+
+    reference = torch.tensor(first, requires_grad=True), torch.tensor(second, requires_grad=True)
+    for _ in range(3):
+        loss = ((torch.from_numpy(data) @ reference[0]).tanh() @ reference[1]).square().sum()
+        loss.backward()
+        np.testing.assert_allclose(step(x).item(), loss.item(), rtol=1e-5)
+        with torch.no_grad():
+            for weight in reference:
+                weight -= 0.1 * weight.grad
+                weight.grad = None
+        np.testing.assert_allclose(w1.numpy(), reference[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), reference[1].detach().numpy(), rtol=1e-5, atol=1e-6)
+    program = next(iter(step.steps.values()))[0].program
+    assert len(program.aliases) == 2 and len(_direct_writes(program, dev.arrays)) == 2  # no copies
 
 
 # ---- programs ----------------------------------------------------------------------------------------------
@@ -733,3 +846,18 @@ def test_one_op_updates_stay_beside_their_gradients(dev, monkeypatch):
     grouped = planned_peak()
     without_groups(dev, monkeypatch)
     assert grouped == planned_peak()
+
+
+def test_a_short_chain_that_stays_keeps_what_it_reads_in_place(dev):
+    """The gradients of a / b with a / b: the gradient reaching the quotient (`s * 1`) heads a chain long enough to
+    move to the program's end through one reader (b's gradient), while its other reader (a's, `g / b`) is too
+    short to move. Then it stays where it is, before that reader (on main it moved, and the reader read a slot
+    computed after it: an IndexError)."""
+    rng = np.random.default_rng(17)
+    a, b, s = rng.uniform(-3, 3, (3, 5)), rng.uniform(0.2, 4, (3, 5)), rng.standard_normal((3, 5))
+    x, y = dev.tensor(a.astype(np.float32)), dev.tensor(b.astype(np.float32))
+    quotient = x / y
+    gx, gy = (quotient * dev.tensor(s.astype(np.float32))).sum().backward([x, y])
+    zyx.realize(quotient, gx, gy)
+    for ours, expected in ((quotient, a / b), (gx, s / b), (gy, -s * a / b ** 2)):
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import zyx
+from zyx import tensor_layers as layers_module
 from zyx.trace import node as node_module
 from zyx.trace.hashing import Walk, signature, structural_hash
 from zyx.trace.node import toposort
@@ -141,3 +142,37 @@ def test_a_leaf_makers_leaves_are_what_buffer_leaf_makes():
     for slot in node_module.Node.__slots__:
         if slot != "__weakref__":
             assert getattr(made, slot) == getattr(built, slot), slot
+
+
+@pytest.mark.parametrize("left, right, dtypes", [
+    ((3, 4), (4, 5), ("float32", "float32")), ((4,), (4, 5), ("float32", "float32")),
+    ((3, 4), (4,), ("float32", "float32")), ((4,), (4,), ("float32", "float32")),
+    ((2, 1, 3, 4), (5, 4, 2), ("float32", "float32")), ((3, 4), (4, 5), ("int32", "float16")),
+    ((3, 4), (4, 5), ("int32", "int32")), ((3, 4), (4, 5), ("bool", "bool"))])
+def test_products_made_again_are_the_products_traced(left, right, dtypes):
+    """matmul makes a product's nodes again for operands met before (node.graph_maker, slot for slot as Node's
+    constructors set them): the nodes `_product` builds one by one, the same structure, digest and values, for
+    vectors, batches that broadcast, mixed dtypes, integers and booleans."""
+    rng = np.random.default_rng(3)
+    arrays = [(rng.standard_normal(shape) * 3).astype(dtype) for shape, dtype in zip((left, right), dtypes)]
+    x, y = (zyx.tensor(array) for array in arrays)
+    (x @ y).realize()  # its maker made
+    a_shape, b_shape = left if len(left) > 1 else (1,) + left, right if len(right) > 1 else right + (1,)
+    batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    made = layers_module._product_makers[(x.node.shape, y.node.shape, x.dtype, y.dtype)](x.node, y.node)
+    built = layers_module._product(x.node, y.node, a_shape, b_shape, batch, zyx.dtypes.promote(x.dtype, y.dtype))
+    assert Walk([made]).structure == Walk([built]).structure and structural_hash([made]) == structural_hash([built])
+    for ours, theirs in zip(toposort([made]), toposort([built]), strict=True):
+        for slot in node_module.Node.__slots__:
+            if slot not in ("src", "__weakref__"):
+                mine, other = getattr(ours, slot), getattr(theirs, slot)
+                assert mine is other or mine == other, slot
+    np.testing.assert_array_equal(zyx.Tensor(made).numpy(), zyx.Tensor(built).numpy())
+
+
+def test_a_product_of_a_transpose_reads_the_matrix_itself():
+    """`x @ w.T.T` (a linear layer's weight as its trace reads it) is built node by node, where the product's own
+    permute of the operand folds into its permutes: the trace reads w, not a permute of a permute of it."""
+    x, w = zyx.tensor(np.ones((2, 3), np.float32)), zyx.tensor(np.ones((4, 3), np.float32))
+    nodes = toposort([(x @ w.T).node])
+    assert w.node in nodes and sum(node.op is zyx.trace.ops.Op.PERMUTE for node in nodes) == 0

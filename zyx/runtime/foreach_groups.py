@@ -60,8 +60,10 @@ def sunk_order(steps: Sequence[Step], groupable: Groupable) -> list[int]:
             chain[k] = max([chain[k]] + [chain[r] for r in readers[k]])
     group: dict[int, tuple] = {}  # a moved step's position -> its group key
     first_of: dict[tuple, int] = {}  # a group key -> the position of its first step, which orders the level
+    for k in reversed(range(len(steps))):  # a chain too short stays, and so does what it reads (a source's chain
+        # may be long through another reader): a step left in place must not read a moved one
+        sinkable[k] = sinkable[k] and chain[k] >= MIN_CHAIN and all(sinkable[r] for r in readers[k])
     for k, step in enumerate(steps):
-        sinkable[k] = sinkable[k] and chain[k] >= MIN_CHAIN
         if sinkable[k]:
             group[k] = (level[k], step.op, step.dtype, operand_kinds(steps, step))
             first_of.setdefault(group[k], k)

@@ -7,9 +7,14 @@ An optimized program (`interpret.build(optimize=True)`, zyx.Torch()) computes th
   relu's output as PyTorch's autograd does (Fused.RELU_GRAD), so the mask is not stored at all where nothing
   else reads it;
 - `a + b * c` and `a - b * c` (Fused.MULADD, Fused.MULSUB: torch.addcmul), and `a + (b - a) * w`, an optimizer's
-  moving average (Fused.LERP: torch.lerp).
-Only float nodes fuse, and only through nodes nothing else reads (a target is always computed). `fuse` looks at
-consumers before their sources, so a longer chain claims a node before a shorter one could.
+  moving average (Fused.LERP: torch.lerp);
+- `cat`, which the trace spells as each piece padded with zeros to the whole and the pads summed (OR-ed for
+  booleans): one join (Fused.CAT: torch.cat), not a pad per piece and an add per piece but one. A -0.0 in a
+  piece stays -0.0 (as in torch.cat and numpy.concatenate; the sum made it +0.0). A jitted step's index check
+  joins an index tensor's negated and plain entries so, to find both extremes in one reduction.
+Only float nodes fuse (joins: any dtype), and only through nodes nothing else reads (a target is always
+computed). `fuse` looks at consumers before their sources, so a longer chain claims a node before a shorter one
+could.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from .steps import Fused
 
 FusedNode = tuple[Any, Any, tuple[Node, ...]]  # (op, arg, sources) of the step computing a node
 _CONSTANT_VIEWS = (Op.RESHAPE, Op.EXPAND)
+_JOINING = (Op.ADD, Op.OR)  # how cat sums its pieces' pads (OR: booleans)
 
 
 def fuse(order: Sequence[Node], readers: dict[int, int], wanted: set[int], skipped: set[int],
@@ -68,6 +74,12 @@ def fuse(order: Sequence[Node], readers: dict[int, int], wanted: set[int], skipp
             if chain is not None:
                 fused[id(node)] = chain[0]
                 skipped.update(id(inner) for inner in chain[1])
+    for node in reversed(order):
+        if node.op in _JOINING and id(node) not in skipped and id(node) not in fused:
+            join = _concatenation(node, only_here)
+            if join is not None:
+                fused[id(node)] = join[0]
+                skipped.update(id(inner) for inner in join[1])
 
 
 def _le_operands(node: Node, only_here: Any) -> Optional[tuple[Node, Node]]:
@@ -95,6 +107,37 @@ def _multiply_add(node: Node, only_here: Any) -> Optional[tuple[FusedNode, list[
         if only_here(other, Op.NEG) and only_here(other.src[0], Op.MUL):
             return (Fused.MULSUB, None, (a, *other.src[0].src)), [other, other.src[0]]
     return None
+
+
+def _concatenation(node: Node, only_here: Any) -> Optional[tuple[FusedNode, list[Node]]]:
+    """The join heading `node` where it is cat's trace: an ADD (or OR) of ADDs (ORs) and zero pads, read nowhere
+    else, the pads widening their pieces along one axis and tiling it; with the nodes it absorbs. None where it
+    is not."""
+    absorbed: list[Node] = []
+    pads: list[Node] = []
+    pending = [node]
+    while pending:
+        for source in pending.pop().src:
+            if only_here(source, Op.PAD):
+                pads.append(source)
+            elif only_here(source, node.op):
+                pending.append(source)
+                absorbed.append(source)
+            else:
+                return None
+    widened = {axis for pad in pads for axis, pair in enumerate(pad.arg[0]) if pair != (0, 0)}
+    if len(widened) != 1 or any(pad.arg[1] != 0 for pad in pads):  # (node.pad's widths are never negative)
+        return None
+    axis, = widened
+    pads.sort(key=lambda pad: pad.arg[0][axis][0])
+    end = 0
+    for pad in pads:
+        if pad.arg[0][axis][0] != end:
+            return None
+        end += pad.src[0].shape[axis]
+    if end != node.shape[axis]:
+        return None
+    return (Fused.CAT, axis, tuple(pad.src[0] for pad in pads)), absorbed + pads
 
 
 def constant_of(node: Node) -> Optional[Node]:

@@ -21,7 +21,7 @@ from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
 from . import fusions, log_softmax_fusion, profiling, view_chains
 from .arrays import ArrayLibrary, Shape
 from .foreach_groups import Groupable, sunk_order
-from .memory_plan import frugal_order, overwrites
+from .memory_plan import frugal_order, late_updates, overwrites
 from .steps import ALLOCATING, ELEMENTWISE, Fused, Step, roots, step_bytes
 
 
@@ -81,8 +81,9 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
     nothing else becomes one CONTRACT step (of the MUL's operands, or their sources where they are expands
     nothing else reads), an elementwise op whose sources are all constant along some axes
     (broadcast: `x - 3`) is computed once along them and broadcast, any other reads its expanded sources
-    unexpanded and lets the library broadcast them (`_broadcast_reads`), the steps run in `frugal_order`, and
-    elementwise steps write over dying sources (`overwrites`). `in_place`: (target index, input
+    unexpanded and lets the library broadcast them (`_broadcast_reads`), the steps run in `frugal_order`, an
+    input's update where its write is due (`late_updates`), and elementwise steps write over dying sources
+    (`overwrites`). `in_place`: (target index, input
     index) pairs whose target may overwrite the input's buffer once nothing reads the old value (the input
     must have the target's shape and dtype). `groupable` (with `optimize`): which steps a library computes in
     groups (`foreach_groups.py`), whose chains then run last, side by side (`sunk_order`)."""
@@ -115,6 +116,7 @@ def build(targets: Sequence[Node], order: Sequence[Node], optimize: bool = False
         steps, outputs = _reordered(steps, outputs, frugal_order(steps, set(outputs)))
         if groupable is not None:
             steps, outputs = _reordered(steps, outputs, sunk_order(steps, groupable))
+        steps, outputs = _reordered(steps, outputs, late_updates(steps, outputs, in_place))
         steps = overwrites(steps, set(outputs))
     last_use = {slot: k for k, step in enumerate(steps) for slot in step.sources}
     writes: list[list[tuple[int, int]]] = [[] for _ in steps]
@@ -144,12 +146,25 @@ def _summed_terms(targets: Sequence[Node], order: Sequence[Node]) -> set[int]:
 
 def _broadcast_reads(steps: Sequence[Step], slots: tuple[int, ...], shape: Shape) -> tuple[int, ...]:
     """An elementwise step's sources with each EXPAND (of the step's rank) replaced by its source, which the
-    library broadcasts, where another source keeps the step's shape: `h + b` reads the bias as (1, n), and
-    an expand nothing else reads is no step at all."""
+    library broadcasts, where the sources then still broadcast to the step's shape: `h + b` reads the bias as
+    (1, n), `i == j` of a column and a row expanded to a matrix reads both unexpanded, and an expand nothing else
+    reads is no step at all."""
     expanded = {s for s in slots if steps[s].op is Op.EXPAND and len(steps[steps[s].sources[0]].shape) == len(shape)}
-    if not any(s not in expanded and steps[s].shape == shape for s in slots):
+    if not expanded:
         return slots
-    return tuple(steps[s].sources[0] if s in expanded else s for s in slots)
+    read = tuple(steps[s].sources[0] if s in expanded else s for s in slots)
+    return read if _broadcast_of([steps[s].shape for s in read]) == shape else slots
+
+
+def _broadcast_of(shapes: Sequence[Shape]) -> Optional[Shape]:
+    """The shape same-rank `shapes` broadcast to (each axis of size 1 or of the one other size), else None."""
+    axes = []
+    for sizes in zip(*shapes):
+        others = set(sizes) - {1}
+        if len(others) > 1:
+            return None
+        axes.append(others.pop() if others else 1)
+    return tuple(axes)
 
 
 def _reordered(steps: Sequence[Step], outputs: Sequence[int], order: Sequence[int]) -> tuple[list[Step], list[int]]:
@@ -284,6 +299,20 @@ def _relu_where(lib: ArrayLibrary, test: Any, value: Any, dtype: Any) -> Any:
     return lib.where(_less_equal(lib, test, zero), zero, value)
 
 
+def _concatenate(lib: ArrayLibrary, step: Step, pieces: Sequence[Any]) -> Any:
+    """The pieces padded with zeros to the step's shape along its axis and summed (OR-ed for booleans): cat's
+    trace, what Fused.CAT stands for."""
+    axis, total = step.arg, step.shape[step.arg]
+    combine = lib.binary[Op.OR if step.dtype.is_bool else Op.ADD]
+    joined, start = None, 0
+    for piece in pieces:
+        end = start + piece.shape[axis]
+        padding = tuple((start, total - end) if a == axis else (0, 0) for a in range(len(step.shape)))
+        padded = lib.pad(piece, padding, False if step.dtype.is_bool else 0, step.shape)
+        joined, start = padded if joined is None else combine(joined, padded), end
+    return joined
+
+
 EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Op.CONST: lambda lib, step, x: lib.constant(step.arg, step.dtype),
     **{op: _unary for op in UNARY_OPS - {Op.CAST}},
@@ -306,6 +335,7 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Fused.LOG_SOFTMAX: lambda lib, step, x: _log_softmax(lib, x[0], step.arg, step.dtype),
     Fused.LOG_SOFTMAX_GRAD: lambda lib, step, x: _log_softmax_grad(lib, x[0], x[1], step.arg, step.dtype),
     Fused.CONTRACT: lambda lib, step, x: lib.contract(*x[:2], *step.arg, step.shape, *x[2:]),
+    Fused.CAT: _concatenate,
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),
     Op.RESHAPE: lambda lib, step, x: lib.reshape(x[0], step.arg),
     Op.PERMUTE: lambda lib, step, x: lib.permute(x[0], step.arg),

@@ -5,6 +5,11 @@ A backward pass in the trace's depth-first order computes every layer's input gr
 gradients that read them; this order takes each weight gradient (and its update) as soon as it can, as
 PyTorch's autograd does, so activations and input gradients go as early as there. Ties keep the trace's order.
 
+`late_updates`: an update of a jitted step's input (a parameter's `p - lr * g`) that nothing but its write reads
+runs where the write is due, after the last step reading the old value (a backward product reading the old
+weight), not before it: it is then computed straight into the input's buffer (`program_code._direct_writes`),
+not into a temporary copied over the buffer afterwards.
+
 `overwrites`: an elementwise step whose source is read for the last time there, and whose storage nothing else
 needs, computes into that storage (PyTorch's `out=`): an optimizer's update chain `p - lr * m / (sqrt(v) + eps)`
 then holds one temporary, not one per op.
@@ -16,7 +21,7 @@ import heapq
 from typing import Optional, Sequence
 
 from ..trace.ops import BINARY_OPS, SHIFT_OPS, UNARY_OPS, Op
-from .steps import FUSED_ELEMENTWISE, ROW_OPS, SHARING, Fused, Step, roots, step_bytes
+from .steps import ELEMENTWISE, FUSED_ELEMENTWISE, ROW_OPS, SHARING, Fused, Step, roots, step_bytes
 
 # elementwise ops one library call computes, so it can take an output to write to; the rest compose several
 OVERWRITING_OPS = (UNARY_OPS - {Op.CAST, Op.DETACH}) | (BINARY_OPS - SHIFT_OPS) | {Op.WHERE} | FUSED_ELEMENTWISE
@@ -78,6 +83,39 @@ def frugal_order(steps: Sequence[Step], kept: set[int]) -> list[int]:
             waiting[reader] -= 1
             if waiting[reader] == 0:
                 heapq.heappush(ready, (score(reader), reader))
+    return order
+
+
+def late_updates(steps: Sequence[Step], outputs: Sequence[int], in_place: Sequence[tuple[int, int]]) -> list[int]:
+    """The steps' positions with each elementwise update that only its in-place write reads (`in_place`: (target
+    index, input position) pairs) moved to just after the last step reading the input's old value, where that
+    comes later and the move holds no more memory: the update's sources that die there take no more bytes than
+    the update's own result, which it no longer holds from its old place to the write's."""
+    root = roots(steps)
+    loads = {step.arg: k for k, step in enumerate(steps) if step.op is Op.BUFFER}
+    last_read: dict[int, int] = {}  # per storage (root): the last step reading any slot of it
+    read: set[int] = set()
+    for k, step in enumerate(steps):
+        for source in step.sources:
+            last_read[root[source]] = k
+            read.add(source)
+    after: dict[int, list[int]] = {}  # position -> the updates moved to just after it
+    for target, position in in_place:
+        slot, load = outputs[target], loads.get(position)
+        step = steps[slot]
+        if load is None or step.op not in ELEMENTWISE or slot in read or outputs.count(slot) != 1 or \
+                last_read.get(root[load], -1) <= slot:
+            continue
+        dying = {root[source] for source in step.sources
+                 if root[source] != root[load] and last_read[root[source]] == slot}
+        if sum(step_bytes(steps[r]) for r in dying) <= step_bytes(step):
+            after.setdefault(last_read[root[load]], []).append(slot)
+    moved = {slot for slots in after.values() for slot in slots}
+    order: list[int] = []
+    for k in range(len(steps)):
+        if k not in moved:
+            order.append(k)
+        order += sorted(after.get(k, []))
     return order
 
 

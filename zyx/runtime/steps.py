@@ -30,13 +30,14 @@ class Fused(enum.Enum):
     LERP = enum.auto()  # (a, b, w): a + (b - a) * w
     LOG_SOFTMAX = enum.auto()  # arg axis: log_softmax of the source along the axis (log_softmax_fusion.py)
     LOG_SOFTMAX_GRAD = enum.auto()  # arg axis; (g, y): the gradient g - exp(y) * sum(g) of y = log_softmax(x)
+    CAT = enum.auto()  # arg axis: the sources joined along it, in order (cat's zero pads summed: fusions.py)
 
 
 FUSED_ELEMENTWISE = {Fused.SUB, Fused.LE, Fused.NE, Fused.RELU, Fused.RELU_GRAD, Fused.MULADD, Fused.MULSUB, Fused.LERP}
 ELEMENTWISE = ELEMENTWISE_OPS | FUSED_ELEMENTWISE
 ROW_OPS = {Fused.LOG_SOFTMAX, Fused.LOG_SOFTMAX_GRAD}  # each value from its row along the step's axis
 # views allocate nothing
-ALLOCATING = ELEMENTWISE | REDUCE_OPS | ROW_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT}
+ALLOCATING = ELEMENTWISE | REDUCE_OPS | ROW_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT, Fused.CAT}
 SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source
 VIEW_OPS = {Op.PERMUTE, Op.EXPAND, Op.SHRINK, Op.DETACH}  # return a view of their source in every library
 

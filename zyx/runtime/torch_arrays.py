@@ -71,25 +71,26 @@ _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]]
 }
 
 
-def _precision_api() -> tuple[Callable[[], Any], Callable[[Any], None], Callable[[bool], Any]]:
-    """(read, write, wanted) for torch's float32 product precision. torch ≥ 2.9 keeps it per backend
-    (`torch.backends.cuda.matmul.fp32_precision`, and mkldnn's on CPUs) and raises if the old global
-    `get_float32_matmul_precision` is read after a user set the new one; older torch has only the global."""
+def _precision_api() -> tuple[Callable[[], Any], Callable[[Any], None], dict[bool, Any], Callable[[Any], Any]]:
+    """(read, write, wanted, effective) for torch's float32 product precision: `wanted[tf32]` is the setting zyx
+    runs under and `effective(setting)` what a setting means. torch ≥ 2.9 keeps it per backend
+    (`torch.backends.cuda.matmul.fp32_precision`, and mkldnn's on CPUs), where its default "none" computes in
+    full float32 as "ieee" does, and raises if the old global `get_float32_matmul_precision` is read after a
+    user set the new one; older torch has only the global."""
     if hasattr(torch._C, "_get_fp32_precision_getter"):
-        backends = ("cuda", "mkldnn")
-
-        def read() -> Any:
-            return tuple(torch._C._get_fp32_precision_getter(b, "matmul") for b in backends)
+        get, set_ = torch._C._get_fp32_precision_getter, torch._C._set_fp32_precision_setter
 
         def write(values: Any) -> None:
-            for backend, value in zip(backends, values):
-                torch._C._set_fp32_precision_setter(backend, "matmul", value)
-        return read, write, lambda tf32: ("tf32" if tf32 else "ieee", "ieee")
+            set_("cuda", "matmul", values[0])
+            set_("mkldnn", "matmul", values[1])
+        return (lambda: (get("cuda", "matmul"), get("mkldnn", "matmul")), write,
+                {False: ("ieee", "ieee"), True: ("tf32", "ieee")},
+                lambda values: tuple(["ieee" if value == "none" else value for value in values]))
     return (torch._C._get_float32_matmul_precision, torch._C._set_float32_matmul_precision,
-            lambda tf32: "high" if tf32 else "highest")
+            {False: "highest", True: "high"}, lambda value: value)
 
 
-_READ_PRECISION, _WRITE_PRECISION, _WANTED_PRECISION = _precision_api()
+_READ_PRECISION, _WRITE_PRECISION, _WANTED_PRECISION, _EFFECTIVE_PRECISION = _precision_api()
 
 
 class _RunState:
@@ -97,21 +98,25 @@ class _RunState:
     third of its cost: no Python-level grad-mode objects; each run of a program enters it), and float32 matrix
     products at zyx's precision (`zyx.set_float32_matmul_precision`: TF32 on CUDA where it allows it, IEEE float32
     on CPUs), whatever torch's own setting is around the call. zyx's "medium" is TF32 as "high" is
-    (zyx/precision.py), so torch is never told its bfloat16 "medium"."""
+    (zyx/precision.py), so torch is never told its bfloat16 "medium". A setting that means what zyx wants
+    already (torch's default) is left as it is: no write on entry, none on exit."""
 
     __slots__ = ("enabled", "precision")
 
     def __enter__(self) -> None:
         self.enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
-        self.precision = _READ_PRECISION()
-        wanted = _WANTED_PRECISION(tf32_allowed())
-        if wanted != self.precision:
+        precision = _READ_PRECISION()
+        wanted = _WANTED_PRECISION[tf32_allowed()]
+        if precision == wanted or _EFFECTIVE_PRECISION(precision) == wanted:
+            self.precision = None
+        else:
+            self.precision = precision
             _WRITE_PRECISION(wanted)
 
     def __exit__(self, *exc: Any) -> None:
         torch._C._set_grad_enabled(self.enabled)
-        if _READ_PRECISION() != self.precision:
+        if self.precision is not None:
             _WRITE_PRECISION(self.precision)
 
 
@@ -232,13 +237,15 @@ class TorchArrays(ArrayLibrary):
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
 
     def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
-        """One bound torch call for views, reductions, products, casts, pads, log_softmax and its gradient, and the
-        elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing); None for
-        the rest (uint32, half precision, compact steps, mixed dtypes), which take the generic path."""
+        """One bound torch call for views, reductions, products, joins, casts, pads, log_softmax and its gradient,
+        and the elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing);
+        None for the rest (uint32, half precision, compact steps, mixed dtypes), which take the generic path."""
         op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
         view = _VIEWS.get(op)
         if view is not None:
             return view(arg, shape)
+        if op is Fused.CAT:  # (its pieces are computed values already, uint32's wrapped, halves rounded)
+            return lambda *pieces: torch.cat(pieces, arg)
         if step.compact is not None or dtype.name == "uint32" or (dtype.is_narrow_float and op is not Op.CAST):
             return None  # (half precision: rounded by `conform` on the generic path)
         computed = computed_dtype(dtype)

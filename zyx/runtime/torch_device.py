@@ -12,6 +12,8 @@ disk cache shortens it in a later process, Dynamo's tracing stays), later runs o
 """
 from __future__ import annotations
 
+import functools
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -33,6 +35,7 @@ from .torch_runtime import TorchRuntime
 
 COMPILE_VARIABLE = "ZYX_TORCH_COMPILE"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+_is_none = functools.partial(operator.is_, None)
 
 
 def compile_mode(compile: bool | str | None) -> Optional[str]:
@@ -82,7 +85,7 @@ class TorchDevice(Device):
         else:
             stats.bump("schedule_cache_hits")
         inputs = [leaf.buffer for leaf in walk.leaves]
-        if any(buffer is None for buffer in inputs):  # (`None in` calls torch.Tensor.__eq__: slow)
+        if any(map(_is_none, inputs)):  # (`None in` calls torch.Tensor.__eq__: slow)
             raise interpret.released_error()
         rand_args = [rand.arg for rand in walk.rands]
         if not profiling.timing_wanted():
@@ -120,25 +123,30 @@ class TorchDevice(Device):
         (a replay's index checks) is called first: the program runs as one piece."""
         if gate is not None:
             gate()
-        streams = [philox_words(seed, offset) for seed, offset in rand_args]
+        streams = [philox_words(seed, offset) for seed, offset in rand_args] if rand_args else ()
         stats.bump("kernels_launched", program.kernel_count)
         if self.compile:
             return self._run_compiled(program, inputs, streams)
         replay = self._replays.get(id(program))
+        if replay is None:
+            return self._first_run(program, inputs, streams)
         with self.arrays.quiet():
-            if replay is None:
-                generated = program_code.generate(program, self.arrays, program.evaluators)
-                tracker = StorageTracker(self.runtime.memory, inputs)
-                values = generated.tracked(inputs, streams, tracker)
-                outputs = interpret.store(program, self.arrays, inputs, values)
-                generated.settle()
-                self._replays[id(program)] = Replay(generated.run, tracker.finish(outputs),
-                                                    _stored_as_computed(program, values, outputs))
-                return outputs
             values = replay.run(inputs, streams)
-            outputs = replay.outputs(inputs, values) if replay.outputs is not None else \
-                interpret.store(program, self.arrays, inputs, values)
+            outputs = values if replay.outputs is None else replay.outputs(inputs, values)
         self.runtime.memory.replay(replay.account, outputs)
+        return outputs
+
+    def _first_run(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],
+                   streams: Sequence[tuple[int, int, int, int]]) -> list[torch.Tensor]:
+        """A program's first run: every storage followed (`StorageTracker`); how later runs replay it is kept."""
+        with self.arrays.quiet():
+            generated = program_code.generate(program, self.arrays, program.evaluators)
+            tracker = StorageTracker(self.runtime.memory, inputs)
+            values = generated.tracked(inputs, streams, tracker)
+            outputs = interpret.store(program, self.arrays, inputs, values)
+            generated.settle()
+        self._replays[id(program)] = Replay(generated.run, tracker.finish(outputs),
+                                            _output_picker(program, self.arrays, values, outputs))
         return outputs
 
     def _run_compiled(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],
@@ -177,24 +185,26 @@ class TorchDevice(Device):
 @dataclass(frozen=True)
 class Replay:
     """How a program runs again after its first run: its generated function (`program_code.py`), the memory
-    account of the first run (`RunAccount`), and where the first run stored every value as the program computed
-    it, how to pick the output buffers from the values and the inputs (else None: `interpret.store` again)."""
+    account of the first run (`RunAccount`), and how to make the output buffers from the values and the inputs
+    (None: the values are the outputs; `_output_picker`)."""
 
     run: program_code.ProgramFunction
     account: RunAccount
     outputs: Optional[Callable[[Sequence[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]]
 
 
-def _stored_as_computed(program: interpret.InterpretedProgram, values: Sequence[torch.Tensor],
-                        outputs: Sequence[torch.Tensor]) -> Optional[Callable[..., list[torch.Tensor]]]:
-    """`Replay.outputs`, where `interpret.store` kept each value as it was (in its dtype and shape, contiguous,
-    sharing no input's memory nor another output's). A program's values have the same dtypes and layouts on every
-    run, and share memory with the same slots, so later runs would store each as it is too."""
+def _output_picker(program: interpret.InterpretedProgram, arrays: TorchArrays, values: Sequence[torch.Tensor],
+                   outputs: Sequence[torch.Tensor]) -> Optional[Callable[..., list[torch.Tensor]]]:
+    """`Replay.outputs`. Where `interpret.store` kept each value as it was (in its dtype and shape, contiguous,
+    sharing no input's memory nor another output's), later runs would store each as it is too: a program's values
+    have the same dtypes and layouts on every run, and share memory with the same slots. Then None where the values
+    are the outputs, else a pick from the inputs (those written in place) and the values; elsewhere
+    `interpret.store` again."""
     computed = [buffer for slot, buffer in zip(program.outputs, outputs) if slot not in program.aliases]
     if len(computed) != len(values) or any(buffer is not value for buffer, value in zip(computed, values)):
-        return None
+        return lambda inputs, values: interpret.store(program, arrays, inputs, values)
     if not program.aliases:
-        return lambda inputs, values: values
+        return None
     picks, index = [], 0
     for slot in program.outputs:
         if slot in program.aliases:

@@ -18,11 +18,16 @@ from .torch_arrays import storage_key
 
 
 class MemoryCounter:
-    """Bytes held now by one device's buffers and intermediates, and the most held at once."""
+    """Bytes held now by one device's buffers and intermediates, and the most held at once. A kept buffer is
+    followed by a weak reference whose callback releases its bytes (a plain `weakref.ref` held in a dict: a third
+    of `weakref.finalize`'s cost, paid by every realize)."""
 
     def __init__(self) -> None:
         self.current_bytes = 0
         self.peak_bytes = 0
+        # id of a kept buffer's reference -> (the reference, its storage's bytes): by id, as references to one
+        # tensor compare by its elementwise ==
+        self._kept: dict[int, tuple[weakref.ref, int]] = {}
 
     def allocate(self, nbytes: int) -> None:
         self.current_bytes += nbytes
@@ -33,13 +38,18 @@ class MemoryCounter:
     def release(self, nbytes: int) -> None:
         self.current_bytes -= nbytes
 
-    def keep(self, buffer: torch.Tensor, counted: bool = False) -> None:
-        """Count `buffer`'s storage (unless `counted` already) until the buffer is garbage-collected."""
-        nbytes = buffer.untyped_storage().nbytes()
+    def keep(self, buffer: torch.Tensor, counted: bool = False, nbytes: Optional[int] = None) -> None:
+        """Count `buffer`'s storage (unless `counted` already; `nbytes`: its size, where known) until the buffer
+        is garbage-collected."""
+        if nbytes is None:
+            nbytes = buffer.untyped_storage().nbytes()
         if not counted:
             self.allocate(nbytes)
-        # Not run at interpreter exit: the process frees everything anyway.
-        weakref.finalize(buffer, self.release, nbytes).atexit = False
+        reference = weakref.ref(buffer, self._collected)
+        self._kept[id(reference)] = reference, nbytes
+
+    def _collected(self, reference: weakref.ref) -> None:
+        self.current_bytes -= self._kept.pop(id(reference))[1]
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.current_bytes
@@ -50,9 +60,8 @@ class MemoryCounter:
         self.current_bytes += account.kept_bytes
         stats.bump("bytes_allocated", account.allocated)
         stats.set_max("peak_bytes", self.peak_bytes)
-        for buffer, counted in zip(outputs, account.counted):
-            if counted is not None:
-                self.keep(buffer, counted)
+        for position, counted, nbytes in account.kept:
+            self.keep(outputs[position], counted, nbytes)
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,8 @@ class RunAccount:
     allocated: int                   # bytes of the storages the run made
     rise: int                        # the most bytes held at once above what was held before the run
     kept_bytes: int                  # bytes of the outputs' storages counted during the run (they stay counted)
-    counted: tuple[Optional[bool], ...]  # per output: counted during the run, else made by `outputs`; None: an input
+    kept: tuple[tuple[int, bool, int], ...]  # per output that is not an input: (its position, counted during
+    # the run (else made by `outputs`), its storage's bytes)
 
 
 class StorageTracker:
@@ -107,20 +117,20 @@ class StorageTracker:
     def finish(self, outputs: Iterable[torch.Tensor]) -> RunAccount:
         """The outputs' storages stay counted while they live; every other storage of the run is released.
         Returns the run's account, for `MemoryCounter.replay`."""
-        counted: list[Optional[bool]] = []
+        kept: list[tuple[int, bool, int]] = []
         kept_bytes = 0
-        for buffer in outputs:
+        for position, buffer in enumerate(outputs):
             key = storage_key(buffer)
             if key in self.inputs:
-                counted.append(None)
                 continue
             entry = self.live.pop(key, None)
-            self.counter.keep(buffer, counted=entry is not None)
+            nbytes = buffer.untyped_storage().nbytes()
+            self.counter.keep(buffer, entry is not None, nbytes)
             # an output `outputs` made (a cast, a copy) while the run's own storages were still held
             self.rise = max(self.rise, self.counter.current_bytes - self.start)
-            counted.append(entry is not None)
+            kept.append((position, entry is not None, nbytes))
             kept_bytes += entry[0] if entry is not None else 0
         for nbytes, _ in self.live.values():
             self.counter.release(nbytes)
         self.live.clear()
-        return RunAccount(self.allocated, self.rise, kept_bytes, tuple(counted))
+        return RunAccount(self.allocated, self.rise, kept_bytes, tuple(kept))

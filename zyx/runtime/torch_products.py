@@ -123,17 +123,23 @@ def _matmul_plan(left: str, right: str, kept: str, sizes: dict[str, int]) -> Opt
         return None
     batch_sizes = tuple([sizes[c] for c in batch])
 
+    def flattened(groups: tuple[list[str], list[str]]) -> tuple[int, ...]:
+        """The batch sizes, then one axis per group of letters. Without batch axes an empty group has no axis:
+        torch.matmul takes a 1-D operand as a vector (a dot, a matrix-vector product), and its result then has
+        no axis for it, so a dot is one call, not four (two reshapes to matrices, and one of the 1×1 result)."""
+        return (*batch_sizes, *[math.prod([sizes[c] for c in group]) for group in groups if group or batch])
+
     def arranged(axes: str, rows: list[str], columns: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
         """The operand with the batch axes first, then `rows` and `columns` flattened into one axis each (each
         call only where it changes something)."""
         order = [axes.index(c) for c in batch + rows + columns]
-        flat = (*batch_sizes, math.prod([sizes[c] for c in rows]), math.prod([sizes[c] for c in columns]))
-        return _view(None if order == sorted(order) else order, tuple([sizes[c] for c in batch + rows + columns]), flat)
+        return _view(None if order == sorted(order) else order, tuple([sizes[c] for c in batch + rows + columns]),
+                     flattened((rows, columns)))
 
     left_arranged, right_arranged = arranged(left, free_left, summed), arranged(right, summed, free_right)
     produced = batch + free_left + free_right
     final = [produced.index(c) for c in kept]
-    flat = (*batch_sizes, math.prod([sizes[c] for c in free_left]), math.prod([sizes[c] for c in free_right]))
+    flat = flattened((free_left, free_right))
     unflat = _view(None, flat, tuple([sizes[c] for c in produced]))
     final_order = None if final == sorted(final) else final
     plain = not batch and final_order is None and len(free_left) == len(free_right) == 1

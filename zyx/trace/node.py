@@ -120,6 +120,34 @@ def leaf_maker(shape: Shape, dtype: DType, device: Any) -> Callable[[Any], Node]
     return leaf
 
 
+def graph_maker(build: Callable[..., Node], operands: Sequence[Node]) -> Callable[..., Node]:
+    """`build(*operands)` for other operands of the same shapes and dtypes on one device: the nodes `build` makes
+    above them, made again with their keys, args and shapes found once (each node as `leaf_maker` makes a leaf),
+    not through each constructor's checks and key. `build` must make the same nodes whatever the operands are
+    beyond their shapes and dtypes (it is traced once, on placeholder leaves) and make at least one."""
+    placeholders = [buffer_leaf(None, operand.shape, operand.dtype, operand.device) for operand in operands]
+    position = {id(leaf): k for k, leaf in enumerate(placeholders)}  # operands first, then the nodes made
+    made = [node for node in toposort([build(*placeholders)]) if id(node) not in position]
+    if not made or any(node.op is Op.BUFFER for node in made):
+        raise ValueError("graph_maker: `build` must make nodes, and read no leaf besides its operands")
+    for node in made:
+        position[id(node)] = len(position)
+    plan = [(node.op, tuple([position[id(source)] for source in node.src]), node.arg, node.shape, node.dtype,
+             node.key) for node in made]
+    new = Node.__new__
+
+    def make(*sources: Node) -> Node:
+        nodes, device = [*sources], sources[0].device
+        for op, at, arg, shape, dtype, key in plan:
+            node = new(Node)
+            node.op, node.src, node.arg, node.shape, node.dtype, node.device = \
+                op, tuple([nodes[k] for k in at]), arg, shape, dtype, device
+            node.buffer, node.key, node.origin = None, key, None
+            nodes.append(node)
+        return nodes[-1]
+    return make
+
+
 def const(value: Any, shape: Shape, dtype: DType, device: Any) -> Node:
     """A constant filling `shape`; stored as a scalar broadcast by an EXPAND so kernels never read memory."""
     shape = tuple(int(s) for s in shape)
