@@ -9,14 +9,20 @@ heuristics' kernel, failed: not built or not launched) and names the fastest thr
 heuristics' kernel). A fresh ZYX_CACHE_DIR per run: every search starts from
 nothing.
 
-    python bench/tune.py [--quick] [--exhaustive] [--rounds 7] [--only 1021,batched]
+    python bench/tune.py [--quick] [--exhaustive] [--rounds 7] [--only 1021,batched] [--dtype bfloat16]
+                         [--torch] [--json FILE] [--target 1.3]
 
---quick: the same shapes scaled down (for a CPU: a search at full size takes minutes there).
+--quick: the same shapes scaled down (for a CPU: a search at full size takes minutes there). --dtype: the operands'
+type (bfloat16 and float16 products run on tensor cores where the device has them). --torch: torch's product of
+the same shape and dtype on CUDA (TF32 off for float32), timed in the same run, for scale. --json: every search's
+candidates with their relative times. --target: a PASS/FAIL line per product for a speed-up of at least that.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import json
+import logging
 import os
 import statistics
 import sys
@@ -38,11 +44,32 @@ QUICK = [("W3 509³ (quick)", 0, 509, 509, 509), ("W3 750x175x1250 (quick)", 0, 
          ("W3 batched 16x128x128 (quick)", 16, 128, 128, 128)]
 
 
-def operands(dev, batch: int, n: int, k: int, m: int):
+def operands(dev, batch: int, n: int, k: int, m: int, dtype: str):
     rng = np.random.default_rng(0)
     lead = (batch,) if batch else ()
-    return (dev.tensor(rng.standard_normal(lead + (n, k), dtype=np.float32)).realize(),
-            dev.tensor(rng.standard_normal(lead + (k, m), dtype=np.float32)).realize())
+    return (dev.tensor(rng.standard_normal(lead + (n, k), dtype=np.float32)).to(dtype).realize(),
+            dev.tensor(rng.standard_normal(lead + (k, m), dtype=np.float32)).to(dtype).realize())
+
+
+def torch_seconds(batch: int, n: int, k: int, m: int, dtype: str, rounds: int) -> float:
+    """The median over `rounds` of torch's `a @ b` on CUDA (float32 without TF32), each round ROUND_SECONDS of
+    back-to-back products and one synchronize."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    lead = (batch,) if batch else ()
+    a = torch.randn(lead + (n, k), device="cuda").to(getattr(torch, dtype))
+    b = torch.randn(lead + (k, m), device="cuda").to(getattr(torch, dtype))
+
+    def timed(repeat: int) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeat):
+            a @ b
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / repeat
+
+    repeat = max(1, round(ROUND_SECONDS / timed(WARM_REPLAYS)))
+    return statistics.median(timed(repeat) for _ in range(rounds))
 
 
 def recorded(dev, a, b, tune: str):
@@ -52,6 +79,14 @@ def recorded(dev, a, b, tune: str):
     dev.forget_programs()
     out, launches = record_launches(dev.runtime, lambda: (a @ b).realize())
     return out.numpy(), launches
+
+
+def _trials(record) -> dict:
+    """A search as --json writes it: each candidate's choice, status and time relative to the heuristics'."""
+    return {"kernel": record.untuned_name, "heuristic": record.heuristic.describe(), "winner": record.choice.describe(),
+            "speedup": record.speedup, "search_seconds": record.search_seconds,
+            "trials": [{"choice": t.choice.describe(), "status": t.status, "seconds": t.seconds,
+                        "relative": t.relative} for t in record.trials]}
 
 
 def _outcome(record, fastest: int = 3) -> str:
@@ -70,25 +105,41 @@ def main() -> None:
     p.add_argument("--exhaustive", action="store_true", help="ZYX_TUNE=2: every choice, not the neighbourhood")
     p.add_argument("--rounds", type=int, default=7, help="alternate replays of untuned and tuned; medians reported")
     p.add_argument("--only", default="", help="comma-separated parts of the names to run")
+    p.add_argument("--dtype", default="float32", help="the operands' type: float32, bfloat16 or float16")
+    p.add_argument("--torch", action="store_true", help="torch's product on CUDA in the same run, for scale")
+    p.add_argument("--json", default="", help="write every search's candidates here")
+    p.add_argument("--target", type=float, default=0.0, help="print PASS/FAIL for a speed-up of at least this")
+    p.add_argument("--unstaged", action="store_true", help="ZYX_TUNE=2 tries every choice at once (tune.STAGES "
+                   "off), to compare the staged search with it")
+    p.add_argument("--log", action="store_true", help="the searches' log (zyx.tune at INFO) on stderr")
     args = p.parse_args()
+    if args.log:
+        logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("zyx.tune").setLevel(logging.INFO)
     os.environ["ZYX_CACHE_DIR"] = tempfile.mkdtemp(prefix="zyx-tune-bench-")
     import zyx
+    from zyx.jit import tune
     from zyx.jit.tune_store import default_tuning_store
+    if args.unstaged:
+        tune.STAGES.clear()
     from zyx.runtime.replay import replay
     dev = zyx.OpenCL()
     runtime = dev.runtime
-    print(f"{runtime.name}: untuned (heuristics) against tuned (ZYX_TUNE={2 if args.exhaustive else 1}), kernel "
-          f"time, median of {args.rounds} alternate rounds", flush=True)
+    print(f"{runtime.name}: {args.dtype} untuned (heuristics) against tuned (ZYX_TUNE={2 if args.exhaustive else 1}), "
+          f"kernel time, median of {args.rounds} alternate rounds", flush=True)
+    searches = []
     for name, batch, n, k, m in QUICK if args.quick else SHAPES:
         if args.only and not any(word in name for word in args.only.split(",")):
             continue
-        a, b = operands(dev, batch, n, k, m)
+        a, b = operands(dev, batch, n, k, m, args.dtype)
         untuned, untuned_launches = recorded(dev, a, b, "0")
         start = time.time()
         recorded(dev, a, b, "2" if args.exhaustive else "1")
         search = time.time() - start
         tuned, tuned_launches = recorded(dev, a, b, "0")
-        np.testing.assert_allclose(tuned, untuned, rtol=1e-3, atol=1e-3 * np.sqrt(k))
+        tolerance = 1e-3 if args.dtype == "float32" else 3e-2
+        np.testing.assert_allclose(tuned.astype(np.float32), untuned.astype(np.float32), rtol=tolerance,
+                                   atol=tolerance * np.sqrt(k))
         times: dict[str, list[float]] = {"untuned": [], "tuned": []}
         repeat = {what: max(1, round(ROUND_SECONDS / replay(runtime, launches, WARM_REPLAYS)))
                   for what, launches in (("untuned", untuned_launches), ("tuned", tuned_launches))}
@@ -101,9 +152,24 @@ def main() -> None:
         found = [r for r in default_tuning_store().records() if r.created >= start]
         chosen = "; ".join(f"{r.untuned_name} {r.heuristic.describe()} -> {r.choice.describe()} ({r.speedup:.2f}x in the "
                            f"search; candidates {_outcome(r)})" for r in found)
+        theirs = ""
+        if args.torch:
+            try:
+                seconds = torch_seconds(batch, n, k, m, args.dtype, args.rounds)
+                theirs = (f"  torch {seconds * 1e3:9.3f} ms ({flops / seconds / 1e9:8.1f} GFLOP/s, tuned/torch "
+                          f"{seconds / after:4.2f})")
+            except Exception as error:  # no torch, or no CUDA
+                theirs = f"  torch: {type(error).__name__}"
         print(f"{name:30s} untuned {before * 1e3:9.3f} ms ({flops / before / 1e9:8.1f} GFLOP/s)  tuned "
-              f"{after * 1e3:9.3f} ms ({flops / after / 1e9:8.1f} GFLOP/s)  {speedup:5.2f}x  "
+              f"{after * 1e3:9.3f} ms ({flops / after / 1e9:8.1f} GFLOP/s)  {speedup:5.2f}x{theirs}  "
               f"search {search:6.1f} s  [{chosen or 'nothing searched'}] [{describe(tuned_launches)}]", flush=True)
+        if args.target:
+            print(f"{'PASS' if speedup >= args.target else 'FAIL'} {args.dtype} {name}: tuned {speedup:.2f}x untuned "
+                  f"(target {args.target:g}x), search {search:.1f} s", flush=True)
+        searches.append({"name": name, "dtype": args.dtype, "untuned_seconds": before, "tuned_seconds": after,
+                         "speedup": speedup, "search_seconds": search, "searches": [_trials(r) for r in found]})
+        if args.json:
+            Path(args.json).write_text(json.dumps(searches, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ FAMILIES: dict[str, dict[str, tuple[int, ...]]] = {
     # a GPU product's work-group block (block x block * wide outputs, per_item x per_item * wide per item: the
     # heuristics take block // 16 and wide 1), staged slice of k, local buffers per tile (2: double-buffered), and
     # groups per block of outputs (each summing a chunk of k: matmul.py, split.py)
-    "local_tiles": {"block": (32, 64, 128), "per_item": (2, 4, 8), "bk": (8, 16, 32), "buffers": (1, 2),
+    "local_tiles": {"block": (32, 64, 128), "per_item": (2, 4, 8), "bk": (8, 16, 32, 64), "buffers": (1, 2),
                     "split": (1, 2, 4, 8), "wide": (1, 2)},
     # a product on tensor cores (tensor_cores.py): a warp's outputs along m, bytes of each row a slice stages, local
     # buffers per tile, and whether stored operands are copied by cp.async into a pipeline that deep (1) or the

@@ -87,6 +87,13 @@ class DeviceTraits:
         """Bytes of local memory a product on tensor cores may stage into (tensor_cores.LOCAL_MEMORY)."""
         return self.tensor_core_memory or self.local_memory
 
+    @property
+    def search_local_memory(self) -> int:
+        """Bytes of local memory the tiles of a float32 product a search tries may take: the measured limit where
+        one is known (static __local arrays of up to 200 KiB built and ran on the H200, which reports 48 KiB), so
+        deeper slices are tried; the heuristics keep to what the device reports."""
+        return self.tensor_core_local_memory
+
 
 def _built_kinds(runtime: object, kinds: tuple[str, ...]) -> tuple[str, ...]:
     """`kinds` without WGMMA where the runtime cannot build warpgroup products (tensor_cores.warpgroups_build)."""
@@ -272,7 +279,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
         if plan is not None:
-            options = local_tile_options(split_options(plan.product), traits.local_memory, traits.max_group_size)
+            options = local_tile_options(split_options(plan.product), traits.search_local_memory, traits.max_group_size)
             if plan.split > 1:  # the partial products in a kernel of their own (split.py), summed in this one
                 lowered, partial = lower_split(root, materialized, site.produced, plan, site.apart, traits.max_params)
                 kernel = vectorize(lowered.ir, traits.vector_width) if traits.vector_width > 1 else None
