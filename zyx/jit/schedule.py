@@ -24,7 +24,7 @@ from .collective import collective_kernel
 from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
-from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
+from .matmul import LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
 from .tensor_cores import (WGMMA, lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory,
                            tensor_core_options, warpgroups_build)
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
@@ -274,21 +274,29 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
                                    choice)
         if cores is not None:
             lowered, kernel, plan = cores
-            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup)
-            return _Shaped(lowered, kernel, plan.choice, options)
+            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup,
+                                          split_options(plan.product))
+            return _split(site, traits, plan, options) if plan.split > 1 else _Shaped(lowered, kernel, plan.choice,
+                                                                                      options)
     if traits.gpu and family in (None, "local_tiles"):
         plan = plan_local_tiles(root, hosted_matmul(root, materialized), traits.local_memory, choice)
         if plan is not None:
             options = local_tile_options(split_options(plan.product), traits.search_local_memory, traits.max_group_size)
-            if plan.split > 1:  # the partial products in a kernel of their own (split.py), summed in this one
-                lowered, partial = lower_split(root, materialized, site.produced, plan, site.apart, traits.max_params)
-                kernel = vectorize(lowered.ir, traits.vector_width) if traits.vector_width > 1 else None
-                return _Shaped(lowered, kernel or _unrolled(lowered.ir), plan.choice, options,
-                               ((partial, plan.choice.replaced(split=1)),))
+            if plan.split > 1:
+                return _split(site, traits, plan, options)
             lowered = LocalTileLowering(root, materialized, site.produced, plan, site.apart, traits.max_params).lower()
             kernel = (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir
             return _Shaped(lowered, kernel, plan.choice, options)
     return _shape_plain(site, traits, choice)
+
+
+def _split(site: _Site, traits: DeviceTraits, plan: TilePlan, options: Options) -> _Shaped:
+    """The kernel of a root whose product `plan` splits along k (split.py): the partial products in a kernel of
+    their own, shaped with the plan's choice unsplit, summed in this one."""
+    lowered, partial = lower_split(site.root, site.materialized, site.produced, plan, site.apart, traits.max_params)
+    kernel = vectorize(lowered.ir, traits.vector_width) if traits.vector_width > 1 else None
+    return _Shaped(lowered, kernel or _unrolled(lowered.ir), plan.choice, options,
+                   ((partial, plan.choice.replaced(split=1)),))
 
 
 def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKernel]:

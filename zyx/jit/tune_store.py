@@ -24,9 +24,9 @@ from .disk_store import CacheWarning, DiskStore, Row
 __all__ = ["TUNE_FORMAT", "Trial", "TuneRecord", "TuningStore", "default_tuning_store", "parse_record", "record_key"]
 
 TABLE = "tuning"
-TUNE_FORMAT = "tune-2"
+TUNE_FORMAT = "tune-3"
 """Bump when the record layout changes: older records then miss and are searched again (tune-2: CPU products
-choose whether their right operand is packed)."""
+choose whether their right operand is packed; tune-3: tensor-core choices name warpgroup and split always)."""
 SIZE_LIMIT = 16 << 20
 STATUSES = ("ok", "cut", "wrong", "failed")
 """A candidate was timed in full; cut after its first run (clearly slower than the best so far); computed other
