@@ -204,7 +204,7 @@ def _random(node: Node, rng: np.random.Generator) -> np.ndarray:
 class _Candidate:
     """A candidate's program once it ran: its launches (to replay), outputs, and best time so far."""
 
-    choice: Choice
+    choice: Optional[Choice]  # None: a whole step's program (Tuner.kept_in_step)
     launches: list[tuple] = field(default_factory=list)
     seconds: Optional[float] = None  # its fastest sample
     ratios: list[float] = field(default_factory=list)  # its samples over the heuristics' kernel's, pair by pair
@@ -252,6 +252,43 @@ class Tuner:
                 tuned = tuned.with_choice(site.key, record.choice) if record.improves else tuned
                 records.append(record)
         return records
+
+    def kept_in_step(self, program_with: Callable[[TunedChoices], Program], before: TunedChoices,
+                     winners: list[TuneRecord], leaves: Sequence[Node], rands: Sequence[Node]) -> list[TuneRecord]:
+        """The winners of a step's searches that make the whole step faster (its program, every kernel and launch,
+        on scratch inputs; `program_with`: the step's program with some tuned choices): all of them, else those
+        that add no launches (a split product's partials take a kernel of their own: faster alone, it may not pay
+        for its launch in the step), else none. The others are stored as searched, the heuristics' choice kept,
+        so a winner is one in its step and not only on its own."""
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        inputs = [self.runtime.upload(_random(leaf, rng)) for leaf in leaves]
+        untuned = _Candidate(None)
+        untuned.launches = self._launches(program_with(before), inputs, rands)[1]
+        self._time(untuned, untuned)
+
+        def faster(records: list[TuneRecord]) -> bool:
+            tuned = before
+            for record in records:
+                tuned = tuned.with_choice(record.kernel, record.choice)
+            step = _Candidate(None)
+            step.launches = self._launches(program_with(tuned), inputs, rands)[1]
+            self._time(step, untuned, pairs=PAIRS + CONFIRM_PAIRS)
+            self._log.info("tuning a step: %d of %d winners, %.2fx the untuned step (%d launches against %d)",
+                           len(records), len(winners), 1 / step.relative, len(step.launches), len(untuned.launches))
+            return step.relative < 1 - MIN_GAIN and max(step.ratios) < 1
+
+        kept: list[TuneRecord] = winners if faster(winners) else []
+        if not kept:
+            plain = [r for r in winners
+                     if len(program_with(before.with_choice(r.kernel, r.choice)).launches) <= len(untuned.launches)]
+            kept = plain if 0 < len(plain) < len(winners) and faster(plain) else []
+        for record in winners:
+            if record not in kept:
+                self.store.put(record.kept_heuristic())
+        self._log.info("tuning a step: kept %d of %d winners in %.1f s", len(kept), len(winners),
+                       time.perf_counter() - start)
+        return kept
 
     def _search(self, kernel: RenderedKernel, site: TuneSite, stored: set[int], tuned: TunedChoices,
                 mode: int) -> Optional[TuneRecord]:
@@ -334,17 +371,20 @@ class Tuner:
     def _run(self, isolated: Isolated, program: Program, candidate: _Candidate) -> Optional[list[np.ndarray]]:
         """Compile and run the candidate's program once, recording its launches; its outputs on the host."""
         try:
-            kernels = [self._compiled(launch.source, launch.name) if launch.global_size[0] else None
-                       for launch in program.launches]
-            executable = Executable(program, kernels, self.runtime)
-            outputs, candidate.launches = record_launches(self.runtime, lambda: executable.run(
-                self.runtime, isolated.inputs, [r.arg for r in isolated.rands]))
+            outputs, candidate.launches = self._launches(program, isolated.inputs, isolated.rands)
             return [self.runtime.download(buffer, node.shape, node.dtype.np)
                     for buffer, node in zip(outputs, isolated.targets)]
         except (KernelBuildError, cl.Error) as error:
             candidate.status = "failed"
             self._log.info("tuning: %s failed (%s)", candidate.choice.describe(), str(error).splitlines()[0])
             return None
+
+    def _launches(self, program: Program, inputs: list[Any], rands: Sequence[Node]) -> tuple[list[Any], list[tuple]]:
+        """Run `program` once on `inputs`: its output buffers and its launches (to replay)."""
+        kernels = [self._compiled(launch.source, launch.name) if launch.global_size[0] else None
+                   for launch in program.launches]
+        executable = Executable(program, kernels, self.runtime)
+        return record_launches(self.runtime, lambda: executable.run(self.runtime, inputs, [r.arg for r in rands]))
 
     def _compiled(self, source: str, name: str) -> cl.Kernel:
         """Through the kernel cache, which keeps it in memory: the winner is found there when the program runs

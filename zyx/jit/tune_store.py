@@ -8,6 +8,7 @@ The scheduler sees a device's records as a `TunedChoices` (choices.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -70,6 +71,11 @@ class TuneRecord:
         """Whether a candidate beat the heuristics' choice. A record that does not only says the kernel was
         searched: it changes no schedule (nor the programs' keys, `TunedChoices.digest`)."""
         return self.choice != self.heuristic
+
+    def kept_heuristic(self) -> "TuneRecord":
+        """This search with the heuristics' choice as its outcome (its winner made its step no faster)."""
+        return dataclasses.replace(self, choice=self.heuristic, tuned_name=self.untuned_name,
+                                   tuned_seconds=self.untuned_seconds, relative=1.0)
 
     @property
     def speedup(self) -> float:
