@@ -1,21 +1,23 @@
-"""W3 at sizes the heuristics miss, untuned against tuned (issue 19), kernel time only, in one run.
+"""W3 at sizes the heuristics miss and W4's steps, untuned against tuned (issue 19), kernel time only, in one run.
 
-Per product: realize it untuned (ZYX_TUNE=0) and record its launches; realize it again with ZYX_TUNE=1 (or 2 with
---exhaustive), which searches its kernels (the search's wall time is reported); realize it once more untuned,
-which now schedules the winners; then replay both recordings alternately `--rounds` times (bench/_replay.py), so
-a busy machine slows both alike, and report the medians and the median of the rounds' ratios (the speed-up). The tuned values are checked against the
-untuned ones; each search's line counts its candidates by outcome (ok, cut, wrong: other values than the
-heuristics' kernel, failed: not built or not launched) and names the fastest three (time relative to the
-heuristics' kernel). A fresh ZYX_CACHE_DIR per run: every search starts from
-nothing.
+Per product (or step): realize it untuned (ZYX_TUNE=0) and record its launches; realize it again with ZYX_TUNE=1
+(or 2 with --exhaustive), which searches its kernels (the search's wall time is reported); realize it once more
+untuned, which now schedules the winners; then replay both recordings alternately `--rounds` times
+(bench/_replay.py), so a busy machine slows both alike, and report the medians and the median of the rounds'
+ratios (the speed-up). The tuned values are checked against the untuned ones; each search's line counts its
+candidates by outcome (ok, cut, wrong: other values than the heuristics' kernel, failed: not built or not
+launched) and names the fastest three (time relative to the heuristics' kernel). A fresh ZYX_CACHE_DIR per run:
+every search starts from nothing.
 
     python bench/tune.py [--quick] [--exhaustive] [--rounds 7] [--only 1021,batched] [--dtype bfloat16]
-                         [--torch] [--json FILE] [--target 1.3]
+                         [--torch] [--json FILE] [--target 1.3] [--steps SGD,Adam]
 
---quick: the same shapes scaled down (for a CPU: a search at full size takes minutes there). --dtype: the operands'
-type (bfloat16 and float16 products run on tensor cores where the device has them). --torch: torch's product of
-the same shape and dtype on CUDA (TF32 off for float32), timed in the same run, for scale. --json: every search's
-candidates with their relative times. --target: a PASS/FAIL line per product for a speed-up of at least that.
+--quick: the same shapes scaled down (for a CPU: a search at full size takes minutes there). --dtype: the
+operands' type (bfloat16 and float16 products run on tensor cores where the device has them). --torch: torch's
+product of the same shape and dtype on CUDA (TF32 off for float32), timed in the same run, for scale. --json:
+every search's candidates with their relative times. --target: a PASS/FAIL line per product for a speed-up of at
+least that. --steps: W4's training steps (bench/train_step.py) after the products (a step's searches keep only
+winners that make the whole step faster: tune.Tuner.kept_in_step); `--only SGD` runs that step alone.
 """
 from __future__ import annotations
 
@@ -72,13 +74,34 @@ def torch_seconds(batch: int, n: int, k: int, m: int, dtype: str, rounds: int) -
     return statistics.median(timed(repeat) for _ in range(rounds))
 
 
-def recorded(dev, a, b, tune: str):
-    """The product's value and its launches, realized afresh with ZYX_TUNE=`tune`."""
+def recorded(dev, prepare, tune: str):
+    """The launches of one run of what `prepare()` returns (a function), and its value, prepared afresh with
+    ZYX_TUNE=`tune` (programs in memory forgotten: the searches happen in `prepare`)."""
     from zyx.runtime.replay import record_launches
     os.environ["ZYX_TUNE"] = tune
     dev.forget_programs()
-    out, launches = record_launches(dev.runtime, lambda: (a @ b).realize())
+    run = prepare()
+    out, launches = record_launches(dev.runtime, run)
     return out.numpy(), launches
+
+
+def product(a, b):
+    """`prepare` for recorded(): the product realized."""
+    return lambda: (a @ b).realize()
+
+
+def training_step(dev, optimizer: str):
+    """`prepare` for recorded(): a fresh @zyx.jit W4 step (bench/train_step.py) with the shared initial weights,
+    run twice (its first call traces it, and under ZYX_TUNE searches its kernels), then its loss realized."""
+    from train_step import inputs, zyx_step
+    data = inputs()
+
+    def prepare():
+        step, x, y = zyx_step(dev, data, optimizer)
+        for _ in range(2):
+            step(x, y).realize()
+        return lambda: step(x, y).realize()
+    return prepare
 
 
 def _trials(record) -> dict:
@@ -112,6 +135,7 @@ def main() -> None:
     p.add_argument("--unstaged", action="store_true", help="ZYX_TUNE=2 tries every choice at once (tune.STAGES "
                    "off), to compare the staged search with it")
     p.add_argument("--log", action="store_true", help="the searches' log (zyx.tune at INFO) on stderr")
+    p.add_argument("--steps", default="", help="W4 training steps to tune after the products: SGD,Adam")
     args = p.parse_args()
     if args.log:
         logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
@@ -119,57 +143,74 @@ def main() -> None:
     os.environ["ZYX_CACHE_DIR"] = tempfile.mkdtemp(prefix="zyx-tune-bench-")
     import zyx
     from zyx.jit import tune
-    from zyx.jit.tune_store import default_tuning_store
     if args.unstaged:
         tune.STAGES.clear()
-    from zyx.runtime.replay import replay
     dev = zyx.OpenCL()
-    runtime = dev.runtime
-    print(f"{runtime.name}: {args.dtype} untuned (heuristics) against tuned (ZYX_TUNE={2 if args.exhaustive else 1}), "
+    print(f"{dev.runtime.name}: {args.dtype} untuned (heuristics) against tuned (ZYX_TUNE={2 if args.exhaustive else 1}), "
           f"kernel time, median of {args.rounds} alternate rounds", flush=True)
     searches = []
     for name, batch, n, k, m in QUICK if args.quick else SHAPES:
         if args.only and not any(word in name for word in args.only.split(",")):
             continue
         a, b = operands(dev, batch, n, k, m, args.dtype)
-        untuned, untuned_launches = recorded(dev, a, b, "0")
-        start = time.time()
-        recorded(dev, a, b, "2" if args.exhaustive else "1")
-        search = time.time() - start
-        tuned, tuned_launches = recorded(dev, a, b, "0")
-        tolerance = 1e-3 if args.dtype == "float32" else 3e-2
-        np.testing.assert_allclose(tuned.astype(np.float32), untuned.astype(np.float32), rtol=tolerance,
-                                   atol=tolerance * np.sqrt(k))
-        times: dict[str, list[float]] = {"untuned": [], "tuned": []}
-        repeat = {what: max(1, round(ROUND_SECONDS / replay(runtime, launches, WARM_REPLAYS)))
-                  for what, launches in (("untuned", untuned_launches), ("tuned", tuned_launches))}
-        for _ in range(args.rounds):
-            for what, launches in (("untuned", untuned_launches), ("tuned", tuned_launches)):
-                times[what].append(replay(runtime, launches, repeat[what]))
-        before, after = (statistics.median(times[what]) for what in ("untuned", "tuned"))
-        speedup = statistics.median(u / t for u, t in zip(times["untuned"], times["tuned"]))  # round by round
         flops = 2.0 * max(batch, 1) * n * k * m
-        found = [r for r in default_tuning_store().records() if r.created >= start]
-        chosen = "; ".join(f"{r.untuned_name} {r.heuristic.describe()} -> {r.choice.describe()} ({r.speedup:.2f}x in the "
-                           f"search; candidates {_outcome(r)})" for r in found)
-        theirs = ""
-        if args.torch:
-            try:
-                seconds = torch_seconds(batch, n, k, m, args.dtype, args.rounds)
-                theirs = (f"  torch {seconds * 1e3:9.3f} ms ({flops / seconds / 1e9:8.1f} GFLOP/s, tuned/torch "
-                          f"{seconds / after:4.2f})")
-            except Exception as error:  # no torch, or no CUDA
-                theirs = f"  torch: {type(error).__name__}"
-        print(f"{name:30s} untuned {before * 1e3:9.3f} ms ({flops / before / 1e9:8.1f} GFLOP/s)  tuned "
-              f"{after * 1e3:9.3f} ms ({flops / after / 1e9:8.1f} GFLOP/s)  {speedup:5.2f}x{theirs}  "
-              f"search {search:6.1f} s  [{chosen or 'nothing searched'}] [{describe(tuned_launches)}]", flush=True)
-        if args.target:
-            print(f"{'PASS' if speedup >= args.target else 'FAIL'} {args.dtype} {name}: tuned {speedup:.2f}x untuned "
-                  f"(target {args.target:g}x), search {search:.1f} s", flush=True)
-        searches.append({"name": name, "dtype": args.dtype, "untuned_seconds": before, "tuned_seconds": after,
-                         "speedup": speedup, "search_seconds": search, "searches": [_trials(r) for r in found]})
+        rtol = 1e-3 if args.dtype == "float32" else 3e-2
+        searches.append(compare(args, dev, name, product(a, b), flops, (rtol, rtol * np.sqrt(k)), batch, n, k, m))
         if args.json:
             Path(args.json).write_text(json.dumps(searches, indent=1))
+    for optimizer in filter(None, args.steps.split(",")):
+        name = f"W4 {optimizer} step"
+        if args.only and not any(word in name for word in args.only.split(",")):
+            continue
+        searches.append(compare(args, dev, name, training_step(dev, optimizer), 0.0, None))
+        if args.json:
+            Path(args.json).write_text(json.dumps(searches, indent=1))
+
+
+def compare(args, dev, name: str, prepare, flops: float, tolerance, *shape: int) -> dict:
+    """Untuned against tuned in the same run (see the module docstring): print the line, return the JSON.
+    `tolerance`: (rtol, atol) of the tuned value against the untuned one (None: not compared, as a training
+    step's loss after other steps)."""
+    from zyx.jit.tune_store import default_tuning_store
+    from zyx.runtime.replay import replay
+    runtime = dev.runtime
+    untuned, untuned_launches = recorded(dev, prepare, "0")
+    start = time.time()
+    recorded(dev, prepare, "2" if args.exhaustive else "1")
+    search = time.time() - start
+    tuned, tuned_launches = recorded(dev, prepare, "0")
+    if tolerance is not None:
+        np.testing.assert_allclose(tuned.astype(np.float32), untuned.astype(np.float32), rtol=tolerance[0],
+                                   atol=tolerance[1])
+    times: dict[str, list[float]] = {"untuned": [], "tuned": []}
+    repeat = {what: max(1, round(ROUND_SECONDS / replay(runtime, launches, WARM_REPLAYS)))
+              for what, launches in (("untuned", untuned_launches), ("tuned", tuned_launches))}
+    for _ in range(args.rounds):
+        for what, launches in (("untuned", untuned_launches), ("tuned", tuned_launches)):
+            times[what].append(replay(runtime, launches, repeat[what]))
+    before, after = (statistics.median(times[what]) for what in ("untuned", "tuned"))
+    speedup = statistics.median(u / t for u, t in zip(times["untuned"], times["tuned"]))  # round by round
+    found = [r for r in default_tuning_store().records() if r.created >= start]
+    chosen = "; ".join(f"{r.untuned_name} {r.heuristic.describe()} -> {r.choice.describe()} ({r.speedup:.2f}x in the "
+                       f"search; candidates {_outcome(r)})" for r in found)
+    theirs = ""
+    if args.torch and shape:
+        try:
+            seconds = torch_seconds(*shape, args.dtype, args.rounds)
+            theirs = (f"  torch {seconds * 1e3:9.3f} ms ({flops / seconds / 1e9:8.1f} GFLOP/s, tuned/torch "
+                      f"{seconds / after:4.2f})")
+        except Exception as error:  # no torch, or no CUDA
+            theirs = f"  torch: {type(error).__name__}"
+    rate = (lambda seconds: f" ({flops / seconds / 1e9:8.1f} GFLOP/s)") if flops else (lambda seconds: "")
+    print(f"{name:30s} untuned {before * 1e3:9.3f} ms{rate(before)}  tuned {after * 1e3:9.3f} ms{rate(after)}  "
+          f"{speedup:5.2f}x{theirs}  search {search:6.1f} s, {len(found)} kernels  [{chosen or 'nothing searched'}] "
+          f"[{len(untuned_launches)} -> {len(tuned_launches)} launches: {describe(tuned_launches)}]", flush=True)
+    if args.target:
+        print(f"{'PASS' if speedup >= args.target else 'FAIL'} {args.dtype} {name}: tuned {speedup:.2f}x untuned "
+              f"(target {args.target:g}x), search {search:.1f} s", flush=True)
+    return {"name": name, "dtype": args.dtype, "untuned_seconds": before, "tuned_seconds": after, "speedup": speedup,
+            "search_seconds": search, "launches": [len(untuned_launches), len(tuned_launches)],
+            "searches": [_trials(r) for r in found]}
 
 
 if __name__ == "__main__":
