@@ -15,14 +15,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _replay import describe, replayed_seconds  # noqa: E402
+from _replay import cuda_seconds, describe, replayed_seconds  # noqa: E402
 
 ODD = [(3000, 700, 5000), (1021, 1021, 1021), (64 * 128, 128, 128)]  # (n, k, m); the last: batched 64 x 128³
 
@@ -32,14 +31,8 @@ def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int) -> float:
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     kind = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
     a, b = torch.randn(n, k, device="cuda").to(kind), torch.randn(k, m, device="cuda").to(kind)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat
+    cuda_seconds(lambda: a @ b, 3)
+    return cuda_seconds(lambda: a @ b, repeat)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _replay import WARM_REPLAYS, describe  # noqa: E402
+from _replay import WARM_REPLAYS, cuda_seconds, describe  # noqa: E402
 
 # (name, batch, n, k, m): a @ b with a batch x n x k and b batch x k x m (batch 0: plain matrices)
 SHAPES = [("W3 1021³", 0, 1021, 1021, 1021), ("W3 3000x700x5000", 0, 3000, 700, 5000),
@@ -61,17 +61,8 @@ def torch_seconds(batch: int, n: int, k: int, m: int, dtype: str, rounds: int) -
     lead = (batch,) if batch else ()
     a = torch.randn(lead + (n, k), device="cuda").to(getattr(torch, dtype))
     b = torch.randn(lead + (k, m), device="cuda").to(getattr(torch, dtype))
-
-    def timed(repeat: int) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeat):
-            a @ b
-        torch.cuda.synchronize()
-        return (time.perf_counter() - start) / repeat
-
-    repeat = max(1, round(ROUND_SECONDS / timed(WARM_REPLAYS)))
-    return statistics.median(timed(repeat) for _ in range(rounds))
+    repeat = max(1, round(ROUND_SECONDS / cuda_seconds(lambda: a @ b, WARM_REPLAYS)))
+    return statistics.median(cuda_seconds(lambda: a @ b, repeat) for _ in range(rounds))
 
 
 def recorded(dev, prepare, tune: str):
