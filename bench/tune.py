@@ -77,8 +77,9 @@ def recorded(dev, prepare, tune: str):
 
 
 def product(a, b):
-    """`prepare` for recorded(): the product realized."""
-    return lambda: (a @ b).realize()
+    """`prepare` for recorded(): the product realized (its first realization schedules it, and under ZYX_TUNE
+    searches its kernels)."""
+    return lambda: lambda: (a @ b).realize()
 
 
 def training_step(dev, optimizer: str):
