@@ -5,7 +5,8 @@ Modes, from ZYX_TUNE (`@zyx.jit(tune=True)` and `zyx tune script.py` ask for at 
   1  search each newly scheduled kernel whose untuned time exceeds threshold_seconds (1 ms; 50 us on GPUs), over the
      heuristics' choice and its neighbours (each parameter one allowed value up or down, halved or doubled): the
      NEIGHBOURS nearest
-  2  search every newly scheduled kernel over every choice its options allow (minutes per kernel on PoCL)
+  2  search every newly scheduled kernel over every choice its options allow (minutes per kernel on PoCL); a GPU
+     product's in two stages (STAGES)
 
 A kernel is searched in isolation (`Isolated`): the part of the trace it computes, cut where the full program
 reads memory (the buffers, and every value another kernel stores), scheduled on its own with each candidate forced
@@ -16,7 +17,9 @@ then timed in pairs: a sample of it right after a sample of the heuristics' kern
 (on a shared machine the load can change tenfold within seconds), and its time relative to the heuristics' is
 the median of the pairs' ratios. One clearly slower after its first pair is cut there; the few fastest get more
 pairs. The winner is stored (tune_store.py) only if it beat the heuristics' kernel in every pair, by MIN_GAIN in
-the median; else the heuristics' choice is, so the kernel is not searched again.
+the median; else the heuristics' choice is, so the kernel is not searched again. Then the winners of a step's
+searches are timed in the step (`Tuner.kept_in_step`): those that leave it no faster are stored as searched, the
+heuristics' choice kept.
 """
 from __future__ import annotations
 
