@@ -210,6 +210,27 @@ def test_a_candidate_printing_as_an_earlier_one_reports_that_ones_final_times(de
     assert first.seconds == 1.0 / len(samples) and twin == first and record.tuned_seconds == first.seconds
 
 
+def test_a_candidate_clearly_slower_than_the_best_so_far_is_cut_after_one_pair(dev, tmp_path, always, monkeypatch):
+    """0.8 of the heuristics' time is no gain once a candidate took 0.5: 1.6 times the best, cut after its first
+    pair; one slower than the heuristics' kernel but within CUT_OVER_BEST of the best so far is timed in full."""
+    _, kernel = scheduled(dev, "elementwise", dev.traits)
+    others = [c for c in tune.candidates(kernel.site, dev.traits, 2) if c != kernel.site.heuristic][:3]
+    monkeypatch.setattr(tune, "candidates", lambda site, traits, mode: [site.heuristic, *others])
+    times = [1.0, 0.5, 0.8, 0.6]  # per candidate, by the order their launches first show up
+    seen = []
+
+    def sample(runtime, launches, estimate):
+        if not any(launches is known for known in seen):
+            seen.append(launches)
+        return times[next(i for i, known in enumerate(seen) if launches is known)]
+
+    monkeypatch.setattr(tune, "_sample", sample)
+    record = searched(dev, "elementwise", tmp_path)
+    fast, slow, near = record.trials[1:]
+    assert (fast.status, slow.status, near.status) == ("ok", "cut", "ok") and record.choice == fast.choice
+    assert slow.relative == pytest.approx(0.8) and near.relative == pytest.approx(0.6)
+
+
 def test_zyx_tune_0_never_searches(dev, monkeypatch):
     monkeypatch.setattr(tune.Tuner, "search", lambda *a: pytest.fail("searched under ZYX_TUNE=0"))
     for value in (None, "0", ""):
