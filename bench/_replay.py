@@ -6,6 +6,7 @@ The tuner times its candidates the same way (zyx/runtime/replay.py).
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from zyx.runtime.replay import record_launches, replay, replay_timed
@@ -20,6 +21,18 @@ def replayed_seconds(runtime: Any, realize: Callable[[], Any], repeat: int) -> t
     replay(runtime, recorded, WARM_REPLAYS)
     seconds, enqueued = replay_timed(runtime, recorded, repeat)
     return seconds, enqueued / max(1, len(recorded)), recorded
+
+
+def cuda_seconds(run: Callable[[], Any], repeat: int) -> float:
+    """Seconds per call of `run` (torch on CUDA): `repeat` calls back to back and one synchronize, kernel time as
+    replay() takes zyx's."""
+    import torch
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        run()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeat
 
 
 def describe(recorded: list[tuple]) -> str:

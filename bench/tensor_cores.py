@@ -17,14 +17,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _replay import describe, replayed_seconds  # noqa: E402
+from _replay import cuda_seconds, describe, replayed_seconds  # noqa: E402
 
 ODD = [(3000, 700, 5000), (1021, 1021, 1021), (64 * 128, 128, 128)]  # (n, k, m); the last: batched 64 x 128³
 
@@ -35,14 +34,8 @@ def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int, transposed: b
     kind = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
     a, b = torch.randn(n, k, device="cuda").to(kind), torch.randn(*((m, k) if transposed else (k, m)), device="cuda").to(kind)
     product = (lambda: a @ b.T) if transposed else (lambda: a @ b)
-    for _ in range(3):
-        product()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        product()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat
+    cuda_seconds(product, 3)
+    return cuda_seconds(product, repeat)
 
 
 def main() -> None:

@@ -73,7 +73,16 @@ def test_the_search_space_holds_per_item_tiles_apart_from_blocks_and_splits_of_k
                                                              (128, 8)}  # groups of 8², 16² or 32² items
     assert all(c["block"] >= 64 for c in choices if c["split"] > 1)
     assert all(c["per_item"] ** 2 * c["wide"] <= 64 for c in choices) and {c["wide"] for c in choices} == {1, 2}
-    assert len(tune.candidates(few, H200, 2)) == len(choices) <= tune.EXHAUSTIVE_LIMIT  # none left out
+    # ZYX_TUNE=2 in stages: one choice per shape (the heuristics' staging where it fits), then every staging of a
+    # finalist's shape; over all finalists, every choice (none left out)
+    shape = tune.STAGES["local_tiles"]
+    first = tune.candidates(few, H200, 2)
+    assert first[0] == few.heuristic and len(first) <= tune.EXHAUSTIVE_LIMIT
+    assert sorted(tuple(c[name] for name in shape) for c in first) == sorted({tuple(c[name] for name in shape)
+                                                                              for c in choices})
+    assert all((c["bk"], c["buffers"]) == (16, 2) for c in first if c.replaced(bk=16, buffers=2) in choices)
+    second = {c for finalist in first for c in tune.candidates(few, H200, 2, finalist)}
+    assert second == set(choices) and all(len(tune.candidates(few, H200, 2, f)) <= tune.EXHAUSTIVE_LIMIT for f in first)
 
 
 @pytest.mark.slow

@@ -88,17 +88,18 @@ def test_products_on_tensor_cores_stage_into_the_local_memory_measured_per_compu
     x, y, z = operands((2048, 256), (256, 2048), (256, 128))
     # 3 stages of 128 x 256 blocks, 128-byte slices (144 KiB): 4 + 8 copies per item per slice, 2 slices ahead
     kernel = product_kernel(x @ y, h200)
-    assert kernel.site.heuristic == Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3, pipelined=1)
+    assert kernel.site.heuristic == Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3, pipelined=1,
+                                              warpgroup=0, split=1)
     assert "__local ushort tile_a1[24576]" in kernel.source and "__local ushort tile_b2[49152]" in kernel.source
     assert kernel.source.count("cp.async.cg.shared.global") == 12 * 3 and kernel.global_size == 256 * 16 * 8
     # blocks of 128 x 128 where the product has 128 columns, or where 128 x 256 blocks would be fewer than 128
     for narrow in (x @ z, x[:1024] @ y[:, :1024]):
         assert product_kernel(narrow, h200).site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=128,
-                                                                         buffers=3, pipelined=1)
+                                                                         buffers=3, pipelined=1, warpgroup=0, split=1)
     for reported in (TRAITS, DeviceTraits.of(_Runtime((8, 0)))):  # 48 KiB
         assert product_kernel(x @ y, reported).site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=64,
-                                                                             buffers=3, pipelined=1)
-    tried = {c.describe() for c in candidates(kernel.site, h200, 2)}  # 4 stages of 128 x 256 blocks fit 200 KiB
+                                                                             buffers=3, pipelined=1, warpgroup=0, split=1)
+    tried = {c.describe().replace(" split=1 warpgroup=0", "") for c in candidates(kernel.site, h200, 2)}  # 4 stages of 128 x 256 blocks fit 200 KiB
     assert "buffers=4 columns=64 pipelined=1 row_bytes=128" in tried
     assert "buffers=2 columns=64 pipelined=0 row_bytes=128" in tried
 
@@ -134,17 +135,21 @@ def test_the_printed_kernels_compile_to_ptx(tmp_path, monkeypatch, pipeline):
 def test_a_search_may_try_every_staging_and_shape_that_fits_and_the_scheduler_takes_its_winner():
     x, y = operands((256, 128), (128, 256))
     kernel = product_kernel(x @ y)
-    assert kernel.site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=64, buffers=3, pipelined=1)
+    assert kernel.site.heuristic == Choice.of("tensor_cores", columns=32, row_bytes=64, buffers=3, pipelined=1,
+                                              warpgroup=0, split=1)
     # 48 KiB: pipelined 32 x 64 bytes in 2 or 3 stages, 64 x 64 in 2; through registers (padded rows) 32 x 64 in 1
     # or 2 buffers, 64 x 64 and 32 x 128 in 1
-    tried = {c.describe() for c in candidates(kernel.site, TRAITS, 2)}
+    tried = {c.describe().replace(" split=1 warpgroup=0", "") for c in candidates(kernel.site, TRAITS, 2)}
     assert tried == {"buffers=2 columns=32 pipelined=1 row_bytes=64", "buffers=3 columns=32 pipelined=1 row_bytes=64",
                      "buffers=2 columns=64 pipelined=1 row_bytes=64", "buffers=1 columns=32 pipelined=0 row_bytes=64",
                      "buffers=2 columns=32 pipelined=0 row_bytes=64", "buffers=1 columns=64 pipelined=0 row_bytes=64",
                      "buffers=1 columns=32 pipelined=0 row_bytes=128"}
     # 128 x 256 blocks pipelined 2 deep: 2 + 4 copies per item per slice, one slice before the loop and one in it
-    for choice, cp_async in ((Choice.of("tensor_cores", columns=64, row_bytes=64, buffers=2, pipelined=1), 12),
-                             (Choice.of("tensor_cores", columns=32, row_bytes=64, buffers=2, pipelined=0), 0)):
+    unsplit_warps = {"warpgroup": 0, "split": 1}
+    for choice, cp_async in ((Choice.of("tensor_cores", columns=64, row_bytes=64, buffers=2, pipelined=1,
+                                        **unsplit_warps), 12),
+                             (Choice.of("tensor_cores", columns=32, row_bytes=64, buffers=2, pipelined=0,
+                                        **unsplit_warps), 0)):
         tuned, = [k for k in schedule([(x @ y).node], TRAITS, TunedChoices({kernel.site.key: choice}))[0]
                   if "mma.sync" in k.source]
         assert tuned.site.applied == choice and tuned.source.count("cp.async.cg") == cp_async

@@ -23,9 +23,11 @@ from zyx.jit.cache import device_fingerprint
 from zyx.jit.choices import NO_TUNING, Choice, TunedChoices
 from zyx.jit.disk_store import CacheWarning, DiskStore
 from zyx.jit.kernel_ir import Const, If, Store
+from zyx.jit.program import build_program
 from zyx.jit.program_store import program_key
 from zyx.jit.schedule import DeviceTraits, schedule
 from zyx.jit.tune_store import TuneRecord, Trial, TuningStore, parse_record
+from zyx.trace.hashing import signature
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 # child processes import this repository first, then what the parent found (dependencies installed with --target)
@@ -157,8 +159,35 @@ def test_a_kernel_whose_heuristic_won_is_remembered_and_changes_no_program_key(d
     monkeypatch.setattr(dev, "_tuned", NO_TUNING)
     monkeypatch.setattr(dev, "forget_programs", lambda: forgotten.append(True))
     monkeypatch.setattr(tune.Tuner, "search", lambda self, kernels, tuned, mode: [record])
-    assert dev._search([], 1) is False  # nothing to schedule again
-    assert dev.tuned.digest == NO_TUNING.digest and forgotten == []
+    dev._search([], 1, lambda tuned: pytest.fail("no winner: no step to time"), [], [])
+    assert dev.tuned.digest == NO_TUNING.digest and forgotten == []  # nothing to schedule again
+
+
+@pytest.mark.parametrize("step_ratio, kept", [(0.5, True), (1.0, False), (2.0, False)])
+def test_a_winner_is_kept_only_where_it_makes_its_step_faster(dev, tmp_path, monkeypatch, step_ratio, kept):
+    """The whole step (every kernel and launch) timed with the winners against without: one that does not make
+    it faster is stored as searched, the heuristics' choice kept."""
+    record, _ = stored_winner(dev, tmp_path)
+    make, _ = KERNELS["elementwise"]
+    targets = [make(dev.tensor(X), dev.tensor(W)).node]
+    _, leaves, rands = signature(targets)
+
+    def program_with(tuned):
+        kernels, scheduled_targets = schedule(targets, dev.traits, tuned)
+        return build_program(kernels, scheduled_targets, leaves, rands)
+
+    untuned = []
+
+    def sample(runtime, launches, estimate):  # the untuned step (timed first) 1 s, the tuned one step_ratio s
+        untuned.append(untuned[0] if untuned else launches)
+        return 1.0 if launches is untuned[0] else step_ratio
+
+    monkeypatch.setattr(tune, "_sample", sample)
+    store = TuningStore(tmp_path)
+    tuner = tune.Tuner(dev.runtime, dev.traits, store)
+    assert tuner.kept_in_step(program_with, NO_TUNING, [record], leaves, rands) == ([record] if kept else [])
+    stored = store.get(record.kernel, device_fingerprint(dev.runtime.device))
+    assert stored.choice == (record.choice if kept else record.heuristic) and stored.trials == record.trials
 
 
 def test_a_candidate_printing_as_an_earlier_one_reports_that_ones_final_times(dev, tmp_path, always, monkeypatch):
@@ -179,6 +208,27 @@ def test_a_candidate_printing_as_an_earlier_one_reports_that_ones_final_times(de
     record = searched(dev, "elementwise", tmp_path)
     first, twin = record.trials[1:]
     assert first.seconds == 1.0 / len(samples) and twin == first and record.tuned_seconds == first.seconds
+
+
+def test_a_candidate_clearly_slower_than_the_best_so_far_is_cut_after_one_pair(dev, tmp_path, always, monkeypatch):
+    """0.8 of the heuristics' time is no gain once a candidate took 0.5: 1.6 times the best, cut after its first
+    pair; one slower than the heuristics' kernel but within CUT_OVER_BEST of the best so far is timed in full."""
+    _, kernel = scheduled(dev, "elementwise", dev.traits)
+    others = [c for c in tune.candidates(kernel.site, dev.traits, 2) if c != kernel.site.heuristic][:3]
+    monkeypatch.setattr(tune, "candidates", lambda site, traits, mode: [site.heuristic, *others])
+    times = [1.0, 0.5, 0.8, 0.6]  # per candidate, by the order their launches first show up
+    seen = []
+
+    def sample(runtime, launches, estimate):
+        if not any(launches is known for known in seen):
+            seen.append(launches)
+        return times[next(i for i, known in enumerate(seen) if launches is known)]
+
+    monkeypatch.setattr(tune, "_sample", sample)
+    record = searched(dev, "elementwise", tmp_path)
+    fast, slow, near = record.trials[1:]
+    assert (fast.status, slow.status, near.status) == ("ok", "cut", "ok") and record.choice == fast.choice
+    assert slow.relative == pytest.approx(0.8) and near.relative == pytest.approx(0.6)
 
 
 def test_zyx_tune_0_never_searches(dev, monkeypatch):

@@ -124,7 +124,7 @@ def test_a_slice_is_handed_over_landed_and_fenced_and_its_batch_kept_in_flight_o
     x, y = operands((2048, 256), (256, 2048))
     kernel = product_kernel(x @ y)  # 128 x 256 blocks, 4 stages: the producer hands slice s over at step s + 2
     assert kernel.site.heuristic == Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=4, pipelined=1,
-                                              warpgroup=1)
+                                              warpgroup=1, split=1)
     producer, consumer = [s for s in walk(kernel.ir.body) if isinstance(s, Loop)]
     hand_over = producer.body[-1]
     assert [type(s) for s in hand_over.body] == [AsyncWait, AsyncProxyFence, NamedBarrier]
@@ -153,13 +153,13 @@ def test_which_products_take_warpgroups():
 def test_warpgroup_choices_are_pipelined_in_128_byte_rows_and_offered_only_where_the_device_has_them():
     memory = 200 * 1024
     assert feasible_on_tensor_cores(Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=4, pipelined=1,
-                                              warpgroup=1), memory)
+                                              warpgroup=1, split=1), memory)
     for bad in (dict(row_bytes=64), dict(pipelined=0, buffers=2), dict(buffers=5)):
         choice = Choice.of("tensor_cores", **{**dict(columns=64, row_bytes=128, buffers=4, pipelined=1), **bad},
                            warpgroup=1)
         assert not feasible_on_tensor_cores(choice, memory)
     assert dict(tensor_core_options(memory, True, True))["warpgroup"] == (0, 1)
-    assert "warpgroup" not in dict(tensor_core_options(memory, True, False))
+    assert dict(tensor_core_options(memory, True, False))["warpgroup"] == (0,)
 
 
 # ---- printing and the patch ----------------------------------------------------------------------------------------
@@ -279,18 +279,20 @@ def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner
     x, y = operands((2048, 256), (256, 2048))
     kernel = product_kernel(x @ y)
     tried = {c.describe() for c in candidates(kernel.site, HOPPER, 2)}
-    assert {"buffers=4 columns=64 pipelined=1 row_bytes=128 warpgroup=1",
-            "buffers=2 columns=32 pipelined=1 row_bytes=128 warpgroup=1",
-            "buffers=3 columns=64 pipelined=1 row_bytes=128 warpgroup=0"} <= tried
+    assert {"buffers=4 columns=64 pipelined=1 row_bytes=128 split=1 warpgroup=1",
+            "buffers=2 columns=32 pipelined=1 row_bytes=128 split=1 warpgroup=1",
+            "buffers=3 columns=64 pipelined=1 row_bytes=128 split=1 warpgroup=0"} <= tried
     assert not any("warpgroup=1" in c and "row_bytes=64" in c for c in tried)
-    for choice, marker in ((Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=3, pipelined=1, warpgroup=1),
-                            "m64n128k16"), (Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3,
-                                                      pipelined=1, warpgroup=0), "mma.sync")):
+    for choice, marker in ((Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=3, pipelined=1, warpgroup=1,
+                                      split=1), "m64n128k16"),
+                           (Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3, pipelined=1, warpgroup=0,
+                                      split=1), "mma.sync")):
         tuned, = [k for k in schedule([(x @ y).node], HOPPER, TunedChoices({kernel.site.key: choice}))[0]
                   if "mma" in k.source]
         assert tuned.site.heuristic == kernel.site.heuristic and marker in tuned.source
+        assert tuned.site.applied == choice  # (what the tuner checks before timing a candidate)
     narrow = product_kernel((x * 2) @ (y + 1))  # on warps: a search keeps to warps
-    assert all("warpgroup" not in c.describe() for c in candidates(narrow.site, HOPPER, 2))
+    assert all(c["warpgroup"] == 0 for c in candidates(narrow.site, HOPPER, 2))
 
 
 # ---- the whole kernel on PoCL, wgmma emulated ----------------------------------------------------------------------
@@ -353,7 +355,7 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     x, y = operands((n, k), (m, k) if transposed else (k, m), dtype=dtype)
     out = x @ y.T if transposed else x @ y
     kernel = product_kernel(out)
-    choice = Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1)
+    choice = Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1, split=1)
     if kernel.site.heuristic != choice:
         kernel, = [k for k in schedule([out.node], HOPPER, TunedChoices({kernel.site.key: choice}))[0] if "mma" in k.source]
     assert [s.n for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)][0] == 4 * columns

@@ -20,14 +20,14 @@ FAMILIES: dict[str, dict[str, tuple[int, ...]]] = {
     # a GPU product's work-group block (block x block * wide outputs, per_item x per_item * wide per item: the
     # heuristics take block // 16 and wide 1), staged slice of k, local buffers per tile (2: double-buffered), and
     # groups per block of outputs (each summing a chunk of k: matmul.py, split.py)
-    "local_tiles": {"block": (32, 64, 128), "per_item": (2, 4, 8), "bk": (8, 16, 32), "buffers": (1, 2),
+    "local_tiles": {"block": (32, 64, 128), "per_item": (2, 4, 8), "bk": (8, 16, 32, 64), "buffers": (1, 2),
                     "split": (1, 2, 4, 8), "wide": (1, 2)},
     # a product on tensor cores (tensor_cores.py): a warp's outputs along m, bytes of each row a slice stages, local
     # buffers per tile, and whether stored operands are copied by cp.async into a pipeline that deep (1) or the
-    # operands staged through registers (0: one buffer, or two double-buffered), and whether warpgroups multiply
-    # (1: wgmma, compute capability 9.x; absent in choices stored before it: 0)
+    # operands staged through registers (0: one buffer, or two double-buffered), whether warpgroups multiply
+    # (1: wgmma, compute capability 9.x), and groups per block of outputs (as local_tiles' split)
     "tensor_cores": {"columns": (32, 64), "row_bytes": (64, 128), "buffers": (1, 2, 3, 4), "pipelined": (0, 1),
-                     "warpgroup": (0, 1)},
+                     "warpgroup": (0, 1), "split": (1, 2, 4, 8)},
     # any other kernel: a register tile of a product (outputs per item along n and m), vector lanes,
     # accumulators per reduction loop, items per work group sharing a reduction (0: none)
     "plain": {"tile_n": (1, 2, 4, 8, 16), "tile_m": (1, 2, 4, 8, 16), "width": (1, 2, 4, 8, 16),

@@ -24,7 +24,7 @@ from .collective import collective_kernel
 from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
-from .matmul import LocalTileLowering, local_tile_options, plan_local_tiles
+from .matmul import LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
 from .tensor_cores import (WGMMA, lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory,
                            tensor_core_options, warpgroups_build)
 from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
@@ -89,6 +89,13 @@ class DeviceTraits:
     def tensor_core_local_memory(self) -> int:
         """Bytes of local memory a product on tensor cores may stage into (tensor_cores.LOCAL_MEMORY)."""
         return self.tensor_core_memory or self.local_memory
+
+    @property
+    def search_local_memory(self) -> int:
+        """Bytes of local memory the tiles of a float32 product a search tries may take: the measured limit where
+        one is known (static __local arrays of up to 200 KiB built and ran on the H200, which reports 48 KiB), so
+        deeper slices are tried; the heuristics keep to what the device reports."""
+        return self.tensor_core_local_memory
 
 
 def _built_kinds(runtime: object, kinds: tuple[str, ...]) -> tuple[str, ...]:
@@ -331,22 +338,30 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
                                    choice)
         if cores is not None:
             lowered, kernel, plan = cores
-            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup)
-            return _Shaped(lowered, kernel, plan.choice, options)
+            options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup,
+                                          split_options(plan.product))
+            return _split(site, traits, plan, options) if plan.split > 1 else _Shaped(lowered, kernel, plan.choice,
+                                                                                      options)
     if traits.gpu and family in (None, "local_tiles"):
         splits = (1,) if product is None else split_options(product)
         plan = plan_local_tiles(root, product, traits.local_memory, choice, splits)
         if plan is not None:
-            options = local_tile_options(splits, traits.local_memory, traits.max_group_size)
-            if plan.split > 1:  # the partial products in a kernel of their own (split.py), summed in this one
-                lowered, partial = lower_split(root, materialized, site.produced, plan, site.apart, traits.max_params)
-                kernel = vectorize(lowered.ir, traits.vector_width) if traits.vector_width > 1 else None
-                return _Shaped(lowered, kernel or _unrolled(lowered.ir), plan.choice, options,
-                               ((partial, plan.choice.replaced(split=1)),))
+            options = local_tile_options(splits, traits.search_local_memory, traits.max_group_size)
+            if plan.split > 1:
+                return _split(site, traits, plan, options)
             lowered = LocalTileLowering(root, materialized, site.produced, plan, site.apart, traits.max_params).lower()
             kernel = (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir
             return _Shaped(lowered, kernel, plan.choice, options)
     return _shape_plain(site, traits, choice)
+
+
+def _split(site: _Site, traits: DeviceTraits, plan: TilePlan, options: Options) -> _Shaped:
+    """The kernel of a root whose product `plan` splits along k (split.py): the partial products in a kernel of
+    their own, shaped with the plan's choice unsplit, summed in this one."""
+    lowered, partial = lower_split(site.root, site.materialized, site.produced, plan, site.apart, traits.max_params)
+    kernel = vectorize(lowered.ir, traits.vector_width) if traits.vector_width > 1 else None
+    return _Shaped(lowered, kernel or _unrolled(lowered.ir), plan.choice, options,
+                   ((partial, plan.choice.replaced(split=1)),))
 
 
 def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKernel]:

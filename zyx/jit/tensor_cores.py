@@ -117,9 +117,9 @@ class TensorCorePlan(TilePlan):
 
     @property
     def choice(self) -> Choice:
-        warpgroup = {"warpgroup": 1} if self.warpgroup else {}  # (choices without it predate warpgroups: 0)
         return Choice.of("tensor_cores", columns=self.warp_columns, row_bytes=self.bk * self.stored.itemsize,
-                         buffers=self.buffers, pipelined=int(self.pipelined), **warpgroup)
+                         buffers=self.buffers, pipelined=int(self.pipelined), warpgroup=int(self.warpgroup),
+                         split=self.split)
 
     def layout(self, length: int) -> "TileLayout":
         """How a tile whose rows hold `length` elements lies in local memory (a warpgroup's: rows of 128 bytes,
@@ -191,7 +191,8 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         return None
     columns, row_bytes, buffers = fitting[0]
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
-                          buffers, kind=kind, warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
+                          buffers, split=choice["split"] if choice is not None else 1, kind=kind,
+                          warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
 
 
 def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int) -> list[tuple[int, int, int]]:
@@ -217,20 +218,21 @@ def _fits(local_memory: int, columns: int, row_bytes: int, buffers: int, pipelin
 def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
     """Whether a tensor_cores choice's tiles fit `local_memory` bytes and its buffers suit its staging: one or two
     through registers (double buffering), two or more pipelined; warpgroup products pipelined in 128-byte rows."""
-    pipelined, buffers, warpgroup = bool(choice["pipelined"]), choice["buffers"], bool(choice.get("warpgroup", 0))
+    pipelined, buffers, warpgroup = bool(choice["pipelined"]), choice["buffers"], bool(choice["warpgroup"])
     if warpgroup and (not pipelined or choice["row_bytes"] != wgmma.ROW_BYTES):
         return False
     return (buffers >= 2 if pipelined else buffers <= 2) and _fits(local_memory, choice["columns"],
                                                                    choice["row_bytes"], buffers, pipelined, warpgroup)
 
 
-def tensor_core_options(local_memory: int, pipelined: bool, warpgroup: bool = False) -> Options:
+def tensor_core_options(local_memory: int, pipelined: bool, warpgroup: bool = False,
+                        splits: tuple[int, ...] = (1,)) -> Options:
     """The values a search may try for a product on tensor cores: of each parameter those some feasible combination
     takes (`pipelined`: whether the kernel can have a pipeline, some operand copied by cp.async; `warpgroup`:
-    whether its heuristics' plan is a warpgroup one: the search may then try warps too)."""
-    family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,)}
-    if not (pipelined and warpgroup):
-        del family["warpgroup"]
+    whether its heuristics' plan is a warpgroup one: the search may then try warps too; `splits`: of its reduced
+    axis across groups, split.split_options)."""
+    family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,),
+              "warpgroup": (0, 1) if pipelined and warpgroup else (0,), "split": splits}
     names = sorted(family)
     possible = [dict(zip(names, values)) for values in itertools.product(*(family[name] for name in names))
                 if feasible_on_tensor_cores(Choice.of("tensor_cores", **dict(zip(names, values))), local_memory)]
@@ -261,7 +263,7 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
     attempts = [(True, None, True)] if piped and WGMMA in kinds else []
     attempts += [(pipelined, None, False) for pipelined in ((True, False) if piped else (False,))]
     if choice is not None:
-        attempts.insert(0, (bool(choice["pipelined"]), choice, bool(choice.get("warpgroup", 0))))
+        attempts.insert(0, (bool(choice["pipelined"]), choice, bool(choice["warpgroup"])))
     for pipelined, chosen, warpgroup in attempts:
         plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen, warpgroup)
         if plan is None or (pipelined and plan.kind == "tf32"):  # (TF32 operands are rounded, never copied)

@@ -5,7 +5,8 @@ Modes, from ZYX_TUNE (`@zyx.jit(tune=True)` and `zyx tune script.py` ask for at 
   1  search each newly scheduled kernel whose untuned time exceeds threshold_seconds (1 ms; 50 us on GPUs), over the
      heuristics' choice and its neighbours (each parameter one allowed value up or down, halved or doubled): the
      NEIGHBOURS nearest
-  2  search every newly scheduled kernel over every choice its options allow (minutes per kernel on PoCL)
+  2  search every newly scheduled kernel over every choice its options allow (minutes per kernel on PoCL); a GPU
+     product's in two stages (STAGES)
 
 A kernel is searched in isolation (`Isolated`): the part of the trace it computes, cut where the full program
 reads memory (the buffers, and every value another kernel stores), scheduled on its own with each candidate forced
@@ -16,7 +17,9 @@ then timed in pairs: a sample of it right after a sample of the heuristics' kern
 (on a shared machine the load can change tenfold within seconds), and its time relative to the heuristics' is
 the median of the pairs' ratios. One clearly slower after its first pair is cut there; the few fastest get more
 pairs. The winner is stored (tune_store.py) only if it beat the heuristics' kernel in every pair, by MIN_GAIN in
-the median; else the heuristics' choice is, so the kernel is not searched again.
+the median; else the heuristics' choice is, so the kernel is not searched again. Then the winners of a step's
+searches are timed in the step (`Tuner.kept_in_step`): those that leave it no faster are stored as searched, the
+heuristics' choice kept.
 """
 from __future__ import annotations
 
@@ -68,7 +71,8 @@ def threshold_seconds(traits: DeviceTraits) -> float:
 NEIGHBOURS = 9          # candidates of a ZYX_TUNE=1 search, the heuristics' included
 EXHAUSTIVE_LIMIT = 128  # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more;
                         # a GPU product with few blocks has 114 on the H200: matmul.feasible, split.split_options)
-CUT = 1.5               # a candidate whose first pair says it is this much slower than the heuristics' is cut
+CUT = 1.5               # a candidate whose first pair says it is this much slower than the heuristics' is cut,
+CUT_OVER_BEST = 1.3     # or this much slower than the fastest so far (a 5% gain is what a search keeps)
 PAIRS = 3               # pairs of samples (the heuristics' kernel, then the candidate) per candidate
 SAMPLE_SECONDS = 0.01   # a sample replays the kernel's launches for at least this long
 CONFIRM = 3             # the fastest few get ...
@@ -79,11 +83,16 @@ TOLERANCE = {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-3, "float64": 1e-8
 
 FEASIBLE: dict[str, Callable[[Choice, DeviceTraits], bool]] = {
     "cpu_matmul": lambda choice, traits: fits_registers(choice),
-    "local_tiles": lambda choice, traits: feasible(choice, traits.local_memory, traits.max_group_size),
+    "local_tiles": lambda choice, traits: feasible(choice, traits.search_local_memory, traits.max_group_size),
     "plain": lambda choice, traits: choice.get("tile_n", 1) * choice.get("tile_m", 1) <= 64,
     "tensor_cores": lambda choice, traits: feasible_on_tensor_cores(choice, traits.tensor_core_local_memory),
 }
 """Per family, whether a combination of allowed values is worth compiling (registers, local memory)."""
+STAGES = {"local_tiles": ("block", "per_item", "split", "wide")}
+"""Families ZYX_TUNE=2 searches in two stages, by the parameters of the first: what shapes the work (blocks and
+work groups) first, the other parameters (how slices of k are staged) then only around the FINALISTS fastest
+shapes. On the H200 that is about 60 candidates of a float32 product instead of every one of 200."""
+FINALISTS = 3
 EFFECT = {"plain": plain_effect}
 """Per family, the parameters of a choice that shape the kernel (others are ignored: no two candidates alike)."""
 
@@ -100,9 +109,11 @@ def tune_mode(requested: int = 0) -> int:
 
 # ---- candidates --------------------------------------------------------------------------------------------
 
-def candidates(site: TuneSite, traits: DeviceTraits, mode: int) -> list[Choice]:
+def candidates(site: TuneSite, traits: DeviceTraits, mode: int, finalist: Optional[Choice] = None) -> list[Choice]:
     """The heuristics' choice first, then the others a search of `mode` tries, nearest first: mode 1 each
-    parameter at or around its heuristic value (`_around`); mode 2 every value."""
+    parameter at or around its heuristic value (`_around`); mode 2 every value, and for a family of STAGES in two
+    stages: first one choice per combination of the first stage's parameters (the nearest to the heuristics'),
+    then (`finalist`: one of the first stage's fastest) every choice sharing the finalist's first-stage values."""
     heuristic = dict(site.heuristic.values)
     names = [name for name, _ in site.options]
     if mode >= 2:
@@ -113,6 +124,14 @@ def candidates(site: TuneSite, traits: DeviceTraits, mode: int) -> list[Choice]:
     effect = EFFECT.get(family, lambda choice: choice.values)
     found = [Choice.of(family, **dict(zip(names, combination))) for combination in itertools.product(*values)]
     found = sorted((c for c in found if FEASIBLE[family](c, traits)), key=lambda c: _distance(c, heuristic))
+    first = STAGES.get(family, ()) if mode >= 2 else ()
+    if first and finalist is not None:
+        found = [c for c in found if all(c[name] == finalist[name] for name in first)]
+    elif first:  # (the nearest per combination of the first stage's parameters)
+        nearest: dict[tuple[int, ...], Choice] = {}
+        for choice in found:
+            nearest.setdefault(tuple(choice[name] for name in first), choice)
+        found = list(nearest.values())
     distinct = {effect(site.heuristic): site.heuristic}
     for choice in found:  # (the nearest of the choices that shape the kernel alike)
         distinct.setdefault(effect(choice), choice)
@@ -188,7 +207,7 @@ def _random(node: Node, rng: np.random.Generator) -> np.ndarray:
 class _Candidate:
     """A candidate's program once it ran: its launches (to replay), outputs, and best time so far."""
 
-    choice: Choice
+    choice: Optional[Choice]  # None: a whole step's program (Tuner.kept_in_step)
     launches: list[tuple] = field(default_factory=list)
     seconds: Optional[float] = None  # its fastest sample
     ratios: list[float] = field(default_factory=list)  # its samples over the heuristics' kernel's, pair by pair
@@ -237,16 +256,54 @@ class Tuner:
                 records.append(record)
         return records
 
+    def kept_in_step(self, program_with: Callable[[TunedChoices], Program], before: TunedChoices,
+                     winners: list[TuneRecord], leaves: Sequence[Node], rands: Sequence[Node]) -> list[TuneRecord]:
+        """The winners of a step's searches that make the whole step faster (its program, every kernel and launch,
+        on scratch inputs; `program_with`: the step's program with some tuned choices): all of them, else those
+        that add no launches (a split product's partials take a kernel of their own: faster alone, it may not pay
+        for its launch in the step), else none. The others are stored as searched, the heuristics' choice kept,
+        so a winner is one in its step and not only on its own."""
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        inputs = [self.runtime.upload(_random(leaf, rng)) for leaf in leaves]
+        untuned = _Candidate(None)
+        untuned.launches = self._launches(program_with(before), inputs, rands)[1]
+        self._time(untuned, untuned)
+
+        def faster(records: list[TuneRecord]) -> bool:
+            tuned = before
+            for record in records:
+                tuned = tuned.with_choice(record.kernel, record.choice)
+            step = _Candidate(None)
+            step.launches = self._launches(program_with(tuned), inputs, rands)[1]
+            self._time(step, untuned, pairs=PAIRS + CONFIRM_PAIRS)
+            self._log.info("tuning a step: %d of %d winners, %.2fx the untuned step (%d launches against %d)",
+                           len(records), len(winners), 1 / step.relative, len(step.launches), len(untuned.launches))
+            return step.relative < 1 - MIN_GAIN and max(step.ratios) < 1
+
+        kept: list[TuneRecord] = winners if faster(winners) else []
+        if not kept:
+            plain = [r for r in winners
+                     if len(program_with(before.with_choice(r.kernel, r.choice)).launches) <= len(untuned.launches)]
+            kept = plain if 0 < len(plain) < len(winners) and faster(plain) else []
+        for record in winners:
+            if record not in kept:
+                self.store.put(record.kept_heuristic())
+        self._log.info("tuning a step: kept %d of %d winners in %.1f s", len(kept), len(winners),
+                       time.perf_counter() - start)
+        return kept
+
     def _search(self, kernel: RenderedKernel, site: TuneSite, stored: set[int], tuned: TunedChoices,
                 mode: int) -> Optional[TuneRecord]:
         """The heuristics' kernel first (its outputs are the reference; under ZYX_TUNE=1 a kernel faster than
-        its threshold_seconds ends the search there), then every other candidate, built side by side."""
+        its threshold_seconds ends the search there), then every other candidate, built side by side; for a
+        family of STAGES, the second stage's candidates around the first stage's fastest."""
         start = time.perf_counter()
         isolated = Isolated.cut(kernel, stored, self.runtime.upload, np.random.default_rng(0))
         trials = [_Candidate(choice) for choice in candidates(site, self.traits, mode)]
         untuned = trials[0]
-        programs = [self._program(isolated, site, tuned.with_choice(site.key, untuned.choice), untuned)]
-        reference = self._run(isolated, programs[0], untuned) if programs[0] is not None else None
+        program = self._program(isolated, site, tuned.with_choice(site.key, untuned.choice), untuned)
+        reference = self._run(isolated, program, untuned) if program is not None else None
         if reference is None:
             return None  # the heuristics' kernel fails in isolation: nothing to compare with
         self._time(untuned, untuned)
@@ -255,10 +312,29 @@ class Tuner:
             self._log.info("tuning %s: %.3f ms, under the %g ms threshold: not searched", site.name,
                            untuned.seconds * 1e3, threshold * 1e3)  # type: ignore[operator]
             return None
-        programs += [self._program(isolated, site, tuned.with_choice(site.key, t.choice), t) for t in trials[1:]]
-        self._build_all([launch.source for program in programs[1:] if program for launch in program.launches])
-        runs = {_sources(programs[0]): untuned}  # by the sources of their launches: choices printing alike
-        for candidate, program in zip(trials[1:], programs[1:]):
+        runs = {_sources(program): untuned}  # by the sources of their launches: choices printing alike
+        self._try(isolated, site, tuned, trials[1:], reference, runs)
+        if mode >= 2 and site.heuristic.family in STAGES:
+            finalists = [untuned] + sorted((t for t in trials[1:] if t.twin is None and t.status == "ok"),
+                                           key=lambda t: t.relative)[:FINALISTS]
+            tried = {t.choice for t in trials}
+            around = [choice for f in finalists for choice in candidates(site, self.traits, mode, f.choice)]
+            second = [_Candidate(choice) for choice in dict.fromkeys(around) if choice not in tried]
+            self._try(isolated, site, tuned, second, reference, runs)
+            trials += second
+        return self._verdict(site, trials, mode, time.perf_counter() - start)
+
+    def _try(self, isolated: Isolated, site: TuneSite, tuned: TunedChoices, trials: list[_Candidate],
+             reference: list[np.ndarray], runs: dict[tuple[str, ...], _Candidate]) -> None:
+        """Build `trials` side by side, run each once against the reference values and time those that match
+        (`runs`: the candidates run so far, by their kernels' sources: one printing alike is their twin)."""
+        untuned = next(iter(runs.values()))
+        start = time.perf_counter()
+        programs = [self._program(isolated, site, tuned.with_choice(site.key, t.choice), t) for t in trials]
+        self._build_all([launch.source for program in programs if program for launch in program.launches])
+        self._log.info("tuning %s: %d candidates scheduled and built in %.1f s", site.name, len(trials),
+                       time.perf_counter() - start)
+        for candidate, program in zip(trials, programs):
             if program is None:
                 continue
             earlier = runs.setdefault(_sources(program), candidate)
@@ -273,8 +349,7 @@ class Tuner:
                 self._log.warning("tuning %s: %s computes other values than the heuristics' kernel; rejected",
                                   site.name, candidate.choice.describe())
                 continue
-            self._time(candidate, untuned)
-        return self._verdict(site, trials, mode, time.perf_counter() - start)
+            self._time(candidate, untuned, min([1.0] + [t.relative for t in runs.values() if t.ratios]))
 
     def _build_all(self, sources: list[str]) -> None:
         """Build the candidates' kernels side by side (the driver compiles without the GIL). Where one fails,
@@ -299,11 +374,7 @@ class Tuner:
     def _run(self, isolated: Isolated, program: Program, candidate: _Candidate) -> Optional[list[np.ndarray]]:
         """Compile and run the candidate's program once, recording its launches; its outputs on the host."""
         try:
-            kernels = [self._compiled(launch.source, launch.name) if launch.global_size[0] else None
-                       for launch in program.launches]
-            executable = Executable(program, kernels, self.runtime)
-            outputs, candidate.launches = record_launches(self.runtime, lambda: executable.run(
-                self.runtime, isolated.inputs, [r.arg for r in isolated.rands]))
+            outputs, candidate.launches = self._launches(program, isolated.inputs, isolated.rands)
             return [self.runtime.download(buffer, node.shape, node.dtype.np)
                     for buffer, node in zip(outputs, isolated.targets)]
         except (KernelBuildError, cl.Error) as error:
@@ -311,14 +382,22 @@ class Tuner:
             self._log.info("tuning: %s failed (%s)", candidate.choice.describe(), str(error).splitlines()[0])
             return None
 
+    def _launches(self, program: Program, inputs: list[Any], rands: Sequence[Node]) -> tuple[list[Any], list[tuple]]:
+        """Run `program` once on `inputs`: its output buffers and its launches (to replay)."""
+        kernels = [self._compiled(launch.source, launch.name) if launch.global_size[0] else None
+                   for launch in program.launches]
+        executable = Executable(program, kernels, self.runtime)
+        return record_launches(self.runtime, lambda: executable.run(self.runtime, inputs, [r.arg for r in rands]))
+
     def _compiled(self, source: str, name: str) -> cl.Kernel:
         """Through the kernel cache, which keeps it in memory: the winner is found there when the program runs
         (and stored on disk then); the others are never written."""
         return cl.Kernel(default_cache().build(self.runtime.context, self.runtime.device, source), name)
 
-    def _time(self, candidate: _Candidate, untuned: _Candidate, pairs: int = PAIRS) -> None:
+    def _time(self, candidate: _Candidate, untuned: _Candidate, best: float = 1.0, pairs: int = PAIRS) -> None:
         """`pairs` more pairs of samples (the heuristics' kernel's, then the candidate's); cut after the first pair
-        if the candidate is CUT times slower. The heuristics' kernel itself gets plain samples."""
+        if the candidate is CUT times slower than the heuristics' kernel or CUT_OVER_BEST times slower than the
+        `best` so far (relative to that kernel). The heuristics' kernel itself gets plain samples."""
         if candidate is untuned:
             first = replay(self.runtime, untuned.launches, 1)
             untuned.seconds = min(_sample(self.runtime, untuned.launches, first) for _ in range(pairs))
@@ -329,7 +408,7 @@ class Tuner:
             untuned.seconds = min(untuned.seconds, reference)  # type: ignore[type-var]
             candidate.seconds = min(candidate.seconds or sample, sample)
             candidate.ratios.append(sample / reference)
-            if candidate.ratios[0] > CUT:
+            if candidate.ratios[0] > min(CUT, CUT_OVER_BEST * best):
                 candidate.status = "cut"
                 return
 
@@ -341,7 +420,7 @@ class Tuner:
         finalists = sorted((t for t in trials[1:] if t.twin is None and t.status == "ok"),
                            key=lambda t: t.relative)[:CONFIRM]
         for finalist in finalists:
-            self._time(finalist, untuned, CONFIRM_PAIRS)
+            self._time(finalist, untuned, pairs=CONFIRM_PAIRS)
         faster = [t for t in finalists if t.relative < 1 - MIN_GAIN and max(t.ratios) < 1]
         best = min(faster, key=lambda t: t.relative, default=untuned)
         bump("kernels_tuned")

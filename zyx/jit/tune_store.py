@@ -8,6 +8,7 @@ The scheduler sees a device's records as a `TunedChoices` (choices.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -24,9 +25,9 @@ from .disk_store import CacheWarning, DiskStore, Row
 __all__ = ["TUNE_FORMAT", "Trial", "TuneRecord", "TuningStore", "default_tuning_store", "parse_record", "record_key"]
 
 TABLE = "tuning"
-TUNE_FORMAT = "tune-2"
+TUNE_FORMAT = "tune-3"
 """Bump when the record layout changes: older records then miss and are searched again (tune-2: CPU products
-choose whether their right operand is packed)."""
+choose whether their right operand is packed; tune-3: tensor-core choices name warpgroup and split always)."""
 SIZE_LIMIT = 16 << 20
 STATUSES = ("ok", "cut", "wrong", "failed")
 """A candidate was timed in full; cut after its first run (clearly slower than the best so far); computed other
@@ -70,6 +71,11 @@ class TuneRecord:
         """Whether a candidate beat the heuristics' choice. A record that does not only says the kernel was
         searched: it changes no schedule (nor the programs' keys, `TunedChoices.digest`)."""
         return self.choice != self.heuristic
+
+    def kept_heuristic(self) -> "TuneRecord":
+        """This search with the heuristics' choice as its outcome (its winner made its step no faster)."""
+        return dataclasses.replace(self, choice=self.heuristic, tuned_name=self.untuned_name,
+                                   tuned_seconds=self.untuned_seconds, relative=1.0)
 
     @property
     def speedup(self) -> float:

@@ -182,13 +182,17 @@ class FusingDevice(Device):
                in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
         self._check_graph(targets)
         traits = self._shaping_traits()
-        kernels, scheduled_targets = schedule(targets, traits, self.tuned)
-        if mode and self._search(kernels, mode):
-            kernels, scheduled_targets = schedule(targets, traits, self.tuned)
         grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
         grouping = Grouping(print_opencl.print_group, self.traits.max_params, self.traits.local_memory,
                             any_size=self.traits.gpu, fills_device=self._groups_filling()) if grouped else None
-        program = build_program(kernels, scheduled_targets, leaves, rands, in_place, grouping)
+
+        def program_with(tuned: TunedChoices) -> Program:
+            kernels, scheduled_targets = schedule(targets, traits, tuned)
+            return build_program(kernels, scheduled_targets, leaves, rands, in_place, grouping)
+
+        if mode:
+            self._search(schedule(targets, traits, self.tuned)[0], mode, program_with, leaves, rands)
+        program = program_with(self.tuned)
         stats.bump("graphs_scheduled")
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))
@@ -221,9 +225,9 @@ class FusingDevice(Device):
         are tuned (the tuner compiles and times OpenCL launches: OpenCLDevice)."""
         return 0
 
-    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
-        """Search the kernels tuning asks for; whether any search found a choice (see OpenCLDevice)."""
-        return False
+    def _search(self, kernels: Sequence[Any], mode: int, program_with: Callable[[TunedChoices], Program],
+                leaves: Sequence[Node], rands: Sequence[Node]) -> None:
+        """Search the kernels tuning asks for, keeping what makes their step faster (see OpenCLDevice)."""
 
     def _check_graph(self, targets: Sequence[Node]) -> None:
         """Refuse, before scheduling, a trace the device cannot compute."""

@@ -20,6 +20,7 @@ import pyopencl as cl
 
 from zyx import counters as stats
 from zyx.runtime import collectives, profiling
+from zyx.runtime.cpu_target import native_float_lanes
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import ARENA_SHARE, BufferPool, PooledRuntime
 from zyx.runtime.run_code import HeldArguments
@@ -97,8 +98,10 @@ class OpenCLRuntime(PooledRuntime):
         self.max_work_group_size: int = cl_device.max_work_group_size
         self.local_mem_bytes: int = cl_device.local_mem_size
         self.compute_units: int = cl_device.max_compute_units
-        self.native_vector_width: int = cl_device.preferred_vector_width_float  # floats per vector register
         self.is_gpu: bool = bool(cl_device.type & cl.device_type.GPU)
+        # floats per vector register (a CPU's: those of the CPU its compiler targets, cpu_target.py)
+        self.native_vector_width: int = (cl_device.preferred_vector_width_float if self.is_gpu else
+                                         native_float_lanes(self.name, cl_device.preferred_vector_width_float))
         # PoCL runs its LLVM for one build at a time (pocl_llvm_api.h: "not thread safe"; one lock), so builds on
         # threads only wait for each other, and each pays the build's fixed cost
         self.builds_one_at_a_time: bool = cl_device.platform.name.startswith("Portable Computing Language")

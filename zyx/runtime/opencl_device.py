@@ -2,7 +2,7 @@
 OpenCL program, and tuned (tune.py) where ZYX_TUNE asks."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import pyopencl as cl
 
@@ -16,6 +16,7 @@ from ..jit.schedule import DeviceTraits
 from ..jit.tune import Tuner, tune_mode
 from ..jit.tune_store import default_tuning_store
 from ..progress import compiling
+from ..trace.node import Node
 from .fusing_device import FusingDevice
 from .opencl import OpenCLRuntime
 from .platforms import ordinal_of
@@ -50,17 +51,21 @@ class OpenCLDevice(FusingDevice):
     def _tune_mode(self, tune: int) -> int:
         return tune_mode(tune)
 
-    def _search(self, kernels: Sequence[Any], mode: int) -> bool:
-        """Search the kernels tuning asks for (tune.py); whether any search found a choice faster than the
-        heuristics' (the programs in memory, scheduled without it, are then forgotten)."""
+    def _search(self, kernels: Sequence[Any], mode: int, program_with: Callable[[TunedChoices], Program],
+                leaves: Sequence[Node], rands: Sequence[Node]) -> None:
+        """Search the kernels tuning asks for (tune.py) and keep the choices faster than the heuristics' that make
+        their step faster too (`Tuner.kept_in_step`; the programs in memory, scheduled without them, are then
+        forgotten)."""
         if self._tuner is None:
             self._tuner = Tuner(self.runtime, self.traits)
-        faster = [record for record in self._tuner.search(kernels, self.tuned, mode) if record.improves]
+        before = self.tuned
+        faster = [record for record in self._tuner.search(kernels, before, mode) if record.improves]
+        if faster:
+            faster = self._tuner.kept_in_step(program_with, before, faster, leaves, rands)
         for record in faster:
             self._tuned = self.tuned.with_choice(record.kernel, record.choice)
         if faster:
             self.forget_programs()
-        return bool(faster)
 
     def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import pyopencl as cl
 
+from .cpu_target import native_float_lanes
+
 # name fragment -> (GB/s, GFLOP/s float32); the first fragment found in the device name wins
 KNOWN_DEVICES: tuple[tuple[str, float, float], ...] = (
     ("H200", 4800.0, 67_000.0),
@@ -54,5 +56,5 @@ def _override(variable: str) -> Optional[float]:
 def _cpu_gflops(cl_device: Any) -> Optional[float]:
     if cl_device is None or not cl_device.type & cl.device_type.CPU:
         return None
-    lanes = max(int(cl_device.native_vector_width_float), 1)
+    lanes = max(native_float_lanes(cl_device.name.strip(), int(cl_device.native_vector_width_float)), 1)
     return cl_device.max_compute_units * cl_device.max_clock_frequency * lanes * 2 / 1000
