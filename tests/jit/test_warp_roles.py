@@ -130,7 +130,8 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
 def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(monkeypatch, trips, stages, wait_one):
     monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", "1" if wait_one else "0")
     x, y = operands((256, 64 * trips), (64 * trips, 256))
-    choice = Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=stages, pipelined=1, warpgroup=1)
+    choice = Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=stages, pipelined=1, warpgroup=1,
+                       split=1)
     site = product_kernel(x @ y).site
     kernel, = [k for k in schedule([(x @ y).node], HOPPER, TunedChoices({site.key: choice}))[0] if "mma" in k.source]
     assert kernel.local_size == 384
