@@ -63,6 +63,8 @@ def match_one_hot_product(node: Node) -> Optional[OneHotProduct]:
     """The OneHotProduct that the SUM `node` is, or None."""
     if node.op is not Op.SUM or len(node.arg) != 1 or not node.dtype.is_float or node.src[0].op is not Op.MUL:
         return None
+    if 0 in node.src[0].shape:  # an empty product: nothing to scan (and no index to match)
+        return None
     source, reduced = node.src[0], node.arg[0]
     full = tuple(Expr.var(COUNTER if axis == reduced else probe(axis), size) for axis, size in enumerate(source.shape))
     for mask, other in (source.src, source.src[::-1]):
@@ -202,8 +204,9 @@ class SegmentLowering(Lowering):
         at = [unravel(position, node.shape) for position in self._reduced_positions(node)]
         start = self.value(match.arange, (at[0][match.row_axis],), ())  # where the block's rows start
         back = self._emit(0, lambda out: Alu(Reg(out, start.operand.dtype), Op.NEG, (start.operand,))).operand
-        accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
-        self._scopes[0] += [Define(acc, Const(0.0, float32)) for acc in accumulators]
+        kind = self._summed_dtype
+        accumulators = [Reg(self.names.fresh("acc"), kind) for _ in self.elements]
+        self._scopes[0] += [Define(acc, Const(0.0, kind)) for acc in accumulators]
         if self.plan.group:
             self._scan_together(count, at, back, accumulators)
         else:
@@ -283,18 +286,26 @@ class SegmentLowering(Lowering):
             for element in range(first, len(self.elements), self.plan.columns):
                 row = self.offsets[element][0]
                 picked = self._emit(depth + 1, lambda out, row=row: Alu(
-                    Reg(out, float32), Op.WHERE, (equal[row].operand, term, Const(0.0, float32))))
+                    Reg(out, term.dtype), Op.WHERE, (equal[row].operand, term, Const(0.0, term.dtype))))
                 self._scopes[-1].append(Accumulate(accumulators[element], Op.ADD, picked.operand))
         self._loop_depth[step] -= 1
         self._trips.pop()
         body = self._scopes.pop()
         self._scopes[depth].append(If((), tuple(body), hit))  # type: ignore[arg-type]
 
+    @property
+    def _summed_dtype(self):
+        """What the accumulators add in: float32 for half precision (as a product's terms are, lower.py), else
+        the product's own dtype (float64 stays float64)."""
+        dtype = self.plan.match.product.dtype
+        return float32 if dtype.is_narrow_float else dtype
+
     def _term(self, value: _Value) -> Operand:
-        """A term as the accumulators add it: in float32 (a half-precision product's terms are, lower.py)."""
-        if value.operand.dtype == float32:
+        """A term as the accumulators add it (`_summed_dtype`)."""
+        kind = self._summed_dtype
+        if value.operand.dtype == kind:
             return value.operand
-        return self._emit(len(self._scopes) - 1, lambda out: Alu(Reg(out, float32), Op.CAST, (value.operand,))).operand
+        return self._emit(len(self._scopes) - 1, lambda out: Alu(Reg(out, kind), Op.CAST, (value.operand,))).operand
 
     def _probed(self, index: Index, position: Index, token: Expr) -> Index:
         """`index` (over the probes and COUNTER) at the product's `position` and the reduced axis's `token`."""
