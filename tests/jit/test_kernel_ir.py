@@ -16,12 +16,19 @@ from zyx.jit.rows import lower_rows
 from zyx.jit.symbolic import Expr
 from zyx.jit.tiling import hosted_matmul
 from zyx.jit.transforms.double_buffer import double_buffer
+from zyx.jit.transforms import group
 from zyx.jit.transforms.group import COLUMNS, column_outputs, group_reductions
 from zyx.jit.transforms.unroll import UNROLLED_STATEMENTS, unroll_reductions
 from zyx.jit.transforms.upcast import upcast
 from zyx.jit.transforms.vector import vectorize
 
 RNG = np.random.default_rng(5)
+
+
+@pytest.fixture(autouse=True)
+def column_groups_of_small_kernels(monkeypatch):
+    """The small column sums here get groups of adjacent columns too (the device needs COLUMN_MIN_GROUPS)."""
+    monkeypatch.setattr(group, "COLUMN_MIN_GROUPS", 1)
 
 CASES = {  # (build, input shapes): each kernel fuses everything into the one output
     "elementwise": (lambda x, y: ((x * 1.5 + y).relu() * x - y / 3).exp().tanh(), ((8, 32), (8, 32))),
@@ -247,3 +254,11 @@ def test_a_column_sum_groups_adjacent_outputs_so_that_neighbouring_items_read_ne
     assert substitute(read.index, {**at, "lid": Expr(1)}).const - substitute(read.index, at).const == 1
     row, _, _ = lowered("row sum")
     assert column_outputs(row.ir, 64) == 1
+
+
+@pytest.mark.parametrize("columns, grouped", [(768, False), (3072, True)])
+def test_columns_are_grouped_only_where_that_leaves_the_gpu_enough_groups(monkeypatch, columns, grouped):
+    monkeypatch.undo()
+    x = zyx.CPU().tensor(np.zeros((4096, columns), np.float32))
+    root = (x * 2).sum(0).node
+    assert column_outputs(lower(root, {id(root): root}, set()).ir, 256) == (COLUMNS if grouped else 1)
