@@ -113,7 +113,10 @@ def tuple_getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
     position it returns the bare item, and it cannot take none)."""
     if len(positions) > 1:
         return operator.itemgetter(*positions)
-    return lambda items: tuple([items[p] for p in positions])
+    if positions:
+        position = positions[0]
+        return lambda items: (items[position],)
+    return lambda items: ()
 
 
 def _record(backend: Any, program: Any, launch: Any, event: Any) -> None:

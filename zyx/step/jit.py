@@ -203,6 +203,9 @@ class CapturedStep:
         in_place_targets = {target for _, target, _ in self._in_place.values()}
         self._stores = [(target, overwrites.get(target, -1), self._leaf_maker(target))
                         for target in sorted(uses) if target not in in_place_targets]
+        # whether `run` reads a value past the stored outputs (an input's node or a constant)
+        self._values_beyond_stored = any(index >= len(self.target_layouts) for _, index in
+                                         self._assign_plan + [plan for plan in self._output_plan if plan[0] < 0])
 
     def _leaf_maker(self, target: int) -> Callable[[Any], Node]:
         """What makes the leaf holding program output `target` at each replay (`node.leaf_maker`)."""
@@ -223,6 +226,8 @@ class CapturedStep:
             return None
         bound = [*arguments, *self._pick_state(found)]
         buffers = list(map(_buffer_of_tensor, bound))
+        if self._all_distinct and len({_NONE_ID, *map(id, buffers)}) > len(buffers):
+            return bound, buffers  # the usual case in one set at C speed: all realized, all buffers distinct
         if any(map(_is_none, buffers)):  # a tensor assigned eagerly since the last call (`is`: `None in buffers`
             # would call torch.Tensor.__eq__, tens of µs a tensor)
             assigned_eagerly = [t for t in bound if not t.node.realized]
@@ -253,18 +258,23 @@ class CapturedStep:
         its node (a lazy expression, another tensor, a gradient's origin), or when the step itself returns or
         assigns its old value: they keep the old value, as eagerly.
         """
-        nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
-        buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
+        if self._input_constants:
+            nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
+            buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
+        else:  # (the usual case: every input a bound tensor's)
+            nodes = self._pick_inputs(list(map(_node_of, bound)))
+            buffers = self._pick_inputs(bound_buffers)
         gate = None  # called by the program's run before its first launch that overwrites an input in place
         launch = self.device.replay_launch()  # one for both programs' runs (None: each run looks up its own)
         if self._check_inputs is not None:
-            extremes = self._check_requests(self._run_checks(self._check_inputs(buffers), [], None, launch))
+            checked = self._run_checks(self._check_inputs(buffers), (), None, launch)
+            extremes = [(checked[target], shape, dtype) for target, shape, dtype in self._check_reads]
             if self._reads_later:
                 gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
                 # the extremes' buffers go back to the pool now, their reads enqueued (the queue runs in order): the
                 # step's run takes them for its own outputs, and the next call's checks take them back, so that
                 # every call passes both programs' kernels the buffers they hold already (opencl.py's launcher)
-                del extremes
+                del extremes, checked
             else:
                 self._raise_if_an_index_failed(self._runtime.download_all(extremes))
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
@@ -290,13 +300,14 @@ class CapturedStep:
             if position in self._in_place:
                 destination, target, leaf = self._in_place[position]
                 bound[destination].node = leaf(outputs[target])
-        stored: list[Optional[Node]] = [None] * len(outputs)
+        values: list[Optional[Node]] = [None] * len(outputs)  # the stored outputs, then `nodes` and constants
         for target, position, leaf in self._stores:
             if position in kept:
-                stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
+                values[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
             else:
-                stored[target] = leaf(outputs[target])
-        values = [*stored, *nodes, *self._constants]
+                values[target] = leaf(outputs[target])
+        if self._values_beyond_stored:
+            values += [*nodes, *self._constants]
         for position, index in self._assign_plan:
             bound[position].node = values[index]  # type: ignore[assignment]
         return self.rebuild([bound[position] if position >= 0 else Tensor(values[index])
@@ -352,7 +363,9 @@ _origin_of = operator.attrgetter("origin")
 _buffer_of = operator.attrgetter("buffer")
 _buffer_of_tensor = operator.attrgetter("node.buffer")
 _node_of = operator.attrgetter("node")
+_layout_of = operator.attrgetter("__class__", "node.shape", "node.dtype", "node.device")  # (what a key tells apart)
 _is_none = functools.partial(operator.is_, None)
+_NONE_ID = id(None)
 _is_not_tensor_type = functools.partial(operator.is_not, Tensor)
 
 
@@ -386,6 +399,9 @@ class JitFunction:
         self._eager_keys: set[Any] = set()  # keys whose last call ran eagerly because the step stored a tensor
         self._recaptures: list[recapture.Reason] = []  # why each capture after the first happened
         self._bound: "weakref.WeakKeyDictionary[Any, JitFunction]" = weakref.WeakKeyDictionary()
+        # the step the last call replayed, when it passed tensors only, by position, and their layouts
+        # (`_layout_of` each): the next such call tries it first, without making its key (see `__call__`)
+        self._last: Optional[tuple[CapturedStep, list[tuple]]] = None
         functools.update_wrapper(self, fn)
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
@@ -407,6 +423,19 @@ class JitFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if active_capture() is not None:
             return self.fn(*args, **kwargs)  # called inside another jitted step: part of its trace
+        last = self._last
+        if last is not None and not kwargs:
+            # the step the last call replayed, when this call's tensors are laid out as that one's: the same key
+            # (its aliasing among the arguments, the rest of the key, is checked by `bind` with the guards)
+            step, layouts = last
+            try:
+                same = list(map(_layout_of, args)) == layouts
+            except AttributeError:  # an argument that is no tensor
+                same = False
+            binding = step.bind((self.fn, args, kwargs), args) if same else None
+            if binding is not None:
+                return step.run(*binding, [zrandom.reserve(count) for count in step.rand_counts])
+        self._last = None  # (it may be dropped below: its arena goes back to the pool when no one holds it)
         arguments: list[Tensor] = []
         tensors_only = not kwargs and not any(map(_is_not_tensor_type, map(type, args)))  # as most steps take
         if tensors_only:
@@ -421,6 +450,8 @@ class JitFunction:
         for step in steps:
             binding = step.bind(root, arguments)  # None for a step whose state tensors died
             if binding is not None:
+                if tensors_only:
+                    self._last = step, list(map(_layout_of, args))
                 return step.run(*binding, [zrandom.reserve(count) for count in step.rand_counts])
         refused = list(steps)
         steps[:] = [step for step in steps if step.alive]
