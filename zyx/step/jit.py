@@ -54,7 +54,8 @@ from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
 Root = tuple[Any, tuple, dict]
-Binding = tuple[list[Tensor], list[Any]]  # the tensors a replay binds (arguments, then state) and their buffers
+Binding = tuple[list[Tensor], list[Node], list[Any]]  # the tensors a replay binds (arguments, then state), their
+# nodes and their buffers
 
 
 class JitWarning(UserWarning):
@@ -216,8 +217,8 @@ class CapturedStep:
         return all(ref.tensor() is not None for ref in self.state)
 
     def bind(self, root: Root, arguments: list[Tensor]) -> Optional[Binding]:
-        """The tensors to bind now (the arguments, then the state tensors) and their buffers, or None when this
-        step's guards do not hold for this call."""
+        """The tensors to bind now (the arguments, then the state tensors), their nodes and their buffers, or None
+        when this step's guards do not hold for this call."""
         found = self._paths.resolve_all(root)
         if self._dead or list(map(id, found)) != self._path_ids:
             return None  # a path that leads elsewhere now, or a tensor that was deleted
@@ -225,21 +226,23 @@ class CapturedStep:
                 or self.precision != get_float32_matmul_precision():
             return None
         bound = [*arguments, *self._pick_state(found)]
-        buffers = list(map(_buffer_of_tensor, bound))
+        nodes = list(map(_node_of, bound))
+        buffers = list(map(_buffer_of, nodes))
         if self._all_distinct and len({_NONE_ID, *map(id, buffers)}) > len(buffers):
-            return bound, buffers  # the usual case in one set at C speed: all realized, all buffers distinct
+            return bound, nodes, buffers  # the usual case in one set at C speed: all realized, all buffers distinct
         if any(map(_is_none, buffers)):  # a tensor assigned eagerly since the last call (`is`: `None in buffers`
             # would call torch.Tensor.__eq__, tens of µs a tensor)
             assigned_eagerly = [t for t in bound if not t.node.realized]
             if assigned_eagerly:
                 realize(*assigned_eagerly)
-                buffers = list(map(_buffer_of_tensor, bound))
-        return (bound, buffers) if self._aliased_as_traced(bound, buffers) else None
+                nodes = list(map(_node_of, bound))
+                buffers = list(map(_buffer_of, nodes))
+        return (bound, nodes, buffers) if self._aliased_as_traced(bound, nodes, buffers) else None
 
-    def _aliased_as_traced(self, bound: list[Tensor], buffers: list[Any]) -> bool:
+    def _aliased_as_traced(self, bound: list[Tensor], nodes: list[Node], buffers: list[Any]) -> bool:
         if self._all_distinct:  # the usual case: distinct buffers mean distinct nodes, hence distinct tensors
             return len(set(map(id, buffers))) == len(buffers)
-        return alias_pattern(bound, [t.node for t in bound]) == self.aliases
+        return alias_pattern(bound, nodes) == self.aliases
 
     def modes_hold(self) -> bool:
         """Every module mode the traced call read is still the same (a deleted module reads as changed)."""
@@ -249,8 +252,8 @@ class CapturedStep:
                 return False
         return True
 
-    def run(self, bound: list[Tensor], bound_buffers: list[Any], rand_args: list[tuple[int, int]],
-            copy_donated: bool = False) -> Any:
+    def run(self, bound: list[Tensor], bound_nodes: list[Node], bound_buffers: list[Any],
+            rand_args: list[tuple[int, int]], copy_donated: bool = False) -> Any:
         """Launch the program on the bound tensors (`bind`'s binding) and point every updated tensor at its new
         value.
 
@@ -259,11 +262,12 @@ class CapturedStep:
         assigns its old value: they keep the old value, as eagerly.
         """
         if self._input_constants:
-            nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
+            nodes = self._pick_inputs(bound_nodes + self._input_constants)
             buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
         else:  # (the usual case: every input a bound tensor's)
-            nodes = self._pick_inputs(list(map(_node_of, bound)))
+            nodes = self._pick_inputs(bound_nodes)
             buffers = self._pick_inputs(bound_buffers)
+        bound_nodes.clear()  # (the reference counts of `nodes` are read below: `_all_sole`, `_sole`)
         gate = None  # called by the program's run before its first launch that overwrites an input in place
         launch = self.device.replay_launch()  # one for both programs' runs (None: each run looks up its own)
         if self._check_inputs is not None:
@@ -511,7 +515,8 @@ class JitFunction:
         for tensor, old, _ in capture.assigned.values():
             tensor.node = old  # the step's program makes the update
         bound = arguments + [ref.tensor() for ref in step.state]
-        return step.run(bound, list(map(_buffer_of_tensor, bound)), traced_rand_args,  # type: ignore[arg-type]
+        nodes = list(map(_node_of, bound))
+        return step.run(bound, nodes, list(map(_buffer_of, nodes)), traced_rand_args,  # type: ignore[arg-type]
                         copy_donated=True)
 
     def _note_eager(self, key: Any, stored: list[Located]) -> None:
