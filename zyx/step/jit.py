@@ -7,7 +7,8 @@ traced call found it: the i-th tensor argument, a tensor located by a path from 
 data (a constant). A later call replays only when it can prove the same bindings hold: every path still leads
 to the tensor seen at capture, arguments alias each other and that state the same way, module modes and the
 `zyx.autocast` state and float32 product precision around the call are the same. Otherwise it traces again. Updates go to the tensors bound now
-(the argument passed in this call).
+(the argument passed in this call). A call passing tensors only, laid out as the last replayed call's, tries that
+call's step first without making its key: the step's guards, which check how the tensors alias, decide as above.
 A new process finds the program (and its kernels) in the disk cache by the step's structure.
 
 Memory: a captured step keeps the buffers of its intermediates (activations, gradients: what its program
@@ -254,8 +255,8 @@ class CapturedStep:
 
     def run(self, bound: list[Tensor], bound_nodes: list[Node], bound_buffers: list[Any],
             rand_args: list[tuple[int, int]], copy_donated: bool = False) -> Any:
-        """Launch the program on the bound tensors (`bind`'s binding) and point every updated tensor at its new
-        value.
+        """Launch the program on the bound tensors (`bind`'s binding; `bound_nodes` is emptied, so that the nodes'
+        reference counts say who else holds them) and point every updated tensor at its new value.
 
         A buffer the program overwrites in place is first copied when anything besides its tensor still holds
         its node (a lazy expression, another tensor, a gradient's origin), or when the step itself returns or
