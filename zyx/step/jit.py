@@ -129,7 +129,9 @@ class CapturedStep:
         self.kernels = self.program.kernel_count + (self.checking[0].kernel_count if self.checking else 0)
         self._plan_guards()
         self._plan_values()
-        self._check_reads = [(target, (2,), int64.np) for _, target in self.checks]
+        # where the index checks' extremes are among a program's outputs, and their (shapes, dtypes)
+        self._pick_check_outputs = tuple_getter([target for _, target in self.checks])
+        self._check_layouts = ([(2,)] * len(self.checks), [int64.np] * len(self.checks))
         self._check_inputs = tuple_getter(self.checking[1]) if self.checking else None
         # a runtime that can enqueue reads without waiting (OpenCL's) has the checks read while the step launches;
         # others read them before the step's run
@@ -205,6 +207,9 @@ class CapturedStep:
         in_place_targets = {target for _, target, _ in self._in_place.values()}
         self._stores = [(target, overwrites.get(target, -1), self._leaf_maker(target))
                         for target in sorted(uses) if target not in in_place_targets]
+        # whether every result is a new tensor (none is a bound one), and where `run` finds their nodes
+        self._results_all_new = all(position < 0 for position, _ in self._output_plan)
+        self._pick_results = tuple_getter([index for _, index in self._output_plan])
         # whether `run` reads a value past the stored outputs (an input's node or a constant)
         self._values_beyond_stored = any(index >= len(self.target_layouts) for _, index in
                                          self._assign_plan + [plan for plan in self._output_plan if plan[0] < 0])
@@ -272,14 +277,13 @@ class CapturedStep:
         gate = None  # called by the program's run before its first launch that overwrites an input in place
         launch = self.device.replay_launch()  # one for both programs' runs (None: each run looks up its own)
         if self._check_inputs is not None:
-            checked = self._run_checks(self._check_inputs(buffers), (), None, launch)
-            extremes = [(checked[target], shape, dtype) for target, shape, dtype in self._check_reads]
+            extremes = self._check_requests(self._run_checks(self._check_inputs(buffers), (), None, launch))
             if self._reads_later:
                 gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
                 # the extremes' buffers go back to the pool now, their reads enqueued (the queue runs in order): the
                 # step's run takes them for its own outputs, and the next call's checks take them back, so that
                 # every call passes both programs' kernels the buffers they hold already (opencl.py's launcher)
-                del extremes, checked
+                del extremes
             else:
                 self._raise_if_an_index_failed(self._runtime.download_all(extremes))
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
@@ -299,7 +303,7 @@ class CapturedStep:
                         buffers[position] = self._runtime.copy(buffers[position])
                     fresh.append(position)
         outputs = self._run_program(buffers, rand_args, gate, launch)
-        if self._check_reads and self._check_inputs is None:
+        if self.checks and self._check_inputs is None:
             self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
             if position in self._in_place:
@@ -315,6 +319,8 @@ class CapturedStep:
             values += [*nodes, *self._constants]
         for position, index in self._assign_plan:
             bound[position].node = values[index]  # type: ignore[assignment]
+        if self._results_all_new:  # (at C speed)
+            return self.rebuild(list(map(Tensor, self._pick_results(values))))
         return self.rebuild([bound[position] if position >= 0 else Tensor(values[index])
                              for position, index in self._output_plan])
 
@@ -338,7 +344,7 @@ class CapturedStep:
 
     def _check_requests(self, outputs: list[Any]) -> list[tuple[Any, tuple[int, ...], Any]]:
         """The reads of the index checks' extremes among a program's `outputs`."""
-        return [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads]
+        return [*zip(self._pick_check_outputs(outputs), *self._check_layouts)]  # (at C speed)
 
     def _raise_if_an_index_failed_in(self, read: Callable[[], list[Any]]) -> None:
         self._raise_if_an_index_failed(read())
@@ -439,7 +445,8 @@ class JitFunction:
                 same = False
             binding = step.bind((self.fn, args, kwargs), args) if same else None
             if binding is not None:
-                return step.run(*binding, [zrandom.reserve(count) for count in step.rand_counts])
+                counts = step.rand_counts
+                return step.run(*binding, [zrandom.reserve(count) for count in counts] if counts else [])
         self._last = None  # (it may be dropped below: its arena goes back to the pool when no one holds it)
         arguments: list[Tensor] = []
         tensors_only = not kwargs and not any(map(_is_not_tensor_type, map(type, args)))  # as most steps take
