@@ -78,13 +78,22 @@ def test_another_layout_an_alias_or_a_constant_goes_the_long_way(dev, keys):
     assert len(f.captured) == 6
 
 
-def test_state_rebound_between_calls_is_noticed(dev):
+def replayed(dev, calls):
+    """A jitted SGD step on a Model, called `calls` times on one batch: the model, the step, the batch (numpy arrays,
+    then tensors) and the weight numpy computes for those calls."""
     w = data(6, 3)
     model = Model(dev, w)
     step = zyx.jit(sgd_step(model))
     x, y = data(8, 6), data(8, 3)
     tx, ty = dev.tensor(x), dev.tensor(y)
-    step(tx, ty), step(tx, ty)
+    for _ in range(calls):
+        _, w = numpy_sgd(w, x, y)
+        step(tx, ty)
+    return model, step, (x, y), (tx, ty), w
+
+
+def test_state_rebound_between_calls_is_noticed(dev):
+    model, step, (x, y), (tx, ty), _ = replayed(dev, 2)
     w2 = data(6, 3)
     model.w = dev.tensor(w2)  # the attribute the step reads now leads to another tensor
     loss, updated = numpy_sgd(w2, x, y)
@@ -102,14 +111,7 @@ def test_an_argument_that_is_an_expression_is_realized_first(dev):
 def test_a_parameter_held_elsewhere_is_copied_before_the_update(dev):
     """The update overwrites the parameter's buffer in place only where nothing else holds its node: a lazy
     expression built on it between calls keeps the old value, as eagerly."""
-    w = data(6, 3)
-    model = Model(dev, w)
-    step = zyx.jit(sgd_step(model))
-    x, y = data(8, 6), data(8, 3)
-    tx, ty = dev.tensor(x), dev.tensor(y)
-    for _ in range(3):
-        _, w = numpy_sgd(w, x, y)
-        step(tx, ty)
+    model, step, _, (tx, ty), w = replayed(dev, 3)
     before = model.w * 1  # lazy: reads the node the next replay would overwrite
     step(tx, ty)
     np.testing.assert_allclose(before.numpy(), w, rtol=1e-5, atol=1e-6)
