@@ -39,7 +39,7 @@ from .. import random as zrandom
 from ..autocast import autocast_dtype
 from ..precision import get_float32_matmul_precision
 from ..realize import realize
-from ..runtime.execute import tuple_getter
+from ..runtime.execute import picker
 from ..tensor import Tensor
 from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
@@ -130,9 +130,9 @@ class CapturedStep:
         self._plan_guards()
         self._plan_values()
         # where the index checks' extremes are among a program's outputs, and their (shapes, dtypes)
-        self._pick_check_outputs = tuple_getter([target for _, target in self.checks])
+        self._pick_check_outputs = picker([target for _, target in self.checks])
         self._check_layouts = ([(2,)] * len(self.checks), [int64.np] * len(self.checks))
-        self._check_inputs = tuple_getter(self.checking[1]) if self.checking else None
+        self._check_inputs = picker(self.checking[1]) if self.checking else None
         # a runtime that can enqueue reads without waiting (OpenCL's) has the checks read while the step launches;
         # others read them before the step's run
         self._runtime = self.device.runtime
@@ -154,7 +154,7 @@ class CapturedStep:
         self._paths = PathTree([path for ref in self.state for path in ref.paths])
         tensors = [ref.tensor() for ref in self.state]
         self._path_ids = [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths]
-        self._pick_state = tuple_getter(_first_positions([len(ref.paths) for ref in self.state]))  # first paths
+        self._pick_state = picker(_first_positions([len(ref.paths) for ref in self.state]))  # first paths
         self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
         self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
         self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
@@ -175,9 +175,9 @@ class CapturedStep:
         for position, _ in self._input_plan:
             picks.append(position if position >= 0 else next_constant)
             next_constant += position < 0
-        self._pick_inputs = tuple_getter(picks)
+        self._pick_inputs = picker(picks)
         self._aliased_inputs = tuple(self.program.aliases.values())
-        self._aliased_nodes = tuple_getter(self._aliased_inputs)
+        self._aliased_nodes = picker(self._aliased_inputs)
         self._all_aliased = frozenset(self._aliased_inputs)
         self._constants = self._input_constants + [new_value.node for _, new_value in self.assigned
                                                    if new_value.kind == "constant"]
@@ -209,7 +209,7 @@ class CapturedStep:
                         for target in sorted(uses) if target not in in_place_targets]
         # whether every result is a new tensor (none is a bound one), and where `run` finds their nodes
         self._results_all_new = all(position < 0 for position, _ in self._output_plan)
-        self._pick_results = tuple_getter([index for _, index in self._output_plan])
+        self._pick_results = picker([index for _, index in self._output_plan])
         # whether `run` reads a value past the stored outputs (an input's node or a constant)
         self._values_beyond_stored = any(index >= len(self.target_layouts) for _, index in
                                          self._assign_plan + [plan for plan in self._output_plan if plan[0] < 0])
@@ -385,10 +385,10 @@ def _shared(node: Node) -> bool:
     return sys.getrefcount(node) > 4
 
 
-def _all_sole(nodes: tuple[Node, ...]) -> bool:
-    """`_sole` of each node of a tuple made for this call, each node in it once. While counted, a node is held by
-    its tensor, the replay's list, the tuple and `map`: four, as `_sole` counts (its tensor, the list, its
-    parameter and the count's argument)."""
+def _all_sole(nodes: Sequence[Node]) -> bool:
+    """`_sole` of each node of a sequence made for this call (`picker`'s), each node in it once. While counted, a
+    node is held by its tensor, the replay's list, this sequence and `map`: four, as `_sole` counts (its tensor,
+    the list, its parameter and the count's argument)."""
     return (max(map(sys.getrefcount, nodes), default=0) <= 4 and not any(map(_origin_of, nodes))
             and not any(map(weakref.getweakrefcount, nodes)))
 
