@@ -107,9 +107,12 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     if target.dtype.is_float:
         return _soft_cross_entropy(input.log_softmax(class_axis), target, weight, reduction, label_smoothing)
     logits = _classes_last(input, target, "cross_entropy")._float()
-    lse = logits.logsumexp(-1, keepdim=True)  # (log_softmax's own: logits - lse)
-    return _reduce_weighted(*_nll_terms(logits, target, weight, ignore_index, label_smoothing, "cross_entropy", lse),
-                            reduction)
+    if label_smoothing:
+        lse = logits.logsumexp(-1, keepdim=True)  # (log_softmax's own: logits - lse)
+        return _reduce_weighted(*_nll_terms(logits, target, weight, ignore_index, label_smoothing, "cross_entropy",
+                                            lse), reduction)
+    picked, target_weight = _nll_terms(logits, target, weight, ignore_index, 0.0, "cross_entropy")
+    return _reduce_weighted(logits.logsumexp(-1) * target_weight + picked, target_weight, reduction)
 
 
 def _soft_cross_entropy(log_probs: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,

@@ -1,36 +1,51 @@
 """A work group per output: its items stride over each reduction together (coalesced reads on a GPU), then
 combine their partial results in local memory, halving. A vector accumulator's lanes are combined first, so the
-tree moves scalars (on the H200 a softmax row kernel's float4 trees cost a quarter of its bandwidth)."""
+tree moves scalars (on the H200 a softmax row kernel's float4 trees cost a quarter of its bandwidth).
+
+Where the reduced values lie far apart and adjacent outputs' values side by side (a column sum: a bias's
+gradient over 16 384 tokens), items striding along the reduction would each read a value of its own 32-byte
+sector; a group then takes COLUMNS adjacent outputs, its items in slices of COLUMNS along them, so that neighbouring
+items read neighbouring values, and the tree combines the slices of each column."""
 from __future__ import annotations
 
 import dataclasses
 
 from ...dtypes import float32
-from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, If, Kernel, LaneSelect, LocalArray, LocalLoad,
-                         LocalStore, Loop, Operand, Reg, Role, Store, reduce_start)
+from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, If, Kernel, LaneSelect, Load, LocalArray, LocalLoad,
+                         LocalStore, Loop, Operand, Reg, Role, Store, reduce_start, substitute, walk)
 from ..symbolic import Expr
 from . import accumulators, copy_body, fold_lanes, rename_all
 
 # Strided loops of at most this many trips per item are unrolled whole (a row kernel's passes: 2-8 vectors each).
 UNROLLED_TRIPS = 8
+COLUMNS = 8  # adjacent outputs per group where the reduction reads far apart: 8 floats fill a 32-byte sector
 
 
 def group_reductions(kernel: Kernel, group: int) -> Kernel:
     """`kernel` with `group` (a power of two) items per output: every top-level loop strided over the items
     (a reducing loop then combines their accumulators, a loop storing a row kernel's outputs stores each item's
     share); a store outside loops by the first item only."""
+    columns = column_outputs(kernel, group)
+    slices = group // columns
     lid = Expr.var("lid", group)
+    column, position = (lid % columns, lid // columns) if columns > 1 else (Expr(0), lid)
     body: list = []
     names: dict[str, Operand] = {}
     trips_of: dict[str, int] = {}
-    for statement in kernel.body:
+    statements = kernel.body
+    output = kernel.axis(Role.GLOBAL)
+    if columns > 1:  # output `gid` of the kernel is column `lid % columns` of group `gid`
+        trips_of[output.name] = output.size // columns
+        statements = copy_body(statements, {output.name: Expr.var(output.name, output.size // columns) * columns
+                                            + column}, "", {})
+    for statement in statements:
         statement, = rename_all((statement,), names)
         if isinstance(statement, Store):
-            body.append(If(((lid, "lt", 1),), (statement,)))
+            body.append(If(((lid, "lt", columns),), (statement,)))
         elif isinstance(statement, Loop):
-            trips = -(-statement.trips // group)
+            trips = -(-statement.trips // slices)
             trips_of[statement.var] = trips
-            index = Expr.var(statement.var, trips) * group + lid
+            index = Expr.var(statement.var, trips) * slices + position
             exit_early: tuple = ()
             if statement.trips % group:
                 exit_early = (If(((index, "ge", statement.trips),), (Break(),)),)
@@ -38,17 +53,18 @@ def group_reductions(kernel: Kernel, group: int) -> Kernel:
             body.append(Loop(statement.var, trips, exit_early + copy_body(statement.body, {statement.var: index}, "", {}),
                              unroll=not exit_early and trips <= UNROLLED_TRIPS))
             for acc, op in accumulators(statement):
-                body += _tree(acc, op, lid, group, names)
+                body += _tree(acc, op, lid, group, names, columns)
         else:
             body.append(statement)
     axes = tuple(Axis(a.name, trips_of.get(a.name, a.size), a.role) for a in kernel.axes) + (Axis("lid", group, Role.LOCAL),)
     return dataclasses.replace(kernel, kind="g", axes=axes, body=tuple(body))
 
 
-def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand]) -> list:
-    """Every item's `acc` into local memory, combined pairwise; `acc` renamed to the total, which every item
-    reads. A vector `acc` is combined lane by lane first; its total is then lane 0 of a vector whose other lanes
-    hold `op`'s identity, so that code combining `acc`'s lanes later finds the total."""
+def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], columns: int = 1) -> list:
+    """Every item's `acc` into local memory, combined pairwise (the slices of each of `columns` columns: items
+    `columns` apart); `acc` renamed to the total, which every item of the column reads. A vector `acc` is combined
+    lane by lane first; its total is then lane 0 of a vector whose other lanes hold `op`'s identity, so that code
+    combining `acc`'s lanes later finds the total."""
     lines: list = []
     value = acc
     if acc.width > 1:
@@ -57,14 +73,14 @@ def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand]) -> lis
     kept = float32 if acc.dtype.is_narrow_float else acc.dtype  # partial sums of half precision stay float32
     lines += [LocalArray(shared, kept, group, 1), LocalStore(shared, lid, value), Barrier()]
     step = group // 2
-    while step:
+    while step >= columns:
         mine, theirs, total = (Reg(f"{acc.name}_{part}{step}", acc.dtype) for part in ("a", "b", "c"))
         lines += [If(((lid, "lt", step),), (LocalLoad(mine, shared, lid), LocalLoad(theirs, shared, lid + step),
                                             Alu(total, op, (mine, theirs)), LocalStore(shared, lid, total))),
                   Barrier()]
         step //= 2
     result = Reg(f"{acc.name}_total", acc.dtype)
-    lines.append(LocalLoad(result, shared, Expr(0)))
+    lines.append(LocalLoad(result, shared, lid % columns if columns > 1 else Expr(0)))
     if acc.width > 1:
         spread, lanes = Reg(f"{acc.name}_spread", acc.dtype, acc.width), Reg(f"{acc.name}_lanes", acc.dtype, acc.width)
         identity = reduce_start(op, acc.dtype, acc.width)
@@ -72,3 +88,31 @@ def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand]) -> lis
         result = lanes
     names[acc.name] = result
     return lines
+
+
+def column_outputs(kernel: Kernel, group: int) -> int:
+    """Adjacent outputs a group of `group` items takes: COLUMNS where every value the reductions read lies next
+    to the adjacent output's (or is the same for both) and some lies far from the next value of its reduction
+    (a column sum), the outputs divide into such groups and each reduction is scalar; else 1."""
+    output = kernel.axis(Role.GLOBAL)
+    loops = [s for s in kernel.body if isinstance(s, Loop)]
+    if output is None or output.size % COLUMNS or group % COLUMNS or group == COLUMNS or not loops:
+        return 1
+    if any(acc.width > 1 for loop in loops for acc, _ in accumulators(loop)):
+        return 1
+    strided = False
+    for loop in loops:
+        if any(isinstance(s, Store) for s in walk(loop.body)):  # (a row kernel storing along its row)
+            return 1
+        for load in (s for s in walk(loop.body) if isinstance(s, Load)):
+            if load.indirect is not None or load.mode != "element":
+                return 1
+            at = {name: Expr(0) for name in load.index.variables()}
+
+            def step(name: str) -> int:
+                return substitute(load.index, {**at, name: Expr(1)}).const - substitute(load.index, at).const
+            across, along = step(output.name), step(loop.var)
+            if across not in (0, 1):
+                return 1
+            strided |= across == 1 and abs(along) > 1
+    return COLUMNS if strided else 1
