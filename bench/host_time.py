@@ -148,11 +148,13 @@ def _record(workload: str, implementation: str, wall: float, cpu: float, extra: 
 @contextlib.contextmanager
 def driver_stubbed(runtime: Any) -> Iterator[None]:
     """Launches and reads replaced by no-ops (reads give zeros): what is left of a call is zyx's own Python.
-    The launch function's `enqueue` is what a replay's kernels holding their arguments launch through."""
+    The launch function's `enqueue` is what a replay's kernels holding their arguments launch through; it is made
+    once, as the runtime's `launcher` makes its function once (a stub made per call would count its own making)."""
+    def launch(kernel: Any, global_size: Any, local_size: Any, args: Any) -> None:
+        return None
+    launch.enqueue = lambda kernel, global_size, local_size: None  # type: ignore[attr-defined]
+
     def launcher(timed: bool) -> Callable:
-        def launch(kernel: Any, global_size: Any, local_size: Any, args: Any) -> None:
-            return None
-        launch.enqueue = lambda kernel, global_size, local_size: None  # type: ignore[attr-defined]
         return launch
     def download_later(requests: list) -> Callable[[], list]:
         arrays = [np.zeros(tuple(shape), dtype) for _, shape, dtype in requests]  # (holding no buffer, as the driver's)

@@ -108,12 +108,14 @@ class Executable:
         return observed
 
 
-def tuple_getter(positions: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
-    """A function picking `positions` of a sequence as a tuple: `itemgetter` where it returns one (for one
-    position it returns the bare item, and it cannot take none)."""
+def picker(positions: Sequence[int]) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """A function picking `positions` of a sequence, at C speed: `itemgetter`'s tuple for several positions, and
+    for one or none a slice of the sequence itself (`itemgetter` would return the bare item, and takes no empty
+    list of positions)."""
     if len(positions) > 1:
         return operator.itemgetter(*positions)
-    return lambda items: tuple([items[p] for p in positions])
+    start = positions[0] if positions else 0
+    return operator.itemgetter(slice(start, start + len(positions)))
 
 
 def _record(backend: Any, program: Any, launch: Any, event: Any) -> None:

@@ -130,7 +130,9 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     head += [f"r{r} = uint64(rand_args[{r}][0]); f{r} = uint64(rand_args[{r}][1])" for r in range(rands)]
     empty = [o for o in dict.fromkeys(program.outputs) if slot_bytes[o] == 0 and o not in internal and o not in aliases]
     head += [f"h{slot} = allocate(0)" for slot in empty]
-    head += [f"s{size} = pool.free_list({size})" for size in sorted(sizes)] + ["start = pool.current_bytes"]
+    head += [f"s{size} = pool.free_list({size})" for size in sorted(sizes)]
+    # the peak of the buffers taken from the free lists directly (`pool.take` notes its own: outputs, an arena)
+    head += ["start = pool.current_bytes"] * bool(taken)
     settled = [size for size in sorted(lowest) if lowest[size] < -1]  # free lists the run takes 2 or more from
     head += [f"s{size} = pool.free_list({size})" for size in settled if size not in sizes]
     head += [_settle(size, -lowest[size]) for size in settled]
@@ -152,7 +154,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     else:
         signature, tail = _bound_frame(owner, names, any(name[0] == "b" for name in uses))
     lines = (signature + ["    " + line for line in head + body]
-             + [f"    pool.note_peak(start + {peak})"] + tail + [f"    return [{', '.join(outputs)}]"])
+             + [f"    pool.note_peak(start + {peak})"] * bool(taken) + tail + [f"    return [{', '.join(outputs)}]"])
     source = "\n".join(lines)
     exec(compile(source, f"<zyx run {program.name or id(program)}>", "exec"), names)  # noqa: S102 - built above
     return names["run"]

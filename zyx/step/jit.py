@@ -7,7 +7,8 @@ traced call found it: the i-th tensor argument, a tensor located by a path from 
 data (a constant). A later call replays only when it can prove the same bindings hold: every path still leads
 to the tensor seen at capture, arguments alias each other and that state the same way, module modes and the
 `zyx.autocast` state and float32 product precision around the call are the same. Otherwise it traces again. Updates go to the tensors bound now
-(the argument passed in this call).
+(the argument passed in this call). A call passing tensors only, laid out as the last replayed call's, tries that
+call's step first without making its key: the step's guards, which check how the tensors alias, decide as above.
 A new process finds the program (and its kernels) in the disk cache by the step's structure.
 
 Memory: a captured step keeps the buffers of its intermediates (activations, gradients: what its program
@@ -38,7 +39,7 @@ from .. import random as zrandom
 from ..autocast import autocast_dtype
 from ..precision import get_float32_matmul_precision
 from ..realize import realize
-from ..runtime.execute import tuple_getter
+from ..runtime.execute import picker
 from ..tensor import Tensor
 from ..trace.checks import RangeCheck, checks_in
 from ..trace.hashing import signature
@@ -54,7 +55,8 @@ from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
 Root = tuple[Any, tuple, dict]
-Binding = tuple[list[Tensor], list[Any]]  # the tensors a replay binds (arguments, then state) and their buffers
+Binding = tuple[list[Tensor], list[Node], list[Any]]  # the tensors a replay binds (arguments, then state), their
+# nodes and their buffers
 
 
 class JitWarning(UserWarning):
@@ -127,8 +129,10 @@ class CapturedStep:
         self.kernels = self.program.kernel_count + (self.checking[0].kernel_count if self.checking else 0)
         self._plan_guards()
         self._plan_values()
-        self._check_reads = [(target, (2,), int64.np) for _, target in self.checks]
-        self._check_inputs = tuple_getter(self.checking[1]) if self.checking else None
+        # where the index checks' extremes are among a program's outputs, and their (shapes, dtypes)
+        self._pick_check_outputs = picker([target for _, target in self.checks])
+        self._check_layouts = ([(2,)] * len(self.checks), [int64.np] * len(self.checks))
+        self._check_inputs = picker(self.checking[1]) if self.checking else None
         # a runtime that can enqueue reads without waiting (OpenCL's) has the checks read while the step launches;
         # others read them before the step's run
         self._runtime = self.device.runtime
@@ -150,7 +154,7 @@ class CapturedStep:
         self._paths = PathTree([path for ref in self.state for path in ref.paths])
         tensors = [ref.tensor() for ref in self.state]
         self._path_ids = [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths]
-        self._pick_state = tuple_getter(_first_positions([len(ref.paths) for ref in self.state]))  # first paths
+        self._pick_state = picker(_first_positions([len(ref.paths) for ref in self.state]))  # first paths
         self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
         self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
         self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
@@ -171,9 +175,9 @@ class CapturedStep:
         for position, _ in self._input_plan:
             picks.append(position if position >= 0 else next_constant)
             next_constant += position < 0
-        self._pick_inputs = tuple_getter(picks)
+        self._pick_inputs = picker(picks)
         self._aliased_inputs = tuple(self.program.aliases.values())
-        self._aliased_nodes = tuple_getter(self._aliased_inputs)
+        self._aliased_nodes = picker(self._aliased_inputs)
         self._all_aliased = frozenset(self._aliased_inputs)
         self._constants = self._input_constants + [new_value.node for _, new_value in self.assigned
                                                    if new_value.kind == "constant"]
@@ -203,6 +207,12 @@ class CapturedStep:
         in_place_targets = {target for _, target, _ in self._in_place.values()}
         self._stores = [(target, overwrites.get(target, -1), self._leaf_maker(target))
                         for target in sorted(uses) if target not in in_place_targets]
+        # whether every result is a new tensor (none is a bound one), and where `run` finds their nodes
+        self._results_all_new = all(position < 0 for position, _ in self._output_plan)
+        self._pick_results = picker([index for _, index in self._output_plan])
+        # whether `run` reads a value past the stored outputs (an input's node or a constant)
+        self._values_beyond_stored = any(index >= len(self.target_layouts) for _, index in
+                                         self._assign_plan + [plan for plan in self._output_plan if plan[0] < 0])
 
     def _leaf_maker(self, target: int) -> Callable[[Any], Node]:
         """What makes the leaf holding program output `target` at each replay (`node.leaf_maker`)."""
@@ -213,8 +223,8 @@ class CapturedStep:
         return all(ref.tensor() is not None for ref in self.state)
 
     def bind(self, root: Root, arguments: list[Tensor]) -> Optional[Binding]:
-        """The tensors to bind now (the arguments, then the state tensors) and their buffers, or None when this
-        step's guards do not hold for this call."""
+        """The tensors to bind now (the arguments, then the state tensors), their nodes and their buffers, or None
+        when this step's guards do not hold for this call."""
         found = self._paths.resolve_all(root)
         if self._dead or list(map(id, found)) != self._path_ids:
             return None  # a path that leads elsewhere now, or a tensor that was deleted
@@ -222,19 +232,23 @@ class CapturedStep:
                 or self.precision != get_float32_matmul_precision():
             return None
         bound = [*arguments, *self._pick_state(found)]
-        buffers = list(map(_buffer_of_tensor, bound))
+        nodes = list(map(_node_of, bound))
+        buffers = list(map(_buffer_of, nodes))
+        if self._all_distinct and len({_NONE_ID, *map(id, buffers)}) > len(buffers):
+            return bound, nodes, buffers  # the usual case in one set at C speed: all realized, all buffers distinct
         if any(map(_is_none, buffers)):  # a tensor assigned eagerly since the last call (`is`: `None in buffers`
             # would call torch.Tensor.__eq__, tens of µs a tensor)
             assigned_eagerly = [t for t in bound if not t.node.realized]
             if assigned_eagerly:
                 realize(*assigned_eagerly)
-                buffers = list(map(_buffer_of_tensor, bound))
-        return (bound, buffers) if self._aliased_as_traced(bound, buffers) else None
+                nodes = list(map(_node_of, bound))
+                buffers = list(map(_buffer_of, nodes))
+        return (bound, nodes, buffers) if self._aliased_as_traced(bound, nodes, buffers) else None
 
-    def _aliased_as_traced(self, bound: list[Tensor], buffers: list[Any]) -> bool:
+    def _aliased_as_traced(self, bound: list[Tensor], nodes: list[Node], buffers: list[Any]) -> bool:
         if self._all_distinct:  # the usual case: distinct buffers mean distinct nodes, hence distinct tensors
             return len(set(map(id, buffers))) == len(buffers)
-        return alias_pattern(bound, [t.node for t in bound]) == self.aliases
+        return alias_pattern(bound, nodes) == self.aliases
 
     def modes_hold(self) -> bool:
         """Every module mode the traced call read is still the same (a deleted module reads as changed)."""
@@ -244,21 +258,26 @@ class CapturedStep:
                 return False
         return True
 
-    def run(self, bound: list[Tensor], bound_buffers: list[Any], rand_args: list[tuple[int, int]],
-            copy_donated: bool = False) -> Any:
-        """Launch the program on the bound tensors (`bind`'s binding) and point every updated tensor at its new
-        value.
+    def run(self, bound: list[Tensor], bound_nodes: list[Node], bound_buffers: list[Any],
+            rand_args: list[tuple[int, int]], copy_donated: bool = False) -> Any:
+        """Launch the program on the bound tensors (`bind`'s binding; `bound_nodes` is emptied, so that the nodes'
+        reference counts say who else holds them) and point every updated tensor at its new value.
 
         A buffer the program overwrites in place is first copied when anything besides its tensor still holds
         its node (a lazy expression, another tensor, a gradient's origin), or when the step itself returns or
         assigns its old value: they keep the old value, as eagerly.
         """
-        nodes = self._pick_inputs([*map(_node_of, bound), *self._input_constants])
-        buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
+        if self._input_constants:
+            nodes = self._pick_inputs(bound_nodes + self._input_constants)
+            buffers: Sequence[Any] = self._pick_inputs(bound_buffers + self._input_constant_buffers)
+        else:  # (the usual case: every input a bound tensor's)
+            nodes = self._pick_inputs(bound_nodes)
+            buffers = self._pick_inputs(bound_buffers)
+        bound_nodes.clear()  # (the reference counts of `nodes` are read below: `_all_sole`, `_sole`)
         gate = None  # called by the program's run before its first launch that overwrites an input in place
         launch = self.device.replay_launch()  # one for both programs' runs (None: each run looks up its own)
         if self._check_inputs is not None:
-            extremes = self._check_requests(self._run_checks(self._check_inputs(buffers), [], None, launch))
+            extremes = self._check_requests(self._run_checks(self._check_inputs(buffers), (), None, launch))
             if self._reads_later:
                 gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
                 # the extremes' buffers go back to the pool now, their reads enqueued (the queue runs in order): the
@@ -284,21 +303,24 @@ class CapturedStep:
                         buffers[position] = self._runtime.copy(buffers[position])
                     fresh.append(position)
         outputs = self._run_program(buffers, rand_args, gate, launch)
-        if self._check_reads and self._check_inputs is None:
+        if self.checks and self._check_inputs is None:
             self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
             if position in self._in_place:
                 destination, target, leaf = self._in_place[position]
                 bound[destination].node = leaf(outputs[target])
-        stored: list[Optional[Node]] = [None] * len(outputs)
+        values: list[Optional[Node]] = [None] * len(outputs)  # the stored outputs, then `nodes` and constants
         for target, position, leaf in self._stores:
             if position in kept:
-                stored[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
+                values[target] = nodes[position]  # the leaf already holds this buffer, and no one else sees it
             else:
-                stored[target] = leaf(outputs[target])
-        values = [*stored, *nodes, *self._constants]
+                values[target] = leaf(outputs[target])
+        if self._values_beyond_stored:
+            values += [*nodes, *self._constants]
         for position, index in self._assign_plan:
             bound[position].node = values[index]  # type: ignore[assignment]
+        if self._results_all_new:  # (at C speed)
+            return self.rebuild(list(map(Tensor, self._pick_results(values))))
         return self.rebuild([bound[position] if position >= 0 else Tensor(values[index])
                              for position, index in self._output_plan])
 
@@ -322,7 +344,7 @@ class CapturedStep:
 
     def _check_requests(self, outputs: list[Any]) -> list[tuple[Any, tuple[int, ...], Any]]:
         """The reads of the index checks' extremes among a program's `outputs`."""
-        return [(outputs[target], shape, dtype) for target, shape, dtype in self._check_reads]
+        return [*zip(self._pick_check_outputs(outputs), *self._check_layouts)]  # (at C speed)
 
     def _raise_if_an_index_failed_in(self, read: Callable[[], list[Any]]) -> None:
         self._raise_if_an_index_failed(read())
@@ -352,7 +374,9 @@ _origin_of = operator.attrgetter("origin")
 _buffer_of = operator.attrgetter("buffer")
 _buffer_of_tensor = operator.attrgetter("node.buffer")
 _node_of = operator.attrgetter("node")
+_layout_of = operator.attrgetter("__class__", "node.shape", "node.dtype", "node.device")  # (what a key tells apart)
 _is_none = functools.partial(operator.is_, None)
+_NONE_ID = id(None)
 _is_not_tensor_type = functools.partial(operator.is_not, Tensor)
 
 
@@ -361,10 +385,10 @@ def _shared(node: Node) -> bool:
     return sys.getrefcount(node) > 4
 
 
-def _all_sole(nodes: tuple[Node, ...]) -> bool:
-    """`_sole` of each node of a tuple made for this call, each node in it once. While counted, a node is held by
-    its tensor, the replay's list, the tuple and `map`: four, as `_sole` counts (its tensor, the list, its
-    parameter and the count's argument)."""
+def _all_sole(nodes: Sequence[Node]) -> bool:
+    """`_sole` of each node of a sequence made for this call (`picker`'s), each node in it once. While counted, a
+    node is held by its tensor, the replay's list, this sequence and `map`: four, as `_sole` counts (its tensor,
+    the list, its parameter and the count's argument)."""
     return (max(map(sys.getrefcount, nodes), default=0) <= 4 and not any(map(_origin_of, nodes))
             and not any(map(weakref.getweakrefcount, nodes)))
 
@@ -386,6 +410,9 @@ class JitFunction:
         self._eager_keys: set[Any] = set()  # keys whose last call ran eagerly because the step stored a tensor
         self._recaptures: list[recapture.Reason] = []  # why each capture after the first happened
         self._bound: "weakref.WeakKeyDictionary[Any, JitFunction]" = weakref.WeakKeyDictionary()
+        # the step the last call replayed, when it passed tensors only, by position, and their layouts
+        # (`_layout_of` each): the next such call tries it first, without making its key (see `__call__`)
+        self._last: Optional[tuple[CapturedStep, list[tuple]]] = None
         functools.update_wrapper(self, fn)
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
@@ -407,6 +434,20 @@ class JitFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if active_capture() is not None:
             return self.fn(*args, **kwargs)  # called inside another jitted step: part of its trace
+        last = self._last
+        if last is not None and not kwargs:
+            # the step the last call replayed, when this call's tensors are laid out as that one's: the same key
+            # (its aliasing among the arguments, the rest of the key, is checked by `bind` with the guards)
+            step, layouts = last
+            try:
+                same = list(map(_layout_of, args)) == layouts
+            except AttributeError:  # an argument that is no tensor
+                same = False
+            binding = step.bind((self.fn, args, kwargs), args) if same else None
+            if binding is not None:
+                counts = step.rand_counts
+                return step.run(*binding, [zrandom.reserve(count) for count in counts] if counts else [])
+        self._last = None  # (it may be dropped below: its arena goes back to the pool when no one holds it)
         arguments: list[Tensor] = []
         tensors_only = not kwargs and not any(map(_is_not_tensor_type, map(type, args)))  # as most steps take
         if tensors_only:
@@ -421,6 +462,8 @@ class JitFunction:
         for step in steps:
             binding = step.bind(root, arguments)  # None for a step whose state tensors died
             if binding is not None:
+                if tensors_only:
+                    self._last = step, list(map(_layout_of, args))
                 return step.run(*binding, [zrandom.reserve(count) for count in step.rand_counts])
         refused = list(steps)
         steps[:] = [step for step in steps if step.alive]
@@ -480,7 +523,8 @@ class JitFunction:
         for tensor, old, _ in capture.assigned.values():
             tensor.node = old  # the step's program makes the update
         bound = arguments + [ref.tensor() for ref in step.state]
-        return step.run(bound, list(map(_buffer_of_tensor, bound)), traced_rand_args,  # type: ignore[arg-type]
+        nodes = list(map(_node_of, bound))
+        return step.run(bound, nodes, list(map(_buffer_of, nodes)), traced_rand_args,  # type: ignore[arg-type]
                         copy_donated=True)
 
     def _note_eager(self, key: Any, stored: list[Located]) -> None:
