@@ -20,8 +20,8 @@ def data_leaf(data: Any, device: Any, dtype: Any = None) -> n.Node:
     target = to_dtype(dtype) if dtype is not None else _infer_dtype(array, data)
     if target.is_int:
         _check_fits(array, target)
-    return owned_leaf(np.asarray(array.astype(target.np, copy=False), order="C"), device)  # (ascontiguousarray
-    # makes 0-d 1-d)
+    # (np.asarray, as ascontiguousarray makes 0-d 1-d)
+    return owned_leaf(np.asarray(array.astype(target.np, copy=False), order="C"), device)
 
 
 def owned_leaf(array: np.ndarray, device: Any) -> n.Node:
