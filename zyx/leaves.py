@@ -20,8 +20,14 @@ def data_leaf(data: Any, device: Any, dtype: Any = None) -> n.Node:
     target = to_dtype(dtype) if dtype is not None else _infer_dtype(array, data)
     if target.is_int:
         _check_fits(array, target)
-    array = np.asarray(array.astype(target.np, copy=False), order="C")  # (ascontiguousarray makes 0-d 1-d)
-    leaf = n.buffer_leaf(device.upload(array), array.shape, target, device)
+    # (np.asarray, as ascontiguousarray makes 0-d 1-d)
+    return owned_leaf(np.asarray(array.astype(target.np, copy=False), order="C"), device)
+
+
+def owned_leaf(array: np.ndarray, device: Any) -> n.Node:
+    """A buffer leaf on `device` holding `array` as it is, not copied first: an array the caller made for it and no
+    one else writes (the CPU device keeps it as the buffer; OpenCL copies it after the call returns)."""
+    leaf = n.buffer_leaf(device.upload(array), array.shape, to_dtype(array.dtype), device)
     record_created(leaf)
     return leaf
 

@@ -5,6 +5,7 @@ import pytest
 
 import zyx
 from zyx.jit.choices import NO_TUNING
+from zyx.jit.kernel_memo import KernelMemo
 from zyx.jit.rewrite import rewrite_graph
 from zyx.jit.schedule import DeviceTraits, KernelCycle, _schedule, schedule
 from zyx.trace.node import toposort
@@ -17,12 +18,16 @@ def _described(targets, traits, memoize):
     """The schedule's kernels in launch order, each as everything a program takes from it, nodes by position."""
     before = zyx.stats()["kernel_memo_hits"]
     kernels, rewritten = schedule(targets, traits, memoize=memoize)
+    return _description(kernels, rewritten), zyx.stats()["kernel_memo_hits"] - before
+
+
+def _description(kernels, rewritten):
     position = {id(node): k for k, node in enumerate(toposort(rewritten))}
     at = lambda nodes: [position.get(id(node), (node.op, node.shape)) for node in nodes]  # noqa: E731
     described = [(k.name, k.source, k.space, k.global_size, k.local_size, k.longest_reduction, k.site,
                   at(k.outputs), at(k.loads), at(k.needs), [(p.kind, p.name, *at([p.node])) for p in k.params],
                   at(node for node in k.loads if id(node) in k.misaligned)) for k in kernels]
-    return described, zyx.stats()["kernel_memo_hits"] - before
+    return described
 
 
 @pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
@@ -34,6 +39,25 @@ def test_a_memoized_gpt_schedule_is_the_fresh_one(small_gpt, traits):
     memoized, hits = _described(targets, traits, memoize=True)
     assert none == 0 and hits >= LAYERS - 1
     assert memoized == fresh
+
+
+@pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
+def test_a_schedule_without_extra_outputs_takes_the_kernels_that_stored_none(small_gpt, traits):
+    """After a schedule with extra outputs, the one without any (what `schedule` falls back to) gets the kernels
+    that stored nothing but their roots from the memo, and is the schedule built fresh without extra outputs."""
+    targets = rewrite_graph([t.node for t in small_gpt(zyx.CPU(), layers=LAYERS)], traits.gpu)
+    def without_extra_outputs(memo):
+        before = zyx.stats()["kernel_memo_hits"]
+        kernels = _schedule(targets, traits, NO_TUNING, False, memo, set())
+        return _description(kernels, targets), zyx.stats()["kernel_memo_hits"] - before
+
+    memo = KernelMemo()
+    with pytest.raises(KernelCycle):
+        _schedule(targets, traits, NO_TUNING, True, memo, set())
+    reused, hits = without_extra_outputs(memo)
+    alone, own_hits = without_extra_outputs(KernelMemo())  # (its repeated layers alone)
+    assert hits > own_hits + LAYERS
+    assert reused == alone == without_extra_outputs(None)[0]
 
 
 def test_a_repeated_region_reads_its_own_inputs():

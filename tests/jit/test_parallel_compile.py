@@ -85,3 +85,40 @@ def test_a_failed_build_among_several_raises_its_error(tmp_path, context, monkey
     broken = "__kernel void broken(__global float* x) { x[0] = undeclared; }"
     with pytest.raises(KernelBuildError, match="broken"):
         cache.build_many(context, context.devices[0], [kernel_source(305), broken, kernel_source(306)])
+
+
+def test_build_groups_start_with_the_largest_kernels_each_alone():
+    """On a driver that builds side by side: largest source first, every kernel in one program once, a program
+    at most KERNELS_PER_BUILD kernels and BUILD_CHARACTERS of source, a larger kernel alone."""
+    from types import SimpleNamespace
+    from zyx.runtime.opencl_device import BUILD_CHARACTERS, KERNELS_PER_BUILD, build_groups
+    sizes = [900, 40_000, 120, 30_000, 35_000, *[50 * k for k in range(1, 20)]]
+    launches = [SimpleNamespace(source="x" * size, name=f"k{n}") for n, size in enumerate(sizes)]
+    groups = build_groups(launches)
+    assert sorted(launch.name for group in groups for launch in group) == sorted(launch.name for launch in launches)
+    assert [[len(launch.source) for launch in group] for group in groups[:3]] == [[40_000], [35_000], [30_000, 950, 900]]
+    first = [len(group[0].source) for group in groups]
+    assert first == sorted(first, reverse=True)
+    for group in groups:
+        assert len(group) <= KERNELS_PER_BUILD
+        assert len(group) == 1 or sum(len(launch.source) for launch in group) <= BUILD_CHARACTERS
+
+
+def test_a_program_built_in_groups_computes_what_numpy_does(monkeypatch):
+    """A program whose kernels are built in several of `build_groups`' programs (as on GPU drivers) gets each
+    kernel from its own group's program."""
+    import zyx
+    from zyx.runtime import opencl_device
+    made: list[list] = []
+    grouped = opencl_device.build_groups
+    monkeypatch.setattr(opencl_device, "build_groups", lambda launches: made.extend(grouped(launches)) or made)
+    dev = zyx.OpenCL()
+    monkeypatch.setattr(dev.runtime, "builds_one_at_a_time", False)
+    data = np.random.default_rng(5).standard_normal((300, 257)).astype(np.float32)
+    x = dev.tensor(data)
+    results = [(x * 1.375).exp().sum(1), (x - 0.8125).max(0), x @ x.T * 0.5625, (x * x).mean(1)]
+    zyx.realize(*results)
+    assert len(made) >= 2
+    expected = [np.exp(data * 1.375).sum(1), (data - 0.8125).max(0), data @ data.T * 0.5625, (data * data).mean(1)]
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)

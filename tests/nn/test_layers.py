@@ -208,3 +208,18 @@ def test_initialisation_follows_manual_seed(nn_device):
     first = nn.Linear(3, 2, device=nn_device).weight.numpy()
     zyx.manual_seed(7)
     assert np.array_equal(first, nn.Linear(3, 2, device=nn_device).weight.numpy())
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 1.0, -2.5])
+def test_filled_buffers_hold_exactly_their_value_on_each_device(value):
+    """nn.init.filled (biases, norms, optimizer state) uploads an array made for it: the value bit for bit (a
+    negative zero stays negative), the dtype asked for, a buffer of its own per call."""
+    from zyx.nn.init import filled
+    expected = np.full((3, 5), value, np.float32)
+    for device in (zyx.CPU(), zyx.OpenCL()):
+        first, second = filled((3, 5), value, device), filled((3, 5), value, device)
+        got = first.numpy()
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+        second.assign(second + 1.0)
+        assert np.array_equal(first.numpy(), expected) and np.array_equal(second.numpy(), expected + 1.0)
+    assert filled((4,), 3, zyx.CPU(), dtype=zyx.int32).numpy().tolist() == [3, 3, 3, 3]

@@ -87,7 +87,16 @@ class KernelMemo:
             return
         stop_at = tuple(stops(position, node) for position, node in enumerate(nodes))
         entry = _Entry(parts, stop_at, tuple(nodes), kernel, tuple(stored_apart))
-        self._entries.setdefault(_index(roots, facts, extra_outputs), []).append(entry)
+        for allowed in (extra_outputs, False) if _stores_roots_only(kernel, roots) else (extra_outputs,):
+            self._entries.setdefault(_index(roots, facts, allowed), []).append(entry)
+
+
+def _stores_roots_only(kernel: RenderedKernel, roots: Sequence[Node]) -> bool:
+    """Whether `kernel` stores nothing but its roots: then a build without extra outputs is the same build (the
+    lowering stores a value beside its roots only where they are allowed, and otherwise does alike), so the
+    kernel serves regions scheduled without them too (a schedule whose cycles were not broken in time is built
+    again without any: W7's 12-layer step, whose second full schedule then took as long as its first)."""
+    return len(kernel.outputs) == len(roots) and all(any(o is r for r in roots) for o in kernel.outputs)
 
 
 def _index(roots: Sequence[Node], facts: Facts, extra_outputs: bool) -> tuple:

@@ -175,12 +175,16 @@ def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
                 stack.append(p)
         return False
 
+    readers: dict[int, list[int]] = {}  # per node, the kernels loading it (found once: W7 updates 444 leaves)
+    for k, kernel in enumerate(kernels):
+        for key in {id(node) for node in kernel.loads}:
+            readers.setdefault(key, []).append(k)
     for target_index, leaf_index in in_place:
-        writer, leaf = producer.get(id(targets[target_index])), leaves[leaf_index]
+        writer = producer.get(id(targets[target_index]))
         if writer is None:
             continue
-        for reader, kernel in enumerate(kernels):
-            if reader != writer and any(node is leaf for node in kernel.loads) and not needs(reader, writer):
+        for reader in readers.get(id(leaves[leaf_index]), ()):
+            if reader != writer and not needs(reader, writer):
                 before[writer].add(reader)
     return before
 

@@ -21,7 +21,8 @@ from .fusing_device import FusingDevice
 from .opencl import OpenCLRuntime
 from .platforms import ordinal_of
 
-KERNELS_PER_BUILD = 8
+KERNELS_PER_BUILD = 8      # the most kernels one OpenCL program of a driver that builds side by side holds
+BUILD_CHARACTERS = 32_000  # and the most source, but for a kernel larger than that alone
 
 
 class OpenCLDevice(FusingDevice):
@@ -85,7 +86,7 @@ class OpenCLDevice(FusingDevice):
         return kernel
 
     def _compile_together(self, launches: Sequence[Any]) -> None:
-        """Build a program's missing kernels, KERNELS_PER_BUILD in each OpenCL program: a build's fixed cost
+        """Build a program's missing kernels, a few in each OpenCL program (`build_groups`): a build's fixed cost
         (about 0.15 s on PoCL, more than compiling ten small kernels) is shared, the builds run side by side
         (`KernelCache.build_many`), and the progress bar moves as each one finishes. Where the driver builds one
         program at a time (PoCL) all of them are one build: side by side they would only wait for each other (22
@@ -94,8 +95,7 @@ class OpenCLDevice(FusingDevice):
         missing = list({launch.source: launch for launch in launches if launch.source not in self._kernels}.values())
         if len(missing) < 2:
             return
-        per_build = len(missing) if self.runtime.builds_one_at_a_time else KERNELS_PER_BUILD
-        groups = [missing[start:start + per_build] for start in range(0, len(missing), per_build)]
+        groups = [missing] if self.runtime.builds_one_at_a_time else build_groups(missing)
         sources = [self._group_source(group) for group in groups]
         for group, source in zip(groups, sources):
             logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
@@ -136,3 +136,19 @@ class OpenCLDevice(FusingDevice):
         return commit
 
 
+def build_groups(launches: Sequence[Any]) -> list[list[Any]]:
+    """The launches' kernels in OpenCL programs to build side by side: largest source first, each program up to
+    KERNELS_PER_BUILD kernels and BUILD_CHARACTERS of source (a larger kernel alone). The driver compiles a program's
+    kernels one after another, and a GPU's product kernels are large (W7 at GPT-2 small: 401 sources of 10.5 MB,
+    35 over 100 kB, the median 8 kB): in launch order eight of them could share one build that ends the compile
+    alone; started first, each alone, the largest end while the small ones are built beside them, in few builds."""
+    ordered = sorted(launches, key=lambda launch: -len(launch.source))  # (stable: ties keep the launch order)
+    groups: list[list[Any]] = []
+    for launch in ordered:
+        last = groups[-1] if groups else None
+        if (last is None or len(last) >= KERNELS_PER_BUILD
+                or sum(len(other.source) for other in last) + len(launch.source) > BUILD_CHARACTERS):
+            groups.append([launch])
+        else:
+            last.append(launch)
+    return groups
