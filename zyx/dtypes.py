@@ -49,6 +49,11 @@ class DType:
         in them."""
         return self.is_float and self.itemsize == 2
 
+    @property
+    def accumulated(self) -> "DType":
+        """What sums of this dtype add in: float32 for float16 and bfloat16 (see is_narrow_float), else itself."""
+        return float32 if self.is_narrow_float else self
+
     def __repr__(self) -> str:
         return f"zyx.{self.name}"
 

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from ..dtypes import bool_, float32, int32
+from ..dtypes import bool_, int32
 from ..trace.node import ARANGE, Node
 from ..trace.ops import MOVEMENT_OPS, Op
 from .indirect import COUNTER, independent, resolve
@@ -204,7 +204,7 @@ class SegmentLowering(Lowering):
         at = [unravel(position, node.shape) for position in self._reduced_positions(node)]
         start = self.value(match.arange, (at[0][match.row_axis],), ())  # where the block's rows start
         back = self._emit(0, lambda out: Alu(Reg(out, start.operand.dtype), Op.NEG, (start.operand,))).operand
-        kind = self._summed_dtype
+        kind = node.dtype.accumulated
         accumulators = [Reg(self.names.fresh("acc"), kind) for _ in self.elements]
         self._scopes[0] += [Define(acc, Const(0.0, kind)) for acc in accumulators]
         if self.plan.group:
@@ -293,16 +293,9 @@ class SegmentLowering(Lowering):
         body = self._scopes.pop()
         self._scopes[depth].append(If((), tuple(body), hit))  # type: ignore[arg-type]
 
-    @property
-    def _summed_dtype(self):
-        """What the accumulators add in: float32 for half precision (as a product's terms are, lower.py), else
-        the product's own dtype (float64 stays float64)."""
-        dtype = self.plan.match.product.dtype
-        return float32 if dtype.is_narrow_float else dtype
-
     def _term(self, value: _Value) -> Operand:
-        """A term as the accumulators add it (`_summed_dtype`)."""
-        kind = self._summed_dtype
+        """A term as the accumulators add it (float32 for half precision, as a product's terms are, lower.py)."""
+        kind = self.plan.match.product.dtype.accumulated
         if value.operand.dtype == kind:
             return value.operand
         return self._emit(len(self._scopes) - 1, lambda out: Alu(Reg(out, kind), Op.CAST, (value.operand,))).operand

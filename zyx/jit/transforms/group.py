@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...dtypes import float32
 from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, If, Kernel, LaneSelect, Load, LocalArray, LocalLoad,
                          LocalStore, Loop, Operand, Reg, Role, Store, reduce_start, substitute, walk)
 from ..symbolic import Expr
@@ -31,7 +30,7 @@ def group_reductions(kernel: Kernel, group: int) -> Kernel:
     columns = column_outputs(kernel, group)
     slices = group // columns
     lid = Expr.var("lid", group)
-    column, position = (lid % columns, lid // columns) if columns > 1 else (Expr(0), lid)
+    column, position = lid % columns, lid // columns  # (0 and lid for one column)
     body: list = []
     names: dict[str, Operand] = {}
     trips_of: dict[str, int] = {}
@@ -73,7 +72,7 @@ def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], column
     if acc.width > 1:
         lines, value = fold_lanes(acc, op, f"{acc.name}_item")
     shared = f"{acc.name}_shared"
-    kept = float32 if acc.dtype.is_narrow_float else acc.dtype  # partial sums of half precision stay float32
+    kept = acc.dtype.accumulated  # partial sums of half precision stay float32
     lines += [LocalArray(shared, kept, group, 1), LocalStore(shared, lid, value), Barrier()]
     step = group // 2
     while step >= columns:
@@ -83,7 +82,7 @@ def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], column
                   Barrier()]
         step //= 2
     result = Reg(f"{acc.name}_total", acc.dtype)
-    lines.append(LocalLoad(result, shared, lid % columns if columns > 1 else Expr(0)))
+    lines.append(LocalLoad(result, shared, lid % columns))
     if acc.width > 1:
         spread, lanes = Reg(f"{acc.name}_spread", acc.dtype, acc.width), Reg(f"{acc.name}_lanes", acc.dtype, acc.width)
         identity = reduce_start(op, acc.dtype, acc.width)
