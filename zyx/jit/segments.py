@@ -63,8 +63,6 @@ def match_one_hot_product(node: Node) -> Optional[OneHotProduct]:
     """The OneHotProduct that the SUM `node` is, or None."""
     if node.op is not Op.SUM or len(node.arg) != 1 or not node.dtype.is_float or node.src[0].op is not Op.MUL:
         return None
-    if 0 in node.src[0].shape:  # an empty product: nothing to scan (and no index to match)
-        return None
     source, reduced = node.src[0], node.arg[0]
     full = tuple(Expr.var(COUNTER if axis == reduced else probe(axis), size) for axis, size in enumerate(source.shape))
     for mask, other in (source.src, source.src[::-1]):

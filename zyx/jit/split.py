@@ -30,8 +30,6 @@ def split_options(product: Node) -> tuple[int, ...]:
     count = multiplied.shape[k]
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     rows, cols = product.shape[n_axis], product.shape[m_axis]
-    if not product.numel:  # an empty product: nothing to split
-        return (1,)
     blocks = product.numel // (rows * cols) * -(-rows // 128) * -(-cols // 128)
     whole = all(side.op is Op.EXPAND and side.src[0].shape[k] == count for side in multiplied.src)
     splits = whole and blocks < FEW_BLOCKS

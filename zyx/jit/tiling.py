@@ -48,14 +48,15 @@ def matmul_axes(node: Node) -> Optional[tuple[int, int]]:
 
 
 def hosted_matmul(root: Node, materialized: dict[int, Node]) -> Optional[Node]:
-    """The matrix product this kernel computes at its own output positions, if any."""
+    """The matrix product this kernel computes at its own output positions, if any (an empty one, k or the output
+    of no elements, is no product to plan: its kernel sums nothing)."""
     stack, seen = [root], set()
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if matmul_axes(node) is not None and node.numel == root.numel:
+        if matmul_axes(node) is not None and node.numel == root.numel and node.src[0].numel:
             return node
         if node is not root and id(node) in materialized:
             continue
