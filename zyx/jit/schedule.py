@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 from ..trace.node import Node, toposort
@@ -122,9 +122,11 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
     (rewrites may have replaced them; they correspond by position). A kernel for which `tuned` holds a choice
     is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped). Kernels waiting
-    for each other's extra outputs (a cycle) are built again without extra outputs, the others as before: a region
-    met before gets the kernel built for it (kernel_memo.py; `memoize=False` builds every kernel); after
-    CYCLE_RETRIES such attempts no kernel gets extra outputs."""
+    for each other's extra outputs (a cycle) are built again without extra outputs, and the values that closed the
+    cycle are stored apart (a kernel of their own each: no other kernel takes them up as extra outputs and closes
+    the next cycle with them, as W7's gradient clipping did, 2 kernels an attempt until the attempts ran out); the
+    others as before: a region met before gets the kernel built for it (kernel_memo.py; `memoize=False` builds
+    every kernel); after CYCLE_RETRIES such attempts no kernel gets extra outputs."""
     targets = rewrite_graph(targets, traits.gpu)
     memo = KernelMemo() if memoize else None
     plan = _plan(targets, traits)
@@ -134,19 +136,21 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
             return _schedule(targets, traits, tuned, True, memo, plain, plan), targets
         except KernelCycle as cycle:
             plain.update(id(root) for root in cycle.roots)
+            plan = replace(plan, stored_apart=plan.stored_apart | {id(value) for value in cycle.values})
     return _schedule(targets, traits, tuned, False, memo, plain, plan), targets
 
 
-CYCLE_RETRIES = 8  # schedules tried with extra outputs (each walk finds the cycles it meets; a small GPT needed 5)
+CYCLE_RETRIES = 8  # schedules tried with extra outputs (each walk finds the cycles it meets; a small GPT needs 2-3)
 
 
 class KernelCycle(Exception):
     """Kernels wait for each other (through values they store as extra outputs); `roots`: the roots of the kernels
-    storing the extra outputs waited for."""
+    storing the extra outputs waited for; `values`: those extra outputs."""
 
-    def __init__(self, roots: list[Node]):
+    def __init__(self, roots: list[Node], values: list[Node]):
         super().__init__(f"kernels of {len(roots)} roots wait for each other's extra outputs")
         self.roots = roots
+        self.values = values
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
@@ -774,6 +778,7 @@ def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[Rend
     state: dict[int, int] = {}  # 1 visiting, 2 done
     path: list[int] = []  # the kernels visiting, each waiting for the next
     cycles: dict[int, Node] = {}  # the roots of kernels whose extra outputs make cycles
+    values: dict[int, Node] = {}  # those extra outputs
 
     def _waits_for_extra_only(a: int, b: int) -> bool:
         """Whether kernel `a` waits for kernel `b` only for values `b` stores beside its root."""
@@ -793,10 +798,12 @@ def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[Rend
             for p in waiting:
                 if state.get(p) == 1:  # (the cycle is noted and the walk goes on, to find the others too)
                     cycle = path[path.index(p):]
-                    extra = [b for a, b in zip(cycle, cycle[1:] + cycle[:1]) if _waits_for_extra_only(a, b)]
+                    extra = [(a, b) for a, b in zip(cycle, cycle[1:] + cycle[:1]) if _waits_for_extra_only(a, b)]
                     if not extra:
                         raise RuntimeError("zyx scheduler produced a cyclic schedule")
-                    cycles.update((id(roots[b]), roots[b]) for b in extra)
+                    for a, b in extra:
+                        cycles[id(roots[b])] = roots[b]
+                        values.update((id(node), node) for node in kernels[a].loads if producer.get(id(node)) == b)
             waiting = [p for p in waiting if state.get(p) != 1]
             if waiting:
                 stack.extend(waiting)
@@ -806,5 +813,5 @@ def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[Rend
             ordered.append(kernels[k])
             stack.pop()
     if cycles:
-        raise KernelCycle(list(cycles.values()))
+        raise KernelCycle(list(cycles.values()), list(values.values()))
     return ordered
