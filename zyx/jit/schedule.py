@@ -665,8 +665,9 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
                      and tried[2].keys() == planned.keys())
         return kernel if unchanged and {id(node) for node in kernel.outputs} == own else None
 
-    kernels, roots = read_stored_reductions(kernels, roots, produced, targets, rebuild)
-    return _launch_order(kernels, roots)
+    ordered = _launch_order(kernels, roots)  # (an attempt whose kernels wait for each other ends here, unrebuilt)
+    kernels, roots, rebuilt = read_stored_reductions(kernels, roots, produced, targets, rebuild)
+    return _launch_order(kernels, roots) if rebuilt else ordered
 
 
 def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: set[int],

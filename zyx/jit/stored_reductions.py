@@ -31,10 +31,11 @@ def recomputed_reductions(kernel: RenderedKernel, produced: set[int]) -> list[No
 
 
 def read_stored_reductions(kernels: list[RenderedKernel], roots: list[Node], produced: set[int],
-                           targets: Sequence[Node], rebuild: Rebuild) -> tuple[list[RenderedKernel], list[Node]]:
+                           targets: Sequence[Node], rebuild: Rebuild
+                           ) -> tuple[list[RenderedKernel], list[Node], bool]:
     """`kernels` (with their `roots`, by position) where each kernel computing a reduction another stores is built
     again to read it, if that build computes fewer such reductions; without the kernels whose stores no kernel reads
-    then and no target is."""
+    then and no target is. The flag says whether any kernel was built again."""
     rebuilt = False
     for k, kernel in enumerate(kernels):
         recomputed = recomputed_reductions(kernel, produced)
@@ -43,7 +44,7 @@ def read_stored_reductions(kernels: list[RenderedKernel], roots: list[Node], pro
         again = rebuild(k)
         if again is not None and len(recomputed_reductions(again, produced)) < len(recomputed):
             kernels[k], rebuilt = again, True
-    return _read_only(kernels, roots, targets) if rebuilt else (kernels, roots)
+    return (*_read_only(kernels, roots, targets), True) if rebuilt else (kernels, roots, False)
 
 
 def _read_only(kernels: list[RenderedKernel], roots: list[Node], targets: Sequence[Node]
