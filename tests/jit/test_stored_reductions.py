@@ -43,7 +43,8 @@ def _column_sums(kernels):
     for kernel in kernels:
         for node in contained_nodes(kernel):
             source = node.src[0] if node.op is Op.SUM else None
-            if source is not None and source.numel == ROWS * node.numel and node.numel == source.shape[-1]:
+            if (source is not None and source.numel == ROWS * node.numel and node.numel == source.shape[-1]
+                    and set(node.arg) == set(range(len(source.shape) - 1))):
                 found.setdefault(id(node), (node, []))[1].append(kernel)
     return [(node, computing, [k for k in kernels if any(n is node for n in k.loads)])
             for node, computing in found.values()]
