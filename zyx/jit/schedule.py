@@ -666,8 +666,13 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         return kernel if unchanged and {id(node) for node in kernel.outputs} == own else None
 
     ordered = _launch_order(kernels, roots)  # (an attempt whose kernels wait for each other ends here, unrebuilt)
-    kernels, roots, rebuilt = read_stored_reductions(kernels, roots, produced, targets, rebuild)
-    return _launch_order(kernels, roots) if rebuilt else ordered
+    reading, reading_roots = read_stored_reductions(kernels, roots, produced, targets, rebuild)
+    if reading is not kernels:
+        try:
+            return _launch_order(reading, reading_roots)
+        except KernelCycle:  # (kernels reading each other's extra outputs now: those built first serve)
+            pass
+    return ordered
 
 
 def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: set[int],

@@ -31,20 +31,21 @@ def recomputed_reductions(kernel: RenderedKernel, produced: set[int]) -> list[No
 
 
 def read_stored_reductions(kernels: list[RenderedKernel], roots: list[Node], produced: set[int],
-                           targets: Sequence[Node], rebuild: Rebuild
-                           ) -> tuple[list[RenderedKernel], list[Node], bool]:
+                           targets: Sequence[Node], rebuild: Rebuild) -> tuple[list[RenderedKernel], list[Node]]:
     """`kernels` (with their `roots`, by position) where each kernel computing a reduction another stores is built
-    again to read it, if that build computes fewer such reductions; without the kernels whose stores no kernel reads
-    then and no target is. The flag says whether any kernel was built again."""
-    rebuilt = False
+    again to read it, if that build computes fewer such reductions, without the kernels whose stores no kernel reads
+    then and no target is: new lists, or `kernels` and `roots` themselves where no kernel was built again."""
+    reading = list(kernels)
     for k, kernel in enumerate(kernels):
         recomputed = recomputed_reductions(kernel, produced)
         if not recomputed:
             continue
         again = rebuild(k)
         if again is not None and len(recomputed_reductions(again, produced)) < len(recomputed):
-            kernels[k], rebuilt = again, True
-    return (*_read_only(kernels, roots, targets), True) if rebuilt else (kernels, roots, False)
+            reading[k] = again
+    if all(a is b for a, b in zip(reading, kernels)):
+        return kernels, roots
+    return _read_only(reading, roots, targets)
 
 
 def _read_only(kernels: list[RenderedKernel], roots: list[Node], targets: Sequence[Node]
