@@ -12,8 +12,10 @@ from .kernel_ir import RenderedKernel
 
 
 def contained_nodes(kernel: RenderedKernel) -> list[Node]:
-    """The nodes `kernel` computes (its outputs and everything fused into them), sources first."""
-    read = {id(node) for node in (*kernel.loads, *kernel.summed_apart)} - {id(node) for node in kernel.outputs}
+    """The nodes `kernel` computes (its outputs and everything fused into them), sources first. A product it sums
+    from partials another kernel stores (`summed_apart`) is computed here, what is below it in that kernel."""
+    apart = {id(node) for node in kernel.summed_apart}
+    read = {id(node) for node in kernel.loads} - {id(node) for node in kernel.outputs}
     seen: set[int] = set()
     order: list[Node] = []
     stack = [(node, False) for node in reversed(kernel.outputs)]
@@ -24,13 +26,16 @@ def contained_nodes(kernel: RenderedKernel) -> list[Node]:
         elif id(node) not in seen and id(node) not in read:
             seen.add(id(node))
             stack.append((node, True))
-            stack.extend((src, False) for src in reversed(node.src))
+            if id(node) not in apart:
+                stack.extend((src, False) for src in reversed(node.src))
     return order
 
 
 def kernel_flops(kernel: RenderedKernel) -> int:
-    """The useful FLOPs of the nodes fused into the kernel (trace/cost.py says what counts)."""
-    return total_flops(contained_nodes(kernel))
+    """The useful FLOPs of the nodes fused into the kernel (trace/cost.py says what counts): a product summed from
+    partials counts in the kernel storing the partials."""
+    apart = {id(node) for node in kernel.summed_apart}
+    return total_flops(node for node in contained_nodes(kernel) if id(node) not in apart)
 
 
 def kernel_bytes(kernel: RenderedKernel) -> int:

@@ -41,6 +41,7 @@ from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length, statistics_read_elsewhere
 from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
+from .stored_reductions import read_stored_reductions
 from .transforms.double_buffer import double_buffer
 from .transforms.group import group_reductions
 from .transforms.registers import rows_in_registers
@@ -661,7 +662,26 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs and key not in plain,
                                      stored_apart, tuned, planned, early, memo))
         enqueue_pending()
-    return _launch_order(kernels, roots)
+
+    def rebuild(k: int) -> Optional[RenderedKernel]:
+        """Kernel k built again now that every other kernel's stores are known (stored_reductions.py); None where
+        it would store other values than it does or need values stored that were not."""
+        root, own = roots[k], {id(node) for node in kernels[k].outputs}
+        tried = (dict(materialized), set(stored_apart), dict(planned))
+        kernel = _build_kernel(root, tried[0], produced - own, traits, allow_extra_outputs and id(root) not in plain,
+                               tried[1], tuned, tried[2], early, memo)
+        unchanged = (tried[0].keys() == materialized.keys() and tried[1] == stored_apart
+                     and tried[2].keys() == planned.keys())
+        return kernel if unchanged and {id(node) for node in kernel.outputs} == own else None
+
+    ordered = _launch_order(kernels, roots)  # (an attempt whose kernels wait for each other ends here, unrebuilt)
+    reading, reading_roots = read_stored_reductions(kernels, roots, produced, targets, rebuild)
+    if reading is not kernels:
+        try:
+            return _launch_order(reading, reading_roots)
+        except KernelCycle:  # (kernels reading each other's extra outputs now: those built first serve)
+            pass
+    return ordered
 
 
 def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: set[int],
