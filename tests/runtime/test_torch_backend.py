@@ -19,6 +19,7 @@ import zyx  # noqa: E402
 import zyx.random  # noqa: E402
 from zyx import nn  # noqa: E402
 from zyx.devices import device_from_spec  # noqa: E402
+from zyx.runtime import softmax_fusion  # noqa: E402
 from zyx.runtime.interpret import Fused  # noqa: E402
 from zyx.runtime.program_code import _direct_writes  # noqa: E402
 from zyx.trace.hashing import Walk  # noqa: E402
@@ -379,7 +380,7 @@ def latest_program(dev):
                                                 ((6, 5), 0, "float16")])
 def test_log_softmax_and_its_gradient_are_one_torch_call_each(dev, shape, axis, dtype):
     """log_softmax (x - log(sum(exp(x - max)))) and its gradient, realized together as a training step does, are
-    torch.log_softmax and its backward (log_softmax_fusion.py) with the reference's values: no exp, log or max
+    torch.log_softmax and its backward (softmax_fusion.py) with the reference's values: no exp, log or max
     is computed. Masked entries (-inf) and a row of them give what the reference gives."""
     rng = np.random.default_rng(7)
     a, w = rng.standard_normal(shape, dtype=np.float32) * 4, rng.standard_normal(shape, dtype=np.float32)
@@ -431,6 +432,149 @@ def test_a_log_softmax_fuses_and_an_exp_read_elsewhere_stays_computed(dev):
     programs = list(dev.programs.values())
     shared = [s.op for s in programs[-1].steps if s.computes]
     assert Fused.LOG_SOFTMAX in shared and Op.EXP in shared and Op.LOG not in shared
+
+
+# logsumexp as torch.logsumexp, its gradient as torch.softmax times the upstream gradient (softmax_fusion.py): the
+# cross-entropy's form without label smoothing; against the reference and against the fusions turned off
+SPELLED = {Op.EXP, Op.LOG, Op.RMAX, Op.RECIP}  # what the trace's spellings compute and the fused steps do not
+
+
+def without_softmax_fusion(dev, monkeypatch):
+    """`dev` builds its programs again without softmax_fusion, for the rest of the test."""
+    monkeypatch.setattr(softmax_fusion, "fuse", lambda order, *_: list(order))
+    fresh_programs(dev, monkeypatch)
+
+
+def computed(dev):
+    """The ops of the steps the device's latest program computes."""
+    return [step.op for step in latest_program(dev).steps if step.computes]
+
+
+def assert_same(got, expected, dtype):
+    tolerance = {"float16": 2e-2, "float32": 1e-5, "float64": 1e-12}[dtype]
+    for ours, reference in zip(got, expected):
+        np.testing.assert_allclose(ours.numpy().astype(np.float64), reference.numpy().astype(np.float64),
+                                   rtol=tolerance, atol=tolerance)
+
+
+def cross_entropy_run(device, logits, labels, smoothing):
+    x = device.tensor(logits)
+    loss = nn.cross_entropy(x, device.tensor(labels), label_smoothing=smoothing)
+    gx, = loss.backward([x])
+    zyx.realize(loss, gx)
+    return loss, gx
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (1, 3), (13, 1), (3, 4, 6)])  # (N, C, d): classes moved last
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_fused_and_unfused_match_the_reference(dev, shape, smoothing, dtype, monkeypatch):
+    """The loss and its gradient, fused (torch.logsumexp, torch.softmax times the upstream gradient) and not,
+    give the reference's values; fused, the program computes no exp, log, maximum or reciprocal: without label
+    smoothing the loss reads the rows' logsumexp, with it the log-probabilities are `logits - lse`, one
+    subtraction, both reading the one logsumexp."""
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, shape[1], shape[:1] + shape[2:])
+    if len(shape) == 2:
+        labels[0] = -100  # ignore_index: a row that counts for nothing
+    reference = cross_entropy_run(zyx.CPU(), logits, labels, smoothing)
+    fused = cross_entropy_run(dev, logits, labels, smoothing)
+    assert_same(fused, reference, dtype)
+    ops = computed(dev)
+    if shape[1] > 1:  # (one class: the trace broadcasts nothing along the row, which stays spelled)
+        assert ops.count(Fused.LOGSUMEXP) == 1 and ops.count(Fused.LOGSUMEXP_GRAD) == 1
+        assert not SPELLED & set(ops) and Fused.LOG_SOFTMAX not in ops
+    without_softmax_fusion(dev, monkeypatch)
+    assert_same(cross_entropy_run(dev, logits, labels, smoothing), reference, dtype)
+    assert Op.EXP in computed(dev) and Fused.LOGSUMEXP not in computed(dev)
+
+
+def logsumexp_run(device, data, weights, axis, keepdim):
+    """logsumexp along `axis`, realized with the gradient of its weighted sum, as a training step does."""
+    x = device.tensor(data)
+    lse = x.logsumexp(axis, keepdim=keepdim)
+    gx, = (lse * device.tensor(weights)).sum().backward([x])
+    zyx.realize(lse, gx)
+    return lse, gx
+
+
+@pytest.mark.parametrize("shape, axis", [((6, 5), -1), ((6, 5), 0), ((3, 4, 5), 1), ((2, 3, 4), (0, 2))])
+@pytest.mark.parametrize("keepdim", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_logsumexp_and_its_gradient_along_any_axis(dev, shape, axis, keepdim, dtype, monkeypatch):
+    """One axis, last or not, kept or dropped: torch.logsumexp and torch.softmax, the reference's values, with
+    masked entries (-inf) and a row of them (its lse -inf, its gradient nan, as the reference's); float16 through
+    the generic forms of the fused steps (interpret.py), rounded once. Several axes (which torch.softmax has no
+    form for) stay as the trace spells them, with the same values."""
+    rng = np.random.default_rng(11)
+    data = (rng.standard_normal(shape) * 4).astype(dtype)
+    rows = np.moveaxis(data, axis if isinstance(axis, int) else 0, -1)
+    rows[(0,) * (len(shape) - 1)][:2] = -np.inf
+    if isinstance(axis, int):
+        rows[(1,) * (len(shape) - 1)] = -np.inf
+    weights = rng.standard_normal(np.sum(data, axis, keepdims=keepdim).shape).astype(dtype)
+    reference = logsumexp_run(zyx.CPU(), data, weights, axis, keepdim)
+    assert_same(logsumexp_run(dev, data, weights, axis, keepdim), reference, dtype)
+    ops = computed(dev)
+    if isinstance(axis, int):
+        assert ops.count(Fused.LOGSUMEXP) == ops.count(Fused.LOGSUMEXP_GRAD) == 1 and not SPELLED & set(ops)
+    else:
+        assert Fused.LOGSUMEXP not in ops and Fused.LOGSUMEXP_GRAD not in ops and Op.EXP in ops
+    without_softmax_fusion(dev, monkeypatch)
+    assert_same(logsumexp_run(dev, data, weights, axis, keepdim), reference, dtype)
+
+
+def test_a_logsumexp_alone_and_beside_an_exp_read_elsewhere(dev):
+    """Inference (no gradient): one torch.logsumexp; beside an exp something else also reads, that exp is still
+    computed and the logsumexp fused."""
+    data = np.random.default_rng(4).standard_normal((7, 9)).astype(np.float32)
+    alone = dev.tensor(data).logsumexp(1)
+    assert [step.op for step in program_of(alone).steps if step.computes] == [Fused.LOGSUMEXP]
+    np.testing.assert_allclose(alone.numpy(), zyx.CPU().tensor(data).logsumexp(1).numpy(), rtol=1e-6)
+
+    def shared(device):
+        x = device.tensor(data)
+        shift = x.max(1, keepdim=True).detach()
+        exponential = (x - shift).exp()
+        values = [exponential.sum(1, keepdim=True).log() + shift, exponential * 2]
+        zyx.realize(*values)
+        return values
+
+    assert_same(shared(dev), shared(zyx.CPU()), "float32")
+    assert Fused.LOGSUMEXP in computed(dev) and Op.EXP in computed(dev) and Op.LOG not in computed(dev)
+
+
+def test_a_jitted_training_step_calls_torch_logsumexp_and_softmax(dev, monkeypatch):
+    """A jitted cross-entropy step's replay calls torch.logsumexp and torch.softmax once each and no exp, log or
+    reciprocal, with fewer operators than the step without the fusions (42 against 52 on torch 2.11's CPU); both
+    give the reference's losses."""
+    rng = np.random.default_rng(5)
+    data, labels = rng.standard_normal((16, 10)).astype(np.float32), rng.integers(0, 10, 16)
+    weight = rng.standard_normal((10, 10)).astype(np.float32)
+
+    def replay(device):
+        w, opt = device.tensor(weight).realize(), nn.SGD(lr=0.1)
+        x, y = device.tensor(data).realize(), device.tensor(labels).realize()
+
+        @zyx.jit
+        def step(x, y):
+            loss = nn.cross_entropy(x @ w, y)
+            opt.update([w], loss.backward([w]), realize_with=[loss])
+            return loss
+
+        losses = [step(x, y).item() for _ in range(3)]
+        return losses, aten_ops(lambda: step(x, y).item())
+
+    reference, _ = replay(zyx.CPU())
+    losses, fused = replay(dev)
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+    assert fused.count("logsumexp") == 1 and fused.count("_softmax") == 1
+    assert not {"exp", "log", "reciprocal"} & set(fused)
+    without_softmax_fusion(dev, monkeypatch)
+    losses, spelled = replay(dev)
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+    assert "logsumexp" not in spelled and "exp" in spelled and len(fused) < len(spelled)
 
 
 # ---- replays -----------------------------------------------------------------------------------------------
@@ -735,14 +879,20 @@ def aten_ops(run):
     return names
 
 
+def fresh_programs(dev, monkeypatch):
+    """`dev` (one object per torch device) builds its programs again, in caches of their own, for the rest of
+    the test."""
+    monkeypatch.setattr(dev, "programs", {})
+    monkeypatch.setattr(dev, "_replays", {})
+
+
 def without_groups(dev, monkeypatch):
-    """`dev` (one object per torch device) builds its programs again, one call per step (no sinking, no group
-    calls), for the rest of the test."""
+    """`dev` builds its programs again, one call per step (no sinking, no group calls), for the rest of the
+    test."""
     from zyx.runtime import torch_arrays, torch_device
     monkeypatch.setattr(torch_device, "groupable", lambda step, sources: False)
     monkeypatch.setattr(torch_arrays.TorchArrays, "group_function", lambda self, *args: None)
-    monkeypatch.setattr(dev, "programs", {})
-    monkeypatch.setattr(dev, "_replays", {})
+    fresh_programs(dev, monkeypatch)
 
 
 @pytest.mark.parametrize("name, apply, grouped", [

@@ -36,7 +36,8 @@ def fuse(order: Sequence[Node], readers: dict[int, int], wanted: set[int], skipp
     position = {id(node): k for k, node in enumerate(order)}
 
     def only_here(node: Node, op: Op) -> bool:
-        return node.op is op and readers[id(node)] == 1 and id(node) not in wanted and id(node) not in skipped
+        return node.op is op and readers[id(node)] == 1 and id(node) not in wanted and id(node) not in skipped \
+            and id(node) not in fused  # (a MUL softmax_fusion computes as softmax(x) * h is no factor to absorb)
 
     masks: dict[int, list[Node]] = {}  # mask (x <= 0) -> the WHERE nodes reading it that fuse
     relus: dict[int, Node] = {}  # mask -> its relu, where(mask, 0, x)

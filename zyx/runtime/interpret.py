@@ -18,7 +18,7 @@ from ..trace.node import Node, short_name
 from ..dtypes import float32
 from ..trace.attention_grad import under_views
 from ..trace.ops import BINARY_OPS, Op, SHIFT_OPS, UNARY_OPS
-from . import fusions, log_softmax_fusion, profiling, view_chains
+from . import fusions, profiling, softmax_fusion, view_chains
 from .arrays import ArrayLibrary, Shape
 from .foreach_groups import Groupable, sunk_order
 from .memory_plan import frugal_order, late_updates, overwrites
@@ -202,7 +202,8 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
     order to build the steps in (`order`, a fused step's sources before it).
     A float SUM of a MUL read by nothing else is a CONTRACT of the MUL's operands (of their sources where they are
     EXPANDs only such products read: the contraction broadcasts them), unless a factor is a constant; a float ADD of a NEG read by nothing else
-    is a SUB; log_softmax and its gradient (`log_softmax_fusion.py`); and the elementwise chains of `fusions.py`.
+    is a SUB; log_softmax, logsumexp and their gradients (`softmax_fusion.py`); and the elementwise chains of
+    `fusions.py`.
     A target is always computed."""
     readers: dict[int, int] = {}
     for node in order:
@@ -222,12 +223,12 @@ def _fusions(targets: Sequence[Node], order: Sequence[Node]) -> tuple[set[int], 
             if src.op is Op.EXPAND and id(src) not in wanted:
                 product_reads[id(src)] = product_reads.get(id(src), 0) + 1
     skipped |= {key for key, count in product_reads.items() if count == readers[key]}
+    fused = {id(node): (Fused.CONTRACT, view_chains.contract_arg(node.arg, node.src[0].shape),
+                        tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
+    order = softmax_fusion.fuse(order, readers, wanted, skipped, fused)  # (a row's library call rounds once)
     # half-precision results are rounded by each op (NumpyArrays.conform): a chain's fused step would round once
     wanted |= {id(node) for node in order if node.dtype.is_narrow_float and node.op in ELEMENTWISE
                and id(node) not in skipped}
-    fused = {id(node): (Fused.CONTRACT, view_chains.contract_arg(node.arg, node.src[0].shape),
-                        tuple(s.src[0] if id(s) in skipped else s for s in node.src[0].src)) for node in sums}
-    order = log_softmax_fusion.fuse(order, readers, wanted, skipped, fused)
     fusions.fuse(order, readers, wanted, skipped, fused)
     for node in order:
         if node.op is Op.ADD and node.dtype.is_float and id(node) not in fused and id(node) not in skipped:
@@ -277,11 +278,32 @@ def _subtract(lib: ArrayLibrary, a: Any, b: Any) -> Any:
     return lib.binary[Op.ADD](a, lib.unary[Op.NEG](b))
 
 
-def _log_softmax(lib: ArrayLibrary, x: Any, axis: int, dtype: Any) -> Any:
-    """x - log(sum(exp(x - max))) - max along `axis` (what Fused.LOG_SOFTMAX stands for)."""
+def _shifted(lib: ArrayLibrary, x: Any, axis: int, dtype: Any) -> tuple[Any, Any]:
+    """(x - p, p) for p the maximum along `axis`, or 0 where that is infinite (as the trace's logsumexp shifts)."""
     peak = lib.rmax(x, (axis,), x.shape[:axis] + (1,) + x.shape[axis + 1:], dtype)
-    shifted = _subtract(lib, x, peak)
+    magnitude = lib.binary[Op.MAX](peak, lib.unary[Op.NEG](peak))
+    infinite = lib.binary[Op.CMPEQ](magnitude, lib.constant(float("inf"), dtype))
+    shift = lib.where(infinite, lib.constant(0.0, dtype), peak)
+    return _subtract(lib, x, shift), shift
+
+
+def _log_softmax(lib: ArrayLibrary, x: Any, axis: int, dtype: Any) -> Any:
+    """x - p - log(sum(exp(x - p))) along `axis` (what Fused.LOG_SOFTMAX stands for)."""
+    shifted, _ = _shifted(lib, x, axis, dtype)
     return _subtract(lib, shifted, lib.unary[Op.LOG](lib.sum(lib.unary[Op.EXP](shifted), (axis,), dtype)))
+
+
+def _logsumexp(lib: ArrayLibrary, x: Any, axis: int, dtype: Any) -> Any:
+    """log(sum(exp(x - p))) + p along `axis`, kept (Fused.LOGSUMEXP)."""
+    shifted, shift = _shifted(lib, x, axis, dtype)
+    return lib.binary[Op.ADD](lib.unary[Op.LOG](lib.sum(lib.unary[Op.EXP](shifted), (axis,), dtype)), shift)
+
+
+def _logsumexp_grad(lib: ArrayLibrary, x: Any, upstream: Any, axis: int, dtype: Any) -> Any:
+    """exp(x - p) * (h / sum(exp(x - p))) along `axis`: softmax(x) * h (Fused.LOGSUMEXP_GRAD)."""
+    exponential = lib.unary[Op.EXP](_shifted(lib, x, axis, dtype)[0])
+    scale = lib.binary[Op.MUL](upstream, lib.unary[Op.RECIP](lib.sum(exponential, (axis,), dtype)))
+    return lib.binary[Op.MUL](exponential, scale)
 
 
 def _log_softmax_grad(lib: ArrayLibrary, gradient: Any, value: Any, axis: int, dtype: Any) -> Any:
@@ -334,6 +356,8 @@ EVALUATE: dict[Any, Callable[[ArrayLibrary, Step, Sequence[Any]], Any]] = {
     Fused.LERP: lambda lib, step, x: lib.binary[Op.ADD](x[0], lib.binary[Op.MUL](_subtract(lib, x[1], x[0]), x[2])),
     Fused.LOG_SOFTMAX: lambda lib, step, x: _log_softmax(lib, x[0], step.arg, step.dtype),
     Fused.LOG_SOFTMAX_GRAD: lambda lib, step, x: _log_softmax_grad(lib, x[0], x[1], step.arg, step.dtype),
+    Fused.LOGSUMEXP: lambda lib, step, x: _logsumexp(lib, x[0], step.arg, step.dtype),
+    Fused.LOGSUMEXP_GRAD: lambda lib, step, x: _logsumexp_grad(lib, x[0], x[1], step.arg, step.dtype),
     Fused.CONTRACT: lambda lib, step, x: lib.contract(*x[:2], *step.arg, step.shape, *x[2:]),
     Fused.CAT: _concatenate,
     Op.COLLECTIVE: lambda lib, step, x: lib.collective(x, step.dtype, *step.arg),

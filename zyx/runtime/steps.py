@@ -28,14 +28,18 @@ class Fused(enum.Enum):
     MULADD = enum.auto()  # (a, b, c): a + b * c
     MULSUB = enum.auto()  # (a, b, c): a - b * c
     LERP = enum.auto()  # (a, b, w): a + (b - a) * w
-    LOG_SOFTMAX = enum.auto()  # arg axis: log_softmax of the source along the axis (log_softmax_fusion.py)
+    LOG_SOFTMAX = enum.auto()  # arg axis: log_softmax of the source along the axis (softmax_fusion.py)
     LOG_SOFTMAX_GRAD = enum.auto()  # arg axis; (g, y): the gradient g - exp(y) * sum(g) of y = log_softmax(x)
+    LOGSUMEXP = enum.auto()  # arg axis: log(sum(exp(x))) along the axis, kept (of size 1)
+    LOGSUMEXP_GRAD = enum.auto()  # arg axis; (x, h): softmax(x) * h, the gradient of logsumexp(x) for the
+    # upstream h (of size 1 along the axis)
     CAT = enum.auto()  # arg axis: the sources joined along it, in order (cat's zero pads summed: fusions.py)
 
 
 FUSED_ELEMENTWISE = {Fused.SUB, Fused.LE, Fused.NE, Fused.RELU, Fused.RELU_GRAD, Fused.MULADD, Fused.MULSUB, Fused.LERP}
 ELEMENTWISE = ELEMENTWISE_OPS | FUSED_ELEMENTWISE
-ROW_OPS = {Fused.LOG_SOFTMAX, Fused.LOG_SOFTMAX_GRAD}  # each value from its row along the step's axis
+ROW_OPS = {Fused.LOG_SOFTMAX, Fused.LOG_SOFTMAX_GRAD, Fused.LOGSUMEXP, Fused.LOGSUMEXP_GRAD}  # each value from
+# its row along the step's axis
 # views allocate nothing
 ALLOCATING = ELEMENTWISE | REDUCE_OPS | ROW_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT, Fused.CAT}
 SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source

@@ -59,6 +59,8 @@ _OUT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
 _ROWS: dict[Any, Callable[[int, torch.dtype], Callable[..., torch.Tensor]]] = {
     Fused.LOG_SOFTMAX: lambda axis, dtype: lambda x: torch.log_softmax(x, axis),
     Fused.LOG_SOFTMAX_GRAD: lambda axis, dtype: lambda g, y: _LOG_SOFTMAX_BACKWARD(g, y, axis, dtype),
+    Fused.LOGSUMEXP: lambda axis, dtype: lambda x: torch.logsumexp(x, axis, keepdim=True),
+    Fused.LOGSUMEXP_GRAD: lambda axis, dtype: lambda x, h: torch.softmax(x, axis).mul_(h),
 }
 _COMPARISONS = {Op.CMPLT, Op.CMPEQ, Fused.LE, Fused.NE}  # bool results of operands of another dtype
 # views, as bound calls of (the step's arg, its shape)
@@ -238,7 +240,7 @@ class TorchArrays(ArrayLibrary):
         return computed_dtype(dtype) == TORCH_DTYPES[dtype.name]
 
     def step_function(self, step: Step, sources: Sequence[Step]) -> Optional[Callable[..., Any]]:
-        """One bound torch call for views, reductions, products, joins, casts, pads, log_softmax and its gradient,
+        """One bound torch call for views, reductions, products, joins, casts, pads, the softmax family's rows,
         and the elementwise ops whose torch result is already in the computed dtype (`conform` would do nothing);
         None for the rest (uint32, half precision, compact steps, mixed dtypes), which take the generic path."""
         op, arg, shape, dtype = step.op, step.arg, step.shape, step.dtype
