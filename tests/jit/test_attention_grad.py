@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import zyx
-from zyx.jit.kernel_ir import If, Role, walk
+from zyx.jit.attention_grad import gradients_share_kernels
+from zyx.jit.attention_grad_tiles import walk_passes
+from zyx.jit.kernel_ir import If, LocalArray, Role, walk
 from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(17)
@@ -57,20 +59,45 @@ CASES = {  # name: (batch, heads, queries, keys, head size, value size, keyword 
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
+def check_case(device, name):
+    """CASES[name]'s output and gradients as torch's, from three attention kernels (the forward, dQ, dK with dV)
+    where dK and dV share one (else four) and no buffer of queries x keys; the backward kernels."""
     batch, heads, queries, keys, head, value, options = CASES[name]
     arrays = [data(batch, heads, queries, head), data(batch, heads, keys, head), data(batch, heads, keys, value),
               data(batch, heads, queries, value)]
-    out, grads = zyx_step(shaped, arrays, options)
-    kernels, fused = attention_kernels(out, grads, shaped)
-    assert len(fused) == 3, [k.name for k in kernels]  # the forward, dQ, dK with dV
+    out, grads = zyx_step(device, arrays, options)
+    kernels, fused = attention_kernels(out, grads, device)
+    assert len(fused) == (3 if gradients_share_kernels() else 4), [k.name for k in kernels]
     assert not [node for k in kernels for node in k.outputs if spans(node.shape, queries, keys)], "a T x T buffer"
     expected_out, expected = torch_step(arrays, options)
     zyx.realize(out, *grads)
     np.testing.assert_allclose(out.numpy(), expected_out, rtol=1e-5, atol=1e-5)
     for grad, reference, name in zip(grads, expected, "qkv"):
         np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
+    return fused[1:]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
+    check_case(shaped, name)
+
+
+@pytest.mark.parametrize("shared", ["1", "0"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_blocks_walked_in_two_passes_on_request(shaped, monkeypatch, name, shared):
+    """ZYX_ATTENTION_GRAD_PASSES=2: each block of walked rows in two loops, the first storing P and dS into a local
+    array per product, the second adding their terms; the same gradients, dK and dV in one kernel or two."""
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", "2")
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_SHARED", shared)
+    for kernel in check_case(shaped, name):
+        arrays = [s for s in walk(kernel.ir.body) if isinstance(s, LocalArray) and s.name.startswith("p_stage")]
+        assert len(arrays) == len(kernel.outputs), kernel.name
+
+
+def test_walk_passes_refuses_other_settings(monkeypatch):
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", "3")
+    with pytest.raises(ValueError, match="ZYX_ATTENTION_GRAD_PASSES='3'"):
+        walk_passes()
 
 
 def test_dk_and_dv_in_kernels_of_their_own_on_request(shaped, monkeypatch):
