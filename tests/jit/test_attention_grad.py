@@ -86,12 +86,13 @@ def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_blocks_walked_in_two_passes_on_request(shaped, monkeypatch, name, shared):
     """ZYX_ATTENTION_GRAD_PASSES=2: each block of walked rows in two loops, the first storing P and dS into a local
-    array per product, the second adding their terms; the same gradients, dK and dV in one kernel or two."""
+    array per product, the second adding their terms, in every backward kernel but dV's alone (which reads no
+    staged row twice); the same gradients, dK and dV in one kernel or two."""
     monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", "2")
     monkeypatch.setenv("ZYX_ATTENTION_GRAD_SHARED", shared)
-    for kernel in check_case(shaped, name):
-        arrays = [s for s in walk(kernel.ir.body) if isinstance(s, LocalArray) and s.name.startswith("p_stage")]
-        assert len(arrays) == len(kernel.outputs), kernel.name
+    arrays = [[s for s in walk(kernel.ir.body) if isinstance(s, LocalArray) and s.name.startswith("p_stage")]
+              for kernel in check_case(shaped, name)]
+    assert sorted(map(len, arrays)) == ([1, 2] if shared == "1" else [0, 1, 1])
 
 
 def test_walk_passes_refuses_other_settings(monkeypatch):

@@ -66,8 +66,10 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         walk_name = self._walk_name = self.names.fresh("j")
         probe = Expr.var(walk_name, trips)  # the walked row, to find what the walk reads before its blocks exist
         products = self._nested_products(probe, walk_name)
-        stages = _distinct(self._walked_operands(products, probe, walk_name))
-        two_passes = walk_passes() == 2
+        walked_operands = self._walked_operands(products, probe, walk_name)
+        stages = _distinct(walked_operands)
+        nested, outer = walked_operands[:len(products)], walked_operands[len(products):][:len(self.plans)]
+        two_passes = walk_passes() == 2 and bool({_stage_key(*s) for s in nested} & {_stage_key(*s) for s in outer})
         width = sum(size for _, _, _, size in stages) + two_passes * len(self.plans) * self.rows_per_group
         block = self.keys_per_block = self._block_size(width)
         blocks = -(-trips // block)
@@ -279,11 +281,16 @@ def _distinct(stages: list) -> list:
     """The stages, each node at each index once (whatever its inner variable is called)."""
     found, seen = [], set()
     for node, index, name, size in stages:
-        key = (id(node), _keys(_at(index, {name: Expr.var("inner", size)})))
+        key = _stage_key(node, index, name, size)
         if key not in seen:
             seen.add(key)
             found.append((node, index, name, size))
     return found
+
+
+def _stage_key(node: Node, index: Index, name: str, size: int) -> tuple:
+    """What a stage holds: `node` at `index` whatever its inner variable `name` is called."""
+    return id(node), _keys(_at(index, {name: Expr.var("inner", size)}))
 
 
 def _position(plan: GradientProduct, item: Index, e: int) -> Expr:
@@ -308,7 +315,8 @@ def walk_passes() -> int:
     product's P side (P, dS) computed where its terms are added, the staged rows the nested products read kept in
     registers for the outer products that read them again (in the dK-dV kernel q and dO: 128 floats besides k, v
     and the 128 accumulators, past the 255 registers an NVIDIA item has); 2, a first loop storing the P sides
-    into local memory and a second adding the terms, reading the staged rows again (bench/attention.py --passes)."""
+    into local memory and a second adding the terms, reading the staged rows again (bench/attention.py --backward),
+    where an outer product reads a staged row that a nested product reads too (not in a kernel of dV alone)."""
     setting = os.environ.get("ZYX_ATTENTION_GRAD_PASSES", "1")
     if setting not in ("1", "2"):
         raise ValueError(f"ZYX_ATTENTION_GRAD_PASSES={setting!r}: expected 1 or 2")
