@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import zyx
 from zyx.jit.attention_grad import gradients_share_kernels
 from zyx.jit.attention_grad_tiles import walk_passes
+from zyx.jit.attention_tiles import rows_per_group
 from zyx.jit.kernel_ir import If, LocalArray, Role, walk
 from zyx.jit.schedule import schedule
 
@@ -93,6 +94,23 @@ def test_blocks_walked_in_two_passes_on_request(shaped, monkeypatch, name, share
     arrays = [[s for s in walk(kernel.ir.body) if isinstance(s, LocalArray) and s.name.startswith("p_stage")]
               for kernel in check_case(shaped, name)]
     assert sorted(map(len, arrays)) == ([1, 2] if shared == "1" else [0, 1, 1])
+
+
+@pytest.mark.parametrize("rows", ["32", "128"])
+def test_rows_per_group_on_request(gpu, monkeypatch, rows):
+    """ZYX_ATTENTION_ROWS: the forward's and the backward kernels' groups hold that many rows; the same gradients
+    (two passes, dK and dV apart: the variant expected fastest on the H200)."""
+    monkeypatch.setenv("ZYX_ATTENTION_ROWS", rows)
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", "2")
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_SHARED", "0")
+    arrays = [data(1, 2, 150, 32) for _ in range(4)]
+    out, grads = zyx_step(gpu, arrays, {"is_causal": True})
+    assert [k.ir.axis(Role.LOCAL).size for k in attention_kernels(out, grads, gpu)[1]] == [int(rows)] * 4
+    for grad, reference, name in zip(grads, torch_step(arrays, {"is_causal": True})[1], "qkv"):
+        np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
+    monkeypatch.setenv("ZYX_ATTENTION_ROWS", "48")
+    with pytest.raises(ValueError, match="ZYX_ATTENTION_ROWS='48'"):
+        rows_per_group(150, 2, 256)
 
 
 def test_walk_passes_refuses_other_settings(monkeypatch):
