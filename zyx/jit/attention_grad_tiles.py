@@ -70,8 +70,8 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         stages = _distinct(walked_operands)
         nested, outer = walked_operands[:len(products)], walked_operands[len(products):][:len(self.plans)]
         two_passes = walk_passes() == 2 and bool({_stage_key(*s) for s in nested} & {_stage_key(*s) for s in outer})
-        width = sum(size for _, _, _, size in stages) + two_passes * len(self.plans) * self.rows_per_group
-        block = self.keys_per_block = self._block_size(width)
+        block = self.keys_per_block = self._block_size(sum(size for _, _, _, size in stages),
+                                                       two_passes * len(self.plans) * self.rows_per_group)
         blocks = -(-trips // block)
         exact = Expr.var(block_name, blocks) * block + Expr.var(walk_name, block)
         walked = Expr.minimum(exact, trips - 1)
@@ -117,10 +117,14 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
             raise NotAttention(self.root)
         return stages
 
-    def _block_size(self, width: int) -> int:
+    def _block_size(self, width: int, p_sides: int) -> int:
         """Walked rows per block: the most of KEYS whose stage (`width` floats a row) takes at most half the local
-        memory (two groups share a multiprocessor's), fewer where fewer hold every walked row."""
-        fitting = [block for block in KEYS if 4 * block * width <= self.local_memory // 2]
+        memory (two groups share a multiprocessor's) and, with two passes, whose P sides' arrays (`p_sides`
+        floats a walked row) fit beside it, fewer where fewer hold every walked row. (The P sides may take from
+        the other half: the backward's items hold 150-250 registers, so registers, not local memory, bound the
+        groups a multiprocessor holds.)"""
+        fitting = [block for block in KEYS if 4 * block * width <= self.local_memory // 2
+                   and 4 * block * (width + p_sides) <= self.local_memory]
         if not fitting:
             raise NotAttention(self.root)
         return min((block for block in fitting if block >= self.trips), default=fitting[0])
