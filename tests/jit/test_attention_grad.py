@@ -174,9 +174,11 @@ def test_the_per_row_form_on_request(dev, monkeypatch):
         np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5)
 
 
-def test_webgpu_computes_every_block(monkeypatch):
+@pytest.mark.parametrize("passes", ["1", "2"])
+def test_webgpu_computes_every_block(monkeypatch, passes):
     """WGSL's uniformity analysis refuses barriers under a branch on loaded values: the staged backward computes
-    every block there, with the same gradients."""
+    every block there, with the same gradients (each block walked in one pass or two)."""
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", passes)
     try:
         from zyx.runtime.webgpu import adapters
         found = bool(adapters())
