@@ -2,6 +2,8 @@
 
     python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--full] [--train]
                               [--repeat 5] [--device N] [--only torch,zyx-staged,zyx-rows,zyx-unfused] [--json OUT]
+                              [--backward default,split,two-pass,split-two-pass] [--calls 1] [--torch-device cpu]
+                              [--check-torch]
 
 `zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` (`--full`: not causal, every block of keys computed:
 the staged kernel's causal time against it shows the blocks it skips) on (batch, heads, T, head_dim) float32
@@ -19,6 +21,11 @@ largest error of the first head against numpy (float64).
 `--train` (A2) times a @zyx.jit step returning the output and the gradients of sum(out * dO) with respect to q, k
 and v (the fused backward: zyx/jit/attention_grad.py; the error is then dV's, the first head's);
 torch runs the same step with autograd. Each call ends with the device synchronized instead of reading the output.
+With --train, `--backward` names the fused backward's variants to measure, zyx-staged's each in a process of its
+own (BACKWARD_VARIANTS: their ZYX_ATTENTION_GRAD_* settings), and each zyx record lists its kernels' device time
+per call (`--calls` calls launched back to back, one wait); `--torch-device cuda` runs torch on the GPU (then the
+backward alone is timed too), and `--check-torch` compares zyx's output and gradients with torch's in float64 on
+that device (PASS where every largest error is at most CHECK_TOLERANCE of the reference's largest value).
 """
 from __future__ import annotations
 
@@ -39,6 +46,15 @@ from _harness import Record, pick_device, script_main, wants  # noqa: E402
 
 IMPLEMENTATIONS = ("torch", "zyx-staged", "zyx-rows", "zyx-unfused")
 FUSED_FORMS = {"zyx-staged": "staged", "zyx-rows": "rows"}  # implementation: ZYX_ATTENTION_FORM
+# The staged backward's variants (--backward): dK and dV in one kernel or two (attention_grad.py), each block of
+# walked rows in one pass or two (attention_grad_tiles.py).
+BACKWARD_VARIANTS = {
+    "default": {},
+    "split": {"ZYX_ATTENTION_GRAD_SHARED": "0"},
+    "two-pass": {"ZYX_ATTENTION_GRAD_PASSES": "2"},
+    "split-two-pass": {"ZYX_ATTENTION_GRAD_SHARED": "0", "ZYX_ATTENTION_GRAD_PASSES": "2"},
+}
+CHECK_TOLERANCE = 1e-4  # --check-torch: the largest error allowed, relative to the reference's largest value
 
 
 def inputs(args: argparse.Namespace, context: int) -> list:
@@ -127,38 +143,95 @@ def measure_zyx(args: argparse.Namespace, context: int) -> dict[str, Any]:
         with zyx.profile() as profiler:
             run_once()
         kernel_runs.append(sum(row.seconds for row in profiler.summaries()))
-    return {"runs_s": runs, "cpu_runs_s": cpu_runs, "kernel_runs_s": kernel_runs, "grown_bytes": grown,
-            "first_head_error": error,
-            "kernels": jitted.captured[0]["kernels"]}
+    found = {"runs_s": runs, "cpu_runs_s": cpu_runs, "kernel_runs_s": kernel_runs, "grown_bytes": grown,
+             "first_head_error": error, "kernels": jitted.captured[0]["kernels"]}
+    if args.train:
+        found["kernel_table"] = kernel_table(jitted, dev, arrays, args.calls)
+    if args.train and args.check_torch:
+        found["torch_errors"] = torch_errors(args, arrays, [r.numpy() for r in run_once()])
+    return found
+
+
+def kernel_table(train: Any, dev: Any, arrays: list, calls: int) -> list[dict[str, Any]]:
+    """Each kernel's device time per call of the step over `calls` calls launched back to back, one wait."""
+    import zyx
+    tensors = [dev.tensor(a) for a in arrays]
+    zyx.realize(*tensors)
+    dev.synchronize()
+    with zyx.profile() as profiler:
+        results = [train(*tensors) for _ in range(calls)]
+        zyx.realize(*(r for step in results for r in step))
+        dev.synchronize()
+    return [{"kernel": row.kernel, "node": row.node, "ms": row.seconds / calls * 1e3, "tflops": row.gflops / 1e3,
+             "peak_tflops": row.peak.gflops / 1e3 if row.peak.gflops else None}
+            for row in sorted(profiler.summaries(), key=lambda row: -row.seconds)]
+
+
+def torch_errors(args: argparse.Namespace, arrays: list, found: list) -> dict[str, float]:
+    """The largest error of zyx's output and gradients (`found`) against torch's in float64 on --torch-device,
+    each relative to the reference's largest value."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    device = torch.device(args.torch_device)
+    q, k, v = (torch.tensor(a, dtype=torch.float64, device=device, requires_grad=True) for a in arrays[:3])
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=not args.full)
+    grads = torch.autograd.grad((out * torch.tensor(arrays[3], dtype=torch.float64, device=device)).sum(), [q, k, v])
+    errors = {}
+    for name, reference, value in zip(("out", "dq", "dk", "dv"), (out.detach(), *grads), found):
+        reference = reference.cpu().numpy()
+        errors[name] = float(np.abs(value - reference).max() / max(np.abs(reference).max(), 1e-30))
+    return errors
 
 
 def measure_torch(args: argparse.Namespace, context: int) -> dict[str, Any]:
+    """torch's time per call on --torch-device (waiting for the device); with --train on a GPU also the backward
+    alone (autograd over a kept graph)."""
     import torch
     import torch.nn.functional as F
-    q, k, v = (torch.from_numpy(a).requires_grad_(args.train) for a in inputs(args, context))
-    grad_out = torch.from_numpy(inputs(args, context)[0][::-1].copy())
-    runs = []
-    with torch.set_grad_enabled(args.train):
+    device = torch.device(args.torch_device)
+    q, k, v = (torch.from_numpy(a).to(device).requires_grad_(args.train) for a in inputs(args, context))
+    grad_out = torch.from_numpy(inputs(args, context)[0][::-1].copy()).to(device)
+    wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(call) -> list[float]:
+        runs = []
         for repeat in range(args.repeat + 2):
+            wait()
             start = time.perf_counter()
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=not args.full)
-            if args.train:
-                torch.autograd.grad((out * grad_out).sum(), [q, k, v])
+            for _ in range(args.calls):
+                call()
+            wait()
             if repeat >= 2:
-                runs.append(time.perf_counter() - start)
-    return {"runs_s": runs}
+                runs.append((time.perf_counter() - start) / args.calls)
+        return runs
+
+    def step() -> None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=not args.full)
+        if args.train:
+            torch.autograd.grad((out * grad_out).sum(), [q, k, v])
+
+    with torch.set_grad_enabled(args.train):
+        found = {"runs_s": timed(step)}
+        if args.train and device.type == "cuda":
+            loss = (F.scaled_dot_product_attention(q, k, v, is_causal=not args.full) * grad_out).sum()
+            found["backward_runs_s"] = timed(lambda: torch.autograd.grad(loss, [q, k, v], retain_graph=True))
+    return found
 
 
-def in_child(args: argparse.Namespace, context: int, implementation: str) -> dict[str, Any]:
-    """One measurement in a new process with a new zyx cache directory."""
+def in_child(args: argparse.Namespace, context: int, implementation: str, variant: str = "default"
+             ) -> dict[str, Any]:
+    """One measurement in a new process with a new zyx cache directory (zyx-staged's with the backward `variant`)."""
     with tempfile.TemporaryDirectory(prefix="attention_") as root:
         env = dict(os.environ, ZYX_CACHE_DIR=os.path.join(root, "zyx"),
                    ZYX_ATTENTION_MIN_BYTES="0" if implementation in FUSED_FORMS else str(1 << 62))
         if implementation in FUSED_FORMS:
             env["ZYX_ATTENTION_FORM"] = FUSED_FORMS[implementation]
+        env.update(BACKWARD_VARIANTS[variant])
         command = [sys.executable, __file__, "--child", implementation, "--contexts", str(context),
                    "--batch", str(args.batch), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
-                   "--repeat", str(args.repeat)] + ["--full"] * args.full + ["--train"] * args.train
+                   "--repeat", str(args.repeat), "--calls", str(args.calls), "--torch-device", args.torch_device]
+        command += ["--full"] * args.full + ["--train"] * args.train + ["--check-torch"] * args.check_torch
         if args.device is not None:
             command += ["--device", str(args.device)]
         finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
@@ -167,32 +240,60 @@ def in_child(args: argparse.Namespace, context: int, implementation: str) -> dic
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
+def measurements(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(implementation, backward variant) of every measurement asked for: zyx-staged's once per --backward
+    variant with --train."""
+    variants = [name.strip() for name in args.backward.split(",") if name.strip()]
+    unknown = [name for name in variants if name not in BACKWARD_VARIANTS]
+    if unknown:
+        raise SystemExit(f"--backward {','.join(unknown)}: expected some of {', '.join(BACKWARD_VARIANTS)}")
+    return [(implementation, variant) for implementation in IMPLEMENTATIONS if wants(args, implementation)
+            for variant in (variants if implementation == "zyx-staged" and args.train else ["default"])]
+
+
+def notes_of(found: dict[str, Any], args: argparse.Namespace, matrix: int) -> list[str]:
+    """The record's notes: kernel and CPU time, the T x T matrix for scale, kernels, the errors."""
+    notes = [f"one T×T matrix of all heads: {matrix / 2**20:.1f} MiB"]
+    if "backward_runs_s" in found:
+        notes.append(f"backward alone {statistics.median(found['backward_runs_s']) * 1e3:.2f} ms")
+    if "grown_bytes" not in found:
+        return notes
+    notes[:0] = [f"kernels {statistics.median(found['kernel_runs_s']) * 1e3:.2f} ms",
+                 f"CPU {statistics.median(found['cpu_runs_s']) * 1e3:.1f} ms"]
+    notes.append(f"{found['kernels']} kernel{'s' * (found['kernels'] != 1)}")
+    notes.append(f"first head{' dV' * args.train} off numpy by {found['first_head_error']:.1e}")
+    if "torch_errors" in found:
+        errors = found["torch_errors"]
+        verdict = "PASS" if all(e <= CHECK_TOLERANCE for e in errors.values()) else "FAIL"
+        notes.append(f"{verdict} against torch: " + ", ".join(f"{k} {e:.1e}" for k, e in errors.items()))
+    return notes
+
+
 def run(args: argparse.Namespace, device: Any, cl_device: Any) -> list[Record]:
     records = []
     for context in (int(c) for c in args.contexts.split(",")):
         matrix = args.batch * args.heads * context * context * 4
-        for implementation in IMPLEMENTATIONS:
-            if not wants(args, implementation):
-                continue
-            record = Record(f"{'A2' if args.train else 'A1'} T={context}{' full' * args.full}", implementation,
+        for implementation, variant in measurements(args):
+            name = implementation if variant == "default" else f"{implementation}/{variant}"
+            record = Record(f"{'A2' if args.train else 'A1'} T={context}{' full' * args.full}", name,
                             unit="MiB grown")
-            print(f"  {record.workload:<10} {implementation:<11} ...", file=sys.stderr, flush=True)
+            print(f"  {record.workload:<10} {name:<11} ...", file=sys.stderr, flush=True)
             try:
-                found = in_child(args, context, implementation)
+                found = in_child(args, context, implementation, variant)
             except Exception as error:
                 record.note = f"skipped: {error}"
                 records.append(record)
                 continue
             record.runs_s, record.median_s = found["runs_s"], statistics.median(found["runs_s"])
-            notes = [f"one T×T matrix of all heads: {matrix / 2**20:.1f} MiB"]
             if "grown_bytes" in found:
                 record.throughput = found["grown_bytes"] / 2**20
-                notes[:0] = [f"kernels {statistics.median(found['kernel_runs_s']) * 1e3:.2f} ms",
-                             f"CPU {statistics.median(found['cpu_runs_s']) * 1e3:.1f} ms"]
-                notes.append(f"{found['kernels']} kernel{'s' * (found['kernels'] != 1)}")
-                notes.append(f"first head{' dV' * args.train} off numpy by {found['first_head_error']:.1e}")
-            record.note, record.extra = "; ".join(notes), found
+            record.note, record.extra = "; ".join(notes_of(found, args, matrix)), found
             records.append(record)
+            print(f"{record.workload} {name}: {record.note}", flush=True)
+            for row in found.get("kernel_table", []):
+                share = f" {row['tflops'] / row['peak_tflops']:.1%} of peak" if row["peak_tflops"] else ""
+                print(f"    {row['kernel']} {row['node']:<36} {row['ms']:8.3f} ms {row['tflops']:6.1f} TFLOP/s{share}",
+                      flush=True)
     return records
 
 
@@ -210,6 +311,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--full", action="store_true", help="attention over every key (default: causal)")
     p.add_argument("--train", action="store_true", help="forward and backward (A2): a jitted step with gradients")
+    p.add_argument("--backward", default="default",
+                   help=f"with --train, zyx-staged's backward variants to measure ({', '.join(BACKWARD_VARIANTS)})")
+    p.add_argument("--calls", type=int, default=1, help="calls launched back to back per timed run (one wait)")
+    p.add_argument("--torch-device", default="cpu", help="where torch runs (cpu, cuda)")
+    p.add_argument("--check-torch", action="store_true",
+                   help="compare zyx's output and gradients with torch's in float64 on --torch-device")
     p.add_argument("--child", choices=IMPLEMENTATIONS, default=None, help=argparse.SUPPRESS)
 
 

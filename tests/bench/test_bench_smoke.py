@@ -54,6 +54,20 @@ def test_attention_training_reports_memory_and_the_gradient_error(tmp_path):
     assert rows["zyx-staged"]["extra"]["kernels"] < rows["zyx-unfused"]["extra"]["kernels"]
 
 
+def test_attention_backward_variants_are_timed_per_kernel_and_checked_against_torch(tmp_path):
+    """A2 with --backward: zyx-staged once per variant, each with its kernels' time per step and its output and
+    gradients within the tolerance of torch's (float64)."""
+    _, result = _run("attention.py", "--train", "--contexts", "37", "--heads", "2", "--head-dim", "8",
+                     "--only", "zyx-staged", "--backward", "default,split-two-pass", "--calls", "2", "--check-torch",
+                     tmp_path=tmp_path)
+    rows = {r["implementation"]: r for r in result["results"]}
+    assert set(rows) == {"zyx-staged", "zyx-staged/split-two-pass"}
+    for row in rows.values():
+        assert "PASS against torch" in row["note"], row["note"]
+        assert set(row["extra"]["torch_errors"]) == {"out", "dq", "dk", "dv"}
+        assert row["extra"]["kernel_table"] and all(k["ms"] > 0 for k in row["extra"]["kernel_table"])
+
+
 def test_list_devices_exits_cleanly():
     finished = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--list-devices"],
                               capture_output=True, text=True, timeout=120)

@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import zyx
-from zyx.jit.kernel_ir import If, Role, walk
+from zyx.jit.attention_grad import gradients_share_kernels
+from zyx.jit.attention_grad_tiles import walk_passes
+from zyx.jit.attention_tiles import rows_per_group
+from zyx.jit.kernel_ir import If, LocalArray, Role, walk
 from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(17)
@@ -57,20 +60,63 @@ CASES = {  # name: (batch, heads, queries, keys, head size, value size, keyword 
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
+def check_case(device, name):
+    """CASES[name]'s output and gradients as torch's, from three attention kernels (the forward, dQ, dK with dV)
+    where dK and dV share one (else four) and no buffer of queries x keys; the backward kernels."""
     batch, heads, queries, keys, head, value, options = CASES[name]
     arrays = [data(batch, heads, queries, head), data(batch, heads, keys, head), data(batch, heads, keys, value),
               data(batch, heads, queries, value)]
-    out, grads = zyx_step(shaped, arrays, options)
-    kernels, fused = attention_kernels(out, grads, shaped)
-    assert len(fused) == 3, [k.name for k in kernels]  # the forward, dQ, dK with dV
+    out, grads = zyx_step(device, arrays, options)
+    kernels, fused = attention_kernels(out, grads, device)
+    assert len(fused) == (3 if gradients_share_kernels() else 4), [k.name for k in kernels]
     assert not [node for k in kernels for node in k.outputs if spans(node.shape, queries, keys)], "a T x T buffer"
     expected_out, expected = torch_step(arrays, options)
     zyx.realize(out, *grads)
     np.testing.assert_allclose(out.numpy(), expected_out, rtol=1e-5, atol=1e-5)
     for grad, reference, name in zip(grads, expected, "qkv"):
         np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
+    return fused[1:]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
+    check_case(shaped, name)
+
+
+@pytest.mark.parametrize("shared", ["1", "0"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_blocks_walked_in_two_passes_on_request(shaped, monkeypatch, name, shared):
+    """ZYX_ATTENTION_GRAD_PASSES=2: each block of walked rows in two loops, the first storing P and dS into a local
+    array per product, the second adding their terms, in every backward kernel but dV's alone (which reads no
+    staged row twice); the same gradients, dK and dV in one kernel or two."""
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", "2")
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_SHARED", shared)
+    arrays = [[s for s in walk(kernel.ir.body) if isinstance(s, LocalArray) and s.name.startswith("p_stage")]
+              for kernel in check_case(shaped, name)]
+    assert sorted(map(len, arrays)) == ([1, 2] if shared == "1" else [0, 1, 1])
+
+
+@pytest.mark.parametrize("rows", ["32", "128"])
+def test_rows_per_group_on_request(gpu, monkeypatch, rows):
+    """ZYX_ATTENTION_ROWS: the forward's and the backward kernels' groups hold that many rows; the same gradients
+    (two passes, dK and dV apart: the variant expected fastest on the H200)."""
+    monkeypatch.setenv("ZYX_ATTENTION_ROWS", rows)
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", "2")
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_SHARED", "0")
+    arrays = [data(1, 2, 150, 32) for _ in range(4)]
+    out, grads = zyx_step(gpu, arrays, {"is_causal": True})
+    assert [k.ir.axis(Role.LOCAL).size for k in attention_kernels(out, grads, gpu)[1]] == [int(rows)] * 4
+    for grad, reference, name in zip(grads, torch_step(arrays, {"is_causal": True})[1], "qkv"):
+        np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
+    monkeypatch.setenv("ZYX_ATTENTION_ROWS", "48")
+    with pytest.raises(ValueError, match="ZYX_ATTENTION_ROWS='48'"):
+        rows_per_group(150, 2, 256)
+
+
+def test_walk_passes_refuses_other_settings(monkeypatch):
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", "3")
+    with pytest.raises(ValueError, match="ZYX_ATTENTION_GRAD_PASSES='3'"):
+        walk_passes()
 
 
 def test_dk_and_dv_in_kernels_of_their_own_on_request(shaped, monkeypatch):
@@ -128,9 +174,11 @@ def test_the_per_row_form_on_request(dev, monkeypatch):
         np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5)
 
 
-def test_webgpu_computes_every_block(monkeypatch):
+@pytest.mark.parametrize("passes", ["1", "2"])
+def test_webgpu_computes_every_block(monkeypatch, passes):
     """WGSL's uniformity analysis refuses barriers under a branch on loaded values: the staged backward computes
-    every block there, with the same gradients."""
+    every block there, with the same gradients (each block walked in one pass or two)."""
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", passes)
     try:
         from zyx.runtime.webgpu import adapters
         found = bool(adapters())

@@ -16,6 +16,7 @@ group's rows are skipped (attention_tiles.py's test, on the scores P is recomput
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence
 
 from ..dtypes import float32
@@ -25,8 +26,8 @@ from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, REDUCE_OPS, Op
 from .attention import NotAttention
 from .attention_grad import AttentionGradientLowering, GradientProduct
 from .attention_tiles import KEYS, StagedBlocks, _at, _lane, _lanes, rows_per_group
-from .kernel_ir import (Alu, Barrier, Const, Define, If, LocalArray, LocalLoad, Loop, MultiplyAdd, Operand,
-                        Reg)
+from .kernel_ir import (Alu, Barrier, Const, Define, If, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
+                        Operand, Reg)
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, source_index, unravel
 from .view_index import reads
 from .symbolic import Expr
@@ -44,6 +45,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         self._stages: dict[int, list[tuple[Index, str, int, str, int]]] = {}
         self._nested: dict[tuple, tuple[list[Operand], str, int]] = {}      # (product, index): registers, stage
         self._stage_reads: dict[tuple[str, int], Reg] = {}                  # (stage, vector): its register
+        self._p_stages: list[str] = []  # two passes: a local array per plan of its P side, [walked row][item]
 
     def _layout(self, plan: GradientProduct) -> tuple[Index, tuple]:
         """Groups of rows_per_group consecutive rows along the last of the rows' axes, within a batch entry."""
@@ -64,12 +66,19 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         walk_name = self._walk_name = self.names.fresh("j")
         probe = Expr.var(walk_name, trips)  # the walked row, to find what the walk reads before its blocks exist
         products = self._nested_products(probe, walk_name)
-        stages = _distinct(self._walked_operands(products, probe, walk_name))
-        block = self.keys_per_block = self._block_size(sum(size for _, _, _, size in stages))
+        walked_operands = self._walked_operands(products, probe, walk_name)
+        stages = _distinct(walked_operands)
+        nested, outer = walked_operands[:len(products)], walked_operands[len(products):][:len(self.plans)]
+        two_passes = walk_passes() == 2 and bool({_stage_key(*s) for s in nested} & {_stage_key(*s) for s in outer})
+        block = self.keys_per_block = self._block_size(sum(size for _, _, _, size in stages),
+                                                       two_passes * len(self.plans) * self.rows_per_group)
         blocks = -(-trips // block)
         exact = Expr.var(block_name, blocks) * block + Expr.var(walk_name, block)
         walked = Expr.minimum(exact, trips - 1)
         copies = self._declare_stages(stages, {walk_name: walked})
+        if two_passes:
+            self._p_stages = [self.names.fresh("p_stage") for _ in self.plans]
+            self._scopes[0] += [LocalArray(name, float32, block * self.rows_per_group) for name in self._p_stages]
         self._hold_item_sides(products, walk_name, walked)
         accs = [[Reg(self.names.fresh("acc"), float32) for _ in range(plan.product.shape[plan.width])]
                 for plan in self.plans]
@@ -108,10 +117,14 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
             raise NotAttention(self.root)
         return stages
 
-    def _block_size(self, width: int) -> int:
+    def _block_size(self, width: int, p_sides: int) -> int:
         """Walked rows per block: the most of KEYS whose stage (`width` floats a row) takes at most half the local
-        memory (two groups share a multiprocessor's), fewer where fewer hold every walked row."""
-        fitting = [block for block in KEYS if 4 * block * width <= self.local_memory // 2]
+        memory (two groups share a multiprocessor's) and, with two passes, whose P sides' arrays (`p_sides`
+        floats a walked row) fit beside it, fewer where fewer hold every walked row. (The P sides may take from
+        the other half: the backward's items hold 150-250 registers, so registers, not local memory, bound the
+        groups a multiprocessor holds.)"""
+        fitting = [block for block in KEYS if 4 * block * width <= self.local_memory // 2
+                   and 4 * block * (width + p_sides) <= self.local_memory]
         if not fitting:
             raise NotAttention(self.root)
         return min((block for block in fitting if block >= self.trips), default=fitting[0])
@@ -136,18 +149,43 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
             self._nested[key] = (registers, stage[0], stage[1])  # type: ignore[index]
 
     def _walk_block(self, accs: list[list[Reg]], walked: Expr, exact: Expr) -> None:
-        """The loop over the block's walked rows adding each outer product's terms to its accumulators."""
+        """The loop over the block's walked rows adding each outer product's terms to its accumulators; with two
+        passes (`_p_stages`) the P sides are computed by a loop of their own first (`_store_p_sides`) and read
+        back here."""
+        if self._p_stages:
+            self._store_p_sides(walked)
         self._open_loop(self._walk_name, self.keys_per_block)
         self._stage_reads.clear()
-        for plan, row in zip(self.plans, accs):
-            for e, acc in enumerate(row):
+        row = Expr.var(self._walk_name, self.keys_per_block) * self.rows_per_group + self.lid
+        for plan, accumulators, stage in zip(self.plans, accs, self._p_stages or [None] * len(self.plans)):
+            p_side = None
+            if stage is not None:
+                p_side = self._line(lambda out, stage=stage: LocalLoad(out, stage, row))
+            for e, acc in enumerate(accumulators):
                 index = plan.index(self.item, e, walked)
-                a, b = (self.value(side, index, ()).operand for side in plan.product.src[0].src)
+                a, b = ((p_side if p_side is not None and side is plan.p_side else self.value(side, index, ()).operand)
+                        for side in plan.product.src[0].src)
                 self._scopes[-1].append(MultiplyAdd(acc, a, b))
         walk = self._close_loop()
         if exact.hi >= self.trips:  # the last block hangs over the end: its rows past it add nothing
             walk = [If(((exact, "lt", self.trips),), tuple(walk))]
         self._scopes[-1].append(Loop(self._walk_name, self.keys_per_block, tuple(walk)))
+
+    def _store_p_sides(self, walked: Expr) -> None:
+        """The first of two passes: a loop over the block's walked rows storing each plan's P side (P, dS) into
+        the item's column of its `_p_stages` array. The staged rows the nested products read (q and dO, or k and
+        v) then live in registers only while those products run, not on until the outer products use them:
+        the registers an item holds are its rows and accumulators (see walk_passes)."""
+        self._open_loop(self._walk_name, self.keys_per_block)
+        depth = len(self._scopes) - 1
+        self._stage_reads.clear()
+        row = Expr.var(self._walk_name, self.keys_per_block) * self.rows_per_group + self.lid
+        for plan, stage in zip(self.plans, self._p_stages):
+            value = self.value(plan.p_side, plan.index(self.item, 0, walked), ())
+            self._scopes[-1].append(LocalStore(stage, row, value.operand))
+        self._scopes[-2].append(Loop(self._walk_name, self.keys_per_block, tuple(self._close_loop())))
+        for key in [key for key, value in self._values.items() if value.depth >= depth]:
+            del self._values[key]  # registers of this loop's body: the second pass is another loop
 
     def _nested_products(self, walked: Expr, walk_name: str) -> list[tuple[Node, Index, str, int, Node, Node]]:
         """The products over the head dimension that P's recomputation reads at the item's row and the walked one,
@@ -247,11 +285,16 @@ def _distinct(stages: list) -> list:
     """The stages, each node at each index once (whatever its inner variable is called)."""
     found, seen = [], set()
     for node, index, name, size in stages:
-        key = (id(node), _keys(_at(index, {name: Expr.var("inner", size)})))
+        key = _stage_key(node, index, name, size)
         if key not in seen:
             seen.add(key)
             found.append((node, index, name, size))
     return found
+
+
+def _stage_key(node: Node, index: Index, name: str, size: int) -> tuple:
+    """What a stage holds: `node` at `index` whatever its inner variable `name` is called."""
+    return id(node), _keys(_at(index, {name: Expr.var("inner", size)}))
 
 
 def _position(plan: GradientProduct, item: Index, e: int) -> Expr:
@@ -269,6 +312,19 @@ def _probability_index(plan: GradientProduct, item: Index, walked: Expr, materia
         if node is plan.probabilities:
             return index
     return None
+
+
+def walk_passes() -> int:
+    """How a block of walked rows is walked (ZYX_ATTENTION_GRAD_PASSES, default 1): 1, once, each outer
+    product's P side (P, dS) computed where its terms are added, the staged rows the nested products read kept in
+    registers for the outer products that read them again (in the dK-dV kernel q and dO: 128 floats besides k, v
+    and the 128 accumulators, past the 255 registers an NVIDIA item has); 2, a first loop storing the P sides
+    into local memory and a second adding the terms, reading the staged rows again (bench/attention.py --backward),
+    where an outer product reads a staged row that a nested product reads too (not in a kernel of dV alone)."""
+    setting = os.environ.get("ZYX_ATTENTION_GRAD_PASSES", "1")
+    if setting not in ("1", "2"):
+        raise ValueError(f"ZYX_ATTENTION_GRAD_PASSES={setting!r}: expected 1 or 2")
+    return int(setting)
 
 
 def lower_staged_attention_gradient(plan: GradientProduct, siblings: Sequence[GradientProduct],

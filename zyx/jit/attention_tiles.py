@@ -31,6 +31,7 @@ and Lowering machinery are the ones matmul.py's tiles use; StagedBlocks is what 
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 from ..dtypes import DType, bool_, float32
@@ -46,13 +47,20 @@ from .symbolic import Expr
 
 ROWS = (64, 32)        # query rows (work items) per group: 32 where a batch entry has at most 32 rows, or where 64
 MIN_GROUPS = 528       # would make fewer groups than this (4 per multiprocessor of an H200's 132): a GPU idling
+ROWS_SETTINGS = ("16", "32", "64", "128", "256")  # what ZYX_ATTENTION_ROWS may set
 KEYS = (64, 32, 16)    # keys per staged block: the largest whose stage takes at most half the local memory
 LANES = 4              # floats per local read of a staged key or value row (where the head dimension allows)
 
 
 def rows_per_group(queries: int, batch: int, max_group_size: int) -> Optional[int]:
     """The most rows of ROWS that the device's groups may hold, fewer where fewer hold all `queries` or where the
-    `batch` entries' queries would fill fewer than MIN_GROUPS groups."""
+    `batch` entries' queries would fill fewer than MIN_GROUPS groups; ZYX_ATTENTION_ROWS sets it (the forward's and
+    the backward's: rows per group against groups per multiprocessor, for measuring), None past max_group_size."""
+    setting = os.environ.get("ZYX_ATTENTION_ROWS")
+    if setting is not None:
+        if setting not in ROWS_SETTINGS:
+            raise ValueError(f"ZYX_ATTENTION_ROWS={setting!r}: expected one of {', '.join(ROWS_SETTINGS)}")
+        return int(setting) if int(setting) <= max_group_size else None
     fitting = [rows for rows in ROWS if rows <= max_group_size]
     enough = [rows for rows in fitting if batch * -(-queries // rows) >= MIN_GROUPS] or fitting[-1:]
     return next((rows for rows in reversed(enough) if rows >= queries), enough[0] if enough else None)
