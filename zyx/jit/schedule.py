@@ -219,6 +219,7 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
 
 BROADCAST_MIN_FACTOR = 16  # a value a reduction reads broadcast this many times over ...
 BROADCAST_MIN_OPS = 8      # ... and computed by this many fused ops is stored rather than recomputed
+OP_WEIGHT = {Op.ERF: 8}    # ops counted as several: erf is a polynomial of that many (20 ops before it was an op)
 PRODUCT_BROADCAST_MIN = 1024  # a product's operand, computed once per block of outputs (a tile, up to 256 wide)
 # along the axis it is broadcast to: stored where that is 4 blocks and more (a one-hot embedding gradient's 50 304
 # vocabulary rows took 175 ms on the H200 for one GPT-2 step, recomputing a layer norm's backward in its prologue)
@@ -260,14 +261,14 @@ def _broadcast_into_reductions(root: Node, materialized: dict[int, Node], gpu: b
 
 
 def _fused_ops(value: Node, materialized: dict[int, Node], enough: int) -> int:
-    """Elementwise ops a kernel computes for `value` (counted up to `enough`)."""
+    """Elementwise ops a kernel computes for `value` (counted up to `enough`; an OP_WEIGHT op as several)."""
     count, stack, seen = 0, [value], set()
     while stack and count < enough:
         node = stack.pop()
         if id(node) in seen or node.op is Op.BUFFER or (node is not value and id(node) in materialized):
             continue
         seen.add(id(node))
-        count += node.op in ELEMENTWISE_OPS
+        count += OP_WEIGHT.get(node.op, 1) if node.op in ELEMENTWISE_OPS else 0
         if node.op not in REDUCE_OPS:
             stack.extend(node.src)
     return count
@@ -409,7 +410,7 @@ def _gradient_siblings(root: Node, materialized: dict[int, Node], produced: set[
     """`root` as a product of attention's backward recomputing P, and the products still to store that recompute
     the same P (those that may share its kernel); (None, []) where `root` is no such product."""
     plan = match_attention_gradient(root, materialized, traits.gpu)
-    if plan is None or not gradients_share_kernels():
+    if plan is None or not gradients_share_kernels(traits.gpu):
         return plan, []
     others = (match_attention_gradient(node, materialized, traits.gpu) for key, node in materialized.items()
               if key not in produced and node is not root)
