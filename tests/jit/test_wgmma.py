@@ -344,8 +344,8 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     map, the block order and the epilogue together, against numpy: 128 x 128 blocks with the right operand across
     k (MN-major), and 128 x 256 blocks (a tuned choice) with both along k and edges in every direction. Every item
     copies and multiplies (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
-    (test_warp_roles.py runs it against a model). (Slow: PoCL compiles 128 accumulators' emulation for a minute or
-    two.)"""
+    (test_warp_roles.py runs it against a model). PoCL builds it without optimizations: optimizing 128 accumulators'
+    emulation takes it two minutes, running the unoptimized kernel a second."""
     import ml_dtypes
     import pyopencl as cl
     from zyx.jit import print_opencl
@@ -367,7 +367,7 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     name, source = print_opencl.print_kernel(kernel.ir)
     dev = zyx.OpenCL()
     context, device = dev.runtime.context, dev.runtime.device
-    program = cl.Program(context, EMULATED_DOT + source).build()
+    program = cl.Program(context, EMULATED_DOT + source).build(options=["-cl-opt-disable"])
     kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
     a, b = x.numpy().astype(kind), y.numpy().astype(kind)
     flags = cl.mem_flags
