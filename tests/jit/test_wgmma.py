@@ -82,15 +82,20 @@ def _copied_bytes(kernel, array: str, gid: int = 0) -> dict[int, int]:
     warpgroup's (items 256-383, its loop at step 0)."""
     placed = {}
     loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and any(isinstance(c, AsyncCopy) for c in s.body))
-    copies = [s for s in loop.body if isinstance(s, AsyncCopy) and s.array == array]
-    for lid, copy in itertools.product(range(256, 384), copies):
-        values = {"lid": Expr(lid), "gid": Expr(gid), loop.var: Expr(0)}
-        index, source = substitute(copy.index, values).const, substitute(copy.source, values).const
+    values = {"lid": np.arange(256, 384), "gid": gid, loop.var: 0}
+    for copy in (s for s in loop.body if isinstance(s, AsyncCopy) and s.array == array):
+        index, source = (np.broadcast_to(_evaluated(e, values), (128,)) for e in (copy.index, copy.source))
         shift, mask = swizzle_bits(copy.swizzle)
         for e in range(copy.width):
             at = index + e
-            placed[2 * (at ^ (((at >> shift) & mask) << 3))] = source + e
+            placed.update(zip((2 * (at ^ (((at >> shift) & mask) << 3))).tolist(), (source + e).tolist()))
     return placed
+
+
+def _evaluated(expr: Expr, values: dict) -> np.ndarray:
+    """`expr` at the points `values` gives its variables (integers or arrays of them): its printed text evaluated
+    with numpy, where C's `/` and `%` are `//` and `%` (indices are never negative)."""
+    return eval(expr.render().replace("/", "//"), {"min": np.minimum}, values)
 
 
 @pytest.mark.parametrize("transposed", [False, True])
