@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import math
 
-from ..kernel_ir import PURE, Axis, Const, Kernel, Loop, Reg, Role, Statement, rewrite, substitute
+from ..kernel_ir import PURE, Axis, Const, Kernel, Loop, Reg, Role, Statement, field_names, rewrite, substitute
 from ..symbolic import Expr
 from ..lower import linear, unravel
 from . import defined_register
@@ -67,5 +67,5 @@ def _key(statement: Statement) -> tuple:
         if isinstance(value, tuple):
             return tuple(part(v) for v in value)
         return value
-    return (type(statement).__name__,) + tuple(part(getattr(statement, f.name)) for f in dataclasses.fields(statement)
-                                                if f.name != "out")
+    return (type(statement).__name__,) + tuple(part(getattr(statement, name)) for name in field_names(type(statement))
+                                                if name != "out")
