@@ -17,7 +17,7 @@ by the whole group; their local arrays are declared once each at the kernel's to
 
 On GPUs (`Grouping.any_size`) kernels of any size share launches: a launch costs the host and the device about as
 much as a small kernel runs (~10 µs), and independent kernels running side by side fill the device better than
-one after the other. A W4 Adam step's 19 kernels take 8 launches there (and its index check's program one); a
+one after the other. A W4 Adam step's 20 kernels (its labels' index check among them) take 8 launches there; a
 kernel with local memory that fills the device alone (`Grouping.fills_device` groups) keeps its own launch. On
 CPUs only tiny kernels join others: a big kernel keeps its own work-group size (PoCL's products run in groups of
 one item, where an elementwise kernel would lose its vectors).
