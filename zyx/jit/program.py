@@ -87,7 +87,8 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     kernels = _launch_order(kernels, targets, leaves, in_place, checks)
     if grouping is not None and not any(kernel.collective for kernel in kernels):
         kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place, checks), grouping,
-                                 _in_place_writers(kernels, targets, in_place))
+                                 _in_place_writers(kernels, targets, in_place),
+                                 _producers(kernels, [targets[target] for target in checks]))
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
