@@ -67,10 +67,10 @@ def timed_blocks(call: Callable[[int], None], prepare: Callable[[], None], synch
 
 def recorded_commands(runtime: Any, call: Callable[[], None]) -> list[tuple]:
     """What `call` asks the driver for, in order: ("launch", kernel, global size, local size, arguments),
-    ("read", buffers) for each read of results and ("wait",) where it waits for them (a jitted step reads its
-    index checks' extremes behind its first launches, and waits before those that overwrite its inputs)."""
+    ("read", raw buffers) for each read of results and ("wait",) where it waits for them (a jitted step reads its
+    index checks' extremes behind its first launch, and waits before those that overwrite its inputs)."""
     commands: list[tuple] = []
-    launcher, download_later = runtime.launcher, runtime.download_later
+    launcher, download_later, read_later = runtime.launcher, runtime.download_later, runtime.read_later
 
     def recording(timed: bool) -> Callable:
         launch = launcher(timed)
@@ -80,19 +80,24 @@ def recorded_commands(runtime: Any, call: Callable[[], None]) -> list[tuple]:
             return launch(kernel, global_size, local_size, args)
         return record
 
-    def reading(requests: list) -> Callable[[], list]:
-        commands.append(("read", [buffer.raw for buffer, _, _ in requests]))
-        arrays = download_later(requests)
-
-        def waiting() -> list:
+    def waiting(wait: Callable[[], Any]) -> Callable[[], Any]:
+        def waited() -> Any:
             commands.append(("wait",))
-            return arrays()
-        return waiting
-    runtime.launcher, runtime.download_later = recording, reading
+            return wait()
+        return waited
+
+    def downloading(requests: list) -> Callable[[], list]:
+        commands.append(("read", [buffer.raw for buffer, _, _ in requests]))
+        return waiting(download_later(requests))
+
+    def reading(copies: list) -> Callable[[], None]:
+        commands.append(("read", [raw for raw, _ in copies]))
+        return waiting(read_later(copies))
+    runtime.launcher, runtime.download_later, runtime.read_later = recording, downloading, reading
     try:
         call()
     finally:
-        del runtime.launcher, runtime.download_later
+        del runtime.launcher, runtime.download_later, runtime.read_later
     return commands
 
 
@@ -159,11 +164,17 @@ def driver_stubbed(runtime: Any) -> Iterator[None]:
     def download_later(requests: list) -> Callable[[], list]:
         arrays = [np.zeros(tuple(shape), dtype) for _, shape, dtype in requests]  # (holding no buffer, as the driver's)
         return lambda: arrays
-    runtime.launcher, runtime.download_later = launcher, download_later
+
+    def no_wait() -> None:
+        return None
+
+    def read_later(copies: list) -> Callable[[], None]:
+        return no_wait  # (the host arrays keep what the last real read left there)
+    runtime.launcher, runtime.download_later, runtime.read_later = launcher, download_later, read_later
     try:
         yield
     finally:
-        del runtime.launcher, runtime.download_later
+        del runtime.launcher, runtime.download_later, runtime.read_later
 
 
 def with_python(record: Record, python_s: float) -> Record:

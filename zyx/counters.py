@@ -20,7 +20,7 @@ def bump(name: str, amount: float = 1) -> None:
 
 def note_run(peak_bytes: float, launches: int, kernels: int) -> None:
     """A program run's counts in one call (`set_max("peak_bytes", ...)`, `bump("launches", ...)`,
-    `bump("kernels_launched", ...)`): a replay makes two runs, and each call costs as much as a launch's line.
+    `bump("kernels_launched", ...)`): a replay's run makes it at every call, where it costs as much as a launch's line.
     Its three counters are always present (`_RUN_COUNTERS`), so it reads them without defaults."""
     counters = _COUNTERS
     if peak_bytes > counters["peak_bytes"]:

@@ -45,6 +45,8 @@ def explain_cache_misses() -> bool:
 # and decodes the value: microseconds, as much as a launch. os.environ keeps the encoded names and values in a
 # dict, `_data`, which its writes update; the settings are read from it directly (through `get` where it lacks one).
 _raw_environment = getattr(os.environ, "_data", None)
+_raw_get = _raw_environment.get if isinstance(_raw_environment, dict) else None  # (looked up once: a replay reads
+# its settings three times)
 _levels: dict = {}  # a raw ZYX_DEBUG value -> its level
 _keys = {name: os.environ.encodekey(name) for name in ("ZYX_DEBUG", "ZYX_DEBUG_CACHE")}
 _ONE = os.environ.encodevalue("1")
@@ -52,8 +54,8 @@ _ONE = os.environ.encodevalue("1")
 
 def _read(name: str) -> object:
     """The setting `name` as os.environ keeps it (encoded), None when unset."""
-    if isinstance(_raw_environment, dict):
-        return _raw_environment.get(_keys[name])
+    if _raw_get is not None:
+        return _raw_get(_keys[name])
     value = os.environ.get(name)
     return None if value is None else os.environ.encodevalue(value)
 

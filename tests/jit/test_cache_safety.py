@@ -138,6 +138,9 @@ def out_of_range(field: str, value) -> str:
     (out_of_range("slot_bytes", [-16]), None, "not a non-negative integer"),
     (out_of_range("frees", [[7]]), None, "frees: index 7"),
     (out_of_range("aliases", {"0": 5}), None, "aliases: index 5"),
+    (out_of_range("checks", [1]), None, "checks: index 1"),
+    (json.dumps({**json.loads(out_of_range("checks", [0])), "aliases": {"0": 0}}), None,
+     "checks: not all computed before the first launch writing an input in place"),
     (program_to_json(a_program()).replace("double_it", "os.system"), None, "not an identifier"),
     (planted_pickle(Path("/tmp/never")).decode(), None, "not JSON"),
 ])
@@ -152,6 +155,17 @@ def test_a_damaged_program_is_dropped_with_one_warning(tmp_path, monkeypatch, te
     (message,) = cache_warnings(record)
     assert reason in message and "kkkkkkkkkkkk" in message
     assert len(store) == 0  # dropped: the next run schedules and stores it again
+
+
+def test_a_program_naming_its_index_checks_is_stored_with_them_and_one_naming_none_as_before(tmp_path, monkeypatch):
+    """`checks` is written only where a program has some: entries without it read as they did."""
+    monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path / "cache"))
+    store, checked = ProgramStore(), a_program()
+    checked.checks = [0]
+    store.save("c" * 32, checked)
+    store.save("k" * 32, a_program())
+    assert store.load("c" * 32, inputs=1, rands=0) == checked and store.load("k" * 32, inputs=1, rands=0) == a_program()
+    assert "checks" not in json.loads(program_to_json(a_program()))
 
 
 def stored_program_text(cache_dir: Path, key: str) -> str:

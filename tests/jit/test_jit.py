@@ -480,26 +480,57 @@ def test_assign_keeps_the_tensor_dtype_and_shape(device):
         w.assign(zyx.zeros(3, 2, device=device))
 
 
-def test_replayed_steps_check_their_index_tensors_as_eagerly():
-    """Indexing, gather and class-index losses raise IndexError in a replay too (it used to read 0 silently)."""
-    dev = zyx.OpenCL()
-    x = dev.tensor(np.arange(12, dtype=np.float32).reshape(4, 3)).realize()
-    pick = zyx.jit(lambda x, i: x[i] * 2)
-    assert pick(x, dev.tensor([0, 3])).numpy().tolist() == [[0, 2, 4], [18, 20, 22]]
-    for bad, named in [([1, 9], "index 9"), ([-7, 1], "index -7")]:
-        with pytest.raises(IndexError, match=f"{named} is out of bounds for axis 0 with size 4"):
-            pick(x, dev.tensor(bad))
-    assert pick(x, dev.tensor([-1, 2])).numpy().tolist() == [[18, 20, 22], [12, 14, 16]]
-    loss = zyx.jit(lambda logits, labels: zyx.nn.cross_entropy(logits, labels))
-    assert np.isfinite(loss(x, dev.tensor([0, 1, 2, 0])).item())
-    with pytest.raises(IndexError, match="3"):
-        loss(x, dev.tensor([0, 1, 3, 0]))
+def test_replayed_steps_check_their_index_tensors_as_eagerly(device):
+    """Indexing, gather, embedding and class-index losses raise IndexError in a replay too (it used to read 0
+    silently), at the call whose index is out of range, naming it, the axis and its size; the next call with good
+    indices replays as before (on every device: zyx.CPU() runs them eagerly)."""
+    x = device.tensor(np.arange(12, dtype=np.float32).reshape(4, 3)).realize()
+    F = zyx.nn.functional
+    steps = [  # (step, good indices, their result, (bad indices, what the error says) ...)
+        (lambda x, i: x[i] * 2, [0, 3], [[0, 2, 4], [18, 20, 22]],
+         ([1, 9], r"^index 9 is out of bounds for axis 0 with size 4$"), ([-7, 1], "^index -7 is out of bounds")),
+        (lambda x, i: x.gather(1, i), [[2], [0], [1], [2]], [[2], [3], [7], [11]],
+         ([[0], [3], [0], [0]], r"^gather: index 3 is out of bounds for axis 1 with size 3$")),
+        (lambda x, i: F.embedding(i, x).sum(-1), [3, 0], [30, 3],
+         ([0, 4], r"^index 4 is out of bounds for axis 0 with size 4$"),
+         ([-1, 0], r"^Embedding: index -1 is out of range for num_embeddings=4$")),
+        (lambda x, i: zyx.nn.cross_entropy(x, i) * 0, [0, 1, 2, 0], 0,
+         ([0, 1, 3, 0], r"^cross_entropy: target 3 is out of range for 3 classes$"),
+         ([-2, 0, 0, 0], "^cross_entropy: target -2 is out of range")),
+    ]
+    for function, good, expected, *bad_calls in steps:
+        step = zyx.jit(function)
+        for _ in range(2):  # captured, then replayed
+            np.testing.assert_array_equal(step(x, device.tensor(good)).numpy(), expected)
+        for bad, message in bad_calls:
+            with pytest.raises(IndexError, match=message):
+                step(x, device.tensor(bad))
+        np.testing.assert_array_equal(step(x, device.tensor(good)).numpy(), expected)
+
+
+def test_a_step_indexing_with_a_value_it_updates_in_place_checks_it_after_its_launches(dev):
+    """An index the step computes from a tensor it updates in place cannot be checked before that update: its
+    program names no checks for its run's gate, and the replay reads them after the run, still raising at the call
+    that went out of range."""
+    table = dev.tensor(np.arange(4, dtype=np.float32) * 10).realize()
+    position = dev.tensor(np.array([0], np.int32)).realize()
+
+    @zyx.jit
+    def step():
+        position.assign(position + 1)
+        return table[position]
+
+    assert [step().numpy().tolist() for _ in range(3)] == [[10.0], [20.0], [30.0]]
+    (captured,) = step.steps[next(iter(step.steps))]
+    assert captured.checks and not captured.program.checks and not captured.gated_checks
+    with pytest.raises(IndexError, match=r"^index 4 is out of bounds for axis 0 with size 4$"):
+        step()
 
 
 def test_a_failing_index_check_raises_before_the_step_updates_anything(dev):
-    """A training step whose batch holds a bad class index raises, and its weight keeps its value (the checks run
-    in their own program before the step's, which writes the weight's buffer in place); the next good batch
-    trains from there, as eagerly."""
+    """A training step whose batch holds a bad class index raises, and its weight keeps its value (the run's gate
+    waits for the checks before its launch writing the weight's buffer in place); the next good batch trains from
+    there, as eagerly."""
     w = dev.tensor(np.full((3, 4), 0.5, np.float32)).realize()
     x = dev.tensor(np.arange(8, dtype=np.float32).reshape(2, 4)).realize()
 

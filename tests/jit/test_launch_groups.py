@@ -66,8 +66,8 @@ def test_an_adam_step_in_fewer_launches_computes_what_one_kernel_per_launch_does
 
 def test_gpu_kernels_with_work_groups_share_launches_and_compute_what_they_compute_alone(ungrouped_gpu):
     """GPU-shaped: products with local tiles, work-group reductions with barriers and elementwise kernels whose
-    items are no whole number of groups, in launches of any size: 20 kernels in 9 launches, the index check's
-    program included (the same at W4's full size)."""
+    items are no whole number of groups, in launches of any size: 20 kernels in 9 launches, the labels' index
+    check in one of its own (the same at W4's full size)."""
     assert check_grouped_step(ungrouped_gpu, (128, 64, 64, 10), 64) == 9
 
 
@@ -130,7 +130,8 @@ def test_a_kernel_with_local_memory_that_fills_the_device_keeps_its_own_launch()
 @pytest.mark.parametrize("shapes", ["dev", "gpu"])
 def test_the_launches_writing_inputs_in_place_come_after_all_others(shapes, request):
     """A replay waits for its index checks (the labels' range here) before its first launch writing an input in
-    place: every other launch is queued ahead of it (Adam's step counter, updated in place, ran in the first)."""
+    place: every other launch is queued ahead of it (Adam's step counter, updated in place, ran in the first), and
+    the checks are computed in the step's first launch, alone, where their read is queued right behind it."""
     step, x, y, _ = adam_mlp(request.getfixturevalue(shapes), (24, 16, 16, 4), 8)
     for _ in range(2):
         step(x, y)
@@ -138,4 +139,6 @@ def test_the_launches_writing_inputs_in_place_come_after_all_others(shapes, requ
     program = captured.program
     writes = [any(kind == "slot" and index in program.aliases for kind, index in launch.args)
               for launch in program.launches if launch.is_kernel]
-    assert captured.checking is not None and any(writes) and writes == sorted(writes), writes
+    assert captured.gated_checks and any(writes) and writes == sorted(writes), writes
+    (check,) = program.checks
+    assert program.outputs[check] in program.allocs[0] and program.launches[0].kernels == 1

@@ -1,5 +1,7 @@
 """Executable's generated run (runtime/run_code.py) on a fake runtime: what it launches with which buffers, and
 how its internal buffers go through the pool (taken, given back, also when a launch raises; the peak noted)."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -293,3 +295,43 @@ def test_a_bound_run_hands_a_call_whose_launch_function_has_no_enqueue_to_the_pl
     recorder = FakeRuntime.launcher(runtime, False)
     assert bound(inputs, [], None, recorder) == ["plain"] and bound(inputs, [], None, None) == ["plain"]
     assert [call[3] for call in handed] == [recorder, None] and runtime.own and not runtime.launches
+
+
+# a replay's index check (target 2, slot 0) computed first, then an output (slot 1) and its update of input 1 in place
+CHECKED = Program(
+    launches=[launch("check", 1, ("input", 0), ("slot", 0)), launch("a", 4, ("input", 0), ("slot", 1)),
+              launch("w", 4, ("slot", 1), ("slot", 2))],
+    slot_bytes=[16, 100, 16], outputs=[1, 2, 0], frees=[[], [], []], allocs=[[0], [1], [2]], aliases={2: 1},
+    checks=[2])
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_a_run_hands_its_gate_the_checks_raw_buffers_behind_their_launch_then_waits_before_writing_in_place(bound):
+    """The gate gets the check's buffer (an internal one: the arena's where there is one) right after the launch
+    computing it, and what it returns is called before the launch writing input 1; the run returns None for it.
+    A failing check raises there, before that launch, and the check's buffer is no one's output."""
+    runtime = BindingRuntime()
+    executable = Executable(CHECKED, ["K0", "K1", "K2"], runtime)
+    arena = runtime.pool.arena(executable.arena_sizes) if bound else None
+    run = (executable.bound_run(runtime, arena, unbound_run) if bound
+           else lambda inputs, rands, gate, launch: executable.run(runtime, inputs, rands, gate=gate))
+    inputs = [FakeBuffer(Raw(), 16, runtime), FakeBuffer(Raw(), 16, runtime)]
+    seen = []
+
+    def gate(extremes, fail=False):
+        seen.append(("read", extremes, [k for k, _, _ in runtime.launches]))
+
+        def wait():
+            seen.append(("wait", [k for k, _, _ in runtime.launches]))
+            if fail:
+                raise IndexError("index 9 is out of bounds")
+        return wait
+    output, written, check = run(inputs, [], gate, runtime.launcher(False))
+    (_, _, (_, extremes)), *_ = runtime.launches
+    assert seen == [("read", extremes, ["K0"]), ("wait", ["K0", "K1"])]
+    assert check is None and written is inputs[1] and output.raw is runtime.launches[1][2][1]
+    assert (extremes in arena.buffers) if bound else (runtime.pool.free_list(256) == [extremes])
+    runtime.launches.clear()
+    with pytest.raises(IndexError, match="index 9"):
+        run(inputs, [], functools.partial(gate, fail=True), runtime.launcher(False))
+    assert [k for k, _, _ in runtime.launches] == ["K0", "K1"]

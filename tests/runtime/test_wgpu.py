@@ -158,6 +158,22 @@ def test_a_jitted_step_drawing_dropout_masks_replays_with_new_draws_as_the_cpu(d
     np.testing.assert_allclose(np.array(on_wgpu), np.array(on_cpu), rtol=1e-6)
 
 
+def test_a_replay_with_an_embedding_index_out_of_range_raises_before_updating_the_table(dev):
+    """The step's run hands its gate the ids' extremes after its first launch; WebGPU reads them then (its reads
+    wait for what is recorded), before the launch updating the table in place."""
+    table = dev.tensor(np.arange(12, dtype=np.float32).reshape(4, 3)).realize()
+    step = zyx.jit(lambda ids: table.assign(table * 0.5 + zyx.nn.functional.embedding(ids, table).sum()))
+    ids = dev.tensor(np.array([1, 3], np.int32))
+    step(ids), step(ids)
+    assert next(iter(step.steps.values()))[0].gated_checks
+    before = table.numpy().copy()
+    with pytest.raises(IndexError, match="^index 4 is out of bounds for axis 0 with size 4$"):
+        step(dev.tensor(np.array([0, 4], np.int32)))
+    np.testing.assert_array_equal(table.numpy(), before)
+    step(ids)
+    np.testing.assert_allclose(table.numpy(), before * 0.5 + before[[1, 3]].sum(), rtol=1e-6)
+
+
 @pytest.mark.parametrize("groups, limit, shape", [(65536, 65535, (32768, 2)), (100, 65535, (100, 1)),
                                                   (262144, 65535, (52429, 5)), (1172, 40, (40, 30))])
 def test_dispatches_past_the_groups_per_dimension_launch_few_spare_groups(groups, limit, shape):

@@ -45,6 +45,9 @@ class Program:
     allocs: list[list[int]] = field(default_factory=list)  # slots allocated before each launch
     aliases: dict[int, int] = field(default_factory=dict)  # slot -> input whose buffer it overwrites in place
     name: str = ""  # the trace structure's hash, set by whoever looks the program up (what the profiler shows)
+    # the targets a run hands its gate as soon as the launches computing them are queued (a replayed step's index
+    # checks: run_code.py), all computed before the first launch writing an input in place or collective step
+    checks: list[int] = field(default_factory=list)
 
     @property
     def planned_peak_bytes(self) -> int:
@@ -76,13 +79,16 @@ def launch_size(kernel: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...
 
 def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
                   rands: Sequence[Node], in_place: Sequence[tuple[int, int]] = (),
-                  grouping: Optional[Grouping] = None) -> Program:
+                  grouping: Optional[Grouping] = None, checks: Sequence[int] = ()) -> Program:
     """`in_place`: (target index, leaf index) pairs whose target may overwrite the leaf's buffer. With a
-    `grouping`, kernels share launches where it allows (launch_groups.py)."""
-    kernels = _launch_order(kernels, targets, leaves, in_place)
+    `grouping`, kernels share launches where it allows (launch_groups.py). `checks`: the targets that are a
+    replayed step's index checks, computed first where they can be (`Program.checks` names them then: else none
+    is named, and the step reads them after the run)."""
+    kernels = _launch_order(kernels, targets, leaves, in_place, checks)
     if grouping is not None and not any(kernel.collective for kernel in kernels):
-        kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place), grouping,
-                                 _in_place_writers(kernels, targets, in_place))
+        kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place, checks), grouping,
+                                 _in_place_writers(kernels, targets, in_place),
+                                 _producers(kernels, [targets[target] for target in checks]))
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
@@ -109,11 +115,25 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     outputs = [slot_of[id(t)] for t in targets]
     program = Program(launches, slot_bytes, outputs, *_memory_plan(launches, len(slot_bytes), outputs))
     program.aliases = _in_place_aliases(kernels, targets, leaves, in_place, program)
+    program.checks = list(checks) if computed_before_writes(program, checks) else []
     return program
 
 
+def computed_before_writes(program: Program, targets: Sequence[int]) -> bool:
+    """Whether `targets` are all computed before the program's first launch writing an input in place and its
+    first collective step (where a run's gate waits for what it was handed)."""
+    uncomputed = {program.outputs[target] for target in targets}
+    for launch, allocs in zip(program.launches, program.allocs):
+        if not uncomputed:
+            return True
+        if launch.collective or any(kind == "slot" and index in program.aliases for kind, index in launch.args):
+            return False
+        uncomputed -= set(allocs)
+    return not uncomputed
+
+
 def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
-                  in_place: Sequence[tuple[int, int]]) -> list[RenderedKernel]:
+                  in_place: Sequence[tuple[int, int]], checks: Sequence[int] = ()) -> list[RenderedKernel]:
     """The launch order, changed so that a kernel storing a leaf's new value runs after the kernels that read the
     old one wherever their own dependencies allow (an optimizer's update after the backward kernels that still
     read the old weight: then it can write in place), and so that kernels waiting for a value combined across
@@ -121,26 +141,29 @@ def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     backward pass), and so that a tiny kernel overwriting a leaf in place runs after all that does not wait for
     it (`_in_place_writers`): a replay waits for its index checks before the first launch writing an input in
     place (run_code.py's gate), so the launches queued ahead of that one run meanwhile (W4's step counter, updated
-    in place, ran in its first launch, where the whole step waited for the checks' read). Otherwise kernels keep
+    in place, ran in its first launch, where the whole step waited for the checks' read). The kernels computing
+    the index checks (`checks`, targets) run as early as they may, before every kernel writing a leaf in place
+    (`_dependencies`): the read of their results is then queued ahead of most launches. Otherwise kernels keep
     the scheduler's order."""
     waits = _waits_for_collectives(kernels, _dependencies(kernels, targets, leaves, ()))  # (in the scheduler's order)
     writes = _in_place_writers(kernels, targets, in_place)
-    before = _dependencies(kernels, targets, leaves, in_place)
+    before = _dependencies(kernels, targets, leaves, in_place, checks)
+    checking = _producers(kernels, [targets[target] for target in checks])
     waiting = [len(b) for b in before]
     followers: list[list[int]] = [[] for _ in kernels]
     for k, earlier in enumerate(before):
         for p in earlier:
             followers[p].append(k)
-    ready = [(waits[k], k in writes, k) for k, count in enumerate(waiting) if count == 0]
+    ready = [(waits[k], k not in checking, k in writes, k) for k, count in enumerate(waiting) if count == 0]
     heapq.heapify(ready)
     order = []
-    while ready:  # what does not wait for a collective first, then what writes no leaf, then the scheduler's order
-        *_, k = heapq.heappop(ready)
+    while ready:  # what does not wait for a collective first, then the checks, then what writes no leaf, then the
+        *_, k = heapq.heappop(ready)  # scheduler's order
         order.append(kernels[k])
         for follower in followers[k]:
             waiting[follower] -= 1
             if waiting[follower] == 0:
-                heapq.heappush(ready, (waits[follower], follower in writes, follower))
+                heapq.heappush(ready, (waits[follower], follower not in checking, follower in writes, follower))
     return order
 
 
@@ -155,10 +178,18 @@ def _in_place_writers(kernels: Sequence[RenderedKernel], targets: Sequence[Node]
             and all(node.numel <= TINY_ITEMS for node in kernel.loads)}
 
 
+def _producers(kernels: Sequence[RenderedKernel], nodes: Sequence[Node]) -> set[int]:
+    """The kernels storing `nodes`."""
+    wanted = {id(node) for node in nodes}
+    return {k for k, kernel in enumerate(kernels) if any(id(node) in wanted for node in kernel.outputs)}
+
+
 def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
-                  in_place: Sequence[tuple[int, int]]) -> list[set[int]]:
+                  in_place: Sequence[tuple[int, int]], checks: Sequence[int] = ()) -> list[set[int]]:
     """Per kernel, the kernels it must run after: those storing what it reads, and for a kernel storing a leaf's
-    new value (that may be written in place) the kernels reading the old one that do not run after it anyway."""
+    new value (that may be written in place) the kernels reading the old one that do not run after it anyway,
+    and those computing the targets `checks` (a replay's index checks, which must pass before anything is
+    overwritten) that do not run after it."""
     producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
     before: list[set[int]] = [{producer[id(node)] for node in kernel.loads if id(node) in producer}
                               for kernel in kernels]
@@ -175,6 +206,7 @@ def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
                 stack.append(p)
         return False
 
+    checkers = _producers(kernels, [targets[target] for target in checks])
     readers: dict[int, list[int]] = {}  # per node, the kernels loading it (found once: W7 updates 444 leaves)
     for k, kernel in enumerate(kernels):
         for key in {id(node) for node in kernel.loads}:
@@ -186,6 +218,9 @@ def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
         for reader in readers.get(id(leaves[leaf_index]), ()):
             if reader != writer and not needs(reader, writer):
                 before[writer].add(reader)
+        for checker in checkers:
+            if checker != writer and not needs(checker, writer):
+                before[writer].add(checker)
     return before
 
 

@@ -12,12 +12,13 @@ from dataclasses import asdict
 from typing import Any
 
 from ..runtime.collectives import FINISH, START, parse_step
-from .program import Launch, Program
+from .program import Launch, Program, computed_before_writes
 
 __all__ = ["InvalidProgram", "program_from_json", "program_to_json"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIELDS = ("launches", "slot_bytes", "outputs", "frees", "allocs", "aliases", "name")
+_OPTIONAL_FIELDS = ("checks",)  # written only where not empty (entries without them stay what they were)
 _LAUNCH_FIELDS = {"name", "source", "global_size", "local_size", "args", "flops", "bytes_moved", "node", "collective",
                   "kernels"}
 _SOURCE_KINDS = ("input", "slot")
@@ -28,7 +29,11 @@ class InvalidProgram(ValueError):
 
 
 def program_to_json(program: Program) -> str:
-    return json.dumps(asdict(program), separators=(",", ":"))
+    data = asdict(program)
+    for name in _OPTIONAL_FIELDS:
+        if not data[name]:
+            del data[name]
+    return json.dumps(data, separators=(",", ":"))
 
 
 def program_from_json(text: str, inputs: int, rands: int) -> Program:
@@ -37,8 +42,9 @@ def program_from_json(text: str, inputs: int, rands: int) -> Program:
         data = json.loads(text)
     except ValueError as error:
         raise InvalidProgram(f"not JSON ({error})") from None
-    if not isinstance(data, dict) or set(data) != set(_FIELDS):
-        raise InvalidProgram(f"expected an object with the fields {', '.join(_FIELDS)}")
+    if not isinstance(data, dict) or not set(_FIELDS) <= set(data) <= {*_FIELDS, *_OPTIONAL_FIELDS}:
+        raise InvalidProgram(f"expected an object with the fields {', '.join(_FIELDS)} (and maybe "
+                             f"{', '.join(_OPTIONAL_FIELDS)})")
     slot_bytes = [_count(size, "slot_bytes") for size in _list(data["slot_bytes"], "slot_bytes")]
     slots = len(slot_bytes)
     ranges = {"input": inputs, "slot": slots, "seed": rands, "offset": rands}
@@ -52,7 +58,11 @@ def program_from_json(text: str, inputs: int, rands: int) -> Program:
                for slot, leaf in data["aliases"].items()}
     if not isinstance(data["name"], str):
         raise InvalidProgram("name: expected a string")
-    return Program(launches, slot_bytes, outputs, frees, allocs, aliases, data["name"])
+    program = Program(launches, slot_bytes, outputs, frees, allocs, aliases, data["name"])
+    program.checks = [_index(target, len(outputs), "checks") for target in _list(data.get("checks", []), "checks")]
+    if not computed_before_writes(program, program.checks):
+        raise InvalidProgram("checks: not all computed before the first launch writing an input in place")
+    return program
 
 
 def _launch(data: Any, k: int, ranges: dict[str, int]) -> Launch:

@@ -35,8 +35,9 @@ class Executable:
                          if kind in ("seed", "offset")), default=-1)
         # Slots no one sees after the run (not an output, not an input overwritten in place) are raw pool buffers,
         # taken and given back by size class: a Buffer object, and giving it back when it dies, would cost more
-        # than the launch. Outputs are Buffers.
-        internal = set(range(len(slot_bytes))) - set(program.outputs) - set(aliases)
+        # than the launch. Outputs are Buffers, but for the index checks the run hands its gate (run_code.py).
+        checks = {program.outputs[target] for target in program.checks}
+        internal = set(range(len(slot_bytes))) - (set(program.outputs) - checks) - set(aliases)
         slot_positions = [aliases.get(slot, inputs + slot) for slot in range(len(slot_bytes))]
         size_class = runtime.pool.size_class
         self._run = write_run(program, kernels, slot_positions, inputs, rands, size_class, internal)

@@ -141,10 +141,11 @@ class FusingDevice(Device):
         return self.run(program, inputs, [r.arg for r in walk.rands])
 
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> Program:
+                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0, checks: Sequence[int] = ()) -> Program:
         """The Program for a trace structure: from memory, else from disk, else scheduled (and stored). With
         tuning on (ZYX_TUNE, or `tune`: see tune.py) only a program stored after a search as hard is loaded;
-        else it is scheduled afresh, searching new kernels."""
+        else it is scheduled afresh, searching new kernels. `checks`: the targets that are a jitted step's index
+        checks (`build_program`; `key` names them)."""
         self._follow_precision()
         program = self.programs.get(key)
         if program is not None:
@@ -155,7 +156,7 @@ class FusingDevice(Device):
         if program is not None:
             stats.bump("programs_loaded")
         else:
-            program = self._build(targets, leaves, rands, in_place, mode)
+            program = self._build(targets, leaves, rands, in_place, mode, checks)
             for searched in {0, mode}:  # (keyed by the tuned choices a search found since)
                 default_program_store().save(self._disk_key(key, searched), program)
         program.name = key
@@ -179,7 +180,7 @@ class FusingDevice(Device):
         return program_key(key, self.fingerprint(), self._shaping_traits(), tuning)
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-               in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
+               in_place: Sequence[tuple[int, int]], mode: int = 0, checks: Sequence[int] = ()) -> Program:
         self._check_graph(targets)
         traits = self._shaping_traits()
         grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
@@ -188,7 +189,7 @@ class FusingDevice(Device):
 
         def program_with(tuned: TunedChoices) -> Program:
             kernels, scheduled_targets = schedule(targets, traits, tuned)
-            return build_program(kernels, scheduled_targets, leaves, rands, in_place, grouping)
+            return build_program(kernels, scheduled_targets, leaves, rands, in_place, grouping, checks)
 
         if mode:
             self._search(schedule(targets, traits, self.tuned)[0], mode, program_with, leaves, rands)

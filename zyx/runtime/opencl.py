@@ -171,8 +171,7 @@ class OpenCLRuntime(PooledRuntime):
 
     def download_later(self, requests: Sequence[tuple[Buffer, Sequence[int], Any]]) -> Callable[[], list[np.ndarray]]:
         """`download_all`'s copies, enqueued without waiting: the function returned waits for them and gives the
-        arrays. Commands enqueued meanwhile queue behind the copies: a replay's index checks are read while the
-        step's first launches are enqueued (and run), not before."""
+        arrays. Commands enqueued meanwhile queue behind the copies."""
         hosts, copies = [], []  # each copy's event is held until the last is done: dropping one would wait for it
         queue = self._current_queue  # (the one used last: a read needs no timing, only to follow what it reads)
         for buffer, shape, numpy_dtype in requests:
@@ -186,6 +185,14 @@ class OpenCLRuntime(PooledRuntime):
                 copies[-1].wait()
             return hosts
         return arrays
+
+    def read_later(self, copies: Sequence[tuple[cl.Buffer, np.ndarray]]) -> Callable[[], None]:
+        """Copies of raw buffers into host arrays of bytes ((buffer, uint8 array) each, no longer than the buffer),
+        enqueued without waiting: the function returned waits for them. A replayed step reads its index checks so,
+        into arrays it keeps (run_code.py's gate): its launches enqueued meanwhile queue behind the copies."""
+        queue = self._current_queue
+        events = [_read_buffer(queue, raw, host, is_blocking=False) for raw, host in copies]  # (each held until
+        return functools.partial(cl.wait_for_events, events)  # all are done: dropping one would wait for it)
 
     def copy(self, buffer: Buffer) -> Buffer:
         """A new device buffer holding the same bytes (enqueued, not waited for)."""

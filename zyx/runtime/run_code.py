@@ -21,7 +21,10 @@ arguments only where one changed, and its random seeds at every call.
 A run may be given a `gate`, a function called before the first launch that writes an input in place (or the
 first collective step, or the end): a replayed step's index checks wait for their results there, so that the
 launches computing only new buffers are already queued behind the checks while the host waits, and a failing
-check raises before anything the caller holds is overwritten.
+check raises before anything the caller holds is overwritten. A program computing its step's index checks
+(`program.checks`, all before that launch) first hands its gate their raw buffers, right after the launch
+computing the last of them (`gate = gate(arena[3])`): the gate enqueues their read and returns what is called in its
+place. Those buffers are internal ones (the arena's where there is one): the run returns None for them.
 """
 from __future__ import annotations
 
@@ -47,7 +50,8 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     after their last (or when a launch raises); the other slots that are not inputs overwritten in place
     (`program.aliases`) are the outputs, allocated as Buffers. The pool's peak is noted once, from the plan.
     `gate` (a run's argument, None for none) is called before the first launch writing a slot in `program.aliases`
-    (or the first collective step, or after the last launch).
+    (or the first collective step, or after the last launch); with `program.checks`, first with their buffers
+    once they are computed, and then what that call returned (see the module docstring).
 
     With `arena` (internal slot -> buffer number, `arena_plan`), the internal slots are instead the buffers of the
     run's `arena` argument (a list, counted in the pool already): the run takes and gives back only its outputs.
@@ -79,6 +83,8 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
     body: list[str] = []
     pending: list[str] = []  # launches whose arguments are known, enqueued together (see the module docstring)
     gated = False  # whether the gate's line is written (see the module docstring)
+    checks = [program.outputs[target] for target in program.checks]  # the slots handed to the gate first
+    unchecked = set(checks)  # those not computed yet
     for k, launch in enumerate(program.launches):
         for slot in program.allocs[k]:
             if slot in arena:
@@ -112,6 +118,11 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
             body += pending + [_GATE] * (not gated) + [_collective(k, launch, arguments, slot_bytes, names)]
             pending.clear()
             gated = True
+        if unchecked:
+            unchecked.difference_update(program.allocs[k])
+            if not unchecked:
+                raws = ", ".join(f"arena[{arena[s]}]" if s in arena else value("slot", s) for s in checks)
+                pending.append(f"if gate is not None: gate = gate({raws})")
         for slot in program.frees[k]:
             if slot in internal and slot not in arena:
                 size = size_class(slot_bytes[slot])
@@ -145,7 +156,7 @@ def write_run(program: Any, kernels: Sequence[Any], slot_positions: Sequence[int
                    f"    for raw, free_list in ({pairs}, ):", "        if raw is not None:",
                    "            free_list.append(raw)", "    raise"]
                 + [f"s{size_class(slot_bytes[slot])}.append(t{first_slot + slot})" for slot in sorted(unfreed)])
-    outputs = [f"inputs[{aliases[slot]}]" if slot in aliases
+    outputs = [f"inputs[{aliases[slot]}]" if slot in aliases else "None" if slot in checks
                else f"h{slot}" if slot in allocated or slot in empty else "allocate(0)" for slot in program.outputs]
     if owner is None:
         signature = ["def run(inputs, rand_args, pool, allocate_taken, allocate, launch, runtime, gate, arena):",

@@ -94,8 +94,10 @@ class TorchDevice(Device):
                                   lambda: self.run(program, inputs, rand_args))
 
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0) -> interpret.InterpretedProgram:
-        """The program of a jitted step (`tune` asks nothing here: only OpenCL's kernels are tuned)."""
+                    in_place: Sequence[tuple[int, int]] = (), tune: int = 0,
+                    checks: Sequence[int] = ()) -> interpret.InterpretedProgram:
+        """The program of a jitted step (`tune` asks nothing here: only OpenCL's kernels are tuned; no `checks` are
+        asked for: the program runs as one piece, so a step computes its index checks in a program of their own)."""
         program = self.programs.get(key)
         if program is not None:
             stats.bump("schedule_cache_hits")

@@ -110,6 +110,10 @@ def select_adapter(adapter: int | str | None = None) -> int:
     return min(range(len(found)), key=lambda i: (order.index(types[i]) if types[i] in order else len(order), i))
 
 
+def _copies_made() -> None:
+    """What `WgpuRuntime.read_later` returns: its copies are made already."""
+
+
 def dispatch_shape(groups: int, max_groups: int) -> tuple[int, int]:
     """(columns, rows) of work groups covering `groups` with at most `max_groups` columns, as few spare groups as
     that allows (fewer than `rows`): every spare one is launched and returns at once, and a full last row of
@@ -227,10 +231,16 @@ class WgpuRuntime(PooledRuntime):
     def download(self, buffer: Buffer, shape: Sequence[int], numpy_dtype: Any) -> np.ndarray:
         """The buffer's contents as a new array; waits for every launch recorded before it."""
         host = self._host_for(buffer, shape, numpy_dtype)
-        if host.nbytes:
-            data = self._read(buffer.raw, host.nbytes + -host.nbytes % WORD)
-            host.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)[:host.nbytes]
+        self.read_later([(buffer.raw, host.reshape(-1).view(np.uint8))])
         return host
+
+    def read_later(self, copies: Sequence[tuple[Any, np.ndarray]]) -> Any:
+        """Copies of raw buffers into host arrays of bytes ((buffer, uint8 array) each, no longer than the buffer),
+        made now (a read waits for everything recorded): the function returned has nothing left to wait for."""
+        for raw, host in copies:
+            if host.nbytes:
+                host[:] = np.frombuffer(self._read(raw, host.nbytes + -host.nbytes % WORD), np.uint8)[:host.nbytes]
+        return _copies_made
 
     def copy(self, buffer: Buffer) -> Buffer:
         """A new device buffer holding the same bytes (recorded, not waited for)."""

@@ -69,9 +69,9 @@ class WgpuDevice(FusingDevice):
                                 f"{node.op.name} {node.shape} in float64")
 
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
-               in_place: Sequence[tuple[int, int]], mode: int = 0) -> Program:
+               in_place: Sequence[tuple[int, int]], mode: int = 0, checks: Sequence[int] = ()) -> Program:
         try:
-            return super()._build(targets, leaves, rands, in_place, mode)
+            return super()._build(targets, leaves, rands, in_place, mode, checks)
         except print_wgsl.WgslUnsupported as error:
             raise TypeError(f"{self.name}: {error}") from None
 

@@ -34,6 +34,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
 from .. import counters
 from .. import random as zrandom
 from ..autocast import autocast_dtype
@@ -46,7 +48,7 @@ from ..trace.hashing import signature
 from ..trace.node import Node, leaf_maker, toposort
 from ..debug import logger
 from ..dtypes import int64
-from ..devices import CAPTURING_KINDS
+from ..devices import CAPTURING_KINDS, FUSING_KINDS
 from . import recapture
 from .arguments import Rebuild, call_key, flatten, tensors_key
 from ..trace.capture import Capture, active_capture, pop_capture, push_capture
@@ -123,6 +125,7 @@ class CapturedStep:
     input_layouts: list[tuple[tuple[int, ...], Any]] = field(default_factory=list)  # (shape, dtype) per input
     # the program computing the checks before the step and the inputs it reads (None: `program` computes them)
     checking: Optional[tuple[Program, list[int]]] = None
+    gated_checks: bool = False  # whether `program`'s run hands its gate the checks' extremes (`Program.checks`)
     kernels: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -133,10 +136,15 @@ class CapturedStep:
         self._pick_check_outputs = picker([target for _, target in self.checks])
         self._check_layouts = ([(2,)] * len(self.checks), [int64.np] * len(self.checks))
         self._check_inputs = picker(self.checking[1]) if self.checking else None
-        # a runtime that can enqueue reads without waiting (OpenCL's) has the checks read while the step launches;
-        # others read them before the step's run
+        self._gate = self._read_checks if self.gated_checks else None  # (the run's: see run_code.py)
+        self._checks_after = bool(self.checks) and self.checking is None and not self.gated_checks
+        # where the gate reads the checks' extremes at every call (a row [-smallest, largest] each, and its bytes),
+        # and the most each may be: [-low, high - 1]
+        self._extremes = np.zeros((len(self.checks), 2), int64.np)
+        self._extremes_read = list(self._extremes.view(np.uint8))
+        self._extremes_flat = self._extremes.reshape(-1)
+        self._extremes_allowed = [bound for check, _ in self.checks for bound in (-check.low, check.high - 1)]
         self._runtime = self.device.runtime
-        self._reads_later = hasattr(self._runtime, "download_later")
         # the buffers the program's intermediates take at every replay, reserved while this step lives (see
         # memory.Arena); None where the device has no arenas or its share of memory is planned already
         self._arena = self.device.replay_arena(self.program)
@@ -145,7 +153,7 @@ class CapturedStep:
 
     @property
     def launch_count(self) -> int:
-        """Launches per replay, the checks' program included."""
+        """Launches per replay, the checks' own program included (the torch backend's: `checking`)."""
         return self.program.launch_count + (self.checking[0].launch_count if self.checking else 0)
 
     def _plan_guards(self) -> None:
@@ -274,18 +282,10 @@ class CapturedStep:
             nodes = self._pick_inputs(bound_nodes)
             buffers = self._pick_inputs(bound_buffers)
         bound_nodes.clear()  # (the reference counts of `nodes` are read below: `_all_sole`, `_sole`)
-        gate = None  # called by the program's run before its first launch that overwrites an input in place
-        launch = self.device.replay_launch()  # one for both programs' runs (None: each run looks up its own)
-        if self._check_inputs is not None:
+        launch = self.device.replay_launch()  # (None: each run looks up its own)
+        if self._check_inputs is not None:  # (the torch backend's: the checks' own program, read before the step)
             extremes = self._check_requests(self._run_checks(self._check_inputs(buffers), (), None, launch))
-            if self._reads_later:
-                gate = functools.partial(self._raise_if_an_index_failed_in, self._runtime.download_later(extremes))
-                # the extremes' buffers go back to the pool now, their reads enqueued (the queue runs in order): the
-                # step's run takes them for its own outputs, and the next call's checks take them back, so that
-                # every call passes both programs' kernels the buffers they hold already (opencl.py's launcher)
-                del extremes
-            else:
-                self._raise_if_an_index_failed(self._runtime.download_all(extremes))
+            self._raise_if_an_index_failed(self._runtime.download_all(extremes))
         # inputs whose own buffer the program overwrites and whose node stands for the new value (`kept`), and
         # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
         kept: set[int] | frozenset[int]
@@ -302,8 +302,8 @@ class CapturedStep:
                     if copy_donated or read or _shared(nodes[position]):
                         buffers[position] = self._runtime.copy(buffers[position])
                     fresh.append(position)
-        outputs = self._run_program(buffers, rand_args, gate, launch)
-        if self.checks and self._check_inputs is None:
+        outputs = self._run_program(buffers, rand_args, self._gate, launch)
+        if self._checks_after:
             self._raise_if_an_index_failed(self._runtime.download_all(self._check_requests(outputs)))
         for position in fresh:
             if position in self._in_place:
@@ -346,14 +346,24 @@ class CapturedStep:
         """The reads of the index checks' extremes among a program's `outputs`."""
         return [*zip(self._pick_check_outputs(outputs), *self._check_layouts)]  # (at C speed)
 
-    def _raise_if_an_index_failed_in(self, read: Callable[[], list[Any]]) -> None:
-        self._raise_if_an_index_failed(read())
+    def _read_checks(self, *extremes: Any) -> Callable[[], None]:
+        """The gate of the program's run (run_code.py), handed the raw buffers of the checks' extremes as soon as
+        the launches computing them are queued: it enqueues their read, and what it returns waits for that and
+        raises for an index out of range, before the run's first launch overwriting an input in place (its other
+        launches queued meanwhile)."""
+        read = self._runtime.read_later([*zip(extremes, self._extremes_read)])
+
+        def check() -> None:
+            read()
+            if not all(map(operator.le, self._extremes_flat.tolist(), self._extremes_allowed)):  # (at C speed)
+                self._raise_if_an_index_failed(self._extremes)
+        return check
 
     def _raise_if_an_index_failed(self, extremes: list[Any]) -> None:
         """Index tensors the step selects with are checked as eagerly, from their extremes as read: before the
-        step's launches that overwrite inputs in place where `checking` can (the program's run waits for the read
-        there, its other launches queued behind the checks), else after the step, when buffers it updates in place
-        were written though no tensor is pointed at the step's results."""
+        step's launches that overwrite inputs in place where the program can compute them first (its run's gate,
+        `_read_checks`; the torch backend's own program for them, `checking`), else after the step, when buffers
+        it updates in place were written though no tensor is pointed at the step's results."""
         for (check, _), pair in zip(self.checks, extremes):
             negated_smallest, largest = pair.tolist()
             error = check.error_from_extremes(-negated_smallest, largest)
@@ -571,9 +581,12 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
     extremes = [check.extremes() for check in found_checks]
     structure, leaves, rands = signature(targets)
     leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
-    checking = _check_program(extremes, leaf_position, device)
+    # a fusing device's run hands the checks' extremes to its gate between its launches (run_code.py): the step's
+    # program computes them; a torch program runs as one piece, so they get a program of their own before it
+    gated = device.kind in FUSING_KINDS
+    checking = None if gated else _check_program(extremes, leaf_position, device)
     checks = [(check, k) for k, check in enumerate(found_checks)]
-    if extremes and checking is None:  # checked after the step's launches (see _check_program)
+    if extremes and checking is None:  # computed by the step's program
         checks = [(check, len(targets) + k) for k, check in enumerate(found_checks)]
         targets += extremes
         structure, leaves, rands = signature(targets)
@@ -610,24 +623,28 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
         assigned.append((destination, value_source(tensor.node, "updates")))
         if not tensor.node.realized and id(old) in leaf_position and _sole_holder_of_buffer(old, leaves):
             in_place.append((target_of[id(tensor.node)], leaf_position[id(old)]))
-    key = structure + (f"|in-place {sorted(in_place)}" if in_place else "")  # another program than without
-    program = device.program_for(key, targets, leaves, rands, in_place, tune=int(tune))
+    checked = [target for _, target in checks] if gated else []
+    key = (structure + (f"|in-place {sorted(in_place)}" if in_place else "")  # another program than without
+           + (f"|checks {checked}" if checked else ""))
+    program = device.program_for(key, targets, leaves, rands, in_place, tune=int(tune), checks=checked)
     traced_nodes = {id(t): old for t, old in updates}
     bound = arguments + binder.state_tensors
     step = CapturedStep(program, device, inputs, binder.state,
                         alias_pattern(bound, [traced_nodes.get(id(t), t.node) for t in bound]),
                         [math.prod(r.shape) for r in rands], outputs, assigned, rebuild,
                         [(node.shape, node.dtype) for node in targets], checks, argument_count=len(arguments),
-                        input_layouts=[(leaf.shape, leaf.dtype) for leaf in leaves], checking=checking)
+                        input_layouts=[(leaf.shape, leaf.dtype) for leaf in leaves], checking=checking,
+                        gated_checks=bool(checked) and bool(program.checks))
     return step, [r.arg for r in rands]
 
 
 def _check_program(extremes: list[Node], leaf_position: dict[int, int],
                    device: Any) -> Optional[tuple[Program, list[int]]]:
-    """The program computing the index checks' extremes before the step runs, and which of the step's inputs it
-    reads: a failing check then raises before any buffer is overwritten in place, and a passing one lets the step
-    run on without the host waiting for it. None (the checks are computed with the step and read after it) when
-    there are none, or when they read random numbers or a value the step's own inputs do not hold."""
+    """The program computing the index checks' extremes before the step runs (on a device whose runs cannot hand
+    them to their gate between launches: the torch backend's), and which of the step's inputs it reads: a failing
+    check then raises before any buffer is overwritten in place. None (the checks are computed with the step and
+    read after it) when there are none, or when they read random numbers or a value the step's own inputs do not
+    hold."""
     if not extremes:
         return None
     structure, leaves, rands = signature(extremes)
