@@ -65,6 +65,7 @@ class DeviceTraits:
     group_launches: bool = True     # tiny kernels share launches where they may (launch_groups.py; OpenCL only)
     tensor_cores: tuple[str, ...] = ()  # operand types products run on tensor cores: "bf16", "f16", "tf32"
     tensor_core_memory: int = 0     # bytes of local memory a tensor-core product's group may use (0: local_memory)
+    compute_units: int = 0          # the device's (0: unknown; GPU column sums are split to fill them: rewrite.py)
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
@@ -83,7 +84,8 @@ class DeviceTraits:
                             local_memory=local,
                             group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0",
                             tensor_cores=_built_kinds(runtime, tensor_core_kinds(capability)),
-                            tensor_core_memory=tensor_core_local_memory(capability, local))
+                            tensor_core_memory=tensor_core_local_memory(capability, local),
+                            compute_units=int(getattr(runtime, "compute_units", 0)))
 
     @property
     def tensor_core_local_memory(self) -> int:
@@ -125,7 +127,7 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
     for each other's extra outputs (a cycle) are built again without extra outputs, the others as before: a region
     met before gets the kernel built for it (kernel_memo.py; `memoize=False` builds every kernel); after
     CYCLE_RETRIES such attempts no kernel gets extra outputs."""
-    targets = rewrite_graph(targets, traits.gpu)
+    targets = rewrite_graph(targets, traits.gpu, traits.compute_units)
     memo = KernelMemo() if memoize else None
     plan = _plan(targets, traits)
     plain: set[int] = set()  # roots whose kernels store nothing but their root
