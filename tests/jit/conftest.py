@@ -12,6 +12,16 @@ def dev():
     return zyx.OpenCL()
 
 
+@pytest.fixture
+def launched():
+    """Kernels launched realizing the tensors given."""
+    def count(*tensors) -> int:
+        zyx.reset_stats()
+        zyx.realize(*tensors)
+        return zyx.stats()["kernels_launched"]
+    return count
+
+
 def shaped_as(dev, monkeypatch, compute_units: int = 0):
     """The OpenCL device scheduling GPU-shaped kernels, as for a GPU of `compute_units` (0: unknown)."""
     monkeypatch.setattr(dev, "traits", DeviceTraits(True, dev.traits.group_size, GPU_VECTOR_WIDTH,

@@ -2,6 +2,8 @@
 few for the device's compute units sums chunks of rows first (partials [chunks, columns]: a column sum again, of
 more groups), then the chunks. Checked against numpy and torch on the OpenCL device scheduling GPU-shaped kernels
 as for the H200 (the `h200` fixture: 132 compute units)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -20,12 +22,6 @@ def data(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def launched(*tensors):
-    zyx.reset_stats()
-    zyx.realize(*tensors)
-    return zyx.stats()["kernels_launched"]
-
-
 def broadcast(rows, columns):
     """A [rows, columns] tensor of no memory (the sizes of W7's column sums, to schedule, not to run)."""
     return zyx.CPU().tensor(np.ones((1, columns), np.float32)).expand(rows, columns) * 2
@@ -42,12 +38,18 @@ def test_w7_column_sums_are_split_into_enough_groups_of_adjacent_columns(h200, c
     assert second.global_size == columns
 
 
-def test_column_sums_are_split_only_where_their_groups_are_too_few():
+def test_column_sums_are_split_only_where_their_groups_are_too_few(monkeypatch):
     """Not on a CPU, nor on a GPU of unknown size; not where the columns fill the GPU, the rows are too few for two
     chunks, the sum runs along rows or the sum is a product (products are split along k in their own way)."""
     narrow = broadcast(16384, 768).sum(0, keepdim=True).node
     assert column_chunk(narrow, 132) == 512  # 22 chunks wanted: rounded down to a power of two rows
     assert column_chunk(narrow, 0) == 0
+    assert DeviceTraits.of(SimpleNamespace(is_gpu=True, compute_units=132)).compute_units == 132
+    monkeypatch.setenv("ZYX_COLUMN_GROUPS", "64")
+    assert column_chunk(narrow, 132) == COLUMN_MIN_CHUNK
+    monkeypatch.setenv("ZYX_COLUMN_GROUPS", "0")
+    assert column_chunk(narrow, 132) == 0
+    monkeypatch.delenv("ZYX_COLUMN_GROUPS")
     assert column_chunk(broadcast(16384, COLUMNS * COLUMN_GROUPS_PER_UNIT * 132).sum(0, keepdim=True).node, 132) == 0
     assert column_chunk(broadcast(2 * COLUMN_MIN_CHUNK - 1, 768).sum(0, keepdim=True).node, 132) == 0
     assert column_chunk(broadcast(768, 16384).sum(1, keepdim=True).node, 132) == 0
@@ -59,7 +61,7 @@ def test_column_sums_are_split_only_where_their_groups_are_too_few():
 
 @pytest.mark.parametrize("shape", [(1001, 24), (777, 100), (2048, 64), (3, 333, 40)],
                          ids=["odd rows", "columns not of 8", "whole chunks", "over two axes"])
-def test_split_sums_and_maxima_match_numpy(h200, shape):
+def test_split_sums_and_maxima_match_numpy(h200, launched, shape):
     a = data(*shape)
     x, axes = h200.tensor(a), tuple(range(len(shape) - 1))
     total, largest = x.sum(axes), x.max(axes)
@@ -68,7 +70,7 @@ def test_split_sums_and_maxima_match_numpy(h200, shape):
     np.testing.assert_array_equal(largest.numpy(), a.max(axes))  # (the padding rows fill with -inf)
 
 
-def test_fused_elementwise_terms_are_summed_in_the_first_stage(h200):
+def test_fused_elementwise_terms_are_summed_in_the_first_stage(h200, launched):
     """A layer norm's weight gradient: the sum over rows of dy times the normalized input, from per-row
     statistics; and a bias gradient of an elementwise chain."""
     dy, x = data(1500, 48), data(1500, 48)
