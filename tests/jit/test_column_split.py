@@ -1,7 +1,7 @@
-"""Two-stage GPU column sums (rewrite.column_chunk): a column sum whose groups of COLUMNS adjacent columns are too
+"""Two-stage column sums (rewrite.column_chunk): a GPU column sum whose groups of COLUMNS adjacent columns are too
 few for the device's compute units sums chunks of rows first (partials [chunks, columns]: a column sum again, of
-more groups), then the chunks. Checked against numpy and torch on the OpenCL device scheduling GPU-shaped kernels
-as for the H200 (the `h200` fixture: 132 compute units)."""
+more groups), then the chunks; a CPU's where the input outgrows the caches. Checked against numpy and torch on
+the OpenCL device scheduling GPU-shaped kernels as for the H200 (the `h200` fixture: 132 compute units)."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import zyx
-from zyx.jit.rewrite import COLUMN_GROUPS_PER_UNIT, COLUMN_MIN_CHUNK, column_chunk, rewrite_graph
+from zyx.jit.rewrite import (COLUMN_GROUPS_PER_UNIT, COLUMN_MIN_CHUNK, CPU_COLUMN_CHUNK, column_chunk,
+                             rewrite_graph)
 from zyx.jit.schedule import DeviceTraits, schedule
 from zyx.jit.transforms.group import COLUMNS
 from zyx.trace.node import toposort
@@ -38,25 +39,39 @@ def test_w7_column_sums_are_split_into_enough_groups_of_adjacent_columns(h200, c
     assert second.global_size == columns
 
 
+def chunk(rows, columns, gpu=True, units=132, axis=0):
+    return column_chunk(broadcast(rows, columns).sum(axis, keepdim=True).node, gpu, units)
+
+
 def test_column_sums_are_split_only_where_their_groups_are_too_few(monkeypatch):
-    """Not on a CPU, nor on a GPU of unknown size; not where the columns fill the GPU, the rows are too few for two
-    chunks, the sum runs along rows or the sum is a product (products are split along k in their own way)."""
-    narrow = broadcast(16384, 768).sum(0, keepdim=True).node
-    assert column_chunk(narrow, 132) == 512  # 22 chunks wanted: rounded down to a power of two rows
-    assert column_chunk(narrow, 0) == 0
+    """Not on a GPU of unknown size; not where the columns fill the GPU, the rows are too few for two chunks, the
+    sum runs along rows or the sum is a product (products are split along k in their own way). On a CPU where the
+    input outgrows the caches."""
+    assert chunk(16384, 768) == 512  # 22 chunks wanted: rounded down to a power of two rows
+    assert chunk(16384, 768, units=0) == 0
     assert DeviceTraits.of(SimpleNamespace(is_gpu=True, compute_units=132)).compute_units == 132
     monkeypatch.setenv("ZYX_COLUMN_GROUPS", "64")
-    assert column_chunk(narrow, 132) == COLUMN_MIN_CHUNK
+    assert chunk(16384, 768) == COLUMN_MIN_CHUNK
     monkeypatch.setenv("ZYX_COLUMN_GROUPS", "0")
-    assert column_chunk(narrow, 132) == 0
+    assert chunk(16384, 768) == 0
     monkeypatch.delenv("ZYX_COLUMN_GROUPS")
-    assert column_chunk(broadcast(16384, COLUMNS * COLUMN_GROUPS_PER_UNIT * 132).sum(0, keepdim=True).node, 132) == 0
-    assert column_chunk(broadcast(2 * COLUMN_MIN_CHUNK - 1, 768).sum(0, keepdim=True).node, 132) == 0
-    assert column_chunk(broadcast(768, 16384).sum(1, keepdim=True).node, 132) == 0
+    assert chunk(16384, COLUMNS * COLUMN_GROUPS_PER_UNIT * 132) == 0
+    assert chunk(2 * COLUMN_MIN_CHUNK - 1, 768) == 0
+    assert chunk(768, 16384, axis=1) == 0
     x, dy = broadcast(16384, 64), broadcast(16384, 32)  # a weight gradient: a sum over the rows of a product
-    assert column_chunk((x.reshape(16384, 64, 1) * dy.reshape(16384, 1, 32)).sum(0, keepdim=True).node, 132) == 0
-    for traits in (DeviceTraits(), DeviceTraits(gpu=True)):
-        assert len(schedule([narrow], traits)[0]) == 1
+    assert column_chunk((x.reshape(16384, 64, 1) * dy.reshape(16384, 1, 32)).sum(0, keepdim=True).node, True, 132) == 0
+    assert len(schedule([broadcast(16384, 768).sum(0).node], DeviceTraits(gpu=True))[0]) == 1
+    assert chunk(16384, 768, gpu=False) == CPU_COLUMN_CHUNK  # 48 MiB
+    assert chunk(2048, 256, gpu=False) == 0  # 2 MiB: in cache
+
+
+def test_cpu_column_sums_larger_than_the_caches_match_numpy(dev, launched):
+    a = data(2 * CPU_COLUMN_CHUNK + 1, 1100)  # 9 MB, the last chunk padded
+    x = dev.tensor(a)
+    total, largest = x.sum(0), x.max(0)
+    assert launched(total) == 2
+    np.testing.assert_allclose(total.numpy(), a.sum(0), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(largest.numpy(), a.max(0))
 
 
 @pytest.mark.parametrize("shape", [(1001, 24), (777, 100), (2048, 64), (3, 333, 40)],
@@ -101,10 +116,10 @@ def test_a_split_column_sum_feeds_further_ops(h200):
     a, b = data(1100, 72), data(1100, 72)
     x, y = h200.tensor(a), h200.tensor(b)
     centered = x - x.mean(0, keepdim=True)
-    scaled = (x.sum(0) * 2 + 1).relu() * y.max(0) + (x * y).sum(0).exp()
+    scaled = (x.sum(0) * 2 + 1).relu() * y.max(0) + ((x * y).sum(0) * 0.01).exp()
     np.testing.assert_allclose(centered.numpy(), a - a.mean(0, keepdims=True), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(scaled.numpy(), np.maximum(a.sum(0) * 2 + 1, 0) * b.max(0) + np.exp((a * b).sum(0)),
-                               rtol=1e-4, atol=1e-4)
+    expected = np.maximum(a.sum(0) * 2 + 1, 0) * b.max(0) + np.exp((a * b).sum(0) * 0.01)
+    np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_mlp_gradients_over_split_columns_match_torch(h200):
