@@ -2,7 +2,7 @@
 non-contiguous views (permuted, flipped, strided), large reductions, and integer and bool dtypes where they apply.
 
 Tolerances (relative, absolute) per dtype, in TOL: float64 is compared to 1e-12 except where zyx uses an
-approximation (erf inside gelu: absolute 1e-6); float32 to ~1e-5; float16 to ~1e-3; ints and bools exactly.
+approximation (WGSL's erf, inside gelu too: absolute 1e-6); float32 to ~1e-5; float16 to ~1e-3; ints and bools exactly.
 """
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ UNARY = {  # name: (zyx op, numpy reference, (low, high) of inputs)
     "sigmoid": (lambda t: t.sigmoid(), lambda x: 1 / (1 + np.exp(-x)), None),
     "relu": (lambda t: t.relu(), lambda x: np.maximum(x, 0), None),
     "leaky_relu": (lambda t: t.leaky_relu(0.1), lambda x: np.where(x > 0, x, 0.1 * x), None),
+    "erf": (lambda t: t.erf(), _erf, None),
     "gelu": (lambda t: t.gelu(), _np_gelu, None),
     "gelu_tanh": (lambda t: t.gelu(approximate="tanh"),
                   lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))), None),
@@ -114,7 +115,7 @@ UNARY = {  # name: (zyx op, numpy reference, (low, high) of inputs)
     "isnan": (lambda t: t.isnan(), np.isnan, None),
     "isinf": (lambda t: t.isinf(), np.isinf, None),
 }
-APPROXIMATE = {"gelu": dict(rtol=1e-6, atol=1e-6)}  # erf by Abramowitz-Stegun 7.1.26
+APPROXIMATE = {name: dict(rtol=1e-6, atol=1e-6) for name in ("erf", "gelu")}  # WGSL's erf: Abramowitz-Stegun 7.1.26
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))

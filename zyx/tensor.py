@@ -545,18 +545,10 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
     swish = silu
 
     def erf(self) -> "Tensor":
-        """Abramowitz-Stegun 7.1.26 (absolute error below 1.5e-7), odd-extended.
-
-        The odd extension is a `where` over x and -x (not sign(x) * f(|x|)), so the gradient at 0 is f'(0).
-        """
-        x = self._float()
-
-        def positive_side(v: "Tensor") -> "Tensor":
-            t = 1 / (v * 0.3275911 + 1)
-            poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-            return 1 - poly * (-(v * v)).exp()
-
-        return (x >= 0).where(positive_side(x), -positive_side(-x))
+        """The error function, a primitive: its gradient is 2/sqrt(pi) exp(-x^2) in one expression (written as
+        the Abramowitz-Stegun polynomial, GELU's backward differentiated the polynomial: 2800 statements for
+        one GPT-2 bias gradient, the largest kernel NVIDIA compiled for W7)."""
+        return self._float()._unary(Op.ERF)
 
     def gelu(self, approximate: str = "none") -> "Tensor":
         """PyTorch's GELU: exact (erf) by default, `approximate='tanh'` for the tanh form."""

@@ -240,3 +240,30 @@ def test_a_long_value_a_reduction_reads_broadcast_is_stored_not_recomputed(dev):
                       and k.longest_reduction)
     assert "sqrt" not in masked_sum.source, masked_sum.source
     np.testing.assert_allclose(gradient(dev).numpy(), gradient(zyx.CPU()).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def residual_stream_gradients(device, blocks=10):
+    """Gradients of a residual stream of `blocks` blocks, each adding a product of its input's layer norm."""
+    rng = np.random.default_rng(3)
+    weights = [device.tensor(rng.standard_normal((32, 32)).astype(np.float32) * 0.1) for _ in range(blocks)]
+    h = device.tensor(rng.standard_normal((64, 32)).astype(np.float32))
+    for w in weights:
+        h = h + zyx.nn.functional.layer_norm(h, (32,)) @ w
+    return h.square().sum().backward(weights)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_a_residual_stream_is_stored_not_summed_again_by_each_reader(gpu):
+    """Layer l's residual is the input plus l block outputs; fused into every reader (each layer norm forward and
+    backward), each kernel summed them all again (17 arrays of the stream's size at 10 blocks). Stored where it
+    would be recomputed from more than READS_LIMIT arrays, no kernel loads more than that and the reader's own."""
+    from zyx.jit.schedule import READS_LIMIT, DeviceTraits, schedule
+    grads = residual_stream_gradients(zyx.CPU())
+    kernels, _ = schedule([g.node for g in grads], DeviceTraits(gpu=gpu, vector_width=0 if gpu else 16))
+    widest = max(len({id(node) for node in k.loads if node.numel >= 64 * 32}) for k in kernels)
+    assert widest <= READS_LIMIT + 2
+
+
+def test_a_stored_residual_stream_gives_the_reference_gradients(dev):
+    for got, want in zip(residual_stream_gradients(dev), residual_stream_gradients(zyx.CPU())):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)

@@ -85,6 +85,7 @@ CASES = {  # name: (zyx function, torch function, input specs (shape[, low, high
     "sigmoid": (lambda x: x.sigmoid(), torch.sigmoid, [((2, 3),)]),
     "relu": (lambda x: x.relu(), torch.relu, [((7,),)]),
     "leaky_relu": (lambda x: x.leaky_relu(0.2), lambda x: F.leaky_relu(x, 0.2), [((7,),)]),
+    "erf": (lambda x: x.erf(), torch.erf, [((2, 3),)]),
     "gelu": (lambda x: x.gelu(), F.gelu, [((7,),)]),
     "gelu_tanh": (lambda x: x.gelu("tanh"), lambda x: F.gelu(x, approximate="tanh"), [((7,),)]),
     "silu": (lambda x: x.silu(), F.silu, [((7,),)]),

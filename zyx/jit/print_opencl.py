@@ -77,6 +77,7 @@ def part(vector: Reg, name: str) -> str:
 UNARY = {
     Op.NEG: "(-{0})", Op.RECIP: "({one}/{0})", Op.SQRT: "sqrt({0})", Op.EXP: "exp({0})", Op.LOG: "log({0})",
     Op.SIN: "sin({0})", Op.COS: "cos({0})", Op.SIGMOID: "({one}/({one}+exp(-{0})))",
+    Op.ERF: "erf({0})",
     # PoCL's tanh never reaches ±1 (tanh(20) = 0.99999994, tanh(inf) too); past `saturated` the correctly
     # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
     Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",

@@ -120,10 +120,14 @@ def operand(value: Operand) -> str:
 
 # ---- ALU ops -----------------------------------------------------------------------------------------------
 # keyed by op, then by the operands' kind ("bool", "int", "uint", "float", "*" for any); {r}: the register tag
+ERF_T = "({one}/({one}+0.3275911*abs({0})))"  # WGSL has no erf: Abramowitz-Stegun 7.1.26 (error below 1.5e-7)
+ERF_WGSL = (f"(sign({{0}})*({{one}}-{ERF_T}*(0.254829592+{ERF_T}*(-0.284496736+{ERF_T}*(1.421413741+{ERF_T}*"
+            f"(-1.453152027+{ERF_T}*1.061405429))))*exp(-{{0}}*{{0}})))")
 UNARY: dict[object, dict[str, str]] = {
     Op.NEG: {"uint": "(0u-{0})", "*": "(-{0})"}, Op.RECIP: {"*": "({one}/{0})"}, Op.SQRT: {"*": "sqrt({0})"},
     Op.EXP: {"*": "exp({0})"}, Op.LOG: {"*": "log({0})"}, Op.SIN: {"*": "sin({0})"}, Op.COS: {"*": "cos({0})"},
     Op.SIGMOID: {"*": "({one}/({one}+exp(-{0})))"},
+    Op.ERF: {"*": ERF_WGSL},
     # tanh past `saturated` is ±1 (an implementation through exp may give nan there), and x itself below TANH_LINEAR
     # (where x³/3 is under half an ulp of x: implementations through exp lose tiny values, lavapipe's gives 0)
     Op.TANH: {"*": "select(select(tanh({0}),{0},zyx_lt_{r}(abs({0}),{linear})),sign({0}),"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 from ..trace.node import Node, toposort
@@ -115,6 +115,8 @@ ROW_MIN_GROUP = 32
 CPU_VECTOR_WIDTH = 16         # one AVX-512 register of float32; as fast as 8 on AVX2 machines
 GPU_VECTOR_WIDTH = 4          # float4: one 16-byte load and store per item
 FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
+READS_LIMIT = 4               # arrays of its size a value read by several ops is recomputed from, at most
+READS_TRACKED = 64            # arrays counted per value before it counts as reading too many
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
 GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
 
@@ -124,9 +126,11 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
     """Kernels, in launch order, that compute every target; and the targets as the kernels know them
     (rewrites may have replaced them; they correspond by position). A kernel for which `tuned` holds a choice
     is shaped with it instead of the heuristics' (each kernel's `site` says how it was shaped). Kernels waiting
-    for each other's extra outputs (a cycle) are built again without extra outputs, the others as before: a region
-    met before gets the kernel built for it (kernel_memo.py; `memoize=False` builds every kernel); after
-    CYCLE_RETRIES such attempts no kernel gets extra outputs."""
+    for each other's extra outputs (a cycle) are built again without extra outputs, and the values that closed the
+    cycle are stored apart (a kernel of their own each: no other kernel takes them up as extra outputs and closes
+    the next cycle with them, as W7's gradient clipping did, 2 kernels an attempt until the attempts ran out); the
+    others as before: a region met before gets the kernel built for it (kernel_memo.py; `memoize=False` builds
+    every kernel); after CYCLE_RETRIES such attempts no kernel gets extra outputs."""
     targets = rewrite_graph(targets, traits.gpu, traits.compute_units)
     memo = KernelMemo() if memoize else None
     plan = _plan(targets, traits)
@@ -136,19 +140,21 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
             return _schedule(targets, traits, tuned, True, memo, plain, plan), targets
         except KernelCycle as cycle:
             plain.update(id(root) for root in cycle.roots)
+            plan = replace(plan, stored_apart=plan.stored_apart | {id(value) for value in cycle.values})
     return _schedule(targets, traits, tuned, False, memo, plain, plan), targets
 
 
-CYCLE_RETRIES = 8  # schedules tried with extra outputs (each walk finds the cycles it meets; a small GPT needed 5)
+CYCLE_RETRIES = 8  # schedules tried with extra outputs (each walk finds the cycles it meets; a small GPT needs 2-3)
 
 
 class KernelCycle(Exception):
     """Kernels wait for each other (through values they store as extra outputs); `roots`: the roots of the kernels
-    storing the extra outputs waited for."""
+    storing the extra outputs waited for; `values`: those extra outputs."""
 
-    def __init__(self, roots: list[Node]):
+    def __init__(self, roots: list[Node], values: list[Node]):
         super().__init__(f"kernels of {len(roots)} roots wait for each other's extra outputs")
         self.roots = roots
+        self.values = values
 
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
@@ -611,8 +617,11 @@ def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     for node in order:
         for source in node.src:
             users[id(source)].append(node)
+    shared_sums = _shared_wide_values(order, materialized, users)
+    materialized.update(shared_sums)
     return _Plan({id(node): i for i, node in enumerate(order)}, materialized,
-                 frozenset(shared) | frozenset(backward) | frozenset(chain_cuts) | frozenset(across), users)
+                 frozenset(shared) | frozenset(backward) | frozenset(chain_cuts) | frozenset(across)
+                 | frozenset(shared_sums), users)
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
@@ -754,6 +763,44 @@ def _chain_cuts(order: Sequence[Node], materialized: dict[int, Node]) -> dict[in
     return cuts
 
 
+def _shared_wide_values(order: Sequence[Node], materialized: dict[int, Node],
+                        users: dict[int, list[Node]]) -> dict[int, Node]:
+    """Elementwise values read by several ops that a kernel would recompute from more than READS_LIMIT stored
+    arrays of (about) their size: stored instead, so each reader loads one array.
+
+    A transformer's residual stream is the sum of the embedding and every block's output before it; fused, each
+    reader of layer l's (its layer norms forward and backward, a product's packed operand) summed 2l arrays
+    again, as did the residual's gradient on the way back: 206 of W7's kernels read 12 to 37 arrays each, 6.7 of
+    its 10 MB of OpenCL C (the NVIDIA compiler takes ~95 s of CPU per MB). One pass, sources first: a value's
+    reads are the arrays at least a quarter of its size below it that a kernel loads or reduces (buffers, values
+    stored by then, reductions: a product's output is one)."""
+    reads: dict[int, Optional[frozenset[int]]] = {}  # None: more than READS_TRACKED
+    size: dict[int, int] = {}
+    cuts: dict[int, Node] = {}
+
+    def below(source: Node) -> Optional[frozenset[int]]:
+        stored = (source.op is Op.BUFFER or source.op in REDUCE_OPS or id(source) in materialized
+                  or id(source) in cuts)
+        return frozenset((id(source),)) if stored else reads[id(source)]
+
+    for node in order:
+        size[id(node)] = node.numel
+        found: Optional[set[int]] = set()
+        for source in node.src:
+            from_source = below(source)
+            if from_source is None:
+                found = None
+                break
+            found.update(key for key in from_source if 4 * size[key] >= node.numel)
+        if found is not None and len(found) > READS_TRACKED:
+            found = None
+        if (node.op in ELEMENTWISE_OPS and len(users[id(node)]) > 1 and id(node) not in materialized
+                and (found is None or len(found) > READS_LIMIT)):
+            cuts[id(node)] = node
+        reads[id(node)] = None if found is None else frozenset(found)
+    return cuts
+
+
 def _cut_point(source: Node, above: Callable[[Node], int]) -> list[Node]:
     """The path from `source` down its deepest sources, to the node to store in its place: `source` itself, or
     where a broadcast is on the way (among the nodes deeper than half the limit, or at their end) the value it
@@ -776,6 +823,7 @@ def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[Rend
     state: dict[int, int] = {}  # 1 visiting, 2 done
     path: list[int] = []  # the kernels visiting, each waiting for the next
     cycles: dict[int, Node] = {}  # the roots of kernels whose extra outputs make cycles
+    values: dict[int, Node] = {}  # those extra outputs
 
     def _waits_for_extra_only(a: int, b: int) -> bool:
         """Whether kernel `a` waits for kernel `b` only for values `b` stores beside its root."""
@@ -795,10 +843,12 @@ def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[Rend
             for p in waiting:
                 if state.get(p) == 1:  # (the cycle is noted and the walk goes on, to find the others too)
                     cycle = path[path.index(p):]
-                    extra = [b for a, b in zip(cycle, cycle[1:] + cycle[:1]) if _waits_for_extra_only(a, b)]
+                    extra = [(a, b) for a, b in zip(cycle, cycle[1:] + cycle[:1]) if _waits_for_extra_only(a, b)]
                     if not extra:
                         raise RuntimeError("zyx scheduler produced a cyclic schedule")
-                    cycles.update((id(roots[b]), roots[b]) for b in extra)
+                    for a, b in extra:
+                        cycles[id(roots[b])] = roots[b]
+                        values.update((id(node), node) for node in kernels[a].loads if producer.get(id(node)) == b)
             waiting = [p for p in waiting if state.get(p) != 1]
             if waiting:
                 stack.extend(waiting)
@@ -808,5 +858,5 @@ def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[Rend
             ordered.append(kernels[k])
             stack.pop()
     if cycles:
-        raise KernelCycle(list(cycles.values()))
+        raise KernelCycle(list(cycles.values()), list(values.values()))
     return ordered

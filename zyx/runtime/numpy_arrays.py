@@ -5,6 +5,7 @@ do and PyTorch does inside a product or a sum, and each op's result rounded to i
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
@@ -29,12 +30,18 @@ def _own(value: np.ndarray) -> np.ndarray:
     return array
 
 
+def _erf(x: Any) -> Any:
+    """numpy has no erf: math.erf of each element (exact; the reference checks, it need not be fast)."""
+    return np.asarray(np.frompyfunc(math.erf, 1, 1)(x), dtype=np.float64).astype(x.dtype)
+
+
 class NumpyArrays(ArrayLibrary):
     """numpy arrays; buffers are C-contiguous arrays of the node's shape and dtype."""
 
     unary: dict[Op, Callable[[Any], Any]] = {
         Op.NEG: np.negative, Op.RECIP: np.reciprocal, Op.SQRT: np.sqrt, Op.EXP: np.exp, Op.LOG: np.log,
         Op.SIN: np.sin, Op.COS: np.cos, Op.TANH: np.tanh, Op.SIGMOID: lambda x: 1 / (1 + np.exp(-x)),
+        Op.ERF: _erf,
         Op.DETACH: lambda x: x, Op.FLOOR: np.floor, Op.CEIL: np.ceil, Op.RINT: np.rint, Op.NOT: np.invert,
     }
     binary: dict[Op, Callable[[Any, Any], Any]] = {

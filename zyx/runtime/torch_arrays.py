@@ -183,6 +183,7 @@ class TorchArrays(ArrayLibrary):
     unary: dict[Op, Callable[[Any], Any]] = {
         Op.NEG: torch.neg, Op.RECIP: torch.reciprocal, Op.SQRT: torch.sqrt, Op.EXP: torch.exp, Op.LOG: torch.log,
         Op.SIN: torch.sin, Op.COS: torch.cos, Op.TANH: torch.tanh, Op.SIGMOID: torch.sigmoid,
+        Op.ERF: torch.erf,
         Op.DETACH: lambda x: x, Op.FLOOR: torch.floor, Op.CEIL: torch.ceil, Op.RINT: torch.round,
         Op.NOT: torch.bitwise_not,
     }

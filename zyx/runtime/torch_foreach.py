@@ -90,7 +90,7 @@ def _lerp(kinds: Sequence[Kind], call: Call) -> Optional[GroupFunction]:
 FOREACH: dict[Any, Callable[[Sequence[Kind], Call], Optional[GroupFunction]]] = {
     Op.NEG: _unary("neg"), Op.RECIP: _unary("reciprocal"), Op.SQRT: _unary("sqrt"), Op.EXP: _unary("exp"),
     Op.LOG: _unary("log"), Op.SIN: _unary("sin"), Op.COS: _unary("cos"), Op.TANH: _unary("tanh"),
-    Op.SIGMOID: _unary("sigmoid"), Op.FLOOR: _unary("floor"), Op.CEIL: _unary("ceil"), Op.RINT: _unary("round"),
+    Op.SIGMOID: _unary("sigmoid"), Op.ERF: _unary("erf"), Op.FLOOR: _unary("floor"), Op.CEIL: _unary("ceil"), Op.RINT: _unary("round"),
     Op.ADD: _commutative("add"), Op.MUL: _commutative("mul"), Op.MAX: _first_list("maximum", (LIST,)),
     Op.DIV: _first_list("div"), Fused.SUB: _first_list("sub", (LIST,)),
     Fused.MULADD: _multiply_add(1), Fused.MULSUB: _multiply_add(-1), Fused.LERP: _lerp,

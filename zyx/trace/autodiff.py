@@ -6,6 +6,7 @@ together computes it once.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 from . import node as n
@@ -116,6 +117,7 @@ UNARY_DERIVATIVES: dict[Op, Callable[[Node, Node], Node]] = {
     Op.COS: lambda x, out: _neg(n.unary(Op.SIN, x)),
     Op.TANH: lambda x, out: _add(_const(1, out), _neg(_mul(out, out))),
     Op.SIGMOID: lambda x, out: _mul(out, _add(_const(1, out), _neg(out))),
+    Op.ERF: lambda x, out: _mul(_const(2 / math.sqrt(math.pi), x), n.unary(Op.EXP, _neg(_mul(x, x)))),
 }
 
 

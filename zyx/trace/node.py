@@ -180,7 +180,7 @@ def rand(seed: int, offset: int, shape: Shape, dtype: DType, device: Any) -> Nod
 # ---- elementwise -------------------------------------------------------------------------------------------
 
 FLOAT_ONLY_OPS = frozenset({Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.FLOOR,
-                            Op.CEIL, Op.RINT})
+                            Op.CEIL, Op.RINT, Op.ERF})
 
 
 def unary(op: Op, x: Node) -> Node:

@@ -15,7 +15,7 @@ class Op(Enum):
     RAND = auto()    # arg: (seed, offset); uniform float32 in [0, 1) from the Philox counter generator
     # unary
     NEG = auto(); RECIP = auto(); SQRT = auto(); EXP = auto(); LOG = auto(); SIN = auto(); COS = auto()
-    TANH = auto(); SIGMOID = auto(); FLOOR = auto(); CEIL = auto(); RINT = auto()
+    TANH = auto(); SIGMOID = auto(); ERF = auto(); FLOOR = auto(); CEIL = auto(); RINT = auto()
     NOT = auto()     # logical on bool, bitwise (~x) on integers
     DETACH = auto()  # identity for values, a wall for gradients
     CAST = auto()    # arg: target DType
@@ -39,7 +39,7 @@ class Op(Enum):
 
 
 LEAF_OPS = frozenset({Op.BUFFER, Op.CONST, Op.RAND})
-UNARY_OPS = frozenset({Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.FLOOR,
+UNARY_OPS = frozenset({Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.ERF, Op.FLOOR,
                        Op.CEIL, Op.RINT, Op.NOT, Op.DETACH, Op.CAST})
 BINARY_OPS = frozenset({Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.CMPLT, Op.CMPEQ, Op.AND, Op.OR, Op.XOR, Op.SHL,
                         Op.SHR})

@@ -29,7 +29,7 @@ from ..kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Broadcast, Const, De
 from ..symbolic import Expr
 from . import accumulators, copy_body, defined_register, fold_lanes, widen
 
-MATH_OPS = {Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.FLOOR, Op.CEIL,
+MATH_OPS = {Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.ERF, Op.FLOOR, Op.CEIL,
             Op.RINT, Op.DETACH, Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.CMPLT, Op.CMPEQ, Op.WHERE, Op.CAST,
             LESS_EQUAL}
 MASK_OPS = {Op.NOT, Op.AND, Op.OR, Op.XOR, Op.ADD, Op.MUL, Op.MAX, Op.CMPEQ, Op.WHERE, Op.CAST, Op.DETACH}
