@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import zyx
-from zyx.jit.rewrite import (COLUMN_GROUPS_PER_UNIT, COLUMN_MIN_CHUNK, CPU_COLUMN_CHUNK, column_chunk,
-                             rewrite_graph)
+from zyx.jit import rewrite, schedule as schedule_module
+from zyx.jit.rewrite import (COLUMN_GROUPS_PER_UNIT, COLUMN_ITEM_CHUNK, COLUMN_MIN_CHUNK, CPU_COLUMN_CHUNK,
+                             column_chunk, rewrite_graph)
 from zyx.jit.schedule import DeviceTraits, schedule
-from zyx.jit.transforms.group import COLUMNS
+from zyx.jit.transforms.group import COLUMNS, GROUP_MAX_OUTPUTS
 from zyx.trace.node import toposort
 from zyx.trace.ops import Op
 
@@ -29,13 +30,17 @@ def broadcast(rows, columns):
 
 
 @pytest.mark.parametrize("columns", [768, 2304, 3072])
-def test_w7_column_sums_are_split_into_enough_groups_of_adjacent_columns(h200, columns):
-    """GPT-2's bias and layer-norm gradients over 16 384 tokens: a first stage of at least COLUMN_GROUPS_PER_UNIT
-    groups a compute unit, each reading COLUMNS adjacent columns, then a kernel summing the chunks."""
+def test_w7_column_sums_are_split_into_enough_items_or_groups(h200, columns):
+    """GPT-2's bias and layer-norm gradients over 16 384 tokens: 2304 and 3072 columns in chunks of 512 rows,
+    GROUP_MAX_OUTPUTS partials or more, one an item (adjacent items read adjacent columns); 768 columns in groups
+    of COLUMNS adjacent columns, at least COLUMN_GROUPS_PER_UNIT a compute unit. Then a kernel sums the chunks."""
     stored = broadcast(16384, columns)  # (a target: the sum reads it from memory, as a gradient)
     _, first, second = schedule([stored.node, stored.sum(0).node], h200.traits)[0]
-    assert first.global_size // first.local_size >= COLUMN_GROUPS_PER_UNIT * h200.traits.compute_units
-    assert first.name.startswith("g_") and f"(lid%{COLUMNS})" in first.source
+    if columns == 768:
+        assert first.global_size // first.local_size >= COLUMN_GROUPS_PER_UNIT * h200.traits.compute_units
+        assert first.name.startswith("g_") and f"(lid%{COLUMNS})" in first.source
+    else:
+        assert first.name.startswith("r_") and first.global_size >= GROUP_MAX_OUTPUTS
     assert second.global_size == columns
 
 
@@ -47,15 +52,17 @@ def test_column_sums_are_split_only_where_their_groups_are_too_few(monkeypatch):
     """Not on a GPU of unknown size; not where the columns fill the GPU, the rows are too few for two chunks, the
     sum runs along rows or the sum is a product (products are split along k in their own way). On a CPU where the
     input outgrows the caches."""
-    assert chunk(16384, 768) == 512  # 22 chunks wanted: rounded down to a power of two rows
+    assert chunk(16384, 768) == 2048  # 6 chunks wanted: rounded down to a power of two rows
     assert chunk(16384, 768, units=0) == 0
+    assert chunk(16384, 3072) == chunk(16384, 3072, units=0) == COLUMN_ITEM_CHUNK  # 22 chunks wanted: 32
     assert DeviceTraits.of(SimpleNamespace(is_gpu=True, compute_units=132)).compute_units == 132
     monkeypatch.setenv("ZYX_COLUMN_GROUPS", "64")
-    assert chunk(16384, 768) == COLUMN_MIN_CHUNK
+    assert chunk(16384, 768) == COLUMN_MIN_CHUNK  # 541 chunks wanted
     monkeypatch.setenv("ZYX_COLUMN_GROUPS", "0")
     assert chunk(16384, 768) == 0
     monkeypatch.delenv("ZYX_COLUMN_GROUPS")
-    assert chunk(16384, COLUMNS * COLUMN_GROUPS_PER_UNIT * 132) == 0
+    assert chunk(16384, GROUP_MAX_OUTPUTS) == 0
+    assert chunk(2 * COLUMN_MIN_CHUNK, COLUMNS * COLUMN_GROUPS_PER_UNIT * 132) == 0
     assert chunk(2 * COLUMN_MIN_CHUNK - 1, 768) == 0
     assert chunk(768, 16384, axis=1) == 0
     x, dy = broadcast(16384, 64), broadcast(16384, 32)  # a weight gradient: a sum over the rows of a product
@@ -83,6 +90,20 @@ def test_split_sums_and_maxima_match_numpy(h200, launched, shape):
     assert launched(total) == 2 and launched(largest) == 2
     np.testing.assert_allclose(total.numpy(), a.sum(axes), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(largest.numpy(), a.max(axes))  # (the padding rows fill with -inf)
+
+
+def test_a_first_stage_of_one_partial_an_item_matches_numpy(h200, launched, monkeypatch):
+    """The form of 2304 and 3072 columns, at a size PoCL runs quickly (fewer items make it)."""
+    for module in (rewrite, schedule_module):
+        monkeypatch.setattr(module, "GROUP_MAX_OUTPUTS", 1024)
+    monkeypatch.setattr(rewrite, "COLUMN_ITEM_CHUNK", 64)
+    a = data(1001, 100)  # chunks of 64 rows: 16, the last padded; 1600 partials
+    x = h200.tensor(a)
+    first = schedule([x.node, x.sum(0).node], h200.traits)[0][0]
+    assert first.name.startswith("r_") and first.global_size == 1600
+    assert launched(x.sum(0)) == 2
+    np.testing.assert_allclose(x.sum(0).numpy(), a.sum(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(x.max(0).numpy(), a.max(0))
 
 
 def test_fused_elementwise_terms_are_summed_in_the_first_stage(h200, launched):

@@ -29,18 +29,23 @@ from ..trace.ops import LEAF_OPS, Op, REDUCE_OPS
 from .kernel_ir import lowest_value
 from .matmul import BK, MIN_USED
 from .tiling import matmul_axes
-from .transforms.group import COLUMNS
+from .transforms.group import COLUMNS, GROUP_MAX_OUTPUTS
 
 SPLIT_MIN_COUNT = 32768    # reductions shorter than this stay one loop
 SPLIT_MAX_OUTPUTS = 1024   # with at least this many outputs the device is busy enough
 PRODUCT_MIN_BLOCKS = 64    # GPU products with fewer 32 x 32 blocks of outputs than this are split along k ...
 PRODUCT_BLOCKS = 256       # ... into about this many blocks in all (at least PRODUCT_MIN_BLOCKS) ...
 PRODUCT_MIN_CHUNK = 1024   # ... each reducing at least this many elements (a launch costs ~10 us on an H100)
-# A GPU column sum is split where its groups of COLUMNS columns are fewer than this many a compute unit (two
-# waves of 8 resident groups of 256 items on the H200: 768 columns made 96 groups, 2.2 ms for 48 MiB;
-# ZYX_COLUMN_GROUPS=N sets another, 0 splits none) ...
-COLUMN_GROUPS_PER_UNIT = 16
-COLUMN_MIN_CHUNK = 256     # ... into chunks of a power of two rows, at least this many (a work group's reduction)
+# A GPU column sum is split into chunks of a power of two rows: where chunks of COLUMN_ITEM_CHUNK rows or more
+# leave GROUP_MAX_OUTPUTS partials, enough for one an item, read along the columns (on the H200 [16384, 3072] took
+# 54 us in 32 chunks so, 63-72 us as groups of COLUMNS columns in 1-16 chunks; torch 62 us) ...
+COLUMN_ITEM_CHUNK = 512
+# ... else where its groups of COLUMNS columns are fewer than COLUMN_GROUPS_PER_UNIT a compute unit, into enough
+# chunks for that many, of at least COLUMN_MIN_CHUNK rows (a work group's reduction): on the H200 [16384, 768]
+# took 83 us in one kernel, 21.7 in 8 chunks, 24.4-26.8 in 16-64 (torch 32.6 us). ZYX_COLUMN_GROUPS=N sets
+# another count, 0 splits none that way.
+COLUMN_GROUPS_PER_UNIT = 4
+COLUMN_MIN_CHUNK = 256
 # On CPUs an item sums a vector of columns down the rows: where the input outgrows the caches, the lines fetched
 # beside its reads are gone before the next item reads them. Chunks of CPU_COLUMN_CHUNK rows keep them: on PoCL
 # (2 threads) [16384, 3072] took 113 ms in one kernel and 32 in 16 chunks, [65536, 256] 210 ms and 5.
@@ -174,9 +179,9 @@ def _worth_splitting(node: Node) -> bool:
 
 def column_chunk(node: Node, gpu: bool, compute_units: int) -> int:
     """Rows a chunk of the column sum `node` (a reduction over leading axes: its values a row of columns apart)
-    takes in its first stage: on a `gpu`, so that there are COLUMN_GROUPS_PER_UNIT groups of COLUMNS columns a
-    compute unit; on a CPU CPU_COLUMN_CHUNK where the input has CPU_COLUMN_MIN_BYTES. 0 where it needs no split,
-    is no column sum, or is a product (split along k instead)."""
+    takes in its first stage: on a `gpu`, so that there are GROUP_MAX_OUTPUTS partials (one an item) or else
+    COLUMN_GROUPS_PER_UNIT groups of COLUMNS columns a compute unit; on a CPU CPU_COLUMN_CHUNK where the input has
+    CPU_COLUMN_MIN_BYTES. 0 where it needs no split, is no column sum, or is a product (split along k instead)."""
     source = node.src[0]
     kept = [a for a, size in enumerate(source.shape) if a not in node.arg and size != 1]
     if not kept or node.numel == 0 or min(kept) < max(node.arg) or matmul_axes(node) is not None:
@@ -185,12 +190,21 @@ def column_chunk(node: Node, gpu: bool, compute_units: int) -> int:
     if not gpu:
         large = source.numel * source.dtype.itemsize >= CPU_COLUMN_MIN_BYTES
         return CPU_COLUMN_CHUNK if large and rows >= 2 * CPU_COLUMN_CHUNK else 0
+    if node.numel >= GROUP_MAX_OUTPUTS:  # (one output an item already)
+        return 0
+    items = _power_below(rows // -(-GROUP_MAX_OUTPUTS // node.numel))
+    if items >= COLUMN_ITEM_CHUNK:
+        return items
     groups = int(os.environ.get("ZYX_COLUMN_GROUPS", COLUMN_GROUPS_PER_UNIT)) * compute_units
     parts = -(-groups * COLUMNS // node.numel)
     if parts < 2 or rows < 2 * COLUMN_MIN_CHUNK:
         return 0
-    chunk = rows // parts
-    return COLUMN_MIN_CHUNK if chunk < COLUMN_MIN_CHUNK else 1 << (chunk.bit_length() - 1)
+    return max(COLUMN_MIN_CHUNK, _power_below(rows // parts))
+
+
+def _power_below(count: int) -> int:
+    """The greatest power of two at most `count` (0 for 0)."""
+    return 1 << (count.bit_length() - 1) if count else 0
 
 
 def _two_stage(node: Node, chunk: int, rows_first: bool = False) -> Node:

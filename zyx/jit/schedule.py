@@ -42,7 +42,7 @@ from .rows import lower_rows, row_length, statistics_read_elsewhere
 from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
 from .transforms.double_buffer import double_buffer
-from .transforms.group import group_reductions
+from .transforms.group import GROUP_MAX_OUTPUTS, group_reductions
 from .transforms.registers import rows_in_registers
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -118,7 +118,6 @@ FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100
 READS_LIMIT = 4               # arrays of its size a value read by several ops is recomputed from, at most
 READS_TRACKED = 64            # arrays counted per value before it counts as reading too many
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
-GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
 
 
 def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
