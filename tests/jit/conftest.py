@@ -3,6 +3,8 @@ import pytest
 import zyx
 from zyx.jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits
 
+H200_UNITS = 132
+
 
 @pytest.fixture
 def dev():
@@ -11,12 +13,35 @@ def dev():
 
 
 @pytest.fixture
-def gpu(dev, monkeypatch):
-    """The OpenCL device, scheduling GPU-shaped kernels (as ZYX_GPU_KERNELS=1 does, float4 lanes included)."""
-    monkeypatch.setattr(dev, "traits", DeviceTraits(True, dev.traits.group_size, GPU_VECTOR_WIDTH))
+def launched():
+    """Kernels launched realizing the tensors given."""
+    def count(*tensors) -> int:
+        zyx.reset_stats()
+        zyx.realize(*tensors)
+        return zyx.stats()["kernels_launched"]
+    return count
+
+
+def shaped_as(dev, monkeypatch, compute_units: int = 0):
+    """The OpenCL device scheduling GPU-shaped kernels, as for a GPU of `compute_units` (0: unknown)."""
+    monkeypatch.setattr(dev, "traits", DeviceTraits(True, dev.traits.group_size, GPU_VECTOR_WIDTH,
+                                                    compute_units=compute_units))
     dev.forget_programs()  # programs scheduled for the device's own shapes must not be found
     yield dev
     dev.forget_programs()  # nor these, once the device's own traits are back
+
+
+@pytest.fixture
+def gpu(dev, monkeypatch):
+    """The OpenCL device, scheduling GPU-shaped kernels (as ZYX_GPU_KERNELS=1 does, float4 lanes included)."""
+    yield from shaped_as(dev, monkeypatch)
+
+
+@pytest.fixture
+def h200(dev, monkeypatch):
+    """The OpenCL device, scheduling GPU-shaped kernels as for the H200's 132 compute units (rewrite.py splits
+    the column sums too narrow for them)."""
+    yield from shaped_as(dev, monkeypatch, H200_UNITS)
 
 
 @pytest.fixture(params=["own kernels", "GPU-shaped"])

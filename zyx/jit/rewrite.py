@@ -10,32 +10,53 @@ Long reductions into few outputs would leave most of the device idle (one work i
 the whole input), so they are split in two stages: partial results over chunks, then the reduction of
 the partials. On GPUs a product with few outputs and a long reduced axis (a convolution's weight gradient) is
 likewise split along k into a batch of products, summed afterwards, so that its tiled kernel has enough work
-groups. The rewrite builds new nodes above the split; leaves and random nodes keep their identity,
-so the program still binds its inputs by the original trace's order.
+groups; and so is a column sum (a bias's gradient over 16 384 tokens) whose groups of COLUMNS adjacent columns
+would be too few for the device's compute units: its rows in chunks, the partial sums of each chunk's columns
+side by side, so that the first stage is a column sum again, of more groups. On CPUs a column sum larger than
+the caches is split alike, so that neighbouring items find each other's lines in cache. The rewrite builds new
+nodes above the split; leaves and random nodes keep their identity, so the program still binds its inputs by the
+original trace's order.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence
 
-from ..dtypes import float32
 from ..trace import node as n
 from ..trace.node import Node, arg_key, toposort
 from ..trace.ops import LEAF_OPS, Op, REDUCE_OPS
 from .kernel_ir import lowest_value
 from .matmul import BK, MIN_USED
 from .tiling import matmul_axes
+from .transforms.group import COLUMNS, GROUP_MAX_OUTPUTS
 
 SPLIT_MIN_COUNT = 32768    # reductions shorter than this stay one loop
 SPLIT_MAX_OUTPUTS = 1024   # with at least this many outputs the device is busy enough
 PRODUCT_MIN_BLOCKS = 64    # GPU products with fewer 32 x 32 blocks of outputs than this are split along k ...
 PRODUCT_BLOCKS = 256       # ... into about this many blocks in all (at least PRODUCT_MIN_BLOCKS) ...
 PRODUCT_MIN_CHUNK = 1024   # ... each reducing at least this many elements (a launch costs ~10 us on an H100)
+# A GPU column sum is split into chunks of a power of two rows: where chunks of COLUMN_ITEM_CHUNK rows or more
+# leave GROUP_MAX_OUTPUTS partials, enough for one an item, read along the columns (on the H200 [16384, 3072] took
+# 54 us in 32 chunks so, 63-72 us as groups of COLUMNS columns in 1-16 chunks; torch 62 us) ...
+COLUMN_ITEM_CHUNK = 512
+# ... else where its groups of COLUMNS columns are fewer than COLUMN_GROUPS_PER_UNIT a compute unit, into enough
+# chunks for that many, of at least COLUMN_MIN_CHUNK rows (a work group's reduction): on the H200 [16384, 768]
+# took 83 us in one kernel, 21.7 in 8 chunks, 24.4-26.8 in 16-64 (torch 32.6 us). ZYX_COLUMN_GROUPS=N sets
+# another count, 0 splits none that way.
+COLUMN_GROUPS_PER_UNIT = 4
+COLUMN_MIN_CHUNK = 256
+# On CPUs an item sums a vector of columns down the rows: where the input outgrows the caches, the lines fetched
+# beside its reads are gone before the next item reads them. Chunks of CPU_COLUMN_CHUNK rows keep them: on PoCL
+# (2 threads) [16384, 3072] took 113 ms in one kernel and 32 in 16 chunks, [65536, 256] 210 ms and 5.
+CPU_COLUMN_CHUNK = 1024
+CPU_COLUMN_MIN_BYTES = 8 << 20
 
 
-def rewrite_graph(targets: Sequence[Node], gpu: bool = False) -> list[Node]:
+def rewrite_graph(targets: Sequence[Node], gpu: bool = False, compute_units: int = 0) -> list[Node]:
     """Targets of an equivalent graph in which products reduce over one axis and long, narrow reductions run
-    in two stages (on a GPU, narrow products with long reductions too)."""
+    in two stages, and so do column sums too narrow for a GPU's `compute_units` or too large for a CPU's caches
+    (on a GPU, narrow products with long reductions too)."""
     replaced: dict[int, Node] = {}
     computed: dict[tuple, Node] = {}
     kept = {id(t) for t in targets}
@@ -50,8 +71,12 @@ def rewrite_graph(targets: Sequence[Node], gpu: bool = False) -> list[Node]:
             continue
         if new.op is Op.SUM:
             new = _merge_product_axes(new, gpu) if len(new.arg) > 1 else _split_product(new) if gpu else new
-        if new.op in REDUCE_OPS and _worth_splitting(new):
-            new = _two_stage(new)
+        if new.op in REDUCE_OPS:
+            rows = column_chunk(new, gpu, compute_units)
+            if rows:
+                new = _two_stage(new, rows, rows_first=True)
+            elif _worth_splitting(new):
+                new = _two_stage(new, 8 * math.ceil(math.sqrt(math.prod(new.src[0].shape[a] for a in new.arg)) / 8))
         if key is not None:
             computed.setdefault(key, new)
         if new is not node:
@@ -152,19 +177,52 @@ def _worth_splitting(node: Node) -> bool:
     return count >= SPLIT_MIN_COUNT and node.numel < SPLIT_MAX_OUTPUTS
 
 
-def _two_stage(node: Node) -> Node:
-    source, axes = node.src[0], node.arg
+def column_chunk(node: Node, gpu: bool, compute_units: int) -> int:
+    """Rows a chunk of the column sum `node` (a reduction over leading axes: its values a row of columns apart)
+    takes in its first stage: on a `gpu`, so that there are GROUP_MAX_OUTPUTS partials (one an item) or else
+    COLUMN_GROUPS_PER_UNIT groups of COLUMNS columns a compute unit; on a CPU CPU_COLUMN_CHUNK where the input has
+    CPU_COLUMN_MIN_BYTES. 0 where it needs no split, is no column sum, or is a product (split along k instead)."""
+    source = node.src[0]
+    kept = [a for a, size in enumerate(source.shape) if a not in node.arg and size != 1]
+    if not kept or node.numel == 0 or min(kept) < max(node.arg) or matmul_axes(node) is not None:
+        return 0
+    rows = math.prod(source.shape[a] for a in node.arg)
+    if not gpu:
+        large = source.numel * source.dtype.itemsize >= CPU_COLUMN_MIN_BYTES
+        return CPU_COLUMN_CHUNK if large and rows >= 2 * CPU_COLUMN_CHUNK else 0
+    if node.numel >= GROUP_MAX_OUTPUTS:  # (one output an item already)
+        return 0
+    items = _power_below(rows // -(-GROUP_MAX_OUTPUTS // node.numel))
+    if items >= COLUMN_ITEM_CHUNK:
+        return items
+    groups = int(os.environ.get("ZYX_COLUMN_GROUPS", COLUMN_GROUPS_PER_UNIT)) * compute_units
+    parts = -(-groups * COLUMNS // node.numel)
+    if parts < 2 or rows < 2 * COLUMN_MIN_CHUNK:
+        return 0
+    return max(COLUMN_MIN_CHUNK, _power_below(rows // parts))
+
+
+def _power_below(count: int) -> int:
+    """The greatest power of two at most `count` (0 for 0)."""
+    return 1 << (count.bit_length() - 1) if count else 0
+
+
+def _two_stage(node: Node, chunk: int, rows_first: bool = False) -> Node:
+    """The reduction `node` as the reductions of chunks of `chunk` reduced values (the last padded with the op's
+    identity), then the reduction of those partial results: laid out [kept axes, chunks], or `rows_first`
+    [chunks, kept axes] (a column sum's partials, so that its first stage is a column sum too)."""
+    source, axes = node.src[0], list(node.arg)
     kept = [a for a in range(len(source.shape)) if a not in axes]
     kept_shape = tuple(source.shape[a] for a in kept)
     count = math.prod(source.shape[a] for a in axes)
-    chunk = 8 * math.ceil(math.sqrt(count) / 8)
-    parts = math.ceil(count / chunk)
-    flat = n.reshape(n.permute(source, kept + list(axes)), kept_shape + (count,))
-    if node.dtype.is_narrow_float:  # the partials are stored: in float32, so half precision accumulates in it
-        flat = n.cast(flat, float32)
+    parts = -(-count // chunk)
+    at = 0 if rows_first else len(kept)  # where the reduced values lie in the flat view
+    order, shape = (axes + kept, (count,) + kept_shape) if rows_first else (kept + axes, kept_shape + (count,))
+    # the partials are stored: half precision adds in float32
+    flat = n.cast(n.reshape(n.permute(source, order), shape), node.dtype.accumulated)
     fill = 0 if node.op is Op.SUM else lowest_value(node.dtype)
-    padded = n.pad(flat, [(0, 0)] * len(kept) + [(0, parts * chunk - count)], fill)
-    chunks = n.reshape(padded, kept_shape + (parts, chunk))
-    partial = n.reduce(node.op, chunks, [len(kept) + 1])
-    total = n.reduce(node.op, partial, [len(kept)])
+    padded = n.pad(flat, [(0, parts * chunk - count if a == at else 0) for a in range(len(shape))], fill)
+    chunks = n.reshape(padded, shape[:at] + (parts, chunk) + shape[at + 1:])
+    partial = n.reduce(node.op, chunks, [at + 1])
+    total = n.reduce(node.op, partial, [at])
     return n.reshape(n.cast(total, node.dtype), node.shape)

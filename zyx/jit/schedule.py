@@ -43,7 +43,7 @@ from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
 from .stored_reductions import read_stored_reductions
 from .transforms.double_buffer import double_buffer
-from .transforms.group import group_reductions
+from .transforms.group import GROUP_MAX_OUTPUTS, group_reductions
 from .transforms.registers import rows_in_registers
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -66,6 +66,7 @@ class DeviceTraits:
     group_launches: bool = True     # tiny kernels share launches where they may (launch_groups.py; OpenCL only)
     tensor_cores: tuple[str, ...] = ()  # operand types products run on tensor cores: "bf16", "f16", "tf32"
     tensor_core_memory: int = 0     # bytes of local memory a tensor-core product's group may use (0: local_memory)
+    compute_units: int = 0          # the device's (0: unknown; GPU column sums are split to fill them: rewrite.py)
 
     @staticmethod
     def of(runtime: object) -> "DeviceTraits":
@@ -84,7 +85,8 @@ class DeviceTraits:
                             local_memory=local,
                             group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0",
                             tensor_cores=_built_kinds(runtime, tensor_core_kinds(capability)),
-                            tensor_core_memory=tensor_core_local_memory(capability, local))
+                            tensor_core_memory=tensor_core_local_memory(capability, local),
+                            compute_units=int(getattr(runtime, "compute_units", 0)))
 
     @property
     def tensor_core_local_memory(self) -> int:
@@ -117,7 +119,6 @@ FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100
 READS_LIMIT = 4               # arrays of its size a value read by several ops is recomputed from, at most
 READS_TRACKED = 64            # arrays counted per value before it counts as reading too many
 GROUP_MIN_REDUCE = 256        # reductions shorter than this are fine on one work item
-GROUP_MAX_OUTPUTS = 1 << 16   # with more outputs than this the device is busy enough without groups
 
 
 def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
@@ -130,7 +131,7 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
     the next cycle with them, as W7's gradient clipping did, 2 kernels an attempt until the attempts ran out); the
     others as before: a region met before gets the kernel built for it (kernel_memo.py; `memoize=False` builds
     every kernel); after CYCLE_RETRIES such attempts no kernel gets extra outputs."""
-    targets = rewrite_graph(targets, traits.gpu)
+    targets = rewrite_graph(targets, traits.gpu, traits.compute_units)
     memo = KernelMemo() if memoize else None
     plan = _plan(targets, traits)
     plain: set[int] = set()  # roots whose kernels store nothing but their root

@@ -21,6 +21,7 @@ COLUMNS = 8  # adjacent outputs per group where the reduction reads far apart: 8
 # ... where that leaves this many groups at least: on the H200 a bias gradient over 16 384 tokens ran faster in
 # 384 groups (3072 columns) than strided, and 30 times slower in 96 (768 columns: too few items to hide latency)
 COLUMN_MIN_GROUPS = 384
+GROUP_MAX_OUTPUTS = 1 << 16  # with more outputs than this the device is busy enough without groups (schedule.py)
 
 
 def group_reductions(kernel: Kernel, group: int) -> Kernel:
