@@ -220,10 +220,11 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     return kernel, extra_outputs != allow_extra_outputs
 
 
-BESIDE_MIN_K = 16  # a product a GPU kernel would compute beside the one it hosts, reducing this many elements and
+BESIDE_MIN_K = 128  # a product a GPU kernel would compute beside the one it hosts, reducing this many elements and
 # more, is stored by a (tiled) kernel of its own: fused, each output walks its k reading both operands from memory
 # (GELU's backward, dY·W_out, beside the pre-activation x̂·W_fcᵀ it recomputed: 8.4 ms on the H200, where such a
-# product alone took 1.7)
+# product alone took 1.7); a shorter one costs less than its store: attention's scores beside dP (k = 64, a head)
+# would be stored as a T x T array
 
 
 def _products_beside(root: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> list[Node]:
