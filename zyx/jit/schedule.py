@@ -24,10 +24,11 @@ from .collective import collective_kernel
 from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
-from .matmul import LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
+from .matmul import BLOCKS, LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
+from .operand_layout import cheaper_stored
 from .tensor_cores import (WGMMA, lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory,
                            tensor_core_options, warpgroups_build)
-from .tiling import choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
+from .tiling import broadcast_axes, choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_memo import Facts, KernelMemo
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
@@ -159,8 +160,8 @@ class KernelCycle(Exception):
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-                  planned: dict[int, tuple[Node, Choice]], early: set[int] = frozenset(),
-                  memo: Optional[KernelMemo] = None) -> RenderedKernel:
+                  planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]],
+                  early: set[int] = frozenset(), memo: Optional[KernelMemo] = None) -> RenderedKernel:
     """The kernel storing `root` (`_built`), or the kernel `memo` holds for a region like its own (re-bound to
     it); what the kernel reads from others becomes a node to store, what it stores is produced."""
     roots = [root, *(sibling.product for sibling in _gradient_siblings(root, materialized, produced, traits)[1])]
@@ -175,7 +176,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
         before = Facts(set(materialized), set(produced), set(stored_apart), early)
         made = len(planned)
         kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
-                                    planned, early)
+                                    planned, users, early)
         if memo is not None and not conflicted and len(planned) == made and id(root) not in planned:
             apart = [materialized[key] for key in materialized if key not in before.materialized]
             memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart])
@@ -187,7 +188,8 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
 
 def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
            allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-           planned: dict[int, tuple[Node, Choice]], early: set[int]) -> tuple[RenderedKernel, bool]:
+           planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]],
+           early: set[int]) -> tuple[RenderedKernel, bool]:
     """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again; one
     that would read back a reduction it stores as an extra output is built again without extra outputs (the
     flag returned says so). `planned`: the choices of kernels for nodes the scheduler made (read, and added to
@@ -198,7 +200,8 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     if product is not None and product is not root and space_axes(root, product) is None:
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
         stored_apart.add(id(product))        # kernel, and this one reads it)
-    for value in _broadcast_into_reductions(root, materialized, traits.gpu):
+    beside = _products_beside(root, materialized, users) if traits.gpu else []
+    for value in [*beside, *_broadcast_into_reductions(root, materialized, traits.gpu)]:
         materialized[id(value)] = value
         stored_apart.add(id(value))
     extra_outputs = allow_extra_outputs
@@ -218,6 +221,54 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     return kernel, extra_outputs != allow_extra_outputs
 
 
+BESIDE_MIN_K = 128  # a product a GPU kernel would compute beside the one it hosts, reducing this many elements and
+# more, is stored by a (tiled) kernel of its own: fused, each output walks its k reading both operands from memory
+# (GELU's backward, dY·W_out, beside the pre-activation x̂·W_fcᵀ it recomputed: 8.4 ms on the H200, where such a
+# product alone took 1.7); a shorter one costs less than its store: attention's scores beside dP (k = 64, a head)
+# would be stored as a T x T array
+
+
+def _products_beside(root: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> list[Node]:
+    """The products the kernel storing `root` would compute besides the one it hosts (tiling.hosted_matmul), at
+    least BESIDE_MIN_K long: each to store. The one hosted is one at the root's positions that only this kernel
+    reads, where there is one (GELU's backward keeps dY·W_out and stores the pre-activation, which its forward
+    reads too); else the first found."""
+    region, found, stack = set(), [], [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in region:
+            continue
+        region.add(id(node))
+        if node is not root and id(node) in materialized:
+            continue
+        if matmul_axes(node) is not None and node.src[0].numel:
+            found.append(node)
+        elif node is root or node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS:
+            stack.extend(node.src)
+    if len(found) < 2:
+        return []
+    hosted = [product for product in found if product.numel == root.numel] or found
+    kept = next((product for product in hosted if not _read_elsewhere(product, root, region, users)), hosted[0])
+    return [product for product in found
+            if product is not kept and product.src[0].shape[product.arg[0]] >= BESIDE_MIN_K]
+
+
+def _read_elsewhere(value: Node, root: Node, region: set[int], users: dict[int, list[Node]]) -> bool:
+    """Whether a node outside the kernel's `region` (ids) reads `value` or a value the region computes from it
+    (below the root: a linear layer's product through its bias)."""
+    stack, seen = [value], set()
+    while stack:
+        node = stack.pop()
+        if node is root or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for user in users.get(id(node), ()):
+            if id(user) not in region:
+                return True
+            stack.append(user)
+    return False
+
+
 BROADCAST_MIN_FACTOR = 16  # a value a reduction reads broadcast this many times over ...
 BROADCAST_MIN_OPS = 8      # ... and computed by this many fused ops is stored rather than recomputed
 OP_WEIGHT = {Op.ERF: 8}    # ops counted as several: erf is a polynomial of that many (20 ops before it was an op)
@@ -227,6 +278,7 @@ PRODUCT_BROADCAST_MIN = 1024  # a product's operand, computed once per block of 
 GPU_PRODUCT_BROADCAST_MIN = 512  # on GPUs where it is 4 blocks of 128 and more: GPT-2's GELU and GELU backward,
 # recomputed in the staging of the 768-wide products reading them, ran those at 18-27 TFLOP/s on the H200, where
 # plain ones ran at 45 (storing the operand costs a write and a read at 4 TB/s)
+PRODUCT_BLOCK = BLOCKS[0][0]  # outputs of a GPU product's block along each axis: its operands are staged once per block
 
 
 def _broadcast_into_reductions(root: Node, materialized: dict[int, Node], gpu: bool) -> list[Node]:
@@ -250,15 +302,28 @@ def _broadcast_into_reductions(root: Node, materialized: dict[int, Node], gpu: b
                 value = value.src[0]
             spread = math.prod(size for axis, (size, inner) in enumerate(zip(node.shape, node.src[0].shape))
                                if size != inner and axis not in reduction.arg)
-            least = ((GPU_PRODUCT_BROADCAST_MIN if gpu else PRODUCT_BROADCAST_MIN) if matmul_axes(reduction) is not None
+            product = matmul_axes(reduction) is not None
+            least = ((GPU_PRODUCT_BROADCAST_MIN if gpu else PRODUCT_BROADCAST_MIN) if product
                      else BROADCAST_MIN_FACTOR)
-            if (value.op in ELEMENTWISE_OPS and id(value) not in materialized and spread >= least
-                    and _fused_ops(value, materialized, BROADCAST_MIN_OPS) >= BROADCAST_MIN_OPS):
+            if value.op in ELEMENTWISE_OPS and id(value) not in materialized and (
+                    (spread >= least and _fused_ops(value, materialized, BROADCAST_MIN_OPS) >= BROADCAST_MIN_OPS)
+                    or (gpu and product and _staging_dearer(node, value, reduction, spread, materialized))):
                 found[id(value)] = value
                 continue
         inside = node if node.op in REDUCE_OPS else reduction if node.op in ELEMENTWISE_OPS else None
         stack.extend((source, inside) for source in node.src)
     return list(found.values())
+
+
+def _staging_dearer(operand: Node, value: Node, product: Node, spread: int, materialized: dict[int, Node]) -> bool:
+    """Whether a GPU product staging `operand` (an EXPAND of the product's input, `value` computed under it) once
+    per block of outputs along the `spread` it is broadcast to reads more memory than `value` stored first
+    (operand_layout.cheaper_stored): attention's dQ, dKᵀ and dV concatenated into the (tokens, 3d) gradient of
+    the QKV projection, read a float per 32-byte sector in two of three parts, ran its weight and input gradients
+    at 21 and 27 TFLOP/s on the H200 (42 and 47 from a stored gradient)."""
+    n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
+    row = n_axis if m_axis in broadcast_axes(operand) else m_axis
+    return cheaper_stored(operand.src[0], value, (product.arg[0], row), max(1, spread // PRODUCT_BLOCK), materialized)
 
 
 def _fused_ops(value: Node, materialized: dict[int, Node], enough: int) -> int:
@@ -662,7 +727,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         roots.append(node)
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs and key not in plain,
-                                     stored_apart, tuned, planned, early, memo))
+                                     stored_apart, tuned, planned, users, early, memo))
         enqueue_pending()
 
     def rebuild(k: int) -> Optional[RenderedKernel]:
@@ -671,7 +736,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         root, own = roots[k], {id(node) for node in kernels[k].outputs}
         tried = (dict(materialized), set(stored_apart), dict(planned))
         kernel = _build_kernel(root, tried[0], produced - own, traits, allow_extra_outputs and id(root) not in plain,
-                               tried[1], tuned, tried[2], early, memo)
+                               tried[1], tuned, tried[2], users, early, memo)
         unchanged = (tried[0].keys() == materialized.keys() and tried[1] == stored_apart
                      and tried[2].keys() == planned.keys())
         return kernel if unchanged and {id(node) for node in kernel.outputs} == own else None

@@ -1,0 +1,166 @@
+"""What a GPU product reads: an operand computed under it is stored first where staging it through its views reads
+more memory than the store (schedule._staging_dearer, operand_layout.cheaper_stored: attention's dQ, dKᵀ, dV
+concatenated into a QKV projection's gradient), and stays fused where it reads what a stored one would (a scale
+and a bias); a product a kernel would compute beside the one it hosts is stored by a kernel of its own
+(schedule._products_beside: GELU's backward beside the pre-activation it recomputed). GPU-shaped schedules on this
+CPU; results against numpy and torch."""
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as torch_F
+
+import zyx
+from zyx.jit.kernel_nodes import contained_nodes
+from zyx.jit.operand_layout import read_cost
+from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.tiling import matmul_axes
+
+scheduler = importlib.import_module("zyx.jit.schedule")
+GPU = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024)
+RNG = np.random.default_rng(23)
+BATCH, HEADS, CONTEXT, SIZE = 1, 4, 64, 64  # d = 256: the products' 256-wide sides are two blocks of 128
+D = HEADS * SIZE
+
+
+def data(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def products(kernel):
+    return [node for node in contained_nodes(kernel) if matmul_axes(node) is not None]
+
+
+def reduced(product):
+    """Elements a product sums over (its k)."""
+    return product.src[0].shape[product.arg[0]]
+
+
+def merged_heads(dq, dkt, dv):
+    """dQ·scale, dKᵀ (stored transposed, as attention's backward stores it) and dV in head layout, concatenated
+    into the (tokens, 3d) gradient of a QKV projection, as autograd writes it."""
+    heads = (dq * 0.125, dkt.transpose(2, 3), dv)
+    return zyx.cat([h.transpose(1, 2).reshape(BATCH * CONTEXT, D) for h in heads], 1)
+
+
+def merged_heads_numpy(dq, dkt, dv):
+    heads = (dq * 0.125, dkt.transpose(0, 1, 3, 2), dv)
+    return np.concatenate([h.transpose(0, 2, 1, 3).reshape(BATCH * CONTEXT, D) for h in heads], 1)
+
+
+def qkv_gradients(device, arrays):
+    """The QKV projection's weight gradient dQKVᵀ·x and input gradient dQKV·W (unrealized), and the parts."""
+    parts = [device.tensor(a) for a in arrays[:3]]
+    dqkv = merged_heads(*parts)
+    x, w = device.tensor(arrays[3]), device.tensor(arrays[4])
+    return (dqkv.T @ x, dqkv @ w), parts
+
+
+QKV_ARRAYS = [data(BATCH, HEADS, CONTEXT, SIZE), data(BATCH, HEADS, SIZE, CONTEXT), data(BATCH, HEADS, CONTEXT, SIZE),
+              data(BATCH * CONTEXT, 2 * D), data(3 * D, 2 * D)]
+
+
+def test_the_concatenated_head_gradients_read_a_sector_per_float_along_either_axis():
+    """Along the channels two of the parts run (a head's 64 channels at a time), dKᵀ is strided: (1 + 8 + 1) / 3
+    of a contiguous read per element; along the tokens only dKᵀ runs. Stored, one contiguous read."""
+    dqkv = merged_heads(*(zyx.CPU().tensor(a) for a in QKV_ARRAYS[:3])).node
+    assert read_cost(dqkv, 1, {}) == pytest.approx(10 / 3)
+    assert read_cost(dqkv, 0, {}) == pytest.approx(17 / 3)
+    assert (read_cost(dqkv, 1, {id(dqkv): dqkv}), read_cost(dqkv, 0, {id(dqkv): dqkv})) == (1, 8)
+
+
+def test_products_read_the_concatenated_gradient_stored_once(monkeypatch):
+    """Both products read one stored (tokens, 3d) gradient instead of the three head-layout parts; the schedule
+    has the kernel storing it more than one that fuses it into each product, and no other."""
+    (weight, inputs), parts = qkv_gradients(zyx.CPU(), QKV_ARRAYS)
+    kernels, _ = schedule([weight.node, inputs.node], GPU)
+    part_ids = {id(part.node) for part in parts}
+    store, = [k for k in kernels if part_ids & {id(node) for node in k.loads}]
+    assert not products(store) and [node.shape for node in store.outputs] == [(BATCH * CONTEXT, 3 * D)]
+    readers = [k for k in kernels if products(k)]
+    assert len(readers) == 2 and all(store.outputs[0] in k.loads for k in readers)
+    monkeypatch.setattr(scheduler, "_staging_dearer", lambda *args: False)
+    assert len(schedule([weight.node, inputs.node], GPU)[0]) == len(kernels) - 1
+
+
+def test_products_of_the_stored_gradient_match_numpy(gpu):
+    (weight, inputs), _ = qkv_gradients(gpu, QKV_ARRAYS)
+    dqkv = merged_heads_numpy(*QKV_ARRAYS[:3])
+    np.testing.assert_allclose(weight.numpy(), dqkv.T @ QKV_ARRAYS[3], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(inputs.numpy(), dqkv @ QKV_ARRAYS[4], rtol=1e-4, atol=1e-4)
+
+
+def test_a_scale_and_a_bias_stay_in_the_staging(gpu):
+    """(x·0.5 + b)·Wᵀ reads x, b and W in one kernel: its prologue reads what a stored operand would."""
+    x, b, w = data(128, 2 * D), data(2 * D), data(2 * D, 2 * D)
+    out = (gpu.tensor(x) * 0.5 + gpu.tensor(b)) @ gpu.tensor(w).T
+    kernel, = schedule([out.node], GPU)[0]
+    assert all(node.op.name == "BUFFER" for node in kernel.loads) and len(kernel.loads) == 3
+    np.testing.assert_allclose(out.numpy(), (x * 0.5 + b) @ w.T, rtol=1e-4, atol=1e-4)
+
+
+def gelu_like_backward(device, arrays):
+    """The forward gelu(x·W1ᵀ) and a backward (dY·W2) · exp(h / 2) reading the same pre-activation h."""
+    x, w1, dy, w2 = (device.tensor(a) for a in arrays)
+    h = x @ w1.T
+    return h.gelu(), (dy @ w2) * (h * 0.5).exp()
+
+
+GELU_ARRAYS = [data(128, 2 * D), 0.05 * data(2 * D, 2 * D), data(128, D), data(D, 2 * D)]
+
+
+def test_a_kernel_computes_one_product_and_reads_the_one_read_elsewhere():
+    """The backward's kernel hosts dY·W2 and reads h, which the forward reads too, from a kernel of its own."""
+    forward, backward = gelu_like_backward(zyx.CPU(), GELU_ARRAYS)
+    kernels, _ = schedule([forward.node, backward.node], GPU)
+    assert all(len(products(k)) <= 1 for k in kernels)
+    storing = next(k for k in kernels if backward.node in k.outputs)
+    read, = [node for node in storing.loads if matmul_axes(node) is not None]
+    hosted, = products(storing)
+    assert (reduced(read), reduced(hosted)) == (2 * D, D)  # x·W1ᵀ read, dY·W2 hosted
+    assert sum(read in k.outputs for k in kernels) == 1
+
+
+def test_the_kernels_of_one_product_each_match_numpy(gpu):
+    forward, backward = gelu_like_backward(gpu, GELU_ARRAYS)
+    x, w1, dy, w2 = GELU_ARRAYS
+    h = torch.tensor(x @ w1.T)
+    np.testing.assert_allclose(forward.numpy(), torch_F.gelu(h).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(backward.numpy(), (dy @ w2) * np.exp(h.numpy() * 0.5), rtol=1e-4, atol=1e-4)
+
+
+def attention_block(F, p, x, causal_grad):
+    """Layer norm, QKV projection, causal attention over HEADS heads, output projection; the loss weighs the
+    output with `causal_grad`."""
+    h = F.layer_norm(x, (D,), p["ln.w"], p["ln.b"])
+    qkv = F.linear(h, p["qkv.w"], p["qkv.b"])
+    q, k, v = (qkv[..., j * D:(j + 1) * D].reshape(BATCH, CONTEXT, HEADS, SIZE).transpose(1, 2) for j in range(3))
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(BATCH, CONTEXT, D)
+    return (F.linear(a, p["proj.w"], p["proj.b"]) * causal_grad).sum()
+
+
+BLOCK = {"ln.w": 1 + 0.1 * data(D), "ln.b": 0.1 * data(D), "qkv.w": 0.05 * data(3 * D, D),
+         "qkv.b": 0.1 * data(3 * D), "proj.w": 0.05 * data(D, D), "proj.b": 0.1 * data(D)}
+BLOCK_INPUTS = (data(BATCH, CONTEXT, D), data(BATCH, CONTEXT, D))
+
+
+def test_attention_block_gradients_match_torch_from_a_stored_qkv_gradient(gpu):
+    """The QKV projection's weight and input gradients read the attention gradients concatenated and stored."""
+    p = {name: gpu.tensor(a) for name, a in BLOCK.items()}
+    x, g = (gpu.tensor(a) for a in BLOCK_INPUTS)
+    names = ["qkv.w", "qkv.b", "proj.w", "ln.w"]
+    grads = attention_block(zyx.nn.functional, p, x, g).backward([*(p[n] for n in names), x])
+    kernels, _ = schedule([grad.node for grad in grads], gpu.traits)
+    stored = [node for k in kernels for node in k.outputs
+              if node.numel == BATCH * CONTEXT * 3 * D and matmul_axes(node) is None]
+    store, = [k for k in kernels if stored == k.outputs]
+    parts = {id(node) for node in store.loads}
+    assert len(stored) == 1 and len([k for k in kernels if products(k) and stored[0] in k.loads]) >= 2
+    assert not [k.name for k in kernels if products(k) and parts & {id(node) for node in k.loads}]
+    expected_p = {name: torch.tensor(a, requires_grad=True) for name, a in BLOCK.items()}
+    expected_x = torch.tensor(BLOCK_INPUTS[0], requires_grad=True)
+    loss = attention_block(torch_F, expected_p, expected_x, torch.tensor(BLOCK_INPUTS[1]))
+    expected = torch.autograd.grad(loss, [*(expected_p[n] for n in names), expected_x])
+    for grad, reference, name in zip(grads, expected, [*names, "x"]):
+        np.testing.assert_allclose(grad.numpy(), reference.numpy(), rtol=1e-3, atol=1e-4, err_msg=f"d{name}")
