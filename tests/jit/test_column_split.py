@@ -64,6 +64,7 @@ def test_column_sums_are_split_only_where_their_groups_are_too_few(monkeypatch):
     assert chunk(16384, GROUP_MAX_OUTPUTS) == 0
     assert chunk(2 * COLUMN_MIN_CHUNK, COLUMNS * COLUMN_GROUPS_PER_UNIT * 132) == 0
     assert chunk(2 * COLUMN_MIN_CHUNK - 1, 768) == 0
+    assert chunk(512, 512) == 0  # W4's bias gradient, 1 MiB: a second stage would cost a launch more than it saves
     assert chunk(768, 16384, axis=1) == 0
     x, dy = broadcast(16384, 64), broadcast(16384, 32)  # a weight gradient: a sum over the rows of a product
     assert column_chunk((x.reshape(16384, 64, 1) * dy.reshape(16384, 1, 32)).sum(0, keepdim=True).node, True, 132) == 0

@@ -46,6 +46,10 @@ COLUMN_ITEM_CHUNK = 512
 # another count, 0 splits none that way.
 COLUMN_GROUPS_PER_UNIT = 4
 COLUMN_MIN_CHUNK = 256
+# A GPU sum over less than GPU_COLUMN_MIN_BYTES takes a few microseconds in one kernel, a second stage costs a launch
+# as long: W4's bias gradients (512 rows of 512 columns) split in two took its step on the H200 from 17 kernels in
+# 10 launches to 22 in 13 (0.32 -> 0.36 ms with the other changes of the day)
+GPU_COLUMN_MIN_BYTES = 4 << 20
 # On CPUs an item sums a vector of columns down the rows: where the input outgrows the caches, the lines fetched
 # beside its reads are gone before the next item reads them. Chunks of CPU_COLUMN_CHUNK rows keep them: on PoCL
 # (2 threads) [16384, 3072] took 113 ms in one kernel and 32 in 16 chunks, [65536, 256] 210 ms and 5.
@@ -180,8 +184,8 @@ def _worth_splitting(node: Node) -> bool:
 def column_chunk(node: Node, gpu: bool, compute_units: int) -> int:
     """Rows a chunk of the column sum `node` (a reduction over leading axes: its values a row of columns apart)
     takes in its first stage: on a `gpu`, so that there are GROUP_MAX_OUTPUTS partials (one an item) or else
-    COLUMN_GROUPS_PER_UNIT groups of COLUMNS columns a compute unit; on a CPU CPU_COLUMN_CHUNK where the input has
-    CPU_COLUMN_MIN_BYTES. 0 where it needs no split, is no column sum, or is a product (split along k instead)."""
+    COLUMN_GROUPS_PER_UNIT groups of COLUMNS columns a compute unit, where the input has GPU_COLUMN_MIN_BYTES; on a
+    CPU CPU_COLUMN_CHUNK where it has CPU_COLUMN_MIN_BYTES. 0 where it needs no split, is no column sum, or is a product (split along k instead)."""
     source = node.src[0]
     kept = [a for a, size in enumerate(source.shape) if a not in node.arg and size != 1]
     if not kept or node.numel == 0 or min(kept) < max(node.arg) or matmul_axes(node) is not None:
@@ -190,8 +194,8 @@ def column_chunk(node: Node, gpu: bool, compute_units: int) -> int:
     if not gpu:
         large = source.numel * source.dtype.itemsize >= CPU_COLUMN_MIN_BYTES
         return CPU_COLUMN_CHUNK if large and rows >= 2 * CPU_COLUMN_CHUNK else 0
-    if node.numel >= GROUP_MAX_OUTPUTS:  # (one output an item already)
-        return 0
+    if node.numel >= GROUP_MAX_OUTPUTS or source.numel * source.dtype.itemsize < GPU_COLUMN_MIN_BYTES:
+        return 0  # (one output an item already, or too small to gain from a second stage)
     items = _power_below(rows // -(-GROUP_MAX_OUTPUTS // node.numel))
     if items >= COLUMN_ITEM_CHUNK:
         return items
