@@ -185,16 +185,17 @@ def column_chunk(node: Node, gpu: bool, compute_units: int) -> int:
     """Rows a chunk of the column sum `node` (a reduction over leading axes: its values a row of columns apart)
     takes in its first stage: on a `gpu`, so that there are GROUP_MAX_OUTPUTS partials (one an item) or else
     COLUMN_GROUPS_PER_UNIT groups of COLUMNS columns a compute unit, where the input has GPU_COLUMN_MIN_BYTES; on a
-    CPU CPU_COLUMN_CHUNK where it has CPU_COLUMN_MIN_BYTES. 0 where it needs no split, is no column sum, or is a product (split along k instead)."""
+    CPU CPU_COLUMN_CHUNK where it has CPU_COLUMN_MIN_BYTES. 0 where it needs no split, is no column sum, or is a
+    product (split along k instead)."""
     source = node.src[0]
     kept = [a for a, size in enumerate(source.shape) if a not in node.arg and size != 1]
     if not kept or node.numel == 0 or min(kept) < max(node.arg) or matmul_axes(node) is not None:
         return 0
     rows = math.prod(source.shape[a] for a in node.arg)
+    size = source.numel * source.dtype.itemsize
     if not gpu:
-        large = source.numel * source.dtype.itemsize >= CPU_COLUMN_MIN_BYTES
-        return CPU_COLUMN_CHUNK if large and rows >= 2 * CPU_COLUMN_CHUNK else 0
-    if node.numel >= GROUP_MAX_OUTPUTS or source.numel * source.dtype.itemsize < GPU_COLUMN_MIN_BYTES:
+        return CPU_COLUMN_CHUNK if size >= CPU_COLUMN_MIN_BYTES and rows >= 2 * CPU_COLUMN_CHUNK else 0
+    if node.numel >= GROUP_MAX_OUTPUTS or size < GPU_COLUMN_MIN_BYTES:
         return 0  # (one output an item already, or too small to gain from a second stage)
     items = _power_below(rows // -(-GROUP_MAX_OUTPUTS // node.numel))
     if items >= COLUMN_ITEM_CHUNK:
