@@ -156,3 +156,27 @@ def test_every_parameter_and_state_is_updated_in_place(dev, optimizer):
     (captured,) = [s for steps in step.steps.values() for s in steps]
     updated = len(model.params) * (1 + len(opt.state_names)) + 1  # parameters, their state, one step count
     assert len(captured.program.aliases) == updated
+
+
+@pytest.mark.parametrize("shapes", ["dev", "gpu"])
+def test_values_read_for_the_last_time_give_their_buffers_to_what_their_readers_store(shapes, request, monkeypatch,
+                                                                                      tmp_path, small_gpt):
+    """A kernel reading a stored value for the last time, only where it writes, stores its result in that value's
+    buffer (FREES_MIN lowered so that a small GPT step's activations qualify; a program store of the test's own,
+    so that the program is built here): the loss and gradients equal the reference device's."""
+    from zyx.jit import program, program_store
+    from zyx.runtime import fusing_device
+    dev = request.getfixturevalue(shapes)
+    monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path))
+    store = program_store.ProgramStore()
+    monkeypatch.setattr(fusing_device, "default_program_store", lambda: store)
+    monkeypatch.setattr(program, "FREES_MIN", 256)
+    found = []
+    reused_buffers = program._reused_buffers
+    monkeypatch.setattr(program, "_reused_buffers", lambda *args: found.append(reused_buffers(*args)) or found[-1])
+    dev.forget_programs()
+    got = small_gpt(dev, layers=2)
+    zyx.realize(*got)
+    assert found and found[-1], "no buffer was reused"
+    for value, expected in zip(got, small_gpt(zyx.CPU(), layers=2)):
+        np.testing.assert_allclose(value.numpy(), expected.numpy(), rtol=1e-3, atol=1e-5)

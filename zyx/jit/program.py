@@ -16,6 +16,8 @@ from .kernel_nodes import kernel_bytes, kernel_flops
 from .kernel_ir import RenderedKernel
 from .launch_groups import TINY_ITEMS, Grouping, group_launches
 
+FREES_MIN = 64 * 2 ** 20  # a ready kernel whose run frees this many bytes more than it allocates runs first
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -79,22 +81,31 @@ def launch_size(kernel: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...
 
 def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
                   rands: Sequence[Node], in_place: Sequence[tuple[int, int]] = (),
-                  grouping: Optional[Grouping] = None, checks: Sequence[int] = ()) -> Program:
+                  grouping: Optional[Grouping] = None, checks: Sequence[int] = (),
+                  reuse_buffers: bool = False) -> Program:
     """`in_place`: (target index, leaf index) pairs whose target may overwrite the leaf's buffer. With a
     `grouping`, kernels share launches where it allows (launch_groups.py). `checks`: the targets that are a
     replayed step's index checks, computed first where they can be (`Program.checks` names them then: else none
-    is named, and the step reads them after the run)."""
+    is named, and the step reads them after the run). `reuse_buffers`: a kernel may store a value in the buffer of
+    one it reads for the last time (`_reused_buffers`; not on WebGPU, which binds no buffer twice in a dispatch)."""
     kernels = _launch_order(kernels, targets, leaves, in_place, checks)
+    reused = _reused_buffers(kernels, targets) if reuse_buffers else {}
     if grouping is not None and not any(kernel.collective for kernel in kernels):
+        # (a kernel taking a buffer is kept alone: in a launch shared with the value's other readers it would race)
+        reusing = {k for k, kernel in enumerate(kernels) if any(id(node) in reused for node in kernel.outputs)}
         kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place, checks), grouping,
                                  _in_place_writers(kernels, targets, in_place),
-                                 _producers(kernels, [targets[target] for target in checks]))
+                                 _producers(kernels, [targets[target] for target in checks]) | reusing)
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
     slot_bytes: list[int] = []
+    reused = _reused_buffers(kernels, targets) if reuse_buffers else {}  # (again: the launches may differ)
     for kernel in kernels:
         for node in kernel.outputs:
+            if id(node) in reused:
+                slot_of[id(node)] = slot_of[id(reused[id(node)])]
+                continue
             slot_of[id(node)] = len(slot_bytes)
             slot_bytes.append(node.numel * node.dtype.itemsize)
     launches: list[Launch] = []
@@ -117,6 +128,31 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     program.aliases = _in_place_aliases(kernels, targets, leaves, in_place, program)
     program.checks = list(checks) if computed_before_writes(program, checks) else []
     return program
+
+
+def _reused_buffers(kernels: Sequence[RenderedKernel], targets: Sequence[Node]) -> dict[int, Node]:
+    """Per value (id) a kernel stores, the value whose buffer it takes: one the same kernel (alone in its launch,
+    with no reduction) reads for the last time, only at the positions it stores, of the same bytes (FREES_MIN or
+    more: smaller buffers go back to the pool soon enough), neither of them a target. Each work item reads its
+    element before it writes it, so W7's logits' gradient (3.1 GiB) is written over the logits: they are never
+    both held."""
+    kept = {id(target) for target in targets}
+    stored = {id(node) for kernel in kernels for node in kernel.outputs}
+    last_reader = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.loads}
+    reused: dict[int, Node] = {}
+    taken: set[int] = set()
+    for k, kernel in enumerate(kernels):
+        if kernel.kernels != 1 or kernel.longest_reduction or kernel.collective:
+            continue
+        for output in kernel.outputs:
+            nbytes = output.numel * output.dtype.itemsize
+            value = next((node for node in kernel.loads if id(node) in stored and id(node) not in kept
+                          and id(node) not in taken and last_reader[id(node)] == k and id(node) not in kernel.misaligned
+                          and node.numel * node.dtype.itemsize == nbytes), None)
+            if value is not None and id(output) not in kept and nbytes >= FREES_MIN:
+                reused[id(output)] = value
+                taken.add(id(value))
+    return reused
 
 
 def computed_before_writes(program: Program, targets: Sequence[int]) -> bool:
@@ -143,28 +179,81 @@ def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     place (run_code.py's gate), so the launches queued ahead of that one run meanwhile (W4's step counter, updated
     in place, ran in its first launch, where the whole step waited for the checks' read). The kernels computing
     the index checks (`checks`, targets) run as early as they may, before every kernel writing a leaf in place
-    (`_dependencies`): the read of their results is then queued ahead of most launches. Otherwise kernels keep
-    the scheduler's order."""
+    (`_dependencies`): the read of their results is then queued ahead of most launches. A kernel whose run frees
+    much memory (`_FreedMemory`) runs as soon as it may. Otherwise kernels keep the scheduler's order."""
     waits = _waits_for_collectives(kernels, _dependencies(kernels, targets, leaves, ()))  # (in the scheduler's order)
     writes = _in_place_writers(kernels, targets, in_place)
     before = _dependencies(kernels, targets, leaves, in_place, checks)
     checking = _producers(kernels, [targets[target] for target in checks])
+    freeing = _FreedMemory(kernels, targets)
     waiting = [len(b) for b in before]
     followers: list[list[int]] = [[] for _ in kernels]
     for k, earlier in enumerate(before):
         for p in earlier:
             followers[p].append(k)
-    ready = [(waits[k], k not in checking, k in writes, k) for k, count in enumerate(waiting) if count == 0]
-    heapq.heapify(ready)
+    key: dict[int, tuple] = {}  # per ready kernel, its place in the heap (an entry with another is stale)
+
+    def make_ready(k: int) -> None:
+        key[k] = (waits[k], k not in checking, not freeing.frees_much(k), k in writes, k)
+        heapq.heappush(ready, key[k])
+    ready: list[tuple] = []
+    for k, count in enumerate(waiting):
+        if count == 0:
+            make_ready(k)
     order = []
-    while ready:  # what does not wait for a collective first, then the checks, then what writes no leaf, then the
-        *_, k = heapq.heappop(ready)  # scheduler's order
+    while ready:  # what does not wait for a collective first, then the checks, then what frees much memory, then
+        entry = heapq.heappop(ready)  # what writes no leaf, then the scheduler's order
+        k = entry[-1]
+        if key.get(k) != entry:
+            continue
+        del key[k]
         order.append(kernels[k])
+        for reader in freeing.ran(k):
+            if reader in key and freeing.frees_much(reader):
+                make_ready(reader)
         for follower in followers[k]:
             waiting[follower] -= 1
             if waiting[follower] == 0:
-                heapq.heappush(ready, (waits[follower], follower not in checking, follower in writes, follower))
+                make_ready(follower)
     return order
+
+
+class _FreedMemory:
+    """What running a kernel frees: the stored values (not the program's targets) it is the last kernel left to
+    read, less what it stores. A kernel freeing FREES_MIN or more runs as soon as it may: in the scheduler's order
+    W7's loss (a sum over the logits, 3.1 GiB) and its tied head's weight gradient (reading the logits' gradient,
+    another 3.1 GiB) ran after the whole backward pass, which held both all along."""
+
+    def __init__(self, kernels: Sequence[RenderedKernel], targets: Sequence[Node]):
+        kept = {id(target) for target in targets}
+        self.bytes = {id(node): node.numel * node.dtype.itemsize for kernel in kernels for node in kernel.outputs
+                      if id(node) not in kept}
+        self.reads = [{id(node) for node in kernel.loads if id(node) in self.bytes} for kernel in kernels]
+        self.stores = [sum(node.numel * node.dtype.itemsize for node in kernel.outputs) for kernel in kernels]
+        self.readers: dict[int, list[int]] = {}
+        for k, reads in enumerate(self.reads):
+            for value in reads:
+                self.readers.setdefault(value, []).append(k)
+        self.left = {value: len(readers) for value, readers in self.readers.items()}
+        self.done: set[int] = set()
+
+    def frees_much(self, k: int) -> bool:
+        """Whether running k frees FREES_MIN more than it stores, or brings a value of FREES_MIN closer to being
+        freed while storing next to nothing (a loss summed over the logits: the logits' gradient, their other
+        reader, may then take their buffer, `_reused_buffers`)."""
+        freed = sum(self.bytes[value] for value in self.reads[k] if self.left[value] == 1)
+        largest = max((self.bytes[value] for value in self.reads[k]), default=0)
+        return freed - self.stores[k] >= FREES_MIN or (largest >= FREES_MIN and self.stores[k] * 1024 <= largest)
+
+    def ran(self, k: int) -> list[int]:
+        """Record that kernel k ran; returns the kernels now left as the only reader of a value k read."""
+        self.done.add(k)
+        last = []
+        for value in self.reads[k]:
+            self.left[value] -= 1
+            if self.left[value] == 1:
+                last.extend(r for r in self.readers[value] if r not in self.done)
+        return last
 
 
 def _in_place_writers(kernels: Sequence[RenderedKernel], targets: Sequence[Node],

@@ -189,7 +189,8 @@ class FusingDevice(Device):
 
         def program_with(tuned: TunedChoices) -> Program:
             kernels, scheduled_targets = schedule(targets, traits, tuned)
-            return build_program(kernels, scheduled_targets, leaves, rands, in_place, grouping, checks)
+            return build_program(kernels, scheduled_targets, leaves, rands, in_place, grouping, checks,
+                                 reuse_buffers=self.traits.language == "opencl")
 
         if mode:
             self._search(schedule(targets, traits, self.tuned)[0], mode, program_with, leaves, rands)

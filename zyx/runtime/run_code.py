@@ -28,6 +28,7 @@ place. Those buffers are internal ones (the arena's where there is one): the run
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import operator
 from dataclasses import dataclass
@@ -266,24 +267,26 @@ def _raws(positions: list[int], names: dict[str, Any]) -> str:
 
 def arena_plan(program: Any, internal: set[int], size_class: Callable[[int], int]) -> tuple[dict[int, int], list[int]]:
     """The buffers a run's `internal` slots can share, planned once: (slot -> buffer number, each buffer's size
-    class). A slot takes a buffer of its size class that the run gave back before (its last reader was enqueued
-    earlier: the queue is in order), else a new one, as the free lists would hand them out within one run; so
-    the arena holds what the run's internal slots hold at their peak, no more."""
+    class). A slot takes the smallest buffer at least its size that the run gave back before (its last reader was
+    enqueued earlier: the queue is in order), else a new one. A kernel reads and writes only the slot's bytes of a
+    larger buffer; taking one of the same size class only (as the free lists hand them out) left W7's arena 1.4 GiB
+    (11 %) above what its internal slots hold at their peak, 0.2 GiB this way."""
     number: dict[int, int] = {}
     sizes: list[int] = []
-    free: dict[int, list[int]] = collections.defaultdict(list)
+    free: list[tuple[int, int]] = []  # (size, buffer number) of the buffers given back, sorted
     for allocs, frees in zip(program.allocs, program.frees):
         for slot in allocs:
             if slot in internal:
                 size = size_class(program.slot_bytes[slot])
-                if free[size]:
-                    number[slot] = free[size].pop()
+                fitting = bisect.bisect_left(free, (size, -1))
+                if fitting < len(free):
+                    number[slot] = free.pop(fitting)[1]
                 else:
                     number[slot] = len(sizes)
                     sizes.append(size)
         for slot in frees:
             if slot in number:
-                free[sizes[number[slot]]].append(number[slot])
+                bisect.insort(free, (sizes[number[slot]], number[slot]))
     return number, sizes
 
 
