@@ -668,7 +668,7 @@ class _Plan:
 
 def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     """The targets' nodes in order, and the values stored before any kernel is built: the targets, values
-    combined across processes, shared products, attention's backward, cuts of long chains."""
+    combined across processes, shared products, attention's backward, products' epilogues, cuts of long chains."""
     order = toposort(targets)
     users: dict[int, list[Node]] = {id(node): [] for node in order}
     for node in order:
@@ -689,7 +689,7 @@ def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     materialized.update(shared_sums)
     return _Plan({id(node): i for i, node in enumerate(order)}, materialized,
                  frozenset(shared) | frozenset(backward) | frozenset(chain_cuts) | frozenset(across)
-                 | frozenset(shared_sums), users)
+                 | frozenset(epilogues) | frozenset(shared_sums), users)
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
@@ -828,7 +828,7 @@ def _stored_epilogues(order: Sequence[Node], materialized: dict[int, Node],
         if id(node) in materialized or matmul_axes(node) is None or not node.src[0].numel:
             continue
         value = _epilogue(node, materialized, users)
-        if value is not node and id(value) not in materialized and _read_apart(value, materialized, users):
+        if value.op in ELEMENTWISE_OPS and id(value) not in materialized and _read_apart(value, materialized, users):
             found[id(value)] = value
     return found
 
