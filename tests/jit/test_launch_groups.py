@@ -155,12 +155,20 @@ def test_w4s_step_shaped_for_the_h200_runs_in_its_pinned_kernels_and_launches(h2
     launches an SGD step, 20 in 9 an Adam step (issue 16: at most 10), the labels' index check alone in the first
     (h2, 0.32 ms an SGD step on the H200: 17 in 10 with the check's own program; main at 1c94bc4 19 in 11 and 22 in
     12: ReLU's backward stored apart from the product it masks, a bias added by every reader of its layer's
-    product, the second layer's weight gradient alone). Its losses are the CPU reference's."""
-    step, x, y, _ = adam_mlp(h200_sized, (784, 512, 512, 10), 512, optimizer)
+    product, the second layer's weight gradient alone). Its losses are the CPU reference's, and labels out of range
+    raise before any parameter is overwritten."""
+    step, x, y, params = adam_mlp(h200_sized, (784, 512, 512, 10), 512, optimizer)
     losses = [step(x, y).item() for _ in range(2)]
     (captured,) = step.steps[next(iter(step.steps))]
     program = captured.program
     assert (program.kernel_count, program.launch_count) == (kernels, launches)
     assert captured.gated_checks and program.launches[0].kernels == 1
+    before = [p.numpy() for p in params]
+    labels = np.array(y.numpy())
+    labels[7] = 10
+    with pytest.raises(IndexError, match=r"^cross_entropy: target 10 is out of range for 10 classes$"):
+        step(x, h200_sized.tensor(labels))
+    for value, kept in zip(params, before):  # (the check raised before any update was written)
+        np.testing.assert_array_equal(value.numpy(), kept)
     reference, cpu_x, cpu_y, _ = adam_mlp(zyx.CPU(), (784, 512, 512, 10), 512, optimizer)
     np.testing.assert_allclose(losses, [reference(cpu_x, cpu_y).item() for _ in range(2)], rtol=1e-4)
