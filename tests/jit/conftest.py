@@ -46,6 +46,14 @@ def h200(dev, monkeypatch):
     yield from shaped_as(dev, monkeypatch, H200_UNITS)
 
 
+@pytest.fixture
+def h200_sized(dev, monkeypatch):
+    """GPU-shaped kernels as for the H200 at full size: its compute units (what column sums are split for, and how
+    many work groups fill it: launch groups), the column split from its own threshold (unlike `h200`)."""
+    monkeypatch.setattr(dev.runtime, "compute_units", H200_UNITS)
+    yield from shaped_as(dev, monkeypatch, H200_UNITS)
+
+
 @pytest.fixture(params=["own kernels", "GPU-shaped"])
 def shaped(request, dev):
     """The OpenCL device scheduling its own kernels, then GPU-shaped ones."""

@@ -28,11 +28,14 @@ import dataclasses
 import math
 from typing import Callable, Optional, Sequence
 
+from .kernel_nodes import kernel_bytes, kernel_flops
 from .kernel_ir import (Gather, If, Kernel, LocalArray, LocalLoad, LocalStore, Load, Loop, MatrixLoad, Rand,
                         RenderedKernel, Role, Store, walk)
 
 TINY_ITEMS = 64  # a kernel of at most this many work items is tiny: it may join another kernel's launch
 LOOKBACK = 8     # launches a kernel may join, counted back from the last (a program may have thousands)
+SHORT_BYTES = 16 << 20  # a kernel moving less memory and computing fewer FLOPs is short (`_short`): 4 µs of the
+SHORT_FLOPS = 1 << 28   # H200's memory bandwidth, 5 µs of its float32 arithmetic
 
 # (the members' IR, renamed apart; the launch's work-group size or None) -> (name, source)
 GroupPrinter = Callable[[Sequence[Kernel], Optional[int]], tuple[str, str]]
@@ -65,7 +68,8 @@ def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]]
     0.37 ms a step, against 0.32–0.34 ms when the checks ran as a program of their own before the step's)."""
     launches: list[list[int]] = []
     launch_of: list[int] = []
-    groupable = [_groupable(kernel) and k not in alone for k, kernel in enumerate(kernels)]
+    groupable = [_groupable(kernel) and k not in alone and not _fills_device(kernel, grouping.fills_device)
+                 for k, kernel in enumerate(kernels)]
     for k, kernel in enumerate(kernels):
         earliest = max(1 + max((launch_of[p] for p in before[k]), default=-1), len(launches) - LOOKBACK)
         candidates = range(len(launches) - 1, earliest - 1, -1) if k in late else range(earliest, len(launches))
@@ -87,7 +91,6 @@ def _may_join(kernel: RenderedKernel, group: list[RenderedKernel], grouping: Gro
     members = [kernel, *group]
     tiny = kernel.global_size <= TINY_ITEMS or all(member.global_size <= TINY_ITEMS for member in group)
     return ((tiny or grouping.any_size) and len({m.local_size for m in members if m.local_size}) <= 1
-            and not any(_fills_device(m, grouping.fills_device) for m in members)
             and sum(len(m.params) for m in members) <= grouping.max_params
             and sum(_local_bytes(m.ir) for m in members) <= grouping.local_memory)  # type: ignore[arg-type]
 
@@ -95,9 +98,16 @@ def _may_join(kernel: RenderedKernel, group: list[RenderedKernel], grouping: Gro
 def _fills_device(kernel: RenderedKernel, fills: int) -> bool:
     """A kernel with local memory whose work groups fill the device alone gains nothing from company and loses
     occupancy: a launch's local memory is its members' sum (the fused attention backward's two kernels took 44 ms
-    in one launch on the H200, 26-29 ms apart)."""
+    in one launch on the H200, 26-29 ms apart). A short one (`_short`) loses less than a launch of its own costs."""
     groups = kernel.global_size // (kernel.local_size or 1)
-    return fills > 0 and groups >= fills and _local_bytes(kernel.ir) > 0  # type: ignore[arg-type]
+    local = _local_bytes(kernel.ir)  # type: ignore[arg-type]
+    return fills > 0 and groups >= fills and local > 0 and not _short(kernel)
+
+
+def _short(kernel: RenderedKernel) -> bool:
+    """A kernel that moves and computes so little that it runs for microseconds on a GPU it fills: about what a
+    launch costs (W4's second weight gradient, 640 groups a tree-reducing 512 rows, 1.1 MB and 2.6 MFLOP)."""
+    return kernel_bytes(kernel) < SHORT_BYTES and kernel_flops(kernel) < SHORT_FLOPS
 
 
 def _groupable(kernel: RenderedKernel) -> bool:

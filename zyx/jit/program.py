@@ -88,14 +88,20 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     replayed step's index checks, computed first where they can be (`Program.checks` names them then: else none
     is named, and the step reads them after the run). `reuse_buffers`: a kernel may store a value in the buffer of
     one it reads for the last time (`_reused_buffers`; not on WebGPU, which binds no buffer twice in a dispatch)."""
-    kernels = _launch_order(kernels, targets, leaves, in_place, checks)
+    checking = _producers(kernels, [targets[target] for target in checks])
+    writes = _in_place_writers(kernels, targets, in_place)
+    producer, producing = _producing(kernels)
+    before = _dependencies(kernels, producer, producing, targets, leaves, in_place, checking)
+    order = _launch_order(before, _waits_for_collectives(kernels, producing), writes, checking,
+                          _FreedMemory(kernels, targets))
+    position = {k: i for i, k in enumerate(order)}
+    kernels = [kernels[k] for k in order]
     reused = _reused_buffers(kernels, targets) if reuse_buffers else {}
     if grouping is not None and not any(kernel.collective for kernel in kernels):
         # (a kernel taking a buffer is kept alone: in a launch shared with the value's other readers it would race)
         reusing = {k for k, kernel in enumerate(kernels) if any(id(node) in reused for node in kernel.outputs)}
-        kernels = group_launches(kernels, _dependencies(kernels, targets, leaves, in_place, checks), grouping,
-                                 _in_place_writers(kernels, targets, in_place),
-                                 _producers(kernels, [targets[target] for target in checks]) | reusing)
+        kernels = group_launches(kernels, [{position[p] for p in before[k]} for k in order], grouping,
+                                 {position[k] for k in writes}, {position[k] for k in checking} | reusing)
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
@@ -168,26 +174,23 @@ def computed_before_writes(program: Program, targets: Sequence[int]) -> bool:
     return not uncomputed
 
 
-def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
-                  in_place: Sequence[tuple[int, int]], checks: Sequence[int] = ()) -> list[RenderedKernel]:
-    """The launch order, changed so that a kernel storing a leaf's new value runs after the kernels that read the
-    old one wherever their own dependencies allow (an optimizer's update after the backward kernels that still
-    read the old weight: then it can write in place), and so that kernels waiting for a value combined across
-    processes run after all that does not wait (the host then communicates while the device runs the rest of the
-    backward pass), and so that a tiny kernel overwriting a leaf in place runs after all that does not wait for
-    it (`_in_place_writers`): a replay waits for its index checks before the first launch writing an input in
-    place (run_code.py's gate), so the launches queued ahead of that one run meanwhile (W4's step counter, updated
-    in place, ran in its first launch, where the whole step waited for the checks' read). The kernels computing
-    the index checks (`checks`, targets) run as early as they may, before every kernel writing a leaf in place
-    (`_dependencies`): the read of their results is then queued ahead of most launches. A kernel whose run frees
-    much memory (`_FreedMemory`) runs as soon as it may. Otherwise kernels keep the scheduler's order."""
-    waits = _waits_for_collectives(kernels, _dependencies(kernels, targets, leaves, ()))  # (in the scheduler's order)
-    writes = _in_place_writers(kernels, targets, in_place)
-    before = _dependencies(kernels, targets, leaves, in_place, checks)
-    checking = _producers(kernels, [targets[target] for target in checks])
-    freeing = _FreedMemory(kernels, targets)
+def _launch_order(before: Sequence[set[int]], waits: Sequence[bool], writes: set[int], checking: set[int],
+                  freeing: "_FreedMemory") -> list[int]:
+    """The kernels' launch order (their positions in the scheduler's order), changed so that a kernel storing a
+    leaf's new value runs after the kernels that read the old one wherever their own dependencies allow (an
+    optimizer's update after the backward kernels that still read the old weight: then it can write in place;
+    `before`: `_dependencies`), and so that kernels waiting for a value combined across processes (`waits`:
+    `_waits_for_collectives`) run after all that does not wait (the host then communicates while the device runs
+    the rest of the backward pass), and so that a tiny kernel overwriting a leaf in place (`writes`:
+    `_in_place_writers`) runs after all that does not wait for it: a replay waits for its index checks before the
+    first launch writing an input in place (run_code.py's gate), so the launches queued ahead of that one run
+    meanwhile (W4's step counter, updated in place, ran in its first launch, where the whole step waited for the
+    checks' read). The kernels computing the index checks (`checking`) run as early as they may, before every
+    kernel writing a leaf in place (`_dependencies`): the read of their results is then queued ahead of most
+    launches. A kernel whose run frees much memory (`freeing`) runs as soon as it may. Otherwise kernels keep the
+    scheduler's order."""
     waiting = [len(b) for b in before]
-    followers: list[list[int]] = [[] for _ in kernels]
+    followers: list[list[int]] = [[] for _ in before]
     for k, earlier in enumerate(before):
         for p in earlier:
             followers[p].append(k)
@@ -207,7 +210,7 @@ def _launch_order(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
         if key.get(k) != entry:
             continue
         del key[k]
-        order.append(kernels[k])
+        order.append(k)
         for reader in freeing.ran(k):
             if reader in key and freeing.frees_much(reader):
                 make_ready(reader)
@@ -273,15 +276,14 @@ def _producers(kernels: Sequence[RenderedKernel], nodes: Sequence[Node]) -> set[
     return {k for k, kernel in enumerate(kernels) if any(id(node) in wanted for node in kernel.outputs)}
 
 
-def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], leaves: Sequence[Node],
-                  in_place: Sequence[tuple[int, int]], checks: Sequence[int] = ()) -> list[set[int]]:
-    """Per kernel, the kernels it must run after: those storing what it reads, and for a kernel storing a leaf's
-    new value (that may be written in place) the kernels reading the old one that do not run after it anyway,
-    and those computing the targets `checks` (a replay's index checks, which must pass before anything is
-    overwritten) that do not run after it."""
-    producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
-    before: list[set[int]] = [{producer[id(node)] for node in kernel.loads if id(node) in producer}
-                              for kernel in kernels]
+def _dependencies(kernels: Sequence[RenderedKernel], producer: dict[int, int], producing: Sequence[set[int]],
+                  targets: Sequence[Node], leaves: Sequence[Node], in_place: Sequence[tuple[int, int]],
+                  checking: set[int]) -> list[set[int]]:
+    """Per kernel, the kernels it must run after: those storing what it reads (`producing`, `producer`: see
+    `_producing`), and for a kernel storing a leaf's new value (that may be written in place) the kernels reading
+    the old one that do not run after it anyway, and those computing a replay's index checks (`checking`: they
+    must pass before anything is overwritten) that do not run after it."""
+    before = [set(producers) for producers in producing]
 
     def needs(later: int, earlier: int) -> bool:
         """Kernel `later` (transitively) runs after kernel `earlier`."""
@@ -295,7 +297,6 @@ def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
                 stack.append(p)
         return False
 
-    checkers = _producers(kernels, [targets[target] for target in checks])
     readers: dict[int, list[int]] = {}  # per node, the kernels loading it (found once: W7 updates 444 leaves)
     for k, kernel in enumerate(kernels):
         for key in {id(node) for node in kernel.loads}:
@@ -307,18 +308,24 @@ def _dependencies(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
         for reader in readers.get(id(leaves[leaf_index]), ()):
             if reader != writer and not needs(reader, writer):
                 before[writer].add(reader)
-        for checker in checkers:
+        for checker in checking:
             if checker != writer and not needs(checker, writer):
                 before[writer].add(checker)
     return before
 
 
-def _waits_for_collectives(kernels: Sequence[RenderedKernel], producers: Sequence[set[int]]) -> list[bool]:
-    """Per kernel (in the scheduler's order, producers first): whether it reads, directly or through other
-    kernels, the result of a collective."""
+def _producing(kernels: Sequence[RenderedKernel]) -> tuple[dict[int, int], list[set[int]]]:
+    """The kernel storing each node (by the node's id), and per kernel the kernels storing what it reads."""
+    producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
+    return producer, [{producer[id(node)] for node in kernel.loads if id(node) in producer} for kernel in kernels]
+
+
+def _waits_for_collectives(kernels: Sequence[RenderedKernel], producing: Sequence[set[int]]) -> list[bool]:
+    """Per kernel (in the scheduler's order, producers first; `producing`: see `_producing`): whether it reads,
+    directly or through other kernels, the result of a collective."""
     waits: list[bool] = []
-    for k in range(len(kernels)):
-        waits.append(any(kernels[p].collective or waits[p] for p in producers[k]))
+    for producers in producing:
+        waits.append(any(kernels[p].collective or waits[p] for p in producers))
     return waits
 
 

@@ -668,8 +668,12 @@ class _Plan:
 
 def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     """The targets' nodes in order, and the values stored before any kernel is built: the targets, values
-    combined across processes, shared products, attention's backward, cuts of long chains."""
+    combined across processes, shared products, attention's backward, products' epilogues, cuts of long chains."""
     order = toposort(targets)
+    users: dict[int, list[Node]] = {id(node): [] for node in order}
+    for node in order:
+        for source in node.src:
+            users[id(source)].append(node)
     materialized: dict[int, Node] = {id(t): t for t in targets}
     across = _collectives(order)  # values combined across processes, and their sources: stored, never fused
     materialized.update(across)
@@ -677,17 +681,15 @@ def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     materialized.update(shared)
     backward = gradient_products(order, traits.gpu)  # attention's backward: kernels of their own
     materialized.update(backward)
+    epilogues = _stored_epilogues(order, materialized, users) if traits.gpu else {}
+    materialized.update(epilogues)
     chain_cuts = _chain_cuts(order, materialized)
     materialized.update(chain_cuts)
-    users: dict[int, list[Node]] = {id(node): [] for node in order}
-    for node in order:
-        for source in node.src:
-            users[id(source)].append(node)
     shared_sums = _shared_wide_values(order, materialized, users)
     materialized.update(shared_sums)
     return _Plan({id(node): i for i, node in enumerate(order)}, materialized,
                  frozenset(shared) | frozenset(backward) | frozenset(chain_cuts) | frozenset(across)
-                 | frozenset(shared_sums), users)
+                 | frozenset(epilogues) | frozenset(shared_sums), users)
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
@@ -811,6 +813,56 @@ def _shared_products(targets: Sequence[Node]) -> dict[int, Node]:
             elif node.op not in REDUCE_OPS:
                 stack.extend(node.src)
     return {key: products[key] for key, count in fused_into.items() if count > 1}
+
+
+def _stored_epilogues(order: Sequence[Node], materialized: dict[int, Node],
+                      users: dict[int, list[Node]]) -> dict[int, Node]:
+    """On GPUs, for each product that several kernels read, the value to store in its place: its epilogue, the
+    elementwise ops (and reshapes) that alone read it, one after the other, at its positions (a linear layer's
+    bias; a ReLU's backward mask). The kernel storing the epilogue computes the product. Stored raw, each kernel
+    reading it computed the epilogue again, and one that stores it first as a product's operand
+    (`_staging_dearer`) took a kernel and a launch more (W4's masked gradients, before their weight gradients);
+    the bias each reader added made its in-place update wait for them all (a launch more again)."""
+    found: dict[int, Node] = {}
+    for node in order:
+        if id(node) in materialized or matmul_axes(node) is None or not node.src[0].numel:
+            continue
+        value = _epilogue(node, materialized, users)
+        if value.op in ELEMENTWISE_OPS and id(value) not in materialized and _read_apart(value, materialized, users):
+            found[id(value)] = value
+    return found
+
+
+def _epilogue(product: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> Node:
+    """The last node of the chain above `product` whose nodes each have one user, an elementwise op or a reshape
+    at the product's positions, no wider than the product, ending at a stored node if it meets one."""
+    value = product
+    while id(value) not in materialized and len({id(user) for user in users[id(value)]}) == 1:
+        user = users[id(value)][0]
+        if (user.numel != product.numel or user.dtype.itemsize > product.dtype.itemsize
+                or not (user.op in ELEMENTWISE_OPS or user.op is Op.RESHAPE)):
+            break
+        value = user
+    return value
+
+
+def _read_apart(value: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> bool:
+    """Whether kernels that cannot compute `value` where they read it do: a reduction over it, or two or more stored
+    values, reductions or views reached from it through elementwise ops (each another kernel's). A row maximum over
+    it (a softmax's: attention's scores, which its fused kernels recompute) answers no."""
+    reached: dict[int, Node] = {}
+    stack, seen = list(users[id(value)]), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if id(node) in materialized or node.op not in ELEMENTWISE_OPS:
+            reached[id(node)] = node
+        else:
+            stack.extend(users[id(node)])
+    kinds = {node.op for node in reached.values()}
+    return Op.RMAX not in kinds and (len(reached) > 1 or Op.SUM in kinds)
 
 
 def _chain_cuts(order: Sequence[Node], materialized: dict[int, Node]) -> dict[int, Node]:
