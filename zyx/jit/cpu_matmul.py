@@ -28,7 +28,7 @@ from .choices import FAMILIES, Choice, Options
 from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role
 from .lower import Index, Lowering, _Value, linear, source_index, unravel
 from .symbolic import Expr
-from .tiling import hosted_matmul, matmul_axes, space_axes
+from .tiling import matmul_axes, space_axes
 
 ACCUMULATORS = 16       # float16 registers per work item (AVX-512 has 32)
 WIDTHS = (32, 16)       # output columns per work item: the first that divides the column count
@@ -107,11 +107,11 @@ class CpuPlan:
                               self.right_readable)
 
 
-def plan_cpu_matmul(root: Node, materialized: dict[int, Node], native_width: int = LANES,
+def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int, Node], native_width: int = LANES,
                     choice: Optional[Choice] = None) -> Optional[CpuPlan]:
-    """A plan when the kernel hosts a float32 product with whole vectors of columns; None for the plain path.
-    Its tile and packing are `choice`'s, else as the device's vector registers (`native_width` floats) allow."""
-    product = hosted_matmul(root, materialized)
+    """A plan when the kernel hosts a float32 `product` (tiling.hosted_matmul) with whole vectors of columns; None
+    for the plain path. Its tile and packing are `choice`'s, else as the device's vector registers (`native_width`
+    floats) allow."""
     if product is None or product.dtype.name != "float32" or len(product.arg) != 1:
         return None
     if product.src[0].op is not Op.MUL:

@@ -350,6 +350,12 @@ class _Site:
     allow_extra_outputs: bool
     apart: frozenset
 
+    @property
+    def loaded(self) -> frozenset:
+        """Ids of the stored values the kernel reads whatever it stores: those earlier kernels store and those
+        stored apart (tiling.hosted_matmul)."""
+        return self.apart | self.produced
+
 
 @dataclass
 class _Shaped:
@@ -397,13 +403,13 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     attention = _fused_attention(site, traits) or _attention_gradient(site, traits)
     if attention is not None:  # softmax(X) V whose P no other kernel stores: one kernel, nothing to choose
         return _Shaped(attention, attention.ir)
-    product = hosted_matmul(root, materialized)
+    product = hosted_matmul(root, materialized, site.loaded)
     segments = plan_segments(root, product, materialized, traits.gpu, traits.max_group_size) if family is None else None
     if segments is not None:  # a one-hot product (an embedding's gradient): a scan of the tokens, nothing to choose
         lowered = lower_segments(root, materialized, site.produced, segments, site.apart, traits.max_params)
         return _Shaped(lowered, lowered.ir)
     if not traits.gpu and family in (None, "cpu_matmul"):
-        cpu_plan = plan_cpu_matmul(root, materialized, traits.native_width, choice)
+        cpu_plan = plan_cpu_matmul(root, product, materialized, traits.native_width, choice)
         if cpu_plan is not None:
             lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
@@ -488,7 +494,7 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
     unrolled reductions, as `choice` says (None: as the heuristics choose); a row kernel (rows.py, nothing to
     choose) where the root needs reductions over its own rows."""
     root, materialized, produced = site.root, site.materialized, site.produced
-    axes = tile_axes(root, materialized) if root.numel else None
+    axes = tile_axes(root, materialized, site.loaded) if root.numel else None
     tile = _product_tile(root, axes, traits, choice)
     if not tile and not traits.gpu and root.numel:
         copy = copy_tile(root)

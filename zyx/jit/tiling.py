@@ -8,7 +8,7 @@ SUM over one axis of MUL(EXPAND(a), EXPAND(b)), casts allowed, a and b broadcast
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Container, Optional
 
 from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op
@@ -47,13 +47,16 @@ def matmul_axes(node: Node) -> Optional[tuple[int, int]]:
     return n_axes[-1], m_axes[-1]
 
 
-def hosted_matmul(root: Node, materialized: dict[int, Node]) -> Optional[Node]:
+def hosted_matmul(root: Node, materialized: dict[int, Node], loaded: Container[int] = ()) -> Optional[Node]:
     """The matrix product this kernel computes at its own output positions, if any (an empty one, k or the output
-    of no elements, is no product to plan: its kernel sums nothing)."""
+    of no elements, is no product to plan: its kernel sums nothing). `loaded`: ids of stored values the kernel
+    reads (earlier kernels store them, or kernels of their own); a product among them is none of its own (GELU's
+    backward, dY·W_outᵀ times a function of the stored pre-activation x̂·W_fcᵀ, planned the pre-activation's tiles
+    and walked its own product from memory, untiled: 4.3 ms on the H200 where the product alone took 1.6)."""
     stack, seen = [root], set()
     while stack:
         node = stack.pop()
-        if id(node) in seen:
+        if id(node) in seen or (node is not root and id(node) in loaded):
             continue
         seen.add(id(node))
         if matmul_axes(node) is not None and node.numel == root.numel and node.src[0].numel:
@@ -100,9 +103,10 @@ def space_axes(root: Node, product: Node) -> Optional[tuple[int, int]]:
     return to_space[n_axis], to_space[m_axis]
 
 
-def tile_axes(root: Node, materialized: dict[int, Node]) -> Optional[tuple[int, int]]:
-    """The kernel axes holding the n and m axes of the product the kernel hosts, if it hosts one that lines up."""
-    product = hosted_matmul(root, materialized)
+def tile_axes(root: Node, materialized: dict[int, Node], loaded: Container[int] = ()) -> Optional[tuple[int, int]]:
+    """The kernel axes holding the n and m axes of the product the kernel hosts (`hosted_matmul`), if it hosts one
+    that lines up."""
+    product = hosted_matmul(root, materialized, loaded)
     return None if product is None else space_axes(root, product)
 
 
