@@ -93,6 +93,15 @@ def _precision_api() -> tuple[Callable[[], Any], Callable[[Any], None], dict[boo
 
 
 _READ_PRECISION, _WRITE_PRECISION, _WANTED_PRECISION, _EFFECTIVE_PRECISION = _precision_api()
+_UNKNOWN = object()
+_PRECISION_TO_WRITE: dict[tuple[Any, bool], Any] = {}  # (torch's setting, tf32 allowed) -> _precision_to_write's
+
+
+def _precision_to_write(precision: Any, tf32: bool) -> Any:
+    """The setting a run writes over torch's `precision`, or None where that already means zyx's (kept per pair
+    met: each run enters a `_RunState`)."""
+    wanted = _WANTED_PRECISION[tf32]
+    return None if precision == wanted or _EFFECTIVE_PRECISION(precision) == wanted else wanted
 
 
 class _RunState:
@@ -109,11 +118,12 @@ class _RunState:
         self.enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         precision = _READ_PRECISION()
-        wanted = _WANTED_PRECISION[tf32_allowed()]
-        if precision == wanted or _EFFECTIVE_PRECISION(precision) == wanted:
-            self.precision = None
-        else:
-            self.precision = precision
+        key = (precision, tf32_allowed())
+        wanted = _PRECISION_TO_WRITE.get(key, _UNKNOWN)
+        if wanted is _UNKNOWN:
+            wanted = _PRECISION_TO_WRITE[key] = _precision_to_write(*key)
+        self.precision = None if wanted is None else precision
+        if wanted is not None:
             _WRITE_PRECISION(wanted)
 
     def __exit__(self, *exc: Any) -> None:
