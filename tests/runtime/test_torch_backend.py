@@ -521,6 +521,30 @@ def test_cross_entropy_fused_raises_index_error_naming_a_bad_label(dev, jit, bad
         np.testing.assert_array_equal(w.numpy(), updated)
 
 
+def test_a_replay_checks_its_labels_again_only_once_they_change(dev):
+    """A jitted step's index check (its own program and a read, which waits for the device) runs again only for
+    other label buffers or ones written since it passed (torch's version counter): the same labels pass without
+    it; written in place through `t.torch()`, they are checked again and a bad one raises."""
+    rng = np.random.default_rng(9)
+    data, weight = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal((4, 7)).astype(np.float32)
+    w, opt = dev.tensor(weight).realize(), nn.SGD(lr=0.1)
+
+    @zyx.jit
+    def step(x, y):
+        loss = nn.cross_entropy(x @ w, y)
+        opt.update([w], loss.backward([w]), realize_with=[loss])
+        return loss
+
+    x, y = dev.tensor(data).realize(), dev.tensor(np.array([0, 6, 3, -100, 2, 1])).realize()
+    for _ in range(2):
+        step(x, y).item()
+    checked = aten_ops(lambda: step(x, dev.tensor(np.array([1, 2, 3, 4, 5, 6])).realize()).item())
+    assert "amax" in checked and len(aten_ops(lambda: step(x, y).item())) < len(checked)
+    y.torch()[4] = 9
+    with pytest.raises(IndexError, match="target 9 is out of range for 7 classes"):
+        step(x, y)
+
+
 def logsumexp_run(device, data, weights, axis, keepdim):
     """logsumexp along `axis`, realized with the gradient of its weighted sum, as a training step does."""
     x = device.tensor(data)
