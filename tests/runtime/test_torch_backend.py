@@ -521,6 +521,27 @@ def test_cross_entropy_fused_raises_index_error_naming_a_bad_label(dev, jit, bad
         np.testing.assert_array_equal(w.numpy(), updated)
 
 
+def test_a_one_hot_pick_without_a_range_check_stays_spelled(dev):
+    """Cross-entropy's form spelled with a mask of its own (`t == arange`, no range check: an index outside the
+    classes hits nothing and picks 0) is not fused: the fused steps would gather and scatter at the clamped index
+    and give other values."""
+    rng = np.random.default_rng(10)
+    logits, weights = rng.standard_normal((5, 4)).astype(np.float32), rng.random(5).astype(np.float32)
+    labels = np.array([0, 3, 9, -2, 1])
+
+    def run(device):
+        x, w = device.tensor(logits), device.tensor(weights)
+        t = device.tensor(labels)
+        hits = t.unsqueeze(-1) == t._arange(4)  # (the marked 0..3 one_hot_mask compares with: found by the fusion)
+        rows = x.logsumexp(-1) * w + -(hits.where(x, 0).sum(-1)) * w
+        gx, = rows.sum().backward([x])
+        zyx.realize(rows, gx)
+        return rows, gx
+
+    assert_same(run(dev), run(zyx.CPU()), "float32")
+    assert not {Fused.CROSS_ENTROPY, Fused.CROSS_ENTROPY_GRAD} & set(computed(dev))
+
+
 def test_a_replay_checks_its_labels_again_only_once_they_change(dev):
     """A jitted step's index check (its own program and a read, which waits for the device) runs again only for
     other label buffers or ones written since it passed (torch's version counter): the same labels pass without

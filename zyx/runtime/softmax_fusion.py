@@ -16,8 +16,9 @@ by a one-hot mask (`SUM(WHERE(idx == arange, x, 0))`, the mask made by one_hot_m
   and nll_loss, two kernels where torch.logsumexp alone runs nine on CUDA) times w;
 - its gradient `softmax(x) * h + onehot(idx) * c` becomes Fused.CROSS_ENTROPY_GRAD (x, h, idx, c): softmax, a
   product and a scatter-add of c at the targets, with no one-hot matrix.
-Both clamp the index into the classes first: an entry out of range fails the realize's range check (an IndexError
-naming it), and must not reach a gather (a device-side assert on CUDA). They have no generic form (interpret.py):
+Only a mask whose range check raises for an index outside the classes fuses (one_hot_mask's), and both steps clamp
+the index into the classes first: an entry out of range fails the realize's range check (an IndexError naming
+it) and must not reach a gather (a device-side assert on CUDA). They have no generic form (interpret.py):
 only float32 and float64 rows fuse, which torch's own kernels compute.
 Every node of the spellings that nothing outside them reads is then left uncomputed (the maximum, the exp, the
 sums); what something else reads (an exp a softmax also uses) is still computed. One axis only: a logsumexp over
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 from ..dtypes import float32, float64, int64
+from ..trace.checks import guards_range
 from ..trace.node import ARANGE, Node
 from ..trace.ops import Op
 from .fusions import FusedNode, constant_of
@@ -194,8 +196,9 @@ def _picked(node: Node) -> Optional[_Pick]:
 
 def _one_hot_index(mask: Node, axis: int) -> Optional[Node]:
     """idx where `mask` is `idx == arange` along `axis` (idx int64, of size 1 along the axis; arange the marked
-    leaf 0..C-1 with C the axis' size)."""
-    if mask.op is not Op.CMPEQ:
+    leaf 0..C-1 with C the axis' size), and a range check on the mask raises for an idx outside [0, C) (one_hot_mask
+    attaches it: the fused steps gather and scatter at idx, where the mask would hit no class)."""
+    if mask.op is not Op.CMPEQ or not guards_range(mask, 0, mask.shape[axis]):
         return None
     for index, classes in _orders(mask.src):
         if _broadcast_along(index, axis) and index.src[0].dtype is int64 and _arange_along(classes, axis):
