@@ -25,15 +25,22 @@ W6   the memory of one W4 step after warm-up, three ways: zyx.memory_stats' peak
      process's whole peak, both models' state included, is in the notes; eager's gradients of its previous step
      are dropped before zyx's step), which is then the compared figure. The notes also give the bytes each holds
      before a step (zyx's count; eager's parameters, optimizer state and batch).
-The ratio column is zyx ÷ torch (time, or bytes): below 1 zyx is faster or smaller. zyx and torch alternate
-run by run, so load from other processes falls on both alike. With --compile zyx runs each program as a
-torch.compile'd function (zyx.Torch(device, compile=MODE): default, or reduce-overhead for CUDA graphs); the
-first W4 step's time (capture and compile) is in the notes. --quick (fewer and smaller runs) finishes in under a
-minute on a CPU, without --compile.
+The ratio column is zyx ÷ torch (time, or bytes): below 1 zyx is faster or smaller. The runs alternate in one
+process (torch eager, zyx, torch eager, zyx, ...), so that load from other processes, and the drift one process
+shows against another (eager's W4 step moved 12–29 % between processes on the H200), fall on both alike; a timed
+row's ratio is the median over the rounds of zyx's time ÷ eager's in the same round, its times the medians. On
+CUDA a run is timed by CUDA events too (queued before its first call and after its last), and the GPU's time is
+the figure: with --calls N, the device's time per call wherever the host keeps ahead of it. --unfused adds a
+third run to W4's rounds, the same step with the softmax family unfused (its programs built with
+`runtime/softmax_fusion.py` off). --target R prints PASS/FAIL per timed row (issue 18: 1.10). With --compile zyx
+runs each program as a torch.compile'd function (zyx.Torch(device, compile=MODE): default, or reduce-overhead for
+CUDA graphs); the first W4 step's time (capture and compile) is in the notes. --quick (fewer and smaller runs)
+finishes in under a minute on a CPU, without --compile.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import statistics
@@ -41,7 +48,7 @@ import sys
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -70,25 +77,68 @@ def arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="torch's intra-op threads (default torch's own; 1 is steadier on a shared CPU)")
     p.add_argument("--calls", type=int, default=1,
                    help="calls back to back per timed run, one wait at the end (time per call; W4: a second row)")
+    p.add_argument("--unfused", action="store_true",
+                   help="W4 also with the softmax family unfused (softmax_fusion.py off), in the same rounds")
+    p.add_argument("--target", type=float, default=None,
+                   help="print PASS/FAIL per timed row: zyx/torch at most this (issue 18: 1.10)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the rows as JSON to OUT")
     return p.parse_args(argv)
 
 
 # ---- timing --------------------------------------------------------------------------------------------------
-def alternate(runs: dict[str, Callable[[], Any]], repeat: int, sync: Callable[[], None],
-              calls: int = 1) -> dict[str, float]:
-    """Median seconds per call of each run, the runs taken in turn `repeat` times, each time `calls` calls back to
-    back and then a wait for the device."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
+class Rounds:
+    """Seconds per call of each run, one entry per round (`alternate`): the host's clock from the wait before
+    the calls to the wait after them (`wall`), and on CUDA the GPU's, between events queued before the first call
+    and after the last (`gpu`: the host's time to queue is in it wherever the GPU waited for the host)."""
+
+    def __init__(self, names: list[str], gpu: bool) -> None:
+        self.wall: dict[str, list[float]] = {name: [] for name in names}
+        self.gpu: Optional[dict[str, list[float]]] = {name: [] for name in names} if gpu else None
+
+    def seconds(self, name: str) -> float:
+        """The median over the rounds, GPU time where there is one."""
+        return statistics.median((self.gpu or self.wall)[name])
+
+    def ratio(self, name: str, peer: str = "torch") -> float:
+        """The median over the rounds of `name`'s time ÷ `peer`'s in the same round: load that falls on one
+        round falls on both of its runs."""
+        times = self.gpu or self.wall
+        return statistics.median(a / b for a, b in zip(times[name], times[peer]))
+
+    def note(self) -> str:
+        """Both clocks' medians, and how the rounds spread, for a row's notes."""
+        parts = []
+        for name, wall in self.wall.items():
+            text = f"{name} wall {statistics.median(wall) * 1e3:.4g} ms"
+            if self.gpu is not None:
+                text += f", GPU {statistics.median(self.gpu[name]) * 1e3:.4g} ms"
+            parts.append(text)
+        ratios = sorted((a / b) for a, b in zip(*((self.gpu or self.wall)[n] for n in ("zyx", "torch"))))
+        return "; ".join(parts) + f"; zyx/torch per round {ratios[0]:.2f}–{ratios[-1]:.2f} ({len(ratios)} rounds)"
+
+
+def alternate(runs: dict[str, Callable[[], Any]], repeat: int, sync: Callable[[], None], calls: int = 1,
+              events: Optional[Callable[[], Any]] = None) -> Rounds:
+    """Each run taken in turn `repeat` times (torch eager first: eager, zyx, eager, zyx, ...), each time `calls`
+    calls back to back and then a wait for the device; `events`: a CUDA event factory (torch.cuda.Event with
+    timing), to time each run on the GPU too."""
+    rounds = Rounds(list(runs), events is not None)
     for _ in range(repeat):
         for name, run in runs.items():
             sync()
+            if events is not None:
+                first, last = events(), events()
+                first.record()
             start = time.perf_counter()
             for _ in range(calls):
                 run()
+            if events is not None:
+                last.record()
             sync()
-            times[name].append((time.perf_counter() - start) / calls)
-    return {name: statistics.median(seconds) for name, seconds in times.items()}
+            rounds.wall[name].append((time.perf_counter() - start) / calls)
+            if rounds.gpu is not None:
+                rounds.gpu[name].append(first.elapsed_time(last) / 1e3 / calls)
+    return rounds
 
 
 class StoragePeak:
@@ -189,7 +239,7 @@ def host_reads(runtime: Any, run: Callable[[], Any]) -> int:
 
 # ---- the workloads -------------------------------------------------------------------------------------------
 def w3(zyx: Any, torch: Any, dev: Any, device: Any, sizes: list[int], repeat: int, sync: Callable,
-       calls: int) -> list[dict]:
+       calls: int, events: Optional[Callable]) -> list[dict]:
     rows = []
     rng = np.random.default_rng(2)
     for n in sizes:
@@ -198,19 +248,32 @@ def w3(zyx: Any, torch: Any, dev: Any, device: Any, sizes: list[int], repeat: in
         ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
         jitted = zyx.jit(lambda p, q: p @ q)
         for label, product in ((f"W3 {n}³", lambda: (x @ y).realize()), (f"W3 {n}³ jit", lambda: jitted(x, y))):
-            runs = {"zyx": product, "torch": lambda: ta @ tb}
+            runs = {"torch": lambda: ta @ tb, "zyx": product}
             for run in runs.values():
                 run()
             ok = np.allclose(product().numpy(), a @ b, rtol=1e-3, atol=1e-3 * np.sqrt(n))
-            seconds = alternate(runs, repeat, sync, calls)
+            rounds = alternate(runs, repeat, sync, calls, events)
             flops = 2.0 * n ** 3
-            rows.append(_row(label + _back_to_back(calls), seconds, "" if ok else "MISMATCH",
-                             gflops={name: flops / s / 1e9 for name, s in seconds.items()}))
+            rows.append(_row(label + _back_to_back(calls), rounds, "" if ok else "MISMATCH",
+                             gflops={name: flops / rounds.seconds(name) / 1e9 for name in runs}))
     return rows
 
 
+@contextlib.contextmanager
+def softmax_fusions_off() -> Iterator[None]:
+    """Programs built inside compute the softmax family as the trace spells it (`runtime/softmax_fusion.py`
+    matches nothing): the A/B of the fusions in one process."""
+    from zyx.runtime import softmax_fusion
+    fuse = softmax_fusion.fuse
+    softmax_fusion.fuse = lambda order, *_: list(order)
+    try:
+        yield
+    finally:
+        softmax_fusion.fuse = fuse
+
+
 def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: int, sync: Callable,
-              calls: int) -> list[dict]:
+              calls: int, events: Optional[Callable], unfused: bool) -> list[dict]:
     rows = []
     data = inputs(batch)
     for optimizer in OPTIMIZERS:
@@ -227,19 +290,28 @@ def w4_and_w6(zyx: Any, torch: Any, dev: Any, device: Any, batch: int, steps: in
         eager = torch_step(torch, model, opt, tx, ty)
         eager_losses = [eager() for _ in range(3)]
         ok = np.allclose(losses, reference, rtol=1e-3) and np.allclose(eager_losses, reference, rtol=1e-3)
-        seconds = alternate({"zyx": lambda: step(x, y).item(), "torch": eager}, steps, sync)
-        counts = {name: torch_calls(torch, run) for name, run in (("zyx", lambda: step(x, y).item()), ("torch", eager))}
+        runs = {"torch": eager, "zyx": lambda: step(x, y).item()}
+        launches = {"torch": torch_step(torch, model, opt, tx, ty, read=False), "zyx": lambda: step(x, y)}
+        if unfused:  # the same step on a device of its own, its programs built with the fusions off
+            from zyx.runtime.torch_device import TorchDevice
+            with softmax_fusions_off():
+                plain, px, py = zyx_step(TorchDevice(device), data, optimizer)
+                ok = ok and np.allclose([plain(px, py).item() for _ in range(3)], reference, rtol=1e-3)
+            runs["zyx, softmax fusions off"] = lambda: plain(px, py).item()
+            launches["zyx, softmax fusions off"] = lambda: plain(px, py)
+        rounds = alternate(runs, steps, sync, 1, events)
+        counts = {name: torch_calls(torch, run) for name, run in runs.items()}
         work = "capture and compile" if dev.compile else "capture"
         reads = host_reads(dev.runtime, lambda: step(x, y))
-        rows.append(_row(f"W4 {optimizer}", seconds, ("" if ok else "MISMATCH; ") +
-                         f"per step, aten operators: zyx {counts['zyx']['aten']}, eager {counts['torch']['aten']}; "
-                         f"Python-level torch calls: zyx {counts['zyx']['python']}, eager {counts['torch']['python']}; "
+        aten = ", ".join(f"{name} {count['aten']}" for name, count in counts.items())
+        python = ", ".join(f"{name} {count['python']}" for name, count in counts.items())
+        rows.append(_row(f"W4 {optimizer}", rounds, ("" if ok else "MISMATCH; ") +
+                         f"per step, aten operators: {aten}; Python-level torch calls: {python}; "
                          f"buffers zyx reads back besides the loss: {reads}; "
                          f"zyx's first step ({work}) {first * 1e3:.0f} ms", calls=counts))
         if calls > 1:
-            launch = torch_step(torch, model, opt, tx, ty, read=False)
-            seconds = alternate({"zyx": lambda: step(x, y), "torch": launch}, max(steps // 4, 3), sync, calls)
-            rows.append(_row(f"W4 {optimizer}" + _back_to_back(calls), seconds, "the loss not read"))
+            rounds = alternate(launches, max(steps // 2, 3), sync, calls, events)
+            rows.append(_row(f"W4 {optimizer}" + _back_to_back(calls), rounds, "the loss not read"))
         held = sum(t.untyped_storage().nbytes() for t in [*params, tx, ty] +
                    [v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)])
         rows.append(w6(zyx, torch, dev, device, optimizer, data, lambda: step(x, y).item(), eager, sync,
@@ -298,15 +370,17 @@ def _back_to_back(calls: int) -> str:
     return f", {calls} back to back" if calls > 1 else ""
 
 
-def _row(workload: str, seconds: dict[str, float], note: str, gflops: Optional[dict] = None,
+def _row(workload: str, rounds: Rounds, note: str, gflops: Optional[dict] = None,
          calls: Optional[dict] = None) -> dict:
-    row = {"workload": workload, "zyx": seconds["zyx"] * 1e3, "torch": seconds["torch"] * 1e3, "unit": "ms",
-           "ratio": seconds["zyx"] / seconds["torch"], "note": note}
+    row = {"workload": workload, "zyx": rounds.seconds("zyx") * 1e3, "torch": rounds.seconds("torch") * 1e3,
+           "unit": "ms", "ratio": rounds.ratio("zyx"), "note": "; ".join(filter(None, [note, rounds.note()]))}
+    if "zyx, softmax fusions off" in rounds.wall:
+        row["unfused_ratio"] = rounds.ratio("zyx, softmax fusions off")
+        row["note"] += f"; fusions off ÷ torch {row['unfused_ratio']:.2f}"
     if calls:
         row["calls"] = calls
     if gflops:
-        row["note"] = f"zyx {gflops['zyx']:.0f} GFLOP/s, torch {gflops['torch']:.0f} GFLOP/s" + (
-            f"; {note}" if note else "")
+        row["note"] = f"zyx {gflops['zyx']:.0f} GFLOP/s, torch {gflops['torch']:.0f} GFLOP/s; " + row["note"]
     return row
 
 
@@ -333,12 +407,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else list(settings["sizes"])
     sizes += [4096] if args.big else []
     started = time.perf_counter()
-    rows = w3(zyx, torch, dev, device, sizes, args.repeat or settings["repeat"], sync, args.calls)
+    events = (lambda: torch.cuda.Event(enable_timing=True)) if device.type == "cuda" else None
+    rows = w3(zyx, torch, dev, device, sizes, args.repeat or settings["repeat"], sync, args.calls, events)
     batch = args.batch or settings["batch"]
-    rows += w4_and_w6(zyx, torch, dev, device, batch, args.steps or settings["steps"], sync, args.calls)
+    rows += w4_and_w6(zyx, torch, dev, device, batch, args.steps or settings["steps"], sync, args.calls, events,
+                      args.unfused)
     print(f"**{dev!r}** ({dev.name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"zyx W4 batch {batch}, {time.perf_counter() - started:.0f} s in all")
     print(table(rows))
+    if args.target:
+        for row in rows:
+            if row["unit"] == "ms":
+                verdict = "PASS" if row["ratio"] <= args.target else "FAIL"
+                print(f"{verdict} {row['workload']}: zyx/torch {row['ratio']:.3f} (target <= {args.target})")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": repr(dev), "torch": torch.__version__, "rows": rows},
                                               indent=2, default=str))

@@ -20,6 +20,10 @@ def realize(*tensors: "Tensor") -> None:
     raised and no tensor is realized.
     """
     check_not_capturing("realize")
+    if len(tensors) == 1:  # (`t.realize()`: no grouping to do)
+        if not tensors[0].node.realized:
+            _realize_on_device([tensors[0].node])
+        return
     pending: dict[int, Node] = {}
     for t in tensors:
         if not t.node.realized and id(t.node) not in pending:
@@ -28,15 +32,20 @@ def realize(*tensors: "Tensor") -> None:
     for node in pending.values():
         by_device.setdefault(id(node.device), []).append(node)
     for nodes in by_device.values():
-        walk = Walk(nodes)
-        checks = checks_in(walk.order)
-        if checks:  # their counts are computed in the same run
-            walk = Walk(nodes + [check.outside for check in checks])
-        device = nodes[0].device
-        buffers = device.realize(walk.roots, walk)
-        _raise_if_failed(checks, buffers[len(nodes):], device)
-        for node, buffer, origin in zip(nodes, buffers, record_origins(walk, device)):
-            node.become_buffer(buffer, origin)
+        _realize_on_device(nodes)
+
+
+def _realize_on_device(nodes: list[Node]) -> None:
+    """Realize `nodes` (distinct, unrealized, on one device) in one run."""
+    walk = Walk(nodes)
+    checks = checks_in(walk.order)
+    if checks:  # their counts are computed in the same run
+        walk = Walk(nodes + [check.outside for check in checks])
+    device = nodes[0].device
+    buffers = device.realize(walk.roots, walk)
+    _raise_if_failed(checks, buffers[len(nodes):], device)
+    for node, buffer, origin in zip(nodes, buffers, record_origins(walk, device)):
+        node.become_buffer(buffer, origin)
 
 
 def _raise_if_failed(checks: Sequence[RangeCheck], counts: Sequence[Any], device: Any) -> None:

@@ -10,6 +10,16 @@ the axis, so the matchers only check that shape and that the pieces share `x`, `
   Fused.LOG_SOFTMAX_GRAD (g, the forward's value);
 - any other lse becomes Fused.LOGSUMEXP (x) (a log_softmax reading it is then `x - lse`, one subtraction: the
   cross-entropy's form, whose loss reads the lse too), and any other `E * (h / S)` Fused.LOGSUMEXP_GRAD (x, h).
+Cross-entropy's rows (nn.cross_entropy without label smoothing) read the lse beside the target's logit, picked
+by a one-hot mask (`SUM(WHERE(idx == arange, x, 0))`, the mask made by one_hot_mask):
+- `lse * w + -(x[idx]) * w` becomes Fused.CROSS_ENTROPY (x, idx, w): torch's cross_entropy per row (log_softmax
+  and nll_loss, two kernels where torch.logsumexp alone runs nine on CUDA) times w;
+- its gradient `softmax(x) * h + onehot(idx) * c` becomes Fused.CROSS_ENTROPY_GRAD (x, h, idx, c): softmax, a
+  product and a scatter-add of c at the targets, with no one-hot matrix.
+Only a mask whose range check raises for an index outside the classes fuses (one_hot_mask's), and both steps clamp
+the index into the classes first: an entry out of range fails the realize's range check (an IndexError naming
+it) and must not reach a gather (a device-side assert on CUDA). They have no generic form (interpret.py):
+only float32 and float64 rows fuse, which torch's own kernels compute.
 Every node of the spellings that nothing outside them reads is then left uncomputed (the maximum, the exp, the
 sums); what something else reads (an exp a softmax also uses) is still computed. One axis only: a logsumexp over
 several axes stays as the trace spells it.
@@ -18,7 +28,9 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple, Optional, Sequence
 
-from ..trace.node import Node
+from ..dtypes import float32, float64, int64
+from ..trace.checks import guards_range
+from ..trace.node import ARANGE, Node
 from ..trace.ops import Op
 from .fusions import FusedNode, constant_of
 from .steps import Fused
@@ -73,6 +85,15 @@ def fuse(order: Sequence[Node], readers: dict[int, int], wanted: set[int], skipp
             claim(node, (Fused.LOG_SOFTMAX_GRAD, row.axis, (g, forward[0])))
             within.add(id(product))
             ahead[id(node)] = forward[0]
+    for node in order:
+        entropy = _cross_entropy(node) if free(node) else None
+        gradient = _cross_entropy_grad(node) if free(node) and entropy is None else None
+        if entropy is not None:
+            row, pick, weight = entropy
+            claim(node, (Fused.CROSS_ENTROPY, row.axis, (row.x, pick.index, weight)))
+        elif gradient is not None:
+            (upstream, row), index, scale = gradient
+            claim(node, (Fused.CROSS_ENTROPY_GRAD, row.axis, (row.x, upstream, index, scale)))
     for node in order:
         row = _logsumexp(node) if free(node) else None
         product = _softmax_times(node) if free(node) and row is None else None
@@ -150,6 +171,97 @@ def _softmax_times(node: Node) -> Optional[tuple[Node, _Row]]:
     return None
 
 
+class _Pick(NamedTuple):
+    """`x[idx]` along `axis` as the trace spells it: SUM(WHERE(hits, x, 0), axis), `hits` idx's one-hot mask."""
+
+    x: Node
+    index: Node  # int64, of size 1 along the axis
+    axis: int
+
+
+def _picked(node: Node) -> Optional[_Pick]:
+    """The pick `node` is, its summed axis kept or dropped by a reshape."""
+    total = node.src[0] if node.op is Op.RESHAPE else node
+    if total.op is not Op.SUM or len(total.arg) != 1:
+        return None
+    axis = total.arg[0]
+    if node is not total and node.shape != total.shape[:axis] + total.shape[axis + 1:]:
+        return None
+    chosen = total.src[0]
+    if chosen.op is not Op.WHERE or constant_of(chosen.src[2]) is None or constant_of(chosen.src[2]).arg != 0:
+        return None
+    index = _one_hot_index(chosen.src[0], axis)
+    return _Pick(chosen.src[1], index, axis) if index is not None else None
+
+
+def _one_hot_index(mask: Node, axis: int) -> Optional[Node]:
+    """idx where `mask` is `idx == arange` along `axis` (idx int64, of size 1 along the axis; arange the marked
+    leaf 0..C-1 with C the axis' size), and a range check on the mask raises for an idx outside [0, C) (one_hot_mask
+    attaches it: the fused steps gather and scatter at idx, where the mask would hit no class)."""
+    if mask.op is not Op.CMPEQ or not guards_range(mask, 0, mask.shape[axis]):
+        return None
+    for index, classes in _orders(mask.src):
+        if _broadcast_along(index, axis) and index.src[0].dtype is int64 and _arange_along(classes, axis):
+            return index.src[0]
+    return None
+
+
+def _arange_along(node: Node, axis: int) -> bool:
+    """Whether `node` is 0, 1, ..., C-1 along `axis` (C its size there), broadcast along the other axes (or not
+    broadcast at all, where they have size 1)."""
+    shaped, size = node.src[0] if node.op is Op.EXPAND else node, node.shape[axis]
+    if shaped.op is not Op.RESHAPE:
+        return False
+    leaf = shaped.src[0]
+    return leaf.op is Op.BUFFER and leaf.arg == ARANGE and leaf.shape == (size,) and \
+        shaped.shape == tuple(size if k == axis else 1 for k in range(len(node.shape)))
+
+
+def _cross_entropy(node: Node) -> Optional[tuple[_Row, _Pick, Node]]:
+    """(the row, the pick, w) where `node` is `lse * w + -(x[idx]) * w`, lse and the pick of one x and axis (the
+    axis dropped from both, or kept by both), in float32 or float64."""
+    if node.op is not Op.ADD or node.dtype not in (float32, float64):
+        return None
+    for first, second in _orders(node.src):
+        if first.op is not Op.MUL or second.op is not Op.MUL:
+            continue
+        for lse, weight in _orders(first.src):
+            row = _logsumexp(lse.src[0] if lse.op is Op.RESHAPE else lse)
+            for negation, other in _orders(second.src):
+                if row is None or not _same_value(other, weight) or negation.op is not Op.NEG or \
+                        lse.shape != negation.shape:
+                    continue
+                pick = _picked(negation.src[0])
+                if pick is not None and pick.x is row.x and pick.axis == row.axis:
+                    return row, pick, weight
+    return None
+
+
+def _same_value(a: Node, b: Node) -> bool:
+    """Whether `a` and `b` are one node, or casts of one node to one dtype (a float32 weight in two float64
+    products: each casts it)."""
+    return a is b or a.op is Op.CAST and b.op is Op.CAST and a.src[0] is b.src[0] and a.dtype == b.dtype
+
+
+def _cross_entropy_grad(node: Node) -> Optional[tuple[tuple[Node, _Row], Node, Node]]:
+    """((h, the row), idx, c) where `node` is `softmax(x) * h + onehot(idx) * c`, c (of idx's shape) broadcast
+    along the axis, in float32 or float64."""
+    if node.op is not Op.ADD or node.dtype not in (float32, float64):
+        return None
+    for product, correction in _orders(node.src):
+        softmax = _softmax_times(product)
+        if softmax is None or correction.op is not Op.MUL:
+            continue
+        axis = softmax[1].axis
+        for mask, scale in _orders(correction.src):
+            if mask.op is not Op.CAST or mask.src[0].dtype.name != "bool" or not _broadcast_along(scale, axis):
+                continue
+            index = _one_hot_index(mask.src[0], axis)
+            if index is not None and scale.src[0].shape == index.shape and scale.dtype == node.dtype:
+                return softmax, index, scale.src[0]
+    return None
+
+
 def _log_softmax_grad(node: Node) -> Optional[tuple[Node, Node, _Row]]:
     """(g, the product, its row) where `node` is `g + E * (sum(-g, axis) / S)`."""
     if node.op is not Op.ADD or not node.dtype.is_float:
@@ -203,8 +315,8 @@ def _unread(heads: Sequence[Node], ends: set[int], readers: dict[int, int], kept
     stack = [source for head in heads for source in head.src]
     while stack and len(found) < _WALKED * len(heads):
         node = stack.pop()
-        if id(node) in found or id(node) in ends or id(node) in kept:
-            continue
+        if id(node) in found or id(node) in ends or id(node) in kept or node.op is Op.BUFFER:
+            continue  # (a leaf is an input, bound by its position among the program's leaves: always loaded)
         found[id(node)] = node
         stack.extend(node.src)
     while True:

@@ -33,13 +33,16 @@ class Fused(enum.Enum):
     LOGSUMEXP = enum.auto()  # arg axis: log(sum(exp(x))) along the axis, kept (of size 1)
     LOGSUMEXP_GRAD = enum.auto()  # arg axis; (x, h): softmax(x) * h, the gradient of logsumexp(x) for the
     # upstream h (of size 1 along the axis)
+    CROSS_ENTROPY = enum.auto()  # arg axis; (x, idx, w): (logsumexp(x) - x[idx]) * w along the axis, the axis
+    # dropped (idx int64 of size 1 along it; softmax_fusion.py)
+    CROSS_ENTROPY_GRAD = enum.auto()  # arg axis; (x, h, idx, c): softmax(x) * h + onehot(idx) * c, its gradient
     CAT = enum.auto()  # arg axis: the sources joined along it, in order (cat's zero pads summed: fusions.py)
 
 
 FUSED_ELEMENTWISE = {Fused.SUB, Fused.LE, Fused.NE, Fused.RELU, Fused.RELU_GRAD, Fused.MULADD, Fused.MULSUB, Fused.LERP}
 ELEMENTWISE = ELEMENTWISE_OPS | FUSED_ELEMENTWISE
-ROW_OPS = {Fused.LOG_SOFTMAX, Fused.LOG_SOFTMAX_GRAD, Fused.LOGSUMEXP, Fused.LOGSUMEXP_GRAD}  # each value from
-# its row along the step's axis
+ROW_OPS = {Fused.LOG_SOFTMAX, Fused.LOG_SOFTMAX_GRAD, Fused.LOGSUMEXP, Fused.LOGSUMEXP_GRAD, Fused.CROSS_ENTROPY,
+           Fused.CROSS_ENTROPY_GRAD}  # each value from its row along the step's axis
 # views allocate nothing
 ALLOCATING = ELEMENTWISE | REDUCE_OPS | ROW_OPS | {Op.RAND, Op.PAD, Op.COLLECTIVE, Fused.CONTRACT, Fused.CAT}
 SHARING = {Op.BUFFER, Op.DETACH, Op.CAST} | MOVEMENT_OPS - {Op.PAD}  # may return (a view of) their source

@@ -61,7 +61,27 @@ _ROWS: dict[Any, Callable[[int, torch.dtype], Callable[..., torch.Tensor]]] = {
     Fused.LOG_SOFTMAX_GRAD: lambda axis, dtype: lambda g, y: _LOG_SOFTMAX_BACKWARD(g, y, axis, dtype),
     Fused.LOGSUMEXP: lambda axis, dtype: lambda x: torch.logsumexp(x, axis, keepdim=True),
     Fused.LOGSUMEXP_GRAD: lambda axis, dtype: lambda x, h: torch.softmax(x, axis).mul_(h),
+    Fused.CROSS_ENTROPY: lambda axis, dtype: functools.partial(_cross_entropy, axis),
+    Fused.CROSS_ENTROPY_GRAD: lambda axis, dtype: lambda x, h, index, c:
+        torch.softmax(x, axis).mul_(h).scatter_add_(axis, _classes(index, x.shape[axis]), c),
 }
+
+
+def _classes(index: torch.Tensor, classes: int) -> torch.Tensor:
+    """`index` clamped into [0, classes): an entry outside fails the realize's range check (IndexError naming it),
+    and must never reach a gather or scatter, which assert on the device on CUDA."""
+    return index.clamp(0, classes - 1)
+
+
+def _cross_entropy(axis: int, x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(logsumexp(x) - x[index]) * weight along `axis` (Fused.CROSS_ENTROPY): torch's cross_entropy per row, the
+    classes on axis 1 as it takes them (a batch of one for a single row)."""
+    index = _classes(index, x.shape[axis])
+    if x.ndim == 1:
+        x = x.unsqueeze(0)
+    else:
+        x, index = x.movedim(axis, 1), index.squeeze(axis)
+    return torch.nn.functional.cross_entropy(x, index, reduction="none").reshape(weight.shape).mul_(weight)
 _COMPARISONS = {Op.CMPLT, Op.CMPEQ, Fused.LE, Fused.NE}  # bool results of operands of another dtype
 # views, as bound calls of (the step's arg, its shape)
 _VIEWS: dict[Op, Callable[[Any, Shape], Callable[[torch.Tensor], torch.Tensor]]] = {
@@ -93,6 +113,15 @@ def _precision_api() -> tuple[Callable[[], Any], Callable[[Any], None], dict[boo
 
 
 _READ_PRECISION, _WRITE_PRECISION, _WANTED_PRECISION, _EFFECTIVE_PRECISION = _precision_api()
+_UNKNOWN = object()
+_PRECISION_TO_WRITE: dict[tuple[Any, bool], Any] = {}  # (torch's setting, tf32 allowed) -> _precision_to_write's
+
+
+def _precision_to_write(precision: Any, tf32: bool) -> Any:
+    """The setting a run writes over torch's `precision`, or None where that already means zyx's (kept per pair
+    met: each run enters a `_RunState`)."""
+    wanted = _WANTED_PRECISION[tf32]
+    return None if precision == wanted or _EFFECTIVE_PRECISION(precision) == wanted else wanted
 
 
 class _RunState:
@@ -109,11 +138,12 @@ class _RunState:
         self.enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         precision = _READ_PRECISION()
-        wanted = _WANTED_PRECISION[tf32_allowed()]
-        if precision == wanted or _EFFECTIVE_PRECISION(precision) == wanted:
-            self.precision = None
-        else:
-            self.precision = precision
+        key = (precision, tf32_allowed())
+        wanted = _PRECISION_TO_WRITE.get(key, _UNKNOWN)
+        if wanted is _UNKNOWN:
+            wanted = _PRECISION_TO_WRITE[key] = _precision_to_write(*key)
+        self.precision = None if wanted is None else precision
+        if wanted is not None:
             _WRITE_PRECISION(wanted)
 
     def __exit__(self, *exc: Any) -> None:

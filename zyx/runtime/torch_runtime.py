@@ -5,7 +5,8 @@ through it alike. Buffers are contiguous torch tensors of the node's shape and d
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import weakref
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +54,19 @@ class TorchRuntime:
     def download_all(self, requests: Sequence[tuple[torch.Tensor, Sequence[int], Any]]) -> list[np.ndarray]:
         """Several buffers' values (buffer, shape, numpy dtype each), as `download` does each."""
         return [self.download(buffer, shape, numpy_dtype) for buffer, shape, numpy_dtype in requests]
+
+    def contents(self, buffers: Sequence[torch.Tensor]) -> tuple[tuple[weakref.ref, int], ...]:
+        """What tells whether `buffers` hold what they hold now, without reading them: each buffer (weakly) and
+        its version counter, which every torch write into it or a view of it bumps (`unchanged`)."""
+        return tuple([(weakref.ref(buffer), buffer._version) for buffer in buffers])
+
+    @staticmethod
+    def unchanged(contents: Optional[tuple[tuple[weakref.ref, int], ...]], buffers: Sequence[torch.Tensor]) -> bool:
+        """Whether `buffers` are the ones `contents` was taken of, written by nothing since (through torch: memory
+        written behind its back, through DLPack or a numpy view of a CPU tensor, is not seen)."""
+        return contents is not None and len(contents) == len(buffers) and \
+            all(reference() is buffer and buffer._version == version
+                for (reference, version), buffer in zip(contents, buffers))
 
     def copy(self, buffer: torch.Tensor) -> torch.Tensor:
         """A new buffer with the same values."""

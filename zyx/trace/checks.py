@@ -70,6 +70,12 @@ def attach(node: Node, check: RangeCheck) -> None:
     _checks.setdefault(node, []).append(check)
 
 
+def guards_range(node: Node, low: int, high: int) -> bool:
+    """Whether a check attached to `node` fails for every value outside [low, high): a realize reading the node
+    then raises for such a value, and what computes the node may assume none (a one-hot mask's gather)."""
+    return any(check.low >= low and check.high <= high for check in _checks.get(node, ()))
+
+
 def checks_in(order: Sequence[Node]) -> list[RangeCheck]:
     """The checks attached to the unrealized nodes of a trace (none to look for while no node has one)."""
     if not _checks:

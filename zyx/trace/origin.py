@@ -62,9 +62,15 @@ class Origins:
         self.template = _template(walk)
         # per node of the walk: itself (a data leaf, or a copy already) or a weak reference (an interior node, or a
         # realized one, copied as its placeholder)
-        ref, buffer = weakref.ref, Op.BUFFER
-        self.held: list[Any] = [node if node.op is buffer and node.origin is None or type(node) is Recorded
-                                else ref(node) for node in walk.order]
+        order = walk.order
+        self.held: list[Any] = list(map(weakref.ref, order))  # (at C speed; then the few held as they are)
+        for leaf in walk.leaves:
+            if leaf.origin is None:
+                self.held[walk.numbering[leaf]] = leaf
+        if Recorded in set(map(type, order)):
+            for position, node in enumerate(order):
+                if type(node) is Recorded:
+                    self.held[position] = node
         self.rand_args = [node.arg for node in walk.rands]
         self.device = device
         self.copies: Optional[list[Node]] = None
