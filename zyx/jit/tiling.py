@@ -49,17 +49,19 @@ def matmul_axes(node: Node) -> Optional[tuple[int, int]]:
 
 def hosted_matmul(root: Node, materialized: dict[int, Node]) -> Optional[Node]:
     """The matrix product this kernel computes at its own output positions, if any (an empty one, k or the output
-    of no elements, is no product to plan: its kernel sums nothing)."""
+    of no elements, is no product to plan: its kernel sums nothing; nor is one another kernel stores, which this
+    one only reads: shaped as a product, an elementwise kernel reading it would compute each item's whole tile,
+    128 outputs written out one by one on tensor cores)."""
     stack, seen = [root], set()
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if matmul_axes(node) is not None and node.numel == root.numel and node.src[0].numel:
-            return node
         if node is not root and id(node) in materialized:
             continue
+        if matmul_axes(node) is not None and node.numel == root.numel and node.src[0].numel:
+            return node
         if node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS or node is root:
             stack.extend(node.src)
     return None
