@@ -401,8 +401,6 @@ class TensorCoreLowering(LocalTileLowering):
         step = self.names.fresh("k")
         self._open_loop(step, steps)
         stores, across = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
-        if plan.pipelined and not any(isinstance(s, AsyncCopy) for s in stores):
-            raise NotCopied(node)
         multiply = self._warpgroup_products if plan.warpgroup else self._multiply_fragments
         body = self._close_loop() + stores + [Barrier()] + multiply(tiles, accumulators, across) + [Barrier()]
         right = plan.layout(plan.block_m if across else plan.bk)
@@ -426,7 +424,8 @@ class TensorCoreLowering(LocalTileLowering):
         along its columns (past the end of k, zeros; past the ends of rows and columns, the last ones), where the
         8 never straddle an end; any other operand (fused prologues, views, such edges, TF32) element by element
         into rows along k, neighbouring items reading neighbouring k of the left operand and neighbouring columns of
-        the right, as row-major operands lie."""
+        the right, as row-major operands lie. A pipelined plan copying neither operand raises NotCopied before
+        staging anything element by element (the slowest part of lowering a product with a fused prologue)."""
         plan = self.plan
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
         k_axis = node.arg[0]
@@ -434,13 +433,25 @@ class TensorCoreLowering(LocalTileLowering):
         left, right = node.src[0].src[0], node.src[0].src[1]
         place = (corner, k_base, k_axis)
         stores = self._copied(left, n_axis, BLOCK, tiles[0], place, along_k=True)
+        copied = self._right_copied(right, m_axis, place, tiles[1]) if plan.pipelined else None
+        if plan.pipelined and stores is None and copied is None:
+            raise NotCopied(node)
         if stores is None:
             stores = self._elements(left, n_axis, BLOCK, tiles[0], place, k_fastest=True)
-        for along_k in (True, False):
-            copied = self._copied(right, m_axis, plan.block_m, tiles[1], place, along_k)
-            if copied is not None:
-                return stores + copied, not along_k
+        if not plan.pipelined:  # (after the left operand's: copies through registers emit their loads)
+            copied = self._right_copied(right, m_axis, place, tiles[1])
+        if copied is not None:
+            return stores + copied[0], copied[1]
         return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, k_fastest=False), False
+
+    def _right_copied(self, right: Node, axis: int, place: tuple, tile: str) -> Optional[tuple[list, bool]]:
+        """The right operand's copies (`_copied`) into rows along k, else into rows along its columns, and whether
+        they lie that way (across k); None where it is copied neither way."""
+        for along_k in (True, False):
+            copied = self._copied(right, axis, self.plan.block_m, tile, place, along_k)
+            if copied is not None:
+                return copied, not along_k
+        return None
 
     def _elements(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, k_fastest: bool) -> list:
         """Element by element into rows along k, neighbouring items at neighbouring k (`k_fastest`) or rows."""

@@ -4,7 +4,7 @@ are in flight while the group computes on one, with one barrier per slice. Value
 (an operand computed by a fused prologue) are read before the computation and stored after it, as double buffering
 does (double_buffer.py), into their own stage of the same depth.
 
-With ahead = min(stages - 1, trips) slices staged (their copies each closed by an AsyncCommit) before the loop,
+With ahead = min(stages - 1, trips) slices staged (their copies each closed by an AsyncCommit) by a loop before it,
 step s: issue the copies of slice s + ahead (where it exists) into buffer (s + ahead) % stages, read its register
 values, commit (an empty group past the end, so that the count stays uniform), compute slice s from buffer
 s % stages, store the register values into buffer (s + ahead) % stages, wait until at most ahead - 1 groups are in
@@ -38,9 +38,7 @@ def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
     steps = loop.trips
     ahead = min(stages - 1, steps)
     step = Expr.var(loop.var, steps)
-    lines: list = []
-    for s in range(ahead):
-        lines += [*at_step(fetch + copies + stores, loop.var, Expr(s), Expr(s), halves, f"_{s}"), AsyncCommit()]
+    lines = _fill(fetch + copies + stores, loop.var, ahead, halves)
     landed = (AsyncWait(ahead - 1), *_proxy_fence(compute), Barrier())
     lines += landed
     cond = simplify_cond(((step + ahead, "lt", steps),))
@@ -56,6 +54,17 @@ def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
     arrays = tuple(dataclasses.replace(s, size=stages * s.size) if isinstance(s, LocalArray) and s.name in halves else s
                    for s in kernel.body[:position])
     return dataclasses.replace(kernel, body=arrays + tuple(lines) + kernel.body[position + 1:])
+
+
+def _fill(staging: tuple, var: str, ahead: int, halves: dict[str, LocalArray]) -> list:
+    """The first `ahead` slices staged into buffers 0 .. ahead - 1, each closed by an AsyncCommit: a loop whose body
+    is written once (a fused prologue staged element by element is much of a product kernel's code: written out
+    per slice, W7's bfloat16 products took up to 4 copies of it), or the one slice where there is one."""
+    if ahead == 1:
+        return [*at_step(staging, var, Expr(0), Expr(0), halves, "_0"), AsyncCommit()]
+    counter = f"{var}_fill"
+    at = Expr.var(counter, ahead)
+    return [Loop(counter, ahead, (*at_step(staging, var, at, at, halves, "_fill"), AsyncCommit()))]
 
 
 def _proxy_fence(compute: tuple) -> tuple:
