@@ -374,7 +374,11 @@ class WarpgroupMma:
 
 @dataclass(frozen=True)
 class WarpgroupFence:
-    """Orders this item's register accesses to accumulators before the WarpgroupMmas after it (wgmma.fence)."""
+    """Orders this item's register accesses to accumulators before the WarpgroupMmas after it (wgmma.fence);
+    `registers`: those an a read from registers lies in, computed before it (none moved past it by the compiler:
+    ptxas would then fence them again itself, and on a branch only some items take it serializes the wgmmas)."""
+
+    registers: tuple = ()
 
 
 @dataclass(frozen=True)

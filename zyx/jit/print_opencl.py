@@ -82,8 +82,7 @@ UNARY = {
     # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
     Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",
     Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
-    # the 13 low bits dropped, rounded (ties away); a nan kept (the carry would turn 0x7fffffff into -0.0)
-    ROUND_TF32: "(isnan({0})?{0}:as_float((as_uint({0})+0x1000u)&0xffffe000u))",
+    ROUND_TF32: "zyx_round_tf32({0})",
 }
 INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 
@@ -351,6 +350,15 @@ def _warpgroup_mma(s: WarpgroupMma) -> str:
     return f'asm volatile("{text}" : {outputs} : {", ".join(a_inputs)}, "l"({b_descriptor}), "r"(1) : "memory");'
 
 
+def _warpgroup_fence(s: WarpgroupFence) -> str:
+    """wgmma.fence; the registers of a read from registers as its operands, "+f" (CUTLASS's
+    warpgroup_fence_operand): the compiler computes them before it and keeps them unchanged through it."""
+    if not s.registers:
+        return _hidden("wgmma.fence.sync.aligned")
+    operands = ", ".join(f'"+f"({r.name})' for r in s.registers)
+    return f'asm volatile("{HIDDEN}wgmma.fence.sync.aligned;" : {operands} :: "memory");'
+
+
 def _hidden(instruction: str) -> str:
     return f'asm volatile("{HIDDEN}{instruction};" ::: "memory");'
 
@@ -384,7 +392,7 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     LocalArray: _local_array, LocalStore: _local_store, MatrixLoad: _matrix_load, MatrixMultiply: _matrix_multiply,
     AsyncCopy: _async_copy, AsyncCommit: lambda s: 'asm volatile("cp.async.commit_group;" ::: "memory");',
     AsyncWait: lambda s: f'asm volatile("cp.async.wait_group {s.pending};" ::: "memory");',
-    WarpgroupMma: _warpgroup_mma, WarpgroupFence: lambda s: _hidden("wgmma.fence.sync.aligned"),
+    WarpgroupMma: _warpgroup_mma, WarpgroupFence: _warpgroup_fence,
     WarpgroupCommit: lambda s: _hidden("wgmma.commit_group.sync.aligned"),
     WarpgroupWait: lambda s: _hidden(f"wgmma.wait_group.sync.aligned {s.pending}"),
     AsyncProxyFence: lambda s: 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");',
@@ -532,6 +540,10 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
         "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
         "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
+    (("zyx_round_tf32",), [  # TF32 operands of NVIDIA's tensor cores (only there): the 13 low bits dropped,
+        # rounded to nearest (ties away), a nan kept; one instruction (sm_80), where the same in C took five
+        "static inline float zyx_round_tf32(float f) { uint r; asm(\"cvt.rna.tf32.f32 %0, %1;\" : \"=r\"(r) : \"f\"(f)); "
+        "return as_float(r); }"]),
     (("zyx_swizzle",), [  # (swizzle_bits)
         "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
     (("zyx_round_half",), [  # through half's 16 bits, rounded to nearest even (no cl_khr_fp16 needed)

@@ -90,6 +90,10 @@ LOCAL_MEMORY = {(9, 0): 200 * 1024}
 # 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
 # wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
 WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
+# TF32's: 128 x 128 blocks only. Its a lies in registers, 4 per k8 step and 64 columns, all held until the slice's
+# batch is waited for: 128 x 256 blocks would hold 128 accumulators and 32 of them, more than the 168 registers an
+# item of a 384-item group has (ptxas, sm_90a: spills, and the wgmmas serialized, C7512); 128 x 128 take 106.
+TF32_WARPGROUP_SHAPES = ((32, 128, 4),)
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
@@ -186,8 +190,8 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the device (`_spread`; ZYX_TC_SHAPE
-    forces one: `_forced_shape`)."""
+    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES, or TF32_WARPGROUP_SHAPES), that does and spreads over the device
+    (`_spread`; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -199,7 +203,8 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
+    shapes = ((TF32_WARPGROUP_SHAPES if kind == "tf32" else WARPGROUP_SHAPES) if warpgroup else PIPELINED if pipelined
+              else SHAPES)
     fitting = [(w, b, n) for w, b, n in shapes if _fits(local_memory, w, b, n, pipelined, warpgroup)]
     fitting = _spread(fitting, product, n_axis, m_axis)
     forced = None if warpgroup else _forced_shape()
@@ -638,7 +643,8 @@ class TensorCoreLowering(LocalTileLowering):
                 share = tuple(accumulators[piece * BLOCK // 2:(piece + 1) * BLOCK // 2])
                 products.append(WarpgroupMma(share, "", Expr(0), tiles[0], Expr(step * plan.k_step), BLOCK, plan.kind,
                                              a_registers=tuple(registers)))
-        return [*loads, WarpgroupFence(), *products, WarpgroupCommit(), WarpgroupWait(0)]
+        fenced = tuple(r for product in products for r in product.a_registers)
+        return [*loads, WarpgroupFence(fenced), *products, WarpgroupCommit(), WarpgroupWait(0)]
 
     def _multiply_fragments(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
         """Per mma step of the slice: the warp's left fragments (one ldmatrix of four 8 x 8 matrices per 16 rows),
