@@ -9,8 +9,8 @@ import pytest
 
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, LocalArray, LocalLoad, Loop, NamedBarrier,
-                               RegisterBudget, WarpgroupCommit, WarpgroupMma, WarpgroupWait, substitute, substitute_cond,
-                               walk)
+                               RegisterBudget, WarpgroupCommit, WarpgroupMma, WarpgroupWait, substitute,
+                               substitute_cond, walk)
 from zyx.jit.print_opencl import STATEMENTS
 from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr

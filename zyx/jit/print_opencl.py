@@ -244,8 +244,8 @@ def _local_array(s: LocalArray) -> str:
     if s.alignment <= 16:
         return f"__local {kind} {s.name}[{s.size}]" + (" __attribute__((aligned(16)));" if s.aligned else ";")
     raw, mask = f"{s.name}_raw", s.alignment - 1
-    return (f"__local {kind} {raw}[{s.size + s.alignment // s.dtype.itemsize // s.width}] __attribute__((aligned(16))); "
-            f"__local {kind} *{s.name} = "
+    padded = s.size + s.alignment // s.dtype.itemsize // s.width
+    return (f"__local {kind} {raw}[{padded}] __attribute__((aligned(16))); __local {kind} *{s.name} = "
             f"{raw} + ((({s.alignment}u - ((uint)(ulong){raw} & {mask}u)) & {mask}u) / sizeof({raw}[0]));")
 
 
@@ -338,7 +338,8 @@ def _warpgroup_mma(s: WarpgroupMma) -> str:
         a_operand = "{" + ",".join(f"%{count + i}" for i in range(len(s.a_registers))) + "}"
         a_inputs = [f'"r"(as_uint({operand(r)}))' for r in s.a_registers]
     else:
-        a_operand, a_inputs = f"%{count}", [f'"l"({_descriptor(s.a_array, s.a_index, descriptor(0, 16, SWIZZLE_PERIOD))})']
+        a_descriptor = _descriptor(s.a_array, s.a_index, descriptor(0, 16, SWIZZLE_PERIOD))
+        a_operand, a_inputs = f"%{count}", [f'"l"({a_descriptor})']
     b, p = count + len(a_inputs), count + len(a_inputs) + 1
     b_descriptor = _descriptor(s.b_array, s.b_index, descriptor(0, s.b_leading, SWIZZLE_PERIOD))
     registers = ",".join(f"%{i}" for i in range(count))
@@ -356,7 +357,7 @@ def _warpgroup_fence(s: WarpgroupFence) -> str:
     if not s.registers:
         return _hidden("wgmma.fence.sync.aligned")
     operands = ", ".join(f'"+f"({r.name})' for r in s.registers)
-    return f'asm volatile("{HIDDEN}wgmma.fence.sync.aligned;" : {operands} :: "memory");'
+    return f'asm volatile("{HIDDEN}wgmma.fence.sync.aligned;" : {operands} : : "memory");'
 
 
 def _hidden(instruction: str) -> str:
@@ -542,8 +543,8 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
     (("zyx_round_tf32",), [  # TF32 operands of NVIDIA's tensor cores (only there): the 13 low bits dropped,
         # rounded to nearest (ties away), a nan kept; one instruction (sm_80), where the same in C took five
-        "static inline float zyx_round_tf32(float f) { uint r; asm(\"cvt.rna.tf32.f32 %0, %1;\" : \"=r\"(r) : \"f\"(f)); "
-        "return as_float(r); }"]),
+        "static inline float zyx_round_tf32(float f) { uint r; "
+        "asm(\"cvt.rna.tf32.f32 %0, %1;\" : \"=r\"(r) : \"f\"(f)); return as_float(r); }"]),
     (("zyx_swizzle",), [  # (swizzle_bits)
         "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
     (("zyx_round_half",), [  # through half's 16 bits, rounded to nearest even (no cl_khr_fp16 needed)

@@ -31,8 +31,8 @@ are float32 copied as they are (16, 8 or 4 bytes at a time) into the same 128-by
 wgmma takes TF32 only K-major from local memory, so a right operand lying across k (`x @ w`, w row-major) cannot be
 its b: the product is computed transposed (`_register_products`), each warpgroup reading 64 columns of the right
 tile into registers as wgmma's a (rounded to TF32 to nearest there, as mma.sync's operands are), the left tile (rows
-along k: a stored left operand is copied as it is, and wgmma reads its floats' TF32 bits) as b; each item then holds
-outputs by columns.
+along k: a stored left operand is copied as it is, and wgmma reads its floats' TF32 bits) as b, in 128 x 128 blocks
+(TF32_WARPGROUP_SHAPES); each item then holds outputs by columns.
 
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
 user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch): on warpgroups where some operand is
@@ -291,7 +291,7 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         attempts.insert(0, (bool(choice["pipelined"]), choice, bool(choice["warpgroup"])))
     for pipelined, chosen, warpgroup in attempts:
         plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen, warpgroup)
-        if plan is None or (pipelined and plan.kind == "tf32" and not plan.warpgroup):  # (warps: TF32 rounded, not copied)
+        if plan is None or (pipelined and plan.kind == "tf32" and not plan.warpgroup):  # (warps: TF32 rounded)
             continue
         try:
             lowered = TensorCoreLowering(root, materialized, produced, plan, stored_apart, param_limit).lower()

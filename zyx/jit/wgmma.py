@@ -1,9 +1,9 @@
 """Hopper's warpgroup products (wgmma, sm_90a): how their operands lie in local memory and how the 128 items of a
 warpgroup hold the outputs. Measured on the H200 (bench/wgmma_probe, GPU-RUN-1): every layout below read exactly.
 
-Operand tiles lie in rows of ROW_BYTES (64 elements of 16 bits, 32 of TF32), row r's 16-byte chunk c at chunk c ^ (r % 8)
-(CUTLASS's 128-byte swizzle; print_opencl.swizzled with rows of 64 elements), tiles starting at a multiple of
-1024 bytes (the hardware swizzles absolute addresses). K-major (a tile of rows along k, 64 of k per row): one k16
+Operand tiles lie in rows of ROW_BYTES (64 elements of 16 bits, 32 of TF32), row r's 16-byte chunk c at chunk
+c ^ (r % 8) (CUTLASS's 128-byte swizzle; print_opencl.swizzled with rows of 64 elements), tiles starting at a
+multiple of 1024 bytes (the hardware swizzles absolute addresses). K-major (a tile of rows along k, 64 of k per row): one k16
 step starts 32 bytes into the rows, 8-row groups lie SWIZZLE_PERIOD bytes apart. MN-major (b stored along its
 columns, `x @ w` with w row-major): atoms of 8 rows of k x 64 columns, a k16 step two such atoms on, atoms of
 successive 64 columns `leading` bytes apart (the descriptor's leading byte offset).
