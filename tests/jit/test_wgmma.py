@@ -168,6 +168,15 @@ def test_which_float32_products_take_tf32_warpgroups():
     assert "mma.sync.aligned.m16n8k8" in product_kernel(x @ y, warps).source
 
 
+def test_tf32_takes_128_by_128_blocks_unless_its_consumers_take_the_producers_registers(monkeypatch):
+    x, y = operands((2048, 256), (256, 2048), dtype="float32")
+    assert product_kernel(x @ y, TF32).site.heuristic["columns"] == 32
+    monkeypatch.setenv("ZYX_WGMMA_SETMAXNREG", "1")
+    kernel = product_kernel(x @ y, TF32)
+    assert kernel.site.heuristic["columns"] == 64 and "setmaxnreg.inc.sync.aligned.u32 232" in kernel.source
+    assert kernel.source.count("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32") == 8  # 2 pieces x 4 k8 steps
+
+
 def test_a_tf32_fragment_is_cutlass_register_layout_for_32_bit_a():
     """wgmma.fragment_position against CuTe's ALayout_64x8 (SM90 GMMA, 32-bit a from registers): thread (4, 8, 4)
     with strides (64, 1, 16), value (2, 2) with strides (8, 256), into a column-major 64 x 8 (row + 64 k)."""
@@ -281,7 +290,7 @@ def _nvptx() -> bool:
 
 @pytest.mark.skipif(not _nvptx(), reason="no clang with the NVPTX back end, or no ptxas")
 @pytest.mark.parametrize("shape", [(2048, 256, 2048), (512, 256, 512)])
-def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, shape):
+def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkeypatch, shape):
     """clang (sm_86: clang 15 knows no sm_90) prints the PTX, its target set to sm_90 as NVIDIA's would be, then
     patched and assembled by ptxas for sm_90a within the registers of a 384-item group (NVIDIA's compiler takes the
     group size from reqd_work_group_size; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a
@@ -291,6 +300,8 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, shape)
     f, g, h = operands((n, k), (k, m), (m, k), dtype="float32")
     sources = [product_kernel(out).source for out in (x @ y, x @ w.T)] + [warpgroup_probe_source()]
     sources += [product_kernel(out, TF32).source for out in (f @ g, f @ h.T)]
+    monkeypatch.setenv("ZYX_WGMMA_SETMAXNREG", "1")  # (TF32 in 128 x 256 blocks where the shape gives enough)
+    sources += [product_kernel(f @ g, TF32).source]
     for number, text in enumerate(sources):
         source = tmp_path / f"kernel{number}.cl"
         source.write_text(BUILTINS + text)

@@ -90,9 +90,10 @@ LOCAL_MEMORY = {(9, 0): 200 * 1024}
 # 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
 # wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
 WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
-# TF32's: 128 x 128 blocks only. Its a lies in registers, 4 per k8 step and 64 columns, all held until the slice's
-# batch is waited for: 128 x 256 blocks would hold 128 accumulators and 32 of them, more than the 168 registers an
-# item of a 384-item group has (ptxas, sm_90a: spills, and the wgmmas serialized, C7512); 128 x 128 take 106.
+# TF32's: 128 x 128 blocks. Its a lies in registers, 4 per k8 step and 64 columns, all held until the slice's batch
+# is waited for: 128 x 256 blocks hold 128 accumulators and 32 of them, more than the 168 registers an item of a
+# 384-item group has (ptxas, sm_90a: spills, and the wgmmas serialized, C7512); 128 x 128 take 106. Where the
+# consumers take the producer's registers (ZYX_WGMMA_SETMAXNREG=1: 232 each) 128 x 256 fit (no spills).
 TF32_WARPGROUP_SHAPES = ((32, 128, 4),)
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
@@ -203,8 +204,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    shapes = ((TF32_WARPGROUP_SHAPES if kind == "tf32" else WARPGROUP_SHAPES) if warpgroup else PIPELINED if pipelined
-              else SHAPES)
+    shapes = _warpgroup_shapes(kind) if warpgroup else PIPELINED if pipelined else SHAPES
     fitting = [(w, b, n) for w, b, n in shapes if _fits(local_memory, w, b, n, pipelined, warpgroup)]
     fitting = _spread(fitting, product, n_axis, m_axis)
     forced = None if warpgroup else _forced_shape()
@@ -218,6 +218,14 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
                           buffers, split=choice["split"] if choice is not None else 1, kind=kind,
                           warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
+
+
+def _warpgroup_shapes(kind: str) -> tuple[tuple[int, int, int], ...]:
+    """The shapes a warpgroup product of `kind` may take: TF32's own (TF32_WARPGROUP_SHAPES) unless its consumers
+    may take more registers (ZYX_WGMMA_SETMAXNREG=1)."""
+    if kind == "tf32" and os.environ.get("ZYX_WGMMA_SETMAXNREG") != "1":
+        return TF32_WARPGROUP_SHAPES
+    return WARPGROUP_SHAPES
 
 
 def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int) -> list[tuple[int, int, int]]:
