@@ -143,18 +143,22 @@ def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(m
     run_hand_over(kernel, stages, trips)
 
 
-@pytest.mark.parametrize("trips, stages", [(1, 4), (3, 3), (5, 4), (9, 4)])
-def test_tf32_stages_are_handed_over_with_no_batch_in_flight(monkeypatch, trips, stages):
+@pytest.mark.parametrize("trips, stages, wait_one", [(1, 4, ""), (3, 3, ""), (5, 4, ""), (9, 4, ""), (3, 3, "1"),
+                                                      (9, 4, "1")])
+def test_tf32_stages_are_handed_over_with_no_batch_in_flight_unless_asked(monkeypatch, trips, stages, wait_one):
     """A TF32 product's consumers read the right tile into registers that its batch reads until waited for: they
-    wait for each batch before the next slice (whatever ZYX_WGMMA_WAIT_ONE says), and the hand-over holds."""
-    monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", "1")
+    wait for each batch before the next slice unless ZYX_WGMMA_WAIT_ONE=1; the hand-over holds either way."""
+    if wait_one:
+        monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", wait_one)
+    else:
+        monkeypatch.delenv("ZYX_WGMMA_WAIT_ONE", raising=False)
     x, y = operands((256, 32 * trips), (32 * trips, 256), dtype="float32")
     choice = Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=stages, pipelined=1, warpgroup=1,
                        split=1)
     site = product_kernel(x @ y, TF32).site
     kernel, = [k for k in schedule([(x @ y).node], TF32, TunedChoices({site.key: choice}))[0] if "mma" in k.source]
     assert kernel.local_size == 384 and any(isinstance(s, LocalLoad) for s in walk(kernel.ir.body))
-    assert [s.pending for s in walk(kernel.ir.body) if isinstance(s, WarpgroupWait)] == [0]
+    assert [s.pending for s in walk(kernel.ir.body) if isinstance(s, WarpgroupWait)] == ([1, 0] if wait_one else [0])
     run_hand_over(kernel, stages, trips)
 
 

@@ -302,6 +302,10 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     sources += [product_kernel(out, TF32).source for out in (f @ g, f @ h.T)]
     monkeypatch.setenv("ZYX_WGMMA_SETMAXNREG", "1")  # (TF32 in 128 x 256 blocks where the shape gives enough)
     sources += [product_kernel(f @ g, TF32).source]
+    monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", "1")  # (and a batch kept in flight: two slices' a in registers)
+    sources += [product_kernel(f @ h.T, TF32).source]
+    monkeypatch.delenv("ZYX_WGMMA_SETMAXNREG")
+    sources += [product_kernel(f @ g, TF32).source]
     for number, text in enumerate(sources):
         source = tmp_path / f"kernel{number}.cl"
         source.write_text(BUILTINS + text)

@@ -317,12 +317,13 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
 
 def _warp_roles(kernel: Kernel, plan: TensorCorePlan) -> Optional[Kernel]:
     """A warpgroup product with a producer warpgroup (transforms/warp_roles.py) unless ZYX_WGMMA_PRODUCER=0; its
-    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0 or their a lies in registers (which the batch
-    in flight would still read while the next slice's are loaded), ZYX_WGMMA_SETMAXNREG=1 moves registers from the
-    producer to them (the variants measured on the H200: bench/GPU.md)."""
+    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0, or where their a lies in registers (TF32: the
+    batch in flight still reads them while the next slice's are loaded, so ptxas keeps both sets) only with
+    ZYX_WGMMA_WAIT_ONE=1; ZYX_WGMMA_SETMAXNREG=1 moves registers from the producer to them (the variants measured
+    on the H200: bench/GPU.md)."""
     if os.environ.get("ZYX_WGMMA_PRODUCER") == "0":
         return None
-    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0" and not plan.right_in_registers
+    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE", "0" if plan.right_in_registers else "1") != "0"
     return warp_roles(kernel, plan.buffers, wait_one, os.environ.get("ZYX_WGMMA_SETMAXNREG") == "1")
 
 
