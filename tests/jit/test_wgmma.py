@@ -511,26 +511,32 @@ def tf32_truncated(values: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n, k, m, transposed, columns", [(256, 192, 512, False, 32), (200, 136, 264, True, 64)])
-def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypatch, n, k, m, transposed, columns):
+@pytest.mark.parametrize("n, k, m, form, columns", [(256, 192, 512, "relu(x @ y)", 32), (200, 136, 264, "x @ y.T", 64),
+                                                    (136, 100, 160, "x.T @ y", 32), (128, 64, 128, "(2x) @ y", 32)])
+def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypatch, n, k, m, form, columns):
     """A float32 product in TF32 on warpgroups, as printed, on PoCL (as above): the left tile read by descriptor as
     wgmma's b, its floats truncated to TF32 by the emulation as the tensor cores read them, the right tile read
     into registers as its a, rounded to nearest, each warpgroup's columns in 64-column pieces (one, or two in
-    128 x 256 blocks), the accumulators stored transposed; a right operand across k ([k][column] atoms of 32
-    columns) with a fused relu, and along k ([column][k]) with edges in every direction. Exact up to float32
-    accumulation against numpy on the same rounded operands, so a misread element or rounding shows."""
+    128 x 256 blocks), the accumulators stored transposed: a right operand across k ([k][column] atoms of 32
+    columns) with a fused relu; along k ([column][k]) with edges in every direction; a left operand lying across k
+    (x.T: copied a float at a time into rows along k); a computed one (2x: staged through registers, rounded, into
+    rows along k). Exact up to float32 accumulation against numpy on the same rounded operands, so a misread
+    element or rounding shows."""
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
-    x, y = operands((n, k), (m, k) if transposed else (k, m), dtype="float32")
-    product = x @ y.T if transposed else x @ y
-    out = product if transposed else product.relu()
+    x, y = operands((k, n) if form == "x.T @ y" else (n, k), (m, k) if form == "x @ y.T" else (k, m), dtype="float32")
+    out = {"relu(x @ y)": lambda: (x @ y).relu(), "x @ y.T": lambda: x @ y.T, "x.T @ y": lambda: x.T @ y,
+           "(2x) @ y": lambda: (x * 2) @ y}[form]()
     kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1,
                                    warpgroup=1, split=1), TF32)
     products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
     assert all(s.kind == "tf32" and s.n == 128 and len(s.a_registers) == 4 for s in products)
     assert len(products) == 4 * (columns // 32)  # 4 k8 steps a slice, a wgmma per 64 columns of the warpgroup's
+    assert all(s.itemsize == 4 for s in walk(kernel.ir.body) if isinstance(s, AsyncCopy))
     name, source = _emulated_source(kernel, monkeypatch)
     a, b = x.numpy(), y.numpy()
     got = _run_on_pocl(kernel, name, source, [a, b], (n, m), np.float32)
-    right = tf32_rounded(b).astype(np.float64)
-    expected = tf32_truncated(a).astype(np.float64) @ (right.T if transposed else right)
-    np.testing.assert_allclose(got, expected if transposed else np.maximum(expected, 0), rtol=1e-5, atol=1e-4)
+    left = tf32_rounded(2 * a) if form == "(2x) @ y" else tf32_truncated(a.T if form == "x.T @ y" else a)
+    right = tf32_rounded(b.T if form == "x @ y.T" else b)
+    expected = left.astype(np.float64) @ right.astype(np.float64)
+    np.testing.assert_allclose(got, np.maximum(expected, 0) if form.startswith("relu") else expected, rtol=1e-5,
+                               atol=1e-4)
