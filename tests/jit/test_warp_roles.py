@@ -8,22 +8,25 @@ import itertools
 import pytest
 
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, LocalArray, Loop, NamedBarrier, RegisterBudget,
-                               WarpgroupCommit, WarpgroupMma, WarpgroupWait, substitute, substitute_cond, walk)
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, LocalArray, LocalLoad, Loop, NamedBarrier,
+                               RegisterBudget, WarpgroupCommit, WarpgroupMma, WarpgroupWait, substitute,
+                               substitute_cond, walk)
 from zyx.jit.print_opencl import STATEMENTS
 from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
 from zyx.jit.transforms import warp_roles
 from zyx.jit.transforms.warp_roles import CONSUMER_REGISTERS, PRODUCER_REGISTERS
 
-from test_wgmma import HOPPER, operands, product_kernel
+from test_wgmma import HOPPER, TF32, operands, product_kernel
 
 PRODUCER, CONSUMER = 256, 0  # an item of each role
 
 
 def _events(body: tuple, values: dict, stage_size: dict):
     """What one item does, in order: ("wait" | "arrive", barrier), ("copy", buffer, slice), ("commit",),
-    ("landed", pending), ("read", buffer, slice), ("batch",), ("done", pending); a slice is the step of its loop."""
+    ("landed", pending), ("read", buffer, slice), ("batch",), ("done", pending); a slice is the step of its loop. A
+    read: a wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into registers (counted with the batch
+    after it, whose wait releases the slice)."""
     for s in body:
         if isinstance(s, Loop):
             for value in range(s.trips):
@@ -36,8 +39,8 @@ def _events(body: tuple, values: dict, stage_size: dict):
         elif isinstance(s, NamedBarrier):
             assert s.count == 384
             yield ("wait" if s.wait else "arrive", substitute(s.ident, values).const)
-        elif isinstance(s, (AsyncCopy, WarpgroupMma)):
-            array, index = (s.array, s.index) if isinstance(s, AsyncCopy) else (s.a_array, s.a_index)
+        elif isinstance(s, (AsyncCopy, WarpgroupMma, LocalLoad)):
+            array, index = (s.b_array, s.b_index) if isinstance(s, WarpgroupMma) else (s.array, s.index)
             buffer = substitute(index, values).const // stage_size[array]
             yield ("copy" if isinstance(s, AsyncCopy) else "read", buffer, values["step"])
         elif isinstance(s, (AsyncCommit, WarpgroupCommit)):
@@ -137,6 +140,25 @@ def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(m
     assert kernel.local_size == 384
     waits = [s.pending for s in walk(kernel.ir.body) if isinstance(s, WarpgroupWait)]
     assert waits == ([1, 0] if wait_one else [0])
+    run_hand_over(kernel, stages, trips)
+
+
+@pytest.mark.parametrize("trips, stages, wait_one", [(1, 4, ""), (3, 3, ""), (5, 4, ""), (9, 4, ""), (3, 3, "1"),
+                                                      (9, 4, "1")])
+def test_tf32_stages_are_handed_over_with_no_batch_in_flight_unless_asked(monkeypatch, trips, stages, wait_one):
+    """A TF32 product's consumers read the right tile into registers that its batch reads until waited for: they
+    wait for each batch before the next slice unless ZYX_WGMMA_WAIT_ONE=1; the hand-over holds either way."""
+    if wait_one:
+        monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", wait_one)
+    else:
+        monkeypatch.delenv("ZYX_WGMMA_WAIT_ONE", raising=False)
+    x, y = operands((256, 32 * trips), (32 * trips, 256), dtype="float32")
+    choice = Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=stages, pipelined=1, warpgroup=1,
+                       split=1)
+    site = product_kernel(x @ y, TF32).site
+    kernel, = [k for k in schedule([(x @ y).node], TF32, TunedChoices({site.key: choice}))[0] if "mma" in k.source]
+    assert kernel.local_size == 384 and any(isinstance(s, LocalLoad) for s in walk(kernel.ir.body))
+    assert [s.pending for s in walk(kernel.ir.body) if isinstance(s, WarpgroupWait)] == ([1, 0] if wait_one else [0])
     run_hand_over(kernel, stages, trips)
 
 

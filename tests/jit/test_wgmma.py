@@ -31,6 +31,7 @@ from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, tensor_core_o
 HOPPER = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", WGMMA),
                       tensor_core_memory=200 * 1024)
 WARPS_ONLY = dataclasses.replace(HOPPER, tensor_cores=("bf16", "f16"))
+TF32 = dataclasses.replace(HOPPER, tensor_cores=(*HOPPER.tensor_cores, "tf32"))  # TF32 allowed (the scheduler adds it)
 
 
 def operands(*shapes, dtype="bfloat16"):
@@ -150,9 +151,40 @@ def test_which_products_take_warpgroups():
         assert "wgmma.mma_async" in product_kernel(out).source
     assert "mma.sync" in product_kernel(x @ y, WARPS_ONLY).source  # before Hopper
     assert "mma.sync" in product_kernel((x * 2) @ (y + 1)).source  # neither operand copied by cp.async: warps
-    f, e = operands((512, 256), (256, 512), dtype="float32")
-    tf32 = dataclasses.replace(HOPPER, tensor_cores=(*HOPPER.tensor_cores, "tf32"))
-    assert "mma.sync.aligned.m16n8k8" in product_kernel(f @ e, tf32).source  # TF32: warps
+
+
+def test_which_float32_products_take_tf32_warpgroups():
+    """Where TF32 is allowed (the scheduler then adds "tf32" to the device's kinds) every float32 product with an
+    operand copied by cp.async takes warpgroups, computed transposed (the right operand from registers); the rest
+    take warps (m16n8k8); without TF32, no tensor cores; before Hopper, warps."""
+    x, y, w = operands((512, 256), (256, 512), (512, 256), dtype="float32")
+    b, c = operands((4, 256, 128), (4, 128, 256), dtype="float32")
+    for out in (x @ y, x @ w.T, (x @ y).relu() + 1, x.T.T @ y, (x * 2) @ y, x @ (y + 1), w.T @ y.T, b @ c):
+        source = product_kernel(out, TF32).source
+        assert "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32" in source and "mma.sync" not in source
+    assert "mma.sync.aligned.m16n8k8" in product_kernel((x * 2) @ (y + 1), TF32).source  # nothing copied
+    assert not any("mma" in k.source for k in schedule([(x @ y).node], HOPPER)[0])  # TF32 not allowed: float32
+    warps = dataclasses.replace(WARPS_ONLY, tensor_cores=("bf16", "f16", "tf32"))
+    assert "mma.sync.aligned.m16n8k8" in product_kernel(x @ y, warps).source
+
+
+def test_tf32_takes_128_by_128_blocks_unless_its_consumers_take_the_producers_registers(monkeypatch):
+    x, y = operands((2048, 256), (256, 2048), dtype="float32")
+    assert product_kernel(x @ y, TF32).site.heuristic["columns"] == 32
+    monkeypatch.setenv("ZYX_WGMMA_SETMAXNREG", "1")
+    kernel = product_kernel(x @ y, TF32)
+    assert kernel.site.heuristic["columns"] == 64 and "setmaxnreg.inc.sync.aligned.u32 232" in kernel.source
+    assert kernel.source.count("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32") == 8  # 2 pieces x 4 k8 steps
+
+
+def test_a_tf32_fragment_is_cutlass_register_layout_for_32_bit_a():
+    """wgmma.fragment_position against CuTe's ALayout_64x8 (SM90 GMMA, 32-bit a from registers): thread (4, 8, 4)
+    with strides (64, 1, 16), value (2, 2) with strides (8, 256), into a column-major 64 x 8 (row + 64 k)."""
+    for t, v in itertools.product(range(128), range(4)):
+        flat = (t % 4) * 64 + (t // 4 % 8) + (t // 32) * 16 + (v % 2) * 8 + (v // 2) * 256
+        assert wgmma.fragment_position(t, v) == (flat % 64, flat // 64)
+    assert sorted(wgmma.fragment_position(t, v) for t in range(128) for v in range(4)) == \
+        [(r, k) for r in range(64) for k in range(8)]
 
 
 def test_warpgroup_choices_are_pipelined_in_128_byte_rows_and_offered_only_where_the_device_has_them():
@@ -186,6 +218,20 @@ def test_warpgroup_statements_print_as_hidden_ptx_with_their_descriptors():
     assert STATEMENTS[WarpgroupCommit](WarpgroupCommit()).count("wgmma.commit_group.sync.aligned;") == 1
     assert f"{HIDDEN}wgmma.wait_group.sync.aligned 1;" in STATEMENTS[WarpgroupWait](WarpgroupWait(1))
     assert STATEMENTS[AsyncProxyFence](AsyncProxyFence()) == 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");'
+
+
+def test_a_tf32_warpgroup_product_prints_its_a_registers_and_no_transpose_immediates():
+    acc = tuple(Reg(f"acc{i}", float32) for i in range(64))
+    a = tuple(Reg(f"tf{i}", float32) for i in range(4))
+    mma = WarpgroupMma(acc, "", Expr(0), "tile_a", Expr(8), 128, "tf32", a_registers=a)
+    text = STATEMENTS[WarpgroupMma](mma)
+    registers = ",".join(f"%{i}" for i in range(64))
+    assert f"{HIDDEN}wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 {{{registers}}}, {{%64,%65,%66,%67}}, %68, p, 1, " \
+        "1;" in text and f"{HIDDEN}setp.ne.b32 p, %69, 0;" in text
+    assert ': "r"(as_uint(tf0)), "r"(as_uint(tf1)), "r"(as_uint(tf2)), "r"(as_uint(tf3)), "l"((' in text
+    assert f"{wgmma.descriptor(0, 16, 1024)}ul" in text and "tile_a + (uint)(8)*(uint)sizeof(tile_a[0])" in text
+    assert STATEMENTS[WarpgroupFence](WarpgroupFence(a[:2])) == \
+        f'asm volatile("{HIDDEN}wgmma.fence.sync.aligned;" : "+f"(tf0), "+f"(tf1) : : "memory");'
 
 
 PTX = (b"//\n// Generated by NVIDIA NVVM Compiler\n.version 8.0\n.target sm_90, texmode_independent\n"
@@ -244,12 +290,22 @@ def _nvptx() -> bool:
 
 @pytest.mark.skipif(not _nvptx(), reason="no clang with the NVPTX back end, or no ptxas")
 @pytest.mark.parametrize("shape", [(2048, 256, 2048), (512, 256, 512)])
-def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, shape):
+def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkeypatch, shape):
     """clang (sm_86: clang 15 knows no sm_90) prints the PTX, its target set to sm_90 as NVIDIA's would be, then
-    patched and assembled by ptxas for sm_90a: the wgmma PTX is accepted, 128 accumulators need no spills."""
+    patched and assembled by ptxas for sm_90a within the registers of a 384-item group (NVIDIA's compiler takes the
+    group size from reqd_work_group_size; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a
+    from registers), 128 accumulators need no spills, and ptxas keeps the wgmmas asynchronous."""
     n, k, m = shape
     x, y, w = operands((n, k), (k, m), (m, k))
+    f, g, h = operands((n, k), (k, m), (m, k), dtype="float32")
     sources = [product_kernel(out).source for out in (x @ y, x @ w.T)] + [warpgroup_probe_source()]
+    sources += [product_kernel(out, TF32).source for out in (f @ g, f @ h.T)]
+    monkeypatch.setenv("ZYX_WGMMA_SETMAXNREG", "1")  # (TF32 in 128 x 256 blocks where the shape gives enough)
+    sources += [product_kernel(f @ g, TF32).source]
+    monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", "1")  # (and a batch kept in flight: two slices' a in registers)
+    sources += [product_kernel(f @ h.T, TF32).source]
+    monkeypatch.delenv("ZYX_WGMMA_SETMAXNREG")
+    sources += [product_kernel(f @ g, TF32).source]
     for number, text in enumerate(sources):
         source = tmp_path / f"kernel{number}.cl"
         source.write_text(BUILTINS + text)
@@ -261,10 +317,11 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, shape)
         assert built.returncode == 0, built.stderr[-2000:]
         text = ptx.read_bytes().replace(b".target sm_86", b".target sm_90").replace(b".version 7.5", b".version 8.0")
         ptx.write_bytes(patch(text))
-        assembled = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(ptx), "-o", str(tmp_path / "k.cubin")],
-                                   capture_output=True, text=True)
+        assembled = subprocess.run(["ptxas", "-arch=sm_90a", "-v", f"--maxrregcount={65536 // 384}", str(ptx), "-o",
+                                    str(tmp_path / "k.cubin")], capture_output=True, text=True)
         assert assembled.returncode == 0, assembled.stderr[-2000:]
         assert "0 bytes spill stores" in assembled.stderr, assembled.stderr
+        assert "Performance Loss" not in assembled.stderr, assembled.stderr  # (e.g. C7520: wgmmas serialized)
 
 
 def test_groups_take_the_blocks_in_bands_of_eight_rows_each_once():
@@ -302,42 +359,116 @@ def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner
 
 # ---- the whole kernel on PoCL, wgmma emulated ----------------------------------------------------------------------
 EMULATED_DOT = """
-static float zyx_emu_element(__local const uchar* tile, uint offset, int f16) {
+static float zyx_emu_element(__local const uchar* tile, uint offset, int kind) {
   uint at = offset ^ (((offset >> 7) & 7u) << 4);  /* the 128-byte swizzle, from the 1024-aligned tile */
   ushort bits = *(__local const ushort*)(tile + at);
-  return f16 ? vload_half(0, (__local const half*)(tile + at)) : as_float((uint)bits << 16);
+  if (kind == 2) return as_float(*(__local const uint*)(tile + at) & 0xffffe000u);  /* TF32: its top 19 bits */
+  return kind ? vload_half(0, (__local const half*)(tile + at)) : as_float((uint)bits << 16);
 }
 static float zyx_emu_dot(__local const uchar* a, uint a0, int row, __local const uchar* b, uint b0, int column,
-                         int mn_major, uint leading, int f16) {
+                         int mn_major, uint leading, int kind) {
   float sum = 0.0f;
   for (int k = 0; k < 16; k++) {
     uint at_b = mn_major ? b0 + (column / 64) * leading + (k / 8) * 1024 + (k % 8) * 128 + (column % 64) * 2
                          : b0 + column * 128 + k * 2;
-    sum += zyx_emu_element(a, a0 + row * 128 + k * 2, f16) * zyx_emu_element(b, at_b, f16);
+    sum += zyx_emu_element(a, a0 + row * 128 + k * 2, kind) * zyx_emu_element(b, at_b, kind);
   }
   return sum;
 }
+static float zyx_emu_tf32_dot(__local const float* a, int row, __local const uchar* b, uint b0, int column) {
+  float sum = 0.0f;  /* a: the warpgroup's registers gathered as [64 rows][8 k]; b K-major, 8 k of 4 bytes */
+  for (int k = 0; k < 8; k++) sum += a[row * 8 + k] * zyx_emu_element(b, b0 + column * 128 + k * 4, 2);
+  return sum;
+}
 """
+KINDS = {"bf16": 0, "f16": 1, "tf32": 2}
+# cvt.rna.tf32.f32 in C: the 13 low bits dropped, rounded (ties away), a nan kept (a carry would make 0x7fffffff -0.0)
+C_ROUND_TF32 = ("static inline float zyx_round_tf32(float f) { return isnan(f) ? f : "
+                "as_float((as_uint(f) + 0x1000u) & 0xffffe000u); }")
+GATHERED = "emu_a"  # a local array of 2 x 64 x 8 floats where an emulated register-sourced wgmma gathers its a
 
 
 def _emulated_mma(s: WarpgroupMma) -> str:
-    """Each item computes its own accumulators from local memory as the descriptors describe it."""
+    """Each item computes its own accumulators from local memory as the descriptors describe it; a from registers
+    (TF32) is first gathered into local memory by the whole group (every item multiplies: no producer warpgroup)."""
+    if s.a_registers:
+        return _emulated_register_mma(s)
     lines = [f"{{ uint a0 = (uint)({s.a_index.render()}) * 2, b0 = (uint)({s.b_index.render()}) * 2; int t = lid % 128;"]
     for register, acc in enumerate(s.acc):
         row, column = wgmma.accumulator_position(Expr.var("t", 128), register)
         lines.append(f"  {acc.name} += zyx_emu_dot((__local const uchar*){s.a_array}, a0, {row.render()}, "
                      f"(__local const uchar*){s.b_array}, b0, {column.render()}, {int(s.b_mn_major)}, {s.b_leading}u, "
-                     f"{int(s.kind == 'f16')});")
+                     f"{KINDS[s.kind]});")
     return "\n".join(lines) + " }"
+
+
+def _emulated_register_mma(s: WarpgroupMma) -> str:
+    t = Expr.var("t", 128)
+    lines = [f"{{ uint b0 = (uint)({s.b_index.render()}) * 4; int t = lid % 128; "
+             f"__local float* gathered = {GATHERED} + (lid / 128) * 512;"]
+    for register, value in enumerate(s.a_registers):
+        row, k = wgmma.fragment_position(t, register)
+        lines.append(f"  gathered[({row.render()}) * 8 + {k.render()}] = {value.name};")
+    lines.append("  barrier(CLK_LOCAL_MEM_FENCE);")
+    for register, acc in enumerate(s.acc):
+        row, column = wgmma.accumulator_position(t, register)
+        lines.append(f"  {acc.name} += zyx_emu_tf32_dot(gathered, {row.render()}, (__local const uchar*){s.b_array}, "
+                     f"b0, {column.render()});")
+    return "\n".join(lines) + "\n  barrier(CLK_LOCAL_MEM_FENCE); }"
 
 
 def _emulated_copy(s: AsyncCopy) -> str:
     from zyx.jit.print_common import condition
     from zyx.jit.print_opencl import swizzled
     guard = condition(s.guard) if s.guard else "1"
-    return (f"{{ __local ushort* d = ((__local ushort*){s.array}) + {swizzled(s.index, s.swizzle)}; "
-            f"__global const ushort* r = ((__global const ushort*){s.buffer}) + {s.source.render()}; "
+    element = "ushort" if s.itemsize == 2 else "uint"
+    return (f"{{ __local {element}* d = ((__local {element}*){s.array}) + {swizzled(s.index, s.swizzle, s.itemsize)}; "
+            f"__global const {element}* r = ((__global const {element}*){s.buffer}) + {s.source.render()}; "
             f"for (int e = 0; e < {s.width}; e++) d[e] = ({guard}) ? r[e] : 0; }}")
+
+
+def _emulated_source(kernel, monkeypatch) -> tuple[str, str]:
+    """(name, source) of `kernel` with its cp.async copies as plain copies, each wgmma emulated (the rest of the
+    asynchronous machinery printed as nothing) and TF32's rounding in C."""
+    from zyx.jit import print_opencl
+    from zyx.jit.kernel_ir import AsyncCommit, AsyncWait, LocalArray
+    nothing = lambda s: ";"
+    for statement, printer in ((WarpgroupMma, _emulated_mma), (AsyncCopy, _emulated_copy), (WarpgroupFence, nothing),
+                               (WarpgroupCommit, nothing), (WarpgroupWait, nothing), (AsyncProxyFence, nothing),
+                               (AsyncCommit, nothing), (AsyncWait, nothing)):
+        monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
+    helpers = [(names, [C_ROUND_TF32] if names == ("zyx_round_tf32",) else lines)
+               for names, lines in print_opencl.CALLED_HELPERS]
+    monkeypatch.setattr(print_opencl, "CALLED_HELPERS", helpers)
+    body = (LocalArray(GATHERED, float32, 2 * 64 * 8), *kernel.ir.body)
+    name, source = print_opencl.print_kernel(dataclasses.replace(kernel.ir, body=body))
+    return name, EMULATED_DOT + source
+
+
+def _run_on_pocl(kernel, name: str, source: str, inputs: list, out_shape: tuple, out_dtype) -> np.ndarray:
+    """The kernel built without optimizations on this machine's OpenCL, run on `inputs` (numpy arrays, as stored)."""
+    import pyopencl as cl
+    dev = zyx.OpenCL()
+    context, device = dev.runtime.context, dev.runtime.device
+    program = cl.Program(context, source).build(options=["-cl-opt-disable"])
+    flags = cl.mem_flags
+    buffers = [cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(v))
+               for v in inputs]
+    got = np.empty(out_shape, out_dtype)
+    out = cl.Buffer(context, flags.WRITE_ONLY, got.nbytes)
+    queue = cl.CommandQueue(context, device)
+    getattr(program, name)(queue, (kernel.global_size,), (kernel.local_size,), *buffers, out)
+    cl.enqueue_copy(queue, got, out)
+    return got
+
+
+def _tuned(out, choice: Choice, traits=HOPPER):
+    """The product kernel of `out` under `choice` (the heuristics' where it is theirs)."""
+    kernel = product_kernel(out, traits)
+    if kernel.site.heuristic == choice:
+        return kernel
+    tuned, = [k for k in schedule([out.node], traits, TunedChoices({kernel.site.key: choice}))[0] if "mma" in k.source]
+    return tuned
 
 
 @pytest.mark.slow
@@ -352,36 +483,60 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     (test_warp_roles.py runs it against a model). PoCL builds it without optimizations: optimizing 128 accumulators'
     emulation takes it two minutes, running the unoptimized kernel a second."""
     import ml_dtypes
-    import pyopencl as cl
-    from zyx.jit import print_opencl
-    from zyx.jit.kernel_ir import AsyncCommit, AsyncWait
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     monkeypatch.setenv("ZYX_WGMMA_PAIRED_STORES", "1")  # (vstore2 of bfloat16 and vstore_half2 printed)
     x, y = operands((n, k), (m, k) if transposed else (k, m), dtype=dtype)
     out = x @ y.T if transposed else x @ y
-    kernel = product_kernel(out)
-    choice = Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1, split=1)
-    if kernel.site.heuristic != choice:
-        kernel, = [k for k in schedule([out.node], HOPPER, TunedChoices({kernel.site.key: choice}))[0] if "mma" in k.source]
+    kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1,
+                                   split=1))
     assert [s.n for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)][0] == 4 * columns
-    nothing = lambda s: ";"
-    for statement, printer in ((WarpgroupMma, _emulated_mma), (AsyncCopy, _emulated_copy), (WarpgroupFence, nothing),
-                               (WarpgroupCommit, nothing), (WarpgroupWait, nothing), (AsyncProxyFence, nothing),
-                               (AsyncCommit, nothing), (AsyncWait, nothing)):
-        monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
-    name, source = print_opencl.print_kernel(kernel.ir)
-    dev = zyx.OpenCL()
-    context, device = dev.runtime.context, dev.runtime.device
-    program = cl.Program(context, EMULATED_DOT + source).build(options=["-cl-opt-disable"])
+    name, source = _emulated_source(kernel, monkeypatch)
     kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
     a, b = x.numpy().astype(kind), y.numpy().astype(kind)
-    flags = cl.mem_flags
-    buffers = [cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=v.view(np.uint16).copy()) for v in (a, b)]
-    out = cl.Buffer(context, flags.WRITE_ONLY, n * m * 2)
-    queue = cl.CommandQueue(context, device)
-    getattr(program, name)(queue, (kernel.global_size,), (kernel.local_size,), *buffers, out)
-    got = np.empty((n, m), np.uint16)
-    cl.enqueue_copy(queue, got, out)
+    got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], (n, m), np.uint16)
     expected = a.astype(np.float64) @ (b.astype(np.float64).T if transposed else b.astype(np.float64))
     eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
     np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
+
+
+def tf32_rounded(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to TF32 as the kernels round them (to nearest, ties away: cvt.rna)."""
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32_truncated(values: np.ndarray) -> np.ndarray:
+    """float32 values as wgmma reads them from local memory as TF32: their top 19 bits."""
+    return (np.ascontiguousarray(values, np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n, k, m, form, columns", [(256, 192, 512, "relu(x @ y)", 32), (200, 136, 264, "x @ y.T", 64),
+                                                    (136, 100, 160, "x.T @ y", 32), (128, 64, 128, "(2x) @ y", 32)])
+def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypatch, n, k, m, form, columns):
+    """A float32 product in TF32 on warpgroups, as printed, on PoCL (as above): the left tile read by descriptor as
+    wgmma's b, its floats truncated to TF32 by the emulation as the tensor cores read them, the right tile read
+    into registers as its a, rounded to nearest, each warpgroup's columns in 64-column pieces (one, or two in
+    128 x 256 blocks), the accumulators stored transposed: a right operand across k ([k][column] atoms of 32
+    columns) with a fused relu; along k ([column][k]) with edges in every direction; a left operand lying across k
+    (x.T: copied a float at a time into rows along k); a computed one (2x: staged through registers, rounded, into
+    rows along k). Exact up to float32 accumulation against numpy on the same rounded operands, so a misread
+    element or rounding shows."""
+    monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    x, y = operands((k, n) if form == "x.T @ y" else (n, k), (m, k) if form == "x @ y.T" else (k, m), dtype="float32")
+    out = {"relu(x @ y)": lambda: (x @ y).relu(), "x @ y.T": lambda: x @ y.T, "x.T @ y": lambda: x.T @ y,
+           "(2x) @ y": lambda: (x * 2) @ y}[form]()
+    kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1,
+                                   warpgroup=1, split=1), TF32)
+    products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+    assert all(s.kind == "tf32" and s.n == 128 and len(s.a_registers) == 4 for s in products)
+    assert len(products) == 4 * (columns // 32)  # 4 k8 steps a slice, a wgmma per 64 columns of the warpgroup's
+    assert all(s.itemsize == 4 for s in walk(kernel.ir.body) if isinstance(s, AsyncCopy))
+    name, source = _emulated_source(kernel, monkeypatch)
+    a, b = x.numpy(), y.numpy()
+    got = _run_on_pocl(kernel, name, source, [a, b], (n, m), np.float32)
+    left = tf32_rounded(2 * a) if form == "(2x) @ y" else tf32_truncated(a.T if form == "x.T @ y" else a)
+    right = tf32_rounded(b.T if form == "x @ y.T" else b)
+    expected = left.astype(np.float64) @ right.astype(np.float64)
+    np.testing.assert_allclose(got, np.maximum(expected, 0) if form.startswith("relu") else expected, rtol=1e-5,
+                               atol=1e-4)

@@ -266,7 +266,7 @@ class LocalArray:
 class LocalStore:
     """With `element`, index counts single elements of a vector array. `dtype`: the array's, where it differs from
     the value's (float32 values stored as float16/bfloat16, rounded to nearest even). `swizzle`: the array's rows
-    of that many 16-bit elements are swizzled (AsyncCopy says how)."""
+    of that many elements are swizzled (AsyncCopy says how)."""
 
     array: str
     index: Expr
@@ -278,9 +278,12 @@ class LocalStore:
 
 @dataclass(frozen=True)
 class LocalLoad:
+    """`swizzle`: the array's rows of that many elements are swizzled (AsyncCopy says how), 0 where they are not."""
+
     out: Reg
     array: str
     index: Expr
+    swizzle: int = 0
 
 
 @dataclass(frozen=True)
@@ -303,7 +306,7 @@ class MatrixLoad:
 
 @dataclass(frozen=True)
 class AsyncCopy:
-    """`width` elements of 16 bits (8, 4 or 2: 16, 8 or 4 bytes) from global `buffer` at element `source` to local
+    """`width` elements of `itemsize` bytes (16, 8 or 4 bytes in all) from global `buffer` at element `source` to local
     `array` at element `index`, not through registers (NVIDIA's cp.async): in flight until an AsyncWait that covers
     the group an AsyncCommit closed after it. Both indices are multiples of `width`. Where `guard` fails, zeros
     (nothing is read; `source` must still lie in the buffer). `swizzle`: the array's rows have that many elements and no padding, each row's
@@ -317,6 +320,7 @@ class AsyncCopy:
     guard: Cond = ()
     swizzle: int = 0
     width: int = 8
+    itemsize: int = 2  # 4: float32 (TF32 warpgroup products)
 
 
 @dataclass(frozen=True)
@@ -348,11 +352,13 @@ class MatrixMultiply:
 @dataclass(frozen=True)
 class WarpgroupMma:
     """acc += a · b on a warpgroup's tensor cores (sm_90a wgmma.mma_async m64n`n`k16, operands of `kind`: "bf16" or
-    "f16"), issued asynchronously: WarpgroupFence before a batch, WarpgroupCommit closing it, WarpgroupWait for it.
-    a (64 rows x 16 of k) and b (`n` columns x 16 of k) are read from local memory through matrix descriptors
-    (wgmma.py): from element `a_index` of `a_array` and `b_index` of `b_array`, laid out in 128-byte swizzled rows
-    along k, or for b with `b_mn_major` along its columns in atoms `b_leading` bytes apart. The 128 items of the
-    warpgroup hold n / 2 float32 accumulators each (wgmma.accumulator_offsets)."""
+    "f16"; m64n`n`k8 of "tf32"), issued asynchronously: WarpgroupFence before a batch, WarpgroupCommit closing it,
+    WarpgroupWait for it. a (64 rows x k) and b (`n` columns x k) are read from local memory through matrix
+    descriptors (wgmma.py): from element `a_index` of `a_array` and `b_index` of `b_array`, laid out in 128-byte
+    swizzled rows along k, or for b with `b_mn_major` along its columns in atoms `b_leading` bytes apart (16-bit
+    operands only). With `a_registers` (4 float32 Regs holding TF32 values, wgmma.fragment_position) a is read from
+    them instead (`a_array` unused), and they must keep their values until the batch is waited for. The 128 items
+    of the warpgroup hold n / 2 float32 accumulators each (wgmma.accumulator_position)."""
 
     acc: tuple       # n / 2 float32 Regs
     a_array: str
@@ -363,11 +369,16 @@ class WarpgroupMma:
     kind: str
     b_mn_major: bool = False
     b_leading: int = 16
+    a_registers: tuple = ()
 
 
 @dataclass(frozen=True)
 class WarpgroupFence:
-    """Orders this item's register accesses to accumulators before the WarpgroupMmas after it (wgmma.fence)."""
+    """Orders this item's register accesses to accumulators before the WarpgroupMmas after it (wgmma.fence);
+    `registers`: those an a read from registers lies in, computed before it (none moved past it by the compiler:
+    ptxas would then fence them again itself, and on a branch only some items take it serializes the wgmmas)."""
+
+    registers: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, As
                         WarpgroupMma, WarpgroupWait, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
-from .wgmma import ADDRESS_MASK, SWIZZLE_PERIOD, descriptor
+from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
 from .launch_groups import launch_groups_of
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
@@ -82,8 +82,7 @@ UNARY = {
     # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
     Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",
     Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
-    # the 13 low bits dropped, rounded (ties away); a nan kept (the carry would turn 0x7fffffff into -0.0)
-    ROUND_TF32: "(isnan({0})?{0}:as_float((as_uint({0})+0x1000u)&0xffffe000u))",
+    ROUND_TF32: "zyx_round_tf32({0})",
 }
 INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 
@@ -245,12 +244,14 @@ def _local_array(s: LocalArray) -> str:
     if s.alignment <= 16:
         return f"__local {kind} {s.name}[{s.size}]" + (" __attribute__((aligned(16)));" if s.aligned else ";")
     raw, mask = f"{s.name}_raw", s.alignment - 1
-    return (f"__local {kind} {raw}[{s.size + s.alignment // 2}] __attribute__((aligned(16))); __local {kind} *{s.name} = "
+    padded = s.size + s.alignment // s.dtype.itemsize // s.width
+    return (f"__local {kind} {raw}[{padded}] __attribute__((aligned(16))); __local {kind} *{s.name} = "
             f"{raw} + ((({s.alignment}u - ((uint)(ulong){raw} & {mask}u)) & {mask}u) / sizeof({raw}[0]));")
 
 
 def _local_store(s: LocalStore) -> str:
-    index = swizzled(s.index, s.swizzle) if s.swizzle else s.index.render()
+    stored = s.dtype or s.value.dtype
+    index = swizzled(s.index, s.swizzle, stored.itemsize) if s.swizzle else s.index.render()
     if s.dtype is not None and s.dtype.is_narrow_float and s.value.dtype.is_int:  # its bits ("bits" Load)
         if s.value.width == 8:  # 16 bytes at a multiple of 8 elements of an aligned array: one word
             return f"*((__local uint4*)(((__local ushort*){s.array})+{index})) = as_uint4({operand(s.value)});"
@@ -259,7 +260,7 @@ def _local_store(s: LocalStore) -> str:
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"
         return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=index, v=operand(s.value))
     array = f"((__local {register_type(s.value.dtype)}*){s.array})" if s.element else s.array
-    return f"{array}[{s.index.render()}] = {operand(s.value)};"
+    return f"{array}[{index}] = {operand(s.value)};"
 
 
 def swizzle_bits(row: int) -> tuple[int, int]:
@@ -273,21 +274,25 @@ def swizzle_bits(row: int) -> tuple[int, int]:
     return (row * per_line).bit_length() - 1, min(chunks, 8) - 1
 
 
-def swizzled(index: Expr, row: int) -> str:
-    """Where element `index` of a swizzled array with rows of `row` elements lies (`swizzle_bits`). The terms of
-    `index` that move it by whole periods of the pattern (a buffer, a block of 16 rows) commute with it: they are
-    added outside, so that the compiler computes the pattern once per item, not once per step."""
-    shift, mask = swizzle_bits(row)
-    period = 1 << (shift + mask.bit_length())
+def swizzled(index: Expr, row: int, itemsize: int = 2) -> str:
+    """Where element `index` of a swizzled array with rows of `row` elements of `itemsize` bytes (2 or 4) lies
+    (`swizzle_bits`; a 32-bit element where its first 16-bit half lies, halved: the pattern moves whole 16-byte
+    chunks). The terms of `index` that move it by whole periods of the pattern (a buffer, a block of 16 rows)
+    commute with it: they are added outside, so that the compiler computes the pattern once per item, not once
+    per step."""
+    halves = itemsize // 2
+    shift, mask = swizzle_bits(row * halves)
+    period = (1 << (shift + mask.bit_length())) // halves
     outside = Expr(index.const - index.const % period, {a: c for a, c in index.terms.items() if c % period == 0})
-    text = f"zyx_swizzle({(index - outside).render()},{shift},{mask})"
+    inside = (index - outside) * halves
+    text = f"zyx_swizzle({inside.render()},{shift},{mask})" + (f"/{halves}" if halves > 1 else "")
     return text if outside == Expr(0) else f"({text}+{outside.render()})"
 
 
-def _local_address(array: str, index: Expr, swizzle: int) -> str:
-    """The shared-memory address (32 bits) of element `index` of local `array` (`swizzle`: of 16-bit elements),
-    computed in 32 bits (pointer arithmetic would take 64)."""
-    position = swizzled(index, swizzle) if swizzle else index.render()
+def _local_address(array: str, index: Expr, swizzle: int, itemsize: int = 2) -> str:
+    """The shared-memory address (32 bits) of element `index` of local `array` (`swizzle`: of `itemsize`-byte
+    elements), computed in 32 bits (pointer arithmetic would take 64)."""
+    position = swizzled(index, swizzle, itemsize) if swizzle else index.render()
     return f"((uint)(ulong){array} + (uint)({position})*(uint)sizeof({array}[0]))"
 
 
@@ -302,11 +307,13 @@ def _matrix_load(s: MatrixLoad) -> str:
 def _async_copy(s: AsyncCopy) -> str:
     """cp.async global -> local: 16 bytes cached in L2 only (.cg: each is read once per group), 8 or 4 bytes in L1
     too (.ca: .cg takes 16 only); under a guard, the form with a source size (all, or 0: zeros, nothing read)."""
-    size = 2 * s.width
-    source = f"(ulong)(((__global const ushort*){s.buffer}) + {s.source.render()})"
+    size = s.itemsize * s.width
+    element = "ushort" if s.itemsize == 2 else "uint"
+    source = f"(ulong)(((__global const {element}*){s.buffer}) + {s.source.render()})"
     read, operands = ("", "") if not s.guard else (", %2", f", \"r\"(({condition(s.guard)})?{size}:0)")
     return (f"asm volatile(\"cp.async.{'cg' if size == 16 else 'ca'}.shared.global [%0], [%1], {size}{read};\" :: "
-            f"\"r\"({_local_address(s.array, s.index, s.swizzle)}), \"l\"({source}){operands} : \"memory\");")
+            f"\"r\"({_local_address(s.array, s.index, s.swizzle, s.itemsize)}), \"l\"({source}){operands} : "
+            f"\"memory\");")
 
 
 def _matrix_multiply(s: MatrixMultiply) -> str:
@@ -324,16 +331,33 @@ def _descriptor(array: str, index: Expr, layout: int) -> str:
 
 def _warpgroup_mma(s: WarpgroupMma) -> str:
     """wgmma.mma_async accumulating in place (scale-d 1), its PTX behind ptx_patch.HIDDEN (sm_90a only); the
-    descriptors start unswizzled: the hardware swizzles the addresses it reads."""
+    descriptors start unswizzled: the hardware swizzles the addresses it reads. TF32 takes no transpose
+    immediates (both operands K-major), and its a from registers where it has them."""
     count = len(s.acc)
-    a = _descriptor(s.a_array, s.a_index, descriptor(0, 16, SWIZZLE_PERIOD))
-    b = _descriptor(s.b_array, s.b_index, descriptor(0, s.b_leading, SWIZZLE_PERIOD))
+    if s.a_registers:
+        a_operand = "{" + ",".join(f"%{count + i}" for i in range(len(s.a_registers))) + "}"
+        a_inputs = [f'"r"(as_uint({operand(r)}))' for r in s.a_registers]
+    else:
+        a_descriptor = _descriptor(s.a_array, s.a_index, descriptor(0, 16, SWIZZLE_PERIOD))
+        a_operand, a_inputs = f"%{count}", [f'"l"({a_descriptor})']
+    b, p = count + len(a_inputs), count + len(a_inputs) + 1
+    b_descriptor = _descriptor(s.b_array, s.b_index, descriptor(0, s.b_leading, SWIZZLE_PERIOD))
     registers = ",".join(f"%{i}" for i in range(count))
-    text = (f"{{\\n{HIDDEN}.reg .pred p;\\n{HIDDEN}setp.ne.b32 p, %{count + 2}, 0;\\n{HIDDEN}wgmma.mma_async.sync.aligned."
-            f"m64n{s.n}k16.f32.{s.kind}.{s.kind} {{{registers}}}, %{count}, %{count + 1}, p, 1, 1, 0, "
-            f"{int(s.b_mn_major)};\\n}}\\n")
+    transposes = "" if s.kind == "tf32" else f", 0, {int(s.b_mn_major)}"
+    text = (f"{{\\n{HIDDEN}.reg .pred p;\\n{HIDDEN}setp.ne.b32 p, %{p}, 0;\\n{HIDDEN}wgmma.mma_async.sync.aligned."
+            f"m64n{s.n}k{K_STEPS[s.kind]}.f32.{s.kind}.{s.kind} {{{registers}}}, {a_operand}, %{b}, p, 1, 1"
+            f"{transposes};\\n}}\\n")
     outputs = ", ".join(f'"+f"({acc.name})' for acc in s.acc)
-    return f'asm volatile("{text}" : {outputs} : "l"({a}), "l"({b}), "r"(1) : "memory");'
+    return f'asm volatile("{text}" : {outputs} : {", ".join(a_inputs)}, "l"({b_descriptor}), "r"(1) : "memory");'
+
+
+def _warpgroup_fence(s: WarpgroupFence) -> str:
+    """wgmma.fence; the registers of a read from registers as its operands, "+f" (CUTLASS's
+    warpgroup_fence_operand): the compiler computes them before it and keeps them unchanged through it."""
+    if not s.registers:
+        return _hidden("wgmma.fence.sync.aligned")
+    operands = ", ".join(f'"+f"({r.name})' for r in s.registers)
+    return f'asm volatile("{HIDDEN}wgmma.fence.sync.aligned;" : {operands} : : "memory");'
 
 
 def _hidden(instruction: str) -> str:
@@ -358,7 +382,8 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
     Define: lambda s: _start(s.start),
-    LocalLoad: lambda s: f"{s.array}[{s.index.render_grouped()}]",
+    LocalLoad: lambda s: (f"{s.array}[{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)}]" if s.swizzle
+                          else f"{s.array}[{s.index.render_grouped()}]"),
 }
 STATEMENTS: dict[type, Callable] = {  # the others: their line
     Accumulate: lambda s: f"{s.acc.name} = {binary(s.op, s.acc.name, operand(s.value), s.acc.dtype, s.acc.width)};",
@@ -368,7 +393,7 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     LocalArray: _local_array, LocalStore: _local_store, MatrixLoad: _matrix_load, MatrixMultiply: _matrix_multiply,
     AsyncCopy: _async_copy, AsyncCommit: lambda s: 'asm volatile("cp.async.commit_group;" ::: "memory");',
     AsyncWait: lambda s: f'asm volatile("cp.async.wait_group {s.pending};" ::: "memory");',
-    WarpgroupMma: _warpgroup_mma, WarpgroupFence: lambda s: _hidden("wgmma.fence.sync.aligned"),
+    WarpgroupMma: _warpgroup_mma, WarpgroupFence: _warpgroup_fence,
     WarpgroupCommit: lambda s: _hidden("wgmma.commit_group.sync.aligned"),
     WarpgroupWait: lambda s: _hidden(f"wgmma.wait_group.sync.aligned {s.pending}"),
     AsyncProxyFence: lambda s: 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");',
@@ -516,6 +541,10 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
         "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
         "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
+    (("zyx_round_tf32",), [  # TF32 operands of NVIDIA's tensor cores (only there): the 13 low bits dropped,
+        # rounded to nearest (ties away), a nan kept; one instruction (sm_80), where the same in C took five
+        "static inline float zyx_round_tf32(float f) { uint r; "
+        "asm(\"cvt.rna.tf32.f32 %0, %1;\" : \"=r\"(r) : \"f\"(f)); return as_float(r); }"]),
     (("zyx_swizzle",), [  # (swizzle_bits)
         "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
     (("zyx_round_half",), [  # through half's 16 bits, rounded to nearest even (no cl_khr_fp16 needed)

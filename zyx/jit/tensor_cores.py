@@ -23,13 +23,20 @@ staged 16 bytes at a time through registers, and the slices double-buffered by t
 (transforms/double_buffer.py). The epilogue (bias, activation, the cast of the result) is fused into the stores of
 the float32 accumulators.
 
-On compute capability 9.x (Hopper) 16-bit products pipelined by cp.async multiply by warpgroups instead (wgmma,
-sm_90a: jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
+On compute capability 9.x (Hopper) products pipelined by cp.async multiply by warpgroups instead (wgmma, sm_90a:
+jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
 cp.async, a third warpgroup only copies the slices and hands them over by named barriers while the other two only
-multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item).
+multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item). TF32 operands
+are float32 copied as they are (16, 8 or 4 bytes at a time) into the same 128-byte swizzled rows (32 floats), but
+wgmma takes TF32 only K-major from local memory, so a right operand lying across k (`x @ w`, w row-major) cannot be
+its b: the product is computed transposed (`_register_products`), each warpgroup reading 64 columns of the right
+tile into registers as wgmma's a (rounded to TF32 to nearest there, as mma.sync's operands are), the left tile (rows
+along k: a stored left operand is copied as it is, and wgmma reads its floats' TF32 bits) as b, in 128 x 128 blocks
+(TF32_WARPGROUP_SHAPES); each item then holds outputs by columns.
 
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
-user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch).
+user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch): on warpgroups where some operand is
+copied by cp.async, else on warps staged through registers, rounded.
 """
 from __future__ import annotations
 
@@ -46,8 +53,8 @@ from ..trace.ops import Op
 from . import wgmma
 from .choices import FAMILIES, Choice, Options
 from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray,
-                        LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg, WarpgroupCommit, WarpgroupFence,
-                        WarpgroupMma, WarpgroupWait)
+                        LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg, WarpgroupCommit,
+                        WarpgroupFence, WarpgroupMma, WarpgroupWait)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .print_common import aligned
@@ -64,6 +71,7 @@ WARP = 32
 WARP_ROWS = 64       # a warp's outputs along n: 4 mma tiles of 16
 PAD_BYTES = 16       # after each staged row
 VECTOR = 8           # half-precision elements one 16-byte copy moves
+COPY_BYTES = 16      # the widest copy
 # (warp columns, bytes of each row a slice stages, local buffers): the first that fits the device's local memory.
 # Double buffering first: on the H200 (48 KiB) 64 x 32 warps double-buffered ran 3000x700x5000 in bfloat16 at 110
 # TFLOP/s and 1021³ at 45, 64 x 64 warps single-buffered at 89 and 26 (8192³: 120 and 126).
@@ -82,6 +90,11 @@ LOCAL_MEMORY = {(9, 0): 200 * 1024}
 # 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
 # wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
 WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
+# TF32's: 128 x 128 blocks. Its a lies in registers, 4 per k8 step and 64 columns, all held until the slice's batch
+# is waited for: 128 x 256 blocks hold 128 accumulators and 32 of them, more than the 168 registers an item of a
+# 384-item group has (ptxas, sm_90a: spills, and the wgmmas serialized, C7512); 128 x 128 take 106. Where the
+# consumers take the producer's registers (ZYX_WGMMA_SETMAXNREG=1: 232 each) 128 x 256 fit (no spills).
+TF32_WARPGROUP_SHAPES = ((32, 128, 4),)
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
@@ -108,8 +121,19 @@ class TensorCorePlan(TilePlan):
 
     @property
     def k_step(self) -> int:
-        """Reduced elements one mma.sync takes: 16 of 16-bit operands (m16n8k16), 8 of TF32 (m16n8k8)."""
-        return 8 if self.kind == "tf32" else 16
+        """Reduced elements one mma.sync or wgmma takes: 16 of 16-bit operands (m16n8k16), 8 of TF32 (m16n8k8)."""
+        return wgmma.K_STEPS[self.kind]
+
+    @property
+    def row(self) -> int:
+        """Elements in a warpgroup plan's 128-byte swizzled row: 64 of 16 bits, 32 of TF32."""
+        return wgmma.ROW_BYTES // self.stored.itemsize
+
+    @property
+    def right_in_registers(self) -> bool:
+        """Whether the product is computed transposed, the right tile read into registers as wgmma's a (TF32 on
+        warpgroups: `TensorCoreLowering._register_products`)."""
+        return self.warpgroup and self.kind == "tf32"
 
     @property
     def stored(self) -> DType:
@@ -125,7 +149,7 @@ class TensorCorePlan(TilePlan):
         """How a tile whose rows hold `length` elements lies in local memory (a warpgroup's: rows of 128 bytes,
         wgmma.py; a tile across k in atoms of 64 columns, `across_index`)."""
         if self.warpgroup:
-            return TileLayout(length, 0, wgmma.ROW)
+            return TileLayout(length, 0, self.row)
         if self.pipelined:
             return TileLayout(length, 0, length)
         return TileLayout(length, PAD_BYTES // self.stored.itemsize, 0)
@@ -133,9 +157,10 @@ class TensorCorePlan(TilePlan):
 
     def across_index(self, k: Expr, column: Expr) -> Expr:
         """Where element (k, column) of a right tile lying across k ([k][column]) is: rows of k, or in a warpgroup
-        plan atoms of 64 columns, each [k][64] (wgmma's MN-major layout)."""
+        plan atoms of a row's columns (64, or 32 of TF32), each [k][row] (wgmma's MN-major layout)."""
         if self.warpgroup:
-            return (column // wgmma.ROW) * (self.bk * wgmma.ROW) + k * wgmma.ROW + column % wgmma.ROW
+            row = self.row
+            return (column // row) * (self.bk * row) + k * row + column % row
         return k * self.layout(self.block_m).stride + column
 
 
@@ -166,12 +191,12 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES, 16-bit operands only), that does and spreads over the device
+    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES, or TF32_WARPGROUP_SHAPES), that does and spreads over the device
     (`_spread`; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
-    if kind not in kinds or any(s.dtype != product.dtype for s in product.src[0].src) or (warpgroup and kind == "tf32"):
+    if kind not in kinds or any(s.dtype != product.dtype for s in product.src[0].src):
         return None
     placed = product_axes(root, product)
     if placed is None:
@@ -179,7 +204,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
+    shapes = _warpgroup_shapes(kind) if warpgroup else PIPELINED if pipelined else SHAPES
     fitting = [(w, b, n) for w, b, n in shapes if _fits(local_memory, w, b, n, pipelined, warpgroup)]
     fitting = _spread(fitting, product, n_axis, m_axis)
     forced = None if warpgroup else _forced_shape()
@@ -193,6 +218,14 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
                           buffers, split=choice["split"] if choice is not None else 1, kind=kind,
                           warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
+
+
+def _warpgroup_shapes(kind: str) -> tuple[tuple[int, int, int], ...]:
+    """The shapes a warpgroup product of `kind` may take: TF32's own (TF32_WARPGROUP_SHAPES) unless its consumers
+    may take more registers (ZYX_WGMMA_SETMAXNREG=1)."""
+    if kind == "tf32" and os.environ.get("ZYX_WGMMA_SETMAXNREG") != "1":
+        return TF32_WARPGROUP_SHAPES
+    return WARPGROUP_SHAPES
 
 
 def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int) -> list[tuple[int, int, int]]:
@@ -266,7 +299,7 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         attempts.insert(0, (bool(choice["pipelined"]), choice, bool(choice["warpgroup"])))
     for pipelined, chosen, warpgroup in attempts:
         plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen, warpgroup)
-        if plan is None or (pipelined and plan.kind == "tf32"):  # (TF32 operands are rounded, never copied)
+        if plan is None or (pipelined and plan.kind == "tf32" and not plan.warpgroup):  # (warps: TF32 rounded)
             continue
         try:
             lowered = TensorCoreLowering(root, materialized, produced, plan, stored_apart, param_limit).lower()
@@ -274,7 +307,7 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
             continue
         if not pipelined:
             return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
-        kernel = (_warp_roles(lowered.ir, plan.buffers) if plan.warpgroup else None) or pipeline(lowered.ir, plan.buffers)
+        kernel = (_warp_roles(lowered.ir, plan) if plan.warpgroup else None) or pipeline(lowered.ir, plan.buffers)
         if kernel is not None and plan.warpgroup and os.environ.get("ZYX_WGMMA_PAIRED_STORES") == "1":
             kernel = paired_stores(kernel)
         if kernel is not None:
@@ -282,14 +315,16 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
     return None
 
 
-def _warp_roles(kernel: Kernel, stages: int) -> Optional[Kernel]:
+def _warp_roles(kernel: Kernel, plan: TensorCorePlan) -> Optional[Kernel]:
     """A warpgroup product with a producer warpgroup (transforms/warp_roles.py) unless ZYX_WGMMA_PRODUCER=0; its
-    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0, ZYX_WGMMA_SETMAXNREG=1 moves registers from the
-    producer to them (the variants measured on the H200: bench/GPU.md)."""
+    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0, or where their a lies in registers (TF32: the
+    batch in flight still reads them while the next slice's are loaded, so ptxas keeps both sets) only with
+    ZYX_WGMMA_WAIT_ONE=1; ZYX_WGMMA_SETMAXNREG=1 moves registers from the producer to them (the variants measured
+    on the H200: bench/GPU.md)."""
     if os.environ.get("ZYX_WGMMA_PRODUCER") == "0":
         return None
-    return warp_roles(kernel, stages, os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0",
-                      os.environ.get("ZYX_WGMMA_SETMAXNREG") == "1")
+    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE", "0" if plan.right_in_registers else "1") != "0"
+    return warp_roles(kernel, plan.buffers, wait_one, os.environ.get("ZYX_WGMMA_SETMAXNREG") == "1")
 
 
 def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], reported: int) -> int:
@@ -378,6 +413,9 @@ class TensorCoreLowering(LocalTileLowering):
         """The mma accumulator layout: in tile (i, j) lane l holds rows l // 4 and l // 4 + 8, columns 2·(l % 4) and
         the next, in the order c0 c1 (first row) c2 c3 (second). A warpgroup plan's: warpgroup g's 64 rows from
         64·g, each item's registers as wgmma.accumulator_position says."""
+        if self.plan.right_in_registers:  # (transposed: accumulator rows are columns, columns rows)
+            places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(BLOCK // 2)]
+            return [(row, column + first) for first in self._register_columns() for column, row in places]
         if self.plan.warpgroup:
             rows = (self.lid // wgmma.WARPGROUP) * wgmma.ROWS
             places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(self.plan.block_m // 2)]
@@ -401,7 +439,8 @@ class TensorCoreLowering(LocalTileLowering):
         step = self.names.fresh("k")
         self._open_loop(step, steps)
         stores, across = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
-        multiply = self._warpgroup_products if plan.warpgroup else self._multiply_fragments
+        multiply = (self._register_products if plan.right_in_registers else self._warpgroup_products if plan.warpgroup
+                    else self._multiply_fragments)
         body = self._close_loop() + stores + [Barrier()] + multiply(tiles, accumulators, across) + [Barrier()]
         right = plan.layout(plan.block_m if across else plan.bk)
         lines = self._scopes[0]
@@ -432,26 +471,17 @@ class TensorCoreLowering(LocalTileLowering):
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
         place = (corner, k_base, k_axis)
-        stores = self._copied(left, n_axis, BLOCK, tiles[0], place, along_k=True)
-        copied = self._right_copied(right, m_axis, place, tiles[1]) if plan.pipelined else None
-        if plan.pipelined and stores is None and copied is None:
-            raise NotCopied(node)
-        if stores is None:
-            stores = self._elements(left, n_axis, BLOCK, tiles[0], place, k_fastest=True)
+        copied = self._copied(left, n_axis, BLOCK, tiles[0], place, (True,))
+        right_copied = (self._copied(right, m_axis, plan.block_m, tiles[1], place, (True, False)) if plan.pipelined
+                        else None)
+        if plan.pipelined and copied is None and right_copied is None:
+            raise NotCopied(node)  # (before either operand is staged element by element, for nothing)
+        stores = copied[0] if copied else self._elements(left, n_axis, BLOCK, tiles[0], place, k_fastest=True)
         if not plan.pipelined:  # (after the left operand's: copies through registers emit their loads)
-            copied = self._right_copied(right, m_axis, place, tiles[1])
-        if copied is not None:
-            return stores + copied[0], copied[1]
+            right_copied = self._copied(right, m_axis, plan.block_m, tiles[1], place, (True, False))
+        if right_copied is not None:
+            return stores + right_copied[0], not right_copied[1]
         return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place, k_fastest=False), False
-
-    def _right_copied(self, right: Node, axis: int, place: tuple, tile: str) -> Optional[tuple[list, bool]]:
-        """The right operand's copies (`_copied`) into rows along k, else into rows along its columns, and whether
-        they lie that way (across k); None where it is copied neither way."""
-        for along_k in (True, False):
-            copied = self._copied(right, axis, self.plan.block_m, tile, place, along_k)
-            if copied is not None:
-                return copied, not along_k
-        return None
 
     def _elements(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, k_fastest: bool) -> list:
         """Element by element into rows along k, neighbouring items at neighbouring k (`k_fastest`) or rows."""
@@ -466,12 +496,17 @@ class TensorCoreLowering(LocalTileLowering):
                                      swizzle=layout.swizzle))
         return stores
 
-    def _copied(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool) -> Optional[list]:
-        """The widest copies of `operand` that apply (`_copies`): of 16 bytes, or in a pipelined plan of 8 or 4
-        (cp.async takes rows aligned to those: a product with k = 700 has rows of 1400 bytes)."""
-        widths = (VECTOR, VECTOR // 2, VECTOR // 4) if self.plan.pipelined else (VECTOR,)
-        return next((copies for copies in (self._copies(operand, axis, rows, tile, place, along_k, width)
-                                           for width in widths) if copies is not None), None)
+    def _copied(self, operand: Node, axis: int, rows: int, tile: str, place: tuple,
+                orientations: tuple[bool, ...]) -> Optional[tuple[list, bool]]:
+        """The widest copies of `operand` that apply (`_copies`) in any of `orientations` (along k or not, the
+        first where widths tie), and that orientation: of 16 bytes, or in a pipelined plan of 8 or 4 (cp.async
+        takes rows aligned to those: a product with k = 700 has rows of 1400 bytes; a float32 operand is copied
+        4 bytes at a time either way, but 16 bytes in only one)."""
+        vector = COPY_BYTES // self.plan.stored.itemsize
+        widths = (vector, vector // 2, vector // 4) if self.plan.pipelined else (vector,)
+        tried = ((self._copies(operand, axis, rows, tile, place, along_k, width), along_k)
+                 for width in widths for along_k in orientations)
+        return next(((copies, along_k) for copies, along_k in tried if copies is not None), None)
 
     def _copies(self, operand: Node, axis: int, rows: int, tile: str, place: tuple, along_k: bool,
                 width: int) -> Optional[list]:
@@ -496,7 +531,8 @@ class TensorCoreLowering(LocalTileLowering):
                 return None
             index = row * layout.stride + k if along_k else plan.across_index(k, row)
             if plan.pipelined:
-                stores.append(AsyncCopy(tile, index, load.buffer, load.index, guard, layout.swizzle, width))
+                stores.append(AsyncCopy(tile, index, load.buffer, load.index, guard, layout.swizzle, width,
+                                        plan.stored.itemsize))
                 continue
             bits = Reg(self.names.fresh("bits"), int16, VECTOR)
             loads.append(dataclasses.replace(load, out=bits, mode="bits", guard=guard))
@@ -524,10 +560,11 @@ class TensorCoreLowering(LocalTileLowering):
 
     def _consecutive(self, operand: Node, corner: Index, offsets: dict[int, Expr], axis: int,
                      width: int) -> Optional[Load]:
-        """The Load reading `operand` at `offsets` where it is a half-precision buffer element whose next `width` - 1
-        along `axis` are the next elements of the same buffer, none past an end (all are lowered and compared: an
-        edge clamps or pads them, a permuting view reorders them); nothing it lowered is kept either way."""
-        if self.plan.kind == "tf32":
+        """The Load reading `operand` at `offsets` where it is a buffer element of the staged dtype whose next
+        `width` - 1 along `axis` are the next elements of the same buffer, none past an end (all are lowered and
+        compared: an edge clamps or pads them, a permuting view reorders them); nothing it lowered is kept either
+        way. (TF32 on warps: None, its operands are rounded where staged.)"""
+        if self.plan.kind == "tf32" and not self.plan.warpgroup:
             return None
         known, marks = set(self._values), [len(scope) for scope in self._scopes]
         reads = [self._defining_load(self._operand(operand, corner, {**offsets, axis: offsets[axis] + step}))
@@ -543,20 +580,20 @@ class TensorCoreLowering(LocalTileLowering):
         return first
 
     def _defining_load(self, value: Operand) -> Optional[Load]:
-        """The unguarded element Load of half precision defining `value`, if that is what defines it."""
+        """The unguarded element Load of the staged dtype defining `value`, if that is what defines it."""
         found = self._load_position(value)
         load = None if found is None else found[0][found[1]]
         return None if load is None or load.guard else load
 
     def _load_position(self, value: Operand) -> Optional[tuple[list, int]]:
-        """The scope (innermost first) and the position in it of the element Load of half precision defining
-        `value`, if one does."""
+        """The scope (innermost first) and the position in it of the element Load of the staged dtype (half
+        precision, or float32 of a TF32 warpgroup plan) defining `value`, if one does."""
         for scope in reversed(self._scopes):
             position = next((p for p in range(len(scope) - 1, -1, -1)
                              if isinstance(scope[p], Load) and scope[p].out == value), None)
             if position is not None:
-                narrow = scope[position].mode == "element" and value.dtype.is_narrow_float
-                return (scope, position) if narrow else None
+                staged = scope[position].mode == "element" and value.dtype == self.plan.stored
+                return (scope, position) if staged else None
         return None
 
     def _staged(self, value: Operand) -> Operand:
@@ -583,13 +620,44 @@ class TensorCoreLowering(LocalTileLowering):
         """Per k16 step of the slice one wgmma of the warpgroup's 64 rows by the block's columns, the batch
         waited for before the slice's closing barrier (its buffer is refilled after it)."""
         plan = self.plan
-        rows = (self.lid // wgmma.WARPGROUP) * (wgmma.ROWS * wgmma.ROW)
+        rows = (self.lid // wgmma.WARPGROUP) * (wgmma.ROWS * plan.row)
         leading = plan.bk * wgmma.ROW_BYTES if across else 16
-        products = [WarpgroupMma(tuple(accumulators), tiles[0], rows + step * wgmma.K_STEP, tiles[1],
-                                 Expr(step * wgmma.K_STEP * (wgmma.ROW if across else 1)), plan.block_m, plan.kind,
+        products = [WarpgroupMma(tuple(accumulators), tiles[0], rows + step * plan.k_step, tiles[1],
+                                 Expr(step * plan.k_step * (plan.row if across else 1)), plan.block_m, plan.kind,
                                  across, leading)
-                    for step in range(plan.bk // wgmma.K_STEP)]
+                    for step in range(plan.bk // plan.k_step)]
         return [WarpgroupFence(), *products, WarpgroupCommit(), WarpgroupWait(0)]
+
+    def _register_columns(self) -> list[Expr]:
+        """The first of each 64 columns of the block this item's warpgroup multiplies in a transposed product: its
+        half of the block's columns."""
+        half = self.plan.block_m // 2
+        return [(self.lid // wgmma.WARPGROUP) * half + first for first in range(0, half, wgmma.ROWS)]
+
+    def _register_products(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
+        """A TF32 slice multiplied transposed: per k8 step and 64 of the warpgroup's columns, one wgmma of those
+        columns of the right tile (read into registers, rounded to TF32) by all BLOCK rows of the left tile (read
+        K-major through its descriptor), into 64 accumulators; the batch waited for before the slice's closing
+        barrier (`across`: the right tile lies as [k][column] in atoms, else as [column][k])."""
+        plan = self.plan
+        right = plan.layout(plan.block_m if across else plan.bk)
+        item = self.lid % wgmma.WARPGROUP
+        loads, products = [], []
+        for step in range(plan.bk // plan.k_step):
+            for piece, first in enumerate(self._register_columns()):
+                registers = []
+                for register in range(4):
+                    row, k = wgmma.fragment_position(item, register)
+                    column, k = first + row, k + step * plan.k_step
+                    index = plan.across_index(k, column) if across else column * right.stride + k
+                    value, rounded = Reg(self.names.fresh("fr"), float32), Reg(self.names.fresh("tf"), float32)
+                    loads += [LocalLoad(value, tiles[1], index, right.swizzle), Alu(rounded, ROUND_TF32, (value,))]
+                    registers.append(rounded)
+                share = tuple(accumulators[piece * BLOCK // 2:(piece + 1) * BLOCK // 2])
+                products.append(WarpgroupMma(share, "", Expr(0), tiles[0], Expr(step * plan.k_step), BLOCK, plan.kind,
+                                             a_registers=tuple(registers)))
+        fenced = tuple(r for product in products for r in product.a_registers)
+        return [*loads, WarpgroupFence(fenced), *products, WarpgroupCommit(), WarpgroupWait(0)]
 
     def _multiply_fragments(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
         """Per mma step of the slice: the warp's left fragments (one ldmatrix of four 8 x 8 matrices per 16 rows),
