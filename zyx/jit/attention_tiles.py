@@ -49,6 +49,7 @@ ROWS = (64, 32)        # query rows (work items) per group: 32 where a batch ent
 MIN_GROUPS = 528       # would make fewer groups than this (4 per multiprocessor of an H200's 132): a GPU idling
 ROWS_SETTINGS = ("16", "32", "64", "128", "256")  # what ZYX_ATTENTION_ROWS may set
 KEYS = (64, 32, 16)    # keys per staged block: the largest whose stage takes at most half the local memory
+KEYS_SETTINGS = ("16", "32", "64", "128")  # what ZYX_ATTENTION_KEYS may set
 LANES = 4              # floats per local read of a staged key or value row (where the head dimension allows)
 
 
@@ -66,10 +67,23 @@ def rows_per_group(queries: int, batch: int, max_group_size: int) -> Optional[in
     return next((rows for rows in reversed(enough) if rows >= queries), enough[0] if enough else None)
 
 
+def block_choices(local_memory: int) -> tuple[tuple[int, ...], int]:
+    """(the keys per staged block to choose from, largest first; the bytes of local memory their stage may take):
+    KEYS in half the local memory (two groups share a multiprocessor's), or the one ZYX_ATTENTION_KEYS sets
+    (forward and backward, for measuring) in all of it."""
+    setting = os.environ.get("ZYX_ATTENTION_KEYS")
+    if setting is None:
+        return KEYS, local_memory // 2
+    if setting not in KEYS_SETTINGS:
+        raise ValueError(f"ZYX_ATTENTION_KEYS={setting!r}: expected one of {', '.join(KEYS_SETTINGS)}")
+    return (int(setting),), local_memory
+
+
 def keys_per_block(rows: int, head_dim: int, value_dim: int, keys: int, local_memory: int) -> Optional[int]:
-    """The most keys whose stage takes at most half the local memory (so that two groups share a
-    multiprocessor's), fewer where fewer hold all `keys`; None where even the fewest do not fit."""
-    fitting = [block for block in KEYS if local_bytes(rows, block, head_dim, value_dim) <= local_memory // 2]
+    """The most keys of block_choices whose stage fits their budget, fewer where fewer hold all `keys`; None
+    where even the fewest do not fit."""
+    choices, budget = block_choices(local_memory)
+    fitting = [block for block in choices if local_bytes(rows, block, head_dim, value_dim) <= budget]
     return min((block for block in fitting if block >= keys), default=fitting[0] if fitting else None)
 
 
