@@ -50,7 +50,8 @@ FUSED_FORMS = {"zyx-staged": "staged", "zyx-rows": "rows"}  # implementation: ZY
 # zyx-staged's variants (--variants, also spelled --backward): their ZYX_* settings. Forward and backward:
 # rows per group (ZYX_ATTENTION_ROWS) and keys per staged block (ZYX_ATTENTION_KEYS, attention_tiles.py); the
 # backward's: dK and dV in one kernel or two (attention_grad.py), each block of walked rows in one pass or two
-# (attention_grad_tiles.py). Names joined by "+" combine their settings ("rows-32+keys-64").
+# (attention_grad_tiles.py); the forward in register tiles (attention_tiled.py) with TY x CK items and keys a block
+# (ZYX_ATTENTION_TILE). Names joined by "+" combine their settings ("rows-32+keys-64").
 VARIANTS = {
     "default": {},
     "split": {"ZYX_ATTENTION_GRAD_SHARED": "0"},
@@ -59,6 +60,9 @@ VARIANTS = {
     "split-two-pass": {"ZYX_ATTENTION_GRAD_SHARED": "0", "ZYX_ATTENTION_GRAD_PASSES": "2"},
     **{f"rows-{rows}": {"ZYX_ATTENTION_ROWS": str(rows)} for rows in (16, 32, 64, 128, 256)},
     **{f"keys-{keys}": {"ZYX_ATTENTION_KEYS": str(keys)} for keys in (16, 32, 64, 128)},
+    "tiled": {"ZYX_ATTENTION_FORM": "tiled"},
+    **{f"tiled-{ty}x{ck}": {"ZYX_ATTENTION_FORM": "tiled", "ZYX_ATTENTION_TILE": f"{ty},{ck}"}
+       for ty in (4, 8, 16, 32) for ck in (2, 4, 8)},
 }
 CHECK_TOLERANCE = 1e-4  # --check-torch: the largest error allowed, relative to the reference's largest value
 

@@ -129,7 +129,8 @@ def test_keys_per_block_on_request(gpu, monkeypatch, keys):
     for grad, reference, name in zip(grads, expected, "qkv"):
         np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
     needed = local_bytes(64, int(keys), 64, 64)  # a stage of the block in all of the local memory, not in half
-    assert keys_per_block(64, 64, 64, 4096, needed) == int(keys) and keys_per_block(64, 64, 64, 4096, needed - 4) is None
+    assert keys_per_block(64, 64, 64, 4096, needed) == int(keys)
+    assert keys_per_block(64, 64, 64, 4096, needed - 4) is None
     monkeypatch.setenv("ZYX_ATTENTION_KEYS", "48")
     with pytest.raises(ValueError, match="ZYX_ATTENTION_KEYS='48'"):
         keys_per_block(64, 64, 64, 4096, 1 << 16)

@@ -101,9 +101,15 @@ class StagedBlocks(Lowering):
     rows_per_group: int
     keys_per_block: int
     lid: Expr
+    row_name = "lid"  # the variable an index reads the group's rows at (attention_tiled.py's items own several)
+
+    @property
+    def group_items(self) -> int:
+        """Items per work group: one per row here."""
+        return self.rows_per_group
 
     def _axes(self) -> tuple[Axis, ...]:
-        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", self.rows_per_group, Role.LOCAL))
+        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", self.group_items, Role.LOCAL))
 
     def _line(self, make, dtype: DType = float32) -> Reg:
         """A statement at the end of the innermost open scope; its register."""
@@ -128,9 +134,9 @@ class StagedBlocks(Lowering):
             return []  # (the smallest b is found as -max(-b))
         for side, lowest in zip(node.src, (False, True)):
             read = self._variables(side, index)
-            if ("lid" in read) == (key_name in read):
+            if (self.row_name in read) == (key_name in read):
                 return []
-            found.append((side, index, lowest, "lid" in read))
+            found.append((side, index, lowest, self.row_name in read))
         return found if found[0][3] != found[1][3] else []
 
     def _block_needed(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
@@ -157,21 +163,25 @@ class StagedBlocks(Lowering):
         self._scopes[-2].append(Loop(counter, trips, tuple(self._close_loop())))
         return self._line(lambda out: Alu(out, Op.NEG, (acc,)), node.dtype) if lowest else acc
 
-    def _stage(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str) -> None:
-        """The group's copy of `node` for the block's keys into `stage` as [key][inner]: `index` reads it at the
-        key counter `key_name` and the inner counter `inner_name`; consecutive items copy consecutive elements."""
-        size, rows = self.keys_per_block * inner, self.rows_per_group
-        for copy in range(-(-size // rows)):
-            flat = self.lid + copy * rows
+    def _stage(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str,
+               keys: int = 0, pitch: int = 0) -> None:
+        """The group's copy of `node` for the block's keys (`keys` of them: by default keys_per_block) into `stage`
+        as [key][inner], rows `pitch` floats apart (by default `inner`): `index` reads it at the key counter
+        `key_name` and the inner counter `inner_name`; consecutive items copy consecutive elements."""
+        size, items = (keys or self.keys_per_block) * inner, self.group_items
+        for copy in range(-(-size // items)):
+            flat = self.lid + copy * items
             value = self.value(node, _at(index, {key_name: flat // inner, inner_name: flat % inner}), ())
-            store = LocalStore(stage, flat, value.operand, element=True)
+            at = (flat // inner) * pitch + flat % inner if pitch and pitch != inner else flat
+            store = LocalStore(stage, at, value.operand, element=True)
             self._scopes[-1].append(If(((flat, "lt", size),), (store,)) if flat.hi >= size else store)
 
     def _split(self, factors: Node, index: Index, key_name: str) -> tuple[Node, Node]:
         """(query side, key side) of the scores' product: the operand that does not depend on the key, and the
         one that does not depend on the query row."""
         for query_side, key_side in (factors.src, factors.src[::-1]):
-            if (key_name not in self._variables(query_side, index) and "lid" not in self._variables(key_side, index)):
+            if (key_name not in self._variables(query_side, index)
+                    and self.row_name not in self._variables(key_side, index)):
                 return query_side, key_side
         raise NotAttention(factors)
 
