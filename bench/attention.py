@@ -2,8 +2,8 @@
 
     python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--full] [--train]
                               [--repeat 5] [--device N] [--only torch,zyx-staged,zyx-rows,zyx-unfused] [--json OUT]
-                              [--backward default,split,two-pass,split-two-pass] [--calls 1] [--torch-device cpu]
-                              [--check-torch]
+                              [--variants default,rows-32,keys-64+rows-128,split,two-pass] [--calls 1]
+                              [--torch-device cpu] [--check-torch] [--beside-torch]
 
 `zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` (`--full`: not causal, every block of keys computed:
 the staged kernel's causal time against it shows the blocks it skips) on (batch, heads, T, head_dim) float32
@@ -21,11 +21,12 @@ largest error of the first head against numpy (float64).
 `--train` (A2) times a @zyx.jit step returning the output and the gradients of sum(out * dO) with respect to q, k
 and v (the fused backward: zyx/jit/attention_grad.py; the error is then dV's, the first head's);
 torch runs the same step with autograd. Each call ends with the device synchronized instead of reading the output.
-With --train, `--backward` names the fused backward's variants to measure, zyx-staged's each in a process of its
-own (BACKWARD_VARIANTS: their ZYX_ATTENTION_GRAD_* settings), and each zyx record lists its kernels' device time
-per call (`--calls` calls launched back to back, one wait); `--torch-device cuda` runs torch on the GPU (then the
-backward alone is timed too), and `--check-torch` compares zyx's output and gradients with torch's in float64 on
-that device (PASS where every largest error is at most CHECK_TOLERANCE of the reference's largest value).
+`--variants` (or `--backward`) names zyx-staged's variants to measure, each in a process of its own (VARIANTS:
+their ZYX_ATTENTION_* settings); with --train each zyx record lists its kernels' device time per call (`--calls`
+calls launched back to back, one wait). `--torch-device cuda` runs torch on the GPU (then the backward alone is
+timed too), `--check-torch` compares zyx's output (and with --train its gradients) with torch's in float64 on that
+device (PASS where every largest error is at most CHECK_TOLERANCE of the reference's largest value), and
+`--beside-torch` times torch in each zyx process as well, zyx and torch alike (--calls launches, one wait).
 """
 from __future__ import annotations
 
@@ -46,15 +47,34 @@ from _harness import Record, pick_device, script_main, wants  # noqa: E402
 
 IMPLEMENTATIONS = ("torch", "zyx-staged", "zyx-rows", "zyx-unfused")
 FUSED_FORMS = {"zyx-staged": "staged", "zyx-rows": "rows"}  # implementation: ZYX_ATTENTION_FORM
-# The staged backward's variants (--backward): dK and dV in one kernel or two (attention_grad.py), each block of
-# walked rows in one pass or two (attention_grad_tiles.py).
-BACKWARD_VARIANTS = {
+# zyx-staged's variants (--variants, also spelled --backward): their ZYX_* settings. Forward and backward:
+# rows per group (ZYX_ATTENTION_ROWS) and keys per staged block (ZYX_ATTENTION_KEYS, attention_tiles.py); the
+# backward's: dK and dV in one kernel or two (attention_grad.py), each block of walked rows in one pass or two
+# (attention_grad_tiles.py); the forward in register tiles (attention_tiled.py) with TY x CK items and keys a block
+# (ZYX_ATTENTION_TILE). Names joined by "+" combine their settings ("rows-32+keys-64").
+VARIANTS = {
     "default": {},
     "split": {"ZYX_ATTENTION_GRAD_SHARED": "0"},
+    "shared": {"ZYX_ATTENTION_GRAD_SHARED": "1"},
     "two-pass": {"ZYX_ATTENTION_GRAD_PASSES": "2"},
     "split-two-pass": {"ZYX_ATTENTION_GRAD_SHARED": "0", "ZYX_ATTENTION_GRAD_PASSES": "2"},
+    **{f"rows-{rows}": {"ZYX_ATTENTION_ROWS": str(rows)} for rows in (16, 32, 64, 128, 256)},
+    **{f"keys-{keys}": {"ZYX_ATTENTION_KEYS": str(keys)} for keys in (16, 32, 64, 128)},
+    "tiled": {"ZYX_ATTENTION_FORM": "tiled"},
+    **{f"tiled-{ty}x{ck}": {"ZYX_ATTENTION_FORM": "tiled", "ZYX_ATTENTION_TILE": f"{ty},{ck}"}
+       for ty in (4, 8, 16, 32) for ck in (2, 4, 8)},
 }
 CHECK_TOLERANCE = 1e-4  # --check-torch: the largest error allowed, relative to the reference's largest value
+
+
+def variant_settings(variant: str) -> dict[str, str]:
+    """The ZYX_* settings of a variant name, its "+"-joined parts' merged."""
+    settings: dict[str, str] = {}
+    for part in variant.split("+"):
+        if part not in VARIANTS:
+            raise SystemExit(f"--variants {variant}: {part!r} is none of {', '.join(VARIANTS)}")
+        settings.update(VARIANTS[part])
+    return settings
 
 
 def inputs(args: argparse.Namespace, context: int) -> list:
@@ -147,8 +167,11 @@ def measure_zyx(args: argparse.Namespace, context: int) -> dict[str, Any]:
              "first_head_error": error, "kernels": jitted.captured[0]["kernels"]}
     if args.train:
         found["kernel_table"] = kernel_table(jitted, dev, arrays, args.calls)
-    if args.train and args.check_torch:
-        found["torch_errors"] = torch_errors(args, arrays, [r.numpy() for r in run_once()])
+    if args.check_torch:
+        results = run_once()
+        found["torch_errors"] = torch_errors(args, arrays, [r.numpy() for r in results] if args.train else [results])
+    if args.beside_torch:
+        found["beside_torch"] = beside_torch(args, jitted, dev, arrays)
     return found
 
 
@@ -168,15 +191,16 @@ def kernel_table(train: Any, dev: Any, arrays: list, calls: int) -> list[dict[st
 
 
 def torch_errors(args: argparse.Namespace, arrays: list, found: list) -> dict[str, float]:
-    """The largest error of zyx's output and gradients (`found`) against torch's in float64 on --torch-device,
-    each relative to the reference's largest value."""
+    """The largest error of zyx's output and, with --train, gradients (`found`) against torch's in float64 on
+    --torch-device, each relative to the reference's largest value."""
     import numpy as np
     import torch
     import torch.nn.functional as F
     device = torch.device(args.torch_device)
-    q, k, v = (torch.tensor(a, dtype=torch.float64, device=device, requires_grad=True) for a in arrays[:3])
+    q, k, v = (torch.tensor(a, dtype=torch.float64, device=device, requires_grad=args.train) for a in arrays[:3])
     out = F.scaled_dot_product_attention(q, k, v, is_causal=not args.full)
-    grads = torch.autograd.grad((out * torch.tensor(arrays[3], dtype=torch.float64, device=device)).sum(), [q, k, v])
+    grads = (torch.autograd.grad((out * torch.tensor(arrays[3], dtype=torch.float64, device=device)).sum(), [q, k, v])
+             if args.train else ())
     errors = {}
     for name, reference, value in zip(("out", "dq", "dk", "dv"), (out.detach(), *grads), found):
         reference = reference.cpu().numpy()
@@ -194,29 +218,49 @@ def measure_torch(args: argparse.Namespace, context: int) -> dict[str, Any]:
     grad_out = torch.from_numpy(inputs(args, context)[0][::-1].copy()).to(device)
     wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def timed(call) -> list[float]:
-        runs = []
-        for repeat in range(args.repeat + 2):
-            wait()
-            start = time.perf_counter()
-            for _ in range(args.calls):
-                call()
-            wait()
-            if repeat >= 2:
-                runs.append((time.perf_counter() - start) / args.calls)
-        return runs
-
     def step() -> None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=not args.full)
         if args.train:
             torch.autograd.grad((out * grad_out).sum(), [q, k, v])
 
     with torch.set_grad_enabled(args.train):
-        found = {"runs_s": timed(step)}
+        found = {"runs_s": timed(step, wait, args)}
         if args.train and device.type == "cuda":
             loss = (F.scaled_dot_product_attention(q, k, v, is_causal=not args.full) * grad_out).sum()
-            found["backward_runs_s"] = timed(lambda: torch.autograd.grad(loss, [q, k, v], retain_graph=True))
+            found["backward_runs_s"] = timed(lambda: torch.autograd.grad(loss, [q, k, v], retain_graph=True), wait,
+                                             args)
     return found
+
+
+def timed(call: Any, wait: Any, args: argparse.Namespace) -> list[float]:
+    """Seconds per call of `call`, --calls of them launched back to back and one `wait`, for --repeat runs after
+    two."""
+    runs = []
+    for repeat in range(args.repeat + 2):
+        wait()
+        start = time.perf_counter()
+        for _ in range(args.calls):
+            call()
+        wait()
+        if repeat >= 2:
+            runs.append((time.perf_counter() - start) / args.calls)
+    return runs
+
+
+def beside_torch(args: argparse.Namespace, jitted: Any, dev: Any, arrays: list) -> dict[str, list[float]]:
+    """Seconds per call of zyx's jitted forward or step and of torch's on --torch-device, in this process, each
+    timed alike (timed: launches back to back, one wait)."""
+    import zyx
+    tensors = [dev.tensor(a) for a in arrays]
+    zyx.realize(*tensors)
+    last = {}
+
+    def zyx_call() -> None:
+        results = jitted(*tensors)
+        zyx.realize(*(results if isinstance(results, tuple) else (results,)))
+        last["results"] = results  # kept until the next call: the launches stay queued
+    return {"zyx_s": timed(zyx_call, dev.synchronize, args),
+            "torch_s": measure_torch(args, arrays[0].shape[2])["runs_s"]}
 
 
 def in_child(args: argparse.Namespace, context: int, implementation: str, variant: str = "default"
@@ -227,11 +271,12 @@ def in_child(args: argparse.Namespace, context: int, implementation: str, varian
                    ZYX_ATTENTION_MIN_BYTES="0" if implementation in FUSED_FORMS else str(1 << 62))
         if implementation in FUSED_FORMS:
             env["ZYX_ATTENTION_FORM"] = FUSED_FORMS[implementation]
-        env.update(BACKWARD_VARIANTS[variant])
+        env.update(variant_settings(variant))
         command = [sys.executable, __file__, "--child", implementation, "--contexts", str(context),
                    "--batch", str(args.batch), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
                    "--repeat", str(args.repeat), "--calls", str(args.calls), "--torch-device", args.torch_device]
-        command += ["--full"] * args.full + ["--train"] * args.train + ["--check-torch"] * args.check_torch
+        command += (["--full"] * args.full + ["--train"] * args.train + ["--check-torch"] * args.check_torch
+                    + ["--beside-torch"] * args.beside_torch)
         if args.device is not None:
             command += ["--device", str(args.device)]
         finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
@@ -241,14 +286,12 @@ def in_child(args: argparse.Namespace, context: int, implementation: str, varian
 
 
 def measurements(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(implementation, backward variant) of every measurement asked for: zyx-staged's once per --backward
-    variant with --train."""
-    variants = [name.strip() for name in args.backward.split(",") if name.strip()]
-    unknown = [name for name in variants if name not in BACKWARD_VARIANTS]
-    if unknown:
-        raise SystemExit(f"--backward {','.join(unknown)}: expected some of {', '.join(BACKWARD_VARIANTS)}")
+    """(implementation, variant) of every measurement asked for: zyx-staged's once per --variants variant."""
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    for variant in variants:
+        variant_settings(variant)
     return [(implementation, variant) for implementation in IMPLEMENTATIONS if wants(args, implementation)
-            for variant in (variants if implementation == "zyx-staged" and args.train else ["default"])]
+            for variant in (variants if implementation == "zyx-staged" else ["default"])]
 
 
 def notes_of(found: dict[str, Any], args: argparse.Namespace, matrix: int) -> list[str]:
@@ -262,6 +305,10 @@ def notes_of(found: dict[str, Any], args: argparse.Namespace, matrix: int) -> li
                  f"CPU {statistics.median(found['cpu_runs_s']) * 1e3:.1f} ms"]
     notes.append(f"{found['kernels']} kernel{'s' * (found['kernels'] != 1)}")
     notes.append(f"first head{' dV' * args.train} off numpy by {found['first_head_error']:.1e}")
+    if "beside_torch" in found:
+        zyx_s, torch_s = (statistics.median(found["beside_torch"][key]) for key in ("zyx_s", "torch_s"))
+        notes.append(f"beside torch: zyx {zyx_s * 1e3:.3f} ms, torch {torch_s * 1e3:.3f} ms, "
+                     f"zyx / torch {zyx_s / torch_s:.2f}")
     if "torch_errors" in found:
         errors = found["torch_errors"]
         verdict = "PASS" if all(e <= CHECK_TOLERANCE for e in errors.values()) else "FAIL"
@@ -311,12 +358,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--full", action="store_true", help="attention over every key (default: causal)")
     p.add_argument("--train", action="store_true", help="forward and backward (A2): a jitted step with gradients")
-    p.add_argument("--backward", default="default",
-                   help=f"with --train, zyx-staged's backward variants to measure ({', '.join(BACKWARD_VARIANTS)})")
+    p.add_argument("--variants", "--backward", default="default",
+                   help=f"zyx-staged's variants to measure, each in a process ({', '.join(VARIANTS)}; "
+                        "'+' combines)")
     p.add_argument("--calls", type=int, default=1, help="calls launched back to back per timed run (one wait)")
     p.add_argument("--torch-device", default="cpu", help="where torch runs (cpu, cuda)")
     p.add_argument("--check-torch", action="store_true",
                    help="compare zyx's output and gradients with torch's in float64 on --torch-device")
+    p.add_argument("--beside-torch", action="store_true",
+                   help="time torch on --torch-device in zyx's process too, both as launches back to back, one wait")
     p.add_argument("--child", choices=IMPLEMENTATIONS, default=None, help=argparse.SUPPRESS)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import zyx
 from zyx.jit.attention_grad import gradients_share_kernels
 from zyx.jit.attention_grad_tiles import walk_passes
-from zyx.jit.attention_tiles import rows_per_group
+from zyx.jit.attention_tiles import keys_per_block, local_bytes, rows_per_group
 from zyx.jit.kernel_ir import If, LocalArray, Role, walk
 from zyx.jit.schedule import schedule
 
@@ -111,6 +111,29 @@ def test_rows_per_group_on_request(gpu, monkeypatch, rows):
     monkeypatch.setenv("ZYX_ATTENTION_ROWS", "48")
     with pytest.raises(ValueError, match="ZYX_ATTENTION_ROWS='48'"):
         rows_per_group(150, 2, 256)
+
+
+@pytest.mark.parametrize("keys", ["16", "64", "128"])
+def test_keys_per_block_on_request(gpu, monkeypatch, keys):
+    """ZYX_ATTENTION_KEYS: the forward's and the backward kernels' stages hold that many keys (walked rows) a block,
+    in all of the local memory; the same output and gradients, T not a multiple of the block (150 keys)."""
+    monkeypatch.setenv("ZYX_ATTENTION_KEYS", keys)
+    arrays = [data(1, 2, 150, 32) for _ in range(4)]
+    out, grads = zyx_step(gpu, arrays, {"is_causal": True})
+    stages = [[s.size * s.width for s in walk(kernel.ir.body) if isinstance(s, LocalArray)
+               and s.name.startswith(("k_stage", "stage"))] for kernel in attention_kernels(out, grads, gpu)[1]]
+    assert len(stages) == 4 and all(int(keys) * 32 in sizes and all(size % int(keys) == 0 for size in sizes)
+                                    for sizes in stages), stages  # a row of 32 floats (or one) a key
+    expected_out, expected = torch_step(arrays, {"is_causal": True})
+    np.testing.assert_allclose(out.numpy(), expected_out, rtol=1e-5, atol=1e-5)
+    for grad, reference, name in zip(grads, expected, "qkv"):
+        np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
+    needed = local_bytes(64, int(keys), 64, 64)  # a stage of the block in all of the local memory, not in half
+    assert keys_per_block(64, 64, 64, 4096, needed) == int(keys)
+    assert keys_per_block(64, 64, 64, 4096, needed - 4) is None
+    monkeypatch.setenv("ZYX_ATTENTION_KEYS", "48")
+    with pytest.raises(ValueError, match="ZYX_ATTENTION_KEYS='48'"):
+        keys_per_block(64, 64, 64, 4096, 1 << 16)
 
 
 def test_walk_passes_refuses_other_settings(monkeypatch):

@@ -48,7 +48,9 @@ GPU_MIN_PROBABILITY_BYTES: Optional[int] = 0
 # work item per query row, every key read from global memory). On PoCL (2 cores) "staged" took a quarter to a
 # third of "rows"' CPU time (causal, 4 heads, d=64: 60 vs 218 ms at T=1024, 230 vs 868 ms at T=2048); the unfused
 # kernels took half of "staged"'s or less (25 and 102 ms), hence MIN_PROBABILITY_BYTES (bench/README.md, A1).
-FORMS = ("staged", "rows")
+# "tiled" (attention_tiled.py, OpenCL only, else "staged"): FlashAttention-2's order with register tiles, an item
+# per 4 query rows x a slice of keys and outputs; its backward is "staged"'s.
+FORMS = ("staged", "rows", "tiled")
 
 
 def min_probability_bytes(gpu: bool = False) -> Optional[int]:
@@ -172,10 +174,11 @@ class AttentionLowering(NestedReductions):
             self._scopes[0].append(Alu(out, Op.DIV, (acc, total)))
             self._store_output(out, element)
 
-    def _store_statistics(self, probability: Index, maximum: Reg, total: Reg) -> None:
+    def _store_statistics(self, probability: Index, maximum: Reg, total: Reg, element: int = 0) -> None:
         """The row's maximum and sum of exponentials, where a backward reads them (attention_grad.py): this kernel
-        computes them, no other could without storing X. `probability`: where the row reads P."""
-        self._element = 0
+        computes them, no other could without storing X. `probability`: where the row reads P; `element`: an
+        output of that row (its guard is the stores')."""
+        self._element = element
         row = (*probability[:-1], Expr(0))
         for node, value in ((self.pattern.maximum, maximum), (self.pattern.total, total)):
             if id(node) in self.materialized and id(node) not in self.produced:

@@ -25,7 +25,7 @@ from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, REDUCE_OPS, Op
 from .attention import NotAttention
 from .attention_grad import AttentionGradientLowering, GradientProduct
-from .attention_tiles import KEYS, StagedBlocks, _at, _lane, _lanes, rows_per_group
+from .attention_tiles import StagedBlocks, _at, _lane, _lanes, block_choices, rows_per_group
 from .kernel_ir import (Alu, Barrier, Const, Define, If, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
                         Operand, Reg)
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, source_index, unravel
@@ -118,12 +118,13 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         return stages
 
     def _block_size(self, width: int, p_sides: int) -> int:
-        """Walked rows per block: the most of KEYS whose stage (`width` floats a row) takes at most half the local
-        memory (two groups share a multiprocessor's) and, with two passes, whose P sides' arrays (`p_sides`
-        floats a walked row) fit beside it, fewer where fewer hold every walked row. (The P sides may take from
-        the other half: the backward's items hold 150-250 registers, so registers, not local memory, bound the
-        groups a multiprocessor holds.)"""
-        fitting = [block for block in KEYS if 4 * block * width <= self.local_memory // 2
+        """Walked rows per block: the most of block_choices whose stage (`width` floats a row) fits their budget
+        (by default half the local memory: two groups share a multiprocessor's) and, with two passes, whose P
+        sides' arrays (`p_sides` floats a walked row) fit beside it, fewer where fewer hold every walked row. (The
+        P sides may take from the other half: the backward's items hold 150-250 registers, so registers, not
+        local memory, bound the groups a multiprocessor holds.)"""
+        choices, budget = block_choices(self.local_memory)
+        fitting = [block for block in choices if 4 * block * width <= budget
                    and 4 * block * (width + p_sides) <= self.local_memory]
         if not fitting:
             raise NotAttention(self.root)

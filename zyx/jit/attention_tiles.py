@@ -49,6 +49,7 @@ ROWS = (64, 32)        # query rows (work items) per group: 32 where a batch ent
 MIN_GROUPS = 528       # would make fewer groups than this (4 per multiprocessor of an H200's 132): a GPU idling
 ROWS_SETTINGS = ("16", "32", "64", "128", "256")  # what ZYX_ATTENTION_ROWS may set
 KEYS = (64, 32, 16)    # keys per staged block: the largest whose stage takes at most half the local memory
+KEYS_SETTINGS = ("16", "32", "64", "128")  # what ZYX_ATTENTION_KEYS may set
 LANES = 4              # floats per local read of a staged key or value row (where the head dimension allows)
 
 
@@ -66,10 +67,23 @@ def rows_per_group(queries: int, batch: int, max_group_size: int) -> Optional[in
     return next((rows for rows in reversed(enough) if rows >= queries), enough[0] if enough else None)
 
 
+def block_choices(local_memory: int) -> tuple[tuple[int, ...], int]:
+    """(the keys per staged block to choose from, largest first; the bytes of local memory their stage may take):
+    KEYS in half the local memory (two groups share a multiprocessor's), or the one ZYX_ATTENTION_KEYS sets
+    (forward and backward, for measuring) in all of it."""
+    setting = os.environ.get("ZYX_ATTENTION_KEYS")
+    if setting is None:
+        return KEYS, local_memory // 2
+    if setting not in KEYS_SETTINGS:
+        raise ValueError(f"ZYX_ATTENTION_KEYS={setting!r}: expected one of {', '.join(KEYS_SETTINGS)}")
+    return (int(setting),), local_memory
+
+
 def keys_per_block(rows: int, head_dim: int, value_dim: int, keys: int, local_memory: int) -> Optional[int]:
-    """The most keys whose stage takes at most half the local memory (so that two groups share a
-    multiprocessor's), fewer where fewer hold all `keys`; None where even the fewest do not fit."""
-    fitting = [block for block in KEYS if local_bytes(rows, block, head_dim, value_dim) <= local_memory // 2]
+    """The most keys of block_choices whose stage fits their budget, fewer where fewer hold all `keys`; None
+    where even the fewest do not fit."""
+    choices, budget = block_choices(local_memory)
+    fitting = [block for block in choices if local_bytes(rows, block, head_dim, value_dim) <= budget]
     return min((block for block in fitting if block >= keys), default=fitting[0] if fitting else None)
 
 
@@ -87,9 +101,15 @@ class StagedBlocks(Lowering):
     rows_per_group: int
     keys_per_block: int
     lid: Expr
+    row_name = "lid"  # the variable an index reads the group's rows at (attention_tiled.py's items own several)
+
+    @property
+    def group_items(self) -> int:
+        """Items per work group: one per row here."""
+        return self.rows_per_group
 
     def _axes(self) -> tuple[Axis, ...]:
-        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", self.rows_per_group, Role.LOCAL))
+        return (Axis("gid", self.groups, Role.GLOBAL), *self._loops, Axis("lid", self.group_items, Role.LOCAL))
 
     def _line(self, make, dtype: DType = float32) -> Reg:
         """A statement at the end of the innermost open scope; its register."""
@@ -114,9 +134,9 @@ class StagedBlocks(Lowering):
             return []  # (the smallest b is found as -max(-b))
         for side, lowest in zip(node.src, (False, True)):
             read = self._variables(side, index)
-            if ("lid" in read) == (key_name in read):
+            if (self.row_name in read) == (key_name in read):
                 return []
-            found.append((side, index, lowest, "lid" in read))
+            found.append((side, index, lowest, self.row_name in read))
         return found if found[0][3] != found[1][3] else []
 
     def _block_needed(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
@@ -143,21 +163,25 @@ class StagedBlocks(Lowering):
         self._scopes[-2].append(Loop(counter, trips, tuple(self._close_loop())))
         return self._line(lambda out: Alu(out, Op.NEG, (acc,)), node.dtype) if lowest else acc
 
-    def _stage(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str) -> None:
-        """The group's copy of `node` for the block's keys into `stage` as [key][inner]: `index` reads it at the
-        key counter `key_name` and the inner counter `inner_name`; consecutive items copy consecutive elements."""
-        size, rows = self.keys_per_block * inner, self.rows_per_group
-        for copy in range(-(-size // rows)):
-            flat = self.lid + copy * rows
+    def _stage(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str,
+               keys: int = 0, pitch: int = 0) -> None:
+        """The group's copy of `node` for the block's keys (`keys` of them: by default keys_per_block) into `stage`
+        as [key][inner], rows `pitch` floats apart (by default `inner`): `index` reads it at the key counter
+        `key_name` and the inner counter `inner_name`; consecutive items copy consecutive elements."""
+        size, items = (keys or self.keys_per_block) * inner, self.group_items
+        for copy in range(-(-size // items)):
+            flat = self.lid + copy * items
             value = self.value(node, _at(index, {key_name: flat // inner, inner_name: flat % inner}), ())
-            store = LocalStore(stage, flat, value.operand, element=True)
+            at = (flat // inner) * pitch + flat % inner if pitch and pitch != inner else flat
+            store = LocalStore(stage, at, value.operand, element=True)
             self._scopes[-1].append(If(((flat, "lt", size),), (store,)) if flat.hi >= size else store)
 
     def _split(self, factors: Node, index: Index, key_name: str) -> tuple[Node, Node]:
         """(query side, key side) of the scores' product: the operand that does not depend on the key, and the
         one that does not depend on the query row."""
         for query_side, key_side in (factors.src, factors.src[::-1]):
-            if (key_name not in self._variables(query_side, index) and "lid" not in self._variables(key_side, index)):
+            if (key_name not in self._variables(query_side, index)
+                    and self.row_name not in self._variables(key_side, index)):
                 return query_side, key_side
         raise NotAttention(factors)
 

@@ -38,6 +38,7 @@ from .attention import attention_form, lower_attention, match_attention
 from .attention_grad import (GradientProduct, gradient_products, gradients_share_kernels,
                              lower_attention_gradient, match_attention_gradient)
 from .attention_grad_tiles import lower_staged_attention_gradient
+from .attention_tiled import lower_tiled_attention
 from .attention_tiles import lower_staged_attention
 from .rows import lower_rows, row_length, statistics_read_elsewhere
 from .segments import lower_segments, plan_segments
@@ -453,7 +454,13 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
     pattern = match_attention(site.root, site.materialized, traits.gpu)
     if pattern is None:
         return None
-    if attention_form() == "staged":
+    form = attention_form()
+    if form == "tiled" and traits.language == "opencl":
+        tiled = lower_tiled_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
+                                      traits.max_group_size, True, site.apart, traits.max_params)
+        if tiled is not None:
+            return tiled
+    if form != "rows":
         staged = lower_staged_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
                                         traits.max_group_size, traits.language == "opencl", site.apart,
                                         traits.max_params)
@@ -468,7 +475,7 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
     plan, siblings = _gradient_siblings(site.root, site.materialized, site.produced, traits)
     if plan is None:
         return None
-    if attention_form() == "staged":
+    if attention_form() != "rows":
         staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
                                                  traits.max_group_size, traits.language == "opencl", site.apart,
                                                  traits.max_params)
