@@ -11,6 +11,7 @@ import torch
 
 import zyx
 from zyx.dtypes import float32
+from zyx.jit.kernel_nodes import contained_nodes
 from zyx.jit.lower import PARAM_LIMIT
 from zyx.jit.schedule import FUSION_DEPTH_LIMIT, DeviceTraits, schedule
 from zyx.jit.symbolic import Expr
@@ -168,3 +169,26 @@ def test_a_100_000_deep_unrealized_chain_is_freed_at_once():
         w = -w
     del w  # CPython frees the nodes one by one; a recursive free would overflow its C stack
     assert bottom() is None
+
+
+def test_a_chain_is_cut_at_the_reduction_a_function_of_it_reads():
+    """A column sum g of a deep value, broadcast as |g|² into a product past the depth limit and read by an update
+    beside it (W7's gradient norm and AdamW): the cut stores g, which both read, not |g|² (the update then summed
+    g again); results equal to the reference device's."""
+    def build(device):
+        x = device.tensor(np.linspace(0.5, 1.5, 16 * 64, dtype=np.float32).reshape(16, 64))
+        w = device.tensor(np.eye(64, dtype=np.float32))
+        for _ in range(FUSION_DEPTH_LIMIT // 2 - 1):
+            x = x.exp().log()
+        g = x.sum(0)
+        return (g.abs().square().reshape(64, 1) * w).sum(0), g * 0.5
+
+    targets = build(zyx.OpenCL())
+    column_sum = targets[1].node.src[0]
+    while column_sum.op is not Op.SUM:
+        column_sum = column_sum.src[0]
+    kernels, _ = schedule([t.node for t in targets], DeviceTraits())
+    assert [sum(node is column_sum for node in contained_nodes(k)) for k in kernels].count(1) == 1
+    assert any(column_sum in k.outputs for k in kernels)
+    for got, expected in zip(build(zyx.OpenCL()), build(zyx.CPU())):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4)

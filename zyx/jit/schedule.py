@@ -903,8 +903,10 @@ def _chain_cuts(order: Sequence[Node], materialized: dict[int, Node]) -> dict[in
             for source in node.src:
                 if above(source) > FUSION_DEPTH_LIMIT // 2:
                     path = _cut_point(source, above)
-                    cuts[id(path[-1])] = path[-1]
-                    for passed in reversed(path[:-1]):  # (the nodes above the cut are shallower now)
+                    reduction, between = _reduction_below(path[-1], materialized)
+                    cut = reduction or path[-1]
+                    cuts[id(cut)] = cut
+                    for passed in [*between, *reversed(path[:-1])]:  # (the nodes above the cut are shallower now)
                         depth[id(passed)] = deepest_source(passed) + 1
             if deepest_source(node) + 1 > FUSION_DEPTH_LIMIT:  # (a second deep source beside the broadcast)
                 cuts.update((id(s), s) for s in node.src if above(s) > FUSION_DEPTH_LIMIT // 2)
@@ -949,6 +951,47 @@ def _shared_wide_values(order: Sequence[Node], materialized: dict[int, Node],
             cuts[id(node)] = node
         reads[id(node)] = None if found is None else frozenset(found)
     return cuts
+
+
+CUT_FUNCTION_NODES = 8  # nodes of an elementwise function of one reduction `_reduction_below` looks through
+
+
+def _reduction_below(node: Node, materialized: dict[int, Node]) -> tuple[Optional[Node], list[Node]]:
+    """Where `node` is an elementwise function of one reduction (through views, constants aside; up to
+    CUT_FUNCTION_NODES nodes), that reduction and the function's nodes, sources first: a chain cut there stores
+    the value other kernels read too (W7's gradient norm was cut at |g|², |g| or a view of g for 10 of its 98 bias
+    and layer-norm gradients, whose AdamW updates then summed g over the tokens again, each). Else (None, [])."""
+    leaves: dict[int, Node] = {}
+    walked: dict[int, Node] = {}
+    stack = [node]
+    while stack:
+        value = stack.pop()
+        if id(value) in walked or id(value) in leaves or value.op is Op.CONST:
+            continue
+        if value.op in REDUCE_OPS or value.op is Op.BUFFER or (value is not node and id(value) in materialized):
+            leaves[id(value)] = value
+        elif value.op in ELEMENTWISE_OPS or value.op in MOVEMENT_OPS:
+            walked[id(value)] = value
+            stack.extend(value.src)
+        else:
+            return None, []  # (a random value, a gather: no function of the reduction alone)
+        if len(walked) > CUT_FUNCTION_NODES or len(leaves) > 1:
+            return None, []
+    reduction = next(iter(leaves.values()), None)
+    if reduction is None or reduction.op not in REDUCE_OPS or id(reduction) in materialized:
+        return None, []
+    return reduction, _sources_first(list(walked.values()))
+
+
+def _sources_first(nodes: list[Node]) -> list[Node]:
+    """`nodes` (a few) ordered so that each comes after those of them it reads."""
+    inside, ordered, placed = {id(n) for n in nodes}, [], set()
+    while len(ordered) < len(nodes):
+        for value in nodes:
+            if id(value) not in placed and all(id(s) in placed or id(s) not in inside for s in value.src):
+                ordered.append(value)
+                placed.add(id(value))
+    return ordered
 
 
 def _cut_point(source: Node, above: Callable[[Node], int]) -> list[Node]:
