@@ -49,9 +49,10 @@ def matmul_axes(node: Node) -> Optional[tuple[int, int]]:
 
 def hosted_matmul(root: Node, materialized: dict[int, Node], loaded: Container[int] = ()) -> Optional[Node]:
     """The matrix product this kernel computes at its own output positions, if any (an empty one, k or the output
-    of no elements, is no product to plan: its kernel sums nothing). A product another kernel stores is none of its
-    own, only read (`materialized`), nor one among `loaded`, the ids of stored values the kernel reads (earlier
-    kernels store them, or kernels of their own): GELU's backward, dY·W_outᵀ times a function of the stored
+    of no elements, is no product to plan: its kernel sums nothing). A product among `loaded`, the ids of stored
+    values the kernel reads (earlier kernels store them, or kernels of their own), is none of its own (one it
+    stores itself beside its root is: W7's dY·W_outᵀ, read again elsewhere, untiled at 15.5 ms where a
+    `materialized` product was skipped too): GELU's backward, dY·W_outᵀ times a function of the stored
     pre-activation x̂·W_fcᵀ, planned the pre-activation's tiles and walked its own product from memory, untiled
     (4.3 ms on the H200 where the product alone took 1.6), and elementwise kernels reading a stored product were
     shaped as products (on tensor cores 128 outputs an item, written out one by one)."""
@@ -61,10 +62,10 @@ def hosted_matmul(root: Node, materialized: dict[int, Node], loaded: Container[i
         if id(node) in seen or (node is not root and id(node) in loaded):
             continue
         seen.add(id(node))
-        if node is not root and id(node) in materialized:
-            continue
         if matmul_axes(node) is not None and node.numel == root.numel and node.src[0].numel:
             return node
+        if node is not root and id(node) in materialized:
+            continue
         if node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS or node is root:
             stack.extend(node.src)
     return None
