@@ -102,11 +102,11 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
         reusing = {k for k, kernel in enumerate(kernels) if any(id(node) in reused for node in kernel.outputs)}
         kernels = group_launches(kernels, [{position[p] for p in before[k]} for k in order], grouping,
                                  {position[k] for k in writes}, {position[k] for k in checking} | reusing)
+        reused = _reused_buffers(kernels, targets) if reuse_buffers else {}  # (the launches' own: grouped now)
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}
     slot_of: dict[int, int] = {}
     slot_bytes: list[int] = []
-    reused = _reused_buffers(kernels, targets) if reuse_buffers else {}  # (again: the launches may differ)
     for kernel in kernels:
         for node in kernel.outputs:
             if id(node) in reused:
