@@ -277,6 +277,10 @@ class DiskStore:
         if reason is not None:
             self._warn(CacheDirectoryWarning(reason))
             return
+        unwritable = _unwritable_because(self.directory)
+        if unwritable is not None:
+            self._open_read_only(unwritable)
+            return
         try:
             self._connection = _connect(self.path)
         except _Damaged as damage:
@@ -285,11 +289,11 @@ class DiskStore:
             if _is_corruption(error):
                 self._start_afresh(f"{self.path} is damaged ({error})")
             else:
-                self._open_read_only(error)
+                self._open_read_only(str(error))
         except OSError as error:
-            self._open_read_only(error)
+            self._open_read_only(str(error))
 
-    def _open_read_only(self, write_error: Exception) -> None:
+    def _open_read_only(self, write_error: str) -> None:
         """Serve a filled cache from a directory this process cannot write (a read-only filesystem)."""
         for mode in ("mode=ro", "immutable=1"):
             try:
@@ -303,6 +307,17 @@ class DiskStore:
                                     f"compiled kernels and programs from it, keeping new ones in memory only"))
             return
         self._warn(CacheDirectoryWarning(f"cannot open {self.directory} ({write_error})"))
+
+
+def _unwritable_because(directory: Path) -> str | None:
+    """Why the directory cannot be written, found before sqlite opens it: sqlite would open a database on a
+    read-only filesystem without complaint, or fail in whichever call comes first, depending on its files."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError as error:
+        return str(error)
+    return None if os.access(directory, os.W_OK) else "no write permission"
 
 
 def _connect(path: Path, read_only_mode: str | None = None) -> sqlite3.Connection:
