@@ -99,7 +99,9 @@ def test_blocks_walked_in_two_passes_on_request(shaped, monkeypatch, name, share
 @pytest.mark.parametrize("rows", ["32", "128"])
 def test_rows_per_group_on_request(gpu, monkeypatch, rows):
     """ZYX_ATTENTION_ROWS: the forward's and the backward kernels' groups hold that many rows; the same gradients
-    (two passes, dK and dV apart: the variant expected fastest on the H200)."""
+    (two passes, dK and dV apart: the variant expected fastest on the H200). The forward in the staged form (a GPU's
+    default, the tiled one, has tiles of its own)."""
+    monkeypatch.setenv("ZYX_ATTENTION_FORM", "staged")
     monkeypatch.setenv("ZYX_ATTENTION_ROWS", rows)
     monkeypatch.setenv("ZYX_ATTENTION_GRAD_PASSES", "2")
     monkeypatch.setenv("ZYX_ATTENTION_GRAD_SHARED", "0")
@@ -116,7 +118,9 @@ def test_rows_per_group_on_request(gpu, monkeypatch, rows):
 @pytest.mark.parametrize("keys", ["16", "64", "128"])
 def test_keys_per_block_on_request(gpu, monkeypatch, keys):
     """ZYX_ATTENTION_KEYS: the forward's and the backward kernels' stages hold that many keys (walked rows) a block,
-    in all of the local memory; the same output and gradients, T not a multiple of the block (150 keys)."""
+    in all of the local memory; the same output and gradients, T not a multiple of the block (150 keys). The
+    forward in the staged form (a GPU's default, the tiled one, has tiles of its own)."""
+    monkeypatch.setenv("ZYX_ATTENTION_FORM", "staged")
     monkeypatch.setenv("ZYX_ATTENTION_KEYS", keys)
     arrays = [data(1, 2, 150, 32) for _ in range(4)]
     out, grads = zyx_step(gpu, arrays, {"is_causal": True})

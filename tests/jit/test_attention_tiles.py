@@ -18,9 +18,11 @@ H200_LOCAL_MEMORY = 48 * 1024  # what NVIDIA's OpenCL reports
 
 
 @pytest.fixture(autouse=True)
-def fuse_any_size(monkeypatch):
-    """These small inputs take the fused kernel too (GPUs keep their products by default)."""
+def fuse_any_size_staged(monkeypatch):
+    """These small inputs take the fused kernel too (GPUs keep their products by default), in the staged form
+    (GPUs get the tiled one by default: test_attention_tiled.py)."""
     monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", "0")
+    monkeypatch.setenv("ZYX_ATTENTION_FORM", "staged")
 
 
 def data(*shape):

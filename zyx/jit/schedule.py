@@ -454,7 +454,7 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
     pattern = match_attention(site.root, site.materialized, traits.gpu)
     if pattern is None:
         return None
-    form = attention_form()
+    form = attention_form(traits.gpu)
     if form == "tiled" and traits.language == "opencl":
         tiled = lower_tiled_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
                                       traits.max_group_size, True, site.apart, traits.max_params)
@@ -475,7 +475,7 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
     plan, siblings = _gradient_siblings(site.root, site.materialized, site.produced, traits)
     if plan is None:
         return None
-    if attention_form() != "rows":
+    if attention_form(traits.gpu) != "rows":
         staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
                                                  traits.max_group_size, traits.language == "opencl", site.apart,
                                                  traits.max_params)
