@@ -488,6 +488,7 @@ class RenderedKernel:
     ir: Optional[Kernel] = None  # what was printed (None for a collective step): launch groups print it again
     kernels: int = 1  # the kernels it runs side by side (a launch group: launch_groups.py)
     summed_apart: tuple = ()  # products it reads as partial sums another kernel stores (their FLOPs are that one's)
+    late: bool = False  # a copy of a value for its late readers (rematerialize.py): launched as late as it may be
 
 
 # ---- walking and rewriting -------------------------------------------------------------------------------

@@ -101,7 +101,8 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
         # (a kernel taking a buffer is kept alone: in a launch shared with the value's other readers it would race)
         reusing = {k for k, kernel in enumerate(kernels) if any(id(node) in reused for node in kernel.outputs)}
         kernels = group_launches(kernels, [{position[p] for p in before[k]} for k in order], grouping,
-                                 {position[k] for k in writes}, {position[k] for k in checking} | reusing)
+                                 {position[k] for k in writes} | {k for k, kernel in enumerate(kernels) if kernel.late},
+                                 {position[k] for k in checking} | reusing)
         reused = _reused_buffers(kernels, targets) if reuse_buffers else {}  # (the launches' own: grouped now)
     leaf_position = {id(n): i for i, n in enumerate(leaves)}
     rand_position = {id(n): i for i, n in enumerate(rands)}

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 from ..trace.node import Node, toposort
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .collective import collective_kernel
+from .rematerialize import rematerialize
 from .rewrite import rewrite_graph
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
@@ -136,6 +137,13 @@ def schedule(targets: Sequence[Node], traits: DeviceTraits = DeviceTraits(),
     targets = rewrite_graph(targets, traits.gpu, traits.compute_units)
     memo = KernelMemo() if memoize else None
     plan = _plan(targets, traits)
+    targets, copies = rematerialize(targets, plan.materialized, plan.users, lambda value: _fused_ops(
+        value, plan.materialized, BROADCAST_MIN_OPS) >= BROADCAST_MIN_OPS) if traits.gpu else (targets, [])
+    if copies:
+        plan = _plan(targets, traits)
+        recomputed = frozenset(id(copy) for copy in copies)
+        plan = replace(plan, materialized={**plan.materialized, **{id(copy): copy for copy in copies}},
+                       stored_apart=plan.stored_apart | recomputed, recomputed=recomputed)
     plain: set[int] = set()  # roots whose kernels store nothing but their root
     for _ in range(CYCLE_RETRIES):
         try:
@@ -677,6 +685,7 @@ class _Plan:
     materialized: dict[int, Node]
     stored_apart: frozenset[int]
     users: dict[int, list[Node]]
+    recomputed: frozenset[int] = frozenset()  # copies of values for their late readers (rematerialize.py)
 
 
 def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
@@ -756,14 +765,23 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
                      and tried[2].keys() == planned.keys())
         return kernel if unchanged and {id(node) for node in kernel.outputs} == own else None
 
+    kernels = _marked_late(kernels, roots, plan.recomputed)
     ordered = _launch_order(kernels, roots)  # (an attempt whose kernels wait for each other ends here, unrebuilt)
     reading, reading_roots = read_stored_reductions(kernels, roots, produced, targets, rebuild)
     if reading is not kernels:
         try:
-            return _launch_order(reading, reading_roots)
+            return _launch_order(_marked_late(reading, reading_roots, plan.recomputed), reading_roots)
         except KernelCycle:  # (kernels reading each other's extra outputs now: those built first serve)
             pass
     return ordered
+
+
+def _marked_late(kernels: list[RenderedKernel], roots: list[Node], recomputed: frozenset[int]
+                 ) -> list[RenderedKernel]:
+    """The kernels, those storing copies for late readers (rematerialize.py) marked `late`."""
+    if not recomputed:
+        return kernels
+    return [replace(kernel, late=True) if id(root) in recomputed else kernel for kernel, root in zip(kernels, roots)]
 
 
 def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: set[int],
@@ -1010,7 +1028,8 @@ def _cut_point(source: Node, above: Callable[[Node], int]) -> list[Node]:
 
 def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[RenderedKernel]:
     """Producers before consumers (`roots`: each kernel's); cycles (only possible through extra outputs) raise
-    KernelCycle with the roots of the kernels whose extra outputs close them (of every cycle the walk meets)."""
+    KernelCycle with the roots of the kernels whose extra outputs close them (of every cycle the walk meets).
+    `late` kernels (copies: rematerialize.py) come right before their first reader."""
     producer = {id(node): k for k, kernel in enumerate(kernels) for node in kernel.outputs}
     ordered: list[RenderedKernel] = []
     state: dict[int, int] = {}  # 1 visiting, 2 done
@@ -1042,8 +1061,8 @@ def _launch_order(kernels: list[RenderedKernel], roots: list[Node]) -> list[Rend
                     for a, b in extra:
                         cycles[id(roots[b])] = roots[b]
                         values.update((id(node), node) for node in kernels[a].loads if producer.get(id(node)) == b)
-            waiting = [p for p in waiting if state.get(p) != 1]
-            if waiting:
+            waiting = sorted((p for p in waiting if state.get(p) != 1), key=lambda p: not kernels[p].late)
+            if waiting:  # (the last is walked first: copies after the rest)
                 stack.extend(waiting)
                 continue
             state[k] = 2
