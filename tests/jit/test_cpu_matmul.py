@@ -115,6 +115,34 @@ def test_chosen_on_the_cpu_device(dev):
     close(out.numpy(), a @ b)
 
 
+def product_source(*tensors):
+    """The source of the vector product kernel a CPU device would run for the tensors."""
+    kernels, _ = schedule([t.node for t in tensors], DeviceTraits(gpu=False))
+    return next(k.source for k in kernels if k.name.startswith("m_"))
+
+
+@pytest.mark.parametrize("n,k,m", [(64, 64, 64), (512, 96, 16), (8, 400, 96)])
+def test_a_product_stored_as_it_is_stores_each_accumulator_whole(dev, n, k, m):
+    a, b = data(n, k), data(k, m)
+    out = dev.tensor(a) @ dev.tensor(b)
+    source = product_source(out)
+    accumulators = source.count("float16 acc")
+    assert source.count("vstore16(acc") == accumulators and ".s0;" not in source  # no lane stored alone
+    close(out.numpy(), a @ b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda a, b, bias: a @ b + bias,  # an epilogue: each lane is computed on
+    lambda a, b, bias: a[:97] @ b,  # 97 rows: the last tile's rows are guarded
+])
+def test_products_with_an_epilogue_or_ragged_tiles_store_lane_by_lane(dev, make):
+    a, b, bias = data(104, 64), data(64, 64), data(64)
+    out = make(dev.tensor(a), dev.tensor(b), dev.tensor(bias))
+    source = product_source(out)
+    assert "vstore16(acc" not in source and ".s0;" in source
+    close(out.numpy(), make(a, b, bias))
+
+
 def test_large_or_strided_right_operands_are_packed(dev):
     a, b = data(64, 1024), data(1024, 640)
     x, y = dev.tensor(a), dev.tensor(b)

@@ -25,8 +25,9 @@ from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op
 from ..dtypes import float32
 from .choices import FAMILIES, Choice, Options
-from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role
+from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role, Store
 from .lower import Index, Lowering, _Value, linear, source_index, unravel
+from .view_index import contiguous_strides
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
 
@@ -241,19 +242,61 @@ class CpuMatmulLowering(Lowering):
         cell[plan.space_n] = cell.pop("band") * band + cell[plan.space_n]
         self.corner = tuple(cell[a] * tile.get(a, 1) for a in range(len(grid)))
         self.elements, self.guards, self.lanes = [], [], []  # lanes: (row, column) in the tile of each element
-        for t in range(plan.left.block):
-            for u in range(plan.right.block):
-                offsets = {plan.space_n: t, plan.space_m: u}
-                element = tuple(c + offsets.get(a, 0) for a, c in enumerate(self.corner))
-                if any(element[a].lo >= self.space[a] for a in offsets):
+        self.positions = []
+        # each row's and column's index is built once, and an unguarded output's position is the corner's plus a
+        # constant (the same expression `linear` gives: offsets add to the constant only): 256 outputs a tile
+        axes = (plan.space_n, plan.space_m)
+        offsets = [[(self.corner[a] + o, o * stride) for o in range(block)]
+                   for a, block, stride in zip(axes, (plan.left.block, plan.right.block),
+                                               (contiguous_strides(self.space)[a] for a in axes))]
+        ranges = [[(e.lo, e.hi) for e, _ in along] for along in offsets]
+        corner_position = linear(self.corner, self.space)
+        for t, (row, row_shift) in enumerate(offsets[0]):
+            for u, (column, column_shift) in enumerate(offsets[1]):
+                lane = {plan.space_n: row, plan.space_m: column}
+                (row_lo, row_hi), (column_lo, column_hi) = ranges[0][t], ranges[1][u]
+                if row_lo >= self.space[plan.space_n] or column_lo >= self.space[plan.space_m]:
                     continue  # past the end in every tile
-                ragged = [a for a in offsets if element[a].hi >= self.space[a]]
-                self.guards.append(tuple((element[a], "lt", self.space[a]) for a in ragged))
+                ragged = [a for a, hi in zip(axes, (row_hi, column_hi)) if hi >= self.space[a]]
+                self.guards.append(tuple((lane[a], "lt", self.space[a]) for a in ragged))
                 # where the guard holds the index is in range: an opaque value with that range (as in a PAD)
-                self.elements.append(tuple(Expr.clamped(e, 0, self.space[a] - 1) if a in ragged else e
-                                           for a, e in enumerate(element)))
+                element = tuple(Expr.clamped(lane[a], 0, self.space[a] - 1) if a in ragged else lane.get(a, c)
+                                for a, c in enumerate(self.corner))
+                self.elements.append(element)
+                self.positions.append(linear(element, self.space) if ragged
+                                      else corner_position + (row_shift + column_shift))
                 self.lanes.append((t, u))
-        self.positions = [linear(element, self.space) for element in self.elements]
+        self._accumulators: list[list[Reg]] = []  # [row][vector], once the product is lowered
+        self._whole_vectors = self._stores_whole_vectors()
+
+    def _stores_whole_vectors(self) -> bool:
+        """Whether the kernel stores the product as it is (no epilogue) and every accumulator's lanes land on
+        consecutive elements of the output, none of them guarded: then each accumulator is one vector store.
+        (A reshape keeps the elements' order: the root may be the product reshaped, as `a @ b` is.)"""
+        node = self.root
+        while node.op is Op.RESHAPE:
+            node = node.src[0]
+        if node is not self.plan.product or self.plan.right.block % LANES or any(self.guards):
+            return False
+        if len(self.lanes) != self.plan.left.block * self.plan.right.block:
+            return False
+        first = self.positions[::LANES]  # each accumulator's first lane; its other lanes follow it one by one
+        return all(position.terms == start.terms and position.const == start.const + i % LANES
+                   for i, (position, start) in enumerate(zip(self.positions, (s for s in first for _ in range(LANES)))))
+
+    def _lower_outputs(self) -> None:
+        """A product stored as it is in whole vectors: each accumulator stored by one vector store (`vstore16`),
+        not extracted and stored lane by lane. The values are the same; the kernel has 16x fewer statements to
+        lower, print and compile (a W5 product's front end took 0.06 s less of PoCL's CPU, of 0.15-0.2 s)."""
+        if not self._whole_vectors:
+            super()._lower_outputs()
+            return
+        self._element = 0
+        self._reduce(self.plan.product)
+        out = self._output(self.root)
+        # self.lanes runs over each row's columns in order: lanes i..i+15 are one accumulator's
+        self._stores += [Store(out, self.positions[i], self._accumulators[t][u // LANES], float32, "vector")
+                         for i, (t, u) in enumerate(self.lanes) if u % LANES == 0]
 
     def _axes(self) -> tuple[Axis, ...]:
         return (Axis("gid", self.items, Role.GLOBAL), *self._loops,
@@ -294,6 +337,9 @@ class CpuMatmulLowering(Lowering):
             body += [MultiplyAdd(acc, a, b_v) for acc, b_v in zip(row, b)]
         loop = Loop(step, count, tuple(self._close_loop()))
         self._scopes[0] += [Define(acc, Const(0.0, float32, LANES)) for row in accumulators for acc in row] + [loop]
+        self._accumulators = accumulators
+        if self._whole_vectors:
+            return []  # (stored whole by _lower_outputs)
         return [self._emit(0, lambda out, t=t, u=u: Extract(Reg(out, float32), accumulators[t][u // LANES],
                                                              f"s{u % LANES:x}")) for t, u in self.lanes]
 

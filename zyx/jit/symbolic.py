@@ -80,7 +80,7 @@ class Expr:
 
     def __add__(self, other: Union["Expr", int]) -> "Expr":
         if isinstance(other, int):
-            return Expr(self.const + other, self.terms)
+            return self._shifted(other) if other else self
         terms = dict(self.terms)
         for atom, c in other.terms.items():
             terms[atom] = terms.get(atom, 0) + c
@@ -88,7 +88,17 @@ class Expr:
 
     __radd__ = __add__
 
+    def _shifted(self, k: int) -> "Expr":
+        """`self + k`, sharing `self`'s terms (and key's): an expression is never changed once made. A kernel's
+        index arithmetic adds constants to the same terms again and again (a CPU product's 256 outputs a tile)."""
+        shifted = Expr.__new__(Expr)
+        shifted.const, shifted.terms, shifted._text = self.const + k, self.terms, None
+        shifted._key = None if self._key is None else (shifted.const, self._key[1])
+        return shifted
+
     def __mul__(self, k: int) -> "Expr":
+        if k == 1:
+            return self
         return Expr(self.const * k, {a: c * k for a, c in self.terms.items()})
 
     __rmul__ = __mul__
