@@ -270,7 +270,8 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         total: Operand = accs[0]
         for acc in accs[1:]:
             total = self._line(lambda out, a=total, b=acc: Alu(out, Op.ADD, (a, b)))
-        return _Value(total, len(self._scopes) - 1)
+        value = _Value(total, len(self._scopes) - 1)
+        return self._rounded(value, node.dtype) if node.dtype.is_narrow_float else value
 
 
 def _keys(index: Index) -> tuple:
