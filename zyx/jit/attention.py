@@ -225,10 +225,13 @@ class AttentionLowering(NestedReductions):
         return out
 
     def _probability_index(self, full: Index) -> Index:
-        """Where the product's element `full` reads P: through the views between the product's operand and P.
-        P's last axis must be the key counter alone (else this is not softmax(X) V over the keys)."""
+        """Where the product's element `full` reads P: through the views (and a cast down) between the product's
+        operand and P. P's last axis must be the key counter alone (else this is not softmax(X) V over the keys)."""
         node, index = self.pattern.p_side, full
         while node is not self.pattern.probabilities:
+            if node.op is Op.CAST:  # P cast down for the product (autocast): read where P is
+                node = node.src[0]
+                continue
             index, condition = source_index(node, index)
             if index is None or condition is not None:
                 raise NotAttention(node)
