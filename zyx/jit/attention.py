@@ -18,6 +18,13 @@ Only where no other kernel stores P, its exponentials or X, and where P would ta
 (ZYX_ATTENTION_MIN_BYTES). Where a backward reads the row statistics (trace/attention_grad.py writes the gradient
 so that P is recomputed from them, attention_grad.py's kernels), this kernel stores them too: the row maximum and
 sum it computes anyway. PoCL vectorizes the kernel across work items (rows); no transform applies.
+
+Under autocast the pattern is half precision (float16, bfloat16): scaled_dot_product_attention's whole trace, or a
+float32 softmax whose P is cast down for the product (attention written out). Every form computes in float32 and
+rounds where the unfused trace rounds: the scores' product, X's elementwise ops (as any kernel lowers them), x - m
+and exp(x - m) where the softmax is half precision, the weight multiplying W where the product's P side is, the
+output where stored. Only P = exp(x - M) / l is never formed (online softmax): its exponentials round against the
+running maximum, before the division by l, as FlashAttention's do.
 """
 from __future__ import annotations
 
@@ -220,7 +227,7 @@ class AttentionLowering(NestedReductions):
 
     def _alu(self, op: Op, *args: object) -> Reg:
         """A statement in the key loop's body; its register."""
-        out = Reg(self.names.fresh("v"), self.root.dtype)
+        out = Reg(self.names.fresh("v"), float32)
         self._scopes[-1].append(Alu(out, op, tuple(args)))  # type: ignore[arg-type]
         return out
 
