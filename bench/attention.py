@@ -1,16 +1,16 @@
 """A1: causal attention's forward (--train: forward and backward) over context length: time and memory growth.
 
     python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--full] [--train]
-                              [--repeat 5] [--device N] [--only torch,zyx-staged,zyx-rows,zyx-unfused] [--json OUT]
+                              [--repeat 5] [--device N] [--only torch,zyx-staged,zyx-tiled,zyx-rows,zyx-unfused] [--json OUT]
                               [--variants default,rows-32,keys-64+rows-128,split,two-pass] [--calls 1]
-                              [--torch-device cpu] [--check-torch] [--beside-torch]
+                              [--torch-device cpu] [--check-torch] [--beside-torch] [--autocast bfloat16|float16]
 
 `zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)` (`--full`: not causal, every block of keys computed:
 the staged kernel's causal time against it shows the blocks it skips) on (batch, heads, T, head_dim) float32
 inputs, as a @zyx.jit function, each in a process of its own. The zyx implementations:
-- zyx-staged / zyx-rows: softmax(QK^T) V fused at every T (ZYX_ATTENTION_MIN_BYTES=0) in the named form
-  (ZYX_ATTENTION_FORM: attention_tiles.py's work groups with keys and values staged in local memory, the default,
-  or attention.py's work item per query row, the former kernel);
+- zyx-staged / zyx-tiled / zyx-rows: softmax(QK^T) V fused at every T (ZYX_ATTENTION_MIN_BYTES=0) in the named
+  form (ZYX_ATTENTION_FORM: attention_tiles.py's work groups with keys and values staged in local memory, the
+  default, attention_tiled.py's register tiles, or attention.py's work item per query row, the former kernel);
 - zyx-unfused: products and a row softmax, the T x T probabilities stored (ZYX_ATTENTION_MIN_BYTES past any size).
 torch is eager F.scaled_dot_product_attention on the host. Reported: the median time of --repeat calls after two
 (each ends by reading the output); for zyx also the median device time of its kernels per call (zyx.profile,
@@ -27,6 +27,9 @@ calls launched back to back, one wait). `--torch-device cuda` runs torch on the 
 timed too), `--check-torch` compares zyx's output (and with --train its gradients) with torch's in float64 on that
 device (PASS where every largest error is at most CHECK_TOLERANCE of the reference's largest value), and
 `--beside-torch` times torch in each zyx process as well, zyx and torch alike (--calls launches, one wait).
+`--autocast bfloat16|float16` runs the attention under each library's autocast (zyx.autocast, torch.autocast on
+--torch-device): half-precision operands, float32 accumulation, a half-precision output (the fused kernels round
+where the unfused trace does); --check-torch then allows AUTOCAST_TOLERANCE.
 """
 from __future__ import annotations
 
@@ -45,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Record, pick_device, script_main, wants  # noqa: E402
 
-IMPLEMENTATIONS = ("torch", "zyx-staged", "zyx-rows", "zyx-unfused")
-FUSED_FORMS = {"zyx-staged": "staged", "zyx-rows": "rows"}  # implementation: ZYX_ATTENTION_FORM
+IMPLEMENTATIONS = ("torch", "zyx-staged", "zyx-tiled", "zyx-rows", "zyx-unfused")
+FUSED_FORMS = {"zyx-staged": "staged", "zyx-tiled": "tiled", "zyx-rows": "rows"}  # implementation: ZYX_ATTENTION_FORM
 # zyx-staged's variants (--variants, also spelled --backward): their ZYX_* settings. Forward and backward:
 # rows per group (ZYX_ATTENTION_ROWS) and keys per staged block (ZYX_ATTENTION_KEYS, attention_tiles.py); the
 # backward's: dK and dV in one kernel or two (attention_grad.py), each block of walked rows in one pass or two
@@ -65,6 +68,10 @@ VARIANTS = {
        for ty in (4, 8, 16, 32) for ck in (2, 4, 8)},
 }
 CHECK_TOLERANCE = 1e-4  # --check-torch: the largest error allowed, relative to the reference's largest value
+# --check-torch under --autocast: 4 machine epsilons of the dtype (bfloat16 2^-7, float16 2^-10): q, k, v, the
+# scores, the probabilities and the output are each rounded to it once, every error relative to values the largest
+# of which bounds the output (a weighted mean of v's rows) and the gradients alike
+AUTOCAST_TOLERANCE = {"bfloat16": 4 * 2.0 ** -7, "float16": 4 * 2.0 ** -10}
 
 
 def variant_settings(variant: str) -> dict[str, str]:
@@ -97,7 +104,8 @@ def first_head_weights(arrays: list, causal: bool) -> Any:
 def first_head_error(arrays: list, out: Any, causal: bool) -> float:
     """The largest absolute difference of the first head's output from numpy's attention in float64."""
     import numpy as np
-    return float(np.abs(first_head_weights(arrays, causal) @ arrays[2][0, 0].astype(np.float64) - out[0, 0]).max())
+    expected = first_head_weights(arrays, causal) @ arrays[2][0, 0].astype(np.float64)
+    return float(np.abs(expected - np.asarray(out[0, 0], dtype=np.float64)).max())
 
 
 def first_head_value_gradient_error(arrays: list, grad_v: Any, causal: bool) -> float:
@@ -107,18 +115,24 @@ def first_head_value_gradient_error(arrays: list, grad_v: Any, causal: bool) -> 
     return float(np.abs(first_head_weights(arrays, causal).T @ grad_out - grad_v[0, 0]).max())
 
 
+def zyx_attention(args: argparse.Namespace, q: Any, k: Any, v: Any) -> Any:
+    """scaled_dot_product_attention, under zyx.autocast where --autocast says."""
+    import zyx
+    with zyx.autocast(args.autocast or "bfloat16", enabled=args.autocast is not None):
+        return zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=not args.full)
+
+
 def zyx_call(args: argparse.Namespace, dev: Any, arrays: list) -> tuple[Any, Any]:
     """(the jitted call, a function running it once to completion) for the forward or, with --train, the step."""
     import zyx
-    causal = not args.full
     tensors = [dev.tensor(a) for a in arrays]
     zyx.realize(*tensors)
     if not args.train:
-        attend = zyx.jit(lambda q, k, v: zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=causal))
+        attend = zyx.jit(lambda q, k, v: zyx_attention(args, q, k, v))
         return attend, lambda: attend(*tensors[:3]).numpy()
 
     def step(q: Any, k: Any, v: Any, grad_out: Any) -> tuple:
-        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = zyx_attention(args, q, k, v)
         return (out, *(out * grad_out).sum().backward([q, k, v]))
 
     train = zyx.jit(step)
@@ -204,6 +218,7 @@ def torch_errors(args: argparse.Namespace, arrays: list, found: list) -> dict[st
     errors = {}
     for name, reference, value in zip(("out", "dq", "dk", "dv"), (out.detach(), *grads), found):
         reference = reference.cpu().numpy()
+        value = np.asarray(value, dtype=np.float64)
         errors[name] = float(np.abs(value - reference).max() / max(np.abs(reference).max(), 1e-30))
     return errors
 
@@ -218,15 +233,20 @@ def measure_torch(args: argparse.Namespace, context: int) -> dict[str, Any]:
     grad_out = torch.from_numpy(inputs(args, context)[0][::-1].copy()).to(device)
     wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    def forward() -> Any:
+        with torch.autocast(device.type, dtype=getattr(torch, args.autocast or "bfloat16"),
+                            enabled=args.autocast is not None):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=not args.full)
+
     def step() -> None:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=not args.full)
+        out = forward()
         if args.train:
             torch.autograd.grad((out * grad_out).sum(), [q, k, v])
 
     with torch.set_grad_enabled(args.train):
         found = {"runs_s": timed(step, wait, args)}
         if args.train and device.type == "cuda":
-            loss = (F.scaled_dot_product_attention(q, k, v, is_causal=not args.full) * grad_out).sum()
+            loss = (forward() * grad_out).sum()
             found["backward_runs_s"] = timed(lambda: torch.autograd.grad(loss, [q, k, v], retain_graph=True), wait,
                                              args)
     return found
@@ -276,7 +296,7 @@ def in_child(args: argparse.Namespace, context: int, implementation: str, varian
                    "--batch", str(args.batch), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
                    "--repeat", str(args.repeat), "--calls", str(args.calls), "--torch-device", args.torch_device]
         command += (["--full"] * args.full + ["--train"] * args.train + ["--check-torch"] * args.check_torch
-                    + ["--beside-torch"] * args.beside_torch)
+                    + ["--beside-torch"] * args.beside_torch + ["--autocast", args.autocast] * bool(args.autocast))
         if args.device is not None:
             command += ["--device", str(args.device)]
         finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
@@ -311,7 +331,8 @@ def notes_of(found: dict[str, Any], args: argparse.Namespace, matrix: int) -> li
                      f"zyx / torch {zyx_s / torch_s:.2f}")
     if "torch_errors" in found:
         errors = found["torch_errors"]
-        verdict = "PASS" if all(e <= CHECK_TOLERANCE for e in errors.values()) else "FAIL"
+        tolerance = AUTOCAST_TOLERANCE[args.autocast] if args.autocast else CHECK_TOLERANCE
+        verdict = "PASS" if all(e <= tolerance for e in errors.values()) else "FAIL"
         notes.append(f"{verdict} against torch: " + ", ".join(f"{k} {e:.1e}" for k, e in errors.items()))
     return notes
 
@@ -367,6 +388,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare zyx's output and gradients with torch's in float64 on --torch-device")
     p.add_argument("--beside-torch", action="store_true",
                    help="time torch on --torch-device in zyx's process too, both as launches back to back, one wait")
+    p.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                   help="the attention under zyx.autocast / torch.autocast in this dtype")
     p.add_argument("--child", choices=IMPLEMENTATIONS, default=None, help=argparse.SUPPRESS)
 
 

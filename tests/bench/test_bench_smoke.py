@@ -68,6 +68,19 @@ def test_attention_backward_variants_are_timed_per_kernel_and_checked_against_to
         assert row["extra"]["kernel_table"] and all(k["ms"] > 0 for k in row["extra"]["kernel_table"])
 
 
+def test_attention_under_autocast_is_checked_against_torch_in_its_tolerance(tmp_path):
+    """A2 under --autocast bfloat16: the fused step (fewer kernels) and the unfused one, each within the bfloat16
+    tolerance of torch's (float64) output and gradients."""
+    _, result = _run("attention.py", "--train", "--contexts", "37", "--heads", "2", "--head-dim", "8",
+                     "--only", "zyx-staged,zyx-unfused", "--autocast", "bfloat16", "--check-torch",
+                     tmp_path=tmp_path)
+    rows = {r["implementation"]: r for r in result["results"]}
+    assert set(rows) == {"zyx-staged", "zyx-unfused"}
+    for row in rows.values():
+        assert "PASS against torch" in row["note"], row["note"]
+    assert rows["zyx-staged"]["extra"]["kernels"] < rows["zyx-unfused"]["extra"]["kernels"]
+
+
 def test_list_devices_exits_cleanly():
     finished = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--list-devices"],
                               capture_output=True, text=True, timeout=120)

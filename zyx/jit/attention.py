@@ -18,6 +18,13 @@ Only where no other kernel stores P, its exponentials or X, and where P would ta
 (ZYX_ATTENTION_MIN_BYTES). Where a backward reads the row statistics (trace/attention_grad.py writes the gradient
 so that P is recomputed from them, attention_grad.py's kernels), this kernel stores them too: the row maximum and
 sum it computes anyway. PoCL vectorizes the kernel across work items (rows); no transform applies.
+
+Under autocast the pattern is half precision (float16, bfloat16): scaled_dot_product_attention's whole trace, or a
+float32 softmax whose P is cast down for the product (attention written out). Every form computes in float32 and
+rounds where the unfused trace rounds: the scores' product, X's elementwise ops (as any kernel lowers them), x - m
+and exp(x - m) where the softmax is half precision, the weight multiplying W where the product's P side is, the
+output where stored. Only P = exp(x - M) / l is never formed (online softmax): its exponentials round against the
+running maximum, before the division by l, as FlashAttention's do.
 """
 from __future__ import annotations
 
@@ -25,11 +32,11 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from ..dtypes import float32
+from ..dtypes import DType, float32
 from ..trace.attention_grad import attention_product, under_views
 from ..trace.node import Node
 from ..trace.ops import Op, REDUCE_OPS
-from .kernel_ir import Accumulate, Alu, Const, Define, Loop, MultiplyAdd, Reg
+from .kernel_ir import Accumulate, Alu, Const, Define, Loop, MultiplyAdd, Operand, Reg
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, source_index, unravel
 from .symbolic import Expr
 
@@ -89,8 +96,8 @@ def match_attention(root: Node, materialized: dict[int, Node], gpu: bool = False
     """The pattern whose product `root` is (or reshapes) when no kernel stores P, its exponentials or X (then
     recomputing them here would save nothing) and P is large enough to be worth not storing
     (min_probability_bytes), else None."""
-    if root.dtype != float32 or root.numel == 0:  # (FLOAT_LOWEST is float32's)
-        return None
+    if not (root.dtype == float32 or root.dtype.is_narrow_float) or root.numel == 0:
+        return None  # (half precision is computed in float32 registers: FLOAT_LOWEST is float32's)
     found = attention_product(root.src[0] if root.op is Op.RESHAPE else root)
     if found is None:
         return None
@@ -122,7 +129,7 @@ class NestedReductions(Lowering):
             depth = len(self._scopes) - 1
             start = Const(0 if node.op is Op.SUM else FLOAT_LOWEST, node.dtype)
             acc, = self._reduction_loop(node, depth, [index], start)
-            return _Value(acc, depth)
+            return self._rounded(_Value(acc, depth), node.dtype) if node.dtype.is_narrow_float else _Value(acc, depth)
         finally:
             self._nesting = False
 
@@ -145,7 +152,7 @@ class AttentionLowering(NestedReductions):
         self.guards = [()] * self.width
 
     def _lower_outputs(self) -> None:
-        pattern, dtype = self.pattern, self.root.dtype
+        pattern, dtype = self.pattern, float32  # (half precision is computed in float32, rounded where the trace is)
         keys = pattern.product.src[0].shape[-1]
         outers = [unravel(linear(element, self.root.shape), pattern.product.shape)[:-1] for element in self.elements]
         maximum, total = Reg(self.names.fresh("m"), dtype), Reg(self.names.fresh("l"), dtype)
@@ -163,8 +170,8 @@ class AttentionLowering(NestedReductions):
         weights = [self.value(pattern.w_side, (*outer, key), ()).operand for outer in outers]
         lowered = self._alu(Op.NEG, self._alu(Op.MAX, maximum, score))
         rescale = self._alu(Op.EXP, self._alu(Op.ADD, maximum, lowered))
-        weighted = self._alu(Op.EXP, self._alu(Op.ADD, score, lowered))
-        self._scopes[-1] += [Accumulate(total, Op.MUL, rescale), Accumulate(total, Op.ADD, weighted)]
+        exponential, weighted = self._exponential(score, lowered, self._scopes[-1])
+        self._scopes[-1] += [Accumulate(total, Op.MUL, rescale), Accumulate(total, Op.ADD, exponential)]
         for acc, weight in zip(accs, weights):
             self._scopes[-1] += [Accumulate(acc, Op.MUL, rescale), MultiplyAdd(acc, weighted, weight)]
         self._scopes[-1].append(Accumulate(maximum, Op.MAX, score))
@@ -195,17 +202,45 @@ class AttentionLowering(NestedReductions):
         if product is not self.root and id(product) in self.materialized and id(product) not in self.produced:
             self._store(product, _Value(value, 0), self.positions[element])
 
+    def _exponential(self, score: Operand, lowered: Operand, lines: list) -> tuple[Operand, Operand]:
+        """(exp(x - m), the weight the product multiplies W by) with `lowered` = -m, statements appended to `lines`,
+        rounded where the unfused trace rounds (under autocast): x - m and its exponential to P's dtype (a half
+        precision softmax), the weight to the product's P-side dtype (a float32 P cast down for the product). The
+        running maximum m is the final one for most keys, so most exponentials round as the unfused ones do; P
+        itself (exp(x - M) / l) is never formed here, so the weight is rounded before the division by l."""
+        softmax, product = self.pattern.probabilities.dtype, self.pattern.p_side.dtype
+        shifted = self._rounded_line(self._line_in(lines, Op.ADD, (score, lowered)), softmax, lines)
+        exponential = self._rounded_line(self._line_in(lines, Op.EXP, (shifted,)), softmax, lines)
+        return exponential, (exponential if product == softmax else self._rounded_line(exponential, product, lines))
+
+    def _line_in(self, lines: list, op: Op, args: tuple) -> Reg:
+        """A float32 statement appended to `lines`; its register."""
+        out = Reg(self.names.fresh("v"), float32)
+        lines.append(Alu(out, op, args))
+        return out
+
+    def _rounded_line(self, value: Operand, dtype: DType, lines: list) -> Operand:
+        """`value` rounded to `dtype` where that is half precision (a statement appended to `lines`), else itself."""
+        if not dtype.is_narrow_float:
+            return value
+        out = Reg(self.names.fresh("v"), dtype)
+        lines.append(Alu(out, Op.CAST, (value,)))
+        return out
+
     def _alu(self, op: Op, *args: object) -> Reg:
         """A statement in the key loop's body; its register."""
-        out = Reg(self.names.fresh("v"), self.root.dtype)
+        out = Reg(self.names.fresh("v"), float32)
         self._scopes[-1].append(Alu(out, op, tuple(args)))  # type: ignore[arg-type]
         return out
 
     def _probability_index(self, full: Index) -> Index:
-        """Where the product's element `full` reads P: through the views between the product's operand and P.
-        P's last axis must be the key counter alone (else this is not softmax(X) V over the keys)."""
+        """Where the product's element `full` reads P: through the views (and a cast down) between the product's
+        operand and P. P's last axis must be the key counter alone (else this is not softmax(X) V over the keys)."""
         node, index = self.pattern.p_side, full
         while node is not self.pattern.probabilities:
+            if node.op is Op.CAST:  # P cast down for the product (autocast): read where P is
+                node = node.src[0]
+                continue
             index, condition = source_index(node, index)
             if index is None or condition is not None:
                 raise NotAttention(node)

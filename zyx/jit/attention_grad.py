@@ -57,7 +57,8 @@ class GradientProduct:
 def match_attention_gradient(node: Node, materialized: dict[int, Node], gpu: bool = False
                              ) -> Optional[GradientProduct]:
     """`node` as a product recomputing P (see the module), where P takes at least min_probability_bytes; else None."""
-    if node.op is not Op.SUM or len(node.arg) != 1 or node.src[0].op is not Op.MUL or node.dtype != float32:
+    if (node.op is not Op.SUM or len(node.arg) != 1 or node.src[0].op is not Op.MUL
+            or not (node.dtype == float32 or node.dtype.is_narrow_float)):  # (half precision: autocast's products)
         return None
     if attention_product(node) is not None:  # the forward (attention.py's)
         return None

@@ -208,7 +208,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         return found
 
     def _row_values(self, walked: Expr, walk_name: str) -> list[tuple[Node, Index]]:
-        """The float32 values P's recomputation and dS read at the walked row alone (-m, l, -D): computed once per
+        """The float values P's recomputation and dS read at the walked row alone (-m, l, -D): computed once per
         group into the stage rather than by every item, each where the walk first reads it."""
         found, seen = [], set()
         stack = [(plan.p_side, plan.index(self.item, 0, walked)) for plan in self.plans]
@@ -224,7 +224,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
                     stack.append((node.src[0], inner))
                 continue
             read = self._variables(node, index)
-            if node.dtype == float32 and walk_name in read and "lid" not in read:
+            if node.dtype.is_float and walk_name in read and "lid" not in read:
                 found.append((node, index))
             elif node.op in ELEMENTWISE_OPS and not self._is_materialized(node):
                 stack += [(source, index) for source in node.src]
@@ -270,7 +270,8 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         total: Operand = accs[0]
         for acc in accs[1:]:
             total = self._line(lambda out, a=total, b=acc: Alu(out, Op.ADD, (a, b)))
-        return _Value(total, len(self._scopes) - 1)
+        value = _Value(total, len(self._scopes) - 1)
+        return self._rounded(value, node.dtype) if node.dtype.is_narrow_float else value
 
 
 def _keys(index: Index) -> tuple:

@@ -165,9 +165,8 @@ class TiledAttentionLowering(StagedAttentionLowering):
         for i, row in enumerate(scores):
             lowered = self._rescale(maxima[i], block_maxima[i], [totals[i], *accs[i]])
             for c, score in enumerate(row):
-                shifted = self._line(lambda out, x=score: Alu(out, Op.ADD, (x, lowered)))
-                weight = self._line(lambda out, x=shifted: Alu(out, Op.EXP, (x,)))
-                self._scopes[-1] += [Accumulate(totals[i], Op.ADD, weight),
+                exponential, weight = self._exponential(score, lowered, self._scopes[-1])
+                self._scopes[-1] += [Accumulate(totals[i], Op.ADD, exponential),
                                      LocalStore(kp_stage, (self._ty * ITEM_ROWS + i) * p_pitch + self._tx
                                                 + ROW_ITEMS * c, weight, element=True)]
         self._scopes[-1].append(Barrier())
@@ -263,7 +262,8 @@ class TiledAttentionLowering(StagedAttentionLowering):
         acc = self._tile_scores.get(tuple(e.key for e in index))
         if guard or acc is None:
             raise NotAttention(node)
-        return _Value(acc, self._tile_depth)
+        score = _Value(acc, self._tile_depth)
+        return self._rounded(score, node.dtype) if node.dtype.is_narrow_float else score
 
 
 def lower_tiled_attention(root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],

@@ -314,10 +314,10 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
         value row to the accumulators (`lowered` is -m)."""
         name = self.names.fresh("j")
         key = Expr.var(name, self.keys_per_block)
-        score, shifted, weight = (Reg(self.names.fresh("v"), float32) for _ in range(3))
-        body: list = [LocalLoad(score, score_stage, key * self.rows_per_group + self.lid),
-                      Alu(shifted, Op.ADD, (score, lowered)), Alu(weight, Op.EXP, (shifted,)),
-                      Accumulate(total, Op.ADD, weight)]
+        score = Reg(self.names.fresh("v"), float32)
+        body: list = [LocalLoad(score, score_stage, key * self.rows_per_group + self.lid)]
+        exponential, weight = self._exponential(score, lowered, body)
+        body.append(Accumulate(total, Op.ADD, exponential))
         for start in range(0, self.width, lanes):
             row = Reg(self.names.fresh("w"), float32, lanes)
             body.append(LocalLoad(row, value_stage, key * (self.width // lanes) + start // lanes))
@@ -355,7 +355,7 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
             lines.append(Alu(out, Op.ADD, (total, acc)))
             total = out
         self._scopes[depth] += lines
-        return _Value(total, depth)
+        return self._rounded(_Value(total, depth), node.dtype) if node.dtype.is_narrow_float else _Value(total, depth)
 
 
 def _through_views(node: Node, index: Index) -> Optional[tuple[Node, Index]]:

@@ -50,6 +50,14 @@ def under_views(node: Node) -> Node:
     return node
 
 
+def under_cast_down(node: Node) -> Node:
+    """The float value `node` casts to half precision (under autocast, a float32 softmax cast down for its product
+    with V), else `node`."""
+    if node.op is Op.CAST and node.dtype.is_narrow_float and node.src[0].dtype.is_float:
+        return node.src[0]
+    return node
+
+
 def softmax_of(node: Node) -> Optional[Softmax]:
     """The softmax's parts when `node` is exp(X - max(X)) / sum(exp(X - max(X))) over the last axis, else None."""
     if node.op is not Op.DIV or not node.dtype.is_float:
@@ -69,12 +77,13 @@ def softmax_of(node: Node) -> Optional[Softmax]:
 
 
 def attention_product(product: Node) -> Optional[AttentionProduct]:
-    """The pattern when `product` is SUM over its last axis of MUL(a, b) with one operand viewing a softmax."""
+    """The pattern when `product` is SUM over its last axis of MUL(a, b) with one operand viewing a softmax (or a
+    softmax cast down to half precision)."""
     last = len(product.shape) - 1
     if product.op is not Op.SUM or product.arg != (last,) or product.src[0].op is not Op.MUL:
         return None
     for p_side, w_side in (product.src[0].src, product.src[0].src[::-1]):
-        probabilities = under_views(p_side)
+        probabilities = under_cast_down(under_views(p_side))
         softmax = softmax_of(probabilities)
         if softmax is not None:
             return AttentionProduct(product, p_side, w_side, probabilities, softmax)
@@ -82,12 +91,14 @@ def attention_product(product: Node) -> Optional[AttentionProduct]:
 
 
 def _rows_spread(pattern: AttentionProduct) -> bool:
-    """Whether the product reads P[.., i, j] at its own row i and key j, as a matmul does: P's rows given an axis
-    of W's columns (RESHAPE), spread along it (EXPAND); then D = rowsum(P dP) = rowsum(dO O)."""
+    """Whether the product reads P[.., i, j] at its own row i and key j, as a matmul does: P's rows (or P cast
+    down) given an axis of W's columns (RESHAPE), spread along it (EXPAND); then D = rowsum(P dP) = rowsum(dO O)
+    (P cast down: up to its rounding, as FlashAttention's backward has it)."""
     probabilities, p_side = pattern.probabilities, pattern.p_side
     spread = probabilities.shape[:-1] + (1, probabilities.shape[-1])
     return (p_side.op is Op.EXPAND and p_side.src[0].op is Op.RESHAPE and p_side.src[0].arg == spread
-            and p_side.src[0].src[0] is probabilities and pattern.product.shape[:-2] == probabilities.shape[:-1])
+            and under_cast_down(p_side.src[0].src[0]) is probabilities
+            and pattern.product.shape[:-2] == probabilities.shape[:-1])
 
 
 def _back_through_views(view: Node, base: Node, g: Node, rules) -> Node:
@@ -111,6 +122,8 @@ def attention_gradients(pattern: AttentionProduct, g: Node, rules) -> Optional[t
                                           n.binary(Op.MUL, spread, pattern.w_side), rules)
     rows = len(product.shape) - 2  # the output's axis of W's columns e: O is (.., L, E, 1)
     dot = n.reduce(Op.SUM, n.binary(Op.MUL, g, product), [rows])  # D = rowsum(dO O): (.., L, 1, 1)
+    if dot.dtype != probabilities.dtype:  # P cast down for the product: D in the half-precision product's dtype
+        dot = n.cast(dot, probabilities.dtype)
     dot = n.expand(n.reshape(dot, probabilities.shape[:-1] + (1,)), probabilities.shape)
     d_scores = n.binary(Op.MUL, probabilities, n.binary(Op.ADD, d_probabilities, n.unary(Op.NEG, dot)))
     return d_scores, d_weights
