@@ -31,8 +31,9 @@ are float32 copied as they are (16, 8 or 4 bytes at a time) into the same 128-by
 wgmma takes TF32 only K-major from local memory, so a right operand lying across k (`x @ w`, w row-major) cannot be
 its b: the product is computed transposed (`_register_products`), each warpgroup reading 64 columns of the right
 tile into registers as wgmma's a (rounded to TF32 to nearest there, as mma.sync's operands are), the left tile (rows
-along k: a stored left operand is copied as it is, and wgmma reads its floats' TF32 bits) as b, in 128 x 128 blocks
-(TF32_WARPGROUP_SHAPES); each item then holds outputs by columns.
+along k) as b, in 128 x 256 or 128 x 128 blocks; each item then holds outputs by columns. The left tile is rounded
+in place once each slice has landed (transforms: the producer's items, or every item, round what they copied), as
+cuBLAS rounds both operands; ZYX_TF32_ROUND_TILES=0 leaves it to the tensor cores, which drop its 13 low bits.
 
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
 user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch): on warpgroups where some operand is
@@ -90,11 +91,11 @@ LOCAL_MEMORY = {(9, 0): 200 * 1024}
 # 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
 # wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
 WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
-# TF32's: 128 x 128 blocks. Its a lies in registers, 4 per k8 step and 64 columns, all held until the slice's batch
-# is waited for: 128 x 256 blocks hold 128 accumulators and 32 of them, more than the 168 registers an item of a
-# 384-item group has (ptxas, sm_90a: spills, and the wgmmas serialized, C7512); 128 x 128 take 106. Where the
-# consumers take the producer's registers (ZYX_WGMMA_SETMAXNREG=1: 232 each) 128 x 256 fit (no spills).
-TF32_WARPGROUP_SHAPES = ((32, 128, 4),)
+# TF32 takes the same: its a lies in registers, 4 per k8 step and 64 columns, held until the slice's batch is waited
+# for (two slices' with a batch in flight): 128 x 256 blocks hold 128 accumulators and 64 of them, more than the 168
+# registers an item of a 384-item group has; its consumers take the producer's (232 each, transforms/warp_roles.py:
+# no spills). On the H200 at 4096³: 128 x 128 with each batch waited for 188.7 TFLOP/s, 128 x 256 with a batch in
+# flight 252.1 (bench/GPU.md).
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
@@ -191,7 +192,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES, or TF32_WARPGROUP_SHAPES), that does and spreads over the device
+    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the device
     (`_spread`; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
@@ -204,7 +205,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    shapes = _warpgroup_shapes(kind) if warpgroup else PIPELINED if pipelined else SHAPES
+    shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
     fitting = [(w, b, n) for w, b, n in shapes if _fits(local_memory, w, b, n, pipelined, warpgroup)]
     fitting = _spread(fitting, product, n_axis, m_axis)
     forced = None if warpgroup else _forced_shape()
@@ -218,14 +219,6 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
                           buffers, split=choice["split"] if choice is not None else 1, kind=kind,
                           warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
-
-
-def _warpgroup_shapes(kind: str) -> tuple[tuple[int, int, int], ...]:
-    """The shapes a warpgroup product of `kind` may take: TF32's own (TF32_WARPGROUP_SHAPES) unless its consumers
-    may take more registers (ZYX_WGMMA_SETMAXNREG=1)."""
-    if kind == "tf32" and os.environ.get("ZYX_WGMMA_SETMAXNREG") != "1":
-        return TF32_WARPGROUP_SHAPES
-    return WARPGROUP_SHAPES
 
 
 def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int) -> list[tuple[int, int, int]]:
@@ -307,7 +300,9 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
             continue
         if not pipelined:
             return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
-        kernel = (_warp_roles(lowered.ir, plan) if plan.warpgroup else None) or pipeline(lowered.ir, plan.buffers)
+        round_tiles = os.environ.get("ZYX_TF32_ROUND_TILES") != "0"
+        kernel = ((_warp_roles(lowered.ir, plan, round_tiles) if plan.warpgroup else None)
+                  or pipeline(lowered.ir, plan.buffers, round_tiles))
         if kernel is not None and plan.warpgroup and os.environ.get("ZYX_WGMMA_PAIRED_STORES") == "1":
             kernel = paired_stores(kernel)
         if kernel is not None:
@@ -315,16 +310,15 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
     return None
 
 
-def _warp_roles(kernel: Kernel, plan: TensorCorePlan) -> Optional[Kernel]:
+def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool) -> Optional[Kernel]:
     """A warpgroup product with a producer warpgroup (transforms/warp_roles.py) unless ZYX_WGMMA_PRODUCER=0; its
-    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0, or where their a lies in registers (TF32: the
-    batch in flight still reads them while the next slice's are loaded, so ptxas keeps both sets) only with
-    ZYX_WGMMA_WAIT_ONE=1; ZYX_WGMMA_SETMAXNREG=1 moves registers from the producer to them (the variants measured
-    on the H200: bench/GPU.md)."""
+    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0 and, where their a lies in registers (TF32: the
+    batch in flight still reads them while the next slice's are loaded, so ptxas keeps both sets), take registers
+    from the producer."""
     if os.environ.get("ZYX_WGMMA_PRODUCER") == "0":
         return None
-    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE", "0" if plan.right_in_registers else "1") != "0"
-    return warp_roles(kernel, plan.buffers, wait_one, os.environ.get("ZYX_WGMMA_SETMAXNREG") == "1")
+    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0"
+    return warp_roles(kernel, plan.buffers, wait_one, plan.right_in_registers, round_tiles)
 
 
 def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], reported: int) -> int:
