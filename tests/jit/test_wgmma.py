@@ -99,6 +99,27 @@ def _evaluated(expr: Expr, values: dict) -> np.ndarray:
     return eval(expr.render().replace("/", "//"), {"min": np.minimum}, values)
 
 
+def test_a_left_operand_across_k_is_copied_by_warps_reading_whole_sectors_and_writing_distinct_banks():
+    """x.T @ y in TF32: the left operand's floats along k lie a row of x apart, so they are copied 4 bytes at a time
+    (cp.async takes no gather): each warp's copy takes 8 neighbouring rows at 4 k, reading 4 whole 32-byte sectors
+    (not 32 sectors for 32 k of one row) and writing 32 distinct banks of the swizzled tile."""
+    t, y = operands((1024, 512), (1024, 512), dtype="float32")
+    kernel = product_kernel(t.T @ y, TF32)
+    left = next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).b_array
+    loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and any(isinstance(c, AsyncCopy) for c in s.body))
+    copies = [s for s in loop.body if isinstance(s, AsyncCopy) and s.array == left]
+    assert copies and all(c.width == 1 and c.itemsize == 4 for c in copies)
+    values = {"gid": 0, loop.var: 0}
+    shift, mask = swizzle_bits(2 * copies[0].swizzle)  # (the pattern in 16-bit elements: 64 of them to a row)
+    for warp in range(4):
+        values["lid"] = np.arange(256 + 32 * warp, 256 + 32 * (warp + 1))  # a producer warp
+        for copy in copies:
+            source, index = (np.broadcast_to(_evaluated(e, values), (32,)) for e in (copy.source, copy.index))
+            assert len(set((source * 4 // 32).tolist())) == 4 and len(set(source.tolist())) == 32
+            halves = 2 * index
+            assert len(set((halves ^ (((halves >> shift) & mask) << 3)) // 2 % 32)) == 32  # banks
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(transposed):
     size = 512
