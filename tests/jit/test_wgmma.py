@@ -18,8 +18,8 @@ from zyx.jit import wgmma
 from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalRoundTF32, Loop, NamedBarrier, Reg,
-                               WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
+from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalLoad, LocalRoundTF32, Loop, NamedBarrier,
+                               Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
 from zyx.jit.schedule import DeviceTraits, schedule
@@ -360,6 +360,9 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     # TF32 in 128 x 256 blocks where the shape gives enough, a batch in flight (two slices' a in registers), the
     # left tile rounded by the producer (or, without one, by every item)
     kernels += [product_kernel(out, TF32) for out in (f @ g, f @ h.T, g.T @ h.T)]
+    monkeypatch.setenv("ZYX_TF32_VECTOR_A", "1")  # (its a read a vector at a time)
+    kernels += [product_kernel(f @ g, TF32)]
+    monkeypatch.delenv("ZYX_TF32_VECTOR_A")
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     kernels += [product_kernel(f @ g, TF32)]
     sources = [(kernel.source, kernel.local_size) for kernel in kernels] + [(warpgroup_probe_source(), 384)]
@@ -569,11 +572,12 @@ def tf32_truncated(values: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n, k, m, form, columns, rounding", [
-    (256, 192, 512, "relu(x @ y)", 32, "nearest"), (200, 136, 264, "x @ y.T", 64, "nearest"),
-    (136, 100, 160, "x.T @ y", 32, "nearest"), (128, 64, 128, "(2x) @ y", 32, "nearest"),
-    (136, 100, 160, "x.T @ y", 32, "truncated")])
-def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypatch, n, k, m, form, columns, rounding):
+@pytest.mark.parametrize("n, k, m, form, columns, settings", [
+    (256, 192, 512, "relu(x @ y)", 32, {}), (200, 136, 264, "x @ y.T", 64, {}), (136, 100, 160, "x.T @ y", 32, {}),
+    (128, 64, 128, "(2x) @ y", 32, {}), (136, 100, 160, "x.T @ y", 32, {"ZYX_TF32_ROUND_TILES": "0"}),
+    (256, 192, 512, "relu(x @ y)", 32, {"ZYX_TF32_VECTOR_A": "1"}), (200, 136, 264, "x @ y", 64, {"ZYX_TF32_VECTOR_A": "1"}),
+    (200, 136, 264, "x @ y.T", 64, {"ZYX_TF32_VECTOR_A": "1"})])
+def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypatch, n, k, m, form, columns, settings):
     """A float32 product in TF32 on warpgroups, as printed, on PoCL (as above): the left tile read by descriptor as
     wgmma's b, rounded in place to nearest once each slice has landed (the emulation then truncates it to TF32 as
     the tensor cores read it: with ZYX_TF32_ROUND_TILES=0 that truncation is what counts), the right tile read
@@ -581,20 +585,25 @@ def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypat
     128 x 256 blocks), the accumulators stored transposed: a right operand across k ([k][column] atoms of 32
     columns) with a fused relu; along k ([column][k]) with edges in every direction; a left operand lying across k
     (x.T: copied a float at a time into rows along k); a computed one (2x: staged through registers, rounded, into
-    rows along k). Exact up to float32 accumulation against numpy on the same rounded operands, so a misread
-    element or rounding shows."""
+    rows along k). With ZYX_TF32_VECTOR_A=1 the wgmma rows permuted, a right tile across k read a vector at a time.
+    Exact up to float32 accumulation against numpy on the same rounded operands, so a misread element or rounding
+    shows."""
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
-    if rounding == "truncated":
-        monkeypatch.setenv("ZYX_TF32_ROUND_TILES", "0")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    rounding = "truncated" if settings.get("ZYX_TF32_ROUND_TILES") == "0" else "nearest"
     x, y = operands((k, n) if form == "x.T @ y" else (n, k), (m, k) if form == "x @ y.T" else (k, m), dtype="float32")
     out = {"relu(x @ y)": lambda: (x @ y).relu(), "x @ y.T": lambda: x @ y.T, "x.T @ y": lambda: x.T @ y,
-           "(2x) @ y": lambda: (x * 2) @ y}[form]()
+           "(2x) @ y": lambda: (x * 2) @ y, "x @ y": lambda: x @ y}[form]()
     kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1,
                                    warpgroup=1, split=1), TF32)
     products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
     assert all(s.kind == "tf32" and s.n == 128 and len(s.a_registers) == 4 for s in products)
     assert len(products) == 4 * (columns // 32)  # 4 k8 steps a slice, a wgmma per 64 columns of the warpgroup's
     assert all(s.itemsize == 4 for s in walk(kernel.ir.body) if isinstance(s, AsyncCopy))
+    widths = {s.out.width for s in walk(kernel.ir.body) if isinstance(s, LocalLoad)}
+    vector = "ZYX_TF32_VECTOR_A" in settings and form != "x @ y.T"  # (a tile along k: its columns lie apart)
+    assert widths == ({columns // 16} if vector else {1})  # a float per piece and row r, r + 8 at one k
     name, source = _emulated_source(kernel, monkeypatch)
     a, b = x.numpy(), y.numpy()
     got = _run_on_pocl(kernel, name, source, [a, b], (n, m), np.float32)

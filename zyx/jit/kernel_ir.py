@@ -278,7 +278,8 @@ class LocalStore:
 
 @dataclass(frozen=True)
 class LocalLoad:
-    """`swizzle`: the array's rows of that many elements are swizzled (AsyncCopy says how), 0 where they are not."""
+    """`swizzle`: the array's rows of that many elements are swizzled (AsyncCopy says how), 0 where they are not; a
+    vector `out` then reads its width elements from `index` (within one 16-byte chunk)."""
 
     out: Reg
     array: str

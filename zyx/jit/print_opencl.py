@@ -394,8 +394,10 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
     Define: lambda s: _start(s.start),
-    LocalLoad: lambda s: (f"{s.array}[{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)}]" if s.swizzle
-                          else f"{s.array}[{s.index.render_grouped()}]"),
+    LocalLoad: lambda s: (f"{s.array}[{s.index.render_grouped()}]" if not s.swizzle
+                          else f"{s.array}[{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)}]" if s.out.width == 1
+                          else f"*(__local {register_type(s.out.dtype, s.out.width)}*)({s.array} + "
+                               f"{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)})"),
 }
 STATEMENTS: dict[type, Callable] = {  # the others: their line
     Accumulate: lambda s: f"{s.acc.name} = {binary(s.op, s.acc.name, operand(s.value), s.acc.dtype, s.acc.width)};",

@@ -422,7 +422,8 @@ class TensorCoreLowering(LocalTileLowering):
         64·g, each item's registers as wgmma.accumulator_position says."""
         if self.plan.right_in_registers:  # (transposed: accumulator rows are columns, columns rows)
             places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(BLOCK // 2)]
-            return [(row, column + first) for first in self._register_columns() for column, row in places]
+            return [(row, self._register_column(piece, column)) for piece in range(len(self._register_columns()))
+                    for column, row in places]
         if self.plan.warpgroup:
             rows = (self.lid // wgmma.WARPGROUP) * wgmma.ROWS
             places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(self.plan.block_m // 2)]
@@ -640,6 +641,26 @@ class TensorCoreLowering(LocalTileLowering):
         half = self.plan.block_m // 2
         return [(self.lid // wgmma.WARPGROUP) * half + first for first in range(0, half, wgmma.ROWS)]
 
+    @property
+    def _vector_registers(self) -> bool:
+        """Whether a transposed TF32 product's rows are permuted (`_register_column`) so that a tile lying across k
+        reads its a registers a vector at a time (ZYX_TF32_VECTOR_A=1)."""
+        return os.environ.get("ZYX_TF32_VECTOR_A") == "1"
+
+    def _register_column(self, piece: int, row: Expr) -> Expr:
+        """The block column row `row` (0-63, an Expr) of a transposed TF32 product's wgmma `piece` stands for: the
+        piece's first column + row, or (`_vector_registers`) permuted so that an item's registers at one k (rows r
+        and r + 8 of every piece) are 2·pieces neighbouring columns, one vector load from a tile lying across k: row
+        16w + 8h + i is column 2·pieces·(8w + c(i)) + 2·piece + h of the warpgroup's, c(i) = i / 2 + 4 (i % 2)
+        putting the 4 k rows an 8-item phase of a 16-byte load reads in 8 distinct bank groups (any bijection
+        computes the same product: the accumulators are stored by the same map)."""
+        if not self._vector_registers:
+            return self._register_columns()[piece] + row
+        pieces = len(self._register_columns())
+        w, h, i = row // 16, row % 16 // 8, row % 8
+        first = (self.lid // wgmma.WARPGROUP) * (self.plan.block_m // 2)
+        return first + 2 * pieces * (8 * w + i // 2 + 4 * (i % 2)) + 2 * piece + h
+
     def _register_products(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
         """A TF32 slice multiplied transposed: per k8 step and 64 of the warpgroup's columns, one wgmma of those
         columns of the right tile (read into registers, rounded to TF32) by all BLOCK rows of the left tile (read
@@ -648,20 +669,30 @@ class TensorCoreLowering(LocalTileLowering):
         plan = self.plan
         right = plan.layout(plan.block_m if across else plan.bk)
         item = self.lid % wgmma.WARPGROUP
+        pieces, vector = len(self._register_columns()), self._vector_registers and across
         loads, products = [], []
         for step in range(plan.bk // plan.k_step):
-            for piece, first in enumerate(self._register_columns()):
-                registers = []
-                for register in range(4):
-                    row, k = wgmma.fragment_position(item, register)
-                    column, k = first + row, k + step * plan.k_step
-                    index = plan.across_index(k, column) if across else column * right.stride + k
-                    value, rounded = Reg(self.names.fresh("fr"), float32), Reg(self.names.fresh("tf"), float32)
-                    loads += [LocalLoad(value, tiles[1], index, right.swizzle), Alu(rounded, ROUND_TF32, (value,))]
-                    registers.append(rounded)
+            values: dict[tuple[int, int], Operand] = {}  # (piece, register) -> its value as read
+            for piece, register in itertools.product(range(pieces), range(4)):
+                if (piece, register) in values:
+                    continue
+                row, k = wgmma.fragment_position(item, register)
+                column, k = self._register_column(piece, row), k + step * plan.k_step
+                index = plan.across_index(k, column) if across else column * right.stride + k
+                if vector:  # (registers 0 and 1, 2 and 3: rows r and r + 8 at one k)
+                    read = Reg(self.names.fresh("fr"), float32, 2 * pieces)
+                    values.update({(p, register + h): Lane(read, f"s{2 * p + h}") for p in range(pieces)
+                                   for h in range(2)})
+                else:
+                    read = values[piece, register] = Reg(self.names.fresh("fr"), float32)
+                loads.append(LocalLoad(read, tiles[1], index, right.swizzle))
+            for piece in range(pieces):
+                registers = tuple(Reg(self.names.fresh("tf"), float32) for _ in range(4))
+                loads += [Alu(rounded, ROUND_TF32, (values[piece, register],))
+                          for register, rounded in enumerate(registers)]
                 share = tuple(accumulators[piece * BLOCK // 2:(piece + 1) * BLOCK // 2])
                 products.append(WarpgroupMma(share, "", Expr(0), tiles[0], Expr(step * plan.k_step), BLOCK, plan.kind,
-                                             a_registers=tuple(registers)))
+                                             a_registers=registers))
         fenced = tuple(r for product in products for r in product.a_registers)
         return [*loads, WarpgroupFence(fenced), *products, WarpgroupCommit(), WarpgroupWait(0)]
 
