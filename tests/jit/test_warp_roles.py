@@ -148,10 +148,13 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
     assert taken[PRODUCER] == taken[CONSUMER]  # every generation completed
 
 
-@pytest.mark.parametrize("trips, stages, wait_one", [(t, s, w) for t, s, w in itertools.product(
-    (1, 2, 3, 5, 9), (3, 4), (True, False))])
-def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(monkeypatch, trips, stages, wait_one):
+@pytest.mark.parametrize("trips, stages, wait_one, early", [(t, s, w, e) for t, s, w, e in itertools.product(
+    (1, 2, 3, 5, 9), (3, 4), (True, False), (False, True))])
+def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(monkeypatch, trips, stages, wait_one,
+                                                                               early):
+    """Either order of the producer's step (ZYX_WGMMA_EARLY_HAND_OVER=1: the hand-over before the refill)."""
     monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", "1" if wait_one else "0")
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", "1" if early else "0")
     x, y = operands((256, 64 * trips), (64 * trips, 256))
     choice = Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=stages, pipelined=1, warpgroup=1,
                        split=1)
@@ -163,13 +166,16 @@ def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(m
     run_hand_over(kernel, stages, trips)
 
 
-@pytest.mark.parametrize("trips, stages, wait_one", [(1, 4, ""), (3, 3, ""), (5, 4, ""), (9, 4, ""), (3, 3, "0"),
-                                                      (9, 4, "0")])
+@pytest.mark.parametrize("trips, stages, wait_one, early", [(1, 4, "", ""), (3, 3, "", ""), (5, 4, "", ""),
+                                                             (9, 4, "", ""), (3, 3, "0", ""), (9, 4, "0", ""),
+                                                             (5, 4, "", "1"), (9, 3, "", "1"), (9, 4, "0", "1")])
 def test_tf32_stages_are_rounded_and_handed_over_with_a_batch_in_flight_unless_asked(monkeypatch, trips, stages,
-                                                                                      wait_one):
+                                                                                      wait_one, early):
     """A TF32 product's consumers read the right tile into registers that its batch reads until waited for, and keep
     a batch in flight unless ZYX_WGMMA_WAIT_ONE=0; the producer rounds the left tile (wgmma's b) once each slice has
-    landed, before handing it over. The hand-over and the rounding hold either way."""
+    landed, before handing it over. The hand-over and the rounding hold either way, and in either order of the
+    producer's step."""
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", early or "0")
     if wait_one:
         monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", wait_one)
     else:

@@ -37,11 +37,12 @@ BARRIERS = 15  # named barriers 1-15 (0 is Barrier's): two per stage
 
 
 def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool = False,
-               round_tiles: bool = True) -> Optional[Kernel]:
+               round_tiles: bool = True, early: bool = False) -> Optional[Kernel]:
     """`kernel` (a warpgroup product's staging loop, as lowered) with a producer warpgroup after its items copying
     the slices into `stages` buffers (rounding TF32 tiles unless not `round_tiles`) and its items multiplying them;
-    `budget`: the registers moved from the producer to the consumers (RegisterBudget). None where that form does
-    not apply: no staging loop, an operand staged
+    `budget`: the registers moved from the producer to the consumers (RegisterBudget); `early`: the producer hands
+    a slice over before it waits for a buffer to refill (_Roles.producer). None where that form does not apply: no
+    staging loop, an operand staged
     through registers (a fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer
     than 3 stages (no slice would be in flight while one is handed over) or more than the barriers hold."""
     position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
@@ -57,7 +58,7 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
     consumers = kernel.axis(Role.LOCAL).size  # type: ignore[union-attr]
     items = consumers + WARPGROUP
     halves = {s.name: s for s in before if isinstance(s, LocalArray) and s.name in {c.array for c in copies}}
-    roles = _Roles(loop.var, loop.trips, stages, items, wait_one)
+    roles = _Roles(loop.var, loop.trips, stages, items, wait_one, early)
     lid = Expr.var("lid", items)
     producer_item = Expr.clamped(lid, consumers, items - 1) - consumers  # 0-127, as an index's lower bound needs
     rounds = tf32_rounding(copies, compute) if round_tiles else ()
@@ -87,6 +88,7 @@ class _Roles:
     stages: int
     items: int
     wait_one: bool
+    early: bool = False
 
     @property
     def step(self) -> Expr:
@@ -106,13 +108,18 @@ class _Roles:
     def producer(self, copies: tuple, landed: Callable[[Expr], tuple]) -> tuple:
         """Per step: wait until the buffer is released (from the stages-th slice on), issue the slice's `copies`
         (each of the producer's items those of consumers' items), then hand over the slice copied `ahead` steps
-        before once it has landed, after what it does to a landed slice (`landed`); after the loop, the last ones."""
+        before once it has landed, after what it does to a landed slice (`landed`); after the loop, the last ones.
+        `early`: the hand-over first, so that it waits neither for a release nor for the copies' issue (the
+        consumers' release of the buffer refilled at step s follows their wait for slice s - stages + 1, handed
+        over at step s - 1)."""
         step, ahead = self.step, self.ahead
         last = range(max(self.trips - ahead, 0), self.trips)
-        body = (*when(((step, "ge", self.stages),), (NamedBarrier(self.empty(step), self.items, True),)),
-                *copies, AsyncCommit(),
-                *when(((step, "ge", ahead),), (AsyncWait(ahead), *landed(step - ahead), AsyncProxyFence(),
-                                               NamedBarrier(self.full(step + self.stages - ahead), self.items, False))))
+        refill = (*when(((step, "ge", self.stages),), (NamedBarrier(self.empty(step), self.items, True),)),
+                  *copies, AsyncCommit())
+        hand_over = when(((step, "ge", ahead),), (AsyncWait(ahead - 1 if self.early else ahead), *landed(step - ahead),
+                                                 AsyncProxyFence(),
+                                                 NamedBarrier(self.full(step + self.stages - ahead), self.items, False)))
+        body = (*hand_over, *refill) if self.early else (*refill, *hand_over)
         return (Loop(self.var, self.trips, body), AsyncWait(0), *(s for first in last for s in landed(Expr(first))),
                 AsyncProxyFence(), *(NamedBarrier(self.full(Expr(s)), self.items, False) for s in last))
 
