@@ -102,7 +102,8 @@ def _evaluated(expr: Expr, values: dict) -> np.ndarray:
 def test_a_left_operand_across_k_is_copied_by_warps_reading_whole_sectors_and_writing_distinct_banks():
     """x.T @ y in TF32: the left operand's floats along k lie a row of x apart, so they are copied 4 bytes at a time
     (cp.async takes no gather): each warp's copy takes 8 neighbouring rows at 4 k, reading 4 whole 32-byte sectors
-    (not 32 sectors for 32 k of one row) and writing 32 distinct banks of the swizzled tile."""
+    (not 32 sectors for 32 k of one row) and writing 32 distinct banks of the swizzled tile; an item's k stays the
+    same from copy to copy (its swizzled place computed once: the producer's registers are few)."""
     t, y = operands((1024, 512), (1024, 512), dtype="float32")
     kernel = product_kernel(t.T @ y, TF32)
     left = next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).b_array
@@ -118,6 +119,8 @@ def test_a_left_operand_across_k_is_copied_by_warps_reading_whole_sectors_and_wr
             assert len(set((source * 4 // 32).tolist())) == 4 and len(set(source.tolist())) == 32
             halves = 2 * index
             assert len(set((halves ^ (((halves >> shift) & mask) << 3)) // 2 % 32)) == 32  # banks
+        # k (rows of 32 floats) per copy: one per consumer item the producer item copies for (2: 256 consumers)
+        assert len({tuple(_evaluated(copy.index, values) % 32) for copy in copies}) == 2
 
 
 @pytest.mark.parametrize("transposed", [False, True])

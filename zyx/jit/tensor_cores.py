@@ -322,16 +322,18 @@ def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool) -> Opti
                       os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") == "1")
 
 
-def _copy_position(flat: Expr, rows: int, per_row: int, width: int, along_k: bool) -> tuple[Expr, Expr]:
+def _copy_position(flat: Expr, per_row: int, width: int, along_k: bool) -> tuple[Expr, Expr]:
     """(row, k) of the first element of copy `flat` of a slice (copies of `width` elements, `per_row` to a row of
     the tile; neighbouring items take neighbouring copies): along k, a row's copies one after another, else a k's.
     Copies of one element along k (4 bytes: an operand lying across k, x.T, whose wider copies along k do not
-    apply) go 8 rows by 4 k to a warp instead: where rows lie next to each other in memory it reads 4 whole 32-byte
-    sectors (a row's 32 k would lie in 32 sectors), and it writes 32 distinct banks (the swizzle puts 8 rows'
-    same 16-byte chunk in 8 bank groups)."""
+    apply) go 8 rows by 4 k to a warp instead, the warps of a group at successive 4 k: where rows lie next to each
+    other in memory a warp reads 4 whole 32-byte sectors (a row's 32 k would lie in 32 sectors) and writes 32
+    distinct banks (the swizzle puts 8 rows' same 16-byte chunk in 8 bank groups), and an item's k stays the same
+    from copy to copy (where the group's warps cover the row's k: one swizzled place per item, the copies 8 rows
+    apart)."""
     if along_k and width == 1:
-        lane, warp, groups = flat % WARP, flat // WARP, rows // 8
-        return (warp % groups) * 8 + lane % 8, (warp // groups) * 4 + lane // 8
+        lane, warp, groups = flat % WARP, flat // WARP, per_row // 4
+        return (warp // groups) * 8 + lane % 8, (warp % groups) * 4 + lane // 8
     return (flat // per_row, flat % per_row * width) if along_k else (flat % per_row * width, flat // per_row)
 
 
@@ -528,7 +530,7 @@ class TensorCoreLowering(LocalTileLowering):
         per_row = layout.length // width
         loads, stores = [], []
         for copy in range(rows * plan.bk // width // GROUP):
-            row, k = _copy_position(self.lid + copy * GROUP, rows, per_row, width, along_k)
+            row, k = _copy_position(self.lid + copy * GROUP, per_row, width, along_k)
             along = k_axis if along_k else axis
             inside = self._inside(operand, corner, {axis: row, k_axis: k_base + k}, along, width)
             if inside is None:
