@@ -107,7 +107,8 @@ def test_a_left_operand_across_k_is_copied_by_warps_reading_whole_sectors_and_wr
     t, y = operands((1024, 512), (1024, 512), dtype="float32")
     kernel = product_kernel(t.T @ y, TF32)
     left = next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).b_array
-    loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and any(isinstance(c, AsyncCopy) for c in s.body))
+    loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and any(isinstance(c, AsyncCopy)
+                                                                                 for c in s.body))
     copies = [s for s in loop.body if isinstance(s, AsyncCopy) and s.array == left]
     assert copies and all(c.width == 1 and c.itemsize == 4 for c in copies)
     values = {"gid": 0, loop.var: 0}
@@ -578,8 +579,8 @@ def tf32_truncated(values: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("n, k, m, form, columns, settings", [
     (256, 192, 512, "relu(x @ y)", 32, {}), (200, 136, 264, "x @ y.T", 64, {}), (136, 100, 160, "x.T @ y", 32, {}),
     (128, 64, 128, "(2x) @ y", 32, {}), (136, 100, 160, "x.T @ y", 32, {"ZYX_TF32_ROUND_TILES": "0"}),
-    (256, 192, 512, "relu(x @ y)", 32, {"ZYX_TF32_VECTOR_A": "1"}), (200, 136, 264, "x @ y", 64, {"ZYX_TF32_VECTOR_A": "1"}),
-    (200, 136, 264, "x @ y.T", 64, {"ZYX_TF32_VECTOR_A": "1"})])
+    (256, 192, 512, "relu(x @ y)", 32, {"ZYX_TF32_VECTOR_A": "1"}),
+    (200, 136, 264, "x @ y", 64, {"ZYX_TF32_VECTOR_A": "1"}), (200, 136, 264, "x @ y.T", 64, {"ZYX_TF32_VECTOR_A": "1"})])
 def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypatch, n, k, m, form, columns, settings):
     """A float32 product in TF32 on warpgroups, as printed, on PoCL (as above): the left tile read by descriptor as
     wgmma's b, rounded in place to nearest once each slice has landed (the emulation then truncates it to TF32 as

@@ -438,7 +438,8 @@ Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcas
                   AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence, WarpgroupCommit, WarpgroupWait,
                   AsyncProxyFence, NamedBarrier, RegisterBudget, LocalRoundTF32]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
-               WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget, LocalRoundTF32)  # printed as inline PTX
+               WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
+               LocalRoundTF32)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack)  # statements a copy may share
 
 

@@ -90,8 +90,8 @@ def _proxy_fence(compute: tuple) -> tuple:
 def tf32_rounding(copies: tuple, compute: tuple) -> tuple:
     """A LocalRoundTF32 of each of `copies` (AsyncCopies) into a tile a TF32 WarpgroupMma in `compute` reads through a
     descriptor: what an item does to its copies of a slice once they landed, before the AsyncProxyFence."""
-    tiles = {s.b_array for s in walk(compute) if isinstance(s, WarpgroupMma) and s.kind == "tf32"}
-    tiles |= {s.a_array for s in walk(compute) if isinstance(s, WarpgroupMma) and s.kind == "tf32" and not s.a_registers}
+    products = [s for s in walk(compute) if isinstance(s, WarpgroupMma) and s.kind == "tf32"]
+    tiles = {s.b_array for s in products} | {s.a_array for s in products if not s.a_registers}
     return tuple(LocalRoundTF32(c.array, c.index, c.width, c.swizzle) for c in copies if c.array in tiles)
 
 
