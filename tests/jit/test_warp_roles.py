@@ -3,13 +3,14 @@ kernel IR and run against a model of named barriers, cp.async groups and wgmma b
 it prints. (The copies' layout and block order are test_wgmma.py's, which reads them from the producer.)"""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, LocalArray, LocalLoad, Loop, NamedBarrier,
-                               RegisterBudget, WarpgroupCommit, WarpgroupMma, WarpgroupWait, substitute,
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, LocalArray, LocalLoad, LocalRoundTF32, Loop,
+                               NamedBarrier, RegisterBudget, WarpgroupCommit, WarpgroupMma, WarpgroupWait, substitute,
                                substitute_cond, walk)
 from zyx.jit.print_opencl import STATEMENTS
 from zyx.jit.schedule import schedule
@@ -24,9 +25,10 @@ PRODUCER, CONSUMER = 256, 0  # an item of each role
 
 def _events(body: tuple, values: dict, stage_size: dict):
     """What one item does, in order: ("wait" | "arrive", barrier), ("copy", buffer, slice), ("commit",),
-    ("landed", pending), ("read", buffer, slice), ("batch",), ("done", pending); a slice is the step of its loop. A
-    read: a wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into registers (counted with the batch
-    after it, whose wait releases the slice)."""
+    ("landed", pending), ("round", buffer, array), ("read", buffer, slice, array), ("batch",), ("done", pending); a
+    slice is the step of its loop. A read: a wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into
+    registers (counted with the batch after it, whose wait releases the slice). A round: the producer rounding its
+    copies in `array`'s buffer in place (TF32)."""
     for s in body:
         if isinstance(s, Loop):
             for value in range(s.trips):
@@ -39,10 +41,14 @@ def _events(body: tuple, values: dict, stage_size: dict):
         elif isinstance(s, NamedBarrier):
             assert s.count == 384
             yield ("wait" if s.wait else "arrive", substitute(s.ident, values).const)
-        elif isinstance(s, (AsyncCopy, WarpgroupMma, LocalLoad)):
+        elif isinstance(s, (AsyncCopy, WarpgroupMma, LocalLoad, LocalRoundTF32)):
             array, index = (s.b_array, s.b_index) if isinstance(s, WarpgroupMma) else (s.array, s.index)
             buffer = substitute(index, values).const // stage_size[array]
-            yield ("copy" if isinstance(s, AsyncCopy) else "read", buffer, values["step"])
+            if isinstance(s, LocalRoundTF32):
+                yield ("round", buffer, array)
+            else:
+                yield ("copy", buffer, values["step"]) if isinstance(s, AsyncCopy) else \
+                    ("read", buffer, values["step"], array)
         elif isinstance(s, (AsyncCommit, WarpgroupCommit)):
             yield ("commit",) if isinstance(s, AsyncCommit) else ("batch",)
         elif isinstance(s, (AsyncWait, WarpgroupWait)):
@@ -68,8 +74,12 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
     """Both roles' events under the model: a named barrier's generation completes once both roles took part (each
     role at most one generation ahead: more would count a second generation's arrivals into the first); a copy may
     overwrite a buffer only once the producer knows (through a barrier) every read of its last slice is done; a read
-    must see its slice landed and handed over (through a barrier). Fails on a deadlock or a broken rule."""
+    must see its slice landed and handed over (through a barrier), and in a tile the producer rounds (TF32) rounded
+    before that: a round must follow its slice's landing with no copy into the buffer since. Fails on a deadlock or
+    a broken rule."""
     stage_size = {s.name: s.size // stages for s in kernel.ir.body if isinstance(s, LocalArray)}
+    rounded_arrays = {s.array for s in walk(kernel.ir.body) if isinstance(s, LocalRoundTF32)}
+    last_copied, rounded, seen_rounded = {}, {}, {}  # buffer -> slice; (array, buffer) -> slice rounded, as known
     roles = {role: _events(kernel.ir.body, {"lid": Expr(role), "gid": Expr(0)}, stage_size) for role in (PRODUCER, CONSUMER)}
     other = {PRODUCER: CONSUMER, CONSUMER: PRODUCER}
     taken = {role: {} for role in roles}  # barrier -> generations the role took part in
@@ -92,6 +102,7 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
                     released |= published[blocked[role]].get("done", set())
                 else:
                     seen.update(published[blocked[role]].get("landed", {}))
+                    seen_rounded.update(published[blocked[role]].get("rounded", {}))
                 blocked[role] = None
             event = next(roles[role], None)
             progressed = True
@@ -104,7 +115,8 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
                 generation = taken[role].get(barrier, 0)
                 taken[role][barrier] = generation + 1
                 assert generation - taken[other[role]].get(barrier, 0) < 1, f"barrier {barrier}: two generations"
-                publication = {"landed": dict(landed)} if role == PRODUCER else {"done": set(read_done)}
+                publication = ({"landed": dict(landed), "rounded": dict(rounded)} if role == PRODUCER
+                               else {"done": set(read_done)})
                 published.setdefault((barrier, generation), {}).update(publication)
                 if kind == "wait":
                     blocked[role] = (barrier, generation)
@@ -112,9 +124,17 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
                 buffer, slice_ = event[1], event[2]
                 assert slice_ < stages or slice_ - stages in released, f"slice {slice_} overwrites one still read"
                 copies.open.append((buffer, slice_))
+                last_copied[buffer] = slice_
+            elif kind == "round":
+                buffer, array = event[1], event[2]
+                assert landed.get(buffer) is not None and landed[buffer] == last_copied[buffer], \
+                    f"buffer {buffer} rounded before its slice {last_copied.get(buffer)} landed"
+                rounded[(array, buffer)] = landed[buffer]
             elif kind == "read":
-                buffer, slice_ = event[1], event[2]
+                buffer, slice_, array = event[1], event[2], event[3]
                 assert seen.get(buffer) == slice_, f"slice {slice_} read from buffer {buffer} before it landed"
+                assert array not in rounded_arrays or seen_rounded.get((array, buffer)) == slice_, \
+                    f"slice {slice_} of {array} read before it was rounded"
                 batches.open.append(slice_)
                 reads.append(slice_)
             elif kind in ("commit", "batch"):
@@ -128,10 +148,13 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
     assert taken[PRODUCER] == taken[CONSUMER]  # every generation completed
 
 
-@pytest.mark.parametrize("trips, stages, wait_one", [(t, s, w) for t, s, w in itertools.product(
-    (1, 2, 3, 5, 9), (3, 4), (True, False))])
-def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(monkeypatch, trips, stages, wait_one):
+@pytest.mark.parametrize("trips, stages, wait_one, early", [(t, s, w, e) for t, s, w, e in itertools.product(
+    (1, 2, 3, 5, 9), (3, 4), (True, False), (False, True))])
+def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(monkeypatch, trips, stages, wait_one,
+                                                                               early):
+    """Either order of the producer's step (ZYX_WGMMA_EARLY_HAND_OVER=1: the hand-over before the refill)."""
     monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", "1" if wait_one else "0")
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", "1" if early else "0")
     x, y = operands((256, 64 * trips), (64 * trips, 256))
     choice = Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=stages, pipelined=1, warpgroup=1,
                        split=1)
@@ -143,11 +166,16 @@ def test_the_stages_are_handed_over_without_deadlock_or_a_read_before_its_copy(m
     run_hand_over(kernel, stages, trips)
 
 
-@pytest.mark.parametrize("trips, stages, wait_one", [(1, 4, ""), (3, 3, ""), (5, 4, ""), (9, 4, ""), (3, 3, "1"),
-                                                      (9, 4, "1")])
-def test_tf32_stages_are_handed_over_with_no_batch_in_flight_unless_asked(monkeypatch, trips, stages, wait_one):
-    """A TF32 product's consumers read the right tile into registers that its batch reads until waited for: they
-    wait for each batch before the next slice unless ZYX_WGMMA_WAIT_ONE=1; the hand-over holds either way."""
+@pytest.mark.parametrize("trips, stages, wait_one, early", [(1, 4, "", ""), (3, 3, "", ""), (5, 4, "", ""),
+                                                             (9, 4, "", ""), (3, 3, "0", ""), (9, 4, "0", ""),
+                                                             (5, 4, "", "1"), (9, 3, "", "1"), (9, 4, "0", "1")])
+def test_tf32_stages_are_rounded_and_handed_over_with_a_batch_in_flight_unless_asked(monkeypatch, trips, stages,
+                                                                                      wait_one, early):
+    """A TF32 product's consumers read the right tile into registers that its batch reads until waited for, and keep
+    a batch in flight unless ZYX_WGMMA_WAIT_ONE=0; the producer rounds the left tile (wgmma's b) once each slice has
+    landed, before handing it over. The hand-over and the rounding hold either way, and in either order of the
+    producer's step."""
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", early or "0")
     if wait_one:
         monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", wait_one)
     else:
@@ -158,8 +186,25 @@ def test_tf32_stages_are_handed_over_with_no_batch_in_flight_unless_asked(monkey
     site = product_kernel(x @ y, TF32).site
     kernel, = [k for k in schedule([(x @ y).node], TF32, TunedChoices({site.key: choice}))[0] if "mma" in k.source]
     assert kernel.local_size == 384 and any(isinstance(s, LocalLoad) for s in walk(kernel.ir.body))
-    assert [s.pending for s in walk(kernel.ir.body) if isinstance(s, WarpgroupWait)] == ([1, 0] if wait_one else [0])
+    assert [s.pending for s in walk(kernel.ir.body) if isinstance(s, WarpgroupWait)] == ([0] if wait_one else [1, 0])
+    product = next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma))
+    assert {s.array for s in walk(kernel.ir.body) if isinstance(s, LocalRoundTF32)} == {product.b_array}
     run_hand_over(kernel, stages, trips)
+
+
+def test_the_model_finds_a_tile_handed_over_before_it_was_rounded(monkeypatch):
+    """The producer rounding each slice after its hand-over: the model is not vacuous about the rounding."""
+    real_producer = warp_roles._Roles.producer
+
+    def late(roles, copies, landed):
+        loop, *rest = real_producer(roles, copies, lambda slice_: ())
+        rounds = landed(roles.step - roles.ahead)
+        return (dataclasses.replace(loop, body=(*loop.body[:-1], dataclasses.replace(
+            loop.body[-1], body=(*loop.body[-1].body, *rounds)))), *rest)
+    monkeypatch.setattr(warp_roles._Roles, "producer", late)
+    x, y = operands((256, 32 * 5), (32 * 5, 256), dtype="float32")
+    with pytest.raises(AssertionError, match="before it was rounded"):
+        run_hand_over(product_kernel(x @ y, TF32), 4, 5)
 
 
 def test_the_model_finds_a_producer_handing_over_too_late(monkeypatch):
@@ -182,12 +227,15 @@ def test_which_products_get_a_producer():
     assert "reqd_work_group_size" not in prologue.source
 
 
-def test_the_settings_choose_the_variant(monkeypatch):
+def test_tf32_consumers_take_the_producers_registers_and_the_settings_choose_the_variant(monkeypatch):
     x, y = operands((512, 256), (256, 512))
-    monkeypatch.setenv("ZYX_WGMMA_SETMAXNREG", "1")
-    budgets = [s for s in walk(product_kernel(x @ y).ir.body) if isinstance(s, RegisterBudget)]
+    f, g = operands((512, 256), (256, 512), dtype="float32")
+    assert not any(isinstance(s, RegisterBudget) for s in walk(product_kernel(x @ y).ir.body))  # a from local memory
+    budgets = [s for s in walk(product_kernel(f @ g, TF32).ir.body) if isinstance(s, RegisterBudget)]
     assert budgets == [RegisterBudget(PRODUCER_REGISTERS, False), RegisterBudget(CONSUMER_REGISTERS, True)]
     assert PRODUCER_REGISTERS * 128 + CONSUMER_REGISTERS * 256 <= 65536
+    monkeypatch.setenv("ZYX_TF32_ROUND_TILES", "0")
+    assert not any(isinstance(s, LocalRoundTF32) for s in walk(product_kernel(f @ g, TF32).ir.body))
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     assert product_kernel(x @ y).local_size == 256
 

@@ -18,8 +18,8 @@ from zyx.jit import wgmma
 from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, Loop, NamedBarrier, Reg, WarpgroupCommit,
-                               WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
+from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalLoad, LocalRoundTF32, Loop, NamedBarrier,
+                               Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
 from zyx.jit.schedule import DeviceTraits, schedule
@@ -99,6 +99,31 @@ def _evaluated(expr: Expr, values: dict) -> np.ndarray:
     return eval(expr.render().replace("/", "//"), {"min": np.minimum}, values)
 
 
+def test_a_left_operand_across_k_is_copied_by_warps_reading_whole_sectors_and_writing_distinct_banks():
+    """x.T @ y in TF32: the left operand's floats along k lie a row of x apart, so they are copied 4 bytes at a time
+    (cp.async takes no gather): each warp's copy takes 8 neighbouring rows at 4 k, reading 4 whole 32-byte sectors
+    (not 32 sectors for 32 k of one row) and writing 32 distinct banks of the swizzled tile; an item's k stays the
+    same from copy to copy (its swizzled place computed once: the producer's registers are few)."""
+    t, y = operands((1024, 512), (1024, 512), dtype="float32")
+    kernel = product_kernel(t.T @ y, TF32)
+    left = next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).b_array
+    loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and any(isinstance(c, AsyncCopy)
+                                                                                 for c in s.body))
+    copies = [s for s in loop.body if isinstance(s, AsyncCopy) and s.array == left]
+    assert copies and all(c.width == 1 and c.itemsize == 4 for c in copies)
+    values = {"gid": 0, loop.var: 0}
+    shift, mask = swizzle_bits(2 * copies[0].swizzle)  # (the pattern in 16-bit elements: 64 of them to a row)
+    for warp in range(4):
+        values["lid"] = np.arange(256 + 32 * warp, 256 + 32 * (warp + 1))  # a producer warp
+        for copy in copies:
+            source, index = (np.broadcast_to(_evaluated(e, values), (32,)) for e in (copy.source, copy.index))
+            assert len(set((source * 4 // 32).tolist())) == 4 and len(set(source.tolist())) == 32
+            halves = 2 * index
+            assert len(set((halves ^ (((halves >> shift) & mask) << 3)) // 2 % 32)) == 32  # banks
+        # k (rows of 32 floats) per copy: one per consumer item the producer item copies for (2: 256 consumers)
+        assert len({tuple(_evaluated(copy.index, values) % 32) for copy in copies}) == 2
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(transposed):
     size = 512
@@ -168,13 +193,49 @@ def test_which_float32_products_take_tf32_warpgroups():
     assert "mma.sync.aligned.m16n8k8" in product_kernel(x @ y, warps).source
 
 
-def test_tf32_takes_128_by_128_blocks_unless_its_consumers_take_the_producers_registers(monkeypatch):
+def test_tf32_takes_128_by_256_blocks_its_consumers_taking_the_producers_registers():
     x, y = operands((2048, 256), (256, 2048), dtype="float32")
-    assert product_kernel(x @ y, TF32).site.heuristic["columns"] == 32
-    monkeypatch.setenv("ZYX_WGMMA_SETMAXNREG", "1")
     kernel = product_kernel(x @ y, TF32)
     assert kernel.site.heuristic["columns"] == 64 and "setmaxnreg.inc.sync.aligned.u32 232" in kernel.source
     assert kernel.source.count("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32") == 8  # 2 pieces x 4 k8 steps
+    assert "wgmma.wait_group.sync.aligned 1;" in kernel.source  # a batch in flight
+
+
+def _producer_and_consumers(kernel) -> tuple[tuple, tuple]:
+    """The bodies of a warp-role kernel's producer (items 256-383) and consumers."""
+    producer, consumers = [s for s in kernel.ir.body if isinstance(s, If)]
+    assert producer.cond[0][1] == "ge" and consumers.cond[0][1] == "lt"
+    return producer.body, consumers.body
+
+
+@pytest.mark.parametrize("form", ["x @ y", "x @ w.T", "x.T @ y"])
+def test_the_producer_rounds_each_landed_slice_of_the_left_tile_in_place_before_its_fence(form):
+    """cuBLAS rounds both TF32 operands to nearest; wgmma would truncate the left tile it reads through its
+    descriptor: once a slice has landed (cp.async.wait_group) the producer rounds each of its copies into that tile
+    (the same elements, one vector access each way where the copy is 16 bytes), then fences (fence.proxy.async)
+    and hands the slice over; the right tile (read into registers, rounded there) is left as it is."""
+    x, y, w, t = operands((512, 256), (256, 512), (512, 256), (256, 512), dtype="float32")
+    out = {"x @ y": lambda: x @ y, "x @ w.T": lambda: x @ w.T, "x.T @ y": lambda: t.T @ y}[form]()
+    kernel = product_kernel(out, TF32)
+    producer, consumers = _producer_and_consumers(kernel)
+    product = next(s for s in walk(consumers) if isinstance(s, WarpgroupMma))
+    loop = next(s for s in producer if isinstance(s, Loop))
+    copies = [s for s in walk(loop.body) if isinstance(s, AsyncCopy) and s.array == product.b_array]
+    landed = next(s for s in loop.body if isinstance(s, If) and isinstance(s.body[0], AsyncWait)).body
+    rounds = [s for s in landed if isinstance(s, LocalRoundTF32)]
+    assert isinstance(landed[-2], AsyncProxyFence) and isinstance(landed[-1], NamedBarrier)
+    assert landed[1:-2] == tuple(rounds) and len(rounds) == len(copies)
+    assert all(r.array == product.b_array and r.width == c.width and r.swizzle == c.swizzle
+               for r, c in zip(rounds, copies))
+    assert {r.width for r in rounds} == ({1} if form == "x.T @ y" else {4})
+    after = producer[producer.index(loop) + 1:]
+    assert isinstance(after[0], AsyncWait) and after[0].pending == 0
+    assert sum(isinstance(s, LocalRoundTF32) for s in after) == len(rounds) * 2  # the last 2 slices (4 stages)
+    source = kernel.source[kernel.source.index("__kernel"):]  # (after the helpers)
+    if form != "x.T @ y":
+        assert "float4 v = *p; *p = (float4)(zyx_round_tf32(v.s0),zyx_round_tf32(v.s1)" in source
+    assert source.index("cp.async.wait_group 2;") < source.index("zyx_round_tf32(") < \
+        source.index("fence.proxy.async.shared::cta;")
 
 
 def test_a_tf32_fragment_is_cutlass_register_layout_for_32_bit_a():
@@ -292,21 +353,24 @@ def _nvptx() -> bool:
 @pytest.mark.parametrize("shape", [(2048, 256, 2048), (512, 256, 512)])
 def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkeypatch, shape):
     """clang (sm_86: clang 15 knows no sm_90) prints the PTX, its target set to sm_90 as NVIDIA's would be, then
-    patched and assembled by ptxas for sm_90a within the registers of a 384-item group (NVIDIA's compiler takes the
-    group size from reqd_work_group_size; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a
-    from registers), 128 accumulators need no spills, and ptxas keeps the wgmmas asynchronous."""
+    patched and assembled by ptxas for sm_90a within the registers of the kernel's group (NVIDIA's compiler takes
+    the group size from reqd_work_group_size, which a kernel with a producer warpgroup prints: 384 items, 170
+    registers each; 255 in 256 items; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a from
+    registers), 128 accumulators need no spills, and ptxas keeps the wgmmas asynchronous."""
     n, k, m = shape
     x, y, w = operands((n, k), (k, m), (m, k))
     f, g, h = operands((n, k), (k, m), (m, k), dtype="float32")
-    sources = [product_kernel(out).source for out in (x @ y, x @ w.T)] + [warpgroup_probe_source()]
-    sources += [product_kernel(out, TF32).source for out in (f @ g, f @ h.T)]
-    monkeypatch.setenv("ZYX_WGMMA_SETMAXNREG", "1")  # (TF32 in 128 x 256 blocks where the shape gives enough)
-    sources += [product_kernel(f @ g, TF32).source]
-    monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", "1")  # (and a batch kept in flight: two slices' a in registers)
-    sources += [product_kernel(f @ h.T, TF32).source]
-    monkeypatch.delenv("ZYX_WGMMA_SETMAXNREG")
-    sources += [product_kernel(f @ g, TF32).source]
-    for number, text in enumerate(sources):
+    kernels = [product_kernel(out) for out in (x @ y, x @ w.T)]
+    # TF32 in 128 x 256 blocks where the shape gives enough, a batch in flight (two slices' a in registers), the
+    # left tile rounded by the producer (or, without one, by every item)
+    kernels += [product_kernel(out, TF32) for out in (f @ g, f @ h.T, g.T @ h.T)]
+    monkeypatch.setenv("ZYX_TF32_VECTOR_A", "1")  # (its a read a vector at a time)
+    kernels += [product_kernel(f @ g, TF32)]
+    monkeypatch.delenv("ZYX_TF32_VECTOR_A")
+    monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    kernels += [product_kernel(f @ g, TF32)]
+    sources = [(kernel.source, kernel.local_size) for kernel in kernels] + [(warpgroup_probe_source(), 384)]
+    for number, (text, items) in enumerate(sources):
         source = tmp_path / f"kernel{number}.cl"
         source.write_text(BUILTINS + text)
         ptx = tmp_path / f"kernel{number}.ptx"
@@ -317,7 +381,8 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
         assert built.returncode == 0, built.stderr[-2000:]
         text = ptx.read_bytes().replace(b".target sm_86", b".target sm_90").replace(b".version 7.5", b".version 8.0")
         ptx.write_bytes(patch(text))
-        assembled = subprocess.run(["ptxas", "-arch=sm_90a", "-v", f"--maxrregcount={65536 // 384}", str(ptx), "-o",
+        assembled = subprocess.run(["ptxas", "-arch=sm_90a", "-v", f"--maxrregcount={min(255, 65536 // items)}",
+                                    str(ptx), "-o",
                                     str(tmp_path / "k.cubin")], capture_output=True, text=True)
         assert assembled.returncode == 0, assembled.stderr[-2000:]
         assert "0 bytes spill stores" in assembled.stderr, assembled.stderr
@@ -511,31 +576,43 @@ def tf32_truncated(values: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n, k, m, form, columns", [(256, 192, 512, "relu(x @ y)", 32), (200, 136, 264, "x @ y.T", 64),
-                                                    (136, 100, 160, "x.T @ y", 32), (128, 64, 128, "(2x) @ y", 32)])
-def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypatch, n, k, m, form, columns):
+@pytest.mark.parametrize("n, k, m, form, columns, settings", [
+    (256, 192, 512, "relu(x @ y)", 32, {}), (200, 136, 264, "x @ y.T", 64, {}), (136, 100, 160, "x.T @ y", 32, {}),
+    (128, 64, 128, "(2x) @ y", 32, {}), (136, 100, 160, "x.T @ y", 32, {"ZYX_TF32_ROUND_TILES": "0"}),
+    (256, 192, 512, "relu(x @ y)", 32, {"ZYX_TF32_VECTOR_A": "1"}),
+    (200, 136, 264, "x @ y", 64, {"ZYX_TF32_VECTOR_A": "1"}), (200, 136, 264, "x @ y.T", 64, {"ZYX_TF32_VECTOR_A": "1"})])
+def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypatch, n, k, m, form, columns, settings):
     """A float32 product in TF32 on warpgroups, as printed, on PoCL (as above): the left tile read by descriptor as
-    wgmma's b, its floats truncated to TF32 by the emulation as the tensor cores read them, the right tile read
+    wgmma's b, rounded in place to nearest once each slice has landed (the emulation then truncates it to TF32 as
+    the tensor cores read it: with ZYX_TF32_ROUND_TILES=0 that truncation is what counts), the right tile read
     into registers as its a, rounded to nearest, each warpgroup's columns in 64-column pieces (one, or two in
     128 x 256 blocks), the accumulators stored transposed: a right operand across k ([k][column] atoms of 32
     columns) with a fused relu; along k ([column][k]) with edges in every direction; a left operand lying across k
     (x.T: copied a float at a time into rows along k); a computed one (2x: staged through registers, rounded, into
-    rows along k). Exact up to float32 accumulation against numpy on the same rounded operands, so a misread
-    element or rounding shows."""
+    rows along k). With ZYX_TF32_VECTOR_A=1 the wgmma rows permuted, a right tile across k read a vector at a time.
+    Exact up to float32 accumulation against numpy on the same rounded operands, so a misread element or rounding
+    shows."""
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    rounding = "truncated" if settings.get("ZYX_TF32_ROUND_TILES") == "0" else "nearest"
     x, y = operands((k, n) if form == "x.T @ y" else (n, k), (m, k) if form == "x @ y.T" else (k, m), dtype="float32")
     out = {"relu(x @ y)": lambda: (x @ y).relu(), "x @ y.T": lambda: x @ y.T, "x.T @ y": lambda: x.T @ y,
-           "(2x) @ y": lambda: (x * 2) @ y}[form]()
+           "(2x) @ y": lambda: (x * 2) @ y, "x @ y": lambda: x @ y}[form]()
     kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1,
                                    warpgroup=1, split=1), TF32)
     products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
     assert all(s.kind == "tf32" and s.n == 128 and len(s.a_registers) == 4 for s in products)
     assert len(products) == 4 * (columns // 32)  # 4 k8 steps a slice, a wgmma per 64 columns of the warpgroup's
     assert all(s.itemsize == 4 for s in walk(kernel.ir.body) if isinstance(s, AsyncCopy))
+    widths = {s.out.width for s in walk(kernel.ir.body) if isinstance(s, LocalLoad)}
+    vector = "ZYX_TF32_VECTOR_A" in settings and form != "x @ y.T"  # (a tile along k: its columns lie apart)
+    assert widths == ({columns // 16} if vector else {1})  # a float per piece and row r, r + 8 at one k
     name, source = _emulated_source(kernel, monkeypatch)
     a, b = x.numpy(), y.numpy()
     got = _run_on_pocl(kernel, name, source, [a, b], (n, m), np.float32)
-    left = tf32_rounded(2 * a) if form == "(2x) @ y" else tf32_truncated(a.T if form == "x.T @ y" else a)
+    left = tf32_rounded(2 * a) if form == "(2x) @ y" else (tf32_rounded if rounding == "nearest" else tf32_truncated)(
+        a.T if form == "x.T @ y" else a)
     right = tf32_rounded(b.T if form == "x @ y.T" else b)
     expected = left.astype(np.float64) @ right.astype(np.float64)
     np.testing.assert_allclose(got, np.maximum(expected, 0) if form.startswith("relu") else expected, rtol=1e-5,

@@ -278,7 +278,8 @@ class LocalStore:
 
 @dataclass(frozen=True)
 class LocalLoad:
-    """`swizzle`: the array's rows of that many elements are swizzled (AsyncCopy says how), 0 where they are not."""
+    """`swizzle`: the array's rows of that many elements are swizzled (AsyncCopy says how), 0 where they are not; a
+    vector `out` then reads its width elements from `index` (within one 16-byte chunk)."""
 
     out: Reg
     array: str
@@ -415,6 +416,18 @@ class RegisterBudget:
 
 
 @dataclass(frozen=True)
+class LocalRoundTF32:
+    """Rounds `width` float32 elements of local `array` from element `index` (a multiple of `width`; `swizzle` as
+    AsyncCopy's) to TF32 in place, to nearest (cvt.rna, as cuBLAS rounds its operands): an AsyncCopy's elements once
+    landed, in a tile a TF32 WarpgroupMma reads through a descriptor (the tensor cores would drop their 13 low bits)."""
+
+    array: str
+    index: Expr
+    width: int = 4
+    swizzle: int = 0
+
+
+@dataclass(frozen=True)
 class AsyncProxyFence:
     """Makes this item's writes to local memory (cp.async copies landed, stores) visible to the asynchronous
     proxy that WarpgroupMma reads through (fence.proxy.async); a Barrier after it covers the whole group."""
@@ -423,9 +436,10 @@ class AsyncProxyFence:
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack, Define, Accumulate, MultiplyAdd,
                   Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
                   AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence, WarpgroupCommit, WarpgroupWait,
-                  AsyncProxyFence, NamedBarrier, RegisterBudget]
+                  AsyncProxyFence, NamedBarrier, RegisterBudget, LocalRoundTF32]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
-               WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget)  # printed as inline PTX
+               WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
+               LocalRoundTF32)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack)  # statements a copy may share
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
-from ..dtypes import DType, float64
+from ..dtypes import DType, float32, float64
 from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait,
                         Barrier, Break, Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load,
-                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier,
-                        Operand, Pack, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit, WarpgroupFence,
-                        WarpgroupMma, WarpgroupWait, walk)
+                        LocalArray, LocalLoad, LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd,
+                        NamedBarrier, Operand, Pack, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit,
+                        WarpgroupFence, WarpgroupMma, WarpgroupWait, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
@@ -296,6 +296,18 @@ def _local_address(array: str, index: Expr, swizzle: int, itemsize: int = 2) -> 
     return f"((uint)(ulong){array} + (uint)({position})*(uint)sizeof({array}[0]))"
 
 
+def _local_round_tf32(s: LocalRoundTF32) -> str:
+    """The elements read, rounded and written back by one access each way (a vector of the copy's 4, 8 or 16 bytes:
+    a swizzle moves whole 16-byte chunks)."""
+    position = swizzled(s.index, s.swizzle, 4) if s.swizzle else s.index.render()
+    if s.width == 1:
+        return f"{s.array}[{position}] = zyx_round_tf32({s.array}[{position}]);"
+    vector = register_type(float32, s.width)
+    lanes = ",".join(f"zyx_round_tf32(v.s{lane})" for lane in range(s.width))
+    return (f"{{ __local {vector}* p = (__local {vector}*)({s.array} + {position}); {vector} v = *p; "
+            f"*p = ({vector})({lanes}); }}")
+
+
 def _matrix_load(s: MatrixLoad) -> str:
     """ldmatrix (asm volatile: it reads local memory, and must stay between the barriers around it)."""
     trans = ".trans" if s.transposed else ""
@@ -382,8 +394,10 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
     Define: lambda s: _start(s.start),
-    LocalLoad: lambda s: (f"{s.array}[{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)}]" if s.swizzle
-                          else f"{s.array}[{s.index.render_grouped()}]"),
+    LocalLoad: lambda s: (f"{s.array}[{s.index.render_grouped()}]" if not s.swizzle
+                          else f"{s.array}[{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)}]" if s.out.width == 1
+                          else f"*(__local {register_type(s.out.dtype, s.out.width)}*)({s.array} + "
+                               f"{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)})"),
 }
 STATEMENTS: dict[type, Callable] = {  # the others: their line
     Accumulate: lambda s: f"{s.acc.name} = {binary(s.op, s.acc.name, operand(s.value), s.acc.dtype, s.acc.width)};",
@@ -397,6 +411,7 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     WarpgroupCommit: lambda s: _hidden("wgmma.commit_group.sync.aligned"),
     WarpgroupWait: lambda s: _hidden(f"wgmma.wait_group.sync.aligned {s.pending}"),
     AsyncProxyFence: lambda s: 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");',
+    LocalRoundTF32: _local_round_tf32,
     NamedBarrier: _named_barrier,
     RegisterBudget: lambda s: _hidden(f"setmaxnreg.{'inc' if s.grow else 'dec'}.sync.aligned.u32 {s.count}"),
 }

@@ -31,8 +31,9 @@ are float32 copied as they are (16, 8 or 4 bytes at a time) into the same 128-by
 wgmma takes TF32 only K-major from local memory, so a right operand lying across k (`x @ w`, w row-major) cannot be
 its b: the product is computed transposed (`_register_products`), each warpgroup reading 64 columns of the right
 tile into registers as wgmma's a (rounded to TF32 to nearest there, as mma.sync's operands are), the left tile (rows
-along k: a stored left operand is copied as it is, and wgmma reads its floats' TF32 bits) as b, in 128 x 128 blocks
-(TF32_WARPGROUP_SHAPES); each item then holds outputs by columns.
+along k) as b, in 128 x 256 or 128 x 128 blocks; each item then holds outputs by columns. The left tile is rounded
+in place once each slice has landed (transforms: the producer's items, or every item, round what they copied), as
+cuBLAS rounds both operands; ZYX_TF32_ROUND_TILES=0 leaves it to the tensor cores, which drop its 13 low bits.
 
 Which products: float16 and bfloat16 ones (autocast's), accumulated in float32; float32 ones in TF32 where the
 user allowed it (`zyx.set_float32_matmul_precision("high")`, as in PyTorch): on warpgroups where some operand is
@@ -90,11 +91,11 @@ LOCAL_MEMORY = {(9, 0): 200 * 1024}
 # 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
 # wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
 WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
-# TF32's: 128 x 128 blocks. Its a lies in registers, 4 per k8 step and 64 columns, all held until the slice's batch
-# is waited for: 128 x 256 blocks hold 128 accumulators and 32 of them, more than the 168 registers an item of a
-# 384-item group has (ptxas, sm_90a: spills, and the wgmmas serialized, C7512); 128 x 128 take 106. Where the
-# consumers take the producer's registers (ZYX_WGMMA_SETMAXNREG=1: 232 each) 128 x 256 fit (no spills).
-TF32_WARPGROUP_SHAPES = ((32, 128, 4),)
+# TF32 takes the same: its a lies in registers, 4 per k8 step and 64 columns, held until the slice's batch is waited
+# for (two slices' with a batch in flight): 128 x 256 blocks hold 128 accumulators and 64 of them, more than the 168
+# registers an item of a 384-item group has; its consumers take the producer's (232 each, transforms/warp_roles.py:
+# no spills). On the H200 at 4096³: 128 x 128 with each batch waited for 188.7 TFLOP/s, 128 x 256 with a batch in
+# flight 252.1 (bench/GPU.md).
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
@@ -191,7 +192,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES, or TF32_WARPGROUP_SHAPES), that does and spreads over the device
+    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the device
     (`_spread`; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
@@ -204,7 +205,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
-    shapes = _warpgroup_shapes(kind) if warpgroup else PIPELINED if pipelined else SHAPES
+    shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
     fitting = [(w, b, n) for w, b, n in shapes if _fits(local_memory, w, b, n, pipelined, warpgroup)]
     fitting = _spread(fitting, product, n_axis, m_axis)
     forced = None if warpgroup else _forced_shape()
@@ -218,14 +219,6 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
                           buffers, split=choice["split"] if choice is not None else 1, kind=kind,
                           warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
-
-
-def _warpgroup_shapes(kind: str) -> tuple[tuple[int, int, int], ...]:
-    """The shapes a warpgroup product of `kind` may take: TF32's own (TF32_WARPGROUP_SHAPES) unless its consumers
-    may take more registers (ZYX_WGMMA_SETMAXNREG=1)."""
-    if kind == "tf32" and os.environ.get("ZYX_WGMMA_SETMAXNREG") != "1":
-        return TF32_WARPGROUP_SHAPES
-    return WARPGROUP_SHAPES
 
 
 def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int) -> list[tuple[int, int, int]]:
@@ -307,7 +300,9 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
             continue
         if not pipelined:
             return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
-        kernel = (_warp_roles(lowered.ir, plan) if plan.warpgroup else None) or pipeline(lowered.ir, plan.buffers)
+        round_tiles = os.environ.get("ZYX_TF32_ROUND_TILES") != "0"
+        kernel = ((_warp_roles(lowered.ir, plan, round_tiles) if plan.warpgroup else None)
+                  or pipeline(lowered.ir, plan.buffers, round_tiles))
         if kernel is not None and plan.warpgroup and os.environ.get("ZYX_WGMMA_PAIRED_STORES") == "1":
             kernel = paired_stores(kernel)
         if kernel is not None:
@@ -315,16 +310,31 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
     return None
 
 
-def _warp_roles(kernel: Kernel, plan: TensorCorePlan) -> Optional[Kernel]:
+def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool) -> Optional[Kernel]:
     """A warpgroup product with a producer warpgroup (transforms/warp_roles.py) unless ZYX_WGMMA_PRODUCER=0; its
-    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0, or where their a lies in registers (TF32: the
-    batch in flight still reads them while the next slice's are loaded, so ptxas keeps both sets) only with
-    ZYX_WGMMA_WAIT_ONE=1; ZYX_WGMMA_SETMAXNREG=1 moves registers from the producer to them (the variants measured
-    on the H200: bench/GPU.md)."""
+    consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0 and, where their a lies in registers (TF32: the
+    batch in flight still reads them while the next slice's are loaded, so ptxas keeps both sets), take registers
+    from the producer; ZYX_WGMMA_EARLY_HAND_OVER=1: the producer hands each slice over before refilling a buffer."""
     if os.environ.get("ZYX_WGMMA_PRODUCER") == "0":
         return None
-    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE", "0" if plan.right_in_registers else "1") != "0"
-    return warp_roles(kernel, plan.buffers, wait_one, os.environ.get("ZYX_WGMMA_SETMAXNREG") == "1")
+    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0"
+    return warp_roles(kernel, plan.buffers, wait_one, plan.right_in_registers, round_tiles,
+                      os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") == "1")
+
+
+def _copy_position(flat: Expr, per_row: int, width: int, along_k: bool) -> tuple[Expr, Expr]:
+    """(row, k) of the first element of copy `flat` of a slice (copies of `width` elements, `per_row` to a row of
+    the tile; neighbouring items take neighbouring copies): along k, a row's copies one after another, else a k's.
+    Copies of one element along k (4 bytes: an operand lying across k, x.T, whose wider copies along k do not
+    apply) go 8 rows by 4 k to a warp instead, the warps of a group at successive 4 k: where rows lie next to each
+    other in memory a warp reads 4 whole 32-byte sectors (a row's 32 k would lie in 32 sectors) and writes 32
+    distinct banks (the swizzle puts 8 rows' same 16-byte chunk in 8 bank groups), and an item's k stays the same
+    from copy to copy (where the group's warps cover the row's k: one swizzled place per item, the copies 8 rows
+    apart)."""
+    if along_k and width == 1:
+        lane, warp, groups = flat % WARP, flat // WARP, per_row // 4
+        return (warp // groups) * 8 + lane % 8, (warp % groups) * 4 + lane // 8
+    return (flat // per_row, flat % per_row * width) if along_k else (flat % per_row * width, flat // per_row)
 
 
 def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], reported: int) -> int:
@@ -415,7 +425,8 @@ class TensorCoreLowering(LocalTileLowering):
         64·g, each item's registers as wgmma.accumulator_position says."""
         if self.plan.right_in_registers:  # (transposed: accumulator rows are columns, columns rows)
             places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(BLOCK // 2)]
-            return [(row, column + first) for first in self._register_columns() for column, row in places]
+            return [(row, self._register_column(piece, column)) for piece in range(len(self._register_columns()))
+                    for column, row in places]
         if self.plan.warpgroup:
             rows = (self.lid // wgmma.WARPGROUP) * wgmma.ROWS
             places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(self.plan.block_m // 2)]
@@ -519,8 +530,7 @@ class TensorCoreLowering(LocalTileLowering):
         per_row = layout.length // width
         loads, stores = [], []
         for copy in range(rows * plan.bk // width // GROUP):
-            flat = self.lid + copy * GROUP
-            row, k = (flat // per_row, flat % per_row * width) if along_k else (flat % per_row * width, flat // per_row)
+            row, k = _copy_position(self.lid + copy * GROUP, per_row, width, along_k)
             along = k_axis if along_k else axis
             inside = self._inside(operand, corner, {axis: row, k_axis: k_base + k}, along, width)
             if inside is None:
@@ -634,6 +644,26 @@ class TensorCoreLowering(LocalTileLowering):
         half = self.plan.block_m // 2
         return [(self.lid // wgmma.WARPGROUP) * half + first for first in range(0, half, wgmma.ROWS)]
 
+    @property
+    def _vector_registers(self) -> bool:
+        """Whether a transposed TF32 product's rows are permuted (`_register_column`) so that a tile lying across k
+        reads its a registers a vector at a time (ZYX_TF32_VECTOR_A=1)."""
+        return os.environ.get("ZYX_TF32_VECTOR_A") == "1"
+
+    def _register_column(self, piece: int, row: Expr) -> Expr:
+        """The block column row `row` (0-63, an Expr) of a transposed TF32 product's wgmma `piece` stands for: the
+        piece's first column + row, or (`_vector_registers`) permuted so that an item's registers at one k (rows r
+        and r + 8 of every piece) are 2·pieces neighbouring columns, one vector load from a tile lying across k: row
+        16w + 8h + i is column 2·pieces·(8w + c(i)) + 2·piece + h of the warpgroup's, c(i) = i / 2 + 4 (i % 2)
+        putting the 4 k rows an 8-item phase of a 16-byte load reads in 8 distinct bank groups (any bijection
+        computes the same product: the accumulators are stored by the same map)."""
+        if not self._vector_registers:
+            return self._register_columns()[piece] + row
+        pieces = len(self._register_columns())
+        w, h, i = row // 16, row % 16 // 8, row % 8
+        first = (self.lid // wgmma.WARPGROUP) * (self.plan.block_m // 2)
+        return first + 2 * pieces * (8 * w + i // 2 + 4 * (i % 2)) + 2 * piece + h
+
     def _register_products(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
         """A TF32 slice multiplied transposed: per k8 step and 64 of the warpgroup's columns, one wgmma of those
         columns of the right tile (read into registers, rounded to TF32) by all BLOCK rows of the left tile (read
@@ -642,20 +672,30 @@ class TensorCoreLowering(LocalTileLowering):
         plan = self.plan
         right = plan.layout(plan.block_m if across else plan.bk)
         item = self.lid % wgmma.WARPGROUP
+        pieces, vector = len(self._register_columns()), self._vector_registers and across
         loads, products = [], []
         for step in range(plan.bk // plan.k_step):
-            for piece, first in enumerate(self._register_columns()):
-                registers = []
-                for register in range(4):
-                    row, k = wgmma.fragment_position(item, register)
-                    column, k = first + row, k + step * plan.k_step
-                    index = plan.across_index(k, column) if across else column * right.stride + k
-                    value, rounded = Reg(self.names.fresh("fr"), float32), Reg(self.names.fresh("tf"), float32)
-                    loads += [LocalLoad(value, tiles[1], index, right.swizzle), Alu(rounded, ROUND_TF32, (value,))]
-                    registers.append(rounded)
+            values: dict[tuple[int, int], Operand] = {}  # (piece, register) -> its value as read
+            for piece, register in itertools.product(range(pieces), range(4)):
+                if (piece, register) in values:
+                    continue
+                row, k = wgmma.fragment_position(item, register)
+                column, k = self._register_column(piece, row), k + step * plan.k_step
+                index = plan.across_index(k, column) if across else column * right.stride + k
+                if vector:  # (registers 0 and 1, 2 and 3: rows r and r + 8 at one k)
+                    read = Reg(self.names.fresh("fr"), float32, 2 * pieces)
+                    values.update({(p, register + h): Lane(read, f"s{2 * p + h}") for p in range(pieces)
+                                   for h in range(2)})
+                else:
+                    read = values[piece, register] = Reg(self.names.fresh("fr"), float32)
+                loads.append(LocalLoad(read, tiles[1], index, right.swizzle))
+            for piece in range(pieces):
+                registers = tuple(Reg(self.names.fresh("tf"), float32) for _ in range(4))
+                loads += [Alu(rounded, ROUND_TF32, (values[piece, register],))
+                          for register, rounded in enumerate(registers)]
                 share = tuple(accumulators[piece * BLOCK // 2:(piece + 1) * BLOCK // 2])
                 products.append(WarpgroupMma(share, "", Expr(0), tiles[0], Expr(step * plan.k_step), BLOCK, plan.kind,
-                                             a_registers=tuple(registers)))
+                                             a_registers=registers))
         fenced = tuple(r for product in products for r in product.a_registers)
         return [*loads, WarpgroupFence(fenced), *products, WarpgroupCommit(), WarpgroupWait(0)]
 

@@ -11,6 +11,10 @@ s % stages, store the register values into buffer (s + ahead) % stages, wait unt
 flight (slice s + 1 has landed), barrier (before it, where warpgroup products read the slices, an AsyncProxyFence). The buffer slice s + ahead goes to was last read at step
 s + ahead - stages < s, before the previous step's barrier. Past the last slice the register values read are the
 last slice's again (reads stay inside the operands) and are not stored.
+
+A tile TF32 warpgroup products read through a descriptor is rounded to TF32 in place once landed (`tf32_rounding`:
+the tensor cores would truncate it): after the wait, before the fence, each item rounds its own copies of slice
+s + 1 (cp.async's writes are visible to the item that issued them once waited for).
 """
 from __future__ import annotations
 
@@ -18,14 +22,15 @@ import dataclasses
 from typing import Optional
 
 from ..kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, Barrier, If, Kernel, LocalArray,
-                         LocalStore, Loop, Statement, WarpgroupMma, simplify_cond, walk)
+                         LocalRoundTF32, LocalStore, Loop, Statement, WarpgroupMma, simplify_cond, walk)
 from ..symbolic import Expr
 from .double_buffer import at_step
 
 
-def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
-    """`kernel` with its staging loop pipelined over `stages` buffers of each local array it stages into; None
-    where it has no staging loop with an AsyncCopy."""
+def pipeline(kernel: Kernel, stages: int, round_tiles: bool = True) -> Optional[Kernel]:
+    """`kernel` with its staging loop pipelined over `stages` buffers of each local array it stages into (the tiles
+    TF32 products read through descriptors rounded once landed unless not `round_tiles`); None where it has no
+    staging loop with an AsyncCopy."""
     if stages < 2:
         raise ValueError(f"a pipeline needs 2 stages or more, not {stages}")
     position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
@@ -39,8 +44,11 @@ def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
     ahead = min(stages - 1, steps)
     step = Expr.var(loop.var, steps)
     lines = _fill(fetch + copies + stores, loop.var, ahead, halves)
-    landed = (AsyncWait(ahead - 1), *_proxy_fence(compute), Barrier())
-    lines += landed
+    rounds = tf32_rounding(copies, compute) if round_tiles else ()
+    lines += (AsyncWait(ahead - 1), *at_step(rounds, loop.var, Expr(0), Expr(0), halves, ""), *_proxy_fence(compute),
+              Barrier())
+    following = when(((step + 1, "lt", steps),), at_step(rounds, loop.var, step + 1, (step + 1) % stages, halves, ""))
+    landed = (AsyncWait(ahead - 1), *following, *_proxy_fence(compute), Barrier())
     cond = simplify_cond(((step + ahead, "lt", steps),))
     slot = (step + ahead) % stages
     issue, reads, put = (), (), ()  # type: ignore[var-annotated]
@@ -54,6 +62,12 @@ def pipeline(kernel: Kernel, stages: int) -> Optional[Kernel]:
     arrays = tuple(dataclasses.replace(s, size=stages * s.size) if isinstance(s, LocalArray) and s.name in halves else s
                    for s in kernel.body[:position])
     return dataclasses.replace(kernel, body=arrays + tuple(lines) + kernel.body[position + 1:])
+
+
+def when(cond: tuple, body: tuple) -> tuple:
+    """`body` under `cond`, without the If where it always holds, nothing where it never does (or `body` is empty)."""
+    settled = simplify_cond(cond)
+    return () if settled is None or not body else body if settled == () else (If(settled, body),)
 
 
 def _fill(staging: tuple, var: str, ahead: int, halves: dict[str, LocalArray]) -> list:
@@ -71,6 +85,14 @@ def _proxy_fence(compute: tuple) -> tuple:
     """An AsyncProxyFence where warpgroup products read the staged slices (wgmma reads local memory through the
     asynchronous proxy: each item fences its landed copies and stores before the barrier), else nothing."""
     return (AsyncProxyFence(),) if any(isinstance(s, WarpgroupMma) for s in walk(compute)) else ()
+
+
+def tf32_rounding(copies: tuple, compute: tuple) -> tuple:
+    """A LocalRoundTF32 of each of `copies` (AsyncCopies) into a tile a TF32 WarpgroupMma in `compute` reads through a
+    descriptor: what an item does to its copies of a slice once they landed, before the AsyncProxyFence."""
+    products = [s for s in walk(compute) if isinstance(s, WarpgroupMma) and s.kind == "tf32"]
+    tiles = {s.b_array for s in products} | {s.a_array for s in products if not s.a_registers}
+    return tuple(LocalRoundTF32(c.array, c.index, c.width, c.swizzle) for c in copies if c.array in tiles)
 
 
 def staging_parts(statement: Statement) -> Optional[tuple[tuple, tuple, tuple, tuple]]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from ..kernel_ir import (AsyncCopy, Axis, Barrier, Const, Kernel, LocalArray, LocalLoad, LocalStore, Load, Loop,
-                         MatrixLoad, Operand, Select, Statement, WarpgroupMma, simplify_cond)
+from ..kernel_ir import (AsyncCopy, Axis, Barrier, Const, Kernel, LocalArray, LocalLoad, LocalRoundTF32, LocalStore, Load,
+                         Loop, MatrixLoad, Operand, Select, Statement, WarpgroupMma, simplify_cond)
 from ..symbolic import Expr
 from . import copy_body, rename_all
 
@@ -72,7 +72,8 @@ def in_buffer(body: tuple, slot: Expr, halves: dict[str, LocalArray]) -> tuple:
     def moved(statement: Statement) -> Statement:
         if isinstance(statement, Loop):
             return dataclasses.replace(statement, body=in_buffer(statement.body, slot, halves))
-        if isinstance(statement, (LocalLoad, LocalStore, MatrixLoad, AsyncCopy)) and statement.array in halves:
+        if isinstance(statement, (LocalLoad, LocalStore, MatrixLoad, AsyncCopy, LocalRoundTF32)) \
+                and statement.array in halves:
             half = halves[statement.array]
             elements = isinstance(statement, LocalStore) and statement.element
             size = half.size * (half.width if elements else 1)

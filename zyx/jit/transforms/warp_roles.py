@@ -11,18 +11,23 @@ after issuing slice s + 1; the producer then hands slice s over at step s + stag
 on a release that waits on that hand-over). A barrier never gets a second generation's arrivals early: the producer's
 next arrival on full(s) follows its wait on empty(s), which follows the consumers' wait on full(s); likewise for
 empty(s) (bench/wgmma_probe/simulate_handover.py checks the protocol, tests/jit/test_warp_roles.py the IR's).
+A tile TF32 products read through a descriptor is rounded to TF32 by the producer once a slice has landed, before
+its fence and hand-over (async_pipeline.tf32_rounding: each producer item rounds the copies it issued).
+
+TF32 products' consumers hold their a in registers (tensor_cores.py): they take registers from the producer
+(RegisterBudget, setmaxnreg) so that 128 x 256 blocks fit with a batch in flight.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
-from ..kernel_ir import (AsyncCommit, AsyncProxyFence, AsyncWait, Axis, Barrier, If, Kernel, LocalArray, Loop,
-                         NamedBarrier, RegisterBudget, Role, WarpgroupWait, simplify_cond, walk)
+from ..kernel_ir import (AsyncCommit, AsyncProxyFence, AsyncWait, Axis, Barrier, If, Kernel, LocalArray,
+                         LocalRoundTF32, Loop, NamedBarrier, RegisterBudget, Role, WarpgroupWait, walk)
 from ..symbolic import Expr
 from ..wgmma import WARPGROUP
 from . import copy_body
-from .async_pipeline import staging_parts
+from .async_pipeline import staging_parts, tf32_rounding, when
 from .double_buffer import at_step
 
 # setmaxnreg's counts: the producer keeps few registers, the consumers (128 accumulators each) take the rest of the
@@ -31,10 +36,13 @@ PRODUCER_REGISTERS, CONSUMER_REGISTERS = 40, 232
 BARRIERS = 15  # named barriers 1-15 (0 is Barrier's): two per stage
 
 
-def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool = False) -> Optional[Kernel]:
+def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool = False,
+               round_tiles: bool = True, early: bool = False) -> Optional[Kernel]:
     """`kernel` (a warpgroup product's staging loop, as lowered) with a producer warpgroup after its items copying
-    the slices into `stages` buffers and its items multiplying them; `budget`: the registers moved from the producer
-    to the consumers (RegisterBudget). None where that form does not apply: no staging loop, an operand staged
+    the slices into `stages` buffers (rounding TF32 tiles unless not `round_tiles`) and its items multiplying them;
+    `budget`: the registers moved from the producer to the consumers (RegisterBudget); `early`: the producer hands
+    a slice over before it waits for a buffer to refill (_Roles.producer). None where that form does not apply: no
+    staging loop, an operand staged
     through registers (a fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer
     than 3 stages (no slice would be in flight while one is handed over) or more than the barriers hold."""
     position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
@@ -50,13 +58,16 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
     consumers = kernel.axis(Role.LOCAL).size  # type: ignore[union-attr]
     items = consumers + WARPGROUP
     halves = {s.name: s for s in before if isinstance(s, LocalArray) and s.name in {c.array for c in copies}}
-    roles = _Roles(loop.var, loop.trips, stages, items, wait_one)
+    roles = _Roles(loop.var, loop.trips, stages, items, wait_one, early)
     lid = Expr.var("lid", items)
     producer_item = Expr.clamped(lid, consumers, items - 1) - consumers  # 0-127, as an index's lower bound needs
-    shares = [copy_body(copies, {"lid": producer_item + WARPGROUP * share}, "", {})
+    rounds = tf32_rounding(copies, compute) if round_tiles else ()
+    shares = [copy_body(copies + rounds, {"lid": producer_item + WARPGROUP * share}, "", {})
               for share in range(consumers // WARPGROUP)]
-    produce = roles.producer([at_step(share, loop.var, roles.step, roles.step % stages, halves, "")
-                              for share in shares])
+    copied = tuple(s for share in shares for s in share if not isinstance(s, LocalRoundTF32))
+    rounded = tuple(s for share in shares for s in share if isinstance(s, LocalRoundTF32))
+    produce = roles.producer(at_step(copied, loop.var, roles.step, roles.step % stages, halves, ""),
+                             lambda slice_: at_step(rounded, loop.var, slice_, (slice_ + stages) % stages, halves, ""))
     consume = roles.consumer(at_step(compute[:-1], loop.var, roles.step, roles.step % stages, halves, ""))
     if budget:
         produce = (RegisterBudget(PRODUCER_REGISTERS, False), *produce)
@@ -77,6 +88,7 @@ class _Roles:
     stages: int
     items: int
     wait_one: bool
+    early: bool = False
 
     @property
     def step(self) -> Expr:
@@ -93,30 +105,30 @@ class _Roles:
     def empty(self, slice_: Expr) -> Expr:
         return slice_ % self.stages + 1 + self.stages
 
-    def _when(self, cond: tuple, body: tuple) -> tuple:
-        """`body` under `cond` on the step, without the If where it always holds, nothing where it never does."""
-        settled = simplify_cond(cond)
-        return () if settled is None else body if settled == () else (If(settled, body),)
-
-    def producer(self, shares: list[tuple]) -> tuple:
-        """Per step: wait until the buffer is released (from the stages-th slice on), copy the slice (each of the
-        producer's items the copies of consumers' items `shares`), then hand over the slice copied `ahead` steps
-        before once it has landed; after the loop, the last ones."""
+    def producer(self, copies: tuple, landed: Callable[[Expr], tuple]) -> tuple:
+        """Per step: wait until the buffer is released (from the stages-th slice on), issue the slice's `copies`
+        (each of the producer's items those of consumers' items), then hand over the slice copied `ahead` steps
+        before once it has landed, after what it does to a landed slice (`landed`); after the loop, the last ones.
+        `early`: the hand-over first, so that it waits neither for a release nor for the copies' issue (the
+        consumers' release of the buffer refilled at step s follows their wait for slice s - stages + 1, handed
+        over at step s - 1)."""
         step, ahead = self.step, self.ahead
-        body = (*self._when(((step, "ge", self.stages),), (NamedBarrier(self.empty(step), self.items, True),)),
-                *(statement for share in shares for statement in share), AsyncCommit(),
-                *self._when(((step, "ge", ahead),), (AsyncWait(ahead), AsyncProxyFence(),
-                                                       NamedBarrier(self.full(step + self.stages - ahead),
-                                                                    self.items, False))))
-        last = [NamedBarrier(self.full(Expr(s)), self.items, False) for s in range(max(self.trips - ahead, 0), self.trips)]
-        return Loop(self.var, self.trips, body), AsyncWait(0), AsyncProxyFence(), *last
+        last = range(max(self.trips - ahead, 0), self.trips)
+        refill = (*when(((step, "ge", self.stages),), (NamedBarrier(self.empty(step), self.items, True),)),
+                  *copies, AsyncCommit())
+        hand_over = when(((step, "ge", ahead),), (AsyncWait(ahead - 1 if self.early else ahead), *landed(step - ahead),
+                                                 AsyncProxyFence(),
+                                                 NamedBarrier(self.full(step + self.stages - ahead), self.items, False)))
+        body = (*hand_over, *refill) if self.early else (*refill, *hand_over)
+        return (Loop(self.var, self.trips, body), AsyncWait(0), *(s for first in last for s in landed(Expr(first))),
+                AsyncProxyFence(), *(NamedBarrier(self.full(Expr(s)), self.items, False) for s in last))
 
     def consumer(self, compute: tuple) -> tuple:
         """Per step: wait for the slice, multiply it (`compute`: its batch issued and committed), wait for the
         batch before (`wait_one`) or this one, release the buffer of the batch waited for unless no slice is left to
         refill it."""
         step, pending = self.step, int(self.wait_one)
-        release = self._when(((step, "ge", pending), (step, "lt", self.trips - self.stages + pending)),
+        release = when(((step, "ge", pending), (step, "lt", self.trips - self.stages + pending)),
                              (NamedBarrier(self.empty(step + self.stages - pending), self.items, False),))
         body = (NamedBarrier(self.full(step), self.items, True), *compute, WarpgroupWait(pending), *release)
         return (Loop(self.var, self.trips, body), *((WarpgroupWait(0),) if pending else ()))
