@@ -183,6 +183,8 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec else {}
         device = params.get("device")
+        if device is not None or "test_devices" in item.fixturenames:
+            item.add_marker(pytest.mark.device_generic)
         if device == "wgpu":
             _mark_wgpu_case(item, params)
         thinned = (item.originalname in EXHAUSTIVE_TESTS and device == "opencl"
