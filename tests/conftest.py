@@ -52,8 +52,13 @@ def _torch_importable() -> bool:
 # differential test of both JITs and of the torch backend against the numpy reference. ZYX_TEST_DEVICES=cpu narrows
 # it (e.g. where OpenCL is missing); ZYX_TEST_DEVICES=cpu,torch:cuda runs the torch backend on a GPU. WGPU and torch
 # run a representative subset unless asked for more (SECONDARY_DEVICES).
-TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu,opencl" + (",wgpu" if _wgpu_adapter_exists() else "")
-                              + (",torch" if _torch_importable() else "")).split(",")
+def _default_test_devices() -> str:
+    """What TEST_DEVICES is where ZYX_TEST_DEVICES does not say (asked only then: wgpu's adapter search starts
+    Vulkan, in every pytest-xdist worker)."""
+    return "cpu,opencl" + (",wgpu" if _wgpu_adapter_exists() else "") + (",torch" if _torch_importable() else "")
+
+
+TEST_DEVICES = (os.environ.get("ZYX_TEST_DEVICES") or _default_test_devices()).split(",")
 
 
 def small_gpt_gradients(device, layers=4, batch=2, length=8, dim=16, vocab=32):
