@@ -138,7 +138,9 @@ SECONDARY_DEVICES = {
     "wgpu": SecondaryDevice("zyx.WGPU()", REPRESENTATIVE_FILES | {"tests/runtime/test_wgpu.py"}),
     # The device-generic files without slow tests took 160 s of CPU on zyx.Torch('cpu') (the deep graphs and the
     # flat-memory loops 110 s of it; zyx.CPU() 109 s in all); the subset, with gradients and the differential
-    # fuzzer, about 45 s (2026-12-02, this 2-vCPU machine). Its own tests: tests/runtime/test_torch_backend.py.
+    # fuzzer, about 45 s (2026-12-02, this 2-vCPU machine). The whole device-generic suite on it (-m device_generic,
+    # 908 cases) 244 s in one process, 140 s of it the deep graphs (2026-12-03, under load 2-4). Its own tests:
+    # tests/runtime/test_torch_backend.py.
     "torch": SecondaryDevice("zyx.Torch()", REPRESENTATIVE_FILES | {"tests/trace/test_autodiff.py",
                                                                    "tests/fuzz/test_fuzz.py"}),
 }
