@@ -52,8 +52,13 @@ def _torch_importable() -> bool:
 # differential test of both JITs and of the torch backend against the numpy reference. ZYX_TEST_DEVICES=cpu narrows
 # it (e.g. where OpenCL is missing); ZYX_TEST_DEVICES=cpu,torch:cuda runs the torch backend on a GPU. WGPU and torch
 # run a representative subset unless asked for more (SECONDARY_DEVICES).
-TEST_DEVICES = os.environ.get("ZYX_TEST_DEVICES", "cpu,opencl" + (",wgpu" if _wgpu_adapter_exists() else "")
-                              + (",torch" if _torch_importable() else "")).split(",")
+def _default_test_devices() -> str:
+    """What TEST_DEVICES is where ZYX_TEST_DEVICES does not say (asked only then: wgpu's adapter search starts
+    Vulkan, in every pytest-xdist worker)."""
+    return "cpu,opencl" + (",wgpu" if _wgpu_adapter_exists() else "") + (",torch" if _torch_importable() else "")
+
+
+TEST_DEVICES = (os.environ.get("ZYX_TEST_DEVICES") or _default_test_devices()).split(",")
 
 
 def small_gpt_gradients(device, layers=4, batch=2, length=8, dim=16, vocab=32):
@@ -133,7 +138,9 @@ SECONDARY_DEVICES = {
     "wgpu": SecondaryDevice("zyx.WGPU()", REPRESENTATIVE_FILES | {"tests/runtime/test_wgpu.py"}),
     # The device-generic files without slow tests took 160 s of CPU on zyx.Torch('cpu') (the deep graphs and the
     # flat-memory loops 110 s of it; zyx.CPU() 109 s in all); the subset, with gradients and the differential
-    # fuzzer, about 45 s (2026-12-02, this 2-vCPU machine). Its own tests: tests/runtime/test_torch_backend.py.
+    # fuzzer, about 45 s (2026-12-02, this 2-vCPU machine). The whole device-generic suite on it (-m device_generic,
+    # 908 cases) 244 s in one process, 140 s of it the deep graphs (2026-12-03, under load 2-4). Its own tests:
+    # tests/runtime/test_torch_backend.py.
     "torch": SecondaryDevice("zyx.Torch()", REPRESENTATIVE_FILES | {"tests/trace/test_autodiff.py",
                                                                    "tests/fuzz/test_fuzz.py"}),
 }
@@ -183,6 +190,8 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec else {}
         device = params.get("device")
+        if device is not None or "test_devices" in item.fixturenames:
+            item.add_marker(pytest.mark.device_generic)
         if device == "wgpu":
             _mark_wgpu_case(item, params)
         thinned = (item.originalname in EXHAUSTIVE_TESTS and device == "opencl"

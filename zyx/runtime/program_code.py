@@ -8,6 +8,7 @@ nothing else. It computes what `compute` does, value for value; torch.compile tr
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence
 
@@ -49,9 +50,15 @@ class GeneratedProgram:
     """A program's two generated functions: `run(inputs, streams)`, and `tracked(inputs, streams, tracker)`,
     which also tells a `Tracker` what each slot holds and when it is dropped."""
 
-    run: ProgramFunction
     tracked: Callable[[Sequence[Any], Sequence[Any], Tracker], list[Any]]
+    define_run: Callable[[], ProgramFunction]  # writes `run` out
     names: dict[str, Any]  # what the functions call, by name
+
+    @functools.cached_property
+    def run(self) -> ProgramFunction:
+        """Written out at its first use: a program run once (most of an eager script's, each realize a new
+        trace) runs only `tracked`, and Python's compile of a long function costs about as much as building it."""
+        return self.define_run()
 
     def settle(self) -> None:
         """After a first run: each step function that planned itself on it (`settled`, as
@@ -76,10 +83,13 @@ def generate(program: Any, lib: ArrayLibrary, evaluators: Sequence[Any]) -> Gene
         values[slot] = f"o{slot}({', '.join(f'v{s}' for s in step.sources)}, out=inputs[{position}])"
     groups = _groups(program, lib, direct, names)
     label = program.name or str(id(program))
-    for function, tracked in (("program", False), ("tracked", True)):
+
+    def define(function: str, tracked: bool) -> Callable[..., Any]:
         source = "\n".join(_lines(program, lib, values, direct, groups, function, tracked))
         exec(compile(source, f"<zyx {function} {label}>", "exec"), names)
-    return GeneratedProgram(names["program"], names["tracked"], names)
+        return names[function]
+
+    return GeneratedProgram(define("tracked", True), functools.partial(define, "program", False), names)
 
 
 def _groups(program: Any, lib: ArrayLibrary, direct: dict[int, int], names: dict[str, Any]) -> dict[int, Group]:

@@ -133,7 +133,7 @@ class TorchDevice(Device):
         if replay is None:
             return self._first_run(program, inputs, streams)
         with self.arrays.quiet():
-            values = replay.run(inputs, streams)
+            values = replay.program.run(inputs, streams)
             outputs = values if replay.outputs is None else replay.outputs(inputs, values)
         self.runtime.memory.replay(replay.account, outputs)
         return outputs
@@ -147,7 +147,7 @@ class TorchDevice(Device):
             values = generated.tracked(inputs, streams, tracker)
             outputs = interpret.store(program, self.arrays, inputs, values)
             generated.settle()
-        self._replays[id(program)] = Replay(generated.run, tracker.finish(outputs),
+        self._replays[id(program)] = Replay(generated, tracker.finish(outputs),
                                             _output_picker(program, self.arrays, values, outputs))
         return outputs
 
@@ -186,11 +186,11 @@ class TorchDevice(Device):
 
 @dataclass(frozen=True)
 class Replay:
-    """How a program runs again after its first run: its generated function (`program_code.py`), the memory
+    """How a program runs again after its first run: its generated functions (`program_code.py`), the memory
     account of the first run (`RunAccount`), and how to make the output buffers from the values and the inputs
     (None: the values are the outputs; `_output_picker`)."""
 
-    run: program_code.ProgramFunction
+    program: program_code.GeneratedProgram  # its `run` replays
     account: RunAccount
     outputs: Optional[Callable[[Sequence[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]]
 
