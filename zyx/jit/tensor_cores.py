@@ -95,7 +95,7 @@ WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
 # for (two slices' with a batch in flight): 128 x 256 blocks hold 128 accumulators and 64 of them, more than the 168
 # registers an item of a 384-item group has; its consumers take the producer's (232 each, transforms/warp_roles.py:
 # no spills). On the H200 at 4096³: 128 x 128 with each batch waited for 188.7 TFLOP/s, 128 x 256 with a batch in
-# flight 252.1 (bench/GPU.md).
+# flight 252.1, 208.9 with the left tile rounded in place (bench/GPU.md).
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
