@@ -1,6 +1,8 @@
 """Executable's generated run (runtime/run_code.py) on a fake runtime: what it launches with which buffers, and
 how its internal buffers go through the pool (taken, given back, also when a launch raises; the peak noted)."""
 import functools
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from zyx.jit.program import Launch, Program
 from zyx.runtime.execute import Executable
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import BufferPool, PooledRuntime
+from zyx.runtime.run_code import _arena_plan, arena_plan
 
 
 class Raw:
@@ -184,6 +187,15 @@ def test_an_arena_holds_the_internal_slots_peak_and_its_runs_take_only_their_out
     assert all(all(p is q for p, q in zip(sum(run[:3], ()), sum(runs[0][:3], ()))) for run in runs[1:])
     del arena
     assert runtime.pool.reserved_bytes == 0 and runtime.pool.free_list(1024) == [first, second]
+
+
+def test_an_arena_keeps_large_buffers_for_large_slots():
+    """A small slot taking the large buffer a large slot gave back would make the next large slot allocate again:
+    4096 + 4096 bytes where 4096 + 256 do (of the caps tried, the plan with the fewest bytes is kept)."""
+    program = SimpleNamespace(slot_bytes=[4096, 256, 4096], allocs=[[0], [1], [2]], frees=[[0], [], [1, 2]])
+    numbers, sizes = arena_plan(program, {0, 1, 2}, lambda n: n)
+    assert sorted(sizes) == [256, 4096] and numbers[2] == numbers[0] != numbers[1]
+    assert sum(_arena_plan(program, {0, 1, 2}, lambda n: n, math.inf)[1]) == 8192  # the smallest that fits, uncapped
 
 
 def test_arenas_past_the_pools_budget_are_refused():
