@@ -31,7 +31,7 @@ from .tiling import matmul_axes
 REMAT_MIN_BYTES = 16 << 20  # smaller values cost little memory kept, and a launch copied
 REMAT_MIN_LEVELS = 64       # a use this many levels above the value is late (a GPT block's forward spans ~60)
 REMAT_SLACK = 16            # large sources read this many levels before a late use count as alive there
-REMAT_SMALL = 64            # sources this many times smaller than the value (biases, row statistics) may be held
+REMAT_SMALL = 64            # sources this many times smaller than the value (biases) may be held beyond it
 REMAT_MAX_NODES = 64        # values computed by more ops than this are not copied
 
 
