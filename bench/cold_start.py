@@ -160,9 +160,9 @@ def child_environment() -> dict[str, str]:
 
 
 def fresh_caches(root: str) -> dict[str, str]:
-    """An environment whose zyx and PoCL caches are new, empty directories under `root`."""
+    """An environment whose zyx, PoCL and NVIDIA driver caches are new, empty directories under `root`."""
     env = child_environment()
-    for variable, name in (("ZYX_CACHE_DIR", "zyx"), ("POCL_CACHE_DIR", "pocl")):
+    for variable, name in (("ZYX_CACHE_DIR", "zyx"), ("POCL_CACHE_DIR", "pocl"), ("CUDA_CACHE_PATH", "cuda")):
         path = Path(root) / name
         path.mkdir(parents=True, exist_ok=True)
         env[variable] = str(path)

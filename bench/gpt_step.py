@@ -335,8 +335,10 @@ def child(args: argparse.Namespace) -> None:
                       "t_model": t_model, "t_step": time.time(), "stats": stats}), flush=True)
 
 
-CACHE_VARIABLES = {"zyx": ("ZYX_CACHE_DIR", "POCL_CACHE_DIR"), "torch.compile": ("TORCHINDUCTOR_CACHE_DIR",
-                                                                                  "TRITON_CACHE_DIR"),
+# The caches a cold process starts without; CUDA_CACHE_PATH is the driver's own (NVIDIA's OpenCL hands it PTX, which it
+# compiles to machine code at load and keeps there: without a new one a "cold" zyx process loads that code warm).
+CACHE_VARIABLES = {"zyx": ("ZYX_CACHE_DIR", "POCL_CACHE_DIR", "CUDA_CACHE_PATH"),
+                   "torch.compile": ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH"),
                    "torch": ()}
 
 

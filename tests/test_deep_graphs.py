@@ -13,7 +13,8 @@ import zyx
 from zyx.dtypes import float32
 from zyx.jit.kernel_nodes import contained_nodes
 from zyx.jit.lower import PARAM_LIMIT
-from zyx.jit.schedule import FUSION_DEPTH_LIMIT, DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import FUSION_DEPTH_LIMIT, schedule
 from zyx.jit.symbolic import Expr
 from zyx.jit.lower import _same_value
 from zyx.trace import node as n

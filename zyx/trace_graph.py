@@ -21,7 +21,8 @@ from .step.jit import JitFunction
 from .jit.kernel_nodes import contained_nodes
 from .runtime.interpret import InterpretedProgram
 from .jit.program import Program, launch_size
-from .jit.schedule import CPU_VECTOR_WIDTH, DeviceTraits, schedule
+from .jit.device_traits import CPU_VECTOR_WIDTH, DeviceTraits
+from .jit.schedule import schedule
 from .tensor import Tensor
 from .trace.node import Node
 from .trace.ops import Op

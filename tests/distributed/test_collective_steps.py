@@ -11,7 +11,8 @@ import zyx
 from zyx.distributed.gradients import buckets
 from zyx.jit.program import build_program
 from zyx.jit.program_json import InvalidProgram, program_from_json, program_to_json
-from zyx.jit.schedule import CPU_VECTOR_WIDTH, DeviceTraits, schedule
+from zyx.jit.device_traits import CPU_VECTOR_WIDTH, DeviceTraits
+from zyx.jit.schedule import schedule
 from zyx.runtime.collectives import FINISH, START
 from zyx.trace import node as n
 from zyx.trace.autodiff import gradients

@@ -2,7 +2,7 @@ import pytest
 
 import zyx
 from zyx.jit import rewrite
-from zyx.jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits
+from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
 
 H200_UNITS = 132
 

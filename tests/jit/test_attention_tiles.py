@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import zyx
 from zyx.jit import attention_tiles
 from zyx.jit.kernel_ir import If, Role, walk
-from zyx.jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits, schedule
+from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
+from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(16)
 H200_LOCAL_MEMORY = 48 * 1024  # what NVIDIA's OpenCL reports

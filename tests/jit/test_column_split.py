@@ -12,7 +12,8 @@ import zyx
 from zyx.jit import rewrite, schedule as schedule_module
 from zyx.jit.rewrite import (COLUMN_GROUPS_PER_UNIT, COLUMN_ITEM_CHUNK, COLUMN_MIN_CHUNK, CPU_COLUMN_CHUNK,
                              column_chunk, rewrite_graph)
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 from zyx.jit.transforms.group import COLUMNS, GROUP_MAX_OUTPUTS
 from zyx.trace.node import toposort
 from zyx.trace.ops import Op

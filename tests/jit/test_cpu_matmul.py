@@ -5,7 +5,8 @@ import pytest
 import zyx
 from zyx.jit import cpu_matmul
 from zyx.jit.choices import TunedChoices
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(11)
 

@@ -117,7 +117,8 @@ def test_zero_size_tensors(dev):
 @pytest.mark.parametrize("gpu", [False, True])
 def test_dropout_mask_read_in_weight_gradient_loops_is_drawn_once(gpu):
     """Fused into a product's loop the Philox mask would be drawn once per output column (30x slower steps)."""
-    from zyx.jit.schedule import DeviceTraits, schedule
+    from zyx.jit.device_traits import DeviceTraits
+    from zyx.jit.schedule import schedule
     host = zyx.CPU()
     x, w1, w2 = host.tensor(data(64, 128)), host.tensor(data(128, 96)), host.tensor(data(96, 8))
     loss = ((x @ w1).relu().dropout(0.5) @ w2).square().sum()
@@ -144,7 +145,8 @@ def test_dropout_training_step_matches_the_cpu_backend(dev):
 def test_weight_gradient_over_batch_and_time_is_a_tiled_product(gpu):
     """Summed over two batch axes, the gradient of a 3-D input's product is still a product: tiled, and never
     a stored (batch, time, in, out) broadcast."""
-    from zyx.jit.schedule import DeviceTraits, schedule
+    from zyx.jit.device_traits import DeviceTraits
+    from zyx.jit.schedule import schedule
     from zyx.trace.ops import Op
     host = zyx.CPU()
     x, w = host.tensor(data(8, 64, 64)), host.tensor(data(64, 128))
@@ -168,7 +170,8 @@ def test_weight_gradient_over_batch_and_time_matches_numpy(dev):
 
 def test_convolution_weight_gradient_is_a_tiled_product():
     """Summed over batch and pixels (a size-1 axis between them), a convolution's weight gradient is a product."""
-    from zyx.jit.schedule import DeviceTraits, schedule
+    from zyx.jit.device_traits import DeviceTraits
+    from zyx.jit.schedule import schedule
     from zyx.trace.ops import Op
     host = zyx.CPU()
     x, w = host.tensor(data(4, 8, 16, 16)), host.tensor(data(16, 8, 3, 3))
@@ -226,7 +229,8 @@ def test_a_long_value_a_reduction_reads_broadcast_is_stored_not_recomputed(dev):
     """An embedding's gradient sums its incoming gradient over the tokens once per vocabulary row (a product of a
     one-hot mask and the gradient): that gradient (here a layer norm's backward) is stored by a kernel of its own,
     not recomputed for every block of rows."""
-    from zyx.jit.schedule import DeviceTraits, schedule
+    from zyx.jit.device_traits import DeviceTraits
+    from zyx.jit.schedule import schedule
     ids, w, g = RNG.integers(0, 1100, (6, 8)).astype(np.int32), data(1100, 32), data(6, 8, 32)
 
     def gradient(device):
@@ -257,7 +261,8 @@ def test_a_residual_stream_is_stored_not_summed_again_by_each_reader(gpu):
     """Layer l's residual is the input plus l block outputs; fused into every reader (each layer norm forward and
     backward), each kernel summed them all again (17 arrays of the stream's size at 10 blocks). Stored where it
     would be recomputed from more than READS_LIMIT arrays, no kernel loads more than that and the reader's own."""
-    from zyx.jit.schedule import READS_LIMIT, DeviceTraits, schedule
+    from zyx.jit.device_traits import DeviceTraits
+    from zyx.jit.schedule import READS_LIMIT, schedule
     grads = residual_stream_gradients(zyx.CPU())
     kernels, _ = schedule([g.node for g in grads], DeviceTraits(gpu=gpu, vector_width=0 if gpu else 16))
     widest = max(len({id(node) for node in k.loads if node.numel >= 64 * 32}) for k in kernels)

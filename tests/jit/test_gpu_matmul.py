@@ -9,7 +9,8 @@ import pytest
 
 import zyx
 from zyx.jit.kernel_nodes import kernel_flops
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 from zyx.jit.split import split_options
 from zyx.jit.tiling import hosted_matmul
 

@@ -6,7 +6,8 @@ import pytest
 
 import zyx
 from zyx.jit.kernel_ir import Load, Loop, walk
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(5)
 TRAITS = {"cpu": DeviceTraits(vector_width=16), "gpu": DeviceTraits(gpu=True, vector_width=4)}

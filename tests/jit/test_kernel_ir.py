@@ -221,7 +221,8 @@ def test_kernel_names_follow_what_the_kernel_computes():
 
 
 def test_gpu_elementwise_kernels_load_and_store_float4_and_reductions_get_work_groups():
-    from zyx.jit.schedule import DeviceTraits, schedule
+    from zyx.jit.device_traits import DeviceTraits
+    from zyx.jit.schedule import schedule
     x = zyx.CPU().tensor(RNG.standard_normal((64, 256)).astype(np.float32))
     elementwise, = schedule([(x * 2).exp().node], DeviceTraits(gpu=True, vector_width=4))[0]
     assert "vload4(gid," in elementwise.source and "vstore4(" in elementwise.source

@@ -7,7 +7,8 @@ import zyx
 from zyx.jit.choices import NO_TUNING
 from zyx.jit.kernel_memo import KernelMemo
 from zyx.jit.rewrite import rewrite_graph
-from zyx.jit.schedule import DeviceTraits, KernelCycle, _schedule, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import KernelCycle, _schedule, schedule
 from zyx.trace.node import toposort
 
 LAYERS = 4

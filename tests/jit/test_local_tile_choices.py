@@ -10,7 +10,8 @@ import pytest
 from zyx.jit import tune
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.matmul import feasible
-from zyx.jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits, schedule
+from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
+from zyx.jit.schedule import schedule
 
 H200 = DeviceTraits(True, 256, GPU_VECTOR_WIDTH, max_group_size=1024, local_memory=48 * 1024)  # as NVIDIA reports
 RNG = np.random.default_rng(5)

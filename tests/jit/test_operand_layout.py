@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from zyx.jit.operand_layout import contiguous_reads, runs_along
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 from zyx.jit.tiling import matmul_axes
 
 matmul = importlib.import_module("zyx.jit.matmul")

@@ -14,7 +14,8 @@ import torch.nn.functional as torch_F
 import zyx
 from zyx.jit.kernel_nodes import contained_nodes
 from zyx.jit.operand_layout import read_cost
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 from zyx.jit.tiling import matmul_axes
 
 scheduler = importlib.import_module("zyx.jit.schedule")

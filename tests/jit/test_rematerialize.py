@@ -11,7 +11,8 @@ import zyx
 from zyx import nn
 from zyx.jit import rematerialize as remat
 from zyx.jit import schedule as schedule_module
-from zyx.jit.schedule import BROADCAST_MIN_OPS, DeviceTraits, _fused_ops, _plan, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import BROADCAST_MIN_OPS, _fused_ops, _plan, schedule
 from zyx.trace.node import toposort
 from zyx.trace.ops import Op
 

@@ -8,7 +8,8 @@ import torch
 import zyx
 import zyx.nn.functional as F
 from zyx.jit.rows import ROW_LIMIT
-from zyx.jit.schedule import DeviceTraits, _fuses_rows, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import _fuses_rows, schedule
 
 RNG = np.random.default_rng(3)
 

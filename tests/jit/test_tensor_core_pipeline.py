@@ -19,9 +19,10 @@ from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, Defin
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.print_opencl import swizzle_bits, swizzled
 from zyx.jit.print_wgsl import WgslUnsupported, print_kernel
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
-from zyx.jit.tensor_cores import tensor_core_local_memory
+from zyx.jit.device_traits import tensor_core_local_memory
 from zyx.jit.tune import candidates
 
 TRAITS = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16"))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import zyx
-from zyx.jit.schedule import DeviceTraits, schedule
-from zyx.jit.tensor_cores import tensor_core_kinds
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
+from zyx.jit.device_traits import tensor_core_kinds
 
 TENSOR_CORES = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16"))
 NUMPY = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}

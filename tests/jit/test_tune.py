@@ -25,7 +25,8 @@ from zyx.jit.disk_store import CacheWarning, DiskStore
 from zyx.jit.kernel_ir import Const, If, Store
 from zyx.jit.program import build_program
 from zyx.jit.program_store import program_key
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 from zyx.jit.tune_store import TuneRecord, Trial, TuningStore, parse_record
 from zyx.trace.hashing import signature
 
@@ -428,5 +429,5 @@ def test_zyx_tune_runs_a_script_with_tuning_on(tmp_path):
 def test_gpus_search_kernels_from_a_lower_threshold():
     """A 75 us product is worth a search on a GPU (candidates compile in tens of ms, back-to-back launches time it
     closely), not on a CPU, where such a time is mostly the launch."""
-    from zyx.jit.schedule import DeviceTraits
+    from zyx.jit.device_traits import DeviceTraits
     assert tune.threshold_seconds(DeviceTraits(gpu=True)) < 75e-6 < tune.threshold_seconds(DeviceTraits())

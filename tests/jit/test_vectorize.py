@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import zyx
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 
 RNG = np.random.default_rng(11)
 CPU_TRAITS = DeviceTraits(vector_width=16)

@@ -22,7 +22,8 @@ from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalL
                                Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
-from zyx.jit.schedule import DeviceTraits, schedule
+from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
 from zyx.jit.tune import candidates
 from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, tensor_core_options, warpgroup_probe_source,

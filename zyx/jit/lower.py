@@ -22,13 +22,13 @@ from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Cond, Const, Define, 
                         Operand, Param, Rand, Reg, Role, Select, Store, reduce_start)
 from .indirect import Take, match_take
 from .symbolic import Expr
+from .device_traits import PARAM_LIMIT
 from .view_index import Index, linear, source_index, unravel
 
 Request = tuple  # (node, index, guard): a value a lowering step needs before it can go on
 
 STATEMENT_LIMIT = 384  # per kernel: a kernel growing past this stores a value in a kernel of its own
 RECOMPUTE_LIMIT = 16   # a value computed more often than this is stored instead
-PARAM_LIMIT = 128      # kernel arguments: OpenCL guarantees 1024 bytes of them, 128 pointers (a device may allow fewer)
 
 
 class KernelTooLarge(Exception):

@@ -23,12 +23,12 @@ from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .collective import collective_kernel
 from .rematerialize import rematerialize
 from .rewrite import rewrite_graph
+from .device_traits import DeviceTraits
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import BLOCKS, LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
 from .operand_layout import cheaper_stored
-from .tensor_cores import (WGMMA, lower_tensor_cores, tensor_core_kinds, tensor_core_local_memory,
-                           tensor_core_options, warpgroups_build)
+from .tensor_cores import WGMMA, lower_tensor_cores, tensor_core_options
 from .tiling import broadcast_axes, choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_memo import Facts, KernelMemo
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
@@ -53,62 +53,6 @@ from .transforms.upcast import upcast
 from .transforms.vector import vectorize
 
 
-@dataclass(frozen=True)
-class DeviceTraits:
-    """What the scheduler needs to know of a device to shape its kernels."""
-
-    gpu: bool = False
-    group_size: int = 256
-    vector_width: int = 0  # >1: float32 kernels compute this many outputs per item as one vector (on GPUs
-                           # elementwise kernels only: reductions there get work groups)
-    native_width: int = 16          # floats in one of the device's vector registers (CPUs: 8 with AVX2, 16 AVX-512)
-    max_group_size: int = 256       # the most items a work group may have (what a search may try)
-    language: str = "opencl"        # the printer: "opencl" (OpenCL C) or "wgsl" (WebGPU)
-    max_params: int = PARAM_LIMIT   # buffers and scalars one kernel may take
-    local_memory: int = 1 << 16     # bytes of local memory one work group may use
-    group_launches: bool = True     # tiny kernels share launches where they may (launch_groups.py; OpenCL only)
-    tensor_cores: tuple[str, ...] = ()  # operand types products run on tensor cores: "bf16", "f16", "tf32"
-    tensor_core_memory: int = 0     # bytes of local memory a tensor-core product's group may use (0: local_memory)
-    compute_units: int = 0          # the device's (0: unknown; GPU column sums are split to fill them: rewrite.py)
-
-    @staticmethod
-    def of(runtime: object) -> "DeviceTraits":
-        """From an OpenCLRuntime; ZYX_GPU_KERNELS=1 forces GPU-shaped kernels (to test them on a CPU), and
-        ZYX_VECTOR_WIDTH=N sets the vector width (1: none), to measure another (ZYX_GROUP_LAUNCHES=0: one kernel
-        per launch). CPUs get 16 lanes (their OpenCL compilers call math functions lane by lane otherwise); GPUs 4,
-        so every item loads and stores whole float4 vectors, as a hand-written elementwise kernel does."""
-        gpu = bool(getattr(runtime, "is_gpu", False)) or os.environ.get("ZYX_GPU_KERNELS") == "1"
-        most = min(1024, int(getattr(runtime, "max_work_group_size", 256)))
-        group = 1 << (min(256, most).bit_length() - 1)
-        width = int(os.environ.get("ZYX_VECTOR_WIDTH", GPU_VECTOR_WIDTH if gpu else CPU_VECTOR_WIDTH))
-        native = int(getattr(runtime, "native_vector_width", 16))
-        local = int(getattr(runtime, "local_mem_bytes", 1 << 16))
-        capability = getattr(runtime, "compute_capability", None)
-        return DeviceTraits(gpu, group, width if width > 1 else 0, native, 1 << (most.bit_length() - 1),
-                            local_memory=local,
-                            group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0",
-                            tensor_cores=_built_kinds(runtime, tensor_core_kinds(capability)),
-                            tensor_core_memory=tensor_core_local_memory(capability, local),
-                            compute_units=int(getattr(runtime, "compute_units", 0)))
-
-    @property
-    def tensor_core_local_memory(self) -> int:
-        """Bytes of local memory a product on tensor cores may stage into (tensor_cores.LOCAL_MEMORY)."""
-        return self.tensor_core_memory or self.local_memory
-
-    @property
-    def search_local_memory(self) -> int:
-        """Bytes of local memory the tiles of a float32 product a search tries may take: the measured limit where
-        one is known (static __local arrays of up to 200 KiB built and ran on the H200, which reports 48 KiB), so
-        deeper slices are tried; the heuristics keep to what the device reports."""
-        return self.tensor_core_local_memory
-
-
-def _built_kinds(runtime: object, kinds: tuple[str, ...]) -> tuple[str, ...]:
-    """`kinds` without WGMMA where the runtime cannot build warpgroup products (tensor_cores.warpgroups_build)."""
-    return kinds if WGMMA not in kinds or warpgroups_build(runtime) else tuple(k for k in kinds if k != WGMMA)
-
-
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
 VECTOR_UNROLL = 4             # vector accumulators per reduction loop (fewer where the trips do not divide)
 # A GPU row kernel's items take this many values (float4 vectors) of each pass, its groups at least
@@ -116,8 +60,6 @@ VECTOR_UNROLL = 4             # vector accumulators per reduction loop (fewer wh
 # one vector per item (groups of 256), 2.8 with four (groups of 64), 1.7 with eight (groups of 32).
 ROW_ITEM_VALUES = 4
 ROW_MIN_GROUP = 32
-CPU_VECTOR_WIDTH = 16         # one AVX-512 register of float32; as fast as 8 on AVX2 machines
-GPU_VECTOR_WIDTH = 4          # float4: one 16-byte load and store per item
 FUSION_DEPTH_LIMIT = 256      # ops on the longest chain one kernel fuses: a 100 000-op chain stores every 256th
 READS_LIMIT = 4               # arrays of its size a value read by several ops is recomputed from, at most
 READS_TRACKED = 64            # arrays counted per value before it counts as reading too many

@@ -53,6 +53,7 @@ from ..trace.node import Node
 from ..trace.ops import Op
 from . import wgmma
 from .choices import FAMILIES, Choice, Options
+from .device_traits import LOCAL_MEMORY, WGMMA
 from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray,
                         LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg, WarpgroupCommit,
                         WarpgroupFence, WarpgroupMma, WarpgroupWait)
@@ -81,12 +82,6 @@ SHAPES = ((64, 64, 2), (32, 64, 2), (64, 128, 1), (64, 64, 1), (32, 64, 1))
 # padding); the first that fits. On the H200, bfloat16 8192³: 64 x 128 bytes x 3 (128 x 256 blocks, 144 KiB) 308
 # TFLOP/s, 32 x 128 x 3 (96 KiB) 273, 64 x 64 x 3 (72 KiB) 268, 32 x 64 x 3 (what 48 KiB hold) 239.
 PIPELINED = ((64, 128, 3), (32, 128, 3), (64, 64, 3), (32, 64, 4), (32, 64, 3), (64, 64, 2), (32, 64, 2))
-# Bytes of local memory one work group's static __local arrays may take, by NVIDIA compute capability, where that is
-# more than the 48 KiB NVIDIA's OpenCL reports. Measured: on the H200 (9.0) arrays of up to 200 KiB built, ran and
-# computed correctly, 227 KiB (CUDA's opt-in limit) did not build. Elsewhere (CUDA's opt-in limits: 8.0 163 KiB,
-# 8.6 and 8.9 99 KiB) unmeasured through OpenCL, where a kernel that fails to build has no fallback: the reported
-# value holds.
-LOCAL_MEMORY = {(9, 0): 200 * 1024}
 # (warp columns, bytes of each row a slice stages, stages) of warpgroup products (wgmma, compute capability 9.x):
 # 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
 # wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
@@ -99,7 +94,6 @@ WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
-WGMMA = "wgmma"      # in a device's tensor-core kinds: it multiplies 16-bit operands by warpgroups too
 
 
 @dataclass
@@ -337,23 +331,6 @@ def _copy_position(flat: Expr, per_row: int, width: int, along_k: bool) -> tuple
     return (flat // per_row, flat % per_row * width) if along_k else (flat % per_row * width, flat // per_row)
 
 
-def tensor_core_local_memory(compute_capability: Optional[tuple[int, int]], reported: int) -> int:
-    """Bytes of local memory a tensor-core product's work group may use on a device of `compute_capability` whose
-    OpenCL reports `reported` (LOCAL_MEMORY, else the reported value)."""
-    return max(reported, LOCAL_MEMORY.get(compute_capability, 0))
-
-
-def tensor_core_kinds(compute_capability: Optional[tuple[int, int]]) -> tuple[str, ...]:
-    """The 16-bit operand types an NVIDIA device of `compute_capability` multiplies on tensor cores with
-    m16n8k16 (8.0, Ampere, and newer), and WGMMA where it has warpgroup products (9.x, Hopper: sm_90a; unless
-    ZYX_WGMMA=0); none elsewhere or where ZYX_TENSOR_CORES=0. TF32 is the user's choice
-    (`zyx.set_float32_matmul_precision`), added where products are scheduled."""
-    if compute_capability is None or compute_capability < (8, 0) or os.environ.get("ZYX_TENSOR_CORES") == "0":
-        return ()
-    hopper = compute_capability[0] == 9 and os.environ.get("ZYX_WGMMA") != "0"
-    return ("bf16", "f16", WGMMA) if hopper else ("bf16", "f16")
-
-
 _WARPGROUPS_BUILD: dict[int, bool] = {}
 
 
@@ -370,8 +347,9 @@ def warpgroup_probe_source() -> str:
 def warpgroups_build(runtime: object) -> bool:
     """Whether `runtime`'s OpenCL (NVIDIA's, compute capability 9.x) builds a warpgroup product through the PTX
     patch (ptx_patch.py): a driver whose compiler or PTX loader would reject it keeps the warps' products instead of
-    failing every half-precision product. Built once per device (a fraction of a second)."""
-    from .compiler import build_source  # (pyopencl: only devices with a runtime get here)
+    failing every half-precision product. Asked once per device and process, through the kernel cache: a warm
+    start loads the probe's binary (the loader's check) instead of compiling it (0.3-0.4 s with NVIDIA's)."""
+    from .cache import default_cache  # (pyopencl: only devices with a runtime get here)
     device = getattr(runtime, "device", None)
     if device is None:
         return False
@@ -379,7 +357,7 @@ def warpgroups_build(runtime: object) -> bool:
     if key not in _WARPGROUPS_BUILD:
         source = warpgroup_probe_source()
         try:
-            build_source(runtime.context, device, source)  # type: ignore[attr-defined]
+            default_cache().build(runtime.context, device, source)  # type: ignore[attr-defined]
             _WARPGROUPS_BUILD[key] = True
         except Exception:  # KernelBuildError, or a driver error loading the PTX
             _WARPGROUPS_BUILD[key] = False

@@ -49,7 +49,8 @@ from .kernel_ir import RenderedKernel
 from .matmul import feasible
 from .tensor_cores import feasible_on_tensor_cores
 from .program import Program, build_program
-from .schedule import DeviceTraits, plain_effect, schedule
+from .device_traits import DeviceTraits
+from .schedule import plain_effect, schedule
 from .tune_store import Trial, TuneRecord, TuningStore, default_tuning_store
 
 THRESHOLD_SECONDS = 1e-3

@@ -2,7 +2,8 @@
 OpenCL program, and tuned (tune.py) where ZYX_TUNE asks."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import os
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import pyopencl as cl
 
@@ -12,14 +13,16 @@ from ..jit.cache import default_cache
 from ..jit.cache_key import device_fingerprint
 from ..jit.choices import TunedChoices
 from ..jit.program import Program
-from ..jit.schedule import DeviceTraits
-from ..jit.tune import Tuner, tune_mode
+from ..jit.device_traits import DeviceTraits
 from ..jit.tune_store import default_tuning_store
 from ..progress import compiling
 from ..trace.node import Node
 from .fusing_device import FusingDevice
 from .opencl import OpenCLRuntime
 from .platforms import ordinal_of
+
+if TYPE_CHECKING:
+    from ..jit.tune import Tuner
 
 KERNELS_PER_BUILD = 8      # the most kernels one OpenCL program of a driver that builds side by side holds
 BUILD_CHARACTERS = 32_000  # and the most source, but for a kernel larger than that alone
@@ -33,7 +36,7 @@ class OpenCLDevice(FusingDevice):
     def __init__(self, cl_device: cl.Device):
         runtime = OpenCLRuntime(cl_device)
         super().__init__("opencl", f"OpenCL({runtime.name!r})", f"opencl:{ordinal_of(cl_device)}", runtime,
-                         DeviceTraits.of(runtime))
+                         DeviceTraits.of(runtime, _warpgroups_build))
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
         self._tuned: Optional[TunedChoices] = None
@@ -50,6 +53,10 @@ class OpenCLDevice(FusingDevice):
         return self._tuned
 
     def _tune_mode(self, tune: int) -> int:
+        """tune.tune_mode; the tuner's modules are imported only where a search may run."""
+        if not tune and os.environ.get("ZYX_TUNE", "0").strip() in ("", "0"):
+            return 0
+        from ..jit.tune import tune_mode
         return tune_mode(tune)
 
     def _search(self, kernels: Sequence[Any], mode: int, program_with: Callable[[TunedChoices], Program],
@@ -58,6 +65,7 @@ class OpenCLDevice(FusingDevice):
         their step faster too (`Tuner.kept_in_step`; the programs in memory, scheduled without them, are then
         forgotten)."""
         if self._tuner is None:
+            from ..jit.tune import Tuner
             self._tuner = Tuner(self.runtime, self.traits)
         before = self.tuned
         faster = [record for record in self._tuner.search(kernels, before, mode) if record.improves]
@@ -152,3 +160,9 @@ def build_groups(launches: Sequence[Any]) -> list[list[Any]]:
         else:
             last.append(launch)
     return groups
+
+
+def _warpgroups_build(runtime: OpenCLRuntime) -> bool:
+    """tensor_cores.warpgroups_build, whose modules only a device with warpgroup products imports here."""
+    from ..jit.tensor_cores import warpgroups_build
+    return warpgroups_build(runtime)

@@ -13,9 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..jit import print_wgsl
-from ..jit.lower import PARAM_LIMIT
 from ..jit.program import Launch, Program
-from ..jit.schedule import GPU_VECTOR_WIDTH, DeviceTraits
+from ..jit.device_traits import GPU_VECTOR_WIDTH, PARAM_LIMIT, DeviceTraits
 from ..progress import compiling
 from ..trace.node import Node, toposort
 from ..trace.ops import Op
