@@ -316,10 +316,13 @@ def child(args: argparse.Namespace) -> None:
     t_import = time.time()
     if args.child == "zyx":
         import zyx
-        device, _, why = pick_device(args.device)
-        if device is None:
-            raise SystemExit(why)
-        dev = zyx_device(device)
+        if args.device is None:  # what a user's script does (zyx's own choice, its probe remembered)
+            dev = zyx.OpenCL()
+        else:
+            device, _, why = pick_device(args.device)
+            if device is None:
+                raise SystemExit(why)
+            dev = zyx_device(device)
         t_device = time.time()
         step = zyx_step(dev, cfg, params, data, args.autocast)
         t_model = time.time()

@@ -193,7 +193,9 @@ def test_tf32_stages_are_rounded_and_handed_over_with_a_batch_in_flight_unless_a
 
 
 def test_the_model_finds_a_tile_handed_over_before_it_was_rounded(monkeypatch):
-    """The producer rounding each slice after its hand-over: the model is not vacuous about the rounding."""
+    """The producer rounding each slice after its hand-over: the model is not vacuous about the rounding. (The
+    refill-first order, whose loop ends with the hand-over this moves the rounding after.)"""
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", "0")
     real_producer = warp_roles._Roles.producer
 
     def late(roles, copies, landed):
@@ -209,7 +211,8 @@ def test_the_model_finds_a_tile_handed_over_before_it_was_rounded(monkeypatch):
 
 def test_the_model_finds_a_producer_handing_over_too_late(monkeypatch):
     """Handing a slice over stages - 1 steps after its copy with one batch in flight deadlocks (the probe's
-    simulate_handover found the same): the model is not vacuous."""
+    simulate_handover found the same): the model is not vacuous. (The refill-first order, where `ahead` counts.)"""
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", "0")
     monkeypatch.setattr(warp_roles._Roles, "ahead", property(lambda roles: roles.stages - 1))
     x, y = operands((256, 64 * 6), (64 * 6, 128))
     with pytest.raises(AssertionError, match="deadlock"):

@@ -18,8 +18,9 @@ from zyx.jit import wgmma
 from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalLoad, LocalRoundTF32, Loop, NamedBarrier,
-                               Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalLoad, LocalRoundTF32,
+                               Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait,
+                               substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
 from zyx.jit.device_traits import DeviceTraits
@@ -152,7 +153,9 @@ def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(transpose
         assert substitute(product.b_index, values).const == step * 16 * (1 if transposed else 64)
 
 
-def test_a_slice_is_handed_over_landed_and_fenced_and_its_batch_kept_in_flight_one_step():
+def test_a_slice_is_handed_over_landed_and_fenced_and_its_batch_kept_in_flight_one_step(monkeypatch):
+    """The refill-first order (ZYX_WGMMA_EARLY_HAND_OVER=0): the producer's step ends with the hand-over."""
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", "0")
     x, y = operands((2048, 256), (256, 2048))
     kernel = product_kernel(x @ y)  # 128 x 256 blocks, 4 stages: the producer hands slice s over at step s + 2
     assert kernel.site.heuristic == Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=4, pipelined=1,
@@ -168,6 +171,18 @@ def test_a_slice_is_handed_over_landed_and_fenced_and_its_batch_kept_in_flight_o
         == [256] * 4
     assert "__local ushort tile_a1_raw[33280]" in kernel.source  # 4 x 128 x 64 and 1024 bytes to align
     assert "__local ushort tile_b2_raw[66048]" in kernel.source
+
+
+def test_by_default_the_producer_hands_a_slice_over_before_it_refills_a_buffer():
+    """The default order: each step first waits for its slice to land (one batch of copies still in flight), fences
+    and hands it over, then issues the next copies; the consumers as in the other order."""
+    x, y = operands((2048, 256), (256, 2048))
+    producer, consumer = [s for s in walk(product_kernel(x @ y).ir.body) if isinstance(s, Loop)]
+    hand_over = producer.body[0]
+    assert [type(s) for s in hand_over.body] == [AsyncWait, AsyncProxyFence, NamedBarrier]
+    assert hand_over.body[0] == AsyncWait(1) and not hand_over.body[2].wait
+    assert isinstance(producer.body[-1], AsyncCommit)
+    assert isinstance(consumer.body[0], NamedBarrier) and consumer.body[0].wait
 
 
 def test_which_products_take_warpgroups():
@@ -235,8 +250,8 @@ def test_the_producer_rounds_each_landed_slice_of_the_left_tile_in_place_before_
     source = kernel.source[kernel.source.index("__kernel"):]  # (after the helpers)
     if form != "x.T @ y":
         assert "float4 v = *p; *p = (float4)(zyx_round_tf32(v.s0),zyx_round_tf32(v.s1)" in source
-    assert source.index("cp.async.wait_group 2;") < source.index("zyx_round_tf32(") < \
-        source.index("fence.proxy.async.shared::cta;")
+    landed_wait = source.index("cp.async.wait_group 1;")  # (the slice handed over before the refill: 1 in flight)
+    assert landed_wait < source.index("zyx_round_tf32(") < source.index("fence.proxy.async.shared::cta;")
 
 
 def test_a_tf32_fragment_is_cutlass_register_layout_for_32_bit_a():

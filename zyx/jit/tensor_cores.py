@@ -308,12 +308,14 @@ def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool) -> Opti
     """A warpgroup product with a producer warpgroup (transforms/warp_roles.py) unless ZYX_WGMMA_PRODUCER=0; its
     consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0 and, where their a lies in registers (TF32: the
     batch in flight still reads them while the next slice's are loaded, so ptxas keeps both sets), take registers
-    from the producer; ZYX_WGMMA_EARLY_HAND_OVER=1: the producer hands each slice over before refilling a buffer."""
+    from the producer. The producer hands each landed slice over before it refills a buffer (on the H200 TF32 4096³
+    ran 267 TFLOP/s so against 209 the other way, bfloat16 8192³ the same: bench/GPU.md); ZYX_WGMMA_EARLY_HAND_OVER=0
+    refills first."""
     if os.environ.get("ZYX_WGMMA_PRODUCER") == "0":
         return None
     wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0"
     return warp_roles(kernel, plan.buffers, wait_one, plan.right_in_registers, round_tiles,
-                      os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") == "1")
+                      os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") != "0")
 
 
 def _copy_position(flat: Expr, per_row: int, width: int, along_k: bool) -> tuple[Expr, Expr]:

@@ -239,7 +239,7 @@ class FusingDevice(Device):
 
     def _check_memory(self, program: Program) -> None:
         """Every buffer the program allocates, and all it holds at once, fit the device (before any launch)."""
-        limits = self.runtime.limits
+        limits, what = self.runtime.limits, f"a {program.kernel_count}-kernel program"
         for slot, nbytes in enumerate(program.slot_bytes):
-            limits.check_bytes(nbytes, f"buffer {slot} of a {program.kernel_count}-kernel program")
-        limits.check_total(program.planned_peak_bytes, f"a {program.kernel_count}-kernel program")
+            limits.check_bytes(nbytes, f"buffer {slot} of {what}")
+        limits.check_total(program.planned_peak_bytes, what)
