@@ -225,7 +225,8 @@ def test_which_products_get_a_producer():
         kernel = product_kernel(out)
         assert kernel.local_size == 384 and "bar.arrive" in kernel.source
         assert "__attribute__((reqd_work_group_size(384, 1, 1)))" in kernel.source
-    prologue = product_kernel((x * 2) @ y)  # an operand staged through registers: every item copies
+    narrow_x, narrow_y = operands((256, 256), (256, 256))  # (wider: a computed operand is stored first)
+    prologue = product_kernel((narrow_x * 2) @ narrow_y)  # an operand staged through registers: every item copies
     assert prologue.local_size == 256 and "wgmma.mma_async" in prologue.source and "bar.arrive" not in prologue.source
     assert "reqd_work_group_size" not in prologue.source
 

@@ -191,7 +191,27 @@ def test_which_products_take_warpgroups():
     for out in (x @ y, x @ w.T, h @ g, (x * 2) @ y, (x @ y).relu() + 1):  # a fused prologue or epilogue too
         assert "wgmma.mma_async" in product_kernel(out).source
     assert "mma.sync" in product_kernel(x @ y, WARPS_ONLY).source  # before Hopper
-    assert "mma.sync" in product_kernel((x * 2) @ (y + 1)).source  # neither operand copied by cp.async: warps
+    narrow_x, narrow_y = operands((256, 256), (256, 256))  # (wider: computed operands are stored first)
+    assert "mma.sync" in product_kernel((narrow_x * 2) @ (narrow_y + 1)).source  # neither copied by cp.async: warps
+    assert "mma.sync" not in product_kernel((x * 2) @ (y + 1)).source
+
+
+def test_autocast_casts_are_stored_first_so_both_operands_reach_the_producer():
+    """Under autocast a float32 weight and activation are cast inside the product: on Hopper each cast is stored
+    first (bf16), and the product copies both by cp.async, handed over by a producer warpgroup; a narrow product
+    (under 512 outputs along each operand's broadcast) keeps its casts in its staging."""
+    dev, rng = zyx.CPU(), np.random.default_rng(0)
+    x, w = (dev.tensor(rng.standard_normal(shape, dtype=np.float32)).realize() for shape in ((1024, 256), (768, 256)))
+    with zyx.autocast("bfloat16"):
+        out = zyx.nn.functional.linear(x, w)
+    kernels = schedule([out.node], HOPPER)[0]
+    product, = [k for k in kernels if "mma" in k.source]
+    assert product.local_size == 384 and "bar.arrive" in product.source and "cp.async" in product.source
+    assert len(kernels) == 3 and all("ushort" in k.source for k in kernels)  # two casts stored, then the product
+    with zyx.autocast("bfloat16"):
+        narrow = zyx.nn.functional.linear(x[:256], w[:256])
+    kernels = schedule([narrow.node], HOPPER)[0]
+    assert len(kernels) == 1 and "float* restrict in0" in kernels[0].source.replace("const ", "")
 
 
 def test_which_float32_products_take_tf32_warpgroups():
@@ -434,7 +454,8 @@ def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner
                   if "mma" in k.source]
         assert tuned.site.heuristic == kernel.site.heuristic and marker in tuned.source
         assert tuned.site.applied == choice  # (what the tuner checks before timing a candidate)
-    narrow = product_kernel((x * 2) @ (y + 1))  # on warps: a search keeps to warps
+    narrow_x, narrow_y = operands((256, 256), (256, 256))
+    narrow = product_kernel((narrow_x * 2) @ (narrow_y + 1))  # on warps: a search keeps to warps
     assert all(c["warpgroup"] == 0 for c in candidates(narrow.site, HOPPER, 2))
 
 
@@ -553,21 +574,24 @@ def _tuned(out, choice: Choice, traits=HOPPER):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype, n, k, m, transposed, columns", [("bfloat16", 256, 192, 512, False, 32),
-                                                                  ("float16", 200, 136, 264, True, 64)])
-def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch, dtype, n, k, m, transposed, columns):
+@pytest.mark.parametrize("dtype, n, k, m, form, columns", [("bfloat16", 256, 192, 512, "x @ y", 32),
+                                                            ("float16", 200, 136, 264, "x @ y.T", 64),
+                                                            ("bfloat16", 136, 200, 264, "x.T @ y", 32)])
+def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch, dtype, n, k, m, form, columns):
     """The printed kernel, its cp.async copies as plain copies and each wgmma as C reading local memory the way the
     descriptors say (wgmma.py, as measured on the H200), run on PoCL: the pipeline, the layouts, the accumulator
     map, the block order and the epilogue together, against numpy: 128 x 128 blocks with the right operand across
-    k (MN-major), and 128 x 256 blocks (a tuned choice) with both along k and edges in every direction. Every item
+    k (MN-major), 128 x 256 blocks (a tuned choice) with both along k and edges in every direction, and a weight
+    gradient's form (x.T @ y: the left operand across k, staged element by element, neighbouring items reading
+    neighbouring rows, into rows along k). Every item
     copies and multiplies (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
     (test_warp_roles.py runs it against a model). PoCL builds it without optimizations: optimizing 128 accumulators'
     emulation takes it two minutes, running the unoptimized kernel a second."""
     import ml_dtypes
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     monkeypatch.setenv("ZYX_WGMMA_PAIRED_STORES", "1")  # (vstore2 of bfloat16 and vstore_half2 printed)
-    x, y = operands((n, k), (m, k) if transposed else (k, m), dtype=dtype)
-    out = x @ y.T if transposed else x @ y
+    x, y = operands((k, n) if form == "x.T @ y" else (n, k), (m, k) if form == "x @ y.T" else (k, m), dtype=dtype)
+    out = {"x @ y": lambda: x @ y, "x @ y.T": lambda: x @ y.T, "x.T @ y": lambda: x.T @ y}[form]()
     kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1,
                                    split=1))
     assert [s.n for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)][0] == 4 * columns
@@ -575,7 +599,8 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
     a, b = x.numpy().astype(kind), y.numpy().astype(kind)
     got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], (n, m), np.uint16)
-    expected = a.astype(np.float64) @ (b.astype(np.float64).T if transposed else b.astype(np.float64))
+    left, right = a.astype(np.float64), b.astype(np.float64)
+    expected = (left.T if form == "x.T @ y" else left) @ (right.T if form == "x @ y.T" else right)
     eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
     np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
 

@@ -152,7 +152,7 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
         materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
         stored_apart.add(id(product))        # kernel, and this one reads it)
     beside = _products_beside(root, materialized, users) if traits.gpu else []
-    for value in [*beside, *_broadcast_into_reductions(root, materialized, traits.gpu)]:
+    for value in [*beside, *_broadcast_into_reductions(root, materialized, traits)]:
         materialized[id(value)] = value
         stored_apart.add(id(value))
     extra_outputs = allow_extra_outputs
@@ -226,19 +226,22 @@ OP_WEIGHT = {Op.ERF: 8}    # ops counted as several: erf is a polynomial of that
 PRODUCT_BROADCAST_MIN = 1024  # a product's operand, computed once per block of outputs (a tile, up to 256 wide)
 # along the axis it is broadcast to: stored where that is 4 blocks and more (a one-hot embedding gradient's 50 304
 # vocabulary rows took 175 ms on the H200 for one GPT-2 step, recomputing a layer norm's backward in its prologue)
+HALF_KINDS = {"bfloat16": "bf16", "float16": "f16"}  # tensor-core kinds of 16-bit operands
 GPU_PRODUCT_BROADCAST_MIN = 512  # on GPUs where it is 4 blocks of 128 and more: GPT-2's GELU and GELU backward,
 # recomputed in the staging of the 768-wide products reading them, ran those at 18-27 TFLOP/s on the H200, where
 # plain ones ran at 45 (storing the operand costs a write and a read at 4 TB/s)
 PRODUCT_BLOCK = BLOCKS[0][0]  # outputs of a GPU product's block along each axis: its operands are staged once per block
 
 
-def _broadcast_into_reductions(root: Node, materialized: dict[int, Node], gpu: bool) -> list[Node]:
+def _broadcast_into_reductions(root: Node, materialized: dict[int, Node], traits: DeviceTraits) -> list[Node]:
     """Values that a reduction of this kernel would recompute for every output it broadcasts them to (along an
     axis it does not reduce: a value broadcast along the reduced axis is computed once per output, outside the
     loop), computed by at least BROADCAST_MIN_OPS ops and broadcast at least BROADCAST_MIN_FACTOR times (a product's
-    operand PRODUCT_BROADCAST_MIN times, on a `gpu` GPU_PRODUCT_BROADCAST_MIN times). An
+    operand PRODUCT_BROADCAST_MIN times, on a GPU GPU_PRODUCT_BROADCAST_MIN times), and on GPUs the operands of
+    products that cost less stored (`_staging_dearer`, `_copied_by_tensor_cores`). An
     embedding's gradient (a masked sum over the tokens for every vocabulary row) fused its incoming gradient, the
     first block's layer-norm backward, and so computed it 512 times: 373 of a 1-layer GPT step's 678 ms on PoCL."""
+    gpu = traits.gpu
     found: dict[int, Node] = {}
     stack: list[tuple[Node, Optional[Node]]] = [(root, None)]  # (node, the reduction reading it elementwise)
     seen = set()
@@ -258,12 +261,24 @@ def _broadcast_into_reductions(root: Node, materialized: dict[int, Node], gpu: b
                      else BROADCAST_MIN_FACTOR)
             if value.op in ELEMENTWISE_OPS and id(value) not in materialized and (
                     (spread >= least and _fused_ops(value, materialized, BROADCAST_MIN_OPS) >= BROADCAST_MIN_OPS)
-                    or (gpu and product and _staging_dearer(node, value, reduction, spread, materialized))):
+                    or (gpu and product and (_copied_by_tensor_cores(value, spread, traits)
+                                             or _staging_dearer(node, value, reduction, spread, materialized)))):
                 found[id(value)] = value
                 continue
         inside = node if node.op in REDUCE_OPS else reduction if node.op in ELEMENTWISE_OPS else None
         stack.extend((source, inside) for source in node.src)
     return list(found.values())
+
+
+def _copied_by_tensor_cores(value: Node, spread: int, traits: DeviceTraits) -> bool:
+    """Whether a 16-bit product operand computed under the product (autocast's cast of a float32 weight or
+    activation, a gradient's elementwise backward) is stored first on a device multiplying it by warpgroups
+    (Hopper), at GPU_PRODUCT_BROADCAST_MIN outputs and more: a stored operand is copied by cp.async and the product
+    handed slices by a producer warpgroup, a computed one staged through registers by every item. Under bf16
+    autocast W7's products ran at 26-41 TFLOP/s on the H200 so, bf16 8192³ from stored operands at 665. (Before
+    Hopper, and TF32, unmeasured: left fused.)"""
+    return (spread >= GPU_PRODUCT_BROADCAST_MIN and WGMMA in traits.tensor_cores
+            and HALF_KINDS.get(value.dtype.name) in traits.tensor_cores)
 
 
 def _staging_dearer(operand: Node, value: Node, product: Node, spread: int, materialized: dict[int, Node]) -> bool:
