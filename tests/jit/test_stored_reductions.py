@@ -5,7 +5,7 @@ import pytest
 
 import zyx
 from zyx.jit.kernel_nodes import contained_nodes
-from zyx.runtime import fusing_device
+from zyx.jit import schedule as scheduler
 from zyx.trace.ops import Op
 
 ROWS, FEATURES, HIDDEN, OUTPUTS = 512, 16, 32, 4  # rows enough for GPU-shaped column sums to get work groups
@@ -59,8 +59,8 @@ def test_a_bias_gradient_is_summed_in_one_kernel_and_read_by_its_update(shaped, 
         kernels, targets = schedule(targets, traits, tuned)
         scheduled.extend(kernels)
         return kernels, targets
-    schedule = fusing_device.schedule
-    monkeypatch.setattr(fusing_device, "schedule", recorded)
+    schedule = scheduler.schedule  # (what FusingDevice._build imports when it schedules)
+    monkeypatch.setattr(scheduler, "schedule", recorded)
     params = _parameters(shaped)
     _step(params, zyx.nn.AdamW(lr=0.01, weight_decay=0.1), *_data(shaped))
     sums = _column_sums(scheduled)
