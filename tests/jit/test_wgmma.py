@@ -425,6 +425,21 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
         assert "Performance Loss" not in assembled.stderr, assembled.stderr  # (e.g. C7520: wgmmas serialized)
 
 
+def test_the_warpgroup_probe_is_kept_on_disk_for_the_next_process(monkeypatch, tmp_path):
+    """The probe is built through the kernel cache and stored at once (it is never launched, and the cache stores
+    a binary after its program's first launch): a warm start loads it instead of compiling (a stand-in source here,
+    as PoCL cannot build wgmma; a cache of its own, as the test process's stores nothing)."""
+    from zyx.jit import cache, tensor_cores
+    source = "__kernel void zyx_wgmma_probe(__global float* out) { out[get_global_id(0)] = 2.0f; }\n"
+    own = cache.KernelCache(tmp_path)
+    monkeypatch.setattr(cache, "default_cache", lambda: own)
+    monkeypatch.setattr(tensor_cores, "warpgroup_probe_source", lambda: source)
+    monkeypatch.setattr(tensor_cores, "_WARPGROUPS_BUILD", {})
+    runtime = zyx.OpenCL().runtime
+    assert warpgroups_build(runtime)
+    assert cache.KernelCache(tmp_path).holds(runtime.device, source)  # a new cache, as a new process: from disk
+
+
 def test_groups_take_the_blocks_in_bands_of_eight_rows_each_once():
     x, y = operands((2048, 256), (256, 2048))  # 16 x 8 blocks of 128 x 256
     kernel = product_kernel(x @ y)

@@ -360,7 +360,9 @@ def warpgroups_build(runtime: object) -> bool:
     if key not in _WARPGROUPS_BUILD:
         source = warpgroup_probe_source()
         try:
-            default_cache().build(runtime.context, device, source)  # type: ignore[attr-defined]
+            cache = default_cache()
+            cache.commit(cache.build(runtime.context, device, source))  # type: ignore[attr-defined]
+            # (stored now: it is never launched, and the cache stores a binary after its program's first launch)
             _WARPGROUPS_BUILD[key] = True
         except Exception:  # KernelBuildError, or a driver error loading the PTX
             _WARPGROUPS_BUILD[key] = False
