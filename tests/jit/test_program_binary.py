@@ -49,5 +49,7 @@ def test_other_threads_run_while_a_binary_is_read():
     done.set()
     thread.join()
     during = [t for t in ticks if start < t < end]
-    # PoCL compiles the work-group functions again while the binary is read: tens of ms at least here
-    assert end - start < 0.005 or len(during) >= 2, (end - start, len(during))
+    # PoCL compiles the work-group functions again while the binary is read: tens of ms at least here. A read
+    # under 20 ms says nothing either way (a loaded machine ran one of 5.2 ms with one tick: the thread not
+    # scheduled in time, not the lock held)
+    assert end - start < 0.02 or len(during) >= 2, (end - start, len(during))
