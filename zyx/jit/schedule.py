@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
@@ -32,7 +31,7 @@ from .tensor_cores import WGMMA, lower_tensor_cores, tensor_core_options
 from .tiling import broadcast_axes, choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_memo import Facts, KernelMemo
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
-from .lower import PARAM_LIMIT, KernelTooLarge, LoweredKernel, ScheduleConflict, lower
+from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention

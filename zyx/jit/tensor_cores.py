@@ -1,8 +1,8 @@
 """Matrix products on NVIDIA's tensor cores (compute capability 8.0 and newer), through inline PTX in OpenCL C.
 
 A work group of 8 warps (256 items) computes a block of 128 rows by 4·W columns (W = 64, or 32 where local memory is
-short or the product narrow or small: `_spread`); local memory is LOCAL_MEMORY where measured (200 KiB on compute
-capability 9.0, where NVIDIA's OpenCL reports 48), else the reported size. Warp w owns 64 rows (from 64·(w // 4)) by
+short or the product narrow or small: `_spread`); local memory is device_traits.LOCAL_MEMORY where measured (200
+KiB on compute capability 9.0, where NVIDIA's OpenCL reports 48), else the reported size. Warp w owns 64 rows (from 64·(w // 4)) by
 W columns (from W·(w % 4)): 4 x W/8 tiles of 16 x 8 outputs, each accumulated by one mma.sync per step of the reduced
 axis (`MatrixMultiply`). Per slice of the reduced axis (128 or 64 bytes of each row: 4 or 2 mma steps) the group
 stages both operands in local memory as rows along k: [row][k] for the left operand and [column][k] for the right, so
@@ -53,7 +53,7 @@ from ..trace.node import Node
 from ..trace.ops import Op
 from . import wgmma
 from .choices import FAMILIES, Choice, Options
-from .device_traits import LOCAL_MEMORY, WGMMA
+from .device_traits import WGMMA
 from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray,
                         LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg, WarpgroupCommit,
                         WarpgroupFence, WarpgroupMma, WarpgroupWait)
