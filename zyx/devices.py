@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from .runtime.cpu import CPUDevice
 from .runtime.device import Device
 
 _DEVICES: dict[Any, Device] = {}
@@ -27,6 +26,7 @@ def synchronize(device: Optional[Device] = None) -> None:
 def CPU() -> Device:
     """Tensors in RAM, traces run by numpy: the reference device."""
     if "cpu" not in _DEVICES:
+        from .runtime.cpu import CPUDevice  # (its interpreter: a program on another device never loads it)
         _DEVICES["cpu"] = CPUDevice()
     return _DEVICES["cpu"]
 
