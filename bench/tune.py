@@ -129,18 +129,18 @@ def main() -> None:
     p.add_argument("--log", action="store_true", help="the searches' log (zyx.tune at INFO) on stderr")
     p.add_argument("--steps", default="", help="W4 training steps to tune after the products: SGD,Adam")
     p.add_argument("--threshold", type=float, default=None, help="ZYX_TUNE=1 searches kernels slower than this many "
-                   "seconds (tune.threshold_seconds; a GPU's W4 kernels run under its 50 us)")
+                   "seconds (tuning_mode.threshold_seconds; a GPU's W4 kernels run under its 50 us)")
     args = p.parse_args()
     if args.log:
         logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("zyx.tune").setLevel(logging.INFO)
     os.environ["ZYX_CACHE_DIR"] = tempfile.mkdtemp(prefix="zyx-tune-bench-")
     import zyx
-    from zyx.jit import tune
+    from zyx.jit import tune, tuning_mode
     if args.unstaged:
         tune.STAGES.clear()
     if args.threshold is not None:
-        tune.THRESHOLD_SECONDS = tune.GPU_THRESHOLD_SECONDS = args.threshold
+        tuning_mode.THRESHOLD_SECONDS = tuning_mode.GPU_THRESHOLD_SECONDS = args.threshold
     dev = zyx.OpenCL()
     print(f"{dev.runtime.name}: {args.dtype} untuned (heuristics) against tuned (ZYX_TUNE={2 if args.exhaustive else 1}), "
           f"kernel time, median of {args.rounds} alternate rounds", flush=True)

@@ -18,7 +18,7 @@ import pytest
 import zyx
 from zyx import cli
 from zyx.jit import schedule as schedule_module
-from zyx.jit import tune
+from zyx.jit import tune, tuning_mode
 from zyx.jit.cache import device_fingerprint
 from zyx.jit.choices import NO_TUNING, Choice, TunedChoices
 from zyx.jit.disk_store import CacheWarning, DiskStore
@@ -46,8 +46,8 @@ KERNELS = {  # one kernel each, of the three kinds a search shapes differently
 @pytest.fixture
 def always(monkeypatch):
     """Searches under ZYX_TUNE=1 take every kernel, however fast (these are small)."""
-    monkeypatch.setattr(tune, "THRESHOLD_SECONDS", 0.0)
-    monkeypatch.setattr(tune, "GPU_THRESHOLD_SECONDS", 0.0)
+    monkeypatch.setattr(tuning_mode, "THRESHOLD_SECONDS", 0.0)
+    monkeypatch.setattr(tuning_mode, "GPU_THRESHOLD_SECONDS", 0.0)
 
 
 def scheduled(dev, kind: str, traits: DeviceTraits, tuned: TunedChoices = NO_TUNING):
@@ -240,12 +240,12 @@ def test_zyx_tune_0_never_searches(dev, monkeypatch):
         else:
             monkeypatch.setenv("ZYX_TUNE", value)
         dev.forget_programs()
-        assert tune.tune_mode() == 0
+        assert tuning_mode.tune_mode() == 0
         np.testing.assert_allclose((dev.tensor(X) * 3).numpy(), X * 3)
         zyx.jit(lambda x: x * 5)(dev.tensor(X))
     monkeypatch.setenv("ZYX_TUNE", "3")
     with pytest.raises(ValueError, match="ZYX_TUNE='3'"):
-        tune.tune_mode()
+        tuning_mode.tune_mode()
 
 
 def test_jit_with_tune_searches_the_kernels_of_its_programs(dev, monkeypatch):
@@ -318,9 +318,9 @@ def test_a_damaged_record_is_dropped_with_one_warning_and_searched_again(dev, tm
 
 CHILD = textwrap.dedent("""
     import json, sys, numpy as np, zyx
-    from zyx.jit import tune
+    from zyx.jit import tune, tuning_mode
     from zyx.jit.cache import default_cache
-    tune.THRESHOLD_SECONDS = tune.GPU_THRESHOLD_SECONDS = 0.0  # search this small kernel, ...
+    tuning_mode.THRESHOLD_SECONDS = tuning_mode.GPU_THRESHOLD_SECONDS = 0.0  # search this small kernel, ...
     tune.NEIGHBOURS = 3  # ... quickly
     dev = zyx.OpenCL()
     searches = []
@@ -430,4 +430,4 @@ def test_gpus_search_kernels_from_a_lower_threshold():
     """A 75 us product is worth a search on a GPU (candidates compile in tens of ms, back-to-back launches time it
     closely), not on a CPU, where such a time is mostly the launch."""
     from zyx.jit.device_traits import DeviceTraits
-    assert tune.threshold_seconds(DeviceTraits(gpu=True)) < 75e-6 < tune.threshold_seconds(DeviceTraits())
+    assert tuning_mode.threshold_seconds(DeviceTraits(gpu=True)) < 75e-6 < tuning_mode.threshold_seconds(DeviceTraits())

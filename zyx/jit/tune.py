@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -52,23 +51,8 @@ from .program import Program, build_program
 from .device_traits import DeviceTraits
 from .schedule import plain_effect, schedule
 from .tune_store import Trial, TuneRecord, TuningStore, default_tuning_store
+from .tuning_mode import threshold_seconds
 
-THRESHOLD_SECONDS = 1e-3
-"""ZYX_TUNE=1 searches kernels slower than this. A search compiles up to NEIGHBOURS kernels (0.3-1.3 s each on
-PoCL here, a tenth of that with a GPU driver) and times them for about a second: a 20% gain on a 1 ms kernel
-pays that back within some tens of thousands of launches, what a training run makes. Below it, a kernel's time
-is largely its launch (75-150 us for an empty kernel on PoCL here) and the timer's noise, so the gains a search
-can measure are the ones it cannot tell from noise. Kernels under it are measured again by each process that
-searches (nothing is stored for them)."""
-GPU_THRESHOLD_SECONDS = 5e-5
-"""THRESHOLD_SECONDS on GPUs: their drivers compile a candidate in a tenth of PoCL's time and back-to-back launches
-time a 50 us kernel to a few percent, while 1 ms would leave every product of the W3 shapes unsearched (the H200
-runs 1021³ in 75 us, 3000x700x5000 in 0.65 ms)."""
-
-
-def threshold_seconds(traits: DeviceTraits) -> float:
-    """The time under which ZYX_TUNE=1 leaves a kernel unsearched on a device of `traits`."""
-    return GPU_THRESHOLD_SECONDS if traits.gpu else THRESHOLD_SECONDS
 NEIGHBOURS = 9          # candidates of a ZYX_TUNE=1 search, the heuristics' included
 EXHAUSTIVE_LIMIT = 128  # candidates of a ZYX_TUNE=2 search (the nearest to the heuristics, where there are more;
                         # a GPU product with few blocks has 114 on the H200: matmul.feasible, split.split_options)
@@ -96,16 +80,6 @@ shapes. On the H200 that is about 60 candidates of a float32 product instead of 
 FINALISTS = 3
 EFFECT = {"plain": plain_effect}
 """Per family, the parameters of a choice that shape the kernel (others are ignored: no two candidates alike)."""
-
-
-def tune_mode(requested: int = 0) -> int:
-    """The search mode: ZYX_TUNE (0, 1 or 2), at least `requested`."""
-    text = os.environ.get("ZYX_TUNE", "0").strip() or "0"
-    if text not in ("0", "1", "2"):
-        raise ValueError(f"ZYX_TUNE={text!r}: expected 0 (no search), 1 (search kernels slower than "
-                         f"{THRESHOLD_SECONDS * 1e3:g} ms, {GPU_THRESHOLD_SECONDS * 1e6:g} us on GPUs) or 2 (search "
-                         f"every kernel exhaustively)")
-    return max(int(text), requested)
 
 
 # ---- candidates --------------------------------------------------------------------------------------------

@@ -224,7 +224,7 @@ class FusingDevice(Device):
         return NO_TUNING
 
     def _tune_mode(self, tune: int) -> int:
-        """How hard this realize searches its kernels (see tune.tune_mode): never here, only OpenCL's kernels
+        """How hard this realize searches its kernels (see tuning_mode.tune_mode): never here, only OpenCL's kernels
         are tuned (the tuner compiles and times OpenCL launches: OpenCLDevice)."""
         return 0
 

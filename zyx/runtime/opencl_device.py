@@ -2,7 +2,6 @@
 OpenCL program, and tuned (tune.py) where ZYX_TUNE asks."""
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import pyopencl as cl
@@ -15,6 +14,7 @@ from ..jit.choices import TunedChoices
 from ..jit.program import Program
 from ..jit.device_traits import DeviceTraits
 from ..jit.tune_store import default_tuning_store
+from ..jit.tuning_mode import tune_mode
 from ..progress import compiling
 from ..trace.node import Node
 from .fusing_device import FusingDevice
@@ -53,10 +53,6 @@ class OpenCLDevice(FusingDevice):
         return self._tuned
 
     def _tune_mode(self, tune: int) -> int:
-        """tune.tune_mode; the tuner's modules are imported only where a search may run."""
-        if not tune and os.environ.get("ZYX_TUNE", "0").strip() in ("", "0"):
-            return 0
-        from ..jit.tune import tune_mode
         return tune_mode(tune)
 
     def _search(self, kernels: Sequence[Any], mode: int, program_with: Callable[[TunedChoices], Program],
