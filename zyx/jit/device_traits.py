@@ -62,7 +62,7 @@ class DeviceTraits:
 
     @property
     def tensor_core_local_memory(self) -> int:
-        """Bytes of local memory a product on tensor cores may stage into (tensor_cores.LOCAL_MEMORY)."""
+        """Bytes of local memory a product on tensor cores may stage into (LOCAL_MEMORY)."""
         return self.tensor_core_memory or self.local_memory
 
     @property

@@ -27,7 +27,7 @@ from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSit
 from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import BLOCKS, LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
 from .operand_layout import cheaper_stored
-from .tensor_cores import WGMMA, lower_tensor_cores, tensor_core_options
+from .tensor_cores import KINDS, WGMMA, lower_tensor_cores, tensor_core_options
 from .tiling import broadcast_axes, choose_tile, hosted_matmul, matmul_axes, space_axes, tile_axes
 from .kernel_memo import Facts, KernelMemo
 from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
@@ -225,7 +225,6 @@ OP_WEIGHT = {Op.ERF: 8}    # ops counted as several: erf is a polynomial of that
 PRODUCT_BROADCAST_MIN = 1024  # a product's operand, computed once per block of outputs (a tile, up to 256 wide)
 # along the axis it is broadcast to: stored where that is 4 blocks and more (a one-hot embedding gradient's 50 304
 # vocabulary rows took 175 ms on the H200 for one GPT-2 step, recomputing a layer norm's backward in its prologue)
-HALF_KINDS = {"bfloat16": "bf16", "float16": "f16"}  # tensor-core kinds of 16-bit operands
 GPU_PRODUCT_BROADCAST_MIN = 512  # on GPUs where it is 4 blocks of 128 and more: GPT-2's GELU and GELU backward,
 # recomputed in the staging of the 768-wide products reading them, ran those at 18-27 TFLOP/s on the H200, where
 # plain ones ran at 45 (storing the operand costs a write and a read at 4 TB/s)
@@ -276,8 +275,9 @@ def _copied_by_tensor_cores(value: Node, spread: int, traits: DeviceTraits) -> b
     handed slices by a producer warpgroup, a computed one staged through registers by every item. Under bf16
     autocast W7's products ran at 26-41 TFLOP/s on the H200 so, bf16 8192³ from stored operands at 665. (Before
     Hopper, and TF32, unmeasured: left fused.)"""
-    return (spread >= GPU_PRODUCT_BROADCAST_MIN and WGMMA in traits.tensor_cores
-            and HALF_KINDS.get(value.dtype.name) in traits.tensor_cores)
+    kind = KINDS.get(value.dtype.name)
+    return (spread >= GPU_PRODUCT_BROADCAST_MIN and WGMMA in traits.tensor_cores and kind != "tf32"
+            and kind in traits.tensor_cores)
 
 
 def _staging_dearer(operand: Node, value: Node, product: Node, spread: int, materialized: dict[int, Node]) -> bool:

@@ -1,16 +1,16 @@
 """Matrix products on NVIDIA's tensor cores (compute capability 8.0 and newer), through inline PTX in OpenCL C.
 
 A work group of 8 warps (256 items) computes a block of 128 rows by 4·W columns (W = 64, or 32 where local memory is
-short or the product narrow or small: `_spread`); local memory is device_traits.LOCAL_MEMORY where measured (200
-KiB on compute capability 9.0, where NVIDIA's OpenCL reports 48), else the reported size. Warp w owns 64 rows (from 64·(w // 4)) by
-W columns (from W·(w % 4)): 4 x W/8 tiles of 16 x 8 outputs, each accumulated by one mma.sync per step of the reduced
-axis (`MatrixMultiply`). Per slice of the reduced axis (128 or 64 bytes of each row: 4 or 2 mma steps) the group
-stages both operands in local memory as rows along k: [row][k] for the left operand and [column][k] for the right, so
-both fragments load with ldmatrix and nothing is transposed (`MatrixLoad`); a right operand stored row-major lies
-instead as [k][column], read by transposing ldmatrix. The 8 rows one ldmatrix reads fall in 8 distinct 16-byte bank
-groups: each row is padded by 16 bytes, or (pipelined) its 16-byte chunks are swizzled (`TileLayout`). Wide warp
-tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of 64 x 32 and 64-byte
-slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
+short or the product narrow or small: `_spread`); local memory is device_traits.LOCAL_MEMORY where measured (200 KiB
+on compute capability 9.0, where NVIDIA's OpenCL reports 48), else the reported size. Warp w owns 64 rows (from 64·(w
+// 4)) by W columns (from W·(w % 4)): 4 x W/8 tiles of 16 x 8 outputs, each accumulated by one mma.sync per step of
+the reduced axis (`MatrixMultiply`). Per slice of the reduced axis (128 or 64 bytes of each row: 4 or 2 mma steps)
+the group stages both operands in local memory as rows along k: [row][k] for the left operand and [column][k] for the
+right, so both fragments load with ldmatrix and nothing is transposed (`MatrixLoad`); a right operand stored
+row-major lies instead as [k][column], read by transposing ldmatrix. The 8 rows one ldmatrix reads fall in 8 distinct
+16-byte bank groups: each row is padded by 16 bytes, or (pipelined) its 16-byte chunks are swizzled (`TileLayout`).
+Wide warp tiles and long slices matter most (a hand-written kernel on the H200, bfloat16 8192³: warps of 64 x 32 and
+64-byte slices 174 TFLOP/s, 64 x 64 and 128-byte slices 257).
 
 A 16-bit operand stored in a buffer whose neighbours along the staged rows lie in 16 aligned bytes (else 8 or 4) is
 copied global -> local by cp.async (`AsyncCopy`) into unpadded, swizzled tiles; where one operand is, the slices are
