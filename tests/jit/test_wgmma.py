@@ -482,14 +482,24 @@ static float zyx_emu_element(__local const uchar* tile, uint offset, int kind) {
   if (kind == 2) return as_float(*(__local const uint*)(tile + at) & 0xffffe000u);  /* TF32: its top 19 bits */
   return kind ? vload_half(0, (__local const half*)(tile + at)) : as_float((uint)bits << 16);
 }
-static float zyx_emu_dot(__local const uchar* a, uint a0, int row, __local const uchar* b, uint b0, int column,
-                         int mn_major, uint leading, int kind) {
+/* Byte offset of element (line, k) of an operand tile from its descriptor's start (line: a's row, b's column).
+   K-major (imm-trans 0): 128-byte rows of k. MN-major (imm-trans 1: M-major for a, N-major for b; PTX ISA 9.7.15.5.1.2
+   "Shared Memory Matrix Layout", docs.nvidia.com/cuda/parallel-thread-execution, read at ptx.poole.ai/docs/
+   09-instruction-set/15-wgmma/mma-async/shared-memory-layout): 128-byte swizzle atoms of 8 x 8 16-byte elements, 64
+   16-bit lines by 8 k, one 128-byte row per k; the leading byte offset from one atom to the next along M/N, the
+   stride byte offset (1024 here) from one 8 k to the next (the ISA's "swizzled layouts: stride from the first
+   (swizzle-byte-size/16) rows to the next" for MN-major's leading offset, 9.7.16.3.1.1, and CUTLASS's make_gmma_desc
+   <Major::MN> B128 canonical layout ((8,m),(8,k)):((1,LBO),(8,SBO)) in 16-byte units agree); the same for a as for b. */
+static uint zyx_emu_offset(uint start, int line, int k, int mn_major, uint leading) {
+  return mn_major ? start + (line / 64) * leading + (k / 8) * 1024 + (k % 8) * 128 + (line % 64) * 2
+                  : start + line * 128 + k * 2;
+}
+static float zyx_emu_dot(__local const uchar* a, uint a0, int row, int a_mn_major, uint a_leading,
+                         __local const uchar* b, uint b0, int column, int b_mn_major, uint b_leading, int kind) {
   float sum = 0.0f;
-  for (int k = 0; k < 16; k++) {
-    uint at_b = mn_major ? b0 + (column / 64) * leading + (k / 8) * 1024 + (k % 8) * 128 + (column % 64) * 2
-                         : b0 + column * 128 + k * 2;
-    sum += zyx_emu_element(a, a0 + row * 128 + k * 2, kind) * zyx_emu_element(b, at_b, kind);
-  }
+  for (int k = 0; k < 16; k++)
+    sum += zyx_emu_element(a, zyx_emu_offset(a0, row, k, a_mn_major, a_leading), kind)
+           * zyx_emu_element(b, zyx_emu_offset(b0, column, k, b_mn_major, b_leading), kind);
   return sum;
 }
 static float zyx_emu_tf32_dot(__local const float* a, int row, __local const uchar* b, uint b0, int column) {
@@ -514,8 +524,8 @@ def _emulated_mma(s: WarpgroupMma) -> str:
     for register, acc in enumerate(s.acc):
         row, column = wgmma.accumulator_position(Expr.var("t", 128), register)
         lines.append(f"  {acc.name} += zyx_emu_dot((__local const uchar*){s.a_array}, a0, {row.render()}, "
-                     f"(__local const uchar*){s.b_array}, b0, {column.render()}, {int(s.b_mn_major)}, {s.b_leading}u, "
-                     f"{KINDS[s.kind]});")
+                     f"{int(s.a_mn_major)}, {s.a_leading}u, (__local const uchar*){s.b_array}, b0, {column.render()}, "
+                     f"{int(s.b_mn_major)}, {s.b_leading}u, {KINDS[s.kind]});")
     return "\n".join(lines) + " }"
 
 
@@ -591,31 +601,39 @@ def _tuned(out, choice: Choice, traits=HOPPER):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, n, k, m, form, columns", [("bfloat16", 256, 192, 512, "x @ y", 32),
                                                             ("float16", 200, 136, 264, "x @ y.T", 64),
-                                                            ("bfloat16", 136, 200, 264, "x.T @ y", 32)])
+                                                            ("bfloat16", 136, 200, 264, "x.T @ y", 32),
+                                                            ("float16", 200, 136, 264, "x.T @ y", 64),
+                                                            ("bfloat16", 136, 200, 264, "x.T @ y.T", 64),
+                                                            ("bfloat16", 129, 100, 136, "x.T @ y", 32)])
 def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch, dtype, n, k, m, form, columns):
     """The printed kernel, its cp.async copies as plain copies and each wgmma as C reading local memory the way the
-    descriptors say (wgmma.py, as measured on the H200), run on PoCL: the pipeline, the layouts, the accumulator
-    map, the block order and the epilogue together, against numpy: 128 x 128 blocks with the right operand across
-    k (MN-major), 128 x 256 blocks (a tuned choice) with both along k and edges in every direction, and a weight
-    gradient's form (x.T @ y: the left operand across k, staged element by element, neighbouring items reading
-    neighbouring rows, into rows along k). Every item
-    copies and multiplies (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
+    descriptors and transpose immediates say (wgmma.py, as measured on the H200; a transposed a as the PTX ISA
+    defines it: EMULATED_DOT), run on PoCL: the pipeline, the layouts, the accumulator map, the block order and the
+    epilogue together, against numpy: 128 x 128 blocks with the right operand across k (MN-major), 128 x 256 blocks
+    (a tuned choice) with both along k and edges in every direction, and a weight gradient's forms (x.T @ y, x.T @
+    y.T: the left operand across k copied 16 bytes at a time into atoms of 64 rows, wgmma's a MN-major, with edges
+    in every direction; with 129 rows, which no copy of 4 bytes or more divides, staged element by element,
+    neighbouring items reading neighbouring rows, into rows along k). Every item copies and multiplies
+    (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
     (test_warp_roles.py runs it against a model). PoCL builds it without optimizations: optimizing 128 accumulators'
     emulation takes it two minutes, running the unoptimized kernel a second."""
     import ml_dtypes
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     monkeypatch.setenv("ZYX_WGMMA_PAIRED_STORES", "1")  # (vstore2 of bfloat16 and vstore_half2 printed)
-    x, y = operands((k, n) if form == "x.T @ y" else (n, k), (m, k) if form == "x @ y.T" else (k, m), dtype=dtype)
-    out = {"x @ y": lambda: x @ y, "x @ y.T": lambda: x @ y.T, "x.T @ y": lambda: x.T @ y}[form]()
+    left_across, right_along = form.startswith("x.T"), form.endswith("y.T")
+    x, y = operands((k, n) if left_across else (n, k), (m, k) if right_along else (k, m), dtype=dtype)
+    out = (x.T if left_across else x) @ (y.T if right_along else y)
     kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1,
                                    split=1))
-    assert [s.n for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)][0] == 4 * columns
+    products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+    assert products[0].n == 4 * columns
+    assert all(s.a_mn_major == (left_across and n % 2 == 0) and s.b_mn_major == (not right_along) for s in products)
     name, source = _emulated_source(kernel, monkeypatch)
     kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
     a, b = x.numpy().astype(kind), y.numpy().astype(kind)
     got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], (n, m), np.uint16)
     left, right = a.astype(np.float64), b.astype(np.float64)
-    expected = (left.T if form == "x.T @ y" else left) @ (right.T if form == "x @ y.T" else right)
+    expected = (left.T if left_across else left) @ (right.T if right_along else right)
     eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
     np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
 
