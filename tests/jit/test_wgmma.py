@@ -19,7 +19,7 @@ from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalLoad, LocalRoundTF32,
-                               Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait,
+                               LocalStore, Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait,
                                substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
@@ -126,31 +126,64 @@ def test_a_left_operand_across_k_is_copied_by_warps_reading_whole_sectors_and_wr
         assert len({tuple(_evaluated(copy.index, values) % 32) for copy in copies}) == 2
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(transposed):
+def _tile_byte(line: int, k: int, across: bool, leading: int) -> int:
+    """Where a descriptor reads element (line, k) of a tile (line: a row of the left tile, a column of the right):
+    K-major, or across k (MN-major) in atoms of 64 lines x 64 k ([k][64 lines]) `leading` bytes apart."""
+    return line // 64 * leading + _k_major_byte(k, line % 64) if across else _k_major_byte(line, k)
+
+
+@pytest.mark.parametrize("form", ["x @ y", "x @ y.T", "x.T @ y", "x.T @ y.T"])
+def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(form):
+    """Each tile as its wgmmas' descriptors and transpose immediates read it: along k where its operand's rows run
+    along k (x, y.T), across k (MN-major) where they run along its rows or columns (x.T, y)."""
     size = 512
+    left_across, right_across = form.startswith("x.T"), not form.endswith("y.T")
     x, y = operands((size, size), (size, size))
-    kernel = product_kernel(x @ y.T if transposed else x @ y)
+    kernel = product_kernel((x.T if left_across else x) @ (y if right_across else y.T))
     products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
     first = products[0]
-    assert first.n == 128 and len(first.acc) == 64 and first.b_mn_major == (not transposed)  # 128 x 128 blocks
+    assert first.n == 128 and len(first.acc) == 64  # 128 x 128 blocks
+    assert (first.a_mn_major, first.b_mn_major) == (left_across, right_across)
+    assert (first.a_leading, first.b_leading) == tuple(64 * 128 if across else 16
+                                                      for across in (left_across, right_across))
     left, right = _copied_bytes(kernel, first.a_array), _copied_bytes(kernel, first.b_array)
-    # group 0 takes rows 0-127 and columns 0-127, the slice k 0-63
-    for row, k in itertools.product(range(128), range(64)):
-        assert left[_k_major_byte(row, k)] == row * size + k
-    for column, k in itertools.product(range(128), range(64)):
-        if transposed:  # y's rows along k: K-major like the left tile
-            assert right[_k_major_byte(column, k)] == column * size + k
-        else:  # y row-major: atoms of 64 columns x 64 k ([k][64 columns]), b_leading bytes apart
-            assert right[column // 64 * first.b_leading + _k_major_byte(k, column % 64)] == k * size + column
-    assert first.b_leading == (64 * 128 if not transposed else 16)
-    # slice 0's 4 k16 steps: warpgroup 1 from row 64, 32 bytes on along k; the right tile 32 bytes on along k, or
-    # 16 rows of 128 bytes across it
+    # group 0 takes rows 0-127 and columns 0-127, the slice k 0-63 (x.T's element (row, k) is x's (k, row))
+    for line, k in itertools.product(range(128), range(64)):
+        assert left[_tile_byte(line, k, left_across, first.a_leading)] == (k * size + line if left_across
+                                                                           else line * size + k)
+        assert right[_tile_byte(line, k, right_across, first.b_leading)] == (k * size + line if right_across
+                                                                             else line * size + k)
+    # slice 0's 4 k16 steps: warpgroup 1 from row 64 (64 rows of 128 bytes on, or one atom across k), each step 32
+    # bytes on along k, or 16 rows of 128 bytes across it
     loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and first in s.body)
     for step, product in enumerate(products):
         values = {"lid": Expr(128), loop.var: Expr(0)}
-        assert substitute(product.a_index, values).const == 64 * 64 + 16 * step
-        assert substitute(product.b_index, values).const == step * 16 * (1 if transposed else 64)
+        assert substitute(product.a_index, values).const == 64 * 64 + step * 16 * (64 if left_across else 1)
+        assert substitute(product.b_index, values).const == step * 16 * (64 if right_across else 1)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_weight_gradients_operands_are_both_copied_by_cp_async_and_its_a_read_transposed(dtype):
+    """x.T @ y (x, y stored [tokens, features]: the left operand runs along its rows, not along k) on Hopper: both
+    operands copied 16 bytes at a time by the producer warpgroup, nothing staged through registers, every wgmma's a
+    MN-major (imm-trans-a 1); x.T @ y.T likewise with b K-major; the mirrored x @ w.T (b along k) was already so,
+    both K-major. TF32 cannot transpose (the PTX ISA allows imm-trans for .f16/.bf16 only): its x.T @ y keeps the
+    left tile along k, copied a float at a time, as its b."""
+    x, y, w, z = operands((1024, 256), (1024, 512), (512, 1024), (512, 1024), dtype=dtype)
+    for out, transposes in ((x.T @ y, "1, 1"), (y.T @ x, "1, 1"), (x.T @ w.T, "1, 0"), (w @ z.T, "0, 0")):
+        kernel = product_kernel(out)
+        assert kernel.local_size == 384 and "bar.arrive" in kernel.source  # a producer warpgroup
+        assert not any(isinstance(s, LocalStore) for s in walk(kernel.ir.body))
+        products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+        copies = [s for s in walk(kernel.ir.body) if isinstance(s, AsyncCopy)]
+        assert {c.array for c in copies} == {products[0].a_array, products[0].b_array}
+        assert {(c.width, c.itemsize) for c in copies} == {(8, 2)}
+        assert all(p.a_mn_major == (transposes[0] == "1") for p in products)
+        kind = {"bfloat16": "bf16", "float16": "f16"}[dtype]
+        assert f"m64n128k16.f32.{kind}.{kind} " in kernel.source and f"p, 1, 1, {transposes};" in kernel.source
+    f, g = operands((1024, 256), (1024, 512), dtype="float32")
+    products = [s for s in walk(product_kernel(f.T @ g, TF32).ir.body) if isinstance(s, WarpgroupMma)]
+    assert all(p.a_registers and not p.a_mn_major and not p.b_mn_major for p in products)
 
 
 def test_a_slice_is_handed_over_landed_and_fenced_and_its_batch_kept_in_flight_one_step(monkeypatch):
@@ -392,11 +425,11 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     patched and assembled by ptxas for sm_90a within the registers of the kernel's group (NVIDIA's compiler takes
     the group size from reqd_work_group_size, which a kernel with a producer warpgroup prints: 384 items, 170
     registers each; 255 in 256 items; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a from
-    registers), 128 accumulators need no spills, and ptxas keeps the wgmmas asynchronous."""
+    registers; a transposed a of x.T @ y), 128 accumulators need no spills, and ptxas keeps the wgmmas asynchronous."""
     n, k, m = shape
-    x, y, w = operands((n, k), (k, m), (m, k))
+    x, y, w, t = operands((n, k), (k, m), (m, k), (k, n))
     f, g, h = operands((n, k), (k, m), (m, k), dtype="float32")
-    kernels = [product_kernel(out) for out in (x @ y, x @ w.T)]
+    kernels = [product_kernel(out) for out in (x @ y, x @ w.T, t.T @ y, t.T @ w.T)]
     # TF32 in 128 x 256 blocks where the shape gives enough, a batch in flight (two slices' a in registers), the
     # left tile rounded by the producer (or, without one, by every item)
     kernels += [product_kernel(out, TF32) for out in (f @ g, f @ h.T, g.T @ h.T)]

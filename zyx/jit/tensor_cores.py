@@ -26,7 +26,10 @@ the float32 accumulators.
 On compute capability 9.x (Hopper) products pipelined by cp.async multiply by warpgroups instead (wgmma, sm_90a:
 jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
 cp.async, a third warpgroup only copies the slices and hands them over by named barriers while the other two only
-multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item). TF32 operands
+multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item). A 16-bit left
+operand lying across k (a weight gradient's `x.T @ dy`, x stored [tokens, features]) is copied there 16 bytes at a
+time along its rows into the MN-major atoms a right operand across k takes, and read by wgmma transposed
+(imm-trans-a: `_left_orientations`); on warps (ldmatrix) it is staged element by element. TF32 operands
 are float32 copied as they are (16, 8 or 4 bytes at a time) into the same 128-byte swizzled rows (32 floats), but
 wgmma takes TF32 only K-major from local memory, so a right operand lying across k (`x @ w`, w row-major) cannot be
 its b: the product is computed transposed (`_register_products`), each warpgroup reading 64 columns of the right
