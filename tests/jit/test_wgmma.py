@@ -247,6 +247,21 @@ def test_autocast_casts_are_stored_first_so_both_operands_reach_the_producer():
     assert len(kernels) == 1 and "float* restrict in0" in kernels[0].source.replace("const ", "")
 
 
+def test_an_autocast_linears_weight_gradient_reaches_the_producer_with_a_transposed_a():
+    """The backward of a bfloat16-autocast linear layer: its weight gradient (dyᵀ·x, both stored [tokens, features]:
+    the left operand runs along its rows) copies both operands by cp.async, handed over by a producer warpgroup,
+    its a read transposed; nothing is staged through registers (it was, element by element, in 256 items)."""
+    dev, rng = zyx.CPU(), np.random.default_rng(0)
+    x, w = (dev.tensor(rng.standard_normal(shape, dtype=np.float32)).realize() for shape in ((2048, 768), (3072, 768)))
+    with zyx.autocast("bfloat16"):
+        loss = (zyx.nn.functional.linear(x, w).cast("float32") ** 2).mean()
+    weight_gradient, = loss.backward([w])
+    *forward, kernel = [k for k in schedule([weight_gradient.node], HOPPER)[0] if "mma" in k.source]  # (dy's, then)
+    products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+    assert kernel.local_size == 384 and all(p.a_mn_major for p in products)
+    assert not any(isinstance(s, LocalStore) for s in walk(kernel.ir.body))
+
+
 def test_which_float32_products_take_tf32_warpgroups():
     """Where TF32 is allowed (the scheduler then adds "tf32" to the device's kinds) every float32 product with an
     operand copied by cp.async takes warpgroups, computed transposed (the right operand from registers); the rest
