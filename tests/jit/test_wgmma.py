@@ -19,8 +19,8 @@ from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalLoad, LocalRoundTF32,
-                               LocalStore, Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait,
-                               substitute, walk)
+                               LocalStore, Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma,
+                               WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
 from zyx.jit.device_traits import DeviceTraits
@@ -531,13 +531,15 @@ static float zyx_emu_element(__local const uchar* tile, uint offset, int kind) {
   return kind ? vload_half(0, (__local const half*)(tile + at)) : as_float((uint)bits << 16);
 }
 /* Byte offset of element (line, k) of an operand tile from its descriptor's start (line: a's row, b's column).
-   K-major (imm-trans 0): 128-byte rows of k. MN-major (imm-trans 1: M-major for a, N-major for b; PTX ISA 9.7.15.5.1.2
-   "Shared Memory Matrix Layout", docs.nvidia.com/cuda/parallel-thread-execution, read at ptx.poole.ai/docs/
-   09-instruction-set/15-wgmma/mma-async/shared-memory-layout): 128-byte swizzle atoms of 8 x 8 16-byte elements, 64
-   16-bit lines by 8 k, one 128-byte row per k; the leading byte offset from one atom to the next along M/N, the
-   stride byte offset (1024 here) from one 8 k to the next (the ISA's "swizzled layouts: stride from the first
-   (swizzle-byte-size/16) rows to the next" for MN-major's leading offset, 9.7.16.3.1.1, and CUTLASS's make_gmma_desc
-   <Major::MN> B128 canonical layout ((8,m),(8,k)):((1,LBO),(8,SBO)) in 16-byte units agree); the same for a as for b. */
+   K-major (imm-trans 0): 128-byte rows of k. MN-major (imm-trans 1: "M-major for matrix A", "N-major for matrix B",
+   PTX ISA 9.7.15.5.1.2 "Shared Memory Matrix Layout", docs.nvidia.com/cuda/parallel-thread-execution, read at
+   ptx.poole.ai/docs/09-instruction-set/15-wgmma/mma-async/shared-memory-layout): 128-byte swizzle atoms of 8 x 8
+   16-byte elements, 64 16-bit lines by 8 k, one 128-byte row per k; the leading byte offset from one atom to the
+   next along M/N, the stride byte offset (1024 here) from one 8 k to the next (the ISA's MN-major leading offset,
+   "swizzled layouts: stride from the first (swizzle-byte-size/16) rows to the next", stated in tcgen05's 9.7.16.3.1.1
+   for the same swizzle atoms, and CUTLASS's make_gmma_desc<Major::MN> B128 canonical layout ((8,m),(8,k)):
+   ((1,LBO),(8,SBO)) in 16-byte units, for a as for b, agree). A transposed a lies as a transposed b, which the H200
+   measured (wgmma.py); m64 reads one atom along M. */
 static uint zyx_emu_offset(uint start, int line, int k, int mn_major, uint leading) {
   return mn_major ? start + (line / 64) * leading + (k / 8) * 1024 + (k % 8) * 128 + (line % 64) * 2
                   : start + line * 128 + k * 2;
