@@ -19,8 +19,8 @@ from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalLoad, LocalRoundTF32,
-                               Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait,
-                               substitute, walk)
+                               LocalStore, Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma,
+                               WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
 from zyx.jit.device_traits import DeviceTraits
@@ -126,31 +126,64 @@ def test_a_left_operand_across_k_is_copied_by_warps_reading_whole_sectors_and_wr
         assert len({tuple(_evaluated(copy.index, values) % 32) for copy in copies}) == 2
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(transposed):
+def _tile_byte(line: int, k: int, across: bool, leading: int) -> int:
+    """Where a descriptor reads element (line, k) of a tile (line: a row of the left tile, a column of the right):
+    K-major, or across k (MN-major) in atoms of 64 lines x 64 k ([k][64 lines]) `leading` bytes apart."""
+    return line // 64 * leading + _k_major_byte(k, line % 64) if across else _k_major_byte(line, k)
+
+
+@pytest.mark.parametrize("form", ["x @ y", "x @ y.T", "x.T @ y", "x.T @ y.T"])
+def test_the_copies_lay_both_operands_out_as_the_descriptors_read_them(form):
+    """Each tile as its wgmmas' descriptors and transpose immediates read it: along k where its operand's rows run
+    along k (x, y.T), across k (MN-major) where they run along its rows or columns (x.T, y)."""
     size = 512
+    left_across, right_across = form.startswith("x.T"), not form.endswith("y.T")
     x, y = operands((size, size), (size, size))
-    kernel = product_kernel(x @ y.T if transposed else x @ y)
+    kernel = product_kernel((x.T if left_across else x) @ (y if right_across else y.T))
     products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
     first = products[0]
-    assert first.n == 128 and len(first.acc) == 64 and first.b_mn_major == (not transposed)  # 128 x 128 blocks
+    assert first.n == 128 and len(first.acc) == 64  # 128 x 128 blocks
+    assert (first.a_mn_major, first.b_mn_major) == (left_across, right_across)
+    assert (first.a_leading, first.b_leading) == tuple(64 * 128 if across else 16
+                                                      for across in (left_across, right_across))
     left, right = _copied_bytes(kernel, first.a_array), _copied_bytes(kernel, first.b_array)
-    # group 0 takes rows 0-127 and columns 0-127, the slice k 0-63
-    for row, k in itertools.product(range(128), range(64)):
-        assert left[_k_major_byte(row, k)] == row * size + k
-    for column, k in itertools.product(range(128), range(64)):
-        if transposed:  # y's rows along k: K-major like the left tile
-            assert right[_k_major_byte(column, k)] == column * size + k
-        else:  # y row-major: atoms of 64 columns x 64 k ([k][64 columns]), b_leading bytes apart
-            assert right[column // 64 * first.b_leading + _k_major_byte(k, column % 64)] == k * size + column
-    assert first.b_leading == (64 * 128 if not transposed else 16)
-    # slice 0's 4 k16 steps: warpgroup 1 from row 64, 32 bytes on along k; the right tile 32 bytes on along k, or
-    # 16 rows of 128 bytes across it
+    # group 0 takes rows 0-127 and columns 0-127, the slice k 0-63 (x.T's element (row, k) is x's (k, row))
+    for line, k in itertools.product(range(128), range(64)):
+        assert left[_tile_byte(line, k, left_across, first.a_leading)] == (k * size + line if left_across
+                                                                           else line * size + k)
+        assert right[_tile_byte(line, k, right_across, first.b_leading)] == (k * size + line if right_across
+                                                                             else line * size + k)
+    # slice 0's 4 k16 steps: warpgroup 1 from row 64 (64 rows of 128 bytes on, or one atom across k), each step 32
+    # bytes on along k, or 16 rows of 128 bytes across it
     loop = next(s for s in walk(kernel.ir.body) if isinstance(s, Loop) and first in s.body)
     for step, product in enumerate(products):
         values = {"lid": Expr(128), loop.var: Expr(0)}
-        assert substitute(product.a_index, values).const == 64 * 64 + 16 * step
-        assert substitute(product.b_index, values).const == step * 16 * (1 if transposed else 64)
+        assert substitute(product.a_index, values).const == 64 * 64 + step * 16 * (64 if left_across else 1)
+        assert substitute(product.b_index, values).const == step * 16 * (64 if right_across else 1)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_weight_gradients_operands_are_both_copied_by_cp_async_and_its_a_read_transposed(dtype):
+    """x.T @ y (x, y stored [tokens, features]: the left operand runs along its rows, not along k) on Hopper: both
+    operands copied 16 bytes at a time by the producer warpgroup, nothing staged through registers, every wgmma's a
+    MN-major (imm-trans-a 1); x.T @ y.T likewise with b K-major; the mirrored x @ w.T (b along k) was already so,
+    both K-major. TF32 cannot transpose (the PTX ISA allows imm-trans for .f16/.bf16 only): its x.T @ y keeps the
+    left tile along k, copied a float at a time, as its b."""
+    x, y, w, z = operands((1024, 256), (1024, 512), (512, 1024), (512, 1024), dtype=dtype)
+    for out, transposes in ((x.T @ y, "1, 1"), (y.T @ x, "1, 1"), (x.T @ w.T, "1, 0"), (w @ z.T, "0, 0")):
+        kernel = product_kernel(out)
+        assert kernel.local_size == 384 and "bar.arrive" in kernel.source  # a producer warpgroup
+        assert not any(isinstance(s, LocalStore) for s in walk(kernel.ir.body))
+        products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+        copies = [s for s in walk(kernel.ir.body) if isinstance(s, AsyncCopy)]
+        assert {c.array for c in copies} == {products[0].a_array, products[0].b_array}
+        assert {(c.width, c.itemsize) for c in copies} == {(8, 2)}
+        assert all(p.a_mn_major == (transposes[0] == "1") for p in products)
+        kind = {"bfloat16": "bf16", "float16": "f16"}[dtype]
+        assert f"m64n128k16.f32.{kind}.{kind} " in kernel.source and f"p, 1, 1, {transposes};" in kernel.source
+    f, g = operands((1024, 256), (1024, 512), dtype="float32")
+    products = [s for s in walk(product_kernel(f.T @ g, TF32).ir.body) if isinstance(s, WarpgroupMma)]
+    assert all(p.a_registers and not p.a_mn_major and not p.b_mn_major for p in products)
 
 
 def test_a_slice_is_handed_over_landed_and_fenced_and_its_batch_kept_in_flight_one_step(monkeypatch):
@@ -212,6 +245,21 @@ def test_autocast_casts_are_stored_first_so_both_operands_reach_the_producer():
         narrow = zyx.nn.functional.linear(x[:256], w[:256])
     kernels = schedule([narrow.node], HOPPER)[0]
     assert len(kernels) == 1 and "float* restrict in0" in kernels[0].source.replace("const ", "")
+
+
+def test_an_autocast_linears_weight_gradient_reaches_the_producer_with_a_transposed_a():
+    """The backward of a bfloat16-autocast linear layer: its weight gradient (dyᵀ·x, both stored [tokens, features]:
+    the left operand runs along its rows) copies both operands by cp.async, handed over by a producer warpgroup,
+    its a read transposed; nothing is staged through registers (it was, element by element, in 256 items)."""
+    dev, rng = zyx.CPU(), np.random.default_rng(0)
+    x, w = (dev.tensor(rng.standard_normal(shape, dtype=np.float32)).realize() for shape in ((2048, 768), (3072, 768)))
+    with zyx.autocast("bfloat16"):
+        loss = (zyx.nn.functional.linear(x, w).cast("float32") ** 2).mean()
+    weight_gradient, = loss.backward([w])
+    *forward, kernel = [k for k in schedule([weight_gradient.node], HOPPER)[0] if "mma" in k.source]  # (dy's, then)
+    products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+    assert kernel.local_size == 384 and all(p.a_mn_major for p in products)
+    assert not any(isinstance(s, LocalStore) for s in walk(kernel.ir.body))
 
 
 def test_which_float32_products_take_tf32_warpgroups():
@@ -392,11 +440,11 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     patched and assembled by ptxas for sm_90a within the registers of the kernel's group (NVIDIA's compiler takes
     the group size from reqd_work_group_size, which a kernel with a producer warpgroup prints: 384 items, 170
     registers each; 255 in 256 items; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a from
-    registers), 128 accumulators need no spills, and ptxas keeps the wgmmas asynchronous."""
+    registers; a transposed a of x.T @ y), 128 accumulators need no spills, and ptxas keeps the wgmmas asynchronous."""
     n, k, m = shape
-    x, y, w = operands((n, k), (k, m), (m, k))
+    x, y, w, t = operands((n, k), (k, m), (m, k), (k, n))
     f, g, h = operands((n, k), (k, m), (m, k), dtype="float32")
-    kernels = [product_kernel(out) for out in (x @ y, x @ w.T)]
+    kernels = [product_kernel(out) for out in (x @ y, x @ w.T, t.T @ y, t.T @ w.T)]
     # TF32 in 128 x 256 blocks where the shape gives enough, a batch in flight (two slices' a in registers), the
     # left tile rounded by the producer (or, without one, by every item)
     kernels += [product_kernel(out, TF32) for out in (f @ g, f @ h.T, g.T @ h.T)]
@@ -482,14 +530,26 @@ static float zyx_emu_element(__local const uchar* tile, uint offset, int kind) {
   if (kind == 2) return as_float(*(__local const uint*)(tile + at) & 0xffffe000u);  /* TF32: its top 19 bits */
   return kind ? vload_half(0, (__local const half*)(tile + at)) : as_float((uint)bits << 16);
 }
-static float zyx_emu_dot(__local const uchar* a, uint a0, int row, __local const uchar* b, uint b0, int column,
-                         int mn_major, uint leading, int kind) {
+/* Byte offset of element (line, k) of an operand tile from its descriptor's start (line: a's row, b's column).
+   K-major (imm-trans 0): 128-byte rows of k. MN-major (imm-trans 1: "M-major for matrix A", "N-major for matrix B",
+   PTX ISA 9.7.15.5.1.2 "Shared Memory Matrix Layout", docs.nvidia.com/cuda/parallel-thread-execution, read at
+   ptx.poole.ai/docs/09-instruction-set/15-wgmma/mma-async/shared-memory-layout): 128-byte swizzle atoms of 8 x 8
+   16-byte elements, 64 16-bit lines by 8 k, one 128-byte row per k; the leading byte offset from one atom to the
+   next along M/N, the stride byte offset (1024 here) from one 8 k to the next (the ISA's MN-major leading offset,
+   "swizzled layouts: stride from the first (swizzle-byte-size/16) rows to the next", stated in tcgen05's 9.7.16.3.1.1
+   for the same swizzle atoms, and CUTLASS's make_gmma_desc<Major::MN> B128 canonical layout ((8,m),(8,k)):
+   ((1,LBO),(8,SBO)) in 16-byte units, for a as for b, agree). A transposed a lies as a transposed b, which the H200
+   measured (wgmma.py); m64 reads one atom along M. */
+static uint zyx_emu_offset(uint start, int line, int k, int mn_major, uint leading) {
+  return mn_major ? start + (line / 64) * leading + (k / 8) * 1024 + (k % 8) * 128 + (line % 64) * 2
+                  : start + line * 128 + k * 2;
+}
+static float zyx_emu_dot(__local const uchar* a, uint a0, int row, int a_mn_major, uint a_leading,
+                         __local const uchar* b, uint b0, int column, int b_mn_major, uint b_leading, int kind) {
   float sum = 0.0f;
-  for (int k = 0; k < 16; k++) {
-    uint at_b = mn_major ? b0 + (column / 64) * leading + (k / 8) * 1024 + (k % 8) * 128 + (column % 64) * 2
-                         : b0 + column * 128 + k * 2;
-    sum += zyx_emu_element(a, a0 + row * 128 + k * 2, kind) * zyx_emu_element(b, at_b, kind);
-  }
+  for (int k = 0; k < 16; k++)
+    sum += zyx_emu_element(a, zyx_emu_offset(a0, row, k, a_mn_major, a_leading), kind)
+           * zyx_emu_element(b, zyx_emu_offset(b0, column, k, b_mn_major, b_leading), kind);
   return sum;
 }
 static float zyx_emu_tf32_dot(__local const float* a, int row, __local const uchar* b, uint b0, int column) {
@@ -514,8 +574,8 @@ def _emulated_mma(s: WarpgroupMma) -> str:
     for register, acc in enumerate(s.acc):
         row, column = wgmma.accumulator_position(Expr.var("t", 128), register)
         lines.append(f"  {acc.name} += zyx_emu_dot((__local const uchar*){s.a_array}, a0, {row.render()}, "
-                     f"(__local const uchar*){s.b_array}, b0, {column.render()}, {int(s.b_mn_major)}, {s.b_leading}u, "
-                     f"{KINDS[s.kind]});")
+                     f"{int(s.a_mn_major)}, {s.a_leading}u, (__local const uchar*){s.b_array}, b0, {column.render()}, "
+                     f"{int(s.b_mn_major)}, {s.b_leading}u, {KINDS[s.kind]});")
     return "\n".join(lines) + " }"
 
 
@@ -591,31 +651,39 @@ def _tuned(out, choice: Choice, traits=HOPPER):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, n, k, m, form, columns", [("bfloat16", 256, 192, 512, "x @ y", 32),
                                                             ("float16", 200, 136, 264, "x @ y.T", 64),
-                                                            ("bfloat16", 136, 200, 264, "x.T @ y", 32)])
+                                                            ("bfloat16", 136, 200, 264, "x.T @ y", 32),
+                                                            ("float16", 200, 136, 264, "x.T @ y", 64),
+                                                            ("bfloat16", 136, 200, 264, "x.T @ y.T", 64),
+                                                            ("bfloat16", 129, 100, 136, "x.T @ y", 32)])
 def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch, dtype, n, k, m, form, columns):
     """The printed kernel, its cp.async copies as plain copies and each wgmma as C reading local memory the way the
-    descriptors say (wgmma.py, as measured on the H200), run on PoCL: the pipeline, the layouts, the accumulator
-    map, the block order and the epilogue together, against numpy: 128 x 128 blocks with the right operand across
-    k (MN-major), 128 x 256 blocks (a tuned choice) with both along k and edges in every direction, and a weight
-    gradient's form (x.T @ y: the left operand across k, staged element by element, neighbouring items reading
-    neighbouring rows, into rows along k). Every item
-    copies and multiplies (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
+    descriptors and transpose immediates say (wgmma.py, as measured on the H200; a transposed a as the PTX ISA
+    defines it: EMULATED_DOT), run on PoCL: the pipeline, the layouts, the accumulator map, the block order and the
+    epilogue together, against numpy: 128 x 128 blocks with the right operand across k (MN-major), 128 x 256 blocks
+    (a tuned choice) with both along k and edges in every direction, and a weight gradient's forms (x.T @ y, x.T @
+    y.T: the left operand across k copied 16 bytes at a time into atoms of 64 rows, wgmma's a MN-major, with edges
+    in every direction; with 129 rows, which no copy of 4 bytes or more divides, staged element by element,
+    neighbouring items reading neighbouring rows, into rows along k). Every item copies and multiplies
+    (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
     (test_warp_roles.py runs it against a model). PoCL builds it without optimizations: optimizing 128 accumulators'
     emulation takes it two minutes, running the unoptimized kernel a second."""
     import ml_dtypes
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     monkeypatch.setenv("ZYX_WGMMA_PAIRED_STORES", "1")  # (vstore2 of bfloat16 and vstore_half2 printed)
-    x, y = operands((k, n) if form == "x.T @ y" else (n, k), (m, k) if form == "x @ y.T" else (k, m), dtype=dtype)
-    out = {"x @ y": lambda: x @ y, "x @ y.T": lambda: x @ y.T, "x.T @ y": lambda: x.T @ y}[form]()
+    left_across, right_along = form.startswith("x.T"), form.endswith("y.T")
+    x, y = operands((k, n) if left_across else (n, k), (m, k) if right_along else (k, m), dtype=dtype)
+    out = (x.T if left_across else x) @ (y.T if right_along else y)
     kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1,
                                    split=1))
-    assert [s.n for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)][0] == 4 * columns
+    products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+    assert products[0].n == 4 * columns
+    assert all(s.a_mn_major == (left_across and n % 2 == 0) and s.b_mn_major == (not right_along) for s in products)
     name, source = _emulated_source(kernel, monkeypatch)
     kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
     a, b = x.numpy().astype(kind), y.numpy().astype(kind)
     got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], (n, m), np.uint16)
     left, right = a.astype(np.float64), b.astype(np.float64)
-    expected = (left.T if form == "x.T @ y" else left) @ (right.T if form == "x @ y.T" else right)
+    expected = (left.T if left_across else left) @ (right.T if right_along else right)
     eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
     np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
 

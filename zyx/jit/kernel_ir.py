@@ -356,10 +356,11 @@ class WarpgroupMma:
     "f16"; m64n`n`k8 of "tf32"), issued asynchronously: WarpgroupFence before a batch, WarpgroupCommit closing it,
     WarpgroupWait for it. a (64 rows x k) and b (`n` columns x k) are read from local memory through matrix
     descriptors (wgmma.py): from element `a_index` of `a_array` and `b_index` of `b_array`, laid out in 128-byte
-    swizzled rows along k, or for b with `b_mn_major` along its columns in atoms `b_leading` bytes apart (16-bit
-    operands only). With `a_registers` (4 float32 Regs holding TF32 values, wgmma.fragment_position) a is read from
-    them instead (`a_array` unused), and they must keep their values until the batch is waited for. The 128 items
-    of the warpgroup hold n / 2 float32 accumulators each (wgmma.accumulator_position)."""
+    swizzled rows along k, or with `a_mn_major` / `b_mn_major` along its rows / columns in atoms `a_leading` /
+    `b_leading` bytes apart (wgmma's imm-trans-a / imm-trans-b: 16-bit operands only). With `a_registers` (4 float32
+    Regs holding TF32 values, wgmma.fragment_position) a is read from them instead (`a_array` unused), and they must
+    keep their values until the batch is waited for. The 128 items of the warpgroup hold n / 2 float32
+    accumulators each (wgmma.accumulator_position)."""
 
     acc: tuple       # n / 2 float32 Regs
     a_array: str
@@ -371,6 +372,8 @@ class WarpgroupMma:
     b_mn_major: bool = False
     b_leading: int = 16
     a_registers: tuple = ()
+    a_mn_major: bool = False
+    a_leading: int = 16
 
 
 @dataclass(frozen=True)

@@ -344,18 +344,19 @@ def _descriptor(array: str, index: Expr, layout: int) -> str:
 def _warpgroup_mma(s: WarpgroupMma) -> str:
     """wgmma.mma_async accumulating in place (scale-d 1), its PTX behind ptx_patch.HIDDEN (sm_90a only); the
     descriptors start unswizzled: the hardware swizzles the addresses it reads. TF32 takes no transpose
-    immediates (both operands K-major), and its a from registers where it has them."""
+    immediates (both operands K-major), and its a from registers where it has them; 16-bit ones take imm-trans-a and
+    imm-trans-b, 1 where that operand's tile lies MN-major (across k)."""
     count = len(s.acc)
     if s.a_registers:
         a_operand = "{" + ",".join(f"%{count + i}" for i in range(len(s.a_registers))) + "}"
         a_inputs = [f'"r"(as_uint({operand(r)}))' for r in s.a_registers]
     else:
-        a_descriptor = _descriptor(s.a_array, s.a_index, descriptor(0, 16, SWIZZLE_PERIOD))
+        a_descriptor = _descriptor(s.a_array, s.a_index, descriptor(0, s.a_leading, SWIZZLE_PERIOD))
         a_operand, a_inputs = f"%{count}", [f'"l"({a_descriptor})']
     b, p = count + len(a_inputs), count + len(a_inputs) + 1
     b_descriptor = _descriptor(s.b_array, s.b_index, descriptor(0, s.b_leading, SWIZZLE_PERIOD))
     registers = ",".join(f"%{i}" for i in range(count))
-    transposes = "" if s.kind == "tf32" else f", 0, {int(s.b_mn_major)}"
+    transposes = "" if s.kind == "tf32" else f", {int(s.a_mn_major)}, {int(s.b_mn_major)}"
     text = (f"{{\\n{HIDDEN}.reg .pred p;\\n{HIDDEN}setp.ne.b32 p, %{p}, 0;\\n{HIDDEN}wgmma.mma_async.sync.aligned."
             f"m64n{s.n}k{K_STEPS[s.kind]}.f32.{s.kind}.{s.kind} {{{registers}}}, {a_operand}, %{b}, p, 1, 1"
             f"{transposes};\\n}}\\n")

@@ -26,7 +26,10 @@ the float32 accumulators.
 On compute capability 9.x (Hopper) products pipelined by cp.async multiply by warpgroups instead (wgmma, sm_90a:
 jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
 cp.async, a third warpgroup only copies the slices and hands them over by named barriers while the other two only
-multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item). TF32 operands
+multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item). A 16-bit left
+operand lying across k (a weight gradient's `x.T @ dy`, x stored [tokens, features]) is copied there 16 bytes at a
+time along its rows into the MN-major atoms a right operand across k takes, and read by wgmma transposed
+(imm-trans-a: `_left_orientations`); on warps (ldmatrix) it is staged element by element. TF32 operands
 are float32 copied as they are (16, 8 or 4 bytes at a time) into the same 128-byte swizzled rows (32 floats), but
 wgmma takes TF32 only K-major from local memory, so a right operand lying across k (`x @ w`, w row-major) cannot be
 its b: the product is computed transposed (`_register_products`), each warpgroup reading 64 columns of the right
@@ -152,12 +155,22 @@ class TensorCorePlan(TilePlan):
 
 
     def across_index(self, k: Expr, column: Expr) -> Expr:
-        """Where element (k, column) of a right tile lying across k ([k][column]) is: rows of k, or in a warpgroup
-        plan atoms of a row's columns (64, or 32 of TF32), each [k][row] (wgmma's MN-major layout)."""
+        """Where element (k, column) of a tile lying across k ([k][column]) is: a right tile's rows of k, or in a
+        warpgroup plan atoms of a row's columns (64, or 32 of TF32), each [k][row] (wgmma's MN-major layout), the
+        left tile's too (its rows as columns: `x.T @ y`, 16-bit operands)."""
         if self.warpgroup:
             row = self.row
             return (column // row) * (self.bk * row) + k * row + column % row
         return k * self.layout(self.block_m).stride + column
+
+    def tile_index(self, row: Expr, k: Expr, across: bool) -> Expr:
+        """Where element (row, k) of a staged tile is: in rows along k, or (`across`) `across_index`."""
+        return self.across_index(k, row) if across else row * self.layout(self.bk).stride + k
+
+    def leading_bytes(self, across: bool) -> int:
+        """A warpgroup tile's descriptor's leading byte offset: across k (MN-major) from one atom of 64 rows or
+        columns to the next (a whole slice of k between them); along k unused by the 128-byte swizzle (16)."""
+        return self.bk * wgmma.ROW_BYTES if across else 16
 
 
 @dataclass(frozen=True)
@@ -432,52 +445,70 @@ class TensorCoreLowering(LocalTileLowering):
         accumulators = [Reg(self.names.fresh("acc"), float32) for _ in self.elements]
         step = self.names.fresh("k")
         self._open_loop(step, steps)
-        stores, across = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
-        multiply = (self._register_products if plan.right_in_registers else self._warpgroup_products if plan.warpgroup
-                    else self._multiply_fragments)
-        body = self._close_loop() + stores + [Barrier()] + multiply(tiles, accumulators, across) + [Barrier()]
-        right = plan.layout(plan.block_m if across else plan.bk)
+        stores, (left_across, across) = self._stage(node, Expr.var(step, steps) * plan.bk, tiles)
+        if plan.warpgroup and not plan.right_in_registers:
+            products = self._warpgroup_products(tiles, accumulators, (left_across, across))
+        else:  # (the left tile lies along k)
+            multiply = self._register_products if plan.right_in_registers else self._multiply_fragments
+            products = multiply(tiles, accumulators, across)
+        body = self._close_loop() + stores + [Barrier()] + products + [Barrier()]
         lines = self._scopes[0]
         alignment = wgmma.SWIZZLE_PERIOD if plan.warpgroup else 16
-        lines += [LocalArray(tiles[0], plan.stored, BLOCK * plan.layout(plan.bk).stride, aligned=True,
-                             alignment=alignment),
-                  LocalArray(tiles[1], plan.stored, (plan.bk if across else plan.block_m) * right.stride, aligned=True,
-                             alignment=alignment)]
+        lines += [LocalArray(tile, plan.stored, self._tile_elements(rows, tile_across), aligned=True,
+                             alignment=alignment)
+                  for tile, rows, tile_across in ((tiles[0], BLOCK, left_across), (tiles[1], plan.block_m, across))]
         lines += [Define(acc, Const(0.0, float32)) for acc in accumulators]
         lines.append(Loop(step, steps, tuple(body)))  # (pipelined or double-buffered: lower_tensor_cores)
         return [_Value(acc, 0) for acc in accumulators]
 
-    def _stage(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> tuple[list, bool]:
+    def _stage(self, node: Node, k_base: Expr, tiles: tuple[str, str]) -> tuple[list, tuple[bool, bool]]:
         """Lower this item's share of both operands' slice at `k_base`; return the stores into the tiles, and whether
-        the right tile lies across ([k][column], read by transposing ldmatrix) instead of along k ([column][k]).
+        the left and the right tile lie across k ([k][row], [k][column]: MN-major in a warpgroup plan, the right one
+        read by transposing ldmatrix in a warp plan) instead of along it ([row][k], [column][k]).
 
         A half-precision operand read straight from a buffer where 8 elements lie one after another along k (the
         left operand, and a transposed right one: `x @ w.T`) is copied 16 bytes at a time into rows along k; a
         right operand whose 8 consecutive elements lie along its columns (row-major) 16 bytes at a time into rows
         along its columns (past the end of k, zeros; past the ends of rows and columns, the last ones), where the
-        8 never straddle an end; any other operand (fused prologues, views, such edges, TF32) element by element
-        into rows along k, neighbouring items reading neighbouring k of the left operand and neighbouring columns of
-        the right, as row-major operands lie. A pipelined plan copying neither operand raises NotCopied before
-        staging anything element by element (the slowest part of lowering a product with a fused prologue)."""
+        8 never straddle an end, and in a warpgroup plan a left operand whose 8 lie along its rows (`x.T @ y`,
+        wgmma's a transposed: `_left_orientations`) likewise; any other operand (fused prologues, views, such edges,
+        TF32 on warps) element by element into rows along k, neighbouring items reading neighbouring k of the left
+        operand and neighbouring columns of the right, as row-major operands lie. A pipelined plan copying neither
+        operand raises NotCopied before staging anything element by element (the slowest part of lowering a product
+        with a fused prologue)."""
         plan = self.plan
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
         k_axis = node.arg[0]
         corner = unravel(linear(self.corner, self.space), node.shape)
         left, right = node.src[0].src[0], node.src[0].src[1]
         place = (corner, k_base, k_axis)
-        copied = self._copied(left, n_axis, BLOCK, tiles[0], place, (True,))
+        copied = self._copied(left, n_axis, BLOCK, tiles[0], place, self._left_orientations)
         right_copied = (self._copied(right, m_axis, plan.block_m, tiles[1], place, (True, False)) if plan.pipelined
                         else None)
         if plan.pipelined and copied is None and right_copied is None:
             raise NotCopied(node)  # (before either operand is staged element by element, for nothing)
         stores = copied[0] if copied else self._elements(left, n_axis, BLOCK, tiles[0], place,
                                                          k_fastest=self._runs_along_k(left, n_axis, k_axis, True))
+        left_across = copied is not None and not copied[1]
         if not plan.pipelined:  # (after the left operand's: copies through registers emit their loads)
             right_copied = self._copied(right, m_axis, plan.block_m, tiles[1], place, (True, False))
         if right_copied is not None:
-            return stores + right_copied[0], not right_copied[1]
+            return stores + right_copied[0], (left_across, not right_copied[1])
         return stores + self._elements(right, m_axis, plan.block_m, tiles[1], place,
-                                       k_fastest=self._runs_along_k(right, m_axis, k_axis, False)), False
+                                       k_fastest=self._runs_along_k(right, m_axis, k_axis, False)), (left_across, False)
+
+    @property
+    def _left_orientations(self) -> tuple[bool, ...]:
+        """How the left operand may be copied (along k or not, `_copied`): also across k where wgmma reads it
+        through a descriptor transposed (imm-trans-a: 16-bit operands only; a TF32 product's left tile is its b,
+        K-major), else along k only (ldmatrix reads the warps' left fragments from rows along k)."""
+        transposable = self.plan.warpgroup and not self.plan.right_in_registers
+        return (True, False) if transposable else (True,)
+
+    def _tile_elements(self, rows: int, across: bool) -> int:
+        """Elements of one stage of a tile of `rows` rows: a slice of k per row along k, `rows` per k across it."""
+        plan = self.plan
+        return plan.bk * plan.layout(rows).stride if across else rows * plan.layout(plan.bk).stride
 
     def _runs_along_k(self, operand: Node, axis: int, k_axis: int, left: bool) -> bool:
         """Whether neighbouring items staging `operand` element by element take neighbouring k (else rows along
@@ -531,7 +562,7 @@ class TensorCoreLowering(LocalTileLowering):
             load = self._consecutive(operand, corner, offsets, along, width)
             if load is None or (plan.pipelined and not aligned(load.index, width)):
                 return None
-            index = row * layout.stride + k if along_k else plan.across_index(k, row)
+            index = plan.tile_index(row, k, not along_k)
             if plan.pipelined:
                 stores.append(AsyncCopy(tile, index, load.buffer, load.index, guard, layout.swizzle, width,
                                         plan.stored.itemsize))
@@ -618,16 +649,17 @@ class TensorCoreLowering(LocalTileLowering):
         scope[position] = dataclasses.replace(scope[position], out=bits, mode="bits")
         return bits
 
-    def _warpgroup_products(self, tiles: tuple[str, str], accumulators: list[Reg], across: bool) -> list:
-        """Per k16 step of the slice one wgmma of the warpgroup's 64 rows by the block's columns, the batch
-        waited for before the slice's closing barrier (its buffer is refilled after it)."""
-        plan = self.plan
-        rows = (self.lid // wgmma.WARPGROUP) * (wgmma.ROWS * plan.row)
-        leading = plan.bk * wgmma.ROW_BYTES if across else 16
-        products = [WarpgroupMma(tuple(accumulators), tiles[0], rows + step * plan.k_step, tiles[1],
-                                 Expr(step * plan.k_step * (plan.row if across else 1)), plan.block_m, plan.kind,
-                                 across, leading)
-                    for step in range(plan.bk // plan.k_step)]
+    def _warpgroup_products(self, tiles: tuple[str, str], accumulators: list[Reg],
+                            across: tuple[bool, bool]) -> list:
+        """Per k16 step of the slice one wgmma of the warpgroup's 64 rows by the block's columns (each tile read
+        along k or, `across`, MN-major), the batch waited for before the slice's closing barrier (its buffer is
+        refilled after it)."""
+        plan, (left, right) = self.plan, across
+        rows = (self.lid // wgmma.WARPGROUP) * wgmma.ROWS
+        products = [WarpgroupMma(tuple(accumulators), tiles[0], plan.tile_index(rows, Expr(k), left), tiles[1],
+                                 plan.tile_index(Expr(0), Expr(k), right), plan.block_m, plan.kind, right,
+                                 plan.leading_bytes(right), a_mn_major=left, a_leading=plan.leading_bytes(left))
+                    for k in range(0, plan.bk, plan.k_step)]
         return [WarpgroupFence(), *products, WarpgroupCommit(), WarpgroupWait(0)]
 
     def _register_columns(self) -> list[Expr]:
@@ -662,7 +694,7 @@ class TensorCoreLowering(LocalTileLowering):
         K-major through its descriptor), into 64 accumulators; the batch waited for before the slice's closing
         barrier (`across`: the right tile lies as [k][column] in atoms, else as [column][k])."""
         plan = self.plan
-        right = plan.layout(plan.block_m if across else plan.bk)
+        swizzle = plan.layout(plan.bk).swizzle  # (a warpgroup plan's tiles: 128-byte rows either way)
         item = self.lid % wgmma.WARPGROUP
         pieces, vector = len(self._register_columns()), self._vector_registers and across
         loads, products = [], []
@@ -673,14 +705,14 @@ class TensorCoreLowering(LocalTileLowering):
                     continue
                 row, k = wgmma.fragment_position(item, register)
                 column, k = self._register_column(piece, row), k + step * plan.k_step
-                index = plan.across_index(k, column) if across else column * right.stride + k
+                index = plan.tile_index(column, k, across)
                 if vector:  # (registers 0 and 1, 2 and 3: rows r and r + 8 at one k)
                     read = Reg(self.names.fresh("fr"), float32, 2 * pieces)
                     values.update({(p, register + h): Lane(read, f"s{2 * p + h}") for p in range(pieces)
                                    for h in range(2)})
                 else:
                     read = values[piece, register] = Reg(self.names.fresh("fr"), float32)
-                loads.append(LocalLoad(read, tiles[1], index, right.swizzle))
+                loads.append(LocalLoad(read, tiles[1], index, swizzle))
             for piece in range(pieces):
                 registers = tuple(Reg(self.names.fresh("tf"), float32) for _ in range(4))
                 loads += [Alu(rounded, ROUND_TF32, (values[piece, register],))

@@ -5,8 +5,11 @@ Operand tiles lie in rows of ROW_BYTES (64 elements of 16 bits, 32 of TF32), row
 c ^ (r % 8) (CUTLASS's 128-byte swizzle; print_opencl.swizzled with rows of 64 elements), tiles starting at a
 multiple of 1024 bytes (the hardware swizzles absolute addresses). K-major (a tile of rows along k, 64 of k per row): one k16
 step starts 32 bytes into the rows, 8-row groups lie SWIZZLE_PERIOD bytes apart. MN-major (b stored along its
-columns, `x @ w` with w row-major): atoms of 8 rows of k x 64 columns, a k16 step two such atoms on, atoms of
-successive 64 columns `leading` bytes apart (the descriptor's leading byte offset).
+columns, `x @ w` with w row-major; a along its rows, `x.T @ y`, read with imm-trans-a 1 where b is read with
+imm-trans-b 1): atoms of 8 rows of k x 64 columns, a k16 step two such atoms on (the stride byte offset), atoms of
+successive 64 columns `leading` bytes apart (the descriptor's leading byte offset; a's 64 rows are one atom). The
+PTX ISA (9.7.15.5.1.2, Shared Memory Matrix Layout) takes the transpose for 16-bit operands read through
+descriptors only, and describes a transposed a exactly as a transposed b (M-major as N-major); the H200 measured b's.
 
 TF32 (m64nNk8) reads both operands K-major from local memory, or a from registers (`fragment_position`); a k8
 step is 32 bytes too.
