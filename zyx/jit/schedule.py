@@ -116,7 +116,8 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     it); what the kernel reads from others becomes a node to store, what it stores is produced."""
     roots = [root, *(sibling.product for sibling in _gradient_siblings(root, materialized, produced, traits)[1])]
     facts = Facts(materialized, produced, stored_apart, early)
-    found = memo.find(roots, facts, allow_extra_outputs) if memo is not None and id(root) not in planned else None
+    choice = _planned_choice(root, planned)
+    found = memo.find(roots, facts, allow_extra_outputs, choice) if memo is not None else None
     if found is not None:
         kernel, apart = found
         for node in apart:
@@ -127,13 +128,20 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
         made = len(planned)
         kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
                                     planned, users, early)
-        if memo is not None and not conflicted and len(planned) == made and id(root) not in planned:
+        if memo is not None and not conflicted and len(planned) == made:
             apart = [materialized[key] for key in materialized if key not in before.materialized]
-            memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart])
+            memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart],
+                          choice)
     for node in kernel.needs:
         materialized.setdefault(id(node), node)
     produced.update(id(node) for node in kernel.outputs)
     return kernel
+
+
+def _planned_choice(root: Node, planned: dict[int, tuple[Node, Choice]]) -> Optional[Choice]:
+    """The choice shaping the kernel of `root` where the scheduler made it for another kernel's (`_build_shaped`)."""
+    made = planned.get(id(root))
+    return made[1] if made is not None and made[0] is root else None
 
 
 def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
@@ -340,9 +348,9 @@ def _build_shaped(site: _Site, traits: DeviceTraits, tuned: TunedChoices,
     holds a choice for that kernel (by its fingerprint) that fits it, shape it again with that choice. A node the
     scheduler made for another kernel's choice (a split product's partials) is shaped with the choice `planned`
     holds for it, and not searched on its own."""
-    made = planned.get(id(site.root))
-    if made is not None and made[0] is site.root:
-        shaped = _shape(site, traits, made[1])
+    made = _planned_choice(site.root, planned)
+    if made is not None:
+        shaped = _shape(site, traits, made)
         return rendered(shaped.lowered, shaped.kernel, traits)
     shaped = _shape(site, traits, None)
     heuristic, options = shaped.choice, shaped.options
