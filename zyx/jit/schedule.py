@@ -13,6 +13,7 @@ module decides what is stored: lowering reports what it needs and stores.
 from __future__ import annotations
 
 import heapq
+from itertools import islice
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
@@ -696,8 +697,12 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     planned: dict[int, tuple[Node, Choice]] = {}  # nodes the scheduler made, by id: the choice shaping their kernel
     early: set[int] = set()  # reductions others read that the program's inputs alone give (_reads_inputs_only)
 
+    scanned = 0  # entries of `materialized` (which only grows) enqueue_pending has seen: once is enough
+
     def enqueue_pending() -> None:
-        for key, node in materialized.items():
+        nonlocal scanned
+        fresh, scanned = islice(materialized.items(), scanned, None), len(materialized)
+        for key, node in fresh:
             if key not in produced and key not in queued:
                 queued.add(key)
                 if node.op in REDUCE_OPS and _reads_inputs_only(node, materialized, early):
