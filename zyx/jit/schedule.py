@@ -13,8 +13,8 @@ module decides what is stored: lowering reports what it needs and stores.
 from __future__ import annotations
 
 import heapq
-from itertools import islice
 import math
+from itertools import islice
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
@@ -696,7 +696,6 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     queued: set[int] = set()
     planned: dict[int, tuple[Node, Choice]] = {}  # nodes the scheduler made, by id: the choice shaping their kernel
     early: set[int] = set()  # reductions others read that the program's inputs alone give (_reads_inputs_only)
-
     scanned = 0  # entries of `materialized` (which only grows) enqueue_pending has seen: once is enough
 
     def enqueue_pending() -> None:
