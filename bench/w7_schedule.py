@@ -2,12 +2,14 @@
 print, build the program, store it) for W7 as the H200 would schedule it, on any machine, without compiling or
 running a kernel; and digests of what it made, to show a change to the scheduler keeps every kernel identical.
 
-    python bench/w7_schedule.py [--traits h200|cpu] [--layers 12] [--repeat 1] [--profile OUT.prof]
+    python bench/w7_schedule.py [--traits h200|cpu] [--layers 12] [--autocast bfloat16|float16] [--repeat 1]
+                                [--profile OUT.prof]
 
-Each repetition runs in this process with a fresh ZYX_CACHE_DIR-free store (programs are not loaded from disk:
-the device forgets them and the store is cleared), timing the step call up to the program's return from
-`program_for` (its kernels are then neither compiled nor run). Prints one JSON line per repetition: seconds,
-kernels, the sha256 of the persisted program (`program_to_json`) and of its kernel sources in launch order.
+Each repetition schedules afresh (the device forgets its programs and the program store in ZYX_CACHE_DIR is
+cleared), timing the step call up to the program's return from `program_for` (its kernels are then neither
+compiled nor run). The memory check allows the H200's 140 GiB, whatever this host's OpenCL has. Prints one JSON
+line per repetition: seconds, kernels, the sha256 of the persisted program (`program_to_json`) and of its kernel
+sources in launch order.
 """
 from __future__ import annotations
 
@@ -44,12 +46,14 @@ def h200_traits() -> Any:
 
 
 def digests(program: Any) -> dict[str, Any]:
+    """Counts, source bytes (those the compiler gets: each source once) and digests of `program`."""
     from zyx.jit.program_json import program_to_json
     sources = hashlib.sha256()
     for launch in program.launches:
         sources.update(launch.source.encode() + b"\0")
     return {"kernels": program.kernel_count, "launches": len(program.launches),
             "source_bytes": sum(len(launch.source) for launch in program.launches),
+            "compiled_bytes": sum(map(len, {launch.source for launch in program.launches if launch.is_kernel})),
             "sources_sha256": sources.hexdigest()[:16],
             "program_sha256": hashlib.sha256(program_to_json(program).encode()).hexdigest()[:16]}
 
@@ -59,6 +63,7 @@ def main() -> None:
     p.add_argument("--traits", choices=("h200", "cpu"), default="h200")
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--autocast", choices=("bfloat16", "float16"), default=None)
     p.add_argument("--profile", default="")
     args = p.parse_args()
     import dataclasses
@@ -80,7 +85,7 @@ def main() -> None:
     for _ in range(args.repeat):
         dev.forget_programs()
         default_program_store().clear()
-        step = zyx_step(dev, cfg, params, data)
+        step = zyx_step(dev, cfg, params, data, args.autocast)
         profile = cProfile.Profile() if args.profile else None
         start = time.perf_counter()
         try:
@@ -92,8 +97,8 @@ def main() -> None:
             if profile:
                 profile.disable()
                 profile.dump_stats(args.profile)
-            print(json.dumps({"traits": args.traits, "layers": args.layers, "seconds": round(seconds, 3),
-                              **digests(done.program)}), flush=True)
+            print(json.dumps({"traits": args.traits, "layers": args.layers, "autocast": args.autocast,
+                              "seconds": round(seconds, 3), **digests(done.program)}), flush=True)
 
 
 if __name__ == "__main__":
