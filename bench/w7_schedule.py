@@ -8,7 +8,7 @@ running a kernel; and digests of what it made, to show a change to the scheduler
 Each repetition schedules afresh (the device forgets its programs and the program store in ZYX_CACHE_DIR is
 cleared), timing the step call up to the program's return from `program_for` (its kernels are then neither
 compiled nor run). The memory check allows the H200's 140 GiB, whatever this host's OpenCL has. Prints one JSON
-line per repetition: seconds, kernels, the sha256 of the persisted program (`program_to_json`) and of its kernel
+line per repetition: seconds (wall, and the process's CPU: steadier on a shared host), kernels, the sha256 of the persisted program (`program_to_json`) and of its kernel
 sources in launch order.
 """
 from __future__ import annotations
@@ -87,18 +87,18 @@ def main() -> None:
         default_program_store().clear()
         step = zyx_step(dev, cfg, params, data, args.autocast)
         profile = cProfile.Profile() if args.profile else None
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             if profile:
                 profile.enable()
             step()
         except Scheduled as done:
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
             if profile:
                 profile.disable()
                 profile.dump_stats(args.profile)
             print(json.dumps({"traits": args.traits, "layers": args.layers, "autocast": args.autocast,
-                              "seconds": round(seconds, 3), **digests(done.program)}), flush=True)
+                              "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), **digests(done.program)}), flush=True)
 
 
 if __name__ == "__main__":
