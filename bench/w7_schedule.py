@@ -8,8 +8,8 @@ running a kernel; and digests of what it made, to show a change to the scheduler
 Each repetition schedules afresh (the device forgets its programs and the program store in ZYX_CACHE_DIR is
 cleared), timing the step call up to the program's return from `program_for` (its kernels are then neither
 compiled nor run). The memory check allows the H200's 140 GiB, whatever this host's OpenCL has. Prints one JSON
-line per repetition: seconds (wall, and the process's CPU: steadier on a shared host), kernels, the sha256 of the persisted program (`program_to_json`) and of its kernel
-sources in launch order.
+line per repetition: seconds (wall, and the process's CPU: steadier on a shared host), kernels, the sha256 of the
+persisted program (`program_to_json`) and of its kernel sources in launch order.
 """
 from __future__ import annotations
 
