@@ -98,7 +98,8 @@ def main() -> None:
                 profile.disable()
                 profile.dump_stats(args.profile)
             print(json.dumps({"traits": args.traits, "layers": args.layers, "autocast": args.autocast,
-                              "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), **digests(done.program)}), flush=True)
+                              "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+                              **digests(done.program)}), flush=True)
 
 
 if __name__ == "__main__":
