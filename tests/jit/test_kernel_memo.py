@@ -120,3 +120,29 @@ def test_a_gpt_step_keeping_extra_outputs_computes_the_reference_gradients(shape
     zyx.realize(*step)
     for got, expected in zip(step, small_gpt(zyx.CPU(), layers=LAYERS)):
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_the_partials_of_split_products_come_from_the_memo(monkeypatch):
+    """A split product's partials (a node the scheduler made, shaped with the choice planned for it) are memoized
+    as any region is, by that choice too: residual layers alike build them once, and the schedule is the fresh
+    one (W7 built its 48 weight gradients' partials 96 times)."""
+    from zyx.jit import schedule as scheduling
+    traits = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024, local_memory=48 * 1024, compute_units=132)
+    rng, F, dev = np.random.default_rng(0), zyx.nn.functional, zyx.CPU()
+    weights = [dev.tensor(rng.standard_normal((256, 256)).astype(np.float32) * 0.1) for _ in range(6)]
+    h = dev.tensor(rng.standard_normal((4096, 256)).astype(np.float32))  # (4 blocks of outputs: split along k)
+    for w in weights:
+        h = h + F.linear(F.gelu(h), w)
+    targets = [g.node for g in (h * h).sum().backward(weights)]
+    fresh, _ = _described(targets, traits, memoize=False)
+    partials = sum(1 for kernel in schedule(targets, traits, memoize=False)[0] if kernel.summed_apart)
+    partials_built = []
+    build = scheduling._build_shaped
+
+    def noted(site, traits, tuned, planned):
+        partials_built.append(scheduling._planned_choice(site.root, planned) is not None)
+        return build(site, traits, tuned, planned)
+    monkeypatch.setattr(scheduling, "_build_shaped", noted)
+    memoized, _ = _described(targets, traits, memoize=True)
+    assert memoized == fresh
+    assert partials == len(weights) and 0 < sum(partials_built) < partials

@@ -5,9 +5,10 @@ Python on a 2-core CPU. What a kernel becomes depends on its region: the nodes t
 (the node to store, and the attention-gradient products that may share its kernel) down to what it reads from
 memory, and what the scheduler decided of each before the build (to store it, stored by an earlier kernel, stored
 apart, an early reduction: `Facts`). The traits, the tuned choices and whether extra outputs are allowed are fixed
-per memo (one per schedule call) or part of its key. A region met again, node for node (each node's own key,
-`Node.key`, its sources, the decisions), gets the first region's kernel with its nodes re-bound by position, and
-the build's decisions again (the values it stored apart).
+per memo (one per schedule call) or part of its key, as is the choice shaping the kernel of a node the scheduler
+made (a split product's partials, W7's four weight gradients a layer: 96 builds of 3 s otherwise). A region met
+again, node for node (each node's own key, `Node.key`, its sources, the decisions), gets the first region's kernel
+with its nodes re-bound by position, and the build's decisions again (the values it stored apart).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable, Optional, Sequence
 from .. import counters
 from ..trace.node import Node
 from ..trace.ops import Op
+from .choices import Choice
 from .kernel_ir import RenderedKernel
 from .kernel_nodes import contained_nodes
 
@@ -54,11 +56,11 @@ class KernelMemo:
     def __init__(self) -> None:
         self._entries: dict[tuple, list[_Entry]] = {}
 
-    def find(self, roots: Sequence[Node], facts: Facts, extra_outputs: bool
+    def find(self, roots: Sequence[Node], facts: Facts, extra_outputs: bool, choice: Optional[Choice] = None
              ) -> Optional[tuple[RenderedKernel, list[Node]]]:
-        """The kernel a build for `roots` would give, and the nodes it would store apart; None if no region met
-        before is this one."""
-        for entry in self._entries.get(_index(roots, facts, extra_outputs), ()):
+        """The kernel a build for `roots` (shaped with `choice` where the scheduler planned one) would give, and
+        the nodes it would store apart; None if no region met before is this one."""
+        for entry in self._entries.get(_index(roots, facts, extra_outputs, choice), ()):
             walked = _walk(roots, facts, lambda position, node: entry.stops[position], entry.parts)
             if walked is not None:
                 counters.bump("kernel_memo_hits")
@@ -67,10 +69,11 @@ class KernelMemo:
         return None
 
     def remember(self, roots: Sequence[Node], facts: Facts, extra_outputs: bool, kernel: RenderedKernel,
-                 stored_apart: Sequence[Node]) -> None:
-        """Keep `kernel`, built for `roots` when the scheduler knew `facts`, storing `stored_apart` apart; a kernel
-        naming a node outside its region (one the scheduler made) is not kept. The region goes on below the values
-        stored apart: the attempts that chose them lowered what is below them."""
+                 stored_apart: Sequence[Node], choice: Optional[Choice] = None) -> None:
+        """Keep `kernel`, built for `roots` (with the planned `choice`, if any) when the scheduler knew `facts`,
+        storing `stored_apart` apart; a kernel naming a node outside its region (one the scheduler made) is not
+        kept. The region goes on below the values stored apart: the attempts that chose them lowered what is below
+        them."""
         computed = {id(node) for node in contained_nodes(kernel)}
         loaded = {id(node) for node in kernel.loads}
         walked_on = {id(node) for node in (*roots, *stored_apart)}  # (what a kernel cut to fit was built from too)
@@ -88,7 +91,7 @@ class KernelMemo:
         stop_at = tuple(stops(position, node) for position, node in enumerate(nodes))
         entry = _Entry(parts, stop_at, tuple(nodes), kernel, tuple(stored_apart))
         for allowed in (extra_outputs, False) if _stores_roots_only(kernel, roots) else (extra_outputs,):
-            self._entries.setdefault(_index(roots, facts, allowed), []).append(entry)
+            self._entries.setdefault(_index(roots, facts, allowed, choice), []).append(entry)
 
 
 def _stores_roots_only(kernel: RenderedKernel, roots: Sequence[Node]) -> bool:
@@ -99,10 +102,11 @@ def _stores_roots_only(kernel: RenderedKernel, roots: Sequence[Node]) -> bool:
     return len(kernel.outputs) == len(roots) and all(any(o is r for r in roots) for o in kernel.outputs)
 
 
-def _index(roots: Sequence[Node], facts: Facts, extra_outputs: bool) -> tuple:
-    """What regions that may be equal share: the root's key, decisions and sources' keys, the number of roots."""
+def _index(roots: Sequence[Node], facts: Facts, extra_outputs: bool, choice: Optional[Choice]) -> tuple:
+    """What regions that may be equal share: the root's key, decisions and sources' keys, the number of roots, the
+    planned choice."""
     root = roots[0]
-    return len(roots), extra_outputs, root.key, facts.of(root), tuple(source.key for source in root.src)
+    return len(roots), extra_outputs, root.key, facts.of(root), tuple(source.key for source in root.src), choice
 
 
 def _walk(roots: Sequence[Node], facts: Facts, stop: Callable[[int, Node], bool],

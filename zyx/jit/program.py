@@ -335,14 +335,21 @@ def _in_place_aliases(kernels: Sequence[RenderedKernel], targets: Sequence[Node]
     """Slots that can be written straight into an input's buffer: the kernel storing the new value reads
     the old one only at the position it writes, and no later kernel reads the old value."""
     aliases: dict[int, int] = {}
+    writer_of: dict[int, int] = {}  # the first kernel storing each node, the last loading it (W7: 445 updates in
+    last_load: dict[int, int] = {}  # place, each looked for among 700 kernels took 0.2 s)
+    for k, kernel in enumerate(kernels):
+        for node in kernel.outputs:
+            writer_of.setdefault(id(node), k)
+        for node in kernel.loads:
+            last_load[id(node)] = k
     for target_index, leaf_index in in_place:
         target, leaf = targets[target_index], leaves[leaf_index]
         if target.numel * target.dtype.itemsize != leaf.numel * leaf.dtype.itemsize or target.numel == 0:
             continue
-        writer = next(k for k, kernel in enumerate(kernels) if any(o is target for o in kernel.outputs))
+        writer = writer_of[id(target)]
         if id(leaf) in kernels[writer].misaligned:
             continue
-        if any(leaf in kernel.loads for kernel in kernels[writer + 1:]):
+        if last_load.get(id(leaf), -1) > writer:
             continue
         slot = program.outputs[target_index]
         if slot in aliases or leaf_index in aliases.values():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from itertools import islice
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
@@ -116,7 +117,8 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     it); what the kernel reads from others becomes a node to store, what it stores is produced."""
     roots = [root, *(sibling.product for sibling in _gradient_siblings(root, materialized, produced, traits)[1])]
     facts = Facts(materialized, produced, stored_apart, early)
-    found = memo.find(roots, facts, allow_extra_outputs) if memo is not None and id(root) not in planned else None
+    choice = _planned_choice(root, planned)
+    found = memo.find(roots, facts, allow_extra_outputs, choice) if memo is not None else None
     if found is not None:
         kernel, apart = found
         for node in apart:
@@ -127,13 +129,20 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
         made = len(planned)
         kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
                                     planned, users, early)
-        if memo is not None and not conflicted and len(planned) == made and id(root) not in planned:
+        if memo is not None and not conflicted and len(planned) == made:
             apart = [materialized[key] for key in materialized if key not in before.materialized]
-            memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart])
+            memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart],
+                          choice)
     for node in kernel.needs:
         materialized.setdefault(id(node), node)
     produced.update(id(node) for node in kernel.outputs)
     return kernel
+
+
+def _planned_choice(root: Node, planned: dict[int, tuple[Node, Choice]]) -> Optional[Choice]:
+    """The choice shaping the kernel of `root` where the scheduler made it for another kernel's (`_build_shaped`)."""
+    made = planned.get(id(root))
+    return made[1] if made is not None and made[0] is root else None
 
 
 def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
@@ -340,9 +349,9 @@ def _build_shaped(site: _Site, traits: DeviceTraits, tuned: TunedChoices,
     holds a choice for that kernel (by its fingerprint) that fits it, shape it again with that choice. A node the
     scheduler made for another kernel's choice (a split product's partials) is shaped with the choice `planned`
     holds for it, and not searched on its own."""
-    made = planned.get(id(site.root))
-    if made is not None and made[0] is site.root:
-        shaped = _shape(site, traits, made[1])
+    made = _planned_choice(site.root, planned)
+    if made is not None:
+        shaped = _shape(site, traits, made)
         return rendered(shaped.lowered, shaped.kernel, traits)
     shaped = _shape(site, traits, None)
     heuristic, options = shaped.choice, shaped.options
@@ -687,9 +696,12 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
     queued: set[int] = set()
     planned: dict[int, tuple[Node, Choice]] = {}  # nodes the scheduler made, by id: the choice shaping their kernel
     early: set[int] = set()  # reductions others read that the program's inputs alone give (_reads_inputs_only)
+    scanned = 0  # entries of `materialized` (which only grows) enqueue_pending has seen: once is enough
 
     def enqueue_pending() -> None:
-        for key, node in materialized.items():
+        nonlocal scanned
+        fresh, scanned = islice(materialized.items(), scanned, None), len(materialized)
+        for key, node in fresh:
             if key not in produced and key not in queued:
                 queued.add(key)
                 if node.op in REDUCE_OPS and _reads_inputs_only(node, materialized, early):
@@ -784,22 +796,43 @@ def _collectives(order: Sequence[Node]) -> dict[int, Node]:
 
 def _shared_products(targets: Sequence[Node]) -> dict[int, Node]:
     """Matrix products that several targets fuse (a gradient feeding Adam's three updates) get a tiled kernel of
-    their own; fused into each target's kernel they would be computed once per target, untiled."""
+    their own; fused into each target's kernel they would be computed once per target, untiled. In the order each
+    is first met, target after target."""
     fused_into: dict[int, int] = {}
     products: dict[int, Node] = {}
+    below: dict[int, tuple[Node, ...]] = {}
     for target in targets:
-        stack, seen = [target], set()
-        while stack:
-            node = stack.pop()
-            if id(node) in seen or node.op in (Op.BUFFER, Op.COLLECTIVE):
-                continue
-            seen.add(id(node))
-            if node.op is Op.SUM and matmul_axes(node) is not None:
-                fused_into[id(node)] = fused_into.get(id(node), 0) + 1
-                products[id(node)] = node
-            elif node.op not in REDUCE_OPS:
-                stack.extend(node.src)
+        for product in _fused_products(target, below):
+            fused_into[id(product)] = fused_into.get(id(product), 0) + 1
+            products[id(product)] = product
     return {key: products[key] for key, count in fused_into.items() if count > 1}
+
+
+def _fused_products(root: Node, below: dict[int, tuple[Node, ...]]) -> tuple[Node, ...]:
+    """The matrix products a kernel storing `root` would fuse (met walking down to reductions, buffers and
+    collectives, each once, last source first), as that walk first meets them. `below` keeps each node's
+    products for the next root: W7's 451 targets each walked the ~500 nodes of the gradient norm's sum again
+    (0.3 s a schedule)."""
+    stack = [(root, False)]
+    while stack:
+        node, sources_done = stack.pop()
+        if id(node) in below:
+            continue
+        if node.op in (Op.BUFFER, Op.COLLECTIVE):
+            below[id(node)] = ()
+        elif node.op is Op.SUM and matmul_axes(node) is not None:
+            below[id(node)] = (node,)
+        elif node.op in REDUCE_OPS or not node.src:
+            below[id(node)] = ()
+        elif not sources_done:
+            stack.append((node, True))
+            stack.extend((source, False) for source in node.src if id(source) not in below)
+        else:
+            found: dict[int, Node] = {}
+            for source in reversed(node.src):
+                found.update((id(product), product) for product in below[id(source)])
+            below[id(node)] = tuple(found.values())
+    return below[id(root)]
 
 
 def _stored_epilogues(order: Sequence[Node], materialized: dict[int, Node],

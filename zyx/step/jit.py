@@ -585,18 +585,19 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
         return None
     found_checks = checks_in(toposort(targets))
     extremes = [check.extremes() for check in found_checks]
-    structure, leaves, rands = signature(targets)
-    leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
     # a fusing device's run hands the checks' extremes to its gate between its launches (run_code.py): the step's
-    # program computes them; a torch program runs as one piece, so they get a program of their own before it
+    # program computes them; a torch program runs as one piece, so they get a program of their own before it,
+    # reading the step's inputs. The trace is hashed once where it can be (W7's took 0.2 s a hash).
     gated = device.kind in FUSING_KINDS
-    checking = None if gated else _check_program(extremes, leaf_position, device)
+    signed = None if gated else signature(targets)
+    checking = None if signed is None else _check_program(extremes, _positions(signed[1]), device)
     checks = [(check, k) for k, check in enumerate(found_checks)]
     if extremes and checking is None:  # computed by the step's program
         checks = [(check, len(targets) + k) for k, check in enumerate(found_checks)]
         targets += extremes
-        structure, leaves, rands = signature(targets)
-        leaf_position = {id(leaf): i for i, leaf in enumerate(leaves)}
+        signed = None
+    structure, leaves, rands = signed or signature(targets)
+    leaf_position = _positions(leaves)
     binder = _Binder(arguments, located)
     old_owner = {id(old): tensor for tensor, old in updates}
     state_owner = {id(l.tensor.node): l.tensor for l in located.values() if l.tensor.node.realized}
@@ -642,6 +643,11 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
                         input_layouts=[(leaf.shape, leaf.dtype) for leaf in leaves], checking=checking,
                         gated_checks=bool(checked) and bool(program.checks))
     return step, [r.arg for r in rands]
+
+
+def _positions(nodes: Sequence[Node]) -> dict[int, int]:
+    """Each node's position in `nodes`, by id."""
+    return {id(node): i for i, node in enumerate(nodes)}
 
 
 def _check_program(extremes: list[Node], leaf_position: dict[int, int],
