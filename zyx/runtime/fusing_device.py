@@ -41,7 +41,6 @@ class FusingDevice(Device):
         self._by_structure: dict[tuple, Program] = {}  # by Walk.structure: what a realize looks up
         self._executables: dict[int, Executable] = {}  # by id(program): programs live as long as `programs`
         self.traits = traits
-        self.kernels_on_host_cpu = not getattr(runtime, "is_gpu", True)
         self._tf32 = False  # whether the programs held were scheduled with TF32 products (see `_shaping_traits`)
 
     def forget_programs(self) -> None:
