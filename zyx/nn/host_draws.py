@@ -1,9 +1,9 @@
 """Uniform parameters drawn in numpy and uploaded, where the device's kernels run on this CPU anyway.
 
-On PoCL a kernel draws Philox no faster than numpy (about 70 ns an element against 35 on a 2-core EPYC), and on
-a cold cache it must first be compiled: W5's three Linear layers cost three builds and five code generations,
-1-2 s of a 5.5 s cold start, to draw 0.7 M numbers that numpy draws in 25 ms. So the init functions draw here
-there. The numbers are the kernel's bit for bit: the same counters of the same stream (reserved in the same
+On PoCL a kernel draws Philox no faster than numpy (about 70 ns an element against 35 on a 2-core EPYC), and on a
+cold cache it must first be compiled: W5's three Linear layers cost three builds and five code generations, 1-2 s
+of a 5.5 s cold start, to draw 0.7 M numbers that numpy draws in 25 ms. So on such a device the init functions draw
+on the host. The numbers are the kernel's bit for bit: the same counters of the same stream (reserved in the same
 order, as `creation.rand` would), then u * (high - low) + low in float32 with one rounding per operation, as the
 kernel's separate statements compute it, with the constants the kernel's literals round to.
 """
@@ -35,7 +35,7 @@ def uniform(shape: Shape, low: float, high: float, device: Any) -> Tensor:
     count = math.prod(shape)
     seed, offset = zrandom.reserve(count)
     values = philox_uniform(seed, offset, count).reshape(shape)
-    values *= _float32_constant(high - low)
+    values *= _float32_constant(high - low)  # (in place: float32 products and sums, each rounded once)
     values += _float32_constant(low)
     return Tensor(owned_leaf(values, device))
 
