@@ -62,6 +62,14 @@ def test_int64_form_gives_the_same_bits(seed, offset):
     np.testing.assert_array_equal(bits.astype(np.float32) * np.float32(2.0**-24), philox_uniform(seed, offset, 6))
 
 
+def test_a_draw_of_several_blocks_is_the_same_counters():
+    """Drawn UNIFORM_BLOCK counters at a time, across block ends and the 2**64 wrap, the numbers are the unblocked
+    ones (the int64 form draws all counters at once)."""
+    count, offset = 2 * philox.UNIFORM_BLOCK + 7, 2**64 - philox.UNIFORM_BLOCK - 3
+    bits = philox.philox_bits_int64(np.arange(count, dtype=np.int64), philox.philox_words(9, offset))
+    np.testing.assert_array_equal(bits.astype(np.float32) * np.float32(2.0**-24), philox_uniform(9, offset, count))
+
+
 def test_zero_count():
     assert philox_uniform(1, 0, 0).shape == (0,)
 

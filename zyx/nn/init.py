@@ -18,6 +18,7 @@ from ..dtypes import DEFAULT_FLOAT, to_dtype
 from ..leaves import owned_leaf
 from ..realize import realize
 from ..tensor import Tensor
+from . import host_draws
 
 Shape = tuple[int, ...]
 
@@ -42,19 +43,26 @@ def filled(shape: Shape, value: float, device: Optional[Device] = None, dtype: A
 
 def uniform(shape: Shape, bound: float, device: Optional[Device] = None) -> Tensor:
     """U(-bound, bound)."""
-    return uniform_tensor(shape, low=-bound, high=bound, device=device).realize()
+    return _uniforms([shape], bound, device)[0]
 
 
 def layer_parameters(shape: Shape, bias: Optional[int], device: Device) -> tuple[Tensor, Optional[Tensor]]:
     """PyTorch's Linear and Conv defaults: the weight kaiming_uniform with a=sqrt(5), a bias of `bias` elements (None:
-    no bias) U(±1/sqrt(fan_in)), the same bound; realized together: one program, so a cold start compiles their
-    kernels in one build."""
-    bound = bias_bound(shape)
-    values = [uniform_tensor(shape, low=-bound, high=bound, device=device)]
-    if bias is not None:
-        values.append(uniform_tensor((bias,), low=-bound, high=bound, device=device))
-    realize(*values)
+    no bias) U(±1/sqrt(fan_in)), the same bound."""
+    values = _uniforms([shape] + ([(bias,)] if bias is not None else []), bias_bound(shape), device)
     return values[0], values[1] if bias is not None else None
+
+
+def _uniforms(shapes: list[Shape], bound: float, device: Optional[Device]) -> list[Tensor]:
+    """U(-bound, bound) of each shape, realized: drawn on the host where the device's kernels run on this CPU
+    (host_draws.py: no kernel to compile), else realized together: one program, so a cold start compiles their
+    kernels in one build."""
+    device = device if device is not None else default_device()
+    if host_draws.draws_here(device, -bound, bound):
+        return [host_draws.uniform(shape, -bound, bound, device) for shape in shapes]
+    values = [uniform_tensor(shape, low=-bound, high=bound, device=device) for shape in shapes]
+    realize(*values)
+    return values
 
 
 def kaiming_uniform(shape: Shape, a: float = 0.0, device: Optional[Device] = None) -> Tensor:

@@ -23,6 +23,9 @@ class Device:
     `zyx.Torch()` (torch tensors, torch ops)."""
 
     runtime: Any  # the buffers, copies and queue (OpenCLRuntime, WgpuRuntime, TorchRuntime; None on the CPU)
+    # Whether the device's kernels run on this process's CPU (OpenCL's on a CPU: PoCL): there numpy computes as fast
+    # as a kernel, which a cold start must also compile (nn/host_draws.py draws parameters on the host then).
+    kernels_on_host_cpu: bool = False
 
     def __init__(self, kind: str, label: str, spec: str = ""):
         self.kind, self.label = kind, label

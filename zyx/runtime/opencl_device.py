@@ -37,6 +37,7 @@ class OpenCLDevice(FusingDevice):
         runtime = OpenCLRuntime(cl_device)
         super().__init__("opencl", f"OpenCL({runtime.name!r})", f"opencl:{ordinal_of(cl_device)}", runtime,
                          DeviceTraits.of(runtime, _warpgroups_build))
+        self.kernels_on_host_cpu = not runtime.is_gpu  # (not WGPU's CPU adapter: its driver may fuse a * b + c)
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
         self._tuned: Optional[TunedChoices] = None

@@ -76,8 +76,20 @@ def _split_64(values: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
     return values & _WORD, values >> _SHIFT_32
 
 
+UNIFORM_BLOCK = 1 << 14  # counters drawn at once: the rounds' uint64 temporaries (~1 MB) stay in the CPU's cache
+
+
 def philox_uniform(seed: int, offset: int, count: int) -> np.ndarray:
-    """float32 uniforms in [0, 1): element i comes from 64-bit counter offset + i (wrapping) under key seed."""
+    """float32 uniforms in [0, 1): element i comes from 64-bit counter offset + i (wrapping) under key seed. Drawn
+    UNIFORM_BLOCK counters at a time: whole, a 400k draw's temporaries outgrow the cache and it takes 2-3 times as
+    long (60 ms against 25 on a 2-core EPYC), slower than PoCL's kernel."""
+    values = np.empty(count, dtype=np.float32)
+    for start in range(0, count, UNIFORM_BLOCK):
+        values[start:start + UNIFORM_BLOCK] = _uniform_block(seed, offset + start, min(UNIFORM_BLOCK, count - start))
+    return values
+
+
+def _uniform_block(seed: int, offset: int, count: int) -> np.ndarray:
     index = np.arange(count, dtype=np.uint64)
     counters = index + np.uint64(offset % 2**64)  # uint64 addition wraps like the device's ulong
     counter_lo, counter_hi = _split_64(counters)
