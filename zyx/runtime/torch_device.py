@@ -84,10 +84,10 @@ class TorchDevice(Device):
             self.programs[walk.structure] = program
         else:
             stats.bump("schedule_cache_hits")
-        inputs = [leaf.buffer for leaf in walk.leaves]
+        inputs = walk.buffers()
         if any(map(_is_none, inputs)):  # (`None in` calls torch.Tensor.__eq__: slow)
             raise interpret.released_error()
-        rand_args = [rand.arg for rand in walk.rands]
+        rand_args = walk.rand_args()
         if not profiling.timing_wanted():
             return self.run(program, inputs, rand_args)
         return interpret.profiled(self, "torch_program", walk.digest()[:12], walk.roots, walk.order,

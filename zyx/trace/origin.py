@@ -30,7 +30,7 @@ from .ops import Op
 TEMPLATES_KEPT = 4096  # structures whose graph shape is remembered; a realize of another one records it again
 
 Template = list[tuple[Op, Any, tuple[int, ...], Any, tuple[int, ...]]]  # per node: op, arg, shape, dtype, sources
-_templates: dict[tuple, Template] = {}
+_templates: dict[int, Template] = {}  # by Walk.structure
 
 
 class Recorded(Node):
@@ -64,9 +64,9 @@ class Origins:
         # realized one, copied as its placeholder)
         order = walk.order
         self.held: list[Any] = list(map(weakref.ref, order))  # (at C speed; then the few held as they are)
-        for leaf in walk.leaves:
+        for leaf, position in zip(walk.leaves, walk.plan.leaves):
             if leaf.origin is None:
-                self.held[walk.numbering[leaf]] = leaf
+                self.held[position] = leaf
         if Recorded in set(map(type, order)):
             for position, node in enumerate(order):
                 if type(node) is Recorded:
@@ -74,10 +74,6 @@ class Origins:
         self.rand_args = [node.arg for node in walk.rands]
         self.device = device
         self.copies: Optional[list[Node]] = None
-
-    def origin(self, position: int) -> "Origin":
-        """The origin of the node at `position` in the walk."""
-        return Origin(self, position)
 
     def copy(self, position: int) -> Node:
         if self.copies is None:
@@ -112,7 +108,7 @@ class Origin:
 def record_origins(walk: Walk, device: Any) -> list[Origin]:
     """The origins of the walk's roots, for `Node.become_buffer`."""
     origins = Origins(walk, device)
-    return [origins.origin(walk.numbering[root]) for root in walk.roots]
+    return [Origin(origins, position) for position in walk.plan.roots]
 
 
 def _template(walk: Walk) -> Template:
