@@ -15,7 +15,7 @@ from .devices import default_device
 from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, promote_with_scalar, wrap_int
 from .errors import GRADIENTS_ARE_RETURNED, ShapeError
 from .leaves import data_leaf
-from .realize import realize as realize_together
+from .realize import realize_one
 from .tensor_activations import ActivationMixin
 from .tensor_base import TensorBase
 from .tensor_conv import ConvMixin
@@ -101,7 +101,7 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
     # ---- realization ---------------------------------------------------------------------------------------
     def realize(self) -> "Tensor":
         """Compute the value now (and keep it: the trace above is released); returns self."""
-        realize_together(self)
+        realize_one(self)
         return self
 
     def numpy(self) -> np.ndarray:

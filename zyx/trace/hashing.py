@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import xxhash
 
 from .. import counters
-from .node import Node
+from .node import Node, buffer_key
 from .ops import Op
 
 PLANS_KEPT = 4096  # structures planned and remembered; one met again after that many others is planned again
@@ -30,16 +30,21 @@ _structure_numbers = itertools.count()
 
 
 class Plan:
-    """What every graph of one structure shares: the positions (in walk order) of its BUFFER leaves, RAND nodes
-    and roots, and `number`, which stands for the structure in the in-memory caches (never given to another)."""
+    """What every graph of one structure shares, worked out at its first walk: the positions (in walk order) of
+    its BUFFER leaves, RAND nodes and roots; the key each root takes when it becomes a buffer leaf; the graph
+    spelled out (`nodes`: per node its op, semantic arg, shape, dtype and sources' positions, what an origin's copy
+    is made from); and `number`, standing for the structure in the in-memory caches (never given to another)."""
 
-    __slots__ = ("number", "leaves", "rands", "roots")
+    __slots__ = ("number", "leaves", "rands", "roots", "root_keys", "nodes")
 
     def __init__(self, order: list[Node], numbering: dict[Node, int], roots: Sequence[Node]):
         self.number = next(_structure_numbers)
         self.leaves = tuple([k for k, node in enumerate(order) if node.op is Op.BUFFER])
         self.rands = tuple([k for k, node in enumerate(order) if node.op is Op.RAND])
         self.roots = tuple([numbering[root] for root in roots])
+        self.root_keys = tuple([buffer_key(root.shape, root.dtype) for root in roots])
+        self.nodes = tuple([(node.op, None if node.op is Op.RAND else node.arg, node.shape, node.dtype,
+                             tuple(map(numbering.__getitem__, node.src))) for node in order])
 
 
 _plans: dict[tuple, Plan] = {}  # by the exact key of a structure (`Walk.__init__`)
@@ -90,8 +95,36 @@ class Walk:
 
 def _depth_first(roots: Sequence[Node]) -> tuple[list[Node], dict[Node, int]]:
     """Every node below `roots`, sources before users in `toposort`'s order, and its position in that order (nodes
-    hash by identity): one pass, iterative (traces can be deep). A node on the stack is never a source of one
-    above it (a trace has no cycles), so "not numbered" is "not met yet"; a leaf is numbered where it is met."""
+    hash by identity); a leaf is numbered where it is met. Recursive (`_number`), the quickest pass for the usual
+    trace; one deeper than the interpreter's recursion limit is walked again iteratively."""
+    order: list[Node] = []
+    numbering: dict[Node, int] = {}
+    try:
+        for root in roots:
+            if root not in numbering:
+                _number(root, numbering, order)
+    except RecursionError:
+        return _depth_first_iterative(roots)
+    return order, numbering
+
+
+def _number(node: Node, numbering: dict[Node, int], order: list[Node]) -> None:
+    """Number what `node` depends on that is not numbered yet, then `node` (a module function, not a closure: a
+    closure calling itself is a reference cycle, which would keep the walk's nodes alive until a collection)."""
+    for source in node.src:
+        if source not in numbering:
+            if source.src:
+                _number(source, numbering, order)
+            else:
+                numbering[source] = len(order)
+                order.append(source)
+    numbering[node] = len(order)
+    order.append(node)
+
+
+def _depth_first_iterative(roots: Sequence[Node]) -> tuple[list[Node], dict[Node, int]]:
+    """`_depth_first` for traces of any depth. A node on the stack is never a source of one above it (a trace has
+    no cycles), so "not numbered" is "not met yet"."""
     order: list[Node] = []
     numbering: dict[Node, int] = {}
     append = order.append
