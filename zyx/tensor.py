@@ -218,6 +218,11 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
 
     def _pair(self, other: Operand, op: str, dtype: Optional[DType] = None) -> tuple[Node, Node]:
         """Both operands broadcast to one shape and cast to one dtype (PyTorch's promotion)."""
+        if isinstance(other, Tensor):  # the usual case, two tensors alike, decided without a call
+            mine, its = self.node, other.node
+            if (mine.shape == its.shape and mine.dtype is its.dtype and mine.device is its.device
+                    and (dtype is None or dtype is mine.dtype)):
+                return mine, its
         b = self._operand(other, op)
         mine, its = self.node, b.node
         if its.device is not mine.device:

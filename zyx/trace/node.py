@@ -217,7 +217,7 @@ def binary(op: Op, a: Node, b: Node) -> Node:
     if op in SHIFT_OPS and not a.dtype.is_int:
         raise TypeError(f"{op.name.lower()} needs integer tensors, got {a.dtype.name}")
     dtype = bool_ if op in COMPARE_OPS else a.dtype
-    return Node(op, (a, b), None, a.shape, dtype, _same_device((a, b), op))
+    return Node(op, (a, b), None, a.shape, dtype, a.device if b.device is a.device else _same_device((a, b), op))
 
 
 def where(condition: Node, a: Node, b: Node) -> Node:
