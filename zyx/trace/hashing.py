@@ -61,8 +61,14 @@ class Walk:
         self.roots = roots = list(roots)
         self.order, self.numbering = order, numbering = _depth_first(roots)
         number_of, sources = numbering.__getitem__, list(map(_sources, order))
-        key = (tuple(map(_key, order)), tuple(map(number_of, _chain(sources))), tuple(map(len, sources)),
-               tuple(map(number_of, roots)))
+        # one flat tuple (quick to hash and compare), read back unambiguously: the node count, each node's key,
+        # each node's source count, all sources' numbers, the roots' numbers
+        parts = [len(order)]
+        parts += map(_key, order)
+        parts += map(len, sources)
+        parts += map(number_of, _chain(sources))
+        parts += map(number_of, roots)
+        key = tuple(parts)
         plan = _plans.get(key)
         if plan is None:
             if len(_plans) >= PLANS_KEPT:
