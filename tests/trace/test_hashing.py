@@ -184,3 +184,35 @@ def test_a_product_of_a_transpose_reads_the_matrix_itself():
     x, w = zyx.tensor(np.ones((2, 3), np.float32)), zyx.tensor(np.ones((4, 3), np.float32))
     nodes = toposort([(x @ w.T).node])
     assert w.node in nodes and sum(node.op is zyx.trace.ops.Op.PERMUTE for node in nodes) == 0
+
+
+def test_walks_of_one_structure_share_its_plan():
+    """A structure is planned at its first walk (hashing.Plan: leaf, rand and root positions, the graph spelled
+    out, a number for the in-memory caches); a later walk of an equal graph finds that plan and binds its own
+    leaves by its positions, a graph of another structure gets a plan and number of its own."""
+    x, y, z = (zyx.tensor(np.full((2, 3), float(k), np.float32)) for k in range(3))
+    first, again = Walk([(x * y + x).node]), Walk([(z * x + z).node])
+    assert again.plan is first.plan and again.structure == first.structure
+    assert again.leaves == [z.node, x.node] and first.leaves == [x.node, y.node]
+    assert again.order == toposort(again.roots) and again.numbering == {n: k for k, n in enumerate(again.order)}
+    other = Walk([(x * y + y).node])  # the other leaf reused: another structure
+    assert other.plan is not first.plan and other.structure != first.structure
+    assert [op for op, *_ in first.plan.nodes] == [node.op for node in first.order]
+    assert first.plan.root_keys == (node_module.buffer_key((2, 3), zyx.float32),)
+
+
+def test_a_walk_deeper_than_the_recursion_limit_meets_nodes_as_a_shallow_one_does():
+    """The walk recurses; past the interpreter's recursion limit it walks again iteratively, in the same order and
+    to the same plan as the recursive pass gives a graph of that structure."""
+    x = zyx.tensor([1.0, 2.0])
+    deep = x
+    for _ in range(sys.getrecursionlimit() + 100):
+        deep = deep.exp() + x
+    walk = Walk([deep.node])
+    assert walk.order == toposort([deep.node]) and walk.leaves == [x.node]
+    limit = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(limit + 10_000)
+        assert Walk([deep.node]).plan is walk.plan
+    finally:
+        sys.setrecursionlimit(limit)
