@@ -23,7 +23,8 @@ from .. import counters
 from .node import Node, buffer_key
 from .ops import Op
 
-PLANS_KEPT = 4096  # structures planned and remembered; one met again after that many others is planned again
+PLANS_KEPT = 1 << 16  # structures planned and remembered (as many as node keys, `node.KEYS_KEPT`); one met again
+# after that many others is planned again, under a new number (the in-memory caches then miss it once)
 _sources, _key, _buffer, _arg = attrgetter("src"), attrgetter("key"), attrgetter("buffer"), attrgetter("arg")
 _chain = itertools.chain.from_iterable
 _structure_numbers = itertools.count()
