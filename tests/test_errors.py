@@ -50,6 +50,19 @@ def test_matmul_errors(device):
         zyx.ones(3, device=device).dot(zyx.ones(3, 1, device=device))
 
 
+def test_operands_on_two_devices_are_refused_after_a_product_or_sum_of_their_shapes_was_made(device):
+    """A product of shapes and dtypes met before skips matmul's checks (its maker stands for them), and an
+    elementwise op of two tensors alike skips broadcasting: neither skips the devices' check."""
+    other = zyx.CPU() if device is not zyx.CPU() else zyx.Torch("cpu")
+    (zyx.ones(2, 3, device=device) @ zyx.ones(3, 4, device=device)).realize()  # its maker made
+    with pytest.raises(ValueError, match="matmul: operands live on different devices"):
+        zyx.ones(2, 3, device=device) @ zyx.ones(3, 4, device=other)
+    with pytest.raises(ValueError, match="add: operands live on different devices"):
+        zyx.ones(2, 3, device=device) + zyx.ones(2, 3, device=other)
+    with pytest.raises(TypeError, match="and needs bool or integer tensors, got float32"):
+        zyx.ones(2, 3, device=device) & zyx.ones(2, 3, device=device)
+
+
 def test_reshape_errors(device):
     t = zyx.ones(2, 3, device=device)
     with pytest.raises(zyx.ShapeError) as error:

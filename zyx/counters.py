@@ -4,7 +4,8 @@ Tests pin fusion and caching with these numbers, so every layer bumps them throu
 """
 from __future__ import annotations
 
-_RUN_COUNTERS = {"peak_bytes": 0, "launches": 0, "kernels_launched": 0}  # what `note_run` adds to, at every run
+_RUN_COUNTERS = {"peak_bytes": 0, "launches": 0, "kernels_launched": 0, "bytes_allocated": 0}  # what `note_run`
+# adds to, at every run
 _COUNTERS: dict[str, float] = dict(_RUN_COUNTERS)
 _NAMES = (
     "kernels_compiled", "kernels_launched", "graphs_scheduled", "schedule_cache_hits",
@@ -18,15 +19,17 @@ def bump(name: str, amount: float = 1) -> None:
     _COUNTERS[name] = _COUNTERS.get(name, 0) + amount
 
 
-def note_run(peak_bytes: float, launches: int, kernels: int) -> None:
+def note_run(peak_bytes: float, launches: int, kernels: int, allocated: int = 0) -> None:
     """A program run's counts in one call (`set_max("peak_bytes", ...)`, `bump("launches", ...)`,
-    `bump("kernels_launched", ...)`): a replay's run makes it at every call, where it costs as much as a launch's line.
-    Its three counters are always present (`_RUN_COUNTERS`), so it reads them without defaults."""
+    `bump("kernels_launched", ...)`, `bump("bytes_allocated", ...)`): a replay's run makes it at every call, where it
+    costs as much as a launch's line. Its counters are always present (`_RUN_COUNTERS`), so it reads them without
+    defaults."""
     counters = _COUNTERS
     if peak_bytes > counters["peak_bytes"]:
         counters["peak_bytes"] = peak_bytes
     counters["launches"] += launches
     counters["kernels_launched"] += kernels
+    counters["bytes_allocated"] += allocated
 
 
 def set_max(name: str, value: float) -> None:

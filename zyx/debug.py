@@ -25,7 +25,7 @@ _loggers: dict[str, logging.Logger] = {}  # a program run asks for its logger at
 
 def debug_level() -> int:
     """ZYX_DEBUG as a number (0 when unset or not a number)."""
-    raw = _read("ZYX_DEBUG")
+    raw = _raw_get(_DEBUG_KEY) if _raw_get is not None else _read("ZYX_DEBUG")
     level = _levels.get(raw)
     if level is None:
         try:
@@ -49,6 +49,7 @@ _raw_get = _raw_environment.get if isinstance(_raw_environment, dict) else None 
 # its settings three times)
 _levels: dict = {}  # a raw ZYX_DEBUG value -> its level
 _keys = {name: os.environ.encodekey(name) for name in ("ZYX_DEBUG", "ZYX_DEBUG_CACHE")}
+_DEBUG_KEY = _keys["ZYX_DEBUG"]
 _ONE = os.environ.encodevalue("1")
 
 

@@ -7,7 +7,8 @@ from .trace.capture import check_not_capturing
 from .trace.checks import RangeCheck, checks_in
 from .trace.hashing import Walk
 from .trace.node import Node
-from .trace.origin import record_origins
+from .trace.ops import Op
+from .trace.origin import Origin, Origins
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -19,11 +20,10 @@ def realize(*tensors: "Tensor") -> None:
     The range checks in their traces (index tensors) are computed in the same run; if one fails, IndexError is
     raised and no tensor is realized.
     """
-    check_not_capturing("realize")
     if len(tensors) == 1:  # (`t.realize()`: no grouping to do)
-        if not tensors[0].node.realized:
-            _realize_on_device([tensors[0].node])
+        realize_one(tensors[0])
         return
+    check_not_capturing("realize")
     pending: dict[int, Node] = {}
     for t in tensors:
         if not t.node.realized and id(t.node) not in pending:
@@ -35,6 +35,14 @@ def realize(*tensors: "Tensor") -> None:
         _realize_on_device(nodes)
 
 
+def realize_one(tensor: "Tensor") -> None:
+    """`realize(tensor)`: `Tensor.realize`'s, without the grouping of many tensors."""
+    check_not_capturing("realize")
+    node = tensor.node
+    if node.op is not Op.BUFFER:
+        _realize_on_device([node])
+
+
 def _realize_on_device(nodes: list[Node]) -> None:
     """Realize `nodes` (distinct, unrealized, on one device) in one run."""
     walk = Walk(nodes)
@@ -42,10 +50,12 @@ def _realize_on_device(nodes: list[Node]) -> None:
     if checks:  # their counts are computed in the same run
         walk = Walk(nodes + [check.outside for check in checks])
     device = nodes[0].device
-    buffers = device.realize(walk.roots, walk)
-    _raise_if_failed(checks, buffers[len(nodes):], device)
-    for node, buffer, origin in zip(nodes, buffers, record_origins(walk, device)):
-        node.become_buffer(buffer, origin)
+    buffers = device.realize_walk(walk)
+    if checks:
+        _raise_if_failed(checks, buffers[len(nodes):], device)
+    origins, plan = Origins(walk, device), walk.plan
+    for node, buffer, position, key in zip(nodes, buffers, plan.roots, plan.root_keys):
+        node.become_buffer(buffer, Origin(origins, position), key)
 
 
 def _raise_if_failed(checks: Sequence[RangeCheck], counts: Sequence[Any], device: Any) -> None:

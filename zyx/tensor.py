@@ -15,7 +15,7 @@ from .devices import default_device
 from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, promote_with_scalar, wrap_int
 from .errors import GRADIENTS_ARE_RETURNED, ShapeError
 from .leaves import data_leaf
-from .realize import realize as realize_together
+from .realize import realize_one
 from .tensor_activations import ActivationMixin
 from .tensor_base import TensorBase
 from .tensor_conv import ConvMixin
@@ -101,7 +101,7 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
     # ---- realization ---------------------------------------------------------------------------------------
     def realize(self) -> "Tensor":
         """Compute the value now (and keep it: the trace above is released); returns self."""
-        realize_together(self)
+        realize_one(self)
         return self
 
     def numpy(self) -> np.ndarray:
@@ -218,6 +218,11 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
 
     def _pair(self, other: Operand, op: str, dtype: Optional[DType] = None) -> tuple[Node, Node]:
         """Both operands broadcast to one shape and cast to one dtype (PyTorch's promotion)."""
+        if isinstance(other, Tensor):  # the usual case, two tensors alike, decided without a call
+            mine, its = self.node, other.node
+            if (mine.shape == its.shape and mine.dtype is its.dtype and mine.device is its.device
+                    and (dtype is None or dtype is mine.dtype)):
+                return mine, its
         b = self._operand(other, op)
         mine, its = self.node, b.node
         if its.device is not mine.device:

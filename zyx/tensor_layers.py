@@ -38,8 +38,23 @@ def _product(left: n.Node, right: n.Node, a_shape: tuple[int, ...], b_shape: tup
     return n.reshape(n.reduce(Op.SUM, terms, (len(full) - 1,)), full[:-1])
 
 
+def _matmul(left: n.Node, right: n.Node, a_shape: tuple[int, ...], b_shape: tuple[int, ...],
+            batch: tuple[int, ...], dtype: Any) -> n.Node:
+    """The whole trace of matmul(left, right): the product (`_product`), cast back to an integer dtype (summed in
+    int64), and the axes that 1-D operands gained dropped again."""
+    node = _product(left, right, a_shape, b_shape, batch, dtype)
+    if dtype.is_int:
+        node = n.cast(node, dtype)
+    if len(left.shape) == 1:
+        node = n.reshape(node, node.shape[:-2] + node.shape[-1:])
+    if len(right.shape) == 1:
+        node = n.reshape(node, node.shape[:-1])
+    return node
+
+
 # A product's trace made again for operands of the shapes and dtypes met before (`node.graph_maker`): its eight
-# or so nodes' constructors, checks and keys were most of an un-jitted `(x @ y).realize()`'s host time.
+# or so nodes' constructors, checks and keys were most of an un-jitted `(x @ y).realize()`'s host time. A maker
+# stands for operands that passed matmul's checks, so a product of operands met before skips them too.
 PRODUCT_MAKERS_KEPT = 1024
 _product_makers: dict[tuple, Callable[[n.Node, n.Node], n.Node]] = {}
 
@@ -50,12 +65,17 @@ class LayerMixin:
 
     def matmul(self, other: "Tensor") -> "Tensor":
         """numpy's matmul: batched and broadcast; 1-D operands gain and lose an axis."""
-        a, b = self, other
-        if isinstance(b, (list, tuple)) or hasattr(b, "__array__") and not isinstance(b, TensorBase):
-            b = self._operand(b, "matmul")  # type: ignore[attr-defined]
+        b = other
         if not isinstance(b, TensorBase):
-            raise TypeError(f"matmul needs a tensor, got {type(b).__name__}")
-        left_node, right_node = a.node, b.node  # the nodes, not the tensors' properties: a Python call fewer each
+            if not (isinstance(b, (list, tuple)) or hasattr(b, "__array__")):
+                raise TypeError(f"matmul needs a tensor, got {type(b).__name__}")
+            b = self._operand(b, "matmul")  # type: ignore[attr-defined]
+        left_node, right_node = self.node, b.node  # the nodes, not the tensors' properties: a Python call fewer each
+        folds = right_node.op is Op.PERMUTE  # (`x @ w.T`: the product's own permute of w.T is w, no node)
+        key = (left_node.shape, right_node.shape, left_node.dtype, right_node.dtype)
+        maker = None if folds else _product_makers.get(key)
+        if maker is not None and left_node.device is right_node.device:
+            return self._wrap(maker(left_node, right_node))
         if not left_node.shape or not right_node.shape:
             raise ShapeError(f"matmul: both operands need at least one dimension, got {left_node.shape} and "
                              f"{right_node.shape}")
@@ -73,24 +93,15 @@ class LayerMixin:
             raise ValueError(f"matmul: operands live on different devices ({left_node.device} and "
                              f"{right_node.device})")
         dtype = promote(left_node.dtype, right_node.dtype)
-        if right_node.op is Op.PERMUTE:  # (`x @ w.T`: the product's own permute of w.T is w, no node)
-            product = self._wrap(_product(left_node, right_node, a_shape, b_shape, batch, dtype))
-        else:
-            key = (left_node.shape, right_node.shape, left_node.dtype, right_node.dtype)
-            maker = _product_makers.get(key)
-            if maker is None:
-                if len(_product_makers) >= PRODUCT_MAKERS_KEPT:
-                    _product_makers.clear()
-                maker = _product_makers[key] = n.graph_maker(
-                    lambda x, y: _product(x, y, a_shape, b_shape, batch, dtype), (left_node, right_node))
-            product = self._wrap(maker(left_node, right_node))
-        if dtype.is_int or dtype.is_bool:
-            product = product.cast(dtype) if not dtype.is_bool else product
-        if len(left_node.shape) == 1:
-            product = product.squeeze(-2)
-        if len(right_node.shape) == 1:
-            product = product.squeeze(-1)
-        return product
+
+        def build(x: n.Node, y: n.Node) -> n.Node:
+            return _matmul(x, y, a_shape, b_shape, batch, dtype)
+        if folds:
+            return self._wrap(build(left_node, right_node))
+        if len(_product_makers) >= PRODUCT_MAKERS_KEPT:
+            _product_makers.clear()
+        maker = _product_makers[key] = n.graph_maker(build, (left_node, right_node))
+        return self._wrap(maker(left_node, right_node))
 
     def __matmul__(self, other: "Tensor") -> "Tensor":
         return self.matmul(other)

@@ -1090,3 +1090,26 @@ def test_a_short_chain_that_stays_keeps_what_it_reads_in_place(dev):
     zyx.realize(quotient, gx, gy)
     for ours, expected in ((quotient, a / b), (gx, s / b), (gy, -s * a / b ** 2)):
         np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_realize_of_a_structure_seen_before_runs_the_first_ones_program_and_frees_its_buffers(dev):
+    """`(x @ y).realize()` again (new nodes, the structure met before): the program the cold realize built runs
+    (no schedule, the same digest), the values are right, and the product's buffer is counted until it is
+    dropped."""
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((8, 8), dtype=np.float32), rng.standard_normal((8, 8), dtype=np.float32)
+    x, y = dev.tensor(a), dev.tensor(b)
+    cold = x @ y
+    digest, program = cold.structural_hash(), program_of(cold)
+    gc.collect()
+    before, stats = zyx.memory_stats(dev)["current_bytes"], zyx.stats()
+    warm = x @ y
+    assert warm.structural_hash() == digest and program_of(warm) is program
+    after = zyx.stats()
+    assert after["graphs_scheduled"] == stats["graphs_scheduled"]
+    assert after["schedule_cache_hits"] == stats["schedule_cache_hits"] + 1
+    np.testing.assert_allclose(warm.numpy(), a @ b, rtol=1e-5, atol=1e-5)
+    assert zyx.memory_stats(dev)["current_bytes"] == before + 8 * 8 * 4
+    del warm
+    gc.collect()
+    assert zyx.memory_stats(dev)["current_bytes"] == before

@@ -151,7 +151,7 @@ def test_a_leaf_makers_leaves_are_what_buffer_leaf_makes():
     ((3, 4), (4, 5), ("int32", "int32")), ((3, 4), (4, 5), ("bool", "bool"))])
 def test_products_made_again_are_the_products_traced(left, right, dtypes):
     """matmul makes a product's nodes again for operands met before (node.graph_maker, slot for slot as Node's
-    constructors set them): the nodes `_product` builds one by one, the same structure, digest and values, for
+    constructors set them): the nodes `_matmul` builds one by one, the same structure, digest and values, for
     vectors, batches that broadcast, mixed dtypes, integers and booleans."""
     rng = np.random.default_rng(3)
     arrays = [(rng.standard_normal(shape) * 3).astype(dtype) for shape, dtype in zip((left, right), dtypes)]
@@ -160,7 +160,7 @@ def test_products_made_again_are_the_products_traced(left, right, dtypes):
     a_shape, b_shape = left if len(left) > 1 else (1,) + left, right if len(right) > 1 else right + (1,)
     batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
     made = layers_module._product_makers[(x.node.shape, y.node.shape, x.dtype, y.dtype)](x.node, y.node)
-    built = layers_module._product(x.node, y.node, a_shape, b_shape, batch, zyx.dtypes.promote(x.dtype, y.dtype))
+    built = layers_module._matmul(x.node, y.node, a_shape, b_shape, batch, zyx.dtypes.promote(x.dtype, y.dtype))
     assert Walk([made]).structure == Walk([built]).structure and structural_hash([made]) == structural_hash([built])
     for ours, theirs in zip(toposort([made]), toposort([built]), strict=True):
         for slot in node_module.Node.__slots__:
@@ -168,6 +168,14 @@ def test_products_made_again_are_the_products_traced(left, right, dtypes):
                 mine, other = getattr(ours, slot), getattr(theirs, slot)
                 assert mine is other or mine == other, slot
     np.testing.assert_array_equal(zyx.Tensor(made).numpy(), zyx.Tensor(built).numpy())
+    # what matmul made around the product before its makers covered all of it: the cast back from int64, the
+    # squeezes of 1-D operands' axes, op for op
+    dtype = zyx.dtypes.promote(x.dtype, y.dtype)
+    reference = zyx.Tensor(layers_module._product(x.node, y.node, a_shape, b_shape, batch, dtype))
+    reference = reference.cast(dtype) if dtype.is_int else reference
+    reference = reference.squeeze(-2) if len(left) == 1 else reference
+    reference = reference.squeeze(-1) if len(right) == 1 else reference
+    assert (x @ y).structural_hash() == reference.structural_hash()
 
 
 def test_a_product_of_a_transpose_reads_the_matrix_itself():
@@ -176,3 +184,35 @@ def test_a_product_of_a_transpose_reads_the_matrix_itself():
     x, w = zyx.tensor(np.ones((2, 3), np.float32)), zyx.tensor(np.ones((4, 3), np.float32))
     nodes = toposort([(x @ w.T).node])
     assert w.node in nodes and sum(node.op is zyx.trace.ops.Op.PERMUTE for node in nodes) == 0
+
+
+def test_walks_of_one_structure_share_its_plan():
+    """A structure is planned at its first walk (hashing.Plan: leaf, rand and root positions, the graph spelled
+    out, a number for the in-memory caches); a later walk of an equal graph finds that plan and binds its own
+    leaves by its positions, a graph of another structure gets a plan and number of its own."""
+    x, y, z = (zyx.tensor(np.full((2, 3), float(k), np.float32)) for k in range(3))
+    first, again = Walk([(x * y + x).node]), Walk([(z * x + z).node])
+    assert again.plan is first.plan and again.structure == first.structure
+    assert again.leaves == [z.node, x.node] and first.leaves == [x.node, y.node]
+    assert again.order == toposort(again.roots) and again.numbering == {n: k for k, n in enumerate(again.order)}
+    other = Walk([(x * y + y).node])  # the other leaf reused: another structure
+    assert other.plan is not first.plan and other.structure != first.structure
+    assert [op for op, *_ in first.plan.nodes] == [node.op for node in first.order]
+    assert first.plan.root_keys == (node_module.buffer_key((2, 3), zyx.float32),)
+
+
+def test_a_walk_deeper_than_the_recursion_limit_meets_nodes_as_a_shallow_one_does():
+    """The walk recurses; past the interpreter's recursion limit it walks again iteratively, in the same order and
+    to the same plan as the recursive pass gives a graph of that structure."""
+    x = zyx.tensor([1.0, 2.0])
+    deep = x
+    for _ in range(sys.getrecursionlimit() + 100):
+        deep = deep.exp() + x
+    walk = Walk([deep.node])
+    assert walk.order == toposort([deep.node]) and walk.leaves == [x.node]
+    limit = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(limit + 10_000)
+        assert Walk([deep.node]).plan is walk.plan
+    finally:
+        sys.setrecursionlimit(limit)

@@ -38,7 +38,7 @@ class FusingDevice(Device):
         self.runtime = runtime
         self.name = runtime.name
         self.programs: dict[str, Program] = {}  # by structural hash (what the disk caches and @jit use)
-        self._by_structure: dict[tuple, Program] = {}  # by Walk.structure: what a realize looks up
+        self._by_structure: dict[int, Program] = {}  # by Walk.structure: what a realize looks up
         self._executables: dict[int, Executable] = {}  # by id(program): programs live as long as `programs`
         self.traits = traits
         self._tf32 = False  # whether the programs held were scheduled with TF32 products (see `_shaping_traits`)
@@ -133,11 +133,11 @@ class FusingDevice(Device):
             self._by_structure[walk.structure] = program
         else:
             stats.bump("schedule_cache_hits")
-        inputs = [leaf.buffer for leaf in walk.leaves]
+        inputs = walk.buffers()
         if None in inputs:
             raise RuntimeError("a gradient needs the value of a tensor that was released; keep a reference to it "
                                "until its gradients are realized")
-        return self.run(program, inputs, [r.arg for r in walk.rands])
+        return self.run(program, inputs, walk.rand_args())
 
     def program_for(self, key: str, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                     in_place: Sequence[tuple[int, int]] = (), tune: int = 0, checks: Sequence[int] = ()) -> Program:

@@ -67,7 +67,7 @@ def stop(recorder: Recorder) -> None:
 
 def timing_wanted() -> bool:
     """A profiler is recording, or ZYX_DEBUG>=2 asks for every kernel's time."""
-    return bool(_recorders) or debug_level() >= 2
+    return True if _recorders else debug_level() >= 2
 
 
 def record(entry: KernelRecord) -> None:

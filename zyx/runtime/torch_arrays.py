@@ -135,21 +135,27 @@ class _RunState:
     __slots__ = ("enabled", "precision")
 
     def __enter__(self) -> None:
-        self.enabled = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
+        self.enabled = _is_grad_enabled()
+        _set_grad_enabled(False)
         precision = _READ_PRECISION()
         key = (precision, tf32_allowed())
         wanted = _PRECISION_TO_WRITE.get(key, _UNKNOWN)
         if wanted is _UNKNOWN:
             wanted = _PRECISION_TO_WRITE[key] = _precision_to_write(*key)
-        self.precision = None if wanted is None else precision
-        if wanted is not None:
+        if wanted is None:
+            self.precision = None
+        else:
+            self.precision = precision
             _WRITE_PRECISION(wanted)
 
     def __exit__(self, *exc: Any) -> None:
-        torch._C._set_grad_enabled(self.enabled)
+        _set_grad_enabled(self.enabled)
         if self.precision is not None:
             _WRITE_PRECISION(self.precision)
+
+
+_is_grad_enabled, _set_grad_enabled = torch.is_grad_enabled, torch._C._set_grad_enabled  # (read once: every run
+# enters a _RunState)
 
 
 @functools.cache

@@ -84,10 +84,10 @@ class TorchDevice(Device):
             self.programs[walk.structure] = program
         else:
             stats.bump("schedule_cache_hits")
-        inputs = [leaf.buffer for leaf in walk.leaves]
+        inputs = walk.buffers()
         if any(map(_is_none, inputs)):  # (`None in` calls torch.Tensor.__eq__: slow)
             raise interpret.released_error()
-        rand_args = [rand.arg for rand in walk.rands]
+        rand_args = walk.rand_args() if walk.rands else ()
         if not profiling.timing_wanted():
             return self.run(program, inputs, rand_args)
         return interpret.profiled(self, "torch_program", walk.digest()[:12], walk.roots, walk.order,
@@ -126,16 +126,16 @@ class TorchDevice(Device):
         if gate is not None:
             gate()
         streams = [philox_words(seed, offset) for seed, offset in rand_args] if rand_args else ()
-        stats.bump("kernels_launched", program.kernel_count)
-        if self.compile:
-            return self._run_compiled(program, inputs, streams)
-        replay = self._replays.get(id(program))
+        replay = None if self.compile else self._replays.get(id(program))
         if replay is None:
+            stats.bump("kernels_launched", program.kernel_count)
+            if self.compile:
+                return self._run_compiled(program, inputs, streams)
             return self._first_run(program, inputs, streams)
         with self.arrays.quiet():
             values = replay.program.run(inputs, streams)
             outputs = values if replay.outputs is None else replay.outputs(inputs, values)
-        self.runtime.memory.replay(replay.account, outputs)
+        self.runtime.memory.replay(replay.account, outputs, program.kernel_count)
         return outputs
 
     def _first_run(self, program: interpret.InterpretedProgram, inputs: Sequence[torch.Tensor],

@@ -54,12 +54,14 @@ class MemoryCounter:
     def reset_peak(self) -> None:
         self.peak_bytes = self.current_bytes
 
-    def replay(self, account: "RunAccount", outputs: Sequence[torch.Tensor]) -> None:
-        """Count another run of the program `account` was measured on, whose outputs are `outputs`."""
-        self.peak_bytes = max(self.peak_bytes, self.current_bytes + account.rise)
+    def replay(self, account: "RunAccount", outputs: Sequence[torch.Tensor], kernels: int) -> None:
+        """Count another run of the program `account` was measured on, whose outputs are `outputs`, launching
+        `kernels` (zyx.stats' counts of the run are published here, in one call)."""
+        peak = self.current_bytes + account.rise
+        if peak > self.peak_bytes:
+            self.peak_bytes = peak
         self.current_bytes += account.kept_bytes
-        stats.bump("bytes_allocated", account.allocated)
-        stats.set_max("peak_bytes", self.peak_bytes)
+        stats.note_run(self.peak_bytes, 0, kernels, account.allocated)
         for position, counted, nbytes in account.kept:
             self.keep(outputs[position], counted, nbytes)
 

@@ -3,67 +3,90 @@
 Input data, random seeds and offsets, object ids and Python's `hash()` never enter the hash; the order in
 which leaves are first met does, so the caches keyed on it can bind inputs by position.
 
-A realize walks its graph once (`walk`). The walk gathers each node's own key, made when the node was built
-(`Node.key`), and the numbers of its sources into `Walk.structure`: an exact key for the in-memory caches, so a
-structure seen before is found without hashing any text. The xxh3 digest, which the disk caches need and which
-is the same in every process, is made from the walk only when asked for (`Walk.digest`), once per walk.
+A realize walks its graph once (`Walk`): one depth-first pass that only numbers nodes, sources before users.
+The keys each node made when it was built (`Node.key`) and its sources' numbers are then gathered at C speed
+into an exact key of the structure, and what is the same for every graph of that structure (where its leaves
+and random nodes sit, a number standing for it) is planned once and kept (`Plan`): a structure seen before is
+found by one lookup, without hashing any text, and its number keys the in-memory caches above. The xxh3
+digest, which the disk caches need and which is the same in every process, is made from the walk only when
+asked for (`Walk.digest`), once per walk.
 """
 from __future__ import annotations
 
+import itertools
+from operator import attrgetter
 from typing import Optional, Sequence
 
 import xxhash
 
 from .. import counters
-from .node import Node
+from .node import Node, buffer_key
 from .ops import Op
+
+PLANS_KEPT = 1 << 16  # structures planned and remembered (as many as node keys, `node.KEYS_KEPT`); one met again
+# after that many others is planned again, under a new number (the in-memory caches then miss it once)
+_sources, _key, _buffer, _arg = attrgetter("src"), attrgetter("key"), attrgetter("buffer"), attrgetter("arg")
+_chain = itertools.chain.from_iterable
+_structure_numbers = itertools.count()
+
+
+class Plan:
+    """What every graph of one structure shares, worked out at its first walk: the positions (in walk order) of
+    its BUFFER leaves, RAND nodes and roots; the key each root takes when it becomes a buffer leaf; the graph
+    spelled out (`nodes`: per node its op, semantic arg, shape, dtype and sources' positions, what an origin's copy
+    is made from); and `number`, standing for the structure in the in-memory caches (never given to another)."""
+
+    __slots__ = ("number", "leaves", "rands", "roots", "root_keys", "nodes")
+
+    def __init__(self, order: list[Node], numbering: dict[Node, int], roots: Sequence[Node]):
+        self.number = next(_structure_numbers)
+        self.leaves = tuple([k for k, node in enumerate(order) if node.op is Op.BUFFER])
+        self.rands = tuple([k for k, node in enumerate(order) if node.op is Op.RAND])
+        self.roots = tuple([numbering[root] for root in roots])
+        self.root_keys = tuple([buffer_key(root.shape, root.dtype) for root in roots])
+        self.nodes = tuple([(node.op, None if node.op is Op.RAND else node.arg, node.shape, node.dtype,
+                             tuple(map(numbering.__getitem__, node.src))) for node in order])
+
+
+_plans: dict[tuple, Plan] = {}  # by the exact key of a structure (`Walk.__init__`)
 
 
 class Walk:
-    """The graph below some roots, met once: its nodes sources first (`order`), their BUFFER leaves and RAND
-    nodes in that order, and its structure as an exact key."""
+    """The graph below some roots, met once: its nodes sources first (`order`, `numbering`), their BUFFER leaves
+    and RAND nodes in that order, and `structure`, a number equal for two walks exactly when their graphs are
+    (op, shape, dtype, semantic arg of each node; which sources each reads; which nodes are the roots)."""
 
-    __slots__ = ("roots", "order", "leaves", "rands", "structure", "numbering", "_digest")
+    __slots__ = ("roots", "order", "numbering", "leaves", "rands", "plan", "structure", "_digest")
 
     def __init__(self, roots: Sequence[Node]):
-        self.roots = list(roots)
-        self.order: list[Node] = []
-        self.numbering: dict[Node, int] = {}  # node -> its position in `order` (nodes hash by identity)
-        self.leaves: list[Node] = []
-        self.rands: list[Node] = []
-        parts: list = []
-        for root in self.roots:
-            if root not in self.numbering:
-                self._visit(root, parts)
-        parts.append(tuple([self.numbering[root] for root in self.roots]))
-        self.structure = tuple(parts)
+        self.roots = roots = list(roots)
+        self.order, self.numbering = order, numbering = _depth_first(roots)
+        number_of, sources = numbering.__getitem__, list(map(_sources, order))
+        # one flat tuple (quick to hash and compare), read back unambiguously: the node count, each node's key,
+        # each node's source count, all sources' numbers, the roots' numbers
+        parts = [len(order)]
+        parts += map(_key, order)
+        parts += map(len, sources)
+        parts += map(number_of, _chain(sources))
+        parts += map(number_of, roots)
+        key = tuple(parts)
+        plan = _plans.get(key)
+        if plan is None:
+            if len(_plans) >= PLANS_KEPT:
+                del _plans[next(iter(_plans))]  # the oldest
+            plan = _plans[key] = Plan(order, numbering, roots)
+        self.plan, self.structure = plan, plan.number
+        self.leaves: list[Node] = list(map(order.__getitem__, plan.leaves))
+        self.rands: list[Node] = list(map(order.__getitem__, plan.rands)) if plan.rands else []
         self._digest: Optional[str] = None
 
-    def _visit(self, root: Node, parts: list) -> None:
-        """Number `root` and what it depends on that is not numbered yet, sources before users (`toposort`'s order),
-        gathering their keys into `parts`: one pass, iterative (traces can be deep). A node on the stack is never
-        a source of one above it (a trace has no cycles), so "not numbered" is "not met yet"."""
-        numbering, order, append, extend = self.numbering, self.order, parts.append, parts.extend
-        number_of, buffer, rand = numbering.__getitem__, Op.BUFFER, Op.RAND
-        stack = [(root, iter(root.src))]
-        push, pop = stack.append, stack.pop
-        while stack:
-            node, sources = stack[-1]
-            for source in sources:
-                if source not in numbering:
-                    push((source, iter(source.src)))
-                    break
-            else:
-                pop()
-                numbering[node] = len(order)
-                order.append(node)
-                append(node.key)
-                if node.src:
-                    extend(map(number_of, node.src))
-                elif node.op is buffer:
-                    self.leaves.append(node)
-                elif node.op is rand:
-                    self.rands.append(node)
+    def buffers(self) -> list:
+        """The leaves' buffers, in the leaves' order (a program's inputs)."""
+        return list(map(_buffer, self.leaves))
+
+    def rand_args(self) -> list:
+        """The RAND nodes' (seed, offset) args, in their order."""
+        return list(map(_arg, self.rands))
 
     def digest(self) -> str:
         """The xxh3-128 hex digest of the structure, equal in every process (computed once per walk)."""
@@ -75,6 +98,62 @@ class Walk:
             digest.update(("roots:" + ",".join(str(numbering[r]) for r in self.roots)).encode())
             self._digest = digest.hexdigest()
         return self._digest
+
+
+def _depth_first(roots: Sequence[Node]) -> tuple[list[Node], dict[Node, int]]:
+    """Every node below `roots`, sources before users in `toposort`'s order, and its position in that order (nodes
+    hash by identity); a leaf is numbered where it is met. Recursive (`_number`), the quickest pass for the usual
+    trace; one deeper than the interpreter's recursion limit is walked again iteratively."""
+    order: list[Node] = []
+    numbering: dict[Node, int] = {}
+    try:
+        for root in roots:
+            if root not in numbering:
+                _number(root, numbering, order)
+    except RecursionError:
+        return _depth_first_iterative(roots)
+    return order, numbering
+
+
+def _number(node: Node, numbering: dict[Node, int], order: list[Node]) -> None:
+    """Number what `node` depends on that is not numbered yet, then `node` (a module function, not a closure: a
+    closure calling itself is a reference cycle, which would keep the walk's nodes alive until a collection)."""
+    for source in node.src:
+        if source not in numbering:
+            if source.src:
+                _number(source, numbering, order)
+            else:
+                numbering[source] = len(order)
+                order.append(source)
+    numbering[node] = len(order)
+    order.append(node)
+
+
+def _depth_first_iterative(roots: Sequence[Node]) -> tuple[list[Node], dict[Node, int]]:
+    """`_depth_first` for traces of any depth. A node on the stack is never a source of one above it (a trace has
+    no cycles), so "not numbered" is "not met yet"."""
+    order: list[Node] = []
+    numbering: dict[Node, int] = {}
+    append = order.append
+    for root in roots:
+        if root in numbering:
+            continue
+        stack = [(root, iter(root.src))]
+        push, pop = stack.append, stack.pop
+        while stack:
+            node, sources = stack[-1]
+            for source in sources:
+                if source not in numbering:
+                    if source.src:
+                        push((source, iter(source.src)))
+                        break
+                    numbering[source] = len(order)
+                    append(source)
+            else:
+                pop()
+                numbering[node] = len(order)
+                append(node)
+    return order, numbering
 
 
 def describe(node: Node, numbering: dict[Node, int]) -> str:

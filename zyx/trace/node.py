@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..dtypes import DType, bool_, int_range
 from ..errors import AxisError, ShapeError
@@ -40,10 +40,11 @@ class Node:
     def realized(self) -> bool:
         return self.op is Op.BUFFER
 
-    def become_buffer(self, buffer: Any, origin: Any = None) -> None:
-        """Turn into a leaf holding `buffer`, releasing the graph above (`origin` keeps a detached copy)."""
+    def become_buffer(self, buffer: Any, origin: Any = None, key: Optional[int] = None) -> None:
+        """Turn into a leaf holding `buffer`, releasing the graph above (`origin` keeps a detached copy); `key`: the
+        leaf's, `buffer_key(shape, dtype)`, where known already."""
         self.op, self.src, self.arg, self.buffer, self.origin = Op.BUFFER, (), None, buffer, origin
-        self.key = key_number((Op.BUFFER._value_, self.shape, self.dtype.name, None))
+        self.key = buffer_key(self.shape, self.dtype) if key is None else key
 
     def __repr__(self) -> str:
         return f"Node({self.op.name}, shape={self.shape}, dtype={self.dtype.name}, arg={self.arg!r})"
@@ -65,6 +66,11 @@ def key_number(key: tuple) -> int:
             _key_numbers.clear()
         number = _key_numbers[key] = next(_next_numbers)
     return number
+
+
+def buffer_key(shape: Shape, dtype: DType) -> int:
+    """The key of a buffer leaf of `shape` and `dtype` (what a realized node becomes)."""
+    return key_number((Op.BUFFER._value_, shape, dtype.name, None))
 
 
 def arg_key(arg: Any) -> Any:
@@ -211,7 +217,7 @@ def binary(op: Op, a: Node, b: Node) -> Node:
     if op in SHIFT_OPS and not a.dtype.is_int:
         raise TypeError(f"{op.name.lower()} needs integer tensors, got {a.dtype.name}")
     dtype = bool_ if op in COMPARE_OPS else a.dtype
-    return Node(op, (a, b), None, a.shape, dtype, _same_device((a, b), op))
+    return Node(op, (a, b), None, a.shape, dtype, a.device if b.device is a.device else _same_device((a, b), op))
 
 
 def where(condition: Node, a: Node, b: Node) -> Node:

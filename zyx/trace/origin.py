@@ -13,7 +13,7 @@ still works, the node keeps a detached copy of its graph (its `origin`):
 Most realized values are never differentiated through, so the copy is made when autodiff first asks for it
 (`recorded_structure`). A realize keeps only what the copy will need and cannot find later: a weak reference
 to each node (the data leaves themselves) and the random streams' seeds; the graph's shape (ops, args, shapes,
-sources) is the same for every realize of a structure and is kept once per structure (`_templates`).
+sources) is the same for every realize of a structure and is kept once per structure, in its `Plan`.
 
 A gradient that needs the value of a realized tensor nobody holds any more cannot be formed: realizing it
 raises a RuntimeError that says so.
@@ -26,11 +26,6 @@ from typing import Any, Optional
 from .hashing import Walk
 from .node import Node
 from .ops import Op
-
-TEMPLATES_KEPT = 4096  # structures whose graph shape is remembered; a realize of another one records it again
-
-Template = list[tuple[Op, Any, tuple[int, ...], Any, tuple[int, ...]]]  # per node: op, arg, shape, dtype, sources
-_templates: dict[tuple, Template] = {}
 
 
 class Recorded(Node):
@@ -56,28 +51,24 @@ def is_data_leaf(node: Node) -> bool:
 class Origins:
     """The origins of the targets of one realize (they share one copy of its graph), made on first use."""
 
-    __slots__ = ("template", "held", "rand_args", "device", "copies")
+    __slots__ = ("plan", "held", "rand_args", "device", "copies")
 
     def __init__(self, walk: Walk, device: Any):
-        self.template = _template(walk)
+        self.plan = walk.plan
         # per node of the walk: itself (a data leaf, or a copy already) or a weak reference (an interior node, or a
         # realized one, copied as its placeholder)
         order = walk.order
         self.held: list[Any] = list(map(weakref.ref, order))  # (at C speed; then the few held as they are)
-        for leaf in walk.leaves:
+        for leaf, position in zip(walk.leaves, walk.plan.leaves):
             if leaf.origin is None:
-                self.held[walk.numbering[leaf]] = leaf
+                self.held[position] = leaf
         if Recorded in set(map(type, order)):
             for position, node in enumerate(order):
                 if type(node) is Recorded:
                     self.held[position] = node
-        self.rand_args = [node.arg for node in walk.rands]
+        self.rand_args = walk.rand_args() if walk.rands else ()
         self.device = device
         self.copies: Optional[list[Node]] = None
-
-    def origin(self, position: int) -> "Origin":
-        """The origin of the node at `position` in the walk."""
-        return Origin(self, position)
 
     def copy(self, position: int) -> Node:
         if self.copies is None:
@@ -87,7 +78,7 @@ class Origins:
     def _copy(self) -> list[Node]:
         copies: list[Node] = []
         rands = iter(self.rand_args)
-        for (op, arg, shape, dtype, sources), held in zip(self.template, self.held):
+        for (op, arg, shape, dtype, sources), held in zip(self.plan.nodes, self.held):
             if not isinstance(held, weakref.ref):
                 copies.append(held)
                 continue
@@ -107,24 +98,6 @@ class Origin:
     def node(self) -> Node:
         """The detached copy of the node's graph (made at the first call, shared by the realize's targets)."""
         return self.origins.copy(self.position)
-
-
-def record_origins(walk: Walk, device: Any) -> list[Origin]:
-    """The origins of the walk's roots, for `Node.become_buffer`."""
-    origins = Origins(walk, device)
-    return [origins.origin(walk.numbering[root]) for root in walk.roots]
-
-
-def _template(walk: Walk) -> Template:
-    """The shape of the walk's graph, the same for every realize of its structure (kept for TEMPLATES_KEPT)."""
-    template = _templates.get(walk.structure)
-    if template is None:
-        template = [(node.op, None if node.op is Op.RAND else node.arg, node.shape, node.dtype,
-                     tuple(walk.numbering[source] for source in node.src)) for node in walk.order]
-        if len(_templates) >= TEMPLATES_KEPT:
-            del _templates[next(iter(_templates))]  # the oldest
-        _templates[walk.structure] = template
-    return template
 
 
 def canonical(node: Node) -> Optional[Node]:
