@@ -326,13 +326,14 @@ def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool) -> Opti
     ran 267 TFLOP/s so against 209 the other way, bfloat16 8192³ the same: bench/GPU.md); ZYX_WGMMA_EARLY_HAND_OVER=0
     refills first.
 
-    float16 products get none (every item copies and multiplies): on the H200 (driver 580.159.04) the producer form
-    of a float16 product with k >= 2048 (a loop of slices) came out wrong by up to 33 at 128 x 4096 x 128 in both
-    hand-over orders, where the same kernel in bfloat16, whose PTX differs only in its epilogue's conversions, and
-    the float16 product without a producer were right (bench/GPU.md, twelfth session)."""
-    if os.environ.get("ZYX_WGMMA_PRODUCER") == "0" or plan.kind == "f16":
+    float16 consumers keep no batch in flight: on the H200 (driver 580.159.04) a float16 product with k >= 2048 (a
+    loop of slices) and a batch in flight came out wrong, its last slice only ~70 % counted, as if the epilogue's
+    float16 conversions read accumulators the last batch was still writing (128 x 4096 x 128, both hand-over
+    orders); waiting for each batch made it right (4096^3 561 TFLOP/s, 443 without a producer), and bfloat16's
+    epilogues are right with the batch in flight (bench/GPU.md, twelfth session)."""
+    if os.environ.get("ZYX_WGMMA_PRODUCER") == "0":
         return None
-    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0"
+    wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0" and plan.kind != "f16"
     return warp_roles(kernel, plan.buffers, wait_one, plan.right_in_registers, round_tiles,
                       os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") != "0")
 
