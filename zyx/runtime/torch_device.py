@@ -111,7 +111,7 @@ class TorchDevice(Device):
                in_place: Sequence[tuple[int, int]] = ()) -> interpret.InterpretedProgram:
         """A new program: one pass over the trace (`interpret.build`), checked against the device's memory."""
         if any(node.op is Op.COLLECTIVE for node in order):
-            raise TypeError(f"zyx.Torch: zyx.distributed's collectives run on zyx.CPU() and zyx.OpenCL() (host "
+            raise TypeError("zyx.Torch: zyx.distributed's collectives run on zyx.CPU() and zyx.OpenCL() (host "
                             "staging is written for those two); move the tensors there")
         program = interpret.build(targets, order, optimize=True, in_place=in_place, groupable=groupable)
         self.runtime.limits.check_nodes(program.stored())
