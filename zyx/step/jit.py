@@ -590,7 +590,7 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
     # reading the step's inputs. The trace is hashed once where it can be (W7's took 0.2 s a hash).
     gated = device.kind in FUSING_KINDS
     signed = None if gated else signature(targets)
-    checking = None if signed is None else _check_program(extremes, _positions(signed[1]), device)
+    checking = None if gated else _check_program(extremes, _positions(signed[1]), device)
     checks = [(check, k) for k, check in enumerate(found_checks)]
     if extremes and checking is None:  # computed by the step's program
         checks = [(check, len(targets) + k) for k, check in enumerate(found_checks)]
