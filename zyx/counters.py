@@ -4,8 +4,8 @@ Tests pin fusion and caching with these numbers, so every layer bumps them throu
 """
 from __future__ import annotations
 
-_RUN_COUNTERS = {"peak_bytes": 0, "launches": 0, "kernels_launched": 0, "bytes_allocated": 0}  # what `note_run`
-# adds to, at every run
+# what `note_run` adds to, at every run
+_RUN_COUNTERS = {"peak_bytes": 0, "launches": 0, "kernels_launched": 0, "bytes_allocated": 0}
 _COUNTERS: dict[str, float] = dict(_RUN_COUNTERS)
 _NAMES = (
     "kernels_compiled", "kernels_launched", "graphs_scheduled", "schedule_cache_hits",

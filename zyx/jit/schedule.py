@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from itertools import islice
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Callable, Optional, Sequence
 
 from ..trace.node import Node, toposort
