@@ -155,10 +155,10 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     by the kernels made here). A kernel waiting for values other kernels make leaves the `early` reductions to
     kernels of their own."""
     waits = early and not _reads_inputs_only(root, materialized, early)
-    product = None if traits.gpu else hosted_matmul(root, materialized)
-    if product is not None and product is not root and space_axes(root, product) is None:
-        materialized[id(product)] = product  # (on a CPU a product stored in another shape gets its own tiled
-        stored_apart.add(id(product))        # kernel, and this one reads it)
+    product = _product_stored_apart(root, materialized, produced | stored_apart, traits.gpu)
+    if product is not None:
+        materialized[id(product)] = product
+        stored_apart.add(id(product))
     beside = _products_beside(root, materialized, users) if traits.gpu else []
     for value in [*beside, *_broadcast_into_reductions(root, materialized, traits)]:
         materialized[id(value)] = value
@@ -178,6 +178,19 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
                 raise
             extra_outputs = False  # (only this kernel stores no value but its root; the others keep theirs)
     return kernel, extra_outputs != allow_extra_outputs
+
+
+def _product_stored_apart(root: Node, materialized: dict[int, Node], loaded: set[int], gpu: bool) -> Optional[Node]:
+    """The product the kernel of `root` would host where a kernel of its own should store it, this one reading it.
+    On a CPU, one stored in another shape than the root's (it gets its own tiled kernel). On a GPU, one that is
+    stored anyway (another kernel reads it too): a tiled lowering stores nothing beside its root, so hosting it
+    would only lay this kernel's reads of the stored product out as a product's accumulators, 128 values an item
+    (W7's GELU backward, dY·W_outᵀ read by the bias gradient's column sums too: 0.96 ms a layer under bf16
+    autocast on the H200, where an elementwise kernel moves those bytes in about a tenth of that)."""
+    product = hosted_matmul(root, materialized, loaded) if gpu else hosted_matmul(root, materialized)
+    if product is None or product is root:
+        return None
+    return product if (id(product) in materialized if gpu else space_axes(root, product) is None) else None
 
 
 BESIDE_MIN_K = 128  # a product a GPU kernel would compute beside the one it hosts, reducing this many elements and
