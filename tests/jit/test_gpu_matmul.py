@@ -254,3 +254,22 @@ def test_an_elementwise_kernel_reading_a_product_another_kernel_stores_is_shaped
     assert any(k.global_size == 2048 * 768 and "tile_a" not in k.source and k.local_size is None for k in kernels)
     for got, expected in zip((elementwise, column_sums), outputs(zyx.CPU())):
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_a_target_logit_picked_from_a_cast_of_stored_half_logits_matches_the_reference(gpu):
+    """cross_entropy(logits.float()) over bf16 logits: the target logits are picked from the stored bf16 values and
+    cast (no float32 copy of the logits is stored for the pick); loss and gradients match zyx.CPU()'s."""
+    n, d, v = 64, 32, 20000
+    xs, ws, targets = data(n, d), data(v, d) * 0.1, np.arange(n) * 313 % v
+
+    def loss_and_gradients(device):
+        x, w = device.tensor(xs), device.tensor(ws)
+        with zyx.autocast(zyx.bfloat16):
+            logits = x @ w.T
+        loss = zyx.nn.functional.cross_entropy(logits.float(), device.tensor(targets))
+        return (loss, *loss.backward([x, w]))
+    got = loss_and_gradients(gpu)
+    kernels, _ = schedule([t.node for t in got], DeviceTraits(True, compute_units=132))
+    assert not any(node.dtype.name == "float32" and node.numel == n * v for k in kernels for node in k.outputs)
+    for a, b in zip(got, loss_and_gradients(zyx.CPU())):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-2, atol=1e-4)

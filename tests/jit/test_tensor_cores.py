@@ -274,3 +274,20 @@ def test_a_nan_stays_nan_through_tf32_rounding(cores, tf32_allowed):
     x = cores.tensor(a)
     out = ((x * 0 + x) @ cores.tensor(np.ones((64, 64), np.float32))).numpy()  # a nan the device computed too
     assert np.isnan(out[3]).all() and not np.isnan(np.delete(out, 3, axis=0)).any()
+
+
+def test_a_cross_entropy_over_half_logits_computes_their_product_once_and_stores_no_float32_copy():
+    """GPT-2's head under bf16 autocast: cross_entropy(logits.float()) with the logits' gradient wanted. The product
+    is stored once, in bf16; the row statistics and the picked target logits read it and cast it as they go, and
+    the gradient's kernel reads it too (it computed the 16384 x 768 x 50304 product a second time while a float32
+    copy of the logits, 3.3 GB, was stored for the row max and the pick)."""
+    dev = zyx.CPU()
+    n, d, v = 256, 128, 20000  # rows longer than a row kernel takes (rows.ROW_LIMIT), as GPT-2's 50 304 are
+    x, w = dev.randn(n, d).to("bfloat16"), dev.randn(v, d).to("bfloat16")
+    logits = x @ w.T
+    loss = zyx.nn.functional.cross_entropy(logits.float(), dev.tensor(np.arange(n) * 71 % v))
+    gradient, = loss.backward([logits])
+    kernels = schedule([loss.node, gradient.node], TENSOR_CORES)[0]
+    assert sum(on_tensor_cores(k) for k in kernels) == 1
+    stored = [node for k in kernels for node in k.outputs if node.numel == n * v]
+    assert sorted(node.dtype.name for node in stored) == ["bfloat16", "bfloat16"]  # the logits and their gradient

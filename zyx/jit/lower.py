@@ -375,8 +375,9 @@ class Lowering:
 
     def _take(self, take: Take) -> _Value:
         """The one element a one-hot sum picks, read at the index it compares (indirect.py): the index clamped into
-        range (only to keep the read inside the buffer: a RangeCheck reports an index outside it), then one load."""
-        picked = take.source
+        range (only to keep the read inside the buffer: a RangeCheck reports an index outside it), then one load,
+        cast as the picked value is where it is a cast of a stored value (`_stored_under_casts`)."""
+        picked, casts = self._stored_under_casts(take.source)
         if id(picked) in self._stored:
             raise ScheduleConflict(picked)
         if picked.op is not Op.BUFFER and not self._is_materialized(picked):
@@ -391,8 +392,24 @@ class Lowering:
         name = self._input(picked)
         self._misaligned.add(id(picked))
         indirect = (clamped.operand, take.size, take.stride)
-        return self._emit(max(index.depth, self._depth_of((take.base,))),
-                          lambda out: Load(Reg(out, picked.dtype), name, take.base, (), indirect=indirect))
+        depth = max(index.depth, self._depth_of((take.base,)))
+        value = self._emit(depth, lambda out: Load(Reg(out, picked.dtype), name, take.base, (), indirect=indirect))
+        for cast in casts:
+            value = self._emit(depth, lambda out: Alu(Reg(out, cast.dtype), Op.CAST, (value.operand,)))
+        return value
+
+    def _stored_under_casts(self, picked: Node) -> tuple[Node, list[Node]]:
+        """`picked`, or the stored value it casts (through reshapes, which keep flat positions) and the casts from
+        it outward: a cross-entropy's target logit is picked from logits a bf16 product stored, not from their
+        float32 cast, which would be stored for the pick alone (GPT-2's: 3.3 GB)."""
+        casts, node = [], picked
+        while node.op in (Op.CAST, Op.RESHAPE) and not self._is_materialized(node) and node.op is not Op.BUFFER:
+            if node.op is Op.CAST:
+                casts.append(node)
+            node = node.src[0]
+        if not casts or not (node.op is Op.BUFFER or self._is_materialized(node)):
+            return picked, []
+        return node, casts[::-1]
 
     def _reduction_loop(self, node: Node, depth: int, positions: list[Index], start: Operand) -> list[Reg]:
         """A loop in scope `depth` over `node`'s reduced axes, accumulating its source at each of `positions`

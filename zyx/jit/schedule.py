@@ -155,7 +155,7 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     by the kernels made here). A kernel waiting for values other kernels make leaves the `early` reductions to
     kernels of their own."""
     waits = early and not _reads_inputs_only(root, materialized, early)
-    product = _product_stored_apart(root, materialized, produced | stored_apart, traits.gpu)
+    product = _product_stored_apart(root, materialized, produced | stored_apart, users, traits.gpu)
     if product is not None:
         materialized[id(product)] = product
         stored_apart.add(id(product))
@@ -180,17 +180,44 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     return kernel, extra_outputs != allow_extra_outputs
 
 
-def _product_stored_apart(root: Node, materialized: dict[int, Node], loaded: set[int], gpu: bool) -> Optional[Node]:
+def _product_stored_apart(root: Node, materialized: dict[int, Node], loaded: set[int],
+                          users: dict[int, list[Node]], gpu: bool) -> Optional[Node]:
     """The product the kernel of `root` would host where a kernel of its own should store it, this one reading it.
     On a CPU, one stored in another shape than the root's (it gets its own tiled kernel). On a GPU, one that is
-    stored anyway (another kernel reads it too): a tiled lowering stores nothing beside its root, so hosting it
-    would only lay this kernel's reads of the stored product out as a product's accumulators, 128 values an item
+    stored anyway, or will be (`_feeds_a_reduction`): a tiled lowering stores nothing beside its root, so hosting
+    it would lay this kernel's reads of the stored product out as a product's accumulators, 128 values an item
     (W7's GELU backward, dY·W_outᵀ read by the bias gradient's column sums too: 0.96 ms a layer under bf16
-    autocast on the H200, where an elementwise kernel moves those bytes in about a tenth of that)."""
+    autocast on the H200, where an elementwise kernel moves those bytes in about a tenth of that), or compute the
+    product a second time."""
     product = hosted_matmul(root, materialized, loaded) if gpu else hosted_matmul(root, materialized)
     if product is None or product is root:
         return None
-    return product if (id(product) in materialized if gpu else space_axes(root, product) is None) else None
+    if not gpu:
+        return product if space_axes(root, product) is None else None
+    stored = id(product) in materialized or (product.src[0].shape[product.arg[0]] >= BESIDE_MIN_K
+                                             and _feeds_a_reduction(product, root, users))
+    return product if stored else None
+
+
+def _feeds_a_reduction(product: Node, root: Node, users: dict[int, list[Node]]) -> bool:
+    """Whether a reduction reads `product` other than through `root`, directly or through elementwise and movement
+    ops: that reduction's kernel needs the product's values stored. (Under bf16 autocast a cross-entropy's row max
+    reads GPT-2's logits cast to float32, which were stored, 3.3 GB, while the gradient's kernel computed the
+    16384 x 768 x 50304 product again: 4.5 + 6.2 ms on the H200.)"""
+    stack, seen = [product], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for user in users.get(id(node), ()):
+            if user is root:
+                continue
+            if user.op in REDUCE_OPS:
+                return True
+            if user.op in ELEMENTWISE_OPS or user.op in MOVEMENT_OPS:
+                stack.append(user)
+    return False
 
 
 BESIDE_MIN_K = 128  # a product a GPU kernel would compute beside the one it hosts, reducing this many elements and
