@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..trace import node as n
 from ..trace.node import Node
@@ -224,6 +224,21 @@ def copy_tile(root: Node) -> Optional[dict[int, int]]:
     return {len(root.shape) - 1: root.shape[-1]}
 
 
+class _Lanes(Sequence[_Value]):
+    """The product's values at a work item's outputs, each extracted from its accumulator when first read."""
+
+    def __init__(self, lowering: "CpuMatmulLowering"):
+        self.lowering, self.read = lowering, {}
+
+    def __len__(self) -> int:
+        return len(self.lowering.lanes)
+
+    def __getitem__(self, element):  # type: ignore[override]
+        if element not in self.read:
+            self.read[element] = self.lowering._lane(element)
+        return self.read[element]
+
+
 class CpuMatmulLowering(Lowering):
     """Lowering whose work items each own a rows x width tile of the product, accumulated in vectors."""
 
@@ -287,12 +302,18 @@ class CpuMatmulLowering(Lowering):
     def _lower_outputs(self) -> None:
         """A product stored as it is in whole vectors: each accumulator stored by one vector store (`vstore16`),
         not extracted and stored lane by lane. The values are the same; the kernel has 16x fewer statements to
-        lower, print and compile (a W5 product's front end took 0.06 s less of PoCL's CPU, of 0.15-0.2 s)."""
+        lower, print and compile (a W5 product's front end took 0.06 s less of PoCL's CPU, of 0.15-0.2 s).
+        Otherwise the product's loop still comes first, so that what the epilogue reads (SGD's weights) is loaded
+        after it, each output's lane taken from its accumulator where the output is computed and stored
+        (`_lane`, `_store`): neither held across the loop nor all live at once after it, where they took registers
+        from the accumulators (a 6 x 16 tile on AVX2 spilled one: in W4 twice the kernel's time)."""
+        self._element = 0
+        product = self.plan.product
         if not self._whole_vectors:
+            self._reductions[id(product)] = self._reduce(product)
             super()._lower_outputs()
             return
-        self._element = 0
-        self._reduce(self.plan.product)
+        self._reduce(product)
         out = self._output(self.root)
         # self.lanes runs over each row's columns in order: lanes i..i+15 are one accumulator's
         self._stores += [Store(out, self.positions[i], self._accumulators[t][u // LANES], float32, "vector")
@@ -302,7 +323,7 @@ class CpuMatmulLowering(Lowering):
         return (Axis("gid", self.items, Role.GLOBAL), *self._loops,
                 Axis("rows", self.plan.left.block, Role.UPCAST), Axis("columns", self.plan.right.block, Role.VECTOR))
 
-    def _reduce(self, node: Node) -> list[_Value]:
+    def _reduce(self, node: Node) -> Sequence[_Value]:
         plan = self.plan
         if node is not plan.product:
             return super()._reduce(node)
@@ -338,10 +359,20 @@ class CpuMatmulLowering(Lowering):
         loop = Loop(step, count, tuple(self._close_loop()))
         self._scopes[0] += [Define(acc, Const(0.0, float32, LANES)) for row in accumulators for acc in row] + [loop]
         self._accumulators = accumulators
-        if self._whole_vectors:
-            return []  # (stored whole by _lower_outputs)
-        return [self._emit(0, lambda out, t=t, u=u: Extract(Reg(out, float32), accumulators[t][u // LANES],
-                                                             f"s{u % LANES:x}")) for t, u in self.lanes]
+        return _Lanes(self)  # (unread where stored whole by _lower_outputs)
+
+    def _lane(self, element: int) -> _Value:
+        """The product at the work item's output `element`: its lane of an accumulator (after the loop)."""
+        t, u = self.lanes[element]
+        return self._emit(0, lambda out: Extract(Reg(out, float32), self._accumulators[t][u // LANES],
+                                                 f"s{u % LANES:x}"))
+
+    def _store(self, node: Node, value: _Value, position: Expr) -> None:
+        """Stored where computed (after the product's loop), not with every other store at the end."""
+        stores = len(self._stores)
+        super()._store(node, value, position)
+        self._scopes[0] += self._stores[stores:]
+        del self._stores[stores:]
 
     def _read(self, node: Node) -> str:
         """The kernel argument reading `node` from memory: a buffer, or a node (a packed copy) another kernel
