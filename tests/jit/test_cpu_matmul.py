@@ -210,3 +210,15 @@ def test_an_epilogue_reads_after_the_loop_and_each_lane_is_extracted_where_it_is
     first_store = source.index("] = v")
     assert source.index(".s0;") < first_store < source.rindex(".sf;")  # lanes extracted as they are stored
     close(out.numpy(), w - 0.01 * (a @ b))
+
+
+def test_a_left_operands_copy_takes_several_steps_of_k_per_item(dev):
+    """A computed left operand is copied into panels of its rows (4 on AVX2, 8 on AVX-512), each work item copying
+    its block of rows over several steps of k: COPY_OUTPUTS values an item, not one step's few rows."""
+    a, b = data(64, 96), data(96, 640)
+    out = dev.tensor(a).exp() @ dev.tensor(b)
+    for traits in (AVX2, AVX512):
+        kernels, site = product_site(out, traits)
+        left_copy = kernels[0]  # (the left operand's copy comes first, then the right one's where it is packed)
+        assert left_copy.global_size * cpu_matmul.COPY_OUTPUTS == 64 * 96
+    close(out.numpy(), np.exp(a) @ b)
