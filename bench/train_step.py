@@ -335,7 +335,8 @@ def zyx_case(optimizer: str, device, jit: bool = True, wgpu: bool = False):
 
 
 def profile_zyx(data: dict[str, np.ndarray], optimizer: str, device, steps: int = 5) -> str:
-    """Each kernel of the jitted step timed alone (the queue is drained before and after every launch).
+    """Each kernel of the jitted step timed alone (the queue is drained before and after every launch): wall time,
+    and CPU time of the process (every PoCL thread; on a loaded machine the wall time says little).
 
     The sum exceeds a step's time a little (no overlap, a wait per launch), but it shows which kernels dominate.
     """
@@ -347,6 +348,7 @@ def profile_zyx(data: dict[str, np.ndarray], optimizer: str, device, steps: int 
     runtime = dev.runtime
     launcher = runtime.launcher
     times: dict[int, list[float]] = {}
+    cpu_times: dict[int, list[float]] = {}
     names: dict[int, str] = {}
     position = [0]
 
@@ -355,10 +357,11 @@ def profile_zyx(data: dict[str, np.ndarray], optimizer: str, device, steps: int 
 
         def timed_launch(kernel: Any, global_size: Any, local_size: Any, args: Any) -> None:
             runtime.synchronize()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             launch(kernel, global_size, local_size, args)
             runtime.synchronize()
             times.setdefault(position[0], []).append(time.perf_counter() - start)
+            cpu_times.setdefault(position[0], []).append(time.process_time() - cpu_start)
             names[position[0]] = f"{kernel.function_name} global={tuple(global_size)} local={local_size}"
             position[0] += 1
         return timed_launch
@@ -369,11 +372,12 @@ def profile_zyx(data: dict[str, np.ndarray], optimizer: str, device, steps: int 
             step(x, y).item()
     finally:
         del runtime.launcher
-    rows = [(statistics.median(t), k) for k, t in times.items()]
-    total = sum(t for t, _ in rows)
-    lines = [f"W4 {optimizer}, zyx: {len(rows)} launches per step, {total * 1e3:.2f} ms in kernels timed alone "
-             f"(median of {steps} steps)"]
-    lines += [f"  {k:3d} {t * 1e3:9.2f} ms {t / total:6.1%}  {names[k]}" for t, k in rows]
+    rows = [(statistics.median(t), statistics.median(cpu_times[k]), k) for k, t in times.items()]
+    total, cpu_total = sum(t for t, _, _ in rows), sum(c for _, c, _ in rows)
+    lines = [f"W4 {optimizer}, zyx: {len(rows)} launches per step, {total * 1e3:.2f} ms in kernels timed alone, "
+             f"{cpu_total * 1e3:.2f} ms of CPU (medians of {steps} steps)"]
+    lines += [f"  {k:3d} {t * 1e3:9.2f} ms {c * 1e3:9.2f} ms of CPU {c / cpu_total:6.1%}  {names[k]}"
+              for t, c, k in rows]
     return "\n".join(lines)
 
 

@@ -1,4 +1,6 @@
 """CPU matrix products (zyx/jit/cpu_matmul.py): which products get the vector kernel, and their results."""
+import re
+
 import numpy as np
 import pytest
 
@@ -190,3 +192,33 @@ def test_work_items_sweep_the_columns_over_a_band_of_rows_that_stays_in_cache(de
     assert "(gid%8)" in product().source and "(gid/24)" in product().source
     dev.forget_programs()
     close((x @ y * 3).numpy(), a @ b * 3)
+
+
+def test_an_epilogue_reads_after_the_loop_and_each_lane_is_extracted_where_it_is_stored(dev):
+    """With an epilogue (SGD's update of the weights by the product), nothing is loaded before the product's loop
+    and each output's lane is extracted where the output is stored: no value stays live across the loop, nor
+    every lane at once after it (a 6 x 16 AVX2 tile, 12 of 16 registers in accumulators, then spilled one)."""
+    a, b, w = data(96, 64), data(64, 64), data(96, 64)
+    out = dev.tensor(w) - 0.01 * (dev.tensor(a) @ dev.tensor(b))
+    _, site = product_site(out, AVX2)
+    six = site.heuristic.replaced(rows=6, width=16)
+    forced, _ = schedule([out.node], AVX2, TunedChoices({site.key: six}))
+    source = next(k.source for k in forced if k.name.startswith("m_"))
+    assert "vload16" in source and "acc" in source
+    loop = source.index("for (")
+    assert re.search(r"= in\d+\[", source[:loop]) is None  # nothing loaded before the loop
+    first_store = source.index("] = v")
+    assert source.index(".s0;") < first_store < source.rindex(".sf;")  # lanes extracted as they are stored
+    close(out.numpy(), w - 0.01 * (a @ b))
+
+
+def test_a_left_operands_copy_takes_several_steps_of_k_per_item(dev):
+    """A computed left operand is copied into panels of its rows (4 on AVX2, 8 on AVX-512), each work item copying
+    its block of rows over several steps of k: COPY_OUTPUTS values an item, not one step's few rows."""
+    a, b = data(64, 96), data(96, 640)
+    out = dev.tensor(a).exp() @ dev.tensor(b)
+    for traits in (AVX2, AVX512):
+        kernels, site = product_site(out, traits)
+        left_copy = kernels[0]  # (the left operand's copy comes first, then the right one's where it is packed)
+        assert left_copy.global_size * cpu_matmul.COPY_OUTPUTS == 64 * 96
+    close(out.numpy(), np.exp(a) @ b)

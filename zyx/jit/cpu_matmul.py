@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..trace import node as n
 from ..trace.node import Node
@@ -36,6 +36,7 @@ WIDTHS = (32, 16)       # output columns per work item: the first that divides t
 LANES = 16              # floats per vector
 NARROW_ACCUMULATORS = 4  # the same on CPUs with 8-float vectors (AVX2: 16 registers, a float16 takes two)
 NARROW_WIDTHS = (16,)
+COPY_OUTPUTS = 64       # outputs per work item of a packed operand's copy (a block of rows, several steps of k)
 MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
 ROW_BAND_BYTES = 1 << 20
 """The rows of the left operand the items sweep the columns with before moving on (a band of row tiles this
@@ -216,12 +217,34 @@ def _unbroadcast(operand: Node) -> Optional[Node]:
 def copy_tile(root: Node) -> Optional[dict[int, int]]:
     """For a kernel storing a packed operand (Operand.packed): a block of outputs per work item, so the index
     arithmetic is done once per block and the block's loads and stores are adjacent (4x faster than one
-    output per item)."""
+    output per item). A block narrower than a vector (a left operand's rows) is taken over several steps of k
+    too, up to COPY_OUTPUTS outputs: PoCL's cost per work item dominated the copy, W4's first ReLU copied into
+    4-row panels (512 x 512) took 0.7-0.8 ms of CPU with 4 outputs per item, 0.2 ms with 64 (PoCL 3.1,
+    haswell). (Wider blocks, the right operand's, copied no faster so.)"""
     if root.op is not Op.PERMUTE or root.src[0].op is not Op.RESHAPE or len(root.shape) < 3:
         return None
     if root.arg[-1] != root.arg[-3] + 1 or not 1 < root.shape[-1] <= max(FAMILIES["cpu_matmul"]["width"]):
         return None
-    return {len(root.shape) - 1: root.shape[-1]}
+    block, steps = root.shape[-1], root.shape[-2]
+    tile = {len(root.shape) - 1: block}
+    if block < LANES:
+        tile[len(root.shape) - 2] = max(s for s in (1, 2, 4, 8, 16) if steps % s == 0 and s * block <= COPY_OUTPUTS)
+    return tile
+
+
+class _Lanes(Sequence[_Value]):
+    """The product's values at a work item's outputs, each extracted from its accumulator when first read."""
+
+    def __init__(self, lowering: "CpuMatmulLowering"):
+        self.lowering, self.read = lowering, {}
+
+    def __len__(self) -> int:
+        return len(self.lowering.lanes)
+
+    def __getitem__(self, element):  # type: ignore[override]
+        if element not in self.read:
+            self.read[element] = self.lowering._lane(element)
+        return self.read[element]
 
 
 class CpuMatmulLowering(Lowering):
@@ -287,12 +310,18 @@ class CpuMatmulLowering(Lowering):
     def _lower_outputs(self) -> None:
         """A product stored as it is in whole vectors: each accumulator stored by one vector store (`vstore16`),
         not extracted and stored lane by lane. The values are the same; the kernel has 16x fewer statements to
-        lower, print and compile (a W5 product's front end took 0.06 s less of PoCL's CPU, of 0.15-0.2 s)."""
+        lower, print and compile (a W5 product's front end took 0.06 s less of PoCL's CPU, of 0.15-0.2 s).
+        Otherwise the product's loop still comes first, so that what the epilogue reads (SGD's weights) is loaded
+        after it, each output's lane taken from its accumulator where the output is computed and stored
+        (`_lane`, `_store`): neither held across the loop nor all live at once after it, where they took registers
+        from the accumulators (a 6 x 16 tile on AVX2 spilled one: in W4 twice the kernel's time)."""
+        self._element = 0
+        product = self.plan.product
         if not self._whole_vectors:
+            self._reductions[id(product)] = self._reduce(product)
             super()._lower_outputs()
             return
-        self._element = 0
-        self._reduce(self.plan.product)
+        self._reduce(product)
         out = self._output(self.root)
         # self.lanes runs over each row's columns in order: lanes i..i+15 are one accumulator's
         self._stores += [Store(out, self.positions[i], self._accumulators[t][u // LANES], float32, "vector")
@@ -302,7 +331,7 @@ class CpuMatmulLowering(Lowering):
         return (Axis("gid", self.items, Role.GLOBAL), *self._loops,
                 Axis("rows", self.plan.left.block, Role.UPCAST), Axis("columns", self.plan.right.block, Role.VECTOR))
 
-    def _reduce(self, node: Node) -> list[_Value]:
+    def _reduce(self, node: Node) -> Sequence[_Value]:
         plan = self.plan
         if node is not plan.product:
             return super()._reduce(node)
@@ -338,10 +367,20 @@ class CpuMatmulLowering(Lowering):
         loop = Loop(step, count, tuple(self._close_loop()))
         self._scopes[0] += [Define(acc, Const(0.0, float32, LANES)) for row in accumulators for acc in row] + [loop]
         self._accumulators = accumulators
-        if self._whole_vectors:
-            return []  # (stored whole by _lower_outputs)
-        return [self._emit(0, lambda out, t=t, u=u: Extract(Reg(out, float32), accumulators[t][u // LANES],
-                                                             f"s{u % LANES:x}")) for t, u in self.lanes]
+        return _Lanes(self)  # (unread where stored whole by _lower_outputs)
+
+    def _lane(self, element: int) -> _Value:
+        """The product at the work item's output `element`: its lane of an accumulator (after the loop)."""
+        t, u = self.lanes[element]
+        return self._emit(0, lambda out: Extract(Reg(out, float32), self._accumulators[t][u // LANES],
+                                                 f"s{u % LANES:x}"))
+
+    def _store(self, node: Node, value: _Value, position: Expr) -> None:
+        """Stored where computed (after the product's loop), not with every other store at the end."""
+        stores = len(self._stores)
+        super()._store(node, value, position)
+        self._scopes[0] += self._stores[stores:]
+        del self._stores[stores:]
 
     def _read(self, node: Node) -> str:
         """The kernel argument reading `node` from memory: a buffer, or a node (a packed copy) another kernel
