@@ -183,8 +183,8 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
 def _product_stored_apart(root: Node, materialized: dict[int, Node], loaded: set[int],
                           users: dict[int, list[Node]], gpu: bool) -> Optional[Node]:
     """The product the kernel of `root` would host where a kernel of its own should store it, this one reading it.
-    On a CPU, one stored in another shape than the root's (it gets its own tiled kernel). On a GPU, one that is
-    stored anyway, or will be (`_feeds_a_reduction`): a tiled lowering stores nothing beside its root, so hosting
+    On a CPU, one stored in another shape than the root's (it gets its own tiled kernel). On a GPU, one of a block
+    of outputs or more that is stored anyway, or will be (`_feeds_a_reduction`): a tiled lowering stores nothing beside its root, so hosting
     it would lay this kernel's reads of the stored product out as a product's accumulators, 128 values an item
     (W7's GELU backward, dY·W_outᵀ read by the bias gradient's column sums too: 0.96 ms a layer under bf16
     autocast on the H200, where an elementwise kernel moves those bytes in about a tenth of that), or compute the
@@ -194,6 +194,8 @@ def _product_stored_apart(root: Node, materialized: dict[int, Node], loaded: set
         return None
     if not gpu:
         return product if space_axes(root, product) is None else None
+    if product.numel < PRODUCT_BLOCK ** 2:  # (fewer outputs than a block: computed in place and stored beside)
+        return None
     stored = id(product) in materialized or (product.src[0].shape[product.arg[0]] >= BESIDE_MIN_K
                                              and _feeds_a_reduction(product, root, users))
     return product if stored else None
