@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -55,6 +56,11 @@ SPLIT_GROUPS = 512  # a product whose k may be split (split.split_options) is, i
 # many groups (about four per SM of an H200: GPT-2's weight gradients over 16384 tokens, 144 groups of 128 x 128,
 # ran as two waves on its 132 SMs, the second nearly empty; 768 x 768 took 64-blocks, 4x4 per item) ...
 LONG_CHUNK = 2048   # ... keeping chunks at least this long (their partial sums then cost little next to them)
+FILL_GROUPS_PER_UNIT = 2  # a product whose block leaves some of a GPU's compute units without a group has its k
+# split (where split.split_options allows) until it has this many groups a unit (W4's 784 x 512 weight gradient,
+# k = 512: 104 groups of 64 x 64 on the H200's 132 SMs; 32 x 32 blocks of 2 x 2 per item took 47.5 µs where 64 x 64
+# took 29.4 on an H100: smaller blocks read local memory for too few multiply-adds). ZYX_FILL_GROUPS_PER_UNIT sets it
+# (0: no such split)
 
 
 @dataclass
@@ -122,14 +128,16 @@ def local_bytes(block: int, bk: int = BK, buffers: int = 2, wide: int = 1) -> in
 
 
 def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
-                     choice: Optional[Choice] = None, splits: tuple[int, ...] = (1,)) -> Optional[TilePlan]:
+                     choice: Optional[Choice] = None, splits: tuple[int, ...] = (1,),
+                     compute_units: int = 0) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
     without a cast in between: `choice`'s parameters, else 128-blocks at least FULL full with k split in the least
     of `splits` (what the product's k allows: split.split_options) making SPLIT_GROUPS groups (else the most),
     where more than one of them leaves chunks of LONG_CHUNK, else the biggest block that leaves
     MIN_GROUPS groups at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is
     at least MIN_USED full (an axis much shorter than 32 gets no local tiles, nor a long product with very few
-    groups). Only blocks whose tiles fit the device's `local_memory` bytes are considered."""
+    groups); a block leaving fewer groups than the device's `compute_units` then gets k split as `filling_split`
+    says. Only blocks whose tiles fit the device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
     placed = product_axes(root, product)
@@ -160,7 +168,19 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
     if chosen is None or (groups(chosen[0]) < FEW_GROUPS and k >= LONG_K):
         return None
     block, per_item = chosen
-    return TilePlan(product, space_n, space_m, block, per_item, space)
+    split = filling_split(groups(block), splits, compute_units) if block >= BLOCKS[1][0] else 1
+    return TilePlan(product, space_n, space_m, block, per_item, space, split=split)
+
+
+def filling_split(groups: int, splits: tuple[int, ...], compute_units: int) -> int:
+    """Chunks of k for a product whose blocks make `groups` work groups, fewer than the device's `compute_units`
+    (some would idle): the least of `splits` making FILL_GROUPS_PER_UNIT groups a unit, else the most; 1 (no
+    split) where the groups reach every unit, the units are unknown (0) or `splits` holds no split."""
+    per_unit = int(os.environ.get("ZYX_FILL_GROUPS_PER_UNIT", FILL_GROUPS_PER_UNIT))
+    more = [s for s in splits if s > 1]
+    if not more or not per_unit or groups >= compute_units:
+        return 1
+    return next((s for s in more if groups * s >= per_unit * compute_units), more[-1])
 
 
 def product_axes(root: Node, product: Node) -> Optional[tuple[int, int, Optional[tuple[int, ...]]]]:
