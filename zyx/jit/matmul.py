@@ -51,6 +51,7 @@ FULL = 0.8         # a bigger block is chosen only if at least this share of its
 MIN_USED = 0.5     # the smallest block must hold at least this share of outputs that exist (else no local tiles)
 FEW_GROUPS = 16    # fewer groups than this, each walking at least LONG_K reduced elements, leave the GPU idle:
 LONG_K = 1024      # a work group per output does better (long products with few outputs are split: rewrite.py)
+SPLIT_MIN_BLOCK = 64  # a split of k is of blocks this big or bigger (smaller ones leave groups enough)
 PAD = 4            # floats after each row of the left tile: its transposing stores hit 2 banks, not 16
 SPLIT_GROUPS = 512  # a product whose k may be split (split.split_options) is, into 128-blocks, until it has this
 # many groups (about four per SM of an H200: GPT-2's weight gradients over 16384 tokens, 144 groups of 128 x 128,
@@ -168,7 +169,12 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
     if chosen is None or (groups(chosen[0]) < FEW_GROUPS and k >= LONG_K):
         return None
     block, per_item = chosen
-    split = filling_split(groups(block), splits, compute_units) if block >= BLOCKS[1][0] else 1
+    wider = next(((b, p) for b, p in blocks if b == SPLIT_MIN_BLOCK), None)
+    if (block < SPLIT_MIN_BLOCK and os.environ.get("ZYX_SPLIT_BEFORE_SMALL_TILES") == "1" and wider
+            and used(wider[0]) >= FULL
+            and groups(wider[0]) * filling_split(groups(wider[0]), splits, compute_units) >= compute_units > 0):
+        block, per_item = wider  # (an experiment: 4 x 4 per item over a split k, not 2 x 2 over all of it)
+    split = filling_split(groups(block), splits, compute_units) if block >= SPLIT_MIN_BLOCK else 1
     return TilePlan(product, space_n, space_m, block, per_item, space, split=split)
 
 
@@ -219,7 +225,7 @@ def feasible(choice: Choice, local_memory: int, max_group_size: int) -> bool:
     return (local_bytes(block, bk, choice["buffers"], wide) <= local_memory and block % per_item == 0
             and side in SIDES and side * side <= max_group_size and block * bk % (side * side) == 0
             and per_item * per_item * wide <= MAX_ACCUMULATORS and (per_item > 2 or block == 32)
-            and (choice["split"] == 1 or block >= 64))
+            and (choice["split"] == 1 or block >= SPLIT_MIN_BLOCK))
 
 
 def _reshaped(root: Node, product: Node) -> bool:
