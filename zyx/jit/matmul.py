@@ -4,11 +4,12 @@ A work group of 16 x 16 items computes a 128 x 128 block of outputs, each item a
 4 x 4, or 32 x 32 and 2 x 2, where the sizes do not divide or the big blocks leave too few groups). A tuned
 choice may give an item another tile (the group then has (block / per_item)² items), make blocks and tiles `wide`
 (twice as long along m as along n) and split the reduced axis across groups (split.py; the heuristics split a long
-k where 128-blocks are few). For every BK slice of the reduced axis the group copies a tile of each operand into
-local memory (each element read once per group, neighbouring items reading neighbouring addresses whichever way the
-operand lies: operand_layout.py), both as [k][row] so that both tiles are read as float4 vectors along the output
-axes. Every item then walks the slice: per step it reads its fragments (a column of its left rows,
-a row of its right columns) into registers and does per_item² multiply-adds. An item's rows (and columns) are
+k where 128-blocks are few, and a shorter one where the blocks leave compute units without a group:
+`filling_split`). For every BK slice of the reduced axis the group copies a tile of each operand into local memory
+(each element read once per group, neighbouring items reading neighbouring addresses whichever way the operand
+lies: operand_layout.py), both as [k][row] so that both tiles are read as float4 vectors along the output axes.
+Every item then walks the slice: per step it reads its fragments (a column of its left rows, a row of its right
+columns) into registers and does per_item² multiply-adds. An item's rows (and columns) are
 groups of four spaced 64 apart, so the 16 items of a half-warp read 16 consecutive vectors of the right tile
 and one vector of the left (no bank conflicts).
 
