@@ -170,11 +170,6 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
     if chosen is None or (groups(chosen[0]) < FEW_GROUPS and k >= LONG_K):
         return None
     block, per_item = chosen
-    wider = next(((b, p) for b, p in blocks if b == SPLIT_MIN_BLOCK), None)
-    if (block < SPLIT_MIN_BLOCK and os.environ.get("ZYX_SPLIT_BEFORE_SMALL_TILES") == "1" and wider
-            and used(wider[0]) >= FULL
-            and groups(wider[0]) * filling_split(groups(wider[0]), splits, compute_units) >= compute_units > 0):
-        block, per_item = wider  # (an experiment: 4 x 4 per item over a split k, not 2 x 2 over all of it)
     split = filling_split(groups(block), splits, compute_units) if block >= SPLIT_MIN_BLOCK else 1
     return TilePlan(product, space_n, space_m, block, per_item, space, split=split)
 
