@@ -209,6 +209,23 @@ def test_weight_gradients_over_many_tokens_split_k_into_128_blocks(dev, n, m, sp
     assert (plan.block, plan.split) == (128, split)
 
 
+@pytest.mark.parametrize("n,k,m,units,block,split", [
+    (784, 512, 512, 132, 64, 4),  # W4's first weight gradient: 104 groups on the H200's 132 SMs, 416 split
+    (784, 512, 512, 100, 64, 1),  # 104 groups reach 100 units
+    (784, 512, 512, 0, 64, 1),    # units unknown
+    (784, 256, 512, 132, 64, 2),  # chunks of at least split.MIN_CHUNK: 208 groups
+    (1024, 1024, 1024, 132, 64, 1), (4096, 4096, 4096, 132, 128, 1),  # W3: groups enough
+    (512, 512, 512, 132, 32, 1)])  # 256 groups of 32 x 32: a split needs 64-blocks
+def test_products_leaving_compute_units_idle_split_k(dev, n, k, m, units, block, split):
+    """A weight gradient (x.T @ dy) whose blocks leave some of the device's compute units without a group has k
+    split until there are FILL_GROUPS_PER_UNIT groups a unit, or as far as its chunks may be cut."""
+    x, dy = dev.randn(k, n), dev.randn(k, m)
+    root = (x.T @ dy).node
+    product = hosted_matmul(root, {id(root): root})
+    plan = matmul.plan_local_tiles(root, product, splits=split_options(product), compute_units=units)
+    assert (plan.block, plan.split) == (block, split)
+
+
 def test_a_split_weight_gradient_matches_numpy(gpu, monkeypatch):
     """Partial products over chunks of k, then their sum: two kernels, numpy's result; the profiler counts the
     product's FLOPs in the first (the sum reads the partials, not the product), whether the sum's kernel stores a

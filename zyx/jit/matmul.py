@@ -4,11 +4,12 @@ A work group of 16 x 16 items computes a 128 x 128 block of outputs, each item a
 4 x 4, or 32 x 32 and 2 x 2, where the sizes do not divide or the big blocks leave too few groups). A tuned
 choice may give an item another tile (the group then has (block / per_item)² items), make blocks and tiles `wide`
 (twice as long along m as along n) and split the reduced axis across groups (split.py; the heuristics split a long
-k where 128-blocks are few). For every BK slice of the reduced axis the group copies a tile of each operand into
-local memory (each element read once per group, neighbouring items reading neighbouring addresses whichever way the
-operand lies: operand_layout.py), both as [k][row] so that both tiles are read as float4 vectors along the output
-axes. Every item then walks the slice: per step it reads its fragments (a column of its left rows,
-a row of its right columns) into registers and does per_item² multiply-adds. An item's rows (and columns) are
+k where 128-blocks are few, and a shorter one where the blocks leave compute units without a group:
+`filling_split`). For every BK slice of the reduced axis the group copies a tile of each operand into local memory
+(each element read once per group, neighbouring items reading neighbouring addresses whichever way the operand
+lies: operand_layout.py), both as [k][row] so that both tiles are read as float4 vectors along the output axes.
+Every item then walks the slice: per step it reads its fragments (a column of its left rows, a row of its right
+columns) into registers and does per_item² multiply-adds. An item's rows (and columns) are
 groups of four spaced 64 apart, so the 16 items of a half-warp read 16 consecutive vectors of the right tile
 and one vector of the left (no bank conflicts).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,11 +52,17 @@ FULL = 0.8         # a bigger block is chosen only if at least this share of its
 MIN_USED = 0.5     # the smallest block must hold at least this share of outputs that exist (else no local tiles)
 FEW_GROUPS = 16    # fewer groups than this, each walking at least LONG_K reduced elements, leave the GPU idle:
 LONG_K = 1024      # a work group per output does better (long products with few outputs are split: rewrite.py)
+SPLIT_MIN_BLOCK = 64  # a split of k is of blocks this big or bigger (smaller ones leave groups enough)
 PAD = 4            # floats after each row of the left tile: its transposing stores hit 2 banks, not 16
 SPLIT_GROUPS = 512  # a product whose k may be split (split.split_options) is, into 128-blocks, until it has this
 # many groups (about four per SM of an H200: GPT-2's weight gradients over 16384 tokens, 144 groups of 128 x 128,
 # ran as two waves on its 132 SMs, the second nearly empty; 768 x 768 took 64-blocks, 4x4 per item) ...
 LONG_CHUNK = 2048   # ... keeping chunks at least this long (their partial sums then cost little next to them)
+FILL_GROUPS_PER_UNIT = 2  # a product whose block leaves some of a GPU's compute units without a group has its k
+# split (where split.split_options allows) until it has this many groups a unit (W4's 784 x 512 weight gradient,
+# k = 512: 104 groups of 64 x 64 on the H200's 132 SMs; 32 x 32 blocks of 2 x 2 per item took 47.5 µs where 64 x 64
+# took 29.4 on an H100: smaller blocks read local memory for too few multiply-adds). ZYX_FILL_GROUPS_PER_UNIT sets it
+# (0: no such split)
 
 
 @dataclass
@@ -122,14 +130,16 @@ def local_bytes(block: int, bk: int = BK, buffers: int = 2, wide: int = 1) -> in
 
 
 def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 << 16,
-                     choice: Optional[Choice] = None, splits: tuple[int, ...] = (1,)) -> Optional[TilePlan]:
+                     choice: Optional[Choice] = None, splits: tuple[int, ...] = (1,),
+                     compute_units: int = 0) -> Optional[TilePlan]:
     """A plan when the kernel's product (`hosted_matmul`) lies along two of its axes, is float32 and multiplies
     without a cast in between: `choice`'s parameters, else 128-blocks at least FULL full with k split in the least
     of `splits` (what the product's k allows: split.split_options) making SPLIT_GROUPS groups (else the most),
     where more than one of them leaves chunks of LONG_CHUNK, else the biggest block that leaves
     MIN_GROUPS groups at least FULL full (blocks hang over the ends of n and m), else the smallest block if it is
     at least MIN_USED full (an axis much shorter than 32 gets no local tiles, nor a long product with very few
-    groups). Only blocks whose tiles fit the device's `local_memory` bytes are considered."""
+    groups); a block leaving fewer groups than the device's `compute_units` then gets k split as `filling_split`
+    says. Only blocks whose tiles fit the device's `local_memory` bytes are considered."""
     if product is None or product.dtype.name != "float32" or product.src[0].op is not Op.MUL:
         return None
     placed = product_axes(root, product)
@@ -160,7 +170,19 @@ def plan_local_tiles(root: Node, product: Optional[Node], local_memory: int = 1 
     if chosen is None or (groups(chosen[0]) < FEW_GROUPS and k >= LONG_K):
         return None
     block, per_item = chosen
-    return TilePlan(product, space_n, space_m, block, per_item, space)
+    split = filling_split(groups(block), splits, compute_units) if block >= SPLIT_MIN_BLOCK else 1
+    return TilePlan(product, space_n, space_m, block, per_item, space, split=split)
+
+
+def filling_split(groups: int, splits: tuple[int, ...], compute_units: int) -> int:
+    """Chunks of k for a product whose blocks make `groups` work groups, fewer than the device's `compute_units`
+    (some would idle): the least of `splits` making FILL_GROUPS_PER_UNIT groups a unit, else the most; 1 (no
+    split) where the groups reach every unit, the units are unknown (0) or `splits` holds no split."""
+    per_unit = int(os.environ.get("ZYX_FILL_GROUPS_PER_UNIT", FILL_GROUPS_PER_UNIT))
+    more = [s for s in splits if s > 1]
+    if not more or not per_unit or groups >= compute_units:
+        return 1
+    return next((s for s in more if groups * s >= per_unit * compute_units), more[-1])
 
 
 def product_axes(root: Node, product: Node) -> Optional[tuple[int, int, Optional[tuple[int, ...]]]]:
@@ -199,7 +221,7 @@ def feasible(choice: Choice, local_memory: int, max_group_size: int) -> bool:
     return (local_bytes(block, bk, choice["buffers"], wide) <= local_memory and block % per_item == 0
             and side in SIDES and side * side <= max_group_size and block * bk % (side * side) == 0
             and per_item * per_item * wide <= MAX_ACCUMULATORS and (per_item > 2 or block == 32)
-            and (choice["split"] == 1 or block >= 64))
+            and (choice["split"] == 1 or block >= SPLIT_MIN_BLOCK))
 
 
 def _reshaped(root: Node, product: Node) -> bool:

@@ -441,7 +441,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
                                                                                       options)
     if traits.gpu and family in (None, "local_tiles"):
         splits = (1,) if product is None else split_options(product)
-        plan = plan_local_tiles(root, product, traits.local_memory, choice, splits)
+        plan = plan_local_tiles(root, product, traits.local_memory, choice, splits, traits.compute_units)
         if plan is not None:
             options = local_tile_options(splits, traits.search_local_memory, traits.max_group_size)
             if plan.split > 1:
