@@ -59,7 +59,9 @@ GPU_MIN_PROBABILITY_BYTES: Optional[int] = 0
 # per 4 query rows x a slice of keys and outputs; its backward is "staged"'s. On the H200 at W7's shape (16 x 12
 # heads, T=1024, d=64, causal) it took 1.16 ms against "staged"'s 1.63 (forward + backward 7.37 against 7.92;
 # bench/GPU.md, ninth session). On PoCL it has no such edge: a CPU item has no registers to tile into.
-FORMS = ("staged", "rows", "tiled")
+# "cores" (attention_cores.py, the default on GPUs with 16-bit tensor cores): 16-bit q, k, v multiplied by mma.sync,
+# the rest as "tiled" (which it falls back to where it does not apply).
+FORMS = ("staged", "rows", "tiled", "cores")
 
 
 def min_probability_bytes(gpu: bool = False) -> Optional[int]:
@@ -70,9 +72,10 @@ def min_probability_bytes(gpu: bool = False) -> Optional[int]:
     return GPU_MIN_PROBABILITY_BYTES if gpu else MIN_PROBABILITY_BYTES
 
 
-def attention_form(gpu: bool) -> str:
-    """Which fused kernel a device gets: ZYX_ATTENTION_FORM, else "tiled" on GPUs and "staged" elsewhere."""
-    form = os.environ.get("ZYX_ATTENTION_FORM") or ("tiled" if gpu else "staged")
+def attention_form(gpu: bool, tensor_cores: bool = False) -> str:
+    """Which fused kernel a device gets: ZYX_ATTENTION_FORM, else "cores" on GPUs with 16-bit `tensor_cores`,
+    "tiled" on other GPUs and "staged" elsewhere."""
+    form = os.environ.get("ZYX_ATTENTION_FORM") or ("staged" if not gpu else "cores" if tensor_cores else "tiled")
     if form not in FORMS:
         raise ValueError(f"ZYX_ATTENTION_FORM={form!r}: expected one of {', '.join(FORMS)}")
     return form

@@ -38,6 +38,7 @@ from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention
 from .attention_grad import (GradientProduct, gradient_products, gradients_share_kernels,
                              lower_attention_gradient, match_attention_gradient)
+from .attention_cores import lower_core_attention
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiled import lower_tiled_attention
 from .attention_tiles import lower_staged_attention
@@ -427,8 +428,13 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
     pattern = match_attention(site.root, site.materialized, traits.gpu)
     if pattern is None:
         return None
-    form = attention_form(traits.gpu)
-    if form == "tiled" and traits.language == "opencl":
+    form = attention_form(traits.gpu, bool({"bf16", "f16"} & set(traits.tensor_cores)))
+    if form == "cores" and traits.language == "opencl":
+        cores = lower_core_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
+                                     traits.max_group_size, traits.tensor_cores, site.apart, traits.max_params)
+        if cores is not None:
+            return cores
+    if form in ("tiled", "cores") and traits.language == "opencl":
         tiled = lower_tiled_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
                                       traits.max_group_size, True, site.apart, traits.max_params)
         if tiled is not None:
