@@ -19,65 +19,50 @@ A lane's running sum covers its own keys; the quad adds them up once, after the 
 from every row of the group are skipped (attention_tiles.py). The row statistics are stored where a backward reads
 them (attention.py), the outputs in the trace's dtype. Only where the scores' product and P V multiply operands of
 one 16-bit dtype the device multiplies on tensor cores, head and value dimensions are multiples of 16 up to
-MAX_DIM and the stages fit the local memory; else attention_tiled.py's kernel.
+MAX_DIM and the stages fit the local memory; else attention_tiled.py's kernel. The warps' layouts, staging and
+products: attention_warp_tiles.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Optional
 
-from ..dtypes import float32, int16, uint32
+from ..dtypes import float32
 from ..trace.node import Node
 from ..trace.ops import Op
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .attention_tiles import StagedAttentionLowering, _at, _scores_product
-from .kernel_ir import (Accumulate, Alu, Barrier, Const, Define, If, Lane, Load, LocalArray, LocalStore, Loop,
-                        MatrixLoad, MatrixMultiply, Operand, PackHalves, Reg, Select, WarpShuffle)
+from .attention_warp_tiles import BLOCK, PAD, ROWS, TILE_N, WARPS, WARP, WarpTiles, fits_tiles
+from .kernel_ir import Accumulate, Alu, Barrier, Const, Define, If, LocalArray, Loop, Reg, Select
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, unravel
-from .print_common import aligned
 from .symbolic import Expr
 from .tensor_cores import KINDS
 
-WARPS = 4            # warps a work group has
-WARP = 32
-WARP_ROWS = 16       # query rows a warp owns: one m16 tile
-KEYS = 64            # keys a block stages
-MMA_K = 16           # reduced elements one m16n8k16 takes
-TILE_N = 8           # its outputs' columns
-PAD = 8              # 16-bit elements after each staged row (16 bytes)
-COPY = 8             # 16-bit elements one copy moves (16 bytes)
-MAX_DIM = 128        # head and value dimensions beyond this keep the tiled kernel (registers)
 
-
-class CoreAttentionLowering(StagedAttentionLowering):
+class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
     """A work group of 4 warps per 64 query rows, scores and outputs in mma.sync accumulators; see the module."""
 
     def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
                  local_memory: int, max_group_size: int, kinds: tuple[str, ...], stored_apart: frozenset = frozenset(),
                  param_limit: int = PARAM_LIMIT):
         AttentionLowering.__init__(self, root, pattern, materialized, produced, stored_apart, param_limit)
-        product = pattern.product
-        self.kind_name = KINDS.get(pattern.w_side.dtype.name)
-        if (len(product.shape) < 3 or self.kind_name not in kinds or pattern.p_side.dtype != pattern.w_side.dtype
-                or WARPS * WARP > max_group_size):
+        product, self.stage_dtype = pattern.product, pattern.w_side.dtype
+        if (len(product.shape) < 3 or KINDS.get(self.stage_dtype.name) not in kinds
+                or pattern.p_side.dtype != self.stage_dtype or WARPS * WARP > max_group_size
+                or not fits_tiles(product.shape[-2])):
             raise NotAttention(product)
         self.local_memory, self.skips = local_memory, True
         self.queries, self.width = product.shape[-3], product.shape[-2]
-        if self.width % MMA_K or self.width > MAX_DIM:
-            raise NotAttention(product)
-        self.rows_per_group, self.keys_per_block = WARPS * WARP_ROWS, KEYS
+        self.rows_per_group, self.keys_per_block = ROWS, BLOCK
         batch = product.shape[:-3]
         self.query_blocks = -(-self.queries // self.rows_per_group)
         self.groups = math.prod(batch) * self.query_blocks
         self.lid = Expr.var("lid", self.group_items)
-        self.row_name = self.names.fresh("r")  # the group's row in the indices analysed before the tile exists
+        self.row_name = self.names.fresh("r")  # the group's row in the indices analysed before the tiles exist
         group = Expr.var("gid", self.groups)
         self._batch = unravel(group // self.query_blocks, batch)
         self._first_row = (group % self.query_blocks) * self.rows_per_group
         self.leading = self._leading(Expr.var(self.row_name, self.rows_per_group))
-        lane = self.lid % WARP
-        self._warp, self._lane, self._quad_row, self._quad_lane = self.lid // WARP, lane, lane // 4, lane % 4
         self.positions, self.guards = [], []
         for half in range(2):
             exact = self._first_row + self._row(half)
@@ -90,35 +75,21 @@ class CoreAttentionLowering(StagedAttentionLowering):
         self._product: Optional[Node] = None
         self._tile_depth = 0
 
-    @property
-    def group_items(self) -> int:
-        return WARPS * WARP
-
     def _leading(self, row: Expr) -> Index:
         """The batch entry's index and the query row `row` of the group (the last row past the end)."""
         return (*self._batch, Expr.minimum(self._first_row + row, self.queries - 1))
-
-    def _row(self, half: int) -> Expr:
-        """The group's row this lane's accumulators of `half` (c0, c1: 0; c2, c3: 1) hold."""
-        return self._warp * WARP_ROWS + self._quad_row + 8 * half
-
-    def _column(self, tile: int, pair: int) -> Expr:
-        """The column (key, or output) of accumulator `pair` (0, 1) of tile `tile` of 8 in this lane."""
-        return tile * TILE_N + 2 * self._quad_lane + pair
 
     def _columns(self) -> list[Expr]:
         """The output columns a lane holds per row, in its accumulators' order."""
         return [self._column(tile, pair) for tile in range(self.width // TILE_N) for pair in range(2)]
 
     def _lower_outputs(self) -> None:
-        pattern, rows, keys, width = self.pattern, self.rows_per_group, self.keys_per_block, self.width
+        pattern, rows, keys, width, dtype = self.pattern, ROWS, BLOCK, self.width, self.stage_dtype
         product = _scores_product(pattern, self._is_materialized)
         head_dim = product.src[0].shape[product.arg[0]]
         total_keys = pattern.product.src[0].shape[-1]
-        dtype = pattern.w_side.dtype
         q_pitch, v_pitch = head_dim + PAD, width + PAD
-        if (head_dim % MMA_K or head_dim > MAX_DIM
-                or dtype.itemsize * (rows * q_pitch + keys * q_pitch + keys * v_pitch) > self.local_memory):
+        if not fits_tiles(head_dim) or dtype.itemsize * ((rows + keys) * q_pitch + keys * v_pitch) > self.local_memory:
             raise NotAttention(product)
         blocks = -(-total_keys // keys)
         block_name, key_name, value_name, head_name = (self.names.fresh(p) for p in ("kb", "j", "e", "h"))
@@ -133,24 +104,22 @@ class CoreAttentionLowering(StagedAttentionLowering):
         factor_index = tuple(Expr.var(head_name, head_dim) if a == product.arg[0] else e
                              for a, e in enumerate(product_index))
         query_side, key_side = self._split(product.src[0], factor_index, key_name)
-        if query_side.dtype != dtype or key_side.dtype != dtype:
-            raise NotAttention(product)
         weights = (*self.leading, value_e, key)
-        if self.row_name in self._variables(pattern.w_side, weights):
-            raise NotAttention(pattern.w_side)
+        if query_side.dtype != dtype or key_side.dtype != dtype or self.row_name in self._variables(pattern.w_side,
+                                                                                                     weights):
+            raise NotAttention(product)
         q_stage, k_stage, v_stage = (self.names.fresh(p) for p in ("q_stage", "k_stage", "v_stage"))
         maxima = [Reg(self.names.fresh("m"), float32) for _ in range(2)]
         totals = [Reg(self.names.fresh("l"), float32) for _ in range(2)]
-        outputs = [[Reg(self.names.fresh("acc"), float32) for _ in range(4)] for _ in range(width // TILE_N)]
         self._scopes[0] += [LocalArray(q_stage, dtype, rows * q_pitch, aligned=True),
                             LocalArray(k_stage, dtype, keys * q_pitch, aligned=True),
                             LocalArray(v_stage, dtype, keys * v_pitch, aligned=True),
                             *(Define(m, Const(FLOAT_LOWEST, float32)) for m in maxima),
-                            *(Define(total, Const(0.0, float32)) for total in totals),
-                            *(Define(acc, Const(0.0, float32)) for tile in outputs for acc in tile)]
+                            *(Define(total, Const(0.0, float32)) for total in totals)]
+        outputs = self._tiles(width)
         self._stage_rows(query_side, factor_index, self.row_name, head_name, head_dim, q_stage, q_pitch, keys=rows)
         self._scopes[0].append(Barrier())
-        queries = self._query_fragments(q_stage, q_pitch, head_dim)
+        queries = self._row_fragments(q_stage, q_pitch, head_dim)
         mask = self._mask(pattern.scores, probability, key_name)
         rows_extreme = {side: self._extreme(side, index, self.row_name, rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
@@ -167,7 +136,7 @@ class CoreAttentionLowering(StagedAttentionLowering):
                 if exact.hi >= total_keys:  # the last block hangs over the end
                     row[register] = self._line(lambda out, x=score, k=exact: Select(
                         out, ((k, "lt", total_keys),), x, Const(-math.inf, float32)))
-        weights_of = [[Const(0.0, float32)] * 4 for _ in scores]
+        weights_of: list[list] = [[None] * 4 for _ in scores]
         for half in range(2):
             values = [row[2 * half + pair] for row in scores for pair in range(2)]
             block_max = self._across_quad(self._combined(values, Op.MAX, FLOAT_LOWEST), Op.MAX)
@@ -178,7 +147,7 @@ class CoreAttentionLowering(StagedAttentionLowering):
                     exponential, weight = self._exponential(row[2 * half + pair], lowered, self._scopes[-1])
                     self._scopes[-1].append(Accumulate(totals[half], Op.ADD, exponential))
                     weights_of[tile][2 * half + pair] = weight
-        self._weigh_values(weights_of, v_stage, v_pitch, outputs, dtype)
+        self._multiply(self._packed_fragments(weights_of), v_stage, v_pitch, outputs, across=True)
         self._scopes[-1].append(Barrier())  # every warp is done with the stages before the next block's copies
         body = self._close_loop()
         if needed:
@@ -192,87 +161,13 @@ class CoreAttentionLowering(StagedAttentionLowering):
                 out = self._line(lambda out, acc=outputs[tile][2 * half + pair]: Alu(out, Op.DIV, (acc, total)))
                 self._store_output(out, element)
 
-    def _stage_rows(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str,
-                    pitch: int, keys: int = 0) -> None:
-        """The group's copy of `node` into `stage` as StagedBlocks._stage makes it, but 16 bytes at a time (as
-        stored: no conversion) where each row's COPY elements from a multiple of COPY are consecutive elements of
-        one buffer of the stage's dtype (k and v as a product stored them, under views); else element by element."""
-        dtype, rows = self.pattern.w_side.dtype, keys or self.keys_per_block
-        chunks, per_row = rows * inner // COPY, inner // COPY
-        lines = []
-        for copy in range(-(-chunks // self.group_items) if inner % COPY == 0 else 0):
-            flat = self.lid + copy * self.group_items
-            row, column = flat // per_row, flat % per_row * COPY
-            load = self._consecutive(node, _at(index, {key_name: row}), inner_name, column)
-            if load is None:
-                break
-            bits = Reg(self.names.fresh("bits"), int16, COPY)
-            store = LocalStore(stage, row * pitch + column, bits, dtype=dtype)
-            lines += [dataclasses.replace(load, out=bits, mode="bits"),
-                      If(((flat, "lt", chunks),), (store,)) if flat.hi >= chunks else store]
-        else:
-            if lines:
-                self._scopes[-1] += lines
-                return
-        self._stage(node, index, key_name, inner_name, inner, stage, keys=keys, pitch=pitch, dtype=dtype)
-
-    def _consecutive(self, node: Node, index: Index, inner_name: str, column: Expr) -> Optional[Load]:
-        """The unguarded element Load of the stage's dtype reading `node` at `index` where the inner variable is
-        `column`, if the COPY - 1 after it along that variable read the next elements of the same buffer and it
-        lies at a multiple of COPY; nothing lowered is kept either way."""
-        known, marks = set(self._values), [len(scope) for scope in self._scopes]
-        values = [self.value(node, _at(index, {inner_name: column + step}), ()).operand for step in range(COPY)]
-        reads = [self._defining_load(value) for value in values]
-        for scope, mark in zip(self._scopes, marks):
-            del scope[mark:]
-        for key in set(self._values) - known:
-            del self._values[key]
-        first = reads[0]
-        if first is None or not aligned(first.index, COPY) or any(
-                read is None or read.buffer != first.buffer or read.index - first.index != Expr(step)
-                for step, read in enumerate(reads)):
-            return None
-        return first
-
-    def _defining_load(self, value: Operand) -> Optional[Load]:
-        """The unguarded element Load of the stage's dtype defining `value`, if that is what defines it."""
-        for scope in reversed(self._scopes):
-            for statement in scope:
-                if isinstance(statement, Load) and statement.out == value:
-                    dtype = self.pattern.w_side.dtype
-                    plain = statement.mode == "element" and not statement.guard and statement.indirect is None
-                    return statement if plain and value.dtype == dtype else None
-        return None
-
-    def _query_fragments(self, q_stage: str, pitch: int, head_dim: int) -> list[tuple[Lane, ...]]:
-        """The warp's 16 query rows as m16n8k16 A fragments, one per 16 of the head dimension (ldmatrix x4: rows
-        0-7 and 8-15 at k, then at k + 8), held through the blocks."""
-        fragments = []
-        for step in range(head_dim // MMA_K):
-            out = Reg(self.names.fresh("fq"), uint32, 4)
-            index = (self._warp * WARP_ROWS + self._lane % 16) * pitch + step * MMA_K + (self._lane // 16) * 8
-            self._scopes[-1].append(MatrixLoad(out, q_stage, index))
-            fragments.append(tuple(Lane(out, f"s{w}") for w in range(4)))
-        return fragments
-
     def _score_tiles(self, queries: list, k_stage: str, pitch: int, probability: Index, key_name: str) -> list[list]:
         """X at the warp's 16 rows x the block's 64 keys: the scores' products by mma.sync into 8 tiles of 4
         accumulators, then the rest of X lowered at each accumulator's (row, key) (`_compute` reads the products
         from the tiles)."""
-        depth = len(self._scopes) - 1
-        tiles = [[Reg(self.names.fresh("s"), float32) for _ in range(4)] for _ in range(self.keys_per_block // TILE_N)]
-        self._scopes[-1] += [Define(acc, Const(0.0, float32)) for tile in tiles for acc in tile]
-        lane = self._lane
-        for step, fragment in enumerate(queries):
-            for pair in range(0, len(tiles), 2):  # matrices: tile `pair` at k, at k + 8, tile `pair` + 1 at both
-                out = Reg(self.names.fresh("fk"), uint32, 4)
-                index = (pair * TILE_N + lane % 8 + (lane // 16) * 8) * pitch + step * MMA_K + ((lane // 8) % 2) * 8
-                self._scopes[-1].append(MatrixLoad(out, k_stage, index))
-                for tile, words in ((pair, ("s0", "s1")), (pair + 1, ("s2", "s3"))):
-                    self._scopes[-1].append(MatrixMultiply(tuple(tiles[tile]), fragment,
-                                                           tuple(Lane(out, w) for w in words), "m16n8k16",
-                                                           self.kind_name))
-        self._tile_depth = depth
+        self._tile_depth = len(self._scopes) - 1
+        tiles = self._tiles(self.keys_per_block)
+        self._multiply(queries, k_stage, pitch, tiles, across=False)
         scores = []
         for tile, accumulators in enumerate(tiles):
             row = []
@@ -283,39 +178,6 @@ class CoreAttentionLowering(StagedAttentionLowering):
                 row.append(self.value(self.pattern.scores, at, ()).operand)
             scores.append(row)
         return scores
-
-    def _weigh_values(self, weights: list[list[Operand]], v_stage: str, pitch: int, outputs: list[list[Reg]],
-                      dtype) -> None:
-        """O += P V: per 16 keys the weights of score tiles 2t and 2t + 1 packed as the A fragment, per 16 output
-        columns one transposing ldmatrix of the staged values (tiles j and j + 1 at keys 16t and 16t + 8)."""
-        lane = self._lane
-        for step in range(self.keys_per_block // MMA_K):
-            low, high = weights[2 * step], weights[2 * step + 1]
-            fragment = tuple(self._line(lambda out, a=a, b=b: PackHalves(out, a, b, dtype), uint32)
-                             for a, b in ((low[0], low[1]), (low[2], low[3]), (high[0], high[1]), (high[2], high[3])))
-            for pair in range(0, len(outputs), 2):
-                out = Reg(self.names.fresh("fv"), uint32, 4)
-                row = step * MMA_K + lane % 8 + ((lane // 8) % 2) * 8
-                index = row * pitch + pair * TILE_N + (lane // 16) * 8
-                self._scopes[-1].append(MatrixLoad(out, v_stage, index, transposed=True))
-                for tile, words in ((pair, ("s0", "s1")), (pair + 1, ("s2", "s3"))):
-                    self._scopes[-1].append(MatrixMultiply(tuple(outputs[tile]), fragment,
-                                                           tuple(Lane(out, w) for w in words), "m16n8k16",
-                                                           self.kind_name))
-
-    def _combined(self, values: list[Operand], op: Op, start: float) -> Reg:
-        """`values` combined by `op` (MAX or ADD) in one accumulator."""
-        acc = Reg(self.names.fresh("mb"), float32)
-        self._scopes[-1] += [Define(acc, Const(start, float32)), *(Accumulate(acc, op, value) for value in values)]
-        return acc
-
-    def _across_quad(self, value: Reg, op: Op) -> Reg:
-        """`value` combined by `op` over the 4 lanes of this lane's quad (the lanes holding one row): two butterfly
-        shuffles."""
-        for mask in (1, 2):
-            other = self._line(lambda out, v=value, m=mask: WarpShuffle(out, v, m))
-            value = self._line(lambda out, a=value, b=other: Alu(out, op, (a, b)))
-        return value
 
     def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
         """The scores' product: the tile's accumulator where X reads it (see _score_tiles); other values as any
