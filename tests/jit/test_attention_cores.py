@@ -234,13 +234,22 @@ def test_gradients_from_the_statistics_it_stores_match_torch(emulated, dtype, na
     """A training step in three attention kernels on tensor cores: the forward storing the row statistics, dK with
     dV (one walk over the queries), and dQ, both recomputing P from the statistics."""
     out, grads = zyx_step(emulated, name, dtype)
-    kernels, _ = schedule([out.node] + [g.node for g in grads], emulated.traits)
+    assert_three_kernels_on_cores(out, grads, emulated.traits, name)
+    assert_step_matches(out, grads, torch_step(name, dtype), dtype)
+
+
+def assert_three_kernels_on_cores(out, grads, traits, name):
+    """The step's attention kernels: the forward storing the row statistics, dK with dV (one walk over the
+    queries) and dQ, all on tensor cores, and no queries x keys buffer."""
+    kernels, _ = schedule([out.node] + [g.node for g in grads], traits)
     fused = [k for k in kernels if k.ir.kind == "a"]
     assert len(fused) == 3 and all(map(on_cores, fused)) and sorted(len(k.outputs) for k in fused)[1:] == [2, 4]
     queries, keys = CASES[name][2:4]
     assert not [node for k in kernels for node in k.outputs if spans(node.shape, queries, keys)], "a T x T buffer"
+
+
+def assert_step_matches(out, grads, expected, dtype):
     zyx.realize(out, *grads)
-    expected = torch_step(name, dtype)
     assert_close(as_float(out), expected[0], dtype, "output")
     for found, wanted, what in zip(grads, expected[1], ("dq", "dk", "dv")):
         assert_close(found.numpy(), wanted, dtype, what)
@@ -264,8 +273,5 @@ def cores():
 def test_on_the_gpu_the_kernel_and_its_gradients_match_torchs_cuda_autocast(cores, dtype, name):
     out, grads = zyx_step(cores, name, dtype)
     assert on_cores(forward_kernel(out, cores.traits))
-    zyx.realize(out, *grads)
-    expected = torch_step(name, dtype, "cuda")
-    assert_close(as_float(out), expected[0], dtype, "output")
-    for found, wanted, what in zip(grads, expected[1], ("dq", "dk", "dv")):
-        assert_close(found.numpy(), wanted, dtype, what)
+    assert_three_kernels_on_cores(out, grads, cores.traits, name)
+    assert_step_matches(out, grads, torch_step(name, dtype, "cuda"), dtype)
