@@ -17,7 +17,8 @@ import zyx
 from zyx.dtypes import float32, uint32
 from zyx.jit import print_opencl, program_store, schedule as schedule_module
 from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
-from zyx.jit.kernel_ir import LocalArray, LocalStore, MatrixLoad, MatrixMultiply, WarpShuffle, walk
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, LocalArray, LocalStore, Loop, MatrixLoad,
+                               MatrixMultiply, WarpShuffle, walk)
 from zyx.jit.schedule import schedule
 
 from test_attention_autocast import DTYPES, as_float, assert_close
@@ -181,6 +182,14 @@ def _emulated_shuffle(s: WarpShuffle) -> str:
             f"{s.out.name} = emu_x[(lid & ~31) | ((lid % 32) ^ {s.mask})]; {BARRIER} }}")
 
 
+def _emulated_copy(s: AsyncCopy) -> str:
+    """cp.async as a plain copy (the stages here are unswizzled and every copy unguarded)."""
+    assert not s.swizzle and not s.guard
+    return (f"{{ __local ushort* d = ((__local ushort*){s.array}) + {s.index.render()}; "
+            f"__global const ushort* r = ((__global const ushort*){s.buffer}) + {s.source.render()}; "
+            f"for (int e = 0; e < {s.width}; e++) d[e] = r[e]; }}")
+
+
 def _emulating_printer(kernel):
     """print_opencl's kernel, with the scratch arrays the emulations share where it multiplies on tensor cores."""
     if any(isinstance(s, MatrixMultiply) for s in walk(kernel.body)):
@@ -193,7 +202,8 @@ def emulated(dev, monkeypatch, tmp_path):
     """The OpenCL device (PoCL) scheduling for CORES, warp instructions printed as emulations; its programs kept in
     a store of their own (they hold emulated sources)."""
     for statement, printer in ((MatrixLoad, _emulated_load), (MatrixMultiply, _emulated_mma),
-                               (WarpShuffle, _emulated_shuffle)):
+                               (WarpShuffle, _emulated_shuffle), (AsyncCopy, _emulated_copy),
+                               (AsyncCommit, lambda s: ";"), (AsyncWait, lambda s: ";")):
         monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
     _, launch, version = schedule_module.PRINTERS["opencl"]
     monkeypatch.setitem(schedule_module.PRINTERS, "opencl", (_emulating_printer, launch, version))
@@ -209,13 +219,21 @@ def emulated(dev, monkeypatch, tmp_path):
 FORWARD_CASES = [("bfloat16", name) for name in CASES] + [("float16", next(iter(CASES)))]
 
 
-def test_q_k_v_stored_in_16_bits_are_staged_16_bytes_at_a_time_as_stored():
-    """Each row's 8 elements from a multiple of 8, consecutive in the buffer: one 16-byte load and store, no
-    conversion (computed values, q's scale here, are staged element by element)."""
+def test_k_and_v_stored_in_16_bits_are_copied_by_cp_async_a_block_ahead(monkeypatch):
+    """Each row's 8 elements from a multiple of 8 consecutive in the buffer: one 16-byte cp.async each, the first
+    block's before the loop and each next one's in it, into the other half of stages twice as long (q, scaled by
+    the trace, is staged element by element). ZYX_ATTENTION_CP_ASYNC=0: 16-byte loads and stores, as stored."""
     out, _ = zyx_step(zyx.CPU(), "causal, the last block short, d=64", "bfloat16", stored_half=True)
     kernel = forward_kernel(out, CORES)
+    loop = next(s for s in kernel.ir.body if isinstance(s, Loop) and any(isinstance(c, AsyncCopy) for c in s.body))
+    ahead = [s for s in loop.body if isinstance(s, AsyncCopy)]
+    first = [s for s in kernel.ir.body if isinstance(s, AsyncCopy)]
+    assert len(ahead) == len(first) == 2 * 64 * 64 // 8 // 128 and len({s.array for s in ahead}) == 2  # k and v
+    assert loop.body[:2] == (AsyncWait(0), Barrier()) and not any(isinstance(s, Barrier) for s in loop.body[2:])
+    monkeypatch.setenv("ZYX_ATTENTION_CP_ASYNC", "0")
+    kernel = forward_kernel(out, CORES)
     wide = [s for s in walk(kernel.ir.body) if isinstance(s, LocalStore) and s.value.width == 8]
-    assert len(wide) == 2 * 64 * 64 // 8 // 128 and len({s.array for s in wide}) == 2  # k and v
+    assert len(wide) == len(first) and not any(isinstance(s, AsyncCopy) for s in walk(kernel.ir.body))
 
 
 @pytest.mark.slow
@@ -229,11 +247,14 @@ def test_the_forward_with_warp_instructions_emulated_matches_torch(emulated, dty
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype, name", [("bfloat16", next(iter(CASES))), ("float16", list(CASES)[1])])
-def test_gradients_from_the_statistics_it_stores_match_torch(emulated, dtype, name):
+@pytest.mark.parametrize("dtype, name, stored_half", [("bfloat16", next(iter(CASES)), False),
+                                                      ("float16", list(CASES)[1], False),
+                                                      ("bfloat16", list(CASES)[2], True)])
+def test_gradients_from_the_statistics_it_stores_match_torch(emulated, dtype, name, stored_half):
     """A training step in three attention kernels on tensor cores: the forward storing the row statistics, dK with
-    dV (one walk over the queries), and dQ, both recomputing P from the statistics."""
-    out, grads = zyx_step(emulated, name, dtype)
+    dV (one walk over the queries), and dQ, both recomputing P from the statistics; with q, k, v stored in 16 bits
+    the forward and dQ copy k and v by cp.async (dQ's stages hold k and v as stored)."""
+    out, grads = zyx_step(emulated, name, dtype, stored_half)
     assert_three_kernels_on_cores(out, grads, emulated.traits, name)
     assert_step_matches(out, grads, torch_step(name, dtype), dtype)
 

@@ -4,7 +4,7 @@ A work group of 4 warps owns 64 consecutive query rows of one batch entry, warp 
 blocks of 64 keys:
 - the group copies its query rows into local memory once (then each warp holds its rows' A fragments, ldmatrix), and
   each block's keys and values (16-bit, rows padded by 16 bytes so the 8 rows an ldmatrix reads lie in distinct
-  bank groups), between barriers;
+  bank groups), between barriers, or where k and v are stored in 16 bits by cp.async a block ahead;
 - S = Q Kᵀ: per 16 of the head dimension and 8 keys one mma.sync m16n8k16 (the keys' B fragments by ldmatrix), into
   8 tiles of 16 x 8 float32 accumulators a warp; lane l holds rows l / 4 and l / 4 + 8 at keys 2 (l % 4) and
   2 (l % 4) + 1 of each tile, so a row's 64 scores lie on the 4 lanes of a quad;
@@ -89,7 +89,7 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
         head_dim = product.src[0].shape[product.arg[0]]
         total_keys = pattern.product.src[0].shape[-1]
         q_pitch, v_pitch = head_dim + PAD, width + PAD
-        if not fits_tiles(head_dim) or dtype.itemsize * ((rows + keys) * q_pitch + keys * v_pitch) > self.local_memory:
+        if not fits_tiles(head_dim):
             raise NotAttention(product)
         blocks = -(-total_keys // keys)
         block_name, key_name, value_name, head_name = (self.names.fresh(p) for p in ("kb", "j", "e", "h"))
@@ -111,9 +111,17 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
         q_stage, k_stage, v_stage = (self.names.fresh(p) for p in ("q_stage", "k_stage", "v_stage"))
         maxima = [Reg(self.names.fresh("m"), float32) for _ in range(2)]
         totals = [Reg(self.names.fresh("l"), float32) for _ in range(2)]
+        copies = [(key_side, factor_index, head_name, head_dim), (pattern.w_side, weights, value_name, width)]
+        chunks = self._walked_copies(copies, key_name)
+        local = [dtype.itemsize * (rows * q_pitch + buffers * keys * (q_pitch + v_pitch)) for buffers in (1, 2)]
+        if local[0] > self.local_memory:
+            raise NotAttention(product)
+        if local[1] > self.local_memory:
+            chunks = None
+        buffers = 1 if chunks is None else 2
         self._scopes[0] += [LocalArray(q_stage, dtype, rows * q_pitch, aligned=True),
-                            LocalArray(k_stage, dtype, keys * q_pitch, aligned=True),
-                            LocalArray(v_stage, dtype, keys * v_pitch, aligned=True),
+                            LocalArray(k_stage, dtype, buffers * keys * q_pitch, aligned=True),
+                            LocalArray(v_stage, dtype, buffers * keys * v_pitch, aligned=True),
                             *(Define(m, Const(FLOAT_LOWEST, float32)) for m in maxima),
                             *(Define(total, Const(0.0, float32)) for total in totals)]
         outputs = self._tiles(width)
@@ -124,12 +132,10 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
         rows_extreme = {side: self._extreme(side, index, self.row_name, rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
+        k_offset, v_offset = self._stage_walked(copies, [k_stage, v_stage], chunks, key_name, block_name, blocks)
         needed = self._block_needed(mask, rows_extreme, key_name) if mask else None
         skippable = len(self._scopes[-1])
-        self._stage_rows(key_side, factor_index, key_name, head_name, head_dim, k_stage, q_pitch)
-        self._stage_rows(pattern.w_side, weights, key_name, value_name, width, v_stage, v_pitch)
-        self._scopes[-1].append(Barrier())
-        scores = self._score_tiles(queries, k_stage, q_pitch, probability, key_name)
+        scores = self._score_tiles(queries, k_stage, k_offset, q_pitch, probability, key_name)
         for tile, row in enumerate(scores):
             for register, score in enumerate(row):
                 exact = block * keys + self._column(tile, register % 2)
@@ -147,8 +153,8 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
                     exponential, weight = self._exponential(row[2 * half + pair], lowered, self._scopes[-1])
                     self._scopes[-1].append(Accumulate(totals[half], Op.ADD, exponential))
                     weights_of[tile][2 * half + pair] = weight
-        self._multiply(self._packed_fragments(weights_of), v_stage, v_pitch, outputs, across=True)
-        self._scopes[-1].append(Barrier())  # every warp is done with the stages before the next block's copies
+        self._multiply(self._packed_fragments(weights_of), v_stage, v_pitch, outputs, True, v_offset)
+        self._end_block(chunks is not None)
         body = self._close_loop()
         if needed:
             body[skippable:] = [If((), tuple(body[skippable:]), needed)]
@@ -161,13 +167,14 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
                 out = self._line(lambda out, acc=outputs[tile][2 * half + pair]: Alu(out, Op.DIV, (acc, total)))
                 self._store_output(out, element)
 
-    def _score_tiles(self, queries: list, k_stage: str, pitch: int, probability: Index, key_name: str) -> list[list]:
-        """X at the warp's 16 rows x the block's 64 keys: the scores' products by mma.sync into 8 tiles of 4
-        accumulators, then the rest of X lowered at each accumulator's (row, key) (`_compute` reads the products
-        from the tiles)."""
+    def _score_tiles(self, queries: list, k_stage: str, offset: Expr, pitch: int, probability: Index,
+                     key_name: str) -> list[list]:
+        """X at the warp's 16 rows x the block's 64 keys (staged from element `offset` of `k_stage`): the scores'
+        products by mma.sync into 8 tiles of 4 accumulators, then the rest of X lowered at each accumulator's (row,
+        key) (`_compute` reads the products from the tiles)."""
         self._tile_depth = len(self._scopes) - 1
         tiles = self._tiles(self.keys_per_block)
-        self._multiply(queries, k_stage, pitch, tiles, across=False)
+        self._multiply(queries, k_stage, pitch, tiles, False, offset)
         scores = []
         for tile, accumulators in enumerate(tiles):
             row = []

@@ -5,7 +5,8 @@ dK = sum_i dS Q walk the queries for a block of keys (one kernel: they share P, 
 walks the keys for a block of queries. Here, as attention_cores.py does for the forward, a work group of 4 warps owns
 64 rows of the item axis (keys, or queries), warp w rows 16w .. 16w + 15, and walks blocks of 64 rows of the other:
 - the products P's recomputation nests (X's q·k and dP's dO·v) are products of the item's side, staged once and held
-  as A fragments, and the walked side, staged per block: mma.sync into 8 tiles of 16 x 8 accumulators a warp;
+  as A fragments, and the walked side, staged per block (by cp.async a block ahead where every staged operand is
+  stored in 16 bits: attention_warp_tiles.py): mma.sync into 8 tiles of 16 x 8 accumulators a warp;
 - every other value (the mask, P = exp(X - m) / l from the row statistics the forward stored, dS = P (dP - D)) is
   lowered from the trace at each accumulator's (item, walked) place; walked rows past the end add nothing;
 - each plan's P side there (P for dV, dS for dK and dQ), rounded and packed two to a word, is the A fragment of its
@@ -113,13 +114,22 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         copies = [(side, _at(factors, {walk_name: walked}), name, size)
                   for _, factors, name, size, side, _ in products] + outer
         arrays: dict[tuple, tuple[str, int]] = {}  # what a stage holds (one stage for a value read twice): its array
-        for node, index, name, size in copies:
-            arrays.setdefault(_stage_key(node, index, name, size), (self.names.fresh("stage"), size + PAD))
+        distinct = []
+        for copy in copies:
+            if _stage_key(*copy) not in arrays:
+                arrays[_stage_key(*copy)] = (self.names.fresh("stage"), copy[3] + PAD)
+                distinct.append(copy)
         stages, outer_stages = ([arrays[_stage_key(*copy)] for copy in part] for part in (copies[:len(products)],
                                                                                            outer))
-        if dtype.itemsize * BLOCK * sum(pitch for _, pitch in arrays.values()) > self.local_memory:
+        chunks = self._walked_copies(distinct, walk_name)
+        local = [dtype.itemsize * BLOCK * buffers * sum(pitch for _, pitch in arrays.values()) for buffers in (1, 2)]
+        if local[0] > self.local_memory:
             raise NotAttention(self.root)
-        self._scopes[0] += [LocalArray(name, dtype, BLOCK * pitch, aligned=True) for name, pitch in arrays.values()]
+        if local[1] > self.local_memory:
+            chunks = None
+        buffers = 1 if chunks is None else 2
+        self._scopes[0] += [LocalArray(name, dtype, buffers * BLOCK * pitch, aligned=True)
+                            for name, pitch in arrays.values()]
         fragments = []
         for (node, factors, name, size, _, item_side), (stage, pitch) in zip(products, stages):
             self._stage_rows(item_side, _at(factors, {walk_name: Expr(0)}), self.row_name, name, size, stage, pitch)
@@ -133,25 +143,20 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         rows_extreme = {side: self._extreme(side, index, self.row_name, ROWS, lowest)
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
+        names = [arrays[_stage_key(*copy)][0] for copy in distinct]
+        offsets = dict(zip(names, self._stage_walked(distinct, names, chunks, walk_name, block_name, blocks)))
         needed = self._block_needed(mask, rows_extreme, walk_name) if mask else None
         skippable = len(self._scopes[-1])
-        staged = set()
-        for node, index, name, size in copies:
-            stage, pitch = arrays[_stage_key(node, index, name, size)]
-            if stage not in staged:
-                staged.add(stage)
-                self._stage_rows(node, index, walk_name, name, size, stage, pitch)
-        self._scopes[-1].append(Barrier())
         self._tile_depth = len(self._scopes) - 1
         for (node, *_), held, (stage, pitch) in zip(products, fragments, stages):
             tiles = self._tiles(BLOCK)
-            self._multiply(held, stage, pitch, tiles, across=False)
+            self._multiply(held, stage, pitch, tiles, False, offsets[stage])
             self._register_tiles(node, tiles, walked, exact)
         for plan, tiles, (stage, pitch) in zip(plans, accumulators, outer_stages):
             sides = [[self._p_side(plan, half, tile, pair, walked, exact) for half in range(2) for pair in range(2)]
                      for tile in range(BLOCK // TILE_N)]
-            self._multiply(self._packed_fragments(sides), stage, pitch, tiles, across=True)
-        self._scopes[-1].append(Barrier())  # every warp is done with the stages before the next block's copies
+            self._multiply(self._packed_fragments(sides), stage, pitch, tiles, True, offsets[stage])
+        self._end_block(chunks is not None)
         body = self._close_loop()
         if needed:
             body[skippable:] = [If((), tuple(body[skippable:]), needed)]

@@ -8,19 +8,22 @@ hold the same rows at k 2 (l % 4), + 1 (words 0, 1) and 8 more (words 2, 3), so 
 2t + 1 of one product, rounded and packed two to a word (PackHalves), are the A fragment of the next product over
 those 16 columns (attention's P, and dS, times a staged operand). A fragments of a staged [row][k] operand and B
 fragments of a staged [n][k] one come by ldmatrix, of a staged [k][n] one by transposing ldmatrix; rows are padded
-by 16 bytes so the 8 rows one ldmatrix reads lie in 8 distinct bank groups.
+by 16 bytes so the 8 rows one ldmatrix reads lie in 8 distinct bank groups. Operands a product stored in 16 bits
+(under views) are copied 16 bytes at a time as stored; where all of a block's are, the blocks are double-buffered,
+each copied by cp.async while the previous one is multiplied.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
 from .attention_tiles import StagedBlocks, _at
-from .kernel_ir import (Accumulate, Alu, Const, Define, If, Lane, Load, LocalStore, MatrixLoad, MatrixMultiply,
-                        Operand, PackHalves, Reg, WarpShuffle)
+from .kernel_ir import (Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Cond, Const, Define, If, Lane,
+                        Load, LocalStore, MatrixLoad, MatrixMultiply, Operand, PackHalves, Reg, WarpShuffle, substitute)
 from .lower import Index
 from .print_common import aligned
 from .symbolic import Expr
@@ -97,9 +100,11 @@ class WarpTiles(StagedBlocks):
                                    for a, b in pairs))
         return fragments
 
-    def _multiply(self, fragments: list[tuple], stage: str, pitch: int, tiles: list[list[Reg]], across: bool) -> None:
-        """tiles += A B: A the warp's fragments (one per 16 of k), B staged as [n][k] rows `pitch` elements apart, or
-        (`across`) as [k][n]: per 16 of k and 16 columns one ldmatrix (transposing `across`) of both tiles' B."""
+    def _multiply(self, fragments: list[tuple], stage: str, pitch: int, tiles: list[list[Reg]], across: bool,
+                  offset: Expr = Expr(0)) -> None:
+        """tiles += A B: A the warp's fragments (one per 16 of k), B staged from element `offset` of `stage` as
+        [n][k] rows `pitch` elements apart, or (`across`) as [k][n]: per 16 of k and 16 columns one ldmatrix
+        (transposing `across`) of both tiles' B."""
         lane = self._lane
         for step, fragment in enumerate(fragments):
             for pair in range(0, len(tiles), 2):  # matrices: tile `pair` at k, k + 8, then tile `pair` + 1 at both
@@ -108,7 +113,7 @@ class WarpTiles(StagedBlocks):
                     index = (step * MMA_K + lane % 8 + (lane // 8) % 2 * 8) * pitch + pair * TILE_N + lane // 16 * 8
                 else:
                     index = (pair * TILE_N + lane % 8 + lane // 16 * 8) * pitch + step * MMA_K + (lane // 8) % 2 * 8
-                self._scopes[-1].append(MatrixLoad(out, stage, index, transposed=across))
+                self._scopes[-1].append(MatrixLoad(out, stage, offset + index, transposed=across))
                 for tile, words in ((pair, ("s0", "s1")), (pair + 1, ("s2", "s3"))):
                     self._scopes[-1].append(MatrixMultiply(tuple(tiles[tile]), fragment,
                                                            tuple(Lane(out, w) for w in words), "m16n8k16",
@@ -132,26 +137,88 @@ class WarpTiles(StagedBlocks):
     def _stage_rows(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str,
                     pitch: int, keys: int = 0) -> None:
         """The group's copy of `node` into `stage` as StagedBlocks._stage makes it, but 16 bytes at a time (as
-        stored: no conversion) where each row's COPY elements from a multiple of COPY are consecutive elements of
-        one buffer of the staged dtype (an operand a product stored, under views); else element by element."""
-        rows = keys or self.keys_per_block
-        chunks, per_row = rows * inner // COPY, inner // COPY
-        lines = []
-        for copy in range(-(-chunks // self.group_items) if inner % COPY == 0 else 0):
+        stored: no conversion) where `_chunks` finds them; else element by element."""
+        chunks = self._chunks(node, index, key_name, inner_name, inner, pitch, keys or self.keys_per_block)
+        if chunks is None:
+            self._stage(node, index, key_name, inner_name, inner, stage, keys=keys, pitch=pitch,
+                        dtype=self.stage_dtype)
+            return
+        for bound, at, load in chunks:
+            bits = Reg(self.names.fresh("bits"), int16, COPY)
+            store = LocalStore(stage, at, bits, dtype=self.stage_dtype)
+            self._scopes[-1] += [dataclasses.replace(load, out=bits, mode="bits"),
+                                 If(bound, (store,)) if bound else store]
+
+    def _chunks(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, pitch: int,
+                rows: int) -> Optional[list[tuple[Cond, Expr, Load]]]:
+        """This item's copies of `rows` rows of `node` (its rows at `key_name`, `inner` elements at `inner_name`)
+        COPY elements at a time, as (the bound the copy exists under, where it goes in a stage of rows `pitch`
+        apart, the Load of its first element), where each row's COPY elements from a multiple of COPY are
+        consecutive elements of one buffer of the staged dtype (an operand a product stored, under views); None
+        where they are not."""
+        if inner % COPY:
+            return None
+        chunks, per_row, found = rows * inner // COPY, inner // COPY, []
+        for copy in range(-(-chunks // self.group_items)):
             flat = self.lid + copy * self.group_items
             row, column = flat // per_row, flat % per_row * COPY
             load = self._consecutive(node, _at(index, {key_name: row}), inner_name, column)
             if load is None:
-                break
-            bits = Reg(self.names.fresh("bits"), int16, COPY)
-            store = LocalStore(stage, row * pitch + column, bits, dtype=self.stage_dtype)
-            lines += [dataclasses.replace(load, out=bits, mode="bits"),
-                      If(((flat, "lt", chunks),), (store,)) if flat.hi >= chunks else store]
-        else:
-            if lines:
-                self._scopes[-1] += lines
-                return
-        self._stage(node, index, key_name, inner_name, inner, stage, keys=keys, pitch=pitch, dtype=self.stage_dtype)
+                return None
+            found.append((((flat, "lt", chunks),) if flat.hi >= chunks else (), row * pitch + column, load))
+        return found
+
+    def _async_copies(self, chunks: list[tuple[Cond, Expr, Load]], stage: str, offset: Expr, block_name: str,
+                      block: Expr) -> list:
+        """cp.async copies of `chunks` (of the block `block_name` counts) for block `block` instead, into `stage`
+        from element `offset`."""
+        lines = []
+        for bound, at, load in chunks:
+            copy = AsyncCopy(stage, offset + at, load.buffer, substitute(load.index, {block_name: block}),
+                             width=COPY, itemsize=self.stage_dtype.itemsize)
+            lines.append(If(bound, (copy,)) if bound else copy)
+        return lines
+
+    def _walked_copies(self, copies: list[tuple[Node, Index, str, int]], walk_name: str
+                       ) -> Optional[list[list[tuple[Cond, Expr, Load]]]]:
+        """Each of `copies` (node, index, inner variable, inner size: a block's walked rows at `walk_name`) as
+        `_chunks`, where every one is so (then the blocks are double-buffered, copied by cp.async one block ahead:
+        `_stage_walked`) and ZYX_ATTENTION_CP_ASYNC is not 0; else None."""
+        if os.environ.get("ZYX_ATTENTION_CP_ASYNC") == "0":
+            return None
+        found = [self._chunks(node, index, walk_name, name, size, size + PAD, BLOCK)
+                 for node, index, name, size in copies]
+        return None if any(chunks is None for chunks in found) else found
+
+    def _stage_walked(self, copies: list[tuple[Node, Index, str, int]], stages: list[str],
+                      chunks: Optional[list], walk_name: str, block_name: str, blocks: int) -> list[Expr]:
+        """The block's walked rows of each of `copies` into its stage (rows PAD past their size), in the open block
+        loop, and where their first element lies there for this block: with `chunks` (`_walked_copies`) the block
+        copied during the previous one (the first before the loop) landed and the next one's copies issued into
+        the other half of a stage twice as long, all behind one barrier; else copied now, behind a barrier (the
+        block's closing barrier then `_end_block`'s)."""
+        scope = self._scopes[-1]
+        if chunks is None:
+            for (node, index, name, size), stage in zip(copies, stages):
+                self._stage_rows(node, index, walk_name, name, size, stage, size + PAD)
+            scope.append(Barrier())
+            return [Expr(0)] * len(stages)
+        block = Expr.var(block_name, blocks)
+        sizes = [BLOCK * (size + PAD) for _, _, _, size in copies]
+        for found, stage, size in zip(chunks, stages, sizes):
+            self._scopes[-2] += self._async_copies(found, stage, Expr(0), block_name, Expr(0))
+        self._scopes[-2].append(AsyncCommit())
+        scope += [AsyncWait(0), Barrier()]
+        following = Expr.minimum(block + 1, blocks - 1)
+        for found, stage, size in zip(chunks, stages, sizes):
+            scope += self._async_copies(found, stage, (block + 1) % 2 * size, block_name, following)
+        scope.append(AsyncCommit())
+        return [block % 2 * size for size in sizes]
+
+    def _end_block(self, double_buffered: bool) -> None:
+        """Where the block's stages are refilled next block, every warp must be done with them first."""
+        if not double_buffered:
+            self._scopes[-1].append(Barrier())
 
     def _consecutive(self, node: Node, index: Index, inner_name: str, column: Expr) -> Optional[Load]:
         """The unguarded element Load of the staged dtype reading `node` at `index` where the inner variable is
