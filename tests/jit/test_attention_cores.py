@@ -51,22 +51,23 @@ def arrays_of(name):
     return tuple(rng.standard_normal(shape).astype(np.float32) for shape in shapes)
 
 
-def zyx_step(device, name, dtype, stored_half=False):
+def zyx_step(device, name, dtype, stored_half=False, doubled_v=False):
     """The output (in the autocast dtype) and the gradients of sum(out * dO) for q, k, v (unrealized); q, k and v
-    float32, or (`stored_half`) stored in the autocast dtype, as a product under autocast stores them."""
+    float32, or (`stored_half`) stored in the autocast dtype, as a product under autocast stores them; v doubled
+    in the attention's trace where `doubled_v` (the torch reference then too)."""
     q, k, v, grad_out = (device.tensor(a) for a in arrays_of(name))
     if stored_half:
         q, k, v = (t.cast(DTYPES[dtype][0]).realize() for t in (q, k, v))
     with zyx.autocast(DTYPES[dtype][0]):
-        out = zyx.nn.scaled_dot_product_attention(q, k, v, **CASES[name][-1])
+        out = zyx.nn.scaled_dot_product_attention(q, k, v * 2 if doubled_v else v, **CASES[name][-1])
     return out, (out * grad_out).sum().backward([q, k, v])
 
 
-def torch_step(name, dtype, device="cpu"):
+def torch_step(name, dtype, device="cpu", doubled_v=False):
     """torch's output and gradients under its autocast on `device`, as float32 arrays."""
     q, k, v = (torch.tensor(a, requires_grad=True, device=device) for a in arrays_of(name)[:3])
     with torch.autocast(device, dtype=DTYPES[dtype][1]):
-        out = F.scaled_dot_product_attention(q, k, v, **CASES[name][-1])
+        out = F.scaled_dot_product_attention(q, k, v * 2 if doubled_v else v, **CASES[name][-1])
     grads = torch.autograd.grad((out.float() * torch.tensor(arrays_of(name)[3], device=device)).sum(), [q, k, v])
     return out.detach().float().cpu().numpy(), [g.cpu().numpy() for g in grads]
 
@@ -244,6 +245,20 @@ def test_the_forward_with_warp_instructions_emulated_matches_torch(emulated, dty
     assert on_cores(forward_kernel(out, emulated.traits))
     out.realize()
     assert_close(as_float(out), torch_step(name, dtype)[0], dtype, "against torch")
+
+
+@pytest.mark.slow
+def test_a_computed_v_is_staged_in_the_block_while_k_comes_by_cp_async(emulated):
+    """k stored in 16 bits, v doubled in the trace: k's blocks copied a block ahead, v's in the block between two
+    barriers."""
+    name = list(CASES)[2]
+    out, _ = zyx_step(emulated, name, "bfloat16", stored_half=True, doubled_v=True)
+    kernel = forward_kernel(out, emulated.traits)
+    loop = next(s for s in kernel.ir.body if isinstance(s, Loop) and any(isinstance(c, AsyncCopy) for c in s.body))
+    assert len({s.array for s in loop.body if isinstance(s, AsyncCopy)}) == 1
+    assert sum(isinstance(s, Barrier) for s in loop.body) == 2
+    out.realize()
+    assert_close(as_float(out), torch_step(name, "bfloat16", doubled_v=True)[0], "bfloat16", "against torch")
 
 
 @pytest.mark.slow

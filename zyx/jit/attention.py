@@ -50,7 +50,8 @@ MIN_PROBABILITY_BYTES = 1 << 26
 # 20.7 ms at T=8192 where the unfused ones ran out of memory (12 GiB of probabilities); memory 12 MiB against 204
 # at T=1024 (bench/GPU.md). None would keep their products.
 GPU_MIN_PROBABILITY_BYTES: Optional[int] = 0
-# The fused kernel's form (ZYX_ATTENTION_FORM; "tiled" on GPUs, "staged" elsewhere): "staged" (attention_tiles.py: a work group per
+# The fused kernel's form (ZYX_ATTENTION_FORM; "cores" on GPUs with 16-bit tensor cores, "tiled" on other GPUs,
+# "staged" elsewhere): "staged" (attention_tiles.py: a work group per
 # block of query rows, keys and values staged in local memory, causal blocks skipped) or "rows" (this module's: a
 # work item per query row, every key read from global memory). On PoCL (2 cores) "staged" took a quarter to a
 # third of "rows"' CPU time (causal, 4 heads, d=64: 60 vs 218 ms at T=1024, 230 vs 868 ms at T=2048); the unfused

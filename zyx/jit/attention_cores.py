@@ -33,7 +33,7 @@ from ..trace.ops import Op
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .attention_tiles import StagedAttentionLowering, _at, _scores_product
 from .attention_warp_tiles import BLOCK, PAD, ROWS, TILE_N, WARPS, WARP, WarpTiles, fits_tiles
-from .kernel_ir import Accumulate, Alu, Barrier, Const, Define, If, LocalArray, Loop, Reg, Select
+from .kernel_ir import Accumulate, Alu, Barrier, Const, Define, LocalArray, Reg, Select
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, unravel
 from .symbolic import Expr
 from .tensor_cores import KINDS
@@ -88,7 +88,7 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
         product = _scores_product(pattern, self._is_materialized)
         head_dim = product.src[0].shape[product.arg[0]]
         total_keys = pattern.product.src[0].shape[-1]
-        q_pitch, v_pitch = head_dim + PAD, width + PAD
+        q_pitch = head_dim + PAD
         if not fits_tiles(head_dim):
             raise NotAttention(product)
         blocks = -(-total_keys // keys)
@@ -108,20 +108,13 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
         if query_side.dtype != dtype or key_side.dtype != dtype or self.row_name in self._variables(pattern.w_side,
                                                                                                      weights):
             raise NotAttention(product)
-        q_stage, k_stage, v_stage = (self.names.fresh(p) for p in ("q_stage", "k_stage", "v_stage"))
+        q_stage = self.names.fresh("q_stage")
         maxima = [Reg(self.names.fresh("m"), float32) for _ in range(2)]
         totals = [Reg(self.names.fresh("l"), float32) for _ in range(2)]
         copies = [(key_side, factor_index, head_name, head_dim), (pattern.w_side, weights, value_name, width)]
-        chunks = self._walked_copies(copies, key_name)
-        local = [dtype.itemsize * (rows * q_pitch + buffers * keys * (q_pitch + v_pitch)) for buffers in (1, 2)]
-        if local[0] > self.local_memory:
-            raise NotAttention(product)
-        if local[1] > self.local_memory:
-            chunks = None
-        buffers = 1 if chunks is None else 2
+        (k_stage, v_stage), chunks = self._walked_stages(copies, key_name,
+                                                         self.local_memory - dtype.itemsize * rows * q_pitch)
         self._scopes[0] += [LocalArray(q_stage, dtype, rows * q_pitch, aligned=True),
-                            LocalArray(k_stage, dtype, buffers * keys * q_pitch, aligned=True),
-                            LocalArray(v_stage, dtype, buffers * keys * v_pitch, aligned=True),
                             *(Define(m, Const(FLOAT_LOWEST, float32)) for m in maxima),
                             *(Define(total, Const(0.0, float32)) for total in totals)]
         outputs = self._tiles(width)
@@ -153,12 +146,8 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
                     exponential, weight = self._exponential(row[2 * half + pair], lowered, self._scopes[-1])
                     self._scopes[-1].append(Accumulate(totals[half], Op.ADD, exponential))
                     weights_of[tile][2 * half + pair] = weight
-        self._multiply(self._packed_fragments(weights_of), v_stage, v_pitch, outputs, True, v_offset)
-        self._end_block(chunks is not None)
-        body = self._close_loop()
-        if needed:
-            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
-        self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
+        self._multiply(self._packed_fragments(weights_of), v_stage, width + PAD, outputs, True, v_offset)
+        self._close_blocks(block_name, blocks, needed, skippable, chunks is not None)
         for half in range(2):
             total = self._across_quad(totals[half], Op.ADD)
             first = half * len(self._columns())

@@ -28,7 +28,7 @@ from .attention_grad import GradientProduct
 from .attention_grad_tiles import StagedGradientLowering, _keys, _probability_index, _scores, _stage_key
 from .attention_tiles import _at
 from .attention_warp_tiles import BLOCK, PAD, ROWS, TILE_N, WarpTiles, fits_tiles
-from .kernel_ir import Barrier, Const, If, LocalArray, Loop, Reg, Select, substitute
+from .kernel_ir import Barrier, Const, Reg, Select, substitute
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, unravel
 from .symbolic import Expr
 from .tensor_cores import KINDS
@@ -113,23 +113,14 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
             raise NotAttention(self.root)
         copies = [(side, _at(factors, {walk_name: walked}), name, size)
                   for _, factors, name, size, side, _ in products] + outer
-        arrays: dict[tuple, tuple[str, int]] = {}  # what a stage holds (one stage for a value read twice): its array
-        distinct = []
+        distinct: list = []  # (one stage for a value read twice)
         for copy in copies:
-            if _stage_key(*copy) not in arrays:
-                arrays[_stage_key(*copy)] = (self.names.fresh("stage"), copy[3] + PAD)
+            if all(_stage_key(*copy) != _stage_key(*other) for other in distinct):
                 distinct.append(copy)
+        names, chunks = self._walked_stages(distinct, walk_name, self.local_memory)
+        arrays = {_stage_key(*copy): (name, copy[3] + PAD) for copy, name in zip(distinct, names)}
         stages, outer_stages = ([arrays[_stage_key(*copy)] for copy in part] for part in (copies[:len(products)],
                                                                                            outer))
-        chunks = self._walked_copies(distinct, walk_name)
-        local = [dtype.itemsize * BLOCK * buffers * sum(pitch for _, pitch in arrays.values()) for buffers in (1, 2)]
-        if local[0] > self.local_memory:
-            raise NotAttention(self.root)
-        if local[1] > self.local_memory:
-            chunks = None
-        buffers = 1 if chunks is None else 2
-        self._scopes[0] += [LocalArray(name, dtype, buffers * BLOCK * pitch, aligned=True)
-                            for name, pitch in arrays.values()]
         fragments = []
         for (node, factors, name, size, _, item_side), (stage, pitch) in zip(products, stages):
             self._stage_rows(item_side, _at(factors, {walk_name: Expr(0)}), self.row_name, name, size, stage, pitch)
@@ -143,7 +134,6 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         rows_extreme = {side: self._extreme(side, index, self.row_name, ROWS, lowest)
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
-        names = [arrays[_stage_key(*copy)][0] for copy in distinct]
         offsets = dict(zip(names, self._stage_walked(distinct, names, chunks, walk_name, block_name, blocks)))
         needed = self._block_needed(mask, rows_extreme, walk_name) if mask else None
         skippable = len(self._scopes[-1])
@@ -156,11 +146,7 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
             sides = [[self._p_side(plan, half, tile, pair, walked, exact) for half in range(2) for pair in range(2)]
                      for tile in range(BLOCK // TILE_N)]
             self._multiply(self._packed_fragments(sides), stage, pitch, tiles, True, offsets[stage])
-        self._end_block(chunks is not None)
-        body = self._close_loop()
-        if needed:
-            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
-        self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
+        self._close_blocks(block_name, blocks, needed, skippable, chunks is not None)
         for plan, tiles in zip(plans, accumulators):
             for half in range(2):
                 self._element = half * len(self._columns(plans[0]))  # (the guard of the half's rows)

@@ -9,8 +9,8 @@ hold the same rows at k 2 (l % 4), + 1 (words 0, 1) and 8 more (words 2, 3), so 
 those 16 columns (attention's P, and dS, times a staged operand). A fragments of a staged [row][k] operand and B
 fragments of a staged [n][k] one come by ldmatrix, of a staged [k][n] one by transposing ldmatrix; rows are padded
 by 16 bytes so the 8 rows one ldmatrix reads lie in 8 distinct bank groups. Operands a product stored in 16 bits
-(under views) are copied 16 bytes at a time as stored; where all of a block's are, the blocks are double-buffered,
-each copied by cp.async while the previous one is multiplied.
+(under views) are copied 16 bytes at a time as stored, and where a walked block has such operands, those are
+copied by cp.async a block ahead into double-buffered stages while the previous block is multiplied.
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
 from .attention_tiles import StagedBlocks, _at
+from .attention import NotAttention
 from .kernel_ir import (Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Cond, Const, Define, If, Lane,
-                        Load, LocalStore, MatrixLoad, MatrixMultiply, Operand, PackHalves, Reg, WarpShuffle, substitute)
+                        Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, PackHalves, Reg,
+                        WarpShuffle, substitute)
 from .lower import Index
 from .print_common import aligned
 from .symbolic import Expr
@@ -179,46 +181,71 @@ class WarpTiles(StagedBlocks):
             lines.append(If(bound, (copy,)) if bound else copy)
         return lines
 
-    def _walked_copies(self, copies: list[tuple[Node, Index, str, int]], walk_name: str
-                       ) -> Optional[list[list[tuple[Cond, Expr, Load]]]]:
-        """Each of `copies` (node, index, inner variable, inner size: a block's walked rows at `walk_name`) as
-        `_chunks`, where every one is so (then the blocks are double-buffered, copied by cp.async one block ahead:
-        `_stage_walked`) and ZYX_ATTENTION_CP_ASYNC is not 0; else None."""
-        if os.environ.get("ZYX_ATTENTION_CP_ASYNC") == "0":
-            return None
-        found = [self._chunks(node, index, walk_name, name, size, size + PAD, BLOCK)
-                 for node, index, name, size in copies]
-        return None if any(chunks is None for chunks in found) else found
+    def _walked_stages(self, copies: list[tuple[Node, Index, str, int]], walk_name: str, budget: int
+                       ) -> tuple[list[str], Optional[list[Optional[list]]]]:
+        """A local array for each of `copies` (node, index, inner variable, inner size: a block's walked rows at
+        `walk_name`, each row PAD past its size), in at most `budget` bytes, and how the blocks are copied: each
+        copy's `_chunks` (None for those element by element), the arrays of those twice as long (`_stage_walked`),
+        where some copy has chunks, ZYX_ATTENTION_CP_ASYNC is not 0 and they fit; else None."""
+        sizes = [BLOCK * (size + PAD) for _, _, _, size in copies]
+        chunks: Optional[list] = None
+        if os.environ.get("ZYX_ATTENTION_CP_ASYNC") != "0":
+            chunks = [self._chunks(node, index, walk_name, name, size, size + PAD, BLOCK)
+                      for node, index, name, size in copies]
+            doubled = sum(size * (2 if found else 1) for size, found in zip(sizes, chunks))
+            if all(found is None for found in chunks) or self.stage_dtype.itemsize * doubled > budget:
+                chunks = None
+        if self.stage_dtype.itemsize * sum(sizes) > budget:
+            raise NotAttention(self.root)
+        names = [self.names.fresh("stage") for _ in copies]
+        self._scopes[0] += [LocalArray(name, self.stage_dtype, size * (2 if chunks and found else 1), aligned=True)
+                            for name, size, found in zip(names, sizes, chunks or [None] * len(copies))]
+        return names, chunks
 
     def _stage_walked(self, copies: list[tuple[Node, Index, str, int]], stages: list[str],
-                      chunks: Optional[list], walk_name: str, block_name: str, blocks: int) -> list[Expr]:
-        """The block's walked rows of each of `copies` into its stage (rows PAD past their size), in the open block
-        loop, and where their first element lies there for this block: with `chunks` (`_walked_copies`) the block
-        copied during the previous one (the first before the loop) landed and the next one's copies issued into
-        the other half of a stage twice as long, all behind one barrier; else copied now, behind a barrier (the
-        block's closing barrier then `_end_block`'s)."""
+                      chunks: Optional[list[Optional[list]]], walk_name: str, block_name: str, blocks: int
+                      ) -> list[Expr]:
+        """The block's walked rows of each of `copies` into its stage (`_walked_stages`), in the open block loop;
+        where their first element lies there for this block. With `chunks`, those copied by cp.async were copied
+        during the previous block (the first before the loop) into one half of their stage, and the next block's
+        are issued into the other half, behind one barrier (two where others are copied now, between them); else
+        all are copied now, behind a barrier (and `_end_block`'s closes the block)."""
         scope = self._scopes[-1]
-        if chunks is None:
-            for (node, index, name, size), stage in zip(copies, stages):
-                self._stage_rows(node, index, walk_name, name, size, stage, size + PAD)
+        late = [(copy, stage) for copy, stage, found in zip(copies, stages, chunks or [None] * len(copies))
+                if found is None]
+        if chunks is not None:
+            scope += [AsyncWait(0), Barrier()]
+        for (node, index, name, size), stage in late:
+            self._stage_rows(node, index, walk_name, name, size, stage, size + PAD)
+        if chunks is None or late:
             scope.append(Barrier())
+        if chunks is None:
             return [Expr(0)] * len(stages)
-        block = Expr.var(block_name, blocks)
-        sizes = [BLOCK * (size + PAD) for _, _, _, size in copies]
-        for found, stage, size in zip(chunks, stages, sizes):
-            self._scopes[-2] += self._async_copies(found, stage, Expr(0), block_name, Expr(0))
-        self._scopes[-2].append(AsyncCommit())
-        scope += [AsyncWait(0), Barrier()]
+        block, offsets = Expr.var(block_name, blocks), []
         following = Expr.minimum(block + 1, blocks - 1)
-        for found, stage, size in zip(chunks, stages, sizes):
-            scope += self._async_copies(found, stage, (block + 1) % 2 * size, block_name, following)
+        for found, stage, (_, _, _, size) in zip(chunks, stages, copies):
+            half = BLOCK * (size + PAD)
+            offsets.append(block % 2 * half if found else Expr(0))
+            if found:
+                self._scopes[-2] += self._async_copies(found, stage, Expr(0), block_name, Expr(0))
+                scope += self._async_copies(found, stage, (block + 1) % 2 * half, block_name, following)
+        self._scopes[-2].append(AsyncCommit())
         scope.append(AsyncCommit())
-        return [block % 2 * size for size in sizes]
+        return offsets
 
-    def _end_block(self, double_buffered: bool) -> None:
-        """Where the block's stages are refilled next block, every warp must be done with them first."""
+    def _close_blocks(self, block_name: str, blocks: int, needed: Optional[Reg], skippable: int,
+                      double_buffered: bool) -> None:
+        """The block loop closed, its statements from `skippable` on only where the block is `needed` (None:
+        always): single-buffered, behind a barrier (every warp done with the stages before the next block's copies);
+        double-buffered, the last copies (issued for no block) waited for after it."""
         if not double_buffered:
             self._scopes[-1].append(Barrier())
+        body = self._close_loop()
+        if needed is not None:
+            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
+        self._scopes[-1].append(Loop(block_name, blocks, tuple(body)))
+        if double_buffered:
+            self._scopes[-1].append(AsyncWait(0))
 
     def _consecutive(self, node: Node, index: Index, inner_name: str, column: Expr) -> Optional[Load]:
         """The unguarded element Load of the staged dtype reading `node` at `index` where the inner variable is
