@@ -121,6 +121,8 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         arrays = {_stage_key(*copy): (name, copy[3] + PAD) for copy, name in zip(distinct, names)}
         stages, outer_stages = ([arrays[_stage_key(*copy)] for copy in part] for part in (copies[:len(products)],
                                                                                            outer))
+        if len({stage for stage, _ in stages}) < len(stages):  # (each product's item side is staged in its stage)
+            raise NotAttention(self.root)
         fragments = []
         for (node, factors, name, size, _, item_side), (stage, pitch) in zip(products, stages):
             self._stage_rows(item_side, _at(factors, {walk_name: Expr(0)}), self.row_name, name, size, stage, pitch)
@@ -141,7 +143,7 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         for (node, *_), held, (stage, pitch) in zip(products, fragments, stages):
             tiles = self._tiles(BLOCK)
             self._multiply(held, stage, pitch, tiles, False, offsets[stage])
-            self._register_tiles(node, tiles, walked, exact)
+            self._register_tiles(node, tiles, walked)
         for plan, tiles, (stage, pitch) in zip(plans, accumulators, outer_stages):
             sides = [[self._p_side(plan, half, tile, pair, walked, exact) for half in range(2) for pair in range(2)]
                      for tile in range(BLOCK // TILE_N)]
@@ -161,7 +163,7 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         column = substitute(walked, {self._walk_name: self._column(tile, pair)})
         return plan.index(self._item_at(self._row(half)), 0, column)
 
-    def _register_tiles(self, product: Node, tiles: list[list[Reg]], walked: Expr, exact: Expr) -> None:
+    def _register_tiles(self, product: Node, tiles: list[list[Reg]], walked: Expr) -> None:
         """Where the plans' P sides read `product` at an accumulator's place: that accumulator (`_compute`)."""
         for tile, accumulators in enumerate(tiles):
             for register, acc in enumerate(accumulators):
