@@ -1,7 +1,8 @@
 """A1: causal attention's forward (--train: forward and backward) over context length: time and memory growth.
 
     python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--full] [--train]
-                              [--repeat 5] [--device N] [--only torch,zyx-staged,zyx-tiled,zyx-rows,zyx-unfused] [--json OUT]
+                              [--repeat 5] [--device N] [--only torch,zyx-cores,zyx-staged,zyx-tiled,zyx-rows,zyx-unfused]
+                              [--json OUT]
                               [--variants default,rows-32,keys-64+rows-128,split,two-pass] [--calls 1]
                               [--torch-device cpu] [--check-torch] [--beside-torch] [--autocast bfloat16|float16]
 
@@ -11,6 +12,8 @@ inputs, as a @zyx.jit function, each in a process of its own. The zyx implementa
 - zyx-staged / zyx-tiled / zyx-rows: softmax(QK^T) V fused at every T (ZYX_ATTENTION_MIN_BYTES=0) in the named
   form (ZYX_ATTENTION_FORM: attention_tiles.py's work groups with keys and values staged in local memory, the
   default, attention_tiled.py's register tiles, or attention.py's work item per query row, the former kernel);
+- zyx-cores: the same in attention_cores.py's form (ZYX_ATTENTION_FORM=cores: 16-bit q, k, v on NVIDIA tensor
+  cores, so with --autocast; elsewhere it falls back to the tiled form);
 - zyx-unfused: products and a row softmax, the T x T probabilities stored (ZYX_ATTENTION_MIN_BYTES past any size).
 torch is eager F.scaled_dot_product_attention on the host. Reported: the median time of --repeat calls after two
 (each ends by reading the output); for zyx also the median device time of its kernels per call (zyx.profile,
@@ -48,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Record, pick_device, script_main, wants  # noqa: E402
 
-IMPLEMENTATIONS = ("torch", "zyx-staged", "zyx-tiled", "zyx-rows", "zyx-unfused")
-FUSED_FORMS = {"zyx-staged": "staged", "zyx-tiled": "tiled", "zyx-rows": "rows"}  # implementation: ZYX_ATTENTION_FORM
+IMPLEMENTATIONS = ("torch", "zyx-cores", "zyx-staged", "zyx-tiled", "zyx-rows", "zyx-unfused")
+FUSED_FORMS = {"zyx-cores": "cores", "zyx-staged": "staged", "zyx-tiled": "tiled",  # implementation:
+               "zyx-rows": "rows"}                                                    # ZYX_ATTENTION_FORM
 # zyx-staged's variants (--variants, also spelled --backward): their ZYX_* settings. Forward and backward:
 # rows per group (ZYX_ATTENTION_ROWS) and keys per staged block (ZYX_ATTENTION_KEYS, attention_tiles.py); the
 # backward's: dK and dV in one kernel or two (attention_grad.py), each block of walked rows in one pass or two

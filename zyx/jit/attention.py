@@ -50,7 +50,8 @@ MIN_PROBABILITY_BYTES = 1 << 26
 # 20.7 ms at T=8192 where the unfused ones ran out of memory (12 GiB of probabilities); memory 12 MiB against 204
 # at T=1024 (bench/GPU.md). None would keep their products.
 GPU_MIN_PROBABILITY_BYTES: Optional[int] = 0
-# The fused kernel's form (ZYX_ATTENTION_FORM; "tiled" on GPUs, "staged" elsewhere): "staged" (attention_tiles.py: a work group per
+# The fused kernel's form (ZYX_ATTENTION_FORM; "cores" on GPUs with 16-bit tensor cores, "tiled" on other GPUs,
+# "staged" elsewhere): "staged" (attention_tiles.py: a work group per
 # block of query rows, keys and values staged in local memory, causal blocks skipped) or "rows" (this module's: a
 # work item per query row, every key read from global memory). On PoCL (2 cores) "staged" took a quarter to a
 # third of "rows"' CPU time (causal, 4 heads, d=64: 60 vs 218 ms at T=1024, 230 vs 868 ms at T=2048); the unfused
@@ -59,7 +60,9 @@ GPU_MIN_PROBABILITY_BYTES: Optional[int] = 0
 # per 4 query rows x a slice of keys and outputs; its backward is "staged"'s. On the H200 at W7's shape (16 x 12
 # heads, T=1024, d=64, causal) it took 1.16 ms against "staged"'s 1.63 (forward + backward 7.37 against 7.92;
 # bench/GPU.md, ninth session). On PoCL it has no such edge: a CPU item has no registers to tile into.
-FORMS = ("staged", "rows", "tiled")
+# "cores" (attention_cores.py, the default on GPUs with 16-bit tensor cores): 16-bit q, k, v multiplied by mma.sync,
+# the rest as "tiled" (which it falls back to where it does not apply).
+FORMS = ("staged", "rows", "tiled", "cores")
 
 
 def min_probability_bytes(gpu: bool = False) -> Optional[int]:
@@ -70,9 +73,10 @@ def min_probability_bytes(gpu: bool = False) -> Optional[int]:
     return GPU_MIN_PROBABILITY_BYTES if gpu else MIN_PROBABILITY_BYTES
 
 
-def attention_form(gpu: bool) -> str:
-    """Which fused kernel a device gets: ZYX_ATTENTION_FORM, else "tiled" on GPUs and "staged" elsewhere."""
-    form = os.environ.get("ZYX_ATTENTION_FORM") or ("tiled" if gpu else "staged")
+def attention_form(gpu: bool, tensor_cores: bool = False) -> str:
+    """Which fused kernel a device gets: ZYX_ATTENTION_FORM, else "cores" on GPUs with 16-bit `tensor_cores`,
+    "tiled" on other GPUs and "staged" elsewhere."""
+    form = os.environ.get("ZYX_ATTENTION_FORM") or ("staged" if not gpu else "cores" if tensor_cores else "tiled")
     if form not in FORMS:
         raise ValueError(f"ZYX_ATTENTION_FORM={form!r}: expected one of {', '.join(FORMS)}")
     return form

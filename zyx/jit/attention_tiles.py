@@ -164,16 +164,17 @@ class StagedBlocks(Lowering):
         return self._line(lambda out: Alu(out, Op.NEG, (acc,)), node.dtype) if lowest else acc
 
     def _stage(self, node: Node, index: Index, key_name: str, inner_name: str, inner: int, stage: str,
-               keys: int = 0, pitch: int = 0) -> None:
+               keys: int = 0, pitch: int = 0, dtype: Optional[DType] = None) -> None:
         """The group's copy of `node` for the block's keys (`keys` of them: by default keys_per_block) into `stage`
-        as [key][inner], rows `pitch` floats apart (by default `inner`): `index` reads it at the key counter
-        `key_name` and the inner counter `inner_name`; consecutive items copy consecutive elements."""
+        as [key][inner], rows `pitch` elements apart (by default `inner`): `index` reads it at the key counter
+        `key_name` and the inner counter `inner_name`; consecutive items copy consecutive elements. `dtype`: the
+        stage's, where it is half precision (the values rounded to it), else float32."""
         size, items = (keys or self.keys_per_block) * inner, self.group_items
         for copy in range(-(-size // items)):
             flat = self.lid + copy * items
             value = self.value(node, _at(index, {key_name: flat // inner, inner_name: flat % inner}), ())
             at = (flat // inner) * pitch + flat % inner if pitch and pitch != inner else flat
-            store = LocalStore(stage, at, value.operand, element=True)
+            store = LocalStore(stage, at, value.operand, element=True, dtype=dtype)
             self._scopes[-1].append(If(((flat, "lt", size),), (store,)) if flat.hi >= size else store)
 
     def _split(self, factors: Node, index: Index, key_name: str) -> tuple[Node, Node]:

@@ -351,6 +351,27 @@ class MatrixMultiply:
 
 
 @dataclass(frozen=True)
+class WarpShuffle:
+    """`out` = `value` as lane (this lane XOR `mask`) of the warp holds it (NVIDIA's shfl.sync.bfly): a row's
+    accumulators spread over the 4 lanes of a quad are combined by two of them, no local memory."""
+
+    out: Reg         # float32
+    value: Operand
+    mask: int
+
+
+@dataclass(frozen=True)
+class PackHalves:
+    """Two float values rounded to `dtype` (float16 or bfloat16, to nearest even) in one uint32 `out`, `low` in its
+    low 16 bits: an mma.sync operand word made from accumulators (attention's P as the A fragment of P·V)."""
+
+    out: Reg         # uint32
+    low: Operand
+    high: Operand
+    dtype: DType
+
+
+@dataclass(frozen=True)
 class WarpgroupMma:
     """acc += a · b on a warpgroup's tensor cores (sm_90a wgmma.mma_async m64n`n`k16, operands of `kind`: "bf16" or
     "f16"; m64n`n`k8 of "tf32"), issued asynchronously: WarpgroupFence before a batch, WarpgroupCommit closing it,
@@ -438,12 +459,13 @@ class AsyncProxyFence:
 
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack, Define, Accumulate, MultiplyAdd,
                   Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
-                  AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence, WarpgroupCommit, WarpgroupWait,
-                  AsyncProxyFence, NamedBarrier, RegisterBudget, LocalRoundTF32]
-NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
-               WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
+                  WarpShuffle, PackHalves, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
+                  WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget, LocalRoundTF32]
+NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, WarpShuffle, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
+               WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
                LocalRoundTF32)  # printed as inline PTX
-PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack)  # statements a copy may share
+PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack,
+        PackHalves)  # statements a copy may share
 
 
 @dataclass(frozen=True)

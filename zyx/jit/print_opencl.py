@@ -15,9 +15,9 @@ from ..trace.ops import Op
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait,
                         Barrier, Break, Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load,
-                        LocalArray, LocalLoad, LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd,
-                        NamedBarrier, Operand, Pack, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit,
-                        WarpgroupFence, WarpgroupMma, WarpgroupWait, walk)
+                        LocalArray, LocalLoad, LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply,
+                        MultiplyAdd, NamedBarrier, Operand, Pack, PackHalves, Rand, Reg, RegisterBudget, Role, Select,
+                        Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
@@ -336,6 +336,16 @@ def _matrix_multiply(s: MatrixMultiply) -> str:
             f"{{%8,%9}}, {{%0,%1,%2,%3}};\" : {operands});")
 
 
+def _warp_shuffle(s: WarpShuffle) -> str:
+    """shfl.sync.bfly over the whole warp (every lane takes part: the clamp 31 keeps the partner in the warp)."""
+    return (f"float {s.out.name}; {{ uint t; asm volatile(\"shfl.sync.bfly.b32 %0, %1, {s.mask}, 31, -1;\" : "
+            f"\"=r\"(t) : \"r\"(as_uint({operand(s.value)}))); {s.out.name} = as_float(t); }}")
+
+
+def _pack_halves(s: PackHalves) -> str:
+    return f"zyx_pack_{'bf16' if s.dtype.name == 'bfloat16' else 'half'}({operand(s.low)},{operand(s.high)})"
+
+
 def _descriptor(array: str, index: Expr, layout: int) -> str:
     """A wgmma matrix descriptor of `array` from element `index` (`layout`: its constant fields)."""
     return f"({layout}ul|(ulong)(({_local_address(array, index, 0)}&{ADDRESS_MASK}u)>>4))"
@@ -394,7 +404,7 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Extract: lambda s: part(s.src, s.part),
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
-    Define: lambda s: _start(s.start),
+    Define: lambda s: _start(s.start), PackHalves: _pack_halves,
     LocalLoad: lambda s: (f"{s.array}[{s.index.render_grouped()}]" if not s.swizzle
                           else f"{s.array}[{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)}]" if s.out.width == 1
                           else f"*(__local {register_type(s.out.dtype, s.out.width)}*)({s.array} + "
@@ -406,6 +416,7 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     MultiplyAdd: lambda s: (f"{s.acc.name} = fma({operand(s.a)},{operand(s.b)},{s.acc.name});" if s.acc.width > 1
                             else f"{s.acc.name} += {operand(s.a)}*{operand(s.b)};"),
     LocalArray: _local_array, LocalStore: _local_store, MatrixLoad: _matrix_load, MatrixMultiply: _matrix_multiply,
+    WarpShuffle: _warp_shuffle,
     AsyncCopy: _async_copy, AsyncCommit: lambda s: 'asm volatile("cp.async.commit_group;" ::: "memory");',
     AsyncWait: lambda s: f'asm volatile("cp.async.wait_group {s.pending};" ::: "memory");',
     WarpgroupMma: _warpgroup_mma, WarpgroupFence: _warpgroup_fence,
@@ -557,6 +568,14 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline ushort zyx_float_to_bf16(float f) { uint u = as_uint(f); if (isnan(f)) return "
         "(ushort)((u >> 16) | 0x40u); return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
         "static inline float zyx_round_bf16(float f) { return zyx_bf16_to_float(zyx_float_to_bf16(f)); }"]),
+    (("zyx_pack_bf16",), [  # two floats as bfloat16 words (nearest even, a nan kept), the first in the low half
+        "static inline uint zyx_pack_bf16_word(float f) { uint u = as_uint(f); return isnan(f) ? ((u >> 16) | 0x40u) "
+        ": ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
+        "static inline uint zyx_pack_bf16(float lo, float hi) { return zyx_pack_bf16_word(lo) | "
+        "(zyx_pack_bf16_word(hi) << 16); }"]),
+    (("zyx_pack_half",), [  # likewise as float16 (vstore_half rounds to nearest even)
+        "static inline uint zyx_pack_half(float lo, float hi) { ushort2 h; vstore_half2((float2)(lo, hi), 0, "
+        "(__private half*)&h); return as_uint(h); }"]),
     (("zyx_round_tf32",), [  # TF32 operands of NVIDIA's tensor cores (only there): the 13 low bits dropped,
         # rounded to nearest (ties away), a nan kept; one instruction (sm_80), where the same in C took five
         "static inline float zyx_round_tf32(float f) { uint r; "

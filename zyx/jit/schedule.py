@@ -38,6 +38,8 @@ from .print_common import kernel_name
 from .attention import attention_form, lower_attention, match_attention
 from .attention_grad import (GradientProduct, gradient_products, gradients_share_kernels,
                              lower_attention_gradient, match_attention_gradient)
+from .attention_cores import lower_core_attention
+from .attention_grad_cores import lower_core_attention_gradient, on_tensor_cores
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiled import lower_tiled_attention
 from .attention_tiles import lower_staged_attention
@@ -469,8 +471,13 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
     pattern = match_attention(site.root, site.materialized, traits.gpu)
     if pattern is None:
         return None
+    if _cores_form(traits):
+        cores = lower_core_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
+                                     traits.max_group_size, traits.tensor_cores, site.apart, traits.max_params)
+        if cores is not None:
+            return cores
     form = attention_form(traits.gpu)
-    if form == "tiled" and traits.language == "opencl":
+    if form in ("tiled", "cores") and traits.language == "opencl":
         tiled = lower_tiled_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
                                       traits.max_group_size, True, site.apart, traits.max_params)
         if tiled is not None:
@@ -484,12 +491,25 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
     return lower_attention(site.root, pattern, site.materialized, site.produced, site.apart, traits.max_params)
 
 
+def _cores_form(traits: DeviceTraits) -> bool:
+    """Whether attention takes the tensor-core form (attention_cores.py, attention_grad_cores.py) where it applies:
+    ZYX_ATTENTION_FORM, by default where the device multiplies bfloat16 or float16 on tensor cores (OpenCL only)."""
+    cores = bool({"bf16", "f16"} & set(traits.tensor_cores))
+    return attention_form(traits.gpu, cores) == "cores" and traits.language == "opencl"
+
+
 def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKernel]:
     """The kernel storing a product of attention's backward that recomputes P (attention_grad.py), with the other
     such products still to store that walk alike; None where the root is no such product."""
     plan, siblings = _gradient_siblings(site.root, site.materialized, site.produced, traits)
     if plan is None:
         return None
+    if _cores_form(traits):
+        cores = lower_core_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
+                                              traits.max_group_size, traits.tensor_cores, site.apart,
+                                              traits.max_params)
+        if cores is not None:
+            return cores
     if attention_form(traits.gpu) != "rows":
         staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
                                                  traits.max_group_size, traits.language == "opencl", site.apart,
@@ -502,9 +522,11 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
 def _gradient_siblings(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits
                        ) -> tuple[Optional[GradientProduct], list[GradientProduct]]:
     """`root` as a product of attention's backward recomputing P, and the products still to store that recompute
-    the same P (those that may share its kernel); (None, []) where `root` is no such product."""
+    the same P (those that may share its kernel: always in the tensor-core form, where dK and dV share P's
+    recomputation as FlashAttention-2's do); (None, []) where `root` is no such product."""
     plan = match_attention_gradient(root, materialized, traits.gpu)
-    if plan is None or not gradients_share_kernels(traits.gpu):
+    cores = plan is not None and _cores_form(traits) and on_tensor_cores(plan, traits.tensor_cores)
+    if plan is None or not (gradients_share_kernels(traits.gpu) or cores):
         return plan, []
     others = (match_attention_gradient(node, materialized, traits.gpu) for key, node in materialized.items()
               if key not in produced and node is not root)
