@@ -216,9 +216,10 @@ def test_weight_gradients_over_many_tokens_split_k_into_128_blocks(dev, n, m, sp
     (784, 256, 512, 132, 64, 2),  # chunks of at least split.MIN_CHUNK: 208 groups
     (1024, 1024, 1024, 132, 64, 1), (4096, 4096, 4096, 132, 128, 1),  # W3: groups enough
     (512, 512, 512, 132, 32, 1)])  # 256 groups of 32 x 32: a split needs 64-blocks
-def test_products_leaving_compute_units_idle_split_k(dev, n, k, m, units, block, split):
-    """A weight gradient (x.T @ dy) whose blocks leave some of the device's compute units without a group has k
-    split until there are FILL_GROUPS_PER_UNIT groups a unit, or as far as its chunks may be cut."""
+def test_products_leaving_compute_units_idle_split_k(dev, monkeypatch, n, k, m, units, block, split):
+    """With ZYX_FILL_GROUPS_PER_UNIT=2, a weight gradient (x.T @ dy) whose blocks leave some of the device's compute
+    units without a group has k split until there are 2 groups a unit, or as far as its chunks may be cut."""
+    monkeypatch.setenv("ZYX_FILL_GROUPS_PER_UNIT", "2")
     x, dy = dev.randn(k, n), dev.randn(k, m)
     root = (x.T @ dy).node
     product = hosted_matmul(root, {id(root): root})

@@ -58,11 +58,12 @@ SPLIT_GROUPS = 512  # a product whose k may be split (split.split_options) is, i
 # many groups (about four per SM of an H200: GPT-2's weight gradients over 16384 tokens, 144 groups of 128 x 128,
 # ran as two waves on its 132 SMs, the second nearly empty; 768 x 768 took 64-blocks, 4x4 per item) ...
 LONG_CHUNK = 2048   # ... keeping chunks at least this long (their partial sums then cost little next to them)
-FILL_GROUPS_PER_UNIT = 2  # a product whose block leaves some of a GPU's compute units without a group has its k
-# split (where split.split_options allows) until it has this many groups a unit (W4's 784 x 512 weight gradient,
-# k = 512: 104 groups of 64 x 64 on the H200's 132 SMs; 32 x 32 blocks of 2 x 2 per item took 47.5 µs where 64 x 64
-# took 29.4 on an H100: smaller blocks read local memory for too few multiply-adds). ZYX_FILL_GROUPS_PER_UNIT sets it
-# (0: no such split)
+FILL_GROUPS_PER_UNIT = 0  # where set (ZYX_FILL_GROUPS_PER_UNIT), a product whose block leaves some of a GPU's
+# compute units without a group has its k split (where split.split_options allows) until it has this many groups a
+# unit (W4's 784 x 512 weight gradient, k = 512: 104 groups of 64 x 64 on the H200's 132 SMs; 32 x 32 blocks of
+# 2 x 2 per item took 47.5 µs where 64 x 64 took 29.4 on an H100). Off (0) by default: over two interleaved rounds on
+# the H200 W4's step read 0.31 / 0.31 ms (SGD) unsplit, 0.32 / 0.31 split 2, 0.34 / 0.29 split 4, within the run's
+# noise, while the partials raised W6's peak from 0.94 to 1.65 x its minimum (bench/GPU.md)
 
 
 @dataclass
