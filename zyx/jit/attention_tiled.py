@@ -41,15 +41,16 @@ ROW_ITEMS = 8           # items sharing a row (tx)
 KEY_PAD = 4             # floats between staged key rows past the head dimension (and between P's rows)
 
 
-def tile() -> tuple[int, int]:
-    """(TY, CK): ZYX_ATTENTION_TILE ("16,4"), else TILE."""
-    setting = os.environ.get("ZYX_ATTENTION_TILE")
+def tile(variable: str = "ZYX_ATTENTION_TILE", default: Optional[tuple[int, int]] = TILE
+         ) -> Optional[tuple[int, int]]:
+    """(TY, CK) as the setting `variable` says ("16,4"), else `default`."""
+    setting = os.environ.get(variable)
     if setting is None:
-        return TILE
+        return default
     parts = setting.split(",")
     if (len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) not in TILE_ROWS_SETTINGS
             or int(parts[1]) not in TILE_KEYS_SETTINGS):
-        raise ValueError(f"ZYX_ATTENTION_TILE={setting!r}: expected 'TY,CK' with TY one of {TILE_ROWS_SETTINGS} "
+        raise ValueError(f"{variable}={setting!r}: expected 'TY,CK' with TY one of {TILE_ROWS_SETTINGS} "
                          f"and CK one of {TILE_KEYS_SETTINGS}")
     return int(parts[0]), int(parts[1])
 
@@ -123,7 +124,7 @@ class TiledAttentionLowering(TileLoops, StagedAttentionLowering):
             raise NotAttention(product)
         self.local_memory, self.skips = local_memory, skips
         self.queries, self.width = product.shape[-3], product.shape[-2]
-        self.tile_rows, self.key_chunks = tile()
+        self.tile_rows, self.key_chunks = tile() or TILE
         self.rows_per_group, self.keys_per_block = ITEM_ROWS * self.tile_rows, ROW_ITEMS * self.key_chunks
         batch = product.shape[:-3]
         self.query_blocks = -(-self.queries // self.rows_per_group)

@@ -35,9 +35,10 @@ from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
-from .attention import attention_form, lower_attention, match_attention
+from .attention import attention_form, gradient_form, lower_attention, match_attention
 from .attention_grad import (GradientProduct, gradient_products, gradients_share_kernels,
                              lower_attention_gradient, match_attention_gradient)
+from .attention_grad_tiled import lower_tiled_attention_gradient
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiled import lower_tiled_attention
 from .attention_tiles import lower_staged_attention
@@ -448,7 +449,13 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
     plan, siblings = _gradient_siblings(site.root, site.materialized, site.produced, traits)
     if plan is None:
         return None
-    if attention_form(traits.gpu) != "rows":
+    form = gradient_form(traits.gpu)
+    if _tiles_gradients(traits):
+        tiled = lower_tiled_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
+                                               traits.max_group_size, True, site.apart, traits.max_params)
+        if tiled is not None:
+            return tiled
+    if form != "rows":
         staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
                                                  traits.max_group_size, traits.language == "opencl", site.apart,
                                                  traits.max_params)
@@ -457,12 +464,19 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
     return lower_attention_gradient(plan, siblings, site.materialized, site.produced, site.apart, traits.max_params)
 
 
+def _tiles_gradients(traits: DeviceTraits) -> bool:
+    """Whether attention's backward takes the register-tiled form (attention_grad_tiled.py: OpenCL only)."""
+    return gradient_form(traits.gpu) == "tiled" and traits.language == "opencl"
+
+
 def _gradient_siblings(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits
                        ) -> tuple[Optional[GradientProduct], list[GradientProduct]]:
     """`root` as a product of attention's backward recomputing P, and the products still to store that recompute
-    the same P (those that may share its kernel); (None, []) where `root` is no such product."""
+    the same P (those that may share its kernel: where products share kernels, and in the tiled form, whose dK
+    and dV share one; where it does not apply the staged one takes them too); (None, []) where `root` is no such
+    product."""
     plan = match_attention_gradient(root, materialized, traits.gpu)
-    if plan is None or not gradients_share_kernels(traits.gpu):
+    if plan is None or not (gradients_share_kernels(traits.gpu) or _tiles_gradients(traits)):
         return plan, []
     others = (match_attention_gradient(node, materialized, traits.gpu) for key, node in materialized.items()
               if key not in produced and node is not root)
