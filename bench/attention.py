@@ -22,12 +22,12 @@ largest error of the first head against numpy (float64).
 and v (the fused backward: zyx/jit/attention_grad.py; the error is then dV's, the first head's);
 torch runs the same step with autograd. Each call ends with the device synchronized instead of reading the output.
 `--variants` (or `--backward`) names the fused forms' variants to measure, each in a process of its own (VARIANTS:
-their ZYX_ATTENTION_* settings; `--only zyx-tiled --variants default,staged-backward` times the tiled backward
-against the staged one beside the same tiled forward); with --train each zyx record lists its kernels' device time per call (`--calls`
-calls launched back to back, one wait). `--torch-device cuda` runs torch on the GPU (then the backward alone is
-timed too), `--check-torch` compares zyx's output (and with --train its gradients) with torch's in float64 on that
-device (PASS where every largest error is at most CHECK_TOLERANCE of the reference's largest value), and
-`--beside-torch` times torch in each zyx process as well, zyx and torch alike (--calls launches, one wait).
+their ZYX_ATTENTION_* settings; `--only zyx-tiled --variants default,staged-backward` times the tiled
+backward against the staged one beside the same tiled forward); with --train each zyx record lists its kernels'
+device time per call (`--calls` calls launched back to back, one wait). `--torch-device cuda` runs torch on the GPU
+(then the backward alone is timed too), `--check-torch` compares zyx's output (and with --train its gradients)
+with torch's in float64 on that device (PASS where every largest error is at most CHECK_TOLERANCE of the
+reference's largest value), and `--beside-torch` times torch in each zyx process as well, zyx and torch alike (--calls launches, one wait).
 `--autocast bfloat16|float16` runs the attention under each library's autocast (zyx.autocast, torch.autocast on
 --torch-device): half-precision operands, float32 accumulation, a half-precision output (the fused kernels round
 where the unfused trace does); --check-torch then allows AUTOCAST_TOLERANCE.

@@ -57,9 +57,10 @@ GPU_MIN_PROBABILITY_BYTES: Optional[int] = 0
 # kernels took half of "staged"'s or less (25 and 102 ms), hence MIN_PROBABILITY_BYTES (bench/README.md, A1).
 # "tiled" (attention_tiled.py, OpenCL only, else "staged"): FlashAttention-2's order with register tiles, an item
 # per 4 query rows x a slice of keys and outputs; its backward too (attention_grad_tiled.py: dK with dV, dQ).
-# ZYX_ATTENTION_GRAD_FORM gives the backward a form of its own (gradient_form), e.g. "staged" beside "tiled". On the H200 at W7's shape (16 x 12
-# heads, T=1024, d=64, causal) it took 1.16 ms against "staged"'s 1.63 (forward + backward 7.37 against 7.92;
-# bench/GPU.md, ninth session). On PoCL it has no such edge: a CPU item has no registers to tile into.
+# ZYX_ATTENTION_GRAD_FORM gives the backward a form of its own (gradient_form): "staged" beside "tiled".
+# On the H200 at W7's shape (16 x 12 heads, T=1024, d=64, causal) the tiled forward took 1.16 ms against
+# "staged"'s 1.63 (forward + backward 7.37 against 7.92, the backward staged; bench/GPU.md, ninth session). On
+# PoCL it has no such edge: a CPU item has no registers to tile into.
 FORMS = ("staged", "rows", "tiled")
 
 

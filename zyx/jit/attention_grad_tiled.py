@@ -17,8 +17,8 @@ attention_tiled.py's forward does, a work group of 8 x TY items owns 4 x TY cons
 Blocks a causal mask hides from all the group's rows are skipped (attention_tiles.py's test). So dK and dV share
 their walk and P's recomputation: two kernels per attention (dK with dV, dQ) plus D's row sums. Only in float32,
 where every output width is a multiple of 32 and every nested product's of 4, and where the stages fit the local
-memory (the tile: the first of GRADIENT_TILES that fits, or ZYX_ATTENTION_GRAD_TILE="TY,CK"); else the staged
-kernels.
+memory (the tile: the first of GRADIENT_TILES that fits what the device reports, or ZYX_ATTENTION_GRAD_TILE="TY,CK"
+in what it is known to build: DeviceTraits.search_local_memory); else the staged kernels.
 """
 from __future__ import annotations
 
@@ -48,8 +48,10 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
 
     def __init__(self, plan: GradientProduct, siblings: Sequence[GradientProduct], materialized: dict[int, Node],
                  produced: set[int], local_memory: int, max_group_size: int, skips: bool = True,
-                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
-        self.tiles = [setting] if (setting := tile("ZYX_ATTENTION_GRAD_TILE", None)) else list(GRADIENT_TILES)
+                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT, settable_memory: int = 0):
+        setting = tile("ZYX_ATTENTION_GRAD_TILE", None)
+        self.tiles = [setting] if setting else list(GRADIENT_TILES)
+        self.budget = max(local_memory, settable_memory) if setting else local_memory
         self.tile_rows, self.key_chunks = self.tiles[0]
         super().__init__(plan, siblings, materialized, produced, local_memory, max_group_size, skips, stored_apart,
                          param_limit)
@@ -163,13 +165,13 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
                     self._store(plan.product, _Value(acc, 0), _position(plan, self._item(self._item_row(i)), column))
 
     def _fit(self, products: list, walked_stages: list) -> None:
-        """Take the first tile of `self.tiles` whose stages fit the local memory (and whose group the device
-        allows), laying out the groups for it; NotAttention where none does."""
+        """Take the first tile of `self.tiles` whose stages fit the budget of local memory (and whose group the
+        device allows), laying out the groups for it; NotAttention where none does."""
         for rows, chunks in self.tiles:
             row_floats = ITEM_ROWS * rows * sum(size for _, _, _, size, _, _ in products)
             walked_floats = ROW_ITEMS * chunks * sum(size + KEY_PAD for _, _, _, size in walked_stages)
             p_floats = len(self.plans) * ITEM_ROWS * rows * (ROW_ITEMS * chunks + KEY_PAD)
-            if (4 * (row_floats + walked_floats + p_floats) <= self.local_memory
+            if (4 * (row_floats + walked_floats + p_floats) <= self.budget
                     and ROW_ITEMS * rows <= self.max_group_size):
                 self.tile_rows, self.key_chunks = rows, chunks
                 self._lay_out_groups()
@@ -249,11 +251,13 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
 def lower_tiled_attention_gradient(plan: GradientProduct, siblings: Sequence[GradientProduct],
                                    materialized: dict[int, Node], produced: set[int], local_memory: int,
                                    max_group_size: int, skips: bool = True, stored_apart: frozenset = frozenset(),
-                                   param_limit: int = PARAM_LIMIT) -> Optional[LoweredKernel]:
+                                   param_limit: int = PARAM_LIMIT, settable_memory: int = 0
+                                   ) -> Optional[LoweredKernel]:
     """The tiled kernel storing `plan`'s product and its siblings' that walk alike (see the module), or None where
-    it does not apply (then the staged kernels do). Without `skips` every block is computed."""
+    it does not apply (then the staged kernels do). Without `skips` every block is computed; `settable_memory`:
+    the local memory a tile that ZYX_ATTENTION_GRAD_TILE sets may take, where more than `local_memory`."""
     try:
         return TiledGradientLowering(plan, siblings, materialized, produced, local_memory, max_group_size, skips,
-                                     stored_apart, param_limit).lower()
+                                     stored_apart, param_limit, settable_memory).lower()
     except NotAttention:
         return None

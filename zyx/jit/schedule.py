@@ -452,7 +452,8 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
     form = gradient_form(traits.gpu)
     if _tiles_gradients(traits):
         tiled = lower_tiled_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
-                                               traits.max_group_size, True, site.apart, traits.max_params)
+                                               traits.max_group_size, True, site.apart, traits.max_params,
+                                               traits.search_local_memory)
         if tiled is not None:
             return tiled
     if form != "rows":
