@@ -27,7 +27,8 @@ backward against the staged one beside the same tiled forward); with --train eac
 device time per call (`--calls` calls launched back to back, one wait). `--torch-device cuda` runs torch on the GPU
 (then the backward alone is timed too), `--check-torch` compares zyx's output (and with --train its gradients)
 with torch's in float64 on that device (PASS where every largest error is at most CHECK_TOLERANCE of the
-reference's largest value), and `--beside-torch` times torch in each zyx process as well, zyx and torch alike (--calls launches, one wait).
+reference's largest value), and `--beside-torch` times torch in each zyx process as well, zyx and torch alike
+(--calls launches, one wait).
 `--autocast bfloat16|float16` runs the attention under each library's autocast (zyx.autocast, torch.autocast on
 --torch-device): half-precision operands, float32 accumulation, a half-precision output (the fused kernels round
 where the unfused trace does); --check-torch then allows AUTOCAST_TOLERANCE.
