@@ -135,7 +135,8 @@ def test_the_staged_backward_on_request(gpu, monkeypatch):
 
 def test_a_tile_past_the_local_memory_is_refused(gpu, monkeypatch):
     """A tile ZYX_ATTENTION_GRAD_TILE sets whose stages do not fit the local memory: the staged kernels take over;
-    where the device is known to build larger arrays (DeviceTraits.search_local_memory) the tile is taken."""
+    where the device is known to build larger arrays than it reports (DeviceTraits.search_local_memory) the tile
+    is taken."""
     monkeypatch.setenv("ZYX_ATTENTION_GRAD_TILE", "32,8")
     arrays = [data(1, 1, 40, 128) for _ in range(4)]
     out, grads = zyx_step(gpu, arrays, {"is_causal": True})

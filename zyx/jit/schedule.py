@@ -451,9 +451,9 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
         return None
     form = gradient_form(traits.gpu)
     if _tiles_gradients(traits):
-        tiled = lower_tiled_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
-                                               traits.max_group_size, True, site.apart, traits.max_params,
-                                               traits.search_local_memory)
+        tiled = lower_tiled_attention_gradient(plan, siblings, site.materialized, site.produced,
+                                               traits.search_local_memory, traits.max_group_size, True, site.apart,
+                                               traits.max_params)
         if tiled is not None:
             return tiled
     if form != "rows":
