@@ -57,7 +57,8 @@ FUSED_FORMS = {"zyx-staged": "staged", "zyx-tiled": "tiled", "zyx-rows": "rows"}
 # backward's: dK and dV in one kernel or two (attention_grad.py), each block of walked rows in one pass or two
 # (attention_grad_tiles.py); the forward in register tiles (attention_tiled.py) with TY x CK items and keys a block
 # (ZYX_ATTENTION_TILE); the backward in another form (ZYX_ATTENTION_GRAD_FORM) or, tiled, with TY x CK items and
-# walked rows a block (ZYX_ATTENTION_GRAD_TILE). Names joined by "+" combine their settings ("rows-32+keys-64").
+# walked rows a block (ZYX_ATTENTION_GRAD_TILE; grad-dq-tile: dQ's kernel alone). Names joined by "+" combine
+# their settings ("rows-32+keys-64").
 VARIANTS = {
     "default": {},
     "split": {"ZYX_ATTENTION_GRAD_SHARED": "0"},
@@ -70,7 +71,8 @@ VARIANTS = {
     **{f"tiled-{ty}x{ck}": {"ZYX_ATTENTION_FORM": "tiled", "ZYX_ATTENTION_TILE": f"{ty},{ck}"}
        for ty in (4, 8, 16, 32) for ck in (2, 4, 8)},
     **{f"{form}-backward": {"ZYX_ATTENTION_GRAD_FORM": form} for form in FUSED_FORMS.values()},
-    **{f"grad-tile-{ty}x{ck}": {"ZYX_ATTENTION_GRAD_TILE": f"{ty},{ck}"} for ty in (4, 8, 16, 32) for ck in (2, 4, 8)},
+    **{f"grad-{kernels}tile-{ty}x{ck}": {f"ZYX_ATTENTION_GRAD_{setting}TILE": f"{ty},{ck}"}
+       for kernels, setting in (("", ""), ("dq-", "DQ_")) for ty in (4, 8, 16, 32) for ck in (2, 4, 8)},
 }
 CHECK_TOLERANCE = 1e-4  # --check-torch: the largest error allowed, relative to the reference's largest value
 # --check-torch under --autocast: 4 machine epsilons of the dtype (bfloat16 2^-7, float16 2^-10): q, k, v, the

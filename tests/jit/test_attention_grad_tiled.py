@@ -146,3 +146,15 @@ def test_a_tile_past_the_local_memory_is_refused(gpu, monkeypatch):
     monkeypatch.setattr(gpu, "traits", dataclasses.replace(gpu.traits, tensor_core_memory=1 << 20))
     backward = backward_kernels(*zyx_step(gpu, arrays, {"is_causal": True}), gpu)
     assert len(backward) == 2 and all(k.local_size == 256 and local_arrays(k, "r_stage") for k in backward)
+
+
+def test_dq_takes_a_tile_of_its_own_on_request(gpu, monkeypatch):
+    """ZYX_ATTENTION_GRAD_DQ_TILE: the kernel of one product (dQ's) in that tile, dK with dV in
+    ZYX_ATTENTION_GRAD_TILE's; the same gradients."""
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_TILE", "8,4")
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_DQ_TILE", "4,2")
+    arrays = [data(1, 2, 45, 32) for _ in range(4)]
+    out, grads = zyx_step(gpu, arrays, {"is_causal": True})
+    backward = backward_kernels(out, grads, gpu)
+    assert sorted((len(k.outputs), k.local_size) for k in backward) == [(1, 32), (2, 64)]
+    check_gradients(out, grads, arrays, {"is_causal": True})

@@ -17,10 +17,11 @@ attention_tiled.py's forward does, a work group of 8 x TY items owns 4 x TY cons
 Blocks a causal mask hides from all the group's rows are skipped (attention_tiles.py's test). So dK and dV share
 their walk and P's recomputation: two kernels per attention (dK with dV, dQ) plus D's row sums. Only in float32,
 where every output width is a multiple of 32 and every nested product's of 4, and where the stages fit the local
-memory (the tile: the first of GRADIENT_TILES that fits, or ZYX_ATTENTION_GRAD_TILE="TY,CK"); else the staged
-kernels. The local memory is what the device is known to build (DeviceTraits.search_local_memory: 200 KiB on the
-H200, which reports 48): there at W7's shape (16 x 12 heads, T = 1024, d = 64, causal) the tile 16 x 4 (68 KiB)
-took 2.58 + 1.89 ms (dK with dV, dQ) against 8 x 4's (in 48 KiB) 2.92 + 2.27, and 8 x 8 5.04 + 4.57.
+memory (the tile: the first of GRADIENT_TILES that fits, or ZYX_ATTENTION_GRAD_TILE="TY,CK", and for kernels of
+one product, dQ's, ZYX_ATTENTION_GRAD_DQ_TILE); else the staged kernels. The local memory is what the device is
+known to build (DeviceTraits.search_local_memory: 200 KiB on the H200, which reports 48): there at W7's shape (16 x
+12 heads, T = 1024, d = 64, causal) the tile 16 x 4 (68 KiB) took 2.58 + 1.89 ms (dK with dV, dQ) against 8 x 4's
+(in 48 KiB) 2.92 + 2.27, and 8 x 8 5.04 + 4.57.
 """
 from __future__ import annotations
 
@@ -51,11 +52,13 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
     def __init__(self, plan: GradientProduct, siblings: Sequence[GradientProduct], materialized: dict[int, Node],
                  produced: set[int], local_memory: int, max_group_size: int, skips: bool = True,
                  stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT):
-        setting = tile("ZYX_ATTENTION_GRAD_TILE", None)
-        self.tiles = [setting] if setting else list(GRADIENT_TILES)
-        self.tile_rows, self.key_chunks = self.tiles[0]
+        self.tile_rows, self.key_chunks = GRADIENT_TILES[0]  # (until _fit chooses)
         super().__init__(plan, siblings, materialized, produced, local_memory, max_group_size, skips, stored_apart,
                          param_limit)
+        setting = tile("ZYX_ATTENTION_GRAD_TILE", None)
+        if len(self.plans) == 1:
+            setting = tile("ZYX_ATTENTION_GRAD_DQ_TILE", setting)
+        self.tiles = [setting] if setting else list(GRADIENT_TILES)
         widths = [other.product.shape[other.width] for other in self.plans]
         if (any(width % (LANES * ROW_ITEMS) for width in widths)
                 or any(other.product.dtype != float32 or other.p_side.dtype != float32
