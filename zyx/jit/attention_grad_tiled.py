@@ -101,66 +101,85 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
 
     def _lower_outputs(self) -> None:
         walk_name, block_name = self.names.fresh("j"), self.names.fresh("kb")
-        probe = Expr.minimum(Expr.var(walk_name, self.trips), self.trips - 1)
-        products = self._nested_products(probe, walk_name)
-        if (not products or any(size % LANES for _, _, _, size, _, _ in products)
-                or len({id(product) for product, *_ in products}) < len(products)):
-            raise NotAttention(self.root)
-        walked_stages = self._walked_stages(products, probe, walk_name)
-        self._fit(products, walked_stages)
+        # the operands' sizes first: the tile they fit decides the blocks, and so where the walk reads them
+        self._fit(*self._operands(Expr.minimum(Expr.var(walk_name, self.trips), self.trips - 1), walk_name))
         blocks = -(-self.trips // self.keys_per_block)
         block = Expr.var(block_name, blocks)
         walked = Expr.minimum(block * self.keys_per_block + Expr.var(walk_name, self.keys_per_block), self.trips - 1)
-        item = self._item(Expr.var(self.row_name, self.rows_per_group))
-        products = self._nested_products(walked, walk_name)
-        walked_stages = self._walked_stages(products, walked, walk_name)
-        row_stages = [self.names.fresh("r_stage") for _ in products]
-        stage_names = [self.names.fresh("stage") for _ in walked_stages]
-        p_stages = [self.names.fresh("p_stage") for _ in self.plans]
-        p_pitch = self.keys_per_block + KEY_PAD
-        self._scopes[0] += [LocalArray(name, float32, self.rows_per_group * size // LANES, LANES)
-                            for name, (_, _, _, size, _, _) in zip(row_stages, products)]
-        self._scopes[0] += [LocalArray(name, float32, self.keys_per_block * (size + KEY_PAD) // LANES, LANES)
-                            for name, (_, _, _, size) in zip(stage_names, walked_stages)]
-        self._scopes[0] += [LocalArray(name, float32, self.rows_per_group * p_pitch // LANES, LANES)
-                            for name in p_stages]
+        products, walked_stages = self._operands(walked, walk_name)
+        row_stages, stages, p_stages = self._declare_stages(products, walked_stages)
         accs = [[[Reg(self.names.fresh("acc"), float32) for _ in range(plan.product.shape[plan.width] // ROW_ITEMS)]
                  for _ in range(ITEM_ROWS)] for plan in self.plans]
         self._scopes[0] += [Define(acc, Const(0.0, float32)) for plan in accs for row in plan for acc in row]
         for (_, factors, name, size, _, row_side), stage in zip(products, row_stages):
             self._stage(row_side, factors, self.row_name, name, size, stage, keys=self.rows_per_group)
-        probability = _probability_index(self.plans[0], item, walked, self._is_materialized)
+        probability = _probability_index(self.plans[0], self.item, walked, self._is_materialized)
         mask = self._mask(_scores(self.plans[0]), probability, walk_name) if self.skips and probability else []
         rows_extreme = {side: self._extreme(side, index, self.row_name, self.rows_per_group, lowest)
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
         needed = self._block_needed(mask, rows_extreme, walk_name) if mask else None
         skippable = len(self._scopes[-1])
-        for (node, index, name, size), stage in zip(walked_stages, stage_names):
+        for (node, index, name, size), stage in zip(walked_stages, stages):
             self._stage(node, index, walk_name, name, size, stage, pitch=size + KEY_PAD)
         self._scopes[-1].append(Barrier())
-        self._tile_depth = len(self._scopes) - 1
-        tiles = [self._product_tile(stage, stage_names[self._walked_stage(walked_stages, side, factors, name, size)],
-                                    size, size + KEY_PAD)
-                 for (_, factors, name, size, side, _), stage in zip(products, row_stages)]
-        self._tiled = {id(product) for product, *_ in products}
-        walked_at = [Expr.minimum(block * self.keys_per_block + self._tx + ROW_ITEMS * c, self.trips - 1)
-                     for c in range(self.key_chunks)]
-        self._know_tiles(products, tiles, walked_at)
+        tiles = [self._product_tile(row_stage, stages[_stage_of(walked_stages, side, factors, name, size)], size,
+                                    size + KEY_PAD)
+                 for (_, factors, name, size, side, _), row_stage in zip(products, row_stages)]
+        self._know_tiles(products, tiles, block)
         for plan, stage in zip(self.plans, p_stages):
-            self._store_p_side(plan, stage, p_pitch, block, walked_at)
+            self._store_p_side(plan, stage, block)
         self._scopes[-1].append(Barrier())
-        for plan, plan_accs, stage in zip(self.plans, accs, p_stages):
-            name = self.names.fresh("e")
-            width = plan.product.shape[plan.width]
-            w_index = plan.index(item, Expr.var(name, width), walked)
-            w_stage = stage_names[self._walked_stage(walked_stages, plan.w_side, w_index, name, width)]
-            self._scopes[-1].append(self._weigh_tile(stage, p_pitch, w_stage, width + KEY_PAD, width, plan_accs))
+        for plan, plan_accs, p_stage in zip(self.plans, accs, p_stages):
+            name, width = self.names.fresh("e"), plan.product.shape[plan.width]
+            stage = stages[_stage_of(walked_stages, plan.w_side, plan.index(self.item, Expr.var(name, width), walked),
+                                     name, width)]
+            self._scopes[-1].append(self._weigh_tile(p_stage, self._p_pitch, stage, width + KEY_PAD, width, plan_accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stages before the next block's copies
         body = self._close_loop()
         if needed:
             body[skippable:] = [If((), tuple(body[skippable:]), needed)]
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
+        self._store_outputs(accs)
+
+    def _operands(self, walked: Expr, walk_name: str) -> tuple[list, list]:
+        """(the nested products, as StagedGradientLowering._nested_products finds them, and what the group stages
+        per block of walked rows: _walked_stages); NotAttention where a product is no multiple of 4 long or one is
+        read at two places."""
+        products = self._nested_products(walked, walk_name)
+        if (not products or any(size % LANES for _, _, _, size, _, _ in products)
+                or len({id(product) for product, *_ in products}) < len(products)):
+            raise NotAttention(self.root)
+        return products, self._walked_stages(products, walked, walk_name)
+
+    @property
+    def _p_pitch(self) -> int:
+        """Floats between the rows of a P side's local array."""
+        return self.keys_per_block + KEY_PAD
+
+    def _declare_stages(self, products: list, walked_stages: list) -> tuple[list[str], list[str], list[str]]:
+        """The local arrays: the group's rows of each nested product ([row][size]), each walked stage ([walked
+        row][size + KEY_PAD]) and each plan's P side ([row][walked + KEY_PAD]); their names."""
+        row_stages = [self.names.fresh("r_stage") for _ in products]
+        stages = [self.names.fresh("stage") for _ in walked_stages]
+        p_stages = [self.names.fresh("p_stage") for _ in self.plans]
+        self._scopes[0] += [LocalArray(name, float32, self.rows_per_group * size // LANES, LANES)
+                            for name, (_, _, _, size, _, _) in zip(row_stages, products)]
+        self._scopes[0] += [LocalArray(name, float32, self.keys_per_block * (size + KEY_PAD) // LANES, LANES)
+                            for name, (_, _, _, size) in zip(stages, walked_stages)]
+        self._scopes[0] += [LocalArray(name, float32, self.rows_per_group * self._p_pitch // LANES, LANES)
+                            for name in p_stages]
+        return row_stages, stages, p_stages
+
+    def _walked_at(self, block: Expr, c: int) -> Expr:
+        """The item's walked row tx + 8c of the block (the last one past the end)."""
+        return Expr.minimum(self._exact_walked(block, c), self.trips - 1)
+
+    def _exact_walked(self, block: Expr, c: int) -> Expr:
+        return block * self.keys_per_block + self._tx + ROW_ITEMS * c
+
+    def _store_outputs(self, accs: list[list[list[Reg]]]) -> None:
+        """Each plan's accumulators at the item's 4 rows and its columns."""
         columns = max(len(row) for plan_accs in accs for row in plan_accs)
         for plan, plan_accs in zip(self.plans, accs):
             for i, row in enumerate(plan_accs):
@@ -201,45 +220,41 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
         """What the group stages per block of walked rows: the nested products' walked side and the outer
         products' other operand, each once, as (node, index with an inner variable `name` of `size`, name,
         size); NotAttention where one depends on the group's rows or a size is no multiple of 4."""
-        item = self._item(Expr.var(self.row_name, self.rows_per_group))
         stages = [(side, factors, name, size) for _, factors, name, size, side, _ in products]
         for plan in self.plans:
             name, size = self.names.fresh("e"), plan.product.shape[plan.width]
-            stages.append((plan.w_side, plan.index(item, Expr.var(name, size), walked), name, size))
+            stages.append((plan.w_side, plan.index(self.item, Expr.var(name, size), walked), name, size))
         if any(self.row_name in self._variables(node, index) or size % LANES for node, index, _, size in stages):
             raise NotAttention(self.root)
         return _distinct(stages)
 
-    @staticmethod
-    def _walked_stage(stages: list, node: Node, index: Index, name: str, size: int) -> int:
-        """The position in `stages` of the one holding `node` at `index` (inner variable `name`)."""
-        key = _stage_key(node, index, name, size)
-        return next(s for s, stage in enumerate(stages) if _stage_key(*stage) == key)
-
-    def _know_tiles(self, products: list, tiles: list, walked_at: list[Expr]) -> None:
+    def _know_tiles(self, products: list, tiles: list, block: Expr) -> None:
         """Each tile register under the key of its product where the outer products' P sides read it at the
         item's row i and walked row c (found as the lowering will find it: from the P sides' own index)."""
+        self._tile_depth = len(self._scopes) - 1
         registers = {id(product): tile_registers for (product, *_), tile_registers in zip(products, tiles)}
+        self._tiled = set(registers)
         for i in range(ITEM_ROWS):
             item = self._item(self._item_row(i))
-            for c, walked in enumerate(walked_at):
+            for c in range(self.key_chunks):
                 for plan in self.plans:
-                    for node, index in reads(plan.p_side, plan.index(item, 0, walked), self._is_materialized):
+                    for node, index in reads(plan.p_side, plan.index(item, 0, self._walked_at(block, c)),
+                                             self._is_materialized):
                         if id(node) in registers:
                             self._tile_values[(id(node), _keys(index))] = registers[id(node)][i][c]
 
-    def _store_p_side(self, plan: GradientProduct, stage: str, pitch: int, block: Expr, walked_at: list[Expr]) -> None:
+    def _store_p_side(self, plan: GradientProduct, stage: str, block: Expr) -> None:
         """`plan`'s P side (P, dS) at the item's 4 x CK pairs into `stage` [row][walked], 0 past the last walked
         row."""
         for i in range(ITEM_ROWS):
             item = self._item(self._item_row(i))
-            for c, walked in enumerate(walked_at):
-                value = self.value(plan.p_side, plan.index(item, 0, walked), ()).operand
-                exact = block * self.keys_per_block + self._tx + ROW_ITEMS * c
+            for c in range(self.key_chunks):
+                value = self.value(plan.p_side, plan.index(item, 0, self._walked_at(block, c)), ()).operand
+                exact = self._exact_walked(block, c)
                 if exact.hi >= self.trips:  # the last block hangs over the end
                     value = self._line(lambda out, x=value, k=exact: Select(out, ((k, "lt", self.trips),), x,
                                                                              Const(0.0, float32)))
-                at = self._item_row(i) * pitch + self._tx + ROW_ITEMS * c
+                at = self._item_row(i) * self._p_pitch + self._tx + ROW_ITEMS * c
                 self._scopes[-1].append(LocalStore(stage, at, value, element=True))
 
     def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
@@ -250,6 +265,12 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
         if guard or register is None:
             raise NotAttention(node)
         return _Value(register, self._tile_depth)
+
+
+def _stage_of(stages: list, node: Node, index: Index, name: str, size: int) -> int:
+    """The position in `stages` of the one holding `node` at `index` (inner variable `name`)."""
+    key = _stage_key(node, index, name, size)
+    return next(s for s, stage in enumerate(stages) if _stage_key(*stage) == key)
 
 
 def lower_tiled_attention_gradient(plan: GradientProduct, siblings: Sequence[GradientProduct],
