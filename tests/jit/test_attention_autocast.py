@@ -173,9 +173,8 @@ def test_hand_written_attention_with_a_float32_softmax(request, monkeypatch, for
     assert out.dtype == zyx.bfloat16
     fused_forward(out, device, form)
     kernels_run, _ = schedule([out.node] + [g.node for g in grads], device.traits)
-    # the tiled form's dK and dV share a kernel: a staged one here, where the tiled one does not apply (bfloat16)
-    shared = gradients_share_kernels(device.traits.gpu) or form == "tiled"
-    assert len([k for k in kernels_run if k.ir.kind == "a"]) == (3 if shared else 4), [k.name for k in kernels_run]
+    assert len([k for k in kernels_run if k.ir.kind == "a"]) == (3 if gradients_share_kernels(device.traits.gpu)
+                                                                  else 4), [k.name for k in kernels_run]
     assert not [node for k in kernels_run for node in k.outputs if spans(node.shape, length, length)]
     zyx.realize(out, *grads)
     found = [as_float(out)] + [g.numpy() for g in grads]

@@ -59,10 +59,7 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
         if len(self.plans) == 1:
             setting = tile("ZYX_ATTENTION_GRAD_DQ_TILE", setting)
         self.tiles = [setting] if setting else list(GRADIENT_TILES)
-        widths = [other.product.shape[other.width] for other in self.plans]
-        if (any(width % (LANES * ROW_ITEMS) for width in widths)
-                or any(other.product.dtype != float32 or other.p_side.dtype != float32
-                       or other.w_side.dtype != float32 for other in self.plans)):
+        if not all(map(may_tile, self.plans)):
             raise NotAttention(plan.product)
         self._tile_values: dict[tuple, Reg] = {}
         self._tiled: set[int] = set()  # the nested products (their ids): only their tiles' registers compute them
@@ -265,6 +262,13 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
         if guard or register is None:
             raise NotAttention(node)
         return _Value(register, self._tile_depth)
+
+
+def may_tile(plan: GradientProduct) -> bool:
+    """Whether the tiled kernel may store `plan`'s product: float32 throughout, an output width a multiple of 32
+    (an item's columns are float4 groups tx*4 + 32g). (It may still not, where the stages do not fit.)"""
+    return (all(node.dtype == float32 for node in (plan.product, plan.p_side, plan.w_side))
+            and plan.product.shape[plan.width] % (LANES * ROW_ITEMS) == 0)
 
 
 def _stage_of(stages: list, node: Node, index: Index, name: str, size: int) -> int:

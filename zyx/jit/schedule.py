@@ -38,7 +38,7 @@ from .print_common import kernel_name
 from .attention import attention_form, gradient_form, lower_attention, match_attention
 from .attention_grad import (GradientProduct, gradient_products, gradients_share_kernels,
                              lower_attention_gradient, match_attention_gradient)
-from .attention_grad_tiled import lower_tiled_attention_gradient
+from .attention_grad_tiled import lower_tiled_attention_gradient, may_tile
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiled import lower_tiled_attention
 from .attention_tiles import lower_staged_attention
@@ -473,11 +473,10 @@ def _tiles_gradients(traits: DeviceTraits) -> bool:
 def _gradient_siblings(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits
                        ) -> tuple[Optional[GradientProduct], list[GradientProduct]]:
     """`root` as a product of attention's backward recomputing P, and the products still to store that recompute
-    the same P (those that may share its kernel: where products share kernels, and in the tiled form, whose dK
-    and dV share one; where it does not apply the staged one takes them too); (None, []) where `root` is no such
-    product."""
+    the same P (those that may share its kernel: where products share kernels, and in the tiled form where it may
+    apply, whose dK and dV share one); (None, []) where `root` is no such product."""
     plan = match_attention_gradient(root, materialized, traits.gpu)
-    if plan is None or not (gradients_share_kernels(traits.gpu) or _tiles_gradients(traits)):
+    if plan is None or not (gradients_share_kernels(traits.gpu) or (_tiles_gradients(traits) and may_tile(plan))):
         return plan, []
     others = (match_attention_gradient(node, materialized, traits.gpu) for key, node in materialized.items()
               if key not in produced and node is not root)
