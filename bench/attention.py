@@ -24,12 +24,14 @@ largest error of the first head against numpy (float64).
 `--train` (A2) times a @zyx.jit step returning the output and the gradients of sum(out * dO) with respect to q, k
 and v (the fused backward: zyx/jit/attention_grad.py; the error is then dV's, the first head's);
 torch runs the same step with autograd. Each call ends with the device synchronized instead of reading the output.
-`--variants` (or `--backward`) names zyx-staged's variants to measure, each in a process of its own (VARIANTS:
-their ZYX_ATTENTION_* settings); with --train each zyx record lists its kernels' device time per call (`--calls`
-calls launched back to back, one wait). `--torch-device cuda` runs torch on the GPU (then the backward alone is
-timed too), `--check-torch` compares zyx's output (and with --train its gradients) with torch's in float64 on that
-device (PASS where every largest error is at most CHECK_TOLERANCE of the reference's largest value), and
-`--beside-torch` times torch in each zyx process as well, zyx and torch alike (--calls launches, one wait).
+`--variants` (or `--backward`) names the fused forms' variants to measure, each in a process of its own (VARIANTS:
+their ZYX_ATTENTION_* settings; `--only zyx-tiled --variants default,staged-backward` times the tiled
+backward against the staged one beside the same tiled forward); with --train each zyx record lists its kernels'
+device time per call (`--calls` calls launched back to back, one wait). `--torch-device cuda` runs torch on the GPU
+(then the backward alone is timed too), `--check-torch` compares zyx's output (and with --train its gradients)
+with torch's in float64 on that device (PASS where every largest error is at most CHECK_TOLERANCE of the
+reference's largest value), and `--beside-torch` times torch in each zyx process as well, zyx and torch alike
+(--calls launches, one wait).
 `--autocast bfloat16|float16` runs the attention under each library's autocast (zyx.autocast, torch.autocast on
 --torch-device): half-precision operands, float32 accumulation, a half-precision output (the fused kernels round
 where the unfused trace does); --check-torch then allows AUTOCAST_TOLERANCE.
@@ -54,11 +56,13 @@ from _harness import Record, pick_device, script_main, wants  # noqa: E402
 IMPLEMENTATIONS = ("torch", "zyx-cores", "zyx-staged", "zyx-tiled", "zyx-rows", "zyx-unfused")
 FUSED_FORMS = {"zyx-cores": "cores", "zyx-staged": "staged", "zyx-tiled": "tiled",  # implementation:
                "zyx-rows": "rows"}                                                    # ZYX_ATTENTION_FORM
-# zyx-staged's variants (--variants, also spelled --backward): their ZYX_* settings. Forward and backward:
+# The fused forms' variants (--variants, also spelled --backward): their ZYX_* settings. Forward and backward:
 # rows per group (ZYX_ATTENTION_ROWS) and keys per staged block (ZYX_ATTENTION_KEYS, attention_tiles.py); the
 # backward's: dK and dV in one kernel or two (attention_grad.py), each block of walked rows in one pass or two
 # (attention_grad_tiles.py); the forward in register tiles (attention_tiled.py) with TY x CK items and keys a block
-# (ZYX_ATTENTION_TILE). Names joined by "+" combine their settings ("rows-32+keys-64").
+# (ZYX_ATTENTION_TILE); the backward in another form (ZYX_ATTENTION_GRAD_FORM) or, tiled, with TY x CK items and
+# walked rows a block (ZYX_ATTENTION_GRAD_TILE; grad-dq-tile: dQ's kernel alone). Names joined by "+" combine
+# their settings ("rows-32+keys-64").
 VARIANTS = {
     "default": {},
     "split": {"ZYX_ATTENTION_GRAD_SHARED": "0"},
@@ -70,6 +74,9 @@ VARIANTS = {
     "tiled": {"ZYX_ATTENTION_FORM": "tiled"},
     **{f"tiled-{ty}x{ck}": {"ZYX_ATTENTION_FORM": "tiled", "ZYX_ATTENTION_TILE": f"{ty},{ck}"}
        for ty in (4, 8, 16, 32) for ck in (2, 4, 8)},
+    **{f"{form}-backward": {"ZYX_ATTENTION_GRAD_FORM": form} for form in FUSED_FORMS.values()},
+    **{f"grad-{kernels}tile-{ty}x{ck}": {f"ZYX_ATTENTION_GRAD_{setting}TILE": f"{ty},{ck}"}
+       for kernels, setting in (("", ""), ("dq-", "DQ_")) for ty in (4, 8, 16, 32) for ck in (2, 4, 8)},
 }
 CHECK_TOLERANCE = 1e-4  # --check-torch: the largest error allowed, relative to the reference's largest value
 # --check-torch under --autocast: 4 machine epsilons of the dtype (bfloat16 2^-7, float16 2^-10): q, k, v, the
@@ -289,7 +296,7 @@ def beside_torch(args: argparse.Namespace, jitted: Any, dev: Any, arrays: list) 
 
 def in_child(args: argparse.Namespace, context: int, implementation: str, variant: str = "default"
              ) -> dict[str, Any]:
-    """One measurement in a new process with a new zyx cache directory (zyx-staged's with the backward `variant`)."""
+    """One measurement in a new process with a new zyx cache directory (a fused form's with its `variant`)."""
     with tempfile.TemporaryDirectory(prefix="attention_") as root:
         env = dict(os.environ, ZYX_CACHE_DIR=os.path.join(root, "zyx"),
                    ZYX_ATTENTION_MIN_BYTES="0" if implementation in FUSED_FORMS else str(1 << 62))
@@ -310,12 +317,12 @@ def in_child(args: argparse.Namespace, context: int, implementation: str, varian
 
 
 def measurements(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(implementation, variant) of every measurement asked for: zyx-staged's once per --variants variant."""
+    """(implementation, variant) of every measurement asked for: each fused form's once per --variants variant."""
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     for variant in variants:
         variant_settings(variant)
     return [(implementation, variant) for implementation in IMPLEMENTATIONS if wants(args, implementation)
-            for variant in (variants if implementation == "zyx-staged" else ["default"])]
+            for variant in (variants if implementation in FUSED_FORMS else ["default"])]
 
 
 def notes_of(found: dict[str, Any], args: argparse.Namespace, matrix: int) -> list[str]:
@@ -384,7 +391,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="attention over every key (default: causal)")
     p.add_argument("--train", action="store_true", help="forward and backward (A2): a jitted step with gradients")
     p.add_argument("--variants", "--backward", default="default",
-                   help=f"zyx-staged's variants to measure, each in a process ({', '.join(VARIANTS)}; "
+                   help=f"the fused forms' variants to measure, each in a process ({', '.join(VARIANTS)}; "
                         "'+' combines)")
     p.add_argument("--calls", type=int, default=1, help="calls launched back to back per timed run (one wait)")
     p.add_argument("--torch-device", default="cpu", help="where torch runs (cpu, cuda)")

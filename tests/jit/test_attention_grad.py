@@ -23,8 +23,11 @@ def data(*shape):
 
 @pytest.fixture(autouse=True)
 def fuse_any_size(monkeypatch):
-    """These small inputs take the fused kernels too (by default a CPU fuses only large probability matrices)."""
+    """These small inputs take the fused kernels too (by default a CPU fuses only large probability matrices), the
+    backward in the staged form on GPU-shaped kernels too (the tiled one, a GPU's default, has tests of its own:
+    test_attention_grad_tiled.py)."""
     monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", "0")
+    monkeypatch.setenv("ZYX_ATTENTION_GRAD_FORM", "staged")
 
 
 def zyx_step(device, arrays, options):
@@ -194,6 +197,7 @@ def test_blocks_a_causal_mask_hides_are_skipped(gpu):
 def test_the_per_row_form_on_request(dev, monkeypatch):
     """ZYX_ATTENTION_FORM=rows: a work item per row walking every row of the other axis, no local memory."""
     monkeypatch.setenv("ZYX_ATTENTION_FORM", "rows")
+    monkeypatch.delenv("ZYX_ATTENTION_GRAD_FORM")  # (the backward's form: the forward's)
     arrays = [data(1, 2, 23, 8) for _ in range(4)]
     out, grads = zyx_step(dev, arrays, {"is_causal": True})
     assert all(k.ir.axis(Role.LOCAL) is None for k in attention_kernels(out, grads, dev)[1])

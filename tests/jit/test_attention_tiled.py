@@ -1,8 +1,8 @@
 """The register-tiled attention forward (zyx/jit/attention_tiled.py, ZYX_ATTENTION_FORM=tiled), scheduled for a GPU
 and run on PoCL: it is the one kernel chosen where it applies (the staged one where not), its values match numpy's
 for query and key counts that are not multiples of its blocks, head sizes 32 to 128, causal or not, scaled, with
-the tile set by ZYX_ATTENTION_TILE; a training step's gradients (the staged backward reading its row statistics)
-match torch's."""
+the tile set by ZYX_ATTENTION_TILE; a training step's gradients (the backward reading its row statistics) match
+torch's."""
 import numpy as np
 import pytest
 import torch
@@ -53,7 +53,7 @@ def test_values_match_numpy(gpu, monkeypatch, name):
 
 
 def test_a_training_step_matches_torch(gpu):
-    """The tiled forward stores the row maximum and sum the staged backward reads: gradients as torch's."""
+    """The tiled forward stores the row maximum and sum the backward reads: gradients as torch's."""
     arrays = [data(2, 2, 70, 64) for _ in range(4)]
     q, k, v, grad_out = (gpu.tensor(a) for a in arrays)
     out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)

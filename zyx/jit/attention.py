@@ -57,9 +57,11 @@ GPU_MIN_PROBABILITY_BYTES: Optional[int] = 0
 # third of "rows"' CPU time (causal, 4 heads, d=64: 60 vs 218 ms at T=1024, 230 vs 868 ms at T=2048); the unfused
 # kernels took half of "staged"'s or less (25 and 102 ms), hence MIN_PROBABILITY_BYTES (bench/README.md, A1).
 # "tiled" (attention_tiled.py, OpenCL only, else "staged"): FlashAttention-2's order with register tiles, an item
-# per 4 query rows x a slice of keys and outputs; its backward is "staged"'s. On the H200 at W7's shape (16 x 12
-# heads, T=1024, d=64, causal) it took 1.16 ms against "staged"'s 1.63 (forward + backward 7.37 against 7.92;
-# bench/GPU.md, ninth session). On PoCL it has no such edge: a CPU item has no registers to tile into.
+# per 4 query rows x a slice of keys and outputs; its backward too (attention_grad_tiled.py: dK with dV, dQ).
+# ZYX_ATTENTION_GRAD_FORM gives the backward a form of its own (gradient_form): "staged" beside "tiled".
+# On the H200 at W7's shape (16 x 12 heads, T=1024, d=64, causal) the tiled forward took 1.16 ms against
+# "staged"'s 1.63 (forward + backward 7.37 against 7.92, the backward staged; bench/GPU.md, ninth session). On
+# PoCL it has no such edge: a CPU item has no registers to tile into.
 # "cores" (attention_cores.py, the default on GPUs with 16-bit tensor cores): 16-bit q, k, v multiplied by mma.sync,
 # the rest as "tiled" (which it falls back to where it does not apply).
 FORMS = ("staged", "rows", "tiled", "cores")
@@ -76,9 +78,20 @@ def min_probability_bytes(gpu: bool = False) -> Optional[int]:
 def attention_form(gpu: bool, tensor_cores: bool = False) -> str:
     """Which fused kernel a device gets: ZYX_ATTENTION_FORM, else "cores" on GPUs with 16-bit `tensor_cores`,
     "tiled" on other GPUs and "staged" elsewhere."""
-    form = os.environ.get("ZYX_ATTENTION_FORM") or ("staged" if not gpu else "cores" if tensor_cores else "tiled")
+    return _form("ZYX_ATTENTION_FORM", "staged" if not gpu else "cores" if tensor_cores else "tiled")
+
+
+def gradient_form(gpu: bool) -> str:
+    """Which form the backward's kernels take where they are not on tensor cores: ZYX_ATTENTION_GRAD_FORM, else
+    the forward's (attention_form), so that the backward can be timed in one form against another beside the same
+    forward."""
+    return _form("ZYX_ATTENTION_GRAD_FORM", attention_form(gpu))
+
+
+def _form(variable: str, default: str) -> str:
+    form = os.environ.get(variable) or default
     if form not in FORMS:
-        raise ValueError(f"ZYX_ATTENTION_FORM={form!r}: expected one of {', '.join(FORMS)}")
+        raise ValueError(f"{variable}={form!r}: expected one of {', '.join(FORMS)}")
     return form
 
 

@@ -29,7 +29,7 @@ from ..trace.ops import Op
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .attention_tiles import LANES, StagedAttentionLowering, _at, _scores_product
 from .kernel_ir import (Accumulate, Alu, Barrier, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore, Loop,
-                        MultiplyAdd, Reg, Select)
+                        MultiplyAdd, Names, Reg, Select)
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, unravel
 from .symbolic import Expr
 
@@ -41,20 +41,78 @@ ROW_ITEMS = 8           # items sharing a row (tx)
 KEY_PAD = 4             # floats between staged key rows past the head dimension (and between P's rows)
 
 
-def tile() -> tuple[int, int]:
-    """(TY, CK): ZYX_ATTENTION_TILE ("16,4"), else TILE."""
-    setting = os.environ.get("ZYX_ATTENTION_TILE")
+def tile(variable: str = "ZYX_ATTENTION_TILE", default: Optional[tuple[int, int]] = TILE
+         ) -> Optional[tuple[int, int]]:
+    """(TY, CK) as the setting `variable` says ("16,4"), else `default`."""
+    setting = os.environ.get(variable)
     if setting is None:
-        return TILE
+        return default
     parts = setting.split(",")
     if (len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) not in TILE_ROWS_SETTINGS
             or int(parts[1]) not in TILE_KEYS_SETTINGS):
-        raise ValueError(f"ZYX_ATTENTION_TILE={setting!r}: expected 'TY,CK' with TY one of {TILE_ROWS_SETTINGS} "
+        raise ValueError(f"{variable}={setting!r}: expected 'TY,CK' with TY one of {TILE_ROWS_SETTINGS} "
                          f"and CK one of {TILE_KEYS_SETTINGS}")
     return int(parts[0]), int(parts[1])
 
 
-class TiledAttentionLowering(StagedAttentionLowering):
+class TileLoops:
+    """The register tiles' loops, shared by this module's forward and attention_grad_tiled.py's backward: a group of
+    8 x TY items, item (ty, tx) = (lid / 8, lid % 8) owning rows ty*4 .. ty*4+3 of the group's and columns tx + 8c
+    (c < CK) of a block of 8 x CK walked rows (keys here); its outputs' columns in float4 groups tx*4 + 32g."""
+
+    key_chunks: int
+    keys_per_block: int
+    names: Names
+    _scopes: list[list]
+    _ty: Expr
+    _tx: Expr
+
+    def _columns(self, width: int) -> list[Expr]:
+        """The output columns an item owns, in its accumulators' order: float4 groups tx*4 + 32g."""
+        return [self._tx * LANES + LANES * ROW_ITEMS * g + lane
+                for g in range(width // (LANES * ROW_ITEMS)) for lane in range(LANES)]
+
+    def _product_tile(self, row_stage: str, walked_stage: str, size: int, walked_pitch: int) -> list[list[Reg]]:
+        """The item's 4 x CK products over `size` of its rows (`row_stage`: [row][size]) with its walked rows
+        (`walked_stage`: [walked row][size], rows `walked_pitch` floats apart): a loop over float4 steps appended to
+        the innermost scope, 4 row reads (each read by the 8 items of a row at once) and CK walked reads serving
+        16 CK multiply-adds; the registers by row."""
+        name = self.names.fresh("d")
+        step = Expr.var(name, size // LANES)
+        accs = [[Reg(self.names.fresh("s"), float32) for _ in range(self.key_chunks)] for _ in range(ITEM_ROWS)]
+        rows = [Reg(self.names.fresh("q"), float32, LANES) for _ in range(ITEM_ROWS)]
+        walked = [Reg(self.names.fresh("k"), float32, LANES) for _ in range(self.key_chunks)]
+        body: list = [LocalLoad(q, row_stage, (self._ty * ITEM_ROWS + i) * (size // LANES) + step)
+                      for i, q in enumerate(rows)]
+        body += [LocalLoad(k, walked_stage, (self._tx + ROW_ITEMS * c) * (walked_pitch // LANES) + step)
+                 for c, k in enumerate(walked)]
+        body += [MultiplyAdd(accs[i][c], Lane(q, f"s{lane}"), Lane(k, f"s{lane}"))
+                 for lane in range(LANES) for i, q in enumerate(rows) for c, k in enumerate(walked)]
+        self._scopes[-1] += [Define(acc, Const(0.0, float32)) for row in accs for acc in row]
+        self._scopes[-1].append(Loop(name, size // LANES, tuple(body), unroll=True))
+        return accs
+
+    def _weigh_tile(self, p_stage: str, p_pitch: int, w_stage: str, w_pitch: int, width: int,
+                    accs: list[list[Reg]]) -> Loop:
+        """The loop over the block's walked rows, 4 at a time, adding P times the walked rows of `w_stage` (rows
+        `w_pitch` floats apart) to the item's 4 rows x width / 8 columns (P read as float4 along the walked rows
+        from `p_stage`, [row][walked] rows `p_pitch` floats apart; the walked rows' float4 groups tx + 8g)."""
+        name = self.names.fresh("j")
+        step = Expr.var(name, self.keys_per_block // LANES)
+        weights = [Reg(self.names.fresh("p"), float32, LANES) for _ in range(ITEM_ROWS)]
+        body: list = [LocalLoad(p, p_stage, (self._ty * ITEM_ROWS + i) * (p_pitch // LANES) + step)
+                      for i, p in enumerate(weights)]
+        groups = width // (LANES * ROW_ITEMS)
+        for offset in range(LANES):
+            values = [Reg(self.names.fresh("w"), float32, LANES) for _ in range(groups)]
+            body += [LocalLoad(w, w_stage, (step * LANES + offset) * (w_pitch // LANES) + self._tx + ROW_ITEMS * g)
+                     for g, w in enumerate(values)]
+            body += [MultiplyAdd(accs[i][g * LANES + lane], Lane(p, f"s{offset}"), Lane(w, f"s{lane}"))
+                     for i, p in enumerate(weights) for g, w in enumerate(values) for lane in range(LANES)]
+        return Loop(name, self.keys_per_block // LANES, tuple(body), unroll=True)
+
+
+class TiledAttentionLowering(TileLoops, StagedAttentionLowering):
     """A work group per block of query rows, an item per 4 rows x a slice of keys and of outputs; see the module."""
 
     def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
@@ -66,7 +124,7 @@ class TiledAttentionLowering(StagedAttentionLowering):
             raise NotAttention(product)
         self.local_memory, self.skips = local_memory, skips
         self.queries, self.width = product.shape[-3], product.shape[-2]
-        self.tile_rows, self.key_chunks = tile()
+        self.tile_rows, self.key_chunks = tile() or TILE
         self.rows_per_group, self.keys_per_block = ITEM_ROWS * self.tile_rows, ROW_ITEMS * self.key_chunks
         batch = product.shape[:-3]
         self.query_blocks = -(-self.queries // self.rows_per_group)
@@ -84,7 +142,7 @@ class TiledAttentionLowering(StagedAttentionLowering):
         for i in range(ITEM_ROWS):
             exact = self._first_row + self._ty * ITEM_ROWS + i
             guard = ((exact, "lt", self.queries),) if exact.hi >= self.queries else ()
-            for column in self._columns():
+            for column in self._columns(self.width):
                 self.positions.append(linear((*self._leading(self._ty * ITEM_ROWS + i), column, Expr(0)),
                                              product.shape))
                 self.guards.append(guard)
@@ -100,11 +158,6 @@ class TiledAttentionLowering(StagedAttentionLowering):
     def _leading(self, row: Expr) -> Index:
         """The batch entry's index and the query row `row` of the group (the last row past the end)."""
         return (*self._batch, Expr.minimum(self._first_row + row, self.queries - 1))
-
-    def _columns(self) -> list[Expr]:
-        """The output columns an item owns, in its accumulators' order: float4 groups tx*4 + 32g."""
-        return [self._tx * LANES + LANES * ROW_ITEMS * g + lane
-                for g in range(self.width // (LANES * ROW_ITEMS)) for lane in range(LANES)]
 
     def _lower_outputs(self) -> None:
         pattern, rows, keys, width = self.pattern, self.rows_per_group, self.keys_per_block, self.width
@@ -170,7 +223,7 @@ class TiledAttentionLowering(StagedAttentionLowering):
                                      LocalStore(kp_stage, (self._ty * ITEM_ROWS + i) * p_pitch + self._tx
                                                 + ROW_ITEMS * c, weight, element=True)]
         self._scopes[-1].append(Barrier())
-        self._scopes[-1].append(self._weigh_tile(kp_stage, p_pitch, v_stage, accs))
+        self._scopes[-1].append(self._weigh_tile(kp_stage, p_pitch, v_stage, self.width, self.width, accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stages before the next block's copies
         body = self._close_loop()
         if needed:
@@ -188,24 +241,10 @@ class TiledAttentionLowering(StagedAttentionLowering):
 
     def _tile(self, q_stage: str, k_stage: str, head_dim: int, key_pitch: int, probability: Index,
               key_name: str) -> list[list]:
-        """The loop over the head dimension computing the item's 4 x CK scores' products (rows ty*4 + i, keys
-        tx + 8c) from the staged query rows and keys; their registers by row, known to `_compute` by where X reads
-        the product."""
+        """The item's 4 x CK scores' products (rows ty*4 + i, keys tx + 8c) from the staged query rows and keys;
+        their registers by row, known to `_compute` by where X reads the product."""
         depth = len(self._scopes) - 1
-        name = self.names.fresh("d")
-        step = Expr.var(name, head_dim // LANES)
-        accs = [[Reg(self.names.fresh("s"), float32) for _ in range(self.key_chunks)] for _ in range(ITEM_ROWS)]
-        body: list = []
-        queries = [Reg(self.names.fresh("q"), float32, LANES) for _ in range(ITEM_ROWS)]
-        keys = [Reg(self.names.fresh("k"), float32, LANES) for _ in range(self.key_chunks)]
-        body += [LocalLoad(q, q_stage, (self._ty * ITEM_ROWS + i) * (head_dim // LANES) + step)
-                 for i, q in enumerate(queries)]
-        body += [LocalLoad(k, k_stage, (self._tx + ROW_ITEMS * c) * (key_pitch // LANES) + step)
-                 for c, k in enumerate(keys)]
-        body += [MultiplyAdd(accs[i][c], Lane(q, f"s{lane}"), Lane(k, f"s{lane}"))
-                 for lane in range(LANES) for i, q in enumerate(queries) for c, k in enumerate(keys)]
-        self._scopes[depth] += [Define(acc, Const(0.0, float32)) for row in accs for acc in row]
-        self._scopes[depth].append(Loop(name, head_dim // LANES, tuple(body), unroll=True))
+        accs = self._product_tile(q_stage, k_stage, head_dim, key_pitch)
         for i, row in enumerate(accs):
             for c, acc in enumerate(row):
                 at = _at(probability, {self.row_name: self._ty * ITEM_ROWS + i, key_name: self._tx + ROW_ITEMS * c})
@@ -237,23 +276,6 @@ class TiledAttentionLowering(StagedAttentionLowering):
                 total = self._line(lambda out, a=total, b=lane: Alu(out, op, (a, b)))
             combined.append(total)
         return combined  # (the next writes come after the block's later barriers)
-
-    def _weigh_tile(self, p_stage: str, p_pitch: int, v_stage: str, accs: list[list[Reg]]) -> Loop:
-        """The loop over the block's keys, 4 at a time, adding P times the value rows to the item's 4 rows x
-        W / 8 columns (P read as float4 along the keys, the value rows' float4 groups tx + 8g)."""
-        name = self.names.fresh("j")
-        step = Expr.var(name, self.keys_per_block // LANES)
-        weights = [Reg(self.names.fresh("p"), float32, LANES) for _ in range(ITEM_ROWS)]
-        body: list = [LocalLoad(p, p_stage, (self._ty * ITEM_ROWS + i) * (p_pitch // LANES) + step)
-                      for i, p in enumerate(weights)]
-        groups = self.width // (LANES * ROW_ITEMS)
-        for offset in range(LANES):
-            values = [Reg(self.names.fresh("w"), float32, LANES) for _ in range(groups)]
-            body += [LocalLoad(w, v_stage, (step * LANES + offset) * (self.width // LANES) + self._tx + ROW_ITEMS * g)
-                     for g, w in enumerate(values)]
-            body += [MultiplyAdd(accs[i][g * LANES + lane], Lane(p, f"s{offset}"), Lane(w, f"s{lane}"))
-                     for i, p in enumerate(weights) for g, w in enumerate(values) for lane in range(LANES)]
-        return Loop(name, self.keys_per_block // LANES, tuple(body), unroll=True)
 
     def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
         """The scores' product: the tile's register where X reads it (see _tile); other values as any kernel."""

@@ -35,11 +35,12 @@ from .kernel_ir import Gather, Kernel, RenderedKernel, Role, walk
 from .lower import KernelTooLarge, LoweredKernel, ScheduleConflict, lower
 from . import print_opencl, print_wgsl
 from .print_common import kernel_name
-from .attention import attention_form, lower_attention, match_attention
+from .attention import attention_form, gradient_form, lower_attention, match_attention
 from .attention_grad import (GradientProduct, gradient_products, gradients_share_kernels,
                              lower_attention_gradient, match_attention_gradient)
 from .attention_cores import lower_core_attention
 from .attention_grad_cores import lower_core_attention_gradient, on_tensor_cores
+from .attention_grad_tiled import lower_tiled_attention_gradient, may_tile
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiled import lower_tiled_attention
 from .attention_tiles import lower_staged_attention
@@ -510,7 +511,14 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
                                               traits.max_params)
         if cores is not None:
             return cores
-    if attention_form(traits.gpu) != "rows":
+    form = gradient_form(traits.gpu)
+    if _tiles_gradients(traits):
+        tiled = lower_tiled_attention_gradient(plan, siblings, site.materialized, site.produced,
+                                               traits.search_local_memory, traits.max_group_size, True, site.apart,
+                                               traits.max_params)
+        if tiled is not None:
+            return tiled
+    if form != "rows":
         staged = lower_staged_attention_gradient(plan, siblings, site.materialized, site.produced, traits.local_memory,
                                                  traits.max_group_size, traits.language == "opencl", site.apart,
                                                  traits.max_params)
@@ -519,14 +527,21 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
     return lower_attention_gradient(plan, siblings, site.materialized, site.produced, site.apart, traits.max_params)
 
 
+def _tiles_gradients(traits: DeviceTraits) -> bool:
+    """Whether attention's backward takes the register-tiled form (attention_grad_tiled.py: OpenCL only)."""
+    return gradient_form(traits.gpu) == "tiled" and traits.language == "opencl"
+
+
 def _gradient_siblings(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits
                        ) -> tuple[Optional[GradientProduct], list[GradientProduct]]:
     """`root` as a product of attention's backward recomputing P, and the products still to store that recompute
-    the same P (those that may share its kernel: always in the tensor-core form, where dK and dV share P's
-    recomputation as FlashAttention-2's do); (None, []) where `root` is no such product."""
+    the same P (those that may share its kernel: where products share kernels; always in the tensor-core form,
+    where dK and dV share P's recomputation as FlashAttention-2's do; and in the tiled form where it may apply,
+    whose dK and dV share one); (None, []) where `root` is no such product."""
     plan = match_attention_gradient(root, materialized, traits.gpu)
     cores = plan is not None and _cores_form(traits) and on_tensor_cores(plan, traits.tensor_cores)
-    if plan is None or not (gradients_share_kernels(traits.gpu) or cores):
+    if plan is None or not (gradients_share_kernels(traits.gpu) or cores
+                            or (_tiles_gradients(traits) and may_tile(plan))):
         return plan, []
     others = (match_attention_gradient(node, materialized, traits.gpu) for key, node in materialized.items()
               if key not in produced and node is not root)
