@@ -91,20 +91,8 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
         q_pitch = head_dim + PAD
         if not fits_tiles(head_dim):
             raise NotAttention(product)
-        blocks = -(-total_keys // keys)
-        block_name, key_name, value_name, head_name = (self.names.fresh(p) for p in ("kb", "j", "e", "h"))
-        block = Expr.var(block_name, blocks)
-        key = Expr.minimum(block * keys + Expr.var(key_name, keys), total_keys - 1)
-        value_e = Expr.var(value_name, width)
-        probability = self._probability_index((*self.leading, value_e, key))
-        if any(value_name in e.variables() for e in probability):  # a row's outputs must share their scores
-            raise NotAttention(pattern.probabilities)
-        product_index = self._product_index(product, probability)
-        self._product = product
-        factor_index = tuple(Expr.var(head_name, head_dim) if a == product.arg[0] else e
-                             for a, e in enumerate(product_index))
-        query_side, key_side = self._split(product.src[0], factor_index, key_name)
-        weights = (*self.leading, value_e, key)
+        (blocks, block_name, key_name, value_name, head_name, block, key, probability, factor_index, query_side,
+         key_side, weights) = self._key_walk(product, total_keys, keys, width, head_dim)
         if query_side.dtype != dtype or key_side.dtype != dtype or self.row_name in self._variables(pattern.w_side,
                                                                                                      weights):
             raise NotAttention(product)

@@ -177,6 +177,28 @@ class StagedBlocks(Lowering):
             store = LocalStore(stage, at, value.operand, element=True, dtype=dtype)
             self._scopes[-1].append(If(((flat, "lt", size),), (store,)) if flat.hi >= size else store)
 
+    def _key_walk(self, product: Node, total_keys: int, keys: int, width: int, head_dim: int) -> tuple:
+        """The names and indices of a walk over blocks of `keys` keys that tiled forms share (attention_tiled.py,
+        attention_cores.py): (blocks, the block, key, value and head variables' names, the block, the key (clamped
+        to the last), P's index, the scores' factors' index, the query and key sides, the weights' index); the
+        scores' `product` kept for `_compute`."""
+        pattern = self.pattern
+        blocks = -(-total_keys // keys)
+        block_name, key_name, value_name, head_name = (self.names.fresh(p) for p in ("kb", "j", "e", "h"))
+        block = Expr.var(block_name, blocks)
+        key = Expr.minimum(block * keys + Expr.var(key_name, keys), total_keys - 1)
+        value_e = Expr.var(value_name, width)
+        probability = self._probability_index((*self.leading, value_e, key))
+        if any(value_name in e.variables() for e in probability):  # a row's outputs must share their scores
+            raise NotAttention(pattern.probabilities)
+        product_index = self._product_index(product, probability)
+        self._product = product
+        factor_index = tuple(Expr.var(head_name, head_dim) if a == product.arg[0] else e
+                             for a, e in enumerate(product_index))
+        query_side, key_side = self._split(product.src[0], factor_index, key_name)
+        return (blocks, block_name, key_name, value_name, head_name, block, key, probability, factor_index,
+                query_side, key_side, (*self.leading, value_e, key))
+
     def _split(self, factors: Node, index: Index, key_name: str) -> tuple[Node, Node]:
         """(query side, key side) of the scores' product: the operand that does not depend on the key, and the
         one that does not depend on the query row."""
