@@ -237,9 +237,14 @@ def test_k_and_v_stored_in_16_bits_are_copied_by_cp_async_a_block_ahead(monkeypa
     assert len(wide) == len(first) and not any(isinstance(s, AsyncCopy) for s in walk(kernel.ir.body))
 
 
+# Emulated, a case takes PoCL minutes: the representative ones here (each dtype, case and staging once); every
+# case of FORWARD_CASES runs on the GPU itself below.
+EMULATED_FORWARD = [("bfloat16", list(CASES)[0], False), ("float16", list(CASES)[1], True),
+                    ("bfloat16", list(CASES)[2], True)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stored_half", [False, True])
-@pytest.mark.parametrize("dtype, name", FORWARD_CASES)
+@pytest.mark.parametrize("dtype, name, stored_half", EMULATED_FORWARD)
 def test_the_forward_with_warp_instructions_emulated_matches_torch(emulated, dtype, name, stored_half):
     out, _ = zyx_step(emulated, name, dtype, stored_half)
     assert on_cores(forward_kernel(out, emulated.traits))
@@ -262,9 +267,7 @@ def test_a_computed_v_is_staged_in_the_block_while_k_comes_by_cp_async(emulated)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype, name, stored_half", [("bfloat16", next(iter(CASES)), False),
-                                                      ("float16", list(CASES)[1], False),
-                                                      ("bfloat16", list(CASES)[2], True)])
+@pytest.mark.parametrize("dtype, name, stored_half", [("bfloat16", list(CASES)[2], True)])  # (the others on the GPU)
 def test_gradients_from_the_statistics_it_stores_match_torch(emulated, dtype, name, stored_half):
     """A training step in three attention kernels on tensor cores: the forward storing the row statistics, dK with
     dV (one walk over the queries), and dQ, both recomputing P from the statistics; with q, k, v stored in 16 bits
