@@ -35,14 +35,20 @@ def fuse_any_size(monkeypatch):
     monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def arrays_of(name):
-    """q, k, v and the output's gradient dO of CASES[name], standard normal."""
-    batch, heads, queries, keys, head, _ = CASES[name]
-    rng = np.random.default_rng(31)
+def attention_arrays(case: tuple, seed: int) -> tuple:
+    """q, k, v and the output's gradient dO of a case (batch, heads, queries, keys, head size, keywords), standard
+    normal."""
+    batch, heads, queries, keys, head, _ = case
+    rng = np.random.default_rng(seed)
     shapes = [(batch, heads, queries, head), (batch, heads, keys, head), (batch, heads, keys, head),
               (batch, heads, queries, head)]
     return tuple(rng.standard_normal(shape).astype(np.float32) for shape in shapes)
+
+
+@functools.lru_cache(maxsize=None)
+def arrays_of(name):
+    """attention_arrays of CASES[name]."""
+    return attention_arrays(CASES[name], 31)
 
 
 def zyx_step(device, name, dtype):

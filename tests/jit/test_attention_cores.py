@@ -21,7 +21,7 @@ from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, Local
                                MatrixMultiply, WarpShuffle, walk)
 from zyx.jit.schedule import schedule
 
-from test_attention_autocast import DTYPES, as_float, assert_close
+from test_attention_autocast import DTYPES, as_float, assert_close, attention_arrays, fuse_any_size  # noqa: F401 (an autouse fixture)
 from test_attention_grad import spans
 from test_attention_tiled import is_tiled
 
@@ -36,19 +36,10 @@ CASES = {  # name: (batch, heads, queries, keys, head size, keyword arguments)
 }
 
 
-@pytest.fixture(autouse=True)
-def fuse_any_size(monkeypatch):
-    monkeypatch.setenv("ZYX_ATTENTION_MIN_BYTES", "0")
-
-
 @functools.lru_cache(maxsize=None)
 def arrays_of(name):
-    """q, k, v and the output's gradient dO of CASES[name], standard normal."""
-    batch, heads, queries, keys, head, _ = CASES[name]
-    rng = np.random.default_rng(7)
-    shapes = [(batch, heads, queries, head), (batch, heads, keys, head), (batch, heads, keys, head),
-              (batch, heads, queries, head)]
-    return tuple(rng.standard_normal(shape).astype(np.float32) for shape in shapes)
+    """attention_arrays of CASES[name]."""
+    return attention_arrays(CASES[name], 7)
 
 
 def zyx_step(device, name, dtype, stored_half=False, doubled_v=False):
