@@ -21,7 +21,8 @@ from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, Local
                                MatrixMultiply, WarpShuffle, walk)
 from zyx.jit.schedule import schedule
 
-from test_attention_autocast import DTYPES, as_float, assert_close, attention_arrays, fuse_any_size  # noqa: F401 (an autouse fixture)
+from test_attention_autocast import (DTYPES, as_float, assert_close, attention_arrays,  # noqa: F401 (fuse_any_size:
+                                     fuse_any_size)                                    # an autouse fixture)
 from test_attention_grad import spans
 from test_attention_tiled import is_tiled
 
