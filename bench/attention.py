@@ -1,8 +1,8 @@
 """A1: causal attention's forward (--train: forward and backward) over context length: time and memory growth.
 
     python bench/attention.py [--contexts 1024,2048,4096] [--batch 1] [--heads 4] [--head-dim 64] [--full] [--train]
-                              [--repeat 5] [--device N] [--only torch,zyx-cores,zyx-staged,zyx-tiled,zyx-rows,zyx-unfused]
-                              [--json OUT]
+                              [--repeat 5] [--device N] [--json OUT]
+                              [--only torch,zyx-cores,zyx-staged,zyx-tiled,zyx-rows,zyx-unfused]
                               [--variants default,rows-32,keys-64+rows-128,split,two-pass] [--calls 1]
                               [--torch-device cpu] [--check-torch] [--beside-torch] [--autocast bfloat16|float16]
 

@@ -187,11 +187,11 @@ def _product_stored_apart(root: Node, materialized: dict[int, Node], loaded: set
                           users: dict[int, list[Node]], gpu: bool) -> Optional[Node]:
     """The product the kernel of `root` would host where a kernel of its own should store it, this one reading it.
     On a CPU, one stored in another shape than the root's (it gets its own tiled kernel). On a GPU, one of a block
-    of outputs or more that is stored anyway, or will be (`_feeds_a_reduction`): a tiled lowering stores nothing beside its root, so hosting
-    it would lay this kernel's reads of the stored product out as a product's accumulators, 128 values an item
-    (W7's GELU backward, dY·W_outᵀ read by the bias gradient's column sums too: 0.96 ms a layer under bf16
-    autocast on the H200, where an elementwise kernel moves those bytes in about a tenth of that), or compute the
-    product a second time."""
+    of outputs or more that is stored anyway, or will be (`_feeds_a_reduction`): a tiled lowering stores nothing
+    beside its root, so hosting it would lay this kernel's reads of the stored product out as a product's
+    accumulators, 128 values an item (W7's GELU backward, dY·W_outᵀ read by the bias gradient's column sums too:
+    0.96 ms a layer under bf16 autocast on the H200, where an elementwise kernel moves those bytes in about a tenth
+    of that), or compute the product a second time."""
     product = hosted_matmul(root, materialized, loaded) if gpu else hosted_matmul(root, materialized)
     if product is None or product is root:
         return None
