@@ -128,7 +128,8 @@ def test_digits_on_two_ranks_reaches_the_one_process_accuracy(cache_dir, tmp_pat
     assert done.returncode == 0, ranks
     assert "rank 0 of 2; each rank 32 samples of every batch" in ranks
     assert number(r"^test accuracy ([\d.]+)%", ranks) == number(r"^test accuracy ([\d.]+)%", alone), ranks
-    assert re.search(r"^rank 1: kernels_compiled \d+", ranks, re.M), ranks
+    # (not anchored: mpirun forwards each rank's output in chunks, and rank 1's line may follow a rank 0 line's text)
+    assert re.search(r"rank 1: kernels_compiled \d+", ranks), ranks
 
 
 def test_char_gpt_learns_samples_and_plots(cache_dir, tmp_path):

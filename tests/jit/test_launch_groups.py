@@ -132,6 +132,43 @@ def test_a_long_kernel_with_local_memory_that_fills_the_device_keeps_its_own_lau
     assert not _fills_device(kernel(600, True, read_bytes=1 << 20), 512)
 
 
+def test_a_gpu_launch_runs_its_longest_work_groups_first_but_not_on_pocl(gpu, monkeypatch, tmp_path):
+    """On a GPU driver a launch's kernels run their longest work groups first (a GPU starts a launch's groups in
+    order); on PoCL, which runs the tests' GPU-shaped kernels on a CPU, they keep the schedule's order: PoCL
+    miscompiles a launch whose first groups run a kernel with a barrier ahead of one without (a GPT step's stores
+    then fell outside their buffer and crashed the process)."""
+    from zyx.jit import launch_groups, program_store
+    from zyx.runtime import fusing_device
+
+    monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path))  # (a program store of the test's own: built here)
+    store = program_store.ProgramStore()
+    monkeypatch.setattr(fusing_device, "default_program_store", lambda: store)
+    built = []
+    build = fusing_device.build_program
+    monkeypatch.setattr(fusing_device, "build_program", lambda *args, **kw: built.append(args) or build(*args, **kw))
+    rng = np.random.default_rng(0)
+    a, b = (gpu.tensor(rng.standard_normal((256, 256)).astype(np.float32)) for _ in range(2))
+    c = gpu.tensor(rng.standard_normal((1000, 3)).astype(np.float32))
+    product, sums = a @ b, c.sum(1)
+    zyx.realize(sums, product)
+    np.testing.assert_allclose(product.numpy(), a.numpy() @ b.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sums.numpy(), c.numpy().sum(1), rtol=1e-5, atol=1e-5)
+    (kernels, *_, grouping), = [args[:6] for args in built]
+    assert grouping.any_size and not grouping.longest_first  # (PoCL: no GPU driver)
+
+    product_kernel = next(k for k in kernels if k.outputs[0] is product.node)
+    shortest_first = sorted(kernels, key=lambda k: k is product_kernel)  # (independent: any order is the schedule's)
+
+    def members(longest_first: bool) -> list[str]:
+        named: list[str] = []
+        monkeypatch.setattr(launch_groups, "_grouped", lambda group, printer: named.extend(k.name for k in group))
+        launch_groups.group_launches(shortest_first, [set() for _ in kernels],
+                                     dataclasses.replace(grouping, longest_first=longest_first))
+        return named
+    assert members(False) == [k.name for k in shortest_first]
+    assert members(True) == [k.name for k in shortest_first[::-1]]  # (256³ in 64-blocks: longer groups than sums')
+
+
 @pytest.mark.parametrize("shapes", ["dev", "gpu"])
 def test_the_launches_writing_inputs_in_place_come_after_all_others(shapes, request):
     """A replay waits for its index checks (the labels' range here) before its first launch writing an input in

@@ -53,6 +53,7 @@ class Grouping:
     local_memory: int
     any_size: bool = False
     fills_device: int = 0  # work groups that fill the device alone (0: no limit)
+    longest_first: bool = False  # a launch's kernels ordered by `_longest_first` (GPU drivers only: see there)
 
 
 def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]], grouping: Grouping,
@@ -83,7 +84,7 @@ def group_launches(kernels: Sequence[RenderedKernel], before: Sequence[set[int]]
             launches.append([])
         launches[joined].append(k)
         launch_of.append(joined)
-    ordered = _longest_first if grouping.any_size else list
+    ordered = _longest_first if grouping.longest_first else list
     return [kernels[members[0]] if len(members) == 1 else
             _grouped(ordered([kernels[m] for m in members]), grouping.printer) for members in launches]
 
@@ -92,7 +93,11 @@ def _longest_first(members: list[RenderedKernel]) -> list[RenderedKernel]:
     """A GPU launch's kernels, those whose work groups run longest first: a GPU starts a launch's groups in order, so
     the long ones start while the short ones fill the units they leave (W4's 784 x 512 weight gradient, 104 long
     groups behind 768 short ones, started only once most of those had run: the launch took 0.09 ms on the H200).
-    A group's length is the larger of its FLOPs and FLOPS_PER_BYTE times its bytes; equal ones keep their order."""
+    A group's length is the larger of its FLOPs and FLOPS_PER_BYTE times its bytes; equal ones keep their order.
+    Not on PoCL, which runs GPU-shaped kernels on a CPU in tests: PoCL 3.0 and 3.1 miscompile a launch whose first
+    work groups run a kernel with a barrier ahead of one without (the later groups ran the first kernel's stores
+    after its barrier too, out of its output's bounds: heap corruption, a crashed CI worker), as this order makes
+    them; the schedule's order ran them right."""
     def length(kernel: RenderedKernel) -> float:
         groups = kernel.global_size // (kernel.local_size or 1) or 1
         return max(kernel_flops(kernel), FLOPS_PER_BYTE * kernel_bytes(kernel)) / groups
