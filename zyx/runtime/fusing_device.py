@@ -185,9 +185,10 @@ class FusingDevice(Device):
         self._check_graph(targets)
         traits = self._shaping_traits()
         grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
+        on_gpu = self.traits.gpu and getattr(self.runtime, "is_gpu", False)  # (not GPU-shaped kernels on PoCL)
         grouping = Grouping(print_opencl.print_group, self.traits.max_params, self.traits.local_memory,
                             any_size=self.traits.gpu, fills_device=self._groups_filling(),
-                            longest_first=self.traits.gpu and getattr(self.runtime, "is_gpu", False)) if grouped else None
+                            longest_first=on_gpu) if grouped else None
 
         def program_with(tuned: TunedChoices) -> Program:
             kernels, scheduled_targets = schedule(targets, traits, tuned)
