@@ -125,11 +125,9 @@ def test_a_long_chain_is_cut_below_a_broadcast_not_at_it():
 
 def test_a_gpt_step_stores_nothing_larger_than_its_activations(small_gpt):
     """4 pre-norm blocks' backward passes the depth limit: its cuts store activations, never a (batch, time, d, d)
-    product operand; the gradients equal the reference device's."""
+    product operand (the same step's gradients against the reference device's: tests/jit/test_kernel_memo.py)."""
     kernels, _ = schedule([t.node for t in small_gpt(zyx.OpenCL())], DeviceTraits(vector_width=16))
     assert max(o.numel for k in kernels for o in k.outputs) <= 2 * 8 * 4 * 16  # the MLP's (batch, time, 4d)
-    for got, expected in zip(small_gpt(zyx.OpenCL()), small_gpt(zyx.CPU())):
-        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("traits", [DeviceTraits(), DeviceTraits(gpu=True)], ids=["cpu-kernels", "gpu-kernels"])
