@@ -31,15 +31,15 @@ from ..dtypes import float32
 from ..trace.node import Node
 from ..trace.ops import Op
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
-from .attention_tiles import StagedAttentionLowering, _at, _scores_product
+from .attention_tiles import StagedAttentionLowering, TileScores, _at, _scores_product
 from .attention_warp_tiles import BLOCK, PAD, ROWS, TILE_N, WARPS, WARP, WarpTiles, fits_tiles
 from .kernel_ir import Accumulate, Alu, Barrier, Const, Define, LocalArray, Reg, Select
-from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, unravel
+from .lower import PARAM_LIMIT, Index, LoweredKernel, linear, unravel
 from .symbolic import Expr
 from .tensor_cores import KINDS
 
 
-class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
+class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
     """A work group of 4 warps per 64 query rows, scores and outputs in mma.sync accumulators; see the module."""
 
     def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
@@ -162,17 +162,6 @@ class CoreAttentionLowering(WarpTiles, StagedAttentionLowering):
                 row.append(self.value(self.pattern.scores, at, ()).operand)
             scores.append(row)
         return scores
-
-    def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
-        """The scores' product: the tile's accumulator where X reads it (see _score_tiles); other values as any
-        kernel computes them."""
-        if node is not self._product:
-            return (yield from Lowering._compute(self, node, index, guard))
-        acc = self._tile_scores.get(tuple(e.key for e in index))
-        if guard or acc is None:
-            raise NotAttention(node)
-        score = _Value(acc, self._tile_depth)
-        return self._rounded(score, node.dtype) if node.dtype.is_narrow_float else score
 
 
 def lower_core_attention(root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],

@@ -27,10 +27,10 @@ from ..dtypes import float32
 from ..trace.node import Node
 from ..trace.ops import Op
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
-from .attention_tiles import LANES, StagedAttentionLowering, _at, _scores_product
+from .attention_tiles import LANES, StagedAttentionLowering, TileScores, _at, _scores_product
 from .kernel_ir import (Accumulate, Alu, Barrier, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore, Loop,
                         MultiplyAdd, Names, Reg, Select)
-from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, unravel
+from .lower import PARAM_LIMIT, Index, LoweredKernel, linear, unravel
 from .symbolic import Expr
 
 TILE = (16, 4)          # (TY, CK): 64 query rows and 128 items a group, blocks of 32 keys
@@ -112,7 +112,7 @@ class TileLoops:
         return Loop(name, self.keys_per_block // LANES, tuple(body), unroll=True)
 
 
-class TiledAttentionLowering(TileLoops, StagedAttentionLowering):
+class TiledAttentionLowering(TileLoops, TileScores, StagedAttentionLowering):
     """A work group per block of query rows, an item per 4 rows x a slice of keys and of outputs; see the module."""
 
     def __init__(self, root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],
@@ -264,16 +264,6 @@ class TiledAttentionLowering(TileLoops, StagedAttentionLowering):
                 total = self._line(lambda out, a=total, b=lane: Alu(out, op, (a, b)))
             combined.append(total)
         return combined  # (the next writes come after the block's later barriers)
-
-    def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
-        """The scores' product: the tile's register where X reads it (see _tile); other values as any kernel."""
-        if node is not self._product:
-            return (yield from Lowering._compute(self, node, index, guard))
-        acc = self._tile_scores.get(tuple(e.key for e in index))
-        if guard or acc is None:
-            raise NotAttention(node)
-        score = _Value(acc, self._tile_depth)
-        return self._rounded(score, node.dtype) if node.dtype.is_narrow_float else score
 
 
 def lower_tiled_attention(root: Node, pattern: AttentionPattern, materialized: dict[int, Node], produced: set[int],

@@ -217,6 +217,25 @@ class StagedBlocks(Lowering):
         return names
 
 
+class TileScores(Lowering):
+    """The scores' product read from the registers a tile of the kernel computed them in (the tiled and the
+    tensor-core forwards): `_tile_scores` holds each score's accumulator by its index in the product, lowered at
+    `_tile_depth`; a score the tile did not compute (or a guarded one) is no attention this kernel takes."""
+
+    _product: Optional[Node]
+    _tile_scores: dict[tuple, Reg]
+    _tile_depth: int
+
+    def _compute(self, node: Node, index: Index, guard: tuple) -> Step:
+        if node is not self._product:
+            return (yield from Lowering._compute(self, node, index, guard))
+        acc = self._tile_scores.get(tuple(e.key for e in index))
+        if guard or acc is None:
+            raise NotAttention(node)
+        score = _Value(acc, self._tile_depth)
+        return self._rounded(score, node.dtype) if node.dtype.is_narrow_float else score
+
+
 class StagedAttentionLowering(StagedBlocks, AttentionLowering):
     """A work group per block of query rows of one batch entry, an item per row; see the module's docstring."""
 
