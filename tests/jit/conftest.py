@@ -58,3 +58,15 @@ def h200_sized(dev, monkeypatch):
 def shaped(request, dev):
     """The OpenCL device scheduling its own kernels, then GPU-shaped ones."""
     return request.getfixturevalue("gpu") if request.param == "GPU-shaped" else dev
+
+
+@pytest.fixture(scope="module")
+def cores():
+    """The OpenCL device where it has tensor cores (an NVIDIA GPU of compute capability 8.0 or newer), else skip."""
+    try:
+        dev = zyx.OpenCL()
+    except RuntimeError as error:
+        pytest.skip(f"no OpenCL device: {error}")
+    if not dev.traits.tensor_cores:
+        pytest.skip("the OpenCL device has no tensor cores (an NVIDIA GPU of compute capability 8.0 or newer)")
+    return dev

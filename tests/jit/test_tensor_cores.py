@@ -112,18 +112,7 @@ def test_tensor_core_kinds_follow_the_compute_capability(monkeypatch):
     assert tensor_core_kinds((9, 0)) == ()
 
 
-# ---- on a GPU with tensor cores ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cores():
-    try:
-        dev = zyx.OpenCL()
-    except RuntimeError as error:
-        pytest.skip(f"no OpenCL device: {error}")
-    if not dev.traits.tensor_cores:
-        pytest.skip("the OpenCL device has no tensor cores (an NVIDIA GPU of compute capability 8.0 or newer)")
-    return dev
-
-
+# ---- on a GPU with tensor cores (conftest's `cores`) -------------------------------------------------------------
 def rounded(rng, shape, dtype):
     return rng.standard_normal(shape, dtype=np.float32).astype(NUMPY[dtype])
 
