@@ -49,6 +49,7 @@ def compare_layer(module: zyx.nn.Module, reference: torch.nn.Module, inputs: Seq
     z_out, t_out = _outputs(call(module, *z_inputs)), _outputs(torch_call(reference, *t_inputs))
     assert len(z_out) == len(t_out)
     seeds = [rng().standard_normal(t.shape).astype(np.float32) for t in t_out]
+    zyx.realize(*z_out)  # (one program for all: each realized alone would schedule and build the shared part again)
     for i, (z, t) in enumerate(zip(z_out, t_out)):
         assert_close(z, t, atol, rtol, f"output {i}")
     z_loss = sum((z * zyx.tensor(s, device=device)).sum() for z, s in zip(z_out, seeds))
@@ -58,6 +59,7 @@ def compare_layer(module: zyx.nn.Module, reference: torch.nn.Module, inputs: Seq
     names = [name for name, _ in module.named_parameters()]
     float_inputs = [(i, z) for i, z in enumerate(z_inputs) if z.dtype.is_float]
     grads = z_loss.backward([p for _, p in module.named_parameters()] + [z for _, z in float_inputs])
+    zyx.realize(*[grad for grad in grads if grad is not None])
     t_params = dict(reference.named_parameters())
     assert sorted(names) == sorted(t_params), f"parameter names {names} != {list(t_params)}"
     for name, grad in zip(names, grads):
