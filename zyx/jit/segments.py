@@ -244,7 +244,8 @@ class SegmentLowering(Lowering):
         self._scopes[0] += [LocalStore(marks, Expr(0), Const(0, int32)), LocalStore(marks, Expr(1), Const(0, int32))]
         chunk = self.names.fresh("c")
         self._open_loop(chunk, chunks)
-        mine = Expr.var(chunk, chunks) * group + self.lid
+        at_chunk = Expr.var(chunk, chunks)
+        mine = at_chunk * group + self.lid
         index = self.value(match.index, self._probed(match.index_at, at[0], Expr.minimum(mine, count - 1)), ())
         offset, hit = self._offset(index.operand, back)
         depth = len(self._scopes) - 1
@@ -254,15 +255,15 @@ class SegmentLowering(Lowering):
             row = self._emit(depth, lambda out: Select(Reg(out, int32), ((mine, "lt", count),), row,
                                                        Const(-1, int32))).operand
         hits_mine = self._emit(depth, lambda out: Alu(Reg(out, bool_), Op.CMPLT, (Const(-1, int32), row))).operand
-        parity = Expr.var(chunk, chunks) % 2
+        parity = at_chunk % 2
         mark = If((), (LocalStore(marks, parity, Const(1, int32)),), hits_mine)  # type: ignore[arg-type]
         self._scopes[depth] += [Barrier(), LocalStore(hits, self.lid, row), mark, Barrier(),
-                                LocalStore(marks, (Expr.var(chunk, chunks) + 1) % 2, Const(0, int32))]
+                                LocalStore(marks, (at_chunk + 1) % 2, Const(0, int32))]
         marked = self._emit(depth, lambda out: LocalLoad(Reg(out, int32), marks, parity)).operand
         walked = self._emit(depth, lambda out: Alu(Reg(out, bool_), Op.CMPLT, (Const(0, int32), marked))).operand
         step = self.names.fresh("u")
         self._open_loop(step, group)
-        token = Expr.minimum(Expr.var(chunk, chunks) * group + Expr.var(step, group), count - 1)
+        token = Expr.minimum(at_chunk * group + Expr.var(step, group), count - 1)
         read = self._emit(depth + 1, lambda out: LocalLoad(Reg(out, int32), hits, Expr.var(step, group))).operand
         found = self._emit(depth + 1, lambda out: Alu(Reg(out, bool_), Op.CMPLT, (Const(-1, int32), read))).operand
         firsts = [element for element, (r, _) in enumerate(self.offsets) if r == 0]
