@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 KERNELS_PER_BUILD = 8      # the most kernels one OpenCL program of a driver that builds side by side holds
 BUILD_CHARACTERS = 32_000  # and the most source, but for a kernel larger than that alone
+# GPU-shaped kernels on a CPU driver (ZYX_GPU_KERNELS=1, the tests' GPU-shaped devices) run only to check them:
+# unoptimized, PoCL builds one in seconds where its optimizer spent minutes on a GPU kernel's unrolled barrier
+# regions (a tensor-core attention forward with its warp instructions emulated: 118 barriers, 75.8 s to its first
+# launch on PoCL 3.1, 1.3 s unoptimized)
+CHECKING_OPTIONS = ("-cl-opt-disable",)
 
 
 class OpenCLDevice(FusingDevice):
@@ -42,6 +47,12 @@ class OpenCLDevice(FusingDevice):
         self._fresh: dict[str, cl.Program] = {}
         self._tuned: Optional[TunedChoices] = None
         self._tuner: Optional[Tuner] = None
+
+    @property
+    def build_options(self) -> tuple[str, ...]:
+        """The compiler's options for this device's kernels: CHECKING_OPTIONS where GPU-shaped kernels run on a CPU
+        driver (part of each program's cache key, like the source)."""
+        return CHECKING_OPTIONS if self.traits.gpu and not self.runtime.is_gpu else ()
 
     def fingerprint(self) -> dict[str, str]:
         return device_fingerprint(self.runtime.device)
@@ -84,7 +95,7 @@ class OpenCLDevice(FusingDevice):
         kernel = self._kernels.get(source)
         if kernel is None:
             logger("zyx.schedule").debug("kernel %s:\n%s", name, source)
-            built = default_cache().build(self.runtime.context, self.runtime.device, source)
+            built = default_cache().build(self.runtime.context, self.runtime.device, source, self.build_options)
             kernel = getattr(built, name)
             self._kernels[source] = kernel
             self._fresh[source] = built
@@ -104,21 +115,22 @@ class OpenCLDevice(FusingDevice):
         sources = [self._group_source(group) for group in groups]
         for group, source in zip(groups, sources):
             logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
-        compiles = self._compiles_any(sources)
+        options = self.build_options
+        compiles = self._compiles_any(sources, options)
         if compiles:
             default_cache().start_binary_helper(self.runtime.device)
         with compiling(len(missing) if compiles else 0) as advance:
-            built = default_cache().build_many(self.runtime.context, self.runtime.device, sources,
+            built = default_cache().build_many(self.runtime.context, self.runtime.device, sources, options,
                                                on_built=lambda index: advance(len(groups[index])))
         for group, program in zip(groups, built):
             for launch in group:
                 self._kernels[launch.source] = getattr(program, launch.name)
                 self._fresh[launch.source] = program
 
-    def _compiles_any(self, sources: Sequence[str]) -> bool:
+    def _compiles_any(self, sources: Sequence[str], options: tuple[str, ...]) -> bool:
         """Whether building `sources` will run the compiler (some is neither in memory nor on disk)."""
         cache = default_cache()
-        return any(not cache.holds(self.runtime.device, source) for source in sources)
+        return any(not cache.holds(self.runtime.device, source, options) for source in sources)
 
     @staticmethod
     def _group_source(group: Sequence[Any]) -> str:
