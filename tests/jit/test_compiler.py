@@ -1,13 +1,18 @@
 """Builds are quiet (no compiler chatter on stderr, no CompilerWarning) unless ZYX_DEBUG asks; a failed build names
-the kernel and the files where its source and log were saved. PoCL's cache goes inside a private zyx cache only."""
+the kernel and the files where its source and log were saved. PoCL's cache goes inside a private zyx cache only.
+The options a device's kernels are built with follow from its runtime and the shapes its kernels take."""
 import os
 import uuid
 import warnings
+from types import SimpleNamespace
 
+import numpy as np
 import pyopencl as cl
 import pytest
 
-from zyx.jit.compiler import KernelBuildError, build_source
+from zyx.jit.cache import default_cache
+from zyx.jit.compiler import CHECKING_OPTIONS, KernelBuildError, build_source, kernel_options
+from zyx.jit.device_traits import DeviceTraits
 from zyx.runtime.platforms import select_device
 from zyx.runtime.pocl_cache import place_pocl_cache
 
@@ -91,3 +96,29 @@ def test_a_pocl_cache_dir_the_user_chose_is_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("POCL_CACHE_DIR", str(tmp_path / "mine"))
     place_pocl_cache()
     assert os.environ["POCL_CACHE_DIR"] == str(tmp_path / "mine") and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("gpu_shaped, is_gpu, capability, options", [
+    (False, False, None, ()),                    # a CPU's own kernels: as optimized as the driver makes them
+    (True, False, None, CHECKING_OPTIONS),       # GPU-shaped kernels checked on a CPU driver: unoptimized
+    (True, True, (9, 0), ("-DZYX_PTX_CVT",)),    # NVIDIA sm_80 and later: bfloat16 rounding by PTX's cvt
+    (True, True, (8, 0), ("-DZYX_PTX_CVT",)),
+    (True, True, (7, 5), ()),                    # older NVIDIA: no bf16 cvt
+    (True, True, None, ()),                      # other GPUs
+])
+def test_kernel_options_follow_the_runtime_and_the_kernels_shapes(gpu_shaped, is_gpu, capability, options):
+    runtime = SimpleNamespace(is_gpu=is_gpu, compute_capability=capability)
+    assert kernel_options(DeviceTraits(gpu=gpu_shaped), runtime) == options
+
+
+def test_gpu_shaped_kernels_on_a_cpu_driver_are_built_unoptimized_and_compute_the_same(dev, gpu):
+    """The `gpu` fixture's device schedules GPU-shaped kernels on PoCL: built with CHECKING_OPTIONS (binaries of
+    their own in the cache), their results the reference's."""
+    if dev.runtime.is_gpu:
+        pytest.skip("the device is a GPU: its GPU-shaped kernels are its own, built optimized")
+    values = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
+    total = (gpu.tensor(values).exp() * 2).sum(axis=1)
+    np.testing.assert_allclose(total.numpy(), (np.exp(values) * 2).sum(axis=1), rtol=1e-5)
+    assert gpu.build_options == CHECKING_OPTIONS
+    sources = [launch.source for program in gpu.programs.values() for launch in program.launches if launch.is_kernel]
+    assert sources and all(default_cache().holds(gpu.runtime.device, s, CHECKING_OPTIONS) for s in sources)

@@ -42,7 +42,7 @@ from ..trace.node import Node, buffer_leaf
 from ..trace.ops import Op
 from .cache import default_cache, device_fingerprint
 from .choices import Choice, TunedChoices, TuneSite
-from .compiler import KernelBuildError
+from .compiler import KernelBuildError, kernel_options
 from .cpu_matmul import fits_registers
 from .kernel_ir import RenderedKernel
 from .matmul import feasible
@@ -330,7 +330,8 @@ class Tuner:
         """Build the candidates' kernels side by side (the driver compiles without the GIL). Where one fails,
         each is built again alone when it runs (`_run`), so that only that candidate fails."""
         try:
-            default_cache().build_many(self.runtime.context, self.runtime.device, list(dict.fromkeys(sources)))
+            default_cache().build_many(self.runtime.context, self.runtime.device, list(dict.fromkeys(sources)),
+                                       kernel_options(self.traits, self.runtime))
         except (KernelBuildError, cl.Error):
             self._log.info("tuning: a candidate failed to build; building them one by one")
 
@@ -367,7 +368,8 @@ class Tuner:
     def _compiled(self, source: str, name: str) -> cl.Kernel:
         """Through the kernel cache, which keeps it in memory: the winner is found there when the program runs
         (and stored on disk then); the others are never written."""
-        return cl.Kernel(default_cache().build(self.runtime.context, self.runtime.device, source), name)
+        return cl.Kernel(default_cache().build(self.runtime.context, self.runtime.device, source,
+                                               kernel_options(self.traits, self.runtime)), name)
 
     def _time(self, candidate: _Candidate, untuned: _Candidate, best: float = 1.0, pairs: int = PAIRS) -> None:
         """`pairs` more pairs of samples (the heuristics' kernel's, then the candidate's); cut after the first pair

@@ -10,6 +10,7 @@ from ..debug import logger
 from ..jit import print_opencl as c
 from ..jit.cache import default_cache
 from ..jit.cache_key import device_fingerprint
+from ..jit.compiler import kernel_options
 from ..jit.choices import TunedChoices
 from ..jit.program import Program
 from ..jit.device_traits import DeviceTraits
@@ -26,11 +27,6 @@ if TYPE_CHECKING:
 
 KERNELS_PER_BUILD = 8      # the most kernels one OpenCL program of a driver that builds side by side holds
 BUILD_CHARACTERS = 32_000  # and the most source, but for a kernel larger than that alone
-# GPU-shaped kernels on a CPU driver (ZYX_GPU_KERNELS=1, the tests' GPU-shaped devices) run only to check them:
-# unoptimized, PoCL builds one in seconds where its optimizer spent minutes on a GPU kernel's unrolled barrier
-# regions (a tensor-core attention forward with its warp instructions emulated: 118 barriers, 75.8 s to its first
-# launch on PoCL 3.1, 1.3 s unoptimized)
-CHECKING_OPTIONS = ("-cl-opt-disable",)
 
 
 class OpenCLDevice(FusingDevice):
@@ -50,9 +46,8 @@ class OpenCLDevice(FusingDevice):
 
     @property
     def build_options(self) -> tuple[str, ...]:
-        """The compiler's options for this device's kernels: CHECKING_OPTIONS where GPU-shaped kernels run on a CPU
-        driver (part of each program's cache key, like the source)."""
-        return CHECKING_OPTIONS if self.traits.gpu and not self.runtime.is_gpu else ()
+        """The compiler's options for this device's kernels (compiler.kernel_options)."""
+        return kernel_options(self.traits, self.runtime)
 
     def fingerprint(self) -> dict[str, str]:
         return device_fingerprint(self.runtime.device)
