@@ -86,7 +86,9 @@ def check_grouped_step(ungrouped, sizes, batch):
     cpu_losses, cpu_params, _ = run(zyx.CPU(), sizes=sizes, batch=batch)
     np.testing.assert_allclose(losses, cpu_losses, rtol=1e-4)  # (four Adam steps apart on NVIDIA: 1.5e-5)
     for value, reference in zip(params, cpu_params):
-        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-6)
+        # Adam moves a weight by about lr (0.01) a step whatever its gradient's size, so a gradient near zero
+        # rounded otherwise moves it otherwise (on the H200: 8.8e-6 apart after four steps, one weight of 8192)
+        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=5e-5)
     return launches
 
 

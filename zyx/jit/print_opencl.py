@@ -576,10 +576,10 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         ": ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
         "static inline uint zyx_bf16x2(float hi, float lo) { return zyx_bf16_word(lo) | (zyx_bf16_word(hi) << 16); }",
         "#endif"]),
-    (("zyx_bf16_to_float", "zyx_float_to_bf16", "zyx_round_bf16"), [  # the upper 16 bits of a float32
-        "static inline float zyx_bf16_to_float(ushort h) { return as_float((uint)h << 16); }",
-        "static inline ushort zyx_float_to_bf16(float f) { return (ushort)zyx_bf16x2(0.0f, f); }",
-        "static inline float zyx_round_bf16(float f) { return as_float(zyx_bf16x2(f, 0.0f)); }"]),
+    (("zyx_bf16_to_float",), [  # the upper 16 bits of a float32
+        "static inline float zyx_bf16_to_float(ushort h) { return as_float((uint)h << 16); }"]),
+    (("zyx_float_to_bf16",), ["static inline ushort zyx_float_to_bf16(float f) { return (ushort)zyx_bf16x2(0.0f, f); }"]),
+    (("zyx_round_bf16",), ["static inline float zyx_round_bf16(float f) { return as_float(zyx_bf16x2(f, 0.0f)); }"]),
     (("zyx_pack_bf16",), [  # two floats as bfloat16 words, the first in the low half
         "static inline uint zyx_pack_bf16(float lo, float hi) { return zyx_bf16x2(hi, lo); }"]),
     (("zyx_pack_half",), [  # likewise as float16 (vstore_half rounds to nearest even)
