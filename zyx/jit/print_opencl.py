@@ -578,7 +578,8 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "#endif"]),
     (("zyx_bf16_to_float",), [  # the upper 16 bits of a float32
         "static inline float zyx_bf16_to_float(ushort h) { return as_float((uint)h << 16); }"]),
-    (("zyx_float_to_bf16",), ["static inline ushort zyx_float_to_bf16(float f) { return (ushort)zyx_bf16x2(0.0f, f); }"]),
+    (("zyx_float_to_bf16",), [
+        "static inline ushort zyx_float_to_bf16(float f) { return (ushort)zyx_bf16x2(0.0f, f); }"]),
     (("zyx_round_bf16",), ["static inline float zyx_round_bf16(float f) { return as_float(zyx_bf16x2(f, 0.0f)); }"]),
     (("zyx_pack_bf16",), [  # two floats as bfloat16 words, the first in the low half
         "static inline uint zyx_pack_bf16(float lo, float hi) { return zyx_bf16x2(hi, lo); }"]),
