@@ -8,7 +8,7 @@ import numpy as np
 
 from .devices import Device, default_device
 from .dtypes import DEFAULT_FLOAT, scalar_dtype, to_dtype
-from .leaves import data_leaf, rand_leaf
+from .leaves import arange_leaf, data_leaf, rand_leaf
 from .tensor import Tensor
 from .trace import node as n
 
@@ -118,7 +118,11 @@ def arange(*args: Any, device: Optional[Device] = None, dtype: Any = None) -> Te
     if step == 0:
         raise ValueError("arange: step must not be zero")
     inferred = DEFAULT_FLOAT if any(isinstance(v, float) for v in (start, stop, step)) else to_dtype(np.int64)
-    return tensor(np.arange(start, stop, step), device, dtype or inferred)
+    target = to_dtype(dtype) if dtype is not None else inferred
+    if (start, step) == (0, 1) and isinstance(stop, (int, np.integer)) and target == to_dtype(np.int64):
+        # the marked leaf (leaves.arange_leaf): kernels may read its values off their index (a causal mask's)
+        return Tensor(arange_leaf(int(stop), _device(device)))
+    return tensor(np.arange(start, stop, step), device, target)
 
 
 def eye(n_rows: int, n_cols: Optional[int] = None, device: Optional[Device] = None, dtype: Any = None) -> Tensor:

@@ -35,7 +35,7 @@ import os
 from typing import Optional
 
 from ..dtypes import DType, bool_, float32
-from ..trace.node import Node
+from ..trace.node import ARANGE, Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore,
@@ -151,7 +151,12 @@ class StagedBlocks(Lowering):
 
     def _extreme(self, node: Node, index: Index, name: str, trips: int, lowest: bool) -> Reg:
         """The largest value of `node` at `index` (`lowest`: the smallest) as the variable `name` runs over
-        `trips`, in a loop in the innermost open scope."""
+        `trips`, in a loop in the innermost open scope; where `node` is a view of the arange leaf read at an
+        index that never falls as `name` rises (a causal mask's positions), the one element at its end."""
+        leaf = _through_views(node, index)
+        if (leaf is not None and leaf[0].op is Op.BUFFER and leaf[0].arg == ARANGE
+                and all(_never_falls(e, name) for e in leaf[1])):
+            return self.value(node, _at(index, {name: Expr(0 if lowest else trips - 1)}), ()).operand
         counter = self.names.fresh("x")
         acc = Reg(self.names.fresh("acc"), node.dtype)
         self._scopes[-1].append(Define(acc, reduce_start(Op.RMAX, node.dtype)))
@@ -408,6 +413,18 @@ def _through_views(node: Node, index: Index) -> Optional[tuple[Node, Index]]:
             return None
         node, index = node.src[0], inner
     return node, index
+
+
+def _never_falls(expr: Expr, name: str) -> bool:
+    """Whether `expr` never decreases as the variable `name` rises (the others fixed): each term holding it has a
+    positive factor and rises with its own expression (a variable, a floor division, a minimum; never a modulo)."""
+    for atom, factor in expr.terms.items():
+        inner = atom.expr
+        if atom.kind == "var" and atom.name != name or inner is not None and name not in inner.variables():
+            continue
+        if factor < 0 or atom.kind == "mod" or inner is not None and not _never_falls(inner, name):
+            return False
+    return True
 
 
 def _at(index: Index, values: dict[str, Expr]) -> Index:
