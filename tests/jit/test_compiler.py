@@ -102,17 +102,18 @@ def test_a_pocl_cache_dir_the_user_chose_is_kept(tmp_path, monkeypatch):
     assert os.environ["POCL_CACHE_DIR"] == str(tmp_path / "mine") and not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("gpu_shaped, is_gpu, capability, options", [
-    (False, False, None, ()),                    # a CPU's own kernels: as optimized as the driver makes them
-    (True, False, None, CHECKING_OPTIONS),       # GPU-shaped kernels checked on a CPU driver: unoptimized
-    (True, True, (9, 0), ("-DZYX_PTX_CVT",)),    # NVIDIA sm_80 and later: bfloat16 rounding by PTX's cvt
-    (True, True, (8, 0), ("-DZYX_PTX_CVT",)),
-    (True, True, (7, 5), ()),                    # older NVIDIA: no bf16 cvt
-    (True, True, None, ()),                      # other GPUs
+@pytest.mark.parametrize("gpu_shaped, is_gpu, capability, grouped, options", [
+    (False, False, None, False, ()),                 # a CPU's own kernels: as optimized as the driver makes them
+    (True, False, None, False, CHECKING_OPTIONS),    # GPU-shaped kernels checked on a CPU driver: unoptimized,
+    (True, False, None, True, ()),                   # but for launch groups (PoCL crashed running them so)
+    (True, True, (9, 0), False, ("-DZYX_PTX_CVT",)),  # NVIDIA sm_80 and later: bfloat16 rounding by PTX's cvt
+    (True, True, (8, 0), True, ("-DZYX_PTX_CVT",)),
+    (True, True, (7, 5), False, ()),                 # older NVIDIA: no bf16 cvt
+    (True, True, None, False, ()),                   # other GPUs
 ])
-def test_kernel_options_follow_the_runtime_and_the_kernels_shapes(gpu_shaped, is_gpu, capability, options):
+def test_kernel_options_follow_the_runtime_and_the_kernels_shapes(gpu_shaped, is_gpu, capability, grouped, options):
     runtime = SimpleNamespace(is_gpu=is_gpu, compute_capability=capability)
-    assert kernel_options(DeviceTraits(gpu=gpu_shaped), runtime) == options
+    assert kernel_options(DeviceTraits(gpu=gpu_shaped), runtime, grouped) == options
 
 
 def test_gpu_shaped_kernels_on_a_cpu_driver_are_built_unoptimized_and_compute_the_same(dev, gpu):
@@ -123,6 +124,6 @@ def test_gpu_shaped_kernels_on_a_cpu_driver_are_built_unoptimized_and_compute_th
     values = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
     total = (gpu.tensor(values).exp() * 2).sum(axis=1)
     np.testing.assert_allclose(total.numpy(), (np.exp(values) * 2).sum(axis=1), rtol=1e-5)
-    assert gpu.build_options == CHECKING_OPTIONS
+    assert gpu.build_options() == CHECKING_OPTIONS
     sources = [launch.source for program in gpu.programs.values() for launch in program.launches if launch.is_kernel]
     assert sources and all(default_cache().holds(gpu.runtime.device, s, CHECKING_OPTIONS) for s in sources)

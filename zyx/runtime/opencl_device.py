@@ -44,10 +44,9 @@ class OpenCLDevice(FusingDevice):
         self._tuned: Optional[TunedChoices] = None
         self._tuner: Optional[Tuner] = None
 
-    @property
-    def build_options(self) -> tuple[str, ...]:
-        """The compiler's options for this device's kernels (compiler.kernel_options)."""
-        return kernel_options(self.traits, self.runtime)
+    def build_options(self, launches: Sequence[Any] = ()) -> tuple[str, ...]:
+        """The compiler's options for a build of `launches` on this device (compiler.kernel_options)."""
+        return kernel_options(self.traits, self.runtime, grouped=any(launch.kernels > 1 for launch in launches))
 
     def fingerprint(self) -> dict[str, str]:
         return device_fingerprint(self.runtime.device)
@@ -82,15 +81,16 @@ class OpenCLDevice(FusingDevice):
     def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
         self._compile_together([launch for launch in program.launches if launch.is_kernel])
-        return [self.kernel(launch.source, launch.name) if launch.is_kernel else None
-                for launch in program.launches]
+        return [self.kernel(launch) if launch.is_kernel else None for launch in program.launches]
 
-    def kernel(self, source: str, name: str) -> cl.Kernel:
-        """The compiled kernel for `source` (memory, then the persistent cache, then the compiler)."""
+    def kernel(self, launch: Any) -> cl.Kernel:
+        """The compiled kernel of `launch` (memory, then the persistent cache, then the compiler)."""
+        source, name = launch.source, launch.name
         kernel = self._kernels.get(source)
         if kernel is None:
             logger("zyx.schedule").debug("kernel %s:\n%s", name, source)
-            built = default_cache().build(self.runtime.context, self.runtime.device, source, self.build_options)
+            built = default_cache().build(self.runtime.context, self.runtime.device, source,
+                                          self.build_options([launch]))
             kernel = getattr(built, name)
             self._kernels[source] = kernel
             self._fresh[source] = built
@@ -107,16 +107,24 @@ class OpenCLDevice(FusingDevice):
         if len(missing) < 2:
             return
         groups = [missing] if self.runtime.builds_one_at_a_time else build_groups(missing)
+        builds: dict[tuple[str, ...], list[int]] = {}  # the groups built with each set of options
+        for index, group in enumerate(groups):
+            builds.setdefault(self.build_options(group), []).append(index)
         sources = [self._group_source(group) for group in groups]
         for group, source in zip(groups, sources):
             logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
-        options = self.build_options
-        compiles = self._compiles_any(sources, options)
+        compiles = any(self._compiles_any([sources[i] for i in indices], options)
+                       for options, indices in builds.items())
         if compiles:
             default_cache().start_binary_helper(self.runtime.device)
+        built: list = [None] * len(groups)
         with compiling(len(missing) if compiles else 0) as advance:
-            built = default_cache().build_many(self.runtime.context, self.runtime.device, sources, options,
-                                               on_built=lambda index: advance(len(groups[index])))
+            for options, indices in builds.items():
+                programs = default_cache().build_many(
+                    self.runtime.context, self.runtime.device, [sources[i] for i in indices], options,
+                    on_built=lambda k, indices=indices: advance(len(groups[indices[k]])))
+                for index, program in zip(indices, programs):
+                    built[index] = program
         for group, program in zip(groups, built):
             for launch in group:
                 self._kernels[launch.source] = getattr(program, launch.name)
