@@ -109,7 +109,8 @@ def _test_process_keeps_kernels_in_memory():
 
 def pytest_addoption(parser):
     parser.addoption("--long", action="store_true",
-                     help="run the long variants of bounded tests (tests/fuzz: thousands of graphs, not hundreds)")
+                     help="run the long variants of bounded tests (tests/fuzz: thousands of graphs, not hundreds) and "
+                          "the tests marked `long`")
     parser.addoption("--full-devices", action="store_true",
                      help="run every device-generic test on every secondary device (SECONDARY_DEVICES), not only "
                           "their representative subsets")
@@ -179,6 +180,13 @@ OPENCL_FLOAT64_SAMPLE = {"exp", "log", "sqrt", "tanh", "sigmoid", "gelu", "abs",
 EXHAUSTIVE_TESTS = {"test_unary", "test_binary", "test_reductions"}
 
 
+def _long(item, device) -> bool:
+    """Whether `item` is marked `long` (for its test device, where the mark names devices): CI's suite keeps to 15
+    minutes on 2 cores; these run with --long."""
+    mark = item.get_closest_marker("long")
+    return mark is not None and (device in mark.kwargs["devices"] if "devices" in mark.kwargs else True)
+
+
 def pytest_collection_modifyitems(config, items):
     kept, dropped = [], []
     for item in items:
@@ -194,6 +202,7 @@ def pytest_collection_modifyitems(config, items):
         if device is not None and _outside_subset(device, _test_file(item)):
             item.add_marker(pytest.mark.device_full)
             thinned = thinned or not _full_wanted(config, device)
+        thinned = thinned or (_long(item, device) and not config.getoption("--long"))
         (dropped if thinned else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -23,6 +23,7 @@ from zyx.trace.ops import Op
 RNG = np.random.default_rng(11)
 
 
+@pytest.mark.long(devices=("cpu", "torch"))  # (the trace's depth: the same on every device; OpenCL's in CI)
 def test_a_100_000_deep_chain_of_unary_ops(device):
     a = RNG.standard_normal(64).astype(np.float32)
     w = device.tensor(a)
@@ -47,6 +48,7 @@ def test_10_000_unrealized_updates(device):
 
 
 @pytest.mark.slow  # 600 000 nodes: about 20 s on the CPU device and 40 s on PoCL when the machine is idle
+@pytest.mark.long  # (test_10_000_unrealized_updates in CI)
 def test_100_000_unrealized_updates(device):
     _sgd_steps(device, 100_000)
 

@@ -90,6 +90,7 @@ def test_digits_on_wgpu_reaches_the_reference_accuracy(cache_dir, tmp_path):
     assert abs(found["wgpu"] - found["cpu"]) <= 1.0
 
 
+@pytest.mark.long  # (two runs on the reference device, 103 s: the digits' autocast tests make the claim in CI)
 def test_char_gpt_in_bfloat16_autocast_reaches_the_float32_loss(cache_dir, tmp_path):
     """The last ten steps' loss of the short run in bfloat16 autocast is within 1% of float32's (reference device;
     on an NVIDIA GPU its products run on tensor cores)."""

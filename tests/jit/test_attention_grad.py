@@ -86,6 +86,7 @@ def test_gradients_match_torch_in_two_backward_kernels(shaped, name):
     check_case(shaped, name)
 
 
+@pytest.mark.long  # (an option's variant: the default walk is every other test's)
 @pytest.mark.parametrize("shared", ["1", "0"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_blocks_walked_in_two_passes_on_request(shaped, monkeypatch, name, shared):
@@ -118,6 +119,7 @@ def test_rows_per_group_on_request(gpu, monkeypatch, rows):
         rows_per_group(150, 2, 256)
 
 
+@pytest.mark.long  # (an option's variants: the default block is every other test's)
 @pytest.mark.parametrize("keys", ["16", "64", "128"])
 def test_keys_per_block_on_request(gpu, monkeypatch, keys):
     """ZYX_ATTENTION_KEYS: the forward's and the backward kernels' stages hold that many keys (walked rows) a block,

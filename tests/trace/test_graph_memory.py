@@ -5,6 +5,7 @@ import gc
 import tracemalloc
 
 import numpy as np
+import pytest
 
 import zyx
 from zyx.trace.node import Node
@@ -44,6 +45,7 @@ def sgd_steps(w, x, y, steps, read_loss):
     return w, loss
 
 
+@pytest.mark.long(devices=("cpu", "torch"))  # (the trace's memory: the same on every device; OpenCL's in CI)
 def test_sgd_loop_stays_flat(device):
     x = zyx.tensor([1.0, 2.0, -1.5, 0.8], device=device)
     y = zyx.tensor([0.5, -1.0, 2.0, 1.0], device=device)
