@@ -10,7 +10,7 @@ import numpy as np
 import pyopencl as cl
 import pytest
 
-from zyx.jit.cache import default_cache
+import zyx
 from zyx.jit.compiler import CHECKING_OPTIONS, KernelBuildError, build_source, kernel_options
 from zyx.jit.device_traits import DeviceTraits
 from zyx.runtime.platforms import select_device
@@ -117,13 +117,20 @@ def test_kernel_options_follow_the_runtime_and_the_kernels_shapes(gpu_shaped, is
 
 
 def test_gpu_shaped_kernels_on_a_cpu_driver_are_built_unoptimized_and_compute_the_same(dev, gpu):
-    """The `gpu` fixture's device schedules GPU-shaped kernels on PoCL: built with CHECKING_OPTIONS (binaries of
-    their own in the cache), their results the reference's."""
+    """The `gpu` fixture's device schedules GPU-shaped kernels on PoCL: built with CHECKING_OPTIONS, but for the
+    launch group's kernel, built apart from them with the optimizer on (one program here holds both); their
+    results the reference's."""
     if dev.runtime.is_gpu:
         pytest.skip("the device is a GPU: its GPU-shaped kernels are its own, built optimized")
-    values = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
-    total = (gpu.tensor(values).exp() * 2).sum(axis=1)
-    np.testing.assert_allclose(total.numpy(), (np.exp(values) * 2).sum(axis=1), rtol=1e-5)
-    assert gpu.build_options() == CHECKING_OPTIONS
-    sources = [launch.source for program in gpu.programs.values() for launch in program.launches if launch.is_kernel]
-    assert sources and all(default_cache().holds(gpu.runtime.device, s, CHECKING_OPTIONS) for s in sources)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for shape in ((64, 96), (8, 5)))
+    x, y = gpu.tensor(a), gpu.tensor(b)
+    scaled, summed = (x / (x.exp() * 2).sum()).sum(axis=0), y.sum(axis=0)
+    zyx.realize(scaled, summed)
+    np.testing.assert_allclose(scaled.numpy(), (a / (np.exp(a) * 2).sum()).sum(axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(summed.numpy(), b.sum(axis=0), rtol=1e-5, atol=1e-6)
+    launches = [launch for program in gpu.programs.values() for launch in program.launches if launch.is_kernel]
+    assert sorted(launch.kernels > 1 for launch in launches) == [False, True]
+    for launch in launches:
+        built = gpu._kernels[launch.source].program.get_build_info(gpu.runtime.device, cl.program_build_info.OPTIONS)
+        assert (CHECKING_OPTIONS[0] in built.split()) == (launch.kernels == 1), (launch.name, built)

@@ -102,33 +102,31 @@ class OpenCLDevice(FusingDevice):
         (`KernelCache.build_many`), and the progress bar moves as each one finishes. Where the driver builds one
         program at a time (PoCL) all of them are one build: side by side they would only wait for each other (22
         W4 kernels took 2.8-5.1 s in one build, 3.4-6.3 s in three on two threads, 9.7-10.7 s in 22, at load 4).
-        The groups depend only on the program, so a warm run asks the cache for the same ones."""
+        Kernels built with other options (`build_options`) are built apart. The builds depend only on the program,
+        so a warm run asks the cache for the same ones."""
         missing = list({launch.source: launch for launch in launches if launch.source not in self._kernels}.values())
         if len(missing) < 2:
             return
-        groups = [missing] if self.runtime.builds_one_at_a_time else build_groups(missing)
-        builds: dict[tuple[str, ...], list[int]] = {}  # the groups built with each set of options
-        for index, group in enumerate(groups):
-            builds.setdefault(self.build_options(group), []).append(index)
-        sources = [self._group_source(group) for group in groups]
-        for group, source in zip(groups, sources):
-            logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
-        compiles = any(self._compiles_any([sources[i] for i in indices], options)
-                       for options, indices in builds.items())
+        alike: dict[tuple[str, ...], list[Any]] = {}  # the missing launches by the options they are built with
+        for launch in missing:
+            alike.setdefault(self.build_options([launch]), []).append(launch)
+        builds = [(options, [part] if self.runtime.builds_one_at_a_time else build_groups(part))
+                  for options, part in alike.items()]
+        sources = {options: [self._group_source(group) for group in groups] for options, groups in builds}
+        for options, groups in builds:
+            for group, source in zip(groups, sources[options]):
+                logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
+        compiles = any(self._compiles_any(sources[options], options) for options, _ in builds)
         if compiles:
             default_cache().start_binary_helper(self.runtime.device)
-        built: list = [None] * len(groups)
         with compiling(len(missing) if compiles else 0) as advance:
-            for options, indices in builds.items():
-                programs = default_cache().build_many(
-                    self.runtime.context, self.runtime.device, [sources[i] for i in indices], options,
-                    on_built=lambda k, indices=indices: advance(len(groups[indices[k]])))
-                for index, program in zip(indices, programs):
-                    built[index] = program
-        for group, program in zip(groups, built):
-            for launch in group:
-                self._kernels[launch.source] = getattr(program, launch.name)
-                self._fresh[launch.source] = program
+            for options, groups in builds:
+                built = default_cache().build_many(self.runtime.context, self.runtime.device, sources[options],
+                                                   options, on_built=lambda i, groups=groups: advance(len(groups[i])))
+                for group, program in zip(groups, built):
+                    for launch in group:
+                        self._kernels[launch.source] = getattr(program, launch.name)
+                        self._fresh[launch.source] = program
 
     def _compiles_any(self, sources: Sequence[str], options: tuple[str, ...]) -> bool:
         """Whether building `sources` will run the compiler (some is neither in memory nor on disk)."""
