@@ -47,3 +47,9 @@ def test_ml_dtypes_loads_only_when_bfloat16_reaches_the_host():
                   "h = x.to(zyx.bfloat16).numpy()\n"
                   "print(h.dtype.name, h.astype('float32').tolist(), zyx.CPU().tensor([1.0], dtype='bfloat16').dtype is zyx.bfloat16)")
     assert printed.split("\n")[:2] == ["[3.0, 5.0] False", "bfloat16 [1.5, 2.5] True"]
+
+
+def test_ci_script_parses():
+    """CI runs `.ci/run` before any test: a shell syntax error there fails CI before the suite starts."""
+    finished = subprocess.run(["bash", "-n", str(REPOSITORY / ".ci" / "run")], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
