@@ -42,6 +42,17 @@ def assert_close(actual, expected, dtype, tol=None):
         np.testing.assert_array_equal(actual, expected)
 
 
+def check_together(cases) -> None:
+    """Check `(result, expected, dtype[, tol])` cases after realizing every result in one program: on OpenCL its
+    kernels are one build, where PoCL spends about 0.3 s on each build before compiling anything."""
+    zyx.realize(*(case[0] for case in cases))
+    for number, (result, expected, dtype, *tol) in enumerate(cases):
+        try:
+            assert_close(result.numpy(), expected, dtype, *tol)
+        except AssertionError as error:
+            raise AssertionError(f"case {number} of {len(cases)}, shape {result.shape}: {error}") from None
+
+
 def as_view(array: np.ndarray, layout: str, device) -> zyx.Tensor:
     """A tensor equal to `array` built as a non-contiguous view of another buffer."""
     if layout == "contiguous" or array.ndim == 0:
@@ -193,17 +204,19 @@ def test_round_half_to_even(device):
 def test_unary_int(device, dtype):
     x = sample((4, 5), dtype)
     t = zyx.tensor(x, device=device)
+    cases = []
     for op, reference in [(lambda v: -v, np.negative), (lambda v: v.abs(), np.abs), (lambda v: v.sign(), np.sign),
                           (lambda v: v.square(), np.square), (lambda v: v.clamp(-3, 4), lambda v: np.clip(v, -3, 4)),
                           (lambda v: v ** 3, lambda v: v ** 3), (lambda v: v.floor(), lambda v: v),
                           (lambda v: v.relu(), lambda v: np.maximum(v, 0))]:
         result = op(t)
         assert result.dtype.name == dtype
-        assert_close(result.numpy(), reference(x), dtype)
+        cases.append((result, reference(x), dtype))
     for result, expected in [(t.exp(), np.exp(x)), (t.abs().sqrt(), np.sqrt(np.abs(x))),
                              (t.sigmoid(), 1 / (1 + np.exp(-x.astype(np.float64))))]:
         assert result.dtype == zyx.float32
-        assert_close(result.numpy(), expected, "float32")
+        cases.append((result, expected, "float32"))
+    check_together(cases)
 
 
 def test_int_math_promotes_to_float32(device):
@@ -296,6 +309,7 @@ INT_BINARY = ["add", "sub", "mul", "floordiv", "mod", "maximum", "minimum", "lt"
 
 @pytest.mark.parametrize("dtype", ["int32", "int64"])
 def test_binary_int(device, dtype):
+    cases = []
     for name in INT_BINARY:
         op, reference = BINARY[name]
         for shape_a, shape_b in BROADCAST[:4]:
@@ -304,7 +318,8 @@ def test_binary_int(device, dtype):
             expected = reference(a, b)
             kind = "bool" if expected.dtype == bool else dtype
             assert result.dtype.name == kind, name
-            assert_close(result.numpy(), expected, kind)
+            cases.append((result, expected, kind))
+    check_together(cases)
 
 
 def test_int_extremes(device):
@@ -357,19 +372,20 @@ def test_bitwise_matches_torch(device, dtype):
         b = np.array([6, 2, 3, 31, 1, 4, info.bits - 1, info.bits], dtype=dtype)
     ta, tb = zyx.tensor(a, device=device), zyx.tensor(b, device=device)
     names = ["and", "or", "xor"] + (["lshift", "rshift"] if dtype != "bool" else [])
+    cases = []
     for name in names:
         op = BITWISE[name]
-        for left, right in [(ta, tb), (tb, ta), (ta, 3), (3, ta), (ta.flip(0), tb)]:
-            torch_left = _torch_bits(left.numpy()) if isinstance(left, zyx.Tensor) else left
-            torch_right = _torch_bits(right.numpy()) if isinstance(right, zyx.Tensor) else right
-            expected = op(torch_left, torch_right)
+        for (left, torch_left), (right, torch_right) in [((ta, a), (tb, b)), ((tb, b), (ta, a)), ((ta, a), (3, 3)),
+                                                         ((3, 3), (ta, a)), ((ta.flip(0), a[::-1]), (tb, b))]:
+            expected = op(_torch_bits(torch_left) if isinstance(torch_left, np.ndarray) else torch_left,
+                          _torch_bits(torch_right) if isinstance(torch_right, np.ndarray) else torch_right)
             result = op(left, right)
             assert result.dtype.name == str(expected.dtype).replace("torch.", ""), (name, left, right)
-            assert_close(result.numpy(), expected.numpy(), "bool" if dtype == "bool" else dtype)
-    assert_close((~ta).numpy(), (~_torch_bits(a)).numpy(), dtype)
+            cases.append((result, expected.numpy(), "bool" if dtype == "bool" else dtype))
     in_place = zyx.tensor(a, device=device)
     in_place ^= tb
-    assert_close(in_place.numpy(), (_torch_bits(a) ^ _torch_bits(b)).numpy(), dtype)
+    check_together(cases + [(~ta, (~_torch_bits(a)).numpy(), dtype),
+                            (in_place, (_torch_bits(a) ^ _torch_bits(b)).numpy(), dtype)])
 
 
 def test_bitwise_issue_example(device):
@@ -404,10 +420,9 @@ def test_python_int_operands_wrap_as_in_pytorch(device, dtype):
     values = [0xFFFFFFFF, int(info.max), int(info.min), -(2 ** 40) + 3]
     if dtype == "int32":
         values += [int(info.max) + 1, int(info.min) - 1]
-    for value in values:
-        for op in [lambda x: x + value, lambda x: x * value, lambda x: x < value, lambda x: x & value,
-                   lambda x: value - x]:
-            assert op(t).numpy().tolist() == op(reference).tolist(), (value, op)
+    check_together([(op(t), op(reference).numpy(), "exact") for value in values
+                    for op in [lambda x: x + value, lambda x: x * value, lambda x: x < value, lambda x: x & value,
+                               lambda x: value - x]])
     for value in [2 ** 63, -(2 ** 63) - 1, 2 ** 64]:
         with pytest.raises(OverflowError, match=f"{value}.*int64"):
             t + value
@@ -434,14 +449,13 @@ def test_scalar_operands(device, dtype):
     cases = [(t + 2, x + 2), (2 + t, 2 + x), (t - 1.5, x - 1.5), (1.5 - t, 1.5 - x), (t * 3, x * 3), (3 * t, 3 * x),
              (t / 4, x / 4), (4 / t, 4 / x), (t ** 2, x ** 2), (2.5 ** t, 2.5 ** x), (t // 0.7, x // 0.7),
              (7 // t, 7 // x), (t % 0.7, x % 0.7), (-t, -x), (+t, x)]
-    for result, expected in cases:
-        assert result.dtype.name == dtype
-        assert_close(result.numpy(), expected.astype(dtype), dtype, dict(rtol=1e-6, atol=1e-6))
-    for result, expected in [(t < 1, x < 1), (t >= 2, x >= 2), (1 < t, 1 < x), (t == x[0, 0], x == x[0, 0])]:
-        assert result.dtype == zyx.bool
-        assert_close(result.numpy(), expected, "bool")
-    assert_close((t + x).numpy(), x + x, dtype)  # a numpy array operand
-    assert_close((x + t).numpy(), x + x, dtype)  # numpy defers to the reflected op
+    assert all(result.dtype.name == dtype for result, _ in cases)
+    compared = [(t < 1, x < 1), (t >= 2, x >= 2), (1 < t, 1 < x), (t == x[0, 0], x == x[0, 0])]
+    assert all(result.dtype == zyx.bool for result, _ in compared)
+    check_together([(result, expected.astype(dtype), dtype, dict(rtol=1e-6, atol=1e-6)) for result, expected in cases]
+                   + [(result, expected, "bool") for result, expected in compared]
+                   + [(t + x, x + x, dtype),  # a numpy array operand
+                      (x + t, x + x, dtype)])  # numpy defers to the reflected op
 
 
 def test_floordiv_mod_ints_follow_python(device):
@@ -499,8 +513,8 @@ def test_sum_promotes_bool_and_int(device):
 def test_broadcasting_hypothesis(device, shapes, dtype):
     a, b, c = (sample(s, dtype, seed=k) for k, s in enumerate(shapes.input_shapes))
     ta, tb, tc = (zyx.tensor(v, device=device) for v in (a, b, c))
-    assert_close((ta * tb + tc).numpy(), a * b + c, dtype, TOL.get(dtype))
-    assert_close(zyx.where(ta > tb, tb, tc).numpy(), np.where(a > b, b, c), dtype)
+    check_together([(ta * tb + tc, a * b + c, dtype, TOL.get(dtype)),
+                    (zyx.where(ta > tb, tb, tc), np.where(a > b, b, c), dtype)])
     assert (ta + tb + tc).shape == shapes.result_shape
 
 
@@ -542,13 +556,13 @@ def test_reductions_hypothesis(device, shape, data):
     keepdim = data.draw(st.booleans())
     order = data.draw(st.permutations(range(len(shape))))
     t = zyx.tensor(np.ascontiguousarray(x.transpose(order)), device=device).permute(np.argsort(order).tolist())
-    for ours, theirs in [(t.sum(axis, keepdim), np.sum(x, axis=axis, keepdims=keepdim)),
-                         (t.max(axis, keepdim), np.max(x, axis=axis, keepdims=keepdim)),
-                         (t.min(axis, keepdim), np.min(x, axis=axis, keepdims=keepdim)),
-                         (t.mean(axis, keepdim), np.mean(x, axis=axis, keepdims=keepdim)),
-                         (t.prod(axis, keepdim), np.prod(x, axis=axis, keepdims=keepdim))]:
-        assert_close(ours.numpy(), theirs, dtype, dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else
-                     dict(rtol=1e-4, atol=1e-5))  # float32 sums of up to 256 elements, in another order
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)  # float32 sums of up
+    check_together([(ours, theirs, dtype, tol) for ours, theirs in [  # to 256 elements, in another order
+        (t.sum(axis, keepdim), np.sum(x, axis=axis, keepdims=keepdim)),
+        (t.max(axis, keepdim), np.max(x, axis=axis, keepdims=keepdim)),
+        (t.min(axis, keepdim), np.min(x, axis=axis, keepdims=keepdim)),
+        (t.mean(axis, keepdim), np.mean(x, axis=axis, keepdims=keepdim)),
+        (t.prod(axis, keepdim), np.prod(x, axis=axis, keepdims=keepdim))]])
 
 
 # ---- reductions ----------------------------------------------------------------------------------------------
@@ -619,32 +633,31 @@ def test_reductions(device, name, dtype):
 def test_reductions_int_bool(device, dtype):
     x = sample((3, 4, 5), dtype)
     t = as_view(x, "permuted", device)
+    cases = []
     for axis in [None, 0, (1, 2), -1]:
-        assert_close(t.sum(axis).numpy(), np.sum(x, axis=axis, dtype=np.int64), "int64")
-        assert t.sum(axis).dtype == zyx.int64
-        assert_close(t.max(axis).numpy(), np.max(x, axis=axis), dtype)
-        assert_close(t.min(axis).numpy(), np.min(x, axis=axis), dtype)
-        assert t.max(axis).dtype.name == dtype
-        assert_close(t.prod(axis).numpy(), np.prod(x.astype(np.int64), axis=axis), "int64")
-        assert_close(t.mean(axis).numpy(), np.mean(x, axis=axis).astype(np.float32), "float32")
+        assert t.sum(axis).dtype == zyx.int64 and t.max(axis).dtype.name == dtype
+        cases += [(t.sum(axis), np.sum(x, axis=axis, dtype=np.int64), "int64"),
+                  (t.max(axis), np.max(x, axis=axis), dtype), (t.min(axis), np.min(x, axis=axis), dtype),
+                  (t.prod(axis), np.prod(x.astype(np.int64), axis=axis), "int64"),
+                  (t.mean(axis), np.mean(x, axis=axis).astype(np.float32), "float32")]
     for axis in [None, 0, 1, -1]:
-        assert_close(t.argmax(axis).numpy(), np.argmax(x, axis=axis), "int64")
-        assert_close(t.argmin(axis).numpy(), np.argmin(x, axis=axis), "int64")
+        cases += [(t.argmax(axis), np.argmax(x, axis=axis), "int64"), (t.argmin(axis), np.argmin(x, axis=axis), "int64")]
         if axis is not None:
-            assert_close(t.cumsum(axis).numpy(), np.cumsum(x, axis=axis, dtype=np.int64), "int64")
+            cases.append((t.cumsum(axis), np.cumsum(x, axis=axis, dtype=np.int64), "int64"))
+    check_together(cases)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_arg_reductions(device, dtype):
     x = sample((4, 5, 6), dtype).round()  # rounding makes ties: the first one wins
     t = as_view(x, "flipped", device)
+    cases = []
     for axis in [None, 0, 1, 2, -1]:
         for keepdim in (False, True):
-            expected_max = np.argmax(x, axis=axis, keepdims=keepdim)
-            expected_min = np.argmin(x, axis=axis, keepdims=keepdim)
             assert t.argmax(axis, keepdim).dtype == zyx.int64
-            assert_close(t.argmax(axis, keepdim).numpy(), expected_max, "int64")
-            assert_close(t.argmin(axis, keepdim).numpy(), expected_min, "int64")
+            cases += [(t.argmax(axis, keepdim), np.argmax(x, axis=axis, keepdims=keepdim), "int64"),
+                      (t.argmin(axis, keepdim), np.argmin(x, axis=axis, keepdims=keepdim), "int64")]
+    check_together(cases)
     nan = np.array([1.0, np.nan, 5.0, np.nan], dtype=dtype)
     assert zyx.tensor(nan, device=device).argmax().item() == np.argmax(nan) == 1
     assert zyx.tensor(nan, device=device).argmin().item() == np.argmin(nan) == 1
@@ -655,11 +668,12 @@ def test_arg_reductions(device, dtype):
 def test_softmax_family(device, dtype):
     x = sample((3, 4, 5), dtype) * 3
     t = as_view(x, "strided", device)
+    cases = []
     for axis in [-1, 0, 1]:
         shifted = x - x.max(axis=axis, keepdims=True)
         soft = np.exp(shifted) / np.exp(shifted).sum(axis=axis, keepdims=True)
-        assert_close(t.softmax(axis).numpy(), soft, dtype)
-        assert_close(t.log_softmax(axis).numpy(), np.log(soft), dtype, dict(rtol=1e-5, atol=1e-5))
+        cases += [(t.softmax(axis), soft, dtype), (t.log_softmax(axis), np.log(soft), dtype, dict(rtol=1e-5, atol=1e-5))]
+    check_together(cases)
     big = np.array([[1000.0, 0.0, -1000.0], [-1e4, -1e4, -1e4], [88.0, 89.0, 90.0]], dtype=dtype)
     tb = zyx.tensor(big, device=device)
     torch_big = torch.tensor(big)
@@ -675,15 +689,17 @@ def test_softmax_family(device, dtype):
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_cumsum(device, dtype):
+    cases = []
     for shape, layout in [((1,), "contiguous"), ((0,), "contiguous"), ((9,), "flipped"), ((3, 5), "permuted"),
                           ((2, 3, 4), "strided"), ((), "contiguous")]:
         x = sample(shape, dtype)
         t = as_view(x, layout, device)
         for axis in range(max(len(shape), 1)):
             expected = np.cumsum(x, axis=axis) if shape else x
-            assert_close(t.cumsum(axis).numpy(), expected, dtype, dict(rtol=1e-5, atol=1e-5))
+            cases.append((t.cumsum(axis), expected, dtype, dict(rtol=1e-5, atol=1e-5)))
             if shape:
-                assert_close(t.cumsum(axis - len(shape)).numpy(), expected, dtype, dict(rtol=1e-5, atol=1e-5))
+                cases.append((t.cumsum(axis - len(shape)), expected, dtype, dict(rtol=1e-5, atol=1e-5)))
+    check_together(cases)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -693,23 +709,19 @@ def test_large_reductions(device, dtype):
     t = zyx.tensor(x, device=device)
     tol = dict(rtol=1e-4, atol=1e-3) if dtype == "float32" else dict(rtol=1e-10, atol=1e-9)
     exact = x.astype(np.float64)
-    assert_close(t.sum().numpy(), exact.sum(), dtype, tol)
-    assert_close(t.mean().numpy(), exact.mean(), dtype, tol)
-    assert_close(t.var().numpy(), exact.var(ddof=1), dtype, tol)
-    assert_close(t.std().numpy(), exact.std(ddof=1), dtype, tol)
-    assert_close(t.max().numpy(), x.max(), dtype)
-    assert_close(t.min().numpy(), x.min(), dtype)
-    assert t.argmax().item() == x.argmax() and t.argmin().item() == x.argmin()
-    assert_close(t.logsumexp().numpy(), _np_logsumexp(exact, None, False), dtype, tol)
-    assert_close(t.cumsum(0).numpy(), np.cumsum(exact), dtype, dict(rtol=1e-4, atol=2e-2) if dtype == "float32"
-                 else dict(rtol=1e-9, atol=1e-9))
     matrix = t[:100_000].reshape(400, 250)
-    assert_close(matrix.sum(0).numpy(), exact[:100_000].reshape(400, 250).sum(0), dtype, tol)
-    assert_close(matrix.T.sum(1).numpy(), exact[:100_000].reshape(400, 250).sum(0), dtype, tol)
     halves = rng.uniform(0, 1, 100_000).astype(np.float16)
     total = zyx.tensor(halves, device=device).sum()
     assert total.dtype == zyx.float16
-    assert_close(total.numpy(), halves.astype(np.float64).sum(), "float16", dict(rtol=1e-3, atol=0))
+    check_together([(t.sum(), exact.sum(), dtype, tol), (t.mean(), exact.mean(), dtype, tol),
+                    (t.var(), exact.var(ddof=1), dtype, tol), (t.std(), exact.std(ddof=1), dtype, tol),
+                    (t.max(), x.max(), dtype), (t.min(), x.min(), dtype), (t.argmax(), x.argmax(), "int64"),
+                    (t.argmin(), x.argmin(), "int64"), (t.logsumexp(), _np_logsumexp(exact, None, False), dtype, tol),
+                    (t.cumsum(0), np.cumsum(exact), dtype,
+                     dict(rtol=1e-4, atol=2e-2) if dtype == "float32" else dict(rtol=1e-9, atol=1e-9)),
+                    (matrix.sum(0), exact[:100_000].reshape(400, 250).sum(0), dtype, tol),
+                    (matrix.T.sum(1), exact[:100_000].reshape(400, 250).sum(0), dtype, tol),
+                    (total, halves.astype(np.float64).sum(), "float16", dict(rtol=1e-3, atol=0))])
 
 
 def test_reduction_errors(device):
@@ -752,15 +764,12 @@ def test_movement(device, layout):
         (t.repeat(2, 1, 3), np.tile(x, (2, 1, 3))), (t.repeat(2, 1, 1, 1), np.tile(x, (2, 1, 1, 1))),
         (t.contiguous(), x), (t.expand_as(t), x),
     ]
-    for result, expected in cases:
-        assert result.shape == expected.shape
-        assert_close(result.numpy(), expected, "float32")
-    for pieces, expected in [(t.split(2, 1), np.split(x, [2], 1)), (t.split([1, 3], -1), np.split(x, [1], -1)),
-                             (t.chunk(2, 2), np.split(x, 2, 2)), (t.chunk(3, 1), np.split(x, 3, 1)),
-                             (t.split(1), np.split(x, 2, 0))]:
-        assert len(pieces) == len(expected)
-        for piece, e in zip(pieces, expected):
-            assert_close(piece.numpy(), e, "float32")
+    assert all(result.shape == expected.shape for result, expected in cases)
+    splits = [(t.split(2, 1), np.split(x, [2], 1)), (t.split([1, 3], -1), np.split(x, [1], -1)),
+              (t.chunk(2, 2), np.split(x, 2, 2)), (t.chunk(3, 1), np.split(x, 3, 1)), (t.split(1), np.split(x, 2, 0))]
+    assert all(len(pieces) == len(expected) for pieces, expected in splits)
+    check_together([(result, expected, "float32") for result, expected in cases]
+                   + [(piece, e, "float32") for pieces, expected in splits for piece, e in zip(pieces, expected)])
     assert [p.shape for p in zyx.zeros(5, 2, device=device).chunk(2)] == [(3, 2), (2, 2)]
 
 
@@ -783,13 +792,13 @@ def test_getitem(device, layout):
     x = sample((4, 5, 6), "float32")
     t = as_view(x, layout, device)
     index_tensor = np.array([3, 0, -1, 2])
+    cases = []
     for index in [0, -1, (1, 2), (1, 2, 3), slice(None), slice(1, 3), slice(-3, None), slice(None, None, 2),
                   slice(None, None, -1), slice(None, None, -2), slice(3, 0, -1), slice(5, 10), slice(3, 1),
                   (Ellipsis, 1), (None, 0), (slice(None), None, slice(1, None, 2)), (Ellipsis, None),
                   (0, Ellipsis, slice(None, None, -3)), (slice(1, 2), Ellipsis, 0), (-2, slice(None), -1),
                   (slice(None), slice(None, None, 3), slice(-1, None, -4))]:
-        result = t[index]
-        assert_close(result.numpy(), x[index], "float32")
+        cases.append((t[index], x[index], "float32"))
     for index in [index_tensor, (slice(None), index_tensor), (index_tensor, index_tensor),
                   (Ellipsis, index_tensor), (0, slice(None), index_tensor), (index_tensor, slice(None), 1),
                   (slice(None), np.array([[1, 2], [0, 4]])), (np.array([[1], [2]]), np.array([0, 3, 4])),
@@ -797,9 +806,8 @@ def test_getitem(device, layout):
         items = index if isinstance(index, tuple) else (index,)
         zindex = tuple(zyx.tensor(i, device=device) if isinstance(i, np.ndarray) else i for i in items)
         tindex = tuple(torch.tensor(i) if isinstance(i, np.ndarray) else i for i in items)  # PyTorch's rule
-        assert_close(t[zindex].numpy(), torch.tensor(x)[tindex].numpy(), "float32")
-    assert_close(t[np.int64(2)].numpy(), x[2], "float32")
-    assert_close(t[zyx.tensor(2, device=device)].numpy(), x[2], "float32")
+        cases.append((t[zindex], torch.tensor(x)[tindex].numpy(), "float32"))
+    check_together(cases + [(t[np.int64(2)], x[2], "float32"), (t[zyx.tensor(2, device=device)], x[2], "float32")])
 
 
 def test_getitem_errors(device):
@@ -838,13 +846,15 @@ def test_one_hot_and_gather(device):
     x = sample((3, 4, 5), "float32")
     tx = as_view(x, "permuted", device)
     rng = np.random.default_rng(3)
+    cases = []
     for axis in [0, 1, 2, -1]:
         index_shape = list(x.shape)
         index_shape[axis] = 7
         index_shape[(axis + 1) % 3] -= 1  # index may be smaller than the input outside the axis
         index = rng.integers(0, x.shape[axis], size=index_shape)
         expected = torch.gather(torch.tensor(x), axis, torch.tensor(index)).numpy()
-        assert_close(tx.gather(axis, zyx.tensor(index, device=device)).numpy(), expected, "float32")
+        cases.append((tx.gather(axis, zyx.tensor(index, device=device)), expected, "float32"))
+    check_together(cases)
 
 
 # ---- layers --------------------------------------------------------------------------------------------------
@@ -856,16 +866,17 @@ MATMUL_SHAPES = [((3, 4), (4, 5)), ((4,), (4,)), ((4,), (4, 5)), ((3, 4), (4,)),
 
 @pytest.mark.parametrize("dtype", FLOATS + ["int64"])
 def test_matmul(device, dtype):
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else None
+    cases = []
     for (shape_a, shape_b), layout in zip(MATMUL_SHAPES, LAYOUTS * 3):
         a, b = sample(shape_a, dtype, seed=1), sample(shape_b, dtype, seed=2)
         ta, tb = as_view(a, layout, device), zyx.tensor(b, device=device)
         result = ta @ tb
         assert result.dtype.name == dtype
-        assert_close(result.numpy(), a @ b, dtype, dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else None)
-        assert_close(ta.matmul(tb).numpy(), a @ b, dtype, dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else None)
+        cases += [(result, a @ b, dtype, tol), (ta.matmul(tb), a @ b, dtype, tol)]
     v = sample((6,), dtype)
-    assert_close(zyx.tensor(v, device=device).dot(zyx.tensor(v, device=device)).numpy(), v @ v, dtype)
-    assert_close((sample((2, 6), dtype) @ zyx.tensor(v, device=device)).numpy(), sample((2, 6), dtype) @ v, dtype)
+    check_together(cases + [(zyx.tensor(v, device=device).dot(zyx.tensor(v, device=device)), v @ v, dtype),
+                            (sample((2, 6), dtype) @ zyx.tensor(v, device=device), sample((2, 6), dtype) @ v, dtype)])
 
 
 CONV_CASES = [  # input shape, weight shape, stride, padding, dilation, groups
@@ -880,6 +891,8 @@ CONV_CASES = [  # input shape, weight shape, stride, padding, dilation, groups
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_conv2d(device, dtype):
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else None
+    cases = []
     for k, (xs, ws, stride, padding, dilation, groups) in enumerate(CONV_CASES):
         x, w, bias = sample(xs, dtype, seed=k), sample(ws, dtype, seed=k + 1), sample(ws[:1], dtype, seed=k + 2)
         tx = as_view(x, LAYOUTS[k % 4], device)
@@ -887,11 +900,11 @@ def test_conv2d(device, dtype):
                            padding=padding, dilation=dilation, groups=groups)
         expected = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(bias), stride=stride,
                                               padding=padding, dilation=dilation, groups=groups).numpy()
-        assert_close(result.numpy(), expected, dtype, dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else None)
         no_bias = tx.conv2d(zyx.tensor(w, device=device), stride=stride, padding=padding, dilation=dilation,
                             groups=groups)
-        assert_close(no_bias.numpy(), expected - bias.reshape(1, -1, 1, 1), dtype,
-                     dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10))
+        cases += [(result, expected, dtype, tol), (no_bias, expected - bias.reshape(1, -1, 1, 1), dtype,
+                                                   tol or dict(rtol=1e-10, atol=1e-10))]
+    check_together(cases)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -899,11 +912,13 @@ def test_pooling(device, dtype):
     x = sample((2, 3, 7, 6), dtype)
     tx = as_view(x, "flipped", device)
     tx_torch = torch.tensor(x)
+    cases = []
     for kernel, stride, padding in [(2, None, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 0)), (1, 1, 0), (3, 1, 1)]:
-        assert_close(tx.avg_pool2d(kernel, stride, padding).numpy(),
-                     torch.nn.functional.avg_pool2d(tx_torch, kernel, stride, padding).numpy(), dtype)
-        assert_close(tx.max_pool2d(kernel, stride, padding).numpy(),
-                     torch.nn.functional.max_pool2d(tx_torch, kernel, stride, padding).numpy(), dtype)
+        cases += [(tx.avg_pool2d(kernel, stride, padding),
+                   torch.nn.functional.avg_pool2d(tx_torch, kernel, stride, padding).numpy(), dtype),
+                  (tx.max_pool2d(kernel, stride, padding),
+                   torch.nn.functional.max_pool2d(tx_torch, kernel, stride, padding).numpy(), dtype)]
+    check_together(cases)
     ints = zyx.tensor(np.arange(-8, 8).reshape(1, 1, 4, 4), device=device)
     assert ints.max_pool2d(3, 1, 1).numpy().tolist() == torch.nn.functional.max_pool2d(
         torch.arange(-8., 8.).reshape(1, 1, 4, 4), 3, 1, 1).long().tolist()
