@@ -641,7 +641,8 @@ def test_reductions_int_bool(device, dtype):
                   (t.prod(axis), np.prod(x.astype(np.int64), axis=axis), "int64"),
                   (t.mean(axis), np.mean(x, axis=axis).astype(np.float32), "float32")]
     for axis in [None, 0, 1, -1]:
-        cases += [(t.argmax(axis), np.argmax(x, axis=axis), "int64"), (t.argmin(axis), np.argmin(x, axis=axis), "int64")]
+        cases += [(t.argmax(axis), np.argmax(x, axis=axis), "int64"),
+                  (t.argmin(axis), np.argmin(x, axis=axis), "int64")]
         if axis is not None:
             cases.append((t.cumsum(axis), np.cumsum(x, axis=axis, dtype=np.int64), "int64"))
     check_together(cases)
@@ -672,7 +673,8 @@ def test_softmax_family(device, dtype):
     for axis in [-1, 0, 1]:
         shifted = x - x.max(axis=axis, keepdims=True)
         soft = np.exp(shifted) / np.exp(shifted).sum(axis=axis, keepdims=True)
-        cases += [(t.softmax(axis), soft, dtype), (t.log_softmax(axis), np.log(soft), dtype, dict(rtol=1e-5, atol=1e-5))]
+        cases += [(t.softmax(axis), soft, dtype),
+                  (t.log_softmax(axis), np.log(soft), dtype, dict(rtol=1e-5, atol=1e-5))]
     check_together(cases)
     big = np.array([[1000.0, 0.0, -1000.0], [-1e4, -1e4, -1e4], [88.0, 89.0, 90.0]], dtype=dtype)
     tb = zyx.tensor(big, device=device)
