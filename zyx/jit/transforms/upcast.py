@@ -6,7 +6,8 @@ import dataclasses
 import itertools
 import math
 
-from ..kernel_ir import PURE, Axis, Const, Kernel, Loop, Reg, Role, Statement, field_names, rewrite, substitute
+from ..kernel_ir import (PURE, Axis, Const, Kernel, Lane, Loop, Reg, Role, Statement, field_names, rewrite,
+                         substitute)
 from ..symbolic import Expr
 from ..lower import linear, unravel
 from . import defined_register
@@ -30,29 +31,64 @@ def upcast(kernel: Kernel, space: tuple[int, ...], tile: dict[int, int]) -> Kern
 
 def _copies(body: tuple, copies: list[tuple[dict, dict, dict]], seen: dict) -> tuple:
     """Each statement once per copy (its variables' values, its registers' new names, its substitutions'
-    memo), in order; a pure statement whose copy is the same as one already made is shared."""
+    memo), in order; a pure statement whose copy is the same as one already made is shared. A pure statement's
+    copies are told apart by what varies between them (the indices it substitutes, the registers it reads) before
+    any is built: a 8 x 16 tile makes 128 copies of each statement, most of them the same."""
     out: list = []
+    substituted = set().union(*(values for values, _, _ in copies))
     for statement in body:
         if isinstance(statement, Loop):
             out.append(Loop(statement.var, statement.trips, _copies(statement.body, copies, seen)))
             continue
+        defined = defined_register(statement)
+        pure = defined is not None and isinstance(statement, PURE)
+        indices, registers = _varying(statement, substituted) if pure else ((), ())
+        made: dict[tuple, Reg] = {}  # this statement's copies by what varies between them
         for k, (values, names, memo) in enumerate(copies):
+            if pure:
+                reads = (tuple(substitute(e, values, memo).key for e in indices),
+                         tuple(names.get(r.name, r).name for r in registers))
+                if reads in made:
+                    names[defined.name] = made[reads]
+                    continue
             copy = rewrite(statement, lambda e: substitute(e, values, memo), lambda r: names.get(r.name, r))
-            defined = defined_register(statement)
             if defined is None:
                 out.append(copy)
                 continue
-            key = _key(copy) if isinstance(statement, PURE) else None
+            key = _key(copy) if pure else None
             if key is not None and key in seen:
-                names[defined.name] = seen[key]
+                names[defined.name] = made[reads] = seen[key]
                 continue
             renamed = Reg(f"{defined.name}_{k}", defined.dtype, defined.width)
             names[defined.name] = renamed
             copy = dataclasses.replace(copy, out=renamed)
-            if key is not None:
-                seen[key] = renamed
+            if pure:
+                seen[key] = made[reads] = renamed
             out.append(copy)
     return tuple(out)
+
+
+def _varying(statement: Statement, substituted: set[str]) -> tuple[list[Expr], list[Reg]]:
+    """The index expressions of `statement` that name a substituted variable, and the registers it reads."""
+    indices: list[Expr] = []
+    registers: list[Reg] = []
+
+    def visit(value: object) -> None:
+        kind = type(value)
+        if kind is Expr:
+            if value.variables() & substituted:  # type: ignore[union-attr]
+                indices.append(value)  # type: ignore[arg-type]
+        elif kind is Reg:
+            registers.append(value)  # type: ignore[arg-type]
+        elif kind is Lane:
+            registers.append(value.src)  # type: ignore[union-attr]
+        elif kind is tuple:
+            for item in value:  # type: ignore[union-attr]
+                visit(item)
+    for name in field_names(type(statement)):
+        if name not in ("out", "body"):
+            visit(getattr(statement, name))
+    return indices, registers
 
 
 def _key(statement: Statement) -> tuple:
