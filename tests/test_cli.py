@@ -1,6 +1,7 @@
 """The `zyx` command line, driven as a user would: `python -m zyx ...` in a subprocess on a scratch cache."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -30,6 +31,21 @@ def zyx(cache_dir: Path, *arguments: str, **options) -> subprocess.CompletedProc
     options.setdefault("env", environment(cache_dir))
     return subprocess.run([sys.executable, "-m", "zyx", *arguments], cwd=REPOSITORY, capture_output=True, text=True,
                           timeout=60, **options)
+
+
+@pytest.fixture(scope="session")
+def devices(tmp_path_factory):
+    """What `zyx devices ARGUMENTS` prints (ZYX_DEVICE set to `zyx_device` where given), each run once a test
+    process: a run imports torch and wgpu and opens every driver (7 s here), and the listing does not change."""
+    cache_dir = tmp_path_factory.mktemp("devices") / "cache"
+
+    @functools.lru_cache(maxsize=None)
+    def printed(*arguments: str, zyx_device: str = "") -> str:
+        env = {**environment(cache_dir), **({"ZYX_DEVICE": zyx_device} if zyx_device else {})}
+        finished = zyx(cache_dir, "devices", *arguments, env=env)
+        assert finished.returncode == 0, finished.stderr
+        return finished.stdout
+    return printed
 
 
 def listed(cache_dir: Path, *arguments: str) -> list[dict]:
@@ -179,29 +195,27 @@ def test_prune_removes_other_versions_formats_and_absent_devices(cache):
     assert {entry["key"] for entry in listed(directory)} == {keys["original"], *keys["twins"]}
 
 
-def test_devices_lists_every_platform_and_device(tmp_path):
+def test_devices_lists_every_platform_and_device(devices):
     platforms = pytest.importorskip("zyx.runtime.platforms")
     described = platforms.describe_devices()
-    finished = zyx(tmp_path / "cache", "devices")
-    assert finished.returncode == 0, finished.stderr
+    table = devices()
     for row in described:
-        assert f"platform {row['platform_index']}: {row['platform']}" in finished.stdout
-        assert row["device"] in finished.stdout and row["driver_version"] in finished.stdout
-    as_json = [row for row in json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout) if row["kind"] == "opencl"]
+        assert f"platform {row['platform_index']}: {row['platform']}" in table
+        assert row["device"] in table and row["driver_version"] in table
+    as_json = [row for row in json.loads(devices("--json")) if row["kind"] == "opencl"]
     assert [(row["platform"], row["device"]) for row in as_json] == [(row["platform"], row["device"]) for row in described]
     # PoCL reports global memory from what the machine has free, so only its kind is the same between processes
     assert all(isinstance(row["global_mem_bytes"], int) and row["global_mem_bytes"] > 0 for row in as_json)
 
 
-def test_devices_lists_torch_and_marks_the_one_zyx_device_names(tmp_path):
+def test_devices_lists_torch_and_marks_the_one_zyx_device_names(devices):
     pytest.importorskip("torch")
-    rows = json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout)
+    rows = json.loads(devices("--json"))
     torch_rows = [row for row in rows if row["kind"] == "torch"]
     assert torch_rows[0]["spec"] == "torch:cpu" and not any(row["default"] for row in torch_rows)
-    environ = {**environment(tmp_path), "ZYX_DEVICE": "torch:cpu"}
-    marked = json.loads(zyx(tmp_path / "cache", "devices", "--json", env=environ).stdout)
+    marked = json.loads(devices("--json", zyx_device="torch:cpu"))
     assert [row["spec"] for row in marked if row["default"]] == ["torch:cpu"]
-    table = zyx(tmp_path / "cache", "devices", env=environ).stdout
+    table = devices(zyx_device="torch:cpu")
     assert [line.split()[1] for line in table.splitlines() if line.startswith("  *")] == ["torch:cpu"]
     assert "* the device ZYX_DEVICE names" in table
 
@@ -324,31 +338,30 @@ def test_show_accepts_a_kernel_name_as_zyx_debug_prints_it(cache):
     assert_one_line_error(zyx(directory, "cache", "show", "add_nowhere"), 1, "no cache entry", "'add_nowhere'")
 
 
-def test_devices_mark_the_default_device(tmp_path):
+def test_devices_mark_the_default_device(devices):
     platforms = pytest.importorskip("zyx.runtime.platforms")
     default = platforms.default_ordinal()
-    rows = [row for row in json.loads(zyx(tmp_path / "cache", "devices", "--json").stdout) if row["kind"] == "opencl"]
+    rows = [row for row in json.loads(devices("--json")) if row["kind"] == "opencl"]
     assert [row["default"] for row in rows] == [ordinal == default for ordinal in range(len(rows))]
-    table = zyx(tmp_path / "cache", "devices").stdout
+    table = devices()
     marked = [line for line in table.splitlines() if line.startswith("  *")]
     assert len(marked) == 1 and rows[default]["device"] in marked[0] and "zyx.OpenCL() uses" in table
-    chosen = zyx(tmp_path / "cache", "devices", "--json", env={**environment(tmp_path), "ZYX_DEVICE": "opencl:1"})
-    assert [row["default"] for row in json.loads(chosen.stdout)
+    chosen = devices("--json", zyx_device="opencl:1")
+    assert [row["default"] for row in json.loads(chosen)
             if row["kind"] == "opencl"] == [ordinal == 1 for ordinal in range(len(rows))]
 
 
-def test_devices_list_the_webgpu_adapters_and_mark_the_one_zyx_device_names(tmp_path):
+def test_devices_list_the_webgpu_adapters_and_mark_the_one_zyx_device_names(devices):
     webgpu = pytest.importorskip("zyx.runtime.webgpu")
     pytest.importorskip("wgpu")
     adapters = webgpu.describe_adapters()
     if not adapters:
         pytest.skip("no WebGPU adapter on this machine")
-    listed = zyx(tmp_path / "cache", "devices", "--json", env={**environment(tmp_path), "ZYX_DEVICE": "wgpu:0"})
-    rows = [row for row in json.loads(listed.stdout) if row["kind"] == "wgpu"]
+    listed = json.loads(devices("--json", zyx_device="wgpu:0"))
+    rows = [row for row in listed if row["kind"] == "wgpu"]
     assert [row["device"] for row in rows] == [row["device"] for row in adapters]
-    assert [row["default"] for row in json.loads(listed.stdout)] == [row["kind"] == "wgpu" and row["index"] == 0
-                                                                    for row in json.loads(listed.stdout)]
-    table = zyx(tmp_path / "cache", "devices").stdout
+    assert [row["default"] for row in listed] == [row["kind"] == "wgpu" and row["index"] == 0 for row in listed]
+    table = devices()
     assert "WebGPU adapters" in table and adapters[0]["device"] in table
 
 

@@ -58,6 +58,10 @@ from .transforms.vector import vectorize
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
 VECTOR_UNROLL = 4             # vector accumulators per reduction loop (fewer where the trips do not divide)
+# A CPU kernel of fewer multiply-adds (outputs x the longest reduction) than this is compiled for longer than it
+# runs: one output per item, its reductions not unrolled. PoCL's optimizer spent 23 s on a 32 x 16 x 4 product in
+# an 8 x 16 tile (2.8 s at 2 x 8, 0.1 s untiled), 9 s on a launch group of 8-way unrolled 32-element sums.
+SMALL_WORK = 1 << 16
 # A GPU row kernel's items take this many values (float4 vectors) of each pass, its groups at least
 # ROW_MIN_GROUP items (a warp) where the row has as many: softmax 4096x1024 on the H200 ran at 1.9 TB/s with
 # one vector per item (groups of 256), 2.8 with four (groups of 64), 1.7 with eight (groups of 32).
@@ -575,13 +579,15 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
         return _Shaped(lowered, kernel)
     vector = None
     if choice is None:
+        small = not traits.gpu and root.numel * max(lowered.longest_reduction, 1) < SMALL_WORK
+        tile = None if small else tile
         width = traits.vector_width if traits.vector_width and not tile and not (traits.gpu and reduces) else 1
-        vector = _vector_kernel(kernel, width) if width > 1 else None
+        vector = _vector_kernel(kernel, width, 1 if small else VECTOR_UNROLL) if width > 1 else None
         grouped = (not tile and vector is None and traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS
                    and lowered.longest_reduction >= GROUP_MIN_REDUCE)
         tile_n, tile_m = ((tile or {}).get(axis, 1) for axis in axes) if axes else (1, 1)
         heuristic = {"tile_n": tile_n, "tile_m": tile_m, "width": width if vector is not None else 1,
-                     "unroll": VECTOR_UNROLL if vector is not None else UNROLL,
+                     "unroll": 1 if small else VECTOR_UNROLL if vector is not None else UNROLL,
                      "group": traits.group_size if grouped else 0}
         choice = Choice.of("plain", **{name: heuristic[name] for name, _ in options})
     return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector), choice, options)
