@@ -1,7 +1,6 @@
 """A reduction one kernel stores is read by the others (stored_reductions.py): an AdamW step with gradient clipping
 sums each bias's and layer norm's gradient over the rows once, in the kernel storing it for the clipping's norm."""
 import numpy as np
-import pytest
 
 import zyx
 from zyx.jit.kernel_nodes import contained_nodes
