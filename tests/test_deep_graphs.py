@@ -60,6 +60,7 @@ def test_python_sum_over_3000_tensors(device, size):
     np.testing.assert_allclose(total.numpy(), np.sum(np.array(arrays, np.float64), axis=0), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.long(devices=("cpu", "torch"))  # (the trace's depth: the same on every device; OpenCL's in CI)
 def test_backward_through_a_10_000_deep_chain(device):
     a = np.linspace(-1, 1, 32).astype(np.float32)
     x = device.tensor(a)

@@ -68,6 +68,7 @@ def test_attention_backward_variants_are_timed_per_kernel_and_checked_against_to
         assert row["extra"]["kernel_table"] and all(k["ms"] > 0 for k in row["extra"]["kernel_table"])
 
 
+@pytest.mark.long  # (36 s: attention under autocast is checked against torch in tests/jit/test_attention_autocast.py)
 def test_attention_under_autocast_is_checked_against_torch_in_its_tolerance(tmp_path):
     """A2 under --autocast bfloat16: the fused step (fewer kernels) and the unfused one, each within the bfloat16
     tolerance of torch's (float64) output and gradients."""

@@ -111,8 +111,16 @@ FORWARD_FORMS = [("staged", "own"), ("staged", "GPU-shaped"), ("tiled", "GPU-sha
                  ("rows", "GPU-shaped")]
 
 
-@pytest.mark.parametrize("form, kernels", FORWARD_FORMS)
-@pytest.mark.parametrize("dtype, name", DTYPE_CASES)
+def marked_long(rows, long) -> list:
+    """pytest parameters of `rows`, marked `long` where `long(*row)`: variants whose kernels a kept case runs
+    (CI's suite keeps to 15 minutes; each of these took 20-45 s of PoCL)."""
+    return [pytest.param(*row, marks=pytest.mark.long) if long(*row) else row for row in rows]
+
+
+# float16's staged kernels are bfloat16's but for the conversions, which its per-row cases check
+@pytest.mark.parametrize("dtype, name, form, kernels", marked_long(
+    [(*case, *form) for case in DTYPE_CASES for form in FORWARD_FORMS],
+    lambda dtype, name, form, kernels: dtype == "float16" and form == "staged"))
 def test_forward_is_the_fused_kernel_and_matches(request, monkeypatch, form, kernels, dtype, name):
     device = device_of(request, kernels)
     monkeypatch.setenv("ZYX_ATTENTION_FORM", form)
@@ -127,8 +135,12 @@ def test_forward_is_the_fused_kernel_and_matches(request, monkeypatch, form, ker
 GRADIENT_FORMS = [("staged", "own"), ("staged", "GPU-shaped"), ("rows", "own")]
 # float16 in the per-row form only: its staged cases took 142 s (GPU-shaped) and 98-160 s (own) of PoCL in the
 # suite (bfloat16's 20-23 s), the same kernels as bfloat16's but for the conversions, which the forward tests cover
-GRADIENT_CASES = ([(dtype, name, form, kernels) for dtype, name in DTYPE_CASES[:2] for form, kernels in GRADIENT_FORMS]
-                  + [(*DTYPE_CASES[3], "rows", "own")])
+# (with --long: the staged form's own kernels, and both staged kinds on the second case; the staged GPU-shaped
+# kernels run in the default suite on the first)
+GRADIENT_CASES = marked_long(
+    [(dtype, name, form, kernels) for dtype, name in DTYPE_CASES[:2] for form, kernels in GRADIENT_FORMS]
+    + [(*DTYPE_CASES[3], "rows", "own")],
+    lambda dtype, name, form, kernels: form == "staged" and (kernels == "own" or name != DTYPE_CASES[0][1]))
 
 
 @pytest.mark.parametrize("dtype, name, form, kernels", GRADIENT_CASES)
@@ -160,8 +172,9 @@ def hand_written(q, k, v, mask):
             else mask.where(float("-inf"), scores)).softmax(-1) @ v
 
 
-@pytest.mark.parametrize("form, kernels", [("staged", "own"), ("staged", "GPU-shaped"), ("tiled", "GPU-shaped"),
-                                           ("rows", "own")])
+@pytest.mark.parametrize("form, kernels", marked_long([("staged", "own"), ("staged", "GPU-shaped"),
+                                                       ("tiled", "GPU-shaped"), ("rows", "own")],
+                                                      lambda form, kernels: form == "staged" and kernels == "own"))
 def test_hand_written_attention_with_a_float32_softmax(request, monkeypatch, form, kernels):
     """The casts between the products and the softmax are taken in: one forward kernel, the fused backward, no
     queries x keys buffer; values as the unfused kernels' and torch's (bfloat16)."""

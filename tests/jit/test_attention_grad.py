@@ -297,6 +297,7 @@ def test_second_order_takes_the_ordinary_rules(dev):
         np.testing.assert_allclose(grad.numpy(), reference.numpy(), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.long  # (40 s of PoCL: float16 gradients of the fused kernels are test_attention_autocast.py's)
 def test_half_precision_gradients_are_fused(dev):
     """float16 attention: the gradients as torch's, computed by the fused kernels (computing in float32, rounding
     where the unfused trace does: test_attention_autocast.py)."""

@@ -169,6 +169,7 @@ def test_epilogue_fuses_into_overhanging_blocks(gpu, big_blocks, any_share):
     assert zyx.stats()["kernels_launched"] == 1
 
 
+@pytest.mark.long  # (26 s of PoCL running a GPU-shaped 64 x 16 x 18 x 18 convolution's weight gradient)
 def test_a_half_product_with_a_long_k_is_not_split_into_half_partials(gpu):
     """Split over chunks of k (as the float32 one is), a float16 convolution weight gradient would store its partial
     sums in float16: it stays one product, accumulated in float32, and matches a float64 reference."""
