@@ -8,7 +8,7 @@ import zyx
 from zyx.jit import cpu_matmul
 from zyx.jit.choices import TunedChoices
 from zyx.jit.device_traits import DeviceTraits
-from zyx.jit.schedule import schedule
+from zyx.jit.schedule import SMALL_WORK, schedule
 
 RNG = np.random.default_rng(11)
 
@@ -222,3 +222,20 @@ def test_a_left_operands_copy_takes_several_steps_of_k_per_item(dev):
         left_copy = kernels[0]  # (the left operand's copy comes first, then the right one's where it is packed)
         assert left_copy.global_size * cpu_matmul.COPY_OUTPUTS == 64 * 96
     close(out.numpy(), np.exp(a) @ b)
+
+
+@pytest.mark.parametrize("n,k,m,tiled", [(32, 4, 16, False), (64, 32, 16, False), (64, 64, 64, True),
+                                         (256, 64, 128, True)])
+def test_a_kernel_of_little_work_is_untiled_and_not_unrolled(dev, n, k, m, tiled):
+    """Under SMALL_WORK multiply-adds a CPU kernel is one output per item, its reduction not unrolled (PoCL spent
+    23 s optimizing a 32 x 16 x 4 half product in an 8 x 16 tile); larger products keep the register tile (whose
+    values other tests check: compiling it here would cost that time again)."""
+    a, b = data(n, k), data(k, m)
+    out = dev.tensor(a).cast(zyx.float16) @ dev.tensor(b).cast(zyx.float16)  # (half: the plain path's product)
+    kernels, _ = schedule([out.node], DeviceTraits(vector_width=16))
+    applied = dict(kernels[-1].site.applied.values)
+    assert (n * k * m < SMALL_WORK) != tiled
+    assert (applied["tile_n"] * applied["tile_m"] > 1, applied["unroll"] > 1) == (tiled, tiled), applied
+    if not tiled:
+        expected = a.astype(np.float16).astype(np.float32) @ b.astype(np.float16).astype(np.float32)
+        np.testing.assert_allclose(out.numpy().astype(np.float32), expected, rtol=2e-3, atol=2e-2)
