@@ -15,7 +15,7 @@ from zyx.jit.attention_grad import gradients_share_kernels
 from zyx.jit.kernel_ir import Role
 from zyx.jit.schedule import schedule
 
-from test_attention_grad import UNFUSED, spans
+from test_attention_grad import UNFUSED, marked_long, spans
 from test_attention_tiled import is_tiled
 
 DTYPES = {"bfloat16": (zyx.bfloat16, torch.bfloat16), "float16": (zyx.float16, torch.float16)}
@@ -111,13 +111,8 @@ FORWARD_FORMS = [("staged", "own"), ("staged", "GPU-shaped"), ("tiled", "GPU-sha
                  ("rows", "GPU-shaped")]
 
 
-def marked_long(rows, long) -> list:
-    """pytest parameters of `rows`, marked `long` where `long(*row)`: variants whose kernels a kept case runs
-    (CI's suite keeps to 15 minutes; each of these took 20-45 s of PoCL)."""
-    return [pytest.param(*row, marks=pytest.mark.long) if long(*row) else row for row in rows]
-
-
-# float16's staged kernels are bfloat16's but for the conversions, which its per-row cases check
+# float16's staged kernels are bfloat16's but for the conversions, which its per-row cases check (each staged case
+# took 20-45 s of PoCL)
 @pytest.mark.parametrize("dtype, name, form, kernels", marked_long(
     [(*case, *form) for case in DTYPE_CASES for form in FORWARD_FORMS],
     lambda dtype, name, form, kernels: dtype == "float16" and form == "staged"))

@@ -54,6 +54,12 @@ def spans(shape, queries, keys):
     return shape.count(queries) >= 2 if queries == keys else queries in shape and keys in shape
 
 
+def marked_long(rows, long) -> list:
+    """pytest parameters of `rows` (tuples of argument values), marked `long` where `long(*row)`: variants whose
+    kernels a kept case runs, run only with --long (CI's suite keeps to 15 minutes)."""
+    return [pytest.param(*row, marks=[pytest.mark.long] if long(*row) else []) for row in rows]
+
+
 CASES = {  # name: (batch, heads, queries, keys, head size, value size, keyword arguments)
     "causal, odd, d=16": (2, 3, 37, 37, 16, 16, {"is_causal": True}),
     "not causal, scaled, fewer queries, d=24": (1, 2, 19, 45, 24, 8, {"scale": 0.3}),

@@ -15,7 +15,7 @@ from zyx.jit.attention import gradient_form
 from zyx.jit.attention_tiled import tile
 from zyx.jit.kernel_ir import If, LocalArray, walk
 
-from test_attention_grad import attention_kernels, data, spans, torch_step, zyx_step
+from test_attention_grad import attention_kernels, data, marked_long, spans, torch_step, zyx_step
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +59,7 @@ LONG_CASES = {"causal, d=128, tile 4 x 2", "causal, tile 8 x 8: 64 walked rows a
 # PoCL running GPU-shaped kernels unoptimized: a tile ZYX_ATTENTION_GRAD_TILE sets is test_dq_takes_a_tile_of_its_own's)
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.long) if name in LONG_CASES else name
-                                  for name in CASES])
+@pytest.mark.parametrize("name", marked_long([(name,) for name in CASES], lambda name: name in LONG_CASES))
 def test_gradients_match_torch_in_two_tiled_kernels(gpu, monkeypatch, name):
     batch, heads, queries, keys, head, value, options, setting = CASES[name]
     if setting:
