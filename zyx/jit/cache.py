@@ -5,7 +5,7 @@ processes, bounded by an LRU size limit): the program binary, and JSON metadata 
 binary checksum, kernel names, compile time) that is parsed and validated before the binary is handed to the
 driver. Nothing stored is ever unpickled or run as Python. Binaries are read after a program's first launch
 (see `KernelCache.commit`) and written by a background thread (`commit_later`; on a PoCL CPU device, by a helper
-process: `binary_helper`), so the first step does not wait for them; the exit waits about as long as the process
+process: `pocl_helper`), so the first step does not wait for them; the exit waits about as long as the process
 spent compiling (`KernelCache._exit_wait_seconds`).
 
 A damaged entry is dropped with one `CacheWarning` and recompiled; the store handles damaged databases,
@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
-from zyx.jit.binary_helper import BinaryHelper, serves
+from zyx.jit.pocl_helper import PoclHelper, serves
 from zyx.jit.compile_lock import compile_lock
 from zyx.jit.compiler import build_binary, build_source
 from zyx.jit.program_binary import program_binary
@@ -193,7 +193,7 @@ class KernelCache:
         self._compiled_seconds = 0.0  # spent compiling programs in this process
         self._writer = BackgroundWriter(self._exit_wait_seconds, finish=self._stop_helper)
         self._store = DiskStore(self.directory, TABLE, self.size_limit)
-        self._helper = BinaryHelper(self.directory, self.size_limit, lambda: bump("cache_disk_writes"))
+        self._helper = PoclHelper(self.directory, self.size_limit, lambda: bump("cache_disk_writes"))
         self._shared = False  # see share_compiles
 
     # -- the JIT's entry points ------------------------------------------------------------------
@@ -280,7 +280,7 @@ class KernelCache:
     def commit_later(self, program: cl.Program, after: cl.Event | None = None) -> None:
         """`commit`, off the caller's way: reading a program's binary can compile every kernel again (1.9 s of a
         4.9 s cold MLP start on PoCL), which the first step need not wait for. On a PoCL CPU device the binary is
-        read by the helper process (`binary_helper`), once `after` (a marker behind the program's launches) is
+        read by the helper process (`pocl_helper`), once `after` (a marker behind the program's launches) is
         done, so that PoCL's cache holds the launches' compiled code for it; elsewhere `commit` runs on the
         cache's writer thread. At exit both wait about as long as this process spent compiling (1 to 60 s), then
         leave the rest to be compiled again next time (on PoCL from its own cache, which is quick)."""
@@ -299,11 +299,22 @@ class KernelCache:
                                 pending.compile_seconds)
         self._writer.submit(hand_over)
 
-    def start_binary_helper(self, device: cl.Device) -> None:
-        """Start the helper process now where it will read `device`'s binaries: a cold JIT start calls this
-        before its compiles, so that the helper's own start (1-2 s at load) overlaps them."""
+    def start_helper(self, device: cl.Device) -> None:
+        """Start the helper process now where it will work for `device` (pocl_helper.py): a cold JIT start calls
+        this before its compiles, so that the helper's own start (1-2 s at load) overlaps them."""
         if self.stores_binaries and serves(device):
             self._helper.start()
+
+    def compile_ahead(self, program: cl.Program, launches: list) -> None:
+        """Have the helper process compile the work-group functions of a freshly compiled `program`'s `launches`
+        (name, global size, local size, argument bytes or None for a 64-bit integer), which its first run is about
+        to make in this order: it takes them from the last one back while this process's launches compile from the
+        first one on (PoCL compiles a work-group function at a kernel's first launch, one at a time in a process)."""
+        pending: _Pending | None = vars(program).get(_PENDING_ATTRIBUTE)
+        if pending is None or len(launches) < 2 or not self.stores_binaries or not serves(pending.device):
+            return
+        self._helper.compile_ahead(pending.key, pending.components, pending.source, pending.options,
+                                   launches[::-1])
 
     @property
     def stores_binaries(self) -> bool:

@@ -214,20 +214,22 @@ def _unbroadcast(operand: Node) -> Optional[Node]:
     return source
 
 
-def copy_tile(root: Node) -> Optional[dict[int, int]]:
+def copy_tile(root: Node, small: bool) -> Optional[dict[int, int]]:
     """For a kernel storing a packed operand (Operand.packed): a block of outputs per work item, so the index
     arithmetic is done once per block and the block's loads and stores are adjacent (4x faster than one
     output per item). A block narrower than a vector (a left operand's rows) is taken over several steps of k
-    too, up to COPY_OUTPUTS outputs: PoCL's cost per work item dominated the copy, W4's first ReLU copied into
-    4-row panels (512 x 512) took 0.7-0.8 ms of CPU with 4 outputs per item, 0.2 ms with 64 (PoCL 3.1,
-    haswell). (Wider blocks, the right operand's, copied no faster so.)"""
+    too, up to COPY_OUTPUTS outputs, unless the copy is `small`: PoCL's cost per work item dominated the copy,
+    W4's first ReLU copied into 4-row panels (512 x 512) took 0.7-0.8 ms of CPU with 4 outputs per item, 0.2 ms
+    with 64 (PoCL 3.1, haswell); but a small copy runs for less time than PoCL's optimizer spends on 64 copies
+    of its expression (W5's 10 x 512 softmax gradient: 2.2 s to compile). (Wider blocks, the right operand's,
+    copied no faster so.)"""
     if root.op is not Op.PERMUTE or root.src[0].op is not Op.RESHAPE or len(root.shape) < 3:
         return None
     if root.arg[-1] != root.arg[-3] + 1 or not 1 < root.shape[-1] <= max(FAMILIES["cpu_matmul"]["width"]):
         return None
     block, steps = root.shape[-1], root.shape[-2]
     tile = {len(root.shape) - 1: block}
-    if block < LANES:
+    if block < LANES and not small:
         tile[len(root.shape) - 2] = max(s for s in (1, 2, 4, 8, 16) if steps % s == 0 and s * block <= COPY_OUTPUTS)
     return tile
 

@@ -560,7 +560,7 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
     axes = tile_axes(root, materialized, site.loaded) if root.numel else None
     tile = _product_tile(root, axes, traits, choice)
     if not tile and not traits.gpu and root.numel:
-        copy = copy_tile(root)
+        copy = copy_tile(root, root.numel < SMALL_WORK)
         if copy:  # a packed operand's copy: nothing to choose
             lowered = lower(root, materialized, produced, False, site.apart, traits.max_params)
             return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy))

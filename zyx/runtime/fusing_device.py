@@ -59,7 +59,7 @@ class FusingDevice(Device):
         """The program's output buffers: bound to its kernels once (`Executable`), then allocated and launched;
         `gate` is called before the first launch that writes an input in place (`Executable.run`)."""
         return self._executable(program).run(self.runtime, inputs, rand_args,
-                                             on_first_launch=self._after_launch(program), gate=gate)
+                                             on_first_launch=self._after_launch(program, inputs), gate=gate)
 
     def replay_run(self, program: Program, arena: Any = None) -> Callable[..., list[Any]]:
         """`run` of a jitted step's `program` bound once: a function of (inputs, rand_args, gate, launch) whose
@@ -73,7 +73,7 @@ class FusingDevice(Device):
         def unbound(inputs: Sequence[Any], rand_args: Sequence[tuple[int, int]], gate: Optional[Callable[[], None]],
                     launch: Any) -> list[Any]:
             if launch is None:
-                return executable.run(runtime, inputs, rand_args, self._after_launch(program), gate, arena)
+                return executable.run(runtime, inputs, rand_args, self._after_launch(program, inputs), gate, arena)
             return executable.run_launching(runtime, launch, inputs, rand_args, gate, arena)
         bound = executable.bound_run(runtime, arena, unbound) if hasattr(runtime, "own_kernel") else None
         return bound or unbound
@@ -106,8 +106,8 @@ class FusingDevice(Device):
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
         raise NotImplementedError
 
-    def _after_launch(self, program: Program) -> Any:
-        """A callback for each launch's first run, or None."""
+    def _after_launch(self, program: Program, inputs: Sequence[Any]) -> Any:
+        """A callback for each launch's first run, or None; called as a run of `program` on `inputs` starts."""
         return None
 
     # ---- data movement (the runtime's) -------------------------------------------------------------------

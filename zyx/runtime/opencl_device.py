@@ -41,6 +41,7 @@ class OpenCLDevice(FusingDevice):
         self.kernels_on_host_cpu = not runtime.is_gpu  # (not WGPU's CPU adapter: its driver may fuse a * b + c)
         self._kernels: dict[str, cl.Kernel] = {}
         self._fresh: dict[str, cl.Program] = {}
+        self._ahead: set[str] = set()  # fresh kernels whose launches the helper was given (`_compile_ahead`)
         self._tuned: Optional[TunedChoices] = None
         self._tuner: Optional[Tuner] = None
 
@@ -118,7 +119,7 @@ class OpenCLDevice(FusingDevice):
                 logger("zyx.schedule").debug("program of %d kernels:\n%s", len(group), source)
         compiles = any(self._compiles_any(sources[options], options) for options, _ in builds)
         if compiles:
-            default_cache().start_binary_helper(self.runtime.device)
+            default_cache().start_helper(self.runtime.device)
         with compiling(len(missing) if compiles else 0) as advance:
             for options, groups in builds:
                 built = default_cache().build_many(self.runtime.context, self.runtime.device, sources[options],
@@ -140,18 +141,39 @@ class OpenCLDevice(FusingDevice):
     def _watches_launches(self) -> bool:
         return bool(self._fresh)
 
-    def _after_launch(self, program: Program) -> Any:
+    def _after_launch(self, program: Program, inputs: Sequence[Any]) -> Any:
         if not self._fresh:
             return None
+        self._compile_ahead(program, inputs)
 
         def commit(k: int) -> None:
             """Store a fresh binary once every kernel in it has run (PoCL then includes their compiled code), off
             the step's way: reading a binary is slow on PoCL, whose helper process reads it after a marker."""
             built = self._fresh.pop(program.launches[k].source, None)
+            self._ahead.discard(program.launches[k].source)
             if built is not None and not any(other is built for other in self._fresh.values()):
                 after = cl.enqueue_marker(self.runtime.queue) if self.runtime.builds_one_at_a_time else None
                 default_cache().commit_later(built, after=after)
         return commit
+
+    def _compile_ahead(self, program: Program, inputs: Sequence[Any]) -> None:
+        """Hand the launches of `program`'s fresh kernels, with their buffers' sizes, to the cache's helper process
+        once (`KernelCache.compile_ahead`), grouped by the OpenCL program built for them."""
+        by_build: dict[int, tuple[cl.Program, list]] = {}
+        seen = set()
+        for launch in program.launches:
+            built = self._fresh.get(launch.source) if launch.is_kernel else None
+            if built is None or launch.source in self._ahead:
+                continue
+            arguments = [None if kind in ("seed", "offset") else inputs[index].nbytes if kind == "input"
+                         else program.slot_bytes[index] for kind, index in launch.args]
+            if (launch.name, launch.global_size, launch.local_size) not in seen:
+                seen.add((launch.name, launch.global_size, launch.local_size))
+                by_build.setdefault(id(built), (built, []))[1].append(
+                    (launch.name, launch.global_size, launch.local_size, arguments))
+        self._ahead.update(launch.source for launch in program.launches if launch.source in self._fresh)
+        for built, launches in by_build.values():
+            default_cache().compile_ahead(built, launches)
 
 
 def build_groups(launches: Sequence[Any]) -> list[list[Any]]:

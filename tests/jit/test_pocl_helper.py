@@ -1,4 +1,4 @@
-"""The helper process that reads PoCL binaries off the training process (zyx/jit/binary_helper.py)."""
+"""The helper process beside the training one on PoCL: binaries read, work-group functions compiled ahead (zyx/jit/pocl_helper.py)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 
 from cache_worker import first_device, kernel_source
 from test_cache import context, queue  # noqa: F401 - fixtures, on the device below
-from zyx.jit import binary_helper
+from zyx.jit import pocl_helper
 from zyx.jit.cache import KernelCache, pending_entry
 
 N = 64
@@ -22,7 +22,7 @@ N = 64
 @pytest.fixture(scope="module")
 def device() -> cl.Device:
     found = first_device()
-    if not binary_helper.serves(found):
+    if not pocl_helper.serves(found):
         pytest.skip("the helper serves PoCL CPU devices only")
     return found
 
@@ -68,7 +68,7 @@ def job_line(device: cl.Device, constant: int, **changes) -> str:
 
 
 def start_helper(directory: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "zyx.jit.binary_helper_process", str(directory), str(1 << 30)],
+    return subprocess.Popen([sys.executable, "-m", "zyx.jit.pocl_helper_process", str(directory), str(1 << 30)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -107,8 +107,8 @@ def test_the_helper_ends_with_its_parent(tmp_path, device):
 
 
 def test_the_helper_stops_at_the_exit_budget(tmp_path, device, monkeypatch):
-    monkeypatch.setattr(binary_helper, "START_SECONDS", 0.0)  # the budget runs out long before 20 builds are done
-    helper = binary_helper.BinaryHelper(tmp_path, 1 << 30, lambda: None)
+    monkeypatch.setattr(pocl_helper, "START_SECONDS", 0.0)  # the budget runs out long before 20 builds are done
+    helper = pocl_helper.PoclHelper(tmp_path, 1 << 30, lambda: None)
     for n in range(20):
         pending = pending_entry(device, kernel_source(50 + n), (), 0.1)
         helper.submit(pending.key, pending.components, pending.source, (), 0.1)
@@ -116,14 +116,14 @@ def test_the_helper_stops_at_the_exit_budget(tmp_path, device, monkeypatch):
     start = time.monotonic()
     helper.stop(time.monotonic())
     assert process.returncode is not None
-    assert time.monotonic() - start < binary_helper.KILL_GRACE_SECONDS + 0.5
+    assert time.monotonic() - start < pocl_helper.KILL_GRACE_SECONDS + 0.5
     assert len(KernelCache(tmp_path).entries()) < 20
 
 
 def test_the_helper_starts_before_the_compiles_only_where_binaries_are_stored(tmp_path, device):
     stored = KernelCache(tmp_path / "stored")
-    stored.start_binary_helper(device)
+    stored.start_helper(device)
     unstored = KernelCache(tmp_path / "unstored", size_limit=0)
-    unstored.start_binary_helper(device)
+    unstored.start_helper(device)
     assert stored._helper._process is not None and unstored._helper._process is None
     stored._helper.stop(time.monotonic())

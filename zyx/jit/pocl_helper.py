@@ -1,18 +1,28 @@
-"""Program binaries read in a helper process, where the driver builds one program at a time (PoCL on a CPU).
+"""A helper process beside the one that trains, where the driver compiles one thing at a time (PoCL on a CPU).
 
-On PoCL, reading a program's binary (CL_PROGRAM_BINARIES) compiles a generic work-group function for every kernel
-under locks that every launch of the process also takes, and a process compiles one thing at a time: read in the
-process that trains, it held a cold W5 start up by 2.5-3 s of CPU, and read later, it stalled the launches behind
-it (see bench/README.md, cold start). This helper, a second Python process with a PoCL of its own, builds the same
-source for the same device (PoCL's cache, shared through POCL_CACHE_DIR, hands it the program and the work-group
-functions the launches compiled), reads the binary there and stores it through the same validated `KernelCache`
-writer: the same key, recomputed here, and one SQLite transaction per entry, so a helper killed at any point
-leaves an entry whole or absent.
+PoCL compiles each kernel's work-group function at the kernel's first launch (0.1-0.25 s each for W5's kernels,
+one at a time in a process: `pocl_llvm_codegen_lock`), and reading a program's binary (CL_PROGRAM_BINARIES)
+compiles a generic one for every kernel again under the locks every launch takes (read in the process that
+trains, it held a cold W5 start up by 2.5-3 s of CPU). This helper, a second Python process with a PoCL of its
+own, sharing PoCL's cache (POCL_CACHE_DIR), takes both off the training process:
 
-Protocol: one JSON object a line on stdin, a job (`key`, `components`, `source`, `options`, `compile_seconds`) or,
-last, `{"exit_within": seconds}`; one line on stdout per job (`{"stored": bool}`). At end of input without that
-last line the parent has died, and the helper exits at once; with it, it stops when the seconds are up (the parent
-kills it then too).
+- compiling ahead: given a fresh program's launches as its first run starts, it builds the same source (PoCL's
+  cache hands it the program) and runs the launches from the last one back, once each, on zeroed buffers of their
+  sizes: PoCL compiles each work-group function exactly as the training process's launch would (same local size,
+  offsets and grid class) into its cache, where the training process, launching from the first one on, finds the
+  later ones compiled. It stops once the training process has launched them all (the binary job below comes then).
+  Kernels run on zeros: an index is 0, a loop bound from memory is 0; a kernel that divides integers by what it
+  reads could trap and end the helper, which costs only the work it would have done.
+- storing binaries: it builds the same source, reads the binary there and stores it through the same validated
+  `KernelCache` writer: the same key, recomputed here, and one SQLite transaction per entry, so a helper killed at
+  any point leaves an entry whole or absent.
+
+Protocol: one JSON object a line on stdin, a job or, last, `{"exit_within": seconds}`; one line on stdout per job.
+A binary job (`key`, `components`, `source`, `options`, `compile_seconds`) is answered `{"stored": bool}`; a job
+compiling ahead (`key`, `components`, `source`, `options`, `launches`: [name, global size, local size or null,
+[argument bytes, or null for a 64-bit integer]]) `{"compiled": launches run}`. At end of input without the exit
+line the parent has died, and the helper exits at once; with it, it stops when the seconds are up (the parent kills
+it then too).
 """
 from __future__ import annotations
 
@@ -26,7 +36,7 @@ from typing import Callable, TextIO
 
 import pyopencl as cl
 
-__all__ = ["BinaryHelper", "serves"]
+__all__ = ["PoclHelper", "serves"]
 
 KILL_GRACE_SECONDS = 0.5  # past the exit budget, before the parent kills a helper that did not stop itself
 START_SECONDS = 2.0  # added to the exit budget: a helper's Python, imports and platform take about 1-2 s (load 9)
@@ -34,11 +44,12 @@ _POCL_PLATFORM = "Portable Computing Language"
 
 
 def serves(device: cl.Device) -> bool:
-    """Whether binaries for `device` are read in the helper: PoCL CPU devices (GPU drivers read them in-process)."""
+    """Whether the helper works for `device`: PoCL CPU devices (GPU drivers compile kernels at build time, several
+    at once, and read binaries in-process)."""
     return device.platform.name.startswith(_POCL_PLATFORM) and bool(device.type & cl.device_type.CPU)
 
 
-class BinaryHelper:
+class PoclHelper:
     """The parent's side: starts the helper at the first job, counts its answers, bounds it at exit."""
 
     def __init__(self, directory: Path, size_limit: int, on_stored: Callable[[], None]):
@@ -52,8 +63,18 @@ class BinaryHelper:
 
     def submit(self, key: str, components: dict[str, str], source: str, options: tuple[str, ...],
                compile_seconds: float) -> None:
-        job = {"key": key, "components": components, "source": source, "options": list(options),
-               "compile_seconds": compile_seconds}
+        """Store the binary of the program built from `source` (launched by now) under `key`."""
+        self._send({"key": key, "components": components, "source": source, "options": list(options),
+                    "compile_seconds": compile_seconds})
+
+    def compile_ahead(self, key: str, components: dict[str, str], source: str, options: tuple[str, ...],
+                      launches: list[tuple[str, tuple[int, ...], tuple[int, ...] | None, list[int | None]]]) -> None:
+        """Compile the work-group functions of `launches` (name, global size, local size, argument bytes or None for
+        a 64-bit integer) in the order given, until the binary of the same key is submitted."""
+        self._send({"key": key, "components": components, "source": source, "options": list(options),
+                    "launches": launches})
+
+    def _send(self, job: dict) -> None:
         with self._lock:
             process = self._started()
             try:
@@ -97,9 +118,9 @@ class BinaryHelper:
             root = Path(zyx.__file__).resolve().parent.parent
             # run from zyx's own import root, so `-m` finds this zyx and nothing from the caller's directory
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "zyx.jit.binary_helper_process", *self._arguments], cwd=root,
+                [sys.executable, "-m", "zyx.jit.pocl_helper_process", *self._arguments], cwd=root,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-            threading.Thread(target=self._read_answers, args=(self._process.stdout,), name="zyx-binary-helper",
+            threading.Thread(target=self._read_answers, args=(self._process.stdout,), name="zyx-pocl-helper",
                              daemon=True).start()
         return self._process
 
