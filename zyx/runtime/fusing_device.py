@@ -183,6 +183,7 @@ class FusingDevice(Device):
         from ..jit import print_opencl  # (the scheduler's modules: a warm process loads its programs instead)
         from ..jit.schedule import schedule
         self._check_graph(targets)
+        self._before_scheduling()
         traits = self._shaping_traits()
         grouped = self.traits.group_launches and self.traits.language == "opencl"  # (WGSL: one kernel a launch)
         on_gpu = self.traits.gpu and getattr(self.runtime, "is_gpu", False)  # (not GPU-shaped kernels on PoCL)
@@ -202,6 +203,9 @@ class FusingDevice(Device):
         logger("zyx.schedule").debug("%d targets -> %d kernels: %s", len(targets), program.kernel_count,
                                      ", ".join(launch.name for launch in program.launches))
         return program
+
+    def _before_scheduling(self) -> None:
+        """Called as a program is about to be scheduled (it was neither in memory nor on disk)."""
 
     def _follow_precision(self) -> None:
         """Drop the programs held when the float32 product precision changed since they were scheduled."""

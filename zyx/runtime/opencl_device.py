@@ -79,6 +79,10 @@ class OpenCLDevice(FusingDevice):
         if faster:
             self.forget_programs()
 
+    def _before_scheduling(self) -> None:
+        """Start what the compiles after the scheduling need (`KernelCache.prepare_compiles`): it overlaps it."""
+        default_cache().prepare_compiles(self.runtime.context, self.runtime.device)
+
     def _kernels_of(self, program: Program) -> list[Optional[cl.Kernel]]:
         """The compiled kernel of each launch (None for a launch of no work-items), compiling what is missing."""
         self._compile_together([launch for launch in program.launches if launch.is_kernel])
