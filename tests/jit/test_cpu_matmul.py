@@ -212,15 +212,19 @@ def test_an_epilogue_reads_after_the_loop_and_each_lane_is_extracted_where_it_is
     close(out.numpy(), w - 0.01 * (a @ b))
 
 
-def test_a_left_operands_copy_takes_several_steps_of_k_per_item(dev):
+@pytest.mark.parametrize("n,k", [(256, 256), (64, 96)])
+def test_a_left_operands_copy_takes_several_steps_of_k_per_item_unless_it_is_small(dev, n, k):
     """A computed left operand is copied into panels of its rows (4 on AVX2, 8 on AVX-512), each work item copying
-    its block of rows over several steps of k: COPY_OUTPUTS values an item, not one step's few rows."""
-    a, b = data(64, 96), data(96, 640)
+    its block of rows over several steps of k: COPY_OUTPUTS values an item, not one step's few rows. A copy of fewer
+    than SMALL_WORK values takes one step's block an item: PoCL spent 2.2 s optimizing 64 copies of W5's softmax
+    gradient (a 10 x 512 operand), which a step computes in microseconds."""
+    a, b = data(n, k), data(k, 640)
     out = dev.tensor(a).exp() @ dev.tensor(b)
-    for traits in (AVX2, AVX512):
+    for traits, rows in ((AVX2, 4), (AVX512, 8)):
         kernels, site = product_site(out, traits)
         left_copy = kernels[0]  # (the left operand's copy comes first, then the right one's where it is packed)
-        assert left_copy.global_size * cpu_matmul.COPY_OUTPUTS == 64 * 96
+        per_item = rows if n * k < SMALL_WORK else cpu_matmul.COPY_OUTPUTS
+        assert left_copy.global_size * per_item == n * k
     close(out.numpy(), np.exp(a) @ b)
 
 

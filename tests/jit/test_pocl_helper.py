@@ -1,7 +1,9 @@
 """The helper process beside the training one on PoCL: binaries read, work-group functions compiled ahead (zyx/jit/pocl_helper.py)."""
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +15,8 @@ import pytest
 
 from cache_worker import first_device, kernel_source
 from test_cache import context, queue  # noqa: F401 - fixtures, on the device below
-from zyx.jit import pocl_helper
+import zyx
+from zyx.jit import driver_warm_up, pocl_helper, pocl_helper_process
 from zyx.jit.cache import KernelCache, pending_entry
 
 N = 64
@@ -127,3 +130,98 @@ def test_the_helper_starts_before_the_compiles_only_where_binaries_are_stored(tm
     unstored.start_helper(device)
     assert stored._helper._process is not None and unstored._helper._process is None
     stored._helper.stop(time.monotonic())
+
+
+def ahead_line(device: cl.Device, constant: int, launches: list, **changes) -> str:
+    pending = pending_entry(device, kernel_source(constant), (), 0.0)
+    job = {"key": pending.key, "components": pending.components, "source": pending.source, "options": [],
+           "launches": launches, **changes}
+    return json.dumps(job) + "\n"
+
+
+def helper_with_pocl_cache(directory: Path) -> subprocess.Popen:
+    """The helper process with a PoCL cache of its own under `directory` (PoCL reads POCL_CACHE_DIR at its start)."""
+    environment = {**os.environ, "POCL_CACHE_DIR": str(directory / "pocl")}
+    return subprocess.Popen([sys.executable, "-m", "zyx.jit.pocl_helper_process", str(directory), str(1 << 30)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
+
+
+def answers(helper: subprocess.Popen, lines: str) -> list[dict]:
+    output, _ = helper.communicate(lines + json.dumps({"exit_within": 60}) + "\n", timeout=120)
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def test_compiling_ahead_leaves_each_launchs_work_group_function_in_pocls_cache(tmp_path, device):
+    """The helper runs each launch once, so PoCL compiles the work-group function specialized as the parent's launch
+    will want it (local size, zero offset, grid class) into the cache the parent shares: one per launch shape."""
+    launches = [["add_60", [64], [16], [64 * 4]], ["add_60", [4096], None, [4096 * 4]]]
+    assert answers(helper_with_pocl_cache(tmp_path), ahead_line(device, 60, launches)) == [{"compiled": 2}]
+    compiled = sorted(path.parent.name for path in (tmp_path / "pocl").rglob("add_60.so"))
+    assert len(compiled) == 2 and "16-1-1-goffs0-smallgrid" in compiled, compiled
+
+
+def test_compiling_ahead_stops_once_the_parent_has_launched_the_program(tmp_path, device):
+    """The program's binary job comes after the parent's own launches: from then on the helper runs none of them."""
+    launches = [["add_61", [64 * size], [size], [64 * size * 4]] for size in range(1, 41)]
+    got = answers(helper_with_pocl_cache(tmp_path), ahead_line(device, 61, launches) + job_line(device, 61))
+    assert got[0]["compiled"] < len(launches) and got[1] == {"stored": True}
+
+
+def test_compiling_ahead_skips_launches_over_its_byte_limit_and_jobs_not_of_their_source(tmp_path, device):
+    too_large = pocl_helper_process.AHEAD_BYTES_LIMIT + 4
+    launches = [["add_62", [64], None, [too_large]], ["add_62", [64], None, [256]]]
+    got = answers(helper_with_pocl_cache(tmp_path),
+                  ahead_line(device, 62, launches) + ahead_line(device, 63, launches, key="0" * 32))
+    assert got == [{"compiled": 1}, {"compiled": 0}]
+
+
+def test_a_fresh_programs_first_run_hands_its_launches_over_with_their_buffers_sizes(device, monkeypatch):
+    """What the OpenCL device gives `KernelCache.compile_ahead` as a fresh program's first run starts: each kernel
+    launch of the run once, in launch order, with the bytes its buffers hold (a 64-bit integer for a seed)."""
+    sent, ran = [], []
+    monkeypatch.setattr(KernelCache, "compile_ahead", lambda self, program, launches: sent.extend(launches))
+    dev = zyx.OpenCL()
+    original = dev.runtime.launcher
+
+    def recording(timed):
+        launch = original(timed)
+
+        def recorded(kernel, global_size, local_size, arguments):
+            ran.append((kernel.function_name, global_size, local_size, arguments))
+            return launch(kernel, global_size, local_size, arguments)
+        return recorded
+    monkeypatch.setattr(dev.runtime, "launcher", recording)
+    constant = float(np.random.default_rng().integers(1, 1 << 20))  # (a structure no earlier run compiled)
+    x, w = (dev.tensor(np.ones((64, 64), dtype=np.float32)) for _ in range(2))
+    h = (x @ (w * constant)).relu() + zyx.randn(64, 64, device=dev)
+    y = h.sum(1).reshape(64, 1) @ h.max(0).reshape(1, 64)
+    y.realize()
+    assert len(sent) >= 2 and any(size is None for *_, sizes in sent for size in sizes)  # (a seed among them)
+    assert [(name, size, local) for name, size, local, _ in sent] == [(name, size, local) for name, size, local, _ in ran]
+    for (_, _, _, sizes), (_, _, _, arguments) in zip(sent, ran):
+        for size, argument in zip(sizes, arguments, strict=True):
+            assert (size is None) == isinstance(argument, np.uint64)
+            assert size is None or 0 < size <= argument.size
+
+
+def test_the_driver_is_warmed_up_once_per_device_as_a_program_is_first_scheduled(tmp_path, device, monkeypatch):
+    """On a PoCL CPU device the first program to be scheduled starts the driver's warm-up on the writer thread
+    (driver_warm_up.py: a one-line program compiled and linked without the GIL); later ones do not again."""
+    cache = KernelCache(tmp_path)
+    jobs = []
+    monkeypatch.setattr(cache._writer, "submit", jobs.append)
+    context = cl.Context([device])
+    cache.prepare_compiles(context, device)
+    cache.prepare_compiles(context, device)
+    assert len(jobs) == 1
+    assert driver_warm_up.warm_up(context, device)  # (what the job runs: the driver compiled and linked)
+
+
+def test_the_warm_up_calls_pyopencls_own_icd_loader_without_the_gil(device):
+    """ctypes.CDLL releases the GIL around each call (PyDLL would not), so the scheduling thread runs on while the
+    driver links; the calls go to the ICD loader pyopencl loaded where its wheel bundles one."""
+    library = driver_warm_up._opencl()
+    assert isinstance(library, ctypes.CDLL) and not isinstance(library, ctypes.PyDLL)
+    mapped = Path("/proc/self/maps")
+    if mapped.exists() and "pyopencl/.libs/libOpenCL" in mapped.read_text():
+        assert "pyopencl/.libs/libOpenCL" in library._name
