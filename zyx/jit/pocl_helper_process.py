@@ -17,7 +17,7 @@ from zyx.jit.cache_key import FINGERPRINT_NAMES, device_fingerprint
 from zyx.jit.compiler import build_source
 
 # A launch whose buffers take more than this is left to the parent: the helper's zeroed copies of them would be
-# memory the training process may need (W5's largest launch takes 2.6 MB, a 4-layer GPT's on a CPU some 40 MB).
+# memory the training process may need (W5's largest launch takes 5.6 MB).
 AHEAD_BYTES_LIMIT = 256 * 2 ** 20
 _ZERO = np.uint32(0)
 
