@@ -9,9 +9,9 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
 
 
-def run(script: str) -> str:
+def run(script: str, **environment: str) -> str:
     finished = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
-                              timeout=120, env={"PYTHONPATH": CHILD_PYTHONPATH, "PATH": "/usr/bin:/bin"})
+                              timeout=120, env={"PYTHONPATH": CHILD_PYTHONPATH, "PATH": "/usr/bin:/bin", **environment})
     assert finished.returncode == 0, finished.stderr
     return finished.stdout
 
@@ -37,6 +37,21 @@ def test_submodules_named_like_functions_do_not_replace_them():
 def test_import_zyx_loads_neither_numpy_nor_pyopencl():
     printed = run("import sys, zyx\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pyopencl')))")
     assert printed.strip() == "[]"
+
+
+def test_a_process_that_loads_its_programs_imports_no_scheduler_kernel_ir_or_printer(tmp_path):
+    """The scheduler's modules (kernel IR, transforms, printers: 0.1-0.2 s of imports, its 45 dataclasses most of
+    it) are a compile's: a warm process finds its programs and binaries on disk and imports none of them."""
+    script = ("import sys, zyx\n"
+              "x = zyx.OpenCL().tensor([1.0, 2.0, 3.0])\n"
+              "y = (x * 2).exp().sum(keepdim=True) @ x.max(keepdim=True)\n"
+              "print(y.numpy().tolist())\n"
+              "print(sorted(m for m in sys.modules if m.startswith('zyx.jit.')\n"
+              "      and m.split('.')[2] in ('schedule', 'kernel_ir', 'lower', 'print_opencl', 'transforms')))")
+    cold, warm = (run(script, ZYX_CACHE_DIR=str(tmp_path / "cache")) for _ in range(2))
+    (cold_value, cold_modules), (warm_value, warm_modules) = cold.splitlines(), warm.splitlines()
+    assert cold_modules != "[]"  # (the first process did schedule: the check below means something)
+    assert warm_value == cold_value and warm_modules == "[]"
 
 
 def test_ml_dtypes_loads_only_when_bfloat16_reaches_the_host():

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import zyx
 from zyx.dtypes import float32, uint32
-from zyx.jit import print_opencl, program_store, schedule as schedule_module
+from zyx.jit import opencl_prelude, print_opencl, program_store, schedule as schedule_module
 from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, LocalArray, LocalStore, Loop, MatrixLoad,
                                MatrixMultiply, WarpShuffle, walk)
@@ -200,7 +200,7 @@ def emulated(dev, monkeypatch, tmp_path):
         monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
     _, launch, version = schedule_module.PRINTERS["opencl"]
     monkeypatch.setitem(schedule_module.PRINTERS, "opencl", (_emulating_printer, launch, version))
-    monkeypatch.setattr(print_opencl, "CALLED_HELPERS", [*print_opencl.CALLED_HELPERS, (("zyx_emu_mma",), [EMULATION])])
+    monkeypatch.setattr(opencl_prelude, "CALLED_HELPERS", [*opencl_prelude.CALLED_HELPERS, (("zyx_emu_mma",), [EMULATION])])
     monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(program_store, "_default", [])
     monkeypatch.setattr(dev, "traits", dataclasses.replace(CORES, group_size=dev.traits.group_size))

@@ -607,7 +607,7 @@ def _emulated_copy(s: AsyncCopy) -> str:
 def _emulated_source(kernel, monkeypatch) -> tuple[str, str]:
     """(name, source) of `kernel` with its cp.async copies as plain copies, each wgmma emulated (the rest of the
     asynchronous machinery printed as nothing) and TF32's rounding in C."""
-    from zyx.jit import print_opencl
+    from zyx.jit import opencl_prelude, print_opencl
     from zyx.jit.kernel_ir import AsyncCommit, AsyncWait, LocalArray
     nothing = lambda s: ";"
     for statement, printer in ((WarpgroupMma, _emulated_mma), (AsyncCopy, _emulated_copy), (WarpgroupFence, nothing),
@@ -615,8 +615,8 @@ def _emulated_source(kernel, monkeypatch) -> tuple[str, str]:
                                (AsyncCommit, nothing), (AsyncWait, nothing)):
         monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
     helpers = [(names, [C_ROUND_TF32] if names == ("zyx_round_tf32",) else lines)
-               for names, lines in print_opencl.CALLED_HELPERS]
-    monkeypatch.setattr(print_opencl, "CALLED_HELPERS", helpers)
+               for names, lines in opencl_prelude.CALLED_HELPERS]
+    monkeypatch.setattr(opencl_prelude, "CALLED_HELPERS", helpers)
     body = (LocalArray(GATHERED, float32, 2 * 64 * 8), *kernel.ir.body)
     name, source = print_opencl.print_kernel(dataclasses.replace(kernel.ir, body=body))
     return name, EMULATED_DOT + source

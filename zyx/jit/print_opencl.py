@@ -12,17 +12,16 @@ from typing import Callable, Optional, Sequence
 
 from ..dtypes import DType, float32, float64
 from ..trace.ops import Op
-from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .kernel_ir import (LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait,
                         Barrier, Break, Broadcast, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load,
                         LocalArray, LocalLoad, LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply,
                         MultiplyAdd, NamedBarrier, Operand, Pack, PackHalves, Rand, Reg, RegisterBudget, Role, Select,
                         Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, walk)
 from .cache_key import hash_hex
-from .compiler import PTX_CONVERSIONS
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
 from .launch_groups import launch_groups_of
+from .opencl_prelude import prelude
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
@@ -529,99 +528,3 @@ def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> 
     return name, prelude(uses_double, uses_rand, text) + text
 
 
-# ---- helpers -----------------------------------------------------------------------------------------------
-def _shift_helpers(name: str, bits: int, unsigned: bool) -> list[str]:
-    """zyx_shl_T and zyx_shr_T: a count outside [0, bits) shifts every bit out. Left shifts go through the
-    unsigned type: signed overflow is undefined in C."""
-    outside = "0" if unsigned else "(a < 0 ? -1 : 0)"
-    return [f"static inline {name} zyx_shl_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? 0 : "
-            f"({name})(({name if unsigned else 'u' + name})a << b); }}",
-            f"static inline {name} zyx_shr_{name}({name} a, {name} b) {{ return (b < 0 || b >= {bits}) ? "
-            f"{outside} : a >> b; }}"]
-
-
-def _floordiv_helper(name: str) -> str:
-    """Floor division (Python's) for integer type `name`; division by zero gives a // 1."""
-    if name[0] == "u":
-        return f"static inline {name} zyx_floordiv_{name}({name} a, {name} b) {{ if (b == 0) b = 1; return a / b; }}"
-    return (f"static inline {name} zyx_floordiv_{name}({name} a, {name} b) {{ if (b == 0) b = 1; {name} q = a / b;"
-            " return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q; }")
-
-
-def _vector_rounding_helpers(width: int) -> list[str]:
-    """floatN rounded lane by lane to bfloat16 (nearest even, a nan kept) and to float16 (through half's bits)."""
-    f, u = f"float{width}", f"uint{width}"
-    return [f"static inline {f} zyx_round_bf16_{width}({f} f) {{ {u} u = as_{u}(f); "
-            f"return select(as_{f}((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u), f, isnan(f)); }}",
-            f"static inline {f} zyx_round_half_{width}({f} f) {{ ushort{width} h; "
-            f"vstore_half{width}(f, 0, (__private half*)&h); return vload_half{width}(0, (__private const half*)&h); }}"]
-
-
-# Helpers a kernel gets only when it calls one of their functions: kernels that call none keep their source,
-# and so their cached binaries. (functions, the lines defining them)
-CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
-    *(((f"zyx_shl_{name}", f"zyx_shr_{name}"), _shift_helpers(name, bits, name[0] == "u"))
-      for name, bits in (("int", 32), ("long", 64), ("uchar", 8), ("char", 8), ("short", 16), ("uint", 32))),
-    *(((f"zyx_floordiv_{name}",), [_floordiv_helper(name)]) for name in ("uchar", "char", "short", "uint")),
-    # Rounding to bfloat16 (nearest even; a nan stays a quiet nan) is one instruction on NVIDIA's sm_80 and later,
-    # where the device builds with PTX_CONVERSIONS defined (compiler.kernel_options): W7's bf16 kernels ran 1.5-2.1x
-    # faster on the H200 than with the integer arithmetic below, bit for bit the same. The source is the same
-    # on every device.
-    (("zyx_float_to_bf16", "zyx_round_bf16", "zyx_pack_bf16"), [
-        f"#ifdef {PTX_CONVERSIONS}",  # (cvt packs `hi` in the upper half)
-        "static inline uint zyx_bf16x2(float hi, float lo) { uint r; "
-        "asm(\"cvt.rn.bf16x2.f32 %0, %1, %2;\" : \"=r\"(r) : \"f\"(hi), \"f\"(lo)); return r; }",
-        "#else",
-        "static inline uint zyx_bf16_word(float f) { uint u = as_uint(f); return isnan(f) ? ((u >> 16) | 0x40u) "
-        ": ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }",
-        "static inline uint zyx_bf16x2(float hi, float lo) { return zyx_bf16_word(lo) | (zyx_bf16_word(hi) << 16); }",
-        "#endif"]),
-    (("zyx_bf16_to_float",), [  # the upper 16 bits of a float32
-        "static inline float zyx_bf16_to_float(ushort h) { return as_float((uint)h << 16); }"]),
-    (("zyx_float_to_bf16",), [
-        "static inline ushort zyx_float_to_bf16(float f) { return (ushort)zyx_bf16x2(0.0f, f); }"]),
-    (("zyx_round_bf16",), ["static inline float zyx_round_bf16(float f) { return as_float(zyx_bf16x2(f, 0.0f)); }"]),
-    (("zyx_pack_bf16",), [  # two floats as bfloat16 words, the first in the low half
-        "static inline uint zyx_pack_bf16(float lo, float hi) { return zyx_bf16x2(hi, lo); }"]),
-    (("zyx_pack_half",), [  # likewise as float16 (vstore_half rounds to nearest even)
-        "static inline uint zyx_pack_half(float lo, float hi) { ushort2 h; vstore_half2((float2)(lo, hi), 0, "
-        "(__private half*)&h); return as_uint(h); }"]),
-    (("zyx_round_tf32",), [  # TF32 operands of NVIDIA's tensor cores (only there): the 13 low bits dropped,
-        # rounded to nearest (ties away), a nan kept; one instruction (sm_80), where the same in C took five
-        "static inline float zyx_round_tf32(float f) { uint r; "
-        "asm(\"cvt.rna.tf32.f32 %0, %1;\" : \"=r\"(r) : \"f\"(f)); return as_float(r); }"]),
-    (("zyx_swizzle",), [  # (swizzle_bits)
-        "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
-    (("zyx_round_half",), [  # through half's 16 bits, rounded to nearest even (no cl_khr_fp16 needed)
-        "static inline float zyx_round_half(float f) { ushort h; vstore_half(f, 0, (__private half*)&h); "
-        "return vload_half(0, (__private const half*)&h); }"]),
-    *(((f"zyx_round_bf16_{width}", f"zyx_round_half_{width}"), _vector_rounding_helpers(width))
-      for width in (2, 4, 8, 16)),
-]
-
-
-def prelude(uses_double: bool, uses_rand: bool, body: str) -> str:
-    """Helpers every kernel may call, and those `body` (the kernels' text) calls."""
-    lines = []
-    if uses_double:
-        lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
-    lines += [
-        "static inline float zyx_max_float(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }",
-        _floordiv_helper("int"), _floordiv_helper("long"),
-    ]
-    if uses_double:
-        lines.append("static inline double zyx_max_double(double a, double b) { return isnan(a) ? a : (a > b ? a : b); }")
-    if uses_rand:
-        lines.append(PHILOX_SOURCE)
-    lines += [line for functions, defined in CALLED_HELPERS if any(f"{f}(" in body for f in functions)
-              for line in defined]
-    return "\n".join(lines) + "\n"
-
-
-def combine_sources(sources: list[str]) -> str:
-    """One program holding several kernels (each named by its content), with the helpers they need once."""
-    kernels = ["__kernel void " + source.split("__kernel void ", 1)[1] for source in sources]
-    uses_double = any("cl_khr_fp64" in source for source in sources)
-    uses_rand = any("zyx_philox_uniform(" in kernel for kernel in kernels)
-    body = "\n".join(kernels)
-    return prelude(uses_double, uses_rand, body) + body

@@ -8,13 +8,13 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..trace.node import Node, short_name
-from .collective import place_steps
-from .kernel_nodes import kernel_bytes, kernel_flops
-from .kernel_ir import RenderedKernel
-from .launch_groups import TINY_ITEMS, Grouping, group_launches
+
+if TYPE_CHECKING:  # (the scheduler's modules, which a process that loads its programs does not import)
+    from .kernel_ir import RenderedKernel
+    from .launch_groups import Grouping
 
 FREES_MIN = 64 * 2 ** 20  # a ready kernel whose run frees this many bytes more than it allocates runs first
 
@@ -88,6 +88,9 @@ def build_program(kernels: Sequence[RenderedKernel], targets: Sequence[Node], le
     replayed step's index checks, computed first where they can be (`Program.checks` names them then: else none
     is named, and the step reads them after the run). `reuse_buffers`: a kernel may store a value in the buffer of
     one it reads for the last time (`_reused_buffers`; not on WebGPU, which binds no buffer twice in a dispatch)."""
+    from .collective import place_steps
+    from .kernel_nodes import kernel_bytes, kernel_flops
+    from .launch_groups import group_launches
     checking = _producers(kernels, [targets[target] for target in checks])
     writes = _in_place_writers(kernels, targets, in_place)
     producer, producing = _producing(kernels)
@@ -266,6 +269,7 @@ def _in_place_writers(kernels: Sequence[RenderedKernel], targets: Sequence[Node]
     (`launch_groups.TINY_ITEMS` elements: a step counter). Others keep their place: run late, an update would hold
     what it reads longer (W6 SGD held 1 MiB more with a bias's update, which sums a gradient over the batch, last),
     and the wait before it is behind the backward kernels queued ahead of it anyway."""
+    from .launch_groups import TINY_ITEMS
     written = {id(targets[target]) for target, _ in in_place}
     return {k for k, kernel in enumerate(kernels) if any(id(node) in written for node in kernel.outputs)
             and all(node.numel <= TINY_ITEMS for node in kernel.loads)}

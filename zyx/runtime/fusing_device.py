@@ -12,7 +12,6 @@ import numpy as np
 from .. import counters as stats
 from ..debug import logger
 from ..jit.choices import NO_TUNING, TunedChoices
-from ..jit.launch_groups import Grouping
 from ..jit.program import Program, build_program
 from ..jit.program_store import default_program_store, program_key
 from ..jit.device_traits import DeviceTraits
@@ -181,6 +180,7 @@ class FusingDevice(Device):
     def _build(self, targets: Sequence[Node], leaves: Sequence[Node], rands: Sequence[Node],
                in_place: Sequence[tuple[int, int]], mode: int = 0, checks: Sequence[int] = ()) -> Program:
         from ..jit import print_opencl  # (the scheduler's modules: a warm process loads its programs instead)
+        from ..jit.launch_groups import Grouping
         from ..jit.schedule import schedule
         self._check_graph(targets)
         self._before_scheduling()

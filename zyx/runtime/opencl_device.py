@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import pyopencl as cl
 
 from ..debug import logger
-from ..jit import print_opencl as c
 from ..jit.cache import default_cache
 from ..jit.cache_key import device_fingerprint
 from ..jit.compiler import kernel_options
 from ..jit.choices import TunedChoices
+from ..jit.opencl_prelude import combine_sources
 from ..jit.program import Program
 from ..jit.device_traits import DeviceTraits
 from ..jit.tune_store import default_tuning_store
@@ -140,7 +140,7 @@ class OpenCLDevice(FusingDevice):
 
     @staticmethod
     def _group_source(group: Sequence[Any]) -> str:
-        return group[0].source if len(group) == 1 else c.combine_sources([launch.source for launch in group])
+        return group[0].source if len(group) == 1 else combine_sources([launch.source for launch in group])
 
     def _watches_launches(self) -> bool:
         return bool(self._fresh)
