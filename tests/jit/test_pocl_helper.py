@@ -17,7 +17,7 @@ from cache_worker import first_device, kernel_source
 from test_cache import context, queue  # noqa: F401 - fixtures, on the device below
 import zyx
 from zyx.jit import driver_warm_up, pocl_helper, pocl_helper_process
-from zyx.jit.cache import KernelCache, pending_entry
+from zyx.jit.cache import AHEAD_MIN_LAUNCHES, KernelCache, pending_entry
 
 N = 64
 
@@ -225,3 +225,15 @@ def test_the_warm_up_calls_pyopencls_own_icd_loader_without_the_gil(device):
     mapped = Path("/proc/self/maps")
     if mapped.exists() and "pyopencl/.libs/libOpenCL" in mapped.read_text():
         assert "pyopencl/.libs/libOpenCL" in library._name
+
+
+def test_a_program_of_few_launches_is_not_compiled_ahead(tmp_path, device, monkeypatch):
+    """Under AHEAD_MIN_LAUNCHES launches the helper's build and job would cost about what they save."""
+    cache = KernelCache(tmp_path)
+    sent = []
+    monkeypatch.setattr(cache._helper, "compile_ahead", lambda *job: sent.append(job[-1]))
+    program = cache.build(cl.Context([device]), device, kernel_source(64))
+    launch = ("add_64", (64,), None, [256])
+    for count in (AHEAD_MIN_LAUNCHES - 1, AHEAD_MIN_LAUNCHES):
+        cache.compile_ahead(program, [launch] * count)
+    assert [len(launches) for launches in sent] == [AHEAD_MIN_LAUNCHES]

@@ -76,6 +76,13 @@ def selected(entry: dict, device: str | None = None, older_than_seconds: float |
             and (older_than_seconds is None or entry["last_used"] < time.time() - older_than_seconds))
 
 
+# A program of fewer launches is compiled by this process alone: the helper's share would cost about what its
+# build of the program (served by PoCL's cache) and its job do, and one kernel may be compiled by both where they
+# meet. Where every core is busy anyway (tests/trace on both cores) compiling every program ahead took 2-7 % more
+# CPU.
+AHEAD_MIN_LAUNCHES = 4
+
+
 def _size_limit_from_env() -> int:
     text = os.environ.get("ZYX_CACHE_SIZE")
     if not text:
@@ -320,9 +327,11 @@ class KernelCache:
         """Have the helper process compile the work-group functions of a freshly compiled `program`'s `launches`
         (name, global size, local size, argument bytes or None for a 64-bit integer), which its first run is about
         to make in this order: it takes them from the last one back while this process's launches compile from the
-        first one on (PoCL compiles a work-group function at a kernel's first launch, one at a time in a process)."""
+        first one on (PoCL compiles a work-group function at a kernel's first launch, one at a time in a process).
+        Not for fewer than AHEAD_MIN_LAUNCHES launches."""
         pending: _Pending | None = vars(program).get(_PENDING_ATTRIBUTE)
-        if pending is None or len(launches) < 2 or not self.stores_binaries or not serves(pending.device):
+        if (pending is None or len(launches) < AHEAD_MIN_LAUNCHES or not self.stores_binaries
+                or not serves(pending.device)):
             return
         self._helper.compile_ahead(pending.key, pending.components, pending.source, pending.options,
                                    launches[::-1])
