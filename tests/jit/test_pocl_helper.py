@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyopencl as cl
@@ -16,7 +17,7 @@ import pytest
 from cache_worker import first_device, kernel_source
 from test_cache import context, queue  # noqa: F401 - fixtures, on the device below
 import zyx
-from zyx.jit import driver_warm_up, pocl_helper, pocl_helper_process
+from zyx.jit import cache as cache_module, driver_warm_up, pocl_helper, pocl_helper_process
 from zyx.jit.cache import AHEAD_MIN_LAUNCHES, KernelCache, pending_entry
 
 N = 64
@@ -205,16 +206,34 @@ def test_a_fresh_programs_first_run_hands_its_launches_over_with_their_buffers_s
 
 
 def test_the_driver_is_warmed_up_once_per_device_as_a_program_is_first_scheduled(tmp_path, device, monkeypatch):
-    """On a PoCL CPU device the first program to be scheduled starts the driver's warm-up on the writer thread
+    """On a PoCL CPU device the first program to be scheduled starts the driver's warm-up on a thread of its own
     (driver_warm_up.py: a one-line program compiled and linked without the GIL); later ones do not again."""
     cache = KernelCache(tmp_path)
-    jobs = []
-    monkeypatch.setattr(cache._writer, "submit", jobs.append)
+    started = []
+    monkeypatch.setattr(cache_module.threading, "Thread", lambda target, args, name: SimpleNamespace(
+        start=lambda: started.append(target(*args))))
     context = cl.Context([device])
     cache.prepare_compiles(context, device)
     cache.prepare_compiles(context, device)
-    assert len(jobs) == 1
-    assert driver_warm_up.warm_up(context, device)  # (what the job runs: the driver compiled and linked)
+    assert started == [True]  # (the warm-up ran once, and the driver compiled and linked)
+
+
+def test_a_short_run_stores_its_binary_while_the_driver_warms_up(tmp_path):
+    """The warm-up takes about a second (here three more); a run shorter than that still stores its program's
+    binary at exit (on the writer thread, which the warm-up does not hold up), and the next process compiles
+    nothing."""
+    script = ("import importlib, time, numpy as np, zyx\n"
+              "cache = importlib.import_module('zyx.jit.cache')\n"
+              "warm_up = cache.warm_up\n"
+              "cache.warm_up = lambda *arguments: time.sleep(3) or warm_up(*arguments)\n"
+              "x = zyx.OpenCL().tensor(np.arange(6, dtype=np.float32))\n"
+              "print(((x * 3).exp().sum()).item(), zyx.stats()['kernels_compiled'])")
+    environment = {**os.environ, "ZYX_CACHE_DIR": str(tmp_path / "cache"), "POCL_CACHE_DIR": str(tmp_path / "pocl")}
+    runs = [subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
+                           timeout=120) for _ in range(2)]
+    assert [run.returncode for run in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    (first_value, first_compiled), (second_value, second_compiled) = (run.stdout.split() for run in runs)
+    assert first_value == second_value and int(first_compiled) >= 1 and int(second_compiled) == 0
 
 
 def test_the_warm_up_calls_pyopencls_own_icd_loader_without_the_gil(device):

@@ -316,12 +316,14 @@ class KernelCache:
 
     def prepare_compiles(self, context: cl.Context, device: cl.Device) -> None:
         """A program is about to be scheduled for `device`, and likely compiled: where the helper serves the
-        device (PoCL on a CPU), start the helper process and warm the driver up (`driver_warm_up`) on the writer
-        thread, once per device, so that both overlap the scheduling (0.7 s of a cold W5 start on a 2-core EPYC)."""
+        device (PoCL on a CPU), warm the driver up (`driver_warm_up`) on a thread of its own, once per device, so
+        that it overlaps the scheduling (0.7 s of a cold W5 start on a 2-core EPYC). Not on the writer thread: the
+        binaries queued behind it could miss the exit's wait. Not a daemon: an exit waits for the driver to return
+        (at most the warm-up's second), as one inside the driver's link could crash in its teardown."""
         if not serves(device) or device.int_ptr in self._warmed:
             return
         self._warmed.add(device.int_ptr)
-        self._writer.submit(lambda: warm_up(context, device))
+        threading.Thread(target=warm_up, args=(context, device), name="zyx-driver-warm-up").start()
 
     def compile_ahead(self, program: cl.Program, launches: list) -> None:
         """Have the helper process compile the work-group functions of a freshly compiled `program`'s `launches`
