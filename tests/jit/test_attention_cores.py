@@ -200,7 +200,8 @@ def emulated(dev, monkeypatch, tmp_path):
         monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
     _, launch, version = schedule_module.PRINTERS["opencl"]
     monkeypatch.setitem(schedule_module.PRINTERS, "opencl", (_emulating_printer, launch, version))
-    monkeypatch.setattr(opencl_prelude, "CALLED_HELPERS", [*opencl_prelude.CALLED_HELPERS, (("zyx_emu_mma",), [EMULATION])])
+    monkeypatch.setattr(opencl_prelude, "CALLED_HELPERS",
+                        [*opencl_prelude.CALLED_HELPERS, (("zyx_emu_mma",), [EMULATION])])
     monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(program_store, "_default", [])
     monkeypatch.setattr(dev, "traits", dataclasses.replace(CORES, group_size=dev.traits.group_size))

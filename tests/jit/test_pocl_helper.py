@@ -1,4 +1,5 @@
-"""The helper process beside the training one on PoCL: binaries read, work-group functions compiled ahead (zyx/jit/pocl_helper.py)."""
+"""The helper process beside the training one on PoCL (zyx/jit/pocl_helper.py): binaries read, work-group functions
+compiled ahead; the driver's warm-up."""
 from __future__ import annotations
 
 import ctypes
@@ -198,7 +199,7 @@ def test_a_fresh_programs_first_run_hands_its_launches_over_with_their_buffers_s
     y = h.sum(1).reshape(64, 1) @ h.max(0).reshape(1, 64)
     y.realize()
     assert len(sent) >= 2 and any(size is None for *_, sizes in sent for size in sizes)  # (a seed among them)
-    assert [(name, size, local) for name, size, local, _ in sent] == [(name, size, local) for name, size, local, _ in ran]
+    assert [launch[:3] for launch in sent] == [launch[:3] for launch in ran]
     for (_, _, _, sizes), (_, _, _, arguments) in zip(sent, ran):
         for size, argument in zip(sizes, arguments, strict=True):
             assert (size is None) == isinstance(argument, np.uint64)

@@ -33,7 +33,8 @@ def _vector_rounding_helpers(width: int) -> list[str]:
     return [f"static inline {f} zyx_round_bf16_{width}({f} f) {{ {u} u = as_{u}(f); "
             f"return select(as_{f}((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u), f, isnan(f)); }}",
             f"static inline {f} zyx_round_half_{width}({f} f) {{ ushort{width} h; "
-            f"vstore_half{width}(f, 0, (__private half*)&h); return vload_half{width}(0, (__private const half*)&h); }}"]
+            f"vstore_half{width}(f, 0, (__private half*)&h); "
+            f"return vload_half{width}(0, (__private const half*)&h); }}"]
 
 
 # Helpers a kernel gets only when it calls one of their functions: kernels that call none keep their source,
@@ -89,7 +90,8 @@ def prelude(uses_double: bool, uses_rand: bool, body: str) -> str:
         _floordiv_helper("int"), _floordiv_helper("long"),
     ]
     if uses_double:
-        lines.append("static inline double zyx_max_double(double a, double b) { return isnan(a) ? a : (a > b ? a : b); }")
+        lines.append("static inline double zyx_max_double(double a, double b) "
+                     "{ return isnan(a) ? a : (a > b ? a : b); }")
     if uses_rand:
         lines.append(PHILOX_SOURCE)
     lines += [line for functions, defined in CALLED_HELPERS if any(f"{f}(" in body for f in functions)
