@@ -159,7 +159,7 @@ def test_compiling_ahead_leaves_each_launchs_work_group_function_in_pocls_cache(
     launches = [["add_60", [64], [16], [64 * 4]], ["add_60", [4096], None, [4096 * 4]]]
     assert answers(helper_with_pocl_cache(tmp_path), ahead_line(device, 60, launches)) == [{"compiled": 2}]
     compiled = sorted(path.parent.name for path in (tmp_path / "pocl").rglob("add_60.so"))
-    assert len(compiled) == 2 and "16-1-1-goffs0-smallgrid" in compiled, compiled
+    assert len(compiled) == 2 and any(name.startswith("16-1-1") for name in compiled), compiled  # (its local size)
 
 
 def test_compiling_ahead_stops_once_the_parent_has_launched_the_program(tmp_path, device):
