@@ -72,9 +72,9 @@ def job_line(device: cl.Device, constant: int, **changes) -> str:
     return json.dumps(job) + "\n"
 
 
-def start_helper(directory: Path) -> subprocess.Popen:
+def start_helper(directory: Path, environment: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "zyx.jit.pocl_helper_process", str(directory), str(1 << 30)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
 
 
 def test_a_job_whose_key_is_not_its_sources_stores_nothing(tmp_path, device):
@@ -134,18 +134,9 @@ def test_the_helper_starts_before_the_compiles_only_where_binaries_are_stored(tm
     stored._helper.stop(time.monotonic())
 
 
-def ahead_line(device: cl.Device, constant: int, launches: list, **changes) -> str:
-    pending = pending_entry(device, kernel_source(constant), (), 0.0)
-    job = {"key": pending.key, "components": pending.components, "source": pending.source, "options": [],
-           "launches": launches, **changes}
-    return json.dumps(job) + "\n"
-
-
 def helper_with_pocl_cache(directory: Path) -> subprocess.Popen:
     """The helper process with a PoCL cache of its own under `directory` (PoCL reads POCL_CACHE_DIR at its start)."""
-    environment = {**os.environ, "POCL_CACHE_DIR": str(directory / "pocl")}
-    return subprocess.Popen([sys.executable, "-m", "zyx.jit.pocl_helper_process", str(directory), str(1 << 30)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
+    return start_helper(directory, {**os.environ, "POCL_CACHE_DIR": str(directory / "pocl")})
 
 
 def answers(helper: subprocess.Popen, lines: str) -> list[dict]:
@@ -157,7 +148,7 @@ def test_compiling_ahead_leaves_each_launchs_work_group_function_in_pocls_cache(
     """The helper runs each launch once, so PoCL compiles the work-group function specialized as the parent's launch
     will want it (local size, zero offset, grid class) into the cache the parent shares: one per launch shape."""
     launches = [["add_60", [64], [16], [64 * 4]], ["add_60", [4096], None, [4096 * 4]]]
-    assert answers(helper_with_pocl_cache(tmp_path), ahead_line(device, 60, launches)) == [{"compiled": 2}]
+    assert answers(helper_with_pocl_cache(tmp_path), job_line(device, 60, launches=launches)) == [{"compiled": 2}]
     compiled = sorted(path.parent.name for path in (tmp_path / "pocl").rglob("add_60.so"))
     assert len(compiled) == 2 and any(name.startswith("16-1-1") for name in compiled), compiled  # (its local size)
 
@@ -165,7 +156,7 @@ def test_compiling_ahead_leaves_each_launchs_work_group_function_in_pocls_cache(
 def test_compiling_ahead_stops_once_the_parent_has_launched_the_program(tmp_path, device):
     """The program's binary job comes after the parent's own launches: from then on the helper runs none of them."""
     launches = [["add_61", [64 * size], [size], [64 * size * 4]] for size in range(1, 41)]
-    got = answers(helper_with_pocl_cache(tmp_path), ahead_line(device, 61, launches) + job_line(device, 61))
+    got = answers(helper_with_pocl_cache(tmp_path), job_line(device, 61, launches=launches) + job_line(device, 61))
     assert got[0]["compiled"] < len(launches) and got[1] == {"stored": True}
 
 
@@ -173,7 +164,7 @@ def test_compiling_ahead_skips_launches_over_its_byte_limit_and_jobs_not_of_thei
     too_large = pocl_helper_process.AHEAD_BYTES_LIMIT + 4
     launches = [["add_62", [64], None, [too_large]], ["add_62", [64], None, [256]]]
     got = answers(helper_with_pocl_cache(tmp_path),
-                  ahead_line(device, 62, launches) + ahead_line(device, 63, launches, key="0" * 32))
+                  job_line(device, 62, launches=launches) + job_line(device, 63, launches=launches, key="0" * 32))
     assert got == [{"compiled": 1}, {"compiled": 0}]
 
 
