@@ -167,14 +167,13 @@ class OpenCLDevice(FusingDevice):
         seen = set()
         for launch in program.launches:
             built = self._fresh.get(launch.source) if launch.is_kernel else None
-            if built is None or launch.source in self._ahead:
+            shape = (launch.name, launch.global_size, launch.local_size)
+            if built is None or launch.source in self._ahead or shape in seen:
                 continue
+            seen.add(shape)
             arguments = [None if kind in ("seed", "offset") else inputs[index].nbytes if kind == "input"
                          else program.slot_bytes[index] for kind, index in launch.args]
-            if (launch.name, launch.global_size, launch.local_size) not in seen:
-                seen.add((launch.name, launch.global_size, launch.local_size))
-                by_build.setdefault(id(built), (built, []))[1].append(
-                    (launch.name, launch.global_size, launch.local_size, arguments))
+            by_build.setdefault(id(built), (built, []))[1].append((*shape, arguments))
         self._ahead.update(launch.source for launch in program.launches if launch.source in self._fresh)
         for built, launches in by_build.values():
             default_cache().compile_ahead(built, launches)
