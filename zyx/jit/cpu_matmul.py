@@ -25,7 +25,7 @@ from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op
 from ..dtypes import float32
 from .choices import FAMILIES, Choice, Options
-from .kernel_ir import Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role, Store
+from .kernel_ir import Alu, Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role, Store
 from .lower import Index, Lowering, _Value, linear, source_index, unravel
 from .view_index import contiguous_strides
 from .symbolic import Expr
@@ -37,7 +37,11 @@ LANES = 16              # floats per vector
 NARROW_ACCUMULATORS = 4  # the same on CPUs with 8-float vectors (AVX2: 16 registers, a float16 takes two)
 NARROW_WIDTHS = (16,)
 COPY_OUTPUTS = 64       # outputs per work item of a packed operand's copy (a block of rows, several steps of k)
-MIN_MACS = 1 << 18      # smaller products stay in one kernel (the copies cost more than they save)
+MIN_MACS = 1 << 18
+"""Smaller float32 products stay in one kernel (the copies cost more than they save). A half-precision one of any
+size is planned: on the plain path each work item converts its tile's operands from 16 bits for every step of k,
+which PoCL's work-item vectorizer took 14 s to compile for a 64 x 80 x 48 float16 product (PoCL 3.1, AVX2; the
+float32 one 0.2 s), where the three kernels of a plan (two converting copies) took 0.3 s."""
 ROW_BAND_BYTES = 1 << 20
 """The rows of the left operand the items sweep the columns with before moving on (a band of row tiles this
 many bytes long): each right panel is read once per band, and the band's rows come from cache. W3 2048³ on PoCL
@@ -111,10 +115,13 @@ class CpuPlan:
 
 def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int, Node], native_width: int = LANES,
                     choice: Optional[Choice] = None) -> Optional[CpuPlan]:
-    """A plan when the kernel hosts a float32 `product` (tiling.hosted_matmul) with whole vectors of columns; None
-    for the plain path. Its tile and packing are `choice`'s, else as the device's vector registers (`native_width`
-    floats) allow."""
-    if product is None or product.dtype.name != "float32" or len(product.arg) != 1:
+    """A plan when the kernel hosts a `product` summed in float32 (tiling.hosted_matmul; float16 and bfloat16
+    ones too) with whole vectors of columns; None for the plain path. Its tile and packing are `choice`'s, else as
+    the device's vector registers (`native_width` floats) allow. A half-precision product's operands are packed
+    as float32 (each value converted once, in its copy, not once per tile), so the kernel is the float32 one with
+    its results rounded: on the plain path, 128 scalar accumulators a work item, PoCL took 16 s to compile a
+    64 x 64 float16 product."""
+    if product is None or product.dtype.accumulated != float32 or len(product.arg) != 1:
         return None
     if product.src[0].op is not Op.MUL:
         return None
@@ -124,15 +131,18 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
     k_axis = product.arg[0]
     shape = product.src[0].shape
-    if product.src[0].numel < MIN_MACS:
+    if product.src[0].numel < MIN_MACS and not product.dtype.is_narrow_float:
         return None
     left, right = (_unbroadcast(s) for s in product.src[0].src)
     if left is None or right is None or left.shape[k_axis] != shape[k_axis] or right.shape[k_axis] != shape[k_axis]:
         return None
+    narrow = product.dtype.is_narrow_float  # operands read only from their float32 copies
+    left, right = (n.cast(s, float32) if narrow else s for s in (left, right))
     rows, width = (choice["rows"], choice["width"]) if choice else default_tile(shape[n_axis], shape[m_axis], native_width)
-    left_in_place = (shape[n_axis] % rows == 0
+    left_in_place = (not narrow and shape[n_axis] % rows == 0
                      and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None)
-    readable = shape[m_axis] % width == 0 and _contiguous(product.src[0].src[1], m_axis, materialized)
+    readable = (not narrow and shape[m_axis] % width == 0
+                and _contiguous(product.src[0].src[1], m_axis, materialized))
     limit = IN_PLACE_BYTES if native_width >= LANES else NARROW_IN_PLACE_BYTES
     packed = choice["packed"] if choice else shape[m_axis] * shape[k_axis] * 4 > limit
     return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
@@ -292,6 +302,7 @@ class CpuMatmulLowering(Lowering):
                                       else corner_position + (row_shift + column_shift))
                 self.lanes.append((t, u))
         self._accumulators: list[list[Reg]] = []  # [row][vector], once the product is lowered
+        self._rounded_vectors: dict[str, Reg] = {}  # a half-precision product's accumulators, rounded
         self._whole_vectors = self._stores_whole_vectors()
 
     def _stores_whole_vectors(self) -> bool:
@@ -326,7 +337,7 @@ class CpuMatmulLowering(Lowering):
         self._reduce(product)
         out = self._output(self.root)
         # self.lanes runs over each row's columns in order: lanes i..i+15 are one accumulator's
-        self._stores += [Store(out, self.positions[i], self._accumulators[t][u // LANES], float32, "vector")
+        self._stores += [Store(out, self.positions[i], self._accumulators[t][u // LANES], product.dtype, "vector")
                          for i, (t, u) in enumerate(self.lanes) if u % LANES == 0]
 
     def _axes(self) -> tuple[Axis, ...]:
@@ -372,10 +383,16 @@ class CpuMatmulLowering(Lowering):
         return _Lanes(self)  # (unread where stored whole by _lower_outputs)
 
     def _lane(self, element: int) -> _Value:
-        """The product at the work item's output `element`: its lane of an accumulator (after the loop)."""
+        """The product at the work item's output `element`: its lane of an accumulator (after the loop), rounded
+        where the product is in half precision."""
         t, u = self.lanes[element]
-        return self._emit(0, lambda out: Extract(Reg(out, float32), self._accumulators[t][u // LANES],
-                                                 f"s{u % LANES:x}"))
+        vector, dtype = self._accumulators[t][u // LANES], self.plan.product.dtype
+        if dtype.is_narrow_float:  # the accumulator rounded once, its 16 lanes together
+            if vector.name not in self._rounded_vectors:
+                self._rounded_vectors[vector.name] = self._emit(0, lambda out: Alu(Reg(out, dtype, LANES), Op.CAST,
+                                                                                   (vector,))).operand
+            vector = self._rounded_vectors[vector.name]
+        return self._emit(0, lambda out: Extract(Reg(out, dtype), vector, f"s{u % LANES:x}"))
 
     def _store(self, node: Node, value: _Value, position: Expr) -> None:
         """Stored where computed (after the product's loop), not with every other store at the end."""

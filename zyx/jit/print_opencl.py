@@ -210,7 +210,7 @@ def store(statement: Store) -> str:
         if dtype.name == "float16":  # rounded to nearest even, as vstore_half does
             return f"vstore_half{width}({value},{_vector_offset(index, width, buffer)});"
         if dtype.name == "bfloat16":
-            lanes = ",".join(f"zyx_float_to_bf16({value}.s{lane})" for lane in range(width))
+            lanes = ",".join(f"zyx_float_to_bf16({value}.s{lane:x})" for lane in range(width))
             return f"vstore{width}((ushort{width})({lanes}),{_vector_offset(index, width, buffer)});"
         text = f"convert_uchar{width}(-{value})" if dtype.is_bool else value
         return f"vstore{width}({text},{_vector_offset(index, width, buffer)});"
