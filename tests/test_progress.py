@@ -65,3 +65,33 @@ def test_a_terminal_sees_kernels_counted_while_they_compile(tmp_path):
 def test_a_pipe_sees_nothing(tmp_path):
     stdout, stderr = run(tmp_path / "cache", terminal=False)
     assert stdout.startswith("True") and stderr == ""
+
+
+STORING = """
+import sys, time
+from zyx import progress
+with progress.storing():
+    time.sleep(0.5)
+print("done")
+"""
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_exit_says_it_is_storing_kernels_on_a_terminal_only(terminal):
+    """progress.storing() (the exit's wait for binaries the helper still writes): a status line on a terminal,
+    cleared when done; not a character on a pipe."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))}
+    if not terminal:
+        finished = subprocess.run([sys.executable, "-c", STORING], env=env, capture_output=True, text=True, timeout=60)
+        assert finished.stdout == "done\n" and finished.stderr == ""
+        return
+    controller, follower = pty.openpty()
+    try:
+        finished = subprocess.run([sys.executable, "-c", STORING], env=env, stdout=subprocess.PIPE, stderr=follower,
+                                  text=True, timeout=60)
+        drawn = os.read(controller, 65536).decode(errors="replace")
+    finally:
+        os.close(follower)
+        os.close(controller)
+    assert finished.stdout == "done\n"
+    assert "storing the compiled kernels for the next run" in drawn

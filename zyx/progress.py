@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["compiling", "console"]
+__all__ = ["compiling", "console", "storing"]
 
 
 @functools.cache
@@ -37,3 +37,14 @@ def compiling(total: int) -> Iterator[Callable[[int], None]]:
     with bar:
         task = bar.add_task("compiling", total=total)
         yield lambda count: bar.advance(task, count)
+
+
+@contextlib.contextmanager
+def storing() -> Iterator[None]:
+    """While a cold run's exit waits for its compiled kernels to be stored for the next run (seconds, on PoCL
+    about as long as they took to compile), say so on a terminal: the process has printed its last line."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    with console().status("zyx: storing the compiled kernels for the next run"):
+        yield

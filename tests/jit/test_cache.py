@@ -473,3 +473,30 @@ def test_zyx_debug_cache_names_the_components_that_differ(cache_dir, context, qu
     run_add(KernelCache(cache_dir), context, queue, 14, ("-cl-fast-relaxed-math",))
     explained = capsys.readouterr().err
     assert f"nearest entry {original[:12]} differs in options ('-cl-fast-relaxed-math' here, '' stored)" in explained
+
+
+@pytest.mark.parametrize("pending", [True, False])
+def test_the_exit_says_so_only_while_the_helper_still_stores_binaries(tmp_path, monkeypatch, pending):
+    """The exit's wait for the helper (a cold run's last seconds on PoCL) runs inside progress.storing() only
+    when the helper has jobs left; either way the helper is stopped within the writer's budget."""
+    cache = KernelCache(tmp_path / "cache")
+    shown, stopped = [], []
+
+    class Helper:
+        def wait(self, timeout=None):
+            return not pending
+
+        def stop(self, deadline):
+            stopped.append((deadline, bool(shown)))
+
+    class Storing:
+        def __enter__(self):
+            shown.append(True)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(cache, "_helper", Helper())
+    monkeypatch.setattr(cache_module.progress, "storing", Storing)
+    cache._stop_helper(100.0)
+    assert stopped == [(100.0 + cache._exit_wait_seconds(), pending)]

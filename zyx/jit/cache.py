@@ -39,6 +39,7 @@ from zyx.jit.cache_key import (
 )
 from zyx.jit.disk_store import CacheDirectoryWarning, CacheWarning, DiskStore, Row
 from zyx.cache_dir import cache_directory
+from zyx import progress
 from zyx.counters import bump
 from zyx.runtime.pocl_cache import place_pocl_cache
 from ..debug import explain_cache_misses, logger
@@ -358,8 +359,10 @@ class KernelCache:
 
     def _stop_helper(self, deadline: float) -> None:
         """Give the helper the writer's budget twice: on PoCL the compile time counted here is the front end's, and
-        the helper's binary reads repeat the launches' code generation, which takes about as long again."""
-        self._helper.stop(deadline + self._exit_wait_seconds())
+        the helper's binary reads repeat the launches' code generation, which takes about as long again. A
+        terminal is told while binaries are still being stored (char_gpt's first run: 22 s after its last line)."""
+        with contextlib.nullcontext() if self._helper.wait(0) else progress.storing():
+            self._helper.stop(deadline + self._exit_wait_seconds())
 
     # -- inspection and maintenance (the `zyx cache` commands) ----------------------------------
 
