@@ -252,6 +252,22 @@ def test_a_left_operands_copy_takes_several_steps_of_k_per_item_unless_it_is_sma
     close(out.numpy(), np.exp(a) @ b)
 
 
+def test_a_copy_of_a_costly_expression_takes_one_block_an_item(dev):
+    """A left operand computed in float16 (each load converted, each result rounded: over COPY_STATEMENTS
+    statements an output) is copied one block of rows an item, however large: 64 outputs an item of such an
+    expression took PoCL 18 s to compile in char_gpt's float16 step."""
+    a, b = data(256, 256) / 4, data(256, 640)
+    x = dev.tensor(a).to("float16")
+    out = ((x * x + x).exp() * x - x).tanh() @ dev.tensor(b).to("float16")
+    for traits, rows in ((AVX2, 4), (AVX512, 8)):
+        kernels, site = product_site(out, traits)
+        assert kernels[0].global_size * rows == 256 * 256
+    reference = zyx.CPU().tensor(a).to("float16")
+    want = ((reference * reference + reference).exp() * reference - reference).tanh() @ zyx.CPU().tensor(b).to(
+        "float16")
+    np.testing.assert_allclose(out.float().numpy(), want.float().numpy(), rtol=2e-2, atol=5e-2)
+
+
 @pytest.mark.parametrize("n,k,m,tiled", [(32, 4, 16, False), (64, 32, 16, False), (64, 64, 64, True),
                                          (256, 64, 128, True)])
 def test_a_kernel_of_little_work_is_untiled_and_not_unrolled(dev, n, k, m, tiled):

@@ -37,6 +37,10 @@ LANES = 16              # floats per vector
 NARROW_ACCUMULATORS = 4  # the same on CPUs with 8-float vectors (AVX2: 16 registers, a float16 takes two)
 NARROW_WIDTHS = (16,)
 COPY_OUTPUTS = 64       # outputs per work item of a packed operand's copy (a block of rows, several steps of k)
+COPY_STATEMENTS = 16
+"""A copy whose one output takes more statements than this takes one block an item (copy_tile's `small`): a
+half-precision expression (each load converted, each result rounded) 64 times over took PoCL 18 s to compile
+(char_gpt's first float16 step, PoCL 3.1)."""
 MIN_MACS = 1 << 18
 """Smaller float32 products stay in one kernel (the copies cost more than they save). A half-precision one of any
 size is planned: on the plain path each work item converts its tile's operands from 16 bits for every step of k,

@@ -25,7 +25,7 @@ from .rematerialize import rematerialize
 from .rewrite import rewrite_graph
 from .device_traits import DeviceTraits
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
-from .cpu_matmul import CpuMatmulLowering, copy_tile, plan_cpu_matmul
+from .cpu_matmul import COPY_STATEMENTS, CpuMatmulLowering, copy_tile, plan_cpu_matmul
 from .matmul import BLOCKS, LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
 from .operand_layout import cheaper_stored
 from .tensor_cores import KINDS, WGMMA, lower_tensor_cores, tensor_core_options
@@ -559,11 +559,10 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
     root, materialized, produced = site.root, site.materialized, site.produced
     axes = tile_axes(root, materialized, site.loaded) if root.numel else None
     tile = _product_tile(root, axes, traits, choice)
-    if not tile and not traits.gpu and root.numel:
-        copy = copy_tile(root, root.numel < SMALL_WORK)
-        if copy:  # a packed operand's copy: nothing to choose
-            lowered = lower(root, materialized, produced, False, site.apart, traits.max_params)
-            return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy))
+    if not tile and not traits.gpu and root.numel and copy_tile(root, True):  # a packed operand's copy
+        lowered = lower(root, materialized, produced, False, site.apart, traits.max_params)
+        small = root.numel < SMALL_WORK or sum(1 for _ in walk(lowered.ir.body)) > COPY_STATEMENTS
+        return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy_tile(root, small)))
     length = None if tile else row_length(root, materialized, produced | site.apart)
     if length is not None and _fuses_rows(length, traits):
         rows = lower_rows(root, materialized, produced, length, site.allow_extra_outputs, site.apart,
