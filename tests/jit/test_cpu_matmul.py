@@ -275,7 +275,8 @@ def test_a_kernel_of_little_work_is_untiled_and_not_unrolled(dev, n, k, m, tiled
     23 s optimizing a 32 x 16 x 4 half product in an 8 x 16 tile); larger products keep the register tile (whose
     values other tests check: compiling it here would cost that time again)."""
     a, b = data(n, k), data(k, m)
-    out = dev.tensor(a).cast(zyx.float64) @ dev.tensor(b).cast(zyx.float64)  # (the plain path's product)
+    out = dev.tensor(a).cast(zyx.float64) @ dev.tensor(b).cast(zyx.float64)  # (float64: the plain path's; half
+    # products take the vector kernel now)
     kernels, _ = schedule([out.node], DeviceTraits(vector_width=16))
     applied = dict(kernels[-1].site.applied.values)
     assert (n * k * m < SMALL_WORK) != tiled
