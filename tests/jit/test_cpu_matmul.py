@@ -56,12 +56,13 @@ def test_other_products_take_the_plain_path(dev, n, k, m):
     close(out.numpy(), a @ b)
 
 
-@pytest.mark.parametrize("dtype,ulp", [("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
-@pytest.mark.parametrize("n,k,m,epilogue", [(64, 80, 48, False), (33, 70, 17, True)])
+@pytest.mark.parametrize("dtype,ulp,n,k,m,epilogue", [
+    ("float16", 2.0**-11, 64, 80, 48, False), ("float16", 2.0**-11, 33, 70, 17, True),  # (under MIN_MACS)
+    ("bfloat16", 2.0**-8, 64, 80, 64, False), ("bfloat16", 2.0**-8, 97, 70, 41, True)])
 def test_half_precision_products_read_float32_copies_and_round_once(dev, dtype, ulp, n, k, m, epilogue):
-    """A float16 or bfloat16 product of any size takes the vector kernel: both operands converted once, into
-    float32 panels, then the float32 kernel, its results rounded to the dtype (stored whole, or through the
-    epilogue). On the plain path PoCL took 14 s to compile the 64 x 80 x 48 float16 product."""
+    """A float16 product of any size, a bfloat16 one from MIN_MACS, takes the vector kernel: both operands
+    converted once, into float32 panels, then the float32 kernel, its results rounded to the dtype (stored
+    whole, or through the epilogue). On the plain path PoCL took 14 s to compile the 64 x 80 x 48 float16 one."""
     a, b, bias = data(n, k), data(k, m), data(m)
     out = dev.tensor(a).to(dtype) @ dev.tensor(b).to(dtype)
     if epilogue:
@@ -78,6 +79,16 @@ def test_half_precision_products_read_float32_copies_and_round_once(dev, dtype, 
     got, want = (t.float().numpy().astype(np.float64) for t in (out, want))
     # a sum order of its own may land the float32 sum on the other side of a rounding boundary: one unit apart
     assert np.all(np.abs(got - want) <= 2 * ulp * np.abs(want)), np.abs(got - want).max()
+
+
+def test_a_small_bfloat16_product_takes_the_plain_path(dev):
+    """Under MIN_MACS a bfloat16 product stays in one kernel (its conversions are shifts: cheap to compile)."""
+    a, b = data(37, 32), data(32, 37)
+    out = dev.tensor(a).to("bfloat16") @ dev.tensor(b).to("bfloat16")
+    assert vector_products(out) == 0
+    want = zyx.CPU().tensor(a).to("bfloat16") @ zyx.CPU().tensor(b).to("bfloat16")
+    got, want = (t.float().numpy().astype(np.float64) for t in (out, want))
+    assert np.all(np.abs(got - want) <= 2.0**-7 * np.abs(want)), np.abs(got - want).max()
 
 
 def test_int_products_take_the_plain_path(dev):
