@@ -40,18 +40,12 @@ def _half_rounding_helper(width: int) -> list[str]:
     through_memory = (f"static inline {name} zyx_round_half{suffix}({name} f) {{ ushort{n} h; "
                       f"vstore_half{n}(f, 0, (__private half*)&h); "
                       f"return vload_half{n}(0, (__private const half*)&h); }}")
-    if width == 1:
-        in_registers = ("static inline float zyx_round_half(float f) { float a = fabs(f); uint u = as_uint(a); "
-                        "float n = as_float((u + 0xFFFu + ((u >> 13) & 1u)) & 0xFFFFE000u); "
-                        "float r = a < 0x1p-14f ? (a + 0.5f) - 0.5f : (n > 65504.0f ? INFINITY : n); "
-                        "return isnan(f) ? f : copysign(r, f); }")
-    else:
-        in_registers = (f"static inline {name} zyx_round_half{suffix}({name} f) {{ {name} a = fabs(f); "
-                        f"uint{n} u = as_uint{n}(a); "
-                        f"{name} n = as_{name}((u + 0xFFFu + ((u >> 13) & 1u)) & 0xFFFFE000u); "
-                        f"n = select(n, ({name})(INFINITY), n > 65504.0f); "
-                        f"{name} r = select(n, (a + 0.5f) - 0.5f, a < 0x1p-14f); "
-                        "return select(copysign(r, f), f, isnan(f)); }")
+    in_registers = (f"static inline {name} zyx_round_half{suffix}({name} f) {{ {name} a = fabs(f); "
+                    f"uint{n} u = as_uint{n}(a); "
+                    f"{name} n = as_{name}((u + 0xFFFu + ((u >> 13) & 1u)) & 0xFFFFE000u); "
+                    f"n = select(n, ({name})(INFINITY), n > 65504.0f); "
+                    f"{name} r = select(n, (a + 0.5f) - 0.5f, a < 0x1p-14f); "
+                    "return select(copysign(r, f), f, isnan(f)); }")  # (select: c ? b : a, lane by lane)
     return [f"#ifdef {PTX_CONVERSIONS}", through_memory, "#else", in_registers, "#endif"]
 
 
