@@ -83,6 +83,20 @@ def small_gpt():
     return small_gpt_gradients
 
 
+@pytest.fixture(scope="session")
+def float16_ties() -> np.ndarray:
+    """float32 values where rounding to float16 is hardest: every midpoint between neighbouring float16 values
+    (ties, which go to the even one), the floats just either side of each, the float16 values themselves and
+    what lies past the largest; a multiple of 16 long."""
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    finite = np.unique(halves[np.isfinite(halves)])
+    midpoints = ((finite[:-1].astype(np.float64) + finite[1:]) / 2).astype(np.float32)
+    special = np.array([65519.996, 65520.0, 1e10, -65520.0, np.inf, -np.inf, np.nan, 1e-45, 2.0**-25], np.float32)
+    values = np.concatenate([midpoints, np.nextafter(midpoints, np.float32(np.inf)),
+                             np.nextafter(midpoints, np.float32(-np.inf)), finite, special])
+    return np.concatenate([values, np.zeros(-len(values) % 16, np.float32)])
+
+
 @pytest.fixture(params=TEST_DEVICES)
 def device(request):
     """A zyx device to build test tensors on (see TEST_DEVICES)."""

@@ -84,24 +84,11 @@ def test_a_half_precision_value_is_rounded_where_computed_as_if_stored(device, d
         np.testing.assert_array_equal(fused, after(value.realize()))
 
 
-def float16_ties() -> np.ndarray:
-    """float32 values where rounding to float16 is hardest: every midpoint between neighbouring float16 values
-    (ties, which go to the even one), the floats just either side of each, the float16 values themselves and
-    what lies past the largest; a multiple of 16 long."""
-    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-    finite = np.unique(halves[np.isfinite(halves)])
-    midpoints = ((finite[:-1].astype(np.float64) + finite[1:]) / 2).astype(np.float32)
-    special = np.array([65519.996, 65520.0, 1e10, -65520.0, np.inf, -np.inf, np.nan, 1e-45, 2.0**-25], np.float32)
-    values = np.concatenate([midpoints, np.nextafter(midpoints, np.float32(np.inf)),
-                             np.nextafter(midpoints, np.float32(-np.inf)), finite, special])
-    return np.concatenate([values, np.zeros(-len(values) % 16, np.float32)])
-
-
 @pytest.mark.parametrize("length", [1, None])  # one value (a scalar kernel), and vector lanes on CPUs
-def test_a_value_rounded_to_float16_in_a_kernel_is_numpys_float16(device, length):
+def test_a_value_rounded_to_float16_in_a_kernel_is_numpys_float16(device, length, float16_ties):
     """A float16 value computed and used in one kernel (not stored) is rounded in registers: bit for bit what
     numpy's cast gives, at every tie."""
-    values = float16_ties()[:length] if length else float16_ties()
+    values = float16_ties[:length] if length else float16_ties
     out = (device.tensor(values).to("float16").float() * 2.0).numpy()
     with np.errstate(over="ignore"):
         expected = values.astype(np.float16).astype(np.float32) * 2.0

@@ -3,7 +3,6 @@ import numpy as np
 import pyopencl as cl
 import pytest
 
-from tests.test_numerics import float16_ties
 from zyx.jit.compiler import build_source
 from zyx.jit.opencl_prelude import prelude
 from zyx.runtime.platforms import select_device
@@ -17,14 +16,14 @@ __kernel void lanes(__global const float* x, __global float* y) {
 
 
 @pytest.mark.parametrize("kernel,width", [("scalar", 1), ("lanes", 16)])
-def test_rounding_to_float16_in_registers_is_numpys_cast(kernel, width):
+def test_rounding_to_float16_in_registers_is_numpys_cast(kernel, width, float16_ties):
     """zyx_round_half and its vector form (register arithmetic, no memory: see _half_rounding_helper) give
     numpy's float16 cast bit for bit at every tie, past the largest value, for nan, infinities and subnormals."""
     device = select_device()
     context = cl.Context([device])
     queue = cl.CommandQueue(context)
     program = build_source(context, device, prelude(False, False, KERNELS) + KERNELS)
-    values = float16_ties()
+    values = float16_ties
     flags = cl.mem_flags
     source = cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=values)
     rounded = cl.Buffer(context, flags.WRITE_ONLY, values.nbytes)
