@@ -310,8 +310,11 @@ def _run(statement, values: dict[str, int], arrays: dict[str, list], registers: 
 
 def _swizzled(i: int, row: int) -> int:
     """zyx_swizzle, as print_opencl's helper computes it."""
-    shift, mask = swizzle_bits(row)
+    shift, mask = _swizzle_bits(row)
     return i ^ (((i >> shift) & mask) << 3)
+
+
+_swizzle_bits = functools.lru_cache(maxsize=None)(swizzle_bits)
 
 
 def _holds(cond, values: dict[str, int]) -> bool:
@@ -320,16 +323,32 @@ def _holds(cond, values: dict[str, int]) -> bool:
 
 def _value(expr: Expr, values: dict[str, int]) -> int:
     """`expr` at `values` of its variables, as the printed C computes it."""
-    total = expr.const
+    return _compiled(expr)(values)
+
+
+def _compiled(expr: Expr):
+    """`expr` as a Python function of its variables' values (the emulation evaluates each index some 10^5 times),
+    kept by the expression's identity (hashing one costs more than evaluating it)."""
+    kept = _COMPILED.get(id(expr))
+    if kept is None or kept[0] is not expr:
+        kept = _COMPILED[id(expr)] = (expr, eval(f"lambda values: {_python(expr)}"))
+    return kept[1]
+
+
+_COMPILED: dict[int, tuple] = {}
+
+
+def _python(expr: Expr) -> str:
+    terms = [str(expr.const)]
     for atom, coefficient in expr.terms.items():
         if atom.kind == "var":
-            value = values[atom.name]
+            value = f"values[{atom.name!r}]"
         else:
-            inner = _value(atom.expr, values)
-            value = {"div": lambda: inner // atom.k, "mod": lambda: inner % atom.k, "min": lambda: min(inner, atom.k),
-                     "clamped": lambda: inner}[atom.kind]()
-        total += coefficient * value
-    return total
+            inner = _python(atom.expr)
+            value = {"div": f"({inner}) // {atom.k}", "mod": f"({inner}) % {atom.k}", "min": f"min({inner}, {atom.k})",
+                     "clamped": inner}[atom.kind]
+        terms.append(f"{coefficient} * ({value})")
+    return " + ".join(terms)
 
 
 def _address(index: Expr, swizzle: int, values: dict[str, int]) -> int:

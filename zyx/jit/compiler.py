@@ -40,20 +40,22 @@ _KERNEL_NAME = re.compile(r"__kernel\s+void\s+(\w+)")
 # GPU-shaped kernels on a CPU driver (ZYX_GPU_KERNELS=1, the tests' GPU-shaped devices) run only to check them:
 # unoptimized, PoCL builds one in seconds where its optimizer spent minutes on a GPU kernel's unrolled barrier
 # regions (a tensor-core attention forward with its warp instructions emulated: 118 barriers, 75.8 s to its first
-# launch on PoCL 3.1, 1.3 s unoptimized). Not a launch group's kernel: PoCL 3.1 crashed running a GPU-shaped W4
-# step's groups (members with barriers, each in a branch of the group) unoptimized; optimized they run.
+# launch on PoCL 3.1, 1.3 s unoptimized). Not a launch group without a work-group size: PoCL then picks the group's
+# size (3370 items for one of a GPU-shaped W4 step's), and unoptimized it keeps each item's private values in
+# arrays of that many on its thread's stack, which overflowed (a crash). Groups of a set size (at most the device's
+# 256 items: an attention backward's, 32) are checked unoptimized too: optimized, one took 27 s to compile.
 CHECKING_OPTIONS = ("-cl-opt-disable",)
 # Defined where NVIDIA's PTX conversions exist (sm_80 and later): print_opencl's bfloat16 rounding is one cvt there
 PTX_CONVERSIONS = "ZYX_PTX_CVT"
 
 
-def kernel_options(traits: object, runtime: object, grouped: bool = False) -> tuple[str, ...]:
+def kernel_options(traits: object, runtime: object, unsized_group: bool = False) -> tuple[str, ...]:
     """The options a device's kernels are built with (part of each binary's cache key, as the source is):
-    CHECKING_OPTIONS for GPU-shaped kernels on a CPU driver (but where a build holds a launch group, `grouped`),
-    PTX_CONVERSIONS defined on NVIDIA sm_80 and later."""
+    CHECKING_OPTIONS for GPU-shaped kernels on a CPU driver (but where a build holds a launch group without a
+    work-group size, `unsized_group`), PTX_CONVERSIONS defined on NVIDIA sm_80 and later."""
     on_gpu = bool(getattr(runtime, "is_gpu", False))
     if getattr(traits, "gpu", False) and not on_gpu:
-        return () if grouped else CHECKING_OPTIONS
+        return () if unsized_group else CHECKING_OPTIONS
     capability = getattr(runtime, "compute_capability", None)
     return (f"-D{PTX_CONVERSIONS}",) if on_gpu and capability is not None and capability >= (8, 0) else ()
 
