@@ -1,18 +1,16 @@
 """Convolution (1-3 spatial axes, transposed too), pooling and sliding windows, composed from views and matmul.
 
-A convolution is windows (strided views of the padded input, stacked on a last axis) times the kernel as one
+A convolution is windows (one view of the padded input, kernel positions on a last axis) times the kernel as one
 matrix product per group, for any number of spatial axes. A transposed convolution is the convolution of the
 input spread out by zeros (stride - 1 between elements, a view) with the flipped kernel, which is its adjoint.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import ShapeError
-from .tensor_combine import stack
 from .tensor_results import ValuesIndices
 from .tensor_scan import extremes
 
@@ -39,18 +37,50 @@ def as_tuple(value: Size, count: int, name: str, op: str, low: int) -> tuple[int
 
 
 def windows(x: "Tensor", kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> "Tensor":
-    """(..., *spatial) -> (..., *out, prod(kernel)): every kernel position over the last len(kernel) axes, as
-    strided views stacked on a new last axis (window elements in row-major kernel order)."""
+    """(..., *spatial) -> (..., *out, prod(kernel)): every kernel position over the last len(kernel) axes (window
+    elements in row-major kernel order), as one view: index arithmetic per axis (`_axis_windows`), where a stack of
+    prod(kernel) strided views made each element a choice among them (a 308-element window: 890 KB of kernel
+    source, 16 s to compile on PoCL)."""
     spatial = x.shape[x.ndim - len(kernel):]
     counts = [(size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(spatial, kernel, stride, dilation)]
     if any(c <= 0 for c in counts):
         raise ShapeError(f"window {tuple(kernel)} (dilation {tuple(dilation)}) does not fit input of spatial size "
                          f"{tuple(spatial)}")
-    pieces = []
-    for offsets in itertools.product(*(range(k) for k in kernel)):
-        pieces.append(x[(...,) + tuple(slice(o * d, o * d + s * (c - 1) + 1, s)
-                                       for o, d, s, c in zip(offsets, dilation, stride, counts))])
-    return stack(pieces, axis=-1)
+    lead = x.ndim - len(kernel)
+    for j, geometry in enumerate(zip(kernel, stride, dilation, counts)):
+        x = _axis_windows(x, lead + 2 * j, *geometry)  # (..., out_0, k_0, ..., out_j, k_j, spatial_j+1, ...)
+    axes = list(range(lead)) + [lead + 2 * j for j in range(len(kernel))] + [lead + 2 * j + 1 for j in
+                                                                               range(len(kernel))]
+    return x.permute(*axes).reshape(x.shape[:lead] + tuple(counts) + (math.prod(kernel),))
+
+
+def _axis_windows(x: "Tensor", axis: int, k: int, s: int, d: int, count: int) -> "Tensor":
+    """Axis `axis` (length n) as two, (count, k): element [i, w] is x's [i * s + w * d]. Windows apart (d = 1,
+    k <= s) are the first k of rows of s. Others read a copy of the axis tiled end to end, cut into k rows of its
+    length plus d: row w starts d * w further on, and its element i * s is x's [i * s + w * d] (positions past n
+    pad the axis to `period`, which rows of count * s need, and are never read)."""
+    before, after = x.shape[:axis], x.shape[axis + 1:]
+
+    def fit(t: "Tensor", at: int, length: int) -> "Tensor":  # axis `at` padded or cut to `length`
+        size = t.shape[at]
+        if length > size:
+            return t.pad([(0, 0)] * at + [(0, length - size)] + [(0, 0)] * (t.ndim - at - 1))
+        return first(t, at, length) if length < size else t
+
+    def first(t: "Tensor", at: int, length: int) -> "Tensor":  # the first `length` along axis `at`
+        return t.shrink([None] * at + [(0, length)] + [None] * (t.ndim - at - 1))
+
+    if d == 1 and k <= s:
+        rows = fit(x, axis, count * s).reshape(before + (count, s) + after)
+        return first(rows, axis + 1, k)
+    period = max(x.shape[axis], count * s - d)
+    row = period + d
+    copies = -(-k * row // period)
+    tiled = fit(x, axis, period).reshape(before + (1, period) + after).expand(before + (copies, period) + after)
+    tiled = first(tiled.reshape(before + (copies * period,) + after), axis, k * row)
+    shifted = first(tiled.reshape(before + (k, row) + after), axis + 1, count * s)
+    picked = first(shifted.reshape(before + (k, count, s) + after), axis + 2, 1)
+    return picked.reshape(before + (k, count) + after).transpose(axis, axis + 1)
 
 
 def _conv_padding(padding: Union[Size, str], kernel: Sequence[int], stride: Sequence[int],

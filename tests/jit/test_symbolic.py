@@ -69,3 +69,15 @@ def test_grouped_rendering_factors_shared_coefficients_and_keeps_the_value():
     for k_, kk_, lid_ in [(0, 0, 0), (7, 15, 255), (249, 3, 17)]:
         value = eval(index.render_grouped().replace("/", "//"), {"k": k_, "kk": kk_, "lid": lid_})
         assert value == ((k_ % 2) * 16 + kk_) * 33 + lid_ // 16 + 16
+
+
+def test_a_coefficient_is_reduced_modulo_the_divisor():
+    """A sliding window's row w of a tiled axis starts at w * (period + d): modulo the period that is w * d, and
+    within the axis no modulo is left; a coefficient just below the divisor counts as a negative one, and what
+    may be negative keeps its modulo."""
+    w, t = Expr.var("w", 3), Expr.var("t", 60)
+    assert (w * 67 + t) % 66 == w + t
+    x = Expr.var("x", 5)
+    for coefficient, const in ((65, 70), (131, 3), (65, 2)):
+        remainder = (x * coefficient + const) % 66
+        assert [evaluate(remainder, {"x": v}) for v in range(5)] == [(v * coefficient + const) % 66 for v in range(5)]

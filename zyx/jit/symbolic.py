@@ -171,7 +171,8 @@ class Expr:
         if split is not None:  # (g*big + small) % k == g*(big % (k/g)) + small
             big, small, g = split
             return (big % (k // g)) * g + small
-        rest = Expr(self.const % k, {a: c for a, c in self.terms.items() if c % k != 0})
+        # congruent modulo k: each coefficient reduced to the one of least size ((w*67 + t) % 66 == (w + t) % 66)
+        rest = Expr(self.const % k, {a: _least_residue(c, k) for a, c in self.terms.items() if c % k != 0})
         if rest.lo >= 0 and rest.hi < k:
             return rest
         if rest.lo >= 0 and rest.lo // k == rest.hi // k:
@@ -276,3 +277,9 @@ def _combine(expr: Expr) -> Expr:
             if changed:
                 break
     return expr
+
+
+def _least_residue(c: int, k: int) -> int:
+    """The coefficient congruent to c modulo k nearest zero (c itself where no other is nearer)."""
+    r = c % k
+    return min((r, r - k, c), key=abs)
