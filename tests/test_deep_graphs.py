@@ -105,7 +105,7 @@ def test_a_long_chain_is_cut_into_kernels_of_one_shape():
     dev = zyx.OpenCL()
     w = dev.tensor(np.ones(64, np.float32))
     for _ in range(10 * FUSION_DEPTH_LIMIT):
-        w = w.exp().log()
+        w = -(-w)
     kernels, _ = schedule([w.node], DeviceTraits())
     assert len(kernels) == 20
     assert len({k.source for k in kernels}) <= 2
@@ -118,7 +118,7 @@ def test_a_long_chain_is_cut_below_a_broadcast_not_at_it():
     def build(device):
         v, w = device.tensor(np.linspace(0.5, 1.5, 64, dtype=np.float32)), device.tensor(np.eye(64, dtype=np.float32))
         for _ in range(FUSION_DEPTH_LIMIT // 2 - 1):  # the product's broadcast crosses the limit
-            v = v.exp().log()
+            v = -(-v)
         return (v.reshape(64, 1) * w).sum(0)
 
     kernels, _ = schedule([build(zyx.OpenCL()).node], DeviceTraits())
@@ -181,7 +181,7 @@ def test_a_chain_is_cut_at_the_reduction_a_function_of_it_reads():
         x = device.tensor(np.linspace(0.5, 1.5, 16 * 64, dtype=np.float32).reshape(16, 64))
         w = device.tensor(np.eye(64, dtype=np.float32))
         for _ in range(FUSION_DEPTH_LIMIT // 2 - 1):
-            x = x.exp().log()
+            x = -(-x)
         g = x.sum(0)
         return (g.abs().square().reshape(64, 1) * w).sum(0), g * 0.5
 
