@@ -38,9 +38,10 @@ NARROW_ACCUMULATORS = 4  # the same on CPUs with 8-float vectors (AVX2: 16 regis
 NARROW_WIDTHS = (16,)
 COPY_OUTPUTS = 64       # outputs per work item of a packed operand's copy (a block of rows, several steps of k)
 COPY_STATEMENTS = 16
-"""A copy whose one output takes more statements than this takes one block an item (copy_tile's `small`): a
-half-precision expression (each load converted, each result rounded) 64 times over took PoCL 18 s to compile
-(char_gpt's first float16 step, PoCL 3.1)."""
+"""A copy whose one output takes more statements than this, or reads through a guard (a padded input: a
+convolution's windows), takes one block an item (copy_tile's `small`): a half-precision expression (each load
+converted, each result rounded) 64 times over took PoCL 18 s to compile (char_gpt's first float16 step, PoCL 3.1);
+a 3 x 3 convolution's guarded window reads, 0.7-1.2 s where one block an item takes 0.3 s."""
 MIN_MACS = 1 << 18
 """Smaller products stay in one kernel (the copies cost more than they save), but for float16 ones: on the plain
 path each work item converts its tile's operands from 16 bits (vload_half) at every step of k, which PoCL's

@@ -25,26 +25,32 @@ from ...trace.node import ARANGE
 from ...trace.ops import Op
 from ..kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Broadcast, Const, Define, Extract, Gather, Kernel,
                          LaneSelect, Load, Loop, Operand, Reg, Role, Select, Statement, Store, rewrite, substitute,
-                         substitute_cond)
+                         substitute_cond, walk)
 from ..symbolic import Expr
 from . import accumulators, copy_body, defined_register, fold_lanes, widen
 
 MATH_OPS = {Op.NEG, Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.ERF, Op.FLOOR, Op.CEIL,
             Op.RINT, Op.DETACH, Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.CMPLT, Op.CMPEQ, Op.WHERE, Op.CAST,
             LESS_EQUAL}
+# math PoCL runs one lane at a time in a scalar kernel (library calls): vector lanes pay for a kernel that gathers
+TRANSCENDENTAL_OPS = {Op.RECIP, Op.SQRT, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.ERF, Op.DIV, Op.POW}
 MASK_OPS = {Op.NOT, Op.AND, Op.OR, Op.XOR, Op.ADD, Op.MUL, Op.MAX, Op.CMPEQ, Op.WHERE, Op.CAST, Op.DETACH}
 
 
 class NotVectorizable(Exception):
     """The kernel needs something vector lanes do not express (random numbers, integers that differ between
     lanes, float64 values, reductions whose lengths the width does not divide) or that would not pay (a gather
-    inside a loop)."""
+    inside a loop; with `scalar_gathers`, outputs apart that only gather, without math PoCL calls lane by lane)."""
 
 
-def vectorize(kernel: Kernel, width: int, uniform: bool = False, tails: bool = False) -> Optional[Kernel]:
-    """`kernel` with `width` lanes per work item (see the module docstring), or None where it does not apply."""
+def vectorize(kernel: Kernel, width: int, uniform: bool = False, tails: bool = False,
+              scalar_gathers: bool = False) -> Optional[Kernel]:
+    """`kernel` with `width` lanes per work item (see the module docstring), or None where it does not apply;
+    with `scalar_gathers` (CPU drivers) also None for outputs apart whose every load is a gather and that compute
+    no math PoCL calls lane by lane: each lane's guarded index written out (a padded copy, a pad's gradient: 47-144
+    KB of source for 16 lanes) took PoCL 2-3x longer to compile than the scalar kernel, which it vectorizes itself."""
     try:
-        return _Vectorizer(kernel, width, uniform, tails).run()
+        return _Vectorizer(kernel, width, uniform, tails, scalar_gathers).run()
     except NotVectorizable:
         return None
 
@@ -55,8 +61,8 @@ def _check_kind(dtype) -> None:
 
 
 class _Vectorizer:
-    def __init__(self, kernel: Kernel, width: int, uniform: bool, tails: bool):
-        self.kernel, self.width, self.uniform = kernel, width, uniform
+    def __init__(self, kernel: Kernel, width: int, uniform: bool, tails: bool, scalar_gathers: bool):
+        self.kernel, self.width, self.uniform, self.scalar_gathers = kernel, width, uniform, scalar_gathers
         items = kernel.work_items
         loops = [a for a in kernel.axes if a.role is Role.REDUCE]
         if not items or any(a.size == 0 for a in loops) or (items % width and not uniform):
@@ -80,9 +86,13 @@ class _Vectorizer:
                         and p.node.arg == ARANGE}
         self.ramps: dict[str, Reg] = {}    # arange lanes at consecutive elements: the scalar of their first lane
         self.depth = 0
+        self.loads = {"vector": 0, "gather": 0}
 
     def run(self) -> Kernel:
         body = self._body(self.kernel.body)
+        if self.scalar_gathers and self.loads["gather"] and not self.loads["vector"] and not any(
+                isinstance(s, Alu) and s.op in TRANSCENDENTAL_OPS for s in walk(self.kernel.body)):
+            raise NotVectorizable("gathers only")
         axes = tuple(Axis(a.name, self.items if a.role is Role.GLOBAL else self.trips.get(a.name, a.size), a.role)
                      for a in self.kernel.axes) + (Axis("lane", self.width, Role.VECTOR),)
         return dataclasses.replace(self.kernel, axes=axes, body=body)
@@ -153,9 +163,11 @@ class _Vectorizer:
             return []
         if all(guard is not None and guard == guards[0] for guard in guards):
             if all(flat == first + lane for lane, flat in enumerate(flats)):
+                self.loads["vector"] += 1
                 return [read(out, "vector")]
         if self.depth or indirect is not None:  # gathered on every trip: slower than scalar code; an indirect
             raise NotVectorizable(load)         # read whose lanes are not one row stays scalar
+        self.loads["gather"] += 1
         return [Gather(out, load.buffer, tuple(zip(flats, guards)))]
 
     def _indirect(self, load: Load) -> Optional[tuple]:
