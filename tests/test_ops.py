@@ -605,11 +605,11 @@ REDUCTIONS = {
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_reductions(device, name, dtype):
     op, reference = REDUCTIONS[name]
+    cases = []
     for shape, layout in [((), "contiguous"), ((1,), "contiguous"), ((7,), "flipped"), ((3, 5), "permuted"),
                           ((2, 3, 4), "strided"), ((1, 1, 5), "contiguous"), ((3, 0, 2), "contiguous")]:
         x = sample(shape, dtype, 0.5, 1.5) if name == "prod" else sample(shape, dtype)
         t = as_view(x, layout, device)
-        cases = []
         for axis in _reduce_cases(len(shape)):
             axes = () if axis is None else axis if isinstance(axis, tuple) else (axis,)
             reduces_empty = any(shape[a] == 0 for a in axes) or (axis is None and x.size == 0)
@@ -618,15 +618,15 @@ def test_reductions(device, name, dtype):
                     with pytest.raises(ValueError):
                         op(t, axis, keepdim)
                     continue
-                cases.append((axis, keepdim, op(t, axis, keepdim)))
-        zyx.realize(*(result for _, _, result in cases))  # one program: on OpenCL one build for its kernels
-        for axis, keepdim, result in cases:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                expected = np.asarray(reference(x, axis, keepdim))
-            assert result.dtype.name == dtype
-            assert_close(result.numpy(), expected.astype(dtype), dtype, dict(rtol=1e-5, atol=1e-5)
-                         if dtype == "float32" else dict(rtol=1e-10, atol=1e-10))
+                cases.append((x, axis, keepdim, op(t, axis, keepdim)))
+    zyx.realize(*(result for *_, result in cases))  # one program: on OpenCL one build for every shape's kernels
+    for x, axis, keepdim, result in cases:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = np.asarray(reference(x, axis, keepdim))
+        assert result.dtype.name == dtype
+        assert_close(result.numpy(), expected.astype(dtype), dtype, dict(rtol=1e-5, atol=1e-5)
+                     if dtype == "float32" else dict(rtol=1e-10, atol=1e-10))
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "bool"])
