@@ -49,9 +49,8 @@ def windows(x: "Tensor", kernel: Sequence[int], stride: Sequence[int], dilation:
     lead = x.ndim - len(kernel)
     for j, geometry in enumerate(zip(kernel, stride, dilation, counts)):
         x = _axis_windows(x, lead + 2 * j, *geometry)  # (..., out_0, k_0, ..., out_j, k_j, spatial_j+1, ...)
-    axes = list(range(lead)) + [lead + 2 * j for j in range(len(kernel))] + [lead + 2 * j + 1 for j in
-                                                                               range(len(kernel))]
-    return x.permute(*axes).reshape(x.shape[:lead] + tuple(counts) + (math.prod(kernel),))
+    x = x.permute(*range(lead), *range(lead, x.ndim, 2), *range(lead + 1, x.ndim, 2))  # (..., *out, *kernel)
+    return x.reshape(x.shape[:lead] + tuple(counts) + (math.prod(kernel),))
 
 
 def _axis_windows(x: "Tensor", axis: int, k: int, s: int, d: int, count: int) -> "Tensor":
@@ -61,25 +60,21 @@ def _axis_windows(x: "Tensor", axis: int, k: int, s: int, d: int, count: int) ->
     pad the axis to `period`, which rows of count * s need, and are never read)."""
     before, after = x.shape[:axis], x.shape[axis + 1:]
 
-    def fit(t: "Tensor", at: int, length: int) -> "Tensor":  # axis `at` padded or cut to `length`
-        size = t.shape[at]
+    def fit(t: "Tensor", length: int) -> "Tensor":  # `axis` padded or cut to `length`
+        size = t.shape[axis]
         if length > size:
-            return t.pad([(0, 0)] * at + [(0, length - size)] + [(0, 0)] * (t.ndim - at - 1))
-        return first(t, at, length) if length < size else t
-
-    def first(t: "Tensor", at: int, length: int) -> "Tensor":  # the first `length` along axis `at`
-        return t.shrink([None] * at + [(0, length)] + [None] * (t.ndim - at - 1))
+            return t.pad([(0, 0)] * axis + [(0, length - size)])
+        return t.narrow(axis, 0, length) if length < size else t
 
     if d == 1 and k <= s:
-        rows = fit(x, axis, count * s).reshape(before + (count, s) + after)
-        return first(rows, axis + 1, k)
+        return fit(x, count * s).reshape(before + (count, s) + after).narrow(axis + 1, 0, k)
     period = max(x.shape[axis], count * s - d)
     row = period + d
     copies = -(-k * row // period)
-    tiled = fit(x, axis, period).reshape(before + (1, period) + after).expand(before + (copies, period) + after)
-    tiled = first(tiled.reshape(before + (copies * period,) + after), axis, k * row)
-    shifted = first(tiled.reshape(before + (k, row) + after), axis + 1, count * s)
-    picked = first(shifted.reshape(before + (k, count, s) + after), axis + 2, 1)
+    tiled = fit(x, period).reshape(before + (1, period) + after).expand(before + (copies, period) + after)
+    tiled = tiled.reshape(before + (copies * period,) + after).narrow(axis, 0, k * row)
+    shifted = tiled.reshape(before + (k, row) + after).narrow(axis + 1, 0, count * s)
+    picked = shifted.reshape(before + (k, count, s) + after).narrow(axis + 2, 0, 1)
     return picked.reshape(before + (k, count) + after).transpose(axis, axis + 1)
 
 

@@ -263,6 +263,13 @@ def test_a_left_operands_copy_takes_several_steps_of_k_per_item_unless_it_is_sma
     close(out.numpy(), np.exp(a) @ b)
 
 
+def assert_left_copied_a_block_an_item(out):
+    """The left operand's copy of a 256-row product takes one block of rows (AVX2: 4, AVX-512: 8) an item."""
+    for traits, rows in ((AVX2, 4), (AVX512, 8)):
+        kernels, _ = product_site(out, traits)
+        assert kernels[0].global_size * rows == 256 * 256
+
+
 def test_a_copy_of_a_costly_expression_takes_one_block_an_item(dev):
     """A left operand computed in float16 (each load converted, each result rounded: over COPY_STATEMENTS
     statements an output) is copied one block of rows an item, however large: 64 outputs an item of such an
@@ -270,9 +277,7 @@ def test_a_copy_of_a_costly_expression_takes_one_block_an_item(dev):
     a, b = data(256, 256) / 4, data(256, 640)
     x = dev.tensor(a).to("float16")
     out = ((x * x + x).exp() * x - x).tanh() @ dev.tensor(b).to("float16")
-    for traits, rows in ((AVX2, 4), (AVX512, 8)):
-        kernels, site = product_site(out, traits)
-        assert kernels[0].global_size * rows == 256 * 256
+    assert_left_copied_a_block_an_item(out)
     reference = zyx.CPU().tensor(a).to("float16")
     want = ((reference * reference + reference).exp() * reference - reference).tanh() @ zyx.CPU().tensor(b).to(
         "float16")
@@ -285,9 +290,7 @@ def test_a_copy_reading_through_a_guard_takes_one_block_an_item(dev):
     convolution's windows took PoCL 0.7-1.2 s to compile, one block an item 0.3 s."""
     a, b = data(256, 254), data(256, 640)
     out = dev.tensor(a).pad(((0, 0), (1, 1))) @ dev.tensor(b)
-    for traits, rows in ((AVX2, 4), (AVX512, 8)):
-        kernels, site = product_site(out, traits)
-        assert kernels[0].global_size * rows == 256 * 256
+    assert_left_copied_a_block_an_item(out)
     close(out.numpy(), np.pad(a, ((0, 0), (1, 1))) @ b)
 
 

@@ -101,8 +101,8 @@ def test_gpu_shaped_candidates_compute_the_untuned_values(dev, tmp_path, always)
 def test_a_candidate_computing_other_values_is_rejected(dev, tmp_path, always, monkeypatch):
     apply = schedule_module._apply_plain
 
-    def wrong_at_width_8(kernel, space, tile, choice, vector, gathers):
-        shaped = apply(kernel, space, tile, choice, vector, gathers)
+    def wrong_at_width_8(kernel, space, tile, choice, vector, scalar_gathers):
+        shaped = apply(kernel, space, tile, choice, vector, scalar_gathers)
         if choice.get("width", 1) != 8:
             return shaped
         body = tuple(dataclasses.replace(s, value=Const(0.0, s.dtype, getattr(s.value, "width", 1)))
