@@ -47,7 +47,7 @@ MIN_MACS = 1 << 18
 path each work item converts its tile's operands from 16 bits (vload_half) at every step of k, which PoCL's
 work-item vectorizer took 14 s to compile for a 64 x 80 x 48 product (PoCL 3.1, AVX2; float32 0.2 s), where the
 three kernels of a plan (two converting copies) took 0.3 s. A small bfloat16 product's conversions are shifts:
-planned, a bf16 attention forward over 37 x 37 blocks compiled in 14.5 s, plain in 8.0 s."""
+planned, a bf16 attention forward over 37 x 37 blocks compiled in 14.5 s, plain in 6.4 s."""
 ROW_BAND_BYTES = 1 << 20
 """The rows of the left operand the items sweep the columns with before moving on (a band of row tiles this
 many bytes long): each right panel is read once per band, and the band's rows come from cache. W3 2048³ on PoCL
