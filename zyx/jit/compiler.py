@@ -27,6 +27,7 @@ from ..cache_dir import private_folder
 from ..debug import debug_level, logger
 from ..errors import KernelBuildError
 from ..runtime.platforms import QUIET_OPTION, build_quietly
+from .builtin_declarations import give_up, with_declarations
 from .program_binary import program_binary
 from .ptx_patch import hides_ptx, patch
 
@@ -65,18 +66,33 @@ def _options(options: Sequence[str]) -> list[str]:
 
 
 def build_source(context: cl.Context, device: cl.Device, source: str, options: Sequence[str] = ()) -> cl.Program:
-    """Compile `source` for `device` (KernelBuildError when the compiler rejects it)."""
-    try:
-        program = _build(cl.Program(context, source), device, options)
-    except cl.RuntimeError:
-        # PoCL's own cache can fail a build when several processes fill it at once: try once more, so only a real
-        # compile error reaches the caller
+    """Compile `source` for `device` (KernelBuildError when the compiler rejects it); on PoCL with only the
+    builtins it names declared (builtin_declarations.py), with the whole header where that fails."""
+    declared = with_declarations(device, source, options)
+    program = None
+    if declared is not None:
         try:
-            program = _build(cl.Program(context, source), device, options)
+            program = _build_retried(context, device, *declared)
+        except cl.RuntimeError as error:
+            failure = str(error)
+    if program is None:
+        try:
+            program = _build_retried(context, device, source, options)
         except cl.RuntimeError as error:
             raise _build_error(source, device, error) from None
+        if declared is not None:
+            give_up(device, failure)
     _log_build(program, device, source)
     return _patched(context, device, program, source, options) if hides_ptx(source) else program
+
+
+def _build_retried(context: cl.Context, device: cl.Device, source: str, options: Sequence[str]) -> cl.Program:
+    """PoCL's own cache can fail a build when several processes fill it at once: tried once more, so only a real
+    compile error reaches the caller."""
+    try:
+        return _build(cl.Program(context, source), device, options)
+    except cl.RuntimeError:
+        return _build(cl.Program(context, source), device, options)
 
 
 def _patched(context: cl.Context, device: cl.Device, program: cl.Program, source: str,

@@ -27,7 +27,7 @@ _STATUS = ctypes.c_int32
 
 
 @functools.lru_cache(maxsize=1)
-def _opencl() -> Optional[ctypes.CDLL]:
+def icd_loader() -> Optional[ctypes.CDLL]:
     """pyopencl's own ICD loader (its wheels bundle one), else the system's; None where neither loads."""
     bundled = sorted(glob.glob(os.path.join(os.path.dirname(cl.__file__), ".libs", "libOpenCL*")))
     for path in [*bundled, ctypes.util.find_library("OpenCL")]:
@@ -56,7 +56,7 @@ def _opencl() -> Optional[ctypes.CDLL]:
 def warm_up(context: cl.Context, device: cl.Device) -> bool:
     """Compile and link WARM_UP_SOURCE for `device`, without the GIL; whether it linked (a failure is left for
     the real build to report)."""
-    library = _opencl()
+    library = icd_loader()
     if library is None:
         return False
     status = _STATUS(0)
