@@ -18,8 +18,9 @@ import pytest
 from cache_worker import first_device, kernel_source
 from test_cache import context, queue  # noqa: F401 - fixtures, on the device below
 import zyx
-from zyx.jit import cache as cache_module, driver_warm_up, pocl_helper, pocl_helper_process
+from zyx.jit import cache as cache_module, pocl_helper, pocl_helper_process
 from zyx.jit.cache import AHEAD_MIN_LAUNCHES, KernelCache, pending_entry
+from zyx.jit.icd_loader import icd_loader
 
 N = 64
 
@@ -231,7 +232,7 @@ def test_a_short_run_stores_its_binary_while_the_driver_warms_up(tmp_path):
 def test_the_warm_up_calls_pyopencls_own_icd_loader_without_the_gil(device):
     """ctypes.CDLL releases the GIL around each call (PyDLL would not), so the scheduling thread runs on while the
     driver links; the calls go to the ICD loader pyopencl loaded where its wheel bundles one."""
-    library = driver_warm_up.icd_loader()
+    library = icd_loader()
     assert isinstance(library, ctypes.CDLL) and not isinstance(library, ctypes.PyDLL)
     mapped = Path("/proc/self/maps")
     if mapped.exists() and "pyopencl/.libs/libOpenCL" in mapped.read_text():

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import pyopencl as cl
 
-from .driver_warm_up import icd_loader
+from .icd_loader import icd_loader
 
 __all__ = ["DeclarationsFallbackWarning", "HeaderDeclarations", "declarations_for", "header_of"]
 
@@ -101,9 +101,7 @@ def _library_of(platform: cl.Platform) -> Optional[Path]:
     loader = icd_loader()
     if loader is None:
         return None
-    lookup = loader.clGetExtensionFunctionAddressForPlatform
-    lookup.restype, lookup.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]
-    address = lookup(platform.int_ptr, b"clIcdGetPlatformIDsKHR")
+    address = loader.clGetExtensionFunctionAddressForPlatform(platform.int_ptr, b"clIcdGetPlatformIDsKHR")
     info = _DlInfo()
     if not address or not ctypes.CDLL(None).dladdr(ctypes.c_void_p(address), ctypes.byref(info)) or not info.dli_fname:
         return None

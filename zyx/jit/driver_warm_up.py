@@ -11,64 +11,36 @@ pyopencl uses (the objects dispatch through their own driver's table).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
-import glob
-import os
-from typing import Optional
 
 import pyopencl as cl
 
+from .builtin_declarations import with_declarations
+from .icd_loader import HANDLE, STATUS, icd_loader
+
 __all__ = ["warm_up"]
 
-WARM_UP_SOURCE = b"__kernel void zyx_warm_up(__global int* x) { x[0] = 0; }"
-_HANDLE = ctypes.c_void_p
-_STATUS = ctypes.c_int32
-
-
-@functools.lru_cache(maxsize=1)
-def icd_loader() -> Optional[ctypes.CDLL]:
-    """pyopencl's own ICD loader (its wheels bundle one), else the system's; None where neither loads."""
-    bundled = sorted(glob.glob(os.path.join(os.path.dirname(cl.__file__), ".libs", "libOpenCL*")))
-    for path in [*bundled, ctypes.util.find_library("OpenCL")]:
-        if not path:
-            continue
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        library.clCreateProgramWithSource.restype = _HANDLE
-        library.clCreateProgramWithSource.argtypes = [_HANDLE, ctypes.c_uint32, ctypes.POINTER(ctypes.c_char_p),
-                                                      _HANDLE, ctypes.POINTER(_STATUS)]
-        library.clCompileProgram.restype = _STATUS
-        library.clCompileProgram.argtypes = [_HANDLE, ctypes.c_uint32, ctypes.POINTER(_HANDLE), ctypes.c_char_p,
-                                             ctypes.c_uint32, _HANDLE, _HANDLE, _HANDLE, _HANDLE]
-        library.clLinkProgram.restype = _HANDLE
-        library.clLinkProgram.argtypes = [_HANDLE, ctypes.c_uint32, ctypes.POINTER(_HANDLE), ctypes.c_char_p,
-                                          ctypes.c_uint32, ctypes.POINTER(_HANDLE), _HANDLE, _HANDLE,
-                                          ctypes.POINTER(_STATUS)]
-        library.clReleaseProgram.restype = _STATUS
-        library.clReleaseProgram.argtypes = [_HANDLE]
-        return library
-    return None
+WARM_UP_SOURCE = "__kernel void zyx_warm_up(__global int* x) { x[0] = 0; }"
 
 
 def warm_up(context: cl.Context, device: cl.Device) -> bool:
-    """Compile and link WARM_UP_SOURCE for `device`, without the GIL; whether it linked (a failure is left for
-    the real build to report)."""
+    """Compile and link WARM_UP_SOURCE for `device`, without the GIL, with only the builtins it names declared
+    where programs are so built (builtin_declarations.py, whose header is read here, off the scheduling thread);
+    whether it linked (a failure is left for the real build to report)."""
     library = icd_loader()
     if library is None:
         return False
-    status = _STATUS(0)
-    source = ctypes.c_char_p(WARM_UP_SOURCE)
-    devices = _HANDLE(device.int_ptr)
+    text, options = with_declarations(device, WARM_UP_SOURCE, ["-w"]) or (WARM_UP_SOURCE, ["-w"])
+    status = STATUS(0)
+    source = ctypes.c_char_p(text.encode())
+    devices = HANDLE(device.int_ptr)
     program = library.clCreateProgramWithSource(context.int_ptr, 1, ctypes.byref(source), None, ctypes.byref(status))
     if not program or status.value:
         return False
     try:
-        if library.clCompileProgram(program, 1, ctypes.byref(devices), b"-w", 0, None, None, None, None):
+        if library.clCompileProgram(program, 1, ctypes.byref(devices), " ".join(options).encode(), 0, None,
+                                    None, None, None):
             return False
-        compiled = _HANDLE(program)
+        compiled = HANDLE(program)
         linked = library.clLinkProgram(context.int_ptr, 1, ctypes.byref(devices), b"", 1, ctypes.byref(compiled),
                                        None, None, ctypes.byref(status))
         if linked:
