@@ -29,7 +29,6 @@ __all__ = ["DeclarationsFallbackWarning", "HeaderDeclarations", "declarations_fo
 GUARD = "_OPENCL_H_"
 HEADER = "opencl-c.h"
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
-_CALLED = re.compile(r"(\w+)\s*\(")
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 # where a PoCL library keeps its data (its `share/pocl`), from the library's folder: a system install, and the
 # pip wheel's (pyopencl/.libs/libpocl-*.so beside pocl_binary_distribution/.libs/share/pocl)
@@ -59,24 +58,27 @@ class HeaderDeclarations:
         parts: list[str] = []
         builtin_of: list[Optional[str]] = []
         statement: list[str] = []
-        for line in lines:
+        for line in lines:  # (str methods, not a regex a declaration: 25 ms for the 14 500, not 120)
             stripped = line.strip()
-            if stripped.startswith("#"):
+            if not stripped:
+                continue
+            if stripped[0] == "#":
                 if statement:
                     return None
                 parts.append(stripped)
                 builtin_of.append(None)
-            elif stripped:
-                statement.append(stripped)
-                if stripped.endswith(";"):
-                    declaration = " ".join(statement)
-                    statement = []
-                    called = _CALLED.search(declaration)
-                    if called is None:
-                        return None
-                    parts.append(declaration)
-                    # an attribute before the name (a deprecation) leaves the name unknown: always declared
-                    builtin_of.append(None if called.group(1) == "__attribute__" else called.group(1))
+                continue
+            statement.append(stripped)
+            if stripped[-1] == ";":
+                declaration = stripped if len(statement) == 1 else " ".join(statement)
+                statement = []
+                head, called, _ = declaration.partition("(")
+                words = head.split()
+                if not called or not words:
+                    return None
+                parts.append(declaration)
+                # an attribute before the name (a deprecation) leaves the name unknown: always declared
+                builtin_of.append(None if words[-1] == "__attribute__" else words[-1].lstrip("*"))
         if (statement or len(parts) < 3 or parts[0].split() != ["#ifndef", GUARD]
                 or parts[1].split() != ["#define", GUARD] or not parts[-1].lstrip().startswith("#endif")):
             return None
