@@ -1,6 +1,7 @@
 """PoCL programs carry the declarations of only the builtins they name (builtin_declarations.py): taken from the
 header the device's PoCL reads, they build the same code; a program they cannot build is built with the whole
 header, with one warning, and the device keeps the whole header from then on."""
+import re
 import uuid
 from types import SimpleNamespace
 
@@ -53,7 +54,7 @@ def test_the_header_splits_into_directives_and_declarations_by_builtin(pocl):
     assert declarations is not None and {"exp", "vload4", "barrier", "convert_int4", "isnan"} <= declarations.builtins
     text = declarations.for_source("__kernel void k(__global float* x) { x[0] = exp(x[0]); }")
     kept = text.split("\n#line 1\n")[0]
-    assert "exp(float)" in kept.replace(" ", "") and "sin(float)" not in kept.replace(" ", "")
+    assert re.search(r"\bexp\(float", kept) and not re.search(r"\bsin\(", kept)  # (some headers name parameters)
     assert f"#define {GUARD}" not in kept and "#include" not in kept  # (PoCL read opencl-c-base.h before)
     assert len(text) < len(header.read_text()) / 10
     assert text.endswith("\n#line 1\n__kernel void k(__global float* x) { x[0] = exp(x[0]); }")
