@@ -9,20 +9,10 @@ import numpy as np
 import pyopencl as cl
 import pytest
 
+from test_compiler import context, device  # noqa: F401 - fixtures: the JIT's OpenCL device and a context
 from zyx.jit import builtin_declarations, compiler
 from zyx.jit.builtin_declarations import GUARD, DeclarationsFallbackWarning, HeaderDeclarations, header_of
 from zyx.jit.compiler import build_source
-from zyx.runtime.platforms import select_device
-
-
-@pytest.fixture(scope="module")
-def device():
-    return select_device()
-
-
-@pytest.fixture(scope="module")
-def context(device):
-    return cl.Context([device])
 
 
 @pytest.fixture
