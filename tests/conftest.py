@@ -188,7 +188,8 @@ WGPU_INT64_LIMITED = {"test_int_pow_is_exact", "test_int_extremes", "test_bitwis
 
 # float64 on OpenCL: the exhaustive per-op tests run every op in float32 on both devices and in float64 on the
 # reference; on OpenCL, float64 runs for this sample of ops (the double code paths are shared by all ops), so a
-# cold CI run compiles a few hundred kernels fewer (each PoCL build costs ~0.2 s). Deselected, not skipped.
+# cold CI run compiles a few hundred kernels fewer (each a build and a work-group function on PoCL: ~0.1 s).
+# Deselected, not skipped.
 OPENCL_FLOAT64_SAMPLE = {"exp", "log", "sqrt", "tanh", "sigmoid", "gelu", "abs", "round", "add", "div", "pow",
                          "maximum", "floordiv", "lt", "sum", "max", "var", "logsumexp", "prod"}
 EXHAUSTIVE_TESTS = {"test_unary", "test_binary", "test_reductions"}
