@@ -24,7 +24,8 @@ import pyopencl as cl
 
 from .icd_loader import icd_loader
 
-__all__ = ["DeclarationsFallbackWarning", "HeaderDeclarations", "declarations_for", "header_of"]
+__all__ = ["DeclarationsFallbackWarning", "HeaderDeclarations", "declarations_for", "give_up", "header_of",
+           "with_declarations"]
 
 GUARD = "_OPENCL_H_"
 HEADER = "opencl-c.h"
@@ -47,7 +48,7 @@ class HeaderDeclarations:
 
     parts: tuple[str, ...]  # the header's directives and declarations, in order
     builtin_of: tuple[Optional[str], ...]  # for each part: the builtin it declares, None for a directive
-    builtins: frozenset
+    builtins: frozenset[str]  # every builtin the header declares
 
     @classmethod
     def parse(cls, text: str) -> Optional["HeaderDeclarations"]:
