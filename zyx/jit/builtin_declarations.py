@@ -31,9 +31,10 @@ GUARD = "_OPENCL_H_"
 HEADER = "opencl-c.h"
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
-# where a PoCL library keeps its data (its `share/pocl`), from the library's folder: a system install, and the
-# pip wheel's (pyopencl/.libs/libpocl-*.so beside pocl_binary_distribution/.libs/share/pocl)
-_DATA_FOLDERS = ("../share/pocl", "../../share/pocl", "../../pocl_binary_distribution/.libs/share/pocl")
+# where a PoCL library keeps its data (its `share/pocl`), from the library's folder: a system install (also one
+# whose /lib is not /usr/lib), and the pip wheel's (pyopencl/.libs/libpocl-*.so, pocl_binary_distribution/.libs/share)
+_DATA_FOLDERS = ("../share/pocl", "../../share/pocl", "../../usr/share/pocl",
+                 "../../pocl_binary_distribution/.libs/share/pocl")
 
 
 class DeclarationsFallbackWarning(UserWarning):
