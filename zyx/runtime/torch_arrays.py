@@ -13,11 +13,10 @@ import functools
 import warnings
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
-import ml_dtypes
 import numpy as np
 import torch
 
-from ..dtypes import ALL_DTYPES, DType
+from ..dtypes import ALL_DTYPES, DType, bfloat16
 from ..precision import tf32_allowed
 from ..trace.ops import Op
 from ..trace.philox import CUDA_SOURCE, FLOAT_MANTISSA_BITS, philox_bits_int64
@@ -188,8 +187,9 @@ def storage_key(tensor: torch.Tensor) -> int:
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:
-    """A CPU tensor sharing `array`'s memory (bfloat16, which torch cannot import from numpy, through its bits)."""
-    if array.dtype == np.dtype(ml_dtypes.bfloat16):
+    """A CPU tensor sharing `array`'s memory (bfloat16, which torch cannot import from numpy, through its bits;
+    told by name: ml_dtypes, whose dtype it is, is loaded only where a bfloat16 value reaches the host)."""
+    if array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(array)
 
@@ -197,7 +197,7 @@ def from_numpy(array: np.ndarray) -> torch.Tensor:
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A host tensor's values as a numpy array (bfloat16 as ml_dtypes' bfloat16)."""
     if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
+        return tensor.view(torch.uint16).numpy().view(bfloat16.np)
     return tensor.numpy()
 
 
