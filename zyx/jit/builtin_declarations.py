@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import pyopencl as cl
 
+from ..runtime.platforms import is_pocl
 from .icd_loader import icd_loader
 
 __all__ = ["DeclarationsFallbackWarning", "HeaderDeclarations", "declarations_for", "give_up", "header_of",
@@ -114,7 +115,7 @@ def _library_of(platform: cl.Platform) -> Optional[Path]:
 
 def header_of(platform: cl.Platform) -> Optional[Path]:
     """The opencl-c.h a PoCL `platform` compiles with, where it can be found beside its library; else None."""
-    if not platform.name.startswith("Portable Computing Language"):
+    if not is_pocl(platform):
         return None
     library = _library_of(platform)
     if library is None:

@@ -36,17 +36,18 @@ from typing import Callable, TextIO
 
 import pyopencl as cl
 
+from ..runtime.platforms import is_pocl
+
 __all__ = ["PoclHelper", "serves"]
 
 KILL_GRACE_SECONDS = 0.5  # past the exit budget, before the parent kills a helper that did not stop itself
 START_SECONDS = 2.0  # added to the exit budget: a helper's Python, imports and platform take about 1-2 s (load 9)
-_POCL_PLATFORM = "Portable Computing Language"
 
 
 def serves(device: cl.Device) -> bool:
     """Whether the helper works for `device`: PoCL CPU devices (GPU drivers compile kernels at build time, several
     at once, and read binaries in-process)."""
-    return device.platform.name.startswith(_POCL_PLATFORM) and bool(device.type & cl.device_type.CPU)
+    return is_pocl(device.platform) and bool(device.type & cl.device_type.CPU)
 
 
 class PoclHelper:

@@ -23,6 +23,7 @@ from zyx.runtime import collectives, profiling
 from zyx.runtime.cpu_target import native_float_lanes
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import ARENA_SHARE, BufferPool, PooledRuntime
+from zyx.runtime.platforms import is_pocl
 from zyx.runtime.run_code import HeldArguments
 from ..debug import logger
 
@@ -104,7 +105,7 @@ class OpenCLRuntime(PooledRuntime):
                                          native_float_lanes(self.name, cl_device.preferred_vector_width_float))
         # PoCL runs its LLVM for one build at a time (pocl_llvm_api.h: "not thread safe"; one lock), so builds on
         # threads only wait for each other, and each pays the build's fixed cost
-        self.builds_one_at_a_time: bool = cl_device.platform.name.startswith("Portable Computing Language")
+        self.builds_one_at_a_time: bool = is_pocl(cl_device.platform)
         self.compute_capability = _compute_capability(cl_device)
         self.limits = MemoryLimits(cl_device.max_mem_alloc_size, cl_device.global_mem_size, f"OpenCL({self.name!r})")
         # per kernel, the arguments it was last given (`launcher`); they hold their buffers, so a trim forgets them

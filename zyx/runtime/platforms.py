@@ -78,6 +78,11 @@ def describe_devices() -> list[dict[str, Any]]:
     return [dict(description) for description, _ in _enumerate()]
 
 
+def is_pocl(platform: cl.Platform) -> bool:
+    """Whether `platform` is PoCL, by its name (`pocl_version` reads its version)."""
+    return platform.name.startswith("Portable Computing Language")
+
+
 def pocl_version(platform_version: str) -> tuple[int, int, int, int] | None:
     """(major, minor, patch, is_release) from a PoCL platform version string, or None when it is not PoCL."""
     match = _POCL_VERSION.search(platform_version)
