@@ -56,25 +56,19 @@ def test_a_process_that_loads_its_programs_imports_no_scheduler_kernel_ir_or_pri
     assert warm_value == cold_value and warm_modules == "[]"
 
 
-def test_ml_dtypes_loads_only_when_bfloat16_reaches_the_host():
-    # loading ml_dtypes' extension takes most of a warm start: a float32 program on a device does without it
+@pytest.mark.parametrize("device, needs", [("zyx.CPU()", None), ("zyx.Torch('cpu')", "torch")])
+def test_ml_dtypes_loads_only_when_bfloat16_reaches_the_host(device, needs):
+    # loading ml_dtypes' extension takes most of a warm start (ml_dtypes 0.7 beside numpy 2.4: 1.3-1.7 s): a
+    # float32 program does without it, on a device or on the torch backend (which `zyx devices` imports)
+    if needs:
+        pytest.importorskip(needs)  # (an optional extra)
     printed = run("import sys, zyx\n"
-                  "x = zyx.CPU().tensor([1.5, 2.5])\n"
+                  f"x = {device}.tensor([1.5, 2.5])\n"
                   "print((x * 2).numpy().tolist(), 'ml_dtypes' in sys.modules)\n"
                   "h = x.to(zyx.bfloat16).numpy()\n"
-                  "print(h.dtype.name, h.astype('float32').tolist(), zyx.CPU().tensor([1.0], dtype='bfloat16').dtype is zyx.bfloat16)")
+                  f"print(h.dtype.name, h.astype('float32').tolist(), {device}.tensor([1.0], dtype='bfloat16').dtype"
+                  " is zyx.bfloat16)")
     assert printed.split("\n")[:2] == ["[3.0, 5.0] False", "bfloat16 [1.5, 2.5] True"]
-
-
-def test_the_torch_backend_loads_ml_dtypes_only_when_bfloat16_reaches_the_host():
-    # (ml_dtypes 0.7 beside numpy 2.4: 1.3-1.7 s to import; `zyx devices` lists torch's devices through this backend)
-    pytest.importorskip("torch")  # (an optional extra)
-    printed = run("import sys, zyx\n"
-                  "x = zyx.Torch('cpu').tensor([1.5, 2.5])\n"
-                  "print((x * 2).numpy().tolist(), 'ml_dtypes' in sys.modules)\n"
-                  "h = x.to(zyx.bfloat16).numpy()\n"
-                  "print(h.dtype.name, h.astype('float32').tolist())")
-    assert printed.split("\n")[:2] == ["[3.0, 5.0] False", "bfloat16 [1.5, 2.5]"]
 
 
 def test_ci_script_parses():
