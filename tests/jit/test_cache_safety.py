@@ -333,6 +333,13 @@ def test_small_values_are_counted_exactly_and_evicted_least_recently_used_first(
     assert not store.put("huge", "{}", b"x" * 40) and store.volume() == 25  # alone over the limit: not stored
 
 
+def test_a_store_is_empty_until_an_entry_is_put_and_again_once_cleared(tmp_path):
+    store = DiskStore(tmp_path, "kernels", size_limit=30)
+    assert store.is_empty()
+    assert store.put("a", "{}", b"1234") and not store.is_empty()
+    assert store.clear() == 1 and store.is_empty()
+
+
 def test_exit_waits_about_a_second_for_queued_writes(tmp_path):
     script = ("import time; from zyx.jit.background import BackgroundWriter; w = BackgroundWriter(); "
               "[w.submit(lambda: time.sleep(2)) for _ in range(30)]; print('queued', flush=True)")

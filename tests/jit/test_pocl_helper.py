@@ -211,6 +211,21 @@ def test_the_driver_is_warmed_up_once_per_device_as_a_program_is_first_scheduled
     assert started == [True]  # (the warm-up ran once, and the driver compiled and linked)
 
 
+@pytest.mark.parametrize("empty", [True, False])
+def test_a_device_opened_on_an_empty_cache_starts_the_warm_up_at_once(tmp_path, device, monkeypatch, empty):
+    """Nothing was ever compiled into an empty cache, so this process will compile: the device starts the driver's
+    warm-up as it opens (overlapping the model's construction too); on a cache holding entries it waits for the
+    first program it schedules."""
+    from zyx.runtime.opencl_device import OpenCLDevice
+    cache = KernelCache(tmp_path)
+    monkeypatch.setattr(cache_module, "_default", cache)
+    monkeypatch.setattr(cache, "is_empty", lambda: empty)
+    prepared = []
+    monkeypatch.setattr(cache, "prepare_compiles", lambda context, cl_device: prepared.append(cl_device))
+    OpenCLDevice(device)
+    assert prepared == ([device] if empty else [])
+
+
 def test_a_short_run_stores_its_binary_while_the_driver_warms_up(tmp_path):
     """The warm-up takes about a second (here three more); a run shorter than that still stores its program's
     binary at exit (on the writer thread, which the warm-up does not hold up), and the next process compiles

@@ -1,9 +1,11 @@
 """The default device's compile probe is remembered in the kernel cache: a later process loads it (the driver
 checks the binary) instead of compiling it, a new driver string probes again, and a binary the driver rejects
-falls back to compiling the probe."""
+falls back to compiling the probe. Where nothing is remembered the compiler's front end is the check, and the
+probe's whole build (which stores it) runs on a thread: run in place here, so the counters can be read after."""
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import pyopencl as cl
 import pytest
@@ -25,6 +27,8 @@ def new_process(tmp_path, monkeypatch):
         monkeypatch.setattr(cache_module, "_default", KernelCache(tmp_path / "cache"))
         monkeypatch.setattr(probe, "_problems", {})
     start()
+    monkeypatch.setattr(probe, "Thread", lambda target, args, name: SimpleNamespace(
+        start=lambda: target(*args)))
     return start
 
 
@@ -75,10 +79,34 @@ def test_a_remembered_pass_the_driver_rejects_is_probed_again(new_process, monke
 
 
 def test_a_failure_is_not_remembered(new_process, monkeypatch):
-    def cannot_compile(source, *args, **kwargs):
-        raise KernelBuildError("OpenCL could not build zyx_probe\nerror: unknown target CPU 'generic'")
-    monkeypatch.setattr(cache_module, "build_source", cannot_compile)
-    assert probed()[0] == "error: unknown target CPU 'generic'"
-    monkeypatch.undo()
+    front_end = probe.front_end_problem
+    monkeypatch.setattr(probe, "front_end_problem", lambda context, device: "error: unknown target CPU 'generic'")
+    assert probed() == ("error: unknown target CPU 'generic'", {"kernels_compiled": 0, "cache_disk_hits": 0})
+    monkeypatch.setattr(probe, "front_end_problem", front_end)
     new_process()
     assert probed() == (None, {"kernels_compiled": 1, "cache_disk_hits": 0})
+
+
+def test_the_front_end_reports_the_error_line_of_its_log():
+    device = first_device()
+    context = cl.Context([device])
+    assert probe.front_end_problem(context, device) is None
+    problem = probe.front_end_problem(context, device, "__kernel void broken(__global float* x) { x[0] = y; }")
+    assert problem is not None and "error" in problem and "'y'" in problem
+
+
+def test_the_probes_build_runs_beside_the_caller_and_its_failure_is_left_to_the_programs_build(new_process,
+                                                                                              monkeypatch):
+    """The front end passed: the caller has its answer while the whole build (the first link, which loads the
+    driver's kernel library) runs on its thread; a build that fails there stores nothing and raises nothing."""
+    threads = []
+    monkeypatch.setattr(probe, "Thread", lambda target, args, name: SimpleNamespace(
+        start=lambda: threads.append((name, target, args))))
+    assert probe.compile_problem(first_device()) is None and [name for name, *_ in threads] == ["zyx-probe"]
+
+    def cannot_link(source, *args, **kwargs):
+        raise KernelBuildError("OpenCL could not build zyx_probe\nerror: undefined symbol")
+    monkeypatch.setattr(cache_module, "build_source", cannot_link)
+    _, target, args = threads[0]
+    target(*args)
+    assert not cache_module.default_cache().holds(first_device(), probe.PROBE)

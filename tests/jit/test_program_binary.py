@@ -6,6 +6,7 @@ import numpy as np
 import pyopencl as cl
 
 from zyx.jit import program_binary as binary_module
+from zyx.jit.icd_loader import icd_loader
 
 SOURCE = "\n".join(f"__kernel void k{i}(__global float* a) {{ int g = get_global_id(0); a[g] = exp(tanh(a[g] * {i}.0f)); }}"
                    for i in range(6))
@@ -23,9 +24,9 @@ def _launched_program():
 
 
 def test_the_ctypes_read_gives_the_bytes_pyopencl_gives():
-    assert binary_module._opencl_library() is not None
+    assert icd_loader() is not None
     program, device = _launched_program()
-    ours = binary_module._binary_through_ctypes(binary_module._opencl_library(), program, device)
+    ours = binary_module._binary_through_ctypes(icd_loader(), program, device)
     devices = program.get_info(cl.program_info.DEVICES)
     assert ours == program.get_info(cl.program_info.BINARIES)[devices.index(device)]
     assert binary_module.program_binary(program, device) == ours

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..runtime.platforms import is_pocl
 from .icd_loader import icd_loader
 
 __all__ = ["DeclarationsFallbackWarning", "HeaderDeclarations", "declarations_for", "give_up", "header_of",
-           "with_declarations"]
+           "leaves_header_out", "with_declarations"]
 
 GUARD = "_OPENCL_H_"
 HEADER = "opencl-c.h"
@@ -136,15 +137,27 @@ def _parsed(header: Path) -> Optional[HeaderDeclarations]:
 
 
 _platform_declarations: dict[int, Optional[HeaderDeclarations]] = {}
+_parsing = threading.Lock()  # the driver's warm-up thread and a first build may both ask: one parse
 
 
 def declarations_for(device: cl.Device) -> Optional[HeaderDeclarations]:
     """The declarations programs for `device` carry (None: built with the whole header)."""
     key = device.platform.int_ptr
     if key not in _platform_declarations:
-        header = header_of(device.platform)
-        _platform_declarations[key] = _parsed(header) if header is not None else None
+        with _parsing:
+            if key not in _platform_declarations:
+                header = header_of(device.platform)
+                _platform_declarations[key] = _parsed(header) if header is not None else None
     return _platform_declarations[key]
+
+
+def leaves_header_out(device: cl.Device) -> bool:
+    """Whether `device`'s programs are built with the header's guard defined (carrying their own declarations):
+    known without parsing the header, so that a source naming no builtin builds with the guard alone."""
+    key = device.platform.int_ptr
+    if key in _platform_declarations:
+        return _platform_declarations[key] is not None
+    return header_of(device.platform) is not None
 
 
 def with_declarations(device: cl.Device, source: str, options: Sequence[str]) -> Optional[tuple[str, list[str]]]:

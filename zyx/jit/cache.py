@@ -31,7 +31,7 @@ from zyx.jit.background import BackgroundWriter
 from zyx.jit.pocl_helper import PoclHelper, serves
 from zyx.jit.compile_lock import compile_lock
 from zyx.jit.compiler import build_binary, build_source
-from zyx.jit.driver_warm_up import warm_up
+from zyx.jit.driver_warm_up import warm_up, warm_up_options
 from zyx.jit.program_binary import program_binary
 from zyx.jit.cache_key import (
     CACHE_FORMAT, COMPONENT_NAMES, FINGERPRINT_NAMES, cache_key, device_fingerprint, differing_components, hash_hex,
@@ -315,6 +315,10 @@ class KernelCache:
         if self.stores_binaries and serves(device):
             self._helper.start()
 
+    def is_empty(self) -> bool:
+        """Whether nothing was ever stored here (or all was cleared): a process using it will compile."""
+        return self._store.is_empty()
+
     def prepare_compiles(self, context: cl.Context, device: cl.Device) -> None:
         """A program is about to be scheduled for `device`, and likely compiled: where the helper serves the
         device (PoCL on a CPU), warm the driver up (`driver_warm_up`) on a thread of its own, once per device, so
@@ -324,7 +328,8 @@ class KernelCache:
         if not serves(device) or device.int_ptr in self._warmed:
             return
         self._warmed.add(device.int_ptr)
-        threading.Thread(target=warm_up, args=(context, device), name="zyx-driver-warm-up").start()
+        threading.Thread(target=warm_up, args=(context, device, warm_up_options(device)),
+                         name="zyx-driver-warm-up").start()
 
     def compile_ahead(self, program: cl.Program, launches: list) -> None:
         """Have the helper process compile the work-group functions of a freshly compiled `program`'s `launches`

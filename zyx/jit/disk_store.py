@@ -141,6 +141,11 @@ class DiskStore:
         return bool(self._guarded("read", lambda db: db.execute(
             f"SELECT 1 FROM {self.table} WHERE key = ?", (key,)).fetchone()))
 
+    def is_empty(self) -> bool:
+        """Whether the table is on disk and holds no entry."""
+        return self.on_disk and self._guarded("read", lambda db: db.execute(
+            f"SELECT 1 FROM {self.table} LIMIT 1").fetchone()) is None
+
     def rows(self) -> list[Row]:
         """Every entry without its value, least recently used first; listing refreshes nothing."""
         found = self._guarded("read", lambda db: db.execute(

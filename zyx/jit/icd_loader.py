@@ -1,5 +1,5 @@
-"""The OpenCL ICD loader pyopencl uses, through ctypes: for calls pyopencl makes with the GIL held (a link) or
-does not offer (a platform's extension function addresses). ctypes.CDLL releases the GIL around each call."""
+"""The OpenCL ICD loader pyopencl uses, through ctypes: for calls pyopencl makes with the GIL held (a link, reading a
+program's binary) or does not offer (a platform's extension function addresses). ctypes.CDLL releases the GIL around each call."""
 from __future__ import annotations
 
 import ctypes
@@ -40,6 +40,9 @@ def icd_loader() -> Optional[ctypes.CDLL]:
                                           ctypes.POINTER(STATUS)]
         library.clReleaseProgram.restype = STATUS
         library.clReleaseProgram.argtypes = [HANDLE]
+        library.clGetProgramInfo.restype = STATUS
+        library.clGetProgramInfo.argtypes = [HANDLE, ctypes.c_uint32, ctypes.c_size_t, HANDLE,
+                                             ctypes.POINTER(ctypes.c_size_t)]
         library.clGetExtensionFunctionAddressForPlatform.restype = HANDLE
         library.clGetExtensionFunctionAddressForPlatform.argtypes = [HANDLE, ctypes.c_char_p]
         return library

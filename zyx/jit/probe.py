@@ -7,14 +7,28 @@ device, driver and OpenCL C versions, zyx version), so a later process loads it 
 load is the check: the binary's checksum is verified and the driver must accept it. A binary the driver
 rejects is dropped and the probe compiled again, and a new driver is a new key, so a remembered pass is never
 taken on trust. Failures are not remembered: the next process probes again.
+
+Where nothing is remembered, the check is the compiler's front end alone (`front_end_problem`: 0.02 s on PoCL),
+which is where a driver whose LLVM does not know the CPU fails ("unknown target CPU 'generic'"); the probe's
+whole build, which stores its binary, runs on a thread of its own. That build is the process's first link, which
+loads PoCL's kernel library (0.5 s on a 2-core EPYC): the caller goes on building its model meanwhile, where it
+waited for it before (a cold start through `zyx.OpenCL()`).
 """
 from __future__ import annotations
 
+from threading import Thread
+import warnings
+
 import pyopencl as cl
 
-from ..runtime.platforms import PROBE, first_error_line
-from .cache import default_cache
+from ..runtime.platforms import PROBE, QUIET_OPTION, first_error_line
+from .builtin_declarations import GUARD, leaves_header_out
+from .cache import KernelCache, default_cache
 from .compiler import KernelBuildError
+
+__all__ = ["compile_problem", "front_end_problem"]
+
+FRONT_END_PROBE = "__kernel void zyx_front_end_probe(__global float* x) { x[0] += 1.0f; }"  # (names no builtin)
 
 _problems: dict[int, str | None] = {}
 
@@ -27,11 +41,44 @@ def compile_problem(cl_device: cl.Device) -> str | None:
     return _problems[key]
 
 
+def front_end_problem(context: cl.Context, cl_device: cl.Device, source: str = FRONT_END_PROBE) -> str | None:
+    """Why the compiler's front end rejects `source` for `cl_device` (its log's error line), or None: a compile
+    without a link, with the header's guard alone where programs carry their own declarations."""
+    options = [QUIET_OPTION, f"-D{GUARD}"] if leaves_header_out(cl_device) else [QUIET_OPTION]
+    program = cl.Program(context, source)
+    try:
+        with warnings.catch_warnings():  # (pyopencl's note that a program compiled, not built, is not cached)
+            warnings.simplefilter("ignore", UserWarning)
+            program.compile(options=options, devices=[cl_device])
+    except cl.Error as error:
+        try:
+            log = program.get_build_info(cl_device, cl.program_build_info.LOG)
+        except cl.Error:
+            log = ""
+        return first_error_line(log if "error" in log.lower() else str(error))
+    return None
+
+
 def _probe(cl_device: cl.Device) -> str | None:
     cache = default_cache()
+    context = cl.Context([cl_device])
+    if not cache.holds(cl_device, PROBE):
+        problem = front_end_problem(context, cl_device)
+        if problem is None:
+            Thread(target=_remember, args=(cache, context, cl_device), name="zyx-probe").start()
+        return problem
     try:
-        program = cache.build(cl.Context([cl_device]), cl_device, PROBE)
+        program = cache.build(context, cl_device, PROBE)
     except (KernelBuildError, cl.Error) as error:
         return first_error_line(str(error))
-    cache.commit_later(program)  # a compiled probe is stored for the next process; a loaded one is not again
+    cache.commit_later(program)  # (a binary the driver rejected was compiled again: stored anew)
     return None
+
+
+def _remember(cache: KernelCache, context: cl.Context, cl_device: cl.Device) -> None:
+    """Build the probe through the cache, which stores its binary for the next process's check. Not a daemon: a
+    thread inside the driver's link could crash in the interpreter's teardown."""
+    try:
+        cache.commit_later(cache.build(context, cl_device, PROBE))
+    except (KernelBuildError, cl.Error):
+        pass  # (not remembered; a failing link shows at the program's own build, with its log)

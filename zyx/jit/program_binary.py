@@ -8,12 +8,10 @@ ctypes on the OpenCL library pyopencl already loaded lets the step, and the exit
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
-from pathlib import Path
-from typing import Optional
 
 import pyopencl as cl
+
+from .icd_loader import icd_loader
 
 __all__ = ["program_binary"]
 
@@ -21,24 +19,6 @@ _PROGRAM_NUM_DEVICES = 0x1162
 _PROGRAM_DEVICES = 0x1163
 _PROGRAM_BINARY_SIZES = 0x1165
 _PROGRAM_BINARIES = 0x1166
-
-
-@functools.cache
-def _opencl_library() -> Optional[ctypes.CDLL]:
-    """The ICD loader pyopencl links (its wheel bundles one under a mangled name), else the system's."""
-    bundled = sorted((Path(cl.__file__).parent / ".libs").glob("libOpenCL*.so*"))
-    candidates = [str(path) for path in bundled] + [ctypes.util.find_library("OpenCL") or "libOpenCL.so.1"]
-    for candidate in candidates:
-        try:
-            library = ctypes.CDLL(candidate)
-        except OSError:
-            continue
-        function = library.clGetProgramInfo
-        function.restype = ctypes.c_int32
-        function.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_size_t, ctypes.c_void_p,
-                             ctypes.POINTER(ctypes.c_size_t)]
-        return library
-    return None
 
 
 def _info(library: ctypes.CDLL, program: int, name: int, value: ctypes._SimpleCData | ctypes.Array) -> None:
@@ -64,7 +44,7 @@ def _binary_through_ctypes(library: ctypes.CDLL, program: cl.Program, device: cl
 
 def program_binary(program: cl.Program, device: cl.Device) -> bytes:
     """The program's binary for `device`, read with the GIL released where the OpenCL library can be found."""
-    library = _opencl_library()
+    library = icd_loader()
     if library is not None:
         try:
             return _binary_through_ctypes(library, program, device)
