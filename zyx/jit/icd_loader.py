@@ -1,5 +1,6 @@
 """The OpenCL ICD loader pyopencl uses, through ctypes: for calls pyopencl makes with the GIL held (a link, reading a
-program's binary) or does not offer (a platform's extension function addresses). ctypes.CDLL releases the GIL around each call."""
+program's binary) or does not offer (a platform's extension function addresses). ctypes.CDLL releases the GIL
+around each call."""
 from __future__ import annotations
 
 import ctypes
