@@ -309,3 +309,32 @@ def test_a_kernel_of_little_work_is_untiled_and_not_unrolled(dev, n, k, m, tiled
     assert (applied["tile_n"] * applied["tile_m"] > 1, applied["unroll"] > 1) == (tiled, tiled), applied
     if not tiled:
         np.testing.assert_allclose(out.numpy(), a.astype(np.float64) @ b, rtol=1e-12)
+
+
+def test_where_multiply_adds_take_five_cycles_avx2_tiles_take_five_rows(dev, monkeypatch):
+    """Zen 2 (cpu_target.SLOW_MULTIPLY_ADD): ten accumulators keep its two 5-cycle pipes busy, so AVX2 tiles are
+    5 x 16 once a product has 16 tiles of rows or more, the left operand packed and zero-padded to whole tiles (97
+    rows: 20 tiles, the last guarded); fewer rows keep a tile that divides them. The 5-row kernel, forced on this
+    device whatever its CPU, computes the product."""
+    zen2 = DeviceTraits(gpu=False, native_width=8, multiply_add_latency=5)
+    assert cpu_matmul.default_tile(1024, 1024, 8, 5) == (5, 16) and cpu_matmul.default_tile(1024, 1024, 8) == (4, 16)
+    assert cpu_matmul.default_tile(48, 64, 8, 5) == (4, 16) and cpu_matmul.default_tile(1024, 1024, 16, 5) == (8, 32)
+    a, b = data(97, 131), data(131, 80)
+    out = dev.tensor(a) @ dev.tensor(b) + 1
+    kernels, site = product_site(out, zen2)
+    assert (site.heuristic["rows"], site.heuristic["width"]) == (5, 16)
+    assert [k.global_size for k in kernels] == [100 * 131 // 5, 20 * 5]  # the left copied into 20 padded tiles
+    _, own = product_site(out, dev.traits)
+    monkeypatch.setattr(dev, "_tuned", TunedChoices({own.key: own.heuristic.replaced(rows=5, width=16)}))
+    dev.forget_programs()
+    close((dev.tensor(a) @ dev.tensor(b) + 1).numpy(), a @ b + 1)
+    dev.forget_programs()
+
+
+def test_a_band_of_rows_is_a_wider_divisor_where_none_comes_within_half_of_the_budget():
+    """410 tiles of 5 rows x 2048 (40 KiB each; 25 fit ROW_BAND_BYTES) have no divisor in 13..25: bands of 41, not
+    all 410 at once (97 against 80 GFLOP per CPU-second on a Zen 2); past twice the budget, all of them."""
+    tile = 5 * 2048 * 4
+    assert cpu_matmul.row_band(410, tile) == 41
+    assert cpu_matmul.row_band(106, tile) == 106  # 2 x 53: 53 is past 50
+    assert cpu_matmul.row_band(512, 4 * 2048 * 4) == 32 and cpu_matmul.row_band(20, tile) == 20

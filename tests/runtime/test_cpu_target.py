@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zyx.runtime.cpu_target import FLOAT_LANES, compiled_lanes, native_float_lanes
+from zyx.runtime.cpu_target import FLOAT_LANES, compiled_lanes, multiply_add_latency, native_float_lanes
 from zyx.runtime.platforms import select_device
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -43,3 +43,15 @@ def test_pocl_told_to_compile_for_avx2_gives_avx2_shaped_products():
     assert out.returncode == 0, out.stderr
     name, width = out.stdout.strip().rsplit(" ", 1)
     assert name.startswith("pthread-haswell-") and width == "8"
+
+
+@pytest.mark.parametrize("cpuinfo, cycles", [
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\n", 5),  # Zen 2
+    ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n", 4),  # Zen 4
+    ("vendor_id\t: AuthenticAMD\ncpu family\t: 26\n", 4),  # Zen 5
+    ("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n", 4),
+    ("", 4), ("processor\t: 0\nBogoMIPS\t: 50.00\n", 4),  # unreadable or not x86: the common case
+])
+def test_the_multiply_add_latency_is_read_from_the_vendor_and_family(cpuinfo, cycles):
+    assert multiply_add_latency(cpuinfo) == cycles
+    assert multiply_add_latency() in (4, 5)  # (this machine's)

@@ -120,10 +120,10 @@ class CpuPlan:
 
 
 def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int, Node], native_width: int = LANES,
-                    choice: Optional[Choice] = None) -> Optional[CpuPlan]:
+                    choice: Optional[Choice] = None, latency: int = 4) -> Optional[CpuPlan]:
     """A plan when the kernel hosts a `product` summed in float32 (tiling.hosted_matmul; float16 and bfloat16
     ones too) with whole vectors of columns; None for the plain path. Its tile and packing are `choice`'s, else as
-    the device's vector registers (`native_width` floats) allow. A half-precision product's operands are packed
+    the device's vector registers (`native_width` floats) and multiply-adds (`latency` cycles) allow. A half-precision product's operands are packed
     as float32 (each value converted once, in its copy, not once per tile), so the kernel is the float32 one with
     its results rounded: on the plain path, 128 scalar accumulators a work item, PoCL took 16 s to compile a
     64 x 64 float16 product."""
@@ -144,7 +144,8 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
         return None
     narrow = product.dtype.is_narrow_float  # operands read only from their float32 copies
     left, right = (n.cast(s, float32) if narrow else s for s in (left, right))
-    rows, width = (choice["rows"], choice["width"]) if choice else default_tile(shape[n_axis], shape[m_axis], native_width)
+    rows, width = ((choice["rows"], choice["width"]) if choice
+                   else default_tile(shape[n_axis], shape[m_axis], native_width, latency))
     left_in_place = (not narrow and shape[n_axis] % rows == 0
                      and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None)
     readable = (not narrow and shape[m_axis] % width == 0
@@ -155,24 +156,34 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
                    Operand(right, m_axis, k_axis, width), left_in_place, readable and not packed, readable)
 
 
-def default_tile(n: int, m: int, native_width: int) -> tuple[int, int]:
+def default_tile(n: int, m: int, native_width: int, latency: int = 4) -> tuple[int, int]:
     """Rows and columns per work item: as many accumulators as the vector registers hold, in tiles that divide the
     outputs where one does (else the last tiles of a row or column hang over its end). On AVX-512 (16 floats per
     register, 32 registers) 8 x 32; on AVX2 (8 floats, 16 registers, a float16 takes two) 4 x 16, about twice
-    as fast there as 8 x 32, which spills (W3 1024³ and 2048³ on PoCL 3.1, AMD EPYC; ZYX_TUNE finds more)."""
-    accumulators, widths = (ACCUMULATORS, WIDTHS) if native_width >= LANES else (NARROW_ACCUMULATORS, NARROW_WIDTHS)
+    as fast there as 8 x 32, which spills (W3 1024³ and 2048³ on PoCL 3.1, AMD EPYC; ZYX_TUNE finds more). Where
+    multiply-adds take 5 cycles (`latency`: Zen 2), AVX2 tiles are 5 x 16: ten accumulators keep both pipes busy
+    (a hand-written 1024³ kernel: 100 GFLOP per CPU-second against 79 with 4 x 16, the peak 106), taken whatever
+    the rows (the left operand is then packed, zero-padded to whole tiles) once there are 16 tiles or more."""
+    accumulators, widths = ((ACCUMULATORS, WIDTHS) if native_width >= LANES else
+                            (NARROW_ACCUMULATORS * latency // 4, NARROW_WIDTHS))
     width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
     most = accumulators * LANES // width
+    if accumulators > NARROW_ACCUMULATORS and native_width < LANES and n >= 16 * most:
+        return most, width
     rows = max(d for d in range(1, most + 1) if n % d == 0)
     return (rows if 2 * rows > most else most), width
 
 
 def row_band(tiles: int, tile_bytes: int) -> int:
-    """Row tiles per band (see ROW_BAND_BYTES): the most that fit and divide `tiles`; all of them where they fit,
-    or where no divisor comes within half of that (narrow bands would read the right operand again per band)."""
+    """Row tiles per band (see ROW_BAND_BYTES): the most that fit and divide `tiles`; all of them where they fit.
+    Where no divisor comes within half of that (narrow bands would read the right operand again per band), the
+    fewest above it that divide, up to twice as many; else all (W3 2048³ in 5-row tiles, 410 of them: bands of 41
+    ran at 97 GFLOP per CPU-second, all rows at once at 80, on a Zen 2)."""
     most = max(ROW_BAND_BYTES // tile_bytes, 1)
     band = max(d for d in range(1, min(most, tiles) + 1) if tiles % d == 0)
-    return band if 2 * band > most else tiles
+    if 2 * band > most:
+        return band
+    return next((d for d in range(most + 1, min(2 * most, tiles) + 1) if tiles % d == 0), tiles)
 
 
 def matmul_options(n: int, m: int, readable: bool) -> Options:

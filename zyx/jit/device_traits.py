@@ -36,6 +36,7 @@ class DeviceTraits:
     tensor_cores: tuple[str, ...] = ()  # operand types products run on tensor cores: "bf16", "f16", "tf32"
     tensor_core_memory: int = 0     # bytes of local memory a tensor-core product's group may use (0: local_memory)
     compute_units: int = 0          # the device's (0: unknown; GPU column sums are split to fill them: rewrite.py)
+    multiply_add_latency: int = 4   # cycles a CPU's vector multiply-add takes (5: more accumulators, cpu_matmul.py)
 
     @staticmethod
     def of(runtime: object, warpgroups_build: Callable[[object], bool] = lambda runtime: False) -> "DeviceTraits":
@@ -58,7 +59,8 @@ class DeviceTraits:
                             local_memory=local,
                             group_launches=os.environ.get("ZYX_GROUP_LAUNCHES") != "0",
                             tensor_cores=kinds, tensor_core_memory=tensor_core_local_memory(capability, local),
-                            compute_units=int(getattr(runtime, "compute_units", 0)))
+                            compute_units=int(getattr(runtime, "compute_units", 0)),
+                            multiply_add_latency=int(getattr(runtime, "multiply_add_latency", 4)))
 
     @property
     def tensor_core_local_memory(self) -> int:

@@ -432,7 +432,8 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
         lowered = lower_segments(root, materialized, site.produced, segments, site.apart, traits.max_params)
         return _Shaped(lowered, lowered.ir)
     if not traits.gpu and family in (None, "cpu_matmul"):
-        cpu_plan = plan_cpu_matmul(root, product, materialized, traits.native_width, choice)
+        cpu_plan = plan_cpu_matmul(root, product, materialized, traits.native_width, choice,
+                                   traits.multiply_add_latency)
         if cpu_plan is not None:
             lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)

@@ -1,4 +1,5 @@
-"""How wide the vectors are that a CPU OpenCL compiles for, from the LLVM CPU name in the device's name.
+"""How wide the vectors are that a CPU OpenCL compiles for, from the LLVM CPU name in the device's name; and how many
+cycles the host CPU's multiply-adds take, from /proc/cpuinfo.
 
 PoCL names its CPU device after the LLVM CPU it compiles kernels for ("pthread-haswell-AMD EPYC ...") but reports
 vector widths from the machine it runs on: told to compile for another CPU (POCL_KERNELLIB_NAME=avx2
@@ -8,7 +9,9 @@ name decides where it names a CPU this table knows; elsewhere the reported width
 """
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 from typing import Optional
 
 AVX512 = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
@@ -41,3 +44,27 @@ def native_float_lanes(device_name: str, reported: int) -> int:
     at most the `reported` width (a machine never runs wider vectors than its own)."""
     lanes = compiled_lanes(device_name)
     return min(lanes, reported) if lanes else reported
+
+
+SLOW_MULTIPLY_ADD = {("AuthenticAMD", 23)}
+"""(vendor, family) of CPUs whose vector multiply-adds take 5 cycles, not 4: AMD family 0x17 (Zen, Zen+, Zen 2).
+Two pipes then want ten independent accumulators in flight, not eight."""
+
+
+def multiply_add_latency(cpuinfo: Optional[str] = None) -> int:
+    """Cycles a vector multiply-add takes on the CPU described by `cpuinfo` (/proc/cpuinfo's text; this machine's
+    when None): 5 for SLOW_MULTIPLY_ADD, else 4 (also where it cannot be read)."""
+    if cpuinfo is None:
+        return _host_multiply_add_latency()
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo, re.M)
+    family = re.search(r"^cpu family\s*:\s*(\d+)", cpuinfo, re.M)
+    known = vendor is not None and family is not None and (vendor[1], int(family[1])) in SLOW_MULTIPLY_ADD
+    return 5 if known else 4
+
+
+@functools.lru_cache(maxsize=1)
+def _host_multiply_add_latency() -> int:
+    try:
+        return multiply_add_latency(Path("/proc/cpuinfo").read_text(errors="replace")[:8192])
+    except OSError:
+        return 4

@@ -20,7 +20,7 @@ import pyopencl as cl
 
 from zyx import counters as stats
 from zyx.runtime import collectives, profiling
-from zyx.runtime.cpu_target import native_float_lanes
+from zyx.runtime.cpu_target import multiply_add_latency, native_float_lanes
 from zyx.runtime.limits import MemoryLimits
 from zyx.runtime.memory import ARENA_SHARE, BufferPool, PooledRuntime
 from zyx.runtime.platforms import is_pocl
@@ -103,6 +103,8 @@ class OpenCLRuntime(PooledRuntime):
         # floats per vector register (a CPU's: those of the CPU its compiler targets, cpu_target.py)
         self.native_vector_width: int = (cl_device.preferred_vector_width_float if self.is_gpu else
                                          native_float_lanes(self.name, cl_device.preferred_vector_width_float))
+        # cycles one vector multiply-add takes (a CPU device runs on this machine's cores: cpu_target.py)
+        self.multiply_add_latency: int = 4 if self.is_gpu else multiply_add_latency()
         # PoCL runs its LLVM for one build at a time (pocl_llvm_api.h: "not thread safe"; one lock), so builds on
         # threads only wait for each other, and each pays the build's fixed cost
         self.builds_one_at_a_time: bool = is_pocl(cl_device.platform)
