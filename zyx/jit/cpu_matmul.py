@@ -123,10 +123,10 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
                     choice: Optional[Choice] = None, latency: int = 4) -> Optional[CpuPlan]:
     """A plan when the kernel hosts a `product` summed in float32 (tiling.hosted_matmul; float16 and bfloat16
     ones too) with whole vectors of columns; None for the plain path. Its tile and packing are `choice`'s, else as
-    the device's vector registers (`native_width` floats) and multiply-adds (`latency` cycles) allow. A half-precision product's operands are packed
-    as float32 (each value converted once, in its copy, not once per tile), so the kernel is the float32 one with
-    its results rounded: on the plain path, 128 scalar accumulators a work item, PoCL took 16 s to compile a
-    64 x 64 float16 product."""
+    the device's vector registers (`native_width` floats) and multiply-adds (`latency` cycles) allow. A
+    half-precision product's operands are packed as float32 (each value converted once, in its copy, not once per
+    tile), so the kernel is the float32 one with its results rounded: on the plain path, 128 scalar accumulators a
+    work item, PoCL took 16 s to compile a 64 x 64 float16 product."""
     if product is None or product.dtype.accumulated != float32 or len(product.arg) != 1:
         return None
     if product.src[0].op is not Op.MUL:
