@@ -27,7 +27,7 @@ from ..runtime.platforms import is_pocl
 from .icd_loader import icd_loader
 
 __all__ = ["DeclarationsFallbackWarning", "HeaderDeclarations", "declarations_for", "give_up", "header_of",
-           "leaves_header_out", "with_declarations"]
+           "options_naming_no_builtin", "with_declarations"]
 
 GUARD = "_OPENCL_H_"
 HEADER = "opencl-c.h"
@@ -151,13 +151,12 @@ def declarations_for(device: cl.Device) -> Optional[HeaderDeclarations]:
     return _platform_declarations[key]
 
 
-def leaves_header_out(device: cl.Device) -> bool:
-    """Whether `device`'s programs are built with the header's guard defined (carrying their own declarations):
-    known without parsing the header, so that a source naming no builtin builds with the guard alone."""
+def options_naming_no_builtin(device: cl.Device, options: Sequence[str]) -> list[str]:
+    """`options` for a source that names no builtin (a one-line check): with the header's guard alone where
+    `device`'s programs carry their own declarations, known without parsing the header."""
     key = device.platform.int_ptr
-    if key in _platform_declarations:
-        return _platform_declarations[key] is not None
-    return header_of(device.platform) is not None
+    parsed = _platform_declarations.get(key) if key in _platform_declarations else header_of(device.platform)
+    return [*options, f"-D{GUARD}"] if parsed is not None else list(options)
 
 
 def with_declarations(device: cl.Device, source: str, options: Sequence[str]) -> Optional[tuple[str, list[str]]]:

@@ -168,7 +168,7 @@ def default_tile(n: int, m: int, native_width: int, latency: int = 4) -> tuple[i
                             (NARROW_ACCUMULATORS * latency // 4, NARROW_WIDTHS))
     width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
     most = accumulators * LANES // width
-    if accumulators > NARROW_ACCUMULATORS and native_width < LANES and n >= 16 * most:
+    if latency > 4 and native_width < LANES and n >= 16 * most:
         return most, width
     rows = max(d for d in range(1, most + 1) if n % d == 0)
     return (rows if 2 * rows > most else most), width

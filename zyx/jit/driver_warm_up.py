@@ -18,7 +18,8 @@ import ctypes
 
 import pyopencl as cl
 
-from .builtin_declarations import GUARD, declarations_for, leaves_header_out
+from ..runtime.platforms import QUIET_OPTION
+from .builtin_declarations import declarations_for, options_naming_no_builtin
 from .icd_loader import HANDLE, STATUS, icd_loader
 
 __all__ = ["warm_up", "warm_up_options"]
@@ -29,7 +30,7 @@ WARM_UP_SOURCE = "__kernel void zyx_warm_up(__global int* x) { x[0] = 0; }"
 def warm_up_options(device: cl.Device) -> list[str]:
     """The options `warm_up` compiles with for `device` (the ICD loader loaded too), found on the calling thread."""
     icd_loader()
-    return ["-w", f"-D{GUARD}"] if leaves_header_out(device) else ["-w"]
+    return options_naming_no_builtin(device, [QUIET_OPTION])
 
 
 def warm_up(context: cl.Context, device: cl.Device, options: list[str]) -> bool:

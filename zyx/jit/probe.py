@@ -22,7 +22,7 @@ import warnings
 import pyopencl as cl
 
 from ..runtime.platforms import PROBE, QUIET_OPTION, first_error_line
-from .builtin_declarations import GUARD, leaves_header_out
+from .builtin_declarations import options_naming_no_builtin
 from .cache import KernelCache, default_cache
 from .compiler import KernelBuildError
 
@@ -44,7 +44,7 @@ def compile_problem(cl_device: cl.Device) -> str | None:
 def front_end_problem(context: cl.Context, cl_device: cl.Device, source: str = FRONT_END_PROBE) -> str | None:
     """Why the compiler's front end rejects `source` for `cl_device` (its log's error line), or None: a compile
     without a link, with the header's guard alone where programs carry their own declarations."""
-    options = [QUIET_OPTION, f"-D{GUARD}"] if leaves_header_out(cl_device) else [QUIET_OPTION]
+    options = options_naming_no_builtin(cl_device, [QUIET_OPTION])
     program = cl.Program(context, source)
     try:
         with warnings.catch_warnings():  # (pyopencl's note that a program compiled, not built, is not cached)
