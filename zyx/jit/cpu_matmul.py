@@ -6,8 +6,9 @@ and ROWS scalars of the left operand, each broadcast into one fused multiply-add
 
 An operand is copied first, by a kernel of its own, into panels (the right one as [batch][m / WIDTH][k][WIDTH], the
 left one as [batch][n / ROWS][k][ROWS], padded with zeros to whole tiles) unless it can be read in place: the left
-one when it only views memory, the right one when it is also contiguous along the columns and small (a large one
-read in place runs at two thirds of the speed: a new page every row; smaller on AVX2 CPUs, and a search tries both).
+one when it only views memory (a tile hanging over its last row reads that row again, its outputs guarded), the
+right one when it is also contiguous along the columns and small (a large one read in place runs at two thirds of
+the speed: a new page every row; smaller on AVX2 CPUs, and a search tries both).
 So a transposed or strided operand is still read as one stream, and an operand that is an elementwise expression (a
 ReLU's gradient mask) is computed once, in its copy, instead of once per tile. Work items walk down the rows first,
 so the items after one (on both threads) reuse its right panel from cache. The accumulators' lanes
@@ -103,7 +104,7 @@ class CpuPlan:
     space_m: int
     left: Operand
     right: Operand
-    left_in_place: bool  # the left operand only views memory and has whole tiles: its loads render in place
+    left_in_place: bool  # the left operand only views memory: its loads render in place (the last row again past it)
     right_in_place: bool  # the right operand also is small, contiguous along m and in whole tiles
 
     right_readable: bool  # the right operand could be read in place (contiguous along m, in whole tiles)
@@ -146,8 +147,7 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
     left, right = (n.cast(s, float32) if narrow else s for s in (left, right))
     rows, width = ((choice["rows"], choice["width"]) if choice
                    else default_tile(shape[n_axis], shape[m_axis], native_width, latency))
-    left_in_place = (not narrow and shape[n_axis] % rows == 0
-                     and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None)
+    left_in_place = not narrow and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None
     readable = (not narrow and shape[m_axis] % width == 0
                 and _contiguous(product.src[0].src[1], m_axis, materialized))
     limit = IN_PLACE_BYTES if native_width >= LANES else NARROW_IN_PLACE_BYTES
@@ -163,7 +163,8 @@ def default_tile(n: int, m: int, native_width: int, latency: int = 4) -> tuple[i
     as fast there as 8 x 32, which spills (W3 1024³ and 2048³ on PoCL 3.1, AMD EPYC; ZYX_TUNE finds more). Where
     multiply-adds take 5 cycles (`latency`: Zen 2), AVX2 tiles are 5 x 16: ten accumulators keep both pipes busy
     (a hand-written 1024³ kernel: 100 GFLOP per CPU-second against 79 with 4 x 16, the peak 106), taken whatever
-    the rows (the left operand is then packed, zero-padded to whole tiles) once there are 16 tiles or more."""
+    the rows once there are 16 tiles or more (the last hangs over the end: a left operand read in place reads its
+    last row again there, a packed one is zero-padded)."""
     accumulators, widths = ((ACCUMULATORS, WIDTHS) if native_width >= LANES else
                             (NARROW_ACCUMULATORS * latency // 4, NARROW_WIDTHS))
     width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
@@ -380,8 +381,9 @@ class CpuMatmulLowering(Lowering):
         vectors = plan.right.block // LANES
         b = [Reg(self.names.fresh("b"), float32, LANES) for _ in range(vectors)]
         body += [Load(name, right, b_start + v * LANES, (), "vector") for v, name in enumerate(b)]
-        if plan.left_in_place:
-            a_values = [self.value(node.src[0].src[0], tuple(e + t if axis == plan.n_axis else e
+        if plan.left_in_place:  # a tile hanging over the last row reads that row again (its outputs are guarded)
+            last = node.shape[plan.n_axis] - 1
+            a_values = [self.value(node.src[0].src[0], tuple(Expr.minimum(e + t, last) if axis == plan.n_axis else e
                                                              for axis, e in enumerate(index)), ()).operand
                         for t in range(plan.left.block)]
         else:
