@@ -110,6 +110,24 @@ def test_a_reader_of_an_old_value_never_shares_a_launch_with_its_in_place_writer
         assert (step.captured[0]["kernels"], step.captured[0]["launches"]) == (3, 2)
 
 
+def test_on_cpus_a_tiny_kernels_work_group_size_is_not_imposed_on_a_larger_kernel_without_one():
+    """A product of 64 items in groups of one and a copy of 52 736 items (PoCL's own group size): together, the
+    copy would run as 52 736 groups of one (three times its time alone on PoCL); a tiny kernel without a size of
+    its own still joins a product's launch, and on GPUs kernels of any size share launches as before."""
+    from types import SimpleNamespace
+
+    from zyx.jit.launch_groups import Grouping, _may_join
+
+    def kernel(items, local_size):
+        return SimpleNamespace(global_size=items, local_size=local_size, params=[], ir=SimpleNamespace(body=()))
+    cpu = Grouping(printer=None, max_params=64, local_memory=0)  # type: ignore[arg-type]
+    product, copy = kernel(64, 1), kernel(52736, None)
+    assert not _may_join(product, [copy], cpu) and not _may_join(copy, [product], cpu)
+    assert _may_join(kernel(10, None), [kernel(3296, 1)], cpu) and _may_join(kernel(3296, 1), [kernel(10, None)], cpu)
+    assert _may_join(product, [kernel(48, None)], cpu)  # (both tiny)
+    assert _may_join(product, [copy], dataclasses.replace(cpu, any_size=True))
+
+
 def test_a_long_kernel_with_local_memory_that_fills_the_device_keeps_its_own_launch():
     """On GPUs kernels of any size share launches, but not one with local memory whose groups fill the device and
     that runs long: the launch's local memory is its members' sum, which only costs it occupancy. A short one (W4's
