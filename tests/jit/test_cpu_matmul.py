@@ -9,6 +9,7 @@ from zyx.jit import cpu_matmul
 from zyx.jit.choices import TunedChoices
 from zyx.jit.device_traits import DeviceTraits
 from zyx.jit.schedule import SMALL_WORK, schedule
+from zyx.trace.ops import Op
 
 RNG = np.random.default_rng(11)
 
@@ -247,20 +248,36 @@ def test_an_epilogue_reads_after_the_loop_and_each_lane_is_extracted_where_it_is
     close(out.numpy(), w - 0.01 * (a @ b))
 
 
-@pytest.mark.parametrize("n,k", [(256, 256), (64, 96)])
-def test_a_left_operands_copy_takes_several_steps_of_k_per_item_unless_it_is_small(dev, n, k):
-    """A computed left operand is copied into panels of its rows (4 on AVX2, 8 on AVX-512), each work item copying
-    its block of rows over several steps of k: COPY_OUTPUTS values an item, not one step's few rows. A copy of fewer
-    than SMALL_WORK values takes one step's block an item: PoCL spent 2.2 s optimizing 64 copies of W5's softmax
-    gradient (a 10 x 512 operand), which a step computes in microseconds."""
+@pytest.mark.parametrize("n,k", [(256, 256), (97, 131)])
+def test_a_computed_left_operand_is_stored_as_it_is_and_read_in_place(dev, n, k):
+    """A float32 left operand that computes (exp(S) of attention's P @ V, a GELU's gradient) is stored as it is by
+    a kernel of its own, whose items PoCL vectorizes, and the product reads its rows in place: copied into panels
+    of rows, each item's outputs interleaved, a GELU gradient took 29 ms a call in W7 at the CPU size (2M values,
+    PoCL 3.1, Zen 2), a tenth of torch's whole step. Ragged rows (97) read the last one again."""
     a, b = data(n, k), data(k, 640)
     out = dev.tensor(a).exp() @ dev.tensor(b)
+    for traits in (AVX2, AVX512):
+        kernels, site = product_site(out, traits)
+        stored = kernels[0].outputs[0]
+        assert stored.op is not Op.PERMUTE and stored.numel == n * k  # (not panels)
+    close(out.numpy(), np.exp(a) @ b)
+
+
+@pytest.mark.parametrize("n,k", [(256, 256), (64, 96)])
+def test_a_half_precision_left_operands_copy_takes_several_steps_of_k_per_item_unless_it_is_small(dev, n, k):
+    """A half-precision left operand is copied into float32 panels of its rows (4 on AVX2, 8 on AVX-512), each
+    work item copying its block of rows over several steps of k: COPY_OUTPUTS values an item, not one step's few
+    rows. A copy of fewer than SMALL_WORK values takes one step's block an item: PoCL spent 2.2 s optimizing 64
+    copies of W5's softmax gradient (a 10 x 512 operand), which a step computes in microseconds."""
+    a, b = data(n, k), data(k, 640)
+    out = (dev.tensor(a).to("float16") * 2) @ dev.tensor(b).to("float16")
     for traits, rows in ((AVX2, 4), (AVX512, 8)):
         kernels, site = product_site(out, traits)
-        left_copy = kernels[0]  # (the left operand's copy comes first, then the right one's where it is packed)
+        left_copy = kernels[0]  # (the left operand's copy comes first, then the right one's)
         per_item = rows if n * k < SMALL_WORK else cpu_matmul.COPY_OUTPUTS
         assert left_copy.global_size * per_item == n * k
-    close(out.numpy(), np.exp(a) @ b)
+    want = (zyx.CPU().tensor(a).to("float16") * 2) @ zyx.CPU().tensor(b).to("float16")
+    np.testing.assert_allclose(out.float().numpy(), want.float().numpy(), rtol=2e-2, atol=5e-2)
 
 
 def assert_left_copied_a_block_an_item(out):
@@ -284,13 +301,15 @@ def test_a_copy_of_a_costly_expression_takes_one_block_an_item(dev):
     np.testing.assert_allclose(out.float().numpy(), want.float().numpy(), rtol=2e-2, atol=5e-2)
 
 
-def test_a_copy_reading_through_a_guard_takes_one_block_an_item(dev):
-    """A left operand read from a padded input (a convolution's windows: each element's guard and index are
-    arithmetic on the item's position) is copied one block of rows an item: 64 outputs an item of a 3 x 3
-    convolution's windows took PoCL 0.7-1.2 s to compile, one block an item 0.3 s."""
+def test_a_left_operand_reading_through_a_guard_is_stored_as_it_is(dev):
+    """A left operand read from a padded input (a convolution's windows) computes its guards: it is stored as it
+    is, one element an item, and read in place (copied into panels, 64 outputs an item of a 3 x 3 convolution's
+    windows took PoCL 0.7-1.2 s to compile)."""
     a, b = data(256, 254), data(256, 640)
     out = dev.tensor(a).pad(((0, 0), (1, 1))) @ dev.tensor(b)
-    assert_left_copied_a_block_an_item(out)
+    for traits in (AVX2, AVX512):
+        kernels, _ = product_site(out, traits)
+        assert kernels[0].outputs[0].op is not Op.PERMUTE and kernels[0].outputs[0].numel == 256 * 256
     close(out.numpy(), np.pad(a, ((0, 0), (1, 1))) @ b)
 
 
@@ -330,6 +349,43 @@ def test_where_multiply_adds_take_five_cycles_avx2_tiles_take_five_rows(dev, mon
     monkeypatch.setattr(dev, "_tuned", TunedChoices({own.key: own.heuristic.replaced(rows=5, width=16)}))
     dev.forget_programs()
     close((dev.tensor(a) @ dev.tensor(b) + 1).numpy(), a @ b + 1)
+    dev.forget_programs()
+
+
+def test_where_multiply_adds_take_five_cycles_a_computed_left_operand_keeps_a_tile_dividing_its_rows(dev):
+    """A left operand that must be copied into panels (half precision, converted to float32) is not padded to
+    5-row panels where 4 rows divide it: exp(S) for attention's P @ V so took 3-7 times a 4-row copy's time on a
+    Zen 2. Read in place, or with no divisor over half of five (97 rows), the tile keeps five rows."""
+    assert cpu_matmul.default_tile(256, 64, 8, 5, left_in_place=False) == (4, 16)
+    assert cpu_matmul.default_tile(256, 64, 8, 5) == (5, 16)
+    assert cpu_matmul.default_tile(97, 64, 8, 5, left_in_place=False) == (5, 16)
+    zen2 = DeviceTraits(gpu=False, native_width=8, multiply_add_latency=5)
+    s, v = data(2, 256, 96), data(2, 96, 64)
+    _, site = product_site(dev.tensor(s).to("float16").exp() @ dev.tensor(v).to("float16"), zen2)
+    assert site.heuristic["rows"] == 4  # (half precision: copied into float32 panels)
+    _, site = product_site(dev.tensor(s).exp() @ dev.tensor(v), zen2)
+    assert site.heuristic["rows"] == 5  # (float32: stored as it is, read in place)
+
+
+def test_a_packed_copys_padding_is_computed_from_the_last_row_then_zeroed(dev, monkeypatch):
+    """The zero padding of a packed operand's panels (a half-precision left in float32 panels, a right one's
+    columns) is only read by tiles hanging over its end, whose outputs are not stored: its values are computed at
+    the last row (the index clamped) and zeroed by a select, so the copy's loads are unguarded (PoCL vectorizes
+    a block's steps of k: exp(S) in 5-row panels for P @ V took 14 ms with guarded loads, 4-8 ms so). Forced
+    5-row tiles on a 97-row half-precision operand: the product against the CPU reference."""
+    a, b = data(97, 131) / 4, data(131, 80)
+    x, y = dev.tensor(a).to("float16"), dev.tensor(b).to("float16")
+    out = (x * 2) @ y
+    zen2 = DeviceTraits(gpu=False, native_width=8, multiply_add_latency=5)
+    kernels, site = product_site(out, zen2)
+    assert site.heuristic["rows"] == 5
+    copy = kernels[0].source
+    assert "select(96," in copy and not re.search(r"\?in\d+\[", copy)  # (no load under a condition)
+    _, own = product_site(out, dev.traits)
+    monkeypatch.setattr(dev, "_tuned", TunedChoices({own.key: own.heuristic.replaced(rows=5, width=16)}))
+    dev.forget_programs()
+    want = (zyx.CPU().tensor(a).to("float16") * 2) @ zyx.CPU().tensor(b).to("float16")
+    np.testing.assert_allclose(((x * 2) @ y).float().numpy(), want.float().numpy(), rtol=2e-2, atol=5e-2)
     dev.forget_programs()
 
 

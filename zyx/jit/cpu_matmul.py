@@ -26,8 +26,9 @@ from ..trace.node import Node
 from ..trace.ops import MOVEMENT_OPS, Op
 from ..dtypes import float32
 from .choices import FAMILIES, Choice, Options
-from .kernel_ir import Alu, Axis, Broadcast, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role, Store
-from .lower import Index, Lowering, _Value, linear, source_index, unravel
+from .kernel_ir import (Alu, Axis, Broadcast, Cond, Const, Define, Extract, Load, Loop, MultiplyAdd, Reg, Role,
+                        Select, Store)
+from .lower import Index, Lowering, Step, _Value, linear, source_index, unravel
 from .view_index import contiguous_strides
 from .symbolic import Expr
 from .tiling import matmul_axes, space_axes
@@ -104,7 +105,8 @@ class CpuPlan:
     space_m: int
     left: Operand
     right: Operand
-    left_in_place: bool  # the left operand only views memory: its loads render in place (the last row again past it)
+    left_in_place: bool  # the left operand is read as it lies (a tile past the last row reads that row again): a
+    left_stored: bool  # view of memory, or (`left_stored`) computed and stored as it is by a kernel of its own
     right_in_place: bool  # the right operand also is small, contiguous along m and in whole tiles
 
     right_readable: bool  # the right operand could be read in place (contiguous along m, in whole tiles)
@@ -145,31 +147,35 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
         return None
     narrow = product.dtype.is_narrow_float  # operands read only from their float32 copies
     left, right = (n.cast(s, float32) if narrow else s for s in (left, right))
+    viewed = _view_index(product.src[0].src[0], _probe(shape), materialized) is not None
+    left_in_place = not narrow
     rows, width = ((choice["rows"], choice["width"]) if choice
-                   else default_tile(shape[n_axis], shape[m_axis], native_width, latency))
-    left_in_place = not narrow and _view_index(product.src[0].src[0], _probe(shape), materialized) is not None
+                   else default_tile(shape[n_axis], shape[m_axis], native_width, latency, left_in_place))
     readable = (not narrow and shape[m_axis] % width == 0
                 and _contiguous(product.src[0].src[1], m_axis, materialized))
     limit = IN_PLACE_BYTES if native_width >= LANES else NARROW_IN_PLACE_BYTES
     packed = choice["packed"] if choice else shape[m_axis] * shape[k_axis] * 4 > limit
     return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
-                   Operand(right, m_axis, k_axis, width), left_in_place, readable and not packed, readable)
+                   Operand(right, m_axis, k_axis, width), left_in_place, left_in_place and not viewed,
+                   readable and not packed, readable)
 
 
-def default_tile(n: int, m: int, native_width: int, latency: int = 4) -> tuple[int, int]:
+def default_tile(n: int, m: int, native_width: int, latency: int = 4, left_in_place: bool = True) -> tuple[int, int]:
     """Rows and columns per work item: as many accumulators as the vector registers hold, in tiles that divide the
     outputs where one does (else the last tiles of a row or column hang over its end). On AVX-512 (16 floats per
     register, 32 registers) 8 x 32; on AVX2 (8 floats, 16 registers, a float16 takes two) 4 x 16, about twice
     as fast there as 8 x 32, which spills (W3 1024³ and 2048³ on PoCL 3.1, AMD EPYC; ZYX_TUNE finds more). Where
     multiply-adds take 5 cycles (`latency`: Zen 2), AVX2 tiles are 5 x 16: ten accumulators keep both pipes busy
     (a hand-written 1024³ kernel: 100 GFLOP per CPU-second against 79 with 4 x 16, the peak 106), taken whatever
-    the rows once there are 16 tiles or more (the last hangs over the end: a left operand read in place reads its
-    last row again there, a packed one is zero-padded)."""
+    the rows once there are 16 tiles or more where the left operand is read in place (the last tile hanging over
+    the end reads its last row again); one that is packed (computed) keeps a tile that divides its rows if there is
+    one of over half the registers' rows: its copy padded to 5-row panels, exp(S) for attention's P @ V (8 x 4 x 256
+    x 256) took 3-7 times a 4-row copy's time, more than the 5-row product gained (PoCL 3.1, Zen 2)."""
     accumulators, widths = ((ACCUMULATORS, WIDTHS) if native_width >= LANES else
                             (NARROW_ACCUMULATORS * latency // 4, NARROW_WIDTHS))
     width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
     most = accumulators * LANES // width
-    if latency > 4 and native_width < LANES and n >= 16 * most:
+    if latency > 4 and native_width < LANES and n >= 16 * most and (left_in_place or n % most == 0):
         return most, width
     rows = max(d for d in range(1, most + 1) if n % d == 0)
     return (rows if 2 * rows > most else most), width
@@ -260,6 +266,42 @@ def copy_tile(root: Node, small: bool) -> Optional[dict[int, int]]:
     if block < LANES and not small:
         tile[len(root.shape) - 2] = max(s for s in (1, 2, 4, 8, 16) if steps % s == 0 and s * block <= COPY_OUTPUTS)
     return tile
+
+
+class PackedCopyLowering(Lowering):
+    """The kernel of a packed operand's copy (`copy_tile`). The padding to whole tiles is zeros, but only
+    products hanging over the operand's end read it, and they store nothing there: its values are computed from
+    the operand's last row (the index clamped), then zeroed by a select, instead of read under a guard. The
+    loads are then unconditional, so PoCL vectorizes a block's steps of k: exp(S) packed into 5-row panels for
+    attention's P @ V (8 x 4 x 256 x 256) took 14.2 ms with guarded loads, one block an item, against 2.1 ms for
+    4-row panels, which need no padding (PoCL 3.1, Zen 2)."""
+
+    def _movement(self, node: Node, index: Index, guard: Cond) -> Step:
+        clamped = _padding_clamped(node, index)
+        if clamped is None:
+            return (yield from super()._movement(node, index, guard))
+        inner, condition = clamped
+        value = yield node.src[0], inner, guard
+        fill = Const(node.arg[1], node.dtype)
+        return self._emit(max(value.depth, self._depth_of(index, guard + condition)),
+                          lambda out: Select(Reg(out, node.dtype), condition, value.operand, fill))
+
+
+def _padding_clamped(node: Node, index: Index) -> Optional[tuple[Index, Cond]]:
+    """For a PAD padding only after its source's end along the axes `index` may pass it: the source's index
+    clamped to the last element there, and the condition of being inside; None for any other node or index."""
+    if node.op is not Op.PAD:
+        return None
+    inner, condition = [], []
+    for e, (before, _), size in zip(index, node.arg[0], node.src[0].shape):
+        shifted = e - before
+        if shifted.lo < 0:
+            return None
+        if shifted.hi >= size:
+            condition.append((shifted, "lt", size))
+            shifted = Expr.minimum(shifted, size - 1)
+        inner.append(shifted)
+    return (tuple(inner), tuple(condition)) if condition else None
 
 
 class _Lanes(Sequence[_Value]):
@@ -381,11 +423,17 @@ class CpuMatmulLowering(Lowering):
         vectors = plan.right.block // LANES
         b = [Reg(self.names.fresh("b"), float32, LANES) for _ in range(vectors)]
         body += [Load(name, right, b_start + v * LANES, (), "vector") for v, name in enumerate(b)]
-        if plan.left_in_place:  # a tile hanging over the last row reads that row again (its outputs are guarded)
-            last = node.shape[plan.n_axis] - 1
-            a_values = [self.value(node.src[0].src[0], tuple(Expr.minimum(e + t, last) if axis == plan.n_axis else e
-                                                             for axis, e in enumerate(index)), ()).operand
-                        for t in range(plan.left.block)]
+        last = node.shape[plan.n_axis] - 1  # a tile hanging over the last row reads that row again (its outputs
+        rows = [tuple(Expr.minimum(e + t, last) if axis == plan.n_axis else e for axis, e in enumerate(index))
+                for t in range(plan.left.block)]  # are guarded)
+        if plan.left_stored:
+            stored = plan.left.source
+            left = self._read(stored)
+            a_values = [Reg(self.names.fresh("a"), float32) for _ in rows]
+            body += [Load(a, left, linear(tuple(Expr(0) if size == 1 else e for e, size in zip(row, stored.shape)),
+                                          stored.shape)) for a, row in zip(a_values, rows)]
+        elif plan.left_in_place:
+            a_values = [self.value(node.src[0].src[0], row, ()).operand for row in rows]
         else:
             left, a_start = self._read(plan.left.packed), plan.left.start(index)
             a_values = [Reg(self.names.fresh("a"), float32) for _ in range(plan.left.block)]

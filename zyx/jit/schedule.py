@@ -25,7 +25,7 @@ from .rematerialize import rematerialize
 from .rewrite import rewrite_graph
 from .device_traits import DeviceTraits
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
-from .cpu_matmul import COPY_STATEMENTS, CpuMatmulLowering, copy_tile, plan_cpu_matmul
+from .cpu_matmul import COPY_STATEMENTS, CpuMatmulLowering, PackedCopyLowering, copy_tile, plan_cpu_matmul
 from .matmul import BLOCKS, LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
 from .operand_layout import cheaper_stored
 from .tensor_cores import KINDS, WGMMA, lower_tensor_cores, tensor_core_options
@@ -561,7 +561,7 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
     axes = tile_axes(root, materialized, site.loaded) if root.numel else None
     tile = _product_tile(root, axes, traits, choice)
     if not tile and not traits.gpu and root.numel and copy_tile(root, True):  # a packed operand's copy
-        lowered = lower(root, materialized, produced, False, site.apart, traits.max_params)
+        lowered = PackedCopyLowering(root, materialized, produced, False, site.apart, traits.max_params).lower()
         statements = list(walk(lowered.ir.body))
         small = (root.numel < SMALL_WORK or len(statements) > COPY_STATEMENTS
                  or any(isinstance(s, Load) and s.guard for s in statements))
