@@ -4,13 +4,13 @@ A work item computes ROWS x WIDTH outputs (8 x 32: sixteen `float16` accumulator
 Per step of the reduced axis k it loads WIDTH consecutive values of the right operand (WIDTH / 16 `vload16`s)
 and ROWS scalars of the left operand, each broadcast into one fused multiply-add per accumulator vector.
 
-An operand is copied first, by a kernel of its own, into panels (the right one as [batch][m / WIDTH][k][WIDTH], the
-left one as [batch][n / ROWS][k][ROWS], padded with zeros to whole tiles) unless it can be read in place: the left
-one when it only views memory (a tile hanging over its last row reads that row again, its outputs guarded), the
-right one when it is also contiguous along the columns and small (a large one read in place runs at two thirds of
-the speed: a new page every row; smaller on AVX2 CPUs, and a search tries both).
-So a transposed or strided operand is still read as one stream, and an operand that is an elementwise expression (a
-ReLU's gradient mask) is computed once, in its copy, instead of once per tile. Work items walk down the rows first,
+The left operand is read as it lies (a tile hanging over its last row reads that row again, its outputs guarded):
+a view of memory in place, and one that computes (a ReLU's gradient, exp(S) of attention) stored first as it is by
+a kernel of its own, so it is computed once, not once per tile. The right operand, and a half-precision left one
+(converted to float32 once), are copied first into panels ([batch][m / WIDTH][k][WIDTH], [batch][n / ROWS][k][ROWS],
+padded with zeros to whole tiles), unless the right one is contiguous along the columns and small (a large one read
+in place runs at two thirds of the speed: a new page every row; smaller on AVX2 CPUs, and a search tries both).
+So a transposed or strided right operand is still read as one stream. Work items walk down the rows first,
 so the items after one (on both threads) reuse its right panel from cache. The accumulators' lanes
 (`acc.s0`..`acc.sf`) are handed back as the outputs' values, so the epilogue (bias, activation) fuses into the
 stores; tiles that hang over the end of a row or column guard those outputs.
