@@ -77,7 +77,7 @@ def part(vector: Reg, name: str) -> str:
 UNARY = {
     Op.NEG: "(-{0})", Op.RECIP: "({one}/{0})", Op.SQRT: "sqrt({0})", Op.EXP: "exp({0})", Op.LOG: "log({0})",
     Op.SIN: "sin({0})", Op.COS: "cos({0})", Op.SIGMOID: "({one}/({one}+exp(-{0})))",
-    Op.ERF: "erf({0})",
+    Op.ERF: "zyx_erf({0})",  # (opencl_prelude: polynomials on CPUs, the builtin on GPUs)
     # PoCL's tanh never reaches ±1 (tanh(20) = 0.99999994, tanh(inf) too); past `saturated` the correctly
     # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
     Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",
@@ -85,6 +85,7 @@ UNARY = {
     ROUND_TF32: "zyx_round_tf32({0})",
 }
 INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
+DOUBLE_UNARY = {Op.ERF: "erf({0})"}  # where float64 differs
 
 # keyed by op, then by the operands' kind ("bool", "int", "float"); {t} is the operands' register type
 BINARY: dict[object, dict[str, str]] = {
@@ -107,7 +108,8 @@ def _kind(dtype: DType) -> str:
 
 
 def unary(op: Op, x: str, dtype: DType) -> str:
-    table = INTEGER_UNARY if dtype.is_int and op in INTEGER_UNARY else UNARY
+    table = (INTEGER_UNARY if dtype.is_int and op in INTEGER_UNARY else
+             DOUBLE_UNARY if dtype.name == "float64" and op in DOUBLE_UNARY else UNARY)
     saturated = literal(TANH_SATURATED[dtype.name], dtype) if op is Op.TANH else ""
     return table[op].format(x, one=literal(1, dtype) if dtype.is_float else "1", saturated=saturated)
 
