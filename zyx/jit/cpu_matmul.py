@@ -168,9 +168,10 @@ def default_tile(n: int, m: int, native_width: int, latency: int = 4, left_in_pl
     multiply-adds take 5 cycles (`latency`: Zen 2), AVX2 tiles are 5 x 16: ten accumulators keep both pipes busy
     (a hand-written 1024³ kernel: 100 GFLOP per CPU-second against 79 with 4 x 16, the peak 106), taken whatever
     the rows once there are 16 tiles or more where the left operand is read in place (the last tile hanging over
-    the end reads its last row again); one that is packed (computed) keeps a tile that divides its rows if there is
-    one of over half the registers' rows: its copy padded to 5-row panels, exp(S) for attention's P @ V (8 x 4 x 256
-    x 256) took 3-7 times a 4-row copy's time, more than the 5-row product gained (PoCL 3.1, Zen 2)."""
+    the end reads its last row again); one that is packed (half precision, converted into float32 panels) keeps a
+    tile that divides its rows if there is one of over half the registers' rows: padded to 5-row panels, the copy of
+    exp(S) for attention's P @ V (8 x 4 x 256 x 256) took 3-7 times a 4-row copy's time, more than the 5-row product
+    gained (PoCL 3.1, Zen 2, when float32 lefts that compute were packed too)."""
     accumulators, widths = ((ACCUMULATORS, WIDTHS) if native_width >= LANES else
                             (NARROW_ACCUMULATORS * latency // 4, NARROW_WIDTHS))
     width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
