@@ -264,3 +264,24 @@ def test_one_hot_classes_are_a_mask_from_one_scalar_load(dev, classes):
     kept = target != -100
     expected = (probabilities - np.eye(classes, dtype=np.float32)[np.where(kept, target, 0)]) * kept[:, None]
     np.testing.assert_allclose(gradient(dev).numpy(), expected / kept.sum(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("later", [True, False])
+def test_a_causal_mask_of_aranges_is_a_mask_from_one_scalar_load(dev, later):
+    """A causal mask compares each query's position with the arange of keys (`keys > query`, or `keys < query`):
+    the lanes are `float(query - first)` against (0, 1, ...), so the masked softmax stays a vector kernel (with
+    the int64 arange in the lanes it stayed scalar: 7 ms a layer of W7's step at the CPU size on PoCL)."""
+    scores = data(2, 48, 48)
+
+    def masked(device):
+        rows = zyx.arange(48, device=device).reshape(-1, 1)
+        keys = zyx.arange(48, device=device).reshape(1, -1)
+        blocked = keys > rows if later else keys < rows
+        return blocked.where(float("-inf"), device.tensor(scores)).exp()
+
+    out = masked(dev)
+    kernel, = [k for k in kernels_of(out) if out.node in k.outputs]
+    assert "float16 " in kernel.source and "long16" not in kernel.source
+    positions = np.arange(48)
+    blocked = positions[None, :] > positions[:, None] if later else positions[None, :] < positions[:, None]
+    np.testing.assert_allclose(out.numpy(), np.where(blocked, 0.0, np.exp(scores)), rtol=1e-6)
