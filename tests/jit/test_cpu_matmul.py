@@ -1,4 +1,5 @@
 """CPU matrix products (zyx/jit/cpu_matmul.py): which products get the vector kernel, and their results."""
+import math
 import re
 
 import numpy as np
@@ -171,15 +172,36 @@ def test_a_product_stored_as_it_is_stores_each_accumulator_whole(dev, n, k, m):
 
 
 @pytest.mark.parametrize("make", [
-    lambda a, b, bias: a @ b + bias,  # an epilogue: each lane is computed on
-    lambda a, b, bias: a[:97] @ b,  # 97 rows: the last tile's rows are guarded
+    lambda a, b, bias: a @ b + bias,  # an epilogue: computed on whole accumulators
+    lambda a, b, bias: (a @ b + bias).gelu() * a[:, :1],  # erf and a broadcast row value, as vectors
+    lambda a, b, bias: a[:97] @ b + bias,  # 97 rows: the last tile's rows are guarded, a vector at a time
 ])
-def test_products_with_an_epilogue_or_ragged_tiles_store_lane_by_lane(dev, make):
+def test_epilogues_run_on_whole_accumulators(dev, make):
+    """The epilogue is lowered once per accumulator for one lane and vectorized (`lower_cpu_matmul`): one vector
+    statement per 16 outputs, where lane by lane PoCL called erf and exp once per output (W7's GELU backward)."""
     a, b, bias = data(104, 64), data(64, 64), data(64)
     out = make(dev.tensor(a), dev.tensor(b), dev.tensor(bias))
     source = product_source(out)
-    assert "vstore16(acc" not in source and ".s0;" in source
-    close(out.numpy(), make(a, b, bias))
+    assert "vstore16(" in source and ".s0;" not in source and "] = v" not in source  # no lane stored alone
+    if "gelu" in str(make.__code__.co_names):
+        assert "float16 v" in source and "zyx_erf(v" in source
+    want = make(a, b, bias) if "gelu" not in str(make.__code__.co_names) else None
+    if want is None:
+        h = a @ b + bias
+        want = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2))) * a[:, :1]
+    close(out.numpy(), want)
+
+
+def test_an_epilogue_whose_lanes_are_guarded_apart_stores_lane_by_lane(dev):
+    """Where an accumulator's lanes are not all outputs (40 columns: those past the end of a row are guarded),
+    the epilogue is computed lane by lane, as before (each lane extracted where its output is stored)."""
+    a, b = data(104, 64), data(64, 64)
+    make = lambda a, b: a @ b[:, :40] * 2  # noqa: E731
+    out = make(dev.tensor(a), dev.tensor(b))
+    kernels, _ = schedule([out.node], DeviceTraits(gpu=False))
+    products = [k.source for k in kernels if k.name.startswith("m_")]
+    assert products and ".s0;" in products[-1]
+    close(out.numpy(), make(a, b))
 
 
 def test_large_or_strided_right_operands_are_packed(dev):
@@ -230,10 +252,10 @@ def test_work_items_sweep_the_columns_over_a_band_of_rows_that_stays_in_cache(de
     close((x @ y * 3).numpy(), a @ b * 3)
 
 
-def test_an_epilogue_reads_after_the_loop_and_each_lane_is_extracted_where_it_is_stored(dev):
+def test_an_epilogue_reads_after_the_loop_and_stores_each_accumulator_where_it_is_computed(dev):
     """With an epilogue (SGD's update of the weights by the product), nothing is loaded before the product's loop
-    and each output's lane is extracted where the output is stored: no value stays live across the loop, nor
-    every lane at once after it (a 6 x 16 AVX2 tile, 12 of 16 registers in accumulators, then spilled one)."""
+    and each accumulator's outputs are stored where they are computed: no value stays live across the loop, nor
+    every output at once after it (a 6 x 16 AVX2 tile, 12 of 16 registers in accumulators, then spilled one)."""
     a, b, w = data(96, 64), data(64, 64), data(96, 64)
     out = dev.tensor(w) - 0.01 * (dev.tensor(a) @ dev.tensor(b))
     _, site = product_site(out, AVX2)
@@ -242,9 +264,9 @@ def test_an_epilogue_reads_after_the_loop_and_each_lane_is_extracted_where_it_is
     source = next(k.source for k in forced if k.name.startswith("m_"))
     assert "vload16" in source and "acc" in source
     loop = source.index("for (")
-    assert re.search(r"= in\d+\[", source[:loop]) is None  # nothing loaded before the loop
-    first_store = source.index("] = v")
-    assert source.index(".s0;") < first_store < source.rindex(".sf;")  # lanes extracted as they are stored
+    assert re.search(r"= (in\d+\[|vload16)", source[:loop]) is None  # nothing loaded before the loop
+    after = source[source.index("}", loop):]
+    assert after.count("vstore16(") == 6 and after.index("vstore16(") < after.rindex("vload16(")  # one by one
     close(out.numpy(), w - 0.01 * (a @ b))
 
 
@@ -396,3 +418,46 @@ def test_a_band_of_rows_is_a_wider_divisor_where_none_comes_within_half_of_the_b
     assert cpu_matmul.row_band(410, tile) == 41
     assert cpu_matmul.row_band(106, tile) == 106  # 2 x 53: 53 is past 50
     assert cpu_matmul.row_band(512, 4 * 2048 * 4) == 32 and cpu_matmul.row_band(20, tile) == 20
+
+
+def accumulators_read_after_the_loop(source: str) -> bool:
+    """Whether a product kernel's epilogue (after its k-loop) reads its accumulators."""
+    loop = source.index("for (int k")
+    after = source[source.index("\n  }\n", loop):]
+    return re.search(r"\bacc\d+\b", after) is not None
+
+
+def test_a_product_computed_beside_the_hosted_one_gets_a_tiled_kernel_of_its_own(dev):
+    """Two products at a kernel's outputs (attention's dS: dP = dO·Vᵀ times P, which recomputes the scores Q·Kᵀ):
+    the kernel hosts one and reads the other, which a tiled kernel stores, rather than computing it as a scalar
+    loop per output, its operand gathered lane by lane (W7's dS kernel at the CPU size: 10.8 ms a layer, 4.9
+    so)."""
+    q, k, o, v = data(256, 64) * 0.25, data(256, 64) * 0.25, data(256, 64), data(256, 64)
+    out = (dev.tensor(o) @ dev.tensor(v).T) * (dev.tensor(q) @ dev.tensor(k).T).exp()
+    kernels, _ = schedule([out.node], DeviceTraits(gpu=False))
+    products = [kernel.source for kernel in kernels if kernel.name.startswith("m_")]
+    assert len(products) == 2
+    assert all(source.count("for (int") == 1 and accumulators_read_after_the_loop(source) for source in products)
+    close(out.numpy(), (o @ v.T) * np.exp(q @ k.T))
+
+
+def test_a_product_another_kernel_stores_is_read_not_computed_again(dev):
+    """GELU's backward in an MLP's gradient reads the pre-activation x·W₁ᵀ, which its own kernel stores (the
+    forward reads it too): no kernel walks that product in its loop and then reads it from memory, nor tiles its
+    outputs as that product's (scalar, as a plain kernel); every product kernel uses what it computes."""
+    x, w1, w2, b1 = data(512, 64), data(256, 64) * 0.1, data(64, 256) * 0.1, data(256) * 0.1
+    tx, tw1, tw2, tb1 = dev.tensor(x), dev.tensor(w1), dev.tensor(w2), dev.tensor(b1)
+    y = (tx @ tw1.T + tb1).gelu() @ tw2.T
+    grads = (y * y).mean().backward([tw1, tw2, tx, tb1])
+    kernels, _ = schedule([g.node for g in grads], DeviceTraits(gpu=False, native_width=8, multiply_add_latency=5))
+    products = [kernel.source for kernel in kernels if kernel.name.startswith("m_")]
+    assert products and all(accumulators_read_after_the_loop(source) for source in products)
+    plain = [kernel.source for kernel in kernels if not kernel.name.startswith("m_")]
+    assert not any("for (int k" in source for source in plain)  # (no product walked untiled)
+    h = x @ w1.T + b1
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
+    dy = 2 * ((h * cdf) @ w2.T) / (512 * 64)
+    dh = (dy @ w2) * (cdf + h * np.exp(-h * h / 2) / np.sqrt(2 * np.pi))
+    close(grads[1].numpy(), dy.T @ (h * cdf))
+    close(grads[0].numpy(), dh.T @ x)
+    close(grads[3].numpy(), dh.sum(axis=0))

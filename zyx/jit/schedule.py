@@ -25,7 +25,7 @@ from .rematerialize import rematerialize
 from .rewrite import rewrite_graph
 from .device_traits import DeviceTraits
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
-from .cpu_matmul import COPY_STATEMENTS, CpuMatmulLowering, PackedCopyLowering, copy_tile, plan_cpu_matmul
+from .cpu_matmul import COPY_STATEMENTS, PackedCopyLowering, copy_tile, lower_cpu_matmul, plan_cpu_matmul
 from .matmul import BLOCKS, LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
 from .operand_layout import cheaper_stored
 from .tensor_cores import KINDS, WGMMA, lower_tensor_cores, tensor_core_options
@@ -163,10 +163,12 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     kernels of their own."""
     waits = early and not _reads_inputs_only(root, materialized, early)
     product = _product_stored_apart(root, materialized, produced | stored_apart, users, traits.gpu)
-    if product is not None:
+    while product is not None:
         materialized[id(product)] = product
         stored_apart.add(id(product))
-    beside = _products_beside(root, materialized, users) if traits.gpu else []
+        product = None if traits.gpu else _product_stored_apart(root, materialized, produced | stored_apart, users,
+                                                                False)
+    beside = _products_beside(root, materialized, users, BESIDE_MIN_K if traits.gpu else CPU_BESIDE_MIN_K)
     for value in [*beside, *_broadcast_into_reductions(root, materialized, traits)]:
         materialized[id(value)] = value
         stored_apart.add(id(value))
@@ -190,17 +192,20 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
 def _product_stored_apart(root: Node, materialized: dict[int, Node], loaded: set[int],
                           users: dict[int, list[Node]], gpu: bool) -> Optional[Node]:
     """The product the kernel of `root` would host where a kernel of its own should store it, this one reading it.
-    On a CPU, one stored in another shape than the root's (it gets its own tiled kernel). On a GPU, one of a block
+    On a CPU, one stored in another shape than the root's, or one that another kernel stores (a CPU kernel stores
+    nothing beside its root; the one storing a product is tiled): hosted, W7's GELU backward walked the stored
+    pre-activation's product in its loop and then read it from memory (6.5 ms at the CPU size), or as a plain
+    kernel tiled its outputs as that product's, scalar (28 ms). On a GPU, one of a block
     of outputs or more that is stored anyway, or will be (`_feeds_a_reduction`): a tiled lowering stores nothing
     beside its root, so hosting it would lay this kernel's reads of the stored product out as a product's
     accumulators, 128 values an item (W7's GELU backward, dY·W_outᵀ read by the bias gradient's column sums too:
     0.96 ms a layer under bf16 autocast on the H200, where an elementwise kernel moves those bytes in about a tenth
     of that), or compute the product a second time."""
-    product = hosted_matmul(root, materialized, loaded) if gpu else hosted_matmul(root, materialized)
+    product = hosted_matmul(root, materialized, loaded)
     if product is None or product is root:
         return None
     if not gpu:
-        return product if space_axes(root, product) is None else None
+        return product if space_axes(root, product) is None or id(product) in materialized else None
     if product.numel < PRODUCT_BLOCK ** 2:  # (fewer outputs than a block: computed in place and stored beside)
         return None
     stored = id(product) in materialized or (product.src[0].shape[product.arg[0]] >= BESIDE_MIN_K
@@ -234,11 +239,15 @@ BESIDE_MIN_K = 128  # a product a GPU kernel would compute beside the one it hos
 # (GELU's backward, dY·W_out, beside the pre-activation x̂·W_fcᵀ it recomputed: 8.4 ms on the H200, where such a
 # product alone took 1.7); a shorter one costs less than its store: attention's scores beside dP (k = 64, a head)
 # would be stored as a T x T array
+CPU_BESIDE_MIN_K = 16  # the same on CPUs, where a product computed beside is a scalar loop per output, its operand
+# read lane by lane across rows: W7's dS kernel at the CPU size (8 x 4 x 256 x 256, PoCL 3.1, Zen 2), computing
+# attention's scores (k = 64) so beside dP, took 10.5 ms a layer; with the scores stored by a tiled kernel, 4.9
 
 
-def _products_beside(root: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> list[Node]:
+def _products_beside(root: Node, materialized: dict[int, Node], users: dict[int, list[Node]],
+                     min_k: int) -> list[Node]:
     """The products the kernel storing `root` would compute besides the one it hosts (tiling.hosted_matmul), at
-    least BESIDE_MIN_K long: each to store. The one hosted is one at the root's positions that only this kernel
+    least `min_k` long: each to store. The one hosted is one at the root's positions that only this kernel
     reads, where there is one (GELU's backward keeps dY·W_out and stores the pre-activation, which its forward
     reads too); else the first found."""
     region, found, stack = set(), [], [root]
@@ -258,7 +267,7 @@ def _products_beside(root: Node, materialized: dict[int, Node], users: dict[int,
     hosted = [product for product in found if product.numel == root.numel] or found
     kept = next((product for product in hosted if not _read_elsewhere(product, root, region, users)), hosted[0])
     return [product for product in found
-            if product is not kept and product.src[0].shape[product.arg[0]] >= BESIDE_MIN_K]
+            if product is not kept and product.src[0].shape[product.arg[0]] >= min_k]
 
 
 def _read_elsewhere(value: Node, root: Node, region: set[int], users: dict[int, list[Node]]) -> bool:
@@ -435,7 +444,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
         cpu_plan = plan_cpu_matmul(root, product, materialized, traits.native_width, choice,
                                    traits.multiply_add_latency)
         if cpu_plan is not None:
-            lowered = CpuMatmulLowering(root, materialized, site.produced, cpu_plan, site.apart).lower()
+            lowered = lower_cpu_matmul(root, materialized, site.produced, cpu_plan, site.apart)
             return _Shaped(lowered, lowered.ir, cpu_plan.choice, cpu_plan.options)
     if traits.tensor_cores and family in (None, "tensor_cores"):
         cores = lower_tensor_cores(root, materialized, site.produced, product,

@@ -23,9 +23,9 @@ from typing import Optional
 from ...dtypes import float32
 from ...trace.node import ARANGE
 from ...trace.ops import Op
-from ..kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Broadcast, Const, Define, Extract, Gather, Kernel,
-                         LaneSelect, Load, Loop, Operand, Reg, Role, Select, Statement, Store, rewrite, substitute,
-                         substitute_cond, walk)
+from ..kernel_ir import (LESS_EQUAL, Accumulate, Alu, Axis, Broadcast, Const, Define, Extract, Gather, If, Kernel,
+                         LaneSelect, Load, Loop, Operand, Param, Reg, Role, Select, Statement, Store, rewrite,
+                         substitute, substitute_cond, walk)
 from ..symbolic import Expr
 from . import accumulators, copy_body, defined_register, fold_lanes, widen
 
@@ -79,10 +79,14 @@ class _Vectorizer:
             gid = Expr.var("gid", items // width)
             self.lanes = [{"gid": gid * width + lane} for lane in range(width)]
             self.items = items // width
-        self.memos: list[dict] = [{} for _ in range(width)]
+        self._start(kernel.params)
+
+    def _start(self, params: tuple[Param, ...]) -> None:
+        """What the lanes learn on the way through the statements."""
+        self.memos: list[dict] = [{} for _ in range(self.width)]
         self.names: dict[str, Operand] = {}
         self.scalars: dict[str, Reg] = {}  # the scalar of each register the same in every lane (its broadcast)
-        self.aranges = {p.name for p in kernel.params if p.kind == "load" and p.node.op is Op.BUFFER
+        self.aranges = {p.name for p in params if p.kind == "load" and p.node.op is Op.BUFFER
                         and p.node.arg == ARANGE}
         self.ramps: dict[str, Reg] = {}    # arange lanes at consecutive elements: the scalar of their first lane
         self.depth = 0
@@ -297,3 +301,45 @@ class _Vectorizer:
             return [Store(store.buffer, flats[0], Const(value.value, value.dtype), store.dtype)]
         first = Reg(f"{value.name}_s0", value.dtype)
         return [Extract(first, value, "s0"), Store(store.buffer, flats[0], first, store.dtype)]
+
+
+def vectorize_lanes(body: tuple, var: str, width: int, vectors: frozenset[str],
+                    params: tuple[Param, ...]) -> Optional[tuple]:
+    """Statements written for one lane, the variable `var` (0 <= var < width), as statements on all `width` lanes
+    at once; registers named in `vectors` already hold the lanes (a CPU product's accumulators, whose epilogue
+    this vectorizes: cpu_matmul.py). As `vectorize`, and None also where `body` reads a register from outside it
+    (not in `vectors`) or branches on a condition that differs between lanes."""
+    try:
+        return _LaneVectorizer(body, var, width, vectors, params).statements()
+    except NotVectorizable:
+        return None
+
+
+class _LaneVectorizer(_Vectorizer):
+    """The lanes of a variable of a kernel's body rather than of its work items (`vectorize_lanes`)."""
+
+    def __init__(self, body: tuple, var: str, width: int, vectors: frozenset[str], params: tuple[Param, ...]):
+        self.body, self.width, self.uniform, self.scalar_gathers = body, width, False, False
+        self.trips = {s.var: s.trips for s in walk(body) if isinstance(s, Loop)}
+        self.lanes = [{var: Expr(lane)} for lane in range(width)]
+        self.known = set(vectors) | {reg.name for reg in map(defined_register, walk(body)) if reg is not None}
+        self._start(params)
+
+    def statements(self) -> tuple:
+        return self._body(self.body)
+
+    def _operand(self, operand: Operand) -> Operand:
+        if isinstance(operand, Reg) and operand.name not in self.known:
+            raise NotVectorizable(operand)  # (its lanes, or whether it has any, are not known here)
+        return super()._operand(operand)
+
+    def _statement(self, statement: Statement) -> list:
+        if not isinstance(statement, If):
+            return super()._statement(statement)
+        conds = self._conds(statement.cond)
+        if statement.when is not None or any(cond != conds[0] for cond in conds):
+            raise NotVectorizable(statement)
+        if conds[0] is None:
+            return []
+        body = list(self._body(statement.body))
+        return [If(conds[0], tuple(body))] if conds[0] else body
