@@ -285,3 +285,18 @@ def test_a_causal_mask_of_aranges_is_a_mask_from_one_scalar_load(dev, later):
     positions = np.arange(48)
     blocked = positions[None, :] > positions[:, None] if later else positions[None, :] < positions[:, None]
     np.testing.assert_allclose(out.numpy(), np.where(blocked, 0.0, np.exp(scores)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("pieces", [(256, 256, 256), (64, 32, 160)])
+def test_pieces_side_by_side_whole_vectors_wide_are_read_as_vectors(dev, pieces):
+    """A concatenation along the last axis of pieces whose widths are whole vectors (attention's q, k and v
+    gradients, heads merged: W7's input gradient of its q, k, v product): each lane's guard holds where the first
+    lane's does, and each piece's lanes are consecutive once the guard's clamp is looked through, so every piece is
+    read as vectors (before: guarded lane by lane, all gathered, the kernel stayed scalar)."""
+    heads = [data(2, width // 16, 8, 16) for width in pieces]
+    parts = lambda ts: [t.permute(0, 2, 1, 3).reshape(2, 8, w) * s for t, w, s in zip(ts, pieces, (0.5, 1, 2))]  # noqa: E731
+    out = zyx.cat(parts([dev.tensor(h) for h in heads]), -1)
+    kernel, = kernels_of(out)
+    assert is_vector(kernel) and kernel.source.count("vload16(") == 3 and "in0[" not in kernel.source
+    want = np.concatenate([h.transpose(0, 2, 1, 3).reshape(2, 8, w) * s for h, w, s in zip(heads, pieces, (0.5, 1, 2))], -1)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)

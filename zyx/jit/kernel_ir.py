@@ -578,12 +578,31 @@ def substitute(expr: Expr, values: dict[str, Expr], memo: Optional[dict] = None)
             value = replaced if replaced is not None else Expr(0, {atom: 1})
         else:
             inner = substitute(atom.expr, values, memo)  # type: ignore[arg-type]
-            value = {"div": lambda: inner // atom.k, "mod": lambda: inner % atom.k,
+            value = {"div": lambda: _divided(inner, atom.k, False), "mod": lambda: _divided(inner, atom.k, True),
                      "min": lambda: Expr.minimum(inner, atom.k),
                      "clamped": lambda: Expr.clamped(inner, atom.lo, atom.hi)}[atom.kind]()
         total = total + value * coefficient
     memo[key] = total
     return total
+
+
+def _divided(inner: Expr, k: int, modulo: bool) -> Expr:
+    """`inner % k` (`modulo`) or `inner // k`; where `inner` is a clamped value (an index known to be in range
+    where it is used, inside a guard), that of the value itself if it simplifies there, as it does once a vector's
+    lane is substituted ((16 g + 1) % 64 == (g % 4) * 16 + 1 where the clamp keeps the mod as it is: W7's q, k, v
+    gradients side by side, each piece's lanes read as one vector only so), clamped again to the range the clamp
+    gave where its own is wider (later divisions of it must not see negative values the guard excludes)."""
+    plain = inner % k if modulo else inner // k
+    ((atom, coefficient),) = inner.terms.items() if len(inner.terms) == 1 else ((None, 0),)
+    if atom is None or atom.kind != "clamped" or coefficient != 1 or inner.const:
+        return plain
+    try:
+        value = atom.expr % k if modulo else atom.expr // k  # type: ignore[operator]
+    except ValueError:  # (possibly negative outside the guard)
+        return plain
+    if any(a.kind in ("mod", "div") and a.expr == atom.expr for a in value.terms):
+        return plain  # (nothing simplified)
+    return value if plain.lo <= value.lo and value.hi <= plain.hi else Expr.clamped(value, plain.lo, plain.hi)
 
 
 def substitute_cond(cond: Cond, values: dict[str, Expr], memo: dict) -> Optional[Cond]:
