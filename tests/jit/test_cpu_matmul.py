@@ -444,7 +444,8 @@ def test_a_product_computed_beside_the_hosted_one_gets_a_tiled_kernel_of_its_own
 def test_a_product_another_kernel_stores_is_read_not_computed_again(dev):
     """GELU's backward in an MLP's gradient reads the pre-activation x·W₁ᵀ, which its own kernel stores (the
     forward reads it too): no kernel walks that product in its loop and then reads it from memory, nor tiles its
-    outputs as that product's (scalar, as a plain kernel); every product kernel uses what it computes."""
+    outputs as that product's (scalar, as a plain kernel); every product kernel uses what it computes, and no
+    reduction computes GELU's derivative again."""
     x, w1, w2, b1 = data(512, 64), data(256, 64) * 0.1, data(64, 256) * 0.1, data(256) * 0.1
     tx, tw1, tw2, tb1 = dev.tensor(x), dev.tensor(w1), dev.tensor(w2), dev.tensor(b1)
     y = (tx @ tw1.T + tb1).gelu() @ tw2.T
@@ -454,6 +455,9 @@ def test_a_product_another_kernel_stores_is_read_not_computed_again(dev):
     assert products and all(accumulators_read_after_the_loop(source) for source in products)
     plain = [kernel.source for kernel in kernels if not kernel.name.startswith("m_")]
     assert not any("for (int k" in source for source in plain)  # (no product walked untiled)
+    # GELU's backward, whose two terms both read dY·W₂ᵀ, is stored by that product's epilogue (`_meeting_point`):
+    # the bias gradient's column sums read it, not its derivative's exp and erf computed again
+    assert not any("exp(" in kernel.source for kernel in kernels if kernel.name.startswith("r_"))
     h = x @ w1.T + b1
     cdf = 0.5 * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
     dy = 2 * ((h * cdf) @ w2.T) / (512 * 64)

@@ -294,9 +294,10 @@ def test_pieces_side_by_side_whole_vectors_wide_are_read_as_vectors(dev, pieces)
     lane's does, and each piece's lanes are consecutive once the guard's clamp is looked through, so every piece is
     read as vectors (before: guarded lane by lane, all gathered, the kernel stayed scalar)."""
     heads = [data(2, width // 16, 8, 16) for width in pieces]
-    parts = lambda ts: [t.permute(0, 2, 1, 3).reshape(2, 8, w) * s for t, w, s in zip(ts, pieces, (0.5, 1, 2))]  # noqa: E731
-    out = zyx.cat(parts([dev.tensor(h) for h in heads]), -1)
+    scales = (0.5, 1, 2)
+    out = zyx.cat([dev.tensor(h).permute(0, 2, 1, 3).reshape(2, 8, w) * s
+                   for h, w, s in zip(heads, pieces, scales)], -1)
     kernel, = kernels_of(out)
     assert is_vector(kernel) and kernel.source.count("vload16(") == 3 and "in0[" not in kernel.source
-    want = np.concatenate([h.transpose(0, 2, 1, 3).reshape(2, 8, w) * s for h, w, s in zip(heads, pieces, (0.5, 1, 2))], -1)
+    want = np.concatenate([h.transpose(0, 2, 1, 3).reshape(2, 8, w) * s for h, w, s in zip(heads, pieces, scales)], -1)
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)

@@ -770,7 +770,7 @@ def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     materialized.update(shared)
     backward = gradient_products(order, traits.gpu)  # attention's backward: kernels of their own
     materialized.update(backward)
-    epilogues = _stored_epilogues(order, materialized, users)
+    epilogues = _stored_epilogues(order, materialized, users, traits.gpu)
     materialized.update(epilogues)
     chain_cuts = _chain_cuts(order, materialized)
     materialized.update(chain_cuts)
@@ -938,7 +938,7 @@ def _fused_products(root: Node, below: dict[int, tuple[Node, ...]]) -> tuple[Nod
 
 
 def _stored_epilogues(order: Sequence[Node], materialized: dict[int, Node],
-                      users: dict[int, list[Node]]) -> dict[int, Node]:
+                      users: dict[int, list[Node]], gpu: bool) -> dict[int, Node]:
     """For each product that several kernels read, the value to store in its place: its epilogue, the
     elementwise ops (and reshapes) that alone read it, one after the other, at its positions (a linear layer's
     bias; a ReLU's backward mask). The kernel storing the epilogue computes the product. Stored raw, each kernel
@@ -953,6 +953,8 @@ def _stored_epilogues(order: Sequence[Node], materialized: dict[int, Node],
         if id(node) in materialized or matmul_axes(node) is None or not node.src[0].numel:
             continue
         value = _epilogue(node, materialized, users)
+        if not gpu:
+            value = _meeting_point(node, materialized, users) or value
         if value.op in ELEMENTWISE_OPS and id(value) not in materialized and _read_apart(value, materialized, users):
             found[id(value)] = value
     return found
@@ -969,6 +971,40 @@ def _epilogue(product: Node, materialized: dict[int, Node], users: dict[int, lis
             break
         value = user
     return value
+
+
+MEETING_MAX_NODES = 32  # elementwise ops `_meeting_point` follows from a product before it answers none
+
+
+def _meeting_point(product: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> Optional[Node]:
+    """The one node through which the elementwise ops (and reshapes) reading `product` at its positions, no wider
+    than it, are all read elsewhere, if there is one (within MEETING_MAX_NODES ops): GELU's backward reads dY·W_outᵀ
+    twice, in its derivative's two terms, then sums them. Its bias gradient's column sums computed that derivative
+    again, erf and exp per element, from the product stored raw: 7.7 ms of a layer's step on PoCL 3.1 (Zen 2)."""
+    region, exits, stack = {id(product)}, [], [product]
+    while stack:
+        node = stack.pop()
+        if node is not product and id(node) in materialized:
+            exits.append(node)
+            continue
+        read_elsewhere = not users[id(node)]
+        for user in users[id(node)]:
+            if (user.numel != product.numel or user.dtype.itemsize > product.dtype.itemsize
+                    or not (user.op in ELEMENTWISE_OPS or user.op is Op.RESHAPE)):
+                read_elsewhere = True
+            elif id(user) not in region:
+                region.add(id(user))
+                stack.append(user)
+        if read_elsewhere:
+            exits.append(node)
+        if len(region) > MEETING_MAX_NODES:
+            return None
+    met = set()
+    for node in exits:  # (a reshape read elsewhere is its source's value: the gradient read as a product's operand)
+        while node.op is Op.RESHAPE and id(node.src[0]) in region and node is not product:
+            node = node.src[0]
+        met.add(node)
+    return met.pop() if len(met) == 1 and product not in met else None
 
 
 def _read_apart(value: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> bool:
