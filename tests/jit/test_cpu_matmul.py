@@ -465,3 +465,17 @@ def test_a_product_another_kernel_stores_is_read_not_computed_again(dev):
     close(grads[1].numpy(), dy.T @ (h * cdf))
     close(grads[0].numpy(), dh.T @ x)
     close(grads[3].numpy(), dh.sum(axis=0))
+
+
+@pytest.mark.parametrize("width,swapped", [(1024, True), (256, False)])
+def test_a_left_operand_a_page_apart_along_k_swaps_the_operands(dev, width, swapped):
+    """A weight gradient dYᵀ·X whose dY is 1024 wide (each step of k a new page of it, read in place as the left
+    operand) takes X as its left operand, read in place 64 floats a step, and dY packed into column panels as its
+    right (`_read_swapped`); its outputs are then stored lane by lane. A 256-wide dY keeps the order."""
+    a, x = data(512, width), data(512, 64)
+    out = dev.tensor(a).T @ dev.tensor(x)
+    kernels, _ = product_site(out, AVX2)
+    source = next(kernel.source for kernel in kernels if kernel.name.startswith("m_"))
+    steps = set(re.findall(r"k1\*(\d+)\)?\]", source))
+    assert steps == ({"64"} if swapped else {str(width)})
+    close(out.numpy(), a.T @ x)

@@ -55,6 +55,7 @@ ROW_BAND_BYTES = 1 << 20
 """The rows of the left operand the items sweep the columns with before moving on (a band of row tiles this
 many bytes long): each right panel is read once per band, and the band's rows come from cache. W3 2048³ on PoCL
 3.1, AMD EPYC (Zen 3): 1.3x the speed of sweeping every row (16 MiB, read from memory once per column tile)."""
+PAGE_FLOATS = 1024  # a left operand this many floats apart along k reads a new page each step (`_read_swapped`)
 IN_PLACE_BYTES = 2 << 20  # a right operand this small is read in place if it can be (packing pays above)
 NARROW_IN_PLACE_BYTES = 64 << 10
 """The same on CPUs with 8-float vectors. Measured on PoCL 3.1, AMD EPYC (Zen 3: AVX2, 512 KiB of L2 per core):
@@ -111,6 +112,7 @@ class CpuPlan:
     right_in_place: bool  # the right operand also is small, contiguous along m and in whole tiles
 
     right_readable: bool  # the right operand could be read in place (contiguous along m, in whole tiles)
+    sources: tuple[int, int] = (0, 1)  # which of the product's multiplied operands is the left and the right one
 
     @property
     def choice(self) -> Choice:
@@ -148,17 +150,20 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
         return None
     narrow = product.dtype.is_narrow_float  # operands read only from their float32 copies
     left, right = (n.cast(s, float32) if narrow else s for s in (left, right))
-    viewed = _view_index(product.src[0].src[0], _probe(shape), materialized) is not None
+    sources = (0, 1)
+    if not narrow and _read_swapped(product, left, right, k_axis, materialized):
+        sources, n_axis, m_axis, axes, left, right = (1, 0), m_axis, n_axis, axes[::-1], right, left
+    viewed = _view_index(product.src[0].src[sources[0]], _probe(shape), materialized) is not None
     left_in_place = not narrow
     rows, width = ((choice["rows"], choice["width"]) if choice
                    else default_tile(shape[n_axis], shape[m_axis], native_width, latency, left_in_place))
     readable = (not narrow and shape[m_axis] % width == 0
-                and _contiguous(product.src[0].src[1], m_axis, materialized))
+                and _contiguous(product.src[0].src[sources[1]], m_axis, materialized))
     limit = IN_PLACE_BYTES if native_width >= LANES else NARROW_IN_PLACE_BYTES
     packed = choice["packed"] if choice else shape[m_axis] * shape[k_axis] * 4 > limit
     return CpuPlan(product, n_axis, m_axis, k_axis, axes[0], axes[1], Operand(left, n_axis, k_axis, rows),
                    Operand(right, m_axis, k_axis, width), left_in_place, left_in_place and not viewed,
-                   readable and not packed, readable)
+                   readable and not packed, readable, sources)
 
 
 def default_tile(n: int, m: int, native_width: int, latency: int = 4, left_in_place: bool = True) -> tuple[int, int]:
@@ -234,6 +239,29 @@ def _view_index(node: Node, index: list[Expr], materialized: dict[int, Node]) ->
             return None
         position, node = inner, node.src[0]
     return node, linear(position, node.shape)
+
+
+def _read_swapped(product: Node, left: Node, right: Node, k_axis: int, materialized: dict[int, Node]) -> bool:
+    """Whether the product's operands are better read the other way round (the outputs' columns then the rows of
+    the tiles, stored lane by lane): where the left one, read in place, lies PAGE_FLOATS or more apart along k (a
+    new page each step of k) and the right one less (a weight gradient dY^T X of a 1024-wide dY and a 256-wide X:
+    W7's 1024 x 256 ones, k = 2048, ran at 60-100 GFLOP/s where 256-row ones ran at 115, PoCL 3.1, Zen 2)."""
+    a, b = product.src[0].src
+    return (_k_stride(a, left, k_axis, materialized) >= PAGE_FLOATS
+            and 0 < _k_stride(b, right, k_axis, materialized) < PAGE_FLOATS)
+
+
+def _k_stride(viewer: Node, source: Node, k_axis: int, materialized: dict[int, Node]) -> int:
+    """Elements between an operand's consecutive values along k, as a product reads it in place: through its views
+    (`viewer`), or as `source` is stored where it computes (0 where that is no constant)."""
+    index = _probe(viewer.shape, k_axis)
+    here = _view_index(viewer, index, materialized)
+    if here is None:
+        return contiguous_strides(source.shape)[k_axis]
+    index[k_axis] = index[k_axis] + 1
+    there = _view_index(viewer, index, materialized)
+    step = there[1] - here[1]  # type: ignore[index]
+    return step.const if step.is_const else 0
 
 
 def _unbroadcast(operand: Node) -> Optional[Node]:
@@ -458,7 +486,8 @@ class CpuMatmulLowering(Lowering):
         self._open_loop(step, count)
         body = self._scopes[-1]
         if plan.right_in_place:
-            memory, b_start = _view_index(node.src[0].src[1], index, self.materialized)  # type: ignore[misc]
+            memory, b_start = _view_index(node.src[0].src[plan.sources[1]], index,  # type: ignore[misc]
+                                          self.materialized)
             right = self._read(memory)
         else:
             right, b_start = self._read(plan.right.packed), plan.right.start(index)
@@ -475,7 +504,7 @@ class CpuMatmulLowering(Lowering):
             body += [Load(a, left, linear(tuple(Expr(0) if size == 1 else e for e, size in zip(row, stored.shape)),
                                           stored.shape)) for a, row in zip(a_values, rows)]
         elif plan.left_in_place:
-            a_values = [self.value(node.src[0].src[0], row, ()).operand for row in rows]
+            a_values = [self.value(node.src[0].src[plan.sources[0]], row, ()).operand for row in rows]
         else:
             left, a_start = self._read(plan.left.packed), plan.left.start(index)
             a_values = [Reg(self.names.fresh("a"), float32) for _ in range(plan.left.block)]
