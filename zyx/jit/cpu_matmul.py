@@ -10,10 +10,12 @@ a kernel of its own, so it is computed once, not once per tile. The right operan
 (converted to float32 once), are copied first into panels ([batch][m / WIDTH][k][WIDTH], [batch][n / ROWS][k][ROWS],
 padded with zeros to whole tiles), unless the right one is contiguous along the columns and small (a large one read
 in place runs at two thirds of the speed: a new page every row; smaller on AVX2 CPUs, and a search tries both).
-So a transposed or strided right operand is still read as one stream. Work items walk down the rows first,
-so the items after one (on both threads) reuse its right panel from cache. The accumulators' lanes
-(`acc.s0`..`acc.sf`) are handed back as the outputs' values, so the epilogue (bias, activation) fuses into the
-stores; tiles that hang over the end of a row or column guard those outputs.
+So a transposed or strided right operand is still read as one stream. Where the left operand would be read a page
+apart along k and the right one would not (a weight gradient of a wide gradient and a narrow activation), the two
+are read the other way round. Work items walk down the rows first, so the items after one (on both threads) reuse
+its right panel from cache. The epilogue (bias, activation) fuses into the stores: computed on whole accumulators
+where it vectorizes (`lower_cpu_matmul`), else on each accumulator's lanes (`acc.s0`..`acc.sf`) handed back as the
+outputs' values; tiles that hang over the end of a row or column guard those outputs.
 """
 from __future__ import annotations
 
@@ -348,7 +350,7 @@ def lower_cpu_matmul(root: Node, materialized: dict[int, Node], produced: set[in
     erf one lane at a time in scalar code, and vectorizes none of an epilogue's loads and stores. W7 at the CPU
     size (PoCL 3.1, Zen 2): its seven products adding a bias and the residual, 23.1 ms a step lane by lane, 16.4
     so; attention's dS (P times dP minus its row sums, exp per output) 4.9 ms a layer with its scores read."""
-    if plan.product.dtype == float32:
+    if plan.product.dtype == float32 and plan.sources == (0, 1):  # (read the other way round, lanes lie apart)
         try:
             return CpuMatmulLowering(root, materialized, produced, plan, stored_apart, vector_epilogue=True).lower()
         except ScalarEpilogue:
