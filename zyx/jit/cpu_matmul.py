@@ -222,11 +222,16 @@ def _probe(shape: tuple[int, ...], short: int = -1) -> list[Expr]:
 
 def _contiguous(node: Node, axis: int, materialized: dict[int, Node]) -> bool:
     """Whether `node` views memory in which its consecutive elements along `axis` are adjacent."""
+    return _view_step(node, axis, materialized) == Expr(1)
+
+
+def _view_step(node: Node, axis: int, materialized: dict[int, Node]) -> Optional[Expr]:
+    """How far apart in memory `node`'s consecutive elements along `axis` lie, where it views memory; else None."""
     index = _probe(node.shape, axis)
     here = _view_index(node, index, materialized)
     index[axis] = index[axis] + 1
     there = _view_index(node, index, materialized)
-    return here is not None and there is not None and there[1] - here[1] == Expr(1)
+    return None if here is None or there is None else there[1] - here[1]
 
 
 def _view_index(node: Node, index: list[Expr], materialized: dict[int, Node]) -> Optional[tuple[Node, Expr]]:
@@ -256,13 +261,9 @@ def _read_swapped(product: Node, left: Node, right: Node, k_axis: int, materiali
 def _k_stride(viewer: Node, source: Node, k_axis: int, materialized: dict[int, Node]) -> int:
     """Elements between an operand's consecutive values along k, as a product reads it in place: through its views
     (`viewer`), or as `source` is stored where it computes (0 where that is no constant)."""
-    index = _probe(viewer.shape, k_axis)
-    here = _view_index(viewer, index, materialized)
-    if here is None:
+    step = _view_step(viewer, k_axis, materialized)
+    if step is None:
         return contiguous_strides(source.shape)[k_axis]
-    index[k_axis] = index[k_axis] + 1
-    there = _view_index(viewer, index, materialized)
-    step = there[1] - here[1]  # type: ignore[index]
     return step.const if step.is_const else 0
 
 

@@ -966,11 +966,17 @@ def _epilogue(product: Node, materialized: dict[int, Node], users: dict[int, lis
     value = product
     while id(value) not in materialized and len({id(user) for user in users[id(value)]}) == 1:
         user = users[id(value)][0]
-        if (user.numel != product.numel or user.dtype.itemsize > product.dtype.itemsize
-                or not (user.op in ELEMENTWISE_OPS or user.op is Op.RESHAPE)):
+        if not _at_its_positions(user, product):
             break
         value = user
     return value
+
+
+def _at_its_positions(user: Node, product: Node) -> bool:
+    """Whether `user` (of the product or of an op above it) computes at the product's positions, an elementwise op
+    or a reshape no wider than the product: part of an epilogue its kernel can compute."""
+    return (user.numel == product.numel and user.dtype.itemsize <= product.dtype.itemsize
+            and (user.op in ELEMENTWISE_OPS or user.op is Op.RESHAPE))
 
 
 MEETING_MAX_NODES = 32  # elementwise ops `_meeting_point` follows from a product before it answers none
@@ -989,8 +995,7 @@ def _meeting_point(product: Node, materialized: dict[int, Node], users: dict[int
             continue
         read_elsewhere = not users[id(node)]
         for user in users[id(node)]:
-            if (user.numel != product.numel or user.dtype.itemsize > product.dtype.itemsize
-                    or not (user.op in ELEMENTWISE_OPS or user.op is Op.RESHAPE)):
+            if not _at_its_positions(user, product):
                 read_elsewhere = True
             elif id(user) not in region:
                 region.add(id(user))
