@@ -3,10 +3,12 @@ slices and buffers, split.py's split of k) computes the product: forced on the k
 tests (PoCL here) with a GPU's traits, against numpy. Odd shapes (blocks over the ends of n and m, slices over
 the end of k), batches, transposed operands and a fused bias + relu epilogue."""
 import itertools
+import re
 
 import numpy as np
 import pytest
 
+from zyx.errors import KernelBuildError
 from zyx.jit import tune
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.matmul import feasible
@@ -15,6 +17,7 @@ from zyx.jit.schedule import schedule
 
 H200 = DeviceTraits(True, 256, GPU_VECTOR_WIDTH, max_group_size=1024, local_memory=48 * 1024)  # as NVIDIA reports
 RNG = np.random.default_rng(5)
+LARGE_GROUP = 256  # groups of more items than this a device may refuse for a kernel with many registers per item
 
 
 def data(*shape):
@@ -39,15 +42,23 @@ def product_site(make):
     return site
 
 
-def forced(dev, make, site, choice: Choice) -> np.ndarray:
-    """`make()`'s values with `choice` forced on its product's kernel (checked to be the one applied)."""
+def forced(dev, make, site, choice: Choice) -> np.ndarray | None:
+    """`make()`'s values with `choice` forced on its product's kernel (checked to be the one applied); None where
+    the device running the tests refuses the kernel's group as larger than it runs that kernel in (an H200 runs
+    some 1024-item groups in no more than 640: their registers), which a search drops (the tuner's "failed")."""
     tuned = TunedChoices({site.key: choice})
     kernels, _ = schedule([make().node], H200, tuned)
     assert [k.site.applied for k in kernels if k.site is not None] == [choice]
     assert len(kernels) == (2 if choice["split"] > 1 else 1)
     dev._tuned = tuned
     dev.forget_programs()
-    return make().numpy()
+    try:
+        return make().numpy()
+    except KernelBuildError as error:
+        refused = re.search(r"work groups of (\d+) items.* groups of at most (\d+) ", str(error))
+        assert refused is not None, error
+        assert int(refused[1]) > LARGE_GROUP and int(refused[2]) >= LARGE_GROUP, error  # only large groups
+        return None
 
 
 def every_choice(site) -> list[Choice]:
@@ -59,6 +70,8 @@ def every_choice(site) -> list[Choice]:
 
 
 def check(out, expected, k):
+    if out is None:  # a group the device refuses (`forced`)
+        return
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5 * np.sqrt(k) * np.abs(expected).max())
 
 
@@ -147,3 +160,18 @@ def test_a_convolution_weight_gradient_split_or_wide_is_stored_in_the_weight_sha
     site = product_site(make)
     for choice in (site.heuristic.replaced(block=64, per_item=4, split=2), site.heuristic.replaced(wide=2)):
         check(forced(h200, make, site, choice), expected, 256)
+
+
+def test_a_group_larger_than_the_device_runs_the_kernel_in_is_refused_naming_both_sizes(h200, monkeypatch):
+    """NVIDIA runs a kernel with many registers per item in smaller groups than its maximum, and a launch of a
+    larger one fails with OUT_OF_RESOURCES (read as out of memory): the build refuses it instead, before any launch."""
+    a, b = data(100, 530), data(530, 122)
+    make = lambda: h200.tensor(a) @ h200.tensor(b)  # noqa: E731
+    site = product_site(make)
+    sixteen_squared = Choice.of("local_tiles", block=64, per_item=4, bk=16, buffers=2, split=1, wide=1)
+    check(forced(h200, make, site, sixteen_squared), a @ b, 530)
+    monkeypatch.setattr(h200.runtime, "group_limit", lambda kernel: 64)
+    h200.forget_programs()
+    h200._kernels.clear()
+    with pytest.raises(KernelBuildError, match=r"work groups of 256 items, but .* groups of at most 64 "):
+        make().numpy()

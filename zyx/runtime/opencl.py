@@ -122,6 +122,11 @@ class OpenCLRuntime(PooledRuntime):
     def __repr__(self) -> str:
         return f"OpenCLRuntime({self.name!r})"
 
+    def group_limit(self, kernel: cl.Kernel) -> int:
+        """The most work-items a group of `kernel` may have on this device: fewer than the device's maximum where
+        the kernel's registers or local memory per item allow fewer (CL_KERNEL_WORK_GROUP_SIZE)."""
+        return kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device)
+
     @property
     def queue(self) -> cl.CommandQueue:
         """The queue for the next command: the timed one while `profiling.timing_wanted()`, else the plain one."""

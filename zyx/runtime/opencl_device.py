@@ -2,11 +2,13 @@
 OpenCL program, and tuned (tune.py) where ZYX_TUNE asks."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import pyopencl as cl
 
 from ..debug import logger
+from ..errors import KernelBuildError
 from ..jit.cache import default_cache
 from ..jit.cache_key import device_fingerprint
 from ..jit.compiler import kernel_options
@@ -101,10 +103,27 @@ class OpenCLDevice(FusingDevice):
             logger("zyx.schedule").debug("kernel %s:\n%s", name, source)
             built = default_cache().build(self.runtime.context, self.runtime.device, source,
                                           self.build_options([launch]))
-            kernel = getattr(built, name)
+            kernel = cl.Kernel(built, name)  # (a program may be asked again for a kernel it refused)
+            self._check_group(kernel, launch)
             self._kernels[source] = kernel
             self._fresh[source] = built
         return kernel
+
+    def _check_group(self, kernel: cl.Kernel, launch: Any) -> None:
+        """A kernel written for groups larger than the driver runs it in (its registers or local memory per item
+        allow fewer: NVIDIA's CL_KERNEL_WORK_GROUP_SIZE) fails at its launch with OUT_OF_RESOURCES, which reads as
+        running out of memory: it is refused here, once, naming both sizes (a tuner drops such a candidate)."""
+        if launch.local_size is None:
+            return
+        items = math.prod(launch.local_size)
+        allowed = self.runtime.group_limit(kernel)
+        if items > allowed:
+            shape = " × ".join(map(str, launch.local_size))
+            raise KernelBuildError(
+                f"kernel {launch.name} is written for work groups of {items} items"
+                f"{f' ({shape})' if len(launch.local_size) > 1 else ''}, but "
+                f"{self.runtime.name} runs it in groups of at most "
+                f"{allowed} (its registers or local memory per item); this is a bug in Zyx's choice of its group")
 
     def _compile_together(self, launches: Sequence[Any]) -> None:
         """Build a program's missing kernels, a few in each OpenCL program (`build_groups`): a build's fixed cost
