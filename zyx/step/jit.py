@@ -162,10 +162,10 @@ class CapturedStep:
     def _plan_guards(self) -> None:
         """What `bind` checks. It compares the ids of what the paths lead to now with those of the state tensors:
         exact while those tensors live, and `_dead` turns non-empty when one dies (another could take its id)."""
-        self._paths = PathTree([path for ref in self.state for path in ref.paths])
         tensors = [ref.tensor() for ref in self.state]
-        self._path_ids = [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths]
-        self._pick_state = picker(_first_positions([len(ref.paths) for ref in self.state]))  # first paths
+        self._bind_paths = PathTree([path for ref in self.state for path in ref.paths]).binder(
+            [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths],
+            _first_positions([len(ref.paths) for ref in self.state]), self.argument_count)  # each one's first path
         self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
         self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
         self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
@@ -236,17 +236,15 @@ class CapturedStep:
     def bind(self, root: Root, arguments: list[Tensor]) -> Optional[Binding]:
         """The tensors to bind now (the arguments, then the state tensors), their nodes and their buffers, or None
         when this step's guards do not hold for this call."""
-        found = self._paths.resolve_all(root)
-        if self._dead or list(map(id, found)) != self._path_ids:
-            return None  # a path that leads elsewhere now, or a tensor that was deleted
-        if self.modes and not self.modes_hold() or self.autocast is not autocast_dtype() \
+        if self._dead:
+            return None  # a tensor that was deleted (another may have its id now)
+        binding = self._bind_paths(root, arguments)
+        if binding is None or self.modes and not self.modes_hold() or self.autocast is not autocast_dtype() \
                 or self.precision != get_float32_matmul_precision():
-            return None
-        bound = [*arguments, *self._pick_state(found)]
-        nodes = list(map(_node_of, bound))
-        buffers = list(map(_buffer_of, nodes))
-        if self._all_distinct and len({_NONE_ID, *map(id, buffers)}) > len(buffers):
-            return bound, nodes, buffers  # the usual case in one set at C speed: all realized, all buffers distinct
+            return None  # (binding: a path that leads elsewhere now)
+        bound, nodes, buffers = binding
+        if self._all_distinct and _all_distinct_buffers(buffers):
+            return binding  # the usual case: all realized, all buffers distinct
         if any(map(_is_none, buffers)):  # a tensor assigned eagerly since the last call (`is`: `None in buffers`
             # would call torch.Tensor.__eq__, tens of µs a tensor)
             assigned_eagerly = [t for t in bound if not t.node.realized]
@@ -392,8 +390,17 @@ _buffer_of_tensor = operator.attrgetter("node.buffer")
 _node_of = operator.attrgetter("node")
 _layout_of = operator.attrgetter("__class__", "node.shape", "node.dtype", "node.device")  # (what a key tells apart)
 _is_none = functools.partial(operator.is_, None)
-_NONE_ID = id(None)
 _is_not_tensor_type = functools.partial(operator.is_not, Tensor)
+
+
+def _all_distinct_buffers(buffers: list[Any]) -> bool:
+    """Whether every buffer is a distinct object and none is None, in one set at C speed: a set of the buffers
+    themselves takes a third of the time of a set of their ids. Their types hash by identity; one that did not
+    could only make this False for distinct buffers equal to each other, and `bind` then compares their ids."""
+    try:
+        return len({None, *buffers}) > len(buffers)
+    except TypeError:  # a buffer type that is not hashable
+        return False
 
 
 def _shared(node: Node) -> bool:

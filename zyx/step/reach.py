@@ -14,7 +14,7 @@ import keyword
 import types
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ..tensor import Tensor
 
 Step = tuple[str, Any]
 Path = tuple[Step, ...]
+Binding = tuple[list[Any], list[Any], list[Any]]  # tensors, their nodes, the nodes' buffers
 
 MAX_OBJECTS = 20000     # objects expanded per search: a huge object graph is searched only this far
 MAX_PATHS = 4           # paths kept per tensor (each one is checked at every replay)
@@ -77,63 +78,55 @@ def resolve(root: tuple[Any, tuple, dict], path: Path) -> Any:
 
 
 class PathTree:
-    """Many paths from one root, resolved together: a prefix that several share (the function's closure, an
+    """Many paths from one root, followed together: a prefix that several share (the function's closure, an
     optimizer's state dict) is followed once per call instead of once per path. A replay checks every path of
-    every tensor it binds, so this is most of a guard's cost; the paths are compiled into one Python function
-    (`compile_steps`), so a call that finds every step in place runs a few bytecodes per step."""
+    every tensor it binds, so this is most of a guard's cost; `binder` compiles the paths and the checks into one
+    Python function, so a call that finds every step in place runs a few bytecodes per step."""
 
     def __init__(self, paths: list[Path]):
         position: dict[Path, int] = {(): 0}
         self.steps: list[tuple[int, str, Any]] = []  # (position of the object it reads from, kind, key)
-        self.ends: list[int] = []                    # where each path's object is, in `resolve_all`'s list
+        self.ends: list[int] = []                    # where each path's object is, numbered as the steps
         for path in paths:
             for depth in range(1, len(path) + 1):
                 if path[:depth] not in position:
                     position[path[:depth]] = len(self.steps) + 1
                     self.steps.append((position[path[:depth - 1]], *path[depth - 1]))
             self.ends.append(position[path])
-        self._resolve_compiled = compile_steps(self.steps, self.ends)
 
-    def resolve_all(self, root: tuple[Any, tuple, dict]) -> Sequence[Any]:
-        """What each path leads to from `root` now (MISSING where it no longer leads anywhere), in order."""
-        try:
-            return self._resolve_compiled(root)
-        except _MISSING_ERRORS:
-            return self._resolve_step_by_step(root)
-
-    def _resolve_step_by_step(self, root: tuple[Any, tuple, dict]) -> list[Any]:
-        """`resolve_all` where some step fails: that step's object and those below it are MISSING."""
-        objects: list[Any] = [root]
-        for parent, kind, key in self.steps:
-            obj = objects[parent]
-            if obj is not MISSING:
-                try:
-                    obj = getattr(obj, key) if kind == "attr" else obj[key]
-                except _MISSING_ERRORS:
-                    obj = MISSING
-            objects.append(obj)
-        return [objects[end] for end in self.ends]
-
-
-def compile_steps(steps: list[tuple[int, str, Any]], ends: list[int]) -> Callable[[Any], tuple]:
-    """A function of the root returning the objects at `ends` (positions as in `PathTree`), one statement per
-    step (`o3 = o1.__dict__`, `o4 = o3['weight']`); a step that fails raises as `getattr` or `[]` would.
-    A key is written as a literal when its repr reads back as itself (exactly a `_KEY_TYPES` type), else it is
-    read from a tuple bound to the function."""
-    keys = tuple(key for _, _, key in steps)
-    lines = ["def resolve(o0, keys=keys):"]
-    for n, (parent, kind, key) in enumerate(steps, start=1):
-        if kind == "attr" and key.isidentifier() and not keyword.iskeyword(key):
-            read = f"o{parent}.{key}"
-        elif kind == "attr":
-            read = f"getattr(o{parent}, keys[{n - 1}])"
-        else:
-            read = f"o{parent}[{key!r}]" if type(key) in _KEY_TYPES else f"o{parent}[keys[{n - 1}]]"
-        lines.append(f"    o{n} = {read}")
-    lines.append("    return (" + "".join(f"o{end}, " for end in ends) + ")")
-    namespace: dict[str, Any] = {"keys": keys}
-    exec("\n".join(lines), namespace)  # noqa: S102 - source built above from step kinds, names and literals
-    return namespace["resolve"]
+    def binder(self, expected_ids: Sequence[int], bound_paths: Sequence[int],
+               arguments: int) -> Callable[[Any, Sequence[Any]], Optional[Binding]]:
+        """A function of (root, the call's `arguments` tensor arguments) giving what a replay binds: the arguments
+        and then the tensors at `bound_paths` (indices of paths), their nodes and those nodes' buffers; None where
+        a path leads to another object than the one whose id `expected_ids` holds for it, or nowhere. One statement
+        per step (`o3 = o1.__dict__`, `o4 = o3['weight']`), one comparison per path and one per bound tensor: a
+        guard costs a replay the bytecodes it needs and no loop, list or call. A key is written as a literal when
+        its repr reads back as itself (exactly a `_KEY_TYPES` type), else it is read from a tuple bound to the
+        function."""
+        keys = tuple(key for _, _, key in self.steps)
+        lines = ["def bind(o0, arguments, keys=keys):"] + ["    try:"] * bool(self.steps)
+        for n, (parent, kind, key) in enumerate(self.steps, start=1):
+            if kind == "attr" and key.isidentifier() and not keyword.iskeyword(key):
+                read = f"o{parent}.{key}"
+            elif kind == "attr":
+                read = f"getattr(o{parent}, keys[{n - 1}])"
+            else:
+                read = f"o{parent}[{key!r}]" if type(key) in _KEY_TYPES else f"o{parent}[keys[{n - 1}]]"
+            lines.append(f"        o{n} = {read}")
+        if self.steps:
+            lines += ["    except _MISSING_ERRORS:", "        return None  # a path that leads nowhere now"]
+            lines.append("    if " + " or ".join(f"id(o{end}) != {expected}"
+                                                  for end, expected in zip(self.ends, expected_ids)) + ":")
+            lines.append("        return None  # a path that leads elsewhere now")
+        tensors = [f"a{i}" for i in range(arguments)] + [f"o{self.ends[path]}" for path in bound_paths]
+        if arguments:
+            lines.append("    " + "".join(f"a{i}, " for i in range(arguments)) + "= arguments")
+        lines += [f"    n{i} = {tensor}.node" for i, tensor in enumerate(tensors)]
+        lines.append(f"    return ([{', '.join(tensors)}], [{''.join(f'n{i}, ' for i in range(len(tensors)))}], "
+                     f"[{''.join(f'n{i}.buffer, ' for i in range(len(tensors)))}])")
+        namespace: dict[str, Any] = {"keys": keys, "_MISSING_ERRORS": _MISSING_ERRORS}
+        exec("\n".join(lines), namespace)  # noqa: S102 - source built above from step kinds, names, literals, ids
+        return namespace["bind"]
 
 
 def _root_children(root: tuple[Any, tuple, dict]) -> Iterator[tuple[Path, str, Any]]:
