@@ -53,12 +53,11 @@ from . import recapture
 from .arguments import Rebuild, call_key, flatten, tensors_key
 from ..trace.capture import Capture, active_capture, pop_capture, push_capture
 from ..jit.program import Program
+from .binder import Binding, compile_binder
 from .reach import Located, PathTree, locate_tensors, resolve
 
 MAX_CAPTURES = 8
 Root = tuple[Any, tuple, dict]
-Binding = tuple[list[Tensor], list[Node], list[Any]]  # the tensors a replay binds (arguments, then state), their
-# nodes and their buffers
 
 
 class JitWarning(UserWarning):
@@ -130,8 +129,8 @@ class CapturedStep:
 
     def __post_init__(self) -> None:
         self.kernels = self.program.kernel_count + (self.checking[0].kernel_count if self.checking else 0)
-        self._plan_guards()
         self._plan_values()
+        self._plan_guards()
         # where the index checks' extremes are among a program's outputs, and their (shapes, dtypes)
         self._pick_check_outputs = picker([target for _, target in self.checks])
         self._check_layouts = ([(2,)] * len(self.checks), [int64.np] * len(self.checks))
@@ -161,11 +160,16 @@ class CapturedStep:
 
     def _plan_guards(self) -> None:
         """What `bind` checks. It compares the ids of what the paths lead to now with those of the state tensors:
-        exact while those tensors live, and `_dead` turns non-empty when one dies (another could take its id)."""
+        exact while those tensors live, and `_dead` turns non-empty when one dies (another could take its id). The
+        binder also tells whether the nodes of the inputs overwritten in place are their tensors' alone, where `run`
+        would ask (no old value read) and every one is a bound tensor's."""
         tensors = [ref.tensor() for ref in self.state]
-        self._bind_paths = PathTree([path for ref in self.state for path in ref.paths]).binder(
+        overwritten = [self._input_plan[position][0] for position in self._aliased_inputs]
+        self._bind_paths = compile_binder(
+            PathTree([path for ref in self.state for path in ref.paths]),
             [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths],
-            _first_positions([len(ref.paths) for ref in self.state]), self.argument_count)  # each one's first path
+            _first_positions([len(ref.paths) for ref in self.state]), self.argument_count,  # each one's first path
+            None if self._old_values_read or min(overwritten, default=0) < 0 else overwritten)
         self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
         self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
         self._all_distinct = self.aliases == tuple((i, i, i) for i in range(len(self.aliases)))
@@ -242,7 +246,7 @@ class CapturedStep:
         if binding is None or self.modes and not self.modes_hold() or self.autocast is not autocast_dtype() \
                 or self.precision != get_float32_matmul_precision():
             return None  # (binding: a path that leads elsewhere now)
-        bound, nodes, buffers = binding
+        bound, nodes, buffers, _ = binding
         if self._all_distinct and _all_distinct_buffers(buffers):
             return binding  # the usual case: all realized, all buffers distinct
         if any(map(_is_none, buffers)):  # a tensor assigned eagerly since the last call (`is`: `None in buffers`
@@ -252,7 +256,7 @@ class CapturedStep:
                 realize(*assigned_eagerly)
                 nodes = list(map(_node_of, bound))
                 buffers = list(map(_buffer_of, nodes))
-        return (bound, nodes, buffers) if self._aliased_as_traced(bound, nodes, buffers) else None
+        return (bound, nodes, buffers, None) if self._aliased_as_traced(bound, nodes, buffers) else None
 
     def _aliased_as_traced(self, bound: list[Tensor], nodes: list[Node], buffers: list[Any]) -> bool:
         if self._all_distinct:  # the usual case: distinct buffers mean distinct nodes, hence distinct tensors
@@ -267,10 +271,11 @@ class CapturedStep:
                 return False
         return True
 
-    def run(self, bound: list[Tensor], bound_nodes: list[Node], bound_buffers: list[Any],
+    def run(self, bound: list[Tensor], bound_nodes: list[Node], bound_buffers: list[Any], sole: Optional[bool],
             rand_args: list[tuple[int, int]], copy_donated: bool = False) -> Any:
         """Launch the program on the bound tensors (`bind`'s binding; `bound_nodes` is emptied, so that the nodes'
-        reference counts say who else holds them) and point every updated tensor at its new value.
+        reference counts say who else holds them) and point every updated tensor at its new value. `sole`: whether
+        the binder found the nodes of the inputs overwritten in place held by their tensors alone (None: unknown).
 
         A buffer the program overwrites in place is first copied when anything besides its tensor still holds
         its node (a lazy expression, another tensor, a gradient's origin), or when the step itself returns or
@@ -294,8 +299,10 @@ class CapturedStep:
         # the others, whose tensor gets a new leaf if `_in_place` (`fresh`)
         kept: set[int] | frozenset[int]
         fresh: list[int] = []
-        if not copy_donated and not self._old_values_read and _all_sole(self._aliased_nodes(nodes)):  # (the
-            kept = self._all_aliased  # usual case, checked at C speed)
+        if sole is None and not copy_donated and not self._old_values_read:
+            sole = _all_sole(self._aliased_nodes(nodes))  # (at C speed)
+        if sole and not copy_donated:  # (the usual case)
+            kept = self._all_aliased
         else:
             kept, buffers = set(), list(buffers)
             for position in self._aliased_inputs:
@@ -547,7 +554,7 @@ class JitFunction:
             tensor.node = old  # the step's program makes the update
         bound = arguments + [ref.tensor() for ref in step.state]
         nodes = list(map(_node_of, bound))
-        return step.run(bound, nodes, list(map(_buffer_of, nodes)), traced_rand_args,  # type: ignore[arg-type]
+        return step.run(bound, nodes, list(map(_buffer_of, nodes)), None, traced_rand_args,  # type: ignore[arg-type]
                         copy_donated=True)
 
     def _note_eager(self, key: Any, stored: list[Located]) -> None:

@@ -14,7 +14,7 @@ import keyword
 import types
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -22,14 +22,13 @@ from ..tensor import Tensor
 
 Step = tuple[str, Any]
 Path = tuple[Step, ...]
-Binding = tuple[list[Any], list[Any], list[Any]]  # tensors, their nodes, the nodes' buffers
 
 MAX_OBJECTS = 20000     # objects expanded per search: a huge object graph is searched only this far
 MAX_PATHS = 4           # paths kept per tensor (each one is checked at every replay)
 MISSING = object()      # what `resolve` returns when a path no longer leads anywhere
 _ATOMS = (str, bytes, int, float, complex, bool, type(None), np.ndarray, np.generic, type)
 _KEY_TYPES = (str, int, bool, type(None))
-_MISSING_ERRORS = (AttributeError, LookupError, TypeError, ValueError)  # ValueError: an empty closure cell
+MISSING_ERRORS = (AttributeError, LookupError, TypeError, ValueError)  # ValueError: an empty closure cell
 
 
 @dataclass
@@ -72,7 +71,7 @@ def resolve(root: tuple[Any, tuple, dict], path: Path) -> Any:
     try:
         for kind, key in path:
             obj = getattr(obj, key) if kind == "attr" else obj[key]
-    except _MISSING_ERRORS:
+    except MISSING_ERRORS:
         return MISSING
     return obj
 
@@ -80,8 +79,8 @@ def resolve(root: tuple[Any, tuple, dict], path: Path) -> Any:
 class PathTree:
     """Many paths from one root, followed together: a prefix that several share (the function's closure, an
     optimizer's state dict) is followed once per call instead of once per path. A replay checks every path of
-    every tensor it binds, so this is most of a guard's cost; `binder` compiles the paths and the checks into one
-    Python function, so a call that finds every step in place runs a few bytecodes per step."""
+    every tensor it binds, so this is most of a guard's cost; its binder (binder.py) runs the steps as straight-line
+    Python (`step_lines`), so a call that finds every step in place runs a few bytecodes per step."""
 
     def __init__(self, paths: list[Path]):
         position: dict[Path, int] = {(): 0}
@@ -94,17 +93,12 @@ class PathTree:
                     self.steps.append((position[path[:depth - 1]], *path[depth - 1]))
             self.ends.append(position[path])
 
-    def binder(self, expected_ids: Sequence[int], bound_paths: Sequence[int],
-               arguments: int) -> Callable[[Any, Sequence[Any]], Optional[Binding]]:
-        """A function of (root, the call's `arguments` tensor arguments) giving what a replay binds: the arguments
-        and then the tensors at `bound_paths` (indices of paths), their nodes and those nodes' buffers; None where
-        a path leads to another object than the one whose id `expected_ids` holds for it, or nowhere. One statement
-        per step (`o3 = o1.__dict__`, `o4 = o3['weight']`), one comparison per path and one per bound tensor: a
-        guard costs a replay the bytecodes it needs and no loop, list or call. A key is written as a literal when
-        its repr reads back as itself (exactly a `_KEY_TYPES` type), else it is read from a tuple bound to the
-        function."""
-        keys = tuple(key for _, _, key in self.steps)
-        lines = ["def bind(o0, arguments, keys=keys):"] + ["    try:"] * bool(self.steps)
+    def step_lines(self, indent: str) -> list[str]:
+        """One statement per step, the object at position n named `o{n}` (`o3 = o1.__dict__`, `o4 = o3['weight']`;
+        the root is `o0`): a step that fails raises as `getattr` or `[]` would (`MISSING_ERRORS`). A key is written
+        as a literal when its repr reads back as itself (exactly a `_KEY_TYPES` type), else read from `keys[n - 1]`
+        (`keys`: a tuple of every step's key, to bind where the lines run)."""
+        lines = []
         for n, (parent, kind, key) in enumerate(self.steps, start=1):
             if kind == "attr" and key.isidentifier() and not keyword.iskeyword(key):
                 read = f"o{parent}.{key}"
@@ -112,21 +106,12 @@ class PathTree:
                 read = f"getattr(o{parent}, keys[{n - 1}])"
             else:
                 read = f"o{parent}[{key!r}]" if type(key) in _KEY_TYPES else f"o{parent}[keys[{n - 1}]]"
-            lines.append(f"        o{n} = {read}")
-        if self.steps:
-            lines += ["    except _MISSING_ERRORS:", "        return None  # a path that leads nowhere now"]
-            lines.append("    if " + " or ".join(f"id(o{end}) != {expected}"
-                                                  for end, expected in zip(self.ends, expected_ids)) + ":")
-            lines.append("        return None  # a path that leads elsewhere now")
-        tensors = [f"a{i}" for i in range(arguments)] + [f"o{self.ends[path]}" for path in bound_paths]
-        if arguments:
-            lines.append("    " + "".join(f"a{i}, " for i in range(arguments)) + "= arguments")
-        lines += [f"    n{i} = {tensor}.node" for i, tensor in enumerate(tensors)]
-        lines.append(f"    return ([{', '.join(tensors)}], [{''.join(f'n{i}, ' for i in range(len(tensors)))}], "
-                     f"[{''.join(f'n{i}.buffer, ' for i in range(len(tensors)))}])")
-        namespace: dict[str, Any] = {"keys": keys, "_MISSING_ERRORS": _MISSING_ERRORS}
-        exec("\n".join(lines), namespace)  # noqa: S102 - source built above from step kinds, names, literals, ids
-        return namespace["bind"]
+            lines.append(f"{indent}o{n} = {read}")
+        return lines
+
+    @property
+    def keys(self) -> tuple[Any, ...]:
+        return tuple(key for _, _, key in self.steps)
 
 
 def _root_children(root: tuple[Any, tuple, dict]) -> Iterator[tuple[Path, str, Any]]:
