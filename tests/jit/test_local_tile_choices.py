@@ -4,6 +4,7 @@ tests (PoCL here) with a GPU's traits, against numpy. Odd shapes (blocks over th
 the end of k), batches, transposed operands and a fused bias + relu epilogue."""
 import itertools
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -58,6 +59,7 @@ def forced(dev, make, site, choice: Choice) -> np.ndarray | None:
         refused = re.search(r"work groups of (\d+) items.* groups of at most (\d+) ", str(error))
         assert refused is not None, error
         assert int(refused[1]) > LARGE_GROUP and int(refused[2]) >= LARGE_GROUP, error  # only large groups
+        warnings.warn(f"{choice.describe()}: {error}")  # (seen in the run's summary: which the device refused)
         return None
 
 

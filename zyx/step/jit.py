@@ -139,6 +139,7 @@ class CapturedStep:
         # (TorchRuntime.contents): the same, unwritten since, pass again without a run and a read (a wait)
         self._checked: Optional[tuple] = None
         self._gate = self._read_checks if self.gated_checks else None  # (the run's: see run_code.py)
+        self._read: Callable[[], None] = _nothing_read  # the wait for the checks' extremes of the run under way
         self._checks_after = bool(self.checks) and self.checking is None and not self.gated_checks
         # where the gate reads the checks' extremes at every call (a row [-smallest, largest] each, and its bytes),
         # and the most each may be: [-low, high - 1]
@@ -362,13 +363,14 @@ class CapturedStep:
         the launches computing them are queued: it enqueues their read, and what it returns waits for that and
         raises for an index out of range, before the run's first launch overwriting an input in place (its other
         launches queued meanwhile)."""
-        read = self._runtime.read_later([*zip(extremes, self._extremes_read)])
+        self._read = self._runtime.read_later([*zip(extremes, self._extremes_read)])
+        return self._check_read
 
-        def check() -> None:
-            read()
-            if not all(map(operator.le, self._extremes_flat.tolist(), self._extremes_allowed)):  # (at C speed)
-                self._raise_if_an_index_failed(self._extremes)
-        return check
+    def _check_read(self) -> None:
+        """What `_read_checks` returns: waits for the read it enqueued and raises for an index out of range."""
+        self._read()
+        if not all(map(operator.le, self._extremes_flat.tolist(), self._extremes_allowed)):  # (at C speed)
+            self._raise_if_an_index_failed(self._extremes)
 
     def _raise_if_an_index_failed(self, extremes: list[Any]) -> None:
         """Index tensors the step selects with are checked as eagerly, from their extremes as read: before the
@@ -398,6 +400,10 @@ _node_of = operator.attrgetter("node")
 _layout_of = operator.attrgetter("__class__", "node.shape", "node.dtype", "node.device")  # (what a key tells apart)
 _is_none = functools.partial(operator.is_, None)
 _is_not_tensor_type = functools.partial(operator.is_not, Tensor)
+
+
+def _nothing_read() -> None:
+    """`CapturedStep._read` before a run's gate enqueued a read."""
 
 
 def _all_distinct_buffers(buffers: list[Any]) -> bool:
