@@ -490,7 +490,10 @@ def _group_size(kernels: Sequence[Kernel], local_size: Optional[int]) -> str:
     more, and fail to launch)."""
     if not any(isinstance(s, NamedBarrier) for kernel in kernels for s in walk(kernel.body)):
         return ""
-    return f" __attribute__((reqd_work_group_size({local_size}, 1, 1)))"
+    return f" __attribute__(({GROUP_SIZE_STATED}({local_size}, 1, 1)))"
+
+
+GROUP_SIZE_STATED = "reqd_work_group_size"  # the attribute stating a kernel's group size (`_group_size`)
 
 
 def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> tuple[str, str]:

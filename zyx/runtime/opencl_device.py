@@ -14,6 +14,7 @@ from ..jit.cache_key import device_fingerprint
 from ..jit.compiler import kernel_options
 from ..jit.choices import TunedChoices
 from ..jit.opencl_prelude import combine_sources
+from ..jit.print_opencl import GROUP_SIZE_STATED
 from ..jit.program import Program
 from ..jit.device_traits import DeviceTraits
 from ..jit.tune_store import default_tuning_store
@@ -112,8 +113,10 @@ class OpenCLDevice(FusingDevice):
     def _check_group(self, kernel: cl.Kernel, launch: Any) -> None:
         """A kernel written for groups larger than the driver runs it in (its registers or local memory per item
         allow fewer: NVIDIA's CL_KERNEL_WORK_GROUP_SIZE) fails at its launch with OUT_OF_RESOURCES, which reads as
-        running out of memory: it is refused here, once, naming both sizes (a tuner drops such a candidate)."""
-        if launch.local_size is None:
+        running out of memory: it is refused here, once, naming both sizes (a tuner drops such a candidate). A kernel
+        that states its group's size (`reqd_work_group_size`: warpgroup products) has its registers fitted to it by
+        the compiler and launches, though NVIDIA may report fewer items for it (256 for some of 384)."""
+        if launch.local_size is None or GROUP_SIZE_STATED in launch.source:
             return
         items = math.prod(launch.local_size)
         allowed = self.runtime.group_limit(kernel)
