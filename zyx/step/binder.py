@@ -21,23 +21,27 @@ Binding = tuple[list[Any], list[Any], list[Any], Optional[bool]]
 Binder = Callable[[Any, Sequence[Any]], Optional[Binding]]
 
 
-def compile_binder(tree: PathTree, expected_ids: Sequence[int], bound_paths: Sequence[int], arguments: int,
+def compile_binder(tree: PathTree, expected_ids: Sequence[int], bound_paths: Sequence[int],
+                   argument_layouts: Sequence[tuple[type, tuple[int, ...], Any, Any]],
                    sole: Optional[Sequence[int]]) -> Binder:
-    """A function of (root, the call's `arguments` tensor arguments) giving the tensors (the arguments, then those
-    at `bound_paths`, indices of the tree's paths), their nodes and the nodes' buffers, and whether the nodes of
-    the tensors at positions `sole` each have no origin, no weak reference and no holder but their tensor (None
-    when `sole` is None); None where a path leads to another object than the one `expected_ids` holds for it, or
-    nowhere."""
-    lines = ["def bind(o0, arguments, keys=keys):"]
-    if tree.steps:
-        lines += ["    try:", *tree.step_lines("        "), "    except MISSING_ERRORS:",
-                  "        return None  # a path that leads nowhere now",
-                  "    if " + " or ".join(f"id(o{end}) != {expected}" for end, expected in zip(tree.ends, expected_ids))
-                  + ":", "        return None  # a path that leads elsewhere now"]
+    """A function of (root, the call's tensor arguments) giving the tensors (the arguments, then those at
+    `bound_paths`, indices of the tree's paths), their nodes and the nodes' buffers, and whether the nodes of the
+    tensors at positions `sole` each have no origin, no weak reference and no holder but their tensor (None when
+    `sole` is None); None where a path leads to another object than the one `expected_ids` holds for it, or
+    nowhere, or where the arguments are not laid out as `argument_layouts` says (one (class, shape, dtype, device)
+    each: what a call's key tells apart)."""
+    arguments = len(argument_layouts)
     tensors = [f"a{i}" for i in range(arguments)] + [f"o{tree.ends[path]}" for path in bound_paths]
+    lines = ["def bind(o0, arguments, keys=keys):", "    try:", *tree.step_lines("        ")]
     if arguments:
-        lines.append("    " + "".join(f"a{i}, " for i in range(arguments)) + "= arguments")
-    lines += [f"    n{i} = {tensor}.node" for i, tensor in enumerate(tensors)]
+        lines.append("        " + "".join(f"a{i}, " for i in range(arguments)) + "= arguments")
+    lines += [f"        n{i} = {tensor}.node" for i, tensor in enumerate(tensors)]
+    lines += ["    except MISSING_ERRORS:", "        return None  # a path that leads nowhere now, or no tensor"]
+    guards = [f"id(o{end}) != {expected}" for end, expected in zip(tree.ends, expected_ids)]
+    guards += [f"a{i}.__class__ is not class{i} or n{i}.shape != shape{i} or n{i}.dtype != dtype{i} or "
+               f"n{i}.device != device{i}" for i in range(arguments)]
+    if guards:
+        lines += ["    if " + " or ".join(guards) + ":", "        return None  # led elsewhere, or laid out otherwise"]
     # held here by its tensor, its local name and getrefcount's argument: no one else
     held_alone = " and ".join(f"getrefcount(n{i}) <= 3 and n{i}.origin is None and not getweakrefcount(n{i})"
                               for i in sole or ())
@@ -45,7 +49,9 @@ def compile_binder(tree: PathTree, expected_ids: Sequence[int], bound_paths: Seq
     nodes = [f"n{i}" for i in range(len(tensors))]
     lines.append(f"    return ([{', '.join(tensors)}], [{''.join(n + ', ' for n in nodes)}], "
                  f"[{''.join(n + '.buffer, ' for n in nodes)}], sole)")
-    namespace: dict[str, Any] = {"keys": tree.keys, "MISSING_ERRORS": MISSING_ERRORS,
-                                 "getrefcount": sys.getrefcount, "getweakrefcount": weakref.getweakrefcount}
+    namespace: dict[str, Any] = {"keys": tree.keys, "MISSING_ERRORS": MISSING_ERRORS, "getrefcount": sys.getrefcount,
+                                 "getweakrefcount": weakref.getweakrefcount}
+    for i, (kind, shape, dtype, device) in enumerate(argument_layouts):
+        namespace.update({f"class{i}": kind, f"shape{i}": shape, f"dtype{i}": dtype, f"device{i}": device})
     exec("\n".join(lines), namespace)  # noqa: S102 - source built above from step kinds, names, literals, ids
     return namespace["bind"]

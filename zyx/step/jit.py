@@ -120,7 +120,9 @@ class CapturedStep:
     modes: list[tuple[Any, bool]] = field(default_factory=list)  # (weakref module, `training` when traced)
     autocast: Any = None                   # the zyx.autocast dtype the call was traced under (None: off)
     precision: str = "highest"             # the float32 product precision it was traced under (zyx/precision.py)
-    argument_count: int = 0                # tensor arguments of the call (state tensors are bound after them)
+    # (class, shape, dtype, device) of each tensor argument of the call as traced, what `bind` checks of a call's
+    # (state tensors are bound after them)
+    argument_layouts: list[tuple[type, tuple[int, ...], Any, Any]] = field(default_factory=list)
     input_layouts: list[tuple[tuple[int, ...], Any]] = field(default_factory=list)  # (shape, dtype) per input
     # the program computing the checks before the step and the inputs it reads (None: `program` computes them)
     checking: Optional[tuple[Program, list[int]]] = None
@@ -155,6 +157,11 @@ class CapturedStep:
         self._run_checks = self.device.replay_run(self.checking[0]) if self.checking else None
 
     @property
+    def argument_count(self) -> int:
+        """Tensor arguments of the call."""
+        return len(self.argument_layouts)
+
+    @property
     def launch_count(self) -> int:
         """Launches per replay, the checks' own program included (the torch backend's: `checking`)."""
         return self.program.launch_count + (self.checking[0].launch_count if self.checking else 0)
@@ -169,7 +176,7 @@ class CapturedStep:
         self._bind_paths = compile_binder(
             PathTree([path for ref in self.state for path in ref.paths]),
             [id(tensor) for tensor, ref in zip(tensors, self.state) for _ in ref.paths],
-            _first_positions([len(ref.paths) for ref in self.state]), self.argument_count,  # each one's first path
+            _first_positions([len(ref.paths) for ref in self.state]), self.argument_layouts,  # each one's first path
             None if self._old_values_read or min(overwritten, default=0) < 0 else overwritten)
         self._dead: list[Any] = [None] if any(tensor is None for tensor in tensors) else []
         self._watches = [weakref.ref(tensor, self._dead.append) for tensor in tensors if tensor is not None]
@@ -446,9 +453,9 @@ class JitFunction:
         self._eager_keys: set[Any] = set()  # keys whose last call ran eagerly because the step stored a tensor
         self._recaptures: list[recapture.Reason] = []  # why each capture after the first happened
         self._bound: "weakref.WeakKeyDictionary[Any, JitFunction]" = weakref.WeakKeyDictionary()
-        # the step the last call replayed, when it passed tensors only, by position, and their layouts
-        # (`_layout_of` each): the next such call tries it first, without making its key (see `__call__`)
-        self._last: Optional[tuple[CapturedStep, list[tuple]]] = None
+        # the step the last call replayed, when it passed tensors only, by position: the next such call tries it
+        # first, without making its key (see `__call__`)
+        self._last: Optional[CapturedStep] = None
         functools.update_wrapper(self, fn)
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
@@ -470,16 +477,11 @@ class JitFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if active_capture() is not None:
             return self.fn(*args, **kwargs)  # called inside another jitted step: part of its trace
-        last = self._last
-        if last is not None and not kwargs:
-            # the step the last call replayed, when this call's tensors are laid out as that one's: the same key
-            # (its aliasing among the arguments, the rest of the key, is checked by `bind` with the guards)
-            step, layouts = last
-            try:
-                same = list(map(_layout_of, args)) == layouts
-            except AttributeError:  # an argument that is no tensor
-                same = False
-            binding = step.bind((self.fn, args, kwargs), args) if same else None
+        step = self._last
+        if step is not None and not kwargs:
+            # the step the last call replayed, where this call's tensors are laid out as that one's: the same key
+            # (`bind` checks the layouts, and the aliasing among the arguments, the rest of the key)
+            binding = step.bind((self.fn, args, kwargs), args)
             if binding is not None:
                 counts = step.rand_counts
                 return step.run(*binding, [zrandom.reserve(count) for count in counts] if counts else [])
@@ -499,7 +501,7 @@ class JitFunction:
             binding = step.bind(root, arguments)  # None for a step whose state tensors died
             if binding is not None:
                 if tensors_only:
-                    self._last = step, list(map(_layout_of, args))
+                    self._last = step
                 return step.run(*binding, [zrandom.reserve(count) for count in step.rand_counts])
         refused = list(steps)
         steps[:] = [step for step in steps if step.alive]
@@ -659,7 +661,8 @@ def _build_step(capture: Capture, results: list[Tensor], arguments: list[Tensor]
     step = CapturedStep(program, device, inputs, binder.state,
                         alias_pattern(bound, [traced_nodes.get(id(t), t.node) for t in bound]),
                         [math.prod(r.shape) for r in rands], outputs, assigned, rebuild,
-                        [(node.shape, node.dtype) for node in targets], checks, argument_count=len(arguments),
+                        [(node.shape, node.dtype) for node in targets], checks,
+                        argument_layouts=list(map(_layout_of, arguments)),
                         input_layouts=[(leaf.shape, leaf.dtype) for leaf in leaves], checking=checking,
                         gated_checks=bool(checked) and bool(program.checks))
     return step, [r.arg for r in rands]
