@@ -20,6 +20,7 @@ from zyx.jit.tiling import matmul_axes
 
 scheduler = importlib.import_module("zyx.jit.schedule")
 GPU = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024)
+CPU = DeviceTraits(gpu=False, native_width=8, multiply_add_latency=5, vector_width=16)
 RNG = np.random.default_rng(23)
 BATCH, HEADS, CONTEXT, SIZE = 1, 4, 64, 64  # d = 256: the products' 256-wide sides are two blocks of 128
 D = HEADS * SIZE
@@ -83,6 +84,34 @@ def test_products_read_the_concatenated_gradient_stored_once(monkeypatch):
     assert len(readers) == 2 and all(store.outputs[0] in k.loads for k in readers)
     monkeypatch.setattr(scheduler, "_staging_dearer", lambda *args: False)
     assert len(schedule([weight.node, inputs.node], GPU)[0]) == len(kernels) - 1
+
+
+@pytest.mark.parametrize("traits", [GPU, CPU], ids=["GPU", "CPU"])
+def test_the_bias_gradient_reads_the_concatenated_gradient_the_products_read(traits):
+    """The QKV gradient's column sums (its bias's gradient) load the (tokens, 3d) gradient stored for the products
+    too (schedule._stored_concatenations): they computed it again from the head-layout parts, dKᵀ read across."""
+    parts = [zyx.CPU().tensor(a) for a in QKV_ARRAYS[:3]]
+    dqkv = merged_heads(*parts)
+    x, w = zyx.CPU().tensor(QKV_ARRAYS[3]), zyx.CPU().tensor(QKV_ARRAYS[4])
+    bias = dqkv.sum(0)
+    kernels, _ = schedule([(dqkv.T @ x).node, (dqkv @ w).node, bias.node], traits)
+    part_ids = {id(part.node) for part in parts}
+    store, = [k for k in kernels if part_ids & {id(node) for node in k.loads}]
+    assert [node.shape for node in store.outputs] == [(BATCH * CONTEXT, 3 * D)]
+    readers = [k for k in kernels if store.outputs[0] in k.loads]
+    assert sum(bool(products(k)) for k in readers) == 2 and any(not products(k) for k in readers)
+
+
+@pytest.mark.parametrize("shaped", ["gpu", "dev"])
+def test_a_stored_concatenation_and_its_column_sums_match_numpy(shaped, request):
+    device = request.getfixturevalue(shaped)
+    parts = [device.tensor(a) for a in QKV_ARRAYS[:3]]
+    dqkv = merged_heads(*parts)
+    weight, bias = dqkv.T @ device.tensor(QKV_ARRAYS[3]), dqkv.sum(0)
+    expected = merged_heads_numpy(*QKV_ARRAYS[:3])
+    zyx.realize(weight, bias)
+    np.testing.assert_allclose(bias.numpy(), expected.sum(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(weight.numpy(), expected.T @ QKV_ARRAYS[3], rtol=1e-4, atol=1e-4)
 
 
 def test_products_of_the_stored_gradient_match_numpy(gpu):

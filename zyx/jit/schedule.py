@@ -772,13 +772,15 @@ def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     materialized.update(backward)
     epilogues = _stored_epilogues(order, materialized, users, traits.gpu)
     materialized.update(epilogues)
+    concatenations = _stored_concatenations(order, materialized, users)
+    materialized.update(concatenations)
     chain_cuts = _chain_cuts(order, materialized)
     materialized.update(chain_cuts)
     shared_sums = _shared_wide_values(order, materialized, users)
     materialized.update(shared_sums)
     return _Plan({id(node): i for i, node in enumerate(order)}, materialized,
                  frozenset(shared) | frozenset(backward) | frozenset(chain_cuts) | frozenset(across)
-                 | frozenset(epilogues) | frozenset(shared_sums), users)
+                 | frozenset(epilogues) | frozenset(concatenations) | frozenset(shared_sums), users)
 
 
 def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices,
@@ -1029,6 +1031,46 @@ def _read_apart(value: Node, materialized: dict[int, Node], users: dict[int, lis
             stack.extend(users[id(node)])
     kinds = {node.op for node in reached.values()}
     return Op.RMAX not in kinds and (len(reached) > 1 or Op.SUM in kinds)
+
+
+def _stored_concatenations(order: Sequence[Node], materialized: dict[int, Node],
+                           users: dict[int, list[Node]]) -> dict[int, Node]:
+    """Concatenations (sums of padded pieces, as a split's gradient is) that two or more reductions read, one of
+    them no product: stored once, each reader loads it (where products alone read one, `_staging_dearer` decides
+    whether they stage it from its pieces). W7's q, k, v gradients side by side are read by two products
+    (the weight's and the input's gradients), which store the concatenation as their operand anyway, and by the
+    bias gradient's column sums, which computed it again from its pieces, one of them lying across (dV's transpose):
+    4-byte reads 1 KiB apart on PoCL, 2-byte reads 2 KiB apart on NVIDIA."""
+    found: dict[int, Node] = {}
+    for node in order:
+        if (_padded_pieces(node) and id(node) not in materialized
+                and not any(_padded_pieces(user) for user in users[id(node)])  # (the whole sum, not a part)
+                and _read_by_products_and_a_plain_reduction(node, materialized, users)):
+            found[id(node)] = node
+    return found
+
+
+def _read_by_products_and_a_plain_reduction(value: Node, materialized: dict[int, Node],
+                                            users: dict[int, list[Node]]) -> bool:
+    """Whether two or more reductions read `value` through views and elementwise ops (casts included) that no
+    kernel stores, one of them no product."""
+    reductions: list[Node] = []
+    stack, seen = list(users[id(value)]), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op in REDUCE_OPS:
+            reductions.append(node)
+        elif id(node) not in materialized and (node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS):
+            stack.extend(users[id(node)])
+    return len(reductions) > 1 and any(matmul_axes(node) is None for node in reductions)
+
+
+def _padded_pieces(node: Node) -> bool:
+    """Whether `node` sums padded pieces (PADs, or sums of them): a concatenation."""
+    return node.op is Op.ADD and all(source.op is Op.PAD or _padded_pieces(source) for source in node.src)
 
 
 def _chain_cuts(order: Sequence[Node], materialized: dict[int, Node]) -> dict[int, Node]:
