@@ -8,7 +8,10 @@ from typing import Sequence
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
 from .compiler import NATIVE_ERF, PTX_CONVERSIONS
 
-__all__ = ["CALLED_HELPERS", "combine_sources", "prelude"]
+__all__ = ["CALLED_HELPERS", "GROUP_SIZE_STATED", "combine_sources", "prelude"]
+
+# the attribute by which a kernel states its work group's size (print_opencl writes it, the runtime reads it)
+GROUP_SIZE_STATED = "reqd_work_group_size"
 
 
 def _shift_helpers(name: str, bits: int, unsigned: bool) -> list[str]:

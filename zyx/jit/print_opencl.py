@@ -21,7 +21,7 @@ from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
 from .launch_groups import launch_groups_of
-from .opencl_prelude import prelude
+from .opencl_prelude import GROUP_SIZE_STATED, prelude
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
@@ -491,9 +491,6 @@ def _group_size(kernels: Sequence[Kernel], local_size: Optional[int]) -> str:
     if not any(isinstance(s, NamedBarrier) for kernel in kernels for s in walk(kernel.body)):
         return ""
     return f" __attribute__(({GROUP_SIZE_STATED}({local_size}, 1, 1)))"
-
-
-GROUP_SIZE_STATED = "reqd_work_group_size"  # the attribute stating a kernel's group size (`_group_size`)
 
 
 def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> tuple[str, str]:

@@ -13,8 +13,7 @@ from ..jit.cache import default_cache
 from ..jit.cache_key import device_fingerprint
 from ..jit.compiler import kernel_options
 from ..jit.choices import TunedChoices
-from ..jit.opencl_prelude import combine_sources
-from ..jit.print_opencl import GROUP_SIZE_STATED
+from ..jit.opencl_prelude import GROUP_SIZE_STATED, combine_sources
 from ..jit.program import Program
 from ..jit.device_traits import DeviceTraits
 from ..jit.tune_store import default_tuning_store
