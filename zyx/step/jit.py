@@ -7,8 +7,9 @@ traced call found it: the i-th tensor argument, a tensor located by a path from 
 data (a constant). A later call replays only when it can prove the same bindings hold: every path still leads
 to the tensor seen at capture, arguments alias each other and that state the same way, module modes and the
 `zyx.autocast` state and float32 product precision around the call are the same. Otherwise it traces again. Updates go to the tensors bound now
-(the argument passed in this call). A call passing tensors only, laid out as the last replayed call's, tries that
-call's step first without making its key: the step's guards, which check how the tensors alias, decide as above.
+(the argument passed in this call). A call passing tensors only tries the last replayed call's step first without
+making its key: the step's guards, which check the arguments' layouts and how the tensors alias, decide as above
+(`binder.py` writes the guards, the binding and the checks of what a replay may overwrite as one function).
 A new process finds the program (and its kernels) in the disk cache by the step's structure.
 
 Memory: a captured step keeps the buffers of its intermediates (activations, gradients: what its program
