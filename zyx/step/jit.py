@@ -247,8 +247,9 @@ class CapturedStep:
         return all(ref.tensor() is not None for ref in self.state)
 
     def bind(self, root: Root, arguments: list[Tensor]) -> Optional[Binding]:
-        """The tensors to bind now (the arguments, then the state tensors), their nodes and their buffers, or None
-        when this step's guards do not hold for this call."""
+        """The tensors to bind now (the arguments, then the state tensors), their nodes and their buffers, and
+        whether the nodes `run` would overwrite are their tensors' alone (None: `run` checks), or None when this
+        step's guards do not hold for this call (binder.py)."""
         if self._dead:
             return None  # a tensor that was deleted (another may have its id now)
         binding = self._bind_paths(root, arguments)
