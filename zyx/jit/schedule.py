@@ -1018,6 +1018,13 @@ def _read_apart(value: Node, materialized: dict[int, Node], users: dict[int, lis
     """Whether kernels that cannot compute `value` where they read it do: a reduction over it, or two or more stored
     values, reductions or views reached from it through elementwise ops (each another kernel's). A row maximum over
     it (a softmax's: attention's scores, which its fused kernels recompute) answers no."""
+    reached = _reached(value, users, lambda node: id(node) not in materialized and node.op in ELEMENTWISE_OPS)
+    kinds = {node.op for node in reached}
+    return Op.RMAX not in kinds and (len(reached) > 1 or Op.SUM in kinds)
+
+
+def _reached(value: Node, users: dict[int, list[Node]], passes: Callable[[Node], bool]) -> list[Node]:
+    """The nodes reading `value` through nodes that `passes`, where a walk over their users stops (each once)."""
     reached: dict[int, Node] = {}
     stack, seen = list(users[id(value)]), set()
     while stack:
@@ -1025,12 +1032,11 @@ def _read_apart(value: Node, materialized: dict[int, Node], users: dict[int, lis
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if id(node) in materialized or node.op not in ELEMENTWISE_OPS:
-            reached[id(node)] = node
-        else:
+        if passes(node):
             stack.extend(users[id(node)])
-    kinds = {node.op for node in reached.values()}
-    return Op.RMAX not in kinds and (len(reached) > 1 or Op.SUM in kinds)
+        else:
+            reached[id(node)] = node
+    return list(reached.values())
 
 
 def _stored_concatenations(order: Sequence[Node], materialized: dict[int, Node],
@@ -1054,17 +1060,9 @@ def _read_by_products_and_a_plain_reduction(value: Node, materialized: dict[int,
                                             users: dict[int, list[Node]]) -> bool:
     """Whether two or more reductions read `value` through views and elementwise ops (casts included) that no
     kernel stores, one of them no product."""
-    reductions: list[Node] = []
-    stack, seen = list(users[id(value)]), set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.op in REDUCE_OPS:
-            reductions.append(node)
-        elif id(node) not in materialized and (node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS):
-            stack.extend(users[id(node)])
+    reached = _reached(value, users, lambda node: id(node) not in materialized and (
+        node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS))
+    reductions = [node for node in reached if node.op in REDUCE_OPS]
     return len(reductions) > 1 and any(matmul_axes(node) is None for node in reductions)
 
 
