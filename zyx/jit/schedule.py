@@ -1066,9 +1066,24 @@ def _read_by_products_and_a_plain_reduction(value: Node, materialized: dict[int,
     return len(reductions) > 1 and any(matmul_axes(node) is None for node in reductions)
 
 
+CONCATENATION_MAX_SUMS = 64  # sums `_padded_pieces` follows before it answers no (a long chain of additions)
+
+
 def _padded_pieces(node: Node) -> bool:
     """Whether `node` sums padded pieces (PADs, or sums of them): a concatenation."""
-    return node.op is Op.ADD and all(source.op is Op.PAD or _padded_pieces(source) for source in node.src)
+    if node.op is not Op.ADD:
+        return False
+    sums, followed = [node], 0
+    while sums:
+        followed += 1
+        if followed > CONCATENATION_MAX_SUMS:
+            return False
+        for source in sums.pop().src:
+            if source.op is Op.ADD:
+                sums.append(source)
+            elif source.op is not Op.PAD:
+                return False
+    return True
 
 
 def _chain_cuts(order: Sequence[Node], materialized: dict[int, Node]) -> dict[int, Node]:
