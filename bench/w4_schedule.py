@@ -49,7 +49,7 @@ def scheduled_launches(optimizer: str, traits: str) -> tuple[Any, list[list[Any]
     """The step's program and, per launch, the scheduler's kernels it runs (recorded as launch_groups groups them)."""
     import dataclasses
     import zyx
-    from zyx.jit import launch_groups, program as programs
+    from zyx.jit import launch_groups
     from zyx.jit.program_store import default_program_store
     dev = zyx.OpenCL()
     if traits == "h200":
@@ -59,7 +59,7 @@ def scheduled_launches(optimizer: str, traits: str) -> tuple[Any, list[list[Any]
                                                  max_buffer_bytes=140 << 30)
     members: dict[str, list[Any]] = {}
     launched: list[Any] = []
-    grouped, grouping = launch_groups._grouped, programs.group_launches
+    grouped, grouping = launch_groups._grouped, launch_groups.group_launches  # (program.py imports it per call)
 
     def recording_group(kernels: list, printer: Any) -> Any:
         launch = grouped(kernels, printer)
@@ -73,7 +73,7 @@ def scheduled_launches(optimizer: str, traits: str) -> tuple[Any, list[list[Any]
 
     def scheduled(*a: Any, **k: Any) -> Any:
         raise Scheduled(build(*a, **k))
-    launch_groups._grouped, programs.group_launches, dev.program_for = recording_group, recording_launches, scheduled
+    launch_groups._grouped, launch_groups.group_launches, dev.program_for = recording_group, recording_launches, scheduled
     default_program_store().clear()
     step, x, y = zyx_step(dev, inputs(), optimizer)
     try:
@@ -81,7 +81,7 @@ def scheduled_launches(optimizer: str, traits: str) -> tuple[Any, list[list[Any]
     except Scheduled as done:
         program = done.program
     finally:
-        launch_groups._grouped, programs.group_launches = grouped, grouping
+        launch_groups._grouped, launch_groups.group_launches = grouped, grouping
     return program, [members.get(kernel.name, [kernel]) for kernel in launched]
 
 
