@@ -274,3 +274,31 @@ def test_a_stored_residual_stream_gives_the_reference_gradients(dev):
     zyx.realize(*got)  # (one program: each gradient alone would schedule and build the stream's backward again)
     for found, want in zip(got, residual_stream_gradients(zyx.CPU())):
         np.testing.assert_allclose(found.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+UPDATED = [(data(64, 48), data(64, 48)), (data(1024), data(1024))]  # (parameter, moment) pairs
+
+
+def bias_corrected(device, steps):
+    """Two parameters' Adam-like updates: each reads 1 − 0.9ᵗ of its own step count (a scalar tensor)."""
+    return [device.tensor(p) - device.tensor(m) / (1 - 0.9 ** device.tensor(np.float32(t)))
+            for (p, m), t in zip(UPDATED, steps)]
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_a_costly_scalar_read_by_wide_values_is_computed_once_on_cpus(gpu):
+    """On CPUs a scalar's pow is stored by a kernel of its own, not computed by every work-item of the update that
+    reads it (schedule._costly_scalars: Adam's bias corrections in W7's launch groups of parameter updates); a GPU
+    computes it where it is read."""
+    from zyx.jit.device_traits import DeviceTraits
+    from zyx.jit.schedule import schedule
+    kernels, _ = schedule([u.node for u in bias_corrected(zyx.CPU(), (3, 7))], DeviceTraits(gpu=gpu, vector_width=16))
+    wide = [k for k in kernels if k.outputs[0].numel > 1]
+    scalar = [k for k in kernels if k.outputs[0].numel == 1]
+    assert len(wide) == 2 and all(("pow" in k.source) == gpu for k in wide)
+    assert len(scalar) == (0 if gpu else 2) and all("pow" in k.source for k in scalar)
+
+
+def test_costly_scalars_computed_once_give_the_values(dev):
+    for got, expected in zip(bias_corrected(dev, (3, 7)), bias_corrected(zyx.CPU(), (3, 7))):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
