@@ -45,8 +45,8 @@ def product_site(make):
 
 def forced(dev, make, site, choice: Choice) -> np.ndarray | None:
     """`make()`'s values with `choice` forced on its product's kernel (checked to be the one applied); None where
-    the device running the tests refuses the kernel's group as larger than it runs that kernel in (an H200 runs
-    some 1024-item groups in no more than 640: their registers), which a search drops (the tuner's "failed")."""
+    the device running the tests refuses the kernel's group as larger than it runs that kernel in (an H100 runs
+    some 1024-item tiles in groups of at most 256: their registers), which a search drops (the tuner's "failed")."""
     tuned = TunedChoices({site.key: choice})
     kernels, _ = schedule([make().node], H200, tuned)
     assert [k.site.applied for k in kernels if k.site is not None] == [choice]
