@@ -759,7 +759,8 @@ class _Plan:
 
 def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     """The targets' nodes in order, and the values stored before any kernel is built: the targets, values
-    combined across processes, shared products, attention's backward, products' epilogues, cuts of long chains."""
+    combined across processes, shared products, attention's backward, products' epilogues, concatenations read
+    apart, costly scalars (CPUs), cuts of long chains, values read widely."""
     order = toposort(targets)
     users: dict[int, list[Node]] = {id(node): [] for node in order}
     for node in order:
