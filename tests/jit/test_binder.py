@@ -22,6 +22,12 @@ def tensor(name: str, shape: tuple[int, ...] = (2, 3)) -> types.SimpleNamespace:
     return types.SimpleNamespace(node=FakeNode(f"{name}'s buffer", shape))
 
 
+class Trap:
+    @property
+    def node(self):
+        raise AssertionError("a binder read the node of an object it did not trace")
+
+
 def layout(t: types.SimpleNamespace) -> tuple:
     return type(t), t.node.shape, t.node.dtype, t.node.device
 
@@ -53,6 +59,7 @@ def test_arguments_laid_out_otherwise_than_traced_bind_nothing():
     assert bind(root, (x, other)) is None
     assert bind(root, (x, types.SimpleNamespace(node=y.node))) is not None  # (the same class: SimpleNamespace)
     assert bind(root, (x, 3)) is None and bind(root, (x,)) is None and bind(root, (x, y, y)) is None
+    assert bind(root, (x, Trap())) is None  # (refused by its class before its node is read)
 
 
 def test_a_path_that_leads_elsewhere_or_nowhere_binds_nothing():
@@ -63,6 +70,8 @@ def test_a_path_that_leads_elsewhere_or_nowhere_binds_nothing():
     bind = compile_binder(PathTree(paths), [id(one), id(two)], [0, 1], [], None)
     assert bind(root, [])[0] == [one, two]
     holder.state["lr"] = tensor("another")
+    assert bind(root, []) is None
+    holder.state["lr"] = Trap()  # another object is refused by its id before anything of it is read
     assert bind(root, []) is None
     holder.state["lr"] = two
     del holder.state["step"]

@@ -35,13 +35,17 @@ def compile_binder(tree: PathTree, expected_ids: Sequence[int], bound_paths: Seq
     lines = ["def bind(o0, arguments, keys=keys):", "    try:", *tree.step_lines("        ")]
     if arguments:
         lines.append("        " + "".join(f"a{i}, " for i in range(arguments)) + "= arguments")
-    lines += [f"        n{i} = {tensor}.node" for i, tensor in enumerate(tensors)]
-    lines += ["    except MISSING_ERRORS:", "        return None  # a path that leads nowhere now, or no tensor"]
-    guards = [f"id(o{end}) != {expected}" for end, expected in zip(tree.ends, expected_ids)]
-    guards += [f"a{i}.__class__ is not class{i} or n{i}.shape != shape{i} or n{i}.dtype != dtype{i} or "
-               f"n{i}.device != device{i}" for i in range(arguments)]
-    if guards:
-        lines += ["    if " + " or ".join(guards) + ":", "        return None  # led elsewhere, or laid out otherwise"]
+    lines += ["    except MISSING_ERRORS:", "        return None  # a path that leads nowhere now, or other arguments"]
+    # the objects themselves first (the state tensors by id, the arguments by class), then their nodes
+    found = [f"id(o{end}) != {expected}" for end, expected in zip(tree.ends, expected_ids)]
+    found += [f"a{i}.__class__ is not class{i}" for i in range(arguments)]
+    if found:
+        lines += ["    if " + " or ".join(found) + ":", "        return None  # led elsewhere, or no tensor"]
+    lines += [f"    n{i} = {tensor}.node" for i, tensor in enumerate(tensors)]
+    laid_out = [f"n{i}.shape != shape{i} or n{i}.dtype != dtype{i} or n{i}.device != device{i}"
+                for i in range(arguments)]
+    if laid_out:
+        lines += ["    if " + " or ".join(laid_out) + ":", "        return None  # laid out otherwise"]
     # held here by its tensor, its local name and getrefcount's argument: no one else
     held_alone = " and ".join(f"getrefcount(n{i}) <= 3 and n{i}.origin is None and not getweakrefcount(n{i})"
                               for i in sole or ())
