@@ -10,8 +10,8 @@ import pytest
 
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, LocalArray, LocalLoad, LocalRoundTF32, Loop,
-                               NamedBarrier, RegisterBudget, WarpgroupCommit, WarpgroupMma, WarpgroupWait, substitute,
-                               substitute_cond, walk)
+                               NamedBarrier, RegisterBudget, WarpgroupCommit, WarpgroupMma, WarpgroupWait,
+                               simplify_cond, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS
 from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
@@ -34,7 +34,7 @@ def _events(body: tuple, values: dict, stage_size: dict):
             for value in range(s.trips):
                 yield from _events(s.body, {**values, s.var: Expr(value), "step": value}, stage_size)
         elif isinstance(s, If):
-            cond = substitute_cond(s.cond, values, {})
+            cond = simplify_cond(tuple((substitute(e, values), op, k) for e, op, k in s.cond))
             assert cond in (None, ()), f"a condition the role and step do not settle: {s.cond}"
             if cond == ():
                 yield from _events(s.body, values, stage_size)

@@ -605,11 +605,6 @@ def _divided(inner: Expr, k: int, modulo: bool) -> Expr:
     return value if plain.lo <= value.lo and value.hi <= plain.hi else Expr.clamped(value, plain.lo, plain.hi)
 
 
-def substitute_cond(cond: Cond, values: dict[str, Expr], memo: dict) -> Optional[Cond]:
-    """The condition with `values` substituted and settled bounds dropped; None when it never holds."""
-    return simplify_cond(tuple((substitute(e, values, memo), op, k) for e, op, k in cond))
-
-
 def simplify_cond(cond: Cond) -> Optional[Cond]:
     kept = []
     for expr, op, limit in cond:

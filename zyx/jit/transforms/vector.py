@@ -108,25 +108,23 @@ class _Vectorizer:
         return [substitute(expr, values, memo) for values, memo in zip(self.lanes, self.memos)]
 
     def _conds(self, cond: tuple) -> list:
-        """The condition in each lane; a bound that all the lanes' consecutive values pass or fail together is
-        the first lane's in every lane (`_first_lane_bound`): a concatenation's pieces, each a multiple of W wide."""
-        first = [self._first_lane_bound(bound) for bound in cond]
-        return [simplify_cond(tuple(fixed or (substitute(e, values, memo), op, k)
-                                    for fixed, (e, op, k) in zip(first, cond)))
-                for values, memo in zip(self.lanes, self.memos)]
+        """The condition in each lane (`_lane_bounds`: a concatenation's pieces, each a multiple of W wide, are
+        bounds every lane passes or fails with the first)."""
+        lanes = list(zip(*(self._lane_bounds(bound) for bound in cond))) or [()] * self.width
+        return [simplify_cond(bounds) for bounds in lanes]
 
-    def _first_lane_bound(self, bound: tuple) -> Optional[tuple]:
-        """`e >= k` or `e < k` as the first lane's bound, where e's lanes are E, E+1, ..., E+W-1 with E and k
-        multiples of W (W divides the distance from E to k: every lane passes where the first does); else None.
-        (W7's input gradient of its q, k, v product, the three gradients side by side in 768 columns: guarded
-        lane by lane, every load gathered, its kernel stayed scalar, 6 ms a layer on PoCL 3.1.)"""
+    def _lane_bounds(self, bound: tuple) -> list[tuple]:
+        """`e >= k` or `e < k` in each lane; the first lane's in all of them where e's lanes are E, E+1, ...,
+        E+W-1 with E and k multiples of W (W divides the distance from E to k: every lane passes where the first
+        does). (W7's input gradient of its q, k, v product, the three gradients side by side in 768 columns:
+        guarded lane by lane, every load gathered, its kernel stayed scalar, 6 ms a layer on PoCL 3.1.)"""
         expr, op, limit = bound
-        lanes = [substitute(expr, values, memo) for values, memo in zip(self.lanes, self.memos)]
+        lanes = self._exprs(expr)
         first = lanes[0]
         if (limit % self.width or first.const % self.width or any(c % self.width for c in first.terms.values())
                 or any(e != first + lane for lane, e in enumerate(lanes))):
-            return None
-        return first, op, limit
+            return [(e, op, limit) for e in lanes]
+        return [(first, op, limit)] * self.width
 
     def _reg(self, reg: Reg) -> Reg:
         _check_kind(reg.dtype)
