@@ -378,9 +378,9 @@ def test_where_multiply_adds_take_five_cycles_a_computed_left_operand_keeps_a_ti
     """A left operand that must be copied into panels (half precision, converted to float32) is not padded to
     5-row panels where 4 rows divide it: exp(S) for attention's P @ V so took 3-7 times a 4-row copy's time on a
     Zen 2. Read in place, or with no divisor over half of five (97 rows), the tile keeps five rows."""
-    assert cpu_matmul.default_tile(256, 64, 8, 5, left_in_place=False) == (4, 16)
+    assert cpu_matmul.default_tile(256, 64, 8, 5, overhang_cheap=False) == (4, 16)
     assert cpu_matmul.default_tile(256, 64, 8, 5) == (5, 16)
-    assert cpu_matmul.default_tile(97, 64, 8, 5, left_in_place=False) == (5, 16)
+    assert cpu_matmul.default_tile(97, 64, 8, 5, overhang_cheap=False) == (5, 16)
     zen2 = DeviceTraits(gpu=False, native_width=8, multiply_add_latency=5)
     s, v = data(2, 256, 96), data(2, 96, 64)
     _, site = product_site(dev.tensor(s).to("float16").exp() @ dev.tensor(v).to("float16"), zen2)
@@ -469,13 +469,15 @@ def test_a_product_another_kernel_stores_is_read_not_computed_again(dev):
 
 @pytest.mark.parametrize("width,swapped", [(1024, True), (256, False)])
 def test_a_left_operand_a_page_apart_along_k_swaps_the_operands(dev, width, swapped):
-    """A weight gradient dYᵀ·X whose dY is 1024 wide (each step of k a new page of it, read in place as the left
-    operand) takes X as its left operand, read in place 64 floats a step, and dY packed into column panels as its
-    right (`_read_swapped`); its outputs are then stored lane by lane. A 256-wide dY keeps the order."""
+    """A weight gradient dYᵀ·X whose dY is 1024 wide (each step of k a new page of it) takes X as its left
+    operand and dY packed into column panels as its right (`_read_swapped`); its outputs are then stored lane by
+    lane. A 256-wide dY keeps the order. Either way the left operand, which lies across k in memory, is read from
+    its packed copy: a tile's rows side by side at each step of k."""
     a, x = data(512, width), data(512, 64)
     out = dev.tensor(a).T @ dev.tensor(x)
     kernels, _ = product_site(out, AVX2)
     source = next(kernel.source for kernel in kernels if kernel.name.startswith("m_"))
-    steps = set(re.findall(r"k1\*(\d+)\)?\]", source))
-    assert steps == ({"64"} if swapped else {str(width)})
+    rows = len(set(re.findall(r"float16 (acc\d+) =", source)))
+    assert set(re.findall(r"k1\*(\d+)\)?\]", source)) == {str(rows)}
+    assert (".s1;" in source) == swapped  # (an accumulator's lanes stored one by one)
     close(out.numpy(), a.T @ x)

@@ -110,7 +110,7 @@ class CpuPlan:
     left: Operand
     right: Operand
     left_in_place: bool  # the left operand is read as it lies (a tile past the last row reads that row again): a
-    left_stored: bool  # view of memory, or (`left_stored`) computed and stored as it is by a kernel of its own
+    left_stored: bool  # view of memory along k, or (`left_stored`) computed and stored as it is by its own kernel
     right_in_place: bool  # the right operand also is small, contiguous along m and in whole tiles
 
     right_readable: bool  # the right operand could be read in place (contiguous along m, in whole tiles)
@@ -134,7 +134,10 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
     the device's vector registers (`native_width` floats) and multiply-adds (`latency` cycles) allow. A
     half-precision product's operands are packed as float32 (each value converted once, in its copy, not once per
     tile), so the kernel is the float32 one with its results rounded: on the plain path, 128 scalar accumulators a
-    work item, PoCL took 16 s to compile a 64 x 64 float16 product."""
+    work item, PoCL took 16 s to compile a 64 x 64 float16 product. A float32 left operand is read in place where
+    it lies along k (or is computed: then stored as it is first), else packed too: a view of memory read across k
+    (a weight gradient's activations, tokens first) takes a new cache line each step of k for a tile's few rows;
+    W7's 256 x 2048 @ 2048 x 1024 ran in 9.0-10.2 ms so and 5.8-6.8 ms packed, the copy 0.25 ms (PoCL 3.1, Zen 2)."""
     if product is None or product.dtype.accumulated != float32 or len(product.arg) != 1:
         return None
     if product.src[0].op is not Op.MUL:
@@ -156,9 +159,10 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
     if not narrow and _read_swapped(product, left, right, k_axis, materialized):
         sources, n_axis, m_axis, axes, left, right = (1, 0), m_axis, n_axis, axes[::-1], right, left
     viewed = _view_index(product.src[0].src[sources[0]], _probe(shape), materialized) is not None
-    left_in_place = not narrow
+    left_in_place = not narrow and not (viewed and _k_stride(product.src[0].src[sources[0]], left, k_axis,
+                                                             materialized) > 1)
     rows, width = ((choice["rows"], choice["width"]) if choice
-                   else default_tile(shape[n_axis], shape[m_axis], native_width, latency, left_in_place))
+                   else default_tile(shape[n_axis], shape[m_axis], native_width, latency, viewed or left_in_place))
     readable = (not narrow and shape[m_axis] % width == 0
                 and _contiguous(product.src[0].src[sources[1]], m_axis, materialized))
     limit = IN_PLACE_BYTES if native_width >= LANES else NARROW_IN_PLACE_BYTES
@@ -168,23 +172,24 @@ def plan_cpu_matmul(root: Node, product: Optional[Node], materialized: dict[int,
                    readable and not packed, readable, sources)
 
 
-def default_tile(n: int, m: int, native_width: int, latency: int = 4, left_in_place: bool = True) -> tuple[int, int]:
+def default_tile(n: int, m: int, native_width: int, latency: int = 4, overhang_cheap: bool = True) -> tuple[int, int]:
     """Rows and columns per work item: as many accumulators as the vector registers hold, in tiles that divide the
     outputs where one does (else the last tiles of a row or column hang over its end). On AVX-512 (16 floats per
     register, 32 registers) 8 x 32; on AVX2 (8 floats, 16 registers, a float16 takes two) 4 x 16, about twice
     as fast there as 8 x 32, which spills (W3 1024³ and 2048³ on PoCL 3.1, AMD EPYC; ZYX_TUNE finds more). Where
     multiply-adds take 5 cycles (`latency`: Zen 2), AVX2 tiles are 5 x 16: ten accumulators keep both pipes busy
     (a hand-written 1024³ kernel: 100 GFLOP per CPU-second against 79 with 4 x 16, the peak 106), taken whatever
-    the rows once there are 16 tiles or more where the left operand is read in place (the last tile hanging over
-    the end reads its last row again); one that is packed (half precision, converted into float32 panels) keeps a
-    tile that divides its rows if there is one of over half the registers' rows: padded to 5-row panels, the copy of
-    exp(S) for attention's P @ V (8 x 4 x 256 x 256) took 3-7 times a 4-row copy's time, more than the 5-row product
-    gained (PoCL 3.1, Zen 2, when float32 lefts that compute were packed too)."""
+    the rows once there are 16 tiles or more where a tile hanging over the end costs little (`overhang_cheap`:
+    the left operand read in place, the last tile reading its last row again, or packed from memory by a copy);
+    one packed from a computation (half precision, converted into float32 panels) keeps a tile that divides its
+    rows if there is one of over half the registers' rows: padded to 5-row panels, the copy of exp(S) for
+    attention's P @ V (8 x 4 x 256 x 256) took 3-7 times a 4-row copy's time, more than the 5-row product gained
+    (PoCL 3.1, Zen 2, when float32 lefts that compute were packed too)."""
     accumulators, widths = ((ACCUMULATORS, WIDTHS) if native_width >= LANES else
                             (NARROW_ACCUMULATORS * latency // 4, NARROW_WIDTHS))
     width = next((w for w in widths if m % w == 0), widths[0] if m > LANES else LANES)
     most = accumulators * LANES // width
-    if latency > 4 and native_width < LANES and n >= 16 * most and (left_in_place or n % most == 0):
+    if latency > 4 and native_width < LANES and n >= 16 * most and (overhang_cheap or n % most == 0):
         return most, width
     rows = max(d for d in range(1, most + 1) if n % d == 0)
     return (rows if 2 * rows > most else most), width
