@@ -192,6 +192,29 @@ def test_epilogues_run_on_whole_accumulators(dev, make):
     close(out.numpy(), want)
 
 
+@pytest.mark.parametrize("later", [True, False])
+def test_a_causal_mask_in_an_epilogue_with_guarded_rows_runs_on_whole_accumulators(dev, later):
+    """A causal mask (`keys > query` of two aranges) in a product's epilogue, in tiles whose last rows are past the
+    end (97 queries: guarded): the keys' arange is read under the row's guard, 0 in every lane where it fails, and
+    the mask is still one vector compare (W7's causal softmax gradient, 3.3 ms a layer lane by lane on PoCL)."""
+    q, k = data(2, 97, 64), data(2, 112, 64)
+
+    def masked(device):
+        rows = zyx.arange(97, device=device).reshape(-1, 1)
+        keys = zyx.arange(112, device=device).reshape(1, -1)
+        blocked = keys > rows if later else keys < rows
+        return blocked.where(float("-inf"), device.tensor(q) @ device.tensor(k).transpose(-1, -2)).exp()
+
+    out = masked(dev)
+    for traits in (DeviceTraits(gpu=False, native_width=8, multiply_add_latency=5, vector_width=16), AVX2):
+        kernels, _ = product_site(masked(zyx.CPU()), traits)
+        product = next(kernel.source for kernel in kernels if kernel.name.startswith("m_"))
+        assert "long16" not in product and ".s1;" not in product and "exp(v" in product
+    positions = np.arange(112)
+    blocked = positions[None, :] > np.arange(97)[:, None] if later else positions[None, :] < np.arange(97)[:, None]
+    close(out.numpy(), np.where(blocked, 0.0, np.exp(q @ k.transpose(0, 2, 1))))
+
+
 def test_an_epilogue_whose_lanes_are_guarded_apart_stores_lane_by_lane(dev):
     """Where an accumulator's lanes are not all outputs (40 columns: those past the end of a row are guarded),
     the epilogue is computed lane by lane, as before (each lane extracted where its output is stored)."""

@@ -89,6 +89,7 @@ class _Vectorizer:
         self.aranges = {p.name for p in params if p.kind == "load" and p.node.op is Op.BUFFER
                         and p.node.arg == ARANGE}
         self.ramps: dict[str, Reg] = {}    # arange lanes at consecutive elements: the scalar of their first lane
+        self.ramp_guards: dict[str, tuple] = {}  # a ramp read under a condition every lane shares (0s where not)
         self.depth = 0
         self.loads = {"vector": 0, "gather": 0}
 
@@ -174,9 +175,12 @@ class _Vectorizer:
             if load.out.dtype.is_bool:  # (a broadcast mask's lanes are -1 where true: read as one)
                 return [read(self._reg(load.out), "broadcast")]
             return self._uniform(read(self._scalar_reg(load.out)), load.out)
-        if (load.buffer in self.aranges and indirect is None and all(guard == () for guard in guards)
+        if (load.buffer in self.aranges and indirect is None and guards[0] is not None
+                and all(guard == guards[0] for guard in guards)
                 and all(flat == first + lane for lane, flat in enumerate(flats))):
             self.ramps[load.out.name] = self._scalar_reg(load.out)
+            if guards[0]:
+                self.ramp_guards[load.out.name] = guards[0]
             return [read(self.ramps[load.out.name])]
         out = self._reg(load.out)
         if all(guard is None for guard in guards):
@@ -206,7 +210,9 @@ class _Vectorizer:
         """`s == arange lanes`, `s < arange lanes` or `arange lanes < s` (s the same in every lane: a one-hot
         class, a causal mask's query position) as a mask of `float(s - first)` against (0, 1, ..., W-1): exact, as
         a difference a float32 rounds is far outside [0, W). (With the int64 arange in the lanes the kernel stayed
-        scalar: a cross-entropy gradient 15 ms against 4 on PoCL, W7's causal softmax 7 ms a layer.)"""
+        scalar: a cross-entropy gradient 15 ms against 4 on PoCL, W7's causal softmax 7 ms a layer.) A ramp read
+        under a condition (a CPU product's epilogue in a tile's rows past the end: W7's causal softmax gradient)
+        is 0 in every lane where that fails: the mask is then s compared with 0, selected under the condition."""
         ramp_first = isinstance(compare.args[0], Reg) and compare.args[0].name in self.ramps
         ramp, other = compare.args if ramp_first else compare.args[::-1]
         scalar = self._scalar(other)
@@ -218,9 +224,16 @@ class _Vectorizer:
         steps = Const(tuple(float(k) for k in range(self.width)), float32, self.width)
         # s - first against lane k: s == first + k, s < first + k (offset < k), first + k < s (k < offset)
         operands = (steps, lanes) if compare.op is Op.CMPLT and ramp_first else (lanes, steps)
-        return [Alu(below, Op.NEG, (self.ramps[ramp.name],)), Alu(offset, Op.ADD, (scalar, below)),
-                Alu(lane, Op.CAST, (offset,)), Broadcast(lanes, lane),
-                Alu(self._reg(compare.out), compare.op, operands)]
+        guard, out = self.ramp_guards.get(ramp.name), self._reg(compare.out)
+        mask = Reg(f"{name}_ramp", out.dtype, self.width) if guard else out
+        lines: list = [Alu(below, Op.NEG, (self.ramps[ramp.name],)), Alu(offset, Op.ADD, (scalar, below)),
+                       Alu(lane, Op.CAST, (offset,)), Broadcast(lanes, lane), Alu(mask, compare.op, operands)]
+        if guard:
+            zero, filled = Const(0, dtype), Reg(f"{name}_zero", compare.out.dtype)
+            lines += [Alu(filled, compare.op, (zero, scalar) if ramp_first else (scalar, zero)),
+                      Broadcast(Reg(f"{name}_zeros", out.dtype, self.width), filled),
+                      Select(out, guard, mask, Reg(f"{name}_zeros", out.dtype, self.width))]
+        return lines
 
     @staticmethod
     def _scalar_reg(reg: Reg) -> Reg:
