@@ -25,7 +25,8 @@ from .rematerialize import rematerialize
 from .rewrite import rewrite_graph
 from .device_traits import DeviceTraits
 from .choices import FAMILIES, NO_TUNING, Choice, Options, TunedChoices, TuneSite, fits
-from .cpu_matmul import COPY_STATEMENTS, PackedCopyLowering, copy_tile, lower_cpu_matmul, plan_cpu_matmul
+from .cpu_matmul import (COPY_STATEMENTS, PackedCopyLowering, copy_tile, lower_cpu_matmul, panel_copy,
+                         plan_cpu_matmul)
 from .matmul import BLOCKS, LocalTileLowering, TilePlan, local_tile_options, plan_local_tiles
 from .operand_layout import cheaper_stored
 from .tensor_cores import KINDS, WGMMA, lower_tensor_cores, tensor_core_options
@@ -576,7 +577,8 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
         statements = list(walk(lowered.ir.body))
         small = (root.numel < SMALL_WORK or len(statements) > COPY_STATEMENTS
                  or any(isinstance(s, Load) and s.guard for s in statements))
-        return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy_tile(root, small)))
+        panels = None if root.numel < SMALL_WORK else panel_copy(lowered.ir, root, traits.vector_width)
+        return _Shaped(lowered, panels or upcast(lowered.ir, lowered.space, copy_tile(root, small)))
     length = None if tile else row_length(root, materialized, produced | site.apart)
     if length is not None and _fuses_rows(length, traits):
         rows = lower_rows(root, materialized, produced, length, site.allow_extra_outputs, site.apart,

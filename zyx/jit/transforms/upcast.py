@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from typing import Optional
 
 from ..kernel_ir import (PURE, Axis, Const, Kernel, Lane, Loop, Reg, Role, Statement, field_names, rewrite,
                          substitute)
@@ -13,12 +14,15 @@ from ..lower import linear, unravel
 from . import defined_register
 
 
-def upcast(kernel: Kernel, space: tuple[int, ...], tile: dict[int, int]) -> Kernel:
+def upcast(kernel: Kernel, space: tuple[int, ...], tile: dict[int, int], fastest: Optional[int] = None) -> Kernel:
     """`kernel` (one output per item of `space`) computing tile[axis] outputs along each tiled axis per item;
-    every tiled size must divide its axis."""
+    every tiled size must divide its axis. Consecutive items take consecutive tiles along the last axis, or along
+    axis `fastest` (then the others in order)."""
     grid = tuple(size // tile.get(axis, 1) for axis, size in enumerate(space))
     items = math.prod(grid)
-    cell = unravel(Expr.var("gid", items), grid)
+    order = list(range(len(grid))) if fastest is None else [a for a in range(len(grid)) if a != fastest] + [fastest]
+    cell = dict(zip(order, unravel(Expr.var("gid", items), tuple(grid[a] for a in order))))
+    cell = tuple(cell[axis] for axis in range(len(grid)))
     copies = []
     for offsets in itertools.product(*(range(tile.get(axis, 1)) for axis in range(len(space)))):
         element = tuple(e * tile[axis] + o if axis in tile else e for axis, (e, o) in enumerate(zip(cell, offsets)))
