@@ -102,26 +102,25 @@ def test_a_pocl_cache_dir_the_user_chose_is_kept(tmp_path, monkeypatch):
     assert os.environ["POCL_CACHE_DIR"] == str(tmp_path / "mine") and not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("gpu_shaped, is_gpu, capability, unsized_group, options", [
+@pytest.mark.parametrize("gpu_shaped, is_gpu, capability, unsized, options", [
     (False, False, None, False, ()),                 # a CPU's own kernels: as optimized as the driver makes them
     (True, False, None, False, CHECKING_OPTIONS),    # GPU-shaped kernels checked on a CPU driver: unoptimized,
-    (True, False, None, True, ()),                   # but for launch groups of no set work-group size (a crash)
+    (True, False, None, True, ()),                   # but for kernels of no set work-group size (a crash)
     (True, True, (9, 0), False, ("-DZYX_NATIVE_ERF", "-DZYX_PTX_CVT")),  # NVIDIA sm_80 and later: bfloat16
     (True, True, (8, 0), True, ("-DZYX_NATIVE_ERF", "-DZYX_PTX_CVT")),   # rounding by PTX's cvt
     (True, True, (7, 5), False, ("-DZYX_NATIVE_ERF",)),  # older NVIDIA: no bf16 cvt; GPUs: the builtin erf
     (True, True, None, False, ("-DZYX_NATIVE_ERF",)),    # other GPUs
 ])
-def test_kernel_options_follow_the_runtime_and_the_kernels_shapes(gpu_shaped, is_gpu, capability, unsized_group,
-                                                                  options):
+def test_kernel_options_follow_the_runtime_and_the_kernels_shapes(gpu_shaped, is_gpu, capability, unsized, options):
     runtime = SimpleNamespace(is_gpu=is_gpu, compute_capability=capability)
-    assert kernel_options(DeviceTraits(gpu=gpu_shaped), runtime, unsized_group) == options
+    assert kernel_options(DeviceTraits(gpu=gpu_shaped), runtime, unsized) == options
 
 
 def test_gpu_shaped_kernels_on_a_cpu_driver_are_built_unoptimized_and_compute_the_same(dev, gpu):
     """The `gpu` fixture's device schedules GPU-shaped kernels on PoCL: built with CHECKING_OPTIONS, a launch group
-    of a set work-group size too (reductions' groups of 256 beside elementwise kernels), but for a launch group
-    without one (elementwise kernels alone: PoCL picks its size), built apart from them with the optimizer on;
-    their results the reference's."""
+    of a set work-group size too (reductions' groups of 256 beside elementwise kernels), but for a kernel or launch
+    group without one (PoCL picks its size), built apart from them with the optimizer on; their results the
+    reference's."""
     if dev.runtime.is_gpu:
         pytest.skip("the device is a GPU: its GPU-shaped kernels are its own, built optimized")
     rng = np.random.default_rng(0)
@@ -140,5 +139,4 @@ def test_gpu_shaped_kernels_on_a_cpu_driver_are_built_unoptimized_and_compute_th
         (False, True), (True, False), (True, True)]
     for launch in launches:
         built = gpu._kernels[launch.source].program.get_build_info(gpu.runtime.device, cl.program_build_info.OPTIONS)
-        unsized_group = launch.kernels > 1 and launch.local_size is None
-        assert (CHECKING_OPTIONS[0] in built.split()) != unsized_group, (launch.name, built)
+        assert (CHECKING_OPTIONS[0] in built.split()) != (launch.local_size is None), (launch.name, built)

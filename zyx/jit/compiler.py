@@ -41,10 +41,11 @@ _KERNEL_NAME = re.compile(r"__kernel\s+void\s+(\w+)")
 # GPU-shaped kernels on a CPU driver (ZYX_GPU_KERNELS=1, the tests' GPU-shaped devices) run only to check them:
 # unoptimized, PoCL builds one in seconds where its optimizer spent minutes on a GPU kernel's unrolled barrier
 # regions (a tensor-core attention forward with its warp instructions emulated: 118 barriers, 75.8 s to its first
-# launch on PoCL 3.1, 1.3 s unoptimized). Not a launch group without a work-group size: PoCL then picks the group's
-# size (3370 items for one of a GPU-shaped W4 step's), and unoptimized it keeps each item's private values in
-# arrays of that many on its thread's stack, which overflowed (a crash). Groups of a set size (at most the device's
-# 256 items: an attention backward's, 32) are checked unoptimized too: optimized, one took 27 s to compile.
+# launch on PoCL 3.1, 1.3 s unoptimized). Not a kernel without a work-group size (no barriers): PoCL then picks the
+# group's size (3370 items for a launch group of a GPU-shaped W4 step's, 131 072 items' worth for a bf16 MLP's
+# product with GELU's backward as its epilogue), and unoptimized it keeps each item's private values in arrays of
+# that many on its thread's stack, which overflowed (a crash). Groups of a set size (at most the device's 256 items:
+# an attention backward's, 32) are checked unoptimized too: optimized, one took 27 s to compile.
 CHECKING_OPTIONS = ("-cl-opt-disable",)
 # Defined where NVIDIA's PTX conversions exist (sm_80 and later): print_opencl's bfloat16 rounding is one cvt there
 PTX_CONVERSIONS = "ZYX_PTX_CVT"
@@ -52,13 +53,13 @@ PTX_CONVERSIONS = "ZYX_PTX_CVT"
 NATIVE_ERF = "ZYX_NATIVE_ERF"
 
 
-def kernel_options(traits: object, runtime: object, unsized_group: bool = False) -> tuple[str, ...]:
+def kernel_options(traits: object, runtime: object, unsized: bool = False) -> tuple[str, ...]:
     """The options a device's kernels are built with (part of each binary's cache key, as the source is):
-    CHECKING_OPTIONS for GPU-shaped kernels on a CPU driver (but where a build holds a launch group without a
-    work-group size, `unsized_group`); on GPUs NATIVE_ERF, and PTX_CONVERSIONS on NVIDIA sm_80 and later."""
+    CHECKING_OPTIONS for GPU-shaped kernels on a CPU driver (but where a build holds a kernel without a work-group
+    size, `unsized`); on GPUs NATIVE_ERF, and PTX_CONVERSIONS on NVIDIA sm_80 and later."""
     on_gpu = bool(getattr(runtime, "is_gpu", False))
     if getattr(traits, "gpu", False) and not on_gpu:
-        return () if unsized_group else CHECKING_OPTIONS
+        return () if unsized else CHECKING_OPTIONS
     if not on_gpu:
         return ()
     capability = getattr(runtime, "compute_capability", None)

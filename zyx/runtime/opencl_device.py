@@ -51,8 +51,7 @@ class OpenCLDevice(FusingDevice):
 
     def build_options(self, launches: Sequence[Any] = ()) -> tuple[str, ...]:
         """The compiler's options for a build of `launches` on this device (compiler.kernel_options)."""
-        return kernel_options(self.traits, self.runtime, unsized_group=any(
-            launch.kernels > 1 and launch.local_size is None for launch in launches))
+        return kernel_options(self.traits, self.runtime, unsized=any(launch.local_size is None for launch in launches))
 
     def fingerprint(self) -> dict[str, str]:
         return device_fingerprint(self.runtime.device)
