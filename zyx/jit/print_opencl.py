@@ -169,19 +169,31 @@ PLAIN_ACCESS = ("{p}[{i}]", "{p}[{i}] = {v};")
 def load(statement: Load) -> str:
     out = statement.out
     if statement.mode == "vector":
-        text = f"vload{out.width}({_vector_offset(statement.address, out.width, statement.buffer)})"
+        offset = _vector_offset(statement.address, out.width, statement.buffer)
+        text = f"vload{out.width}({offset})"
         if out.dtype.is_bool:
             text = f"(convert_int{out.width}({text})!=(int{out.width})(0))"
+        elif out.dtype.name == "bfloat16":  # (the upper 16 bits of each float)
+            text = f"as_float{out.width}(convert_uint{out.width}({text})<<16)"
+        elif out.dtype.name == "float16":
+            text = f"vload_half{out.width}({offset})"
     elif statement.mode == "bits":
         text = _bits_load(statement)
     elif statement.mode == "broadcast":
-        element = f"{statement.buffer}[{statement.address.render()}]"
+        element = _element(statement.buffer, statement.address, out.dtype)
         text = f"(({register_type(out.dtype, out.width)})({f'-({element}!=0)' if out.dtype.is_bool else element}))"
     else:
         text = MEMORY_ACCESS.get(out.dtype.name, PLAIN_ACCESS)[0].format(p=statement.buffer, i=statement.address.render())
     if statement.guard:
         text = f"(({condition(statement.guard)})?{text}:{operand(Const(0, out.dtype, out.width))})"
     return text
+
+
+def _element(buffer: str, index: Expr, dtype: DType) -> str:
+    """One element read as a value of `dtype` (half precision converted to float; masks as stored)."""
+    if dtype.is_narrow_float:
+        return MEMORY_ACCESS[dtype.name][0].format(p=buffer, i=index.render())
+    return f"{buffer}[{index.render()}]"
 
 
 def _bits_load(statement: Load) -> str:
@@ -199,7 +211,7 @@ def _bits_load(statement: Load) -> str:
 def gather(statement: Gather) -> str:
     elements = []
     for index, guard in statement.lanes:
-        element = f"{statement.buffer}[{index.render()}]"
+        element = _element(statement.buffer, index, statement.out.dtype)
         element = f"-({element}!=0)" if statement.out.dtype.is_bool else element
         elements.append("0" if guard is None else f"(({condition(guard)})?{element}:0)" if guard else element)
     return f"({register_type(statement.out.dtype, statement.out.width)})({','.join(elements)})"

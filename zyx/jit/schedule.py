@@ -597,7 +597,7 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
         small = not traits.gpu and root.numel * max(lowered.longest_reduction, 1) < SMALL_WORK
         tile = None if small else tile
         width = traits.vector_width if traits.vector_width and not tile and not (traits.gpu and reduces) else 1
-        vector = (_vector_kernel(kernel, width, 1 if small else VECTOR_UNROLL, scalar_gathers=not traits.gpu)
+        vector = (_vector_kernel(kernel, width, 1 if small else VECTOR_UNROLL, gpu=traits.gpu)
                   if width > 1 else None)
         grouped = (not tile and vector is None and traits.gpu and kernel.work_items < GROUP_MAX_OUTPUTS
                    and lowered.longest_reduction >= GROUP_MIN_REDUCE)
@@ -606,7 +606,7 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
                      "unroll": 1 if small else VECTOR_UNROLL if vector is not None else UNROLL,
                      "group": traits.group_size if grouped else 0}
         choice = Choice.of("plain", **{name: heuristic[name] for name, _ in options})
-    return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector, not traits.gpu), choice, options)
+    return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector, traits.gpu), choice, options)
 
 
 def _product_tile(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits,
@@ -643,15 +643,15 @@ def _plain_options(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTr
 
 
 def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int, int]], choice: Choice,
-                 vector: Optional[Kernel], scalar_gathers: bool) -> Kernel:
+                 vector: Optional[Kernel], gpu: bool) -> Kernel:
     """`kernel` (one output per item) shaped as `choice` says; `vector`: its vector kernel, if made already
-    (`scalar_gathers`: as `_vector_kernel`'s)."""
+    (`gpu`: as `_vector_kernel`'s)."""
     if tile:
         return upcast(kernel, space, tile)
     if choice.get("group", 0):
         return group_reductions(kernel, choice["group"])
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
-    vector = vector or (_vector_kernel(kernel, width, unroll, scalar_gathers=scalar_gathers) if width > 1 else None)
+    vector = vector or (_vector_kernel(kernel, width, unroll, gpu=gpu) if width > 1 else None)
     return vector or _unrolled(kernel, unroll)
 
 
@@ -710,7 +710,7 @@ def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     if traits.gpu and length >= GROUP_MIN_REDUCE:
         lanes = _group_lanes(kernel, traits)
         return rows_in_registers(group_reductions(lanes, _group_size(length, lanes is not kernel, traits)))
-    vector = (_vector_kernel(kernel, traits.vector_width, scalar_gathers=not traits.gpu, tails=True)
+    vector = (_vector_kernel(kernel, traits.vector_width, tails=True, gpu=traits.gpu)
               if traits.vector_width else None)
     return vector or _unrolled(kernel)
 
@@ -735,13 +735,14 @@ def rendered(lowered: LoweredKernel, kernel: Kernel, traits: DeviceTraits = Devi
 
 
 def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tails: bool = False,
-                   scalar_gathers: bool = False) -> Optional[Kernel]:
+                   gpu: bool = False) -> Optional[Kernel]:
     """W outputs per item, else (for reductions along contiguous elements) one output per item walked W
     elements at a time (`tails`: the last steps of a loop W does not divide as a loop of their own); each loop
-    with up to `unroll` vector accumulators. None when neither applies. `scalar_gathers` (CPU drivers):
-    outputs whose every load is a gather, with no math the driver calls lane by lane, stay scalar (`vectorize`)."""
-    vector = (vectorize(kernel, width, scalar_gathers=scalar_gathers)
-              or vectorize(kernel, width, uniform=True, tails=tails))
+    with up to `unroll` vector accumulators. None when neither applies. On CPU drivers (not `gpu`) outputs whose
+    every load is a gather, with no math the driver calls lane by lane, stay scalar; on GPUs half-precision values
+    are lanes too (`vectorize`'s `scalar_gathers` and `narrow`)."""
+    vector = (vectorize(kernel, width, scalar_gathers=not gpu, narrow=gpu)
+              or vectorize(kernel, width, uniform=True, tails=tails, narrow=gpu))
     if vector is None:
         return None
     return unroll_reductions(vector, lambda trips: next(u for u in (16, 8, 4, 2, 1) if u <= unroll and trips % u == 0))
