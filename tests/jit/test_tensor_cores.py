@@ -91,14 +91,14 @@ def test_products_of_mixed_dtypes_vectors_or_without_tensor_cores_keep_the_float
 
 def test_kernels_reading_a_product_another_kernel_stores_are_elementwise_not_shaped_as_products():
     """A product read by two ops is stored by its kernel; the readers compute none of it, so each is an elementwise
-    kernel (shaped as the product, each item would write out its 128 outputs one by one: W7's bfloat16 step had 10
-    MB of such OpenCL C)."""
+    kernel, a float4 of bf16 outputs an item (shaped as the product, each item would write out its 128 outputs one
+    by one: W7's bfloat16 step had 10 MB of such OpenCL C)."""
     dev = zyx.CPU()
     x, y = dev.randn(256, 128).to("bfloat16"), dev.randn(128, 256).to("bfloat16")
     product = x @ y
     kernels = schedule([(product * 2 + 1).node, product.exp().node], TENSOR_CORES)[0]
     assert sum(on_tensor_cores(k) for k in kernels) == 1
-    readers = [k for k in kernels if not on_tensor_cores(k) and k.global_size == 256 * 256]  # an output per item
+    readers = [k for k in kernels if not on_tensor_cores(k) and k.global_size == 256 * 256 // 4]  # 4 outputs an item
     assert len(readers) == 2 and all(k.site.applied.family == "plain" and k.local_size is None for k in readers)
 
 
