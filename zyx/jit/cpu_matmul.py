@@ -316,7 +316,8 @@ def panel_copy(kernel: Kernel, root: Node, width: int) -> Optional[Kernel]:
     packed operand) with a block's values as vectors, COPY_STEPS steps of k an item, consecutive items taking
     consecutive panels: they read the source's rows in order and each writes whole lines. One step of k an item,
     the items walking down a panel, read a line per row a page apart: copying [2048, 1024] into 16-column
-    panels took 1.27 ms so, 0.27-0.36 ms so written by hand (0.84 ms walking down the panels; PoCL 3.1, Zen 2).
+    panels took 1.22 ms so and 0.69 ms so (written by hand: 0.84 ms as vectors walking down the panels, 0.27-0.36
+    ms so; PoCL 3.1, Zen 2).
     None where the block is no whole number of vectors, k no multiple of COPY_STEPS or the copy does not
     vectorize into vector loads."""
     block, steps = root.shape[-1], root.shape[-2]
