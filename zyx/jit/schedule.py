@@ -574,11 +574,13 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
     tile = _product_tile(root, axes, traits, choice)
     if not tile and not traits.gpu and root.numel and copy_tile(root, True):  # a packed operand's copy
         lowered = PackedCopyLowering(root, materialized, produced, False, site.apart, traits.max_params).lower()
+        panels = None if root.numel < SMALL_WORK else panel_copy(lowered.ir, root, traits.vector_width)
+        if panels is not None:
+            return _Shaped(lowered, panels)
         statements = list(walk(lowered.ir.body))
         small = (root.numel < SMALL_WORK or len(statements) > COPY_STATEMENTS
                  or any(isinstance(s, Load) and s.guard for s in statements))
-        panels = None if root.numel < SMALL_WORK else panel_copy(lowered.ir, root, traits.vector_width)
-        return _Shaped(lowered, panels or upcast(lowered.ir, lowered.space, copy_tile(root, small)))
+        return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy_tile(root, small)))
     length = None if tile else row_length(root, materialized, produced | site.apart)
     if length is not None and _fuses_rows(length, traits):
         rows = lower_rows(root, materialized, produced, length, site.allow_extra_outputs, site.apart,

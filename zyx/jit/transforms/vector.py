@@ -240,9 +240,9 @@ class _Vectorizer:
                        Alu(lane, Op.CAST, (offset,)), Broadcast(lanes, lane), Alu(mask, compare.op, operands)]
         if guard:
             zero, filled = Const(0, dtype), Reg(f"{name}_zero", compare.out.dtype)
+            zeros = Reg(f"{name}_zeros", out.dtype, self.width)
             lines += [Alu(filled, compare.op, (zero, scalar) if ramp_first else (scalar, zero)),
-                      Broadcast(Reg(f"{name}_zeros", out.dtype, self.width), filled),
-                      Select(out, guard, mask, Reg(f"{name}_zeros", out.dtype, self.width))]
+                      Broadcast(zeros, filled), Select(out, guard, mask, zeros)]
         return lines
 
     @staticmethod
