@@ -6,10 +6,12 @@ once (bench/_replay.py); torch's `a @ b` is timed the same way (one synchronize)
 product. Inputs are stored in the dtype (no cast in the timed kernel); the product is stored in it too.
 
     python bench/tensor_cores.py [--repeat 20] [--dtypes bfloat16,float16,tf32] [--sizes 4096,8192] [--odd]
-                                 [--transposed]
+                                 [--shapes NxKxM,...] [--transposed | --left-transposed]
 
 `--transposed`: the right operand stored (m, k), the product `a @ b.T` (both operands along k, as the hand-written
-probe bench/wgmma_probe measured), for both. "tf32" is float32 with `zyx.set_float32_matmul_precision("high")` (torch: `allow_tf32`).
+probe bench/wgmma_probe measured, and as `linear` multiplies by its weight), for both. `--left-transposed`: the left
+operand stored (k, n), the product `a.T @ b` (a weight gradient's xᵀ·dY over tokens). `--shapes`: products of
+other shapes, e.g. W7's 16384x768x3072. "tf32" is float32 with `zyx.set_float32_matmul_precision("high")` (torch: `allow_tf32`).
 """
 from __future__ import annotations
 
@@ -28,12 +30,19 @@ from _replay import cuda_seconds, describe, replayed_seconds  # noqa: E402
 ODD = [(3000, 700, 5000), (1021, 1021, 1021), (64 * 128, 128, 128)]  # (n, k, m); the last: batched 64 x 128³
 
 
-def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int, transposed: bool) -> float:
+FORMS = {"a@b": ((0, 1), (1, 2), lambda a, b: a @ b), "a@b.T": ((0, 1), (2, 1), lambda a, b: a @ b.T),
+         "a.T@b": ((1, 0), (1, 2), lambda a, b: a.T @ b)}
+"""Each product's form: the stored shapes of a and b as positions in (n, k, m), and the product of them."""
+
+
+def torch_seconds(n: int, k: int, m: int, dtype: str, repeat: int, form: str) -> float:
     import torch
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     kind = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
-    a, b = torch.randn(n, k, device="cuda").to(kind), torch.randn(*((m, k) if transposed else (k, m)), device="cuda").to(kind)
-    product = (lambda: a @ b.T) if transposed else (lambda: a @ b)
+    (a_shape, b_shape, multiply), sizes = FORMS[form], (n, k, m)
+    a = torch.randn(*(sizes[i] for i in a_shape), device="cuda").to(kind)
+    b = torch.randn(*(sizes[i] for i in b_shape), device="cuda").to(kind)
+    product = lambda: multiply(a, b)  # noqa: E731
     cuda_seconds(product, 3)
     return cuda_seconds(product, repeat)
 
@@ -44,27 +53,32 @@ def main() -> None:
     p.add_argument("--dtypes", default="bfloat16,float16,tf32")
     p.add_argument("--sizes", default="4096,8192")
     p.add_argument("--odd", action="store_true", help="also 3000x700x5000, 1021³ and 8192x128x128")
+    p.add_argument("--shapes", default="", help="comma-separated NxKxM products besides --sizes")
     p.add_argument("--transposed", action="store_true", help="a @ b.T, b stored (m, k)")
+    p.add_argument("--left-transposed", action="store_true", help="a.T @ b, a stored (k, n)")
     args = p.parse_args()
+    form = "a@b.T" if args.transposed else "a.T@b" if args.left_transposed else "a@b"
     os.environ.setdefault("ZYX_CACHE_DIR", tempfile.mkdtemp(prefix="zyx-tensor-cores-"))
     import zyx
     dev = zyx.OpenCL()
     print(f"{dev.name}: tensor cores for {dev.traits.tensor_cores or 'nothing'}")
-    shapes = [(s, s, s) for s in map(int, args.sizes.split(","))] + (ODD if args.odd else [])
+    shapes = [(s, s, s) for s in map(int, filter(None, args.sizes.split(",")))] + (ODD if args.odd else [])
+    shapes += [tuple(int(v) for v in shape.split("x")) for shape in filter(None, args.shapes.split(","))]
     rng = np.random.default_rng(0)
     for dtype in args.dtypes.split(","):
         zyx.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
         stored = "float32" if dtype == "tf32" else dtype
         for n, k, m in shapes:
-            a = dev.tensor(rng.standard_normal((n, k), dtype=np.float32)).to(stored).realize()
-            b = dev.tensor(rng.standard_normal((m, k) if args.transposed else (k, m), dtype=np.float32)).to(stored).realize()
-            product = (lambda: a @ b.T) if args.transposed else (lambda: a @ b)
+            (a_shape, b_shape, multiply), sizes = FORMS[form], (n, k, m)
+            a = dev.tensor(rng.standard_normal([sizes[i] for i in a_shape], dtype=np.float32)).to(stored).realize()
+            b = dev.tensor(rng.standard_normal([sizes[i] for i in b_shape], dtype=np.float32)).to(stored).realize()
+            product = lambda: multiply(a, b)  # noqa: E731
             product().realize()
             seconds, _, recorded = replayed_seconds(dev.runtime, lambda: product().realize(), args.repeat)
             flops = 2 * n * k * m
-            line = f"{dtype:9s} {n}x{k}x{m}{' a@b.T' if args.transposed else ''}: zyx {seconds * 1e3:8.3f} ms {flops / seconds / 1e12:7.1f} TFLOP/s"
+            line = f"{dtype:9s} {n}x{k}x{m}{'' if form == 'a@b' else ' ' + form}: zyx {seconds * 1e3:8.3f} ms {flops / seconds / 1e12:7.1f} TFLOP/s"
             try:
-                theirs = torch_seconds(n, k, m, dtype, args.repeat, args.transposed)
+                theirs = torch_seconds(n, k, m, dtype, args.repeat, form)
                 line += f" | torch {flops / theirs / 1e12:7.1f} TFLOP/s, zyx/torch speed {theirs / seconds:5.2f}"
             except Exception as error:  # no torch, or no CUDA
                 line += f" | torch: {type(error).__name__}"
