@@ -54,6 +54,17 @@ def _half_rounding_helper(width: int) -> list[str]:
     return [f"#ifdef {PTX_CONVERSIONS}", through_memory, "#else", in_registers, "#endif"]
 
 
+def _bf16_lanes_helper(width: int) -> str:
+    """zyx_bf16_lanes_N: N bfloat16 elements read as N/2 32-bit words (print_opencl._words) as float lanes, the
+    low half of each word first."""
+    if width == 2:
+        return ("static inline float2 zyx_bf16_lanes_2(uint w) "
+                "{ return (float2)(as_float(w << 16), as_float(w & 0xFFFF0000u)); }")
+    half = width // 2
+    return (f"static inline float{width} zyx_bf16_lanes_{width}(uint{half} w) {{ float{width} f; "
+            f"f.even = as_float{half}(w << 16); f.odd = as_float{half}(w & 0xFFFF0000u); return f; }}")
+
+
 def _vector_rounding_helpers(width: int) -> list[str]:
     """floatN rounded lane by lane to bfloat16 (nearest even, a nan kept) and to float16 (_half_rounding_helper)."""
     f, u = f"float{width}", f"uint{width}"
@@ -134,6 +145,7 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
     (("zyx_erf",), _erf_helpers()),
     *(((f"zyx_round_bf16_{width}", f"zyx_round_half_{width}"), _vector_rounding_helpers(width))
       for width in (2, 4, 8, 16)),
+    *(((f"zyx_bf16_lanes_{width}",), [_bf16_lanes_helper(width)]) for width in (2, 4, 8, 16)),
 ]
 
 

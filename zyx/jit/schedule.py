@@ -661,15 +661,15 @@ def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int
 
 
 def _reduction_lanes(kernel: Kernel, unroll: int) -> Optional[Kernel]:
-    """A GPU item reducing contiguous elements (a row an item) walking them LANE_BYTES at a time as vector lanes,
-    combined at the loop's end, with up to `unroll` vector accumulators; None where some load along the loop is
-    not a whole vector (a column sum's items read neighbours: one element each is the best load there). An item
-    reading its row two bytes a load left each warp's load spread over 32 sectors: attention's backward row sums
-    of dO·O (64 bf16 values a row) ran at 470 GB/s on an H100."""
-    loaded = [p.dtype.itemsize for p in kernel.params if p.kind == "load"]
-    if not loaded:
+    """A GPU item reducing bfloat16 elements along its own row walking them LANE_BYTES at a time as vector lanes
+    (read as 32-bit words: print_opencl._words), combined at the loop's end, with up to `unroll` vector
+    accumulators; None where some load along the loop is not a whole vector (a column sum's items read neighbouring
+    elements: one element each is the best load there). Attention's backward row sums of dO·O (64 bf16 values an
+    item) read two bytes a load ran at 470 GB/s on an H100, 16-byte words at 1520 (.gpu/vload.py). float16 lanes
+    are read by vload_halfN, and float32 ones by vloadN, which NVIDIA splits into single elements: no gain."""
+    if not any(p.kind == "load" and p.dtype.name == "bfloat16" for p in kernel.params):
         return None
-    vector = vectorize(kernel, LANE_BYTES // min(loaded), uniform=True, narrow=True)
+    vector = vectorize(kernel, LANE_BYTES // 2, uniform=True, narrow=True)
     statements = list(walk(vector.body)) if vector is not None else []
     if not any(isinstance(s, Load) and s.mode == "vector" for s in statements) \
             or any(isinstance(s, Gather) for s in statements):
