@@ -669,7 +669,6 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     emulation takes it two minutes, running the unoptimized kernel a second."""
     import ml_dtypes
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
-    monkeypatch.setenv("ZYX_WGMMA_PAIRED_STORES", "1")  # (vstore2 of bfloat16 and vstore_half2 printed)
     left_across, right_along = form.startswith("x.T"), form.endswith("y.T")
     x, y = operands((k, n) if left_across else (n, k), (m, k) if right_along else (k, m), dtype=dtype)
     out = (x.T if left_across else x) @ (y.T if right_along else y)

@@ -231,11 +231,12 @@ def store(statement: Store) -> str:
     value, dtype, buffer, index = operand(statement.value), statement.dtype, statement.buffer, statement.index
     if statement.mode == "vector":
         width = statement.value.width
+        if dtype.name in ("bfloat16", "float16") and aligned(index, width):  # (float16: as vstore_half rounds)
+            kind = "bf16" if dtype.name == "bfloat16" else "half"
+            pairs = ",".join(f"zyx_pack_{kind}({value}.s{lane:x},{value}.s{lane + 1:x})" for lane in range(0, width, 2))
+            return f"{_words(buffer, index, width, '')} = (uint{'' if width == 2 else width // 2})({pairs});"
         if dtype.name == "float16":  # rounded to nearest even, as vstore_half does
             return f"vstore_half{width}({value},{_vector_offset(index, width, buffer)});"
-        if dtype.name == "bfloat16" and aligned(index, width):
-            pairs = ",".join(f"zyx_pack_bf16({value}.s{lane:x},{value}.s{lane + 1:x})" for lane in range(0, width, 2))
-            return f"{_words(buffer, index, width, '')} = (uint{'' if width == 2 else width // 2})({pairs});"
         if dtype.name == "bfloat16":
             lanes = ",".join(f"zyx_float_to_bf16({value}.s{lane:x})" for lane in range(width))
             return f"vstore{width}((ushort{width})({lanes}),{_vector_offset(index, width, buffer)});"
