@@ -51,6 +51,7 @@ from .split import lower_split, split_options
 from .stored_reductions import read_stored_reductions
 from .transforms.double_buffer import double_buffer
 from .transforms.group import GROUP_MAX_OUTPUTS, group_reductions
+from .transforms.paired_stores import paired_stores
 from .transforms.registers import rows_in_registers
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
@@ -494,7 +495,7 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
         cores = lower_core_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
                                      traits.max_group_size, traits.tensor_cores, site.apart, traits.max_params)
         if cores is not None:
-            return cores
+            return replace(cores, ir=paired_stores(cores.ir))
     form = attention_form(traits.gpu)
     if form in ("tiled", "cores") and traits.language == "opencl":
         tiled = lower_tiled_attention(site.root, pattern, site.materialized, site.produced, traits.local_memory,
@@ -512,7 +513,8 @@ def _fused_attention(site: _Site, traits: DeviceTraits) -> Optional[LoweredKerne
 
 def _cores_form(traits: DeviceTraits) -> bool:
     """Whether attention takes the tensor-core form (attention_cores.py, attention_grad_cores.py) where it applies:
-    ZYX_ATTENTION_FORM, by default where the device multiplies bfloat16 or float16 on tensor cores (OpenCL only)."""
+    ZYX_ATTENTION_FORM, by default where the device multiplies bfloat16 or float16 on tensor cores (OpenCL only).
+    Its kernels store neighbouring outputs of the mma layout as one word (transforms/paired_stores.py)."""
     cores = bool({"bf16", "f16"} & set(traits.tensor_cores))
     return attention_form(traits.gpu, cores) == "cores" and traits.language == "opencl"
 
@@ -528,7 +530,7 @@ def _attention_gradient(site: _Site, traits: DeviceTraits) -> Optional[LoweredKe
                                               traits.max_group_size, traits.tensor_cores, site.apart,
                                               traits.max_params)
         if cores is not None:
-            return cores
+            return replace(cores, ir=paired_stores(cores.ir))
     form = gradient_form(traits.gpu)
     if _tiles_gradients(traits):
         tiled = lower_tiled_attention_gradient(plan, siblings, site.materialized, site.produced,
