@@ -1,12 +1,12 @@
-"""Neighbouring outputs stored as one vector (transforms/paired_stores.py): which Stores pair, where the vector is
-stored, and how it prints."""
+"""Neighbouring outputs stored as one vector, neighbouring bfloat16 inputs read as one (transforms/paired_stores.py):
+which Stores and Loads pair, where the vector is stored or read, and how it prints."""
 from __future__ import annotations
 
 from zyx.dtypes import bfloat16, float16, float32
-from zyx.jit.kernel_ir import Alu, Axis, If, Kernel, Load, Pack, Reg, Role, Store
+from zyx.jit.kernel_ir import Alu, Axis, Extract, If, Kernel, Load, Pack, Reg, Role, Store
 from zyx.jit.print_opencl import STATEMENTS, VALUES
 from zyx.jit.symbolic import Expr
-from zyx.jit.transforms.paired_stores import paired_stores
+from zyx.jit.transforms.paired_stores import paired_loads, paired_stores
 from zyx.trace.ops import Op
 
 I = Expr.var("gid", 64) * 2  # an even index
@@ -51,3 +51,34 @@ def test_pairs_print_as_one_store_of_two_elements():
     assert STATEMENTS[Store](Store("out", I + 1, pair, bfloat16, "vector")) == \
         "vstore2((ushort2)(zyx_float_to_bf16(p.s0),zyx_float_to_bf16(p.s1)),0,out+(gid*2+1));"
     assert STATEMENTS[Store](Store("out", I, pair, float32, "vector")) == "vstore2(p,gid,out);"
+
+
+def loads_paired(*body):
+    return paired_loads(Kernel("m", (), (Axis("gid", 64, Role.GLOBAL),), tuple(body))).body
+
+
+def test_a_bfloat16_load_and_the_next_elements_become_one_vector_load_read_first():
+    """An epilogue reading a bf16 value at each of a pair of outputs (GELU's backward reads the pre-activation)
+    reads both as one 32-bit word where the first is read; each value is a lane of it."""
+    h0, h1 = Reg("h0", bfloat16), Reg("h1", bfloat16)
+    scale = Alu(A, Op.MUL, (h0, h0))
+    body = loads_paired(Load(h0, "pre", I), scale, Load(h1, "pre", I + 1))
+    pair = Reg("duo0", bfloat16, 2)
+    assert body == (Load(pair, "pre", I, mode="vector"), Extract(h0, pair, "s0"), scale, Extract(h1, pair, "s1"))
+    assert VALUES[Load](body[0]) == "zyx_bf16_lanes_2(((__global const uint*)pre)[gid])"
+    guard = ((I, "lt", 100),)
+    guarded = loads_paired(Load(h0, "pre", I, guard), Load(h1, "pre", I + 1, guard))
+    assert guarded[0] == Load(pair, "pre", I, guard, "vector")
+
+
+def test_loads_stay_apart_where_a_vector_would_be_misplaced_or_read_stale():
+    h0, h1 = Reg("h0", bfloat16), Reg("h1", bfloat16)
+    apart = [
+        (Load(h0, "pre", I + 1), Load(h1, "pre", I + 2)),  # an odd first index
+        (Load(h0, "pre", I), Load(h1, "other", I + 1)),  # another buffer
+        (Load(h0, "pre", I, ((I, "lt", 100),)), Load(h1, "pre", I + 1)),  # another guard
+        (Load(h0, "pre", I), Store("pre", I + 1, A, bfloat16), Load(h1, "pre", I + 1)),  # written between
+        (Load(Reg("f0", float32), "pre", I), Load(Reg("f1", float32), "pre", I + 1)),  # not bfloat16
+    ]
+    for body in apart:
+        assert loads_paired(*body) == body

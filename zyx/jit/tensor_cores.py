@@ -69,7 +69,7 @@ from .symbolic import Expr
 from .tiling import matmul_axes
 from .transforms.async_pipeline import pipeline
 from .transforms.double_buffer import double_buffer
-from .transforms.paired_stores import paired_stores
+from .transforms.paired_stores import paired_loads, paired_stores
 from .transforms.warp_roles import warp_roles
 
 BLOCK = 128          # outputs per group along n
@@ -312,7 +312,7 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         kernel = ((_warp_roles(lowered.ir, plan, round_tiles) if plan.warpgroup else None)
                   or pipeline(lowered.ir, plan.buffers, round_tiles))
         if kernel is not None and plan.warpgroup and os.environ.get("ZYX_WGMMA_PAIRED_STORES") != "0":
-            kernel = paired_stores(kernel)  # (bf16 16384x768x3072 on an H100: 249 -> 411 TFLOP/s)
+            kernel = paired_loads(paired_stores(kernel))  # (bf16 16384x768x3072 on an H100: 249 -> 411 TFLOP/s)
         if kernel is not None:
             return lowered, kernel, plan
     return None
