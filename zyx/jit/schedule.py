@@ -60,7 +60,7 @@ from .transforms.vector import vectorize
 
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
 VECTOR_UNROLL = 4             # vector accumulators per reduction loop (fewer where the trips do not divide)
-LANE_BYTES = 16               # what a GPU item reducing its own row reads a load (`_reduction_lanes`)
+LANE_BYTES = 16               # what a GPU item reducing bfloat16 values reads a load (`_bf16_lanes`)
 # A CPU kernel of fewer multiply-adds (outputs x the longest reduction) than this is compiled for longer than it
 # runs: one output per item, its reductions not unrolled. PoCL's optimizer spent 23 s on a 32 x 16 x 4 product in
 # an 8 x 16 tile (2.8 s at 2 x 8, 0.1 s untiled), 9 s on a launch group of 8-way unrolled 32-element sums.
@@ -654,21 +654,24 @@ def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int
     if tile:
         return upcast(kernel, space, tile)
     if choice.get("group", 0):
-        return group_reductions(kernel, choice["group"])
+        return group_reductions((_bf16_lanes(kernel) if gpu else None) or kernel, choice["group"])
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
-    if gpu and kernel.axis(Role.REDUCE) is not None:
-        vector = vector or _reduction_lanes(kernel, unroll)
+    if gpu and vector is None and kernel.axis(Role.REDUCE) is not None:
+        lanes = _bf16_lanes(kernel)
+        vector = lanes and unroll_reductions(lanes, lambda trips: next(u for u in (8, 4, 2, 1)
+                                                                      if u <= unroll and trips % u == 0))
     vector = vector or (_vector_kernel(kernel, width, unroll, gpu=gpu) if width > 1 else None)
     return vector or _unrolled(kernel, unroll)
 
 
-def _reduction_lanes(kernel: Kernel, unroll: int) -> Optional[Kernel]:
-    """A GPU item reducing bfloat16 elements along its own row walking them LANE_BYTES at a time as vector lanes
-    (read as 32-bit words: print_opencl._words), combined at the loop's end, with up to `unroll` vector
-    accumulators; None where some load along the loop is not a whole vector (a column sum's items read neighbouring
-    elements: one element each is the best load there). Attention's backward row sums of dO·O (64 bf16 values an
-    item) read two bytes a load ran at 470 GB/s on an H100, 16-byte words at 1520 (.gpu/vload.py). float16 lanes
-    are read by vload_halfN, and float32 ones by vloadN, which NVIDIA splits into single elements: no gain."""
+def _bf16_lanes(kernel: Kernel) -> Optional[Kernel]:
+    """A GPU reduction reading bfloat16 elements along its loop walking them LANE_BYTES at a time as vector lanes
+    (read as 32-bit words: print_opencl._words), combined at the loop's end: an item's own row (attention's
+    backward row sums of dO·O, 64 values an item: 470 GB/s read two bytes a load on an H100, 1 520 as 16-byte
+    words, .gpu/vload.py), or a work group's (the logits' row statistics, 50 304 values a row). None where some
+    load along the loop is not a whole vector (a column sum's items read neighbouring elements: one element each
+    is the best load there). float16 lanes are read by vload_halfN, and float32 ones by vloadN, which NVIDIA
+    splits into single elements: no gain there."""
     if not any(p.kind == "load" and p.dtype.name == "bfloat16" for p in kernel.params):
         return None
     vector = vectorize(kernel, LANE_BYTES // 2, uniform=True, narrow=True)
@@ -676,7 +679,7 @@ def _reduction_lanes(kernel: Kernel, unroll: int) -> Optional[Kernel]:
     if not any(isinstance(s, Load) and s.mode == "vector" for s in statements) \
             or any(isinstance(s, Gather) for s in statements):
         return None
-    return unroll_reductions(vector, lambda trips: next(u for u in (8, 4, 2, 1) if u <= unroll and trips % u == 0))
+    return vector
 
 
 def plain_effect(choice: Choice) -> tuple[tuple[str, int], ...]:
@@ -705,9 +708,12 @@ def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
 
 def _group_lanes(kernel: Kernel, traits: DeviceTraits) -> Kernel:
     """A row kernel walking its passes in vector lanes, for a work group per row, where every read along them is
-    a whole vector (lanes gathered one by one would not pay); else `kernel` itself. (Plain reductions keep
-    scalar groups: W2a's row sums measured 3.17-3.21 TB/s in float4 lanes against 3.33-3.41 as floats.)"""
-    vector = vectorize(kernel, traits.vector_width, uniform=True) if traits.vector_width > 1 else None
+    a whole vector (lanes gathered one by one would not pay); else `kernel` itself. bfloat16 rows are lanes on GPUs
+    too, read as 32-bit words (W7's logits, 50 304 values a row, were read two bytes a load: 1.4 TB/s on an H100).
+    (Plain reductions keep scalar groups: W2a's row sums measured 3.17-3.21 TB/s in float4 lanes against
+    3.33-3.41 as floats.)"""
+    vector = (vectorize(kernel, traits.vector_width, uniform=True, narrow=traits.gpu)
+              if traits.vector_width > 1 else None)
     if vector is None or any(isinstance(statement, Gather) for statement in walk(vector.body)):
         return kernel
     return vector
