@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import zyx
 from zyx.jit.device_traits import DeviceTraits
-from zyx.jit.schedule import schedule
+from zyx.jit.schedule import NARROW_GROUP_ROW, schedule
 
 RNG = np.random.default_rng(11)
 CPU_TRAITS = DeviceTraits(vector_width=16)
@@ -366,8 +366,10 @@ def test_gpu_items_reducing_their_own_rows_read_16_bytes_a_load(gpu, dtype):
 def test_gpu_work_groups_reducing_bfloat16_rows_read_words(gpu, reduce):
     """A work group reducing a long bfloat16 row (W7's logits: their row statistics, the cross-entropy's
     log-softmax) walks it in vector lanes read as 32-bit words (two bytes a load ran at 1.4 TB/s on an H100): 16
-    bytes a load as a plain reduction, the device's float4 lanes as a row kernel. Values as the CPU reference's."""
-    logits = data(16, 5000)
+    bytes a load as a plain reduction, the device's float4 lanes as a row kernel. Rows shorter than
+    NARROW_GROUP_ROW (a layer norm's 768: three values an item) stay element by element. Values as the CPU
+    reference's."""
+    logits = data(8, NARROW_GROUP_ROW + 808)
     forms = {"max": lambda t: t.float().max(-1), "sum_exp": lambda t: t.float().exp().sum(-1),
              "log_softmax": lambda t: t.float().log_softmax(-1)}
 
@@ -376,5 +378,7 @@ def test_gpu_work_groups_reducing_bfloat16_rows_read_words(gpu, reduce):
 
     kernel, = schedule([compute(zyx.CPU()).node], gpu.traits)[0]
     assert kernel.local_size and re.search(r"zyx_bf16_lanes_[48]\(\(\(__global const uint[24]\*\)in", kernel.source)
+    short = forms[reduce](zyx.CPU().tensor(data(8, 768)).cast(zyx.bfloat16).realize())
+    assert "zyx_bf16_lanes" not in schedule([short.node], gpu.traits)[0][0].source
     got, want = (compute(device).numpy() for device in (gpu, zyx.CPU()))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -61,6 +61,9 @@ from .transforms.vector import vectorize
 UNROLL = 8                    # accumulators per reduction loop of a scalar kernel
 VECTOR_UNROLL = 4             # vector accumulators per reduction loop (fewer where the trips do not divide)
 LANE_BYTES = 16               # what a GPU item reducing bfloat16 values reads a load (`_bf16_lanes`)
+# bfloat16 rows a work group reduces in vector lanes at least this long: on an H100 W7's logits (50 304 values a row,
+# read two bytes a load) went 1.19 -> 1.06 ms, its rows of 768 (3 values an item) 4.98 -> 5.89 ms in all
+NARROW_GROUP_ROW = 8192
 # A CPU kernel of fewer multiply-adds (outputs x the longest reduction) than this is compiled for longer than it
 # runs: one output per item, its reductions not unrolled. PoCL's optimizer spent 23 s on a 32 x 16 x 4 product in
 # an 8 x 16 tile (2.8 s at 2 x 8, 0.1 s untiled), 9 s on a launch group of 8-way unrolled 32-element sums.
@@ -654,7 +657,8 @@ def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int
     if tile:
         return upcast(kernel, space, tile)
     if choice.get("group", 0):
-        return group_reductions((_bf16_lanes(kernel) if gpu else None) or kernel, choice["group"])
+        long = gpu and kernel.axis(Role.REDUCE).size >= NARROW_GROUP_ROW  # type: ignore[union-attr]
+        return group_reductions((_bf16_lanes(kernel) if long else None) or kernel, choice["group"])
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
     if gpu and vector is None and kernel.axis(Role.REDUCE) is not None:
         lanes = _bf16_lanes(kernel)
@@ -706,13 +710,13 @@ def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
     return traits.gpu or not traits.vector_width or length % traits.vector_width * 4 <= length
 
 
-def _group_lanes(kernel: Kernel, traits: DeviceTraits) -> Kernel:
+def _group_lanes(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     """A row kernel walking its passes in vector lanes, for a work group per row, where every read along them is
-    a whole vector (lanes gathered one by one would not pay); else `kernel` itself. bfloat16 rows are lanes on GPUs
-    too, read as 32-bit words (W7's logits, 50 304 values a row, were read two bytes a load: 1.4 TB/s on an H100).
+    a whole vector (lanes gathered one by one would not pay); else `kernel` itself. bfloat16 rows of NARROW_GROUP_ROW
+    values or more are lanes on GPUs too, read as 32-bit words (NARROW_GROUP_ROW's comment).
     (Plain reductions keep scalar groups: W2a's row sums measured 3.17-3.21 TB/s in float4 lanes against
     3.33-3.41 as floats.)"""
-    vector = (vectorize(kernel, traits.vector_width, uniform=True, narrow=traits.gpu)
+    vector = (vectorize(kernel, traits.vector_width, uniform=True, narrow=traits.gpu and length >= NARROW_GROUP_ROW)
               if traits.vector_width > 1 else None)
     if vector is None or any(isinstance(statement, Gather) for statement in walk(vector.body)):
         return kernel
@@ -738,7 +742,7 @@ def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     the row is as long as a reduction that gets a work group, each item taking ROW_ITEM_VALUES values (vectors)
     of every pass; elsewhere a row per item, in vector lanes along the row."""
     if traits.gpu and length >= GROUP_MIN_REDUCE:
-        lanes = _group_lanes(kernel, traits)
+        lanes = _group_lanes(kernel, length, traits)
         return rows_in_registers(group_reductions(lanes, _group_size(length, lanes is not kernel, traits)))
     vector = (_vector_kernel(kernel, traits.vector_width, tails=True, gpu=traits.gpu)
               if traits.vector_width else None)
