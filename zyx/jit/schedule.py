@@ -614,7 +614,7 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
                      "unroll": 1 if small else VECTOR_UNROLL if vector is not None else UNROLL,
                      "group": traits.group_size if grouped else 0}
         choice = Choice.of("plain", **{name: heuristic[name] for name, _ in options})
-    return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector, traits.gpu), choice, options)
+    return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector, traits), choice, options)
 
 
 def _product_tile(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits,
@@ -651,20 +651,21 @@ def _plain_options(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTr
 
 
 def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int, int]], choice: Choice,
-                 vector: Optional[Kernel], gpu: bool) -> Kernel:
-    """`kernel` (one output per item) shaped as `choice` says; `vector`: its vector kernel, if made already
-    (`gpu`: as `_vector_kernel`'s)."""
+                 vector: Optional[Kernel], traits: DeviceTraits) -> Kernel:
+    """`kernel` (one output per item) shaped as `choice` says for a device of `traits`; `vector`: its vector kernel,
+    if made already. GPU reductions reading bfloat16 in OpenCL C take `_bf16_lanes` (WGSL has no 8-lane vectors)."""
     if tile:
         return upcast(kernel, space, tile)
+    words = traits.gpu and traits.language == "opencl" and kernel.axis(Role.REDUCE) is not None
     if choice.get("group", 0):
-        long = gpu and kernel.axis(Role.REDUCE).size >= NARROW_GROUP_ROW  # type: ignore[union-attr]
+        long = words and kernel.axis(Role.REDUCE).size >= NARROW_GROUP_ROW  # type: ignore[union-attr]
         return group_reductions((_bf16_lanes(kernel) if long else None) or kernel, choice["group"])
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
-    if gpu and vector is None and kernel.axis(Role.REDUCE) is not None:
+    if words and vector is None:
         lanes = _bf16_lanes(kernel)
         vector = lanes and unroll_reductions(lanes, lambda trips: next(u for u in (8, 4, 2, 1)
                                                                       if u <= unroll and trips % u == 0))
-    vector = vector or (_vector_kernel(kernel, width, unroll, gpu=gpu) if width > 1 else None)
+    vector = vector or (_vector_kernel(kernel, width, unroll, gpu=traits.gpu) if width > 1 else None)
     return vector or _unrolled(kernel, unroll)
 
 
@@ -716,7 +717,8 @@ def _group_lanes(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     values or more are lanes on GPUs too, read as 32-bit words (NARROW_GROUP_ROW's comment).
     (Plain reductions keep scalar groups: W2a's row sums measured 3.17-3.21 TB/s in float4 lanes against
     3.33-3.41 as floats.)"""
-    vector = (vectorize(kernel, traits.vector_width, uniform=True, narrow=traits.gpu and length >= NARROW_GROUP_ROW)
+    narrow = traits.gpu and traits.language == "opencl" and length >= NARROW_GROUP_ROW
+    vector = (vectorize(kernel, traits.vector_width, uniform=True, narrow=narrow)
               if traits.vector_width > 1 else None)
     if vector is None or any(isinstance(statement, Gather) for statement in walk(vector.body)):
         return kernel
