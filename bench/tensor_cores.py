@@ -11,7 +11,8 @@ product. Inputs are stored in the dtype (no cast in the timed kernel); the produ
 `--transposed`: the right operand stored (m, k), the product `a @ b.T` (both operands along k, as the hand-written
 probe bench/wgmma_probe measured, and as `linear` multiplies by its weight), for both. `--left-transposed`: the left
 operand stored (k, n), the product `a.T @ b` (a weight gradient's xᵀ·dY over tokens). `--shapes`: products of
-other shapes, e.g. W7's 16384x768x3072. "tf32" is float32 with `zyx.set_float32_matmul_precision("high")` (torch: `allow_tf32`).
+other shapes, e.g. W7's 16384x768x3072. "tf32" is float32 with `zyx.set_float32_matmul_precision("high")` (torch:
+`allow_tf32`).
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def main() -> None:
             product().realize()
             seconds, _, recorded = replayed_seconds(dev.runtime, lambda: product().realize(), args.repeat)
             flops = 2 * n * k * m
-            line = f"{dtype:9s} {n}x{k}x{m}{'' if form == 'a@b' else ' ' + form}: zyx {seconds * 1e3:8.3f} ms {flops / seconds / 1e12:7.1f} TFLOP/s"
+            name = f"{n}x{k}x{m}{'' if form == 'a@b' else ' ' + form}"
+            line = f"{dtype:9s} {name}: zyx {seconds * 1e3:8.3f} ms {flops / seconds / 1e12:7.1f} TFLOP/s"
             try:
                 theirs = torch_seconds(n, k, m, dtype, args.repeat, form)
                 line += f" | torch {flops / theirs / 1e12:7.1f} TFLOP/s, zyx/torch speed {theirs / seconds:5.2f}"

@@ -1,6 +1,7 @@
-"""Neighbouring outputs stored by one vector store, and neighbouring bfloat16 inputs read by one vector load: a warpgroup product's item holds its outputs in pairs of
-neighbouring columns (wgmma.accumulator_position: registers 4j and 4j + 1, 4j + 2 and 4j + 3), which the lowering
-stores one element at a time; two 16-bit stores become one of 32 bits (the hand-written probe stored float2).
+"""Neighbouring outputs stored by one vector store, and neighbouring bfloat16 inputs read by one vector load: a
+warpgroup product's item holds its outputs in pairs of neighbouring columns (wgmma.accumulator_position: registers
+4j and 4j + 1, 4j + 2 and 4j + 3), which the lowering stores one element at a time; two 16-bit stores become one of
+32 bits (the hand-written probe stored float2).
 On by default for warpgroup products (ZYX_WGMMA_PAIRED_STORES=0 turns it off): the epilogue's 2-byte stores were
 a third of W7's short products (bfloat16 16384 x 768 x 3072 on an H100: 0.310 ms, 0.188 paired, where k = 3072
 took 0.577 and 0.474), once the pairs were printed as 32-bit words (print_opencl._words; vstore2 of 16-bit elements
