@@ -687,6 +687,34 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("n, k, m", [(128, 128, 256), (136, 128, 264)])
+def test_an_epilogue_reading_bfloat16_at_each_output_reads_and_stores_pairs_emulated_on_pocl(monkeypatch, n, k, m):
+    """(x @ y) · z with z bfloat16 as the product is (GELU's backward reads its pre-activation so): the epilogue
+    reads z at each pair of neighbouring outputs as one 32-bit word (paired_loads) and stores the pair as one
+    (paired_stores) where the blocks divide the output (where they do not, rows and columns past its end read the
+    last ones, clamped element by element); run through the emulated wgmma on PoCL against numpy, rounded as
+    bfloat16 is."""
+    import ml_dtypes
+    monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    x, y, z = operands((n, k), (k, m), (n, m))
+    out = (x @ y) * z
+    kernel = product_kernel(out)
+    body = kernel.source.split("__kernel")[1]
+    if m % 256 == 0:
+        assert "zyx_bf16_lanes_2(((__global const uint*)in" in body and "zyx_pack_bf16(" in body
+        assert "zyx_float_to_bf16(" not in body and "zyx_bf16_to_float(in" not in body
+    name, source = _emulated_source(kernel, monkeypatch)
+    stored = {id(t.node): t.numpy().astype(ml_dtypes.bfloat16) for t in (x, y, z)}
+    inputs = [stored[id(node)].view(np.uint16) for node in kernel.loads]
+    got = _run_on_pocl(kernel, name, source, inputs, (n, m), np.uint16).view(ml_dtypes.bfloat16)
+    a, b, c = (stored[id(t.node)].astype(np.float64) for t in (x, y, z))
+    product = (a @ b).astype(ml_dtypes.bfloat16).astype(np.float64)
+    expected = (product * c).astype(ml_dtypes.bfloat16).astype(np.float64)
+    eps = 2.0 ** -8
+    np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4 * eps, atol=4 * eps * np.sqrt(k))
+
+
 def tf32_rounded(values: np.ndarray) -> np.ndarray:
     """float32 values rounded to TF32 as the kernels round them (to nearest, ties away: cvt.rna)."""
     bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
