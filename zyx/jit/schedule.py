@@ -675,8 +675,8 @@ def _bf16_lanes(kernel: Kernel) -> Optional[Kernel]:
     backward row sums of dO·O, 64 values an item: 470 GB/s read two bytes a load on an H100, 1 520 as 16-byte
     words, .gpu/vload.py), or a work group's (the logits' row statistics, 50 304 values a row). None where some
     load along the loop is not a whole vector (a column sum's items read neighbouring elements: one element each
-    is the best load there). float16 lanes are read by vload_halfN, and float32 ones by vloadN, which NVIDIA
-    splits into single elements: no gain there."""
+    is the best load there). Other dtypes keep one element a load: float32 lanes would be read by vloadN, which
+    NVIDIA splits into single elements (no gain, .gpu/vload.py), float16 ones by vload_halfN (not measured)."""
     if not any(p.kind == "load" and p.dtype.name == "bfloat16" for p in kernel.params):
         return None
     vector = vectorize(kernel, LANE_BYTES // 2, uniform=True, narrow=True)
