@@ -18,15 +18,31 @@ __kernel void erf_scalar(__global const float* x, __global float* y) {
   int i = get_global_id(0); y[i] = zyx_erf(x[i]); }
 __kernel void erf_lanes(__global const float* x, __global float* y) {
   int i = get_global_id(0); vstore16(zyx_erf(vload16(i, x)), i, y); }
+__kernel void bf16_lanes(__global const float* x, __global float* y) {
+  int i = get_global_id(0); vstore8(zyx_round_bf16_8(vload8(i, x)), i, y); }
+__kernel void bf16_words(__global const float* x, __global float* y) {
+  int i = get_global_id(0); float8 v = vload8(i, x);
+  uint4 w = (uint4)(zyx_pack_bf16(v.s0, v.s1), zyx_pack_bf16(v.s2, v.s3), zyx_pack_bf16(v.s4, v.s5),
+                    zyx_pack_bf16(v.s6, v.s7));
+  vstore8(zyx_bf16_lanes_8(w), i, y); }
 """
+PTX_CONVERSION = 'asm("cvt.rn.bf16x2.f32'
 
 
-def run_helper(kernel: str, values: np.ndarray, width: int, options=()) -> np.ndarray:
-    """`kernel` of KERNELS on `values` (float32, whole vectors of `width`) on the OpenCL device."""
+def run_helper(kernel: str, values: np.ndarray, width: int, options=(), ptx_in_c: bool = False) -> np.ndarray:
+    """`kernel` of KERNELS on `values` (float32, whole vectors of `width`) on the OpenCL device; `ptx_in_c`: with the
+    helpers NVIDIA's PTX conversions select (ZYX_PTX_CVT), the one inline-PTX conversion written in C."""
     device = select_device()
     context = cl.Context([device])
     queue = cl.CommandQueue(context)
-    program = build_source(context, device, prelude(False, False, KERNELS) + KERNELS, options)
+    helpers = prelude(False, False, KERNELS)
+    if ptx_in_c:
+        lines = helpers.splitlines()
+        ptx = next(k for k, line in enumerate(lines) if PTX_CONVERSION in line)
+        fallback = [line for line in lines[ptx + 2:ptx + 4]]  # (the C definitions after #else)
+        helpers = "\n".join(lines[:ptx] + fallback + lines[ptx + 1:]) + "\n"
+        options = (*options, "-DZYX_PTX_CVT")
+    program = build_source(context, device, helpers + KERNELS, options)
     flags = cl.mem_flags
     source = cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=values)
     result = cl.Buffer(context, flags.WRITE_ONLY, values.nbytes)
@@ -64,3 +80,24 @@ def test_erf_is_within_three_ulp_of_float64s_with_nan_and_infinities(kernel, wid
     ulp = np.spacing(np.abs(want[finite]).astype(np.float32)).astype(np.float64)
     assert (np.abs(out[finite] - want[finite]) <= 3 * ulp).all()
     assert np.isnan(out[~finite]).all() and out[values == np.inf][0] == 1 and out[values == -np.inf][0] == -1
+
+
+@pytest.mark.parametrize("kernel", ["bf16_lanes", "bf16_words"])
+@pytest.mark.parametrize("ptx_in_c", [False, True])
+def test_bfloat16_lanes_round_and_unpack_as_numpys_cast(kernel, ptx_in_c):
+    """zyx_round_bf16_8 (integer arithmetic; where PTX conversions exist, two lanes a cvt unpacked by
+    zyx_bf16_lanes_8, whose lane order this checks with the cvt written in C), and 16-bit values packed two a word
+    by zyx_pack_bf16 and read back as lanes (print_opencl._words): each lane rounded to nearest even as ml_dtypes'
+    bfloat16 cast, bit for bit, ties, infinities and the largest values included; nan stays nan."""
+    import ml_dtypes
+    rng = np.random.default_rng(3)
+    ties = (rng.integers(0, 1 << 16, 4096, dtype=np.uint32) << 16 | 0x8000).view(np.float32)
+    values = np.concatenate([rng.standard_normal(4096).astype(np.float32) * 1e3, ties,
+                             np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 3.3895314e38, -3.3895314e38, 1e-40],
+                                      np.float32)])
+    values = np.concatenate([values, np.zeros(-len(values) % 8, np.float32)])
+    out = run_helper(kernel, values, 8, ptx_in_c=ptx_in_c)
+    with np.errstate(over="ignore"):
+        expected = values.astype(ml_dtypes.bfloat16).astype(np.float32)
+    same = (out.view(np.uint32) == expected.view(np.uint32)) | (np.isnan(out) & np.isnan(expected))
+    assert same.all(), (values[~same][:5], out[~same][:5], expected[~same][:5])

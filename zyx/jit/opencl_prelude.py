@@ -65,11 +65,10 @@ def _bf16_lanes_helper(width: int) -> str:
             f"f.even = as_float{half}(w << 16); f.odd = as_float{half}(w & 0xFFFF0000u); return f; }}")
 
 
-def _vector_rounding_helpers(width: int) -> list[str]:
-    """floatN rounded lane by lane to bfloat16 (nearest even, a nan kept) and to float16 (_half_rounding_helper).
-    Where PTX_CONVERSIONS are defined, bfloat16's two lanes at a time by one cvt, unpacked by zyx_bf16_lanes_N:
-    integer rounding took about six instructions a lane (W7's GELU, four roundings an element, ran at 1.37 TB/s on
-    an H100)."""
+def _bf16_rounding_helper(width: int) -> list[str]:
+    """zyx_round_bf16_N: floatN rounded lane by lane to bfloat16 (nearest even, a nan kept). Where PTX_CONVERSIONS
+    are defined, two lanes at a time by one cvt, unpacked by zyx_bf16_lanes_N: integer rounding took about six
+    instructions a lane (W7's GELU, four roundings an element, ran at 1.37 TB/s on an H100)."""
     f, u = f"float{width}", f"uint{width}"
     words = ",".join(f"zyx_bf16x2(f.s{lane + 1:x},f.s{lane:x})" for lane in range(0, width, 2))
     word = "uint" if width == 2 else f"uint{width // 2}"
@@ -78,7 +77,7 @@ def _vector_rounding_helpers(width: int) -> list[str]:
             "#else",
             f"static inline {f} zyx_round_bf16_{width}({f} f) {{ {u} u = as_{u}(f); "
             f"return select(as_{f}((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u), f, isnan(f)); }}",
-            "#endif", *_half_rounding_helper(width)]
+            "#endif"]
 
 
 ERF_SMALL = (7.933493907330558e-05, -0.0008034846396185458, 0.005191218573600054, -0.02685539983212948,
@@ -153,7 +152,8 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
     (("zyx_round_half",), _half_rounding_helper(1)),
     (("zyx_erf",), _erf_helpers()),
     *(((f"zyx_bf16_lanes_{width}", f"zyx_round_bf16_{width}"), [_bf16_lanes_helper(width)]) for width in WIDTHS),
-    *(((f"zyx_round_bf16_{width}", f"zyx_round_half_{width}"), _vector_rounding_helpers(width)) for width in WIDTHS),
+    *(((f"zyx_round_bf16_{width}",), _bf16_rounding_helper(width)) for width in WIDTHS),
+    *(((f"zyx_round_half_{width}",), _half_rounding_helper(width)) for width in WIDTHS),
 ]
 
 
