@@ -29,6 +29,16 @@ __kernel void bf16_words(__global const float* x, __global float* y) {
 PTX_CONVERSION = 'asm("cvt.rn.bf16x2.f32'
 
 
+def ptx_written_in_c(helpers: str) -> str:
+    """`helpers` with the inline-PTX conversion (zyx_bf16x2, defined where ZYX_PTX_CVT is) replaced by the C
+    definitions its #else branch holds: the helpers ZYX_PTX_CVT selects, buildable on any OpenCL."""
+    lines = helpers.splitlines()
+    ptx = next((k for k, line in enumerate(lines) if PTX_CONVERSION in line), None)
+    if ptx is None:
+        return helpers
+    return "\n".join(lines[:ptx] + lines[ptx + 2:ptx + 4] + lines[ptx + 1:]) + "\n"
+
+
 def run_helper(kernel: str, values: np.ndarray, width: int, options=(), ptx_in_c: bool = False) -> np.ndarray:
     """`kernel` of KERNELS on `values` (float32, whole vectors of `width`) on the OpenCL device; `ptx_in_c`: with the
     helpers NVIDIA's PTX conversions select (ZYX_PTX_CVT), the one inline-PTX conversion written in C."""
@@ -37,11 +47,7 @@ def run_helper(kernel: str, values: np.ndarray, width: int, options=(), ptx_in_c
     queue = cl.CommandQueue(context)
     helpers = prelude(False, False, KERNELS)
     if ptx_in_c:
-        lines = helpers.splitlines()
-        ptx = next(k for k, line in enumerate(lines) if PTX_CONVERSION in line)
-        fallback = [line for line in lines[ptx + 2:ptx + 4]]  # (the C definitions after #else)
-        helpers = "\n".join(lines[:ptx] + fallback + lines[ptx + 1:]) + "\n"
-        options = (*options, "-DZYX_PTX_CVT")
+        helpers, options = ptx_written_in_c(helpers), (*options, "-DZYX_PTX_CVT")
     program = build_source(context, device, helpers + KERNELS, options)
     flags = cl.mem_flags
     source = cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=values)
@@ -101,3 +107,19 @@ def test_bfloat16_lanes_round_and_unpack_as_numpys_cast(kernel, ptx_in_c):
         expected = values.astype(ml_dtypes.bfloat16).astype(np.float32)
     same = (out.view(np.uint32) == expected.view(np.uint32)) | (np.isnan(out) & np.isnan(expected))
     assert same.all(), (values[~same][:5], out[~same][:5], expected[~same][:5])
+
+
+@pytest.mark.parametrize("ptx", [False, True])
+def test_each_helper_brings_what_it_calls(ptx):
+    """A kernel naming any one helper gets every helper that one calls, with and without ZYX_PTX_CVT (a float16
+    kernel once got zyx_round_bf16_N's PTX form without the helpers it calls), built on this machine's OpenCL (the
+    PTX conversion written in C; zyx_round_tf32, inline PTX alone, left out)."""
+    from zyx.jit.opencl_prelude import CALLED_HELPERS
+    device = select_device()
+    context = cl.Context([device])
+    names = sorted({name for functions, _ in CALLED_HELPERS for name in functions} - {"zyx_round_tf32"})
+    for name in names:
+        body = f"/* {name}( */ __kernel void k(__global float* y) {{ y[get_global_id(0)] = 0.0f; }}\n"
+        helpers = prelude(False, False, body)
+        build_source(context, device, (ptx_written_in_c(helpers) if ptx else helpers) + body,
+                     ("-DZYX_PTX_CVT",) if ptx else ())
