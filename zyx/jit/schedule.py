@@ -226,20 +226,9 @@ def _feeds_a_reduction(product: Node, root: Node, users: dict[int, list[Node]]) 
     ops: that reduction's kernel needs the product's values stored. (Under bf16 autocast a cross-entropy's row max
     reads GPT-2's logits cast to float32, which were stored, 3.3 GB, while the gradient's kernel computed the
     16384 x 768 x 50304 product again: 4.5 + 6.2 ms on the H200.)"""
-    stack, seen = [product], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        for user in users.get(id(node), ()):
-            if user is root:
-                continue
-            if user.op in REDUCE_OPS:
-                return True
-            if user.op in ELEMENTWISE_OPS or user.op in MOVEMENT_OPS:
-                stack.append(user)
-    return False
+    def passes(node: Node) -> bool:
+        return node is not root and (node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS)
+    return any(node.op in REDUCE_OPS for node in _reached(product, users, passes) if node is not root)
 
 
 BESIDE_MIN_K = 128  # a product a GPU kernel would compute beside the one it hosts, reducing this many elements and
@@ -1071,14 +1060,14 @@ def _read_apart(value: Node, materialized: dict[int, Node], users: dict[int, lis
 def _reached(value: Node, users: dict[int, list[Node]], passes: Callable[[Node], bool]) -> list[Node]:
     """The nodes reading `value` through nodes that `passes`, where a walk over their users stops (each once)."""
     reached: dict[int, Node] = {}
-    stack, seen = list(users[id(value)]), set()
+    stack, seen = list(users.get(id(value), ())), set()
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
         if passes(node):
-            stack.extend(users[id(node)])
+            stack.extend(users.get(id(node), ()))
         else:
             reached[id(node)] = node
     return list(reached.values())
