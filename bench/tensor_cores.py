@@ -55,8 +55,9 @@ def main() -> None:
     p.add_argument("--sizes", default="4096,8192")
     p.add_argument("--odd", action="store_true", help="also 3000x700x5000, 1021³ and 8192x128x128")
     p.add_argument("--shapes", default="", help="comma-separated NxKxM products besides --sizes")
-    p.add_argument("--transposed", action="store_true", help="a @ b.T, b stored (m, k)")
-    p.add_argument("--left-transposed", action="store_true", help="a.T @ b, a stored (k, n)")
+    forms = p.add_mutually_exclusive_group()
+    forms.add_argument("--transposed", action="store_true", help="a @ b.T, b stored (m, k)")
+    forms.add_argument("--left-transposed", action="store_true", help="a.T @ b, a stored (k, n)")
     args = p.parse_args()
     form = "a@b.T" if args.transposed else "a.T@b" if args.left_transposed else "a@b"
     os.environ.setdefault("ZYX_CACHE_DIR", tempfile.mkdtemp(prefix="zyx-tensor-cores-"))
