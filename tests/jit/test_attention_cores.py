@@ -88,6 +88,25 @@ def test_16_bit_attention_on_a_device_with_tensor_cores_takes_the_tensor_core_ke
     assert sorted({s.mask for s in shuffles}) == [1, 2]
 
 
+def test_outputs_of_whole_blocks_are_stored_two_a_word():
+    """Where queries and keys fill whole blocks (W7's), the forward's and the gradients' tensor-core kernels store
+    neighbouring outputs of the mma layout as one 32-bit word (paired_stores: 2-byte stores were a third of W7's
+    short products' time on an H100), the forward's output too, which it stores to two buffers in turn; q, k, v
+    stored in bf16, as autocast's products store them."""
+    cpu = zyx.CPU()
+    q, k, v, grad_out = (cpu.tensor(a) for a in attention_arrays((1, 2, 128, 128, 64, {"is_causal": True}), 7))
+    q, k, v = (t.cast(zyx.bfloat16).realize() for t in (q, k, v))
+    with zyx.autocast(zyx.bfloat16):
+        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    grads = (out.float() * grad_out).sum().backward([q, k, v])
+    kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
+    cores = [kernel for kernel in kernels if on_cores(kernel)]
+    assert len(cores) >= 2
+    for kernel in cores:  # (a row's statistics are one value; dV's transpose has no neighbours in the mma layout)
+        body = kernel.source.split("__kernel")[1]
+        assert body.count("((__global uint*)out") >= 16, kernel.name
+
+
 def test_where_the_tensor_core_kernel_does_not_apply_the_kernel_is_the_one_without_tensor_cores(monkeypatch):
     """float32 attention, a head size no multiple of 16 (the staged kernel then), a device without 16-bit tensor
     cores, or the tiled form asked for: the same kernel as on a device without tensor cores."""

@@ -27,6 +27,16 @@ def test_a_store_and_the_next_elements_become_one_vector_store_where_the_second_
     assert isinstance(inside[0].body[0], Pack)
 
 
+def test_stores_to_two_buffers_in_turn_pair_each_buffers_neighbours():
+    """Attention's forward stores its output to two buffers, element by element in turn: each buffer's neighbours
+    pair (buffers are distinct: their params are restrict)."""
+    D = Reg("d", float32)
+    body = paired(Store("out", I, A, bfloat16), Store("copy", I, C, bfloat16), Store("out", I + 1, B, bfloat16),
+                  Store("copy", I + 1, D, bfloat16))
+    pairs = [s for s in body if isinstance(s, Store)]
+    assert [(s.buffer, s.index, s.mode) for s in pairs] == [("out", I, "vector"), ("copy", I, "vector")]
+
+
 def test_stores_stay_apart_where_a_vector_would_be_misplaced_or_reordered():
     apart = [
         (Store("out", I + 1, A, bfloat16), Store("out", I + 2, B, bfloat16)),  # an odd first index

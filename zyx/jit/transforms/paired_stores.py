@@ -21,32 +21,34 @@ WIDTH = 2
 
 
 def paired_stores(kernel: Kernel) -> Kernel:
-    """`kernel` with each element Store at an even index (a whole vector) whose next Store, with only pure statements
-    not reading its buffer between, stores the next element of the same buffer and dtype, made one vector Store
-    where the second's value is defined."""
+    """`kernel` with each element Store at an even index (a whole vector) whose buffer's next Store, with only pure
+    statements and other buffers' stores between, none reading its buffer, stores the next element of the same
+    dtype, made one vector Store where the second's value is defined (attention's forward stores its output to two
+    buffers, element by element in turn)."""
     names = (f"pair{n}" for n in itertools.count())
     return dataclasses.replace(kernel, body=_paired(kernel.body, names))
 
 
 def _paired(body: tuple, names: Iterator[str]) -> tuple:
     out: list = []
-    first: Optional[int] = None  # position in `out` of a Store waiting for its neighbour
+    waiting: dict[str, int] = {}  # per buffer, the position in `out` of a Store waiting for its neighbour
     for statement in body:
         if isinstance(statement, (Loop, If)):
             statement = dataclasses.replace(statement, body=_paired(statement.body, names))
-        waiting = out[first] if first is not None else None
-        if waiting is not None and _neighbours(waiting, statement):
+        buffer = getattr(statement, "buffer", None)
+        first = out[waiting[buffer]] if buffer in waiting else None
+        if first is not None and _neighbours(first, statement):
             pair = Reg(next(names), statement.value.dtype, WIDTH)
-            out[first] = None  # (both stored once the second value is defined)
-            out += [Pack(pair, (waiting.value, statement.value)),
-                    Store(statement.buffer, waiting.index, pair, statement.dtype, "vector")]
-            first = None
+            out[waiting.pop(buffer)] = None  # (both stored once the second value is defined)
+            out += [Pack(pair, (first.value, statement.value)),
+                    Store(statement.buffer, first.index, pair, statement.dtype, "vector")]
             continue
-        reads = isinstance(statement, (Load, Gather)) and waiting is not None and statement.buffer == waiting.buffer
-        if isinstance(statement, Store) or reads or not isinstance(statement, PURE):
-            first = None
+        if isinstance(statement, (Store, Load, Gather)):  # (another buffer's: a distinct one, its params restrict)
+            waiting.pop(buffer, None)
+        elif not isinstance(statement, PURE):
+            waiting.clear()
         if _pairable(statement) and aligned(statement.index, WIDTH):
-            first = len(out)
+            waiting[buffer] = len(out)
         out.append(statement)
     return tuple(s for s in out if s is not None)
 
