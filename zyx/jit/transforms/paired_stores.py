@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Iterator, Optional
+from typing import Iterator
 
 from ..kernel_ir import PURE, Extract, Gather, If, Kernel, Load, Loop, Pack, Reg, Statement, Store
 from ..print_common import aligned
