@@ -54,6 +54,11 @@ def _half_rounding_helper(width: int) -> list[str]:
     return [f"#ifdef {PTX_CONVERSIONS}", through_memory, "#else", in_registers, "#endif"]
 
 
+def word_type(width: int) -> str:
+    """The OpenCL type holding `width` 16-bit elements as 32-bit words (uint for a pair, uintN/2 else)."""
+    return "uint" if width == 2 else f"uint{width // 2}"
+
+
 def _bf16_lanes_helper(width: int) -> str:
     """zyx_bf16_lanes_N: N bfloat16 elements read as N/2 32-bit words (print_opencl._words) as float lanes, the
     low half of each word first."""
@@ -61,7 +66,7 @@ def _bf16_lanes_helper(width: int) -> str:
         return ("static inline float2 zyx_bf16_lanes_2(uint w) "
                 "{ return (float2)(as_float(w << 16), as_float(w & 0xFFFF0000u)); }")
     half = width // 2
-    return (f"static inline float{width} zyx_bf16_lanes_{width}(uint{half} w) {{ float{width} f; "
+    return (f"static inline float{width} zyx_bf16_lanes_{width}({word_type(width)} w) {{ float{width} f; "
             f"f.even = as_float{half}(w << 16); f.odd = as_float{half}(w & 0xFFFF0000u); return f; }}")
 
 
@@ -71,9 +76,9 @@ def _bf16_rounding_helper(width: int) -> list[str]:
     instructions a lane (W7's GELU, four roundings an element, ran at 1.37 TB/s on an H100)."""
     f, u = f"float{width}", f"uint{width}"
     words = ",".join(f"zyx_bf16x2(f.s{lane + 1:x},f.s{lane:x})" for lane in range(0, width, 2))
-    word = "uint" if width == 2 else f"uint{width // 2}"
     return [f"#ifdef {PTX_CONVERSIONS}",
-            f"static inline {f} zyx_round_bf16_{width}({f} f) {{ return zyx_bf16_lanes_{width}(({word})({words})); }}",
+            f"static inline {f} zyx_round_bf16_{width}({f} f) {{ "
+            f"return zyx_bf16_lanes_{width}(({word_type(width)})({words})); }}",
             "#else",
             f"static inline {f} zyx_round_bf16_{width}({f} f) {{ {u} u = as_{u}(f); "
             f"return select(as_{f}((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u), f, isnan(f)); }}",

@@ -21,7 +21,7 @@ from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
 from .launch_groups import launch_groups_of
-from .opencl_prelude import GROUP_SIZE_STATED, prelude
+from .opencl_prelude import GROUP_SIZE_STATED, prelude, word_type
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
                            dtypes_used, kernel_name, pick)
 from .symbolic import Expr
@@ -170,8 +170,7 @@ def _words(buffer: str, index: Expr, width: int, const: str = "const ") -> str:
     """`width` aligned 16-bit elements from `index` as one load or store of 32-bit words: vloadN and vstoreN promise
     NVIDIA's compiler 2-byte alignment only, and it moves each element apart (W7's row sums of 64 bf16 values an
     item: 470 GB/s, 1520 as 16-byte words on an H100). Buffers start at least 16-byte aligned."""
-    word = "uint" if width == 2 else f"uint{width // 2}"
-    return f"((__global {const}{word}*){buffer})[{(index // width).render()}]"
+    return f"((__global {const}{word_type(width)}*){buffer})[{(index // width).render()}]"
 
 
 def load(statement: Load) -> str:
@@ -234,7 +233,7 @@ def store(statement: Store) -> str:
         if dtype.name in ("bfloat16", "float16") and aligned(index, width):  # (float16: as vstore_half rounds)
             kind = "bf16" if dtype.name == "bfloat16" else "half"
             pairs = ",".join(f"zyx_pack_{kind}({value}.s{lane:x},{value}.s{lane + 1:x})" for lane in range(0, width, 2))
-            return f"{_words(buffer, index, width, '')} = (uint{'' if width == 2 else width // 2})({pairs});"
+            return f"{_words(buffer, index, width, '')} = ({word_type(width)})({pairs});"
         if dtype.name == "float16":  # rounded to nearest even, as vstore_half does
             return f"vstore_half{width}({value},{_vector_offset(index, width, buffer)});"
         if dtype.name == "bfloat16":

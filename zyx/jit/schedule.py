@@ -652,8 +652,7 @@ def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
     if words and vector is None:
         lanes = _bf16_lanes(kernel)
-        vector = lanes and unroll_reductions(lanes, lambda trips: next(u for u in (8, 4, 2, 1)
-                                                                      if u <= unroll and trips % u == 0))
+        vector = lanes and _dividing_unroll(lanes, min(unroll, 8))
     vector = vector or (_vector_kernel(kernel, width, unroll, gpu=traits.gpu) if width > 1 else None)
     return vector or _unrolled(kernel, unroll)
 
@@ -768,9 +767,12 @@ def _vector_kernel(kernel: Kernel, width: int, unroll: int = VECTOR_UNROLL, tail
     are lanes too (`vectorize`'s `scalar_gathers` and `narrow`)."""
     vector = (vectorize(kernel, width, scalar_gathers=not gpu, narrow=gpu)
               or vectorize(kernel, width, uniform=True, tails=tails, narrow=gpu))
-    if vector is None:
-        return None
-    return unroll_reductions(vector, lambda trips: next(u for u in (16, 8, 4, 2, 1) if u <= unroll and trips % u == 0))
+    return None if vector is None else _dividing_unroll(vector, unroll)
+
+
+def _dividing_unroll(kernel: Kernel, unroll: int) -> Kernel:
+    """`kernel`'s loops each with up to `unroll` accumulators, as many as divide its trips (a power of two)."""
+    return unroll_reductions(kernel, lambda trips: next(u for u in (16, 8, 4, 2, 1) if u <= unroll and trips % u == 0))
 
 
 @dataclass(frozen=True)
