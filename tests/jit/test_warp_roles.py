@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections import Counter
 
 import pytest
 
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, LocalArray, LocalLoad, LocalRoundTF32, Loop,
-                               NamedBarrier, RegisterBudget, WarpgroupCommit, WarpgroupMma, WarpgroupWait,
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, Load, LocalArray, LocalLoad, LocalRoundTF32, Loop,
+                               NamedBarrier, RegisterBudget, Store, WarpgroupCommit, WarpgroupMma, WarpgroupWait,
                                simplify_cond, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS
 from zyx.jit.schedule import schedule
@@ -26,13 +27,18 @@ PRODUCER, CONSUMER = 256, 0  # an item of each role
 def _events(body: tuple, values: dict, stage_size: dict):
     """What one item does, in order: ("wait" | "arrive", barrier), ("copy", buffer, slice), ("commit",),
     ("landed", pending), ("round", buffer, array), ("read", buffer, slice, array), ("batch",), ("done", pending); a
-    slice is the step of its loop. A read: a wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into
+    slice is the step of its loop (the consumers' of a persistent group: their block's first slice + the step). A read: a wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into
     registers (counted with the batch after it, whose wait releases the slice). A round: the producer rounding its
     copies in `array`'s buffer in place (TF32)."""
     for s in body:
-        if isinstance(s, Loop):
+        if isinstance(s, Loop) and s.var == warp_roles.TILE:  # a persistent group's blocks: slices counted on
+            inner = next(x.trips for x in s.body if isinstance(x, Loop))
             for value in range(s.trips):
-                yield from _events(s.body, {**values, s.var: Expr(value), "step": value}, stage_size)
+                yield from _events(s.body, {**values, s.var: Expr(value), "first": value * inner}, stage_size)
+        elif isinstance(s, Loop):
+            for value in range(s.trips):
+                yield from _events(s.body, {**values, s.var: Expr(value), "step": values.get("first", 0) + value},
+                                   stage_size)
         elif isinstance(s, If):
             cond = simplify_cond(tuple((substitute(e, values), op, k) for e, op, k in s.cond))
             assert cond in (None, ()), f"a condition the role and step do not settle: {s.cond}"
@@ -261,3 +267,98 @@ def test_named_barriers_and_register_budgets_print_as_ptx():
     assert 'bar.arrive %0, 384;' in STATEMENTS[NamedBarrier](NamedBarrier(Expr(5), 384, False))
     assert STATEMENTS[RegisterBudget](RegisterBudget(232, True)) == \
         'asm volatile("//@@setmaxnreg.inc.sync.aligned.u32 232;" ::: "memory");'
+
+
+# ---- persistent groups -------------------------------------------------------------------------------------------
+FEW_UNITS = dataclasses.replace(HOPPER, compute_units=2)  # (a device of 2 SMs: 4 blocks make 2 groups of 2)
+
+
+def _persistent_kernel(trips: int, stages: int, traits=FEW_UNITS, dtype="bfloat16", rows=256, columns=512):
+    k = trips * (64 if dtype != "float32" else 32)
+    x, y = operands((rows, k), (k, columns), dtype=dtype)
+    choice = Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=stages, pipelined=1, warpgroup=1, split=1)
+    site = product_kernel(x @ y, traits).site
+    kernel, = [k for k in schedule([(x @ y).node], traits, TunedChoices({site.key: choice}))[0] if "mma" in k.source]
+    return kernel
+
+
+def test_resident_groups_divide_the_blocks_among_the_units_or_take_one_block_each(monkeypatch):
+    """H100/H200 (132 SMs): W7's 16384 x 3072 outputs in 128 x 256 blocks (1 536) as 128 groups of 12, 4096² (512)
+    as 128 of 4, the LM head's 128 x 197 blocks as 128 groups; 72 blocks (fewer than the SMs) and a prime count
+    (no divisor near the SMs) a group each; unknown units or ZYX_WGMMA_PERSISTENT=0 likewise."""
+    resident = warp_roles.resident_groups
+    assert [resident(b, 132) for b in (1536, 512, 128 * 197, 72, 132, 139, 264)] == [128, 128, 128, 72, 132, 139, 132]
+    assert resident(1536, 0) == 1536
+    monkeypatch.setenv("ZYX_WGMMA_PERSISTENT", "0")
+    assert resident(1536, 132) == 1536
+
+
+@pytest.mark.parametrize("trips, stages, wait_one, early", [(1, 4, "1", "1"), (2, 3, "1", "1"), (5, 4, "1", "1"),
+                                                             (3, 4, "0", "1"), (5, 3, "1", "0"), (2, 4, "0", "0")])
+def test_persistent_groups_hand_their_slices_over_from_block_to_block(monkeypatch, trips, stages, wait_one, early):
+    """A group taking 2 blocks: the producer counts the slices of both in one loop (it copies the second block's
+    first slices while the consumers still multiply the first's), the consumers loop over blocks and slices: the
+    model runs the protocol over all 2·trips slices (blocks of one slice included, where every hand-over spans
+    blocks), either hand-over order, a batch in flight or not."""
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", early)
+    monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", wait_one)
+    kernel = _persistent_kernel(trips, stages)
+    assert kernel.global_size == 2 * 384
+    tiles = [s for s in walk(kernel.ir.body) if isinstance(s, Loop) and s.var == warp_roles.TILE]
+    assert [t.trips for t in tiles] == [2]
+    run_hand_over(kernel, stages, 2 * trips)
+
+
+def test_tf32_products_take_a_group_a_block():
+    """TF32's warpgroup products stay a group a block (tensor_cores._warp_roles: one came out wrong persistent)."""
+    kernel = _persistent_kernel(3, 4, dataclasses.replace(TF32, compute_units=2), "float32", rows=512)
+    assert kernel.global_size > 2 * 384 and "int tile" not in kernel.source
+
+
+def _global_accesses(kernel, trips: int, groups: int) -> Counter:
+    """Every global access of every item of every group: ("copy", buffer, source, guarded, block, slice) of each
+    AsyncCopy (the block and slice the copying loop's step stands for: slice s of a group's loop is slice s %
+    trips of its block s // trips) and ("store" | "load", buffer, index, block) of each Store and Load."""
+    found: Counter = Counter()
+
+    def visit(body: tuple, values: dict, step: int, tile: int) -> None:
+        for s in body:
+            if isinstance(s, Loop):
+                for value in range(s.trips):
+                    visit(s.body, {**values, s.var: Expr(value)}, *((step, value) if s.var == warp_roles.TILE
+                                                                      else (value, tile)))
+            elif isinstance(s, If):
+                cond = simplify_cond(tuple((substitute(e, values), op, k) for e, op, k in s.cond))
+                assert s.when is None and cond in (None, ()), s.cond
+                if cond == ():
+                    visit(s.body, values, step, tile)
+            elif isinstance(s, AsyncCopy):
+                guarded = simplify_cond(tuple((substitute(e, values), op, k) for e, op, k in s.guard)) == ()
+                block = values["gid"].const + groups * (step // trips)
+                found[("copy", s.buffer, substitute(s.source, values).const, guarded, block, step % trips)] += 1
+            elif isinstance(s, (Store, Load)):
+                block = values["gid"].const + groups * tile
+                found[(type(s).__name__, s.buffer, substitute(s.index, values).const, block)] += 1
+
+    for gid in range(kernel.global_size // kernel.local_size):
+        for lid in range(kernel.local_size):
+            visit(kernel.ir.body, {"gid": Expr(gid), "lid": Expr(lid)}, 0, 0)
+    return found
+
+
+@pytest.mark.parametrize("dtype, rows, columns, trips", [("bfloat16", 256, 512, 3), ("float16", 200, 300, 2)])
+def test_a_persistent_group_copies_and_stores_what_its_blocks_groups_would(monkeypatch, dtype, rows, columns, trips):
+    """The same accesses, item for item, with each copy standing for the same block and slice and each store for
+    the same block, as the kernel launching a group a block (ZYX_WGMMA_PERSISTENT=0): the block order (bands of
+    rows) and the epilogue's indices carry over, edges in both directions included (200 x 300); an epilogue reading
+    a bias included."""
+    traits = FEW_UNITS
+    k = trips * 64
+    x, y, bias = operands((rows, k), (k, columns), (columns,), dtype=dtype)
+    out = (x @ y + bias).relu()
+    persistent = product_kernel(out, traits)
+    monkeypatch.setenv("ZYX_WGMMA_PERSISTENT", "0")
+    single = product_kernel(out, traits)
+    blocks = single.global_size // single.local_size
+    assert persistent.global_size == 2 * 384 and blocks > 2 and "int tile" not in single.source
+    assert _global_accesses(persistent, trips, 2) == _global_accesses(single, trips, blocks)

@@ -440,7 +440,8 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     patched and assembled by ptxas for sm_90a within the registers of the kernel's group (NVIDIA's compiler takes
     the group size from reqd_work_group_size, which a kernel with a producer warpgroup prints: 384 items, 170
     registers each; 255 in 256 items; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a from
-    registers; a transposed a of x.T @ y), 128 accumulators need no spills, and ptxas keeps the wgmmas asynchronous."""
+    registers; a transposed a of x.T @ y; persistent groups), 128 accumulators need no spills, and ptxas keeps the
+    wgmmas asynchronous."""
     n, k, m = shape
     x, y, w, t = operands((n, k), (k, m), (m, k), (k, n))
     f, g, h = operands((n, k), (k, m), (m, k), dtype="float32")
@@ -451,6 +452,8 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     monkeypatch.setenv("ZYX_TF32_VECTOR_A", "1")  # (its a read a vector at a time)
     kernels += [product_kernel(f @ g, TF32)]
     monkeypatch.delenv("ZYX_TF32_VECTOR_A")
+    # persistent groups (2 groups: the slice loop inside a loop over blocks)
+    kernels += [product_kernel(x @ y, dataclasses.replace(HOPPER, compute_units=2))]
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     kernels += [product_kernel(f @ g, TF32)]
     sources = [(kernel.source, kernel.local_size) for kernel in kernels] + [(warpgroup_probe_source(), 384)]

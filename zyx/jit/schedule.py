@@ -446,7 +446,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
     if traits.tensor_cores and family in (None, "tensor_cores"):
         cores = lower_tensor_cores(root, materialized, site.produced, product,
                                    traits.tensor_cores, traits.tensor_core_local_memory, site.apart, traits.max_params,
-                                   choice)
+                                   choice, traits.compute_units)
         if cores is not None:
             lowered, kernel, plan = cores
             options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup,

@@ -288,11 +288,13 @@ def _forced_shape() -> Optional[tuple[int, int, int]]:
 
 def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[int], product: Optional[Node],
                        kinds: tuple[str, ...], local_memory: int, stored_apart: frozenset, param_limit: int,
-                       choice: Optional[Choice] = None) -> Optional[tuple[LoweredKernel, Kernel, TensorCorePlan]]:
+                       choice: Optional[Choice] = None,
+                       compute_units: int = 0) -> Optional[tuple[LoweredKernel, Kernel, TensorCorePlan]]:
     """The kernel computing `root`'s product on tensor cores, the lowering it came from and its plan (`choice`'s
     where it can be lowered, else the heuristics'), or None where it is not planned there: a pipeline where a 16-bit
     operand is copied by cp.async (unless ZYX_TC_PIPELINE=0): by warpgroups where `kinds` has "wgmma", else by
-    warps; else operands staged through registers, double-buffered where local memory allows."""
+    warps; else operands staged through registers, double-buffered where local memory allows. `compute_units`: the
+    device's, for warpgroup products in persistent groups (warp_roles.resident_groups)."""
     piped = os.environ.get("ZYX_TC_PIPELINE") != "0"
     attempts = [(True, None, True)] if piped and WGMMA in kinds else []
     attempts += [(pipelined, None, False) for pipelined in ((True, False) if piped else (False,))]
@@ -309,7 +311,7 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         if not pipelined:
             return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
         round_tiles = os.environ.get("ZYX_TF32_ROUND_TILES") != "0"
-        kernel = ((_warp_roles(lowered.ir, plan, round_tiles) if plan.warpgroup else None)
+        kernel = ((_warp_roles(lowered.ir, plan, round_tiles, compute_units) if plan.warpgroup else None)
                   or pipeline(lowered.ir, plan.buffers, round_tiles))
         if kernel is not None and plan.warpgroup and os.environ.get("ZYX_WGMMA_PAIRED_STORES") != "0":
             kernel = paired_loads(paired_stores(kernel))  # (bf16 16384x768x3072 on an H100: 249 -> 411 TFLOP/s)
@@ -318,13 +320,15 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
     return None
 
 
-def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool) -> Optional[Kernel]:
+def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool, units: int) -> Optional[Kernel]:
     """A warpgroup product with a producer warpgroup (transforms/warp_roles.py) unless ZYX_WGMMA_PRODUCER=0; its
     consumers keep one batch in flight unless ZYX_WGMMA_WAIT_ONE=0 and, where their a lies in registers (TF32: the
     batch in flight still reads them while the next slice's are loaded, so ptxas keeps both sets), take registers
     from the producer. The producer hands each landed slice over before it refills a buffer (on the H200 TF32 4096³
     ran 267 TFLOP/s so against 209 the other way, bfloat16 8192³ the same: bench/GPU.md); ZYX_WGMMA_EARLY_HAND_OVER=0
-    refills first.
+    refills first. 16-bit products with more blocks than `units` take them in persistent groups; TF32's do not (on
+    an H100 TF32 2000 x 777 x 4000 in a @ b.T came out wrong so, its cause not found and a group a block unmeasured
+    there at that shape: bench/GPU.md, session 47).
 
     float16 consumers keep no batch in flight: on the H200 (driver 580.159.04) a float16 product with k >= 2048 (a
     loop of slices) and a batch in flight came out wrong, its last slice only ~70 % counted, as if the epilogue's
@@ -335,7 +339,7 @@ def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool) -> Opti
         return None
     wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0" and plan.kind != "f16"
     return warp_roles(kernel, plan.buffers, wait_one, plan.right_in_registers, round_tiles,
-                      os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") != "0")
+                      os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") != "0", units if plan.kind != "tf32" else 0)
 
 
 def _copy_position(flat: Expr, per_row: int, width: int, along_k: bool) -> tuple[Expr, Expr]:

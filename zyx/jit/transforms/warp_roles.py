@@ -16,10 +16,17 @@ its fence and hand-over (async_pipeline.tf32_rounding: each producer item rounds
 
 TF32 products' consumers hold their a in registers (tensor_cores.py): they take registers from the producer
 (RegisterBudget, setmaxnreg) so that 128 x 256 blocks fit with a batch in flight.
+
+Persistent groups (`units`): where the blocks outnumber the device's compute units, `resident_groups` of them
+(a divisor of the blocks) each take blocks gid, gid + groups, ... in turn. The slices run on through the same
+buffers and barriers from one block to the next, so the producer copies the next block's first slices while the
+consumers store the last one's outputs: a block starts with its slices landed, not a global load's latency after
+its launch (W7's products with k = 768 take 12 slices a block).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Optional
 
 from ..kernel_ir import (AsyncCommit, AsyncProxyFence, AsyncWait, Axis, Barrier, If, Kernel, LocalArray,
@@ -34,15 +41,18 @@ from .double_buffer import at_step
 # 64 Ki a group of 3 warpgroups may hold (40 x 128 + 232 x 256 <= 65536)
 PRODUCER_REGISTERS, CONSUMER_REGISTERS = 40, 232
 BARRIERS = 15  # named barriers 1-15 (0 is Barrier's): two per stage
+TILE = "tile"  # the consumers' loop over a persistent group's blocks
+RESIDENT_SHARE = 0.75  # persistent groups only where a divisor of the blocks keeps this share of the units busy
 
 
 def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool = False,
-               round_tiles: bool = True, early: bool = False) -> Optional[Kernel]:
+               round_tiles: bool = True, early: bool = False, units: int = 0) -> Optional[Kernel]:
     """`kernel` (a warpgroup product's staging loop, as lowered) with a producer warpgroup after its items copying
     the slices into `stages` buffers (rounding TF32 tiles unless not `round_tiles`) and its items multiplying them;
     `budget`: the registers moved from the producer to the consumers (RegisterBudget); `early`: the producer hands
-    a slice over before it waits for a buffer to refill (_Roles.producer). None where that form does not apply: no
-    staging loop, an operand staged
+    a slice over before it waits for a buffer to refill (_Roles.producer); `units`: the device's compute units
+    (0: unknown), for persistent groups (`resident_groups`). None where that form does not apply: no staging loop,
+    an operand staged
     through registers (a fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer
     than 3 stages (no slice would be in flight while one is handed over) or more than the barriers hold."""
     position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
@@ -57,8 +67,10 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
         return None
     consumers = kernel.axis(Role.LOCAL).size  # type: ignore[union-attr]
     items = consumers + WARPGROUP
+    blocks = kernel.work_items
+    groups = resident_groups(blocks, units)
     halves = {s.name: s for s in before if isinstance(s, LocalArray) and s.name in {c.array for c in copies}}
-    roles = _Roles(loop.var, loop.trips, stages, items, wait_one, early)
+    roles = _Roles(loop.var, loop.trips, stages, items, wait_one, early, blocks // groups)
     lid = Expr.var("lid", items)
     producer_item = Expr.clamped(lid, consumers, items - 1) - consumers  # 0-127, as an index's lower bound needs
     rounds = tf32_rounding(copies, compute) if round_tiles else ()
@@ -66,22 +78,40 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
               for share in range(consumers // WARPGROUP)]
     copied = tuple(s for share in shares for s in share if not isinstance(s, LocalRoundTF32))
     rounded = tuple(s for share in shares for s in share if isinstance(s, LocalRoundTF32))
+    copied = copy_body(copied, roles.producer_block(groups), "", {})
     produce = roles.producer(at_step(copied, loop.var, roles.step, roles.step % stages, halves, ""),
                              lambda slice_: at_step(rounded, loop.var, slice_, (slice_ + stages) % stages, halves, ""))
-    consume = roles.consumer(at_step(compute[:-1], loop.var, roles.step, roles.step % stages, halves, ""))
+    consumed = roles.consumed
+    compute = at_step(compute[:-1], loop.var, Expr.var(loop.var, loop.trips), consumed % stages, halves, "")
+    block = roles.consumer_block(groups)
+    consume = roles.consumer(compute, copy_body(prefix, block, "", {}), copy_body(after, block, "", {}))
     if budget:
         produce = (RegisterBudget(PRODUCER_REGISTERS, False), *produce)
         consume = (RegisterBudget(CONSUMER_REGISTERS, True), *consume)
     arrays = tuple(dataclasses.replace(s, size=stages * s.size) if s.name in halves else s
                    for s in before if isinstance(s, LocalArray))
-    body = (*arrays, If(((lid, "ge", consumers),), produce), If(((lid, "lt", consumers),), prefix + consume + after))
-    axes = tuple(Axis(a.name, items, a.role) if a.role is Role.LOCAL else a for a in kernel.axes)
+    body = (*arrays, If(((lid, "ge", consumers),), produce), If(((lid, "lt", consumers),), consume))
+    axes = tuple(Axis(a.name, items, a.role) if a.role is Role.LOCAL
+                 else Axis(a.name, groups, a.role) if a.role is Role.GLOBAL else a for a in kernel.axes)
     return dataclasses.replace(kernel, axes=axes, body=body)
+
+
+def resident_groups(blocks: int, units: int) -> int:
+    """The work groups a product of `blocks` blocks launches: the largest divisor of `blocks` up to `units` (the
+    device's compute units, one group each: a 128 x 256 block's 200 KiB of local memory and 384 items fill an SM)
+    where it keeps RESIDENT_SHARE of them busy, each group then taking blocks // groups blocks in turn; else
+    `blocks` (a group a block). ZYX_WGMMA_PERSISTENT=0: always `blocks`."""
+    if units <= 0 or blocks <= units or os.environ.get("ZYX_WGMMA_PERSISTENT") == "0":
+        return blocks
+    groups = next(g for g in range(units, 0, -1) if blocks % g == 0)
+    return groups if groups >= RESIDENT_SHARE * units else blocks
 
 
 @dataclasses.dataclass(frozen=True)
 class _Roles:
-    """The two roles' loops over `trips` slices handed over through `stages` buffers by barriers of `items`."""
+    """The two roles' loops over `trips` slices a block, `tiles` blocks a group, handed over through `stages`
+    buffers by barriers of `items`: the producer counts the slices of all its blocks in one loop, the consumers
+    loop over blocks, then slices."""
 
     var: str
     trips: int
@@ -89,10 +119,33 @@ class _Roles:
     items: int
     wait_one: bool
     early: bool = False
+    tiles: int = 1
+
+    @property
+    def slices(self) -> int:
+        return self.trips * self.tiles
 
     @property
     def step(self) -> Expr:
-        return Expr.var(self.var, self.trips)
+        """The producer's slice: its loop counter over all its blocks' slices."""
+        return Expr.var(self.var, self.slices)
+
+    @property
+    def consumed(self) -> Expr:
+        """The consumers' slice: their block's first slice + their loop counter."""
+        inner = Expr.var(self.var, self.trips)
+        return inner if self.tiles == 1 else Expr.var(TILE, self.tiles) * self.trips + inner
+
+    def producer_block(self, groups: int) -> dict[str, Expr]:
+        """What the lowering's block (`gid`) and slice are at the producer's step."""
+        if self.tiles == 1:
+            return {}
+        step = self.step
+        return {"gid": Expr.var("gid", groups) + groups * (step // self.trips), self.var: step % self.trips}
+
+    def consumer_block(self, groups: int) -> dict[str, Expr]:
+        """What the lowering's block (`gid`) is in the consumers' block loop."""
+        return {} if self.tiles == 1 else {"gid": Expr.var("gid", groups) + groups * Expr.var(TILE, self.tiles)}
 
     @property
     def ahead(self) -> int:
@@ -113,22 +166,23 @@ class _Roles:
         consumers' release of the buffer refilled at step s follows their wait for slice s - stages + 1, handed
         over at step s - 1)."""
         step, ahead = self.step, self.ahead
-        last = range(max(self.trips - ahead, 0), self.trips)
+        last = range(max(self.slices - ahead, 0), self.slices)
         refill = (*when(((step, "ge", self.stages),), (NamedBarrier(self.empty(step), self.items, True),)),
                   *copies, AsyncCommit())
         hand_over = when(((step, "ge", ahead),), (AsyncWait(ahead - 1 if self.early else ahead), *landed(step - ahead),
                                                  AsyncProxyFence(),
                                                  NamedBarrier(self.full(step + self.stages - ahead), self.items, False)))
         body = (*hand_over, *refill) if self.early else (*refill, *hand_over)
-        return (Loop(self.var, self.trips, body), AsyncWait(0), *(s for first in last for s in landed(Expr(first))),
+        return (Loop(self.var, self.slices, body), AsyncWait(0), *(s for first in last for s in landed(Expr(first))),
                 AsyncProxyFence(), *(NamedBarrier(self.full(Expr(s)), self.items, False) for s in last))
 
-    def consumer(self, compute: tuple) -> tuple:
-        """Per step: wait for the slice, multiply it (`compute`: its batch issued and committed), wait for the
-        batch before (`wait_one`) or this one, release the buffer of the batch waited for unless no slice is left to
-        refill it."""
-        step, pending = self.step, int(self.wait_one)
-        release = when(((step, "ge", pending), (step, "lt", self.trips - self.stages + pending)),
+    def consumer(self, compute: tuple, prefix: tuple = (), after: tuple = ()) -> tuple:
+        """Per block: `prefix`, then per step: wait for the slice, multiply it (`compute`: its batch issued and
+        committed), wait for the batch before (`wait_one`) or this one, release the buffer of the batch waited for
+        unless no slice is left to refill it; then the last batch waited for and `after` (the block's outputs)."""
+        step, pending = self.consumed, int(self.wait_one)
+        release = when(((step, "ge", pending), (step, "lt", self.slices - self.stages + pending)),
                              (NamedBarrier(self.empty(step + self.stages - pending), self.items, False),))
         body = (NamedBarrier(self.full(step), self.items, True), *compute, WarpgroupWait(pending), *release)
-        return (Loop(self.var, self.trips, body), *((WarpgroupWait(0),) if pending else ()))
+        block = (*prefix, Loop(self.var, self.trips, body), *((WarpgroupWait(0),) if pending else ()), *after)
+        return block if self.tiles == 1 else (Loop(TILE, self.tiles, block),)
