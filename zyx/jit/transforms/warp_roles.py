@@ -51,10 +51,10 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
     the slices into `stages` buffers (rounding TF32 tiles unless not `round_tiles`) and its items multiplying them;
     `budget`: the registers moved from the producer to the consumers (RegisterBudget); `early`: the producer hands
     a slice over before it waits for a buffer to refill (_Roles.producer); `units`: the device's compute units
-    (0: unknown), for persistent groups (`resident_groups`). None where that form does not apply: no staging loop,
-    an operand staged
-    through registers (a fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer
-    than 3 stages (no slice would be in flight while one is handed over) or more than the barriers hold."""
+    (0: unknown), for persistent groups (`resident_groups`) where every copy moves 16 bytes (the form a GPU checked:
+    bench/GPU.md, session 47). None where that form does not apply: no staging loop, an operand staged through
+    registers (a fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer than 3
+    stages (no slice would be in flight while one is handed over) or more than the barriers hold."""
     position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
     if position is None or not 3 <= stages <= BARRIERS // 2:
         return None
@@ -68,7 +68,8 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
     consumers = kernel.axis(Role.LOCAL).size  # type: ignore[union-attr]
     items = consumers + WARPGROUP
     blocks = kernel.work_items
-    groups = resident_groups(blocks, units)
+    whole = all(c.width * c.itemsize == 16 for c in copies)  # (the persistent form checked on a GPU: bench/GPU.md)
+    groups = resident_groups(blocks, units if whole else 0)
     halves = {s.name: s for s in before if isinstance(s, LocalArray) and s.name in {c.array for c in copies}}
     roles = _Roles(loop.var, loop.trips, stages, items, wait_one, early, blocks // groups)
     lid = Expr.var("lid", items)
