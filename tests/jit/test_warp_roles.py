@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, Load, LocalArray, LocalLoad, LocalRoundTF32, Loop,
-                               NamedBarrier, RegisterBudget, Store, WarpgroupCommit, WarpgroupMma, WarpgroupWait,
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, If, Load, LocalArray, LocalLoad, LocalRoundTF32,
+                               Loop, NamedBarrier, RegisterBudget, Store, WarpgroupCommit, WarpgroupMma, WarpgroupWait,
                                simplify_cond, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS
 from zyx.jit.schedule import schedule
@@ -27,8 +27,9 @@ PRODUCER, CONSUMER = 256, 0  # an item of each role
 def _events(body: tuple, values: dict, stage_size: dict):
     """What one item does, in order: ("wait" | "arrive", barrier), ("copy", buffer, slice), ("commit",),
     ("landed", pending), ("round", buffer, array), ("read", buffer, slice, array), ("batch",), ("done", pending); a
-    slice is the step of its loop (the consumers' of a persistent group: their block's first slice + the step). A read: a wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into
-    registers (counted with the batch after it, whose wait releases the slice). A round: the producer rounding its
+    slice is the step of its loop (the consumers' of a persistent group: their block's first slice + the step). A
+    read: a wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into registers (counted with the batch
+    after it, whose wait releases the slice). A round: the producer rounding its
     copies in `array`'s buffer in place (TF32)."""
     for s in body:
         if isinstance(s, Loop) and s.var == warp_roles.TILE:  # a persistent group's blocks: slices counted on
@@ -352,13 +353,11 @@ def test_a_persistent_group_copies_and_stores_what_its_blocks_groups_would(monke
     the same block, as the kernel launching a group a block (ZYX_WGMMA_PERSISTENT=0): the block order (bands of
     rows) and the epilogue's indices carry over, edges in both directions included (200 x 264); an epilogue reading
     a bias included."""
-    traits = FEW_UNITS
-    k = trips * 64
-    x, y, bias = operands((rows, k), (k, columns), (columns,), dtype=dtype)
+    x, y, bias = operands((rows, 64 * trips), (64 * trips, columns), (columns,), dtype=dtype)
     out = (x @ y + bias).relu()
-    persistent = product_kernel(out, traits)
+    persistent = product_kernel(out, FEW_UNITS)
     monkeypatch.setenv("ZYX_WGMMA_PERSISTENT", "0")
-    single = product_kernel(out, traits)
+    single = product_kernel(out, FEW_UNITS)
     blocks = single.global_size // single.local_size
     assert persistent.global_size == 2 * 384 and blocks > 2 and "int tile" not in single.source
     assert _global_accesses(persistent, trips, 2) == _global_accesses(single, trips, blocks)
