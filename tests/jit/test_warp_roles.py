@@ -371,3 +371,12 @@ def test_products_copied_in_pieces_of_under_16_bytes_take_a_group_a_block():
     kernel = product_kernel(x @ y, FEW_UNITS)
     assert 4 in {s.width * s.itemsize for s in walk(kernel.ir.body) if isinstance(s, AsyncCopy)}
     assert kernel.global_size > 2 * 384 and "int tile" not in kernel.source
+
+
+def test_a_gpt2_small_linear_layer_takes_a_group_an_sm_on_132_sms():
+    """W7's MLP up projection (16384 tokens x 768 -> 3072, bf16, x @ W.T): 1 536 blocks of 128 x 256, rows on 16-byte
+    boundaries, in 128 persistent groups of 12 blocks on an H100's or H200's 132 SMs."""
+    x, w = operands((16384, 768), (3072, 768))
+    kernel = product_kernel(x @ w.T, dataclasses.replace(HOPPER, compute_units=132))
+    tiles, = [s for s in walk(kernel.ir.body) if isinstance(s, Loop) and s.var == warp_roles.TILE]
+    assert kernel.global_size == 128 * 384 and tiles.trips == 12
