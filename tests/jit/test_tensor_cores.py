@@ -3,6 +3,8 @@ from traits), and what they compute (on an NVIDIA GPU of compute capability 8.0 
 the PTX they print), against numpy on the same rounded operands."""
 from __future__ import annotations
 
+from typing import Optional
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -254,6 +256,40 @@ def test_tf32_products_on_tensor_cores_match_numpy_to_tf32_precision(cores, tf32
     assert any("tf32" in kernel.source for kernel in kernels_of(out, cores._shaping_traits()))
     expected = a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_allclose(out.numpy(), expected, atol=2.0 ** -8 * np.sqrt(k))  # 10 bits kept, rounded
+
+
+FORMS = {"a@b": lambda x, y: x @ y, "a@b.T": lambda x, y: x @ y.T, "a.T@b": lambda x, y: x.T @ y,
+         "a.T@b.T": lambda x, y: x.T @ y.T}
+
+
+def _operands(rng, n: int, k: int, m: int, form: str, dtype: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+    """a, b as `form` stores them (a.T: a stored (k, n); b.T: b stored (m, k)), float32 or rounded to `dtype`."""
+    a_shape, b_shape = (k, n) if form.startswith("a.T") else (n, k), (m, k) if form.endswith("b.T") else (k, m)
+    if dtype is None:
+        return rng.standard_normal(a_shape, dtype=np.float32), rng.standard_normal(b_shape, dtype=np.float32)
+    return rounded(rng, a_shape, dtype), rounded(rng, b_shape, dtype)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_tf32_products_of_every_form_with_rows_off_16_byte_boundaries_match_numpy(cores, tf32_allowed, form):
+    """Rows of 777 floats, copied 4 bytes at a time, edges in every direction, 256 blocks of 128 x 256: on an H100 the
+    persistent form of a @ b.T and a.T @ b.T came out wrong at this shape (bench/GPU.md, session 47; TF32 now takes
+    a group a block): the form it has now, against numpy."""
+    rng = np.random.default_rng(47)
+    a, b = _operands(rng, 2000, 777, 4000, form)
+    out = FORMS[form](cores.tensor(a), cores.tensor(b))
+    expected = FORMS[form](a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(out.numpy(), expected, atol=2.0 ** -8 * np.sqrt(777))
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_16_bit_products_with_more_blocks_than_sms_match_numpy(cores, form):
+    """2000 x 768 x 4000 in bf16: 256 blocks of 128 x 256, rows on 16-byte boundaries, edges in both directions of
+    the outputs: on Hopper persistent groups (a divisor of the blocks up to the SMs, each taking its blocks in turn)."""
+    rng = np.random.default_rng(48)
+    a, b = _operands(rng, 2000, 768, 4000, form, "bfloat16")
+    out = FORMS[form](cores.tensor(a), cores.tensor(b))
+    check(out.numpy(), FORMS[form](a.astype(np.float64), b.astype(np.float64)), "bfloat16", 768)
 
 
 def test_a_nan_stays_nan_through_tf32_rounding(cores, tf32_allowed):
