@@ -1,5 +1,6 @@
 """The kernel IR itself: each transform, applied to small lowered kernels, computes what the untransformed
 kernel computes; the printer's output compiles and runs on the OpenCL device."""
+import math
 import re
 
 import numpy as np
@@ -13,6 +14,7 @@ from zyx.jit.lower import lower
 from zyx.jit.matmul import LocalTileLowering, plan_local_tiles
 from zyx.jit.print_opencl import print_kernel
 from zyx.jit.rows import lower_rows
+from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
 from zyx.jit.tiling import hosted_matmul
 from zyx.jit.transforms.double_buffer import double_buffer
@@ -263,3 +265,22 @@ def test_columns_are_grouped_only_where_that_leaves_the_gpu_enough_groups(monkey
     x = zyx.CPU().tensor(np.zeros((4096, columns), np.float32))
     root = (x * 2).sum(0).node
     assert column_outputs(lower(root, {id(root): root}, set()).ir, 256) == (COLUMNS if grouped else 1)
+
+
+@pytest.mark.parametrize("order", ["exp first", "erf first"])
+def test_an_erf_takes_the_exponential_of_the_same_value_its_kernel_computes(order):
+    """erf(r) and exp(-r·r) in one kernel (GELU's backward: Φ and φ of x/√2): the erf is printed as zyx_erf_exp
+    taking that exponential (opencl_prelude: what its polynomials compute), the statements computing it moved ahead
+    of an erf the trace put first; each exponential computed once; the values are the device's erf and exp."""
+    dev = zyx.OpenCL()
+    values = np.linspace(-5, 5, 4096, dtype=np.float32).reshape(64, 64)
+    x = dev.tensor(values) * 0.7
+    erf, gauss = x.erf(), (-(x * x)).exp()
+    out = erf * 3 + gauss if order == "erf first" else gauss * 3 + erf
+    kernel, = schedule([out.node], dev.traits)[0]
+    body = kernel.source.split("__kernel")[-1]
+    assert "zyx_erf_exp(" in body and "zyx_erf(" not in body and body.replace("zyx_erf_exp(", "").count("exp(") == 1
+    r = values.astype(np.float64) * 0.7
+    want = (np.vectorize(math.erf)(r) * 3 + np.exp(-r * r)) if order == "erf first" else \
+        (np.exp(-r * r) * 3 + np.vectorize(math.erf)(r))
+    np.testing.assert_allclose(out.numpy(), want, rtol=2e-6, atol=2e-6)

@@ -18,6 +18,8 @@ __kernel void erf_scalar(__global const float* x, __global float* y) {
   int i = get_global_id(0); y[i] = zyx_erf(x[i]); }
 __kernel void erf_lanes(__global const float* x, __global float* y) {
   int i = get_global_id(0); vstore16(zyx_erf(vload16(i, x)), i, y); }
+__kernel void erf_given_exp(__global const float* x, __global float* y) {
+  int i = get_global_id(0); float16 v = vload16(i, x); vstore16(zyx_erf_exp(v, exp(-(v * v))), i, y); }
 __kernel void bf16_lanes(__global const float* x, __global float* y) {
   int i = get_global_id(0); vstore8(zyx_round_bf16_8(vload8(i, x)), i, y); }
 __kernel void bf16_words(__global const float* x, __global float* y) {
@@ -86,6 +88,18 @@ def test_erf_is_within_three_ulp_of_float64s_with_nan_and_infinities(kernel, wid
     ulp = np.spacing(np.abs(want[finite]).astype(np.float32)).astype(np.float64)
     assert (np.abs(out[finite] - want[finite]) <= 3 * ulp).all()
     assert np.isnan(out[~finite]).all() and out[values == np.inf][0] == 1 and out[values == -np.inf][0] == -1
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_erf_given_its_exponential_is_erf_bit_for_bit(native):
+    """zyx_erf_exp(x, exp(-x·x)) (what a kernel computing that exponential anyway calls: print_opencl._erf_given_exp)
+    gives zyx_erf's bits, nan and infinities included; with ZYX_NATIVE_ERF both are the builtin."""
+    values = np.concatenate([np.linspace(-6, 6, 24001), np.logspace(-30, 0, 1000), [np.inf, -np.inf, np.nan, 4.0,
+                             -3.9999998, 0.99999994, 1.0]]).astype(np.float32)
+    values = np.concatenate([values, np.zeros(-len(values) % 16, np.float32)])
+    options = ("-DZYX_NATIVE_ERF",) if native else ()
+    given, plain = run_helper("erf_given_exp", values, 16, options), run_helper("erf_lanes", values, 16, options)
+    assert np.array_equal(given.view(np.uint32), plain.view(np.uint32))
 
 
 @pytest.mark.parametrize("kernel", ["bf16_lanes", "bf16_words"])

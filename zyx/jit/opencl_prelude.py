@@ -105,16 +105,19 @@ def _erf_helpers() -> list[str]:
     """zyx_erf for float and floatN: PoCL's `erf` is a scalar call per lane, 19.8 ms for 2M floats where its
     `exp` took 1.45 ms (PoCL 3.1, Zen 2): W7's GELU at the CPU size spent tens of milliseconds a step in it. Both
     branches are computed and selected, lane by lane, so vectors stay vectors; within 2.5 ulp of erf (float64)
-    over [-6, 6] and 30 decades below 1, nan kept, ±1 at ±inf."""
-    lines = [f"#ifdef {NATIVE_ERF}", "#define zyx_erf erf", "#else"]
+    over [-6, 6] and 30 decades below 1, nan kept, ±1 at ±inf. zyx_erf_exp(x, e) is erf(x) given e = exp(-x·x), which
+    the polynomials need (a kernel that computes it anyway passes it: print_opencl._erf_given_exp)."""
+    lines = [f"#ifdef {NATIVE_ERF}", "#define zyx_erf erf", "#define zyx_erf_exp(x, e) erf(x)", "#else"]
     for width in ("", "2", "4", "8", "16"):
         f = f"float{width}"
         lines.append(
-            f"static inline __attribute__((overloadable)) {f} zyx_erf({f} x) {{ {f} a = fabs(x), s = a * a; "
+            f"static inline __attribute__((overloadable)) {f} zyx_erf_exp({f} x, {f} e) {{ {f} a = fabs(x), s = a * a; "
             f"{f} small = x * {_horner(ERF_SMALL, 's')}; {f} t = 1.0f / a; "
-            f"{f} large = copysign(1.0f - exp(-s) * {_horner(ERF_LARGE, 't')}, x); "
+            f"{f} large = copysign(1.0f - e * {_horner(ERF_LARGE, 't')}, x); "
             f"large = select(large, copysign(({f})(1.0f), x), a >= 4.0f); "
             "return select(large, small, a < 1.0f); }")
+        lines.append(f"static inline __attribute__((overloadable)) {f} zyx_erf({f} x) "
+                     "{ return zyx_erf_exp(x, exp(-(x * x))); }")
     return lines + ["#endif"]
 
 
@@ -155,7 +158,7 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
     (("zyx_swizzle",), [  # (swizzle_bits)
         "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
     (("zyx_round_half",), _half_rounding_helper(1)),
-    (("zyx_erf",), _erf_helpers()),
+    (("zyx_erf", "zyx_erf_exp"), _erf_helpers()),
     *(((f"zyx_bf16_lanes_{width}", f"zyx_round_bf16_{width}"), [_bf16_lanes_helper(width)]) for width in WIDTHS),
     *(((f"zyx_round_bf16_{width}",), _bf16_rounding_helper(width)) for width in WIDTHS),
     *(((f"zyx_round_half_{width}",), _half_rounding_helper(width)) for width in WIDTHS),
