@@ -512,54 +512,65 @@ def print_kernel(kernel: Kernel) -> tuple[str, str]:
     return name, prelude(uses_double, uses_rand, text) + text
 
 
-def _erf_given_exp(body: tuple, known: Optional[dict[str, dict[str, Reg]]] = None) -> tuple:
-    """`body` with each float32 erf of a register whose exp(-r·r) an earlier statement in scope computes as
-    ERF_GIVEN_EXP of both: the prelude's erf polynomials take that exponential (zyx_erf_exp) instead of computing it
-    again. GELU's backward has both of x/√2 (Φ and φ): on PoCL 3.1 (Zen 2) W7's GELU-backward product took 9.8 ms a
-    call, 8.8 with the exponential once, its outputs the same bits (erf's own is exp(-a·a) of a = |r|)."""
-    known = {"square": {}, "negated": {}, "exp": {}} if known is None else {k: dict(v) for k, v in known.items()}
+def _erf_given_exp(body: tuple, known: Optional[dict[str, Reg]] = None) -> tuple:
+    """`body` with each float32 erf of a register whose exp(-r·r) an earlier statement in scope computes (`known`:
+    those of enclosing scopes) as ERF_GIVEN_EXP of both: the prelude's erf polynomials take that exponential
+    (zyx_erf_exp) instead of computing it again. GELU's backward has both of x/√2 (Φ and φ): on PoCL 3.1 (Zen 2)
+    W7's GELU-backward product took 9.8 ms a call, 8.8 with the exponential once, its outputs the same bits (erf's
+    own is exp(-a·a) of a = |r|)."""
+    known = dict(known or {})
+    body = _exps_ahead_of_erfs(body)
+    exps = {chain[-1]: name for name, chain in _gaussians(body).items()}  # an exponential's position -> its r
     out = []
-    for s in _exps_ahead_of_erfs(body):
+    for position, s in enumerate(body):
+        erf = _erf_of(s)
         if isinstance(s, (Loop, If)):
-            out.append(dataclasses.replace(s, body=_erf_given_exp(s.body, known)))
-            continue
-        if isinstance(s, Alu) and s.out.dtype == float32 and all(isinstance(a, Reg) for a in s.args):
-            first = s.args[0].name
-            if s.op is Op.MUL and s.args[0] == s.args[1]:
-                known["square"][s.out.name] = s.args[0]
-            elif s.op is Op.NEG and first in known["square"]:
-                known["negated"][s.out.name] = known["square"][first]
-            elif s.op is Op.EXP and first in known["negated"]:
-                known["exp"].setdefault(known["negated"][first].name, s.out)
-            elif s.op is Op.ERF and first in known["exp"] and known["exp"][first].width == s.out.width:
-                s = Alu(s.out, ERF_GIVEN_EXP, (s.args[0], known["exp"][first]))
+            s = dataclasses.replace(s, body=_erf_given_exp(s.body, known))
+        elif position in exps:
+            known.setdefault(exps[position], s.out)
+        elif erf in known and known[erf].width == s.out.width:
+            s = Alu(s.out, ERF_GIVEN_EXP, (s.args[0], known[erf]))
         out.append(s)
     return tuple(out)
+
+
+def _erf_of(statement: object) -> Optional[str]:
+    """The float32 register `statement` takes the erf of, if it is such an erf."""
+    if isinstance(statement, Alu) and statement.op is Op.ERF and isinstance(statement.args[0], Reg) \
+            and statement.out.dtype == float32:
+        return statement.args[0].name
+    return None
+
+
+def _gaussians(body: tuple) -> dict[str, list[int]]:
+    """Per float32 register r, the positions in `body` of the first statements computing exp(-r·r): r·r, its
+    negation, the exponential."""
+    squares: dict[str, tuple[str, list[int]]] = {}
+    negations: dict[str, tuple[str, list[int]]] = {}
+    chains: dict[str, list[int]] = {}
+    for position, s in enumerate(body):
+        if not isinstance(s, Alu) or s.out.dtype != float32 or not all(isinstance(a, Reg) for a in s.args):
+            continue
+        if s.op is Op.MUL and s.args[0] == s.args[1]:
+            squares[s.out.name] = (s.args[0].name, [position])
+        elif s.op is Op.NEG and s.args[0].name in squares:
+            name, positions = squares[s.args[0].name]
+            negations[s.out.name] = (name, [*positions, position])
+        elif s.op is Op.EXP and s.args[0].name in negations:
+            name, positions = negations[s.args[0].name]
+            chains.setdefault(name, [*positions, position])
+    return chains
 
 
 def _exps_ahead_of_erfs(body: tuple) -> tuple:
     """`body` with each exp(-r·r) that an erf of r comes before (the statements computing it: r·r, its negation,
     the exponential, which read r alone) moved just ahead of that erf, so that the erf can take it."""
-    squares: dict[str, int] = {}
-    negations: dict[str, tuple[str, list[int]]] = {}
-    chains: dict[str, list[int]] = {}  # register -> positions of the statements computing its exp(-r·r)
-    for position, s in enumerate(body):
-        if not isinstance(s, Alu) or s.out.dtype != float32 or not all(isinstance(a, Reg) for a in s.args):
-            continue
-        if s.op is Op.MUL and s.args[0] == s.args[1]:
-            squares[s.out.name] = position
-        elif s.op is Op.NEG and s.args[0].name in squares:
-            square = body[squares[s.args[0].name]]
-            negations[s.out.name] = (square.args[0].name, [squares[s.args[0].name], position])
-        elif s.op is Op.EXP and s.args[0].name in negations:
-            register, positions = negations[s.args[0].name]
-            chains.setdefault(register, [*positions, position])
+    chains = _gaussians(body)
     ahead = {}  # an erf's position -> the chain moved ahead of it
     for position, s in enumerate(body):
-        if isinstance(s, Alu) and s.op is Op.ERF and isinstance(s.args[0], Reg):
-            chain = chains.pop(s.args[0].name, None)
-            if chain is not None and chain[0] > position:
-                ahead[position] = chain
+        chain = chains.pop(_erf_of(s) or "", None)
+        if chain is not None and chain[0] > position:
+            ahead[position] = chain
     if not ahead:
         return body
     moved = {p for chain in ahead.values() for p in chain}
