@@ -519,15 +519,15 @@ def _erf_given_exp(body: tuple, known: Optional[dict[str, Reg]] = None) -> tuple
     W7's GELU-backward product took 9.8 ms a call, 8.8 with the exponential once, its outputs the same bits (erf's
     own is exp(-a·a) of a = |r|)."""
     known = dict(known or {})
-    body = _exps_ahead_of_erfs(body)
-    exps = {chain[-1]: name for name, chain in _gaussians(body).items()}  # an exponential's position -> its r
+    chains = _gaussians(body)
+    exps = {body[chain[-1]].out.name: name for name, chain in chains.items()}  # an exponential's register -> its r
     out = []
-    for position, s in enumerate(body):
+    for s in _exps_ahead_of_erfs(body, chains):
         erf = _erf_of(s)
         if isinstance(s, (Loop, If)):
             s = dataclasses.replace(s, body=_erf_given_exp(s.body, known))
-        elif position in exps:
-            known.setdefault(exps[position], s.out)
+        elif isinstance(s, Alu) and s.out.name in exps:
+            known.setdefault(exps[s.out.name], s.out)
         elif erf in known and known[erf].width == s.out.width:
             s = Alu(s.out, ERF_GIVEN_EXP, (s.args[0], known[erf]))
         out.append(s)
@@ -562,10 +562,11 @@ def _gaussians(body: tuple) -> dict[str, list[int]]:
     return chains
 
 
-def _exps_ahead_of_erfs(body: tuple) -> tuple:
-    """`body` with each exp(-r·r) that an erf of r comes before (the statements computing it: r·r, its negation,
-    the exponential, which read r alone) moved just ahead of that erf, so that the erf can take it."""
-    chains = _gaussians(body)
+def _exps_ahead_of_erfs(body: tuple, chains: dict[str, list[int]]) -> tuple:
+    """`body` with each exp(-r·r) that an erf of r comes before (the statements computing it, at the positions
+    `chains` (_gaussians) holds: r·r, its negation, the exponential, which read r alone) moved just ahead of that
+    erf, so that the erf can take it."""
+    chains = dict(chains)
     ahead = {}  # an erf's position -> the chain moved ahead of it
     for position, s in enumerate(body):
         chain = chains.pop(_erf_of(s) or "", None)
