@@ -68,6 +68,7 @@ VARIANTS = {
     "split": {"ZYX_ATTENTION_GRAD_SHARED": "0"},
     "shared": {"ZYX_ATTENTION_GRAD_SHARED": "1"},
     "two-pass": {"ZYX_ATTENTION_GRAD_PASSES": "2"},
+    "no-break": {"ZYX_ATTENTION_BREAK": "0"},  # every causal block tested, the walk never stopped
     "split-two-pass": {"ZYX_ATTENTION_GRAD_SHARED": "0", "ZYX_ATTENTION_GRAD_PASSES": "2"},
     **{f"rows-{rows}": {"ZYX_ATTENTION_ROWS": str(rows)} for rows in (16, 32, 64, 128, 256)},
     **{f"keys-{keys}": {"ZYX_ATTENTION_KEYS": str(keys)} for keys in (16, 32, 64, 128)},

@@ -114,7 +114,7 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
         k_offset, v_offset = self._stage_walked(copies, [k_stage, v_stage], chunks, key_name, block_name, blocks)
-        needed = self._block_needed(mask, rows_extreme, key_name) if mask else None
+        needed = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         scores = self._score_tiles(queries, k_stage, k_offset, q_pitch, probability, key_name)
         for tile, row in enumerate(scores):

@@ -137,7 +137,7 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
         offsets = dict(zip(names, self._stage_walked(distinct, names, chunks, walk_name, block_name, blocks)))
-        needed = self._block_needed(mask, rows_extreme, walk_name) if mask else None
+        needed = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         self._tile_depth = len(self._scopes) - 1
         for (node, *_), held, (stage, pitch) in zip(products, fragments, stages):

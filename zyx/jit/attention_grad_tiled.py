@@ -35,7 +35,7 @@ from .attention_grad import GradientProduct
 from .attention_grad_tiles import (StagedGradientLowering, _distinct, _keys, _position, _probability_index, _scores,
                                    _stage_key)
 from .attention_tiled import ITEM_ROWS, KEY_PAD, LANES, ROW_ITEMS, TileLoops, tile
-from .kernel_ir import Barrier, Const, Define, If, LocalArray, LocalStore, Loop, Reg, Select
+from .kernel_ir import Barrier, Const, Define, LocalArray, LocalStore, Loop, Reg, Select
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, unravel
 from .symbolic import Expr
 from .view_index import reads
@@ -115,7 +115,7 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
         rows_extreme = {side: self._extreme(side, index, self.row_name, self.rows_per_group, lowest)
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
-        needed = self._block_needed(mask, rows_extreme, walk_name) if mask else None
+        needed = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         for (node, index, name, size), stage in zip(walked_stages, stages):
             self._stage(node, index, walk_name, name, size, stage, pitch=size + KEY_PAD)
@@ -134,8 +134,7 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
             self._scopes[-1].append(self._weigh_tile(p_stage, self._p_pitch, stage, width + KEY_PAD, width, plan_accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stages before the next block's copies
         body = self._close_loop()
-        if needed:
-            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
+        self._skip_unneeded(body, skippable, needed)
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
         self._store_outputs(accs)
 

@@ -28,7 +28,7 @@ from ..trace.node import Node
 from ..trace.ops import Op
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .attention_tiles import LANES, StagedAttentionLowering, TileScores, _at, _scores_product
-from .kernel_ir import (Accumulate, Alu, Barrier, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore, Loop,
+from .kernel_ir import (Accumulate, Alu, Barrier, Const, Define, Lane, LocalArray, LocalLoad, LocalStore, Loop,
                         MultiplyAdd, Names, Reg, Select)
 from .lower import PARAM_LIMIT, Index, LoweredKernel, linear, unravel
 from .symbolic import Expr
@@ -188,7 +188,7 @@ class TiledAttentionLowering(TileLoops, TileScores, StagedAttentionLowering):
         rows_extreme = {side: self._extreme(side, index, self.row_name, rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
-        needed = self._block_needed(mask, rows_extreme, key_name) if mask else None
+        needed = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         self._stage(key_side, factor_index, key_name, head_name, head_dim, kp_stage, pitch=key_pitch)
         self._stage(pattern.w_side, weights, key_name, value_name, width, v_stage)
@@ -214,8 +214,7 @@ class TiledAttentionLowering(TileLoops, TileScores, StagedAttentionLowering):
         self._scopes[-1].append(self._weigh_tile(kp_stage, p_pitch, v_stage, self.width, self.width, accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stages before the next block's copies
         body = self._close_loop()
-        if needed:
-            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
+        self._skip_unneeded(body, skippable, needed)
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
         row_totals = self._exchange(exchange, totals, Op.ADD)
         for i in range(ITEM_ROWS):

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 from ..dtypes import DType, bool_, float32
 from ..trace.node import ARANGE, Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
-from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore,
+from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Break, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore,
                         Loop, MultiplyAdd, Operand, Reg, Role, Select, reduce_start, substitute)
 from .lower import (PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, _viewed_constant, linear,
                     source_index, unravel)
@@ -92,6 +93,16 @@ def local_bytes(rows: int, keys: int, head_dim: int, value_dim: int) -> int:
     return 4 * keys * (head_dim + value_dim + rows)
 
 
+@dataclass(frozen=True)
+class BlockTest:
+    """A block of keys tested against a causal mask (StagedBlocks._block_test): the bool register saying whether
+    its scores are all -inf (`masked`), and whether such a block means every later block's are too (`final`: the
+    walk may stop there)."""
+
+    masked: Reg
+    final: bool
+
+
 class StagedBlocks(Lowering):
     """What staged kernels share (this module's forward, attention_grad_tiles.py's backward): a work group of
     `rows_per_group` items (`lid`) walking blocks of `keys_per_block` rows of the other axis, copying operands of a
@@ -139,15 +150,26 @@ class StagedBlocks(Lowering):
             found.append((side, index, lowest, self.row_name in read))
         return found if found[0][3] != found[1][3] else []
 
-    def _block_needed(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
-                      key_name: str) -> Reg:
-        """Whether a block of keys has a score that is not -inf (see _mask), the same in every item of the group:
-        the keys' side's extreme over the block against the rows' (`rows_extreme`)."""
+    def _block_test(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
+                      key_name: str, block_name: str) -> BlockTest:
+        """Whether a block of keys scores -inf throughout (see _mask), the same in every item of the group: the
+        keys' side's extreme over the block against the rows' (`rows_extreme`); and whether such a block ends the
+        walk (`_ends_walk`)."""
         values = tuple(rows_extreme[side] if over_rows else self._extreme(side, index, key_name, self.keys_per_block,
                                                                             lowest)
                        for side, index, lowest, over_rows in mask)
-        masked = self._line(lambda out: Alu(out, Op.CMPLT, values), bool_)
-        return self._line(lambda out: Alu(out, Op.NOT, (masked,)), bool_)
+        return BlockTest(self._line(lambda out: Alu(out, Op.CMPLT, values), bool_), _ends_walk(mask, block_name))
+
+    def _skip_unneeded(self, body: list, skippable: int, test: Optional[BlockTest]) -> None:
+        """The block loop's `body` with its statements from `skippable` on only where the block is needed (`test`;
+        None: always): where no later block can be needed either, the loop's break before them."""
+        if test is None:
+            return
+        if test.final:
+            body.insert(skippable, If((), (Break(),), test.masked))
+            return
+        needed = Reg(self.names.fresh("v"), bool_)
+        body[skippable:] = [Alu(needed, Op.NOT, (test.masked,)), If((), tuple(body[skippable:]), needed)]
 
     def _extreme(self, node: Node, index: Index, name: str, trips: int, lowest: bool) -> Reg:
         """The largest value of `node` at `index` (`lowest`: the smallest) as the variable `name` runs over
@@ -310,7 +332,7 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
         rows_extreme = {side: self._extreme(side, index, "lid", rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
-        needed = self._block_needed(mask, rows_extreme, key_name) if mask else None
+        needed = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         self._stage(key_side, factor_index, key_name, head_name, head_dim, self._key_stage)
         self._stage(pattern.w_side, weights, key_name, value_name, self.width, value_stage)
@@ -320,8 +342,7 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
         self._scopes[-1].append(self._weigh(score_stage, value_stage, value_lanes, lowered, total, accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stage before the next block overwrites it
         body = self._close_loop()
-        if needed:
-            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
+        self._skip_unneeded(body, skippable, needed)
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
         self._store_statistics(probability, maximum, total)
         for element, acc in enumerate(accs):
@@ -425,6 +446,20 @@ def _never_falls(expr: Expr, name: str) -> bool:
         if factor < 0 or atom.kind == "mod" or inner is not None and not _never_falls(inner, name):
             return False
     return True
+
+
+def _ends_walk(mask: list[tuple[Node, Index, bool, bool]], block_name: str) -> bool:
+    """Whether a block that `mask` hides means every later block is hidden too: the side read at the walked key is
+    the compared b (a < b hides) and an arange read at an index that never falls as `block_name` rises, so each
+    block's smallest b is at least the last one's (a causal mask walked over its keys: the forward and the queries'
+    gradient, not the keys' gradient, which walks the rows). ZYX_ATTENTION_BREAK=0: never (each block tested)."""
+    if os.environ.get("ZYX_ATTENTION_BREAK") == "0":
+        return False
+    for side, index, lowest, over_rows in mask:
+        leaf = None if over_rows else _through_views(side, index)
+        if leaf is not None and lowest and leaf[0].op is Op.BUFFER and leaf[0].arg == ARANGE:
+            return all(_never_falls(e, block_name) for e in leaf[1])
+    return False
 
 
 def _at(index: Index, values: dict[str, Expr]) -> Index:

@@ -21,7 +21,7 @@ from typing import Optional
 from ..dtypes import DType, float32, int16, uint32
 from ..trace.node import Node
 from ..trace.ops import Op
-from .attention_tiles import StagedBlocks, _at
+from .attention_tiles import BlockTest, StagedBlocks, _at
 from .attention import NotAttention
 from .kernel_ir import (Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Cond, Const, Define, If, Lane,
                         Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, PackHalves, Reg,
@@ -233,16 +233,15 @@ class WarpTiles(StagedBlocks):
         scope.append(AsyncCommit())
         return offsets
 
-    def _close_blocks(self, block_name: str, blocks: int, needed: Optional[Reg], skippable: int,
+    def _close_blocks(self, block_name: str, blocks: int, needed: Optional[BlockTest], skippable: int,
                       double_buffered: bool) -> None:
-        """The block loop closed, its statements from `skippable` on only where the block is `needed` (None:
-        always): single-buffered, behind a barrier (every warp done with the stages before the next block's copies);
+        """The block loop closed, its statements from `skippable` on only where the block is needed (`needed`,
+        `_skip_unneeded`; None: always): single-buffered, behind a barrier (every warp done with the stages before the next block's copies);
         double-buffered, the last copies (issued for no block) waited for after it."""
         if not double_buffered:
             self._scopes[-1].append(Barrier())
         body = self._close_loop()
-        if needed is not None:
-            body[skippable:] = [If((), tuple(body[skippable:]), needed)]
+        self._skip_unneeded(body, skippable, needed)
         self._scopes[-1].append(Loop(block_name, blocks, tuple(body)))
         if double_buffered:
             self._scopes[-1].append(AsyncWait(0))
