@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import zyx
 from zyx.jit import attention_tiles
-from zyx.jit.kernel_ir import If, Role, walk
+from zyx.jit.kernel_ir import Break, If, Role, walk
 from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
 from zyx.jit.schedule import schedule
 
@@ -52,6 +52,11 @@ def skips_blocks(kernel):
     return any(isinstance(s, If) and s.when is not None for s in walk(kernel.ir.body))
 
 
+def stops_walk(kernel):
+    """Whether the kernel's walk over blocks ends at the first block a mask hides (a loop's break)."""
+    return any(isinstance(s, If) and s.when is not None and s.body == (Break(),) for s in walk(kernel.ir.body))
+
+
 CASES = {  # name: (batch, heads, queries, keys, head size, causal, scale, rows per group)
     "two row blocks of 64, causal, d=16": (2, 3, 67, 67, 16, True, None, 64),
     "keys in 4 blocks, the last short, d=64, scaled, few groups": (1, 2, 100, 100, 64, False, 0.3, 32),
@@ -70,6 +75,7 @@ def test_values_match_numpy(gpu, monkeypatch, name):
     kernel = staged_kernel(out, gpu)
     assert kernel.local_size == rows and kernel.global_size == batch * heads * -(-queries // rows) * rows
     assert skips_blocks(kernel) == causal  # (the first case's first rows skip its second block of keys)
+    assert stops_walk(kernel) == causal  # (keys past the rows' last are hidden, and so are all after them)
     np.testing.assert_allclose(out.numpy(), numpy_attention(q, k, v, causal, scale), rtol=2e-5, atol=2e-5)
 
 
@@ -94,10 +100,29 @@ def test_a_mask_the_other_way_round_skips_blocks_too(gpu):
     earlier = zyx.arange(70, device=gpu).reshape(1, -1) < zyx.arange(70, device=gpu).reshape(-1, 1)
     zq, zk, zv = (gpu.tensor(a) for a in (q, k, v))
     out = (zq @ zk.transpose(-1, -2)).masked_fill(earlier, float("-inf")).softmax(-1) @ zv
-    assert skips_blocks(staged_kernel(out, gpu))
+    kernel = staged_kernel(out, gpu)
+    assert skips_blocks(kernel) and not stops_walk(kernel)  # (the hidden blocks come first: each is tested)
     scores = np.where(np.arange(70)[None, :] < np.arange(70)[:, None], -np.inf, q @ np.swapaxes(k, -1, -2))
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     np.testing.assert_allclose(out.numpy(), (weights / weights.sum(-1, keepdims=True)) @ v, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("positions", ["arange", "data", "arange, no break"])
+def test_the_walk_stops_only_where_no_later_block_can_be_seen(gpu, monkeypatch, positions):
+    """A causal mask of arange positions hides every block after the first it hides, so the walk stops there
+    (ZYX_ATTENTION_BREAK=0: each block tested instead); the keys' positions given as data (the same values) might
+    fall, so each block is tested. 131 rows in groups of 64, keys in blocks of 16: the values are numpy's either way."""
+    monkeypatch.setattr(attention_tiles, "MIN_GROUPS", 1)
+    if positions.endswith("no break"):
+        monkeypatch.setenv("ZYX_ATTENTION_BREAK", "0")
+    q, k, v = data(1, 131, 16), data(1, 131, 16), data(1, 131, 16)
+    keys = zyx.arange(131, device=gpu) if positions != "data" else gpu.tensor(np.arange(131))
+    later = zyx.arange(131, device=gpu).reshape(-1, 1) < keys.reshape(1, -1)
+    zq, zk, zv = (gpu.tensor(a) for a in (q, k, v))
+    out = (zq @ zk.transpose(-1, -2) * 0.25).masked_fill(later, float("-inf")).softmax(-1) @ zv
+    kernel = staged_kernel(out, gpu)
+    assert skips_blocks(kernel) and stops_walk(kernel) == (positions == "arange")
+    np.testing.assert_allclose(out.numpy(), numpy_attention(q, k, v, True, 0.25), rtol=2e-5, atol=2e-5)
 
 
 def test_the_per_row_form_on_request(gpu, monkeypatch):
@@ -172,3 +197,22 @@ def test_key_blocks_fit_half_an_h200s_local_memory(head, keys, for_20_keys):
     assert attention_tiles.keys_per_block(64, head, head, 4096, H200_LOCAL_MEMORY) == keys
     assert attention_tiles.local_bytes(64, keys, head, head) <= H200_LOCAL_MEMORY // 2
     assert attention_tiles.keys_per_block(64, head, head, 20, H200_LOCAL_MEMORY) == for_20_keys
+
+
+def test_gradient_walks_stop_where_they_walk_keys(gpu):
+    """Of a causal step's attention kernels on a GPU, the forward and the queries' gradient walk keys and stop at
+    the first hidden block; the keys' and values' gradients walk query rows, the hidden ones first, so they test
+    each block. The gradients match torch's."""
+    q, k, v = data(1, 2, 150, 16), data(1, 2, 150, 16), data(1, 2, 150, 16)
+    zq, zk, zv = (gpu.tensor(a) for a in (q, k, v))
+    out = zyx.nn.scaled_dot_product_attention(zq, zk, zv, is_causal=True)
+    grads = (out * out).sum().backward([zq, zk, zv])
+    kernels = [k for k in schedule([out.node] + [g.node for g in grads], gpu.traits)[0] if k.ir.kind == "a"]
+    assert len(kernels) >= 3 and all(skips_blocks(k) for k in kernels)
+    assert sum(stops_walk(k) for k in kernels) == 2 and stops_walk(kernels[0])  # (the forward, first)
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    expected = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    (expected * expected).sum().backward()
+    zyx.realize(*grads)
+    for grad, reference in zip(grads, (tq, tk, tv)):
+        np.testing.assert_allclose(grad.numpy(), reference.grad.numpy(), rtol=1e-4, atol=1e-5)
