@@ -199,17 +199,20 @@ def test_key_blocks_fit_half_an_h200s_local_memory(head, keys, for_20_keys):
     assert attention_tiles.keys_per_block(64, head, head, 20, H200_LOCAL_MEMORY) == for_20_keys
 
 
-def test_gradient_walks_stop_where_they_walk_keys(gpu):
-    """Of a causal step's attention kernels on a GPU, the forward and the queries' gradient walk keys and stop at
-    the first hidden block; the keys' and values' gradients walk query rows, the hidden ones first, so they test
-    each block. The gradients match torch's."""
+@pytest.mark.parametrize("setting", ["", "0"])
+def test_every_walk_of_a_causal_step_stops_at_its_first_hidden_block(gpu, monkeypatch, setting):
+    """Of a causal step's attention kernels on a GPU, the forward and the queries' gradient walk keys, the keys'
+    and values' gradients query rows last first (the hidden blocks, the first rows, then come last): each walk
+    stops at its first hidden block (ZYX_ATTENTION_BREAK=0: each walks in order, testing each block). 150 rows
+    in groups of 64 (a short last block, walked first backwards); the gradients match torch's."""
+    monkeypatch.setenv("ZYX_ATTENTION_BREAK", setting)
     q, k, v = data(1, 2, 150, 16), data(1, 2, 150, 16), data(1, 2, 150, 16)
     zq, zk, zv = (gpu.tensor(a) for a in (q, k, v))
     out = zyx.nn.scaled_dot_product_attention(zq, zk, zv, is_causal=True)
     grads = (out * out).sum().backward([zq, zk, zv])
     kernels = [k for k in schedule([out.node] + [g.node for g in grads], gpu.traits)[0] if k.ir.kind == "a"]
     assert len(kernels) >= 3 and all(skips_blocks(k) for k in kernels)
-    assert sum(stops_walk(k) for k in kernels) == 2 and stops_walk(kernels[0])  # (the forward, first)
+    assert [stops_walk(k) for k in kernels] == [setting != "0"] * len(kernels)
     tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
     expected = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
     (expected * expected).sum().backward()

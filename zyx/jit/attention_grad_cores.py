@@ -104,7 +104,7 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         self._nested_nodes = {id(node) for node, *_ in products}
         self.keys_per_block = BLOCK
         blocks = -(-trips // BLOCK)
-        exact = Expr.var(block_name, blocks) * BLOCK + Expr.var(walk_name, BLOCK)
+        exact = self._walked_block(block_name, blocks, BLOCK, walk_name) * BLOCK + Expr.var(walk_name, BLOCK)
         walked = Expr.minimum(exact, trips - 1)
         value_names = [self.names.fresh("e") for _ in plans]
         outer = [(plan.w_side, plan.index(self.item, Expr.var(name, plan.product.shape[plan.width]), walked), name,

@@ -101,7 +101,7 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
         # the operands' sizes first: the tile they fit decides the blocks, and so where the walk reads them
         self._fit(*self._operands(Expr.minimum(Expr.var(walk_name, self.trips), self.trips - 1), walk_name))
         blocks = -(-self.trips // self.keys_per_block)
-        block = Expr.var(block_name, blocks)
+        block = self._walked_block(block_name, blocks, self.keys_per_block, walk_name)
         walked = Expr.minimum(block * self.keys_per_block + Expr.var(walk_name, self.keys_per_block), self.trips - 1)
         products, walked_stages = self._operands(walked, walk_name)
         row_stages, stages, p_stages = self._declare_stages(products, walked_stages)

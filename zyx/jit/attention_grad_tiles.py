@@ -25,7 +25,7 @@ from ..trace.node import Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, REDUCE_OPS, Op
 from .attention import NotAttention
 from .attention_grad import AttentionGradientLowering, GradientProduct
-from .attention_tiles import StagedBlocks, _at, _lane, _lanes, block_choices, rows_per_group
+from .attention_tiles import StagedBlocks, _at, _lane, _lanes, block_choices, rows_per_group, walks_back
 from .kernel_ir import (Alu, Barrier, Const, Define, If, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
                         Operand, Reg)
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Step, _Value, linear, source_index, unravel
@@ -61,6 +61,16 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         item = (*unravel(group // blocks, tuple(batch)), Expr.minimum(exact, items - 1))
         return item, (((exact, "lt", items),) if exact.hi >= items else ())
 
+    def _walked_block(self, block_name: str, blocks: int, block: int, walk_name: str) -> Expr:
+        """The block of `block` walked rows the walk takes at its counter `block_name`: in order, or last first
+        where a causal mask hides the first blocks and then none (`walks_back`: the keys' gradient walking query
+        rows), so that the walk stops at the first hidden one."""
+        counter = Expr.var(block_name, blocks)
+        walked = Expr.minimum(counter * block + Expr.var(walk_name, block), self.trips - 1)
+        probability = _probability_index(self.plans[0], self.item, walked, self._is_materialized)
+        mask = self._mask(_scores(self.plans[0]), probability, walk_name) if self.skips and probability else []
+        return Expr(blocks - 1) - counter if walks_back(mask, block_name) else counter
+
     def _lower_outputs(self) -> None:
         trips, block_name = self.trips, self.names.fresh("kb")
         walk_name = self._walk_name = self.names.fresh("j")
@@ -73,7 +83,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         block = self.keys_per_block = self._block_size(sum(size for _, _, _, size in stages),
                                                        two_passes * len(self.plans) * self.rows_per_group)
         blocks = -(-trips // block)
-        exact = Expr.var(block_name, blocks) * block + Expr.var(walk_name, block)
+        exact = self._walked_block(block_name, blocks, block, walk_name) * block + Expr.var(walk_name, block)
         walked = Expr.minimum(exact, trips - 1)
         copies = self._declare_stages(stages, {walk_name: walked})
         if two_passes:

@@ -39,8 +39,8 @@ from ..dtypes import DType, bool_, float32
 from ..trace.node import ARANGE, Node
 from ..trace.ops import ELEMENTWISE_OPS, MOVEMENT_OPS, Op, REDUCE_OPS
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
-from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Break, Const, Define, If, Lane, LocalArray, LocalLoad, LocalStore,
-                        Loop, MultiplyAdd, Operand, Reg, Role, Select, reduce_start, substitute)
+from .kernel_ir import (Accumulate, Alu, Axis, Barrier, Break, Const, Define, If, Lane, LocalArray, LocalLoad,
+                        LocalStore, Loop, MultiplyAdd, Operand, Reg, Role, Select, reduce_start, substitute)
 from .lower import (PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, _viewed_constant, linear,
                     source_index, unravel)
 from .view_index import reads
@@ -437,29 +437,64 @@ def _through_views(node: Node, index: Index) -> Optional[tuple[Node, Index]]:
 
 
 def _never_falls(expr: Expr, name: str) -> bool:
-    """Whether `expr` never decreases as the variable `name` rises (the others fixed): each term holding it has a
-    positive factor and rises with its own expression (a variable, a floor division, a minimum; never a modulo)."""
+    """Whether `expr` never decreases as the variable `name` rises (the others fixed)."""
+    return _direction(expr, name) in (0, 1)
+
+
+def _direction(expr: Expr, name: str) -> Optional[int]:
+    """How `expr` moves as the variable `name` rises (the others fixed): 1 it never falls, -1 it never rises, 0 it
+    does not depend on `name`; None where that is not known (a modulo of it, or terms moving each way). A floor
+    division, a minimum or a clamp moves as its expression."""
+    moves = 0
     for atom, factor in expr.terms.items():
         inner = atom.expr
-        if atom.kind == "var" and atom.name != name or inner is not None and name not in inner.variables():
-            continue
-        if factor < 0 or atom.kind == "mod" or inner is not None and not _never_falls(inner, name):
-            return False
-    return True
+        if atom.kind == "var" or inner is None or name not in inner.variables():
+            term = int(atom.kind == "var" and atom.name == name)
+        elif atom.kind == "mod":
+            return None
+        else:
+            found = _direction(inner, name)
+            if found is None:
+                return None
+            term = found
+        term *= 1 if factor > 0 else -1
+        if term and moves and term != moves:
+            return None
+        moves = moves or term
+    return moves
+
+
+def _arange_moves(node: Node, index: Index, name: str) -> Optional[int]:
+    """How the values of `node` read at `index` move as the variable `name` rises (`_direction`), where `node` is a
+    view of the arange leaf (whose values are their positions); else None."""
+    leaf = _through_views(node, index)
+    if leaf is None or leaf[0].op is not Op.BUFFER or leaf[0].arg != ARANGE:
+        return None
+    directions = {_direction(e, name) for e in leaf[1]} - {0}
+    return None if None in directions or len(directions) > 1 else (directions.pop() if directions else 0)
+
+
+def walks_back(mask: list[tuple[Node, Index, bool, bool]], block_name: str) -> bool:
+    """Whether a walk over blocks should take them last first: where the side of `mask` read at the walked row is
+    the compared a (a < b hides), an arange rising with the block `block_name` (the keys' gradient walking query
+    rows under a causal mask: the first blocks hidden, then none), so that walked backwards the hidden blocks come
+    last and the walk stops at the first of them (`_ends_walk`). Not with ZYX_ATTENTION_BREAK=0."""
+    if os.environ.get("ZYX_ATTENTION_BREAK") == "0":
+        return False
+    return any(not lowest and _arange_moves(side, index, block_name) == 1
+               for side, index, lowest, over_rows in mask if not over_rows)
 
 
 def _ends_walk(mask: list[tuple[Node, Index, bool, bool]], block_name: str) -> bool:
-    """Whether a block that `mask` hides means every later block is hidden too: the side read at the walked key is
-    the compared b (a < b hides) and an arange read at an index that never falls as `block_name` rises, so each
-    block's smallest b is at least the last one's (a causal mask walked over its keys: the forward and the queries'
-    gradient, not the keys' gradient, which walks the rows). ZYX_ATTENTION_BREAK=0: never (each block tested)."""
+    """Whether a block that `mask` hides means every later block is hidden too: the side read at the walked row is
+    the compared b (a < b hides), an arange never falling as the block `block_name` rises, so each block's smallest
+    b is at least the last one's (a causal mask walked over keys: the forward, the queries' gradient); or the
+    compared a, an arange never rising (query rows walked last first: `walks_back`). ZYX_ATTENTION_BREAK=0: never
+    (each block tested)."""
     if os.environ.get("ZYX_ATTENTION_BREAK") == "0":
         return False
-    for side, index, lowest, over_rows in mask:
-        leaf = None if over_rows else _through_views(side, index)
-        if leaf is not None and lowest and leaf[0].op is Op.BUFFER and leaf[0].arg == ARANGE:
-            return all(_never_falls(e, block_name) for e in leaf[1])
-    return False
+    return any(_arange_moves(side, index, block_name) in ((0, 1) if lowest else (0, -1))
+               for side, index, lowest, over_rows in mask if not over_rows)
 
 
 def _at(index: Index, values: dict[str, Expr]) -> Index:

@@ -236,8 +236,8 @@ class WarpTiles(StagedBlocks):
     def _close_blocks(self, block_name: str, blocks: int, needed: Optional[BlockTest], skippable: int,
                       double_buffered: bool) -> None:
         """The block loop closed, its statements from `skippable` on only where the block is needed (`needed`,
-        `_skip_unneeded`; None: always): single-buffered, behind a barrier (every warp done with the stages before the next block's copies);
-        double-buffered, the last copies (issued for no block) waited for after it."""
+        `_skip_unneeded`; None: always): single-buffered, behind a barrier (every warp done with the stages before
+        the next block's copies); double-buffered, the last copies (issued for no block) waited for after it."""
         if not double_buffered:
             self._scopes[-1].append(Barrier())
         body = self._close_loop()
