@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import zyx
-from zyx.jit.device_traits import DeviceTraits
+from zyx.jit.device_traits import WGMMA, DeviceTraits
 from zyx.jit.schedule import schedule
 from zyx.jit.device_traits import tensor_core_kinds
 
@@ -290,6 +290,20 @@ def test_16_bit_products_with_more_blocks_than_sms_match_numpy(cores, form):
     a, b = _operands(rng, 2000, 768, 4000, form, "bfloat16")
     out = FORMS[form](cores.tensor(a), cores.tensor(b))
     check(out.numpy(), FORMS[form](a.astype(np.float64), b.astype(np.float64)), "bfloat16", 768)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_blocks_fitted_to_the_sms_match_numpy(cores, form, dtype):
+    """768 x 3072 outputs (a GPT-2 MLP's weight gradient, k tokens): on Hopper's 132 SMs 96 blocks of 128 x 192
+    (m64n192) in one wave, where 128 x 256 left SMs idle and 128 x 128 took two waves; every form."""
+    rng = np.random.default_rng(49)
+    a, b = _operands(rng, 768, 2048, 3072, form, dtype)
+    out = FORMS[form](cores.tensor(a), cores.tensor(b))
+    if WGMMA in cores.traits.tensor_cores and cores.traits.compute_units >= 96:
+        kernel, = [k for k in schedule([out.node], cores._shaping_traits())[0] if "mma" in k.source]
+        assert "m64n192k16" in kernel.source
+    check(out.numpy(), FORMS[form](a.astype(np.float64), b.astype(np.float64)), dtype, 2048)
 
 
 def test_a_nan_stays_nan_through_tf32_rounding(cores, tf32_allowed):

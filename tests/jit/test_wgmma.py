@@ -440,8 +440,8 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     patched and assembled by ptxas for sm_90a within the registers of the kernel's group (NVIDIA's compiler takes
     the group size from reqd_work_group_size, which a kernel with a producer warpgroup prints: 384 items, 170
     registers each; 255 in 256 items; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a from
-    registers; a transposed a of x.T @ y; persistent groups), 128 accumulators need no spills, and ptxas keeps the
-    wgmmas asynchronous."""
+    registers; a transposed a of x.T @ y; persistent groups; 128 x 192 blocks), 128 accumulators need no spills,
+    and ptxas keeps the wgmmas asynchronous."""
     n, k, m = shape
     x, y, w, t = operands((n, k), (k, m), (m, k), (k, n))
     f, g, h = operands((n, k), (k, m), (m, k), dtype="float32")
@@ -454,6 +454,11 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     monkeypatch.delenv("ZYX_TF32_VECTOR_A")
     # persistent groups (2 groups: the slice loop inside a loop over blocks)
     kernels += [product_kernel(x @ y, dataclasses.replace(HOPPER, compute_units=2))]
+    # blocks as 132 SMs take them: 768 x 3072 outputs in 128 x 192 (96 blocks, m64n192: 96 accumulators)
+    wide_x, wide_y, wide_w, wide_t = operands((768, k), (k, 3072), (3072, k), (k, 768))
+    kernels += [product_kernel(out, dataclasses.replace(HOPPER, compute_units=132))
+                for out in (wide_x @ wide_y, wide_t.T @ wide_w.T)]
+    assert all("m64n192k16" in kernel.source for kernel in kernels[-2:])
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     kernels += [product_kernel(f @ g, TF32)]
     sources = [(kernel.source, kernel.local_size) for kernel in kernels] + [(warpgroup_probe_source(), 384)]

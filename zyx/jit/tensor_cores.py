@@ -89,7 +89,15 @@ PIPELINED = ((64, 128, 3), (32, 128, 3), (64, 64, 3), (32, 64, 4), (32, 64, 3), 
 # (warp columns, bytes of each row a slice stages, stages) of warpgroup products (wgmma, compute capability 9.x):
 # 128 x 256 blocks (m64n256 per warpgroup), else 128 x 128; slices of 128-byte swizzled rows. On the H200 (bench/
 # wgmma_probe, 128 x 256, 4 stages, one batch waited for per slice) bfloat16 8192³ 650 TFLOP/s, 0.82 of cuBLAS.
-WARPGROUP_SHAPES = ((64, 128, 4), (32, 128, 4))
+# 128 x 192 (m64n192) where fewer waves of blocks make up for narrower blocks (`_spread`): W7's MLP weight gradients
+# (768 x 3072 outputs) in 96 blocks, one wave on 132 SMs, where 128 x 128 took two (144 blocks) and 128 x 256 left
+# 60 SMs idle (72 blocks).
+WARPGROUP_SHAPES = ((64, 128, 4), (48, 128, 4), (32, 128, 4))
+# The relative time a warpgroup block's column takes by the block's width (narrower blocks read more of their
+# operands per multiply-add): what `_spread` weighs waves of blocks with.
+COLUMN_COST = {256: 1.0, 192: 1.06, 128: 1.12}
+WARP_COLUMNS = (32, 64)  # a warp plan's columns (mma.sync tiles in pairs: 48 is a warpgroup plan's only)
+FITTED_COLUMNS = (48,)   # warp columns a plan takes only where the waves of blocks say so (the SMs known)
 # TF32 takes the same: its a lies in registers, 4 per k8 step and 64 columns, held until the slice's batch is waited
 # for (two slices' with a batch in flight): 128 x 256 blocks hold 128 accumulators and 64 of them, more than the 168
 # registers an item of a 384-item group has; its consumers take the producer's (232 each, transforms/warp_roles.py:
@@ -196,12 +204,12 @@ class NotCopied(Exception):
 
 def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
                       pipelined: bool = False, choice: Optional[Choice] = None,
-                      warpgroup: bool = False) -> Optional[TensorCorePlan]:
+                      warpgroup: bool = False, compute_units: int = 0) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype, the device runs that dtype on
     tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes map onto the kernel's (matmul.py), and the
     staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the device
-    (`_spread`; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
+    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the device (`_spread`, warpgroup shapes
+    by the waves of blocks its `compute_units` take; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     kind = KINDS.get(product.dtype.name)
@@ -215,12 +223,14 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         return None
     shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
     fitting = [(w, b, n) for w, b, n in shapes if _fits(local_memory, w, b, n, pipelined, warpgroup)]
-    fitting = _spread(fitting, product, n_axis, m_axis)
+    fitting = _spread(fitting, product, n_axis, m_axis, compute_units if warpgroup else 0)
     forced = None if warpgroup else _forced_shape()
     if forced is not None:  # (one buffer: registers)
         fitting = [forced] if forced[2] > 1 or not pipelined else []
     if choice is not None:
         fitting = [(choice["columns"], choice["row_bytes"], choice["buffers"])]
+    if kind == "tf32" and warpgroup:  # (its a in registers: 64 columns to each wgmma, a warpgroup's half of the block)
+        fitting = [shape for shape in fitting if 4 * shape[0] % (2 * wgmma.ROWS) == 0]
     if not fitting:
         return None
     columns, row_bytes, buffers = fitting[0]
@@ -229,15 +239,24 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
                           warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
 
 
-def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int) -> list[tuple[int, int, int]]:
-    """`shapes` in the order to prefer them for `product`: blocks no wider than its columns, then those giving at
-    least MIN_BLOCKS blocks of outputs, else the most (1021³ in 128 x 256 blocks occupies 32 of the H200's 132 SMs)."""
+def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int,
+            units: int = 0) -> list[tuple[int, int, int]]:
+    """`shapes` in the order to prefer them for `product`: blocks no wider than its columns; then, where the device's
+    compute `units` are known (warpgroup shapes), the least waves of blocks times the blocks' width weighed by
+    COLUMN_COST (the earlier shape where that ties; FITTED_COLUMNS' shapes only where they tile the columns, and
+    not with ZYX_WGMMA_FITTED=0); else those giving at least MIN_BLOCKS blocks of outputs, else
+    the most (1021³ in 128 x 256 blocks occupies 32 of the H200's 132 SMs), of shapes other than FITTED_COLUMNS'."""
     rows, columns = product.shape[n_axis], product.shape[m_axis]
     batch = math.prod(product.shape) // (rows * columns)
     narrow = [s for s in shapes if 4 * s[0] <= columns] or shapes
 
     def blocks(shape: tuple[int, int, int]) -> int:
         return batch * -(-rows // BLOCK) * -(-columns // (4 * shape[0]))
+    if units > 0:  # (fitted shapes only where their blocks tile the columns: an edge stores element by element)
+        fitted = os.environ.get("ZYX_WGMMA_FITTED") != "0"
+        narrow = [s for s in narrow if s[0] not in FITTED_COLUMNS or fitted and columns % (4 * s[0]) == 0]
+        return sorted(narrow, key=lambda s: -(-blocks(s) // units) * 4 * s[0] * COLUMN_COST.get(4 * s[0], 1.0))
+    narrow = [s for s in narrow if s[0] not in FITTED_COLUMNS] or narrow
     return [s for s in narrow if blocks(s) >= MIN_BLOCKS] or sorted(narrow, key=lambda s: -blocks(s))
 
 
@@ -254,6 +273,8 @@ def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
     through registers (double buffering), two or more pipelined; warpgroup products pipelined in 128-byte rows."""
     pipelined, buffers, warpgroup = bool(choice["pipelined"]), choice["buffers"], bool(choice["warpgroup"])
     if warpgroup and (not pipelined or choice["row_bytes"] != wgmma.ROW_BYTES):
+        return False
+    if not warpgroup and choice["columns"] not in WARP_COLUMNS:
         return False
     return (buffers >= 2 if pipelined else buffers <= 2) and _fits(local_memory, choice["columns"],
                                                                    choice["row_bytes"], buffers, pipelined, warpgroup)
@@ -301,7 +322,8 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
     if choice is not None:
         attempts.insert(0, (bool(choice["pipelined"]), choice, bool(choice["warpgroup"])))
     for pipelined, chosen, warpgroup in attempts:
-        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen, warpgroup)
+        plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen, warpgroup,
+                                 compute_units)
         if plan is None or (pipelined and plan.kind == "tf32" and not plan.warpgroup):  # (warps: TF32 rounded)
             continue
         try:
