@@ -295,3 +295,23 @@ def test_a_target_logit_picked_from_a_cast_of_stored_half_logits_matches_the_ref
     assert not any(node.dtype.name == "float32" and node.numel == n * v for k in kernels for node in k.outputs)
     for a, b in zip(got, loss_and_gradients(zyx.CPU())):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_half_products_partials_widened_to_float32_sum_to_the_product(dtype):
+    """split_along_k(widen=float32) (a half product split across groups, split.py): each operand's broadcast cast to
+    float32, the partials a float32 product of the half values over each chunk (k padded to whole chunks), their
+    sum the product's values before its rounding: evaluated on the CPU reference against float64."""
+    from zyx.jit.rewrite import split_along_k
+    from zyx.trace import node as n
+    rng = np.random.default_rng(48)
+    dev = zyx.CPU()
+    a, b = (dev.tensor(rng.standard_normal(shape).astype(np.float32)).to(dtype).realize() for shape in ((48, 1000),
+                                                                                                      (1000, 40)))
+    product = (a @ b).node.src[0]  # (under the matmul's reshape: the SUM over k)
+    partial, total = split_along_k(product, 3, 64, first=True, widen=zyx.float32)
+    assert partial.dtype == total.dtype == zyx.float32 and partial.shape[0] == 3  # chunks of 384: k padded to 1152
+    assert all(side.op.name == "CAST" and side.src[0].op.name == "EXPAND" for side in partial.src[0].src)
+    expected = a.to("float32").numpy().astype(np.float64) @ b.to("float32").numpy().astype(np.float64)
+    summed = zyx.Tensor(n.reshape(total, (48, 40))).numpy()
+    np.testing.assert_allclose(summed, expected, rtol=1e-5, atol=1e-4)

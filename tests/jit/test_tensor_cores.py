@@ -306,6 +306,21 @@ def test_blocks_fitted_to_the_sms_match_numpy(cores, form, dtype):
     check(out.numpy(), FORMS[form](a.astype(np.float64), b.astype(np.float64)), dtype, 2048)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_products_of_few_blocks_split_along_k_match_numpy(cores, form, dtype):
+    """768 x 768 outputs over 8192 (GPT-2's attention-projection weight gradient at half its tokens): 36 blocks of
+    128 x 128 on Hopper's 132 SMs, so k is split into float32 partials (split.py) summed by a second kernel, then
+    rounded once; every form, against numpy on the rounded operands."""
+    rng = np.random.default_rng(50)
+    a, b = _operands(rng, 768, 8192, 768, form, dtype)
+    out = FORMS[form](cores.tensor(a), cores.tensor(b))
+    if WGMMA in cores.traits.tensor_cores and cores.traits.compute_units >= 72:
+        kernels = schedule([out.node], cores._shaping_traits())[0]
+        assert len(kernels) == 2 and kernels[0].outputs[0].dtype.name == "float32"
+    check(out.numpy(), FORMS[form](a.astype(np.float64), b.astype(np.float64)), dtype, 8192)
+
+
 def test_a_nan_stays_nan_through_tf32_rounding(cores, tf32_allowed):
     """Rounding to TF32 adds to the bits: NVIDIA's nan (0x7fffffff) carried into -0.0 before isnan was asked."""
     a = np.ones((64, 64), np.float32)

@@ -424,7 +424,8 @@ def test_a_source_without_hidden_ptx_builds_as_it_is_and_one_with_it_is_patched(
 # ---- assembled for sm_90a ------------------------------------------------------------------------------------------
 CLANG = "/usr/lib/llvm-15/bin/clang" if shutil.which("/usr/lib/llvm-15/bin/clang") else shutil.which("clang")
 BUILTINS = ("#define get_group_id(d) __nvvm_read_ptx_sreg_ctaid_x()\n#define get_local_id(d) __nvvm_read_ptx_sreg_tid_x()\n"
-            "#define barrier(f) __nvvm_bar_sync(0)\n#define isnan(x) __builtin_isnan(x)\n")
+            "#define barrier(f) __nvvm_bar_sync(0)\n#define isnan(x) __builtin_isnan(x)\n"
+            "#define vstore2(v, i, p) (((__global float2*)(p))[(i)] = (v))\n")  # (float pairs: NVIDIA's library has it)
 
 
 def _nvptx() -> bool:
@@ -440,7 +441,8 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     patched and assembled by ptxas for sm_90a within the registers of the kernel's group (NVIDIA's compiler takes
     the group size from reqd_work_group_size, which a kernel with a producer warpgroup prints: 384 items, 170
     registers each; 255 in 256 items; clang's PTX does not carry it): the wgmma PTX is accepted (TF32's too, a from
-    registers; a transposed a of x.T @ y; persistent groups; 128 x 192 blocks), 128 accumulators need no spills,
+    registers; a transposed a of x.T @ y; persistent groups; 128 x 192 blocks; float32 partials of a split k), 128
+    accumulators need no spills,
     and ptxas keeps the wgmmas asynchronous."""
     n, k, m = shape
     x, y, w, t = operands((n, k), (k, m), (m, k), (k, n))
@@ -459,6 +461,10 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
     kernels += [product_kernel(out, dataclasses.replace(HOPPER, compute_units=132))
                 for out in (wide_x @ wide_y, wide_t.T @ wide_w.T)]
     assert all("m64n192k16" in kernel.source for kernel in kernels[-2:])
+    # float32 partials of a product of few blocks split along k (their bf16 operands as the product's)
+    tokens, features = operands((8192, 256), (8192, 256))
+    kernels += [schedule([(tokens.T @ features).node], dataclasses.replace(HOPPER, compute_units=132))[0][0]]
+    assert kernels[-1].outputs[0].dtype.name == "float32" and "m64n128k16.f32.bf16" in kernels[-1].source
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     kernels += [product_kernel(f @ g, TF32)]
     sources = [(kernel.source, kernel.local_size) for kernel in kernels] + [(warpgroup_probe_source(), 384)]
@@ -776,3 +782,28 @@ def test_tf32_products_computed_transposed_with_wgmma_emulated_on_pocl(monkeypat
     expected = left.astype(np.float64) @ right.astype(np.float64)
     np.testing.assert_allclose(got, np.maximum(expected, 0) if form.startswith("relu") else expected, rtol=1e-5,
                                atol=1e-4)
+
+
+def test_a_product_of_few_blocks_splits_k_into_float32_partials_on_warpgroups(monkeypatch):
+    """768 x 768 outputs over 16384 tokens (GPT-2's attention-projection weight gradient): 36 blocks of 128 x 128 on
+    132 SMs. k is cut in 8 chunks: a warpgroup kernel of float32 partials (288 blocks), its bf16 operands copied 16
+    bytes at a time as the unsplit product's are (the cast to float32 under each product stays the half value's),
+    then the root's kernel summing them (rounded to bf16 once, cast to float32 for the weight). ZYX_TC_SPLIT=0, a
+    TF32 product, or enough blocks: one kernel."""
+    x, dy = operands((16384, 768), (16384, 768))
+    units = dataclasses.replace(HOPPER, compute_units=132)
+    kernels = schedule([(x.T @ dy).float().node], units)[0]
+    assert len(kernels) == 2
+    partial, total = kernels
+    assert [(node.shape, node.dtype.name) for node in partial.outputs] == [((8, 768, 768, 1), "float32")]
+    assert "m64n128k16.f32.bf16.bf16" in partial.source and partial.global_size // partial.local_size == 288
+    copies = [s for s in walk(partial.ir.body) if isinstance(s, AsyncCopy)]
+    assert copies and {(c.width, c.itemsize) for c in copies} == {(8, 2)}
+    assert not any(isinstance(s, LocalStore) for s in walk(partial.ir.body))
+    assert "mma" not in total.source and [node.dtype.name for node in total.outputs] == ["float32"]
+    f, g = operands((16384, 768), (16384, 768), dtype="float32")
+    assert len(schedule([(f.T @ g).node], dataclasses.replace(TF32, compute_units=132))[0]) == 1
+    wide, _ = operands((16384, 3072), (1, 1))
+    assert len(schedule([(x.T @ wide).node], units)[0]) == 1  # (96 blocks of 128 x 192)
+    monkeypatch.setenv("ZYX_TC_SPLIT", "0")
+    assert len(schedule([(x.T @ dy).float().node], units)[0]) == 1

@@ -27,7 +27,7 @@ FAMILIES: dict[str, dict[str, tuple[int, ...]]] = {
     # operands staged through registers (0: one buffer, or two double-buffered), whether warpgroups multiply
     # (1: wgmma, compute capability 9.x), and groups per block of outputs (as local_tiles' split)
     "tensor_cores": {"columns": (32, 48, 64), "row_bytes": (64, 128), "buffers": (1, 2, 3, 4), "pipelined": (0, 1),
-                     "warpgroup": (0, 1), "split": (1, 2, 4, 8)},
+                     "warpgroup": (0, 1), "split": (1, 2, 3, 4, 8)},
     # any other kernel: a register tile of a product (outputs per item along n and m), vector lanes,
     # accumulators per reduction loop, items per work group sharing a reduction (0: none)
     "plain": {"tile_n": (1, 2, 4, 8, 16), "tile_m": (1, 2, 4, 8, 16), "width": (1, 2, 4, 8, 16),

@@ -23,6 +23,7 @@ import math
 import os
 from typing import Optional, Sequence
 
+from ..dtypes import DType
 from ..trace import node as n
 from ..trace.node import Node, arg_key, toposort
 from ..trace.ops import LEAF_OPS, Op, REDUCE_OPS
@@ -152,11 +153,15 @@ def _split_product(node: Node) -> Node:
     return split[1] if split is not None else node
 
 
-def split_along_k(node: Node, parts: int, multiple: int, first: bool = False) -> Optional[tuple[Node, Node]]:
+def split_along_k(node: Node, parts: int, multiple: int, first: bool = False,
+                  widen: Optional[DType] = None) -> Optional[tuple[Node, Node]]:
     """(partials, total) for the product `node` (SUM over k of MUL of two EXPANDs) cut into about `parts` chunks
     of k, each a multiple of `multiple` long (k padded with zeros to whole chunks): the partials are a batch of
     products over the chunks, the chunk axis where k was (`first`: before every other axis, so each chunk's
-    partials lie together), the total their sum in `node`'s shape. None where an operand does not span all of k."""
+    partials lie together), the total their sum in `node`'s shape. `widen`: each operand's broadcast cast to that
+    dtype, so that the partials (and their sum) are in it: a half-precision product's partials in float32,
+    its products of half values exact there (tensor_cores.py multiplies them as half values). None where an
+    operand does not span all of k."""
     k, product = node.arg[0], node.src[0]
     count = product.shape[k]
     chunk = multiple * -(-count // (multiple * parts))
@@ -171,7 +176,8 @@ def split_along_k(node: Node, parts: int, multiple: int, first: bool = False) ->
         padded = n.pad(source, [(0, parts * chunk - count if a == k else 0) for a in range(len(source.shape))])
         split = n.permute(n.reshape(padded, source.shape[:k] + (parts, chunk) + source.shape[k + 1:]), order)
         shape = product.shape[:k] + (parts, chunk) + product.shape[k + 1:]
-        operands.append(n.expand(split, tuple(shape[a] for a in order)))
+        spread = n.expand(split, tuple(shape[a] for a in order))
+        operands.append(spread if widen is None else n.cast(spread, widen))
     partial = n.reduce(Op.SUM, n.binary(Op.MUL, *operands), [order.index(k + 1)])
     return partial, n.reshape(n.reduce(Op.SUM, partial, [order.index(k)]), node.shape)
 

@@ -22,10 +22,10 @@ MIN_CHUNK = 128  # elements of k each group reduces at least (8 slices of 16): s
 FEW_BLOCKS = 2 * MIN_GROUPS  # products with fewer 128 x 128 blocks of outputs than this may be split
 
 
-def split_options(product: Node) -> tuple[int, ...]:
-    """The splits a search may try for a local-tile `product`: 1 (none), and where it has FEW_BLOCKS (else its
-    groups fill the GPU already) and both operands are broadcasts spanning all of k (what split_along_k cuts),
-    those leaving chunks of at least MIN_CHUNK."""
+def split_options(product: Node, family: str = "local_tiles") -> tuple[int, ...]:
+    """The splits a search may try for a `product` of the choice `family` (local tiles, tensor cores): 1 (none),
+    and where it has FEW_BLOCKS (else its groups fill the GPU already) and both operands are broadcasts spanning all
+    of k (what split_along_k cuts), those leaving chunks of at least MIN_CHUNK."""
     k, multiplied = product.arg[0], product.src[0]
     count = multiplied.shape[k]
     n_axis, m_axis = matmul_axes(product)  # type: ignore[misc]
@@ -33,7 +33,7 @@ def split_options(product: Node) -> tuple[int, ...]:
     blocks = product.numel // (rows * cols) * -(-rows // 128) * -(-cols // 128)
     whole = all(side.op is Op.EXPAND and side.src[0].shape[k] == count for side in multiplied.src)
     splits = whole and blocks < FEW_BLOCKS
-    return tuple(s for s in FAMILIES["local_tiles"]["split"] if s == 1 or (splits and count >= s * MIN_CHUNK))
+    return tuple(s for s in FAMILIES[family]["split"] if s == 1 or (splits and count >= s * MIN_CHUNK))
 
 
 class SplitSumLowering(Lowering):
@@ -46,7 +46,12 @@ class SplitSumLowering(Lowering):
         self.product, self.summed = product, summed
 
     def _reduce(self, node: Node) -> list[_Value]:
-        return super()._reduce(self.summed if node is self.product else node)
+        if node is not self.product:
+            return super()._reduce(node)
+        values = super()._reduce(self.summed)
+        if self.summed.dtype == node.dtype:
+            return values
+        return [self._rounded(value, node.dtype) for value in values]  # (float32 partials of a half product)
 
     def lower(self) -> LoweredKernel:
         return dataclasses.replace(super().lower(), summed_apart=(self.product,))
@@ -56,10 +61,13 @@ def lower_split(root: Node, materialized: dict[int, Node], produced: set[int], p
                 stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> tuple[LoweredKernel, Node]:
     """The kernel storing `root`, whose product `plan` splits into plan.split chunks of k (ValueError where
     `split_options` does not allow it); and the node of the partial products, which it needs stored."""
-    split = split_along_k(plan.product, plan.split, plan.bk, first=True) if plan.split in split_options(plan.product) else None
+    product = plan.product
+    widen = product.dtype.accumulated if product.dtype.is_narrow_float else None  # (float32 partials: exact sums)
+    split = (split_along_k(product, plan.split, plan.bk, first=True, widen=widen)
+             if plan.split in split_options(product, plan.choice.family) else None)
     if split is None:
         raise ValueError(f"this product's reduced axis cannot be split in {plan.split}")
     partial, total = split
-    lowering = SplitSumLowering(root, {**materialized, id(partial): partial}, produced, plan.product, total.src[0],
+    lowering = SplitSumLowering(root, {**materialized, id(partial): partial}, produced, product, total.src[0],
                                 stored_apart | {id(partial)}, param_limit)
     return lowering.lower(), partial

@@ -65,6 +65,7 @@ from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .operand_layout import runs_along
 from .print_common import aligned
 from .print_opencl import STATEMENTS
+from .split import split_options
 from .symbolic import Expr
 from .tiling import matmul_axes
 from .transforms.async_pipeline import pipeline
@@ -96,6 +97,8 @@ WARPGROUP_SHAPES = ((64, 128, 4), (48, 128, 4), (32, 128, 4))
 # The relative time a warpgroup block's column takes by the block's width (narrower blocks read more of their
 # operands per multiply-add): what `_spread` weighs waves of blocks with.
 COLUMN_COST = {256: 1.0, 192: 1.06, 128: 1.12}
+# The slices of k a block's epilogue takes as long as (session 47: 5.8 of a k = 768 block's 15 µs on the H100)
+EPILOGUE_SLICES = 8
 WARP_COLUMNS = (32, 64)  # a warp plan's columns (mma.sync tiles in pairs: 48 is a warpgroup plan's only)
 FITTED_COLUMNS = (48,)   # warp columns a plan takes only where the waves of blocks say so (the SMs known)
 # TF32 takes the same: its a lies in registers, 4 per k8 step and 64 columns, held until the slice's batch is waited
@@ -113,6 +116,7 @@ class TensorCorePlan(TilePlan):
     """A TilePlan whose group multiplies on tensor cores: `kind` names the operands' type in PTX."""
 
     kind: str = "bf16"
+    operands: Optional[DType] = None  # the operands' dtype where it is not the product's (half products' partials)
     warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
     pipelined: bool = False  # `buffers` stages of swizzled tiles, some operand copied by cp.async (else registers)
     warpgroup: bool = False  # multiplied by warpgroups (wgmma: 2 x 64 rows by block_m), else by warps (mma.sync)
@@ -144,7 +148,8 @@ class TensorCorePlan(TilePlan):
 
     @property
     def stored(self) -> DType:
-        return self.product.dtype
+        """The dtype of the staged operands."""
+        return self.operands or self.product.dtype
 
     @property
     def choice(self) -> Choice:
@@ -212,8 +217,10 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     by the waves of blocks its `compute_units` take; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
-    kind = KINDS.get(product.dtype.name)
-    if kind not in kinds or any(s.dtype != product.dtype for s in product.src[0].src):
+    dtype = multiplied(product.src[0].src[0]).dtype
+    kind = KINDS.get(dtype.name)
+    if (kind not in kinds or any(multiplied(s).dtype != dtype for s in product.src[0].src)
+            or product.dtype not in (dtype, dtype.accumulated)):
         return None
     placed = product_axes(root, product)
     if placed is None:
@@ -234,9 +241,38 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     if not fitting:
         return None
     columns, row_bytes, buffers = fitting[0]
-    return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // product.dtype.itemsize,
-                          buffers, split=choice["split"] if choice is not None else 1, kind=kind,
-                          warp_columns=columns, pipelined=pipelined, warpgroup=warpgroup)
+    split = choice["split"] if choice is not None else _filling_split(
+        product, n_axis, m_axis, 4 * columns, kind, compute_units if warpgroup else 0, row_bytes // dtype.itemsize)
+    return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // dtype.itemsize,
+                          buffers, split=split, kind=kind,
+                          operands=None if dtype == product.dtype else dtype, warp_columns=columns,
+                          pipelined=pipelined, warpgroup=warpgroup)
+
+
+def _filling_split(product: Node, n_axis: int, m_axis: int, width: int, kind: str, units: int, bk: int) -> int:
+    """Chunks of k for a 16-bit warpgroup product whose blocks of BLOCK x `width` outputs fill at most half the
+    device's compute `units` (W7's attention-projection weight gradient, 768 x 768 over 16384 tokens: 36 of the
+    H100's 132 SMs), their float32 partials summed by the kernel of the product's root (split.py): of the splits
+    split.split_options allows that cut k into whole slices of `bk` (a padded chunk is staged element by element),
+    the one taking the least waves of blocks times (a chunk + EPILOGUE_SLICES slices); else 1. ZYX_TC_SPLIT=0: 1."""
+    if units <= 0 or kind == "tf32" or os.environ.get("ZYX_TC_SPLIT") == "0":
+        return 1
+    rows, columns = product.shape[n_axis], product.shape[m_axis]
+    blocks = math.prod(product.shape) // (rows * columns) * -(-rows // BLOCK) * -(-columns // width)
+    count = product.src[0].shape[product.arg[0]]
+    if 2 * blocks > units:
+        return 1
+    splits = [s for s in split_options(product, "tensor_cores") if count % (s * bk) == 0] or [1]
+    return min(splits, key=lambda s: -(-s * blocks // units) * (count // s + EPILOGUE_SLICES * bk))
+
+
+def multiplied(operand: Node) -> Node:
+    """What a product's operand multiplies on tensor cores: a half operand's broadcast cast to float32 (the float32
+    partials of a half product split along k: split.py) multiplies as the half values, whose products float32
+    holds exactly; any other operand as it is."""
+    if operand.op is Op.CAST and operand.src[0].dtype.is_narrow_float and operand.dtype == float32:
+        return operand.src[0]
+    return operand
 
 
 def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_axis: int,
@@ -512,7 +548,7 @@ class TensorCoreLowering(LocalTileLowering):
         n_axis, m_axis = matmul_axes(node)  # type: ignore[misc]
         k_axis = node.arg[0]
         corner = unravel(linear(self.corner, self.space), node.shape)
-        left, right = node.src[0].src[0], node.src[0].src[1]
+        left, right = (multiplied(side) for side in node.src[0].src)
         place = (corner, k_base, k_axis)
         copied = self._copied(left, n_axis, BLOCK, tiles[0], place, self._left_orientations)
         right_copied = (self._copied(right, m_axis, plan.block_m, tiles[1], place, (True, False)) if plan.pipelined
