@@ -137,3 +137,24 @@ def test_each_helper_brings_what_it_calls(ptx):
         helpers = prelude(False, False, body)
         build_source(context, device, (ptx_written_in_c(helpers) if ptx else helpers) + body,
                      ("-DZYX_PTX_CVT",) if ptx else ())
+
+
+def test_kernels_combined_into_one_program_keep_their_attributes():
+    """A kernel with a work-group size attribute (a warpgroup product's) and a plain one (the sum of its partials)
+    built as one program: each whole, both run."""
+    from zyx.jit.opencl_prelude import combine_sources
+    sized = ("__kernel __attribute__((reqd_work_group_size(4, 1, 1))) void sized(__global float* y) {\n"
+             "  int i = get_global_id(0); y[i] = zyx_max_float(2.0f * i, -1.0f); }\n")
+    plain = "__kernel void plain(__global float* y) { int i = get_global_id(0); y[i] += 1.0f; }\n"
+    combined = combine_sources([prelude(False, False, sized) + sized, plain])
+    assert "reqd_work_group_size(4, 1, 1))) void sized" in combined and "__kernel void plain" in combined
+    device = select_device()
+    context = cl.Context([device])
+    queue = cl.CommandQueue(context)
+    program = build_source(context, device, combined)
+    y = cl.Buffer(context, cl.mem_flags.READ_WRITE, 8 * 4)
+    program.sized(queue, (8,), (4,), y)
+    program.plain(queue, (8,), None, y)
+    out = np.empty(8, np.float32)
+    cl.enqueue_copy(queue, out, y)
+    np.testing.assert_array_equal(out, 2 * np.arange(8) + 1)

@@ -185,8 +185,10 @@ def prelude(uses_double: bool, uses_rand: bool, body: str) -> str:
 
 
 def combine_sources(sources: list[str]) -> str:
-    """One program holding several kernels (each named by its content), with the helpers they need once."""
-    kernels = ["__kernel void " + source.split("__kernel void ", 1)[1] for source in sources]
+    """One program holding several kernels (each named by its content), with the helpers they need once. A kernel
+    is its source from `__kernel` on, attributes included (a warpgroup product's `reqd_work_group_size`: a 16-bit
+    product split along k shares a program with the kernel summing its partials)."""
+    kernels = ["__kernel " + source.split("__kernel ", 1)[1] for source in sources]
     uses_double = any("cl_khr_fp64" in source for source in sources)
     uses_rand = any("zyx_philox_uniform(" in kernel for kernel in kernels)
     body = "\n".join(kernels)
