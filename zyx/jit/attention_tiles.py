@@ -151,7 +151,7 @@ class StagedBlocks(Lowering):
         return found if found[0][3] != found[1][3] else []
 
     def _block_test(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
-                      key_name: str, block_name: str) -> BlockTest:
+                    key_name: str, block_name: str) -> BlockTest:
         """Whether a block of keys scores -inf throughout (see _mask), the same in every item of the group: the
         keys' side's extreme over the block against the rows' (`rows_extreme`); and whether such a block ends the
         walk (`_ends_walk`)."""

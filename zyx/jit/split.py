@@ -1,10 +1,13 @@
-"""A GPU product split along its reduced axis across work groups: the `split` of a tuned local_tiles choice.
+"""A GPU product split along its reduced axis across work groups: the `split` of a tuned local_tiles or
+tensor_cores choice, or of tensor_cores._filling_split.
 
 A product with few blocks of outputs (1021³ in 128 x 128 blocks: 64 groups on a 132-SM GPU) leaves much of the
 GPU idle however its groups are shaped. Split into `split` chunks of k (rewrite.split_along_k), it takes two
 kernels: the partial products, a batch of products over the chunks (a local-tile kernel shaped by the choice's
 other parameters), then the kernel of the product's own root, in which the product is the sum of its partials (a
-loop of `split` loads per output) and the rest of the root (bias, activation) fuses after that sum.
+loop of `split` loads per output) and the rest of the root (bias, activation) fuses after that sum. A half-precision
+product's partials are float32 (each operand's broadcast cast to float32: tensor_cores.multiplied), their sum
+rounded once.
 """
 from __future__ import annotations
 
