@@ -219,3 +219,18 @@ def test_every_walk_of_a_causal_step_stops_at_its_first_hidden_block(gpu, monkey
     zyx.realize(*grads)
     for grad, reference in zip(grads, (tq, tk, tv)):
         np.testing.assert_allclose(grad.numpy(), reference.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_how_an_index_moves_with_a_loop_variable():
+    """attention_tiles._direction: 1 where an index never falls as the variable rises, -1 where it never rises, 0
+    where it does not depend on it, None where that is not known (a modulo of it, terms moving each way)."""
+    from zyx.jit.attention_tiles import _direction, _never_falls
+    from zyx.jit.symbolic import Expr
+    kb, j = Expr.var("kb", 16), Expr.var("j", 64)
+    walked = Expr.minimum(kb * 64 + j, 1000)
+    assert _direction(walked, "kb") == 1 and _direction(walked, "j") == 1 and _direction(walked, "x") == 0
+    backwards = Expr.minimum((Expr(15) - kb) * 64 + j, 1000)
+    assert _direction(backwards, "kb") == -1 and _direction(backwards, "j") == 1
+    assert _direction(kb * 64 - j, "j") == -1 and _direction((kb * 64 + j) // 8, "kb") == 1
+    assert _direction((kb * 64 + j) % 100, "kb") is None and _direction(kb * 64 - kb // 2, "kb") is None
+    assert _never_falls(walked, "kb") and _never_falls(Expr(3) + j, "kb") and not _never_falls(backwards, "kb")
