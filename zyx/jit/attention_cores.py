@@ -114,7 +114,7 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
         k_offset, v_offset = self._stage_walked(copies, [k_stage, v_stage], chunks, key_name, block_name, blocks)
-        needed = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
+        block_test = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         scores = self._score_tiles(queries, k_stage, k_offset, q_pitch, probability, key_name)
         for tile, row in enumerate(scores):
@@ -135,7 +135,7 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
                     self._scopes[-1].append(Accumulate(totals[half], Op.ADD, exponential))
                     weights_of[tile][2 * half + pair] = weight
         self._multiply(self._packed_fragments(weights_of), v_stage, width + PAD, outputs, True, v_offset)
-        self._close_blocks(block_name, blocks, needed, skippable, chunks is not None)
+        self._close_blocks(block_name, blocks, block_test, skippable, chunks is not None)
         for half in range(2):
             total = self._across_quad(totals[half], Op.ADD)
             first = half * len(self._columns())

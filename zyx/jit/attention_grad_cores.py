@@ -137,7 +137,7 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
         offsets = dict(zip(names, self._stage_walked(distinct, names, chunks, walk_name, block_name, blocks)))
-        needed = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
+        block_test = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         self._tile_depth = len(self._scopes) - 1
         for (node, *_), held, (stage, pitch) in zip(products, fragments, stages):
@@ -148,7 +148,7 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
             sides = [[self._p_side(plan, half, tile, pair, walked, exact) for half in range(2) for pair in range(2)]
                      for tile in range(BLOCK // TILE_N)]
             self._multiply(self._packed_fragments(sides), stage, pitch, tiles, True, offsets[stage])
-        self._close_blocks(block_name, blocks, needed, skippable, chunks is not None)
+        self._close_blocks(block_name, blocks, block_test, skippable, chunks is not None)
         for plan, tiles in zip(plans, accumulators):
             for half in range(2):
                 self._element = half * len(self._columns(plans[0]))  # (the guard of the half's rows)

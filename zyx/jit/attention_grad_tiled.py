@@ -115,7 +115,7 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
         rows_extreme = {side: self._extreme(side, index, self.row_name, self.rows_per_group, lowest)
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
-        needed = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
+        block_test = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         for (node, index, name, size), stage in zip(walked_stages, stages):
             self._stage(node, index, walk_name, name, size, stage, pitch=size + KEY_PAD)
@@ -134,7 +134,7 @@ class TiledGradientLowering(TileLoops, StagedGradientLowering):
             self._scopes[-1].append(self._weigh_tile(p_stage, self._p_pitch, stage, width + KEY_PAD, width, plan_accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stages before the next block's copies
         body = self._close_loop()
-        self._skip_unneeded(body, skippable, needed)
+        self._skip_unneeded(body, skippable, block_test)
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
         self._store_outputs(accs)
 

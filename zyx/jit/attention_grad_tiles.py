@@ -98,7 +98,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         rows_extreme = {side: self._extreme(side, index, "lid", self.rows_per_group, lowest)
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
-        needed = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
+        block_test = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         for node, index, name, size, stage in copies:
             self._stage(node, index, walk_name, name, size, stage)
@@ -106,7 +106,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         self._walk_block(accs, walked, exact)
         self._scopes[-1].append(Barrier())  # every item is done with the stage before the next block overwrites it
         body = self._close_loop()
-        self._skip_unneeded(body, skippable, needed)
+        self._skip_unneeded(body, skippable, block_test)
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
         for plan, row in zip(self.plans, accs):
             for e, acc in enumerate(row):

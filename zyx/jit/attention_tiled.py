@@ -188,7 +188,7 @@ class TiledAttentionLowering(TileLoops, TileScores, StagedAttentionLowering):
         rows_extreme = {side: self._extreme(side, index, self.row_name, rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
-        needed = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
+        block_test = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         self._stage(key_side, factor_index, key_name, head_name, head_dim, kp_stage, pitch=key_pitch)
         self._stage(pattern.w_side, weights, key_name, value_name, width, v_stage)
@@ -214,7 +214,7 @@ class TiledAttentionLowering(TileLoops, TileScores, StagedAttentionLowering):
         self._scopes[-1].append(self._weigh_tile(kp_stage, p_pitch, v_stage, self.width, self.width, accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stages before the next block's copies
         body = self._close_loop()
-        self._skip_unneeded(body, skippable, needed)
+        self._skip_unneeded(body, skippable, block_test)
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
         row_totals = self._exchange(exchange, totals, Op.ADD)
         for i in range(ITEM_ROWS):

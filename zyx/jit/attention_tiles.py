@@ -332,7 +332,7 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
         rows_extreme = {side: self._extreme(side, index, "lid", rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
         self._open_loop(block_name, blocks)
-        needed = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
+        block_test = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
         self._stage(key_side, factor_index, key_name, head_name, head_dim, self._key_stage)
         self._stage(pattern.w_side, weights, key_name, value_name, self.width, value_stage)
@@ -342,7 +342,7 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
         self._scopes[-1].append(self._weigh(score_stage, value_stage, value_lanes, lowered, total, accs))
         self._scopes[-1].append(Barrier())  # every item is done with the stage before the next block overwrites it
         body = self._close_loop()
-        self._skip_unneeded(body, skippable, needed)
+        self._skip_unneeded(body, skippable, block_test)
         self._scopes[0].append(Loop(block_name, blocks, tuple(body)))
         self._store_statistics(probability, maximum, total)
         for element, acc in enumerate(accs):
@@ -474,14 +474,17 @@ def _arange_moves(node: Node, index: Index, name: str) -> Optional[int]:
     return None if None in directions or len(directions) > 1 else (directions.pop() if directions else 0)
 
 
+def _walks_stop() -> bool:
+    """Whether causal walks may stop at a hidden block (and walk backwards to): not with ZYX_ATTENTION_BREAK=0."""
+    return os.environ.get("ZYX_ATTENTION_BREAK") != "0"
+
+
 def walks_back(mask: list[tuple[Node, Index, bool, bool]], block_name: str) -> bool:
     """Whether a walk over blocks should take them last first: where the side of `mask` read at the walked row is
     the compared a (a < b hides), an arange rising with the block `block_name` (the keys' gradient walking query
     rows under a causal mask: the first blocks hidden, then none), so that walked backwards the hidden blocks come
     last and the walk stops at the first of them (`_ends_walk`). Not with ZYX_ATTENTION_BREAK=0."""
-    if os.environ.get("ZYX_ATTENTION_BREAK") == "0":
-        return False
-    return any(not lowest and _arange_moves(side, index, block_name) == 1
+    return _walks_stop() and any(not lowest and _arange_moves(side, index, block_name) == 1
                for side, index, lowest, over_rows in mask if not over_rows)
 
 
@@ -491,9 +494,7 @@ def _ends_walk(mask: list[tuple[Node, Index, bool, bool]], block_name: str) -> b
     b is at least the last one's (a causal mask walked over keys: the forward, the queries' gradient); or the
     compared a, an arange never rising (query rows walked last first: `walks_back`). ZYX_ATTENTION_BREAK=0: never
     (each block tested)."""
-    if os.environ.get("ZYX_ATTENTION_BREAK") == "0":
-        return False
-    return any(_arange_moves(side, index, block_name) in ((0, 1) if lowest else (0, -1))
+    return _walks_stop() and any(_arange_moves(side, index, block_name) in ((0, 1) if lowest else (0, -1))
                for side, index, lowest, over_rows in mask if not over_rows)
 
 

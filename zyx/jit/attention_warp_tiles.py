@@ -233,15 +233,15 @@ class WarpTiles(StagedBlocks):
         scope.append(AsyncCommit())
         return offsets
 
-    def _close_blocks(self, block_name: str, blocks: int, needed: Optional[BlockTest], skippable: int,
+    def _close_blocks(self, block_name: str, blocks: int, block_test: Optional[BlockTest], skippable: int,
                       double_buffered: bool) -> None:
-        """The block loop closed, its statements from `skippable` on only where the block is needed (`needed`,
+        """The block loop closed, its statements from `skippable` on only where the block is needed (`block_test`,
         `_skip_unneeded`; None: always): single-buffered, behind a barrier (every warp done with the stages before
         the next block's copies); double-buffered, the last copies (issued for no block) waited for after it."""
         if not double_buffered:
             self._scopes[-1].append(Barrier())
         body = self._close_loop()
-        self._skip_unneeded(body, skippable, needed)
+        self._skip_unneeded(body, skippable, block_test)
         self._scopes[-1].append(Loop(block_name, blocks, tuple(body)))
         if double_buffered:
             self._scopes[-1].append(AsyncWait(0))

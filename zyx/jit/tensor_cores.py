@@ -250,6 +250,12 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
                           pipelined=pipelined, warpgroup=warpgroup)
 
 
+def _blocks(product: Node, n_axis: int, m_axis: int, width: int) -> int:
+    """The blocks of BLOCK x `width` outputs `product` takes, over its batch (the last ones hanging over the ends)."""
+    rows, columns = product.shape[n_axis], product.shape[m_axis]
+    return math.prod(product.shape) // (rows * columns) * -(-rows // BLOCK) * -(-columns // width)
+
+
 def _filling_split(product: Node, n_axis: int, m_axis: int, width: int, kind: str, units: int, bk: int) -> int:
     """Chunks of k for a 16-bit warpgroup product whose blocks of BLOCK x `width` outputs fill at most half the
     device's compute `units` (W7's attention-projection weight gradient, 768 x 768 over 16384 tokens: 36 of the
@@ -259,8 +265,7 @@ def _filling_split(product: Node, n_axis: int, m_axis: int, width: int, kind: st
     ZYX_TC_SPLIT=1 for now: its kernels are checked on this machine (IR, ptxas), their values on no GPU yet."""
     if units <= 0 or kind == "tf32" or os.environ.get("ZYX_TC_SPLIT") != "1":
         return 1
-    rows, columns = product.shape[n_axis], product.shape[m_axis]
-    blocks = math.prod(product.shape) // (rows * columns) * -(-rows // BLOCK) * -(-columns // width)
+    blocks = _blocks(product, n_axis, m_axis, width)
     count = product.src[0].shape[product.arg[0]]
     if 2 * blocks > units:
         return 1
@@ -284,12 +289,11 @@ def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_ax
     COLUMN_COST (the earlier shape where that ties; FITTED_COLUMNS' shapes only where they tile the columns, and
     not with ZYX_WGMMA_FITTED=0); else those giving at least MIN_BLOCKS blocks of outputs, else
     the most (1021³ in 128 x 256 blocks occupies 32 of the H200's 132 SMs), of shapes other than FITTED_COLUMNS'."""
-    rows, columns = product.shape[n_axis], product.shape[m_axis]
-    batch = math.prod(product.shape) // (rows * columns)
+    columns = product.shape[m_axis]
     narrow = [s for s in shapes if 4 * s[0] <= columns] or shapes
 
     def blocks(shape: tuple[int, int, int]) -> int:
-        return batch * -(-rows // BLOCK) * -(-columns // (4 * shape[0]))
+        return _blocks(product, n_axis, m_axis, 4 * shape[0])
     if units > 0:  # (fitted shapes only where their blocks tile the columns: an edge stores element by element)
         fitted = os.environ.get("ZYX_WGMMA_FITTED") != "0"
         narrow = [s for s in narrow if s[0] not in FITTED_COLUMNS or fitted and columns % (4 * s[0]) == 0]
