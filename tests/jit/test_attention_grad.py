@@ -192,6 +192,36 @@ def test_attention_written_out_by_hand(shaped):
         np.testing.assert_allclose(grad.numpy(), tensor.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_packed_heads_gradients_stored_head_dimension_last(shaped):
+    """Causal attention on heads of one packed projection (GPT-2's qkv, split and transposed to [b, h, t, d]): every
+    gradient the backward kernels store lies with its head dimension last, as the concatenation of the packed
+    gradient reads it (dV's product, which the trace lays out [b, h, d, t], included: rewrite._width_last), and
+    the gradients of the input and the weights are torch's."""
+    batch, time, heads, head = 2, 37, 2, 8
+    x, w = data(batch, time, heads * head), data(3 * heads * head, heads * head) * 0.3
+
+    def attend(x, w, causal):
+        q, k, v = (x @ w.T).reshape(batch, time, 3, heads, head).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) * head ** -0.5
+        scores = scores + causal
+        maximum = scores.max(-1, keepdim=True)
+        shifted = (scores - getattr(maximum, "values", maximum)).exp()
+        return ((shifted / shifted.sum(-1, keepdim=True)) @ v).transpose(1, 2).reshape(batch, time, heads * head)
+
+    causal = np.triu(np.full((time, time), -1e9, np.float32), 1)
+    inputs = [shaped.tensor(a) for a in (x, w)]
+    out = attend(*inputs, shaped.tensor(causal))
+    grads = (out * out).sum().backward(inputs)
+    backward = attention_kernels(out, grads, shaped)[1][1:]
+    stored = [node.shape for kernel in backward for node in kernel.outputs if node.numel >= time * head]
+    assert len(stored) == 3 and all(shape[-1] == head for shape in stored), stored
+    expected = [torch.tensor(a, requires_grad=True) for a in (x, w)]
+    reference = attend(*expected, torch.tensor(causal))
+    torch.autograd.backward((reference * reference).sum())
+    for grad, tensor in zip(grads, expected):
+        np.testing.assert_allclose(grad.numpy(), tensor.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_blocks_a_causal_mask_hides_are_skipped(gpu):
     """Every backward kernel (dQ, and dK with dV or each alone) branches on whether a block of walked rows is
     hidden from all the group's rows, where the mask is causal, and computes every block where it is not."""

@@ -8,7 +8,10 @@ A matrix product reducing over several adjacent axes (a weight gradient summed o
 rewritten to reduce over one merged axis, so it is recognised as a product and tiled like any other.
 Long reductions into few outputs would leave most of the device idle (one work item per output walks
 the whole input), so they are split in two stages: partial results over chunks, then the reduction of
-the partials. On GPUs a product with few outputs and a long reduced axis (a convolution's weight gradient) is
+the partials. An attention gradient's product (dV = sum_i P dO) that the trace lays out with its head dimension
+before its keys, read through a permute that puts the head dimension last (the QKV gradient's concatenation), is
+laid out as that permute reads it: its kernel then stores pairs of neighbouring columns and its reader reads
+rows of the head dimension, where both went across the grain. On GPUs a product with few outputs and a long reduced axis (a convolution's weight gradient) is
 likewise split along k into a batch of products, summed afterwards, so that its tiled kernel has enough work
 groups; and so is a column sum (a bias's gradient over 16 384 tokens) whose groups of COLUMNS adjacent columns
 would be too few for the device's compute units: its rows in chunks, the partial sums of each chunk's columns
@@ -21,12 +24,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from typing import Optional, Sequence
 
 from ..dtypes import DType
 from ..trace import node as n
 from ..trace.node import Node, arg_key, toposort
 from ..trace.ops import LEAF_OPS, Op, REDUCE_OPS
+from .attention_grad import match_attention_gradient
 from .kernel_ir import lowest_value
 from .matmul import BK, MIN_USED
 from .tiling import matmul_axes
@@ -65,7 +70,9 @@ def rewrite_graph(targets: Sequence[Node], gpu: bool = False, compute_units: int
     replaced: dict[int, Node] = {}
     computed: dict[tuple, Node] = {}
     kept = {id(t) for t in targets}
-    for node in toposort(targets):
+    order = toposort(targets)
+    uses = Counter(id(s) for node in order for s in node.src)
+    for node in order:
         sources = tuple(replaced.get(id(s), s) for s in node.src)
         new = node
         if any(a is not b for a, b in zip(sources, node.src)):
@@ -74,6 +81,8 @@ def rewrite_graph(targets: Sequence[Node], gpu: bool = False, compute_units: int
         if key in computed and id(node) not in kept:
             replaced[id(node)] = computed[key]
             continue
+        if new.op is Op.PERMUTE and all(uses[id(s)] == 1 and id(s) not in kept for s in (node.src[0], *node.src[0].src)):
+            new = _width_last(new, gpu)
         if new.op is Op.SUM:
             new = _merge_product_axes(new, gpu) if len(new.arg) > 1 else _split_product(new) if gpu else new
         if new.op in REDUCE_OPS:
@@ -100,6 +109,30 @@ def _sharing_key(node: Node) -> Optional[tuple]:
     except TypeError:
         return None
     return key
+
+
+def _width_last(node: Node, gpu: bool) -> Node:
+    """PERMUTE(RESHAPE(an attention gradient's product, its reduced axis dropped)) that puts the product's width
+    axis (the head dimension) last, where the product does not: the product computed with that axis last, the
+    permute left of the rest; else the node itself (see the module)."""
+    view = node.src[0]
+    if view.op is not Op.RESHAPE or view.src[0].op is not Op.SUM:
+        return node
+    product = view.src[0]
+    plan = match_attention_gradient(product, {}, gpu)
+    if plan is None or view.shape != tuple(s for a, s in enumerate(product.shape) if a != plan.reduced):
+        return node
+    kept = [a for a in range(len(product.shape)) if a != plan.reduced]  # the view's axes, as the product's
+    width = kept.index(plan.width)
+    if node.arg[-1] != width or width == len(kept) - 1:
+        return node
+    stored = [a for a in range(len(kept)) if a != width] + [width]  # the view's axes as the product is stored
+    full = [kept[a] for a in stored]
+    full.insert(plan.reduced, plan.reduced)
+    operands = [n.expand(n.permute(side.src[0], full), tuple(product.src[0].shape[a] for a in full))
+                for side in product.src[0].src]
+    laid = n.reduce(Op.SUM, n.binary(Op.MUL, *operands), [plan.reduced])
+    return n.permute(n.reshape(laid, tuple(view.shape[a] for a in stored)), [stored.index(a) for a in node.arg])
 
 
 def _merge_product_axes(node: Node, split: bool) -> Node:
