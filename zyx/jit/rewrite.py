@@ -11,8 +11,8 @@ the whole input), so they are split in two stages: partial results over chunks, 
 the partials. An attention gradient's product (dV = sum_i P dO) that the trace lays out with its head dimension
 before its keys, read through a permute that puts the head dimension last (the QKV gradient's concatenation), is
 laid out as that permute reads it: its kernel then stores pairs of neighbouring columns and its reader reads
-rows of the head dimension, where both went across the grain. On GPUs a product with few outputs and a long reduced axis (a convolution's weight gradient) is
-likewise split along k into a batch of products, summed afterwards, so that its tiled kernel has enough work
+rows of the head dimension, where both went across the grain. On GPUs a product with few outputs and a long
+reduced axis (a convolution's weight gradient) is likewise split along k into a batch of products, summed afterwards, so that its tiled kernel has enough work
 groups; and so is a column sum (a bias's gradient over 16 384 tokens) whose groups of COLUMNS adjacent columns
 would be too few for the device's compute units: its rows in chunks, the partial sums of each chunk's columns
 side by side, so that the first stage is a column sum again, of more groups. On CPUs a column sum larger than
@@ -81,8 +81,9 @@ def rewrite_graph(targets: Sequence[Node], gpu: bool = False, compute_units: int
         if key in computed and id(node) not in kept:
             replaced[id(node)] = computed[key]
             continue
-        if new.op is Op.PERMUTE and all(uses[id(s)] == 1 and id(s) not in kept for s in (node.src[0], *node.src[0].src)):
-            new = _width_last(new, gpu)
+        if new.op is Op.PERMUTE and all(uses[id(s)] == 1 and id(s) not in kept
+                                        for s in (node.src[0], *node.src[0].src)):
+            new = _width_last(new, gpu)  # (the view and the product it permutes read by it alone)
         if new.op is Op.SUM:
             new = _merge_product_axes(new, gpu) if len(new.arg) > 1 else _split_product(new) if gpu else new
         if new.op in REDUCE_OPS:
