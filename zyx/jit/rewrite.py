@@ -12,8 +12,8 @@ the partials. An attention gradient's product (dV = sum_i P dO) that the trace l
 before its keys, read through a permute that puts the head dimension last (the QKV gradient's concatenation), is
 laid out as that permute reads it: its kernel then stores pairs of neighbouring columns and its reader reads
 rows of the head dimension, where both went across the grain. On GPUs a product with few outputs and a long
-reduced axis (a convolution's weight gradient) is likewise split along k into a batch of products, summed afterwards, so that its tiled kernel has enough work
-groups; and so is a column sum (a bias's gradient over 16 384 tokens) whose groups of COLUMNS adjacent columns
+reduced axis (a convolution's weight gradient) is likewise split along k into a batch of products, summed
+afterwards, so that its tiled kernel has enough work groups; and so is a column sum (a bias's gradient over 16 384 tokens) whose groups of COLUMNS adjacent columns
 would be too few for the device's compute units: its rows in chunks, the partial sums of each chunk's columns
 side by side, so that the first stage is a column sum again, of more groups. On CPUs a column sum larger than
 the caches is split alike, so that neighbouring items find each other's lines in cache. The rewrite builds new
