@@ -7,17 +7,19 @@ for it). Leaves and collectives keep their identity (the program binds them), an
 A matrix product reducing over several adjacent axes (a weight gradient summed over batch and time) is rewritten to
 reduce over one merged axis, so it is recognised as a product and tiled like any other. Long reductions into few
 outputs would leave most of the device idle (one work item per output walks the whole input), so they are split in
-two stages: partial results over chunks, then the reduction of the partials. An attention gradient's product (dV =
-sum_i P dO) that the trace lays out with its head dimension before its keys, read through a permute that puts the
-head dimension last (the QKV gradient's concatenation), is laid out as that permute reads it: its kernel then
-stores pairs of neighbouring columns and its reader reads rows of the head dimension, where both went across the
-grain. On GPUs a product with few outputs and a long reduced axis (a convolution's weight gradient) is likewise
-split along k into a batch of products, summed afterwards, so that its tiled kernel has enough work groups; and so
-is a column sum (a bias's gradient over 16 384 tokens) whose groups of COLUMNS adjacent columns would be too few
-for the device's compute units: its rows in chunks, the partial sums of each chunk's columns side by side, so that
-the first stage is a column sum again, of more groups. On CPUs a column sum larger than the caches is split alike,
-so that neighbouring items find each other's lines in cache. The rewrite builds new nodes above the split; leaves
-and random nodes keep their identity, so the program still binds its inputs by the original trace's order.
+two stages: partial results over chunks, then the reduction of the partials. On GPUs a product with few outputs and
+a long reduced axis (a convolution's weight gradient) is likewise split along k into a batch of products, summed
+afterwards, so that its tiled kernel has enough work groups; and so is a column sum (a bias's gradient over 16 384
+tokens) whose groups of COLUMNS adjacent columns would be too few for the device's compute units: its rows in
+chunks, the partial sums of each chunk's columns side by side, so that the first stage is a column sum again, of
+more groups. On CPUs a column sum larger than the caches is split alike, so that neighbouring items find each
+other's lines in cache. The rewrite builds new nodes above the split; leaves and random nodes keep their identity,
+so the program still binds its inputs by the original trace's order.
+
+An attention gradient's product (dV = sum_i P dO) that the trace lays out with its head dimension before its keys,
+read through a permute that puts the head dimension last (the QKV gradient's concatenation), is laid out as that
+permute reads it: its kernel then stores pairs of neighbouring columns and its reader reads rows of the head
+dimension, where both went across the grain.
 """
 from __future__ import annotations
 
