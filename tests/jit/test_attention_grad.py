@@ -218,8 +218,9 @@ def test_packed_heads_gradients_stored_head_dimension_last(shaped):
     expected = [torch.tensor(a, requires_grad=True) for a in (x, w)]
     reference = attend(*expected, torch.tensor(causal))
     torch.autograd.backward((reference * reference).sum())
-    for grad, tensor in zip(grads, expected):
-        np.testing.assert_allclose(grad.numpy(), tensor.grad.numpy(), rtol=1e-4, atol=1e-5)
+    for grad, tensor in zip(grads, expected):  # (float32 sums of terms up to 20: errors relative to the largest)
+        reference = tensor.grad.numpy()
+        np.testing.assert_allclose(grad.numpy(), reference, rtol=1e-4, atol=2e-5 * np.abs(reference).max())
 
 
 def test_blocks_a_causal_mask_hides_are_skipped(gpu):

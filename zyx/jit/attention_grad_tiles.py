@@ -304,7 +304,10 @@ def _distinct(stages: list) -> list:
 
 
 def _stage_key(node: Node, index: Index, name: str, size: int) -> tuple:
-    """What a stage holds: `node` at `index` whatever its inner variable `name` is called."""
+    """What a stage holds: `node` at `index` whatever its inner variable `name` is called, seen through the
+    broadcasts and permutes above it (dV's dO, laid out for its product by rewrite._width_last, is the dP nest's)."""
+    while node.op in (Op.EXPAND, Op.PERMUTE):
+        node, index = node.src[0], source_index(node, index)[0]
     return id(node), _keys(_at(index, {name: Expr.var("inner", size)}))
 
 
