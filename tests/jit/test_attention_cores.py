@@ -249,6 +249,27 @@ def test_k_and_v_stored_in_16_bits_are_copied_by_cp_async_a_block_ahead(monkeypa
     assert len(wide) == len(first) and not any(isinstance(s, AsyncCopy) for s in walk(kernel.ir.body))
 
 
+def test_packed_heads_keys_gradient_kernel_stages_each_walked_row_once_a_block_ahead():
+    """GPT-2's heads of one packed bf16 projection: dV's product, laid out head dimension last for the packed
+    gradient (rewrite._width_last), reads dO through a permute of its own, and its stage is the dP nest's still:
+    the dK-dV kernel stages q and dO once each, copied by cp.async a block ahead, and stores both head dimension
+    last."""
+    batch, time, heads, head = 2, 100, 2, 64
+    rng, cpu = np.random.default_rng(3), zyx.CPU()
+    packed, projection = (cpu.tensor(rng.standard_normal(shape, dtype=np.float32)).cast(zyx.bfloat16).realize()
+                          for shape in ((batch, time, 3 * heads * head), (heads * head, 16)))
+    q, k, v = packed.reshape(batch, time, 3, heads, head).permute(2, 0, 3, 1, 4)
+    with zyx.autocast(zyx.bfloat16):
+        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+        loss = (out.transpose(1, 2).reshape(batch, time, heads * head) @ projection).float().sum()
+    grad = loss.backward([packed])[0]  # (dO a product's bf16 output, as the projection's gradient stores it)
+    kernels, _ = schedule([grad.node], CORES)
+    keys = next(k for k in kernels if k.ir.kind == "a" and len(k.outputs) == 2)
+    stages = [s for s in walk(keys.ir.body) if isinstance(s, LocalArray) and s.name.startswith("stage")]
+    assert on_cores(keys) and len(stages) == 2 and any(isinstance(s, AsyncCopy) for s in walk(keys.ir.body))
+    assert [node.shape[-1] for node in keys.outputs] == [head, head]
+
+
 # Emulated, a case takes PoCL minutes: the representative ones here (each dtype, case and staging once); every
 # case of FORWARD_CASES runs on the GPU itself below.
 EMULATED_FORWARD = [("bfloat16", list(CASES)[0], False), ("float16", list(CASES)[1], True),
