@@ -310,9 +310,8 @@ def test_blocks_fitted_to_the_sms_match_numpy(cores, form, dtype):
 @pytest.mark.parametrize("form", list(FORMS))
 def test_products_of_few_blocks_split_along_k_match_numpy(cores, form, dtype, monkeypatch):
     """768 x 768 outputs over 8192 (GPT-2's attention-projection weight gradient at half its tokens): 36 blocks of
-    128 x 128 on Hopper's 132 SMs, so with ZYX_TC_SPLIT=1 k is split into float32 partials (split.py) summed by a
-    second kernel, then rounded once; every form, against numpy on the rounded operands."""
-    monkeypatch.setenv("ZYX_TC_SPLIT", "1")
+    128 x 128 on Hopper's 132 SMs, so k is split into float32 partials (split.py) summed by a second kernel, then
+    rounded once; every form, against numpy on the rounded operands."""
     rng = np.random.default_rng(50)
     a, b = _operands(rng, 768, 8192, 768, form, dtype)
     out = FORMS[form](cores.tensor(a), cores.tensor(b))

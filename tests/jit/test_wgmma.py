@@ -462,7 +462,6 @@ def test_the_printed_kernels_assemble_for_sm_90a_without_spills(tmp_path, monkey
                 for out in (wide_x @ wide_y, wide_t.T @ wide_w.T)]
     assert all("m64n192k16" in kernel.source for kernel in kernels[-2:])
     # float32 partials of a product of few blocks split along k (their bf16 operands as the product's)
-    monkeypatch.setenv("ZYX_TC_SPLIT", "1")
     tokens, features = operands((8192, 256), (8192, 256))
     kernels += [schedule([(tokens.T @ features).node], dataclasses.replace(HOPPER, compute_units=132))[0][0]]
     assert kernels[-1].outputs[0].dtype.name == "float32" and "m64n128k16.f32.bf16" in kernels[-1].source
@@ -789,9 +788,8 @@ def test_a_product_of_few_blocks_splits_k_into_float32_partials_on_warpgroups(mo
     """768 x 768 outputs over 16384 tokens (GPT-2's attention-projection weight gradient): 36 blocks of 128 x 128 on
     132 SMs. k is cut in 8 chunks: a warpgroup kernel of float32 partials (288 blocks), its bf16 operands copied 16
     bytes at a time as the unsplit product's are (the cast to float32 under each product stays the half value's),
-    then the root's kernel summing them (rounded to bf16 once, cast to float32 for the weight), with ZYX_TC_SPLIT=1
-    (not yet the default). Without it, a TF32 product, or enough blocks: one kernel."""
-    monkeypatch.setenv("ZYX_TC_SPLIT", "1")
+    then the root's kernel summing them (rounded to bf16 once, cast to float32 for the weight). With ZYX_TC_SPLIT=0,
+    a TF32 product, or enough blocks: one kernel."""
     x, dy = operands((16384, 768), (16384, 768))
     units = dataclasses.replace(HOPPER, compute_units=132)
     kernels = schedule([(x.T @ dy).float().node], units)[0]
@@ -807,5 +805,5 @@ def test_a_product_of_few_blocks_splits_k_into_float32_partials_on_warpgroups(mo
     assert len(schedule([(f.T @ g).node], dataclasses.replace(TF32, compute_units=132))[0]) == 1
     wide, _ = operands((16384, 3072), (1, 1))
     assert len(schedule([(x.T @ wide).node], units)[0]) == 1  # (96 blocks of 128 x 192)
-    monkeypatch.delenv("ZYX_TC_SPLIT")
+    monkeypatch.setenv("ZYX_TC_SPLIT", "0")
     assert len(schedule([(x.T @ dy).float().node], units)[0]) == 1
