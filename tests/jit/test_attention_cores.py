@@ -18,7 +18,7 @@ from zyx.dtypes import float32, uint32
 from zyx.jit import opencl_prelude, print_opencl, program_store, schedule as schedule_module
 from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, LocalArray, LocalStore, Loop, MatrixLoad,
-                               MatrixMultiply, WarpShuffle, walk)
+                               MatrixMultiply, Role, WarpShuffle, walk)
 from zyx.jit.schedule import schedule
 
 from test_attention_autocast import (DTYPES, as_float, assert_close, attention_arrays,  # noqa: F401 (fuse_any_size:
@@ -203,9 +203,13 @@ def _emulated_copy(s: AsyncCopy) -> str:
 
 
 def _emulating_printer(kernel):
-    """print_opencl's kernel, with the scratch arrays the emulations share where it multiplies on tensor cores."""
+    """print_opencl's kernel, with the scratch arrays the emulations share where it multiplies on tensor cores, or
+    the shuffles' alone where it only shuffles (a row's work group: as many items as the group has)."""
     if any(isinstance(s, MatrixMultiply) for s in walk(kernel.body)):
         return print_opencl.print_kernel(dataclasses.replace(kernel, body=(*SCRATCH, *kernel.body)))
+    if any(isinstance(s, WarpShuffle) for s in walk(kernel.body)):
+        scratch = LocalArray("emu_x", float32, kernel.axis(Role.LOCAL).size)
+        return print_opencl.print_kernel(dataclasses.replace(kernel, body=(scratch, *kernel.body)))
     return print_opencl.print_kernel(kernel)
 
 

@@ -68,6 +68,12 @@ class DeviceTraits:
         return self.tensor_core_memory or self.local_memory
 
     @property
+    def warp_shuffles(self) -> bool:
+        """Whether kernels may exchange values across a warp by NVIDIA's shfl.sync (inline PTX in OpenCL C): where
+        tensor cores were found, an NVIDIA device of compute capability 8.0 or newer (ZYX_WARP_SHUFFLES=0: not)."""
+        return bool(self.tensor_cores) and self.language == "opencl" and os.environ.get("ZYX_WARP_SHUFFLES") != "0"
+
+    @property
     def search_local_memory(self) -> int:
         """Bytes of local memory the tiles of a float32 product a search tries may take: the measured limit where
         one is known (static __local arrays of up to 200 KiB built and ran on the H200, which reports 48 KiB), so

@@ -648,7 +648,8 @@ def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int
     words = traits.gpu and traits.language == "opencl" and kernel.axis(Role.REDUCE) is not None
     if choice.get("group", 0):
         long = words and kernel.axis(Role.REDUCE).size >= NARROW_GROUP_ROW  # type: ignore[union-attr]
-        return group_reductions((_bf16_lanes(kernel) if long else None) or kernel, choice["group"])
+        return group_reductions((_bf16_lanes(kernel) if long else None) or kernel, choice["group"],
+                                traits.warp_shuffles)
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
     if words and vector is None:
         lanes = _bf16_lanes(kernel)
@@ -733,7 +734,8 @@ def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     of every pass; elsewhere a row per item, in vector lanes along the row."""
     if traits.gpu and length >= GROUP_MIN_REDUCE:
         lanes = _group_lanes(kernel, length, traits)
-        return rows_in_registers(group_reductions(lanes, _group_size(length, lanes is not kernel, traits)))
+        return rows_in_registers(group_reductions(lanes, _group_size(length, lanes is not kernel, traits),
+                                                  traits.warp_shuffles))
     vector = (_vector_kernel(kernel, traits.vector_width, tails=True, gpu=traits.gpu)
               if traits.vector_width else None)
     return vector or _unrolled(kernel)

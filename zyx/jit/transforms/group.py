@@ -5,13 +5,19 @@ tree moves scalars (on the H200 a softmax row kernel's float4 trees cost a quart
 Where the reduced values lie far apart and adjacent outputs' values side by side (a column sum: a bias's
 gradient over 16 384 tokens), items striding along the reduction would each read a value of its own 32-byte
 sector; a group then takes COLUMNS adjacent outputs, its items in slices of COLUMNS along them, so that neighbouring
-items read neighbouring values, and the tree combines the slices of each column."""
+items read neighbouring values, and the tree combines the slices of each column.
+
+Where the device has NVIDIA's warp shuffles (`shuffles`: a device running PTX, tensor_cores.py), float32 partials are
+combined within each warp of 32 items by shuffles first, then each warp's one per column through local memory after
+a single barrier, every item adding the warps' values: the local-memory tree took a barrier a level (W7's row sums over
+768 bf16 values in groups of 256 read 0.94 TB/s on an H100, where rows twice as long read 2.4-2.7)."""
 from __future__ import annotations
 
 import dataclasses
 
+from ...dtypes import float32
 from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, If, Kernel, LaneSelect, Load, LocalArray, LocalLoad,
-                         LocalStore, Loop, Operand, Reg, Role, Store, reduce_start, substitute, walk)
+                         LocalStore, Loop, Operand, Reg, Role, Store, WarpShuffle, reduce_start, substitute, walk)
 from ..symbolic import Expr
 from . import accumulators, copy_body, fold_lanes, rename_all
 
@@ -22,12 +28,14 @@ COLUMNS = 8  # adjacent outputs per group where the reduction reads far apart: 8
 # 384 groups (3072 columns) than strided, and 30 times slower in 96 (768 columns: too few items to hide latency)
 COLUMN_MIN_GROUPS = 384
 GROUP_MAX_OUTPUTS = 1 << 16  # with more outputs than this the device is busy enough without groups (schedule.py)
+WARP = 32  # items a shuffle reaches
 
 
-def group_reductions(kernel: Kernel, group: int) -> Kernel:
+def group_reductions(kernel: Kernel, group: int, shuffles: bool = False) -> Kernel:
     """`kernel` with `group` (a power of two) items per output: every top-level loop strided over the items
     (a reducing loop then combines their accumulators, a loop storing a row kernel's outputs stores each item's
-    share); a store outside loops by the first item only."""
+    share); a store outside loops by the first item only. `shuffles`: float32 partials combined by warp shuffles
+    first (see the module)."""
     columns = column_outputs(kernel, group)
     slices = group // columns
     lid = Expr.var("lid", group)
@@ -48,7 +56,7 @@ def group_reductions(kernel: Kernel, group: int) -> Kernel:
         elif isinstance(statement, Loop):
             body += _strided(statement, slices, position, trips_of)
             for acc, op in accumulators(statement):
-                body += _tree(acc, op, lid, group, names, columns)
+                body += _tree(acc, op, lid, group, names, columns, shuffles)
         else:
             body.append(statement)
     axes = tuple(Axis(a.name, trips_of.get(a.name, a.size), a.role) for a in kernel.axes) + (Axis("lid", group, Role.LOCAL),)
@@ -80,33 +88,61 @@ def _strided(loop: Loop, slices: int, position: Expr, trips_of: dict[str, int]) 
     return lines
 
 
-def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], columns: int = 1) -> list:
+def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], columns: int = 1,
+          shuffles: bool = False) -> list:
     """Every item's `acc` into local memory, combined pairwise (the slices of each of `columns` columns: items
-    `columns` apart); `acc` renamed to the total, which every item of the column reads. A vector `acc` is combined
-    lane by lane first; its total is then lane 0 of a vector whose other lanes hold `op`'s identity, so that code
-    combining `acc`'s lanes later finds the total."""
+    `columns` apart), or with `shuffles` within warps first (`_warp_tree`); `acc` renamed to the total, which every
+    item of the column reads. A vector `acc` is combined lane by lane first; its total is then lane 0 of a vector
+    whose other lanes hold `op`'s identity, so that code combining `acc`'s lanes later finds the total."""
     lines: list = []
     value = acc
     if acc.width > 1:
         lines, value = fold_lanes(acc, op, f"{acc.name}_item")
-    shared = f"{acc.name}_shared"
-    kept = acc.dtype.accumulated  # partial sums of half precision stay float32
-    lines += [LocalArray(shared, kept, group, 1), LocalStore(shared, lid, value), Barrier()]
-    step = group // 2
-    while step >= columns:
-        mine, theirs, total = (Reg(f"{acc.name}_{part}{step}", acc.dtype) for part in ("a", "b", "c"))
-        lines += [If(((lid, "lt", step),), (LocalLoad(mine, shared, lid), LocalLoad(theirs, shared, lid + step),
-                                            Alu(total, op, (mine, theirs)), LocalStore(shared, lid, total))),
-                  Barrier()]
-        step //= 2
     result = Reg(f"{acc.name}_total", acc.dtype)
-    lines.append(LocalLoad(result, shared, lid % columns))
+    if shuffles and acc.dtype == float32 and group % WARP == 0 and columns <= WARP:
+        lines += _warp_tree(acc.name, value, op, lid, group, columns, result)
+    else:
+        shared, kept = f"{acc.name}_shared", acc.dtype.accumulated  # partial sums of half precision stay float32
+        lines += [LocalArray(shared, kept, group, 1), LocalStore(shared, lid, value), Barrier()]
+        step = group // 2
+        while step >= columns:
+            mine, theirs, total = (Reg(f"{acc.name}_{part}{step}", acc.dtype) for part in ("a", "b", "c"))
+            lines += [If(((lid, "lt", step),), (LocalLoad(mine, shared, lid), LocalLoad(theirs, shared, lid + step),
+                                                Alu(total, op, (mine, theirs)), LocalStore(shared, lid, total))),
+                      Barrier()]
+            step //= 2
+        lines.append(LocalLoad(result, shared, lid % columns))
     if acc.width > 1:
         spread, lanes = Reg(f"{acc.name}_spread", acc.dtype, acc.width), Reg(f"{acc.name}_lanes", acc.dtype, acc.width)
         identity = reduce_start(op, acc.dtype, acc.width)
         lines += [Broadcast(spread, result), LaneSelect(lanes, (True,) + (False,) * (acc.width - 1), spread, identity)]
         result = lanes
     names[acc.name] = result
+    return lines
+
+
+def _warp_tree(name: str, value: Operand, op, lid: Expr, group: int, columns: int, result: Reg) -> list:
+    """`value` (float32) combined over the items of each of `columns` columns into `result`: within each warp by
+    butterfly shuffles over the lanes `columns` and more apart (lane l then holds its column's warp total for
+    column l % columns), those of lanes below `columns` into local memory, one barrier, and every item combining
+    the warps' values of its column in warp order."""
+    lines: list = []
+    mask = WARP // 2
+    while mask >= columns:
+        theirs, combined = Reg(f"{name}_x{mask}", float32), Reg(f"{name}_w{mask}", float32)
+        lines += [WarpShuffle(theirs, value, mask), Alu(combined, op, (value, theirs))]
+        value, mask = combined, mask // 2
+    shared, lane, warps = f"{name}_warps", lid % WARP, group // WARP
+    lines += [LocalArray(shared, float32, warps * columns, 1),
+              If(((lane, "lt", columns),), (LocalStore(shared, lid // WARP * columns + lane, value),)), Barrier()]
+    column = lid % columns
+    parts = [result] if warps == 1 else [Reg(f"{name}_p{w}", float32) for w in range(warps)]
+    lines += [LocalLoad(part, shared, column + w * columns) for w, part in enumerate(parts)]
+    total: Operand = parts[0]
+    for w, part in enumerate(parts[1:], 1):
+        combined = result if w == warps - 1 else Reg(f"{name}_s{w}", float32)
+        lines.append(Alu(combined, op, (total, part)))
+        total = combined
     return lines
 
 
