@@ -135,26 +135,6 @@ def test_half_precision_columns_add_in_float32(h200):
                                rtol=2e-3, atol=2e-2)
 
 
-def test_bfloat16_column_sums_take_groups_of_a_sector_of_columns(h200, monkeypatch):
-    """A bf16 column sum's first stage (summed in float32): groups of 16 adjacent columns, so that a row's slice of
-    items reads a whole 32-byte sector (8 columns read half of one), in chunks giving as many groups a
-    compute unit as float32 columns get; float32 columns keep groups of COLUMNS. Values against numpy, and with
-    ZYX_COLUMN_BYTES=16 (half a sector, the old groups) too."""
-    a = data(4096, 768)
-    for span, columns in (("32", 2 * COLUMNS), ("16", COLUMNS)):
-        monkeypatch.setenv("ZYX_COLUMN_BYTES", span)
-        h200.forget_programs()
-        out = h200.tensor(a).cast(zyx.bfloat16).realize().float().sum(0)
-        first = schedule([out.node], h200.traits)[0][0]
-        assert f"(lid%{columns})" in first.source
-        assert first.global_size // first.local_size >= COLUMN_GROUPS_PER_UNIT * h200.traits.compute_units
-        rounded = a.astype(np.float32).view(np.uint32)
-        rounded = ((rounded + 0x7FFF + ((rounded >> 16) & 1)) & 0xFFFF0000).view(np.float32)  # (to nearest even)
-        np.testing.assert_allclose(out.numpy(), rounded.sum(0, dtype=np.float64), rtol=1e-4, atol=1e-3)
-    stored = broadcast(16384, 768)  # (float32, read from memory)
-    assert f"(lid%{COLUMNS})" in schedule([stored.node, stored.sum(0).node], h200.traits)[0][1].source
-
-
 def test_a_split_column_sum_feeds_further_ops(h200):
     a, b = data(1100, 72), data(1100, 72)
     x, y = h200.tensor(a), h200.tensor(b)

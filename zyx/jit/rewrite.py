@@ -10,7 +10,7 @@ outputs would leave most of the device idle (one work item per output walks the 
 two stages: partial results over chunks, then the reduction of the partials. On GPUs a product with few outputs and
 a long reduced axis (a convolution's weight gradient) is likewise split along k into a batch of products, summed
 afterwards, so that its tiled kernel has enough work groups; and so is a column sum (a bias's gradient over 16 384
-tokens) whose groups of adjacent columns would be too few for the device's compute units: its rows in
+tokens) whose groups of COLUMNS adjacent columns would be too few for the device's compute units: its rows in
 chunks, the partial sums of each chunk's columns side by side, so that the first stage is a column sum again, of
 more groups. On CPUs a column sum larger than the caches is split alike, so that neighbouring items find each
 other's lines in cache. The rewrite builds new nodes above the split; leaves and random nodes keep their identity,
@@ -36,7 +36,7 @@ from .attention_grad import match_attention_gradient
 from .kernel_ir import lowest_value
 from .matmul import BK, MIN_USED
 from .tiling import matmul_axes
-from .transforms.group import GROUP_MAX_OUTPUTS, columns_for
+from .transforms.group import COLUMNS, GROUP_MAX_OUTPUTS
 
 SPLIT_MIN_COUNT = 32768    # reductions shorter than this stay one loop
 SPLIT_MAX_OUTPUTS = 1024   # with at least this many outputs the device is busy enough
@@ -47,7 +47,7 @@ PRODUCT_MIN_CHUNK = 1024   # ... each reducing at least this many elements (a la
 # leave GROUP_MAX_OUTPUTS partials, enough for one an item, read along the columns (on the H200 [16384, 3072] took
 # 54 us in 32 chunks so, 63-72 us as groups of COLUMNS columns in 1-16 chunks; torch 62 us) ...
 COLUMN_ITEM_CHUNK = 512
-# ... else where its groups of adjacent columns (`columns_for`) are fewer than COLUMN_GROUPS_PER_UNIT a compute unit, into enough
+# ... else where its groups of COLUMNS columns are fewer than COLUMN_GROUPS_PER_UNIT a compute unit, into enough
 # chunks for that many, of at least COLUMN_MIN_CHUNK rows (a work group's reduction): on the H200 [16384, 768]
 # took 83 us in one kernel, 21.7 in 8 chunks, 24.4-26.8 in 16-64 (torch 32.6 us). ZYX_COLUMN_GROUPS=N sets
 # another count, 0 splits none that way.
@@ -225,7 +225,7 @@ def _worth_splitting(node: Node) -> bool:
 def column_chunk(node: Node, gpu: bool, compute_units: int) -> int:
     """Rows a chunk of the column sum `node` (a reduction over leading axes: its values a row of columns apart)
     takes in its first stage: on a `gpu`, so that there are GROUP_MAX_OUTPUTS partials (one an item) or else
-    COLUMN_GROUPS_PER_UNIT groups of `columns_for` columns a compute unit, where the input has GPU_COLUMN_MIN_BYTES; on a
+    COLUMN_GROUPS_PER_UNIT groups of COLUMNS columns a compute unit, where the input has GPU_COLUMN_MIN_BYTES; on a
     CPU CPU_COLUMN_CHUNK where it has CPU_COLUMN_MIN_BYTES. 0 where it needs no split, is no column sum, or is a
     product (split along k instead)."""
     source = node.src[0]
@@ -242,8 +242,7 @@ def column_chunk(node: Node, gpu: bool, compute_units: int) -> int:
     if items >= COLUMN_ITEM_CHUNK:
         return items
     groups = int(os.environ.get("ZYX_COLUMN_GROUPS", COLUMN_GROUPS_PER_UNIT)) * compute_units
-    read = source.src[0] if source.op is Op.CAST else source  # (a half column summed in float32 reads half values)
-    parts = -(-groups * columns_for(read.dtype.itemsize) // node.numel)
+    parts = -(-groups * COLUMNS // node.numel)
     if parts < 2 or rows < 2 * COLUMN_MIN_CHUNK:
         return 0
     return max(COLUMN_MIN_CHUNK, _power_below(rows // parts))

@@ -14,7 +14,6 @@ a single barrier, every item adding the warps' values: the local-memory tree too
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from ...dtypes import float32
 from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, If, Kernel, LaneSelect, Load, LocalArray, LocalLoad,
@@ -24,8 +23,7 @@ from . import accumulators, copy_body, fold_lanes, rename_all
 
 # Strided loops of at most this many trips per item are unrolled whole (a row kernel's passes: 2-8 vectors each).
 UNROLLED_TRIPS = 8
-COLUMNS = 8  # adjacent outputs per group where the reduction reads far apart: 8 floats fill a 32-byte sector ...
-SECTOR_BYTES = 32  # ... and as many 16-bit values as fill one, up to 2 * COLUMNS (ZYX_COLUMN_BYTES: another span)
+COLUMNS = 8  # adjacent outputs per group where the reduction reads far apart: 8 floats fill a 32-byte sector
 # ... where that leaves this many groups at least: on the H200 a bias gradient over 16 384 tokens ran faster in
 # 384 groups (3072 columns) than strided, and 30 times slower in 96 (768 columns: too few items to hide latency)
 COLUMN_MIN_GROUPS = 384
@@ -148,24 +146,19 @@ def _warp_tree(name: str, value: Operand, op, lid: Expr, group: int, columns: in
     return lines
 
 
-def columns_for(itemsize: int) -> int:
-    """Adjacent columns whose values of `itemsize` bytes fill a sector (SECTOR_BYTES): COLUMNS float32 values,
-    twice as many 16-bit ones (at most 2 * COLUMNS)."""
-    return min(2 * COLUMNS, max(COLUMNS, int(os.environ.get("ZYX_COLUMN_BYTES", SECTOR_BYTES)) // itemsize))
-
-
 def column_outputs(kernel: Kernel, group: int) -> int:
-    """Adjacent outputs a group of `group` items takes: where every value the reductions read lies next to the
-    adjacent output's (or is the same for both) and some lies far from the next value of its reduction (a column
-    sum), and each reduction is scalar, as many as fill a sector with the narrowest of those values (`columns_for`;
-    else COLUMNS) where the outputs divide into at least COLUMN_MIN_GROUPS such groups; else 1. (A bf16 column sum
-    in groups of 8 columns read half of each 32-byte sector: W7's layer norms' and biases' gradients on an H100,
-    1.4-2.0 TB/s.)"""
+    """Adjacent outputs a group of `group` items takes: COLUMNS where every value the reductions read lies next
+    to the adjacent output's (or is the same for both) and some lies far from the next value of its reduction
+    (a column sum), the outputs divide into at least COLUMN_MIN_GROUPS such groups and each reduction is scalar;
+    else 1."""
     output = kernel.axis(Role.GLOBAL)
     loops = [s for s in kernel.body if isinstance(s, Loop)]
-    if output is None or not loops or any(acc.width > 1 for loop in loops for acc, _ in accumulators(loop)):
+    if output is None or output.size % COLUMNS or output.size // COLUMNS < COLUMN_MIN_GROUPS or group % COLUMNS \
+            or group == COLUMNS or not loops:
         return 1
-    strided, narrowest = False, 4
+    if any(acc.width > 1 for loop in loops for acc, _ in accumulators(loop)):
+        return 1
+    strided = False
     for loop in loops:
         if any(isinstance(s, Store) for s in walk(loop.body)):  # (a row kernel storing along its row)
             return 1
@@ -179,8 +172,5 @@ def column_outputs(kernel: Kernel, group: int) -> int:
             across, along = step(output.name), step(loop.var)
             if across not in (0, 1):
                 return 1
-            if across == 1 and abs(along) > 1:
-                strided, narrowest = True, min(narrowest, load.out.dtype.itemsize)
-    fitting = [c for c in dict.fromkeys((columns_for(narrowest), COLUMNS)) if output.size % c == 0
-               and output.size // c >= COLUMN_MIN_GROUPS and group % c == 0 and group != c]
-    return fitting[0] if strided and fitting else 1
+            strided |= across == 1 and abs(along) > 1
+    return COLUMNS if strided else 1
