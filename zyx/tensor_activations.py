@@ -1,5 +1,7 @@
 """Activation functions beyond tensor.py's (hardtanh, relu6, hardswish, selu, mish...), softmin and normalize,
-composed from where, exp and the activations already there. Each matches PyTorch's gradient at its kinks."""
+composed from where, exp and the activations already there. Each matches PyTorch's gradient at its kinks; of half
+tensors each is computed in float32 and rounded once (`Tensor._in_float32`), as PyTorch's (softsign, which PyTorch
+composes of half ops, in the dtype)."""
 from __future__ import annotations
 
 import math
@@ -31,36 +33,34 @@ class ActivationMixin:
 
     def hardsigmoid(self: "Tensor") -> "Tensor":
         """relu6(x + 3) / 6: 0 below -3, 1 above 3, linear between."""
-        return (self._float() + 3).relu6() * (1 / 6)
+        return self._in_float32(lambda x: (x + 3).relu6() * (1 / 6))
 
     def hardswish(self: "Tensor") -> "Tensor":
         """x * relu6(x + 3) / 6, with PyTorch's gradient at -3 and 3 (the middle piece's)."""
-        x = self._float()
-        return (x < -3).where(0.0, (x <= 3).where(x * (x + 3) * (1 / 6), x))
+        return self._in_float32(lambda x: (x < -3).where(0.0, (x <= 3).where(x * (x + 3) * (1 / 6), x)))
 
     def selu(self: "Tensor") -> "Tensor":
         """scale * elu(x, alpha) with the self-normalising constants."""
-        return self._float().elu(_SELU_ALPHA) * _SELU_SCALE
+        return self._in_float32(lambda x: x.elu(_SELU_ALPHA) * _SELU_SCALE)
 
     def celu(self: "Tensor", alpha: float = 1.0) -> "Tensor":
         """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
         if alpha == 0:
             raise ValueError("celu: alpha must not be 0")
-        return (self._float() * (1 / alpha)).elu() * alpha
+        return self._in_float32(lambda x: (x * (1 / alpha)).elu() * alpha)
 
     def mish(self: "Tensor") -> "Tensor":
         """x tanh(softplus(x))."""
-        x = self._float()
-        return x * x.softplus().tanh()
+        return self._in_float32(lambda x: x * x.softplus().tanh())
 
     def logsigmoid(self: "Tensor") -> "Tensor":
         """log(sigmoid(x)) = -softplus(-x), without overflow."""
-        return -(-self._float()).softplus()
+        return self._in_float32(lambda x: -(-x).softplus())
 
     def softsign(self: "Tensor") -> "Tensor":
         """x / (1 + |x|)."""
         x = self._float()
-        return x / (x.abs() + 1)
+        return x / (x.abs() + 1)  # (in the dtype: PyTorch composes it of half ops too)
 
     def softmin(self: "Tensor", dim: int = -1) -> "Tensor":
         """softmax(-x) along `dim`."""
