@@ -15,6 +15,7 @@ import zyx
 import zyx.nn.functional as F
 from zyx.jit.kernel_ir import LocalArray, walk
 from zyx.jit.kernel_nodes import contained_nodes
+from zyx.jit.rewrite import rewrite_graph
 from zyx.jit.schedule import schedule
 from zyx.jit.tiling import matmul_axes
 from zyx.trace.node import toposort
@@ -105,3 +106,33 @@ def test_a_kernel_reading_a_stored_product_is_elementwise(shaped):
     assert adding.outputs == [biased.node] and product in adding.loads and not product_kernels([adding])
     assert adding.site.applied.family == "plain" and adding.site.applied.get("width", 1) > 1
     np.testing.assert_allclose(biased.numpy(), x @ w.T + b, rtol=1e-4, atol=1e-4)
+
+
+def autocast_gradients(device, p, x, dy):
+    with zyx.autocast(zyx.bfloat16):
+        out = mlp(F, p, x)
+    return (out.float() * dy).sum().backward([*(p[n] for n in NAMES), x])
+
+
+def test_under_bf16_autocast_gelu_backward_in_float32_meets_at_its_rounded_value(h200):
+    """Under bf16 autocast GELU is computed in float32 and rounded once (Tensor._in_float32), so its backward reads
+    dY·W_outᵀ (bf16) through a cast to float32 and ends in a cast back, which its bias's column sums (split in two
+    stages, each summing in float32) read through a cast to float32 again: `_meeting_point` follows the widening
+    casts and answers the rounded value, which the product's epilogue then stores (it answered none: W7 stored
+    GELU's backward by an elementwise kernel apart); the gradients as the CPU device's."""
+    grads = autocast_gradients(h200, {name: h200.tensor(a) for name, a in PARAMS.items()}, h200.tensor(X),
+                               h200.tensor(DY))
+    order = toposort(rewrite_graph([grad.node for grad in grads], True, 132))
+    users: dict = {id(node): [] for node in order}
+    for node in order:
+        for source in node.src:
+            users[id(source)].append(node)
+    products = [node for node in order if matmul_axes(node) is not None and node.numel == TOKENS * 4 * D]
+    met = [scheduler._meeting_point(node, {}, users) for node in products]  # (x̂·W_fcᵀ's and dY·W_outᵀ's)
+    assert [(m.op.name, m.dtype.name) for m in met if m is not None] == [("CAST", "bfloat16")], met
+    cpu = zyx.CPU()
+    expected = autocast_gradients(cpu, {name: cpu.tensor(a) for name, a in PARAMS.items()}, cpu.tensor(X),
+                                  cpu.tensor(DY))
+    for got, want, name in zip(grads, expected, [*NAMES, "x"]):  # (bf16 sums: errors relative to the largest)
+        want = want.numpy()
+        np.testing.assert_allclose(got.numpy(), want, rtol=2e-2, atol=1e-2 * np.abs(want).max(), err_msg=f"d{name}")

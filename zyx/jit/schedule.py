@@ -1001,30 +1001,36 @@ def _stored_epilogues(order: Sequence[Node], materialized: dict[int, Node],
 
 
 def _epilogue(product: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> Node:
-    """The last node of the chain above `product` whose nodes each have one user, an elementwise op or a reshape
-    at the product's positions, no wider than the product, ending at a stored node if it meets one."""
-    value = product
+    """The last node no wider than `product` of the chain above it whose nodes each have one user, an elementwise
+    op or a reshape at the product's positions, ending at a stored node if it meets one."""
+    value = last = product
     while id(value) not in materialized and len({id(user) for user in users[id(value)]}) == 1:
         user = users[id(value)][0]
         if not _at_its_positions(user, product):
             break
         value = user
-    return value
+        last = value if _no_wider(value, product) else last
+    return last
 
 
 def _at_its_positions(user: Node, product: Node) -> bool:
     """Whether `user` (of the product or of an op above it) computes at the product's positions, an elementwise op
-    or a reshape no wider than the product: part of an epilogue its kernel can compute."""
-    return (user.numel == product.numel and user.dtype.itemsize <= product.dtype.itemsize
-            and (user.op in ELEMENTWISE_OPS or user.op is Op.RESHAPE))
+    or a reshape: part of an epilogue its kernel can compute (wider values within it too: a half activation's
+    gradient computed in float32, `Tensor._in_float32`, stored rounded)."""
+    return user.numel == product.numel and (user.op in ELEMENTWISE_OPS or user.op is Op.RESHAPE)
+
+
+def _no_wider(value: Node, product: Node) -> bool:
+    """Whether `value` takes no more bytes an element than `product` (what an epilogue may store in its place)."""
+    return value.dtype.itemsize <= product.dtype.itemsize
 
 
 MEETING_MAX_NODES = 32  # elementwise ops `_meeting_point` follows from a product before it answers none
 
 
 def _meeting_point(product: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> Optional[Node]:
-    """The one node through which the elementwise ops (and reshapes) reading `product` at its positions, no wider
-    than it, are all read elsewhere, if there is one (within MEETING_MAX_NODES ops): GELU's backward reads dY·W_outᵀ
+    """The one node, no wider than `product`, through which the elementwise ops (and reshapes) reading it at its
+    positions are all read elsewhere, if there is one (within MEETING_MAX_NODES ops): GELU's backward reads dY·W_outᵀ
     twice, in its derivative's two terms, then sums them. Its bias gradient's column sums computed that derivative
     again, erf and exp per element, from the product stored raw: 7.7 ms of a layer's step on PoCL 3.1 (Zen 2)."""
     region, exits, stack = {id(product)}, [], [product]
@@ -1045,11 +1051,14 @@ def _meeting_point(product: Node, materialized: dict[int, Node], users: dict[int
         if len(region) > MEETING_MAX_NODES:
             return None
     met = set()
-    for node in exits:  # (a reshape read elsewhere is its source's value: the gradient read as a product's operand)
-        while node.op is Op.RESHAPE and id(node.src[0]) in region and node is not product:
+    for node in exits:  # (a reshape read elsewhere is its source's value: the gradient read as a product's operand;
+        # so is a widening cast: a half gradient summed in float32 by its bias's column sums)
+        while (node.op is Op.RESHAPE or node.op is Op.CAST and not _no_wider(node, product)) \
+                and id(node.src[0]) in region and node is not product:
             node = node.src[0]
         met.add(node)
-    return met.pop() if len(met) == 1 and product not in met else None
+    meeting = met.pop() if len(met) == 1 and product not in met else None
+    return meeting if meeting is not None and _no_wider(meeting, product) else None
 
 
 def _read_apart(value: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> bool:
