@@ -294,27 +294,28 @@ def test_matches_torch(device, name):
         np.testing.assert_allclose(_numpy(z), expected, rtol=rtol, atol=atol, err_msg=f"gradient {i}")
 
 
-HALF_ACTIVATIONS = {  # name: (zyx, torch) of a half tensor; each computed in float32 and rounded once
+HALF_COMPOSITES = {  # name: (zyx, torch) of a half tensor; each computed in float32 and rounded once
     **{name: (lambda x, name=name: getattr(x, name)(), lambda x, name=name: getattr(F, name)(x))
        for name in ("gelu", "silu", "softplus", "elu", "selu", "celu", "mish", "hardswish", "hardsigmoid",
                     "logsigmoid", "softsign")},
     "gelu tanh": (lambda x: x.gelu(approximate="tanh"), lambda x: F.gelu(x, approximate="tanh")),
     "rsqrt": (lambda x: x.abs().rsqrt(), lambda x: x.abs().rsqrt()),
-    "tan": (lambda x: x.tan(), lambda x: x.tan()),
+    **{name: (lambda x, name=name: getattr(x, name)(), lambda x, name=name: getattr(x, name)())
+       for name in ("tan", "atan", "asin", "acos", "cosh", "sinh", "asinh", "acosh", "atanh", "log10")},
 }
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("name", list(HALF_ACTIVATIONS))
-def test_half_activations_round_once_as_torch(device, name, dtype):
-    """Of a half tensor, the composite activations are computed in float32 and rounded once, as PyTorch computes
-    them (softsign, which PyTorch composes of half ops, in the dtype as PyTorch): of 4 000 values at most 5 % of
-    those of magnitude 0.05 or more are apart from torch's, and each value by less than a unit in the last place of
-    max(|value|, 0.05) (erf's and tanh's last float32 bits decide a rounding now and then, and where 1 + erf or
-    1 + tanh cancels their errors outgrow tiny values). Written in half ops, most were 10-50 % apart and up to 5-76
-    units."""
+@pytest.mark.parametrize("name", list(HALF_COMPOSITES))
+def test_half_composites_round_once_as_torch(device, name, dtype):
+    """Of a half tensor, the composite activations and math functions are computed in float32 and rounded once, as
+    PyTorch computes them (softsign, which PyTorch composes of half ops, in the dtype as PyTorch): of 4 000 values
+    at most 5 % of those of magnitude 0.05 or more are apart from torch's, and each value by less than a unit in the
+    last place of max(|value|, 0.05) (erf's and tanh's last float32 bits decide a rounding now and then, and where
+    1 + erf or 1 + tanh cancels their errors outgrow tiny values). Written in half ops, most were 10-55 % apart and
+    up to 5-76 units."""
     values = RNG.standard_normal(4000).astype(f32) * 3
-    ours, theirs = HALF_ACTIVATIONS[name]
+    ours, theirs = HALF_COMPOSITES[name]
     x = torch.tensor(values).to(getattr(torch, dtype))
     expected = theirs(x).float().numpy()
     actual = ours(zyx.tensor(x.float().numpy(), device=device).cast(getattr(zyx, dtype))).float().numpy()

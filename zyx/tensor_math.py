@@ -2,7 +2,8 @@
 the remainder family (fmod, div rounding modes, scalar % tensor), copysign, logaddexp and isclose.
 
 Functions the primitives lack (atan, log1p) are built from accurate approximations, so gradients are the
-approximations' own derivatives (float32 round-off, float64 to ~1e-15 relative). Branches pick their input
+approximations' own derivatives (float32 round-off, float64 to ~1e-15 relative). Of half tensors the unary ones are
+computed in float32 and rounded once (`Tensor._in_float32`), as PyTorch computes them. Branches pick their input
 with a `where` before a risky op as well as after it, so the branch not taken cannot put nan into a gradient.
 """
 from __future__ import annotations
@@ -63,17 +64,15 @@ class MathMixin:
     # ---- inverse trigonometric -----------------------------------------------------------------------------
     def atan(self: "Tensor") -> "Tensor":
         """Arctangent (Cephes' rational approximation: full float32 and float64 precision)."""
-        return _mirror(self._float(), _atan_positive)
+        return self._in_float32(lambda x: _mirror(x, _atan_positive))
 
     def asin(self: "Tensor") -> "Tensor":
         """Arcsine as atan(x / sqrt((1 - x)(1 + x))); nan outside [-1, 1]."""
-        x = self._float()
-        return (x / ((1 - x) * (1 + x)).sqrt()).atan()
+        return self._in_float32(lambda x: (x / ((1 - x) * (1 + x)).sqrt()).atan())
 
     def acos(self: "Tensor") -> "Tensor":
         """Arccosine as 2 atan(sqrt((1 - x) / (1 + x))), accurate near both ends; nan outside [-1, 1]."""
-        x = self._float()
-        return ((1 - x) / (1 + x)).sqrt().atan() * 2
+        return self._in_float32(lambda x: ((1 - x) / (1 + x)).sqrt().atan() * 2)
 
     arcsin, arccos, arctan = asin, acos, atan
 
@@ -85,16 +84,19 @@ class MathMixin:
 
     def cosh(self: "Tensor") -> "Tensor":
         """(exp(x) + exp(-x)) / 2, finite up to where cosh itself overflows."""
-        grow, shrink = self._float()._exp_halves()
-        return grow + shrink
+        def cosh(x: "Tensor") -> "Tensor":
+            grow, shrink = x._exp_halves()
+            return grow + shrink
+        return self._in_float32(cosh)
 
     def sinh(self: "Tensor") -> "Tensor":
         """(exp(x) - exp(-x)) / 2, and tanh(x) cosh(x) below |x| = 1, where the difference would cancel."""
-        x = self._float()
-        small = x.abs() < 1
-        inner = small.where(x, 0.0)
-        grow, shrink = x._exp_halves()
-        return small.where(inner.tanh() * inner.cosh(), grow - shrink)
+        def sinh(x: "Tensor") -> "Tensor":
+            small = x.abs() < 1
+            inner = small.where(x, 0.0)
+            grow, shrink = x._exp_halves()
+            return small.where(inner.tanh() * inner.cosh(), grow - shrink)
+        return self._in_float32(sinh)
 
     def asinh(self: "Tensor") -> "Tensor":
         """log(x + sqrt(x**2 + 1)) as log1p(x + x**2 / (1 + sqrt(1 + x**2))), accurate near 0 and without
@@ -104,24 +106,25 @@ class MathMixin:
             low, high = big.where(0.0, a), big.where(a, 1.0)
             near = (low + low * low / ((low * low + 1).sqrt() + 1)).log1p()
             return big.where(high.log() + math.log(2), near)
-        return _mirror(self._float(), positive)
+        return self._in_float32(lambda x: _mirror(x, positive))
 
     def acosh(self: "Tensor") -> "Tensor":
         """log(x + sqrt(x**2 - 1)) as log1p(t + sqrt(2t + t**2)) with t = x - 1, accurate near 1; nan below 1."""
-        x = self._float()
-        big = x > _LARGE
-        t, high = big.where(0.0, x - 1), big.where(x, 1.0)
-        return big.where(high.log() + math.log(2), (t + (t * 2 + t * t).sqrt()).log1p())
+        def acosh(x: "Tensor") -> "Tensor":
+            big = x > _LARGE
+            t, high = big.where(0.0, x - 1), big.where(x, 1.0)
+            return big.where(high.log() + math.log(2), (t + (t * 2 + t * t).sqrt()).log1p())
+        return self._in_float32(acosh)
 
     def atanh(self: "Tensor") -> "Tensor":
         """log((1 + x) / (1 - x)) / 2 as log1p(2x / (1 - x)) / 2; +-inf at +-1, nan beyond."""
-        return _mirror(self._float(), lambda a: (a * 2 / (1 - a)).log1p() * 0.5)
+        return self._in_float32(lambda x: _mirror(x, lambda a: (a * 2 / (1 - a)).log1p() * 0.5))
 
     arcsinh, arccosh, arctanh = asinh, acosh, atanh
 
     def log10(self: "Tensor") -> "Tensor":
         """Base-10 logarithm."""
-        return self.log() * (1 / math.log(10))
+        return self._in_float32(lambda x: x.log() * (1 / math.log(10)))
 
     # ---- remainders and rounding division ------------------------------------------------------------------
     def fmod(self: "Tensor", other: "Operand") -> "Tensor":
