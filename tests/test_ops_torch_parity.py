@@ -302,6 +302,10 @@ HALF_COMPOSITES = {  # name: (zyx, torch) of a half tensor; each computed in flo
     "rsqrt": (lambda x: x.abs().rsqrt(), lambda x: x.abs().rsqrt()),
     **{name: (lambda x, name=name: getattr(x, name)(), lambda x, name=name: getattr(x, name)())
        for name in ("tan", "atan", "asin", "acos", "cosh", "sinh", "asinh", "acosh", "atanh", "log10")},
+    **{name: (lambda x, name=name: getattr(x, name)(x * 0.5), lambda x, name=name: getattr(torch, name)(x, x * 0.5))
+       for name in ("logaddexp", "logaddexp2")},
+    "lerp": (lambda x: x.lerp(x * 0.5 + 1, 0.3), lambda x: x.lerp(x * 0.5 + 1, 0.3)),
+    "lerp by a tensor": (lambda x: x.lerp(x * 0.5 + 1, x * 0 + 0.75), lambda x: x.lerp(x * 0.5 + 1, x * 0 + 0.75)),
 }
 
 

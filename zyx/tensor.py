@@ -248,12 +248,18 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
     def _float(self) -> "Tensor":
         return self if self.dtype.is_float else self.cast(DEFAULT_FLOAT)
 
-    def _in_float32(self, compute: Callable[["Tensor"], "Tensor"]) -> "Tensor":
-        """`compute` of this tensor as a float: for float16 and bfloat16 computed in float32 and rounded once to the
-        dtype, as PyTorch computes composite functions of half tensors (a bfloat16 GELU written in bfloat16 ops was
-        rounded five times and differed from torch's in 39% of its elements)."""
-        x = self._float()
-        return compute(x.cast(float32)).cast(x.dtype) if x.dtype.is_narrow_float else compute(x)
+    def _in_float32(self, compute: Callable[..., "Tensor"], *others: "Tensor") -> "Tensor":
+        """`compute` of this tensor (and `others`) as floats: where their common dtype is float16 or bfloat16,
+        computed in float32 and rounded once to it, as PyTorch computes composite functions of half tensors (a
+        bfloat16 GELU written in bfloat16 ops was rounded five times and differed from torch's in 39% of its
+        elements)."""
+        operands = [self._float(), *(other._float() for other in others)]
+        dtype = operands[0].dtype
+        for operand in operands[1:]:
+            dtype = promote(dtype, operand.dtype)
+        if not dtype.is_narrow_float:
+            return compute(*operands)
+        return compute(*(operand.cast(float32) for operand in operands)).cast(dtype)
 
     # ---- arithmetic ----------------------------------------------------------------------------------------
     def __add__(self, other: Operand) -> "Tensor":
@@ -648,7 +654,10 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
 
     def lerp(self, end: Operand, weight: Operand) -> "Tensor":
         """self + (end - self) * weight: linear interpolation."""
-        return self + (self._operand(end, "lerp") - self) * weight
+        stop = self._operand(end, "lerp")
+        if isinstance(weight, (int, float)):  # (a number weighs in float32, unrounded, as in PyTorch)
+            return self._in_float32(lambda a, b: a + (b - a) * weight, stop)
+        return self._in_float32(lambda a, b, share: a + (b - a) * share, stop, self._operand(weight, "lerp"))
 
 
 def where(condition: Operand, a: Operand, b: Operand) -> Tensor:

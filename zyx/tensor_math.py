@@ -2,8 +2,8 @@
 the remainder family (fmod, div rounding modes, scalar % tensor), copysign, logaddexp and isclose.
 
 Functions the primitives lack (atan, log1p) are built from accurate approximations, so gradients are the
-approximations' own derivatives (float32 round-off, float64 to ~1e-15 relative). Of half tensors the unary ones are
-computed in float32 and rounded once (`Tensor._in_float32`), as PyTorch computes them. Branches pick their input
+approximations' own derivatives (float32 round-off, float64 to ~1e-15 relative). Of half tensors they are computed
+in float32 and rounded once (`Tensor._in_float32`), as PyTorch computes them. Branches pick their input
 with a `where` before a risky op as well as after it, so the branch not taken cannot put nan into a gradient.
 """
 from __future__ import annotations
@@ -171,16 +171,18 @@ class MathMixin:
     def logaddexp(self: "Tensor", other: "Operand") -> "Tensor":
         """log(exp(a) + exp(b)) as max(a, b) + log1p(exp(-|a - b|)): no overflow, and two equal infinities
         give that infinity (with the gradient shared, as at any tie)."""
-        a, b = self._float(), self._operand(other, "logaddexp")._float()
-        peak = a.maximum(b)
-        same_infinity = (a == b) & peak.isinf()
-        gap = same_infinity.where(0.0, -(a - b).abs())
-        return same_infinity.where(peak, peak + gap.exp().log1p())
+        def logaddexp(a: "Tensor", b: "Tensor") -> "Tensor":
+            peak = a.maximum(b)
+            same_infinity = (a == b) & peak.isinf()
+            gap = same_infinity.where(0.0, -(a - b).abs())
+            return same_infinity.where(peak, peak + gap.exp().log1p())
+        return self._in_float32(logaddexp, self._operand(other, "logaddexp"))
 
     def logaddexp2(self: "Tensor", other: "Operand") -> "Tensor":
         """log2(2**a + 2**b)."""
         scale = math.log(2)
-        return (self._float() * scale).logaddexp(self._operand(other, "logaddexp2")._float() * scale) / scale
+        return self._in_float32(lambda a, b: (a * scale).logaddexp(b * scale) / scale,
+                                self._operand(other, "logaddexp2"))
 
     # ---- closeness -----------------------------------------------------------------------------------------
     def isclose(self: "Tensor", other: "Operand", rtol: float = 1e-5, atol: float = 1e-8,
