@@ -212,10 +212,10 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
                       warpgroup: bool = False, compute_units: int = 0) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype (or, `multiplied`, half operands
     into float32), the device runs that dtype on tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes
-    map onto the kernel's (matmul.py), and the
-    staged slices fit `local_memory` bytes: `choice`'s shape, else the first of SHAPES, or `pipelined` of
-    PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the device (`_spread`, warpgroup shapes
-    by the waves of blocks its `compute_units` take; ZYX_TC_SHAPE forces one: `_forced_shape`)."""
+    map onto the kernel's (matmul.py), and the staged slices fit `local_memory` bytes: `choice`'s shape, else the
+    first of SHAPES, or `pipelined` of PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the
+    device (`_spread`, warpgroup shapes by the waves of blocks its `compute_units` take; ZYX_TC_SHAPE forces one:
+    `_forced_shape`)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     dtype = multiplied(product.src[0].src[0]).dtype
