@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from .tensor_base import rounded_once
+
 if TYPE_CHECKING:
     from .tensor import Tensor
 
@@ -66,6 +68,7 @@ class ActivationMixin:
         """softmax(-x) along `dim`."""
         return (-self._float()).softmax(dim)
 
+    @rounded_once
     def normalize(self: "Tensor", p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> "Tensor":
         """x / max(||x||_p, eps) along `dim` (PyTorch's F.normalize); a zero vector stays zero, with a finite
         gradient."""

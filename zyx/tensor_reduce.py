@@ -10,6 +10,7 @@ from .dtypes import int64
 from .errors import AxisError, ShapeError
 from .trace import node as n
 from .trace.ops import Op
+from .tensor_base import rounded_once
 from .tensor_movement import normalize_axis
 
 if TYPE_CHECKING:
@@ -82,26 +83,29 @@ class ReduceMixin:
     def _count(self, axis: Axis) -> int:
         return math.prod(self.node.shape[a] for a in reduce_axes(axis, len(self.node.shape), "mean"))
 
+    @rounded_once
     def mean(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
-        """Mean over `axis` (all by default); integers are averaged in float32, half precision accumulated in
-        float32 and given back in its own dtype (under autocast too, whose sum is float32: PyTorch's rule)."""
-        x = self._float()  # type: ignore[attr-defined]
-        total = x.sum(axis, keepdim)
+        """Mean over `axis` (all by default); integers are averaged in float32, half precision in float32 and
+        given back in its own dtype (under autocast too: PyTorch's rule)."""
+        total = self._float().sum(axis, keepdim)  # type: ignore[attr-defined]
         count = self._count(axis)
-        return _in_dtype_of(x, total * (1 / count) if count else total / 0.0)
+        return total * (1 / count) if count else total / 0.0
 
+    @rounded_once
     def var(self, axis: Axis = None, keepdim: bool = False, correction: int = 1) -> "Tensor":
         """Variance with Bessel's `correction` (1 by default, as PyTorch)."""
         x = self._float()  # type: ignore[attr-defined]
         centered = x - x.mean(axis, keepdim=True)
         divisor = max(self._count(axis) - correction, 0)
         squares = (centered * centered).sum(axis, keepdim)
-        return _in_dtype_of(x, squares * (1 / divisor) if divisor else squares / 0.0)
+        return squares * (1 / divisor) if divisor else squares / 0.0
 
+    @rounded_once
     def std(self, axis: Axis = None, keepdim: bool = False, correction: int = 1) -> "Tensor":
         """Standard deviation with Bessel's `correction` (1 by default, as PyTorch)."""
         return self.var(axis, keepdim, correction).sqrt()
 
+    @rounded_once
     def norm(self, p: Union[float, str] = 2, axis: Axis = None, keepdim: bool = False) -> "Tensor":
         """The vector p-norm over `axis` (all axes by default), as PyTorch's `norm` and `linalg.vector_norm`:
         p = 2 ('fro'), 1, inf, -inf, 0 (the count of non-zeros) or any other number. The 2-norm of zeros has
@@ -121,6 +125,7 @@ class ReduceMixin:
         zero = total == 0  # the root's gradient at 0 is infinite: those norms are 0 with gradient 0
         return zero.where(0.0, zero.where(1.0, total) ** (1 / p))
 
+    @rounded_once
     def prod(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
         """Product by pairwise halving: log2(n) fused multiplies, exact gradients, zeros handled."""
         axes = reduce_axes(axis, len(self.node.shape), "prod")
@@ -160,6 +165,7 @@ class ReduceMixin:
         candidates = hit.where(length - positions, 0)  # the first hit scores highest
         return (-(candidates._reduce(Op.RMAX, axis, keepdim, op)) + length).cast(int64)
 
+    @rounded_once
     def logsumexp(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
         """log(sum(exp(x))) computed around the maximum, so large inputs do not overflow."""
         x = self._float()  # type: ignore[attr-defined]
@@ -169,6 +175,7 @@ class ReduceMixin:
         return total if keepdim else total.reshape(
             tuple(s for i, s in enumerate(x.shape) if i not in reduce_axes(axis, x.ndim, "logsumexp")))
 
+    @rounded_once
     def softmax(self, axis: int = -1) -> "Tensor":
         """exp(x) / sum(exp(x)) along `axis`, computed around the maximum so it cannot overflow."""
         x = self._float()  # type: ignore[attr-defined]
@@ -176,6 +183,7 @@ class ReduceMixin:
         shifted = (x - x._reduce(Op.RMAX, axis, True, "softmax").detach()).exp()
         return shifted / shifted.sum(axis, keepdim=True)
 
+    @rounded_once
     def log_softmax(self, axis: int = -1) -> "Tensor":
         """log(softmax(x)) along `axis`, computed stably (x - logsumexp(x))."""
         x = self._float()  # type: ignore[attr-defined]
@@ -196,7 +204,3 @@ def _prod_axis(x: "Tensor", axis: int) -> "Tensor":
         x, length = first * second, half
     return x
 
-
-def _in_dtype_of(x: "Tensor", result: "Tensor") -> "Tensor":
-    """`result` in half-precision `x`'s dtype where autocast's float32 sum widened it; any other as it is."""
-    return result.cast(x.dtype) if x.dtype.is_narrow_float and result.dtype != x.dtype else result

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 
 from .dtypes import int64
+from .tensor_base import rounded_once
 from .tensor_movement import normalize_axis
 from .tensor_reduce import reduce_axes
 from .tensor_results import ValuesIndices
@@ -65,16 +66,19 @@ class ScanMixin:
 
     __slots__ = ()
 
+    @rounded_once
     def cumsum(self: "Tensor", axis: int = 0) -> "Tensor":
         """Running sum along `axis` (a scan of log2(n) shifted adds); bool and int tensors sum in int64, as
         PyTorch."""
         x = self if self.node.dtype.is_float else self.cast(int64)
         return running(x, axis, "cumsum", 0, operator.add)
 
+    @rounded_once
     def cumprod(self: "Tensor", dim: int = 0) -> "Tensor":
         """Running product along `dim` (no division, so zeros keep exact gradients); ints multiply in int64."""
         return running(self if self.dtype.is_float else self.cast(int64), dim, "cumprod", 1, operator.mul)
 
+    @rounded_once
     def logcumsumexp(self: "Tensor", dim: int = 0) -> "Tensor":
         """log(cumsum(exp(x))) as a scan of logaddexp, so no prefix underflows or overflows."""
         return running(self._float(), dim, "logcumsumexp", -np.inf, lambda e, c: e.logaddexp(c))

@@ -88,6 +88,24 @@ def test_16_bit_attention_on_a_device_with_tensor_cores_takes_the_tensor_core_ke
     assert sorted({s.mask for s in shuffles}) == [1, 2]
 
 
+def test_half_attention_outside_autocast_takes_the_kernels_autocast_gives():
+    """bf16 q, k, v without autocast: the softmax is computed in float32 and rounded once (as PyTorch's of a half
+    tensor), the pattern autocast gives, so the forward and gradients take the same (tensor-core) kernels."""
+    cpu = zyx.CPU()
+    q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
+               for a in arrays_of("causal, the last block short, d=64")[:3])
+
+    def kernel_names(enabled):
+        with zyx.autocast(zyx.bfloat16, enabled=enabled):
+            out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+        grads = (out.float() * 2).sum().backward([q, k, v])
+        kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
+        return [kernel.name for kernel in kernels], sum(on_cores(kernel) for kernel in kernels)
+
+    assert kernel_names(False) == kernel_names(True)
+    assert kernel_names(False)[1] >= 3
+
+
 def test_outputs_of_whole_blocks_are_stored_two_a_word():
     """Where queries and keys fill whole blocks (W7's), the forward's and the gradients' tensor-core kernels store
     neighbouring outputs of the mma layout as one 32-bit word (paired_stores: 2-byte stores were a third of W7's

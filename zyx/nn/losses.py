@@ -10,6 +10,7 @@ from typing import Optional
 from ..autocast import in_float32
 from ..errors import ShapeError
 from ..tensor import Tensor
+from ..tensor_base import rounded_once
 from ..tensor_indexing import one_hot_mask
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -87,6 +88,7 @@ def _reduce_weighted(loss: Tensor, target_weight: Tensor, reduction: str) -> Ten
 
 
 @in_float32
+@rounded_once
 def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
              reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of the target classes, given log-probabilities."""
@@ -95,6 +97,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ign
 
 
 @in_float32
+@rounded_once
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """log_softmax then nll_loss, with optional label smoothing (the target keeps 1 - s, every class gets s/C).

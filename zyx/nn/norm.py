@@ -11,6 +11,7 @@ from ..devices import Device, default_device
 from ..dtypes import int64
 from ..errors import ShapeError
 from ..tensor import Tensor
+from ..tensor_base import rounded_once
 from . import init
 from .deferred import defer_realize
 from .module import Module
@@ -47,6 +48,7 @@ def _check_trailing(layer: str, x: Tensor, shape: tuple[int, ...]) -> tuple[int,
     return tuple(range(x.ndim - len(shape), x.ndim))
 
 
+@rounded_once
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: Union[float, Tensor] = 0.1, eps: float = 1e-5) -> Tensor:
@@ -56,8 +58,6 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     in place towards the batch's by `momentum` (the variance unbiased); otherwise the running ones are used.
     Half precision is normalized in float32 and given back in its own dtype (PyTorch's, autocast or not).
     """
-    given = input.dtype
-    input = input.float() if given.is_narrow_float else input
     if input.ndim < 2:
         raise ShapeError(f"batch_norm: expected input of at least 2 dimensions (N, C, ...), got shape {input.shape}")
     channels = input.shape[1]
@@ -75,11 +75,11 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
             running_var.assign(running_var * (1 - momentum) + unbiased * momentum)
     else:
         normalized = (input - running_mean.reshape(shape)) * (running_var.reshape(shape) + eps).rsqrt()
-    out = _apply_affine(normalized, weight, bias, shape)
-    return out.cast(given) if given.is_narrow_float else out
+    return _apply_affine(normalized, weight, bias, shape)
 
 
 @in_float32
+@rounded_once
 def layer_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """Normalize each sample over its trailing `normalized_shape` axes (PyTorch's functional layer_norm)."""
@@ -91,15 +91,21 @@ def layer_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tens
 @in_float32
 def rms_norm(input: Tensor, normalized_shape: ShapeSpec, weight: Optional[Tensor] = None,
              eps: Optional[float] = None) -> Tensor:
-    """x / sqrt(mean(x^2) + eps) over the trailing axes; eps=None: the dtype's machine epsilon."""
+    """x / sqrt(mean(x^2) + eps) over the trailing axes; eps=None: the input dtype's machine epsilon."""
     shape = _trailing_shape(normalized_shape)
     axes = _check_trailing("rms_norm", input, shape)
     eps = eps if eps is not None else float(np.finfo(input.dtype.np).eps)
-    normalized = input * ((input * input).mean(axes, keepdim=True) + eps).rsqrt()
-    return _apply_affine(normalized, weight, None, shape)
+    return _root_mean_square_normalized(input, axes, weight, shape, eps)
+
+
+@rounded_once
+def _root_mean_square_normalized(x: Tensor, axes: tuple[int, ...], weight: Optional[Tensor],
+                                 shape: tuple[int, ...], eps: float) -> Tensor:
+    return _apply_affine(x * ((x * x).mean(axes, keepdim=True) + eps).rsqrt(), weight, None, shape)
 
 
 @in_float32
+@rounded_once
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                eps: float = 1e-5) -> Tensor:
     """Normalize each sample over groups of channels (axis 1) and all spatial axes."""
