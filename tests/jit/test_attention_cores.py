@@ -25,6 +25,7 @@ from test_attention_autocast import (DTYPES, as_float, assert_close, attention_a
                                      fuse_any_size)                                    # an autouse fixture)
 from test_attention_grad import spans
 from test_attention_tiled import is_tiled
+from test_attention_tiles import stops_walk
 
 CORES = DeviceTraits(gpu=True, vector_width=GPU_VECTOR_WIDTH, local_memory=49152, tensor_cores=("bf16", "f16"),
                      group_launches=False)
@@ -104,6 +105,22 @@ def test_half_attention_outside_autocast_takes_the_kernels_autocast_gives():
 
     assert kernel_names(False) == kernel_names(True)
     assert kernel_names(False)[1] >= 3
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_half_causal_attention_kernels_stop_their_walks(autocast):
+    """The causal mask is found through the cast up to float32 of a half softmax (outside autocast, and inside
+    scaled_dot_product_attention under autocast): the forward's and the gradients' tensor-core kernels stop at the
+    first block of keys the mask hides (W7's lost its stops when the softmax was first widened)."""
+    cpu = zyx.CPU()
+    q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
+               for a in arrays_of("causal, the last block short, d=64")[:3])
+    with zyx.autocast(zyx.bfloat16, enabled=autocast):
+        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    grads = (out.float() * 2).sum().backward([q, k, v])
+    kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
+    walks = [kernel for kernel in kernels if kernel.ir.kind == "a"]
+    assert len(walks) >= 3 and all(stops_walk(kernel) for kernel in walks), [k.name for k in walks]
 
 
 def test_outputs_of_whole_blocks_are_stored_two_a_word():

@@ -132,8 +132,11 @@ class StagedBlocks(Lowering):
         """Where X is where(a < b, -inf, ...) with a and b each depending on the query row alone or on the key
         alone (a causal mask: rows < cols): [(a, its index, False, over rows), (b, its index, True, over rows)].
         A block of keys where the smallest b exceeds the group's largest a throughout scores -inf throughout, and
-        is skipped. Empty where X is not so (then every block is computed)."""
+        is skipped. Empty where X is not so (then every block is computed). X may be widened from half precision
+        first (a half softmax computed in float32 keeps its -inf)."""
         where = _through_views(scores, probability)
+        if where is not None and _widened(where[0]):
+            where = _through_views(where[0].src[0], where[1])
         if where is None or where[0].op is not Op.WHERE or self._is_materialized(where[0]):
             return []
         fill = _viewed_constant(where[0].src[1])
@@ -424,6 +427,12 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
             total = out
         self._scopes[depth] += lines
         return self._rounded(_Value(total, depth), node.dtype) if node.dtype.is_narrow_float else _Value(total, depth)
+
+
+def _widened(node: Node) -> bool:
+    """Whether `node` casts a float to a wider float (every value, -inf too, kept as it is)."""
+    return (node.op is Op.CAST and node.dtype.is_float and node.src[0].dtype.is_float
+            and node.src[0].dtype.itemsize < node.dtype.itemsize)
 
 
 def _through_views(node: Node, index: Index) -> Optional[tuple[Node, Index]]:
