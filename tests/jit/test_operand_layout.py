@@ -77,3 +77,15 @@ def test_weight_gradients_with_prologues_match_numpy(gpu, monkeypatch, tokens, n
     out = left.T @ (gpu.tensor(x) * gpu.tensor(w))
     expected = (np.exp(h * 0.5) * g).T @ (x * w)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4 * np.sqrt(tokens))
+
+
+def test_a_product_over_an_empty_axis_on_a_gpu(gpu):
+    """The gradient of a boolean index that selects nothing is a product over an axis of size 0: weighing where its
+    operands are read (cheaper_stored) walks no elements (a view's index of a shape without elements divided by a
+    stride of 0: an AssertionError on the H100), and the gradient is zeros."""
+    x = gpu.tensor(data(2, 3, 5))
+    selected = x[gpu.tensor(np.zeros(2, bool))]
+    assert selected.shape == (0, 3, 5)
+    weights = gpu.tensor(np.ones((0, 3, 5), np.float32))
+    grad = ((selected * weights).sum() + (x * 2).sum()).backward([x])[0]
+    np.testing.assert_array_equal(grad.numpy(), np.full((2, 3, 5), 2, np.float32))

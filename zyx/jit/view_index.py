@@ -33,6 +33,10 @@ def linear(index: Index, shape: tuple[int, ...]) -> Expr:
 
 @functools.lru_cache(maxsize=1 << 16)
 def unravel(flat: Expr, shape: tuple[int, ...]) -> Index:
+    """`flat` as an index of `shape`; of a shape without elements, zeros (nothing is read there, and its strides
+    would divide by 0)."""
+    if 0 in shape:
+        return (Expr(0),) * len(shape)
     return tuple(Expr(0) if size == 1 else (flat // stride) % size
                  for size, stride in zip(shape, contiguous_strides(shape)))
 
