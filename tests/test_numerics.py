@@ -132,11 +132,27 @@ HALF_ROUNDED_ONCE = {  # name: (zyx, torch) of a (64, 257) half tensor; both com
                    lambda x: torch.nn.functional.group_norm(x.reshape(64, 1, _ROWS), 1)),
     "batch_norm": (lambda x: zyx.nn.functional.batch_norm(x, None, None, training=True),
                    lambda x: torch.nn.functional.batch_norm(x, None, None, training=True)),
+    **{name: (lambda x, name=name: getattr(x, name)(), lambda x, name=name: getattr(x, name)())
+       for name in ("exp2", "log2", "log1p", "expm1")},
+    "avg_pool2d": (lambda x: _planes(x).avg_pool2d(3, 2, 1),
+                   lambda x: torch.nn.functional.avg_pool2d(_planes(x), 3, 2, 1)),
+    "bilinear interpolate": (
+        lambda x: zyx.nn.functional.interpolate(_planes(x), scale_factor=2, mode="bilinear"),
+        lambda x: torch.nn.functional.interpolate(_planes(x), scale_factor=2, mode="bilinear")),
     "cross_entropy": (lambda x: zyx.nn.functional.cross_entropy(x, x.device.tensor(_TARGETS)) * 64,
                       lambda x: torch.nn.functional.cross_entropy(x, torch.tensor(_TARGETS)) * 64),
     "nll_loss": (lambda x: zyx.nn.functional.nll_loss(x, x.device.tensor(_TARGETS), reduction="sum"),
                  lambda x: torch.nn.functional.nll_loss(x, torch.tensor(_TARGETS), reduction="sum")),
 }
+_INPUTS = {"log2": lambda n: np.abs(n) * 3, "log1p": lambda n: np.abs(n) * 3, "expm1": lambda n: n,  # (float16's range)
+           "prod": lambda n: n / 16 + 1, "cumprod": lambda n: n / 16 + 1}  # others: n * 3, n standard normal
+
+
+def _planes(x):
+    """(4, 16, 16, 16) images of the (64, 257) input's first 256 columns."""
+    return x.reshape(4, 16, _ROWS)[..., :256].reshape(4, 16, 16, 16)
+
+
 _AFFINE = [RNG.standard_normal(_ROWS).astype(np.float32) for _ in range(2)]
 _TARGETS = RNG.integers(0, _ROWS, 64)
 _EPSILON = {"bfloat16": 2.0**-7, "float16": 2.0**-10}
@@ -152,16 +168,17 @@ def _units(actual: np.ndarray, exact: np.ndarray, dtype: str, floor: float) -> f
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("name", list(HALF_ROUNDED_ONCE))
 def test_half_reductions_softmax_and_norms_are_computed_in_float32_and_rounded_once(device, name, dtype):
-    """Reductions (mean, var, std, norm, prod, the scans), softmax, log_softmax, logsumexp, the norms and the class
-    losses of a half tensor are computed in float32 and rounded once to its dtype, their gradients too: within half
+    """Reductions (mean, var, std, norm, prod, the scans, average pools), softmax, log_softmax, logsumexp, the norms,
+    the class losses, linear interpolation and the composite exp2, log2, log1p, expm1 of a half tensor are computed
+    in float32 and rounded once to its dtype, their gradients too: within half
     a unit in the last place of the exact value (float64 on the same rounded inputs), where each step rounding to
     the dtype was up to 4 units off (layer_norm, prod) or 39 (log_softmax) or 750 (cumsum), and PyTorch's CPU
     gradients of softmax and layer_norm are 6-12. The loss of half logits is the dtype too, as PyTorch's (it was
     float32)."""
     ours, theirs = HALF_ROUNDED_ONCE[name]
     rng = np.random.default_rng(7)
-    normal = rng.standard_normal((64, _ROWS))
-    values = torch.tensor(normal / 16 + 1 if "prod" in name else normal * 3).to(getattr(torch, dtype)).double()
+    inputs = _INPUTS.get(name, lambda n: n * 3)(rng.standard_normal((64, _ROWS)))
+    values = torch.tensor(inputs).to(getattr(torch, dtype)).double()
     x = values.clone().requires_grad_()
     x.half_dtype = dtype
     expected = theirs(x)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from .errors import ShapeError
+from .tensor_base import rounded_once
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -60,6 +61,7 @@ def _linear(length: int, out: int, factor: Optional[float], align_corners: bool
     return left.tolist(), right.tolist(), source - left
 
 
+@rounded_once
 def interpolate(input: "Tensor", size: Union[int, Sequence[int], None] = None,
                 scale_factor: Union[float, Sequence[float], None] = None, mode: str = "nearest",
                 align_corners: Optional[bool] = None) -> "Tensor":

@@ -17,7 +17,7 @@ from .errors import GRADIENTS_ARE_RETURNED, ShapeError
 from .leaves import data_leaf
 from .realize import realize_one
 from .tensor_activations import ActivationMixin
-from .tensor_base import TensorBase
+from .tensor_base import TensorBase, rounded_once
 from .tensor_conv import ConvMixin
 from .tensor_convert import ConvertMixin
 from .tensor_indexing import IndexingMixin
@@ -472,6 +472,7 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
         """e ** x."""
         return self._float()._unary(Op.EXP)
 
+    @rounded_once
     def exp2(self) -> "Tensor":
         """2 ** x."""
         return (self._float() * math.log(2)).exp()
@@ -482,10 +483,12 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
 
     ln = log
 
+    @rounded_once
     def log2(self) -> "Tensor":
         """Base-2 logarithm."""
         return self.log() * (1 / math.log(2))
 
+    @rounded_once
     def log1p(self) -> "Tensor":
         """log(1 + x), accurate for tiny x: log(u) * x / (u - 1) with u = 1 + x corrects u's rounding (Goldberg)."""
         x = self._float()
@@ -494,6 +497,7 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
         safe = (tiny | huge).where(2.0, u)
         return tiny.where(x, huge.where(u.log(), safe.log() * (x / (safe - 1))))
 
+    @rounded_once
     def expm1(self) -> "Tensor":
         """exp(x) - 1, accurate for tiny x: (u - 1) * x / log(u) with u = exp(x) corrects u's rounding (Kahan)."""
         x = self._float()

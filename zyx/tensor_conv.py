@@ -11,6 +11,7 @@ import operator
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import ShapeError
+from .tensor_base import rounded_once
 from .tensor_results import ValuesIndices
 from .tensor_scan import extremes
 
@@ -242,6 +243,7 @@ class ConvMixin:
         positions = windows(flat, *geometry).expand(values.shape)
         return ValuesIndices(pooled, positions.gather(-1, values.argmax(-1, keepdim=True)).squeeze(-1))
 
+    @rounded_once
     def _avg_pool(self: "Tensor", kernel_size: Size, stride: Optional[Size], padding: Size, ceil_mode: bool,
                   count_include_pad: bool, divisor_override: Optional[int], dims: int, op: str) -> "Tensor":
         pairs, geometry = self._pool(kernel_size, stride, padding, 1, ceil_mode, dims, op)
