@@ -27,6 +27,7 @@ HAND_WRITTEN = "opencl"
 MIN_REPEAT = 5
 INTERLEAVE_BLOCK = 5        # timed runs per case per round when cases are timed in turn
 INTERLEAVE_SETTLE_S = 0.5   # pause before each block: other cases' worker threads stop spinning
+INTERLEAVE_WARM_S = 0.1     # untimed runs after it, for at least this long: cores woken from the pause run slowly
 
 # The issue's targets for zyx on the 2-core AMD EPYC CPU machine with Debian's PoCL 3.1.
 TARGETS = {
@@ -255,12 +256,15 @@ def measure(workload: Workload, implementation: str, make_case: Callable[[Worklo
 
 def measure_interleaved(workload: Workload, cases: dict[str, Callable[[Workload], Case]],
                         args: argparse.Namespace, expected: np.ndarray, log=sys.stderr,
-                        block: int = INTERLEAVE_BLOCK, settle_s: float = INTERLEAVE_SETTLE_S) -> list[Record]:
+                        block: int = INTERLEAVE_BLOCK, settle_s: float = INTERLEAVE_SETTLE_S,
+                        warm_s: float = INTERLEAVE_WARM_S) -> list[Record]:
     """Every case set up first, then timed in rounds: each round gives each case a block of `block` timed runs,
     so that load from other processes on a shared machine falls on all of them alike instead of on whichever
-    ran at the time. A block starts with a pause of `settle_s` and one untimed run: the previous case's
+    ran at the time. A block starts with a pause of `settle_s` and untimed runs for `warm_s`: the previous case's
     threads (OpenBLAS, OpenMP, PoCL workers) keep spinning for a while after its work, and a run that starts
-    among them is slowed (torch's two OpenMP threads took 3× longer right after a numpy or zyx step here)."""
+    among them is slowed (torch's two OpenMP threads took 3× longer right after a numpy or zyx step here); and
+    cores woken from the pause are slow for a while (on a 2-vCPU Xeon, 2026-12-06, zyx's W4 steps took 9-10 ms for
+    about 50 ms after it, 6 ms from then on: PoCL's threads sleep between kernels, where OpenMP's spin)."""
     prepared = []
     for implementation, make_case in cases.items():
         if wants(args, implementation):
@@ -273,7 +277,9 @@ def measure_interleaved(workload: Workload, cases: dict[str, Callable[[Workload]
                 continue
             try:
                 time.sleep(settle_s)
-                _timed(case)
+                warming = 0.0
+                while warming < warm_s:
+                    warming += _timed(case)
                 for _ in range(min(block, args.repeat - len(runs[k]))):
                     runs[k].append(_timed(case))
             except Exception as error:

@@ -156,3 +156,26 @@ def test_w7_products_checks_the_gradients_and_times_each_kernel():
     checks = [line for line in finished.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert len(checks) == 8 and all(line.startswith("PASS") for line in checks), finished.stdout
     assert "attention: zyx " in finished.stdout and "attention products: zyx " in finished.stdout
+
+
+def test_interleaved_blocks_start_warm_after_their_pause(monkeypatch):
+    """Each block of timed runs follows untimed runs for at least INTERLEAVE_WARM_S after its pause (cores woken
+    from the pause run slowly for a while): with runs of 20 ms (on a fake clock) and 50 ms of warming, 3 untimed
+    runs a block."""
+    import argparse
+    import types
+    import numpy as np
+    sys.path.insert(0, str(BENCH))
+    import _harness
+    clock, calls = [0.0], []
+    monkeypatch.setattr(_harness, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], sleep=lambda _: None))
+
+    def run():
+        calls.append(clock[0])
+        clock[0] += 0.02
+    case = _harness.Case(run=run, result=lambda: np.zeros(1))
+    workload = _harness.Workload("W0", "a run of 20 ms", {}, lambda: np.zeros(1), "GB/s", 1.0)
+    args = argparse.Namespace(repeat=4, warmup=1, only="")
+    records = _harness.measure_interleaved(workload, {"zyx": lambda _: case}, args, np.zeros(1), block=2, warm_s=0.05)
+    assert len(calls) == 1 + 2 * (3 + 2)  # set up, then two blocks of 3 untimed and 2 timed runs
+    assert records[0].runs_s == pytest.approx([0.02] * 4)
