@@ -195,6 +195,43 @@ def test_max_and_min_propagate_nan_from_either_operand(device):
     assert_close(t.isnan().numpy(), np.isnan(rows), "bool")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_atan2_hypot_signed_zeros_and_infinities(device, dtype):
+    """Every pair of signed zeros, infinities, nan and ordinary values against torch (C's atan2 and hypot), the
+    sign of zero results included; atan2's quadrant fixes and hypot's guards for the values that the gradient
+    tests cannot take."""
+    values = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 2.5, -3e-30, 1e30], dtype)
+    y, x = (a.reshape(-1) for a in np.meshgrid(values, values, indexing="ij"))
+    zy, zx = zyx.tensor(y, device=device), zyx.tensor(x, device=device)
+    ty, tx = torch.tensor(y), torch.tensor(x)
+    for ours, theirs in ((zy.atan2(zx), torch.atan2(ty, tx)), (zyx.hypot(zy, zx), torch.hypot(ty, tx))):
+        expected, actual = theirs.numpy(), ours.numpy()
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=0)
+        finite = ~np.isnan(expected)
+        np.testing.assert_array_equal(np.signbit(actual[finite]), np.signbit(expected[finite]))
+    grads = zyx.tensor(values[:2], device=device).atan2(zyx.tensor(values[:2], device=device)).backward([zx])
+    assert grads == [None]
+    origin = zyx.tensor([0.0, -0.0], device=device)
+    for grad in zyx.hypot(origin, origin).backward([origin]) + origin.atan2(origin).backward([origin]):
+        np.testing.assert_array_equal(grad.numpy(), [0.0, 0.0])  # torch's are nan (0 / 0)
+
+
+def test_xlogy_nan_to_num_addmm_edge_values(device):
+    """xlogy: 0 at x = 0 except beside nan; nan_to_num's defaults are the dtype's finite extremes; addmm with
+    beta = 0 does not read its input (nan there does not propagate, as torch)."""
+    x = np.array([0, 0, 0, 0, 1, np.nan], np.float32)
+    y = np.array([0, np.inf, np.nan, -1, 0, 0], np.float32)
+    np.testing.assert_array_equal(zyx.tensor(x, device=device).xlogy(zyx.tensor(y, device=device)).numpy(),
+                                  torch.xlogy(torch.tensor(x), torch.tensor(y)).numpy())
+    for dtype in ("float16", "bfloat16", "float64"):
+        special = zyx.tensor([np.nan, np.inf, -np.inf, 2.0], device=device).cast(getattr(zyx, dtype))
+        expected = torch.tensor([np.nan, np.inf, -np.inf, 2.0]).to(getattr(torch, dtype)).nan_to_num()
+        np.testing.assert_array_equal(special.nan_to_num().float().numpy(), expected.float().numpy())
+    m = zyx.tensor(np.eye(2, dtype=np.float32), device=device)
+    nan_input = zyx.tensor([np.nan, np.inf], device=device)
+    np.testing.assert_array_equal(nan_input.addmm(m, m * 3, beta=0).numpy(), [[3, 0], [0, 3]])
+
+
 def test_round_half_to_even(device):
     x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5], dtype=np.float32)
     assert_close(zyx.tensor(x, device=device).round().numpy(), np.rint(x), "float32")

@@ -23,6 +23,12 @@ def uniform(low: float, high: float, shape: tuple[int, ...] = (3, 5)) -> np.ndar
     return RNG.uniform(low, high, shape).astype(f32)
 
 
+def more(low: float, high: float, shape: tuple[int, ...] = (3, 5)) -> np.ndarray:
+    """uniform's, from a generator of their own: the inputs of later cases stay as they were."""
+    return MORE.uniform(low, high, shape).astype(f32)
+
+
+MORE = np.random.default_rng(1313)
 X = uniform(-3, 3)                                   # generic values
 X3 = uniform(-2, 2, (2, 3, 5))
 ROW = uniform(-2, 2, (5,))
@@ -82,6 +88,25 @@ CASES: dict[str, Case] = {
     "isclose_nan": same(lambda a, b: a.isclose(b, equal_nan=True),
                         np.array([np.nan, np.inf, -np.inf, 1, np.nan], f32),
                         np.array([np.nan, np.inf, np.inf, 1 + 1e-6, 0], f32)),
+    "atan2": same(lambda y, x: y.atan2(x), X, ROW),
+    "atan2_quadrants": same(lambda y, x: torch_or_zyx(y).arctan2(y, x), WIDE,
+                            np.array([[-2, 1e-3, 3e5, -1e4, 0.5]], f32).T[:3, :1] * np.ones((1, 5), f32)),
+    "atan2_int": same(lambda y, x: torch_or_zyx(y).atan2(y, x), INTS, DIVISORS),
+    "hypot": same(lambda a, b: a.hypot(b), X, ROW),
+    "hypot_huge_tiny": same(lambda a, b: ((a * 1e19).hypot(b * 1e19) * 1e-19, (a * 1e-25).hypot(b * 1e-25) * 1e25),
+                            X, ROW),
+    "hypot_ties": same(lambda a, b: torch_or_zyx(a).hypot(a, b), TIES,
+                       np.where(TIES == 0, 3, np.flip(TIES, 1)).astype(f32)),
+    "logit": same(lambda p: p.logit(), more(0.02, 0.98)),
+    "logit_eps": same(lambda p: (p.logit(eps=0.1), torch_or_zyx(p).logit(p, 1e-6)),
+                      np.array([[-0.3, 0.05, 0.5, 0.93, 1.3]], f32)),
+    "xlogy": same(lambda x, y: (x.xlogy(y), torch_or_zyx(x).xlogy(x, 2.5)), np.where(MASK, 0, X), POSITIVE),
+    "xlogy_zeros": same(lambda x, y: x.xlogy(y), np.array([0, 0, 0, 2, -1, 0], f32),
+                        np.array([0, np.inf, np.nan, 0, 0, -1], f32), grad=False),  # torch's gradients: nan
+    "xlogy_int_broadcast": same(lambda i, y: i.xlogy(y), INTS, ROW * ROW),
+    "nan_to_num": same(lambda x: (x.nan_to_num(), torch_or_zyx(x).nan_to_num(x, 1.5, posinf=100.0, neginf=-7.0)),
+                       np.array([[np.nan, np.inf, -np.inf, 1.5], [-0.0, 3e38, -2, np.nan]], f32)),
+    "nan_to_num_int": same(lambda i: i.nan_to_num(), INTS),
     "xor": same(lambda a, b: a ^ b, INTS, DIVISORS),
     "shifts": same(lambda a, b: (a << b.abs()) + (a >> 1) + (3 << b.abs()), INTS, DIVISORS),
     # ---- activations -------------------------------------------------------------------------------------
@@ -102,6 +127,13 @@ CASES: dict[str, Case] = {
     "any_all": same(lambda x: ((x > 1).any(1), (x > -2).all(0), (x > 5).any(), (x > -5).all(), x[:, :0].any(1),
                                x[:, :0].all(1)), X),
     "any_all_numbers": same(lambda i: (i.any(0), i.all(1, keepdim=True)), INTS),
+    "amax_amin": same(lambda x: (x.amax(1), x.amin(0, keepdim=True), x.amax(), x.amax(()), x.amin(dim=(0, 2)),
+                                 torch_or_zyx(x).amax(x, -1, True)), np.round(X3)),
+    "amax_ties": same(lambda x: (x.amax(1), x.amin(dim=0)), TIES),
+    "amax_int": same(lambda i: (i.amax(0), i.amin()), INTS),
+    "count_nonzero": same(lambda x, i: (x.count_nonzero(), x.count_nonzero(1), x.count_nonzero(dim=(0, 1)),
+                                        torch_or_zyx(i).count_nonzero(i, 0), (i > 0).count_nonzero(-1)),
+                          np.where(MASK, 0, X), INTS % 3),
     "std_mean": same(lambda x: torch_or_zyx(x).std_mean(x, 1), X),
     "var_mean": same(lambda x: torch_or_zyx(x).var_mean(x, (0, 2), correction=0, keepdim=True), X3),
     # ---- scans -------------------------------------------------------------------------------------------
@@ -138,6 +170,27 @@ CASES: dict[str, Case] = {
     "pad_negative": Case(lambda x: (x.pad(((0, 0), (-1, 2), (3, -2)), value=0.5),
                                     x.pad(((0, 0), (1, -1), (-2, 1)), mode="reflect")), (X3,),
                          lambda x: (F.pad(x, (3, -2, -1, 2), value=0.5), F.pad(x, (-2, 1, 1, -1), mode="reflect"))),
+    "tile": same(lambda x: (x.tile((2,)), x.tile((2, 1, 3)), x.tile(1, 2), torch_or_zyx(x).tile(x, (3, 1))), X),
+    "diff": same(lambda x: (x.diff(), x.diff(2, 0), x.diff(dim=1, prepend=x[:, :2], append=x[:, :1]), x.diff(n=7),
+                            torch_or_zyx(x).diff(x, 3, -1), x.diff(n=0)), X),
+    "diff_int_bool": same(lambda i: (i.diff(), (i > 0).diff(dim=0), i.diff(append=i[:, :1] * 2)), INTS),
+    "take_along_dim": same(lambda x, i: (x.take_along_dim(i, 1), x.take_along_dim(i[:1], dim=1),
+                                         x[:1].take_along_dim(i, 1), torch_or_zyx(x).take_along_dim(x, i),
+                                         x.take_along_dim(i[:2, :1] % 3, dim=0)),
+                           X, np.array([[4, 1], [0, 3], [2, 0]])),
+    "hstack_vstack": same(lambda a, b, v: (torch_or_zyx(a).hstack([a, b]), torch_or_zyx(a).vstack([a, v, a[:1]]),
+                                           torch_or_zyx(a).hstack((v, b[0], v[0])),
+                                           torch_or_zyx(a).vstack([v, v * 0 + v[0], v])),
+                          X, more(-1, 1, (3, 2)), ROW),
+    # ---- matrix products ---------------------------------------------------------------------------------
+    "bmm": same(lambda a, b: a.bmm(b), X3, more(-1, 1, (2, 5, 4))),
+    "bmm_function": same(lambda a, b: torch_or_zyx(a).bmm(a, b), X3[:, :1], more(-1, 1, (2, 5, 1))),
+    "mv": same(lambda m, v: (m.mv(v), torch_or_zyx(m).mv(m.T, v[:3])), X, ROW),
+    "outer": same(lambda a, b, i: (a.outer(b), torch_or_zyx(a).outer(b[:1], a), i[0].outer(a)), ROW,
+                  more(-1, 1, (3,)), INTS),
+    "addmm": same(lambda c, a, b: (c.addmm(a, b), torch_or_zyx(c).addmm(c, a, b, beta=0.5, alpha=-2),
+                                   c[:1].addmm(a, b, alpha=3), c[0, 0].addmm(a, b, beta=2)),
+                  more(-1, 1, (3, 4)), X, more(-1, 1, (5, 4))),
     # ---- scatter and masks -------------------------------------------------------------------------------
     "masked_select": same(lambda x, m: x.masked_select(m), X3, X3[0] > 0),
     "boolean_index": same(lambda x, m: (x[m], x[:, m[0]], x[..., m[0, 0]], x[m[:, 0, 0]], x[m[:, :, 0], 1:]),
@@ -303,7 +356,7 @@ HALF_COMPOSITES = {  # name: (zyx, torch) of a half tensor; each computed in flo
     **{name: (lambda x, name=name: getattr(x, name)(), lambda x, name=name: getattr(x, name)())
        for name in ("tan", "atan", "asin", "acos", "cosh", "sinh", "asinh", "acosh", "atanh", "log10")},
     **{name: (lambda x, name=name: getattr(x, name)(x * 0.5), lambda x, name=name: getattr(torch, name)(x, x * 0.5))
-       for name in ("logaddexp", "logaddexp2")},
+       for name in ("logaddexp", "logaddexp2", "atan2", "hypot")},
     "lerp": (lambda x: x.lerp(x * 0.5 + 1, 0.3), lambda x: x.lerp(x * 0.5 + 1, 0.3)),
     "lerp by a tensor": (lambda x: x.lerp(x * 0.5 + 1, x * 0 + 0.75), lambda x: x.lerp(x * 0.5 + 1, x * 0 + 0.75)),
 }
@@ -397,6 +450,18 @@ def test_op_errors_name_the_problem(device):
         x.reshape(1, 1, 3, 5).conv_transpose2d(x[:1, :2].reshape(1, 1, 1, 2), output_padding=1)
     with pytest.raises(zyx.ShapeError, match="does not fit"):
         x.max_pool2d(2, dilation=4)
+    with pytest.raises(zyx.ShapeError, match=r"bmm: .*\(2, 3, 5\) and \(5, 3\)"):
+        zyx.tensor(X3, device=device).bmm(x.T[:, :4])
+    with pytest.raises(zyx.ShapeError, match=r"batch sizes differ in shapes \(2, 3, 5\) and \(1, 5, 3\)"):
+        zyx.tensor(X3, device=device).bmm(x.T.unsqueeze(0))
+    with pytest.raises(zyx.ShapeError, match=r"mv: .*\(3, 5\) and \(3, 5\)"):
+        x.mv(x)
+    with pytest.raises(zyx.ShapeError, match=r"input of shape \(4,\) does not broadcast .* \(3, 3\)"):
+        x[0, :4].addmm(x, x.T)
+    with pytest.raises(zyx.ShapeError, match=r"take_along_dim: .*\(3, 5\) .*\(2, 2\)"):
+        x.take_along_dim(zyx.tensor([[0, 1], [1, 0]], device=device), 1)
+    with pytest.raises(zyx.ShapeError, match=r"diff: .*\(1, 4\)"):
+        x.diff(prepend=x[:1, :4], dim=0)
     with pytest.raises(TypeError, match="mask must be bool"):
         x.masked_select(X)
     q = zyx.tensor(Q, device=device)

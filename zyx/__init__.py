@@ -20,7 +20,8 @@ TENSOR_FUNCTIONS = (
     "arcsin", "arccos", "arctan", "sinh", "cosh", "asinh", "acosh", "atanh", "arcsinh", "arccosh", "arctanh",
     "log10", "fmod", "remainder", "div", "divide", "copysign", "logaddexp", "logaddexp2", "isclose", "allclose",
     "selu", "celu", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "atan2", "arctan2", "hypot", "logit", "xlogy",
+    "nan_to_num", "amax", "amin", "count_nonzero", "bmm", "mv", "outer", "addmm", "tile", "diff", "take_along_dim",
 )
 
 _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it, dotted for a class's)
@@ -43,7 +44,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
     "get_float32_matmul_precision": (".precision", "get_float32_matmul_precision"),
     "memory_stats": (".memory", "memory_stats"), "reset_peak_memory": (".memory", "reset_peak_memory"),
     "Tensor": (".tensor", "Tensor"), "where": (".tensor", "where"),
-    "cat": (".tensor_combine", "cat"), "stack": (".tensor_combine", "stack"),
+    **{name: (".tensor_combine", name) for name in ("cat", "stack", "hstack", "vstack")},
     "save": (".serialization", "save"), "load": (".serialization", "load"),
     "nn": (".nn", ""), "distributed": (".distributed", ""),
     "einsum": (".einsum", "einsum"), "meshgrid": (".tensor_combine", "meshgrid"),
@@ -57,6 +58,7 @@ __all__ = [
     "OutOfMemoryError", "tensor", "zeros",
     "ones", "full", "eye", "arange", "from_dlpack",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
+    "hstack", "vstack",
     "default_device", "set_default_device", "stats", "reset_stats", "uint8", "int8", "int16", "int32", "uint32",
     "int64", "float16", "bfloat16", "float32", "float64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",
     "einsum", "meshgrid", "linspace", "empty", "empty_like", "full_like", *TENSOR_FUNCTIONS,
@@ -114,4 +116,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .realize import realize
     from .serialization import load, save
     from .tensor import Tensor, where
-    from .tensor_combine import cat, meshgrid, stack
+    from .tensor_combine import cat, hstack, meshgrid, stack, vstack

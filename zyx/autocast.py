@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ACTIVE: contextvars.ContextVar[Optional[DType]] = contextvars.ContextVar("zyx_autocast", default=None)
 
 # Tensor methods by policy (functions elsewhere carry the decorators below: nn losses and norms, einsum, attention)
-LOWER_PRECISION = ("matmul", "__matmul__", "__rmatmul__", "dot", "linear",
+LOWER_PRECISION = ("matmul", "__matmul__", "__rmatmul__", "dot", "linear", "addmm",
                    "_conv", "_conv_transpose")  # every convolution, method or module, goes through these two
 FLOAT32 = ("sum", "prod", "cumsum", "cumprod", "logsumexp", "norm", "normalize", "softmax", "softmin",
            "log_softmax", "softplus", "exp", "expm1", "log", "log2", "log10", "log1p", "pow", "__pow__",

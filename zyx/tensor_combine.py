@@ -1,4 +1,4 @@
-"""Joining tensors: cat (pad each piece into place and add) and stack."""
+"""Joining tensors: cat (pad each piece into place and add), stack, hstack and vstack."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
@@ -52,6 +52,25 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
             raise ShapeError(f"stack: shapes {tensors[0].shape} and {t.shape} differ")
     axis = normalize_axis(axis, tensors[0].ndim + 1, "stack")
     return cat([t.unsqueeze(axis) for t in tensors], axis)
+
+
+def hstack(tensors: Sequence[Tensor]) -> Tensor:
+    """Join along the columns, as torch.hstack: 1-D tensors (and 0-d, made 1-D) end to end, others along axis 1."""
+    pieces = [t.reshape(1) if t.ndim == 0 else t for t in _nonempty(tensors, "hstack")]
+    return cat(pieces, 0 if pieces[0].ndim == 1 else 1)
+
+
+def vstack(tensors: Sequence[Tensor]) -> Tensor:
+    """Join along the rows, as torch.vstack: tensors of fewer than 2 dimensions become rows (1, n) first, then
+    all are concatenated along axis 0."""
+    return cat([t.reshape(1, -1) if t.ndim < 2 else t for t in _nonempty(tensors, "vstack")], 0)
+
+
+def _nonempty(tensors: Sequence[Tensor], op: str) -> list[Tensor]:
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(f"{op} needs at least one tensor")
+    return tensors
 
 
 def meshgrid(*tensors: Tensor, indexing: str = "ij") -> list[Tensor]:

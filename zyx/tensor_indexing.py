@@ -1,9 +1,9 @@
-"""`tensor[...]` with ints, slices, None, Ellipsis and integer tensors (PyTorch's rules); `gather`. All views or
-fused selects."""
+"""`tensor[...]` with ints, slices, None, Ellipsis and integer tensors (PyTorch's rules); `gather` and
+`take_along_dim`. All views or fused selects."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -252,8 +252,30 @@ def gather(t: "Tensor", axis: int, index: "Tensor") -> "Tensor":
     return result
 
 
+def take_along_dim(t: "Tensor", index: "Tensor", axis: Optional[int]) -> "Tensor":
+    """gather after broadcasting t and index together outside `axis` (torch.take_along_dim); both flattened
+    when axis is None."""
+    if not isinstance(index, TensorBase) or not index.dtype.is_int:
+        raise TypeError(f"take_along_dim: indices must be an integer tensor, got "
+                        f"{getattr(index, 'dtype', type(index).__name__)}")
+    if axis is None:
+        return gather(t.reshape(-1), 0, index.reshape(-1))
+    if index.ndim != t.ndim:
+        raise ShapeError(f"take_along_dim: input of shape {t.shape} and indices of shape {index.shape} need the "
+                         "same number of dimensions")
+    axis = normalize_axis(axis, t.ndim, "take_along_dim")
+    others = [s[:axis] + (1,) + s[axis + 1:] for s in (t.shape, index.shape)]
+    try:
+        outside = broadcast_shape("take_along_dim", *others)
+    except ShapeError:
+        raise ShapeError(f"take_along_dim: input of shape {t.shape} and indices of shape {index.shape} do not "
+                         f"broadcast outside axis {axis}") from None
+    source = t.expand(outside[:axis] + t.shape[axis:axis + 1] + outside[axis + 1:])
+    return gather(source, axis, index.expand(outside[:axis] + index.shape[axis:axis + 1] + outside[axis + 1:]))
+
+
 class IndexingMixin:
-    """Tensor's indexing: `t[...]`, one_hot and gather."""
+    """Tensor's indexing: `t[...]`, one_hot, gather and take_along_dim."""
 
     __slots__ = ()
 
@@ -268,3 +290,9 @@ class IndexingMixin:
     def gather(self: "Tensor", axis: int, index: "Tensor") -> "Tensor":
         """out[..., i, ...] = self[..., index[..., i, ...], ...] along `axis` (PyTorch's gather)."""
         return gather(self, axis, index)
+
+    def take_along_dim(self: "Tensor", indices: "Tensor", axis: Optional[int] = None) -> "Tensor":
+        """self[..., indices[..., i, ...], ...] along `axis`, the two broadcast together outside it (torch's
+        take_along_dim: gather that broadcasts, as numpy's take_along_axis); over the flattened tensor when
+        axis is None."""
+        return take_along_dim(self, indices, axis)

@@ -1,4 +1,5 @@
-"""Matrix products and dropout, composed from views, multiplies and sums (convolution and pooling: tensor_conv).
+"""Matrix products (matmul and torch's fixed-rank forms: bmm, mv, outer, addmm) and dropout, composed from views,
+multiplies and sums (convolution and pooling: tensor_conv).
 
 `matmul` keeps the reduced axis last in a (..., n, m, k) product so the JIT can recognise the pattern and
 emit a tiled kernel.
@@ -114,6 +115,47 @@ class LayerMixin:
         if self.ndim != 1 or other.ndim != 1:  # type: ignore[attr-defined]
             raise ShapeError(f"dot: needs two 1-D tensors, got {self.shape} and {other.shape}")  # type: ignore
         return self.matmul(other)
+
+    def _check_ranks(self, other: "Tensor", ranks: tuple[int, int], op: str) -> "Tensor":
+        """`other` as a tensor, once self and it have the ranks torch's fixed-rank product `op` takes."""
+        other = other if isinstance(other, TensorBase) else self._operand(other, op)  # type: ignore[attr-defined]
+        if (len(self.node.shape), len(other.node.shape)) != ranks:
+            names = {1: "1-D", 2: "2-D", 3: "3-D"}
+            raise ShapeError(f"{op}: needs a {names[ranks[0]]} and a {names[ranks[1]]} tensor, got shapes "
+                             f"{self.node.shape} and {other.node.shape}")
+        return other  # type: ignore[return-value]
+
+    def bmm(self, other: "Tensor") -> "Tensor":
+        """Batched matrix product of (b, n, k) and (b, k, m) tensors (torch.bmm: no broadcasting)."""
+        other = self._check_ranks(other, (3, 3), "bmm")
+        if self.node.shape[0] != other.node.shape[0]:
+            raise ShapeError(f"bmm: batch sizes differ in shapes {self.node.shape} and {other.node.shape}")
+        return self.matmul(other)
+
+    def mv(self, vec: "Tensor") -> "Tensor":
+        """The product of an (n, m) matrix and an (m,) vector: an (n,) vector (torch.mv)."""
+        return self.matmul(self._check_ranks(vec, (2, 1), "mv"))
+
+    def outer(self, other: "Tensor") -> "Tensor":
+        """The outer product of two vectors: out[i, j] = self[i] * other[j] (torch.outer)."""
+        other = self._check_ranks(other, (1, 1), "outer")
+        return self.unsqueeze(-1) * other  # type: ignore[attr-defined]
+
+    def addmm(self, mat1: "Tensor", mat2: "Tensor", beta: float = 1, alpha: float = 1) -> "Tensor":
+        """beta * self + alpha * (mat1 @ mat2), as torch.addmm(input, mat1, mat2): self broadcasts to the
+        product's shape; with beta = 0 it is not read (nan and inf in it do not propagate)."""
+        product = mat1.matmul(mat1._check_ranks(mat2, (2, 2), "addmm"))
+        try:
+            fits = broadcast_shape("addmm", self.node.shape, product.shape) == product.shape
+        except ShapeError:
+            fits = False
+        if not fits:
+            raise ShapeError(f"addmm: input of shape {self.node.shape} does not broadcast to the product's shape "
+                             f"{product.shape} (of {mat1.shape} and {mat2.shape})")
+        product = product if alpha == 1 else product * alpha
+        if beta == 0:
+            return product
+        return (self if beta == 1 else self * beta) + product  # type: ignore[operator]
 
     def linear(self, weight: "Tensor", bias: Optional["Tensor"] = None) -> "Tensor":
         """x @ weight.T + bias, weight shaped (out, in) as PyTorch's."""

@@ -1,5 +1,5 @@
 """Ops that place or pick elements by position: triangles and diagonals, roll, repeat_interleave, unfold,
-narrow, index_select and the non-constant pad modes. Views where the positions are known from shapes alone;
+narrow, index_select, diff and the non-constant pad modes. Views where the positions are known from shapes alone;
 an index built on the host (and selected with a fused one-hot) where they come from data."""
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def pad_with_mode(x: "Tensor", pairs: Sequence[tuple[int, int]], value: Any, mod
 
 
 class LayoutMixin:
-    """Tensor's pad, triangle, diagonal, roll, repeat_interleave, unfold, narrow, index_select and __setitem__."""
+    """Tensor's pad, triangle, diagonal, roll, repeat_interleave, unfold, narrow, index_select, diff and
+    __setitem__."""
 
     __slots__ = ()
 
@@ -190,6 +191,31 @@ class LayoutMixin:
             raise ValueError(f"repeat_interleave: repeats must be non-negative, one per element of axis {axis} "
                              f"(size {length}) or a single one, got {counts.tolist()}")
         return x.index_select(axis, np.repeat(np.arange(length), np.broadcast_to(counts, (length,))).tolist())
+
+    def diff(self: "Tensor", n: int = 1, axis: int = -1, prepend: Optional["Tensor"] = None,
+             append: Optional["Tensor"] = None) -> "Tensor":
+        """The n-th forward difference along `axis` (out[i] = x[i + 1] - x[i], n times), as torch.diff: `prepend`
+        and `append` are joined to the ends first; bool tensors differ by logical_xor. Each round is one shorter
+        (empty once nothing is left)."""
+        if self.ndim == 0:
+            raise ShapeError("diff needs at least one dimension, got a 0-d tensor")
+        if n < 0:
+            raise ValueError(f"diff: order n must be non-negative, got {n}")
+        axis = normalize_axis(axis, self.ndim, "diff")
+        pieces = [self if p is self else self._operand(p, "diff") for p in (prepend, self, append) if p is not None]
+        for piece in pieces:
+            if piece.ndim != self.ndim or any(a != b for k, (a, b) in enumerate(zip(piece.shape, self.shape))
+                                               if k != axis):
+                raise ShapeError(f"diff: prepend/append of shape {piece.shape} must match input's shape "
+                                 f"{self.shape} outside axis {axis}")
+        x = cat(pieces, axis) if len(pieces) > 1 else self
+        for _ in range(n):
+            length = x.shape[axis]
+            if length == 0:
+                break
+            later, earlier = _line(x, axis, 1, length), _line(x, axis, 0, length - 1)
+            x = later.logical_xor(earlier) if x.dtype.is_bool else later - earlier
+        return x
 
     def unfold(self: "Tensor", dimension: int, size: int, step: int) -> "Tensor":
         """Every window of `size` elements, `step` apart, along `dimension`: that axis becomes the window count

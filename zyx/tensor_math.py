@@ -1,5 +1,6 @@
-"""Elementwise math composed from the primitives: inverse trigonometric and hyperbolic functions, log10,
-the remainder family (fmod, div rounding modes, scalar % tensor), copysign, logaddexp and isclose.
+"""Elementwise math composed from the primitives: inverse trigonometric and hyperbolic functions, atan2, hypot,
+log10, logit, xlogy, the remainder family (fmod, div rounding modes, scalar % tensor), copysign, logaddexp,
+nan_to_num and isclose.
 
 Functions the primitives lack (atan, log1p) are built from accurate approximations, so gradients are the
 approximations' own derivatives (float32 round-off, float64 to ~1e-15 relative). Of half tensors they are computed
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import numpy as np
 
 from .dtypes import float64, promote
 
@@ -56,6 +59,45 @@ def _atan_positive(a: "Tensor") -> "Tensor":
     return offset + (series + extra + reduced)
 
 
+def _negative(x: "Tensor") -> "Tensor":
+    """True where x < 0, -0.0 included (1 / -0.0 is -inf); False for nan."""
+    return (x < 0) | ((x == 0) & (1 / x < 0))
+
+
+def _signed(x: "Tensor", magnitude: float) -> "Tensor":
+    """`magnitude` with x's sign (-0.0 counting as negative), in x's dtype; a constant (no gradient)."""
+    return x._full((), magnitude, x.dtype).copysign(x)
+
+
+def _atan2(y: "Tensor", x: "Tensor") -> "Tensor":
+    """atan2 of floats: atan of the ratio of the smaller to the larger magnitude (|ratio| <= 1, where atan is
+    accurate), then moved to its quadrant. Signed ratios make the gradient the ratio's own (x / r**2 and
+    -y / r**2). Two zeros or two infinities stand for the unit vector of their signs (so atan2(-0, -0) = -pi
+    and atan2(inf, -inf) = 3pi/4, with gradient 0), and each branch divides only by what it picked."""
+    steep = y.abs() > x.abs()  # the angle is pi/2 - atan(x / y) off the y axis
+    special = (x.isinf() & y.isinf()) | ((x == 0) & (y == 0))
+    flat_x = special.where(_signed(x, 1.0), steep.where(1.0, x))
+    flat_y = special.where(y.isinf().where(_signed(y, 1.0), y.detach()), steep.where(0.0, y))
+    ratio = flat_y / flat_x
+    flat = (ratio == 0).where(ratio, ratio.atan())  # keeps the zero's sign (and atan's slope 1 there)
+    flat = _negative(x).where(flat + _signed(y, math.pi), flat)
+    upright = _signed(y, math.pi / 2) - (steep.where(x, 0.0) / steep.where(y, 1.0)).atan()
+    return steep.where(upright, flat)
+
+
+def _hypot(x: "Tensor", y: "Tensor") -> "Tensor":
+    """sqrt(x**2 + y**2) as big * sqrt(1 + (small / big)**2) of the magnitudes: no overflow or underflow in the
+    squares; 0 at (0, 0) and inf where either is infinite (nan beside it too, as C's hypot), each with gradient
+    0. Ties share |x| and |y|'s gradients, which still sum to x / hypot and y / hypot."""
+    ax, ay = x.abs(), y.abs()
+    big, small = ax.maximum(ay), ax.minimum(ay)
+    infinite, zero = x.isinf() | y.isinf(), big == 0
+    plain = (infinite | zero | big.isnan()).logical_not()
+    ratio = plain.where(small, 0.0) / plain.where(big, 1.0)
+    value = big * (ratio * ratio + 1).sqrt()
+    return infinite.where(math.inf, zero.where(0.0, value))
+
+
 class MathMixin:
     """Tensor's inverse trigonometric, hyperbolic, remainder and closeness methods."""
 
@@ -75,6 +117,18 @@ class MathMixin:
         return self._in_float32(lambda x: ((1 - x) / (1 + x)).sqrt().atan() * 2)
 
     arcsin, arccos, arctan = asin, acos, atan
+
+    def atan2(self: "Tensor", other: "Operand") -> "Tensor":
+        """The angle of the point (other, self) in (-pi, pi], as torch.atan2(input, other): self is y, other x.
+        Signed zeros and infinities give C's answers (atan2(+-0, -0) = +-pi, atan2(+-inf, -inf) = +-3pi/4);
+        integers are computed in float32."""
+        return self._in_float32(_atan2, self._operand(other, "atan2"))
+
+    arctan2 = atan2
+
+    def hypot(self: "Tensor", other: "Operand") -> "Tensor":
+        """sqrt(self**2 + other**2) without overflow or underflow (torch.hypot); inf if either is infinite."""
+        return self._in_float32(_hypot, self._operand(other, "hypot"))
 
     # ---- hyperbolic ----------------------------------------------------------------------------------------
     def _exp_halves(self: "Tensor") -> tuple["Tensor", "Tensor"]:
@@ -126,6 +180,37 @@ class MathMixin:
         """Base-10 logarithm."""
         return self._in_float32(lambda x: x.log() * (1 / math.log(10)))
 
+    def logit(self: "Tensor", eps: Optional[float] = None) -> "Tensor":
+        """log(p / (1 - p)), the inverse of sigmoid; with `eps`, p is clamped to [eps, 1 - eps] first (and its
+        gradient is 0 outside, as torch.logit's). Without it, nan outside [0, 1] and +-inf at the ends."""
+        def logit(p: "Tensor") -> "Tensor":
+            if eps is not None:
+                p = p.clamp(eps, 1 - eps)
+            return (p / (1 - p)).log()
+        return self._in_float32(logit)
+
+    def xlogy(self: "Tensor", other: "Operand") -> "Tensor":
+        """self * log(other), 0 where self is 0 (unless other is nan), as torch.xlogy: the convention of
+        entropies and KL divergences, where 0 * log(0) counts as 0. The gradients are torch's: log(other) for
+        self (at self = 0 too), 0 where self = 0 and other <= 0 (the log sees 1 there, so no nan leaks)."""
+        def xlogy(x: "Tensor", y: "Tensor") -> "Tensor":
+            special = (x == 0) & ((y <= 0) | (y == math.inf))  # where x * log(y) would be nan
+            return special.where(0.0, x * special.where(1.0, y).log())
+        return self._in_float32(xlogy, self._operand(other, "xlogy"))
+
+    def nan_to_num(self: "Tensor", nan: float = 0.0, posinf: Optional[float] = None,
+                   neginf: Optional[float] = None) -> "Tensor":
+        """nan, +inf and -inf replaced by `nan`, `posinf` and `neginf` (by default 0 and the dtype's largest and
+        smallest finite values), as torch.nan_to_num; integer and bool tensors come back as they are. The
+        gradient passes where the value was finite, 0 elsewhere."""
+        if not self.dtype.is_float:
+            return self
+        info = np.finfo(self.dtype.np)
+        high = float(info.max) if posinf is None else posinf
+        low = float(info.min) if neginf is None else neginf
+        fill = self._full((), nan, self.dtype)
+        return self.isnan().where(fill, (self == math.inf).where(high, (self == -math.inf).where(low, self)))
+
     # ---- remainders and rounding division ------------------------------------------------------------------
     def fmod(self: "Tensor", other: "Operand") -> "Tensor":
         """C's fmod: the remainder of division rounded toward zero, with the sign of the dividend (as
@@ -164,8 +249,7 @@ class MathMixin:
     def copysign(self: "Tensor", other: "Operand") -> "Tensor":
         """|self| with the sign of `other` (-0.0 counts as negative, as torch.copysign); always float."""
         magnitude = self._float().abs()
-        sign = self._operand(other, "copysign")._float()
-        negative = (sign < 0) | ((sign == 0) & (1 / sign < 0))
+        negative = _negative(self._operand(other, "copysign")._float())
         return negative.where(-magnitude, magnitude)
 
     def logaddexp(self: "Tensor", other: "Operand") -> "Tensor":

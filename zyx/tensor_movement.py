@@ -153,6 +153,14 @@ class MovementMixin:
         tiled = [d for r, s in zip(reps, base.shape) for d in (r, s)]
         return base.reshape(interleaved).expand(tiled).reshape(tuple(r * s for r, s in zip(reps, base.shape)))
 
+    def tile(self, dims: Any, *more: int) -> "Tensor":
+        """Tile the tensor `dims[i]` times along axis i, as torch.tile: unlike repeat, fewer dims than axes
+        are padded with 1s in front (they tile the last axes)."""
+        reps = _dims((dims, *more))
+        if any(int(r) < 0 for r in reps):
+            raise ValueError(f"tile: repetitions must be non-negative, got {reps}")
+        return self.repeat((1,) * (len(self.node.shape) - len(reps)) + reps)
+
     def split(self, sizes: Union[int, Sequence[int]], axis: int = 0) -> list["Tensor"]:
         """Pieces of `sizes` each (an int: equal pieces, the last may be smaller) along `axis`."""
         axis = normalize_axis(axis, len(self.node.shape), "split")

@@ -35,6 +35,11 @@ def reduce_axes(axis: Axis, ndim: int, op: str) -> tuple[int, ...]:
     return normalized
 
 
+def _all_axes(axis: Axis) -> bool:
+    """Whether `axis` names every axis in torch.amax's spelling: None, or an empty sequence."""
+    return axis is None or (not isinstance(axis, (int, np.integer)) and len(axis) == 0)
+
+
 class ReduceMixin:
     __slots__ = ()
     node: Any
@@ -70,6 +75,20 @@ class ReduceMixin:
         """Minimum over `axis`; tied minima share the gradient equally."""
         self._check_not_empty(axis, "min")
         return self._min(axis, keepdim)
+
+    def amax(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
+        """Maximum over `axis` (all axes for None or (), as torch.amax): the values only, tied maxima sharing
+        the gradient equally."""
+        return self.max(None if _all_axes(axis) else axis, keepdim)
+
+    def amin(self, axis: Axis = None, keepdim: bool = False) -> "Tensor":
+        """Minimum over `axis` (all axes for None or (), as torch.amin): the values only, tied minima sharing
+        the gradient equally."""
+        return self.min(None if _all_axes(axis) else axis, keepdim)
+
+    def count_nonzero(self, axis: Axis = None) -> "Tensor":
+        """How many elements are not zero over `axis` (all by default), as int64 (torch.count_nonzero)."""
+        return (self != 0).sum(axis)  # type: ignore[operator]
 
     def _min(self, axis: Axis, keepdim: bool) -> "Tensor":
         dtype = self.node.dtype
