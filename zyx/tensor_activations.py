@@ -1,4 +1,5 @@
-"""Activation functions beyond tensor.py's (hardtanh, relu6, hardswish, selu, mish...), softmin and normalize,
+"""Activation functions beyond tensor.py's (hardtanh, relu6, hardswish, selu, mish, the shrinks, glu, prelu...),
+softmin and normalize,
 composed from where, exp and the activations already there. Each matches PyTorch's gradient at its kinks; of half
 tensors each is computed in float32 and rounded once (`Tensor._in_float32`), as PyTorch's (softsign, which PyTorch
 composes of half ops, in the dtype)."""
@@ -7,7 +8,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from .errors import ShapeError
 from .tensor_base import rounded_once
+from .tensor_movement import normalize_axis
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -81,3 +84,48 @@ class ActivationMixin:
         total = (magnitude ** p).sum(dim, keepdim=True)
         above = total > eps ** p
         return x / above.where(above.where(total, 1.0) ** (1 / p), eps)
+
+    def threshold(self: "Tensor", threshold: float, value: float) -> "Tensor":
+        """x where x > threshold, else `value` (PyTorch's F.threshold); the gradient is 0 where replaced."""
+        x = self._float()
+        return (x > threshold).where(x, value)
+
+    def hardshrink(self: "Tensor", lambd: float = 0.5) -> "Tensor":
+        """x where |x| > lambd, else 0."""
+        x = self._float()
+        return ((x > lambd) | (x < -lambd)).where(x, 0.0)
+
+    def softshrink(self: "Tensor", lambd: float = 0.5) -> "Tensor":
+        """x - lambd above lambd, x + lambd below -lambd, 0 between: x moved towards 0 by lambd."""
+        if lambd < 0:
+            raise ValueError(f"softshrink: lambd must be at least 0, got {lambd}")
+        x = self._float()
+        return (x > lambd).where(x - lambd, (x < -lambd).where(x + lambd, 0.0))
+
+    def tanhshrink(self: "Tensor") -> "Tensor":
+        """x - tanh(x)."""
+        return self._in_float32(lambda x: x - x.tanh())
+
+    def glu(self: "Tensor", dim: int = -1) -> "Tensor":
+        """Gated linear unit: a * sigmoid(b) of the two halves a, b of `dim` (whose size must be even)."""
+        if self.ndim == 0:
+            raise ShapeError("glu: needs at least one dimension, got a 0-d tensor")
+        axis = normalize_axis(dim, self.ndim, "glu")
+        if self.shape[axis] % 2:
+            raise ShapeError(f"glu: dimension {dim} of input {self.shape} must have an even size to halve, "
+                             f"got {self.shape[axis]}")
+
+        def gated(x: "Tensor") -> "Tensor":
+            a, b = x.split(x.shape[axis] // 2, axis)
+            return a * b.sigmoid()
+        return self._in_float32(gated)
+
+    def prelu(self: "Tensor", weight: "Tensor") -> "Tensor":
+        """x where positive, else weight * x: one learned slope, or one per channel (axis 1; axis 0 of a 1-d
+        input is not a channel axis, as in PyTorch)."""
+        channels = self.shape[1] if self.ndim >= 2 else 1
+        if weight.numel() not in (1, channels):
+            raise ShapeError(f"prelu: weight of shape {weight.shape} needs 1 or {channels} elements (the channels, "
+                             f"axis 1, of input {self.shape})")
+        slope = weight.reshape(() if weight.numel() == 1 else (channels,) + (1,) * (self.ndim - 2))
+        return self._in_float32(lambda x, w: (x > 0).where(x, w * x), slope)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import operator
+
+import numpy as np
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import ShapeError
@@ -93,6 +95,15 @@ def _conv_padding(padding: Union[Size, str], kernel: Sequence[int], stride: Sequ
         raise ValueError(f"{op}: padding must be 'valid', 'same', an int or a tuple of {len(kernel)} ints, got "
                          f"{padding!r}")
     return [(p, p) for p in as_tuple(padding, len(kernel), "padding", op, 0)]
+
+
+def averaging_matrix(size: int, out: int) -> np.ndarray:
+    """(out, size): row i averages PyTorch's adaptive window i, [floor(i size / out), ceil((i + 1) size / out))."""
+    matrix = np.zeros((out, size), np.float64)
+    for i in range(out):
+        start, end = i * size // out, -(-(i + 1) * size // out)
+        matrix[i, start:end] = 1 / (end - start)
+    return matrix
 
 
 def spread(x: "Tensor", stride: Sequence[int]) -> "Tensor":
@@ -296,3 +307,59 @@ class ConvMixin:
         """Mean over each window of the last three axes."""
         return self._avg_pool(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 3,
                               "avg_pool3d")
+
+    @rounded_once
+    def _adaptive_avg_pool(self: "Tensor", output_size: Any, dims: int, op: str) -> "Tensor":
+        """Each output element the mean of its adaptive window: one product with an averaging matrix per axis."""
+        if self.ndim not in (dims + 1, dims + 2):
+            raise ShapeError(f"{op} needs (C, *spatial) or (N, C, *spatial) with {dims} spatial dimensions, got "
+                             f"{self.shape}")
+        sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * dims
+        if len(sizes) != dims:
+            raise ValueError(f"{op}: output_size needs {dims} sizes, got {output_size!r}")
+        spatial = self.shape[self.ndim - dims:]
+        sizes = tuple(size if out is None else operator.index(out) for size, out in zip(spatial, sizes))
+        if any(out <= 0 for out in sizes) or 0 in spatial:
+            raise ShapeError(f"{op}: output_size {sizes} and the spatial sizes of input {self.shape} must be positive")
+        x = self._float()
+        for axis, (size, out) in enumerate(zip(spatial, sizes)):
+            if size == out:
+                continue
+            matrix = self._data(averaging_matrix(size, out).T, x.dtype)  # (size, out)
+            last = self.ndim - dims + axis
+            moved = x.transpose(last, -1)
+            x = (moved @ matrix).transpose(last, -1)
+        return x
+
+    def adaptive_avg_pool1d(self: "Tensor", output_size: Any) -> "Tensor":
+        """Mean over `output_size` windows of the last axis, sized to fit any length (PyTorch's windows)."""
+        return self._adaptive_avg_pool(output_size, 1, "adaptive_avg_pool1d")
+
+    def adaptive_avg_pool2d(self: "Tensor", output_size: Any) -> "Tensor":
+        """Mean over adaptive windows of the last two axes to an (H, W) output; an int is both, None keeps that
+        axis's size."""
+        return self._adaptive_avg_pool(output_size, 2, "adaptive_avg_pool2d")
+
+    def pixel_shuffle(self: "Tensor", upscale_factor: int) -> "Tensor":
+        """(*, C r^2, H, W) to (*, C, H r, W r): each group of r^2 channels becomes an r x r block of pixels."""
+        r = operator.index(upscale_factor)
+        if self.ndim < 3 or r <= 0 or self.shape[-3] % (r * r):
+            raise ShapeError(f"pixel_shuffle: input {self.shape} needs (*, C, H, W) with C divisible by "
+                             f"upscale_factor^2 = {r * r}")
+        *lead, channels, height, width = self.shape
+        blocks = self.reshape(*lead, channels // (r * r), r, r, height, width)
+        k = len(lead)
+        order = list(range(k)) + [k, k + 3, k + 1, k + 4, k + 2]
+        return blocks.permute(order).reshape(*lead, channels // (r * r), height * r, width * r)
+
+    def pixel_unshuffle(self: "Tensor", downscale_factor: int) -> "Tensor":
+        """(*, C, H r, W r) to (*, C r^2, H, W): pixel_shuffle undone, each r x r block made r^2 channels."""
+        r = operator.index(downscale_factor)
+        if self.ndim < 3 or r <= 0 or self.shape[-2] % r or self.shape[-1] % r:
+            raise ShapeError(f"pixel_unshuffle: input {self.shape} needs (*, C, H, W) with H and W divisible by "
+                             f"downscale_factor = {r}")
+        *lead, channels, height, width = self.shape
+        blocks = self.reshape(*lead, channels, height // r, r, width // r, r)
+        k = len(lead)
+        order = list(range(k)) + [k, k + 2, k + 4, k + 1, k + 3]
+        return blocks.permute(order).reshape(*lead, channels * r * r, height // r, width // r)

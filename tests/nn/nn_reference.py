@@ -68,3 +68,23 @@ def compare_layer(module: zyx.nn.Module, reference: torch.nn.Module, inputs: Seq
                      f"gradient of {name}")
     for (i, _), grad in zip(float_inputs, grads[len(names):]):
         assert_close(grad, t_inputs[i].grad, atol, rtol, f"gradient of input {i}")
+
+
+def run_both(zyx_loss: Callable[..., Any], torch_loss: Callable[..., Any], device: zyx.Device,
+             inputs: Sequence[np.ndarray], constants: Sequence[Any] = (), atol: float = 1e-5, rtol: float = 1e-4,
+             **options: Any) -> zyx.Tensor:
+    """Compare a function (a loss, a functional op) in value and in its gradients w.r.t. `inputs` (float arrays);
+    `constants` get no gradient."""
+    z_in = [zyx.tensor(a, device=device) for a in inputs]
+    t_in = [torch.tensor(a, requires_grad=True) for a in inputs]
+    z_const = [None if c is None else zyx.tensor(c, device=device) for c in constants]
+    t_const = [None if c is None else torch.tensor(c) for c in constants]
+    z_value = zyx_loss(*z_in, *z_const, **options)
+    t_value = torch_loss(*t_in, *t_const, **options)
+    assert_close(z_value, t_value, atol, rtol, "value")
+    seed = rng().standard_normal(t_value.shape).astype(np.float32)
+    (t_value * torch.tensor(seed)).sum().backward()
+    grads = (z_value * zyx.tensor(seed, device=device)).sum().backward(z_in)
+    for i, (g, t) in enumerate(zip(grads, t_in)):
+        assert_close(g, t.grad, atol, rtol, f"gradient of input {i}")
+    return z_value

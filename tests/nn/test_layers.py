@@ -5,7 +5,7 @@ import torch
 
 import zyx
 from zyx import nn
-from nn_reference import assert_close, compare_layer, rng
+from nn_reference import assert_close, compare_layer, rng, run_both
 
 
 def normal(*shape: int) -> np.ndarray:
@@ -223,3 +223,116 @@ def test_filled_buffers_hold_exactly_their_value_on_each_device(value):
         second.assign(second + 1.0)
         assert np.array_equal(first.numpy(), expected) and np.array_equal(second.numpy(), expected + 1.0)
     assert filled((4,), 3, zyx.CPU(), dtype=zyx.int32).numpy().tolist() == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("name, options", [
+    ("threshold", {"threshold": 0.5, "value": -2.0}), ("hardshrink", {}), ("hardshrink", {"lambd": 1.5}),
+    ("softshrink", {}), ("softshrink", {"lambd": 0.0}), ("tanhshrink", {}), ("glu", {}), ("glu", {"dim": 0}),
+    ("prelu", {"weight": [0.25]}), ("prelu", {"weight": [0.1, -0.5, 2.0]}),
+])
+def test_more_functional_activations(nn_device, name, options):
+    """Values and gradients of F.<name> (kinks included: the input holds ±lambd, the threshold and 0)."""
+    x = normal(4, 3, 6) * 2
+    x[0, 0, :5] = [0.5, -0.5, 1.5, -1.5, 0.0]
+    options = dict(options)
+    weight = options.pop("weight", None)
+    inputs = [x] if weight is None else [x, np.array(weight, np.float32)]
+    run_both(getattr(zyx.nn.functional, name), getattr(torch.nn.functional, name), nn_device, inputs, **options)
+
+
+def test_shrink_threshold_glu_modules(nn_device):
+    layers = [(nn.Threshold(0.1, 20.0), torch.nn.Threshold(0.1, 20.0)), (nn.Hardshrink(0.3), torch.nn.Hardshrink(0.3)),
+              (nn.Softshrink(0.2), torch.nn.Softshrink(0.2)), (nn.Tanhshrink(), torch.nn.Tanhshrink()),
+              (nn.GLU(1), torch.nn.GLU(1))]
+    for ours, theirs in layers:
+        assert repr(ours) == repr(theirs)
+    compare_layer(nn.Sequential(*(z for z, _ in layers)), torch.nn.Sequential(*(t for _, t in layers)),
+                  [normal(3, 4, 5) * 2], nn_device)
+
+
+@pytest.mark.parametrize("num_parameters, shape", [(1, (3, 4, 5)), (4, (3, 4, 5)), (4, (2, 4)), (1, (7,))])
+def test_prelu_module_learns_its_weight(nn_device, num_parameters, shape):
+    reference = torch.nn.PReLU(num_parameters, init=0.1)
+    with torch.no_grad():
+        reference.weight.copy_(torch.linspace(-0.5, 0.5, num_parameters))
+    layer = nn.PReLU(num_parameters, init=0.1, device=nn_device)
+    assert repr(layer) == repr(reference) and np.all(nn.PReLU(3, device=nn_device).weight.numpy() == 0.25)
+    compare_layer(layer, reference, [normal(*shape)], nn_device)
+
+
+def test_activation_errors_name_the_shapes(nn_device):
+    with pytest.raises(zyx.ShapeError, match=r"\(2, 5\).*even.*5"):
+        zyx.nn.functional.glu(zyx.ones(2, 5, device=nn_device), 1)
+    with pytest.raises(zyx.ShapeError, match=r"\(3,\).*1 or 4.*\(2, 4, 3\)"):
+        zyx.nn.functional.prelu(zyx.ones(2, 4, 3, device=nn_device), zyx.ones(3, device=nn_device))
+
+
+@pytest.mark.parametrize("name, shape, output_size", [
+    ("adaptive_avg_pool1d", (2, 3, 7), 3), ("adaptive_avg_pool1d", (3, 5), 8), ("adaptive_avg_pool1d", (2, 3, 6), 6),
+    ("adaptive_avg_pool2d", (2, 3, 7, 5), (3, 2)), ("adaptive_avg_pool2d", (3, 5, 9), 4),
+    ("adaptive_avg_pool2d", (2, 2, 5, 7), (None, 3)), ("adaptive_avg_pool2d", (1, 2, 3, 4), (5, 1)),
+    ("pixel_shuffle", (2, 8, 3, 5), 2), ("pixel_shuffle", (9, 2, 1), 3), ("pixel_unshuffle", (2, 3, 4, 6), 2),
+    ("pixel_unshuffle", (1, 2, 3, 9, 6), 3),
+])
+def test_adaptive_pooling_and_pixel_shuffle(nn_device, name, shape, output_size):
+    """Any input and output sizes (windows overlap where they do not divide), unbatched inputs too."""
+    ours, theirs = getattr(zyx.nn.functional, name), getattr(torch.nn.functional, name)
+    run_both(lambda x: ours(x, output_size), lambda x: theirs(x, output_size), nn_device, [normal(*shape)])
+
+
+def test_adaptive_pooling_and_pixel_shuffle_modules(nn_device):
+    layers = [(nn.PixelUnshuffle(2), torch.nn.PixelUnshuffle(2)), (nn.AdaptiveAvgPool2d((3, None)),
+               torch.nn.AdaptiveAvgPool2d((3, None))), (nn.PixelShuffle(2), torch.nn.PixelShuffle(2)),
+              (nn.AdaptiveAvgPool2d(5), torch.nn.AdaptiveAvgPool2d(5)), (nn.Flatten(2), torch.nn.Flatten(2)),
+              (nn.AdaptiveAvgPool1d(4), torch.nn.AdaptiveAvgPool1d(4))]
+    for ours, theirs in layers:
+        assert repr(ours) == repr(theirs)
+    compare_layer(nn.Sequential(*(z for z, _ in layers)), torch.nn.Sequential(*(t for _, t in layers)),
+                  [normal(2, 3, 6, 10)], nn_device)
+
+
+def test_pooling_and_shuffle_errors_name_the_shapes(nn_device):
+    F = zyx.nn.functional
+    with pytest.raises(zyx.ShapeError, match=r"\(2, 3\)"):
+        F.adaptive_avg_pool2d(zyx.ones(2, 3, device=nn_device), 2)
+    with pytest.raises(zyx.ShapeError, match=r"\(1, 6, 2, 2\).*4"):
+        F.pixel_shuffle(zyx.ones(1, 6, 2, 2, device=nn_device), 2)
+    with pytest.raises(zyx.ShapeError, match=r"\(1, 1, 3, 4\).*2"):
+        F.pixel_unshuffle(zyx.ones(1, 1, 3, 4, device=nn_device), 2)
+
+
+@pytest.mark.parametrize("shapes, dim", [(((4, 5), (4, 5)), 1), (((2, 3, 1), (1, 3, 4)), 1), (((3, 6), (6,)), -1),
+                                         (((5,), (5,)), 0)])
+def test_cosine_similarity(nn_device, shapes, dim):
+    a, b = (normal(*shape) for shape in shapes)
+    run_both(zyx.nn.functional.cosine_similarity, torch.nn.functional.cosine_similarity, nn_device, [a, b], dim=dim)
+
+
+def test_cosine_similarity_of_zero_and_tiny_vectors(nn_device):
+    """Each norm is clamped at eps on its own; a zero vector gives 0; the gradients are torch's (the norms' own)."""
+    a = np.array([[0, 0, 0], [1, 2, 3], [1e-9, 0, 0], [1e-5, 0, 0], [0, 0, 0]], np.float32)
+    b = np.array([[1, 2, 3], [0, 0, 0], [2e-9, 1e-9, 0], [1e-5, 1e-5, 0], [0, 0, 0]], np.float32)
+    value = run_both(zyx.nn.functional.cosine_similarity, torch.nn.functional.cosine_similarity, nn_device,
+                     [a, b], rtol=1e-4, atol=1e-5 * 1e8)  # (gradients near eps are ~1e7)
+    np.testing.assert_allclose(value.numpy(), [0, 0, 0.02, np.sqrt(0.5), 0], rtol=1e-4, atol=1e-7)
+    run_both(zyx.nn.functional.cosine_similarity, torch.nn.functional.cosine_similarity, nn_device, [a, b],
+             eps=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, 3.0, 0.5, float("inf")])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_pairwise_distance(nn_device, p, keepdim):
+    a, b = normal(4, 5), normal(5) * 2
+    a[0] = b - 1e-6  # equal rows, but for eps
+    run_both(zyx.nn.functional.pairwise_distance, torch.nn.functional.pairwise_distance, nn_device, [a, b], p=p,
+             keepdim=keepdim, atol=1e-4)
+
+
+def test_distance_modules_and_errors(nn_device):
+    a, b = normal(3, 4, 2), normal(3, 4, 2)
+    for ours, theirs in ((nn.CosineSimilarity(dim=2, eps=1e-6), torch.nn.CosineSimilarity(dim=2, eps=1e-6)),
+                         (nn.PairwiseDistance(p=1.0, keepdim=True), torch.nn.PairwiseDistance(p=1.0, keepdim=True))):
+        assert repr(ours) == repr(theirs) and ours.parameters() == []
+        run_both(ours, theirs, nn_device, [a, b])
+    with pytest.raises(zyx.ShapeError, match=r"\(3, 4\).*\(5,\)|\(5,\).*\(3, 4\)"):
+        zyx.nn.functional.cosine_similarity(zyx.ones(3, 4, device=nn_device), zyx.ones(5, device=nn_device))

@@ -6,24 +6,7 @@ import torch.nn.functional as F
 
 import zyx
 from zyx import nn
-from nn_reference import assert_close, rng
-
-
-def run_both(zyx_loss, torch_loss, device, inputs, constants=(), atol=1e-5, rtol=1e-4, **options):
-    """Compare a loss and its gradients w.r.t. `inputs` (float arrays); `constants` get no gradient."""
-    z_in = [zyx.tensor(a, device=device) for a in inputs]
-    t_in = [torch.tensor(a, requires_grad=True) for a in inputs]
-    z_const = [None if c is None else zyx.tensor(c, device=device) for c in constants]
-    t_const = [None if c is None else torch.tensor(c) for c in constants]
-    z_value = zyx_loss(*z_in, *z_const, **options)
-    t_value = torch_loss(*t_in, *t_const, **options)
-    assert_close(z_value, t_value, atol, rtol, "loss")
-    seed = rng().standard_normal(t_value.shape).astype(np.float32)
-    (t_value * torch.tensor(seed)).sum().backward()
-    grads = (z_value * zyx.tensor(seed, device=device)).sum().backward(z_in)
-    for i, (g, t) in enumerate(zip(grads, t_in)):
-        assert_close(g, t.grad, atol, rtol, f"gradient of input {i}")
-    return z_value
+from nn_reference import rng, run_both
 
 
 def normal(*shape):
@@ -123,3 +106,66 @@ def test_binary_cross_entropy(nn_device):
     saturated = nn.binary_cross_entropy(zyx.tensor([0.0, 1.0], device=nn_device),
                                         zyx.tensor([1.0, 0.0], device=nn_device))
     assert saturated.item() == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name, knee, values", [
+    ("smooth_l1_loss", "beta", [1.0, 0.5, 0.0]), ("huber_loss", "delta", [1.0, 0.5, 2.5])])
+def test_smooth_l1_and_huber_losses(nn_device, name, knee, values, reduction):
+    """Both sides of the knee and exactly on it (d = ±knee, d = 0) in value and gradient, for input and target."""
+    for value in values:
+        x, target = normal(3, 5) * 2, normal(3, 5)
+        x[0, :3] = target[0, :3] + np.array([value, -value, 0.0], np.float32)
+        run_both(getattr(nn, name), getattr(F, name), nn_device, [x, target], reduction=reduction, **{knee: value})
+
+
+@pytest.mark.filterwarnings("ignore:Using a target size")
+@pytest.mark.parametrize("name", ["smooth_l1_loss", "huber_loss"])
+def test_smooth_losses_broadcast_the_target(nn_device, name):
+    run_both(getattr(nn, name), getattr(F, name), nn_device, [normal(2, 3, 4), normal(3, 1)])
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batchmean"])
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div(nn_device, reduction, log_target):
+    log_probs = torch.log_softmax(torch.tensor(normal(4, 5)), -1).numpy()
+    target = torch.softmax(torch.tensor(normal(4, 5) * 2), -1).numpy()
+    if log_target:
+        target = np.log(target)
+    run_both(nn.kl_div, F.kl_div, nn_device, [log_probs, target], reduction=reduction, log_target=log_target)
+
+
+def test_kl_div_zero_targets_add_nothing_and_no_nan(nn_device):
+    """A target of 0 contributes 0 (torch's xlogy); the gradients stay finite, the target's too (torch's is nan)."""
+    log_probs = torch.log_softmax(torch.tensor(normal(3, 4)), -1).numpy()
+    target = np.array([[0.0, 0.5, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]], np.float32)
+    value = run_both(nn.kl_div, F.kl_div, nn_device, [log_probs], [target], reduction="none")
+    assert np.all(np.isfinite(value.numpy())) and np.all(value.numpy()[target == 0] == 0)
+    x, t = zyx.tensor(log_probs, device=nn_device), zyx.tensor(target, device=nn_device)
+    grads = nn.kl_div(x, t, reduction="batchmean").backward([x, t])
+    assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+
+
+@pytest.mark.parametrize("loss, options", [
+    ("SmoothL1Loss", {"beta": 0.5}), ("HuberLoss", {"delta": 2.0, "reduction": "sum"}),
+    ("KLDivLoss", {"reduction": "batchmean"}), ("KLDivLoss", {"log_target": True, "reduction": "none"})])
+def test_new_loss_modules(nn_device, loss, options):
+    a, b = normal(4, 3), torch.log_softmax(torch.tensor(normal(4, 3)), -1).numpy()
+    if loss == "KLDivLoss" and not options.get("log_target"):
+        b = np.exp(b)
+    ours, theirs = getattr(nn, loss)(**options), getattr(torch.nn, loss)(**options)
+    assert repr(ours) == repr(theirs) and ours.parameters() == []
+    run_both(ours, theirs, nn_device, [a, b])
+
+
+def test_smooth_losses_refuse_bad_options(nn_device):
+    x = zyx.ones(2, 3, device=nn_device)
+    with pytest.raises(ValueError, match="beta"):
+        nn.smooth_l1_loss(x, x, beta=-1.0)
+    with pytest.raises(ValueError, match="delta"):
+        nn.huber_loss(x, x, delta=0.0)
+    with pytest.raises(ValueError, match="reduction"):
+        nn.kl_div(x, x, reduction="average")
+    with pytest.raises(zyx.ShapeError, match=r"\(2, 3\).*\(4,\)|\(4,\).*\(2, 3\)"):
+        nn.huber_loss(x, zyx.ones(4, device=nn_device))

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from . import functional, init
 from ..interpolate import interpolate
-from .activations import (CELU, ELU, GELU, SELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, LogSigmoid, LogSoftmax,
-                          Mish, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softmin, Softplus, Softsign, Tanh)
+from .activations import (CELU, ELU, GELU, GLU, SELU, Hardshrink, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU,
+                          LogSigmoid, LogSoftmax, Mish, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softmin, Softplus,
+                          Softshrink, Softsign, Tanh, Tanhshrink, Threshold)
 from .attention import MultiheadAttention, TransformerBlock, causal_mask, scaled_dot_product_attention
 from .containers import Sequential
+from .distance import CosineSimilarity, PairwiseDistance, cosine_similarity, pairwise_distance
 from .grad_scaler import GradScaler
-from .layers import (AvgPool1d, AvgPool2d, AvgPool3d, Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
-                     ConvTranspose3d, Dropout, Embedding, Flatten, Identity, Linear, MaxPool1d, MaxPool2d, MaxPool3d,
-                     Upsample)
-from .loss_modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
-from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
-                     nll_loss)
+from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, AvgPool3d, Conv1d, Conv2d, Conv3d,
+                     ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dropout, Embedding, Flatten, Identity, Linear,
+                     MaxPool1d, MaxPool2d, MaxPool3d, PixelShuffle, PixelUnshuffle, Upsample)
+from .loss_modules import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss,
+                           NLLLoss, SmoothL1Loss)
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div,
+                     l1_loss, mse_loss, nll_loss, smooth_l1_loss)
 from .module import LoadResult, Module, StateDictError
 from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
@@ -30,13 +33,17 @@ __all__ = [
     "Module", "StateDictError", "LoadResult", "init", "functional", "Sequential",
     "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Embedding",
     "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Upsample", "Dropout", "Flatten",
-    "Identity", "interpolate", "scaled_dot_product_attention",
+    "Identity", "interpolate", "scaled_dot_product_attention", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
+    "PixelShuffle", "PixelUnshuffle",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "RMSNorm", "GroupNorm",
     "MultiheadAttention", "TransformerBlock", "causal_mask", "GRUCell", "LSTMCell",
     "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "LeakyReLU", "ELU", "Softplus", "Softmax", "LogSoftmax",
     "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish", "SELU", "CELU", "Mish", "LogSigmoid", "Softsign", "Softmin",
+    "Threshold", "Hardshrink", "Softshrink", "Tanhshrink", "GLU", "PReLU",
     "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
-    "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss",
+    "smooth_l1_loss", "huber_loss", "kl_div",
+    "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss", "SmoothL1Loss", "HuberLoss",
+    "KLDivLoss", "cosine_similarity", "pairwise_distance", "CosineSimilarity", "PairwiseDistance",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm", "GradScaler",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR",
 ]

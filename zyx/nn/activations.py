@@ -1,9 +1,11 @@
 """Activation functions as modules, so they can sit in a Sequential; each forwards to the Tensor method."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+from ..devices import Device, default_device
 from ..tensor import Tensor
+from .init import filled
 from .module import Module
 
 
@@ -167,3 +169,63 @@ class Softmin(_Activation):
 
     def __init__(self, dim: int = -1):
         super().__init__(dim=dim)
+
+
+class Threshold(_Activation):
+    """x where x > threshold, else value."""
+
+    method = "threshold"
+
+    def __init__(self, threshold: float, value: float):
+        super().__init__(threshold=threshold, value=value)
+
+
+class _Shrink(_Activation):
+    """A shrink by lambd, shown as PyTorch shows it: `Softshrink(0.5)`."""
+
+    def __init__(self, lambd: float = 0.5):
+        super().__init__(lambd=lambd)
+
+    def extra_repr(self) -> str:
+        return str(self.options["lambd"])
+
+
+class Hardshrink(_Shrink):
+    """x where |x| > lambd, else 0."""
+
+    method = "hardshrink"
+
+
+class Softshrink(_Shrink):
+    """x moved towards 0 by lambd, 0 within [-lambd, lambd]."""
+
+    method = "softshrink"
+
+
+class Tanhshrink(_Activation):
+    """x - tanh(x)."""
+
+    method = "tanhshrink"
+
+
+class GLU(_Activation):
+    """Gated linear unit: first half of `dim` times sigmoid of the second."""
+
+    method = "glu"
+
+    def __init__(self, dim: int = -1):
+        super().__init__(dim=dim)
+
+
+class PReLU(Module):
+    """LeakyReLU with a learned negative slope: one (num_parameters=1) or one per channel, starting at `init`."""
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, device: Optional[Device] = None):
+        self.num_parameters = num_parameters
+        self.weight = filled((num_parameters,), init, device or default_device())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.prelu(self.weight)
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters}"

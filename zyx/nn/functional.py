@@ -11,18 +11,20 @@ from typing import Sequence
 from ..interpolate import interpolate
 from ..tensor import Tensor
 from .attention import scaled_dot_product_attention
+from .distance import cosine_similarity, pairwise_distance
 from .layers import embedding
-from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
-                     nll_loss)
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div,
+                     l1_loss, mse_loss, nll_loss, smooth_l1_loss)
 from .norm import batch_norm, group_norm, layer_norm, rms_norm
 
 # the Tensor methods themselves: F.relu(x) is x.relu(), and takes the same arguments as PyTorch's F.relu
 TENSOR_METHODS = (
     "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "dropout", "one_hot",
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "pixel_shuffle", "pixel_unshuffle", "dropout", "one_hot",
     "relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "celu", "softplus", "mish",
     "hardtanh", "hardsigmoid", "hardswish", "logsigmoid", "softsign", "softmax", "softmin", "log_softmax",
-    "normalize",
+    "threshold", "hardshrink", "softshrink", "tanhshrink", "glu", "prelu", "normalize",
 )
 globals().update({name: getattr(Tensor, name) for name in TENSOR_METHODS})
 
@@ -38,4 +40,5 @@ __all__ = [
     *TENSOR_METHODS, "embedding", "pad", "interpolate", "scaled_dot_product_attention",
     "batch_norm", "layer_norm", "rms_norm", "group_norm",
     "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+    "smooth_l1_loss", "huber_loss", "kl_div", "cosine_similarity", "pairwise_distance",
 ]

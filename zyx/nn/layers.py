@@ -244,6 +244,59 @@ class AvgPool3d(_AvgPoolNd):
     dims = 3
 
 
+class _AdaptiveAvgPoolNd(Module):
+    """Mean over adaptive windows to a fixed `output_size`, whatever the input's size."""
+
+    dims = 2
+
+    def __init__(self, output_size: Any):
+        self.output_size = output_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x._adaptive_avg_pool(self.output_size, self.dims, type(self).__name__)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    """Mean over adaptive windows of (N, C, L) or (C, L) to output_size."""
+
+    dims = 1
+
+
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
+    """Mean over adaptive windows of (N, C, H, W) or (C, H, W) to output_size (H, W); None keeps that axis."""
+
+    dims = 2
+
+
+class PixelShuffle(Module):
+    """(*, C r^2, H, W) to (*, C, H r, W r), r = upscale_factor (sub-pixel convolution's upsampling)."""
+
+    def __init__(self, upscale_factor: int):
+        self.upscale_factor = upscale_factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.pixel_shuffle(self.upscale_factor)
+
+    def extra_repr(self) -> str:
+        return f"upscale_factor={self.upscale_factor}"
+
+
+class PixelUnshuffle(Module):
+    """(*, C, H r, W r) to (*, C r^2, H, W), r = downscale_factor: PixelShuffle undone."""
+
+    def __init__(self, downscale_factor: int):
+        self.downscale_factor = downscale_factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.pixel_unshuffle(self.downscale_factor)
+
+    def extra_repr(self) -> str:
+        return f"downscale_factor={self.downscale_factor}"
+
+
 class Upsample(Module):
     """Resize the spatial axes (see zyx.nn.interpolate)."""
 

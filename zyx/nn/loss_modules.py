@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ..tensor import Tensor
-from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
-                     nll_loss)
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div,
+                     l1_loss, mse_loss, nll_loss, smooth_l1_loss)
 from .module import Module
 
 
@@ -84,3 +84,30 @@ class BCEWithLogitsLoss(_Loss):
 
     def __init__(self, weight: Optional[Tensor] = None, reduction: str = "mean", pos_weight: Optional[Tensor] = None):
         super().__init__(weight=weight, reduction=reduction, pos_weight=pos_weight)
+
+
+class SmoothL1Loss(_Loss):
+    """Quadratic below beta, L1 beyond: `smooth_l1_loss`."""
+
+    function = staticmethod(smooth_l1_loss)
+
+    def __init__(self, reduction: str = "mean", beta: float = 1.0):
+        super().__init__(reduction=reduction, beta=beta)
+
+
+class HuberLoss(_Loss):
+    """Quadratic below delta, delta times L1 beyond: `huber_loss`."""
+
+    function = staticmethod(huber_loss)
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0):
+        super().__init__(reduction=reduction, delta=delta)
+
+
+class KLDivLoss(_Loss):
+    """Kullback-Leibler divergence of log-probabilities from a target distribution: `kl_div`."""
+
+    function = staticmethod(kl_div)
+
+    def __init__(self, reduction: str = "mean", log_target: bool = False):
+        super().__init__(reduction=reduction, log_target=log_target)

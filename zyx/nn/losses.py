@@ -39,6 +39,54 @@ def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     return _reduce((input - target).abs(), reduction)
 
 
+def _piecewise_quadratic(diff: Tensor, knee: float) -> Tensor:
+    """0.5 d^2 where |d| < knee, else knee (|d| - 0.5 knee): quadratic near 0, linear (slope 1 in |d| times knee)
+    beyond, with matching value and slope at the knee."""
+    magnitude = diff.abs()
+    return (magnitude < knee).where(0.5 * diff * diff, knee * (magnitude - 0.5 * knee))
+
+
+@in_float32
+@rounded_once
+def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta, for d = input - target: L1 robust to outliers with a
+    smooth minimum; beta=0 is l1_loss."""
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be at least 0, got {beta}")
+    diff = input - target
+    if beta == 0:
+        return _reduce(diff.abs(), reduction)
+    return _reduce(_piecewise_quadratic(diff, beta) * (1 / beta), reduction)
+
+
+@in_float32
+@rounded_once
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0) -> Tensor:
+    """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta): smooth_l1_loss times beta=delta."""
+    if delta <= 0:
+        raise ValueError(f"huber_loss: delta must be positive, got {delta}")
+    return _reduce(_piecewise_quadratic(input - target, delta), reduction)
+
+
+@in_float32
+@rounded_once
+def kl_div(input: Tensor, target: Tensor, reduction: str = "mean", log_target: bool = False) -> Tensor:
+    """KL(target || exp(input)) per element: target (log target - input), from log-probabilities `input`.
+
+    `target` is probabilities (log-probabilities with log_target=True); a target of 0 adds 0, with no nan in the
+    gradient. reduction 'batchmean' divides the sum by the batch size (axis 0), the true KL divergence per sample;
+    'mean' divides by the element count, as PyTorch.
+    """
+    if log_target:
+        loss = target.exp() * (target - input)
+    else:
+        zero = target == 0
+        loss = zero.where(0.0, target * zero.where(1.0, target).log()) - target * input
+    if reduction == "batchmean":
+        return loss.sum() / input.shape[0] if input.ndim else loss.sum()
+    return _reduce(loss, reduction)
+
+
 def _classes_last(input: Tensor, target: Tensor, loss: str) -> Tensor:
     """The input with its class axis (1, or 0 when unbatched) moved last, after checking the target against it."""
     if input.ndim == 0:
