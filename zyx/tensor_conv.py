@@ -327,8 +327,8 @@ class ConvMixin:
                 continue
             matrix = self._data(averaging_matrix(size, out).T, x.dtype)  # (size, out)
             last = self.ndim - dims + axis
-            moved = x.transpose(last, -1)
-            x = (moved @ matrix).transpose(last, -1)
+            moved = x.transpose(last, -1).unsqueeze(-1)  # (a product written out: `@` would take autocast's dtype)
+            x = (moved * matrix).sum(-2).transpose(last, -1)
         return x
 
     def adaptive_avg_pool1d(self: "Tensor", output_size: Any) -> "Tensor":

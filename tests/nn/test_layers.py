@@ -280,6 +280,17 @@ def test_adaptive_pooling_and_pixel_shuffle(nn_device, name, shape, output_size)
     run_both(lambda x: ours(x, output_size), lambda x: theirs(x, output_size), nn_device, [normal(*shape)])
 
 
+def test_adaptive_pooling_keeps_float32_under_autocast(nn_device):
+    """Its averaging products are written out, not `@`: under autocast a float32 input stays float32, as PyTorch's
+    adaptive pooling (in no autocast list) keeps it."""
+    x = normal(2, 3, 7, 9)
+    with zyx.autocast(zyx.bfloat16):
+        out = zyx.nn.functional.adaptive_avg_pool2d(nn_device.tensor(x), (3, 4))
+    assert out.dtype == zyx.float32
+    np.testing.assert_allclose(out.numpy(), torch.nn.functional.adaptive_avg_pool2d(torch.tensor(x), (3, 4)).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_adaptive_pooling_and_pixel_shuffle_modules(nn_device):
     layers = [(nn.PixelUnshuffle(2), torch.nn.PixelUnshuffle(2)), (nn.AdaptiveAvgPool2d((3, None)),
                torch.nn.AdaptiveAvgPool2d((3, None))), (nn.PixelShuffle(2), torch.nn.PixelShuffle(2)),
