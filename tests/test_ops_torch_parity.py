@@ -218,7 +218,7 @@ CASES["setitem"] = same(set_items, X3, X)
 UNIQUE_INDEX = np.array([[4, 0, 2], [1, 3, 0]])
 REPEATED_INDEX = np.array([[4, 0, 4], [1, 1, 1]])
 SOURCE = uniform(-2, 2, (2, 3))
-for reduce in ("sum", "prod", "mean", "amax", "amin"):
+for reduce in ("sum", "prod", "mean", "amax", "amin"):  # (no value of self ties with a result: see below)
     CASES[f"scatter_reduce_{reduce}"] = same(
         lambda x, i, s, reduce=reduce: tuple(x.scatter_reduce(1, i, s, reduce, include_self=include)
                                              for include in (True, False)),
@@ -484,3 +484,19 @@ def test_setitem_strides_and_errors(device):
         x[0] = zyx.tensor(ROW[:4], device=device)
     with pytest.raises(IndexError, match="index 3 is out of bounds"):
         x[0, 3] = 1.0
+
+
+@pytest.mark.parametrize("reduce", ["amax", "amin"])
+def test_scatter_reduce_without_self_gives_its_whole_gradient_to_the_entries(device, reduce):
+    """include_self=False: where self's value ties with the entries' extreme, the entries still get the whole
+    gradient (self was not combined). torch 2.13 counts self in the tie and loses its share (here each entry gets
+    a third: its scatter_reduce_backward divides by self_is_result + src_is_result either way), so this is checked
+    exactly, not against torch."""
+    x = zyx.tensor(np.array([[2.0, 0.0, 5.0]], f32), device=device)
+    src = zyx.tensor(np.array([[2.0, 2.0, 1.0]] if reduce == "amax" else [[2.0, 2.0, 3.0]], f32), device=device)
+    index = zyx.tensor([[0, 0, 1]], device=device)
+    out = x.scatter_reduce(1, index, src, reduce, include_self=False)
+    grad_x, grad_src = (out * zyx.tensor(np.array([[1.0, 10.0, 100.0]], f32), device=device)).sum().backward([x, src])
+    np.testing.assert_array_equal(out.numpy(), [[2.0, 1.0 if reduce == "amax" else 3.0, 5.0]])
+    np.testing.assert_array_equal(grad_src.numpy(), [[0.5, 0.5, 10.0]])  # the tied entries share position 0's 1
+    np.testing.assert_array_equal(grad_x.numpy(), [[0.0, 0.0, 100.0]])
