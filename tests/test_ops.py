@@ -223,7 +223,7 @@ def test_xlogy_nan_to_num_addmm_edge_values(device):
     y = np.array([0, np.inf, np.nan, -1, 0, 0], np.float32)
     np.testing.assert_array_equal(zyx.tensor(x, device=device).xlogy(zyx.tensor(y, device=device)).numpy(),
                                   torch.xlogy(torch.tensor(x), torch.tensor(y)).numpy())
-    for dtype in ("float16", "bfloat16", "float64"):
+    for dtype in ("float16", "bfloat16") + (() if device.kind == "wgpu" else ("float64",)):  # (WGSL: no float64)
         special = zyx.tensor([np.nan, np.inf, -np.inf, 2.0], device=device).cast(getattr(zyx, dtype))
         expected = torch.tensor([np.nan, np.inf, -np.inf, 2.0]).to(getattr(torch, dtype)).nan_to_num()
         np.testing.assert_array_equal(special.nan_to_num().float().numpy(), expected.float().numpy())

@@ -62,6 +62,16 @@ def test_half_precision_rounds_to_nearest_even_with_subnormals_infinities_and_na
         np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16), err_msg=dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_value_rounded_in_vector_lanes(dev, dtype):
+    """A kernel of vec4 lanes rounding to a half dtype (nan_to_num's selects between casts) rounds lane by lane: the
+    rounding helpers take an f32, and `f32(vec4)` did not build."""
+    x = np.array([np.nan, np.inf, -np.inf, 2.5, 1e-8, -70000.0, 3.140625, 0.1] * 4, np.float32)
+    out = dev.tensor(x).cast(getattr(zyx, dtype)).nan_to_num().float().numpy()
+    expected = zyx.CPU().tensor(x).cast(getattr(zyx, dtype)).nan_to_num().float().numpy()
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_narrow_integers_wrap_as_their_dtype(dev):
     x = np.array([100, 120, -128, 127], np.int8)
     np.testing.assert_array_equal((dev.tensor(x) + dev.tensor(x)).numpy(), x + x)

@@ -187,13 +187,17 @@ def alu(statement: Alu) -> str:
     return wrapped(binary(op, texts[0], texts[1], args[0].dtype, out.width), out.dtype)
 
 
+HALF_ROUNDINGS = {"bfloat16": "zyx_round_bf16({})", "float16": "zyx_f16_value(zyx_f16_bits({}))"}
+
+
 def _cast(x: str, source: DType, target: DType, width: int) -> str:
     if target.is_bool:
         return x if source.is_bool else f"({x}!={operand(Const(0, source, width))})"
-    if target.name == "bfloat16":  # rounded where cast, as stored
-        return f"zyx_round_bf16(f32({x}))"
-    if target.name == "float16":
-        return f"zyx_f16_value(zyx_f16_bits(f32({x})))"
+    if target.name in HALF_ROUNDINGS:  # rounded where cast, as stored: lane by lane (the helpers take an f32)
+        rounded = HALF_ROUNDINGS[target.name]
+        if width == 1:
+            return rounded.format(f"f32({x})")
+        return f"{register_type(target, width)}({','.join(rounded.format(f'f32(({x})[{i}])') for i in range(width))})"
     if source.is_float and target.name == "uint8":
         x = f"i32({x})"  # through int, as numpy: -1.0 -> 255
     return wrapped(f"{register_type(target, width)}({x})", target)
