@@ -146,3 +146,18 @@ def test_the_partials_of_split_products_come_from_the_memo(monkeypatch):
     memoized, _ = _described(targets, traits, memoize=True)
     assert memoized == fresh
     assert partials == len(weights) and 0 < sum(partials_built) < partials
+
+
+def test_a_region_reaching_past_one_met_before_is_built_anew():
+    """A cosine embedding loss written by hand: (x1 * x1).sum(1) is built first, then (x1 * x2).sum(1), whose region
+    has the same root, decisions and sources' keys (one memo index) but meets a new node where the first read x1
+    again, one node past the first walk's end: the memo tells them apart (it looked up where the first walk stopped
+    past its end: an IndexError while scheduling)."""
+    dev = zyx.OpenCL()
+    a, b = (np.random.default_rng(k).standard_normal((4, 5)).astype(np.float32) for k in range(2))
+    x1, x2, t = dev.tensor(a), dev.tensor(b), dev.tensor(np.array([1, -1, 1, -1], np.float32))
+    cosine = (x1 * x2).sum(1) / (((x1 * x1).sum(1) + 1e-12) * ((x2 * x2).sum(1) + 1e-12)).sqrt()
+    loss = ((t == 1).where(1 - cosine, 0.0) + (t == -1).where(cosine.clamp(min=0), 0.0)).mean()
+    expected = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    expected = np.where([True, False, True, False], 1 - expected, np.maximum(expected, 0)).mean()
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)

@@ -61,7 +61,9 @@ class KernelMemo:
         """The kernel a build for `roots` (shaped with `choice` where the scheduler planned one) would give, and
         the nodes it would store apart; None if no region met before is this one."""
         for entry in self._entries.get(_index(roots, facts, extra_outputs, choice), ()):
-            walked = _walk(roots, facts, lambda position, node: entry.stops[position], entry.parts)
+            stops = entry.stops  # (a walk reaching past the entry's nodes departs from its parts there)
+            walked = _walk(roots, facts, lambda position, node: position < len(stops) and stops[position],
+                           entry.parts)
             if walked is not None:
                 counters.bump("kernel_memo_hits")
                 mapping = {id(old): new for old, new in zip(entry.nodes, walked[1])}
