@@ -232,6 +232,32 @@ def test_xlogy_nan_to_num_addmm_edge_values(device):
     np.testing.assert_array_equal(nan_input.addmm(m, m * 3, beta=0).numpy(), [[3, 0], [0, 3]])
 
 
+def test_nan_reductions_search_and_histc_edge_values(device):
+    """nanmean of all-nan rows is nan and nansum 0; searchsorted puts nan and inf values where torch's binary
+    search does; histc leaves out nan and the values outside the range, counts max in the last bin, and widens an
+    empty range by 1 either side (float64 too, but not on WGPU: WGSL has no float64)."""
+    for dtype in ("float32",) + (() if device.kind == "wgpu" else ("float64",)):
+        rows = np.array([[np.nan, np.nan, np.nan], [1.0, np.nan, -np.inf], [2.0, 3.0, np.nan]], dtype)
+        t, expected = zyx.tensor(rows, device=device), torch.tensor(rows)
+        np.testing.assert_array_equal(t.nanmean(1).numpy(), expected.nanmean(1).numpy())
+        np.testing.assert_array_equal(t.nansum(dim=1).numpy(), expected.nansum(1).numpy())
+        sequence = np.array([-np.inf, -1.0, 0.0, 0.0, 2.0, np.inf], dtype)
+        probes = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 5.0, -3.0], dtype)
+        for right in (False, True):
+            ours = zyx.searchsorted(zyx.tensor(sequence, device=device), zyx.tensor(probes, device=device),
+                                    right=right)
+            assert ours.dtype == zyx.int64
+            np.testing.assert_array_equal(ours.numpy(), torch.searchsorted(torch.tensor(sequence),
+                                                                          torch.tensor(probes), right=right).numpy())
+        data = np.array([0.0, 1.0, 1.0, 2.5, 3.0, -1.0, 4.0, np.nan], dtype)
+        for args, values in (((4, 0, 3), data), ((3, 1, 1), data[:-1]), ((5, -2, 6), data), ((2, 0.5, 2.0), data)):
+            histogram = zyx.tensor(values, device=device).histc(*args)  # (min = max: the data's range, no nan)
+            assert histogram.dtype == getattr(zyx, dtype)
+            np.testing.assert_array_equal(histogram.numpy(), torch.tensor(values).histc(*args).numpy())
+        constant = zyx.tensor(np.full(3, 2.0, dtype), device=device)
+        np.testing.assert_array_equal(constant.histc(4).numpy(), torch.full((3,), 2.0).histc(4).numpy())
+
+
 def test_round_half_to_even(device):
     x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5], dtype=np.float32)
     assert_close(zyx.tensor(x, device=device).round().numpy(), np.rint(x), "float32")

@@ -310,6 +310,48 @@ CASES.update({
     "einsum_list_broadcast": same(lambda a, b: torch_or_zyx(a).einsum("bhqd,xhkd->bhqk", [a, b]), Q, K[:1]),
 })
 
+# ---- nan reductions, products, search and histograms (inputs from `more`, after every earlier case's) -------
+NANS = np.where(MASK, np.nan, X).astype(f32)
+SORTED = np.sort(np.round(more(-3, 3, (2, 6))), -1)  # repeated entries: left and right insertion points differ
+PROBES = np.concatenate([np.round(more(-4, 4, (2, 5))), [[np.nan], [-np.inf]]], 1).astype(f32)
+POINTS, FAR = more(-1, 1, (2, 30, 4)), more(-1, 1, (1, 27, 4))
+CASES.update({
+    "nansum_nanmean": same(lambda x: (x.nansum(), x.nansum(1), x.nanmean(-1, keepdim=True),
+                                      torch_or_zyx(x).nanmean(x, dim=1), torch_or_zyx(x).nansum(x, (0, 1))), NANS),
+    "nanmean_all_nan": same(lambda x: (x.nanmean(0), x.nansum(dim=0)), np.where(NANS > 0, np.nan, NANS)[:, :2],
+                            grad=False),  # torch's gradient of an all-nan mean is nan (0 * inf), zyx's 0
+    "nansum_int": same(lambda i: (i.nansum(), i.nansum(0, keepdim=True)), INTS),
+    "aminmax": same(lambda x: (tuple(x.aminmax()), x.aminmax(dim=1).max, x.aminmax(dim=0, keepdim=True).min,
+                               tuple(torch_or_zyx(x).aminmax(x, dim=-1))), X),
+    "aminmax_ties_int": same(lambda x, i: (x.aminmax(dim=0).min, tuple(i.aminmax())), TIES, INTS),
+    "cross": same(lambda a, b: (a.cross(b, dim=1), torch_or_zyx(a).cross(a, b[:1], dim=-2),
+                                a[:, :, :3].cross(b[:, :, :3], dim=2)), X3, more(-1, 1, (2, 3, 5))),
+    "kron": same(lambda a, b, i: (a.kron(b), torch_or_zyx(a).kron(b[0], a), i[:2, :2].kron(i[0])),
+                 more(-1, 1, (2, 3)), more(-1, 1, (3, 1, 2)), INTS),
+    "rot90": same(lambda x: (x.rot90(), x.rot90(3, (1, 0)), x.rot90(-2), torch_or_zyx(x).rot90(x, 5, [2, 0]),
+                             x.rot90(0, (1, 2))), X3),
+    "tensordot": same(lambda a, b, c: tuple(torch_or_zyx(a).tensordot(x, y, dims) for x, y, dims in (
+        (a, b, 1), (a, c, ([1, 0], [0, 1])), (a, c, 0), (a, b.T, ([1], [1])), (c, c, 2), (a, c.T, ([0], [0])))),
+                      X, more(-1, 1, (5, 4)), more(-1, 1, (5, 3))),
+    "searchsorted": same(lambda s, v: (torch_or_zyx(s).searchsorted(s, v), torch_or_zyx(s).searchsorted(s[0], v),
+                                       torch_or_zyx(s).searchsorted(s, v, right=True),
+                                       torch_or_zyx(s).searchsorted(s[1], 0.0),
+                                       torch_or_zyx(s).searchsorted(s, v, side="right", out_int32=True)),
+                         SORTED, PROBES),
+    "searchsorted_int": same(lambda s, v: torch_or_zyx(s).searchsorted(s, v), np.sort(INTS, -1), DIVISORS),
+    "bucketize": same(lambda v, b: (torch_or_zyx(v).bucketize(v, b[0]), torch_or_zyx(v).bucketize(v, b[1], right=True),
+                                    torch_or_zyx(v).bucketize(v[0], b[0], out_int32=True)), PROBES, SORTED),
+    "histc": same(lambda x: (x.histc(), x.histc(bins=7, min=-1, max=1), torch_or_zyx(x).histc(x, 4, 0.5, 0.5),
+                             x[:, :1].histc(3) * 0 + x[0, :1].histc(3)), X),
+    "cdist": same(lambda a, b: (torch_or_zyx(a).cdist(a[:, :5], b[:, :4]), torch_or_zyx(a).cdist(a, b),
+                                torch_or_zyx(a).cdist(a[0], b[0, :3], p=1.0),
+                                torch_or_zyx(a).cdist(a[:, :6], b[:, :5], p=float("inf")),
+                                torch_or_zyx(a).cdist(a[:1, :4], b[:, :3], p=3.0),
+                                torch_or_zyx(a).cdist(a[:, :3], b[:, :3], compute_mode="use_mm_for_euclid_dist")),
+                  POINTS, FAR, tol=(1e-4, 3e-5)),
+    "cdist_zero_distances": same(lambda a: torch_or_zyx(a).cdist(a, a[:, :2]), POINTS[:, :4]),
+})
+
 
 def _flat(value: Any) -> list[Any]:
     if isinstance(value, (tuple, list)):
@@ -357,6 +399,8 @@ HALF_COMPOSITES = {  # name: (zyx, torch) of a half tensor; each computed in flo
        for name in ("tan", "atan", "asin", "acos", "cosh", "sinh", "asinh", "acosh", "atanh", "log10")},
     **{name: (lambda x, name=name: getattr(x, name)(x * 0.5), lambda x, name=name: getattr(torch, name)(x, x * 0.5))
        for name in ("logaddexp", "logaddexp2", "atan2", "hypot")},
+    **{name: (lambda x, name=name: getattr(x.reshape(40, 100), name)(1),
+              lambda x, name=name: getattr(x.reshape(40, 100), name)(1)) for name in ("nansum", "nanmean")},
     "lerp": (lambda x: x.lerp(x * 0.5 + 1, 0.3), lambda x: x.lerp(x * 0.5 + 1, 0.3)),
     "lerp by a tensor": (lambda x: x.lerp(x * 0.5 + 1, x * 0 + 0.75), lambda x: x.lerp(x * 0.5 + 1, x * 0 + 0.75)),
 }
@@ -469,6 +513,48 @@ def test_op_errors_name_the_problem(device):
         zyx.nn.scaled_dot_product_attention(q, q, q, zyx.tensor(KEEP[:, :3], device=device), is_causal=True)
     with pytest.raises(zyx.ShapeError, match=r"query \(2, 2, 3, 4\), key \(2, 2, 5, 4\) and value \(2, 2, 3, 3\)"):
         zyx.nn.scaled_dot_product_attention(q, zyx.tensor(K, device=device), zyx.tensor(V[:, :, :3], device=device))
+
+
+def test_product_search_and_histogram_errors_name_the_problem(device):
+    x, x3 = zyx.tensor(X, device=device), zyx.tensor(X3, device=device)
+    with pytest.raises(zyx.ShapeError, match=r"cross: axis 1 must have size 3 in both shapes, got \(3, 5\) and"):
+        x.cross(x, dim=1)
+    with pytest.raises(zyx.ShapeError, match=r"cross: no axis of size 3 in shape \(2, 5\)"):
+        x[:2].cross(x[:2])
+    with pytest.raises(zyx.ShapeError, match=r"cross: shapes \(2, 3, 5\) and \(3, 5\) need the same number"):
+        x3.cross(x, dim=1)
+    with pytest.raises(zyx.ShapeError, match=r"tensordot: axis 1 of shape \(3, 5\) and axis 0 of shape \(3, 5\)"):
+        x.tensordot(x, 1)
+    with pytest.raises(zyx.ShapeError, match=r"tensordot: cannot contract 3 axes of shapes \(3, 5\)"):
+        x.tensordot(x, 3)
+    with pytest.raises(zyx.ShapeError, match=r"rot90: needs at least 2 dimensions, got shape \(5,\)"):
+        x[0].rot90()
+    with pytest.raises(zyx.ShapeError, match="rot90: dims .* name one axis twice"):
+        x.rot90(1, (1, -1))
+    with pytest.raises(zyx.AxisError, match="rot90: axis 2 is out of range"):
+        x.rot90(1, (0, 2))
+    with pytest.raises(zyx.ShapeError, match=r"searchsorted: sorted sequence of shape \(2, 5\) and values of shape "
+                                             r"\(3, 5\)"):
+        zyx.searchsorted(x[:2], x)
+    with pytest.raises(zyx.ShapeError, match=r"bucketize: boundaries must be a 1-D tensor, got shape \(3, 5\)"):
+        x.bucketize(x)
+    with pytest.raises(ValueError, match="side must be"):
+        zyx.searchsorted(x[0], x, side="left", right=True)
+    with pytest.raises(zyx.ShapeError, match=r"cdist: needs \(..., P, M\) and \(..., R, M\) tensors, got shapes "
+                                             r"\(3, 5\) and \(3, 4\)"):
+        zyx.cdist(x, x[:, :4])
+    with pytest.raises(zyx.ShapeError, match=r"cdist: batch axes of shapes \(2, 3, 5\) and \(3, 2, 5\) do not"):
+        zyx.cdist(x3, x.unsqueeze(1).expand(3, 2, 5))
+    with pytest.raises(TypeError, match="cdist: needs floating-point"):
+        zyx.cdist(x.int(), x)
+    with pytest.raises(ValueError, match="histc: max"):
+        x.histc(4, 1, -1)
+    with pytest.raises(TypeError, match="histc: needs a floating-point"):
+        x.int().histc()
+    with pytest.raises(TypeError, match="nanmean: needs a floating-point"):
+        x.int().nanmean()
+    with pytest.raises(ValueError, match="aminmax: cannot reduce over axis 1 of size 0"):
+        x[:, :0].aminmax(dim=1)
 
 
 def test_setitem_strides_and_errors(device):

@@ -22,6 +22,7 @@ TENSOR_FUNCTIONS = (
     "selu", "celu", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "atan2", "arctan2", "hypot", "logit", "xlogy",
     "nan_to_num", "amax", "amin", "count_nonzero", "bmm", "mv", "outer", "addmm", "tile", "diff", "take_along_dim",
+    "nansum", "nanmean", "aminmax", "cross", "kron", "rot90", "tensordot", "bucketize", "histc",
 )
 
 _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it, dotted for a class's)
@@ -47,6 +48,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in
     **{name: (".tensor_combine", name) for name in ("cat", "stack", "hstack", "vstack")},
     "save": (".serialization", "save"), "load": (".serialization", "load"),
     "nn": (".nn", ""), "distributed": (".distributed", ""),
+    "searchsorted": (".tensor_sort", "searchsorted"), "cdist": (".tensor_layers", "cdist"),
     "einsum": (".einsum", "einsum"), "meshgrid": (".tensor_combine", "meshgrid"),
     **{name: (".creation", name) for name in ("linspace", "empty", "empty_like", "full_like")},
     **{name: (".tensor", f"Tensor.{name}") for name in TENSOR_FUNCTIONS},
@@ -58,7 +60,7 @@ __all__ = [
     "OutOfMemoryError", "tensor", "zeros",
     "ones", "full", "eye", "arange", "from_dlpack",
     "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
-    "hstack", "vstack",
+    "hstack", "vstack", "searchsorted", "cdist",
     "default_device", "set_default_device", "stats", "reset_stats", "uint8", "int8", "int16", "int32", "uint32",
     "int64", "float16", "bfloat16", "float32", "float64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",
     "einsum", "meshgrid", "linspace", "empty", "empty_like", "full_like", *TENSOR_FUNCTIONS,
@@ -117,3 +119,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .serialization import load, save
     from .tensor import Tensor, where
     from .tensor_combine import cat, hstack, meshgrid, stack, vstack
+    from .tensor_layers import cdist
+    from .tensor_sort import searchsorted

@@ -1,17 +1,18 @@
-"""Matrix products (matmul and torch's fixed-rank forms: bmm, mv, outer, addmm) and dropout, composed from views,
-multiplies and sums (convolution and pooling: tensor_conv).
+"""Matrix products (matmul and torch's fixed-rank forms: bmm, mv, outer, addmm), tensordot, kron, cross, cdist and
+dropout, composed from views, multiplies and sums (convolution and pooling: tensor_conv).
 
 `matmul` keeps the reduced axis last in a (..., n, m, k) product so the JIT can recognise the pattern and
 emit a tiled kernel.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+import string
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from .dtypes import int64, promote
 from .errors import ShapeError
-from .tensor_base import TensorBase
-from .tensor_movement import broadcast_shape
+from .tensor_base import TensorBase, rounded_once
+from .tensor_movement import broadcast_shape, normalize_axis
 from .trace import node as n
 from .trace.ops import Op
 
@@ -157,6 +158,66 @@ class LayerMixin:
             return product
         return (self if beta == 1 else self * beta) + product  # type: ignore[operator]
 
+    def tensordot(self, other: "Tensor", dims: Union[int, Sequence[Any]] = 2) -> "Tensor":
+        """The sum of products over the axes `dims` pairs up, as torch.tensordot: an int n contracts self's last n
+        axes with other's first n; a pair of lists names them. The result has self's remaining axes, then
+        other's (an einsum)."""
+        from .einsum import einsum
+        other = other if isinstance(other, TensorBase) else self._operand(other, "tensordot")  # type: ignore
+        a_shape, b_shape = self.node.shape, other.node.shape
+        if isinstance(dims, int):
+            if not 0 <= dims <= min(len(a_shape), len(b_shape)):
+                raise ShapeError(f"tensordot: cannot contract {dims} axes of shapes {a_shape} and {b_shape}")
+            pairs = [(len(a_shape) - dims + i, i) for i in range(dims)]
+        else:
+            mine, its = ([d] if isinstance(d, int) else list(d) for d in dims)
+            if len(mine) != len(its):
+                raise ShapeError(f"tensordot: dims {dims!r} name {len(mine)} and {len(its)} axes")
+            pairs = [(normalize_axis(a, len(a_shape), "tensordot"), normalize_axis(b, len(b_shape), "tensordot"))
+                     for a, b in zip(mine, its)]
+        for a, b in pairs:
+            if a_shape[a] != b_shape[b]:
+                raise ShapeError(f"tensordot: axis {a} of shape {a_shape} and axis {b} of shape {b_shape} differ "
+                                 "in size")
+        letters = iter(string.ascii_letters)
+        a_labels = [next(letters) for _ in a_shape]
+        b_labels = [next(letters) for _ in b_shape]
+        for a, b in pairs:
+            b_labels[b] = a_labels[a]
+        out = [label for i, label in enumerate(a_labels) if i not in {a for a, _ in pairs}]
+        out += [label for i, label in enumerate(b_labels) if i not in {b for _, b in pairs}]
+        return einsum(f"{''.join(a_labels)},{''.join(b_labels)}->{''.join(out)}", self, other)
+
+    def kron(self, other: "Tensor") -> "Tensor":
+        """The Kronecker product (torch.kron): block (i, j, ...) of the result is self[i, j, ...] * other, the
+        ranks first padded with leading 1s to the larger."""
+        other = other if isinstance(other, TensorBase) else self._operand(other, "kron")  # type: ignore
+        rank = max(self.ndim, other.ndim)  # type: ignore[attr-defined]
+        a_shape = (1,) * (rank - len(self.node.shape)) + self.node.shape
+        b_shape = (1,) * (rank - len(other.node.shape)) + other.node.shape
+        a = self.reshape(tuple(d for s in a_shape for d in (s, 1)))  # type: ignore[attr-defined]
+        b = other.reshape(tuple(d for s in b_shape for d in (1, s)))
+        return (a * b).reshape(tuple(s * t for s, t in zip(a_shape, b_shape)))
+
+    def cross(self, other: "Tensor", axis: Optional[int] = None) -> "Tensor":
+        """The cross product of 3-vectors along `axis` (torch.linalg.cross's rules: same ranks, broadcasting
+        elsewhere); axis None is the first of self's axes of size 3, as torch.cross."""
+        other = other if isinstance(other, TensorBase) else self._operand(other, "cross")  # type: ignore
+        a_shape, b_shape = self.node.shape, other.node.shape
+        if axis is None:
+            axis = next((i for i, s in enumerate(a_shape) if s == 3), None)
+            if axis is None:
+                raise ShapeError(f"cross: no axis of size 3 in shape {a_shape}")
+        if len(a_shape) != len(b_shape):
+            raise ShapeError(f"cross: shapes {a_shape} and {b_shape} need the same number of dimensions")
+        axis = normalize_axis(axis, len(a_shape), "cross")
+        if a_shape[axis] != 3 or b_shape[axis] != 3:
+            raise ShapeError(f"cross: axis {axis} must have size 3 in both shapes, got {a_shape} and {b_shape}")
+        broadcast_shape("cross", a_shape, b_shape)
+        a1, a2 = (self.roll(-k, axis) for k in (1, 2))  # type: ignore[attr-defined]
+        b1, b2 = (other.roll(-k, axis) for k in (1, 2))
+        return a1 * b2 - a2 * b1
+
     def linear(self, weight: "Tensor", bias: Optional["Tensor"] = None) -> "Tensor":
         """x @ weight.T + bias, weight shaped (out, in) as PyTorch's."""
         out = self.matmul(weight.T)
@@ -173,3 +234,31 @@ class LayerMixin:
             return dropped.where(0, self)  # zeros even for inf/nan, gradient 0
         keep = self._rand(self.shape) >= p  # type: ignore[attr-defined]
         return keep.where(self * (1 / (1 - p)), 0)  # type: ignore[operator]
+
+
+@rounded_once
+def cdist(x1: "Tensor", x2: "Tensor", p: float = 2.0,
+          compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> "Tensor":
+    """The p-norm distance between each row of x1 (..., P, M) and each row of x2 (..., R, M): (..., P, R), batch
+    axes broadcasting, as torch.cdist. For p = 2 torch's compute_mode picks the matrix-product expansion
+    |a|^2 + |b|^2 - 2ab (fast, less accurate for near points) when P or R exceeds 25 (or always/never); every
+    zero distance has gradient 0, as torch's."""
+    modes = ("use_mm_for_euclid_dist_if_necessary", "use_mm_for_euclid_dist", "donot_use_mm_for_euclid_dist")
+    if compute_mode not in modes:
+        raise ValueError(f"cdist: compute_mode must be one of {modes}, got {compute_mode!r}")
+    if x1.ndim < 2 or x2.ndim < 2 or x1.shape[-1] != x2.shape[-1]:
+        raise ShapeError(f"cdist: needs (..., P, M) and (..., R, M) tensors, got shapes {x1.shape} and {x2.shape}")
+    try:
+        broadcast_shape("cdist", x1.shape[:-2], x2.shape[:-2])
+    except ShapeError:
+        raise ShapeError(f"cdist: batch axes of shapes {x1.shape} and {x2.shape} do not broadcast") from None
+    if not (x1.dtype.is_float and x2.dtype.is_float):
+        raise TypeError(f"cdist: needs floating-point tensors, got {x1.dtype} and {x2.dtype}")
+    if p < 0:
+        raise ValueError(f"cdist: p must be non-negative, got {p}")
+    expand = compute_mode == modes[1] or (compute_mode == modes[0] and max(x1.shape[-2], x2.shape[-2]) > 25)
+    if p != 2 or not expand:
+        return (x1.unsqueeze(-2) - x2.unsqueeze(-3)).norm(p, -1)
+    squares = (x1 * x1).sum(-1, keepdim=True) + (x2 * x2).sum(-1).unsqueeze(-2) - 2 * x1.matmul(x2.transpose(-2, -1))
+    zero = squares <= 0  # round-off can make a zero distance slightly negative: 0 there, with gradient 0
+    return zero.where(0.0, zero.where(1.0, squares).sqrt())

@@ -161,6 +161,24 @@ class MovementMixin:
             raise ValueError(f"tile: repetitions must be non-negative, got {reps}")
         return self.repeat((1,) * (len(self.node.shape) - len(reps)) + reps)
 
+    def rot90(self, k: int = 1, dims: Sequence[int] = (0, 1)) -> "Tensor":
+        """Rotated by 90 degrees k times in the plane of `dims`, from the first axis towards the second
+        (torch.rot90: negative k turns the other way); a flip and a transpose, so a view."""
+        shape = self.node.shape
+        if len(dims) != 2:
+            raise ShapeError(f"rot90: dims must name two axes, got {tuple(dims)}")
+        if len(shape) < 2:
+            raise ShapeError(f"rot90: needs at least 2 dimensions, got shape {shape}")
+        a, b = (normalize_axis(d, len(shape), "rot90") for d in dims)
+        if a == b:
+            raise ShapeError(f"rot90: dims {tuple(dims)} name one axis twice (shape {shape})")
+        k %= 4
+        if k == 0:
+            return self  # type: ignore[return-value]
+        if k == 2:
+            return self.flip((a, b))
+        return self.flip(b if k == 1 else a).transpose(a, b)
+
     def split(self, sizes: Union[int, Sequence[int]], axis: int = 0) -> list["Tensor"]:
         """Pieces of `sizes` each (an int: equal pieces, the last may be smaller) along `axis`."""
         axis = normalize_axis(axis, len(self.node.shape), "split")

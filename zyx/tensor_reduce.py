@@ -12,6 +12,7 @@ from .trace import node as n
 from .trace.ops import Op
 from .tensor_base import rounded_once
 from .tensor_movement import normalize_axis
+from .tensor_results import MinMax
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -85,6 +86,27 @@ class ReduceMixin:
         """Minimum over `axis` (all axes for None or (), as torch.amin): the values only, tied minima sharing
         the gradient equally."""
         return self.min(None if _all_axes(axis) else axis, keepdim)
+
+    def aminmax(self, axis: Optional[int] = None, keepdim: bool = False) -> MinMax:
+        """(min, max) over `axis` (all axes by default) in one call, as torch.aminmax: a named pair, each with
+        amin's and amax's gradient."""
+        if axis is not None and not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"aminmax: dim must be an int or None, got {axis!r}")
+        self._check_not_empty(axis, "aminmax")
+        return MinMax(self.amin(axis, keepdim), self.amax(axis, keepdim))
+
+    def nansum(self, axis: Axis = None, keepdim: bool = False, dtype: Any = None) -> "Tensor":
+        """Sum over `axis` with nan counted as 0 (torch.nansum), as sum otherwise: the gradient is 0 at the nans
+        (half tensors summed in float32 and rounded once)."""
+        return _nansum(self if dtype is None else self.cast(dtype), axis, keepdim)  # type: ignore[attr-defined]
+
+    def nanmean(self, axis: Axis = None, keepdim: bool = False, dtype: Any = None) -> "Tensor":
+        """Mean over `axis` of the elements that are not nan (torch.nanmean): nan where all are; floats only. As
+        torch's, it is nansum / count: of half tensors the sum is rounded once, then the quotient."""
+        source = self if dtype is None else self.cast(dtype)  # type: ignore[attr-defined]
+        if not source.dtype.is_float:
+            raise TypeError(f"nanmean: needs a floating-point tensor, got {source.dtype}")
+        return source.nansum(axis, keepdim) / source.isnan().logical_not().sum(axis, keepdim)
 
     def count_nonzero(self, axis: Axis = None) -> "Tensor":
         """How many elements are not zero over `axis` (all by default), as int64 (torch.count_nonzero)."""
@@ -207,6 +229,11 @@ class ReduceMixin:
         """log(softmax(x)) along `axis`, computed stably (x - logsumexp(x))."""
         x = self._float()  # type: ignore[attr-defined]
         return x - x.logsumexp(axis, keepdim=True)
+
+
+@rounded_once
+def _nansum(x: "Tensor", axis: Axis, keepdim: bool) -> "Tensor":
+    return (x.isnan().where(0, x) if x.dtype.is_float else x).sum(axis, keepdim)
 
 
 def _prod_axis(x: "Tensor", axis: int) -> "Tensor":

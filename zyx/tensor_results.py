@@ -1,4 +1,4 @@
-"""The named pair that ops returning values and their positions give back (torch.return_types' shape)."""
+"""The named pairs that ops returning two tensors give back (torch.return_types' shapes)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
@@ -12,3 +12,10 @@ class ValuesIndices(NamedTuple):
 
     values: "Tensor"
     indices: "Tensor"
+
+
+class MinMax(NamedTuple):
+    """`lo, hi = x.aminmax()` or `x.aminmax().max`: what aminmax returns."""
+
+    min: "Tensor"
+    max: "Tensor"

@@ -5,12 +5,16 @@ row (fused into two reductions: no n x n buffer is stored). That suits the moder
 (top-k over a vocabulary of a few thousand, sorting a batch); for long axes sort on the host. Values are
 picked from the input by a one-hot `where`, so the gradient reaches exactly the element that landed at each
 position. Ties keep their original order (every sort is stable); nan sorts as the largest value, as PyTorch.
+
+searchsorted and bucketize count, for each value, the sorted entries before its insertion point (no search).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
-from .dtypes import int64
+from .dtypes import int32, int64
+from .errors import ShapeError
+from .tensor_base import TensorBase
 from .tensor_results import ValuesIndices
 from .tensor_scan import scan_axis
 
@@ -33,6 +37,31 @@ def _ranks(row: "Tensor", descending: bool) -> "Tensor":
     positions = row._arange(length)
     earlier = positions.unsqueeze(-1) > positions                           # (n, n): other comes first
     return (ahead | (tie & earlier)).sum(-1)
+
+
+def searchsorted(sorted_sequence: "Tensor", values: Any, *, out_int32: bool = False, right: bool = False,
+                 side: Optional[str] = None) -> "Tensor":
+    """Where each of `values` would be inserted into the innermost axis of `sorted_sequence` to keep it sorted,
+    as torch.searchsorted: before equal entries (or after them with right=True or side='right'). A 1-D sequence
+    serves values of any shape; otherwise the leading axes of both must match. int64 (int32 with out_int32).
+    Counted, not searched: the index is how many entries are not >= (right: not >) the value, which is a binary
+    search's answer, nan values included (past the end)."""
+    if side is not None:
+        if side not in ("left", "right") or (side == "left" and right):
+            raise ValueError(f"searchsorted: side must be 'left' or 'right' and agree with right={right}, got {side!r}")
+        right = side == "right"
+    if not isinstance(values, TensorBase):
+        if sorted_sequence.ndim != 1:
+            raise ShapeError(f"searchsorted: a scalar value needs a 1-D sorted sequence, got shape "
+                             f"{sorted_sequence.shape}")
+        values = sorted_sequence._operand(values, "searchsorted")
+    seq_shape, value_shape = sorted_sequence.shape, values.shape
+    if len(seq_shape) == 0 or (len(seq_shape) > 1 and seq_shape[:-1] != value_shape[:-1]):
+        raise ShapeError(f"searchsorted: sorted sequence of shape {seq_shape} and values of shape {value_shape}: "
+                         "the sequence must be 1-D or share the values' leading axes")
+    entries = sorted_sequence if len(seq_shape) == 1 else sorted_sequence.unsqueeze(-2)
+    past = entries > values.unsqueeze(-1) if right else entries >= values.unsqueeze(-1)
+    return past.logical_not().sum(-1).cast(int32 if out_int32 else int64)
 
 
 def _first_ranked(t: "Tensor", axis: int, descending: bool, count: int) -> ValuesIndices:
@@ -67,6 +96,14 @@ class SortMixin:
     def msort(self: "Tensor") -> "Tensor":
         """Values sorted along the first axis."""
         return self.sort(0).values
+
+    def bucketize(self: "Tensor", boundaries: "Tensor", *, out_int32: bool = False, right: bool = False) -> "Tensor":
+        """The bucket of each element among the sorted 1-D `boundaries`, as torch.bucketize: i with
+        boundaries[i-1] < x <= boundaries[i] (right=True: boundaries[i-1] <= x < boundaries[i]); int64."""
+        if not isinstance(boundaries, TensorBase) or boundaries.ndim != 1:
+            raise ShapeError(f"bucketize: boundaries must be a 1-D tensor, got shape "
+                             f"{getattr(boundaries, 'shape', type(boundaries).__name__)}")
+        return searchsorted(boundaries, self, out_int32=out_int32, right=right)
 
     def topk(self: "Tensor", k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> ValuesIndices:
         """The k largest (or smallest) values along `dim` and their positions, largest first, as torch.topk;
