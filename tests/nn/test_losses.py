@@ -169,3 +169,95 @@ def test_smooth_losses_refuse_bad_options(nn_device):
         nn.kl_div(x, x, reduction="average")
     with pytest.raises(zyx.ShapeError, match=r"\(2, 3\).*\(4,\)|\(4,\).*\(2, 3\)"):
         nn.huber_loss(x, zyx.ones(4, device=nn_device))
+
+
+def signs(*shape):
+    return np.where(rng().random(shape) > 0.5, 1.0, -1.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_margin_losses(nn_device, reduction):
+    """Targets of ±1 on odd shapes; input, second input and target all get gradients where torch gives them."""
+    x1, x2 = normal(3, 5), normal(3, 5)[::-1].copy()
+    run_both(nn.margin_ranking_loss, F.margin_ranking_loss, nn_device, [x1, x2, signs(3, 5)], margin=0.3,
+             reduction=reduction)
+    run_both(nn.hinge_embedding_loss, F.hinge_embedding_loss, nn_device, [np.abs(normal(7)) * 1.5], [signs(7)],
+             margin=1.2, reduction=reduction)
+    run_both(nn.soft_margin_loss, F.soft_margin_loss, nn_device, [normal(2, 3, 5)], [signs(2, 3, 5)],
+             reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_multilabel_soft_margin_loss(nn_device, reduction):
+    target = (rng().random((4, 5)) > 0.5).astype(np.float32)
+    weight = np.array([0.5, 1.0, 2.0, 1.5, 0.25], np.float32)
+    run_both(nn.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, nn_device, [normal(4, 5) * 3],
+             [target, weight], reduction=reduction)
+    run_both(nn.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, nn_device, [normal(4, 5), target],
+             reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("p, swap", [(2, False), (1, True), (3, False)])
+def test_triplet_margin_loss(nn_device, reduction, p, swap):
+    a, b, c = (normal(4, 6, 5)[i] for i in range(3))
+    run_both(nn.triplet_margin_loss, F.triplet_margin_loss, nn_device, [a, b * 0.5 + a, c * 2], margin=0.7, p=p,
+             swap=swap, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("log_input", [True, False])
+@pytest.mark.parametrize("full", [False, True])
+def test_poisson_nll_loss(nn_device, reduction, log_input, full):
+    """Counts 0, 1 and above (Stirling's term only above 1); the rate's gradient, and the count's where positive."""
+    counts = rng().integers(0, 6, size=(3, 5)).astype(np.float32)
+    x = normal(3, 5) if log_input else np.abs(normal(3, 5)) + 0.1
+    run_both(nn.poisson_nll_loss, F.poisson_nll_loss, nn_device, [x], [counts], log_input=log_input, full=full,
+             reduction=reduction)
+    run_both(nn.poisson_nll_loss, F.poisson_nll_loss, nn_device, [x, counts + 0.5], log_input=log_input, full=full,
+             reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("var_shape", [(4, 3), (4,), (4, 1)])
+def test_gaussian_nll_loss(nn_device, reduction, var_shape):
+    """var of the input's shape, less its last axis, or with a 1 there; values below eps are clamped (the gradient
+    passes the clamp as torch's), full adds the constant."""
+    var = np.abs(normal(*var_shape)) + 0.05
+    var.reshape(-1)[0] = 1e-8
+    for full in (False, True):
+        run_both(nn.gaussian_nll_loss, F.gaussian_nll_loss, nn_device, [normal(4, 3), normal(4, 3) + 0.2, var],
+                 full=full, reduction=reduction, rtol=2e-4)
+
+
+@pytest.mark.parametrize("loss, options, shapes", [
+    ("MarginRankingLoss", {"margin": 0.2}, [(5,), (5,), (5,)]),
+    ("HingeEmbeddingLoss", {"margin": 0.5, "reduction": "sum"}, [(3, 4), (3, 4)]),
+    ("SoftMarginLoss", {}, [(3, 4), (3, 4)]),
+    ("MultiLabelSoftMarginLoss", {"reduction": "none"}, [(3, 4), (3, 4)]),
+    ("TripletMarginLoss", {"margin": 2.0, "p": 1.0, "swap": True}, [(3, 4), (3, 4), (3, 4)]),
+    ("PoissonNLLLoss", {"full": True}, [(3, 4), (3, 4)]),
+    ("GaussianNLLLoss", {"reduction": "sum"}, [(3, 4), (3, 4), (3,)])])
+def test_margin_and_likelihood_loss_modules(nn_device, loss, options, shapes):
+    arrays = [normal(*shape) for shape in shapes]
+    if loss in ("MarginRankingLoss", "HingeEmbeddingLoss", "SoftMarginLoss"):
+        arrays[-1] = np.sign(arrays[-1]) + (arrays[-1] == 0)
+    if loss in ("MultiLabelSoftMarginLoss", "PoissonNLLLoss"):
+        arrays[-1] = (arrays[-1] > 0).astype(np.float32) * 3
+    if loss == "GaussianNLLLoss":
+        arrays[-1] = np.abs(arrays[-1]) + 0.1
+    ours, theirs = getattr(nn, loss)(**options), getattr(torch.nn, loss)(**options)
+    assert ours.parameters() == []
+    run_both(ours, theirs, nn_device, arrays[:1], arrays[1:])
+
+
+def test_margin_and_likelihood_losses_refuse_bad_input(nn_device):
+    x = zyx.ones(2, 3, device=nn_device)
+    with pytest.raises(zyx.ShapeError, match=r"\(2, 3\).*\(2,\)"):
+        nn.margin_ranking_loss(x, x, zyx.ones(2, device=nn_device))
+    with pytest.raises(ValueError, match="margin"):
+        nn.triplet_margin_loss(x, x, x, margin=0.0)
+    with pytest.raises(zyx.ShapeError, match=r"var of shape \(3,\).*\(2, 3\)"):
+        nn.gaussian_nll_loss(x, x, zyx.ones(3, device=nn_device))
+    with pytest.raises(ValueError, match="reduction"):
+        nn.gaussian_nll_loss(x, x, x, reduction="avg")

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ..tensor import Tensor
-from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div,
-                     l1_loss, mse_loss, nll_loss, smooth_l1_loss)
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+                     gaussian_nll_loss, hinge_embedding_loss, huber_loss, kl_div, l1_loss, margin_ranking_loss,
+                     mse_loss, multilabel_soft_margin_loss, nll_loss, poisson_nll_loss, smooth_l1_loss,
+                     soft_margin_loss, triplet_margin_loss)
 from .module import Module
 
 
@@ -111,3 +113,74 @@ class KLDivLoss(_Loss):
 
     def __init__(self, reduction: str = "mean", log_target: bool = False):
         super().__init__(reduction=reduction, log_target=log_target)
+
+
+class _TripleLoss(_Loss):
+    """Calls `function(a, b, c, **options)`: the losses of three tensors."""
+
+    def forward(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:  # type: ignore[override]
+        return type(self).function(a, b, c, **{name: getattr(self, name) for name in self._options})
+
+
+class MarginRankingLoss(_TripleLoss):
+    """Hinge on the ranking of two inputs by a ±1 target: `margin_ranking_loss`."""
+
+    function = staticmethod(margin_ranking_loss)
+
+    def __init__(self, margin: float = 0.0, reduction: str = "mean"):
+        super().__init__(margin=margin, reduction=reduction)
+
+
+class HingeEmbeddingLoss(_Loss):
+    """The distance itself for similar pairs, a hinge at `margin` for dissimilar ones: `hinge_embedding_loss`."""
+
+    function = staticmethod(hinge_embedding_loss)
+
+    def __init__(self, margin: float = 1.0, reduction: str = "mean"):
+        super().__init__(margin=margin, reduction=reduction)
+
+
+class SoftMarginLoss(_Loss):
+    """Two-class logistic loss for ±1 targets: `soft_margin_loss`."""
+
+    function = staticmethod(soft_margin_loss)
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__(reduction=reduction)
+
+
+class MultiLabelSoftMarginLoss(_Loss):
+    """Per-class binary cross-entropy from logits, averaged over classes: `multilabel_soft_margin_loss`."""
+
+    function = staticmethod(multilabel_soft_margin_loss)
+
+    def __init__(self, weight: Optional[Tensor] = None, reduction: str = "mean"):
+        super().__init__(weight=weight, reduction=reduction)
+
+
+class TripletMarginLoss(_TripleLoss):
+    """Anchor nearer the positive than the negative by `margin`: `triplet_margin_loss`."""
+
+    function = staticmethod(triplet_margin_loss)
+
+    def __init__(self, margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
+                 reduction: str = "mean"):
+        super().__init__(margin=margin, p=p, eps=eps, swap=swap, reduction=reduction)
+
+
+class PoissonNLLLoss(_Loss):
+    """Negative log-likelihood of counts under a Poisson: `poisson_nll_loss`."""
+
+    function = staticmethod(poisson_nll_loss)
+
+    def __init__(self, log_input: bool = True, full: bool = False, eps: float = 1e-8, reduction: str = "mean"):
+        super().__init__(log_input=log_input, full=full, eps=eps, reduction=reduction)
+
+
+class GaussianNLLLoss(_TripleLoss):
+    """Negative log-likelihood of a Gaussian of predicted mean and variance: `gaussian_nll_loss`."""
+
+    function = staticmethod(gaussian_nll_loss)
+
+    def __init__(self, full: bool = False, eps: float = 1e-6, reduction: str = "mean"):
+        super().__init__(full=full, eps=eps, reduction=reduction)

@@ -5,6 +5,7 @@ targets shaped like the input without its class axis.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from ..autocast import in_float32
@@ -12,6 +13,7 @@ from ..errors import ShapeError
 from ..tensor import Tensor
 from ..tensor_base import rounded_once
 from ..tensor_indexing import one_hot_mask
+from .distance import pairwise_distance
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -198,3 +200,102 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor]
     """Binary cross-entropy of probabilities; each log is clamped at -100, as PyTorch, so 0 and 1 stay finite."""
     loss = -(target * input.log().clamp(min=-100) + (1 - target) * (1 - input).log().clamp(min=-100))
     return _reduce(loss * weight if weight is not None else loss, reduction)
+
+
+def _same_ndim(loss: str, *tensors: Tensor) -> None:
+    if len({t.ndim for t in tensors}) != 1:
+        raise ShapeError(f"{loss}: inputs need the same number of dimensions, got shapes "
+                         f"{', '.join(str(t.shape) for t in tensors)}")
+
+
+@in_float32
+@rounded_once
+def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
+                        reduction: str = "mean") -> Tensor:
+    """max(0, margin - target (input1 - input2)): target 1 asks input1 to rank above input2 by `margin`, -1 below."""
+    _same_ndim("margin_ranking_loss", input1, input2, target)
+    return _reduce((margin - target * (input1 - input2)).clamp(min=0), reduction)
+
+
+@in_float32
+@rounded_once
+def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0, reduction: str = "mean") -> Tensor:
+    """`input` (a distance) where target is 1, max(0, margin - input) where it is -1 (other targets add both)."""
+    loss = (target != -1).where(input, 0) + (target != 1).where((margin - input).clamp(min=0), 0)
+    return _reduce(loss, reduction)
+
+
+@in_float32
+@rounded_once
+def soft_margin_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """log(1 + exp(-target input)) for targets of ±1: two-class logistic loss, through softplus (no overflow)."""
+    return _reduce((-target * input).softplus(), reduction)
+
+
+@in_float32
+@rounded_once
+def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                                reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of each logit against its 0/1 target, averaged over the classes (last axis); the
+    result has one value per sample before `reduction`."""
+    if input.ndim == 0:
+        raise ShapeError("multilabel_soft_margin_loss: input needs a class axis, got a 0-d tensor")
+    loss = -(target * input.logsigmoid() + (1 - target) * (-input).logsigmoid())
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss.sum(-1) / input.shape[-1], reduction)
+
+
+@in_float32
+@rounded_once
+def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0, p: float = 2,
+                        eps: float = 1e-6, swap: bool = False, reduction: str = "mean") -> Tensor:
+    """max(0, margin + d(anchor, positive) - d(anchor, negative)), d the pairwise p-norm distance on the last axis;
+    `swap` uses d(positive, negative) instead where it is smaller."""
+    if margin <= 0:
+        raise ValueError(f"triplet_margin_loss: margin must be greater than 0, got {margin}")
+    _same_ndim("triplet_margin_loss", anchor, positive, negative)
+    if anchor.ndim not in (1, 2):
+        raise ShapeError(f"triplet_margin_loss: needs (N, D) or (D,) inputs, got {anchor.shape}")
+    positive_distance = pairwise_distance(anchor, positive, p, eps)
+    negative_distance = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        negative_distance = negative_distance.minimum(pairwise_distance(positive, negative, p, eps))
+    return _reduce((margin + positive_distance - negative_distance).clamp(min=0), reduction)
+
+
+@in_float32
+@rounded_once
+def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full: bool = False, eps: float = 1e-8,
+                     reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of `target` counts under a Poisson of rate exp(input) (log_input) or input (then
+    log(input + eps)); `full` adds Stirling's term for log(target!) where target > 1."""
+    loss = input.exp() - target * input if log_input else input - target * (input + eps).log()
+    if full:
+        above = target > 1
+        counts = above.where(target, 1)  # (no log of 0 reaches the gradient)
+        stirling = counts * counts.log() - counts + 0.5 * (2 * math.pi * counts).log()
+        loss = loss + above.where(stirling, 0)
+    return _reduce(loss, reduction)
+
+
+@in_float32
+@rounded_once
+def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor, full: bool = False, eps: float = 1e-6,
+                      reduction: str = "mean") -> Tensor:
+    """0.5 (log var + (input - target)^2 / var) per element, the negative log-likelihood of a Gaussian of mean
+    `input`; `var` is input's shape, that shape less its last axis, or it with one axis of size 1. As PyTorch, var
+    is clamped at eps with a gradient that ignores the clamp, and a negative var is clamped too rather than raising
+    (no check that would read the device)."""
+    if var.shape != input.shape:
+        if var.shape == input.shape[:-1]:
+            var = var.unsqueeze(-1)
+        elif not (var.ndim == input.ndim and sum(v for i, v in zip(input.shape, var.shape) if i != v) == 1):
+            raise ShapeError(f"gaussian_nll_loss: var of shape {var.shape} does not fit input {input.shape}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    var = var + (var.maximum(eps) - var).detach()
+    loss = 0.5 * (var.log() + (input - target) ** 2 / var)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    return _reduce(loss, reduction)
