@@ -1145,3 +1145,11 @@ def test_assign(device):
     assert t.tolist() == [[5.0] * 3] * 2
     with pytest.raises(zyx.ShapeError):
         t.assign(zyx.ones(3, 2, device=device))
+
+
+def test_subtracting_a_negative_number_in_a_reduction_builds(device):
+    """x - (-0.2) is x + -(-0.2); inside a reduction the negation of the literal is hoisted out of the loop, where
+    it was printed "--0.2f" (a decrement: OpenCL and WGSL both refused to build the kernel)."""
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(8, 4)
+    out = (device.tensor(x) * 2 - (-0.2)).clamp(min=0).sum(0)
+    np.testing.assert_allclose(out.numpy(), np.maximum(x * 2 + 0.2, 0).sum(0), rtol=1e-6, atol=1e-6)

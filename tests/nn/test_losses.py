@@ -188,6 +188,21 @@ def test_margin_losses(nn_device, reduction):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cosine_embedding_loss(nn_device, reduction):
+    """Pairs of rows with ±1 targets (and a 0 target, which adds nothing), a zero row (cosine 0, no nan), one pair
+    of vectors with a 0-d target; the module too."""
+    x1, x2 = normal(5, 7), normal(5, 7)
+    x2[2] = 0
+    target = np.array([1, -1, 1, -1, 0], np.float32)
+    run_both(nn.cosine_embedding_loss, F.cosine_embedding_loss, nn_device, [x1, x2], [target], margin=-0.2,
+             reduction=reduction)
+    run_both(nn.cosine_embedding_loss, F.cosine_embedding_loss, nn_device, [normal(6), normal(6)],
+             [np.array(-1, np.float32)], reduction=reduction)
+    run_both(nn.CosineEmbeddingLoss(0.1, reduction), torch.nn.CosineEmbeddingLoss(0.1, reduction=reduction), nn_device,
+             [x1, x2], [target])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_multilabel_soft_margin_loss(nn_device, reduction):
     target = (rng().random((4, 5)) > 0.5).astype(np.float32)
     weight = np.array([0.5, 1.0, 2.0, 1.5, 0.25], np.float32)

@@ -111,6 +111,8 @@ def _kind(dtype: DType) -> str:
 
 
 def unary(op: Op, x: str, dtype: DType) -> str:
+    if op is Op.NEG and x.startswith("-"):  # a negative literal: "--0.2f" would be a decrement
+        x = f"({x})"
     table = (INTEGER_UNARY if dtype.is_int and op in INTEGER_UNARY else
              DOUBLE_UNARY if dtype.name == "float64" and op in DOUBLE_UNARY else UNARY)
     saturated = literal(TANH_SATURATED[dtype.name], dtype) if op is Op.TANH else ""

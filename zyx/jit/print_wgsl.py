@@ -159,6 +159,8 @@ def wrapped(text: str, dtype: DType) -> str:
 
 
 def unary(op: Op, x: str, dtype: DType, width: int) -> str:
+    if op is Op.NEG and x.startswith("-"):  # a negative literal: "--0.2f" would be a decrement
+        x = f"({x})"
     bounds = {"saturated": operand(Const(TANH_SATURATED[dtype.name], dtype, width)),
               "linear": operand(Const(TANH_LINEAR, dtype, width))} if op is Op.TANH else {}
     return pick([UNARY[op]], _kind(dtype)).format(x, one=literal(1, dtype), r=tag(dtype, width), **bounds)

@@ -19,11 +19,11 @@ from .grad_scaler import GradScaler
 from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, AvgPool3d, Conv1d, Conv2d, Conv3d,
                      ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dropout, Embedding, Flatten, Identity, Linear,
                      MaxPool1d, MaxPool2d, MaxPool3d, PixelShuffle, PixelUnshuffle, Upsample)
-from .loss_modules import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, GaussianNLLLoss,
+from .loss_modules import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, GaussianNLLLoss, CosineEmbeddingLoss,
                            HingeEmbeddingLoss, HuberLoss, KLDivLoss, L1Loss, MarginRankingLoss, MSELoss,
                            MultiLabelSoftMarginLoss, NLLLoss, PoissonNLLLoss, SmoothL1Loss, SoftMarginLoss,
                            TripletMarginLoss)
-from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, cosine_embedding_loss,
                      gaussian_nll_loss, hinge_embedding_loss, huber_loss, kl_div, l1_loss, margin_ranking_loss,
                      mse_loss, multilabel_soft_margin_loss, nll_loss, poisson_nll_loss, smooth_l1_loss,
                      soft_margin_loss, triplet_margin_loss)
@@ -48,9 +48,10 @@ __all__ = [
     "smooth_l1_loss", "huber_loss", "kl_div",
     "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss", "SmoothL1Loss", "HuberLoss",
     "KLDivLoss", "cosine_similarity", "pairwise_distance", "CosineSimilarity", "PairwiseDistance",
-    "margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss", "multilabel_soft_margin_loss",
+    "margin_ranking_loss", "cosine_embedding_loss", "hinge_embedding_loss", "soft_margin_loss",
+    "multilabel_soft_margin_loss",
     "triplet_margin_loss", "poisson_nll_loss", "gaussian_nll_loss",
-    "MarginRankingLoss", "HingeEmbeddingLoss", "SoftMarginLoss", "MultiLabelSoftMarginLoss",
+    "MarginRankingLoss", "CosineEmbeddingLoss", "HingeEmbeddingLoss", "SoftMarginLoss", "MultiLabelSoftMarginLoss",
     "TripletMarginLoss", "PoissonNLLLoss", "GaussianNLLLoss",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm", "GradScaler",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR",

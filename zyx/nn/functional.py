@@ -13,7 +13,7 @@ from ..tensor import Tensor
 from .attention import scaled_dot_product_attention
 from .distance import cosine_similarity, pairwise_distance
 from .layers import embedding
-from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, cosine_embedding_loss,
                      gaussian_nll_loss, hinge_embedding_loss, huber_loss, kl_div, l1_loss, margin_ranking_loss,
                      mse_loss, multilabel_soft_margin_loss, nll_loss, poisson_nll_loss, smooth_l1_loss,
                      soft_margin_loss, triplet_margin_loss)
@@ -43,6 +43,7 @@ __all__ = [
     "batch_norm", "layer_norm", "rms_norm", "group_norm",
     "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
     "smooth_l1_loss", "huber_loss", "kl_div", "cosine_similarity", "pairwise_distance",
-    "margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss", "multilabel_soft_margin_loss",
+    "margin_ranking_loss", "cosine_embedding_loss", "hinge_embedding_loss", "soft_margin_loss",
+    "multilabel_soft_margin_loss",
     "triplet_margin_loss", "poisson_nll_loss", "gaussian_nll_loss",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ..tensor import Tensor
-from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, cosine_embedding_loss,
                      gaussian_nll_loss, hinge_embedding_loss, huber_loss, kl_div, l1_loss, margin_ranking_loss,
                      mse_loss, multilabel_soft_margin_loss, nll_loss, poisson_nll_loss, smooth_l1_loss,
                      soft_margin_loss, triplet_margin_loss)
@@ -126,6 +126,15 @@ class MarginRankingLoss(_TripleLoss):
     """Hinge on the ranking of two inputs by a ±1 target: `margin_ranking_loss`."""
 
     function = staticmethod(margin_ranking_loss)
+
+    def __init__(self, margin: float = 0.0, reduction: str = "mean"):
+        super().__init__(margin=margin, reduction=reduction)
+
+
+class CosineEmbeddingLoss(_TripleLoss):
+    """Cosine of pairs pushed towards 1 for similar ones, under `margin` for dissimilar: `cosine_embedding_loss`."""
+
+    function = staticmethod(cosine_embedding_loss)
 
     def __init__(self, margin: float = 0.0, reduction: str = "mean"):
         super().__init__(margin=margin, reduction=reduction)

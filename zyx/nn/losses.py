@@ -219,6 +219,22 @@ def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: 
 
 @in_float32
 @rounded_once
+def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
+                          reduction: str = "mean") -> Tensor:
+    """1 - cos(input1, input2) where target is 1, max(0, cos - margin) where it is -1 (other targets add nothing),
+    the cosine over the last axis of (N, D) or (D,) inputs with each squared norm given 1e-12, as PyTorch's (a zero
+    vector then has cosine 0, not nan)."""
+    if input1.shape != input2.shape or input1.ndim not in (1, 2) or target.shape != input1.shape[:-1]:
+        raise ShapeError(f"cosine_embedding_loss: needs inputs of one shape (N, D) or (D,) and a target of shape "
+                         f"(N,) or (), got {input1.shape}, {input2.shape} and {target.shape}")
+    squares = ((input1 * input1).sum(-1) + 1e-12) * ((input2 * input2).sum(-1) + 1e-12)
+    cosine = (input1 * input2).sum(-1) / squares.sqrt()
+    loss = (target == 1).where(1 - cosine, 0) + (target == -1).where((cosine - margin).clamp(min=0), 0)
+    return _reduce(loss, reduction)
+
+
+@in_float32
+@rounded_once
 def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0, reduction: str = "mean") -> Tensor:
     """`input` (a distance) where target is 1, max(0, margin - input) where it is -1 (other targets add both)."""
     loss = (target != -1).where(input, 0) + (target != 1).where((margin - input).clamp(min=0), 0)
