@@ -162,13 +162,17 @@ class Softsign(_Activation):
     method = "softsign"
 
 
-class Softmin(_Activation):
-    """softmax(-x) along dim."""
-
-    method = "softmin"
+class _AlongDim(_Activation):
+    """An activation over one axis, `dim` (the last by default)."""
 
     def __init__(self, dim: int = -1):
         super().__init__(dim=dim)
+
+
+class Softmin(_AlongDim):
+    """softmax(-x) along dim."""
+
+    method = "softmin"
 
 
 class Threshold(_Activation):
@@ -208,13 +212,10 @@ class Tanhshrink(_Activation):
     method = "tanhshrink"
 
 
-class GLU(_Activation):
+class GLU(_AlongDim):
     """Gated linear unit: first half of `dim` times sigmoid of the second."""
 
     method = "glu"
-
-    def __init__(self, dim: int = -1):
-        super().__init__(dim=dim)
 
 
 class PReLU(Module):
