@@ -119,6 +119,66 @@ def spread(x: "Tensor", stride: Sequence[int]) -> "Tensor":
     return x
 
 
+def _block_geometry(kernel_size: Pair, dilation: Pair, padding: Pair, stride: Pair, op: str) -> list[tuple[int, ...]]:
+    """unfold's and fold's kernel, dilation, padding and stride, each as two ints."""
+    given = ((kernel_size, "kernel_size", 1), (dilation, "dilation", 1), (padding, "padding", 0), (stride, "stride", 1))
+    return [as_tuple(value, 2, name, op, low) for value, name, low in given]
+
+
+def unfold(input: "Tensor", kernel_size: Pair, dilation: Pair = 1, padding: Pair = 0, stride: Pair = 1) -> "Tensor":
+    """im2col: (N, C, H, W) -> (N, C kh kw, L), each of the L sliding blocks (row-major over the output grid) a
+    column of C kh kw values ordered channel, kernel row, kernel column, as PyTorch's; (C, H, W) -> (C kh kw, L).
+    A convolution is this times the flattened weight; it is one view of the padded input (`windows`)."""
+    kernel, dilation, padding, stride = _block_geometry(kernel_size, dilation, padding, stride, "unfold")
+    if input.ndim not in (3, 4):
+        raise ShapeError(f"unfold: needs (N, C, H, W) or (C, H, W), got shape {input.shape}")
+    x = input if input.ndim == 4 else input.unsqueeze(0)
+    if any(padding):
+        x = x.pad([(0, 0), (0, 0)] + [(p, p) for p in padding])
+    counts = [(size - d * (k - 1) - 1) // s + 1 for size, k, d, s in zip(x.shape[2:], kernel, dilation, stride)]
+    if any(c <= 0 for c in counts):
+        raise ShapeError(f"unfold: kernel_size {kernel} (dilation {dilation}) does not fit input of shape "
+                         f"{input.shape} padded by {padding}")
+    n, c = x.shape[:2]
+    blocks = windows(x, kernel, stride, dilation)  # (N, C, out_h, out_w, kh kw)
+    cols = blocks.permute(0, 1, 4, 2, 3).reshape(n, c * math.prod(kernel), math.prod(counts))
+    return cols if input.ndim == 4 else cols.squeeze(0)
+
+
+def fold(input: "Tensor", output_size: Pair, kernel_size: Pair, dilation: Pair = 1, padding: Pair = 0,
+         stride: Pair = 1) -> "Tensor":
+    """col2im: (N, C kh kw, L) -> (N, C, H, W), (H, W) = output_size: each column put back at its block's place
+    and overlapping blocks summed (unfold's adjoint, so unfold's gradient; fold(unfold(x)) is x times how many
+    blocks cover each element); (C kh kw, L) -> (C, H, W)."""
+    kernel, dilation, padding, stride = _block_geometry(kernel_size, dilation, padding, stride, "fold")
+    out = as_tuple(output_size, 2, "output_size", "fold", 1)
+    if input.ndim not in (2, 3):
+        raise ShapeError(f"fold: needs (N, C*kh*kw, L) or (C*kh*kw, L), got shape {input.shape}")
+    x = input if input.ndim == 3 else input.unsqueeze(0)
+    n, rows, length = x.shape
+    if rows % math.prod(kernel):
+        raise ShapeError(f"fold: axis C*kh*kw of input {input.shape} is {rows}, not divisible by kh*kw = "
+                         f"{math.prod(kernel)} of kernel_size {kernel}")
+    padded = [size + 2 * p for size, p in zip(out, padding)]
+    counts = [(size - d * (k - 1) - 1) // s + 1 for size, k, d, s in zip(padded, kernel, dilation, stride)]
+    if any(c <= 0 for c in counts) or math.prod(counts) != length:
+        raise ShapeError(f"fold: input {input.shape} has L = {length} blocks, but output_size {out} with kernel_size "
+                         f"{kernel}, dilation {dilation}, padding {padding} and stride {stride} has "
+                         f"{' x '.join(map(str, counts))} blocks")
+    x = x.reshape(n, rows // math.prod(kernel), *kernel, *counts)  # (N, C, kh, kw, out_h, out_w)
+    for axis in range(2):  # sum the kernel rows' placements along H, then the kernel columns' along W
+        placed = []
+        for i in range(kernel[axis]):
+            part = spread(x.narrow(2, i, 1).squeeze(2), (stride[0], 1) if axis == 0 else (stride[1],))
+            before = i * dilation[axis]
+            pads = [(0, 0)] * part.ndim
+            pads[axis - 2] = (before, padded[axis] - before - part.shape[axis - 2])
+            placed.append(part.pad(pads))
+        x = sum(placed[1:], placed[0])  # (N, C, kw, H + 2 ph, out_w), then (N, C, H + 2 ph, W + 2 pw)
+    x = x.shrink([(0, n), (0, x.shape[1])] + [(p, p + size) for p, size in zip(padding, out)])
+    return x if input.ndim == 3 else x.squeeze(0)
+
+
 class ConvMixin:
     """Tensor's convolutions (1-3 spatial axes, plain and transposed) and pooling."""
 

@@ -225,15 +225,46 @@ class LayerMixin:
 
     def dropout(self, p: float = 0.5, training: bool = True) -> "Tensor":
         """Zero each element with probability p and scale the rest by 1/(1-p); a new mask every call."""
+        return self._dropout(p, training, self.shape, "dropout")
+
+    def _dropout(self, p: float, training: bool, mask_shape: Sequence[int], op: str) -> "Tensor":
+        """Dropout with one draw per element of `mask_shape` (broadcast to self's shape): the element's own for
+        dropout, one per channel (N, C, 1, ...) for the channel-wise forms."""
         if not 0 <= p <= 1:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+            raise ValueError(f"{op} probability must be in [0, 1], got {p}")
         if not training or p == 0:
             return self  # type: ignore[return-value]
         if p == 1:
             dropped = self._full(self.shape, True, "bool")  # type: ignore[attr-defined]
             return dropped.where(0, self)  # zeros even for inf/nan, gradient 0
-        keep = self._rand(self.shape) >= p  # type: ignore[attr-defined]
+        keep = self._rand(mask_shape) >= p  # type: ignore[attr-defined]
         return keep.where(self * (1 / (1 - p)), 0)  # type: ignore[operator]
+
+    def _channel_dropout(self, p: float, training: bool, spatial: int, op: str, unbatched: bool = True) -> "Tensor":
+        """Whole channels zeroed with probability p, the kept scaled by 1/(1-p): axis 1 of (N, C, *spatial), axis 0
+        of an unbatched (C, *spatial). Neighbouring elements of a feature map are correlated, so element-wise dropout
+        would hardly regularise them. `unbatched` False keeps axis 1 for the smaller rank too (dropout2d's)."""
+        if self.ndim not in (spatial + 1, spatial + 2):
+            raise ShapeError(f"{op}: needs (N, C, *spatial) or (C, *spatial) with {spatial} spatial axes, got shape "
+                             f"{self.shape}")
+        channels = 1 if unbatched and self.ndim == spatial + 1 else 2
+        mask_shape = self.shape[:channels] + (1,) * (self.ndim - channels)
+        return self._dropout(p, training, mask_shape, op)
+
+    def dropout1d(self, p: float = 0.5, training: bool = True) -> "Tensor":
+        """Channel-wise dropout of (N, C, L) or unbatched (C, L): each channel zeroed whole with probability p,
+        the kept scaled by 1/(1-p)."""
+        return self._channel_dropout(p, training, 1, "dropout1d")
+
+    def dropout2d(self, p: float = 0.5, training: bool = True) -> "Tensor":
+        """Channel-wise dropout of (N, C, H, W): each channel zeroed whole with probability p, the kept scaled by
+        1/(1-p). A 3-D input is taken as (N, C, L), channels on axis 1, as PyTorch still does (with a warning)."""
+        return self._channel_dropout(p, training, 2, "dropout2d", unbatched=False)
+
+    def dropout3d(self, p: float = 0.5, training: bool = True) -> "Tensor":
+        """Channel-wise dropout of (N, C, D, H, W) or unbatched (C, D, H, W): each channel zeroed whole with
+        probability p, the kept scaled by 1/(1-p)."""
+        return self._channel_dropout(p, training, 3, "dropout3d")
 
 
 @rounded_once

@@ -347,3 +347,85 @@ def test_distance_modules_and_errors(nn_device):
         run_both(ours, theirs, nn_device, [a, b])
     with pytest.raises(zyx.ShapeError, match=r"\(3, 4\).*\(5,\)|\(5,\).*\(3, 4\)"):
         zyx.nn.functional.cosine_similarity(zyx.ones(3, 4, device=nn_device), zyx.ones(5, device=nn_device))
+
+
+@pytest.mark.parametrize("shape, options", [
+    ((2, 3, 7, 6), dict(kernel_size=3)),
+    ((2, 3, 7, 6), dict(kernel_size=(2, 3), dilation=(2, 1), padding=(1, 2), stride=(2, 3))),
+    ((1, 2, 5, 8), dict(kernel_size=(3, 1), dilation=2, padding=1, stride=2)),
+    ((3, 6, 5), dict(kernel_size=(1, 4), stride=(1, 2))),  # unbatched
+    ((2, 1, 4, 4), dict(kernel_size=4, padding=(0, 1), stride=(3, 1))),
+])
+def test_unfold_and_fold(nn_device, shape, options):
+    """unfold (im2col) and fold (col2im, overlapping blocks summed) in PyTorch's element order, gradients too (each
+    the other's adjoint), and fold(unfold(x))."""
+    ours, theirs = zyx.nn.functional, torch.nn.functional
+    run_both(lambda x: ours.unfold(x, **options), lambda x: theirs.unfold(x, **options), nn_device, [normal(*shape)])
+    output_size = shape[-2:]
+    cols = theirs.unfold(torch.tensor(normal(*shape)), **options).numpy()
+    run_both(lambda c: ours.fold(c, output_size, **options), lambda c: theirs.fold(c, output_size, **options),
+             nn_device, [cols])
+    run_both(lambda x: ours.fold(ours.unfold(x, **options), output_size, **options),
+             lambda x: theirs.fold(theirs.unfold(x, **options), output_size, **options), nn_device, [normal(*shape)])
+
+
+def test_unfold_and_fold_modules(nn_device):
+    unfold, fold = nn.Unfold((2, 3), dilation=(1, 2), padding=1, stride=2), nn.Fold((5, 7), (2, 3), (1, 2), 1, 2)
+    t_unfold, t_fold = torch.nn.Unfold((2, 3), dilation=(1, 2), padding=1, stride=2), torch.nn.Fold((5, 7), (2, 3),
+                                                                                                    (1, 2), 1, 2)
+    assert (repr(unfold), repr(fold)) == (repr(t_unfold), repr(t_fold))
+    compare_layer(nn.Sequential(unfold, fold), torch.nn.Sequential(t_unfold, t_fold), [normal(2, 3, 5, 7)], nn_device)
+
+
+def test_unfold_and_fold_errors_name_the_shapes(nn_device):
+    F = zyx.nn.functional
+    with pytest.raises(zyx.ShapeError, match=r"\(5, 5\).*\(2, 3, 4\)"):  # unbatched: the kernel is bigger
+        F.unfold(zyx.ones(2, 3, 4, device=nn_device), 5)
+    with pytest.raises(zyx.ShapeError, match=r"\(6, 5\)"):
+        F.unfold(zyx.ones(6, 5, device=nn_device), 2)
+    with pytest.raises(zyx.ShapeError, match=r"\(1, 10, 12\).*10.*4"):  # C*kh*kw not a multiple of kh*kw
+        F.fold(zyx.ones(1, 10, 12, device=nn_device), (4, 5), 2)
+    with pytest.raises(zyx.ShapeError, match=r"\(1, 8, 11\).*L = 11.*\(4, 5\).*3 x 4"):  # L: 12 blocks there
+        F.fold(zyx.ones(1, 8, 11, device=nn_device), (4, 5), 2)
+    with pytest.raises(ValueError, match="stride"):
+        F.unfold(zyx.ones(1, 1, 4, 4, device=nn_device), 2, stride=0)
+
+
+@pytest.mark.parametrize("name, shape, channels", [
+    ("dropout1d", (40, 50, 3), 2), ("dropout1d", (2000, 5), 1), ("dropout2d", (50, 40, 3, 2), 2),
+    ("dropout2d", (50, 40, 6), 2),  # 3-D: taken as (N, C, L), as PyTorch
+    ("dropout3d", (40, 50, 2, 2, 3), 2), ("dropout3d", (2000, 2, 1, 3), 1),
+])
+def test_channel_dropout(nn_device, name, shape, channels):
+    """Whole channels zeroed, about a fraction p of them, survivors scaled by exactly 1/(1-p); the gradient is the
+    mask times the scale. (PyTorch's random stream differs, so the checks are statistical: 2000 channels, a
+    fraction within 5 standard deviations of p.)"""
+    p = 0.3
+    dropout, layer = getattr(zyx.nn.functional, name), getattr(nn, name.capitalize())(p)
+    x = normal(*shape)
+    z = zyx.tensor(x, device=nn_device)
+    out = dropout(z, p)
+    grad, = (out * 1.0).sum().backward([z])
+    y, g = out.numpy(), grad.numpy()
+    per_channel = (y == 0).reshape(int(np.prod(shape[:channels])), -1)
+    assert (per_channel.all(1) | ~per_channel.any(1)).all(), "a channel is zeroed whole or not at all"
+    dropped = per_channel.all(1)
+    assert abs(dropped.mean() - p) < 0.05
+    keep = np.where((y == 0).reshape(shape[:channels] + (-1,)).all(-1), 0.0, 1.0)
+    keep = keep.reshape(shape[:channels] + (1,) * (len(shape) - channels))
+    np.testing.assert_array_equal(y, (x * np.float32(1 / (1 - p))) * keep)
+    np.testing.assert_array_equal(g, np.broadcast_to(keep * np.float32(1 / (1 - p)), shape))
+    assert not np.array_equal(y, dropout(z, p).numpy()), "each call draws a new mask"
+    assert dropout(z, 0.0) is z and dropout(z, p, training=False) is z and layer.eval()(z) is z
+    assert not dropout(z, 1.0).numpy().any()
+    assert np.isin(layer.train()(z).numpy() == 0, [True, False]).all()
+
+
+def test_channel_dropout_errors(nn_device):
+    with pytest.raises(zyx.ShapeError, match=r"dropout1d.*\(2, 3, 4, 5\)"):
+        zyx.nn.functional.dropout1d(zyx.ones(2, 3, 4, 5, device=nn_device))
+    with pytest.raises(zyx.ShapeError, match=r"dropout3d.*\(2, 3\)"):
+        zyx.nn.functional.dropout3d(zyx.ones(2, 3, device=nn_device))
+    with pytest.raises(ValueError, match="probability"):
+        nn.Dropout2d(1.5)
+    assert repr(nn.Dropout3d(0.2)) == "Dropout3d(p=0.2)"

@@ -17,8 +17,9 @@ from .containers import Sequential
 from .distance import CosineSimilarity, PairwiseDistance, cosine_similarity, pairwise_distance
 from .grad_scaler import GradScaler
 from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, AvgPool3d, Conv1d, Conv2d, Conv3d,
-                     ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dropout, Embedding, Flatten, Identity, Linear,
-                     MaxPool1d, MaxPool2d, MaxPool3d, PixelShuffle, PixelUnshuffle, Upsample)
+                     ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dropout, Dropout1d, Dropout2d, Dropout3d,
+                     Embedding, Flatten, Fold, Identity, Linear, MaxPool1d, MaxPool2d, MaxPool3d, PixelShuffle,
+                     PixelUnshuffle, Unfold, Upsample)
 from .loss_modules import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, GaussianNLLLoss, CosineEmbeddingLoss,
                            HingeEmbeddingLoss, HuberLoss, KLDivLoss, L1Loss, MarginRankingLoss, MSELoss,
                            MultiLabelSoftMarginLoss, NLLLoss, PoissonNLLLoss, SmoothL1Loss, SoftMarginLoss,
@@ -38,7 +39,7 @@ __all__ = [
     "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Embedding",
     "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Upsample", "Dropout", "Flatten",
     "Identity", "interpolate", "scaled_dot_product_attention", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
-    "PixelShuffle", "PixelUnshuffle",
+    "PixelShuffle", "PixelUnshuffle", "Dropout1d", "Dropout2d", "Dropout3d", "Unfold", "Fold",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "RMSNorm", "GroupNorm",
     "MultiheadAttention", "TransformerBlock", "causal_mask", "GRUCell", "LSTMCell",
     "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "LeakyReLU", "ELU", "Softplus", "Softmax", "LogSoftmax",

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from ..interpolate import interpolate
 from ..tensor import Tensor
+from ..tensor_conv import fold, unfold
 from .attention import scaled_dot_product_attention
 from .distance import cosine_similarity, pairwise_distance
 from .layers import embedding
@@ -23,7 +24,8 @@ from .norm import batch_norm, group_norm, layer_norm, rms_norm
 TENSOR_METHODS = (
     "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d", "pixel_shuffle", "pixel_unshuffle", "dropout", "one_hot",
+    "adaptive_avg_pool2d", "pixel_shuffle", "pixel_unshuffle", "dropout", "dropout1d",
+    "dropout2d", "dropout3d", "one_hot",
     "relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "celu", "softplus", "mish",
     "hardtanh", "hardsigmoid", "hardswish", "logsigmoid", "softsign", "softmax", "softmin", "log_softmax",
     "threshold", "hardshrink", "softshrink", "tanhshrink", "glu", "prelu", "normalize",
@@ -39,7 +41,7 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float 
     return input.pad([(0, 0)] * (input.ndim - len(pairs)) + pairs, value=value, mode=mode)
 
 __all__ = [
-    *TENSOR_METHODS, "embedding", "pad", "interpolate", "scaled_dot_product_attention",
+    *TENSOR_METHODS, "embedding", "pad", "unfold", "fold", "interpolate", "scaled_dot_product_attention",
     "batch_norm", "layer_norm", "rms_norm", "group_norm",
     "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
     "smooth_l1_loss", "huber_loss", "kl_div", "cosine_similarity", "pairwise_distance",

@@ -7,7 +7,7 @@ from ..creation import arange
 from ..devices import Device, default_device
 from ..tensor import Tensor
 from ..interpolate import interpolate
-from ..tensor_conv import Size, as_tuple
+from ..tensor_conv import Size, as_tuple, fold, unfold
 from ..trace.checks import RangeCheck, attach
 from . import init
 from .module import Module
@@ -313,7 +313,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5):
         if not 0 <= p <= 1:
-            raise ValueError(f"Dropout probability must be in [0, 1], got {p}")
+            raise ValueError(f"{type(self).__name__} probability must be in [0, 1], got {p}")
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
@@ -321,6 +321,57 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Dropout1d(Dropout):
+    """Zero whole channels of (N, C, L) or (C, L) with probability p while training; the identity in eval mode."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.dropout1d(self.p, self.training)
+
+
+class Dropout2d(Dropout):
+    """Zero whole channels of (N, C, H, W) with probability p while training (a 3-D input as (N, C, L), as
+    PyTorch); the identity in eval mode."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.dropout2d(self.p, self.training)
+
+
+class Dropout3d(Dropout):
+    """Zero whole channels of (N, C, D, H, W) or (C, D, H, W) with probability p while training; the identity in
+    eval mode."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.dropout3d(self.p, self.training)
+
+
+class Unfold(Module):
+    """im2col: (N, C, H, W) to (N, C kh kw, L) sliding blocks (see zyx.nn.functional.unfold)."""
+
+    def __init__(self, kernel_size: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1):
+        self.kernel_size, self.dilation, self.padding, self.stride = kernel_size, dilation, padding, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, dilation={self.dilation}, padding={self.padding}, stride={self.stride}"
+
+
+class Fold(Module):
+    """col2im: (N, C kh kw, L) blocks summed into (N, C, *output_size) (see zyx.nn.functional.fold)."""
+
+    def __init__(self, output_size: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1):
+        self.output_size, self.kernel_size = output_size, kernel_size
+        self.dilation, self.padding, self.stride = dilation, padding, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fold(x, self.output_size, self.kernel_size, self.dilation, self.padding, self.stride)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
+                f"padding={self.padding}, stride={self.stride}")
 
 
 class Flatten(Module):
