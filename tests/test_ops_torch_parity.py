@@ -586,3 +586,12 @@ def test_scatter_reduce_without_self_gives_its_whole_gradient_to_the_entries(dev
     np.testing.assert_array_equal(out.numpy(), [[2.0, 1.0 if reduce == "amax" else 3.0, 5.0]])
     np.testing.assert_array_equal(grad_src.numpy(), [[0.5, 0.5, 10.0]])  # the tied entries share position 0's 1
     np.testing.assert_array_equal(grad_x.numpy(), [[0.0, 0.0, 100.0]])
+
+
+def test_odd_inverse_functions_keep_the_sign_of_zero(device):
+    """atan, asin, asinh (odd functions built from their half on x >= 0) give -0.0 for -0.0, as torch and numpy."""
+    zeros = np.array([-0.0, 0.0], f32)
+    x = zyx.tensor(zeros, device=device)
+    for name in ("atan", "asin", "asinh", "atanh"):
+        expected = getattr(torch.tensor(zeros), name)().numpy()
+        np.testing.assert_array_equal(np.signbit(getattr(x, name)().numpy()), np.signbit(expected), err_msg=name)

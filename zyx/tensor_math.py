@@ -37,9 +37,15 @@ def _polynomial(x: "Tensor", coefficients: tuple[float, ...], leading: Optional[
     return result
 
 
+def _negative(x: "Tensor") -> "Tensor":
+    """True where x < 0, -0.0 included (1 / -0.0 is -inf); False for nan."""
+    return (x < 0) | ((x == 0) & (1 / x < 0))
+
+
 def _mirror(x: "Tensor", odd_function: Callable[["Tensor"], "Tensor"]) -> "Tensor":
-    """An odd function from its half on x >= 0: the |x| it is given has gradient 1 at 0 (not abs's 0)."""
-    negative = x < 0
+    """An odd function from its half on x >= 0: the |x| it is given has gradient 1 at 0 (not abs's 0), and -0.0
+    gives -0.0 (as numpy's and PyTorch's)."""
+    negative = _negative(x)
     magnitude = negative.where(-x, x)
     value = odd_function(magnitude)
     return negative.where(-value, value)
@@ -57,11 +63,6 @@ def _atan_positive(a: "Tensor") -> "Tensor":
     z = reduced * reduced
     series = reduced * z * _polynomial(z, _ATAN_P) / _polynomial(z, _ATAN_Q, leading=1.0)
     return offset + (series + extra + reduced)
-
-
-def _negative(x: "Tensor") -> "Tensor":
-    """True where x < 0, -0.0 included (1 / -0.0 is -inf); False for nan."""
-    return (x < 0) | ((x == 0) & (1 / x < 0))
 
 
 def _signed(x: "Tensor", magnitude: float) -> "Tensor":
