@@ -353,6 +353,56 @@ CASES.update({
 })
 
 
+# ---- special functions (inputs from `more`, after every earlier case's) -------------------------------------
+SPREAD = np.concatenate([more(-6, 6, (2, 5)), more(-30, 30, (2, 5))]).astype(f32)  # no poles (not integers)
+CASES.update({
+    "erfc": same(lambda x: (x.erfc(), torch_or_zyx(x).erfc(x * 0.3)), SPREAD),
+    "erfinv": same(lambda u: (u.erfinv(), torch_or_zyx(u).erfinv(u * 0.5)), more(-0.999, 0.999, (3, 5))),
+    "lgamma_digamma": same(lambda x: (x.lgamma(), torch_or_zyx(x).lgamma(x * 0.1), x.digamma() * 0.01,
+                                      torch_or_zyx(x).digamma(x.abs() + 0.2)), SPREAD, tol=(2e-4, 2e-5)),
+})
+
+
+def test_special_functions_keep_float64_precision_and_edges(device):
+    """erfc, erfinv, lgamma and digamma against torch's float64 on wide grids (erfc far into its tail), and
+    their values at poles, infinities, nan and +-1."""
+    if device.kind == "wgpu":
+        pytest.skip("no float64 on WGPU")
+    x = np.concatenate([np.linspace(-40, 40, 801) + 0.013, [1e-300, 1e-8, 0.5, 1.5, 2.5, 1e3, 1e8]])
+    u = np.tanh(np.linspace(-8, 8, 401))
+    for name, values, rtol, atol in (("erfc", x, 1e-14, 0), ("lgamma", x, 1e-12, 1e-14),
+                                     ("digamma", x, 1e-12, 1e-14), ("erfinv", u, 1e-9, 0)):
+        actual = getattr(zyx.tensor(values, device=device), name)().numpy()
+        np.testing.assert_allclose(actual, getattr(torch.tensor(values), name)().numpy(), rtol=rtol, atol=atol,
+                                   err_msg=name)
+    tail = zyx.tensor(np.array([10.0, 26.0]), device=device).erfc().numpy()
+    np.testing.assert_allclose(tail, [2.088487583762545e-45, 5.663192408856143e-296], rtol=1e-13)
+    edges = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, -1.0, -2.0, 1.0, 2.0])
+    for name in ("erfc", "lgamma", "digamma", "erfinv"):
+        actual = getattr(zyx.tensor(edges, device=device), name)().numpy()
+        np.testing.assert_allclose(actual, getattr(torch.tensor(edges), name)().numpy(), rtol=1e-14, err_msg=name)
+    erfinv32 = zyx.tensor(np.array([-1, 1, 1.5, -0.3], f32), device=device).erfinv().numpy()
+    np.testing.assert_allclose(erfinv32, torch.tensor([-1, 1, 1.5, -0.3]).erfinv().numpy(), rtol=1e-6)
+
+
+def test_special_functions_second_derivatives(device):
+    """d2/dx2 of erfc, erfinv, lgamma and digamma (zyx's backward of backward) against torch's, float64, away
+    from poles: nothing in them is detached, so second derivatives are the approximations' own."""
+    if device.kind == "wgpu":
+        pytest.skip("no float64 on WGPU")
+    points = {"erfc": [-3.0, -0.4, 0.0, 0.3, 0.9, 1.5, 5.0, 9.0], "erfinv": [-0.99, -0.5, 0.0, 0.1, 0.6, 0.97],
+              "lgamma": [-2.5, -0.3, 0.2, 1.7, 2.5, 7.3, 15.0], "digamma": [-2.5, -0.3, 0.2, 1.7, 2.5, 7.3, 15.0]}
+    for name, values in points.items():
+        x = zyx.tensor(np.array(values), device=device)
+        first, = getattr(x, name)().sum().backward([x])
+        second, = first.sum().backward([x])
+        t = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        t_first, = torch.autograd.grad(getattr(t, name)().sum(), t, create_graph=True)
+        t_second, = torch.autograd.grad(t_first.sum(), t)
+        np.testing.assert_allclose(first.numpy(), t_first.detach().numpy(), rtol=1e-8, err_msg=name)
+        np.testing.assert_allclose(second.numpy(), t_second.numpy(), rtol=1e-8, atol=1e-12, err_msg=name)
+
+
 def _flat(value: Any) -> list[Any]:
     if isinstance(value, (tuple, list)):
         return [v for item in value for v in _flat(item)]

@@ -99,6 +99,113 @@ def _hypot(x: "Tensor", y: "Tensor") -> "Tensor":
     return infinite.where(math.inf, zero.where(0.0, value))
 
 
+# ---- special functions: differentiable compositions (gradients of every order are the approximations' own) --
+# Cephes' ndtr.c erfc (double precision): erfc(x) = exp(-x**2) P(x) / Q(x) on 1 <= x < 8, R / S from 8 on
+_ERFC_P = (2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0,
+           4.86371970985681366614e1, 1.96520832956077098242e2, 5.26445194995477358631e2,
+           9.34528527171957607540e2, 1.02755188689515710272e3, 5.57535335369399327526e2)
+_ERFC_Q = (1.32281951154744992508e1, 8.67072140885989742329e1, 3.54937778887819891062e2,
+           9.75708501743205489753e2, 1.82390916687909736289e3, 2.24633760818710981792e3,
+           1.65666309194161350182e3, 5.57535340817727675546e2)
+_ERFC_R = (5.64189583547755073984e-1, 1.27536670759978104416e0, 5.01905042251180477414e0,
+           6.16021097993053585195e0, 7.40974269950448939160e0, 2.97886665372100240670e0)
+_ERFC_S = (2.26052863220117276590e0, 9.39603524938001434673e0, 1.20489539808096656605e1,
+           1.70814450747565897222e1, 9.60896809063285878198e0, 3.36907645100081516050e0)
+# Giles, "Approximating the erfinv function" (GPU Computing Gems), single precision: central and tail
+_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                   -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+_SHIFT = 10.0  # digamma, trigamma and lgamma recur up to x >= 10, then sum their asymptotic series
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+
+
+def _exp_minus_square(a: "Tensor") -> "Tensor":
+    """exp(-a**2) without a**2's rounding error: a = m + f with m a multiple of 1/128 (m**2 is exact). m is flat
+    (round), so the gradient is f's: exp(-a**2) (-2m - 2f), exactly -2a exp(-a**2)."""
+    m = (a * 128).round() / 128
+    f = a - m
+    return (-(m * m)).exp() * (-(f * (m * 2 + f))).exp()
+
+
+def _erfc_positive(a: "Tensor") -> "Tensor":
+    """erfc on a >= 0 by Cephes' branches: 1 - erf(a) below 1, exp(-a**2) times a rational function above."""
+    near = a < 1
+    far = a >= 8
+    t = (near | a.isinf()).where(1.0, a)
+    ratio = far.where(_polynomial(t, _ERFC_R) / _polynomial(t, _ERFC_S, leading=1.0),
+                      _polynomial(t, _ERFC_P) / _polynomial(t, _ERFC_Q, leading=1.0))
+    return near.where(1 - a.erf(), a.isinf().where(0.0, _exp_minus_square(t) * ratio))
+
+
+def _erfinv(x: "Tensor") -> "Tensor":
+    """Giles' approximation, refined by Newton steps (on erf near 0, on log erfc near +-1, where 1 - |x| is
+    exact): three in float64, one in float32, whose derivative is 1 / erf'(y) to the step's residual. +-1 ->
+    +-inf, nan outside [-1, 1]; the inputs outside (-1, 1) are replaced before any log."""
+    negative = _negative(x)
+    magnitude = negative.where(-x, x)
+    inside = magnitude < 1
+    a = inside.where(magnitude, 0.5)
+    w = -((1 - a) * (1 + a)).log()
+    central = w < 5
+    y = central.where(_polynomial(central.where(w, 2.5) - 2.5, _ERFINV_CENTRAL),
+                      _polynomial(central.where(6.25, w).sqrt() - 3, _ERFINV_TAIL)) * a
+    near = a <= 0.5  # the tail's steps are on log erfc, which is nearly quadratic in y
+    for _ in range(3 if x.dtype == float64 else 1):
+        slope, tail = _exp_minus_square(y) * _TWO_OVER_SQRT_PI, _erfc_positive(y)
+        y = y - near.where((y.erf() - a) / slope, ((1 - a).log() - tail.log()) * tail / slope)
+    y = (magnitude == 1).where(math.inf, (magnitude > 1).where(math.nan, y))
+    return x.isnan().where(x, negative.where(-y, y))
+
+
+def _shifted(x: "Tensor", term: Callable[["Tensor"], "Tensor"]) -> tuple["Tensor", "Tensor"]:
+    """(x raised past _SHIFT by whole steps, the sum of term(x + k) over the steps k taken), for x >= 0."""
+    steps = (_SHIFT - x).ceil().maximum(0.0)
+    total: Any = 0.0
+    for k in range(int(_SHIFT)):
+        total = total + (steps > k).where(term((steps > k).where(x + k, 1.0)), 0.0)
+    return x + steps, total
+
+
+def _digamma(x: "Tensor") -> "Tensor":
+    """psi(x): reflection below 0 (pi / tan(pi r) of the fractional part r), recurrence, asymptotic series.
+    -inf at +0 (inf at -0), nan at the negative integers, as torch. Poles, zeros, infinities and nan are
+    replaced before the series, so their branches put no nan into gradients."""
+    negative = x < 0
+    pole = negative & (x == x.trunc())
+    special = pole | (x == 0) | x.isinf() | x.isnan()
+    safe = special.where(_SHIFT, x)
+    reflected = negative & special.logical_not()
+    r = reflected.where(safe - safe.trunc(), 0.5)
+    a = reflected.where(1 - safe, safe)
+    big, recurred = _shifted(a, lambda t: 1 / t)
+    z = 1 / (big * big)
+    series = z * _polynomial(z, (-1 / 12, 691 / 32760, -1 / 132, 1 / 240, -1 / 252, 1 / 120, -1 / 12))
+    value = big.log() - 0.5 / big + series - recurred
+    value = reflected.where(value - math.pi / (r * math.pi).tan(), value)
+    value = (x == 0).where(-_signed(x, math.inf), value)
+    value = (x == math.inf).where(math.inf, value)
+    return (pole | x.isnan() | (x == -math.inf)).where(math.nan, value)
+
+
+def _lgamma(x: "Tensor") -> "Tensor":
+    """log|Gamma(x)|: reflection below 0.5 (log(pi / |sin(pi x)|) - lgamma(1 - x)), recurrence and Stirling's
+    series; inf at the poles (0 and the negative integers) and at +-inf. Its gradient, the series' derivative,
+    is digamma; poles, infinities and nan are replaced before the series."""
+    infinite = x.isinf() | ((x < 0.5) & (x == x.round()))
+    special = infinite | x.isnan()
+    safe = special.where(_SHIFT, x)
+    reflected = safe < 0.5
+    a = reflected.where(1 - safe, safe)
+    big, logs = _shifted(a, lambda t: t.log())
+    z = 1 / (big * big)
+    series = _polynomial(z, (1 / 156, -691 / 360360, 1 / 1188, -1 / 1680, 1 / 1260, -1 / 360, 1 / 12)) / big
+    value = (big - 0.5) * big.log() - big + 0.5 * math.log(2 * math.pi) + series - logs
+    sine = ((safe - safe.round()) * math.pi).sin().abs()
+    value = reflected.where((math.pi / reflected.where(sine, 1.0)).log() - value, value)
+    return x.isnan().where(x, infinite.where(math.inf, value))
+
+
 class MathMixin:
     """Tensor's inverse trigonometric, hyperbolic, remainder and closeness methods."""
 
@@ -130,6 +237,32 @@ class MathMixin:
     def hypot(self: "Tensor", other: "Operand") -> "Tensor":
         """sqrt(self**2 + other**2) without overflow or underflow (torch.hypot); inf if either is infinite."""
         return self._in_float32(_hypot, self._operand(other, "hypot"))
+
+    # ---- special functions ---------------------------------------------------------------------------------
+    def erfc(self: "Tensor") -> "Tensor":
+        """1 - erf(x), accurate in the tail (Cephes' rational approximation: erfc(10) is 2.1e-45, not 0); 2 -
+        erfc(-x) below 0. Its gradients are the approximation's own."""
+        def erfc(x: "Tensor") -> "Tensor":
+            negative = _negative(x)
+            value = _erfc_positive(negative.where(-x, x))
+            return negative.where(2 - value, value)
+        return self._in_float32(erfc)
+
+    def erfinv(self: "Tensor") -> "Tensor":
+        """The inverse of erf on [-1, 1] (Giles' approximation, Newton-refined); +-1 -> +-inf, nan outside.
+        The gradient at +-1 is 0 (torch's is inf)."""
+        return self._in_float32(_erfinv)
+
+    def lgamma(self: "Tensor") -> "Tensor":
+        """log |Gamma(x)| (Stirling's series after recurrence, reflection below 0.5); inf at the poles."""
+        return self._in_float32(_lgamma)
+
+    def digamma(self: "Tensor") -> "Tensor":
+        """The derivative of lgamma (asymptotic series after recurrence, reflection below 0): -inf at +0, nan
+        at the negative integers, as torch; its gradient is the series' own derivative (trigamma)."""
+        return self._in_float32(_digamma)
+
+    psi = digamma
 
     # ---- hyperbolic ----------------------------------------------------------------------------------------
     def _exp_halves(self: "Tensor") -> tuple["Tensor", "Tensor"]:
