@@ -352,6 +352,36 @@ CASES.update({
     "cdist_zero_distances": same(lambda a: torch_or_zyx(a).cdist(a, a[:, :2]), POINTS[:, :4]),
 })
 
+# ---- order statistics (inputs from `more`, after every earlier case's) ---------------------------------------
+ORDER = more(-3, 3, (4, 6))                          # distinct values: torch's chosen indices are defined
+ORDER_NANS = np.where(more(0, 1, (4, 6)) > 0.7, np.nan, ORDER).astype(f32)
+ORDER_NANS[1, :] = np.nan
+
+
+def quantiles(x: Any) -> Any:
+    q = x.new_tensor([0.0, 0.3, 0.5, 0.625, 1.0]) if isinstance(x, torch.Tensor) else [0.0, 0.3, 0.5, 0.625, 1.0]
+    return tuple(op(q, dim, keepdim=keep, interpolation=how) for op in (x.quantile, x.nanquantile)
+                 for dim, keep, how in ((1, False, "linear"), (0, True, "lower"), (-1, False, "higher"),
+                                        (None, False, "nearest"), (None, True, "midpoint"))) + (x.quantile(0.4, 0),)
+
+
+CASES.update({
+    "kthvalue": same(lambda x: (tuple(x.kthvalue(2, 1)), tuple(x.kthvalue(4, 0, keepdim=True)),
+                                tuple(torch_or_zyx(x).kthvalue(x, 6))), ORDER),
+    "median": same(lambda x: (x.median(), tuple(x.median(1)), tuple(x.median(0, keepdim=True)), x.nanmedian(),
+                              tuple(x.nanmedian(-1)), tuple(torch_or_zyx(x).median(x[:, :5], 1))), ORDER),
+    "median_nan": same(lambda x: (x.median(), tuple(x.median(1)), x.nanmedian(), tuple(x.nanmedian(1)),
+                                  x.kthvalue(5, 1).values), ORDER_NANS[[0, 2, 3]], grad=False),  # (which nan)
+    "nanmedian_nan_grad": same(lambda x: (x.nanmedian(), x.nanmedian(1).values), ORDER_NANS[[0, 2, 3]]),
+    "median_all_nan_values": same(lambda x: (x.nanmedian(1).values, x.median(1).values), ORDER_NANS, grad=False),
+    "quantile": same(quantiles, ORDER),
+    "quantile_nan": same(lambda x: (x.quantile(0.3, 1), x.nanquantile(0.3, 1), x.nanquantile(0.5),
+                                    x.nanquantile(0.8, 0, interpolation="nearest"), x.quantile(0.5)),
+                         ORDER_NANS, grad=False),
+    "nanquantile_grad": same(lambda x: (x.nanquantile(0.3, 1), x.nanquantile(0.9, 0, interpolation="midpoint")),
+                             ORDER_NANS[[0, 2, 3]]),
+})
+
 
 # ---- special functions (inputs from `more`, after every earlier case's) -------------------------------------
 SPREAD = np.concatenate([more(-6, 6, (2, 5)), more(-30, 30, (2, 5))]).astype(f32)  # no poles (not integers)
@@ -605,6 +635,22 @@ def test_product_search_and_histogram_errors_name_the_problem(device):
         x.int().nanmean()
     with pytest.raises(ValueError, match="aminmax: cannot reduce over axis 1 of size 0"):
         x[:, :0].aminmax(dim=1)
+
+
+def test_order_statistic_errors_name_the_problem(device):
+    x = zyx.tensor(X, device=device)
+    with pytest.raises(ValueError, match=r"kthvalue: k=6 is out of range for dimension 1 of size 5"):
+        x.kthvalue(6, 1)
+    with pytest.raises(ValueError, match=r"kthvalue: k=0 is out of range for dimension -1 of size 5"):
+        x.kthvalue(0)
+    with pytest.raises(ValueError, match=r"quantile: q must be in \[0, 1\], got 1.5"):
+        x.quantile(1.5)
+    with pytest.raises(ValueError, match=r"nanquantile: q must be in \[0, 1\], got \[0.5, -0.1"):
+        x.nanquantile(zyx.tensor([0.5, -0.1], device=device), 1)
+    with pytest.raises(ValueError, match="quantile: interpolation must be one of"):
+        x.quantile(0.5, interpolation="cubic")
+    with pytest.raises(TypeError, match="quantile: needs a floating-point"):
+        x.int().quantile(0.5)
 
 
 def test_setitem_strides_and_errors(device):

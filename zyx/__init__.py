@@ -23,7 +23,7 @@ TENSOR_FUNCTIONS = (
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "atan2", "arctan2", "hypot", "logit", "xlogy",
     "nan_to_num", "amax", "amin", "count_nonzero", "bmm", "mv", "outer", "addmm", "tile", "diff", "take_along_dim",
     "nansum", "nanmean", "aminmax", "cross", "kron", "rot90", "tensordot", "bucketize", "histc",
-    "erfc", "erfinv", "lgamma", "digamma",
+    "erfc", "erfinv", "lgamma", "digamma", "kthvalue", "median", "nanmedian", "quantile", "nanquantile",
 )
 
 _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it, dotted for a class's)
