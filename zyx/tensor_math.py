@@ -142,20 +142,18 @@ def _erfinv(x: "Tensor") -> "Tensor":
     """Giles' approximation, refined by Newton steps (on erf near 0, on log erfc near +-1, where 1 - |x| is
     exact): three in float64, one in float32, whose derivative is 1 / erf'(y) to the step's residual. +-1 ->
     +-inf, nan outside [-1, 1]; the inputs outside (-1, 1) are replaced before any log."""
-    negative = _negative(x)
-    magnitude = negative.where(-x, x)
-    inside = magnitude < 1
-    a = inside.where(magnitude, 0.5)
-    w = -((1 - a) * (1 + a)).log()
-    central = w < 5
-    y = central.where(_polynomial(central.where(w, 2.5) - 2.5, _ERFINV_CENTRAL),
-                      _polynomial(central.where(6.25, w).sqrt() - 3, _ERFINV_TAIL)) * a
-    near = a <= 0.5  # the tail's steps are on log erfc, which is nearly quadratic in y
-    for _ in range(3 if x.dtype == float64 else 1):
-        slope, tail = _exp_minus_square(y) * _TWO_OVER_SQRT_PI, _erfc_positive(y)
-        y = y - near.where((y.erf() - a) / slope, ((1 - a).log() - tail.log()) * tail / slope)
-    y = (magnitude == 1).where(math.inf, (magnitude > 1).where(math.nan, y))
-    return x.isnan().where(x, negative.where(-y, y))
+    def positive(magnitude: "Tensor") -> "Tensor":
+        a = (magnitude < 1).where(magnitude, 0.5)
+        w = -((1 - a) * (1 + a)).log()
+        central = w < 5
+        y = central.where(_polynomial(central.where(w, 2.5) - 2.5, _ERFINV_CENTRAL),
+                          _polynomial(central.where(6.25, w).sqrt() - 3, _ERFINV_TAIL)) * a
+        near = a <= 0.5  # the tail's steps are on log erfc, which is nearly quadratic in y
+        for _ in range(3 if x.dtype == float64 else 1):
+            slope, tail = _exp_minus_square(y) * _TWO_OVER_SQRT_PI, _erfc_positive(y)
+            y = y - near.where((y.erf() - a) / slope, ((1 - a).log() - tail.log()) * tail / slope)
+        return (magnitude == 1).where(math.inf, (magnitude > 1).where(math.nan, y))
+    return x.isnan().where(x, _mirror(x, positive))
 
 
 def _shifted(x: "Tensor", term: Callable[["Tensor"], "Tensor"]) -> tuple["Tensor", "Tensor"]:
