@@ -12,12 +12,12 @@ import numpy as np
 from .autocast import with_autocast_policies
 from .dim_alias import accept_dim_on_methods
 from .devices import default_device
-from .dtypes import DEFAULT_FLOAT, DType, bool_, float32, float64, int64, promote, promote_with_scalar, wrap_int
+from .dtypes import DEFAULT_FLOAT, DType, bool_, float64, int64, promote, promote_with_scalar, wrap_int
 from .errors import GRADIENTS_ARE_RETURNED, ShapeError
 from .leaves import data_leaf
 from .realize import realize_one
 from .tensor_activations import ActivationMixin
-from .tensor_base import TensorBase, rounded_once
+from .tensor_base import TensorBase, computed_in_float32, rounded_once
 from .tensor_conv import ConvMixin
 from .tensor_convert import ConvertMixin
 from .tensor_indexing import IndexingMixin
@@ -249,17 +249,8 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
         return self if self.dtype.is_float else self.cast(DEFAULT_FLOAT)
 
     def _in_float32(self, compute: Callable[..., "Tensor"], *others: "Tensor") -> "Tensor":
-        """`compute` of this tensor (and `others`) as floats: where their common dtype is float16 or bfloat16,
-        computed in float32 and rounded once to it, as PyTorch computes composite functions of half tensors (a
-        bfloat16 GELU written in bfloat16 ops was rounded five times and differed from torch's in 39% of its
-        elements)."""
-        operands = [self._float(), *(other._float() for other in others)]
-        dtype = operands[0].dtype
-        for operand in operands[1:]:
-            dtype = promote(dtype, operand.dtype)
-        if not dtype.is_narrow_float:
-            return compute(*operands)
-        return compute(*(operand.cast(float32) for operand in operands)).cast(dtype)
+        """`compute` of this tensor (and `others`) as floats (integers in float32), `computed_in_float32`."""
+        return computed_in_float32(compute, self._float(), *(other._float() for other in others))
 
     # ---- arithmetic ----------------------------------------------------------------------------------------
     def __add__(self, other: Operand) -> "Tensor":

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from .dtypes import float32, int64, to_dtype
+from .dtypes import float32, int64, promote, to_dtype
 from .leaves import arange_leaf, data_leaf, rand_leaf
 from .trace import node as n
 
@@ -18,17 +18,23 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def computed_in_float32(compute: Callable[..., "Tensor"], *operands: "Tensor") -> "Tensor":
+    """`compute(*operands)`, where their common dtype is float16 or bfloat16 computed in float32 and rounded once to
+    it, as PyTorch computes composite functions, reductions and norms of half tensors (in half ops every step
+    rounds: a bfloat16 GELU differed from torch's in 39% of its elements, a log_softmax by up to 39 units in the
+    last place, a cumsum by 750); other dtypes as they are."""
+    dtype = functools.reduce(promote, (operand.dtype for operand in operands))
+    if not dtype.is_narrow_float:
+        return compute(*operands)
+    return compute(*(operand.cast(float32) for operand in operands)).cast(dtype)
+
+
 def rounded_once(fn: F) -> F:
-    """`fn(x, ...)` (a method, or a function taking its tensor first) of a float16 or bfloat16 `x` computed in
-    float32 and rounded once to x's dtype, as PyTorch computes its reductions, softmax and norms of half tensors:
-    in half ops every step rounds (a bfloat16 log_softmax was up to 39 units in the last place from torch's, a
-    cumsum 750). Other dtypes are computed as they are."""
+    """`fn(x, ...)` (a method, or a function taking its tensor first) `computed_in_float32` where x is float16 or
+    bfloat16; integers and other floats as they are."""
     @functools.wraps(fn)
     def in_float32(x: "Tensor", *args: Any, **kwargs: Any) -> Any:
-        dtype = x.dtype
-        if not dtype.is_narrow_float:
-            return fn(x, *args, **kwargs)
-        return fn(x.cast(float32), *args, **kwargs).cast(dtype)
+        return computed_in_float32(lambda y: fn(y, *args, **kwargs), x)
     return in_float32  # type: ignore[return-value]
 
 
