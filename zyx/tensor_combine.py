@@ -15,9 +15,7 @@ if TYPE_CHECKING:
 @accepts_dim
 def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Concatenate along `axis`; other axes must match, dtypes promote (as PyTorch), devices must agree."""
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("cat needs at least one tensor")
+    tensors = _nonempty(tensors, "cat")
     first = tensors[0]
     if first.ndim == 0:
         raise ShapeError("cat: zero-dimensional tensors cannot be concatenated; use stack")
@@ -44,9 +42,7 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 @accepts_dim
 def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Join same-shaped tensors along a new axis `axis`."""
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("stack needs at least one tensor")
+    tensors = _nonempty(tensors, "stack")
     for t in tensors[1:]:
         if t.shape != tensors[0].shape:
             raise ShapeError(f"stack: shapes {tensors[0].shape} and {t.shape} differ")

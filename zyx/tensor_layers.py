@@ -119,7 +119,7 @@ class LayerMixin:
 
     def _check_ranks(self, other: "Tensor", ranks: tuple[int, int], op: str) -> "Tensor":
         """`other` as a tensor, once self and it have the ranks torch's fixed-rank product `op` takes."""
-        other = other if isinstance(other, TensorBase) else self._operand(other, op)  # type: ignore[attr-defined]
+        other = self._operand(other, op)  # type: ignore[attr-defined]
         if (len(self.node.shape), len(other.node.shape)) != ranks:
             names = {1: "1-D", 2: "2-D", 3: "3-D"}
             raise ShapeError(f"{op}: needs a {names[ranks[0]]} and a {names[ranks[1]]} tensor, got shapes "
@@ -163,7 +163,7 @@ class LayerMixin:
         axes with other's first n; a pair of lists names them. The result has self's remaining axes, then
         other's (an einsum)."""
         from .einsum import einsum
-        other = other if isinstance(other, TensorBase) else self._operand(other, "tensordot")  # type: ignore
+        other = self._operand(other, "tensordot")  # type: ignore[attr-defined]
         a_shape, b_shape = self.node.shape, other.node.shape
         if isinstance(dims, int):
             if not 0 <= dims <= min(len(a_shape), len(b_shape)):
@@ -191,7 +191,7 @@ class LayerMixin:
     def kron(self, other: "Tensor") -> "Tensor":
         """The Kronecker product (torch.kron): block (i, j, ...) of the result is self[i, j, ...] * other, the
         ranks first padded with leading 1s to the larger."""
-        other = other if isinstance(other, TensorBase) else self._operand(other, "kron")  # type: ignore
+        other = self._operand(other, "kron")  # type: ignore[attr-defined]
         rank = max(self.ndim, other.ndim)  # type: ignore[attr-defined]
         a_shape = (1,) * (rank - len(self.node.shape)) + self.node.shape
         b_shape = (1,) * (rank - len(other.node.shape)) + other.node.shape
@@ -202,7 +202,7 @@ class LayerMixin:
     def cross(self, other: "Tensor", axis: Optional[int] = None) -> "Tensor":
         """The cross product of 3-vectors along `axis` (torch.linalg.cross's rules: same ranks, broadcasting
         elsewhere); axis None is the first of self's axes of size 3, as torch.cross."""
-        other = other if isinstance(other, TensorBase) else self._operand(other, "cross")  # type: ignore
+        other = self._operand(other, "cross")  # type: ignore[attr-defined]
         a_shape, b_shape = self.node.shape, other.node.shape
         if axis is None:
             axis = next((i for i, s in enumerate(a_shape) if s == 3), None)

@@ -202,7 +202,7 @@ class LayoutMixin:
         if n < 0:
             raise ValueError(f"diff: order n must be non-negative, got {n}")
         axis = normalize_axis(axis, self.ndim, "diff")
-        pieces = [self if p is self else self._operand(p, "diff") for p in (prepend, self, append) if p is not None]
+        pieces = [self._operand(p, "diff") for p in (prepend, self, append) if p is not None]
         for piece in pieces:
             if piece.ndim != self.ndim or any(a != b for k, (a, b) in enumerate(zip(piece.shape, self.shape))
                                                if k != axis):
