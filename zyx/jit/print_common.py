@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..dtypes import DType
 from .cache_key import hash_hex
+from ..trace.ops import Op
 from .kernel_ir import Cond, If, Kernel, Loop, Statement, walk
 from .symbolic import Expr
 
@@ -53,6 +54,12 @@ def body_lines(body: tuple, indent: str, syntax: Syntax) -> list[str]:
 def pick(tables: list[dict[str, str]], kind: str) -> str:
     """The template for operands of `kind` from the first table that has one (or a "*" for every kind)."""
     return next(t.get(kind, t.get("*")) for t in tables if kind in t or "*" in t)  # type: ignore[misc]
+
+
+def negatable(op: object, x: str) -> str:
+    """`x` as a unary op's operand: a negative literal negated goes in parentheses ("--0.2f" would be a
+    decrement in both languages)."""
+    return f"({x})" if op is Op.NEG and x.startswith("-") else x
 
 
 def condition(cond: Cond) -> str:

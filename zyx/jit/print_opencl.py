@@ -25,7 +25,7 @@ from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
 from .launch_groups import launch_groups_of
 from .opencl_prelude import GROUP_SIZE_STATED, prelude, word_type
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
-                           dtypes_used, kernel_name, pick)
+                           dtypes_used, kernel_name, negatable, pick)
 from .symbolic import Expr
 
 VERSION = "7"  # bump when the same IR prints differently
@@ -111,8 +111,7 @@ def _kind(dtype: DType) -> str:
 
 
 def unary(op: Op, x: str, dtype: DType) -> str:
-    if op is Op.NEG and x.startswith("-"):  # a negative literal: "--0.2f" would be a decrement
-        x = f"({x})"
+    x = negatable(op, x)
     table = (INTEGER_UNARY if dtype.is_int and op in INTEGER_UNARY else
              DOUBLE_UNARY if dtype.name == "float64" and op in DOUBLE_UNARY else UNARY)
     saturated = literal(TANH_SATURATED[dtype.name], dtype) if op is Op.TANH else ""

@@ -39,7 +39,7 @@ from .kernel_ir import (LESS_EQUAL, Accumulate, Alu, Barrier, Break, Broadcast, 
                         If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalStore, Loop, MultiplyAdd,
                         NVIDIA_ONLY, Operand, Pack, Rand, Reg, Role, Select, Statement, Store, walk)
 from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_lines, branch_condition, condition,
-                           dtypes_used, kernel_name, pick)
+                           dtypes_used, kernel_name, negatable, pick)
 from .symbolic import Expr
 
 VERSION = "wgsl-4"  # bump when the same IR prints differently
@@ -159,8 +159,7 @@ def wrapped(text: str, dtype: DType) -> str:
 
 
 def unary(op: Op, x: str, dtype: DType, width: int) -> str:
-    if op is Op.NEG and x.startswith("-"):  # a negative literal: "--0.2f" would be a decrement
-        x = f"({x})"
+    x = negatable(op, x)
     bounds = {"saturated": operand(Const(TANH_SATURATED[dtype.name], dtype, width)),
               "linear": operand(Const(TANH_LINEAR, dtype, width))} if op is Op.TANH else {}
     return pick([UNARY[op]], _kind(dtype)).format(x, one=literal(1, dtype), r=tag(dtype, width), **bounds)
