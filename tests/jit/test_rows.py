@@ -9,6 +9,7 @@ import zyx
 import zyx.nn.functional as F
 from zyx.jit.rows import ROW_LIMIT
 from zyx.jit.device_traits import DeviceTraits
+from zyx.jit import schedule as schedule_module
 from zyx.jit.schedule import _fuses_rows, schedule
 
 RNG = np.random.default_rng(3)
@@ -102,6 +103,46 @@ def test_rows_longer_than_the_limit_keep_two_kernels(shaped):
     out = shaped.tensor(a).softmax(-1)
     assert launched(out) == 2
     close(out, torch.tensor(a).softmax(-1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_long_rows_are_one_kernel_on_gpus_where_there_are_enough_rows(gpu, monkeypatch, dtype):
+    """Rows past ROW_LIMIT (GPT-2's 50 304 logits) are one kernel on a GPU with a work group per row where the rows
+    fill it (LONG_ROW_GROUPS a compute unit): a cross-entropy's row max, sum of exponentials and gradient read the
+    logits once; with fewer rows, or ZYX_GPU_LONG_ROWS=0, the statistics take a kernel of their own."""
+    monkeypatch.setattr(schedule_module, "UNKNOWN_COMPUTE_UNITS", 2)  # (4 rows fill this "GPU")
+    length, rows = ROW_LIMIT + 3, 8
+    a, target = data(rows, length), np.array([0, 5, length - 1, -100, 7, 3, 3, 1])
+    if dtype == "bfloat16":
+        a = torch.tensor(a).bfloat16().float().numpy()
+
+    def kernels_and_values(x_rows):
+        x = gpu.tensor(a[:x_rows]).to(dtype)
+        loss = F.cross_entropy(x.float(), gpu.tensor(target[:x_rows]))
+        grad, = loss.backward([x])
+        softmax = x.float().softmax(-1)
+        zyx.reset_stats()
+        zyx.realize(softmax)
+        softmax_kernels = zyx.stats()["kernels_launched"]
+        return launched(loss, grad), softmax_kernels, loss, grad, softmax
+
+    def expected(x_rows):
+        t = torch.tensor(a[:x_rows], requires_grad=True)
+        loss = torch.nn.functional.cross_entropy(t, torch.tensor(target[:x_rows]))
+        loss.backward()
+        return loss, t.grad, t.detach().softmax(-1)
+
+    many, few = kernels_and_values(rows), kernels_and_values(3)
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    for got, (loss, grad, softmax) in ((many, expected(rows)), (few, expected(3))):
+        close(got[2], loss, tol)
+        np.testing.assert_allclose(got[3].float().numpy(), grad.numpy().astype(np.float32), rtol=tol, atol=1e-9)
+        close(got[4], softmax, 1e-5)
+    assert many[1] == 1 and few[1] == 2  # the softmax: one row kernel, or the statistics' kernel and the rows'
+    assert few[0] == many[0] + 1  # the cross-entropy likewise
+    monkeypatch.setenv("ZYX_GPU_LONG_ROWS", "0")
+    gpu.forget_programs()
+    assert kernels_and_values(rows)[:2] == (many[0] + 1, 2)  # the statistics' kernel again
 
 
 def test_row_statistics_others_need_are_stored_by_the_row_kernel(shaped):

@@ -28,17 +28,23 @@ from .symbolic import Expr
 # 16 Ki float32 elements are 64 KiB, which a CPU core's L2 and a GPU SM's L1 hold while the passes re-read them,
 # and past which a kernel of few rows would leave most of a device idle.
 ROW_LIMIT = 1 << 14
+# On GPUs, rows up to this long are one kernel too where there are enough of them to fill the device
+# (`long_rows`: at least that many rows): a work group per row re-reads its row from L2 between passes, and
+# the logits' row max, sum of exponentials and gradient (GPT-2's 50 304 a row) then read the logits once from
+# memory instead of twice (the statistics' kernel and the gradient's).
+GPU_ROW_LIMIT = 1 << 17
 
 
 class NotRows(Exception):
     """The kernel's reductions are not over the rows it was asked to own."""
 
 
-def row_length(root: Node, materialized: dict[int, Node], settled: set[int]) -> Optional[int]:
+def row_length(root: Node, materialized: dict[int, Node], settled: set[int], long_rows: int = 0) -> Optional[int]:
     """Elements per row when `root` is elementwise and reads a reduction that has fewer outputs and that no
     other kernel stores (`settled`: produced or stored apart); the first found walking its sources, past stored
     nodes only where they are smaller than the root (a row's statistic the row kernel may store too). None
-    where no such reduction is found or its rows are too long for one kernel."""
+    where no such reduction is found or its rows are too long for one kernel: longer than ROW_LIMIT, or, where
+    there are at least `long_rows` rows (0: never), than GPU_ROW_LIMIT."""
     if root.op in REDUCE_OPS or root.numel == 0:
         return None
     stack, seen = list(root.src), set()
@@ -49,7 +55,8 @@ def row_length(root: Node, materialized: dict[int, Node], settled: set[int]) -> 
         seen.add(id(node))
         if node.op not in REDUCE_OPS:
             stack.extend(node.src if id(node) not in materialized or node.numel < root.numel else ())
-        elif node.numel and root.numel % node.numel == 0 and 2 <= root.numel // node.numel <= ROW_LIMIT:
+        elif node.numel and root.numel % node.numel == 0 and 2 <= root.numel // node.numel <= (
+                GPU_ROW_LIMIT if long_rows and node.numel >= long_rows else ROW_LIMIT):
             return root.numel // node.numel
     return None
 

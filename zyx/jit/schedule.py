@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Callable, Optional, Sequence
@@ -576,7 +577,7 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
         small = (root.numel < SMALL_WORK or len(statements) > COPY_STATEMENTS
                  or any(isinstance(s, Load) and s.guard for s in statements))
         return _Shaped(lowered, upcast(lowered.ir, lowered.space, copy_tile(root, small)))
-    length = None if tile else row_length(root, materialized, produced | site.apart)
+    length = None if tile else row_length(root, materialized, produced | site.apart, _long_rows(traits))
     if length is not None and _fuses_rows(length, traits):
         rows = lower_rows(root, materialized, produced, length, site.allow_extra_outputs, site.apart,
                           traits.max_params)
@@ -691,6 +692,18 @@ def plain_effect(choice: Choice) -> tuple[tuple[str, int], ...]:
 
 def _unrolled(kernel: Kernel, unroll: int = UNROLL) -> Kernel:
     return unroll_reductions(kernel, lambda trips: unroll if trips >= 2 * unroll else 1)
+
+
+def _long_rows(traits: DeviceTraits) -> int:
+    """Rows past rows.ROW_LIMIT long are one kernel on a GPU where there are at least this many (0: never): a
+    work group per row for LONG_ROW_GROUPS groups a compute unit, ZYX_GPU_LONG_ROWS=0 turns it off."""
+    if not traits.gpu or os.environ.get("ZYX_GPU_LONG_ROWS") == "0":
+        return 0
+    return LONG_ROW_GROUPS * (traits.compute_units or UNKNOWN_COMPUTE_UNITS)
+
+
+LONG_ROW_GROUPS = 4  # a compute unit (a work group per row): fewer rows leave a GPU idle in the last pass
+UNKNOWN_COMPUTE_UNITS = 128
 
 
 def _fuses_rows(length: int, traits: DeviceTraits) -> bool:
@@ -898,7 +911,7 @@ def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: se
                           users: dict[int, list[Node]], traits: DeviceTraits) -> None:
     """Where `root` is a row kernel, the row statistics it computes that other kernels read are marked to store,
     so that it stores them (rows.statistics_read_elsewhere)."""
-    length = row_length(root, materialized, settled)
+    length = row_length(root, materialized, settled, _long_rows(traits))
     if length is not None and _fuses_rows(length, traits):
         for statistic in statistics_read_elsewhere(root, length, materialized, users):
             materialized.setdefault(id(statistic), statistic)
