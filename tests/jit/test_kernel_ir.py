@@ -233,6 +233,36 @@ def test_gpu_elementwise_kernels_load_and_store_float4_and_reductions_get_work_g
     assert reduction.name.startswith("g_") and reduction.local_size == 256 and "float4" not in reduction.source
 
 
+def test_a_reduction_of_too_few_groups_to_fill_the_gpu_takes_its_largest_groups(dev, monkeypatch):
+    """A loss's sum over 16 384 rows is one work group on one compute unit, each item's loads one after another:
+    groups of the most items the device allows (16 loads an item, not 64), where the groups are too few for a
+    quarter of the compute units and long; others keep the usual group. Computed on PoCL as numpy does."""
+    from zyx.jit.device_traits import DeviceTraits
+    from zyx.jit.schedule import schedule
+    traits = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024, compute_units=132)
+    a = RNG.standard_normal((16384,)).astype(np.float32)
+    x = zyx.CPU().tensor(a)
+    lone, = schedule([(x * 2).sum().node], traits)[0]
+    assert lone.local_size == 1024 and "r2 < 16;" in lone.source
+    many, = schedule([(x * 2).reshape(64, 256).sum(-1).node], traits)[0]  # 64 groups: half the GPU's units
+    assert many.local_size == 256
+    monkeypatch.setenv("ZYX_LONE_GROUPS", "0")
+    assert schedule([(x * 2).sum().node], traits)[0][0].local_size == 256
+    monkeypatch.delenv("ZYX_LONE_GROUPS")
+    if dev.runtime.max_work_group_size < 1024:
+        pytest.skip("the OpenCL device runs no groups of 1024 items")
+    monkeypatch.setattr(dev, "traits", traits)
+    dev.forget_programs()
+    try:
+        got = (dev.tensor(a) * 2).sum()
+        with zyx.profile() as prof:
+            got.realize()
+        assert [record.local_size for record in prof.records] == [(1024,)]
+        np.testing.assert_allclose(got.numpy(), (a.astype(np.float64) * 2).sum(), rtol=1e-5, atol=1e-3)
+    finally:
+        dev.forget_programs()
+
+
 @pytest.mark.parametrize("axis", [-1, 0], ids=["rows: gid*4096+r", "columns: gid+r*4096"])
 def test_indices_past_int_range_count_in_long(axis):
     """A sum over 2^32 stored elements: 2^20 items (or 4096 trips) count in int, yet gid*4096 (or r*4096) does

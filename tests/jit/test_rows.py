@@ -158,7 +158,8 @@ def test_row_statistics_others_need_are_stored_by_the_row_kernel(shaped):
 @pytest.mark.parametrize("gpu", [False, True])
 def test_cross_entropy_gradient_row_kernel_stores_the_statistics_its_loss_reads(gpu):
     """The loss reads each row's max and sum of exponentials; the gradient's row kernel computes them too, and
-    stores them: no reduction kernel passes over the logits again for the loss."""
+    stores them: no reduction kernel passes over the logits again for the loss, which reads the target logits
+    itself."""
     a, target = data(8, 300), np.array([0, 5, 299, -100, 7, 3, 3, 1])
     x = zyx.CPU().tensor(a)
     loss = F.cross_entropy(x, zyx.CPU().tensor(target))
@@ -167,6 +168,9 @@ def test_cross_entropy_gradient_row_kernel_stores_the_statistics_its_loss_reads(
     row_kernel, = [k for k in kernels if any(node.shape == (8, 300) for node in k.outputs)]
     storing_max = [k for k in kernels if any(node.op.name == "RMAX" for node in k.outputs)]
     assert storing_max == [row_kernel]
+    # the targets' count, the row kernel, the loss: the target logits are picked where the loss sums them, one
+    # load a row (lower.INLINE_TAKES), not stored by a kernel of their own first
+    assert [[node.shape for node in k.outputs] for k in kernels] == [[(1,)], [(8, 1), (8, 1), (8, 300)], [()]]
     t = torch.tensor(a, requires_grad=True)
     expected = torch.nn.functional.cross_entropy(t, torch.tensor(target))
     expected.backward()

@@ -29,6 +29,11 @@ Request = tuple  # (node, index, guard): a value a lowering step needs before it
 
 STATEMENT_LIMIT = 384  # per kernel: a kernel growing past this stores a value in a kernel of its own
 RECOMPUTE_LIMIT = 16   # a value computed more often than this is stored instead
+# A one-hot pick (indirect.py) of at most this many values that a kernel reads elsewhere than at its own outputs is
+# read where it is needed, one load, instead of stored by a kernel of its own first: a cross-entropy's target
+# logits, one a row, read by its loss's sum over the rows. (Larger picks, embeddings read by many kernels, stay
+# stored once.)
+INLINE_TAKES = 1 << 16
 
 
 class KernelTooLarge(Exception):
@@ -282,6 +287,10 @@ class Lowering:
                         values = [self._rounded(v, node.dtype) for v in values]
                     self._reductions[id(node)] = values
                 return self._reductions[id(node)][self._element]
+            take = None if guard or id(node) in self.materialized or node.numel > INLINE_TAKES else (
+                match_take(node, index))
+            if take is not None:  # a small one-hot pick read elsewhere than here: one load where it is read
+                return self._take(take)
             if id(node) not in self.materialized:
                 self._needed[id(node)] = node
             return self._load(node, index, guard)

@@ -602,9 +602,23 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
         tile_n, tile_m = ((tile or {}).get(axis, 1) for axis in axes) if axes else (1, 1)
         heuristic = {"tile_n": tile_n, "tile_m": tile_m, "width": width if vector is not None else 1,
                      "unroll": 1 if small else VECTOR_UNROLL if vector is not None else UNROLL,
-                     "group": traits.group_size if grouped else 0}
+                     "group": _reduction_group(kernel.work_items, lowered.longest_reduction, traits) if grouped else 0}
         choice = Choice.of("plain", **{name: heuristic[name] for name, _ in options})
     return _Shaped(lowered, _apply_plain(kernel, lowered.space, tile, choice, vector, traits), choice, options)
+
+
+def _reduction_group(outputs: int, length: int, traits: DeviceTraits) -> int:
+    """Items of a GPU reduction's work group: the device's usual group, or its largest where the reduction's
+    groups are too few to fill a quarter of its compute units and each reduces LONE_REDUCE values or more (a
+    loss's sum over 16 384 rows: one group on one SM, its items' loads one after another, 64 an item in groups of
+    256, 16 in groups of 1024). ZYX_LONE_GROUPS=0 keeps the usual group."""
+    units = traits.compute_units or UNKNOWN_COMPUTE_UNITS
+    if outputs * 4 < units and length >= LONE_REDUCE and os.environ.get("ZYX_LONE_GROUPS") != "0":
+        return traits.max_group_size
+    return traits.group_size
+
+
+LONE_REDUCE = 4096
 
 
 def _product_tile(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits,
