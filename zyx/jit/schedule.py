@@ -46,12 +46,12 @@ from .attention_grad_tiled import lower_tiled_attention_gradient, may_tile
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiled import lower_tiled_attention
 from .attention_tiles import lower_staged_attention
-from .rows import ROW_LIMIT, lower_rows, row_length, statistics_read_elsewhere
+from .rows import lower_rows, row_length, statistics_read_elsewhere
 from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
 from .stored_reductions import read_stored_reductions
 from .transforms.double_buffer import double_buffer
-from .transforms.group import GROUP_MAX_OUTPUTS, UNROLLED_TRIPS, group_reductions
+from .transforms.group import GROUP_MAX_OUTPUTS, group_reductions
 from .transforms.paired_stores import paired_stores
 from .transforms.registers import rows_in_registers
 from .transforms.unroll import unroll_reductions
@@ -612,19 +612,13 @@ def _reduction_group(outputs: int, length: int, traits: DeviceTraits) -> int:
     groups are too few to fill a quarter of its compute units and each reduces LONE_REDUCE values or more (a
     loss's sum over 16 384 rows: one group on one SM, its items' loads one after another, 64 an item in groups of
     256, 16 in groups of 1024). ZYX_LONE_GROUPS=0 keeps the usual group."""
-    return traits.max_group_size if _lone(outputs, length, traits) else traits.group_size
-
-
-def _lone(outputs: int, length: int, traits: DeviceTraits) -> bool:
-    """Whether a GPU reduction's groups are too few to fill a quarter of the compute units, and long: bound by its
-    items' loads one after another, which its largest groups shorten and LONE_UNROLLED_TRIPS puts in flight
-    together."""
     units = traits.compute_units or UNKNOWN_COMPUTE_UNITS
-    return outputs * 4 < units and length >= LONE_REDUCE and os.environ.get("ZYX_LONE_GROUPS") != "0"
+    if outputs * 4 < units and length >= LONE_REDUCE and os.environ.get("ZYX_LONE_GROUPS") != "0":
+        return traits.max_group_size
+    return traits.group_size
 
 
 LONE_REDUCE = 4096
-LONE_UNROLLED_TRIPS = 16  # an item's loads of a lone reduction unrolled whole up to this many
 
 
 def _product_tile(root: Node, axes: Optional[tuple[int, int]], traits: DeviceTraits,
@@ -669,9 +663,8 @@ def _apply_plain(kernel: Kernel, space: tuple[int, ...], tile: Optional[dict[int
     words = traits.gpu and traits.language == "opencl" and kernel.axis(Role.REDUCE) is not None
     if choice.get("group", 0):
         long = words and kernel.axis(Role.REDUCE).size >= NARROW_GROUP_ROW  # type: ignore[union-attr]
-        lone = _lone(kernel.work_items, kernel.axis(Role.REDUCE).size, traits)  # type: ignore[union-attr]
         return group_reductions((_bf16_lanes(kernel) if long else None) or kernel, choice["group"],
-                                traits.warp_shuffles, LONE_UNROLLED_TRIPS if lone else UNROLLED_TRIPS)
+                                traits.warp_shuffles)
     unroll, width = choice.get("unroll", UNROLL), choice.get("width", 1)
     if words and vector is None:
         lanes = _bf16_lanes(kernel)
@@ -751,14 +744,10 @@ def _group_lanes(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
 def _group_size(length: int, in_lanes: bool, traits: DeviceTraits) -> int:
     """Items in the work group of an output reducing `length` values: each item takes ROW_ITEM_VALUES of them
     (vectors, `in_lanes`: where `_group_lanes` gave lanes), at least ROW_MIN_GROUP items where there are as many
-    values; up to the device's usual group, or its largest for rows past rows.ROW_LIMIT: a long row's later passes
-    read it again from L2 only where few rows are in flight (W7's 16 384 rows of 50 304 bf16 logits, 256 items a
-    row: 8 rows of 100 KB an SM, 105 MB on an H100 against its 50 MB of L2, and the three passes read the logits from
-    memory three times, 2.24 ms)."""
+    values."""
     lanes = traits.vector_width if in_lanes else 1
-    most = traits.max_group_size if length > ROW_LIMIT else traits.group_size
-    group = min(most, _power_above(-(-length // (lanes * ROW_ITEM_VALUES))))
-    return min(most, max(group, min(ROW_MIN_GROUP, _power_above(-(-length // lanes)))))
+    group = min(traits.group_size, _power_above(-(-length // (lanes * ROW_ITEM_VALUES))))
+    return min(traits.group_size, max(group, min(ROW_MIN_GROUP, _power_above(-(-length // lanes)))))
 
 
 def _power_above(count: int) -> int:

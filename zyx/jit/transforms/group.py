@@ -31,11 +31,11 @@ GROUP_MAX_OUTPUTS = 1 << 16  # with more outputs than this the device is busy en
 WARP = 32  # items a shuffle reaches
 
 
-def group_reductions(kernel: Kernel, group: int, shuffles: bool = False, unrolled: int = UNROLLED_TRIPS) -> Kernel:
+def group_reductions(kernel: Kernel, group: int, shuffles: bool = False) -> Kernel:
     """`kernel` with `group` (a power of two) items per output: every top-level loop strided over the items
     (a reducing loop then combines their accumulators, a loop storing a row kernel's outputs stores each item's
-    share), unrolled where an item takes it `unrolled` times at most; a store outside loops by the first item only.
-    `shuffles`: float32 partials combined by warp shuffles first (see the module)."""
+    share); a store outside loops by the first item only. `shuffles`: float32 partials combined by warp shuffles
+    first (see the module)."""
     columns = column_outputs(kernel, group)
     slices = group // columns
     lid = Expr.var("lid", group)
@@ -54,7 +54,7 @@ def group_reductions(kernel: Kernel, group: int, shuffles: bool = False, unrolle
         if isinstance(statement, Store):
             body.append(If(((lid, "lt", columns),), (statement,)))
         elif isinstance(statement, Loop):
-            body += _strided(statement, slices, position, trips_of, unrolled)
+            body += _strided(statement, slices, position, trips_of)
             for acc, op in accumulators(statement):
                 body += _tree(acc, op, lid, group, names, columns, shuffles)
         else:
@@ -63,7 +63,7 @@ def group_reductions(kernel: Kernel, group: int, shuffles: bool = False, unrolle
     return dataclasses.replace(kernel, kind="g", axes=axes, body=tuple(body))
 
 
-def _strided(loop: Loop, slices: int, position: Expr, trips_of: dict[str, int], unrolled: int) -> list:
+def _strided(loop: Loop, slices: int, position: Expr, trips_of: dict[str, int]) -> list:
     """`loop` strided over `slices` items (this one at `position`): the trips every item takes as a loop of
     their own, then, where `slices` does not divide the loop, the last one under a guard. (Breaking out of the
     loop past its end instead kept NVIDIA's compiler from unrolling it: a row max over W7's 50 304 logits, a
@@ -80,7 +80,7 @@ def _strided(loop: Loop, slices: int, position: Expr, trips_of: dict[str, int], 
     trips_of[loop.var] = whole
     index = Expr.var(loop.var, whole) * slices + position
     lines: list = [Loop(loop.var, whole, copy_body(loop.body, {loop.var: index}, "", {}),
-                        unroll=whole <= unrolled)]
+                        unroll=whole <= UNROLLED_TRIPS)]
     if loop.trips % slices:
         last = position + whole * slices
         lines.append(If(((last, "lt", loop.trips),),
