@@ -28,7 +28,7 @@ from .print_common import (TANH_SATURATED, BodyPrinter, Syntax, aligned, body_li
                            dtypes_used, kernel_name, negatable, pick)
 from .symbolic import Expr
 
-VERSION = "7"  # bump when the same IR prints differently
+VERSION = "8"  # bump when the same IR prints differently
 
 
 # ---- types and literals ----------------------------------------------------------------------------------
@@ -581,12 +581,17 @@ def _exps_ahead_of_erfs(body: tuple, chains: dict[str, list[int]]) -> tuple:
 
 
 def _group_size(kernels: Sequence[Kernel], local_size: Optional[int]) -> str:
-    """Where items hand work over by named barriers the kernel states its work group's size: NVIDIA's compiler then
-    fits each item's registers to the group (a group of 384 items may hold 168 each; without it a kernel may take
-    more, and fail to launch)."""
-    if not any(isinstance(s, NamedBarrier) for kernel in kernels for s in walk(kernel.body)):
+    """Where items hand work over by named barriers, or its groups are larger than STATED_ABOVE items, the kernel
+    states its work group's size: NVIDIA's compiler then fits each item's registers to the group (a group of 384
+    items may hold 168 each; without it a kernel may take more, and fail to launch: a lone reduction's groups of
+    1024 on an H100, which allowed 256)."""
+    if (local_size or 0) <= STATED_ABOVE and not any(isinstance(s, NamedBarrier) for kernel in kernels
+                                                     for s in walk(kernel.body)):
         return ""
     return f" __attribute__(({GROUP_SIZE_STATED}({local_size}, 1, 1)))"
+
+
+STATED_ABOVE = 256  # items of a work group, past which its kernel states the group's size
 
 
 def print_group(kernels: Sequence[Kernel], local_size: Optional[int] = None) -> tuple[str, str]:
