@@ -691,3 +691,18 @@ def test_odd_inverse_functions_keep_the_sign_of_zero(device):
     for name in ("atan", "asin", "asinh", "atanh"):
         expected = getattr(torch.tensor(zeros), name)().numpy()
         np.testing.assert_array_equal(np.signbit(getattr(x, name)().numpy()), np.signbit(expected), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_abs_of_either_zero_is_positive_zero(device, dtype):
+    """|-0.0| and |+0.0| are +0.0, as torch's (max(x, -x) alone gave -0.0 for +0.0: 1 / |0| was -inf); nan stays nan,
+    the infinities infinite, the gradient at either zero 0."""
+    values = np.array([-0.0, 0.0, -1.5, 2.0, np.inf, -np.inf, np.nan], f32)
+    x = zyx.tensor(values, device=device).to(dtype)
+    got = x.abs().float().numpy()
+    expected = torch.tensor(values).to(getattr(torch, dtype)).abs().float().numpy()
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.signbit(got[:6]), np.signbit(expected[:6]))  # (a nan's sign bit is anyone's)
+    np.testing.assert_array_equal(x.isinf().numpy(), np.isinf(values))
+    grad, = x.float().abs().sum().backward([x])
+    np.testing.assert_array_equal(grad.float().numpy()[:4], [0.0, 0.0, -1.0, 1.0])

@@ -575,8 +575,11 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
         return self._in_float32(lambda x: x * 0.5 * ((x * (1 / math.sqrt(2))).erf() + 1))
 
     def abs(self) -> "Tensor":
-        """|x|; the gradient at 0 is 0 (the two sides share it)."""
-        return self if self.dtype.is_bool or self.dtype.is_unsigned else self.maximum(-self)
+        """|x|, +0 at either zero (as PyTorch: max(x, -x) alone gave max(+0, -0) = -0); the gradient at 0 is 0."""
+        if self.dtype.is_bool or self.dtype.is_unsigned:
+            return self
+        magnitude = self.maximum(-self)
+        return (self == 0).where(0, magnitude) if self.dtype.is_float else magnitude
 
     def sign(self) -> "Tensor":
         """-1, 0 or 1 (bool tensors stay as they are; nan stays nan, as numpy)."""
@@ -641,7 +644,7 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
 
     def isinf(self) -> "Tensor":
         """True where an element is +inf or -inf."""
-        return self.abs() == math.inf if self.dtype.is_float else self != self
+        return (self == math.inf) | (self == -math.inf) if self.dtype.is_float else self != self
 
     def isfinite(self) -> "Tensor":
         """True where an element is neither nan nor infinite."""
