@@ -29,9 +29,9 @@ from .symbolic import Expr
 # and past which a kernel of few rows would leave most of a device idle.
 ROW_LIMIT = 1 << 14
 # On GPUs, rows up to this long are one kernel too where there are enough of them to fill the device
-# (`long_rows`: at least that many rows): a work group per row re-reads its row from L2 between passes, and
-# the logits' row max, sum of exponentials and gradient (GPT-2's 50 304 a row) then read the logits once from
-# memory instead of twice (the statistics' kernel and the gradient's).
+# (`long_rows`: at least that many rows): a work group per row, its passes re-reading the row (from L2 where
+# the rows in flight fit it). GPT-2's logits (50 304 a row, bf16) did not fit an H100's L2, yet their row max, sum
+# of exponentials and gradient in one kernel took 2.24 ms against 2.50 in the statistics' kernel and the gradient's.
 GPU_ROW_LIMIT = 1 << 17
 
 
