@@ -52,6 +52,7 @@ from .split import lower_split, split_options
 from .stored_reductions import read_stored_reductions
 from .transforms.double_buffer import double_buffer
 from .transforms.group import GROUP_MAX_OUTPUTS, group_reductions
+from .transforms.keep_in_output import keep_in_output
 from .transforms.paired_stores import paired_stores
 from .transforms.registers import rows_in_registers
 from .transforms.unroll import unroll_reductions
@@ -581,6 +582,10 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
     if length is not None and _fuses_rows(length, traits):
         rows = lower_rows(root, materialized, produced, length, site.allow_extra_outputs, site.apart,
                           traits.max_params)
+        kept = None if rows is None or traits.gpu else keep_in_output(rows.ir)
+        if kept is not None:  # (its output is read before it is complete: no input may share its buffer)
+            rows = replace(rows, ir=kept, misaligned=rows.misaligned | {id(p.node) for p in kept.params
+                                                                        if p.kind == "load"})
         if rows is not None:
             return _Shaped(rows, _shape_rows(rows.ir, length, traits))
     lowered = lower(root, materialized, produced, site.allow_extra_outputs and not tile, site.apart,
