@@ -1,6 +1,6 @@
 """A CPU row kernel keeps the costly value its reduction's pass computes in its output, and its storing pass reads it
-back (zyx/jit/transforms/keep_in_output.py): softmax's and a cross-entropy gradient's exponentials computed once, the
-results torch's; an output that an in-place update would have written over its input keeps its own buffer."""
+back (zyx/jit/transforms/keep_in_output.py): softmax's and a cross-entropy gradient's exponentials computed once,
+softmax's division a multiplication by the sum's reciprocal, the results torch's; an output that an in-place update would have written over its input keeps its own buffer."""
 import numpy as np
 import torch
 
@@ -28,6 +28,10 @@ def test_softmax_computes_each_exponential_once_and_reads_it_back():
     output = next(s.buffer for s in walk(kept.body) if isinstance(s, Store))
     assert sum(isinstance(s, Store) and s.buffer == output for s in walk(kept.body)) == 2
     assert any(isinstance(s, Load) and s.buffer == output for s in walk(kept.body))
+    # the storing pass multiplies by the sum's reciprocal, computed once before it (as torch's CPU softmax)
+    storing = kept.body[-1]
+    assert not any(isinstance(s, Alu) and s.op is Op.DIV for s in walk(storing.body))
+    assert any(isinstance(s, Alu) and s.op is Op.RECIP for s in kept.body)
 
 
 def test_what_nothing_computes_twice_is_left_as_it_is():
