@@ -582,11 +582,11 @@ def _shape_plain(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) ->
     if length is not None and _fuses_rows(length, traits):
         rows = lower_rows(root, materialized, produced, length, site.allow_extra_outputs, site.apart,
                           traits.max_params)
-        kept = None if rows is None or traits.gpu else keep_in_output(rows.ir)
-        if kept is not None:  # (its output is read before it is complete: no input may share its buffer)
-            rows = replace(rows, ir=kept, misaligned=rows.misaligned | {id(p.node) for p in kept.params
-                                                                        if p.kind == "load"})
         if rows is not None:
+            kept = None if traits.gpu else keep_in_output(rows.ir)
+            if kept is not None:  # (its output is read before it is complete: no input may share its buffer)
+                rows = replace(rows, ir=kept, misaligned=rows.misaligned | {id(p.node) for p in kept.params
+                                                                            if p.kind == "load"})
             return _Shaped(rows, _shape_rows(rows.ir, length, traits))
     lowered = lower(root, materialized, produced, site.allow_extra_outputs and not tile, site.apart,
                     traits.max_params)

@@ -18,7 +18,8 @@ from typing import Optional
 
 from ...dtypes import float32
 from ...trace.ops import Op
-from ..kernel_ir import Accumulate, Alu, Const, Kernel, Lane, Load, Loop, Reg, Store, substitute
+from ..kernel_ir import (Accumulate, Alu, Const, If, Kernel, Lane, Load, Loop, Reg, Store, rewrite, substitute,
+                         walk)
 from ..symbolic import Expr
 
 COSTLY_OPS = frozenset({Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID, Op.ERF, Op.POW})
@@ -33,9 +34,9 @@ def keep_in_output(kernel: Kernel) -> Optional[Kernel]:
     if at is None or not all(isinstance(s, Store) for s in body[at + 1:]):  # (after it: the row statistics' stores)
         return None
     last: Loop = body[at]
-    stores = [s for s in last.body if isinstance(s, Store)]
-    if len(stores) != 1 or stores[0].dtype != float32 or stores[0].mode != ELEMENT \
-            or any(isinstance(s, (Loop, Store)) for s in _nested(last.body)):
+    stores = [s for s in walk(last.body) if isinstance(s, Store)]
+    if len(stores) != 1 or stores[0] not in last.body or stores[0].dtype != float32 or stores[0].mode != ELEMENT \
+            or any(isinstance(s, (Loop, If)) for s in walk(last.body)):  # (_without_dead reads no inner bodies)
         return None
     store = stores[0]
     outside = _keys(body[:at], None, {})
@@ -140,30 +141,16 @@ def _without_dead(statements: tuple) -> tuple:
 
 
 def _registers_read(statement) -> set[str]:
-    """Names of the registers a statement reads (its operands, an indirect load's index, the variables of its
-    index and guard)."""
+    """Names of the registers a statement names (operands, an indirect load's index, the variables of its index
+    and guard; the register it defines too, which no statement before it reads)."""
     names: set[str] = set()
 
-    def visit(value) -> None:
-        if isinstance(value, Reg):
-            names.add(value.name)
-        elif isinstance(value, Lane):
-            names.add(value.src.name)
-        elif isinstance(value, Expr):
-            names.update(value.variables())
-        elif isinstance(value, tuple):
-            for item in value:
-                visit(item)
-    for field in dataclasses.fields(statement):
-        if field.name != "out":
-            visit(getattr(statement, field.name))
+    def expr(e: Expr) -> Expr:
+        names.update(e.variables())
+        return e
+
+    def reg(r: Reg) -> Reg:
+        names.add(r.name)
+        return r
+    rewrite(statement, expr, reg)
     return names
-
-
-def _nested(statements):
-    """Statements inside the loops and conditions of `statements` (not the top level)."""
-    for statement in statements:
-        inner = getattr(statement, "body", None)
-        if isinstance(inner, tuple):
-            yield from inner
-            yield from _nested(inner)
