@@ -515,6 +515,20 @@ def test_groups_take_the_blocks_in_bands_of_eight_rows_each_once():
     assert sorted(blocks) == [(r, c) for r in range(16) for c in range(8)]
 
 
+def test_a_batched_products_rows_of_blocks_are_banded_as_one_column_batch_after_batch():
+    """x [4, 256, 256] @ y: 2 rows of blocks a batch, 8 in all; bands of 4 of them cross from one batch into the
+    next (within each batch alone no band would form), so the groups running at once share y's slices."""
+    x, y = operands((4, 256, 256), (256, 512))  # 4 x 2 x 4 blocks of 128 x 128
+    kernel = product_kernel(x @ y)
+    product = next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma))
+    blocks = []
+    for gid in range(32):
+        first_row = _copied_bytes(kernel, product.a_array, gid)[0] // 256  # the left tile's (0, 0): batch * 256 + row
+        blocks.append((first_row // 128, _copied_bytes(kernel, product.b_array, gid)[0] // 128))
+    assert blocks[:8] == [(r, 0) for r in range(4)] + [(r, 1) for r in range(4)] and blocks[16] == (4, 0)
+    assert sorted(blocks) == [(r, c) for r in range(8) for c in range(4)]
+
+
 def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner():
     x, y = operands((2048, 256), (256, 2048))
     kernel = product_kernel(x @ y)

@@ -273,6 +273,13 @@ def _filling_split(product: Node, n_axis: int, m_axis: int, width: int, kind: st
     return min(splits, key=lambda s: -(-s * blocks // units) * (count // s + EPILOGUE_SLICES * bk))
 
 
+def _band(rows: int) -> int:
+    """Rows of blocks a band takes (TensorCoreLowering._block): the largest of BANDS dividing `rows` and fewer than
+    them, 1 where none; ZYX_TC_BAND=N takes N where it does."""
+    wanted = int(os.environ.get("ZYX_TC_BAND", "0"))
+    return next((b for b in ((wanted,) if wanted else ()) + BANDS if rows % b == 0 and rows > b), 1)
+
+
 def multiplied(operand: Node) -> Node:
     """What a product's operand multiplies on tensor cores: a half operand's broadcast cast to float32 (the float32
     partials of a half product split along k: split.py) multiplies as the half values, whose products float32
@@ -472,21 +479,23 @@ class TensorCoreLowering(LocalTileLowering):
         return (warp // 4) * WARP_ROWS, (warp % 4) * self.plan.warp_columns
 
     def _block(self, grid: tuple[int, ...]) -> Index:
-        """A warpgroup plan's groups take the blocks of each product in bands of BAND rows of blocks (the largest
-        of 8, 4, 2 dividing them), down each column of the band before the next: the groups running at once share
-        their slices of both operands in L2 (the probe's 650 TFLOP/s at bfloat16 8192³ were measured in bands
-        of 8). Other plans: row-major."""
+        """A warpgroup plan's groups take the blocks of each product in bands of `_band` rows of blocks, down each
+        column of the band before the next: the groups running at once share their slices of both operands in L2
+        (the probe's 650 TFLOP/s at bfloat16 8192³ were measured in bands of 8). A batched product's rows of blocks
+        count as one column, batch after batch (`x @ w.T` of x [16, 1024, 768]: 128 rows of blocks, not 16 times
+        8), so that a band reads each slice of a weight shared by the batch once. Other plans: row-major."""
         n_axis, m_axis = self.plan.n_space_axis, self.plan.m_space_axis
         rows, columns = grid[n_axis], grid[m_axis]
-        band = next((b for b in BANDS if rows % b == 0 and rows > b), 1)
+        others = [a for a in range(len(grid)) if a not in (n_axis, m_axis)]
+        all_rows = rows * math.prod(grid[a] for a in others)
+        band = _band(all_rows)
         if not self.plan.warpgroup or band == 1:
             return super()._block(grid)
-        gid, plane = Expr.var("gid", self.groups), rows * columns
-        others = [a for a in range(len(grid)) if a not in (n_axis, m_axis)]
-        outer = unravel(gid // plane, tuple(grid[a] for a in others))
-        inside = gid % plane % (band * columns)
-        cell = dict(zip(others, outer))
-        cell[n_axis], cell[m_axis] = gid % plane // (band * columns) * band + inside % band, inside // band
+        gid = Expr.var("gid", self.groups)
+        inside = gid % (band * columns)
+        row = gid // (band * columns) * band + inside % band
+        cell = dict(zip(others, unravel(row // rows, tuple(grid[a] for a in others))))
+        cell[n_axis], cell[m_axis] = row % rows, inside // band
         return tuple(cell[a] for a in range(len(grid)))
 
     def _element_offsets(self) -> list[tuple[Expr, Expr]]:
