@@ -3,7 +3,7 @@ which Stores and Loads pair, where the vector is stored or read, and how it prin
 from __future__ import annotations
 
 from zyx.dtypes import bfloat16, float16, float32
-from zyx.jit.kernel_ir import Alu, Axis, Extract, If, Kernel, Load, Pack, Reg, Role, Store
+from zyx.jit.kernel_ir import Alu, Axis, Extract, If, Kernel, Load, Loop, Pack, Reg, Role, Store
 from zyx.jit.print_opencl import STATEMENTS, VALUES
 from zyx.jit.symbolic import Expr
 from zyx.jit.transforms.paired_stores import paired_loads, paired_stores
@@ -92,3 +92,30 @@ def test_loads_stay_apart_where_a_vector_would_be_misplaced_or_read_stale():
     ]
     for body in apart:
         assert loads_paired(*body) == body
+
+
+def test_a_value_rounded_where_cast_is_stored_from_its_float_source():
+    """Storing rounds to nearest even, which leaves a rounded value as it is: a pair or an element stored from a
+    cast to its dtype takes the cast's source (the epilogue converted each output twice, three times a pair), here
+    and inside a branch after the cast; a half value computed in float (a bf16 register) counts as a source too."""
+    RA, RB, H = Reg("ra", bfloat16), Reg("rb", bfloat16), Reg("h", bfloat16)
+    casts = (Alu(RA, Op.CAST, (A,)), Alu(H, Op.ADD, (A, B)), Alu(RB, Op.CAST, (H,)))
+    body = paired(*casts, Store("out", I, RA, bfloat16), Store("out", I + 1, RB, bfloat16),
+                  If(((I, "lt", 100),), (Store("edge", I, RB, bfloat16),)))
+    pair = Reg("pair0", float32, 2)
+    assert body[3:] == (Pack(pair, (A, H)), Store("out", I, pair, bfloat16, "vector"),
+                        If(((I, "lt", 100),), (Store("edge", I, H, bfloat16),)))
+    assert STATEMENTS[Store](body[4]) == "((__global uint*)out)[gid] = (uint)(zyx_pack_bf16(pair0.s0,pair0.s1));"
+
+
+def test_a_cast_whose_source_may_have_changed_or_whose_dtype_differs_is_stored_as_rounded():
+    RA = Reg("ra", bfloat16)
+    cast = Alu(RA, Op.CAST, (A,))
+    kept = [
+        (cast, Alu(A, Op.ADD, (B, C)), Store("out", I, RA, bfloat16)),  # its source defined again
+        (cast, If(((I, "lt", 100),), (Alu(A, Op.ADD, (B, C)),)), Store("out", I, RA, bfloat16)),  # ... in a branch
+        (cast, Store("out", I, RA, float16)),  # stored as another dtype
+        (cast, Loop("k", 4, (Store("out", I, RA, bfloat16),))),  # a loop's body: nothing known from before
+    ]
+    for body in kept:
+        assert paired(*body) == body

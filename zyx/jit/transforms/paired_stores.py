@@ -7,17 +7,24 @@ a third of W7's short products (bfloat16 16384 x 768 x 3072 on an H100: 0.310 ms
 took 0.577 and 0.474), once the pairs were printed as 32-bit words (print_opencl._words; vstore2 of 16-bit elements
 compiled to two stores on NVIDIA). An epilogue reading a bfloat16 value at each output (GELU's backward reads the
 pre-activation) reads it in the same pairs (`paired_loads`).
+A 16-bit value rounded where it is cast and then stored (or packed) is stored from its float32 source: the store
+rounds to nearest even once more, which leaves a rounded value as it is, so the first rounding was a conversion
+each output did twice (three a pair: two roundings and the pair's own), in the epilogue the tensor cores wait on.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Iterator
+from typing import Iterator, Optional
 
-from ..kernel_ir import PURE, Extract, Gather, If, Kernel, Load, Loop, Pack, Reg, Statement, Store
+from ...dtypes import bfloat16, float16, float32
+from ..kernel_ir import (PURE, Alu, Extract, Gather, If, Kernel, Load, Loop, Operand, Pack, PackHalves, Reg, Statement,
+                         Store, walk)
 from ..print_common import aligned
+from ...trace.ops import Op
 
 WIDTH = 2
+FLOATS = (float32, float16, bfloat16)  # registers holding a float32 value: rounding it once more changes nothing
 
 
 def paired_stores(kernel: Kernel) -> Kernel:
@@ -26,7 +33,7 @@ def paired_stores(kernel: Kernel) -> Kernel:
     dtype, made one vector Store where the second's value is defined (attention's forward stores its output to two
     buffers, element by element in turn)."""
     names = (f"pair{n}" for n in itertools.count())
-    return dataclasses.replace(kernel, body=_paired(kernel.body, names))
+    return dataclasses.replace(kernel, body=_unrounded(_paired(kernel.body, names)))
 
 
 def _paired(body: tuple, names: Iterator[str]) -> tuple:
@@ -51,6 +58,57 @@ def _paired(body: tuple, names: Iterator[str]) -> tuple:
             waiting[buffer] = len(out)
         out.append(statement)
     return tuple(s for s in out if s is not None)
+
+
+def _unrounded(body: tuple, outer: Optional[dict] = None) -> tuple:
+    """`body` with each 16-bit Store, Pack stored by one and PackHalves reading a value cast to its dtype from a
+    float register (float32, or a half value computed in float and not rounded yet) earlier in the same body or
+    before an If holding it (no statement but pure ones and stores between, so its source still holds what was
+    cast) reading that source instead (the cast, then unread, is left to the compiler)."""
+    out: list = []
+    # a cast's register -> (its source, the dtype cast to); what `outer`'s body knew before this If
+    rounded: dict[str, tuple[Operand, object]] = dict(outer or {})
+    packed: dict[str, Reg] = {}  # a Pack's register -> the same register holding the sources
+    sources = {getattr(cast[0], "name", None) for cast in rounded.values()}  # names of registers some cast read
+
+    def source(value: Operand, dtype: object) -> Optional[Operand]:
+        found = rounded.get(value.name) if isinstance(value, Reg) else None
+        return found[0] if found is not None and found[1] == dtype else None
+    for statement in body:
+        if isinstance(statement, (Loop, If)):  # (a loop's body runs again after what it defines: nothing from before)
+            statement = dataclasses.replace(statement, body=_unrounded(statement.body,
+                                                                       rounded if isinstance(statement, If) else None))
+        defined = getattr(statement, "out", None)
+        if isinstance(defined, Reg) and (defined.name in rounded or defined.name in sources):
+            # (a register defined again no longer holds what an earlier cast read)
+            rounded = {name: cast for name, cast in rounded.items()
+                       if name != defined.name and getattr(cast[0], "name", None) != defined.name}
+        if isinstance(statement, Alu) and statement.op is Op.CAST and statement.out.width == 1 \
+                and statement.out.dtype.is_narrow_float and statement.args[0].dtype in FLOATS:
+            rounded[statement.out.name] = (statement.args[0], statement.out.dtype)
+            sources.add(getattr(statement.args[0], "name", None))
+        elif isinstance(statement, Pack) and statement.out.dtype.is_narrow_float:
+            lanes = [source(lane, statement.out.dtype) for lane in statement.lanes]
+            if all(lane is not None for lane in lanes):
+                packed[statement.out.name] = Reg(statement.out.name, float32, statement.out.width)
+                statement = Pack(packed[statement.out.name], tuple(lanes))  # type: ignore[arg-type]
+        elif isinstance(statement, PackHalves):
+            low, high = source(statement.low, statement.dtype), source(statement.high, statement.dtype)
+            if low is not None and high is not None:
+                statement = dataclasses.replace(statement, low=low, high=high)
+        elif isinstance(statement, Store) and statement.dtype.is_narrow_float and isinstance(statement.value, Reg):
+            unrounded = packed.get(statement.value.name) if statement.mode == "vector" else \
+                source(statement.value, statement.dtype)
+            if unrounded is not None:
+                statement = dataclasses.replace(statement, value=unrounded)
+        elif isinstance(statement, If) and all(isinstance(s, PURE + (Store, If)) for s in walk(statement.body)):
+            inside = {s.out.name for s in walk(statement.body) if isinstance(getattr(s, "out", None), Reg)}
+            rounded = {name: cast for name, cast in rounded.items()
+                       if name not in inside and getattr(cast[0], "name", None) not in inside}
+        elif not isinstance(statement, PURE + (Store,)):
+            rounded.clear()
+        out.append(statement)
+    return tuple(out)
 
 
 def _pairable(statement: Statement) -> bool:
