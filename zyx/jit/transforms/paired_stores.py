@@ -7,7 +7,7 @@ a third of W7's short products (bfloat16 16384 x 768 x 3072 on an H100: 0.310 ms
 took 0.577 and 0.474), once the pairs were printed as 32-bit words (print_opencl._words; vstore2 of 16-bit elements
 compiled to two stores on NVIDIA). An epilogue reading a bfloat16 value at each output (GELU's backward reads the
 pre-activation) reads it in the same pairs (`paired_loads`).
-A 16-bit value rounded where it is cast and then stored (or packed) is stored from its float32 source: the store
+A 16-bit value rounded where it is cast and then stored (or packed) is stored from its float source: the store
 rounds to nearest even once more, which leaves a rounded value as it is, so the first rounding was a conversion
 each output did twice (three a pair: two roundings and the pair's own), in the epilogue the tensor cores wait on.
 """
@@ -24,7 +24,7 @@ from ..print_common import aligned
 from ...trace.ops import Op
 
 WIDTH = 2
-FLOATS = (float32, float16, bfloat16)  # registers holding a float32 value: rounding it once more changes nothing
+FLOATS = (float32, float16, bfloat16)  # registers of these hold a float: rounded to a half dtype twice, once
 
 
 def paired_stores(kernel: Kernel) -> Kernel:
