@@ -179,3 +179,17 @@ def test_interleaved_blocks_start_warm_after_their_pause(monkeypatch):
     records = _harness.measure_interleaved(workload, {"zyx": lambda _: case}, args, np.zeros(1), block=2, warm_s=0.05)
     assert len(calls) == 1 + 2 * (3 + 2)  # set up, then two blocks of 3 untimed and 2 timed runs
     assert records[0].runs_s == pytest.approx([0.02] * 4)
+
+
+def test_tensor_cores_times_a_batched_product_and_refuses_batches_of_a_transposed_left_operand():
+    """bench/tensor_cores.py's `--batch`: the left operand's rows as batches (a linear layer on [B, n / B, k], as
+    W7's products); where the device has no tensor cores it still times zyx's product (torch: no CUDA here)."""
+    script = str(BENCH / "tensor_cores.py")
+    finished = subprocess.run([sys.executable, script, "--dtypes", "bfloat16", "--sizes", "", "--shapes", "64x32x48",
+                               "--transposed", "--batch", "4", "--repeat", "1"], capture_output=True, text=True,
+                              timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "64x32x48 a@b.T in 4 batches: zyx" in finished.stdout and "TFLOP/s" in finished.stdout
+    refused = subprocess.run([sys.executable, script, "--left-transposed", "--batch", "4"], capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode != 0 and "--batch" in refused.stderr
