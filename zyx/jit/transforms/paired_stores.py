@@ -80,9 +80,7 @@ def _unrounded(body: tuple, outer: Optional[dict] = None) -> tuple:
                                                                        rounded if isinstance(statement, If) else None))
         defined = getattr(statement, "out", None)
         if isinstance(defined, Reg) and (defined.name in rounded or defined.name in sources):
-            # (a register defined again no longer holds what an earlier cast read)
-            rounded = {name: cast for name, cast in rounded.items()
-                       if name != defined.name and getattr(cast[0], "name", None) != defined.name}
+            rounded = _forgetting(rounded, {defined.name})
         if isinstance(statement, Alu) and statement.op is Op.CAST and statement.out.width == 1 \
                 and statement.out.dtype.is_narrow_float and statement.args[0].dtype in FLOATS:
             rounded[statement.out.name] = (statement.args[0], statement.out.dtype)
@@ -102,13 +100,19 @@ def _unrounded(body: tuple, outer: Optional[dict] = None) -> tuple:
             if unrounded is not None:
                 statement = dataclasses.replace(statement, value=unrounded)
         elif isinstance(statement, If) and all(isinstance(s, PURE + (Store, If)) for s in walk(statement.body)):
-            inside = {s.out.name for s in walk(statement.body) if isinstance(getattr(s, "out", None), Reg)}
-            rounded = {name: cast for name, cast in rounded.items()
-                       if name not in inside and getattr(cast[0], "name", None) not in inside}
+            rounded = _forgetting(rounded, {s.out.name for s in walk(statement.body)
+                                            if isinstance(getattr(s, "out", None), Reg)})
         elif not isinstance(statement, PURE + (Store,)):
             rounded.clear()
         out.append(statement)
     return tuple(out)
+
+
+def _forgetting(rounded: dict, defined: set) -> dict:
+    """`_unrounded`'s casts less those whose register or source is among `defined` (registers defined again, which
+    no longer hold what was cast or read)."""
+    return {name: cast for name, cast in rounded.items()
+            if name not in defined and getattr(cast[0], "name", None) not in defined}
 
 
 def _pairable(statement: Statement) -> bool:
