@@ -529,6 +529,15 @@ def test_a_batched_products_rows_of_blocks_are_banded_as_one_column_batch_after_
     assert sorted(blocks) == [(r, c) for r in range(8) for c in range(4)]
 
 
+def test_a_band_set_by_the_environment_is_taken_where_it_divides_and_an_empty_setting_is_the_default(monkeypatch):
+    from zyx.jit.tensor_cores import _band
+    for setting, rows, band in (("", 128, 8), ("16", 128, 16), ("16", 24, 8), ("4", 128, 4), ("", 8, 4)):
+        monkeypatch.setenv("ZYX_TC_BAND", setting)
+        assert _band(rows) == band, (setting, rows)
+    monkeypatch.delenv("ZYX_TC_BAND")
+    assert _band(128) == 8 and _band(3) == 1
+
+
 def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner():
     x, y = operands((2048, 256), (256, 2048))
     kernel = product_kernel(x @ y)

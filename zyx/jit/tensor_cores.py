@@ -275,8 +275,8 @@ def _filling_split(product: Node, n_axis: int, m_axis: int, width: int, kind: st
 
 def _band(rows: int) -> int:
     """Rows of blocks a band takes (TensorCoreLowering._block): the largest of BANDS dividing `rows` and fewer than
-    them, 1 where none; ZYX_TC_BAND=N takes N where it does."""
-    wanted = int(os.environ.get("ZYX_TC_BAND", "0"))
+    them, 1 where none; ZYX_TC_BAND=N takes N where it does (unset or empty: the default)."""
+    wanted = int(os.environ.get("ZYX_TC_BAND") or 0)
     return next((b for b in ((wanted,) if wanted else ()) + BANDS if rows % b == 0 and rows > b), 1)
 
 
