@@ -27,7 +27,8 @@ from zyx.jit.device_traits import DeviceTraits
 from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
 from zyx.jit.tune import candidates
-from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, tensor_core_options, warpgroup_probe_source,
+from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, plan_tensor_cores, tensor_core_options,
+                                  warpgroup_probe_source,
                                   warpgroups_build)
 
 HOPPER = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", WGMMA),
@@ -643,11 +644,14 @@ def _emulated_copy(s: AsyncCopy) -> str:
 
 def _emulated_source(kernel, monkeypatch) -> tuple[str, str]:
     """(name, source) of `kernel` with its cp.async copies as plain copies, each wgmma emulated (the rest of the
-    asynchronous machinery printed as nothing) and TF32's rounding in C."""
+    asynchronous machinery printed as nothing, a named barrier as the group's: staged outputs') and TF32's rounding
+    in C."""
     from zyx.jit import opencl_prelude, print_opencl
     from zyx.jit.kernel_ir import AsyncCommit, AsyncWait, LocalArray
     nothing = lambda s: ";"
+    whole_group = lambda s: "barrier(CLK_LOCAL_MEM_FENCE);"  # (every item copies and multiplies: all 256 wait)
     for statement, printer in ((WarpgroupMma, _emulated_mma), (AsyncCopy, _emulated_copy), (WarpgroupFence, nothing),
+                               (NamedBarrier, whole_group),
                                (WarpgroupCommit, nothing), (WarpgroupWait, nothing), (AsyncProxyFence, nothing),
                                (AsyncCommit, nothing), (AsyncWait, nothing)):
         monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
@@ -750,6 +754,36 @@ def test_an_epilogue_reading_bfloat16_at_each_output_reads_and_stores_pairs_emul
     expected = (product * c).astype(ml_dtypes.bfloat16).astype(np.float64)
     eps = 2.0 ** -8
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4 * eps, atol=4 * eps * np.sqrt(k))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, n, k, m, form, columns", [("bfloat16", 200, 136, 264, "x @ y.T", 64),
+                                                            ("float16", 136, 72, 136, "x @ y", 32)])
+def test_staged_outputs_go_through_local_memory_and_out_in_rows_emulated_on_pocl(monkeypatch, dtype, n, k, m, form,
+                                                                                 columns):
+    """ZYX_WGMMA_STAGED=1: each pass stores 128 of the block's columns into a swizzled stage as pairs, waits, and
+    stores the rows 16 bytes an item (`as_uint4`), guarded past the ends; the stage fits beside 3 buffers of 128 x
+    256 blocks, not 4. Run through the emulated wgmma on PoCL against numpy, with edges in both directions."""
+    import ml_dtypes
+    monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    monkeypatch.setenv("ZYX_WGMMA_STAGED", "1")
+    x, y = operands((n, k), (m, k) if form.endswith("y.T") else (k, m), dtype=dtype)
+    out = x @ (y.T if form.endswith("y.T") else y)
+    kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=3, pipelined=1, warpgroup=1,
+                                   split=1))
+    body = kernel.source.split("__kernel")[1]
+    assert body.count("as_uint4(staged_bits") == 8 * (4 * columns // 128) and "= zyx_pack_" in body
+    assert "((__global uint*)out" not in body  # (no output stored but from the stage)
+    assert not plan_tensor_cores(out.node, out.node.src[0], HOPPER.tensor_cores, HOPPER.tensor_core_memory,
+                                 True, Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=4, pipelined=1,
+                                                 warpgroup=1, split=1), True).staged
+    name, source = _emulated_source(kernel, monkeypatch)
+    kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    a, b = x.numpy().astype(kind), y.numpy().astype(kind)
+    got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], (n, m), np.uint16)
+    expected = a.astype(np.float64) @ (b.astype(np.float64).T if form.endswith("y.T") else b.astype(np.float64))
+    eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
+    np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
 
 
 def tf32_rounded(values: np.ndarray) -> np.ndarray:

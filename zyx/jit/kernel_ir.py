@@ -241,7 +241,8 @@ class Break:
 
 @dataclass(frozen=True)
 class Store:
-    """`mode` "element" or "vector" (value.width consecutive elements from index)."""
+    """`mode` "element", "vector" (value.width consecutive elements from index) or "bits" (8 16-bit elements as
+    they lie, a "bits" value of int16 lanes, at a multiple of 8)."""
 
     buffer: str
     index: Expr

@@ -232,6 +232,8 @@ def gather(statement: Gather) -> str:
 
 def store(statement: Store) -> str:
     value, dtype, buffer, index = operand(statement.value), statement.dtype, statement.buffer, statement.index
+    if statement.mode == "bits":  # 8 16-bit elements as they lie (a "bits" value), at a multiple of 8: one word
+        return f"((__global uint4*){buffer})[{(index // 8).render()}] = as_uint4({value});"
     if statement.mode == "vector":
         width = statement.value.width
         if dtype.name in ("bfloat16", "float16") and aligned(index, width):  # (float16: as vstore_half rounds)
@@ -287,6 +289,10 @@ def _local_store(s: LocalStore) -> str:
         if s.value.width == 8:  # 16 bytes at a multiple of 8 elements of an aligned array: one word
             return f"*((__local uint4*)(((__local ushort*){s.array})+{index})) = as_uint4({operand(s.value)});"
         return f"((__local ushort*){s.array})[{index}] = (ushort)({operand(s.value)});"
+    if s.dtype is not None and s.dtype.is_narrow_float and s.value.width == 2:  # a pair, at an even index: one word
+        kind = "bf16" if s.dtype.name == "bfloat16" else "half"
+        value = operand(s.value)
+        return f"((__local uint*){s.array})[({index})>>1] = zyx_pack_{kind}({value}.s0,{value}.s1);"
     if s.dtype is not None and s.dtype.is_narrow_float:  # a value (computed in float) into a half-precision array
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"
         return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=index, v=operand(s.value))

@@ -57,9 +57,9 @@ from ..trace.ops import Op
 from . import wgmma
 from .choices import FAMILIES, Choice, Options
 from .device_traits import WGMMA
-from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, Kernel, Lane, Load, LocalArray,
-                        LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, Reg, WarpgroupCommit,
-                        WarpgroupFence, WarpgroupMma, WarpgroupWait)
+from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, If, Kernel, Lane, Load,
+                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, NamedBarrier, Operand, Pack,
+                        Reg, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .operand_layout import runs_along
@@ -106,6 +106,12 @@ FITTED_COLUMNS = (48,)   # warp columns a plan takes only where the waves of blo
 # registers an item of a 384-item group has; its consumers take the producer's (232 each, transforms/warp_roles.py:
 # no spills). On the H200 at 4096³: 128 x 128 with each batch waited for 188.7 TFLOP/s, 128 x 256 with a batch in
 # flight 252.1, 208.9 with the left tile rounded in place (bench/GPU.md).
+# A warpgroup product's 16-bit outputs staged in local memory STAGED_COLUMNS columns of the block at a time, then
+# stored 16 bytes an item along the rows (ZYX_WGMMA_STAGED=1: an experiment, off by default): each item holds its
+# outputs as pairs 8 rows apart, so a warp's direct store writes 16 bytes of each of 8 rows, half of each 32-byte
+# sector. The consumers wait on named barrier STAGED_BARRIER around each pass (warp_roles takes 1 to 2 x stages).
+STAGED_COLUMNS = 128
+STAGED_BARRIER = 15
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
@@ -120,6 +126,7 @@ class TensorCorePlan(TilePlan):
     warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
     pipelined: bool = False  # `buffers` stages of swizzled tiles, some operand copied by cp.async (else registers)
     warpgroup: bool = False  # multiplied by warpgroups (wgmma: 2 x 64 rows by block_m), else by warps (mma.sync)
+    staged: bool = False  # outputs staged in local memory, STAGED_COLUMNS at a time (`_outputs_staged`)
 
     @property
     def block_m(self) -> int:
@@ -230,7 +237,11 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
     shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
-    fitting = [(w, b, n) for w, b, n in shapes if _fits(local_memory, w, b, n, pipelined, warpgroup)]
+    staging = warpgroup and _staging_wanted(root, kind)
+    if staging:  # (a stage beside 4 buffers of 128 x 256 blocks is more than the 200 KiB: 3 buffers then)
+        shapes = shapes + tuple((w, b, 3) for w, b, n in shapes if n > 3)
+    fitting = [(w, b, n) for w, b, n in shapes
+               if _fits(local_memory, w, b, n, pipelined, warpgroup, _stage_bytes(staging, w))]
     fitting = _spread(fitting, product, n_axis, m_axis, compute_units if warpgroup else 0)
     forced = None if warpgroup else _forced_shape()
     if forced is not None:  # (one buffer: registers)
@@ -244,10 +255,24 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     columns, row_bytes, buffers = fitting[0]
     split = choice["split"] if choice is not None else _filling_split(
         product, n_axis, m_axis, 4 * columns, kind, compute_units if warpgroup else 0, row_bytes // dtype.itemsize)
+    staged = bool(_stage_bytes(staging, columns)) and _fits(local_memory, columns, row_bytes, buffers, pipelined,
+                                                            warpgroup, _stage_bytes(staging, columns))
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // dtype.itemsize,
                           buffers, split=split, kind=kind,
                           operands=None if dtype == product.dtype else dtype, warp_columns=columns,
-                          pipelined=pipelined, warpgroup=warpgroup)
+                          pipelined=pipelined, warpgroup=warpgroup, staged=staged)
+
+
+def _staging_wanted(root: Node, kind: str) -> bool:
+    """Whether a warpgroup product storing `root` stages its outputs (ZYX_WGMMA_STAGED=1; 16-bit outputs, products
+    not computed transposed). Whether its block and output allow it: `_stage_bytes`, `TensorCoreLowering._outputs_staged`."""
+    return os.environ.get("ZYX_WGMMA_STAGED") == "1" and root.dtype.itemsize == 2 and kind != "tf32"
+
+
+def _stage_bytes(staging: bool, columns: int) -> int:
+    """The local memory staged outputs take beside the tiles (rows of STAGED_COLUMNS 16-bit outputs aligned to 128
+    bytes at run time), 0 where a block of 4 x `columns` is not staged (not a multiple of STAGED_COLUMNS)."""
+    return BLOCK * STAGED_COLUMNS * 2 + 128 if staging and 4 * columns % STAGED_COLUMNS == 0 else 0
 
 
 def _blocks(product: Node, n_axis: int, m_axis: int, width: int) -> int:
@@ -310,11 +335,12 @@ def _spread(shapes: list[tuple[int, int, int]], product: Node, n_axis: int, m_ax
 
 
 def _fits(local_memory: int, columns: int, row_bytes: int, buffers: int, pipelined: bool,
-          warpgroup: bool = False) -> bool:
-    """Whether the tiles of that shape fit `local_memory` bytes (padded rows unless `pipelined`; a warpgroup plan's
-    two tiles each aligned to wgmma.SWIZZLE_PERIOD at run time, taking up to that much more)."""
+          warpgroup: bool = False, extra: int = 0) -> bool:
+    """Whether the tiles of that shape and `extra` bytes fit `local_memory` bytes (padded rows unless `pipelined`; a
+    warpgroup plan's two tiles each aligned to wgmma.SWIZZLE_PERIOD at run time, taking up to that much more)."""
     slack = 2 * wgmma.SWIZZLE_PERIOD if warpgroup else 0
-    return buffers * (BLOCK + 4 * columns) * (row_bytes + (0 if pipelined else PAD_BYTES)) + slack <= local_memory
+    return (buffers * (BLOCK + 4 * columns) * (row_bytes + (0 if pipelined else PAD_BYTES)) + slack + extra
+            <= local_memory)
 
 
 def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
@@ -515,6 +541,54 @@ class TensorCoreLowering(LocalTileLowering):
         return [(rows + i * 16 + group + 8 * (c // 2), columns + j * 8 + pair + c % 2)
                 for i, j, c in itertools.product(range(WARP_ROWS // 16), range(self.plan.warp_columns // 8),
                                                    range(4))]
+
+    def _outputs_staged(self) -> bool:
+        """Whether the plan's outputs are staged (`plan.staged`) and their rows lie whole in the buffer: the block's
+        columns along the output's last axis, 16-byte aligned (a multiple of 8 elements)."""
+        m_axis = self.plan.m_space_axis
+        return self.plan.staged and m_axis == len(self.space) - 1 and self.space[m_axis] % VECTOR == 0
+
+    def _lower_outputs(self) -> None:
+        """Staged (`_outputs_staged`): each pass over STAGED_COLUMNS of the block's columns stores the items' pairs of outputs
+        there into local memory (rows swizzled as the tiles are: the 8 rows a warp's store reaches land in 8 bank
+        groups), waits for the consumers, and stores the rows 16 bytes an item, neighbouring items along a row; it
+        waits again before the next pass fills the stage."""
+        if not self._outputs_staged():
+            super()._lower_outputs()
+            return
+        plan, items, root = self.plan, self.plan.group, self.root
+        stage = self.names.fresh("staged")
+        self._scopes[0].insert(0, LocalArray(stage, root.dtype, BLOCK * STAGED_COLUMNS, aligned=True, alignment=128))
+        offsets = self._element_offsets()
+        values = []
+        for element in range(len(self.elements)):
+            self._element = element
+            values.append(self.value(root, *self._element_read(element)))
+        out = self._output(root)
+        wait = NamedBarrier(Expr(STAGED_BARRIER), items, True)
+        chunks = STAGED_COLUMNS // VECTOR  # 16-byte chunks of a staged row
+        for first in range(0, plan.block_m, STAGED_COLUMNS):
+            for element in range(0, len(offsets), 2):  # (registers 2i and 2i + 1: neighbouring columns)
+                row, column = offsets[element]
+                if column.lo // STAGED_COLUMNS * STAGED_COLUMNS != first:
+                    continue
+                pair = Reg(self.names.fresh("staged_pair"), values[element].operand.dtype, 2)
+                self._stores += [Pack(pair, (values[element].operand, values[element + 1].operand)),
+                                 LocalStore(stage, row * STAGED_COLUMNS + column - first, pair, dtype=root.dtype,
+                                            swizzle=STAGED_COLUMNS)]
+            self._stores.append(wait)
+            for copy in range(BLOCK * chunks // items):
+                flat = self.lid + copy * items
+                row, column = flat // chunks, flat % chunks * VECTOR
+                bits = Reg(self.names.fresh("staged_bits"), int16, VECTOR)
+                exact = {plan.n_space_axis: self.corner[plan.n_space_axis] + row,
+                         plan.m_space_axis: self.corner[plan.m_space_axis] + first + column}
+                guard = tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items()) if e.hi >= self.space[a])
+                index = tuple(exact.get(a, c) for a, c in enumerate(self.corner))
+                store = Store(out, linear(index, self.space), bits, root.dtype, "bits")
+                self._stores += [LocalLoad(bits, stage, row * STAGED_COLUMNS + column, swizzle=STAGED_COLUMNS),
+                                 If(guard, (store,)) if guard else store]
+            self._stores.append(wait)
 
     def _reduce(self, node: Node) -> list[_Value]:
         """One loop over the slices of k: the group stages both operands' slice in local memory, waits, each warp
