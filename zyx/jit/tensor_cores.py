@@ -58,8 +58,8 @@ from . import wgmma
 from .choices import FAMILIES, Choice, Options
 from .device_traits import WGMMA
 from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, If, Kernel, Lane, Load,
-                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, NamedBarrier, Operand, Pack,
-                        Reg, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait)
+                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, NamedBarrier, Operand,
+                        Pack, Reg, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .operand_layout import runs_along
@@ -265,7 +265,8 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
 
 def _staging_wanted(root: Node, kind: str) -> bool:
     """Whether a warpgroup product storing `root` stages its outputs (ZYX_WGMMA_STAGED=1; 16-bit outputs, products
-    not computed transposed). Whether its block and output allow it: `_stage_bytes`, `TensorCoreLowering._outputs_staged`."""
+    not computed transposed). Whether its block and output allow it: `_stage_bytes`,
+    `TensorCoreLowering._outputs_staged`."""
     return os.environ.get("ZYX_WGMMA_STAGED") == "1" and root.dtype.itemsize == 2 and kind != "tf32"
 
 
@@ -549,8 +550,8 @@ class TensorCoreLowering(LocalTileLowering):
         return self.plan.staged and m_axis == len(self.space) - 1 and self.space[m_axis] % VECTOR == 0
 
     def _lower_outputs(self) -> None:
-        """Staged (`_outputs_staged`): each pass over STAGED_COLUMNS of the block's columns stores the items' pairs of outputs
-        there into local memory (rows swizzled as the tiles are: the 8 rows a warp's store reaches land in 8 bank
+        """Staged (`_outputs_staged`): each pass over STAGED_COLUMNS of the block's columns stores the items' pairs of
+        outputs there into local memory (rows swizzled as the tiles are: the 8 rows a warp's store reaches land in 8 bank
         groups), waits for the consumers, and stores the rows 16 bytes an item, neighbouring items along a row; it
         waits again before the next pass fills the stage."""
         if not self._outputs_staged():
