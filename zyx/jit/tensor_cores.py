@@ -551,9 +551,9 @@ class TensorCoreLowering(LocalTileLowering):
 
     def _lower_outputs(self) -> None:
         """Staged (`_outputs_staged`): each pass over STAGED_COLUMNS of the block's columns stores the items' pairs of
-        outputs there into local memory (rows swizzled as the tiles are: the 8 rows a warp's store reaches land in 8 bank
-        groups), waits for the consumers, and stores the rows 16 bytes an item, neighbouring items along a row; it
-        waits again before the next pass fills the stage."""
+        outputs there into local memory (rows swizzled as the tiles are: the 8 rows a warp's store reaches land in 8
+        bank groups), waits for the consumers, and stores the rows 16 bytes an item, neighbouring items along a row;
+        it waits again before the next pass fills the stage."""
         if not self._outputs_staged():
             super()._lower_outputs()
             return
