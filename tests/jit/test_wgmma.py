@@ -18,7 +18,8 @@ from zyx.jit import wgmma
 from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
-from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, If, LocalLoad, LocalRoundTF32,
+from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, BulkCommit, BulkStore, BulkWait, If,
+                               LocalLoad, LocalRoundTF32,
                                LocalStore, Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma,
                                WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
@@ -642,16 +643,25 @@ def _emulated_copy(s: AsyncCopy) -> str:
             f"for (int e = 0; e < {s.width}; e++) d[e] = ({guard}) ? r[e] : 0; }}")
 
 
+def _emulated_bulk_store(s: BulkStore) -> str:
+    from zyx.jit.print_common import condition
+    guard = condition(s.guard) if s.guard else "1"
+    return (f"if ({guard}) {{ __local const uchar* r = (__local const uchar*)({s.array} + {s.index.render()}); "
+            f"__global uchar* d = (__global uchar*)(((__global ushort*){s.buffer}) + {s.target.render()}); "
+            f"for (int e = 0; e < (int)({s.size.render()}); e++) d[e] = r[e]; }}")
+
+
 def _emulated_source(kernel, monkeypatch) -> tuple[str, str]:
     """(name, source) of `kernel` with its cp.async copies as plain copies, each wgmma emulated (the rest of the
-    asynchronous machinery printed as nothing, a named barrier as the group's: staged outputs') and TF32's rounding
-    in C."""
+    asynchronous machinery printed as nothing, a named barrier as the group's: staged outputs', and their bulk
+    copies as plain ones) and TF32's rounding in C."""
     from zyx.jit import opencl_prelude, print_opencl
     from zyx.jit.kernel_ir import AsyncCommit, AsyncWait, LocalArray
     nothing = lambda s: ";"
     whole_group = lambda s: "barrier(CLK_LOCAL_MEM_FENCE);"  # (every item copies and multiplies: all 256 wait)
     for statement, printer in ((WarpgroupMma, _emulated_mma), (AsyncCopy, _emulated_copy), (WarpgroupFence, nothing),
-                               (NamedBarrier, whole_group),
+                               (NamedBarrier, whole_group), (BulkStore, _emulated_bulk_store), (BulkCommit, nothing),
+                               (BulkWait, nothing),
                                (WarpgroupCommit, nothing), (WarpgroupWait, nothing), (AsyncProxyFence, nothing),
                                (AsyncCommit, nothing), (AsyncWait, nothing)):
         monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
@@ -757,22 +767,28 @@ def test_an_epilogue_reading_bfloat16_at_each_output_reads_and_stores_pairs_emul
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["1", "2"])
 @pytest.mark.parametrize("dtype, n, k, m, form, columns", [("bfloat16", 200, 136, 264, "x @ y.T", 64),
                                                             ("float16", 136, 72, 136, "x @ y", 32)])
-def test_staged_outputs_go_through_local_memory_and_out_in_rows_emulated_on_pocl(monkeypatch, dtype, n, k, m, form,
-                                                                                 columns):
+def test_staged_outputs_go_through_local_memory_and_out_in_rows_emulated_on_pocl(monkeypatch, mode, dtype, n, k, m,
+                                                                                 form, columns):
     """ZYX_WGMMA_STAGED=1: each pass stores 128 of the block's columns into a swizzled stage as pairs, waits, and
-    stores the rows 16 bytes an item (`as_uint4`), guarded past the ends; the stage fits beside 3 buffers of 128 x
-    256 blocks, not 4. Run through the emulated wgmma on PoCL against numpy, with edges in both directions."""
+    stores the rows 16 bytes an item (`as_uint4`), guarded past the ends; =2: into rows padded by 16 bytes, which
+    the first 128 items hand to the asynchronous proxy a row each (`cp.async.bulk`, as many bytes as the buffer's
+    row has left). The stage fits beside 3 buffers of 128 x 256 blocks, not 4. Run through the emulated wgmma on
+    PoCL (a bulk copy as a plain one) against numpy, with edges in both directions."""
     import ml_dtypes
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
-    monkeypatch.setenv("ZYX_WGMMA_STAGED", "1")
+    monkeypatch.setenv("ZYX_WGMMA_STAGED", mode)
     x, y = operands((n, k), (m, k) if form.endswith("y.T") else (k, m), dtype=dtype)
     out = x @ (y.T if form.endswith("y.T") else y)
     kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=3, pipelined=1, warpgroup=1,
                                    split=1))
-    body = kernel.source.split("__kernel")[1]
-    assert body.count("as_uint4(staged_bits") == 8 * (4 * columns // 128) and "= zyx_pack_" in body
+    body, passes = kernel.source.split("__kernel")[1], 4 * columns // 128
+    if mode == "1":
+        assert body.count("as_uint4(staged_bits") == 8 * passes and "= zyx_pack_" in body
+    else:
+        assert body.count("cp.async.bulk.global.shared::cta") == passes and "cp.async.bulk.wait_group.read 0" in body
     assert "((__global uint*)out" not in body  # (no output stored but from the stage)
     assert not plan_tensor_cores(out.node, out.node.src[0], HOPPER.tensor_cores, HOPPER.tensor_core_memory,
                                  True, Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=4, pipelined=1,

@@ -459,13 +459,42 @@ class AsyncProxyFence:
     proxy that WarpgroupMma reads through (fence.proxy.async); a Barrier after it covers the whole group."""
 
 
+@dataclass(frozen=True)
+class BulkStore:
+    """`size` bytes (a multiple of 16) from local `array` at element `index` to global `buffer` at element `target`
+    (both 16-byte aligned), copied by the asynchronous proxy without registers (cp.async.bulk, sm_90): in flight
+    until a BulkWait covering the group a BulkCommit closed after it; an AsyncProxyFence and a barrier must
+    make the local writes it reads visible first. Where `guard` fails, nothing is copied."""
+
+    buffer: str
+    target: Expr
+    array: str
+    index: Expr
+    size: Expr
+    guard: Cond = ()
+
+
+@dataclass(frozen=True)
+class BulkCommit:
+    """Closes the group of BulkStores this item issued since the last commit."""
+
+
+@dataclass(frozen=True)
+class BulkWait:
+    """Waits until at most `pending` of this item's bulk groups still read local memory (cp.async.bulk.wait_group
+    .read: their sources may then be written again; their writes to memory complete on their own)."""
+
+    pending: int
+
+
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack, Define, Accumulate, MultiplyAdd,
                   Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
                   WarpShuffle, PackHalves, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
-                  WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget, LocalRoundTF32]
+                  WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget, LocalRoundTF32,
+                  BulkStore, BulkCommit, BulkWait]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, WarpShuffle, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
                WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
-               LocalRoundTF32)  # printed as inline PTX
+               LocalRoundTF32, BulkStore, BulkCommit, BulkWait)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack,
         PackHalves)  # statements a copy may share
 

@@ -14,7 +14,8 @@ from typing import Callable, Optional, Sequence
 from ..dtypes import DType, float32, float64
 from ..trace.ops import Op
 from .kernel_ir import (ERF_GIVEN_EXP, LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy,
-                        AsyncProxyFence, AsyncWait, Barrier, Break, Broadcast, Const, Define, Extract, Gather, If,
+                        AsyncProxyFence, AsyncWait, Barrier, Break, Broadcast, BulkCommit, BulkStore, BulkWait, Const,
+                        Define, Extract, Gather, If,
                         Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalRoundTF32, LocalStore, Loop,
                         MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier, Operand, Pack, PackHalves, Rand, Reg,
                         RegisterBudget, Role, Select, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma,
@@ -424,6 +425,14 @@ def _hidden(instruction: str) -> str:
     return f'asm volatile("{HIDDEN}{instruction};" ::: "memory");'
 
 
+def _bulk_store(s: BulkStore) -> str:
+    """cp.async.bulk local -> global (sm_90), `size` bytes; under a guard, none where it fails."""
+    copy = (f"asm volatile(\"cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\" :: "
+            f"\"l\"((ulong)(((__global ushort*){s.buffer}) + {s.target.render()})), "
+            f"\"r\"({_local_address(s.array, s.index, 0)}), \"r\"((uint)({s.size.render()})) : \"memory\");")
+    return f"if ({condition(s.guard)}) {copy}" if s.guard else copy
+
+
 def _named_barrier(s: NamedBarrier) -> str:
     """bar.sync (waits) or bar.arrive (counts in) on barrier `ident` of `count` items (sm_70 and newer)."""
     return (f'asm volatile("bar.{"sync" if s.wait else "arrive"} %0, {s.count};" :: "r"((uint)({s.ident.render()})) '
@@ -461,7 +470,9 @@ STATEMENTS: dict[type, Callable] = {  # the others: their line
     WarpgroupWait: lambda s: _hidden(f"wgmma.wait_group.sync.aligned {s.pending}"),
     AsyncProxyFence: lambda s: 'asm volatile("fence.proxy.async.shared::cta;" ::: "memory");',
     LocalRoundTF32: _local_round_tf32,
-    NamedBarrier: _named_barrier,
+    NamedBarrier: _named_barrier, BulkStore: _bulk_store,
+    BulkCommit: lambda s: 'asm volatile("cp.async.bulk.commit_group;" ::: "memory");',
+    BulkWait: lambda s: f'asm volatile("cp.async.bulk.wait_group.read {s.pending};" ::: "memory");',
     RegisterBudget: lambda s: _hidden(f"setmaxnreg.{'inc' if s.grow else 'dec'}.sync.aligned.u32 {s.count}"),
 }
 

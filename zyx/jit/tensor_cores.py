@@ -57,7 +57,8 @@ from ..trace.ops import Op
 from . import wgmma
 from .choices import FAMILIES, Choice, Options
 from .device_traits import WGMMA
-from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, Barrier, Cond, Const, Define, If, Kernel, Lane, Load,
+from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, AsyncProxyFence, Barrier, BulkCommit, BulkStore, BulkWait, Cond,
+                        Const, Define, If, Kernel, Lane, Load,
                         LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, NamedBarrier, Operand,
                         Pack, Reg, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
@@ -112,6 +113,7 @@ FITTED_COLUMNS = (48,)   # warp columns a plan takes only where the waves of blo
 # sector. The consumers wait on named barrier STAGED_BARRIER around each pass (warp_roles takes 1 to 2 x stages).
 STAGED_COLUMNS = 128
 STAGED_BARRIER = 15
+BULK_STAGED = 2  # ZYX_WGMMA_STAGED=2: the stage's rows stored by the asynchronous proxy (cp.async.bulk)
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
@@ -126,7 +128,7 @@ class TensorCorePlan(TilePlan):
     warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
     pipelined: bool = False  # `buffers` stages of swizzled tiles, some operand copied by cp.async (else registers)
     warpgroup: bool = False  # multiplied by warpgroups (wgmma: 2 x 64 rows by block_m), else by warps (mma.sync)
-    staged: bool = False  # outputs staged in local memory, STAGED_COLUMNS at a time (`_outputs_staged`)
+    staged: int = 0  # outputs staged in local memory, STAGED_COLUMNS at a time (`_outputs_staged`): 1, or BULK_STAGED
 
     @property
     def block_m(self) -> int:
@@ -237,7 +239,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
     shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
-    staging = warpgroup and _staging_wanted(root, kind)
+    staging = _staging_wanted(root, kind) if warpgroup else 0
     if staging:  # (a stage beside 4 buffers of 128 x 256 blocks is more than the 200 KiB: 3 buffers then)
         shapes = shapes + tuple((w, b, 3) for w, b, n in shapes if n > 3)
     fitting = [(w, b, n) for w, b, n in shapes
@@ -255,25 +257,30 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     columns, row_bytes, buffers = fitting[0]
     split = choice["split"] if choice is not None else _filling_split(
         product, n_axis, m_axis, 4 * columns, kind, compute_units if warpgroup else 0, row_bytes // dtype.itemsize)
-    staged = bool(_stage_bytes(staging, columns)) and _fits(local_memory, columns, row_bytes, buffers, pipelined,
-                                                            warpgroup, _stage_bytes(staging, columns))
+    fits_staged = _fits(local_memory, columns, row_bytes, buffers, pipelined, warpgroup, _stage_bytes(staging, columns))
+    staged = staging if _stage_bytes(staging, columns) and fits_staged else 0
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // dtype.itemsize,
                           buffers, split=split, kind=kind,
                           operands=None if dtype == product.dtype else dtype, warp_columns=columns,
                           pipelined=pipelined, warpgroup=warpgroup, staged=staged)
 
 
-def _staging_wanted(root: Node, kind: str) -> bool:
-    """Whether a warpgroup product storing `root` stages its outputs (ZYX_WGMMA_STAGED=1; 16-bit outputs, products
-    not computed transposed). Whether its block and output allow it: `_stage_bytes`,
+def _staging_wanted(root: Node, kind: str) -> int:
+    """How a warpgroup product storing `root` stages its outputs (ZYX_WGMMA_STAGED: 1, BULK_STAGED; 16-bit outputs,
+    products not computed transposed), 0: not. Whether its block and output allow it: `_stage_bytes`,
     `TensorCoreLowering._outputs_staged`."""
-    return os.environ.get("ZYX_WGMMA_STAGED") == "1" and root.dtype.itemsize == 2 and kind != "tf32"
+    mode = os.environ.get("ZYX_WGMMA_STAGED")
+    wanted = int(mode) if mode in ("1", str(BULK_STAGED)) else 0
+    return wanted if root.dtype.itemsize == 2 and kind != "tf32" else 0
 
 
-def _stage_bytes(staging: bool, columns: int) -> int:
-    """The local memory staged outputs take beside the tiles (rows of STAGED_COLUMNS 16-bit outputs aligned to 128
-    bytes at run time), 0 where a block of 4 x `columns` is not staged (not a multiple of STAGED_COLUMNS)."""
-    return BLOCK * STAGED_COLUMNS * 2 + 128 if staging and 4 * columns % STAGED_COLUMNS == 0 else 0
+def _stage_bytes(staging: int, columns: int) -> int:
+    """The local memory staged outputs take beside the tiles (BLOCK rows of STAGED_COLUMNS 16-bit outputs, padded
+    by 16 bytes where the asynchronous proxy reads them, aligned to 128 bytes at run time), 0 where a block of 4 x
+    `columns` is not staged (not a multiple of STAGED_COLUMNS)."""
+    if not staging or 4 * columns % STAGED_COLUMNS:
+        return 0
+    return BLOCK * (STAGED_COLUMNS + (VECTOR if staging == BULK_STAGED else 0)) * 2 + 128
 
 
 def _blocks(product: Node, n_axis: int, m_axis: int, width: int) -> int:
@@ -551,45 +558,75 @@ class TensorCoreLowering(LocalTileLowering):
 
     def _lower_outputs(self) -> None:
         """Staged (`_outputs_staged`): each pass over STAGED_COLUMNS of the block's columns stores the items' pairs of
-        outputs there into local memory (rows swizzled as the tiles are: the 8 rows a warp's store reaches land in 8
-        bank groups), waits for the consumers, and stores the rows 16 bytes an item, neighbouring items along a row;
-        it waits again before the next pass fills the stage."""
+        outputs there into local memory and waits for the consumers; then either (ZYX_WGMMA_STAGED=1) the items
+        store the rows 16 bytes an item, neighbouring items along a row (the stage's rows swizzled as the tiles are:
+        the 8 rows a warp's pair stores reach land in 8 bank groups) and wait again before the next pass, or (2)
+        each of the first BLOCK items hands its row to the asynchronous proxy (`BulkStore`: rows padded by 16 bytes
+        instead, which it reads as they lie), which stores it while the consumers go on; the next pass, and the
+        block's end, wait until the rows have been read."""
         if not self._outputs_staged():
             super()._lower_outputs()
             return
-        plan, items, root = self.plan, self.plan.group, self.root
+        plan, root = self.plan, self.root
+        bulk = plan.staged == BULK_STAGED
         stage = self.names.fresh("staged")
-        self._scopes[0].insert(0, LocalArray(stage, root.dtype, BLOCK * STAGED_COLUMNS, aligned=True, alignment=128))
+        row_length = STAGED_COLUMNS + (VECTOR if bulk else 0)
+        self._scopes[0].insert(0, LocalArray(stage, root.dtype, BLOCK * row_length, aligned=True, alignment=128))
         offsets = self._element_offsets()
         values = []
         for element in range(len(self.elements)):
             self._element = element
             values.append(self.value(root, *self._element_read(element)))
         out = self._output(root)
-        wait = NamedBarrier(Expr(STAGED_BARRIER), items, True)
-        chunks = STAGED_COLUMNS // VECTOR  # 16-byte chunks of a staged row
+        wait = NamedBarrier(Expr(STAGED_BARRIER), plan.group, True)
+        swizzle = 0 if bulk else STAGED_COLUMNS
         for first in range(0, plan.block_m, STAGED_COLUMNS):
+            if bulk and first:
+                self._stores += [BulkWait(0), wait]
             for element in range(0, len(offsets), 2):  # (registers 2i and 2i + 1: neighbouring columns)
                 row, column = offsets[element]
                 if column.lo // STAGED_COLUMNS * STAGED_COLUMNS != first:
                     continue
                 pair = Reg(self.names.fresh("staged_pair"), values[element].operand.dtype, 2)
                 self._stores += [Pack(pair, (values[element].operand, values[element + 1].operand)),
-                                 LocalStore(stage, row * STAGED_COLUMNS + column - first, pair, dtype=root.dtype,
-                                            swizzle=STAGED_COLUMNS)]
-            self._stores.append(wait)
-            for copy in range(BLOCK * chunks // items):
-                flat = self.lid + copy * items
-                row, column = flat // chunks, flat % chunks * VECTOR
-                bits = Reg(self.names.fresh("staged_bits"), int16, VECTOR)
-                exact = {plan.n_space_axis: self.corner[plan.n_space_axis] + row,
-                         plan.m_space_axis: self.corner[plan.m_space_axis] + first + column}
-                guard = tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items()) if e.hi >= self.space[a])
-                index = tuple(exact.get(a, c) for a, c in enumerate(self.corner))
-                store = Store(out, linear(index, self.space), bits, root.dtype, "bits")
-                self._stores += [LocalLoad(bits, stage, row * STAGED_COLUMNS + column, swizzle=STAGED_COLUMNS),
-                                 If(guard, (store,)) if guard else store]
-            self._stores.append(wait)
+                                 LocalStore(stage, row * row_length + column - first, pair, dtype=root.dtype,
+                                            swizzle=swizzle)]
+            if bulk:
+                self._stores += [AsyncProxyFence(), wait, *self._bulk_rows(out, stage, first, row_length)]
+            else:
+                self._stores += [wait, *self._stored_rows(out, stage, first), wait]
+        if bulk:
+            self._stores.append(BulkWait(0))
+
+    def _staged_place(self, row: Expr, column: Expr) -> tuple[Expr, Cond]:
+        """Where output (row, column) of the block lies in the root's buffer, and the guard that it exists."""
+        plan = self.plan
+        exact = {plan.n_space_axis: self.corner[plan.n_space_axis] + row,
+                 plan.m_space_axis: self.corner[plan.m_space_axis] + column}
+        guard = tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items()) if e.hi >= self.space[a])
+        return linear(tuple(exact.get(a, c) for a, c in enumerate(self.corner)), self.space), guard
+
+    def _stored_rows(self, out: str, stage: str, first: int) -> list:
+        """The pass's rows from the swizzled stage, 16 bytes an item (8 elements: the buffer's row ends are whole)."""
+        chunks, items, lines = STAGED_COLUMNS // VECTOR, self.plan.group, []
+        for copy in range(BLOCK * chunks // items):
+            flat = self.lid + copy * items
+            row, column = flat // chunks, flat % chunks * VECTOR
+            bits = Reg(self.names.fresh("staged_bits"), int16, VECTOR)
+            index, guard = self._staged_place(row, first + column)
+            store = Store(out, index, bits, self.root.dtype, "bits")
+            lines += [LocalLoad(bits, stage, row * STAGED_COLUMNS + column, swizzle=STAGED_COLUMNS),
+                      If(guard, (store,)) if guard else store]
+        return lines
+
+    def _bulk_rows(self, out: str, stage: str, first: int, row_length: int) -> list:
+        """Item r < BLOCK hands row r of the pass to the asynchronous proxy: its columns up to the buffer's end."""
+        row = Expr.clamped(self.lid, 0, BLOCK - 1)
+        index, guard = self._staged_place(row, Expr(first))
+        m_axis = self.plan.m_space_axis
+        columns = Expr.minimum(Expr(self.space[m_axis] - first) - self.corner[m_axis], STAGED_COLUMNS)
+        mine = ((self.lid, "lt", BLOCK),) + guard
+        return [BulkStore(out, index, stage, row * row_length, columns * self.root.dtype.itemsize, mine), BulkCommit()]
 
     def _reduce(self, node: Node) -> list[_Value]:
         """One loop over the slices of k: the group stages both operands' slice in local memory, waits, each warp
