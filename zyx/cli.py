@@ -361,7 +361,7 @@ def tune(args: argparse.Namespace) -> int:
     best = max(faster, key=lambda record: record.speedup, default=None)
     _messages().info(f"zyx tune: searched {len(found)} kernels, {len(faster)} faster than the heuristics"
                      + (f" (best {best.speedup:.2f}x: {best.untuned_name} -> {best.tuned_name})" if best else "")
-                     + f"; `zyx cache ls` shows them, `zyx cache show KERNEL` each search")
+                     + "; `zyx cache ls` shows them, `zyx cache show KERNEL` each search")
     return status
 
 
