@@ -19,9 +19,8 @@ from zyx.jit.compiler import build_binary, build_source
 from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, BulkCommit, BulkStore, BulkWait, If,
-                               LocalLoad, LocalRoundTF32,
-                               LocalStore, Loop, NamedBarrier, Reg, WarpgroupCommit, WarpgroupFence, WarpgroupMma,
-                               WarpgroupWait, substitute, walk)
+                               LocalLoad, LocalRoundTF32, LocalStore, Loop, NamedBarrier, Reg, WarpgroupCommit,
+                               WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
 from zyx.jit.device_traits import DeviceTraits
@@ -29,8 +28,7 @@ from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
 from zyx.jit.tune import candidates
 from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, plan_tensor_cores, tensor_core_options,
-                                  warpgroup_probe_source,
-                                  warpgroups_build)
+                                  warpgroup_probe_source, warpgroups_build)
 
 HOPPER = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", WGMMA),
                       tensor_core_memory=200 * 1024)

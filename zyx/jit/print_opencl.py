@@ -15,11 +15,10 @@ from ..dtypes import DType, float32, float64
 from ..trace.ops import Op
 from .kernel_ir import (ERF_GIVEN_EXP, LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy,
                         AsyncProxyFence, AsyncWait, Barrier, Break, Broadcast, BulkCommit, BulkStore, BulkWait, Const,
-                        Define, Extract, Gather, If,
-                        Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad, LocalRoundTF32, LocalStore, Loop,
-                        MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier, Operand, Pack, PackHalves, Rand, Reg,
-                        RegisterBudget, Role, Select, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma,
-                        WarpgroupWait, WarpShuffle, walk)
+                        Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad,
+                        LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier,
+                        Operand, Pack, PackHalves, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit,
+                        WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor

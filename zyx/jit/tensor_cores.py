@@ -58,9 +58,9 @@ from . import wgmma
 from .choices import FAMILIES, Choice, Options
 from .device_traits import WGMMA
 from .kernel_ir import (ROUND_TF32, Alu, AsyncCopy, AsyncProxyFence, Barrier, BulkCommit, BulkStore, BulkWait, Cond,
-                        Const, Define, If, Kernel, Lane, Load,
-                        LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad, MatrixMultiply, NamedBarrier, Operand,
-                        Pack, Reg, Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait)
+                        Const, Define, If, Kernel, Lane, Load, LocalArray, LocalLoad, LocalStore, Loop, MatrixLoad,
+                        MatrixMultiply, NamedBarrier, Operand, Pack, Reg, Store, WarpgroupCommit, WarpgroupFence,
+                        WarpgroupMma, WarpgroupWait)
 from .lower import Index, LoweredKernel, Lowering, _Value, linear, unravel
 from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .operand_layout import runs_along
@@ -108,9 +108,10 @@ FITTED_COLUMNS = (48,)   # warp columns a plan takes only where the waves of blo
 # no spills). On the H200 at 4096³: 128 x 128 with each batch waited for 188.7 TFLOP/s, 128 x 256 with a batch in
 # flight 252.1, 208.9 with the left tile rounded in place (bench/GPU.md).
 # A warpgroup product's 16-bit outputs staged in local memory STAGED_COLUMNS columns of the block at a time, then
-# stored 16 bytes an item along the rows (ZYX_WGMMA_STAGED=1: an experiment, off by default): each item holds its
-# outputs as pairs 8 rows apart, so a warp's direct store writes 16 bytes of each of 8 rows, half of each 32-byte
-# sector. The consumers wait on named barrier STAGED_BARRIER around each pass (warp_roles takes 1 to 2 x stages).
+# stored 16 bytes an item along the rows, or by the asynchronous proxy a row at a time (ZYX_WGMMA_STAGED=1, 2:
+# experiments, off by default): each item holds its outputs as pairs 8 rows apart, so a warp's direct store writes 16
+# bytes of each of 8 rows, half of each 32-byte sector, while the tensor cores wait. The consumers wait on named
+# barrier STAGED_BARRIER around each pass (warp_roles takes 1 to 2 x stages).
 STAGED_COLUMNS = 128
 STAGED_BARRIER = 15
 BULK_STAGED = 2  # ZYX_WGMMA_STAGED=2: the stage's rows stored by the asynchronous proxy (cp.async.bulk)
@@ -554,7 +555,7 @@ class TensorCoreLowering(LocalTileLowering):
         """Whether the plan's outputs are staged (`plan.staged`) and their rows lie whole in the buffer: the block's
         columns along the output's last axis, 16-byte aligned (a multiple of 8 elements)."""
         m_axis = self.plan.m_space_axis
-        return self.plan.staged and m_axis == len(self.space) - 1 and self.space[m_axis] % VECTOR == 0
+        return bool(self.plan.staged) and m_axis == len(self.space) - 1 and self.space[m_axis] % VECTOR == 0
 
     def _lower_outputs(self) -> None:
         """Staged (`_outputs_staged`): each pass over STAGED_COLUMNS of the block's columns stores the items' pairs of
