@@ -129,7 +129,7 @@ class TensorCorePlan(TilePlan):
     warp_columns: int = 64  # a warp's outputs along m: mma tiles of 8
     pipelined: bool = False  # `buffers` stages of swizzled tiles, some operand copied by cp.async (else registers)
     warpgroup: bool = False  # multiplied by warpgroups (wgmma: 2 x 64 rows by block_m), else by warps (mma.sync)
-    staged: int = 0  # outputs staged in local memory, STAGED_COLUMNS at a time (`_outputs_staged`): 1, or BULK_STAGED
+    staged: int = 0  # outputs staged in local memory, STAGED_COLUMNS at a time (`_staging_wanted`): 1, or BULK_STAGED
 
     @property
     def block_m(self) -> int:
@@ -240,7 +240,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     if min(product.shape[n_axis], product.shape[m_axis]) < 16:  # a vector, not a matrix: the float path does better
         return None
     shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
-    staging = _staging_wanted(root, kind) if warpgroup else 0
+    staging = _staging_wanted(root, kind, placed[1], placed[2] or root.shape) if warpgroup else 0
     if staging:  # (a stage beside 4 buffers of 128 x 256 blocks is more than the 200 KiB: 3 buffers then)
         shapes = shapes + tuple((w, b, 3) for w, b, n in shapes if n > 3)
     fitting = [(w, b, n) for w, b, n in shapes
@@ -266,13 +266,15 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
                           pipelined=pipelined, warpgroup=warpgroup, staged=staged)
 
 
-def _staging_wanted(root: Node, kind: str) -> int:
-    """How a warpgroup product storing `root` stages its outputs (ZYX_WGMMA_STAGED: 1, BULK_STAGED; 16-bit outputs,
-    products not computed transposed), 0: not. Whether its block and output allow it: `_stage_bytes`,
-    `TensorCoreLowering._outputs_staged`."""
+def _staging_wanted(root: Node, kind: str, m_axis: int, space: tuple[int, ...]) -> int:
+    """How a warpgroup product storing `root` (its outputs' columns along axis `m_axis` of `space`) stages them
+    (ZYX_WGMMA_STAGED: 1, BULK_STAGED), 0: not. Only 16-bit outputs of products not computed transposed, whose rows
+    lie whole in the buffer: the columns along its last axis, 16-byte aligned (a multiple of 8 elements). Whether
+    the block allows it: `_stage_bytes`."""
     mode = os.environ.get("ZYX_WGMMA_STAGED")
     wanted = int(mode) if mode in ("1", str(BULK_STAGED)) else 0
-    return wanted if root.dtype.itemsize == 2 and kind != "tf32" else 0
+    rows_whole = m_axis == len(space) - 1 and space[m_axis] % VECTOR == 0
+    return wanted if root.dtype.itemsize == 2 and kind != "tf32" and rows_whole else 0
 
 
 def _stage_bytes(staging: int, columns: int) -> int:
@@ -551,21 +553,15 @@ class TensorCoreLowering(LocalTileLowering):
                 for i, j, c in itertools.product(range(WARP_ROWS // 16), range(self.plan.warp_columns // 8),
                                                    range(4))]
 
-    def _outputs_staged(self) -> bool:
-        """Whether the plan's outputs are staged (`plan.staged`) and their rows lie whole in the buffer: the block's
-        columns along the output's last axis, 16-byte aligned (a multiple of 8 elements)."""
-        m_axis = self.plan.m_space_axis
-        return bool(self.plan.staged) and m_axis == len(self.space) - 1 and self.space[m_axis] % VECTOR == 0
-
     def _lower_outputs(self) -> None:
-        """Staged (`_outputs_staged`): each pass over STAGED_COLUMNS of the block's columns stores the items' pairs of
+        """Staged (`plan.staged`): each pass over STAGED_COLUMNS of the block's columns stores the items' pairs of
         outputs there into local memory and waits for the consumers; then either (ZYX_WGMMA_STAGED=1) the items
         store the rows 16 bytes an item, neighbouring items along a row (the stage's rows swizzled as the tiles are:
         the 8 rows a warp's pair stores reach land in 8 bank groups) and wait again before the next pass, or (2)
         each of the first BLOCK items hands its row to the asynchronous proxy (`BulkStore`: rows padded by 16 bytes
         instead, which it reads as they lie), which stores it while the consumers go on; the next pass, and the
         block's end, wait until the rows have been read."""
-        if not self._outputs_staged():
+        if not self.plan.staged:
             super()._lower_outputs()
             return
         plan, root = self.plan, self.root
