@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import shutil
 import subprocess
 
@@ -798,6 +799,19 @@ def test_staged_outputs_go_through_local_memory_and_out_in_rows_emulated_on_pocl
     expected = a.astype(np.float64) @ (b.astype(np.float64).T if form.endswith("y.T") else b.astype(np.float64))
     eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
     np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
+
+
+def test_an_output_stored_with_its_columns_across_its_rows_is_not_staged_and_keeps_four_buffers(monkeypatch):
+    """(x @ y).T: the product's columns lie down the stored buffer's columns, not along its rows, so no row of the
+    stage would be a run of the buffer: the plan stores directly and keeps the 4 buffers of its 128 x 256 blocks,
+    where x @ y is staged beside 3."""
+    monkeypatch.setenv("ZYX_WGMMA_STAGED", "2")
+    x, y = operands((4096, 128), (128, 4096))
+    across, along = product_kernel((x @ y).T), product_kernel(x @ y)
+    assert "cp.async.bulk.global" not in across.source and "cp.async.bulk.global" in along.source
+    assert all("m64n256k16" in k.source for k in (across, along))
+    tile_a = [re.search(r"tile_a\d+_raw\[(\d+)\]", k.source).group(1) for k in (across, along)]
+    assert tile_a == [str(4 * 128 * 64 + 512), str(3 * 128 * 64 + 512)]  # (4 or 3 slices of 128 x 64, the slack)
 
 
 def tf32_rounded(values: np.ndarray) -> np.ndarray:

@@ -241,8 +241,9 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         return None
     shapes = WARPGROUP_SHAPES if warpgroup else PIPELINED if pipelined else SHAPES
     staging = _staging_wanted(root, kind, placed[1], placed[2] or root.shape) if warpgroup else 0
-    if staging:  # (a stage beside 4 buffers of 128 x 256 blocks is more than the 200 KiB: 3 buffers then)
-        shapes = shapes + tuple((w, b, 3) for w, b, n in shapes if n > 3)
+    if staging:  # (a stage beside 4 buffers of 128 x 256 blocks is more than the 200 KiB: 3 buffers then, each
+        # shape's right after it, so that a block keeps its width with fewer buffers rather than narrowing)
+        shapes = tuple(shape for w, b, n in shapes for shape in ((w, b, n), (w, b, 3))[:2 if n > 3 else 1])
     fitting = [(w, b, n) for w, b, n in shapes
                if _fits(local_memory, w, b, n, pipelined, warpgroup, _stage_bytes(staging, w))]
     fitting = _spread(fitting, product, n_axis, m_axis, compute_units if warpgroup else 0)
