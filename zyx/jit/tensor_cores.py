@@ -21,7 +21,8 @@ rows and columns past the ends reading the last ones (their outputs are never st
 staging zeros. Where neither operand is copied by cp.async (or TF32), tiles are padded, operands stored in buffers
 staged 16 bytes at a time through registers, and the slices double-buffered by the same transform as there
 (transforms/double_buffer.py). The epilogue (bias, activation, the cast of the result) is fused into the stores of
-the float32 accumulators.
+the float32 accumulators (in two experiments, off by default, a warpgroup product's 16-bit outputs go through a
+local stage instead, and out in rows or by the asynchronous proxy: `STAGED_COLUMNS`).
 
 On compute capability 9.x (Hopper) products pipelined by cp.async multiply by warpgroups instead (wgmma, sm_90a:
 jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
