@@ -252,13 +252,18 @@ class LocalTileLowering(Lowering):
         self.corner = tuple(c * blocks[a] if a in blocks else c for a, c in enumerate(cell))
         self.elements, self.guards = [], []  # per element: its index, and the condition that it exists
         for along_n, along_m in self._element_offsets():
-            offsets = {plan.n_space_axis: along_n, plan.m_space_axis: along_m}
-            exact = {a: self.corner[a] + offsets[a] for a in offsets}
-            self.guards.append(tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items()) if e.hi >= self.space[a]))
+            exact, guard = self._placed(along_n, along_m)
+            self.guards.append(guard)
             # an element past the end computes (and never stores) a copy of the last one: its reads stay in range
             self.elements.append(tuple(Expr.minimum(exact[a], self.space[a] - 1) if a in exact else c
                                        for a, c in enumerate(self.corner)))
         self.positions = [linear(element, self.space) for element in self.elements]
+
+    def _placed(self, along_n: Expr, along_m: Expr) -> tuple[dict[int, Expr], Cond]:
+        """Output (along_n, along_m) of the block: its index along the n and m axes, and the guard that it exists."""
+        exact = {self.plan.n_space_axis: self.corner[self.plan.n_space_axis] + along_n,
+                 self.plan.m_space_axis: self.corner[self.plan.m_space_axis] + along_m}
+        return exact, tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items()) if e.hi >= self.space[a])
 
     def _block(self, grid: tuple[int, ...]) -> Index:
         """Which block of `grid` the group computes: groups in row-major order of the blocks."""

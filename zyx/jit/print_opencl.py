@@ -237,9 +237,7 @@ def store(statement: Store) -> str:
     if statement.mode == "vector":
         width = statement.value.width
         if dtype.name in ("bfloat16", "float16") and aligned(index, width):  # (float16: as vstore_half rounds)
-            kind = "bf16" if dtype.name == "bfloat16" else "half"
-            pairs = ",".join(f"zyx_pack_{kind}({value}.s{lane:x},{value}.s{lane + 1:x})" for lane in range(0, width, 2))
-            return f"{_words(buffer, index, width, '')} = ({word_type(width)})({pairs});"
+            return f"{_words(buffer, index, width, '')} = ({word_type(width)})({_packed_pairs(value, dtype, width)});"
         if dtype.name == "float16":  # rounded to nearest even, as vstore_half does
             return f"vstore_half{width}({value},{_vector_offset(index, width, buffer)});"
         if dtype.name == "bfloat16":
@@ -248,6 +246,13 @@ def store(statement: Store) -> str:
         text = f"convert_uchar{width}(-{value})" if dtype.is_bool else value
         return f"vstore{width}({text},{_vector_offset(index, width, buffer)});"
     return MEMORY_ACCESS.get(dtype.name, PLAIN_ACCESS)[1].format(p=buffer, i=index.render(), v=value)
+
+
+def _packed_pairs(value: str, dtype: DType, width: int) -> str:
+    """The `width` lanes of a float vector as 32-bit words of two half values each (rounded to nearest even),
+    comma-separated."""
+    kind = "bf16" if dtype.name == "bfloat16" else "half"
+    return ",".join(f"zyx_pack_{kind}({value}.s{lane:x},{value}.s{lane + 1:x})" for lane in range(0, width, 2))
 
 
 def lane_select(statement: LaneSelect) -> str:
@@ -290,9 +295,7 @@ def _local_store(s: LocalStore) -> str:
             return f"*((__local uint4*)(((__local ushort*){s.array})+{index})) = as_uint4({operand(s.value)});"
         return f"((__local ushort*){s.array})[{index}] = (ushort)({operand(s.value)});"
     if s.dtype is not None and s.dtype.is_narrow_float and s.value.width == 2:  # a pair, at an even index: one word
-        kind = "bf16" if s.dtype.name == "bfloat16" else "half"
-        value = operand(s.value)
-        return f"((__local uint*){s.array})[({index})>>1] = zyx_pack_{kind}({value}.s0,{value}.s1);"
+        return f"((__local uint*){s.array})[({index})>>1] = {_packed_pairs(operand(s.value), s.dtype, 2)};"
     if s.dtype is not None and s.dtype.is_narrow_float:  # a value (computed in float) into a half-precision array
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"
         return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=index, v=operand(s.value))

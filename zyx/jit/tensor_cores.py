@@ -260,8 +260,8 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     columns, row_bytes, buffers = fitting[0]
     split = choice["split"] if choice is not None else _filling_split(
         product, n_axis, m_axis, 4 * columns, kind, compute_units if warpgroup else 0, row_bytes // dtype.itemsize)
-    fits_staged = _fits(local_memory, columns, row_bytes, buffers, pipelined, warpgroup, _stage_bytes(staging, columns))
-    staged = staging if _stage_bytes(staging, columns) and fits_staged else 0
+    stage = _stage_bytes(staging, columns)
+    staged = staging if stage and _fits(local_memory, columns, row_bytes, buffers, pipelined, warpgroup, stage) else 0
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // dtype.itemsize,
                           buffers, split=split, kind=kind,
                           operands=None if dtype == product.dtype else dtype, warp_columns=columns,
@@ -599,10 +599,7 @@ class TensorCoreLowering(LocalTileLowering):
 
     def _staged_place(self, row: Expr, column: Expr) -> tuple[Expr, Cond]:
         """Where output (row, column) of the block lies in the root's buffer, and the guard that it exists."""
-        plan = self.plan
-        exact = {plan.n_space_axis: self.corner[plan.n_space_axis] + row,
-                 plan.m_space_axis: self.corner[plan.m_space_axis] + column}
-        guard = tuple((e, "lt", self.space[a]) for a, e in sorted(exact.items()) if e.hi >= self.space[a])
+        exact, guard = self._placed(row, column)
         return linear(tuple(exact.get(a, c) for a, c in enumerate(self.corner)), self.space), guard
 
     def _stored_rows(self, out: str, stage: str, first: int) -> list:
