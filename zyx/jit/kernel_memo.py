@@ -75,7 +75,8 @@ class KernelMemo:
         """Keep `kernel`, built for `roots` (with the planned `choice`, if any) when the scheduler knew `facts`,
         storing `stored_apart` apart; a kernel naming a node outside its region (one the scheduler made) is not
         kept. The region goes on below the values stored apart: the attempts that chose them lowered what is below
-        them."""
+        them, and through what the kernel loads to a value stored apart below it (a value the build chose to store
+        under a product it left to a kernel of its own: W7's attention gradient, the projection weight's cast)."""
         computed = {id(node) for node in contained_nodes(kernel)}
         loaded = {id(node) for node in kernel.loads}
         walked_on = {id(node) for node in (*roots, *stored_apart)}  # (what a kernel cut to fit was built from too)
@@ -87,6 +88,10 @@ class KernelMemo:
 
         parts, nodes = _walk(roots, facts, stops)
         region = {id(node) for node in nodes}
+        if any(id(node) not in region for node in stored_apart):
+            walked_on |= _leading_to(roots, {id(node) for node in stored_apart}, facts)
+            parts, nodes = _walk(roots, facts, stops)
+            region = {id(node) for node in nodes}
         named = [*(p.node for p in kernel.params), *kernel.outputs, *kernel.loads, *kernel.needs, *stored_apart]
         if any(id(node) not in region for node in named) or not kernel.misaligned <= region:
             return
@@ -94,6 +99,28 @@ class KernelMemo:
         entry = _Entry(parts, stop_at, tuple(nodes), kernel, tuple(stored_apart))
         for allowed in (extra_outputs, False) if _stores_roots_only(kernel, roots) else (extra_outputs,):
             self._entries.setdefault(_index(roots, facts, allowed, choice), []).append(entry)
+
+
+def _leading_to(roots: Sequence[Node], targets: set[int], facts: Facts) -> set[int]:
+    """The nodes below `roots` (down to the buffers and the values stored before the build) from which a node of
+    `targets` (ids) is reached, by id."""
+    leading: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False) for root in roots]
+    while stack:
+        node, sources_done = stack.pop()
+        key = id(node)
+        if sources_done:
+            if key in targets or any(id(source) in leading for source in node.src):
+                leading.add(key)
+            continue
+        if key in done:
+            continue
+        done.add(key)
+        stack.append((node, True))
+        if node.op is not Op.BUFFER and (key not in facts.materialized or any(node is root for root in roots)):
+            stack.extend((source, False) for source in node.src if id(source) not in done)
+    return leading
 
 
 def _stores_roots_only(kernel: RenderedKernel, roots: Sequence[Node]) -> bool:
