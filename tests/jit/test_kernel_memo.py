@@ -163,43 +163,13 @@ def test_a_region_reaching_past_one_met_before_is_built_anew():
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
 
 
-def _gpt_with_projections(device, layers=2, batch=4, length=128, dim=128, vocab=256):
-    """The loss and gradients of W7's decoder (bench/gpt_step.py: biases, attention's output projection, GELU MLP,
-    the head tied to the embedding) at a small size, its forward under bf16 autocast."""
-    rng, F = np.random.default_rng(5), zyx.nn.functional
-    shapes = {"wte": (vocab, dim), "wpe": (length, dim)}
-    for i in range(layers):
-        shapes.update({f"{i}.ln1.w": (dim,), f"{i}.ln1.b": (dim,), f"{i}.qkv.w": (3 * dim, dim),
-                       f"{i}.qkv.b": (3 * dim,), f"{i}.proj.w": (dim, dim), f"{i}.proj.b": (dim,),
-                       f"{i}.ln2.w": (dim,), f"{i}.ln2.b": (dim,), f"{i}.fc.w": (4 * dim, dim),
-                       f"{i}.fc.b": (4 * dim,), f"{i}.out.w": (dim, 4 * dim), f"{i}.out.b": (dim,)})
-    p = {name: device.tensor(rng.standard_normal(shape).astype(np.float32) * 0.05) for name, shape in shapes.items()}
-    ids = device.tensor(rng.integers(0, vocab, (batch, length + 1)).astype(np.int32))
-    heads = lambda x: x.reshape(batch, length, dim // 64, 64).transpose(1, 2)  # noqa: E731
-    with zyx.autocast(zyx.bfloat16):
-        x = F.embedding(ids[:, :-1], p["wte"]) + F.embedding(zyx.arange(length, device=device), p["wpe"])
-        for i in range(layers):
-            qkv = F.linear(F.layer_norm(x, (dim,), p[f"{i}.ln1.w"], p[f"{i}.ln1.b"]), p[f"{i}.qkv.w"], p[f"{i}.qkv.b"])
-            q, k, v = (heads(qkv[..., j * dim:(j + 1) * dim]) for j in range(3))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, dim)
-            x = x + F.linear(a, p[f"{i}.proj.w"], p[f"{i}.proj.b"])
-            h = F.layer_norm(x, (dim,), p[f"{i}.ln2.w"], p[f"{i}.ln2.b"])
-            x = x + F.linear(F.gelu(F.linear(h, p[f"{i}.fc.w"], p[f"{i}.fc.b"])), p[f"{i}.out.w"], p[f"{i}.out.b"])
-        logits = F.linear(x, p["wte"])
-        loss = F.cross_entropy(logits.reshape(batch * length, vocab), ids[:, 1:].reshape(-1))
-    return [loss, *loss.backward(list(p.values()))]
-
-
-def test_a_kernel_whose_build_stores_a_value_below_what_it_loads_is_memoized(monkeypatch):
+def test_a_kernel_whose_build_stores_a_value_below_what_it_loads_is_memoized(monkeypatch, w7_decoder, hopper_traits):
     """W7's attention gradient on Hopper: its build stores the projection weight's bf16 cast apart (an operand
     the tensor cores copy) below dY·Wᵀ, a product the kernel loads. The region goes on through the product to the
     cast, so the kernel is kept and each later layer takes it from the memo (W7 built it in every layer: 0.3 s
     each on a 2-core host), and the schedule is the fresh one."""
-    from zyx.jit.device_traits import tensor_core_kinds, tensor_core_local_memory
-    traits = DeviceTraits(True, 256, 4, 1, 1024, local_memory=48 * 1024, tensor_cores=tensor_core_kinds((9, 0)),
-                          tensor_core_memory=tensor_core_local_memory((9, 0), 48 * 1024), compute_units=132)
-    targets = [t.node for t in _gpt_with_projections(zyx.CPU())]
-    fresh, _ = _described(targets, traits, memoize=False)
+    targets = [t.node for t in w7_decoder(zyx.CPU(), layers=2, batch=4, length=128, dim=128, vocab=256)]
+    fresh, _ = _described(targets, hopper_traits, memoize=False)
     kept = []
     remember = KernelMemo.remember
 
@@ -209,6 +179,6 @@ def test_a_kernel_whose_build_stores_a_value_below_what_it_loads_is_memoized(mon
         if len(roots) > 1:  # (the attention gradient's kernels: dK with dV, and dQ with its siblings)
             kept.append(sum(map(len, memo._entries.values())) > entries)
     monkeypatch.setattr(KernelMemo, "remember", noted)
-    memoized, _ = _described(targets, traits, memoize=True)
+    memoized, _ = _described(targets, hopper_traits, memoize=True)
     assert kept and all(kept)
     assert memoized == fresh

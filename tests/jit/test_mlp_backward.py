@@ -108,6 +108,19 @@ def test_a_kernel_reading_a_stored_product_is_elementwise(shaped):
     np.testing.assert_allclose(biased.numpy(), x @ w.T + b, rtol=1e-4, atol=1e-4)
 
 
+def test_a_kernel_reading_two_stored_products_is_no_product_kernel(w7_decoder, hopper_traits):
+    """W7's layer-norm backward under bf16 autocast on Hopper reads two products stored anyway (the residual
+    stream's gradient through both branches): the first went to a kernel of its own and the second was hosted,
+    and a tiled lowering only reads a stored product, so the kernel was shaped as a product over loaded values
+    (tensor-core layout, 128 outputs an item: 254 kB of OpenCL C at W7's size, lowered three times, 0.2 s each).
+    Every stored product it reads is stored apart: each kernel shaped for tensor cores computes a product, or sums
+    a split one's partials."""
+    targets = [t.node for t in w7_decoder(zyx.CPU(), layers=1, batch=8, length=512, dim=256, vocab=512)]
+    kernels, _ = schedule(targets, hopper_traits)
+    cores = [k for k in kernels if k.site is not None and k.site.applied.family == "tensor_cores"]
+    assert len(cores) > 8 and [k.name for k in cores if "mma" not in k.source and not k.summed_apart] == []
+
+
 def autocast_gradients(device, p, x, dy):
     with zyx.autocast(zyx.bfloat16):
         out = mlp(F, p, x)

@@ -176,8 +176,9 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     while product is not None:
         materialized[id(product)] = product
         stored_apart.add(id(product))
-        product = None if traits.gpu else _product_stored_apart(root, materialized, produced | stored_apart, users,
-                                                                False)
+        product = _product_stored_apart(root, materialized, produced | stored_apart, users, traits.gpu)
+        if traits.gpu and product is not None and id(product) not in materialized:
+            product = None  # (after the first, a GPU kernel hosts a product it would compute, not one stored anyway)
     beside = _products_beside(root, materialized, users, BESIDE_MIN_K if traits.gpu else CPU_BESIDE_MIN_K)
     for value in [*beside, *_broadcast_into_reductions(root, materialized, traits)]:
         materialized[id(value)] = value
