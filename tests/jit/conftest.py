@@ -1,9 +1,12 @@
-import numpy as np
+import importlib
+import pathlib
+import sys
+
 import pytest
 
 import zyx
 from zyx.jit import rewrite
-from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits, tensor_core_kinds, tensor_core_local_memory
+from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
 
 H200_UNITS = 132
 
@@ -74,30 +77,24 @@ def cores():
 
 
 def w7_decoder_gradients(device, layers, batch, length, dim, vocab):
-    """The loss and gradients of W7's decoder (bench/gpt_step.py: biases, attention's output projection, GELU MLP,
-    the head tied to the embedding) at a small size, its forward under bf16 autocast."""
-    rng, F = np.random.default_rng(5), zyx.nn.functional
-    shapes = {"wte": (vocab, dim), "wpe": (length, dim)}
-    for i in range(layers):
-        shapes.update({f"{i}.ln1.w": (dim,), f"{i}.ln1.b": (dim,), f"{i}.qkv.w": (3 * dim, dim),
-                       f"{i}.qkv.b": (3 * dim,), f"{i}.proj.w": (dim, dim), f"{i}.proj.b": (dim,),
-                       f"{i}.ln2.w": (dim,), f"{i}.ln2.b": (dim,), f"{i}.fc.w": (4 * dim, dim),
-                       f"{i}.fc.b": (4 * dim,), f"{i}.out.w": (dim, 4 * dim), f"{i}.out.b": (dim,)})
-    p = {name: device.tensor(rng.standard_normal(shape).astype(np.float32) * 0.05) for name, shape in shapes.items()}
-    ids = device.tensor(rng.integers(0, vocab, (batch, length + 1)).astype(np.int32))
-    heads = lambda x: x.reshape(batch, length, dim // 64, 64).transpose(1, 2)  # noqa: E731
+    """The loss and gradients of W7's step (bench/gpt_step.py's decoder and initialisation: biases, attention's
+    output projection, GELU MLP, the head tied to the embedding) at a small size, its forward under bf16 autocast."""
+    gpt_step = _bench_module("gpt_step")
+    cfg = gpt_step.Config(layers=layers, dim=dim, heads=dim // 64, context=length, batch=batch, vocab=vocab)
+    p = {name: device.tensor(value) for name, value in gpt_step.initial_parameters(cfg).items()}
+    tokens = gpt_step.batch_of_tokens(cfg)
+    ids, targets, positions = (device.tensor(tokens[name]) for name in ("ids", "targets", "positions"))
     with zyx.autocast(zyx.bfloat16):
-        x = F.embedding(ids[:, :-1], p["wte"]) + F.embedding(zyx.arange(length, device=device), p["wpe"])
-        for i in range(layers):
-            qkv = F.linear(F.layer_norm(x, (dim,), p[f"{i}.ln1.w"], p[f"{i}.ln1.b"]), p[f"{i}.qkv.w"], p[f"{i}.qkv.b"])
-            q, k, v = (heads(qkv[..., j * dim:(j + 1) * dim]) for j in range(3))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, dim)
-            x = x + F.linear(a, p[f"{i}.proj.w"], p[f"{i}.proj.b"])
-            h = F.layer_norm(x, (dim,), p[f"{i}.ln2.w"], p[f"{i}.ln2.b"])
-            x = x + F.linear(F.gelu(F.linear(h, p[f"{i}.fc.w"], p[f"{i}.fc.b"])), p[f"{i}.out.w"], p[f"{i}.out.b"])
-        logits = F.linear(x, p["wte"])
-        loss = F.cross_entropy(logits.reshape(batch * length, vocab), ids[:, 1:].reshape(-1))
+        loss = gpt_step.gpt_loss(zyx.nn.functional, p, ids, targets, positions, cfg)
     return [loss, *loss.backward(list(p.values()))]
+
+
+def _bench_module(name: str):
+    """A module of bench/ (its scripts import each other by name)."""
+    bench = str(pathlib.Path(__file__).resolve().parents[2] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
 
 
 @pytest.fixture
@@ -109,5 +106,4 @@ def w7_decoder():
 @pytest.fixture
 def hopper_traits():
     """The traits zyx reads from an H200's OpenCL (bench/w7_schedule.py's): tensor cores with warpgroups, 132 SMs."""
-    return DeviceTraits(True, 256, 4, 1, 1024, local_memory=48 * 1024, tensor_cores=tensor_core_kinds((9, 0)),
-                        tensor_core_memory=tensor_core_local_memory((9, 0), 48 * 1024), compute_units=132)
+    return _bench_module("w7_schedule").h200_traits()

@@ -163,7 +163,8 @@ def test_a_region_reaching_past_one_met_before_is_built_anew():
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
 
 
-def test_a_kernel_whose_build_stores_a_value_below_what_it_loads_is_memoized(monkeypatch, w7_decoder, hopper_traits):
+def test_a_kernel_whose_build_stores_a_value_below_what_it_loads_is_memoized(monkeypatch, w7_decoder,
+                                                                              hopper_traits):
     """W7's attention gradient on Hopper: its build stores the projection weight's bf16 cast apart (an operand
     the tensor cores copy) below dY·Wᵀ, a product the kernel loads. The region goes on through the product to the
     cast, so the kernel is kept and each later layer takes it from the memo (W7 built it in every layer: 0.3 s
