@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
+from zyx.jit.build_processes import build_apart, builds_apart
 from zyx.jit.pocl_helper import PoclHelper, serves
 from zyx.jit.compile_lock import compile_lock
 from zyx.jit.compiler import build_binary, build_source
@@ -538,12 +539,26 @@ def compile_threads() -> int:
 def _compile_all(context: cl.Context, device: cl.Device, sources: Sequence[str], options: tuple[str, ...],
                  indices: Sequence[int]) -> Iterator[tuple[int, tuple[cl.Program, float]]]:
     """(index, (program, seconds)) for each source as its build finishes; a failed build raises its
-    KernelBuildError once the others stop (none waits in the queue after a failure)."""
+    KernelBuildError once the others stop (none waits in the queue after a failure). Where the driver builds one
+    program at a time in a process, child processes build them (build_processes.py), else threads here."""
     def timed(source: str) -> tuple[cl.Program, float]:
         start = time.perf_counter()
         program = build_source(context, device, source, options)
         return program, time.perf_counter() - start
 
+    def loaded(position: int, binary: bytes | None, seconds: float) -> tuple[cl.Program, float]:
+        """The program a build process made (`binary`, built in `seconds` there), else built here."""
+        if binary is not None:
+            try:
+                return build_binary(context, device, binary, options), seconds
+            except cl.Error:
+                pass  # (a binary the driver will not take here: built from the source as ever)
+        return timed(sources[position])
+
+    if builds_apart(device, len(sources)):
+        for position, binary, seconds in build_apart(device, sources, options):
+            yield indices[position], loaded(position, binary, seconds)
+        return
     threads = min(len(sources), compile_threads())
     if threads == 1:
         for source, index in zip(sources, indices):

@@ -27,13 +27,13 @@ PROGRAM_FORMAT = "program-4"
 """Bump when the stored program layout changes."""
 PROGRAM_COMPONENT_NAMES = ("structure", *FINGERPRINT_NAMES, "traits", "tuning", "settings", "zyx_source",
                            "zyx_version", "format")
-SETTINGS_THAT_SHAPE_NO_PROGRAM = frozenset({"ZYX_CACHE_DIR", "ZYX_CACHE_SIZE", "ZYX_DEBUG", "ZYX_DEBUG_CACHE",
-                                            "ZYX_DEVICE", "ZYX_DISTRIBUTED_TIMEOUT", "ZYX_SHARE_COMPILES",
-                                            "ZYX_TORCH_COMPILE", "ZYX_TUNE"})
-"""Where the cache lives, what is printed, which device is the default, how ranks wait for each other, whether
-kernels are searched (what a search finds is the "tuning" component), how zyx.Torch() runs: everything else named
-ZYX_* is in a program's key (a setting listed here wrongly would return old programs; one missing only costs a
-reschedule)."""
+SETTINGS_THAT_SHAPE_NO_PROGRAM = frozenset({"ZYX_BUILD_PROCESSES", "ZYX_CACHE_DIR", "ZYX_CACHE_SIZE", "ZYX_DEBUG",
+                                            "ZYX_DEBUG_CACHE", "ZYX_DEVICE", "ZYX_DISTRIBUTED_TIMEOUT",
+                                            "ZYX_SHARE_COMPILES", "ZYX_TORCH_COMPILE", "ZYX_TUNE"})
+"""Where the cache lives, how builds are spread over processes, what is printed, which device is the default, how
+ranks wait for each other, whether kernels are searched (what a search finds is the "tuning" component), how
+zyx.Torch() runs: everything else named ZYX_* is in a program's key (a setting listed here wrongly would return old
+programs; one missing only costs a reschedule)."""
 
 
 def hash_hex(data: str | bytes) -> str:
@@ -60,6 +60,21 @@ def _fingerprint_items(device: cl.Device) -> tuple[tuple[str, str], ...]:
 def device_fingerprint(device: cl.Device) -> dict[str, str]:
     """The device and driver facts a program binary is only valid for (queried once per device)."""
     return dict(_fingerprint_items(device))
+
+
+def device_with(fingerprint: dict[str, str]) -> cl.Device | None:
+    """A device of this machine whose `device_fingerprint` agrees with `fingerprint` on FINGERPRINT_NAMES (a helper
+    process finding its parent's device: identical cards are alike for building), else None."""
+    wanted = tuple(fingerprint.get(name) for name in FINGERPRINT_NAMES)
+    for platform in cl.get_platforms():
+        try:
+            devices = platform.get_devices()
+        except cl.Error:
+            continue
+        for device in devices:
+            if tuple(device_fingerprint(device)[name] for name in FINGERPRINT_NAMES) == wanted:
+                return device
+    return None
 
 
 def key_components(device: cl.Device, source: str, options: tuple[str, ...]) -> dict[str, str]:

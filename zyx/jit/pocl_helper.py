@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Callable, TextIO
 import pyopencl as cl
 
 from ..runtime.platforms import is_pocl
+from .helper_process import start_helper_process
 
 __all__ = ["PoclHelper", "serves"]
 
@@ -115,12 +115,7 @@ class PoclHelper:
 
     def _started(self) -> subprocess.Popen:
         if self._process is None:
-            import zyx
-            root = Path(zyx.__file__).resolve().parent.parent
-            # run from zyx's own import root, so `-m` finds this zyx and nothing from the caller's directory
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "zyx.jit.pocl_helper_process", *self._arguments], cwd=root,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            self._process = start_helper_process("zyx.jit.pocl_helper_process", self._arguments)
             threading.Thread(target=self._read_answers, args=(self._process.stdout,), name="zyx-pocl-helper",
                              daemon=True).start()
         return self._process

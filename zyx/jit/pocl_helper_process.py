@@ -13,26 +13,13 @@ import numpy as np
 import pyopencl as cl
 
 from zyx.jit.cache import KernelCache, pending_entry
-from zyx.jit.cache_key import FINGERPRINT_NAMES, device_fingerprint
+from zyx.jit.cache_key import device_with
 from zyx.jit.compiler import build_source
 
 # A launch whose buffers take more than this is left to the parent: the helper's zeroed copies of them would be
 # memory the training process may need (W5's largest launch takes 5.6 MB).
 AHEAD_BYTES_LIMIT = 256 * 2 ** 20
 _ZERO = np.uint32(0)
-
-
-def _device_for(components: dict[str, str]) -> cl.Device | None:
-    wanted = tuple(components.get(name) for name in FINGERPRINT_NAMES)
-    for platform in cl.get_platforms():
-        try:
-            devices = platform.get_devices()
-        except cl.Error:
-            continue
-        for device in devices:
-            if tuple(device_fingerprint(device)[name] for name in FINGERPRINT_NAMES) == wanted:
-                return device
-    return None
 
 
 class _Jobs:
@@ -51,7 +38,7 @@ class _Jobs:
     def _built(self, job: dict):
         """(context, queue, the job's program, its pending entry), or None where the job's key is not its source's
         (nothing is done under it) or its device is not here."""
-        device = _device_for(job["components"])
+        device = device_with(job["components"])
         if device is None:
             return None
         if device not in self.contexts:
