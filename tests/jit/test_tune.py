@@ -431,3 +431,30 @@ def test_gpus_search_kernels_from_a_lower_threshold():
     closely), not on a CPU, where such a time is mostly the launch."""
     from zyx.jit.device_traits import DeviceTraits
     assert tuning_mode.threshold_seconds(DeviceTraits(gpu=True)) < 75e-6 < tuning_mode.threshold_seconds(DeviceTraits())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_candidates_are_compared_with_the_reference_as_allclose_would_chunk_by_chunk(monkeypatch, dtype):
+    """`_same_values` as np.allclose(equal_nan=True) within TOLERANCE, the absolute part relative to the reference's
+    largest finite magnitude (found in a later chunk here), compared a few elements at a time: NaN against NaN and
+    equal infinities pass; NaN against a number, opposite infinities and one value past the bound do not."""
+    from types import SimpleNamespace
+    import ml_dtypes
+    monkeypatch.setattr(tune, "COMPARED_CHUNK", 5)
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    node = SimpleNamespace(dtype=SimpleNamespace(name=dtype))
+    tolerance = tune.TOLERANCE[dtype]
+    ref = np.array([0.5, np.nan, np.inf, -np.inf, 1.0, 2.0, 0.0, 3.0, -4.0, 1000.0, 7.0, 0.25], dtype=np_dtype)
+
+    def same(changed: dict) -> bool:
+        out = ref.copy()
+        for index, value in changed.items():
+            out[index] = value
+        return tune._same_values([out.reshape(3, 4)], [ref.reshape(3, 4)], [node])
+    assert same({})
+    assert same({6: 0.5 * tolerance * 1000})  # within tolerance of the largest value (1000, in the second chunk)
+    assert not same({6: 4 * tolerance * 1000})
+    assert not same({1: 1.0}) and not same({0: np.nan}) and not same({2: -np.inf}) and not same({4: np.inf})
+    assert not same({7: 3.0 * (1 + 4 * tolerance) + 4 * tolerance * 1000})
+    integers = SimpleNamespace(dtype=SimpleNamespace(name="int32"))
+    assert not tune._same_values([np.array([1, 2, 4])], [np.array([1, 2, 3])], [integers])

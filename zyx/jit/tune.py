@@ -28,7 +28,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyopencl as cl
@@ -65,6 +65,7 @@ CONFIRM_PAIRS = 3       # ... this many pairs more
 MIN_GAIN = 0.05         # a winner must be this much faster than the heuristics' kernel (else it may be noise)
 TOLERANCE = {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-3, "float64": 1e-8}
 """Relative tolerance per output dtype: candidates sum in other orders (integers and bools must be equal)."""
+COMPARED_CHUNK = 1 << 22  # elements of an output compared at once with its reference (`_same_values`)
 
 FEASIBLE: dict[str, Callable[[Choice, DeviceTraits], bool]] = {
     "cpu_matmul": lambda choice, traits: fits_registers(choice),
@@ -420,15 +421,40 @@ def _sample(runtime: Any, launches: list[tuple], estimate: float) -> float:
 
 
 def _same_values(outputs: list[np.ndarray], reference: list[np.ndarray], targets: list[Node]) -> bool:
+    """Whether each output equals its reference (integers and bools) or is within TOLERANCE of it, relative to the
+    value and to the reference's largest finite magnitude; compared COMPARED_CHUNK elements at a time, in float32
+    (float64 for float64): W7's LM head (16384 x 50304 float32) compared whole in float64 took about 20 s a candidate
+    on an H100's host, most of a 184 s search (on this project's 2-vCPU Xeon, 10.2 s for 10^8 elements, now
+    0.4 s)."""
     for out, ref, node in zip(outputs, reference, targets):
         tolerance = TOLERANCE.get(node.dtype.name)
         if tolerance is None:
             if not np.array_equal(out, ref):
                 return False
             continue
-        out, ref = out.astype(np.float64), ref.astype(np.float64)
-        finite = np.abs(ref[np.isfinite(ref)])
-        scale = max(1.0, float(finite.max())) if finite.size else 1.0
-        if not np.allclose(out, ref, rtol=tolerance, atol=tolerance * scale, equal_nan=True):
+        wide = np.float64 if node.dtype.name == "float64" else np.float32
+        out, ref = out.reshape(-1), ref.reshape(-1)
+
+        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for i in range(0, ref.size, COMPARED_CHUNK):
+                yield (out[i:i + COMPARED_CHUNK].astype(wide, copy=False),
+                       ref[i:i + COMPARED_CHUNK].astype(wide, copy=False))
+        scale = max([1.0] + [float(np.max(np.abs(r), initial=0.0, where=np.isfinite(r))) for _, r in chunks()])
+        if not all(_close(o, r, tolerance, tolerance * scale) for o, r in chunks()):
             return False
     return True
+
+
+def _close(out: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> bool:
+    """np.allclose(out, ref, rtol, atol, equal_nan=True) in half the time: the bound first, the exceptions (equal
+    infinities, NaN against NaN) only where it fails."""
+    difference = np.subtract(out, ref)
+    np.abs(difference, out=difference)
+    bound = np.abs(ref)
+    bound *= rtol
+    bound += atol
+    failed = ~(difference <= bound) | np.isinf(bound)  # (an infinite reference bounds nothing: equal or not)
+    if not failed.any():
+        return True
+    out, ref = out[failed], ref[failed]
+    return bool(np.all((out == ref) | (np.isnan(out) & np.isnan(ref))))
