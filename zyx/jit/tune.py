@@ -426,7 +426,7 @@ def _same_values(outputs: list[np.ndarray], reference: list[np.ndarray], targets
     value and to the reference's largest finite magnitude; compared COMPARED_CHUNK elements at a time, in float32
     (float64 for float64), the chunks on every core (numpy releases the GIL): W7's LM head (16384 x 50304 float32)
     compared whole in float64 took about 20 s a candidate on an H100's host, most of a 184 s search (on this
-    project's 2-vCPU Xeon, 10.2 s for 10^8 elements, now 0.3 s)."""
+    project's 2-vCPU Xeon, 10.2 s for 10^8 elements, now 0.2 s)."""
     for out, ref, node in zip(outputs, reference, targets):
         tolerance = TOLERANCE.get(node.dtype.name)
         if tolerance is None:
