@@ -37,19 +37,24 @@ def first_device() -> cl.Device:
     return cl.get_platforms()[0].get_devices()[0]
 
 
-def run_add(cache: kernel_cache.KernelCache, context: cl.Context, queue: cl.CommandQueue, constant: int,
-            options: tuple[str, ...] = ()) -> bool:
-    """Build add_<constant> through the cache, launch it once, commit it, and check the result."""
-    device = context.devices[0]
-    program = cache.build(context, device, kernel_source(constant), options)
+def added(context: cl.Context, program: cl.Program, constant: int, queue: cl.CommandQueue | None = None) -> np.ndarray:
+    """0, 1, ..., N - 1 after one launch of `program`'s add_<constant>."""
+    queue = queue or cl.CommandQueue(context)
     values = np.arange(N, dtype=np.float32)
     buffer = cl.Buffer(context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=values)
     cl.Kernel(program, f"add_{constant}")(queue, (N,), None, buffer)
-    result = np.empty_like(values)
-    cl.enqueue_copy(queue, result, buffer)
+    cl.enqueue_copy(queue, values, buffer)
     queue.finish()
+    return values
+
+
+def run_add(cache: kernel_cache.KernelCache, context: cl.Context, queue: cl.CommandQueue, constant: int,
+            options: tuple[str, ...] = ()) -> bool:
+    """Build add_<constant> through the cache, launch it once, commit it, and check the result."""
+    program = cache.build(context, context.devices[0], kernel_source(constant), options)
+    result = added(context, program, constant, queue)
     cache.commit(program)
-    return bool(np.array_equal(result, values + constant))
+    return bool(np.array_equal(result, np.arange(N, dtype=np.float32) + constant))
 
 
 def store_variant(cache: kernel_cache.KernelCache, key: str, **changes) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pyopencl as cl
 import pytest
 
-from cache_worker import N, first_device, kernel_source
+from cache_worker import N, added, first_device, kernel_source
 from zyx.jit import build_processes
 from zyx.jit import cache as cache_module
 from zyx.jit.build_processes import PROCESS_MIN_SOURCES, build_apart, builds_apart, process_count
@@ -24,16 +24,6 @@ CONSTANTS = tuple(range(401, 401 + PROCESS_MIN_SOURCES))
 @pytest.fixture(scope="module")
 def context() -> cl.Context:
     return cl.Context([first_device()])
-
-
-def added(context: cl.Context, program: cl.Program, constant: int) -> np.ndarray:
-    queue = cl.CommandQueue(context)
-    values = np.arange(N, dtype=np.float32)
-    buffer = cl.Buffer(context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=values)
-    cl.Kernel(program, f"add_{constant}")(queue, (N,), None, buffer)
-    cl.enqueue_copy(queue, values, buffer)
-    queue.finish()
-    return values
 
 
 def platform(name: str) -> SimpleNamespace:

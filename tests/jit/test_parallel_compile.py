@@ -8,7 +8,7 @@ import numpy as np
 import pyopencl as cl
 import pytest
 
-from cache_worker import N, first_device, kernel_source
+from cache_worker import N, added, first_device, kernel_source
 from zyx.counters import stats
 from zyx.jit import cache as cache_module
 from zyx.jit.cache import KernelCache
@@ -33,16 +33,6 @@ def build_threads(monkeypatch) -> list[str]:
         return build_source(*args, **kwargs)
     monkeypatch.setattr(cache_module, "build_source", recording)
     return names
-
-
-def added(context: cl.Context, program: cl.Program, constant: int) -> np.ndarray:
-    queue = cl.CommandQueue(context)
-    values = np.arange(N, dtype=np.float32)
-    buffer = cl.Buffer(context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=values)
-    cl.Kernel(program, f"add_{constant}")(queue, (N,), None, buffer)
-    cl.enqueue_copy(queue, values, buffer)
-    queue.finish()
-    return values
 
 
 def built(tmp_path, context, threads: int, monkeypatch) -> tuple[list[cl.Program], list[int], KernelCache]:
