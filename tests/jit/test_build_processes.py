@@ -14,7 +14,8 @@ import pytest
 from cache_worker import N, added, first_device, kernel_source
 from zyx.jit import build_processes
 from zyx.jit import cache as cache_module
-from zyx.jit.build_processes import PROCESS_MIN_SOURCES, build_apart, builds_apart, process_count
+from zyx.jit.build_processes import (PROCESS_MIN_SOURCES, build_apart, builds_apart, kept_children,
+                                     process_count)
 from zyx.jit.cache import KernelCache
 from zyx.jit.compiler import KernelBuildError
 
@@ -110,3 +111,26 @@ def test_a_compile_error_in_a_child_is_raised_by_the_parent_with_its_log(tmp_pat
     with pytest.raises(KernelBuildError, match="undeclared"):
         KernelCache(tmp_path / "cache").build_many(context, context.devices[0],
                                                    [kernel_source(407), broken, kernel_source(408)])
+
+
+def test_kept_children_build_one_program_after_another_and_end_with_it(context, monkeypatch):
+    """Within `kept_children` (a tuner's searches) the second build takes the first one's processes; a build the
+    caller stops early leaves none of its busy children to the next; after it, every child has ended."""
+    monkeypatch.setenv("ZYX_BUILD_PROCESSES", "2")
+    started = []
+    real = build_processes.start_helper_process
+    monkeypatch.setattr(build_processes, "start_helper_process",
+                        lambda module, arguments: started.append(real(module, arguments)) or started[-1])
+    device = context.devices[0]
+    sources = [kernel_source(c) for c in CONSTANTS[:4]]
+    with kept_children(device):
+        first = list(build_apart(device, sources, ()))
+        again = list(build_apart(device, sources[:3], ()))
+        assert len(started) == 2 and all(process.poll() is None for process in started)
+        stopped = build_apart(device, sources, ())
+        next(stopped)
+        stopped.close()  # (one child still building: ended, not kept)
+        assert sum(process.poll() is None for process in started) <= 1
+        assert sorted(i for i, binary, _ in build_apart(device, sources, ()) if binary) == [0, 1, 2, 3]
+    assert all(process.poll() is not None for process in started)
+    assert sorted(index for index, _, _ in first) == [0, 1, 2, 3] and sorted(i for i, _, _ in again) == [0, 1, 2]

@@ -21,6 +21,7 @@ Protocol: `python -m zyx.jit.build_process FINGERPRINT_JSON`; one JSON line a jo
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import queue
@@ -33,7 +34,7 @@ import pyopencl as cl
 from .cache_key import device_fingerprint
 from .helper_process import start_helper_process
 
-__all__ = ["build_apart", "builds_apart"]
+__all__ = ["build_apart", "builds_apart", "kept_children"]
 
 PROCESS_MIN_SOURCES = 8  # fewer builds do not pay for the children's start (1-3 s on the H100's host)
 MAX_PROCESSES = 16       # 16 children built W7's sources in 7.2 s, 8 in 8.4 s (H100, 16 cores)
@@ -59,47 +60,96 @@ def process_count(sources: int) -> int:
 def build_apart(device: cl.Device, sources: Sequence[str],
                 options: Sequence[str]) -> Iterator[tuple[int, Optional[bytes], float]]:
     """(index, binary, seconds) for each of `sources` as a child finishes it (largest first); the binary is None
-    where no child built it (the caller builds it itself). The children end when the generator does."""
-    children = [_Child(device, number) for number in range(process_count(len(sources)))]
-    answers: queue.SimpleQueue = queue.SimpleQueue()
-    waiting = sorted(range(len(sources)), key=lambda index: -len(sources[index]))
-    for child in children:
-        child.listen(answers)
-        child.give(waiting, sources, options)
+    where no child built it (the caller builds it itself). The children end when the generator does, unless
+    `kept_children` keeps them for the next build."""
+    kept = _kept.get(device.int_ptr)
+    if kept is not None:
+        yield from kept.build(sources, options)
+        return
+    children = _Children(device)
     try:
-        answered = 0
-        while answered < len(sources):
-            if not any(child.busy for child in children):  # every child is gone: the rest are the caller's
-                for index in waiting:
-                    yield index, None, 0.0
-                return
-            child, answer = answers.get()
-            if answer is None:  # (the child ended; what it held goes to the others)
-                if child.busy:
-                    waiting.insert(0, child.held)
-                    child.held = None
-                    for other in children:
-                        if not other.busy and other.alive:
-                            other.give(waiting, sources, options)
-                continue
-            index, binary, seconds = answer
-            child.held = None
-            answered += 1
-            yield index, binary, seconds
-            child.give(waiting, sources, options)
+        yield from children.build(sources, options)
     finally:
+        children.end()
+
+
+@contextlib.contextmanager
+def kept_children(device: cl.Device) -> Iterator[None]:
+    """Within it, builds for `device` reuse their child processes: a tuner's searches build 8 candidates each, and
+    started anew for each, 16 children took 2-3 s of contexts on the H100's host."""
+    children = _kept.setdefault(device.int_ptr, _Children(device))
+    try:
+        yield
+    finally:
+        if _kept.get(device.int_ptr) is children:
+            del _kept[device.int_ptr]
+            children.end()
+
+
+class _Children:
+    """The child processes building for one device, started as builds want them."""
+
+    def __init__(self, device: cl.Device):
+        self.device = device
+        self.running: list[_Child] = []
+        self.answers: queue.SimpleQueue = queue.SimpleQueue()
+
+    def build(self, sources: Sequence[str], options: Sequence[str]) -> Iterator[tuple[int, Optional[bytes], float]]:
+        """build_apart's answers, from up to `process_count` children (those running first)."""
+        self.running = [child for child in self.running if child.alive]
+        wanted = process_count(len(sources))
+        while len(self.running) < wanted:
+            self.running.append(_Child(self.device, len(self.running), self.answers))
+        children = self.running[:wanted]
+        waiting = sorted(range(len(sources)), key=lambda index: -len(sources[index]))
         for child in children:
+            child.give(waiting, sources, options)
+        try:
+            answered = 0
+            while answered < len(sources):
+                if not any(child.busy for child in children):  # every child is gone: the rest are the caller's
+                    for index in waiting:
+                        yield index, None, 0.0
+                    return
+                child, answer = self.answers.get()
+                if child not in children:  # (one a build before ended: its last word)
+                    continue
+                if answer is None:  # (the child ended; what it held goes to the others)
+                    if child.busy:
+                        waiting.insert(0, child.held)
+                        child.held = None
+                        for other in children:
+                            if not other.busy and other.alive:
+                                other.give(waiting, sources, options)
+                    continue
+                index, binary, seconds = answer
+                child.held = None
+                answered += 1
+                yield index, binary, seconds
+                child.give(waiting, sources, options)
+        finally:
+            for child in children:
+                if child.busy:  # (the caller stopped early: a child still building is not reused)
+                    child.end()
+
+    def end(self) -> None:
+        for child in self.running:
             child.end()
+        self.running = []
+
+
+_kept: dict[int, _Children] = {}  # the children `kept_children` keeps, by device
 
 
 class _Child:
     """One build process: the source it holds (at most one at a time) and the thread reading its answers."""
 
-    def __init__(self, device: cl.Device, number: int):
+    def __init__(self, device: cl.Device, number: int, answers: queue.SimpleQueue):
         self.number = number
         self.process = start_helper_process("zyx.jit.build_process", [json.dumps(device_fingerprint(device))])
         self.held: Optional[int] = None
         self.alive = True
+        self._listen(answers)
 
     @property
     def busy(self) -> bool:
@@ -120,7 +170,7 @@ class _Child:
             return
         self.held = index
 
-    def listen(self, answers: queue.SimpleQueue) -> None:
+    def _listen(self, answers: queue.SimpleQueue) -> None:
         def read() -> None:
             for line in self.process.stdout:
                 try:
@@ -136,6 +186,7 @@ class _Child:
 
     def end(self) -> None:
         """Close its input (it exits) and reap it; one still building after a second is killed."""
+        self.alive = False
         try:
             self.process.stdin.close()
         except (BrokenPipeError, OSError, ValueError):

@@ -41,6 +41,7 @@ from ..runtime.replay import record_launches, replay
 from ..trace.hashing import signature
 from ..trace.node import Node, buffer_leaf
 from ..trace.ops import Op
+from .build_processes import kept_children
 from .cache import compile_threads, default_cache, device_fingerprint
 from .choices import Choice, TunedChoices, TuneSite
 from .compiler import KernelBuildError, kernel_options
@@ -218,20 +219,28 @@ class Tuner:
         return the new records (stored already)."""
         stored = {id(node) for kernel in kernels for node in kernel.outputs}
         records = []
-        for kernel in kernels:
-            site = kernel.site
-            if site is None or site.key in self._searched or kernel.global_size == 0:
-                continue
-            self._searched.add(site.key)
-            known = self.store.get(site.key, self.device)
-            if known is not None and known.mode >= mode:
-                continue
-            record = self._search(kernel, site, stored, tuned, mode)
-            if record is not None:
-                self.store.put(record)
-                tuned = tuned.with_choice(site.key, record.choice) if record.improves else tuned
-                records.append(record)
+        with kept_children(self.runtime.device):  # (child processes building candidates, kept from kernel to kernel)
+            for kernel in kernels:
+                tuned = self._search_kernel(kernel, stored, tuned, mode, records)
         return records
+
+    def _search_kernel(self, kernel: RenderedKernel, stored: set[int], tuned: TunedChoices, mode: int,
+                       records: list[TuneRecord]) -> TunedChoices:
+        """Search one kernel unless searched or recorded already; its record added to `records`; the tuned choices
+        with its winner."""
+        site = kernel.site
+        if site is None or site.key in self._searched or kernel.global_size == 0:
+            return tuned
+        self._searched.add(site.key)
+        known = self.store.get(site.key, self.device)
+        if known is not None and known.mode >= mode:
+            return tuned
+        record = self._search(kernel, site, stored, tuned, mode)
+        if record is None:
+            return tuned
+        self.store.put(record)
+        records.append(record)
+        return tuned.with_choice(site.key, record.choice) if record.improves else tuned
 
     def kept_in_step(self, program_with: Callable[[TunedChoices], Program], before: TunedChoices,
                      winners: list[TuneRecord], leaves: Sequence[Node], rands: Sequence[Node]) -> list[TuneRecord]:
