@@ -58,6 +58,9 @@ def test_the_children_are_one_a_core_at_most_sixteen_and_one_a_source(monkeypatc
     assert process_count(40) == 3
     monkeypatch.setattr(build_processes.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert process_count(40) == 2
+    monkeypatch.setenv("ZYX_BUILD_PROCESSES", "many")
+    with pytest.raises(ValueError, match="ZYX_BUILD_PROCESSES='many': expected 0"):
+        process_count(40)
 
 
 def test_programs_built_in_child_processes_compute_what_the_parents_own_builds_do(tmp_path, context, monkeypatch):

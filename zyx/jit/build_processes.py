@@ -44,8 +44,9 @@ SETTING = "ZYX_BUILD_PROCESSES"
 def builds_apart(device: cl.Device, sources: int) -> bool:
     """Whether `sources` builds for `device` go to child processes: an NVIDIA driver whose compute cache is on,
     at least PROCESS_MIN_SOURCES of them, more than one core, and ZYX_BUILD_PROCESSES not 0."""
-    return (sources >= PROCESS_MIN_SOURCES and process_count(sources) > 1
-            and "NVIDIA" in device.platform.name and os.environ.get("CUDA_CACHE_DISABLE", "0") in ("", "0"))
+    children = process_count(sources)  # (a bad ZYX_BUILD_PROCESSES is refused on any device)
+    return (sources >= PROCESS_MIN_SOURCES and children > 1 and "NVIDIA" in device.platform.name
+            and os.environ.get("CUDA_CACHE_DISABLE", "0") in ("", "0"))
 
 
 def process_count(sources: int) -> int:
@@ -53,7 +54,10 @@ def process_count(sources: int) -> int:
     MAX_PROCESSES and one per source."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     setting = os.environ.get(SETTING, "").strip()
-    cap = int(setting) if setting.isdigit() else MAX_PROCESSES
+    if setting and not setting.isdigit():
+        raise ValueError(f"{SETTING}={setting!r}: expected 0 (every build in this process) or the most child "
+                         f"processes to build in (unset: one a core, at most {MAX_PROCESSES})")
+    cap = int(setting) if setting else MAX_PROCESSES
     return max(0, min(cores, cap, MAX_PROCESSES, sources))
 
 
