@@ -96,20 +96,33 @@ def test_build_groups_start_with_the_largest_kernels_each_alone():
 
 def test_a_program_built_in_groups_computes_what_numpy_does(monkeypatch):
     """A program whose kernels are built in several of `build_groups`' programs (as on GPU drivers) gets each
-    kernel from its own group's program (two kernels a build: on some CPUs the four results' kernels fit one)."""
+    kernel from its own group's program (two kernels a build). Each result reads the one before it, so no launch
+    group holds them all (on GPUs independent kernels share one: a single source, nothing grouped to build)."""
     import zyx
     from zyx.runtime import opencl_device
     made: list[list] = []
     grouped = opencl_device.build_groups
+
+    def recorded(launches):
+        groups = grouped(launches)
+        made.extend(groups)
+        return groups
     monkeypatch.setattr(opencl_device, "KERNELS_PER_BUILD", 2)
-    monkeypatch.setattr(opencl_device, "build_groups", lambda launches: made.extend(grouped(launches)) or made)
+    monkeypatch.setattr(opencl_device, "build_groups", recorded)
     dev = zyx.OpenCL()
     monkeypatch.setattr(dev.runtime, "builds_one_at_a_time", False)
     data = np.random.default_rng(5).standard_normal((300, 257)).astype(np.float32)
     x = dev.tensor(data)
-    results = [(x * 1.375).exp().sum(1), (x - 0.8125).max(0), x @ x.T * 0.5625, (x * x).mean(1)]
+    sums = (x * 1.375).exp().sum(1)
+    largest = (x - sums.reshape(300, 1) * 1e-3).max(0)
+    product = x @ x.T * 0.5625 + largest.sum()
+    means = (x * x).mean(1) + product.sum(1) * 1e-3
+    results = [sums, largest, product, means]
     zyx.realize(*results)
     assert len(made) >= 2
-    expected = [np.exp(data * 1.375).sum(1), (data - 0.8125).max(0), data @ data.T * 0.5625, (data * data).mean(1)]
+    sums_ = np.exp(data * 1.375).sum(1)
+    largest_ = (data - sums_[:, None] * 1e-3).max(0)
+    product_ = data @ data.T * 0.5625 + largest_.sum()
+    expected = [sums_, largest_, product_, (data * data).mean(1) + product_.sum(1) * 1e-3]
     for got, want in zip(results, expected):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
