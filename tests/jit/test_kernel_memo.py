@@ -6,6 +6,7 @@ import pytest
 import zyx
 from zyx.jit.choices import NO_TUNING
 from zyx.jit.kernel_memo import KernelMemo
+from zyx.jit.kernel_nodes import kernel_flops
 from zyx.jit.rewrite import rewrite_graph
 from zyx.jit.device_traits import DeviceTraits
 from zyx.jit.schedule import KernelCycle, _schedule, schedule
@@ -27,7 +28,8 @@ def _description(kernels, rewritten):
     at = lambda nodes: [position.get(id(node), (node.op, node.shape)) for node in nodes]  # noqa: E731
     described = [(k.name, k.source, k.space, k.global_size, k.local_size, k.longest_reduction, k.site,
                   at(k.outputs), at(k.loads), at(k.needs), [(p.kind, p.name, *at([p.node])) for p in k.params],
-                  at(node for node in k.loads if id(node) in k.misaligned)) for k in kernels]
+                  at(node for node in k.loads if id(node) in k.misaligned), at(k.summed_apart), kernel_flops(k))
+                 for k in kernels]
     return described
 
 
@@ -146,6 +148,34 @@ def test_the_partials_of_split_products_come_from_the_memo(monkeypatch):
     memoized, _ = _described(targets, traits, memoize=True)
     assert memoized == fresh
     assert partials == len(weights) and 0 < sum(partials_built) < partials
+
+
+def test_the_sums_of_split_products_partials_come_from_the_memo_with_the_partials_made_anew(monkeypatch):
+    """The kernel summing a split product's partials makes the partials' node (the scheduler's, with the choice
+    planned for its kernel): memoized, a layer alike gets the kernel with that node made again from its own nodes
+    and the same choice planned, so the sums are built once and the schedule is the fresh one, FLOPs included (W7
+    built its attention-projection weight gradient's sum in each of 12 layers, twice: 0.06 s each)."""
+    from zyx.jit import schedule as scheduling
+    traits = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024, local_memory=48 * 1024, compute_units=132)
+    rng, F, dev = np.random.default_rng(0), zyx.nn.functional, zyx.CPU()
+    weights = [dev.tensor(rng.standard_normal((256, 256)).astype(np.float32) * 0.1) for _ in range(6)]
+    h = dev.tensor(rng.standard_normal((4096, 256)).astype(np.float32))  # (4 blocks of outputs: split along k)
+    for w in weights:
+        h = h + F.linear(F.gelu(h), w)
+    targets = [g.node for g in (h * h).sum().backward(weights)]
+    fresh, _ = _described(targets, traits, memoize=False)
+    sums = sum(1 for kernel in schedule(targets, traits, memoize=False)[0] if kernel.summed_apart)
+    sums_built = []
+    built = scheduling._built
+
+    def noted(*arguments):
+        kernel, conflicted = built(*arguments)
+        sums_built.append(bool(kernel.summed_apart))
+        return kernel, conflicted
+    monkeypatch.setattr(scheduling, "_built", noted)
+    memoized, _ = _described(targets, traits, memoize=True)
+    assert memoized == fresh
+    assert sums == len(weights) and 0 < sum(sums_built) <= sums // 2  # (the first and last layers differ)
 
 
 def test_a_region_reaching_past_one_met_before_is_built_anew():

@@ -48,6 +48,7 @@ class _Entry:
     nodes: tuple[Node, ...]
     kernel: RenderedKernel
     stored_apart: tuple[Node, ...]
+    planned: tuple[tuple[Node, Choice], ...]  # nodes the build made (a split product's partials), their choices
 
 
 class KernelMemo:
@@ -57,9 +58,10 @@ class KernelMemo:
         self._entries: dict[tuple, list[_Entry]] = {}
 
     def find(self, roots: Sequence[Node], facts: Facts, extra_outputs: bool, choice: Optional[Choice] = None
-             ) -> Optional[tuple[RenderedKernel, list[Node]]]:
-        """The kernel a build for `roots` (shaped with `choice` where the scheduler planned one) would give, and
-        the nodes it would store apart; None if no region met before is this one."""
+             ) -> Optional[tuple[RenderedKernel, list[Node], list[tuple[Node, Choice]]]]:
+        """The kernel a build for `roots` (shaped with `choice` where the scheduler planned one) would give, the
+        nodes it would store apart and the nodes it would make with their kernels' choices (made anew from this
+        region's nodes); None if no region met before is this one."""
         for entry in self._entries.get(_index(roots, facts, extra_outputs, choice), ()):
             stops = entry.stops  # (a walk reaching past the entry's nodes departs from its parts there)
             walked = _walk(roots, facts, lambda position, node: position < len(stops) and stops[position],
@@ -67,16 +69,21 @@ class KernelMemo:
             if walked is not None:
                 counters.bump("kernel_memo_hits")
                 mapping = {id(old): new for old, new in zip(entry.nodes, walked[1])}
-                return _rebound(entry.kernel, mapping), [mapping[id(node)] for node in entry.stored_apart]
+                made = [(_remade(node, mapping), made_choice) for node, made_choice in entry.planned]
+                return (_rebound(entry.kernel, mapping), [mapping[id(node)] for node in entry.stored_apart],
+                        made)
         return None
 
     def remember(self, roots: Sequence[Node], facts: Facts, extra_outputs: bool, kernel: RenderedKernel,
-                 stored_apart: Sequence[Node], choice: Optional[Choice] = None) -> None:
+                 stored_apart: Sequence[Node], choice: Optional[Choice] = None,
+                 planned: Sequence[tuple[Node, Choice]] = ()) -> None:
         """Keep `kernel`, built for `roots` (with the planned `choice`, if any) when the scheduler knew `facts`,
-        storing `stored_apart` apart; a kernel naming a node outside its region (one the scheduler made) is not
-        kept. The region goes on below the values stored apart: the attempts that chose them lowered what is below
-        them, and through what the kernel loads to a value stored apart below it (a value the build chose to store
-        under a product it left to a kernel of its own: W7's attention gradient, the projection weight's cast)."""
+        storing `stored_apart` apart and making the nodes `planned` names for kernels of their own (a split
+        product's partials, W7's four weight gradients a layer: 0.06 s each here); a kernel naming a node outside
+        its region that is not one of those, or one of those made from a node outside it, is not kept. The region
+        goes on below the values stored apart: the attempts that chose them lowered what is below them, and through
+        what the kernel loads to a value stored apart below it (a value the build chose to store under a product
+        it left to a kernel of its own: W7's attention gradient, the projection weight's cast)."""
         computed = {id(node) for node in contained_nodes(kernel)}
         loaded = {id(node) for node in kernel.loads}
         walked_on = {id(node) for node in (*roots, *stored_apart)}  # (what a kernel cut to fit was built from too)
@@ -92,11 +99,16 @@ class KernelMemo:
             walked_on |= _leading_to(roots, {id(node) for node in stored_apart}, facts)
             parts, nodes = _walk(roots, facts, stops)
             region = {id(node) for node in nodes}
-        named = [*(p.node for p in kernel.params), *kernel.outputs, *kernel.loads, *kernel.needs, *stored_apart]
-        if any(id(node) not in region for node in named) or not kernel.misaligned <= region:
+        made = _made_below(tuple(node for node, _ in planned), region)
+        if made is None:
+            return
+        named = [*(p.node for p in kernel.params), *kernel.outputs, *kernel.loads, *kernel.needs, *stored_apart,
+                 *kernel.summed_apart]
+        if any(id(node) not in region and id(node) not in made for node in named) or not kernel.misaligned <= (
+                region | made):
             return
         stop_at = tuple(stops(position, node) for position, node in enumerate(nodes))
-        entry = _Entry(parts, stop_at, tuple(nodes), kernel, tuple(stored_apart))
+        entry = _Entry(parts, stop_at, tuple(nodes), kernel, tuple(stored_apart), tuple(planned))
         for allowed in (extra_outputs, False) if _stores_roots_only(kernel, roots) else (extra_outputs,):
             self._entries.setdefault(_index(roots, facts, allowed, choice), []).append(entry)
 
@@ -121,6 +133,40 @@ def _leading_to(roots: Sequence[Node], targets: set[int], facts: Facts) -> set[i
         if node.op is not Op.BUFFER and (key not in facts.materialized or any(node is root for root in roots)):
             stack.extend((source, False) for source in node.src if id(source) not in done)
     return leading
+
+
+def _made_below(made: Sequence[Node], region: set[int]) -> Optional[set[int]]:
+    """The ids of the nodes the scheduler made from `region`'s (ids): `made` and what they are made of down to the
+    region's nodes; None where that reaches a buffer or constant outside the region (a node not made again)."""
+    found: set[int] = set()
+    stack = list(made)
+    while stack:
+        node = stack.pop()
+        key = id(node)
+        if key in region or key in found:
+            continue
+        if not node.src:
+            return None
+        found.add(key)
+        stack.extend(node.src)
+    return found
+
+
+def _remade(node: Node, mapping: dict[int, Node]) -> Node:
+    """`node`, which the scheduler made from a region's nodes, made alike from those `mapping` gives for them (by
+    id); what it is made of is made again once, and added to `mapping`."""
+    stack: list[tuple[Node, bool]] = [(node, False)]
+    while stack:
+        current, sources_done = stack.pop()
+        if id(current) in mapping:
+            continue
+        if sources_done:
+            mapping[id(current)] = Node(current.op, tuple(mapping[id(s)] for s in current.src), current.arg,
+                                        current.shape, current.dtype, current.device)
+            continue
+        stack.append((current, True))
+        stack.extend((source, False) for source in current.src if id(source) not in mapping)
+    return mapping[id(node)]
 
 
 def _stores_roots_only(kernel: RenderedKernel, roots: Sequence[Node]) -> bool:
@@ -176,7 +222,7 @@ def _rebound(kernel: RenderedKernel, mapping: dict[int, Node]) -> RenderedKernel
                       if id(param) not in params)
     nodes = lambda listed: [mapping[id(node)] for node in listed]  # noqa: E731
     return replace(kernel, params=[params[id(param)] for param in kernel.params], outputs=nodes(kernel.outputs),
-                   loads=nodes(kernel.loads), needs=nodes(kernel.needs),
+                   loads=nodes(kernel.loads), needs=nodes(kernel.needs), summed_apart=tuple(nodes(kernel.summed_apart)),
                    misaligned={id(mapping[key]) for key in kernel.misaligned},
                    ir=None if kernel.ir is None else replace(kernel.ir, params=tuple(params[id(p)]
                                                                                      for p in kernel.ir.params)))

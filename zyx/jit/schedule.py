@@ -137,19 +137,21 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     choice = _planned_choice(root, planned)
     found = memo.find(roots, facts, allow_extra_outputs, choice) if memo is not None else None
     if found is not None:
-        kernel, apart = found
+        kernel, apart, made = found
         for node in apart:
             materialized[id(node)] = node
             stored_apart.add(id(node))
+        planned.update((id(node), (node, made_choice)) for node, made_choice in made)
     else:
         before = Facts(set(materialized), set(produced), set(stored_apart), early)
-        made = len(planned)
+        plans = dict(planned)
         kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
                                     planned, users, early)
-        if memo is not None and not conflicted and len(planned) == made:
+        if memo is not None and not conflicted and all(plans.get(key) == plan or key not in plans
+                                                       for key, plan in planned.items()):
             apart = [materialized[key] for key in materialized if key not in before.materialized]
             memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart],
-                          choice)
+                          choice, [plan for key, plan in planned.items() if key not in plans])
     for node in kernel.needs:
         materialized.setdefault(id(node), node)
     produced.update(id(node) for node in kernel.outputs)
