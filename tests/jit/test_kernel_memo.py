@@ -13,6 +13,7 @@ from zyx.jit.schedule import KernelCycle, _schedule, schedule
 from zyx.trace.node import toposort
 
 LAYERS = 4
+RESIDUAL_LAYERS = 6
 TRAITS = [DeviceTraits(vector_width=16), DeviceTraits(gpu=True, vector_width=4, max_group_size=1024)]
 
 
@@ -31,6 +32,18 @@ def _description(kernels, rewritten):
                   at(node for node in k.loads if id(node) in k.misaligned), at(k.summed_apart), kernel_flops(k))
                  for k in kernels]
     return described
+
+
+def _residual_weight_gradients():
+    """The weight gradients of RESIDUAL_LAYERS residual GELU layers over 4096 rows, and GPU traits under which each
+    is a product split along k (4 blocks of outputs for 132 compute units)."""
+    traits = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024, local_memory=48 * 1024, compute_units=132)
+    rng, F, dev = np.random.default_rng(0), zyx.nn.functional, zyx.CPU()
+    weights = [dev.tensor(rng.standard_normal((256, 256)).astype(np.float32) * 0.1) for _ in range(RESIDUAL_LAYERS)]
+    h = dev.tensor(rng.standard_normal((4096, 256)).astype(np.float32))
+    for w in weights:
+        h = h + F.linear(F.gelu(h), w)
+    return [g.node for g in (h * h).sum().backward(weights)], traits
 
 
 @pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
@@ -129,13 +142,7 @@ def test_the_partials_of_split_products_come_from_the_memo(monkeypatch):
     as any region is, by that choice too: residual layers alike build them once, and the schedule is the fresh
     one (W7 built its 48 weight gradients' partials 96 times)."""
     from zyx.jit import schedule as scheduling
-    traits = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024, local_memory=48 * 1024, compute_units=132)
-    rng, F, dev = np.random.default_rng(0), zyx.nn.functional, zyx.CPU()
-    weights = [dev.tensor(rng.standard_normal((256, 256)).astype(np.float32) * 0.1) for _ in range(6)]
-    h = dev.tensor(rng.standard_normal((4096, 256)).astype(np.float32))  # (4 blocks of outputs: split along k)
-    for w in weights:
-        h = h + F.linear(F.gelu(h), w)
-    targets = [g.node for g in (h * h).sum().backward(weights)]
+    targets, traits = _residual_weight_gradients()
     fresh, _ = _described(targets, traits, memoize=False)
     partials = sum(1 for kernel in schedule(targets, traits, memoize=False)[0] if kernel.summed_apart)
     partials_built = []
@@ -147,7 +154,7 @@ def test_the_partials_of_split_products_come_from_the_memo(monkeypatch):
     monkeypatch.setattr(scheduling, "_build_shaped", noted)
     memoized, _ = _described(targets, traits, memoize=True)
     assert memoized == fresh
-    assert partials == len(weights) and 0 < sum(partials_built) < partials
+    assert partials == RESIDUAL_LAYERS and 0 < sum(partials_built) < partials
 
 
 def test_the_sums_of_split_products_partials_come_from_the_memo_with_the_partials_made_anew(monkeypatch):
@@ -156,13 +163,7 @@ def test_the_sums_of_split_products_partials_come_from_the_memo_with_the_partial
     and the same choice planned, so the sums are built once and the schedule is the fresh one, FLOPs included (W7
     built its attention-projection weight gradient's sum in each of 12 layers, twice: 0.06 s each)."""
     from zyx.jit import schedule as scheduling
-    traits = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024, local_memory=48 * 1024, compute_units=132)
-    rng, F, dev = np.random.default_rng(0), zyx.nn.functional, zyx.CPU()
-    weights = [dev.tensor(rng.standard_normal((256, 256)).astype(np.float32) * 0.1) for _ in range(6)]
-    h = dev.tensor(rng.standard_normal((4096, 256)).astype(np.float32))  # (4 blocks of outputs: split along k)
-    for w in weights:
-        h = h + F.linear(F.gelu(h), w)
-    targets = [g.node for g in (h * h).sum().backward(weights)]
+    targets, traits = _residual_weight_gradients()
     fresh, _ = _described(targets, traits, memoize=False)
     sums = sum(1 for kernel in schedule(targets, traits, memoize=False)[0] if kernel.summed_apart)
     sums_built = []
@@ -175,7 +176,7 @@ def test_the_sums_of_split_products_partials_come_from_the_memo_with_the_partial
     monkeypatch.setattr(scheduling, "_built", noted)
     memoized, _ = _described(targets, traits, memoize=True)
     assert memoized == fresh
-    assert sums == len(weights) and 0 < sum(sums_built) <= sums // 2  # (the first and last layers differ)
+    assert sums == RESIDUAL_LAYERS and 0 < sum(sums_built) <= sums // 2  # (the first and last layers differ)
 
 
 def test_a_region_reaching_past_one_met_before_is_built_anew():
