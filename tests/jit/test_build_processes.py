@@ -106,6 +106,19 @@ def test_a_child_that_dies_leaves_its_sources_to_the_others_and_at_last_to_the_p
     assert sorted(build_apart(context.devices[0], sources, ())) == [(i, None, 0.0) for i in range(4)]
 
 
+def test_where_no_child_process_can_be_started_the_parent_builds_every_source(tmp_path, context, monkeypatch):
+    def refused(module, arguments):
+        raise OSError("Resource temporarily unavailable")
+    monkeypatch.setattr(build_processes, "start_helper_process", refused)
+    monkeypatch.setenv("ZYX_BUILD_PROCESSES", "2")
+    sources = [kernel_source(c) for c in CONSTANTS[:3]]
+    assert sorted(build_apart(context.devices[0], sources, ())) == [(i, None, 0.0) for i in range(3)]
+    monkeypatch.setattr(cache_module, "builds_apart", lambda device, count: True)
+    built = KernelCache(tmp_path / "cache").build_many(context, context.devices[0], sources)
+    for constant, program in zip(CONSTANTS, built):
+        assert np.array_equal(added(context, program, constant), np.arange(N, dtype=np.float32) + constant)
+
+
 def test_a_compile_error_in_a_child_is_raised_by_the_parent_with_its_log(tmp_path, context, monkeypatch):
     monkeypatch.setenv("ZYX_BUILD_PROCESSES", "2")
     monkeypatch.setenv("ZYX_CACHE_DIR", str(tmp_path / "errors"))  # where the failed source is saved

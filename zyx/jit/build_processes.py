@@ -103,7 +103,10 @@ class _Children:
         self.running = [child for child in self.running if child.alive]
         wanted = process_count(len(sources))
         while len(self.running) < wanted:
-            self.running.append(_Child(self.device, len(self.running), self.answers))
+            try:
+                self.running.append(_Child(self.device, len(self.running), self.answers))
+            except OSError:  # (no more processes to be had: those running build, or the caller)
+                break
         children = self.running[:wanted]
         waiting = sorted(range(len(sources)), key=lambda index: -len(sources[index]))
         for child in children:
