@@ -11,7 +11,8 @@ compiles to machine code again unless the driver's compute cache (CUDA_CACHE_*) 
 there (the 67 loads took 0.0 s; 12.3 s with the cache disabled). So with CUDA_CACHE_DISABLE=1 builds stay here.
 
 A child that fails a build answers without a binary, and the parent builds that source itself (a compile error is
-then raised with its log, as ever); a child that dies leaves its source to the others, or to the parent.
+then raised with its log, as ever); a child that dies leaves its source to the others, or to the parent, which
+builds them all where no child can be started.
 ZYX_BUILD_PROCESSES=0 keeps every build in the process; a number caps the children (default: one per core, at most
 MAX_PROCESSES).
 
