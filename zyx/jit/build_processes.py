@@ -35,7 +35,7 @@ import pyopencl as cl
 from .cache_key import device_fingerprint
 from .helper_process import start_helper_process
 
-__all__ = ["build_apart", "builds_apart", "kept_children"]
+__all__ = ["build_apart", "builds_apart", "compile_threads", "kept_children"]
 
 PROCESS_MIN_SOURCES = 8  # fewer builds do not pay for the children's start (1-3 s on the H100's host)
 MAX_PROCESSES = 16       # 16 children built W7's sources in 7.2 s, 8 in 8.4 s (H100, 16 cores)
@@ -50,16 +50,20 @@ def builds_apart(device: cl.Device, sources: int) -> bool:
             and os.environ.get("CUDA_CACHE_DISABLE", "0") in ("", "0"))
 
 
+def compile_threads() -> int:
+    """How many builds run at once: one per core (each build is single-threaded in the drivers seen so far)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def process_count(sources: int) -> int:
     """Children for `sources` builds: one per core (ZYX_BUILD_PROCESSES, where set, caps them), at most
     MAX_PROCESSES and one per source."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     setting = os.environ.get(SETTING, "").strip()
     if setting and not setting.isdigit():
         raise ValueError(f"{SETTING}={setting!r}: expected 0 (every build in this process) or the most child "
                          f"processes to build in (unset: one a core, at most {MAX_PROCESSES})")
     cap = int(setting) if setting else MAX_PROCESSES
-    return max(0, min(cores, cap, MAX_PROCESSES, sources))
+    return max(0, min(compile_threads(), cap, MAX_PROCESSES, sources))
 
 
 def build_apart(device: cl.Device, sources: Sequence[str],

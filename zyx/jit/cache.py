@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import pyopencl as cl
 
 from zyx.jit.background import BackgroundWriter
-from zyx.jit.build_processes import build_apart, builds_apart
+from zyx.jit.build_processes import build_apart, builds_apart, compile_threads
 from zyx.jit.pocl_helper import PoclHelper, serves
 from zyx.jit.compile_lock import compile_lock
 from zyx.jit.compiler import build_binary, build_source
@@ -529,11 +529,6 @@ class KernelCache:
         warnings.warn(f"zyx kernel cache: dropped entry {key[:SHORT_KEY_LENGTH]} because {reason}; recompiling",
                       CacheWarning, stacklevel=5)
         self._store.delete([key])
-
-
-def compile_threads() -> int:
-    """How many builds run at once: one per core (each build is single-threaded in the drivers seen so far)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _compile_all(context: cl.Context, device: cl.Device, sources: Sequence[str], options: tuple[str, ...],
