@@ -77,12 +77,12 @@ def test_rounding_to_float16_in_registers_is_numpys_cast(kernel, width, float16_
 def test_erf_is_within_three_ulp_of_float64s_with_nan_and_infinities(kernel, width, native):
     """zyx_erf (polynomials, both branches selected lane by lane: PoCL's erf is a scalar call per lane, 14x its
     exp's time) is within 3 ulp of float64's erf over [-6, 6] and thirty decades below 1, ±1 at ±inf, nan kept;
-    with ZYX_NATIVE_ERF (GPUs) it is the builtin."""
+    with ZYX_NATIVE_RECIP (GPUs: 1/|x| by native_recip) too."""
     values = np.concatenate([np.linspace(-6, 6, 96001), np.logspace(-30, 0, 3000), -np.logspace(-30, 0, 3000),
                              [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 4.0, 3.9999998, 0.99999994, 1e-45,
                               2.5]]).astype(np.float32)
     values = np.concatenate([values, np.zeros(-len(values) % 16, np.float32)])
-    out = run_helper(kernel, values, width, ("-DZYX_NATIVE_ERF",) if native else ())
+    out = run_helper(kernel, values, width, ("-DZYX_NATIVE_RECIP",) if native else ())
     want = np.array([math.erf(float(v)) if not math.isnan(v) else math.nan for v in values])
     finite = ~np.isnan(want)
     ulp = np.spacing(np.abs(want[finite]).astype(np.float32)).astype(np.float64)
@@ -93,11 +93,11 @@ def test_erf_is_within_three_ulp_of_float64s_with_nan_and_infinities(kernel, wid
 @pytest.mark.parametrize("native", [False, True])
 def test_erf_given_its_exponential_is_erf_bit_for_bit(native):
     """zyx_erf_exp(x, exp(-x·x)) (what a kernel computing that exponential anyway calls: print_opencl._erf_given_exp)
-    gives zyx_erf's bits, nan and infinities included; with ZYX_NATIVE_ERF both are the builtin."""
+    gives zyx_erf's bits, nan and infinities included, with ZYX_NATIVE_RECIP (GPUs) too."""
     values = np.concatenate([np.linspace(-6, 6, 24001), np.logspace(-30, 0, 1000), [np.inf, -np.inf, np.nan, 4.0,
                              -3.9999998, 0.99999994, 1.0]]).astype(np.float32)
     values = np.concatenate([values, np.zeros(-len(values) % 16, np.float32)])
-    options = ("-DZYX_NATIVE_ERF",) if native else ()
+    options = ("-DZYX_NATIVE_RECIP",) if native else ()
     given, plain = run_helper("erf_given_exp", values, 16, options), run_helper("erf_lanes", values, 16, options)
     assert np.array_equal(given.view(np.uint32), plain.view(np.uint32))
 

@@ -49,21 +49,23 @@ _KERNEL_NAME = re.compile(r"__kernel\s+void\s+(\w+)")
 CHECKING_OPTIONS = ("-cl-opt-disable",)
 # Defined where NVIDIA's PTX conversions exist (sm_80 and later): print_opencl's bfloat16 rounding is one cvt there
 PTX_CONVERSIONS = "ZYX_PTX_CVT"
-# Defined on GPUs, whose `erf` is quick: there opencl_prelude's `zyx_erf` is the builtin, elsewhere polynomials
-NATIVE_ERF = "ZYX_NATIVE_ERF"
+# Defined on GPUs, whose native_recip is the hardware's reciprocal (NVIDIA: rcp.approx, within 1 ulp): opencl_prelude's
+# erf polynomials take 1/|x| so there, a division elsewhere. On an H100 the IEEE division cost W7's bf16 GELU-backward
+# product (erf in its epilogue) 0.373 -> 0.285 ms, and the builtin erf was as slow as the division (bench/GPU.md)
+NATIVE_RECIP = "ZYX_NATIVE_RECIP"
 
 
 def kernel_options(traits: object, runtime: object, unsized: bool = False) -> tuple[str, ...]:
     """The options a device's kernels are built with (part of each binary's cache key, as the source is):
     CHECKING_OPTIONS for GPU-shaped kernels on a CPU driver (but where a build holds a kernel without a work-group
-    size, `unsized`); on GPUs NATIVE_ERF, and PTX_CONVERSIONS on NVIDIA sm_80 and later."""
+    size, `unsized`); on GPUs NATIVE_RECIP, and PTX_CONVERSIONS on NVIDIA sm_80 and later."""
     on_gpu = bool(getattr(runtime, "is_gpu", False))
     if getattr(traits, "gpu", False) and not on_gpu:
         return () if unsized else CHECKING_OPTIONS
     if not on_gpu:
         return ()
     capability = getattr(runtime, "compute_capability", None)
-    return (f"-D{NATIVE_ERF}", *((f"-D{PTX_CONVERSIONS}",) if capability is not None and capability >= (8, 0) else ()))
+    return (f"-D{NATIVE_RECIP}", *((f"-D{PTX_CONVERSIONS}",) if capability is not None and capability >= (8, 0) else ()))
 
 
 def _options(options: Sequence[str]) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
-from .compiler import NATIVE_ERF, PTX_CONVERSIONS
+from .compiler import NATIVE_RECIP, PTX_CONVERSIONS
 
 __all__ = ["CALLED_HELPERS", "GROUP_SIZE_STATED", "combine_sources", "prelude"]
 
@@ -106,19 +106,22 @@ def _erf_helpers() -> list[str]:
     `exp` took 1.45 ms (PoCL 3.1, Zen 2): W7's GELU at the CPU size spent tens of milliseconds a step in it. Both
     branches are computed and selected, lane by lane, so vectors stay vectors; within 2.5 ulp of erf (float64)
     over [-6, 6] and 30 decades below 1, nan kept, ±1 at ±inf. zyx_erf_exp(x, e) is erf(x) given e = exp(-x·x), which
-    the polynomials need (a kernel that computes it anyway passes it: print_opencl._erf_given_exp)."""
-    lines = [f"#ifdef {NATIVE_ERF}", "#define zyx_erf erf", "#define zyx_erf_exp(x, e) erf(x)", "#else"]
+    the polynomials need (a kernel that computes it anyway passes it: print_opencl._erf_given_exp). GPUs take them
+    too, 1/|x| by the hardware's reciprocal (NATIVE_RECIP): NVIDIA's builtin erf cost as much as the polynomials
+    with an IEEE division, a quarter more than with the reciprocal (compiler.NATIVE_RECIP)."""
+    lines = [f"#ifdef {NATIVE_RECIP}", "#define zyx_erf_recip(a) native_recip(a)", "#else",
+             "#define zyx_erf_recip(a) (1.0f / (a))", "#endif"]
     for width in ("", "2", "4", "8", "16"):
         f = f"float{width}"
         lines.append(
             f"static inline __attribute__((overloadable)) {f} zyx_erf_exp({f} x, {f} e) {{ {f} a = fabs(x), s = a * a; "
-            f"{f} small = x * {_horner(ERF_SMALL, 's')}; {f} t = 1.0f / a; "
+            f"{f} small = x * {_horner(ERF_SMALL, 's')}; {f} t = zyx_erf_recip(a); "
             f"{f} large = copysign(1.0f - e * {_horner(ERF_LARGE, 't')}, x); "
             f"large = select(large, copysign(({f})(1.0f), x), a >= 4.0f); "
             "return select(large, small, a < 1.0f); }")
         lines.append(f"static inline __attribute__((overloadable)) {f} zyx_erf({f} x) "
                      "{ return zyx_erf_exp(x, exp(-(x * x))); }")
-    return lines + ["#endif"]
+    return lines
 
 
 # Helpers a kernel gets only when it calls one of their functions: kernels that call none keep their source,
