@@ -1,8 +1,6 @@
 """Row kernels (zyx/jit/rows.py): softmax, log_softmax, layer norm and their gradients, one kernel each where
 their rows fuse, checked against torch with the device's own kernels and with GPU-shaped ones (a work group per
 row of 256 or more, a work item per shorter row) on the OpenCL device."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +11,6 @@ from zyx.jit.rows import ROW_LIMIT
 from zyx.jit.device_traits import DeviceTraits
 from zyx.jit import schedule as schedule_module
 from zyx.jit.schedule import _fuses_rows, schedule
-from zyx.jit.transforms.row_cache import cache_rows
 
 RNG = np.random.default_rng(3)
 
@@ -206,57 +203,3 @@ def test_row_statistics_beside_nodes_the_scheduler_makes(dev):
     close(loss, expected, 1e-4)
     for got, want in zip(grads, theirs):
         close(got, want.grad, 1e-4)
-
-
-def _sources(device):
-    return [launch.source for program in device.programs.values() for launch in program.launches
-            if getattr(launch, "source", None)]
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_long_rows_later_passes_read_the_row_from_local_memory(gpu, monkeypatch, dtype):
-    """A GPU row kernel over rows longer than the items' registers hold (transforms/row_cache.py: GPT-2's logits)
-    stores what its first pass loads in a local array (bf16 as 32-bit words) and its later passes read it there:
-    the cross-entropy's loss and gradient are bit for bit those of the kernel reading the row three times, and
-    match torch; where the arrays would exceed half the local memory, the row is read from memory again."""
-    monkeypatch.setattr(schedule_module, "UNKNOWN_COMPUTE_UNITS", 2)
-    monkeypatch.setattr(gpu, "traits", dataclasses.replace(gpu.traits, local_memory=1 << 18))
-    monkeypatch.setattr(gpu, "_load", lambda *args: None)  # (scheduled each time, not loaded from the store)
-    length, target = ROW_LIMIT + 8, np.array([0, 5, ROW_LIMIT + 7, -100, 7, 3, 3, 1])
-    a = torch.tensor(data(8, length)).to(getattr(torch, dtype)).float().numpy()
-    x = gpu.tensor(a).to(dtype)
-    zyx.realize(x)
-
-    def loss_and_grad():
-        gpu.forget_programs()
-        loss = F.cross_entropy(x.float(), gpu.tensor(target))
-        grad, = loss.backward([x])
-        zyx.realize(loss, grad)
-        cached = [s for s in _sources(gpu) if "_row0[" in s]
-        return loss.numpy(), grad.float().numpy(), cached
-
-    loss, grad, cached = loss_and_grad()
-    assert len(cached) == 1 and ("zyx_bf16_lanes_4(((__local uint2*)" in cached[0]) == (dtype == "bfloat16")
-    monkeypatch.setattr(schedule_module, "cache_rows", lambda kernel, group, local_memory: kernel)
-    plain_loss, plain_grad, plain_cached = loss_and_grad()
-    assert not plain_cached
-    np.testing.assert_array_equal(loss, plain_loss)
-    np.testing.assert_array_equal(grad.view(np.uint32), plain_grad.view(np.uint32))
-    t = torch.tensor(a, requires_grad=True)
-    expected = torch.nn.functional.cross_entropy(t, torch.tensor(target))
-    expected.backward()
-    close(gpu.tensor(loss), expected, 1e-5)
-    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-2 if dtype == "bfloat16" else 1e-5, atol=1e-9)
-    monkeypatch.setattr(gpu, "traits", dataclasses.replace(gpu.traits, local_memory=1 << 16))
-    monkeypatch.setattr(schedule_module, "cache_rows", cache_rows)
-    assert not loss_and_grad()[2]  # (the fixture's 64 KiB: half of it is less than the rows' arrays)
-
-
-def test_short_rows_stay_in_registers_not_local_memory(gpu):
-    """Rows whose passes an item takes in UNROLLED_TRIPS vectors or fewer keep their values in registers
-    (registers.rows_in_registers): no local copy of the row."""
-    a = data(4, 2000)
-    out = gpu.tensor(a).softmax(-1)
-    zyx.realize(out)
-    assert not any("_row0[" in s for s in _sources(gpu))
-    close(out, torch.tensor(a).softmax(-1))

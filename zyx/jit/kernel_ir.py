@@ -287,7 +287,6 @@ class LocalLoad:
     array: str
     index: Expr
     swizzle: int = 0
-    words: bool = False  # bf16 lanes read as 32-bit words from an array of 16-bit elements `index` counts
 
 
 @dataclass(frozen=True)

@@ -296,21 +296,11 @@ def _local_store(s: LocalStore) -> str:
         return f"((__local ushort*){s.array})[{index}] = (ushort)({operand(s.value)});"
     if s.dtype is not None and s.dtype.is_narrow_float and s.value.width == 2:  # a pair, at an even index: one word
         return f"((__local uint*){s.array})[({index})>>1] = {_packed_pairs(operand(s.value), s.dtype, 2)};"
-    if s.dtype is not None and s.dtype.is_narrow_float and s.value.width > 2:  # lanes at a multiple of their count
-        words, width = word_type(s.value.width), s.value.width
-        return (f"((__local {words}*){s.array})[{(s.index // width).render()}] = "
-                f"({words})({_packed_pairs(operand(s.value), s.dtype, width)});")
     if s.dtype is not None and s.dtype.is_narrow_float:  # a value (computed in float) into a half-precision array
         pointer = f"((__local {s.dtype.cl_name}*){s.array})"
         return MEMORY_ACCESS[s.dtype.name][1].format(p=pointer, i=index, v=operand(s.value))
     array = f"((__local {register_type(s.value.dtype)}*){s.array})" if s.element else s.array
     return f"{array}[{index}] = {operand(s.value)};"
-
-
-def _local_words(s: LocalLoad) -> str:
-    """bf16 lanes from a local array of 16-bit elements, as 32-bit words (transforms/row_cache.py)."""
-    width = s.out.width
-    return f"zyx_bf16_lanes_{width}(((__local {word_type(width)}*){s.array})[{(s.index // width).render()}])"
 
 
 def swizzle_bits(row: int) -> tuple[int, int]:
@@ -463,7 +453,7 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
     Define: lambda s: _start(s.start), PackHalves: _pack_halves,
-    LocalLoad: lambda s: (_local_words(s) if s.words else f"{s.array}[{s.index.render_grouped()}]" if not s.swizzle
+    LocalLoad: lambda s: (f"{s.array}[{s.index.render_grouped()}]" if not s.swizzle
                           else f"{s.array}[{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)}]" if s.out.width == 1
                           else f"*(__local {register_type(s.out.dtype, s.out.width)}*)({s.array} + "
                                f"{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)})"),

@@ -55,7 +55,6 @@ from .transforms.group import GROUP_MAX_OUTPUTS, group_reductions
 from .transforms.keep_in_output import keep_in_output
 from .transforms.paired_stores import paired_stores
 from .transforms.registers import rows_in_registers
-from .transforms.row_cache import cache_rows
 from .transforms.unroll import unroll_reductions
 from .transforms.upcast import upcast
 from .transforms.vector import vectorize
@@ -767,14 +766,11 @@ def _power_above(count: int) -> int:
 def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     """A row kernel shaped for the device: on GPUs a work group per row (float4 lanes where the row divides) if
     the row is as long as a reduction that gets a work group, each item taking ROW_ITEM_VALUES values (vectors)
-    of every pass (long rows kept in local memory for the passes after the first: transforms/row_cache.py);
-    elsewhere a row per item, in vector lanes along the row."""
+    of every pass; elsewhere a row per item, in vector lanes along the row."""
     if traits.gpu and length >= GROUP_MIN_REDUCE:
         lanes = _group_lanes(kernel, length, traits)
-        group = _group_size(length, lanes is not kernel, traits)
-        if traits.language == "opencl":  # (two groups' arrays to a compute unit)
-            lanes = cache_rows(lanes, group, traits.tensor_core_local_memory // 2)
-        return rows_in_registers(group_reductions(lanes, group, traits.warp_shuffles))
+        return rows_in_registers(group_reductions(lanes, _group_size(length, lanes is not kernel, traits),
+                                                  traits.warp_shuffles))
     vector = (_vector_kernel(kernel, traits.vector_width, tails=True, gpu=traits.gpu)
               if traits.vector_width else None)
     return vector or _unrolled(kernel)
