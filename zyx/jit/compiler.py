@@ -65,7 +65,8 @@ def kernel_options(traits: object, runtime: object, unsized: bool = False) -> tu
     if not on_gpu:
         return ()
     capability = getattr(runtime, "compute_capability", None)
-    return (f"-D{NATIVE_RECIP}", *((f"-D{PTX_CONVERSIONS}",) if capability is not None and capability >= (8, 0) else ()))
+    conversions = (f"-D{PTX_CONVERSIONS}",) if capability is not None and capability >= (8, 0) else ()
+    return (f"-D{NATIVE_RECIP}", *conversions)
 
 
 def _options(options: Sequence[str]) -> list[str]:
