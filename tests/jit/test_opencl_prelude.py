@@ -30,6 +30,10 @@ __kernel void bf16_words(__global const float* x, __global float* y) {
 """
 PTX_CONVERSION = 'asm("cvt.rn.bf16x2.f32'
 
+ERF_VALUES = np.concatenate([np.linspace(-6, 6, 96001), np.logspace(-30, 0, 3000), -np.logspace(-30, 0, 3000),
+                             [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 4.0, 3.9999998, 0.99999994, 1e-45,
+                              2.5]]).astype(np.float32)  # (erf's tests: its branches' edges, nan, infinities)
+
 
 def ptx_written_in_c(helpers: str) -> str:
     """`helpers` with the inline-PTX conversion (zyx_bf16x2, defined where ZYX_PTX_CVT is) replaced by the C
@@ -41,16 +45,18 @@ def ptx_written_in_c(helpers: str) -> str:
     return "\n".join(lines[:ptx] + lines[ptx + 2:ptx + 4] + lines[ptx + 1:]) + "\n"
 
 
-def run_helper(kernel: str, values: np.ndarray, width: int, options=(), ptx_in_c: bool = False) -> np.ndarray:
+def run_helper(kernel: str, values: np.ndarray, width: int, options=(), ptx_in_c: bool = False,
+               prefix: str = "") -> np.ndarray:
     """`kernel` of KERNELS on `values` (float32, whole vectors of `width`) on the OpenCL device; `ptx_in_c`: with the
-    helpers NVIDIA's PTX conversions select (ZYX_PTX_CVT), the one inline-PTX conversion written in C."""
+    helpers NVIDIA's PTX conversions select (ZYX_PTX_CVT), the one inline-PTX conversion written in C; `prefix`:
+    source lines before the helpers."""
     device = select_device()
     context = cl.Context([device])
     queue = cl.CommandQueue(context)
     helpers = prelude(False, False, KERNELS)
     if ptx_in_c:
         helpers, options = ptx_written_in_c(helpers), (*options, "-DZYX_PTX_CVT")
-    program = build_source(context, device, helpers + KERNELS, options)
+    program = build_source(context, device, prefix + helpers + KERNELS, options)
     flags = cl.mem_flags
     source = cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=values)
     result = cl.Buffer(context, flags.WRITE_ONLY, values.nbytes)
@@ -78,16 +84,28 @@ def test_erf_is_within_three_ulp_of_float64s_with_nan_and_infinities(kernel, wid
     """zyx_erf (polynomials, both branches selected lane by lane: PoCL's erf is a scalar call per lane, 14x its
     exp's time) is within 3 ulp of float64's erf over [-6, 6] and thirty decades below 1, ±1 at ±inf, nan kept;
     with ZYX_NATIVE_RECIP (GPUs: 1/|x| by native_recip) too."""
-    values = np.concatenate([np.linspace(-6, 6, 96001), np.logspace(-30, 0, 3000), -np.logspace(-30, 0, 3000),
-                             [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 4.0, 3.9999998, 0.99999994, 1e-45,
-                              2.5]]).astype(np.float32)
-    values = np.concatenate([values, np.zeros(-len(values) % 16, np.float32)])
+    values = np.concatenate([ERF_VALUES, np.zeros(-len(ERF_VALUES) % 16, np.float32)])
     out = run_helper(kernel, values, width, ("-DZYX_NATIVE_RECIP",) if native else ())
     want = np.array([math.erf(float(v)) if not math.isnan(v) else math.nan for v in values])
     finite = ~np.isnan(want)
     ulp = np.spacing(np.abs(want[finite]).astype(np.float32)).astype(np.float64)
     assert (np.abs(out[finite] - want[finite]) <= 3 * ulp).all()
     assert np.isnan(out[~finite]).all() and out[values == np.inf][0] == 1 and out[values == -np.inf][0] == -1
+
+
+@pytest.mark.parametrize("off", ["1.00000012f", "0.99999994f"])
+def test_erf_by_a_reciprocal_one_ulp_off_is_still_within_three_ulp(off):
+    """On GPUs the polynomials take 1/|x| from native_recip (NVIDIA's rcp.approx: within 1 ulp; PoCL's is exact):
+    with a reciprocal one ulp off either way (a macro in place of native_recip) zyx_erf stays within 3 ulp."""
+    values = np.concatenate([ERF_VALUES, np.zeros(-len(ERF_VALUES) % 16, np.float32)])
+    prefix = f"#define native_recip(a) ({off}/(a))\n"
+    want = np.array([math.erf(float(v)) if not math.isnan(v) else math.nan for v in values])
+    finite = ~np.isnan(want)
+    ulp = np.spacing(np.abs(want[finite]).astype(np.float32)).astype(np.float64)
+    exact = run_helper("erf_lanes", values, 16, ("-DZYX_NATIVE_RECIP",))
+    out = run_helper("erf_lanes", values, 16, ("-DZYX_NATIVE_RECIP",), prefix=prefix)
+    assert not np.array_equal(out, exact)  # (the macro took the reciprocal's place)
+    assert (np.abs(out[finite] - want[finite]) <= 3 * ulp).all()
 
 
 @pytest.mark.parametrize("native", [False, True])
