@@ -18,8 +18,10 @@ from zyx.dtypes import float32, uint32
 from zyx.jit import opencl_prelude, print_opencl, program_store, schedule as schedule_module
 from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, LocalArray, LocalStore, Loop, MatrixLoad,
-                               MatrixMultiply, Role, WarpShuffle, walk)
+                               MatrixMultiply, Position, Role, WarpShuffle, walk)
 from zyx.jit.schedule import schedule
+from zyx.trace.node import ARANGE
+from zyx.trace.ops import Op
 
 from test_attention_autocast import (DTYPES, as_float, assert_close, attention_arrays,  # noqa: F401 (fuse_any_size:
                                      fuse_any_size)                                    # an autouse fixture)
@@ -121,6 +123,23 @@ def test_half_causal_attention_kernels_stop_their_walks(autocast):
     kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
     walks = [kernel for kernel in kernels if kernel.ir.kind == "a"]
     assert len(walks) >= 3 and all(stops_walk(kernel) for kernel in walks), [k.name for k in walks]
+
+
+def test_a_causal_masks_positions_are_computed_not_read():
+    """The causal mask compares the arange leaf's values (positions) at each score and at each block's stop test:
+    the tensor-core kernels compute them from where they are read (Position) instead of reading the leaf."""
+    cpu = zyx.CPU()
+    q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
+               for a in arrays_of("causal, several query blocks, d=16")[:3])
+    with zyx.autocast(zyx.bfloat16):
+        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    grads = (out.float() * 2).sum().backward([q, k, v])
+    kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
+    walks = [kernel for kernel in kernels if kernel.ir.kind == "a"]
+    assert len(walks) >= 3 and all(on_cores(kernel) for kernel in walks)
+    for kernel in walks:
+        assert not any(p.node.op is Op.BUFFER and p.node.arg == ARANGE for p in kernel.ir.params), kernel.name
+        assert any(isinstance(s, Position) for s in walk(kernel.ir.body)), kernel.name
 
 
 def test_outputs_of_whole_blocks_are_stored_two_a_word():

@@ -9,7 +9,8 @@ blocks of 64 keys:
   8 tiles of 16 x 8 float32 accumulators a warp; lane l holds rows l / 4 and l / 4 + 8 at keys 2 (l % 4) and
   2 (l % 4) + 1 of each tile, so a row's 64 scores lie on the 4 lanes of a quad;
 - the rest of X (scale, mask) is lowered from the trace at each accumulator's (row, key), as attention_tiled.py
-  does at its register tile's; keys past the end score -inf;
+  does at its register tile's, a causal mask's positions (the arange leaf) computed from where they are read, not
+  read (WarpTiles._load); keys past the end score -inf;
 - the online softmax in registers: each lane's row maximum over its 16 scores, then over the quad by two butterfly
   shuffles (WarpShuffle); the running sums rescaled once per block;
 - P = exp(X - m) rounded to the product's dtype is, packed two to a word (PackHalves), the A fragment of P V: the

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from ..dtypes import DType, float32, int16, uint32
-from ..trace.node import Node
+from ..trace.node import ARANGE, Node
 from ..trace.ops import Op
 from .attention_tiles import BlockTest, StagedBlocks, _at
 from .attention import NotAttention
 from .kernel_ir import (Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Cond, Const, Define, If, Lane,
-                        Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, PackHalves, Reg,
-                        WarpShuffle, substitute)
-from .lower import Index
+                        Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, PackHalves, Position,
+                        Reg, WarpShuffle, substitute)
+from .lower import Index, linear
 from .print_common import aligned
 from .symbolic import Expr
 from .tensor_cores import KINDS
@@ -80,6 +80,14 @@ class WarpTiles(StagedBlocks):
         tiles = [[Reg(self.names.fresh("acc"), float32) for _ in range(4)] for _ in range(columns // TILE_N)]
         self._scopes[-1] += [Define(acc, Const(0.0, float32)) for tile in tiles for acc in tile]
         return tiles
+
+    def _load(self, node: Node, index: Index, guard: Cond) -> Any:
+        """The arange leaf's values (a causal mask's positions) computed from where they are read (Position), not
+        read from memory at every score and block; any other leaf loaded as Lowering loads it."""
+        if node.op is Op.BUFFER and node.arg == ARANGE:
+            flat = linear(index, node.shape)
+            return self._emit(self._depth_of(index, guard), lambda out: Position(Reg(out, node.dtype), flat, guard))
+        return super()._load(node, index, guard)
 
     def _row_fragments(self, stage: str, pitch: int, size: int) -> list[tuple[Lane, ...]]:
         """The warp's 16 rows of a staged [row][k] operand as A fragments, one per 16 of its `size` k (ldmatrix x4:

@@ -159,6 +159,17 @@ class LaneSelect:
 
 
 @dataclass(frozen=True)
+class Position:
+    """The arange leaf's value at `index` (trace.node.ARANGE holds 0, 1, ..., n-1: its value is its index), computed
+    instead of read, 0 where `guard` fails (as a Load would read): a causal mask's positions in the tensor-core
+    attention kernels, which compared values read from memory at every score and waited on one to end a walk."""
+
+    out: Reg
+    index: Expr
+    guard: Cond = ()
+
+
+@dataclass(frozen=True)
 class Rand:
     """A uniform draw in [0, 1) of the stream (seed, offset) at `index`."""
 
@@ -487,15 +498,15 @@ class BulkWait:
     pending: int
 
 
-Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack, Define, Accumulate, MultiplyAdd,
-                  Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad, MatrixMultiply,
-                  WarpShuffle, PackHalves, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma, WarpgroupFence,
-                  WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget, LocalRoundTF32,
-                  BulkStore, BulkCommit, BulkWait]
+Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Position, Extract, Broadcast, Pack, Define, Accumulate,
+                  MultiplyAdd, Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad,
+                  MatrixMultiply, WarpShuffle, PackHalves, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
+                  WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
+                  LocalRoundTF32, BulkStore, BulkCommit, BulkWait]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, WarpShuffle, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
                WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
                LocalRoundTF32, BulkStore, BulkCommit, BulkWait)  # printed as inline PTX
-PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Extract, Broadcast, Pack,
+PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Position, Extract, Broadcast, Pack,
         PackHalves)  # statements a copy may share
 
 

@@ -17,8 +17,8 @@ from .kernel_ir import (ERF_GIVEN_EXP, LESS_EQUAL, ROUND_TF32, Accumulate, Alu, 
                         AsyncProxyFence, AsyncWait, Barrier, Break, Broadcast, BulkCommit, BulkStore, BulkWait, Const,
                         Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad,
                         LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier,
-                        Operand, Pack, PackHalves, Rand, Reg, RegisterBudget, Role, Select, Store, WarpgroupCommit,
-                        WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, walk)
+                        Operand, Pack, PackHalves, Position, Rand, Reg, RegisterBudget, Role, Select, Store,
+                        WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
@@ -449,6 +449,8 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Load: load, Gather: gather, Alu: alu, LaneSelect: lane_select,
     Select: lambda s: f"(({condition(s.cond)})?{operand(s.value)}:{operand(s.fill)})",
     Rand: lambda s: f"zyx_philox_uniform({s.seed},{s.offset}+(ulong)({s.index.render()}))",
+    Position: lambda s: (f"(({condition(s.guard)})?({register_type(s.out.dtype)})({s.index.render()}):0)" if s.guard
+                         else f"(({register_type(s.out.dtype)})({s.index.render()}))"),
     Extract: lambda s: part(s.src, s.part),
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
