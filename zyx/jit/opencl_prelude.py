@@ -108,7 +108,7 @@ def _erf_helpers() -> list[str]:
     over [-6, 6] and 30 decades below 1, nan kept, ±1 at ±inf. zyx_erf_exp(x, e) is erf(x) given e = exp(-x·x), which
     the polynomials need (a kernel that computes it anyway passes it: print_opencl._erf_given_exp). GPUs take them
     too, 1/|x| by the hardware's reciprocal (NATIVE_RECIP): NVIDIA's builtin erf cost as much as the polynomials
-    with an IEEE division, a quarter more than with the reciprocal (compiler.NATIVE_RECIP)."""
+    with an IEEE division, about a third more than with the reciprocal (compiler.NATIVE_RECIP)."""
     lines = [f"#ifdef {NATIVE_RECIP}", "#define zyx_erf_recip(a) native_recip(a)", "#else",
              "#define zyx_erf_recip(a) (1.0f / (a))", "#endif"]
     for width in ("", "2", "4", "8", "16"):
