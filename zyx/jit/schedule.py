@@ -147,8 +147,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
         plans = dict(planned)
         kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
                                     planned, users, early)
-        if memo is not None and not conflicted and all(plans.get(key) == plan or key not in plans
-                                                       for key, plan in planned.items()):
+        if memo is not None and not conflicted and all(plans.get(key, plan) == plan for key, plan in planned.items()):
             apart = [materialized[key] for key in materialized if key not in before.materialized]
             memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart],
                           choice, [plan for key, plan in planned.items() if key not in plans])

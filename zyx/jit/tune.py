@@ -41,8 +41,8 @@ from ..runtime.replay import record_launches, replay
 from ..trace.hashing import signature
 from ..trace.node import Node, buffer_leaf
 from ..trace.ops import Op
-from .build_processes import kept_children
-from .cache import compile_threads, default_cache, device_fingerprint
+from .build_processes import compile_threads, kept_children
+from .cache import default_cache, device_fingerprint
 from .choices import Choice, TunedChoices, TuneSite
 from .compiler import KernelBuildError, kernel_options
 from .cpu_matmul import fits_registers
