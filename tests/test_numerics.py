@@ -79,7 +79,8 @@ def test_a_half_precision_value_is_rounded_where_computed_as_if_stored(device, d
     def after(value):
         return (value.float() * 3.0).numpy()
 
-    for value in (x + y, x * y + x, (x * y).sum(-1)):
+    selections = ((x < y).where(float("-inf"), x * y), (x * y).maximum(0.0), (x < y).where(0.1, -(x * y)))
+    for value in (x + y, x * y + x, (x * y).sum(-1), *selections):  # (selections of rounded values: not rounded)
         fused = after(value)
         np.testing.assert_array_equal(fused, after(value.realize()))
 

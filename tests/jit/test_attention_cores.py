@@ -17,8 +17,9 @@ import zyx
 from zyx.dtypes import float32, uint32
 from zyx.jit import opencl_prelude, print_opencl, program_store, schedule as schedule_module
 from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
-from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncWait, Barrier, LocalArray, LocalStore, Loop, MatrixLoad,
-                               MatrixMultiply, Position, Role, WarpShuffle, walk)
+from zyx.jit.kernel_ir import (FAST_DIV, FAST_EXP, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, LocalArray,
+                               LocalStore, Loop, MatrixLoad, MatrixMultiply, PackHalves, Position, Reg, Role,
+                               WarpShuffle, walk)
 from zyx.jit.schedule import schedule
 from zyx.trace.node import ARANGE
 from zyx.trace.ops import Op
@@ -140,6 +141,33 @@ def test_a_causal_masks_positions_are_computed_not_read():
     for kernel in walks:
         assert not any(p.node.op is Op.BUFFER and p.node.arg == ARANGE for p in kernel.ir.params), kernel.name
         assert any(isinstance(s, Position) for s in walk(kernel.ir.body)), kernel.name
+
+
+def test_exponentials_and_divisions_are_approximate_and_packed_weights_rounded_once():
+    """The tensor-core kernels' values are half precision: their exponentials (the online softmax's, P's in the
+    backward) and divisions (P = exp(X - m) / l) are the hardware's approximations (FAST_EXP, FAST_DIV); a weight
+    rounded to the staged dtype is packed from its float value (PackHalves rounds it the same) and the causal mask's
+    select of a rounded score is not rounded again: one rounding a score in the forward (its product's)."""
+    cpu = zyx.CPU()
+    q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
+               for a in arrays_of("causal, several query blocks, d=16")[:3])
+    with zyx.autocast(zyx.bfloat16):
+        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    grads = (out.float() * 2).sum().backward([q, k, v])
+    kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
+    walks = [kernel for kernel in kernels if kernel.ir.kind == "a"]
+    assert len(walks) >= 3 and all(on_cores(kernel) for kernel in walks)
+    for kernel in walks:
+        statements = list(walk(kernel.ir.body))
+        ops = [s.op for s in statements if isinstance(s, Alu)]
+        assert FAST_EXP in ops and Op.EXP not in ops and Op.DIV not in ops, kernel.name
+        rounded = {s.out.name for s in statements if isinstance(s, Alu) and s.op is Op.CAST}
+        packed = [a for s in statements if isinstance(s, PackHalves) for a in (s.low, s.high)]
+        assert packed and not any(isinstance(a, Reg) and a.name in rounded for a in packed), kernel.name
+        selected = {s.out.name for s in statements if isinstance(s, Alu) and s.op is Op.WHERE}
+        assert selected and not any(isinstance(s, Alu) and s.op is Op.CAST and s.out.dtype.is_narrow_float
+                                    and s.args[0].name in selected for s in statements), kernel.name
+    assert any(FAST_DIV in [s.op for s in walk(kernel.ir.body) if isinstance(s, Alu)] for kernel in walks[1:])
 
 
 def test_outputs_of_whole_blocks_are_stored_two_a_word():

@@ -106,10 +106,10 @@ def test_a_pocl_cache_dir_the_user_chose_is_kept(tmp_path, monkeypatch):
     (False, False, None, False, ()),                 # a CPU's own kernels: as optimized as the driver makes them
     (True, False, None, False, CHECKING_OPTIONS),    # GPU-shaped kernels checked on a CPU driver: unoptimized,
     (True, False, None, True, ()),                   # but for kernels of no set work-group size (a crash)
-    (True, True, (9, 0), False, ("-DZYX_NATIVE_RECIP", "-DZYX_PTX_CVT")),  # NVIDIA sm_80 and later: bfloat16
-    (True, True, (8, 0), True, ("-DZYX_NATIVE_RECIP", "-DZYX_PTX_CVT")),   # rounding by PTX's cvt
-    (True, True, (7, 5), False, ("-DZYX_NATIVE_RECIP",)),  # older NVIDIA: no bf16 cvt; GPUs: erf by native_recip
-    (True, True, None, False, ("-DZYX_NATIVE_RECIP",)),    # other GPUs
+    (True, True, (9, 0), False, ("-DZYX_NATIVE_MATH", "-DZYX_PTX_CVT")),  # NVIDIA sm_80 and later: bfloat16
+    (True, True, (8, 0), True, ("-DZYX_NATIVE_MATH", "-DZYX_PTX_CVT")),   # rounding by PTX's cvt
+    (True, True, (7, 5), False, ("-DZYX_NATIVE_MATH",)),  # older NVIDIA: no bf16 cvt; GPUs: erf by native_recip
+    (True, True, None, False, ("-DZYX_NATIVE_MATH",)),    # other GPUs
 ])
 def test_kernel_options_follow_the_runtime_and_the_kernels_shapes(gpu_shaped, is_gpu, capability, unsized, options):
     runtime = SimpleNamespace(is_gpu=is_gpu, compute_capability=capability)

@@ -9,7 +9,7 @@ import pytest
 
 import zyx
 from zyx.jit.choices import Choice
-from zyx.jit.kernel_ir import Barrier, Load, Loop, simplify_cond, substitute, walk
+from zyx.jit.kernel_ir import Alu, Barrier, Load, Loop, simplify_cond, substitute, walk
 from zyx.jit.lower import lower
 from zyx.jit.matmul import LocalTileLowering, plan_local_tiles
 from zyx.jit.print_opencl import print_kernel
@@ -23,6 +23,7 @@ from zyx.jit.transforms.group import COLUMNS, column_outputs, group_reductions
 from zyx.jit.transforms.unroll import UNROLLED_STATEMENTS, unroll_reductions
 from zyx.jit.transforms.upcast import upcast
 from zyx.jit.transforms.vector import vectorize
+from zyx.trace.ops import Op
 
 RNG = np.random.default_rng(5)
 
@@ -315,3 +316,18 @@ def test_an_erf_takes_the_exponential_of_the_same_value_its_kernel_computes(orde
     want = (np.vectorize(math.erf)(r) * 3 + np.exp(-r * r)) if order == "erf first" else \
         (np.exp(-r * r) * 3 + np.vectorize(math.erf)(r))
     np.testing.assert_allclose(out.numpy(), want, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("select, rounds", [
+    (lambda p, x, y: (x < y).where(float("-inf"), p), 1),  # a causal mask's select: -inf is a bfloat16
+    (lambda p, x, y: p.maximum(0.0), 1),                   # ReLU after a product
+    (lambda p, x, y: -p, 1),
+    (lambda p, x, y: (x < y).where(0.1, p), 2),            # 0.1 is no bfloat16: the select is rounded
+])
+def test_a_half_precision_select_of_rounded_values_is_not_rounded_again(select, rounds):
+    """Of operands rounded to bfloat16 where computed (x·y), read (exact) or literals bfloat16 holds, a select, a
+    maximum or a negation is one of them: rounded again only where a literal is not a bfloat16."""
+    x, y = (zyx.CPU().tensor(RNG.standard_normal((8, 16)).astype(np.float32)).to("bfloat16").realize() for _ in range(2))
+    root = select(x * y, x, y).node
+    kernel = lower(root, {id(root): root}, set()).ir
+    assert sum(isinstance(s, Alu) and s.op is Op.CAST for s in walk(kernel.body)) == rounds

@@ -6,7 +6,7 @@ import pyopencl as cl
 import pytest
 
 from zyx.jit.compiler import build_source
-from zyx.jit.opencl_prelude import prelude
+from zyx.jit.opencl_prelude import MAX_FLOAT, prelude
 from zyx.runtime.platforms import select_device
 
 KERNELS = """
@@ -20,6 +20,10 @@ __kernel void erf_lanes(__global const float* x, __global float* y) {
   int i = get_global_id(0); vstore16(zyx_erf(vload16(i, x)), i, y); }
 __kernel void erf_given_exp(__global const float* x, __global float* y) {
   int i = get_global_id(0); float16 v = vload16(i, x); vstore16(zyx_erf_exp(v, exp(-(v * v))), i, y); }
+__kernel void fast_exp(__global const float* x, __global float* y) {
+  int i = get_global_id(0); y[i] = zyx_fast_exp(x[i]); }
+__kernel void fast_div(__global const float* x, __global float* y) {
+  int i = get_global_id(0); y[i] = zyx_fast_div(x[i], 1.5f + fabs(x[i]) * 0.37f); }
 __kernel void bf16_lanes(__global const float* x, __global float* y) {
   int i = get_global_id(0); vstore8(zyx_round_bf16_8(vload8(i, x)), i, y); }
 __kernel void bf16_words(__global const float* x, __global float* y) {
@@ -46,7 +50,9 @@ def within_three_ulp_of_erf(out: np.ndarray) -> bool:
 
 def ptx_written_in_c(helpers: str) -> str:
     """`helpers` with the inline-PTX conversion (zyx_bf16x2, defined where ZYX_PTX_CVT is) replaced by the C
-    definitions its #else branch holds: the helpers ZYX_PTX_CVT selects, buildable on any OpenCL."""
+    definitions its #else branch holds, and the maximum's max.NaN by its C form: the helpers ZYX_PTX_CVT selects,
+    buildable on any OpenCL."""
+    helpers = helpers.replace(MAX_FLOAT[1], MAX_FLOAT[3])
     lines = helpers.splitlines()
     ptx = next((k for k, line in enumerate(lines) if PTX_CONVERSION in line), None)
     if ptx is None:
@@ -92,9 +98,9 @@ def test_rounding_to_float16_in_registers_is_numpys_cast(kernel, width, float16_
 def test_erf_is_within_three_ulp_of_float64s_with_nan_and_infinities(kernel, width, native):
     """zyx_erf (polynomials, both branches selected lane by lane: PoCL's erf is a scalar call per lane, 14x its
     exp's time) is within 3 ulp of float64's erf over [-6, 6] and thirty decades below 1, ±1 at ±inf, nan kept;
-    with ZYX_NATIVE_RECIP (GPUs: 1/|x| by native_recip) too."""
+    with ZYX_NATIVE_MATH (GPUs: 1/|x| by native_recip) too."""
     values = ERF_VALUES
-    out = run_helper(kernel, values, width, ("-DZYX_NATIVE_RECIP",) if native else ())
+    out = run_helper(kernel, values, width, ("-DZYX_NATIVE_MATH",) if native else ())
     assert within_three_ulp_of_erf(out)
     assert np.isnan(out[np.isnan(values)]).all() and out[values == np.inf][0] == 1 and out[values == -np.inf][0] == -1
 
@@ -104,8 +110,8 @@ def test_erf_by_a_reciprocal_one_ulp_off_is_still_within_three_ulp(off):
     """On GPUs the polynomials take 1/|x| from native_recip (NVIDIA's rcp.approx: within 1 ulp; PoCL's is exact):
     with a reciprocal one ulp off either way (a macro in place of native_recip) zyx_erf stays within 3 ulp."""
     prefix = f"#define native_recip(a) ({off}/(a))\n"
-    exact = run_helper("erf_lanes", ERF_VALUES, 16, ("-DZYX_NATIVE_RECIP",))
-    out = run_helper("erf_lanes", ERF_VALUES, 16, ("-DZYX_NATIVE_RECIP",), prefix=prefix)
+    exact = run_helper("erf_lanes", ERF_VALUES, 16, ("-DZYX_NATIVE_MATH",))
+    out = run_helper("erf_lanes", ERF_VALUES, 16, ("-DZYX_NATIVE_MATH",), prefix=prefix)
     assert not np.array_equal(out, exact)  # (the macro took the reciprocal's place)
     assert within_three_ulp_of_erf(out)
 
@@ -113,13 +119,27 @@ def test_erf_by_a_reciprocal_one_ulp_off_is_still_within_three_ulp(off):
 @pytest.mark.parametrize("native", [False, True])
 def test_erf_given_its_exponential_is_erf_bit_for_bit(native):
     """zyx_erf_exp(x, exp(-x·x)) (what a kernel computing that exponential anyway calls: print_opencl._erf_given_exp)
-    gives zyx_erf's bits, nan and infinities included, with ZYX_NATIVE_RECIP (GPUs) too."""
+    gives zyx_erf's bits, nan and infinities included, with ZYX_NATIVE_MATH (GPUs) too."""
     values = np.concatenate([np.linspace(-6, 6, 24001), np.logspace(-30, 0, 1000), [np.inf, -np.inf, np.nan, 4.0,
                              -3.9999998, 0.99999994, 1.0]]).astype(np.float32)
     values = np.concatenate([values, np.zeros(-len(values) % 16, np.float32)])
-    options = ("-DZYX_NATIVE_RECIP",) if native else ()
+    options = ("-DZYX_NATIVE_MATH",) if native else ()
     given, plain = run_helper("erf_given_exp", values, 16, options), run_helper("erf_lanes", values, 16, options)
     assert np.array_equal(given.view(np.uint32), plain.view(np.uint32))
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_approximate_exponentials_and_divisions_err_far_below_half_precision(native):
+    """zyx_fast_exp and zyx_fast_div (transforms/approximate_math: the tensor-core attention kernels' softmax) are
+    within 2**-16 of float64 (bfloat16 keeps 8 bits, float16 11) over the online softmax's exponents, [-88, 0], and
+    over quotients, with the GPUs' native functions (ZYX_NATIVE_MATH) too; exp(-inf) is 0."""
+    x = np.concatenate([np.linspace(-88, 0, 8191), [-np.inf]]).astype(np.float32)
+    options = ("-DZYX_NATIVE_MATH",) if native else ()
+    exp, div = run_helper("fast_exp", x, 1, options), run_helper("fast_div", x[:-1], 1, options)
+    wide = x.astype(np.float64)
+    assert exp[-1] == 0.0
+    np.testing.assert_allclose(exp[:-1], np.exp(wide[:-1]), rtol=2**-16, atol=0)
+    np.testing.assert_allclose(div, wide[:-1] / (1.5 + np.abs(wide[:-1]) * np.float32(0.37)), rtol=2**-16, atol=0)
 
 
 @pytest.mark.parametrize("kernel", ["bf16_lanes", "bf16_words"])

@@ -26,10 +26,11 @@ from .attention import NotAttention
 from .kernel_ir import (Accumulate, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, Cond, Const, Define, If, Lane,
                         Load, LocalArray, LocalStore, Loop, MatrixLoad, MatrixMultiply, Operand, PackHalves, Position,
                         Reg, WarpShuffle, substitute)
-from .lower import Index, linear
+from .lower import Index, LoweredKernel, linear
 from .print_common import aligned
 from .symbolic import Expr
 from .tensor_cores import KINDS
+from .transforms.approximate_math import approximate_math
 
 WARPS = 4            # warps a work group has
 WARP = 32
@@ -89,6 +90,12 @@ class WarpTiles(StagedBlocks):
             return self._emit(self._depth_of(index, guard), lambda out: Position(Reg(out, node.dtype), flat, guard))
         return super()._load(node, index, guard)
 
+    def lower(self) -> LoweredKernel:
+        """The kernel, its exponentials and divisions the hardware's approximations (its values are half precision:
+        transforms/approximate_math)."""
+        lowered = super().lower()  # type: ignore[misc]
+        return dataclasses.replace(lowered, ir=approximate_math(lowered.ir))
+
     def _row_fragments(self, stage: str, pitch: int, size: int) -> list[tuple[Lane, ...]]:
         """The warp's 16 rows of a staged [row][k] operand as A fragments, one per 16 of its `size` k (ldmatrix x4:
         rows 0-7 and 8-15 at k, then at k + 8)."""
@@ -102,9 +109,13 @@ class WarpTiles(StagedBlocks):
 
     def _packed_fragments(self, tiles: list[list[Operand]]) -> list[tuple[Reg, ...]]:
         """Values at the places of a product's accumulators (tiles of 4) as the A fragments of a product over their
-        columns: tiles 2t and 2t + 1 packed, rounded to the staged dtype, two to a word."""
+        columns: tiles 2t and 2t + 1 packed, rounded to the staged dtype, two to a word. A value the kernel rounds
+        to that dtype is packed as it was before (packing rounds it the same: one instruction a value less)."""
+        rounded = {s.out.name: s.args[0] for scope in self._scopes for s in scope
+                   if isinstance(s, Alu) and s.op is Op.CAST and s.out.dtype == self.stage_dtype}
+        unrounded = [[rounded.get(v.name, v) if isinstance(v, Reg) else v for v in tile] for tile in tiles]
         fragments = []
-        for low, high in zip(tiles[::2], tiles[1::2]):
+        for low, high in zip(unrounded[::2], unrounded[1::2]):
             pairs = ((low[0], low[1]), (low[2], low[3]), (high[0], high[1]), (high[2], high[3]))
             fragments.append(tuple(self._line(lambda out, a=a, b=b: PackHalves(out, a, b, self.stage_dtype), uint32)
                                    for a, b in pairs))

@@ -49,16 +49,18 @@ _KERNEL_NAME = re.compile(r"__kernel\s+void\s+(\w+)")
 CHECKING_OPTIONS = ("-cl-opt-disable",)
 # Defined where NVIDIA's PTX conversions exist (sm_80 and later): print_opencl's bfloat16 rounding is one cvt there
 PTX_CONVERSIONS = "ZYX_PTX_CVT"
-# Defined on GPUs, whose native_recip is the hardware's reciprocal (NVIDIA: rcp.approx, within 1 ulp): opencl_prelude's
-# erf polynomials take 1/|x| so there, a division elsewhere. On an H100 the IEEE division cost W7's bf16 GELU-backward
-# product (erf in its epilogue) 0.373 -> 0.285 ms, and the builtin erf was as slow as the division (bench/GPU.md)
-NATIVE_RECIP = "ZYX_NATIVE_RECIP"
+# Defined on GPUs, whose native functions are the hardware's approximations (NVIDIA: rcp.approx within 1 ulp, ex2.approx
+# within 2): opencl_prelude's erf polynomials take 1/|x| by native_recip there, a division elsewhere (on an H100 the IEEE
+# division cost W7's bf16 GELU-backward product, erf in its epilogue, 0.373 -> 0.285 ms, and the builtin erf was as
+# slow as the division: bench/GPU.md); the half-precision attention kernels' exponentials and divisions are native
+# (transforms/approximate_math)
+NATIVE_MATH = "ZYX_NATIVE_MATH"
 
 
 def kernel_options(traits: object, runtime: object, unsized: bool = False) -> tuple[str, ...]:
     """The options a device's kernels are built with (part of each binary's cache key, as the source is):
     CHECKING_OPTIONS for GPU-shaped kernels on a CPU driver (but where a build holds a kernel without a work-group
-    size, `unsized`); on GPUs NATIVE_RECIP, and PTX_CONVERSIONS on NVIDIA sm_80 and later."""
+    size, `unsized`); on GPUs NATIVE_MATH, and PTX_CONVERSIONS on NVIDIA sm_80 and later."""
     on_gpu = bool(getattr(runtime, "is_gpu", False))
     if getattr(traits, "gpu", False) and not on_gpu:
         return () if unsized else CHECKING_OPTIONS
@@ -66,7 +68,7 @@ def kernel_options(traits: object, runtime: object, unsized: bool = False) -> tu
         return ()
     capability = getattr(runtime, "compute_capability", None)
     conversions = (f"-D{PTX_CONVERSIONS}",) if capability is not None and capability >= (8, 0) else ()
-    return (f"-D{NATIVE_RECIP}", *conversions)
+    return (f"-D{NATIVE_MATH}", *conversions)
 
 
 def _options(options: Sequence[str]) -> list[str]:

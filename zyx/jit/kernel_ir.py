@@ -85,6 +85,8 @@ Cond = tuple[Bound, ...]       # a conjunction; () always holds
 LESS_EQUAL = "CMPLE"  # an ALU op beyond the trace's: `a <= b` on floats, what `(a < b) | (a == b)` lowers to
 ROUND_TF32 = "TF32"   # another: a float32 rounded to TF32's 10 bits of mantissa (to nearest), as cuBLAS feeds them
 ERF_GIVEN_EXP = "ERFEXP"  # another: erf(a) given b = exp(-a·a), which erf's polynomials compute (print_opencl)
+FAST_EXP = "EXPA"   # exp(a) by the hardware's approximation where the device has one (transforms/approximate_math)
+FAST_DIV = "DIVA"   # a / b likewise: a times b's approximate reciprocal
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Generator, Optional
 
+import numpy as np
+
 from ..dtypes import bool_
 from ..trace.attention_grad import under_views
 from ..trace.node import Node
@@ -34,6 +36,10 @@ RECOMPUTE_LIMIT = 16   # a value computed more often than this is stored instead
 # logits, one a row, read by its loss's sum over the rows. (Larger picks, embeddings read by many kernels, stay
 # stored once.)
 INLINE_TAKES = 1 << 16
+# ops whose result is one of their operands (or its negation): of operands rounded to a half-precision dtype, the
+# result is too, and rounding it again costs an instruction a value for nothing (a causal mask's select in each
+# attention score, a ReLU after a product)
+SELECTING_OPS = frozenset({Op.NEG, Op.MAX, Op.WHERE, Op.DETACH})
 
 
 class KernelTooLarge(Exception):
@@ -302,12 +308,30 @@ class Lowering:
             depth = max([s.depth for s in sources] + [0])
             args = tuple(s.operand for s in sources)
             value = self._emit(depth, lambda out: Alu(Reg(out, node.dtype), LESS_EQUAL if compared else op, args))
-            if node.dtype.is_narrow_float and op is not Op.CAST and id(node) not in self._accumulated:
+            if (node.dtype.is_narrow_float and op is not Op.CAST and id(node) not in self._accumulated
+                    and not (compared is None and self._selects_rounded(node, sources))):
                 value = self._rounded(value, node.dtype)
             if node is not self.root:
                 self._last_computed = node
             return value
         return (yield from self._movement(node, index, guard))
+
+    def _selects_rounded(self, node: Node, sources: list) -> bool:
+        """Whether `node` (a half-precision result) picks among values already rounded to its dtype (SELECTING_OPS):
+        each operand of its dtype computed here (rounded where computed, unless a sum's term kept in float), read
+        (exact) or a literal the dtype holds exactly."""
+        if node.op not in SELECTING_OPS:
+            return False
+        for src, value in zip(node.src, sources):
+            if src.dtype != node.dtype:  # (a select's condition)
+                continue
+            if isinstance(value.operand, Const):
+                lanes = value.operand.value if isinstance(value.operand.value, tuple) else (value.operand.value,)
+                if not all(_holds_exactly(v, node.dtype) for v in lanes):
+                    return False
+            elif id(under_views(src)) in self._accumulated:
+                return False
+        return True
 
     def _rounded(self, value: _Value, dtype) -> _Value:
         """A half-precision value rounded to its dtype where computed, as storing it would: a kernel's result must
@@ -446,6 +470,12 @@ def lower(root: Node, materialized: dict[int, Node], produced: set[int], allow_e
           stored_apart: frozenset = frozenset(), param_limit: int = PARAM_LIMIT) -> LoweredKernel:
     """The IR of the kernel storing `root` (see Lowering)."""
     return Lowering(root, materialized, produced, allow_extra_outputs, stored_apart, param_limit).lower()
+
+
+def _holds_exactly(value: object, dtype) -> bool:
+    """Whether half-precision `dtype` holds the number `value` exactly (nan and the infinities: yes)."""
+    number = float(value)  # type: ignore[arg-type]
+    return not math.isfinite(number) or float(np.array(number).astype(dtype.np)) == number
 
 
 def _viewed_constant(node: Node) -> Optional[Node]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..trace.philox import OPENCL_SOURCE as PHILOX_SOURCE
-from .compiler import NATIVE_RECIP, PTX_CONVERSIONS
+from .compiler import NATIVE_MATH, PTX_CONVERSIONS
 
-__all__ = ["CALLED_HELPERS", "GROUP_SIZE_STATED", "combine_sources", "prelude"]
+__all__ = ["CALLED_HELPERS", "GROUP_SIZE_STATED", "MAX_FLOAT", "combine_sources", "prelude"]
 
 # the attribute by which a kernel states its work group's size (print_opencl writes it, the runtime reads it)
 GROUP_SIZE_STATED = "reqd_work_group_size"
@@ -107,9 +107,9 @@ def _erf_helpers() -> list[str]:
     branches are computed and selected, lane by lane, so vectors stay vectors; within 2.5 ulp of erf (float64)
     over [-6, 6] and 30 decades below 1, nan kept, ±1 at ±inf. zyx_erf_exp(x, e) is erf(x) given e = exp(-x·x), which
     the polynomials need (a kernel that computes it anyway passes it: print_opencl._erf_given_exp). GPUs take them
-    too, 1/|x| by the hardware's reciprocal (NATIVE_RECIP): NVIDIA's builtin erf cost as much as the polynomials
-    with an IEEE division, about a third more than with the reciprocal (compiler.NATIVE_RECIP)."""
-    lines = [f"#ifdef {NATIVE_RECIP}", "#define zyx_erf_recip(a) native_recip(a)", "#else",
+    too, 1/|x| by the hardware's reciprocal (compiler.NATIVE_MATH): NVIDIA's builtin erf cost as much as the
+    polynomials with an IEEE division, about a third more than with the reciprocal."""
+    lines = [f"#ifdef {NATIVE_MATH}", "#define zyx_erf_recip(a) native_recip(a)", "#else",
              "#define zyx_erf_recip(a) (1.0f / (a))", "#endif"]
     for width in ("", "2", "4", "8", "16"):
         f = f"float{width}"
@@ -162,10 +162,28 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
     (("zyx_round_half",), _half_rounding_helper(1)),
     (("zyx_erf", "zyx_erf_exp"), _erf_helpers()),
+    (("zyx_fast_exp", "zyx_fast_div"), [  # (transforms/approximate_math)
+        f"#ifdef {NATIVE_MATH}",
+        "static inline float zyx_fast_exp(float x) { return native_exp(x); }",
+        "static inline float zyx_fast_div(float a, float b) { return a * native_recip(b); }",
+        "#else",
+        "static inline float zyx_fast_exp(float x) { return exp(x); }",
+        "static inline float zyx_fast_div(float a, float b) { return a / b; }",
+        "#endif"]),
     *(((f"zyx_bf16_lanes_{width}", f"zyx_round_bf16_{width}"), [_bf16_lanes_helper(width)]) for width in WIDTHS),
     *(((f"zyx_round_bf16_{width}",), _bf16_rounding_helper(width)) for width in WIDTHS),
     *(((f"zyx_round_half_{width}",), _half_rounding_helper(width)) for width in WIDTHS),
 ]
+
+
+# The float maximum, a nan in either operand the result (as torch's): one instruction where NVIDIA's max.NaN exists
+# (sm_80 and later, where PTX_CONVERSIONS is defined), about four elsewhere (the online softmax takes one a score)
+MAX_FLOAT = [f"#ifdef {PTX_CONVERSIONS}",
+             "static inline float zyx_max_float(float a, float b) "
+             "{ float r; asm(\"max.NaN.f32 %0, %1, %2;\" : \"=f\"(r) : \"f\"(a), \"f\"(b)); return r; }",
+             "#else",
+             "static inline float zyx_max_float(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }",
+             "#endif"]
 
 
 def prelude(uses_double: bool, uses_rand: bool, body: str) -> str:
@@ -173,10 +191,7 @@ def prelude(uses_double: bool, uses_rand: bool, body: str) -> str:
     lines = []
     if uses_double:
         lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
-    lines += [
-        "static inline float zyx_max_float(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }",
-        _floordiv_helper("int"), _floordiv_helper("long"),
-    ]
+    lines += [*MAX_FLOAT, _floordiv_helper("int"), _floordiv_helper("long")]
     if uses_double:
         lines.append("static inline double zyx_max_double(double a, double b) "
                      "{ return isnan(a) ? a : (a > b ? a : b); }")

@@ -13,12 +13,12 @@ from typing import Callable, Optional, Sequence
 
 from ..dtypes import DType, float32, float64
 from ..trace.ops import Op
-from .kernel_ir import (ERF_GIVEN_EXP, LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit, AsyncCopy,
-                        AsyncProxyFence, AsyncWait, Barrier, Break, Broadcast, BulkCommit, BulkStore, BulkWait, Const,
-                        Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load, LocalArray, LocalLoad,
-                        LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd, NamedBarrier,
-                        Operand, Pack, PackHalves, Position, Rand, Reg, RegisterBudget, Role, Select, Store,
-                        WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, walk)
+from .kernel_ir import (ERF_GIVEN_EXP, FAST_DIV, FAST_EXP, LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit,
+                        AsyncCopy, AsyncProxyFence, AsyncWait, Barrier, Break, Broadcast, BulkCommit, BulkStore,
+                        BulkWait, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load, LocalArray,
+                        LocalLoad, LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd,
+                        NamedBarrier, Operand, Pack, PackHalves, Position, Rand, Reg, RegisterBudget, Role, Select,
+                        Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
@@ -84,7 +84,7 @@ UNARY = {
     # rounded value is ±1 (sign keeps nan; scalars and vectors alike)
     Op.TANH: "((fabs({0})>{saturated})?sign({0}):tanh({0}))",
     Op.FLOOR: "floor({0})", Op.CEIL: "ceil({0})", Op.RINT: "rint({0})", Op.NOT: "(!{0})", Op.DETACH: "{0}",
-    ROUND_TF32: "zyx_round_tf32({0})",
+    ROUND_TF32: "zyx_round_tf32({0})", FAST_EXP: "zyx_fast_exp({0})",
 }
 INTEGER_UNARY = {Op.NOT: "(~{0})"}  # where integers differ from the table above
 DOUBLE_UNARY = {Op.ERF: "erf({0})"}  # where float64 differs
@@ -98,6 +98,7 @@ BINARY: dict[object, dict[str, str]] = {
     Op.MAX: {"float": "zyx_max_{t}({0},{1})", "bool": "({0}|{1})", "*": "max({0},{1})"},
     Op.CMPLT: {"*": "({0}<{1})"}, Op.CMPEQ: {"*": "({0}=={1})"}, LESS_EQUAL: {"*": "({0}<={1})"},
     ERF_GIVEN_EXP: {"float": "zyx_erf_exp({0},{1})"},  # (_erf_given_exp)
+    FAST_DIV: {"float": "zyx_fast_div({0},{1})"},
     # bitwise on bools too: no short-circuit branches, so kernels stay vectorizable
     Op.AND: {"*": "({0}&{1})"}, Op.OR: {"*": "({0}|{1})"}, Op.XOR: {"*": "({0}^{1})"},
     # OpenCL takes the count modulo the width; PyTorch shifts every bit out
