@@ -17,7 +17,7 @@ import zyx
 from zyx.dtypes import float32, uint32
 from zyx.jit import opencl_prelude, print_opencl, program_store, schedule as schedule_module
 from zyx.jit.device_traits import GPU_VECTOR_WIDTH, DeviceTraits
-from zyx.jit.kernel_ir import (FAST_DIV, FAST_EXP, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, LocalArray,
+from zyx.jit.kernel_ir import (FAST_DIV, FAST_EXP, Alu, AsyncCommit, AsyncCopy, AsyncWait, Barrier, If, LocalArray,
                                LocalStore, Loop, MatrixLoad, MatrixMultiply, PackHalves, Position, Reg, Role,
                                WarpShuffle, walk)
 from zyx.jit.schedule import schedule
@@ -168,6 +168,26 @@ def test_exponentials_and_divisions_are_approximate_and_packed_weights_rounded_o
         assert selected and not any(isinstance(s, Alu) and s.op is Op.CAST and s.out.dtype.is_narrow_float
                                     and s.args[0].name in selected for s in statements), kernel.name
     assert any(FAST_DIV in [s.op for s in walk(kernel.ir.body) if isinstance(s, Alu)] for kernel in walks[1:])
+
+
+def test_blocks_the_causal_mask_hides_nothing_of_are_computed_without_its_selects():
+    """A block of keys no score of which the causal mask hides from any row of the group (below the diagonal: most
+    blocks of a walk) takes a copy of the block's statements without the mask's selects, the others the masked copy;
+    forward and gradients match torch either way (the tests above, several query blocks)."""
+    cpu = zyx.CPU()
+    q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
+               for a in arrays_of("causal, several query blocks, d=16")[:3])
+    with zyx.autocast(zyx.bfloat16):
+        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    grads = (out.float() * 2).sum().backward([q, k, v])
+    kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
+    walks = [kernel for kernel in kernels if kernel.ir.kind == "a"]
+    assert len(walks) >= 3
+    for kernel in walks:
+        branches = [s for s in walk(kernel.ir.body) if isinstance(s, If) and s.when is not None
+                    and any(isinstance(t, MatrixMultiply) for t in s.body)]
+        selects = [sum(isinstance(t, Alu) and t.op is Op.WHERE for t in walk(b.body)) for b in branches]
+        assert len(branches) == 2 and selects[0] == 0 and selects[1] > 0, (kernel.name, selects)
 
 
 def test_outputs_of_whole_blocks_are_stored_two_a_word():

@@ -327,7 +327,8 @@ def test_an_erf_takes_the_exponential_of_the_same_value_its_kernel_computes(orde
 def test_a_half_precision_select_of_rounded_values_is_not_rounded_again(select, rounds):
     """Of operands rounded to bfloat16 where computed (x·y), read (exact) or literals bfloat16 holds, a select, a
     maximum or a negation is one of them: rounded again only where a literal is not a bfloat16."""
-    x, y = (zyx.CPU().tensor(RNG.standard_normal((8, 16)).astype(np.float32)).to("bfloat16").realize() for _ in range(2))
+    x, y = (zyx.CPU().tensor(RNG.standard_normal((8, 16)).astype(np.float32)).to("bfloat16").realize()
+            for _ in range(2))
     root = select(x * y, x, y).node
     kernel = lower(root, {id(root): root}, set()).ir
     assert sum(isinstance(s, Alu) and s.op is Op.CAST for s in walk(kernel.body)) == rounds

@@ -22,6 +22,8 @@ __kernel void erf_given_exp(__global const float* x, __global float* y) {
   int i = get_global_id(0); float16 v = vload16(i, x); vstore16(zyx_erf_exp(v, exp(-(v * v))), i, y); }
 __kernel void fast_exp(__global const float* x, __global float* y) {
   int i = get_global_id(0); y[i] = zyx_fast_exp(x[i]); }
+__kernel void fast_exp_sum(__global const float* x, __global float* y) {
+  int i = get_global_id(0); y[i] = zyx_fast_exp_sum(x[i] + 60.0f, -60.0f); }
 __kernel void fast_div(__global const float* x, __global float* y) {
   int i = get_global_id(0); y[i] = zyx_fast_div(x[i], 1.5f + fabs(x[i]) * 0.37f); }
 __kernel void bf16_lanes(__global const float* x, __global float* y) {
@@ -130,15 +132,19 @@ def test_erf_given_its_exponential_is_erf_bit_for_bit(native):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_approximate_exponentials_and_divisions_err_far_below_half_precision(native):
-    """zyx_fast_exp and zyx_fast_div (transforms/approximate_math: the tensor-core attention kernels' softmax) are
-    within 2**-16 of float64 (bfloat16 keeps 8 bits, float16 11) over the online softmax's exponents, [-88, 0], and
-    over quotients, with the GPUs' native functions (ZYX_NATIVE_MATH) too; exp(-inf) is 0."""
+    """zyx_fast_exp, zyx_fast_exp_sum (exp(a + b), a score and minus its row's maximum) and zyx_fast_div
+    (transforms/approximate_math: the tensor-core attention kernels' softmax) are within 2**-16 of float64 (bfloat16
+    keeps 8 bits, float16 11) over the online softmax's exponents, [-88, 0], and over quotients, with the GPUs' native
+    functions (ZYX_NATIVE_MATH) too; exp(-inf) is 0."""
     x = np.concatenate([np.linspace(-88, 0, 8191), [-np.inf]]).astype(np.float32)
     options = ("-DZYX_NATIVE_MATH",) if native else ()
     exp, div = run_helper("fast_exp", x, 1, options), run_helper("fast_div", x[:-1], 1, options)
+    exp_sum = run_helper("fast_exp_sum", x, 1, options)
     wide = x.astype(np.float64)
-    assert exp[-1] == 0.0
+    assert exp[-1] == 0.0 and exp_sum[-1] == 0.0
     np.testing.assert_allclose(exp[:-1], np.exp(wide[:-1]), rtol=2**-16, atol=0)
+    summed = (x[:-1] + np.float32(60.0)).astype(np.float64) - 60.0  # (a + 60 rounded to float32, as the kernel's a)
+    np.testing.assert_allclose(exp_sum[:-1], np.exp(summed), rtol=2**-16, atol=0)
     np.testing.assert_allclose(div, wide[:-1] / (1.5 + np.abs(wide[:-1]) * np.float32(0.37)), rtol=2**-16, atol=0)
 
 

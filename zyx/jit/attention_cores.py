@@ -17,7 +17,9 @@ blocks of 64 keys:
   accumulators of tiles 2t and 2t + 1 are m16n8k16's A for keys 16t .. 16t + 15; V's B fragments by transposing
   ldmatrix from its [key][column] stage. Nothing goes through local memory.
 A lane's running sum covers its own keys; the quad adds them up once, after the blocks. Blocks a causal mask hides
-from every row of the group are skipped (attention_tiles.py). The row statistics are stored where a backward reads
+from every row of the group are skipped (attention_tiles.py), blocks it hides nothing of run a copy of the block
+without its selects (WarpTiles._peel_visible); exponentials and divisions are the hardware's approximations
+(transforms/approximate_math). The row statistics are stored where a backward reads
 them (attention.py), the outputs in the trace's dtype. Only where the scores' product and P V multiply operands of
 one 16-bit dtype the device multiplies on tensor cores, head and value dimensions are multiples of 16 up to
 MAX_DIM and the stages fit the local memory; else attention_tiled.py's kernel. The warps' layouts, staging and
@@ -113,10 +115,12 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
         mask = self._mask(pattern.scores, probability, key_name)
         rows_extreme = {side: self._extreme(side, index, self.row_name, rows, lowest)  # once, before the blocks
                         for side, index, lowest, over_rows in mask if over_rows}
+        rows_lowest = self._rows_lowest(mask)
         self._open_loop(block_name, blocks)
         k_offset, v_offset = self._stage_walked(copies, [k_stage, v_stage], chunks, key_name, block_name, blocks)
         block_test = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
+        visible = self._visible(mask, rows_lowest, key_name) if mask else None
         scores = self._score_tiles(queries, k_stage, k_offset, q_pitch, probability, key_name)
         for tile, row in enumerate(scores):
             for register, score in enumerate(row):
@@ -136,6 +140,8 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
                     self._scopes[-1].append(Accumulate(totals[half], Op.ADD, exponential))
                     weights_of[tile][2 * half + pair] = weight
         self._multiply(self._packed_fragments(weights_of), v_stage, width + PAD, outputs, True, v_offset)
+        if visible is not None:
+            self._peel_visible(visible)
         self._close_blocks(block_name, blocks, block_test, skippable, chunks is not None)
         for half in range(2):
             total = self._across_quad(totals[half], Op.ADD)

@@ -12,7 +12,9 @@ walks the keys for a block of queries. Here, as attention_cores.py does for the 
 - each plan's P side there (P for dV, dS for dK and dQ), rounded and packed two to a word, is the A fragment of its
   product with its other operand (dO, q, k as the trace scales them), staged per block as [walked][column] and read
   by transposing ldmatrix, into the warp's 16 rows x its columns of accumulators, stored after the walk.
-Blocks a causal mask hides from every row of the group are skipped (attention_tiles.py's test). Only where every
+Blocks a causal mask hides from every row of the group are skipped (attention_tiles.py's test), blocks it hides
+nothing of run without its selects (WarpTiles._peel_visible); exponentials and divisions are approximate
+(transforms/approximate_math). Only where every
 product multiplies operands of one 16-bit dtype the device multiplies on tensor cores, every head and value
 dimension is a multiple of 16 up to MAX_DIM and the stages fit the local memory; else the staged kernels.
 """
@@ -135,10 +137,12 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         mask = self._mask(_scores(plans[0]), probability, walk_name) if probability else []
         rows_extreme = {side: self._extreme(side, index, self.row_name, ROWS, lowest)
                         for side, index, lowest, over_rows in mask if over_rows}
+        rows_lowest = self._rows_lowest(mask)
         self._open_loop(block_name, blocks)
         offsets = dict(zip(names, self._stage_walked(distinct, names, chunks, walk_name, block_name, blocks)))
         block_test = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
         skippable = len(self._scopes[-1])
+        visible = self._visible(mask, rows_lowest, walk_name) if mask else None
         self._tile_depth = len(self._scopes) - 1
         for (node, *_), held, (stage, pitch) in zip(products, fragments, stages):
             tiles = self._tiles(BLOCK)
@@ -148,6 +152,8 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
             sides = [[self._p_side(plan, half, tile, pair, walked, exact) for half in range(2) for pair in range(2)]
                      for tile in range(BLOCK // TILE_N)]
             self._multiply(self._packed_fragments(sides), stage, pitch, tiles, True, offsets[stage])
+        if visible is not None:
+            self._peel_visible(visible)
         self._close_blocks(block_name, blocks, block_test, skippable, chunks is not None)
         for plan, tiles in zip(plans, accumulators):
             for half in range(2):

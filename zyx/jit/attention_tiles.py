@@ -133,7 +133,7 @@ class StagedBlocks(Lowering):
         alone (a causal mask: rows < cols): [(a, its index, False, over rows), (b, its index, True, over rows)].
         A block of keys where the smallest b exceeds the group's largest a throughout scores -inf throughout, and
         is skipped. Empty where X is not so (then every block is computed). X may be widened from half precision
-        first (a half softmax computed in float32 keeps its -inf)."""
+        first (a half softmax computed in float32 keeps its -inf). The comparison a < b is kept (`mask_compare`)."""
         where = _through_views(scores, probability)
         if where is not None and _widened(where[0]):
             where = _through_views(where[0].src[0], where[1])
@@ -151,7 +151,10 @@ class StagedBlocks(Lowering):
             if (self.row_name in read) == (key_name in read):
                 return []
             found.append((side, index, lowest, self.row_name in read))
-        return found if found[0][3] != found[1][3] else []
+        if found[0][3] == found[1][3]:
+            return []
+        self.mask_compare = node
+        return found
 
     def _block_test(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
                     key_name: str, block_name: str) -> BlockTest:

@@ -18,7 +18,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from ..dtypes import DType, float32, int16, uint32
+from ..dtypes import DType, bool_, float32, int16, uint32
 from ..trace.node import ARANGE, Node
 from ..trace.ops import Op
 from .attention_tiles import BlockTest, StagedBlocks, _at
@@ -30,6 +30,7 @@ from .lower import Index, LoweredKernel, linear
 from .print_common import aligned
 from .symbolic import Expr
 from .tensor_cores import KINDS
+from .transforms import rename_all
 from .transforms.approximate_math import approximate_math
 
 WARPS = 4            # warps a work group has
@@ -251,6 +252,41 @@ class WarpTiles(StagedBlocks):
         self._scopes[-2].append(AsyncCommit())
         scope.append(AsyncCommit())
         return offsets
+
+    def _rows_lowest(self, mask: list[tuple[Node, Index, bool, bool]]) -> dict[Node, Reg]:
+        """For `_visible`, before the walk: the rows' side of a causal mask (where(a < b, -inf, ...): _mask) at
+        its other extreme over the group's rows than the block test takes."""
+        return {side: self._extreme(side, index, self.row_name, ROWS, not lowest)
+                for side, index, lowest, over_rows in mask if over_rows}
+
+    def _visible(self, mask: list[tuple[Node, Index, bool, bool]], rows_lowest: dict[Node, Reg],
+                 walk_name: str) -> Reg:
+        """Whether the mask hides no score of the block from any row of the group: a >= b throughout, the
+        smallest a against the largest b (the same in every item of the group)."""
+        values = tuple(rows_lowest[side] if over_rows else
+                       self._extreme(side, index, walk_name, self.keys_per_block, not lowest)
+                       for side, index, lowest, over_rows in mask)
+        hides = self._line(lambda out: Alu(out, Op.CMPLT, values), bool_)
+        return self._line(lambda out: Alu(out, Op.NOT, (hides,)), bool_)
+
+    def _peel_visible(self, visible: Reg) -> None:
+        """The block's statements from the first select by the mask's comparison on twice: where the block is
+        `visible`, each such select (false throughout) its second operand and the comparisons left unread; else
+        as lowered. Most blocks of a causal walk lie below the diagonal (W7: all but the last of each group's),
+        and a select and a comparison a score were about a quarter of the forward's instructions a score."""
+        body = self._scopes[-1]
+        compares = {value.operand.name for key, value in self._values.items()
+                    if key[0] == id(self.mask_compare) and isinstance(value.operand, Reg)}
+        selects = [s for s in body if isinstance(s, Alu) and s.op is Op.WHERE and isinstance(s.args[0], Reg)
+                   and s.args[0].name in compares]
+        if not selects:
+            return
+        first = body.index(selects[0])
+        suffix = tuple(body[first:])
+        picked = {s.out.name: s.args[2] for s in selects}
+        unmasked = rename_all(tuple(s for s in suffix if not (isinstance(s, Alu) and s.out.name in picked)), picked)
+        hidden = Reg(self.names.fresh("v"), bool_)
+        body[first:] = [If((), unmasked, visible), Alu(hidden, Op.NOT, (visible,)), If((), suffix, hidden)]
 
     def _close_blocks(self, block_name: str, blocks: int, block_test: Optional[BlockTest], skippable: int,
                       double_buffered: bool) -> None:

@@ -49,11 +49,11 @@ _KERNEL_NAME = re.compile(r"__kernel\s+void\s+(\w+)")
 CHECKING_OPTIONS = ("-cl-opt-disable",)
 # Defined where NVIDIA's PTX conversions exist (sm_80 and later): print_opencl's bfloat16 rounding is one cvt there
 PTX_CONVERSIONS = "ZYX_PTX_CVT"
-# Defined on GPUs, whose native functions are the hardware's approximations (NVIDIA: rcp.approx within 1 ulp, ex2.approx
-# within 2): opencl_prelude's erf polynomials take 1/|x| by native_recip there, a division elsewhere (on an H100 the IEEE
-# division cost W7's bf16 GELU-backward product, erf in its epilogue, 0.373 -> 0.285 ms, and the builtin erf was as
-# slow as the division: bench/GPU.md); the half-precision attention kernels' exponentials and divisions are native
-# (transforms/approximate_math)
+# Defined on GPUs, whose native functions are the hardware's approximations (NVIDIA: rcp.approx within 1 ulp,
+# ex2.approx within 2): opencl_prelude's erf polynomials take 1/|x| by native_recip there, a division elsewhere (on an
+# H100 the IEEE division cost W7's bf16 GELU-backward product, erf in its epilogue, 0.373 -> 0.285 ms, and the builtin
+# erf was as slow as the division: bench/GPU.md); the half-precision attention kernels' exponentials and divisions are
+# native (transforms/approximate_math)
 NATIVE_MATH = "ZYX_NATIVE_MATH"
 
 

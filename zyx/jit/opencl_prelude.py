@@ -162,12 +162,15 @@ CALLED_HELPERS: list[tuple[tuple[str, ...], list[str]]] = [
         "static inline int zyx_swizzle(int i, int shift, int mask) { return i ^ (((i >> shift) & mask) << 3); }"]),
     (("zyx_round_half",), _half_rounding_helper(1)),
     (("zyx_erf", "zyx_erf_exp"), _erf_helpers()),
-    (("zyx_fast_exp", "zyx_fast_div"), [  # (transforms/approximate_math)
+    (("zyx_fast_exp", "zyx_fast_exp_sum", "zyx_fast_div"), [  # (transforms/approximate_math)
         f"#ifdef {NATIVE_MATH}",
         "static inline float zyx_fast_exp(float x) { return native_exp(x); }",
+        "static inline float zyx_fast_exp_sum(float a, float b) "
+        "{ return native_exp2(fma(a, 1.44269504f, b * 1.44269504f)); }",
         "static inline float zyx_fast_div(float a, float b) { return a * native_recip(b); }",
         "#else",
         "static inline float zyx_fast_exp(float x) { return exp(x); }",
+        "static inline float zyx_fast_exp_sum(float a, float b) { return exp(a + b); }",
         "static inline float zyx_fast_div(float a, float b) { return a / b; }",
         "#endif"]),
     *(((f"zyx_bf16_lanes_{width}", f"zyx_round_bf16_{width}"), [_bf16_lanes_helper(width)]) for width in WIDTHS),

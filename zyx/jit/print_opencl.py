@@ -98,7 +98,7 @@ BINARY: dict[object, dict[str, str]] = {
     Op.MAX: {"float": "zyx_max_{t}({0},{1})", "bool": "({0}|{1})", "*": "max({0},{1})"},
     Op.CMPLT: {"*": "({0}<{1})"}, Op.CMPEQ: {"*": "({0}=={1})"}, LESS_EQUAL: {"*": "({0}<={1})"},
     ERF_GIVEN_EXP: {"float": "zyx_erf_exp({0},{1})"},  # (_erf_given_exp)
-    FAST_DIV: {"float": "zyx_fast_div({0},{1})"},
+    FAST_DIV: {"float": "zyx_fast_div({0},{1})"}, FAST_EXP: {"float": "zyx_fast_exp_sum({0},{1})"},  # exp(a + b)
     # bitwise on bools too: no short-circuit branches, so kernels stay vectorizable
     Op.AND: {"*": "({0}&{1})"}, Op.OR: {"*": "({0}|{1})"}, Op.XOR: {"*": "({0}^{1})"},
     # OpenCL takes the count modulo the width; PyTorch shifts every bit out
