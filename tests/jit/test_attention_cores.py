@@ -145,9 +145,9 @@ def test_a_causal_masks_positions_are_computed_not_read():
 
 def test_exponentials_and_divisions_are_approximate_and_packed_weights_rounded_once():
     """The tensor-core kernels' values are half precision: their exponentials (the online softmax's, P's in the
-    backward) and divisions (P = exp(X - m) / l) are the hardware's approximations (FAST_EXP, FAST_DIV); a weight
-    rounded to the staged dtype is packed from its float value (PackHalves rounds it the same) and the causal mask's
-    select of a rounded score is not rounded again: one rounding a score in the forward (its product's)."""
+    backward: exp(x - m) of both terms, in either copy of a block) and divisions (P = exp(X - m) / l) are the
+    hardware's approximations (FAST_EXP, FAST_DIV); a weight rounded to the staged dtype is packed from its float
+    value (PackHalves rounds it the same) and the causal mask's select of a rounded score is not rounded again."""
     cpu = zyx.CPU()
     q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
                for a in arrays_of("causal, several query blocks, d=16")[:3])
@@ -161,6 +161,7 @@ def test_exponentials_and_divisions_are_approximate_and_packed_weights_rounded_o
         statements = list(walk(kernel.ir.body))
         ops = [s.op for s in statements if isinstance(s, Alu)]
         assert FAST_EXP in ops and Op.EXP not in ops and Op.DIV not in ops, kernel.name
+        assert all(len(s.args) == 2 for s in statements if isinstance(s, Alu) and s.op == FAST_EXP)  # exp(x - m)
         rounded = {s.out.name for s in statements if isinstance(s, Alu) and s.op is Op.CAST}
         packed = [a for s in statements if isinstance(s, PackHalves) for a in (s.low, s.high)]
         assert packed and not any(isinstance(a, Reg) and a.name in rounded for a in packed), kernel.name

@@ -322,9 +322,11 @@ class Lowering:
         (exact) or a literal the dtype holds exactly."""
         if node.op not in SELECTING_OPS:
             return False
-        for src, value in zip(node.src, sources):
-            if src.dtype != node.dtype:  # (a select's condition)
+        for position, (src, value) in enumerate(zip(node.src, sources)):
+            if node.op is Op.WHERE and position == 0:  # (the condition)
                 continue
+            if src.dtype != node.dtype:
+                return False
             if isinstance(value.operand, Const):
                 lanes = value.operand.value if isinstance(value.operand.value, tuple) else (value.operand.value,)
                 if not all(_holds_exactly(v, node.dtype) for v in lanes):

@@ -22,17 +22,18 @@ APPROXIMATED = {Op.EXP: FAST_EXP, Op.DIV: FAST_DIV}
 
 def approximate_math(kernel: Kernel) -> Kernel:
     """`kernel` with each float32 exponential and division its approximation (see the module)."""
+    return dataclasses.replace(kernel, body=_approximated(kernel.body))
+
+
+def _approximated(body: tuple) -> tuple:
+    """`body` approximated; a register defined in it is read only there (its nested bodies included)."""
     uses: Counter = Counter()
-    for s in walk(kernel.body):
-        rewrite(s, lambda e: e, lambda r: uses.update((r.name,)) or r)  # (each register: defined once, then read)
-    return dataclasses.replace(kernel, body=_approximated(kernel.body, uses))
-
-
-def _approximated(body: tuple, uses: Counter) -> tuple:
+    for s in walk(body):
+        rewrite(s, lambda e: e, lambda r: uses.update((r.name,)) or r)  # (a register: defined once, then read)
     out: list = []
     for s in body:
         if isinstance(s, (Loop, If)):
-            s = dataclasses.replace(s, body=_approximated(s.body, uses))
+            s = dataclasses.replace(s, body=_approximated(s.body))
         elif isinstance(s, Alu) and s.op in APPROXIMATED and s.out.dtype == float32 and s.out.width == 1:
             s = Alu(s.out, APPROXIMATED[s.op], s.args)
             summed = out[-1] if out else None
