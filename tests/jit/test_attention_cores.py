@@ -126,9 +126,9 @@ def test_half_causal_attention_kernels_stop_their_walks(autocast):
     assert len(walks) >= 3 and all(stops_walk(kernel) for kernel in walks), [k.name for k in walks]
 
 
-def test_a_causal_masks_positions_are_computed_not_read():
-    """The causal mask compares the arange leaf's values (positions) at each score and at each block's stop test:
-    the tensor-core kernels compute them from where they are read (Position) instead of reading the leaf."""
+@functools.lru_cache(maxsize=None)
+def causal_walks():
+    """The tensor-core kernels (forward, dK with dV, dQ) of a causal bf16 training step of several query blocks."""
     cpu = zyx.CPU()
     q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
                for a in arrays_of("causal, several query blocks, d=16")[:3])
@@ -138,6 +138,13 @@ def test_a_causal_masks_positions_are_computed_not_read():
     kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
     walks = [kernel for kernel in kernels if kernel.ir.kind == "a"]
     assert len(walks) >= 3 and all(on_cores(kernel) for kernel in walks)
+    return walks
+
+
+def test_a_causal_masks_positions_are_computed_not_read():
+    """The causal mask compares the arange leaf's values (positions) at each score and at each block's stop test:
+    the tensor-core kernels compute them from where they are read (Position) instead of reading the leaf."""
+    walks = causal_walks()
     for kernel in walks:
         assert not any(p.node.op is Op.BUFFER and p.node.arg == ARANGE for p in kernel.ir.params), kernel.name
         assert any(isinstance(s, Position) for s in walk(kernel.ir.body)), kernel.name
@@ -148,15 +155,7 @@ def test_exponentials_and_divisions_are_approximate_and_packed_weights_rounded_o
     backward: exp(x - m) of both terms, in either copy of a block) and divisions (P = exp(X - m) / l) are the
     hardware's approximations (FAST_EXP, FAST_DIV); a weight rounded to the staged dtype is packed from its float
     value (PackHalves rounds it the same) and the causal mask's select of a rounded score is not rounded again."""
-    cpu = zyx.CPU()
-    q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
-               for a in arrays_of("causal, several query blocks, d=16")[:3])
-    with zyx.autocast(zyx.bfloat16):
-        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
-    grads = (out.float() * 2).sum().backward([q, k, v])
-    kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
-    walks = [kernel for kernel in kernels if kernel.ir.kind == "a"]
-    assert len(walks) >= 3 and all(on_cores(kernel) for kernel in walks)
+    walks = causal_walks()
     for kernel in walks:
         statements = list(walk(kernel.ir.body))
         ops = [s.op for s in statements if isinstance(s, Alu)]
@@ -175,15 +174,7 @@ def test_blocks_the_causal_mask_hides_nothing_of_are_computed_without_its_select
     """A block of keys no score of which the causal mask hides from any row of the group (below the diagonal: most
     blocks of a walk) takes a copy of the block's statements without the mask's selects, the others the masked copy;
     forward and gradients match torch either way (the tests above, several query blocks)."""
-    cpu = zyx.CPU()
-    q, k, v = (cpu.tensor(a).cast(zyx.bfloat16).realize()
-               for a in arrays_of("causal, several query blocks, d=16")[:3])
-    with zyx.autocast(zyx.bfloat16):
-        out = zyx.nn.scaled_dot_product_attention(q, k, v, is_causal=True)
-    grads = (out.float() * 2).sum().backward([q, k, v])
-    kernels, _ = schedule([out.node, *(g.node for g in grads)], CORES)
-    walks = [kernel for kernel in kernels if kernel.ir.kind == "a"]
-    assert len(walks) >= 3
+    walks = causal_walks()
     for kernel in walks:
         branches = [s for s in walk(kernel.ir.body) if isinstance(s, If) and s.when is not None
                     and any(isinstance(t, MatrixMultiply) for t in s.body)]
