@@ -347,12 +347,13 @@ def test_k_and_v_stored_in_16_bits_are_copied_by_cp_async_a_block_ahead(monkeypa
     assert len(wide) == len(first) and not any(isinstance(s, AsyncCopy) for s in walk(kernel.ir.body))
 
 
-def test_packed_heads_keys_gradient_kernel_stages_each_walked_row_once_a_block_ahead():
+def test_packed_heads_gradient_kernels_stage_each_walked_row_once_a_block_ahead():
     """GPT-2's heads of one packed bf16 projection: dV's product, laid out head dimension last for the packed
     gradient (rewrite._width_last), reads dO through a permute of its own, and its stage is the dP nest's still:
     the dK-dV kernel stages q and dO once each, copied by cp.async a block ahead, and stores both head dimension
-    last."""
-    batch, time, heads, head = 2, 100, 2, 64
+    last; the dQ kernel stages k (read by the scores' product and by dS k, through indices the simplifier brings to
+    one form: 16 blocks of 12 heads in 2 batch entries, as W7's) and v once each, a block ahead too."""
+    batch, time, heads, head = 2, 1024, 12, 64
     rng, cpu = np.random.default_rng(3), zyx.CPU()
     packed, projection = (cpu.tensor(rng.standard_normal(shape, dtype=np.float32)).cast(zyx.bfloat16).realize()
                           for shape in ((batch, time, 3 * heads * head), (heads * head, 16)))
@@ -366,6 +367,10 @@ def test_packed_heads_keys_gradient_kernel_stages_each_walked_row_once_a_block_a
     stages = [s for s in walk(keys.ir.body) if isinstance(s, LocalArray) and s.name.startswith("stage")]
     assert on_cores(keys) and len(stages) == 2 and any(isinstance(s, AsyncCopy) for s in walk(keys.ir.body))
     assert [node.shape[-1] for node in keys.outputs] == [head, head]
+    queries = next(k for k in kernels if k.ir.kind == "a" and len(k.outputs) == 1 and k is not keys
+                   and k.outputs[0].shape[-1] == head and on_cores(k))
+    stages = [s for s in walk(queries.ir.body) if isinstance(s, LocalArray) and s.name.startswith("stage")]
+    assert len(stages) == 2 and any(isinstance(s, AsyncCopy) for s in walk(queries.ir.body))
 
 
 # Emulated, a case takes PoCL minutes: the representative ones here (each dtype, case and staging once); every

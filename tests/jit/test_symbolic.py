@@ -42,6 +42,7 @@ def test_division_and_modulo_match_python(terms, const, k, m):
     for name, (coefficient, size) in zip(names, terms):
         expr = expr + Expr.var(name, size) * coefficient
     quotient, remainder, nested = expr // k, expr % k, (expr // k) % m + (expr % k) // m
+    twice = (expr // k) // m
     sizes = [size for _, size in terms]
     for values in itertools.product(*(range(size) for size in sizes)):
         env = dict(zip(names, values))
@@ -49,6 +50,15 @@ def test_division_and_modulo_match_python(terms, const, k, m):
         assert evaluate(quotient, env) == value // k
         assert evaluate(remainder, env) == value % k
         assert evaluate(nested, env) == (value // k) % m + (value % k) // m
+        assert evaluate(twice, env) == value // k // m
+
+
+def test_a_division_of_a_division_is_one_division():
+    """(x // a) // k and x // (a k) are one expression (unravelled batch and head indices: attention's dQ kernel
+    staged its keys twice, read through either form, where once leaves room for cp.async's double buffers)."""
+    gid = Expr.var("gid", 3072)
+    assert gid // 16 // 12 == gid // 192 and (gid // 16 // 12).render() == "(gid/192)"
+    assert (gid * 4 + 3) // 8 // 6 == (gid * 4 + 3) // 48
 
 
 def test_variables_of_different_ranges_are_different_expressions():

@@ -146,6 +146,10 @@ class Expr:
         lo, hi = self.lo, self.hi
         if lo // k == hi // k:
             return Expr(lo // k)
+        if self.const == 0 and len(self.terms) == 1:
+            (atom, coefficient), = self.terms.items()
+            if coefficient == 1 and atom.kind == "div":  # (x // a) // k == x // (a*k) (x >= 0): one form for both
+                return atom.expr // (atom.k * k)
         split = self._split_by_common_factor(k)
         if split is not None:  # (g*big + small) // k == big // (k/g) when 0 <= small < g and g | k
             big, _, g = split
