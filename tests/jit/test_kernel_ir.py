@@ -8,8 +8,10 @@ import pyopencl as cl
 import pytest
 
 import zyx
+from zyx.dtypes import float32
 from zyx.jit.choices import Choice
-from zyx.jit.kernel_ir import Alu, Barrier, Load, Loop, simplify_cond, substitute, walk
+from zyx.jit.kernel_ir import (FAST_DIV, FAST_EXP, Alu, Barrier, Kernel, Load, Loop, Reg, simplify_cond, substitute,
+                               walk)
 from zyx.jit.lower import lower
 from zyx.jit.matmul import LocalTileLowering, plan_local_tiles
 from zyx.jit.print_opencl import print_kernel
@@ -17,6 +19,7 @@ from zyx.jit.rows import lower_rows
 from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
 from zyx.jit.tiling import hosted_matmul
+from zyx.jit.transforms.approximate_math import approximate_math
 from zyx.jit.transforms.double_buffer import double_buffer
 from zyx.jit.transforms import group
 from zyx.jit.transforms.group import COLUMNS, column_outputs, group_reductions
@@ -332,3 +335,18 @@ def test_a_half_precision_select_of_rounded_values_is_not_rounded_again(select, 
     root = select(x * y, x, y).node
     kernel = lower(root, {id(root): root}, set()).ir
     assert sum(isinstance(s, Alu) and s.op is Op.CAST for s in walk(kernel.body)) == rounds
+
+
+@pytest.mark.parametrize("sum_read_again", [False, True])
+def test_approximate_math_folds_an_exponential_of_a_sum_read_there_alone(sum_read_again):
+    """approximate_math: float32 exp and division become FAST_EXP and FAST_DIV; exp(a + b) right after the sum,
+    which nothing else reads, is FAST_EXP of both terms (one fused multiply-add on GPUs); a sum read again stays."""
+    a, b, t, e, q = (Reg(name, float32) for name in ("a", "b", "t", "e", "q"))
+    body = (Alu(t, Op.ADD, (a, b)), Alu(e, Op.EXP, (t,)), Alu(q, Op.DIV, (e, t if sum_read_again else b)))
+    kernel = Kernel("a", (), (), (Loop("j", 4, body),))
+    loop, = approximate_math(kernel).body
+    ops = [(s.op, tuple(arg.name for arg in s.args)) for s in loop.body]
+    if sum_read_again:
+        assert ops == [(Op.ADD, ("a", "b")), (FAST_EXP, ("t",)), (FAST_DIV, ("e", "t"))]
+    else:
+        assert ops == [(FAST_EXP, ("a", "b")), (FAST_DIV, ("e", "b"))]

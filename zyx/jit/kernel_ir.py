@@ -603,6 +603,17 @@ def rewrite(statement: Statement, expr: Callable[[Expr], Expr], reg: Callable[[R
                  for name in field_names(cls)])
 
 
+def register_names(statement: Statement) -> list[str]:
+    """The name of every register `statement` defines or reads, once per mention (bodies aside, as `rewrite`)."""
+    names: list[str] = []
+
+    def mention(reg: Reg) -> Reg:
+        names.append(reg.name)
+        return reg
+    rewrite(statement, lambda e: e, mention)
+    return names
+
+
 @functools.cache
 def field_names(cls: type) -> tuple[str, ...]:
     """The fields of a statement class, in order (`dataclasses.fields` walks them again on every call)."""

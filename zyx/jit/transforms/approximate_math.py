@@ -15,7 +15,7 @@ from collections import Counter
 
 from ...dtypes import float32
 from ...trace.ops import Op
-from ..kernel_ir import FAST_DIV, FAST_EXP, Alu, If, Kernel, Loop, rewrite, walk
+from ..kernel_ir import FAST_DIV, FAST_EXP, Alu, If, Kernel, Loop, register_names, walk
 
 APPROXIMATED = {Op.EXP: FAST_EXP, Op.DIV: FAST_DIV}
 
@@ -27,9 +27,7 @@ def approximate_math(kernel: Kernel) -> Kernel:
 
 def _approximated(body: tuple) -> tuple:
     """`body` approximated; a register defined in it is read only there (its nested bodies included)."""
-    uses: Counter = Counter()
-    for s in walk(body):
-        rewrite(s, lambda e: e, lambda r: uses.update((r.name,)) or r)  # (a register: defined once, then read)
+    uses = Counter(name for s in walk(body) for name in register_names(s))  # (a register: defined once, then read)
     out: list = []
     for s in body:
         if isinstance(s, (Loop, If)):
@@ -38,8 +36,8 @@ def _approximated(body: tuple) -> tuple:
             s = Alu(s.out, APPROXIMATED[s.op], s.args)
             summed = out[-1] if out else None
             if (s.op == FAST_EXP and isinstance(summed, Alu) and summed.op is Op.ADD and summed.out == s.args[0]
-                    and uses[summed.out.name] == 2):  # exp(a + b), the sum read there alone
-                out[-1] = s = Alu(s.out, FAST_EXP, summed.args)
+                    and uses[summed.out.name] == 2):
+                out[-1] = Alu(s.out, FAST_EXP, summed.args)  # exp(a + b), the sum read there alone
                 continue
         out.append(s)
     return tuple(out)
