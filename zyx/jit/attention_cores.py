@@ -19,11 +19,10 @@ blocks of 64 keys:
 A lane's running sum covers its own keys; the quad adds them up once, after the blocks. Blocks a causal mask hides
 from every row of the group are skipped (attention_tiles.py), blocks it hides nothing of run a copy of the block
 without its selects (WarpTiles._peel_visible); exponentials and divisions are the hardware's approximations
-(transforms/approximate_math). The row statistics are stored where a backward reads
-them (attention.py), the outputs in the trace's dtype. Only where the scores' product and P V multiply operands of
-one 16-bit dtype the device multiplies on tensor cores, head and value dimensions are multiples of 16 up to
-MAX_DIM and the stages fit the local memory; else attention_tiled.py's kernel. The warps' layouts, staging and
-products: attention_warp_tiles.py.
+(transforms/approximate_math). The row statistics are stored where a backward reads them (attention.py), the outputs
+in the trace's dtype. Only where the scores' product and P V multiply operands of one 16-bit dtype the device
+multiplies on tensor cores, head and value dimensions are multiples of 16 up to MAX_DIM and the stages fit the local
+memory; else attention_tiled.py's kernel. The warps' layouts, staging and products: attention_warp_tiles.py.
 """
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ walks the keys for a block of queries. Here, as attention_cores.py does for the 
   by transposing ldmatrix, into the warp's 16 rows x its columns of accumulators, stored after the walk.
 Blocks a causal mask hides from every row of the group are skipped (attention_tiles.py's test), blocks it hides
 nothing of run without its selects (WarpTiles._peel_visible); exponentials and divisions are approximate
-(transforms/approximate_math). Only where every
-product multiplies operands of one 16-bit dtype the device multiplies on tensor cores, every head and value
-dimension is a multiple of 16 up to MAX_DIM and the stages fit the local memory; else the staged kernels.
+(transforms/approximate_math). Only where every product multiplies operands of one 16-bit dtype the device
+multiplies on tensor cores, every head and value dimension is a multiple of 16 up to MAX_DIM and the stages fit the
+local memory; else the staged kernels.
 """
 from __future__ import annotations
 

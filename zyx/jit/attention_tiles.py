@@ -113,6 +113,7 @@ class StagedBlocks(Lowering):
     keys_per_block: int
     lid: Expr
     row_name = "lid"  # the variable an index reads the group's rows at (attention_tiled.py's items own several)
+    mask_compare: Optional[Node] = None  # the causal mask's a < b, where `_mask` found one
 
     @property
     def group_items(self) -> int:
