@@ -326,6 +326,7 @@ def test_an_erf_takes_the_exponential_of_the_same_value_its_kernel_computes(orde
     (lambda p, x, y: p.maximum(0.0), 1),                   # ReLU after a product
     (lambda p, x, y: -p, 1),
     (lambda p, x, y: (x < y).where(0.1, p), 2),            # 0.1 is no bfloat16: the select is rounded
+    (lambda p, x, y: p.maximum(1e39), 2),                   # past bfloat16's largest value: rounded (to infinity)
 ])
 def test_a_half_precision_select_of_rounded_values_is_not_rounded_again(select, rounds):
     """Of operands rounded to bfloat16 where computed (x·y), read (exact) or literals bfloat16 holds, a select, a

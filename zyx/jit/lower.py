@@ -477,7 +477,8 @@ def lower(root: Node, materialized: dict[int, Node], produced: set[int], allow_e
 def _holds_exactly(value: object, dtype) -> bool:
     """Whether half-precision `dtype` holds the number `value` exactly (nan and the infinities: yes)."""
     number = float(value)  # type: ignore[arg-type]
-    return not math.isfinite(number) or float(np.array(number).astype(dtype.np)) == number
+    with np.errstate(over="ignore"):  # (past the dtype's largest value: infinity, not held)
+        return not math.isfinite(number) or float(np.array(number).astype(dtype.np)) == number
 
 
 def _viewed_constant(node: Node) -> Optional[Node]:
