@@ -5,7 +5,8 @@ import numpy as np
 import pyopencl as cl
 import pytest
 
-from zyx.jit.compiler import build_source
+import zyx
+from zyx.jit.compiler import build_source, kernel_options
 from zyx.jit.opencl_prelude import MAX_FLOAT, prelude
 from zyx.runtime.platforms import select_device
 
@@ -20,6 +21,8 @@ __kernel void erf_lanes(__global const float* x, __global float* y) {
   int i = get_global_id(0); vstore16(zyx_erf(vload16(i, x)), i, y); }
 __kernel void erf_given_exp(__global const float* x, __global float* y) {
   int i = get_global_id(0); float16 v = vload16(i, x); vstore16(zyx_erf_exp(v, exp(-(v * v))), i, y); }
+__kernel void max_pairs(__global const float* x, __global float* y) {
+  int i = get_global_id(0); y[i] = zyx_max_float(x[i], x[i ^ 1]); }
 __kernel void fast_exp(__global const float* x, __global float* y) {
   int i = get_global_id(0); y[i] = zyx_fast_exp(x[i]); }
 __kernel void fast_exp_sum(__global const float* x, __global float* y) {
@@ -128,6 +131,16 @@ def test_erf_given_its_exponential_is_erf_bit_for_bit(native):
     options = ("-DZYX_NATIVE_MATH",) if native else ()
     given, plain = run_helper("erf_given_exp", values, 16, options), run_helper("erf_lanes", values, 16, options)
     assert np.array_equal(given.view(np.uint32), plain.view(np.uint32))
+
+
+def test_the_float_maximum_keeps_a_nan_from_either_side():
+    """zyx_max_float built as the device builds kernels (max.NaN.f32 on NVIDIA sm_80 and later, its C form
+    elsewhere): the larger value, nan where either operand is nan, as torch.maximum."""
+    pairs = np.array([1.0, 2.0, -3.0, -np.inf, np.nan, 5.0, 6.0, np.nan, np.nan, np.nan, np.inf, 0.5], np.float32)
+    device = zyx.OpenCL()
+    out = run_helper("max_pairs", pairs, 1, kernel_options(device.traits, device.runtime))
+    expected = np.maximum(pairs, pairs.reshape(-1, 2)[:, ::-1].reshape(-1))
+    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize("native", [False, True])
