@@ -50,6 +50,17 @@ def test_the_header_splits_into_directives_and_declarations_by_builtin(pocl):
     assert text.endswith("\n#line 1\n__kernel void k(__global float* x) { x[0] = exp(x[0]); }")
 
 
+def test_string_literals_and_comments_name_no_builtin(pocl):
+    """Inline PTX ("max.NaN.f32", the prelude's float maximum on NVIDIA) and comments declare nothing: a builtin
+    named only there brings none of its overloads into the program."""
+    declarations = HeaderDeclarations.parse(header_of(pocl.platform).read_text())
+    source = ('float m(float a) { float r; asm("max.NaN.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }\n'
+              '/* sqrt( */ // sin(\n__kernel void k(__global float* x) { x[0] = exp(m(x[0])); }')
+    kept = declarations.for_source(source).split("\n#line 1\n")[0]
+    assert re.search(r"\bexp\(float", kept)
+    assert not any(re.search(rf"\b{name}\(", kept) for name in ("max", "sqrt", "sin"))
+
+
 @pytest.mark.parametrize("text", ["float __ovld exp(float);\n",  # no include guard
                                   "#ifndef _OPENCL_H_\n#define _OPENCL_H_\nfloat exp(float)\n#endif\n",  # no ';'
                                   "#ifndef _OPENCL_H_\n#define _OPENCL_H_\nint x;\n#endif\n"])  # no function

@@ -33,6 +33,9 @@ GUARD = "_OPENCL_H_"
 HEADER = "opencl-c.h"
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+# what names no builtin in a program's source: string literals (the prelude's inline PTX "max.NaN.f32" would declare
+# max's 121 overloads in every program PoCL builds) and comments, in the order C reads them
+_NOT_CODE = re.compile(r'"(?:\\.|[^"\\\n])*"|/\*.*?\*/|//[^\n]*', re.S)
 # where a PoCL library keeps its data (its `share/pocl`), from the library's folder: a system install (also one
 # whose /lib is not /usr/lib), and the pip wheel's (pyopencl/.libs/libpocl-*.so, pocl_binary_distribution/.libs/share)
 _DATA_FOLDERS = ("../share/pocl", "../../share/pocl", "../../usr/share/pocl",
@@ -92,7 +95,7 @@ class HeaderDeclarations:
 
     def for_source(self, source: str) -> str:
         """`source` after the declarations of the builtins it names (and after every directive), line 1 again."""
-        named = self.builtins.intersection(_IDENTIFIER.findall(source))
+        named = self.builtins.intersection(_IDENTIFIER.findall(_NOT_CODE.sub(" ", source)))
         kept = [part for part, builtin in zip(self.parts, self.builtin_of) if builtin is None or builtin in named]
         return "\n".join(kept) + "\n#line 1\n" + source
 
