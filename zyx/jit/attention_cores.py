@@ -112,9 +112,8 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
         self._scopes[0].append(Barrier())
         queries = self._row_fragments(q_stage, q_pitch, head_dim)
         mask = self._mask(pattern.scores, probability, key_name)
-        rows_extreme = {side: self._extreme(side, index, self.row_name, rows, lowest)  # once, before the blocks
-                        for side, index, lowest, over_rows in mask if over_rows}
-        rows_lowest = self._rows_lowest(mask)
+        rows_extreme = self._rows_extreme(mask)  # once, before the blocks
+        rows_lowest = self._rows_extreme(mask, other=True)
         self._open_loop(block_name, blocks)
         k_offset, v_offset = self._stage_walked(copies, [k_stage, v_stage], chunks, key_name, block_name, blocks)
         block_test = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None

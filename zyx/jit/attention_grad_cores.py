@@ -135,9 +135,8 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         accumulators = [self._tiles(plan.product.shape[plan.width]) for plan in plans]
         probability = _probability_index(plans[0], self.item, walked, self._is_materialized)
         mask = self._mask(_scores(plans[0]), probability, walk_name) if probability else []
-        rows_extreme = {side: self._extreme(side, index, self.row_name, ROWS, lowest)
-                        for side, index, lowest, over_rows in mask if over_rows}
-        rows_lowest = self._rows_lowest(mask)
+        rows_extreme = self._rows_extreme(mask)  # once, before the blocks
+        rows_lowest = self._rows_extreme(mask, other=True)
         self._open_loop(block_name, blocks)
         offsets = dict(zip(names, self._stage_walked(distinct, names, chunks, walk_name, block_name, blocks)))
         block_test = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None

@@ -95,8 +95,7 @@ class StagedGradientLowering(StagedBlocks, AttentionGradientLowering):
         self._scopes[0] += [Define(acc, Const(0.0, float32)) for row in accs for acc in row]
         probability = _probability_index(self.plans[0], self.item, walked, self._is_materialized)
         mask = self._mask(_scores(self.plans[0]), probability, walk_name) if self.skips and probability else []
-        rows_extreme = {side: self._extreme(side, index, "lid", self.rows_per_group, lowest)
-                        for side, index, lowest, over_rows in mask if over_rows}
+        rows_extreme = self._rows_extreme(mask)  # once, before the blocks
         self._open_loop(block_name, blocks)
         block_test = self._block_test(mask, rows_extreme, walk_name, block_name) if mask else None
         skippable = len(self._scopes[-1])

@@ -185,8 +185,7 @@ class TiledAttentionLowering(TileLoops, TileScores, StagedAttentionLowering):
                             *(Define(acc, Const(0.0, float32)) for row in accs for acc in row)]
         self._stage(query_side, factor_index, self.row_name, head_name, head_dim, q_stage, keys=rows)
         mask = self._mask(pattern.scores, probability, key_name) if self.skips else []
-        rows_extreme = {side: self._extreme(side, index, self.row_name, rows, lowest)  # once, before the blocks
-                        for side, index, lowest, over_rows in mask if over_rows}
+        rows_extreme = self._rows_extreme(mask)  # once, before the blocks
         self._open_loop(block_name, blocks)
         block_test = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])

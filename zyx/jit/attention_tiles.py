@@ -157,15 +157,28 @@ class StagedBlocks(Lowering):
         self.mask_compare = node
         return found
 
+    def _rows_extreme(self, mask: list[tuple[Node, Index, bool, bool]], other: bool = False) -> dict[Node, Reg]:
+        """The rows' side of `mask` (_mask) at its extreme over the group's rows, once before the walk: the largest
+        a, which the block test takes, or (`other`) the smallest."""
+        return {side: self._extreme(side, index, self.row_name, self.rows_per_group, lowest != other)
+                for side, index, lowest, over_rows in mask if over_rows}
+
+    def _extremes_compared(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
+                           key_name: str, other: bool = False) -> Reg:
+        """a < b between the extremes of the mask's sides, the same in every item of the group: the rows' from
+        `rows_extreme`, the keys' over the block; the largest a against the smallest b (true: the block is hidden
+        from every row), or (`other`) the smallest a against the largest b (false: hidden from none)."""
+        values = tuple(rows_extreme[side] if over_rows else
+                       self._extreme(side, index, key_name, self.keys_per_block, lowest != other)
+                       for side, index, lowest, over_rows in mask)
+        return self._line(lambda out: Alu(out, Op.CMPLT, values), bool_)
+
     def _block_test(self, mask: list[tuple[Node, Index, bool, bool]], rows_extreme: dict[Node, Reg],
                     key_name: str, block_name: str) -> BlockTest:
         """Whether a block of keys scores -inf throughout (see _mask), the same in every item of the group: the
         keys' side's extreme over the block against the rows' (`rows_extreme`); and whether such a block ends the
         walk (`_ends_walk`)."""
-        values = tuple(rows_extreme[side] if over_rows else self._extreme(side, index, key_name, self.keys_per_block,
-                                                                            lowest)
-                       for side, index, lowest, over_rows in mask)
-        return BlockTest(self._line(lambda out: Alu(out, Op.CMPLT, values), bool_), _ends_walk(mask, block_name))
+        return BlockTest(self._extremes_compared(mask, rows_extreme, key_name), _ends_walk(mask, block_name))
 
     def _skip_unneeded(self, body: list, skippable: int, test: Optional[BlockTest]) -> None:
         """The block loop's `body` with its statements from `skippable` on only where the block is needed (`test`;
@@ -336,8 +349,7 @@ class StagedAttentionLowering(StagedBlocks, AttentionLowering):
                             Define(maximum, Const(FLOAT_LOWEST, float32)), Define(total, Const(0.0, float32)),
                             *(Define(acc, Const(0.0, float32)) for acc in accs)]
         mask = self._mask(pattern.scores, probability, key_name) if self.skips else []
-        rows_extreme = {side: self._extreme(side, index, "lid", rows, lowest)  # once, before the blocks
-                        for side, index, lowest, over_rows in mask if over_rows}
+        rows_extreme = self._rows_extreme(mask)  # once, before the blocks
         self._open_loop(block_name, blocks)
         block_test = self._block_test(mask, rows_extreme, key_name, block_name) if mask else None
         skippable = len(self._scopes[-1])

@@ -253,20 +253,11 @@ class WarpTiles(StagedBlocks):
         scope.append(AsyncCommit())
         return offsets
 
-    def _rows_lowest(self, mask: list[tuple[Node, Index, bool, bool]]) -> dict[Node, Reg]:
-        """For `_visible`, before the walk: the rows' side of a causal mask (where(a < b, -inf, ...): _mask) at
-        its other extreme over the group's rows than the block test takes."""
-        return {side: self._extreme(side, index, self.row_name, ROWS, not lowest)
-                for side, index, lowest, over_rows in mask if over_rows}
-
     def _visible(self, mask: list[tuple[Node, Index, bool, bool]], rows_lowest: dict[Node, Reg],
                  walk_name: str) -> Reg:
         """Whether the mask hides no score of the block from any row of the group: a >= b throughout, the
-        smallest a against the largest b (the same in every item of the group)."""
-        values = tuple(rows_lowest[side] if over_rows else
-                       self._extreme(side, index, walk_name, self.keys_per_block, not lowest)
-                       for side, index, lowest, over_rows in mask)
-        hides = self._line(lambda out: Alu(out, Op.CMPLT, values), bool_)
+        smallest a (`rows_lowest`: _rows_extreme's other) against the largest b."""
+        hides = self._extremes_compared(mask, rows_lowest, walk_name, other=True)
         return self._line(lambda out: Alu(out, Op.NOT, (hides,)), bool_)
 
     def _peel_visible(self, visible: Reg) -> None:

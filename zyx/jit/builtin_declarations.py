@@ -35,7 +35,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 # what names no builtin in a program's source: string literals (the prelude's inline PTX "max.NaN.f32" would declare
 # max's 121 overloads in every program PoCL builds) and comments, in the order C reads them
-_NOT_CODE = re.compile(r'"(?:\\.|[^"\\\n])*"|/\*.*?\*/|//[^\n]*', re.S)
+_NOT_CODE = re.compile(r'"(?:\\.|[^"\\\n])*"|' + _COMMENT.pattern, re.S)
 # where a PoCL library keeps its data (its `share/pocl`), from the library's folder: a system install (also one
 # whose /lib is not /usr/lib), and the pip wheel's (pyopencl/.libs/libpocl-*.so, pocl_binary_distribution/.libs/share)
 _DATA_FOLDERS = ("../share/pocl", "../../share/pocl", "../../usr/share/pocl",
