@@ -2,15 +2,15 @@
 
 A random tensor is a pure function of (seed, offset, index): no generator state lives on a device, so a
 kernel can draw element i without reading anything but its own counter. This module is the one place the
-algorithm and its constants are written down; the numpy reference, the int64 form torch runs (torch has no
-uint64 arithmetic) and the OpenCL, CUDA and WGSL helpers are all built from the constants and the rounds below, so
-they cannot drift apart.
+algorithm and its constants are written down; the numpy reference (`_rounds_in_place`), the int64 form torch runs
+(torch has no uint64 arithmetic: `_rounds_int64`) and the OpenCL, CUDA and WGSL helpers are all built from the constants
+below, and the known-answer tests hold the first two to Random123's vectors and the rest to the first.
 
 Reference: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), and Random123's KAT vectors.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,31 +27,38 @@ _WORD = np.uint64(_WORD_MASK)
 _SHIFT_32 = np.uint64(32)
 
 
-def _mulhilo(multiplier: int, word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(high, low) 32-bit halves of multiplier * word; the uint64 product of two 32-bit values cannot overflow."""
-    product = np.uint64(multiplier) * word
-    return product >> _SHIFT_32, product & _WORD
+def _rounds_in_place(words: list[np.ndarray], key: Sequence[int], low: np.ndarray, high: np.ndarray) -> None:
+    """The ten rounds on uint64 arrays of 32-bit words, overwritten with the output; `low` and `high` take the
+    products (each 32 x 32 bits: no uint64 overflow). Nothing is allocated per round: a fresh uint64 temporary of a
+    large draw is fresh pages, and those page faults were three quarters of a new process's first draw."""
+    c0, c1, c2, c3 = words
+    k0, k1 = key
+    for round_index in range(ROUNDS):
+        if round_index > 0:
+            k0 = (k0 + KEY_BUMP_0) & _WORD_MASK
+            k1 = (k1 + KEY_BUMP_1) & _WORD_MASK
+        np.multiply(c0, np.uint64(MULTIPLIER_0), out=low)
+        np.multiply(c2, np.uint64(MULTIPLIER_1), out=high)
+        np.right_shift(high, _SHIFT_32, out=c0)
+        c0 ^= c1
+        c0 ^= np.uint64(k0)
+        np.bitwise_and(high, _WORD, out=c1)
+        np.right_shift(low, _SHIFT_32, out=c2)
+        c2 ^= c3
+        c2 ^= np.uint64(k1)
+        np.bitwise_and(low, _WORD, out=c3)
 
 
-def philox4x32_10(
-    counter: Sequence[np.ndarray], key: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The raw block function on arrays: 4 counter words and 2 key words (uint64 arrays holding 32-bit values)."""
-    c0, c1, c2, c3 = (np.asarray(word, dtype=np.uint64) for word in counter)
-    k0, k1 = (np.asarray(word, dtype=np.uint64) for word in key)
-    return _rounds((c0, c1, c2, c3), (k0, k1), _mulhilo)
-
-
-def _rounds(counter: Sequence[Any], key: Sequence[Any], mulhilo: Callable[[int, Any], tuple[Any, Any]]) -> tuple:
-    """The ten rounds on 32-bit words held in any integer array type (or Python ints) that `mulhilo` multiplies."""
+def _rounds_int64(counter: Sequence[Any], key: Sequence[Any]) -> tuple:
+    """The ten rounds on 32-bit words held in int64 arrays (torch's) or Python ints."""
     c0, c1, c2, c3 = counter
     k0, k1 = key
     for round_index in range(ROUNDS):
         if round_index > 0:
             k0 = (k0 + KEY_BUMP_0) & _WORD_MASK
             k1 = (k1 + KEY_BUMP_1) & _WORD_MASK
-        hi0, lo0 = mulhilo(MULTIPLIER_0, c0)
-        hi1, lo1 = mulhilo(MULTIPLIER_1, c2)
+        hi0, lo0 = _mulhilo_int64(MULTIPLIER_0, c0)
+        hi1, lo1 = _mulhilo_int64(MULTIPLIER_1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     return c0, c1, c2, c3
 
@@ -67,37 +74,36 @@ def _mulhilo_int64(multiplier: int, word: Any) -> tuple[Any, Any]:
 
 def philox4x32_words(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int, int, int]:
     """All four output words for one block, as Python ints: what the published known-answer tests list."""
-    c0, c1, c2, c3 = philox4x32_10([np.uint64(w) for w in counter], [np.uint64(w) for w in key])
-    return int(c0), int(c1), int(c2), int(c3)
+    words = [np.array([word], dtype=np.uint64) for word in counter]
+    _rounds_in_place(words, key, np.empty(1, np.uint64), np.empty(1, np.uint64))
+    return tuple(int(word[0]) for word in words)  # type: ignore[return-value]
 
 
-def _split_64(values: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
-    values = np.asarray(values, dtype=np.uint64)
-    return values & _WORD, values >> _SHIFT_32
-
-
-UNIFORM_BLOCK = 1 << 14  # counters drawn at once: the rounds' uint64 temporaries (~1 MB) stay in the CPU's cache
+UNIFORM_BLOCK = 1 << 14  # counters drawn at once: the rounds' uint64 words (~0.8 MB) stay in the CPU's cache
 
 
 def philox_uniform(seed: int, offset: int, count: int) -> np.ndarray:
     """float32 uniforms in [0, 1): element i comes from 64-bit counter offset + i (wrapping) under key seed. Drawn
-    UNIFORM_BLOCK counters at a time: whole, a 400k draw's temporaries outgrow the cache and it takes 2-3 times as
-    long (60 ms against 25 on a 2-core EPYC), slower than PoCL's kernel."""
+    UNIFORM_BLOCK counters at a time into the same words: whole, a 400k draw's words outgrow the cache and it takes
+    2-3 times as long (60 ms against 25 on a 2-core EPYC), slower than PoCL's kernel."""
     values = np.empty(count, dtype=np.float32)
-    for start in range(0, count, UNIFORM_BLOCK):
-        values[start:start + UNIFORM_BLOCK] = _uniform_block(seed, offset + start, min(UNIFORM_BLOCK, count - start))
+    block = max(1, min(count, UNIFORM_BLOCK))
+    buffers = [np.empty(block, np.uint64) for _ in range(6)]
+    index = np.arange(block, dtype=np.uint64)
+    key = (seed % 2**64 & _WORD_MASK, seed % 2**64 >> 32)
+    for start in range(0, count, block):
+        size = min(block, count - start)
+        words = [buffer[:size] for buffer in buffers[:4]]
+        low, high = (buffer[:size] for buffer in buffers[4:])
+        np.add(index[:size], np.uint64((offset + start) % 2**64), out=low)  # wraps like the device's ulong
+        np.bitwise_and(low, _WORD, out=words[0])
+        np.right_shift(low, _SHIFT_32, out=words[1])
+        words[2].fill(0)
+        words[3].fill(0)
+        _rounds_in_place(words, key, low, high)
+        np.right_shift(words[0], np.uint64(32 - FLOAT_MANTISSA_BITS), out=low)
+        np.multiply(low, np.float32(2.0**-FLOAT_MANTISSA_BITS), out=values[start:start + size], casting="unsafe")
     return values
-
-
-def _uniform_block(seed: int, offset: int, count: int) -> np.ndarray:
-    index = np.arange(count, dtype=np.uint64)
-    counters = index + np.uint64(offset % 2**64)  # uint64 addition wraps like the device's ulong
-    counter_lo, counter_hi = _split_64(counters)
-    zeros = np.zeros_like(counter_lo)
-    key = _split_64(seed % 2**64)
-    bits = philox4x32_10((counter_lo, counter_hi, zeros, zeros), key)[0]
-    drop = np.uint64(32 - FLOAT_MANTISSA_BITS)
-    return (bits >> drop).astype(np.float32) * np.float32(2.0**-FLOAT_MANTISSA_BITS)
 
 
 def philox_bits_int64(index: Any, words: Sequence[Any]) -> Any:
@@ -109,7 +115,7 @@ def philox_bits_int64(index: Any, words: Sequence[Any]) -> Any:
     counter_hi = ((counter_lo >> 32) + offset_hi) & _WORD_MASK
     counter_lo = counter_lo & _WORD_MASK
     zero = counter_lo * 0
-    bits = _rounds((counter_lo, counter_hi, zero, zero), (seed_lo, seed_hi), _mulhilo_int64)[0]
+    bits = _rounds_int64((counter_lo, counter_hi, zero, zero), (seed_lo, seed_hi))[0]
     return bits >> (32 - FLOAT_MANTISSA_BITS)
 
 
