@@ -16,7 +16,7 @@ they are not (a column reduction, a transposed read); the scheduler then lowers 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..trace.node import Node
 from ..trace.ops import Op, REDUCE_OPS
@@ -86,6 +86,51 @@ def statistics_read_elsewhere(root: Node, length: int, materialized: dict[int, N
         if node.op not in REDUCE_OPS:
             stack.extend(node.src)
     return [node for node in found.values() if node.op in REDUCE_OPS and node.numel == rows]
+
+
+def stored_statistics(root: Node, length: int, materialized: dict[int, Node], settled: set[int]) -> list[Node]:
+    """The row statistics (reductions with one value per row of `length`) below `root` that are marked to store and
+    that no kernel stores yet (`settled`): those `root`'s row kernel computes and would store."""
+    rows, found, stack, seen = root.numel // length, [], list(root.src), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or node.op is Op.BUFFER or id(node) in settled:
+            continue
+        seen.add(id(node))
+        if node.op in REDUCE_OPS and node.numel == rows and id(node) in materialized:
+            found.append(node)
+        stack.extend(node.src if id(node) not in materialized or node.numel < root.numel else ())
+    return found
+
+
+def kernel_nodes(root: Node, materialized: dict[int, Node], stored: Sequence[Node] = ()) -> set[int]:
+    """The nodes `root`'s kernel computes: those below it down to the stored values it reads (and `stored`)."""
+    inside, stack, apart = set(), [root], {id(node) for node in stored}
+    while stack:
+        node = stack.pop()
+        if (id(node) not in inside and node.op is not Op.BUFFER and id(node) not in apart
+                and (node is root or id(node) not in materialized)):
+            inside.add(id(node))
+            stack.extend(node.src)
+    return inside
+
+
+def read_by_earlier_rows(statistic: Node, root: Node, inside: set[int], users: dict[int, list[Node]],
+                         position: dict[int, int]) -> bool:
+    """Whether a value over `root`'s rows (as many elements) that `root`'s kernel does not compute (`inside`:
+    kernel_nodes) reads `statistic` through elementwise values (`users`: each node's readers) and comes before
+    `root` in the program (`position`): a layer norm's output reads its mean and variance, which its gradient's row
+    kernel recomputes. A cross-entropy's loss, which reads its gradient's row max, is no such value (one a row)."""
+    limit, stack, seen = position.get(id(root), -1), [statistic], set()
+    while stack:
+        for reader in users.get(id(stack.pop()), ()):
+            if id(reader) in seen or reader.op in REDUCE_OPS:
+                continue
+            seen.add(id(reader))
+            if reader.numel == root.numel and id(reader) not in inside and position.get(id(reader), limit) < limit:
+                return True
+            stack.append(reader)
+    return False
 
 
 class RowLowering(Lowering):

@@ -46,7 +46,8 @@ from .attention_grad_tiled import lower_tiled_attention_gradient, may_tile
 from .attention_grad_tiles import lower_staged_attention_gradient
 from .attention_tiled import lower_tiled_attention
 from .attention_tiles import lower_staged_attention
-from .rows import lower_rows, row_length, statistics_read_elsewhere
+from .rows import (kernel_nodes, lower_rows, read_by_earlier_rows, row_length, statistics_read_elsewhere,
+                   stored_statistics)
 from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
 from .stored_reductions import read_stored_reductions
@@ -128,7 +129,7 @@ class KernelCycle(Exception):
 
 def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
                   allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-                  planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]],
+                  planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]], position: dict[int, int],
                   early: set[int] = frozenset(), memo: Optional[KernelMemo] = None) -> RenderedKernel:
     """The kernel storing `root` (`_built`), or the kernel `memo` holds for a region like its own (re-bound to
     it); what the kernel reads from others becomes a node to store, what it stores is produced."""
@@ -146,7 +147,7 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
         before = Facts(set(materialized), set(produced), set(stored_apart), early)
         plans = dict(planned)
         kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
-                                    planned, users, early)
+                                    planned, users, position, early)
         if memo is not None and not conflicted and all(plans.get(key, plan) == plan for key, plan in planned.items()):
             apart = [materialized[key] for key in materialized if key not in before.materialized]
             memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart],
@@ -165,14 +166,16 @@ def _planned_choice(root: Node, planned: dict[int, tuple[Node, Choice]]) -> Opti
 
 def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
            allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-           planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]],
+           planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]], position: dict[int, int],
            early: set[int]) -> tuple[RenderedKernel, bool]:
     """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again; one
     that would read back a reduction it stores as an extra output is built again without extra outputs (the
     flag returned says so). `planned`: the choices of kernels for nodes the scheduler made (read, and added to
     by the kernels made here). A kernel waiting for values other kernels make leaves the `early` reductions to
-    kernels of their own."""
+    kernels of their own. Row statistics a row kernel launched before this one reads are left to it (loaded here:
+    `_left_to_earlier_rows`)."""
     waits = early and not _reads_inputs_only(root, materialized, early)
+    left = _left_to_earlier_rows(root, materialized, produced | stored_apart, users, position, traits)
     product = _product_stored_apart(root, materialized, produced | stored_apart, users, traits.gpu)
     while product is not None:
         materialized[id(product)] = product
@@ -187,7 +190,7 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     extra_outputs = allow_extra_outputs
     while True:
         try:
-            apart = frozenset(stored_apart | early if waits else stored_apart)
+            apart = frozenset(stored_apart | left | early if waits else stored_apart | left)
             kernel = _build_shaped(_Site(root, materialized, produced, extra_outputs, apart), traits, tuned,
                                    planned)
             break
@@ -891,11 +894,11 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         if key in produced:
             continue
         node = materialized[key]
-        _store_row_statistics(node, materialized, produced | stored_apart, users, traits)
+        _store_row_statistics(node, materialized, produced | stored_apart, users, position, traits)
         roots.append(node)
         kernels.append(collective_kernel(node, produced) if node.op is Op.COLLECTIVE else
                        _build_kernel(node, materialized, produced, traits, allow_extra_outputs and key not in plain,
-                                     stored_apart, tuned, planned, users, early, memo))
+                                     stored_apart, tuned, planned, users, position, early, memo))
         enqueue_pending()
 
     def rebuild(k: int) -> Optional[RenderedKernel]:
@@ -904,7 +907,7 @@ def _schedule(targets: Sequence[Node], traits: DeviceTraits, tuned: TunedChoices
         root, own = roots[k], {id(node) for node in kernels[k].outputs}
         tried = (dict(materialized), set(stored_apart), dict(planned))
         kernel = _build_kernel(root, tried[0], produced - own, traits, allow_extra_outputs and id(root) not in plain,
-                               tried[1], tuned, tried[2], users, early, memo)
+                               tried[1], tuned, tried[2], users, position, early, memo)
         unchanged = (tried[0].keys() == materialized.keys() and tried[1] == stored_apart
                      and tried[2].keys() == planned.keys())
         return kernel if unchanged and {id(node) for node in kernel.outputs} == own else None
@@ -929,13 +932,33 @@ def _marked_late(kernels: list[RenderedKernel], roots: list[Node], recomputed: f
 
 
 def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: set[int],
-                          users: dict[int, list[Node]], traits: DeviceTraits) -> None:
+                          users: dict[int, list[Node]], position: dict[int, int], traits: DeviceTraits) -> None:
     """Where `root` is a row kernel, the row statistics it computes that other kernels read are marked to store,
-    so that it stores them (rows.statistics_read_elsewhere)."""
+    so that it stores them (rows.statistics_read_elsewhere); but not those a row kernel launched before it reads
+    (`_left_to_earlier_rows`)."""
     length = row_length(root, materialized, settled, _long_rows(traits))
     if length is not None and _fuses_rows(length, traits):
-        for statistic in statistics_read_elsewhere(root, length, materialized, users):
-            materialized.setdefault(id(statistic), statistic)
+        statistics = statistics_read_elsewhere(root, length, materialized, users)
+        inside = kernel_nodes(root, materialized, statistics) if statistics else set()
+        for statistic in statistics:
+            if not read_by_earlier_rows(statistic, root, inside, users, position):
+                materialized.setdefault(id(statistic), statistic)
+
+
+def _left_to_earlier_rows(root: Node, materialized: dict[int, Node], settled: set[int],
+                          users: dict[int, list[Node]], position: dict[int, int], traits: DeviceTraits) -> set[int]:
+    """The row statistics marked to store that `root`'s row kernel would compute and store, but that a value over
+    the same rows computed before `root` reads (rows.read_by_earlier_rows): the kernel computing that value, a row
+    kernel built later and launched earlier, stores them and this one reads them. Stored by the later kernel, a
+    layer norm's mean and variance, which its gradient's row kernel recomputes and its weight's gradient reads, made
+    the forward's kernels wait for the backward's; the retry after that cycle gave each statistic a kernel of its
+    own, passing over the rows again (W7: the forward's norms three kernels each in place of one)."""
+    length = row_length(root, materialized, settled, _long_rows(traits))
+    if length is None or not _fuses_rows(length, traits):
+        return set()
+    statistics = stored_statistics(root, length, materialized, settled)
+    inside = kernel_nodes(root, materialized, statistics) if statistics else set()
+    return {id(statistic) for statistic in statistics if read_by_earlier_rows(statistic, root, inside, users, position)}
 
 
 INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers no
