@@ -203,3 +203,34 @@ def test_row_statistics_beside_nodes_the_scheduler_makes(dev):
     close(loss, expected, 1e-4)
     for got, want in zip(grads, theirs):
         close(got, want.grad, 1e-4)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_a_layer_norms_statistics_are_stored_by_its_forward_row_kernel(gpu, monkeypatch):
+    """Pre-norm residual blocks, forward and backward: each norm's gradient recomputes its mean and variance in
+    its kernels and its gain's gradient reads them. Taken up there as extra outputs (the latest kernel is built
+    first), they made the forward wait for the backward, and the retry after that cycle gave each statistic a kernel
+    of its own; now the backward's kernels read what the forward's store, and one schedule serves."""
+    dev = zyx.CPU()
+    a, w1, w2, gain, bias = data(32, 48), data(48, 48) * 0.1, data(48, 48) * 0.1, data(48), data(48)
+
+    def blocks(lib, x, w1, w2, gain, bias):
+        norm = lib.nn.functional.layer_norm
+        for w in (w1, w2):
+            x = x + (norm(x, (48,), gain, bias) @ w).relu()
+        return (norm(x, (48,), gain, bias) ** 2).mean()
+
+    ours = [dev.tensor(v) for v in (a, w1, w2, gain, bias)]
+    loss = blocks(zyx, *ours)
+    grads = loss.backward(ours)
+    attempts = []
+    real = schedule_module._schedule
+    monkeypatch.setattr(schedule_module, "_schedule", lambda *args, **kw: attempts.append(1) or real(*args, **kw))
+    kernels, _ = schedule([loss.node, *(g.node for g in grads)], DeviceTraits(gpu=gpu, vector_width=4 if gpu else 16))
+    assert len(attempts) == 1  # no cycle, no retry
+    theirs = [torch.tensor(v, requires_grad=True) for v in (a, w1, w2, gain, bias)]
+    expected = blocks(torch, *theirs)
+    expected.backward()
+    close(loss, expected, 1e-5)
+    for got, tensor in zip(grads, theirs):
+        close(got, tensor.grad, 2e-4)

@@ -88,10 +88,11 @@ def statistics_read_elsewhere(root: Node, length: int, materialized: dict[int, N
     return [node for node in found.values() if node.op in REDUCE_OPS and node.numel == rows]
 
 
-def stored_statistics(root: Node, length: int, materialized: dict[int, Node], settled: set[int]) -> list[Node]:
-    """The row statistics (reductions with one value per row of `length`) below `root` that are marked to store and
-    that no kernel stores yet (`settled`): those `root`'s row kernel computes and would store."""
-    rows, found, stack, seen = root.numel // length, [], list(root.src), set()
+def stored_statistics(root: Node, rows: int, elements: int, materialized: dict[int, Node],
+                      settled: set[int]) -> list[Node]:
+    """The row statistics (reductions with one value per row of `rows` making up `elements`) below `root` that are
+    marked to store and that no kernel stores yet (`settled`): those `root`'s kernel computes and would store."""
+    found, stack, seen = [], list(root.src), set()
     while stack:
         node = stack.pop()
         if id(node) in seen or node.op is Op.BUFFER or id(node) in settled:
@@ -99,7 +100,7 @@ def stored_statistics(root: Node, length: int, materialized: dict[int, Node], se
         seen.add(id(node))
         if node.op in REDUCE_OPS and node.numel == rows and id(node) in materialized:
             found.append(node)
-        stack.extend(node.src if id(node) not in materialized or node.numel < root.numel else ())
+        stack.extend(node.src if id(node) not in materialized or node.numel < elements else ())
     return found
 
 
@@ -115,19 +116,20 @@ def kernel_nodes(root: Node, materialized: dict[int, Node], stored: Sequence[Nod
     return inside
 
 
-def read_by_earlier_rows(statistic: Node, root: Node, inside: set[int], users: dict[int, list[Node]],
+def read_by_earlier_rows(statistic: Node, root: Node, elements: int, inside: set[int], users: dict[int, list[Node]],
                          position: dict[int, int]) -> bool:
-    """Whether a value over `root`'s rows (as many elements) that `root`'s kernel does not compute (`inside`:
-    kernel_nodes) reads `statistic` through elementwise values (`users`: each node's readers) and comes before
-    `root` in the program (`position`): a layer norm's output reads its mean and variance, which its gradient's row
-    kernel recomputes. A cross-entropy's loss, which reads its gradient's row max, is no such value (one a row)."""
+    """Whether a value over the rows of `root`'s kernel (their `elements`) that the kernel does not compute
+    (`inside`: kernel_nodes) reads `statistic` through elementwise values (`users`: each node's readers) and comes
+    before `root` in the program (`position`): a layer norm's output reads its mean and variance, which its
+    gradient's kernels recompute. A cross-entropy's loss, which reads its gradient's row max, is no such value (one
+    a row)."""
     limit, stack, seen = position.get(id(root), -1), [statistic], set()
     while stack:
         for reader in users.get(id(stack.pop()), ()):
             if id(reader) in seen or reader.op in REDUCE_OPS:
                 continue
             seen.add(id(reader))
-            if reader.numel == root.numel and id(reader) not in inside and position.get(id(reader), limit) < limit:
+            if reader.numel == elements and id(reader) not in inside and position.get(id(reader), limit) < limit:
                 return True
             stack.append(reader)
     return False

@@ -134,7 +134,8 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
     """The kernel storing `root` (`_built`), or the kernel `memo` holds for a region like its own (re-bound to
     it); what the kernel reads from others becomes a node to store, what it stores is produced."""
     roots = [root, *(sibling.product for sibling in _gradient_siblings(root, materialized, produced, traits)[1])]
-    facts = Facts(materialized, produced, stored_apart, early)
+    left = _left_to_earlier_rows(root, materialized, produced | stored_apart, users, position, traits)
+    facts = Facts(materialized, produced, stored_apart | left, early)
     choice = _planned_choice(root, planned)
     found = memo.find(roots, facts, allow_extra_outputs, choice) if memo is not None else None
     if found is not None:
@@ -144,10 +145,10 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
             stored_apart.add(id(node))
         planned.update((id(node), (node, made_choice)) for node, made_choice in made)
     else:
-        before = Facts(set(materialized), set(produced), set(stored_apart), early)
+        before = Facts(set(materialized), set(produced), stored_apart | left, early)
         plans = dict(planned)
         kernel, conflicted = _built(root, materialized, produced, traits, allow_extra_outputs, stored_apart, tuned,
-                                    planned, users, position, early)
+                                    planned, users, left, early)
         if memo is not None and not conflicted and all(plans.get(key, plan) == plan for key, plan in planned.items()):
             apart = [materialized[key] for key in materialized if key not in before.materialized]
             memo.remember(roots, before, allow_extra_outputs, kernel, [n for n in apart if id(n) in stored_apart],
@@ -166,16 +167,15 @@ def _planned_choice(root: Node, planned: dict[int, tuple[Node, Choice]]) -> Opti
 
 def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits: DeviceTraits,
            allow_extra_outputs: bool, stored_apart: set[int], tuned: TunedChoices,
-           planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]], position: dict[int, int],
+           planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]], left: set[int],
            early: set[int]) -> tuple[RenderedKernel, bool]:
     """A kernel that grows too large stores its most recomputed value in a kernel of its own and tries again; one
     that would read back a reduction it stores as an extra output is built again without extra outputs (the
     flag returned says so). `planned`: the choices of kernels for nodes the scheduler made (read, and added to
     by the kernels made here). A kernel waiting for values other kernels make leaves the `early` reductions to
-    kernels of their own. Row statistics a row kernel launched before this one reads are left to it (loaded here:
-    `_left_to_earlier_rows`)."""
+    kernels of their own; `left`: the row statistics it loads, which a kernel launched before it stores
+    (`_left_to_earlier_rows`)."""
     waits = early and not _reads_inputs_only(root, materialized, early)
-    left = _left_to_earlier_rows(root, materialized, produced | stored_apart, users, position, traits)
     product = _product_stored_apart(root, materialized, produced | stored_apart, users, traits.gpu)
     while product is not None:
         materialized[id(product)] = product
@@ -941,24 +941,32 @@ def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: se
         statistics = statistics_read_elsewhere(root, length, materialized, users)
         inside = kernel_nodes(root, materialized, statistics) if statistics else set()
         for statistic in statistics:
-            if not read_by_earlier_rows(statistic, root, inside, users, position):
+            if not read_by_earlier_rows(statistic, root, root.numel, inside, users, position):
                 materialized.setdefault(id(statistic), statistic)
 
 
 def _left_to_earlier_rows(root: Node, materialized: dict[int, Node], settled: set[int],
                           users: dict[int, list[Node]], position: dict[int, int], traits: DeviceTraits) -> set[int]:
-    """The row statistics marked to store that `root`'s row kernel would compute and store, but that a value over
-    the same rows computed before `root` reads (rows.read_by_earlier_rows): the kernel computing that value, a row
-    kernel built later and launched earlier, stores them and this one reads them. Stored by the later kernel, a
-    layer norm's mean and variance, which its gradient's row kernel recomputes and its weight's gradient reads, made
-    the forward's kernels wait for the backward's; the retry after that cycle gave each statistic a kernel of its
-    own, passing over the rows again (W7: the forward's norms three kernels each in place of one)."""
-    length = row_length(root, materialized, settled, _long_rows(traits))
-    if length is None or not _fuses_rows(length, traits):
-        return set()
-    statistics = stored_statistics(root, length, materialized, settled)
+    """The row statistics marked to store that `root`'s kernel (a row kernel, or a reduction over rows) would
+    compute and store, but that a value over the same rows computed before `root` reads (rows.read_by_earlier_rows):
+    the kernel computing that value, a row kernel built later and launched earlier, stores them and this one reads
+    them. Stored by the later kernel (the scheduler builds the latest first), a layer norm's mean and variance,
+    which its gradient's kernels recompute and its weight's gradient reads, made the forward's kernels wait for the
+    backward's; the retry after that cycle gave each statistic a kernel of its own, passing over the rows again
+    (W7: the forward's norms three kernels each in place of one)."""
+    if root.op in REDUCE_OPS:
+        rows, elements = root.numel, root.src[0].numel
+        if not 1 < rows < elements:
+            return set()
+    else:
+        length = row_length(root, materialized, settled, _long_rows(traits))
+        if length is None or not _fuses_rows(length, traits):
+            return set()
+        rows, elements = root.numel // length, root.numel
+    statistics = stored_statistics(root, rows, elements, materialized, settled)
     inside = kernel_nodes(root, materialized, statistics) if statistics else set()
-    return {id(statistic) for statistic in statistics if read_by_earlier_rows(statistic, root, inside, users, position)}
+    return {id(statistic) for statistic in statistics
+            if read_by_earlier_rows(statistic, root, elements, inside, users, position)}
 
 
 INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers no
