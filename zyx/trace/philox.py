@@ -10,7 +10,7 @@ Reference: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11),
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,16 +27,22 @@ _WORD = np.uint64(_WORD_MASK)
 _SHIFT_32 = np.uint64(32)
 
 
-def _rounds_in_place(words: list[np.ndarray], key: Sequence[int], low: np.ndarray, high: np.ndarray) -> None:
-    """The ten rounds on uint64 arrays of 32-bit words, overwritten with the output; `low` and `high` take the
-    products (each 32 x 32 bits: no uint64 overflow). Nothing is allocated per round: a fresh uint64 temporary of a
-    large draw is fresh pages, and those page faults were three quarters of a new process's first draw."""
-    c0, c1, c2, c3 = words
+def _round_keys(key: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+    """The two key words of each of the ROUNDS rounds: the key, bumped by the Weyl constants before each next one."""
     k0, k1 = key
     for round_index in range(ROUNDS):
         if round_index > 0:
             k0 = (k0 + KEY_BUMP_0) & _WORD_MASK
             k1 = (k1 + KEY_BUMP_1) & _WORD_MASK
+        yield k0, k1
+
+
+def _rounds_in_place(words: list[np.ndarray], key: Sequence[int], low: np.ndarray, high: np.ndarray) -> None:
+    """The ten rounds on uint64 arrays of 32-bit words, overwritten with the output; `low` and `high` take the
+    products (each 32 x 32 bits: no uint64 overflow). Nothing is allocated per round: a fresh uint64 temporary of a
+    large draw is fresh pages, and those page faults were three quarters of a new process's first draw."""
+    c0, c1, c2, c3 = words
+    for k0, k1 in _round_keys(key):
         np.multiply(c0, np.uint64(MULTIPLIER_0), out=low)
         np.multiply(c2, np.uint64(MULTIPLIER_1), out=high)
         np.right_shift(high, _SHIFT_32, out=c0)
@@ -52,11 +58,7 @@ def _rounds_in_place(words: list[np.ndarray], key: Sequence[int], low: np.ndarra
 def _rounds_int64(counter: Sequence[Any], key: Sequence[Any]) -> tuple:
     """The ten rounds on 32-bit words held in int64 arrays (torch's) or Python ints."""
     c0, c1, c2, c3 = counter
-    k0, k1 = key
-    for round_index in range(ROUNDS):
-        if round_index > 0:
-            k0 = (k0 + KEY_BUMP_0) & _WORD_MASK
-            k1 = (k1 + KEY_BUMP_1) & _WORD_MASK
+    for k0, k1 in _round_keys(key):
         hi0, lo0 = _mulhilo_int64(MULTIPLIER_0, c0)
         hi1, lo1 = _mulhilo_int64(MULTIPLIER_1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
