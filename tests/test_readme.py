@@ -7,6 +7,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ README = (REPOSITORY / "README.md").read_text(encoding="utf-8")
 PYTHON_BLOCKS = re.findall(r"^```python\n(.*?)^```", README, flags=re.S | re.M)
 BASH_LINES = [line.split(" #")[0].strip() for block in re.findall(r"^```bash\n(.*?)^```", README, flags=re.S | re.M)
               for line in block.splitlines() if line.strip()]
+NO_DOT = re.compile(r"zyx\.viz: Graphviz's dot is not installed; [^\n]*\n")
 CLAIM = re.compile(r"#\s*prints (\S+)( \(on PoCL)?")
 """`# prints X`; `# prints X (on PoCL...` holds only where zyx.OpenCL() is PoCL (a GPU fuses differently)."""
 
@@ -34,7 +36,9 @@ def test_readme_has_python_examples():
 def test_python_block_runs_alone_and_prints_what_it_claims(source):
     finished = run(sys.executable, "-c", source)
     assert finished.returncode == 0, finished.stderr
-    assert finished.stderr == "", finished.stderr  # quiet: no compiler output, no warnings
+    # quiet: no compiler output, no warnings; but zyx.viz's note where Graphviz is not installed (pip installs none)
+    stderr = finished.stderr if shutil.which("dot") else re.sub(NO_DOT, "", finished.stderr)
+    assert stderr == "", finished.stderr
     claims = CLAIM.findall(source)
     if claims:
         printed = finished.stdout.split()[-len(claims):]
