@@ -382,3 +382,17 @@ def test_gpu_work_groups_reducing_bfloat16_rows_read_words(gpu, reduce):
     assert "zyx_bf16_lanes" not in schedule([short.node], gpu.traits)[0][0].source
     got, want = (compute(device).numpy() for device in (gpu, zyx.CPU()))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_guard_every_lane_passes_selects_the_value(dev):
+    """fold(unfold(x)) with padding, GPU-shaped (float4 lanes): a select whose guard every lane of a vector passes
+    is its value, not a select on an empty condition (`(()?v:0)`, which no compiler builds)."""
+    import torch
+    options = dict(kernel_size=4, padding=(0, 1), stride=(3, 1))
+    a = data(2, 1, 4, 4)
+    build = lambda lib, t: lib.nn.functional.fold(lib.nn.functional.unfold(t, **options), (4, 4), **options)
+    kernels, _ = schedule([build(zyx, zyx.CPU().tensor(a)).node], DeviceTraits(True, 256, 4))
+    assert all("(()?" not in kernel.source for kernel in kernels)
+    assert any(re.search(r"\bfloat4 ", kernel.source) for kernel in kernels)
+    expected = build(torch, torch.tensor(a)).numpy()
+    np.testing.assert_allclose(build(zyx, dev.tensor(a)).numpy(), expected, rtol=1e-6, atol=1e-6)

@@ -270,8 +270,8 @@ class _Vectorizer:
     def _select(self, select: Select) -> list:
         out, conds = self._reg(select.out), self._conds(select.cond)
         value, fill = self._operand(select.value), self._operand(select.fill)
-        if all(cond is None for cond in conds):
-            self.names[out.name] = fill
+        if all(cond is None for cond in conds) or all(cond == () for cond in conds):  # (never; always: the value)
+            self.names[out.name] = fill if conds[0] is None else value
             return []
         if all(cond is not None and cond == conds[0] for cond in conds):
             return [Select(out, conds[0], value, fill)]
