@@ -974,10 +974,10 @@ INPUTS_ONLY_NODES = 64  # nodes `_reads_inputs_only` looks at before it answers 
 
 def _reads_inputs_only(node: Node, materialized: dict[int, Node], early: set[int]) -> bool:
     """Whether `node` is computed from the program's inputs alone: no value below it that a kernel stores and no
-    reduction, but `early` ones (within INPUTS_ONLY_NODES nodes). A reduction others read that is such a value is `early`: it is
-    stored by a kernel of its own rather than as an extra output of a kernel that waits for other kernels, so
-    that it and its readers wait for nothing (a cross-entropy's count of valid labels, stored beside the loss,
-    made the loss's gradient wait for the forward pass: two launches more per W4 step on GPUs). A kernel that
+    reduction, but `early` ones (within INPUTS_ONLY_NODES nodes). A reduction others read that is such a value is
+    `early`: it is stored by a kernel of its own rather than as an extra output of a kernel that waits for other
+    kernels, so that it and its readers wait for nothing (a cross-entropy's count of valid labels, stored beside the
+    loss, made the loss's gradient wait for the forward pass: two launches more per W4 step on GPUs). A kernel that
     itself reads inputs only still stores it beside its own output (a long row's max beside its sum)."""
     stack, seen = list(node.src), set()
     while stack:
