@@ -69,13 +69,7 @@ def statistics_read_elsewhere(root: Node, length: int, materialized: dict[int, N
     them beside its output and the other kernel reads them, instead of a reduction kernel of their own passing
     over the rows again: a cross-entropy's row max and sum of exponentials, which its gradient's row kernel
     computes and its loss reads."""
-    rows, inside, stack = root.numel // length, {}, [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in inside or node.op is Op.BUFFER or (node is not root and id(node) in materialized):
-            continue
-        inside[id(node)] = node
-        stack.extend(node.src)
+    rows, inside = root.numel // length, kernel_nodes(root, materialized)
     stack = [node for node in inside.values() if any(id(u) not in inside for u in users.get(id(node), ()))]
     found: dict[int, Node] = {}
     while stack:  # what those outside readers read of the kernel's reductions, through its elementwise values
@@ -104,20 +98,21 @@ def stored_statistics(root: Node, rows: int, elements: int, materialized: dict[i
     return found
 
 
-def kernel_nodes(root: Node, materialized: dict[int, Node], stored: Sequence[Node] = ()) -> set[int]:
-    """The nodes `root`'s kernel computes: those below it down to the stored values it reads (and `stored`)."""
-    inside, stack, apart = set(), [root], {id(node) for node in stored}
+def kernel_nodes(root: Node, materialized: dict[int, Node], stored: Sequence[Node] = ()) -> dict[int, Node]:
+    """The nodes `root`'s kernel computes, by id: those below it down to the stored values it reads (and `stored`)."""
+    inside: dict[int, Node] = {}
+    stack, apart = [root], {id(node) for node in stored}
     while stack:
         node = stack.pop()
         if (id(node) not in inside and node.op is not Op.BUFFER and id(node) not in apart
                 and (node is root or id(node) not in materialized)):
-            inside.add(id(node))
+            inside[id(node)] = node
             stack.extend(node.src)
     return inside
 
 
-def read_by_earlier_rows(statistic: Node, root: Node, elements: int, inside: set[int], users: dict[int, list[Node]],
-                         position: dict[int, int]) -> bool:
+def read_by_earlier_rows(statistic: Node, root: Node, elements: int, inside: dict[int, Node],
+                         users: dict[int, list[Node]], position: dict[int, int]) -> bool:
     """Whether a value over the rows of `root`'s kernel (their `elements`) that the kernel does not compute
     (`inside`: kernel_nodes) reads `statistic` through elementwise values (`users`: each node's readers) and comes
     before `root` in the program (`position`): a layer norm's output reads its mean and variance, which its

@@ -939,7 +939,7 @@ def _store_row_statistics(root: Node, materialized: dict[int, Node], settled: se
     length = row_length(root, materialized, settled, _long_rows(traits))
     if length is not None and _fuses_rows(length, traits):
         statistics = statistics_read_elsewhere(root, length, materialized, users)
-        inside = kernel_nodes(root, materialized, statistics) if statistics else set()
+        inside = kernel_nodes(root, materialized, statistics) if statistics else {}
         for statistic in statistics:
             if not read_by_earlier_rows(statistic, root, root.numel, inside, users, position):
                 materialized.setdefault(id(statistic), statistic)
@@ -964,7 +964,7 @@ def _left_to_earlier_rows(root: Node, materialized: dict[int, Node], settled: se
             return set()
         rows, elements = root.numel // length, root.numel
     statistics = stored_statistics(root, rows, elements, materialized, settled)
-    inside = kernel_nodes(root, materialized, statistics) if statistics else set()
+    inside = kernel_nodes(root, materialized, statistics) if statistics else {}
     return {id(statistic) for statistic in statistics
             if read_by_earlier_rows(statistic, root, elements, inside, users, position)}
 
