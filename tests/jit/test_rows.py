@@ -206,7 +206,7 @@ def test_row_statistics_beside_nodes_the_scheduler_makes(dev):
 
 
 @pytest.mark.parametrize("gpu", [False, True])
-def test_a_layer_norms_statistics_are_stored_by_its_forward_row_kernel(gpu, monkeypatch):
+def test_pre_norm_blocks_schedule_in_one_attempt_and_match_torch(gpu, monkeypatch):
     """Pre-norm residual blocks, forward and backward: each norm's gradient recomputes its mean and variance in
     its kernels and its gain's gradient reads them. Taken up there as extra outputs (the latest kernel is built
     first), they made the forward wait for the backward, and the retry after that cycle gave each statistic a kernel

@@ -3,8 +3,9 @@
 A random tensor is a pure function of (seed, offset, index): no generator state lives on a device, so a
 kernel can draw element i without reading anything but its own counter. This module is the one place the
 algorithm and its constants are written down; the numpy reference (`_rounds_in_place`), the int64 form torch runs
-(torch has no uint64 arithmetic: `_rounds_int64`) and the OpenCL, CUDA and WGSL helpers are all built from the constants
-below, and the known-answer tests hold the first two to Random123's vectors and the rest to the first.
+(torch has no uint64 arithmetic: `_rounds_int64`) and the OpenCL, CUDA and WGSL helpers are all built from the
+constants and the key schedule below; the tests hold the numpy reference to Random123's known-answer vectors and the
+other forms to it bit for bit.
 
 Reference: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), and Random123's KAT vectors.
 """
@@ -92,7 +93,7 @@ def philox_uniform(seed: int, offset: int, count: int) -> np.ndarray:
     block = max(1, min(count, UNIFORM_BLOCK))
     buffers = [np.empty(block, np.uint64) for _ in range(6)]
     index = np.arange(block, dtype=np.uint64)
-    key = (seed % 2**64 & _WORD_MASK, seed % 2**64 >> 32)
+    key = philox_words(seed, offset)[:2]
     for start in range(0, count, block):
         size = min(block, count - start)
         words = [buffer[:size] for buffer in buffers[:4]]
