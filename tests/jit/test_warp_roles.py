@@ -21,32 +21,35 @@ from zyx.jit.transforms.warp_roles import CONSUMER_REGISTERS, PRODUCER_REGISTERS
 
 from test_wgmma import HOPPER, TF32, operands, product_kernel
 
-PRODUCER, CONSUMER = 256, 0  # an item of each role
+PRODUCER, CONSUMER = 256, 0  # an item of each role (in ping-pong the second consumer warpgroup's is 128)
 
 
-def _events(body: tuple, values: dict, stage_size: dict):
+def _events(body: tuple, values: dict, stage_size: dict, count: int, workers: int = 1):
     """What one item does, in order: ("wait" | "arrive", barrier), ("copy", buffer, slice), ("commit",),
     ("landed", pending), ("round", buffer, array), ("read", buffer, slice, array), ("batch",), ("done", pending); a
-    slice is the step of its loop (the consumers' of a persistent group: their block's first slice + the step). A
-    read: a wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into registers (counted with the batch
-    after it, whose wait releases the slice). A round: the producer rounding its
-    copies in `array`'s buffer in place (TF32)."""
+    slice is the step of its loop (the consumers' of a persistent group: their block's first slice + the step; in
+    ping-pong, `workers` consumer warpgroups, the block of turn t is t·workers + the item's warpgroup). A read: a
+    wgmma's (of its b: a TF32 wgmma's a lies in registers), or a load into registers (counted with the batch after
+    it, whose wait releases the slice). A round: the producer rounding its copies in `array`'s buffer in place
+    (TF32). Every named barrier counts `count` items."""
     for s in body:
         if isinstance(s, Loop) and s.var == warp_roles.TILE:  # a persistent group's blocks: slices counted on
-            inner = next(x.trips for x in s.body if isinstance(x, Loop))
+            inner = next(x.trips for x in walk(s.body) if isinstance(x, Loop))
+            worker = values["lid"].const // 128 if workers > 1 else 0
             for value in range(s.trips):
-                yield from _events(s.body, {**values, s.var: Expr(value), "first": value * inner}, stage_size)
+                yield from _events(s.body, {**values, s.var: Expr(value), "first": (value * workers + worker) * inner},
+                                   stage_size, count, workers)
         elif isinstance(s, Loop):
             for value in range(s.trips):
                 yield from _events(s.body, {**values, s.var: Expr(value), "step": values.get("first", 0) + value},
-                                   stage_size)
+                                   stage_size, count, workers)
         elif isinstance(s, If):
             cond = simplify_cond(tuple((substitute(e, values), op, k) for e, op, k in s.cond))
             assert cond in (None, ()), f"a condition the role and step do not settle: {s.cond}"
             if cond == ():
-                yield from _events(s.body, values, stage_size)
+                yield from _events(s.body, values, stage_size, count, workers)
         elif isinstance(s, NamedBarrier):
-            assert s.count == 384
+            assert s.count == count
             yield ("wait" if s.wait else "arrive", substitute(s.ident, values).const)
         elif isinstance(s, (AsyncCopy, WarpgroupMma, LocalLoad, LocalRoundTF32)):
             array, index = (s.b_array, s.b_index) if isinstance(s, WarpgroupMma) else (s.array, s.index)
@@ -77,39 +80,52 @@ class _InFlight:
         return [item for group in self.groups[:len(self.groups) - pending] for item in group]
 
 
-def run_hand_over(kernel, stages: int, trips: int) -> None:
-    """Both roles' events under the model: a named barrier's generation completes once both roles took part (each
-    role at most one generation ahead: more would count a second generation's arrivals into the first); a copy may
-    overwrite a buffer only once the producer knows (through a barrier) every read of its last slice is done; a read
-    must see its slice landed and handed over (through a barrier), and in a tile the producer rounds (TF32) rounded
-    before that: a round must follow its slice's landing with no copy into the buffer since. Fails on a deadlock or
-    a broken rule."""
+def run_hand_over(kernel, stages: int, trips: int, consumers: tuple[int, ...] = (CONSUMER,)) -> None:
+    """The roles' events under the model, the items `consumers` (one of each consumer warpgroup) as one side and
+    the producer as the other: a named barrier's generation completes once both sides took part (each side at most
+    one generation ahead: more would count a second generation's arrivals into the first), a consumer's turn in the
+    order its warpgroup reaches the barrier (in ping-pong the barriers past the stages' order the consumers' turns:
+    each consumer is a side of its own there); a copy may overwrite a buffer only once the producer knows (through a
+    barrier) every read of its last slice is done; a read must see its slice landed and handed over (through a
+    barrier its own warpgroup waited on: a generation taken by the wrong consumer shows as a read before its slice
+    landed, or a copy over one still read), and in a tile the producer rounds (TF32) rounded before that: a round
+    must follow its slice's landing with no copy into the buffer since. Fails on a deadlock or a broken rule."""
     stage_size = {s.name: s.size // stages for s in kernel.ir.body if isinstance(s, LocalArray)}
     rounded_arrays = {s.array for s in walk(kernel.ir.body) if isinstance(s, LocalRoundTF32)}
-    last_copied, rounded, seen_rounded = {}, {}, {}  # buffer -> slice; (array, buffer) -> slice rounded, as known
-    roles = {role: _events(kernel.ir.body, {"lid": Expr(role), "gid": Expr(0)}, stage_size) for role in (PRODUCER, CONSUMER)}
-    other = {PRODUCER: CONSUMER, CONSUMER: PRODUCER}
-    taken = {role: {} for role in roles}  # barrier -> generations the role took part in
-    published = {}  # (barrier, generation) -> {"landed": buffer -> slice (producer's), "done": slices (consumer's)}
-    landed, seen = {}, {}  # buffer -> slice landed in it: as the producer's waits showed, as the consumer knows
-    copies, batches = _InFlight(), _InFlight()  # the producer's cp.async groups, the consumer's wgmma batches
-    read_done, released = set(), set()  # slices whose reads are done; those the producer knows are
+    count = 256 if len(consumers) > 1 else 384
+    last_copied, rounded = {}, {}  # buffer -> slice; (array, buffer) -> slice rounded, as the producer knows
+    roles = {role: _events(kernel.ir.body, {"lid": Expr(role), "gid": Expr(0)}, stage_size, count, len(consumers))
+             for role in (PRODUCER, *consumers)}
+    def sides(role: int, barrier: int) -> tuple[str, str]:
+        """(the role's side at `barrier`, the other side)."""
+        if barrier > 2 * stages:
+            return f"worker {role}", f"worker {sum(consumers) - role}"
+        return ("producer", "consumers") if role == PRODUCER else ("consumers", "producer")
+    taken = {name: {} for name in ("producer", "consumers", *(f"worker {role}" for role in consumers))}
+    published = {}  # (barrier, generation) -> {"landed": buffer -> slice, "rounded": ..., "done": slices}
+    landed = {}  # buffer -> slice landed in it, as the producer's waits showed
+    seen = {role: {} for role in consumers}  # buffer -> slice landed, as each consumer knows
+    seen_rounded = {role: {} for role in consumers}
+    copies = _InFlight()  # the producer's cp.async groups
+    batches = {role: _InFlight() for role in consumers}  # each consumer's wgmma batches
+    read_done = {role: set() for role in consumers}  # slices whose reads are done
+    released = set()  # those the producer knows are
     blocked = {role: None for role in roles}
     reads = []
     while any(r is not None for r in roles.values()):
         progressed = False
-        for role in (PRODUCER, CONSUMER):
+        for role in roles:
             if roles[role] is None:
                 continue
             if blocked[role] is not None:
                 barrier, generation = blocked[role]
-                if taken[other[role]].get(barrier, 0) <= generation:
+                if taken[sides(role, barrier)[1]].get(barrier, 0) <= generation:
                     continue
                 if role == PRODUCER:
                     released |= published[blocked[role]].get("done", set())
                 else:
-                    seen.update(published[blocked[role]].get("landed", {}))
-                    seen_rounded.update(published[blocked[role]].get("rounded", {}))
+                    seen[role].update(published[blocked[role]].get("landed", {}))
+                    seen_rounded[role].update(published[blocked[role]].get("rounded", {}))
                 blocked[role] = None
             event = next(roles[role], None)
             progressed = True
@@ -119,11 +135,12 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
             kind = event[0]
             if kind in ("wait", "arrive"):
                 barrier = event[1]
-                generation = taken[role].get(barrier, 0)
-                taken[role][barrier] = generation + 1
-                assert generation - taken[other[role]].get(barrier, 0) < 1, f"barrier {barrier}: two generations"
+                mine, theirs = sides(role, barrier)
+                generation = taken[mine].get(barrier, 0)
+                taken[mine][barrier] = generation + 1
+                assert generation - taken[theirs].get(barrier, 0) < 1, f"barrier {barrier}: two generations"
                 publication = ({"landed": dict(landed), "rounded": dict(rounded)} if role == PRODUCER
-                               else {"done": set(read_done)})
+                               else {"done": set(read_done[role])})
                 published.setdefault((barrier, generation), {}).update(publication)
                 if kind == "wait":
                     blocked[role] = (barrier, generation)
@@ -139,20 +156,23 @@ def run_hand_over(kernel, stages: int, trips: int) -> None:
                 rounded[(array, buffer)] = landed[buffer]
             elif kind == "read":
                 buffer, slice_, array = event[1], event[2], event[3]
-                assert seen.get(buffer) == slice_, f"slice {slice_} read from buffer {buffer} before it landed"
-                assert array not in rounded_arrays or seen_rounded.get((array, buffer)) == slice_, \
+                assert seen[role].get(buffer) == slice_, f"slice {slice_} read from buffer {buffer} before it landed"
+                assert array not in rounded_arrays or seen_rounded[role].get((array, buffer)) == slice_, \
                     f"slice {slice_} of {array} read before it was rounded"
-                batches.open.append(slice_)
+                batches[role].open.append(slice_)
                 reads.append(slice_)
-            elif kind in ("commit", "batch"):
-                (copies if kind == "commit" else batches).commit()
+            elif kind == "commit":
+                copies.commit()
+            elif kind == "batch":
+                batches[role].commit()
             elif kind == "landed":
                 landed.update(copies.completed(event[1]))
             elif kind == "done":
-                read_done.update(batches.completed(event[1]))
+                read_done[role].update(batches[role].completed(event[1]))
         assert progressed, f"deadlock: blocked {blocked}"
-    assert sorted(set(reads)) == list(range(trips)) and read_done == set(range(trips))
-    assert taken[PRODUCER] == taken[CONSUMER]  # every generation completed
+    assert sorted(set(reads)) == list(range(trips)) and set().union(*read_done.values()) == set(range(trips))
+    assert taken["producer"] == taken["consumers"]  # every generation completed
+    assert len({str(taken[f"worker {role}"]) for role in consumers}) == 1
 
 
 @pytest.mark.parametrize("trips, stages, wait_one, early", [(t, s, w, e) for t, s, w, e in itertools.product(
@@ -316,10 +336,11 @@ def test_tf32_products_take_a_group_a_block():
     assert kernel.global_size > 2 * 384 and "int tile" not in kernel.source
 
 
-def _global_accesses(kernel, trips: int, groups: int) -> Counter:
+def _global_accesses(kernel, trips: int, groups: int, workers: int = 1) -> Counter:
     """Every global access of every item of every group: ("copy", buffer, source, guarded, block, slice) of each
     AsyncCopy (the block and slice the copying loop's step stands for: slice s of a group's loop is slice s %
-    trips of its block s // trips) and ("store" | "load", buffer, index, block) of each Store and Load."""
+    trips of its block s // trips) and ("store" | "load", buffer, index, block) of each Store and Load (in
+    ping-pong, `workers` consumer warpgroups, turn t of warpgroup w is the group's block t·workers + w)."""
     found: Counter = Counter()
 
     def visit(body: tuple, values: dict, step: int, tile: int) -> None:
@@ -338,7 +359,7 @@ def _global_accesses(kernel, trips: int, groups: int) -> Counter:
                 block = values["gid"].const + groups * (step // trips)
                 found[("copy", s.buffer, substitute(s.source, values).const, guarded, block, step % trips)] += 1
             elif isinstance(s, (Store, Load)):
-                block = values["gid"].const + groups * tile
+                block = values["gid"].const + groups * (tile * workers + values["lid"].const // 128 % workers)
                 found[(type(s).__name__, s.buffer, substitute(s.index, values).const, block)] += 1
 
     for gid in range(kernel.global_size // kernel.local_size):
@@ -380,3 +401,74 @@ def test_a_gpt2_small_linear_layer_takes_a_group_an_sm_on_132_sms():
     kernel = product_kernel(x @ w.T, dataclasses.replace(HOPPER, compute_units=132))
     tiles, = [s for s in walk(kernel.ir.body) if isinstance(s, Loop) and s.var == warp_roles.TILE]
     assert kernel.global_size == 128 * 384 and tiles.trips == 12
+
+
+# ---- ping-pong ---------------------------------------------------------------------------------------------------
+PINGPONG = Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=6, pipelined=1, warpgroup=2, split=1)
+
+
+def _pingpong_kernel(trips: int, rows: int = 256, columns: int = 512, dtype: str = "bfloat16", bias: bool = False):
+    """The ping-pong kernel of (x @ y (+ bias).relu()) on FEW_UNITS: 128 x 128 blocks, 2 persistent groups."""
+    x, y, b = operands((rows, 64 * trips), (64 * trips, columns), (columns,), dtype=dtype)
+    out = (x @ y + b).relu() if bias else x @ y
+    site = product_kernel(out, FEW_UNITS).site
+    kernel, = [k for k in schedule([out.node], FEW_UNITS, TunedChoices({site.key: PINGPONG}))[0] if "mma" in k.source]
+    return kernel
+
+
+@pytest.mark.parametrize("trips, columns, wait_one, early", [(1, 512, "1", "1"), (2, 512, "1", "1"),
+                                                             (5, 512, "1", "0"), (3, 384, "1", "1"),
+                                                             (3, 512, "0", "1"), (7, 384, "0", "0")])
+def test_pingpong_consumers_take_every_other_block_without_deadlock_or_a_read_before_its_copy(
+        monkeypatch, trips, columns, wait_one, early):
+    """Two consumer warpgroups, each multiplying every other block of its group (4 or 3 blocks: the second one's
+    last turn has none), one producer copying the blocks' slices in order, barriers of 256 items: the model runs
+    the three roles over every slice, a batch in flight or not, either hand-over order; blocks of one slice
+    included (every hand-over then passes from one consumer to the other)."""
+    monkeypatch.setenv("ZYX_WGMMA_EARLY_HAND_OVER", early)
+    monkeypatch.setenv("ZYX_WGMMA_WAIT_ONE", wait_one)
+    kernel = _pingpong_kernel(trips, columns=columns)
+    tiles = 2 * columns // 128 // 2
+    assert kernel.local_size == 384 and kernel.global_size == 2 * 384
+    assert "wgmma.mma_async.sync.aligned.m64n128k16" in kernel.source and "bar.sync %0, 256;" in kernel.source
+    turns, = [s.trips for s in walk(kernel.ir.body) if isinstance(s, Loop) and s.var == warp_roles.TILE]
+    assert turns == -(-tiles // 2)
+    run_hand_over(kernel, 6, tiles * trips, consumers=(0, 128))
+
+
+@pytest.mark.parametrize("dropped, symptom", [("release", "deadlock"), ("turns", "two generations")])
+def test_the_model_finds_pingpong_consumers_without_their_releases_or_turns(monkeypatch, dropped, symptom):
+    """A consumer releasing its block's last slice only with its next block's first (as one consumer taking every
+    block does) deadlocks in ping-pong, its next block coming after the other's; consumers not taking turns wait on
+    one full barrier at once (slices 12 and 0 with 12 slices a block and 6 stages), completing its generation
+    without the producer: the model is not vacuous there."""
+    real = warp_roles._Roles.consumer
+
+    def without(roles, compute, prefix=(), after=()):
+        loop, = real(roles, compute, prefix, after)
+        inner = loop.body[0].body if isinstance(loop.body[0], If) else loop.body
+        waited = next(i for i, s in enumerate(inner) if isinstance(s, WarpgroupWait))
+        if dropped == "release":
+            kept = inner[:waited + 1] + inner[waited + 2:]
+        else:
+            kept = tuple(s for s in inner if not (isinstance(s, If) and isinstance(s.body[0], NamedBarrier)
+                                                  and s.body[0].ident.lo > 2 * roles.stages))
+        body = (dataclasses.replace(loop.body[0], body=kept),) if isinstance(loop.body[0], If) else kept
+        return (dataclasses.replace(loop, body=body),)
+    monkeypatch.setattr(warp_roles._Roles, "consumer", without)
+    with pytest.raises(AssertionError, match=symptom):
+        run_hand_over(_pingpong_kernel(12), 6, 4 * 12, consumers=(0, 128))
+
+
+@pytest.mark.parametrize("dtype, rows, columns, trips", [("bfloat16", 256, 512, 3), ("float16", 200, 264, 2)])
+def test_pingpong_copies_and_stores_what_a_group_a_block_would(monkeypatch, dtype, rows, columns, trips):
+    """The same accesses, item for item, each copy standing for the same block and slice and each store for the
+    same block, as the ping-pong plan's one warpgroup a block with no producer (ZYX_WGMMA_PRODUCER=0): the turns
+    of the two consumers cover the group's blocks, edges in both directions (200 x 264: 6 blocks, the second
+    consumer's last turn empty) and a bias in the epilogue included."""
+    persistent = _pingpong_kernel(trips, rows, columns, dtype, bias=True)
+    monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    single = _pingpong_kernel(trips, rows, columns, dtype, bias=True)
+    blocks = single.global_size // single.local_size
+    assert persistent.global_size == 2 * 384 and single.local_size == 128 and blocks > 2
+    assert _global_accesses(persistent, trips, 2, workers=2) == _global_accesses(single, trips, blocks)

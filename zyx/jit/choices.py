@@ -25,9 +25,10 @@ FAMILIES: dict[str, dict[str, tuple[int, ...]]] = {
     # a product on tensor cores (tensor_cores.py): a warp's outputs along m, bytes of each row a slice stages, local
     # buffers per tile, and whether stored operands are copied by cp.async into a pipeline that deep (1) or the
     # operands staged through registers (0: one buffer, or two double-buffered), whether warpgroups multiply
-    # (1: wgmma, compute capability 9.x), and groups per block of outputs (as local_tiles' split)
-    "tensor_cores": {"columns": (32, 48, 64), "row_bytes": (64, 128), "buffers": (1, 2, 3, 4), "pipelined": (0, 1),
-                     "warpgroup": (0, 1), "split": (1, 2, 3, 4, 8)},
+    # (1: wgmma, compute capability 9.x; 2: in ping-pong, each consumer warpgroup its own block), and groups per
+    # block of outputs (as local_tiles' split)
+    "tensor_cores": {"columns": (32, 48, 64), "row_bytes": (64, 128), "buffers": (1, 2, 3, 4, 6), "pipelined": (0, 1),
+                     "warpgroup": (0, 1, 2), "split": (1, 2, 3, 4, 8)},
     # any other kernel: a register tile of a product (outputs per item along n and m), vector lanes,
     # accumulators per reduction loop, items per work group sharing a reduction (0: none)
     "plain": {"tile_n": (1, 2, 4, 8, 16), "tile_m": (1, 2, 4, 8, 16), "width": (1, 2, 4, 8, 16),

@@ -457,7 +457,7 @@ def _shape(site: _Site, traits: DeviceTraits, choice: Optional[Choice]) -> _Shap
         if cores is not None:
             lowered, kernel, plan = cores
             options = tensor_core_options(traits.tensor_core_local_memory, plan.pipelined, plan.warpgroup,
-                                          split_options(plan.product, "tensor_cores"))
+                                          split_options(plan.product, "tensor_cores"), plan.kind != "tf32")
             return _split(site, traits, plan, options) if plan.split > 1 else _Shaped(lowered, kernel, plan.choice,
                                                                                       options)
     if traits.gpu and family in (None, "local_tiles"):

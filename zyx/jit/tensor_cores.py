@@ -73,7 +73,7 @@ from .tiling import matmul_axes
 from .transforms.async_pipeline import pipeline
 from .transforms.double_buffer import double_buffer
 from .transforms.paired_stores import paired_loads, paired_stores
-from .transforms.warp_roles import warp_roles
+from .transforms.warp_roles import resident_groups, warp_roles
 
 BLOCK = 128          # outputs per group along n
 WARP = 32
@@ -116,6 +116,14 @@ FITTED_COLUMNS = (48,)   # warp columns a plan takes only where the waves of blo
 STAGED_COLUMNS = 128
 STAGED_BARRIER = 15
 BULK_STAGED = 2  # ZYX_WGMMA_STAGED=2: the stage's rows stored by the asynchronous proxy (cp.async.bulk)
+# A warpgroup product in ping-pong (ZYX_WGMMA_PINGPONG=1, or a tuned choice's warpgroup=PINGPONG): the lowered group
+# is one warpgroup multiplying a whole 128 x 128 block (both m64 tiles of its rows, m64n128 each: 128 accumulators an
+# item, as a 128 x 256 block's two warpgroups hold), and transforms/warp_roles.py runs two such consumers beside the
+# producer, each taking every other block of a persistent group, so that one's epilogue runs while the other's
+# products do (a k = 768 block of 128 x 256 spent about 10 µs outside its 12 slices' ~6 on the H100: bench/GPU.md,
+# session 58). Its slices are 32 KiB (of 48 for 128 x 256), 6 stages deep.
+PINGPONG = 2
+PINGPONG_SHAPE = (32, 128, 6)
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
@@ -131,6 +139,7 @@ class TensorCorePlan(TilePlan):
     pipelined: bool = False  # `buffers` stages of swizzled tiles, some operand copied by cp.async (else registers)
     warpgroup: bool = False  # multiplied by warpgroups (wgmma: 2 x 64 rows by block_m), else by warps (mma.sync)
     staged: int = 0  # outputs staged in local memory, STAGED_COLUMNS at a time (`_staging_wanted`): 1, or BULK_STAGED
+    pingpong: bool = False  # a warpgroup plan whose one warpgroup multiplies all BLOCK rows (`_pingpong_wanted`)
 
     @property
     def block_m(self) -> int:
@@ -138,8 +147,14 @@ class TensorCorePlan(TilePlan):
 
     @property
     def group(self) -> int:
-        """Items in the work group: 8 warps (a float32 plan's follow from its block and per-item tile)."""
-        return GROUP
+        """Items in the work group: 8 warps, or a ping-pong plan's one warpgroup (a float32 plan's follow from its
+        block and per-item tile)."""
+        return wgmma.WARPGROUP if self.pingpong else GROUP
+
+    @property
+    def row_tiles(self) -> int:
+        """The m64 tiles of rows each warpgroup multiplies: both of the block's in a ping-pong plan, else its own."""
+        return BLOCK // wgmma.ROWS if self.pingpong else 1
 
     @property
     def k_step(self) -> int:
@@ -164,9 +179,9 @@ class TensorCorePlan(TilePlan):
 
     @property
     def choice(self) -> Choice:
+        warpgroup = PINGPONG if self.pingpong else int(self.warpgroup)
         return Choice.of("tensor_cores", columns=self.warp_columns, row_bytes=self.bk * self.stored.itemsize,
-                         buffers=self.buffers, pipelined=int(self.pipelined), warpgroup=int(self.warpgroup),
-                         split=self.split)
+                         buffers=self.buffers, pipelined=int(self.pipelined), warpgroup=warpgroup, split=self.split)
 
     def layout(self, length: int) -> "TileLayout":
         """How a tile whose rows hold `length` elements lies in local memory (a warpgroup's: rows of 128 bytes,
@@ -245,27 +260,42 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
     if staging:  # (a stage beside 4 buffers of 128 x 256 blocks is more than the 200 KiB: 3 buffers then, each
         # shape's right after it, so that a block keeps its width with fewer buffers rather than narrowing)
         shapes = tuple(shape for w, b, n in shapes for shape in ((w, b, n), (w, b, 3))[:2 if n > 3 else 1])
+    pingpong = warpgroup and kind != "tf32" and (
+        choice["warpgroup"] == PINGPONG if choice is not None else _pingpong_wanted(product, n_axis, m_axis,
+                                                                                     compute_units))
+    if pingpong:
+        shapes, staging = (PINGPONG_SHAPE,), 0
     fitting = [(w, b, n) for w, b, n in shapes
                if _fits(local_memory, w, b, n, pipelined, warpgroup, _stage_bytes(staging, w))]
     fitting = _spread(fitting, product, n_axis, m_axis, compute_units if warpgroup else 0)
     forced = None if warpgroup else _forced_shape()
     if forced is not None:  # (one buffer: registers)
         fitting = [forced] if forced[2] > 1 or not pipelined else []
-    if choice is not None:
+    if choice is not None and not pingpong:
         fitting = [(choice["columns"], choice["row_bytes"], choice["buffers"])]
     if kind == "tf32" and warpgroup:  # (its a in registers: 64 columns to each wgmma, a warpgroup's half of the block)
         fitting = [shape for shape in fitting if 4 * shape[0] % (2 * wgmma.ROWS) == 0]
     if not fitting:
         return None
     columns, row_bytes, buffers = fitting[0]
-    split = choice["split"] if choice is not None else _filling_split(
+    split = 1 if pingpong else choice["split"] if choice is not None else _filling_split(
         product, n_axis, m_axis, 4 * columns, kind, compute_units if warpgroup else 0, row_bytes // dtype.itemsize)
     stage = _stage_bytes(staging, columns)
     staged = staging if stage and _fits(local_memory, columns, row_bytes, buffers, pipelined, warpgroup, stage) else 0
     return TensorCorePlan(product, placed[0], placed[1], BLOCK, 0, placed[2], row_bytes // dtype.itemsize,
                           buffers, split=split, kind=kind,
                           operands=None if dtype == product.dtype else dtype, warp_columns=columns,
-                          pipelined=pipelined, warpgroup=warpgroup, staged=staged)
+                          pipelined=pipelined, warpgroup=warpgroup, staged=staged, pingpong=pingpong)
+
+
+def _pingpong_wanted(product: Node, n_axis: int, m_axis: int, units: int) -> bool:
+    """Whether a 16-bit warpgroup product is planned in ping-pong (ZYX_WGMMA_PINGPONG=1; off by default until measured
+    on a GPU): where its 128 x 128 blocks make persistent groups (warp_roles.resident_groups, the device's compute
+    `units` known) of at least two blocks each, one for each consumer."""
+    if os.environ.get("ZYX_WGMMA_PINGPONG") != "1" or units <= 0:
+        return False
+    blocks = _blocks(product, n_axis, m_axis, 4 * PINGPONG_SHAPE[0])
+    return blocks // resident_groups(blocks, units) >= 2
 
 
 def _staging_wanted(root: Node, kind: str, m_axis: int, space: tuple[int, ...]) -> int:
@@ -358,9 +388,15 @@ def _fits(local_memory: int, columns: int, row_bytes: int, buffers: int, pipelin
 
 def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
     """Whether a tensor_cores choice's tiles fit `local_memory` bytes and its buffers suit its staging: one or two
-    through registers (double buffering), two or more pipelined; warpgroup products pipelined in 128-byte rows."""
+    through registers (double buffering), two to four pipelined; warpgroup products pipelined in 128-byte rows, in
+    ping-pong PINGPONG_SHAPE unsplit."""
     pipelined, buffers, warpgroup = bool(choice["pipelined"]), choice["buffers"], bool(choice["warpgroup"])
     if warpgroup and (not pipelined or choice["row_bytes"] != wgmma.ROW_BYTES):
+        return False
+    if choice["warpgroup"] == PINGPONG:
+        shape = (choice["columns"], choice["row_bytes"], buffers)
+        return shape == PINGPONG_SHAPE and choice["split"] == 1 and _fits(local_memory, *shape, True, True)
+    if buffers > 4:
         return False
     if not warpgroup and choice["columns"] not in WARP_COLUMNS:
         return False
@@ -369,13 +405,14 @@ def feasible_on_tensor_cores(choice: Choice, local_memory: int) -> bool:
 
 
 def tensor_core_options(local_memory: int, pipelined: bool, warpgroup: bool = False,
-                        splits: tuple[int, ...] = (1,)) -> Options:
+                        splits: tuple[int, ...] = (1,), pingpong: bool = False) -> Options:
     """The values a search may try for a product on tensor cores: of each parameter those some feasible combination
     takes (`pipelined`: whether the kernel can have a pipeline, some operand copied by cp.async; `warpgroup`:
-    whether its heuristics' plan is a warpgroup one: the search may then try warps too; `splits`: of its reduced
-    axis across groups, split.split_options)."""
-    family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,),
-              "warpgroup": (0, 1) if pipelined and warpgroup else (0,), "split": splits}
+    whether its heuristics' plan is a warpgroup one: the search may then try warps too, and ping-pong where
+    `pingpong` (16-bit operands); `splits`: of its reduced axis across groups, split.split_options)."""
+    warpgroups = ((0, 1, PINGPONG) if pingpong else (0, 1)) if pipelined and warpgroup else (0,)
+    family = {**FAMILIES["tensor_cores"], "pipelined": (0, 1) if pipelined else (0,), "warpgroup": warpgroups,
+              "split": splits}
     names = sorted(family)
     possible = [dict(zip(names, values)) for values in itertools.product(*(family[name] for name in names))
                 if feasible_on_tensor_cores(Choice.of("tensor_cores", **dict(zip(names, values))), local_memory)]
@@ -449,7 +486,8 @@ def _warp_roles(kernel: Kernel, plan: TensorCorePlan, round_tiles: bool, units: 
         return None
     wait_one = os.environ.get("ZYX_WGMMA_WAIT_ONE") != "0" and plan.kind != "f16"
     return warp_roles(kernel, plan.buffers, wait_one, plan.right_in_registers, round_tiles,
-                      os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") != "0", units if plan.kind != "tf32" else 0)
+                      os.environ.get("ZYX_WGMMA_EARLY_HAND_OVER") != "0", units if plan.kind != "tf32" else 0,
+                      plan.pingpong)
 
 
 def _copy_position(flat: Expr, per_row: int, width: int, along_k: bool) -> tuple[Expr, Expr]:
@@ -539,16 +577,15 @@ class TensorCoreLowering(LocalTileLowering):
 
     def _element_offsets(self) -> list[tuple[Expr, Expr]]:
         """The mma accumulator layout: in tile (i, j) lane l holds rows l // 4 and l // 4 + 8, columns 2·(l % 4) and
-        the next, in the order c0 c1 (first row) c2 c3 (second). A warpgroup plan's: warpgroup g's 64 rows from
-        64·g, each item's registers as wgmma.accumulator_position says."""
+        the next, in the order c0 c1 (first row) c2 c3 (second). A warpgroup plan's: those of each m64 tile of rows
+        its warpgroup multiplies (`_row_tiles`), each item's registers as wgmma.accumulator_position says."""
         if self.plan.right_in_registers:  # (transposed: accumulator rows are columns, columns rows)
             places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(BLOCK // 2)]
             return [(row, self._register_column(piece, column)) for piece in range(len(self._register_columns()))
                     for column, row in places]
         if self.plan.warpgroup:
-            rows = (self.lid // wgmma.WARPGROUP) * wgmma.ROWS
             places = [wgmma.accumulator_position(self.lid % wgmma.WARPGROUP, r) for r in range(self.plan.block_m // 2)]
-            return [(rows + row, column) for row, column in places]
+            return [(first + row, column) for first in self._row_tiles() for row, column in places]
         rows, columns = self._warp_corner()
         group, pair = self._lane // 4, (self._lane % 4) * 2
         return [(rows + i * 16 + group + 8 * (c // 2), columns + j * 8 + pair + c % 2)
@@ -713,8 +750,8 @@ class TensorCoreLowering(LocalTileLowering):
         plan, (corner, k_base, k_axis) = self.plan, place
         layout = plan.layout(plan.bk)
         stores = []
-        for copy in range(rows * plan.bk // GROUP):
-            flat = self.lid + copy * GROUP
+        for copy in range(rows * plan.bk // plan.group):
+            flat = self.lid + copy * plan.group
             row, k = (flat // plan.bk, flat % plan.bk) if k_fastest else (flat % rows, flat // rows)
             value = self._operand(operand, corner, {axis: row, k_axis: k_base + k})
             stores.append(LocalStore(tile, row * layout.stride + k, self._staged(value), dtype=plan.stored,
@@ -743,8 +780,8 @@ class TensorCoreLowering(LocalTileLowering):
         layout = plan.layout(plan.bk if along_k else rows)
         per_row = layout.length // width
         loads, stores = [], []
-        for copy in range(rows * plan.bk // width // GROUP):
-            row, k = _copy_position(self.lid + copy * GROUP, per_row, width, along_k)
+        for copy in range(rows * plan.bk // width // plan.group):
+            row, k = _copy_position(self.lid + copy * plan.group, per_row, width, along_k)
             along = k_axis if along_k else axis
             inside = self._inside(operand, corner, {axis: row, k_axis: k_base + k}, along, width)
             if inside is None:
@@ -842,16 +879,23 @@ class TensorCoreLowering(LocalTileLowering):
 
     def _warpgroup_products(self, tiles: tuple[str, str], accumulators: list[Reg],
                             across: tuple[bool, bool]) -> list:
-        """Per k16 step of the slice one wgmma of the warpgroup's 64 rows by the block's columns (each tile read
-        along k or, `across`, MN-major), the batch waited for before the slice's closing barrier (its buffer is
+        """Per k16 step of the slice one wgmma of each of the warpgroup's m64 tiles of rows by the block's columns
+        (each tile read along k or, `across`, MN-major), the batch waited for before the slice's closing barrier (its buffer is
         refilled after it)."""
         plan, (left, right) = self.plan, across
-        rows = (self.lid // wgmma.WARPGROUP) * wgmma.ROWS
-        products = [WarpgroupMma(tuple(accumulators), tiles[0], plan.tile_index(rows, Expr(k), left), tiles[1],
-                                 plan.tile_index(Expr(0), Expr(k), right), plan.block_m, plan.kind, right,
-                                 plan.leading_bytes(right), a_mn_major=left, a_leading=plan.leading_bytes(left))
-                    for k in range(0, plan.bk, plan.k_step)]
+        share = plan.block_m // 2  # accumulators of an m64 tile of rows
+        products = [WarpgroupMma(tuple(accumulators[t * share:(t + 1) * share]), tiles[0],
+                                 plan.tile_index(first, Expr(k), left), tiles[1], plan.tile_index(Expr(0), Expr(k), right),
+                                 plan.block_m, plan.kind, right, plan.leading_bytes(right), a_mn_major=left,
+                                 a_leading=plan.leading_bytes(left))
+                    for k in range(0, plan.bk, plan.k_step) for t, first in enumerate(self._row_tiles())]
         return [WarpgroupFence(), *products, WarpgroupCommit(), WarpgroupWait(0)]
+
+    def _row_tiles(self) -> list[Expr]:
+        """The first row of each m64 tile of the block's rows this item's warpgroup multiplies: 64·g for warpgroup g,
+        or (ping-pong: one warpgroup) 0 and 64."""
+        tiles = self.plan.row_tiles
+        return [((self.lid // wgmma.WARPGROUP) * tiles + t) * wgmma.ROWS for t in range(tiles)]
 
     def _register_columns(self) -> list[Expr]:
         """The first of each 64 columns of the block this item's warpgroup multiplies in a transposed product: its

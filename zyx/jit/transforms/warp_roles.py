@@ -22,6 +22,18 @@ Persistent groups (`units`): where the blocks outnumber the device's compute uni
 buffers and barriers from one block to the next, so the producer copies the next block's first slices while the
 consumers store the last one's outputs: a block starts with its slices landed, not a global load's latency after
 its launch (W7's products with k = 768 take 12 slices a block).
+
+Ping-pong (`pingpong`: a lowered group of one warpgroup multiplying a whole block): two such consumer warpgroups
+take a persistent group's blocks in turn, warpgroup w blocks w, w + 2, ...; the producer copies the blocks' slices
+in order, so one consumer's products run while the other stores its block's outputs (a short product's epilogue
+takes about as long as its products: tensor_cores.PINGPONG). Each slice has one consumer, so a barrier's count is
+the producer and one warpgroup (256), and a consumer releases its block's last slice as its products end (its next
+block comes after the other's). The consumers take turns by two more barriers, turn(w) = 2·stages + 1 + w: a
+consumer waits on its own before its block's slices (but the first block's) and arrives on the other's after them
+(unless no block follows). Without that, both could wait on one full barrier at once for slices `stages` apart
+(the second consumer's first slice and the first's still to land: with 12 slices a block and 6 stages, slices 12
+and 0), and their 256 items would complete its generation without the producer; with it, the full barriers' waits
+come in the order of the slices, and a release follows its slice's wait.
 """
 from __future__ import annotations
 
@@ -46,17 +58,21 @@ RESIDENT_SHARE = 0.75  # persistent groups only where a divisor of the blocks ke
 
 
 def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool = False,
-               round_tiles: bool = True, early: bool = False, units: int = 0) -> Optional[Kernel]:
+               round_tiles: bool = True, early: bool = False, units: int = 0,
+               pingpong: bool = False) -> Optional[Kernel]:
     """`kernel` (a warpgroup product's staging loop, as lowered) with a producer warpgroup after its items copying
     the slices into `stages` buffers (rounding TF32 tiles unless not `round_tiles`) and its items multiplying them;
     `budget`: the registers moved from the producer to the consumers (RegisterBudget); `early`: the producer hands
     a slice over before it waits for a buffer to refill (_Roles.producer); `units`: the device's compute units
     (0: unknown), for persistent groups (`resident_groups`) where every copy moves 16 bytes (the form a GPU checked:
-    bench/GPU.md, session 47). None where that form does not apply: no staging loop, an operand staged through
-    registers (a fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer than 3
-    stages (no slice would be in flight while one is handed over) or more than the barriers hold."""
+    bench/GPU.md, session 47); `pingpong`: two consumer warpgroups, each multiplying every other block of its
+    persistent group. None where that form does not apply: no staging loop, an operand staged through registers (a
+    fused prologue), a Barrier outside the loop (the producer leaves before the outputs), fewer than 3 stages (no
+    slice would be in flight while one is handed over) or more than the barriers hold, ping-pong without persistent
+    groups of two blocks or more."""
     position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
-    if position is None or not 3 <= stages <= BARRIERS // 2:
+    workers = 2 if pingpong else 1  # consumer warpgroups taking blocks in turn (and the turns' barriers)
+    if position is None or not 3 <= stages <= (BARRIERS - (workers if pingpong else 0)) // 2:
         return None
     loop: Loop = kernel.body[position]
     fetch, copies, stores, compute = staging_parts(loop)  # type: ignore[misc]
@@ -65,26 +81,33 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
     if fetch or stores or not compute or compute[-1] != WarpgroupWait(0) \
             or any(isinstance(s, Barrier) for s in walk(prefix + after)):
         return None
-    consumers = kernel.axis(Role.LOCAL).size  # type: ignore[union-attr]
+    group = kernel.axis(Role.LOCAL).size  # type: ignore[union-attr]
+    consumers = group * workers
     items = consumers + WARPGROUP
     blocks = kernel.work_items
     whole = all(c.width * c.itemsize == 16 for c in copies)  # (the persistent form checked on a GPU: bench/GPU.md)
     groups = resident_groups(blocks, units if whole else 0)
+    if blocks // groups < workers:
+        return None
     halves = {s.name: s for s in before if isinstance(s, LocalArray) and s.name in {c.array for c in copies}}
-    roles = _Roles(loop.var, loop.trips, stages, items, wait_one, early, blocks // groups)
     lid = Expr.var("lid", items)
+    worker = Expr.clamped(lid, 0, consumers - 1) // group if pingpong else Expr(0)
+    roles = _Roles(loop.var, loop.trips, stages, group + WARPGROUP if pingpong else items, wait_one, early,
+                   blocks // groups, workers, worker)
     producer_item = Expr.clamped(lid, consumers, items - 1) - consumers  # 0-127, as an index's lower bound needs
     rounds = tf32_rounding(copies, compute) if round_tiles else ()
     shares = [copy_body(copies + rounds, {"lid": producer_item + WARPGROUP * share}, "", {})
-              for share in range(consumers // WARPGROUP)]
+              for share in range(group // WARPGROUP)]
     copied = tuple(s for share in shares for s in share if not isinstance(s, LocalRoundTF32))
     rounded = tuple(s for share in shares for s in share if isinstance(s, LocalRoundTF32))
     copied = copy_body(copied, roles.producer_block(groups), "", {})
     produce = roles.producer(at_step(copied, loop.var, roles.step, roles.step % stages, halves, ""),
                              lambda slice_: at_step(rounded, loop.var, slice_, (slice_ + stages) % stages, halves, ""))
     consumed = roles.consumed
-    compute = at_step(compute[:-1], loop.var, Expr.var(loop.var, loop.trips), consumed % stages, halves, "")
-    block = roles.consumer_block(groups)
+    own = {"lid": lid % group} if pingpong else {}  # (each consumer warpgroup's items as the lowered group's)
+    compute = at_step(copy_body(compute[:-1], own, "", {}), loop.var, Expr.var(loop.var, loop.trips),
+                      consumed % stages, halves, "")
+    block = {**roles.consumer_block(groups), **own}
     consume = roles.consumer(compute, copy_body(prefix, block, "", {}), copy_body(after, block, "", {}))
     if budget:
         produce = (RegisterBudget(PRODUCER_REGISTERS, False), *produce)
@@ -111,8 +134,9 @@ def resident_groups(blocks: int, units: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class _Roles:
     """The two roles' loops over `trips` slices a block, `tiles` blocks a group, handed over through `stages`
-    buffers by barriers of `items`: the producer counts the slices of all its blocks in one loop, the consumers
-    loop over blocks, then slices."""
+    buffers by barriers of `items` (the producer's and a slice's consumers'): the producer counts the slices of all
+    its blocks in one loop, the consumers loop over blocks, then slices; in ping-pong `workers` consumer
+    warpgroups take the blocks in turn, `worker` (an Expr of the item) the consumer's."""
 
     var: str
     trips: int
@@ -121,6 +145,8 @@ class _Roles:
     wait_one: bool
     early: bool = False
     tiles: int = 1
+    workers: int = 1
+    worker: Expr = Expr(0)
 
     @property
     def slices(self) -> int:
@@ -132,10 +158,20 @@ class _Roles:
         return Expr.var(self.var, self.slices)
 
     @property
+    def turns(self) -> int:
+        """Blocks each consumer warpgroup takes (the last one's fewer where the workers do not divide the tiles)."""
+        return -(-self.tiles // self.workers)
+
+    @property
+    def block(self) -> Expr:
+        """The consumers' block: their loop counter over blocks, in ping-pong turn by turn."""
+        return Expr.var(TILE, self.turns) * self.workers + self.worker if self.tiles > 1 else Expr(0)
+
+    @property
     def consumed(self) -> Expr:
         """The consumers' slice: their block's first slice + their loop counter."""
         inner = Expr.var(self.var, self.trips)
-        return inner if self.tiles == 1 else Expr.var(TILE, self.tiles) * self.trips + inner
+        return inner if self.tiles == 1 else self.block * self.trips + inner
 
     def producer_block(self, groups: int) -> dict[str, Expr]:
         """What the lowering's block (`gid`) and slice are at the producer's step."""
@@ -146,7 +182,7 @@ class _Roles:
 
     def consumer_block(self, groups: int) -> dict[str, Expr]:
         """What the lowering's block (`gid`) is in the consumers' block loop."""
-        return {} if self.tiles == 1 else {"gid": Expr.var("gid", groups) + groups * Expr.var(TILE, self.tiles)}
+        return {} if self.tiles == 1 else {"gid": Expr.var("gid", groups) + groups * self.block}
 
     @property
     def ahead(self) -> int:
@@ -180,10 +216,28 @@ class _Roles:
     def consumer(self, compute: tuple, prefix: tuple = (), after: tuple = ()) -> tuple:
         """Per block: `prefix`, then per step: wait for the slice, multiply it (`compute`: its batch issued and
         committed), wait for the batch before (`wait_one`) or this one, release the buffer of the batch waited for
-        unless no slice is left to refill it; then the last batch waited for and `after` (the block's outputs)."""
-        step, pending = self.consumed, int(self.wait_one)
-        release = when(((step, "ge", pending), (step, "lt", self.slices - self.stages + pending)),
-                             (NamedBarrier(self.empty(step + self.stages - pending), self.items, False),))
+        unless no slice is left to refill it; then the last batch waited for (in ping-pong its buffer released: the
+        next slices are the other consumer's) and `after` (the block's outputs)."""
+        step, pending, inner = self.consumed, int(self.wait_one), Expr.var(self.var, self.trips)
+        first = inner if self.workers > 1 else step  # (in ping-pong a block's first slice releases none of the last)
+        release = when(((first, "ge", pending), (step, "lt", self.slices - self.stages + pending)),
+                       (self._release(step - pending),))
         body = (NamedBarrier(self.full(step), self.items, True), *compute, WarpgroupWait(pending), *release)
-        block = (*prefix, Loop(self.var, self.trips, body), *((WarpgroupWait(0),) if pending else ()), *after)
-        return block if self.tiles == 1 else (Loop(TILE, self.tiles, block),)
+        last = ()
+        if pending:
+            end = self.block * self.trips + self.trips - 1
+            last = (WarpgroupWait(0), *(when(((end, "lt", self.slices - self.stages),), (self._release(end),))
+                                        if self.workers > 1 else ()))
+        if self.workers == 1:
+            block = (*prefix, Loop(self.var, self.trips, body), *last, *after)
+            return block if self.tiles == 1 else (Loop(TILE, self.tiles, block),)
+        turn = lambda worker: Expr(2 * self.stages + 1) + worker  # noqa: E731
+        wait_turn = when(((self.block, "ge", 1),), (NamedBarrier(turn(self.worker), self.items, True),))
+        pass_turn = when(((self.block + 1, "lt", self.tiles),),
+                         (NamedBarrier(turn(Expr(self.workers - 1) - self.worker), self.items, False),))
+        block = (*prefix, *wait_turn, Loop(self.var, self.trips, body), *pass_turn, *last, *after)
+        return (Loop(TILE, self.turns, when(((self.block, "lt", self.tiles),), block)),)
+
+    def _release(self, slice_: Expr) -> NamedBarrier:
+        """The consumers' arrival on slice `slice_`'s empty barrier: its reads are done."""
+        return NamedBarrier(self.empty(slice_ + self.stages), self.items, False)
