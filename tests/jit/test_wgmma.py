@@ -738,6 +738,36 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype, n, k, m, form", [("bfloat16", 256, 192, 256, "x @ y.T"),
+                                                   ("float16", 200, 136, 264, "x @ y"),
+                                                   ("bfloat16", 136, 200, 264, "x.T @ y")])
+def test_a_pingpong_warpgroup_computes_its_whole_block_with_wgmma_emulated_on_pocl(monkeypatch, dtype, n, k, m, form):
+    """A ping-pong plan's group is one warpgroup multiplying both m64 tiles of a 128 x 128 block's rows (two
+    m64n128 wgmmas a k16 step, 128 accumulators an item): its kernel with every item copying and multiplying
+    (ZYX_WGMMA_PRODUCER=0; test_warp_roles.py runs the two consumers' hand-over against a model), wgmma emulated,
+    run on PoCL against numpy, the left tile along k or across it (its second m64 tile the next atom), edges in
+    every direction."""
+    import ml_dtypes
+    monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    left_across, right_along = form.startswith("x.T"), form.endswith("y.T")
+    x, y = operands((k, n) if left_across else (n, k), (m, k) if right_along else (k, m), dtype=dtype)
+    out = (x.T if left_across else x) @ (y.T if right_along else y)
+    kernel = _tuned(out, Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=6, pipelined=1, warpgroup=2,
+                                   split=1))
+    products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
+    assert kernel.local_size == 128 and products[0].n == 128 and len(products) == 2 * 64 // 16
+    assert {s.a_index.render() for s in products[:2]} != {products[0].a_index.render()}  # (both row tiles)
+    name, source = _emulated_source(kernel, monkeypatch)
+    kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    a, b = x.numpy().astype(kind), y.numpy().astype(kind)
+    got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], (n, m), np.uint16)
+    left, right = a.astype(np.float64), b.astype(np.float64)
+    expected = (left.T if left_across else left) @ (right.T if right_along else right)
+    eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
+    np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("n, k, m", [(128, 128, 256), (136, 128, 264)])
 def test_an_epilogue_reading_bfloat16_at_each_output_reads_and_stores_pairs_emulated_on_pocl(monkeypatch, n, k, m):
     """(x @ y) · z with z bfloat16 as the product is (GELU's backward reads its pre-activation so): the epilogue

@@ -27,7 +27,8 @@ local stage instead, and out in rows or by the asynchronous proxy: `STAGED_COLUM
 On compute capability 9.x (Hopper) products pipelined by cp.async multiply by warpgroups instead (wgmma, sm_90a:
 jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
 cp.async, a third warpgroup only copies the slices and hands them over by named barriers while the other two only
-multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item). A 16-bit left
+multiply and store (transforms/warp_roles.py; ZYX_WGMMA_PRODUCER=0: all three jobs in every item); in ping-pong
+(`PINGPONG`, opt-in) each of two consumer warpgroups multiplies a 128 x 128 block of its own. A 16-bit left
 operand lying across k (a weight gradient's `x.T @ dy`, x stored [tokens, features]) is copied there 16 bytes at a
 time along its rows into the MN-major atoms a right operand across k takes, and read by wgmma transposed
 (imm-trans-a: `_left_orientations`); on warps (ldmatrix) it is staged element by element. TF32 operands
