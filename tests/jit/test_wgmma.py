@@ -717,23 +717,35 @@ def test_the_kernel_computes_the_product_with_wgmma_emulated_on_pocl(monkeypatch
     (ZYX_WGMMA_PRODUCER=0), outputs stored in pairs: PoCL has no named barriers for a producer warpgroup's hand-over
     (test_warp_roles.py runs it against a model). PoCL builds it without optimizations: optimizing 128 accumulators'
     emulation takes it two minutes, running the unoptimized kernel a second."""
-    import ml_dtypes
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
-    left_across, right_along = form.startswith("x.T"), form.endswith("y.T")
-    x, y = operands((k, n) if left_across else (n, k), (m, k) if right_along else (k, m), dtype=dtype)
-    out = (x.T if left_across else x) @ (y.T if right_along else y)
+    x, y, out = _form_product(form, n, k, m, dtype)
     kernel = _tuned(out, Choice.of("tensor_cores", columns=columns, row_bytes=128, buffers=4, pipelined=1, warpgroup=1,
                                    split=1))
     products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
     assert products[0].n == 4 * columns
+    left_across, right_along = form.startswith("x.T"), form.endswith("y.T")
     assert all(s.a_mn_major == (left_across and n % 2 == 0) and s.b_mn_major == (not right_along) for s in products)
+    _check_emulated(kernel, x, y, form, dtype, monkeypatch)
+
+
+def _form_product(form: str, n: int, k: int, m: int, dtype: str):
+    """Operands x, y stored as `form` ("x @ y", "x.T @ y.T", ...) has them for an n x k by k x m product, and it."""
+    left_across, right_along = form.startswith("x.T"), form.endswith("y.T")
+    x, y = operands((k, n) if left_across else (n, k), (m, k) if right_along else (k, m), dtype=dtype)
+    return x, y, (x.T if left_across else x) @ (y.T if right_along else y)
+
+
+def _check_emulated(kernel, x, y, form: str, dtype: str, monkeypatch) -> None:
+    """`kernel` (the product `form` of x and y) run on PoCL with wgmma emulated, against numpy's float64 product of
+    the rounded operands, within twice the dtype's precision."""
+    import ml_dtypes
     name, source = _emulated_source(kernel, monkeypatch)
     kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
     a, b = x.numpy().astype(kind), y.numpy().astype(kind)
-    got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], (n, m), np.uint16)
     left, right = a.astype(np.float64), b.astype(np.float64)
-    expected = (left.T if left_across else left) @ (right.T if right_along else right)
-    eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
+    expected = (left.T if form.startswith("x.T") else left) @ (right.T if form.endswith("y.T") else right)
+    got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], expected.shape, np.uint16)
+    eps, k = 2.0 ** (-8 if dtype == "bfloat16" else -11), left.shape[0 if form.startswith("x.T") else 1]
     np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
 
 
@@ -747,24 +759,14 @@ def test_a_pingpong_warpgroup_computes_its_whole_block_with_wgmma_emulated_on_po
     (ZYX_WGMMA_PRODUCER=0; test_warp_roles.py runs the two consumers' hand-over against a model), wgmma emulated,
     run on PoCL against numpy, the left tile along k or across it (its second m64 tile the next atom), edges in
     every direction."""
-    import ml_dtypes
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
-    left_across, right_along = form.startswith("x.T"), form.endswith("y.T")
-    x, y = operands((k, n) if left_across else (n, k), (m, k) if right_along else (k, m), dtype=dtype)
-    out = (x.T if left_across else x) @ (y.T if right_along else y)
+    x, y, out = _form_product(form, n, k, m, dtype)
     kernel = _tuned(out, Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=6, pipelined=1, warpgroup=2,
                                    split=1))
     products = [s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)]
     assert kernel.local_size == 128 and products[0].n == 128 and len(products) == 2 * 64 // 16
-    assert {s.a_index.render() for s in products[:2]} != {products[0].a_index.render()}  # (both row tiles)
-    name, source = _emulated_source(kernel, monkeypatch)
-    kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
-    a, b = x.numpy().astype(kind), y.numpy().astype(kind)
-    got = _run_on_pocl(kernel, name, source, [a.view(np.uint16), b.view(np.uint16)], (n, m), np.uint16)
-    left, right = a.astype(np.float64), b.astype(np.float64)
-    expected = (left.T if left_across else left) @ (right.T if right_along else right)
-    eps = 2.0 ** (-8 if dtype == "bfloat16" else -11)
-    np.testing.assert_allclose(got.view(kind).astype(np.float64), expected, rtol=2 * eps, atol=2 * eps * np.sqrt(k))
+    assert products[0].a_index.render() != products[1].a_index.render()  # (both row tiles)
+    _check_emulated(kernel, x, y, form, dtype, monkeypatch)
 
 
 @pytest.mark.slow
