@@ -472,3 +472,23 @@ def test_pingpong_copies_and_stores_what_a_group_a_block_would(monkeypatch, dtyp
     blocks = single.global_size // single.local_size
     assert persistent.global_size == 2 * 384 and single.local_size == 128 and blocks > 2
     assert _global_accesses(persistent, trips, 2, workers=2) == _global_accesses(single, trips, blocks)
+
+
+def test_products_take_pingpong_where_asked_and_their_blocks_give_each_consumer_some(monkeypatch):
+    """ZYX_WGMMA_PINGPONG=1: W7's MLP up projection (16384 x 768 -> 3072) in 3 072 blocks of 128 x 128, 128 groups
+    of 24 on 132 SMs, each consumer 12 turns; a product of 36 such blocks (fewer than the SMs: no persistent groups)
+    keeps its plan; =0, or unset (PINGPONG_LONGEST: none yet), no product takes it."""
+    units = dataclasses.replace(HOPPER, compute_units=132)
+    x, w = operands((16384, 768), (3072, 768))
+    small_x, small_w = operands((768, 768), (768, 768))
+    monkeypatch.setenv("ZYX_WGMMA_PINGPONG", "1")
+    kernel = product_kernel(x @ w.T, units)
+    turns, = [s.trips for s in walk(kernel.ir.body) if isinstance(s, Loop) and s.var == warp_roles.TILE]
+    assert kernel.global_size == 128 * 384 and turns == 12 and "bar.sync %0, 256;" in kernel.source
+    assert "bar.sync %0, 256;" not in product_kernel(small_x @ small_w.T, units).source
+    for setting in ("0", None):
+        if setting is None:
+            monkeypatch.delenv("ZYX_WGMMA_PINGPONG")
+        else:
+            monkeypatch.setenv("ZYX_WGMMA_PINGPONG", setting)
+        assert "bar.sync %0, 384;" in product_kernel(x @ w.T, units).source

@@ -125,6 +125,7 @@ BULK_STAGED = 2  # ZYX_WGMMA_STAGED=2: the stage's rows stored by the asynchrono
 # session 58). Its slices are 32 KiB (of 48 for 128 x 256), 6 stages deep.
 PINGPONG = 2
 PINGPONG_SHAPE = (32, 128, 6)
+PINGPONG_LONGEST = 0  # the longest reduction a product takes ping-pong for by default (none until measured on a GPU)
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
@@ -290,10 +291,13 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
 
 
 def _pingpong_wanted(product: Node, n_axis: int, m_axis: int, units: int) -> bool:
-    """Whether a 16-bit warpgroup product is planned in ping-pong (ZYX_WGMMA_PINGPONG=1; off by default until measured
-    on a GPU): where its 128 x 128 blocks make persistent groups (warp_roles.resident_groups, the device's compute
-    `units` known) of at least two blocks each, one for each consumer."""
-    if os.environ.get("ZYX_WGMMA_PINGPONG") != "1" or units <= 0:
+    """Whether a 16-bit warpgroup product is planned in ping-pong: where it reduces at most PINGPONG_LONGEST
+    elements (ZYX_WGMMA_PINGPONG=1: any number, =0: none) and its 128 x 128 blocks make persistent groups
+    (warp_roles.resident_groups, the device's compute `units` known) of at least two blocks each, one for each
+    consumer."""
+    setting = os.environ.get("ZYX_WGMMA_PINGPONG")
+    reduced = product.src[0].shape[product.arg[0]]
+    if setting == "0" or units <= 0 or (setting != "1" and reduced > PINGPONG_LONGEST):
         return False
     blocks = _blocks(product, n_axis, m_axis, 4 * PINGPONG_SHAPE[0])
     return blocks // resident_groups(blocks, units) >= 2
