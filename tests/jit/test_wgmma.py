@@ -545,9 +545,13 @@ def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner
     tried = {c.describe() for c in candidates(kernel.site, HOPPER, 2)}
     assert {"buffers=4 columns=64 pipelined=1 row_bytes=128 split=1 warpgroup=1",
             "buffers=2 columns=32 pipelined=1 row_bytes=128 split=1 warpgroup=1",
-            "buffers=3 columns=64 pipelined=1 row_bytes=128 split=1 warpgroup=0"} <= tried
+            "buffers=3 columns=64 pipelined=1 row_bytes=128 split=1 warpgroup=0",
+            "buffers=6 columns=32 pipelined=1 row_bytes=128 split=1 warpgroup=2"} <= tried
     assert not any("warpgroup=1" in c and "row_bytes=64" in c for c in tried)
+    assert not any("buffers=6" in c and "warpgroup=2" not in c for c in tried)  # (ping-pong's shape, its alone)
     for choice, marker in ((Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=3, pipelined=1, warpgroup=1,
+                                      split=1), "m64n128k16"),
+                           (Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=6, pipelined=1, warpgroup=2,
                                       split=1), "m64n128k16"),
                            (Choice.of("tensor_cores", columns=64, row_bytes=128, buffers=3, pipelined=1, warpgroup=0,
                                       split=1), "mma.sync")):
@@ -558,6 +562,8 @@ def test_a_search_may_try_warps_or_warpgroups_and_the_scheduler_takes_its_winner
     narrow_x, narrow_y = operands((256, 256), (256, 256))
     narrow = product_kernel((narrow_x * 2) @ (narrow_y + 1))  # on warps: a search keeps to warps
     assert all(c["warpgroup"] == 0 for c in candidates(narrow.site, HOPPER, 2))
+    f, g = operands((2048, 256), (256, 2048), dtype="float32")  # TF32 (its a in registers): no ping-pong
+    assert 2 not in dict(product_kernel(f @ g, TF32).site.options)["warpgroup"]
 
 
 # ---- the whole kernel on PoCL, wgmma emulated ----------------------------------------------------------------------
