@@ -477,7 +477,8 @@ def test_pingpong_copies_and_stores_what_a_group_a_block_would(monkeypatch, dtyp
 def test_products_take_pingpong_where_asked_and_their_blocks_give_each_consumer_some(monkeypatch):
     """ZYX_WGMMA_PINGPONG=1: W7's MLP up projection (16384 x 768 -> 3072) in 3 072 blocks of 128 x 128, 128 groups
     of 24 on 132 SMs, each consumer 12 turns; a product of 36 such blocks (fewer than the SMs: no persistent groups)
-    keeps its plan; =0, or unset (PINGPONG_LONGEST: none yet), no product takes it."""
+    keeps its plan, and so does one whose copies are under 16 bytes (persistent groups not formed); =0, or unset
+    (PINGPONG_LONGEST: none yet), no product takes it."""
     units = dataclasses.replace(HOPPER, compute_units=132)
     x, w = operands((16384, 768), (3072, 768))
     small_x, small_w = operands((768, 768), (768, 768))
@@ -486,6 +487,9 @@ def test_products_take_pingpong_where_asked_and_their_blocks_give_each_consumer_
     turns, = [s.trips for s in walk(kernel.ir.body) if isinstance(s, Loop) and s.var == warp_roles.TILE]
     assert kernel.global_size == 128 * 384 and turns == 12 and "bar.sync %0, 256;" in kernel.source
     assert "bar.sync %0, 256;" not in product_kernel(small_x @ small_w.T, units).source
+    ragged_x, ragged_y = operands((512, 130), (130, 512))  # (rows of 130 bf16: 4-byte copies, no persistent groups)
+    ragged = product_kernel(ragged_x @ ragged_y, FEW_UNITS)  # (planned again without ping-pong, not one warpgroup)
+    assert ragged.local_size == 384 and "bar.sync %0, 384;" in ragged.source
     for setting in ("0", None):
         if setting is None:
             monkeypatch.delenv("ZYX_WGMMA_PINGPONG")

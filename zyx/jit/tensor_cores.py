@@ -237,13 +237,15 @@ class NotCopied(Exception):
 
 def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
                       pipelined: bool = False, choice: Optional[Choice] = None,
-                      warpgroup: bool = False, compute_units: int = 0) -> Optional[TensorCorePlan]:
+                      warpgroup: bool = False, compute_units: int = 0,
+                      pingpong: bool = True) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype (or, `multiplied`, half operands
     into float32), the device runs that dtype on tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes
     map onto the kernel's (matmul.py), and the staged slices fit `local_memory` bytes: `choice`'s shape, else the
     first of SHAPES, or `pipelined` of PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the
     device (`_spread`, warpgroup shapes by the waves of blocks its `compute_units` take; ZYX_TC_SHAPE forces one:
-    `_forced_shape`)."""
+    `_forced_shape`); in ping-pong (PINGPONG_SHAPE) where `choice` says so, else where `_pingpong_wanted` and
+    `pingpong`."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     dtype = multiplied(product.src[0].src[0]).dtype
@@ -263,8 +265,8 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         # shape's right after it, so that a block keeps its width with fewer buffers rather than narrowing)
         shapes = tuple(shape for w, b, n in shapes for shape in ((w, b, n), (w, b, 3))[:2 if n > 3 else 1])
     pingpong = warpgroup and kind != "tf32" and (
-        choice["warpgroup"] == PINGPONG if choice is not None else _pingpong_wanted(product, n_axis, m_axis,
-                                                                                     compute_units))
+        choice["warpgroup"] == PINGPONG if choice is not None else pingpong and _pingpong_wanted(
+            product, n_axis, m_axis, compute_units))
     if pingpong:
         shapes, staging = (PINGPONG_SHAPE,), 0
     fitting = [(w, b, n) for w, b, n in shapes
@@ -439,13 +441,15 @@ def _forced_shape() -> Optional[tuple[int, int, int]]:
 
 def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[int], product: Optional[Node],
                        kinds: tuple[str, ...], local_memory: int, stored_apart: frozenset, param_limit: int,
-                       choice: Optional[Choice] = None,
-                       compute_units: int = 0) -> Optional[tuple[LoweredKernel, Kernel, TensorCorePlan]]:
+                       choice: Optional[Choice] = None, compute_units: int = 0,
+                       pingpong: bool = True) -> Optional[tuple[LoweredKernel, Kernel, TensorCorePlan]]:
     """The kernel computing `root`'s product on tensor cores, the lowering it came from and its plan (`choice`'s
     where it can be lowered, else the heuristics'), or None where it is not planned there: a pipeline where a 16-bit
     operand is copied by cp.async (unless ZYX_TC_PIPELINE=0): by warpgroups where `kinds` has "wgmma", else by
     warps; else operands staged through registers, double-buffered where local memory allows. `compute_units`: the
-    device's, for warpgroup products in persistent groups (warp_roles.resident_groups)."""
+    device's, for warpgroup products in persistent groups (warp_roles.resident_groups). The heuristics' ping-pong
+    plan (unless not `pingpong`) is planned again without it where its producer cannot form persistent groups
+    (copies under 16 bytes): a lone warpgroup copying and multiplying would be slower than either."""
     piped = os.environ.get("ZYX_TC_PIPELINE") != "0"
     attempts = [(True, None, True)] if piped and WGMMA in kinds else []
     attempts += [(pipelined, None, False) for pipelined in ((True, False) if piped else (False,))]
@@ -453,7 +457,7 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         attempts.insert(0, (bool(choice["pipelined"]), choice, bool(choice["warpgroup"])))
     for pipelined, chosen, warpgroup in attempts:
         plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen, warpgroup,
-                                 compute_units)
+                                 compute_units, pingpong)
         if plan is None or (pipelined and plan.kind == "tf32" and not plan.warpgroup):  # (warps: TF32 rounded)
             continue
         try:
@@ -463,8 +467,11 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         if not pipelined:
             return lowered, (double_buffer(lowered.ir) if plan.buffers == 2 else None) or lowered.ir, plan
         round_tiles = os.environ.get("ZYX_TF32_ROUND_TILES") != "0"
-        kernel = ((_warp_roles(lowered.ir, plan, round_tiles, compute_units) if plan.warpgroup else None)
-                  or pipeline(lowered.ir, plan.buffers, round_tiles))
+        roles = _warp_roles(lowered.ir, plan, round_tiles, compute_units) if plan.warpgroup else None
+        if roles is None and plan.pingpong and chosen is None and os.environ.get("ZYX_WGMMA_PRODUCER") != "0":
+            return lower_tensor_cores(root, materialized, produced, product, kinds, local_memory, stored_apart,
+                                      param_limit, choice, compute_units, pingpong=False)
+        kernel = roles or pipeline(lowered.ir, plan.buffers, round_tiles)
         if kernel is not None and plan.warpgroup and os.environ.get("ZYX_WGMMA_PAIRED_STORES") != "0":
             kernel = paired_loads(paired_stores(kernel))  # (bf16 16384x768x3072 on an H100: 249 -> 411 TFLOP/s)
         if kernel is not None:
