@@ -71,7 +71,7 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
     slice would be in flight while one is handed over) or more than the barriers hold, ping-pong without persistent
     groups of two blocks or more."""
     position = next((p for p, s in enumerate(kernel.body) if staging_parts(s) is not None), None)
-    workers = 2 if pingpong else 1  # consumer warpgroups taking blocks in turn (and the turns' barriers)
+    workers = 2 if pingpong else 1  # consumer warpgroups taking blocks in turn (in ping-pong a barrier each)
     if position is None or not 3 <= stages <= (BARRIERS - (workers if pingpong else 0)) // 2:
         return None
     loop: Loop = kernel.body[position]
@@ -231,12 +231,15 @@ class _Roles:
         if self.workers == 1:
             block = (*prefix, Loop(self.var, self.trips, body), *last, *after)
             return block if self.tiles == 1 else (Loop(TILE, self.tiles, block),)
-        turn = lambda worker: Expr(2 * self.stages + 1) + worker  # noqa: E731
-        wait_turn = when(((self.block, "ge", 1),), (NamedBarrier(turn(self.worker), self.items, True),))
+        wait_turn = when(((self.block, "ge", 1),), (NamedBarrier(self._turn(self.worker), self.items, True),))
         pass_turn = when(((self.block + 1, "lt", self.tiles),),
-                         (NamedBarrier(turn(Expr(self.workers - 1) - self.worker), self.items, False),))
+                         (NamedBarrier(self._turn(Expr(self.workers - 1) - self.worker), self.items, False),))
         block = (*prefix, *wait_turn, Loop(self.var, self.trips, body), *pass_turn, *last, *after)
         return (Loop(TILE, self.turns, when(((self.block, "lt", self.tiles),), block)),)
+
+    def _turn(self, worker: Expr) -> Expr:
+        """The barrier on which consumer `worker` waits for its turn (the module's docstring)."""
+        return Expr(2 * self.stages + 1) + worker
 
     def _release(self, slice_: Expr) -> NamedBarrier:
         """The consumers' arrival on slice `slice_`'s empty barrier: its reads are done."""
