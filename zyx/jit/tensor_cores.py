@@ -892,14 +892,14 @@ class TensorCoreLowering(LocalTileLowering):
     def _warpgroup_products(self, tiles: tuple[str, str], accumulators: list[Reg],
                             across: tuple[bool, bool]) -> list:
         """Per k16 step of the slice one wgmma of each of the warpgroup's m64 tiles of rows by the block's columns
-        (each tile read along k or, `across`, MN-major), the batch waited for before the slice's closing barrier (its buffer is
-        refilled after it)."""
+        (each tile read along k or, `across`, MN-major), the batch waited for before the slice's closing barrier
+        (its buffer is refilled after it)."""
         plan, (left, right) = self.plan, across
         share = plan.block_m // 2  # accumulators of an m64 tile of rows
         products = [WarpgroupMma(tuple(accumulators[t * share:(t + 1) * share]), tiles[0],
-                                 plan.tile_index(first, Expr(k), left), tiles[1], plan.tile_index(Expr(0), Expr(k), right),
-                                 plan.block_m, plan.kind, right, plan.leading_bytes(right), a_mn_major=left,
-                                 a_leading=plan.leading_bytes(left))
+                                 plan.tile_index(first, Expr(k), left), tiles[1],
+                                 plan.tile_index(Expr(0), Expr(k), right), plan.block_m, plan.kind, right,
+                                 plan.leading_bytes(right), a_mn_major=left, a_leading=plan.leading_bytes(left))
                     for k in range(0, plan.bk, plan.k_step) for t, first in enumerate(self._row_tiles())]
         return [WarpgroupFence(), *products, WarpgroupCommit(), WarpgroupWait(0)]
 
