@@ -92,8 +92,7 @@ def warp_roles(kernel: Kernel, stages: int, wait_one: bool = True, budget: bool 
     halves = {s.name: s for s in before if isinstance(s, LocalArray) and s.name in {c.array for c in copies}}
     lid = Expr.var("lid", items)
     worker = Expr.clamped(lid, 0, consumers - 1) // group if pingpong else Expr(0)
-    roles = _Roles(loop.var, loop.trips, stages, group + WARPGROUP if pingpong else items, wait_one, early,
-                   blocks // groups, workers, worker)
+    roles = _Roles(loop.var, loop.trips, stages, group + WARPGROUP, wait_one, early, blocks // groups, workers, worker)
     producer_item = Expr.clamped(lid, consumers, items - 1) - consumers  # 0-127, as an index's lower bound needs
     rounds = tf32_rounding(copies, compute) if round_tiles else ()
     shares = [copy_body(copies + rounds, {"lid": producer_item + WARPGROUP * share}, "", {})
