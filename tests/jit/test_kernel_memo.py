@@ -1,5 +1,7 @@
 """Kernels memoized by region (kernel_memo.py): a region met again gets exactly the kernel a fresh build gives; kernels
 closing a cycle through their extra outputs are rebuilt alone without them."""
+import importlib
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,14 @@ from zyx.trace.node import toposort
 LAYERS = 4
 RESIDUAL_LAYERS = 6
 TRAITS = [DeviceTraits(vector_width=16), DeviceTraits(gpu=True, vector_width=4, max_group_size=1024)]
+
+
+@pytest.fixture
+def cycling(monkeypatch):
+    """Schedules that leave the operands products and column sums share to each reader (as before
+    schedule._stored_shared_operands): a GPT step's kernels then wait for each other through the row statistics
+    they store as extra outputs, which these tests need to break."""
+    monkeypatch.setattr(importlib.import_module("zyx.jit.schedule"), "_product_operand", lambda *arguments: False)
 
 
 def _described(targets, traits, memoize):
@@ -58,7 +68,7 @@ def test_a_memoized_gpt_schedule_is_the_fresh_one(small_gpt, traits):
 
 
 @pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
-def test_a_schedule_without_extra_outputs_takes_the_kernels_that_stored_none(small_gpt, traits):
+def test_a_schedule_without_extra_outputs_takes_the_kernels_that_stored_none(small_gpt, traits, cycling):
     """After a schedule with extra outputs, the one without any (what `schedule` falls back to) gets the kernels
     that stored nothing but their roots from the memo, and is the schedule built fresh without extra outputs."""
     targets = rewrite_graph([t.node for t in small_gpt(zyx.CPU(), layers=LAYERS)], traits.gpu)
@@ -94,7 +104,7 @@ def test_a_repeated_region_reads_its_own_inputs():
 
 
 @pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
-def test_kernels_closing_a_cycle_alone_lose_their_extra_outputs(small_gpt, traits):
+def test_kernels_closing_a_cycle_alone_lose_their_extra_outputs(small_gpt, traits, cycling):
     """A GPT step's kernels wait for each other through extra outputs (KernelCycle, naming kernels that store
     some); only those are built again without them: the schedule keeps extra outputs elsewhere."""
     targets = rewrite_graph([t.node for t in small_gpt(zyx.CPU(), layers=LAYERS)], traits.gpu)
@@ -107,7 +117,8 @@ def test_kernels_closing_a_cycle_alone_lose_their_extra_outputs(small_gpt, trait
 
 
 @pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
-def test_the_values_closing_a_cycle_are_stored_apart_and_the_next_attempt_has_fewer(small_gpt, traits, monkeypatch):
+def test_the_values_closing_a_cycle_are_stored_apart_and_the_next_attempt_has_fewer(small_gpt, traits, monkeypatch,
+                                                                                    cycling):
     """The extra outputs that closed a cycle get kernels of their own in the next attempt (no other kernel takes
     them up and closes the next cycle: a GPT step took 6-7 attempts so), and the cycles end within three."""
     from zyx.jit import schedule as scheduling
@@ -126,6 +137,18 @@ def test_the_values_closing_a_cycle_are_stored_apart_and_the_next_attempt_has_fe
     assert 1 <= len(cycles) <= 2
     closing = {id(value) for cycle in cycles for value in cycle.values}
     assert closing & {id(kernel.outputs[0]) for kernel in kernels}  # (stored by kernels of their own)
+
+
+@pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
+def test_a_gpt_step_schedules_in_one_attempt(small_gpt, traits, monkeypatch):
+    """With the operands products and column sums share stored from the start, a float32 GPT step's kernels wait
+    for no other's extra outputs: one attempt schedules it (two did, the first ending in a cycle)."""
+    from zyx.jit import schedule as scheduling
+    attempts = []
+    attempt = scheduling._schedule
+    monkeypatch.setattr(scheduling, "_schedule", lambda *arguments: attempts.append(1) or attempt(*arguments))
+    schedule([t.node for t in small_gpt(zyx.CPU(), layers=LAYERS)], traits)
+    assert len(attempts) == 1
 
 
 def test_a_gpt_step_keeping_extra_outputs_computes_the_reference_gradients(shaped, small_gpt):

@@ -19,6 +19,7 @@ from zyx.jit.operand_layout import read_cost
 from zyx.jit.device_traits import DeviceTraits
 from zyx.jit.schedule import schedule
 from zyx.jit.tiling import matmul_axes
+from zyx.trace.ops import Op
 
 scheduler = importlib.import_module("zyx.jit.schedule")
 GPU = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024)
@@ -91,7 +92,7 @@ def test_products_read_the_concatenated_gradient_stored_once(monkeypatch):
 @pytest.mark.parametrize("traits", [GPU, CPU], ids=["GPU", "CPU"])
 def test_the_bias_gradient_reads_the_concatenated_gradient_the_products_read(traits):
     """The QKV gradient's column sums (its bias's gradient) load the (tokens, 3d) gradient stored for the products
-    too (schedule._stored_concatenations): they computed it again from the head-layout parts, dKᵀ read across."""
+    too (schedule._stored_shared_operands): they computed it again from the head-layout parts, dKᵀ read across."""
     parts = [zyx.CPU().tensor(a) for a in QKV_ARRAYS[:3]]
     dqkv = merged_heads(*parts)
     x, w = zyx.CPU().tensor(QKV_ARRAYS[3]), zyx.CPU().tensor(QKV_ARRAYS[4])
@@ -106,6 +107,53 @@ def test_the_bias_gradient_reads_the_concatenated_gradient_the_products_read(tra
     assert len(multiplying) == 2 and all(store.outputs[0] in k.loads or copies & {id(node) for node in k.loads}
                                          for k in multiplying)
     assert any(not products(k) and k.outputs[0].shape == (3 * D,) for k in readers)
+
+
+SHARED = [data(CONTEXT * 4, D) for _ in range(6)]  # four pieces of a gradient, a layer's input, and its weight (d x d)
+SHARED[5] = SHARED[5][:D] * 0.05
+
+
+def linear_gradients(device, half):
+    """A layer's weight, input and bias gradients from a gradient computed from four arrays of its size (as a
+    layer norm's input gradient is), rounded to bfloat16 for the products where `half`; and the pieces."""
+    pieces = [device.tensor(a) for a in SHARED[:4]]
+    x, w = device.tensor(SHARED[4]), device.tensor(SHARED[5])
+    g = (pieces[0] + pieces[1]) * pieces[2] - pieces[3]
+    if half:
+        g, x, w = g.cast(zyx.bfloat16), x.cast(zyx.bfloat16), w.cast(zyx.bfloat16)
+    return [g.T @ x, g @ w, g.float().sum(0)], pieces
+
+
+@pytest.mark.parametrize("traits", [GPU, dataclasses.replace(GPU, local_memory=49152, tensor_cores=("bf16", "f16")),
+                                    CPU], ids=["GPU", "tensor-cores", "CPU"])
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("bias_first", [False, True], ids=["products-first", "bias-first"])
+def test_an_operand_products_and_column_sums_share_is_computed_once(traits, half, bias_first):
+    """A gradient computed from four arrays, read by a weight's and an input's gradient (products) and by the bias
+    gradient's column sums, is computed by one kernel loading the four, which stores it (its bfloat16 rounding under
+    autocast) for every other (schedule._stored_shared_operands): the column sums computed it again on a GPU where
+    the products came first, and on a CPU each product's copy of it did too (W7's layer norms' input gradients)."""
+    gradients, pieces = linear_gradients(zyx.CPU(), half)
+    kernels, _ = schedule([t.node for t in (gradients[::-1] if bias_first else gradients)], traits)
+    piece_ids = {id(piece.node) for piece in pieces}
+    loading, = [k for k in kernels if piece_ids & {id(node) for node in k.loads}]
+    assert [(node.op, node.dtype) for node in loading.outputs] == [
+        (Op.CAST, zyx.bfloat16) if half else (Op.ADD, zyx.float32)]
+
+
+@pytest.mark.parametrize("shaped", ["gpu", "dev"])
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "bfloat16"])
+def test_a_shared_operand_and_its_readers_match_numpy(shaped, half, request):
+    (weight, inputs, bias), _ = linear_gradients(request.getfixturevalue(shaped), half)
+    zyx.realize(weight, inputs, bias)
+    a, b, c, d, x, w = SHARED
+    g = (a + b) * c - d
+    if half:
+        g, x, w = (torch.tensor(v).bfloat16().float().numpy() for v in (g, x, w))
+    tolerance = 2e-2 if half else 1e-4
+    for got, want in ((weight, g.T @ x), (inputs, g @ w), (bias, g.sum(0))):
+        scale = float(np.abs(want).max())
+        np.testing.assert_allclose(got.numpy().astype(np.float32) / scale, want / scale, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("shaped", ["gpu", "dev"])

@@ -828,7 +828,7 @@ class _Plan:
 
 def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     """The targets' nodes in order, and the values stored before any kernel is built: the targets, values
-    combined across processes, shared products, attention's backward, products' epilogues, concatenations read
+    combined across processes, shared products, attention's backward, products' epilogues, operands read
     apart, costly scalars (CPUs), cuts of long chains, values read widely."""
     order = toposort(targets)
     users: dict[int, list[Node]] = {id(node): [] for node in order}
@@ -844,8 +844,8 @@ def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     materialized.update(backward)
     epilogues = _stored_epilogues(order, materialized, users)
     materialized.update(epilogues)
-    concatenations = _stored_concatenations(order, materialized, users)
-    materialized.update(concatenations)
+    shared_operands = _stored_shared_operands(order, materialized, users)
+    materialized.update(shared_operands)
     scalars = {} if traits.gpu else _costly_scalars(order, materialized, users)
     materialized.update(scalars)
     chain_cuts = _chain_cuts(order, materialized)
@@ -854,7 +854,7 @@ def _plan(targets: Sequence[Node], traits: DeviceTraits) -> _Plan:
     materialized.update(shared_sums)
     return _Plan({id(node): i for i, node in enumerate(order)}, materialized,
                  frozenset(shared) | frozenset(backward) | frozenset(chain_cuts) | frozenset(across)
-                 | frozenset(epilogues) | frozenset(concatenations) | frozenset(scalars) | frozenset(shared_sums),
+                 | frozenset(epilogues) | frozenset(shared_operands) | frozenset(scalars) | frozenset(shared_sums),
                  users)
 
 
@@ -1151,21 +1151,59 @@ def _reached(value: Node, users: dict[int, list[Node]], passes: Callable[[Node],
     return list(reached.values())
 
 
-def _stored_concatenations(order: Sequence[Node], materialized: dict[int, Node],
-                           users: dict[int, list[Node]]) -> dict[int, Node]:
-    """Concatenations (sums of padded pieces, as a split's gradient is) that two or more reductions read, one of
-    them no product: stored once, each reader loads it (where products alone read one, `_staging_dearer` decides
-    whether they stage it from its pieces). W7's q, k, v gradients side by side are read by two products
-    (the weight's and the input's gradients), which store the concatenation as their operand anyway, and by the
-    bias gradient's column sums, which computed it again from its pieces, one of them lying across (dV's transpose):
-    4-byte reads 1 KiB apart on PoCL, 2-byte reads 2 KiB apart on NVIDIA."""
+def _stored_shared_operands(order: Sequence[Node], materialized: dict[int, Node],
+                            users: dict[int, list[Node]]) -> dict[int, Node]:
+    """Values that two or more reductions read, one of them no product, stored once so that each reader loads it:
+    concatenations (sums of padded pieces, as a split's gradient is; where products alone read one,
+    `_staging_dearer` decides whether they stage it from its pieces), and operands of products that a kernel would
+    compute again from arrays taking more bytes (`_dearer_recomputed`). Products store such a value as their operand
+    anyway; a plain reduction built before them computed it again. W7's q, k, v gradients side by side, read by the
+    weight's and the input's gradients and by the bias gradient's column sums, were computed again from their
+    pieces, one of them lying across (dV's transpose: 4-byte reads 1 KiB apart on PoCL, 2-byte reads 2 KiB apart on
+    NVIDIA); a layer norm's input gradient, rounded to bfloat16 for the products, was summed over the tokens for
+    the bias gradient from the four float32 and bfloat16 arrays it is computed from (W7, 12 layers, bf16, H200
+    traits: 66.7 -> 64.8 GB moved a step, 821 -> 816 kernels; the CPU size in float32: 289 -> 271 launches)."""
     found: dict[int, Node] = {}
     for node in order:
-        if (_padded_pieces(node) and id(node) not in materialized
-                and not any(_padded_pieces(user) for user in users[id(node)])  # (the whole sum, not a part)
-                and _read_by_products_and_a_plain_reduction(node, materialized, users)):
+        if id(node) in materialized:
+            continue
+        concatenation = (_padded_pieces(node)
+                         and not any(_padded_pieces(user) for user in users[id(node)]))  # (the whole sum, not a part)
+        operand = (not concatenation and node.op in ELEMENTWISE_OPS and len({id(user) for user in users[id(node)]}) > 1
+                   and _product_operand(node, materialized, users)
+                   and _dearer_recomputed(node, lambda value: id(value) in materialized or id(value) in found))
+        if (concatenation or operand) and _read_by_products_and_a_plain_reduction(node, materialized, users):
             found[id(node)] = node
     return found
+
+
+def _product_operand(value: Node, materialized: dict[int, Node], users: dict[int, list[Node]]) -> bool:
+    """Whether a product reads `value` itself as an operand, through views (not a value computed from it)."""
+    views = _reached(value, users, lambda node: id(node) not in materialized and node.op in MOVEMENT_OPS)
+    return any(node.op is Op.MUL and any(matmul_axes(user) is not None for user in users[id(node)])
+               for node in views)
+
+
+RECOMPUTE_WALK = 64  # nodes `_dearer_recomputed` follows below a value before it answers yes
+
+
+def _dearer_recomputed(value: Node, stored: Callable[[Node], bool]) -> bool:
+    """Whether computing `value` again reads more bytes an element than loading it: the arrays below it, through
+    elementwise ops and views, that a kernel loads (buffers, reductions, values `stored`), counted where they have
+    at least a quarter of its elements."""
+    read, stack, seen = 0, [value], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if len(seen) > RECOMPUTE_WALK:
+            return True
+        if node is not value and (node.op is Op.BUFFER or node.op in REDUCE_OPS or stored(node)):
+            read += node.dtype.itemsize if 4 * node.numel >= value.numel else 0
+        elif node.op in ELEMENTWISE_OPS or node.op in MOVEMENT_OPS:
+            stack.extend(node.src)
+    return read > value.dtype.itemsize
 
 
 def _read_by_products_and_a_plain_reduction(value: Node, materialized: dict[int, Node],
