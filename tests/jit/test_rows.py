@@ -1,6 +1,8 @@
 """Row kernels (zyx/jit/rows.py): softmax, log_softmax, layer norm and their gradients, one kernel each where
 their rows fuse, checked against torch with the device's own kernels and with GPU-shaped ones (a work group per
 row of 256 or more, a work item per shorter row) on the OpenCL device."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -176,6 +178,30 @@ def test_cross_entropy_gradient_row_kernel_stores_the_statistics_its_loss_reads(
     expected.backward()
     close(loss, expected, 1e-5)
     close(grad, t.grad, 1e-5)
+
+
+TENSOR_CORES = DeviceTraits(gpu=True, vector_width=4, max_group_size=1024, local_memory=49152,
+                            tensor_cores=("bf16", "f16"))
+
+
+@pytest.mark.parametrize("traits, half", [(DeviceTraits(vector_width=16), False), (TENSOR_CORES, False),
+                                          (TENSOR_CORES, True)], ids=["cpu", "gpu-float32", "gpu-bfloat16"])
+def test_a_layer_norms_forward_kernel_stores_its_mean_beside_its_variance(traits, half):
+    """A layer norm over a residual (a product's output added: no statistic of the inputs alone), forward and
+    backward: the forward's row kernel computes the mean and the variance and stores both beside its output, for
+    its gradient's kernels. The variance's centred values read the mean, which the check for statistics read by
+    values before the kernel (schedule._left_to_earlier_rows) took for another kernel's: the mean was stored by a
+    kernel of its own, passing over the rows once more (W7: 25 norms, 816 -> 791 kernels, 2.2 GB less a step)."""
+    rows, d = 2048, 512  # (products a GPU reads stored operands of: the norm's output is its kernel's)
+    x, w, w2, gain = (zyx.CPU().tensor(v) for v in (data(rows, d), data(d, d) * 0.05, data(d, d) * 0.05, data(d)))
+    with zyx.autocast(zyx.bfloat16) if half else contextlib.nullcontext():
+        h = x + (x @ w).float()
+        loss = ((F.layer_norm(h, (d,), gain) @ w2).float() ** 2).sum()
+    kernels, _ = schedule([t.node for t in (loss, *loss.backward([x, w, w2, gain]))], traits)
+    statistic = lambda node: node.shape == (rows, 1)  # noqa: E731
+    forward = next(k for k in kernels if any(map(statistic, k.outputs)))
+    assert sum(map(statistic, forward.outputs)) >= 2 and not any(map(statistic, forward.loads))
+    assert any(node.numel == rows * d for node in forward.outputs)
 
 
 def test_row_statistics_beside_nodes_the_scheduler_makes(dev):

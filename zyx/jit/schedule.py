@@ -964,7 +964,9 @@ def _left_to_earlier_rows(root: Node, materialized: dict[int, Node], settled: se
             return set()
         rows, elements = root.numel // length, root.numel
     statistics = stored_statistics(root, rows, elements, materialized, settled)
-    inside = kernel_nodes(root, materialized, statistics) if statistics else {}
+    inside: dict[int, Node] = {}
+    for computed in (root, *statistics) if statistics else ():  # (a variance's centred values read its mean)
+        inside.update(kernel_nodes(computed, materialized, [s for s in statistics if s is not computed]))
     return {id(statistic) for statistic in statistics
             if read_by_earlier_rows(statistic, root, elements, inside, users, position)}
 
