@@ -1,5 +1,6 @@
 """Kernels memoized by region (kernel_memo.py): a region met again gets exactly the kernel a fresh build gives; kernels
 closing a cycle through their extra outputs are rebuilt alone without them."""
+import contextlib
 import importlib
 
 import numpy as np
@@ -67,11 +68,18 @@ def test_a_memoized_gpt_schedule_is_the_fresh_one(small_gpt, traits):
     assert memoized == fresh
 
 
-@pytest.mark.parametrize("traits", TRAITS, ids=["cpu-kernels", "gpu-kernels"])
-def test_a_schedule_without_extra_outputs_takes_the_kernels_that_stored_none(small_gpt, traits, cycling):
+@pytest.mark.parametrize("traits, autocast", [(TRAITS[0], None), (TRAITS[1], None), (TRAITS[1], "bfloat16")],
+                         ids=["cpu-kernels", "gpu-kernels", "gpu-kernels-bfloat16"])
+def test_a_schedule_without_extra_outputs_takes_the_kernels_that_stored_none(small_gpt, traits, autocast, request):
     """After a schedule with extra outputs, the one without any (what `schedule` falls back to) gets the kernels
-    that stored nothing but their roots from the memo, and is the schedule built fresh without extra outputs."""
-    targets = rewrite_graph([t.node for t in small_gpt(zyx.CPU(), layers=LAYERS)], traits.gpu)
+    that stored nothing but their roots from the memo, and is the schedule built fresh without extra outputs. A
+    bf16 step meets a cycle as it is; there the memo gave attention's forward as row kernels (schedule._build_kernel
+    builds attention products afresh)."""
+    if autocast is None:
+        request.getfixturevalue("cycling")
+    with zyx.autocast(getattr(zyx, autocast)) if autocast else contextlib.nullcontext():
+        step = small_gpt(zyx.CPU(), layers=LAYERS)
+    targets = rewrite_graph([t.node for t in step], traits.gpu)
     def without_extra_outputs(memo):
         before = zyx.stats()["kernel_memo_hits"]
         kernels = _schedule(targets, traits, NO_TUNING, False, memo, set())

@@ -132,7 +132,13 @@ def _build_kernel(root: Node, materialized: dict[int, Node], produced: set[int],
                   planned: dict[int, tuple[Node, Choice]], users: dict[int, list[Node]], position: dict[int, int],
                   early: set[int] = frozenset(), memo: Optional[KernelMemo] = None) -> RenderedKernel:
     """The kernel storing `root` (`_built`), or the kernel `memo` holds for a region like its own (re-bound to
-    it); what the kernel reads from others becomes a node to store, what it stores is produced."""
+    it); what the kernel reads from others becomes a node to store, what it stores is produced. An attention
+    product is built afresh: whether it is one kernel with its softmax depends on values stored below the region a
+    row kernel of it reads (match_attention), which the memo's key does not hold (a bf16 GPT's schedule without
+    extra outputs took attention's forward as three row kernels from the attempt with them, where its scores'
+    exponentials were stored)."""
+    if memo is not None and match_attention(root, {}, traits.gpu) is not None:
+        memo = None
     roots = [root, *(sibling.product for sibling in _gradient_siblings(root, materialized, produced, traits)[1])]
     left = _left_to_earlier_rows(root, materialized, produced | stored_apart, users, position, traits)
     facts = Facts(materialized, produced, stored_apart | left, early)
