@@ -12,6 +12,7 @@ import zyx.nn.functional as F
 from zyx.jit.rows import ROW_LIMIT
 from zyx.jit.device_traits import DeviceTraits
 from zyx.jit import schedule as schedule_module
+from zyx.jit.kernel_ir import Load, Loop, walk
 from zyx.jit.schedule import _fuses_rows, schedule
 
 RNG = np.random.default_rng(3)
@@ -202,6 +203,66 @@ def test_a_layer_norms_forward_kernel_stores_its_mean_beside_its_variance(traits
     forward = next(k for k in kernels if any(map(statistic, k.outputs)))
     assert sum(map(statistic, forward.outputs)) >= 2 and not any(map(statistic, forward.loads))
     assert any(node.numel == rows * d for node in forward.outputs)
+
+
+LONG_ROWS = np.concatenate([data(60, 12000) * 3, np.full((1, 12000), -np.inf, np.float32),
+                            data(3, 12000) * 3]).astype(np.float32)  # (more than 8 float4 trips of 256 items)
+LONG_ROWS[62, 5] = np.inf
+LONG_ROWS[63, :100] = -np.inf
+LONG_ROWS[0] -= 200.0
+LONG_ROWS[1] += 100.0
+LONG_ROWS[2, 7] = np.nan
+
+
+def _row_passes(kernel) -> int:
+    """The loops at the top of `kernel` that read memory: its passes over the row."""
+    return sum(1 for s in kernel.ir.body if isinstance(s, Loop) and any(isinstance(t, Load) for t in walk(s.body)))
+
+
+def test_a_long_rows_maximum_and_sum_of_exponentials_are_one_pass():
+    """A GPU row kernel over rows its passes re-read from memory takes the maximum and the sum of exp(x - safe(max))
+    in one pass (transforms/online_sums.py), then writes its outputs: two passes, not three (W7's logits, whose
+    cross-entropy gradient is such a kernel; softmax's own sum, exp(x - max) without the guard, keeps its pass)."""
+    traits = DeviceTraits(gpu=True, vector_width=4)
+    x = zyx.CPU().tensor(LONG_ROWS)
+    target = zyx.CPU().tensor(np.zeros(LONG_ROWS.shape[0], np.int32))
+    grad, = F.cross_entropy(x, target).backward([x])
+    for value in (x.log_softmax(-1), grad):
+        kernel = next(k for k in schedule([value.node], traits)[0] if k.outputs[-1].shape == LONG_ROWS.shape)
+        assert _row_passes(kernel) == 2
+    short = zyx.CPU().tensor(LONG_ROWS[:, :4096])
+    kernel, = schedule([short.log_softmax(-1).node], traits)[0]
+    assert "_old" not in kernel.source  # (held in registers: its passes read no memory again)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "bfloat16"])
+def test_long_rows_in_one_pass_match_the_cpu_reference_with_infinities_and_nan(gpu, half):
+    """Softmax, log_softmax and a cross-entropy with its gradient over long rows with a row of -inf, a +inf, a NaN,
+    100 values of -inf, rows shifted by -200 and +100: GPU-shaped kernels (one pass for the row's maximum and sum)
+    against the CPU reference, NaN and infinities where it has them."""
+    target = RNG.integers(0, LONG_ROWS.shape[1], LONG_ROWS.shape[0]).astype(np.int32)
+    finite = np.where(np.isfinite(LONG_ROWS).all(1, keepdims=True), LONG_ROWS, data(*LONG_ROWS.shape))
+
+    def values(device):
+        x, y = device.tensor(LONG_ROWS), device.tensor(finite)
+        if half:
+            x, y = x.to(zyx.bfloat16).float(), y.to(zyx.bfloat16)
+        loss = F.cross_entropy(y.float(), device.tensor(target))
+        grad, = loss.backward([y])
+        return [x.softmax(-1), x.log_softmax(-1), loss, grad.float()]
+
+    got, expected = values(gpu), values(zyx.CPU())
+    zyx.realize(*got)
+    for g, e in zip(got, expected):
+        g, e = g.numpy(), e.numpy()
+        assert (np.isnan(g) == np.isnan(e)).all() and (np.isinf(g) == np.isinf(e)).all()
+        both = np.isfinite(g)
+        np.testing.assert_allclose(g[both], e[both], rtol=2e-5, atol=1e-6)
+    sure = np.isfinite(LONG_ROWS).all(1)
+    torch_rows = torch.tensor(LONG_ROWS[sure])
+    if half:
+        torch_rows = torch_rows.bfloat16().float()
+    np.testing.assert_allclose(got[0].numpy()[sure], torch_rows.softmax(-1).numpy(), rtol=1e-4, atol=1e-9)
 
 
 def test_row_statistics_beside_nodes_the_scheduler_makes(dev):

@@ -52,7 +52,8 @@ from .segments import lower_segments, plan_segments
 from .split import lower_split, split_options
 from .stored_reductions import read_stored_reductions
 from .transforms.double_buffer import double_buffer
-from .transforms.group import GROUP_MAX_OUTPUTS, group_reductions
+from .transforms.group import GROUP_MAX_OUTPUTS, UNROLLED_TRIPS, group_reductions
+from .transforms.online_sums import online_sums
 from .transforms.keep_in_output import keep_in_output
 from .transforms.paired_stores import paired_stores
 from .transforms.registers import rows_in_registers
@@ -776,6 +777,8 @@ def _shape_rows(kernel: Kernel, length: int, traits: DeviceTraits) -> Kernel:
     the row is as long as a reduction that gets a work group, each item taking ROW_ITEM_VALUES values (vectors)
     of every pass; elsewhere a row per item, in vector lanes along the row."""
     if traits.gpu and length >= GROUP_MIN_REDUCE:
+        if traits.language == "opencl" and length // (max(traits.vector_width, 1) * traits.group_size) > UNROLLED_TRIPS:
+            kernel = online_sums(kernel)  # (passes not unrolled, so not held in registers: each reads the row again)
         lanes = _group_lanes(kernel, length, traits)
         return rows_in_registers(group_reductions(lanes, _group_size(length, lanes is not kernel, traits),
                                                   traits.warp_shuffles))

@@ -63,11 +63,14 @@ def defined_register(statement: Statement) -> Optional[Reg]:
 
 
 def accumulators(loop: Loop) -> list[tuple[Reg, Op]]:
-    """The accumulators a loop updates and how (ADD or MAX), in order."""
+    """The accumulators a loop updates and how (ADD or MAX), in order; a sum the loop also rescales (MUL: an online
+    softmax's, online_sums.py) is a sum."""
     found: dict[Reg, Op] = {}
     for statement in loop.body:
         if isinstance(statement, Accumulate):
             found.setdefault(statement.acc, statement.op)
+            if statement.op is Op.ADD:
+                found[statement.acc] = Op.ADD
     return list(found.items())
 
 
