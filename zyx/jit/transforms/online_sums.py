@@ -35,7 +35,7 @@ def online_sums(kernel: Kernel) -> Kernel:
         shift, chain = guard
         for later, other in enumerate(body[first + 1:], first + 1):
             summed = _exponential_sum(other, loop, value, shift)
-            if summed is not None and _starts_at_zero(body[:first], summed[0]):
+            if summed is not None and _starts_at_zero(body[:first], summed):
                 body[first] = _merged(loop, acc, value, summed, chain)
                 del body[later]
                 axes = tuple(a for a in kernel.axes if a.name != other.var)
@@ -84,28 +84,23 @@ def _is_const(operand: Operand, value: float) -> bool:
     return isinstance(operand, Const) and operand.value == value
 
 
-def _exponential_sum(statement, loop: Loop, value: Operand, shift: Reg) -> Optional[tuple[Reg, Reg]]:
-    """(accumulator, the loop's value) where `statement` is a loop as long as `loop` computing the same values as
-    `loop` does, then summing exp(value + shift); None otherwise."""
+def _exponential_sum(statement, loop: Loop, value: Operand, shift: Reg) -> Optional[Reg]:
+    """The accumulator where `statement` is a loop as long as `loop` computing the same values as `loop` does, then
+    summing exp(value + shift) in float32; None otherwise."""
     if not isinstance(statement, Loop) or statement.trips != loop.trips or len(statement.body) != len(loop.body) + 2:
         return None
     *computed, added, exponential, accumulate = statement.body
     names = _same_values(computed, list(loop.body[:-1]), statement.var, Expr.var(loop.var, loop.trips))
-    if names is None or not (isinstance(added, Alu) and isinstance(exponential, Alu)
+    if names is None or not (isinstance(added, Alu) and added.op is Op.ADD and len(added.args) == 2
+                             and shift in added.args and isinstance(exponential, Alu)
                              and isinstance(accumulate, Accumulate)):
         return None
-    mine = names.get(getattr(_value_of(added, shift), "name", ""), _value_of(added, shift))
-    if (added.op is not Op.ADD or mine != value or exponential.op is not Op.EXP or exponential.args != (added.out,)
-            or accumulate.op is not Op.ADD or accumulate.value != exponential.out or accumulate.acc.dtype.itemsize != 4):
+    mine = added.args[1] if added.args[0] == shift else added.args[0]
+    if (names.get(getattr(mine, "name", ""), mine) != value or exponential.op is not Op.EXP
+            or exponential.args != (added.out,) or accumulate.op is not Op.ADD or accumulate.value != exponential.out
+            or accumulate.acc.dtype.itemsize != 4):
         return None
-    return accumulate.acc, added.out
-
-
-def _value_of(added: Alu, shift: Reg) -> Optional[Operand]:
-    """The operand `added` adds to `shift`, if it adds `shift`."""
-    if len(added.args) != 2 or shift not in added.args:
-        return None
-    return added.args[1] if added.args[0] == shift else added.args[0]
+    return accumulate.acc
 
 
 def _same_values(statements: list, reference: list, var: str, at: Expr) -> Optional[dict[str, Reg]]:
@@ -134,9 +129,8 @@ def _starts_at_zero(statements: list, acc: Reg) -> bool:
     return any(isinstance(s, Define) and s.out == acc and _is_const(s.start, 0) for s in statements)
 
 
-def _merged(loop: Loop, maximum: Reg, value: Operand, summed: tuple[Reg, Reg], chain: list) -> Loop:
-    """`loop` keeping the running maximum and the sum rescaled to it (see the module)."""
-    acc, _ = summed
+def _merged(loop: Loop, maximum: Reg, value: Operand, acc: Reg, chain: list) -> Loop:
+    """`loop` keeping the running maximum and the sum `acc` rescaled to it (see the module)."""
 
     def reg(name: str, like: Reg) -> Reg:
         return Reg(f"{acc.name}_{name}", like.dtype, like.width)
