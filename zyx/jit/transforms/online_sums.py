@@ -15,7 +15,8 @@ import math
 from typing import Optional
 
 from ...trace.ops import Op
-from ..kernel_ir import Accumulate, Alu, Const, Define, Kernel, Load, Loop, Operand, Reg, Store, rewrite, substitute, walk
+from ..kernel_ir import (Accumulate, Alu, Const, Define, Kernel, Load, Loop, Operand, Reg, Store, rewrite, substitute,
+                         walk)
 from ..symbolic import Expr
 from . import defined_register
 
