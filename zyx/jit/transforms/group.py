@@ -14,16 +14,14 @@ a single barrier, every item adding the warps' values: the local-memory tree too
 from __future__ import annotations
 
 import dataclasses
-import math
 
-from ...dtypes import bool_, float32
+from ...dtypes import float32
 from ...trace.ops import Op
-from ..kernel_ir import (Accumulate, Alu, Axis, Barrier, Break, Broadcast, Const, If, Kernel, LaneSelect, Load,
-                         LocalArray, LocalLoad, LocalStore, Loop, Operand, Reg, Role, Store, WarpShuffle, reduce_start,
-                         substitute, walk)
+from ..kernel_ir import (Alu, Axis, Barrier, Break, Broadcast, If, Kernel, LaneSelect, Load, LocalArray, LocalLoad,
+                         LocalStore, Loop, Operand, Reg, Role, Store, WarpShuffle, reduce_start, substitute, walk)
 from ..symbolic import Expr
 from . import accumulators, copy_body, fold_lanes, rename_all
-from .online_sums import online_pairs
+from .online_sums import online_pairs, rescaled
 
 # Strided loops of at most this many trips per item are unrolled whole (a row kernel's passes: 2-8 vectors each).
 UNROLLED_TRIPS = 8
@@ -59,12 +57,12 @@ def group_reductions(kernel: Kernel, group: int, shuffles: bool = False) -> Kern
             body.append(If(((lid, "lt", columns),), (statement,)))
         elif isinstance(statement, Loop):
             body += _strided(statement, slices, position, trips_of)
-            rescaled = online_pairs(statement)  # (sums rescaled to a running maximum: after the maximum's tree)
+            online = online_pairs(statement)  # (sums rescaled to a running maximum: after the maximum's tree)
             for acc, op in accumulators(statement):
-                if acc not in rescaled:
+                if acc not in online:
                     body += _tree(acc, op, lid, group, names, columns, shuffles)
-            for acc, maximum in rescaled.items():
-                body += _rescaled(acc, maximum) + _tree(acc, Op.ADD, lid, group, names, columns, shuffles)
+            for acc, maximum in online.items():
+                body += rescaled(acc, maximum) + _tree(acc, Op.ADD, lid, group, names, columns, shuffles)
         else:
             body.append(statement)
     axes = tuple(Axis(a.name, trips_of.get(a.name, a.size), a.role) for a in kernel.axes) + (Axis("lid", group, Role.LOCAL),)
@@ -94,26 +92,6 @@ def _strided(loop: Loop, slices: int, position: Expr, trips_of: dict[str, int]) 
         lines.append(If(((last, "lt", loop.trips),),
                         copy_body(loop.body, {loop.var: Expr.clamped(last, 0, loop.trips - 1)}, "_last", {})))
     return lines
-
-
-def _rescaled(acc: Reg, maximum: Reg) -> list:
-    """An item's sum of exp(x - safe(m)) over its own maximum m (online_sums.py), each lane's, rescaled to the
-    row's maximum M (the maximum's tree's total): times exp(m - safe(M))."""
-    total, width = Reg(f"{maximum.name}_total", maximum.dtype), acc.width
-    spread = Reg(f"{acc.name}_m", maximum.dtype, width)
-
-    def reg(name: str, dtype=maximum.dtype) -> Reg:
-        return Reg(f"{acc.name}_{name}", dtype, width)
-
-    def const(value) -> Const:
-        return Const(value, maximum.dtype, width)
-    above, below, infinite, safe, shift, exponent, factor = (
-        reg("inf", bool_), reg("ninf", bool_), reg("infinite", bool_), *(reg(n) for n in ("safe", "shift", "e", "f")))
-    return [Broadcast(spread, total) if width > 1 else Alu(spread, Op.DETACH, (total,)),
-            Alu(above, Op.CMPEQ, (spread, const(math.inf))), Alu(below, Op.CMPEQ, (spread, const(-math.inf))),
-            Alu(infinite, Op.OR, (above, below)), Alu(safe, Op.WHERE, (infinite, const(0.0), spread)),
-            Alu(shift, Op.NEG, (safe,)), Alu(exponent, Op.ADD, (maximum, shift)), Alu(factor, Op.EXP, (exponent,)),
-            Accumulate(acc, Op.MUL, factor)]
 
 
 def _tree(acc: Reg, op, lid: Expr, group: int, names: dict[str, Operand], columns: int = 1,

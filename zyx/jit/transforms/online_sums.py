@@ -14,9 +14,10 @@ import dataclasses
 import math
 from typing import Optional
 
+from ...dtypes import bool_
 from ...trace.ops import Op
-from ..kernel_ir import (Accumulate, Alu, Const, Define, Kernel, Load, Loop, Operand, Reg, Store, rewrite, substitute,
-                         walk)
+from ..kernel_ir import (Accumulate, Alu, Broadcast, Const, Define, Kernel, Load, Loop, Operand, Reg, Store, rewrite,
+                         substitute, walk)
 from ..symbolic import Expr
 from . import defined_register
 
@@ -30,14 +31,13 @@ def online_sums(kernel: Kernel) -> Kernel:
         if maximum is None:
             continue
         acc, value = maximum
-        guard = _safe_negated(body[first + 1:], acc)
-        if guard is None:
+        shift = _safe_negated(body[first + 1:], acc)
+        if shift is None:
             continue
-        shift, chain = guard
         for later, other in enumerate(body[first + 1:], first + 1):
             summed = _exponential_sum(other, loop, value, shift)
             if summed is not None and _starts_at_zero(body[:first], summed):
-                body[first] = _merged(loop, acc, value, summed, chain)
+                body[first] = _merged(loop, acc, value, summed)
                 del body[later]
                 axes = tuple(a for a in kernel.axes if a.name != other.var)
                 return online_sums(dataclasses.replace(kernel, axes=axes, body=tuple(body)))
@@ -57,9 +57,9 @@ def _maximum_loop(statement) -> Optional[tuple[Reg, Operand]]:
     return last.acc, last.value
 
 
-def _safe_negated(statements: list, acc: Reg) -> Optional[tuple[Reg, list]]:
+def _safe_negated(statements: list, acc: Reg) -> Optional[Reg]:
     """The register holding -safe(acc) among `statements` (DETACH, the two infinities' comparisons, their OR, the
-    WHERE choosing 0, NEG) and the chain's statements; None if they do not compute it."""
+    WHERE choosing 0, NEG); None if they do not compute it."""
     found: dict[str, Alu] = {}
     for statement in statements:
         if isinstance(statement, Alu):
@@ -77,7 +77,7 @@ def _safe_negated(statements: list, acc: Reg) -> Optional[tuple[Reg, list]]:
         tests = [found.get(getattr(a, "name", "")) for a in either.args]
         if (all(t is not None and t.op is Op.CMPEQ and t.args[0] == detached for t in tests)
                 and sorted(t.args[1].value for t in tests if isinstance(t.args[1], Const)) == [-math.inf, math.inf]):
-            return statement.out, [copy, *tests, either, where, statement]
+            return statement.out
     return None
 
 
@@ -130,27 +130,46 @@ def _starts_at_zero(statements: list, acc: Reg) -> bool:
     return any(isinstance(s, Define) and s.out == acc and _is_const(s.start, 0) for s in statements)
 
 
-def _merged(loop: Loop, maximum: Reg, value: Operand, acc: Reg, chain: list) -> Loop:
+def _merged(loop: Loop, maximum: Reg, value: Operand, acc: Reg) -> Loop:
     """`loop` keeping the running maximum and the sum `acc` rescaled to it (see the module)."""
 
-    def reg(name: str, like: Reg) -> Reg:
-        return Reg(f"{acc.name}_{name}", like.dtype, like.width)
+    def reg(name: str) -> Reg:
+        return Reg(f"{acc.name}_{name}", maximum.dtype, maximum.width)
 
-    old = reg("old", maximum)
-    names = {maximum.name: maximum}
-    renamed = []
-    for statement in chain:  # the guard again, of the running maximum, in registers of the loop's own
-        out = defined_register(statement)
-        names[out.name] = reg(f"g{len(renamed)}", out)
-        renamed.append(rewrite(statement, lambda e: e, lambda r: names.get(r.name, r)))
-    shift = names[chain[-1].out.name]
-    rescale_sum, rescale, term_sum, term = (reg(n, maximum) for n in ("rs", "r", "ts", "t"))
-    return dataclasses.replace(loop, body=(*loop.body[:-1], Alu(old, Op.DETACH, (maximum,)), loop.body[-1],
-                                           *renamed,
+    old = reg("old")
+    guard, shift = negated_safe(maximum, f"{acc.name}_g")  # (of the running maximum)
+    rescale_sum, rescale, term_sum, term = (reg(n) for n in ("rs", "r", "ts", "t"))
+    return dataclasses.replace(loop, body=(*loop.body[:-1], Alu(old, Op.DETACH, (maximum,)), loop.body[-1], *guard,
                                            Alu(rescale_sum, Op.ADD, (old, shift)), Alu(rescale, Op.EXP, (rescale_sum,)),
                                            Accumulate(acc, Op.MUL, rescale),
                                            Alu(term_sum, Op.ADD, (value, shift)), Alu(term, Op.EXP, (term_sum,)),
                                            Accumulate(acc, Op.ADD, term)))
+
+
+def negated_safe(source: Reg, prefix: str) -> tuple[list, Reg]:
+    """Statements computing -safe(`source`) (0 where it is ±inf), in registers named after `prefix`, and the
+    register holding it."""
+
+    def reg(name: str, dtype=source.dtype) -> Reg:
+        return Reg(f"{prefix}_{name}", dtype, source.width)
+
+    def const(value: float) -> Const:
+        return Const(value, source.dtype, source.width)
+    above, below, infinite, safe, shift = (reg("inf", bool_), reg("ninf", bool_), reg("infinite", bool_), reg("safe"),
+                                           reg("shift"))
+    return [Alu(above, Op.CMPEQ, (source, const(math.inf))), Alu(below, Op.CMPEQ, (source, const(-math.inf))),
+            Alu(infinite, Op.OR, (above, below)), Alu(safe, Op.WHERE, (infinite, const(0.0), source)),
+            Alu(shift, Op.NEG, (safe,))], shift
+
+
+def rescaled(acc: Reg, maximum: Reg) -> list:
+    """After `maximum`'s tree (group.py), an item's sum of exp(x - safe(m)) over its own maximum m, each lane's,
+    rescaled to the row's maximum M (the tree's total): times exp(m - safe(M))."""
+    total, spread = Reg(f"{maximum.name}_total", maximum.dtype), Reg(f"{acc.name}_m", maximum.dtype, acc.width)
+    guard, shift = negated_safe(spread, acc.name)
+    exponent, factor = (Reg(f"{acc.name}_{name}", maximum.dtype, acc.width) for name in ("e", "f"))
+    return [Broadcast(spread, total) if acc.width > 1 else Alu(spread, Op.DETACH, (total,)), *guard,
+            Alu(exponent, Op.ADD, (maximum, shift)), Alu(factor, Op.EXP, (exponent,)), Accumulate(acc, Op.MUL, factor)]
 
 
 def online_pairs(loop: Loop) -> dict[Reg, Reg]:
