@@ -284,8 +284,10 @@ def _emulated_mma(s: MatrixMultiply) -> str:
 
 
 def _emulated_shuffle(s: WarpShuffle) -> str:
-    return (f"float {s.out.name}; {{ emu_x[lid] = {print_opencl.operand(s.value)}; {BARRIER} "
-            f"{s.out.name} = emu_x[(lid & ~31) | ((lid % 32) ^ {s.mask})]; {BARRIER} }}")
+    """shfl.sync.bfly through local array emu_x (floats: a uint32 word's bits kept as they are)."""
+    kind = print_opencl.register_type(s.out.dtype, 1)
+    return (f"{kind} {s.out.name}; {{ emu_x[lid] = as_float({print_opencl.operand(s.value)}); {BARRIER} "
+            f"{s.out.name} = as_{kind}(emu_x[(lid & ~31) | ((lid % 32) ^ {s.mask})]); {BARRIER} }}")
 
 
 def _emulated_copy(s: AsyncCopy) -> str:

@@ -21,7 +21,7 @@ from zyx.dtypes import float32
 from zyx.jit.choices import Choice, TunedChoices
 from zyx.jit.kernel_ir import (AsyncCommit, AsyncCopy, AsyncProxyFence, AsyncWait, BulkCommit, BulkStore, BulkWait, If,
                                LocalLoad, LocalRoundTF32, LocalStore, Loop, NamedBarrier, Reg, WarpgroupCommit,
-                               WarpgroupFence, WarpgroupMma, WarpgroupWait, substitute, walk)
+                               WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, substitute, walk)
 from zyx.jit.print_opencl import STATEMENTS, swizzle_bits
 from zyx.jit.ptx_patch import HIDDEN, hides_ptx, patch
 from zyx.jit.device_traits import DeviceTraits
@@ -30,6 +30,8 @@ from zyx.jit.symbolic import Expr
 from zyx.jit.tune import candidates
 from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, plan_tensor_cores, tensor_core_options,
                                   warpgroup_probe_source, warpgroups_build)
+
+from test_attention_cores import _emulated_shuffle  # (shfl.sync through local memory)
 
 HOPPER = DeviceTraits(gpu=True, vector_width=4, local_memory=49152, tensor_cores=("bf16", "f16", WGMMA),
                       tensor_core_memory=200 * 1024)
@@ -659,21 +661,23 @@ def _emulated_bulk_store(s: BulkStore) -> str:
 def _emulated_source(kernel, monkeypatch) -> tuple[str, str]:
     """(name, source) of `kernel` with its cp.async copies as plain copies, each wgmma emulated (the rest of the
     asynchronous machinery printed as nothing, a named barrier as the group's: staged outputs', and their bulk
-    copies as plain ones) and TF32's rounding in C."""
+    copies as plain ones; the quads' shuffles through local memory, every item taking part) and TF32's rounding in
+    C."""
     from zyx.jit import opencl_prelude, print_opencl
     from zyx.jit.kernel_ir import AsyncCommit, AsyncWait, LocalArray
     nothing = lambda s: ";"
     whole_group = lambda s: "barrier(CLK_LOCAL_MEM_FENCE);"  # (every item copies and multiplies: all 256 wait)
     for statement, printer in ((WarpgroupMma, _emulated_mma), (AsyncCopy, _emulated_copy), (WarpgroupFence, nothing),
                                (NamedBarrier, whole_group), (BulkStore, _emulated_bulk_store), (BulkCommit, nothing),
-                               (BulkWait, nothing),
+                               (BulkWait, nothing), (WarpShuffle, _emulated_shuffle),
                                (WarpgroupCommit, nothing), (WarpgroupWait, nothing), (AsyncProxyFence, nothing),
                                (AsyncCommit, nothing), (AsyncWait, nothing)):
         monkeypatch.setitem(print_opencl.STATEMENTS, statement, printer)
     helpers = [(names, [C_ROUND_TF32] if names == ("zyx_round_tf32",) else lines)
                for names, lines in opencl_prelude.CALLED_HELPERS]
     monkeypatch.setattr(opencl_prelude, "CALLED_HELPERS", helpers)
-    body = (LocalArray(GATHERED, float32, 2 * 64 * 8), *kernel.ir.body)
+    body = (LocalArray(GATHERED, float32, 2 * 64 * 8), LocalArray("emu_x", float32, kernel.local_size),
+            *kernel.ir.body)
     name, source = print_opencl.print_kernel(dataclasses.replace(kernel.ir, body=body))
     return name, EMULATED_DOT + source
 
@@ -801,6 +805,27 @@ def test_an_epilogue_reading_bfloat16_at_each_output_reads_and_stores_pairs_emul
     expected = (product * c).astype(ml_dtypes.bfloat16).astype(np.float64)
     eps = 2.0 ** -8
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4 * eps, atol=4 * eps * np.sqrt(k))
+
+
+def test_16_bit_outputs_are_stored_16_bytes_an_item_transposed_across_quads(monkeypatch):
+    """A warpgroup product's bfloat16 outputs whose rows lie whole along the buffer's last axis (a multiple of 8
+    elements): each 4 chunks' pairs go through two butterfly stages of shuffles (xor 2, then xor 1) and every item
+    stores one 16-byte chunk of 8 columns, a store for each 8 of its outputs, none as pairs; where the rows are not
+    a multiple of 8 elements, with ZYX_WGMMA_QUAD_STORES=0, or for float32 outputs, no quads."""
+    x, y = operands((256, 192), (192, 512))
+    kernel = product_kernel(x @ y)
+    body = kernel.source.split("__kernel")[1]
+    accumulators = len(next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).acc)  # (an m64 tile)
+    masks = [s.mask for s in walk(kernel.ir.body) if isinstance(s, WarpShuffle)]
+    assert body.count("as_uint4(quad_chunk") == accumulators // 8 and "((__global uint*)out" not in body
+    assert masks == [2, 2, 1, 1] * (accumulators // 8)
+    ragged_x, ragged_y = operands((200, 136), (136, 260))
+    assert "quad_chunk" not in product_kernel(ragged_x @ ragged_y).source
+    f, g = operands((256, 192), (192, 512), dtype="float32")
+    assert "quad_chunk" not in product_kernel(f @ g, TF32).source
+    monkeypatch.setenv("ZYX_WGMMA_QUAD_STORES", "0")
+    paired = product_kernel(x @ y).source
+    assert "quad_chunk" not in paired and paired.count("((__global uint*)out") == accumulators // 2
 
 
 @pytest.mark.slow

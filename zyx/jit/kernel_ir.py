@@ -370,7 +370,7 @@ class WarpShuffle:
     """`out` = `value` as lane (this lane XOR `mask`) of the warp holds it (NVIDIA's shfl.sync.bfly): a row's
     accumulators spread over the 4 lanes of a quad are combined by two of them, no local memory."""
 
-    out: Reg         # float32
+    out: Reg         # float32, or uint32 (quad_stores.py: bits)
     value: Operand
     mask: int
 

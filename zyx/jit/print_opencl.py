@@ -379,8 +379,9 @@ def _matrix_multiply(s: MatrixMultiply) -> str:
 
 def _warp_shuffle(s: WarpShuffle) -> str:
     """shfl.sync.bfly over the whole warp (every lane takes part: the clamp 31 keeps the partner in the warp)."""
-    return (f"float {s.out.name}; {{ uint t; asm volatile(\"shfl.sync.bfly.b32 %0, %1, {s.mask}, 31, -1;\" : "
-            f"\"=r\"(t) : \"r\"(as_uint({operand(s.value)}))); {s.out.name} = as_float(t); }}")
+    kind = register_type(s.out.dtype, 1)
+    return (f"{kind} {s.out.name}; {{ uint t; asm volatile(\"shfl.sync.bfly.b32 %0, %1, {s.mask}, 31, -1;\" : "
+            f"\"=r\"(t) : \"r\"(as_uint({operand(s.value)}))); {s.out.name} = as_{kind}(t); }}")
 
 
 def _pack_halves(s: PackHalves) -> str:

@@ -21,8 +21,9 @@ rows and columns past the ends reading the last ones (their outputs are never st
 staging zeros. Where neither operand is copied by cp.async (or TF32), tiles are padded, operands stored in buffers
 staged 16 bytes at a time through registers, and the slices double-buffered by the same transform as there
 (transforms/double_buffer.py). The epilogue (bias, activation, the cast of the result) is fused into the stores of
-the float32 accumulators (in two experiments, off by default, a warpgroup product's 16-bit outputs go through a
-local stage instead, and out in rows or by the asynchronous proxy: `STAGED_COLUMNS`).
+the float32 accumulators; a warpgroup product's 16-bit outputs whose rows lie whole leave 16 bytes an item,
+transposed across the items of each quad by shuffles (quad_stores.py; in two experiments, off by default, they go
+through a local stage instead, and out in rows or by the asynchronous proxy: `STAGED_COLUMNS`).
 
 On compute capability 9.x (Hopper) products pipelined by cp.async multiply by warpgroups instead (wgmma, sm_90a:
 jit/wgmma.py, ptx_patch.py), two warpgroups of 64 rows by the whole block; where every operand is copied by
@@ -68,6 +69,7 @@ from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .operand_layout import runs_along
 from .print_common import aligned
 from .print_opencl import STATEMENTS
+from .quad_stores import quad_stores, quad_stores_wanted
 from .split import split_options
 from .symbolic import Expr
 from .tiling import matmul_axes
@@ -613,7 +615,8 @@ class TensorCoreLowering(LocalTileLowering):
         instead, which it reads as they lie), which stores it while the consumers go on; the next pass, and the
         block's end, wait until the rows have been read."""
         if not self.plan.staged:
-            super()._lower_outputs()
+            if not self._stored_by_quads():
+                super()._lower_outputs()
             return
         plan, root = self.plan, self.root
         bulk = plan.staged == BULK_STAGED
@@ -645,6 +648,24 @@ class TensorCoreLowering(LocalTileLowering):
                 self._stores += [wait, *self._stored_rows(out, stage, first), wait]
         if bulk:
             self._stores.append(BulkWait(0))
+
+    def _stored_by_quads(self) -> bool:
+        """Whether the outputs were stored 16 bytes an item, transposed across quads (quad_stores.py)."""
+        plan, root = self.plan, self.root
+        if not plan.warpgroup or plan.right_in_registers or \
+                not quad_stores_wanted(root.dtype, plan.m_space_axis, self.space):
+            return False
+        values = []
+        for element in range(len(self.elements)):
+            self._element = element
+            values.append(self.value(root, *self._element_read(element)).operand)
+        rows = [row for row, _ in self._element_offsets()]
+        lines = quad_stores(values, rows, self._lane % 4, plan.block_m, self._output(root), root.dtype,
+                            self._staged_place, self.names.fresh)
+        if lines is None:
+            return False
+        self._stores += lines
+        return True
 
     def _staged_place(self, row: Expr, column: Expr) -> tuple[Expr, Cond]:
         """Where output (row, column) of the block lies in the root's buffer, and the guard that it exists."""
