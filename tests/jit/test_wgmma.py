@@ -782,11 +782,11 @@ def test_a_pingpong_warpgroup_computes_its_whole_block_with_wgmma_emulated_on_po
 @pytest.mark.slow
 @pytest.mark.parametrize("n, k, m", [(128, 128, 256), (136, 128, 264)])
 def test_an_epilogue_reading_bfloat16_at_each_output_reads_and_stores_pairs_emulated_on_pocl(monkeypatch, n, k, m):
-    """(x @ y) · z with z bfloat16 as the product is (GELU's backward reads its pre-activation so): the epilogue
-    reads z at each pair of neighbouring outputs as one 32-bit word (paired_loads) and stores the pair as one
-    (paired_stores) where the blocks divide the output (where they do not, rows and columns past its end read the
-    last ones, clamped element by element); run through the emulated wgmma on PoCL against numpy, rounded as
-    bfloat16 is."""
+    """(x @ y) · z with z bfloat16 as the product is (GELU's backward reads its pre-activation so): where the blocks
+    divide the output the epilogue reads z 16 bytes an item, each quad's chunks handed over as pairs by the quad
+    transpose (quads.py; where they do not, rows and columns past its end read the last ones, clamped, and z is read
+    at each pair of neighbouring outputs as one 32-bit word: paired_loads), and stores its outputs by quads; run
+    through the emulated wgmma on PoCL against numpy, rounded as bfloat16 is."""
     import ml_dtypes
     monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
     x, y, z = operands((n, k), (k, m), (n, m))
@@ -794,8 +794,11 @@ def test_an_epilogue_reading_bfloat16_at_each_output_reads_and_stores_pairs_emul
     kernel = product_kernel(out)
     body = kernel.source.split("__kernel")[1]
     if m % 256 == 0:
-        assert "zyx_bf16_lanes_2(((__global const uint*)in" in body and "zyx_pack_bf16(" in body
-        assert "zyx_float_to_bf16(" not in body and "zyx_bf16_to_float(in" not in body
+        reads = len(next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).acc) // 8  # (an m64 tile)
+        assert body.count("((__global const uint4*)in") == reads and "zyx_bf16_lanes_2(quad_word" in body
+        assert "zyx_float_to_bf16(" not in body and "zyx_bf16_to_float(in" not in body and "zyx_pack_bf16(" in body
+    else:
+        assert "zyx_bf16_lanes_2(((__global const uint*)in" in body and "quad_pair" not in body
     name, source = _emulated_source(kernel, monkeypatch)
     stored = {id(t.node): t.numpy().astype(ml_dtypes.bfloat16) for t in (x, y, z)}
     inputs = [stored[id(node)].view(np.uint16) for node in kernel.loads]

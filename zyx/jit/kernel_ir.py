@@ -104,7 +104,7 @@ class Param:
 class Load:
     """`mode` "element": one value; "vector": out.width consecutive values from index; "broadcast": the one
     value at index in every lane; "bits": a half-precision element's 16 bits as stored (out: int16), to be copied
-    as they are. Under a guard that fails the value is 0. `indirect` makes the address data-dependent (see
+    as they are, or 8 of them as 4 uint32 words (out: uint32 x 4, at a multiple of 8). Under a guard that fails the value is 0. `indirect` makes the address data-dependent (see
     `address`)."""
 
     out: Reg
@@ -370,7 +370,7 @@ class WarpShuffle:
     """`out` = `value` as lane (this lane XOR `mask`) of the warp holds it (NVIDIA's shfl.sync.bfly): a row's
     accumulators spread over the 4 lanes of a quad are combined by two of them, no local memory."""
 
-    out: Reg         # float32, or uint32 (quad_stores.py: bits)
+    out: Reg         # float32, or uint32 (quads.py: bits)
     value: Operand
     mask: int
 
@@ -383,6 +383,16 @@ class PackHalves:
     out: Reg         # uint32
     low: Operand
     high: Operand
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class UnpackHalves:
+    """The two bfloat16 values of uint32 `word` (`low` its low 16 bits) as the lanes of float pair `out`: a pair an
+    item read within a 16-byte word and handed over by shuffles (quads.py)."""
+
+    out: Reg         # bfloat16 x 2
+    word: Operand
     dtype: DType
 
 
@@ -502,14 +512,14 @@ class BulkWait:
 
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Position, Extract, Broadcast, Pack, Define, Accumulate,
                   MultiplyAdd, Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad,
-                  MatrixMultiply, WarpShuffle, PackHalves, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
+                  MatrixMultiply, WarpShuffle, PackHalves, UnpackHalves, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
                   WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
                   LocalRoundTF32, BulkStore, BulkCommit, BulkWait]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, WarpShuffle, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
                WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
                LocalRoundTF32, BulkStore, BulkCommit, BulkWait)  # printed as inline PTX
 PURE = (Load, Gather, Alu, Select, LaneSelect, Rand, Position, Extract, Broadcast, Pack,
-        PackHalves)  # statements a copy may share
+        PackHalves, UnpackHalves)  # statements a copy may share
 
 
 @dataclass(frozen=True)

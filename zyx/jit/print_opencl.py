@@ -11,14 +11,15 @@ import dataclasses
 import math
 from typing import Callable, Optional, Sequence
 
-from ..dtypes import DType, float32, float64
+from ..dtypes import DType, float32, float64, uint32
 from ..trace.ops import Op
 from .kernel_ir import (ERF_GIVEN_EXP, FAST_DIV, FAST_EXP, LESS_EQUAL, ROUND_TF32, Accumulate, Alu, AsyncCommit,
                         AsyncCopy, AsyncProxyFence, AsyncWait, Barrier, Break, Broadcast, BulkCommit, BulkStore,
                         BulkWait, Const, Define, Extract, Gather, If, Kernel, Lane, LaneSelect, Load, LocalArray,
                         LocalLoad, LocalRoundTF32, LocalStore, Loop, MatrixLoad, MatrixMultiply, MultiplyAdd,
                         NamedBarrier, Operand, Pack, PackHalves, Position, Rand, Reg, RegisterBudget, Role, Select,
-                        Store, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle, walk)
+                        Store, UnpackHalves, WarpgroupCommit, WarpgroupFence, WarpgroupMma, WarpgroupWait, WarpShuffle,
+                        walk)
 from .cache_key import hash_hex
 from .ptx_patch import HIDDEN
 from .wgmma import ADDRESS_MASK, K_STEPS, SWIZZLE_PERIOD, descriptor
@@ -214,6 +215,8 @@ def _bits_load(statement: Load) -> str:
     """16-bit elements as stored: 8 of them, at an index that is a multiple of 8, as one 16-byte word (vload8 of
     ushort may be 8 loads: it promises the compiler no more than 2-byte alignment)."""
     out, index = statement.out, statement.address
+    if out.dtype == uint32 and out.width == 4 and aligned(index, 8):
+        return f"((__global const uint4*){statement.buffer})[{(index // 8).render()}]"
     if out.width == 8 and aligned(index, 8):
         return f"as_short8(((__global const uint4*){statement.buffer})[{(index // 8).render()}])"
     pointer = f"((__global const ushort*){statement.buffer})"
@@ -457,6 +460,7 @@ VALUES: dict[type, Callable] = {  # statements defining a register: the expressi
     Broadcast: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({_lane(s.src)}))",
     Pack: lambda s: f"(({register_type(s.out.dtype, s.out.width)})({','.join(operand(lane) for lane in s.lanes)}))",
     Define: lambda s: _start(s.start), PackHalves: _pack_halves,
+    UnpackHalves: lambda s: f"zyx_bf16_lanes_2({operand(s.word)})",
     LocalLoad: lambda s: (f"{s.array}[{s.index.render_grouped()}]" if not s.swizzle
                           else f"{s.array}[{swizzled(s.index, s.swizzle, s.out.dtype.itemsize)}]" if s.out.width == 1
                           else f"*(__local {register_type(s.out.dtype, s.out.width)}*)({s.array} + "

@@ -22,7 +22,7 @@ staging zeros. Where neither operand is copied by cp.async (or TF32), tiles are 
 staged 16 bytes at a time through registers, and the slices double-buffered by the same transform as there
 (transforms/double_buffer.py). The epilogue (bias, activation, the cast of the result) is fused into the stores of
 the float32 accumulators; a warpgroup product's 16-bit outputs whose rows lie whole leave 16 bytes an item,
-transposed across the items of each quad by shuffles (quad_stores.py; in two experiments, off by default, they go
+transposed across the items of each quad by shuffles (quads.py; in two experiments, off by default, they go
 through a local stage instead, and out in rows or by the asynchronous proxy: `STAGED_COLUMNS`).
 
 On compute capability 9.x (Hopper) products pipelined by cp.async multiply by warpgroups instead (wgmma, sm_90a:
@@ -69,7 +69,7 @@ from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .operand_layout import runs_along
 from .print_common import aligned
 from .print_opencl import STATEMENTS
-from .quad_stores import quad_stores, quad_stores_wanted
+from .quads import quad_loads, quad_stores, quad_stores_wanted
 from .split import split_options
 from .symbolic import Expr
 from .tiling import matmul_axes
@@ -650,7 +650,8 @@ class TensorCoreLowering(LocalTileLowering):
             self._stores.append(BulkWait(0))
 
     def _stored_by_quads(self) -> bool:
-        """Whether the outputs were stored 16 bytes an item, transposed across quads (quad_stores.py)."""
+        """Whether the outputs were stored 16 bytes an item, transposed across quads, and the epilogue's bfloat16
+        inputs read so (quads.py)."""
         plan, root = self.plan, self.root
         if not plan.warpgroup or plan.right_in_registers or \
                 not quad_stores_wanted(root.dtype, plan.m_space_axis, self.space):
@@ -664,6 +665,9 @@ class TensorCoreLowering(LocalTileLowering):
                             self._staged_place, self.names.fresh)
         if lines is None:
             return False
+        if not any(self.guards):  # (the blocks divide the output: every chunk read lies in the buffer)
+            self._scopes[0] = quad_loads(self._scopes[0], self.positions, rows, self._lane % 4, plan.block_m,
+                                         self._staged_place, self.names.fresh)
         self._stores += lines
         return True
 
