@@ -104,8 +104,8 @@ class Param:
 class Load:
     """`mode` "element": one value; "vector": out.width consecutive values from index; "broadcast": the one
     value at index in every lane; "bits": a half-precision element's 16 bits as stored (out: int16), to be copied
-    as they are, or 8 of them as 4 uint32 words (out: uint32 x 4, at a multiple of 8). Under a guard that fails the value is 0. `indirect` makes the address data-dependent (see
-    `address`)."""
+    as they are, or 8 of them as 4 uint32 words (out: uint32 x 4, at a multiple of 8). Under a guard that fails
+    the value is 0. `indirect` makes the address data-dependent (see `address`)."""
 
     out: Reg
     buffer: str
@@ -512,9 +512,9 @@ class BulkWait:
 
 Statement = Union[Load, Gather, Alu, Select, LaneSelect, Rand, Position, Extract, Broadcast, Pack, Define, Accumulate,
                   MultiplyAdd, Loop, If, Break, Store, LocalArray, LocalStore, LocalLoad, Barrier, MatrixLoad,
-                  MatrixMultiply, WarpShuffle, PackHalves, UnpackHalves, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
-                  WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
-                  LocalRoundTF32, BulkStore, BulkCommit, BulkWait]
+                  MatrixMultiply, WarpShuffle, PackHalves, UnpackHalves, AsyncCopy, AsyncCommit, AsyncWait,
+                  WarpgroupMma, WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier,
+                  RegisterBudget, LocalRoundTF32, BulkStore, BulkCommit, BulkWait]
 NVIDIA_ONLY = (MatrixLoad, MatrixMultiply, WarpShuffle, AsyncCopy, AsyncCommit, AsyncWait, WarpgroupMma,
                WarpgroupFence, WarpgroupCommit, WarpgroupWait, AsyncProxyFence, NamedBarrier, RegisterBudget,
                LocalRoundTF32, BulkStore, BulkCommit, BulkWait)  # printed as inline PTX
