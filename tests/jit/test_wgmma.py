@@ -831,6 +831,23 @@ def test_16_bit_outputs_are_stored_16_bytes_an_item_transposed_across_quads(monk
     assert "quad_chunk" not in paired and paired.count("((__global uint*)out") == accumulators // 2
 
 
+def test_an_epilogues_bfloat16_input_is_read_16_bytes_an_item_where_the_blocks_divide_the_output(monkeypatch):
+    """(x @ y) · z, z bfloat16 at every output: one 16-byte read of z per 8 outputs, transposed across the quad (the
+    same shuffles as the stores' again), no 4-byte pair read; ZYX_WGMMA_QUAD_LOADS=0 reads pairs, stores still by
+    quads."""
+    x, y, z = operands((256, 128), (128, 512), (256, 512))
+    kernel = product_kernel((x @ y) * z)
+    accumulators = len(next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).acc)
+    masks = [s.mask for s in walk(kernel.ir.body) if isinstance(s, WarpShuffle)]
+    assert kernel.source.count("((__global const uint4*)in") == accumulators // 8 and masks == [2, 2, 1, 1] * (
+        accumulators // 4)
+    assert "zyx_bf16_lanes_2(((__global const uint*)in" not in kernel.source
+    monkeypatch.setenv("ZYX_WGMMA_QUAD_LOADS", "0")
+    paired = product_kernel((x @ y) * z).source
+    assert "((__global const uint4*)in" not in paired and "as_uint4(quad_chunk" in paired
+    assert paired.count("zyx_bf16_lanes_2(((__global const uint*)in") == accumulators // 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["1", "2"])
 @pytest.mark.parametrize("dtype, n, k, m, form, columns", [("bfloat16", 200, 136, 264, "x @ y.T", 64),

@@ -13,8 +13,9 @@ experiments, STAGED_COLUMNS in tensor_cores.py, took a stage that cost long prod
 Where: a warpgroup product not computed transposed, whose 16-bit rows lie whole along the buffer's last axis (a
 multiple of 8 elements: a chunk is stored whole or not at all), and each chunk's index a multiple of 8; loads where
 moreover the blocks divide the output (no guards) and the epilogue reads the buffer at every output's own index
-(ZYX_WGMMA_QUAD_STORES=0 turns both off; else tensor_cores.TensorCoreLowering stores pairs, which
-transforms/paired_stores.py joins, and reads them so).
+(ZYX_WGMMA_QUAD_STORES=0 turns both off, ZYX_WGMMA_QUAD_LOADS=0 the loads; else tensor_cores.TensorCoreLowering
+stores pairs, which transforms/paired_stores.py joins, and reads them so). The loads were checked on PoCL only (the
+emulated wgmma): no GPU has timed them yet (bench/README, session 61).
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def quad_stores_wanted(dtype: DType, m_axis: int, space: tuple[int, ...]) -> boo
     quads: 16-bit outputs whose rows lie whole, 8-element aligned, along the buffer's last axis (but axes of 1)."""
     return (os.environ.get("ZYX_WGMMA_QUAD_STORES") != "0" and dtype.itemsize == 2 and space[m_axis] % CHUNK == 0
             and all(size == 1 for size in space[m_axis + 1:]))
+
+
+def quad_loads_wanted() -> bool:
+    """Whether an epilogue's bfloat16 inputs may be read by quads (ZYX_WGMMA_QUAD_LOADS=0: not)."""
+    return os.environ.get("ZYX_WGMMA_QUAD_LOADS") != "0"
 
 
 def _groups(count: int, columns: int) -> list[list[int]]:

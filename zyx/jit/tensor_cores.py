@@ -69,7 +69,7 @@ from .matmul import GROUP, LocalTileLowering, TilePlan, product_axes
 from .operand_layout import runs_along
 from .print_common import aligned
 from .print_opencl import STATEMENTS
-from .quads import quad_loads, quad_stores, quad_stores_wanted
+from .quads import quad_loads, quad_loads_wanted, quad_stores, quad_stores_wanted
 from .split import split_options
 from .symbolic import Expr
 from .tiling import matmul_axes
@@ -665,7 +665,7 @@ class TensorCoreLowering(LocalTileLowering):
                             self._staged_place, self.names.fresh)
         if lines is None:
             return False
-        if not any(self.guards):  # (the blocks divide the output: every chunk read lies in the buffer)
+        if not any(self.guards) and quad_loads_wanted():  # (the blocks divide the output: every chunk read lies in it)
             self._scopes[0] = quad_loads(self._scopes[0], self.positions, rows, self._lane % 4, plan.block_m,
                                          self._staged_place, self.names.fresh)
         self._stores += lines
