@@ -124,10 +124,12 @@ BULK_STAGED = 2  # ZYX_WGMMA_STAGED=2: the stage's rows stored by the asynchrono
 # item, as a 128 x 256 block's two warpgroups hold), and transforms/warp_roles.py runs two such consumers beside the
 # producer, each taking every other block of a persistent group, so that one's epilogue runs while the other's
 # products do (a k = 768 block of 128 x 256 spent about 10 µs outside its 12 slices' ~6 on the H100: bench/GPU.md,
-# session 58). Its slices are 32 KiB (of 48 for 128 x 256), 6 stages deep.
+# session 58). Its slices are 32 KiB (of 48 for 128 x 256), 6 stages deep. Measured on an H100 (session 61, before
+# quads.py) it was slower: W7's k = 768 products 0.65 -> 0.52 of cuBLAS, W7 bf16 52.1 -> 55.7 ms; the epilogue's
+# half-sector stores were most of those 10 µs, which quads.py removed instead.
 PINGPONG = 2
 PINGPONG_SHAPE = (32, 128, 6)
-PINGPONG_LONGEST = 0  # the longest reduction a product takes ping-pong for by default (none until measured on a GPU)
+PINGPONG_LONGEST = 0  # the longest reduction a product takes ping-pong for by default: none (see above)
 BANDS = (8, 4, 2)    # rows of blocks a warpgroup plan's groups take at once (TensorCoreLowering._block)
 MIN_BLOCKS = 128     # blocks of outputs a wide shape should give (the H200 has 132 SMs), else the shape giving most
 KINDS = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}  # PTX's name of each operand dtype
