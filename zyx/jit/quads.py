@@ -54,6 +54,13 @@ def _groups(count: int, columns: int) -> list[list[int]]:
             for first in range(0, columns // CHUNK, QUAD)]
 
 
+def _chunk_place(place: Place, rows: list[Expr], registers: list[int], quad: Expr, columns: int) -> tuple[Expr, Cond]:
+    """Where the chunk the item holds after the transpose of `registers` (a `_groups` entry) lies, and its guard:
+    chunk `quad` of the 4, in the row of their first register."""
+    first = registers[0] % (columns // 2) // PAIRS  # (the tile's chunk of the group's first register)
+    return place(rows[registers[0]], (quad + first) * CHUNK)
+
+
 class _Transpose:
     """Statements transposing 4 words across each quad; `fresh(prefix)` names new registers."""
 
@@ -91,7 +98,7 @@ def quad_stores(values: list[Operand], rows: list[Expr], quad: Expr, columns: in
             words.append(Reg(fresh("quad_word"), uint32))
             transpose.lines.append(PackHalves(words[-1], values[register], values[register + 1], dtype))
         words = transpose.words(words)
-        index, guard = place(rows[registers[0]], (quad + registers[0] % (columns // 2) // PAIRS) * CHUNK)
+        index, guard = _chunk_place(place, rows, registers, quad, columns)
         if not aligned(index, CHUNK):
             return None
         chunk = Reg(fresh("quad_chunk"), uint32, QUAD)
@@ -116,7 +123,7 @@ def quad_loads(body: list, positions: list[Expr], rows: list[Expr], quad: Expr, 
         if len(loads) < len(positions):
             continue
         for registers in _groups(len(positions), columns):
-            index, _ = place(rows[registers[0]], (quad + registers[0] % (columns // 2) // PAIRS) * CHUNK)
+            index, _ = _chunk_place(place, rows, registers, quad, columns)
             if not aligned(index, CHUNK):
                 return body
             transpose = _Transpose(quad, fresh)
