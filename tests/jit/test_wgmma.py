@@ -49,6 +49,11 @@ def product_kernel(out, traits=HOPPER):
     return kernel
 
 
+def tile_accumulators(kernel) -> int:
+    """The accumulators an item holds for one m64 tile of rows (its first wgmma's)."""
+    return len(next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).acc)
+
+
 # ---- encodings -----------------------------------------------------------------------------------------------------
 def test_the_descriptor_packs_start_leading_and_stride_offsets_and_the_128_byte_swizzle():
     # the probe's constant for K-major 128-byte swizzled tiles (LBO 16, SBO 1024), which read exactly on the H200
@@ -794,7 +799,7 @@ def test_an_epilogue_reading_bfloat16_at_each_output_reads_and_stores_pairs_emul
     kernel = product_kernel(out)
     body = kernel.source.split("__kernel")[1]
     if m % 256 == 0:
-        reads = len(next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).acc) // 8  # (an m64 tile)
+        reads = tile_accumulators(kernel) // 8
         assert body.count("((__global const uint4*)in") == reads and "zyx_bf16_lanes_2(quad_word" in body
         assert "zyx_float_to_bf16(" not in body and "zyx_bf16_to_float(in" not in body and "zyx_pack_bf16(" in body
     else:
@@ -818,7 +823,7 @@ def test_16_bit_outputs_are_stored_16_bytes_an_item_transposed_across_quads(monk
     x, y = operands((256, 192), (192, 512))
     kernel = product_kernel(x @ y)
     body = kernel.source.split("__kernel")[1]
-    accumulators = len(next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).acc)  # (an m64 tile)
+    accumulators = tile_accumulators(kernel)
     masks = [s.mask for s in walk(kernel.ir.body) if isinstance(s, WarpShuffle)]
     assert body.count("as_uint4(quad_chunk") == accumulators // 8 and "((__global uint*)out" not in body
     assert masks == [2, 2, 1, 1] * (accumulators // 8)
@@ -837,7 +842,7 @@ def test_an_epilogues_bfloat16_input_is_read_16_bytes_an_item_where_the_blocks_d
     quads."""
     x, y, z = operands((256, 128), (128, 512), (256, 512))
     kernel = product_kernel((x @ y) * z)
-    accumulators = len(next(s for s in walk(kernel.ir.body) if isinstance(s, WarpgroupMma)).acc)
+    accumulators = tile_accumulators(kernel)
     masks = [s.mask for s in walk(kernel.ir.body) if isinstance(s, WarpShuffle)]
     assert kernel.source.count("((__global const uint4*)in") == accumulators // 8 and masks == [2, 2, 1, 1] * (
         accumulators // 4)

@@ -388,12 +388,11 @@ class PackHalves:
 
 @dataclass(frozen=True)
 class UnpackHalves:
-    """The two bfloat16 values of uint32 `word` (`low` its low 16 bits) as the lanes of float pair `out`: a pair an
-    item read within a 16-byte word and handed over by shuffles (quads.py)."""
+    """The two bfloat16 values of uint32 `word` (its low 16 bits the first) as the lanes of float pair `out`: a pair
+    an item read within a 16-byte word and handed over by shuffles (quads.py)."""
 
     out: Reg         # bfloat16 x 2
     word: Operand
-    dtype: DType
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ def quad_loads(body: list, positions: list[Expr], rows: list[Expr], quad: Expr, 
             transpose.lines += [Extract(word, chunk, f"s{c}") for c, word in enumerate(words)]
             for register, word in zip(registers, transpose.words(words)):
                 pair = Reg(fresh("quad_pair"), bfloat16, 2)
-                transpose.lines.append(UnpackHalves(pair, word, bfloat16))
+                transpose.lines.append(UnpackHalves(pair, word))
                 transpose.lines += [Extract(body[loads[register + lane]].out, pair, f"s{lane}") for lane in (0, 1)]
             places = [loads[register + lane] for register in registers for lane in (0, 1)]
             out[min(places)] = transpose.lines

@@ -626,10 +626,7 @@ class TensorCoreLowering(LocalTileLowering):
         row_length = STAGED_COLUMNS + (VECTOR if bulk else 0)
         self._scopes[0].insert(0, LocalArray(stage, root.dtype, BLOCK * row_length, aligned=True, alignment=128))
         offsets = self._element_offsets()
-        values = []
-        for element in range(len(self.elements)):
-            self._element = element
-            values.append(self.value(root, *self._element_read(element)))
+        values = self._root_values()
         out = self._output(root)
         wait = NamedBarrier(Expr(STAGED_BARRIER), plan.group, True)
         swizzle = 0 if bulk else STAGED_COLUMNS
@@ -640,8 +637,8 @@ class TensorCoreLowering(LocalTileLowering):
                 row, column = offsets[element]
                 if column.lo // STAGED_COLUMNS * STAGED_COLUMNS != first:
                     continue
-                pair = Reg(self.names.fresh("staged_pair"), values[element].operand.dtype, 2)
-                self._stores += [Pack(pair, (values[element].operand, values[element + 1].operand)),
+                pair = Reg(self.names.fresh("staged_pair"), values[element].dtype, 2)
+                self._stores += [Pack(pair, (values[element], values[element + 1])),
                                  LocalStore(stage, row * row_length + column - first, pair, dtype=root.dtype,
                                             swizzle=swizzle)]
             if bulk:
@@ -658,10 +655,7 @@ class TensorCoreLowering(LocalTileLowering):
         if not plan.warpgroup or plan.right_in_registers or \
                 not quad_stores_wanted(root.dtype, plan.m_space_axis, self.space):
             return False
-        values = []
-        for element in range(len(self.elements)):
-            self._element = element
-            values.append(self.value(root, *self._element_read(element)).operand)
+        values = self._root_values()
         rows = [row for row, _ in self._element_offsets()]
         lines = quad_stores(values, rows, self._lane % 4, plan.block_m, self._output(root), root.dtype,
                             self._staged_place, self.names.fresh)
@@ -672,6 +666,14 @@ class TensorCoreLowering(LocalTileLowering):
                                          self._staged_place, self.names.fresh)
         self._stores += lines
         return True
+
+    def _root_values(self) -> list[Operand]:
+        """The root's value at each of the item's outputs, lowered in their order (before any is stored)."""
+        values = []
+        for element in range(len(self.elements)):
+            self._element = element
+            values.append(self.value(self.root, *self._element_read(element)).operand)
+        return values
 
     def _staged_place(self, row: Expr, column: Expr) -> tuple[Expr, Cond]:
         """Where output (row, column) of the block lies in the root's buffer, and the guard that it exists."""

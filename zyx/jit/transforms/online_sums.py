@@ -175,5 +175,5 @@ def rescaled(acc: Reg, maximum: Reg) -> list:
 def online_pairs(loop: Loop) -> dict[Reg, Reg]:
     """The sums `loop` rescales to a running maximum (`online_sums`'s): each sum's accumulator to the maximum's."""
     maxima = [s.acc for s in loop.body if isinstance(s, Accumulate) and s.op is Op.MAX]
-    rescaled = [s.acc for s in loop.body if isinstance(s, Accumulate) and s.op is Op.MUL]
-    return {acc: maxima[0] for acc in rescaled} if len(maxima) == 1 else {}
+    sums = [s.acc for s in loop.body if isinstance(s, Accumulate) and s.op is Op.MUL]
+    return {acc: maxima[0] for acc in sums} if len(maxima) == 1 else {}
