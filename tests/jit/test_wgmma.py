@@ -28,6 +28,7 @@ from zyx.jit.device_traits import DeviceTraits
 from zyx.jit.schedule import schedule
 from zyx.jit.symbolic import Expr
 from zyx.jit.tune import candidates
+from zyx.trace.ops import Op
 from zyx.jit.tensor_cores import (WGMMA, feasible_on_tensor_cores, plan_tensor_cores, tensor_core_options,
                                   warpgroup_probe_source, warpgroups_build)
 
@@ -782,6 +783,28 @@ def test_a_pingpong_warpgroup_computes_its_whole_block_with_wgmma_emulated_on_po
     assert kernel.local_size == 128 and products[0].n == 128 and len(products) == 2 * 64 // 16
     assert products[0].a_index.render() != products[1].a_index.render()  # (both row tiles)
     _check_emulated(kernel, x, y, form, dtype, monkeypatch)
+
+
+def test_erf_setting_plans_ping_pong_only_for_a_product_whose_epilogue_computes_an_erf(monkeypatch):
+    """ZYX_WGMMA_PINGPONG=erf: GELU's backward (an erf of the pre-activation in the epilogue) in ping-pong, where its
+    epilogue's arithmetic would leave the tensor cores idle; a product scaled by a stored value not, nor the GELU
+    backward where the erf's value is read from a buffer (materialized: not this kernel's arithmetic)."""
+    monkeypatch.setenv("ZYX_WGMMA_PINGPONG", "erf")
+    x, y, h = operands((2048, 768), (768, 3072), (2048, 3072))
+    gelu_backward = (x @ y) * ((h * 0.7071).erf() * 0.5 + 0.5)
+    scaled = (x @ y) * h
+
+    def pingpong(out, materialized=None):
+        product = out.node.src[0].src[0]
+        return plan_tensor_cores(out.node, product, HOPPER.tensor_cores, HOPPER.tensor_core_memory, True, None,
+                                 True, 132, True, materialized).pingpong
+
+    erf = gelu_backward.node.src[1].src[0].src[0]
+    assert erf.op is Op.ERF
+    assert pingpong(gelu_backward) and not pingpong(scaled)
+    assert not pingpong(gelu_backward, {id(erf): erf})
+    monkeypatch.setenv("ZYX_WGMMA_PINGPONG", "0")
+    assert not pingpong(gelu_backward)
 
 
 @pytest.mark.slow

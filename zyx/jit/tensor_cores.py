@@ -242,14 +242,14 @@ class NotCopied(Exception):
 def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
                       pipelined: bool = False, choice: Optional[Choice] = None,
                       warpgroup: bool = False, compute_units: int = 0,
-                      pingpong: bool = True) -> Optional[TensorCorePlan]:
+                      pingpong: bool = True, materialized: Optional[dict[int, Node]] = None) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype (or, `multiplied`, half operands
     into float32), the device runs that dtype on tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes
     map onto the kernel's (matmul.py), and the staged slices fit `local_memory` bytes: `choice`'s shape, else the
     first of SHAPES, or `pipelined` of PIPELINED (`warpgroup`: of WARPGROUP_SHAPES), that does and spreads over the
     device (`_spread`, warpgroup shapes by the waves of blocks its `compute_units` take; ZYX_TC_SHAPE forces one:
     `_forced_shape`); in ping-pong (PINGPONG_SHAPE) where `choice` says so, else where `_pingpong_wanted` and
-    `pingpong`."""
+    `pingpong` (`materialized`: the nodes read from buffers, where the epilogue stops)."""
     if product is None or product.src[0].op is not Op.MUL:
         return None
     dtype = multiplied(product.src[0].src[0]).dtype
@@ -270,7 +270,7 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
         shapes = tuple(shape for w, b, n in shapes for shape in ((w, b, n), (w, b, 3))[:2 if n > 3 else 1])
     pingpong = warpgroup and kind != "tf32" and (
         choice["warpgroup"] == PINGPONG if choice is not None else pingpong and _pingpong_wanted(
-            product, n_axis, m_axis, compute_units))
+            root, product, n_axis, m_axis, compute_units, materialized or {}))
     if pingpong:
         shapes, staging = (PINGPONG_SHAPE,), 0
     fitting = [(w, b, n) for w, b, n in shapes
@@ -296,17 +296,37 @@ def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...
                           pipelined=pipelined, warpgroup=warpgroup, staged=staged, pingpong=pingpong)
 
 
-def _pingpong_wanted(product: Node, n_axis: int, m_axis: int, units: int) -> bool:
+def _pingpong_wanted(root: Node, product: Node, n_axis: int, m_axis: int, units: int,
+                     materialized: dict[int, Node]) -> bool:
     """Whether a 16-bit warpgroup product is planned in ping-pong: where it reduces at most PINGPONG_LONGEST
-    elements (ZYX_WGMMA_PINGPONG=1: any number, =0: none) and its 128 x 128 blocks make persistent groups
-    (warp_roles.resident_groups, the device's compute `units` known) of at least two blocks each, one for each
-    consumer."""
+    elements (ZYX_WGMMA_PINGPONG=1: any number, =0: none, =erf: those whose epilogue computes an erf, GELU's
+    backward, whose arithmetic a block takes about as long as its products) and its 128 x 128 blocks make
+    persistent groups (warp_roles.resident_groups, the device's compute `units` known) of at least two blocks each,
+    one for each consumer."""
     setting = os.environ.get("ZYX_WGMMA_PINGPONG")
     reduced = product.src[0].shape[product.arg[0]]
-    if setting == "0" or units <= 0 or (setting != "1" and reduced > PINGPONG_LONGEST):
+    if setting == "erf":
+        if not _epilogue_computes(root, product, Op.ERF, materialized):
+            return False
+    elif setting == "0" or units <= 0 or (setting != "1" and reduced > PINGPONG_LONGEST):
         return False
     blocks = _blocks(product, n_axis, m_axis, 4 * PINGPONG_SHAPE[0])
-    return blocks // resident_groups(blocks, units) >= 2
+    return units > 0 and blocks // resident_groups(blocks, units) >= 2
+
+
+def _epilogue_computes(root: Node, product: Node, op: Op, materialized: dict[int, Node]) -> bool:
+    """Whether `op` lies between `product` and the kernel's output `root` (its epilogue), short of what is read
+    from buffers."""
+    seen, todo = {id(product)}, [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen or (node is not root and id(node) in materialized):
+            continue
+        seen.add(id(node))
+        if node.op is op:
+            return True
+        todo.extend(node.src)
+    return False
 
 
 def _staging_wanted(root: Node, kind: str, m_axis: int, space: tuple[int, ...]) -> int:
@@ -461,7 +481,7 @@ def lower_tensor_cores(root: Node, materialized: dict[int, Node], produced: set[
         attempts.insert(0, (bool(choice["pipelined"]), choice, bool(choice["warpgroup"])))
     for pipelined, chosen, warpgroup in attempts:
         plan = plan_tensor_cores(root, product, kinds, local_memory, pipelined, chosen, warpgroup,
-                                 compute_units, pingpong)
+                                 compute_units, pingpong, materialized)
         if plan is None or (pipelined and plan.kind == "tf32" and not plan.warpgroup):  # (warps: TF32 rounded)
             continue
         try:
