@@ -1066,6 +1066,8 @@ def test_cat_stack_where(device):
     cond = a > 0
     assert_close(zyx.where(zyx.tensor(cond, device=device), ta, 0.0).numpy(), np.where(cond, a, 0), "float32")
     assert_close(ta.where(1, 2).numpy(), np.where(a != 0, 1, 2), "int64")
+    assert_close(ta.where(ta > 0, -1.5).numpy(), np.where(cond, a, -1.5), "float32")  # (PyTorch's order)
+    assert_close((ta > 0).where(ta, -1.5).numpy(), np.where(cond, a, -1.5), "float32")
     assert zyx.where(ta > 0, 1, 2.5).dtype == zyx.float32
     assert zyx.where(ta > 0, zyx.tensor([1, 2, 3], device=device), 0).dtype == zyx.int64
     assert zyx.where(ta > 0, ta.cast(zyx.float16), 0.5).dtype == zyx.float16

@@ -446,7 +446,11 @@ class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin
         return self._operand(other, "bitwise_right_shift") >> self
 
     def where(self, a: Operand, b: Operand) -> "Tensor":
-        """Elements of `a` where self is true, else of `b` (all broadcast together)."""
+        """Elements of `a` where self is true (nonzero), else of `b`, all broadcast together (zyx.where's order).
+        Where self is not bool and `a` is a bool tensor, PyTorch's order `x.where(condition, y)`: x where
+        `condition`, else y (not x's nonzero values choosing between a mask and y)."""
+        if not self.dtype.is_bool and isinstance(a, Tensor) and a.dtype.is_bool:
+            return where(a, self, b)
         return where(self, a, b)
 
     def masked_fill(self, mask: Operand, value: Operand) -> "Tensor":
