@@ -195,11 +195,16 @@ OPENCL_FLOAT64_SAMPLE = {"exp", "log", "sqrt", "tanh", "sigmoid", "gelu", "abs",
 EXHAUSTIVE_TESTS = {"test_unary", "test_binary", "test_reductions"}
 
 
-def _long(item, device) -> bool:
-    """Whether `item` is marked `long` (for its test device, where the mark names devices): CI's suite keeps to 15
-    minutes on 2 cores; these run with --long."""
+def _long(item, params: dict) -> bool:
+    """Whether `item` is marked `long` (for its test device, where the mark names `devices`; for the cases, where it
+    names `cases`: dicts of parameter values, fixtures' included, that a case matches in full): CI's suite keeps to
+    15 minutes on 2 cores; these run with --long."""
     mark = item.get_closest_marker("long")
-    return mark is not None and (device in mark.kwargs["devices"] if "devices" in mark.kwargs else True)
+    if mark is None:
+        return False
+    if "cases" in mark.kwargs:
+        return any(all(params.get(name) == value for name, value in case.items()) for case in mark.kwargs["cases"])
+    return params.get("device") in mark.kwargs["devices"] if "devices" in mark.kwargs else True
 
 
 def pytest_collection_modifyitems(config, items):
@@ -217,7 +222,7 @@ def pytest_collection_modifyitems(config, items):
         if device is not None and _outside_subset(device, _test_file(item)):
             item.add_marker(pytest.mark.device_full)
             thinned = thinned or not _full_wanted(config, device)
-        thinned = thinned or (_long(item, device) and not config.getoption("--long"))
+        thinned = thinned or (_long(item, params) and not config.getoption("--long"))
         (dropped if thinned else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -416,6 +416,8 @@ def test_special_functions_keep_float64_precision_and_edges(device):
     np.testing.assert_allclose(erfinv32, torch.tensor([-1, 1, 1.5, -0.3]).erfinv().numpy(), rtol=1e-6)
 
 
+@pytest.mark.long(devices=("opencl",))  # (37 s of PoCL on 2 cores: 3 600 nodes of float64 series scheduled and built;
+# every op in them computes on OpenCL in test_matches_torch, first derivatives included; the CPU leg checks the math)
 def test_special_functions_second_derivatives(device):
     """d2/dx2 of erfc, erfinv, lgamma and digamma (zyx's backward of backward) against torch's, float64, away
     from poles: nothing in them is detached, so second derivatives are the approximations' own."""

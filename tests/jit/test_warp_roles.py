@@ -460,6 +460,7 @@ def test_the_model_finds_pingpong_consumers_without_their_releases_or_turns(monk
         run_hand_over(_pingpong_kernel(12), 6, 4 * 12, consumers=(0, 128))
 
 
+@pytest.mark.long(cases=[{"dtype": "float16"}])  # (ping-pong is opt-in: its edges' case, 12 s, only with --long)
 @pytest.mark.parametrize("dtype, rows, columns, trips", [("bfloat16", 256, 512, 3), ("float16", 200, 264, 2)])
 def test_pingpong_copies_and_stores_what_a_group_a_block_would(monkeypatch, dtype, rows, columns, trips):
     """The same accesses, item for item, each copy standing for the same block and slice and each store for the
