@@ -256,8 +256,9 @@ static float zyx_emu_mma(__local const uint* a, __local const uint* b, int warp,
   return sum;
 }
 """
-SCRATCH = (LocalArray("emu_a", uint32, 128 * 4), LocalArray("emu_b", uint32, 128 * 2),
-           LocalArray("emu_x", float32, 128))
+ITEMS = 8 * 32  # (the most a group has: ZYX_ATTENTION_WARPS=8)
+SCRATCH = (LocalArray("emu_a", uint32, ITEMS * 4), LocalArray("emu_b", uint32, ITEMS * 2),
+           LocalArray("emu_x", float32, ITEMS))
 BARRIER = "barrier(CLK_LOCAL_MEM_FENCE);"
 
 
@@ -413,6 +414,33 @@ def test_gradients_from_the_statistics_it_stores_match_torch(emulated, dtype, na
     out, grads = zyx_step(emulated, name, dtype, stored_half)
     assert_three_kernels_on_cores(out, grads, emulated.traits, name)
     assert_step_matches(out, grads, torch_step(name, dtype), dtype)
+
+
+def test_eight_warps_own_128_rows_and_stage_them_where_the_walked_blocks_go(monkeypatch):
+    """ZYX_ATTENTION_WARPS=8: the forward, dK-dV and dQ kernels of groups of 8 warps (256 items) owning 128 rows;
+    the backward stages its 128 item rows in the walked blocks' arrays before the walk, so each holds 128 rows
+    (two blocks of 64, double-buffered); any other setting is refused naming the choices."""
+    monkeypatch.setenv("ZYX_ATTENTION_WARPS", "8")
+    name = list(CASES)[2]
+    out, grads = zyx_step(zyx.CPU(), name, "bfloat16", stored_half=True)
+    kernels, _ = schedule([out.node] + [g.node for g in grads], CORES)
+    fused = [k for k in kernels if k.ir.kind == "a"]
+    assert len(fused) == 3 and all(on_cores(k) and k.local_size == 256 for k in fused)
+    stages = [s for k in fused[1:] for s in k.ir.body if isinstance(s, LocalArray) and s.name.startswith("stage")]
+    assert stages and all(s.size == 128 * (16 + 8) for s in stages)  # (128 rows of d = 16, padded by 8)
+    monkeypatch.setenv("ZYX_ATTENTION_WARPS", "6")
+    with pytest.raises(ValueError, match="ZYX_ATTENTION_WARPS='6': expected one of 4, 8"):
+        schedule([out.node], CORES)
+
+
+@pytest.mark.long  # (an opt-in setting's variant of the test above, 30 s on 2 cores)
+def test_eight_warps_compute_the_step_with_warp_instructions_emulated(emulated, monkeypatch):
+    """ZYX_ATTENTION_WARPS=8's three kernels run through the emulated warp instructions against torch: 150 rows
+    in two groups of 128 (the last short), the causal diagonal crossing two blocks of 64 keys in each."""
+    monkeypatch.setenv("ZYX_ATTENTION_WARPS", "8")
+    name = list(CASES)[2]
+    out, grads = zyx_step(emulated, name, "bfloat16", stored_half=True)
+    assert_step_matches(out, grads, torch_step(name, "bfloat16"), "bfloat16")
 
 
 def assert_three_kernels_on_cores(out, grads, traits, name):

@@ -34,7 +34,7 @@ from ..trace.node import Node
 from ..trace.ops import Op
 from .attention import FLOAT_LOWEST, AttentionLowering, AttentionPattern, NotAttention
 from .attention_tiles import StagedAttentionLowering, TileScores, _at, _scores_product
-from .attention_warp_tiles import BLOCK, PAD, ROWS, TILE_N, WARPS, WARP, WarpTiles, fits_tiles
+from .attention_warp_tiles import BLOCK, PAD, TILE_N, WarpTiles, fits_tiles
 from .kernel_ir import Accumulate, Alu, Barrier, Const, Define, LocalArray, Reg, Select
 from .lower import PARAM_LIMIT, Index, LoweredKernel, linear, unravel
 from .symbolic import Expr
@@ -50,12 +50,12 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
         AttentionLowering.__init__(self, root, pattern, materialized, produced, stored_apart, param_limit)
         product, self.stage_dtype = pattern.product, pattern.w_side.dtype
         if (len(product.shape) < 3 or KINDS.get(self.stage_dtype.name) not in kinds
-                or pattern.p_side.dtype != self.stage_dtype or WARPS * WARP > max_group_size
+                or pattern.p_side.dtype != self.stage_dtype or self.group_items > max_group_size
                 or not fits_tiles(product.shape[-2])):
             raise NotAttention(product)
         self.local_memory, self.skips = local_memory, True
         self.queries, self.width = product.shape[-3], product.shape[-2]
-        self.rows_per_group, self.keys_per_block = ROWS, BLOCK
+        self.rows_per_group, self.keys_per_block = self.group_rows, BLOCK
         batch = product.shape[:-3]
         self.query_blocks = -(-self.queries // self.rows_per_group)
         self.groups = math.prod(batch) * self.query_blocks
@@ -86,7 +86,7 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
         return [self._column(tile, pair) for tile in range(self.width // TILE_N) for pair in range(2)]
 
     def _lower_outputs(self) -> None:
-        pattern, rows, keys, width, dtype = self.pattern, ROWS, BLOCK, self.width, self.stage_dtype
+        pattern, rows, keys, width, dtype = self.pattern, self.group_rows, BLOCK, self.width, self.stage_dtype
         product = _scores_product(pattern, self._is_materialized)
         head_dim = product.src[0].shape[product.arg[0]]
         total_keys = pattern.product.src[0].shape[-1]
@@ -98,19 +98,25 @@ class CoreAttentionLowering(WarpTiles, TileScores, StagedAttentionLowering):
         if query_side.dtype != dtype or key_side.dtype != dtype or self.row_name in self._variables(pattern.w_side,
                                                                                                      weights):
             raise NotAttention(product)
-        q_stage = self.names.fresh("q_stage")
+        shared_q = rows > keys  # (8 warps: the queries staged where the keys go, before the walk, as the backward
+        # stages its items: a stage of its own beside double-buffered keys and values would not fit 48 KiB at d = 64)
+        own_q_stage = None if shared_q else self.names.fresh("q_stage")
         maxima = [Reg(self.names.fresh("m"), float32) for _ in range(2)]
         totals = [Reg(self.names.fresh("l"), float32) for _ in range(2)]
         copies = [(key_side, factor_index, head_name, head_dim), (pattern.w_side, weights, value_name, width)]
-        (k_stage, v_stage), chunks = self._walked_stages(copies, key_name,
-                                                         self.local_memory - dtype.itemsize * rows * q_pitch)
-        self._scopes[0] += [LocalArray(q_stage, dtype, rows * q_pitch, aligned=True),
+        (k_stage, v_stage), chunks = self._walked_stages(
+            copies, key_name, self.local_memory - (0 if shared_q else dtype.itemsize * rows * q_pitch),
+            rows if shared_q else 0)
+        q_stage = own_q_stage or k_stage
+        self._scopes[0] += [*((LocalArray(own_q_stage, dtype, rows * q_pitch, aligned=True),) if own_q_stage else ()),
                             *(Define(m, Const(FLOAT_LOWEST, float32)) for m in maxima),
                             *(Define(total, Const(0.0, float32)) for total in totals)]
         outputs = self._tiles(width)
         self._stage_rows(query_side, factor_index, self.row_name, head_name, head_dim, q_stage, q_pitch, keys=rows)
         self._scopes[0].append(Barrier())
         queries = self._row_fragments(q_stage, q_pitch, head_dim)
+        if shared_q:
+            self._scopes[0].append(Barrier())  # every warp holds its fragments before the stage takes the keys
         mask = self._mask(pattern.scores, probability, key_name)
         rows_extreme = self._rows_extreme(mask)  # once, before the blocks
         rows_lowest = self._rows_extreme(mask, other=True)

@@ -29,7 +29,7 @@ from .attention import NotAttention
 from .attention_grad import GradientProduct
 from .attention_grad_tiles import StagedGradientLowering, _keys, _probability_index, _scores, _stage_key
 from .attention_tiles import _at
-from .attention_warp_tiles import BLOCK, PAD, ROWS, TILE_N, WarpTiles, fits_tiles
+from .attention_warp_tiles import BLOCK, PAD, TILE_N, WarpTiles, fits_tiles
 from .kernel_ir import Barrier, Const, Reg, Select, substitute
 from .lower import PARAM_LIMIT, Index, LoweredKernel, Lowering, Step, _Value, linear, unravel
 from .symbolic import Expr
@@ -76,15 +76,15 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         """Groups of 64 consecutive items along the last of the rows' axes, within a batch entry; the item's index
         at the group's row variable (`row_name`: the tiles put each lane at two rows, `_item_at`)."""
         *batch, self._items = plan.rows
-        self.rows_per_group = ROWS
-        blocks = -(-self._items // ROWS)
+        self.rows_per_group = self.group_rows
+        blocks = -(-self._items // self.group_rows)
         self.groups = math.prod(batch) * blocks
         self.lid = Expr.var("lid", self.group_items)
         self.row_name = self.names.fresh("r")
         group = Expr.var("gid", self.groups)
         self._batch = unravel(group // blocks, tuple(batch))
-        self._first_row = (group % blocks) * ROWS
-        return self._item_at(Expr.var(self.row_name, ROWS)), ()
+        self._first_row = (group % blocks) * self.group_rows
+        return self._item_at(Expr.var(self.row_name, self.group_rows)), ()
 
     def _item_at(self, row: Expr) -> Index:
         """The item at the group's row `row` (the last item past the end)."""
@@ -119,7 +119,7 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
         for copy in copies:
             if all(_stage_key(*copy) != _stage_key(*other) for other in distinct):
                 distinct.append(copy)
-        names, chunks = self._walked_stages(distinct, walk_name, self.local_memory)
+        names, chunks = self._walked_stages(distinct, walk_name, self.local_memory, self.group_rows)
         arrays = {_stage_key(*copy): (name, copy[3] + PAD) for copy, name in zip(distinct, names)}
         stages, outer_stages = ([arrays[_stage_key(*copy)] for copy in part] for part in (copies[:len(products)],
                                                                                            outer))
@@ -127,7 +127,8 @@ class CoreGradientLowering(WarpTiles, StagedGradientLowering):
             raise NotAttention(self.root)
         fragments = []
         for (node, factors, name, size, _, item_side), (stage, pitch) in zip(products, stages):
-            self._stage_rows(item_side, _at(factors, {walk_name: Expr(0)}), self.row_name, name, size, stage, pitch)
+            self._stage_rows(item_side, _at(factors, {walk_name: Expr(0)}), self.row_name, name, size, stage, pitch,
+                             keys=self.group_rows)
         self._scopes[0].append(Barrier())
         for (node, factors, name, size, _, _), (stage, pitch) in zip(products, stages):
             fragments.append(self._row_fragments(stage, pitch, size))

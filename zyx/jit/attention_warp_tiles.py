@@ -1,6 +1,7 @@
 """What the tensor-core attention kernels share (attention_cores.py's forward, attention_grad_cores.py's backward):
-a work group of 4 warps owning 64 rows (warp w rows 16w .. 16w + 15), operands staged in local memory in 16 bits,
-and products of mma.sync m16n8k16 whose accumulators stay in registers.
+a work group of 4 warps owning 64 rows (warp w rows 16w .. 16w + 15; ZYX_ATTENTION_WARPS=8: 8 warps, 128 rows, each
+walked block staged once for twice the rows), operands staged in local memory in 16 bits, and products of mma.sync
+m16n8k16 whose accumulators stay in registers.
 
 m16n8k16's layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"): lane l of a warp holds, of each 16 x 8 tile of
 accumulators, rows l / 4 (registers 0, 1) and l / 4 + 8 (2, 3) at columns 2 (l % 4) and 2 (l % 4) + 1; its A words
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from functools import cached_property
 from typing import Any, Optional
 
 from ..dtypes import DType, bool_, float32, int16, uint32
@@ -33,16 +35,27 @@ from .tensor_cores import KINDS
 from .transforms import rename_all
 from .transforms.approximate_math import approximate_math
 
-WARPS = 4            # warps a work group has
+WARPS = 4            # warps a work group has (ZYX_ATTENTION_WARPS: WARP_SETTINGS)
+WARP_SETTINGS = ("4", "8")
 WARP = 32
 WARP_ROWS = 16       # rows a warp owns: one m16 tile
-ROWS = WARPS * WARP_ROWS
 BLOCK = 64           # rows of the walked axis a block stages
 MMA_K = 16           # reduced elements one m16n8k16 takes
 TILE_N = 8           # its outputs' columns
 PAD = 8              # 16-bit elements after each staged row (16 bytes)
 COPY = 8             # 16-bit elements one copy moves (16 bytes)
 MAX_DIM = 128        # head and value dimensions beyond this keep the other kernels (registers)
+
+
+def attention_warps() -> int:
+    """The warps of a work group: ZYX_ATTENTION_WARPS (4 or 8), else WARPS. With 8 a group owns 128 rows and copies
+    each walked block once for them (FlashAttention-2's 128-row blocks, though each warp keeps one m16 tile)."""
+    setting = os.environ.get("ZYX_ATTENTION_WARPS")
+    if setting is None:
+        return WARPS
+    if setting not in WARP_SETTINGS:
+        raise ValueError(f"ZYX_ATTENTION_WARPS={setting!r}: expected one of {', '.join(WARP_SETTINGS)}")
+    return int(setting)
 
 
 def fits_tiles(size: int) -> bool:
@@ -56,9 +69,19 @@ class WarpTiles(StagedBlocks):
 
     stage_dtype: DType
 
+    @cached_property
+    def warps(self) -> int:
+        """The group's warps (`attention_warps`)."""
+        return attention_warps()
+
+    @property
+    def group_rows(self) -> int:
+        """The rows of the item axis a group owns: WARP_ROWS a warp."""
+        return self.warps * WARP_ROWS
+
     @property
     def group_items(self) -> int:
-        return WARPS * WARP
+        return self.warps * WARP
 
     @property
     def kind_name(self) -> str:
@@ -201,25 +224,28 @@ class WarpTiles(StagedBlocks):
             lines.append(If(bound, (copy,)) if bound else copy)
         return lines
 
-    def _walked_stages(self, copies: list[tuple[Node, Index, str, int]], walk_name: str, budget: int
-                       ) -> tuple[list[str], Optional[list[Optional[list]]]]:
+    def _walked_stages(self, copies: list[tuple[Node, Index, str, int]], walk_name: str, budget: int,
+                       rows: int = 0) -> tuple[list[str], Optional[list[Optional[list]]]]:
         """A local array for each of `copies` (node, index, inner variable, inner size: a block's walked rows at
         `walk_name`, each row PAD past its size), in at most `budget` bytes, and how the blocks are copied: each
         copy's `_chunks` (None for those element by element), the arrays of those twice as long (`_stage_walked`),
-        where some copy has chunks, ZYX_ATTENTION_CP_ASYNC is not 0 and they fit; else None."""
-        sizes = [BLOCK * (size + PAD) for _, _, _, size in copies]
+        where some copy has chunks, ZYX_ATTENTION_CP_ASYNC is not 0 and they fit; else None. Each array holds at
+        least `rows` rows too (the backward stages its item side in them before the walk)."""
+        def lengths(doubled: list[bool]) -> list[int]:
+            return [max(BLOCK * (2 if twice else 1), rows) * (size + PAD)
+                    for (_, _, _, size), twice in zip(copies, doubled)]
         chunks: Optional[list] = None
         if os.environ.get("ZYX_ATTENTION_CP_ASYNC") != "0":
             chunks = [self._chunks(node, index, walk_name, name, size, size + PAD, BLOCK)
                       for node, index, name, size in copies]
-            doubled = sum(size * (2 if found else 1) for size, found in zip(sizes, chunks))
+            doubled = sum(lengths([found is not None for found in chunks]))
             if all(found is None for found in chunks) or self.stage_dtype.itemsize * doubled > budget:
                 chunks = None
+        sizes = lengths([found is not None for found in chunks or [None] * len(copies)])
         if self.stage_dtype.itemsize * sum(sizes) > budget:
             raise NotAttention(self.root)
         names = [self.names.fresh("stage") for _ in copies]
-        self._scopes[0] += [LocalArray(name, self.stage_dtype, size * (2 if chunks and found else 1), aligned=True)
-                            for name, size, found in zip(names, sizes, chunks or [None] * len(copies))]
+        self._scopes[0] += [LocalArray(name, self.stage_dtype, size, aligned=True) for name, size in zip(names, sizes)]
         return names, chunks
 
     def _stage_walked(self, copies: list[tuple[Node, Index, str, int]], stages: list[str],
