@@ -242,7 +242,8 @@ class NotCopied(Exception):
 def plan_tensor_cores(root: Node, product: Optional[Node], kinds: tuple[str, ...], local_memory: int,
                       pipelined: bool = False, choice: Optional[Choice] = None,
                       warpgroup: bool = False, compute_units: int = 0,
-                      pingpong: bool = True, materialized: Optional[dict[int, Node]] = None) -> Optional[TensorCorePlan]:
+                      pingpong: bool = True, materialized: Optional[dict[int, Node]] = None
+                      ) -> Optional[TensorCorePlan]:
     """A plan where the kernel's product multiplies two operands of its own dtype (or, `multiplied`, half operands
     into float32), the device runs that dtype on tensor cores (`kinds`: "bf16", "f16", "tf32"), the output's axes
     map onto the kernel's (matmul.py), and the staged slices fit `local_memory` bytes: `choice`'s shape, else the
