@@ -302,3 +302,28 @@ def test_a_costly_scalar_read_by_wide_values_is_computed_once_on_cpus(gpu):
 def test_costly_scalars_computed_once_give_the_values(dev):
     for got, expected in zip(bias_corrected(dev, (3, 7)), bias_corrected(zyx.CPU(), (3, 7))):
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_graph_outgrowing_many_kernels_is_cut_without_lowering_each_again_and_again(dev, monkeypatch):
+    """erfinv's derivative in float64 (Giles' approximation refined by Newton steps: ~1 700 nodes on 6 elements)
+    outgrows a kernel's statements dozens of times. Once a kernel has been cut CUTS_ONE_AT_A_TIME times, each cut
+    also stores the other values computed whole where it outgrew them (KernelTooLarge.frontier), so the scheduler
+    lowers about once per kernel (134 lowerings for 73 kernels cutting one value at a time; its second derivative
+    741 for 443, 9 s of host time), and the values are torch's."""
+    import torch
+    from zyx.jit import schedule as schedule_module
+    lowerings = []
+
+    def counted(*args, **kwargs):
+        lowerings.append(args[0])
+        return lower(*args, **kwargs)
+    lower = schedule_module.lower
+    monkeypatch.setattr(schedule_module, "lower", counted)
+    points = np.array([-0.99, -0.5, 0.0, 0.1, 0.6, 0.97])
+    x = zyx.tensor(points, device=dev)
+    derivative, = x.erfinv().sum().backward([x])
+    kernels, _ = schedule_module.schedule([derivative.node], dev.traits)
+    assert len(kernels) > 30 and len(lowerings) < 1.3 * len(kernels), (len(kernels), len(lowerings))
+    t = torch.tensor(points, requires_grad=True)
+    expected, = torch.autograd.grad(t.erfinv().sum(), t)
+    np.testing.assert_allclose(derivative.numpy(), expected.numpy(), rtol=1e-8)

@@ -44,11 +44,13 @@ SELECTING_OPS = frozenset({Op.NEG, Op.MAX, Op.WHERE, Op.DETACH})
 
 class KernelTooLarge(Exception):
     """Lowering blew up (a value reused at many indices is recomputed at each, or too many values or buffers
-    fused into one kernel); `node` is the value to store in a kernel of its own."""
+    fused into one kernel); `node` is the value to store in a kernel of its own. `frontier`: where the kernel
+    outgrew its statements, the other values computed whole that values still being computed wait for, which the
+    next attempt would compute again (the scheduler stores them too once a kernel has been cut often)."""
 
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, frontier: tuple[Node, ...] = ()):
         super().__init__(node)
-        self.node = node
+        self.node, self.frontier = node, frontier
 
 
 class ScheduleConflict(Exception):
@@ -122,6 +124,7 @@ class Lowering:
         self._draws: dict = {}  # random values drawn per RAND node, loops' trips counted
         self._statements = 0
         self._last_computed: Optional[Node] = None  # the elementwise value whose statement was emitted last
+        self._pending: list[list] = []  # value()'s stacks of (key, step, node) being lowered, innermost last
         self._longest_reduction = 0
 
     # ---- the result --------------------------------------------------------------------------------------
@@ -178,7 +181,20 @@ class Lowering:
         if count > max(len(self.elements), 1):
             raise KernelTooLarge(worst)
         if self._last_computed is not None:
-            raise KernelTooLarge(self._last_computed)
+            raise KernelTooLarge(self._last_computed, self._frontier())
+
+    def _frontier(self) -> tuple[Node, ...]:
+        """The elementwise values computed whole (this kernel counted their renders) that the values still being
+        lowered read, but the last computed one and those being lowered."""
+        lowering = {id(node) for stack in self._pending for _, _, node in stack}
+        found: dict[int, Node] = {}
+        for stack in self._pending:
+            for _, _, node in stack:
+                for source in node.src:
+                    if (id(source) in self._renders and id(source) not in lowering and source is not self.root
+                            and source is not self._last_computed and not self._is_materialized(source)):
+                        found.setdefault(id(source), source)
+        return tuple(found.values())
 
     def _emit(self, depth: int, make) -> _Value:
         """Append the statement `make(out)` defining a fresh register at loop depth `depth`."""
@@ -226,10 +242,11 @@ class Lowering:
         key = self._key(node, index, guard)
         if key in self._values:
             return self._values[key]
-        stack: list[tuple[tuple, Step]] = [(key, self._lower(node, index, guard))]
+        stack: list[tuple[tuple, Step, Node]] = [(key, self._lower(node, index, guard), node)]
+        self._pending.append(stack)
         answer: Optional[_Value] = None
         while stack:
-            step_key, step = stack[-1]
+            step_key, step, _ = stack[-1]
             try:
                 request = step.send(answer)  # type: ignore[arg-type]
             except StopIteration as done:
@@ -239,7 +256,8 @@ class Lowering:
             request_key = self._key(*request)
             answer = self._values.get(request_key)
             if answer is None:
-                stack.append((request_key, self._lower(*request)))
+                stack.append((request_key, self._lower(*request), request[0]))
+        self._pending.pop()
         return self._values[key]
 
     def _key(self, node: Node, index: Index, guard: Cond) -> tuple:

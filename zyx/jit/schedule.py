@@ -194,7 +194,7 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
     for value in [*beside, *_broadcast_into_reductions(root, materialized, traits)]:
         materialized[id(value)] = value
         stored_apart.add(id(value))
-    extra_outputs = allow_extra_outputs
+    extra_outputs, cuts = allow_extra_outputs, 0
     while True:
         try:
             apart = frozenset(stored_apart | left | early if waits else stored_apart | left)
@@ -202,8 +202,10 @@ def _built(root: Node, materialized: dict[int, Node], produced: set[int], traits
                                    planned)
             break
         except KernelTooLarge as too_large:
-            materialized[id(too_large.node)] = too_large.node
-            stored_apart.add(id(too_large.node))
+            cuts += 1
+            for node in (too_large.node, *(too_large.frontier if cuts > CUTS_ONE_AT_A_TIME else ())):
+                materialized[id(node)] = node
+                stored_apart.add(id(node))
         except ScheduleConflict:
             if not extra_outputs:
                 raise
@@ -245,6 +247,10 @@ def _feeds_a_reduction(product: Node, root: Node, users: dict[int, list[Node]]) 
     return any(node.op in REDUCE_OPS for node in _reached(product, users, passes) if node is not root)
 
 
+CUTS_ONE_AT_A_TIME = 4  # a kernel outgrowing its statements this often stores every value computed whole where it
+# outgrew them, not only the last (KernelTooLarge.frontier): each attempt lowers the kernel again from its root, so
+# cutting one value at a time took time quadratic in a large graph (a 3 600-node float64 second derivative of erfinv,
+# 6 elements: 741 lowerings for 159 kernels, 37 s on PoCL's host); a kernel cut fewer times is built as before
 BESIDE_MIN_K = 128  # a product a GPU kernel would compute beside the one it hosts, reducing this many elements and
 # more, is stored by a (tiled) kernel of its own: fused, each output walks its k reading both operands from memory
 # (GELU's backward, dY·W_out, beside the pre-activation x̂·W_fcᵀ it recomputed: 8.4 ms on the H200, where such a
