@@ -1001,5 +1001,8 @@ def test_a_product_of_few_blocks_splits_k_into_float32_partials_on_warpgroups(mo
     assert len(schedule([(f.T @ g).node], dataclasses.replace(TF32, compute_units=132))[0]) == 1
     wide, _ = operands((16384, 3072), (1, 1))
     assert len(schedule([(x.T @ wide).node], units)[0]) == 1  # (96 blocks of 128 x 192)
+    monkeypatch.setenv("ZYX_TC_SPLIT", "fill")  # (those too, where the waves say so: 4 chunks, 384 blocks in 3 waves)
+    partial, _ = schedule([(x.T @ wide).node], units)[0]
+    assert [node.shape for node in partial.outputs] == [(4, 768, 3072, 1)]
     monkeypatch.setenv("ZYX_TC_SPLIT", "0")
     assert len(schedule([(x.T @ dy).float().node], units)[0]) == 1

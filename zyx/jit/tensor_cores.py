@@ -362,12 +362,15 @@ def _filling_split(product: Node, n_axis: int, m_axis: int, width: int, kind: st
     H100's 132 SMs), their float32 partials summed by the kernel of the product's root (split.py): of the splits
     split.split_options allows that cut k into whole slices of `bk` (a padded chunk is staged element by element),
     the one taking the least waves of blocks times (a chunk + EPILOGUE_SLICES slices); else 1. ZYX_TC_SPLIT=0 splits
-    none (on the H100 W7's 768 x 768 x 16384 took 0.076 ms split in 8, 0.106 whole)."""
-    if units <= 0 or kind == "tf32" or os.environ.get("ZYX_TC_SPLIT") == "0":
+    none (on the H100 W7's 768 x 768 x 16384 took 0.076 ms split in 8, 0.106 whole); =fill also splits products
+    filling more than half the units, where that takes less by the same measure (W7's MLP weight gradients, 96
+    blocks of 128 x 192 on 132 SMs: 4 chunks in 3 waves; the partials' bytes not counted: to be measured)."""
+    setting = os.environ.get("ZYX_TC_SPLIT")
+    if units <= 0 or kind == "tf32" or setting == "0":
         return 1
     blocks = _blocks(product, n_axis, m_axis, width)
     count = product.src[0].shape[product.arg[0]]
-    if 2 * blocks > units:
+    if 2 * blocks > units and setting != "fill":
         return 1
     splits = [s for s in split_options(product, "tensor_cores") if count % (s * bk) == 0] or [1]
     return min(splits, key=lambda s: -(-s * blocks // units) * (count // s + EPILOGUE_SLICES * bk))
