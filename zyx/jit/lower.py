@@ -245,19 +245,21 @@ class Lowering:
         stack: list[tuple[tuple, Step, Node]] = [(key, self._lower(node, index, guard), node)]
         self._pending.append(stack)
         answer: Optional[_Value] = None
-        while stack:
-            step_key, step, _ = stack[-1]
-            try:
-                request = step.send(answer)  # type: ignore[arg-type]
-            except StopIteration as done:
-                stack.pop()
-                answer = self._values[step_key] = done.value
-                continue
-            request_key = self._key(*request)
-            answer = self._values.get(request_key)
-            if answer is None:
-                stack.append((request_key, self._lower(*request), request[0]))
-        self._pending.pop()
+        try:
+            while stack:
+                step_key, step, _ = stack[-1]
+                try:
+                    request = step.send(answer)  # type: ignore[arg-type]
+                except StopIteration as done:
+                    stack.pop()
+                    answer = self._values[step_key] = done.value
+                    continue
+                request_key = self._key(*request)
+                answer = self._values.get(request_key)
+                if answer is None:
+                    stack.append((request_key, self._lower(*request), request[0]))
+        finally:
+            self._pending.pop()
         return self._values[key]
 
     def _key(self, node: Node, index: Index, guard: Cond) -> tuple:
