@@ -93,6 +93,51 @@ def test_size_clone_detach(device):
     close(grad, X)
 
 
+def test_operator_methods_and_axis_spellings_match_torch(device):
+    """The operators as methods (`add` and `sub` with alpha, `mul`, `neg`, the comparisons and their long names),
+    `frac`, `dim`, `mm`, `t`, `select`, `unbind`, `movedim` (ints or sequences), `swapaxes`, `type_as`, `view_as`,
+    `new_zeros`/`new_ones`/`new_full`, `cpu`; `t` and `mm` refuse what PyTorch's refuse, naming the shapes."""
+    a = RNG.standard_normal((2, 3, 4)).astype(np.float32) * 3
+    t, x = zyx.tensor(a, device=device), torch.tensor(a)
+    pairs = [(t.add(t, alpha=2), x.add(x, alpha=2)), (t.sub(1.5, alpha=3), x.sub(1.5, alpha=3)),
+             (t.mul(t), x.mul(x)), (t.neg(), x.neg()), (t.subtract(t.negative()), x.subtract(x.negative())),
+             (t.frac(), x.frac()), (t[0].mm(t[1].t()), x[0].mm(x[1].t())), (t.select(1, -1), x.select(1, -1)),
+             (t.movedim(0, -1), x.movedim(0, -1)), (t.movedim((0, 1), (2, 0)), x.movedim((0, 1), (2, 0))),
+             (t.swapaxes(0, 2), x.swapaxes(0, 2)), (t.view_as(t.reshape(6, 4)), x.view_as(x.reshape(6, 4))),
+             *zip(t.unbind(dim=2), x.unbind(dim=2))]
+    pairs += [(getattr(t, name)(0.5).cast(zyx.int64), getattr(x, name)(0.5).long())
+              for name in ("gt", "ge", "lt", "le", "ne", "greater", "less_equal", "not_equal")]
+    close_all(pairs)
+    assert t.dim() == t.ndimension() == 3 and t[0, 0, 0].t().shape == ()
+    assert t.type_as(zyx.tensor([1], device=device)).dtype == zyx.int64
+    assert t.new_zeros(2, 5).shape == (2, 5) and t.new_zeros(2, 5).device is device
+    assert t.new_ones((3,)).tolist() == [1, 1, 1] and t.new_full((2,), 7, dtype=zyx.int32).tolist() == [7, 7]
+    assert t.cpu().device.kind == "cpu" and np.array_equal(t.cpu().numpy(), a)
+    with pytest.raises(zyx.ShapeError, match=r"t: expects a tensor of at most 2 axes, got shape \(2, 3, 4\)"):
+        t.t()
+    with pytest.raises(zyx.ShapeError, match=r"mm: expects two 2-D tensors, got shapes \(2, 3, 4\) and \(3, 4\)"):
+        t.mm(t[0])
+
+
+def test_randint_and_from_numpy(device):
+    """randint(high, size) and randint(low, high, size): int64 (or the dtype asked for) in [low, high), every value
+    drawn; from_numpy keeps the array's dtype and copies it; bad bounds and non-arrays raise."""
+    drawn = zyx.randint(-3, 4, (4000,), device=device).numpy()
+    assert drawn.dtype == np.int64 and set(np.unique(drawn)) == set(range(-3, 4))
+    assert np.bincount(drawn + 3).min() > 400  # (about 571 each)
+    assert zyx.randint(5, (2, 3), device=device, dtype=zyx.int32).dtype == zyx.int32
+    array = np.arange(4, dtype=np.int16)
+    copied = zyx.from_numpy(array, device=device)
+    array[0] = 9
+    assert copied.dtype == zyx.int16 and copied.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="randint: expected low < high"):
+        zyx.randint(5, 5, (2,))
+    with pytest.raises(TypeError, match="randint: low and high must be integers"):
+        zyx.randint(2.5, (2,))
+    with pytest.raises(TypeError, match="from_numpy: expected a numpy.ndarray, got list"):
+        zyx.from_numpy([1, 2])
+
+
 def test_format_and_tensor_constructor(device):
     loss = zyx.tensor(2.0 / 3, device=device)
     assert f"{loss:.4f}" == f"{torch.tensor(2.0 / 3):.4f}" == "0.6667"

@@ -27,8 +27,9 @@ TENSOR_FUNCTIONS = (
 )
 
 _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute in it, dotted for a class's)
-    **{name: (".creation", name) for name in ("arange", "eye", "from_dlpack", "full", "ones", "ones_like", "rand",
-                                               "randn", "tensor", "uniform", "zeros", "zeros_like")},
+    **{name: (".creation", name) for name in ("arange", "eye", "from_dlpack", "from_numpy", "full", "ones",
+                                               "ones_like", "rand", "randint", "randn", "tensor", "uniform", "zeros",
+                                               "zeros_like")},
     **{name: (".devices", name) for name in ("CPU", "Device", "OpenCL", "Torch", "WGPU", "default_device",
                                               "set_default_device", "synchronize")},
     "from_torch": (".torch_interop", "from_torch"),
@@ -59,8 +60,8 @@ __all__ = [
     "jit", "autocast", "autocast_dtype", "set_float32_matmul_precision", "get_float32_matmul_precision", "memory_stats", "reset_peak_memory", "nn", "distributed", "save", "load",
     "Tensor", "Device", "CPU", "OpenCL", "WGPU", "Torch", "from_torch", "DType", "ShapeError", "AxisError",
     "OutOfMemoryError", "tensor", "zeros",
-    "ones", "full", "eye", "arange", "from_dlpack",
-    "rand", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
+    "ones", "full", "eye", "arange", "from_dlpack", "from_numpy",
+    "rand", "randint", "randn", "uniform", "zeros_like", "ones_like", "manual_seed", "realize", "where", "cat", "stack",
     "hstack", "vstack", "searchsorted", "cdist",
     "default_device", "set_default_device", "stats", "reset_stats", "uint8", "int8", "int16", "int32", "uint32",
     "int64", "float16", "bfloat16", "float32", "float64", "bool", "bool_", "synchronize", "profile", "Profiler", "viz",

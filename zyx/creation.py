@@ -35,6 +35,14 @@ def tensor(data: Any, device: Optional[Device] = None, dtype: Any = None) -> Ten
     return Tensor(data_leaf(data, device, dtype))
 
 
+def from_numpy(array: np.ndarray, device: Optional[Device] = None) -> Tensor:
+    """A tensor holding a copy of a numpy array, its dtype kept (PyTorch's from_numpy shares the array's memory; a
+    zyx tensor is a device's value, never a view of host memory, so later writes to the array do not reach it)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
+    return tensor(array, device)
+
+
 def from_dlpack(source: Any, device: Optional[Device] = None) -> Tensor:
     """A tensor holding a copy of a DLPack exporter's data (a torch tensor, a numpy array, a zyx tensor), on
     `device` (default: zyx.default_device()). Device memory (a CUDA tensor, a zyx.Torch('cuda') tensor) is
@@ -93,6 +101,24 @@ def rand(*shape: Any, device: Optional[Device] = None, dtype: Any = None) -> Ten
     """Uniform in [0, 1), lazy: drawn from the counter-based generator when realized."""
     values = Tensor(rand_leaf(shape_of(shape), _device(device)))
     return values.cast(dtype) if dtype is not None else values
+
+
+RANDINT_SPAN = 1 << 24  # the most integers randint draws among: a float32 draw scaled to more would skip some
+
+
+def randint(*args: Any, device: Optional[Device] = None, dtype: Any = None) -> Tensor:
+    """Integers uniform in [low, high): randint(high, size) or randint(low, high, size), as PyTorch's; int64
+    unless `dtype` says otherwise; lazy like `rand`, whose float32 draw it scales (so high - low is at most
+    RANDINT_SPAN)."""
+    if len(args) not in (2, 3):
+        raise TypeError(f"randint takes (high, size) or (low, high, size), got {len(args)} arguments")
+    low, high, size = (0, *args) if len(args) == 2 else args
+    if not all(isinstance(v, (int, np.integer)) for v in (low, high)):
+        raise TypeError(f"randint: low and high must be integers, got {low!r} and {high!r}")
+    if not low < high <= low + RANDINT_SPAN:
+        raise ValueError(f"randint: expected low < high <= low + {RANDINT_SPAN}, got low={low}, high={high}")
+    drawn = (rand(size, device=device) * (high - low)).floor().minimum(high - low - 1)
+    return (drawn.cast(to_dtype(np.int64)) + int(low)).cast(dtype or to_dtype(np.int64))
 
 
 def uniform(*shape: Any, low: float = 0.0, high: float = 1.0, device: Optional[Device] = None,

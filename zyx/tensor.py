@@ -29,6 +29,7 @@ from .tensor_reduce import ReduceMixin
 from .tensor_scan import ScanMixin
 from .tensor_scatter import ScatterMixin
 from .tensor_sort import SortMixin
+from .tensor_spellings import SpellingsMixin
 from .tensor_stats import StatsMixin
 from .trace import autodiff
 from .trace import node as n
@@ -43,7 +44,7 @@ Operand = Union["Tensor", int, float, bool]
 @with_autocast_policies
 @accept_dim_on_methods
 class Tensor(MovementMixin, IndexingMixin, ReduceMixin, LayerMixin, ConvertMixin, ConvMixin, MathMixin, ActivationMixin,
-             StatsMixin, ScanMixin, SortMixin, LayoutMixin, ScatterMixin, TensorBase):
+             StatsMixin, ScanMixin, SortMixin, LayoutMixin, ScatterMixin, SpellingsMixin, TensorBase):
     """An n-dimensional array on a device, computed lazily: every op records a trace node, and values are
     computed only when asked for (`numpy()`, `item()`, `print`, `zyx.realize`).
 
