@@ -5,8 +5,11 @@ WGPU has: packed 8- and 16-bit buffers, 32-bit int64, the Philox counter's carry
 groups per dimension, in-place updates bound writable, the adapter's limits, and the persisted program.
 """
 import importlib
+import os
 import pickle
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -353,3 +356,16 @@ def test_a_trim_lets_go_of_the_buffers_cached_bind_groups_hold(dev):
     dev.runtime.pool.trim()
     assert not dev.runtime._bind_groups
     assert ((x * 2 + 1).numpy() == np.arange(8) * 2 + 1).all()
+
+
+def test_the_drivers_session_noise_is_dropped_and_anything_else_passed_on(capfd):
+    """Mesa's Vulkan drivers write "error: XDG_RUNTIME_DIR is invalid or not set" to file descriptor 2 four times
+    while adapters are enumerated on a machine without a desktop session (CI): `adapters()` drops those lines and
+    passes any other the block writes."""
+    with webgpu._without_driver_noise():
+        os.write(2, b"error: XDG_RUNTIME_DIR is invalid or not set in the environment.\nthe driver: something else\n")
+    assert capfd.readouterr().err == "the driver: something else\n"
+    script = "import zyx.runtime.webgpu as w; print(len(w.adapters()))"
+    env = {key: value for key, value in os.environ.items() if key != "XDG_RUNTIME_DIR"}
+    finished = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0 and int(finished.stdout) >= 1 and "XDG_RUNTIME_DIR" not in finished.stderr

@@ -27,10 +27,12 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -79,7 +81,38 @@ def adapters() -> tuple[Any, ...]:
         set_instance_extras(backends=backends)
     except KeyError:
         raise ValueError(f"{BACKENDS_VARIABLE}={','.join(backends)}: use names among Vulkan, Metal, DX12, GL") from None
-    return tuple(wgpu.gpu.enumerate_adapters_sync())
+    with _without_driver_noise():
+        return tuple(wgpu.gpu.enumerate_adapters_sync())
+
+
+DRIVER_NOISE = frozenset({"error: XDG_RUNTIME_DIR is invalid or not set in the environment."})
+"""Lines Mesa's Vulkan drivers write to the process's stderr while adapters are enumerated on a machine with no
+desktop session (a server, CI: four of them, one per window-system probe); no window is ever opened, so they say
+nothing a user can act on."""
+
+
+@contextmanager
+def _without_driver_noise() -> Iterator[None]:
+    """The block's writes to file descriptor 2 (C code's, which sys.stderr does not see) passed on but for
+    DRIVER_NOISE lines."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # (no descriptor 2: nothing to filter)
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                    if line.strip() not in DRIVER_NOISE]
+            if kept:
+                sys.stderr.write("".join(kept))
 
 
 def describe_adapters() -> list[dict[str, Any]]:
