@@ -785,6 +785,30 @@ def test_a_pingpong_warpgroup_computes_its_whole_block_with_wgmma_emulated_on_po
     _check_emulated(kernel, x, y, form, dtype, monkeypatch)
 
 
+@pytest.mark.slow
+def test_a_pingpong_group_computes_gelus_backward_epilogue_emulated_on_pocl(monkeypatch):
+    """What ZYX_WGMMA_PINGPONG=erf runs: a ping-pong group's product whose epilogue reads a bfloat16 input at every
+    output 16 bytes an item (quads.py) and computes an erf of it, GELU's backward's shape, through the emulated
+    wgmma on PoCL (every item copying and multiplying) against numpy's float64, rounded as bfloat16 is."""
+    import math
+    import ml_dtypes
+    monkeypatch.setenv("ZYX_WGMMA_PRODUCER", "0")
+    x, y, z = operands((256, 128), (128, 256), (256, 256))
+    out = (x @ y) * ((z * 0.7071).erf() * 0.5 + 0.5)
+    kernel = _tuned(out, Choice.of("tensor_cores", columns=32, row_bytes=128, buffers=6, pipelined=1, warpgroup=2,
+                                   split=1))
+    assert kernel.local_size == 128 and "((__global const uint4*)in" in kernel.source
+    name, source = _emulated_source(kernel, monkeypatch)
+    stored = {id(t.node): t.numpy().astype(ml_dtypes.bfloat16) for t in (x, y, z)}
+    inputs = [stored[id(node)].view(np.uint16) for node in kernel.loads]
+    got = _run_on_pocl(kernel, name, source, inputs, (256, 256), np.uint16).view(ml_dtypes.bfloat16)
+    a, b, c = (stored[id(t.node)].astype(np.float64) for t in (x, y, z))
+    product = (a @ b).astype(ml_dtypes.bfloat16).astype(np.float64)
+    expected = product * (np.vectorize(math.erf)(c * 0.7071) * 0.5 + 0.5)
+    eps = 2.0 ** -8
+    np.testing.assert_allclose(got.astype(np.float64), expected, rtol=8 * eps, atol=8 * eps * np.sqrt(128))
+
+
 def test_erf_setting_plans_ping_pong_only_for_a_product_whose_epilogue_computes_an_erf(monkeypatch):
     """ZYX_WGMMA_PINGPONG=erf: GELU's backward (an erf of the pre-activation in the epilogue) in ping-pong, where its
     epilogue's arithmetic would leave the tensor cores idle; a product scaled by a stored value not, nor the GELU
