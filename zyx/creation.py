@@ -7,7 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .devices import Device, default_device
-from .dtypes import DEFAULT_FLOAT, scalar_dtype, to_dtype
+from .dtypes import DEFAULT_FLOAT, int64, scalar_dtype, to_dtype
 from .leaves import arange_leaf, data_leaf, rand_leaf
 from .tensor import Tensor
 from .trace import node as n
@@ -117,8 +117,8 @@ def randint(*args: Any, device: Optional[Device] = None, dtype: Any = None) -> T
         raise TypeError(f"randint: low and high must be integers, got {low!r} and {high!r}")
     if not low < high <= low + RANDINT_SPAN:
         raise ValueError(f"randint: expected low < high <= low + {RANDINT_SPAN}, got low={low}, high={high}")
-    drawn = (rand(size, device=device) * (high - low)).floor().minimum(high - low - 1)
-    return (drawn.cast(to_dtype(np.int64)) + int(low)).cast(dtype or to_dtype(np.int64))
+    drawn = (rand(size, device=device) * (high - low)).floor().minimum(high - low - 1).cast(int64) + int(low)
+    return drawn if dtype is None else drawn.cast(dtype)
 
 
 def uniform(*shape: Any, low: float = 0.0, high: float = 1.0, device: Optional[Device] = None,

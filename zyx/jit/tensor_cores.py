@@ -70,6 +70,7 @@ from .operand_layout import runs_along
 from .print_common import aligned
 from .print_opencl import STATEMENTS
 from .quads import quad_loads, quad_loads_wanted, quad_stores, quad_stores_wanted
+from .rows import kernel_nodes
 from .split import split_options
 from .symbolic import Expr
 from .tiling import matmul_axes
@@ -305,29 +306,14 @@ def _pingpong_wanted(root: Node, product: Node, n_axis: int, m_axis: int, units:
     persistent groups (warp_roles.resident_groups, the device's compute `units` known) of at least two blocks each,
     one for each consumer."""
     setting = os.environ.get("ZYX_WGMMA_PINGPONG")
-    reduced = product.src[0].shape[product.arg[0]]
-    if setting == "erf":
-        if not _epilogue_computes(root, product, Op.ERF, materialized):
-            return False
-    elif setting == "0" or units <= 0 or (setting != "1" and reduced > PINGPONG_LONGEST):
+    if setting == "erf":  # (the epilogue: what the kernel computes above the product, kernel_nodes stopping there)
+        wanted = any(node.op is Op.ERF for node in kernel_nodes(root, materialized, (product,)).values())
+    else:
+        wanted = setting == "1" or (setting != "0" and product.src[0].shape[product.arg[0]] <= PINGPONG_LONGEST)
+    if not wanted or units <= 0:
         return False
     blocks = _blocks(product, n_axis, m_axis, 4 * PINGPONG_SHAPE[0])
-    return units > 0 and blocks // resident_groups(blocks, units) >= 2
-
-
-def _epilogue_computes(root: Node, product: Node, op: Op, materialized: dict[int, Node]) -> bool:
-    """Whether `op` lies between `product` and the kernel's output `root` (its epilogue), short of what is read
-    from buffers."""
-    seen, todo = {id(product)}, [root]
-    while todo:
-        node = todo.pop()
-        if id(node) in seen or (node is not root and id(node) in materialized):
-            continue
-        seen.add(id(node))
-        if node.op is op:
-            return True
-        todo.extend(node.src)
-    return False
+    return blocks // resident_groups(blocks, units) >= 2
 
 
 def _staging_wanted(root: Node, kind: str, m_axis: int, space: tuple[int, ...]) -> int:
