@@ -311,12 +311,11 @@ def test_a_graph_outgrowing_many_kernels_is_cut_without_lowering_each_again_and_
     lowers about once per kernel (134 lowerings for 73 kernels cutting one value at a time; its second derivative
     741 for 443, 9 s of host time). The values so cut: test_special_functions_second_derivatives, against torch."""
     from zyx.jit import schedule as schedule_module
-    lowerings = []
+    lower, lowerings = schedule_module.lower, []
 
     def counted(*args, **kwargs):
         lowerings.append(args[0])
         return lower(*args, **kwargs)
-    lower = schedule_module.lower
     monkeypatch.setattr(schedule_module, "lower", counted)
     x = zyx.tensor(np.array([-0.99, -0.5, 0.0, 0.1, 0.6, 0.97]), device=dev)
     derivative, = x.erfinv().sum().backward([x])
